@@ -1,0 +1,177 @@
+//! Authorization for every service: "may this caller do that here?", answered by assignment's
+//! `AccessService.CheckAccess` through one cached client. Answers are reused briefly (the
+//! configured TTL) and never past the expiry of the assignment that granted them.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tonic::Status;
+use tonic::transport::Channel;
+
+use pim_proto::assignment::v1::access_service_client::AccessServiceClient;
+use pim_proto::assignment::v1::{CheckAccessRequest, check_access_request};
+
+use crate::auth::Caller;
+use crate::db::now_ms;
+
+/// Permission names, as held by role definitions.
+pub mod permissions {
+    pub const ALL: &str = "*";
+    pub const USERS_MANAGE: &str = "pim.directory.users.manage";
+    pub const USERS_READ: &str = "pim.directory.users.read";
+    pub const GROUPS_MANAGE: &str = "pim.directory.groups.manage";
+    pub const CREDENTIALS_RESET: &str = "pim.directory.credentials.reset";
+    pub const PRIVILEGED_CREDENTIALS_RESET: &str = "pim.directory.privilegedCredentials.reset";
+    pub const SERVICE_PRINCIPALS_MANAGE: &str = "pim.directory.servicePrincipals.manage";
+    pub const ROLES_MANAGE: &str = "pim.roles.manage";
+    pub const ASSIGNMENTS_MANAGE: &str = "pim.assignments.manage";
+    pub const ASSIGNMENTS_READ: &str = "pim.assignments.read";
+    pub const POLICIES_MANAGE: &str = "pim.policies.manage";
+    pub const APPROVALS_MANAGE: &str = "pim.approvals.manage";
+    pub const REVIEWS_MANAGE: &str = "pim.reviews.manage";
+    pub const AUDIT_READ: &str = "pim.audit.read";
+    pub const ALERTS_READ: &str = "pim.alerts.read";
+    pub const ALERTS_MANAGE: &str = "pim.alerts.manage";
+    pub const EXCHANGE_MANAGE: &str = "exchange.organization.manage";
+}
+
+/// What access is asked about: a role, or a permission any held role carries.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Target {
+    Role(String),
+    Permission(String),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Decision {
+    pub allowed: bool,
+    /// When the granting access ends (ms since the epoch); `None` when permanent.
+    pub expires_at: Option<i64>,
+}
+
+/// Answers access questions; each service gets one.
+#[async_trait::async_trait]
+pub trait AccessCheck: Send + Sync {
+    async fn check(&self, caller: &Caller, principal: &str, target: &Target, scope: &str) -> Result<Decision, Status>;
+}
+
+/// Refuses with PERMISSION_DENIED unless the caller holds `permission` at `scope`.
+pub async fn require(access: &dyn AccessCheck, caller: &Caller, permission: &str, scope: &str) -> Result<(), Status> {
+    let decision = access
+        .check(
+            caller,
+            &caller.principal_id,
+            &Target::Permission(permission.to_owned()),
+            scope,
+        )
+        .await?;
+    if decision.allowed {
+        Ok(())
+    } else {
+        Err(Status::permission_denied(format!(
+            "requires permission {permission} at scope {scope}"
+        )))
+    }
+}
+
+/// Asks a (possibly in-process) assignment service over gRPC, on the caller's behalf.
+pub struct RemoteAccess {
+    client: AccessServiceClient<Channel>,
+}
+
+impl RemoteAccess {
+    pub fn new(channel: Channel) -> Self {
+        Self {
+            client: AccessServiceClient::new(channel),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl AccessCheck for RemoteAccess {
+    async fn check(&self, caller: &Caller, principal: &str, target: &Target, scope: &str) -> Result<Decision, Status> {
+        let mut request = tonic::Request::new(CheckAccessRequest {
+            principal_id: principal.to_owned(),
+            target: Some(match target {
+                Target::Role(r) => check_access_request::Target::RoleId(r.clone()),
+                Target::Permission(p) => check_access_request::Target::Permission(p.clone()),
+            }),
+            scope: scope.to_owned(),
+        });
+        let bearer = format!("Bearer {}", caller.token())
+            .parse()
+            .map_err(|_| Status::unauthenticated("access token is not valid"))?;
+        request.metadata_mut().insert("authorization", bearer);
+        request.set_timeout(Duration::from_secs(3));
+        let response = self.client.clone().check_access(request).await.map_err(|status| {
+            tracing::warn!(code = ?status.code(), "access check failed");
+            match status.code() {
+                tonic::Code::Unauthenticated | tonic::Code::PermissionDenied | tonic::Code::InvalidArgument => status,
+                _ => Status::unavailable("access decisions are unavailable; try again"),
+            }
+        })?;
+        let r = response.into_inner();
+        Ok(Decision {
+            allowed: r.allowed,
+            expires_at: r.expires_at.as_ref().map(crate::db::from_timestamp),
+        })
+    }
+}
+
+type CacheKey = (String, Target, String);
+
+/// Reuses answers of an inner [`AccessCheck`] for a short time.
+pub struct CachedAccess {
+    inner: Arc<dyn AccessCheck>,
+    ttl: Duration,
+    entries: Mutex<HashMap<CacheKey, (Decision, Instant)>>,
+}
+
+impl CachedAccess {
+    pub fn new(inner: Arc<dyn AccessCheck>, ttl: Duration) -> Self {
+        Self {
+            inner,
+            ttl,
+            entries: Mutex::default(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Drops every cached answer (e.g. when an assignment event says access changed).
+    pub fn clear(&self) {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+}
+
+#[async_trait::async_trait]
+impl AccessCheck for CachedAccess {
+    async fn check(&self, caller: &Caller, principal: &str, target: &Target, scope: &str) -> Result<Decision, Status> {
+        let key = (principal.to_owned(), target.clone(), scope.to_owned());
+        let now = Instant::now();
+        if let Some((decision, until)) = self.entries.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+            if *until > now {
+                return Ok(*decision);
+            }
+        }
+        let decision = self.inner.check(caller, principal, target, scope).await?;
+        let mut valid_for = self.ttl;
+        if let Some(expires_at) = decision.expires_at {
+            let left = Duration::from_millis(u64::try_from(expires_at - now_ms()).unwrap_or(0));
+            valid_for = valid_for.min(left);
+        }
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if entries.len() > 100_000 {
+            entries.retain(|_, (_, until)| *until > now);
+        }
+        entries.insert(key, (decision, now + valid_for));
+        Ok(decision)
+    }
+}

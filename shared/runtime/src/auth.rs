@@ -1,0 +1,321 @@
+//! Who is calling: access tokens (JWT, EdDSA, `kid` for rotation) verified with identity's
+//! public keys, and the tower layer that puts the verified [`Caller`] in request extensions.
+//! A missing, expired or forged token is UNAUTHENTICATED before any handler runs.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
+use tonic::codegen::http;
+use tonic::{Request, Status};
+
+use pim_proto::common::v1::PrincipalKind;
+use pim_proto::identity::v1::SigningKey;
+
+/// Issuer and audience of every PIM access token.
+pub const ISSUER: &str = "pim.identity";
+pub const AUDIENCE: &str = "pim";
+
+/// The claims of an access token.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Claims {
+    pub sub: String,
+    /// `user` or `service_principal`.
+    pub kind: String,
+    pub name: String,
+    pub amr: Vec<String>,
+    /// When MFA last succeeded (seconds since the epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mfa_at: Option<i64>,
+    pub sid: String,
+    pub iat: i64,
+    pub exp: i64,
+    pub iss: String,
+    pub aud: String,
+}
+
+/// The verified caller of a request.
+#[derive(Clone)]
+pub struct Caller {
+    pub principal_id: String,
+    pub kind: PrincipalKind,
+    pub name: String,
+    pub amr: Vec<String>,
+    pub mfa_at: Option<i64>,
+    pub session_id: String,
+    /// The bearer token itself, forwarded when this service asks another on the caller's
+    /// behalf. Never printed.
+    token: Arc<str>,
+}
+
+impl fmt::Debug for Caller {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Caller")
+            .field("principal_id", &self.principal_id)
+            .field("kind", &self.kind)
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Caller {
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    pub fn actor(&self) -> pim_proto::common::v1::Actor {
+        pim_proto::common::v1::Actor {
+            principal_id: self.principal_id.clone(),
+            kind: self.kind as i32,
+            display_name: self.name.clone(),
+        }
+    }
+}
+
+pub fn kind_claim(kind: PrincipalKind) -> &'static str {
+    match kind {
+        PrincipalKind::ServicePrincipal => "service_principal",
+        PrincipalKind::Group => "group",
+        _ => "user",
+    }
+}
+
+fn kind_from_claim(claim: &str) -> PrincipalKind {
+    match claim {
+        "service_principal" => PrincipalKind::ServicePrincipal,
+        "group" => PrincipalKind::Group,
+        _ => PrincipalKind::User,
+    }
+}
+
+/// The caller a request was authenticated as.
+pub fn caller<T>(request: &Request<T>) -> Result<&Caller, Status> {
+    request
+        .extensions()
+        .get::<Caller>()
+        .ok_or_else(|| Status::unauthenticated("sign in first: no access token"))
+}
+
+/// Where verification keys come from: identity's keystore in-process, or `GetSigningKeys`.
+#[async_trait::async_trait]
+pub trait KeySource: Send + Sync {
+    async fn signing_keys(&self) -> anyhow::Result<Vec<SigningKey>>;
+}
+
+/// Asks a remote identity service for its keys.
+pub struct RemoteKeys {
+    client: pim_proto::identity::v1::auth_service_client::AuthServiceClient<tonic::transport::Channel>,
+}
+
+impl RemoteKeys {
+    pub fn new(channel: tonic::transport::Channel) -> Self {
+        Self {
+            client: pim_proto::identity::v1::auth_service_client::AuthServiceClient::new(channel),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl KeySource for RemoteKeys {
+    async fn signing_keys(&self) -> anyhow::Result<Vec<SigningKey>> {
+        let response = self
+            .client
+            .clone()
+            .get_signing_keys(pim_proto::identity::v1::GetSigningKeysRequest {})
+            .await?;
+        Ok(response.into_inner().keys)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("no access token: send `authorization: Bearer <token>`")]
+    Missing,
+    #[error("access token expired: sign in again")]
+    Expired,
+    #[error("access token is not valid")]
+    Invalid,
+    #[error("cannot fetch signing keys")]
+    KeysUnavailable,
+}
+
+impl From<TokenError> for Status {
+    fn from(err: TokenError) -> Self {
+        match err {
+            TokenError::KeysUnavailable => Status::unavailable(err.to_string()),
+            _ => Status::unauthenticated(err.to_string()),
+        }
+    }
+}
+
+/// Verifies tokens against cached keys; an unknown `kid` refreshes the cache (at most once a second).
+pub struct TokenVerifier {
+    source: Arc<dyn KeySource>,
+    keys: RwLock<HashMap<String, DecodingKey>>,
+    refreshed: Mutex<Option<Instant>>,
+}
+
+impl TokenVerifier {
+    pub fn new(source: Arc<dyn KeySource>) -> Self {
+        Self {
+            source,
+            keys: RwLock::default(),
+            refreshed: Mutex::new(None),
+        }
+    }
+
+    fn key(&self, kid: &str) -> Option<DecodingKey> {
+        self.keys.read().unwrap_or_else(|e| e.into_inner()).get(kid).cloned()
+    }
+
+    async fn refresh(&self) -> Result<(), TokenError> {
+        let mut refreshed = self.refreshed.lock().await;
+        if refreshed.is_some_and(|at| at.elapsed() < Duration::from_secs(1)) {
+            return Ok(());
+        }
+        let keys = self.source.signing_keys().await.map_err(|err| {
+            tracing::warn!(error = %format!("{err:#}"), "fetching signing keys failed");
+            TokenError::KeysUnavailable
+        })?;
+        let mut map = HashMap::new();
+        for key in keys.into_iter().filter(|k| k.alg == "EdDSA") {
+            match DecodingKey::from_ed_components(&key.public_key) {
+                Ok(decoding) => {
+                    map.insert(key.kid, decoding);
+                }
+                Err(err) => tracing::warn!(kid = %key.kid, error = %err, "ignoring a malformed signing key"),
+            }
+        }
+        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = map;
+        *refreshed = Some(Instant::now());
+        Ok(())
+    }
+
+    /// Verifies `token` and returns the caller it names.
+    pub async fn verify(&self, token: &str) -> Result<Caller, TokenError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Invalid)?;
+        if header.alg != Algorithm::EdDSA {
+            return Err(TokenError::Invalid);
+        }
+        let kid = header.kid.ok_or(TokenError::Invalid)?;
+        let key = match self.key(&kid) {
+            Some(key) => key,
+            None => {
+                self.refresh().await?;
+                self.key(&kid).ok_or(TokenError::Invalid)?
+            }
+        };
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.set_issuer(&[ISSUER]);
+        validation.set_audience(&[AUDIENCE]);
+        validation.leeway = 5;
+        let data = jsonwebtoken::decode::<Claims>(token, &key, &validation).map_err(|e| match e.kind() {
+            jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
+            _ => TokenError::Invalid,
+        })?;
+        let claims = data.claims;
+        Ok(Caller {
+            principal_id: claims.sub,
+            kind: kind_from_claim(&claims.kind),
+            name: claims.name,
+            amr: claims.amr,
+            mfa_at: claims.mfa_at,
+            session_id: claims.sid,
+            token: Arc::from(token),
+        })
+    }
+}
+
+/// RPCs anyone may call without a token.
+pub const PUBLIC_METHODS: &[&str] = &[
+    "/pim.identity.v1.AuthService/SignIn",
+    "/pim.identity.v1.AuthService/SignInServicePrincipal",
+    "/pim.identity.v1.AuthService/Refresh",
+    "/pim.identity.v1.AuthService/GetSigningKeys",
+];
+
+fn is_public(path: &str, public: &HashSet<&'static str>) -> bool {
+    public.contains(path) || path.starts_with("/grpc.health.v1.") || path.starts_with("/grpc.reflection.")
+}
+
+/// Tower layer: authenticates every request except the public ones.
+#[derive(Clone)]
+pub struct AuthLayer {
+    verifier: Arc<TokenVerifier>,
+    public: Arc<HashSet<&'static str>>,
+}
+
+impl AuthLayer {
+    pub fn new(verifier: Arc<TokenVerifier>) -> Self {
+        Self {
+            verifier,
+            public: Arc::new(PUBLIC_METHODS.iter().copied().collect()),
+        }
+    }
+}
+
+impl<S> tower::Layer<S> for AuthLayer {
+    type Service = Authenticate<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Authenticate {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Authenticate<S> {
+    inner: S,
+    layer: AuthLayer,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for Authenticate<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        // The clone that was made ready is the one to call (tower's readiness contract).
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let layer = self.layer.clone();
+        Box::pin(async move {
+            if is_public(request.uri().path(), &layer.public) {
+                return inner.call(request).await;
+            }
+            let token = request
+                .headers()
+                .get(http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+                .map(str::trim);
+            let verified = match token {
+                None | Some("") => Err(TokenError::Missing),
+                Some(token) => layer.verifier.verify(token).await,
+            };
+            match verified {
+                Ok(caller) => {
+                    request.extensions_mut().insert(caller);
+                    inner.call(request).await
+                }
+                Err(err) => Ok(Status::from(err).into_http()),
+            }
+        })
+    }
+}

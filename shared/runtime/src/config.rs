@@ -1,0 +1,221 @@
+//! Configuration: defaults, then an optional TOML file, then `PIM_*` environment variables,
+//! validated into one typed struct. The loader takes the environment as an argument so tests
+//! never mutate the process environment.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+/// A value that must never reach a log: `Debug` and `Display` print a placeholder.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret<T>(T);
+
+impl<T> Secret<T> {
+    pub fn new(value: T) -> Self {
+        Self(value)
+    }
+    pub fn expose(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T> fmt::Debug for Secret<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// TLS material: PEM files for a server certificate and key, and optionally a CA that
+/// clients use to verify servers.
+#[derive(Clone, Debug, Default)]
+pub struct TlsConfig {
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub ca: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Where the gRPC server listens (`PIM_LISTEN_ADDR`).
+    pub listen_addr: SocketAddr,
+    /// The service's own database (`PIM_DATABASE_URL`); `pim up` uses SQLite files instead.
+    pub database_url: Option<Secret<String>>,
+    /// Redis for the event streams (`PIM_REDIS_URL`); unset means embedded delivery.
+    pub redis_url: Option<Secret<String>>,
+    /// Prepended to every stream name (`PIM_STREAM_PREFIX`), so parallel runs share one Redis.
+    pub stream_prefix: String,
+    /// Where `pim up` keeps its SQLite files (`PIM_DATA_DIR`).
+    pub data_dir: PathBuf,
+    /// The identity service, for services hosted without it (`PIM_IDENTITY_URL`).
+    pub identity_url: Option<String>,
+    /// The assignment service, for services hosted without it (`PIM_ASSIGNMENT_URL`).
+    pub assignment_url: Option<String>,
+    pub tls: TlsConfig,
+    /// Lifetime of access tokens (`PIM_ACCESS_TOKEN_TTL_SECS`).
+    pub access_token_ttl: Duration,
+    /// How long a CheckAccess answer may be reused (`PIM_ACCESS_CACHE_TTL_MS`).
+    pub access_cache_ttl: Duration,
+    /// Deliveries of one stream entry before it goes to the dead-letter stream.
+    pub max_deliveries: u32,
+    /// How long an entry stays pending with a silent consumer before another claims it.
+    pub claim_idle: Duration,
+    /// JSON log lines (`PIM_LOG_FORMAT=json`) or human-readable (`pretty`).
+    pub log_json: bool,
+}
+
+impl Config {
+    /// Loads the configuration from `env` (e.g. `std::env::vars()`), reading the TOML file
+    /// named by `PIM_CONFIG` first when there is one.
+    pub fn load(env: impl IntoIterator<Item = (String, String)>) -> anyhow::Result<Self> {
+        let env: BTreeMap<String, String> = env.into_iter().filter(|(k, _)| k.starts_with("PIM_")).collect();
+        let mut values = BTreeMap::new();
+        if let Some(path) = env.get("PIM_CONFIG") {
+            values.extend(read_file(Path::new(path))?);
+        }
+        values.extend(env);
+        Self::from_values(&values)
+    }
+
+    fn from_values(v: &BTreeMap<String, String>) -> anyhow::Result<Self> {
+        let get = |k: &str| v.get(k).filter(|s| !s.is_empty()).cloned();
+        let num = |k: &str, default: u64| -> anyhow::Result<u64> {
+            match get(k) {
+                Some(s) => s.parse().with_context(|| format!("{k} must be a whole number")),
+                None => Ok(default),
+            }
+        };
+        let listen_addr = get("PIM_LISTEN_ADDR")
+            .unwrap_or_else(|| "127.0.0.1:50051".into())
+            .parse()
+            .context("PIM_LISTEN_ADDR must be host:port, e.g. 127.0.0.1:50051")?;
+        let log_json = match get("PIM_LOG_FORMAT").as_deref() {
+            None | Some("json") => true,
+            Some("pretty") => false,
+            Some(other) => bail!("PIM_LOG_FORMAT must be json or pretty, not {other:?}"),
+        };
+        let config = Self {
+            listen_addr,
+            database_url: get("PIM_DATABASE_URL").map(Secret::new),
+            redis_url: get("PIM_REDIS_URL").map(Secret::new),
+            stream_prefix: get("PIM_STREAM_PREFIX").unwrap_or_default(),
+            data_dir: get("PIM_DATA_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(".pim")),
+            identity_url: get("PIM_IDENTITY_URL"),
+            assignment_url: get("PIM_ASSIGNMENT_URL"),
+            tls: TlsConfig {
+                cert: get("PIM_TLS_CERT").map(PathBuf::from),
+                key: get("PIM_TLS_KEY").map(PathBuf::from),
+                ca: get("PIM_TLS_CA").map(PathBuf::from),
+            },
+            access_token_ttl: Duration::from_secs(num("PIM_ACCESS_TOKEN_TTL_SECS", 3600)?),
+            access_cache_ttl: Duration::from_millis(num("PIM_ACCESS_CACHE_TTL_MS", 2000)?),
+            max_deliveries: u32::try_from(num("PIM_MAX_DELIVERIES", 5)?).context("PIM_MAX_DELIVERIES is too large")?,
+            claim_idle: Duration::from_millis(num("PIM_CLAIM_IDLE_MS", 30_000)?),
+            log_json,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            bail!("PIM_TLS_CERT and PIM_TLS_KEY must be set together");
+        }
+        if self.access_token_ttl < Duration::from_secs(60) || self.access_token_ttl > Duration::from_secs(24 * 3600) {
+            bail!("PIM_ACCESS_TOKEN_TTL_SECS must be between 60 and 86400");
+        }
+        if self.max_deliveries == 0 {
+            bail!("PIM_MAX_DELIVERIES must be at least 1");
+        }
+        if !self
+            .stream_prefix
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-:".contains(c))
+        {
+            bail!("PIM_STREAM_PREFIX may hold only letters, digits and . _ - :");
+        }
+        Ok(())
+    }
+
+    /// Whether a server certificate is configured.
+    pub fn tls_enabled(&self) -> bool {
+        self.tls.cert.is_some()
+    }
+
+    /// The URL scheme clients of this deployment use.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls_enabled() || self.tls.ca.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+}
+
+/// Reads a TOML file of `key = value` pairs; `listen_addr` in the file stands for `PIM_LISTEN_ADDR`.
+fn read_file(path: &Path) -> anyhow::Result<BTreeMap<String, String>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
+    let table: toml::Table = text
+        .parse()
+        .with_context(|| format!("parsing config file {}", path.display()))?;
+    let mut out = BTreeMap::new();
+    for (key, value) in table {
+        let value = match value {
+            toml::Value::String(s) => s,
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            other => bail!(
+                "config key {key}: expected a string, number or boolean, found {}",
+                other.type_str()
+            ),
+        };
+        out.insert(format!("PIM_{}", key.to_ascii_uppercase()), value);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_apply_without_any_variable() {
+        let c = Config::load(env(&[])).unwrap();
+        assert_eq!(c.listen_addr.to_string(), "127.0.0.1:50051");
+        assert!(c.redis_url.is_none());
+        assert_eq!(c.max_deliveries, 5);
+    }
+
+    #[test]
+    fn env_overrides_file_and_bad_values_are_refused() {
+        let dir = std::env::temp_dir().join(format!("pim-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("pim.toml");
+        std::fs::write(&file, "listen_addr = \"0.0.0.0:9000\"\nmax_deliveries = 7\n").unwrap();
+        let c = Config::load(env(&[
+            ("PIM_CONFIG", file.to_str().unwrap()),
+            ("PIM_MAX_DELIVERIES", "9"),
+        ]))
+        .unwrap();
+        assert_eq!(c.listen_addr.to_string(), "0.0.0.0:9000");
+        assert_eq!(c.max_deliveries, 9);
+        assert!(Config::load(env(&[("PIM_LISTEN_ADDR", "nope")])).is_err());
+        assert!(Config::load(env(&[("PIM_TLS_CERT", "/x.pem")])).is_err());
+        assert!(Config::load(env(&[("PIM_STREAM_PREFIX", "a b")])).is_err());
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let c = Config::load(env(&[("PIM_DATABASE_URL", "postgres://u:hunter2@h/db")])).unwrap();
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+}

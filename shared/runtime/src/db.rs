@@ -1,0 +1,134 @@
+//! Database helpers shared by every service's `store/`: connecting (PostgreSQL, or a SQLite
+//! file for the all-in-one), small typed wrappers over sea-orm raw statements, and the
+//! error classification done at the storage boundary.
+//!
+//! Queries are hand-written SQL run through sea-orm's connection: the same text runs on
+//! PostgreSQL and SQLite (placeholders `$1..$n` in order of first use), and the few places
+//! that differ (`FOR UPDATE SKIP LOCKED`, column types) ask [`Dialect`].
+
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, QueryResult, Statement, Value,
+};
+
+pub type Db = DatabaseConnection;
+
+/// Connects to `url` (postgres://… or sqlite://…). SQLite gets WAL and a busy timeout so the
+/// relay, consumers and handlers of one process can share a file.
+pub async fn connect(url: &str) -> anyhow::Result<Db> {
+    let mut options = ConnectOptions::new(url.to_owned());
+    options
+        .max_connections(if url.starts_with("sqlite") { 4 } else { 10 })
+        .connect_timeout(Duration::from_secs(5))
+        .acquire_timeout(Duration::from_secs(10))
+        .sqlx_logging(false);
+    let db = Database::connect(options).await.context("connecting to the database")?;
+    if db.get_database_backend() == DbBackend::Sqlite {
+        db.execute_unprepared("PRAGMA journal_mode=WAL; PRAGMA busy_timeout=10000; PRAGMA foreign_keys=ON;")
+            .await
+            .context("configuring sqlite")?;
+    }
+    Ok(db)
+}
+
+/// The URL of a SQLite file, created if missing.
+pub fn sqlite_url(path: &Path) -> String {
+    format!("sqlite://{}?mode=rwc", path.display())
+}
+
+/// Milliseconds since the Unix epoch: how every service stores instants (portable, sortable).
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+pub fn to_timestamp(ms: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+    }
+}
+
+pub fn from_timestamp(ts: &prost_types::Timestamp) -> i64 {
+    ts.seconds
+        .saturating_mul(1000)
+        .saturating_add(i64::from(ts.nanos) / 1_000_000)
+}
+
+/// What differs between the two backends.
+pub trait Dialect {
+    fn backend(&self) -> DbBackend;
+    fn blob(&self) -> &'static str {
+        if self.backend() == DbBackend::Postgres {
+            "BYTEA"
+        } else {
+            "BLOB"
+        }
+    }
+    fn serial_pk(&self) -> &'static str {
+        if self.backend() == DbBackend::Postgres {
+            "BIGSERIAL PRIMARY KEY"
+        } else {
+            "INTEGER PRIMARY KEY AUTOINCREMENT"
+        }
+    }
+    /// Row locks for work queues: PostgreSQL skips rows another replica holds; SQLite has
+    /// one writer per file, so there is nothing to skip.
+    fn skip_locked(&self) -> &'static str {
+        if self.backend() == DbBackend::Postgres {
+            " FOR UPDATE SKIP LOCKED"
+        } else {
+            ""
+        }
+    }
+}
+
+impl<C: ConnectionTrait> Dialect for C {
+    fn backend(&self) -> DbBackend {
+        self.get_database_backend()
+    }
+}
+
+fn statement<C: ConnectionTrait>(c: &C, sql: &str, values: Vec<Value>) -> Statement {
+    Statement::from_sql_and_values(c.get_database_backend(), sql, values)
+}
+
+/// Runs a statement and returns the rows it affected.
+pub async fn exec<C: ConnectionTrait>(c: &C, sql: &str, values: Vec<Value>) -> Result<u64, DbErr> {
+    Ok(c.execute_raw(statement(c, sql, values)).await?.rows_affected())
+}
+
+pub async fn query<C: ConnectionTrait>(c: &C, sql: &str, values: Vec<Value>) -> Result<Vec<QueryResult>, DbErr> {
+    c.query_all_raw(statement(c, sql, values)).await
+}
+
+pub async fn query_one<C: ConnectionTrait>(c: &C, sql: &str, values: Vec<Value>) -> Result<Option<QueryResult>, DbErr> {
+    c.query_one_raw(statement(c, sql, values)).await
+}
+
+/// Reads a column of a raw row.
+pub fn col<T: sea_orm::TryGetable>(row: &QueryResult, name: &str) -> Result<T, DbErr> {
+    row.try_get("", name)
+}
+
+/// Whether `err` is a unique-constraint violation (mapped to ALREADY_EXISTS by callers).
+pub fn is_unique_violation(err: &DbErr) -> bool {
+    matches!(err.sql_err(), Some(sea_orm::SqlErr::UniqueConstraintViolation(_)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_round_trip_including_before_the_epoch() {
+        for ms in [0, 1, 999, 1_700_000_000_123, -1, -1001] {
+            assert_eq!(from_timestamp(&to_timestamp(ms)), ms);
+        }
+    }
+}

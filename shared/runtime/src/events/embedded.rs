@@ -1,0 +1,59 @@
+//! Embedded delivery for `pim up` without Redis: the relay of each service's outbox hands
+//! events straight to the in-process consumers of that stream. The outbox row is marked sent
+//! only after every consumer applied the event, so delivery is at-least-once and survives a
+//! restart (pending rows are delivered again; inboxes drop the duplicates).
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use super::{Envelope, Inbox, Publisher};
+
+#[derive(Clone, Default)]
+pub struct EmbeddedBus {
+    subscribers: Arc<RwLock<HashMap<String, Vec<Inbox>>>>,
+    max_deliveries: u32,
+}
+
+impl EmbeddedBus {
+    pub fn new(max_deliveries: u32) -> Self {
+        Self {
+            subscribers: Arc::default(),
+            max_deliveries: max_deliveries.max(1),
+        }
+    }
+
+    /// Registers a consumer for each stream it follows.
+    pub fn subscribe(&self, inbox: Inbox) {
+        let mut subscribers = self.subscribers.write().unwrap_or_else(|e| e.into_inner());
+        for stream in inbox.streams() {
+            subscribers.entry(stream.to_owned()).or_default().push(inbox.clone());
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Publisher for EmbeddedBus {
+    async fn publish(&self, stream: &str, envelope: &Envelope, attempt: u32) -> anyhow::Result<()> {
+        let inboxes = self
+            .subscribers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(stream)
+            .cloned()
+            .unwrap_or_default();
+        for inbox in inboxes {
+            if let Err(err) = inbox.apply(envelope).await {
+                if attempt + 1 >= self.max_deliveries {
+                    // Poison: give up on this consumer so the stream moves on.
+                    tracing::error!(
+                        consumer = inbox.consumer(), event_id = %envelope.id, event_type = %envelope.r#type,
+                        deliveries = attempt + 1, error = %format!("{err:#}"), "event dead-lettered"
+                    );
+                    continue;
+                }
+                return Err(err.context(format!("consumer {} failed", inbox.consumer())));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,71 @@
+//! Migrations written as SQL, and the backbone tables (outbox, inbox) every service database has.
+
+use sea_orm::{ConnectionTrait, DbBackend};
+use sea_orm_migration::{MigrationName, MigrationTrait, SchemaManager};
+
+use crate::db::Dialect;
+
+/// A migration given as SQL text, rendered for the backend (types differ a little).
+pub struct SqlMigration {
+    name: &'static str,
+    sql: fn(&dyn Dialect) -> String,
+}
+
+impl SqlMigration {
+    pub fn boxed(name: &'static str, sql: fn(&dyn Dialect) -> String) -> Box<dyn MigrationTrait> {
+        Box::new(Self { name, sql })
+    }
+}
+
+impl MigrationName for SqlMigration {
+    fn name(&self) -> &str {
+        self.name
+    }
+}
+
+struct Backend(DbBackend);
+
+impl Dialect for Backend {
+    fn backend(&self) -> DbBackend {
+        self.0
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for SqlMigration {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), sea_orm::DbErr> {
+        let conn = manager.get_connection();
+        let sql = (self.sql)(&Backend(manager.get_database_backend()));
+        for statement in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+            conn.execute_unprepared(statement).await?;
+        }
+        Ok(())
+    }
+}
+
+/// The outbox (events waiting for the relay) and inbox (events this service already applied).
+pub fn backbone_migration() -> Box<dyn MigrationTrait> {
+    SqlMigration::boxed("m0000_backbone", |d| {
+        format!(
+            "CREATE TABLE outbox (
+                id TEXT PRIMARY KEY,
+                stream TEXT NOT NULL,
+                event_type TEXT NOT NULL,
+                envelope {blob} NOT NULL,
+                created_at BIGINT NOT NULL,
+                status TEXT NOT NULL DEFAULT 'pending',
+                attempts INTEGER NOT NULL DEFAULT 0,
+                last_error TEXT,
+                sent_at BIGINT
+            );
+            CREATE INDEX outbox_pending ON outbox (status, created_at);
+            CREATE TABLE inbox (
+                consumer TEXT NOT NULL,
+                event_id TEXT NOT NULL,
+                processed_at BIGINT NOT NULL,
+                PRIMARY KEY (consumer, event_id)
+            )",
+            blob = d.blob()
+        )
+    })
+}

@@ -1,0 +1,172 @@
+//! The transactional outbox and its relay. A service writes its event in the same
+//! transaction as the state change ([`Outbox::enqueue`]); the relay picks pending rows by
+//! status (never by a "last id seen" mark, since ids can commit out of order), publishes them,
+//! and marks them sent in the transaction that locked them. A relay that dies between
+//! publishing and marking leaves the rows pending, so they are published again: consumers
+//! deduplicate by event id.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use prost::Message;
+use sea_orm::{ConnectionTrait, DbErr, TransactionTrait};
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+
+use super::Envelope;
+use crate::db::{self, Db, Dialect, col};
+
+/// Where a relay sends events: Redis Streams or the embedded in-process bus.
+#[async_trait::async_trait]
+pub trait Publisher: Send + Sync {
+    /// Publishes one event to `stream` (base name, before any prefix). Returns only when the
+    /// transport has it durably (Redis) or every consumer applied it (embedded). `attempt`
+    /// counts earlier failed publications of this row, for transports that dead-letter.
+    async fn publish(&self, stream: &str, envelope: &Envelope, attempt: u32) -> anyhow::Result<()>;
+}
+
+/// A service's outbox: how handlers record events, and how they wake the relay after commit.
+#[derive(Clone, Default)]
+pub struct Outbox {
+    wake: Arc<Notify>,
+}
+
+impl Outbox {
+    /// Records `envelope` for `stream` inside the caller's transaction.
+    pub async fn enqueue<C: ConnectionTrait>(&self, txn: &C, stream: &str, envelope: &Envelope) -> Result<(), DbErr> {
+        db::exec(
+            txn,
+            "INSERT INTO outbox (id, stream, event_type, envelope, created_at) VALUES ($1, $2, $3, $4, $5)",
+            vec![
+                envelope.id.clone().into(),
+                stream.into(),
+                envelope.r#type.clone().into(),
+                envelope.encode_to_vec().into(),
+                db::now_ms().into(),
+            ],
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Tells the relay there is work, so an event leaves without waiting for the next poll.
+    /// Call after the transaction committed.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+}
+
+/// Publishes a database's outbox rows.
+#[derive(Clone)]
+pub struct Relay {
+    db: Db,
+    publisher: Arc<dyn Publisher>,
+    outbox: Outbox,
+    batch: u64,
+}
+
+/// The running relay: stop it, or wait for it.
+pub struct RelayHandle {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl RelayHandle {
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+
+    /// Ends the relay at once, wherever it is (a crash, for tests).
+    pub fn abort(self) {
+        self.task.abort();
+    }
+}
+
+impl Relay {
+    pub fn new(db: Db, outbox: Outbox, publisher: Arc<dyn Publisher>) -> Self {
+        Self {
+            db,
+            publisher,
+            outbox,
+            batch: 100,
+        }
+    }
+
+    /// Publishes one batch of pending rows; returns how many were sent.
+    pub async fn run_once(&self) -> anyhow::Result<usize> {
+        let txn = self.db.begin().await.context("beginning relay transaction")?;
+        let sql = format!(
+            "SELECT id, stream, envelope, attempts FROM outbox WHERE status = 'pending' ORDER BY created_at, id LIMIT {}{}",
+            self.batch,
+            txn.skip_locked()
+        );
+        let rows = db::query(&txn, &sql, vec![])
+            .await
+            .context("reading pending outbox rows")?;
+        let mut sent = 0;
+        for row in rows {
+            let id: String = col(&row, "id")?;
+            let stream: String = col(&row, "stream")?;
+            let bytes: Vec<u8> = col(&row, "envelope")?;
+            let attempts: i32 = col(&row, "attempts")?;
+            let envelope = Envelope::decode(bytes.as_slice()).context("decoding an outbox row")?;
+            match self.publisher.publish(&stream, &envelope, attempts as u32).await {
+                Ok(()) => {
+                    db::exec(
+                        &txn,
+                        "UPDATE outbox SET status = 'sent', sent_at = $1 WHERE id = $2",
+                        vec![db::now_ms().into(), id.into()],
+                    )
+                    .await?;
+                    sent += 1;
+                }
+                Err(err) => {
+                    // The row stays pending (an outage must never lose events); keep what was
+                    // sent so far and retry this one on the next pass.
+                    let attempts = attempts + 1;
+                    tracing::warn!(event_id = %id, stream = %stream, attempts, error = %format!("{err:#}"), "publishing an event failed");
+                    db::exec(
+                        &txn,
+                        "UPDATE outbox SET attempts = $1, last_error = $2 WHERE id = $3",
+                        vec![attempts.into(), format!("{err:#}").into(), id.into()],
+                    )
+                    .await?;
+                    // Later rows of the same stream wait, so a stream keeps its order.
+                    break;
+                }
+            }
+        }
+        txn.commit().await.context("committing relay progress")?;
+        Ok(sent)
+    }
+
+    /// Runs until stopped: after each wake-up, and at least every `poll`.
+    pub fn spawn(self, poll: Duration) -> RelayHandle {
+        let (stop, mut stopped) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            loop {
+                match self.run_once().await {
+                    Ok(n) if n as u64 == self.batch => continue,
+                    Ok(_) => {}
+                    Err(err) => tracing::warn!(error = %format!("{err:#}"), "relay pass failed"),
+                }
+                tokio::select! {
+                    _ = self.outbox.wake.notified() => {}
+                    _ = tokio::time::sleep(poll) => {}
+                    _ = stopped.changed() => break,
+                }
+            }
+        });
+        RelayHandle { stop, task }
+    }
+}
+
+/// Pending rows of an outbox (for tests and the backlog metric).
+pub async fn pending(db: &Db) -> Result<i64, DbErr> {
+    let row = db::query_one(db, "SELECT COUNT(*) AS n FROM outbox WHERE status = 'pending'", vec![]).await?;
+    row.map(|r| col::<i64>(&r, "n"))
+        .transpose()
+        .map(Option::unwrap_or_default)
+}

@@ -1,0 +1,321 @@
+//! Redis Streams transport. Entries carry the protobuf envelope in field `ce` (plus `id` and
+//! `type` for people reading with redis-cli). Each consuming service has one consumer group
+//! per stream and one consumer per replica; an entry is acknowledged only after the
+//! consumer's transaction committed; entries a dead consumer left pending are taken over
+//! with XAUTOCLAIM; an entry delivered `max_deliveries` times moves to `pim.deadletter`.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use prost::Message;
+use redis::AsyncCommands;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::streams::{StreamAutoClaimOptions, StreamId, StreamPendingCountReply, StreamReadOptions, StreamReadReply};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::{Envelope, Inbox, Publisher, streams};
+use pim_proto::events::v1::DeadLettered;
+
+/// Connects a managed (reconnecting) connection; `block` is the longest command it will wait for.
+pub async fn connect(url: &str, block: Duration) -> anyhow::Result<ConnectionManager> {
+    let client = redis::Client::open(url).context("parsing the Redis URL")?;
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(5)))
+        .set_response_timeout(Some(block + Duration::from_secs(5)));
+    ConnectionManager::new_with_config(client, config)
+        .await
+        .context("connecting to Redis")
+}
+
+/// Publishes envelopes with XADD.
+#[derive(Clone)]
+pub struct RedisPublisher {
+    conn: ConnectionManager,
+    prefix: String,
+}
+
+impl RedisPublisher {
+    pub async fn connect(url: &str, prefix: &str) -> anyhow::Result<Self> {
+        Ok(Self {
+            conn: connect(url, Duration::ZERO).await?,
+            prefix: prefix.to_owned(),
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl Publisher for RedisPublisher {
+    async fn publish(&self, stream: &str, envelope: &Envelope, _attempt: u32) -> anyhow::Result<()> {
+        let mut conn = self.conn.clone();
+        let key = format!("{}{stream}", self.prefix);
+        let fields: [(&str, Vec<u8>); 3] = [
+            ("id", envelope.id.clone().into_bytes()),
+            ("type", envelope.r#type.clone().into_bytes()),
+            ("ce", envelope.encode_to_vec()),
+        ];
+        let _: String = conn
+            .xadd(&key, "*", &fields)
+            .await
+            .with_context(|| format!("XADD to {key}"))?;
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ConsumerOptions {
+    /// Deliveries before an entry is dead-lettered.
+    pub max_deliveries: u32,
+    /// Idle time after which a pending entry is taken over (and a failed one retried).
+    pub claim_idle: Duration,
+    /// How long one XREADGROUP waits for new entries.
+    pub block: Duration,
+}
+
+impl Default for ConsumerOptions {
+    fn default() -> Self {
+        Self {
+            max_deliveries: 5,
+            claim_idle: Duration::from_secs(30),
+            block: Duration::from_millis(1000),
+        }
+    }
+}
+
+/// One consumer (replica) of one consuming service.
+pub struct RedisConsumer {
+    conn: ConnectionManager,
+    inbox: Inbox,
+    prefix: String,
+    name: String,
+    options: ConsumerOptions,
+}
+
+pub struct ConsumerHandle {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl ConsumerHandle {
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+
+    /// Ends the consumer at once, without acknowledging what it holds (a crash, for tests).
+    pub fn abort(self) {
+        self.task.abort();
+    }
+}
+
+impl RedisConsumer {
+    /// `name` identifies the replica within the group (e.g. host name plus a random suffix).
+    pub async fn connect(
+        url: &str,
+        prefix: &str,
+        inbox: Inbox,
+        name: String,
+        options: ConsumerOptions,
+    ) -> anyhow::Result<Self> {
+        let conn = connect(url, options.block).await?;
+        let consumer = Self {
+            conn,
+            inbox,
+            prefix: prefix.to_owned(),
+            name,
+            options,
+        };
+        consumer.create_groups().await?;
+        Ok(consumer)
+    }
+
+    fn key(&self, stream: &str) -> String {
+        format!("{}{stream}", self.prefix)
+    }
+
+    fn group(&self) -> &str {
+        self.inbox.consumer()
+    }
+
+    /// Creates the group on each stream (from the beginning, so nothing published before the
+    /// first start is missed); an existing group is fine.
+    async fn create_groups(&self) -> anyhow::Result<()> {
+        let mut conn = self.conn.clone();
+        for stream in self.inbox.streams() {
+            let key = self.key(stream);
+            let created: redis::RedisResult<()> = conn.xgroup_create_mkstream(&key, self.group(), "0").await;
+            match created {
+                Ok(()) => {}
+                Err(e) if e.code() == Some("BUSYGROUP") => {}
+                Err(e) => return Err(e).with_context(|| format!("creating consumer group on {key}")),
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs until stopped.
+    pub fn spawn(self) -> ConsumerHandle {
+        let (stop, mut stopped) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            loop {
+                if *stopped.borrow() {
+                    break;
+                }
+                let pass = tokio::select! {
+                    r = self.run_once() => r,
+                    _ = stopped.changed() => break,
+                };
+                if let Err(err) = pass {
+                    tracing::warn!(consumer = %self.name, group = self.group(), error = %format!("{err:#}"), "consumer pass failed");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        _ = stopped.changed() => break,
+                    }
+                }
+            }
+        });
+        ConsumerHandle { stop, task }
+    }
+
+    /// One pass: take over stale pending entries, then read new ones. Returns how many
+    /// entries were handled.
+    pub async fn run_once(&self) -> anyhow::Result<usize> {
+        let mut handled = 0;
+        for stream in self.inbox.streams() {
+            handled += self.claim_stale(stream).await?;
+        }
+        let keys: Vec<String> = self.inbox.streams().iter().map(|s| self.key(s)).collect();
+        let ids: Vec<&str> = keys.iter().map(|_| ">").collect();
+        let options = StreamReadOptions::default()
+            .group(self.group(), &self.name)
+            .count(100)
+            .block(self.options.block.as_millis() as usize);
+        let mut conn = self.conn.clone();
+        let reply: Option<StreamReadReply> = conn.xread_options(&keys, &ids, &options).await.context("XREADGROUP")?;
+        for key in reply.map(|r| r.keys).unwrap_or_default() {
+            for entry in key.ids {
+                self.process(&key.key, entry).await?;
+                handled += 1;
+            }
+        }
+        Ok(handled)
+    }
+
+    async fn claim_stale(&self, stream: &str) -> anyhow::Result<usize> {
+        let key = self.key(stream);
+        let mut conn = self.conn.clone();
+        let idle = self.options.claim_idle.as_millis() as u64;
+        let mut start = "0-0".to_owned();
+        let mut handled = 0;
+        loop {
+            let reply: redis::streams::StreamAutoClaimReply = conn
+                .xautoclaim_options(
+                    &key,
+                    self.group(),
+                    &self.name,
+                    idle,
+                    &start,
+                    StreamAutoClaimOptions::default().count(100),
+                )
+                .await
+                .with_context(|| format!("XAUTOCLAIM on {key}"))?;
+            for entry in reply.claimed {
+                self.process(&key, entry).await?;
+                handled += 1;
+            }
+            if reply.next_stream_id == "0-0" {
+                return Ok(handled);
+            }
+            start = reply.next_stream_id;
+        }
+    }
+
+    async fn process(&self, key: &str, entry: StreamId) -> anyhow::Result<()> {
+        let mut conn = self.conn.clone();
+        let outcome = match entry.get::<Vec<u8>>("ce") {
+            Some(bytes) => match Envelope::decode(bytes.as_slice()) {
+                Ok(envelope) => self
+                    .inbox
+                    .apply(&envelope)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| (Some(envelope), e)),
+                Err(e) => Err((None, anyhow::anyhow!("undecodable envelope: {e}"))),
+            },
+            None => Err((None, anyhow::anyhow!("entry has no ce field"))),
+        };
+        match outcome {
+            Ok(()) => {
+                let _: i64 = conn.xack(key, self.group(), &[&entry.id]).await.context("XACK")?;
+            }
+            Err((envelope, err)) => {
+                let deliveries = self.deliveries(key, &entry.id).await?;
+                let poison = envelope.is_none() || deliveries >= i64::from(self.options.max_deliveries);
+                tracing::warn!(
+                    group = self.group(), stream = key, entry = %entry.id, deliveries, poison,
+                    error = %format!("{err:#}"), "handling an event failed"
+                );
+                if poison {
+                    self.dead_letter(key, &entry.id, envelope.as_ref(), deliveries, &err)
+                        .await?;
+                }
+                // Otherwise it stays pending and is retried once it has been idle for claim_idle.
+            }
+        }
+        Ok(())
+    }
+
+    async fn deliveries(&self, key: &str, id: &str) -> anyhow::Result<i64> {
+        let mut conn = self.conn.clone();
+        let reply: StreamPendingCountReply = conn
+            .xpending_count(key, self.group(), id, id, 1)
+            .await
+            .context("XPENDING")?;
+        Ok(reply.ids.first().map(|p| p.times_delivered as i64).unwrap_or(1))
+    }
+
+    async fn dead_letter(
+        &self,
+        key: &str,
+        id: &str,
+        envelope: Option<&Envelope>,
+        deliveries: i64,
+        err: &anyhow::Error,
+    ) -> anyhow::Result<()> {
+        let record = DeadLettered {
+            stream: key.to_owned(),
+            group: self.group().to_owned(),
+            entry_id: id.to_owned(),
+            event_id: envelope.map(|e| e.id.clone()).unwrap_or_default(),
+            event_type: envelope.map(|e| e.r#type.clone()).unwrap_or_default(),
+            deliveries,
+            // The handler's error summary: handlers never put secrets in their errors.
+            error: format!("{err:#}").chars().take(500).collect(),
+        };
+        let mut conn = self.conn.clone();
+        let fields: Vec<(&str, Vec<u8>)> = vec![
+            ("stream", record.stream.clone().into_bytes()),
+            ("group", record.group.clone().into_bytes()),
+            ("entry", record.entry_id.clone().into_bytes()),
+            ("event_id", record.event_id.clone().into_bytes()),
+            ("data", record.encode_to_vec()),
+            ("ce", envelope.map(|e| e.encode_to_vec()).unwrap_or_default()),
+        ];
+        let dl = self.key(streams::DEADLETTER);
+        let (_, _): (String, i64) = redis::pipe()
+            .atomic()
+            .xadd(&dl, "*", &fields)
+            .xack(key, self.group(), &[id])
+            .query_async(&mut conn)
+            .await
+            .context("moving an entry to the dead-letter stream")?;
+        tracing::error!(
+            group = self.group(),
+            stream = key,
+            entry = id,
+            deliveries,
+            "event dead-lettered"
+        );
+        Ok(())
+    }
+}

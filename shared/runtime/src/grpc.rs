@@ -1,0 +1,117 @@
+//! Serving and calling gRPC: one listener for the services a process hosts, with
+//! `grpc.health.v1`, server reflection, optional TLS (rustls), the auth layer and graceful
+//! shutdown; and client channels with the matching TLS settings.
+
+use std::future::Future;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::Status;
+use tonic::service::Routes;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Server, ServerTlsConfig};
+use tonic_health::ServingStatus;
+
+use crate::auth::AuthLayer;
+use crate::config::TlsConfig;
+
+/// Logs an unexpected error with its chain and answers INTERNAL without details.
+pub fn internal(err: impl Into<anyhow::Error>) -> Status {
+    let err = err.into();
+    tracing::error!(error = %format!("{err:#}"), "internal error");
+    Status::internal("internal error")
+}
+
+/// Serves `routes` plus health and reflection on `listener` until `shutdown` completes.
+/// `services` are the fully-qualified names reported SERVING by the health service.
+pub async fn serve(
+    listener: TcpListener,
+    routes: Routes,
+    services: Vec<&'static str>,
+    auth: AuthLayer,
+    tls: &TlsConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    for service in &services {
+        reporter.set_service_status(*service, ServingStatus::Serving).await;
+    }
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pim_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("building the reflection service")?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pim_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .context("building the reflection service")?;
+
+    let mut builder = Server::builder();
+    if let (Some(cert), Some(key)) = (&tls.cert, &tls.key) {
+        let cert = std::fs::read(cert).with_context(|| format!("reading TLS certificate {}", cert.display()))?;
+        let key = std::fs::read(key).with_context(|| format!("reading TLS key {}", key.display()))?;
+        builder = builder
+            .tls_config(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))
+            .context("configuring TLS")?;
+    }
+    let routes = routes
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha);
+    builder
+        // Bounded handler time: a stuck dependency must not pin connections forever.
+        .timeout(Duration::from_secs(30))
+        // Authentication wraps every route, so no handler can forget it.
+        .layer(auth)
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+        .context("serving gRPC")?;
+    // The health reporter goes with the server: report NOT_SERVING to anyone still asking.
+    for service in services {
+        reporter.set_service_status(service, ServingStatus::NotServing).await;
+    }
+    Ok(())
+}
+
+/// A lazily-connecting channel to `url` (http:// or https://), trusting `tls.ca` when given.
+pub fn channel(url: &str, tls: &TlsConfig) -> anyhow::Result<Channel> {
+    let mut endpoint = Endpoint::from_shared(url.to_owned())
+        .with_context(|| format!("invalid service URL {url}"))?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true);
+    if url.starts_with("https://") {
+        let mut config = ClientTlsConfig::new();
+        if let Some(ca) = &tls.ca {
+            let pem = std::fs::read(ca).with_context(|| format!("reading CA certificate {}", ca.display()))?;
+            config = config.ca_certificate(Certificate::from_pem(pem));
+        }
+        endpoint = endpoint.tls_config(config).context("configuring client TLS")?;
+    }
+    Ok(endpoint.connect_lazy())
+}
+
+/// Completes on ctrl-c or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = terminate => {}
+    }
+    tracing::info!("shutting down");
+}

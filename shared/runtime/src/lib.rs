@@ -1,0 +1,15 @@
+//! What every PIM service shares: configuration, telemetry, database helpers, gRPC serving
+//! (health, reflection, TLS, graceful shutdown), token verification, the cached access
+//! client, and the event backbone (envelope, outbox, relay, consumers).
+
+pub mod access;
+pub mod auth;
+pub mod config;
+pub mod db;
+pub mod events;
+pub mod grpc;
+pub mod telemetry;
+#[cfg(feature = "test-util")]
+pub mod testing;
+
+pub use config::Config;

@@ -1,0 +1,73 @@
+//! Helpers for tests (feature `test-util`): fresh PostgreSQL databases with unique names,
+//! dropped afterwards; unique Redis stream prefixes; and polling with a deadline.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use sea_orm::ConnectionTrait;
+
+/// PostgreSQL server used by tests (`PIM_TEST_POSTGRES_URL`, default local trust auth).
+pub fn postgres_server() -> String {
+    std::env::var("PIM_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned())
+}
+
+/// Redis used by tests (`PIM_TEST_REDIS_URL`).
+pub fn redis_url() -> String {
+    std::env::var("PIM_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// A unique name for a test's database or stream prefix.
+pub fn unique(label: &str) -> String {
+    format!("pim_test_{label}_{}", uuid::Uuid::now_v7().simple())
+}
+
+/// A PostgreSQL database that exists for one test.
+pub struct TestDatabase {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDatabase {
+    pub async fn create(label: &str) -> anyhow::Result<Self> {
+        let name = unique(label);
+        let admin = sea_orm::Database::connect(format!("{}/postgres", postgres_server()))
+            .await
+            .context("connecting to PostgreSQL")?;
+        admin
+            .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
+            .await
+            .context("creating a test database")?;
+        admin.close().await.ok();
+        let url = format!("{}/{name}", postgres_server());
+        Ok(Self { name, url })
+    }
+
+    /// Drops the database, ending connections still open to it.
+    pub async fn drop_database(self) -> anyhow::Result<()> {
+        let admin = sea_orm::Database::connect(format!("{}/postgres", postgres_server())).await?;
+        admin
+            .execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name))
+            .await?;
+        admin.close().await.ok();
+        Ok(())
+    }
+}
+
+/// Polls `check` until it returns `Some`, or fails after `deadline`.
+pub async fn eventually<T, F, Fut>(deadline: Duration, what: &str, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<Option<T>>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(value) = check().await? {
+            return Ok(value);
+        }
+        if start.elapsed() > deadline {
+            anyhow::bail!("timed out after {deadline:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
