@@ -1,1 +1,171 @@
-//! placeholder
+//! Audit: consumes every event stream and keeps one record per event, queryable by who may
+//! read the audit log (and by anyone for what they did or what was done to them).
+
+mod records;
+mod store;
+
+use std::sync::Arc;
+
+use sea_orm::DatabaseTransaction;
+use sea_orm_migration::MigratorTrait;
+use tonic::service::RoutesBuilder;
+use tonic::{Request, Response, Status};
+
+use pim_proto::audit::v1 as pb;
+use pim_proto::audit::v1::audit_service_server::{AuditService, AuditServiceServer};
+use pim_runtime::access::{AccessCheck, Target, permissions};
+use pim_runtime::auth::caller;
+use pim_runtime::db::{Db, from_timestamp, now_ms, to_timestamp};
+use pim_runtime::events::{Envelope, EventHandler, Outbox, streams};
+use pim_runtime::host::{Deps, Service};
+
+const DEFAULT_PAGE: u64 = 100;
+const MAX_PAGE: u64 = 1000;
+
+#[derive(Clone)]
+pub struct Audit {
+    db: Db,
+    outbox: Outbox,
+    access: Arc<dyn AccessCheck>,
+}
+
+impl Audit {
+    pub async fn build(deps: Deps) -> anyhow::Result<Self> {
+        store::Migrator::up(&deps.db, None).await?;
+        Ok(Self { db: deps.db, outbox: Outbox::default(), access: deps.access })
+    }
+}
+
+/// Stores each event of the followed streams once.
+struct Ingest;
+
+#[async_trait::async_trait]
+impl EventHandler for Ingest {
+    fn consumer(&self) -> &str {
+        "audit"
+    }
+
+    fn streams(&self) -> Vec<&'static str> {
+        vec![streams::IDENTITY, streams::ASSIGNMENT, streams::APPROVAL, streams::ALERTING]
+    }
+
+    async fn handle(&self, txn: &DatabaseTransaction, envelope: &Envelope) -> anyhow::Result<()> {
+        let record = records::record(envelope)?;
+        store::insert(txn, &record, now_ms()).await?;
+        Ok(())
+    }
+}
+
+fn record_to_pb(r: store::Record) -> pb::AuditRecord {
+    pb::AuditRecord {
+        sequence: r.sequence,
+        event_id: r.event_id,
+        time: Some(to_timestamp(r.time)),
+        source: r.source,
+        action: r.action,
+        actor_id: r.actor_id,
+        actor_name: r.actor_name,
+        target_id: r.target_id,
+        target_name: r.target_name,
+        role_id: r.role_id,
+        role_name: r.role_name,
+        scope: r.scope,
+        justification: r.justification,
+        ticket: r.ticket,
+        outcome: r.outcome,
+        trace_id: r.trace_id,
+        payload_json: r.payload_json,
+        prev_hash: Vec::new(),
+        hash: Vec::new(),
+    }
+}
+
+impl Audit {
+    /// Readers of the audit log see everything; anyone else sees what involves them.
+    async fn involving(&self, caller: &pim_runtime::auth::Caller) -> Result<Option<String>, Status> {
+        let reader = self
+            .access
+            .check(caller, &caller.principal_id, &Target::Permission(permissions::AUDIT_READ.into()), "/")
+            .await?;
+        Ok((!reader.allowed).then(|| caller.principal_id.clone()))
+    }
+}
+
+#[tonic::async_trait]
+impl AuditService for Audit {
+    async fn query_events(&self, request: Request<pb::QueryEventsRequest>) -> Result<Response<pb::QueryEventsResponse>, Status> {
+        let caller = caller(&request)?.clone();
+        let r = request.into_inner();
+        let limit = match r.page_size {
+            0 => DEFAULT_PAGE,
+            n if n > 0 && (n as u64) <= MAX_PAGE => n as u64,
+            _ => return Err(pim_runtime::grpc::invalid_argument("page_size", &format!("must be between 1 and {MAX_PAGE}"))),
+        };
+        let after_sequence = if r.page_token.is_empty() {
+            0
+        } else {
+            r.page_token.parse().map_err(|_| pim_runtime::grpc::invalid_argument("page_token", "is not a token this service gave"))?
+        };
+        let filter = store::Filter {
+            actor_id: r.actor_id,
+            target_id: r.target_id,
+            role_id: r.role_id,
+            scope: r.scope,
+            action: r.action,
+            outcome: r.outcome,
+            since: r.since.as_ref().map(from_timestamp),
+            until: r.until.as_ref().map(from_timestamp),
+            trace_id: r.correlation_id,
+            involving: self.involving(&caller).await?,
+            after_sequence,
+        };
+        let mut records = store::query(&self.db, &filter, limit + 1).await.map_err(pim_runtime::grpc::internal)?;
+        let next_page_token = if records.len() as u64 > limit {
+            records.truncate(limit as usize);
+            records.last().map(|r| r.sequence.to_string()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::QueryEventsResponse { records: records.into_iter().map(record_to_pb).collect(), next_page_token }))
+    }
+
+    async fn get_event(&self, request: Request<pb::GetEventRequest>) -> Result<Response<pb::AuditRecord>, Status> {
+        let caller = caller(&request)?.clone();
+        let id = request.get_ref().event_id.trim();
+        if id.is_empty() {
+            return Err(pim_runtime::grpc::invalid_argument("event_id", "required"));
+        }
+        let record = store::get(&self.db, id).await.map_err(pim_runtime::grpc::internal)?;
+        let involving = self.involving(&caller).await?;
+        match record {
+            Some(r) if involving.as_ref().is_none_or(|p| &r.actor_id == p || &r.target_id == p) => Ok(Response::new(record_to_pb(r))),
+            _ => Err(Status::not_found(format!("audit event {id} not found"))),
+        }
+    }
+}
+
+impl Service for Audit {
+    fn name(&self) -> &'static str {
+        "audit"
+    }
+
+    fn grpc_services(&self) -> &'static [&'static str] {
+        pim_proto::service_names::AUDIT
+    }
+
+    fn add_routes(&self, routes: &mut RoutesBuilder) {
+        routes.add_service(AuditServiceServer::new(self.clone()));
+    }
+
+    fn db(&self) -> &Db {
+        &self.db
+    }
+
+    fn outbox(&self) -> &Outbox {
+        &self.outbox
+    }
+
+    fn handlers(&self) -> Vec<Arc<dyn EventHandler>> {
+        vec![Arc::new(Ingest)]
+    }
+}

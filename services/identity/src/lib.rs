@@ -1,1 +1,83 @@
-//! placeholder
+//! Identity and MFA: the directory (users, service principals), password and client-secret
+//! sign-in, and the signing keys behind every access token.
+
+mod credentials;
+mod directory;
+mod error;
+mod grpc;
+mod store;
+mod tokens;
+
+use sea_orm_migration::MigratorTrait;
+use tonic::service::RoutesBuilder;
+
+use pim_proto::identity::v1::auth_service_server::AuthServiceServer;
+use pim_proto::identity::v1::directory_service_server::DirectoryServiceServer;
+use pim_proto::identity::v1::mfa_service_server::{MfaService, MfaServiceServer};
+use pim_runtime::db::Db;
+use pim_runtime::events::Outbox;
+use pim_runtime::host::{Deps, Service};
+
+pub use directory::Directory;
+pub use error::Error;
+pub use tokens::Keystore;
+
+/// MFA arrives with the identity issue; until then every MFA RPC answers UNIMPLEMENTED.
+struct Mfa;
+impl MfaService for Mfa {}
+
+/// The identity service, built from its dependencies and ready to be hosted.
+#[derive(Clone)]
+pub struct Identity {
+    directory: Directory,
+}
+
+impl Identity {
+    /// Migrates the database and loads (or creates) the signing keys.
+    pub async fn build(deps: Deps) -> anyhow::Result<Self> {
+        store::Migrator::up(&deps.db, None).await?;
+        let keys = Keystore::open(deps.db.clone()).await?;
+        let directory = Directory {
+            db: deps.db,
+            outbox: Outbox::default(),
+            access: deps.access,
+            keys,
+            token_ttl: deps.config.access_token_ttl,
+        };
+        Ok(Self { directory })
+    }
+
+    pub fn directory(&self) -> &Directory {
+        &self.directory
+    }
+
+    /// The keys access tokens are verified with, for hosts that run identity in-process.
+    pub fn keystore(&self) -> Keystore {
+        self.directory.keys.clone()
+    }
+}
+
+impl Service for Identity {
+    fn name(&self) -> &'static str {
+        "identity"
+    }
+
+    fn grpc_services(&self) -> &'static [&'static str] {
+        pim_proto::service_names::IDENTITY
+    }
+
+    fn add_routes(&self, routes: &mut RoutesBuilder) {
+        routes
+            .add_service(DirectoryServiceServer::new(self.directory.clone()))
+            .add_service(AuthServiceServer::new(self.directory.clone()))
+            .add_service(MfaServiceServer::new(Mfa));
+    }
+
+    fn db(&self) -> &Db {
+        &self.directory.db
+    }
+
+    fn outbox(&self) -> &Outbox {
+        &self.directory.outbox
+    }
+}

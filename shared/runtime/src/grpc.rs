@@ -12,9 +12,42 @@ use tonic::Status;
 use tonic::service::Routes;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
+use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::auth::AuthLayer;
 use crate::config::TlsConfig;
+
+/// INVALID_ARGUMENT with a field violation (AIP-193 `BadRequest`).
+pub fn invalid_argument(field: &str, message: &str) -> Status {
+    let details = ErrorDetails::with_bad_request_violation(field, message);
+    Status::with_error_details(tonic::Code::InvalidArgument, format!("{field}: {message}"), details)
+}
+
+/// A rule that refused a request: `kind` is machine-readable (e.g. `MfaRule`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuleViolation {
+    pub kind: &'static str,
+    pub message: String,
+}
+
+/// FAILED_PRECONDITION listing every failed rule (AIP-193 `PreconditionFailure`), so a
+/// client can fix each (step up MFA, add a justification) and retry.
+pub fn failed_precondition(subject: &str, violations: &[RuleViolation]) -> Status {
+    let message = violations.iter().map(|v| format!("{}: {}", v.kind, v.message)).collect::<Vec<_>>().join("; ");
+    let mut details = ErrorDetails::new();
+    for v in violations {
+        details.add_precondition_failure_violation(v.kind, subject, &v.message);
+    }
+    Status::with_error_details(tonic::Code::FailedPrecondition, message, details)
+}
+
+/// The rule kinds of a FAILED_PRECONDITION status (empty for any other status).
+pub fn violated_rules(status: &Status) -> Vec<String> {
+    status
+        .get_details_precondition_failure()
+        .map(|p| p.violations.into_iter().map(|v| v.r#type).collect())
+        .unwrap_or_default()
+}
 
 /// Logs an unexpected error with its chain and answers INTERNAL without details.
 pub fn internal(err: impl Into<anyhow::Error>) -> Status {

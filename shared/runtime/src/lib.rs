@@ -8,6 +8,7 @@ pub mod config;
 pub mod db;
 pub mod events;
 pub mod grpc;
+pub mod host;
 pub mod telemetry;
 #[cfg(feature = "test-util")]
 pub mod testing;

@@ -1,0 +1,244 @@
+//! The rules of assignment as plain Rust: scopes and their inheritance, schedules, role
+//! policies with Entra's shipped defaults, and the checks a request must pass.
+
+use std::time::Duration;
+
+use pim_runtime::grpc::RuleViolation;
+
+use crate::error::{Error, Result};
+
+pub const HOUR: Duration = Duration::from_secs(3600);
+pub const DAY: Duration = Duration::from_secs(24 * 3600);
+
+/// A scope path: `/` (the whole directory) or `/segment/...`; an assignment at a scope
+/// applies to every scope below it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Scope(String);
+
+impl Scope {
+    pub fn root() -> Self {
+        Self("/".to_owned())
+    }
+
+    /// Parses a scope; empty means `/`. Segments are compared case-insensitively (as Azure
+    /// resource ids are), so they are stored lower-cased.
+    pub fn parse(raw: &str) -> Result<Self> {
+        let raw = raw.trim();
+        if raw.is_empty() || raw == "/" {
+            return Ok(Self::root());
+        }
+        if !raw.starts_with('/') {
+            return Err(Error::invalid("scope", "must start with / (e.g. / or /subscriptions/s1)"));
+        }
+        if raw.len() > 1024 {
+            return Err(Error::invalid("scope", "must be at most 1024 characters"));
+        }
+        let trimmed = raw.trim_end_matches('/');
+        let mut out = String::with_capacity(trimmed.len());
+        for segment in trimmed[1..].split('/') {
+            if segment.is_empty() || segment == "." || segment == ".." {
+                return Err(Error::invalid("scope", "has an empty, . or .. segment"));
+            }
+            if !segment.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:@".contains(c)) {
+                return Err(Error::invalid("scope", "segments may hold only letters, digits and - _ . : @"));
+            }
+            out.push('/');
+            out.push_str(&segment.to_ascii_lowercase());
+        }
+        Ok(Self(out))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// This scope and every scope above it, from `/` down.
+    pub fn with_ancestors(&self) -> Vec<String> {
+        let mut out = vec!["/".to_owned()];
+        if self.0 == "/" {
+            return out;
+        }
+        let mut acc = String::new();
+        for segment in self.0[1..].split('/') {
+            acc.push('/');
+            acc.push_str(segment);
+            out.push(acc.clone());
+        }
+        out
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Eligible,
+    Active,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Eligible => "eligible",
+            Kind::Active => "active",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "eligible" => Some(Kind::Eligible),
+            "active" => Some(Kind::Active),
+            _ => None,
+        }
+    }
+}
+
+/// When an assignment holds: from `start` (ms) until `end` (ms), or for ever.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Schedule {
+    pub start: i64,
+    pub end: Option<i64>,
+}
+
+/// How the request asked for the end of its schedule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expiration {
+    At(i64),
+    After(Duration),
+    Permanent,
+    /// Not given: the policy's maximum applies.
+    Unspecified,
+}
+
+/// The role management policy for a (role, scope). Defaults are Entra's shipped values.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Policy {
+    pub activation_max_duration: Duration,
+    pub activation_requires_mfa: bool,
+    pub activation_requires_justification: bool,
+    pub activation_requires_ticket: bool,
+    pub approval_required: bool,
+    pub approver_ids: Vec<String>,
+    pub approval_timeout: Duration,
+    pub eligible_allow_permanent: bool,
+    pub eligible_max_duration: Duration,
+    pub active_allow_permanent: bool,
+    pub active_max_duration: Duration,
+    pub active_requires_justification: bool,
+    pub mfa_freshness: Duration,
+    pub min_activation_before_deactivate: Duration,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            activation_max_duration: 8 * HOUR,
+            activation_requires_mfa: true,
+            activation_requires_justification: true,
+            activation_requires_ticket: false,
+            approval_required: false,
+            approver_ids: Vec::new(),
+            approval_timeout: 24 * HOUR,
+            eligible_allow_permanent: true,
+            eligible_max_duration: 365 * DAY,
+            active_allow_permanent: false,
+            active_max_duration: 180 * DAY,
+            active_requires_justification: true,
+            mfa_freshness: Duration::from_secs(600),
+            min_activation_before_deactivate: Duration::ZERO,
+        }
+    }
+}
+
+/// What an administrator asks to assign.
+#[derive(Clone, Debug)]
+pub struct AdminAssignment {
+    pub kind: Kind,
+    pub start: Option<i64>,
+    pub expiration: Expiration,
+    pub justification: String,
+}
+
+impl Policy {
+    /// Checks an admin assignment against the policy and resolves its schedule; every failed
+    /// rule is reported, not only the first.
+    pub fn check_admin_assignment(&self, a: &AdminAssignment, now: i64) -> std::result::Result<Schedule, Vec<RuleViolation>> {
+        let mut violations = Vec::new();
+        let start = a.start.unwrap_or(now).max(now);
+        let (allow_permanent, max) = match a.kind {
+            Kind::Eligible => (self.eligible_allow_permanent, self.eligible_max_duration),
+            Kind::Active => (self.active_allow_permanent, self.active_max_duration),
+        };
+        let max_ms = max.as_millis() as i64;
+        let end = match a.expiration {
+            Expiration::Permanent if allow_permanent => None,
+            Expiration::Permanent => {
+                violations.push(RuleViolation {
+                    kind: "ExpirationRule",
+                    message: format!("permanent {} assignments are not allowed for this role", a.kind.as_str()),
+                });
+                None
+            }
+            Expiration::Unspecified if allow_permanent => None,
+            Expiration::Unspecified => Some(start + max_ms),
+            Expiration::After(d) => Some(start + d.as_millis() as i64),
+            Expiration::At(t) => Some(t),
+        };
+        if let Some(end) = end {
+            if end <= start {
+                violations.push(RuleViolation { kind: "ExpirationRule", message: "the schedule ends before it starts".into() });
+            } else if end - start > max_ms {
+                violations.push(RuleViolation {
+                    kind: "ExpirationRule",
+                    message: format!("{} assignments may last at most {} days", a.kind.as_str(), max.as_secs() / 86400),
+                });
+            }
+        }
+        if a.kind == Kind::Active && self.active_requires_justification && a.justification.trim().is_empty() {
+            violations.push(RuleViolation { kind: "JustificationRule", message: "a justification is required".into() });
+        }
+        if violations.is_empty() { Ok(Schedule { start, end }) } else { Err(violations) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scopes_normalise_and_list_their_ancestors() {
+        assert_eq!(Scope::parse("").unwrap(), Scope::root());
+        let s = Scope::parse("/Subscriptions/S1/resourceGroups/rg/").unwrap();
+        assert_eq!(s.as_str(), "/subscriptions/s1/resourcegroups/rg");
+        assert_eq!(s.with_ancestors(), vec!["/", "/subscriptions", "/subscriptions/s1", "/subscriptions/s1/resourcegroups", "/subscriptions/s1/resourcegroups/rg"]);
+        for bad in ["subscriptions", "/a//b", "/a/../b", "/a b"] {
+            assert!(Scope::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    fn active(expiration: Expiration, justification: &str) -> AdminAssignment {
+        AdminAssignment { kind: Kind::Active, start: None, expiration, justification: justification.into() }
+    }
+
+    #[test]
+    fn active_assignments_follow_entra_defaults() {
+        let p = Policy::default();
+        let now = 1_000_000;
+        let s = p.check_admin_assignment(&active(Expiration::After(HOUR), "on call"), now).unwrap();
+        assert_eq!(s, Schedule { start: now, end: Some(now + 3_600_000) });
+        let v = p.check_admin_assignment(&active(Expiration::Permanent, ""), now).unwrap_err();
+        let kinds: Vec<_> = v.iter().map(|v| v.kind).collect();
+        assert_eq!(kinds, vec!["ExpirationRule", "JustificationRule"]);
+        let v = p.check_admin_assignment(&active(Expiration::After(181 * DAY), "x"), now).unwrap_err();
+        assert_eq!(v[0].kind, "ExpirationRule");
+        assert_eq!(
+            p.check_admin_assignment(&active(Expiration::Unspecified, "x"), now).unwrap().end,
+            Some(now + (180 * DAY).as_millis() as i64)
+        );
+    }
+
+    #[test]
+    fn eligible_assignments_may_be_permanent() {
+        let p = Policy::default();
+        let a = AdminAssignment { kind: Kind::Eligible, start: None, expiration: Expiration::Permanent, justification: String::new() };
+        assert_eq!(p.check_admin_assignment(&a, 5).unwrap(), Schedule { start: 5, end: None });
+    }
+}

@@ -1,0 +1,53 @@
+//! What callers of the assignment service branch on, and its one mapping to gRPC status.
+
+use tonic::Status;
+
+use pim_runtime::grpc::{RuleViolation, failed_precondition, internal, invalid_argument};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{field}: {message}")]
+    InvalidArgument { field: &'static str, message: String },
+    #[error("{0} not found")]
+    NotFound(String),
+    /// Policy rules that refused the request, each with its machine-readable kind.
+    #[error("policy rules failed: {0:?}")]
+    PolicyViolation(Vec<RuleViolation>),
+    /// A state rule (e.g. removing the last Global Administrator).
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    Unimplemented(String),
+    #[error(transparent)]
+    Status(#[from] Status),
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl Error {
+    pub fn invalid(field: &'static str, message: impl Into<String>) -> Self {
+        Self::InvalidArgument { field, message: message.into() }
+    }
+}
+
+impl From<sea_orm::DbErr> for Error {
+    fn from(err: sea_orm::DbErr) -> Self {
+        Self::Internal(err.into())
+    }
+}
+
+impl From<Error> for Status {
+    fn from(err: Error) -> Self {
+        match err {
+            Error::InvalidArgument { field, message } => invalid_argument(field, &message),
+            Error::NotFound(_) => Status::not_found(err.to_string()),
+            Error::PolicyViolation(v) => failed_precondition("request", &v),
+            Error::FailedPrecondition(m) => Status::failed_precondition(m),
+            Error::Unimplemented(m) => Status::unimplemented(m),
+            Error::Status(status) => status,
+            Error::Internal(err) => internal(err),
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

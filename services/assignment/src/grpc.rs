@@ -1,0 +1,329 @@
+//! The assignment service's gRPC surface; the only module here that knows tonic and prost.
+
+use std::time::Duration;
+
+use tonic::{Request, Response, Status};
+
+use pim_proto::assignment::v1 as pb;
+use pim_proto::assignment::v1::access_service_server::AccessService;
+use pim_proto::assignment::v1::assignment_service_server::AssignmentService;
+use pim_proto::assignment::v1::policy_service_server::PolicyService;
+use pim_proto::assignment::v1::role_service_server::RoleService;
+use pim_proto::common::v1::PrincipalKind;
+use pim_runtime::access::{Target, permissions};
+use pim_runtime::auth::caller;
+use pim_runtime::db::{from_timestamp, to_timestamp};
+
+use crate::assignments::{AdminAssignRequest, Assignments};
+use crate::domain::{AdminAssignment, Expiration, Kind, Policy, Scope};
+use crate::error::Error;
+use crate::store::{AssignmentRow, RequestRow, RoleRow};
+
+fn role_to_pb(r: RoleRow) -> pb::RoleDefinition {
+    pb::RoleDefinition {
+        id: r.id,
+        name: r.name,
+        description: r.description,
+        permissions: r.permissions,
+        built_in: r.built_in,
+        privileged: r.privileged,
+    }
+}
+
+fn action_name(action: pb::RequestAction) -> &'static str {
+    use pb::RequestAction as A;
+    match action {
+        A::AdminAssign => "adminAssign",
+        A::AdminUpdate => "adminUpdate",
+        A::AdminRemove => "adminRemove",
+        A::AdminExtend => "adminExtend",
+        A::AdminRenew => "adminRenew",
+        A::SelfActivate => "selfActivate",
+        A::SelfDeactivate => "selfDeactivate",
+        A::SelfExtend => "selfExtend",
+        A::SelfRenew => "selfRenew",
+        A::Unspecified => "unspecified",
+    }
+}
+
+fn action_from_name(name: &str) -> pb::RequestAction {
+    use pb::RequestAction as A;
+    [A::AdminAssign, A::AdminUpdate, A::AdminRemove, A::AdminExtend, A::AdminRenew, A::SelfActivate, A::SelfDeactivate, A::SelfExtend, A::SelfRenew]
+        .into_iter()
+        .find(|a| action_name(*a) == name)
+        .unwrap_or(A::Unspecified)
+}
+
+fn status_from_name(name: &str) -> pb::RequestStatus {
+    use pb::RequestStatus as S;
+    match name {
+        "PendingApproval" => S::PendingApproval,
+        "Granted" => S::Granted,
+        "Denied" => S::Denied,
+        "Provisioned" => S::Provisioned,
+        "ScheduleCreated" => S::ScheduleCreated,
+        "Revoked" => S::Revoked,
+        "Canceled" => S::Canceled,
+        "Failed" => S::Failed,
+        "Expired" => S::Expired,
+        _ => S::Unspecified,
+    }
+}
+
+fn kind_to_pb(kind: &str) -> pb::AssignmentKind {
+    match Kind::parse(kind) {
+        Some(Kind::Eligible) => pb::AssignmentKind::Eligible,
+        Some(Kind::Active) => pb::AssignmentKind::Active,
+        None => pb::AssignmentKind::Unspecified,
+    }
+}
+
+fn request_to_pb(r: RequestRow) -> pb::AssignmentRequest {
+    pb::AssignmentRequest {
+        id: r.id,
+        action: action_from_name(&r.action) as i32,
+        kind: kind_to_pb(&r.kind) as i32,
+        principal_id: r.principal_id,
+        role_id: r.role_id,
+        scope: r.scope,
+        status: status_from_name(&r.status) as i32,
+        start_time: Some(to_timestamp(r.start_at)),
+        end_time: r.end_at.map(to_timestamp),
+        justification: r.justification,
+        ticket: Some(pim_proto::common::v1::Ticket { system: r.ticket_system, number: r.ticket_number }),
+        requested_by: r.requested_by,
+        created_at: Some(to_timestamp(r.created_at)),
+        assignment_id: r.assignment_id.unwrap_or_default(),
+    }
+}
+
+fn assignment_to_pb(a: AssignmentRow, role_name: String) -> pb::Assignment {
+    let principal_kind = match a.principal_kind.as_str() {
+        "service_principal" => PrincipalKind::ServicePrincipal,
+        "group" => PrincipalKind::Group,
+        _ => PrincipalKind::User,
+    };
+    pb::Assignment {
+        id: a.id,
+        kind: kind_to_pb(&a.kind) as i32,
+        principal_id: a.principal_id,
+        principal_kind: principal_kind as i32,
+        role_id: a.role_id,
+        role_name,
+        scope: a.scope,
+        start_time: Some(to_timestamp(a.start_at)),
+        end_time: a.end_at.map(to_timestamp),
+        member_type: pb::MemberType::Direct as i32,
+        via_group_id: String::new(),
+        created_by: a.created_by,
+    }
+}
+
+fn duration_to_pb(d: Duration) -> prost_types::Duration {
+    prost_types::Duration { seconds: d.as_secs() as i64, nanos: 0 }
+}
+
+fn duration_from_pb(field: &'static str, d: &prost_types::Duration) -> Result<Duration, Error> {
+    if d.seconds < 0 || d.nanos < 0 {
+        return Err(Error::invalid(field, "must not be negative"));
+    }
+    Ok(Duration::new(d.seconds as u64, d.nanos as u32))
+}
+
+fn policy_to_pb(role_id: String, scope: String, p: Policy) -> pb::RolePolicy {
+    pb::RolePolicy {
+        role_id,
+        scope,
+        activation_max_duration: Some(duration_to_pb(p.activation_max_duration)),
+        activation_requires_mfa: p.activation_requires_mfa,
+        activation_requires_justification: p.activation_requires_justification,
+        activation_requires_ticket: p.activation_requires_ticket,
+        approval_required: p.approval_required,
+        approver_ids: p.approver_ids,
+        approval_timeout: Some(duration_to_pb(p.approval_timeout)),
+        eligible_allow_permanent: p.eligible_allow_permanent,
+        eligible_max_duration: Some(duration_to_pb(p.eligible_max_duration)),
+        active_allow_permanent: p.active_allow_permanent,
+        active_max_duration: Some(duration_to_pb(p.active_max_duration)),
+        active_requires_justification: p.active_requires_justification,
+        mfa_freshness: Some(duration_to_pb(p.mfa_freshness)),
+        min_activation_before_deactivate: Some(duration_to_pb(p.min_activation_before_deactivate)),
+    }
+}
+
+/// Optional string filter: empty means "any".
+fn filter(s: &str) -> Option<&str> {
+    let s = s.trim();
+    (!s.is_empty()).then_some(s)
+}
+
+impl TryFrom<pb::CreateRequestRequest> for AdminAssignRequest {
+    type Error = Error;
+
+    fn try_from(r: pb::CreateRequestRequest) -> Result<Self, Error> {
+        let kind = match pb::AssignmentKind::try_from(r.kind) {
+            Ok(pb::AssignmentKind::Eligible) => Kind::Eligible,
+            Ok(pb::AssignmentKind::Active) => Kind::Active,
+            _ => return Err(Error::invalid("kind", "must be eligible or active")),
+        };
+        let schedule = r.schedule.unwrap_or_default();
+        use pb::schedule::Expiration as E;
+        let expiration = match &schedule.expiration {
+            None => Expiration::Unspecified,
+            Some(E::Permanent(true)) => Expiration::Permanent,
+            Some(E::Permanent(false)) => Expiration::Unspecified,
+            Some(E::EndTime(t)) => Expiration::At(from_timestamp(t)),
+            Some(E::Duration(d)) => Expiration::After(duration_from_pb("schedule.duration", d)?),
+        };
+        if r.justification.chars().count() > 1000 {
+            return Err(Error::invalid("justification", "must be at most 1000 characters"));
+        }
+        if let Some(t) = &r.ticket {
+            if t.system.chars().count() > 100 || t.number.chars().count() > 100 {
+                return Err(Error::invalid("ticket", "system and number must be at most 100 characters each"));
+            }
+        }
+        if filter(&r.role_id).is_none() {
+            return Err(Error::invalid("role_id", "required"));
+        }
+        Ok(Self {
+            principal_id: r.principal_id,
+            role: r.role_id,
+            scope: r.scope,
+            assignment: AdminAssignment {
+                kind,
+                start: schedule.start_time.as_ref().map(from_timestamp),
+                expiration,
+                justification: r.justification,
+            },
+            ticket: r.ticket,
+            validate_only: r.validate_only,
+        })
+    }
+}
+
+impl Assignments {
+    fn role_name(&self, id: &str) -> String {
+        self.roles.get(id).map(|r| r.name).unwrap_or_default()
+    }
+
+    async fn list_pb(&self, request: Request<pb::ListAssignmentsRequest>, kind: Kind) -> Result<Response<pb::ListAssignmentsResponse>, Status> {
+        let caller = caller(&request)?.clone();
+        let r = request.into_inner();
+        let principal = if r.mine { Some(caller.principal_id.as_str()) } else { filter(&r.principal_id) };
+        let role = match filter(&r.role_id) {
+            Some(role) => Some(self.roles.find(role).ok_or_else(|| Error::NotFound(format!("role {role}")))?.id),
+            None => None,
+        };
+        let scope = filter(&r.scope).map(Scope::parse).transpose()?;
+        let rows = self.list(&caller, kind, principal, role.as_deref(), scope.as_ref()).await?;
+        Ok(Response::new(pb::ListAssignmentsResponse {
+            assignments: rows.into_iter().map(|a| {
+                let name = self.role_name(&a.role_id);
+                assignment_to_pb(a, name)
+            }).collect(),
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl RoleService for Assignments {
+    async fn list_role_definitions(&self, request: Request<pb::ListRoleDefinitionsRequest>) -> Result<Response<pb::ListRoleDefinitionsResponse>, Status> {
+        caller(&request)?;
+        Ok(Response::new(pb::ListRoleDefinitionsResponse { roles: self.roles.all().into_iter().map(role_to_pb).collect() }))
+    }
+
+    async fn get_role_definition(&self, request: Request<pb::GetRoleDefinitionRequest>) -> Result<Response<pb::RoleDefinition>, Status> {
+        caller(&request)?;
+        let role = filter(&request.get_ref().role).ok_or_else(|| Error::invalid("role", "required"))?;
+        let found = self.roles.find(role).ok_or_else(|| Error::NotFound(format!("role {role}")))?;
+        Ok(Response::new(role_to_pb(found)))
+    }
+}
+
+#[tonic::async_trait]
+impl PolicyService for Assignments {
+    /// Every (role, scope) has Entra's shipped defaults until policies can be changed.
+    async fn get_role_policy(&self, request: Request<pb::GetRolePolicyRequest>) -> Result<Response<pb::RolePolicy>, Status> {
+        caller(&request)?;
+        let r = request.into_inner();
+        let role = filter(&r.role_id).ok_or_else(|| Error::invalid("role_id", "required"))?;
+        let role = self.roles.find(role).ok_or_else(|| Error::NotFound(format!("role {role}")))?;
+        let scope = Scope::parse(&r.scope)?;
+        Ok(Response::new(policy_to_pb(role.id, scope.as_str().to_owned(), Policy::default())))
+    }
+}
+
+#[tonic::async_trait]
+impl AssignmentService for Assignments {
+    async fn create_request(&self, request: Request<pb::CreateRequestRequest>) -> Result<Response<pb::AssignmentRequest>, Status> {
+        let caller = caller(&request)?.clone();
+        let r = request.into_inner();
+        match pb::RequestAction::try_from(r.action) {
+            Ok(pb::RequestAction::AdminAssign) => {}
+            Ok(pb::RequestAction::Unspecified) | Err(_) => return Err(Error::invalid("action", "required (e.g. adminAssign)").into()),
+            Ok(other) => {
+                return Err(Error::Unimplemented(format!("action {} is not available yet; adminAssign is", action_name(other))).into());
+            }
+        }
+        let admin = AdminAssignRequest::try_from(r)?;
+        let created = self.admin_assign(&caller, admin).await?;
+        Ok(Response::new(request_to_pb(created)))
+    }
+
+    async fn get_request(&self, request: Request<pb::GetRequestRequest>) -> Result<Response<pb::AssignmentRequest>, Status> {
+        let caller = caller(&request)?.clone();
+        let id = filter(&request.get_ref().request_id).ok_or_else(|| Error::invalid("request_id", "required"))?;
+        Ok(Response::new(request_to_pb(Assignments::get_request(self, &caller, id).await?)))
+    }
+
+    async fn list_eligible_assignments(&self, request: Request<pb::ListAssignmentsRequest>) -> Result<Response<pb::ListAssignmentsResponse>, Status> {
+        self.list_pb(request, Kind::Eligible).await
+    }
+
+    async fn list_active_assignments(&self, request: Request<pb::ListAssignmentsRequest>) -> Result<Response<pb::ListAssignmentsResponse>, Status> {
+        self.list_pb(request, Kind::Active).await
+    }
+}
+
+#[tonic::async_trait]
+impl AccessService for Assignments {
+    async fn check_access(&self, request: Request<pb::CheckAccessRequest>) -> Result<Response<pb::CheckAccessResponse>, Status> {
+        let caller = caller(&request)?.clone();
+        let r = request.into_inner();
+        let principal = filter(&r.principal_id).ok_or_else(|| Error::invalid("principal_id", "required"))?;
+        let target = match r.target {
+            Some(pb::check_access_request::Target::RoleId(role)) => {
+                let role = filter(&role).ok_or_else(|| Error::invalid("role_id", "required"))?;
+                Target::Role(self.roles.find(role).ok_or_else(|| Error::NotFound(format!("role {role}")))?.id)
+            }
+            Some(pb::check_access_request::Target::Permission(p)) => {
+                Target::Permission(filter(&p).ok_or_else(|| Error::invalid("permission", "required"))?.to_owned())
+            }
+            None => return Err(Error::invalid("target", "role_id or permission is required").into()),
+        };
+        let scope = Scope::parse(&r.scope)?;
+        // Anyone may ask about their own access; asking about others is for readers of assignments.
+        if principal != caller.principal_id {
+            self.authorize(&caller, permissions::ASSIGNMENTS_READ, &Scope::root()).await?;
+        }
+        let (decision, assignment_ids) = self.decide(principal, &target, &scope).await?;
+        Ok(Response::new(pb::CheckAccessResponse {
+            allowed: decision.allowed,
+            expires_at: decision.expires_at.map(to_timestamp),
+            assignment_ids,
+        }))
+    }
+
+    async fn list_active_roles(&self, request: Request<pb::ListActiveRolesRequest>) -> Result<Response<pb::ListActiveRolesResponse>, Status> {
+        let caller = caller(&request)?.clone();
+        let principal = filter(&request.get_ref().principal_id).unwrap_or(&caller.principal_id).to_owned();
+        let rows = self.list(&caller, Kind::Active, Some(&principal), None, None).await?;
+        Ok(Response::new(pb::ListActiveRolesResponse {
+            assignments: rows.into_iter().map(|a| {
+                let name = self.role_name(&a.role_id);
+                assignment_to_pb(a, name)
+            }).collect(),
+        }))
+    }
+}

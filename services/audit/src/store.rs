@@ -1,0 +1,183 @@
+//! The audit database: one row per domain event, unique by event id.
+
+use sea_orm::{ConnectionTrait, DbErr, QueryResult, Value};
+use sea_orm_migration::{MigrationTrait, MigratorTrait};
+
+use pim_runtime::db::{self, col};
+use pim_runtime::events::{SqlMigration, backbone_migration};
+
+pub struct Migrator;
+
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![
+            backbone_migration(),
+            SqlMigration::boxed("m0001_audit_records", |d| {
+                format!(
+                    "CREATE TABLE audit_records (
+                        sequence {serial},
+                        event_id TEXT NOT NULL UNIQUE,
+                        time BIGINT NOT NULL,
+                        source TEXT NOT NULL,
+                        action TEXT NOT NULL,
+                        actor_id TEXT NOT NULL,
+                        actor_name TEXT NOT NULL,
+                        target_id TEXT NOT NULL,
+                        target_name TEXT NOT NULL,
+                        role_id TEXT NOT NULL,
+                        role_name TEXT NOT NULL,
+                        scope TEXT NOT NULL,
+                        justification TEXT NOT NULL,
+                        ticket TEXT NOT NULL,
+                        outcome TEXT NOT NULL,
+                        trace_id TEXT NOT NULL,
+                        payload_json TEXT NOT NULL,
+                        ingested_at BIGINT NOT NULL
+                    );
+                    CREATE INDEX audit_actor ON audit_records (actor_id, sequence);
+                    CREATE INDEX audit_target ON audit_records (target_id, sequence);
+                    CREATE INDEX audit_time ON audit_records (time)",
+                    serial = d.serial_pk()
+                )
+            }),
+        ]
+    }
+}
+
+/// One audit record (without its sequence until stored).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Record {
+    pub sequence: i64,
+    pub event_id: String,
+    pub time: i64,
+    pub source: String,
+    pub action: String,
+    pub actor_id: String,
+    pub actor_name: String,
+    pub target_id: String,
+    pub target_name: String,
+    pub role_id: String,
+    pub role_name: String,
+    pub scope: String,
+    pub justification: String,
+    pub ticket: String,
+    pub outcome: String,
+    pub trace_id: String,
+    pub payload_json: String,
+}
+
+const COLUMNS: &str = "sequence, event_id, time, source, action, actor_id, actor_name, target_id, target_name, role_id, role_name, scope, justification, ticket, outcome, trace_id, payload_json";
+
+impl Record {
+    fn from_row(r: &QueryResult) -> Result<Self, DbErr> {
+        Ok(Self {
+            sequence: col(r, "sequence")?,
+            event_id: col(r, "event_id")?,
+            time: col(r, "time")?,
+            source: col(r, "source")?,
+            action: col(r, "action")?,
+            actor_id: col(r, "actor_id")?,
+            actor_name: col(r, "actor_name")?,
+            target_id: col(r, "target_id")?,
+            target_name: col(r, "target_name")?,
+            role_id: col(r, "role_id")?,
+            role_name: col(r, "role_name")?,
+            scope: col(r, "scope")?,
+            justification: col(r, "justification")?,
+            ticket: col(r, "ticket")?,
+            outcome: col(r, "outcome")?,
+            trace_id: col(r, "trace_id")?,
+            payload_json: col(r, "payload_json")?,
+        })
+    }
+}
+
+/// Stores a record; a record with the same event id already stored is left as it is.
+pub async fn insert<C: ConnectionTrait>(c: &C, r: &Record, now: i64) -> Result<(), DbErr> {
+    db::exec(
+        c,
+        "INSERT INTO audit_records (event_id, time, source, action, actor_id, actor_name, target_id, target_name, role_id, role_name, scope, justification, ticket, outcome, trace_id, payload_json, ingested_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) ON CONFLICT (event_id) DO NOTHING",
+        vec![
+            r.event_id.clone().into(),
+            r.time.into(),
+            r.source.clone().into(),
+            r.action.clone().into(),
+            r.actor_id.clone().into(),
+            r.actor_name.clone().into(),
+            r.target_id.clone().into(),
+            r.target_name.clone().into(),
+            r.role_id.clone().into(),
+            r.role_name.clone().into(),
+            r.scope.clone().into(),
+            r.justification.clone().into(),
+            r.ticket.clone().into(),
+            r.outcome.clone().into(),
+            r.trace_id.clone().into(),
+            r.payload_json.clone().into(),
+            now.into(),
+        ],
+    )
+    .await
+    .map(drop)
+}
+
+/// Filters of a query; empty strings match anything.
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    pub actor_id: String,
+    pub target_id: String,
+    pub role_id: String,
+    pub scope: String,
+    pub action: String,
+    pub outcome: String,
+    pub since: Option<i64>,
+    pub until: Option<i64>,
+    pub trace_id: String,
+    /// Only records this principal did or that were done to them ("my audit").
+    pub involving: Option<String>,
+    pub after_sequence: i64,
+}
+
+pub async fn query<C: ConnectionTrait>(c: &C, f: &Filter, limit: u64) -> Result<Vec<Record>, DbErr> {
+    let mut sql = format!("SELECT {COLUMNS} FROM audit_records WHERE sequence > $1");
+    let mut values: Vec<Value> = vec![f.after_sequence.into()];
+    let eq = |sql: &mut String, values: &mut Vec<Value>, column: &str, value: &str| {
+        if !value.is_empty() {
+            values.push(value.into());
+            sql.push_str(&format!(" AND {column} = ${}", values.len()));
+        }
+    };
+    eq(&mut sql, &mut values, "actor_id", &f.actor_id);
+    eq(&mut sql, &mut values, "target_id", &f.target_id);
+    eq(&mut sql, &mut values, "role_id", &f.role_id);
+    eq(&mut sql, &mut values, "scope", &f.scope);
+    eq(&mut sql, &mut values, "outcome", &f.outcome);
+    eq(&mut sql, &mut values, "trace_id", &f.trace_id);
+    if !f.action.is_empty() {
+        // Full type (pim.assignment.v1.RoleActivated) or its short name (RoleActivated).
+        values.push(f.action.clone().into());
+        values.push(format!("%.{}", f.action).into());
+        sql.push_str(&format!(" AND (action = ${} OR action LIKE ${})", values.len() - 1, values.len()));
+    }
+    if let Some(since) = f.since {
+        values.push(since.into());
+        sql.push_str(&format!(" AND time >= ${}", values.len()));
+    }
+    if let Some(until) = f.until {
+        values.push(until.into());
+        sql.push_str(&format!(" AND time < ${}", values.len()));
+    }
+    if let Some(p) = &f.involving {
+        values.push(p.clone().into());
+        values.push(p.clone().into());
+        sql.push_str(&format!(" AND (actor_id = ${} OR target_id = ${})", values.len() - 1, values.len()));
+    }
+    sql.push_str(&format!(" ORDER BY sequence LIMIT {limit}"));
+    db::query(c, &sql, values).await?.iter().map(Record::from_row).collect()
+}
+
+pub async fn get<C: ConnectionTrait>(c: &C, event_id: &str) -> Result<Option<Record>, DbErr> {
+    let sql = format!("SELECT {COLUMNS} FROM audit_records WHERE event_id = $1");
+    db::query_one(c, &sql, vec![event_id.into()]).await?.map(|r| Record::from_row(&r)).transpose()
+}

@@ -1,0 +1,316 @@
+//! The rules of the directory and of sign-in: who may create whom, what a valid name is,
+//! and what each change tells the rest of the suite (events, committed with the change).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sea_orm::TransactionTrait;
+
+use pim_proto::common::v1::{Actor, PrincipalKind};
+use pim_proto::events::v1 as ev;
+use pim_runtime::access::{AccessCheck, permissions, require};
+use pim_runtime::auth::Caller;
+use pim_runtime::db::{Db, is_unique_violation, now_ms};
+use pim_runtime::events::{Outbox, envelope, streams};
+
+use crate::credentials;
+use crate::error::{Error, Result};
+use crate::store::{self, ServicePrincipalRow, UserRow};
+use crate::tokens::{Issued, Keystore};
+
+const SOURCE: &str = "pim.identity";
+
+/// A new user as asked for, checked.
+pub struct NewUser {
+    pub user_name: String,
+    pub display_name: String,
+    pub email: String,
+    pub password: String,
+}
+
+impl NewUser {
+    pub fn validate(mut self) -> Result<Self> {
+        self.user_name = self.user_name.trim().to_lowercase();
+        let n = self.user_name.chars().count();
+        if !(3..=256).contains(&n) {
+            return Err(Error::invalid("user_name", "must be 3 to 256 characters"));
+        }
+        if !self.user_name.chars().all(|c| c.is_ascii_alphanumeric() || "._-@+".contains(c)) {
+            return Err(Error::invalid("user_name", "may hold only letters, digits and . _ - @ +"));
+        }
+        self.display_name = self.display_name.trim().to_owned();
+        if self.display_name.is_empty() {
+            self.display_name = self.user_name.clone();
+        }
+        if self.display_name.chars().count() > 256 || self.display_name.chars().any(char::is_control) {
+            return Err(Error::invalid("display_name", "must be at most 256 printable characters"));
+        }
+        self.email = self.email.trim().to_owned();
+        if !self.email.is_empty() && (!self.email.contains('@') || self.email.len() > 320) {
+            return Err(Error::invalid("email", "must be an email address"));
+        }
+        credentials::check_password_rules(&self.password)?;
+        Ok(self)
+    }
+}
+
+/// A signed-in principal.
+pub struct Session {
+    pub principal_id: String,
+    pub issued: Issued,
+    pub amr: Vec<String>,
+}
+
+#[derive(Clone)]
+pub struct Directory {
+    pub(crate) db: Db,
+    pub(crate) outbox: Outbox,
+    pub(crate) access: Arc<dyn AccessCheck>,
+    pub(crate) keys: Keystore,
+    pub(crate) token_ttl: Duration,
+}
+
+fn actor(principal_id: &str, kind: PrincipalKind, name: &str) -> Actor {
+    Actor { principal_id: principal_id.to_owned(), kind: kind as i32, display_name: name.to_owned() }
+}
+
+impl Directory {
+    pub async fn create_user(&self, caller: &Caller, new: NewUser) -> Result<UserRow> {
+        require(self.access.as_ref(), caller, permissions::USERS_MANAGE, "/").await?;
+        let new = new.validate()?;
+        self.insert_user(Some(caller.actor()), new).await
+    }
+
+    async fn insert_user(&self, by: Option<Actor>, new: NewUser) -> Result<UserRow> {
+        let row = UserRow {
+            id: uuid::Uuid::now_v7().to_string(),
+            user_name: new.user_name,
+            display_name: new.display_name,
+            email: new.email,
+            password_hash: credentials::hash(&new.password).await?,
+            enabled: true,
+            created_at: now_ms(),
+            last_sign_in_at: None,
+        };
+        let event = ev::UserCreated {
+            actor: by,
+            user_id: row.id.clone(),
+            user_name: row.user_name.clone(),
+            display_name: row.display_name.clone(),
+        };
+        let txn = self.db.begin().await?;
+        if let Err(err) = store::insert_user(&txn, &row).await {
+            return Err(if is_unique_violation(&err) {
+                Error::AlreadyExists(format!("a user named {} already exists", row.user_name))
+            } else {
+                err.into()
+            });
+        }
+        self.outbox.enqueue(&txn, streams::IDENTITY, &envelope(SOURCE, "UserCreated", &row.id, &event)).await?;
+        txn.commit().await?;
+        self.outbox.wake();
+        Ok(row)
+    }
+
+    /// A user, to the user themself or to someone who may read the directory.
+    pub async fn get_user(&self, caller: &Caller, id_or_name: &str) -> Result<UserRow> {
+        let user = store::find_user(&self.db, id_or_name).await?;
+        let own = user.as_ref().is_some_and(|u| u.id == caller.principal_id);
+        if !own {
+            require(self.access.as_ref(), caller, permissions::USERS_READ, "/").await?;
+        }
+        user.ok_or_else(|| Error::NotFound(format!("user {id_or_name}")))
+    }
+
+    pub async fn list_users(&self, caller: &Caller, filter: &str, after: &str, limit: u64) -> Result<Vec<UserRow>> {
+        require(self.access.as_ref(), caller, permissions::USERS_READ, "/").await?;
+        Ok(store::list_users(&self.db, filter, after, limit).await?)
+    }
+
+    /// Any principal by id, for other services (any authenticated caller may resolve ids).
+    pub async fn get_principal(&self, id: &str) -> Result<pim_proto::identity::v1::Principal> {
+        if let Some(u) = store::find_user(&self.db, id).await? {
+            return Ok(pim_proto::identity::v1::Principal {
+                id: u.id,
+                kind: PrincipalKind::User as i32,
+                display_name: u.display_name,
+                user_name: u.user_name,
+                enabled: u.enabled,
+                is_assignable_to_role: false,
+            });
+        }
+        if let Some(sp) = store::find_service_principal(&self.db, id).await? {
+            return Ok(pim_proto::identity::v1::Principal {
+                id: sp.id,
+                kind: PrincipalKind::ServicePrincipal as i32,
+                display_name: sp.display_name,
+                user_name: String::new(),
+                enabled: sp.enabled,
+                is_assignable_to_role: false,
+            });
+        }
+        Err(Error::NotFound(format!("principal {id}")))
+    }
+
+    /// Creates a service principal; the secret is returned once and only its hash is kept.
+    pub async fn create_service_principal(&self, caller: &Caller, display_name: &str) -> Result<(ServicePrincipalRow, String)> {
+        require(self.access.as_ref(), caller, permissions::SERVICE_PRINCIPALS_MANAGE, "/").await?;
+        let display_name = display_name.trim();
+        if display_name.is_empty() || display_name.chars().count() > 256 {
+            return Err(Error::invalid("display_name", "must be 1 to 256 characters"));
+        }
+        let secret = credentials::random_secret();
+        let row = ServicePrincipalRow {
+            id: uuid::Uuid::now_v7().to_string(),
+            display_name: display_name.to_owned(),
+            secret_hash: credentials::hash(&secret).await?,
+            enabled: true,
+            created_at: now_ms(),
+        };
+        let event = ev::ServicePrincipalCreated {
+            actor: Some(caller.actor()),
+            service_principal_id: row.id.clone(),
+            display_name: row.display_name.clone(),
+        };
+        let txn = self.db.begin().await?;
+        store::insert_service_principal(&txn, &row).await?;
+        self.outbox
+            .enqueue(&txn, streams::IDENTITY, &envelope(SOURCE, "ServicePrincipalCreated", &row.id, &event))
+            .await?;
+        txn.commit().await?;
+        self.outbox.wake();
+        Ok((row, secret))
+    }
+
+    /// Password sign-in. Unknown user, disabled user and wrong password answer alike, in
+    /// about the same time.
+    pub async fn sign_in(&self, user_name: &str, password: &str) -> Result<Session> {
+        let user = store::find_user(&self.db, user_name.trim()).await?;
+        let hash = user.as_ref().map(|u| u.password_hash.clone());
+        let matched = credentials::verify(password, hash).await?;
+        let user = match user {
+            Some(u) if matched && u.enabled => u,
+            other => {
+                let reason = match &other {
+                    None => "unknown_user",
+                    Some(u) if !u.enabled => "disabled",
+                    Some(_) => "bad_password",
+                };
+                let event = ev::SignInFailed {
+                    user_name: user_name.trim().chars().take(256).collect(),
+                    principal_id: other.map(|u| u.id).unwrap_or_default(),
+                    reason: reason.to_owned(),
+                };
+                self.record(streams::IDENTITY, "SignInFailed", &event.principal_id.clone(), &event).await?;
+                return Err(Error::BadCredentials);
+            }
+        };
+        let amr = vec!["pwd".to_owned()];
+        let session_id = uuid::Uuid::now_v7().to_string();
+        let issued = self.keys.issue(&user.id, PrincipalKind::User, &user.user_name, amr.clone(), &session_id, self.token_ttl)?;
+        let event = ev::SignInSucceeded {
+            actor: Some(actor(&user.id, PrincipalKind::User, &user.user_name)),
+            session_id,
+            amr: amr.clone(),
+        };
+        let txn = self.db.begin().await?;
+        store::record_user_sign_in(&txn, &user.id, now_ms()).await?;
+        self.outbox.enqueue(&txn, streams::IDENTITY, &envelope(SOURCE, "SignInSucceeded", &user.id, &event)).await?;
+        txn.commit().await?;
+        self.outbox.wake();
+        Ok(Session { principal_id: user.id, issued, amr })
+    }
+
+    pub async fn sign_in_service_principal(&self, client_id: &str, secret: &str) -> Result<Session> {
+        let sp = match uuid::Uuid::parse_str(client_id.trim()) {
+            Ok(_) => store::find_service_principal(&self.db, client_id.trim()).await?,
+            Err(_) => None,
+        };
+        let matched = credentials::verify(secret, sp.as_ref().map(|s| s.secret_hash.clone())).await?;
+        let sp = match sp {
+            Some(sp) if matched && sp.enabled => sp,
+            other => {
+                let event = ev::SignInFailed {
+                    user_name: client_id.trim().chars().take(64).collect(),
+                    principal_id: other.map(|s| s.id).unwrap_or_default(),
+                    reason: "bad_client_credentials".to_owned(),
+                };
+                self.record(streams::IDENTITY, "SignInFailed", &event.principal_id.clone(), &event).await?;
+                return Err(Error::BadClientCredentials);
+            }
+        };
+        let amr = vec!["secret".to_owned()];
+        let session_id = uuid::Uuid::now_v7().to_string();
+        let issued = self.keys.issue(
+            &sp.id,
+            PrincipalKind::ServicePrincipal,
+            &sp.display_name,
+            amr.clone(),
+            &session_id,
+            self.token_ttl,
+        )?;
+        let event = ev::SignInSucceeded {
+            actor: Some(actor(&sp.id, PrincipalKind::ServicePrincipal, &sp.display_name)),
+            session_id,
+            amr: amr.clone(),
+        };
+        let txn = self.db.begin().await?;
+        store::record_sp_sign_in(&txn, &sp.id, now_ms()).await?;
+        self.outbox.enqueue(&txn, streams::IDENTITY, &envelope(SOURCE, "SignInSucceeded", &sp.id, &event)).await?;
+        txn.commit().await?;
+        self.outbox.wake();
+        Ok(Session { principal_id: sp.id, issued, amr })
+    }
+
+    async fn record(&self, stream: &str, event_type: &str, subject: &str, event: &impl prost::Message) -> Result<()> {
+        let txn = self.db.begin().await?;
+        self.outbox.enqueue(&txn, stream, &envelope(SOURCE, event_type, subject, event)).await?;
+        txn.commit().await?;
+        self.outbox.wake();
+        Ok(())
+    }
+
+    /// The break-glass administrator: created with a random password when missing, given a
+    /// new one when present (an interrupted bootstrap is re-run). Returns (user, password).
+    pub async fn bootstrap_admin(&self, user_name: &str) -> Result<(UserRow, String)> {
+        let password = credentials::random_secret();
+        if let Some(user) = store::find_user(&self.db, user_name).await? {
+            store::set_password(&self.db, &user.id, &credentials::hash(&password).await?).await?;
+            return Ok((user, password));
+        }
+        let new = NewUser {
+            user_name: user_name.to_owned(),
+            display_name: "Break-glass administrator".to_owned(),
+            email: String::new(),
+            password: password.clone(),
+        }
+        .validate()?;
+        Ok((self.insert_user(None, new).await?, password))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new_user(name: &str, password: &str) -> NewUser {
+        NewUser { user_name: name.into(), display_name: String::new(), email: String::new(), password: password.into() }
+    }
+
+    #[test]
+    fn user_names_are_normalised_and_checked() {
+        let ok = new_user("  Lee@Contoso.Example ", "long enough password").validate().unwrap();
+        assert_eq!(ok.user_name, "lee@contoso.example");
+        assert_eq!(ok.display_name, "lee@contoso.example");
+        for bad in ["", "ab", "has space", "semi;colon"] {
+            assert!(matches!(
+                new_user(bad, "long enough password").validate(),
+                Err(Error::InvalidArgument { field: "user_name", .. })
+            ));
+        }
+        assert!(matches!(
+            new_user("lee", "short").validate(),
+            Err(Error::InvalidArgument { field: "password", .. })
+        ));
+    }
+}

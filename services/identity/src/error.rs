@@ -1,0 +1,49 @@
+//! What callers of the identity service branch on, and its one mapping to gRPC status.
+
+use tonic::Status;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{field}: {message}")]
+    InvalidArgument { field: &'static str, message: String },
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// Sign-in failed; the same words whether the name is unknown or the secret wrong.
+    #[error("user name or password is incorrect")]
+    BadCredentials,
+    #[error("client id or secret is incorrect")]
+    BadClientCredentials,
+    #[error(transparent)]
+    Denied(#[from] Status),
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl Error {
+    pub fn invalid(field: &'static str, message: impl Into<String>) -> Self {
+        Self::InvalidArgument { field, message: message.into() }
+    }
+}
+
+impl From<sea_orm::DbErr> for Error {
+    fn from(err: sea_orm::DbErr) -> Self {
+        Self::Internal(err.into())
+    }
+}
+
+impl From<Error> for Status {
+    fn from(err: Error) -> Self {
+        match err {
+            Error::InvalidArgument { field, message } => pim_runtime::grpc::invalid_argument(field, &message),
+            Error::NotFound(_) => Status::not_found(err.to_string()),
+            Error::AlreadyExists(_) => Status::already_exists(err.to_string()),
+            Error::BadCredentials | Error::BadClientCredentials => Status::unauthenticated(err.to_string()),
+            Error::Denied(status) => status,
+            Error::Internal(err) => pim_runtime::grpc::internal(err),
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

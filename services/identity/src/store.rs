@@ -1,0 +1,213 @@
+//! The identity database: migrations and queries. Only this module writes SQL.
+
+use sea_orm::{ConnectionTrait, DbErr, QueryResult};
+use sea_orm_migration::{MigrationTrait, MigratorTrait};
+
+use pim_runtime::db::{self, col};
+use pim_runtime::events::{SqlMigration, backbone_migration};
+
+pub struct Migrator;
+
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![
+            backbone_migration(),
+            SqlMigration::boxed("m0001_directory", |d| {
+                format!(
+                    "CREATE TABLE users (
+                        id TEXT PRIMARY KEY,
+                        user_name TEXT NOT NULL UNIQUE,
+                        display_name TEXT NOT NULL,
+                        email TEXT NOT NULL,
+                        password_hash TEXT NOT NULL,
+                        enabled BOOLEAN NOT NULL,
+                        created_at BIGINT NOT NULL,
+                        last_sign_in_at BIGINT
+                    );
+                    CREATE TABLE service_principals (
+                        id TEXT PRIMARY KEY,
+                        display_name TEXT NOT NULL,
+                        secret_hash TEXT NOT NULL,
+                        enabled BOOLEAN NOT NULL,
+                        created_at BIGINT NOT NULL,
+                        last_sign_in_at BIGINT
+                    );
+                    CREATE TABLE signing_keys (
+                        kid TEXT PRIMARY KEY,
+                        private_key {blob} NOT NULL,
+                        public_key TEXT NOT NULL,
+                        created_at BIGINT NOT NULL,
+                        retire_after BIGINT
+                    )",
+                    blob = d.blob()
+                )
+            }),
+        ]
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct UserRow {
+    pub id: String,
+    pub user_name: String,
+    pub display_name: String,
+    pub email: String,
+    pub password_hash: String,
+    pub enabled: bool,
+    pub created_at: i64,
+    pub last_sign_in_at: Option<i64>,
+}
+
+impl UserRow {
+    fn from_row(r: &QueryResult) -> Result<Self, DbErr> {
+        Ok(Self {
+            id: col(r, "id")?,
+            user_name: col(r, "user_name")?,
+            display_name: col(r, "display_name")?,
+            email: col(r, "email")?,
+            password_hash: col(r, "password_hash")?,
+            enabled: col(r, "enabled")?,
+            created_at: col(r, "created_at")?,
+            last_sign_in_at: col(r, "last_sign_in_at")?,
+        })
+    }
+}
+
+const USER_COLUMNS: &str = "id, user_name, display_name, email, password_hash, enabled, created_at, last_sign_in_at";
+
+pub async fn insert_user<C: ConnectionTrait>(c: &C, u: &UserRow) -> Result<(), DbErr> {
+    db::exec(
+        c,
+        "INSERT INTO users (id, user_name, display_name, email, password_hash, enabled, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        vec![
+            u.id.clone().into(),
+            u.user_name.clone().into(),
+            u.display_name.clone().into(),
+            u.email.clone().into(),
+            u.password_hash.clone().into(),
+            u.enabled.into(),
+            u.created_at.into(),
+        ],
+    )
+    .await
+    .map(drop)
+}
+
+/// A user by id or by (lower-cased) user name.
+pub async fn find_user<C: ConnectionTrait>(c: &C, id_or_name: &str) -> Result<Option<UserRow>, DbErr> {
+    let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1 OR user_name = $2");
+    db::query_one(c, &sql, vec![id_or_name.into(), id_or_name.to_lowercase().into()])
+        .await?
+        .map(|r| UserRow::from_row(&r))
+        .transpose()
+}
+
+/// Users after `after` (by user name), matching `filter`, at most `limit`.
+pub async fn list_users<C: ConnectionTrait>(c: &C, filter: &str, after: &str, limit: u64) -> Result<Vec<UserRow>, DbErr> {
+    let pattern = format!("%{}%", filter.to_lowercase().replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"));
+    let sql = format!(
+        "SELECT {USER_COLUMNS} FROM users WHERE user_name > $1 AND (LOWER(user_name) LIKE $2 ESCAPE '\\' OR LOWER(display_name) LIKE $3 ESCAPE '\\') ORDER BY user_name LIMIT {limit}"
+    );
+    db::query(c, &sql, vec![after.into(), pattern.clone().into(), pattern.into()])
+        .await?
+        .iter()
+        .map(UserRow::from_row)
+        .collect()
+}
+
+pub async fn set_password<C: ConnectionTrait>(c: &C, user_id: &str, hash: &str) -> Result<u64, DbErr> {
+    db::exec(c, "UPDATE users SET password_hash = $1 WHERE id = $2", vec![hash.into(), user_id.into()]).await
+}
+
+pub async fn record_user_sign_in<C: ConnectionTrait>(c: &C, user_id: &str, at: i64) -> Result<(), DbErr> {
+    db::exec(c, "UPDATE users SET last_sign_in_at = $1 WHERE id = $2", vec![at.into(), user_id.into()]).await.map(drop)
+}
+
+#[derive(Clone, Debug)]
+pub struct ServicePrincipalRow {
+    pub id: String,
+    pub display_name: String,
+    pub secret_hash: String,
+    pub enabled: bool,
+    pub created_at: i64,
+}
+
+pub async fn insert_service_principal<C: ConnectionTrait>(c: &C, sp: &ServicePrincipalRow) -> Result<(), DbErr> {
+    db::exec(
+        c,
+        "INSERT INTO service_principals (id, display_name, secret_hash, enabled, created_at) VALUES ($1, $2, $3, $4, $5)",
+        vec![
+            sp.id.clone().into(),
+            sp.display_name.clone().into(),
+            sp.secret_hash.clone().into(),
+            sp.enabled.into(),
+            sp.created_at.into(),
+        ],
+    )
+    .await
+    .map(drop)
+}
+
+pub async fn find_service_principal<C: ConnectionTrait>(c: &C, id: &str) -> Result<Option<ServicePrincipalRow>, DbErr> {
+    let row = db::query_one(
+        c,
+        "SELECT id, display_name, secret_hash, enabled, created_at FROM service_principals WHERE id = $1",
+        vec![id.into()],
+    )
+    .await?;
+    row.map(|r| {
+        Ok(ServicePrincipalRow {
+            id: col(&r, "id")?,
+            display_name: col(&r, "display_name")?,
+            secret_hash: col(&r, "secret_hash")?,
+            enabled: col(&r, "enabled")?,
+            created_at: col(&r, "created_at")?,
+        })
+    })
+    .transpose()
+}
+
+pub async fn record_sp_sign_in<C: ConnectionTrait>(c: &C, id: &str, at: i64) -> Result<(), DbErr> {
+    db::exec(c, "UPDATE service_principals SET last_sign_in_at = $1 WHERE id = $2", vec![at.into(), id.into()])
+        .await
+        .map(drop)
+}
+
+#[derive(Clone, Debug)]
+pub struct SigningKeyRow {
+    pub kid: String,
+    pub private_key: Vec<u8>,
+    pub public_key: String,
+    pub created_at: i64,
+    pub retire_after: Option<i64>,
+}
+
+pub async fn signing_keys<C: ConnectionTrait>(c: &C) -> Result<Vec<SigningKeyRow>, DbErr> {
+    db::query(
+        c,
+        "SELECT kid, private_key, public_key, created_at, retire_after FROM signing_keys ORDER BY created_at DESC",
+        vec![],
+    )
+    .await?
+    .iter()
+    .map(|r| {
+        Ok(SigningKeyRow {
+            kid: col(r, "kid")?,
+            private_key: col(r, "private_key")?,
+            public_key: col(r, "public_key")?,
+            created_at: col(r, "created_at")?,
+            retire_after: col(r, "retire_after")?,
+        })
+    })
+    .collect()
+}
+
+pub async fn insert_signing_key<C: ConnectionTrait>(c: &C, k: &SigningKeyRow) -> Result<(), DbErr> {
+    db::exec(
+        c,
+        "INSERT INTO signing_keys (kid, private_key, public_key, created_at) VALUES ($1, $2, $3, $4)",
+        vec![k.kid.clone().into(), k.private_key.clone().into(), k.public_key.clone().into(), k.created_at.into()],
+    )
+    .await
+    .map(drop)
+}

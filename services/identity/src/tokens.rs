@@ -1,0 +1,128 @@
+//! Signing keys and access tokens: Ed25519 (JWT alg EdDSA) with a `kid` per key, so keys
+//! can rotate while tokens signed by the previous key keep verifying until they expire.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use argon2::password_hash::rand_core::OsRng;
+use base64::Engine;
+use ed25519_dalek::SigningKey;
+use ed25519_dalek::pkcs8::EncodePrivateKey;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+
+use pim_proto::common::v1::PrincipalKind;
+use pim_proto::identity::v1 as pb;
+use pim_runtime::auth::{AUDIENCE, Claims, ISSUER, KeySource, kind_claim};
+use pim_runtime::db::{Db, now_ms, to_timestamp};
+
+use crate::store::{self, SigningKeyRow};
+
+/// Identity's signing keys, loaded from its database and cached.
+#[derive(Clone)]
+pub struct Keystore {
+    db: Db,
+    keys: Arc<RwLock<Vec<SigningKeyRow>>>,
+}
+
+/// A token just issued.
+pub struct Issued {
+    pub token: String,
+    pub expires_at: i64,
+}
+
+impl Keystore {
+    /// Loads the keys, creating the first one when there is none.
+    pub async fn open(db: Db) -> anyhow::Result<Self> {
+        let store = Self { db, keys: Arc::default() };
+        store.reload().await?;
+        if store.active().is_none() {
+            store.create_key().await?;
+        }
+        Ok(store)
+    }
+
+    async fn reload(&self) -> anyhow::Result<()> {
+        let keys = store::signing_keys(&self.db).await.context("loading signing keys")?;
+        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = keys;
+        Ok(())
+    }
+
+    fn active(&self) -> Option<SigningKeyRow> {
+        self.keys.read().unwrap_or_else(|e| e.into_inner()).iter().find(|k| k.retire_after.is_none()).cloned()
+    }
+
+    async fn create_key(&self) -> anyhow::Result<()> {
+        let key = SigningKey::generate(&mut OsRng);
+        let der = key.to_pkcs8_der().map_err(|e| anyhow::anyhow!("encoding a signing key: {e}"))?;
+        let row = SigningKeyRow {
+            kid: uuid::Uuid::now_v7().simple().to_string(),
+            private_key: der.as_bytes().to_vec(),
+            public_key: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key.verifying_key().to_bytes()),
+            created_at: now_ms(),
+            retire_after: None,
+        };
+        store::insert_signing_key(&self.db, &row).await.context("storing a signing key")?;
+        self.reload().await
+    }
+
+    /// Signs an access token for a principal.
+    pub fn issue(
+        &self,
+        principal_id: &str,
+        kind: PrincipalKind,
+        name: &str,
+        amr: Vec<String>,
+        session_id: &str,
+        ttl: Duration,
+    ) -> anyhow::Result<Issued> {
+        let key = self.active().context("no active signing key")?;
+        let now = now_ms() / 1000;
+        let exp = now + ttl.as_secs() as i64;
+        let claims = Claims {
+            sub: principal_id.to_owned(),
+            kind: kind_claim(kind).to_owned(),
+            name: name.to_owned(),
+            amr,
+            mfa_at: None,
+            sid: session_id.to_owned(),
+            iat: now,
+            exp,
+            iss: ISSUER.to_owned(),
+            aud: AUDIENCE.to_owned(),
+        };
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(key.kid.clone());
+        let token = jsonwebtoken::encode(&header, &claims, &EncodingKey::from_ed_der(&key.private_key))
+            .context("signing an access token")?;
+        Ok(Issued { token, expires_at: exp * 1000 })
+    }
+
+    /// Public halves of every key still verifying tokens.
+    pub fn public_keys(&self) -> Vec<pb::SigningKey> {
+        let now = now_ms();
+        self.keys
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|k| k.retire_after.is_none_or(|t| t > now))
+            .map(|k| pb::SigningKey {
+                kid: k.kid.clone(),
+                alg: "EdDSA".to_owned(),
+                public_key: k.public_key.clone(),
+                created_at: Some(to_timestamp(k.created_at)),
+                retire_after: k.retire_after.map(to_timestamp),
+            })
+            .collect()
+    }
+}
+
+/// In-process verification keys, for hosts that run identity themselves.
+#[async_trait::async_trait]
+impl KeySource for Keystore {
+    async fn signing_keys(&self) -> anyhow::Result<Vec<pb::SigningKey>> {
+        // Another replica may have added a key since we loaded them.
+        self.reload().await?;
+        Ok(self.public_keys())
+    }
+}

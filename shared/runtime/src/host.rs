@@ -1,0 +1,40 @@
+//! The seam between a service library and the process that hosts it (`pim serve <service>`
+//! hosts one, `pim up` all five): what a service needs, and what the host needs from it.
+
+use std::sync::Arc;
+
+use tonic::service::RoutesBuilder;
+use tonic::transport::Channel;
+
+use crate::access::AccessCheck;
+use crate::config::Config;
+use crate::db::Db;
+use crate::events::{EventHandler, Outbox};
+
+/// What the host gives a service.
+#[derive(Clone)]
+pub struct Deps {
+    pub config: Config,
+    /// The service's own database, migrated by the service.
+    pub db: Db,
+    /// The cached CheckAccess client every service authorizes through.
+    pub access: Arc<dyn AccessCheck>,
+    /// Channels to the identity and assignment services (in `pim up`, the process itself).
+    pub identity: Channel,
+    pub assignment: Channel,
+}
+
+/// What the host needs from a service.
+pub trait Service: Send + Sync {
+    /// Short name: identity, assignment, approval, alerting, audit.
+    fn name(&self) -> &'static str;
+    /// Fully-qualified gRPC service names, for health.
+    fn grpc_services(&self) -> &'static [&'static str];
+    fn add_routes(&self, routes: &mut RoutesBuilder);
+    fn db(&self) -> &Db;
+    fn outbox(&self) -> &Outbox;
+    /// Consumers of other services' events.
+    fn handlers(&self) -> Vec<Arc<dyn EventHandler>> {
+        Vec::new()
+    }
+}
