@@ -30,7 +30,10 @@ pub struct Alerting {
 impl Alerting {
     pub async fn build(deps: Deps) -> anyhow::Result<Self> {
         Migrator::up(&deps.db, None).await?;
-        Ok(Self { db: deps.db, outbox: Outbox::default() })
+        Ok(Self {
+            db: deps.db,
+            outbox: Outbox::default(),
+        })
     }
 }
 

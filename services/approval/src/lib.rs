@@ -34,7 +34,10 @@ pub struct Approval {
 impl Approval {
     pub async fn build(deps: Deps) -> anyhow::Result<Self> {
         Migrator::up(&deps.db, None).await?;
-        Ok(Self { db: deps.db, outbox: Outbox::default() })
+        Ok(Self {
+            db: deps.db,
+            outbox: Outbox::default(),
+        })
     }
 }
 
@@ -48,7 +51,9 @@ impl Service for Approval {
     }
 
     fn add_routes(&self, routes: &mut RoutesBuilder) {
-        routes.add_service(ApprovalServiceServer::new(Approvals)).add_service(AccessReviewServiceServer::new(Reviews));
+        routes
+            .add_service(ApprovalServiceServer::new(Approvals))
+            .add_service(AccessReviewServiceServer::new(Reviews));
     }
 
     fn db(&self) -> &Db {

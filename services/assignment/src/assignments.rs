@@ -61,7 +61,8 @@ impl Assignments {
             Target::Role(role) => Some(role.as_str()),
             Target::Permission(_) => None,
         };
-        let held = store::current_assignments(&self.db, Kind::Active.as_str(), Some(principal), role_filter, now).await?;
+        let held =
+            store::current_assignments(&self.db, Kind::Active.as_str(), Some(principal), role_filter, now).await?;
         let scopes = scope.with_ancestors();
         let mut ids = Vec::new();
         let (mut permanent, mut latest_end) = (false, None::<i64>);
@@ -86,17 +87,27 @@ impl Assignments {
 
     /// Refuses unless the caller holds `permission` at `scope`.
     pub async fn authorize(&self, caller: &Caller, permission: &str, scope: &Scope) -> Result<()> {
-        let (decision, _) = self.decide(&caller.principal_id, &Target::Permission(permission.to_owned()), scope).await?;
+        let (decision, _) = self
+            .decide(&caller.principal_id, &Target::Permission(permission.to_owned()), scope)
+            .await?;
         if decision.allowed {
             Ok(())
         } else {
-            Err(tonic::Status::permission_denied(format!("requires permission {permission} at scope {}", scope.as_str())).into())
+            Err(tonic::Status::permission_denied(format!(
+                "requires permission {permission} at scope {}",
+                scope.as_str()
+            ))
+            .into())
         }
     }
 
     async fn principal(&self, caller: &Caller, id: &str) -> Result<PrincipalInfo> {
-        let mut request = tonic::Request::new(GetPrincipalRequest { principal_id: id.to_owned() });
-        let bearer = format!("Bearer {}", caller.token()).parse().map_err(|_| Error::invalid("authorization", "malformed token"))?;
+        let mut request = tonic::Request::new(GetPrincipalRequest {
+            principal_id: id.to_owned(),
+        });
+        let bearer = format!("Bearer {}", caller.token())
+            .parse()
+            .map_err(|_| Error::invalid("authorization", "malformed token"))?;
         request.metadata_mut().insert("authorization", bearer);
         request.set_timeout(Duration::from_secs(3));
         match self.identity.clone().get_principal(request).await {
@@ -105,7 +116,10 @@ impl Assignments {
                 if !p.enabled {
                     return Err(Error::FailedPrecondition(format!("principal {id} is disabled")));
                 }
-                Ok(PrincipalInfo { kind: PrincipalKind::try_from(p.kind).unwrap_or(PrincipalKind::User), name: p.display_name })
+                Ok(PrincipalInfo {
+                    kind: PrincipalKind::try_from(p.kind).unwrap_or(PrincipalKind::User),
+                    name: p.display_name,
+                })
             }
             Err(s) if s.code() == tonic::Code::NotFound => Err(Error::NotFound(format!("principal {id}"))),
             Err(s) => {
@@ -118,7 +132,10 @@ impl Assignments {
     /// adminAssign: an administrator makes a principal eligible for, or active in, a role.
     pub async fn admin_assign(&self, caller: &Caller, r: AdminAssignRequest) -> Result<RequestRow> {
         let scope = Scope::parse(&r.scope)?;
-        let role = self.roles.find(r.role.trim()).ok_or_else(|| Error::NotFound(format!("role {}", r.role.trim())))?;
+        let role = self
+            .roles
+            .find(r.role.trim())
+            .ok_or_else(|| Error::NotFound(format!("role {}", r.role.trim())))?;
         let principal_id = r.principal_id.trim();
         if principal_id.is_empty() {
             return Err(Error::invalid("principal_id", "required"));
@@ -132,16 +149,27 @@ impl Assignments {
             }]));
         }
         let now = now_ms();
-        let schedule = Policy::default().check_admin_assignment(&r.assignment, now).map_err(Error::PolicyViolation)?;
+        let schedule = Policy::default()
+            .check_admin_assignment(&r.assignment, now)
+            .map_err(Error::PolicyViolation)?;
         let ticket = r.ticket.unwrap_or_default();
         let request = RequestRow {
-            id: if r.validate_only { String::new() } else { uuid::Uuid::now_v7().to_string() },
+            id: if r.validate_only {
+                String::new()
+            } else {
+                uuid::Uuid::now_v7().to_string()
+            },
             action: "adminAssign".into(),
             kind: r.assignment.kind.as_str().into(),
             principal_id: principal_id.into(),
             role_id: role.id.clone(),
             scope: scope.as_str().into(),
-            status: if schedule.start > now { "ScheduleCreated" } else { "Provisioned" }.into(),
+            status: if schedule.start > now {
+                "ScheduleCreated"
+            } else {
+                "Provisioned"
+            }
+            .into(),
             start_at: schedule.start,
             end_at: schedule.end,
             justification: r.assignment.justification.trim().into(),
@@ -158,7 +186,13 @@ impl Assignments {
     }
 
     /// Records a request that grants an assignment, the assignment, and their events, in one transaction.
-    async fn grant(&self, actor: Option<Actor>, mut request: RequestRow, principal: &PrincipalInfo, role_name: &str) -> Result<RequestRow> {
+    async fn grant(
+        &self,
+        actor: Option<Actor>,
+        mut request: RequestRow,
+        principal: &PrincipalInfo,
+        role_name: &str,
+    ) -> Result<RequestRow> {
         let assignment = AssignmentRow {
             id: uuid::Uuid::now_v7().to_string(),
             kind: request.kind.clone(),
@@ -173,7 +207,10 @@ impl Assignments {
             created_by: request.requested_by.clone(),
         };
         request.assignment_id = Some(assignment.id.clone());
-        let ticket = Ticket { system: request.ticket_system.clone(), number: request.ticket_number.clone() };
+        let ticket = Ticket {
+            system: request.ticket_system.clone(),
+            number: request.ticket_number.clone(),
+        };
         let created = ev::RequestCreated {
             actor: actor.clone(),
             request_id: request.id.clone(),
@@ -206,13 +243,27 @@ impl Assignments {
             ticket: Some(ticket),
             reason: String::new(),
         };
-        let granted_type = if assignment.kind == Kind::Eligible.as_str() { "EligibilityGranted" } else { "ActiveAssignmentGranted" };
+        let granted_type = if assignment.kind == Kind::Eligible.as_str() {
+            "EligibilityGranted"
+        } else {
+            "ActiveAssignmentGranted"
+        };
         let txn = self.db.begin().await?;
         store::insert_request(&txn, &request).await?;
         store::insert_assignment(&txn, &assignment, request.created_at).await?;
-        self.outbox.enqueue(&txn, streams::ASSIGNMENT, &envelope(SOURCE, "RequestCreated", &request.id, &created)).await?;
         self.outbox
-            .enqueue(&txn, streams::ASSIGNMENT, &envelope(SOURCE, granted_type, &assignment.principal_id, &granted))
+            .enqueue(
+                &txn,
+                streams::ASSIGNMENT,
+                &envelope(SOURCE, "RequestCreated", &request.id, &created),
+            )
+            .await?;
+        self.outbox
+            .enqueue(
+                &txn,
+                streams::ASSIGNMENT,
+                &envelope(SOURCE, granted_type, &assignment.principal_id, &granted),
+            )
             .await?;
         txn.commit().await?;
         self.outbox.wake();
@@ -220,9 +271,17 @@ impl Assignments {
     }
 
     /// Assignments in force now; the caller's own, or anyone's for readers of assignments.
-    pub async fn list(&self, caller: &Caller, kind: Kind, principal: Option<&str>, role: Option<&str>, scope: Option<&Scope>) -> Result<Vec<AssignmentRow>> {
+    pub async fn list(
+        &self,
+        caller: &Caller,
+        kind: Kind,
+        principal: Option<&str>,
+        role: Option<&str>,
+        scope: Option<&Scope>,
+    ) -> Result<Vec<AssignmentRow>> {
         if principal != Some(caller.principal_id.as_str()) {
-            self.authorize(caller, permissions::ASSIGNMENTS_READ, &Scope::root()).await?;
+            self.authorize(caller, permissions::ASSIGNMENTS_READ, &Scope::root())
+                .await?;
         }
         let rows = store::current_assignments(&self.db, kind.as_str(), principal, role, now_ms()).await?;
         Ok(match scope {
@@ -236,15 +295,25 @@ impl Assignments {
     }
 
     pub async fn get_request(&self, caller: &Caller, id: &str) -> Result<RequestRow> {
-        let request = store::find_request(&self.db, id).await?.ok_or_else(|| Error::NotFound(format!("request {id}")))?;
+        let request = store::find_request(&self.db, id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("request {id}")))?;
         if request.principal_id != caller.principal_id && request.requested_by != caller.principal_id {
-            self.authorize(caller, permissions::ASSIGNMENTS_READ, &Scope::root()).await?;
+            self.authorize(caller, permissions::ASSIGNMENTS_READ, &Scope::root())
+                .await?;
         }
         Ok(request)
     }
 
     pub async fn has_active_global_admin(&self) -> Result<bool> {
-        let held = store::current_assignments(&self.db, Kind::Active.as_str(), None, Some(GLOBAL_ADMINISTRATOR), now_ms()).await?;
+        let held = store::current_assignments(
+            &self.db,
+            Kind::Active.as_str(),
+            None,
+            Some(GLOBAL_ADMINISTRATOR),
+            now_ms(),
+        )
+        .await?;
         Ok(held.iter().any(|a| a.scope == "/" && a.end_at.is_none()))
     }
 
@@ -272,9 +341,17 @@ impl Assignments {
             created_at: now,
             assignment_id: None,
         };
-        let actor = Actor { principal_id: SYSTEM_ACTOR.into(), kind: PrincipalKind::Unspecified as i32, display_name: "PIM bootstrap".into() };
-        let principal = PrincipalInfo { kind: PrincipalKind::User, name: user_name.into() };
-        self.grant(Some(actor), request, &principal, "Global Administrator").await?;
+        let actor = Actor {
+            principal_id: SYSTEM_ACTOR.into(),
+            kind: PrincipalKind::Unspecified as i32,
+            display_name: "PIM bootstrap".into(),
+        };
+        let principal = PrincipalInfo {
+            kind: PrincipalKind::User,
+            name: user_name.into(),
+        };
+        self.grant(Some(actor), request, &principal, "Global Administrator")
+            .await?;
         Ok(true)
     }
 }
@@ -282,7 +359,13 @@ impl Assignments {
 /// The assignment service authorizes its own callers without a network hop.
 #[async_trait::async_trait]
 impl AccessCheck for Assignments {
-    async fn check(&self, _caller: &Caller, principal: &str, target: &Target, scope: &str) -> std::result::Result<Decision, tonic::Status> {
+    async fn check(
+        &self,
+        _caller: &Caller,
+        principal: &str,
+        target: &Target,
+        scope: &str,
+    ) -> std::result::Result<Decision, tonic::Status> {
         let scope = Scope::parse(scope)?;
         Ok(self.decide(principal, target, &scope).await?.0)
     }

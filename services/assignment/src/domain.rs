@@ -28,7 +28,10 @@ impl Scope {
             return Ok(Self::root());
         }
         if !raw.starts_with('/') {
-            return Err(Error::invalid("scope", "must start with / (e.g. / or /subscriptions/s1)"));
+            return Err(Error::invalid(
+                "scope",
+                "must start with / (e.g. / or /subscriptions/s1)",
+            ));
         }
         if raw.len() > 1024 {
             return Err(Error::invalid("scope", "must be at most 1024 characters"));
@@ -39,8 +42,14 @@ impl Scope {
             if segment.is_empty() || segment == "." || segment == ".." {
                 return Err(Error::invalid("scope", "has an empty, . or .. segment"));
             }
-            if !segment.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:@".contains(c)) {
-                return Err(Error::invalid("scope", "segments may hold only letters, digits and - _ . : @"));
+            if !segment
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.:@".contains(c))
+            {
+                return Err(Error::invalid(
+                    "scope",
+                    "segments may hold only letters, digits and - _ . : @",
+                ));
             }
             out.push('/');
             out.push_str(&segment.to_ascii_lowercase());
@@ -160,7 +169,11 @@ pub struct AdminAssignment {
 impl Policy {
     /// Checks an admin assignment against the policy and resolves its schedule; every failed
     /// rule is reported, not only the first.
-    pub fn check_admin_assignment(&self, a: &AdminAssignment, now: i64) -> std::result::Result<Schedule, Vec<RuleViolation>> {
+    pub fn check_admin_assignment(
+        &self,
+        a: &AdminAssignment,
+        now: i64,
+    ) -> std::result::Result<Schedule, Vec<RuleViolation>> {
         let mut violations = Vec::new();
         let start = a.start.unwrap_or(now).max(now);
         let (allow_permanent, max) = match a.kind {
@@ -173,7 +186,10 @@ impl Policy {
             Expiration::Permanent => {
                 violations.push(RuleViolation {
                     kind: "ExpirationRule",
-                    message: format!("permanent {} assignments are not allowed for this role", a.kind.as_str()),
+                    message: format!(
+                        "permanent {} assignments are not allowed for this role",
+                        a.kind.as_str()
+                    ),
                 });
                 None
             }
@@ -184,18 +200,32 @@ impl Policy {
         };
         if let Some(end) = end {
             if end <= start {
-                violations.push(RuleViolation { kind: "ExpirationRule", message: "the schedule ends before it starts".into() });
+                violations.push(RuleViolation {
+                    kind: "ExpirationRule",
+                    message: "the schedule ends before it starts".into(),
+                });
             } else if end - start > max_ms {
                 violations.push(RuleViolation {
                     kind: "ExpirationRule",
-                    message: format!("{} assignments may last at most {} days", a.kind.as_str(), max.as_secs() / 86400),
+                    message: format!(
+                        "{} assignments may last at most {} days",
+                        a.kind.as_str(),
+                        max.as_secs() / 86400
+                    ),
                 });
             }
         }
         if a.kind == Kind::Active && self.active_requires_justification && a.justification.trim().is_empty() {
-            violations.push(RuleViolation { kind: "JustificationRule", message: "a justification is required".into() });
+            violations.push(RuleViolation {
+                kind: "JustificationRule",
+                message: "a justification is required".into(),
+            });
         }
-        if violations.is_empty() { Ok(Schedule { start, end }) } else { Err(violations) }
+        if violations.is_empty() {
+            Ok(Schedule { start, end })
+        } else {
+            Err(violations)
+        }
     }
 }
 
@@ -208,29 +238,57 @@ mod tests {
         assert_eq!(Scope::parse("").unwrap(), Scope::root());
         let s = Scope::parse("/Subscriptions/S1/resourceGroups/rg/").unwrap();
         assert_eq!(s.as_str(), "/subscriptions/s1/resourcegroups/rg");
-        assert_eq!(s.with_ancestors(), vec!["/", "/subscriptions", "/subscriptions/s1", "/subscriptions/s1/resourcegroups", "/subscriptions/s1/resourcegroups/rg"]);
+        assert_eq!(
+            s.with_ancestors(),
+            vec![
+                "/",
+                "/subscriptions",
+                "/subscriptions/s1",
+                "/subscriptions/s1/resourcegroups",
+                "/subscriptions/s1/resourcegroups/rg"
+            ]
+        );
         for bad in ["subscriptions", "/a//b", "/a/../b", "/a b"] {
             assert!(Scope::parse(bad).is_err(), "{bad}");
         }
     }
 
     fn active(expiration: Expiration, justification: &str) -> AdminAssignment {
-        AdminAssignment { kind: Kind::Active, start: None, expiration, justification: justification.into() }
+        AdminAssignment {
+            kind: Kind::Active,
+            start: None,
+            expiration,
+            justification: justification.into(),
+        }
     }
 
     #[test]
     fn active_assignments_follow_entra_defaults() {
         let p = Policy::default();
         let now = 1_000_000;
-        let s = p.check_admin_assignment(&active(Expiration::After(HOUR), "on call"), now).unwrap();
-        assert_eq!(s, Schedule { start: now, end: Some(now + 3_600_000) });
-        let v = p.check_admin_assignment(&active(Expiration::Permanent, ""), now).unwrap_err();
+        let s = p
+            .check_admin_assignment(&active(Expiration::After(HOUR), "on call"), now)
+            .unwrap();
+        assert_eq!(
+            s,
+            Schedule {
+                start: now,
+                end: Some(now + 3_600_000)
+            }
+        );
+        let v = p
+            .check_admin_assignment(&active(Expiration::Permanent, ""), now)
+            .unwrap_err();
         let kinds: Vec<_> = v.iter().map(|v| v.kind).collect();
         assert_eq!(kinds, vec!["ExpirationRule", "JustificationRule"]);
-        let v = p.check_admin_assignment(&active(Expiration::After(181 * DAY), "x"), now).unwrap_err();
+        let v = p
+            .check_admin_assignment(&active(Expiration::After(181 * DAY), "x"), now)
+            .unwrap_err();
         assert_eq!(v[0].kind, "ExpirationRule");
         assert_eq!(
-            p.check_admin_assignment(&active(Expiration::Unspecified, "x"), now).unwrap().end,
+            p.check_admin_assignment(&active(Expiration::Unspecified, "x"), now)
+                .unwrap()
+                .end,
             Some(now + (180 * DAY).as_millis() as i64)
         );
     }
@@ -238,7 +296,15 @@ mod tests {
     #[test]
     fn eligible_assignments_may_be_permanent() {
         let p = Policy::default();
-        let a = AdminAssignment { kind: Kind::Eligible, start: None, expiration: Expiration::Permanent, justification: String::new() };
-        assert_eq!(p.check_admin_assignment(&a, 5).unwrap(), Schedule { start: 5, end: None });
+        let a = AdminAssignment {
+            kind: Kind::Eligible,
+            start: None,
+            expiration: Expiration::Permanent,
+            justification: String::new(),
+        };
+        assert_eq!(
+            p.check_admin_assignment(&a, 5).unwrap(),
+            Schedule { start: 5, end: None }
+        );
     }
 }

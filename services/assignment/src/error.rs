@@ -26,7 +26,10 @@ pub enum Error {
 
 impl Error {
     pub fn invalid(field: &'static str, message: impl Into<String>) -> Self {
-        Self::InvalidArgument { field, message: message.into() }
+        Self::InvalidArgument {
+            field,
+            message: message.into(),
+        }
     }
 }
 

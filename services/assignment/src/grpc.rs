@@ -48,10 +48,20 @@ fn action_name(action: pb::RequestAction) -> &'static str {
 
 fn action_from_name(name: &str) -> pb::RequestAction {
     use pb::RequestAction as A;
-    [A::AdminAssign, A::AdminUpdate, A::AdminRemove, A::AdminExtend, A::AdminRenew, A::SelfActivate, A::SelfDeactivate, A::SelfExtend, A::SelfRenew]
-        .into_iter()
-        .find(|a| action_name(*a) == name)
-        .unwrap_or(A::Unspecified)
+    [
+        A::AdminAssign,
+        A::AdminUpdate,
+        A::AdminRemove,
+        A::AdminExtend,
+        A::AdminRenew,
+        A::SelfActivate,
+        A::SelfDeactivate,
+        A::SelfExtend,
+        A::SelfRenew,
+    ]
+    .into_iter()
+    .find(|a| action_name(*a) == name)
+    .unwrap_or(A::Unspecified)
 }
 
 fn status_from_name(name: &str) -> pb::RequestStatus {
@@ -90,7 +100,10 @@ fn request_to_pb(r: RequestRow) -> pb::AssignmentRequest {
         start_time: Some(to_timestamp(r.start_at)),
         end_time: r.end_at.map(to_timestamp),
         justification: r.justification,
-        ticket: Some(pim_proto::common::v1::Ticket { system: r.ticket_system, number: r.ticket_number }),
+        ticket: Some(pim_proto::common::v1::Ticket {
+            system: r.ticket_system,
+            number: r.ticket_number,
+        }),
         requested_by: r.requested_by,
         created_at: Some(to_timestamp(r.created_at)),
         assignment_id: r.assignment_id.unwrap_or_default(),
@@ -120,7 +133,10 @@ fn assignment_to_pb(a: AssignmentRow, role_name: String) -> pb::Assignment {
 }
 
 fn duration_to_pb(d: Duration) -> prost_types::Duration {
-    prost_types::Duration { seconds: d.as_secs() as i64, nanos: 0 }
+    prost_types::Duration {
+        seconds: d.as_secs() as i64,
+        nanos: 0,
+    }
 }
 
 fn duration_from_pb(field: &'static str, d: &prost_types::Duration) -> Result<Duration, Error> {
@@ -178,10 +194,13 @@ impl TryFrom<pb::CreateRequestRequest> for AdminAssignRequest {
         if r.justification.chars().count() > 1000 {
             return Err(Error::invalid("justification", "must be at most 1000 characters"));
         }
-        if let Some(t) = &r.ticket {
-            if t.system.chars().count() > 100 || t.number.chars().count() > 100 {
-                return Err(Error::invalid("ticket", "system and number must be at most 100 characters each"));
-            }
+        if let Some(t) = &r.ticket
+            && (t.system.chars().count() > 100 || t.number.chars().count() > 100)
+        {
+            return Err(Error::invalid(
+                "ticket",
+                "system and number must be at most 100 characters each",
+            ));
         }
         if filter(&r.role_id).is_none() {
             return Err(Error::invalid("role_id", "required"));
@@ -207,36 +226,65 @@ impl Assignments {
         self.roles.get(id).map(|r| r.name).unwrap_or_default()
     }
 
-    async fn list_pb(&self, request: Request<pb::ListAssignmentsRequest>, kind: Kind) -> Result<Response<pb::ListAssignmentsResponse>, Status> {
+    async fn list_pb(
+        &self,
+        request: Request<pb::ListAssignmentsRequest>,
+        kind: Kind,
+    ) -> Result<Response<pb::ListAssignmentsResponse>, Status> {
         let caller = caller(&request)?.clone();
         let r = request.into_inner();
-        let principal = if r.mine { Some(caller.principal_id.as_str()) } else { filter(&r.principal_id) };
+        let principal = if r.mine {
+            Some(caller.principal_id.as_str())
+        } else {
+            filter(&r.principal_id)
+        };
         let role = match filter(&r.role_id) {
-            Some(role) => Some(self.roles.find(role).ok_or_else(|| Error::NotFound(format!("role {role}")))?.id),
+            Some(role) => Some(
+                self.roles
+                    .find(role)
+                    .ok_or_else(|| Error::NotFound(format!("role {role}")))?
+                    .id,
+            ),
             None => None,
         };
         let scope = filter(&r.scope).map(Scope::parse).transpose()?;
-        let rows = self.list(&caller, kind, principal, role.as_deref(), scope.as_ref()).await?;
+        let rows = self
+            .list(&caller, kind, principal, role.as_deref(), scope.as_ref())
+            .await?;
         Ok(Response::new(pb::ListAssignmentsResponse {
-            assignments: rows.into_iter().map(|a| {
-                let name = self.role_name(&a.role_id);
-                assignment_to_pb(a, name)
-            }).collect(),
+            assignments: rows
+                .into_iter()
+                .map(|a| {
+                    let name = self.role_name(&a.role_id);
+                    assignment_to_pb(a, name)
+                })
+                .collect(),
         }))
     }
 }
 
 #[tonic::async_trait]
 impl RoleService for Assignments {
-    async fn list_role_definitions(&self, request: Request<pb::ListRoleDefinitionsRequest>) -> Result<Response<pb::ListRoleDefinitionsResponse>, Status> {
+    async fn list_role_definitions(
+        &self,
+        request: Request<pb::ListRoleDefinitionsRequest>,
+    ) -> Result<Response<pb::ListRoleDefinitionsResponse>, Status> {
         caller(&request)?;
-        Ok(Response::new(pb::ListRoleDefinitionsResponse { roles: self.roles.all().into_iter().map(role_to_pb).collect() }))
+        Ok(Response::new(pb::ListRoleDefinitionsResponse {
+            roles: self.roles.all().into_iter().map(role_to_pb).collect(),
+        }))
     }
 
-    async fn get_role_definition(&self, request: Request<pb::GetRoleDefinitionRequest>) -> Result<Response<pb::RoleDefinition>, Status> {
+    async fn get_role_definition(
+        &self,
+        request: Request<pb::GetRoleDefinitionRequest>,
+    ) -> Result<Response<pb::RoleDefinition>, Status> {
         caller(&request)?;
         let role = filter(&request.get_ref().role).ok_or_else(|| Error::invalid("role", "required"))?;
-        let found = self.roles.find(role).ok_or_else(|| Error::NotFound(format!("role {role}")))?;
+        let found = self
+            .roles
+            .find(role)
+            .ok_or_else(|| Error::NotFound(format!("role {role}")))?;
         Ok(Response::new(role_to_pb(found)))
     }
 }
@@ -244,26 +292,45 @@ impl RoleService for Assignments {
 #[tonic::async_trait]
 impl PolicyService for Assignments {
     /// Every (role, scope) has Entra's shipped defaults until policies can be changed.
-    async fn get_role_policy(&self, request: Request<pb::GetRolePolicyRequest>) -> Result<Response<pb::RolePolicy>, Status> {
+    async fn get_role_policy(
+        &self,
+        request: Request<pb::GetRolePolicyRequest>,
+    ) -> Result<Response<pb::RolePolicy>, Status> {
         caller(&request)?;
         let r = request.into_inner();
         let role = filter(&r.role_id).ok_or_else(|| Error::invalid("role_id", "required"))?;
-        let role = self.roles.find(role).ok_or_else(|| Error::NotFound(format!("role {role}")))?;
+        let role = self
+            .roles
+            .find(role)
+            .ok_or_else(|| Error::NotFound(format!("role {role}")))?;
         let scope = Scope::parse(&r.scope)?;
-        Ok(Response::new(policy_to_pb(role.id, scope.as_str().to_owned(), Policy::default())))
+        Ok(Response::new(policy_to_pb(
+            role.id,
+            scope.as_str().to_owned(),
+            Policy::default(),
+        )))
     }
 }
 
 #[tonic::async_trait]
 impl AssignmentService for Assignments {
-    async fn create_request(&self, request: Request<pb::CreateRequestRequest>) -> Result<Response<pb::AssignmentRequest>, Status> {
+    async fn create_request(
+        &self,
+        request: Request<pb::CreateRequestRequest>,
+    ) -> Result<Response<pb::AssignmentRequest>, Status> {
         let caller = caller(&request)?.clone();
         let r = request.into_inner();
         match pb::RequestAction::try_from(r.action) {
             Ok(pb::RequestAction::AdminAssign) => {}
-            Ok(pb::RequestAction::Unspecified) | Err(_) => return Err(Error::invalid("action", "required (e.g. adminAssign)").into()),
+            Ok(pb::RequestAction::Unspecified) | Err(_) => {
+                return Err(Error::invalid("action", "required (e.g. adminAssign)").into());
+            }
             Ok(other) => {
-                return Err(Error::Unimplemented(format!("action {} is not available yet; adminAssign is", action_name(other))).into());
+                return Err(Error::Unimplemented(format!(
+                    "action {} is not available yet; adminAssign is",
+                    action_name(other)
+                ))
+                .into());
             }
         }
         let admin = AdminAssignRequest::try_from(r)?;
@@ -271,41 +338,63 @@ impl AssignmentService for Assignments {
         Ok(Response::new(request_to_pb(created)))
     }
 
-    async fn get_request(&self, request: Request<pb::GetRequestRequest>) -> Result<Response<pb::AssignmentRequest>, Status> {
+    async fn get_request(
+        &self,
+        request: Request<pb::GetRequestRequest>,
+    ) -> Result<Response<pb::AssignmentRequest>, Status> {
         let caller = caller(&request)?.clone();
         let id = filter(&request.get_ref().request_id).ok_or_else(|| Error::invalid("request_id", "required"))?;
-        Ok(Response::new(request_to_pb(Assignments::get_request(self, &caller, id).await?)))
+        Ok(Response::new(request_to_pb(
+            Assignments::get_request(self, &caller, id).await?,
+        )))
     }
 
-    async fn list_eligible_assignments(&self, request: Request<pb::ListAssignmentsRequest>) -> Result<Response<pb::ListAssignmentsResponse>, Status> {
+    async fn list_eligible_assignments(
+        &self,
+        request: Request<pb::ListAssignmentsRequest>,
+    ) -> Result<Response<pb::ListAssignmentsResponse>, Status> {
         self.list_pb(request, Kind::Eligible).await
     }
 
-    async fn list_active_assignments(&self, request: Request<pb::ListAssignmentsRequest>) -> Result<Response<pb::ListAssignmentsResponse>, Status> {
+    async fn list_active_assignments(
+        &self,
+        request: Request<pb::ListAssignmentsRequest>,
+    ) -> Result<Response<pb::ListAssignmentsResponse>, Status> {
         self.list_pb(request, Kind::Active).await
     }
 }
 
 #[tonic::async_trait]
 impl AccessService for Assignments {
-    async fn check_access(&self, request: Request<pb::CheckAccessRequest>) -> Result<Response<pb::CheckAccessResponse>, Status> {
+    async fn check_access(
+        &self,
+        request: Request<pb::CheckAccessRequest>,
+    ) -> Result<Response<pb::CheckAccessResponse>, Status> {
         let caller = caller(&request)?.clone();
         let r = request.into_inner();
         let principal = filter(&r.principal_id).ok_or_else(|| Error::invalid("principal_id", "required"))?;
         let target = match r.target {
             Some(pb::check_access_request::Target::RoleId(role)) => {
                 let role = filter(&role).ok_or_else(|| Error::invalid("role_id", "required"))?;
-                Target::Role(self.roles.find(role).ok_or_else(|| Error::NotFound(format!("role {role}")))?.id)
+                Target::Role(
+                    self.roles
+                        .find(role)
+                        .ok_or_else(|| Error::NotFound(format!("role {role}")))?
+                        .id,
+                )
             }
-            Some(pb::check_access_request::Target::Permission(p)) => {
-                Target::Permission(filter(&p).ok_or_else(|| Error::invalid("permission", "required"))?.to_owned())
-            }
+            Some(pb::check_access_request::Target::Permission(p)) => Target::Permission(
+                filter(&p)
+                    .ok_or_else(|| Error::invalid("permission", "required"))?
+                    .to_owned(),
+            ),
             None => return Err(Error::invalid("target", "role_id or permission is required").into()),
         };
         let scope = Scope::parse(&r.scope)?;
         // Anyone may ask about their own access; asking about others is for readers of assignments.
         if principal != caller.principal_id {
-            self.authorize(&caller, permissions::ASSIGNMENTS_READ, &Scope::root()).await?;
+            self.authorize(&caller, permissions::ASSIGNMENTS_READ, &Scope::root())
+                .await?;
         }
         let (decision, assignment_ids) = self.decide(principal, &target, &scope).await?;
         Ok(Response::new(pb::CheckAccessResponse {
@@ -315,15 +404,23 @@ impl AccessService for Assignments {
         }))
     }
 
-    async fn list_active_roles(&self, request: Request<pb::ListActiveRolesRequest>) -> Result<Response<pb::ListActiveRolesResponse>, Status> {
+    async fn list_active_roles(
+        &self,
+        request: Request<pb::ListActiveRolesRequest>,
+    ) -> Result<Response<pb::ListActiveRolesResponse>, Status> {
         let caller = caller(&request)?.clone();
-        let principal = filter(&request.get_ref().principal_id).unwrap_or(&caller.principal_id).to_owned();
+        let principal = filter(&request.get_ref().principal_id)
+            .unwrap_or(&caller.principal_id)
+            .to_owned();
         let rows = self.list(&caller, Kind::Active, Some(&principal), None, None).await?;
         Ok(Response::new(pb::ListActiveRolesResponse {
-            assignments: rows.into_iter().map(|a| {
-                let name = self.role_name(&a.role_id);
-                assignment_to_pb(a, name)
-            }).collect(),
+            assignments: rows
+                .into_iter()
+                .map(|a| {
+                    let name = self.role_name(&a.role_id);
+                    assignment_to_pb(a, name)
+                })
+                .collect(),
         }))
     }
 }

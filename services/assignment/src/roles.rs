@@ -78,7 +78,13 @@ pub const BUILT_IN_ROLES: &[BuiltInRole] = &[
         id: "194ae4cb-b126-40b2-bd5b-6091b380977d",
         name: "Security Administrator",
         description: "Can manage alerts and their rules, and read the audit log.",
-        permissions: &[p::ALERTS_READ, p::ALERTS_MANAGE, p::AUDIT_READ, p::ASSIGNMENTS_READ, p::USERS_READ],
+        permissions: &[
+            p::ALERTS_READ,
+            p::ALERTS_MANAGE,
+            p::AUDIT_READ,
+            p::ASSIGNMENTS_READ,
+            p::USERS_READ,
+        ],
         privileged: true,
     },
     BuiltInRole {
@@ -131,11 +137,22 @@ impl RoleCatalog {
     /// By id, or by exact (case-insensitive) name.
     pub fn find(&self, id_or_name: &str) -> Option<RoleRow> {
         let roles = self.roles.read().unwrap_or_else(|e| e.into_inner());
-        roles.get(id_or_name).cloned().or_else(|| roles.values().find(|r| r.name.eq_ignore_ascii_case(id_or_name)).cloned())
+        roles.get(id_or_name).cloned().or_else(|| {
+            roles
+                .values()
+                .find(|r| r.name.eq_ignore_ascii_case(id_or_name))
+                .cloned()
+        })
     }
 
     pub fn all(&self) -> Vec<RoleRow> {
-        let mut all: Vec<_> = self.roles.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        let mut all: Vec<_> = self
+            .roles
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
         all.sort_by(|a, b| a.name.cmp(&b.name));
         all
     }

@@ -94,20 +94,27 @@ pub struct RoleRow {
 }
 
 pub async fn roles<C: ConnectionTrait>(c: &C) -> Result<Vec<RoleRow>, DbErr> {
-    db::query(c, "SELECT id, name, description, permissions, built_in, privileged FROM role_definitions ORDER BY name", vec![])
-        .await?
-        .iter()
-        .map(|r| {
-            Ok(RoleRow {
-                id: col(r, "id")?,
-                name: col(r, "name")?,
-                description: col(r, "description")?,
-                permissions: col::<String>(r, "permissions")?.split_whitespace().map(str::to_owned).collect(),
-                built_in: col(r, "built_in")?,
-                privileged: col(r, "privileged")?,
-            })
+    db::query(
+        c,
+        "SELECT id, name, description, permissions, built_in, privileged FROM role_definitions ORDER BY name",
+        vec![],
+    )
+    .await?
+    .iter()
+    .map(|r| {
+        Ok(RoleRow {
+            id: col(r, "id")?,
+            name: col(r, "name")?,
+            description: col(r, "description")?,
+            permissions: col::<String>(r, "permissions")?
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect(),
+            built_in: col(r, "built_in")?,
+            privileged: col(r, "privileged")?,
         })
-        .collect()
+    })
+    .collect()
 }
 
 #[derive(Clone, Debug)]
@@ -191,7 +198,11 @@ pub async fn current_assignments<C: ConnectionTrait>(
         sql.push_str(&format!(" AND role_id = ${}", values.len()));
     }
     sql.push_str(" ORDER BY created_at");
-    db::query(c, &sql, values).await?.iter().map(AssignmentRow::from_row).collect()
+    db::query(c, &sql, values)
+        .await?
+        .iter()
+        .map(AssignmentRow::from_row)
+        .collect()
 }
 
 #[derive(Clone, Debug)]

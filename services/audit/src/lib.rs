@@ -32,7 +32,11 @@ pub struct Audit {
 impl Audit {
     pub async fn build(deps: Deps) -> anyhow::Result<Self> {
         store::Migrator::up(&deps.db, None).await?;
-        Ok(Self { db: deps.db, outbox: Outbox::default(), access: deps.access })
+        Ok(Self {
+            db: deps.db,
+            outbox: Outbox::default(),
+            access: deps.access,
+        })
     }
 }
 
@@ -46,7 +50,12 @@ impl EventHandler for Ingest {
     }
 
     fn streams(&self) -> Vec<&'static str> {
-        vec![streams::IDENTITY, streams::ASSIGNMENT, streams::APPROVAL, streams::ALERTING]
+        vec![
+            streams::IDENTITY,
+            streams::ASSIGNMENT,
+            streams::APPROVAL,
+            streams::ALERTING,
+        ]
     }
 
     async fn handle(&self, txn: &DatabaseTransaction, envelope: &Envelope) -> anyhow::Result<()> {
@@ -85,7 +94,12 @@ impl Audit {
     async fn involving(&self, caller: &pim_runtime::auth::Caller) -> Result<Option<String>, Status> {
         let reader = self
             .access
-            .check(caller, &caller.principal_id, &Target::Permission(permissions::AUDIT_READ.into()), "/")
+            .check(
+                caller,
+                &caller.principal_id,
+                &Target::Permission(permissions::AUDIT_READ.into()),
+                "/",
+            )
             .await?;
         Ok((!reader.allowed).then(|| caller.principal_id.clone()))
     }
@@ -93,18 +107,28 @@ impl Audit {
 
 #[tonic::async_trait]
 impl AuditService for Audit {
-    async fn query_events(&self, request: Request<pb::QueryEventsRequest>) -> Result<Response<pb::QueryEventsResponse>, Status> {
+    async fn query_events(
+        &self,
+        request: Request<pb::QueryEventsRequest>,
+    ) -> Result<Response<pb::QueryEventsResponse>, Status> {
         let caller = caller(&request)?.clone();
         let r = request.into_inner();
         let limit = match r.page_size {
             0 => DEFAULT_PAGE,
             n if n > 0 && (n as u64) <= MAX_PAGE => n as u64,
-            _ => return Err(pim_runtime::grpc::invalid_argument("page_size", &format!("must be between 1 and {MAX_PAGE}"))),
+            _ => {
+                return Err(pim_runtime::grpc::invalid_argument(
+                    "page_size",
+                    &format!("must be between 1 and {MAX_PAGE}"),
+                ));
+            }
         };
         let after_sequence = if r.page_token.is_empty() {
             0
         } else {
-            r.page_token.parse().map_err(|_| pim_runtime::grpc::invalid_argument("page_token", "is not a token this service gave"))?
+            r.page_token
+                .parse()
+                .map_err(|_| pim_runtime::grpc::invalid_argument("page_token", "is not a token this service gave"))?
         };
         let filter = store::Filter {
             actor_id: r.actor_id,
@@ -119,14 +143,19 @@ impl AuditService for Audit {
             involving: self.involving(&caller).await?,
             after_sequence,
         };
-        let mut records = store::query(&self.db, &filter, limit + 1).await.map_err(pim_runtime::grpc::internal)?;
+        let mut records = store::query(&self.db, &filter, limit + 1)
+            .await
+            .map_err(pim_runtime::grpc::internal)?;
         let next_page_token = if records.len() as u64 > limit {
             records.truncate(limit as usize);
             records.last().map(|r| r.sequence.to_string()).unwrap_or_default()
         } else {
             String::new()
         };
-        Ok(Response::new(pb::QueryEventsResponse { records: records.into_iter().map(record_to_pb).collect(), next_page_token }))
+        Ok(Response::new(pb::QueryEventsResponse {
+            records: records.into_iter().map(record_to_pb).collect(),
+            next_page_token,
+        }))
     }
 
     async fn get_event(&self, request: Request<pb::GetEventRequest>) -> Result<Response<pb::AuditRecord>, Status> {
@@ -138,7 +167,9 @@ impl AuditService for Audit {
         let record = store::get(&self.db, id).await.map_err(pim_runtime::grpc::internal)?;
         let involving = self.involving(&caller).await?;
         match record {
-            Some(r) if involving.as_ref().is_none_or(|p| &r.actor_id == p || &r.target_id == p) => Ok(Response::new(record_to_pb(r))),
+            Some(r) if involving.as_ref().is_none_or(|p| &r.actor_id == p || &r.target_id == p) => {
+                Ok(Response::new(record_to_pb(r)))
+            }
             _ => Err(Status::not_found(format!("audit event {id} not found"))),
         }
     }

@@ -116,20 +116,30 @@ mod tests {
     #[test]
     fn an_assignment_event_names_actor_target_role_and_scope() {
         let e = ev::AssignmentChanged {
-            actor: Some(Actor { principal_id: "admin-id".into(), kind: 1, display_name: "admin".into() }),
+            actor: Some(Actor {
+                principal_id: "admin-id".into(),
+                kind: 1,
+                display_name: "admin".into(),
+            }),
             principal_id: "lee-id".into(),
             principal_name: "Lee".into(),
             role_id: "role-1".into(),
             role_name: "Exchange Administrator".into(),
             scope: "/".into(),
             justification: "mailbox migration".into(),
-            ticket: Some(Ticket { system: "ServiceNow".into(), number: "INC1".into() }),
+            ticket: Some(Ticket {
+                system: "ServiceNow".into(),
+                number: "INC1".into(),
+            }),
             ..Default::default()
         };
         let env = envelope("pim.assignment", "ActiveAssignmentGranted", "lee-id", &e);
         let r = record(&env).unwrap();
         assert_eq!(r.action, "pim.assignment.v1.ActiveAssignmentGranted");
-        assert_eq!((r.actor_id.as_str(), r.target_id.as_str(), r.role_name.as_str()), ("admin-id", "lee-id", "Exchange Administrator"));
+        assert_eq!(
+            (r.actor_id.as_str(), r.target_id.as_str(), r.role_name.as_str()),
+            ("admin-id", "lee-id", "Exchange Administrator")
+        );
         assert_eq!(r.ticket, "ServiceNow:INC1");
         assert_eq!(r.justification, "mailbox migration");
         assert_eq!(r.trace_id.len(), 32);
@@ -137,7 +147,11 @@ mod tests {
 
     #[test]
     fn a_failed_sign_in_is_a_failure_and_holds_no_password() {
-        let e = ev::SignInFailed { user_name: "lee".into(), principal_id: "lee-id".into(), reason: "bad_password".into() };
+        let e = ev::SignInFailed {
+            user_name: "lee".into(),
+            principal_id: "lee-id".into(),
+            reason: "bad_password".into(),
+        };
         let r = record(&envelope("pim.identity", "SignInFailed", "lee-id", &e)).unwrap();
         assert_eq!(r.outcome, "failure");
         assert!(!r.payload_json.contains("password\":"));

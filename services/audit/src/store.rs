@@ -158,7 +158,11 @@ pub async fn query<C: ConnectionTrait>(c: &C, f: &Filter, limit: u64) -> Result<
         // Full type (pim.assignment.v1.RoleActivated) or its short name (RoleActivated).
         values.push(f.action.clone().into());
         values.push(format!("%.{}", f.action).into());
-        sql.push_str(&format!(" AND (action = ${} OR action LIKE ${})", values.len() - 1, values.len()));
+        sql.push_str(&format!(
+            " AND (action = ${} OR action LIKE ${})",
+            values.len() - 1,
+            values.len()
+        ));
     }
     if let Some(since) = f.since {
         values.push(since.into());
@@ -171,7 +175,11 @@ pub async fn query<C: ConnectionTrait>(c: &C, f: &Filter, limit: u64) -> Result<
     if let Some(p) = &f.involving {
         values.push(p.clone().into());
         values.push(p.clone().into());
-        sql.push_str(&format!(" AND (actor_id = ${} OR target_id = ${})", values.len() - 1, values.len()));
+        sql.push_str(&format!(
+            " AND (actor_id = ${} OR target_id = ${})",
+            values.len() - 1,
+            values.len()
+        ));
     }
     sql.push_str(&format!(" ORDER BY sequence LIMIT {limit}"));
     db::query(c, &sql, values).await?.iter().map(Record::from_row).collect()
@@ -179,5 +187,8 @@ pub async fn query<C: ConnectionTrait>(c: &C, f: &Filter, limit: u64) -> Result<
 
 pub async fn get<C: ConnectionTrait>(c: &C, event_id: &str) -> Result<Option<Record>, DbErr> {
     let sql = format!("SELECT {COLUMNS} FROM audit_records WHERE event_id = $1");
-    db::query_one(c, &sql, vec![event_id.into()]).await?.map(|r| Record::from_row(&r)).transpose()
+    db::query_one(c, &sql, vec![event_id.into()])
+        .await?
+        .map(|r| Record::from_row(&r))
+        .transpose()
 }

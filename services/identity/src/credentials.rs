@@ -3,9 +3,9 @@
 
 use std::sync::LazyLock;
 
+use argon2::Argon2;
 use argon2::password_hash::rand_core::{OsRng, RngCore};
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::Argon2;
 use base64::Engine;
 
 use crate::error::{Error, Result};
@@ -28,10 +28,16 @@ fn hash_now(secret: &str) -> anyhow::Result<String> {
 pub fn check_password_rules(password: &str) -> Result<()> {
     let n = password.chars().count();
     if n < MIN_PASSWORD_LEN {
-        return Err(Error::invalid("password", format!("must be at least {MIN_PASSWORD_LEN} characters")));
+        return Err(Error::invalid(
+            "password",
+            format!("must be at least {MIN_PASSWORD_LEN} characters"),
+        ));
     }
     if n > MAX_PASSWORD_LEN {
-        return Err(Error::invalid("password", format!("must be at most {MAX_PASSWORD_LEN} characters")));
+        return Err(Error::invalid(
+            "password",
+            format!("must be at most {MAX_PASSWORD_LEN} characters"),
+        ));
     }
     Ok(())
 }
@@ -50,7 +56,8 @@ pub async fn verify(secret: &str, hash: Option<String>) -> Result<bool> {
     let known = hash.is_some();
     let hash = hash.unwrap_or_else(|| DUMMY_HASH.clone());
     let matched = tokio::task::spawn_blocking(move || {
-        PasswordHash::new(&hash).is_ok_and(|parsed| Argon2::default().verify_password(secret.as_bytes(), &parsed).is_ok())
+        PasswordHash::new(&hash)
+            .is_ok_and(|parsed| Argon2::default().verify_password(secret.as_bytes(), &parsed).is_ok())
     })
     .await
     .map_err(|e| Error::Internal(e.into()))?;

@@ -35,15 +35,25 @@ impl NewUser {
         if !(3..=256).contains(&n) {
             return Err(Error::invalid("user_name", "must be 3 to 256 characters"));
         }
-        if !self.user_name.chars().all(|c| c.is_ascii_alphanumeric() || "._-@+".contains(c)) {
-            return Err(Error::invalid("user_name", "may hold only letters, digits and . _ - @ +"));
+        if !self
+            .user_name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-@+".contains(c))
+        {
+            return Err(Error::invalid(
+                "user_name",
+                "may hold only letters, digits and . _ - @ +",
+            ));
         }
         self.display_name = self.display_name.trim().to_owned();
         if self.display_name.is_empty() {
             self.display_name = self.user_name.clone();
         }
         if self.display_name.chars().count() > 256 || self.display_name.chars().any(char::is_control) {
-            return Err(Error::invalid("display_name", "must be at most 256 printable characters"));
+            return Err(Error::invalid(
+                "display_name",
+                "must be at most 256 printable characters",
+            ));
         }
         self.email = self.email.trim().to_owned();
         if !self.email.is_empty() && (!self.email.contains('@') || self.email.len() > 320) {
@@ -71,7 +81,11 @@ pub struct Directory {
 }
 
 fn actor(principal_id: &str, kind: PrincipalKind, name: &str) -> Actor {
-    Actor { principal_id: principal_id.to_owned(), kind: kind as i32, display_name: name.to_owned() }
+    Actor {
+        principal_id: principal_id.to_owned(),
+        kind: kind as i32,
+        display_name: name.to_owned(),
+    }
 }
 
 impl Directory {
@@ -106,7 +120,13 @@ impl Directory {
                 err.into()
             });
         }
-        self.outbox.enqueue(&txn, streams::IDENTITY, &envelope(SOURCE, "UserCreated", &row.id, &event)).await?;
+        self.outbox
+            .enqueue(
+                &txn,
+                streams::IDENTITY,
+                &envelope(SOURCE, "UserCreated", &row.id, &event),
+            )
+            .await?;
         txn.commit().await?;
         self.outbox.wake();
         Ok(row)
@@ -153,8 +173,18 @@ impl Directory {
     }
 
     /// Creates a service principal; the secret is returned once and only its hash is kept.
-    pub async fn create_service_principal(&self, caller: &Caller, display_name: &str) -> Result<(ServicePrincipalRow, String)> {
-        require(self.access.as_ref(), caller, permissions::SERVICE_PRINCIPALS_MANAGE, "/").await?;
+    pub async fn create_service_principal(
+        &self,
+        caller: &Caller,
+        display_name: &str,
+    ) -> Result<(ServicePrincipalRow, String)> {
+        require(
+            self.access.as_ref(),
+            caller,
+            permissions::SERVICE_PRINCIPALS_MANAGE,
+            "/",
+        )
+        .await?;
         let display_name = display_name.trim();
         if display_name.is_empty() || display_name.chars().count() > 256 {
             return Err(Error::invalid("display_name", "must be 1 to 256 characters"));
@@ -175,7 +205,11 @@ impl Directory {
         let txn = self.db.begin().await?;
         store::insert_service_principal(&txn, &row).await?;
         self.outbox
-            .enqueue(&txn, streams::IDENTITY, &envelope(SOURCE, "ServicePrincipalCreated", &row.id, &event))
+            .enqueue(
+                &txn,
+                streams::IDENTITY,
+                &envelope(SOURCE, "ServicePrincipalCreated", &row.id, &event),
+            )
             .await?;
         txn.commit().await?;
         self.outbox.wake();
@@ -201,13 +235,21 @@ impl Directory {
                     principal_id: other.map(|u| u.id).unwrap_or_default(),
                     reason: reason.to_owned(),
                 };
-                self.record(streams::IDENTITY, "SignInFailed", &event.principal_id.clone(), &event).await?;
+                self.record(streams::IDENTITY, "SignInFailed", &event.principal_id.clone(), &event)
+                    .await?;
                 return Err(Error::BadCredentials);
             }
         };
         let amr = vec!["pwd".to_owned()];
         let session_id = uuid::Uuid::now_v7().to_string();
-        let issued = self.keys.issue(&user.id, PrincipalKind::User, &user.user_name, amr.clone(), &session_id, self.token_ttl)?;
+        let issued = self.keys.issue(
+            &user.id,
+            PrincipalKind::User,
+            &user.user_name,
+            amr.clone(),
+            &session_id,
+            self.token_ttl,
+        )?;
         let event = ev::SignInSucceeded {
             actor: Some(actor(&user.id, PrincipalKind::User, &user.user_name)),
             session_id,
@@ -215,10 +257,20 @@ impl Directory {
         };
         let txn = self.db.begin().await?;
         store::record_user_sign_in(&txn, &user.id, now_ms()).await?;
-        self.outbox.enqueue(&txn, streams::IDENTITY, &envelope(SOURCE, "SignInSucceeded", &user.id, &event)).await?;
+        self.outbox
+            .enqueue(
+                &txn,
+                streams::IDENTITY,
+                &envelope(SOURCE, "SignInSucceeded", &user.id, &event),
+            )
+            .await?;
         txn.commit().await?;
         self.outbox.wake();
-        Ok(Session { principal_id: user.id, issued, amr })
+        Ok(Session {
+            principal_id: user.id,
+            issued,
+            amr,
+        })
     }
 
     pub async fn sign_in_service_principal(&self, client_id: &str, secret: &str) -> Result<Session> {
@@ -235,7 +287,8 @@ impl Directory {
                     principal_id: other.map(|s| s.id).unwrap_or_default(),
                     reason: "bad_client_credentials".to_owned(),
                 };
-                self.record(streams::IDENTITY, "SignInFailed", &event.principal_id.clone(), &event).await?;
+                self.record(streams::IDENTITY, "SignInFailed", &event.principal_id.clone(), &event)
+                    .await?;
                 return Err(Error::BadClientCredentials);
             }
         };
@@ -256,15 +309,27 @@ impl Directory {
         };
         let txn = self.db.begin().await?;
         store::record_sp_sign_in(&txn, &sp.id, now_ms()).await?;
-        self.outbox.enqueue(&txn, streams::IDENTITY, &envelope(SOURCE, "SignInSucceeded", &sp.id, &event)).await?;
+        self.outbox
+            .enqueue(
+                &txn,
+                streams::IDENTITY,
+                &envelope(SOURCE, "SignInSucceeded", &sp.id, &event),
+            )
+            .await?;
         txn.commit().await?;
         self.outbox.wake();
-        Ok(Session { principal_id: sp.id, issued, amr })
+        Ok(Session {
+            principal_id: sp.id,
+            issued,
+            amr,
+        })
     }
 
     async fn record(&self, stream: &str, event_type: &str, subject: &str, event: &impl prost::Message) -> Result<()> {
         let txn = self.db.begin().await?;
-        self.outbox.enqueue(&txn, stream, &envelope(SOURCE, event_type, subject, event)).await?;
+        self.outbox
+            .enqueue(&txn, stream, &envelope(SOURCE, event_type, subject, event))
+            .await?;
         txn.commit().await?;
         self.outbox.wake();
         Ok(())
@@ -294,12 +359,19 @@ mod tests {
     use super::*;
 
     fn new_user(name: &str, password: &str) -> NewUser {
-        NewUser { user_name: name.into(), display_name: String::new(), email: String::new(), password: password.into() }
+        NewUser {
+            user_name: name.into(),
+            display_name: String::new(),
+            email: String::new(),
+            password: password.into(),
+        }
     }
 
     #[test]
     fn user_names_are_normalised_and_checked() {
-        let ok = new_user("  Lee@Contoso.Example ", "long enough password").validate().unwrap();
+        let ok = new_user("  Lee@Contoso.Example ", "long enough password")
+            .validate()
+            .unwrap();
         assert_eq!(ok.user_name, "lee@contoso.example");
         assert_eq!(ok.display_name, "lee@contoso.example");
         for bad in ["", "ab", "has space", "semi;colon"] {

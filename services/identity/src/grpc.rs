@@ -39,14 +39,20 @@ fn session_to_pb(s: Session) -> pb::SignInResponse {
 
 fn required<'a>(field: &'static str, value: &'a str) -> Result<&'a str, Status> {
     let value = value.trim();
-    if value.is_empty() { Err(Status::invalid_argument(format!("{field}: required"))) } else { Ok(value) }
+    if value.is_empty() {
+        Err(Status::invalid_argument(format!("{field}: required")))
+    } else {
+        Ok(value)
+    }
 }
 
 fn page_size(requested: i32) -> Result<u64, Status> {
     match requested {
         0 => Ok(DEFAULT_PAGE as u64),
         n if (1..=MAX_PAGE).contains(&n) => Ok(n as u64),
-        _ => Err(Status::invalid_argument(format!("page_size: must be between 1 and {MAX_PAGE}"))),
+        _ => Err(Status::invalid_argument(format!(
+            "page_size: must be between 1 and {MAX_PAGE}"
+        ))),
     }
 }
 
@@ -55,7 +61,12 @@ impl DirectoryService for Directory {
     async fn create_user(&self, request: Request<pb::CreateUserRequest>) -> Result<Response<pb::User>, Status> {
         let caller = caller(&request)?.clone();
         let r = request.into_inner();
-        let new = NewUser { user_name: r.user_name, display_name: r.display_name, email: r.email, password: r.password };
+        let new = NewUser {
+            user_name: r.user_name,
+            display_name: r.display_name,
+            email: r.email,
+            password: r.password,
+        };
         let user = Directory::create_user(self, &caller, new).await?;
         Ok(Response::new(user_to_pb(user)))
     }
@@ -63,10 +74,15 @@ impl DirectoryService for Directory {
     async fn get_user(&self, request: Request<pb::GetUserRequest>) -> Result<Response<pb::User>, Status> {
         let caller = caller(&request)?.clone();
         let user = required("user", &request.get_ref().user)?;
-        Ok(Response::new(user_to_pb(Directory::get_user(self, &caller, user).await?)))
+        Ok(Response::new(user_to_pb(
+            Directory::get_user(self, &caller, user).await?,
+        )))
     }
 
-    async fn list_users(&self, request: Request<pb::ListUsersRequest>) -> Result<Response<pb::ListUsersResponse>, Status> {
+    async fn list_users(
+        &self,
+        request: Request<pb::ListUsersRequest>,
+    ) -> Result<Response<pb::ListUsersResponse>, Status> {
         let caller = caller(&request)?.clone();
         let r = request.into_inner();
         let limit = page_size(r.page_size)?;
@@ -77,7 +93,10 @@ impl DirectoryService for Directory {
         } else {
             String::new()
         };
-        Ok(Response::new(pb::ListUsersResponse { users: users.into_iter().map(user_to_pb).collect(), next_page_token }))
+        Ok(Response::new(pb::ListUsersResponse {
+            users: users.into_iter().map(user_to_pb).collect(),
+            next_page_token,
+        }))
     }
 
     async fn create_service_principal(
@@ -98,7 +117,10 @@ impl DirectoryService for Directory {
         }))
     }
 
-    async fn get_principal(&self, request: Request<pb::GetPrincipalRequest>) -> Result<Response<pb::Principal>, Status> {
+    async fn get_principal(
+        &self,
+        request: Request<pb::GetPrincipalRequest>,
+    ) -> Result<Response<pb::Principal>, Status> {
         caller(&request)?;
         let id = required("principal_id", &request.get_ref().principal_id)?;
         Ok(Response::new(Directory::get_principal(self, id).await?))
@@ -113,7 +135,9 @@ impl AuthService for Directory {
         if r.password.is_empty() {
             return Err(Status::invalid_argument("password: required"));
         }
-        Ok(Response::new(session_to_pb(Directory::sign_in(self, user_name, &r.password).await?)))
+        Ok(Response::new(session_to_pb(
+            Directory::sign_in(self, user_name, &r.password).await?,
+        )))
     }
 
     async fn sign_in_service_principal(
@@ -125,13 +149,17 @@ impl AuthService for Directory {
         if r.client_secret.is_empty() {
             return Err(Status::invalid_argument("client_secret: required"));
         }
-        Ok(Response::new(session_to_pb(Directory::sign_in_service_principal(self, client_id, &r.client_secret).await?)))
+        Ok(Response::new(session_to_pb(
+            Directory::sign_in_service_principal(self, client_id, &r.client_secret).await?,
+        )))
     }
 
     async fn get_signing_keys(
         &self,
         _request: Request<pb::GetSigningKeysRequest>,
     ) -> Result<Response<pb::GetSigningKeysResponse>, Status> {
-        Ok(Response::new(pb::GetSigningKeysResponse { keys: self.keys.public_keys() }))
+        Ok(Response::new(pb::GetSigningKeysResponse {
+            keys: self.keys.public_keys(),
+        }))
     }
 }

@@ -22,6 +22,11 @@ pub use directory::Directory;
 pub use error::Error;
 pub use tokens::Keystore;
 
+/// A strong random password (32 bytes from the OS generator, base64url), for initial passwords.
+pub fn generate_password() -> String {
+    credentials::random_secret()
+}
+
 /// MFA arrives with the identity issue; until then every MFA RPC answers UNIMPLEMENTED.
 struct Mfa;
 impl MfaService for Mfa {}

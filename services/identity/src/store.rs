@@ -103,8 +103,20 @@ pub async fn find_user<C: ConnectionTrait>(c: &C, id_or_name: &str) -> Result<Op
 }
 
 /// Users after `after` (by user name), matching `filter`, at most `limit`.
-pub async fn list_users<C: ConnectionTrait>(c: &C, filter: &str, after: &str, limit: u64) -> Result<Vec<UserRow>, DbErr> {
-    let pattern = format!("%{}%", filter.to_lowercase().replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"));
+pub async fn list_users<C: ConnectionTrait>(
+    c: &C,
+    filter: &str,
+    after: &str,
+    limit: u64,
+) -> Result<Vec<UserRow>, DbErr> {
+    let pattern = format!(
+        "%{}%",
+        filter
+            .to_lowercase()
+            .replace('\\', "\\\\")
+            .replace('%', "\\%")
+            .replace('_', "\\_")
+    );
     let sql = format!(
         "SELECT {USER_COLUMNS} FROM users WHERE user_name > $1 AND (LOWER(user_name) LIKE $2 ESCAPE '\\' OR LOWER(display_name) LIKE $3 ESCAPE '\\') ORDER BY user_name LIMIT {limit}"
     );
@@ -116,11 +128,22 @@ pub async fn list_users<C: ConnectionTrait>(c: &C, filter: &str, after: &str, li
 }
 
 pub async fn set_password<C: ConnectionTrait>(c: &C, user_id: &str, hash: &str) -> Result<u64, DbErr> {
-    db::exec(c, "UPDATE users SET password_hash = $1 WHERE id = $2", vec![hash.into(), user_id.into()]).await
+    db::exec(
+        c,
+        "UPDATE users SET password_hash = $1 WHERE id = $2",
+        vec![hash.into(), user_id.into()],
+    )
+    .await
 }
 
 pub async fn record_user_sign_in<C: ConnectionTrait>(c: &C, user_id: &str, at: i64) -> Result<(), DbErr> {
-    db::exec(c, "UPDATE users SET last_sign_in_at = $1 WHERE id = $2", vec![at.into(), user_id.into()]).await.map(drop)
+    db::exec(
+        c,
+        "UPDATE users SET last_sign_in_at = $1 WHERE id = $2",
+        vec![at.into(), user_id.into()],
+    )
+    .await
+    .map(drop)
 }
 
 #[derive(Clone, Debug)]
@@ -168,9 +191,13 @@ pub async fn find_service_principal<C: ConnectionTrait>(c: &C, id: &str) -> Resu
 }
 
 pub async fn record_sp_sign_in<C: ConnectionTrait>(c: &C, id: &str, at: i64) -> Result<(), DbErr> {
-    db::exec(c, "UPDATE service_principals SET last_sign_in_at = $1 WHERE id = $2", vec![at.into(), id.into()])
-        .await
-        .map(drop)
+    db::exec(
+        c,
+        "UPDATE service_principals SET last_sign_in_at = $1 WHERE id = $2",
+        vec![at.into(), id.into()],
+    )
+    .await
+    .map(drop)
 }
 
 #[derive(Clone, Debug)]
@@ -206,7 +233,12 @@ pub async fn insert_signing_key<C: ConnectionTrait>(c: &C, k: &SigningKeyRow) ->
     db::exec(
         c,
         "INSERT INTO signing_keys (kid, private_key, public_key, created_at) VALUES ($1, $2, $3, $4)",
-        vec![k.kid.clone().into(), k.private_key.clone().into(), k.public_key.clone().into(), k.created_at.into()],
+        vec![
+            k.kid.clone().into(),
+            k.private_key.clone().into(),
+            k.public_key.clone().into(),
+            k.created_at.into(),
+        ],
     )
     .await
     .map(drop)

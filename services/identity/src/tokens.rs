@@ -34,7 +34,10 @@ pub struct Issued {
 impl Keystore {
     /// Loads the keys, creating the first one when there is none.
     pub async fn open(db: Db) -> anyhow::Result<Self> {
-        let store = Self { db, keys: Arc::default() };
+        let store = Self {
+            db,
+            keys: Arc::default(),
+        };
         store.reload().await?;
         if store.active().is_none() {
             store.create_key().await?;
@@ -49,12 +52,19 @@ impl Keystore {
     }
 
     fn active(&self) -> Option<SigningKeyRow> {
-        self.keys.read().unwrap_or_else(|e| e.into_inner()).iter().find(|k| k.retire_after.is_none()).cloned()
+        self.keys
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|k| k.retire_after.is_none())
+            .cloned()
     }
 
     async fn create_key(&self) -> anyhow::Result<()> {
         let key = SigningKey::generate(&mut OsRng);
-        let der = key.to_pkcs8_der().map_err(|e| anyhow::anyhow!("encoding a signing key: {e}"))?;
+        let der = key
+            .to_pkcs8_der()
+            .map_err(|e| anyhow::anyhow!("encoding a signing key: {e}"))?;
         let row = SigningKeyRow {
             kid: uuid::Uuid::now_v7().simple().to_string(),
             private_key: der.as_bytes().to_vec(),
@@ -62,7 +72,9 @@ impl Keystore {
             created_at: now_ms(),
             retire_after: None,
         };
-        store::insert_signing_key(&self.db, &row).await.context("storing a signing key")?;
+        store::insert_signing_key(&self.db, &row)
+            .await
+            .context("storing a signing key")?;
         self.reload().await
     }
 
@@ -95,7 +107,10 @@ impl Keystore {
         header.kid = Some(key.kid.clone());
         let token = jsonwebtoken::encode(&header, &claims, &EncodingKey::from_ed_der(&key.private_key))
             .context("signing an access token")?;
-        Ok(Issued { token, expires_at: exp * 1000 })
+        Ok(Issued {
+            token,
+            expires_at: exp * 1000,
+        })
     }
 
     /// Public halves of every key still verifying tokens.

@@ -156,10 +156,16 @@ impl AccessCheck for CachedAccess {
     async fn check(&self, caller: &Caller, principal: &str, target: &Target, scope: &str) -> Result<Decision, Status> {
         let key = (principal.to_owned(), target.clone(), scope.to_owned());
         let now = Instant::now();
-        if let Some((decision, until)) = self.entries.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
-            if *until > now {
-                return Ok(*decision);
-            }
+        let cached = self
+            .entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .copied();
+        if let Some((decision, until)) = cached
+            && until > now
+        {
+            return Ok(decision);
         }
         let decision = self.inner.check(caller, principal, target, scope).await?;
         let mut valid_for = self.ttl;

@@ -33,7 +33,11 @@ pub struct RuleViolation {
 /// FAILED_PRECONDITION listing every failed rule (AIP-193 `PreconditionFailure`), so a
 /// client can fix each (step up MFA, add a justification) and retry.
 pub fn failed_precondition(subject: &str, violations: &[RuleViolation]) -> Status {
-    let message = violations.iter().map(|v| format!("{}: {}", v.kind, v.message)).collect::<Vec<_>>().join("; ");
+    let message = violations
+        .iter()
+        .map(|v| format!("{}: {}", v.kind, v.message))
+        .collect::<Vec<_>>()
+        .join("; ");
     let mut details = ErrorDetails::new();
     for v in violations {
         details.add_precondition_failure_violation(v.kind, subject, &v.message);

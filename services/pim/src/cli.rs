@@ -1,0 +1,908 @@
+//! The `pim` command line: run the suite (`up`, `serve`, `bootstrap`) and talk to it (sign
+//! in, users, roles, assign, check, audit). Every client command talks to one address
+//! (`--server`, or `PIM_SERVER`), as an ingress gives in production and `pim up` gives locally.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tonic::transport::Channel;
+use tonic::{Request, Status};
+
+use pim_proto::assignment::v1 as apb;
+use pim_proto::assignment::v1::access_service_client::AccessServiceClient;
+use pim_proto::assignment::v1::assignment_service_client::AssignmentServiceClient;
+use pim_proto::assignment::v1::role_service_client::RoleServiceClient;
+use pim_proto::audit::v1 as aupb;
+use pim_proto::audit::v1::audit_service_client::AuditServiceClient;
+use pim_proto::identity::v1 as ipb;
+use pim_proto::identity::v1::auth_service_client::AuthServiceClient;
+use pim_proto::identity::v1::directory_service_client::DirectoryServiceClient;
+use pim_runtime::Config;
+use pim_runtime::config::TlsConfig;
+use pim_runtime::db::{from_timestamp, now_ms, sqlite_url, to_timestamp};
+
+use crate::host::{ServiceName, Suite, SuiteOptions};
+
+#[derive(Parser)]
+#[command(
+    name = "pim",
+    version,
+    about = "Privileged Identity Management: just-in-time, approved, audited access to privileged roles"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct ClientArgs {
+    /// The PIM address (one address serves every service).
+    #[arg(long, env = "PIM_SERVER", default_value = "http://127.0.0.1:50051", global = true)]
+    server: String,
+    /// Where `pim login` keeps the access token [default: ~/.config/pim/token].
+    #[arg(long, env = "PIM_TOKEN_FILE", global = true)]
+    token_file: Option<PathBuf>,
+    /// CA certificate (PEM) to trust for an https:// server.
+    #[arg(long, env = "PIM_TLS_CA", global = true)]
+    ca: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run all five services in one process on one address (SQLite files under PIM_DATA_DIR;
+    /// Redis when PIM_REDIS_URL is set). Prints the address and, on first start, the
+    /// break-glass administrator's credentials.
+    Up,
+    /// Run one service (production shape: PIM_DATABASE_URL for PostgreSQL, PIM_REDIS_URL).
+    Serve {
+        /// identity, assignment, approval, alerting or audit
+        service: ServiceName,
+    },
+    /// Create the first Global Administrator when there is none (production; `pim up` does it itself).
+    Bootstrap {
+        /// The identity service's database.
+        #[arg(long, env = "PIM_IDENTITY_DATABASE_URL")]
+        identity_database: String,
+        /// The assignment service's database.
+        #[arg(long, env = "PIM_ASSIGNMENT_DATABASE_URL")]
+        assignment_database: String,
+    },
+    /// Sign in and keep the access token for the next commands.
+    Login(LoginArgs),
+    /// Manage users.
+    #[command(subcommand)]
+    Users(UsersCommand),
+    /// Manage service principals (apps and bots).
+    #[command(subcommand, name = "service-principals", alias = "sp")]
+    ServicePrincipals(SpCommand),
+    /// List role definitions.
+    Roles {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Assign a role to a principal (an administrator's adminAssign request).
+    Assign(AssignArgs),
+    /// List assignments in force.
+    Assignments(ListAssignmentsArgs),
+    /// Ask whether a principal holds a role or permission at a scope (exit code 0 if it does, 1 if not).
+    Check(CheckArgs),
+    /// Read the audit log.
+    Audit(AuditArgs),
+    /// Show each service's health.
+    Health {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Args)]
+struct LoginArgs {
+    /// User name (password from --password-stdin, PIM_PASSWORD, or a prompt).
+    #[arg(long, conflicts_with = "client_id")]
+    user: Option<String>,
+    /// Service principal client id (secret from --password-stdin or PIM_CLIENT_SECRET).
+    #[arg(long)]
+    client_id: Option<String>,
+    /// Read the password or client secret from the first line of standard input.
+    #[arg(long)]
+    password_stdin: bool,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Subcommand)]
+enum UsersCommand {
+    /// Create a user. Without --password-stdin a strong password is generated and shown once.
+    Create {
+        #[arg(long)]
+        user_name: String,
+        #[arg(long, default_value = "")]
+        display_name: String,
+        #[arg(long, default_value = "")]
+        email: String,
+        #[arg(long)]
+        password_stdin: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show one user (by id or user name).
+    Get {
+        user: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List users.
+    List {
+        #[arg(long, default_value = "")]
+        filter: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum SpCommand {
+    /// Create a service principal; its client secret is shown once.
+    Create {
+        #[arg(long)]
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum KindArg {
+    Eligible,
+    Active,
+}
+
+#[derive(Args)]
+struct AssignArgs {
+    /// User name, or principal id.
+    #[arg(long)]
+    principal: String,
+    /// Role name (e.g. "Exchange Administrator") or id.
+    #[arg(long)]
+    role: String,
+    #[arg(long, default_value = "/")]
+    scope: String,
+    #[arg(long, value_enum, default_value = "eligible")]
+    kind: KindArg,
+    /// How long it lasts, e.g. 1h, 30d (default: the policy's maximum, or permanent where allowed).
+    #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "permanent")]
+    duration: Option<Duration>,
+    /// Never expires (where the role's policy allows it).
+    #[arg(long)]
+    permanent: bool,
+    #[arg(long, default_value = "")]
+    justification: String,
+    #[arg(long, default_value = "", requires = "ticket_number")]
+    ticket_system: String,
+    #[arg(long, default_value = "")]
+    ticket_number: String,
+    /// Check everything, change nothing.
+    #[arg(long)]
+    validate_only: bool,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Args)]
+struct ListAssignmentsArgs {
+    /// Only this principal (user name or id).
+    #[arg(long)]
+    principal: Option<String>,
+    /// Only this role (name or id).
+    #[arg(long)]
+    role: Option<String>,
+    #[arg(long, value_enum, default_value = "active")]
+    kind: KindArg,
+    /// Only mine.
+    #[arg(long)]
+    mine: bool,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Args)]
+struct CheckArgs {
+    /// User name or principal id.
+    #[arg(long)]
+    principal: String,
+    /// Role name or id.
+    #[arg(long, required_unless_present = "permission", conflicts_with = "permission")]
+    role: Option<String>,
+    /// A permission, e.g. pim.assignments.manage.
+    #[arg(long)]
+    permission: Option<String>,
+    #[arg(long, default_value = "/")]
+    scope: String,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Args)]
+struct AuditArgs {
+    /// Who acted (user name or principal id).
+    #[arg(long)]
+    actor: Option<String>,
+    /// Who was acted on (user name or principal id).
+    #[arg(long)]
+    target: Option<String>,
+    /// Role name or id.
+    #[arg(long)]
+    role: Option<String>,
+    /// Event type, e.g. ActiveAssignmentGranted.
+    #[arg(long)]
+    action: Option<String>,
+    /// Only events of the last DURATION, e.g. 24h.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    since: Option<Duration>,
+    #[arg(long, default_value_t = 100)]
+    limit: i32,
+    #[arg(long, value_enum, default_value = "table")]
+    output: Output,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+/// Runs the command line; returns the process exit code.
+pub async fn run(cli: Cli) -> anyhow::Result<i32> {
+    match cli.command {
+        Command::Up => up().await,
+        Command::Serve { service } => serve(service).await,
+        Command::Bootstrap {
+            identity_database,
+            assignment_database,
+        } => bootstrap(identity_database, assignment_database).await,
+        Command::Login(args) => login(args).await,
+        Command::Users(cmd) => users(cmd).await,
+        Command::ServicePrincipals(cmd) => service_principals(cmd).await,
+        Command::Roles { client } => roles(client).await,
+        Command::Assign(args) => assign(args).await,
+        Command::Assignments(args) => list_assignments(args).await,
+        Command::Check(args) => check(args).await,
+        Command::Audit(args) => audit(args).await,
+        Command::Health { client } => health(client).await,
+    }
+}
+
+fn load_config(default_pretty: bool) -> anyhow::Result<Config> {
+    let mut env: BTreeMap<String, String> = std::env::vars().collect();
+    if default_pretty {
+        env.entry("PIM_LOG_FORMAT".into()).or_insert_with(|| "pretty".into());
+    }
+    let config = Config::load(env)?;
+    pim_runtime::telemetry::init(config.log_json);
+    Ok(config)
+}
+
+/// The all-in-one: five services, one address, one SQLite file each.
+async fn up() -> anyhow::Result<i32> {
+    let config = load_config(true)?;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
+    let databases = ServiceName::ALL
+        .into_iter()
+        .map(|s| (s, sqlite_url(&config.data_dir.join(format!("{s}.db")))))
+        .collect();
+    let suite = Suite::start(SuiteOptions::new(config.clone(), databases)).await?;
+    println!("PIM is up at {}", suite.url());
+    println!(
+        "  data: {}  events: {}",
+        config.data_dir.display(),
+        if config.redis_url.is_some() {
+            "Redis"
+        } else {
+            "embedded"
+        }
+    );
+    if let Some((user, password)) = suite.bootstrap().await? {
+        println!();
+        println!("Break-glass Global Administrator created (shown once; store it safely):");
+        println!("  user name: {user}");
+        println!("  password:  {password}");
+        println!("Sign in with: pim login --server {} --user {user}", suite.url());
+    }
+    std::io::stdout().flush().ok();
+    suite.run_until(pim_runtime::grpc::shutdown_signal()).await?;
+    Ok(0)
+}
+
+async fn serve(service: ServiceName) -> anyhow::Result<i32> {
+    let config = load_config(false)?;
+    let database = config
+        .database_url
+        .clone()
+        .context("PIM_DATABASE_URL is required for pim serve (e.g. postgres://pim@db/pim_identity)")?;
+    if config.redis_url.is_none() {
+        bail!("PIM_REDIS_URL is required for pim serve: separate processes exchange events through Redis");
+    }
+    let databases = BTreeMap::from([(service, database.expose().clone())]);
+    let suite = Suite::start(SuiteOptions::new(config, databases)).await?;
+    suite.run_until(pim_runtime::grpc::shutdown_signal()).await?;
+    Ok(0)
+}
+
+async fn bootstrap(identity_database: String, assignment_database: String) -> anyhow::Result<i32> {
+    let config = load_config(true)?;
+    let channel = pim_runtime::grpc::channel("http://127.0.0.1:1", &TlsConfig::default())?;
+    let access: std::sync::Arc<dyn pim_runtime::access::AccessCheck> =
+        std::sync::Arc::new(pim_runtime::access::RemoteAccess::new(channel.clone()));
+    let deps = |db| pim_runtime::host::Deps {
+        config: config.clone(),
+        db,
+        access: access.clone(),
+        identity: channel.clone(),
+        assignment: channel.clone(),
+    };
+    let identity = pim_identity::Identity::build(deps(pim_runtime::db::connect(&identity_database).await?)).await?;
+    let assignment =
+        pim_assignment::Assignment::build(deps(pim_runtime::db::connect(&assignment_database).await?)).await?;
+    match crate::bootstrap::run(&identity, &assignment).await? {
+        Some((user, password)) => {
+            println!("Break-glass Global Administrator created (shown once; store it safely):");
+            println!("  user name: {user}");
+            println!("  password:  {password}");
+        }
+        None => println!("A permanent Global Administrator exists already; nothing to do."),
+    }
+    Ok(0)
+}
+
+// ---- client side ----
+
+struct Session {
+    channel: Channel,
+    token: Option<String>,
+}
+
+impl Session {
+    fn open(args: &ClientArgs, signed_in: bool) -> anyhow::Result<Self> {
+        let tls = TlsConfig {
+            ca: args.ca.clone(),
+            ..TlsConfig::default()
+        };
+        let channel = pim_runtime::grpc::channel(&args.server, &tls)?;
+        let token = if signed_in { Some(read_token(args)?) } else { None };
+        Ok(Self { channel, token })
+    }
+
+    fn request<T>(&self, message: T) -> anyhow::Result<Request<T>> {
+        let mut request = Request::new(message);
+        request.set_timeout(Duration::from_secs(30));
+        if let Some(token) = &self.token {
+            request.metadata_mut().insert(
+                "authorization",
+                format!("Bearer {token}").parse().context("stored token is malformed")?,
+            );
+        }
+        Ok(request)
+    }
+
+    /// A user name or a principal id → the principal id.
+    async fn principal_id(&self, user_or_id: &str) -> anyhow::Result<String> {
+        if uuid::Uuid::parse_str(user_or_id).is_ok() {
+            return Ok(user_or_id.to_owned());
+        }
+        let user = DirectoryServiceClient::new(self.channel.clone())
+            .get_user(self.request(ipb::GetUserRequest {
+                user: user_or_id.to_owned(),
+            })?)
+            .await
+            .map_err(explain)?;
+        Ok(user.into_inner().id)
+    }
+
+    async fn role_id(&self, name_or_id: &str) -> anyhow::Result<String> {
+        let role = RoleServiceClient::new(self.channel.clone())
+            .get_role_definition(self.request(apb::GetRoleDefinitionRequest {
+                role: name_or_id.to_owned(),
+            })?)
+            .await
+            .map_err(explain)?;
+        Ok(role.into_inner().id)
+    }
+}
+
+fn token_path(args: &ClientArgs) -> anyhow::Result<PathBuf> {
+    if let Some(p) = &args.token_file {
+        return Ok(p.clone());
+    }
+    let home = std::env::var_os("HOME").context("HOME is not set; pass --token-file")?;
+    Ok(PathBuf::from(home).join(".config/pim/token"))
+}
+
+fn read_token(args: &ClientArgs) -> anyhow::Result<String> {
+    let path = token_path(args)?;
+    let token = std::fs::read_to_string(&path)
+        .with_context(|| format!("not signed in (no token at {}): run pim login first", path.display()))?;
+    Ok(token.trim().to_owned())
+}
+
+fn write_token(args: &ClientArgs, token: &str) -> anyhow::Result<PathBuf> {
+    let path = token_path(args)?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options
+        .open(&path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    file.write_all(token.as_bytes())?;
+    Ok(path)
+}
+
+/// A gRPC error in words a person can act on.
+fn explain(status: Status) -> anyhow::Error {
+    let rules = pim_runtime::grpc::violated_rules(&status);
+    let hint = match status.code() {
+        tonic::Code::Unauthenticated => " (run pim login)",
+        tonic::Code::PermissionDenied => " (your roles do not allow this)",
+        tonic::Code::Unavailable => " (is PIM running at --server?)",
+        _ => "",
+    };
+    let rules = if rules.is_empty() {
+        String::new()
+    } else {
+        format!(" [rules: {}]", rules.join(", "))
+    };
+    anyhow::anyhow!("{:?}: {}{rules}{hint}", status.code(), status.message())
+}
+
+fn secret_from(stdin_flag: bool, env_var: &str, prompt: &str) -> anyhow::Result<String> {
+    if stdin_flag {
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line)?;
+        return Ok(line.trim_end_matches(['\r', '\n']).to_owned());
+    }
+    if let Ok(v) = std::env::var(env_var) {
+        return Ok(v);
+    }
+    if !std::io::stdin().is_terminal() {
+        bail!("no secret given: use --password-stdin or {env_var}");
+    }
+    Ok(rpassword::prompt_password(prompt)?)
+}
+
+fn time(ms: Option<i64>) -> String {
+    match ms {
+        None => "permanent".to_owned(),
+        Some(ms) => humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64))
+            .to_string(),
+    }
+}
+
+fn print_table(headers: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect();
+        println!("{}", padded.join("  ").trim_end());
+    };
+    line(headers.iter().map(|h| h.to_string()).collect());
+    for row in rows {
+        line(row);
+    }
+}
+
+async fn login(args: LoginArgs) -> anyhow::Result<i32> {
+    let session = Session::open(&args.client, false)?;
+    let mut auth = AuthServiceClient::new(session.channel.clone());
+    let response = match (&args.user, &args.client_id) {
+        (Some(user), None) => {
+            let password = secret_from(args.password_stdin, "PIM_PASSWORD", "Password: ")?;
+            auth.sign_in(session.request(ipb::SignInRequest {
+                user_name: user.clone(),
+                password,
+            })?)
+            .await
+        }
+        (None, Some(client_id)) => {
+            let client_secret = secret_from(args.password_stdin, "PIM_CLIENT_SECRET", "Client secret: ")?;
+            auth.sign_in_service_principal(session.request(ipb::SignInServicePrincipalRequest {
+                client_id: client_id.clone(),
+                client_secret,
+            })?)
+            .await
+        }
+        _ => bail!("pass --user NAME or --client-id ID"),
+    }
+    .map_err(explain)?
+    .into_inner();
+    let path = write_token(&args.client, &response.access_token)?;
+    println!(
+        "Signed in as {} until {} (token in {})",
+        response.principal_id,
+        time(response.expires_at.as_ref().map(from_timestamp)),
+        path.display()
+    );
+    Ok(0)
+}
+
+fn user_row(u: &ipb::User) -> Vec<String> {
+    vec![
+        u.id.clone(),
+        u.user_name.clone(),
+        u.display_name.clone(),
+        if u.enabled { "enabled" } else { "disabled" }.into(),
+    ]
+}
+
+async fn users(cmd: UsersCommand) -> anyhow::Result<i32> {
+    match cmd {
+        UsersCommand::Create {
+            user_name,
+            display_name,
+            email,
+            password_stdin,
+            client,
+        } => {
+            let session = Session::open(&client, true)?;
+            let (password, generated) = if password_stdin {
+                (secret_from(true, "", "")?, false)
+            } else {
+                (pim_identity::generate_password(), true)
+            };
+            let user = DirectoryServiceClient::new(session.channel.clone())
+                .create_user(session.request(ipb::CreateUserRequest {
+                    user_name,
+                    display_name,
+                    email,
+                    password: password.clone(),
+                })?)
+                .await
+                .map_err(explain)?
+                .into_inner();
+            println!("Created user {} ({})", user.user_name, user.id);
+            if generated {
+                println!("Initial password (shown once): {password}");
+            }
+        }
+        UsersCommand::Get { user, client } => {
+            let session = Session::open(&client, true)?;
+            let u = DirectoryServiceClient::new(session.channel.clone())
+                .get_user(session.request(ipb::GetUserRequest { user })?)
+                .await
+                .map_err(explain)?
+                .into_inner();
+            print_table(&["ID", "USER NAME", "DISPLAY NAME", "STATE"], vec![user_row(&u)]);
+        }
+        UsersCommand::List { filter, client } => {
+            let session = Session::open(&client, true)?;
+            let mut client = DirectoryServiceClient::new(session.channel.clone());
+            let mut rows = Vec::new();
+            let mut page_token = String::new();
+            loop {
+                let page = client
+                    .list_users(session.request(ipb::ListUsersRequest {
+                        page_size: 500,
+                        page_token,
+                        filter: filter.clone(),
+                    })?)
+                    .await
+                    .map_err(explain)?
+                    .into_inner();
+                rows.extend(page.users.iter().map(user_row));
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = page.next_page_token;
+            }
+            print_table(&["ID", "USER NAME", "DISPLAY NAME", "STATE"], rows);
+        }
+    }
+    Ok(0)
+}
+
+async fn service_principals(cmd: SpCommand) -> anyhow::Result<i32> {
+    match cmd {
+        SpCommand::Create { name, client } => {
+            let session = Session::open(&client, true)?;
+            let r = DirectoryServiceClient::new(session.channel.clone())
+                .create_service_principal(session.request(ipb::CreateServicePrincipalRequest { display_name: name })?)
+                .await
+                .map_err(explain)?
+                .into_inner();
+            let sp = r.service_principal.unwrap_or_default();
+            println!("Created service principal {} ({})", sp.display_name, sp.id);
+            println!("  client id:     {}", sp.client_id);
+            println!("  client secret: {} (shown once)", r.client_secret);
+        }
+    }
+    Ok(0)
+}
+
+async fn roles(client: ClientArgs) -> anyhow::Result<i32> {
+    let session = Session::open(&client, true)?;
+    let roles = RoleServiceClient::new(session.channel.clone())
+        .list_role_definitions(session.request(apb::ListRoleDefinitionsRequest {})?)
+        .await
+        .map_err(explain)?
+        .into_inner()
+        .roles;
+    let rows = roles
+        .into_iter()
+        .map(|r| {
+            vec![
+                r.id,
+                r.name,
+                if r.privileged { "yes" } else { "" }.into(),
+                r.permissions.join(" "),
+            ]
+        })
+        .collect();
+    print_table(&["ID", "NAME", "PRIVILEGED", "PERMISSIONS"], rows);
+    Ok(0)
+}
+
+fn kind_pb(kind: KindArg) -> apb::AssignmentKind {
+    match kind {
+        KindArg::Eligible => apb::AssignmentKind::Eligible,
+        KindArg::Active => apb::AssignmentKind::Active,
+    }
+}
+
+async fn assign(args: AssignArgs) -> anyhow::Result<i32> {
+    let session = Session::open(&args.client, true)?;
+    let principal_id = session.principal_id(&args.principal).await?;
+    let role_id = session.role_id(&args.role).await?;
+    let expiration = if args.permanent {
+        Some(apb::schedule::Expiration::Permanent(true))
+    } else {
+        args.duration.map(|d| {
+            apb::schedule::Expiration::Duration(prost_types::Duration {
+                seconds: d.as_secs() as i64,
+                nanos: 0,
+            })
+        })
+    };
+    let ticket = (!args.ticket_number.is_empty()).then(|| pim_proto::common::v1::Ticket {
+        system: args.ticket_system.clone(),
+        number: args.ticket_number.clone(),
+    });
+    let request = apb::CreateRequestRequest {
+        action: apb::RequestAction::AdminAssign as i32,
+        kind: kind_pb(args.kind) as i32,
+        principal_id,
+        role_id,
+        scope: args.scope,
+        schedule: Some(apb::Schedule {
+            start_time: None,
+            expiration,
+        }),
+        justification: args.justification,
+        ticket,
+        validate_only: args.validate_only,
+    };
+    let r = AssignmentServiceClient::new(session.channel.clone())
+        .create_request(session.request(request)?)
+        .await
+        .map_err(explain)?
+        .into_inner();
+    let status = apb::RequestStatus::try_from(r.status)
+        .map(|s| s.as_str_name().trim_start_matches("REQUEST_STATUS_").to_lowercase())
+        .unwrap_or_default();
+    if args.validate_only {
+        println!(
+            "Valid: would be {status}, from {} until {}",
+            time(r.start_time.as_ref().map(from_timestamp)),
+            time(r.end_time.as_ref().map(from_timestamp))
+        );
+    } else {
+        println!(
+            "Request {} {status}: assignment {} from {} until {}",
+            r.id,
+            r.assignment_id,
+            time(r.start_time.as_ref().map(from_timestamp)),
+            time(r.end_time.as_ref().map(from_timestamp))
+        );
+    }
+    Ok(0)
+}
+
+async fn list_assignments(args: ListAssignmentsArgs) -> anyhow::Result<i32> {
+    let session = Session::open(&args.client, true)?;
+    let principal_id = match &args.principal {
+        Some(p) => session.principal_id(p).await?,
+        None => String::new(),
+    };
+    let request = apb::ListAssignmentsRequest {
+        principal_id,
+        role_id: args.role.clone().unwrap_or_default(),
+        scope: String::new(),
+        mine: args.mine,
+    };
+    let mut client = AssignmentServiceClient::new(session.channel.clone());
+    let response = match args.kind {
+        KindArg::Active => client.list_active_assignments(session.request(request)?).await,
+        KindArg::Eligible => client.list_eligible_assignments(session.request(request)?).await,
+    }
+    .map_err(explain)?
+    .into_inner();
+    let rows = response
+        .assignments
+        .into_iter()
+        .map(|a| {
+            vec![
+                a.id,
+                a.principal_id,
+                a.role_name,
+                a.scope,
+                time(a.end_time.as_ref().map(from_timestamp)),
+            ]
+        })
+        .collect();
+    print_table(&["ID", "PRINCIPAL", "ROLE", "SCOPE", "UNTIL"], rows);
+    Ok(0)
+}
+
+async fn check(args: CheckArgs) -> anyhow::Result<i32> {
+    let session = Session::open(&args.client, true)?;
+    let principal_id = session.principal_id(&args.principal).await?;
+    let target = match (&args.role, &args.permission) {
+        (Some(role), _) => apb::check_access_request::Target::RoleId(session.role_id(role).await?),
+        (None, Some(p)) => apb::check_access_request::Target::Permission(p.clone()),
+        (None, None) => bail!("pass --role or --permission"),
+    };
+    let r = AccessServiceClient::new(session.channel.clone())
+        .check_access(session.request(apb::CheckAccessRequest {
+            principal_id,
+            target: Some(target),
+            scope: args.scope.clone(),
+        })?)
+        .await
+        .map_err(explain)?
+        .into_inner();
+    let what = args.role.or(args.permission).unwrap_or_default();
+    if r.allowed {
+        println!(
+            "allowed: {} holds {what} at {} until {}",
+            args.principal,
+            args.scope,
+            time(r.expires_at.as_ref().map(from_timestamp))
+        );
+        Ok(0)
+    } else {
+        println!("denied: {} does not hold {what} at {}", args.principal, args.scope);
+        Ok(1)
+    }
+}
+
+async fn audit(args: AuditArgs) -> anyhow::Result<i32> {
+    let session = Session::open(&args.client, true)?;
+    let actor_id = match &args.actor {
+        Some(a) => session.principal_id(a).await?,
+        None => String::new(),
+    };
+    let target_id = match &args.target {
+        Some(t) => session.principal_id(t).await?,
+        None => String::new(),
+    };
+    let role_id = match &args.role {
+        Some(r) => session.role_id(r).await?,
+        None => String::new(),
+    };
+    let request = aupb::QueryEventsRequest {
+        actor_id,
+        target_id,
+        role_id,
+        action: args.action.clone().unwrap_or_default(),
+        since: args.since.map(|d| to_timestamp(now_ms() - d.as_millis() as i64)),
+        page_size: args.limit,
+        ..Default::default()
+    };
+    let records = AuditServiceClient::new(session.channel.clone())
+        .query_events(session.request(request)?)
+        .await
+        .map_err(explain)?
+        .into_inner()
+        .records;
+    match args.output {
+        Output::Json => {
+            for r in records {
+                let line = serde_json::json!({
+                    "sequence": r.sequence, "event_id": r.event_id, "time": time(r.time.as_ref().map(from_timestamp)),
+                    "source": r.source, "action": r.action, "actor_id": r.actor_id, "actor_name": r.actor_name,
+                    "target_id": r.target_id, "target_name": r.target_name, "role_id": r.role_id, "role_name": r.role_name,
+                    "scope": r.scope, "justification": r.justification, "ticket": r.ticket, "outcome": r.outcome,
+                    "trace_id": r.trace_id, "payload": serde_json::from_str::<serde_json::Value>(&r.payload_json).unwrap_or_default(),
+                });
+                println!("{line}");
+            }
+        }
+        Output::Table => {
+            let rows = records
+                .into_iter()
+                .map(|r| {
+                    vec![
+                        time(r.time.as_ref().map(from_timestamp)),
+                        r.action.rsplit('.').next().unwrap_or_default().to_owned(),
+                        if r.actor_name.is_empty() {
+                            r.actor_id
+                        } else {
+                            r.actor_name
+                        },
+                        if r.target_name.is_empty() {
+                            r.target_id
+                        } else {
+                            r.target_name
+                        },
+                        r.role_name,
+                        r.scope,
+                        r.outcome,
+                        r.justification,
+                    ]
+                })
+                .collect();
+            print_table(
+                &[
+                    "TIME",
+                    "ACTION",
+                    "ACTOR",
+                    "TARGET",
+                    "ROLE",
+                    "SCOPE",
+                    "OUTCOME",
+                    "JUSTIFICATION",
+                ],
+                rows,
+            );
+        }
+    }
+    Ok(0)
+}
+
+async fn health(client: ClientArgs) -> anyhow::Result<i32> {
+    let session = Session::open(&client, false)?;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(session.channel.clone());
+    let mut all_serving = true;
+    let names = [
+        pim_proto::service_names::IDENTITY,
+        pim_proto::service_names::ASSIGNMENT,
+        pim_proto::service_names::APPROVAL,
+        pim_proto::service_names::ALERTING,
+        pim_proto::service_names::AUDIT,
+    ];
+    let mut rows = Vec::new();
+    for name in names.concat() {
+        let status = match health
+            .check(session.request(tonic_health::pb::HealthCheckRequest {
+                service: name.to_owned(),
+            })?)
+            .await
+        {
+            Ok(r) => format!("{:?}", r.into_inner().status()),
+            Err(s) => format!("{:?}", s.code()),
+        };
+        all_serving &= status == "Serving";
+        rows.push(vec![name.to_owned(), status]);
+    }
+    print_table(&["SERVICE", "STATUS"], rows);
+    Ok(if all_serving { 0 } else { 1 })
+}

@@ -1,0 +1,312 @@
+//! Hosting services in one process: `pim serve <service>` hosts one (PostgreSQL + Redis),
+//! `pim up` hosts all five on one address (SQLite files, Redis optional). The host binds the
+//! listener, connects each service's database, wires events (Redis Streams or embedded
+//! delivery), authentication and authorization, and serves until told to stop.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tonic::service::RoutesBuilder;
+
+use pim_alerting::Alerting;
+use pim_approval::Approval;
+use pim_assignment::Assignment;
+use pim_audit::Audit;
+use pim_identity::Identity;
+use pim_runtime::Config;
+use pim_runtime::access::{AccessCheck, CachedAccess, RemoteAccess};
+use pim_runtime::auth::{AuthLayer, KeySource, RemoteKeys, TokenVerifier};
+use pim_runtime::events::{
+    ConsumerHandle, ConsumerOptions, EmbeddedBus, Inbox, Publisher, RedisConsumer, RedisPublisher, Relay, RelayHandle,
+};
+use pim_runtime::host::{Deps, Service};
+use pim_runtime::{db, grpc};
+
+/// The five services.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ServiceName {
+    Identity,
+    Assignment,
+    Approval,
+    Alerting,
+    Audit,
+}
+
+impl ServiceName {
+    pub const ALL: [ServiceName; 5] = [
+        Self::Identity,
+        Self::Assignment,
+        Self::Approval,
+        Self::Alerting,
+        Self::Audit,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Identity => "identity",
+            Self::Assignment => "assignment",
+            Self::Approval => "approval",
+            Self::Alerting => "alerting",
+            Self::Audit => "audit",
+        }
+    }
+}
+
+impl fmt::Display for ServiceName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for ServiceName {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        Self::ALL.into_iter().find(|n| n.as_str() == s).with_context(|| {
+            format!("unknown service {s:?}: expected identity, assignment, approval, alerting or audit")
+        })
+    }
+}
+
+/// What to host, and where each hosted service keeps its data.
+pub struct SuiteOptions {
+    pub config: Config,
+    /// Database URL of each hosted service.
+    pub databases: BTreeMap<ServiceName, String>,
+    /// Consumer tuning (tests shorten the claim idle time).
+    pub consumer: ConsumerOptions,
+    /// How often relays look for outbox rows nobody woke them for.
+    pub relay_poll: Duration,
+}
+
+impl SuiteOptions {
+    pub fn new(config: Config, databases: BTreeMap<ServiceName, String>) -> Self {
+        let consumer = ConsumerOptions {
+            max_deliveries: config.max_deliveries,
+            claim_idle: config.claim_idle,
+            ..ConsumerOptions::default()
+        };
+        Self {
+            config,
+            databases,
+            consumer,
+            relay_poll: Duration::from_millis(250),
+        }
+    }
+}
+
+/// A running set of services.
+pub struct Suite {
+    addr: SocketAddr,
+    url: String,
+    stop: watch::Sender<bool>,
+    server: JoinHandle<anyhow::Result<()>>,
+    relays: Vec<RelayHandle>,
+    consumers: Vec<ConsumerHandle>,
+    identity: Option<Identity>,
+    assignment: Option<Assignment>,
+    services: Vec<Arc<dyn Service>>,
+}
+
+fn consumer_name() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "pim".to_owned());
+    format!(
+        "{host}-{}-{}",
+        std::process::id(),
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    )
+}
+
+impl Suite {
+    /// Binds, migrates and starts everything; returns once the server accepts connections.
+    pub async fn start(options: SuiteOptions) -> anyhow::Result<Self> {
+        let config = options.config.clone();
+        let hosted: Vec<ServiceName> = options.databases.keys().copied().collect();
+        if hosted.is_empty() {
+            bail!("no service to host");
+        }
+        let listener = TcpListener::bind(config.listen_addr)
+            .await
+            .with_context(|| format!("binding {} (PIM_LISTEN_ADDR)", config.listen_addr))?;
+        let addr = listener.local_addr()?;
+        // Calls to ourselves go to loopback when listening on every interface.
+        let self_host = if addr.ip().is_unspecified() {
+            SocketAddr::new([127, 0, 0, 1].into(), addr.port())
+        } else {
+            addr
+        };
+        let url = format!("{}://{}", config.scheme(), self_host);
+        let peer = |name: ServiceName, configured: &Option<String>| -> anyhow::Result<String> {
+            if hosted.contains(&name) {
+                return Ok(url.clone());
+            }
+            configured.clone().with_context(|| {
+                format!(
+                    "PIM_{}_URL is required when {name} is not hosted in this process",
+                    name.as_str().to_uppercase()
+                )
+            })
+        };
+        let identity_channel = grpc::channel(&peer(ServiceName::Identity, &config.identity_url)?, &config.tls)?;
+        let assignment_channel = grpc::channel(&peer(ServiceName::Assignment, &config.assignment_url)?, &config.tls)?;
+        let access: Arc<dyn AccessCheck> = Arc::new(CachedAccess::new(
+            Arc::new(RemoteAccess::new(assignment_channel.clone())),
+            config.access_cache_ttl,
+        ));
+
+        let mut services: Vec<Arc<dyn Service>> = Vec::new();
+        let (mut identity, mut assignment) = (None, None);
+        for (name, database_url) in &options.databases {
+            let db = db::connect(database_url)
+                .await
+                .with_context(|| format!("opening the {name} database"))?;
+            let deps = Deps {
+                config: config.clone(),
+                db,
+                access: access.clone(),
+                identity: identity_channel.clone(),
+                assignment: assignment_channel.clone(),
+            };
+            let service: Arc<dyn Service> = match name {
+                ServiceName::Identity => {
+                    let s = Identity::build(deps).await?;
+                    identity = Some(s.clone());
+                    Arc::new(s)
+                }
+                ServiceName::Assignment => {
+                    let s = Assignment::build(deps).await?;
+                    assignment = Some(s.clone());
+                    Arc::new(s)
+                }
+                ServiceName::Approval => Arc::new(Approval::build(deps).await?),
+                ServiceName::Alerting => Arc::new(Alerting::build(deps).await?),
+                ServiceName::Audit => Arc::new(Audit::build(deps).await?),
+            };
+            services.push(service);
+        }
+
+        // Events: Redis Streams when configured, otherwise straight from the outboxes.
+        let mut consumers = Vec::new();
+        let publisher: Arc<dyn Publisher> = match &config.redis_url {
+            Some(redis_url) => {
+                let redis_url = redis_url.expose();
+                for service in &services {
+                    for handler in service.handlers() {
+                        let inbox = Inbox::new(service.db().clone(), handler);
+                        let consumer = RedisConsumer::connect(
+                            redis_url,
+                            &config.stream_prefix,
+                            inbox,
+                            consumer_name(),
+                            options.consumer.clone(),
+                        )
+                        .await?;
+                        consumers.push(consumer.spawn());
+                    }
+                }
+                Arc::new(RedisPublisher::connect(redis_url, &config.stream_prefix).await?)
+            }
+            None => {
+                let bus = EmbeddedBus::new(config.max_deliveries);
+                for service in &services {
+                    for handler in service.handlers() {
+                        bus.subscribe(Inbox::new(service.db().clone(), handler));
+                    }
+                }
+                Arc::new(bus)
+            }
+        };
+        let relays = services
+            .iter()
+            .map(|s| Relay::new(s.db().clone(), s.outbox().clone(), publisher.clone()).spawn(options.relay_poll))
+            .collect();
+
+        let keys: Arc<dyn KeySource> = match &identity {
+            Some(identity) => Arc::new(identity.keystore()),
+            None => Arc::new(RemoteKeys::new(identity_channel.clone())),
+        };
+        let auth = AuthLayer::new(Arc::new(TokenVerifier::new(keys)));
+        let mut routes = RoutesBuilder::default();
+        let mut names = Vec::new();
+        for service in &services {
+            service.add_routes(&mut routes);
+            names.extend_from_slice(service.grpc_services());
+        }
+        let (stop, mut stopped) = watch::channel(false);
+        let tls = config.tls.clone();
+        let server = tokio::spawn(async move {
+            grpc::serve(listener, routes.routes(), names, auth, &tls, async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            })
+            .await
+        });
+        tracing::info!(address = %addr, services = ?hosted.iter().map(|s| s.as_str()).collect::<Vec<_>>(), "serving");
+        Ok(Self {
+            addr,
+            url,
+            stop,
+            server,
+            relays,
+            consumers,
+            identity,
+            assignment,
+            services,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The URL clients use (one address for every hosted service).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub fn identity(&self) -> Option<&Identity> {
+        self.identity.as_ref()
+    }
+
+    pub fn assignment(&self) -> Option<&Assignment> {
+        self.assignment.as_ref()
+    }
+
+    pub fn services(&self) -> &[Arc<dyn Service>] {
+        &self.services
+    }
+
+    /// Creates the break-glass Global Administrator when there is none; returns its user
+    /// name and password (shown once) when it did.
+    pub async fn bootstrap(&self) -> anyhow::Result<Option<(String, String)>> {
+        let (Some(identity), Some(assignment)) = (&self.identity, &self.assignment) else {
+            bail!("bootstrap needs identity and assignment in this process");
+        };
+        crate::bootstrap::run(identity, assignment).await
+    }
+
+    /// Stops serving, then the relays and consumers (each finishes what it holds).
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(true);
+        let served = self.server.await.context("server task")?;
+        for relay in self.relays {
+            relay.stop().await;
+        }
+        for consumer in self.consumers {
+            consumer.stop().await;
+        }
+        served
+    }
+
+    /// Serves until `signal` completes, then stops gracefully.
+    pub async fn run_until(self, signal: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+        signal.await;
+        self.stop().await
+    }
+}

@@ -1,0 +1,312 @@
+//! The event backbone on real PostgreSQL + Redis: nothing published for a rolled-back
+//! transaction; a relay killed between XADD and marking the row republishes and the consumer
+//! still applies the event once; a consumer that dies before XACK has its entries claimed by
+//! another and applied once; a poison entry ends in the dead-letter stream.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prost::Message;
+use redis::AsyncCommands;
+use sea_orm::{DatabaseTransaction, TransactionTrait};
+use sea_orm_migration::{MigrationTrait, MigratorTrait};
+use tokio::sync::Notify;
+
+use pim_e2e::eventually;
+use pim_proto::events::v1::{DeadLettered, UserCreated};
+use pim_runtime::db::{self, Db, col};
+use pim_runtime::events::{
+    ConsumerOptions, Envelope, EventHandler, Inbox, Outbox, Publisher, RedisConsumer, RedisPublisher, Relay,
+    SqlMigration, backbone_migration, envelope, pending, short_type, streams,
+};
+use pim_runtime::testing::{TestDatabase, redis_url, unique};
+
+struct Migrator;
+
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![
+            backbone_migration(),
+            SqlMigration::boxed("m0001_applied", |_| {
+                "CREATE TABLE applied (event_id TEXT NOT NULL)".to_owned()
+            }),
+        ]
+    }
+}
+
+/// Records each event it applies (no uniqueness here: duplicates would show); fails on `Poison`.
+struct Recorder;
+
+#[async_trait::async_trait]
+impl EventHandler for Recorder {
+    fn consumer(&self) -> &str {
+        "recorder"
+    }
+
+    fn streams(&self) -> Vec<&'static str> {
+        vec![streams::IDENTITY]
+    }
+
+    async fn handle(&self, txn: &DatabaseTransaction, envelope: &Envelope) -> anyhow::Result<()> {
+        if short_type(envelope) == "Poison" {
+            anyhow::bail!("cannot apply a poison event");
+        }
+        db::exec(
+            txn,
+            "INSERT INTO applied (event_id) VALUES ($1)",
+            vec![envelope.id.clone().into()],
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+struct Fixture {
+    db: Db,
+    database: TestDatabase,
+    redis: redis::aio::MultiplexedConnection,
+    prefix: String,
+    outbox: Outbox,
+}
+
+impl Fixture {
+    async fn new() -> anyhow::Result<Self> {
+        let database = TestDatabase::create("backbone").await?;
+        let db = db::connect(&database.url).await?;
+        Migrator::up(&db, None).await?;
+        let redis = redis::Client::open(redis_url())?
+            .get_multiplexed_async_connection()
+            .await?;
+        Ok(Self {
+            db,
+            database,
+            redis,
+            prefix: format!("{}:", unique("bb")),
+            outbox: Outbox::default(),
+        })
+    }
+
+    fn key(&self, stream: &str) -> String {
+        format!("{}{stream}", self.prefix)
+    }
+
+    async fn publisher(&self) -> anyhow::Result<Arc<RedisPublisher>> {
+        Ok(Arc::new(RedisPublisher::connect(&redis_url(), &self.prefix).await?))
+    }
+
+    async fn consumer(&self, options: ConsumerOptions) -> anyhow::Result<RedisConsumer> {
+        let inbox = Inbox::new(self.db.clone(), Arc::new(Recorder));
+        RedisConsumer::connect(&redis_url(), &self.prefix, inbox, unique("replica"), options).await
+    }
+
+    /// Commits one event to the outbox.
+    async fn emit(&self, event_type: &str) -> anyhow::Result<Envelope> {
+        let env = envelope("pim.identity", event_type, "subject", &UserCreated::default());
+        let txn = self.db.begin().await?;
+        self.outbox.enqueue(&txn, streams::IDENTITY, &env).await?;
+        txn.commit().await?;
+        Ok(env)
+    }
+
+    async fn stream_len(&mut self, stream: &str) -> anyhow::Result<usize> {
+        Ok(self.redis.xlen(self.key(stream)).await?)
+    }
+
+    async fn applied(&self, event_id: &str) -> anyhow::Result<i64> {
+        let row = db::query_one(
+            &self.db,
+            "SELECT COUNT(*) AS n FROM applied WHERE event_id = $1",
+            vec![event_id.into()],
+        )
+        .await?;
+        Ok(row.map(|r| col::<i64>(&r, "n")).transpose()?.unwrap_or_default())
+    }
+
+    async fn pending_entries(&mut self) -> anyhow::Result<usize> {
+        let reply: redis::streams::StreamPendingReply =
+            self.redis.xpending(self.key(streams::IDENTITY), "recorder").await?;
+        Ok(reply.count())
+    }
+
+    async fn cleanup(mut self) -> anyhow::Result<()> {
+        for stream in [streams::IDENTITY, streams::DEADLETTER] {
+            let _: () = self.redis.del(self.key(stream)).await?;
+        }
+        self.db.close().await.ok();
+        self.database.drop_database().await
+    }
+}
+
+fn fast(max_deliveries: u32) -> ConsumerOptions {
+    ConsumerOptions {
+        max_deliveries,
+        claim_idle: Duration::from_millis(100),
+        block: Duration::from_millis(100),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolled_back_transaction_publishes_nothing() -> anyhow::Result<()> {
+    let mut f = Fixture::new().await?;
+    let relay = Relay::new(f.db.clone(), f.outbox.clone(), f.publisher().await?);
+
+    let rolled_back = envelope("pim.identity", "UserCreated", "s", &UserCreated::default());
+    let txn = f.db.begin().await?;
+    f.outbox.enqueue(&txn, streams::IDENTITY, &rolled_back).await?;
+    txn.rollback().await?;
+    assert_eq!(relay.run_once().await?, 0);
+    assert_eq!(f.stream_len(streams::IDENTITY).await?, 0);
+
+    // The same path with a commit does publish, so the assertion above can fail.
+    f.emit("UserCreated").await?;
+    assert_eq!(relay.run_once().await?, 1);
+    assert_eq!(f.stream_len(streams::IDENTITY).await?, 1);
+    assert_eq!(pending(&f.db).await?, 0);
+    f.cleanup().await
+}
+
+/// Publishes with XADD, then hangs forever: the relay is killed at that point.
+struct HangsAfterPublish {
+    inner: Arc<RedisPublisher>,
+    published: Arc<Notify>,
+}
+
+#[async_trait::async_trait]
+impl Publisher for HangsAfterPublish {
+    async fn publish(&self, stream: &str, envelope: &Envelope, attempt: u32) -> anyhow::Result<()> {
+        self.inner.publish(stream, envelope, attempt).await?;
+        self.published.notify_one();
+        std::future::pending().await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_killed_after_xadd_republishes_and_the_consumer_applies_once() -> anyhow::Result<()> {
+    let mut f = Fixture::new().await?;
+    let event = f.emit("UserCreated").await?;
+
+    let published = Arc::new(Notify::new());
+    let crashing = Relay::new(
+        f.db.clone(),
+        f.outbox.clone(),
+        Arc::new(HangsAfterPublish {
+            inner: f.publisher().await?,
+            published: published.clone(),
+        }),
+    );
+    let task = tokio::spawn(async move { crashing.run_once().await });
+    tokio::time::timeout(Duration::from_secs(10), published.notified()).await?;
+    task.abort();
+    let _ = task.await;
+    // Published, but the row was never marked: it is still pending.
+    assert_eq!(f.stream_len(streams::IDENTITY).await?, 1);
+    assert_eq!(pending(&f.db).await?, 1);
+
+    let relay = Relay::new(f.db.clone(), f.outbox.clone(), f.publisher().await?);
+    assert_eq!(relay.run_once().await?, 1);
+    assert_eq!(
+        f.stream_len(streams::IDENTITY).await?,
+        2,
+        "the event is on the stream twice"
+    );
+    assert_eq!(pending(&f.db).await?, 0);
+
+    let consumer = f.consumer(fast(5)).await?;
+    let mut handled = 0;
+    while handled < 2 {
+        handled += consumer.run_once().await?;
+    }
+    assert_eq!(f.applied(&event.id).await?, 1, "applied once despite two deliveries");
+    assert_eq!(f.pending_entries().await?, 0, "both entries acknowledged");
+    f.cleanup().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_of_a_dead_consumer_are_claimed_and_applied_once() -> anyhow::Result<()> {
+    let mut f = Fixture::new().await?;
+    let relay = Relay::new(f.db.clone(), f.outbox.clone(), f.publisher().await?);
+    let unapplied = f.emit("UserCreated").await?;
+    let applied_not_acked = f.emit("UserCreated").await?;
+    assert_eq!(relay.run_once().await?, 2);
+
+    // Replica A creates the group, reads both entries, applies the second, and dies before any XACK.
+    let dead = f.consumer(fast(5)).await?;
+    drop(dead);
+    let options = redis::streams::StreamReadOptions::default()
+        .group("recorder", "replica-a")
+        .count(10);
+    let read: redis::streams::StreamReadReply = f
+        .redis
+        .xread_options(&[f.key(streams::IDENTITY)], &[">"], &options)
+        .await?;
+    assert_eq!(read.keys[0].ids.len(), 2);
+    let inbox = Inbox::new(f.db.clone(), Arc::new(Recorder));
+    assert!(inbox.apply(&applied_not_acked).await?);
+    assert_eq!(f.pending_entries().await?, 2);
+
+    // Replica B takes over once the entries have been idle long enough.
+    let b = f.consumer(fast(5)).await?;
+    eventually(Duration::from_secs(10), "replica B to claim both entries", || async {
+        b.run_once().await?;
+        Ok((f.applied(&unapplied.id).await? == 1).then_some(()))
+    })
+    .await?;
+    let redis = f.redis.clone();
+    let key = f.key(streams::IDENTITY);
+    eventually(Duration::from_secs(10), "no entry left pending", || {
+        let mut redis = redis.clone();
+        let key = key.clone();
+        let b = &b;
+        async move {
+            b.run_once().await?;
+            let reply: redis::streams::StreamPendingReply = redis.xpending(&key, "recorder").await?;
+            Ok((reply.count() == 0).then_some(()))
+        }
+    })
+    .await?;
+    assert_eq!(f.applied(&unapplied.id).await?, 1);
+    assert_eq!(
+        f.applied(&applied_not_acked.id).await?,
+        1,
+        "the inbox kept the second from being applied twice"
+    );
+    f.cleanup().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_entry_ends_in_the_dead_letter_stream() -> anyhow::Result<()> {
+    let mut f = Fixture::new().await?;
+    let relay = Relay::new(f.db.clone(), f.outbox.clone(), f.publisher().await?);
+    let poison = f.emit("Poison").await?;
+    let fine = f.emit("UserCreated").await?;
+    assert_eq!(relay.run_once().await?, 2);
+
+    let consumer = f.consumer(fast(3)).await?;
+    let mut redis = f.redis.clone();
+    let dead_key = f.key(streams::DEADLETTER);
+    eventually(Duration::from_secs(15), "the poison entry to be dead-lettered", || {
+        let mut redis = redis.clone();
+        let dead_key = dead_key.clone();
+        let consumer = &consumer;
+        async move {
+            consumer.run_once().await?;
+            let n: usize = redis.xlen(&dead_key).await?;
+            Ok((n == 1).then_some(()))
+        }
+    })
+    .await?;
+    let entries: redis::streams::StreamRangeReply = redis.xrange_all(&dead_key).await?;
+    let entry = &entries.ids[0];
+    assert_eq!(entry.get::<String>("event_id").as_deref(), Some(poison.id.as_str()));
+    let record = DeadLettered::decode(entry.get::<Vec<u8>>("data").unwrap_or_default().as_slice())?;
+    assert_eq!(record.deliveries, 3);
+    assert_eq!(record.group, "recorder");
+    assert_eq!(f.applied(&poison.id).await?, 0);
+    assert_eq!(
+        f.applied(&fine.id).await?,
+        1,
+        "the stream moved on past the poison entry"
+    );
+    assert_eq!(f.pending_entries().await?, 0);
+    f.cleanup().await
+}
