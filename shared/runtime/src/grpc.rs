@@ -113,18 +113,21 @@ pub async fn serve(
     Ok(())
 }
 
-/// A lazily-connecting channel to `url` (http:// or https://), trusting `tls.ca` when given.
+/// A lazily-connecting channel to `url` (http:// or https://), trusting `tls.ca` when given
+/// and the system's roots otherwise.
 pub fn channel(url: &str, tls: &TlsConfig) -> anyhow::Result<Channel> {
     let mut endpoint = Endpoint::from_shared(url.to_owned())
         .with_context(|| format!("invalid service URL {url}"))?
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true);
     if url.starts_with("https://") {
-        let mut config = ClientTlsConfig::new();
-        if let Some(ca) = &tls.ca {
-            let pem = std::fs::read(ca).with_context(|| format!("reading CA certificate {}", ca.display()))?;
-            config = config.ca_certificate(Certificate::from_pem(pem));
-        }
+        let config = match &tls.ca {
+            Some(ca) => {
+                let pem = std::fs::read(ca).with_context(|| format!("reading CA certificate {}", ca.display()))?;
+                ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem))
+            }
+            None => ClientTlsConfig::new().with_native_roots(),
+        };
         endpoint = endpoint.tls_config(config).context("configuring client TLS")?;
     }
     Ok(endpoint.connect_lazy())
