@@ -29,7 +29,7 @@ pub struct TestSuite {
     pub stream_prefix: String,
 }
 
-fn test_config(extra: &[(&str, String)]) -> anyhow::Result<Config> {
+pub fn test_config(extra: &[(&str, String)]) -> anyhow::Result<Config> {
     let mut env = vec![
         ("PIM_LISTEN_ADDR".to_owned(), "127.0.0.1:0".to_owned()),
         ("PIM_LOG_FORMAT".to_owned(), "pretty".to_owned()),

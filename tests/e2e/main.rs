@@ -3,4 +3,5 @@
 
 mod backbone;
 mod slice;
+mod split;
 mod surface;

@@ -84,6 +84,9 @@ pub struct SuiteOptions {
     pub consumer: ConsumerOptions,
     /// How often relays look for outbox rows nobody woke them for.
     pub relay_poll: Duration,
+    /// A listener bound already (tests that must know every address before starting);
+    /// otherwise `config.listen_addr` is bound.
+    pub listener: Option<TcpListener>,
 }
 
 impl SuiteOptions {
@@ -98,6 +101,7 @@ impl SuiteOptions {
             databases,
             consumer,
             relay_poll: Duration::from_millis(250),
+            listener: None,
         }
     }
 }
@@ -126,15 +130,18 @@ fn consumer_name() -> String {
 
 impl Suite {
     /// Binds, migrates and starts everything; returns once the server accepts connections.
-    pub async fn start(options: SuiteOptions) -> anyhow::Result<Self> {
+    pub async fn start(mut options: SuiteOptions) -> anyhow::Result<Self> {
         let config = options.config.clone();
         let hosted: Vec<ServiceName> = options.databases.keys().copied().collect();
         if hosted.is_empty() {
             bail!("no service to host");
         }
-        let listener = TcpListener::bind(config.listen_addr)
-            .await
-            .with_context(|| format!("binding {} (PIM_LISTEN_ADDR)", config.listen_addr))?;
+        let listener = match options.listener.take() {
+            Some(listener) => listener,
+            None => TcpListener::bind(config.listen_addr)
+                .await
+                .with_context(|| format!("binding {} (PIM_LISTEN_ADDR)", config.listen_addr))?,
+        };
         let addr = listener.local_addr()?;
         // Calls to ourselves go to loopback when listening on every interface.
         let self_host = if addr.ip().is_unspecified() {

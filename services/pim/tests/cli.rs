@@ -1,0 +1,246 @@
+//! The README's walk-through, run as a person would: the real `pim` binary, `pim up` on a
+//! fresh data directory with no PostgreSQL or Redis, then the client commands; then SIGTERM
+//! ends it gracefully, and a restart keeps everything (and prints no new credentials).
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const PIM: &str = env!("CARGO_BIN_EXE_pim");
+
+struct Up {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Up {
+    fn start(data: &Path) -> Self {
+        let mut child = Command::new(PIM)
+            .arg("up")
+            .env("PIM_DATA_DIR", data)
+            .env("PIM_LISTEN_ADDR", "127.0.0.1:0")
+            .env_remove("PIM_REDIS_URL")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("pim up starts");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self { child, lines }
+    }
+
+    /// Reads output lines until `done` says it has what it needs.
+    fn read_until(&self, mut done: impl FnMut(&str) -> bool) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut seen = Vec::new();
+        while Instant::now() < deadline {
+            if let Ok(line) = self.lines.recv_timeout(Duration::from_millis(100)) {
+                let finished = done(&line);
+                seen.push(line);
+                if finished {
+                    return seen;
+                }
+            }
+        }
+        panic!("pim up did not print what was expected; it printed {seen:?}");
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    fn terminate(mut self) {
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                assert!(status.success(), "pim up exits cleanly on SIGTERM: {status}");
+                return;
+            }
+            assert!(Instant::now() < deadline, "pim up did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn field(lines: &[String], label: &str) -> String {
+    lines
+        .iter()
+        .find_map(|l| l.trim().strip_prefix(label).map(|v| v.trim().to_owned()))
+        .unwrap_or_else(|| panic!("no {label:?} in {lines:?}"))
+}
+
+struct Client {
+    server: String,
+    token_file: PathBuf,
+}
+
+impl Client {
+    fn run(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        let mut child = Command::new(PIM)
+            .args(args)
+            .env("PIM_SERVER", &self.server)
+            .env("PIM_TOKEN_FILE", &self.token_file)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("pim runs");
+        let mut input = child.stdin.take().expect("piped stdin");
+        if let Some(text) = stdin {
+            input.write_all(text.as_bytes()).expect("write stdin");
+        }
+        drop(input);
+        child.wait_with_output().expect("pim finishes")
+    }
+
+    fn ok(&self, args: &[&str], stdin: Option<&str>) -> String {
+        let out = self.run(args, stdin);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "pim {args:?} failed: {stdout} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    }
+}
+
+#[test]
+fn the_readme_walk_through_works_and_survives_a_restart() {
+    let dir = std::env::temp_dir().join(format!("pim-cli-{}", uuid::Uuid::now_v7().simple()));
+    let data = dir.join("data");
+    let up = Up::start(&data);
+    let printed = up.read_until(|l| l.contains("password:"));
+    let server = field(&printed, "PIM is up at");
+    let password = field(&printed, "password:");
+    assert_eq!(field(&printed, "user name:"), "admin");
+
+    let admin = Client {
+        server: server.clone(),
+        token_file: dir.join("admin-token"),
+    };
+    assert!(
+        admin
+            .ok(
+                &["login", "--user", "admin", "--password-stdin"],
+                Some(&format!("{password}\n"))
+            )
+            .contains("Signed in as")
+    );
+    let created = admin.ok(
+        &["users", "create", "--user-name", "lee", "--display-name", "Lee Gu"],
+        None,
+    );
+    assert!(created.contains("Created user lee"), "{created}");
+    let lee_password = field(
+        &created.lines().map(str::to_owned).collect::<Vec<_>>(),
+        "Initial password (shown once):",
+    );
+    let assigned = admin.ok(
+        &[
+            "assign",
+            "--principal",
+            "lee",
+            "--role",
+            "Exchange Administrator",
+            "--kind",
+            "active",
+            "--duration",
+            "1h",
+            "--justification",
+            "mailbox migration",
+            "--ticket-system",
+            "ServiceNow",
+            "--ticket-number",
+            "INC0012345",
+        ],
+        None,
+    );
+    assert!(assigned.contains("provisioned"), "{assigned}");
+    let allowed = admin.ok(
+        &[
+            "check",
+            "--principal",
+            "lee",
+            "--role",
+            "Exchange Administrator",
+            "--scope",
+            "/",
+        ],
+        None,
+    );
+    assert!(
+        allowed.starts_with("allowed: lee holds Exchange Administrator at / until"),
+        "{allowed}"
+    );
+    let denied = admin.run(&["check", "--principal", "lee", "--role", "Global Administrator"], None);
+    assert_eq!(denied.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&denied.stdout).starts_with("denied"));
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let audit = admin.ok(&["audit", "--target", "lee", "--output", "json"], None);
+        if audit.contains("ActiveAssignmentGranted") && audit.contains("UserCreated") {
+            assert!(audit.contains("\"justification\":\"mailbox migration\""));
+            assert!(audit.contains("\"role_name\":\"Exchange Administrator\""));
+            break;
+        }
+        assert!(Instant::now() < deadline, "audit never showed the slice: {audit}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let health = admin.ok(&["health"], None);
+    assert!(
+        health
+            .lines()
+            .any(|l| l.starts_with("pim.audit.v1.AuditService") && l.ends_with("Serving")),
+        "{health}"
+    );
+
+    // Lee, signed in, is refused what administrators may do.
+    let lee = Client {
+        server: server.clone(),
+        token_file: dir.join("lee-token"),
+    };
+    lee.ok(
+        &["login", "--user", "lee", "--password-stdin"],
+        Some(&format!("{lee_password}\n")),
+    );
+    let refused = lee.run(&["users", "create", "--user-name", "eve"], None);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("PermissionDenied"));
+
+    up.terminate();
+
+    // Restarted on the same data: no new administrator, same access, same tokens.
+    let again = Up::start(&data);
+    let printed = again.read_until(|l| l.starts_with("PIM is up at"));
+    let server = field(&printed, "PIM is up at");
+    let admin = Client {
+        server,
+        token_file: dir.join("admin-token"),
+    };
+    let allowed = admin.ok(
+        &["check", "--principal", "lee", "--role", "Exchange Administrator"],
+        None,
+    );
+    assert!(allowed.starts_with("allowed"), "{allowed}");
+    // The credentials block would follow the address, before the server answered the check.
+    assert!(
+        again.lines.try_iter().all(|l| !l.contains("Break-glass")),
+        "credentials are printed on first start only"
+    );
+    again.terminate();
+    std::fs::remove_dir_all(&dir).ok();
+}

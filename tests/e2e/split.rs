@@ -1,0 +1,168 @@
+//! The production shape: identity, assignment and audit each in their own host (as
+//! `pim serve <service>` runs them), each with its own PostgreSQL database, sharing Redis.
+//! Tokens are verified with keys fetched from identity, access is asked of assignment over
+//! gRPC, and audit hears about both over Redis Streams.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tonic::Code;
+use tonic::transport::Channel;
+
+use pim::{ServiceName, Suite, SuiteOptions};
+use pim_e2e::{authed, eventually, test_config};
+use pim_proto::assignment::v1 as apb;
+use pim_proto::assignment::v1::assignment_service_client::AssignmentServiceClient;
+use pim_proto::audit::v1 as aupb;
+use pim_proto::audit::v1::audit_service_client::AuditServiceClient;
+use pim_proto::identity::v1 as ipb;
+use pim_proto::identity::v1::auth_service_client::AuthServiceClient;
+use pim_proto::identity::v1::directory_service_client::DirectoryServiceClient;
+use pim_runtime::testing::{TestDatabase, redis_url, unique};
+
+struct Host {
+    suite: Suite,
+    database: TestDatabase,
+}
+
+async fn connect(url: &str) -> anyhow::Result<Channel> {
+    Ok(Channel::from_shared(url.to_owned())?.connect().await?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_in_separate_hosts_work_together() -> anyhow::Result<()> {
+    let prefix = format!("{}:", unique("split"));
+    let services = [ServiceName::Identity, ServiceName::Assignment, ServiceName::Audit];
+    let mut listeners = Vec::new();
+    for _ in services {
+        listeners.push(TcpListener::bind("127.0.0.1:0").await?);
+    }
+    let url = |i: usize| -> anyhow::Result<String> { Ok(format!("http://{}", listeners[i].local_addr()?)) };
+    let (identity_url, assignment_url, audit_url) = (url(0)?, url(1)?, url(2)?);
+
+    let mut hosts = Vec::new();
+    for (service, listener) in services.into_iter().zip(listeners) {
+        let database = TestDatabase::create(service.as_str()).await?;
+        let config = test_config(&[
+            ("PIM_REDIS_URL", redis_url()),
+            ("PIM_STREAM_PREFIX", prefix.clone()),
+            ("PIM_IDENTITY_URL", identity_url.clone()),
+            ("PIM_ASSIGNMENT_URL", assignment_url.clone()),
+        ])?;
+        let mut options = SuiteOptions::new(config, BTreeMap::from([(service, database.url.clone())]));
+        options.listener = Some(listener);
+        options.relay_poll = Duration::from_millis(50);
+        hosts.push(Host {
+            suite: Suite::start(options).await?,
+            database,
+        });
+    }
+
+    let result = async {
+        let (identity, assignment) = (
+            hosts[0].suite.identity().expect("identity host"),
+            hosts[1].suite.assignment().expect("assignment host"),
+        );
+        let (admin, password) = pim::bootstrap::run(identity, assignment)
+            .await?
+            .expect("a fresh directory bootstraps");
+        assert!(
+            pim::bootstrap::run(identity, assignment).await?.is_none(),
+            "bootstrap happens once"
+        );
+
+        let (identity_channel, assignment_channel, audit_channel) = (
+            connect(&identity_url).await?,
+            connect(&assignment_url).await?,
+            connect(&audit_url).await?,
+        );
+        let token = AuthServiceClient::new(identity_channel.clone())
+            .sign_in(ipb::SignInRequest {
+                user_name: admin,
+                password,
+            })
+            .await?
+            .into_inner()
+            .access_token;
+        // Identity asks assignment whether the admin may create users.
+        let lee = DirectoryServiceClient::new(identity_channel)
+            .create_user(authed(
+                &token,
+                ipb::CreateUserRequest {
+                    user_name: "lee".into(),
+                    password: "lee's long passphrase".into(),
+                    ..Default::default()
+                },
+            ))
+            .await?
+            .into_inner();
+        // Assignment verifies the token with keys fetched from identity, and asks identity who Lee is.
+        let request = AssignmentServiceClient::new(assignment_channel.clone())
+            .create_request(authed(
+                &token,
+                apb::CreateRequestRequest {
+                    action: apb::RequestAction::AdminAssign as i32,
+                    kind: apb::AssignmentKind::Eligible as i32,
+                    principal_id: lee.id.clone(),
+                    role_id: "Exchange Administrator".into(),
+                    scope: "/".into(),
+                    schedule: None,
+                    justification: "on call rota".into(),
+                    ticket: None,
+                    validate_only: false,
+                },
+            ))
+            .await?
+            .into_inner();
+        assert_eq!(request.kind, apb::AssignmentKind::Eligible as i32);
+        assert!(
+            request.end_time.is_none(),
+            "eligible assignments may be permanent by default"
+        );
+        let anonymous = AssignmentServiceClient::new(assignment_channel)
+            .list_eligible_assignments(apb::ListAssignmentsRequest::default())
+            .await
+            .expect_err("no token");
+        assert_eq!(anonymous.code(), Code::Unauthenticated);
+
+        // Audit verifies tokens and access remotely too, and hears both services' events.
+        let mut audit = AuditServiceClient::new(audit_channel);
+        let records = eventually(Duration::from_secs(15), "audit to hear identity and assignment", || {
+            let mut audit = audit.clone();
+            let (token, lee) = (token.clone(), lee.id.clone());
+            async move {
+                let r = audit
+                    .query_events(authed(
+                        &token,
+                        aupb::QueryEventsRequest {
+                            target_id: lee,
+                            ..Default::default()
+                        },
+                    ))
+                    .await?
+                    .into_inner()
+                    .records;
+                Ok((r.iter().any(|x| x.action.ends_with("UserCreated"))
+                    && r.iter().any(|x| x.action.ends_with("EligibilityGranted")))
+                .then_some(r))
+            }
+        })
+        .await?;
+        assert!(
+            records.iter().any(|r| r.source == "pim.identity") && records.iter().any(|r| r.source == "pim.assignment")
+        );
+        let none = audit
+            .query_events(aupb::QueryEventsRequest::default())
+            .await
+            .expect_err("no token");
+        assert_eq!(none.code(), Code::Unauthenticated);
+        anyhow::Ok(())
+    }
+    .await;
+    for host in hosts {
+        host.suite.stop().await?;
+        host.database.drop_database().await?;
+    }
+    result
+}
