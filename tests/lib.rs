@@ -59,9 +59,16 @@ impl TestSuite {
 
     /// The all-in-one default: SQLite files, embedded delivery, no Redis.
     pub async fn embedded() -> anyhow::Result<Self> {
+        Self::embedded_with(&[]).await
+    }
+
+    /// The all-in-one default with extra settings (e.g. TLS).
+    pub async fn embedded_with(extra: &[(&str, String)]) -> anyhow::Result<Self> {
         let dir = std::env::temp_dir().join(unique("data"));
         std::fs::create_dir_all(&dir)?;
-        let config = test_config(&[("PIM_DATA_DIR", dir.display().to_string())])?;
+        let mut settings = vec![("PIM_DATA_DIR", dir.display().to_string())];
+        settings.extend_from_slice(extra);
+        let config = test_config(&settings)?;
         let urls = ServiceName::ALL
             .into_iter()
             .map(|s| (s, pim_runtime::db::sqlite_url(&dir.join(format!("{s}.db")))))
@@ -77,6 +84,7 @@ impl TestSuite {
         stream_prefix: String,
     ) -> anyhow::Result<Self> {
         pim_runtime::telemetry::init(false);
+        let tls = config.tls.clone();
         let mut options = SuiteOptions::new(config, urls);
         options.relay_poll = Duration::from_millis(50);
         let suite = Suite::start(options).await?;
@@ -84,7 +92,7 @@ impl TestSuite {
             .bootstrap()
             .await?
             .context("a fresh suite bootstraps its administrator")?;
-        let channel = Channel::from_shared(suite.url().to_owned())?.connect().await?;
+        let channel = pim_runtime::grpc::channel(suite.url(), &tls)?;
         Ok(Self {
             suite,
             channel,

@@ -5,3 +5,4 @@ mod backbone;
 mod slice;
 mod split;
 mod surface;
+mod tls;

@@ -319,3 +319,87 @@ where
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine;
+    use ed25519_dalek::SigningKey as Ed25519;
+    use ed25519_dalek::pkcs8::EncodePrivateKey;
+    use jsonwebtoken::{EncodingKey, Header};
+
+    struct Fixed(Vec<SigningKey>);
+
+    #[async_trait::async_trait]
+    impl KeySource for Fixed {
+        async fn signing_keys(&self) -> anyhow::Result<Vec<SigningKey>> {
+            Ok(self.0.clone())
+        }
+    }
+
+    fn key(seed: u8) -> Ed25519 {
+        Ed25519::from_bytes(&[seed; 32])
+    }
+
+    fn published(kid: &str, k: &Ed25519) -> SigningKey {
+        SigningKey {
+            kid: kid.into(),
+            alg: "EdDSA".into(),
+            public_key: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(k.verifying_key().to_bytes()),
+            created_at: None,
+            retire_after: None,
+        }
+    }
+
+    fn token(kid: &str, k: &Ed25519, exp_offset: i64, aud: &str) -> String {
+        let now = crate::db::now_ms() / 1000;
+        let claims = Claims {
+            sub: "lee-id".into(),
+            kind: "user".into(),
+            name: "lee".into(),
+            amr: vec!["pwd".into()],
+            mfa_at: None,
+            sid: "s1".into(),
+            iat: now,
+            exp: now + exp_offset,
+            iss: ISSUER.into(),
+            aud: aud.into(),
+        };
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(kid.into());
+        let der = k.to_pkcs8_der().unwrap();
+        jsonwebtoken::encode(&header, &claims, &EncodingKey::from_ed_der(der.as_bytes())).unwrap()
+    }
+
+    #[tokio::test]
+    async fn only_current_tokens_signed_by_a_published_key_verify() {
+        let verifier = TokenVerifier::new(Arc::new(Fixed(vec![published("k1", &key(1))])));
+        let caller = verifier.verify(&token("k1", &key(1), 600, AUDIENCE)).await.unwrap();
+        assert_eq!(
+            (caller.principal_id.as_str(), caller.kind),
+            ("lee-id", PrincipalKind::User)
+        );
+        assert!(
+            !format!("{caller:?}").contains(caller.token()),
+            "the token never prints"
+        );
+
+        assert!(matches!(
+            verifier.verify(&token("k1", &key(1), -600, AUDIENCE)).await,
+            Err(TokenError::Expired)
+        ));
+        assert!(matches!(
+            verifier.verify(&token("k1", &key(2), 600, AUDIENCE)).await,
+            Err(TokenError::Invalid)
+        ));
+        assert!(matches!(
+            verifier.verify(&token("k9", &key(1), 600, AUDIENCE)).await,
+            Err(TokenError::Invalid)
+        ));
+        assert!(matches!(
+            verifier.verify(&token("k1", &key(1), 600, "other")).await,
+            Err(TokenError::Invalid)
+        ));
+        assert!(matches!(verifier.verify("a.b.c").await, Err(TokenError::Invalid)));
+    }
+}

@@ -22,10 +22,12 @@ pub fn unique(label: &str) -> String {
     format!("pim_test_{label}_{}", uuid::Uuid::now_v7().simple())
 }
 
-/// A PostgreSQL database that exists for one test.
+/// A PostgreSQL database that exists for one test. Dropped by [`TestDatabase::drop_database`],
+/// or, when a failing test never gets there, when the value is dropped.
 pub struct TestDatabase {
     pub name: String,
     pub url: String,
+    dropped: bool,
 }
 
 impl TestDatabase {
@@ -40,17 +42,44 @@ impl TestDatabase {
             .context("creating a test database")?;
         admin.close().await.ok();
         let url = format!("{}/{name}", postgres_server());
-        Ok(Self { name, url })
+        Ok(Self {
+            name,
+            url,
+            dropped: false,
+        })
     }
 
     /// Drops the database, ending connections still open to it.
-    pub async fn drop_database(self) -> anyhow::Result<()> {
-        let admin = sea_orm::Database::connect(format!("{}/postgres", postgres_server())).await?;
-        admin
-            .execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name))
-            .await?;
-        admin.close().await.ok();
-        Ok(())
+    pub async fn drop_database(mut self) -> anyhow::Result<()> {
+        self.dropped = true;
+        drop_named(&self.name).await
+    }
+}
+
+async fn drop_named(name: &str) -> anyhow::Result<()> {
+    let admin = sea_orm::Database::connect(format!("{}/postgres", postgres_server())).await?;
+    admin
+        .execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+        .await?;
+    admin.close().await.ok();
+    Ok(())
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        if self.dropped {
+            return;
+        }
+        // A test that failed before cleaning up: drop the database on a runtime of its own.
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            runtime.block_on(drop_named(&name)).ok()
+        })
+        .join();
     }
 }
 
