@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use prost::Message;
-use sea_orm::{ConnectionTrait, DbErr, TransactionTrait};
+use sea_orm::{ConnectionTrait, DbBackend, DbErr, TransactionTrait};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
@@ -95,14 +95,30 @@ impl Relay {
     }
 
     /// Publishes one batch of pending rows; returns how many were sent.
+    ///
+    /// On PostgreSQL the rows stay locked (`FOR UPDATE SKIP LOCKED`) from selection to marking,
+    /// so replicas share the outbox without publishing a row twice. SQLite (the single-process
+    /// all-in-one) has no row locks and one writer per file: there the relay holds no
+    /// transaction while it publishes, so an in-process consumer writing to the same file is
+    /// never blocked behind it.
     pub async fn run_once(&self) -> anyhow::Result<usize> {
-        let txn = self.db.begin().await.context("beginning relay transaction")?;
+        if self.db.get_database_backend() == DbBackend::Postgres {
+            let txn = self.db.begin().await.context("beginning relay transaction")?;
+            let sent = self.publish_batch(&txn).await?;
+            txn.commit().await.context("committing relay progress")?;
+            Ok(sent)
+        } else {
+            self.publish_batch(&self.db).await
+        }
+    }
+
+    async fn publish_batch<C: ConnectionTrait>(&self, conn: &C) -> anyhow::Result<usize> {
         let sql = format!(
             "SELECT id, stream, envelope, attempts FROM outbox WHERE status = 'pending' ORDER BY created_at, id LIMIT {}{}",
             self.batch,
-            txn.skip_locked()
+            conn.skip_locked()
         );
-        let rows = db::query(&txn, &sql, vec![])
+        let rows = db::query(conn, &sql, vec![])
             .await
             .context("reading pending outbox rows")?;
         let mut sent = 0;
@@ -115,7 +131,7 @@ impl Relay {
             match self.publisher.publish(&stream, &envelope, attempts as u32).await {
                 Ok(()) => {
                     db::exec(
-                        &txn,
+                        conn,
                         "UPDATE outbox SET status = 'sent', sent_at = $1 WHERE id = $2",
                         vec![db::now_ms().into(), id.into()],
                     )
@@ -128,17 +144,16 @@ impl Relay {
                     let attempts = attempts + 1;
                     tracing::warn!(event_id = %id, stream = %stream, attempts, error = %format!("{err:#}"), "publishing an event failed");
                     db::exec(
-                        &txn,
+                        conn,
                         "UPDATE outbox SET attempts = $1, last_error = $2 WHERE id = $3",
                         vec![attempts.into(), format!("{err:#}").into(), id.into()],
                     )
                     .await?;
-                    // Later rows of the same stream wait, so a stream keeps its order.
+                    // Later rows wait, so a stream keeps its order.
                     break;
                 }
             }
         }
-        txn.commit().await.context("committing relay progress")?;
         Ok(sent)
     }
 
