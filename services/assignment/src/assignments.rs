@@ -1,9 +1,13 @@
-//! Assignments and access decisions: who holds which role where, how administrators change
-//! that, and the CheckAccess answer every service relies on.
+//! Assignments and access decisions: who holds which role where, how administrators and
+//! principals change that (requests), the policies that govern it, and the CheckAccess
+//! answer every service relies on.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use sea_orm::TransactionTrait;
+use prost::Message;
+use sea_orm::{ConnectionTrait, DatabaseTransaction, TransactionTrait};
+use tokio::sync::{Notify, broadcast};
 use tonic::transport::Channel;
 
 use pim_proto::common::v1::{Actor, PrincipalKind, Ticket};
@@ -12,18 +16,31 @@ use pim_proto::identity::v1::GetPrincipalRequest;
 use pim_proto::identity::v1::directory_service_client::DirectoryServiceClient;
 use pim_runtime::access::{AccessCheck, Decision, Target, permissions};
 use pim_runtime::auth::Caller;
-use pim_runtime::db::{Db, now_ms, to_timestamp};
+use pim_runtime::clock::Clock;
+use pim_runtime::db::{Db, is_unique_violation, to_timestamp};
 use pim_runtime::events::{Outbox, envelope, streams};
+use pim_runtime::grpc::RuleViolation;
 
-use crate::domain::{AdminAssignment, Kind, Policy, Scope};
+use crate::domain::{ActivationAsk, AdminAssignment, Kind, MfaState, Policy, Schedule, Scope};
 use crate::error::{Error, Result};
 use crate::roles::{GLOBAL_ADMINISTRATOR, RoleCatalog};
 use crate::store::{self, AssignmentRow, RequestRow};
 
 const SOURCE: &str = "pim.assignment";
 
-/// The principal the bootstrap administrator's assignment is made by.
+/// The principal the bootstrap administrator's assignment and timers act as.
 pub const SYSTEM_ACTOR: &str = "system";
+
+/// Request statuses after which nothing more happens to a request.
+pub const FINAL_STATUSES: &[&str] = &["Provisioned", "Denied", "Canceled", "Failed", "Expired", "Revoked"];
+
+pub fn system_actor() -> Actor {
+    Actor {
+        principal_id: SYSTEM_ACTOR.into(),
+        kind: PrincipalKind::Unspecified as i32,
+        display_name: "PIM".into(),
+    }
+}
 
 #[derive(Clone)]
 pub struct Assignments {
@@ -31,6 +48,11 @@ pub struct Assignments {
     pub(crate) outbox: Outbox,
     pub(crate) roles: RoleCatalog,
     pub(crate) identity: DirectoryServiceClient<Channel>,
+    pub(crate) clock: Arc<dyn Clock>,
+    /// Wakes the scheduler when a new start or end is written.
+    pub(crate) timers: Arc<Notify>,
+    /// Ids of requests whose status changed in this process (WatchRequest).
+    pub(crate) changes: broadcast::Sender<String>,
 }
 
 /// An administrator's request to assign a role, as received.
@@ -40,6 +62,24 @@ pub struct AdminAssignRequest {
     pub scope: String,
     pub assignment: AdminAssignment,
     pub ticket: Option<Ticket>,
+    pub validate_only: bool,
+}
+
+/// A request that names an existing assignment: adminRemove, selfDeactivate.
+pub struct EndRequest {
+    pub kind: Kind,
+    pub principal_id: String,
+    pub role: String,
+    pub scope: String,
+    pub justification: String,
+    pub validate_only: bool,
+}
+
+/// A principal's request to activate an eligible role.
+pub struct ActivateRequest {
+    pub role: String,
+    pub scope: String,
+    pub ask: ActivationAsk,
     pub validate_only: bool,
 }
 
@@ -53,10 +93,40 @@ fn principal_kind_str(kind: PrincipalKind) -> &'static str {
     pim_runtime::auth::kind_claim(kind)
 }
 
+fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
 impl Assignments {
+    pub(crate) fn now(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    async fn emit<C: ConnectionTrait>(
+        &self,
+        txn: &C,
+        event_type: &str,
+        subject: &str,
+        event: &impl Message,
+    ) -> Result<()> {
+        self.outbox
+            .enqueue(txn, streams::ASSIGNMENT, &envelope(SOURCE, event_type, subject, event))
+            .await?;
+        Ok(())
+    }
+
+    /// After a commit: let the relay, the scheduler and request watchers know.
+    fn committed(&self, request_ids: &[&str]) {
+        self.outbox.wake();
+        self.timers.notify_one();
+        for id in request_ids {
+            let _ = self.changes.send((*id).to_owned());
+        }
+    }
+
     /// Whether `principal` holds `target` at `scope` (directly, at that scope or above) now.
     pub async fn decide(&self, principal: &str, target: &Target, scope: &Scope) -> Result<(Decision, Vec<String>)> {
-        let now = now_ms();
+        let now = self.now();
         let role_filter = match target {
             Target::Role(role) => Some(role.as_str()),
             Target::Permission(_) => None,
@@ -129,13 +199,76 @@ impl Assignments {
         }
     }
 
+    fn role(&self, role: &str) -> Result<store::RoleRow> {
+        let role = role.trim();
+        if role.is_empty() {
+            return Err(Error::invalid("role_id", "required"));
+        }
+        self.roles
+            .find(role)
+            .ok_or_else(|| Error::NotFound(format!("role {role}")))
+    }
+
+    // ---- policies ----
+
+    /// The policy in force for (role, scope): the one set at the nearest scope at or above,
+    /// else Entra's defaults.
+    pub async fn effective_policy<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        role_id: &str,
+        scope: &Scope,
+    ) -> Result<(Policy, String)> {
+        for candidate in scope.with_ancestors().iter().rev() {
+            if let Some(json) = store::policy(conn, role_id, candidate).await? {
+                let policy = serde_json::from_str(&json)
+                    .map_err(|e| Error::Internal(anyhow::anyhow!("stored policy is unreadable: {e}")))?;
+                return Ok((policy, candidate.clone()));
+            }
+        }
+        Ok((Policy::default(), "/".to_owned()))
+    }
+
+    pub async fn get_policy(&self, role: &str, scope: &str) -> Result<(String, Scope, Policy)> {
+        let role = self.role(role)?;
+        let scope = Scope::parse(scope)?;
+        let (policy, _) = self.effective_policy(&self.db, &role.id, &scope).await?;
+        Ok((role.id, scope, policy))
+    }
+
+    pub async fn update_policy(
+        &self,
+        caller: &Caller,
+        role: &str,
+        scope: &str,
+        policy: Policy,
+    ) -> Result<(String, Scope, Policy)> {
+        let role = self.role(role)?;
+        let scope = Scope::parse(scope)?;
+        self.authorize(caller, permissions::POLICIES_MANAGE, &scope).await?;
+        policy.validate()?;
+        let json = serde_json::to_string(&policy).map_err(|e| Error::Internal(e.into()))?;
+        let event = ev::PolicyUpdated {
+            actor: Some(caller.actor()),
+            role_id: role.id.clone(),
+            scope: scope.as_str().into(),
+            activation_requires_mfa: policy.activation_requires_mfa,
+            approval_required: policy.approval_required,
+        };
+        let txn = self.db.begin().await?;
+        store::upsert_policy(&txn, &role.id, scope.as_str(), &json, &caller.principal_id, self.now()).await?;
+        self.emit(&txn, "PolicyUpdated", &role.id, &event).await?;
+        txn.commit().await?;
+        self.committed(&[]);
+        Ok((role.id, scope, policy))
+    }
+
+    // ---- admin requests ----
+
     /// adminAssign: an administrator makes a principal eligible for, or active in, a role.
     pub async fn admin_assign(&self, caller: &Caller, r: AdminAssignRequest) -> Result<RequestRow> {
         let scope = Scope::parse(&r.scope)?;
-        let role = self
-            .roles
-            .find(r.role.trim())
-            .ok_or_else(|| Error::NotFound(format!("role {}", r.role.trim())))?;
+        let role = self.role(&r.role)?;
         let principal_id = r.principal_id.trim();
         if principal_id.is_empty() {
             return Err(Error::invalid("principal_id", "required"));
@@ -143,22 +276,36 @@ impl Assignments {
         self.authorize(caller, permissions::ASSIGNMENTS_MANAGE, &scope).await?;
         let principal = self.principal(caller, principal_id).await?;
         if principal.kind == PrincipalKind::ServicePrincipal && r.assignment.kind == Kind::Eligible {
-            return Err(Error::PolicyViolation(vec![pim_runtime::grpc::RuleViolation {
+            return Err(Error::PolicyViolation(vec![RuleViolation {
                 kind: "EligibilityRule",
                 message: "service principals get active assignments only, never eligible".into(),
             }]));
         }
-        let now = now_ms();
-        let schedule = Policy::default()
+        let now = self.now();
+        let (policy, _) = self.effective_policy(&self.db, &role.id, &scope).await?;
+        let schedule = policy
             .check_admin_assignment(&r.assignment, now)
             .map_err(Error::PolicyViolation)?;
+        let existing = store::open_assignments(
+            &self.db,
+            r.assignment.kind.as_str(),
+            principal_id,
+            &role.id,
+            scope.as_str(),
+            now,
+        )
+        .await?;
+        if existing.iter().any(|a| a.origin == "admin") {
+            return Err(Error::AlreadyExists(format!(
+                "{principal_id} already has an {} assignment of {} at {}",
+                r.assignment.kind.as_str(),
+                role.name,
+                scope.as_str()
+            )));
+        }
         let ticket = r.ticket.unwrap_or_default();
         let request = RequestRow {
-            id: if r.validate_only {
-                String::new()
-            } else {
-                uuid::Uuid::now_v7().to_string()
-            },
+            id: if r.validate_only { String::new() } else { new_id() },
             action: "adminAssign".into(),
             kind: r.assignment.kind.as_str().into(),
             principal_id: principal_id.into(),
@@ -178,6 +325,8 @@ impl Assignments {
             requested_by: caller.principal_id.clone(),
             created_at: now,
             assignment_id: None,
+            duration_ms: None,
+            policy: String::new(),
         };
         if r.validate_only {
             return Ok(request);
@@ -194,7 +343,7 @@ impl Assignments {
         role_name: &str,
     ) -> Result<RequestRow> {
         let assignment = AssignmentRow {
-            id: uuid::Uuid::now_v7().to_string(),
+            id: new_id(),
             kind: request.kind.clone(),
             principal_id: request.principal_id.clone(),
             principal_kind: principal_kind_str(principal.kind).into(),
@@ -203,6 +352,8 @@ impl Assignments {
             scope: request.scope.clone(),
             start_at: request.start_at,
             end_at: request.end_at,
+            status: "active".into(),
+            origin: "admin".into(),
             request_id: request.id.clone(),
             created_by: request.requested_by.clone(),
         };
@@ -211,23 +362,8 @@ impl Assignments {
             system: request.ticket_system.clone(),
             number: request.ticket_number.clone(),
         };
-        let created = ev::RequestCreated {
-            actor: actor.clone(),
-            request_id: request.id.clone(),
-            action: request.action.clone(),
-            kind: request.kind.clone(),
-            principal_id: request.principal_id.clone(),
-            role_id: request.role_id.clone(),
-            role_name: role_name.into(),
-            scope: request.scope.clone(),
-            justification: request.justification.clone(),
-            ticket: Some(ticket.clone()),
-            start_time: Some(to_timestamp(request.start_at)),
-            end_time: request.end_at.map(to_timestamp),
-            status: request.status.clone(),
-        };
         let granted = ev::AssignmentChanged {
-            actor,
+            actor: actor.clone(),
             assignment_id: assignment.id.clone(),
             request_id: request.id.clone(),
             kind: assignment.kind.clone(),
@@ -250,23 +386,542 @@ impl Assignments {
         };
         let txn = self.db.begin().await?;
         store::insert_request(&txn, &request).await?;
-        store::insert_assignment(&txn, &assignment, request.created_at).await?;
-        self.outbox
-            .enqueue(
-                &txn,
-                streams::ASSIGNMENT,
-                &envelope(SOURCE, "RequestCreated", &request.id, &created),
-            )
-            .await?;
-        self.outbox
-            .enqueue(
-                &txn,
-                streams::ASSIGNMENT,
-                &envelope(SOURCE, granted_type, &assignment.principal_id, &granted),
-            )
+        store::insert_assignment(&txn, &assignment, true, request.created_at).await?;
+        self.emit(
+            &txn,
+            "RequestCreated",
+            &request.id,
+            &self.request_created(actor, &request, role_name),
+        )
+        .await?;
+        self.emit(&txn, granted_type, &assignment.principal_id, &granted)
             .await?;
         txn.commit().await?;
-        self.outbox.wake();
+        self.committed(&[&request.id]);
+        Ok(request)
+    }
+
+    fn request_created(&self, actor: Option<Actor>, request: &RequestRow, role_name: &str) -> ev::RequestCreated {
+        ev::RequestCreated {
+            actor,
+            request_id: request.id.clone(),
+            action: request.action.clone(),
+            kind: request.kind.clone(),
+            principal_id: request.principal_id.clone(),
+            role_id: request.role_id.clone(),
+            role_name: role_name.into(),
+            scope: request.scope.clone(),
+            justification: request.justification.clone(),
+            ticket: Some(Ticket {
+                system: request.ticket_system.clone(),
+                number: request.ticket_number.clone(),
+            }),
+            start_time: Some(to_timestamp(request.start_at)),
+            end_time: request.end_at.map(to_timestamp),
+            status: request.status.clone(),
+        }
+    }
+
+    /// adminRemove: ends an eligible or active assignment an administrator made. The last
+    /// permanent, active Global Administrator at `/` is never removed.
+    pub async fn admin_remove(&self, caller: &Caller, r: EndRequest) -> Result<RequestRow> {
+        let scope = Scope::parse(&r.scope)?;
+        let role = self.role(&r.role)?;
+        let principal_id = r.principal_id.trim().to_owned();
+        if principal_id.is_empty() {
+            return Err(Error::invalid("principal_id", "required"));
+        }
+        self.authorize(caller, permissions::ASSIGNMENTS_MANAGE, &scope).await?;
+        let now = self.now();
+        let txn = self.db.begin().await?;
+        let open = store::open_assignments(&txn, r.kind.as_str(), &principal_id, &role.id, scope.as_str(), now).await?;
+        if open.is_empty() {
+            return Err(Error::NotFound(format!(
+                "{} assignment of {} for {principal_id} at {}",
+                r.kind.as_str(),
+                role.name,
+                scope.as_str()
+            )));
+        }
+        if role.id == GLOBAL_ADMINISTRATOR && r.kind == Kind::Active {
+            let permanent = store::lock_permanent_global_admins(&txn, GLOBAL_ADMINISTRATOR, now).await?;
+            let removing: Vec<&str> = open.iter().map(|a| a.id.as_str()).collect();
+            let remaining = permanent.iter().filter(|a| !removing.contains(&a.id.as_str())).count();
+            if remaining == 0 && permanent.iter().any(|a| removing.contains(&a.id.as_str())) {
+                return Err(Error::FailedPrecondition(
+                    "refused: this is the last permanent active Global Administrator; assign another one first".into(),
+                ));
+            }
+        }
+        let request = RequestRow {
+            id: if r.validate_only { String::new() } else { new_id() },
+            action: "adminRemove".into(),
+            kind: r.kind.as_str().into(),
+            principal_id: principal_id.clone(),
+            role_id: role.id.clone(),
+            scope: scope.as_str().into(),
+            status: "Revoked".into(),
+            start_at: now,
+            end_at: Some(now),
+            justification: r.justification.trim().into(),
+            ticket_system: String::new(),
+            ticket_number: String::new(),
+            requested_by: caller.principal_id.clone(),
+            created_at: now,
+            assignment_id: open.first().map(|a| a.id.clone()),
+            duration_ms: None,
+            policy: String::new(),
+        };
+        if r.validate_only {
+            return Ok(request);
+        }
+        store::insert_request(&txn, &request).await?;
+        self.emit(
+            &txn,
+            "RequestCreated",
+            &request.id,
+            &self.request_created(Some(caller.actor()), &request, &role.name),
+        )
+        .await?;
+        for a in &open {
+            self.end(&txn, a, "removed", Some(caller.actor()), &role.name, now)
+                .await?;
+        }
+        txn.commit().await?;
+        self.committed(&[&request.id]);
+        Ok(request)
+    }
+
+    /// Ends one assignment with `reason` (expired, removed, deactivated) and tells the others.
+    pub(crate) async fn end(
+        &self,
+        txn: &DatabaseTransaction,
+        a: &AssignmentRow,
+        reason: &str,
+        actor: Option<Actor>,
+        role_name: &str,
+        now: i64,
+    ) -> Result<bool> {
+        if !store::end_assignment(txn, &a.id, reason, now).await? {
+            return Ok(false);
+        }
+        if a.kind == Kind::Active.as_str() {
+            let event = ev::RoleDeactivated {
+                actor: actor.clone(),
+                assignment_id: a.id.clone(),
+                principal_id: a.principal_id.clone(),
+                role_id: a.role_id.clone(),
+                scope: a.scope.clone(),
+                reason: reason.into(),
+            };
+            self.emit(txn, "RoleDeactivated", &a.principal_id, &event).await?;
+        }
+        if a.origin == "admin" {
+            let event = ev::AssignmentChanged {
+                actor,
+                assignment_id: a.id.clone(),
+                request_id: a.request_id.clone(),
+                kind: a.kind.clone(),
+                principal_id: a.principal_id.clone(),
+                principal_kind: 0,
+                principal_name: a.principal_name.clone(),
+                role_id: a.role_id.clone(),
+                role_name: role_name.into(),
+                scope: a.scope.clone(),
+                start_time: Some(to_timestamp(a.start_at)),
+                end_time: Some(to_timestamp(now)),
+                justification: String::new(),
+                ticket: None,
+                reason: reason.into(),
+            };
+            let event_type = if a.kind == Kind::Eligible.as_str() {
+                "EligibilityRemoved"
+            } else {
+                "ActiveAssignmentRemoved"
+            };
+            self.emit(txn, event_type, &a.principal_id, &event).await?;
+        }
+        Ok(true)
+    }
+
+    // ---- self requests ----
+
+    /// selfActivate: the caller turns an eligibility into an active role, after the policy's checks.
+    pub async fn self_activate(&self, caller: &Caller, r: ActivateRequest) -> Result<RequestRow> {
+        let scope = Scope::parse(&r.scope)?;
+        let role = self.role(&r.role)?;
+        let now = self.now();
+        let mut violations = Vec::new();
+        let eligible = store::current_assignments(
+            &self.db,
+            Kind::Eligible.as_str(),
+            Some(&caller.principal_id),
+            Some(&role.id),
+            now,
+        )
+        .await?;
+        let scopes = scope.with_ancestors();
+        let eligibility = eligible
+            .iter()
+            .filter(|e| scopes.contains(&e.scope))
+            // The eligibility that lasts longest.
+            .max_by_key(|e| e.end_at.unwrap_or(i64::MAX));
+        if eligibility.is_none() {
+            violations.push(RuleViolation {
+                kind: "EligibilityRule",
+                message: format!("you are not eligible for {} at {}", role.name, scope.as_str()),
+            });
+        }
+        let (policy, _) = self.effective_policy(&self.db, &role.id, &scope).await?;
+        let mfa = MfaState {
+            has_otp: caller.amr.iter().any(|m| m == "otp" || m == "mfa"),
+            mfa_at: caller.mfa_at.map(|s| s.saturating_mul(1000)),
+        };
+        let eligible_until = eligibility.and_then(|e| e.end_at);
+        let schedule = match policy.check_activation(&r.ask, mfa, eligible_until, now) {
+            Ok(s) if violations.is_empty() => s,
+            Ok(_) => return Err(Error::PolicyViolation(violations)),
+            Err(v) => {
+                violations.extend(v);
+                return Err(Error::PolicyViolation(violations));
+            }
+        };
+        let open = store::open_assignments(
+            &self.db,
+            Kind::Active.as_str(),
+            &caller.principal_id,
+            &role.id,
+            scope.as_str(),
+            now,
+        )
+        .await?;
+        if let Some(a) = open.iter().find(|a| a.origin == "activation") {
+            return Err(Error::FailedPrecondition(format!(
+                "{} is already active at {} until {}; extend it instead",
+                role.name,
+                scope.as_str(),
+                a.end_at.map(|e| e.to_string()).unwrap_or_else(|| "forever".into())
+            )));
+        }
+        let length = schedule.end.map(|e| e - schedule.start).unwrap_or_default();
+        let mut request = RequestRow {
+            id: if r.validate_only { String::new() } else { new_id() },
+            action: "selfActivate".into(),
+            kind: Kind::Active.as_str().into(),
+            principal_id: caller.principal_id.clone(),
+            role_id: role.id.clone(),
+            scope: scope.as_str().into(),
+            status: if policy.approval_required {
+                "PendingApproval"
+            } else if schedule.start > now {
+                "ScheduleCreated"
+            } else {
+                "Provisioned"
+            }
+            .into(),
+            start_at: schedule.start,
+            end_at: schedule.end,
+            justification: r.ask.justification.trim().into(),
+            ticket_system: r.ask.ticket_system.trim().into(),
+            ticket_number: r.ask.ticket_number.trim().into(),
+            requested_by: caller.principal_id.clone(),
+            created_at: now,
+            assignment_id: None,
+            duration_ms: Some(length),
+            policy: serde_json::to_string(&policy).map_err(|e| Error::Internal(e.into()))?,
+        };
+        if r.validate_only {
+            return Ok(request);
+        }
+        let txn = self.db.begin().await?;
+        if policy.approval_required {
+            store::insert_request(&txn, &request).await?;
+            self.emit(
+                &txn,
+                "RequestCreated",
+                &request.id,
+                &self.request_created(Some(caller.actor()), &request, &role.name),
+            )
+            .await?;
+        } else {
+            let assignment = self.activation_assignment(&request, &caller.name, schedule);
+            request.assignment_id = Some(assignment.id.clone());
+            store::insert_request(&txn, &request).await?;
+            self.emit(
+                &txn,
+                "RequestCreated",
+                &request.id,
+                &self.request_created(Some(caller.actor()), &request, &role.name),
+            )
+            .await?;
+            self.provision(
+                &txn,
+                &assignment,
+                Some(caller.actor()),
+                &role.name,
+                &request.justification,
+                now,
+            )
+            .await?;
+        }
+        txn.commit().await?;
+        self.committed(&[&request.id]);
+        Ok(request)
+    }
+
+    fn activation_assignment(&self, request: &RequestRow, principal_name: &str, schedule: Schedule) -> AssignmentRow {
+        AssignmentRow {
+            id: new_id(),
+            kind: Kind::Active.as_str().into(),
+            principal_id: request.principal_id.clone(),
+            principal_kind: "user".into(),
+            principal_name: principal_name.into(),
+            role_id: request.role_id.clone(),
+            scope: request.scope.clone(),
+            start_at: schedule.start,
+            end_at: schedule.end,
+            status: "active".into(),
+            origin: "activation".into(),
+            request_id: request.id.clone(),
+            created_by: request.principal_id.clone(),
+        }
+    }
+
+    /// Stores an activation's assignment; if it starts now, it is active at once and announced.
+    async fn provision(
+        &self,
+        txn: &DatabaseTransaction,
+        a: &AssignmentRow,
+        actor: Option<Actor>,
+        role_name: &str,
+        justification: &str,
+        now: i64,
+    ) -> Result<()> {
+        let starts_now = a.start_at <= now;
+        store::insert_assignment(txn, a, starts_now, now).await?;
+        if starts_now {
+            self.emit(
+                txn,
+                "RoleActivated",
+                &a.principal_id,
+                &self.role_activated(actor, a, role_name, justification),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn role_activated(
+        &self,
+        actor: Option<Actor>,
+        a: &AssignmentRow,
+        role_name: &str,
+        justification: &str,
+    ) -> ev::RoleActivated {
+        ev::RoleActivated {
+            actor,
+            assignment_id: a.id.clone(),
+            request_id: a.request_id.clone(),
+            principal_id: a.principal_id.clone(),
+            role_id: a.role_id.clone(),
+            role_name: role_name.into(),
+            scope: a.scope.clone(),
+            start_time: Some(to_timestamp(a.start_at)),
+            end_time: a.end_at.map(to_timestamp),
+            justification: justification.into(),
+        }
+    }
+
+    /// selfDeactivate: the caller ends their own activation now.
+    pub async fn self_deactivate(&self, caller: &Caller, r: EndRequest) -> Result<RequestRow> {
+        let scope = Scope::parse(&r.scope)?;
+        let role = self.role(&r.role)?;
+        let now = self.now();
+        let txn = self.db.begin().await?;
+        let open = store::open_assignments(
+            &txn,
+            Kind::Active.as_str(),
+            &caller.principal_id,
+            &role.id,
+            scope.as_str(),
+            now,
+        )
+        .await?;
+        let Some(activation) = open.into_iter().find(|a| a.origin == "activation") else {
+            return Err(Error::NotFound(format!(
+                "an activation of {} at {}",
+                role.name,
+                scope.as_str()
+            )));
+        };
+        let (policy, _) = self.effective_policy(&txn, &role.id, &scope).await?;
+        let min = policy.min_activation_before_deactivate.as_millis() as i64;
+        if activation.start_at <= now && now - activation.start_at < min {
+            return Err(Error::PolicyViolation(vec![RuleViolation {
+                kind: "ExpirationRule",
+                message: format!("an activation can be ended only after {} minutes", min / 60_000),
+            }]));
+        }
+        let request = RequestRow {
+            id: if r.validate_only { String::new() } else { new_id() },
+            action: "selfDeactivate".into(),
+            kind: Kind::Active.as_str().into(),
+            principal_id: caller.principal_id.clone(),
+            role_id: role.id.clone(),
+            scope: scope.as_str().into(),
+            status: "Revoked".into(),
+            start_at: now,
+            end_at: Some(now),
+            justification: r.justification.trim().into(),
+            ticket_system: String::new(),
+            ticket_number: String::new(),
+            requested_by: caller.principal_id.clone(),
+            created_at: now,
+            assignment_id: Some(activation.id.clone()),
+            duration_ms: None,
+            policy: String::new(),
+        };
+        if r.validate_only {
+            return Ok(request);
+        }
+        store::insert_request(&txn, &request).await?;
+        self.emit(
+            &txn,
+            "RequestCreated",
+            &request.id,
+            &self.request_created(Some(caller.actor()), &request, &role.name),
+        )
+        .await?;
+        self.end(&txn, &activation, "deactivated", Some(caller.actor()), &role.name, now)
+            .await?;
+        txn.commit().await?;
+        self.committed(&[&request.id]);
+        Ok(request)
+    }
+
+    // ---- request lifecycle ----
+
+    async fn transition(
+        &self,
+        txn: &DatabaseTransaction,
+        request: &RequestRow,
+        from: &str,
+        actor: Option<Actor>,
+        now: i64,
+    ) -> Result<bool> {
+        if !store::transition_request(txn, request, from, now).await? {
+            return Ok(false);
+        }
+        let event = ev::RequestStatusChanged {
+            actor,
+            request_id: request.id.clone(),
+            status: request.status.clone(),
+            previous_status: from.into(),
+        };
+        self.emit(txn, "RequestStatusChanged", &request.id, &event).await?;
+        Ok(true)
+    }
+
+    /// Applies an approval's outcome to a pending activation (from the approval stream).
+    /// Approved: active from now (or its scheduled start) for the whole duration asked —
+    /// time spent waiting for approval does not eat the window.
+    pub async fn apply_approval(
+        &self,
+        txn: &DatabaseTransaction,
+        request_id: &str,
+        outcome: &str,
+        actor: Option<Actor>,
+    ) -> Result<()> {
+        let Some(mut request) = store::find_request(txn, request_id).await? else {
+            tracing::warn!(request_id, "approval outcome for an unknown request");
+            return Ok(());
+        };
+        if request.status != "PendingApproval" {
+            return Ok(());
+        }
+        let now = self.now();
+        match outcome {
+            "Granted" | "Approved" => {
+                request.status = "Granted".into();
+                self.transition(txn, &request, "PendingApproval", actor.clone(), now)
+                    .await?;
+                let start = request.start_at.max(now);
+                let length = request.duration_ms.unwrap_or_default();
+                let eligible_until = store::current_assignments(
+                    txn,
+                    Kind::Eligible.as_str(),
+                    Some(&request.principal_id),
+                    Some(&request.role_id),
+                    now,
+                )
+                .await?
+                .iter()
+                .filter(|e| {
+                    Scope::parse(&request.scope)
+                        .map(|s| s.with_ancestors().contains(&e.scope))
+                        .unwrap_or(false)
+                })
+                .map(|e| e.end_at.unwrap_or(i64::MAX))
+                .max();
+                let Some(eligible_until) = eligible_until.filter(|until| *until > start) else {
+                    request.status = "Failed".into();
+                    self.transition(txn, &request, "Granted", None, now).await?;
+                    return Ok(());
+                };
+                let schedule = Schedule {
+                    start,
+                    end: Some((start + length).min(eligible_until)),
+                };
+                let role_name = self.roles.get(&request.role_id).map(|r| r.name).unwrap_or_default();
+                let assignment = self.activation_assignment(&request, "", schedule);
+                request.assignment_id = Some(assignment.id.clone());
+                request.start_at = schedule.start;
+                request.end_at = schedule.end;
+                request.status = if schedule.start > now {
+                    "ScheduleCreated"
+                } else {
+                    "Provisioned"
+                }
+                .into();
+                self.transition(txn, &request, "Granted", None, now).await?;
+                let justification = request.justification.clone();
+                self.provision(txn, &assignment, actor, &role_name, &justification, now)
+                    .await?;
+            }
+            "Denied" | "Expired" => {
+                request.status = outcome.into();
+                self.transition(txn, &request, "PendingApproval", actor, now).await?;
+            }
+            other => tracing::warn!(request_id, outcome = other, "unknown approval outcome"),
+        }
+        let _ = self.changes.send(request_id.to_owned());
+        Ok(())
+    }
+
+    /// CancelRequest: the requester withdraws a request still waiting for approval.
+    pub async fn cancel_request(&self, caller: &Caller, id: &str) -> Result<RequestRow> {
+        let mut request = self.get_request(caller, id).await?;
+        if request.requested_by != caller.principal_id {
+            return Err(tonic::Status::permission_denied("only the requester can cancel a request").into());
+        }
+        if request.status != "PendingApproval" {
+            return Err(Error::FailedPrecondition(format!(
+                "request is {}; only a pending request can be canceled",
+                request.status
+            )));
+        }
+        request.status = "Canceled".into();
+        let txn = self.db.begin().await?;
+        if !self
+            .transition(&txn, &request, "PendingApproval", Some(caller.actor()), self.now())
+            .await?
+        {
+            return Err(Error::FailedPrecondition(
+                "request changed meanwhile; fetch it again".into(),
+            ));
+        }
+        txn.commit().await?;
+        self.committed(&[id]);
         Ok(request)
     }
 
@@ -283,7 +938,7 @@ impl Assignments {
             self.authorize(caller, permissions::ASSIGNMENTS_READ, &Scope::root())
                 .await?;
         }
-        let rows = store::current_assignments(&self.db, kind.as_str(), principal, role, now_ms()).await?;
+        let rows = store::current_assignments(&self.db, kind.as_str(), principal, role, self.now()).await?;
         Ok(match scope {
             // At that scope, or above it (what applies there).
             Some(scope) => {
@@ -305,16 +960,29 @@ impl Assignments {
         Ok(request)
     }
 
+    /// Requests: the caller's own, or anyone's for readers of assignments.
+    pub async fn list_requests(
+        &self,
+        caller: &Caller,
+        principal: Option<&str>,
+        role: Option<&str>,
+        status: Option<&str>,
+        after: &str,
+        limit: u64,
+    ) -> Result<Vec<RequestRow>> {
+        if principal != Some(caller.principal_id.as_str()) {
+            self.authorize(caller, permissions::ASSIGNMENTS_READ, &Scope::root())
+                .await?;
+        }
+        Ok(store::list_requests(&self.db, principal, role, status, after, limit).await?)
+    }
+
     pub async fn has_active_global_admin(&self) -> Result<bool> {
-        let held = store::current_assignments(
-            &self.db,
-            Kind::Active.as_str(),
-            None,
-            Some(GLOBAL_ADMINISTRATOR),
-            now_ms(),
+        Ok(
+            !store::lock_permanent_global_admins(&self.db, GLOBAL_ADMINISTRATOR, self.now())
+                .await?
+                .is_empty(),
         )
-        .await?;
-        Ok(held.iter().any(|a| a.scope == "/" && a.end_at.is_none()))
     }
 
     /// Makes `user_id` a permanent, active Global Administrator at `/` — the break-glass
@@ -323,9 +991,9 @@ impl Assignments {
         if self.has_active_global_admin().await? {
             return Ok(false);
         }
-        let now = now_ms();
+        let now = self.now();
         let request = RequestRow {
-            id: uuid::Uuid::now_v7().to_string(),
+            id: new_id(),
             action: "adminAssign".into(),
             kind: Kind::Active.as_str().into(),
             principal_id: user_id.into(),
@@ -340,19 +1008,21 @@ impl Assignments {
             requested_by: SYSTEM_ACTOR.into(),
             created_at: now,
             assignment_id: None,
-        };
-        let actor = Actor {
-            principal_id: SYSTEM_ACTOR.into(),
-            kind: PrincipalKind::Unspecified as i32,
-            display_name: "PIM bootstrap".into(),
+            duration_ms: None,
+            policy: String::new(),
         };
         let principal = PrincipalInfo {
             kind: PrincipalKind::User,
             name: user_name.into(),
         };
-        self.grant(Some(actor), request, &principal, "Global Administrator")
-            .await?;
-        Ok(true)
+        match self
+            .grant(Some(system_actor()), request, &principal, "Global Administrator")
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(Error::Internal(e)) if e.downcast_ref::<sea_orm::DbErr>().is_some_and(is_unique_violation) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 }
 

@@ -118,7 +118,10 @@ pub enum Expiration {
 }
 
 /// The role management policy for a (role, scope). Defaults are Entra's shipped values.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Stored as JSON (and recorded on each request, so a later change does not alter the rules
+/// for a request already in flight).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct Policy {
     pub activation_max_duration: Duration,
     pub activation_requires_mfa: bool,
@@ -166,7 +169,145 @@ pub struct AdminAssignment {
     pub justification: String,
 }
 
+/// What a principal asks for when activating an eligible role.
+#[derive(Clone, Debug, Default)]
+pub struct ActivationAsk {
+    pub start: Option<i64>,
+    pub duration: Option<Duration>,
+    pub end: Option<i64>,
+    pub justification: String,
+    pub ticket_system: String,
+    pub ticket_number: String,
+}
+
+/// What the caller's token says about MFA.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MfaState {
+    /// Whether the token's `amr` includes a second factor.
+    pub has_otp: bool,
+    /// When MFA last succeeded (ms since the epoch).
+    pub mfa_at: Option<i64>,
+}
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+fn violation(kind: &'static str, message: impl Into<String>) -> RuleViolation {
+    RuleViolation {
+        kind,
+        message: message.into(),
+    }
+}
+
 impl Policy {
+    /// Checks a policy an administrator wants to set; every bad field is reported.
+    pub fn validate(&self) -> Result<()> {
+        let within = |field: &'static str, d: Duration, min: Duration, max: Duration| {
+            if d < min || d > max {
+                Err(Error::invalid(
+                    field,
+                    format!("must be between {}s and {}s", min.as_secs(), max.as_secs()),
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        within(
+            "activation_max_duration",
+            self.activation_max_duration,
+            MINUTE,
+            24 * HOUR,
+        )?;
+        within("approval_timeout", self.approval_timeout, MINUTE, 30 * DAY)?;
+        within(
+            "eligible_max_duration",
+            self.eligible_max_duration,
+            MINUTE,
+            5 * 365 * DAY,
+        )?;
+        within("active_max_duration", self.active_max_duration, MINUTE, 5 * 365 * DAY)?;
+        within("mfa_freshness", self.mfa_freshness, Duration::ZERO, 24 * HOUR)?;
+        within(
+            "min_activation_before_deactivate",
+            self.min_activation_before_deactivate,
+            Duration::ZERO,
+            24 * HOUR,
+        )?;
+        if self.approver_ids.len() > 100 || self.approver_ids.iter().any(|a| a.trim().is_empty()) {
+            return Err(Error::invalid("approver_ids", "at most 100 non-empty principal ids"));
+        }
+        Ok(())
+    }
+
+    /// Checks an activation against the policy and resolves its schedule: it starts at the
+    /// requested start (or now) and lasts the requested duration (or the policy's maximum),
+    /// never past the end of the eligibility it comes from. Every failed rule is reported.
+    pub fn check_activation(
+        &self,
+        ask: &ActivationAsk,
+        mfa: MfaState,
+        eligible_until: Option<i64>,
+        now: i64,
+    ) -> std::result::Result<Schedule, Vec<RuleViolation>> {
+        let mut violations = Vec::new();
+        if self.activation_requires_mfa {
+            let fresh = mfa.has_otp
+                && mfa
+                    .mfa_at
+                    .is_some_and(|at| now - at <= self.mfa_freshness.as_millis() as i64 && at <= now + 60_000);
+            if !fresh {
+                violations.push(violation(
+                    "MfaRule",
+                    format!(
+                        "multi-factor authentication within the last {} s is required: verify a code and retry",
+                        self.mfa_freshness.as_secs()
+                    ),
+                ));
+            }
+        }
+        if self.activation_requires_justification && ask.justification.trim().is_empty() {
+            violations.push(violation("JustificationRule", "a justification is required"));
+        }
+        if self.activation_requires_ticket
+            && (ask.ticket_system.trim().is_empty() || ask.ticket_number.trim().is_empty())
+        {
+            violations.push(violation("TicketingRule", "a ticket (system and number) is required"));
+        }
+        let start = ask.start.unwrap_or(now).max(now);
+        let max = self.activation_max_duration.as_millis() as i64;
+        let length = match (ask.duration, ask.end) {
+            (Some(d), _) => d.as_millis() as i64,
+            (None, Some(end)) => end - start,
+            (None, None) => max,
+        };
+        if length <= 0 {
+            violations.push(violation("ExpirationRule", "the activation must last some time"));
+        } else if length > max {
+            violations.push(violation(
+                "ExpirationRule",
+                format!(
+                    "activations of this role may last at most {} minutes",
+                    self.activation_max_duration.as_secs() / 60
+                ),
+            ));
+        }
+        if let Some(until) = eligible_until
+            && start >= until
+        {
+            violations.push(violation(
+                "ExpirationRule",
+                "the eligibility ends before the activation would start",
+            ));
+        }
+        if !violations.is_empty() {
+            return Err(violations);
+        }
+        let end = start + length;
+        Ok(Schedule {
+            start,
+            end: Some(eligible_until.map_or(end, |until| end.min(until))),
+        })
+    }
+
     /// Checks an admin assignment against the policy and resolves its schedule; every failed
     /// rule is reported, not only the first.
     pub fn check_admin_assignment(
@@ -291,6 +432,119 @@ mod tests {
                 .end,
             Some(now + (180 * DAY).as_millis() as i64)
         );
+    }
+
+    fn fresh_mfa(now: i64) -> MfaState {
+        MfaState {
+            has_otp: true,
+            mfa_at: Some(now - 60_000),
+        }
+    }
+
+    #[test]
+    fn activation_needs_fresh_mfa_and_a_justification() {
+        let p = Policy::default();
+        let now = 10_000_000_000;
+        let ask = ActivationAsk {
+            duration: Some(2 * HOUR),
+            justification: "incident 42".into(),
+            ..Default::default()
+        };
+        let kinds = |r: std::result::Result<Schedule, Vec<RuleViolation>>| {
+            r.unwrap_err().into_iter().map(|v| v.kind).collect::<Vec<_>>()
+        };
+        assert_eq!(
+            kinds(p.check_activation(&ask, MfaState::default(), None, now)),
+            vec!["MfaRule"]
+        );
+        let stale = MfaState {
+            has_otp: true,
+            mfa_at: Some(now - 11 * 60_000),
+        };
+        assert_eq!(kinds(p.check_activation(&ask, stale, None, now)), vec!["MfaRule"]);
+        let s = p.check_activation(&ask, fresh_mfa(now), None, now).unwrap();
+        assert_eq!(
+            s,
+            Schedule {
+                start: now,
+                end: Some(now + 7_200_000)
+            }
+        );
+        let bare = ActivationAsk {
+            duration: Some(9 * HOUR),
+            ..Default::default()
+        };
+        assert_eq!(
+            kinds(p.check_activation(&bare, fresh_mfa(now), None, now)),
+            vec!["JustificationRule", "ExpirationRule"]
+        );
+        let ticketed = Policy {
+            activation_requires_ticket: true,
+            ..Policy::default()
+        };
+        assert_eq!(
+            kinds(ticketed.check_activation(&ask, fresh_mfa(now), None, now)),
+            vec!["TicketingRule"]
+        );
+    }
+
+    #[test]
+    fn activation_defaults_to_the_maximum_and_stops_at_the_eligibility_end() {
+        let p = Policy::default();
+        let now = 10_000_000_000;
+        let ask = ActivationAsk {
+            justification: "x".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            p.check_activation(&ask, fresh_mfa(now), None, now).unwrap().end,
+            Some(now + 8 * 3_600_000)
+        );
+        assert_eq!(
+            p.check_activation(&ask, fresh_mfa(now), Some(now + 1000), now)
+                .unwrap()
+                .end,
+            Some(now + 1000)
+        );
+        let later = ActivationAsk {
+            start: Some(now + 60_000),
+            duration: Some(HOUR),
+            justification: "x".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            p.check_activation(&later, fresh_mfa(now), None, now).unwrap(),
+            Schedule {
+                start: now + 60_000,
+                end: Some(now + 60_000 + 3_600_000)
+            }
+        );
+    }
+
+    #[test]
+    fn policies_outside_the_allowed_ranges_are_refused() {
+        assert!(Policy::default().validate().is_ok());
+        let short = Policy {
+            activation_max_duration: Duration::from_secs(30),
+            ..Policy::default()
+        };
+        assert!(matches!(
+            short.validate(),
+            Err(Error::InvalidArgument {
+                field: "activation_max_duration",
+                ..
+            })
+        ));
+        let long = Policy {
+            activation_max_duration: 25 * HOUR,
+            ..Policy::default()
+        };
+        assert!(long.validate().is_err());
+        let one_minute = Policy {
+            activation_max_duration: MINUTE,
+            ..Policy::default()
+        };
+        assert!(one_minute.validate().is_ok());
     }
 
     #[test]

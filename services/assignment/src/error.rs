@@ -10,6 +10,8 @@ pub enum Error {
     InvalidArgument { field: &'static str, message: String },
     #[error("{0} not found")]
     NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
     /// Policy rules that refused the request, each with its machine-readable kind.
     #[error("policy rules failed: {0:?}")]
     PolicyViolation(Vec<RuleViolation>),
@@ -44,6 +46,7 @@ impl From<Error> for Status {
         match err {
             Error::InvalidArgument { field, message } => invalid_argument(field, &message),
             Error::NotFound(_) => Status::not_found(err.to_string()),
+            Error::AlreadyExists(m) => Status::already_exists(m),
             Error::PolicyViolation(v) => failed_precondition("request", &v),
             Error::FailedPrecondition(m) => Status::failed_precondition(m),
             Error::Unimplemented(m) => Status::unimplemented(m),

@@ -14,8 +14,12 @@ use pim_runtime::access::{Target, permissions};
 use pim_runtime::auth::caller;
 use pim_runtime::db::{from_timestamp, to_timestamp};
 
-use crate::assignments::{AdminAssignRequest, Assignments};
-use crate::domain::{AdminAssignment, Expiration, Kind, Policy, Scope};
+use std::pin::Pin;
+
+use tokio_stream::Stream;
+
+use crate::assignments::{ActivateRequest, AdminAssignRequest, Assignments, EndRequest, FINAL_STATUSES};
+use crate::domain::{ActivationAsk, AdminAssignment, Expiration, Kind, Policy, Scope};
 use crate::error::Error;
 use crate::store::{AssignmentRow, RequestRow, RoleRow};
 
@@ -62,6 +66,22 @@ fn action_from_name(name: &str) -> pb::RequestAction {
     .into_iter()
     .find(|a| action_name(*a) == name)
     .unwrap_or(A::Unspecified)
+}
+
+fn status_name(status: pb::RequestStatus) -> &'static str {
+    use pb::RequestStatus as S;
+    match status {
+        S::PendingApproval => "PendingApproval",
+        S::Granted => "Granted",
+        S::Denied => "Denied",
+        S::Provisioned => "Provisioned",
+        S::ScheduleCreated => "ScheduleCreated",
+        S::Revoked => "Revoked",
+        S::Canceled => "Canceled",
+        S::Failed => "Failed",
+        S::Expired => "Expired",
+        S::Unspecified => "",
+    }
 }
 
 fn status_from_name(name: &str) -> pb::RequestStatus {
@@ -167,6 +187,117 @@ fn policy_to_pb(role_id: String, scope: String, p: Policy) -> pb::RolePolicy {
     }
 }
 
+fn policy_from_pb(p: pb::RolePolicy) -> Result<Policy, Error> {
+    let d = Policy::default();
+    let dur = |field: &'static str, v: &Option<prost_types::Duration>, default: Duration| match v {
+        Some(v) => duration_from_pb(field, v),
+        None => Ok(default),
+    };
+    Ok(Policy {
+        activation_max_duration: dur(
+            "activation_max_duration",
+            &p.activation_max_duration,
+            d.activation_max_duration,
+        )?,
+        activation_requires_mfa: p.activation_requires_mfa,
+        activation_requires_justification: p.activation_requires_justification,
+        activation_requires_ticket: p.activation_requires_ticket,
+        approval_required: p.approval_required,
+        approver_ids: p.approver_ids.into_iter().map(|a| a.trim().to_owned()).collect(),
+        approval_timeout: dur("approval_timeout", &p.approval_timeout, d.approval_timeout)?,
+        eligible_allow_permanent: p.eligible_allow_permanent,
+        eligible_max_duration: dur(
+            "eligible_max_duration",
+            &p.eligible_max_duration,
+            d.eligible_max_duration,
+        )?,
+        active_allow_permanent: p.active_allow_permanent,
+        active_max_duration: dur("active_max_duration", &p.active_max_duration, d.active_max_duration)?,
+        active_requires_justification: p.active_requires_justification,
+        mfa_freshness: dur("mfa_freshness", &p.mfa_freshness, d.mfa_freshness)?,
+        min_activation_before_deactivate: dur(
+            "min_activation_before_deactivate",
+            &p.min_activation_before_deactivate,
+            d.min_activation_before_deactivate,
+        )?,
+    })
+}
+
+fn kind_from_pb(kind: i32) -> Result<Kind, Error> {
+    match pb::AssignmentKind::try_from(kind) {
+        Ok(pb::AssignmentKind::Eligible) => Ok(Kind::Eligible),
+        Ok(pb::AssignmentKind::Active) => Ok(Kind::Active),
+        _ => Err(Error::invalid("kind", "must be eligible or active")),
+    }
+}
+
+fn check_text(r: &pb::CreateRequestRequest) -> Result<(), Error> {
+    if r.justification.chars().count() > 1000 {
+        return Err(Error::invalid("justification", "must be at most 1000 characters"));
+    }
+    if let Some(t) = &r.ticket
+        && (t.system.chars().count() > 100 || t.number.chars().count() > 100)
+    {
+        return Err(Error::invalid(
+            "ticket",
+            "system and number must be at most 100 characters each",
+        ));
+    }
+    Ok(())
+}
+
+impl TryFrom<pb::CreateRequestRequest> for ActivateRequest {
+    type Error = Error;
+
+    fn try_from(r: pb::CreateRequestRequest) -> Result<Self, Error> {
+        check_text(&r)?;
+        if !matches!(
+            pb::AssignmentKind::try_from(r.kind),
+            Ok(pb::AssignmentKind::Active | pb::AssignmentKind::Unspecified)
+        ) {
+            return Err(Error::invalid("kind", "activation makes an active assignment"));
+        }
+        let schedule = r.schedule.unwrap_or_default();
+        use pb::schedule::Expiration as E;
+        let (duration, end) = match &schedule.expiration {
+            None | Some(E::Permanent(false)) => (None, None),
+            Some(E::Permanent(true)) => return Err(Error::invalid("schedule.permanent", "activations always end")),
+            Some(E::Duration(d)) => (Some(duration_from_pb("schedule.duration", d)?), None),
+            Some(E::EndTime(t)) => (None, Some(from_timestamp(t))),
+        };
+        let ticket = r.ticket.unwrap_or_default();
+        Ok(Self {
+            role: r.role_id,
+            scope: r.scope,
+            ask: ActivationAsk {
+                start: schedule.start_time.as_ref().map(from_timestamp),
+                duration,
+                end,
+                justification: r.justification,
+                ticket_system: ticket.system,
+                ticket_number: ticket.number,
+            },
+            validate_only: r.validate_only,
+        })
+    }
+}
+
+impl TryFrom<pb::CreateRequestRequest> for EndRequest {
+    type Error = Error;
+
+    fn try_from(r: pb::CreateRequestRequest) -> Result<Self, Error> {
+        check_text(&r)?;
+        Ok(Self {
+            kind: kind_from_pb(r.kind)?,
+            principal_id: r.principal_id,
+            role: r.role_id,
+            scope: r.scope,
+            justification: r.justification,
+            validate_only: r.validate_only,
+        })
+    }
+}
+
 /// Optional string filter: empty means "any".
 fn filter(s: &str) -> Option<&str> {
     let s = s.trim();
@@ -177,11 +308,8 @@ impl TryFrom<pb::CreateRequestRequest> for AdminAssignRequest {
     type Error = Error;
 
     fn try_from(r: pb::CreateRequestRequest) -> Result<Self, Error> {
-        let kind = match pb::AssignmentKind::try_from(r.kind) {
-            Ok(pb::AssignmentKind::Eligible) => Kind::Eligible,
-            Ok(pb::AssignmentKind::Active) => Kind::Active,
-            _ => return Err(Error::invalid("kind", "must be eligible or active")),
-        };
+        check_text(&r)?;
+        let kind = kind_from_pb(r.kind)?;
         let schedule = r.schedule.unwrap_or_default();
         use pb::schedule::Expiration as E;
         let expiration = match &schedule.expiration {
@@ -291,26 +419,57 @@ impl RoleService for Assignments {
 
 #[tonic::async_trait]
 impl PolicyService for Assignments {
-    /// Every (role, scope) has Entra's shipped defaults until policies can be changed.
+    /// The policy in force at (role, scope): set there or above, else Entra's defaults.
     async fn get_role_policy(
         &self,
         request: Request<pb::GetRolePolicyRequest>,
     ) -> Result<Response<pb::RolePolicy>, Status> {
         caller(&request)?;
         let r = request.into_inner();
-        let role = filter(&r.role_id).ok_or_else(|| Error::invalid("role_id", "required"))?;
-        let role = self
-            .roles
-            .find(role)
-            .ok_or_else(|| Error::NotFound(format!("role {role}")))?;
-        let scope = Scope::parse(&r.scope)?;
-        Ok(Response::new(policy_to_pb(
-            role.id,
-            scope.as_str().to_owned(),
-            Policy::default(),
-        )))
+        let (role_id, scope, policy) = self.get_policy(&r.role_id, &r.scope).await?;
+        Ok(Response::new(policy_to_pb(role_id, scope.as_str().to_owned(), policy)))
+    }
+
+    async fn update_role_policy(
+        &self,
+        request: Request<pb::UpdateRolePolicyRequest>,
+    ) -> Result<Response<pb::RolePolicy>, Status> {
+        let caller = caller(&request)?.clone();
+        let p = request
+            .into_inner()
+            .policy
+            .ok_or_else(|| Error::invalid("policy", "required"))?;
+        let (role, scope) = (p.role_id.clone(), p.scope.clone());
+        let (role_id, scope, policy) = self.update_policy(&caller, &role, &scope, policy_from_pb(p)?).await?;
+        Ok(Response::new(policy_to_pb(role_id, scope.as_str().to_owned(), policy)))
+    }
+
+    /// The policies set for a role, by scope (scopes without one use the nearest above, or the defaults).
+    async fn list_role_policies(
+        &self,
+        request: Request<pb::ListRolePoliciesRequest>,
+    ) -> Result<Response<pb::ListRolePoliciesResponse>, Status> {
+        caller(&request)?;
+        Ok(Response::new(self.list_policies_pb(&request.get_ref().role_id).await?))
     }
 }
+
+impl Assignments {
+    async fn list_policies_pb(&self, role: &str) -> Result<pb::ListRolePoliciesResponse, Error> {
+        let role = self
+            .roles
+            .find(role.trim())
+            .ok_or_else(|| Error::NotFound(format!("role {role}")))?;
+        let mut policies = Vec::new();
+        for (scope, json) in crate::store::policies(&self.db, &role.id).await? {
+            let policy = serde_json::from_str(&json).map_err(|e| Error::Internal(e.into()))?;
+            policies.push(policy_to_pb(role.id.clone(), scope, policy));
+        }
+        Ok(pb::ListRolePoliciesResponse { policies })
+    }
+}
+
+type RequestStream = Pin<Box<dyn Stream<Item = Result<pb::AssignmentRequest, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl AssignmentService for Assignments {
@@ -347,6 +506,111 @@ impl AssignmentService for Assignments {
         Ok(Response::new(request_to_pb(
             Assignments::get_request(self, &caller, id).await?,
         )))
+    }
+
+    async fn list_requests(
+        &self,
+        request: Request<pb::ListRequestsRequest>,
+    ) -> Result<Response<pb::ListRequestsResponse>, Status> {
+        let caller = caller(&request)?.clone();
+        let r = request.into_inner();
+        let limit = match r.page_size {
+            0 => 50,
+            n if (1..=500).contains(&n) => n as u64,
+            _ => return Err(Error::invalid("page_size", "must be between 1 and 500").into()),
+        };
+        let role = match filter(&r.role_id) {
+            Some(role) => Some(
+                self.roles
+                    .find(role)
+                    .ok_or_else(|| Error::NotFound(format!("role {role}")))?
+                    .id,
+            ),
+            None => None,
+        };
+        let status = match pb::RequestStatus::try_from(r.status) {
+            Ok(pb::RequestStatus::Unspecified) | Err(_) => None,
+            Ok(s) => Some(status_name(s)),
+        };
+        let mut rows = self
+            .list_requests(
+                &caller,
+                filter(&r.principal_id),
+                role.as_deref(),
+                status,
+                &r.page_token,
+                limit + 1,
+            )
+            .await?;
+        let next_page_token = if rows.len() as u64 > limit {
+            rows.truncate(limit as usize);
+            rows.last().map(|r| r.id.clone()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListRequestsResponse {
+            requests: rows.into_iter().map(request_to_pb).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn cancel_request(
+        &self,
+        request: Request<pb::GetRequestRequest>,
+    ) -> Result<Response<pb::AssignmentRequest>, Status> {
+        let caller = caller(&request)?.clone();
+        let id = filter(&request.get_ref().request_id)
+            .ok_or_else(|| Error::invalid("request_id", "required"))?
+            .to_owned();
+        Ok(Response::new(request_to_pb(
+            Assignments::cancel_request(self, &caller, &id).await?,
+        )))
+    }
+
+    /// The request now, then each time its status changes, until a final status.
+    async fn watch_request(&self, request: Request<pb::GetRequestRequest>) -> Result<Response<RequestStream>, Status> {
+        let caller = caller(&request)?.clone();
+        let id = filter(&request.get_ref().request_id)
+            .ok_or_else(|| Error::invalid("request_id", "required"))?
+            .to_owned();
+        let first = Assignments::get_request(self, &caller, &id).await?;
+        let mut changes = self.changes.subscribe();
+        let this = self.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        tokio::spawn(async move {
+            let mut last = first.status.clone();
+            let done = FINAL_STATUSES.contains(&last.as_str());
+            if tx.send(Ok(request_to_pb(first))).await.is_err() || done {
+                return;
+            }
+            loop {
+                // A change made here arrives at once; one made by another replica within a second.
+                tokio::select! {
+                    changed = changes.recv() => match changed {
+                        Ok(changed) if changed != id => continue,
+                        Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    },
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = tx.closed() => return,
+                }
+                let current = match Assignments::get_request(&this, &caller, &id).await {
+                    Ok(r) => r,
+                    Err(err) => {
+                        let _ = tx.send(Err(err.into())).await;
+                        return;
+                    }
+                };
+                if current.status != last {
+                    last = current.status.clone();
+                    let done = FINAL_STATUSES.contains(&last.as_str());
+                    if tx.send(Ok(request_to_pb(current))).await.is_err() || done {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 
     async fn list_eligible_assignments(

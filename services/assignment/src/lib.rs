@@ -6,7 +6,14 @@ mod domain;
 mod error;
 mod grpc;
 mod roles;
+mod scheduler;
 mod store;
+
+use std::sync::Arc;
+
+use pim_proto::events::v1::ApprovalCompleted;
+use pim_runtime::events::{Envelope, EventHandler, decode, short_type, streams};
+use sea_orm::DatabaseTransaction;
 
 use sea_orm_migration::MigratorTrait;
 use tonic::service::RoutesBuilder;
@@ -23,6 +30,7 @@ use pim_runtime::host::{Deps, Service};
 
 pub use assignments::Assignments;
 pub use roles::{BUILT_IN_ROLES, GLOBAL_ADMINISTRATOR, PRIVILEGED_ROLE_ADMINISTRATOR};
+pub use scheduler::Scheduler;
 
 /// Drift detection arrives with a later issue; until then it answers UNIMPLEMENTED.
 struct Reconcile;
@@ -42,12 +50,48 @@ impl Assignment {
             outbox: Outbox::default(),
             roles,
             identity: DirectoryServiceClient::new(deps.identity),
+            clock: deps.clock,
+            timers: Arc::default(),
+            changes: tokio::sync::broadcast::channel(1024).0,
         };
         Ok(Self { assignments })
     }
 
     pub fn assignments(&self) -> &Assignments {
         &self.assignments
+    }
+
+    /// The timer pass (tests run it after moving the clock).
+    pub fn scheduler(&self) -> Scheduler {
+        Scheduler::new(self.assignments.clone())
+    }
+}
+
+/// Applies approval outcomes to pending activations.
+struct ApprovalOutcomes(Assignments);
+
+#[async_trait::async_trait]
+impl EventHandler for ApprovalOutcomes {
+    fn consumer(&self) -> &str {
+        "assignment"
+    }
+
+    fn streams(&self) -> Vec<&'static str> {
+        vec![streams::APPROVAL]
+    }
+
+    async fn handle(&self, txn: &DatabaseTransaction, envelope: &Envelope) -> anyhow::Result<()> {
+        let outcome = match short_type(envelope) {
+            "ApprovalGranted" => "Granted",
+            "ApprovalDenied" => "Denied",
+            "ApprovalExpired" => "Expired",
+            _ => return Ok(()),
+        };
+        let event: ApprovalCompleted = decode(envelope)?;
+        self.0
+            .apply_approval(txn, &event.request_id, outcome, event.actor)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))
     }
 }
 
@@ -76,5 +120,13 @@ impl Service for Assignment {
 
     fn outbox(&self) -> &Outbox {
         &self.assignments.outbox
+    }
+
+    fn handlers(&self) -> Vec<Arc<dyn EventHandler>> {
+        vec![Arc::new(ApprovalOutcomes(self.assignments.clone()))]
+    }
+
+    fn background(&self, stop: tokio::sync::watch::Receiver<bool>) -> Vec<tokio::task::JoinHandle<()>> {
+        vec![self.scheduler().spawn(stop)]
     }
 }

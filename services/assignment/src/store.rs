@@ -3,7 +3,7 @@
 use sea_orm::{ConnectionTrait, DbErr, QueryResult};
 use sea_orm_migration::{MigrationTrait, MigratorTrait};
 
-use pim_runtime::db::{self, col};
+use pim_runtime::db::{self, Dialect, col};
 use pim_runtime::events::{SqlMigration, backbone_migration};
 
 use crate::roles::BUILT_IN_ROLES;
@@ -39,9 +39,21 @@ impl MigratorTrait for Migrator {
                     ticket_number TEXT NOT NULL,
                     requested_by TEXT NOT NULL,
                     created_at BIGINT NOT NULL,
-                    assignment_id TEXT
+                    updated_at BIGINT NOT NULL,
+                    assignment_id TEXT,
+                    duration_ms BIGINT,
+                    policy TEXT NOT NULL
                 );
                 CREATE INDEX requests_principal ON requests (principal_id, created_at);
+                CREATE INDEX requests_status ON requests (status, created_at);
+                CREATE TABLE role_policies (
+                    role_id TEXT NOT NULL REFERENCES role_definitions (id),
+                    scope TEXT NOT NULL,
+                    policy TEXT NOT NULL,
+                    updated_at BIGINT NOT NULL,
+                    updated_by TEXT NOT NULL,
+                    PRIMARY KEY (role_id, scope)
+                );
                 CREATE TABLE assignments (
                     id TEXT PRIMARY KEY,
                     kind TEXT NOT NULL,
@@ -53,13 +65,17 @@ impl MigratorTrait for Migrator {
                     start_at BIGINT NOT NULL,
                     end_at BIGINT,
                     status TEXT NOT NULL,
+                    origin TEXT NOT NULL,
+                    announced BOOLEAN NOT NULL,
                     request_id TEXT NOT NULL,
                     created_by TEXT NOT NULL,
                     created_at BIGINT NOT NULL,
-                    removed_at BIGINT
+                    ended_at BIGINT
                 );
                 CREATE INDEX assignments_principal ON assignments (principal_id, status);
-                CREATE INDEX assignments_role ON assignments (role_id, status)"
+                CREATE INDEX assignments_role ON assignments (role_id, status);
+                CREATE INDEX assignments_ends ON assignments (status, end_at);
+                CREATE INDEX assignments_starts ON assignments (status, announced, start_at)"
                     .to_owned()
             }),
             SqlMigration::boxed("m0002_built_in_roles", |_| {
@@ -117,6 +133,8 @@ pub async fn roles<C: ConnectionTrait>(c: &C) -> Result<Vec<RoleRow>, DbErr> {
     .collect()
 }
 
+/// Assignment status: `active` while it holds or is scheduled to (CheckAccess also compares
+/// times), then `expired`, `removed` (by an administrator) or `deactivated` (by its holder).
 #[derive(Clone, Debug)]
 pub struct AssignmentRow {
     pub id: String,
@@ -128,12 +146,14 @@ pub struct AssignmentRow {
     pub scope: String,
     pub start_at: i64,
     pub end_at: Option<i64>,
+    pub status: String,
+    /// `admin` (adminAssign) or `activation` (selfActivate).
+    pub origin: String,
     pub request_id: String,
     pub created_by: String,
 }
 
-const ASSIGNMENT_COLUMNS: &str =
-    "id, kind, principal_id, principal_kind, principal_name, role_id, scope, start_at, end_at, request_id, created_by";
+const ASSIGNMENT_COLUMNS: &str = "id, kind, principal_id, principal_kind, principal_name, role_id, scope, start_at, end_at, status, origin, request_id, created_by";
 
 impl AssignmentRow {
     fn from_row(r: &QueryResult) -> Result<Self, DbErr> {
@@ -147,17 +167,25 @@ impl AssignmentRow {
             scope: col(r, "scope")?,
             start_at: col(r, "start_at")?,
             end_at: col(r, "end_at")?,
+            status: col(r, "status")?,
+            origin: col(r, "origin")?,
             request_id: col(r, "request_id")?,
             created_by: col(r, "created_by")?,
         })
     }
 }
 
-pub async fn insert_assignment<C: ConnectionTrait>(c: &C, a: &AssignmentRow, now: i64) -> Result<(), DbErr> {
+/// Inserts an assignment; `announced` says whether its start was already told (RoleActivated).
+pub async fn insert_assignment<C: ConnectionTrait>(
+    c: &C,
+    a: &AssignmentRow,
+    announced: bool,
+    now: i64,
+) -> Result<(), DbErr> {
     db::exec(
         c,
-        "INSERT INTO assignments (id, kind, principal_id, principal_kind, principal_name, role_id, scope, start_at, end_at, status, request_id, created_by, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'active', $10, $11, $12)",
+        "INSERT INTO assignments (id, kind, principal_id, principal_kind, principal_name, role_id, scope, start_at, end_at, status, origin, announced, request_id, created_by, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
         vec![
             a.id.clone().into(),
             a.kind.clone().into(),
@@ -168,6 +196,9 @@ pub async fn insert_assignment<C: ConnectionTrait>(c: &C, a: &AssignmentRow, now
             a.scope.clone().into(),
             a.start_at.into(),
             a.end_at.into(),
+            a.status.clone().into(),
+            a.origin.clone().into(),
+            announced.into(),
             a.request_id.clone().into(),
             a.created_by.clone().into(),
             now.into(),
@@ -177,7 +208,7 @@ pub async fn insert_assignment<C: ConnectionTrait>(c: &C, a: &AssignmentRow, now
     .map(drop)
 }
 
-/// Assignments in force at `now` (not removed, started, not ended) matching the filters.
+/// Assignments in force at `now` (status active, started, not ended) matching the filters.
 pub async fn current_assignments<C: ConnectionTrait>(
     c: &C,
     kind: &str,
@@ -205,6 +236,118 @@ pub async fn current_assignments<C: ConnectionTrait>(
         .collect()
 }
 
+/// Active assignments of a principal, role and kind at exactly `scope` that have not ended
+/// (including ones scheduled to start later).
+pub async fn open_assignments<C: ConnectionTrait>(
+    c: &C,
+    kind: &str,
+    principal_id: &str,
+    role_id: &str,
+    scope: &str,
+    now: i64,
+) -> Result<Vec<AssignmentRow>, DbErr> {
+    let sql = format!(
+        "SELECT {ASSIGNMENT_COLUMNS} FROM assignments WHERE status = 'active' AND kind = $1 AND principal_id = $2 AND role_id = $3 AND scope = $4 AND (end_at IS NULL OR end_at > $5) ORDER BY created_at"
+    );
+    db::query(
+        c,
+        &sql,
+        vec![
+            kind.into(),
+            principal_id.into(),
+            role_id.into(),
+            scope.into(),
+            now.into(),
+        ],
+    )
+    .await?
+    .iter()
+    .map(AssignmentRow::from_row)
+    .collect()
+}
+
+/// Locks (PostgreSQL) and returns the current permanent active Global Administrator
+/// assignments at `/`, so two removals cannot both think another one remains.
+pub async fn lock_permanent_global_admins<C: ConnectionTrait>(
+    c: &C,
+    role_id: &str,
+    now: i64,
+) -> Result<Vec<AssignmentRow>, DbErr> {
+    let lock = if c.backend() == sea_orm::DbBackend::Postgres {
+        " FOR UPDATE"
+    } else {
+        ""
+    };
+    let sql = format!(
+        "SELECT {ASSIGNMENT_COLUMNS} FROM assignments WHERE status = 'active' AND kind = 'active' AND role_id = $1 AND scope = '/' AND end_at IS NULL AND start_at <= $2 ORDER BY id{lock}"
+    );
+    db::query(c, &sql, vec![role_id.into(), now.into()])
+        .await?
+        .iter()
+        .map(AssignmentRow::from_row)
+        .collect()
+}
+
+/// Ends an assignment that is still active; returns whether it did (false: someone else ended it first).
+pub async fn end_assignment<C: ConnectionTrait>(c: &C, id: &str, status: &str, at: i64) -> Result<bool, DbErr> {
+    let n = db::exec(
+        c,
+        "UPDATE assignments SET status = $1, ended_at = $2, end_at = CASE WHEN end_at IS NULL OR end_at > $3 THEN $4 ELSE end_at END WHERE id = $5 AND status = 'active'",
+        vec![status.into(), at.into(), at.into(), at.into(), id.into()],
+    )
+    .await?;
+    Ok(n == 1)
+}
+
+/// Active assignments whose start is due and not yet announced (locked on PostgreSQL).
+pub async fn due_starts<C: ConnectionTrait>(c: &C, now: i64, limit: u64) -> Result<Vec<AssignmentRow>, DbErr> {
+    let sql = format!(
+        "SELECT {ASSIGNMENT_COLUMNS} FROM assignments WHERE status = 'active' AND announced = FALSE AND start_at <= $1 ORDER BY start_at LIMIT {limit}{}",
+        c.skip_locked()
+    );
+    db::query(c, &sql, vec![now.into()])
+        .await?
+        .iter()
+        .map(AssignmentRow::from_row)
+        .collect()
+}
+
+/// Active assignments whose end is due (locked on PostgreSQL).
+pub async fn due_ends<C: ConnectionTrait>(c: &C, now: i64, limit: u64) -> Result<Vec<AssignmentRow>, DbErr> {
+    let sql = format!(
+        "SELECT {ASSIGNMENT_COLUMNS} FROM assignments WHERE status = 'active' AND end_at IS NOT NULL AND end_at <= $1 ORDER BY end_at LIMIT {limit}{}",
+        c.skip_locked()
+    );
+    db::query(c, &sql, vec![now.into()])
+        .await?
+        .iter()
+        .map(AssignmentRow::from_row)
+        .collect()
+}
+
+/// Marks an assignment's start as announced; returns whether this call did it.
+pub async fn mark_announced<C: ConnectionTrait>(c: &C, id: &str) -> Result<bool, DbErr> {
+    Ok(db::exec(
+        c,
+        "UPDATE assignments SET announced = TRUE WHERE id = $1 AND announced = FALSE",
+        vec![id.into()],
+    )
+    .await?
+        == 1)
+}
+
+/// The earliest future start or end the scheduler must act on.
+pub async fn next_deadline<C: ConnectionTrait>(c: &C) -> Result<Option<i64>, DbErr> {
+    let row = db::query_one(
+        c,
+        "SELECT MIN(t) AS t FROM (SELECT MIN(start_at) AS t FROM assignments WHERE status = 'active' AND announced = FALSE \
+         UNION ALL SELECT MIN(end_at) AS t FROM assignments WHERE status = 'active' AND end_at IS NOT NULL) AS deadlines",
+        vec![],
+    )
+    .await?;
+    Ok(row.map(|r| col::<Option<i64>>(&r, "t")).transpose()?.flatten())
+}
+
 #[derive(Clone, Debug)]
 pub struct RequestRow {
     pub id: String,
@@ -222,13 +365,43 @@ pub struct RequestRow {
     pub requested_by: String,
     pub created_at: i64,
     pub assignment_id: Option<String>,
+    /// For activations: the length asked for (counted from when it becomes active).
+    pub duration_ms: Option<i64>,
+    /// The policy in force when the request was made (JSON), or empty.
+    pub policy: String,
+}
+
+const REQUEST_COLUMNS: &str = "id, action, kind, principal_id, role_id, scope, status, start_at, end_at, justification, ticket_system, ticket_number, requested_by, created_at, assignment_id, duration_ms, policy";
+
+impl RequestRow {
+    fn from_row(r: &QueryResult) -> Result<Self, DbErr> {
+        Ok(Self {
+            id: col(r, "id")?,
+            action: col(r, "action")?,
+            kind: col(r, "kind")?,
+            principal_id: col(r, "principal_id")?,
+            role_id: col(r, "role_id")?,
+            scope: col(r, "scope")?,
+            status: col(r, "status")?,
+            start_at: col(r, "start_at")?,
+            end_at: col(r, "end_at")?,
+            justification: col(r, "justification")?,
+            ticket_system: col(r, "ticket_system")?,
+            ticket_number: col(r, "ticket_number")?,
+            requested_by: col(r, "requested_by")?,
+            created_at: col(r, "created_at")?,
+            assignment_id: col(r, "assignment_id")?,
+            duration_ms: col(r, "duration_ms")?,
+            policy: col(r, "policy")?,
+        })
+    }
 }
 
 pub async fn insert_request<C: ConnectionTrait>(c: &C, r: &RequestRow) -> Result<(), DbErr> {
     db::exec(
         c,
-        "INSERT INTO requests (id, action, kind, principal_id, role_id, scope, status, start_at, end_at, justification, ticket_system, ticket_number, requested_by, created_at, assignment_id) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+        "INSERT INTO requests (id, action, kind, principal_id, role_id, scope, status, start_at, end_at, justification, ticket_system, ticket_number, requested_by, created_at, updated_at, assignment_id, duration_ms, policy) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
         vec![
             r.id.clone().into(),
             r.action.clone().into(),
@@ -244,7 +417,10 @@ pub async fn insert_request<C: ConnectionTrait>(c: &C, r: &RequestRow) -> Result
             r.ticket_number.clone().into(),
             r.requested_by.clone().into(),
             r.created_at.into(),
+            r.created_at.into(),
             r.assignment_id.clone().into(),
+            r.duration_ms.into(),
+            r.policy.clone().into(),
         ],
     )
     .await
@@ -252,30 +428,118 @@ pub async fn insert_request<C: ConnectionTrait>(c: &C, r: &RequestRow) -> Result
 }
 
 pub async fn find_request<C: ConnectionTrait>(c: &C, id: &str) -> Result<Option<RequestRow>, DbErr> {
-    let row = db::query_one(
+    let sql = format!("SELECT {REQUEST_COLUMNS} FROM requests WHERE id = $1");
+    db::query_one(c, &sql, vec![id.into()])
+        .await?
+        .map(|r| RequestRow::from_row(&r))
+        .transpose()
+}
+
+/// Moves a request from `from` to `to` (with its schedule and assignment once known);
+/// returns whether it was still in `from`.
+pub async fn transition_request<C: ConnectionTrait>(
+    c: &C,
+    r: &RequestRow,
+    from: &str,
+    now: i64,
+) -> Result<bool, DbErr> {
+    let n = db::exec(
         c,
-        "SELECT id, action, kind, principal_id, role_id, scope, status, start_at, end_at, justification, ticket_system, ticket_number, requested_by, created_at, assignment_id FROM requests WHERE id = $1",
-        vec![id.into()],
+        "UPDATE requests SET status = $1, start_at = $2, end_at = $3, assignment_id = $4, updated_at = $5 WHERE id = $6 AND status = $7",
+        vec![
+            r.status.clone().into(),
+            r.start_at.into(),
+            r.end_at.into(),
+            r.assignment_id.clone().into(),
+            now.into(),
+            r.id.clone().into(),
+            from.into(),
+        ],
     )
     .await?;
-    row.map(|r| {
-        Ok(RequestRow {
-            id: col(&r, "id")?,
-            action: col(&r, "action")?,
-            kind: col(&r, "kind")?,
-            principal_id: col(&r, "principal_id")?,
-            role_id: col(&r, "role_id")?,
-            scope: col(&r, "scope")?,
-            status: col(&r, "status")?,
-            start_at: col(&r, "start_at")?,
-            end_at: col(&r, "end_at")?,
-            justification: col(&r, "justification")?,
-            ticket_system: col(&r, "ticket_system")?,
-            ticket_number: col(&r, "ticket_number")?,
-            requested_by: col(&r, "requested_by")?,
-            created_at: col(&r, "created_at")?,
-            assignment_id: col(&r, "assignment_id")?,
-        })
-    })
-    .transpose()
+    Ok(n == 1)
+}
+
+/// Sets the status of the request that created assignment `assignment_id`, if it is `from`.
+pub async fn set_request_status_for_assignment<C: ConnectionTrait>(
+    c: &C,
+    assignment_id: &str,
+    from: &str,
+    to: &str,
+    now: i64,
+) -> Result<(), DbErr> {
+    db::exec(
+        c,
+        "UPDATE requests SET status = $1, updated_at = $2 WHERE assignment_id = $3 AND status = $4",
+        vec![to.into(), now.into(), assignment_id.into(), from.into()],
+    )
+    .await
+    .map(drop)
+}
+
+/// Requests matching the filters, newest last, after `after_id` (ids are time-ordered).
+pub async fn list_requests<C: ConnectionTrait>(
+    c: &C,
+    principal_id: Option<&str>,
+    role_id: Option<&str>,
+    status: Option<&str>,
+    after_id: &str,
+    limit: u64,
+) -> Result<Vec<RequestRow>, DbErr> {
+    let mut sql = format!("SELECT {REQUEST_COLUMNS} FROM requests WHERE id > $1");
+    let mut values: Vec<sea_orm::Value> = vec![after_id.into()];
+    for (column, value) in [("principal_id", principal_id), ("role_id", role_id), ("status", status)] {
+        if let Some(v) = value {
+            values.push(v.into());
+            sql.push_str(&format!(" AND {column} = ${}", values.len()));
+        }
+    }
+    sql.push_str(&format!(" ORDER BY id LIMIT {limit}"));
+    db::query(c, &sql, values)
+        .await?
+        .iter()
+        .map(RequestRow::from_row)
+        .collect()
+}
+
+/// The stored policy for (role, scope) exactly.
+pub async fn policy<C: ConnectionTrait>(c: &C, role_id: &str, scope: &str) -> Result<Option<String>, DbErr> {
+    let row = db::query_one(
+        c,
+        "SELECT policy FROM role_policies WHERE role_id = $1 AND scope = $2",
+        vec![role_id.into(), scope.into()],
+    )
+    .await?;
+    row.map(|r| col::<String>(&r, "policy")).transpose()
+}
+
+/// Every stored policy of a role: (scope, policy JSON).
+pub async fn policies<C: ConnectionTrait>(c: &C, role_id: &str) -> Result<Vec<(String, String)>, DbErr> {
+    db::query(
+        c,
+        "SELECT scope, policy FROM role_policies WHERE role_id = $1 ORDER BY scope",
+        vec![role_id.into()],
+    )
+    .await?
+    .iter()
+    .map(|r| Ok((col(r, "scope")?, col(r, "policy")?)))
+    .collect()
+}
+
+pub async fn upsert_policy<C: ConnectionTrait>(
+    c: &C,
+    role_id: &str,
+    scope: &str,
+    policy: &str,
+    by: &str,
+    now: i64,
+) -> Result<(), DbErr> {
+    db::exec(
+        c,
+        "INSERT INTO role_policies (role_id, scope, policy, updated_at, updated_by) VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (role_id, scope) DO UPDATE SET policy = excluded.policy, updated_at = excluded.updated_at, updated_by = excluded.updated_by",
+        vec![role_id.into(), scope.into(), policy.into(), now.into(), by.into()],
+    )
+    .await
+    .map(drop)
 }

@@ -346,6 +346,7 @@ async fn bootstrap(identity_database: String, assignment_database: String) -> an
         access: access.clone(),
         identity: channel.clone(),
         assignment: channel.clone(),
+        clock: std::sync::Arc::new(pim_runtime::clock::SystemClock),
     };
     let identity = pim_identity::Identity::build(deps(pim_runtime::db::connect(&identity_database).await?)).await?;
     let assignment =

@@ -24,6 +24,7 @@ use pim_identity::Identity;
 use pim_runtime::Config;
 use pim_runtime::access::{AccessCheck, CachedAccess, RemoteAccess};
 use pim_runtime::auth::{AuthLayer, KeySource, RemoteKeys, TokenVerifier};
+use pim_runtime::clock::{Clock, SystemClock};
 use pim_runtime::events::{
     ConsumerHandle, ConsumerOptions, EmbeddedBus, Inbox, Publisher, RedisConsumer, RedisPublisher, Relay, RelayHandle,
 };
@@ -84,6 +85,8 @@ pub struct SuiteOptions {
     pub consumer: ConsumerOptions,
     /// How often relays look for outbox rows nobody woke them for.
     pub relay_poll: Duration,
+    /// Where services read the time (tests move a manual clock).
+    pub clock: Arc<dyn Clock>,
     /// A listener bound already (tests that must know every address before starting);
     /// otherwise `config.listen_addr` is bound.
     pub listener: Option<TcpListener>,
@@ -102,6 +105,7 @@ impl SuiteOptions {
             consumer,
             relay_poll: Duration::from_millis(250),
             listener: None,
+            clock: Arc::new(SystemClock),
         }
     }
 }
@@ -114,6 +118,7 @@ pub struct Suite {
     server: JoinHandle<anyhow::Result<()>>,
     relays: Vec<RelayHandle>,
     consumers: Vec<ConsumerHandle>,
+    background: Vec<JoinHandle<()>>,
     identity: Option<Identity>,
     assignment: Option<Assignment>,
     services: Vec<Arc<dyn Service>>,
@@ -180,6 +185,7 @@ impl Suite {
                 access: access.clone(),
                 identity: identity_channel.clone(),
                 assignment: assignment_channel.clone(),
+                clock: options.clock.clone(),
             };
             let service: Arc<dyn Service> = match name {
                 ServiceName::Identity => {
@@ -230,6 +236,8 @@ impl Suite {
                 Arc::new(bus)
             }
         };
+        let (stop, stopped) = watch::channel(false);
+        let background = services.iter().flat_map(|s| s.background(stopped.clone())).collect();
         let relays = services
             .iter()
             .map(|s| Relay::new(s.db().clone(), s.outbox().clone(), publisher.clone()).spawn(options.relay_poll))
@@ -246,7 +254,7 @@ impl Suite {
             service.add_routes(&mut routes);
             names.extend_from_slice(service.grpc_services());
         }
-        let (stop, mut stopped) = watch::channel(false);
+        let mut stopped = stopped;
         let tls = config.tls.clone();
         let server = tokio::spawn(async move {
             grpc::serve(listener, routes.routes(), names, auth, &tls, async move {
@@ -262,6 +270,7 @@ impl Suite {
             server,
             relays,
             consumers,
+            background,
             identity,
             assignment,
             services,
@@ -307,6 +316,9 @@ impl Suite {
         }
         for consumer in self.consumers {
             consumer.stop().await;
+        }
+        for task in self.background {
+            let _ = task.await;
         }
         served
     }

@@ -7,6 +7,7 @@ use tonic::service::RoutesBuilder;
 use tonic::transport::Channel;
 
 use crate::access::AccessCheck;
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::db::Db;
 use crate::events::{EventHandler, Outbox};
@@ -22,6 +23,8 @@ pub struct Deps {
     /// Channels to the identity and assignment services (in `pim up`, the process itself).
     pub identity: Channel,
     pub assignment: Channel,
+    /// Where the service reads the time (a manual clock in tests).
+    pub clock: Arc<dyn Clock>,
 }
 
 /// What the host needs from a service.
@@ -35,6 +38,10 @@ pub trait Service: Send + Sync {
     fn outbox(&self) -> &Outbox;
     /// Consumers of other services' events.
     fn handlers(&self) -> Vec<Arc<dyn EventHandler>> {
+        Vec::new()
+    }
+    /// Background tasks (timers, scans); each ends when `stop` turns true.
+    fn background(&self, _stop: tokio::sync::watch::Receiver<bool>) -> Vec<tokio::task::JoinHandle<()>> {
         Vec::new()
     }
 }

@@ -1,0 +1,103 @@
+//! Durable timers: activations that start later and assignments that end. The times live in
+//! the assignments table (nothing in memory to lose on a crash); each pass locks the due rows
+//! (`FOR UPDATE SKIP LOCKED` on PostgreSQL, so replicas share the work without doubling an
+//! event), and the loop sleeps until the next deadline. CheckAccess compares times itself, so
+//! a late timer never lets an expired role through: the timer only tells the others.
+
+use std::time::Duration;
+
+use sea_orm::TransactionTrait;
+use tokio::sync::watch;
+
+use crate::assignments::{Assignments, system_actor};
+use crate::error::Result;
+use crate::store;
+
+const BATCH: u64 = 500;
+/// The longest sleep: other replicas' new deadlines are found at least this often.
+const MAX_SLEEP: Duration = Duration::from_millis(500);
+
+#[derive(Clone)]
+pub struct Scheduler {
+    assignments: Assignments,
+}
+
+impl Scheduler {
+    pub fn new(assignments: Assignments) -> Self {
+        Self { assignments }
+    }
+
+    /// Fires every start and end due now; returns how many it fired.
+    pub async fn run_once(&self) -> Result<usize> {
+        let a = &self.assignments;
+        let now = a.now();
+        let txn = a.db.begin().await?;
+        let mut fired = 0;
+        for due in store::due_starts(&txn, now, BATCH).await? {
+            if !store::mark_announced(&txn, &due.id).await? {
+                continue;
+            }
+            let role_name = a.roles.get(&due.role_id).map(|r| r.name).unwrap_or_default();
+            if due.origin == "activation" {
+                let event = a.role_activated(Some(system_actor()), &due, &role_name, "");
+                a.outbox
+                    .enqueue(
+                        &txn,
+                        pim_runtime::events::streams::ASSIGNMENT,
+                        &pim_runtime::events::envelope("pim.assignment", "RoleActivated", &due.principal_id, &event),
+                    )
+                    .await?;
+            }
+            store::set_request_status_for_assignment(&txn, &due.id, "ScheduleCreated", "Provisioned", now).await?;
+            fired += 1;
+        }
+        for due in store::due_ends(&txn, now, BATCH).await? {
+            let role_name = a.roles.get(&due.role_id).map(|r| r.name).unwrap_or_default();
+            if a.end(&txn, &due, "expired", Some(system_actor()), &role_name, now)
+                .await?
+            {
+                fired += 1;
+            }
+        }
+        txn.commit().await?;
+        if fired > 0 {
+            a.outbox.wake();
+        }
+        Ok(fired)
+    }
+
+    /// How long to sleep before the next deadline (at most [`MAX_SLEEP`]).
+    async fn sleep_for(&self) -> Duration {
+        match store::next_deadline(&self.assignments.db).await {
+            Ok(Some(at)) => {
+                Duration::from_millis(u64::try_from(at - self.assignments.now()).unwrap_or(0)).min(MAX_SLEEP)
+            }
+            Ok(None) => MAX_SLEEP,
+            Err(err) => {
+                tracing::warn!(error = %err, "reading the next deadline failed");
+                MAX_SLEEP
+            }
+        }
+    }
+
+    pub fn spawn(self, mut stop: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            loop {
+                if *stop.borrow() {
+                    break;
+                }
+                match self.run_once().await {
+                    Ok(n) if n as u64 >= BATCH => continue,
+                    Ok(_) => {}
+                    Err(err) => tracing::warn!(error = %err, "scheduler pass failed"),
+                }
+                let sleep = self.sleep_for().await;
+                tokio::select! {
+                    _ = tokio::time::sleep(sleep) => {}
+                    _ = self.assignments.timers.notified() => {}
+                    _ = stop.changed() => break,
+                }
+            }
+        })
+    }
+}
