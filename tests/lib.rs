@@ -14,6 +14,7 @@ use pim::{ServiceName, Suite, SuiteOptions};
 use pim_proto::identity::v1 as ipb;
 use pim_proto::identity::v1::auth_service_client::AuthServiceClient;
 use pim_runtime::Config;
+use pim_runtime::clock::ManualClock;
 use pim_runtime::testing::{TestDatabase, redis_url, unique};
 
 pub use pim_runtime::testing::eventually;
@@ -41,6 +42,11 @@ pub fn test_config(extra: &[(&str, String)]) -> anyhow::Result<Config> {
 impl TestSuite {
     /// All five services on PostgreSQL + Redis (the production backends).
     pub async fn postgres() -> anyhow::Result<Self> {
+        Self::postgres_with_clock(None).await
+    }
+
+    /// The same, with services reading a clock the test moves.
+    pub async fn postgres_with_clock(clock: Option<ManualClock>) -> anyhow::Result<Self> {
         let prefix = format!("{}:", unique("streams"));
         let config = test_config(&[
             ("PIM_REDIS_URL", redis_url()),
@@ -54,7 +60,7 @@ impl TestSuite {
             urls.insert(service, db.url.clone());
             databases.push(db);
         }
-        Self::start(config, urls, databases, None, prefix).await
+        Self::start(config, urls, databases, None, prefix, clock).await
     }
 
     /// The all-in-one default: SQLite files, embedded delivery, no Redis.
@@ -73,7 +79,7 @@ impl TestSuite {
             .into_iter()
             .map(|s| (s, pim_runtime::db::sqlite_url(&dir.join(format!("{s}.db")))))
             .collect();
-        Self::start(config, urls, Vec::new(), Some(dir), String::new()).await
+        Self::start(config, urls, Vec::new(), Some(dir), String::new(), None).await
     }
 
     async fn start(
@@ -82,11 +88,15 @@ impl TestSuite {
         databases: Vec<TestDatabase>,
         data_dir: Option<PathBuf>,
         stream_prefix: String,
+        clock: Option<ManualClock>,
     ) -> anyhow::Result<Self> {
         pim_runtime::telemetry::init(false);
         let tls = config.tls.clone();
         let mut options = SuiteOptions::new(config, urls);
         options.relay_poll = Duration::from_millis(50);
+        if let Some(clock) = clock {
+            options.clock = std::sync::Arc::new(clock);
+        }
         let suite = Suite::start(options).await?;
         let (admin_user, admin_password) = suite
             .bootstrap()
@@ -117,6 +127,22 @@ impl TestSuite {
 
     pub async fn admin_token(&self) -> anyhow::Result<String> {
         Ok(self.sign_in(&self.admin_user, &self.admin_password).await?)
+    }
+
+    /// A token for `principal_id` whose MFA succeeded at `mfa_at_ms` (what MfaService.Verify
+    /// will hand out), signed by the suite's identity keys.
+    pub fn stepped_up_token(&self, principal_id: &str, name: &str, mfa_at_ms: i64) -> anyhow::Result<String> {
+        let keys = self.suite.identity().context("identity runs in this suite")?.keystore();
+        let subject = pim_identity::TokenSubject {
+            principal_id: principal_id.into(),
+            kind: pim_proto::common::v1::PrincipalKind::User,
+            name: name.into(),
+            amr: vec!["pwd".into(), "otp".into()],
+            session_id: "test-session".into(),
+            mfa_at: Some(mfa_at_ms / 1000),
+        };
+        let issued = keys.issue(&subject, Duration::from_secs(3600))?;
+        Ok(issued.token)
     }
 
     /// Stops the suite and removes its databases or files.

@@ -1,6 +1,7 @@
 //! Cross-service tests, one binary: the walking-skeleton slice on PostgreSQL + Redis and on
 //! the embedded default, the gRPC surface (health, reflection, auth), and the event backbone.
 
+mod activation;
 mod backbone;
 mod slice;
 mod split;

@@ -479,21 +479,33 @@ impl AssignmentService for Assignments {
     ) -> Result<Response<pb::AssignmentRequest>, Status> {
         let caller = caller(&request)?.clone();
         let r = request.into_inner();
-        match pb::RequestAction::try_from(r.action) {
-            Ok(pb::RequestAction::AdminAssign) => {}
-            Ok(pb::RequestAction::Unspecified) | Err(_) => {
-                return Err(Error::invalid("action", "required (e.g. adminAssign)").into());
+        use pb::RequestAction as A;
+        let created = match A::try_from(r.action) {
+            Ok(A::AdminAssign) => self.admin_assign(&caller, AdminAssignRequest::try_from(r)?).await?,
+            Ok(A::AdminRemove) => self.admin_remove(&caller, EndRequest::try_from(r)?).await?,
+            Ok(A::SelfActivate) => {
+                if filter(&r.principal_id).is_some_and(|p| p != caller.principal_id) {
+                    return Err(
+                        Error::invalid("principal_id", "selfActivate is for the caller; leave it empty").into(),
+                    );
+                }
+                self.self_activate(&caller, ActivateRequest::try_from(r)?).await?
+            }
+            Ok(A::SelfDeactivate) => {
+                let mut end = EndRequest::try_from(pb::CreateRequestRequest {
+                    kind: pb::AssignmentKind::Active as i32,
+                    ..r
+                })?;
+                end.principal_id = caller.principal_id.clone();
+                self.self_deactivate(&caller, end).await?
+            }
+            Ok(A::Unspecified) | Err(_) => {
+                return Err(Error::invalid("action", "required (e.g. adminAssign, selfActivate)").into());
             }
             Ok(other) => {
-                return Err(Error::Unimplemented(format!(
-                    "action {} is not available yet; adminAssign is",
-                    action_name(other)
-                ))
-                .into());
+                return Err(Error::Unimplemented(format!("action {} is not available yet", action_name(other))).into());
             }
-        }
-        let admin = AdminAssignRequest::try_from(r)?;
-        let created = self.admin_assign(&caller, admin).await?;
+        };
         Ok(Response::new(request_to_pb(created)))
     }
 

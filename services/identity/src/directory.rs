@@ -16,7 +16,7 @@ use pim_runtime::events::{Outbox, envelope, streams};
 use crate::credentials;
 use crate::error::{Error, Result};
 use crate::store::{self, ServicePrincipalRow, UserRow};
-use crate::tokens::{Issued, Keystore};
+use crate::tokens::{Issued, Keystore, TokenSubject};
 
 const SOURCE: &str = "pim.identity";
 
@@ -242,14 +242,15 @@ impl Directory {
         };
         let amr = vec!["pwd".to_owned()];
         let session_id = uuid::Uuid::now_v7().to_string();
-        let issued = self.keys.issue(
-            &user.id,
-            PrincipalKind::User,
-            &user.user_name,
-            amr.clone(),
-            &session_id,
-            self.token_ttl,
-        )?;
+        let subject = TokenSubject {
+            principal_id: user.id.clone(),
+            kind: PrincipalKind::User,
+            name: user.user_name.clone(),
+            amr: amr.clone(),
+            session_id: session_id.clone(),
+            mfa_at: None,
+        };
+        let issued = self.keys.issue(&subject, self.token_ttl)?;
         let event = ev::SignInSucceeded {
             actor: Some(actor(&user.id, PrincipalKind::User, &user.user_name)),
             session_id,
@@ -294,14 +295,15 @@ impl Directory {
         };
         let amr = vec!["secret".to_owned()];
         let session_id = uuid::Uuid::now_v7().to_string();
-        let issued = self.keys.issue(
-            &sp.id,
-            PrincipalKind::ServicePrincipal,
-            &sp.display_name,
-            amr.clone(),
-            &session_id,
-            self.token_ttl,
-        )?;
+        let subject = TokenSubject {
+            principal_id: sp.id.clone(),
+            kind: PrincipalKind::ServicePrincipal,
+            name: sp.display_name.clone(),
+            amr: amr.clone(),
+            session_id: session_id.clone(),
+            mfa_at: None,
+        };
+        let issued = self.keys.issue(&subject, self.token_ttl)?;
         let event = ev::SignInSucceeded {
             actor: Some(actor(&sp.id, PrincipalKind::ServicePrincipal, &sp.display_name)),
             session_id,

@@ -20,7 +20,7 @@ use pim_runtime::host::{Deps, Service};
 
 pub use directory::Directory;
 pub use error::Error;
-pub use tokens::Keystore;
+pub use tokens::{Keystore, TokenSubject};
 
 /// A strong random password (32 bytes from the OS generator, base64url), for initial passwords.
 pub fn generate_password() -> String {

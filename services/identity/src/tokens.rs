@@ -25,6 +25,19 @@ pub struct Keystore {
     keys: Arc<RwLock<Vec<SigningKeyRow>>>,
 }
 
+/// Who a token is for, and how they authenticated.
+#[derive(Clone, Debug)]
+pub struct TokenSubject {
+    pub principal_id: String,
+    pub kind: PrincipalKind,
+    pub name: String,
+    /// Authentication methods: `pwd`, `otp`, `secret`.
+    pub amr: Vec<String>,
+    pub session_id: String,
+    /// When a second factor last succeeded (seconds since the epoch).
+    pub mfa_at: Option<i64>,
+}
+
 /// A token just issued.
 pub struct Issued {
     pub token: String,
@@ -78,26 +91,18 @@ impl Keystore {
         self.reload().await
     }
 
-    /// Signs an access token for a principal.
-    pub fn issue(
-        &self,
-        principal_id: &str,
-        kind: PrincipalKind,
-        name: &str,
-        amr: Vec<String>,
-        session_id: &str,
-        ttl: Duration,
-    ) -> anyhow::Result<Issued> {
+    /// Signs an access token for `subject`, valid for `ttl`.
+    pub fn issue(&self, subject: &TokenSubject, ttl: Duration) -> anyhow::Result<Issued> {
         let key = self.active().context("no active signing key")?;
         let now = now_ms() / 1000;
         let exp = now + ttl.as_secs() as i64;
         let claims = Claims {
-            sub: principal_id.to_owned(),
-            kind: kind_claim(kind).to_owned(),
-            name: name.to_owned(),
-            amr,
-            mfa_at: None,
-            sid: session_id.to_owned(),
+            sub: subject.principal_id.clone(),
+            kind: kind_claim(subject.kind).to_owned(),
+            name: subject.name.clone(),
+            amr: subject.amr.clone(),
+            mfa_at: subject.mfa_at,
+            sid: subject.session_id.clone(),
             iat: now,
             exp,
             iss: ISSUER.to_owned(),

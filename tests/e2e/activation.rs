@@ -1,0 +1,731 @@
+//! Just-in-time activation on PostgreSQL + Redis, on a clock the tests move: the seed's
+//! scenario (Lee Gu), each policy rule, scheduled starts, expiry to the second with its event,
+//! timers shared by replicas, deactivation, approval hand-off, and last-Global-Administrator
+//! protection.
+
+use std::time::Duration;
+
+use prost::Message;
+use redis::AsyncCommands;
+use tonic::Code;
+
+use pim_e2e::{TestSuite, authed, eventually};
+use pim_proto::assignment::v1 as apb;
+use pim_proto::assignment::v1::access_service_client::AccessServiceClient;
+use pim_proto::assignment::v1::assignment_service_client::AssignmentServiceClient;
+use pim_proto::assignment::v1::policy_service_client::PolicyServiceClient;
+use pim_proto::audit::v1::audit_service_client::AuditServiceClient;
+use pim_proto::events::v1 as ev;
+use pim_proto::identity::v1 as ipb;
+use pim_proto::identity::v1::directory_service_client::DirectoryServiceClient;
+use pim_runtime::clock::{Clock, ManualClock};
+use pim_runtime::db::from_timestamp;
+use pim_runtime::events::{Envelope, Publisher, RedisPublisher, envelope, short_type, streams};
+use pim_runtime::grpc::violated_rules;
+use pim_runtime::testing::redis_url;
+
+const EXCHANGE_ADMINISTRATOR: &str = "29232cdf-9323-42fd-ade2-1d097af3e4de";
+const GLOBAL_ADMINISTRATOR: &str = "62e90394-69f5-4237-9190-012177145e10";
+const HOUR_MS: i64 = 3_600_000;
+
+struct World {
+    ts: TestSuite,
+    clock: ManualClock,
+    admin: String,
+}
+
+struct User {
+    id: String,
+    name: String,
+    /// Signed in with a password only.
+    token: String,
+}
+
+fn duration(ms: i64) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: ms / 1000,
+        nanos: 0,
+    }
+}
+
+fn request(
+    action: apb::RequestAction,
+    kind: apb::AssignmentKind,
+    principal: &str,
+    role: &str,
+) -> apb::CreateRequestRequest {
+    apb::CreateRequestRequest {
+        action: action as i32,
+        kind: kind as i32,
+        principal_id: principal.into(),
+        role_id: role.into(),
+        scope: "/".into(),
+        schedule: None,
+        justification: String::new(),
+        ticket: None,
+        validate_only: false,
+    }
+}
+
+fn activation(role: &str, length_ms: i64, justification: &str) -> apb::CreateRequestRequest {
+    apb::CreateRequestRequest {
+        schedule: Some(apb::Schedule {
+            start_time: None,
+            expiration: Some(apb::schedule::Expiration::Duration(duration(length_ms))),
+        }),
+        justification: justification.into(),
+        ..request(apb::RequestAction::SelfActivate, apb::AssignmentKind::Active, "", role)
+    }
+}
+
+impl World {
+    async fn new() -> anyhow::Result<Self> {
+        let clock = ManualClock::starting_now();
+        let ts = TestSuite::postgres_with_clock(Some(clock.clone())).await?;
+        let admin = ts.admin_token().await?;
+        Ok(Self { ts, clock, admin })
+    }
+
+    fn assignments(&self) -> AssignmentServiceClient<tonic::transport::Channel> {
+        AssignmentServiceClient::new(self.ts.channel.clone())
+    }
+
+    async fn user(&self, name: &str) -> anyhow::Result<User> {
+        let password = format!("{name}'s long passphrase");
+        let created = DirectoryServiceClient::new(self.ts.channel.clone())
+            .create_user(authed(
+                &self.admin,
+                ipb::CreateUserRequest {
+                    user_name: name.into(),
+                    password: password.clone(),
+                    ..Default::default()
+                },
+            ))
+            .await?
+            .into_inner();
+        let token = self.ts.sign_in(name, &password).await?;
+        Ok(User {
+            id: created.id,
+            name: name.into(),
+            token,
+        })
+    }
+
+    /// The user's token after a fresh MFA step-up.
+    fn stepped_up(&self, user: &User) -> anyhow::Result<String> {
+        self.ts.stepped_up_token(&user.id, &user.name, self.clock.now_ms())
+    }
+
+    async fn make_eligible(&self, user: &User, role: &str) -> anyhow::Result<()> {
+        self.assignments()
+            .create_request(authed(
+                &self.admin,
+                request(
+                    apb::RequestAction::AdminAssign,
+                    apb::AssignmentKind::Eligible,
+                    &user.id,
+                    role,
+                ),
+            ))
+            .await?;
+        Ok(())
+    }
+
+    async fn check(&self, principal: &str, role: &str) -> anyhow::Result<apb::CheckAccessResponse> {
+        let r = AccessServiceClient::new(self.ts.channel.clone())
+            .check_access(authed(
+                &self.admin,
+                apb::CheckAccessRequest {
+                    principal_id: principal.into(),
+                    target: Some(apb::check_access_request::Target::RoleId(role.into())),
+                    scope: "/".into(),
+                },
+            ))
+            .await?;
+        Ok(r.into_inner())
+    }
+
+    async fn set_policy(
+        &self,
+        role: &str,
+        change: impl FnOnce(&mut apb::RolePolicy),
+    ) -> anyhow::Result<apb::RolePolicy> {
+        let mut policies = PolicyServiceClient::new(self.ts.channel.clone());
+        let mut policy = policies
+            .get_role_policy(authed(
+                &self.admin,
+                apb::GetRolePolicyRequest {
+                    role_id: role.into(),
+                    scope: "/".into(),
+                },
+            ))
+            .await?
+            .into_inner();
+        change(&mut policy);
+        Ok(policies
+            .update_role_policy(authed(
+                &self.admin,
+                apb::UpdateRolePolicyRequest { policy: Some(policy) },
+            ))
+            .await?
+            .into_inner())
+    }
+
+    /// Every event of `event_type` on the assignment stream so far.
+    async fn events(&self, event_type: &str) -> anyhow::Result<Vec<Envelope>> {
+        let mut redis = redis::Client::open(redis_url())?
+            .get_multiplexed_async_connection()
+            .await?;
+        let key = format!("{}{}", self.ts.stream_prefix, streams::ASSIGNMENT);
+        let entries: redis::streams::StreamRangeReply = redis.xrange_all(key).await?;
+        Ok(entries
+            .ids
+            .iter()
+            .filter_map(|e| e.get::<Vec<u8>>("ce"))
+            .filter_map(|b| Envelope::decode(b.as_slice()).ok())
+            .filter(|e| short_type(e) == event_type)
+            .collect())
+    }
+
+    async fn eventually_events(&self, event_type: &str, n: usize) -> anyhow::Result<Vec<Envelope>> {
+        eventually(Duration::from_secs(10), event_type, || async {
+            let found = self.events(event_type).await?;
+            Ok((found.len() >= n).then_some(found))
+        })
+        .await
+    }
+
+    async fn tick(&self) -> anyhow::Result<usize> {
+        Ok(self
+            .ts
+            .suite
+            .assignment()
+            .expect("assignment runs here")
+            .scheduler()
+            .run_once()
+            .await?)
+    }
+}
+
+async fn run<F, Fut>(test: F) -> anyhow::Result<()>
+where
+    F: FnOnce(World) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<World>>,
+{
+    let world = World::new().await?;
+    let world = test(world).await?;
+    world.ts.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lee_gu_activates_exchange_administrator_after_mfa_until_it_expires() -> anyhow::Result<()> {
+    run(|w| async move {
+        let lee = w.user("lee").await?;
+        w.make_eligible(&lee, EXCHANGE_ADMINISTRATOR).await?;
+        assert!(
+            !w.check(&lee.id, EXCHANGE_ADMINISTRATOR).await?.allowed,
+            "eligible is not active"
+        );
+
+        // Without MFA: refused, with the rule named so the client can step up.
+        let refused = w
+            .assignments()
+            .create_request(authed(
+                &lee.token,
+                activation(EXCHANGE_ADMINISTRATOR, HOUR_MS, "mailbox migration"),
+            ))
+            .await
+            .expect_err("no MFA");
+        assert_eq!(refused.code(), Code::FailedPrecondition);
+        assert_eq!(violated_rules(&refused), vec!["MfaRule"]);
+        assert!(!w.check(&lee.id, EXCHANGE_ADMINISTRATOR).await?.allowed);
+
+        // After MFA and with a justification: active at once.
+        let token = w.stepped_up(&lee)?;
+        let started = w.clock.now_ms();
+        let activated = w
+            .assignments()
+            .create_request(authed(
+                &token,
+                activation(EXCHANGE_ADMINISTRATOR, HOUR_MS, "mailbox migration"),
+            ))
+            .await?
+            .into_inner();
+        assert_eq!(activated.status, apb::RequestStatus::Provisioned as i32);
+        let yes = w.check(&lee.id, EXCHANGE_ADMINISTRATOR).await?;
+        assert!(yes.allowed);
+        assert_eq!(
+            from_timestamp(yes.expires_at.as_ref().expect("it ends")),
+            started + HOUR_MS
+        );
+        let activated_events = w.eventually_events("RoleActivated", 1).await?;
+        let e = ev::RoleActivated::decode(activated_events[0].data.as_slice())?;
+        assert_eq!(
+            (e.principal_id.as_str(), e.role_id.as_str(), e.justification.as_str()),
+            (lee.id.as_str(), EXCHANGE_ADMINISTRATOR, "mailbox migration")
+        );
+
+        // One second before the end it holds; at the end it does not — before any timer ran.
+        w.clock.advance(Duration::from_millis((HOUR_MS - 1000) as u64));
+        assert!(w.check(&lee.id, EXCHANGE_ADMINISTRATOR).await?.allowed);
+        w.clock.advance(Duration::from_secs(1));
+        assert!(
+            !w.check(&lee.id, EXCHANGE_ADMINISTRATOR).await?.allowed,
+            "expired to the second"
+        );
+        w.tick().await?;
+        let ended = w.eventually_events("RoleDeactivated", 1).await?;
+        let e = ev::RoleDeactivated::decode(ended[0].data.as_slice())?;
+        assert_eq!(
+            (e.principal_id.as_str(), e.reason.as_str()),
+            (lee.id.as_str(), "expired")
+        );
+
+        // Audit holds the activation and its end.
+        let records = eventually(Duration::from_secs(10), "audit of the activation", || {
+            let mut audit = AuditServiceClient::new(w.ts.channel.clone());
+            let admin = w.admin.clone();
+            async move {
+                let r = audit
+                    .query_events(authed(
+                        &admin,
+                        pim_proto::audit::v1::QueryEventsRequest {
+                            action: "RoleDeactivated".into(),
+                            ..Default::default()
+                        },
+                    ))
+                    .await?
+                    .into_inner()
+                    .records;
+                Ok((!r.is_empty()).then_some(r))
+            }
+        })
+        .await?;
+        assert_eq!(records[0].target_id, lee.id);
+        Ok(w)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_policy_rule_is_reported_and_policies_can_change() -> anyhow::Result<()> {
+    run(|w| async move {
+        let kim = w.user("kim").await?;
+        let token = w.stepped_up(&kim)?;
+        // Not eligible.
+        let refused = w
+            .assignments()
+            .create_request(authed(&token, activation(EXCHANGE_ADMINISTRATOR, HOUR_MS, "x")))
+            .await
+            .expect_err("not eligible");
+        assert_eq!(violated_rules(&refused), vec!["EligibilityRule"]);
+        w.make_eligible(&kim, EXCHANGE_ADMINISTRATOR).await?;
+        // No justification, and longer than the 8 h maximum.
+        let refused = w
+            .assignments()
+            .create_request(authed(&token, activation(EXCHANGE_ADMINISTRATOR, 9 * HOUR_MS, "")))
+            .await
+            .expect_err("rules");
+        assert_eq!(violated_rules(&refused), vec!["JustificationRule", "ExpirationRule"]);
+        // A stale step-up (11 minutes ago) is not fresh enough.
+        let stale =
+            w.ts.stepped_up_token(&kim.id, &kim.name, w.clock.now_ms() - 11 * 60_000)?;
+        let refused = w
+            .assignments()
+            .create_request(authed(&stale, activation(EXCHANGE_ADMINISTRATOR, HOUR_MS, "x")))
+            .await
+            .expect_err("stale MFA");
+        assert_eq!(violated_rules(&refused), vec!["MfaRule"]);
+
+        // Only policy administrators change policies.
+        let mut policies = PolicyServiceClient::new(w.ts.channel.clone());
+        let current = policies
+            .get_role_policy(authed(
+                &kim.token,
+                apb::GetRolePolicyRequest {
+                    role_id: EXCHANGE_ADMINISTRATOR.into(),
+                    scope: "/".into(),
+                },
+            ))
+            .await?
+            .into_inner();
+        assert_eq!(
+            current.activation_max_duration.as_ref().map(|d| d.seconds),
+            Some(8 * 3600),
+            "Entra's default"
+        );
+        let denied = policies
+            .update_role_policy(authed(
+                &kim.token,
+                apb::UpdateRolePolicyRequest {
+                    policy: Some(current.clone()),
+                },
+            ))
+            .await
+            .expect_err("kim is no admin");
+        assert_eq!(denied.code(), Code::PermissionDenied);
+        let mut too_short = current.clone();
+        too_short.activation_max_duration = Some(duration(30_000));
+        let invalid = policies
+            .update_role_policy(authed(
+                &w.admin,
+                apb::UpdateRolePolicyRequest {
+                    policy: Some(too_short),
+                },
+            ))
+            .await
+            .expect_err("under a minute");
+        assert_eq!(invalid.code(), Code::InvalidArgument);
+
+        // A ticket becomes required, and activations as short as one minute are allowed.
+        let updated = w
+            .set_policy(EXCHANGE_ADMINISTRATOR, |p| {
+                p.activation_requires_ticket = true;
+                p.activation_max_duration = Some(duration(60_000));
+            })
+            .await?;
+        assert!(updated.activation_requires_ticket);
+        w.eventually_events("PolicyUpdated", 1).await?;
+        let refused = w
+            .assignments()
+            .create_request(authed(&token, activation(EXCHANGE_ADMINISTRATOR, 60_000, "x")))
+            .await
+            .expect_err("ticket");
+        assert_eq!(violated_rules(&refused), vec!["TicketingRule"]);
+        let mut with_ticket = activation(EXCHANGE_ADMINISTRATOR, 60_000, "x");
+        with_ticket.ticket = Some(pim_proto::common::v1::Ticket {
+            system: "ServiceNow".into(),
+            number: "INC1".into(),
+        });
+        let mut dry = with_ticket.clone();
+        dry.validate_only = true;
+        assert!(
+            w.assignments()
+                .create_request(authed(&token, dry))
+                .await?
+                .into_inner()
+                .id
+                .is_empty()
+        );
+        assert!(
+            !w.check(&kim.id, EXCHANGE_ADMINISTRATOR).await?.allowed,
+            "a dry run changes nothing"
+        );
+        w.assignments().create_request(authed(&token, with_ticket)).await?;
+        assert!(w.check(&kim.id, EXCHANGE_ADMINISTRATOR).await?.allowed);
+        w.clock.advance(Duration::from_secs(60));
+        assert!(
+            !w.check(&kim.id, EXCHANGE_ADMINISTRATOR).await?.allowed,
+            "a one-minute activation lasts one minute"
+        );
+        Ok(w)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_future_start_becomes_active_on_time_and_deactivation_ends_it() -> anyhow::Result<()> {
+    run(|w| async move {
+        let lee = w.user("lee").await?;
+        w.make_eligible(&lee, EXCHANGE_ADMINISTRATOR).await?;
+        let token = w.stepped_up(&lee)?;
+        let start = w.clock.now_ms() + 10 * 60_000;
+        let mut later = activation(EXCHANGE_ADMINISTRATOR, HOUR_MS, "change window");
+        later.schedule.as_mut().expect("schedule").start_time = Some(pim_runtime::db::to_timestamp(start));
+        let scheduled = w
+            .assignments()
+            .create_request(authed(&token, later))
+            .await?
+            .into_inner();
+        assert_eq!(scheduled.status, apb::RequestStatus::ScheduleCreated as i32);
+        assert!(
+            !w.check(&lee.id, EXCHANGE_ADMINISTRATOR).await?.allowed,
+            "not before its start"
+        );
+        assert_eq!(w.tick().await?, 0);
+
+        w.clock.advance(Duration::from_secs(600));
+        assert!(
+            w.check(&lee.id, EXCHANGE_ADMINISTRATOR).await?.allowed,
+            "active from its start"
+        );
+        assert_eq!(w.tick().await?, 1);
+        w.eventually_events("RoleActivated", 1).await?;
+        let request = w
+            .assignments()
+            .get_request(authed(
+                &token,
+                apb::GetRequestRequest {
+                    request_id: scheduled.id.clone(),
+                },
+            ))
+            .await?
+            .into_inner();
+        assert_eq!(request.status, apb::RequestStatus::Provisioned as i32);
+        assert_eq!(
+            from_timestamp(request.end_time.as_ref().expect("ends")),
+            start + HOUR_MS,
+            "the hour counts from the start"
+        );
+
+        // Ending it early.
+        let off = request_for(apb::RequestAction::SelfDeactivate, EXCHANGE_ADMINISTRATOR);
+        let revoked = w
+            .assignments()
+            .create_request(authed(&lee.token, off))
+            .await?
+            .into_inner();
+        assert_eq!(revoked.status, apb::RequestStatus::Revoked as i32);
+        assert!(!w.check(&lee.id, EXCHANGE_ADMINISTRATOR).await?.allowed);
+        let ended = w.eventually_events("RoleDeactivated", 1).await?;
+        assert_eq!(
+            ev::RoleDeactivated::decode(ended[0].data.as_slice())?.reason,
+            "deactivated"
+        );
+        let again = w
+            .assignments()
+            .create_request(authed(
+                &lee.token,
+                request_for(apb::RequestAction::SelfDeactivate, EXCHANGE_ADMINISTRATOR),
+            ))
+            .await
+            .expect_err("nothing left");
+        assert_eq!(again.code(), Code::NotFound);
+        Ok(w)
+    })
+    .await
+}
+
+fn request_for(action: apb::RequestAction, role: &str) -> apb::CreateRequestRequest {
+    request(action, apb::AssignmentKind::Active, "", role)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_the_timers_without_double_events() -> anyhow::Result<()> {
+    run(|w| async move {
+        let mut users = Vec::new();
+        for i in 0..12 {
+            let u = w.user(&format!("user{i}")).await?;
+            let mut assign = request(
+                apb::RequestAction::AdminAssign,
+                apb::AssignmentKind::Active,
+                &u.id,
+                EXCHANGE_ADMINISTRATOR,
+            );
+            assign.justification = "rota".into();
+            assign.schedule = Some(apb::Schedule {
+                start_time: None,
+                expiration: Some(apb::schedule::Expiration::Duration(duration(HOUR_MS))),
+            });
+            w.assignments().create_request(authed(&w.admin, assign)).await?;
+            users.push(u);
+        }
+        w.clock.advance(Duration::from_secs(3600));
+        let assignment = w.ts.suite.assignment().expect("assignment runs here");
+        let (a, b, c) = (assignment.scheduler(), assignment.scheduler(), assignment.scheduler());
+        let (x, y, z) = tokio::try_join!(a.run_once(), b.run_once(), c.run_once())?;
+        // The background timer loop of the suite may have fired some too; never twice.
+        let ended = w.eventually_events("RoleDeactivated", 12).await?;
+        assert!(x + y + z <= 12);
+        let mut ids: Vec<String> = ended
+            .iter()
+            .map(|e| ev::RoleDeactivated::decode(e.data.as_slice()).map(|d| d.assignment_id))
+            .collect::<Result<_, _>>()?;
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), 12, "one event per assignment");
+        assert_eq!(w.events("RoleDeactivated").await?.len(), 12, "no duplicates");
+        for u in &users {
+            assert!(!w.check(&u.id, EXCHANGE_ADMINISTRATOR).await?.allowed);
+        }
+        Ok(w)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approval_holds_the_activation_and_the_window_starts_when_approved() -> anyhow::Result<()> {
+    run(|w| async move {
+        let lee = w.user("lee").await?;
+        w.make_eligible(&lee, EXCHANGE_ADMINISTRATOR).await?;
+        w.set_policy(EXCHANGE_ADMINISTRATOR, |p| p.approval_required = true)
+            .await?;
+        let token = w.stepped_up(&lee)?;
+        let pending = w
+            .assignments()
+            .create_request(authed(
+                &token,
+                activation(EXCHANGE_ADMINISTRATOR, HOUR_MS, "incident 7"),
+            ))
+            .await?
+            .into_inner();
+        assert_eq!(pending.status, apb::RequestStatus::PendingApproval as i32);
+        assert!(
+            !w.check(&lee.id, EXCHANGE_ADMINISTRATOR).await?.allowed,
+            "not before approval"
+        );
+
+        let mut watch = w
+            .assignments()
+            .watch_request(authed(
+                &token,
+                apb::GetRequestRequest {
+                    request_id: pending.id.clone(),
+                },
+            ))
+            .await?
+            .into_inner();
+        let first = watch.message().await?.expect("the current status first");
+        assert_eq!(first.status, apb::RequestStatus::PendingApproval as i32);
+
+        // Half an hour of waiting, then the approval service says yes.
+        w.clock.advance(Duration::from_secs(1800));
+        let approved_at = w.clock.now_ms();
+        let granted = ev::ApprovalCompleted {
+            actor: None,
+            approval_id: "approval-1".into(),
+            request_id: pending.id.clone(),
+            outcome: "Granted".into(),
+        };
+        RedisPublisher::connect(&redis_url(), &w.ts.stream_prefix)
+            .await?
+            .publish(
+                streams::APPROVAL,
+                &envelope("pim.approval", "ApprovalGranted", &pending.id, &granted),
+                0,
+            )
+            .await?;
+        let mut last = first;
+        while last.status != apb::RequestStatus::Provisioned as i32 {
+            last = tokio::time::timeout(Duration::from_secs(10), watch.message())
+                .await??
+                .expect("more updates until final");
+        }
+        assert!(watch.message().await?.is_none(), "the stream ends at a final status");
+        let yes = w.check(&lee.id, EXCHANGE_ADMINISTRATOR).await?;
+        assert!(yes.allowed);
+        assert_eq!(
+            from_timestamp(yes.expires_at.as_ref().expect("ends")),
+            approved_at + HOUR_MS,
+            "waiting did not eat the window"
+        );
+
+        // A second request is withdrawn before anyone decides.
+        let kim = w.user("kim").await?;
+        w.make_eligible(&kim, EXCHANGE_ADMINISTRATOR).await?;
+        let kim_token = w.stepped_up(&kim)?;
+        let pending = w
+            .assignments()
+            .create_request(authed(&kim_token, activation(EXCHANGE_ADMINISTRATOR, HOUR_MS, "x")))
+            .await?
+            .into_inner();
+        let stranger = w
+            .assignments()
+            .cancel_request(authed(
+                &lee.token,
+                apb::GetRequestRequest {
+                    request_id: pending.id.clone(),
+                },
+            ))
+            .await
+            .expect_err("not Lee's");
+        assert_eq!(stranger.code(), Code::PermissionDenied);
+        let canceled = w
+            .assignments()
+            .cancel_request(authed(
+                &kim_token,
+                apb::GetRequestRequest {
+                    request_id: pending.id.clone(),
+                },
+            ))
+            .await?
+            .into_inner();
+        assert_eq!(canceled.status, apb::RequestStatus::Canceled as i32);
+        let listed = w
+            .assignments()
+            .list_requests(authed(
+                &kim.token,
+                apb::ListRequestsRequest {
+                    principal_id: kim.id.clone(),
+                    ..Default::default()
+                },
+            ))
+            .await?
+            .into_inner();
+        assert_eq!(
+            listed
+                .requests
+                .iter()
+                .filter(|r| r.action == apb::RequestAction::SelfActivate as i32)
+                .count(),
+            1
+        );
+        Ok(w)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_permanent_global_administrator_cannot_be_removed() -> anyhow::Result<()> {
+    run(|w| async move {
+        let admin_id = DirectoryServiceClient::new(w.ts.channel.clone())
+            .get_user(authed(
+                &w.admin,
+                ipb::GetUserRequest {
+                    user: w.ts.admin_user.clone(),
+                },
+            ))
+            .await?
+            .into_inner()
+            .id;
+        let remove = |principal: &str| {
+            request(
+                apb::RequestAction::AdminRemove,
+                apb::AssignmentKind::Active,
+                principal,
+                GLOBAL_ADMINISTRATOR,
+            )
+        };
+        let refused = w
+            .assignments()
+            .create_request(authed(&w.admin, remove(&admin_id)))
+            .await
+            .expect_err("the last one");
+        assert_eq!(refused.code(), Code::FailedPrecondition);
+        assert!(w.check(&admin_id, GLOBAL_ADMINISTRATOR).await?.allowed);
+
+        // With a second permanent Global Administrator, the first may go — and then the second may not.
+        w.set_policy(GLOBAL_ADMINISTRATOR, |p| p.active_allow_permanent = true)
+            .await?;
+        let kim = w.user("kim").await?;
+        let mut assign = request(
+            apb::RequestAction::AdminAssign,
+            apb::AssignmentKind::Active,
+            &kim.id,
+            GLOBAL_ADMINISTRATOR,
+        );
+        assign.justification = "second break-glass account".into();
+        assign.schedule = Some(apb::Schedule {
+            start_time: None,
+            expiration: Some(apb::schedule::Expiration::Permanent(true)),
+        });
+        w.assignments().create_request(authed(&w.admin, assign)).await?;
+        let removed = w
+            .assignments()
+            .create_request(authed(&w.admin, remove(&admin_id)))
+            .await?
+            .into_inner();
+        assert_eq!(removed.status, apb::RequestStatus::Revoked as i32);
+        assert!(!w.check(&admin_id, GLOBAL_ADMINISTRATOR).await?.allowed);
+        w.eventually_events("ActiveAssignmentRemoved", 1).await?;
+        let kim_admin = w.stepped_up(&kim)?;
+        let refused = w
+            .assignments()
+            .create_request(authed(&kim_admin, remove(&kim.id)))
+            .await
+            .expect_err("the last one again");
+        assert_eq!(refused.code(), Code::FailedPrecondition);
+        Ok(w)
+    })
+    .await
+}
