@@ -221,6 +221,94 @@ fn the_readme_walk_through_works_and_survives_a_restart() {
     assert_eq!(refused.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("PermissionDenied"));
 
+    // Just-in-time: Lee is made eligible for Security Reader and activates it (this policy
+    // waives MFA, which arrives with the identity service's MFA).
+    admin.ok(
+        &[
+            "policy",
+            "set",
+            "Security Reader",
+            "--require-mfa",
+            "false",
+            "--activation-max",
+            "2h",
+        ],
+        None,
+    );
+    let shown = admin.ok(&["policy", "show", "Security Reader"], None);
+    assert!(
+        shown
+            .lines()
+            .any(|l| l.starts_with("activation requires MFA") && l.ends_with("false")),
+        "{shown}"
+    );
+    admin.ok(
+        &[
+            "assign",
+            "--principal",
+            "lee",
+            "--role",
+            "Security Reader",
+            "--kind",
+            "eligible",
+            "--permanent",
+        ],
+        None,
+    );
+    let too_long = lee.run(
+        &[
+            "activate",
+            "Security Reader",
+            "--duration",
+            "3h",
+            "--justification",
+            "triage",
+        ],
+        None,
+    );
+    assert_eq!(too_long.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&too_long.stderr).contains("ExpirationRule"));
+    let activated = lee.ok(
+        &[
+            "activate",
+            "Security Reader",
+            "--duration",
+            "1h",
+            "--justification",
+            "alert triage",
+        ],
+        None,
+    );
+    assert!(activated.contains("Security Reader active at / from"), "{activated}");
+    let roles = lee.ok(&["roles"], None);
+    assert!(
+        roles
+            .lines()
+            .any(|l| l.starts_with("eligible") && l.contains("Security Reader")),
+        "{roles}"
+    );
+    assert!(
+        roles
+            .lines()
+            .any(|l| l.starts_with("active") && l.contains("Security Reader")),
+        "{roles}"
+    );
+    assert!(
+        admin
+            .ok(&["check", "lee", "Security Reader"], None)
+            .starts_with("allowed")
+    );
+    lee.ok(&["deactivate", "Security Reader"], None);
+    assert_eq!(
+        admin.run(&["check", "lee", "Security Reader"], None).status.code(),
+        Some(1)
+    );
+    let requests = lee.ok(&["requests"], None);
+    assert!(
+        requests.contains("self_activate") && requests.contains("self_deactivate"),
+        "{requests}"
+    );
+
     up.terminate();
 
     // Restarted on the same data: no new administrator, same access, same tokens.

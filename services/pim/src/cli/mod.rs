@@ -27,6 +27,8 @@ use pim_runtime::db::{from_timestamp, now_ms, sqlite_url, to_timestamp};
 
 use crate::host::{ServiceName, Suite, SuiteOptions};
 
+mod requests;
+
 #[derive(Parser)]
 #[command(
     name = "pim",
@@ -39,7 +41,7 @@ pub struct Cli {
 }
 
 #[derive(Args, Clone)]
-struct ClientArgs {
+pub(crate) struct ClientArgs {
     /// The PIM address (one address serves every service).
     #[arg(long, env = "PIM_SERVER", default_value = "http://127.0.0.1:50051", global = true)]
     server: String,
@@ -79,11 +81,25 @@ enum Command {
     /// Manage service principals (apps and bots).
     #[command(subcommand, name = "service-principals", alias = "sp")]
     ServicePrincipals(SpCommand),
-    /// List role definitions.
+    /// Your roles: eligible and active, including those through groups (--definitions: every role definition).
     Roles {
+        /// List role definitions instead.
+        #[arg(long)]
+        definitions: bool,
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Activate a role you are eligible for, then follow the request until it is active or refused.
+    Activate(requests::ActivateArgs),
+    /// End your activation of a role now.
+    Deactivate(requests::DeactivateArgs),
+    /// Remove an eligible or active assignment (an administrator's adminRemove request).
+    Unassign(requests::UnassignArgs),
+    /// List requests (yours, or anyone's for readers of assignments).
+    Requests(requests::RequestsArgs),
+    /// Show or change a role's policy at a scope.
+    #[command(subcommand)]
+    Policy(requests::PolicyCommand),
     /// Assign a role to a principal (an administrator's adminAssign request).
     Assign(AssignArgs),
     /// List assignments in force.
@@ -156,7 +172,7 @@ enum SpCommand {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
-enum KindArg {
+pub(crate) enum KindArg {
     Eligible,
     Active,
 }
@@ -212,11 +228,21 @@ struct ListAssignmentsArgs {
 #[derive(Args)]
 struct CheckArgs {
     /// User name or principal id.
-    #[arg(long)]
-    principal: String,
+    #[arg(
+        long = "principal",
+        value_name = "PRINCIPAL",
+        required_unless_present = "principal_arg"
+    )]
+    principal_flag: Option<String>,
     /// Role name or id.
-    #[arg(long, required_unless_present = "permission", conflicts_with = "permission")]
-    role: Option<String>,
+    #[arg(long = "role", value_name = "ROLE", conflicts_with = "permission")]
+    role_flag: Option<String>,
+    /// The principal, as a positional argument: `pim check lee "Exchange Administrator"`.
+    #[arg(conflicts_with = "principal_flag")]
+    principal_arg: Option<String>,
+    /// The role, as a positional argument.
+    #[arg(conflicts_with_all = ["role_flag", "permission"])]
+    role_arg: Option<String>,
     /// A permission, e.g. pim.assignments.manage.
     #[arg(long)]
     permission: Option<String>,
@@ -269,7 +295,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Login(args) => login(args).await,
         Command::Users(cmd) => users(cmd).await,
         Command::ServicePrincipals(cmd) => service_principals(cmd).await,
-        Command::Roles { client } => roles(client).await,
+        Command::Roles {
+            definitions: true,
+            client,
+        } => roles(client).await,
+        Command::Roles {
+            definitions: false,
+            client,
+        } => requests::my_roles(client).await,
+        Command::Activate(args) => requests::activate(args).await,
+        Command::Deactivate(args) => requests::deactivate(args).await,
+        Command::Unassign(args) => requests::unassign(args).await,
+        Command::Requests(args) => requests::list(args).await,
+        Command::Policy(cmd) => requests::policy(cmd).await,
         Command::Assign(args) => assign(args).await,
         Command::Assignments(args) => list_assignments(args).await,
         Command::Check(args) => check(args).await,
@@ -364,13 +402,13 @@ async fn bootstrap(identity_database: String, assignment_database: String) -> an
 
 // ---- client side ----
 
-struct Session {
-    channel: Channel,
+pub(crate) struct Session {
+    pub(crate) channel: Channel,
     token: Option<String>,
 }
 
 impl Session {
-    fn open(args: &ClientArgs, signed_in: bool) -> anyhow::Result<Self> {
+    pub(crate) fn open(args: &ClientArgs, signed_in: bool) -> anyhow::Result<Self> {
         let tls = TlsConfig {
             ca: args.ca.clone(),
             ..TlsConfig::default()
@@ -380,7 +418,7 @@ impl Session {
         Ok(Self { channel, token })
     }
 
-    fn request<T>(&self, message: T) -> anyhow::Result<Request<T>> {
+    pub(crate) fn request<T>(&self, message: T) -> anyhow::Result<Request<T>> {
         let mut request = Request::new(message);
         request.set_timeout(Duration::from_secs(30));
         if let Some(token) = &self.token {
@@ -392,8 +430,23 @@ impl Session {
         Ok(request)
     }
 
+    /// The signed-in principal's id (from the token's claims; the server verifies them).
+    pub(crate) fn whoami(&self) -> anyhow::Result<String> {
+        use base64::Engine;
+        let token = self.token.as_deref().context("not signed in: run pim login first")?;
+        let payload = token.split('.').nth(1).context("stored token is malformed")?;
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .context("stored token is malformed")?;
+        let claims: serde_json::Value = serde_json::from_slice(&bytes).context("stored token is malformed")?;
+        claims["sub"]
+            .as_str()
+            .map(str::to_owned)
+            .context("stored token has no subject")
+    }
+
     /// A user name or a principal id → the principal id.
-    async fn principal_id(&self, user_or_id: &str) -> anyhow::Result<String> {
+    pub(crate) async fn principal_id(&self, user_or_id: &str) -> anyhow::Result<String> {
         if uuid::Uuid::parse_str(user_or_id).is_ok() {
             return Ok(user_or_id.to_owned());
         }
@@ -406,7 +459,7 @@ impl Session {
         Ok(user.into_inner().id)
     }
 
-    async fn role_id(&self, name_or_id: &str) -> anyhow::Result<String> {
+    pub(crate) async fn role_id(&self, name_or_id: &str) -> anyhow::Result<String> {
         let role = RoleServiceClient::new(self.channel.clone())
             .get_role_definition(self.request(apb::GetRoleDefinitionRequest {
                 role: name_or_id.to_owned(),
@@ -432,7 +485,7 @@ fn read_token(args: &ClientArgs) -> anyhow::Result<String> {
     Ok(token.trim().to_owned())
 }
 
-fn write_token(args: &ClientArgs, token: &str) -> anyhow::Result<PathBuf> {
+pub(crate) fn write_token(args: &ClientArgs, token: &str) -> anyhow::Result<PathBuf> {
     let path = token_path(args)?;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
@@ -452,7 +505,7 @@ fn write_token(args: &ClientArgs, token: &str) -> anyhow::Result<PathBuf> {
 }
 
 /// A gRPC error in words a person can act on.
-fn explain(status: Status) -> anyhow::Error {
+pub(crate) fn explain(status: Status) -> anyhow::Error {
     let rules = pim_runtime::grpc::violated_rules(&status);
     let hint = match status.code() {
         tonic::Code::Unauthenticated => " (run pim login)",
@@ -468,7 +521,7 @@ fn explain(status: Status) -> anyhow::Error {
     anyhow::anyhow!("{:?}: {}{rules}{hint}", status.code(), status.message())
 }
 
-fn secret_from(stdin_flag: bool, env_var: &str, prompt: &str) -> anyhow::Result<String> {
+pub(crate) fn secret_from(stdin_flag: bool, env_var: &str, prompt: &str) -> anyhow::Result<String> {
     if stdin_flag {
         let mut line = String::new();
         std::io::stdin().lock().read_line(&mut line)?;
@@ -483,7 +536,7 @@ fn secret_from(stdin_flag: bool, env_var: &str, prompt: &str) -> anyhow::Result<
     Ok(rpassword::prompt_password(prompt)?)
 }
 
-fn time(ms: Option<i64>) -> String {
+pub(crate) fn time(ms: Option<i64>) -> String {
     match ms {
         None => "permanent".to_owned(),
         Some(ms) => humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64))
@@ -491,7 +544,7 @@ fn time(ms: Option<i64>) -> String {
     }
 }
 
-fn print_table(headers: &[&str], rows: Vec<Vec<String>>) {
+pub(crate) fn print_table(headers: &[&str], rows: Vec<Vec<String>>) {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for row in &rows {
         for (i, cell) in row.iter().enumerate() {
@@ -662,7 +715,7 @@ async fn roles(client: ClientArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-fn kind_pb(kind: KindArg) -> apb::AssignmentKind {
+pub(crate) fn kind_pb(kind: KindArg) -> apb::AssignmentKind {
     match kind {
         KindArg::Eligible => apb::AssignmentKind::Eligible,
         KindArg::Active => apb::AssignmentKind::Active,
@@ -765,8 +818,10 @@ async fn list_assignments(args: ListAssignmentsArgs) -> anyhow::Result<i32> {
 
 async fn check(args: CheckArgs) -> anyhow::Result<i32> {
     let session = Session::open(&args.client, true)?;
-    let principal_id = session.principal_id(&args.principal).await?;
-    let target = match (&args.role, &args.permission) {
+    let principal = args.principal_flag.or(args.principal_arg).unwrap_or_default();
+    let role = args.role_flag.or(args.role_arg);
+    let principal_id = session.principal_id(&principal).await?;
+    let target = match (&role, &args.permission) {
         (Some(role), _) => apb::check_access_request::Target::RoleId(session.role_id(role).await?),
         (None, Some(p)) => apb::check_access_request::Target::Permission(p.clone()),
         (None, None) => bail!("pass --role or --permission"),
@@ -780,17 +835,16 @@ async fn check(args: CheckArgs) -> anyhow::Result<i32> {
         .await
         .map_err(explain)?
         .into_inner();
-    let what = args.role.or(args.permission).unwrap_or_default();
+    let what = role.or(args.permission).unwrap_or_default();
     if r.allowed {
         println!(
-            "allowed: {} holds {what} at {} until {}",
-            args.principal,
+            "allowed: {principal} holds {what} at {} until {}",
             args.scope,
             time(r.expires_at.as_ref().map(from_timestamp))
         );
         Ok(0)
     } else {
-        println!("denied: {} does not hold {what} at {}", args.principal, args.scope);
+        println!("denied: {principal} does not hold {what} at {}", args.scope);
         Ok(1)
     }
 }
@@ -906,4 +960,16 @@ async fn health(client: ClientArgs) -> anyhow::Result<i32> {
     }
     print_table(&["SERVICE", "STATUS"], rows);
     Ok(if all_serving { 0 } else { 1 })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
 }

@@ -1,0 +1,525 @@
+//! Commands about requests and policies: activate (with MFA step-up and live progress),
+//! deactivate, unassign, requests, my roles, policy show|set.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+
+use pim_proto::assignment::v1 as apb;
+use pim_proto::assignment::v1::assignment_service_client::AssignmentServiceClient;
+use pim_proto::assignment::v1::policy_service_client::PolicyServiceClient;
+use pim_proto::identity::v1::VerifyRequest;
+use pim_proto::identity::v1::mfa_service_client::MfaServiceClient;
+use pim_runtime::db::{from_timestamp, to_timestamp};
+use pim_runtime::grpc::violated_rules;
+
+use super::{ClientArgs, KindArg, Session, explain, kind_pb, print_table, secret_from, time, write_token};
+
+#[derive(Args)]
+pub(crate) struct ActivateArgs {
+    /// Role name (e.g. "Exchange Administrator") or id.
+    role: String,
+    #[arg(long, default_value = "/")]
+    scope: String,
+    /// How long, e.g. 2h (default: the policy's maximum).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    duration: Option<Duration>,
+    /// Start later, at this time (RFC 3339, e.g. 2026-12-01T09:00:00Z).
+    #[arg(long, value_parser = humantime::parse_rfc3339_weak)]
+    start: Option<std::time::SystemTime>,
+    #[arg(long, default_value = "")]
+    justification: String,
+    /// A ticket as SYSTEM:NUMBER, e.g. ServiceNow:INC0012345.
+    #[arg(long)]
+    ticket: Option<String>,
+    /// The authenticator code, if the policy asks for MFA (otherwise you are prompted).
+    #[arg(long, env = "PIM_MFA_CODE")]
+    code: Option<String>,
+    /// Return once the request is made instead of following it.
+    #[arg(long)]
+    no_wait: bool,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Args)]
+pub(crate) struct DeactivateArgs {
+    /// Role name or id.
+    role: String,
+    #[arg(long, default_value = "/")]
+    scope: String,
+    #[arg(long, default_value = "")]
+    justification: String,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Args)]
+pub(crate) struct UnassignArgs {
+    /// User name, or principal id.
+    #[arg(long)]
+    principal: String,
+    /// Role name or id.
+    #[arg(long)]
+    role: String,
+    #[arg(long, default_value = "/")]
+    scope: String,
+    #[arg(long, value_enum, default_value = "eligible")]
+    kind: KindArg,
+    #[arg(long, default_value = "")]
+    justification: String,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Args)]
+pub(crate) struct RequestsArgs {
+    /// Only this principal's (user name or id); default: yours.
+    #[arg(long)]
+    principal: Option<String>,
+    /// Every principal's (readers of assignments only).
+    #[arg(long, conflicts_with = "principal")]
+    all: bool,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum PolicyCommand {
+    /// Show the policy in force for a role at a scope.
+    Show {
+        /// Role name or id.
+        role: String,
+        #[arg(long, default_value = "/")]
+        scope: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Change a role's policy at a scope (only the settings given change).
+    Set(PolicySetArgs),
+}
+
+#[derive(Args)]
+pub(crate) struct PolicySetArgs {
+    /// Role name or id.
+    role: String,
+    #[arg(long, default_value = "/")]
+    scope: String,
+    /// Longest activation, 1m to 24h.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    activation_max: Option<Duration>,
+    #[arg(long)]
+    require_mfa: Option<bool>,
+    #[arg(long)]
+    require_justification: Option<bool>,
+    #[arg(long)]
+    require_ticket: Option<bool>,
+    #[arg(long)]
+    require_approval: Option<bool>,
+    /// Approver principal ids, comma-separated (empty: the default approvers).
+    #[arg(long, value_delimiter = ',')]
+    approvers: Option<Vec<String>>,
+    #[arg(long, value_parser = humantime::parse_duration)]
+    approval_timeout: Option<Duration>,
+    /// How recent an MFA must be to activate.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    mfa_freshness: Option<Duration>,
+    #[arg(long)]
+    allow_permanent_active: Option<bool>,
+    #[arg(long)]
+    allow_permanent_eligible: Option<bool>,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+fn status_name(status: i32) -> String {
+    apb::RequestStatus::try_from(status)
+        .map(|s| s.as_str_name().trim_start_matches("REQUEST_STATUS_").to_lowercase())
+        .unwrap_or_default()
+}
+
+fn pb_duration(d: Duration) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: d.as_secs() as i64,
+        nanos: 0,
+    }
+}
+
+fn show_duration(d: &Option<prost_types::Duration>) -> String {
+    d.as_ref()
+        .map(|d| humantime::format_duration(Duration::from_secs(d.seconds.max(0) as u64)).to_string())
+        .unwrap_or_default()
+}
+
+const FINAL: &[apb::RequestStatus] = &[
+    apb::RequestStatus::Provisioned,
+    apb::RequestStatus::Denied,
+    apb::RequestStatus::Canceled,
+    apb::RequestStatus::Failed,
+    apb::RequestStatus::Expired,
+    apb::RequestStatus::Revoked,
+];
+
+pub(crate) async fn activate(args: ActivateArgs) -> anyhow::Result<i32> {
+    let mut session = Session::open(&args.client, true)?;
+    let role_id = session.role_id(&args.role).await?;
+    let ticket = match &args.ticket {
+        Some(t) => {
+            let (system, number) = t.split_once(':').context("--ticket must be SYSTEM:NUMBER")?;
+            Some(pim_proto::common::v1::Ticket {
+                system: system.into(),
+                number: number.into(),
+            })
+        }
+        None => None,
+    };
+    let request = apb::CreateRequestRequest {
+        action: apb::RequestAction::SelfActivate as i32,
+        kind: apb::AssignmentKind::Active as i32,
+        principal_id: String::new(),
+        role_id,
+        scope: args.scope.clone(),
+        schedule: Some(apb::Schedule {
+            start_time: args.start.map(|t| {
+                to_timestamp(
+                    t.duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_millis() as i64)
+                        .unwrap_or_default(),
+                )
+            }),
+            expiration: args
+                .duration
+                .map(|d| apb::schedule::Expiration::Duration(pb_duration(d))),
+        }),
+        justification: args.justification.clone(),
+        ticket,
+        validate_only: false,
+    };
+    let mut stepped_up = false;
+    let created = loop {
+        match AssignmentServiceClient::new(session.channel.clone())
+            .create_request(session.request(request.clone())?)
+            .await
+        {
+            Ok(r) => break r.into_inner(),
+            Err(status) if !stepped_up && violated_rules(&status).iter().any(|r| r == "MfaRule") => {
+                eprintln!("{} needs a recent multi-factor authentication.", args.role);
+                let code = match &args.code {
+                    Some(code) => code.clone(),
+                    None => secret_from(false, "PIM_MFA_CODE", "Authenticator code: ")?,
+                };
+                let verified = MfaServiceClient::new(session.channel.clone())
+                    .verify(session.request(VerifyRequest { code })?)
+                    .await
+                    .map_err(explain)?
+                    .into_inner();
+                write_token(&args.client, &verified.access_token)?;
+                session = Session::open(&args.client, true)?;
+                stepped_up = true;
+            }
+            Err(status) => return Err(explain(status)),
+        }
+    };
+    println!("Request {} {}", created.id, status_name(created.status));
+    let mut last = created;
+    if !args.no_wait && !FINAL.iter().any(|s| *s as i32 == last.status) {
+        let mut watch = AssignmentServiceClient::new(session.channel.clone())
+            .watch_request(session.request(apb::GetRequestRequest {
+                request_id: last.id.clone(),
+            })?)
+            .await
+            .map_err(explain)?
+            .into_inner();
+        while let Some(update) = watch.message().await.map_err(explain)? {
+            if update.status != last.status {
+                println!("Request {} {}", update.id, status_name(update.status));
+            }
+            last = update;
+        }
+    }
+    let active = [
+        apb::RequestStatus::Provisioned as i32,
+        apb::RequestStatus::ScheduleCreated as i32,
+    ]
+    .contains(&last.status);
+    if active {
+        println!(
+            "{} active at {} from {} until {}",
+            args.role,
+            last.scope,
+            time(last.start_time.as_ref().map(from_timestamp)),
+            time(last.end_time.as_ref().map(from_timestamp))
+        );
+    }
+    Ok(if active || last.status == apb::RequestStatus::PendingApproval as i32 {
+        0
+    } else {
+        1
+    })
+}
+
+pub(crate) async fn deactivate(args: DeactivateArgs) -> anyhow::Result<i32> {
+    let session = Session::open(&args.client, true)?;
+    let role_id = session.role_id(&args.role).await?;
+    let r = AssignmentServiceClient::new(session.channel.clone())
+        .create_request(session.request(apb::CreateRequestRequest {
+            action: apb::RequestAction::SelfDeactivate as i32,
+            kind: apb::AssignmentKind::Active as i32,
+            role_id,
+            scope: args.scope.clone(),
+            justification: args.justification,
+            ..Default::default()
+        })?)
+        .await
+        .map_err(explain)?
+        .into_inner();
+    println!("{} deactivated at {} (request {})", args.role, r.scope, r.id);
+    Ok(0)
+}
+
+pub(crate) async fn unassign(args: UnassignArgs) -> anyhow::Result<i32> {
+    let session = Session::open(&args.client, true)?;
+    let principal_id = session.principal_id(&args.principal).await?;
+    let role_id = session.role_id(&args.role).await?;
+    let r = AssignmentServiceClient::new(session.channel.clone())
+        .create_request(session.request(apb::CreateRequestRequest {
+            action: apb::RequestAction::AdminRemove as i32,
+            kind: kind_pb(args.kind) as i32,
+            principal_id,
+            role_id,
+            scope: args.scope.clone(),
+            justification: args.justification,
+            ..Default::default()
+        })?)
+        .await
+        .map_err(explain)?
+        .into_inner();
+    println!(
+        "Removed {} from {} at {} (request {})",
+        args.role, args.principal, r.scope, r.id
+    );
+    Ok(0)
+}
+
+pub(crate) async fn list(args: RequestsArgs) -> anyhow::Result<i32> {
+    let session = Session::open(&args.client, true)?;
+    let principal_id = match (&args.principal, args.all) {
+        (Some(p), _) => session.principal_id(p).await?,
+        (None, true) => String::new(),
+        (None, false) => session.whoami()?,
+    };
+    let mut client = AssignmentServiceClient::new(session.channel.clone());
+    let mut rows = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .list_requests(session.request(apb::ListRequestsRequest {
+                principal_id: principal_id.clone(),
+                page_size: 500,
+                page_token,
+                ..Default::default()
+            })?)
+            .await
+            .map_err(explain)?
+            .into_inner();
+        for r in page.requests {
+            let action = apb::RequestAction::try_from(r.action)
+                .map(|a| a.as_str_name().trim_start_matches("REQUEST_ACTION_").to_lowercase())
+                .unwrap_or_default();
+            rows.push(vec![
+                time(r.created_at.as_ref().map(from_timestamp)),
+                r.id,
+                action,
+                r.principal_id,
+                r.role_id,
+                r.scope,
+                status_name(r.status),
+                time(r.end_time.as_ref().map(from_timestamp)),
+            ]);
+        }
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    print_table(
+        &[
+            "CREATED",
+            "ID",
+            "ACTION",
+            "PRINCIPAL",
+            "ROLE",
+            "SCOPE",
+            "STATUS",
+            "UNTIL",
+        ],
+        rows,
+    );
+    Ok(0)
+}
+
+pub(crate) async fn my_roles(client: ClientArgs) -> anyhow::Result<i32> {
+    let session = Session::open(&client, true)?;
+    let mut assignments = AssignmentServiceClient::new(session.channel.clone());
+    let mine = apb::ListAssignmentsRequest {
+        mine: true,
+        ..Default::default()
+    };
+    let eligible = assignments
+        .list_eligible_assignments(session.request(mine.clone())?)
+        .await
+        .map_err(explain)?
+        .into_inner();
+    let active = assignments
+        .list_active_assignments(session.request(mine)?)
+        .await
+        .map_err(explain)?
+        .into_inner();
+    let row = |kind: &str, a: apb::Assignment| {
+        let member = if a.member_type == apb::MemberType::Group as i32 {
+            format!("group {}", a.via_group_id)
+        } else {
+            "direct".into()
+        };
+        vec![
+            kind.to_owned(),
+            a.role_name,
+            a.scope,
+            member,
+            time(a.end_time.as_ref().map(from_timestamp)),
+        ]
+    };
+    let rows = eligible
+        .assignments
+        .into_iter()
+        .map(|a| row("eligible", a))
+        .chain(active.assignments.into_iter().map(|a| row("active", a)))
+        .collect();
+    print_table(&["KIND", "ROLE", "SCOPE", "VIA", "UNTIL"], rows);
+    Ok(0)
+}
+
+fn print_policy(p: &apb::RolePolicy) {
+    let rows = vec![
+        vec!["role".into(), p.role_id.clone()],
+        vec!["scope".into(), p.scope.clone()],
+        vec![
+            "activation max duration".into(),
+            show_duration(&p.activation_max_duration),
+        ],
+        vec!["activation requires MFA".into(), p.activation_requires_mfa.to_string()],
+        vec!["MFA freshness".into(), show_duration(&p.mfa_freshness)],
+        vec![
+            "activation requires justification".into(),
+            p.activation_requires_justification.to_string(),
+        ],
+        vec![
+            "activation requires ticket".into(),
+            p.activation_requires_ticket.to_string(),
+        ],
+        vec!["approval required".into(), p.approval_required.to_string()],
+        vec![
+            "approvers".into(),
+            if p.approver_ids.is_empty() {
+                "default (active Privileged Role and Global Administrators)".into()
+            } else {
+                p.approver_ids.join(",")
+            },
+        ],
+        vec!["approval timeout".into(), show_duration(&p.approval_timeout)],
+        vec![
+            "eligible: permanent allowed".into(),
+            p.eligible_allow_permanent.to_string(),
+        ],
+        vec!["eligible: max duration".into(), show_duration(&p.eligible_max_duration)],
+        vec!["active: permanent allowed".into(), p.active_allow_permanent.to_string()],
+        vec!["active: max duration".into(), show_duration(&p.active_max_duration)],
+        vec![
+            "active: requires justification".into(),
+            p.active_requires_justification.to_string(),
+        ],
+    ];
+    print_table(&["SETTING", "VALUE"], rows);
+}
+
+pub(crate) async fn policy(cmd: PolicyCommand) -> anyhow::Result<i32> {
+    match cmd {
+        PolicyCommand::Show { role, scope, client } => {
+            let session = Session::open(&client, true)?;
+            let role_id = session.role_id(&role).await?;
+            let p = PolicyServiceClient::new(session.channel.clone())
+                .get_role_policy(session.request(apb::GetRolePolicyRequest { role_id, scope })?)
+                .await
+                .map_err(explain)?
+                .into_inner();
+            print_policy(&p);
+        }
+        PolicyCommand::Set(a) => {
+            let session = Session::open(&a.client, true)?;
+            let role_id = session.role_id(&a.role).await?;
+            let mut policies = PolicyServiceClient::new(session.channel.clone());
+            let mut p = policies
+                .get_role_policy(session.request(apb::GetRolePolicyRequest {
+                    role_id,
+                    scope: a.scope.clone(),
+                })?)
+                .await
+                .map_err(explain)?
+                .into_inner();
+            p.scope = a.scope.clone();
+            let mut changed = false;
+            let mut set = |present: bool| changed |= present;
+            if let Some(d) = a.activation_max {
+                p.activation_max_duration = Some(pb_duration(d));
+                set(true);
+            }
+            if let Some(v) = a.require_mfa {
+                p.activation_requires_mfa = v;
+                set(true);
+            }
+            if let Some(v) = a.require_justification {
+                p.activation_requires_justification = v;
+                set(true);
+            }
+            if let Some(v) = a.require_ticket {
+                p.activation_requires_ticket = v;
+                set(true);
+            }
+            if let Some(v) = a.require_approval {
+                p.approval_required = v;
+                set(true);
+            }
+            if let Some(v) = a.approvers {
+                p.approver_ids = v.into_iter().filter(|s| !s.trim().is_empty()).collect();
+                set(true);
+            }
+            if let Some(d) = a.approval_timeout {
+                p.approval_timeout = Some(pb_duration(d));
+                set(true);
+            }
+            if let Some(d) = a.mfa_freshness {
+                p.mfa_freshness = Some(pb_duration(d));
+                set(true);
+            }
+            if let Some(v) = a.allow_permanent_active {
+                p.active_allow_permanent = v;
+                set(true);
+            }
+            if let Some(v) = a.allow_permanent_eligible {
+                p.eligible_allow_permanent = v;
+                set(true);
+            }
+            if !changed {
+                bail!("nothing to change: pass at least one setting (see pim policy set --help)");
+            }
+            let updated = policies
+                .update_role_policy(session.request(apb::UpdateRolePolicyRequest { policy: Some(p) })?)
+                .await
+                .map_err(explain)?
+                .into_inner();
+            print_policy(&updated);
+        }
+    }
+    Ok(0)
+}
