@@ -13,6 +13,7 @@ use tonic::transport::Channel;
 use pim::{ServiceName, Suite, SuiteOptions};
 use pim_e2e::{authed, eventually, test_config};
 use pim_proto::assignment::v1 as apb;
+use pim_proto::assignment::v1::access_service_client::AccessServiceClient;
 use pim_proto::assignment::v1::assignment_service_client::AssignmentServiceClient;
 use pim_proto::audit::v1 as aupb;
 use pim_proto::audit::v1::audit_service_client::AuditServiceClient;
@@ -164,5 +165,126 @@ async fn services_in_separate_hosts_work_together() -> anyhow::Result<()> {
         host.suite.stop().await?;
         host.database.drop_database().await?;
     }
+    result
+}
+
+/// Two replicas of assignment on one database: a grant and a removal made through one reach
+/// the other's in-memory access index through the event stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_of_assignment_keep_their_access_indexes_current() -> anyhow::Result<()> {
+    let prefix = format!("{}:", unique("replicas"));
+    let mut listeners = Vec::new();
+    for _ in 0..3 {
+        listeners.push(TcpListener::bind("127.0.0.1:0").await?);
+    }
+    let urls: Vec<String> = listeners
+        .iter()
+        .map(|l| Ok(format!("http://{}", l.local_addr()?)))
+        .collect::<anyhow::Result<_>>()?;
+    let identity_db = TestDatabase::create("identity").await?;
+    let assignment_db = TestDatabase::create("assignment").await?;
+    let plan = [
+        (ServiceName::Identity, identity_db.url.clone()),
+        (ServiceName::Assignment, assignment_db.url.clone()),
+        (ServiceName::Assignment, assignment_db.url.clone()),
+    ];
+    let mut suites = Vec::new();
+    for ((service, database), listener) in plan.into_iter().zip(listeners) {
+        let config = test_config(&[
+            ("PIM_REDIS_URL", redis_url()),
+            ("PIM_STREAM_PREFIX", prefix.clone()),
+            ("PIM_IDENTITY_URL", urls[0].clone()),
+            ("PIM_ASSIGNMENT_URL", urls[1].clone()),
+        ])?;
+        let mut options = SuiteOptions::new(config, BTreeMap::from([(service, database)]));
+        options.listener = Some(listener);
+        options.relay_poll = Duration::from_millis(50);
+        suites.push(Suite::start(options).await?);
+    }
+    let result = async {
+        let (identity, replica_a) = (
+            suites[0].identity().expect("identity"),
+            suites[1].assignment().expect("assignment"),
+        );
+        let (admin, password) = pim::bootstrap::run(identity, replica_a).await?.expect("fresh");
+        let identity_channel = connect(&urls[0]).await?;
+        let token = AuthServiceClient::new(identity_channel.clone())
+            .sign_in(ipb::SignInRequest {
+                user_name: admin,
+                password,
+            })
+            .await?
+            .into_inner()
+            .access_token;
+        let lee = DirectoryServiceClient::new(identity_channel)
+            .create_user(authed(
+                &token,
+                ipb::CreateUserRequest {
+                    user_name: "lee".into(),
+                    password: "lee's long passphrase".into(),
+                    ..Default::default()
+                },
+            ))
+            .await?
+            .into_inner();
+        let (a, b) = (connect(&urls[1]).await?, connect(&urls[2]).await?);
+        let assign = |action: apb::RequestAction| apb::CreateRequestRequest {
+            action: action as i32,
+            kind: apb::AssignmentKind::Active as i32,
+            principal_id: lee.id.clone(),
+            role_id: "Exchange Administrator".into(),
+            scope: "/".into(),
+            schedule: Some(apb::Schedule {
+                start_time: None,
+                expiration: Some(apb::schedule::Expiration::Duration(prost_types::Duration {
+                    seconds: 3600,
+                    nanos: 0,
+                })),
+            }),
+            justification: "on call".into(),
+            ticket: None,
+            validate_only: false,
+        };
+        let check_on_b = || {
+            let (b, token, lee) = (b.clone(), token.clone(), lee.id.clone());
+            async move {
+                let r = AccessServiceClient::new(b)
+                    .check_access(authed(
+                        &token,
+                        apb::CheckAccessRequest {
+                            principal_id: lee,
+                            target: Some(apb::check_access_request::Target::RoleId(
+                                "Exchange Administrator".into(),
+                            )),
+                            scope: "/".into(),
+                        },
+                    ))
+                    .await?;
+                anyhow::Ok(r.into_inner().allowed)
+            }
+        };
+        assert!(!check_on_b().await?);
+        AssignmentServiceClient::new(a.clone())
+            .create_request(authed(&token, assign(apb::RequestAction::AdminAssign)))
+            .await?;
+        eventually(Duration::from_secs(10), "replica B to learn of the grant", || async {
+            Ok(check_on_b().await?.then_some(()))
+        })
+        .await?;
+        AssignmentServiceClient::new(a)
+            .create_request(authed(&token, assign(apb::RequestAction::AdminRemove)))
+            .await?;
+        eventually(Duration::from_secs(10), "replica B to learn of the removal", || async {
+            Ok((!check_on_b().await?).then_some(()))
+        })
+        .await?;
+        anyhow::Ok(())
+    }
+    .await;
+    for suite in suites {
+        suite.stop().await?;
+    }
+    identity_db.drop_database().await?;
+    assignment_db.drop_database().await?;
     result
 }

@@ -23,6 +23,7 @@ use pim_runtime::grpc::RuleViolation;
 
 use crate::domain::{ActivationAsk, AdminAssignment, Kind, MfaState, Policy, Schedule, Scope};
 use crate::error::{Error, Result};
+use crate::index::AccessIndex;
 use crate::roles::{GLOBAL_ADMINISTRATOR, RoleCatalog};
 use crate::store::{self, AssignmentRow, RequestRow};
 
@@ -53,6 +54,8 @@ pub struct Assignments {
     pub(crate) timers: Arc<Notify>,
     /// Ids of requests whose status changed in this process (WatchRequest).
     pub(crate) changes: broadcast::Sender<String>,
+    /// Active assignments in memory: the CheckAccess hot path.
+    pub(crate) index: AccessIndex,
 }
 
 /// An administrator's request to assign a role, as received.
@@ -127,23 +130,18 @@ impl Assignments {
     /// Whether `principal` holds `target` at `scope` (directly, at that scope or above) now.
     pub async fn decide(&self, principal: &str, target: &Target, scope: &Scope) -> Result<(Decision, Vec<String>)> {
         let now = self.now();
-        let role_filter = match target {
-            Target::Role(role) => Some(role.as_str()),
-            Target::Permission(_) => None,
-        };
-        let held =
-            store::current_assignments(&self.db, Kind::Active.as_str(), Some(principal), role_filter, now).await?;
+        let held = self.index.current(principal, now);
         let scopes = scope.with_ancestors();
         let mut ids = Vec::new();
         let (mut permanent, mut latest_end) = (false, None::<i64>);
-        for a in held {
+        for (id, grant) in held {
             let grants = match target {
-                Target::Role(_) => true,
-                Target::Permission(p) => self.roles.grants(&a.role_id, p),
+                Target::Role(role) => grant.role_id == *role,
+                Target::Permission(p) => self.roles.grants(&grant.role_id, p),
             };
-            if grants && scopes.contains(&a.scope) {
-                ids.push(a.id);
-                match a.end_at {
+            if grants && scopes.contains(&grant.scope) {
+                ids.push(id);
+                match grant.end {
                     None => permanent = true,
                     Some(end) => latest_end = Some(latest_end.map_or(end, |l| l.max(end))),
                 }
@@ -397,6 +395,7 @@ impl Assignments {
         self.emit(&txn, granted_type, &assignment.principal_id, &granted)
             .await?;
         txn.commit().await?;
+        self.index.upsert_row(&assignment);
         self.committed(&[&request.id]);
         Ok(request)
     }
@@ -488,6 +487,9 @@ impl Assignments {
                 .await?;
         }
         txn.commit().await?;
+        for a in &open {
+            self.index.remove(&a.principal_id, &a.id);
+        }
         self.committed(&[&request.id]);
         Ok(request)
     }
@@ -663,6 +665,10 @@ impl Assignments {
                 now,
             )
             .await?;
+            txn.commit().await?;
+            self.index.upsert_row(&assignment);
+            self.committed(&[&request.id]);
+            return Ok(request);
         }
         txn.commit().await?;
         self.committed(&[&request.id]);
@@ -795,6 +801,7 @@ impl Assignments {
         self.end(&txn, &activation, "deactivated", Some(caller.actor()), &role.name, now)
             .await?;
         txn.commit().await?;
+        self.index.remove(&activation.principal_id, &activation.id);
         self.committed(&[&request.id]);
         Ok(request)
     }
@@ -975,6 +982,18 @@ impl Assignments {
                 .await?;
         }
         Ok(store::list_requests(&self.db, principal, role, status, after, limit).await?)
+    }
+
+    /// Puts the assignment a request provisioned into the access index (after the commit
+    /// that made it, e.g. by an approval event).
+    pub async fn index_request(&self, request_id: &str) -> Result<()> {
+        if let Some(request) = store::find_request(&self.db, request_id).await?
+            && let Some(id) = request.assignment_id
+            && let Some(a) = store::find_assignment(&self.db, &id).await?
+        {
+            self.index.upsert_row(&a);
+        }
+        Ok(())
     }
 
     pub async fn has_active_global_admin(&self) -> Result<bool> {

@@ -5,6 +5,7 @@ mod assignments;
 mod domain;
 mod error;
 mod grpc;
+mod index;
 mod roles;
 mod scheduler;
 mod store;
@@ -39,12 +40,24 @@ impl ReconcileService for Reconcile {}
 #[derive(Clone)]
 pub struct Assignment {
     assignments: Assignments,
+    config: pim_runtime::Config,
+    /// Where the access index's tail of the assignment stream starts (Redis only).
+    tail_from: Option<String>,
 }
 
 impl Assignment {
     pub async fn build(deps: Deps) -> anyhow::Result<Self> {
         store::Migrator::up(&deps.db, None).await?;
         let roles = roles::RoleCatalog::load(&deps.db).await?;
+        // The stream position is read before the snapshot, so the tail misses nothing after it.
+        let tail_from = match &deps.config.redis_url {
+            Some(url) => Some(
+                pim_runtime::events::last_entry_id(url.expose(), &deps.config.stream_prefix, streams::ASSIGNMENT)
+                    .await?,
+            ),
+            None => None,
+        };
+        let index = index::AccessIndex::load(&deps.db, deps.clock.now_ms()).await?;
         let assignments = Assignments {
             db: deps.db,
             outbox: Outbox::default(),
@@ -53,12 +66,22 @@ impl Assignment {
             clock: deps.clock,
             timers: Arc::default(),
             changes: tokio::sync::broadcast::channel(1024).0,
+            index,
         };
-        Ok(Self { assignments })
+        Ok(Self {
+            assignments,
+            config: deps.config,
+            tail_from,
+        })
     }
 
     pub fn assignments(&self) -> &Assignments {
         &self.assignments
+    }
+
+    /// Principals and grants held by the in-memory access index.
+    pub fn access_index_size(&self) -> (usize, usize) {
+        self.assignments.index.size()
     }
 
     /// The timer pass (tests run it after moving the clock).
@@ -92,6 +115,16 @@ impl EventHandler for ApprovalOutcomes {
             .apply_approval(txn, &event.request_id, outcome, event.actor)
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))
+    }
+
+    /// The activation an approval provisioned joins the access index once it is committed.
+    async fn after_commit(&self, envelope: &Envelope) {
+        let Ok(event) = decode::<ApprovalCompleted>(envelope) else {
+            return;
+        };
+        if let Err(err) = self.0.index_request(&event.request_id).await {
+            tracing::warn!(request_id = %event.request_id, error = %err, "indexing an approved activation failed");
+        }
     }
 }
 
@@ -127,6 +160,32 @@ impl Service for Assignment {
     }
 
     fn background(&self, stop: tokio::sync::watch::Receiver<bool>) -> Vec<tokio::task::JoinHandle<()>> {
-        vec![self.scheduler().spawn(stop)]
+        let mut tasks = vec![self.scheduler().spawn(stop.clone())];
+        if let (Some(url), Some(from)) = (&self.config.redis_url, &self.tail_from) {
+            // Other replicas' writes reach this replica's access index through the stream.
+            let index = self.assignments.index.clone();
+            tasks.push(pim_runtime::events::tail(
+                url.expose().clone(),
+                self.config.stream_prefix.clone(),
+                streams::ASSIGNMENT,
+                from.clone(),
+                stop.clone(),
+                move |envelope| {
+                    if let Err(err) = index.apply(envelope) {
+                        tracing::warn!(event_id = %envelope.id, error = %err, "access index could not apply an event");
+                    }
+                },
+            ));
+        }
+        let (index, clock, mut stop) = (self.assignments.index.clone(), self.assignments.clock.clone(), stop);
+        tasks.push(tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(60)) => index.prune(clock.now_ms()),
+                    _ = stop.changed() => return,
+                }
+            }
+        }));
+        tasks
     }
 }

@@ -51,15 +51,21 @@ impl Scheduler {
             store::set_request_status_for_assignment(&txn, &due.id, "ScheduleCreated", "Provisioned", now).await?;
             fired += 1;
         }
+        let mut ended = Vec::new();
         for due in store::due_ends(&txn, now, BATCH).await? {
             let role_name = a.roles.get(&due.role_id).map(|r| r.name).unwrap_or_default();
             if a.end(&txn, &due, "expired", Some(system_actor()), &role_name, now)
                 .await?
             {
                 fired += 1;
+                ended.push(due);
             }
         }
         txn.commit().await?;
+        // Answers never depended on it (the index compares end times), but keep it small.
+        for due in &ended {
+            a.index.remove(&due.principal_id, &due.id);
+        }
         if fired > 0 {
             a.outbox.wake();
         }

@@ -236,6 +236,27 @@ pub async fn current_assignments<C: ConnectionTrait>(
         .collect()
 }
 
+/// Every active-kind assignment that has not ended by `now` (started or not): the access index.
+pub async fn unended_active_assignments<C: ConnectionTrait>(c: &C, now: i64) -> Result<Vec<AssignmentRow>, DbErr> {
+    let sql = format!(
+        "SELECT {ASSIGNMENT_COLUMNS} FROM assignments WHERE status = 'active' AND kind = 'active' AND (end_at IS NULL OR end_at > $1)"
+    );
+    db::query(c, &sql, vec![now.into()])
+        .await?
+        .iter()
+        .map(AssignmentRow::from_row)
+        .collect()
+}
+
+/// One assignment by id.
+pub async fn find_assignment<C: ConnectionTrait>(c: &C, id: &str) -> Result<Option<AssignmentRow>, DbErr> {
+    let sql = format!("SELECT {ASSIGNMENT_COLUMNS} FROM assignments WHERE id = $1");
+    db::query_one(c, &sql, vec![id.into()])
+        .await?
+        .map(|r| AssignmentRow::from_row(&r))
+        .transpose()
+}
+
 /// Active assignments of a principal, role and kind at exactly `scope` that have not ended
 /// (including ones scheduled to start later).
 pub async fn open_assignments<C: ConnectionTrait>(

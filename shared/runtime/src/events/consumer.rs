@@ -18,6 +18,9 @@ pub trait EventHandler: Send + Sync {
     fn streams(&self) -> Vec<&'static str>;
     /// Applies one event inside `txn`; an error rolls everything back and the event is retried.
     async fn handle(&self, txn: &DatabaseTransaction, envelope: &Envelope) -> anyhow::Result<()>;
+    /// Runs after `handle`'s transaction committed (e.g. to update in-memory state that must
+    /// never run ahead of the database). Not run for duplicates.
+    async fn after_commit(&self, _envelope: &Envelope) {}
 }
 
 /// A handler bound to its service's database and inbox.
@@ -56,6 +59,7 @@ impl Inbox {
         }
         self.handler.handle(&txn, envelope).await?;
         txn.commit().await.context("committing consumer transaction")?;
+        self.handler.after_commit(envelope).await;
         Ok(true)
     }
 }

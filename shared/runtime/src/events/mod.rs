@@ -20,7 +20,7 @@ pub use consumer::{EventHandler, Inbox};
 pub use embedded::EmbeddedBus;
 pub use migration::{SqlMigration, backbone_migration};
 pub use outbox::{Outbox, Publisher, Relay, RelayHandle, pending};
-pub use redis::{ConsumerHandle, ConsumerOptions, RedisConsumer, RedisPublisher};
+pub use redis::{ConsumerHandle, ConsumerOptions, RedisConsumer, RedisPublisher, last_entry_id, tail};
 
 pub use pim_proto::events::v1::Envelope;
 

@@ -319,3 +319,79 @@ impl RedisConsumer {
         Ok(())
     }
 }
+
+/// The id of the newest entry of `stream` (base name), or `0-0` when it is empty: where a
+/// tail that must not miss anything after a snapshot starts.
+pub async fn last_entry_id(url: &str, prefix: &str, stream: &str) -> anyhow::Result<String> {
+    let mut conn = connect(url, Duration::ZERO).await?;
+    let reply: redis::streams::StreamRangeReply = conn
+        .xrevrange_count(format!("{prefix}{stream}"), "+", "-", 1)
+        .await
+        .context("XREVRANGE")?;
+    Ok(reply
+        .ids
+        .first()
+        .map(|e| e.id.clone())
+        .unwrap_or_else(|| "0-0".to_owned()))
+}
+
+/// Follows every entry of `stream` after `from` (no consumer group: every replica sees all),
+/// handing each envelope to `apply`, until `stop` turns true.
+pub fn tail(
+    url: String,
+    prefix: String,
+    stream: &'static str,
+    from: String,
+    mut stop: watch::Receiver<bool>,
+    apply: impl Fn(&Envelope) + Send + 'static,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let key = format!("{prefix}{stream}");
+        let block = Duration::from_millis(1000);
+        let mut last = from;
+        let mut conn = None;
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            let c = match &mut conn {
+                Some(c) => c,
+                None => match connect(&url, block).await {
+                    Ok(c) => conn.insert(c),
+                    Err(err) => {
+                        tracing::warn!(stream = %key, error = %format!("{err:#}"), "stream tail cannot connect");
+                        tokio::select! {
+                            _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                            _ = stop.changed() => return,
+                        }
+                    }
+                },
+            };
+            let options = StreamReadOptions::default()
+                .count(500)
+                .block(block.as_millis() as usize);
+            let (keys, ids) = ([key.as_str()], [last.as_str()]);
+            let read: redis::RedisResult<Option<StreamReadReply>> = tokio::select! {
+                r = c.xread_options(&keys, &ids, &options) => r,
+                _ = stop.changed() => return,
+            };
+            match read {
+                Ok(reply) => {
+                    for entry in reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids) {
+                        if let Some(envelope) = entry
+                            .get::<Vec<u8>>("ce")
+                            .and_then(|b| Envelope::decode(b.as_slice()).ok())
+                        {
+                            apply(&envelope);
+                        }
+                        last = entry.id;
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(stream = %key, error = %err, "stream tail read failed");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    })
+}

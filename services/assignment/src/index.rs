@@ -1,0 +1,195 @@
+//! The access index: every active assignment that has not ended, by principal, in memory, so
+//! CheckAccess answers without a database query. It is loaded at start, updated right after
+//! this replica's own commits (read-your-writes), and kept current with other replicas'
+//! writes by tailing the assignment event stream. Entries carry their start and end, and
+//! every answer compares them with the clock: a late update never lets an expired role
+//! through. A removal made on another replica reaches this one with the event (milliseconds).
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use pim_proto::events::v1 as ev;
+use pim_runtime::db::{Db, from_timestamp};
+use pim_runtime::events::{Envelope, decode, short_type};
+
+use crate::store::{self, AssignmentRow};
+
+/// One active assignment, as the index keeps it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Grant {
+    pub role_id: String,
+    pub scope: String,
+    pub start: i64,
+    pub end: Option<i64>,
+}
+
+#[derive(Clone, Default)]
+pub struct AccessIndex {
+    /// principal id → assignment id → grant
+    by_principal: Arc<RwLock<HashMap<String, HashMap<String, Grant>>>>,
+    /// Assignments that ended (id → when it was learnt), so a grant event that arrives after
+    /// its removal event (two replicas' relays can publish out of order) cannot revive it.
+    ended: Arc<RwLock<HashMap<String, i64>>>,
+}
+
+impl AccessIndex {
+    /// Loads every active assignment that has not ended by `now`.
+    pub async fn load(db: &Db, now: i64) -> anyhow::Result<Self> {
+        let index = Self::default();
+        for a in store::unended_active_assignments(db, now).await? {
+            index.upsert_row(&a);
+        }
+        Ok(index)
+    }
+
+    pub fn upsert(&self, principal_id: &str, assignment_id: &str, grant: Grant) {
+        if self
+            .ended
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(assignment_id)
+        {
+            return;
+        }
+        let mut map = self.by_principal.write().unwrap_or_else(|e| e.into_inner());
+        map.entry(principal_id.to_owned())
+            .or_default()
+            .insert(assignment_id.to_owned(), grant);
+    }
+
+    pub fn upsert_row(&self, a: &AssignmentRow) {
+        if a.kind == "active" && a.status == "active" {
+            let grant = Grant {
+                role_id: a.role_id.clone(),
+                scope: a.scope.clone(),
+                start: a.start_at,
+                end: a.end_at,
+            };
+            self.upsert(&a.principal_id, &a.id, grant);
+        }
+    }
+
+    pub fn remove(&self, principal_id: &str, assignment_id: &str) {
+        self.ended
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(assignment_id.to_owned(), pim_runtime::db::now_ms());
+        let mut map = self.by_principal.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(grants) = map.get_mut(principal_id) {
+            grants.remove(assignment_id);
+            if grants.is_empty() {
+                map.remove(principal_id);
+            }
+        }
+    }
+
+    /// The principal's grants in force at `now`: (assignment id, grant).
+    pub fn current(&self, principal_id: &str, now: i64) -> Vec<(String, Grant)> {
+        let map = self.by_principal.read().unwrap_or_else(|e| e.into_inner());
+        map.get(principal_id)
+            .map(|grants| {
+                grants
+                    .iter()
+                    .filter(|(_, g)| g.start <= now && g.end.is_none_or(|end| end > now))
+                    .map(|(id, g)| (id.clone(), g.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// How many principals and grants it holds (the cache-size figure).
+    pub fn size(&self) -> (usize, usize) {
+        let map = self.by_principal.read().unwrap_or_else(|e| e.into_inner());
+        (map.len(), map.values().map(HashMap::len).sum())
+    }
+
+    /// Drops grants that ended before `now`, and removal marks older than an hour (keeps
+    /// memory bounded; answers never depend on it).
+    pub fn prune(&self, now: i64) {
+        let horizon = pim_runtime::db::now_ms() - 3_600_000;
+        self.ended
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, at| *at > horizon);
+        let mut map = self.by_principal.write().unwrap_or_else(|e| e.into_inner());
+        map.retain(|_, grants| {
+            grants.retain(|_, g| g.end.is_none_or(|end| end > now));
+            !grants.is_empty()
+        });
+    }
+
+    /// Applies one event of the assignment stream (any replica's).
+    pub fn apply(&self, envelope: &Envelope) -> anyhow::Result<()> {
+        match short_type(envelope) {
+            "ActiveAssignmentGranted" => {
+                let e: ev::AssignmentChanged = decode(envelope)?;
+                let start = e.start_time.as_ref().map(from_timestamp).unwrap_or_default();
+                let grant = Grant {
+                    role_id: e.role_id,
+                    scope: e.scope,
+                    start,
+                    end: e.end_time.as_ref().map(from_timestamp),
+                };
+                self.upsert(&e.principal_id, &e.assignment_id, grant);
+            }
+            "RoleActivated" => {
+                let e: ev::RoleActivated = decode(envelope)?;
+                let start = e.start_time.as_ref().map(from_timestamp).unwrap_or_default();
+                let grant = Grant {
+                    role_id: e.role_id,
+                    scope: e.scope,
+                    start,
+                    end: e.end_time.as_ref().map(from_timestamp),
+                };
+                self.upsert(&e.principal_id, &e.assignment_id, grant);
+            }
+            "RoleDeactivated" => {
+                let e: ev::RoleDeactivated = decode(envelope)?;
+                self.remove(&e.principal_id, &e.assignment_id);
+            }
+            "ActiveAssignmentRemoved" => {
+                let e: ev::AssignmentChanged = decode(envelope)?;
+                self.remove(&e.principal_id, &e.assignment_id);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grant(start: i64, end: Option<i64>) -> Grant {
+        Grant {
+            role_id: "r".into(),
+            scope: "/".into(),
+            start,
+            end,
+        }
+    }
+
+    #[test]
+    fn only_grants_in_force_count() {
+        let index = AccessIndex::default();
+        index.upsert("p", "a1", grant(10, Some(20)));
+        index.upsert("p", "a2", grant(30, None));
+        assert!(index.current("p", 9).is_empty(), "not started");
+        assert_eq!(index.current("p", 10).len(), 1);
+        assert!(
+            index.current("p", 20).is_empty(),
+            "ended at its end, to the millisecond"
+        );
+        assert_eq!(index.current("p", 30)[0].0, "a2");
+        index.remove("p", "a2");
+        assert!(index.current("p", 30).is_empty());
+        index.upsert("p", "a2", grant(30, None));
+        assert!(
+            index.current("p", 30).is_empty(),
+            "a late grant event does not revive a removed assignment"
+        );
+        index.prune(25);
+        assert_eq!(index.size(), (0, 0));
+    }
+}
