@@ -729,3 +729,93 @@ async fn the_last_permanent_global_administrator_cannot_be_removed() -> anyhow::
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn internal_apps_batch_their_checks_and_watch_access_change() -> anyhow::Result<()> {
+    run(|w| async move {
+        let lee = w.user("lee").await?;
+        let mut access = AccessServiceClient::new(w.ts.channel.clone());
+        let denied = access
+            .watch_access_changes(authed(&lee.token, apb::WatchAccessChangesRequest {}))
+            .await
+            .expect_err("Lee reads no one's access");
+        assert_eq!(denied.code(), Code::PermissionDenied);
+        let mut changes = access
+            .watch_access_changes(authed(&w.admin, apb::WatchAccessChangesRequest {}))
+            .await?
+            .into_inner();
+
+        let mut assign = request(
+            apb::RequestAction::AdminAssign,
+            apb::AssignmentKind::Active,
+            &lee.id,
+            EXCHANGE_ADMINISTRATOR,
+        );
+        assign.justification = "migration".into();
+        assign.schedule = Some(apb::Schedule {
+            start_time: None,
+            expiration: Some(apb::schedule::Expiration::Duration(duration(HOUR_MS))),
+        });
+        w.assignments().create_request(authed(&w.admin, assign)).await?;
+        let granted = tokio::time::timeout(Duration::from_secs(10), changes.message())
+            .await??
+            .expect("a change");
+        assert!(granted.active);
+        assert_eq!(
+            (granted.principal_id.as_str(), granted.role_id.as_str()),
+            (lee.id.as_str(), EXCHANGE_ADMINISTRATOR)
+        );
+
+        let ask = |principal: &str, role: &str| apb::CheckAccessRequest {
+            principal_id: principal.into(),
+            target: Some(apb::check_access_request::Target::RoleId(role.into())),
+            scope: "/x/y".into(),
+        };
+        let results = access
+            .batch_check_access(authed(
+                &w.admin,
+                apb::BatchCheckAccessRequest {
+                    checks: vec![ask(&lee.id, EXCHANGE_ADMINISTRATOR), ask(&lee.id, GLOBAL_ADMINISTRATOR)],
+                },
+            ))
+            .await?
+            .into_inner()
+            .results;
+        assert_eq!(results.iter().map(|r| r.allowed).collect::<Vec<_>>(), vec![true, false]);
+        let too_many = apb::BatchCheckAccessRequest {
+            checks: (0..1001).map(|_| ask(&lee.id, EXCHANGE_ADMINISTRATOR)).collect(),
+        };
+        assert_eq!(
+            access
+                .batch_check_access(authed(&w.admin, too_many))
+                .await
+                .expect_err("too many")
+                .code(),
+            Code::InvalidArgument
+        );
+
+        w.assignments()
+            .create_request(authed(
+                &w.admin,
+                request(
+                    apb::RequestAction::AdminRemove,
+                    apb::AssignmentKind::Active,
+                    &lee.id,
+                    EXCHANGE_ADMINISTRATOR,
+                ),
+            ))
+            .await?;
+        // Other changes (none expected here) would come first; the removal must arrive.
+        loop {
+            let change = tokio::time::timeout(Duration::from_secs(10), changes.message())
+                .await??
+                .expect("a change");
+            if !change.active {
+                assert_eq!(change.assignment_id, granted.assignment_id);
+                break;
+            }
+        }
+        Ok(w)
+    })
+    .await
+}

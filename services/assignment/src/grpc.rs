@@ -350,6 +350,44 @@ impl TryFrom<pb::CreateRequestRequest> for AdminAssignRequest {
 }
 
 impl Assignments {
+    /// One access question, checked and answered from the access index.
+    async fn check_one(
+        &self,
+        caller: &pim_runtime::auth::Caller,
+        r: pb::CheckAccessRequest,
+    ) -> Result<pb::CheckAccessResponse, Error> {
+        let principal = filter(&r.principal_id).ok_or_else(|| Error::invalid("principal_id", "required"))?;
+        let target = match r.target {
+            Some(pb::check_access_request::Target::RoleId(role)) => {
+                let role = filter(&role).ok_or_else(|| Error::invalid("role_id", "required"))?;
+                Target::Role(
+                    self.roles
+                        .find(role)
+                        .ok_or_else(|| Error::NotFound(format!("role {role}")))?
+                        .id,
+                )
+            }
+            Some(pb::check_access_request::Target::Permission(p)) => Target::Permission(
+                filter(&p)
+                    .ok_or_else(|| Error::invalid("permission", "required"))?
+                    .to_owned(),
+            ),
+            None => return Err(Error::invalid("target", "role_id or permission is required")),
+        };
+        let scope = Scope::parse(&r.scope)?;
+        // Anyone may ask about their own access; asking about others is for readers of assignments.
+        if principal != caller.principal_id {
+            self.authorize(caller, permissions::ASSIGNMENTS_READ, &Scope::root())
+                .await?;
+        }
+        let (decision, assignment_ids) = self.decide(principal, &target, &scope).await?;
+        Ok(pb::CheckAccessResponse {
+            allowed: decision.allowed,
+            expires_at: decision.expires_at.map(to_timestamp),
+            assignment_ids,
+        })
+    }
+
     fn role_name(&self, id: &str) -> String {
         self.roles.get(id).map(|r| r.name).unwrap_or_default()
     }
@@ -469,7 +507,11 @@ impl Assignments {
     }
 }
 
-type RequestStream = Pin<Box<dyn Stream<Item = Result<pb::AssignmentRequest, Status>> + Send>>;
+const MAX_BATCH: usize = 1000;
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+type RequestStream = BoxStream<pb::AssignmentRequest>;
 
 #[tonic::async_trait]
 impl AssignmentService for Assignments {
@@ -647,37 +689,64 @@ impl AccessService for Assignments {
         request: Request<pb::CheckAccessRequest>,
     ) -> Result<Response<pb::CheckAccessResponse>, Status> {
         let caller = caller(&request)?.clone();
-        let r = request.into_inner();
-        let principal = filter(&r.principal_id).ok_or_else(|| Error::invalid("principal_id", "required"))?;
-        let target = match r.target {
-            Some(pb::check_access_request::Target::RoleId(role)) => {
-                let role = filter(&role).ok_or_else(|| Error::invalid("role_id", "required"))?;
-                Target::Role(
-                    self.roles
-                        .find(role)
-                        .ok_or_else(|| Error::NotFound(format!("role {role}")))?
-                        .id,
-                )
-            }
-            Some(pb::check_access_request::Target::Permission(p)) => Target::Permission(
-                filter(&p)
-                    .ok_or_else(|| Error::invalid("permission", "required"))?
-                    .to_owned(),
-            ),
-            None => return Err(Error::invalid("target", "role_id or permission is required").into()),
-        };
-        let scope = Scope::parse(&r.scope)?;
-        // Anyone may ask about their own access; asking about others is for readers of assignments.
-        if principal != caller.principal_id {
-            self.authorize(&caller, permissions::ASSIGNMENTS_READ, &Scope::root())
-                .await?;
+        Ok(Response::new(self.check_one(&caller, request.into_inner()).await?))
+    }
+
+    async fn batch_check_access(
+        &self,
+        request: Request<pb::BatchCheckAccessRequest>,
+    ) -> Result<Response<pb::BatchCheckAccessResponse>, Status> {
+        let caller = caller(&request)?.clone();
+        let checks = request.into_inner().checks;
+        if checks.len() > MAX_BATCH {
+            return Err(Error::invalid("checks", format!("at most {MAX_BATCH} checks per call")).into());
         }
-        let (decision, assignment_ids) = self.decide(principal, &target, &scope).await?;
-        Ok(Response::new(pb::CheckAccessResponse {
-            allowed: decision.allowed,
-            expires_at: decision.expires_at.map(to_timestamp),
-            assignment_ids,
-        }))
+        let mut results = Vec::with_capacity(checks.len());
+        for check in checks {
+            results.push(self.check_one(&caller, check).await?);
+        }
+        Ok(Response::new(pb::BatchCheckAccessResponse { results }))
+    }
+
+    /// Grants as they take effect in this replica's access index and as they end.
+    async fn watch_access_changes(
+        &self,
+        request: Request<pb::WatchAccessChangesRequest>,
+    ) -> Result<Response<BoxStream<pb::AccessChange>>, Status> {
+        let caller = caller(&request)?.clone();
+        self.authorize(&caller, permissions::ASSIGNMENTS_READ, &Scope::root())
+            .await?;
+        let mut changes = self.index.subscribe();
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        tokio::spawn(async move {
+            loop {
+                let change = tokio::select! {
+                    c = changes.recv() => c,
+                    _ = tx.closed() => return,
+                };
+                let item = match change {
+                    Ok(c) => Ok(pb::AccessChange {
+                        principal_id: c.principal_id,
+                        role_id: c.grant.role_id,
+                        scope: c.grant.scope,
+                        active: c.active,
+                        assignment_id: c.assignment_id,
+                        start_time: Some(to_timestamp(c.grant.start)),
+                        end_time: c.grant.end.map(to_timestamp),
+                    }),
+                    // A watcher too slow to keep up must resynchronise rather than miss changes silently.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => Err(Status::data_loss(format!(
+                        "{n} access changes were dropped; reconnect and re-read"
+                    ))),
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                };
+                let end = item.is_err();
+                if tx.send(item).await.is_err() || end {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 
     async fn list_active_roles(

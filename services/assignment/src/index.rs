@@ -8,6 +8,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
+use tokio::sync::broadcast;
+
 use pim_proto::events::v1 as ev;
 use pim_runtime::db::{Db, from_timestamp};
 use pim_runtime::events::{Envelope, decode, short_type};
@@ -23,13 +25,34 @@ pub struct Grant {
     pub end: Option<i64>,
 }
 
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct AccessIndex {
     /// principal id → assignment id → grant
     by_principal: Arc<RwLock<HashMap<String, HashMap<String, Grant>>>>,
     /// Assignments that ended (id → when it was learnt), so a grant event that arrives after
     /// its removal event (two replicas' relays can publish out of order) cannot revive it.
     ended: Arc<RwLock<HashMap<String, i64>>>,
+    /// Each grant added and each removed, for WatchAccessChanges.
+    changes: broadcast::Sender<Change>,
+}
+
+/// A grant that entered or left the index.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    pub principal_id: String,
+    pub assignment_id: String,
+    pub grant: Grant,
+    pub active: bool,
+}
+
+impl Default for AccessIndex {
+    fn default() -> Self {
+        Self {
+            by_principal: Arc::default(),
+            ended: Arc::default(),
+            changes: broadcast::channel(4096).0,
+        }
+    }
 }
 
 impl AccessIndex {
@@ -52,9 +75,23 @@ impl AccessIndex {
             return;
         }
         let mut map = self.by_principal.write().unwrap_or_else(|e| e.into_inner());
-        map.entry(principal_id.to_owned())
+        let previous = map
+            .entry(principal_id.to_owned())
             .or_default()
-            .insert(assignment_id.to_owned(), grant);
+            .insert(assignment_id.to_owned(), grant.clone());
+        if previous.as_ref() != Some(&grant) {
+            let _ = self.changes.send(Change {
+                principal_id: principal_id.to_owned(),
+                assignment_id: assignment_id.to_owned(),
+                grant,
+                active: true,
+            });
+        }
+    }
+
+    /// Grants added and removed from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Change> {
+        self.changes.subscribe()
     }
 
     pub fn upsert_row(&self, a: &AssignmentRow) {
@@ -76,7 +113,14 @@ impl AccessIndex {
             .insert(assignment_id.to_owned(), pim_runtime::db::now_ms());
         let mut map = self.by_principal.write().unwrap_or_else(|e| e.into_inner());
         if let Some(grants) = map.get_mut(principal_id) {
-            grants.remove(assignment_id);
+            if let Some(grant) = grants.remove(assignment_id) {
+                let _ = self.changes.send(Change {
+                    principal_id: principal_id.to_owned(),
+                    assignment_id: assignment_id.to_owned(),
+                    grant,
+                    active: false,
+                });
+            }
             if grants.is_empty() {
                 map.remove(principal_id);
             }
