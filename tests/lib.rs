@@ -28,6 +28,8 @@ pub struct TestSuite {
     databases: Vec<TestDatabase>,
     data_dir: Option<PathBuf>,
     pub stream_prefix: String,
+    config: Config,
+    urls: BTreeMap<ServiceName, String>,
 }
 
 pub fn test_config(extra: &[(&str, String)]) -> anyhow::Result<Config> {
@@ -92,7 +94,7 @@ impl TestSuite {
     ) -> anyhow::Result<Self> {
         pim_runtime::telemetry::init(false);
         let tls = config.tls.clone();
-        let mut options = SuiteOptions::new(config, urls);
+        let mut options = SuiteOptions::new(config.clone(), urls.clone());
         options.relay_poll = Duration::from_millis(50);
         if let Some(clock) = clock {
             options.clock = std::sync::Arc::new(clock);
@@ -111,7 +113,24 @@ impl TestSuite {
             databases,
             data_dir,
             stream_prefix,
+            config,
+            urls,
         })
+    }
+
+    /// The database URL of one service.
+    pub fn database_url(&self, service: ServiceName) -> Option<&str> {
+        self.urls.get(&service).map(String::as_str)
+    }
+
+    /// Stops the suite and starts it again on the same databases (a restart of every service).
+    pub async fn restart(mut self) -> anyhow::Result<Self> {
+        self.suite.stop().await?;
+        let mut options = SuiteOptions::new(self.config.clone(), self.urls.clone());
+        options.relay_poll = Duration::from_millis(50);
+        self.suite = Suite::start(options).await?;
+        self.channel = pim_runtime::grpc::channel(self.suite.url(), &self.config.tls)?;
+        Ok(self)
     }
 
     /// Signs in with a password and returns the access token.

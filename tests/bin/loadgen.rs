@@ -1,0 +1,426 @@
+//! Load generator for the assignment service's hot paths, against the real suite on
+//! PostgreSQL + Redis over loopback gRPC (not a timed test: it measures and prints).
+//!
+//!   cargo run --release -p pim-e2e --bin pim-loadgen -- check-access
+//!   cargo run --release -p pim-e2e --bin pim-loadgen -- activation
+//!   cargo run --release -p pim-e2e --bin pim-loadgen -- expiry
+//!
+//! check-access: 100k principals with 1M active assignments (seeded by SQL), then CheckAccess
+//! against an empty gRPC call (grpc.health.v1 Check) in the same run: closed-loop throughput
+//! and open-loop latency at a fixed rate. activation: selfActivate → CheckAccess says yes, at a
+//! fixed rate. expiry: many activations ending within a minute; lag from each deadline to its
+//! RoleDeactivated on the Redis stream.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use prost::Message;
+use redis::AsyncCommands;
+use sea_orm::ConnectionTrait;
+use tokio::sync::Mutex;
+
+use pim::ServiceName;
+use pim_e2e::{TestSuite, authed};
+use pim_proto::assignment::v1 as apb;
+use pim_proto::assignment::v1::access_service_client::AccessServiceClient;
+use pim_proto::assignment::v1::assignment_service_client::AssignmentServiceClient;
+use pim_runtime::db::now_ms;
+use pim_runtime::events::{Envelope, short_type, streams};
+
+#[derive(Parser)]
+struct Args {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// CheckAccess vs an empty call: throughput and latency.
+    CheckAccess {
+        #[arg(long, default_value_t = 100_000)]
+        principals: u64,
+        #[arg(long, default_value_t = 1_000_000)]
+        assignments: u64,
+        /// Concurrent callers in the closed loop.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Fixed rate for the latency run (calls per second).
+        #[arg(long, default_value_t = 5000)]
+        rate: u64,
+    },
+    /// selfActivate then CheckAccess, end to end, at a fixed rate.
+    Activation {
+        #[arg(long, default_value_t = 500)]
+        rate: u64,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
+    /// Many activations ending within a minute; deadline → RoleDeactivated lag.
+    Expiry {
+        #[arg(long, default_value_t = 10_000)]
+        roles: u64,
+        #[arg(long, default_value_t = 60)]
+        within_seconds: u64,
+    },
+}
+
+const ROLES: [&str; 10] = [
+    "62e90394-69f5-4237-9190-012177145e10",
+    "e8611ab8-c189-46e8-94e1-60213ab1f814",
+    "7be44c8a-adaf-4e2a-84d6-ab2649e08a13",
+    "c4e39bd9-1100-46d3-8c65-fb160da0071f",
+    "fe930be7-5e62-47db-91af-98c3a49a38b1",
+    "fdd7a751-b60b-444a-984c-02652fe8fa1c",
+    "194ae4cb-b126-40b2-bd5b-6091b380977d",
+    "5d6b6bb7-de71-4623-b4af-96380a352509",
+    "f2ef992c-3afb-46b9-b7cf-a126ee74c451",
+    "29232cdf-9323-42fd-ade2-1d097af3e4de",
+];
+const EXCHANGE_ADMINISTRATOR: &str = "29232cdf-9323-42fd-ade2-1d097af3e4de";
+
+/// xorshift: cheap, deterministic choice of principals (not for anything secret).
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i] as f64 / 1000.0
+}
+
+fn report(name: &str, mut micros: Vec<u64>, elapsed: Duration) {
+    micros.sort_unstable();
+    println!(
+        "{name:<28} n={:<8} {:>9.0}/s  p50={:.3} ms  p99={:.3} ms  max={:.3} ms",
+        micros.len(),
+        micros.len() as f64 / elapsed.as_secs_f64(),
+        percentile(&micros, 0.50),
+        percentile(&micros, 0.99),
+        percentile(&micros, 1.0),
+    );
+}
+
+/// Runs `call` from `concurrency` tasks for `seconds`; returns (latencies µs, elapsed).
+async fn closed_loop<F, Fut>(concurrency: usize, seconds: u64, call: F) -> anyhow::Result<(Vec<u64>, Duration)>
+where
+    F: Fn(u64) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let start = Instant::now();
+    let counter = Arc::new(AtomicU64::new(1));
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (call, counter) = (call.clone(), counter.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            while Instant::now() < deadline {
+                let n = counter.fetch_add(1, Ordering::Relaxed);
+                let t = Instant::now();
+                call(n).await?;
+                lat.push(t.elapsed().as_micros() as u64);
+            }
+            anyhow::Ok(lat)
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    Ok((all, start.elapsed()))
+}
+
+/// Starts `call` at a fixed `rate` for `seconds`; latency counts from each call's scheduled
+/// start, so a stall shows up in the figures instead of slowing the sender.
+async fn open_loop<F, Fut>(rate: u64, seconds: u64, call: F) -> anyhow::Result<(Vec<u64>, Duration)>
+where
+    F: Fn(u64) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let total = rate * seconds;
+    let start = Instant::now();
+    let lat = Arc::new(Mutex::new(Vec::with_capacity(total as usize)));
+    let mut tasks = Vec::with_capacity(total as usize);
+    for n in 0..total {
+        let scheduled = start + Duration::from_nanos(n * 1_000_000_000 / rate);
+        tokio::time::sleep_until(scheduled.into()).await;
+        let (call, lat) = (call.clone(), lat.clone());
+        tasks.push(tokio::spawn(async move {
+            call(n).await?;
+            lat.lock().await.push(scheduled.elapsed().as_micros() as u64);
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let elapsed = start.elapsed();
+    let lat = std::mem::take(&mut *lat.lock().await);
+    Ok((lat, elapsed))
+}
+
+async fn sql(ts: &TestSuite, statement: &str) -> anyhow::Result<()> {
+    let url = ts
+        .database_url(ServiceName::Assignment)
+        .context("assignment database")?;
+    let db = pim_runtime::db::connect(url).await?;
+    db.execute_unprepared(statement).await?;
+    db.close().await?;
+    Ok(())
+}
+
+fn roles_array() -> String {
+    format!(
+        "ARRAY[{}]",
+        ROLES.iter().map(|r| format!("'{r}'")).collect::<Vec<_>>().join(",")
+    )
+}
+
+async fn check_access(
+    principals: u64,
+    assignments: u64,
+    concurrency: usize,
+    seconds: u64,
+    rate: u64,
+) -> anyhow::Result<()> {
+    let ts = TestSuite::postgres().await?;
+    let t = Instant::now();
+    sql(
+        &ts,
+        &format!(
+            "INSERT INTO assignments (id, kind, principal_id, principal_kind, principal_name, role_id, scope, start_at, end_at, status, origin, announced, request_id, created_by, created_at) \
+             SELECT 'bench-a-' || g, 'active', 'bench-p-' || (g % {principals}), 'user', 'bench', ({roles})[((g / {principals}) % 10) + 1], '/s' || (g % 7), 0, NULL, 'active', 'admin', TRUE, 'bench', 'bench', 0 \
+             FROM generate_series(0, {last}) AS g",
+            roles = roles_array(),
+            last = assignments - 1
+        ),
+    )
+    .await?;
+    println!(
+        "seeded {assignments} assignments for {principals} principals in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    let t = Instant::now();
+    let ts = ts.restart().await?;
+    println!(
+        "restart with the access index loaded in {:.1} s: {:?} (principals, grants)",
+        t.elapsed().as_secs_f64(),
+        ts.suite.assignment().map(|a| a.access_index_size())
+    );
+    let token = Arc::new(ts.admin_token().await?);
+    let channel = ts.channel.clone();
+
+    let health = {
+        let channel = channel.clone();
+        move |_n: u64| {
+            let mut client = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+            async move {
+                client
+                    .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
+                    .await?;
+                anyhow::Ok(())
+            }
+        }
+    };
+    let check = {
+        let (channel, token) = (channel.clone(), token.clone());
+        move |n: u64| {
+            let mut client = AccessServiceClient::new(channel.clone());
+            let mut rng = Rng(n.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+            let principal = format!("bench-p-{}", rng.next() % principals);
+            let role = ROLES[(rng.next() % 10) as usize];
+            let request = authed(
+                &token,
+                apb::CheckAccessRequest {
+                    principal_id: principal,
+                    target: Some(apb::check_access_request::Target::RoleId(role.into())),
+                    scope: format!("/s{}/rg", rng.next() % 7),
+                },
+            );
+            async move {
+                client.check_access(request).await?;
+                anyhow::Ok(())
+            }
+        }
+    };
+    // Warm up both paths.
+    closed_loop(concurrency, 1, health.clone()).await?;
+    closed_loop(concurrency, 1, check.clone()).await?;
+    println!("closed loop, {concurrency} concurrent callers, {seconds} s each:");
+    let (lat, el) = closed_loop(concurrency, seconds, health.clone()).await?;
+    let empty_rate = lat.len() as f64 / el.as_secs_f64();
+    report("  empty call (health)", lat, el);
+    let (lat, el) = closed_loop(concurrency, seconds, check.clone()).await?;
+    let check_rate = lat.len() as f64 / el.as_secs_f64();
+    report("  CheckAccess", lat, el);
+    println!(
+        "  CheckAccess throughput = {:.0} % of the empty call's",
+        100.0 * check_rate / empty_rate
+    );
+    println!("open loop at {rate}/s for {seconds} s:");
+    let (lat, el) = open_loop(rate, seconds, health).await?;
+    report("  empty call (health)", lat, el);
+    let (lat, el) = open_loop(rate, seconds, check).await?;
+    report("  CheckAccess", lat, el);
+    ts.stop().await
+}
+
+async fn activation(rate: u64, seconds: u64) -> anyhow::Result<()> {
+    let ts = TestSuite::postgres().await?;
+    let total = rate * seconds + rate;
+    // Synthetic principals, each eligible for Exchange Administrator.
+    sql(
+        &ts,
+        &format!(
+            "INSERT INTO assignments (id, kind, principal_id, principal_kind, principal_name, role_id, scope, start_at, end_at, status, origin, announced, request_id, created_by, created_at) \
+             SELECT 'bench-e-' || g, 'eligible', 'bench-p-' || g, 'user', 'bench', '{EXCHANGE_ADMINISTRATOR}', '/', 0, NULL, 'active', 'admin', TRUE, 'bench', 'bench', 0 \
+             FROM generate_series(0, {last}) AS g",
+            last = total - 1
+        ),
+    )
+    .await?;
+    let identity = ts.suite.identity().context("identity")?.keystore();
+    let mut tokens = Vec::with_capacity(total as usize);
+    for i in 0..total {
+        let subject = pim_identity::TokenSubject {
+            principal_id: format!("bench-p-{i}"),
+            kind: pim_proto::common::v1::PrincipalKind::User,
+            name: format!("bench{i}"),
+            amr: vec!["pwd".into(), "otp".into()],
+            session_id: "bench".into(),
+            mfa_at: Some(now_ms() / 1000),
+        };
+        tokens.push(identity.issue(&subject, Duration::from_secs(3600))?.token);
+    }
+    let tokens = Arc::new(tokens);
+    let channel = ts.channel.clone();
+    let activate = move |n: u64| {
+        let (channel, tokens) = (channel.clone(), tokens.clone());
+        async move {
+            let token = &tokens[n as usize];
+            let request = apb::CreateRequestRequest {
+                action: apb::RequestAction::SelfActivate as i32,
+                kind: apb::AssignmentKind::Active as i32,
+                role_id: EXCHANGE_ADMINISTRATOR.into(),
+                scope: "/".into(),
+                schedule: Some(apb::Schedule {
+                    start_time: None,
+                    expiration: Some(apb::schedule::Expiration::Duration(prost_types::Duration {
+                        seconds: 3600,
+                        nanos: 0,
+                    })),
+                }),
+                justification: "load test".into(),
+                ..Default::default()
+            };
+            AssignmentServiceClient::new(channel.clone())
+                .create_request(authed(token, request))
+                .await?;
+            let allowed = AccessServiceClient::new(channel)
+                .check_access(authed(
+                    token,
+                    apb::CheckAccessRequest {
+                        principal_id: format!("bench-p-{n}"),
+                        target: Some(apb::check_access_request::Target::RoleId(EXCHANGE_ADMINISTRATOR.into())),
+                        scope: "/".into(),
+                    },
+                ))
+                .await?
+                .into_inner()
+                .allowed;
+            anyhow::ensure!(allowed, "activation {n} did not grant access");
+            Ok(())
+        }
+    };
+    // Warm-up on the last principals (each activates once), measured run on the others.
+    for i in 0..rate.min(50) {
+        activate.clone()(total - 1 - i).await?;
+    }
+    let (lat, el) = open_loop(rate, seconds, activate).await?;
+    println!(
+        "activation, selfActivate → CheckAccess allowed, open loop at {rate}/s for {seconds} s (PostgreSQL + Redis):"
+    );
+    report("  activation end to end", lat, el);
+    ts.stop().await
+}
+
+async fn expiry(roles: u64, within_seconds: u64) -> anyhow::Result<()> {
+    let ts = TestSuite::postgres().await?;
+    let base = now_ms() + 5_000;
+    let spread = within_seconds * 1000;
+    sql(
+        &ts,
+        &format!(
+            "INSERT INTO assignments (id, kind, principal_id, principal_kind, principal_name, role_id, scope, start_at, end_at, status, origin, announced, request_id, created_by, created_at) \
+             SELECT 'bench-x-' || g, 'active', 'bench-p-' || g, 'user', 'bench', '{EXCHANGE_ADMINISTRATOR}', '/', 0, {base} + (g * {spread}) / {roles}, 'active', 'activation', TRUE, 'bench', 'bench', 0 \
+             FROM generate_series(0, {last}) AS g",
+            last = roles - 1
+        ),
+    )
+    .await?;
+    let ts = ts.restart().await?;
+    let mut redis = redis::Client::open(pim_runtime::testing::redis_url())?
+        .get_multiplexed_async_connection()
+        .await?;
+    let key = format!("{}{}", ts.stream_prefix, streams::ASSIGNMENT);
+    let mut last = "0-0".to_owned();
+    let mut lags = Vec::with_capacity(roles as usize);
+    let deadline = Instant::now() + Duration::from_millis(spread + 30_000);
+    while (lags.len() as u64) < roles && Instant::now() < deadline {
+        // Shorter than the connection's 500 ms response timeout.
+        let options = redis::streams::StreamReadOptions::default().count(1000).block(200);
+        let reply: Option<redis::streams::StreamReadReply> = redis.xread_options(&[&key], &[&last], &options).await?;
+        let seen = now_ms();
+        for entry in reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids) {
+            last = entry.id.clone();
+            let Some(envelope) = entry
+                .get::<Vec<u8>>("ce")
+                .and_then(|b| Envelope::decode(b.as_slice()).ok())
+            else {
+                continue;
+            };
+            if short_type(&envelope) != "RoleDeactivated" {
+                continue;
+            }
+            let event = pim_proto::events::v1::RoleDeactivated::decode(envelope.data.as_slice())?;
+            let g: u64 = event.assignment_id.trim_start_matches("bench-x-").parse()?;
+            let end = base + (g * spread / roles) as i64;
+            lags.push(((seen - end).max(0) as u64) * 1000);
+        }
+    }
+    println!(
+        "expiry: {} of {roles} activations ending within {within_seconds} s; deadline → RoleDeactivated read from Redis:",
+        lags.len()
+    );
+    report("  expiry lag", lags, Duration::from_millis(spread));
+    ts.stop().await
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Args::parse().scenario {
+        Scenario::CheckAccess {
+            principals,
+            assignments,
+            concurrency,
+            seconds,
+            rate,
+        } => check_access(principals, assignments, concurrency, seconds, rate).await,
+        Scenario::Activation { rate, seconds } => activation(rate, seconds).await,
+        Scenario::Expiry { roles, within_seconds } => expiry(roles, within_seconds).await,
+    }
+}
