@@ -819,3 +819,98 @@ async fn internal_apps_batch_their_checks_and_watch_access_change() -> anyhow::R
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grants_made_outside_pim_are_detected() -> anyhow::Result<()> {
+    run(|w| async move {
+        use pim_proto::assignment::v1::reconcile_service_client::ReconcileServiceClient;
+        let lee = w.user("lee").await?;
+        let mut assign = request(
+            apb::RequestAction::AdminAssign,
+            apb::AssignmentKind::Active,
+            &lee.id,
+            EXCHANGE_ADMINISTRATOR,
+        );
+        assign.justification = "migration".into();
+        assign.schedule = Some(apb::Schedule {
+            start_time: None,
+            expiration: Some(apb::schedule::Expiration::Duration(duration(HOUR_MS))),
+        });
+        w.assignments().create_request(authed(&w.admin, assign)).await?;
+
+        let grant = |principal: &str, role: &str, scope: &str| apb::ObservedGrant {
+            principal_id: principal.into(),
+            role_id: role.into(),
+            scope: scope.into(),
+            system: String::new(),
+        };
+        let report = apb::ReportObservedGrantsRequest {
+            system: "exchange-online".into(),
+            grants: vec![
+                grant(&lee.id, EXCHANGE_ADMINISTRATOR, "/tenants/t1"),
+                grant("mallory-id", GLOBAL_ADMINISTRATOR, "/"),
+            ],
+        };
+        let mut reconcile = ReconcileServiceClient::new(w.ts.channel.clone());
+        let refused = reconcile
+            .report_observed_grants(authed(&lee.token, report.clone()))
+            .await
+            .expect_err("Lee is no connector");
+        assert_eq!(refused.code(), Code::PermissionDenied);
+        let unmanaged = reconcile
+            .report_observed_grants(authed(&w.admin, report.clone()))
+            .await?
+            .into_inner()
+            .unmanaged;
+        assert_eq!(unmanaged.len(), 1, "Lee's grant is PIM's; Mallory's is not");
+        assert_eq!(
+            (unmanaged[0].principal_id.as_str(), unmanaged[0].role_id.as_str()),
+            ("mallory-id", GLOBAL_ADMINISTRATOR)
+        );
+        let detected = w.eventually_events("UnmanagedGrantDetected", 1).await?;
+        let e = ev::UnmanagedGrantDetected::decode(detected[0].data.as_slice())?;
+        assert_eq!(
+            (e.system.as_str(), e.principal_id.as_str()),
+            ("exchange-online", "mallory-id")
+        );
+
+        // Reported again: still unmanaged, but not announced twice.
+        reconcile.report_observed_grants(authed(&w.admin, report)).await?;
+        let listed = reconcile
+            .list_unmanaged_grants(authed(&w.admin, apb::ListUnmanagedGrantsRequest {}))
+            .await?
+            .into_inner()
+            .grants;
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].system, "exchange-online");
+        w.tick().await?;
+        // Wait for anything still in the outbox, then count.
+        eventually(Duration::from_secs(5), "the outbox to drain", || async {
+            let n = pim_runtime::events::pending(w.ts.suite.assignment().expect("assignment").assignments_db()).await?;
+            Ok((n == 0).then_some(()))
+        })
+        .await?;
+        assert_eq!(w.events("UnmanagedGrantDetected").await?.len(), 1);
+
+        // Fixed at the source: the next report no longer lists it.
+        reconcile
+            .report_observed_grants(authed(
+                &w.admin,
+                apb::ReportObservedGrantsRequest {
+                    system: "exchange-online".into(),
+                    grants: vec![],
+                },
+            ))
+            .await?;
+        assert!(
+            reconcile
+                .list_unmanaged_grants(authed(&w.admin, apb::ListUnmanagedGrantsRequest {}))
+                .await?
+                .into_inner()
+                .grants
+                .is_empty()
+        );
+        Ok(w)
+    })
+    .await
+}

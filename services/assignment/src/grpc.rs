@@ -8,6 +8,7 @@ use pim_proto::assignment::v1 as pb;
 use pim_proto::assignment::v1::access_service_server::AccessService;
 use pim_proto::assignment::v1::assignment_service_server::AssignmentService;
 use pim_proto::assignment::v1::policy_service_server::PolicyService;
+use pim_proto::assignment::v1::reconcile_service_server::ReconcileService;
 use pim_proto::assignment::v1::role_service_server::RoleService;
 use pim_proto::common::v1::PrincipalKind;
 use pim_runtime::access::{Target, permissions};
@@ -766,6 +767,50 @@ impl AccessService for Assignments {
                     assignment_to_pb(a, name)
                 })
                 .collect(),
+        }))
+    }
+}
+
+fn observed_to_pb(g: crate::store::ObservedGrant) -> pb::ObservedGrant {
+    pb::ObservedGrant {
+        principal_id: g.principal_id,
+        role_id: g.role_id,
+        scope: g.scope,
+        system: g.system,
+    }
+}
+
+#[tonic::async_trait]
+impl ReconcileService for Assignments {
+    async fn report_observed_grants(
+        &self,
+        request: Request<pb::ReportObservedGrantsRequest>,
+    ) -> Result<Response<pb::ReportObservedGrantsResponse>, Status> {
+        let caller = caller(&request)?.clone();
+        let r = request.into_inner();
+        let grants = r
+            .grants
+            .into_iter()
+            .map(|g| crate::drift::Reported {
+                principal_id: g.principal_id,
+                role: g.role_id,
+                scope: g.scope,
+            })
+            .collect();
+        let unmanaged = self.report_observed(&caller, &r.system, grants).await?;
+        Ok(Response::new(pb::ReportObservedGrantsResponse {
+            unmanaged: unmanaged.into_iter().map(observed_to_pb).collect(),
+        }))
+    }
+
+    async fn list_unmanaged_grants(
+        &self,
+        request: Request<pb::ListUnmanagedGrantsRequest>,
+    ) -> Result<Response<pb::ListUnmanagedGrantsResponse>, Status> {
+        let caller = caller(&request)?.clone();
+        let grants = self.unmanaged(&caller).await?;
+        Ok(Response::new(pb::ListUnmanagedGrantsResponse {
+            grants: grants.into_iter().map(observed_to_pb).collect(),
         }))
     }
 }

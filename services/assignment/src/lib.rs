@@ -3,6 +3,7 @@
 
 mod assignments;
 mod domain;
+mod drift;
 mod error;
 mod grpc;
 mod index;
@@ -22,7 +23,7 @@ use tonic::service::RoutesBuilder;
 use pim_proto::assignment::v1::access_service_server::AccessServiceServer;
 use pim_proto::assignment::v1::assignment_service_server::AssignmentServiceServer;
 use pim_proto::assignment::v1::policy_service_server::PolicyServiceServer;
-use pim_proto::assignment::v1::reconcile_service_server::{ReconcileService, ReconcileServiceServer};
+use pim_proto::assignment::v1::reconcile_service_server::ReconcileServiceServer;
 use pim_proto::assignment::v1::role_service_server::RoleServiceServer;
 use pim_proto::identity::v1::directory_service_client::DirectoryServiceClient;
 use pim_runtime::db::Db;
@@ -32,10 +33,6 @@ use pim_runtime::host::{Deps, Service};
 pub use assignments::Assignments;
 pub use roles::{BUILT_IN_ROLES, GLOBAL_ADMINISTRATOR, PRIVILEGED_ROLE_ADMINISTRATOR};
 pub use scheduler::Scheduler;
-
-/// Drift detection arrives with a later issue; until then it answers UNIMPLEMENTED.
-struct Reconcile;
-impl ReconcileService for Reconcile {}
 
 #[derive(Clone)]
 pub struct Assignment {
@@ -77,6 +74,11 @@ impl Assignment {
 
     pub fn assignments(&self) -> &Assignments {
         &self.assignments
+    }
+
+    /// The service's database (tests inspect its outbox).
+    pub fn assignments_db(&self) -> &pim_runtime::db::Db {
+        &self.assignments.db
     }
 
     /// Principals and grants held by the in-memory access index.
@@ -144,7 +146,7 @@ impl Service for Assignment {
             .add_service(PolicyServiceServer::new(a.clone()))
             .add_service(AssignmentServiceServer::new(a.clone()))
             .add_service(AccessServiceServer::new(a.clone()))
-            .add_service(ReconcileServiceServer::new(Reconcile));
+            .add_service(ReconcileServiceServer::new(a.clone()));
     }
 
     fn db(&self) -> &Db {

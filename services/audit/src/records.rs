@@ -102,6 +102,48 @@ pub fn record(envelope: &Envelope) -> anyhow::Result<Record> {
                 "start_time": ts(&e.start_time), "end_time": ts(&e.end_time), "reason": e.reason,
             })
         }
+        "RoleActivated" => {
+            let e: ev::RoleActivated = decode(envelope)?;
+            set_actor(&mut r, &e.actor);
+            r.target_id = e.principal_id.clone();
+            r.role_id = e.role_id.clone();
+            r.role_name = e.role_name.clone();
+            r.scope = e.scope.clone();
+            r.justification = e.justification.clone();
+            json!({
+                "assignment_id": e.assignment_id, "request_id": e.request_id,
+                "start_time": ts(&e.start_time), "end_time": ts(&e.end_time),
+            })
+        }
+        "RoleDeactivated" => {
+            let e: ev::RoleDeactivated = decode(envelope)?;
+            set_actor(&mut r, &e.actor);
+            r.target_id = e.principal_id.clone();
+            r.role_id = e.role_id.clone();
+            r.scope = e.scope.clone();
+            json!({"assignment_id": e.assignment_id, "reason": e.reason})
+        }
+        "RequestStatusChanged" => {
+            let e: ev::RequestStatusChanged = decode(envelope)?;
+            set_actor(&mut r, &e.actor);
+            json!({"request_id": e.request_id, "status": e.status, "previous_status": e.previous_status})
+        }
+        "PolicyUpdated" => {
+            let e: ev::PolicyUpdated = decode(envelope)?;
+            set_actor(&mut r, &e.actor);
+            r.target_id = e.role_id.clone();
+            r.role_id = e.role_id.clone();
+            r.scope = e.scope.clone();
+            json!({"activation_requires_mfa": e.activation_requires_mfa, "approval_required": e.approval_required})
+        }
+        "UnmanagedGrantDetected" => {
+            let e: ev::UnmanagedGrantDetected = decode(envelope)?;
+            r.target_id = e.principal_id.clone();
+            r.role_id = e.role_id.clone();
+            r.scope = e.scope.clone();
+            r.outcome = "detected".into();
+            json!({"system": e.system})
+        }
         _ => json!({"data_base64": base64::engine::general_purpose::STANDARD.encode(&envelope.data)}),
     };
     r.payload_json = payload.to_string();

@@ -33,6 +33,7 @@ pub mod permissions {
     pub const AUDIT_READ: &str = "pim.audit.read";
     pub const ALERTS_READ: &str = "pim.alerts.read";
     pub const ALERTS_MANAGE: &str = "pim.alerts.manage";
+    pub const RECONCILE_REPORT: &str = "pim.reconcile.report";
     pub const EXCHANGE_MANAGE: &str = "exchange.organization.manage";
 }
 

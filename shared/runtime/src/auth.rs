@@ -154,12 +154,19 @@ impl From<TokenError> for Status {
     }
 }
 
-/// Verifies tokens against cached keys; an unknown `kid` refreshes the cache (at most once a second).
+/// Verifies tokens against cached keys; an unknown `kid` refreshes the cache (at most once a
+/// second). A token that verified is remembered until it expires, so a client that calls
+/// often pays for the signature check once, not on every call.
 pub struct TokenVerifier {
     source: Arc<dyn KeySource>,
     keys: RwLock<HashMap<String, DecodingKey>>,
     refreshed: Mutex<Option<Instant>>,
+    /// token → (caller, expiry in seconds since the epoch)
+    verified: RwLock<HashMap<Arc<str>, (Caller, i64)>>,
 }
+
+/// Verified tokens kept at most; past that the memory is cleared and refilled.
+const MAX_VERIFIED: usize = 100_000;
 
 impl TokenVerifier {
     pub fn new(source: Arc<dyn KeySource>) -> Self {
@@ -167,6 +174,7 @@ impl TokenVerifier {
             source,
             keys: RwLock::default(),
             refreshed: Mutex::new(None),
+            verified: RwLock::default(),
         }
     }
 
@@ -199,6 +207,25 @@ impl TokenVerifier {
 
     /// Verifies `token` and returns the caller it names.
     pub async fn verify(&self, token: &str) -> Result<Caller, TokenError> {
+        let now = crate::db::now_ms() / 1000;
+        if let Some((caller, exp)) = self.verified.read().unwrap_or_else(|e| e.into_inner()).get(token)
+            && *exp > now
+        {
+            return Ok(caller.clone());
+        }
+        let (caller, exp) = self.verify_signature(token).await?;
+        let mut verified = self.verified.write().unwrap_or_else(|e| e.into_inner());
+        if verified.len() >= MAX_VERIFIED {
+            verified.retain(|_, (_, exp)| *exp > now);
+            if verified.len() >= MAX_VERIFIED {
+                verified.clear();
+            }
+        }
+        verified.insert(caller.token.clone(), (caller.clone(), exp));
+        Ok(caller)
+    }
+
+    async fn verify_signature(&self, token: &str) -> Result<(Caller, i64), TokenError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Invalid)?;
         if header.alg != Algorithm::EdDSA {
             return Err(TokenError::Invalid);
@@ -220,7 +247,7 @@ impl TokenVerifier {
             _ => TokenError::Invalid,
         })?;
         let claims = data.claims;
-        Ok(Caller {
+        let caller = Caller {
             principal_id: claims.sub,
             kind: kind_from_claim(&claims.kind),
             name: claims.name,
@@ -228,7 +255,8 @@ impl TokenVerifier {
             mfa_at: claims.mfa_at,
             session_id: claims.sid,
             token: Arc::from(token),
-        })
+        };
+        Ok((caller, claims.exp))
     }
 }
 
