@@ -602,8 +602,13 @@ async fn approval_holds_the_activation_and_the_window_starts_when_approved() -> 
                 .expect("more updates until final");
         }
         assert!(watch.message().await?.is_none(), "the stream ends at a final status");
-        let yes = w.check(&lee.id, EXCHANGE_ADMINISTRATOR).await?;
-        assert!(yes.allowed);
+        // The watch may see the committed status (its 1 s re-read) a moment before the access
+        // index has applied the approval: poll briefly.
+        let yes = eventually(Duration::from_secs(5), "CheckAccess to agree", || async {
+            let r = w.check(&lee.id, EXCHANGE_ADMINISTRATOR).await?;
+            Ok(r.allowed.then_some(r))
+        })
+        .await?;
         assert_eq!(
             from_timestamp(yes.expires_at.as_ref().expect("ends")),
             approved_at + HOUR_MS,

@@ -3,6 +3,7 @@
 
 mod activation;
 mod backbone;
+mod mfa;
 mod slice;
 mod split;
 mod surface;

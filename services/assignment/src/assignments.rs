@@ -986,14 +986,14 @@ impl Assignments {
     /// Puts the assignment a request provisioned into the access index (after the commit
     /// that made it, e.g. by an approval event).
     pub async fn index_request(&self, request_id: &str) -> Result<()> {
-        // Watchers of the request learn of its new status now that it is committed.
-        let _ = self.changes.send(request_id.to_owned());
         if let Some(request) = store::find_request(&self.db, request_id).await?
             && let Some(id) = request.assignment_id
             && let Some(a) = store::find_assignment(&self.db, &id).await?
         {
             self.index.upsert_row(&a);
         }
+        // Watchers learn of the new status once CheckAccess here agrees with it.
+        let _ = self.changes.send(request_id.to_owned());
         Ok(())
     }
 

@@ -15,6 +15,12 @@ pub enum Error {
     BadCredentials,
     #[error("client id or secret is incorrect")]
     BadClientCredentials,
+    #[error("the code is incorrect or was used already")]
+    BadCode,
+    #[error("{0}")]
+    Locked(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
     #[error(transparent)]
     Denied(#[from] Status),
     #[error(transparent)]
@@ -42,7 +48,11 @@ impl From<Error> for Status {
             Error::InvalidArgument { field, message } => pim_runtime::grpc::invalid_argument(field, &message),
             Error::NotFound(_) => Status::not_found(err.to_string()),
             Error::AlreadyExists(_) => Status::already_exists(err.to_string()),
-            Error::BadCredentials | Error::BadClientCredentials => Status::unauthenticated(err.to_string()),
+            Error::BadCredentials | Error::BadClientCredentials | Error::BadCode => {
+                Status::unauthenticated(err.to_string())
+            }
+            Error::Locked(m) => Status::resource_exhausted(m),
+            Error::FailedPrecondition(m) => Status::failed_precondition(m),
             Error::Denied(status) => status,
             Error::Internal(err) => pim_runtime::grpc::internal(err),
         }

@@ -6,6 +6,7 @@ use tonic::{Request, Response, Status};
 use pim_proto::identity::v1 as pb;
 use pim_proto::identity::v1::auth_service_server::AuthService;
 use pim_proto::identity::v1::directory_service_server::DirectoryService;
+use pim_proto::identity::v1::mfa_service_server::MfaService;
 use pim_runtime::auth::caller;
 use pim_runtime::db::to_timestamp;
 
@@ -161,5 +162,70 @@ impl AuthService for Directory {
         Ok(Response::new(pb::GetSigningKeysResponse {
             keys: self.keys.public_keys(),
         }))
+    }
+}
+
+#[tonic::async_trait]
+impl MfaService for Directory {
+    async fn enroll_totp(
+        &self,
+        request: Request<pb::EnrollTotpRequest>,
+    ) -> Result<Response<pb::EnrollTotpResponse>, Status> {
+        let caller = caller(&request)?.clone();
+        let (method_id, otpauth_uri) = Directory::enroll_totp(self, &caller).await?;
+        Ok(Response::new(pb::EnrollTotpResponse { method_id, otpauth_uri }))
+    }
+
+    async fn confirm_totp(
+        &self,
+        request: Request<pb::ConfirmTotpRequest>,
+    ) -> Result<Response<pb::ConfirmTotpResponse>, Status> {
+        let caller = caller(&request)?.clone();
+        let r = request.into_inner();
+        let method_id = required("method_id", &r.method_id)?;
+        let code = required("code", &r.code)?;
+        Directory::confirm_totp(self, &caller, method_id, code).await?;
+        Ok(Response::new(pb::ConfirmTotpResponse {}))
+    }
+
+    async fn verify(&self, request: Request<pb::VerifyRequest>) -> Result<Response<pb::SignInResponse>, Status> {
+        let caller = caller(&request)?.clone();
+        let code = required("code", &request.get_ref().code)?;
+        Ok(Response::new(session_to_pb(self.verify_mfa(&caller, code).await?)))
+    }
+
+    async fn list_methods(
+        &self,
+        request: Request<pb::ListMethodsRequest>,
+    ) -> Result<Response<pb::ListMethodsResponse>, Status> {
+        let caller = caller(&request)?.clone();
+        let methods = self.list_mfa_methods(&caller, &request.get_ref().user).await?;
+        Ok(Response::new(pb::ListMethodsResponse {
+            methods: methods
+                .into_iter()
+                .map(|m| pb::MfaMethod {
+                    id: m.id,
+                    kind: m.kind,
+                    created_at: Some(to_timestamp(m.created_at)),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn generate_recovery_codes(
+        &self,
+        request: Request<pb::GenerateRecoveryCodesRequest>,
+    ) -> Result<Response<pb::GenerateRecoveryCodesResponse>, Status> {
+        let caller = caller(&request)?.clone();
+        Ok(Response::new(pb::GenerateRecoveryCodesResponse {
+            codes: Directory::generate_recovery_codes(self, &caller).await?,
+        }))
+    }
+
+    async fn reset_mfa(&self, request: Request<pb::ResetMfaRequest>) -> Result<Response<pb::ResetMfaResponse>, Status> {
+        let caller = caller(&request)?.clone();
+        let user = required("user", &request.get_ref().user)?;
+        Directory::reset_mfa(self, &caller, user).await?;
+        Ok(Response::new(pb::ResetMfaResponse {}))
     }
 }

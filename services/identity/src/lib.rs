@@ -5,6 +5,7 @@ mod credentials;
 mod directory;
 mod error;
 mod grpc;
+mod mfa;
 mod store;
 mod tokens;
 
@@ -13,7 +14,7 @@ use tonic::service::RoutesBuilder;
 
 use pim_proto::identity::v1::auth_service_server::AuthServiceServer;
 use pim_proto::identity::v1::directory_service_server::DirectoryServiceServer;
-use pim_proto::identity::v1::mfa_service_server::{MfaService, MfaServiceServer};
+use pim_proto::identity::v1::mfa_service_server::MfaServiceServer;
 use pim_runtime::db::Db;
 use pim_runtime::events::Outbox;
 use pim_runtime::host::{Deps, Service};
@@ -26,10 +27,6 @@ pub use tokens::{Keystore, TokenSubject};
 pub fn generate_password() -> String {
     credentials::random_secret()
 }
-
-/// MFA arrives with the identity issue; until then every MFA RPC answers UNIMPLEMENTED.
-struct Mfa;
-impl MfaService for Mfa {}
 
 /// The identity service, built from its dependencies and ready to be hosted.
 #[derive(Clone)]
@@ -75,7 +72,7 @@ impl Service for Identity {
         routes
             .add_service(DirectoryServiceServer::new(self.directory.clone()))
             .add_service(AuthServiceServer::new(self.directory.clone()))
-            .add_service(MfaServiceServer::new(Mfa));
+            .add_service(MfaServiceServer::new(self.directory.clone()));
     }
 
     fn db(&self) -> &Db {

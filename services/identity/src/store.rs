@@ -37,7 +37,34 @@ impl MigratorTrait for Migrator {
                         private_key {blob} NOT NULL,
                         public_key TEXT NOT NULL,
                         created_at BIGINT NOT NULL,
-                        retire_after BIGINT
+                                            retire_after BIGINT
+                )",
+                    blob = d.blob()
+                )
+            }),
+            SqlMigration::boxed("m0002_mfa", |d| {
+                format!(
+                    "CREATE TABLE mfa_methods (
+                        id TEXT PRIMARY KEY,
+                        user_id TEXT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+                        kind TEXT NOT NULL,
+                        secret {blob} NOT NULL,
+                        confirmed BOOLEAN NOT NULL,
+                        last_step BIGINT NOT NULL,
+                        created_at BIGINT NOT NULL
+                    );
+                    CREATE INDEX mfa_methods_user ON mfa_methods (user_id);
+                    CREATE TABLE recovery_codes (
+                        user_id TEXT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+                        code_hash TEXT NOT NULL,
+                        used_at BIGINT,
+                        PRIMARY KEY (user_id, code_hash)
+                    );
+                    CREATE TABLE mfa_failures (
+                        user_id TEXT PRIMARY KEY REFERENCES users (id) ON DELETE CASCADE,
+                        failures INTEGER NOT NULL,
+                        window_start BIGINT NOT NULL,
+                        locked_until BIGINT
                     )",
                     blob = d.blob()
                 )
@@ -242,4 +269,144 @@ pub async fn insert_signing_key<C: ConnectionTrait>(c: &C, k: &SigningKeyRow) ->
     )
     .await
     .map(drop)
+}
+
+#[derive(Clone, Debug)]
+pub struct MfaMethodRow {
+    pub id: String,
+    pub user_id: String,
+    pub kind: String,
+    pub secret: Vec<u8>,
+    pub confirmed: bool,
+    pub last_step: i64,
+    pub created_at: i64,
+}
+
+pub async fn mfa_methods<C: ConnectionTrait>(c: &C, user_id: &str) -> Result<Vec<MfaMethodRow>, DbErr> {
+    db::query(
+        c,
+        "SELECT id, user_id, kind, secret, confirmed, last_step, created_at FROM mfa_methods WHERE user_id = $1 ORDER BY created_at",
+        vec![user_id.into()],
+    )
+    .await?
+    .iter()
+    .map(|r| {
+        Ok(MfaMethodRow {
+            id: col(r, "id")?,
+            user_id: col(r, "user_id")?,
+            kind: col(r, "kind")?,
+            secret: col(r, "secret")?,
+            confirmed: col(r, "confirmed")?,
+            last_step: col(r, "last_step")?,
+            created_at: col(r, "created_at")?,
+        })
+    })
+    .collect()
+}
+
+pub async fn insert_mfa_method<C: ConnectionTrait>(c: &C, m: &MfaMethodRow) -> Result<(), DbErr> {
+    db::exec(
+        c,
+        "INSERT INTO mfa_methods (id, user_id, kind, secret, confirmed, last_step, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        vec![
+            m.id.clone().into(),
+            m.user_id.clone().into(),
+            m.kind.clone().into(),
+            m.secret.clone().into(),
+            m.confirmed.into(),
+            m.last_step.into(),
+            m.created_at.into(),
+        ],
+    )
+    .await
+    .map(drop)
+}
+
+pub async fn delete_unconfirmed_methods<C: ConnectionTrait>(c: &C, user_id: &str) -> Result<(), DbErr> {
+    db::exec(
+        c,
+        "DELETE FROM mfa_methods WHERE user_id = $1 AND confirmed = FALSE",
+        vec![user_id.into()],
+    )
+    .await
+    .map(drop)
+}
+
+/// Records a used TOTP step; returns false when that step (or a later one) was used already:
+/// a code is accepted once, even by concurrent requests.
+pub async fn use_step<C: ConnectionTrait>(c: &C, method_id: &str, step: i64, confirm: bool) -> Result<bool, DbErr> {
+    let n = db::exec(
+        c,
+        "UPDATE mfa_methods SET last_step = $1, confirmed = (confirmed OR $2) WHERE id = $3 AND last_step < $4",
+        vec![step.into(), confirm.into(), method_id.into(), step.into()],
+    )
+    .await?;
+    Ok(n == 1)
+}
+
+pub async fn reset_mfa<C: ConnectionTrait>(c: &C, user_id: &str) -> Result<(), DbErr> {
+    db::exec(c, "DELETE FROM mfa_methods WHERE user_id = $1", vec![user_id.into()]).await?;
+    db::exec(c, "DELETE FROM recovery_codes WHERE user_id = $1", vec![user_id.into()]).await?;
+    db::exec(c, "DELETE FROM mfa_failures WHERE user_id = $1", vec![user_id.into()])
+        .await
+        .map(drop)
+}
+
+pub async fn replace_recovery_codes<C: ConnectionTrait>(c: &C, user_id: &str, hashes: &[String]) -> Result<(), DbErr> {
+    db::exec(c, "DELETE FROM recovery_codes WHERE user_id = $1", vec![user_id.into()]).await?;
+    for h in hashes {
+        db::exec(
+            c,
+            "INSERT INTO recovery_codes (user_id, code_hash) VALUES ($1, $2)",
+            vec![user_id.into(), h.clone().into()],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Marks an unused recovery code used; returns whether there was one.
+pub async fn use_recovery_code<C: ConnectionTrait>(c: &C, user_id: &str, hash: &str, now: i64) -> Result<bool, DbErr> {
+    let n = db::exec(
+        c,
+        "UPDATE recovery_codes SET used_at = $1 WHERE user_id = $2 AND code_hash = $3 AND used_at IS NULL",
+        vec![now.into(), user_id.into(), hash.into()],
+    )
+    .await?;
+    Ok(n == 1)
+}
+
+/// The user's lockout state: (failures in the window, window start, locked until).
+pub async fn mfa_failures<C: ConnectionTrait>(c: &C, user_id: &str) -> Result<Option<(i32, i64, Option<i64>)>, DbErr> {
+    let row = db::query_one(
+        c,
+        "SELECT failures, window_start, locked_until FROM mfa_failures WHERE user_id = $1",
+        vec![user_id.into()],
+    )
+    .await?;
+    row.map(|r| Ok((col(&r, "failures")?, col(&r, "window_start")?, col(&r, "locked_until")?)))
+        .transpose()
+}
+
+pub async fn set_mfa_failures<C: ConnectionTrait>(
+    c: &C,
+    user_id: &str,
+    failures: i32,
+    window_start: i64,
+    locked_until: Option<i64>,
+) -> Result<(), DbErr> {
+    db::exec(
+        c,
+        "INSERT INTO mfa_failures (user_id, failures, window_start, locked_until) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (user_id) DO UPDATE SET failures = excluded.failures, window_start = excluded.window_start, locked_until = excluded.locked_until",
+        vec![user_id.into(), failures.into(), window_start.into(), locked_until.into()],
+    )
+    .await
+    .map(drop)
+}
+
+pub async fn clear_mfa_failures<C: ConnectionTrait>(c: &C, user_id: &str) -> Result<(), DbErr> {
+    db::exec(c, "DELETE FROM mfa_failures WHERE user_id = $1", vec![user_id.into()])
+        .await
+        .map(drop)
 }

@@ -10,6 +10,13 @@ use std::time::{Duration, Instant};
 
 const PIM: &str = env!("CARGO_BIN_EXE_pim");
 
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs()
+}
+
 struct Up {
     child: Child,
     lines: mpsc::Receiver<String>,
@@ -103,6 +110,40 @@ impl Client {
         }
         drop(input);
         child.wait_with_output().expect("pim finishes")
+    }
+
+    /// `pim mfa enroll`, answering its prompt with a code from the URI it shows.
+    fn enroll_mfa(&self) -> totp_rs::TOTP {
+        let mut child = Command::new(PIM)
+            .args(["mfa", "enroll"])
+            .env("PIM_SERVER", &self.server)
+            .env("PIM_TOKEN_FILE", &self.token_file)
+            .env_remove("PIM_MFA_CODE")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("pim runs");
+        let mut stdout = BufReader::new(child.stdout.take().expect("piped"));
+        let mut uri = String::new();
+        while !uri.trim_start().starts_with("otpauth://") {
+            uri.clear();
+            assert!(
+                stdout.read_line(&mut uri).expect("read") > 0,
+                "pim mfa enroll showed no URI"
+            );
+        }
+        let authenticator = totp_rs::TOTP::from_url(uri.trim()).expect("a valid otpauth URI");
+        let mut stdin = child.stdin.take().expect("piped");
+        writeln!(stdin, "{}", authenticator.generate(now_secs())).expect("write");
+        drop(stdin);
+        let out = child.wait_with_output().expect("pim finishes");
+        assert!(
+            out.status.success(),
+            "enrol failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        authenticator
     }
 
     fn ok(&self, args: &[&str], stdin: Option<&str>) -> String {
@@ -221,27 +262,17 @@ fn the_readme_walk_through_works_and_survives_a_restart() {
     assert_eq!(refused.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("PermissionDenied"));
 
-    // Just-in-time: Lee is made eligible for Security Reader and activates it (this policy
-    // waives MFA, which arrives with the identity service's MFA).
-    admin.ok(
-        &[
-            "policy",
-            "set",
-            "Security Reader",
-            "--require-mfa",
-            "false",
-            "--activation-max",
-            "2h",
-        ],
-        None,
-    );
+    // Just-in-time: Lee enrols an authenticator, is made eligible for Security Reader, and
+    // activates it; the default policy asks for MFA, so `pim activate` steps up with the code.
+    admin.ok(&["policy", "set", "Security Reader", "--activation-max", "2h"], None);
     let shown = admin.ok(&["policy", "show", "Security Reader"], None);
     assert!(
         shown
             .lines()
-            .any(|l| l.starts_with("activation requires MFA") && l.ends_with("false")),
+            .any(|l| l.starts_with("activation requires MFA") && l.ends_with("true")),
         "{shown}"
     );
+    let authenticator = lee.enroll_mfa();
     admin.ok(
         &[
             "assign",
@@ -255,19 +286,8 @@ fn the_readme_walk_through_works_and_survives_a_restart() {
         ],
         None,
     );
-    let too_long = lee.run(
-        &[
-            "activate",
-            "Security Reader",
-            "--duration",
-            "3h",
-            "--justification",
-            "triage",
-        ],
-        None,
-    );
-    assert_eq!(too_long.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&too_long.stderr).contains("ExpirationRule"));
+
+    let code = authenticator.generate(now_secs() + 30);
     let activated = lee.ok(
         &[
             "activate",
@@ -276,8 +296,14 @@ fn the_readme_walk_through_works_and_survives_a_restart() {
             "1h",
             "--justification",
             "alert triage",
+            "--code",
+            &code,
         ],
         None,
+    );
+    assert!(
+        activated.contains("needs") || activated.contains("active"),
+        "{activated}"
     );
     assert!(activated.contains("Security Reader active at / from"), "{activated}");
     let roles = lee.ok(&["roles"], None);
@@ -302,6 +328,24 @@ fn the_readme_walk_through_works_and_survives_a_restart() {
     assert_eq!(
         admin.run(&["check", "lee", "Security Reader"], None).status.code(),
         Some(1)
+    );
+    // The session is stepped up now: only the duration rule fails.
+    let too_long = lee.run(
+        &[
+            "activate",
+            "Security Reader",
+            "--duration",
+            "3h",
+            "--justification",
+            "triage",
+        ],
+        None,
+    );
+    assert_eq!(too_long.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&too_long.stderr).contains("[rules: ExpirationRule]"),
+        "{}",
+        String::from_utf8_lossy(&too_long.stderr)
     );
     let requests = lee.ok(&["requests"], None);
     assert!(

@@ -27,6 +27,7 @@ use pim_runtime::db::{from_timestamp, now_ms, sqlite_url, to_timestamp};
 
 use crate::host::{ServiceName, Suite, SuiteOptions};
 
+mod mfa;
 mod requests;
 
 #[derive(Parser)]
@@ -100,6 +101,9 @@ enum Command {
     /// Show or change a role's policy at a scope.
     #[command(subcommand)]
     Policy(requests::PolicyCommand),
+    /// Multi-factor authentication: enrol an authenticator app, step up, recovery codes.
+    #[command(subcommand)]
+    Mfa(mfa::MfaCommand),
     /// Assign a role to a principal (an administrator's adminAssign request).
     Assign(AssignArgs),
     /// List assignments in force.
@@ -308,6 +312,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Unassign(args) => requests::unassign(args).await,
         Command::Requests(args) => requests::list(args).await,
         Command::Policy(cmd) => requests::policy(cmd).await,
+        Command::Mfa(cmd) => mfa::run(cmd).await,
         Command::Assign(args) => assign(args).await,
         Command::Assignments(args) => list_assignments(args).await,
         Command::Check(args) => check(args).await,

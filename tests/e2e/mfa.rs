@@ -1,0 +1,223 @@
+//! MFA step-up on PostgreSQL + Redis: enrol TOTP, confirm it, step up, and activate a role
+//! whose policy requires MFA; codes are accepted once; a burst of wrong codes locks MFA;
+//! recovery codes work once.
+
+use tonic::Code;
+use totp_rs::TOTP;
+
+use pim_e2e::{TestSuite, authed};
+use pim_proto::assignment::v1 as apb;
+use pim_proto::assignment::v1::access_service_client::AccessServiceClient;
+use pim_proto::assignment::v1::assignment_service_client::AssignmentServiceClient;
+use pim_proto::identity::v1 as ipb;
+use pim_proto::identity::v1::directory_service_client::DirectoryServiceClient;
+use pim_proto::identity::v1::mfa_service_client::MfaServiceClient;
+use pim_runtime::db::now_ms;
+use pim_runtime::grpc::violated_rules;
+
+const EXCHANGE_ADMINISTRATOR: &str = "29232cdf-9323-42fd-ade2-1d097af3e4de";
+
+async fn user(ts: &TestSuite, admin: &str, name: &str) -> anyhow::Result<(String, String)> {
+    let password = format!("{name}'s long passphrase");
+    let created = DirectoryServiceClient::new(ts.channel.clone())
+        .create_user(authed(
+            admin,
+            ipb::CreateUserRequest {
+                user_name: name.into(),
+                password: password.clone(),
+                ..Default::default()
+            },
+        ))
+        .await?
+        .into_inner();
+    Ok((created.id, ts.sign_in(name, &password).await?))
+}
+
+/// Enrols and confirms TOTP; returns the authenticator and the time whose code confirmed it.
+async fn enrol(mfa: &mut MfaServiceClient<tonic::transport::Channel>, token: &str) -> anyhow::Result<(TOTP, u64)> {
+    let enrolled = mfa
+        .enroll_totp(authed(token, ipb::EnrollTotpRequest {}))
+        .await?
+        .into_inner();
+    assert!(enrolled.otpauth_uri.starts_with("otpauth://totp/PIM:"));
+    let authenticator = TOTP::from_url(&enrolled.otpauth_uri).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let at = (now_ms() / 1000) as u64;
+    let code = authenticator.generate(at);
+    mfa.confirm_totp(authed(
+        token,
+        ipb::ConfirmTotpRequest {
+            method_id: enrolled.method_id,
+            code,
+        },
+    ))
+    .await?;
+    Ok((authenticator, at))
+}
+
+fn activation() -> apb::CreateRequestRequest {
+    apb::CreateRequestRequest {
+        action: apb::RequestAction::SelfActivate as i32,
+        kind: apb::AssignmentKind::Active as i32,
+        role_id: EXCHANGE_ADMINISTRATOR.into(),
+        scope: "/".into(),
+        schedule: Some(apb::Schedule {
+            start_time: None,
+            expiration: Some(apb::schedule::Expiration::Duration(prost_types::Duration {
+                seconds: 3600,
+                nanos: 0,
+            })),
+        }),
+        justification: "mailbox migration".into(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn step_up_with_totp_then_activate() -> anyhow::Result<()> {
+    let ts = TestSuite::postgres().await?;
+    let result = async {
+        let admin = ts.admin_token().await?;
+        let (lee, lee_token) = user(&ts, &admin, "lee").await?;
+        AssignmentServiceClient::new(ts.channel.clone())
+            .create_request(authed(
+                &admin,
+                apb::CreateRequestRequest {
+                    action: apb::RequestAction::AdminAssign as i32,
+                    kind: apb::AssignmentKind::Eligible as i32,
+                    principal_id: lee.clone(),
+                    role_id: EXCHANGE_ADMINISTRATOR.into(),
+                    scope: "/".into(),
+                    ..Default::default()
+                },
+            ))
+            .await?;
+        let mut mfa = MfaServiceClient::new(ts.channel.clone());
+        let none = mfa
+            .verify(authed(&lee_token, ipb::VerifyRequest { code: "123456".into() }))
+            .await
+            .expect_err("nothing enrolled");
+        assert_eq!(none.code(), Code::FailedPrecondition);
+        let (authenticator, confirmed_at) = enrol(&mut mfa, &lee_token).await?;
+        let again = mfa
+            .enroll_totp(authed(&lee_token, ipb::EnrollTotpRequest {}))
+            .await
+            .expect_err("enrolled already");
+        assert_eq!(again.code(), Code::FailedPrecondition);
+
+        let refused = AssignmentServiceClient::new(ts.channel.clone())
+            .create_request(authed(&lee_token, activation()))
+            .await
+            .expect_err("no MFA yet");
+        assert_eq!(violated_rules(&refused), vec!["MfaRule"]);
+
+        // The confirmation code was used; the next step's code (within the skew) is fresh.
+        let used = authenticator.generate(confirmed_at);
+        let replay = mfa
+            .verify(authed(&lee_token, ipb::VerifyRequest { code: used }))
+            .await
+            .expect_err("a code works once");
+        assert_eq!(replay.code(), Code::Unauthenticated);
+        let next = authenticator.generate(confirmed_at + 30);
+        let stepped = mfa
+            .verify(authed(&lee_token, ipb::VerifyRequest { code: next.clone() }))
+            .await?
+            .into_inner();
+        assert!(stepped.amr.contains(&"otp".to_owned()));
+        let replay = mfa
+            .verify(authed(&lee_token, ipb::VerifyRequest { code: next }))
+            .await
+            .expect_err("a code works once");
+        assert_eq!(replay.code(), Code::Unauthenticated);
+
+        let activated = AssignmentServiceClient::new(ts.channel.clone())
+            .create_request(authed(&stepped.access_token, activation()))
+            .await?
+            .into_inner();
+        assert_eq!(activated.status, apb::RequestStatus::Provisioned as i32);
+        let allowed = AccessServiceClient::new(ts.channel.clone())
+            .check_access(authed(
+                &admin,
+                apb::CheckAccessRequest {
+                    principal_id: lee.clone(),
+                    target: Some(apb::check_access_request::Target::RoleId(EXCHANGE_ADMINISTRATOR.into())),
+                    scope: "/".into(),
+                },
+            ))
+            .await?
+            .into_inner();
+        assert!(allowed.allowed);
+        let listed = mfa
+            .list_methods(authed(&lee_token, ipb::ListMethodsRequest { user: String::new() }))
+            .await?
+            .into_inner()
+            .methods;
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].kind, "totp");
+        anyhow::Ok(())
+    }
+    .await;
+    ts.stop().await?;
+    result
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_codes_lock_mfa_and_recovery_codes_work_once() -> anyhow::Result<()> {
+    let ts = TestSuite::postgres().await?;
+    let result = async {
+        let admin = ts.admin_token().await?;
+        let (_, kim_token) = user(&ts, &admin, "kim").await?;
+        let mut mfa = MfaServiceClient::new(ts.channel.clone());
+        let (authenticator, _) = enrol(&mut mfa, &kim_token).await?;
+        let codes = mfa
+            .generate_recovery_codes(authed(&kim_token, ipb::GenerateRecoveryCodesRequest {}))
+            .await?
+            .into_inner()
+            .codes;
+        assert_eq!(codes.len(), 10);
+        let recovered = mfa
+            .verify(authed(&kim_token, ipb::VerifyRequest { code: codes[0].clone() }))
+            .await?
+            .into_inner();
+        assert!(recovered.amr.contains(&"otp".to_owned()));
+        let reused = mfa
+            .verify(authed(&kim_token, ipb::VerifyRequest { code: codes[0].clone() }))
+            .await
+            .expect_err("single use");
+        assert_eq!(reused.code(), Code::Unauthenticated);
+
+        // Four more wrong codes make five failures in the window: locked.
+        let right = authenticator.generate((now_ms() / 1000) as u64 + 30);
+        let wrong = if right == "000000" { "111111" } else { "000000" };
+        for attempt in 0..4 {
+            let failed = mfa
+                .verify(authed(&kim_token, ipb::VerifyRequest { code: wrong.into() }))
+                .await
+                .expect_err("wrong code");
+            let expected = if attempt < 3 {
+                Code::Unauthenticated
+            } else {
+                Code::ResourceExhausted
+            };
+            assert_eq!(failed.code(), expected, "attempt {attempt}");
+        }
+        let locked = mfa
+            .verify(authed(&kim_token, ipb::VerifyRequest { code: right }))
+            .await
+            .expect_err("locked out");
+        assert_eq!(locked.code(), Code::ResourceExhausted);
+
+        // Only credential administrators reset MFA; then Kim can enrol again.
+        let kim_reset = mfa
+            .reset_mfa(authed(&kim_token, ipb::ResetMfaRequest { user: "kim".into() }))
+            .await
+            .expect_err("not for Kim");
+        assert_eq!(kim_reset.code(), Code::PermissionDenied);
+        mfa.reset_mfa(authed(&admin, ipb::ResetMfaRequest { user: "kim".into() }))
+            .await?;
+        enrol(&mut mfa, &kim_token).await?;
+        anyhow::Ok(())
+    }
+    .await;
+    ts.stop().await?;
+    result
+}
