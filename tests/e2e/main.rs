@@ -3,6 +3,7 @@
 
 mod activation;
 mod backbone;
+mod groups;
 mod mfa;
 mod slice;
 mod split;

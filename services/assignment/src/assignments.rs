@@ -23,6 +23,7 @@ use pim_runtime::grpc::RuleViolation;
 
 use crate::domain::{ActivationAsk, AdminAssignment, Kind, MfaState, Policy, Schedule, Scope};
 use crate::error::{Error, Result};
+use crate::groups::Memberships;
 use crate::index::AccessIndex;
 use crate::roles::{GLOBAL_ADMINISTRATOR, RoleCatalog};
 use crate::store::{self, AssignmentRow, RequestRow};
@@ -56,6 +57,8 @@ pub struct Assignments {
     pub(crate) changes: broadcast::Sender<String>,
     /// Active assignments in memory: the CheckAccess hot path.
     pub(crate) index: AccessIndex,
+    /// Members of role-assignable groups, in memory.
+    pub(crate) memberships: Memberships,
 }
 
 /// An administrator's request to assign a role, as received.
@@ -90,6 +93,7 @@ pub struct ActivateRequest {
 struct PrincipalInfo {
     kind: PrincipalKind,
     name: String,
+    is_assignable_to_role: bool,
 }
 
 fn principal_kind_str(kind: PrincipalKind) -> &'static str {
@@ -130,7 +134,11 @@ impl Assignments {
     /// Whether `principal` holds `target` at `scope` (directly, at that scope or above) now.
     pub async fn decide(&self, principal: &str, target: &Target, scope: &Scope) -> Result<(Decision, Vec<String>)> {
         let now = self.now();
-        let held = self.index.current(principal, now);
+        // The principal's own grants, and those of the role-assignable groups they are in.
+        let mut held = self.index.current(principal, now);
+        for group in self.memberships.groups_of(principal) {
+            held.extend(self.index.current(&group, now));
+        }
         let scopes = scope.with_ancestors();
         let mut ids = Vec::new();
         let (mut permanent, mut latest_end) = (false, None::<i64>);
@@ -187,6 +195,7 @@ impl Assignments {
                 Ok(PrincipalInfo {
                     kind: PrincipalKind::try_from(p.kind).unwrap_or(PrincipalKind::User),
                     name: p.display_name,
+                    is_assignable_to_role: p.is_assignable_to_role,
                 })
             }
             Err(s) if s.code() == tonic::Code::NotFound => Err(Error::NotFound(format!("principal {id}"))),
@@ -273,6 +282,11 @@ impl Assignments {
         }
         self.authorize(caller, permissions::ASSIGNMENTS_MANAGE, &scope).await?;
         let principal = self.principal(caller, principal_id).await?;
+        if principal.kind == PrincipalKind::Group && !principal.is_assignable_to_role {
+            return Err(Error::FailedPrecondition(format!(
+                "{principal_id} is not a role-assignable group; only those can hold roles"
+            )));
+        }
         if principal.kind == PrincipalKind::ServicePrincipal && r.assignment.kind == Kind::Eligible {
             return Err(Error::PolicyViolation(vec![RuleViolation {
                 kind: "EligibilityRule",
@@ -554,7 +568,8 @@ impl Assignments {
         let role = self.role(&r.role)?;
         let now = self.now();
         let mut violations = Vec::new();
-        let eligible = store::current_assignments(
+        // Eligible directly, or through a role-assignable group.
+        let mut eligible = store::current_assignments(
             &self.db,
             Kind::Eligible.as_str(),
             Some(&caller.principal_id),
@@ -562,6 +577,12 @@ impl Assignments {
             now,
         )
         .await?;
+        for group in self.memberships.groups_of(&caller.principal_id) {
+            eligible.extend(
+                store::current_assignments(&self.db, Kind::Eligible.as_str(), Some(&group), Some(&role.id), now)
+                    .await?,
+            );
+        }
         let scopes = scope.with_ancestors();
         let eligibility = eligible
             .iter()
@@ -939,17 +960,30 @@ impl Assignments {
         principal: Option<&str>,
         role: Option<&str>,
         scope: Option<&Scope>,
-    ) -> Result<Vec<AssignmentRow>> {
+    ) -> Result<Vec<(AssignmentRow, Option<String>)>> {
         if principal != Some(caller.principal_id.as_str()) {
             self.authorize(caller, permissions::ASSIGNMENTS_READ, &Scope::root())
                 .await?;
         }
-        let rows = store::current_assignments(&self.db, kind.as_str(), principal, role, self.now()).await?;
+        let now = self.now();
+        let mut rows: Vec<(AssignmentRow, Option<String>)> =
+            store::current_assignments(&self.db, kind.as_str(), principal, role, now)
+                .await?
+                .into_iter()
+                .map(|a| (a, None))
+                .collect();
+        // A principal's roles include those of their role-assignable groups (Entra hides these).
+        if let Some(principal) = principal {
+            for group in self.memberships.groups_of(principal) {
+                let inherited = store::current_assignments(&self.db, kind.as_str(), Some(&group), role, now).await?;
+                rows.extend(inherited.into_iter().map(|a| (a, Some(group.clone()))));
+            }
+        }
         Ok(match scope {
             // At that scope, or above it (what applies there).
             Some(scope) => {
                 let scopes = scope.with_ancestors();
-                rows.into_iter().filter(|a| scopes.contains(&a.scope)).collect()
+                rows.into_iter().filter(|(a, _)| scopes.contains(&a.scope)).collect()
             }
             None => rows,
         })
@@ -1034,6 +1068,7 @@ impl Assignments {
         let principal = PrincipalInfo {
             kind: PrincipalKind::User,
             name: user_name.into(),
+            is_assignable_to_role: false,
         };
         match self
             .grant(Some(system_actor()), request, &principal, "Global Administrator")

@@ -131,7 +131,13 @@ fn request_to_pb(r: RequestRow) -> pb::AssignmentRequest {
     }
 }
 
-fn assignment_to_pb(a: AssignmentRow, role_name: String) -> pb::Assignment {
+/// An assignment as listed for a principal; `via_group` when it comes through a group.
+fn assignment_to_pb(
+    a: AssignmentRow,
+    role_name: String,
+    member: Option<&str>,
+    via_group: Option<String>,
+) -> pb::Assignment {
     let principal_kind = match a.principal_kind.as_str() {
         "service_principal" => PrincipalKind::ServicePrincipal,
         "group" => PrincipalKind::Group,
@@ -140,15 +146,19 @@ fn assignment_to_pb(a: AssignmentRow, role_name: String) -> pb::Assignment {
     pb::Assignment {
         id: a.id,
         kind: kind_to_pb(&a.kind) as i32,
-        principal_id: a.principal_id,
+        principal_id: member.map(str::to_owned).unwrap_or(a.principal_id),
         principal_kind: principal_kind as i32,
         role_id: a.role_id,
         role_name,
         scope: a.scope,
         start_time: Some(to_timestamp(a.start_at)),
         end_time: a.end_at.map(to_timestamp),
-        member_type: pb::MemberType::Direct as i32,
-        via_group_id: String::new(),
+        member_type: if via_group.is_some() {
+            pb::MemberType::Group
+        } else {
+            pb::MemberType::Direct
+        } as i32,
+        via_group_id: via_group.unwrap_or_default(),
         created_by: a.created_by,
     }
 }
@@ -421,9 +431,9 @@ impl Assignments {
         Ok(Response::new(pb::ListAssignmentsResponse {
             assignments: rows
                 .into_iter()
-                .map(|a| {
+                .map(|(a, via)| {
                     let name = self.role_name(&a.role_id);
-                    assignment_to_pb(a, name)
+                    assignment_to_pb(a, name, principal.filter(|_| via.is_some()), via)
                 })
                 .collect(),
         }))
@@ -762,9 +772,10 @@ impl AccessService for Assignments {
         Ok(Response::new(pb::ListActiveRolesResponse {
             assignments: rows
                 .into_iter()
-                .map(|a| {
+                .map(|(a, via)| {
                     let name = self.role_name(&a.role_id);
-                    assignment_to_pb(a, name)
+                    let member = via.as_ref().map(|_| principal.as_str());
+                    assignment_to_pb(a, name, member, via)
                 })
                 .collect(),
         }))

@@ -5,6 +5,7 @@ mod assignments;
 mod domain;
 mod drift;
 mod error;
+mod groups;
 mod grpc;
 mod index;
 mod roles;
@@ -40,6 +41,8 @@ pub struct Assignment {
     config: pim_runtime::Config,
     /// Where the access index's tail of the assignment stream starts (Redis only).
     tail_from: Option<String>,
+    /// Where the group membership tail of the identity stream starts (Redis only).
+    identity_tail_from: Option<String>,
 }
 
 impl Assignment {
@@ -54,7 +57,14 @@ impl Assignment {
             ),
             None => None,
         };
+        let identity_tail_from = match &deps.config.redis_url {
+            Some(url) => Some(
+                pim_runtime::events::last_entry_id(url.expose(), &deps.config.stream_prefix, streams::IDENTITY).await?,
+            ),
+            None => None,
+        };
         let index = index::AccessIndex::load(&deps.db, deps.clock.now_ms()).await?;
+        let memberships = groups::Memberships::load(&deps.db).await?;
         let assignments = Assignments {
             db: deps.db,
             outbox: Outbox::default(),
@@ -64,11 +74,13 @@ impl Assignment {
             timers: Arc::default(),
             changes: tokio::sync::broadcast::channel(1024).0,
             index,
+            memberships,
         };
         Ok(Self {
             assignments,
             config: deps.config,
             tail_from,
+            identity_tail_from,
         })
     }
 
@@ -158,7 +170,10 @@ impl Service for Assignment {
     }
 
     fn handlers(&self) -> Vec<Arc<dyn EventHandler>> {
-        vec![Arc::new(ApprovalOutcomes(self.assignments.clone()))]
+        vec![
+            Arc::new(ApprovalOutcomes(self.assignments.clone())),
+            Arc::new(groups::IdentityEvents(self.assignments.memberships.clone())),
+        ]
     }
 
     fn background(&self, stop: tokio::sync::watch::Receiver<bool>) -> Vec<tokio::task::JoinHandle<()>> {
@@ -175,6 +190,22 @@ impl Service for Assignment {
                 move |envelope| {
                     if let Err(err) = index.apply(envelope) {
                         tracing::warn!(event_id = %envelope.id, error = %err, "access index could not apply an event");
+                    }
+                },
+            ));
+        }
+        if let (Some(url), Some(from)) = (&self.config.redis_url, &self.identity_tail_from) {
+            // Membership changes consumed by another replica reach this one's memory too.
+            let memberships = self.assignments.memberships.clone();
+            tasks.push(pim_runtime::events::tail(
+                url.expose().clone(),
+                self.config.stream_prefix.clone(),
+                streams::IDENTITY,
+                from.clone(),
+                stop.clone(),
+                move |envelope| {
+                    if let Err(err) = memberships.apply(envelope) {
+                        tracing::warn!(event_id = %envelope.id, error = %err, "group membership could not be applied");
                     }
                 },
             ));

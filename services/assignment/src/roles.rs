@@ -41,6 +41,7 @@ pub const BUILT_IN_ROLES: &[BuiltInRole] = &[
             p::APPROVALS_MANAGE,
             p::REVIEWS_MANAGE,
             p::GROUPS_MANAGE,
+            p::ROLE_ASSIGNABLE_GROUPS_MANAGE,
             p::USERS_READ,
             p::AUDIT_READ,
             p::RECONCILE_REPORT,

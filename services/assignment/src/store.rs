@@ -46,7 +46,13 @@ impl MigratorTrait for Migrator {
                 );
                 CREATE INDEX requests_principal ON requests (principal_id, created_at);
                 CREATE INDEX requests_status ON requests (status, created_at);
-                                CREATE TABLE observed_grants (
+                                                CREATE TABLE group_memberships (
+                    group_id TEXT NOT NULL,
+                    principal_id TEXT NOT NULL,
+                    PRIMARY KEY (group_id, principal_id)
+                );
+                CREATE INDEX group_memberships_principal ON group_memberships (principal_id);
+                CREATE TABLE observed_grants (
                     system TEXT NOT NULL,
                     principal_id TEXT NOT NULL,
                     role_id TEXT NOT NULL,
@@ -650,4 +656,29 @@ pub async fn unmanaged_grants<C: ConnectionTrait>(c: &C) -> Result<Vec<ObservedG
             })
         })
         .collect()
+}
+
+/// Every (group, member) pair of role-assignable groups, as identity's events told it.
+pub async fn group_memberships<C: ConnectionTrait>(c: &C) -> Result<Vec<(String, String)>, DbErr> {
+    db::query(c, "SELECT group_id, principal_id FROM group_memberships", vec![])
+        .await?
+        .iter()
+        .map(|r| Ok((col(r, "group_id")?, col(r, "principal_id")?)))
+        .collect()
+}
+
+pub async fn set_group_membership<C: ConnectionTrait>(
+    c: &C,
+    group_id: &str,
+    principal_id: &str,
+    member: bool,
+) -> Result<(), DbErr> {
+    let sql = if member {
+        "INSERT INTO group_memberships (group_id, principal_id) VALUES ($1, $2) ON CONFLICT DO NOTHING"
+    } else {
+        "DELETE FROM group_memberships WHERE group_id = $1 AND principal_id = $2"
+    };
+    db::exec(c, sql, vec![group_id.into(), principal_id.into()])
+        .await
+        .map(drop)
 }

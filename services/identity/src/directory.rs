@@ -78,6 +78,7 @@ pub struct Directory {
     pub(crate) access: Arc<dyn AccessCheck>,
     pub(crate) keys: Keystore,
     pub(crate) token_ttl: Duration,
+    pub(crate) max_role_assignable_groups: u64,
 }
 
 fn actor(principal_id: &str, kind: PrincipalKind, name: &str) -> Actor {
@@ -157,6 +158,16 @@ impl Directory {
                 user_name: u.user_name,
                 enabled: u.enabled,
                 is_assignable_to_role: false,
+            });
+        }
+        if let Some(g) = store::find_group(&self.db, id).await? {
+            return Ok(pim_proto::identity::v1::Principal {
+                id: g.id,
+                kind: PrincipalKind::Group as i32,
+                display_name: g.display_name,
+                user_name: String::new(),
+                enabled: true,
+                is_assignable_to_role: g.is_assignable_to_role,
             });
         }
         if let Some(sp) = store::find_service_principal(&self.db, id).await? {

@@ -11,7 +11,8 @@ use pim_runtime::auth::caller;
 use pim_runtime::db::to_timestamp;
 
 use crate::directory::{Directory, NewUser, Session};
-use crate::store::UserRow;
+use crate::groups::NewGroup;
+use crate::store::{GroupRow, Link, UserRow};
 
 const DEFAULT_PAGE: i32 = 50;
 const MAX_PAGE: i32 = 500;
@@ -118,6 +119,108 @@ impl DirectoryService for Directory {
         }))
     }
 
+    async fn create_group(&self, request: Request<pb::CreateGroupRequest>) -> Result<Response<pb::Group>, Status> {
+        let caller = caller(&request)?.clone();
+        let r = request.into_inner();
+        let new = NewGroup {
+            display_name: r.display_name,
+            description: r.description,
+            is_assignable_to_role: r.is_assignable_to_role,
+            owner_ids: r
+                .owner_ids
+                .into_iter()
+                .map(|o| o.trim().to_owned())
+                .filter(|o| !o.is_empty())
+                .collect(),
+        };
+        Ok(Response::new(group_to_pb(
+            Directory::create_group(self, &caller, new).await?,
+        )))
+    }
+
+    async fn get_group(&self, request: Request<pb::GetGroupRequest>) -> Result<Response<pb::Group>, Status> {
+        let caller = caller(&request)?.clone();
+        let id = required("group_id", &request.get_ref().group_id)?;
+        Ok(Response::new(group_to_pb(
+            Directory::get_group(self, &caller, id).await?,
+        )))
+    }
+
+    async fn list_groups(
+        &self,
+        request: Request<pb::ListGroupsRequest>,
+    ) -> Result<Response<pb::ListGroupsResponse>, Status> {
+        let caller = caller(&request)?.clone();
+        let r = request.into_inner();
+        let limit = page_size(r.page_size)?;
+        let mut groups = Directory::list_groups(self, &caller, &r.page_token, limit + 1).await?;
+        let next_page_token = if groups.len() as u64 > limit {
+            groups.truncate(limit as usize);
+            groups.last().map(|g| g.id.clone()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListGroupsResponse {
+            groups: groups.into_iter().map(group_to_pb).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn add_group_member(
+        &self,
+        request: Request<pb::GroupMembershipRequest>,
+    ) -> Result<Response<pb::GroupMembershipResponse>, Status> {
+        self.link(request, Link::Member, true).await
+    }
+
+    async fn remove_group_member(
+        &self,
+        request: Request<pb::GroupMembershipRequest>,
+    ) -> Result<Response<pb::GroupMembershipResponse>, Status> {
+        self.link(request, Link::Member, false).await
+    }
+
+    async fn add_group_owner(
+        &self,
+        request: Request<pb::GroupMembershipRequest>,
+    ) -> Result<Response<pb::GroupMembershipResponse>, Status> {
+        self.link(request, Link::Owner, true).await
+    }
+
+    async fn remove_group_owner(
+        &self,
+        request: Request<pb::GroupMembershipRequest>,
+    ) -> Result<Response<pb::GroupMembershipResponse>, Status> {
+        self.link(request, Link::Owner, false).await
+    }
+
+    async fn list_group_members(
+        &self,
+        request: Request<pb::ListGroupMembersRequest>,
+    ) -> Result<Response<pb::ListGroupMembersResponse>, Status> {
+        self.linked(request, Link::Member).await
+    }
+
+    async fn list_group_owners(
+        &self,
+        request: Request<pb::ListGroupMembersRequest>,
+    ) -> Result<Response<pb::ListGroupMembersResponse>, Status> {
+        self.linked(request, Link::Owner).await
+    }
+
+    async fn list_principal_groups(
+        &self,
+        request: Request<pb::ListPrincipalGroupsRequest>,
+    ) -> Result<Response<pb::ListGroupsResponse>, Status> {
+        let caller = caller(&request)?.clone();
+        let principal = required("principal_id", &request.get_ref().principal_id)?;
+        let groups = Directory::principal_groups(self, &caller, principal).await?;
+        Ok(Response::new(pb::ListGroupsResponse {
+            groups: groups.into_iter().map(group_to_pb).collect(),
+            next_page_token: String::new(),
+        }))
+    }
+
     async fn get_principal(
         &self,
         request: Request<pb::GetPrincipalRequest>,
@@ -125,6 +228,46 @@ impl DirectoryService for Directory {
         caller(&request)?;
         let id = required("principal_id", &request.get_ref().principal_id)?;
         Ok(Response::new(Directory::get_principal(self, id).await?))
+    }
+}
+
+impl Directory {
+    async fn link(
+        &self,
+        request: Request<pb::GroupMembershipRequest>,
+        link: Link,
+        add: bool,
+    ) -> Result<Response<pb::GroupMembershipResponse>, Status> {
+        let caller = caller(&request)?.clone();
+        let r = request.into_inner();
+        let group = required("group_id", &r.group_id)?;
+        let principal = required("principal_id", &r.principal_id)?;
+        self.change_link(&caller, link, add, group, principal).await?;
+        Ok(Response::new(pb::GroupMembershipResponse {}))
+    }
+
+    async fn linked(
+        &self,
+        request: Request<pb::ListGroupMembersRequest>,
+        link: Link,
+    ) -> Result<Response<pb::ListGroupMembersResponse>, Status> {
+        let caller = caller(&request)?.clone();
+        let group = required("group_id", &request.get_ref().group_id)?;
+        let principals = self.linked_principals(&caller, link, group).await?;
+        Ok(Response::new(pb::ListGroupMembersResponse {
+            principals,
+            next_page_token: String::new(),
+        }))
+    }
+}
+
+fn group_to_pb(g: GroupRow) -> pb::Group {
+    pb::Group {
+        id: g.id,
+        display_name: g.display_name,
+        description: g.description,
+        is_assignable_to_role: g.is_assignable_to_role,
+        created_at: Some(to_timestamp(g.created_at)),
     }
 }
 

@@ -4,6 +4,7 @@
 mod credentials;
 mod directory;
 mod error;
+mod groups;
 mod grpc;
 mod mfa;
 mod store;
@@ -45,6 +46,7 @@ impl Identity {
             access: deps.access,
             keys,
             token_ttl: deps.config.access_token_ttl,
+            max_role_assignable_groups: deps.config.max_role_assignable_groups,
         };
         Ok(Self { directory })
     }

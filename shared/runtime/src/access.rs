@@ -21,6 +21,8 @@ pub mod permissions {
     pub const USERS_MANAGE: &str = "pim.directory.users.manage";
     pub const USERS_READ: &str = "pim.directory.users.read";
     pub const GROUPS_MANAGE: &str = "pim.directory.groups.manage";
+    /// Create role-assignable groups and change their membership (Privileged Role Administrators).
+    pub const ROLE_ASSIGNABLE_GROUPS_MANAGE: &str = "pim.directory.roleAssignableGroups.manage";
     pub const CREDENTIALS_RESET: &str = "pim.directory.credentials.reset";
     pub const PRIVILEGED_CREDENTIALS_RESET: &str = "pim.directory.privilegedCredentials.reset";
     pub const SERVICE_PRINCIPALS_MANAGE: &str = "pim.directory.servicePrincipals.manage";

@@ -65,6 +65,8 @@ pub struct Config {
     pub claim_idle: Duration,
     /// JSON log lines (`PIM_LOG_FORMAT=json`) or human-readable (`pretty`).
     pub log_json: bool,
+    /// How many role-assignable groups may exist (`PIM_MAX_ROLE_ASSIGNABLE_GROUPS`; Entra: 500).
+    pub max_role_assignable_groups: u64,
 }
 
 impl Config {
@@ -117,6 +119,7 @@ impl Config {
             max_deliveries: u32::try_from(num("PIM_MAX_DELIVERIES", 5)?).context("PIM_MAX_DELIVERIES is too large")?,
             claim_idle: Duration::from_millis(num("PIM_CLAIM_IDLE_MS", 30_000)?),
             log_json,
+            max_role_assignable_groups: num("PIM_MAX_ROLE_ASSIGNABLE_GROUPS", 500)?,
         };
         config.validate()?;
         Ok(config)

@@ -1,0 +1,117 @@
+//! Role-assignable group membership, projected from identity's events: members inherit the
+//! group's eligible and active roles. Kept in this service's database (the projection) and
+//! in memory for CheckAccess; updated after each commit here and, on every replica, from
+//! the identity stream, so a member removed from a group loses the role at once.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, RwLock};
+
+use sea_orm::DatabaseTransaction;
+
+use pim_proto::events::v1::GroupMembershipChanged;
+use pim_runtime::db::Db;
+use pim_runtime::events::{Envelope, EventHandler, decode, short_type, streams};
+
+use crate::store;
+
+#[derive(Clone, Default)]
+pub struct Memberships {
+    /// member → groups
+    groups_of: Arc<RwLock<HashMap<String, HashSet<String>>>>,
+}
+
+impl Memberships {
+    pub async fn load(db: &Db) -> anyhow::Result<Self> {
+        let memberships = Self::default();
+        for (group, member) in store::group_memberships(db).await? {
+            memberships.set(&group, &member, true);
+        }
+        Ok(memberships)
+    }
+
+    pub fn set(&self, group_id: &str, principal_id: &str, member: bool) {
+        let mut map = self.groups_of.write().unwrap_or_else(|e| e.into_inner());
+        if member {
+            map.entry(principal_id.to_owned())
+                .or_default()
+                .insert(group_id.to_owned());
+        } else if let Some(groups) = map.get_mut(principal_id) {
+            groups.remove(group_id);
+            if groups.is_empty() {
+                map.remove(principal_id);
+            }
+        }
+    }
+
+    pub fn groups_of(&self, principal_id: &str) -> Vec<String> {
+        let map = self.groups_of.read().unwrap_or_else(|e| e.into_inner());
+        map.get(principal_id)
+            .map(|g| g.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// The membership change an identity event describes: (group, member, is member now).
+    pub fn change(envelope: &Envelope) -> anyhow::Result<Option<(String, String, bool)>> {
+        let member = match short_type(envelope) {
+            "GroupMemberAdded" => true,
+            "GroupMemberRemoved" => false,
+            _ => return Ok(None),
+        };
+        let e: GroupMembershipChanged = decode(envelope)?;
+        Ok(e.is_assignable_to_role.then_some((e.group_id, e.principal_id, member)))
+    }
+
+    /// Applies an identity event to the in-memory map (the stream tail of every replica).
+    pub fn apply(&self, envelope: &Envelope) -> anyhow::Result<()> {
+        if let Some((group, member, is_member)) = Self::change(envelope)? {
+            self.set(&group, &member, is_member);
+        }
+        Ok(())
+    }
+}
+
+/// Keeps the projection table from identity's events.
+pub struct IdentityEvents(pub Memberships);
+
+#[async_trait::async_trait]
+impl EventHandler for IdentityEvents {
+    fn consumer(&self) -> &str {
+        "assignment"
+    }
+
+    fn streams(&self) -> Vec<&'static str> {
+        vec![streams::IDENTITY]
+    }
+
+    async fn handle(&self, txn: &DatabaseTransaction, envelope: &Envelope) -> anyhow::Result<()> {
+        if let Some((group, member, is_member)) = Memberships::change(envelope)? {
+            store::set_group_membership(txn, &group, &member, is_member).await?;
+        }
+        Ok(())
+    }
+
+    async fn after_commit(&self, envelope: &Envelope) {
+        if let Err(err) = self.0.apply(envelope) {
+            tracing::warn!(event_id = %envelope.id, error = %err, "group membership could not be applied");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn members_join_and_leave() {
+        let m = Memberships::default();
+        m.set("g1", "lee", true);
+        m.set("g2", "lee", true);
+        let mut groups = m.groups_of("lee");
+        groups.sort();
+        assert_eq!(groups, vec!["g1", "g2"]);
+        m.set("g1", "lee", false);
+        assert_eq!(m.groups_of("lee"), vec!["g2"]);
+        m.set("g2", "lee", false);
+        assert!(m.groups_of("lee").is_empty());
+    }
+}

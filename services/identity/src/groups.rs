@@ -1,0 +1,211 @@
+//! Groups. Role-assignable groups carry roles to their members, so they are guarded more
+//! tightly: `is_assignable_to_role` is set at creation only; only Privileged Role
+//! Administrators and Global Administrators create them and change their membership (with
+//! the group's owners); no group is nested in one; their number is capped.
+
+use sea_orm::TransactionTrait;
+
+use pim_proto::common::v1::PrincipalKind;
+use pim_proto::events::v1 as ev;
+use pim_proto::identity::v1::Principal;
+use pim_runtime::access::{Target, permissions, require};
+use pim_runtime::auth::Caller;
+use pim_runtime::db::now_ms;
+use pim_runtime::events::{envelope, streams};
+
+use crate::directory::Directory;
+use crate::error::{Error, Result};
+use crate::store::{self, GroupRow, Link};
+
+/// A new group as asked for.
+pub struct NewGroup {
+    pub display_name: String,
+    pub description: String,
+    pub is_assignable_to_role: bool,
+    pub owner_ids: Vec<String>,
+}
+
+impl Directory {
+    async fn holds(&self, caller: &Caller, permission: &str) -> Result<bool> {
+        let decision = self
+            .access
+            .check(
+                caller,
+                &caller.principal_id,
+                &Target::Permission(permission.to_owned()),
+                "/",
+            )
+            .await?;
+        Ok(decision.allowed)
+    }
+
+    pub async fn create_group(&self, caller: &Caller, new: NewGroup) -> Result<GroupRow> {
+        let needed = if new.is_assignable_to_role {
+            permissions::ROLE_ASSIGNABLE_GROUPS_MANAGE
+        } else {
+            permissions::GROUPS_MANAGE
+        };
+        require(self.access.as_ref(), caller, needed, "/").await?;
+        let display_name = new.display_name.trim();
+        if display_name.is_empty() || display_name.chars().count() > 256 {
+            return Err(Error::invalid("display_name", "must be 1 to 256 characters"));
+        }
+        if new.description.chars().count() > 1024 {
+            return Err(Error::invalid("description", "must be at most 1024 characters"));
+        }
+        for owner in &new.owner_ids {
+            if store::find_user(&self.db, owner).await?.is_none() {
+                return Err(Error::NotFound(format!("owner {owner}")));
+            }
+        }
+        let group = GroupRow {
+            id: uuid::Uuid::now_v7().to_string(),
+            display_name: display_name.into(),
+            description: new.description.trim().into(),
+            is_assignable_to_role: new.is_assignable_to_role,
+            created_at: now_ms(),
+        };
+        let event = ev::GroupCreated {
+            actor: Some(caller.actor()),
+            group_id: group.id.clone(),
+            display_name: group.display_name.clone(),
+            is_assignable_to_role: group.is_assignable_to_role,
+        };
+        let txn = self.db.begin().await?;
+        if group.is_assignable_to_role
+            && store::count_role_assignable_groups(&txn).await? >= self.max_role_assignable_groups as i64
+        {
+            return Err(Error::Locked(format!(
+                "at most {} role-assignable groups may exist",
+                self.max_role_assignable_groups
+            )));
+        }
+        store::insert_group(&txn, &group, &caller.principal_id).await?;
+        self.outbox
+            .enqueue(
+                &txn,
+                streams::IDENTITY,
+                &envelope("pim.identity", "GroupCreated", &group.id, &event),
+            )
+            .await?;
+        for owner in &new.owner_ids {
+            store::add_link(&txn, Link::Owner, &group.id, owner, group.created_at).await?;
+        }
+        txn.commit().await?;
+        self.outbox.wake();
+        Ok(group)
+    }
+
+    pub async fn get_group(&self, caller: &Caller, id: &str) -> Result<GroupRow> {
+        require(self.access.as_ref(), caller, permissions::USERS_READ, "/").await?;
+        store::find_group(&self.db, id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("group {id}")))
+    }
+
+    pub async fn list_groups(&self, caller: &Caller, after: &str, limit: u64) -> Result<Vec<GroupRow>> {
+        require(self.access.as_ref(), caller, permissions::USERS_READ, "/").await?;
+        Ok(store::list_groups(&self.db, after, limit).await?)
+    }
+
+    /// Who may change a group's members or owners: its owners, and holders of the right permission.
+    async fn may_change(&self, caller: &Caller, group: &GroupRow) -> Result<()> {
+        if store::is_owner(&self.db, &group.id, &caller.principal_id).await? {
+            return Ok(());
+        }
+        let needed = if group.is_assignable_to_role {
+            permissions::ROLE_ASSIGNABLE_GROUPS_MANAGE
+        } else {
+            permissions::GROUPS_MANAGE
+        };
+        if self.holds(caller, needed).await? {
+            return Ok(());
+        }
+        Err(tonic::Status::permission_denied(if group.is_assignable_to_role {
+            "only the group's owners, Privileged Role Administrators and Global Administrators change a role-assignable group"
+        } else {
+            "requires the group's ownership or permission pim.directory.groups.manage"
+        })
+        .into())
+    }
+
+    /// Adds or removes a member or owner, with its event.
+    pub async fn change_link(
+        &self,
+        caller: &Caller,
+        link: Link,
+        add: bool,
+        group_id: &str,
+        principal_id: &str,
+    ) -> Result<()> {
+        let group = store::find_group(&self.db, group_id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("group {group_id}")))?;
+        self.may_change(caller, &group).await?;
+        let principal = self.get_principal(principal_id).await?;
+        if add && link == Link::Member && principal.kind == PrincipalKind::Group as i32 && group.is_assignable_to_role {
+            return Err(Error::invalid(
+                "principal_id",
+                "groups cannot be nested in a role-assignable group",
+            ));
+        }
+        if add && link == Link::Owner && principal.kind != PrincipalKind::User as i32 {
+            return Err(Error::invalid("principal_id", "owners are users"));
+        }
+        let now = now_ms();
+        let txn = self.db.begin().await?;
+        let changed = if add {
+            store::add_link(&txn, link, &group.id, &principal.id, now).await?
+        } else {
+            store::remove_link(&txn, link, &group.id, &principal.id).await?
+        };
+        if !changed {
+            // Adding twice or removing what is not there changes nothing.
+            return Ok(());
+        }
+        let event_type = match (link, add) {
+            (Link::Member, true) => "GroupMemberAdded",
+            (Link::Member, false) => "GroupMemberRemoved",
+            (Link::Owner, true) => "GroupOwnerAdded",
+            (Link::Owner, false) => "GroupOwnerRemoved",
+        };
+        let event = ev::GroupMembershipChanged {
+            actor: Some(caller.actor()),
+            group_id: group.id.clone(),
+            principal_id: principal.id.clone(),
+            is_assignable_to_role: group.is_assignable_to_role,
+        };
+        self.outbox
+            .enqueue(
+                &txn,
+                streams::IDENTITY,
+                &envelope("pim.identity", event_type, &principal.id, &event),
+            )
+            .await?;
+        txn.commit().await?;
+        self.outbox.wake();
+        Ok(())
+    }
+
+    pub async fn linked_principals(&self, caller: &Caller, link: Link, group_id: &str) -> Result<Vec<Principal>> {
+        require(self.access.as_ref(), caller, permissions::USERS_READ, "/").await?;
+        if store::find_group(&self.db, group_id).await?.is_none() {
+            return Err(Error::NotFound(format!("group {group_id}")));
+        }
+        let mut out = Vec::new();
+        for id in store::linked(&self.db, link, group_id).await? {
+            if let Ok(p) = self.get_principal(&id).await {
+                out.push(p);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The groups a principal is a member of: their own, or anyone's for directory readers.
+    pub async fn principal_groups(&self, caller: &Caller, principal_id: &str) -> Result<Vec<GroupRow>> {
+        if principal_id != caller.principal_id {
+            require(self.access.as_ref(), caller, permissions::USERS_READ, "/").await?;
+        }
+        Ok(store::groups_of(&self.db, principal_id).await?)
+    }
+}
