@@ -5,6 +5,7 @@ mod activation;
 mod backbone;
 mod groups;
 mod mfa;
+mod protection;
 mod slice;
 mod split;
 mod surface;

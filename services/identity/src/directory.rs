@@ -13,10 +13,10 @@ use pim_runtime::auth::Caller;
 use pim_runtime::db::{Db, is_unique_violation, now_ms};
 use pim_runtime::events::{Outbox, envelope, streams};
 
-use crate::credentials;
 use crate::error::{Error, Result};
 use crate::store::{self, ServicePrincipalRow, UserRow};
 use crate::tokens::{Issued, Keystore, TokenSubject};
+use crate::{credentials, limiter};
 
 const SOURCE: &str = "pim.identity";
 
@@ -79,6 +79,8 @@ pub struct Directory {
     pub(crate) keys: Keystore,
     pub(crate) token_ttl: Duration,
     pub(crate) max_role_assignable_groups: u64,
+    pub(crate) assignment: crate::protection::AssignmentClients,
+    pub(crate) limiter: Arc<crate::limiter::SignInLimiter>,
 }
 
 fn actor(principal_id: &str, kind: PrincipalKind, name: &str) -> Actor {
@@ -229,7 +231,18 @@ impl Directory {
 
     /// Password sign-in. Unknown user, disabled user and wrong password answer alike, in
     /// about the same time.
-    pub async fn sign_in(&self, user_name: &str, password: &str) -> Result<Session> {
+    pub async fn sign_in(&self, user_name: &str, password: &str, source: Option<&str>) -> Result<Session> {
+        let account_key = format!("user:{}", user_name.trim().to_lowercase());
+        let source_key = format!("ip:{}", source.unwrap_or("unknown"));
+        let now = now_ms();
+        if let Some(minutes) = self.limiter.blocked(
+            &[(&account_key, limiter::PER_ACCOUNT), (&source_key, limiter::PER_SOURCE)],
+            now,
+        ) {
+            return Err(Error::Locked(format!(
+                "too many failed sign-ins: try again in {minutes} minutes"
+            )));
+        }
         let user = store::find_user(&self.db, user_name.trim()).await?;
         let hash = user.as_ref().map(|u| u.password_hash.clone());
         let matched = credentials::verify(password, hash).await?;
@@ -246,11 +259,13 @@ impl Directory {
                     principal_id: other.map(|u| u.id).unwrap_or_default(),
                     reason: reason.to_owned(),
                 };
+                self.limiter.failed(&[&account_key, &source_key], now);
                 self.record(streams::IDENTITY, "SignInFailed", &event.principal_id.clone(), &event)
                     .await?;
                 return Err(Error::BadCredentials);
             }
         };
+        self.limiter.succeeded(&account_key);
         let amr = vec!["pwd".to_owned()];
         let session_id = uuid::Uuid::now_v7().to_string();
         let subject = TokenSubject {

@@ -221,6 +221,29 @@ impl DirectoryService for Directory {
         }))
     }
 
+    async fn reset_password(
+        &self,
+        request: Request<pb::ResetPasswordRequest>,
+    ) -> Result<Response<pb::ResetPasswordResponse>, Status> {
+        let caller = caller(&request)?.clone();
+        let r = request.into_inner();
+        let user = required("user", &r.user)?;
+        Directory::reset_password(self, &caller, user, &r.new_password).await?;
+        Ok(Response::new(pb::ResetPasswordResponse {}))
+    }
+
+    async fn disable_user(&self, request: Request<pb::GetUserRequest>) -> Result<Response<pb::User>, Status> {
+        let caller = caller(&request)?.clone();
+        let user = required("user", &request.get_ref().user)?;
+        Ok(Response::new(user_to_pb(self.set_enabled(&caller, user, false).await?)))
+    }
+
+    async fn enable_user(&self, request: Request<pb::GetUserRequest>) -> Result<Response<pb::User>, Status> {
+        let caller = caller(&request)?.clone();
+        let user = required("user", &request.get_ref().user)?;
+        Ok(Response::new(user_to_pb(self.set_enabled(&caller, user, true).await?)))
+    }
+
     async fn get_principal(
         &self,
         request: Request<pb::GetPrincipalRequest>,
@@ -274,13 +297,14 @@ fn group_to_pb(g: GroupRow) -> pb::Group {
 #[tonic::async_trait]
 impl AuthService for Directory {
     async fn sign_in(&self, request: Request<pb::SignInRequest>) -> Result<Response<pb::SignInResponse>, Status> {
+        let source = request.remote_addr().map(|a| a.ip().to_string());
         let r = request.get_ref();
         let user_name = required("user_name", &r.user_name)?;
         if r.password.is_empty() {
             return Err(Status::invalid_argument("password: required"));
         }
         Ok(Response::new(session_to_pb(
-            Directory::sign_in(self, user_name, &r.password).await?,
+            Directory::sign_in(self, user_name, &r.password, source.as_deref()).await?,
         )))
     }
 

@@ -6,7 +6,9 @@ mod directory;
 mod error;
 mod groups;
 mod grpc;
+mod limiter;
 mod mfa;
+mod protection;
 mod store;
 mod tokens;
 
@@ -47,6 +49,8 @@ impl Identity {
             keys,
             token_ttl: deps.config.access_token_ttl,
             max_role_assignable_groups: deps.config.max_role_assignable_groups,
+            assignment: protection::AssignmentClients::new(deps.assignment),
+            limiter: std::sync::Arc::default(),
         };
         Ok(Self { directory })
     }

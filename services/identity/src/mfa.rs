@@ -306,19 +306,12 @@ impl Directory {
             .collect())
     }
 
-    /// Removes a user's MFA methods and recovery codes. Until the directory knows who holds
-    /// privileged roles, only those who may reset privileged users' credentials may do it.
+    /// Removes a user's MFA methods and recovery codes (credential protection applies).
     pub async fn reset_mfa(&self, caller: &Caller, user: &str) -> Result<()> {
-        require(
-            self.access.as_ref(),
-            caller,
-            permissions::PRIVILEGED_CREDENTIALS_RESET,
-            "/",
-        )
-        .await?;
         let found = store::find_user(&self.db, user.trim())
             .await?
             .ok_or_else(|| Error::NotFound(format!("user {}", user.trim())))?;
+        self.require_credential_admin(caller, &found).await?;
         let event = ev::MfaEvent {
             actor: Some(caller.actor()),
             user_id: found.id.clone(),

@@ -183,6 +183,16 @@ pub async fn set_password<C: ConnectionTrait>(c: &C, user_id: &str, hash: &str) 
     .await
 }
 
+pub async fn set_user_enabled<C: ConnectionTrait>(c: &C, user_id: &str, enabled: bool) -> Result<(), DbErr> {
+    db::exec(
+        c,
+        "UPDATE users SET enabled = $1 WHERE id = $2",
+        vec![enabled.into(), user_id.into()],
+    )
+    .await
+    .map(drop)
+}
+
 pub async fn record_user_sign_in<C: ConnectionTrait>(c: &C, user_id: &str, at: i64) -> Result<(), DbErr> {
     db::exec(
         c,

@@ -1,0 +1,176 @@
+//! Credential protection: the password, MFA and sign-in of anyone who is eligible for or holds
+//! a privileged role (directly or through a group) are changed only by Privileged
+//! Authentication Administrators and Global Administrators; Authentication and User
+//! Administrators manage everyone else. Who is privileged is asked of assignment, on the
+//! caller's behalf.
+
+use std::time::Duration;
+
+use sea_orm::TransactionTrait;
+use tonic::transport::Channel;
+
+use pim_proto::assignment::v1 as apb;
+use pim_proto::assignment::v1::assignment_service_client::AssignmentServiceClient;
+use pim_proto::assignment::v1::role_service_client::RoleServiceClient;
+use pim_proto::events::v1 as ev;
+use pim_runtime::access::{permissions, require};
+use pim_runtime::auth::Caller;
+use pim_runtime::events::{envelope, streams};
+
+use crate::credentials;
+use crate::directory::Directory;
+use crate::error::{Error, Result};
+use crate::store::{self, UserRow};
+
+/// Clients of the assignment service, for the privileged question.
+#[derive(Clone)]
+pub struct AssignmentClients {
+    pub assignments: AssignmentServiceClient<Channel>,
+    pub roles: RoleServiceClient<Channel>,
+}
+
+impl AssignmentClients {
+    pub fn new(channel: Channel) -> Self {
+        Self {
+            assignments: AssignmentServiceClient::new(channel.clone()),
+            roles: RoleServiceClient::new(channel),
+        }
+    }
+}
+
+fn on_behalf<T>(caller: &Caller, message: T) -> Result<tonic::Request<T>> {
+    let mut request = tonic::Request::new(message);
+    let bearer = format!("Bearer {}", caller.token())
+        .parse()
+        .map_err(|_| Error::invalid("authorization", "malformed token"))?;
+    request.metadata_mut().insert("authorization", bearer);
+    request.set_timeout(Duration::from_secs(3));
+    Ok(request)
+}
+
+fn unavailable(status: tonic::Status) -> Error {
+    match status.code() {
+        tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => Error::Denied(status),
+        _ => {
+            tracing::warn!(code = ?status.code(), "asking assignment who is privileged failed");
+            Error::Denied(tonic::Status::unavailable(
+                "cannot tell whether the user is privileged; try again",
+            ))
+        }
+    }
+}
+
+impl Directory {
+    /// Whether `principal_id` is eligible for or holds a privileged role, directly or through a group.
+    pub async fn is_privileged(&self, caller: &Caller, principal_id: &str) -> Result<bool> {
+        let clients = self.assignment.clone();
+        let roles = clients
+            .roles
+            .clone()
+            .list_role_definitions(on_behalf(caller, apb::ListRoleDefinitionsRequest {})?)
+            .await
+            .map_err(unavailable)?;
+        let privileged: Vec<String> = roles
+            .into_inner()
+            .roles
+            .into_iter()
+            .filter(|r| r.privileged)
+            .map(|r| r.id)
+            .collect();
+        let ask = apb::ListAssignmentsRequest {
+            principal_id: principal_id.to_owned(),
+            ..Default::default()
+        };
+        let eligible = clients
+            .assignments
+            .clone()
+            .list_eligible_assignments(on_behalf(caller, ask.clone())?)
+            .await
+            .map_err(unavailable)?;
+        let active = clients
+            .assignments
+            .clone()
+            .list_active_assignments(on_behalf(caller, ask)?)
+            .await
+            .map_err(unavailable)?;
+        Ok(eligible
+            .into_inner()
+            .assignments
+            .iter()
+            .chain(active.into_inner().assignments.iter())
+            .any(|a| privileged.contains(&a.role_id)))
+    }
+
+    /// Refuses unless the caller may manage `user`'s credentials (and sign-in).
+    pub async fn require_credential_admin(&self, caller: &Caller, user: &UserRow) -> Result<()> {
+        require(self.access.as_ref(), caller, permissions::CREDENTIALS_RESET, "/").await?;
+        if self.is_privileged(caller, &user.id).await? {
+            require(self.access.as_ref(), caller, permissions::PRIVILEGED_CREDENTIALS_RESET, "/").await.map_err(|_| {
+                Error::Denied(tonic::Status::permission_denied(
+                    "this user is eligible for or holds a privileged role: only Privileged Authentication Administrators and Global Administrators may change their credentials",
+                ))
+            })?;
+        }
+        Ok(())
+    }
+
+    async fn target_user(&self, user: &str) -> Result<UserRow> {
+        store::find_user(&self.db, user.trim())
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("user {}", user.trim())))
+    }
+
+    /// Sets a new password for a user (an administrator's reset).
+    pub async fn reset_password(&self, caller: &Caller, user: &str, new_password: &str) -> Result<()> {
+        let target = self.target_user(user).await?;
+        self.require_credential_admin(caller, &target).await?;
+        credentials::check_password_rules(new_password)?;
+        let hash = credentials::hash(new_password).await?;
+        let event = ev::CredentialsReset {
+            actor: Some(caller.actor()),
+            user_id: target.id.clone(),
+            what: "password".into(),
+        };
+        let txn = self.db.begin().await?;
+        store::set_password(&txn, &target.id, &hash).await?;
+        self.outbox
+            .enqueue(
+                &txn,
+                streams::IDENTITY,
+                &envelope("pim.identity", "CredentialsReset", &target.id, &event),
+            )
+            .await?;
+        txn.commit().await?;
+        self.outbox.wake();
+        Ok(())
+    }
+
+    /// Disables or enables a user's sign-in.
+    pub async fn set_enabled(&self, caller: &Caller, user: &str, enabled: bool) -> Result<UserRow> {
+        let mut target = self.target_user(user).await?;
+        require(self.access.as_ref(), caller, permissions::USERS_MANAGE, "/").await?;
+        self.require_credential_admin(caller, &target).await?;
+        if target.id == caller.principal_id && !enabled {
+            return Err(Error::FailedPrecondition("you cannot disable yourself".into()));
+        }
+        let event_type = if enabled { "UserEnabled" } else { "UserDisabled" };
+        let event = ev::UserDisabled {
+            actor: Some(caller.actor()),
+            user_id: target.id.clone(),
+            user_name: target.user_name.clone(),
+        };
+        let txn = self.db.begin().await?;
+        store::set_user_enabled(&txn, &target.id, enabled).await?;
+        self.outbox
+            .enqueue(
+                &txn,
+                streams::IDENTITY,
+                &envelope("pim.identity", event_type, &target.id, &event),
+            )
+            .await?;
+        txn.commit().await?;
+        self.outbox.wake();
+        target.enabled = enabled;
+        Ok(target)
+    }
+}

@@ -1,0 +1,169 @@
+//! Credential protection and sign-in limits (PostgreSQL + Redis): Authentication and User
+//! Administrators manage ordinary users only; a user eligible for a privileged role is
+//! managed by Privileged Authentication and Global Administrators; failed sign-ins are
+//! rate-limited alike for real and unknown names.
+
+use tonic::Code;
+
+use pim_e2e::{TestSuite, authed};
+use pim_proto::assignment::v1 as apb;
+use pim_proto::assignment::v1::assignment_service_client::AssignmentServiceClient;
+use pim_proto::identity::v1 as ipb;
+use pim_proto::identity::v1::directory_service_client::DirectoryServiceClient;
+
+const SECURITY_ADMINISTRATOR: &str = "194ae4cb-b126-40b2-bd5b-6091b380977d";
+const AUTHENTICATION_ADMINISTRATOR: &str = "c4e39bd9-1100-46d3-8c65-fb160da0071f";
+const USER_ADMINISTRATOR: &str = "fe930be7-5e62-47db-91af-98c3a49a38b1";
+
+fn assign(kind: apb::AssignmentKind, principal: &str, role: &str) -> apb::CreateRequestRequest {
+    apb::CreateRequestRequest {
+        action: apb::RequestAction::AdminAssign as i32,
+        kind: kind as i32,
+        principal_id: principal.into(),
+        role_id: role.into(),
+        scope: "/".into(),
+        schedule: Some(apb::Schedule {
+            start_time: None,
+            expiration: Some(apb::schedule::Expiration::Duration(prost_types::Duration {
+                seconds: 3600,
+                nanos: 0,
+            })),
+        }),
+        justification: "rota".into(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn privileged_users_credentials_need_privileged_administrators() -> anyhow::Result<()> {
+    let ts = TestSuite::postgres().await?;
+    let result = async {
+        let admin = ts.admin_token().await?;
+        let mut directory = DirectoryServiceClient::new(ts.channel.clone());
+        let mut assignments = AssignmentServiceClient::new(ts.channel.clone());
+        let mut ids = std::collections::HashMap::new();
+        for name in ["ann", "lee", "kim", "bob"] {
+            let u = directory
+                .create_user(authed(
+                    &admin,
+                    ipb::CreateUserRequest {
+                        user_name: name.into(),
+                        password: format!("{name}'s long passphrase"),
+                        ..Default::default()
+                    },
+                ))
+                .await?
+                .into_inner();
+            ids.insert(name, u.id);
+        }
+        // Lee is only eligible for a privileged role; that is enough to be protected.
+        assignments
+            .create_request(authed(
+                &admin,
+                assign(apb::AssignmentKind::Eligible, &ids["lee"], SECURITY_ADMINISTRATOR),
+            ))
+            .await?;
+        assignments
+            .create_request(authed(
+                &admin,
+                assign(apb::AssignmentKind::Active, &ids["kim"], AUTHENTICATION_ADMINISTRATOR),
+            ))
+            .await?;
+        assignments
+            .create_request(authed(
+                &admin,
+                assign(apb::AssignmentKind::Active, &ids["bob"], USER_ADMINISTRATOR),
+            ))
+            .await?;
+        let kim = ts.sign_in("kim", "kim's long passphrase").await?;
+        let bo = ts.sign_in("bob", "bob's long passphrase").await?;
+        let reset = |user: &str, password: &str| ipb::ResetPasswordRequest {
+            user: user.into(),
+            new_password: password.into(),
+        };
+
+        directory
+            .reset_password(authed(&kim, reset("ann", "ann's brand new passphrase")))
+            .await?;
+        assert!(ts.sign_in("ann", "ann's brand new passphrase").await.is_ok());
+        let refused = directory
+            .reset_password(authed(&kim, reset("lee", "taken over passphrase")))
+            .await
+            .expect_err("Lee is privileged");
+        assert_eq!(refused.code(), Code::PermissionDenied);
+        assert!(
+            ts.sign_in("lee", "taken over passphrase").await.is_err(),
+            "a refused reset changes nothing"
+        );
+        directory
+            .reset_password(authed(&admin, reset("lee", "lee's new long passphrase")))
+            .await?;
+        assert!(ts.sign_in("lee", "lee's new long passphrase").await.is_ok());
+        let short = directory
+            .reset_password(authed(&admin, reset("ann", "short")))
+            .await
+            .expect_err("too short");
+        assert_eq!(short.code(), Code::InvalidArgument);
+
+        // Disabling: a User Administrator may disable Ann, not Lee; an Authentication Administrator neither.
+        let user = |name: &str| ipb::GetUserRequest { user: name.into() };
+        assert_eq!(
+            directory
+                .disable_user(authed(&kim, user("ann")))
+                .await
+                .expect_err("no users.manage")
+                .code(),
+            Code::PermissionDenied
+        );
+        let disabled = directory.disable_user(authed(&bo, user("ann"))).await?.into_inner();
+        assert!(!disabled.enabled);
+        assert_eq!(
+            ts.sign_in("ann", "ann's brand new passphrase")
+                .await
+                .expect_err("disabled")
+                .code(),
+            Code::Unauthenticated
+        );
+        assert_eq!(
+            directory
+                .disable_user(authed(&bo, user("lee")))
+                .await
+                .expect_err("Lee is privileged")
+                .code(),
+            Code::PermissionDenied
+        );
+        directory.enable_user(authed(&bo, user("ann"))).await?;
+        assert!(ts.sign_in("ann", "ann's brand new passphrase").await.is_ok());
+        anyhow::Ok(())
+    }
+    .await;
+    ts.stop().await?;
+    result
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_sign_ins_are_rate_limited_alike_for_real_and_unknown_names() -> anyhow::Result<()> {
+    let ts = TestSuite::embedded().await?;
+    let result = async {
+        for name in [ts.admin_user.clone(), "ghost".to_owned()] {
+            for _ in 0..10 {
+                let e = ts.sign_in(&name, "not the right passphrase").await.expect_err("wrong");
+                assert_eq!(e.code(), Code::Unauthenticated);
+            }
+            let limited = ts
+                .sign_in(&name, "not the right passphrase")
+                .await
+                .expect_err("limited");
+            assert_eq!(limited.code(), Code::ResourceExhausted, "{name}");
+        }
+        let blocked = ts
+            .sign_in(&ts.admin_user, &ts.admin_password)
+            .await
+            .expect_err("even the right password waits");
+        assert_eq!(blocked.code(), Code::ResourceExhausted);
+        anyhow::Ok(())
+    }
+    .await;
+    ts.stop().await?;
+    result
+}
