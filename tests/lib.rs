@@ -186,3 +186,28 @@ pub fn authed<T>(token: &str, message: T) -> Request<T> {
     );
     request
 }
+
+/// An administrator's request to assign `role` to `principal` at `/` for one hour.
+pub fn assign_for_an_hour(
+    kind: pim_proto::assignment::v1::AssignmentKind,
+    principal: &str,
+    role: &str,
+) -> pim_proto::assignment::v1::CreateRequestRequest {
+    use pim_proto::assignment::v1 as apb;
+    apb::CreateRequestRequest {
+        action: apb::RequestAction::AdminAssign as i32,
+        kind: kind as i32,
+        principal_id: principal.into(),
+        role_id: role.into(),
+        scope: "/".into(),
+        schedule: Some(apb::Schedule {
+            start_time: None,
+            expiration: Some(apb::schedule::Expiration::Duration(prost_types::Duration {
+                seconds: 3600,
+                nanos: 0,
+            })),
+        }),
+        justification: "rota".into(),
+        ..Default::default()
+    }
+}

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tonic::Code;
 
-use pim_e2e::{TestSuite, authed, eventually};
+use pim_e2e::{TestSuite, assign_for_an_hour as assign, authed, eventually};
 use pim_proto::assignment::v1 as apb;
 use pim_proto::assignment::v1::access_service_client::AccessServiceClient;
 use pim_proto::assignment::v1::assignment_service_client::AssignmentServiceClient;
@@ -16,25 +16,6 @@ use pim_proto::identity::v1::directory_service_client::DirectoryServiceClient;
 const EXCHANGE_ADMINISTRATOR: &str = "29232cdf-9323-42fd-ade2-1d097af3e4de";
 const SECURITY_READER: &str = "5d6b6bb7-de71-4623-b4af-96380a352509";
 const USER_ADMINISTRATOR: &str = "fe930be7-5e62-47db-91af-98c3a49a38b1";
-
-fn assign(kind: apb::AssignmentKind, principal: &str, role: &str) -> apb::CreateRequestRequest {
-    apb::CreateRequestRequest {
-        action: apb::RequestAction::AdminAssign as i32,
-        kind: kind as i32,
-        principal_id: principal.into(),
-        role_id: role.into(),
-        scope: "/".into(),
-        schedule: Some(apb::Schedule {
-            start_time: None,
-            expiration: Some(apb::schedule::Expiration::Duration(prost_types::Duration {
-                seconds: 3600,
-                nanos: 0,
-            })),
-        }),
-        justification: "team rota".into(),
-        ..Default::default()
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_inherit_a_role_assignable_groups_roles() -> anyhow::Result<()> {

@@ -5,7 +5,7 @@
 
 use tonic::Code;
 
-use pim_e2e::{TestSuite, authed};
+use pim_e2e::{TestSuite, assign_for_an_hour as assign, authed};
 use pim_proto::assignment::v1 as apb;
 use pim_proto::assignment::v1::assignment_service_client::AssignmentServiceClient;
 use pim_proto::identity::v1 as ipb;
@@ -14,25 +14,6 @@ use pim_proto::identity::v1::directory_service_client::DirectoryServiceClient;
 const SECURITY_ADMINISTRATOR: &str = "194ae4cb-b126-40b2-bd5b-6091b380977d";
 const AUTHENTICATION_ADMINISTRATOR: &str = "c4e39bd9-1100-46d3-8c65-fb160da0071f";
 const USER_ADMINISTRATOR: &str = "fe930be7-5e62-47db-91af-98c3a49a38b1";
-
-fn assign(kind: apb::AssignmentKind, principal: &str, role: &str) -> apb::CreateRequestRequest {
-    apb::CreateRequestRequest {
-        action: apb::RequestAction::AdminAssign as i32,
-        kind: kind as i32,
-        principal_id: principal.into(),
-        role_id: role.into(),
-        scope: "/".into(),
-        schedule: Some(apb::Schedule {
-            start_time: None,
-            expiration: Some(apb::schedule::Expiration::Duration(prost_types::Duration {
-                seconds: 3600,
-                nanos: 0,
-            })),
-        }),
-        justification: "rota".into(),
-        ..Default::default()
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn privileged_users_credentials_need_privileged_administrators() -> anyhow::Result<()> {

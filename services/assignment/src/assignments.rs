@@ -397,21 +397,67 @@ impl Assignments {
             "ActiveAssignmentGranted"
         };
         let txn = self.db.begin().await?;
-        store::insert_request(&txn, &request).await?;
+        self.record_request(&txn, actor, &request, role_name).await?;
         store::insert_assignment(&txn, &assignment, true, request.created_at).await?;
-        self.emit(
-            &txn,
-            "RequestCreated",
-            &request.id,
-            &self.request_created(actor, &request, role_name),
-        )
-        .await?;
         self.emit(&txn, granted_type, &assignment.principal_id, &granted)
             .await?;
         txn.commit().await?;
         self.index.upsert_row(&assignment);
         self.committed(&[&request.id]);
         Ok(request)
+    }
+
+    /// Stores a request and its RequestCreated event (inside the caller's transaction).
+    async fn record_request(
+        &self,
+        txn: &DatabaseTransaction,
+        actor: Option<Actor>,
+        request: &RequestRow,
+        role_name: &str,
+    ) -> Result<()> {
+        store::insert_request(txn, request).await?;
+        self.emit(
+            txn,
+            "RequestCreated",
+            &request.id,
+            &self.request_created(actor, request, role_name),
+        )
+        .await
+    }
+
+    /// A request that ends an assignment now (adminRemove, selfDeactivate): status Revoked.
+    #[allow(clippy::too_many_arguments)]
+    fn ending_request(
+        action: &str,
+        kind: Kind,
+        principal_id: &str,
+        role_id: &str,
+        scope: &Scope,
+        justification: &str,
+        caller: &Caller,
+        assignment_id: Option<String>,
+        now: i64,
+        validate_only: bool,
+    ) -> RequestRow {
+        RequestRow {
+            id: if validate_only { String::new() } else { new_id() },
+            action: action.into(),
+            kind: kind.as_str().into(),
+            principal_id: principal_id.into(),
+            role_id: role_id.into(),
+            scope: scope.as_str().into(),
+            status: "Revoked".into(),
+            start_at: now,
+            end_at: Some(now),
+            justification: justification.trim().into(),
+            ticket_system: String::new(),
+            ticket_number: String::new(),
+            requested_by: caller.principal_id.clone(),
+            created_at: now,
+            assignment_id,
+            duration_ms: None,
+            policy: String::new(),
+        }
     }
 
     fn request_created(&self, actor: Option<Actor>, request: &RequestRow, role_name: &str) -> ev::RequestCreated {
@@ -466,36 +512,23 @@ impl Assignments {
                 ));
             }
         }
-        let request = RequestRow {
-            id: if r.validate_only { String::new() } else { new_id() },
-            action: "adminRemove".into(),
-            kind: r.kind.as_str().into(),
-            principal_id: principal_id.clone(),
-            role_id: role.id.clone(),
-            scope: scope.as_str().into(),
-            status: "Revoked".into(),
-            start_at: now,
-            end_at: Some(now),
-            justification: r.justification.trim().into(),
-            ticket_system: String::new(),
-            ticket_number: String::new(),
-            requested_by: caller.principal_id.clone(),
-            created_at: now,
-            assignment_id: open.first().map(|a| a.id.clone()),
-            duration_ms: None,
-            policy: String::new(),
-        };
+        let request = Self::ending_request(
+            "adminRemove",
+            r.kind,
+            &principal_id,
+            &role.id,
+            &scope,
+            &r.justification,
+            caller,
+            open.first().map(|a| a.id.clone()),
+            now,
+            r.validate_only,
+        );
         if r.validate_only {
             return Ok(request);
         }
-        store::insert_request(&txn, &request).await?;
-        self.emit(
-            &txn,
-            "RequestCreated",
-            &request.id,
-            &self.request_created(Some(caller.actor()), &request, &role.name),
-        )
-        .await?;
+        self.record_request(&txn, Some(caller.actor()), &request, &role.name)
+            .await?;
         for a in &open {
             self.end(&txn, a, "removed", Some(caller.actor()), &role.name, now)
                 .await?;
@@ -658,25 +691,13 @@ impl Assignments {
         }
         let txn = self.db.begin().await?;
         if policy.approval_required {
-            store::insert_request(&txn, &request).await?;
-            self.emit(
-                &txn,
-                "RequestCreated",
-                &request.id,
-                &self.request_created(Some(caller.actor()), &request, &role.name),
-            )
-            .await?;
+            self.record_request(&txn, Some(caller.actor()), &request, &role.name)
+                .await?;
         } else {
             let assignment = self.activation_assignment(&request, &caller.name, schedule);
             request.assignment_id = Some(assignment.id.clone());
-            store::insert_request(&txn, &request).await?;
-            self.emit(
-                &txn,
-                "RequestCreated",
-                &request.id,
-                &self.request_created(Some(caller.actor()), &request, &role.name),
-            )
-            .await?;
+            self.record_request(&txn, Some(caller.actor()), &request, &role.name)
+                .await?;
             self.provision(
                 &txn,
                 &assignment,
@@ -789,36 +810,23 @@ impl Assignments {
                 message: format!("an activation can be ended only after {} minutes", min / 60_000),
             }]));
         }
-        let request = RequestRow {
-            id: if r.validate_only { String::new() } else { new_id() },
-            action: "selfDeactivate".into(),
-            kind: Kind::Active.as_str().into(),
-            principal_id: caller.principal_id.clone(),
-            role_id: role.id.clone(),
-            scope: scope.as_str().into(),
-            status: "Revoked".into(),
-            start_at: now,
-            end_at: Some(now),
-            justification: r.justification.trim().into(),
-            ticket_system: String::new(),
-            ticket_number: String::new(),
-            requested_by: caller.principal_id.clone(),
-            created_at: now,
-            assignment_id: Some(activation.id.clone()),
-            duration_ms: None,
-            policy: String::new(),
-        };
+        let request = Self::ending_request(
+            "selfDeactivate",
+            Kind::Active,
+            &caller.principal_id,
+            &role.id,
+            &scope,
+            &r.justification,
+            caller,
+            Some(activation.id.clone()),
+            now,
+            r.validate_only,
+        );
         if r.validate_only {
             return Ok(request);
         }
-        store::insert_request(&txn, &request).await?;
-        self.emit(
-            &txn,
-            "RequestCreated",
-            &request.id,
-            &self.request_created(Some(caller.actor()), &request, &role.name),
-        )
-        .await?;
+        self.record_request(&txn, Some(caller.actor()), &request, &role.name)
+            .await?;
         self.end(&txn, &activation, "deactivated", Some(caller.actor()), &role.name, now)
             .await?;
         txn.commit().await?;
