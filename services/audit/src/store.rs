@@ -15,7 +15,7 @@ impl MigratorTrait for Migrator {
             SqlMigration::boxed("m0001_audit_records", |d| {
                 format!(
                     "CREATE TABLE audit_records (
-                        sequence {serial},
+                        sequence BIGINT PRIMARY KEY,
                         event_id TEXT NOT NULL UNIQUE,
                         time BIGINT NOT NULL,
                         source TEXT NOT NULL,
@@ -31,13 +31,26 @@ impl MigratorTrait for Migrator {
                         ticket TEXT NOT NULL,
                         outcome TEXT NOT NULL,
                         trace_id TEXT NOT NULL,
-                        payload_json TEXT NOT NULL,
-                        ingested_at BIGINT NOT NULL
+                                                payload_json TEXT NOT NULL,
+                        ingested_at BIGINT NOT NULL,
+                        prev_hash {blob} NOT NULL,
+                        hash {blob} NOT NULL
                     );
+                    CREATE TABLE chain_head (
+                        id INTEGER PRIMARY KEY,
+                        sequence BIGINT NOT NULL,
+                        hash {blob} NOT NULL
+                    );
+                    INSERT INTO chain_head (id, sequence, hash) VALUES (1, 0, {zero});
                     CREATE INDEX audit_actor ON audit_records (actor_id, sequence);
                     CREATE INDEX audit_target ON audit_records (target_id, sequence);
                     CREATE INDEX audit_time ON audit_records (time)",
-                    serial = d.serial_pk()
+                    blob = d.blob(),
+                    zero = if d.backend() == sea_orm::DbBackend::Postgres {
+                        format!("'\\x{}'::bytea", "00".repeat(32))
+                    } else {
+                        format!("X'{}'", "00".repeat(32))
+                    }
                 )
             }),
         ]
@@ -64,9 +77,11 @@ pub struct Record {
     pub outcome: String,
     pub trace_id: String,
     pub payload_json: String,
+    pub prev_hash: Vec<u8>,
+    pub hash: Vec<u8>,
 }
 
-const COLUMNS: &str = "sequence, event_id, time, source, action, actor_id, actor_name, target_id, target_name, role_id, role_name, scope, justification, ticket, outcome, trace_id, payload_json";
+const COLUMNS: &str = "sequence, event_id, time, source, action, actor_id, actor_name, target_id, target_name, role_id, role_name, scope, justification, ticket, outcome, trace_id, payload_json, prev_hash, hash";
 
 impl Record {
     fn from_row(r: &QueryResult) -> Result<Self, DbErr> {
@@ -88,17 +103,47 @@ impl Record {
             outcome: col(r, "outcome")?,
             trace_id: col(r, "trace_id")?,
             payload_json: col(r, "payload_json")?,
+            prev_hash: col(r, "prev_hash")?,
+            hash: col(r, "hash")?,
         })
     }
 }
 
-/// Stores a record; a record with the same event id already stored is left as it is.
-pub async fn insert<C: ConnectionTrait>(c: &C, r: &Record, now: i64) -> Result<(), DbErr> {
+/// Appends a record to the chain: takes the next sequence and links it to the head (locked,
+/// so concurrent ingest from several replicas keeps one gap-free chain). A record whose event
+/// id is stored already is left as it is; returns whether it was appended.
+pub async fn append<C: ConnectionTrait>(c: &C, r: &mut Record, now: i64) -> Result<bool, DbErr> {
+    let lock = if c.get_database_backend() == sea_orm::DbBackend::Postgres {
+        " FOR UPDATE"
+    } else {
+        ""
+    };
+    let head = db::query_one(
+        c,
+        &format!("SELECT sequence, hash FROM chain_head WHERE id = 1{lock}"),
+        vec![],
+    )
+    .await?
+    .ok_or_else(|| DbErr::RecordNotFound("chain head".into()))?;
+    if db::query_one(
+        c,
+        "SELECT 1 AS one FROM audit_records WHERE event_id = $1",
+        vec![r.event_id.clone().into()],
+    )
+    .await?
+    .is_some()
+    {
+        return Ok(false);
+    }
+    r.sequence = col::<i64>(&head, "sequence")? + 1;
+    r.prev_hash = col(&head, "hash")?;
+    r.hash = crate::chain::hash(&r.prev_hash, r);
     db::exec(
         c,
-        "INSERT INTO audit_records (event_id, time, source, action, actor_id, actor_name, target_id, target_name, role_id, role_name, scope, justification, ticket, outcome, trace_id, payload_json, ingested_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) ON CONFLICT (event_id) DO NOTHING",
+        "INSERT INTO audit_records (sequence, event_id, time, source, action, actor_id, actor_name, target_id, target_name, role_id, role_name, scope, justification, ticket, outcome, trace_id, payload_json, ingested_at, prev_hash, hash) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)",
         vec![
+            r.sequence.into(),
             r.event_id.clone().into(),
             r.time.into(),
             r.source.clone().into(),
@@ -116,10 +161,49 @@ pub async fn insert<C: ConnectionTrait>(c: &C, r: &Record, now: i64) -> Result<(
             r.trace_id.clone().into(),
             r.payload_json.clone().into(),
             now.into(),
+            r.prev_hash.clone().into(),
+            r.hash.clone().into(),
         ],
     )
-    .await
-    .map(drop)
+    .await?;
+    db::exec(
+        c,
+        "UPDATE chain_head SET sequence = $1, hash = $2 WHERE id = 1",
+        vec![r.sequence.into(), r.hash.clone().into()],
+    )
+    .await?;
+    Ok(true)
+}
+
+/// The chain head: (sequence, hash).
+pub async fn head<C: ConnectionTrait>(c: &C) -> Result<(i64, Vec<u8>), DbErr> {
+    let row = db::query_one(c, "SELECT sequence, hash FROM chain_head WHERE id = 1", vec![])
+        .await?
+        .ok_or_else(|| DbErr::RecordNotFound("chain head".into()))?;
+    Ok((col(&row, "sequence")?, col(&row, "hash")?))
+}
+
+/// Records with sequence in [from, to], in order, at most `limit`.
+pub async fn range<C: ConnectionTrait>(c: &C, from: i64, to: i64, limit: u64) -> Result<Vec<Record>, DbErr> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM audit_records WHERE sequence >= $1 AND sequence <= $2 ORDER BY sequence LIMIT {limit}"
+    );
+    db::query(c, &sql, vec![from.into(), to.into()])
+        .await?
+        .iter()
+        .map(Record::from_row)
+        .collect()
+}
+
+pub async fn hash_at<C: ConnectionTrait>(c: &C, sequence: i64) -> Result<Option<Vec<u8>>, DbErr> {
+    db::query_one(
+        c,
+        "SELECT hash FROM audit_records WHERE sequence = $1",
+        vec![sequence.into()],
+    )
+    .await?
+    .map(|r| col(&r, "hash"))
+    .transpose()
 }
 
 /// Filters of a query; empty strings match anything.

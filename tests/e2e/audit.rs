@@ -1,0 +1,107 @@
+//! The audit log's hash chain on PostgreSQL: intact, it verifies; changing, deleting or
+//! swapping any row with direct SQL makes VerifyChain name the first broken record.
+
+use std::time::Duration;
+
+use sea_orm::ConnectionTrait;
+use tonic::Code;
+
+use pim::ServiceName;
+use pim_e2e::{TestSuite, authed, eventually};
+use pim_proto::audit::v1 as aupb;
+use pim_proto::audit::v1::audit_service_client::AuditServiceClient;
+use pim_proto::identity::v1 as ipb;
+use pim_proto::identity::v1::directory_service_client::DirectoryServiceClient;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampering_with_the_audit_log_is_detected() -> anyhow::Result<()> {
+    let ts = TestSuite::postgres().await?;
+    let result = async {
+        let admin = ts.admin_token().await?;
+        for name in ["lee", "kim", "ann"] {
+            DirectoryServiceClient::new(ts.channel.clone())
+                .create_user(authed(
+                    &admin,
+                    ipb::CreateUserRequest {
+                        user_name: name.into(),
+                        password: format!("{name}'s long passphrase"),
+                        ..Default::default()
+                    },
+                ))
+                .await?;
+        }
+        let audit = AuditServiceClient::new(ts.channel.clone());
+        // bootstrap (3 events) + sign-in + three users: at least 7 records.
+        let head = eventually(Duration::from_secs(10), "seven audit records", || {
+            let (mut audit, admin) = (audit.clone(), admin.clone());
+            async move {
+                let head = audit
+                    .get_chain_head(authed(&admin, aupb::GetChainHeadRequest {}))
+                    .await?
+                    .into_inner();
+                Ok((head.sequence >= 7).then_some(head))
+            }
+        })
+        .await?;
+        assert_eq!(head.hash.len(), 32);
+        let verify = |from: i64, to: i64| {
+            let (mut audit, admin) = (audit.clone(), admin.clone());
+            async move {
+                anyhow::Ok(
+                    audit
+                        .verify_chain(authed(
+                            &admin,
+                            aupb::VerifyChainRequest {
+                                from_sequence: from,
+                                to_sequence: to,
+                            },
+                        ))
+                        .await?
+                        .into_inner(),
+                )
+            }
+        };
+        let intact = verify(0, 7).await?;
+        assert!(intact.ok);
+        assert_eq!(intact.checked, 7);
+
+        let lee = ts.sign_in("lee", "lee's long passphrase").await?;
+        let denied = AuditServiceClient::new(ts.channel.clone())
+            .verify_chain(authed(&lee, aupb::VerifyChainRequest::default()))
+            .await
+            .expect_err("Lee reads no audit");
+        assert_eq!(denied.code(), Code::PermissionDenied);
+
+        let db = pim_runtime::db::connect(ts.database_url(ServiceName::Audit).expect("audit db")).await?;
+        // Changed: one field of record 3.
+        db.execute_unprepared("UPDATE audit_records SET justification = 'nothing to see' WHERE sequence = 3")
+            .await?;
+        let changed = verify(0, 7).await?;
+        assert!(!changed.ok);
+        assert_eq!(changed.first_broken_sequence, 3);
+
+        // Swapped: records 5 and 6 trade places.
+        for statement in [
+            "UPDATE audit_records SET sequence = -5 WHERE sequence = 5",
+            "UPDATE audit_records SET sequence = 5 WHERE sequence = 6",
+            "UPDATE audit_records SET sequence = 6 WHERE sequence = -5",
+        ] {
+            db.execute_unprepared(statement).await?;
+        }
+        let swapped = verify(4, 7).await?;
+        assert!(!swapped.ok);
+        assert_eq!(swapped.first_broken_sequence, 5);
+
+        // Removed: record 2 is gone.
+        db.execute_unprepared("DELETE FROM audit_records WHERE sequence = 2")
+            .await?;
+        let removed = verify(0, 0).await?;
+        assert!(!removed.ok);
+        assert_eq!(removed.first_broken_sequence, 2);
+        db.close().await?;
+        anyhow::Ok(())
+    }
+    .await;
+    ts.stop().await?;
+    result
+}
