@@ -49,12 +49,19 @@ impl TestSuite {
 
     /// The same, with services reading a clock the test moves.
     pub async fn postgres_with_clock(clock: Option<ManualClock>) -> anyhow::Result<Self> {
+        Self::postgres_with(clock, &[]).await
+    }
+
+    /// On PostgreSQL + Redis with extra settings.
+    pub async fn postgres_with(clock: Option<ManualClock>, extra: &[(&str, String)]) -> anyhow::Result<Self> {
         let prefix = format!("{}:", unique("streams"));
-        let config = test_config(&[
+        let mut settings = vec![
             ("PIM_REDIS_URL", redis_url()),
             ("PIM_STREAM_PREFIX", prefix.clone()),
             ("PIM_CLAIM_IDLE_MS", "200".into()),
-        ])?;
+        ];
+        settings.extend_from_slice(extra);
+        let config = test_config(&settings)?;
         let mut databases = Vec::new();
         let mut urls = BTreeMap::new();
         for service in ServiceName::ALL {

@@ -148,3 +148,76 @@ async fn failed_sign_ins_are_rate_limited_alike_for_real_and_unknown_names() -> 
     ts.stop().await?;
     result
 }
+
+/// With answers cached for a minute, a removed role still stops working at once in the other
+/// services: the removal event clears their cached answers.
+async fn lost_access_is_not_served_from_the_cache(ts: TestSuite) -> anyhow::Result<()> {
+    let result = async {
+        let admin = ts.admin_token().await?;
+        let mut directory = DirectoryServiceClient::new(ts.channel.clone());
+        let mut assignments = AssignmentServiceClient::new(ts.channel.clone());
+        let kim = directory
+            .create_user(authed(
+                &admin,
+                ipb::CreateUserRequest {
+                    user_name: "kim".into(),
+                    password: "kim's long passphrase".into(),
+                    ..Default::default()
+                },
+            ))
+            .await?
+            .into_inner();
+        assignments
+            .create_request(authed(
+                &admin,
+                assign(apb::AssignmentKind::Active, &kim.id, USER_ADMINISTRATOR),
+            ))
+            .await?;
+        let token = ts.sign_in("kim", "kim's long passphrase").await?;
+        let create = |name: &str| ipb::CreateUserRequest {
+            user_name: name.into(),
+            password: "a long enough passphrase".into(),
+            ..Default::default()
+        };
+        directory.create_user(authed(&token, create("ann"))).await?;
+        let mut remove = assign(apb::AssignmentKind::Active, &kim.id, USER_ADMINISTRATOR);
+        remove.action = apb::RequestAction::AdminRemove as i32;
+        assignments.create_request(authed(&admin, remove)).await?;
+        let mut n = 0;
+        pim_e2e::eventually(
+            std::time::Duration::from_secs(5),
+            "the cached answer to be dropped",
+            || {
+                n += 1;
+                let (mut directory, token, name) = (directory.clone(), token.clone(), format!("user{n}"));
+                async move {
+                    match directory.create_user(authed(&token, create(&name))).await {
+                        Err(e) if e.code() == Code::PermissionDenied => Ok(Some(())),
+                        _ => Ok(None),
+                    }
+                }
+            },
+        )
+        .await?;
+        anyhow::Ok(())
+    }
+    .await;
+    ts.stop().await?;
+    result
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_access_reaches_cached_answers_embedded() -> anyhow::Result<()> {
+    lost_access_is_not_served_from_the_cache(
+        TestSuite::embedded_with(&[("PIM_ACCESS_CACHE_TTL_MS", "60000".into())]).await?,
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_access_reaches_cached_answers_on_redis() -> anyhow::Result<()> {
+    lost_access_is_not_served_from_the_cache(
+        TestSuite::postgres_with(None, &[("PIM_ACCESS_CACHE_TTL_MS", "60000".into())]).await?,
+    )
+    .await
+}

@@ -27,6 +27,7 @@ use pim_runtime::auth::{AuthLayer, KeySource, RemoteKeys, TokenVerifier};
 use pim_runtime::clock::{Clock, SystemClock};
 use pim_runtime::events::{
     ConsumerHandle, ConsumerOptions, EmbeddedBus, Inbox, Publisher, RedisConsumer, RedisPublisher, Relay, RelayHandle,
+    last_entry_id, streams, tail,
 };
 use pim_runtime::host::{Deps, Service};
 use pim_runtime::{db, grpc};
@@ -168,10 +169,11 @@ impl Suite {
         };
         let identity_channel = grpc::channel(&peer(ServiceName::Identity, &config.identity_url)?, &config.tls)?;
         let assignment_channel = grpc::channel(&peer(ServiceName::Assignment, &config.assignment_url)?, &config.tls)?;
-        let access: Arc<dyn AccessCheck> = Arc::new(CachedAccess::new(
+        let cache = Arc::new(CachedAccess::new(
             Arc::new(RemoteAccess::new(assignment_channel.clone())),
             config.access_cache_ttl,
         ));
+        let access: Arc<dyn AccessCheck> = cache.clone();
 
         let mut services: Vec<Arc<dyn Service>> = Vec::new();
         let (mut identity, mut assignment) = (None, None);
@@ -233,11 +235,30 @@ impl Suite {
                         bus.subscribe(Inbox::new(service.db().clone(), handler));
                     }
                 }
+                for stream in [streams::ASSIGNMENT, streams::IDENTITY] {
+                    let cache = cache.clone();
+                    bus.listen(stream, Arc::new(move |envelope| cache.invalidate_on(envelope)));
+                }
                 Arc::new(bus)
             }
         };
         let (stop, stopped) = watch::channel(false);
-        let background = services.iter().flat_map(|s| s.background(stopped.clone())).collect();
+        let mut background: Vec<JoinHandle<()>> = services.iter().flat_map(|s| s.background(stopped.clone())).collect();
+        if let Some(redis_url) = &config.redis_url {
+            // Lost access reaches the cached answers of this process at once, not after the TTL.
+            for stream in [streams::ASSIGNMENT, streams::IDENTITY] {
+                let from = last_entry_id(redis_url.expose(), &config.stream_prefix, stream).await?;
+                let cache = cache.clone();
+                background.push(tail(
+                    redis_url.expose().clone(),
+                    config.stream_prefix.clone(),
+                    stream,
+                    from,
+                    stopped.clone(),
+                    move |envelope| cache.invalidate_on(envelope),
+                ));
+            }
+        }
         let relays = services
             .iter()
             .map(|s| Relay::new(s.db().clone(), s.outbox().clone(), publisher.clone()).spawn(options.relay_poll))

@@ -152,6 +152,18 @@ impl CachedAccess {
     pub fn clear(&self) {
         self.entries.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
+
+    /// Drops cached answers when an event says someone may have lost access: a removal,
+    /// a deactivation, or a member leaving a group. (New grants need no invalidation: a cached
+    /// refusal lasts the TTL at most.)
+    pub fn invalidate_on(&self, envelope: &crate::events::Envelope) {
+        if matches!(
+            crate::events::short_type(envelope),
+            "RoleDeactivated" | "ActiveAssignmentRemoved" | "GroupMemberRemoved" | "UserDisabled"
+        ) {
+            self.clear();
+        }
+    }
 }
 
 #[async_trait::async_trait]

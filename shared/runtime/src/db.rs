@@ -16,12 +16,14 @@ use sea_orm::{
 
 pub type Db = DatabaseConnection;
 
-/// Connects to `url` (postgres://… or sqlite://…). SQLite gets WAL and a busy timeout so the
-/// relay, consumers and handlers of one process can share a file.
+/// Connects to `url` (postgres://… or sqlite://…). A SQLite file gets one connection (WAL, a
+/// busy timeout): its writers take turns, so a transaction that read first never fails to
+/// write because another connection committed meanwhile (SQLITE_BUSY_SNAPSHOT). Nothing here
+/// holds a transaction while waiting for another connection to the same file.
 pub async fn connect(url: &str) -> anyhow::Result<Db> {
     let mut options = ConnectOptions::new(url.to_owned());
     options
-        .max_connections(if url.starts_with("sqlite") { 4 } else { 10 })
+        .max_connections(if url.starts_with("sqlite") { 1 } else { 10 })
         .connect_timeout(Duration::from_secs(5))
         .acquire_timeout(Duration::from_secs(10))
         .sqlx_logging(false);

@@ -8,9 +8,14 @@ use std::sync::{Arc, RwLock};
 
 use super::{Envelope, Inbox, Publisher};
 
+/// Something told of each event of a stream after its consumers applied it (no database:
+/// in-memory caches).
+pub type Listener = Arc<dyn Fn(&Envelope) + Send + Sync>;
+
 #[derive(Clone, Default)]
 pub struct EmbeddedBus {
     subscribers: Arc<RwLock<HashMap<String, Vec<Inbox>>>>,
+    listeners: Arc<RwLock<HashMap<String, Vec<Listener>>>>,
     max_deliveries: u32,
 }
 
@@ -18,8 +23,19 @@ impl EmbeddedBus {
     pub fn new(max_deliveries: u32) -> Self {
         Self {
             subscribers: Arc::default(),
+            listeners: Arc::default(),
             max_deliveries: max_deliveries.max(1),
         }
+    }
+
+    /// Registers a listener for one stream.
+    pub fn listen(&self, stream: &str, listener: Listener) {
+        self.listeners
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(stream.to_owned())
+            .or_default()
+            .push(listener);
     }
 
     /// Registers a consumer for each stream it follows.
@@ -53,6 +69,16 @@ impl Publisher for EmbeddedBus {
                 }
                 return Err(err.context(format!("consumer {} failed", inbox.consumer())));
             }
+        }
+        let listeners = self
+            .listeners
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(stream)
+            .cloned()
+            .unwrap_or_default();
+        for listener in listeners {
+            listener(envelope);
         }
         Ok(())
     }

@@ -17,7 +17,7 @@ use prost::Message;
 use uuid::Uuid;
 
 pub use consumer::{EventHandler, Inbox};
-pub use embedded::EmbeddedBus;
+pub use embedded::{EmbeddedBus, Listener};
 pub use migration::{SqlMigration, backbone_migration};
 pub use outbox::{Outbox, Publisher, Relay, RelayHandle, pending};
 pub use redis::{ConsumerHandle, ConsumerOptions, RedisConsumer, RedisPublisher, last_entry_id, tail};
