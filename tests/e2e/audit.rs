@@ -105,3 +105,66 @@ async fn tampering_with_the_audit_log_is_detected() -> anyhow::Result<()> {
     ts.stop().await?;
     result
 }
+
+/// Fail closed: when a service cannot write its event, the change is not made and the caller
+/// is told so — nothing happens that the audit log would not hear of.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_change_without_its_event() -> anyhow::Result<()> {
+    let ts = TestSuite::postgres().await?;
+    let result = async {
+        let admin = ts.admin_token().await?;
+        let identity_db =
+            pim_runtime::db::connect(ts.database_url(ServiceName::Identity).expect("identity db")).await?;
+        // Break the outbox: every insert into it fails from now on.
+        identity_db
+            .execute_unprepared("ALTER TABLE outbox ADD CONSTRAINT outbox_refuses CHECK (false) NOT VALID")
+            .await?;
+        let failed = DirectoryServiceClient::new(ts.channel.clone())
+            .create_user(authed(
+                &admin,
+                ipb::CreateUserRequest {
+                    user_name: "lee".into(),
+                    password: "lee's long passphrase".into(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .expect_err("the event cannot be written");
+        assert_eq!(failed.code(), Code::Internal);
+        assert_eq!(
+            failed.message(),
+            "internal error",
+            "no internal detail reaches the caller"
+        );
+        let users = pim_runtime::db::query_one(
+            &identity_db,
+            "SELECT COUNT(*) AS n FROM users WHERE user_name = 'lee'",
+            vec![],
+        )
+        .await?;
+        assert_eq!(
+            users.map(|r| pim_runtime::db::col::<i64>(&r, "n")).transpose()?,
+            Some(0),
+            "the user was not created"
+        );
+
+        identity_db
+            .execute_unprepared("ALTER TABLE outbox DROP CONSTRAINT outbox_refuses")
+            .await?;
+        DirectoryServiceClient::new(ts.channel.clone())
+            .create_user(authed(
+                &admin,
+                ipb::CreateUserRequest {
+                    user_name: "lee".into(),
+                    password: "lee's long passphrase".into(),
+                    ..Default::default()
+                },
+            ))
+            .await?;
+        identity_db.close().await?;
+        anyhow::Ok(())
+    }
+    .await;
+    ts.stop().await?;
+    result
+}

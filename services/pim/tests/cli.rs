@@ -353,6 +353,17 @@ fn the_readme_walk_through_works_and_survives_a_restart() {
         "{requests}"
     );
 
+    // The audit log is intact, and exports as JSON lines with the chain's hashes.
+    assert!(admin.ok(&["audit", "verify"], None).starts_with("intact:"));
+    let exported = admin.ok(&["audit", "export"], None);
+    let lines: Vec<&str> = exported.lines().collect();
+    assert!(lines.len() >= 8, "{exported}");
+    assert!(
+        lines.iter().all(|l| l.starts_with('{') && l.contains("\"hash\":\"")),
+        "{exported}"
+    );
+    assert!(!exported.contains(&password), "no secret in the audit log");
+
     up.terminate();
 
     // Restarted on the same data: no new administrator, same access, same tokens.

@@ -263,7 +263,10 @@ enum Output {
 }
 
 #[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
 struct AuditArgs {
+    #[command(subcommand)]
+    command: Option<AuditCommand>,
     /// Who acted (user name or principal id).
     #[arg(long)]
     actor: Option<String>,
@@ -854,7 +857,86 @@ async fn check(args: CheckArgs) -> anyhow::Result<i32> {
     }
 }
 
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Recompute the hash chain (exit code 0 if intact, 1 with the first broken record).
+    Verify {
+        #[arg(long, default_value_t = 0)]
+        from: i64,
+        #[arg(long, default_value_t = 0)]
+        to: i64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// The chain head (sequence and hash), to keep somewhere else.
+    Head {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Write every record you may read to standard output, as JSON lines.
+    Export {
+        #[arg(long, default_value = "jsonl")]
+        format: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+async fn audit_command(command: AuditCommand) -> anyhow::Result<i32> {
+    match command {
+        AuditCommand::Verify { from, to, client } => {
+            let session = Session::open(&client, true)?;
+            let r = AuditServiceClient::new(session.channel.clone())
+                .verify_chain(session.request(aupb::VerifyChainRequest {
+                    from_sequence: from,
+                    to_sequence: to,
+                })?)
+                .await
+                .map_err(explain)?
+                .into_inner();
+            if r.ok {
+                println!("intact: {} records checked", r.checked);
+                Ok(0)
+            } else {
+                println!(
+                    "BROKEN at record {} ({} checked before it)",
+                    r.first_broken_sequence, r.checked
+                );
+                Ok(1)
+            }
+        }
+        AuditCommand::Head { client } => {
+            let session = Session::open(&client, true)?;
+            let head = AuditServiceClient::new(session.channel.clone())
+                .get_chain_head(session.request(aupb::GetChainHeadRequest {})?)
+                .await
+                .map_err(explain)?
+                .into_inner();
+            let hash: String = head.hash.iter().map(|b| format!("{b:02x}")).collect();
+            println!("{} {hash}", head.sequence);
+            Ok(0)
+        }
+        AuditCommand::Export { format, client } => {
+            let session = Session::open(&client, true)?;
+            let mut chunks = AuditServiceClient::new(session.channel.clone())
+                .export_events(session.request(aupb::ExportEventsRequest { filter: None, format })?)
+                .await
+                .map_err(explain)?
+                .into_inner();
+            let mut out = std::io::stdout().lock();
+            while let Some(chunk) = chunks.message().await.map_err(explain)? {
+                out.write_all(&chunk.data)?;
+            }
+            out.flush()?;
+            Ok(0)
+        }
+    }
+}
+
 async fn audit(args: AuditArgs) -> anyhow::Result<i32> {
+    if let Some(command) = args.command {
+        return audit_command(command).await;
+    }
     let session = Session::open(&args.client, true)?;
     let actor_id = match &args.actor {
         Some(a) => session.principal_id(a).await?,
