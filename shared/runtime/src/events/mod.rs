@@ -19,7 +19,7 @@ use uuid::Uuid;
 pub use consumer::{EventHandler, Inbox};
 pub use embedded::{EmbeddedBus, Listener};
 pub use migration::{SqlMigration, backbone_migration};
-pub use outbox::{Outbox, Publisher, Relay, RelayHandle, pending};
+pub use outbox::{Outbox, Pending, Publisher, Relay, RelayHandle, pending};
 pub use redis::{ConsumerHandle, ConsumerOptions, RedisConsumer, RedisPublisher, last_entry_id, tail};
 
 pub use pim_proto::events::v1::Envelope;

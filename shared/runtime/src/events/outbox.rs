@@ -17,9 +17,29 @@ use tokio::task::JoinHandle;
 use super::Envelope;
 use crate::db::{self, Db, Dialect, col};
 
+/// An outbox row on its way out.
+pub struct Pending {
+    pub id: String,
+    pub stream: String,
+    pub envelope: Envelope,
+    /// Earlier failed publications of this row.
+    pub attempts: u32,
+}
+
 /// Where a relay sends events: Redis Streams or the embedded in-process bus.
 #[async_trait::async_trait]
 pub trait Publisher: Send + Sync {
+    /// Publishes `batch` in order; returns how many (a prefix) were published, and the error
+    /// that stopped it. Transports that can send many at once override this.
+    async fn publish_all(&self, batch: &[Pending]) -> (usize, Option<anyhow::Error>) {
+        for (i, p) in batch.iter().enumerate() {
+            if let Err(err) = self.publish(&p.stream, &p.envelope, p.attempts).await {
+                return (i, Some(err));
+            }
+        }
+        (batch.len(), None)
+    }
+
     /// Publishes one event to `stream` (base name, before any prefix). Returns only when the
     /// transport has it durably (Redis) or every consumer applied it (embedded). `attempt`
     /// counts earlier failed publications of this row, for transports that dead-letter.
@@ -121,38 +141,50 @@ impl Relay {
         let rows = db::query(conn, &sql, vec![])
             .await
             .context("reading pending outbox rows")?;
-        let mut sent = 0;
+        let mut batch = Vec::with_capacity(rows.len());
         for row in rows {
-            let id: String = col(&row, "id")?;
-            let stream: String = col(&row, "stream")?;
             let bytes: Vec<u8> = col(&row, "envelope")?;
-            let attempts: i32 = col(&row, "attempts")?;
-            let envelope = Envelope::decode(bytes.as_slice()).context("decoding an outbox row")?;
-            match self.publisher.publish(&stream, &envelope, attempts as u32).await {
-                Ok(()) => {
-                    db::exec(
-                        conn,
-                        "UPDATE outbox SET status = 'sent', sent_at = $1 WHERE id = $2",
-                        vec![db::now_ms().into(), id.into()],
-                    )
-                    .await?;
-                    sent += 1;
-                }
-                Err(err) => {
-                    // The row stays pending (an outage must never lose events); keep what was
-                    // sent so far and retry this one on the next pass.
-                    let attempts = attempts + 1;
-                    tracing::warn!(event_id = %id, stream = %stream, attempts, error = %format!("{err:#}"), "publishing an event failed");
-                    db::exec(
-                        conn,
-                        "UPDATE outbox SET attempts = $1, last_error = $2 WHERE id = $3",
-                        vec![attempts.into(), format!("{err:#}").into(), id.into()],
-                    )
-                    .await?;
-                    // Later rows wait, so a stream keeps its order.
-                    break;
-                }
-            }
+            batch.push(Pending {
+                id: col(&row, "id")?,
+                stream: col(&row, "stream")?,
+                envelope: Envelope::decode(bytes.as_slice()).context("decoding an outbox row")?,
+                attempts: col::<i32>(&row, "attempts")? as u32,
+            });
+        }
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        let (sent, failure) = self.publisher.publish_all(&batch).await;
+        if sent > 0 {
+            // One statement marks the whole published prefix.
+            let placeholders: Vec<String> = (0..sent).map(|i| format!("${}", i + 2)).collect();
+            let mut values: Vec<sea_orm::Value> = vec![db::now_ms().into()];
+            values.extend(batch[..sent].iter().map(|p| p.id.clone().into()));
+            db::exec(
+                conn,
+                &format!(
+                    "UPDATE outbox SET status = 'sent', sent_at = $1 WHERE id IN ({})",
+                    placeholders.join(", ")
+                ),
+                values,
+            )
+            .await?;
+        }
+        if let (Some(err), Some(failed)) = (failure, batch.get(sent)) {
+            // The row stays pending (an outage must never lose events) and later rows wait
+            // behind it, so a stream keeps its order; the next pass retries it.
+            let attempts = failed.attempts + 1;
+            tracing::warn!(event_id = %failed.id, stream = %failed.stream, attempts, error = %format!("{err:#}"), "publishing an event failed");
+            db::exec(
+                conn,
+                "UPDATE outbox SET attempts = $1, last_error = $2 WHERE id = $3",
+                vec![
+                    (attempts as i32).into(),
+                    format!("{err:#}").into(),
+                    failed.id.clone().into(),
+                ],
+            )
+            .await?;
         }
         Ok(sent)
     }

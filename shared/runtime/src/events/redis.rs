@@ -44,21 +44,38 @@ impl RedisPublisher {
     }
 }
 
+fn entry_fields(envelope: &Envelope) -> [(&'static str, Vec<u8>); 3] {
+    [
+        ("id", envelope.id.clone().into_bytes()),
+        ("type", envelope.r#type.clone().into_bytes()),
+        ("ce", envelope.encode_to_vec()),
+    ]
+}
+
 #[async_trait::async_trait]
 impl Publisher for RedisPublisher {
     async fn publish(&self, stream: &str, envelope: &Envelope, _attempt: u32) -> anyhow::Result<()> {
         let mut conn = self.conn.clone();
         let key = format!("{}{stream}", self.prefix);
-        let fields: [(&str, Vec<u8>); 3] = [
-            ("id", envelope.id.clone().into_bytes()),
-            ("type", envelope.r#type.clone().into_bytes()),
-            ("ce", envelope.encode_to_vec()),
-        ];
         let _: String = conn
-            .xadd(&key, "*", &fields)
+            .xadd(&key, "*", &entry_fields(envelope))
             .await
             .with_context(|| format!("XADD to {key}"))?;
         Ok(())
+    }
+
+    /// One round trip for the whole batch. If it fails, none counts as published (some may
+    /// be on the stream: they are published again, and consumers drop the duplicates).
+    async fn publish_all(&self, batch: &[super::Pending]) -> (usize, Option<anyhow::Error>) {
+        let mut pipe = redis::pipe();
+        for p in batch {
+            pipe.xadd(format!("{}{}", self.prefix, p.stream), "*", &entry_fields(&p.envelope));
+        }
+        let mut conn = self.conn.clone();
+        match pipe.query_async::<Vec<String>>(&mut conn).await {
+            Ok(_) => (batch.len(), None),
+            Err(err) => (0, Some(anyhow::Error::new(err).context("XADD pipeline"))),
+        }
     }
 }
 
