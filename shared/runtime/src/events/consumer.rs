@@ -43,17 +43,39 @@ impl Inbox {
         self.handler.streams()
     }
 
-    /// Applies `envelope` unless this consumer already did; returns whether it was new.
-    pub async fn apply(&self, envelope: &Envelope) -> anyhow::Result<bool> {
+    /// Applies every envelope not applied before, in one transaction (all or none).
+    pub async fn apply_all(&self, envelopes: &[Envelope]) -> anyhow::Result<()> {
         let txn = self.db.begin().await.context("beginning consumer transaction")?;
+        let mut applied = Vec::with_capacity(envelopes.len());
+        for envelope in envelopes {
+            if self.record(&txn, envelope).await? {
+                self.handler.handle(&txn, envelope).await?;
+                applied.push(envelope);
+            }
+        }
+        txn.commit().await.context("committing consumer transaction")?;
+        for envelope in applied {
+            self.handler.after_commit(envelope).await;
+        }
+        Ok(())
+    }
+
+    /// Records the event id in the inbox; false when it was there already (a duplicate).
+    async fn record(&self, txn: &DatabaseTransaction, envelope: &Envelope) -> anyhow::Result<bool> {
         let inserted = db::exec(
-            &txn,
+            txn,
             "INSERT INTO inbox (consumer, event_id, processed_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
             vec![self.consumer().into(), envelope.id.clone().into(), db::now_ms().into()],
         )
         .await
         .context("recording the event in the inbox")?;
-        if inserted == 0 {
+        Ok(inserted == 1)
+    }
+
+    /// Applies `envelope` unless this consumer already did; returns whether it was new.
+    pub async fn apply(&self, envelope: &Envelope) -> anyhow::Result<bool> {
+        let txn = self.db.begin().await.context("beginning consumer transaction")?;
+        if !self.record(&txn, envelope).await? {
             txn.rollback().await.ok();
             return Ok(false);
         }

@@ -210,10 +210,8 @@ impl RedisConsumer {
         let mut conn = self.conn.clone();
         let reply: Option<StreamReadReply> = conn.xread_options(&keys, &ids, &options).await.context("XREADGROUP")?;
         for key in reply.map(|r| r.keys).unwrap_or_default() {
-            for entry in key.ids {
-                self.process(&key.key, entry).await?;
-                handled += 1;
-            }
+            handled += key.ids.len();
+            self.process_batch(&key.key, key.ids).await?;
         }
         Ok(handled)
     }
@@ -245,6 +243,30 @@ impl RedisConsumer {
             }
             start = reply.next_stream_id;
         }
+    }
+
+    /// New entries are applied in one transaction and acknowledged together; if any fails,
+    /// each is handled on its own (so one poison entry does not hold back the others).
+    async fn process_batch(&self, key: &str, entries: Vec<StreamId>) -> anyhow::Result<()> {
+        let decoded: Option<Vec<Envelope>> = entries
+            .iter()
+            .map(|e| e.get::<Vec<u8>>("ce").and_then(|b| Envelope::decode(b.as_slice()).ok()))
+            .collect();
+        if let Some(envelopes) = decoded.filter(|e| e.len() > 1) {
+            match self.inbox.apply_all(&envelopes).await {
+                Ok(()) => {
+                    let ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
+                    let mut conn = self.conn.clone();
+                    let _: i64 = conn.xack(key, self.group(), &ids).await.context("XACK")?;
+                    return Ok(());
+                }
+                Err(err) => tracing::debug!(error = %format!("{err:#}"), "batch failed; handling entries one by one"),
+            }
+        }
+        for entry in entries {
+            self.process(key, entry).await?;
+        }
+        Ok(())
     }
 
     async fn process(&self, key: &str, entry: StreamId) -> anyhow::Result<()> {
