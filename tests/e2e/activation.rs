@@ -919,3 +919,105 @@ async fn grants_made_outside_pim_are_detected() -> anyhow::Result<()> {
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn administrators_extend_and_shorten_assignments_within_policy() -> anyhow::Result<()> {
+    run(|w| async move {
+        let lee = w.user("lee").await?;
+        let mut assign = request(
+            apb::RequestAction::AdminAssign,
+            apb::AssignmentKind::Active,
+            &lee.id,
+            EXCHANGE_ADMINISTRATOR,
+        );
+        assign.justification = "migration".into();
+        assign.schedule = Some(apb::Schedule {
+            start_time: None,
+            expiration: Some(apb::schedule::Expiration::Duration(duration(HOUR_MS))),
+        });
+        w.assignments().create_request(authed(&w.admin, assign)).await?;
+        let change = |action: apb::RequestAction, length_ms: i64| apb::CreateRequestRequest {
+            schedule: Some(apb::Schedule {
+                start_time: None,
+                expiration: Some(apb::schedule::Expiration::Duration(duration(length_ms))),
+            }),
+            justification: "change window moved".into(),
+            ..request(action, apb::AssignmentKind::Active, &lee.id, EXCHANGE_ADMINISTRATOR)
+        };
+        let now = w.clock.now_ms();
+        let extended = w
+            .assignments()
+            .create_request(authed(&w.admin, change(apb::RequestAction::AdminExtend, 3 * HOUR_MS)))
+            .await?
+            .into_inner();
+        assert_eq!(extended.status, apb::RequestStatus::Provisioned as i32);
+        assert_eq!(
+            from_timestamp(
+                w.check(&lee.id, EXCHANGE_ADMINISTRATOR)
+                    .await?
+                    .expires_at
+                    .as_ref()
+                    .expect("ends")
+            ),
+            now + 3 * HOUR_MS
+        );
+        let earlier = w
+            .assignments()
+            .create_request(authed(&w.admin, change(apb::RequestAction::AdminExtend, HOUR_MS)))
+            .await
+            .expect_err("not an extension");
+        assert_eq!(violated_rules(&earlier), vec!["ExpirationRule"]);
+        let too_long = w
+            .assignments()
+            .create_request(authed(
+                &w.admin,
+                change(apb::RequestAction::AdminExtend, 181 * 24 * HOUR_MS),
+            ))
+            .await
+            .expect_err("over 180 days");
+        assert_eq!(violated_rules(&too_long), vec!["ExpirationRule"]);
+        w.assignments()
+            .create_request(authed(&w.admin, change(apb::RequestAction::AdminUpdate, 30 * 60_000)))
+            .await?;
+        assert_eq!(
+            from_timestamp(
+                w.check(&lee.id, EXCHANGE_ADMINISTRATOR)
+                    .await?
+                    .expires_at
+                    .as_ref()
+                    .expect("ends")
+            ),
+            now + 30 * 60_000
+        );
+        w.eventually_events("ActiveAssignmentUpdated", 2).await?;
+        let lees = w
+            .assignments()
+            .create_request(authed(&lee.token, change(apb::RequestAction::AdminExtend, 3 * HOUR_MS)))
+            .await
+            .expect_err("not an admin");
+        assert_eq!(lees.code(), Code::PermissionDenied);
+
+        // The only permanent Global Administrator cannot be given an end.
+        let admin_id = DirectoryServiceClient::new(w.ts.channel.clone())
+            .get_user(authed(
+                &w.admin,
+                ipb::GetUserRequest {
+                    user: w.ts.admin_user.clone(),
+                },
+            ))
+            .await?
+            .into_inner()
+            .id;
+        let mut end_admin = change(apb::RequestAction::AdminUpdate, HOUR_MS);
+        end_admin.principal_id = admin_id;
+        end_admin.role_id = GLOBAL_ADMINISTRATOR.into();
+        let refused = w
+            .assignments()
+            .create_request(authed(&w.admin, end_admin))
+            .await
+            .expect_err("the last one");
+        assert_eq!(refused.code(), Code::FailedPrecondition);
+        Ok(w)
+    })
+    .await
+}

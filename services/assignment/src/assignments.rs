@@ -593,6 +593,102 @@ impl Assignments {
         Ok(true)
     }
 
+    /// adminExtend / adminUpdate: an administrator moves the end of an assignment they made
+    /// (extend: only later). Shortening the last permanent Global Administrator is refused.
+    pub async fn admin_change_end(
+        &self,
+        caller: &Caller,
+        action: &str,
+        r: EndRequest,
+        end: Option<i64>,
+    ) -> Result<RequestRow> {
+        let scope = Scope::parse(&r.scope)?;
+        let role = self.role(&r.role)?;
+        let principal_id = r.principal_id.trim().to_owned();
+        if principal_id.is_empty() {
+            return Err(Error::invalid("principal_id", "required"));
+        }
+        self.authorize(caller, permissions::ASSIGNMENTS_MANAGE, &scope).await?;
+        let now = self.now();
+        let txn = self.db.begin().await?;
+        let open = store::open_assignments(&txn, r.kind.as_str(), &principal_id, &role.id, scope.as_str(), now).await?;
+        let Some(mut assignment) = open.into_iter().find(|a| a.origin == "admin") else {
+            return Err(Error::NotFound(format!(
+                "{} assignment of {} for {principal_id} at {}",
+                r.kind.as_str(),
+                role.name,
+                scope.as_str()
+            )));
+        };
+        if action == "adminExtend" && end.is_some_and(|e| assignment.end_at.is_none_or(|current| e <= current)) {
+            return Err(Error::PolicyViolation(vec![pim_runtime::grpc::RuleViolation {
+                kind: "ExpirationRule",
+                message: "an extension must end later than the assignment does now".into(),
+            }]));
+        }
+        let (policy, _) = self.effective_policy(&txn, &role.id, &scope).await?;
+        policy
+            .check_new_end(r.kind, assignment.start_at, end, now)
+            .map_err(Error::PolicyViolation)?;
+        if role.id == GLOBAL_ADMINISTRATOR && r.kind == Kind::Active && assignment.end_at.is_none() && end.is_some() {
+            let permanent = store::lock_permanent_global_admins(&txn, GLOBAL_ADMINISTRATOR, now).await?;
+            if permanent.iter().all(|a| a.id == assignment.id) {
+                return Err(Error::FailedPrecondition(
+                    "refused: this is the last permanent active Global Administrator; assign another one first".into(),
+                ));
+            }
+        }
+        let mut request = Self::ending_request(
+            action,
+            r.kind,
+            &principal_id,
+            &role.id,
+            &scope,
+            &r.justification,
+            caller,
+            Some(assignment.id.clone()),
+            now,
+            r.validate_only,
+        );
+        request.status = "Provisioned".into();
+        request.start_at = assignment.start_at;
+        request.end_at = end;
+        if r.validate_only {
+            return Ok(request);
+        }
+        self.record_request(&txn, Some(caller.actor()), &request, &role.name)
+            .await?;
+        store::set_assignment_end(&txn, &assignment.id, end).await?;
+        assignment.end_at = end;
+        let event = ev::AssignmentChanged {
+            actor: Some(caller.actor()),
+            assignment_id: assignment.id.clone(),
+            request_id: request.id.clone(),
+            kind: assignment.kind.clone(),
+            principal_id: assignment.principal_id.clone(),
+            principal_kind: 0,
+            principal_name: assignment.principal_name.clone(),
+            role_id: assignment.role_id.clone(),
+            role_name: role.name.clone(),
+            scope: assignment.scope.clone(),
+            start_time: Some(to_timestamp(assignment.start_at)),
+            end_time: end.map(to_timestamp),
+            justification: request.justification.clone(),
+            ticket: None,
+            reason: action.into(),
+        };
+        let event_type = if r.kind == Kind::Eligible {
+            "EligibilityUpdated"
+        } else {
+            "ActiveAssignmentUpdated"
+        };
+        self.emit(&txn, event_type, &assignment.principal_id, &event).await?;
+        txn.commit().await?;
+        self.index.upsert_row(&assignment);
+        self.committed(&[&request.id]);
+        Ok(request)
+    }
+
     // ---- self requests ----
 
     /// selfActivate: the caller turns an eligibility into an active role, after the policy's checks.

@@ -308,6 +308,42 @@ impl Policy {
         })
     }
 
+    /// Checks a new end for an assignment that runs from `start`: it must lie ahead, and the
+    /// assignment may last at most the policy's maximum from now (or be permanent where allowed).
+    pub fn check_new_end(
+        &self,
+        kind: Kind,
+        start: i64,
+        end: Option<i64>,
+        now: i64,
+    ) -> std::result::Result<(), Vec<RuleViolation>> {
+        let (allow_permanent, max) = match kind {
+            Kind::Eligible => (self.eligible_allow_permanent, self.eligible_max_duration),
+            Kind::Active => (self.active_allow_permanent, self.active_max_duration),
+        };
+        let problem = match end {
+            None if !allow_permanent => Some(format!(
+                "permanent {} assignments are not allowed for this role",
+                kind.as_str()
+            )),
+            None => None,
+            Some(end) if end <= now.max(start) => Some("the new end must lie ahead".to_owned()),
+            Some(end) if end - now.max(start) > max.as_millis() as i64 => Some(format!(
+                "{} assignments may last at most {} days",
+                kind.as_str(),
+                max.as_secs() / 86400
+            )),
+            Some(_) => None,
+        };
+        match problem {
+            Some(message) => Err(vec![RuleViolation {
+                kind: "ExpirationRule",
+                message,
+            }]),
+            None => Ok(()),
+        }
+    }
+
     /// Checks an admin assignment against the policy and resolves its schedule; every failed
     /// rule is reported, not only the first.
     pub fn check_admin_assignment(

@@ -536,6 +536,24 @@ impl AssignmentService for Assignments {
         let created = match A::try_from(r.action) {
             Ok(A::AdminAssign) => self.admin_assign(&caller, AdminAssignRequest::try_from(r)?).await?,
             Ok(A::AdminRemove) => self.admin_remove(&caller, EndRequest::try_from(r)?).await?,
+            Ok(action @ (A::AdminExtend | A::AdminUpdate)) => {
+                let now = self.now();
+                use pb::schedule::Expiration as E;
+                let end = match r.schedule.as_ref().and_then(|s| s.expiration.as_ref()) {
+                    Some(E::EndTime(t)) => Some(from_timestamp(t)),
+                    Some(E::Duration(d)) => Some(now + duration_from_pb("schedule.duration", d)?.as_millis() as i64),
+                    Some(E::Permanent(true)) => None,
+                    _ => {
+                        return Err(Error::invalid(
+                            "schedule",
+                            "give the new end: end_time, duration (from now) or permanent",
+                        )
+                        .into());
+                    }
+                };
+                self.admin_change_end(&caller, action_name(action), EndRequest::try_from(r)?, end)
+                    .await?
+            }
             Ok(A::SelfActivate) => {
                 if filter(&r.principal_id).is_some_and(|p| p != caller.principal_id) {
                     return Err(

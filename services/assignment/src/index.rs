@@ -165,7 +165,7 @@ impl AccessIndex {
     /// Applies one event of the assignment stream (any replica's).
     pub fn apply(&self, envelope: &Envelope) -> anyhow::Result<()> {
         match short_type(envelope) {
-            "ActiveAssignmentGranted" => {
+            "ActiveAssignmentGranted" | "ActiveAssignmentUpdated" => {
                 let e: ev::AssignmentChanged = decode(envelope)?;
                 let start = e.start_time.as_ref().map(from_timestamp).unwrap_or_default();
                 let grant = Grant {

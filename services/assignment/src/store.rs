@@ -326,6 +326,17 @@ pub async fn lock_permanent_global_admins<C: ConnectionTrait>(
         .collect()
 }
 
+/// Changes the end of an assignment still active; returns whether it was.
+pub async fn set_assignment_end<C: ConnectionTrait>(c: &C, id: &str, end_at: Option<i64>) -> Result<bool, DbErr> {
+    Ok(db::exec(
+        c,
+        "UPDATE assignments SET end_at = $1 WHERE id = $2 AND status = 'active'",
+        vec![end_at.into(), id.into()],
+    )
+    .await?
+        == 1)
+}
+
 /// Ends an assignment that is still active; returns whether it did (false: someone else ended it first).
 pub async fn end_assignment<C: ConnectionTrait>(c: &C, id: &str, status: &str, at: i64) -> Result<bool, DbErr> {
     let n = db::exec(

@@ -87,7 +87,12 @@ pub fn record(envelope: &Envelope) -> anyhow::Result<Record> {
                 "start_time": ts(&e.start_time), "end_time": ts(&e.end_time),
             })
         }
-        "EligibilityGranted" | "EligibilityRemoved" | "ActiveAssignmentGranted" | "ActiveAssignmentRemoved" => {
+        "EligibilityGranted"
+        | "EligibilityRemoved"
+        | "EligibilityUpdated"
+        | "ActiveAssignmentGranted"
+        | "ActiveAssignmentRemoved"
+        | "ActiveAssignmentUpdated" => {
             let e: ev::AssignmentChanged = decode(envelope)?;
             set_actor(&mut r, &e.actor);
             r.target_id = e.principal_id.clone();

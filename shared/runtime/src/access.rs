@@ -159,7 +159,11 @@ impl CachedAccess {
     pub fn invalidate_on(&self, envelope: &crate::events::Envelope) {
         if matches!(
             crate::events::short_type(envelope),
-            "RoleDeactivated" | "ActiveAssignmentRemoved" | "GroupMemberRemoved" | "UserDisabled"
+            "RoleDeactivated"
+                | "ActiveAssignmentRemoved"
+                | "ActiveAssignmentUpdated"
+                | "GroupMemberRemoved"
+                | "UserDisabled"
         ) {
             self.clear();
         }
