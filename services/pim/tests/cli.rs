@@ -226,6 +226,36 @@ fn the_readme_walk_through_works_and_survives_a_restart() {
         allowed.starts_with("allowed: lee holds Exchange Administrator at / until"),
         "{allowed}"
     );
+    let extended = admin.ok(
+        &[
+            "extend",
+            "--principal",
+            "lee",
+            "--role",
+            "Exchange Administrator",
+            "--kind",
+            "active",
+            "--duration",
+            "2h",
+        ],
+        None,
+    );
+    assert!(extended.contains("now ends"), "{extended}");
+    let shorter = admin.run(
+        &[
+            "extend",
+            "--principal",
+            "lee",
+            "--role",
+            "Exchange Administrator",
+            "--kind",
+            "active",
+            "--duration",
+            "1m",
+        ],
+        None,
+    );
+    assert_eq!(shorter.status.code(), Some(2), "an extension only moves the end later");
     let denied = admin.run(&["check", "--principal", "lee", "--role", "Global Administrator"], None);
     assert_eq!(denied.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&denied.stdout).starts_with("denied"));

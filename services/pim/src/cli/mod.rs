@@ -96,6 +96,8 @@ enum Command {
     Deactivate(requests::DeactivateArgs),
     /// Remove an eligible or active assignment (an administrator's adminRemove request).
     Unassign(requests::UnassignArgs),
+    /// Give an assignment a new end (an administrator's adminExtend, or adminUpdate with --update).
+    Extend(requests::ExtendArgs),
     /// List requests (yours, or anyone's for readers of assignments).
     Requests(requests::RequestsArgs),
     /// Show or change a role's policy at a scope.
@@ -313,6 +315,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Activate(args) => requests::activate(args).await,
         Command::Deactivate(args) => requests::deactivate(args).await,
         Command::Unassign(args) => requests::unassign(args).await,
+        Command::Extend(args) => requests::extend(args).await,
         Command::Requests(args) => requests::list(args).await,
         Command::Policy(cmd) => requests::policy(cmd).await,
         Command::Mfa(cmd) => mfa::run(cmd).await,

@@ -74,6 +74,33 @@ pub(crate) struct UnassignArgs {
 }
 
 #[derive(Args)]
+pub(crate) struct ExtendArgs {
+    /// User name, or principal id.
+    #[arg(long)]
+    principal: String,
+    /// Role name or id.
+    #[arg(long)]
+    role: String,
+    #[arg(long, default_value = "/")]
+    scope: String,
+    #[arg(long, value_enum, default_value = "eligible")]
+    kind: KindArg,
+    /// The new end, counted from now, e.g. 30d.
+    #[arg(long, value_parser = humantime::parse_duration, required_unless_present = "permanent")]
+    duration: Option<Duration>,
+    /// No end (where the role's policy allows it).
+    #[arg(long, conflicts_with = "duration")]
+    permanent: bool,
+    /// Allow an earlier end too (adminUpdate); without it the end may only move later.
+    #[arg(long)]
+    update: bool,
+    #[arg(long, default_value = "")]
+    justification: String,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Args)]
 pub(crate) struct RequestsArgs {
     /// Only this principal's (user name or id); default: yours.
     #[arg(long)]
@@ -298,6 +325,47 @@ pub(crate) async fn unassign(args: UnassignArgs) -> anyhow::Result<i32> {
     println!(
         "Removed {} from {} at {} (request {})",
         args.role, args.principal, r.scope, r.id
+    );
+    Ok(0)
+}
+
+pub(crate) async fn extend(args: ExtendArgs) -> anyhow::Result<i32> {
+    let session = Session::open(&args.client, true)?;
+    let principal_id = session.principal_id(&args.principal).await?;
+    let role_id = session.role_id(&args.role).await?;
+    let expiration = match args.duration {
+        Some(d) => apb::schedule::Expiration::Duration(pb_duration(d)),
+        None => apb::schedule::Expiration::Permanent(true),
+    };
+    let action = if args.update {
+        apb::RequestAction::AdminUpdate
+    } else {
+        apb::RequestAction::AdminExtend
+    };
+    let r = AssignmentServiceClient::new(session.channel.clone())
+        .create_request(session.request(apb::CreateRequestRequest {
+            action: action as i32,
+            kind: kind_pb(args.kind) as i32,
+            principal_id,
+            role_id,
+            scope: args.scope.clone(),
+            schedule: Some(apb::Schedule {
+                start_time: None,
+                expiration: Some(expiration),
+            }),
+            justification: args.justification,
+            ..Default::default()
+        })?)
+        .await
+        .map_err(explain)?
+        .into_inner();
+    println!(
+        "{} of {} at {} now ends {} (request {})",
+        args.role,
+        args.principal,
+        r.scope,
+        time(r.end_time.as_ref().map(from_timestamp)),
+        r.id
     );
     Ok(0)
 }
