@@ -9,7 +9,7 @@ use prost::Message;
 use redis::AsyncCommands;
 use tonic::Code;
 
-use pim_e2e::{TestSuite, authed, eventually};
+use pim_e2e::{TestSuite, assign_for_an_hour, authed, eventually};
 use pim_proto::assignment::v1 as apb;
 use pim_proto::assignment::v1::access_service_client::AccessServiceClient;
 use pim_proto::assignment::v1::assignment_service_client::AssignmentServiceClient;
@@ -506,18 +506,12 @@ async fn replicas_share_the_timers_without_double_events() -> anyhow::Result<()>
         let mut users = Vec::new();
         for i in 0..12 {
             let u = w.user(&format!("user{i}")).await?;
-            let mut assign = request(
-                apb::RequestAction::AdminAssign,
-                apb::AssignmentKind::Active,
-                &u.id,
-                EXCHANGE_ADMINISTRATOR,
-            );
-            assign.justification = "rota".into();
-            assign.schedule = Some(apb::Schedule {
-                start_time: None,
-                expiration: Some(apb::schedule::Expiration::Duration(duration(HOUR_MS))),
-            });
-            w.assignments().create_request(authed(&w.admin, assign)).await?;
+            w.assignments()
+                .create_request(authed(
+                    &w.admin,
+                    assign_for_an_hour(apb::AssignmentKind::Active, &u.id, EXCHANGE_ADMINISTRATOR),
+                ))
+                .await?;
             users.push(u);
         }
         w.clock.advance(Duration::from_secs(3600));
@@ -750,18 +744,12 @@ async fn internal_apps_batch_their_checks_and_watch_access_change() -> anyhow::R
             .await?
             .into_inner();
 
-        let mut assign = request(
-            apb::RequestAction::AdminAssign,
-            apb::AssignmentKind::Active,
-            &lee.id,
-            EXCHANGE_ADMINISTRATOR,
-        );
-        assign.justification = "migration".into();
-        assign.schedule = Some(apb::Schedule {
-            start_time: None,
-            expiration: Some(apb::schedule::Expiration::Duration(duration(HOUR_MS))),
-        });
-        w.assignments().create_request(authed(&w.admin, assign)).await?;
+        w.assignments()
+            .create_request(authed(
+                &w.admin,
+                assign_for_an_hour(apb::AssignmentKind::Active, &lee.id, EXCHANGE_ADMINISTRATOR),
+            ))
+            .await?;
         let granted = tokio::time::timeout(Duration::from_secs(10), changes.message())
             .await??
             .expect("a change");
@@ -830,18 +818,12 @@ async fn grants_made_outside_pim_are_detected() -> anyhow::Result<()> {
     run(|w| async move {
         use pim_proto::assignment::v1::reconcile_service_client::ReconcileServiceClient;
         let lee = w.user("lee").await?;
-        let mut assign = request(
-            apb::RequestAction::AdminAssign,
-            apb::AssignmentKind::Active,
-            &lee.id,
-            EXCHANGE_ADMINISTRATOR,
-        );
-        assign.justification = "migration".into();
-        assign.schedule = Some(apb::Schedule {
-            start_time: None,
-            expiration: Some(apb::schedule::Expiration::Duration(duration(HOUR_MS))),
-        });
-        w.assignments().create_request(authed(&w.admin, assign)).await?;
+        w.assignments()
+            .create_request(authed(
+                &w.admin,
+                assign_for_an_hour(apb::AssignmentKind::Active, &lee.id, EXCHANGE_ADMINISTRATOR),
+            ))
+            .await?;
 
         let grant = |principal: &str, role: &str, scope: &str| apb::ObservedGrant {
             principal_id: principal.into(),
@@ -924,18 +906,12 @@ async fn grants_made_outside_pim_are_detected() -> anyhow::Result<()> {
 async fn administrators_extend_and_shorten_assignments_within_policy() -> anyhow::Result<()> {
     run(|w| async move {
         let lee = w.user("lee").await?;
-        let mut assign = request(
-            apb::RequestAction::AdminAssign,
-            apb::AssignmentKind::Active,
-            &lee.id,
-            EXCHANGE_ADMINISTRATOR,
-        );
-        assign.justification = "migration".into();
-        assign.schedule = Some(apb::Schedule {
-            start_time: None,
-            expiration: Some(apb::schedule::Expiration::Duration(duration(HOUR_MS))),
-        });
-        w.assignments().create_request(authed(&w.admin, assign)).await?;
+        w.assignments()
+            .create_request(authed(
+                &w.admin,
+                assign_for_an_hour(apb::AssignmentKind::Active, &lee.id, EXCHANGE_ADMINISTRATOR),
+            ))
+            .await?;
         let change = |action: apb::RequestAction, length_ms: i64| apb::CreateRequestRequest {
             schedule: Some(apb::Schedule {
                 start_time: None,
