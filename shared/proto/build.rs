@@ -24,7 +24,10 @@ fn main() -> anyhow::Result<()> {
     .iter()
     .map(|f| root.join(f))
     .collect();
-    println!("cargo:rerun-if-changed={}", root.display());
+    // Each file, not the directory: a directory's time changes only when entries come or go.
+    for file in &files {
+        println!("cargo:rerun-if-changed={}", file.display());
+    }
 
     let fds = protox::compile(&files, [&root])?;
     let out = PathBuf::from(std::env::var("OUT_DIR")?);

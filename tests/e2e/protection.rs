@@ -5,7 +5,7 @@
 
 use tonic::Code;
 
-use pim_e2e::{TestSuite, assign_for_an_hour as assign, authed};
+use pim_e2e::{TestSuite, assign_for_an_hour as assign, authed, eventually};
 use pim_proto::assignment::v1 as apb;
 use pim_proto::assignment::v1::assignment_service_client::AssignmentServiceClient;
 use pim_proto::identity::v1 as ipb;
@@ -220,4 +220,120 @@ async fn lost_access_reaches_cached_answers_on_redis() -> anyhow::Result<()> {
         TestSuite::postgres_with(None, &[("PIM_ACCESS_CACHE_TTL_MS", "60000".into())]).await?,
     )
     .await
+}
+
+/// Sessions: refresh tokens rotate; signing out or being disabled ends the session's tokens
+/// in every service, before they expire.
+async fn sessions_end_everywhere(ts: TestSuite) -> anyhow::Result<()> {
+    use pim_proto::assignment::v1::ListRoleDefinitionsRequest;
+    use pim_proto::assignment::v1::role_service_client::RoleServiceClient;
+    use pim_proto::identity::v1::auth_service_client::AuthServiceClient;
+    let result = async {
+        let admin = ts.admin_token().await?;
+        let mut directory = DirectoryServiceClient::new(ts.channel.clone());
+        directory
+            .create_user(authed(
+                &admin,
+                ipb::CreateUserRequest {
+                    user_name: "lee".into(),
+                    password: "lee's long passphrase".into(),
+                    ..Default::default()
+                },
+            ))
+            .await?;
+        let mut auth = AuthServiceClient::new(ts.channel.clone());
+        let signed_in = auth
+            .sign_in(ipb::SignInRequest {
+                user_name: "lee".into(),
+                password: "lee's long passphrase".into(),
+            })
+            .await?
+            .into_inner();
+        assert!(!signed_in.refresh_token.is_empty());
+        let refreshed = auth
+            .refresh(ipb::RefreshRequest {
+                refresh_token: signed_in.refresh_token.clone(),
+            })
+            .await?
+            .into_inner();
+        assert_ne!(refreshed.refresh_token, signed_in.refresh_token);
+        let reused = auth
+            .refresh(ipb::RefreshRequest {
+                refresh_token: signed_in.refresh_token.clone(),
+            })
+            .await
+            .expect_err("rotated");
+        assert_eq!(reused.code(), Code::Unauthenticated);
+
+        let works = |token: String| {
+            let channel = ts.channel.clone();
+            async move {
+                RoleServiceClient::new(channel)
+                    .list_role_definitions(authed(&token, ListRoleDefinitionsRequest {}))
+                    .await
+                    .map(|_| ())
+            }
+        };
+        works(refreshed.access_token.clone()).await?;
+        auth.sign_out(authed(
+            &refreshed.access_token,
+            ipb::SignOutRequest {
+                refresh_token: String::new(),
+            },
+        ))
+        .await?;
+        eventually(
+            std::time::Duration::from_secs(5),
+            "the signed-out token to stop working",
+            || async {
+                Ok(works(refreshed.access_token.clone())
+                    .await
+                    .err()
+                    .filter(|e| e.code() == Code::Unauthenticated)
+                    .map(|_| ()))
+            },
+        )
+        .await?;
+        let after = auth
+            .refresh(ipb::RefreshRequest {
+                refresh_token: refreshed.refresh_token.clone(),
+            })
+            .await
+            .expect_err("session over");
+        assert_eq!(after.code(), Code::Unauthenticated);
+
+        // Disabled: every token of the user stops working.
+        let again = ts.sign_in("lee", "lee's long passphrase").await?;
+        works(again.clone()).await?;
+        directory
+            .disable_user(authed(&admin, ipb::GetUserRequest { user: "lee".into() }))
+            .await?;
+        eventually(
+            std::time::Duration::from_secs(5),
+            "the disabled user's token to stop working",
+            || async {
+                Ok(works(again.clone())
+                    .await
+                    .err()
+                    .filter(|e| e.code() == Code::Unauthenticated)
+                    .map(|_| ()))
+            },
+        )
+        .await?;
+        works(admin.clone()).await?;
+        anyhow::Ok(())
+    }
+    .await;
+    ts.stop().await?;
+    result
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_end_everywhere_embedded() -> anyhow::Result<()> {
+    sessions_end_everywhere(TestSuite::embedded().await?).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_end_everywhere_on_redis() -> anyhow::Result<()> {
+    sessions_end_everywhere(TestSuite::postgres().await?).await
 }

@@ -69,6 +69,19 @@ pub struct Session {
     pub principal_id: String,
     pub issued: Issued,
     pub amr: Vec<String>,
+    /// For Refresh and SignOut; empty where there is none (service principals, step-up).
+    pub refresh_token: String,
+}
+
+/// How long a session (its refresh token) lasts.
+const SESSION_MS: i64 = 12 * 3600 * 1000;
+
+fn refresh_hash(token: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 #[derive(Clone)]
@@ -282,8 +295,18 @@ impl Directory {
             session_id,
             amr: amr.clone(),
         };
+        let refresh_token = credentials::random_secret();
         let txn = self.db.begin().await?;
-        store::record_user_sign_in(&txn, &user.id, now_ms()).await?;
+        store::record_user_sign_in(&txn, &user.id, now).await?;
+        store::insert_session(
+            &txn,
+            &subject.session_id,
+            &user.id,
+            &refresh_hash(&refresh_token),
+            now,
+            now + SESSION_MS,
+        )
+        .await?;
         self.outbox
             .enqueue(
                 &txn,
@@ -297,6 +320,7 @@ impl Directory {
             principal_id: user.id,
             issued,
             amr,
+            refresh_token,
         })
     }
 
@@ -350,7 +374,75 @@ impl Directory {
             principal_id: sp.id,
             issued,
             amr,
+            refresh_token: String::new(),
         })
+    }
+
+    /// A new access token for a live session; the refresh token is replaced (a reused one fails).
+    pub async fn refresh(&self, refresh_token: &str) -> Result<Session> {
+        let old = refresh_hash(refresh_token.trim());
+        let now = now_ms();
+        let session = store::session_by_refresh(&self.db, &old)
+            .await?
+            .filter(|s| s.revoked_at.is_none() && s.expires_at > now);
+        let Some(session) = session else {
+            return Err(Error::BadRefresh);
+        };
+        let user = store::find_user(&self.db, &session.principal_id)
+            .await?
+            .filter(|u| u.enabled)
+            .ok_or(Error::BadRefresh)?;
+        let next = credentials::random_secret();
+        if !store::rotate_refresh(&self.db, &session.id, &old, &refresh_hash(&next)).await? {
+            return Err(Error::BadRefresh);
+        }
+        let amr = vec!["pwd".to_owned()];
+        let subject = TokenSubject {
+            principal_id: user.id.clone(),
+            kind: PrincipalKind::User,
+            name: user.user_name.clone(),
+            amr: amr.clone(),
+            session_id: session.id.clone(),
+            mfa_at: None,
+        };
+        let issued = self.keys.issue(&subject, self.token_ttl)?;
+        Ok(Session {
+            principal_id: user.id,
+            issued,
+            amr,
+            refresh_token: next,
+        })
+    }
+
+    /// Ends the caller's session (or the one `refresh_token` names, if it is theirs): its
+    /// tokens stop verifying everywhere once the event is out.
+    pub async fn sign_out(&self, caller: &Caller, refresh_token: &str) -> Result<()> {
+        let session_id = if refresh_token.trim().is_empty() {
+            caller.session_id.clone()
+        } else {
+            match store::session_by_refresh(&self.db, &refresh_hash(refresh_token.trim())).await? {
+                Some(s) if s.principal_id == caller.principal_id => s.id,
+                _ => return Err(Error::BadRefresh),
+            }
+        };
+        let event = ev::SessionRevoked {
+            actor: Some(caller.actor()),
+            principal_id: caller.principal_id.clone(),
+            session_id: session_id.clone(),
+            reason: "signed_out".into(),
+        };
+        let txn = self.db.begin().await?;
+        store::revoke_session(&txn, &session_id, now_ms()).await?;
+        self.outbox
+            .enqueue(
+                &txn,
+                streams::IDENTITY,
+                &envelope(SOURCE, "SessionRevoked", &caller.principal_id, &event),
+            )
+            .await?;
+        txn.commit().await?;
+        self.outbox.wake();
+        Ok(())
     }
 
     async fn record(&self, stream: &str, event_type: &str, subject: &str, event: &impl prost::Message) -> Result<()> {

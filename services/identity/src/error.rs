@@ -17,6 +17,8 @@ pub enum Error {
     BadClientCredentials,
     #[error("the code is incorrect or was used already")]
     BadCode,
+    #[error("refresh token is not valid: sign in again")]
+    BadRefresh,
     #[error("{0}")]
     Locked(String),
     #[error("{0}")]
@@ -48,7 +50,7 @@ impl From<Error> for Status {
             Error::InvalidArgument { field, message } => pim_runtime::grpc::invalid_argument(field, &message),
             Error::NotFound(_) => Status::not_found(err.to_string()),
             Error::AlreadyExists(_) => Status::already_exists(err.to_string()),
-            Error::BadCredentials | Error::BadClientCredentials | Error::BadCode => {
+            Error::BadCredentials | Error::BadClientCredentials | Error::BadCode | Error::BadRefresh => {
                 Status::unauthenticated(err.to_string())
             }
             Error::Locked(m) => Status::resource_exhausted(m),

@@ -33,7 +33,7 @@ fn session_to_pb(s: Session) -> pb::SignInResponse {
     pb::SignInResponse {
         access_token: s.issued.token,
         expires_at: Some(to_timestamp(s.issued.expires_at)),
-        refresh_token: String::new(),
+        refresh_token: s.refresh_token,
         principal_id: s.principal_id,
         amr: s.amr,
     }
@@ -320,6 +320,17 @@ impl AuthService for Directory {
         Ok(Response::new(session_to_pb(
             Directory::sign_in_service_principal(self, client_id, &r.client_secret).await?,
         )))
+    }
+
+    async fn refresh(&self, request: Request<pb::RefreshRequest>) -> Result<Response<pb::SignInResponse>, Status> {
+        let token = required("refresh_token", &request.get_ref().refresh_token)?;
+        Ok(Response::new(session_to_pb(Directory::refresh(self, token).await?)))
+    }
+
+    async fn sign_out(&self, request: Request<pb::SignOutRequest>) -> Result<Response<pb::SignOutResponse>, Status> {
+        let caller = caller(&request)?.clone();
+        Directory::sign_out(self, &caller, &request.get_ref().refresh_token).await?;
+        Ok(Response::new(pb::SignOutResponse {}))
     }
 
     async fn get_signing_keys(

@@ -267,6 +267,7 @@ impl Directory {
             principal_id: user.id,
             issued,
             amr,
+            refresh_token: String::new(),
         })
     }
 

@@ -168,6 +168,23 @@ impl Directory {
                 &envelope("pim.identity", event_type, &target.id, &event),
             )
             .await?;
+        if !enabled {
+            // Every session ends, and tokens already handed out stop verifying everywhere.
+            store::revoke_sessions_of(&txn, &target.id, pim_runtime::db::now_ms()).await?;
+            let revoked = ev::SessionRevoked {
+                actor: Some(caller.actor()),
+                principal_id: target.id.clone(),
+                session_id: String::new(),
+                reason: "user_disabled".into(),
+            };
+            self.outbox
+                .enqueue(
+                    &txn,
+                    streams::IDENTITY,
+                    &envelope("pim.identity", "SessionRevoked", &target.id, &revoked),
+                )
+                .await?;
+        }
         txn.commit().await?;
         self.outbox.wake();
         target.enabled = enabled;

@@ -80,6 +80,15 @@ impl MigratorTrait for Migrator {
                         principal_id TEXT NOT NULL,
                         PRIMARY KEY (group_id, principal_id)
                     );
+                                        CREATE TABLE sessions (
+                        id TEXT PRIMARY KEY,
+                        principal_id TEXT NOT NULL,
+                        refresh_hash TEXT NOT NULL UNIQUE,
+                        created_at BIGINT NOT NULL,
+                        expires_at BIGINT NOT NULL,
+                        revoked_at BIGINT
+                    );
+                    CREATE INDEX sessions_principal ON sessions (principal_id);
                     CREATE TABLE mfa_failures (
                         user_id TEXT PRIMARY KEY REFERENCES users (id) ON DELETE CASCADE,
                         failures INTEGER NOT NULL,
@@ -574,4 +583,89 @@ pub async fn groups_of<C: ConnectionTrait>(c: &C, principal_id: &str) -> Result<
 pub enum Link {
     Member,
     Owner,
+}
+
+#[derive(Clone, Debug)]
+pub struct SessionRow {
+    pub id: String,
+    pub principal_id: String,
+    pub expires_at: i64,
+    pub revoked_at: Option<i64>,
+}
+
+pub async fn insert_session<C: ConnectionTrait>(
+    c: &C,
+    id: &str,
+    principal_id: &str,
+    refresh_hash: &str,
+    now: i64,
+    expires_at: i64,
+) -> Result<(), DbErr> {
+    db::exec(
+        c,
+        "INSERT INTO sessions (id, principal_id, refresh_hash, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)",
+        vec![
+            id.into(),
+            principal_id.into(),
+            refresh_hash.into(),
+            now.into(),
+            expires_at.into(),
+        ],
+    )
+    .await
+    .map(drop)
+}
+
+pub async fn session_by_refresh<C: ConnectionTrait>(c: &C, refresh_hash: &str) -> Result<Option<SessionRow>, DbErr> {
+    let row = db::query_one(
+        c,
+        "SELECT id, principal_id, expires_at, revoked_at FROM sessions WHERE refresh_hash = $1",
+        vec![refresh_hash.into()],
+    )
+    .await?;
+    row.map(|r| {
+        Ok(SessionRow {
+            id: col(&r, "id")?,
+            principal_id: col(&r, "principal_id")?,
+            expires_at: col(&r, "expires_at")?,
+            revoked_at: col(&r, "revoked_at")?,
+        })
+    })
+    .transpose()
+}
+
+/// Replaces a live session's refresh token (rotation); returns whether the old one was still current.
+pub async fn rotate_refresh<C: ConnectionTrait>(
+    c: &C,
+    session_id: &str,
+    old_hash: &str,
+    new_hash: &str,
+) -> Result<bool, DbErr> {
+    Ok(db::exec(
+        c,
+        "UPDATE sessions SET refresh_hash = $1 WHERE id = $2 AND refresh_hash = $3 AND revoked_at IS NULL",
+        vec![new_hash.into(), session_id.into(), old_hash.into()],
+    )
+    .await?
+        == 1)
+}
+
+pub async fn revoke_session<C: ConnectionTrait>(c: &C, session_id: &str, now: i64) -> Result<bool, DbErr> {
+    Ok(db::exec(
+        c,
+        "UPDATE sessions SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
+        vec![now.into(), session_id.into()],
+    )
+    .await?
+        == 1)
+}
+
+pub async fn revoke_sessions_of<C: ConnectionTrait>(c: &C, principal_id: &str, now: i64) -> Result<(), DbErr> {
+    db::exec(
+        c,
+        "UPDATE sessions SET revoked_at = $1 WHERE principal_id = $2 AND revoked_at IS NULL",
+        vec![now.into(), principal_id.into()],
+    )
+    .await
+    .map(drop)
 }

@@ -207,6 +207,13 @@ impl Suite {
             services.push(service);
         }
 
+        let keys: Arc<dyn KeySource> = match &identity {
+            Some(identity) => Arc::new(identity.keystore()),
+            None => Arc::new(RemoteKeys::new(identity_channel.clone())),
+        };
+        let verifier = Arc::new(TokenVerifier::new(keys));
+        let revocations = verifier.revocations();
+
         // Events: Redis Streams when configured, otherwise straight from the outboxes.
         let mut consumers = Vec::new();
         let publisher: Arc<dyn Publisher> = match &config.redis_url {
@@ -239,6 +246,8 @@ impl Suite {
                     let cache = cache.clone();
                     bus.listen(stream, Arc::new(move |envelope| cache.invalidate_on(envelope)));
                 }
+                let revocations = revocations.clone();
+                bus.listen(streams::IDENTITY, Arc::new(move |envelope| revocations.apply(envelope)));
                 Arc::new(bus)
             }
         };
@@ -248,14 +257,17 @@ impl Suite {
             // Lost access reaches the cached answers of this process at once, not after the TTL.
             for stream in [streams::ASSIGNMENT, streams::IDENTITY] {
                 let from = last_entry_id(redis_url.expose(), &config.stream_prefix, stream).await?;
-                let cache = cache.clone();
+                let (cache, revocations) = (cache.clone(), revocations.clone());
                 background.push(tail(
                     redis_url.expose().clone(),
                     config.stream_prefix.clone(),
                     stream,
                     from,
                     stopped.clone(),
-                    move |envelope| cache.invalidate_on(envelope),
+                    move |envelope| {
+                        cache.invalidate_on(envelope);
+                        revocations.apply(envelope);
+                    },
                 ));
             }
         }
@@ -264,11 +276,7 @@ impl Suite {
             .map(|s| Relay::new(s.db().clone(), s.outbox().clone(), publisher.clone()).spawn(options.relay_poll))
             .collect();
 
-        let keys: Arc<dyn KeySource> = match &identity {
-            Some(identity) => Arc::new(identity.keystore()),
-            None => Arc::new(RemoteKeys::new(identity_channel.clone())),
-        };
-        let auth = AuthLayer::new(Arc::new(TokenVerifier::new(keys)));
+        let auth = AuthLayer::new(verifier);
         let mut routes = RoutesBuilder::default();
         let mut names = Vec::new();
         for service in &services {

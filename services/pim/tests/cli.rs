@@ -394,6 +394,10 @@ fn the_readme_walk_through_works_and_survives_a_restart() {
     );
     assert!(!exported.contains(&password), "no secret in the audit log");
 
+    let logout = lee.ok(&["logout"], None);
+    assert!(logout.contains("Signed out"), "{logout}");
+    assert_eq!(lee.run(&["roles"], None).status.code(), Some(2), "no token any more");
+
     up.terminate();
 
     // Restarted on the same data: no new administrator, same access, same tokens.

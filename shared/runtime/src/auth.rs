@@ -49,6 +49,8 @@ pub struct Caller {
     pub amr: Vec<String>,
     pub mfa_at: Option<i64>,
     pub session_id: String,
+    /// When the token was issued (seconds since the epoch).
+    pub issued_at: i64,
     /// The bearer token itself, forwarded when this service asks another on the caller's
     /// behalf. Never printed.
     token: Arc<str>,
@@ -143,6 +145,8 @@ pub enum TokenError {
     Invalid,
     #[error("cannot fetch signing keys")]
     KeysUnavailable,
+    #[error("session ended: sign in again")]
+    Revoked,
 }
 
 impl From<TokenError> for Status {
@@ -150,6 +154,70 @@ impl From<TokenError> for Status {
         match err {
             TokenError::KeysUnavailable => Status::unavailable(err.to_string()),
             _ => Status::unauthenticated(err.to_string()),
+        }
+    }
+}
+
+/// Sessions and principals whose tokens must stop verifying before they expire: signed out,
+/// or a user disabled. Fed from identity's `SessionRevoked` events.
+#[derive(Default)]
+pub struct Revocations {
+    /// session id → until when to remember it (ms)
+    sessions: RwLock<HashMap<String, i64>>,
+    /// principal id → tokens issued up to this instant (ms) are refused
+    principals: RwLock<HashMap<String, i64>>,
+}
+
+/// Longest a revoked session is remembered: no access token lives longer.
+const REMEMBER_MS: i64 = 24 * 3600 * 1000;
+
+impl Revocations {
+    pub fn revoke_session(&self, session_id: &str) {
+        let now = crate::db::now_ms();
+        let mut sessions = self.sessions.write().unwrap_or_else(|e| e.into_inner());
+        sessions.retain(|_, until| *until > now);
+        sessions.insert(session_id.to_owned(), now + REMEMBER_MS);
+    }
+
+    pub fn revoke_principal(&self, principal_id: &str, at_ms: i64) {
+        self.principals
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(principal_id.to_owned(), at_ms);
+    }
+
+    pub fn is_revoked(&self, caller: &Caller) -> bool {
+        if self
+            .sessions
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&caller.session_id)
+        {
+            return true;
+        }
+        self.principals
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&caller.principal_id)
+            .is_some_and(|at| caller.issued_at * 1000 <= *at)
+    }
+
+    /// Applies an identity event (`SessionRevoked`); others are ignored.
+    pub fn apply(&self, envelope: &crate::events::Envelope) {
+        if crate::events::short_type(envelope) != "SessionRevoked" {
+            return;
+        }
+        match crate::events::decode::<pim_proto::events::v1::SessionRevoked>(envelope) {
+            Ok(e) if e.session_id.is_empty() => {
+                let at = envelope
+                    .time
+                    .as_ref()
+                    .map(crate::db::from_timestamp)
+                    .unwrap_or_else(crate::db::now_ms);
+                self.revoke_principal(&e.principal_id, at);
+            }
+            Ok(e) => self.revoke_session(&e.session_id),
+            Err(err) => tracing::warn!(error = %err, "unreadable SessionRevoked event"),
         }
     }
 }
@@ -163,6 +231,7 @@ pub struct TokenVerifier {
     refreshed: Mutex<Option<Instant>>,
     /// token → (caller, expiry in seconds since the epoch)
     verified: RwLock<HashMap<Arc<str>, (Caller, i64)>>,
+    revocations: Arc<Revocations>,
 }
 
 /// Verified tokens kept at most; past that the memory is cleared and refilled.
@@ -175,7 +244,13 @@ impl TokenVerifier {
             keys: RwLock::default(),
             refreshed: Mutex::new(None),
             verified: RwLock::default(),
+            revocations: Arc::default(),
         }
+    }
+
+    /// The revocations this verifier honours (the host feeds them from identity's stream).
+    pub fn revocations(&self) -> Arc<Revocations> {
+        self.revocations.clone()
     }
 
     fn key(&self, kid: &str) -> Option<DecodingKey> {
@@ -208,12 +283,19 @@ impl TokenVerifier {
     /// Verifies `token` and returns the caller it names.
     pub async fn verify(&self, token: &str) -> Result<Caller, TokenError> {
         let now = crate::db::now_ms() / 1000;
-        if let Some((caller, exp)) = self.verified.read().unwrap_or_else(|e| e.into_inner()).get(token)
-            && *exp > now
-        {
-            return Ok(caller.clone());
+        let cached = self
+            .verified
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(token)
+            .cloned();
+        let (caller, exp) = match cached {
+            Some((caller, exp)) if exp > now => (caller, exp),
+            _ => self.verify_signature(token).await?,
+        };
+        if self.revocations.is_revoked(&caller) {
+            return Err(TokenError::Revoked);
         }
-        let (caller, exp) = self.verify_signature(token).await?;
         let mut verified = self.verified.write().unwrap_or_else(|e| e.into_inner());
         if verified.len() >= MAX_VERIFIED {
             verified.retain(|_, (_, exp)| *exp > now);
@@ -254,6 +336,7 @@ impl TokenVerifier {
             amr: claims.amr,
             mfa_at: claims.mfa_at,
             session_id: claims.sid,
+            issued_at: claims.iat,
             token: Arc::from(token),
         };
         Ok((caller, claims.exp))

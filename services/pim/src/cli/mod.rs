@@ -76,6 +76,11 @@ enum Command {
     },
     /// Sign in and keep the access token for the next commands.
     Login(LoginArgs),
+    /// End this session everywhere and forget its token.
+    Logout {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Manage users.
     #[command(subcommand)]
     Users(UsersCommand),
@@ -302,6 +307,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             assignment_database,
         } => bootstrap(identity_database, assignment_database).await,
         Command::Login(args) => login(args).await,
+        Command::Logout { client } => logout(client).await,
         Command::Users(cmd) => users(cmd).await,
         Command::ServicePrincipals(cmd) => service_principals(cmd).await,
         Command::Roles {
@@ -607,6 +613,20 @@ async fn login(args: LoginArgs) -> anyhow::Result<i32> {
         time(response.expires_at.as_ref().map(from_timestamp)),
         path.display()
     );
+    Ok(0)
+}
+
+async fn logout(client: ClientArgs) -> anyhow::Result<i32> {
+    let session = Session::open(&client, true)?;
+    AuthServiceClient::new(session.channel.clone())
+        .sign_out(session.request(ipb::SignOutRequest {
+            refresh_token: String::new(),
+        })?)
+        .await
+        .map_err(explain)?;
+    let path = token_path(&client)?;
+    std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+    println!("Signed out; the session's tokens no longer work.");
     Ok(0)
 }
 
