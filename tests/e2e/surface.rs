@@ -140,3 +140,57 @@ async fn every_service_is_healthy_listed_and_guarded() -> anyhow::Result<()> {
     ts.stop().await?;
     result
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signing_keys_rotate_without_breaking_tokens_in_flight() -> anyhow::Result<()> {
+    use pim_proto::identity::v1 as ipb;
+    use pim_proto::identity::v1::auth_service_client::AuthServiceClient;
+    let ts = TestSuite::embedded().await?;
+    let result = async {
+        let before = ts.admin_token().await?;
+        let mut auth = AuthServiceClient::new(ts.channel.clone());
+        let keys = auth
+            .get_signing_keys(ipb::GetSigningKeysRequest {})
+            .await?
+            .into_inner()
+            .keys;
+        assert_eq!(keys.len(), 1);
+        let old_kid = keys[0].kid.clone();
+        let anonymous = auth
+            .rotate_signing_key(ipb::RotateSigningKeyRequest {})
+            .await
+            .expect_err("no token");
+        assert_eq!(anonymous.code(), Code::Unauthenticated);
+
+        let new_kid = auth
+            .rotate_signing_key(authed(&before, ipb::RotateSigningKeyRequest {}))
+            .await?
+            .into_inner()
+            .kid;
+        assert_ne!(new_kid, old_kid);
+        let keys = auth
+            .get_signing_keys(ipb::GetSigningKeysRequest {})
+            .await?
+            .into_inner()
+            .keys;
+        assert_eq!(keys.len(), 2, "the old key verifies until its tokens expire");
+        let old = keys.iter().find(|k| k.kid == old_kid).expect("old key listed");
+        assert!(old.retire_after.is_some());
+
+        // A token signed before the rotation still works; a new one carries the new kid.
+        let mut roles = RoleServiceClient::new(ts.channel.clone());
+        roles
+            .list_role_definitions(authed(&before, ListRoleDefinitionsRequest {}))
+            .await?;
+        let after = ts.admin_token().await?;
+        let header = String::from_utf8(URL_SAFE_NO_PAD.decode(after.split('.').next().unwrap_or_default())?)?;
+        assert!(header.contains(&new_kid), "{header}");
+        roles
+            .list_role_definitions(authed(&after, ListRoleDefinitionsRequest {}))
+            .await?;
+        anyhow::Ok(())
+    }
+    .await;
+    ts.stop().await?;
+    result
+}

@@ -333,6 +333,26 @@ impl AuthService for Directory {
         Ok(Response::new(pb::SignOutResponse {}))
     }
 
+    async fn rotate_signing_key(
+        &self,
+        request: Request<pb::RotateSigningKeyRequest>,
+    ) -> Result<Response<pb::RotateSigningKeyResponse>, Status> {
+        let caller = caller(&request)?.clone();
+        pim_runtime::access::require(
+            self.access.as_ref(),
+            &caller,
+            pim_runtime::access::permissions::SIGNING_KEYS_MANAGE,
+            "/",
+        )
+        .await?;
+        let kid = self
+            .keys
+            .rotate(self.token_ttl + std::time::Duration::from_secs(300))
+            .await
+            .map_err(pim_runtime::grpc::internal)?;
+        Ok(Response::new(pb::RotateSigningKeyResponse { kid }))
+    }
+
     async fn get_signing_keys(
         &self,
         _request: Request<pb::GetSigningKeysRequest>,

@@ -35,6 +35,7 @@ pub fn generate_password() -> String {
 #[derive(Clone)]
 pub struct Identity {
     directory: Directory,
+    rotation: std::time::Duration,
 }
 
 impl Identity {
@@ -52,7 +53,10 @@ impl Identity {
             assignment: protection::AssignmentClients::new(deps.assignment),
             limiter: std::sync::Arc::default(),
         };
-        Ok(Self { directory })
+        Ok(Self {
+            directory,
+            rotation: deps.config.signing_key_rotation,
+        })
     }
 
     pub fn directory(&self) -> &Directory {
@@ -87,5 +91,24 @@ impl Service for Identity {
 
     fn outbox(&self) -> &Outbox {
         &self.directory.outbox
+    }
+
+    /// Keeps the signing keys fresh: reloads them (another replica may have rotated) and
+    /// rotates the active one when it is older than `PIM_SIGNING_KEY_ROTATION_DAYS`.
+    fn background(&self, mut stop: tokio::sync::watch::Receiver<bool>) -> Vec<tokio::task::JoinHandle<()>> {
+        let (keys, every) = (self.directory.keys.clone(), self.rotation);
+        let grace = self.directory.token_ttl + std::time::Duration::from_secs(300);
+        vec![tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(30)) => {
+                        if let Err(err) = keys.maintain(every, grace).await {
+                            tracing::warn!(error = %format!("{err:#}"), "signing key maintenance failed");
+                        }
+                    }
+                    _ = stop.changed() => return,
+                }
+            }
+        })]
     }
 }

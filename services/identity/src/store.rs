@@ -295,6 +295,28 @@ pub async fn signing_keys<C: ConnectionTrait>(c: &C) -> Result<Vec<SigningKeyRow
     .collect()
 }
 
+/// Marks every active key to retire at `at` (it keeps verifying until then).
+pub async fn retire_active_keys<C: ConnectionTrait>(c: &C, at: i64) -> Result<(), DbErr> {
+    db::exec(
+        c,
+        "UPDATE signing_keys SET retire_after = $1 WHERE retire_after IS NULL",
+        vec![at.into()],
+    )
+    .await
+    .map(drop)
+}
+
+/// Forgets keys retired before `before`.
+pub async fn delete_retired_keys<C: ConnectionTrait>(c: &C, before: i64) -> Result<(), DbErr> {
+    db::exec(
+        c,
+        "DELETE FROM signing_keys WHERE retire_after IS NOT NULL AND retire_after < $1",
+        vec![before.into()],
+    )
+    .await
+    .map(drop)
+}
+
 pub async fn insert_signing_key<C: ConnectionTrait>(c: &C, k: &SigningKeyRow) -> Result<(), DbErr> {
     db::exec(
         c,

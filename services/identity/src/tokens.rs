@@ -15,6 +15,7 @@ use pim_proto::common::v1::PrincipalKind;
 use pim_proto::identity::v1 as pb;
 use pim_runtime::auth::{AUDIENCE, Claims, ISSUER, KeySource, kind_claim};
 use pim_runtime::db::{Db, now_ms, to_timestamp};
+use sea_orm::TransactionTrait;
 
 use crate::store::{self, SigningKeyRow};
 
@@ -58,6 +59,31 @@ impl Keystore {
         Ok(store)
     }
 
+    /// Makes a new active key; the old one keeps verifying for `grace` (the longest a token it
+    /// signed can live), then drops out of GetSigningKeys. Keys retired a day ago are deleted.
+    pub async fn rotate(&self, grace: Duration) -> anyhow::Result<String> {
+        let now = now_ms();
+        let row = Self::new_key()?;
+        let txn = self.db.begin().await?;
+        store::retire_active_keys(&txn, now + grace.as_millis() as i64).await?;
+        store::insert_signing_key(&txn, &row).await?;
+        store::delete_retired_keys(&txn, now - 24 * 3600 * 1000).await?;
+        txn.commit().await.context("committing a key rotation")?;
+        self.reload().await?;
+        tracing::info!(kid = %row.kid, "signing key rotated");
+        Ok(row.kid)
+    }
+
+    /// Reloads the keys (another replica may have rotated) and rotates when the active key is
+    /// older than `every`.
+    pub async fn maintain(&self, every: Duration, grace: Duration) -> anyhow::Result<()> {
+        self.reload().await?;
+        match self.active() {
+            Some(active) if now_ms() - active.created_at < every.as_millis() as i64 => Ok(()),
+            _ => self.rotate(grace).await.map(drop),
+        }
+    }
+
     async fn reload(&self) -> anyhow::Result<()> {
         let keys = store::signing_keys(&self.db).await.context("loading signing keys")?;
         *self.keys.write().unwrap_or_else(|e| e.into_inner()) = keys;
@@ -74,6 +100,14 @@ impl Keystore {
     }
 
     async fn create_key(&self) -> anyhow::Result<()> {
+        let row = Self::new_key()?;
+        store::insert_signing_key(&self.db, &row)
+            .await
+            .context("storing a signing key")?;
+        self.reload().await
+    }
+
+    fn new_key() -> anyhow::Result<SigningKeyRow> {
         let key = SigningKey::generate(&mut OsRng);
         let der = key
             .to_pkcs8_der()
@@ -85,10 +119,7 @@ impl Keystore {
             created_at: now_ms(),
             retire_after: None,
         };
-        store::insert_signing_key(&self.db, &row)
-            .await
-            .context("storing a signing key")?;
-        self.reload().await
+        Ok(row)
     }
 
     /// Signs an access token for `subject`, valid for `ttl`.

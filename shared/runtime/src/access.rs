@@ -36,6 +36,8 @@ pub mod permissions {
     pub const ALERTS_READ: &str = "pim.alerts.read";
     pub const ALERTS_MANAGE: &str = "pim.alerts.manage";
     pub const RECONCILE_REPORT: &str = "pim.reconcile.report";
+    /// Rotate identity's token signing keys (Global Administrators).
+    pub const SIGNING_KEYS_MANAGE: &str = "pim.directory.signingKeys.manage";
     pub const EXCHANGE_MANAGE: &str = "exchange.organization.manage";
 }
 

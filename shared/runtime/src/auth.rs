@@ -227,7 +227,8 @@ impl Revocations {
 /// often pays for the signature check once, not on every call.
 pub struct TokenVerifier {
     source: Arc<dyn KeySource>,
-    keys: RwLock<HashMap<String, DecodingKey>>,
+    /// kid → (key, when it stops verifying, ms)
+    keys: RwLock<HashMap<String, (DecodingKey, Option<i64>)>>,
     refreshed: Mutex<Option<Instant>>,
     /// token → (caller, expiry in seconds since the epoch)
     verified: RwLock<HashMap<Arc<str>, (Caller, i64)>>,
@@ -253,14 +254,30 @@ impl TokenVerifier {
         self.revocations.clone()
     }
 
+    /// The key for `kid`, unless it has retired.
     fn key(&self, kid: &str) -> Option<DecodingKey> {
-        self.keys.read().unwrap_or_else(|e| e.into_inner()).get(kid).cloned()
+        let now = crate::db::now_ms();
+        self.keys
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(kid)
+            .filter(|(_, retire_after)| retire_after.is_none_or(|t| t > now))
+            .map(|(key, _)| key.clone())
     }
 
-    async fn refresh(&self) -> Result<(), TokenError> {
+    /// Fetches the keys again, at most once a second: a caller with an unknown `kid` waits
+    /// for the next slot rather than being refused (a key rotated a moment ago is found).
+    async fn refresh(&self, kid: &str) -> Result<(), TokenError> {
         let mut refreshed = self.refreshed.lock().await;
-        if refreshed.is_some_and(|at| at.elapsed() < Duration::from_secs(1)) {
+        // Another caller waiting for the same new key may have fetched it already.
+        if self.key(kid).is_some() {
             return Ok(());
+        }
+        if let Some(at) = *refreshed {
+            let wait = Duration::from_secs(1).saturating_sub(at.elapsed());
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
         }
         let keys = self.source.signing_keys().await.map_err(|err| {
             tracing::warn!(error = %format!("{err:#}"), "fetching signing keys failed");
@@ -270,7 +287,10 @@ impl TokenVerifier {
         for key in keys.into_iter().filter(|k| k.alg == "EdDSA") {
             match DecodingKey::from_ed_components(&key.public_key) {
                 Ok(decoding) => {
-                    map.insert(key.kid, decoding);
+                    map.insert(
+                        key.kid,
+                        (decoding, key.retire_after.as_ref().map(crate::db::from_timestamp)),
+                    );
                 }
                 Err(err) => tracing::warn!(kid = %key.kid, error = %err, "ignoring a malformed signing key"),
             }
@@ -316,7 +336,7 @@ impl TokenVerifier {
         let key = match self.key(&kid) {
             Some(key) => key,
             None => {
-                self.refresh().await?;
+                self.refresh(&kid).await?;
                 self.key(&kid).ok_or(TokenError::Invalid)?
             }
         };

@@ -67,6 +67,8 @@ pub struct Config {
     pub log_json: bool,
     /// How many role-assignable groups may exist (`PIM_MAX_ROLE_ASSIGNABLE_GROUPS`; Entra: 500).
     pub max_role_assignable_groups: u64,
+    /// How old the token signing key may get before identity rotates it (`PIM_SIGNING_KEY_ROTATION_DAYS`).
+    pub signing_key_rotation: Duration,
 }
 
 impl Config {
@@ -120,6 +122,7 @@ impl Config {
             claim_idle: Duration::from_millis(num("PIM_CLAIM_IDLE_MS", 30_000)?),
             log_json,
             max_role_assignable_groups: num("PIM_MAX_ROLE_ASSIGNABLE_GROUPS", 500)?,
+            signing_key_rotation: Duration::from_secs(num("PIM_SIGNING_KEY_ROTATION_DAYS", 30)?.max(1) * 86_400),
         };
         config.validate()?;
         Ok(config)
