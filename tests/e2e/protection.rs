@@ -337,3 +337,158 @@ async fn sessions_end_everywhere_embedded() -> anyhow::Result<()> {
 async fn sessions_end_everywhere_on_redis() -> anyhow::Result<()> {
     sessions_end_everywhere(TestSuite::postgres().await?).await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_and_service_principals_are_maintained_safely() -> anyhow::Result<()> {
+    use pim_proto::identity::v1::auth_service_client::AuthServiceClient;
+    let ts = TestSuite::embedded().await?;
+    let result = async {
+        let admin = ts.admin_token().await?;
+        let mut directory = DirectoryServiceClient::new(ts.channel.clone());
+        let mut ids = std::collections::HashMap::new();
+        for name in ["ann", "lee"] {
+            let u = directory
+                .create_user(authed(
+                    &admin,
+                    ipb::CreateUserRequest {
+                        user_name: name.into(),
+                        password: format!("{name}'s long passphrase"),
+                        ..Default::default()
+                    },
+                ))
+                .await?
+                .into_inner();
+            ids.insert(name, u.id);
+        }
+        AssignmentServiceClient::new(ts.channel.clone())
+            .create_request(authed(
+                &admin,
+                assign(apb::AssignmentKind::Eligible, &ids["lee"], SECURITY_ADMINISTRATOR),
+            ))
+            .await?;
+
+        let updated = directory
+            .update_user(authed(
+                &admin,
+                ipb::UpdateUserRequest {
+                    user: "ann".into(),
+                    display_name: "Ann Example".into(),
+                    email: "ann@example.org".into(),
+                },
+            ))
+            .await?
+            .into_inner();
+        assert_eq!(
+            (updated.display_name.as_str(), updated.email.as_str()),
+            ("Ann Example", "ann@example.org")
+        );
+        let bad = directory
+            .update_user(authed(
+                &admin,
+                ipb::UpdateUserRequest {
+                    user: "ann".into(),
+                    display_name: "Ann".into(),
+                    email: "not an address".into(),
+                },
+            ))
+            .await
+            .expect_err("bad email");
+        assert_eq!(bad.code(), Code::InvalidArgument);
+
+        let has_roles = directory
+            .delete_user(authed(&admin, ipb::GetUserRequest { user: "lee".into() }))
+            .await
+            .expect_err("eligible");
+        assert_eq!(has_roles.code(), Code::FailedPrecondition);
+        directory
+            .delete_user(authed(&admin, ipb::GetUserRequest { user: "ann".into() }))
+            .await?;
+        assert_eq!(
+            directory
+                .get_user(authed(&admin, ipb::GetUserRequest { user: "ann".into() }))
+                .await
+                .expect_err("gone")
+                .code(),
+            Code::NotFound
+        );
+        assert!(ts.sign_in("ann", "ann's long passphrase").await.is_err());
+
+        // A bot: its secret rotates (the old one stops working) and disabling it ends its tokens.
+        let created = directory
+            .create_service_principal(authed(
+                &admin,
+                ipb::CreateServicePrincipalRequest {
+                    display_name: "ticket bot".into(),
+                },
+            ))
+            .await?
+            .into_inner();
+        let bot = created.service_principal.expect("created").id;
+        let mut auth = AuthServiceClient::new(ts.channel.clone());
+        let sign_in = |secret: String| ipb::SignInServicePrincipalRequest {
+            client_id: bot.clone(),
+            client_secret: secret,
+        };
+        let token = auth
+            .sign_in_service_principal(sign_in(created.client_secret.clone()))
+            .await?
+            .into_inner()
+            .access_token;
+        let rotated = directory
+            .rotate_service_principal_secret(authed(
+                &admin,
+                ipb::GetServicePrincipalRequest {
+                    service_principal_id: bot.clone(),
+                },
+            ))
+            .await?
+            .into_inner()
+            .client_secret;
+        assert_eq!(
+            auth.sign_in_service_principal(sign_in(created.client_secret.clone()))
+                .await
+                .expect_err("old secret")
+                .code(),
+            Code::Unauthenticated
+        );
+        auth.sign_in_service_principal(sign_in(rotated.clone())).await?;
+        directory
+            .disable_service_principal(authed(
+                &admin,
+                ipb::GetServicePrincipalRequest {
+                    service_principal_id: bot.clone(),
+                },
+            ))
+            .await?;
+        assert_eq!(
+            auth.sign_in_service_principal(sign_in(rotated))
+                .await
+                .expect_err("disabled")
+                .code(),
+            Code::Unauthenticated
+        );
+        eventually(
+            std::time::Duration::from_secs(5),
+            "the disabled bot's token to stop working",
+            || {
+                let (mut directory, token) = (directory.clone(), token.clone());
+                async move {
+                    let r = directory
+                        .get_principal(authed(
+                            &token,
+                            ipb::GetPrincipalRequest {
+                                principal_id: "x".into(),
+                            },
+                        ))
+                        .await;
+                    Ok(r.err().filter(|e| e.code() == Code::Unauthenticated).map(|_| ()))
+                }
+            },
+        )
+        .await?;
+        anyhow::Ok(())
+    }
+    .await;
+    ts.stop().await?;
+    result
+}

@@ -108,13 +108,7 @@ impl DirectoryService for Directory {
         let caller = caller(&request)?.clone();
         let (sp, secret) = Directory::create_service_principal(self, &caller, &request.get_ref().display_name).await?;
         Ok(Response::new(pb::CreateServicePrincipalResponse {
-            service_principal: Some(pb::ServicePrincipal {
-                client_id: sp.id.clone(),
-                id: sp.id,
-                display_name: sp.display_name,
-                enabled: sp.enabled,
-                created_at: Some(to_timestamp(sp.created_at)),
-            }),
+            service_principal: Some(sp_to_pb(sp)),
             client_secret: secret,
         }))
     }
@@ -232,6 +226,49 @@ impl DirectoryService for Directory {
         Ok(Response::new(pb::ResetPasswordResponse {}))
     }
 
+    async fn update_user(&self, request: Request<pb::UpdateUserRequest>) -> Result<Response<pb::User>, Status> {
+        let caller = caller(&request)?.clone();
+        let r = request.into_inner();
+        let user = required("user", &r.user)?;
+        Ok(Response::new(user_to_pb(
+            Directory::update_user(self, &caller, user, &r.display_name, &r.email).await?,
+        )))
+    }
+
+    async fn delete_user(
+        &self,
+        request: Request<pb::GetUserRequest>,
+    ) -> Result<Response<pb::DeleteUserResponse>, Status> {
+        let caller = caller(&request)?.clone();
+        let user = required("user", &request.get_ref().user)?;
+        Directory::delete_user(self, &caller, user).await?;
+        Ok(Response::new(pb::DeleteUserResponse {}))
+    }
+
+    async fn rotate_service_principal_secret(
+        &self,
+        request: Request<pb::GetServicePrincipalRequest>,
+    ) -> Result<Response<pb::CreateServicePrincipalResponse>, Status> {
+        let caller = caller(&request)?.clone();
+        let id = required("service_principal_id", &request.get_ref().service_principal_id)?;
+        let (sp, secret) = Directory::rotate_service_principal_secret(self, &caller, id).await?;
+        Ok(Response::new(pb::CreateServicePrincipalResponse {
+            service_principal: Some(sp_to_pb(sp)),
+            client_secret: secret,
+        }))
+    }
+
+    async fn disable_service_principal(
+        &self,
+        request: Request<pb::GetServicePrincipalRequest>,
+    ) -> Result<Response<pb::ServicePrincipal>, Status> {
+        let caller = caller(&request)?.clone();
+        let id = required("service_principal_id", &request.get_ref().service_principal_id)?;
+        Ok(Response::new(sp_to_pb(
+            Directory::disable_service_principal(self, &caller, id).await?,
+        )))
+    }
+
     async fn disable_user(&self, request: Request<pb::GetUserRequest>) -> Result<Response<pb::User>, Status> {
         let caller = caller(&request)?.clone();
         let user = required("user", &request.get_ref().user)?;
@@ -281,6 +318,16 @@ impl Directory {
             principals,
             next_page_token: String::new(),
         }))
+    }
+}
+
+fn sp_to_pb(sp: crate::store::ServicePrincipalRow) -> pb::ServicePrincipal {
+    pb::ServicePrincipal {
+        client_id: sp.id.clone(),
+        id: sp.id,
+        display_name: sp.display_name,
+        enabled: sp.enabled,
+        created_at: Some(to_timestamp(sp.created_at)),
     }
 }
 

@@ -191,3 +191,178 @@ impl Directory {
         Ok(target)
     }
 }
+
+impl Directory {
+    /// Changes a user's display name and email (directory writers; privileged users only by
+    /// credential administrators, as their name is what approvers see).
+    pub async fn update_user(&self, caller: &Caller, user: &str, display_name: &str, email: &str) -> Result<UserRow> {
+        require(self.access.as_ref(), caller, permissions::USERS_MANAGE, "/").await?;
+        let mut target = self.target_user(user).await?;
+        self.require_credential_admin(caller, &target).await?;
+        let display_name = display_name.trim();
+        if display_name.is_empty() || display_name.chars().count() > 256 || display_name.chars().any(char::is_control) {
+            return Err(Error::invalid("display_name", "must be 1 to 256 printable characters"));
+        }
+        let email = email.trim();
+        if !email.is_empty() && (!email.contains('@') || email.len() > 320) {
+            return Err(Error::invalid("email", "must be an email address"));
+        }
+        let event = ev::UserUpdated {
+            actor: Some(caller.actor()),
+            user_id: target.id.clone(),
+            user_name: target.user_name.clone(),
+            display_name: display_name.into(),
+        };
+        let txn = self.db.begin().await?;
+        store::update_user(&txn, &target.id, display_name, email).await?;
+        self.outbox
+            .enqueue(
+                &txn,
+                streams::IDENTITY,
+                &envelope("pim.identity", "UserUpdated", &target.id, &event),
+            )
+            .await?;
+        txn.commit().await?;
+        self.outbox.wake();
+        target.display_name = display_name.into();
+        target.email = email.into();
+        Ok(target)
+    }
+
+    /// Deletes a user who holds no role and may activate none (remove their assignments first:
+    /// no assignment is left pointing at nobody, and the last Global Administrator stays).
+    pub async fn delete_user(&self, caller: &Caller, user: &str) -> Result<()> {
+        require(self.access.as_ref(), caller, permissions::USERS_MANAGE, "/").await?;
+        let target = self.target_user(user).await?;
+        if target.id == caller.principal_id {
+            return Err(Error::FailedPrecondition("you cannot delete yourself".into()));
+        }
+        self.require_credential_admin(caller, &target).await?;
+        if self.holds_any_role(caller, &target.id).await? {
+            return Err(Error::FailedPrecondition(
+                "the user still has role assignments: remove them first".into(),
+            ));
+        }
+        let event = ev::UserDisabled {
+            actor: Some(caller.actor()),
+            user_id: target.id.clone(),
+            user_name: target.user_name.clone(),
+        };
+        let revoked = ev::SessionRevoked {
+            actor: Some(caller.actor()),
+            principal_id: target.id.clone(),
+            session_id: String::new(),
+            reason: "user_deleted".into(),
+        };
+        let txn = self.db.begin().await?;
+        store::delete_user(&txn, &target.id).await?;
+        self.outbox
+            .enqueue(
+                &txn,
+                streams::IDENTITY,
+                &envelope("pim.identity", "UserDeleted", &target.id, &event),
+            )
+            .await?;
+        self.outbox
+            .enqueue(
+                &txn,
+                streams::IDENTITY,
+                &envelope("pim.identity", "SessionRevoked", &target.id, &revoked),
+            )
+            .await?;
+        txn.commit().await?;
+        self.outbox.wake();
+        Ok(())
+    }
+
+    async fn holds_any_role(&self, caller: &Caller, principal_id: &str) -> Result<bool> {
+        let clients = self.assignment.clone();
+        let ask = apb::ListAssignmentsRequest {
+            principal_id: principal_id.to_owned(),
+            ..Default::default()
+        };
+        let eligible = clients
+            .assignments
+            .clone()
+            .list_eligible_assignments(on_behalf(caller, ask.clone())?)
+            .await
+            .map_err(unavailable)?;
+        let active = clients
+            .assignments
+            .clone()
+            .list_active_assignments(on_behalf(caller, ask)?)
+            .await
+            .map_err(unavailable)?;
+        Ok(!eligible.into_inner().assignments.is_empty() || !active.into_inner().assignments.is_empty())
+    }
+
+    /// A new client secret for a service principal (shown once; the old one stops working).
+    pub async fn rotate_service_principal_secret(
+        &self,
+        caller: &Caller,
+        id: &str,
+    ) -> Result<(store::ServicePrincipalRow, String)> {
+        require(
+            self.access.as_ref(),
+            caller,
+            permissions::SERVICE_PRINCIPALS_MANAGE,
+            "/",
+        )
+        .await?;
+        let sp = store::find_service_principal(&self.db, id.trim())
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("service principal {}", id.trim())))?;
+        let secret = credentials::random_secret();
+        let event = ev::CredentialsReset {
+            actor: Some(caller.actor()),
+            user_id: sp.id.clone(),
+            what: "client_secret".into(),
+        };
+        let hash = credentials::hash(&secret).await?;
+        let txn = self.db.begin().await?;
+        store::set_service_principal_secret(&txn, &sp.id, &hash).await?;
+        self.outbox
+            .enqueue(
+                &txn,
+                streams::IDENTITY,
+                &envelope("pim.identity", "CredentialsReset", &sp.id, &event),
+            )
+            .await?;
+        txn.commit().await?;
+        self.outbox.wake();
+        Ok((sp, secret))
+    }
+
+    /// Disables a service principal: it can no longer sign in, and its tokens stop working.
+    pub async fn disable_service_principal(&self, caller: &Caller, id: &str) -> Result<store::ServicePrincipalRow> {
+        require(
+            self.access.as_ref(),
+            caller,
+            permissions::SERVICE_PRINCIPALS_MANAGE,
+            "/",
+        )
+        .await?;
+        let mut sp = store::find_service_principal(&self.db, id.trim())
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("service principal {}", id.trim())))?;
+        let revoked = ev::SessionRevoked {
+            actor: Some(caller.actor()),
+            principal_id: sp.id.clone(),
+            session_id: String::new(),
+            reason: "service_principal_disabled".into(),
+        };
+        let txn = self.db.begin().await?;
+        store::set_service_principal_enabled(&txn, &sp.id, false).await?;
+        self.outbox
+            .enqueue(
+                &txn,
+                streams::IDENTITY,
+                &envelope("pim.identity", "SessionRevoked", &sp.id, &revoked),
+            )
+            .await?;
+        txn.commit().await?;
+        self.outbox.wake();
+        sp.enabled = false;
+        Ok(sp)
+    }
+}

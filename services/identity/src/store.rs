@@ -691,3 +691,58 @@ pub async fn revoke_sessions_of<C: ConnectionTrait>(c: &C, principal_id: &str, n
     .await
     .map(drop)
 }
+
+pub async fn update_user<C: ConnectionTrait>(
+    c: &C,
+    user_id: &str,
+    display_name: &str,
+    email: &str,
+) -> Result<(), DbErr> {
+    db::exec(
+        c,
+        "UPDATE users SET display_name = $1, email = $2 WHERE id = $3",
+        vec![display_name.into(), email.into(), user_id.into()],
+    )
+    .await
+    .map(drop)
+}
+
+/// Deletes a user with their memberships, ownerships and sessions (MFA goes by cascade).
+pub async fn delete_user<C: ConnectionTrait>(c: &C, user_id: &str) -> Result<(), DbErr> {
+    db::exec(
+        c,
+        "DELETE FROM group_members WHERE principal_id = $1",
+        vec![user_id.into()],
+    )
+    .await?;
+    db::exec(
+        c,
+        "DELETE FROM group_owners WHERE principal_id = $1",
+        vec![user_id.into()],
+    )
+    .await?;
+    db::exec(c, "DELETE FROM sessions WHERE principal_id = $1", vec![user_id.into()]).await?;
+    db::exec(c, "DELETE FROM users WHERE id = $1", vec![user_id.into()])
+        .await
+        .map(drop)
+}
+
+pub async fn set_service_principal_secret<C: ConnectionTrait>(c: &C, id: &str, secret_hash: &str) -> Result<(), DbErr> {
+    db::exec(
+        c,
+        "UPDATE service_principals SET secret_hash = $1 WHERE id = $2",
+        vec![secret_hash.into(), id.into()],
+    )
+    .await
+    .map(drop)
+}
+
+pub async fn set_service_principal_enabled<C: ConnectionTrait>(c: &C, id: &str, enabled: bool) -> Result<(), DbErr> {
+    db::exec(
+        c,
+        "UPDATE service_principals SET enabled = $1 WHERE id = $2",
+        vec![enabled.into(), id.into()],
+    )
+    .await
+    .map(drop)
+}
