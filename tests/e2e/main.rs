@@ -7,6 +7,7 @@ mod backbone;
 mod groups;
 mod mfa;
 mod protection;
+mod secrets;
 mod slice;
 mod split;
 mod surface;
