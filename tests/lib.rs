@@ -36,6 +36,11 @@ pub fn test_config(extra: &[(&str, String)]) -> anyhow::Result<Config> {
     let mut env = vec![
         ("PIM_LISTEN_ADDR".to_owned(), "127.0.0.1:0".to_owned()),
         ("PIM_LOG_FORMAT".to_owned(), "pretty".to_owned()),
+        // 32 bytes of 0x2a, base64: a fixed key for tests.
+        (
+            "PIM_SECRETS_KEY".to_owned(),
+            "KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=".to_owned(),
+        ),
     ];
     env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
     Config::load(env)

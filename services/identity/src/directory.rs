@@ -94,6 +94,7 @@ pub struct Directory {
     pub(crate) max_role_assignable_groups: u64,
     pub(crate) assignment: crate::protection::AssignmentClients,
     pub(crate) limiter: Arc<crate::limiter::SignInLimiter>,
+    pub(crate) sealer: crate::sealing::Sealer,
 }
 
 fn actor(principal_id: &str, kind: PrincipalKind, name: &str) -> Actor {

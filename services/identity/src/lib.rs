@@ -9,6 +9,7 @@ mod grpc;
 mod limiter;
 mod mfa;
 mod protection;
+mod sealing;
 mod store;
 mod tokens;
 
@@ -25,6 +26,8 @@ use pim_runtime::host::{Deps, Service};
 pub use directory::Directory;
 pub use error::Error;
 pub use tokens::{Keystore, TokenSubject};
+
+pub use sealing::Sealer;
 
 /// A strong random password (32 bytes from the OS generator, base64url), for initial passwords.
 pub fn generate_password() -> String {
@@ -52,6 +55,15 @@ impl Identity {
             max_role_assignable_groups: deps.config.max_role_assignable_groups,
             assignment: protection::AssignmentClients::new(deps.assignment),
             limiter: std::sync::Arc::default(),
+            sealer: sealing::Sealer::from_base64(
+                deps.config
+                    .secrets_key
+                    .as_ref()
+                    .ok_or_else(|| {
+                        anyhow::anyhow!("PIM_SECRETS_KEY is required by identity (32 random bytes, base64)")
+                    })?
+                    .expose(),
+            )?,
         };
         Ok(Self {
             directory,

@@ -122,11 +122,12 @@ impl Directory {
         let mut secret = vec![0u8; 20];
         OsRng.fill_bytes(&mut secret);
         let uri = totp(secret.clone(), &caller.name)?.get_url();
+        let id = uuid::Uuid::now_v7().to_string();
         let method = MfaMethodRow {
-            id: uuid::Uuid::now_v7().to_string(),
+            secret: self.sealer.seal(&secret, &id)?,
+            id,
             user_id: caller.principal_id.clone(),
             kind: "totp".into(),
-            secret,
             confirmed: false,
             last_step: 0,
             created_at: now_ms(),
@@ -147,11 +148,8 @@ impl Directory {
             .into_iter()
             .find(|m| m.id == method_id && !m.confirmed)
             .ok_or_else(|| Error::NotFound(format!("pending TOTP enrolment {method_id}")))?;
-        let step = matching_step(
-            &totp(method.secret.clone(), &caller.name)?,
-            code.trim(),
-            (now_ms() / 1000) as u64,
-        );
+        let seed = self.sealer.open(&method.secret, &method.id)?;
+        let step = matching_step(&totp(seed, &caller.name)?, code.trim(), (now_ms() / 1000) as u64);
         match step {
             Some(step) if store::use_step(&self.db, &method.id, step, true).await? => {
                 store::clear_mfa_failures(&self.db, &caller.principal_id).await?;
@@ -228,11 +226,8 @@ impl Directory {
             ));
         };
         let (ok, how) = if looks_like_totp(code) {
-            let step = matching_step(
-                &totp(method.secret.clone(), &user.user_name)?,
-                code,
-                (now_ms() / 1000) as u64,
-            );
+            let seed = self.sealer.open(&method.secret, &method.id)?;
+            let step = matching_step(&totp(seed, &user.user_name)?, code, (now_ms() / 1000) as u64);
             // A code is accepted once: its step must be later than the last one used.
             let fresh = match step {
                 Some(step) => store::use_step(&self.db, &method.id, step, false).await?,

@@ -398,9 +398,19 @@ fn the_readme_walk_through_works_and_survives_a_restart() {
     assert!(logout.contains("Signed out"), "{logout}");
     assert_eq!(lee.run(&["roles"], None).status.code(), Some(2), "no token any more");
 
+    let key = std::fs::read_to_string(data.join("secrets.key")).expect("pim up keeps a key for secrets at rest");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(data.join("secrets.key"))
+            .expect("key file")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "only its owner may read the key");
+    }
     up.terminate();
 
-    // Restarted on the same data: no new administrator, same access, same tokens.
+    // Restarted on the same data: no new administrator, same access, same tokens, same key.
     let again = Up::start(&data);
     let printed = again.read_until(|l| l.starts_with("PIM is up at"));
     let server = field(&printed, "PIM is up at");
@@ -419,5 +429,9 @@ fn the_readme_walk_through_works_and_survives_a_restart() {
         "credentials are printed on first start only"
     );
     again.terminate();
+    assert_eq!(
+        std::fs::read_to_string(data.join("secrets.key")).expect("key file"),
+        key
+    );
     std::fs::remove_dir_all(&dir).ok();
 }

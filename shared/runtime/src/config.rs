@@ -69,6 +69,9 @@ pub struct Config {
     pub max_role_assignable_groups: u64,
     /// How old the token signing key may get before identity rotates it (`PIM_SIGNING_KEY_ROTATION_DAYS`).
     pub signing_key_rotation: Duration,
+    /// Seals secrets identity must read back (TOTP seeds): base64 of 32 random bytes
+    /// (`PIM_SECRETS_KEY`; `pim up` keeps one in its data directory).
+    pub secrets_key: Option<Secret<String>>,
 }
 
 impl Config {
@@ -123,6 +126,7 @@ impl Config {
             log_json,
             max_role_assignable_groups: num("PIM_MAX_ROLE_ASSIGNABLE_GROUPS", 500)?,
             signing_key_rotation: Duration::from_secs(num("PIM_SIGNING_KEY_ROTATION_DAYS", 30)?.max(1) * 86_400),
+            secrets_key: get("PIM_SECRETS_KEY").map(Secret::new),
         };
         config.validate()?;
         Ok(config)

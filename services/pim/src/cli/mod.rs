@@ -345,9 +345,14 @@ fn load_config(default_pretty: bool) -> anyhow::Result<Config> {
 
 /// The all-in-one: five services, one address, one SQLite file each.
 async fn up() -> anyhow::Result<i32> {
-    let config = load_config(true)?;
+    let mut config = load_config(true)?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
+    if config.secrets_key.is_none() {
+        config.secrets_key = Some(pim_runtime::config::Secret::new(data_dir_secrets_key(
+            &config.data_dir,
+        )?));
+    }
     let databases = ServiceName::ALL
         .into_iter()
         .map(|s| (s, sqlite_url(&config.data_dir.join(format!("{s}.db")))))
@@ -373,6 +378,28 @@ async fn up() -> anyhow::Result<i32> {
     std::io::stdout().flush().ok();
     suite.run_until(pim_runtime::grpc::shutdown_signal()).await?;
     Ok(0)
+}
+
+/// The all-in-one's key for secrets at rest: `secrets.key` in the data directory (mode 0600),
+/// made on first start.
+fn data_dir_secrets_key(dir: &std::path::Path) -> anyhow::Result<String> {
+    let path = dir.join("secrets.key");
+    if let Ok(key) = std::fs::read_to_string(&path) {
+        return Ok(key.trim().to_owned());
+    }
+    let key = pim_identity::Sealer::new_key();
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options
+        .open(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    file.write_all(key.as_bytes())?;
+    Ok(key)
 }
 
 async fn serve(service: ServiceName) -> anyhow::Result<i32> {

@@ -1,0 +1,90 @@
+//! Secrets the service must read back (TOTP seeds) are sealed at rest with
+//! XChaCha20-Poly1305 under a key from config (`PIM_SECRETS_KEY`): a copy of the database
+//! alone does not reveal them. Each sealed value is bound to its row (associated data), so it
+//! cannot be moved to another.
+
+use argon2::password_hash::rand_core::{OsRng, RngCore};
+use base64::Engine;
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+
+const NONCE: usize = 24;
+
+#[derive(Clone)]
+pub struct Sealer {
+    cipher: XChaCha20Poly1305,
+}
+
+impl Sealer {
+    /// From the base64 of 32 random bytes.
+    pub fn from_base64(key: &str) -> anyhow::Result<Self> {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(key.trim())
+            .map_err(|_| anyhow::anyhow!("PIM_SECRETS_KEY is not base64"))?;
+        anyhow::ensure!(
+            bytes.len() == 32,
+            "PIM_SECRETS_KEY must be 32 bytes (base64), not {}",
+            bytes.len()
+        );
+        let cipher = XChaCha20Poly1305::new_from_slice(&bytes)
+            .map_err(|_| anyhow::anyhow!("PIM_SECRETS_KEY must be 32 bytes"))?;
+        Ok(Self { cipher })
+    }
+
+    /// A new random key, base64 (for `pim up`'s first start).
+    pub fn new_key() -> String {
+        let mut key = [0u8; 32];
+        OsRng.fill_bytes(&mut key);
+        base64::engine::general_purpose::STANDARD.encode(key)
+    }
+
+    pub fn seal(&self, plaintext: &[u8], row: &str) -> anyhow::Result<Vec<u8>> {
+        let mut nonce = [0u8; NONCE];
+        OsRng.fill_bytes(&mut nonce);
+        let sealed = self
+            .cipher
+            .encrypt(
+                &XNonce::from(nonce),
+                Payload {
+                    msg: plaintext,
+                    aad: row.as_bytes(),
+                },
+            )
+            .map_err(|_| anyhow::anyhow!("sealing a secret failed"))?;
+        Ok([nonce.as_slice(), sealed.as_slice()].concat())
+    }
+
+    pub fn open(&self, sealed: &[u8], row: &str) -> anyhow::Result<Vec<u8>> {
+        anyhow::ensure!(sealed.len() > NONCE, "sealed secret is too short");
+        let (nonce, body) = sealed.split_at(NONCE);
+        let nonce: [u8; NONCE] = nonce.try_into()?;
+        self.cipher
+            .decrypt(
+                &XNonce::from(nonce),
+                Payload {
+                    msg: body,
+                    aad: row.as_bytes(),
+                },
+            )
+            .map_err(|_| {
+                anyhow::anyhow!("a sealed secret does not open: wrong PIM_SECRETS_KEY, or the row was tampered with")
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sealed_secrets_open_only_with_their_key_and_row() {
+        let sealer = Sealer::from_base64(&Sealer::new_key()).unwrap();
+        let sealed = sealer.seal(b"totp seed", "method-1").unwrap();
+        assert!(!sealed.windows(9).any(|w| w == b"totp seed"));
+        assert_eq!(sealer.open(&sealed, "method-1").unwrap(), b"totp seed");
+        assert!(sealer.open(&sealed, "method-2").is_err(), "bound to its row");
+        let other = Sealer::from_base64(&Sealer::new_key()).unwrap();
+        assert!(other.open(&sealed, "method-1").is_err(), "another key cannot open it");
+        assert!(Sealer::from_base64("c2hvcnQ=").is_err());
+    }
+}
