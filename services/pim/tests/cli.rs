@@ -394,6 +394,20 @@ fn the_readme_walk_through_works_and_survives_a_restart() {
     );
     assert!(!exported.contains(&password), "no secret in the audit log");
 
+    assert!(admin.ok(&["whoami"], None).starts_with("admin ("));
+    let created = admin.ok(&["groups", "create", "--name", "ops", "--role-assignable"], None);
+    assert!(created.contains("role-assignable"), "{created}");
+    let group = created
+        .split('(')
+        .nth(1)
+        .and_then(|s| s.split(')').next())
+        .expect("the group id")
+        .to_owned();
+    admin.ok(&["groups", "add-member", &group, "lee"], None);
+    assert!(admin.ok(&["groups", "members", &group], None).contains("lee"));
+    admin.ok(&["groups", "remove-member", &group, "lee"], None);
+    assert!(!admin.ok(&["groups", "members", &group], None).contains("lee"));
+
     let logout = lee.ok(&["logout"], None);
     assert!(logout.contains("Signed out"), "{logout}");
     assert_eq!(lee.run(&["roles"], None).status.code(), Some(2), "no token any more");

@@ -27,6 +27,7 @@ use pim_runtime::db::{from_timestamp, now_ms, sqlite_url, to_timestamp};
 
 use crate::host::{ServiceName, Suite, SuiteOptions};
 
+mod groups;
 mod mfa;
 mod requests;
 
@@ -76,6 +77,14 @@ enum Command {
     },
     /// Sign in and keep the access token for the next commands.
     Login(LoginArgs),
+    /// Who the stored token says you are, and until when.
+    Whoami {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Groups: create (--role-assignable), members, owners.
+    #[command(subcommand)]
+    Groups(groups::GroupsCommand),
     /// End this session everywhere and forget its token.
     Logout {
         #[command(flatten)]
@@ -308,6 +317,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         } => bootstrap(identity_database, assignment_database).await,
         Command::Login(args) => login(args).await,
         Command::Logout { client } => logout(client).await,
+        Command::Whoami { client } => whoami(client).await,
+        Command::Groups(cmd) => groups::run(cmd).await,
         Command::Users(cmd) => users(cmd).await,
         Command::ServicePrincipals(cmd) => service_principals(cmd).await,
         Command::Roles {
@@ -640,6 +651,26 @@ async fn login(args: LoginArgs) -> anyhow::Result<i32> {
         time(response.expires_at.as_ref().map(from_timestamp)),
         path.display()
     );
+    Ok(0)
+}
+
+async fn whoami(client: ClientArgs) -> anyhow::Result<i32> {
+    let session = Session::open(&client, true)?;
+    let id = session.whoami()?;
+    // Asking the server checks the token is still good (not expired, not signed out).
+    let principal = DirectoryServiceClient::new(session.channel.clone())
+        .get_principal(session.request(ipb::GetPrincipalRequest {
+            principal_id: id.clone(),
+        })?)
+        .await
+        .map_err(explain)?
+        .into_inner();
+    let name = if principal.user_name.is_empty() {
+        principal.display_name
+    } else {
+        principal.user_name
+    };
+    println!("{name} ({id})");
     Ok(0)
 }
 

@@ -1,0 +1,144 @@
+//! `pim groups`: create groups (role-assignable ones carry roles to their members), and
+//! manage their members and owners.
+
+use clap::Subcommand;
+
+use pim_proto::identity::v1 as ipb;
+use pim_proto::identity::v1::directory_service_client::DirectoryServiceClient;
+
+use super::{ClientArgs, Session, explain, print_table};
+
+#[derive(Subcommand)]
+pub(crate) enum GroupsCommand {
+    /// Create a group; --role-assignable lets it hold roles (Privileged Role and Global Administrators only).
+    Create {
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value = "")]
+        description: String,
+        #[arg(long)]
+        role_assignable: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List groups.
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Add a member (user name or principal id).
+    AddMember {
+        group: String,
+        member: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Remove a member.
+    RemoveMember {
+        group: String,
+        member: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List a group's members.
+    Members {
+        group: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+pub(crate) async fn run(cmd: GroupsCommand) -> anyhow::Result<i32> {
+    match cmd {
+        GroupsCommand::Create {
+            name,
+            description,
+            role_assignable,
+            client,
+        } => {
+            let session = Session::open(&client, true)?;
+            let g = DirectoryServiceClient::new(session.channel.clone())
+                .create_group(session.request(ipb::CreateGroupRequest {
+                    display_name: name,
+                    description,
+                    is_assignable_to_role: role_assignable,
+                    owner_ids: vec![],
+                })?)
+                .await
+                .map_err(explain)?
+                .into_inner();
+            println!(
+                "Created group {} ({}){}",
+                g.display_name,
+                g.id,
+                if g.is_assignable_to_role {
+                    ", role-assignable"
+                } else {
+                    ""
+                }
+            );
+        }
+        GroupsCommand::List { client } => {
+            let session = Session::open(&client, true)?;
+            let groups = DirectoryServiceClient::new(session.channel.clone())
+                .list_groups(session.request(ipb::ListGroupsRequest {
+                    page_size: 500,
+                    page_token: String::new(),
+                })?)
+                .await
+                .map_err(explain)?
+                .into_inner()
+                .groups;
+            let rows = groups
+                .into_iter()
+                .map(|g| {
+                    vec![
+                        g.id,
+                        g.display_name,
+                        if g.is_assignable_to_role { "yes" } else { "" }.into(),
+                    ]
+                })
+                .collect();
+            print_table(&["ID", "NAME", "ROLE-ASSIGNABLE"], rows);
+        }
+        GroupsCommand::AddMember { group, member, client } => change_member(&group, &member, &client, true).await?,
+        GroupsCommand::RemoveMember { group, member, client } => change_member(&group, &member, &client, false).await?,
+        GroupsCommand::Members { group, client } => {
+            let session = Session::open(&client, true)?;
+            let members = DirectoryServiceClient::new(session.channel.clone())
+                .list_group_members(session.request(ipb::ListGroupMembersRequest {
+                    group_id: group,
+                    page_size: 500,
+                    page_token: String::new(),
+                })?)
+                .await
+                .map_err(explain)?
+                .into_inner()
+                .principals;
+            let rows = members
+                .into_iter()
+                .map(|p| vec![p.id, p.user_name, p.display_name])
+                .collect();
+            print_table(&["ID", "USER NAME", "NAME"], rows);
+        }
+    }
+    Ok(0)
+}
+
+async fn change_member(group: &str, member: &str, client: &ClientArgs, add: bool) -> anyhow::Result<()> {
+    let session = Session::open(client, true)?;
+    let member_id = session.principal_id(member).await?;
+    let request = session.request(ipb::GroupMembershipRequest {
+        group_id: group.to_owned(),
+        principal_id: member_id,
+    })?;
+    let mut directory = DirectoryServiceClient::new(session.channel.clone());
+    if add {
+        directory.add_group_member(request).await.map_err(explain)?;
+        println!("Added {member} to {group}");
+    } else {
+        directory.remove_group_member(request).await.map_err(explain)?;
+        println!("Removed {member} from {group}");
+    }
+    Ok(())
+}
