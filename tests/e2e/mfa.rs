@@ -221,3 +221,61 @@ async fn wrong_codes_lock_mfa_and_recovery_codes_work_once() -> anyhow::Result<(
     ts.stop().await?;
     result
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_code_twice_at_once_succeeds_once_and_lockout_survives_a_restart() -> anyhow::Result<()> {
+    let ts = TestSuite::postgres().await?;
+    let admin = ts.admin_token().await?;
+    let (_, token) = user(&ts, &admin, "lee").await?;
+    let mut mfa = MfaServiceClient::new(ts.channel.clone());
+    let (authenticator, confirmed_at) = enrol(&mut mfa, &token).await?;
+    let code = authenticator.generate(confirmed_at + 30);
+    let (mut first, mut second) = (
+        MfaServiceClient::new(ts.channel.clone()),
+        MfaServiceClient::new(ts.channel.clone()),
+    );
+    let (a, b) = tokio::join!(
+        first.verify(authed(&token, ipb::VerifyRequest { code: code.clone() })),
+        second.verify(authed(&token, ipb::VerifyRequest { code: code.clone() })),
+    );
+    assert_eq!(
+        a.is_ok() as u8 + b.is_ok() as u8,
+        1,
+        "exactly one of two concurrent uses of a code succeeds"
+    );
+
+    let wrong = if authenticator.generate(confirmed_at + 60) == "000000" {
+        "111111"
+    } else {
+        "000000"
+    };
+    for _ in 0..5 {
+        let _ = mfa
+            .verify(authed(&token, ipb::VerifyRequest { code: wrong.into() }))
+            .await;
+    }
+    let locked = mfa
+        .verify(authed(&token, ipb::VerifyRequest { code: wrong.into() }))
+        .await
+        .expect_err("locked");
+    assert_eq!(locked.code(), Code::ResourceExhausted);
+
+    // Every service restarts; the lockout is in the database, so it holds.
+    let ts = ts.restart().await?;
+    let result = async {
+        let still = MfaServiceClient::new(ts.channel.clone())
+            .verify(authed(
+                &token,
+                ipb::VerifyRequest {
+                    code: authenticator.generate((now_ms() / 1000) as u64 + 30),
+                },
+            ))
+            .await
+            .expect_err("still locked after a restart");
+        assert_eq!(still.code(), Code::ResourceExhausted);
+        anyhow::Ok(())
+    }
+    .await;
+    ts.stop().await?;
+    result
+}
