@@ -74,6 +74,36 @@ async fn members_inherit_a_role_assignable_groups_roles() -> anyhow::Result<()> 
             .await?
             .into_inner();
         assert!(team.is_assignable_to_role);
+        let flip = ipb::UpdateGroupRequest {
+            group_id: team.id.clone(),
+            display_name: "Exchange admins".into(),
+            description: String::new(),
+            is_assignable_to_role: Some(false),
+        };
+        assert_eq!(
+            directory
+                .update_group(authed(&admin, flip))
+                .await
+                .expect_err("fixed at creation")
+                .code(),
+            Code::InvalidArgument
+        );
+        let renamed = directory
+            .update_group(authed(
+                &admin,
+                ipb::UpdateGroupRequest {
+                    group_id: team.id.clone(),
+                    display_name: "Exchange operators".into(),
+                    description: "on call".into(),
+                    is_assignable_to_role: None,
+                },
+            ))
+            .await?
+            .into_inner();
+        assert_eq!(
+            (renamed.display_name.as_str(), renamed.is_assignable_to_role),
+            ("Exchange operators", true)
+        );
         let membership = |group: &str, principal: &str| ipb::GroupMembershipRequest {
             group_id: group.into(),
             principal_id: principal.into(),

@@ -153,6 +153,25 @@ async fn step_up_with_totp_then_activate() -> anyhow::Result<()> {
             .methods;
         assert_eq!(listed.len(), 1);
         assert_eq!(listed[0].kind, "totp");
+        mfa.remove_method(authed(
+            &lee_token,
+            ipb::RemoveMethodRequest {
+                method_id: listed[0].id.clone(),
+            },
+        ))
+        .await?;
+        assert!(
+            mfa.list_methods(authed(&lee_token, ipb::ListMethodsRequest { user: String::new() }))
+                .await?
+                .into_inner()
+                .methods
+                .is_empty()
+        );
+        let gone = mfa
+            .verify(authed(&lee_token, ipb::VerifyRequest { code: "123456".into() }))
+            .await
+            .expect_err("no method left");
+        assert_eq!(gone.code(), Code::FailedPrecondition);
         anyhow::Ok(())
     }
     .await;

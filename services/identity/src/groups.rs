@@ -96,6 +96,54 @@ impl Directory {
         Ok(group)
     }
 
+    /// Renames or re-describes a group; `is_assignable_to_role` cannot change.
+    pub async fn update_group(
+        &self,
+        caller: &Caller,
+        id: &str,
+        display_name: &str,
+        description: &str,
+        assignable: Option<bool>,
+    ) -> Result<GroupRow> {
+        let mut group = store::find_group(&self.db, id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("group {id}")))?;
+        self.may_change(caller, &group).await?;
+        if assignable.is_some_and(|a| a != group.is_assignable_to_role) {
+            return Err(Error::invalid(
+                "is_assignable_to_role",
+                "is set when the group is created and never changes",
+            ));
+        }
+        let display_name = display_name.trim();
+        if display_name.is_empty() || display_name.chars().count() > 256 {
+            return Err(Error::invalid("display_name", "must be 1 to 256 characters"));
+        }
+        if description.chars().count() > 1024 {
+            return Err(Error::invalid("description", "must be at most 1024 characters"));
+        }
+        let event = ev::GroupCreated {
+            actor: Some(caller.actor()),
+            group_id: group.id.clone(),
+            display_name: display_name.into(),
+            is_assignable_to_role: group.is_assignable_to_role,
+        };
+        let txn = self.db.begin().await?;
+        store::update_group(&txn, &group.id, display_name, description.trim()).await?;
+        self.outbox
+            .enqueue(
+                &txn,
+                streams::IDENTITY,
+                &envelope("pim.identity", "GroupUpdated", &group.id, &event),
+            )
+            .await?;
+        txn.commit().await?;
+        self.outbox.wake();
+        group.display_name = display_name.into();
+        group.description = description.trim().into();
+        Ok(group)
+    }
+
     pub async fn get_group(&self, caller: &Caller, id: &str) -> Result<GroupRow> {
         require(self.access.as_ref(), caller, permissions::USERS_READ, "/").await?;
         store::find_group(&self.db, id)

@@ -132,6 +132,22 @@ impl DirectoryService for Directory {
         )))
     }
 
+    async fn update_group(&self, request: Request<pb::UpdateGroupRequest>) -> Result<Response<pb::Group>, Status> {
+        let caller = caller(&request)?.clone();
+        let r = request.into_inner();
+        let id = required("group_id", &r.group_id)?;
+        let updated = Directory::update_group(
+            self,
+            &caller,
+            id,
+            &r.display_name,
+            &r.description,
+            r.is_assignable_to_role,
+        )
+        .await?;
+        Ok(Response::new(group_to_pb(updated)))
+    }
+
     async fn get_group(&self, request: Request<pb::GetGroupRequest>) -> Result<Response<pb::Group>, Status> {
         let caller = caller(&request)?.clone();
         let id = required("group_id", &request.get_ref().group_id)?;
@@ -455,6 +471,16 @@ impl MfaService for Directory {
                 })
                 .collect(),
         }))
+    }
+
+    async fn remove_method(
+        &self,
+        request: Request<pb::RemoveMethodRequest>,
+    ) -> Result<Response<pb::RemoveMethodResponse>, Status> {
+        let caller = caller(&request)?.clone();
+        let id = required("method_id", &request.get_ref().method_id)?;
+        self.remove_mfa_method(&caller, id).await?;
+        Ok(Response::new(pb::RemoveMethodResponse {}))
     }
 
     async fn generate_recovery_codes(

@@ -266,6 +266,16 @@ impl Directory {
         })
     }
 
+    /// Removes one of the caller's own methods (an event, for alerting and audit).
+    pub async fn remove_mfa_method(&self, caller: &Caller, method_id: &str) -> Result<()> {
+        let caller = self.user_caller(caller)?;
+        if !store::delete_method(&self.db, &caller.principal_id, method_id.trim()).await? {
+            return Err(Error::NotFound(format!("MFA method {}", method_id.trim())));
+        }
+        self.mfa_event("MfaMethodRemoved", caller, "totp", "removed_by_user")
+            .await
+    }
+
     /// New single-use recovery codes (the old ones stop working), shown once.
     pub async fn generate_recovery_codes(&self, caller: &Caller) -> Result<Vec<String>> {
         let caller = self.user_caller(caller)?;

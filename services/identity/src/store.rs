@@ -383,6 +383,31 @@ pub async fn insert_mfa_method<C: ConnectionTrait>(c: &C, m: &MfaMethodRow) -> R
     .map(drop)
 }
 
+pub async fn delete_method<C: ConnectionTrait>(c: &C, user_id: &str, method_id: &str) -> Result<bool, DbErr> {
+    Ok(db::exec(
+        c,
+        "DELETE FROM mfa_methods WHERE user_id = $1 AND id = $2",
+        vec![user_id.into(), method_id.into()],
+    )
+    .await?
+        == 1)
+}
+
+pub async fn update_group<C: ConnectionTrait>(
+    c: &C,
+    id: &str,
+    display_name: &str,
+    description: &str,
+) -> Result<(), DbErr> {
+    db::exec(
+        c,
+        "UPDATE groups SET display_name = $1, description = $2 WHERE id = $3",
+        vec![display_name.into(), description.into(), id.into()],
+    )
+    .await
+    .map(drop)
+}
+
 pub async fn delete_unconfirmed_methods<C: ConnectionTrait>(c: &C, user_id: &str) -> Result<(), DbErr> {
     db::exec(
         c,

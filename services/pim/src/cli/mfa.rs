@@ -60,6 +60,16 @@ pub(crate) async fn run(cmd: MfaCommand) -> anyhow::Result<i32> {
                 .into_inner();
             println!("Add this to your authenticator app (shown once; it is a secret):");
             println!("  {}", enrolled.otpauth_uri);
+            // Most authenticator apps scan it instead.
+            match qrcode::QrCode::new(enrolled.otpauth_uri.as_bytes()) {
+                Ok(qr) => println!(
+                    "{}",
+                    qr.render::<qrcode::render::unicode::Dense1x2>()
+                        .quiet_zone(true)
+                        .build()
+                ),
+                Err(err) => eprintln!("(no QR code: {err})"),
+            }
             std::io::Write::flush(&mut std::io::stdout())?;
             let code = code(given)?;
             mfa.confirm_totp(session.request(ipb::ConfirmTotpRequest {

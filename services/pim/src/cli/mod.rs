@@ -21,6 +21,7 @@ use pim_proto::audit::v1::audit_service_client::AuditServiceClient;
 use pim_proto::identity::v1 as ipb;
 use pim_proto::identity::v1::auth_service_client::AuthServiceClient;
 use pim_proto::identity::v1::directory_service_client::DirectoryServiceClient;
+use pim_proto::identity::v1::mfa_service_client::MfaServiceClient;
 use pim_runtime::Config;
 use pim_runtime::config::TlsConfig;
 use pim_runtime::db::{from_timestamp, now_ms, sqlite_url, to_timestamp};
@@ -146,6 +147,9 @@ struct LoginArgs {
     /// Read the password or client secret from the first line of standard input.
     #[arg(long)]
     password_stdin: bool,
+    /// The authenticator code, to step up at once when you have MFA (otherwise asked on a terminal).
+    #[arg(long, env = "PIM_MFA_CODE")]
+    code: Option<String>,
     #[command(flatten)]
     client: ClientArgs,
 }
@@ -644,6 +648,32 @@ async fn login(args: LoginArgs) -> anyhow::Result<i32> {
     }
     .map_err(explain)?
     .into_inner();
+    let mut response = response;
+    if args.user.is_some() {
+        // With MFA enrolled, step up now: activations ask for a recent MFA.
+        let session = Session {
+            channel: session.channel.clone(),
+            token: Some(response.access_token.clone()),
+        };
+        let methods = MfaServiceClient::new(session.channel.clone())
+            .list_methods(session.request(ipb::ListMethodsRequest { user: String::new() })?)
+            .await
+            .map_err(explain)?
+            .into_inner()
+            .methods;
+        let code = match (&args.code, methods.is_empty(), std::io::stdin().is_terminal()) {
+            (Some(code), false, _) => Some(code.clone()),
+            (None, false, true) => Some(rpassword::prompt_password("Authenticator code: ")?),
+            _ => None,
+        };
+        if let Some(code) = code {
+            response = MfaServiceClient::new(session.channel.clone())
+                .verify(session.request(ipb::VerifyRequest { code })?)
+                .await
+                .map_err(explain)?
+                .into_inner();
+        }
+    }
     let path = write_token(&args.client, &response.access_token)?;
     println!(
         "Signed in as {} until {} (token in {})",
