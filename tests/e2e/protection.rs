@@ -492,3 +492,115 @@ async fn users_and_service_principals_are_maintained_safely() -> anyhow::Result<
     ts.stop().await?;
     result
 }
+
+/// Allowed-and-refused pairs by role: who may make and change role-assignable groups, and who
+/// may reset a privileged user's credentials.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_role_may_do_what_it_should_and_no_more() -> anyhow::Result<()> {
+    const PRIVILEGED_ROLE_ADMINISTRATOR: &str = "e8611ab8-c189-46e8-94e1-60213ab1f814";
+    const GROUPS_ADMINISTRATOR: &str = "fdd7a751-b60b-444a-984c-02652fe8fa1c";
+    const PRIVILEGED_AUTHENTICATION_ADMINISTRATOR: &str = "7be44c8a-adaf-4e2a-84d6-ab2649e08a13";
+    let ts = TestSuite::embedded().await?;
+    let result = async {
+        let admin = ts.admin_token().await?;
+        let mut directory = DirectoryServiceClient::new(ts.channel.clone());
+        let mut assignments = AssignmentServiceClient::new(ts.channel.clone());
+        let mut tokens = std::collections::HashMap::new();
+        let mut ids = std::collections::HashMap::new();
+        for (name, role) in [
+            ("pra", Some(PRIVILEGED_ROLE_ADMINISTRATOR)),
+            ("gra", Some(GROUPS_ADMINISTRATOR)),
+            ("uad", Some(USER_ADMINISTRATOR)),
+            ("paa", Some(PRIVILEGED_AUTHENTICATION_ADMINISTRATOR)),
+            ("aad", Some(AUTHENTICATION_ADMINISTRATOR)),
+            ("lee", None),
+        ] {
+            let password = format!("{name}'s long passphrase");
+            let u = directory
+                .create_user(authed(
+                    &admin,
+                    ipb::CreateUserRequest {
+                        user_name: name.into(),
+                        password: password.clone(),
+                        ..Default::default()
+                    },
+                ))
+                .await?
+                .into_inner();
+            if let Some(role) = role {
+                assignments
+                    .create_request(authed(&admin, assign(apb::AssignmentKind::Active, &u.id, role)))
+                    .await?;
+            }
+            tokens.insert(name, ts.sign_in(name, &password).await?);
+            ids.insert(name, u.id);
+        }
+        // Lee becomes privileged: eligible for Security Administrator.
+        assignments
+            .create_request(authed(
+                &admin,
+                assign(apb::AssignmentKind::Eligible, &ids["lee"], SECURITY_ADMINISTRATOR),
+            ))
+            .await?;
+
+        let group = |name: &str| ipb::CreateGroupRequest {
+            display_name: name.into(),
+            description: String::new(),
+            is_assignable_to_role: true,
+            owner_ids: vec![],
+        };
+        for refused in ["gra", "uad"] {
+            let e = directory
+                .create_group(authed(&tokens[refused], group("nope")))
+                .await
+                .expect_err("not theirs");
+            assert_eq!(
+                e.code(),
+                Code::PermissionDenied,
+                "{refused} creating a role-assignable group"
+            );
+        }
+        let team = directory
+            .create_group(authed(&tokens["pra"], group("tier 0")))
+            .await?
+            .into_inner();
+        let member = ipb::GroupMembershipRequest {
+            group_id: team.id.clone(),
+            principal_id: ids["lee"].clone(),
+        };
+        for refused in ["gra", "uad"] {
+            let e = directory
+                .add_group_member(authed(&tokens[refused], member.clone()))
+                .await
+                .expect_err("not theirs");
+            assert_eq!(
+                e.code(),
+                Code::PermissionDenied,
+                "{refused} changing a role-assignable group"
+            );
+        }
+        directory.add_group_member(authed(&tokens["pra"], member)).await?;
+
+        let reset = ipb::ResetPasswordRequest {
+            user: "lee".into(),
+            new_password: "a brand new long passphrase".into(),
+        };
+        for refused in ["aad", "uad"] {
+            let e = directory
+                .reset_password(authed(&tokens[refused], reset.clone()))
+                .await
+                .expect_err("Lee is privileged");
+            assert_eq!(
+                e.code(),
+                Code::PermissionDenied,
+                "{refused} resetting a privileged user's password"
+            );
+        }
+        directory.reset_password(authed(&tokens["paa"], reset)).await?;
+        assert!(ts.sign_in("lee", "a brand new long passphrase").await.is_ok());
+        anyhow::Ok(())
+    }
+    .await;
+    ts.stop().await?;
+    result
+}

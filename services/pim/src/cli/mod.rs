@@ -193,6 +193,18 @@ enum SpCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// A new client secret (shown once; the old one stops working).
+    Rotate {
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Disable: no more sign-ins, and its tokens stop working.
+    Disable {
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -806,6 +818,27 @@ async fn service_principals(cmd: SpCommand) -> anyhow::Result<i32> {
             println!("Created service principal {} ({})", sp.display_name, sp.id);
             println!("  client id:     {}", sp.client_id);
             println!("  client secret: {} (shown once)", r.client_secret);
+        }
+        SpCommand::Rotate { id, client } => {
+            let session = Session::open(&client, true)?;
+            let r = DirectoryServiceClient::new(session.channel.clone())
+                .rotate_service_principal_secret(session.request(ipb::GetServicePrincipalRequest {
+                    service_principal_id: id.clone(),
+                })?)
+                .await
+                .map_err(explain)?
+                .into_inner();
+            println!("New client secret for {id}: {} (shown once)", r.client_secret);
+        }
+        SpCommand::Disable { id, client } => {
+            let session = Session::open(&client, true)?;
+            DirectoryServiceClient::new(session.channel.clone())
+                .disable_service_principal(session.request(ipb::GetServicePrincipalRequest {
+                    service_principal_id: id.clone(),
+                })?)
+                .await
+                .map_err(explain)?;
+            println!("Service principal {id} disabled");
         }
     }
     Ok(0)
