@@ -500,7 +500,7 @@ async fn each_role_may_do_what_it_should_and_no_more() -> anyhow::Result<()> {
     const PRIVILEGED_ROLE_ADMINISTRATOR: &str = "e8611ab8-c189-46e8-94e1-60213ab1f814";
     const GROUPS_ADMINISTRATOR: &str = "fdd7a751-b60b-444a-984c-02652fe8fa1c";
     const PRIVILEGED_AUTHENTICATION_ADMINISTRATOR: &str = "7be44c8a-adaf-4e2a-84d6-ab2649e08a13";
-    let ts = TestSuite::embedded().await?;
+    let ts = TestSuite::embedded_with(&[("PIM_MAX_ROLE_ASSIGNABLE_GROUPS", "1".into())]).await?;
     let result = async {
         let admin = ts.admin_token().await?;
         let mut directory = DirectoryServiceClient::new(ts.channel.clone());
@@ -580,6 +580,11 @@ async fn each_role_may_do_what_it_should_and_no_more() -> anyhow::Result<()> {
             );
         }
         directory.add_group_member(authed(&tokens["pra"], member)).await?;
+        let over_cap = directory
+            .create_group(authed(&tokens["pra"], group("tier 0 again")))
+            .await
+            .expect_err("cap of 1");
+        assert_eq!(over_cap.code(), Code::ResourceExhausted);
 
         let reset = ipb::ResetPasswordRequest {
             user: "lee".into(),
