@@ -60,6 +60,12 @@ enum Scenario {
         #[arg(long, default_value_t = 10)]
         seconds: u64,
     },
+    /// Audit ingest: events put on the identity stream as fast as Redis takes them; how fast
+    /// the audit log (hash chain included) takes them in.
+    AuditIngest {
+        #[arg(long, default_value_t = 50_000)]
+        events: u64,
+    },
     /// Many activations ending within a minute; deadline → RoleDeactivated lag.
     Expiry {
         #[arg(long, default_value_t = 10_000)]
@@ -368,6 +374,60 @@ async fn activation(rate: u64, seconds: u64) -> anyhow::Result<()> {
     ts.stop().await
 }
 
+async fn audit_ingest(events: u64) -> anyhow::Result<()> {
+    use pim_proto::audit::v1::audit_service_client::AuditServiceClient;
+    use pim_runtime::events::{Pending, Publisher, RedisPublisher, envelope};
+    let ts = TestSuite::postgres().await?;
+    let admin = ts.admin_token().await?;
+    let mut audit = AuditServiceClient::new(ts.channel.clone());
+    let head = |audit: &mut AuditServiceClient<tonic::transport::Channel>| {
+        let request = authed(&admin, pim_proto::audit::v1::GetChainHeadRequest {});
+        let mut audit = audit.clone();
+        async move { anyhow::Ok(audit.get_chain_head(request).await?.into_inner().sequence) }
+    };
+    // Let the bootstrap's own events land first.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let start_sequence = head(&mut audit).await?;
+    let publisher = RedisPublisher::connect(&pim_runtime::testing::redis_url(), &ts.stream_prefix).await?;
+    let start = Instant::now();
+    for chunk in (0..events).collect::<Vec<_>>().chunks(500) {
+        let batch: Vec<Pending> = chunk
+            .iter()
+            .map(|i| {
+                let e = pim_proto::events::v1::UserCreated {
+                    actor: None,
+                    user_id: format!("bench-{i}"),
+                    user_name: format!("bench{i}"),
+                    display_name: "bench".into(),
+                };
+                Pending {
+                    id: String::new(),
+                    stream: streams::IDENTITY.into(),
+                    envelope: envelope("pim.identity", "UserCreated", &e.user_id, &e),
+                    attempts: 0,
+                }
+            })
+            .collect();
+        let (sent, err) = publisher.publish_all(&batch).await;
+        anyhow::ensure!(sent == batch.len(), "publishing failed: {err:?}");
+    }
+    let published = start.elapsed();
+    let target = start_sequence + events as i64;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while head(&mut audit).await? < target {
+        anyhow::ensure!(Instant::now() < deadline, "audit did not catch up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let drained = start.elapsed();
+    println!(
+        "audit ingest (PostgreSQL + Redis): {events} events published in {:.1} s; all in the hash-chained log after {:.1} s = {:.0} events/s",
+        published.as_secs_f64(),
+        drained.as_secs_f64(),
+        events as f64 / drained.as_secs_f64()
+    );
+    ts.stop().await
+}
+
 async fn expiry(roles: u64, within_seconds: u64) -> anyhow::Result<()> {
     let ts = TestSuite::postgres().await?;
     let base = now_ms() + 5_000;
@@ -432,5 +492,6 @@ async fn main() -> anyhow::Result<()> {
         } => check_access(principals, assignments, concurrency, seconds, rate).await,
         Scenario::Activation { rate, seconds } => activation(rate, seconds).await,
         Scenario::Expiry { roles, within_seconds } => expiry(roles, within_seconds).await,
+        Scenario::AuditIngest { events } => audit_ingest(events).await,
     }
 }
