@@ -60,8 +60,16 @@ impl EventHandler for Ingest {
     }
 
     async fn handle(&self, txn: &DatabaseTransaction, envelope: &Envelope) -> anyhow::Result<()> {
-        let mut record = records::record(envelope)?;
-        store::append(txn, &mut record, now_ms()).await?;
+        self.handle_all(txn, &[envelope]).await
+    }
+
+    /// One lock of the chain head and one insert for the whole batch.
+    async fn handle_all(&self, txn: &DatabaseTransaction, envelopes: &[&Envelope]) -> anyhow::Result<()> {
+        let mut records = envelopes
+            .iter()
+            .map(|e| records::record(e))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        store::append_all(txn, &mut records, now_ms()).await?;
         Ok(())
     }
 }

@@ -109,10 +109,13 @@ impl Record {
     }
 }
 
-/// Appends a record to the chain: takes the next sequence and links it to the head (locked,
-/// so concurrent ingest from several replicas keeps one gap-free chain). A record whose event
-/// id is stored already is left as it is; returns whether it was appended.
-pub async fn append<C: ConnectionTrait>(c: &C, r: &mut Record, now: i64) -> Result<bool, DbErr> {
+/// Appends records to the chain in order: one lock of the chain head (so concurrent ingest
+/// from several replicas keeps one gap-free chain), the next sequences, each linked to the
+/// one before, one insert. Records whose event id is stored already are left out.
+pub async fn append_all<C: ConnectionTrait>(c: &C, records: &mut Vec<Record>, now: i64) -> Result<(), DbErr> {
+    if records.is_empty() {
+        return Ok(());
+    }
     let lock = if c.get_database_backend() == sea_orm::DbBackend::Postgres {
         " FOR UPDATE"
     } else {
@@ -125,54 +128,85 @@ pub async fn append<C: ConnectionTrait>(c: &C, r: &mut Record, now: i64) -> Resu
     )
     .await?
     .ok_or_else(|| DbErr::RecordNotFound("chain head".into()))?;
-    if db::query_one(
+    let placeholders: Vec<String> = (1..=records.len()).map(|i| format!("${i}")).collect();
+    let known: std::collections::HashSet<String> = db::query(
         c,
-        "SELECT 1 AS one FROM audit_records WHERE event_id = $1",
-        vec![r.event_id.clone().into()],
+        &format!(
+            "SELECT event_id FROM audit_records WHERE event_id IN ({})",
+            placeholders.join(", ")
+        ),
+        records.iter().map(|r| r.event_id.clone().into()).collect(),
     )
     .await?
-    .is_some()
-    {
-        return Ok(false);
+    .iter()
+    .map(|r| col::<String>(r, "event_id"))
+    .collect::<Result<_, _>>()?;
+    let mut seen = std::collections::HashSet::new();
+    records.retain(|r| !known.contains(&r.event_id) && seen.insert(r.event_id.clone()));
+    let mut sequence: i64 = col(&head, "sequence")?;
+    let mut prev: Vec<u8> = col(&head, "hash")?;
+    for r in records.iter_mut() {
+        sequence += 1;
+        r.sequence = sequence;
+        r.prev_hash = prev;
+        r.hash = crate::chain::hash(&r.prev_hash, r);
+        prev = r.hash.clone();
     }
-    r.sequence = col::<i64>(&head, "sequence")? + 1;
-    r.prev_hash = col(&head, "hash")?;
-    r.hash = crate::chain::hash(&r.prev_hash, r);
-    db::exec(
-        c,
-        "INSERT INTO audit_records (sequence, event_id, time, source, action, actor_id, actor_name, target_id, target_name, role_id, role_name, scope, justification, ticket, outcome, trace_id, payload_json, ingested_at, prev_hash, hash) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)",
-        vec![
-            r.sequence.into(),
-            r.event_id.clone().into(),
-            r.time.into(),
-            r.source.clone().into(),
-            r.action.clone().into(),
-            r.actor_id.clone().into(),
-            r.actor_name.clone().into(),
-            r.target_id.clone().into(),
-            r.target_name.clone().into(),
-            r.role_id.clone().into(),
-            r.role_name.clone().into(),
-            r.scope.clone().into(),
-            r.justification.clone().into(),
-            r.ticket.clone().into(),
-            r.outcome.clone().into(),
-            r.trace_id.clone().into(),
-            r.payload_json.clone().into(),
-            now.into(),
-            r.prev_hash.clone().into(),
-            r.hash.clone().into(),
-        ],
-    )
-    .await?;
-    db::exec(
-        c,
-        "UPDATE chain_head SET sequence = $1, hash = $2 WHERE id = 1",
-        vec![r.sequence.into(), r.hash.clone().into()],
-    )
-    .await?;
-    Ok(true)
+    // Many rows per statement, within the databases' parameter limits.
+    for chunk in records.chunks(1000) {
+        let mut rows = Vec::with_capacity(chunk.len());
+        let mut values: Vec<Value> = Vec::with_capacity(chunk.len() * 20);
+        for r in chunk {
+            let base = values.len();
+            rows.push(format!(
+                "({})",
+                (1..=20)
+                    .map(|i| format!("${}", base + i))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+            values.extend([
+                r.sequence.into(),
+                r.event_id.clone().into(),
+                r.time.into(),
+                r.source.clone().into(),
+                r.action.clone().into(),
+                r.actor_id.clone().into(),
+                r.actor_name.clone().into(),
+                r.target_id.clone().into(),
+                r.target_name.clone().into(),
+                r.role_id.clone().into(),
+                r.role_name.clone().into(),
+                r.scope.clone().into(),
+                r.justification.clone().into(),
+                r.ticket.clone().into(),
+                r.outcome.clone().into(),
+                r.trace_id.clone().into(),
+                r.payload_json.clone().into(),
+                now.into(),
+                r.prev_hash.clone().into(),
+                r.hash.clone().into(),
+            ]);
+        }
+        db::exec(
+            c,
+            &format!(
+                "INSERT INTO audit_records (sequence, event_id, time, source, action, actor_id, actor_name, target_id, target_name, role_id, role_name, scope, justification, ticket, outcome, trace_id, payload_json, ingested_at, prev_hash, hash) VALUES {}",
+                rows.join(", ")
+            ),
+            values,
+        )
+        .await?;
+    }
+    if !records.is_empty() {
+        db::exec(
+            c,
+            "UPDATE chain_head SET sequence = $1, hash = $2 WHERE id = 1",
+            vec![sequence.into(), prev.into()],
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 /// The chain head: (sequence, hash).

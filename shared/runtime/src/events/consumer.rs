@@ -21,6 +21,14 @@ pub trait EventHandler: Send + Sync {
     /// Runs after `handle`'s transaction committed (e.g. to update in-memory state that must
     /// never run ahead of the database). Not run for duplicates.
     async fn after_commit(&self, _envelope: &Envelope) {}
+    /// Applies several new events in one transaction, in order. Handlers that can write many
+    /// rows at once override it; by default each is handled in turn.
+    async fn handle_all(&self, txn: &DatabaseTransaction, envelopes: &[&Envelope]) -> anyhow::Result<()> {
+        for envelope in envelopes {
+            self.handle(txn, envelope).await?;
+        }
+        Ok(())
+    }
 }
 
 /// A handler bound to its service's database and inbox.
@@ -46,18 +54,43 @@ impl Inbox {
     /// Applies every envelope not applied before, in one transaction (all or none).
     pub async fn apply_all(&self, envelopes: &[Envelope]) -> anyhow::Result<()> {
         let txn = self.db.begin().await.context("beginning consumer transaction")?;
-        let mut applied = Vec::with_capacity(envelopes.len());
-        for envelope in envelopes {
-            if self.record(&txn, envelope).await? {
-                self.handler.handle(&txn, envelope).await?;
-                applied.push(envelope);
-            }
-        }
+                let mut fresh = self.record_all(&txn, envelopes).await?;
+        // New ones, each once (the same event can be in a batch twice).
+        let applied: Vec<&Envelope> = envelopes.iter().filter(|e| fresh.remove(&e.id)).collect();
+        self.handler.handle_all(&txn, &applied).await?;
         txn.commit().await.context("committing consumer transaction")?;
         for envelope in applied {
             self.handler.after_commit(envelope).await;
         }
         Ok(())
+    }
+
+    /// Records the event ids in the inbox with one statement; returns the ids that were new.
+    async fn record_all(
+        &self,
+        txn: &DatabaseTransaction,
+        envelopes: &[Envelope],
+    ) -> anyhow::Result<std::collections::HashSet<String>> {
+        let now = db::now_ms();
+        let mut values: Vec<sea_orm::Value> = Vec::with_capacity(envelopes.len() * 3);
+        let mut rows = Vec::with_capacity(envelopes.len());
+        for (i, envelope) in envelopes.iter().enumerate() {
+            rows.push(format!("(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3));
+            values.push(self.consumer().into());
+            values.push(envelope.id.clone().into());
+            values.push(now.into());
+        }
+        let sql = format!(
+            "INSERT INTO inbox (consumer, event_id, processed_at) VALUES {} ON CONFLICT DO NOTHING RETURNING event_id",
+            rows.join(", ")
+        );
+        let inserted = db::query(txn, &sql, values)
+            .await
+            .context("recording events in the inbox")?;
+        inserted
+            .iter()
+            .map(|r| db::col::<String>(r, "event_id").map_err(Into::into))
+            .collect()
     }
 
     /// Records the event id in the inbox; false when it was there already (a duplicate).

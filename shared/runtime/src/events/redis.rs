@@ -205,7 +205,7 @@ impl RedisConsumer {
         let ids: Vec<&str> = keys.iter().map(|_| ">").collect();
         let options = StreamReadOptions::default()
             .group(self.group(), &self.name)
-            .count(100)
+            .count(500)
             .block(self.options.block.as_millis() as usize);
         let mut conn = self.conn.clone();
         let reply: Option<StreamReadReply> = conn.xread_options(&keys, &ids, &options).await.context("XREADGROUP")?;
