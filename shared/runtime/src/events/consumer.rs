@@ -54,7 +54,7 @@ impl Inbox {
     /// Applies every envelope not applied before, in one transaction (all or none).
     pub async fn apply_all(&self, envelopes: &[Envelope]) -> anyhow::Result<()> {
         let txn = self.db.begin().await.context("beginning consumer transaction")?;
-                let mut fresh = self.record_all(&txn, envelopes).await?;
+        let mut fresh = self.record_all(&txn, envelopes).await?;
         // New ones, each once (the same event can be in a batch twice).
         let applied: Vec<&Envelope> = envelopes.iter().filter(|e| fresh.remove(&e.id)).collect();
         self.handler.handle_all(&txn, &applied).await?;
