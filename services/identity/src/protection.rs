@@ -77,6 +77,16 @@ impl Directory {
             .filter(|r| r.privileged)
             .map(|r| r.id)
             .collect();
+        Ok(self
+            .roles_of(caller, principal_id)
+            .await?
+            .iter()
+            .any(|role| privileged.contains(role)))
+    }
+
+    /// The roles a principal is eligible for or holds, directly or through a group.
+    async fn roles_of(&self, caller: &Caller, principal_id: &str) -> Result<Vec<String>> {
+        let clients = self.assignment.clone();
         let ask = apb::ListAssignmentsRequest {
             principal_id: principal_id.to_owned(),
             ..Default::default()
@@ -96,9 +106,10 @@ impl Directory {
         Ok(eligible
             .into_inner()
             .assignments
-            .iter()
-            .chain(active.into_inner().assignments.iter())
-            .any(|a| privileged.contains(&a.role_id)))
+            .into_iter()
+            .chain(active.into_inner().assignments)
+            .map(|a| a.role_id)
+            .collect())
     }
 
     /// Refuses unless the caller may manage `user`'s credentials (and sign-in).
@@ -276,24 +287,7 @@ impl Directory {
     }
 
     async fn holds_any_role(&self, caller: &Caller, principal_id: &str) -> Result<bool> {
-        let clients = self.assignment.clone();
-        let ask = apb::ListAssignmentsRequest {
-            principal_id: principal_id.to_owned(),
-            ..Default::default()
-        };
-        let eligible = clients
-            .assignments
-            .clone()
-            .list_eligible_assignments(on_behalf(caller, ask.clone())?)
-            .await
-            .map_err(unavailable)?;
-        let active = clients
-            .assignments
-            .clone()
-            .list_active_assignments(on_behalf(caller, ask)?)
-            .await
-            .map_err(unavailable)?;
-        Ok(!eligible.into_inner().assignments.is_empty() || !active.into_inner().assignments.is_empty())
+        Ok(!self.roles_of(caller, principal_id).await?.is_empty())
     }
 
     /// A new client secret for a service principal (shown once; the old one stops working).
