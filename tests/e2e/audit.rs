@@ -168,3 +168,63 @@ async fn no_change_without_its_event() -> anyhow::Result<()> {
     ts.stop().await?;
     result
 }
+
+/// The chain head goes onto the audit stream as a ChainCheckpoint, to be kept elsewhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_chain_head_is_checkpointed_on_the_stream() -> anyhow::Result<()> {
+    use prost::Message;
+    use redis::AsyncCommands;
+    let ts = TestSuite::postgres().await?;
+    let result = async {
+        let admin = ts.admin_token().await?;
+        let mut audit = AuditServiceClient::new(ts.channel.clone());
+        let head = eventually(Duration::from_secs(10), "audit records", || {
+            let (mut audit, admin) = (audit.clone(), admin.clone());
+            async move {
+                let head = audit
+                    .get_chain_head(authed(&admin, aupb::GetChainHeadRequest {}))
+                    .await?
+                    .into_inner();
+                Ok((head.sequence >= 4).then_some(head))
+            }
+        })
+        .await?;
+        let service = ts.suite.audit().expect("audit runs here");
+        let mut last = 0;
+        assert!(service.checkpoint(&mut last).await?);
+        let current = audit
+            .get_chain_head(authed(&admin, aupb::GetChainHeadRequest {}))
+            .await?
+            .into_inner();
+        assert!(current.sequence >= head.sequence);
+        let key = format!("{}pim.audit.events", ts.stream_prefix);
+        let mut redis = redis::Client::open(pim_runtime::testing::redis_url())?
+            .get_multiplexed_async_connection()
+            .await?;
+        let checkpoint = eventually(Duration::from_secs(10), "the checkpoint on the stream", || {
+            let (mut redis, key) = (redis.clone(), key.clone());
+            async move {
+                let entries: redis::streams::StreamRangeReply = redis.xrange_all(&key).await?;
+                Ok(entries.ids.first().and_then(|e| e.get::<Vec<u8>>("ce")))
+            }
+        })
+        .await?;
+        let envelope = pim_runtime::events::Envelope::decode(checkpoint.as_slice())?;
+        let event = pim_proto::events::v1::ChainCheckpoint::decode(envelope.data.as_slice())?;
+        assert_eq!(event.sequence, last);
+        assert_eq!(event.hash.len(), 32);
+        // Nothing new to anchor (unless a record arrived meanwhile): no second checkpoint.
+        let moved = audit
+            .get_chain_head(authed(&admin, aupb::GetChainHeadRequest {}))
+            .await?
+            .into_inner()
+            .sequence
+            != last;
+        assert_eq!(service.checkpoint(&mut last).await?, moved);
+        let _: () = redis.del(&key).await?;
+        anyhow::Ok(())
+    }
+    .await;
+    ts.stop().await?;
+    result
+}

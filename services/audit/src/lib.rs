@@ -337,6 +337,30 @@ impl AuditService for Audit {
     }
 }
 
+impl Audit {
+    /// Puts the chain head on the audit stream (`ChainCheckpoint`), so it is kept outside
+    /// this database too; nothing is emitted while the chain has not moved since the last one.
+    pub async fn checkpoint(&self, last: &mut i64) -> anyhow::Result<bool> {
+        let (sequence, hash) = store::head(&self.db).await?;
+        if sequence == 0 || sequence == *last {
+            return Ok(false);
+        }
+        let event = pim_proto::events::v1::ChainCheckpoint { sequence, hash };
+        let txn = sea_orm::TransactionTrait::begin(&self.db).await?;
+        self.outbox
+            .enqueue(
+                &txn,
+                streams::AUDIT,
+                &pim_runtime::events::envelope("pim.audit", "ChainCheckpoint", &sequence.to_string(), &event),
+            )
+            .await?;
+        txn.commit().await?;
+        self.outbox.wake();
+        *last = sequence;
+        Ok(true)
+    }
+}
+
 impl Service for Audit {
     fn name(&self) -> &'static str {
         "audit"
@@ -360,5 +384,23 @@ impl Service for Audit {
 
     fn handlers(&self) -> Vec<Arc<dyn EventHandler>> {
         vec![Arc::new(Ingest)]
+    }
+
+    /// A checkpoint of the chain head every five minutes.
+    fn background(&self, mut stop: tokio::sync::watch::Receiver<bool>) -> Vec<tokio::task::JoinHandle<()>> {
+        let audit = self.clone();
+        vec![tokio::spawn(async move {
+            let mut last = 0;
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(300)) => {
+                        if let Err(err) = audit.checkpoint(&mut last).await {
+                            tracing::warn!(error = %format!("{err:#}"), "audit checkpoint failed");
+                        }
+                    }
+                    _ = stop.changed() => return,
+                }
+            }
+        })]
     }
 }

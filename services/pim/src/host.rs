@@ -122,6 +122,7 @@ pub struct Suite {
     background: Vec<JoinHandle<()>>,
     identity: Option<Identity>,
     assignment: Option<Assignment>,
+    audit: Option<Audit>,
     services: Vec<Arc<dyn Service>>,
 }
 
@@ -176,7 +177,7 @@ impl Suite {
         let access: Arc<dyn AccessCheck> = cache.clone();
 
         let mut services: Vec<Arc<dyn Service>> = Vec::new();
-        let (mut identity, mut assignment) = (None, None);
+        let (mut identity, mut assignment, mut audit) = (None, None, None);
         for (name, database_url) in &options.databases {
             let db = db::connect(database_url)
                 .await
@@ -202,7 +203,11 @@ impl Suite {
                 }
                 ServiceName::Approval => Arc::new(Approval::build(deps).await?),
                 ServiceName::Alerting => Arc::new(Alerting::build(deps).await?),
-                ServiceName::Audit => Arc::new(Audit::build(deps).await?),
+                ServiceName::Audit => {
+                    let s = Audit::build(deps).await?;
+                    audit = Some(s.clone());
+                    Arc::new(s)
+                }
             };
             services.push(service);
         }
@@ -302,6 +307,7 @@ impl Suite {
             background,
             identity,
             assignment,
+            audit,
             services,
         })
     }
@@ -321,6 +327,10 @@ impl Suite {
 
     pub fn assignment(&self) -> Option<&Assignment> {
         self.assignment.as_ref()
+    }
+
+    pub fn audit(&self) -> Option<&Audit> {
+        self.audit.as_ref()
     }
 
     pub fn services(&self) -> &[Arc<dyn Service>] {
