@@ -137,13 +137,7 @@ impl Directory {
                 err.into()
             });
         }
-        self.outbox
-            .enqueue(
-                &txn,
-                streams::IDENTITY,
-                &envelope(SOURCE, "UserCreated", &row.id, &event),
-            )
-            .await?;
+        self.emit(&txn, "UserCreated", &row.id, &event).await?;
         txn.commit().await?;
         self.outbox.wake();
         Ok(row)
@@ -231,13 +225,7 @@ impl Directory {
         };
         let txn = self.db.begin().await?;
         store::insert_service_principal(&txn, &row).await?;
-        self.outbox
-            .enqueue(
-                &txn,
-                streams::IDENTITY,
-                &envelope(SOURCE, "ServicePrincipalCreated", &row.id, &event),
-            )
-            .await?;
+        self.emit(&txn, "ServicePrincipalCreated", &row.id, &event).await?;
         txn.commit().await?;
         self.outbox.wake();
         Ok((row, secret))
@@ -274,8 +262,7 @@ impl Directory {
                     reason: reason.to_owned(),
                 };
                 self.limiter.failed(&[&account_key, &source_key], now);
-                self.record(streams::IDENTITY, "SignInFailed", &event.principal_id.clone(), &event)
-                    .await?;
+                self.record("SignInFailed", &event.principal_id.clone(), &event).await?;
                 return Err(Error::BadCredentials);
             }
         };
@@ -308,13 +295,7 @@ impl Directory {
             now + SESSION_MS,
         )
         .await?;
-        self.outbox
-            .enqueue(
-                &txn,
-                streams::IDENTITY,
-                &envelope(SOURCE, "SignInSucceeded", &user.id, &event),
-            )
-            .await?;
+        self.emit(&txn, "SignInSucceeded", &user.id, &event).await?;
         txn.commit().await?;
         self.outbox.wake();
         Ok(Session {
@@ -339,8 +320,7 @@ impl Directory {
                     principal_id: other.map(|s| s.id).unwrap_or_default(),
                     reason: "bad_client_credentials".to_owned(),
                 };
-                self.record(streams::IDENTITY, "SignInFailed", &event.principal_id.clone(), &event)
-                    .await?;
+                self.record("SignInFailed", &event.principal_id.clone(), &event).await?;
                 return Err(Error::BadClientCredentials);
             }
         };
@@ -362,13 +342,7 @@ impl Directory {
         };
         let txn = self.db.begin().await?;
         store::record_sp_sign_in(&txn, &sp.id, now_ms()).await?;
-        self.outbox
-            .enqueue(
-                &txn,
-                streams::IDENTITY,
-                &envelope(SOURCE, "SignInSucceeded", &sp.id, &event),
-            )
-            .await?;
+        self.emit(&txn, "SignInSucceeded", &sp.id, &event).await?;
         txn.commit().await?;
         self.outbox.wake();
         Ok(Session {
@@ -434,26 +408,52 @@ impl Directory {
         };
         let txn = self.db.begin().await?;
         store::revoke_session(&txn, &session_id, now_ms()).await?;
-        self.outbox
-            .enqueue(
-                &txn,
-                streams::IDENTITY,
-                &envelope(SOURCE, "SessionRevoked", &caller.principal_id, &event),
-            )
-            .await?;
+        self.emit(&txn, "SessionRevoked", &caller.principal_id, &event).await?;
         txn.commit().await?;
         self.outbox.wake();
         Ok(())
     }
 
-    async fn record(&self, stream: &str, event_type: &str, subject: &str, event: &impl prost::Message) -> Result<()> {
-        let txn = self.db.begin().await?;
+    /// Writes an identity event inside the caller's transaction (the change and its event
+    /// commit together); wake the relay after the commit.
+    pub(crate) async fn emit<C: sea_orm::ConnectionTrait>(
+        &self,
+        txn: &C,
+        event_type: &str,
+        subject: &str,
+        event: &impl prost::Message,
+    ) -> Result<()> {
         self.outbox
-            .enqueue(&txn, stream, &envelope(SOURCE, event_type, subject, event))
+            .enqueue(txn, streams::IDENTITY, &envelope(SOURCE, event_type, subject, event))
             .await?;
+        Ok(())
+    }
+
+    /// An event that stands alone (no state change with it), in its own transaction.
+    async fn record(&self, event_type: &str, subject: &str, event: &impl prost::Message) -> Result<()> {
+        let txn = self.db.begin().await?;
+        self.emit(&txn, event_type, subject, event).await?;
         txn.commit().await?;
         self.outbox.wake();
         Ok(())
+    }
+
+    /// Ends every session of a principal (disabled, deleted): their tokens stop verifying everywhere.
+    pub(crate) async fn revoke_all_sessions<C: sea_orm::ConnectionTrait>(
+        &self,
+        txn: &C,
+        caller: &Caller,
+        principal_id: &str,
+        reason: &str,
+    ) -> Result<()> {
+        store::revoke_sessions_of(txn, principal_id, now_ms()).await?;
+        let event = ev::SessionRevoked {
+            actor: Some(caller.actor()),
+            principal_id: principal_id.into(),
+            session_id: String::new(),
+            reason: reason.into(),
+        };
+        self.emit(txn, "SessionRevoked", principal_id, &event).await
     }
 
     /// The break-glass administrator: created with a random password when missing, given a

@@ -11,7 +11,6 @@ use pim_proto::identity::v1::Principal;
 use pim_runtime::access::{Target, permissions, require};
 use pim_runtime::auth::Caller;
 use pim_runtime::db::now_ms;
-use pim_runtime::events::{envelope, streams};
 
 use crate::directory::Directory;
 use crate::error::{Error, Result};
@@ -81,13 +80,7 @@ impl Directory {
             )));
         }
         store::insert_group(&txn, &group, &caller.principal_id).await?;
-        self.outbox
-            .enqueue(
-                &txn,
-                streams::IDENTITY,
-                &envelope("pim.identity", "GroupCreated", &group.id, &event),
-            )
-            .await?;
+        self.emit(&txn, "GroupCreated", &group.id, &event).await?;
         for owner in &new.owner_ids {
             store::add_link(&txn, Link::Owner, &group.id, owner, group.created_at).await?;
         }
@@ -130,13 +123,7 @@ impl Directory {
         };
         let txn = self.db.begin().await?;
         store::update_group(&txn, &group.id, display_name, description.trim()).await?;
-        self.outbox
-            .enqueue(
-                &txn,
-                streams::IDENTITY,
-                &envelope("pim.identity", "GroupUpdated", &group.id, &event),
-            )
-            .await?;
+        self.emit(&txn, "GroupUpdated", &group.id, &event).await?;
         txn.commit().await?;
         self.outbox.wake();
         group.display_name = display_name.into();
@@ -223,13 +210,7 @@ impl Directory {
             principal_id: principal.id.clone(),
             is_assignable_to_role: group.is_assignable_to_role,
         };
-        self.outbox
-            .enqueue(
-                &txn,
-                streams::IDENTITY,
-                &envelope("pim.identity", event_type, &principal.id, &event),
-            )
-            .await?;
+        self.emit(&txn, event_type, &principal.id, &event).await?;
         txn.commit().await?;
         self.outbox.wake();
         Ok(())

@@ -13,7 +13,6 @@ use pim_proto::events::v1 as ev;
 use pim_runtime::access::{permissions, require};
 use pim_runtime::auth::Caller;
 use pim_runtime::db::now_ms;
-use pim_runtime::events::{envelope, streams};
 
 use crate::directory::{Directory, Session};
 use crate::error::{Error, Result};
@@ -98,13 +97,7 @@ impl Directory {
             reason: reason.into(),
         };
         let txn = self.db.begin().await?;
-        self.outbox
-            .enqueue(
-                &txn,
-                streams::IDENTITY,
-                &envelope("pim.identity", event_type, &caller.principal_id, &event),
-            )
-            .await?;
+        self.emit(&txn, event_type, &caller.principal_id, &event).await?;
         txn.commit().await?;
         self.outbox.wake();
         Ok(())
@@ -326,13 +319,7 @@ impl Directory {
         };
         let txn = self.db.begin().await?;
         store::reset_mfa(&txn, &found.id).await?;
-        self.outbox
-            .enqueue(
-                &txn,
-                streams::IDENTITY,
-                &envelope("pim.identity", "MfaReset", &found.id, &event),
-            )
-            .await?;
+        self.emit(&txn, "MfaReset", &found.id, &event).await?;
         txn.commit().await?;
         self.outbox.wake();
         Ok(())

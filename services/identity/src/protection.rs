@@ -15,7 +15,6 @@ use pim_proto::assignment::v1::role_service_client::RoleServiceClient;
 use pim_proto::events::v1 as ev;
 use pim_runtime::access::{permissions, require};
 use pim_runtime::auth::Caller;
-use pim_runtime::events::{envelope, streams};
 
 use crate::credentials;
 use crate::directory::Directory;
@@ -144,13 +143,7 @@ impl Directory {
         };
         let txn = self.db.begin().await?;
         store::set_password(&txn, &target.id, &hash).await?;
-        self.outbox
-            .enqueue(
-                &txn,
-                streams::IDENTITY,
-                &envelope("pim.identity", "CredentialsReset", &target.id, &event),
-            )
-            .await?;
+        self.emit(&txn, "CredentialsReset", &target.id, &event).await?;
         txn.commit().await?;
         self.outbox.wake();
         Ok(())
@@ -172,28 +165,10 @@ impl Directory {
         };
         let txn = self.db.begin().await?;
         store::set_user_enabled(&txn, &target.id, enabled).await?;
-        self.outbox
-            .enqueue(
-                &txn,
-                streams::IDENTITY,
-                &envelope("pim.identity", event_type, &target.id, &event),
-            )
-            .await?;
+        self.emit(&txn, event_type, &target.id, &event).await?;
         if !enabled {
             // Every session ends, and tokens already handed out stop verifying everywhere.
-            store::revoke_sessions_of(&txn, &target.id, pim_runtime::db::now_ms()).await?;
-            let revoked = ev::SessionRevoked {
-                actor: Some(caller.actor()),
-                principal_id: target.id.clone(),
-                session_id: String::new(),
-                reason: "user_disabled".into(),
-            };
-            self.outbox
-                .enqueue(
-                    &txn,
-                    streams::IDENTITY,
-                    &envelope("pim.identity", "SessionRevoked", &target.id, &revoked),
-                )
+            self.revoke_all_sessions(&txn, caller, &target.id, "user_disabled")
                 .await?;
         }
         txn.commit().await?;
@@ -226,13 +201,7 @@ impl Directory {
         };
         let txn = self.db.begin().await?;
         store::update_user(&txn, &target.id, display_name, email).await?;
-        self.outbox
-            .enqueue(
-                &txn,
-                streams::IDENTITY,
-                &envelope("pim.identity", "UserUpdated", &target.id, &event),
-            )
-            .await?;
+        self.emit(&txn, "UserUpdated", &target.id, &event).await?;
         txn.commit().await?;
         self.outbox.wake();
         target.display_name = display_name.into();
@@ -259,27 +228,10 @@ impl Directory {
             user_id: target.id.clone(),
             user_name: target.user_name.clone(),
         };
-        let revoked = ev::SessionRevoked {
-            actor: Some(caller.actor()),
-            principal_id: target.id.clone(),
-            session_id: String::new(),
-            reason: "user_deleted".into(),
-        };
         let txn = self.db.begin().await?;
         store::delete_user(&txn, &target.id).await?;
-        self.outbox
-            .enqueue(
-                &txn,
-                streams::IDENTITY,
-                &envelope("pim.identity", "UserDeleted", &target.id, &event),
-            )
-            .await?;
-        self.outbox
-            .enqueue(
-                &txn,
-                streams::IDENTITY,
-                &envelope("pim.identity", "SessionRevoked", &target.id, &revoked),
-            )
+        self.emit(&txn, "UserDeleted", &target.id, &event).await?;
+        self.revoke_all_sessions(&txn, caller, &target.id, "user_deleted")
             .await?;
         txn.commit().await?;
         self.outbox.wake();
@@ -315,13 +267,7 @@ impl Directory {
         let hash = credentials::hash(&secret).await?;
         let txn = self.db.begin().await?;
         store::set_service_principal_secret(&txn, &sp.id, &hash).await?;
-        self.outbox
-            .enqueue(
-                &txn,
-                streams::IDENTITY,
-                &envelope("pim.identity", "CredentialsReset", &sp.id, &event),
-            )
-            .await?;
+        self.emit(&txn, "CredentialsReset", &sp.id, &event).await?;
         txn.commit().await?;
         self.outbox.wake();
         Ok((sp, secret))
@@ -339,20 +285,9 @@ impl Directory {
         let mut sp = store::find_service_principal(&self.db, id.trim())
             .await?
             .ok_or_else(|| Error::NotFound(format!("service principal {}", id.trim())))?;
-        let revoked = ev::SessionRevoked {
-            actor: Some(caller.actor()),
-            principal_id: sp.id.clone(),
-            session_id: String::new(),
-            reason: "service_principal_disabled".into(),
-        };
         let txn = self.db.begin().await?;
         store::set_service_principal_enabled(&txn, &sp.id, false).await?;
-        self.outbox
-            .enqueue(
-                &txn,
-                streams::IDENTITY,
-                &envelope("pim.identity", "SessionRevoked", &sp.id, &revoked),
-            )
+        self.revoke_all_sessions(&txn, caller, &sp.id, "service_principal_disabled")
             .await?;
         txn.commit().await?;
         self.outbox.wake();

@@ -536,47 +536,45 @@ pub(crate) async fn policy(cmd: PolicyCommand) -> anyhow::Result<i32> {
                 .map_err(explain)?
                 .into_inner();
             p.scope = a.scope.clone();
-            let mut changed = false;
-            let mut set = |present: bool| changed |= present;
+            let changed = a.activation_max.is_some()
+                || a.require_mfa.is_some()
+                || a.require_justification.is_some()
+                || a.require_ticket.is_some()
+                || a.require_approval.is_some()
+                || a.approvers.is_some()
+                || a.approval_timeout.is_some()
+                || a.mfa_freshness.is_some()
+                || a.allow_permanent_active.is_some()
+                || a.allow_permanent_eligible.is_some();
             if let Some(d) = a.activation_max {
                 p.activation_max_duration = Some(pb_duration(d));
-                set(true);
             }
             if let Some(v) = a.require_mfa {
                 p.activation_requires_mfa = v;
-                set(true);
             }
             if let Some(v) = a.require_justification {
                 p.activation_requires_justification = v;
-                set(true);
             }
             if let Some(v) = a.require_ticket {
                 p.activation_requires_ticket = v;
-                set(true);
             }
             if let Some(v) = a.require_approval {
                 p.approval_required = v;
-                set(true);
             }
             if let Some(v) = a.approvers {
                 p.approver_ids = v.into_iter().filter(|s| !s.trim().is_empty()).collect();
-                set(true);
             }
             if let Some(d) = a.approval_timeout {
                 p.approval_timeout = Some(pb_duration(d));
-                set(true);
             }
             if let Some(d) = a.mfa_freshness {
                 p.mfa_freshness = Some(pb_duration(d));
-                set(true);
             }
             if let Some(v) = a.allow_permanent_active {
                 p.active_allow_permanent = v;
-                set(true);
             }
             if let Some(v) = a.allow_permanent_eligible {
                 p.eligible_allow_permanent = v;
-                set(true);
             }
             if !changed {
                 bail!("nothing to change: pass at least one setting (see pim policy set --help)");
