@@ -20,25 +20,25 @@ use pim_proto::identity::v1 as ipb;
 use pim_proto::identity::v1::directory_service_client::DirectoryServiceClient;
 use pim_runtime::clock::{Clock, ManualClock};
 use pim_runtime::db::from_timestamp;
-use pim_runtime::events::{Envelope, Publisher, RedisPublisher, envelope, short_type, streams};
+use pim_runtime::events::{Envelope, short_type, streams};
 use pim_runtime::grpc::violated_rules;
 use pim_runtime::testing::redis_url;
 
-const EXCHANGE_ADMINISTRATOR: &str = "29232cdf-9323-42fd-ade2-1d097af3e4de";
-const GLOBAL_ADMINISTRATOR: &str = "62e90394-69f5-4237-9190-012177145e10";
-const HOUR_MS: i64 = 3_600_000;
+pub(crate) const EXCHANGE_ADMINISTRATOR: &str = "29232cdf-9323-42fd-ade2-1d097af3e4de";
+pub(crate) const GLOBAL_ADMINISTRATOR: &str = "62e90394-69f5-4237-9190-012177145e10";
+pub(crate) const HOUR_MS: i64 = 3_600_000;
 
-struct World {
-    ts: TestSuite,
-    clock: ManualClock,
-    admin: String,
+pub(crate) struct World {
+    pub(crate) ts: TestSuite,
+    pub(crate) clock: ManualClock,
+    pub(crate) admin: String,
 }
 
-struct User {
-    id: String,
-    name: String,
+pub(crate) struct User {
+    pub(crate) id: String,
+    pub(crate) name: String,
     /// Signed in with a password only.
-    token: String,
+    pub(crate) token: String,
 }
 
 fn duration(ms: i64) -> prost_types::Duration {
@@ -48,7 +48,7 @@ fn duration(ms: i64) -> prost_types::Duration {
     }
 }
 
-fn request(
+pub(crate) fn request(
     action: apb::RequestAction,
     kind: apb::AssignmentKind,
     principal: &str,
@@ -67,7 +67,7 @@ fn request(
     }
 }
 
-fn activation(role: &str, length_ms: i64, justification: &str) -> apb::CreateRequestRequest {
+pub(crate) fn activation(role: &str, length_ms: i64, justification: &str) -> apb::CreateRequestRequest {
     apb::CreateRequestRequest {
         schedule: Some(apb::Schedule {
             start_time: None,
@@ -79,18 +79,18 @@ fn activation(role: &str, length_ms: i64, justification: &str) -> apb::CreateReq
 }
 
 impl World {
-    async fn new() -> anyhow::Result<Self> {
+    pub(crate) async fn new() -> anyhow::Result<Self> {
         let clock = ManualClock::starting_now();
         let ts = TestSuite::postgres_with_clock(Some(clock.clone())).await?;
         let admin = ts.admin_token().await?;
         Ok(Self { ts, clock, admin })
     }
 
-    fn assignments(&self) -> AssignmentServiceClient<tonic::transport::Channel> {
+    pub(crate) fn assignments(&self) -> AssignmentServiceClient<tonic::transport::Channel> {
         AssignmentServiceClient::new(self.ts.channel.clone())
     }
 
-    async fn user(&self, name: &str) -> anyhow::Result<User> {
+    pub(crate) async fn user(&self, name: &str) -> anyhow::Result<User> {
         let password = format!("{name}'s long passphrase");
         let created = DirectoryServiceClient::new(self.ts.channel.clone())
             .create_user(authed(
@@ -112,11 +112,11 @@ impl World {
     }
 
     /// The user's token after a fresh MFA step-up.
-    fn stepped_up(&self, user: &User) -> anyhow::Result<String> {
+    pub(crate) fn stepped_up(&self, user: &User) -> anyhow::Result<String> {
         self.ts.stepped_up_token(&user.id, &user.name, self.clock.now_ms())
     }
 
-    async fn make_eligible(&self, user: &User, role: &str) -> anyhow::Result<()> {
+    pub(crate) async fn make_eligible(&self, user: &User, role: &str) -> anyhow::Result<()> {
         self.assignments()
             .create_request(authed(
                 &self.admin,
@@ -131,7 +131,7 @@ impl World {
         Ok(())
     }
 
-    async fn check(&self, principal: &str, role: &str) -> anyhow::Result<apb::CheckAccessResponse> {
+    pub(crate) async fn check(&self, principal: &str, role: &str) -> anyhow::Result<apb::CheckAccessResponse> {
         let r = AccessServiceClient::new(self.ts.channel.clone())
             .check_access(authed(
                 &self.admin,
@@ -145,7 +145,7 @@ impl World {
         Ok(r.into_inner())
     }
 
-    async fn set_policy(
+    pub(crate) async fn set_policy(
         &self,
         role: &str,
         change: impl FnOnce(&mut apb::RolePolicy),
@@ -172,11 +172,16 @@ impl World {
     }
 
     /// Every event of `event_type` on the assignment stream so far.
-    async fn events(&self, event_type: &str) -> anyhow::Result<Vec<Envelope>> {
+    pub(crate) async fn events(&self, event_type: &str) -> anyhow::Result<Vec<Envelope>> {
+        self.events_on(streams::ASSIGNMENT, event_type).await
+    }
+
+    /// Every event of `event_type` on `stream` so far.
+    pub(crate) async fn events_on(&self, stream: &str, event_type: &str) -> anyhow::Result<Vec<Envelope>> {
         let mut redis = redis::Client::open(redis_url())?
             .get_multiplexed_async_connection()
             .await?;
-        let key = format!("{}{}", self.ts.stream_prefix, streams::ASSIGNMENT);
+        let key = format!("{}{}", self.ts.stream_prefix, stream);
         let entries: redis::streams::StreamRangeReply = redis.xrange_all(key).await?;
         Ok(entries
             .ids
@@ -187,7 +192,7 @@ impl World {
             .collect())
     }
 
-    async fn eventually_events(&self, event_type: &str, n: usize) -> anyhow::Result<Vec<Envelope>> {
+    pub(crate) async fn eventually_events(&self, event_type: &str, n: usize) -> anyhow::Result<Vec<Envelope>> {
         eventually(Duration::from_secs(10), event_type, || async {
             let found = self.events(event_type).await?;
             Ok((found.len() >= n).then_some(found))
@@ -195,7 +200,7 @@ impl World {
         .await
     }
 
-    async fn tick(&self) -> anyhow::Result<usize> {
+    pub(crate) async fn tick(&self) -> anyhow::Result<usize> {
         Ok(self
             .ts
             .suite
@@ -207,7 +212,7 @@ impl World {
     }
 }
 
-async fn run<F, Fut>(test: F) -> anyhow::Result<()>
+pub(crate) async fn run<F, Fut>(test: F) -> anyhow::Result<()>
 where
     F: FnOnce(World) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<World>>,
@@ -572,22 +577,19 @@ async fn approval_holds_the_activation_and_the_window_starts_when_approved() -> 
         let first = watch.message().await?.expect("the current status first");
         assert_eq!(first.status, apb::RequestStatus::PendingApproval as i32);
 
-        // Half an hour of waiting, then the approval service says yes.
+        // Half an hour of waiting, then an approver (a default one: the admin) says yes.
         w.clock.advance(Duration::from_secs(1800));
         let approved_at = w.clock.now_ms();
-        let granted = ev::ApprovalCompleted {
-            actor: None,
-            approval_id: "approval-1".into(),
-            request_id: pending.id.clone(),
-            outcome: "Granted".into(),
-        };
-        RedisPublisher::connect(&redis_url(), &w.ts.stream_prefix)
-            .await?
-            .publish(
-                streams::APPROVAL,
-                &envelope("pim.approval", "ApprovalGranted", &pending.id, &granted),
-                0,
-            )
+        let approval = w.approval_of(&pending.id).await?;
+        w.approvals()
+            .decide(authed(
+                &w.admin,
+                pim_proto::approval::v1::DecideRequest {
+                    approval_id: approval.id,
+                    decision: pim_proto::approval::v1::Decision::Approve as i32,
+                    justification: "on call".into(),
+                },
+            ))
             .await?;
         let mut last = first;
         while last.status != apb::RequestStatus::Provisioned as i32 {

@@ -1,43 +1,111 @@
-//! Approval: four-eyes decisions on activation requests, and access reviews. This is the
-//! walking skeleton: the service is hosted, migrated and healthy, and every RPC answers
-//! UNIMPLEMENTED until the approval issue lands.
+//! Approval: four-eyes decisions on activation requests (stages, N-of-M, default approvers,
+//! timeouts, escalation), streamed to people and bots; and access reviews.
 
-use sea_orm_migration::{MigrationTrait, MigratorTrait};
+mod approvals;
+mod grpc;
+mod store;
+
+use std::sync::Arc;
+
+use sea_orm::DatabaseTransaction;
+use sea_orm_migration::MigratorTrait;
 use tonic::service::RoutesBuilder;
 
 use pim_proto::approval::v1::access_review_service_server::{AccessReviewService, AccessReviewServiceServer};
-use pim_proto::approval::v1::approval_service_server::{ApprovalService, ApprovalServiceServer};
-use pim_runtime::db::Db;
-use pim_runtime::events::{Outbox, backbone_migration};
+use pim_proto::approval::v1::approval_service_server::ApprovalServiceServer;
+use pim_proto::events::v1 as ev;
+use pim_proto::identity::v1::directory_service_client::DirectoryServiceClient;
+use pim_runtime::db::{Db, from_timestamp};
+use pim_runtime::events::{Envelope, EventHandler, Outbox, decode, short_type, streams};
 use pim_runtime::host::{Deps, Service};
 
-struct Migrator;
-
-impl MigratorTrait for Migrator {
-    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![backbone_migration()]
-    }
-}
-
-struct Approvals;
-impl ApprovalService for Approvals {}
+pub use approvals::Approvals;
 
 struct Reviews;
 impl AccessReviewService for Reviews {}
 
 #[derive(Clone)]
 pub struct Approval {
-    db: Db,
-    outbox: Outbox,
+    approvals: Approvals,
 }
 
 impl Approval {
     pub async fn build(deps: Deps) -> anyhow::Result<Self> {
-        Migrator::up(&deps.db, None).await?;
+        store::Migrator::up(&deps.db, None).await?;
         Ok(Self {
-            db: deps.db,
-            outbox: Outbox::default(),
+            approvals: Approvals {
+                db: deps.db,
+                outbox: Outbox::default(),
+                access: deps.access,
+                identity: DirectoryServiceClient::new(deps.identity),
+                clock: deps.clock,
+                changed: Arc::new(tokio::sync::watch::channel(0).0),
+            },
         })
+    }
+
+    /// The approval logic (tests run its timer pass after moving the clock).
+    pub fn approvals(&self) -> &Approvals {
+        &self.approvals
+    }
+
+    /// The service's database (tests reach past the API to prove its constraints).
+    pub fn approvals_db(&self) -> &Db {
+        &self.approvals.db
+    }
+}
+
+/// Opens approvals from assignment's requests, cancels them when a request is withdrawn,
+/// and learns activation times (for approvers' context and access-review recommendations).
+struct AssignmentEvents(Approvals);
+
+#[async_trait::async_trait]
+impl EventHandler for AssignmentEvents {
+    fn consumer(&self) -> &str {
+        "approval"
+    }
+
+    fn streams(&self) -> Vec<&'static str> {
+        vec![streams::ASSIGNMENT]
+    }
+
+    async fn handle(&self, txn: &DatabaseTransaction, envelope: &Envelope) -> anyhow::Result<()> {
+        match short_type(envelope) {
+            "RequestCreated" => self.0.open(txn, &decode(envelope)?).await,
+            "RequestStatusChanged" => {
+                let e: ev::RequestStatusChanged = decode(envelope)?;
+                if e.status == "Canceled" {
+                    self.0.cancel_for_request(txn, &e.request_id, e.actor).await?;
+                }
+                Ok(())
+            }
+            "RoleActivated" => {
+                let e: ev::RoleActivated = decode(envelope)?;
+                store::record_activation(
+                    txn,
+                    &store::ActivationRow {
+                        assignment_id: e.assignment_id,
+                        principal_id: e.principal_id,
+                        role_id: e.role_id,
+                        role_name: e.role_name,
+                        scope: e.scope,
+                        start_at: e.start_time.as_ref().map(from_timestamp).unwrap_or_default(),
+                        end_at: e.end_time.as_ref().map(from_timestamp),
+                    },
+                )
+                .await?;
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Watchers in this process look again at once.
+    async fn after_commit(&self, envelope: &Envelope) {
+        if short_type(envelope) != "RoleActivated" {
+            self.0.changed.send_modify(|n| *n += 1);
+            self.0.outbox.wake();
+        }
     }
 }
 
@@ -52,15 +120,23 @@ impl Service for Approval {
 
     fn add_routes(&self, routes: &mut RoutesBuilder) {
         routes
-            .add_service(ApprovalServiceServer::new(Approvals))
+            .add_service(ApprovalServiceServer::new(self.approvals.clone()))
             .add_service(AccessReviewServiceServer::new(Reviews));
     }
 
     fn db(&self) -> &Db {
-        &self.db
+        &self.approvals.db
     }
 
     fn outbox(&self) -> &Outbox {
-        &self.outbox
+        &self.approvals.outbox
+    }
+
+    fn handlers(&self) -> Vec<Arc<dyn EventHandler>> {
+        vec![Arc::new(AssignmentEvents(self.approvals.clone()))]
+    }
+
+    fn background(&self, stop: tokio::sync::watch::Receiver<bool>) -> Vec<tokio::task::JoinHandle<()>> {
+        vec![self.approvals.spawn_timers(stop)]
     }
 }

@@ -478,6 +478,19 @@ impl Assignments {
             start_time: Some(to_timestamp(request.start_at)),
             end_time: request.end_at.map(to_timestamp),
             status: request.status.clone(),
+            approval_stages: if request.status == "PendingApproval" {
+                serde_json::from_str::<Policy>(&request.policy)
+                    .unwrap_or_default()
+                    .effective_stages()
+                    .iter()
+                    .map(crate::grpc::stage_to_pb)
+                    .collect()
+            } else {
+                Vec::new()
+            },
+            duration: request
+                .duration_ms
+                .map(|ms| crate::grpc::duration_to_pb(Duration::from_millis(ms.max(0) as u64))),
         }
     }
 
@@ -753,6 +766,13 @@ impl Assignments {
                 role.name,
                 scope.as_str(),
                 a.end_at.map(|e| e.to_string()).unwrap_or_else(|| "forever".into())
+            )));
+        }
+        if store::pending_activation_exists(&self.db, &caller.principal_id, &role.id, scope.as_str()).await? {
+            return Err(Error::FailedPrecondition(format!(
+                "an activation of {} at {} is already waiting for approval; cancel it or wait for the decision",
+                role.name,
+                scope.as_str()
             )));
         }
         let length = schedule.end.map(|e| e - schedule.start).unwrap_or_default();

@@ -137,7 +137,39 @@ pub struct Policy {
     pub active_requires_justification: bool,
     pub mfa_freshness: Duration,
     pub min_activation_before_deactivate: Duration,
+    /// Approval stages in order; empty means one stage of `approver_ids` with
+    /// `approval_timeout` where the first decision wins.
+    pub approval_stages: Vec<ApprovalStage>,
 }
+
+/// One stage of an approval (the approval service runs them).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct ApprovalStage {
+    /// Users, groups or service principals; empty means the default approvers.
+    pub approver_ids: Vec<String>,
+    pub approvals_required: u32,
+    pub timeout: Duration,
+    pub escalation_approver_ids: Vec<String>,
+    pub escalate_after: Duration,
+    pub justification_required: bool,
+}
+
+impl Default for ApprovalStage {
+    fn default() -> Self {
+        Self {
+            approver_ids: Vec::new(),
+            approvals_required: 1,
+            timeout: 24 * HOUR,
+            escalation_approver_ids: Vec::new(),
+            escalate_after: Duration::ZERO,
+            justification_required: true,
+        }
+    }
+}
+
+const MAX_STAGES: usize = 5;
+const MAX_APPROVERS: usize = 100;
 
 impl Default for Policy {
     fn default() -> Self {
@@ -156,6 +188,7 @@ impl Default for Policy {
             active_requires_justification: true,
             mfa_freshness: Duration::from_secs(600),
             min_activation_before_deactivate: Duration::ZERO,
+            approval_stages: Vec::new(),
         }
     }
 }
@@ -232,10 +265,50 @@ impl Policy {
             Duration::ZERO,
             24 * HOUR,
         )?;
-        if self.approver_ids.len() > 100 || self.approver_ids.iter().any(|a| a.trim().is_empty()) {
+        let ids_ok = |ids: &[String]| ids.len() <= MAX_APPROVERS && ids.iter().all(|a| !a.trim().is_empty());
+        if !ids_ok(&self.approver_ids) {
             return Err(Error::invalid("approver_ids", "at most 100 non-empty principal ids"));
         }
+        if self.approval_stages.len() > MAX_STAGES {
+            return Err(Error::invalid("approval_stages", "at most 5 stages"));
+        }
+        for stage in &self.approval_stages {
+            if !ids_ok(&stage.approver_ids) || !ids_ok(&stage.escalation_approver_ids) {
+                return Err(Error::invalid(
+                    "approval_stages.approver_ids",
+                    "at most 100 non-empty principal ids",
+                ));
+            }
+            if stage.approvals_required == 0 || stage.approvals_required > 10 {
+                return Err(Error::invalid("approval_stages.approvals_required", "must be 1 to 10"));
+            }
+            if !stage.approver_ids.is_empty() && stage.approvals_required as usize > stage.approver_ids.len() {
+                return Err(Error::invalid(
+                    "approval_stages.approvals_required",
+                    "cannot exceed the number of approvers named",
+                ));
+            }
+            within("approval_stages.timeout", stage.timeout, MINUTE, 30 * DAY)?;
+            if stage.escalate_after >= stage.timeout {
+                return Err(Error::invalid(
+                    "approval_stages.escalate_after",
+                    "must be shorter than the stage's timeout",
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// The approval stages a request made under this policy goes through.
+    pub fn effective_stages(&self) -> Vec<ApprovalStage> {
+        if !self.approval_stages.is_empty() {
+            return self.approval_stages.clone();
+        }
+        vec![ApprovalStage {
+            approver_ids: self.approver_ids.clone(),
+            timeout: self.approval_timeout,
+            ..ApprovalStage::default()
+        }]
     }
 
     /// Checks an activation against the policy and resolves its schedule: it starts at the

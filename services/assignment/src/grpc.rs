@@ -10,7 +10,7 @@ use pim_proto::assignment::v1::assignment_service_server::AssignmentService;
 use pim_proto::assignment::v1::policy_service_server::PolicyService;
 use pim_proto::assignment::v1::reconcile_service_server::ReconcileService;
 use pim_proto::assignment::v1::role_service_server::RoleService;
-use pim_proto::common::v1::PrincipalKind;
+use pim_proto::common::v1::{ApprovalStageSettings, PrincipalKind};
 use pim_runtime::access::{Target, permissions};
 use pim_runtime::auth::caller;
 use pim_runtime::db::{from_timestamp, to_timestamp};
@@ -20,7 +20,7 @@ use std::pin::Pin;
 use tokio_stream::Stream;
 
 use crate::assignments::{ActivateRequest, AdminAssignRequest, Assignments, EndRequest, FINAL_STATUSES};
-use crate::domain::{ActivationAsk, AdminAssignment, Expiration, Kind, Policy, Scope};
+use crate::domain::{ActivationAsk, AdminAssignment, ApprovalStage, Expiration, Kind, Policy, Scope};
 use crate::error::Error;
 use crate::store::{AssignmentRow, RequestRow, RoleRow};
 
@@ -163,7 +163,7 @@ fn assignment_to_pb(
     }
 }
 
-fn duration_to_pb(d: Duration) -> prost_types::Duration {
+pub(crate) fn duration_to_pb(d: Duration) -> prost_types::Duration {
     prost_types::Duration {
         seconds: d.as_secs() as i64,
         nanos: 0,
@@ -195,7 +195,42 @@ fn policy_to_pb(role_id: String, scope: String, p: Policy) -> pb::RolePolicy {
         active_requires_justification: p.active_requires_justification,
         mfa_freshness: Some(duration_to_pb(p.mfa_freshness)),
         min_activation_before_deactivate: Some(duration_to_pb(p.min_activation_before_deactivate)),
+        approval_stages: p.approval_stages.iter().map(stage_to_pb).collect(),
     }
+}
+
+pub(crate) fn stage_to_pb(s: &ApprovalStage) -> ApprovalStageSettings {
+    ApprovalStageSettings {
+        approver_ids: s.approver_ids.clone(),
+        approvals_required: s.approvals_required as i32,
+        timeout: Some(duration_to_pb(s.timeout)),
+        escalation_approver_ids: s.escalation_approver_ids.clone(),
+        escalate_after: (!s.escalate_after.is_zero()).then(|| duration_to_pb(s.escalate_after)),
+        justification_required: s.justification_required,
+    }
+}
+
+fn stage_from_pb(s: ApprovalStageSettings) -> Result<ApprovalStage, Error> {
+    let d = ApprovalStage::default();
+    let trim = |ids: Vec<String>| ids.into_iter().map(|a| a.trim().to_owned()).collect();
+    Ok(ApprovalStage {
+        approver_ids: trim(s.approver_ids),
+        approvals_required: match s.approvals_required {
+            0 => 1,
+            n if n < 0 => return Err(Error::invalid("approval_stages.approvals_required", "must be 1 to 10")),
+            n => n as u32,
+        },
+        timeout: match &s.timeout {
+            Some(t) => duration_from_pb("approval_stages.timeout", t)?,
+            None => d.timeout,
+        },
+        escalation_approver_ids: trim(s.escalation_approver_ids),
+        escalate_after: match &s.escalate_after {
+            Some(t) => duration_from_pb("approval_stages.escalate_after", t)?,
+            None => Duration::ZERO,
+        },
+        justification_required: s.justification_required,
+    })
 }
 
 fn policy_from_pb(p: pb::RolePolicy) -> Result<Policy, Error> {
@@ -231,6 +266,11 @@ fn policy_from_pb(p: pb::RolePolicy) -> Result<Policy, Error> {
             &p.min_activation_before_deactivate,
             d.min_activation_before_deactivate,
         )?,
+        approval_stages: p
+            .approval_stages
+            .into_iter()
+            .map(stage_from_pb)
+            .collect::<Result<_, _>>()?,
     })
 }
 

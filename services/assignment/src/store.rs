@@ -446,6 +446,22 @@ impl RequestRow {
     }
 }
 
+/// Whether the principal already waits for approval of an activation of this role here.
+pub async fn pending_activation_exists<C: ConnectionTrait>(
+    c: &C,
+    principal_id: &str,
+    role_id: &str,
+    scope: &str,
+) -> Result<bool, DbErr> {
+    Ok(db::query_one(
+        c,
+        "SELECT id FROM requests WHERE principal_id = $1 AND role_id = $2 AND scope = $3 AND status = 'PendingApproval' LIMIT 1",
+        vec![principal_id.into(), role_id.into(), scope.into()],
+    )
+    .await?
+    .is_some())
+}
+
 pub async fn insert_request<C: ConnectionTrait>(c: &C, r: &RequestRow) -> Result<(), DbErr> {
     db::exec(
         c,

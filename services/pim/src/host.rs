@@ -123,6 +123,7 @@ pub struct Suite {
     identity: Option<Identity>,
     assignment: Option<Assignment>,
     audit: Option<Audit>,
+    approval: Option<Approval>,
     services: Vec<Arc<dyn Service>>,
 }
 
@@ -177,7 +178,7 @@ impl Suite {
         let access: Arc<dyn AccessCheck> = cache.clone();
 
         let mut services: Vec<Arc<dyn Service>> = Vec::new();
-        let (mut identity, mut assignment, mut audit) = (None, None, None);
+        let (mut identity, mut assignment, mut audit, mut approval) = (None, None, None, None);
         for (name, database_url) in &options.databases {
             let db = db::connect(database_url)
                 .await
@@ -201,7 +202,11 @@ impl Suite {
                     assignment = Some(s.clone());
                     Arc::new(s)
                 }
-                ServiceName::Approval => Arc::new(Approval::build(deps).await?),
+                ServiceName::Approval => {
+                    let s = Approval::build(deps).await?;
+                    approval = Some(s.clone());
+                    Arc::new(s)
+                }
                 ServiceName::Alerting => Arc::new(Alerting::build(deps).await?),
                 ServiceName::Audit => {
                     let s = Audit::build(deps).await?;
@@ -308,6 +313,7 @@ impl Suite {
             identity,
             assignment,
             audit,
+            approval,
             services,
         })
     }
@@ -331,6 +337,10 @@ impl Suite {
 
     pub fn audit(&self) -> Option<&Audit> {
         self.audit.as_ref()
+    }
+
+    pub fn approval(&self) -> Option<&Approval> {
+        self.approval.as_ref()
     }
 
     pub fn services(&self) -> &[Arc<dyn Service>] {

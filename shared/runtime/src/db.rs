@@ -79,6 +79,15 @@ pub trait Dialect {
             "INTEGER PRIMARY KEY AUTOINCREMENT"
         }
     }
+    /// A row lock held to the end of the transaction (PostgreSQL); SQLite's one writer
+    /// already serializes transactions.
+    fn for_update(&self) -> &'static str {
+        if self.backend() == DbBackend::Postgres {
+            " FOR UPDATE"
+        } else {
+            ""
+        }
+    }
     /// Row locks for work queues: PostgreSQL skips rows another replica holds; SQLite has
     /// one writer per file, so there is nothing to skip.
     fn skip_locked(&self) -> &'static str {

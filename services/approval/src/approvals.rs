@@ -1,0 +1,595 @@
+//! Four-eyes approval of requests assignment holds as PendingApproval: created from its
+//! events, decided stage by stage by the approvers the policy names (or the default approvers),
+//! expired by a durable timer, and handed back to assignment as ApprovalGranted / Denied /
+//! Expired events.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use sea_orm::{DatabaseTransaction, TransactionTrait};
+use tonic::Status;
+use tonic::transport::Channel;
+
+use pim_proto::common::v1::{Actor, ApprovalStageSettings, PrincipalKind};
+use pim_proto::events::v1 as ev;
+use pim_proto::identity::v1::ListPrincipalGroupsRequest;
+use pim_proto::identity::v1::directory_service_client::DirectoryServiceClient;
+use pim_runtime::access::{AccessCheck, Target, permissions, require};
+use pim_runtime::auth::Caller;
+use pim_runtime::clock::Clock;
+use pim_runtime::db::{Db, from_timestamp};
+use pim_runtime::events::{Outbox, envelope, streams};
+use pim_runtime::grpc::{internal, invalid_argument};
+
+use crate::store::{self, ApprovalRow, DecisionRow, PENDING, Stage};
+
+/// Entra's built-in role ids (the default approvers hold one of them).
+pub const GLOBAL_ADMINISTRATOR: &str = "62e90394-69f5-4237-9190-012177145e10";
+pub const PRIVILEGED_ROLE_ADMINISTRATOR: &str = "e8611ab8-c189-46e8-94e1-60213ab1f814";
+
+const DEFAULT_TIMEOUT_MS: i64 = 24 * 3_600_000;
+const MAX_JUSTIFICATION: usize = 1000;
+
+pub(crate) fn db_err(err: sea_orm::DbErr) -> Status {
+    internal(err)
+}
+
+#[derive(Clone)]
+pub struct Approvals {
+    pub(crate) db: Db,
+    pub(crate) outbox: Outbox,
+    pub(crate) access: Arc<dyn AccessCheck>,
+    pub(crate) identity: DirectoryServiceClient<Channel>,
+    pub(crate) clock: Arc<dyn Clock>,
+    /// Bumped after every committed change, so watchers look again at once.
+    pub(crate) changed: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+/// The system as the actor of what a timer does.
+fn system_actor() -> Actor {
+    Actor {
+        principal_id: "system".into(),
+        kind: PrincipalKind::Unspecified as i32,
+        display_name: "PIM approval".into(),
+    }
+}
+
+fn stage_from_settings(s: &ApprovalStageSettings) -> Stage {
+    let ms = |d: &Option<prost_types::Duration>| {
+        d.as_ref()
+            .map(|d| d.seconds.saturating_mul(1000) + i64::from(d.nanos) / 1_000_000)
+            .filter(|ms| *ms > 0)
+    };
+    Stage {
+        approver_ids: s.approver_ids.clone(),
+        approvals_required: s.approvals_required.max(1) as u32,
+        timeout_ms: ms(&s.timeout).unwrap_or(DEFAULT_TIMEOUT_MS),
+        escalation_approver_ids: s.escalation_approver_ids.clone(),
+        escalate_after_ms: ms(&s.escalate_after).unwrap_or(0),
+        justification_required: s.justification_required,
+    }
+}
+
+impl Approvals {
+    pub fn now(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    async fn emit(
+        &self,
+        txn: &DatabaseTransaction,
+        event_type: &str,
+        subject: &str,
+        data: &impl prost::Message,
+    ) -> Result<(), Status> {
+        self.outbox
+            .enqueue(
+                txn,
+                streams::APPROVAL,
+                &envelope("pim.approval", event_type, subject, data),
+            )
+            .await
+            .map_err(db_err)
+    }
+
+    fn committed(&self) {
+        self.outbox.wake();
+        self.changed.send_modify(|n| *n += 1);
+    }
+
+    /// Opens an approval for a request assignment holds as PendingApproval (from its
+    /// RequestCreated event). Idempotent: one approval per request.
+    pub async fn open(&self, txn: &DatabaseTransaction, e: &ev::RequestCreated) -> anyhow::Result<()> {
+        if e.status != "PendingApproval" {
+            return Ok(());
+        }
+        let mut stages: Vec<Stage> = e.approval_stages.iter().map(stage_from_settings).collect();
+        if stages.is_empty() {
+            stages.push(stage_from_settings(&ApprovalStageSettings::default()));
+        }
+        let now = self.now();
+        let duration_ms = match (&e.duration, &e.start_time, &e.end_time) {
+            (Some(d), _, _) => d.seconds.saturating_mul(1000),
+            (None, Some(s), Some(end)) => from_timestamp(end) - from_timestamp(s),
+            _ => 0,
+        };
+        let ticket = e.ticket.clone().unwrap_or_default();
+        let approval = ApprovalRow {
+            id: uuid::Uuid::now_v7().to_string(),
+            request_id: e.request_id.clone(),
+            requester_id: e.principal_id.clone(),
+            role_id: e.role_id.clone(),
+            role_name: e.role_name.clone(),
+            scope: e.scope.clone(),
+            duration_ms,
+            justification: e.justification.clone(),
+            ticket_system: ticket.system,
+            ticket_number: ticket.number,
+            status: PENDING.into(),
+            stage: 0,
+            stage_started_at: now,
+            expires_at: now + stages[0].timeout_ms,
+            stages,
+            escalated: false,
+            created_at: now,
+            completed_at: None,
+            rev: store::next_rev(txn).await?,
+        };
+        if !store::insert(txn, &approval).await? {
+            return Ok(());
+        }
+        let created = ev::ApprovalCreated {
+            approval_id: approval.id.clone(),
+            request_id: approval.request_id.clone(),
+            requester_id: approval.requester_id.clone(),
+            role_id: approval.role_id.clone(),
+            scope: approval.scope.clone(),
+        };
+        self.emit(txn, "ApprovalCreated", &approval.id, &created).await?;
+        Ok(())
+    }
+
+    /// The requester withdrew the request (assignment's RequestStatusChanged → Canceled).
+    pub async fn cancel_for_request(
+        &self,
+        txn: &DatabaseTransaction,
+        request_id: &str,
+        actor: Option<Actor>,
+    ) -> anyhow::Result<()> {
+        let Some(mut approval) = store::by_request(txn, request_id).await? else {
+            return Ok(());
+        };
+        if approval.status != PENDING {
+            return Ok(());
+        }
+        self.complete(txn, &mut approval, "Canceled", actor).await?;
+        Ok(())
+    }
+
+    /// Ends an approval with `outcome` and tells assignment.
+    async fn complete(
+        &self,
+        txn: &DatabaseTransaction,
+        approval: &mut ApprovalRow,
+        outcome: &str,
+        actor: Option<Actor>,
+    ) -> Result<(), Status> {
+        approval.status = outcome.into();
+        approval.completed_at = Some(self.now());
+        approval.rev = store::next_rev(txn).await.map_err(db_err)?;
+        store::update(txn, approval).await.map_err(db_err)?;
+        let event_type = match outcome {
+            "Approved" => "ApprovalGranted",
+            "Denied" => "ApprovalDenied",
+            "Expired" => "ApprovalExpired",
+            _ => "ApprovalCanceled",
+        };
+        self.emit(
+            txn,
+            event_type,
+            &approval.id,
+            &self.completed_event(approval, outcome, actor),
+        )
+        .await
+    }
+
+    fn completed_event(&self, a: &ApprovalRow, outcome: &str, actor: Option<Actor>) -> ev::ApprovalCompleted {
+        ev::ApprovalCompleted {
+            actor,
+            approval_id: a.id.clone(),
+            request_id: a.request_id.clone(),
+            outcome: outcome.into(),
+            requester_id: a.requester_id.clone(),
+            role_id: a.role_id.clone(),
+            scope: a.scope.clone(),
+        }
+    }
+
+    /// Whether `caller` may decide the current stage of `approval` now. The requester never
+    /// may; service principals only where the policy names them.
+    pub async fn may_decide(
+        &self,
+        caller: &Caller,
+        approval: &ApprovalRow,
+        groups: &mut Option<HashSet<String>>,
+    ) -> Result<bool, Status> {
+        if caller.principal_id == approval.requester_id || approval.status != PENDING {
+            return Ok(false);
+        }
+        let stage = approval.current_stage();
+        let escalated = approval.escalates_at().is_some_and(|at| at <= self.now());
+        let named: Vec<&String> = stage
+            .approver_ids
+            .iter()
+            .chain(stage.escalation_approver_ids.iter().filter(|_| escalated))
+            .collect();
+        if named.iter().any(|id| **id == caller.principal_id) {
+            return Ok(true);
+        }
+        if caller.kind != PrincipalKind::User {
+            return Ok(false);
+        }
+        if !named.is_empty() {
+            let groups = match groups {
+                Some(g) => g,
+                None => groups.insert(self.groups_of(caller).await?),
+            };
+            if named.iter().any(|id| groups.contains(id.as_str())) {
+                return Ok(true);
+            }
+        }
+        if stage.approver_ids.is_empty() {
+            return self.is_default_approver(caller).await;
+        }
+        Ok(false)
+    }
+
+    /// Default approvers: whoever is active Privileged Role Administrator or Global
+    /// Administrator when deciding (asked of assignment).
+    async fn is_default_approver(&self, caller: &Caller) -> Result<bool, Status> {
+        for role in [PRIVILEGED_ROLE_ADMINISTRATOR, GLOBAL_ADMINISTRATOR] {
+            let d = self
+                .access
+                .check(caller, &caller.principal_id, &Target::Role(role.to_owned()), "/")
+                .await?;
+            if d.allowed {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    async fn groups_of(&self, caller: &Caller) -> Result<HashSet<String>, Status> {
+        let mut request = tonic::Request::new(ListPrincipalGroupsRequest {
+            principal_id: caller.principal_id.clone(),
+        });
+        let bearer = format!("Bearer {}", caller.token())
+            .parse()
+            .map_err(|_| Status::unauthenticated("access token is not valid"))?;
+        request.metadata_mut().insert("authorization", bearer);
+        request.set_timeout(std::time::Duration::from_secs(3));
+        let groups = self
+            .identity
+            .clone()
+            .list_principal_groups(request)
+            .await
+            .map_err(|s| {
+                tracing::warn!(code = ?s.code(), "group lookup for an approver failed");
+                Status::unavailable("group membership is unavailable; try again")
+            })?
+            .into_inner()
+            .groups;
+        Ok(groups.into_iter().map(|g| g.id).collect())
+    }
+
+    /// Whether `caller` may see `approval`: its requester, anyone who decided it or may
+    /// decide it, and approval managers.
+    async fn may_read(
+        &self,
+        caller: &Caller,
+        approval: &ApprovalRow,
+        decisions: &[DecisionRow],
+    ) -> Result<bool, Status> {
+        if caller.principal_id == approval.requester_id
+            || decisions.iter().any(|d| d.approver_id == caller.principal_id)
+        {
+            return Ok(true);
+        }
+        if self.may_decide(caller, approval, &mut None).await? {
+            return Ok(true);
+        }
+        Ok(
+            require(self.access.as_ref(), caller, permissions::APPROVALS_MANAGE, "/")
+                .await
+                .is_ok(),
+        )
+    }
+
+    pub async fn get(&self, caller: &Caller, id: &str) -> Result<(ApprovalRow, Vec<DecisionRow>), Status> {
+        let approval = store::get(&self.db, id)
+            .await
+            .map_err(db_err)?
+            .ok_or_else(|| Status::not_found(format!("approval {id} not found")))?;
+        let decisions = store::decisions(&self.db, id).await.map_err(db_err)?;
+        if !self.may_read(caller, &approval, &decisions).await? {
+            return Err(Status::permission_denied(
+                "only the requester, its approvers and approval managers see an approval",
+            ));
+        }
+        Ok((approval, decisions))
+    }
+
+    /// Records a decision. A deny ends the approval; enough approvals pass the stage, and
+    /// the last stage passing grants it. Concurrent decisions serialize on the approval row,
+    /// so approve and deny racing end in exactly one final state.
+    pub async fn decide(
+        &self,
+        caller: &Caller,
+        id: &str,
+        approve: bool,
+        justification: &str,
+    ) -> Result<(ApprovalRow, Vec<DecisionRow>), Status> {
+        let justification = justification.trim();
+        if justification.len() > MAX_JUSTIFICATION {
+            return Err(invalid_argument("justification", "at most 1000 characters"));
+        }
+        let decision = if approve { "approve" } else { "deny" };
+        let approval = store::get(&self.db, id)
+            .await
+            .map_err(db_err)?
+            .ok_or_else(|| Status::not_found(format!("approval {id} not found")))?;
+        if caller.principal_id == approval.requester_id {
+            self.record_self_approval_attempt(caller, &approval, decision).await?;
+            return Err(Status::permission_denied(
+                "the requester cannot decide their own request",
+            ));
+        }
+        let decisions = store::decisions(&self.db, id).await.map_err(db_err)?;
+        if let Some(previous) = decisions.iter().find(|d| d.approver_id == caller.principal_id) {
+            return if previous.decision == decision {
+                Ok((approval, decisions))
+            } else {
+                Err(Status::failed_precondition(format!(
+                    "you already decided this approval ({})",
+                    previous.decision
+                )))
+            };
+        }
+        if approval.status != PENDING {
+            return Err(Status::failed_precondition(format!(
+                "approval is already {}",
+                approval.status.to_lowercase()
+            )));
+        }
+        if !self.may_decide(caller, &approval, &mut None).await? {
+            return Err(Status::permission_denied(format!(
+                "you are not an approver of stage {} of this approval",
+                approval.stage + 1
+            )));
+        }
+        if approval.current_stage().justification_required && justification.is_empty() {
+            return Err(invalid_argument(
+                "justification",
+                "this role's policy requires a justification for decisions",
+            ));
+        }
+
+        let now = self.now();
+        let txn = self.db.begin().await.map_err(db_err)?;
+        let mut current = store::lock(&txn, id)
+            .await
+            .map_err(db_err)?
+            .ok_or_else(|| Status::not_found(format!("approval {id} not found")))?;
+        if current.status != PENDING {
+            return Err(Status::failed_precondition(format!(
+                "approval is already {}",
+                current.status.to_lowercase()
+            )));
+        }
+        if current.expires_at <= now {
+            return Err(Status::failed_precondition("approval has expired"));
+        }
+        if current.stage != approval.stage {
+            return Err(Status::aborted("the approval moved to another stage; look again"));
+        }
+        let row = DecisionRow {
+            approval_id: current.id.clone(),
+            approver_id: caller.principal_id.clone(),
+            requester_id: current.requester_id.clone(),
+            stage: current.stage,
+            decision: decision.into(),
+            justification: justification.into(),
+            decided_at: now,
+        };
+        if !store::insert_decision(&txn, &row).await.map_err(db_err)? {
+            return Err(Status::aborted("you decided this approval concurrently; look again"));
+        }
+        let recorded = ev::ApprovalDecisionRecorded {
+            actor: Some(caller.actor()),
+            approval_id: current.id.clone(),
+            request_id: current.request_id.clone(),
+            decision: decision.into(),
+            justification: justification.into(),
+            requester_id: current.requester_id.clone(),
+            role_id: current.role_id.clone(),
+            scope: current.scope.clone(),
+            stage: current.stage as i32,
+        };
+        self.emit(&txn, "ApprovalDecisionRecorded", &current.id, &recorded)
+            .await?;
+        if !approve {
+            self.complete(&txn, &mut current, "Denied", Some(caller.actor()))
+                .await?;
+        } else {
+            let approvals = store::decisions(&txn, id)
+                .await
+                .map_err(db_err)?
+                .iter()
+                .filter(|d| d.stage == current.stage && d.decision == "approve")
+                .count();
+            if approvals as u32 >= current.current_stage().approvals_required {
+                if current.stage + 1 < current.stages.len() {
+                    current.stage += 1;
+                    current.stage_started_at = now;
+                    current.expires_at = now + current.current_stage().timeout_ms;
+                    current.escalated = false;
+                    current.rev = store::next_rev(&txn).await.map_err(db_err)?;
+                    store::update(&txn, &current).await.map_err(db_err)?;
+                } else {
+                    self.complete(&txn, &mut current, "Approved", Some(caller.actor()))
+                        .await?;
+                }
+            }
+        }
+        txn.commit().await.map_err(db_err)?;
+        self.committed();
+        let decisions = store::decisions(&self.db, id).await.map_err(db_err)?;
+        Ok((current, decisions))
+    }
+
+    /// A requester tried to decide their own request: refused, and told (alerting watches
+    /// for it) in a transaction of its own, since the call itself fails.
+    async fn record_self_approval_attempt(
+        &self,
+        caller: &Caller,
+        approval: &ApprovalRow,
+        decision: &str,
+    ) -> Result<(), Status> {
+        let txn = self.db.begin().await.map_err(db_err)?;
+        let attempt = ev::ApprovalDecisionRecorded {
+            actor: Some(caller.actor()),
+            approval_id: approval.id.clone(),
+            request_id: approval.request_id.clone(),
+            decision: decision.into(),
+            justification: String::new(),
+            requester_id: approval.requester_id.clone(),
+            role_id: approval.role_id.clone(),
+            scope: approval.scope.clone(),
+            stage: approval.stage as i32,
+        };
+        self.emit(&txn, "SelfApprovalAttempted", &approval.id, &attempt).await?;
+        txn.commit().await.map_err(db_err)?;
+        self.outbox.wake();
+        Ok(())
+    }
+
+    /// One timer pass: expires stages past their timeout and escalates those due. Rows are
+    /// locked with SKIP LOCKED, so replicas share the work without doubling an event.
+    pub async fn run_timers_once(&self) -> Result<usize, Status> {
+        let now = self.now();
+        let txn = self.db.begin().await.map_err(db_err)?;
+        let due = store::due(&txn, now, 500).await.map_err(db_err)?;
+        let mut fired = 0;
+        for mut approval in due {
+            if approval.expires_at <= now {
+                self.complete(&txn, &mut approval, "Expired", Some(system_actor()))
+                    .await?;
+            } else {
+                approval.escalated = true;
+                approval.rev = store::next_rev(&txn).await.map_err(db_err)?;
+                store::update(&txn, &approval).await.map_err(db_err)?;
+                let event = self.completed_event(&approval, "Escalated", Some(system_actor()));
+                self.emit(&txn, "ApprovalEscalated", &approval.id, &event).await?;
+            }
+            fired += 1;
+        }
+        txn.commit().await.map_err(db_err)?;
+        if fired > 0 {
+            self.committed();
+        }
+        Ok(fired)
+    }
+
+    /// Runs the timer until `stop`, sleeping until the next deadline (at most half a second,
+    /// so deadlines other replicas create are found soon).
+    pub fn spawn_timers(&self, mut stop: tokio::sync::watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let max = std::time::Duration::from_millis(500);
+            loop {
+                if let Err(err) = this.run_timers_once().await {
+                    tracing::warn!(error = %err.message(), "approval timer pass failed");
+                }
+                let sleep = match store::next_deadline(&this.db).await {
+                    Ok(Some(at)) => {
+                        std::time::Duration::from_millis(u64::try_from(at - this.now()).unwrap_or(0)).min(max)
+                    }
+                    _ => max,
+                };
+                tokio::select! {
+                    _ = tokio::time::sleep(sleep.max(std::time::Duration::from_millis(10))) => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+            }
+        })
+    }
+
+    /// Lists approvals: the caller's (requested, decided, or pending ones they may decide),
+    /// or all of them for approval managers.
+    pub async fn list(
+        &self,
+        caller: &Caller,
+        status: Option<&str>,
+        all: bool,
+        before_rev: Option<i64>,
+        page_size: usize,
+    ) -> Result<(Vec<ApprovalRow>, Option<i64>), Status> {
+        if all {
+            require(self.access.as_ref(), caller, permissions::APPROVALS_MANAGE, "/").await?;
+        }
+        let mut out = Vec::new();
+        let mut before = before_rev;
+        let mut groups = None;
+        loop {
+            let filter = store::ListFilter {
+                status,
+                involving: (!all).then_some(caller.principal_id.as_str()),
+                before_rev: before,
+                limit: page_size as u64,
+            };
+            let rows = store::list(&self.db, &filter).await.map_err(db_err)?;
+            let exhausted = rows.len() < page_size;
+            for row in rows {
+                before = Some(row.rev);
+                let mine = all
+                    || row.requester_id == caller.principal_id
+                    || row.status != PENDING
+                    || self.may_decide(caller, &row, &mut groups).await?;
+                if mine && out.len() < page_size {
+                    out.push(row);
+                }
+            }
+            if exhausted {
+                return Ok((out, None));
+            }
+            if out.len() >= page_size {
+                return Ok((out, before));
+            }
+        }
+    }
+
+    /// Pending approvals `caller` may decide (and has not yet) with a revision after `after`,
+    /// oldest first, and the highest revision looked at.
+    pub async fn decidable_after(
+        &self,
+        caller: &Caller,
+        after: i64,
+        groups: &mut Option<HashSet<String>>,
+    ) -> Result<(Vec<ApprovalRow>, Option<i64>), Status> {
+        let rows = store::pending_after(&self.db, after, 500).await.map_err(db_err)?;
+        let high = rows.last().map(|r| r.rev);
+        let mut out = Vec::new();
+        for row in rows {
+            if self.may_decide(caller, &row, groups).await?
+                && !store::decisions(&self.db, &row.id)
+                    .await
+                    .map_err(db_err)?
+                    .iter()
+                    .any(|d| d.approver_id == caller.principal_id)
+            {
+                out.push(row);
+            }
+        }
+        Ok((out, high))
+    }
+}

@@ -1,0 +1,485 @@
+//! Four-eyes approval across assignment and approval on PostgreSQL + Redis: an approver sees
+//! the request in WatchApprovals and approves it into an active role; deny, timeout, N-of-M,
+//! default approvers, separation of duties (also as a table constraint), and racing decisions.
+
+use std::time::Duration;
+
+use prost::Message;
+use tonic::Code;
+
+use pim_e2e::{authed, eventually};
+use pim_proto::approval::v1 as pb;
+use pim_proto::approval::v1::approval_service_client::ApprovalServiceClient;
+use pim_proto::assignment::v1 as apb;
+use pim_proto::common::v1::ApprovalStageSettings;
+use pim_proto::events::v1 as ev;
+use pim_runtime::clock::Clock;
+use pim_runtime::events::streams;
+
+use crate::activation::{EXCHANGE_ADMINISTRATOR, HOUR_MS, User, World, activation, run};
+
+type Client = ApprovalServiceClient<tonic::transport::Channel>;
+
+impl World {
+    pub(crate) fn approvals(&self) -> Client {
+        ApprovalServiceClient::new(self.ts.channel.clone())
+    }
+
+    /// Makes `user` eligible (once) and has them ask for an hour of Exchange Administrator.
+    pub(crate) async fn ask(&self, user: &User, justification: &str) -> anyhow::Result<apb::AssignmentRequest> {
+        if let Err(err) = self.make_eligible(user, EXCHANGE_ADMINISTRATOR).await {
+            let already = err
+                .downcast_ref::<tonic::Status>()
+                .is_some_and(|s| s.code() == Code::AlreadyExists);
+            if !already {
+                return Err(err);
+            }
+        }
+        let mut ask = activation(EXCHANGE_ADMINISTRATOR, HOUR_MS, justification);
+        ask.ticket = Some(pim_proto::common::v1::Ticket {
+            system: "ServiceNow".into(),
+            number: "INC0042".into(),
+        });
+        let request = self
+            .assignments()
+            .create_request(authed(&self.stepped_up(user)?, ask))
+            .await?
+            .into_inner();
+        assert_eq!(request.status, apb::RequestStatus::PendingApproval as i32);
+        Ok(request)
+    }
+
+    /// The approval opened for `request_id`, as an approval manager sees it.
+    pub(crate) async fn approval_of(&self, request_id: &str) -> anyhow::Result<pb::Approval> {
+        eventually(Duration::from_secs(10), "the approval to open", || async {
+            let page = self
+                .approvals()
+                .list_approvals(authed(
+                    &self.admin,
+                    pb::ListApprovalsRequest {
+                        all: true,
+                        page_size: 500,
+                        ..Default::default()
+                    },
+                ))
+                .await?
+                .into_inner();
+            Ok(page.approvals.into_iter().find(|a| a.request_id == request_id))
+        })
+        .await
+    }
+
+    pub(crate) async fn request_status(&self, token: &str, request_id: &str) -> anyhow::Result<i32> {
+        Ok(self
+            .assignments()
+            .get_request(authed(
+                token,
+                apb::GetRequestRequest {
+                    request_id: request_id.into(),
+                },
+            ))
+            .await?
+            .into_inner()
+            .status)
+    }
+
+    pub(crate) async fn eventually_status(
+        &self,
+        token: &str,
+        request_id: &str,
+        status: apb::RequestStatus,
+    ) -> anyhow::Result<()> {
+        eventually(Duration::from_secs(10), status.as_str_name(), || async {
+            Ok((self.request_status(token, request_id).await? == status as i32).then_some(()))
+        })
+        .await
+    }
+
+    async fn require_approval(&self, stages: Vec<ApprovalStageSettings>) -> anyhow::Result<()> {
+        self.set_policy(EXCHANGE_ADMINISTRATOR, |p| {
+            p.approval_required = true;
+            p.approval_stages = stages;
+        })
+        .await?;
+        Ok(())
+    }
+}
+
+fn stage(approvers: &[&User], required: i32) -> ApprovalStageSettings {
+    ApprovalStageSettings {
+        approver_ids: approvers.iter().map(|u| u.id.clone()).collect(),
+        approvals_required: required,
+        justification_required: true,
+        ..Default::default()
+    }
+}
+
+fn decide(id: &str, approve: bool, justification: &str) -> pb::DecideRequest {
+    pb::DecideRequest {
+        approval_id: id.into(),
+        decision: if approve {
+            pb::Decision::Approve
+        } else {
+            pb::Decision::Deny
+        } as i32,
+        justification: justification.into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approver_watching_approves_and_the_role_becomes_active() -> anyhow::Result<()> {
+    run(|w| async move {
+        let (lee, ann) = (w.user("lee").await?, w.user("ann").await?);
+        w.require_approval(vec![stage(&[&ann], 1)]).await?;
+
+        let mut watch = w
+            .approvals()
+            .watch_approvals(authed(&ann.token, pb::WatchApprovalsRequest::default()))
+            .await?
+            .into_inner();
+        let request = w.ask(&lee, "restore the CEO's mailbox").await?;
+        let seen = tokio::time::timeout(Duration::from_secs(10), watch.message())
+            .await??
+            .expect("an approval to decide");
+        assert_eq!(
+            (
+                seen.request_id.as_str(),
+                seen.requester_id.as_str(),
+                seen.role_id.as_str()
+            ),
+            (request.id.as_str(), lee.id.as_str(), EXCHANGE_ADMINISTRATOR)
+        );
+        assert_eq!(seen.justification, "restore the CEO's mailbox");
+        assert_eq!(seen.ticket.as_ref().map(|t| t.number.as_str()), Some("INC0042"));
+        assert_eq!(seen.duration.as_ref().map(|d| d.seconds), Some(HOUR_MS / 1000));
+
+        // Lee sees it too but may not decide it; nobody unnamed may either.
+        let kim = w.user("kim").await?;
+        let refused = w
+            .approvals()
+            .decide(authed(&kim.token, decide(&seen.id, true, "sure")))
+            .await
+            .expect_err("not an approver");
+        assert_eq!(refused.code(), Code::PermissionDenied);
+        let missing = w
+            .approvals()
+            .decide(authed(&ann.token, decide(&seen.id, true, "")))
+            .await
+            .expect_err("the policy asks for a justification");
+        assert_eq!(missing.code(), Code::InvalidArgument);
+
+        let approved = w
+            .approvals()
+            .decide(authed(&ann.token, decide(&seen.id, true, "checked with Lee's manager")))
+            .await?
+            .into_inner();
+        assert_eq!(approved.status, pb::ApprovalStatus::Approved as i32);
+        w.eventually_status(&lee.token, &request.id, apb::RequestStatus::Provisioned)
+            .await?;
+        eventually(Duration::from_secs(5), "CheckAccess to agree", || async {
+            Ok(w.check(&lee.id, EXCHANGE_ADMINISTRATOR).await?.allowed.then_some(()))
+        })
+        .await?;
+
+        // The requester reads the outcome, with their activation history.
+        let mine = eventually(Duration::from_secs(10), "the activation in history", || async {
+            let a = w
+                .approvals()
+                .get_approval(authed(
+                    &lee.token,
+                    pb::GetApprovalRequest {
+                        approval_id: seen.id.clone(),
+                    },
+                ))
+                .await?
+                .into_inner();
+            Ok((!a.requester_history.is_empty()).then_some(a))
+        })
+        .await?;
+        assert_eq!(mine.decisions.len(), 1);
+        assert_eq!(mine.decisions[0].approver_id, ann.id);
+        assert_eq!(mine.requester_history[0].role_id, EXCHANGE_ADMINISTRATOR);
+        // Repeating the decision changes nothing; reversing it is refused.
+        let again = w
+            .approvals()
+            .decide(authed(&ann.token, decide(&seen.id, true, "checked with Lee's manager")))
+            .await?
+            .into_inner();
+        assert_eq!(again.status, pb::ApprovalStatus::Approved as i32);
+        let reversed = w
+            .approvals()
+            .decide(authed(&ann.token, decide(&seen.id, false, "changed my mind")))
+            .await
+            .expect_err("already decided");
+        assert_eq!(reversed.code(), Code::FailedPrecondition);
+        let granted = w.events_on(streams::APPROVAL, "ApprovalGranted").await?;
+        assert_eq!(granted.len(), 1, "one outcome");
+        Ok(w)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deny_ends_it_and_an_unanswered_approval_expires() -> anyhow::Result<()> {
+    run(|w| async move {
+        let (lee, ann, kim) = (w.user("lee").await?, w.user("ann").await?, w.user("kim").await?);
+        w.require_approval(vec![ApprovalStageSettings {
+            timeout: Some(prost_types::Duration { seconds: 600, nanos: 0 }),
+            ..stage(&[&ann, &kim], 1)
+        }])
+        .await?;
+        let request = w.ask(&lee, "mailbox export").await?;
+        let approval = w.approval_of(&request.id).await?;
+        let denied = w
+            .approvals()
+            .decide(authed(&ann.token, decide(&approval.id, false, "no ticket approval")))
+            .await?
+            .into_inner();
+        assert_eq!(denied.status, pb::ApprovalStatus::Denied as i32);
+        w.eventually_status(&lee.token, &request.id, apb::RequestStatus::Denied)
+            .await?;
+        assert!(!w.check(&lee.id, EXCHANGE_ADMINISTRATOR).await?.allowed);
+        let late = w
+            .approvals()
+            .decide(authed(&kim.token, decide(&approval.id, true, "looks fine")))
+            .await
+            .expect_err("already denied");
+        assert_eq!(late.code(), Code::FailedPrecondition);
+
+        // Nobody answers the next one: after the stage's ten minutes it expires.
+        let request = w.ask(&lee, "mailbox export, again").await?;
+        let approval = w.approval_of(&request.id).await?;
+        w.clock.advance(Duration::from_secs(599));
+        let approvals = w.ts.suite.approval().expect("approval runs here").approvals();
+        assert_eq!(approvals.run_timers_once().await?, 0, "not yet");
+        w.clock.advance(Duration::from_secs(1));
+        assert_eq!(approvals.run_timers_once().await?, 1);
+        w.eventually_status(&lee.token, &request.id, apb::RequestStatus::Expired)
+            .await?;
+        let expired = w
+            .approvals()
+            .decide(authed(&ann.token, decide(&approval.id, true, "sorry, late")))
+            .await
+            .expect_err("expired");
+        assert_eq!(expired.code(), Code::FailedPrecondition);
+        assert!(!w.check(&lee.id, EXCHANGE_ADMINISTRATOR).await?.allowed);
+        Ok(w)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_of_three_then_a_second_stage() -> anyhow::Result<()> {
+    run(|w| async move {
+        let lee = w.user("lee").await?;
+        let (a, b, c, d) = (
+            w.user("ann").await?,
+            w.user("bob").await?,
+            w.user("cyd").await?,
+            w.user("dee").await?,
+        );
+        w.require_approval(vec![stage(&[&a, &b, &c], 2), stage(&[&d], 1)])
+            .await?;
+        let request = w.ask(&lee, "quarterly audit").await?;
+        let approval = w.approval_of(&request.id).await?;
+        let first = w
+            .approvals()
+            .decide(authed(&a.token, decide(&approval.id, true, "ok")))
+            .await?
+            .into_inner();
+        assert_eq!(
+            (first.status, first.current_stage),
+            (pb::ApprovalStatus::Pending as i32, 0)
+        );
+        // One approver counts once.
+        let again = w
+            .approvals()
+            .decide(authed(&a.token, decide(&approval.id, true, "ok")))
+            .await?
+            .into_inner();
+        assert_eq!((again.current_stage, again.decisions.len()), (0, 1));
+        // Stage two's approver cannot decide stage one.
+        let early = w
+            .approvals()
+            .decide(authed(&d.token, decide(&approval.id, true, "ok")))
+            .await
+            .expect_err("not yet their stage");
+        assert_eq!(early.code(), Code::PermissionDenied);
+        let second = w
+            .approvals()
+            .decide(authed(&b.token, decide(&approval.id, true, "ok")))
+            .await?
+            .into_inner();
+        assert_eq!(
+            (second.status, second.current_stage),
+            (pb::ApprovalStatus::Pending as i32, 1)
+        );
+        assert_eq!(
+            w.request_status(&lee.token, &request.id).await?,
+            apb::RequestStatus::PendingApproval as i32
+        );
+        let done = w
+            .approvals()
+            .decide(authed(&d.token, decide(&approval.id, true, "ok")))
+            .await?
+            .into_inner();
+        assert_eq!(done.status, pb::ApprovalStatus::Approved as i32);
+        w.eventually_status(&lee.token, &request.id, apb::RequestStatus::Provisioned)
+            .await?;
+        Ok(w)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nobody_approves_their_own_request_and_default_approvers_decide_otherwise() -> anyhow::Result<()> {
+    run(|w| async move {
+        // No approvers named: the default approvers (active Global / Privileged Role
+        // Administrators) decide. The admin is a Global Administrator asking for a role.
+        w.require_approval(Vec::new()).await?;
+        let admin_id = pim_proto::identity::v1::directory_service_client::DirectoryServiceClient::new(w.ts.channel.clone())
+            .get_user(authed(
+                &w.admin,
+                pim_proto::identity::v1::GetUserRequest {
+                    user: w.ts.admin_user.clone(),
+                },
+            ))
+            .await?
+            .into_inner()
+            .id;
+        w.assignments()
+            .create_request(authed(
+                &w.admin,
+                crate::activation::request(
+                    apb::RequestAction::AdminAssign,
+                    apb::AssignmentKind::Eligible,
+                    &admin_id,
+                    EXCHANGE_ADMINISTRATOR,
+                ),
+            ))
+            .await?;
+        let admin_up = w
+            .ts
+            .stepped_up_token(&admin_id, &w.ts.admin_user, w.clock.now_ms())?;
+        let own = w
+            .assignments()
+            .create_request(authed(&admin_up, activation(EXCHANGE_ADMINISTRATOR, HOUR_MS, "self")))
+            .await?
+            .into_inner();
+        let approval = w.approval_of(&own.id).await?;
+        let refused = w
+            .approvals()
+            .decide(authed(&admin_up, decide(&approval.id, true, "I trust me")))
+            .await
+            .expect_err("self-approval");
+        assert_eq!(refused.code(), Code::PermissionDenied);
+        let attempts = eventually(Duration::from_secs(10), "the attempt as an event", || async {
+            let found = w
+                .events_on(streams::APPROVAL, "SelfApprovalAttempted")
+                .await?;
+            Ok((!found.is_empty()).then_some(found))
+        })
+        .await?;
+        assert_eq!(attempts.len(), 1, "the attempt is an event for alerting");
+        let attempt = ev::ApprovalDecisionRecorded::decode(attempts[0].data.as_slice())?;
+        assert_eq!(attempt.actor.map(|a| a.principal_id), Some(admin_id.clone()));
+
+        // The table refuses it too, whatever the code does.
+        let db = w.ts.suite.approval().expect("approval").approvals_db().clone();
+        let direct = pim_runtime::db::exec(
+            &db,
+            "INSERT INTO approval_decisions (approval_id, approver_id, requester_id, stage, decision, justification, decided_at) \
+             VALUES ($1, $2, $2, 0, 'approve', '', 0)",
+            vec![approval.id.clone().into(), admin_id.clone().into()],
+        )
+        .await;
+        assert!(direct.is_err(), "a CHECK constraint refuses self-approval");
+
+        // A plain user is no default approver; a Global Administrator other than the
+        // requester is.
+        let lee = w.user("lee").await?;
+        let request = w.ask(&lee, "mail flow rules").await?;
+        let approval = w.approval_of(&request.id).await?;
+        let refused = w
+            .approvals()
+            .decide(authed(&lee.token, decide(&approval.id, true, "x")))
+            .await
+            .expect_err("requester");
+        assert_eq!(refused.code(), Code::PermissionDenied);
+        let kim = w.user("kim").await?;
+        let refused = w
+            .approvals()
+            .decide(authed(&kim.token, decide(&approval.id, true, "x")))
+            .await
+            .expect_err("no role");
+        assert_eq!(refused.code(), Code::PermissionDenied);
+        let approved = w
+            .approvals()
+            .decide(authed(&w.admin, decide(&approval.id, true, "ticket checked")))
+            .await?
+            .into_inner();
+        assert_eq!(approved.status, pb::ApprovalStatus::Approved as i32);
+        w.eventually_status(&lee.token, &request.id, apb::RequestStatus::Provisioned)
+            .await?;
+        Ok(w)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_approve_and_deny_end_in_exactly_one_state() -> anyhow::Result<()> {
+    run(|w| async move {
+        let (ann, bo) = (w.user("ann").await?, w.user("bob").await?);
+        w.require_approval(vec![stage(&[&ann, &bo], 1)]).await?;
+        let mut requests = Vec::new();
+        for i in 0..100 {
+            let user = w.user(&format!("user{i}")).await?;
+            let request = w.ask(&user, "race").await?;
+            requests.push((user, request));
+        }
+        let mut approvals = Vec::new();
+        for (_, request) in &requests {
+            approvals.push(w.approval_of(&request.id).await?);
+        }
+        let mut races = Vec::new();
+        for approval in &approvals {
+            let (mut one, mut other) = (w.approvals(), w.approvals());
+            let (a, b) = (
+                authed(&ann.token, decide(&approval.id, true, "yes")),
+                authed(&bo.token, decide(&approval.id, false, "no")),
+            );
+            races.push(tokio::spawn(
+                async move { tokio::join!(one.decide(a), other.decide(b)) },
+            ));
+        }
+        let mut approved = 0;
+        for (race, (user, request)) in races.into_iter().zip(&requests) {
+            let (yes, no) = race.await?;
+            let winner = match (yes, no) {
+                (Ok(y), Err(n)) => {
+                    assert_eq!(n.code(), Code::FailedPrecondition, "{n:?}");
+                    approved += 1;
+                    y.into_inner()
+                }
+                (Err(y), Ok(n)) => {
+                    assert_eq!(y.code(), Code::FailedPrecondition, "{y:?}");
+                    n.into_inner()
+                }
+                other => panic!("exactly one decision must win: {other:?}"),
+            };
+            let expected = if winner.status == pb::ApprovalStatus::Approved as i32 {
+                apb::RequestStatus::Provisioned
+            } else {
+                assert_eq!(winner.status, pb::ApprovalStatus::Denied as i32);
+                apb::RequestStatus::Denied
+            };
+            w.eventually_status(&user.token, &request.id, expected).await?;
+        }
+        let outcomes = w.events_on(streams::APPROVAL, "ApprovalGranted").await?.len()
+            + w.events_on(streams::APPROVAL, "ApprovalDenied").await?.len();
+        assert_eq!(outcomes, 100, "one outcome event per approval");
+        assert_eq!(w.events_on(streams::APPROVAL, "ApprovalGranted").await?.len(), approved);
+        Ok(w)
+    })
+    .await
+}
