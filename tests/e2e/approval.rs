@@ -483,3 +483,77 @@ async fn racing_approve_and_deny_end_in_exactly_one_state() -> anyhow::Result<()
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_bot_approves_what_its_rule_allows() -> anyhow::Result<()> {
+    run(|w| async move {
+        let created =
+            pim_proto::identity::v1::directory_service_client::DirectoryServiceClient::new(w.ts.channel.clone())
+                .create_service_principal(authed(
+                    &w.admin,
+                    pim_proto::identity::v1::CreateServicePrincipalRequest {
+                        display_name: "approval-bot".into(),
+                    },
+                ))
+                .await?
+                .into_inner();
+        let sp = created.service_principal.expect("a service principal");
+        let (lee, kim) = (w.user("lee").await?, w.user("kim").await?);
+        // The bot approves only because the policy names it.
+        w.require_approval(vec![ApprovalStageSettings {
+            approver_ids: vec![sp.id.clone()],
+            approvals_required: 1,
+            ..Default::default()
+        }])
+        .await?;
+        let bot = pim::approval_bot::Bot {
+            channel: w.ts.channel.clone(),
+            client_id: sp.client_id.clone(),
+            client_secret: created.client_secret.clone(),
+            rule: pim::approval_bot::Rule {
+                ticket_pattern: "INC*".into(),
+                max_duration: Duration::from_secs(3600),
+            },
+        };
+        let running = tokio::spawn(async move { bot.run().await });
+
+        // Kim's ticket is a change, not an incident: left to people.
+        w.make_eligible(&kim, EXCHANGE_ADMINISTRATOR).await?;
+        let mut ask = activation(EXCHANGE_ADMINISTRATOR, HOUR_MS, "planned change");
+        ask.ticket = Some(pim_proto::common::v1::Ticket {
+            system: "ServiceNow".into(),
+            number: "CHG0007".into(),
+        });
+        let left = w
+            .assignments()
+            .create_request(authed(&w.stepped_up(&kim)?, ask))
+            .await?
+            .into_inner();
+        let left_approval = w.approval_of(&left.id).await?;
+        // Lee's incident ticket and one hour: approved by the bot.
+        let request = w.ask(&lee, "incident INC0042").await?;
+        w.eventually_status(&lee.token, &request.id, apb::RequestStatus::Provisioned)
+            .await?;
+        let approval = w.approval_of(&request.id).await?;
+        assert_eq!(approval.decisions.len(), 1);
+        assert_eq!(approval.decisions[0].approver_id, sp.id);
+        assert!(approval.decisions[0].justification.starts_with("auto-approved"));
+        // The bot saw Kim's first and left it.
+        let still = w
+            .approvals()
+            .get_approval(authed(
+                &w.admin,
+                pb::GetApprovalRequest {
+                    approval_id: left_approval.id.clone(),
+                },
+            ))
+            .await?
+            .into_inner();
+        assert_eq!(still.status, pb::ApprovalStatus::Pending as i32);
+        assert!(still.decisions.is_empty());
+        assert!(!running.is_finished(), "the bot keeps watching");
+        running.abort();
+        Ok(w)
+    })
+    .await
+}

@@ -1,6 +1,7 @@
 //! The one PIM binary's library: hosting services (`pim serve`, `pim up`), bootstrap, and the
 //! command line people use.
 
+pub mod approval_bot;
 pub mod bootstrap;
 pub mod cli;
 pub mod host;

@@ -383,6 +383,44 @@ fn the_readme_walk_through_works_and_survives_a_restart() {
         "{requests}"
     );
 
+    // With approval required, the request waits; the admin (a default approver) sees it in
+    // `pim approvals` and approves it, and the role is active.
+    admin.ok(
+        &["policy", "set", "Security Reader", "--require-approval", "true"],
+        None,
+    );
+    let waiting = lee.ok(
+        &[
+            "activate",
+            "Security Reader",
+            "--duration",
+            "1h",
+            "--justification",
+            "weekend on call",
+            "--no-wait",
+        ],
+        None,
+    );
+    assert!(waiting.contains("pending_approval"), "{waiting}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let approval = loop {
+        let listed = admin.ok(&["approvals", "--status", "pending"], None);
+        if let Some(line) = listed.lines().find(|l| l.contains("weekend on call")) {
+            break line.split_whitespace().next().expect("an id").to_owned();
+        }
+        assert!(Instant::now() < deadline, "no approval appeared: {listed}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let refused = lee.run(&["approve", &approval, "-j", "me"], None);
+    assert_eq!(refused.status.code(), Some(2), "nobody approves their own request");
+    let approved = admin.ok(&["approve", &approval, "-j", "on-call rota"], None);
+    assert!(approved.contains("is approved"), "{approved}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while admin.run(&["check", "lee", "Security Reader"], None).status.code() != Some(0) {
+        assert!(Instant::now() < deadline, "the approved role never became active");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
     // The audit log is intact, and exports as JSON lines with the chain's hashes.
     assert!(admin.ok(&["audit", "verify"], None).starts_with("intact:"));
     let exported = admin.ok(&["audit", "export"], None);

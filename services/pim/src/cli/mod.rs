@@ -28,6 +28,7 @@ use pim_runtime::db::{from_timestamp, now_ms, sqlite_url, to_timestamp};
 
 use crate::host::{ServiceName, Suite, SuiteOptions};
 
+mod approvals;
 mod groups;
 mod mfa;
 mod requests;
@@ -115,6 +116,12 @@ enum Command {
     Extend(requests::ExtendArgs),
     /// List requests (yours, or anyone's for readers of assignments).
     Requests(requests::RequestsArgs),
+    /// Approvals waiting for your decision (--watch to follow them, --id to see one in full).
+    Approvals(approvals::ApprovalsArgs),
+    /// Approve a request waiting for your decision.
+    Approve(approvals::DecideArgs),
+    /// Deny a request waiting for your decision (this ends it).
+    Deny(approvals::DecideArgs),
     /// Show or change a role's policy at a scope.
     #[command(subcommand)]
     Policy(requests::PolicyCommand),
@@ -350,6 +357,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Unassign(args) => requests::unassign(args).await,
         Command::Extend(args) => requests::extend(args).await,
         Command::Requests(args) => requests::list(args).await,
+        Command::Approvals(args) => approvals::list(args).await,
+        Command::Approve(args) => approvals::decide(args, true).await,
+        Command::Deny(args) => approvals::decide(args, false).await,
         Command::Policy(cmd) => requests::policy(cmd).await,
         Command::Mfa(cmd) => mfa::run(cmd).await,
         Command::Assign(args) => assign(args).await,

@@ -1,0 +1,196 @@
+//! An example approval bot: signs in as a service principal, watches the approvals it may
+//! decide, and approves those that match one rule — the ticket number matches a pattern and
+//! the duration is short enough. Everything else it leaves to people. Copy it to build yours:
+//! it only uses the public gRPC API (`AuthService.SignInServicePrincipal`,
+//! `ApprovalService.WatchApprovals` and `Decide`).
+//!
+//! A service principal only approves where a role's policy names it as an approver.
+
+use std::time::Duration;
+
+use tonic::transport::Channel;
+use tonic::{Code, Request, Status};
+
+use pim_proto::approval::v1 as pb;
+use pim_proto::approval::v1::approval_service_client::ApprovalServiceClient;
+use pim_proto::identity::v1::SignInServicePrincipalRequest;
+use pim_proto::identity::v1::auth_service_client::AuthServiceClient;
+
+/// When the bot approves.
+#[derive(Clone, Debug)]
+pub struct Rule {
+    /// A glob over the ticket number: `*` any run of characters, `?` one character.
+    pub ticket_pattern: String,
+    /// The longest activation the bot approves.
+    pub max_duration: Duration,
+}
+
+/// Whether `text` matches `pattern` (`*` and `?` wildcards).
+fn glob(pattern: &[u8], text: &[u8]) -> bool {
+    let (mut p, mut t) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        if p < pattern.len() && (pattern[p] == b'?' || pattern[p] == text[t]) {
+            p += 1;
+            t += 1;
+        } else if p < pattern.len() && pattern[p] == b'*' {
+            star = Some((p, t));
+            p += 1;
+        } else if let Some((sp, st)) = star {
+            p = sp + 1;
+            t = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    pattern[p..].iter().all(|c| *c == b'*')
+}
+
+impl Rule {
+    /// `Ok` with the justification to approve with, or `Err` with why it is left to people.
+    pub fn verdict(&self, approval: &pb::Approval) -> Result<String, String> {
+        let number = approval.ticket.as_ref().map(|t| t.number.as_str()).unwrap_or_default();
+        if number.is_empty() || !glob(self.ticket_pattern.as_bytes(), number.as_bytes()) {
+            return Err(format!("ticket {number:?} does not match {}", self.ticket_pattern));
+        }
+        let seconds = approval.duration.as_ref().map(|d| d.seconds).unwrap_or(i64::MAX);
+        if seconds <= 0 || seconds as u64 > self.max_duration.as_secs() {
+            return Err(format!("{seconds}s is longer than {}s", self.max_duration.as_secs()));
+        }
+        Ok(format!(
+            "auto-approved: ticket {number} matches {} and {}s <= {}s",
+            self.ticket_pattern,
+            seconds,
+            self.max_duration.as_secs()
+        ))
+    }
+}
+
+pub struct Bot {
+    pub channel: Channel,
+    pub client_id: String,
+    pub client_secret: String,
+    pub rule: Rule,
+}
+
+impl Bot {
+    async fn sign_in(&self) -> Result<String, Status> {
+        Ok(AuthServiceClient::new(self.channel.clone())
+            .sign_in_service_principal(SignInServicePrincipalRequest {
+                client_id: self.client_id.clone(),
+                client_secret: self.client_secret.clone(),
+            })
+            .await?
+            .into_inner()
+            .access_token)
+    }
+
+    fn authed<T>(token: &str, message: T) -> Result<Request<T>, Status> {
+        let mut request = Request::new(message);
+        let bearer = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| Status::internal("the token is not valid metadata"))?;
+        request.metadata_mut().insert("authorization", bearer);
+        Ok(request)
+    }
+
+    /// Watches and decides until the stream fails for a reason other than an expired token
+    /// or a lost connection (those are retried, resuming from the last approval seen).
+    pub async fn run(&self) -> anyhow::Result<()> {
+        let mut cursor = String::new();
+        let mut token = self.sign_in().await?;
+        let approvals = ApprovalServiceClient::new(self.channel.clone());
+        loop {
+            let watched = approvals
+                .clone()
+                .watch_approvals(Self::authed(
+                    &token,
+                    pb::WatchApprovalsRequest { cursor: cursor.clone() },
+                )?)
+                .await;
+            let result = match watched {
+                Ok(stream) => self.decide_each(&token, stream.into_inner(), &mut cursor).await,
+                Err(status) => Err(status),
+            };
+            match result {
+                Ok(()) => {}
+                Err(status) if status.code() == Code::Unauthenticated => token = self.sign_in().await?,
+                Err(status) if status.code() == Code::Unavailable => {
+                    tracing::warn!(error = %status.message(), "approval stream lost; resuming");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(status) => return Err(status.into()),
+            }
+        }
+    }
+
+    async fn decide_each(
+        &self,
+        token: &str,
+        mut stream: tonic::Streaming<pb::Approval>,
+        cursor: &mut String,
+    ) -> Result<(), Status> {
+        let mut approvals = ApprovalServiceClient::new(self.channel.clone());
+        while let Some(approval) = stream.message().await? {
+            *cursor = approval.cursor.clone();
+            match self.rule.verdict(&approval) {
+                Ok(justification) => {
+                    let decided = approvals
+                        .decide(Self::authed(
+                            token,
+                            pb::DecideRequest {
+                                approval_id: approval.id.clone(),
+                                decision: pb::Decision::Approve as i32,
+                                justification,
+                            },
+                        )?)
+                        .await;
+                    match decided {
+                        Ok(_) => tracing::info!(approval = %approval.id, "approved"),
+                        // Someone else decided first, or it expired: nothing to do.
+                        Err(s) if s.code() == Code::FailedPrecondition => {
+                            tracing::info!(approval = %approval.id, reason = %s.message(), "already decided")
+                        }
+                        Err(s) => return Err(s),
+                    }
+                }
+                Err(reason) => tracing::info!(approval = %approval.id, %reason, "left to people"),
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn approval(ticket: &str, seconds: i64) -> pb::Approval {
+        pb::Approval {
+            ticket: Some(pim_proto::common::v1::Ticket {
+                system: "ServiceNow".into(),
+                number: ticket.into(),
+            }),
+            duration: Some(prost_types::Duration { seconds, nanos: 0 }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_rule_needs_a_matching_ticket_and_a_short_enough_duration() {
+        let rule = Rule {
+            ticket_pattern: "INC*".into(),
+            max_duration: Duration::from_secs(3600),
+        };
+        assert!(rule.verdict(&approval("INC0042", 3600)).is_ok());
+        assert!(rule.verdict(&approval("INC0042", 3601)).is_err());
+        assert!(rule.verdict(&approval("CHG0042", 600)).is_err());
+        assert!(rule.verdict(&approval("", 600)).is_err());
+        assert!(glob(b"INC??42", b"INC0042"));
+        assert!(!glob(b"INC??42", b"INC00042"));
+        assert!(glob(b"*", b""));
+        assert!(glob(b"a*b*c", b"axxbyyc"));
+        assert!(!glob(b"a*b*c", b"axxbyy"));
+    }
+}

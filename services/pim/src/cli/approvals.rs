@@ -1,0 +1,228 @@
+//! `pim approvals`, `pim approve`, `pim deny`: what waits for your decision, and deciding it.
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+
+use pim_proto::approval::v1 as pb;
+use pim_proto::approval::v1::approval_service_client::ApprovalServiceClient;
+use pim_runtime::db::from_timestamp;
+
+use super::{ClientArgs, Session, explain, print_table, time};
+
+#[derive(Clone, Copy, ValueEnum)]
+pub(crate) enum StatusArg {
+    Pending,
+    Approved,
+    Denied,
+    Expired,
+    Canceled,
+}
+
+impl From<StatusArg> for pb::ApprovalStatus {
+    fn from(s: StatusArg) -> Self {
+        match s {
+            StatusArg::Pending => Self::Pending,
+            StatusArg::Approved => Self::Approved,
+            StatusArg::Denied => Self::Denied,
+            StatusArg::Expired => Self::Expired,
+            StatusArg::Canceled => Self::Canceled,
+        }
+    }
+}
+
+#[derive(Args)]
+pub(crate) struct ApprovalsArgs {
+    /// Keep running and print each approval you may decide as it arrives.
+    #[arg(long)]
+    watch: bool,
+    /// Every approval, not only yours (approval managers only).
+    #[arg(long, conflicts_with = "watch")]
+    all: bool,
+    #[arg(long, value_enum, conflicts_with = "watch")]
+    status: Option<StatusArg>,
+    /// Show one approval in full (requester's recent activations included).
+    #[arg(long, conflicts_with_all = ["watch", "all", "status"])]
+    id: Option<String>,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Args)]
+pub(crate) struct DecideArgs {
+    /// The approval id (from `pim approvals`).
+    id: String,
+    /// Why; the role's policy usually requires it.
+    #[arg(long, short = 'j', default_value = "")]
+    justification: String,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+fn status_name(status: i32) -> String {
+    pb::ApprovalStatus::try_from(status)
+        .map(|s| s.as_str_name().trim_start_matches("APPROVAL_STATUS_").to_lowercase())
+        .unwrap_or_default()
+}
+
+fn minutes(d: &Option<prost_types::Duration>) -> String {
+    match d {
+        Some(d) if d.seconds >= 3600 && d.seconds % 3600 == 0 => format!("{}h", d.seconds / 3600),
+        Some(d) => format!("{}m", d.seconds / 60),
+        None => String::new(),
+    }
+}
+
+fn ticket(a: &pb::Approval) -> String {
+    match &a.ticket {
+        Some(t) if !t.number.is_empty() => format!("{}:{}", t.system, t.number),
+        _ => String::new(),
+    }
+}
+
+fn row(a: &pb::Approval) -> Vec<String> {
+    vec![
+        a.id.clone(),
+        status_name(a.status),
+        a.requester_id.clone(),
+        if a.role_name.is_empty() {
+            a.role_id.clone()
+        } else {
+            a.role_name.clone()
+        },
+        a.scope.clone(),
+        minutes(&a.duration),
+        ticket(a),
+        a.justification.clone(),
+        format!("{}/{}", a.current_stage + 1, a.stages.len()),
+        time(a.expires_at.as_ref().map(from_timestamp)),
+    ]
+}
+
+const HEADERS: [&str; 10] = [
+    "ID",
+    "STATUS",
+    "REQUESTER",
+    "ROLE",
+    "SCOPE",
+    "FOR",
+    "TICKET",
+    "JUSTIFICATION",
+    "STAGE",
+    "EXPIRES",
+];
+
+pub(crate) async fn list(args: ApprovalsArgs) -> anyhow::Result<i32> {
+    let session = Session::open(&args.client, true)?;
+    let mut client = ApprovalServiceClient::new(session.channel.clone());
+    if let Some(id) = &args.id {
+        let a = client
+            .get_approval(session.request(pb::GetApprovalRequest {
+                approval_id: id.clone(),
+            })?)
+            .await
+            .map_err(explain)?
+            .into_inner();
+        print_table(&HEADERS, vec![row(&a)]);
+        for d in &a.decisions {
+            let decision = pb::Decision::try_from(d.decision)
+                .map(|d| d.as_str_name().trim_start_matches("DECISION_").to_lowercase())
+                .unwrap_or_default();
+            println!(
+                "stage {}: {} by {} at {}: {}",
+                d.stage + 1,
+                decision,
+                d.approver_id,
+                time(d.decided_at.as_ref().map(from_timestamp)),
+                d.justification
+            );
+        }
+        println!("recent activations of the requester:");
+        for h in &a.requester_history {
+            println!(
+                "  {} at {} from {} until {}",
+                h.role_name,
+                h.scope,
+                time(h.start_time.as_ref().map(from_timestamp)),
+                time(h.end_time.as_ref().map(from_timestamp))
+            );
+        }
+        return Ok(0);
+    }
+    if args.watch {
+        return watch(&session).await;
+    }
+    let mut rows = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .list_approvals(session.request(pb::ListApprovalsRequest {
+                status: args.status.map(|s| pb::ApprovalStatus::from(s) as i32).unwrap_or(0),
+                all: args.all,
+                page_size: 500,
+                page_token,
+            })?)
+            .await
+            .map_err(explain)?
+            .into_inner();
+        rows.extend(page.approvals.iter().map(row));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    print_table(&HEADERS, rows);
+    Ok(0)
+}
+
+/// Prints approvals as they arrive, one line each; resumes from the last one after a
+/// dropped connection.
+async fn watch(session: &Session) -> anyhow::Result<i32> {
+    let mut client = ApprovalServiceClient::new(session.channel.clone());
+    let mut cursor = String::new();
+    eprintln!("waiting for approvals you may decide (Ctrl-C to stop)");
+    loop {
+        let mut request = session.request(pb::WatchApprovalsRequest { cursor: cursor.clone() })?;
+        // A watch runs for as long as the user wants.
+        request.set_timeout(std::time::Duration::from_secs(365 * 24 * 3600));
+        let mut stream = client.watch_approvals(request).await.map_err(explain)?.into_inner();
+        loop {
+            match stream.message().await {
+                Ok(Some(a)) => {
+                    cursor = a.cursor.clone();
+                    println!("{}", row(&a).join("\t"));
+                }
+                Ok(None) => break,
+                Err(status) if status.code() == tonic::Code::Unavailable => break,
+                Err(status) => return Err(explain(status)),
+            }
+        }
+        eprintln!("connection lost; resuming");
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
+pub(crate) async fn decide(args: DecideArgs, approve: bool) -> anyhow::Result<i32> {
+    let session = Session::open(&args.client, true)?;
+    let a = ApprovalServiceClient::new(session.channel.clone())
+        .decide(session.request(pb::DecideRequest {
+            approval_id: args.id.trim().to_owned(),
+            decision: if approve {
+                pb::Decision::Approve
+            } else {
+                pb::Decision::Deny
+            } as i32,
+            justification: args.justification,
+        })?)
+        .await
+        .map_err(explain)
+        .context(if approve { "approving" } else { "denying" })?
+        .into_inner();
+    println!(
+        "approval {} is {} (stage {}/{})",
+        a.id,
+        status_name(a.status),
+        a.current_stage + 1,
+        a.stages.len()
+    );
+    Ok(0)
+}
