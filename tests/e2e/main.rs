@@ -8,6 +8,7 @@ mod backbone;
 mod groups;
 mod mfa;
 mod protection;
+mod reviews;
 mod secrets;
 mod slice;
 mod split;

@@ -40,6 +40,8 @@ pub struct Approvals {
     pub(crate) outbox: Outbox,
     pub(crate) access: Arc<dyn AccessCheck>,
     pub(crate) identity: DirectoryServiceClient<Channel>,
+    pub(crate) assignment: Channel,
+
     pub(crate) clock: Arc<dyn Clock>,
     /// Bumped after every committed change, so watchers look again at once.
     pub(crate) changed: Arc<tokio::sync::watch::Sender<u64>>,
@@ -500,7 +502,7 @@ impl Approvals {
         Ok(fired)
     }
 
-    /// Runs the timer until `stop`, sleeping until the next deadline (at most half a second,
+    /// Runs the approval and access-review timers until `stop`, sleeping until the next deadline (at most half a second,
     /// so deadlines other replicas create are found soon).
     pub fn spawn_timers(&self, mut stop: tokio::sync::watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
         let this = self.clone();
@@ -510,11 +512,19 @@ impl Approvals {
                 if let Err(err) = this.run_timers_once().await {
                     tracing::warn!(error = %err.message(), "approval timer pass failed");
                 }
-                let sleep = match store::next_deadline(&this.db).await {
-                    Ok(Some(at)) => {
-                        std::time::Duration::from_millis(u64::try_from(at - this.now()).unwrap_or(0)).min(max)
-                    }
-                    _ => max,
+                if let Err(err) = this.run_review_timers_once().await {
+                    tracing::warn!(error = %err.message(), "access review timer pass failed");
+                }
+                let next = match (
+                    store::next_deadline(&this.db).await,
+                    store::next_review_deadline(&this.db).await,
+                ) {
+                    (Ok(a), Ok(b)) => a.into_iter().chain(b).min(),
+                    _ => None,
+                };
+                let sleep = match next {
+                    Some(at) => std::time::Duration::from_millis(u64::try_from(at - this.now()).unwrap_or(0)).min(max),
+                    None => max,
                 };
                 tokio::select! {
                     _ = tokio::time::sleep(sleep.max(std::time::Duration::from_millis(10))) => {}

@@ -1,4 +1,4 @@
-//! ApprovalService over gRPC: input checked at the edge, rows turned into messages.
+//! ApprovalService and AccessReviewService over gRPC: input checked at the edge, rows turned into messages.
 
 use std::pin::Pin;
 use std::time::Duration;
@@ -7,6 +7,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use pim_proto::approval::v1 as pb;
+use pim_proto::approval::v1::access_review_service_server::AccessReviewService;
 use pim_proto::approval::v1::approval_service_server::ApprovalService;
 use pim_proto::common::v1::Ticket;
 use pim_runtime::auth::caller;
@@ -14,7 +15,8 @@ use pim_runtime::db::to_timestamp;
 use pim_runtime::grpc::invalid_argument;
 
 use crate::approvals::{Approvals, db_err};
-use crate::store::{self, ActivationRow, ApprovalRow, DecisionRow};
+use crate::reviews::NewReview;
+use crate::store::{self, ActivationRow, ApprovalRow, DecisionRow, ItemRow, ReviewRow};
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
@@ -238,5 +240,198 @@ impl ApprovalService for Approvals {
             }
         });
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+}
+
+fn review_scope_name(v: i32) -> Result<&'static str, Status> {
+    Ok(match pb::ReviewScope::try_from(v) {
+        Ok(pb::ReviewScope::Unspecified | pb::ReviewScope::Both) => "both",
+        Ok(pb::ReviewScope::Eligible) => "eligible",
+        Ok(pb::ReviewScope::Active) => "active",
+        Err(_) => return Err(invalid_argument("review.review_scope", "eligible, active or both")),
+    })
+}
+
+fn default_decision_name(v: i32) -> Result<&'static str, Status> {
+    Ok(match pb::DefaultDecision::try_from(v) {
+        Ok(pb::DefaultDecision::Unspecified | pb::DefaultDecision::NoChange) => "no_change",
+        Ok(pb::DefaultDecision::Remove) => "remove",
+        Ok(pb::DefaultDecision::Approve) => "approve",
+        Ok(pb::DefaultDecision::Recommendation) => "recommendation",
+        Err(_) => {
+            return Err(invalid_argument(
+                "review.default_decision",
+                "no_change, remove, approve or recommendation",
+            ));
+        }
+    })
+}
+
+fn review_pb(r: ReviewRow) -> pb::AccessReview {
+    pb::AccessReview {
+        id: r.id,
+        name: r.name,
+        role_id: r.role_id,
+        scope: r.scope,
+        review_scope: match r.review_scope.as_str() {
+            "eligible" => pb::ReviewScope::Eligible,
+            "active" => pb::ReviewScope::Active,
+            _ => pb::ReviewScope::Both,
+        } as i32,
+        reviewer_ids: r.reviewer_ids,
+        self_review: r.self_review,
+        start_time: Some(to_timestamp(r.start_at)),
+        duration: Some(duration_pb(r.duration_ms)),
+        recurrence: r.recurrence,
+        default_decision: match r.default_decision.as_str() {
+            "remove" => pb::DefaultDecision::Remove,
+            "approve" => pb::DefaultDecision::Approve,
+            "recommendation" => pb::DefaultDecision::Recommendation,
+            _ => pb::DefaultDecision::NoChange,
+        } as i32,
+        auto_apply: r.auto_apply,
+        status: r.status,
+        instance: r.instance,
+        instance_start: r.instance_start.map(to_timestamp),
+        instance_end: r.instance_end.map(to_timestamp),
+    }
+}
+
+fn item_pb(i: ItemRow) -> pb::ReviewItem {
+    pb::ReviewItem {
+        id: i.id,
+        review_id: i.review_id,
+        assignment_id: i.assignment_id,
+        principal_id: i.principal_id,
+        role_id: i.role_id,
+        scope: i.scope,
+        recommendation: i.recommendation,
+        decision: match i.decision.as_str() {
+            "approve" => pb::Decision::Approve,
+            "deny" => pb::Decision::Deny,
+            _ => pb::Decision::Unspecified,
+        } as i32,
+        justification: i.justification,
+        reviewer_id: i.reviewer_id,
+        kind: i.kind,
+        instance: i.instance,
+        outcome: i.outcome,
+    }
+}
+
+fn review_id(raw: &str) -> Result<&str, Status> {
+    let id = raw.trim();
+    if id.is_empty() || id.len() > 64 {
+        return Err(invalid_argument("review_id", "required (a review id)"));
+    }
+    Ok(id)
+}
+
+#[tonic::async_trait]
+impl AccessReviewService for Approvals {
+    async fn create_review(
+        &self,
+        request: Request<pb::CreateReviewRequest>,
+    ) -> Result<Response<pb::AccessReview>, Status> {
+        let caller = caller(&request)?.clone();
+        let r = request
+            .into_inner()
+            .review
+            .ok_or_else(|| invalid_argument("review", "required"))?;
+        let duration = match &r.duration {
+            Some(d) if d.seconds < 0 || d.nanos < 0 => {
+                return Err(invalid_argument("review.duration", "must not be negative"));
+            }
+            Some(d) => Some(Duration::new(d.seconds as u64, d.nanos as u32)),
+            None => None,
+        };
+        let new = NewReview {
+            name: r.name,
+            role_id: r.role_id,
+            scope: r.scope,
+            review_scope: review_scope_name(r.review_scope)?.into(),
+            reviewer_ids: r.reviewer_ids,
+            self_review: r.self_review,
+            start_at: r.start_time.as_ref().map(pim_runtime::db::from_timestamp),
+            duration,
+            recurrence: r.recurrence.to_lowercase(),
+            default_decision: default_decision_name(r.default_decision)?.into(),
+            auto_apply: r.auto_apply,
+        };
+        Ok(Response::new(review_pb(self.create_review(&caller, new).await?)))
+    }
+
+    async fn get_review(&self, request: Request<pb::GetReviewRequest>) -> Result<Response<pb::AccessReview>, Status> {
+        let caller = caller(&request)?.clone();
+        let id = review_id(&request.get_ref().review_id)?;
+        Ok(Response::new(review_pb(self.review_for(&caller, id).await?)))
+    }
+
+    async fn list_reviews(
+        &self,
+        request: Request<pb::ListReviewsRequest>,
+    ) -> Result<Response<pb::ListReviewsResponse>, Status> {
+        let caller = caller(&request)?.clone();
+        let r = request.into_inner();
+        let page_size = match r.page_size {
+            n if n < 0 => return Err(invalid_argument("page_size", "must not be negative")),
+            0 => DEFAULT_PAGE,
+            n => (n as usize).min(MAX_PAGE),
+        };
+        if r.page_token.len() > 64 {
+            return Err(invalid_argument("page_token", "not a token this service issued"));
+        }
+        let rows = Approvals::list_reviews(self, &caller, r.page_token.trim(), page_size).await?;
+        let next = if rows.len() == page_size {
+            rows.last().map(|r| r.id.clone()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListReviewsResponse {
+            reviews: rows.into_iter().map(review_pb).collect(),
+            next_page_token: next,
+        }))
+    }
+
+    async fn list_my_review_items(
+        &self,
+        request: Request<pb::ListMyReviewItemsRequest>,
+    ) -> Result<Response<pb::ListMyReviewItemsResponse>, Status> {
+        let caller = caller(&request)?.clone();
+        let id = request.get_ref().review_id.trim();
+        let review = if id.is_empty() { None } else { Some(review_id(id)?) };
+        let items = self.my_items(&caller, review).await?;
+        Ok(Response::new(pb::ListMyReviewItemsResponse {
+            items: items.into_iter().map(item_pb).collect(),
+        }))
+    }
+
+    async fn record_decision(
+        &self,
+        request: Request<pb::RecordDecisionRequest>,
+    ) -> Result<Response<pb::ReviewItem>, Status> {
+        let caller = caller(&request)?.clone();
+        let r = request.get_ref();
+        let item = r.item_id.trim();
+        if item.is_empty() || item.len() > 64 {
+            return Err(invalid_argument("item_id", "required (a review item id)"));
+        }
+        let approve = match pb::Decision::try_from(r.decision) {
+            Ok(pb::Decision::Approve) => true,
+            Ok(pb::Decision::Deny) => false,
+            _ => return Err(invalid_argument("decision", "approve or deny")),
+        };
+        let item = self
+            .record_review_decision(&caller, item, approve, &r.justification)
+            .await?;
+        Ok(Response::new(item_pb(item)))
+    }
+
+    async fn stop_review(&self, request: Request<pb::GetReviewRequest>) -> Result<Response<pb::AccessReview>, Status> {
+        let caller = caller(&request)?.clone();
+        let id = review_id(&request.get_ref().review_id)?;
+        Ok(Response::new(review_pb(
+            Approvals::stop_review(self, &caller, id).await?,
+        )))
     }
 }

@@ -3,6 +3,7 @@
 
 mod approvals;
 mod grpc;
+mod reviews;
 mod store;
 
 use std::sync::Arc;
@@ -11,7 +12,7 @@ use sea_orm::DatabaseTransaction;
 use sea_orm_migration::MigratorTrait;
 use tonic::service::RoutesBuilder;
 
-use pim_proto::approval::v1::access_review_service_server::{AccessReviewService, AccessReviewServiceServer};
+use pim_proto::approval::v1::access_review_service_server::AccessReviewServiceServer;
 use pim_proto::approval::v1::approval_service_server::ApprovalServiceServer;
 use pim_proto::events::v1 as ev;
 use pim_proto::identity::v1::directory_service_client::DirectoryServiceClient;
@@ -20,9 +21,6 @@ use pim_runtime::events::{Envelope, EventHandler, Outbox, decode, short_type, st
 use pim_runtime::host::{Deps, Service};
 
 pub use approvals::Approvals;
-
-struct Reviews;
-impl AccessReviewService for Reviews {}
 
 #[derive(Clone)]
 pub struct Approval {
@@ -38,6 +36,7 @@ impl Approval {
                 outbox: Outbox::default(),
                 access: deps.access,
                 identity: DirectoryServiceClient::new(deps.identity),
+                assignment: deps.assignment,
                 clock: deps.clock,
                 changed: Arc::new(tokio::sync::watch::channel(0).0),
             },
@@ -56,7 +55,8 @@ impl Approval {
 }
 
 /// Opens approvals from assignment's requests, cancels them when a request is withdrawn,
-/// and learns activation times (for approvers' context and access-review recommendations).
+/// learns activation times (for approvers' context and access-review recommendations) and
+/// the assignments in force (what access reviews snapshot).
 struct AssignmentEvents(Approvals);
 
 #[async_trait::async_trait]
@@ -96,13 +96,35 @@ impl EventHandler for AssignmentEvents {
                 .await?;
                 Ok(())
             }
+            "EligibilityGranted" | "EligibilityUpdated" | "ActiveAssignmentGranted" | "ActiveAssignmentUpdated" => {
+                let e: ev::AssignmentChanged = decode(envelope)?;
+                store::upsert_seen(
+                    txn,
+                    &store::SeenAssignment {
+                        assignment_id: e.assignment_id,
+                        kind: e.kind,
+                        principal_id: e.principal_id,
+                        role_id: e.role_id,
+                        scope: e.scope,
+                        start_at: e.start_time.as_ref().map(from_timestamp).unwrap_or_default(),
+                        end_at: e.end_time.as_ref().map(from_timestamp),
+                    },
+                )
+                .await?;
+                Ok(())
+            }
+            "EligibilityRemoved" | "ActiveAssignmentRemoved" => {
+                let e: ev::AssignmentChanged = decode(envelope)?;
+                store::forget_seen(txn, &e.assignment_id).await?;
+                Ok(())
+            }
             _ => Ok(()),
         }
     }
 
     /// Watchers in this process look again at once.
     async fn after_commit(&self, envelope: &Envelope) {
-        if short_type(envelope) != "RoleActivated" {
+        if matches!(short_type(envelope), "RequestCreated" | "RequestStatusChanged") {
             self.0.changed.send_modify(|n| *n += 1);
             self.0.outbox.wake();
         }
@@ -121,7 +143,7 @@ impl Service for Approval {
     fn add_routes(&self, routes: &mut RoutesBuilder) {
         routes
             .add_service(ApprovalServiceServer::new(self.approvals.clone()))
-            .add_service(AccessReviewServiceServer::new(Reviews));
+            .add_service(AccessReviewServiceServer::new(self.approvals.clone()));
     }
 
     fn db(&self) -> &Db {

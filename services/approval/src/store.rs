@@ -66,6 +66,58 @@ impl MigratorTrait for Migrator {
                 CREATE INDEX activations_principal ON activations (principal_id, start_at)"
                     .to_owned()
             }),
+            SqlMigration::boxed("m0002_access_reviews", |_| {
+                "CREATE TABLE assignments_seen (
+                    assignment_id TEXT PRIMARY KEY,
+                    kind TEXT NOT NULL,
+                    principal_id TEXT NOT NULL,
+                    role_id TEXT NOT NULL,
+                    scope TEXT NOT NULL,
+                    start_at BIGINT NOT NULL,
+                    end_at BIGINT
+                );
+                CREATE INDEX assignments_seen_role ON assignments_seen (role_id);
+                CREATE TABLE access_reviews (
+                    id TEXT PRIMARY KEY,
+                    name TEXT NOT NULL,
+                    role_id TEXT NOT NULL,
+                    scope TEXT NOT NULL,
+                    review_scope TEXT NOT NULL CHECK (review_scope IN ('eligible', 'active', 'both')),
+                    reviewer_ids TEXT NOT NULL,
+                    self_review BOOLEAN NOT NULL,
+                    start_at BIGINT NOT NULL,
+                    duration_ms BIGINT NOT NULL,
+                    recurrence TEXT NOT NULL,
+                    default_decision TEXT NOT NULL,
+                    auto_apply BOOLEAN NOT NULL,
+                    status TEXT NOT NULL CHECK (status IN ('NotStarted', 'InProgress', 'Completed', 'Stopped')),
+                    instance INTEGER NOT NULL,
+                    instance_start BIGINT,
+                    instance_end BIGINT,
+                    created_by TEXT NOT NULL,
+                    created_at BIGINT NOT NULL
+                );
+                CREATE INDEX access_reviews_status ON access_reviews (status);
+                CREATE TABLE review_items (
+                    id TEXT PRIMARY KEY,
+                    review_id TEXT NOT NULL REFERENCES access_reviews (id),
+                    instance INTEGER NOT NULL,
+                    assignment_id TEXT NOT NULL,
+                    kind TEXT NOT NULL,
+                    principal_id TEXT NOT NULL,
+                    role_id TEXT NOT NULL,
+                    scope TEXT NOT NULL,
+                    recommendation TEXT NOT NULL,
+                    decision TEXT NOT NULL CHECK (decision IN ('', 'approve', 'deny')),
+                    justification TEXT NOT NULL,
+                    reviewer_id TEXT NOT NULL,
+                    decided_at BIGINT,
+                    outcome TEXT NOT NULL,
+                    UNIQUE (review_id, instance, assignment_id)
+                );
+                CREATE INDEX review_items_review ON review_items (review_id, instance)"
+                    .to_owned()
+            }),
         ]
     }
 }
@@ -461,5 +513,365 @@ pub async fn recent_activations<C: ConnectionTrait>(
             end_at: col(r, "end_at")?,
         })
     })
+    .collect()
+}
+
+/// An assignment as assignment's events describe it (access reviews snapshot these).
+#[derive(Clone, Debug)]
+pub struct SeenAssignment {
+    pub assignment_id: String,
+    pub kind: String,
+    pub principal_id: String,
+    pub role_id: String,
+    pub scope: String,
+    pub start_at: i64,
+    pub end_at: Option<i64>,
+}
+
+pub async fn upsert_seen<C: ConnectionTrait>(c: &C, a: &SeenAssignment) -> Result<(), DbErr> {
+    db::exec(
+        c,
+        "INSERT INTO assignments_seen (assignment_id, kind, principal_id, role_id, scope, start_at, end_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) \
+         ON CONFLICT (assignment_id) DO UPDATE SET start_at = excluded.start_at, end_at = excluded.end_at",
+        vec![
+            a.assignment_id.clone().into(),
+            a.kind.clone().into(),
+            a.principal_id.clone().into(),
+            a.role_id.clone().into(),
+            a.scope.clone().into(),
+            a.start_at.into(),
+            a.end_at.into(),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+pub async fn forget_seen<C: ConnectionTrait>(c: &C, assignment_id: &str) -> Result<(), DbErr> {
+    db::exec(
+        c,
+        "DELETE FROM assignments_seen WHERE assignment_id = $1",
+        vec![assignment_id.into()],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Assignments of `role_id` in force at `now` at `scope` or below it.
+pub async fn seen_in_scope<C: ConnectionTrait>(
+    c: &C,
+    role_id: &str,
+    scope: &str,
+    now: i64,
+) -> Result<Vec<SeenAssignment>, DbErr> {
+    let rows = db::query(
+        c,
+        "SELECT assignment_id, kind, principal_id, role_id, scope, start_at, end_at FROM assignments_seen \
+         WHERE role_id = $1 AND start_at <= $2 AND (end_at IS NULL OR end_at > $2) ORDER BY principal_id, assignment_id",
+        vec![role_id.into(), now.into()],
+    )
+    .await?;
+    let below = format!("{}/", scope.trim_end_matches('/'));
+    rows.iter()
+        .map(|r| {
+            Ok(SeenAssignment {
+                assignment_id: col(r, "assignment_id")?,
+                kind: col(r, "kind")?,
+                principal_id: col(r, "principal_id")?,
+                role_id: col(r, "role_id")?,
+                scope: col(r, "scope")?,
+                start_at: col(r, "start_at")?,
+                end_at: col(r, "end_at")?,
+            })
+        })
+        .filter(|a: &Result<SeenAssignment, DbErr>| {
+            a.as_ref()
+                .map(|a| scope == "/" || a.scope == scope || a.scope.starts_with(&below))
+                .unwrap_or(true)
+        })
+        .collect()
+}
+
+/// When `principal_id` last activated `role_id` (any scope), if ever.
+pub async fn last_activation<C: ConnectionTrait>(
+    c: &C,
+    principal_id: &str,
+    role_id: &str,
+) -> Result<Option<i64>, DbErr> {
+    let row = db::query_one(
+        c,
+        "SELECT MAX(start_at) AS last FROM activations WHERE principal_id = $1 AND role_id = $2",
+        vec![principal_id.into(), role_id.into()],
+    )
+    .await?;
+    Ok(match row {
+        Some(r) => col::<Option<i64>>(&r, "last")?,
+        None => None,
+    })
+}
+
+#[derive(Clone, Debug)]
+pub struct ReviewRow {
+    pub id: String,
+    pub name: String,
+    pub role_id: String,
+    pub scope: String,
+    pub review_scope: String,
+    pub reviewer_ids: Vec<String>,
+    pub self_review: bool,
+    pub start_at: i64,
+    pub duration_ms: i64,
+    pub recurrence: String,
+    pub default_decision: String,
+    pub auto_apply: bool,
+    pub status: String,
+    pub instance: i32,
+    pub instance_start: Option<i64>,
+    pub instance_end: Option<i64>,
+    pub created_by: String,
+    pub created_at: i64,
+}
+
+const REVIEW_COLUMNS: &str = "id, name, role_id, scope, review_scope, reviewer_ids, self_review, start_at, duration_ms, recurrence, default_decision, auto_apply, status, instance, instance_start, instance_end, created_by, created_at";
+
+impl ReviewRow {
+    fn from_row(r: &QueryResult) -> Result<Self, DbErr> {
+        Ok(Self {
+            id: col(r, "id")?,
+            name: col(r, "name")?,
+            role_id: col(r, "role_id")?,
+            scope: col(r, "scope")?,
+            review_scope: col(r, "review_scope")?,
+            reviewer_ids: col::<String>(r, "reviewer_ids")?
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect(),
+            self_review: col(r, "self_review")?,
+            start_at: col(r, "start_at")?,
+            duration_ms: col(r, "duration_ms")?,
+            recurrence: col(r, "recurrence")?,
+            default_decision: col(r, "default_decision")?,
+            auto_apply: col(r, "auto_apply")?,
+            status: col(r, "status")?,
+            instance: col(r, "instance")?,
+            instance_start: col(r, "instance_start")?,
+            instance_end: col(r, "instance_end")?,
+            created_by: col(r, "created_by")?,
+            created_at: col(r, "created_at")?,
+        })
+    }
+}
+
+pub async fn insert_review<C: ConnectionTrait>(c: &C, r: &ReviewRow) -> Result<(), DbErr> {
+    db::exec(
+        c,
+        &format!(
+            "INSERT INTO access_reviews ({REVIEW_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
+        ),
+        vec![
+            r.id.clone().into(),
+            r.name.clone().into(),
+            r.role_id.clone().into(),
+            r.scope.clone().into(),
+            r.review_scope.clone().into(),
+            r.reviewer_ids.join(" ").into(),
+            r.self_review.into(),
+            r.start_at.into(),
+            r.duration_ms.into(),
+            r.recurrence.clone().into(),
+            r.default_decision.clone().into(),
+            r.auto_apply.into(),
+            r.status.clone().into(),
+            r.instance.into(),
+            r.instance_start.into(),
+            r.instance_end.into(),
+            r.created_by.clone().into(),
+            r.created_at.into(),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Writes a review's lifecycle columns.
+pub async fn update_review<C: ConnectionTrait>(c: &C, r: &ReviewRow) -> Result<(), DbErr> {
+    db::exec(
+        c,
+        "UPDATE access_reviews SET status = $2, instance = $3, instance_start = $4, instance_end = $5, start_at = $6 WHERE id = $1",
+        vec![
+            r.id.clone().into(),
+            r.status.clone().into(),
+            r.instance.into(),
+            r.instance_start.into(),
+            r.instance_end.into(),
+            r.start_at.into(),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+pub async fn review<C: ConnectionTrait>(c: &C, id: &str, lock: bool) -> Result<Option<ReviewRow>, DbErr> {
+    let sql = format!(
+        "SELECT {REVIEW_COLUMNS} FROM access_reviews WHERE id = $1{}",
+        if lock { c.for_update() } else { "" }
+    );
+    db::query_one(c, &sql, vec![id.into()])
+        .await?
+        .as_ref()
+        .map(ReviewRow::from_row)
+        .transpose()
+}
+
+pub async fn reviews<C: ConnectionTrait>(c: &C, after_id: &str, limit: u64) -> Result<Vec<ReviewRow>, DbErr> {
+    db::query(
+        c,
+        &format!("SELECT {REVIEW_COLUMNS} FROM access_reviews WHERE id > $1 ORDER BY id LIMIT {limit}"),
+        vec![after_id.into()],
+    )
+    .await?
+    .iter()
+    .map(ReviewRow::from_row)
+    .collect()
+}
+
+/// Reviews due to start or end (locked with SKIP LOCKED on PostgreSQL).
+pub async fn due_reviews<C: ConnectionTrait>(c: &C, now: i64, limit: u64) -> Result<Vec<ReviewRow>, DbErr> {
+    let sql = format!(
+        "SELECT {REVIEW_COLUMNS} FROM access_reviews WHERE (status = 'NotStarted' AND start_at <= $1) \
+         OR (status = 'InProgress' AND instance_end <= $1) ORDER BY id LIMIT {limit}{}",
+        c.skip_locked()
+    );
+    db::query(c, &sql, vec![now.into()])
+        .await?
+        .iter()
+        .map(ReviewRow::from_row)
+        .collect()
+}
+
+pub async fn next_review_deadline<C: ConnectionTrait>(c: &C) -> Result<Option<i64>, DbErr> {
+    let row = db::query_one(
+        c,
+        "SELECT MIN(CASE WHEN status = 'NotStarted' THEN start_at ELSE instance_end END) AS next \
+         FROM access_reviews WHERE status IN ('NotStarted', 'InProgress')",
+        vec![],
+    )
+    .await?;
+    Ok(match row {
+        Some(r) => col::<Option<i64>>(&r, "next")?,
+        None => None,
+    })
+}
+
+#[derive(Clone, Debug)]
+pub struct ItemRow {
+    pub id: String,
+    pub review_id: String,
+    pub instance: i32,
+    pub assignment_id: String,
+    pub kind: String,
+    pub principal_id: String,
+    pub role_id: String,
+    pub scope: String,
+    pub recommendation: String,
+    pub decision: String,
+    pub justification: String,
+    pub reviewer_id: String,
+    pub decided_at: Option<i64>,
+    pub outcome: String,
+}
+
+const ITEM_COLUMNS: &str = "id, review_id, instance, assignment_id, kind, principal_id, role_id, scope, recommendation, decision, justification, reviewer_id, decided_at, outcome";
+
+impl ItemRow {
+    fn from_row(r: &QueryResult) -> Result<Self, DbErr> {
+        Ok(Self {
+            id: col(r, "id")?,
+            review_id: col(r, "review_id")?,
+            instance: col(r, "instance")?,
+            assignment_id: col(r, "assignment_id")?,
+            kind: col(r, "kind")?,
+            principal_id: col(r, "principal_id")?,
+            role_id: col(r, "role_id")?,
+            scope: col(r, "scope")?,
+            recommendation: col(r, "recommendation")?,
+            decision: col(r, "decision")?,
+            justification: col(r, "justification")?,
+            reviewer_id: col(r, "reviewer_id")?,
+            decided_at: col(r, "decided_at")?,
+            outcome: col(r, "outcome")?,
+        })
+    }
+}
+
+pub async fn insert_item<C: ConnectionTrait>(c: &C, i: &ItemRow) -> Result<(), DbErr> {
+    db::exec(
+        c,
+        &format!(
+            "INSERT INTO review_items ({ITEM_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
+             ON CONFLICT (review_id, instance, assignment_id) DO NOTHING"
+        ),
+        vec![
+            i.id.clone().into(),
+            i.review_id.clone().into(),
+            i.instance.into(),
+            i.assignment_id.clone().into(),
+            i.kind.clone().into(),
+            i.principal_id.clone().into(),
+            i.role_id.clone().into(),
+            i.scope.clone().into(),
+            i.recommendation.clone().into(),
+            i.decision.clone().into(),
+            i.justification.clone().into(),
+            i.reviewer_id.clone().into(),
+            i.decided_at.into(),
+            i.outcome.clone().into(),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+pub async fn update_item<C: ConnectionTrait>(c: &C, i: &ItemRow) -> Result<(), DbErr> {
+    db::exec(
+        c,
+        "UPDATE review_items SET decision = $2, justification = $3, reviewer_id = $4, decided_at = $5, outcome = $6 WHERE id = $1",
+        vec![
+            i.id.clone().into(),
+            i.decision.clone().into(),
+            i.justification.clone().into(),
+            i.reviewer_id.clone().into(),
+            i.decided_at.into(),
+            i.outcome.clone().into(),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+pub async fn item<C: ConnectionTrait>(c: &C, id: &str) -> Result<Option<ItemRow>, DbErr> {
+    db::query_one(
+        c,
+        &format!("SELECT {ITEM_COLUMNS} FROM review_items WHERE id = $1"),
+        vec![id.into()],
+    )
+    .await?
+    .as_ref()
+    .map(ItemRow::from_row)
+    .transpose()
+}
+
+pub async fn items<C: ConnectionTrait>(c: &C, review_id: &str, instance: i32) -> Result<Vec<ItemRow>, DbErr> {
+    db::query(
+        c,
+        &format!(
+            "SELECT {ITEM_COLUMNS} FROM review_items WHERE review_id = $1 AND instance = $2 ORDER BY principal_id, id"
+        ),
+        vec![review_id.into(), instance.into()],
+    )
+    .await?
+    .iter()
+    .map(ItemRow::from_row)
     .collect()
 }

@@ -554,6 +554,59 @@ impl Assignments {
         Ok(request)
     }
 
+    /// Removes an assignment an access review denied (the approval service's
+    /// ReviewRemovalRequested event), as an adminRemove request made by the reviewer. The
+    /// last permanent active Global Administrator is kept, as for any removal.
+    pub async fn remove_for_review(
+        &self,
+        txn: &DatabaseTransaction,
+        assignment_id: &str,
+        actor: Option<Actor>,
+        justification: &str,
+    ) -> Result<Option<AssignmentRow>> {
+        let now = self.now();
+        let Some(a) = store::find_assignment(txn, assignment_id).await? else {
+            tracing::warn!(assignment_id, "review removal of an unknown assignment");
+            return Ok(None);
+        };
+        if a.status != "active" || a.end_at.is_some_and(|e| e <= now) {
+            return Ok(None);
+        }
+        if a.role_id == GLOBAL_ADMINISTRATOR && a.kind == Kind::Active.as_str() {
+            let permanent = store::lock_permanent_global_admins(txn, GLOBAL_ADMINISTRATOR, now).await?;
+            if permanent.iter().all(|p| p.id == a.id) && permanent.iter().any(|p| p.id == a.id) {
+                tracing::warn!(
+                    assignment_id,
+                    "review would remove the last permanent Global Administrator; kept"
+                );
+                return Ok(None);
+            }
+        }
+        let role_name = self.roles.get(&a.role_id).map(|r| r.name).unwrap_or_default();
+        let request = RequestRow {
+            id: new_id(),
+            action: "adminRemove".into(),
+            kind: a.kind.clone(),
+            principal_id: a.principal_id.clone(),
+            role_id: a.role_id.clone(),
+            scope: a.scope.clone(),
+            status: "Revoked".into(),
+            start_at: now,
+            end_at: Some(now),
+            justification: justification.trim().into(),
+            ticket_system: String::new(),
+            ticket_number: String::new(),
+            requested_by: actor.as_ref().map(|a| a.principal_id.clone()).unwrap_or_default(),
+            created_at: now,
+            assignment_id: Some(a.id.clone()),
+            duration_ms: None,
+            policy: String::new(),
+        };
+        self.record_request(txn, actor.clone(), &request, &role_name).await?;
+        self.end(txn, &a, "removed", actor, &role_name, now).await?;
+        Ok(Some(a))
+    }
+
     /// Ends one assignment with `reason` (expired, removed, deactivated) and tells the others.
     pub(crate) async fn end(
         &self,
@@ -1139,6 +1192,12 @@ impl Assignments {
                 .await?;
         }
         Ok(store::list_requests(&self.db, principal, role, status, after, limit).await?)
+    }
+
+    /// Drops an ended assignment from this replica's access index at once (other replicas
+    /// learn it from the stream).
+    pub fn forget(&self, principal_id: &str, assignment_id: &str) {
+        self.index.remove(principal_id, assignment_id);
     }
 
     /// Puts the assignment a request provisioned into the access index (after the commit

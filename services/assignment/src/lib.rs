@@ -14,7 +14,7 @@ mod store;
 
 use std::sync::Arc;
 
-use pim_proto::events::v1::ApprovalCompleted;
+use pim_proto::events::v1::{ApprovalCompleted, ReviewEvent};
 use pim_runtime::events::{Envelope, EventHandler, decode, short_type, streams};
 use sea_orm::DatabaseTransaction;
 
@@ -104,7 +104,7 @@ impl Assignment {
     }
 }
 
-/// Applies approval outcomes to pending activations.
+/// Applies approval outcomes to pending activations, and access reviews' removals.
 struct ApprovalOutcomes(Assignments);
 
 #[async_trait::async_trait]
@@ -122,6 +122,14 @@ impl EventHandler for ApprovalOutcomes {
             "ApprovalGranted" => "Granted",
             "ApprovalDenied" => "Denied",
             "ApprovalExpired" => "Expired",
+            "ReviewRemovalRequested" => {
+                let event: ReviewEvent = decode(envelope)?;
+                self.0
+                    .remove_for_review(txn, &event.assignment_id, event.actor, &event.justification)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                return Ok(());
+            }
             _ => return Ok(()),
         };
         let event: ApprovalCompleted = decode(envelope)?;
@@ -133,6 +141,12 @@ impl EventHandler for ApprovalOutcomes {
 
     /// The activation an approval provisioned joins the access index once it is committed.
     async fn after_commit(&self, envelope: &Envelope) {
+        if short_type(envelope) == "ReviewRemovalRequested" {
+            if let Ok(event) = decode::<ReviewEvent>(envelope) {
+                self.0.forget(&event.principal_id, &event.assignment_id);
+            }
+            return;
+        }
         let Ok(event) = decode::<ApprovalCompleted>(envelope) else {
             return;
         };

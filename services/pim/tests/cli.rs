@@ -421,6 +421,41 @@ fn the_readme_walk_through_works_and_survives_a_restart() {
         std::thread::sleep(Duration::from_millis(100));
     }
 
+    // An access review of Security Reader: the admin keeps Lee's eligibility, then stops it.
+    let created = admin.ok(
+        &[
+            "reviews",
+            "create",
+            "--name",
+            "readers",
+            "--role",
+            "Security Reader",
+            "--assignments",
+            "eligible",
+            "--reviewers",
+            "admin",
+            "--duration",
+            "7d",
+        ],
+        None,
+    );
+    assert!(created.contains("InProgress"), "{created}");
+    let review = created.split_whitespace().nth(1).expect("the review id").to_owned();
+    let items = admin.ok(&["reviews", "items", &review], None);
+    let item = items
+        .lines()
+        .find(|l| l.contains("eligible"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("Lee's eligibility under review: {items}"))
+        .to_owned();
+    let decided = admin.ok(
+        &["reviews", "decide", &item, "--approve", "-j", "still on the SOC rota"],
+        None,
+    );
+    assert!(decided.ends_with("approve\n"), "{decided}");
+    assert!(admin.ok(&["reviews", "stop", &review], None).contains("Stopped"));
+    assert!(admin.ok(&["reviews", "list"], None).contains("readers"));
+
     // The audit log is intact, and exports as JSON lines with the chain's hashes.
     assert!(admin.ok(&["audit", "verify"], None).starts_with("intact:"));
     let exported = admin.ok(&["audit", "export"], None);

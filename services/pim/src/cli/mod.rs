@@ -32,6 +32,7 @@ mod approvals;
 mod groups;
 mod mfa;
 mod requests;
+mod reviews;
 
 #[derive(Parser)]
 #[command(
@@ -122,6 +123,9 @@ enum Command {
     Approve(approvals::DecideArgs),
     /// Deny a request waiting for your decision (this ends it).
     Deny(approvals::DecideArgs),
+    /// Access reviews: create, list, your items, decide, stop.
+    #[command(subcommand)]
+    Reviews(reviews::ReviewsCommand),
     /// Show or change a role's policy at a scope.
     #[command(subcommand)]
     Policy(requests::PolicyCommand),
@@ -360,6 +364,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Approvals(args) => approvals::list(args).await,
         Command::Approve(args) => approvals::decide(args, true).await,
         Command::Deny(args) => approvals::decide(args, false).await,
+        Command::Reviews(cmd) => reviews::run(cmd).await,
         Command::Policy(cmd) => requests::policy(cmd).await,
         Command::Mfa(cmd) => mfa::run(cmd).await,
         Command::Assign(args) => assign(args).await,

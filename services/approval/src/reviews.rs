@@ -1,0 +1,469 @@
+//! Access reviews: a role's eligible and/or active assignments at a scope, snapshotted when
+//! each instance starts, decided by named reviewers or by the holders themselves; at the end
+//! unanswered items take the default decision and, with auto-apply, denied assignments are
+//! removed through assignment (a ReviewRemovalRequested event it consumes).
+
+use std::time::Duration;
+
+use sea_orm::{DatabaseTransaction, TransactionTrait};
+use tonic::Status;
+
+use pim_proto::assignment::v1::GetRoleDefinitionRequest;
+use pim_proto::assignment::v1::role_service_client::RoleServiceClient;
+use pim_proto::events::v1::ReviewEvent;
+use pim_runtime::access::{permissions, require};
+use pim_runtime::auth::Caller;
+use pim_runtime::grpc::invalid_argument;
+
+use crate::approvals::{Approvals, db_err};
+use crate::store::{self, ItemRow, ReviewRow};
+
+const DAY_MS: i64 = 24 * 3_600_000;
+/// An assignment not activated for this long is recommended for removal.
+const UNUSED_MS: i64 = 30 * DAY_MS;
+
+/// How often a recurring review starts again.
+pub fn recurrence_period(recurrence: &str) -> Option<Option<i64>> {
+    Some(match recurrence {
+        "" | "none" => None,
+        "weekly" => Some(7 * DAY_MS),
+        "monthly" => Some(30 * DAY_MS),
+        "quarterly" => Some(91 * DAY_MS),
+        "semiannually" => Some(182 * DAY_MS),
+        "annually" => Some(365 * DAY_MS),
+        _ => return None,
+    })
+}
+
+/// What an administrator asks for; checked here, stored as a [`ReviewRow`].
+pub struct NewReview {
+    pub name: String,
+    pub role_id: String,
+    pub scope: String,
+    pub review_scope: String,
+    pub reviewer_ids: Vec<String>,
+    pub self_review: bool,
+    pub start_at: Option<i64>,
+    pub duration: Option<Duration>,
+    pub recurrence: String,
+    pub default_decision: String,
+    pub auto_apply: bool,
+}
+
+/// Normalizes a scope path as assignment does (segments compared case-insensitively).
+fn scope(raw: &str) -> Result<String, Status> {
+    let raw = raw.trim();
+    if raw.is_empty() || raw == "/" {
+        return Ok("/".into());
+    }
+    if !raw.starts_with('/') || raw.contains("//") || raw.len() > 1024 {
+        return Err(invalid_argument(
+            "review.scope",
+            "a path such as / or /subscriptions/s1",
+        ));
+    }
+    Ok(raw.trim_end_matches('/').to_lowercase())
+}
+
+impl Approvals {
+    fn review_event(
+        &self,
+        review: &ReviewRow,
+        item: Option<&ItemRow>,
+        decision: &str,
+        caller: Option<&Caller>,
+    ) -> ReviewEvent {
+        ReviewEvent {
+            actor: caller.map(Caller::actor),
+            review_id: review.id.clone(),
+            item_id: item.map(|i| i.id.clone()).unwrap_or_default(),
+            decision: decision.into(),
+            principal_id: item.map(|i| i.principal_id.clone()).unwrap_or_default(),
+            role_id: review.role_id.clone(),
+            scope: item.map(|i| i.scope.clone()).unwrap_or_else(|| review.scope.clone()),
+            kind: item.map(|i| i.kind.clone()).unwrap_or_default(),
+            assignment_id: item.map(|i| i.assignment_id.clone()).unwrap_or_default(),
+            justification: item.map(|i| i.justification.clone()).unwrap_or_default(),
+        }
+    }
+
+    async fn emit_review(
+        &self,
+        txn: &DatabaseTransaction,
+        event_type: &str,
+        event: &ReviewEvent,
+    ) -> Result<(), Status> {
+        self.outbox
+            .enqueue(
+                txn,
+                pim_runtime::events::streams::APPROVAL,
+                &pim_runtime::events::envelope("pim.approval", event_type, &event.review_id, event),
+            )
+            .await
+            .map_err(db_err)
+    }
+
+    pub async fn create_review(&self, caller: &Caller, r: NewReview) -> Result<ReviewRow, Status> {
+        let name = r.name.trim();
+        if name.is_empty() || name.len() > 200 {
+            return Err(invalid_argument("review.name", "1 to 200 characters"));
+        }
+        let role_id = r.role_id.trim();
+        if role_id.is_empty() {
+            return Err(invalid_argument("review.role_id", "required"));
+        }
+        let scope = scope(&r.scope)?;
+        let reviewer_ids: Vec<String> = r
+            .reviewer_ids
+            .iter()
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect();
+        if reviewer_ids.is_empty() && !r.self_review {
+            return Err(invalid_argument(
+                "review.reviewer_ids",
+                "name reviewers, or make it a self-review",
+            ));
+        }
+        if reviewer_ids.len() > 100 || reviewer_ids.iter().any(|id| id.contains(char::is_whitespace)) {
+            return Err(invalid_argument("review.reviewer_ids", "at most 100 principal ids"));
+        }
+        let Some(period) = recurrence_period(r.recurrence.trim()) else {
+            return Err(invalid_argument(
+                "review.recurrence",
+                "none, weekly, monthly, quarterly, semiannually or annually",
+            ));
+        };
+        let duration_ms = r.duration.map(|d| d.as_millis() as i64).unwrap_or(14 * DAY_MS);
+        if !(3_600_000..=180 * DAY_MS).contains(&duration_ms) {
+            return Err(invalid_argument("review.duration", "between 1 hour and 180 days"));
+        }
+        if period.is_some_and(|p| duration_ms > p) {
+            return Err(invalid_argument(
+                "review.duration",
+                "must not be longer than the recurrence period",
+            ));
+        }
+        require(self.access.as_ref(), caller, permissions::REVIEWS_MANAGE, &scope).await?;
+        let role_id = self.role_id(caller, role_id).await?;
+        let now = self.now();
+        let review = ReviewRow {
+            id: uuid::Uuid::now_v7().to_string(),
+            name: name.into(),
+            role_id,
+            scope,
+            review_scope: r.review_scope,
+            reviewer_ids,
+            self_review: r.self_review,
+            start_at: r.start_at.unwrap_or(now).max(now),
+            duration_ms,
+            recurrence: r.recurrence.trim().trim_start_matches("none").into(),
+            default_decision: r.default_decision,
+            auto_apply: r.auto_apply,
+            status: "NotStarted".into(),
+            instance: 0,
+            instance_start: None,
+            instance_end: None,
+            created_by: caller.principal_id.clone(),
+            created_at: now,
+        };
+        let txn = self.db.begin().await.map_err(db_err)?;
+        store::insert_review(&txn, &review).await.map_err(db_err)?;
+        self.emit_review(
+            &txn,
+            "ReviewCreated",
+            &self.review_event(&review, None, "", Some(caller)),
+        )
+        .await?;
+        txn.commit().await.map_err(db_err)?;
+        self.outbox.wake();
+        // A review starting now starts at once, not at the next timer pass.
+        if review.start_at <= now {
+            self.run_review_timers_once().await?;
+        }
+        self.review_for(caller, &review.id).await
+    }
+
+    /// The id of a role given by name or id; it must exist (asked of assignment, on the
+    /// caller's behalf).
+    async fn role_id(&self, caller: &Caller, role: &str) -> Result<String, Status> {
+        let mut request = tonic::Request::new(GetRoleDefinitionRequest { role: role.to_owned() });
+        let bearer = format!("Bearer {}", caller.token())
+            .parse()
+            .map_err(|_| Status::unauthenticated("access token is not valid"))?;
+        request.metadata_mut().insert("authorization", bearer);
+        request.set_timeout(Duration::from_secs(3));
+        match RoleServiceClient::new(self.assignment.clone())
+            .get_role_definition(request)
+            .await
+        {
+            Ok(found) => Ok(found.into_inner().id),
+            Err(s) if s.code() == tonic::Code::NotFound => {
+                Err(invalid_argument("review.role_id", "no such role definition"))
+            }
+            Err(s) if s.code() == tonic::Code::InvalidArgument => Err(invalid_argument("review.role_id", s.message())),
+            Err(s) => {
+                tracing::warn!(code = ?s.code(), "role lookup for a review failed");
+                Err(Status::unavailable("role definitions are unavailable; try again"))
+            }
+        }
+    }
+
+    /// A review the caller may see: reviews managers see all, reviewers theirs, and anyone
+    /// a self-review.
+    pub async fn review_for(&self, caller: &Caller, id: &str) -> Result<ReviewRow, Status> {
+        let review = store::review(&self.db, id, false)
+            .await
+            .map_err(db_err)?
+            .ok_or_else(|| Status::not_found(format!("access review {id} not found")))?;
+        if review.self_review || review.reviewer_ids.contains(&caller.principal_id) {
+            return Ok(review);
+        }
+        require(self.access.as_ref(), caller, permissions::REVIEWS_MANAGE, &review.scope).await?;
+        Ok(review)
+    }
+
+    pub async fn list_reviews(&self, caller: &Caller, after_id: &str, limit: usize) -> Result<Vec<ReviewRow>, Status> {
+        let manager = require(self.access.as_ref(), caller, permissions::REVIEWS_MANAGE, "/")
+            .await
+            .is_ok();
+        let mut out = Vec::new();
+        let mut after = after_id.to_owned();
+        loop {
+            let rows = store::reviews(&self.db, &after, limit as u64).await.map_err(db_err)?;
+            let exhausted = rows.len() < limit;
+            for r in rows {
+                after = r.id.clone();
+                if (manager || r.self_review || r.reviewer_ids.contains(&caller.principal_id)) && out.len() < limit {
+                    out.push(r);
+                }
+            }
+            if exhausted || out.len() >= limit {
+                return Ok(out);
+            }
+        }
+    }
+
+    fn may_review(caller: &Caller, review: &ReviewRow, item: &ItemRow) -> bool {
+        review.reviewer_ids.contains(&caller.principal_id)
+            || (review.self_review && item.principal_id == caller.principal_id)
+    }
+
+    /// The current instance's items the caller reviews (of one review, or of every review in
+    /// progress).
+    pub async fn my_items(&self, caller: &Caller, review_id: Option<&str>) -> Result<Vec<ItemRow>, Status> {
+        let reviews = match review_id {
+            Some(id) => vec![self.review_for(caller, id).await?],
+            None => self.list_reviews(caller, "", 1000).await?,
+        };
+        let mut out = Vec::new();
+        for review in reviews.into_iter().filter(|r| r.status == "InProgress") {
+            let items = store::items(&self.db, &review.id, review.instance)
+                .await
+                .map_err(db_err)?;
+            out.extend(items.into_iter().filter(|i| Self::may_review(caller, &review, i)));
+        }
+        Ok(out)
+    }
+
+    /// Records (or changes) a reviewer's decision while the instance is in progress.
+    pub async fn record_review_decision(
+        &self,
+        caller: &Caller,
+        item_id: &str,
+        approve: bool,
+        justification: &str,
+    ) -> Result<ItemRow, Status> {
+        let justification = justification.trim();
+        if justification.len() > 1000 {
+            return Err(invalid_argument("justification", "at most 1000 characters"));
+        }
+        let mut item = store::item(&self.db, item_id)
+            .await
+            .map_err(db_err)?
+            .ok_or_else(|| Status::not_found(format!("review item {item_id} not found")))?;
+        let txn = self.db.begin().await.map_err(db_err)?;
+        let review = store::review(&txn, &item.review_id, true)
+            .await
+            .map_err(db_err)?
+            .ok_or_else(|| Status::not_found("access review not found"))?;
+        if !Self::may_review(caller, &review, &item) {
+            return Err(Status::permission_denied("you are not a reviewer of this item"));
+        }
+        if review.status != "InProgress" || review.instance != item.instance {
+            return Err(Status::failed_precondition("this review is not in progress"));
+        }
+        item.decision = if approve { "approve" } else { "deny" }.into();
+        item.justification = justification.into();
+        item.reviewer_id = caller.principal_id.clone();
+        item.decided_at = Some(self.now());
+        store::update_item(&txn, &item).await.map_err(db_err)?;
+        self.emit_review(
+            &txn,
+            "ReviewItemDecided",
+            &self.review_event(&review, Some(&item), &item.decision, Some(caller)),
+        )
+        .await?;
+        txn.commit().await.map_err(db_err)?;
+        self.outbox.wake();
+        Ok(item)
+    }
+
+    /// Ends the review now: the current instance completes (defaults, auto-apply) and no
+    /// further instance starts.
+    pub async fn stop_review(&self, caller: &Caller, id: &str) -> Result<ReviewRow, Status> {
+        let review = self.review_for(caller, id).await?;
+        require(self.access.as_ref(), caller, permissions::REVIEWS_MANAGE, &review.scope).await?;
+        let txn = self.db.begin().await.map_err(db_err)?;
+        let mut review = store::review(&txn, id, true)
+            .await
+            .map_err(db_err)?
+            .ok_or_else(|| Status::not_found(format!("access review {id} not found")))?;
+        match review.status.as_str() {
+            "InProgress" => self.complete_instance(&txn, &mut review, Some(caller)).await?,
+            "NotStarted" => {}
+            _ => {
+                return Err(Status::failed_precondition(format!(
+                    "review is already {}",
+                    review.status
+                )));
+            }
+        }
+        review.status = "Stopped".into();
+        store::update_review(&txn, &review).await.map_err(db_err)?;
+        txn.commit().await.map_err(db_err)?;
+        self.outbox.wake();
+        Ok(review)
+    }
+
+    /// Starts the next instance: snapshots the assignments under review, with a
+    /// recommendation for each.
+    async fn start_instance(&self, txn: &DatabaseTransaction, review: &mut ReviewRow) -> Result<(), Status> {
+        let now = self.now();
+        review.instance += 1;
+        review.status = "InProgress".into();
+        review.instance_start = Some(now);
+        review.instance_end = Some(now + review.duration_ms);
+        let assignments = store::seen_in_scope(txn, &review.role_id, &review.scope, now)
+            .await
+            .map_err(db_err)?;
+        for a in assignments {
+            if review.review_scope != "both" && a.kind != review.review_scope {
+                continue;
+            }
+            let recommendation = if a.kind == "eligible" {
+                let last = store::last_activation(txn, &a.principal_id, &a.role_id)
+                    .await
+                    .map_err(db_err)?;
+                if last.is_some_and(|at| at > now - UNUSED_MS) {
+                    "approve"
+                } else {
+                    "deny"
+                }
+            } else {
+                // Activity of standing access is not visible to PIM: no recommendation.
+                ""
+            };
+            let item = ItemRow {
+                id: uuid::Uuid::now_v7().to_string(),
+                review_id: review.id.clone(),
+                instance: review.instance,
+                assignment_id: a.assignment_id,
+                kind: a.kind,
+                principal_id: a.principal_id,
+                role_id: a.role_id,
+                scope: a.scope,
+                recommendation: recommendation.into(),
+                decision: String::new(),
+                justification: String::new(),
+                reviewer_id: String::new(),
+                decided_at: None,
+                outcome: String::new(),
+            };
+            store::insert_item(txn, &item).await.map_err(db_err)?;
+        }
+        store::update_review(txn, review).await.map_err(db_err)?;
+        self.emit_review(txn, "ReviewStarted", &self.review_event(review, None, "", None))
+            .await
+    }
+
+    /// Completes the current instance: unanswered items take the default decision, and with
+    /// auto-apply each denied assignment is removed through assignment.
+    async fn complete_instance(
+        &self,
+        txn: &DatabaseTransaction,
+        review: &mut ReviewRow,
+        caller: Option<&Caller>,
+    ) -> Result<(), Status> {
+        let items = store::items(txn, &review.id, review.instance).await.map_err(db_err)?;
+        for mut item in items {
+            if item.decision.is_empty() {
+                let default = match review.default_decision.as_str() {
+                    "remove" => "deny",
+                    "approve" => "approve",
+                    "recommendation" => item.recommendation.as_str(),
+                    _ => "",
+                };
+                if !default.is_empty() {
+                    item.decision = default.into();
+                    item.justification = format!("default decision ({})", review.default_decision);
+                    item.reviewer_id = "system".into();
+                    item.decided_at = Some(self.now());
+                }
+            }
+            let remove = review.auto_apply && item.decision == "deny";
+            item.outcome = if remove { "removed" } else { "kept" }.into();
+            store::update_item(txn, &item).await.map_err(db_err)?;
+            if remove {
+                let mut event = self.review_event(review, Some(&item), "deny", caller);
+                if event.actor.is_none() {
+                    event.actor = Some(pim_proto::common::v1::Actor {
+                        principal_id: if item.reviewer_id == "system" {
+                            "system".into()
+                        } else {
+                            item.reviewer_id.clone()
+                        },
+                        kind: 0,
+                        display_name: format!("access review {}", review.name),
+                    });
+                }
+                if event.justification.is_empty() {
+                    event.justification = format!("denied in access review {}", review.name);
+                }
+                self.emit_review(txn, "ReviewRemovalRequested", &event).await?;
+            }
+        }
+        self.emit_review(txn, "ReviewCompleted", &self.review_event(review, None, "", caller))
+            .await?;
+        let period = recurrence_period(&review.recurrence).flatten();
+        match period {
+            Some(p) => {
+                review.status = "NotStarted".into();
+                review.start_at = review.instance_start.unwrap_or(review.start_at) + p;
+            }
+            None => review.status = "Completed".into(),
+        }
+        store::update_review(txn, review).await.map_err(db_err)
+    }
+
+    /// Starts and completes the reviews that are due (SKIP LOCKED shares them between replicas).
+    pub async fn run_review_timers_once(&self) -> Result<usize, Status> {
+        let now = self.now();
+        let txn = self.db.begin().await.map_err(db_err)?;
+        let due = store::due_reviews(&txn, now, 100).await.map_err(db_err)?;
+        let fired = due.len();
+        for mut review in due {
+            if review.status == "InProgress" {
+                self.complete_instance(&txn, &mut review, None).await?;
+            }
+            if review.status == "NotStarted" && review.start_at <= now {
+                self.start_instance(&txn, &mut review).await?;
+            }
+        }
+        txn.commit().await.map_err(db_err)?;
+        if fired > 0 {
+            self.outbox.wake();
+        }
+        Ok(fired)
+    }
+}

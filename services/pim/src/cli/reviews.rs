@@ -1,0 +1,251 @@
+//! `pim reviews`: create and follow access reviews, and decide the items you review.
+
+use std::time::Duration;
+
+use clap::{Args, Subcommand, ValueEnum};
+
+use pim_proto::approval::v1 as pb;
+use pim_proto::approval::v1::access_review_service_client::AccessReviewServiceClient;
+use pim_runtime::db::from_timestamp;
+
+use super::{ClientArgs, Session, explain, print_table, time};
+
+#[derive(Clone, Copy, ValueEnum)]
+pub(crate) enum ReviewScopeArg {
+    Eligible,
+    Active,
+    Both,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub(crate) enum DefaultArg {
+    NoChange,
+    Remove,
+    Approve,
+    Recommendation,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum ReviewsCommand {
+    /// Access reviews you manage or review.
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Start reviewing who holds a role at a scope.
+    Create(CreateArgs),
+    /// The items waiting for your decision (of one review, or of all in progress).
+    Items {
+        review: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Keep (--approve) or remove (--deny) an assignment under review.
+    Decide(DecideArgs),
+    /// End a review now: unanswered items take the default decision, and no recurrence follows.
+    Stop {
+        review: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Args)]
+pub(crate) struct CreateArgs {
+    #[arg(long)]
+    name: String,
+    /// Role name or id.
+    #[arg(long)]
+    role: String,
+    #[arg(long, default_value = "/")]
+    scope: String,
+    #[arg(long, value_enum, default_value = "both")]
+    assignments: ReviewScopeArg,
+    /// Reviewer principal ids (or user names), comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    reviewers: Vec<String>,
+    /// Each holder reviews their own assignment.
+    #[arg(long)]
+    self_review: bool,
+    /// How long each instance runs (1h to 180d).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "14d")]
+    duration: Duration,
+    /// none, weekly, monthly, quarterly, semiannually or annually.
+    #[arg(long, default_value = "none")]
+    recurrence: String,
+    /// What happens to items nobody answered.
+    #[arg(long, value_enum, default_value = "no-change")]
+    default_decision: DefaultArg,
+    /// Remove denied assignments when the review ends.
+    #[arg(long)]
+    auto_apply: bool,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Args)]
+pub(crate) struct DecideArgs {
+    /// The item id (from `pim reviews items`).
+    item: String,
+    #[arg(long, conflicts_with = "deny", required_unless_present = "deny")]
+    approve: bool,
+    #[arg(long)]
+    deny: bool,
+    #[arg(long, short = 'j', default_value = "")]
+    justification: String,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+fn decision_name(d: i32) -> String {
+    match pb::Decision::try_from(d) {
+        Ok(pb::Decision::Approve) => "approve".into(),
+        Ok(pb::Decision::Deny) => "deny".into(),
+        _ => String::new(),
+    }
+}
+
+pub(crate) async fn run(cmd: ReviewsCommand) -> anyhow::Result<i32> {
+    match cmd {
+        ReviewsCommand::List { client } => {
+            let session = Session::open(&client, true)?;
+            let mut api = AccessReviewServiceClient::new(session.channel.clone());
+            let mut rows = Vec::new();
+            let mut page_token = String::new();
+            loop {
+                let page = api
+                    .list_reviews(session.request(pb::ListReviewsRequest {
+                        page_size: 500,
+                        page_token,
+                    })?)
+                    .await
+                    .map_err(explain)?
+                    .into_inner();
+                rows.extend(page.reviews.into_iter().map(|r| {
+                    vec![
+                        r.id,
+                        r.name,
+                        r.role_id,
+                        r.scope,
+                        r.status,
+                        r.instance.to_string(),
+                        time(r.instance_end.as_ref().map(from_timestamp)),
+                    ]
+                }));
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = page.next_page_token;
+            }
+            print_table(&["ID", "NAME", "ROLE", "SCOPE", "STATUS", "INSTANCE", "ENDS"], rows);
+            Ok(0)
+        }
+        ReviewsCommand::Create(a) => {
+            let session = Session::open(&a.client, true)?;
+            let mut reviewer_ids = Vec::new();
+            for r in a.reviewers.iter().filter(|r| !r.trim().is_empty()) {
+                reviewer_ids.push(session.principal_id(r.trim()).await?);
+            }
+            let review = pb::AccessReview {
+                name: a.name,
+                role_id: a.role,
+                scope: a.scope,
+                review_scope: match a.assignments {
+                    ReviewScopeArg::Eligible => pb::ReviewScope::Eligible,
+                    ReviewScopeArg::Active => pb::ReviewScope::Active,
+                    ReviewScopeArg::Both => pb::ReviewScope::Both,
+                } as i32,
+                reviewer_ids,
+                self_review: a.self_review,
+                duration: Some(prost_types::Duration {
+                    seconds: a.duration.as_secs() as i64,
+                    nanos: 0,
+                }),
+                recurrence: a.recurrence,
+                default_decision: match a.default_decision {
+                    DefaultArg::NoChange => pb::DefaultDecision::NoChange,
+                    DefaultArg::Remove => pb::DefaultDecision::Remove,
+                    DefaultArg::Approve => pb::DefaultDecision::Approve,
+                    DefaultArg::Recommendation => pb::DefaultDecision::Recommendation,
+                } as i32,
+                auto_apply: a.auto_apply,
+                ..Default::default()
+            };
+            let created = AccessReviewServiceClient::new(session.channel.clone())
+                .create_review(session.request(pb::CreateReviewRequest { review: Some(review) })?)
+                .await
+                .map_err(explain)?
+                .into_inner();
+            println!(
+                "review {} {} (instance {}, ends {})",
+                created.id,
+                created.status,
+                created.instance,
+                time(created.instance_end.as_ref().map(from_timestamp))
+            );
+            Ok(0)
+        }
+        ReviewsCommand::Items { review, client } => {
+            let session = Session::open(&client, true)?;
+            let items = AccessReviewServiceClient::new(session.channel.clone())
+                .list_my_review_items(session.request(pb::ListMyReviewItemsRequest {
+                    review_id: review.unwrap_or_default(),
+                })?)
+                .await
+                .map_err(explain)?
+                .into_inner()
+                .items;
+            let rows = items
+                .into_iter()
+                .map(|i| {
+                    vec![
+                        i.id,
+                        i.principal_id,
+                        i.kind,
+                        i.scope,
+                        i.recommendation,
+                        decision_name(i.decision),
+                    ]
+                })
+                .collect();
+            print_table(
+                &["ITEM", "PRINCIPAL", "KIND", "SCOPE", "RECOMMENDATION", "DECISION"],
+                rows,
+            );
+            Ok(0)
+        }
+        ReviewsCommand::Decide(a) => {
+            let session = Session::open(&a.client, true)?;
+            let item = AccessReviewServiceClient::new(session.channel.clone())
+                .record_decision(session.request(pb::RecordDecisionRequest {
+                    item_id: a.item.trim().to_owned(),
+                    decision: if a.approve {
+                        pb::Decision::Approve
+                    } else {
+                        pb::Decision::Deny
+                    } as i32,
+                    justification: a.justification,
+                })?)
+                .await
+                .map_err(explain)?
+                .into_inner();
+            println!(
+                "item {} ({}): {}",
+                item.id,
+                item.principal_id,
+                decision_name(item.decision)
+            );
+            Ok(0)
+        }
+        ReviewsCommand::Stop { review, client } => {
+            let session = Session::open(&client, true)?;
+            let stopped = AccessReviewServiceClient::new(session.channel.clone())
+                .stop_review(session.request(pb::GetReviewRequest { review_id: review })?)
+                .await
+                .map_err(explain)?
+                .into_inner();
+            println!("review {} {}", stopped.id, stopped.status);
+            Ok(0)
+        }
+    }
+}

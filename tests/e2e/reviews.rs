@@ -1,0 +1,227 @@
+//! Access reviews across assignment and approval on PostgreSQL + Redis: a review of a role's
+//! eligible assignments, with recommendations from activation history, run to completion:
+//! approved assignments stay, denied ones and unanswered ones (default decision: remove) are
+//! removed through assignment.
+
+use std::time::Duration;
+
+use tonic::Code;
+
+use pim_e2e::{authed, eventually};
+use pim_proto::approval::v1 as pb;
+use pim_proto::approval::v1::access_review_service_client::AccessReviewServiceClient;
+use pim_proto::assignment::v1 as apb;
+use pim_runtime::db::{col, query_one};
+
+use crate::activation::{EXCHANGE_ADMINISTRATOR, HOUR_MS, World, activation, run};
+
+const DAY_S: i64 = 24 * 3600;
+
+impl World {
+    fn reviews(&self) -> AccessReviewServiceClient<tonic::transport::Channel> {
+        AccessReviewServiceClient::new(self.ts.channel.clone())
+    }
+
+    async fn eligible(&self, principal: &str) -> anyhow::Result<bool> {
+        Ok(!self
+            .assignments()
+            .list_eligible_assignments(authed(
+                &self.admin,
+                apb::ListAssignmentsRequest {
+                    principal_id: principal.into(),
+                    role_id: EXCHANGE_ADMINISTRATOR.into(),
+                    ..Default::default()
+                },
+            ))
+            .await?
+            .into_inner()
+            .assignments
+            .is_empty())
+    }
+
+    /// Waits until the approval service has seen `n` assignments and `m` activations.
+    async fn approval_sees(&self, n: i64, m: i64) -> anyhow::Result<()> {
+        let db = self
+            .ts
+            .suite
+            .approval()
+            .expect("approval runs here")
+            .approvals_db()
+            .clone();
+        eventually(Duration::from_secs(10), "assignments reach approval", || async {
+            let count = |sql: &'static str| {
+                let db = db.clone();
+                async move {
+                    let row = query_one(&db, sql, vec![]).await?.expect("a count");
+                    anyhow::Ok(col::<i64>(&row, "n")?)
+                }
+            };
+            let seen = count("SELECT COUNT(*) AS n FROM assignments_seen").await?;
+            let activated = count("SELECT COUNT(*) AS n FROM activations").await?;
+            Ok((seen >= n && activated >= m).then_some(()))
+        })
+        .await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_review_removes_denied_and_unanswered_assignments_and_keeps_approved_ones() -> anyhow::Result<()> {
+    run(|w| async move {
+        let ann = w.user("ann").await?;
+        let (lee, kim, joe) = (w.user("lee").await?, w.user("kim").await?, w.user("joe").await?);
+        for u in [&lee, &kim, &joe] {
+            w.make_eligible(u, EXCHANGE_ADMINISTRATOR).await?;
+        }
+        // Lee used the role last week; Kim and Joe never did.
+        w.assignments()
+            .create_request(authed(
+                &w.stepped_up(&lee)?,
+                activation(EXCHANGE_ADMINISTRATOR, HOUR_MS, "mailbox restore"),
+            ))
+            .await?;
+        w.approval_sees(4, 1).await?;
+
+        let bad = w
+            .reviews()
+            .create_review(authed(
+                &w.admin,
+                pb::CreateReviewRequest {
+                    review: Some(pb::AccessReview {
+                        name: "no reviewers".into(),
+                        role_id: EXCHANGE_ADMINISTRATOR.into(),
+                        ..Default::default()
+                    }),
+                },
+            ))
+            .await
+            .expect_err("nobody reviews");
+        assert_eq!(bad.code(), Code::InvalidArgument);
+        let refused = w
+            .reviews()
+            .create_review(authed(
+                &lee.token,
+                pb::CreateReviewRequest {
+                    review: Some(pb::AccessReview {
+                        name: "mine".into(),
+                        role_id: EXCHANGE_ADMINISTRATOR.into(),
+                        self_review: true,
+                        ..Default::default()
+                    }),
+                },
+            ))
+            .await
+            .expect_err("not a reviews manager");
+        assert_eq!(refused.code(), Code::PermissionDenied);
+
+        let review = w
+            .reviews()
+            .create_review(authed(
+                &w.admin,
+                pb::CreateReviewRequest {
+                    review: Some(pb::AccessReview {
+                        name: "Exchange admins, Q4".into(),
+                        role_id: "Exchange Administrator".into(),
+                        scope: "/".into(),
+                        review_scope: pb::ReviewScope::Eligible as i32,
+                        reviewer_ids: vec![ann.id.clone()],
+                        duration: Some(prost_types::Duration {
+                            seconds: DAY_S,
+                            nanos: 0,
+                        }),
+                        default_decision: pb::DefaultDecision::Remove as i32,
+                        auto_apply: true,
+                        ..Default::default()
+                    }),
+                },
+            ))
+            .await?
+            .into_inner();
+        assert_eq!((review.status.as_str(), review.instance), ("InProgress", 1));
+        assert_eq!(review.role_id, EXCHANGE_ADMINISTRATOR, "named by name, stored by id");
+
+        let items = w
+            .reviews()
+            .list_my_review_items(authed(
+                &ann.token,
+                pb::ListMyReviewItemsRequest {
+                    review_id: review.id.clone(),
+                },
+            ))
+            .await?
+            .into_inner()
+            .items;
+        assert_eq!(items.len(), 3, "the three eligible assignments, snapshotted: {items:?}");
+        let item_of = |id: &str| items.iter().find(|i| i.principal_id == id).expect("an item").clone();
+        let (lee_item, kim_item, joe_item) = (item_of(&lee.id), item_of(&kim.id), item_of(&joe.id));
+        assert_eq!(lee_item.recommendation, "approve", "activated within 30 days");
+        assert_eq!(kim_item.recommendation, "deny", "never activated");
+
+        // Lee is no reviewer here.
+        let refused = w
+            .reviews()
+            .record_decision(authed(
+                &lee.token,
+                pb::RecordDecisionRequest {
+                    item_id: lee_item.id.clone(),
+                    decision: pb::Decision::Approve as i32,
+                    justification: "I need it".into(),
+                },
+            ))
+            .await
+            .expect_err("not a reviewer");
+        assert_eq!(refused.code(), Code::PermissionDenied);
+        for (item, decision) in [(&lee_item, pb::Decision::Approve), (&kim_item, pb::Decision::Deny)] {
+            w.reviews()
+                .record_decision(authed(
+                    &ann.token,
+                    pb::RecordDecisionRequest {
+                        item_id: item.id.clone(),
+                        decision: decision as i32,
+                        justification: "reviewed with the team lead".into(),
+                    },
+                ))
+                .await?;
+        }
+
+        // The review ends after its day; Joe's item was never answered.
+        let approvals = w.ts.suite.approval().expect("approval runs here").approvals();
+        w.clock.advance(Duration::from_secs(DAY_S as u64 - 1));
+        assert_eq!(approvals.run_review_timers_once().await?, 0, "not yet");
+        w.clock.advance(Duration::from_secs(1));
+        assert_eq!(approvals.run_review_timers_once().await?, 1);
+        eventually(Duration::from_secs(10), "denied assignments removed", || async {
+            Ok((!w.eligible(&kim.id).await? && !w.eligible(&joe.id).await?).then_some(()))
+        })
+        .await?;
+        assert!(w.eligible(&lee.id).await?, "approved: kept");
+
+        let done = w
+            .reviews()
+            .get_review(authed(
+                &w.admin,
+                pb::GetReviewRequest {
+                    review_id: review.id.clone(),
+                },
+            ))
+            .await?
+            .into_inner();
+        assert_eq!(done.status, "Completed");
+        let late = w
+            .reviews()
+            .record_decision(authed(
+                &ann.token,
+                pb::RecordDecisionRequest {
+                    item_id: joe_item.id.clone(),
+                    decision: pb::Decision::Approve as i32,
+                    justification: "late".into(),
+                },
+            ))
+            .await
+            .expect_err("over");
+        assert_eq!(late.code(), Code::FailedPrecondition);
+        let removed = w.eventually_events("EligibilityRemoved", 2).await?;
+        assert_eq!(removed.len(), 2, "Kim's and Joe's");
+        Ok(w)
+    })
+    .await
+}
