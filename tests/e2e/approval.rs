@@ -557,3 +557,81 @@ async fn the_example_bot_approves_what_its_rule_allows() -> anyhow::Result<()> {
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn escalation_adds_approvers_and_a_watch_resumes_from_its_cursor() -> anyhow::Result<()> {
+    run(|w| async move {
+        let (lee, kim, ann, bob) = (
+            w.user("lee").await?,
+            w.user("kim").await?,
+            w.user("ann").await?,
+            w.user("bob").await?,
+        );
+        w.require_approval(vec![ApprovalStageSettings {
+            escalation_approver_ids: vec![bob.id.clone()],
+            escalate_after: Some(prost_types::Duration {
+                seconds: 600,
+                nanos: 0,
+            }),
+            ..stage(&[&ann], 1)
+        }])
+        .await?;
+
+        let mut watch = w
+            .approvals()
+            .watch_approvals(authed(&ann.token, pb::WatchApprovalsRequest::default()))
+            .await?
+            .into_inner();
+        let first = w.ask(&lee, "first").await?;
+        let seen = tokio::time::timeout(Duration::from_secs(10), watch.message())
+            .await??
+            .expect("the first approval");
+        assert_eq!(seen.request_id, first.id);
+        // Ann's bot disconnects; a request arrives meanwhile; resuming from the cursor
+        // delivers it, and only it.
+        drop(watch);
+        let second = w.ask(&kim, "second").await?;
+        w.approval_of(&second.id).await?;
+        let mut resumed = w
+            .approvals()
+            .watch_approvals(authed(
+                &ann.token,
+                pb::WatchApprovalsRequest {
+                    cursor: seen.cursor.clone(),
+                },
+            ))
+            .await?
+            .into_inner();
+        let next = tokio::time::timeout(Duration::from_secs(10), resumed.message())
+            .await??
+            .expect("the second approval");
+        assert_eq!(next.request_id, second.id, "no duplicate of the first");
+
+        // Bob may decide only after ten minutes without a decision.
+        let early = w
+            .approvals()
+            .decide(authed(&bob.token, decide(&seen.id, true, "ok")))
+            .await
+            .expect_err("not yet escalated");
+        assert_eq!(early.code(), Code::PermissionDenied);
+        w.clock.advance(Duration::from_secs(600));
+        let approvals = w.ts.suite.approval().expect("approval runs here").approvals();
+        assert_eq!(approvals.run_timers_once().await?, 2, "both escalate");
+        let escalated = eventually(Duration::from_secs(10), "ApprovalEscalated", || async {
+            let found = w.events_on(streams::APPROVAL, "ApprovalEscalated").await?;
+            Ok((found.len() >= 2).then_some(found))
+        })
+        .await?;
+        assert_eq!(escalated.len(), 2);
+        let approved = w
+            .approvals()
+            .decide(authed(&bob.token, decide(&seen.id, true, "covering for Ann")))
+            .await?
+            .into_inner();
+        assert_eq!(approved.status, pb::ApprovalStatus::Approved as i32);
+        w.eventually_status(&lee.token, &first.id, apb::RequestStatus::Provisioned)
+            .await?;
+        Ok(w)
+    })
+    .await
+}

@@ -141,6 +141,47 @@ pub fn record(envelope: &Envelope) -> anyhow::Result<Record> {
             r.scope = e.scope.clone();
             json!({"activation_requires_mfa": e.activation_requires_mfa, "approval_required": e.approval_required})
         }
+                "ApprovalCreated" => {
+            let e: ev::ApprovalCreated = decode(envelope)?;
+            r.target_id = e.requester_id.clone();
+            r.role_id = e.role_id.clone();
+            r.scope = e.scope.clone();
+            json!({"approval_id": e.approval_id, "request_id": e.request_id})
+        }
+        "ApprovalDecisionRecorded" | "SelfApprovalAttempted" => {
+            let e: ev::ApprovalDecisionRecorded = decode(envelope)?;
+            set_actor(&mut r, &e.actor);
+            r.target_id = e.requester_id.clone();
+            r.role_id = e.role_id.clone();
+            r.scope = e.scope.clone();
+            r.justification = e.justification.clone();
+            if short_type(envelope) == "SelfApprovalAttempted" {
+                r.outcome = "refused".into();
+            }
+            json!({"approval_id": e.approval_id, "request_id": e.request_id, "decision": e.decision, "stage": e.stage})
+        }
+        "ApprovalGranted" | "ApprovalDenied" | "ApprovalExpired" | "ApprovalCanceled" | "ApprovalEscalated" => {
+            let e: ev::ApprovalCompleted = decode(envelope)?;
+            set_actor(&mut r, &e.actor);
+            r.target_id = e.requester_id.clone();
+            r.role_id = e.role_id.clone();
+            r.scope = e.scope.clone();
+            json!({"approval_id": e.approval_id, "request_id": e.request_id, "outcome": e.outcome})
+        }
+        "ReviewCreated" | "ReviewStarted" | "ReviewItemDecided" | "ReviewCompleted" | "ReviewRemovalRequested" => {
+            let e: ev::ReviewEvent = decode(envelope)?;
+            set_actor(&mut r, &e.actor);
+            if !e.principal_id.is_empty() {
+                r.target_id = e.principal_id.clone();
+            }
+            r.role_id = e.role_id.clone();
+            r.scope = e.scope.clone();
+            r.justification = e.justification.clone();
+            json!({
+                "review_id": e.review_id, "item_id": e.item_id, "decision": e.decision,
+                "kind": e.kind, "assignment_id": e.assignment_id,
+            })
+        }
         "UnmanagedGrantDetected" => {
             let e: ev::UnmanagedGrantDetected = decode(envelope)?;
             r.target_id = e.principal_id.clone();
@@ -190,6 +231,33 @@ mod tests {
         assert_eq!(r.ticket, "ServiceNow:INC1");
         assert_eq!(r.justification, "mailbox migration");
         assert_eq!(r.trace_id.len(), 32);
+    }
+
+        #[test]
+    fn an_approval_decision_names_the_approver_the_requester_and_why() {
+        let e = ev::ApprovalDecisionRecorded {
+            actor: Some(Actor {
+                principal_id: "ann-id".into(),
+                kind: 1,
+                display_name: "ann".into(),
+            }),
+            approval_id: "a-1".into(),
+            request_id: "r-1".into(),
+            decision: "approve".into(),
+            justification: "checked the ticket".into(),
+            requester_id: "lee-id".into(),
+            role_id: "role-1".into(),
+            scope: "/".into(),
+            stage: 0,
+        };
+        let r = record(&envelope("pim.approval", "ApprovalDecisionRecorded", "a-1", &e)).unwrap();
+        assert_eq!(
+            (r.actor_id.as_str(), r.target_id.as_str(), r.role_id.as_str()),
+            ("ann-id", "lee-id", "role-1")
+        );
+        assert_eq!((r.justification.as_str(), r.outcome.as_str()), ("checked the ticket", "success"));
+        let r = record(&envelope("pim.approval", "SelfApprovalAttempted", "a-1", &e)).unwrap();
+        assert_eq!(r.outcome, "refused");
     }
 
     #[test]
