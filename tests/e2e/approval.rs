@@ -569,10 +569,7 @@ async fn escalation_adds_approvers_and_a_watch_resumes_from_its_cursor() -> anyh
         );
         w.require_approval(vec![ApprovalStageSettings {
             escalation_approver_ids: vec![bob.id.clone()],
-            escalate_after: Some(prost_types::Duration {
-                seconds: 600,
-                nanos: 0,
-            }),
+            escalate_after: Some(prost_types::Duration { seconds: 600, nanos: 0 }),
             ..stage(&[&ann], 1)
         }])
         .await?;

@@ -15,7 +15,7 @@ use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
 use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 
 use pim_e2e::{TestSuite, authed};
-use pim_proto::approval::v1::approval_service_client::ApprovalServiceClient;
+use pim_proto::alerting::v1::alert_service_client::AlertServiceClient;
 use pim_proto::assignment::v1::ListRoleDefinitionsRequest;
 use pim_proto::assignment::v1::role_service_client::RoleServiceClient;
 use pim_proto::service_names;
@@ -123,14 +123,14 @@ async fn every_service_is_healthy_listed_and_guarded() -> anyhow::Result<()> {
         }
 
         // What later issues build answers UNIMPLEMENTED, after authentication.
-        let mut approvals = ApprovalServiceClient::new(ts.channel.clone());
-        let later = approvals
-            .list_approvals(authed(&admin, pim_proto::approval::v1::ListApprovalsRequest::default()))
+        let mut alerts = AlertServiceClient::new(ts.channel.clone());
+        let later = alerts
+            .list_alerts(authed(&admin, pim_proto::alerting::v1::ListAlertsRequest::default()))
             .await
             .expect_err("not built yet");
         assert_eq!(later.code(), Code::Unimplemented);
-        let anonymous = approvals
-            .list_approvals(pim_proto::approval::v1::ListApprovalsRequest::default())
+        let anonymous = alerts
+            .list_alerts(pim_proto::alerting::v1::ListAlertsRequest::default())
             .await
             .expect_err("no token");
         assert_eq!(anonymous.code(), Code::Unauthenticated);

@@ -141,7 +141,7 @@ pub fn record(envelope: &Envelope) -> anyhow::Result<Record> {
             r.scope = e.scope.clone();
             json!({"activation_requires_mfa": e.activation_requires_mfa, "approval_required": e.approval_required})
         }
-                "ApprovalCreated" => {
+        "ApprovalCreated" => {
             let e: ev::ApprovalCreated = decode(envelope)?;
             r.target_id = e.requester_id.clone();
             r.role_id = e.role_id.clone();
@@ -233,7 +233,7 @@ mod tests {
         assert_eq!(r.trace_id.len(), 32);
     }
 
-        #[test]
+    #[test]
     fn an_approval_decision_names_the_approver_the_requester_and_why() {
         let e = ev::ApprovalDecisionRecorded {
             actor: Some(Actor {
@@ -255,7 +255,10 @@ mod tests {
             (r.actor_id.as_str(), r.target_id.as_str(), r.role_id.as_str()),
             ("ann-id", "lee-id", "role-1")
         );
-        assert_eq!((r.justification.as_str(), r.outcome.as_str()), ("checked the ticket", "success"));
+        assert_eq!(
+            (r.justification.as_str(), r.outcome.as_str()),
+            ("checked the ticket", "success")
+        );
         let r = record(&envelope("pim.approval", "SelfApprovalAttempted", "a-1", &e)).unwrap();
         assert_eq!(r.outcome, "refused");
     }
