@@ -434,7 +434,7 @@ impl Assignments {
         role_id: &str,
         scope: &Scope,
         justification: &str,
-        caller: &Caller,
+        requested_by: &str,
         assignment_id: Option<String>,
         now: i64,
         validate_only: bool,
@@ -452,7 +452,7 @@ impl Assignments {
             justification: justification.trim().into(),
             ticket_system: String::new(),
             ticket_number: String::new(),
-            requested_by: caller.principal_id.clone(),
+            requested_by: requested_by.into(),
             created_at: now,
             assignment_id,
             duration_ms: None,
@@ -532,7 +532,7 @@ impl Assignments {
             &role.id,
             &scope,
             &r.justification,
-            caller,
+            &caller.principal_id,
             open.first().map(|a| a.id.clone()),
             now,
             r.validate_only,
@@ -583,25 +583,23 @@ impl Assignments {
             }
         }
         let role_name = self.roles.get(&a.role_id).map(|r| r.name).unwrap_or_default();
-        let request = RequestRow {
-            id: new_id(),
-            action: "adminRemove".into(),
-            kind: a.kind.clone(),
-            principal_id: a.principal_id.clone(),
-            role_id: a.role_id.clone(),
-            scope: a.scope.clone(),
-            status: "Revoked".into(),
-            start_at: now,
-            end_at: Some(now),
-            justification: justification.trim().into(),
-            ticket_system: String::new(),
-            ticket_number: String::new(),
-            requested_by: actor.as_ref().map(|a| a.principal_id.clone()).unwrap_or_default(),
-            created_at: now,
-            assignment_id: Some(a.id.clone()),
-            duration_ms: None,
-            policy: String::new(),
+        let kind = if a.kind == Kind::Eligible.as_str() {
+            Kind::Eligible
+        } else {
+            Kind::Active
         };
+        let request = Self::ending_request(
+            "adminRemove",
+            kind,
+            &a.principal_id,
+            &a.role_id,
+            &Scope::parse(&a.scope)?,
+            justification,
+            &actor.as_ref().map(|a| a.principal_id.clone()).unwrap_or_default(),
+            Some(a.id.clone()),
+            now,
+            false,
+        );
         self.record_request(txn, actor.clone(), &request, &role_name).await?;
         self.end(txn, &a, "removed", actor, &role_name, now).await?;
         Ok(Some(a))
@@ -711,7 +709,7 @@ impl Assignments {
             &role.id,
             &scope,
             &r.justification,
-            caller,
+            &caller.principal_id,
             Some(assignment.id.clone()),
             now,
             r.validate_only,
@@ -986,7 +984,7 @@ impl Assignments {
             &role.id,
             &scope,
             &r.justification,
-            caller,
+            &caller.principal_id,
             Some(activation.id.clone()),
             now,
             r.validate_only,
