@@ -269,7 +269,7 @@ async fn a_deny_ends_it_and_an_unanswered_approval_expires() -> anyhow::Result<(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_of_three_then_a_second_stage() -> anyhow::Result<()> {
+async fn two_of_three_then_a_second_stage_decided_by_a_group_member() -> anyhow::Result<()> {
     run(|w| async move {
         let lee = w.user("lee").await?;
         let (a, b, c, d) = (
@@ -278,8 +278,36 @@ async fn two_of_three_then_a_second_stage() -> anyhow::Result<()> {
             w.user("cyd").await?,
             w.user("dee").await?,
         );
-        w.require_approval(vec![stage(&[&a, &b, &c], 2), stage(&[&d], 1)])
+                // Stage two names a group: its members decide.
+        let mut directory =
+            pim_proto::identity::v1::directory_service_client::DirectoryServiceClient::new(w.ts.channel.clone());
+        let leads = directory
+            .create_group(authed(
+                &w.admin,
+                pim_proto::identity::v1::CreateGroupRequest {
+                    display_name: "exchange leads".into(),
+                    ..Default::default()
+                },
+            ))
+            .await?
+            .into_inner();
+        directory
+            .add_group_member(authed(
+                &w.admin,
+                pim_proto::identity::v1::GroupMembershipRequest {
+                    group_id: leads.id.clone(),
+                    principal_id: d.id.clone(),
+                },
+            ))
             .await?;
+        w.require_approval(vec![
+            stage(&[&a, &b, &c], 2),
+            ApprovalStageSettings {
+                approver_ids: vec![leads.id.clone()],
+                ..stage(&[], 1)
+            },
+        ])
+        .await?;
         let request = w.ask(&lee, "quarterly audit").await?;
         let approval = w.approval_of(&request.id).await?;
         let first = w
