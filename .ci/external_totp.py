@@ -6,41 +6,17 @@ steps up with `pim mfa verify` using pyotp's next code. Exits non-zero on any fa
 Usage: python3 .ci/external_totp.py PATH_TO_PIM
 """
 
-import os
-import subprocess
 import sys
-import tempfile
 import time
 
 import pyotp
 
+from pim_up import PimUp
+
 
 def main(pim: str) -> int:
-    work = tempfile.mkdtemp(prefix="pim-totp-")
-    env = dict(os.environ, PIM_DATA_DIR=os.path.join(work, "data"), PIM_LISTEN_ADDR="127.0.0.1:0",
-               PIM_TOKEN_FILE=os.path.join(work, "token"))
-    env.pop("PIM_REDIS_URL", None)
-    up = subprocess.Popen([pim, "up"], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    try:
-        server = password = None
-        deadline = time.time() + 60
-        while (server is None or password is None) and time.time() < deadline:
-            line = up.stdout.readline()
-            if not line:
-                break
-            if line.startswith("PIM is up at"):
-                server = line.split()[-1]
-            if line.strip().startswith("password:"):
-                password = line.split()[-1]
-        if server is None or password is None:
-            print("pim up did not print its address and credentials", file=sys.stderr)
-            return 1
-        env["PIM_SERVER"] = server
-        subprocess.run([pim, "login", "--user", "admin", "--password-stdin"], input=password + "\n",
-                       env=env, check=True, capture_output=True, text=True)
-
-        enroll = subprocess.Popen([pim, "mfa", "enroll"], env=env, stdin=subprocess.PIPE,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    with PimUp(pim) as up:
+        enroll = up.popen("mfa", "enroll")
         uri = None
         while uri is None:
             line = enroll.stdout.readline()
@@ -60,22 +36,17 @@ def main(pim: str) -> int:
             return 1
 
         # The next step's code (within the allowed skew) steps the session up.
-        verify = subprocess.run([pim, "mfa", "verify", "--code", totp.at(first + 30)], env=env,
-                                capture_output=True, text=True)
+        verify = up.run("mfa", "verify", "--code", totp.at(first + 30), check=False)
         if verify.returncode != 0:
             print(f"pim refused pyotp's code: {verify.stderr}", file=sys.stderr)
             return 1
         # The same code again is refused (each code works once).
-        replay = subprocess.run([pim, "mfa", "verify", "--code", totp.at(first + 30)], env=env,
-                                capture_output=True, text=True)
+        replay = up.run("mfa", "verify", "--code", totp.at(first + 30), check=False)
         if replay.returncode == 0:
             print("pim accepted a code twice", file=sys.stderr)
             return 1
         print("external TOTP: pyotp's codes accepted, a replay refused")
         return 0
-    finally:
-        up.terminate()
-        up.wait(timeout=30)
 
 
 if __name__ == "__main__":

@@ -95,6 +95,22 @@ impl World {
         .await
     }
 
+    /// The break-glass administrator's principal id.
+    pub(crate) async fn admin_id(&self) -> anyhow::Result<String> {
+        Ok(
+            pim_proto::identity::v1::directory_service_client::DirectoryServiceClient::new(self.ts.channel.clone())
+                .get_user(authed(
+                    &self.admin,
+                    pim_proto::identity::v1::GetUserRequest {
+                        user: self.ts.admin_user.clone(),
+                    },
+                ))
+                .await?
+                .into_inner()
+                .id,
+        )
+    }
+
     async fn require_approval(&self, stages: Vec<ApprovalStageSettings>) -> anyhow::Result<()> {
         self.set_policy(EXCHANGE_ADMINISTRATOR, |p| {
             p.approval_required = true;
@@ -278,7 +294,7 @@ async fn two_of_three_then_a_second_stage_decided_by_a_group_member() -> anyhow:
             w.user("cyd").await?,
             w.user("dee").await?,
         );
-                // Stage two names a group: its members decide.
+        // Stage two names a group: its members decide.
         let mut directory =
             pim_proto::identity::v1::directory_service_client::DirectoryServiceClient::new(w.ts.channel.clone());
         let leads = directory
@@ -365,16 +381,7 @@ async fn nobody_approves_their_own_request_and_default_approvers_decide_otherwis
         // No approvers named: the default approvers (active Global / Privileged Role
         // Administrators) decide. The admin is a Global Administrator asking for a role.
         w.require_approval(Vec::new()).await?;
-        let admin_id = pim_proto::identity::v1::directory_service_client::DirectoryServiceClient::new(w.ts.channel.clone())
-            .get_user(authed(
-                &w.admin,
-                pim_proto::identity::v1::GetUserRequest {
-                    user: w.ts.admin_user.clone(),
-                },
-            ))
-            .await?
-            .into_inner()
-            .id;
+                let admin_id = w.admin_id().await?;
         w.assignments()
             .create_request(authed(
                 &w.admin,

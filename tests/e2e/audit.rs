@@ -228,3 +228,206 @@ async fn the_chain_head_is_checkpointed_on_the_stream() -> anyhow::Result<()> {
     ts.stop().await?;
     result
 }
+
+/// Every action of the seed's scenario — assign eligible, activate with MFA and a
+/// justification, approve, expire — is in the audit log once, with actor, target, role,
+/// scope, justification and time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seed_scenario_is_audited_once_per_action() -> anyhow::Result<()> {
+    use crate::activation::{EXCHANGE_ADMINISTRATOR, HOUR_MS, activation, run};
+    use pim_proto::approval::v1 as pb;
+    run(|w| async move {
+        let lee = w.user("lee").await?;
+        w.make_eligible(&lee, EXCHANGE_ADMINISTRATOR).await?;
+        w.set_policy(EXCHANGE_ADMINISTRATOR, |p| p.approval_required = true)
+            .await?;
+        let request = w
+            .assignments()
+            .create_request(authed(
+                &w.stepped_up(&lee)?,
+                activation(EXCHANGE_ADMINISTRATOR, HOUR_MS, "mailbox migration"),
+            ))
+            .await?
+            .into_inner();
+        let approval = w.approval_of(&request.id).await?;
+        w.approvals()
+            .decide(authed(
+                &w.admin,
+                pb::DecideRequest {
+                    approval_id: approval.id.clone(),
+                    decision: pb::Decision::Approve as i32,
+                    justification: "planned migration".into(),
+                },
+            ))
+            .await?;
+        w.eventually_status(
+            &lee.token,
+            &request.id,
+            pim_proto::assignment::v1::RequestStatus::Provisioned,
+        )
+        .await?;
+        w.clock.advance(Duration::from_millis(HOUR_MS as u64));
+        w.tick().await?;
+
+        let admin_id = w.admin_id().await?;
+        let expected: [(&str, &str, &str); 6] = [
+            ("EligibilityGranted", admin_id.as_str(), ""),
+            ("RequestCreated", lee.id.as_str(), "mailbox migration"),
+            ("ApprovalDecisionRecorded", admin_id.as_str(), "planned migration"),
+            ("ApprovalGranted", admin_id.as_str(), ""),
+            ("RoleActivated", "", "mailbox migration"),
+            ("RoleDeactivated", "system", ""),
+        ];
+        for (action, actor, justification) in expected {
+            let records = eventually(Duration::from_secs(10), action, || {
+                let mut audit = AuditServiceClient::new(w.ts.channel.clone());
+                let admin = w.admin.clone();
+                let target = lee.id.clone();
+                async move {
+                    let r = audit
+                        .query_events(authed(
+                            &admin,
+                            aupb::QueryEventsRequest {
+                                action: action.into(),
+                                target_id: target,
+                                actor_id: actor.into(),
+                                ..Default::default()
+                            },
+                        ))
+                        .await?
+                        .into_inner()
+                        .records;
+                    Ok((!r.is_empty()).then_some(r))
+                }
+            })
+            .await?;
+            assert_eq!(records.len(), 1, "{action} once: {records:?}");
+            let r = &records[0];
+            assert_eq!(
+                (r.role_id.as_str(), r.scope.as_str()),
+                (EXCHANGE_ADMINISTRATOR, "/"),
+                "{action}"
+            );
+            if !actor.is_empty() {
+                assert_eq!(r.actor_id, actor, "{action}");
+            }
+            assert_eq!(r.justification, justification, "{action}");
+            assert!(r.time.is_some(), "{action}");
+        }
+        Ok(w)
+    })
+    .await
+}
+
+/// Retention prunes old records and the rest still verifies from the cut, which goes onto
+/// the stream; sign-in addresses are kept only as keyed HMACs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_prunes_and_the_kept_chain_still_verifies() -> anyhow::Result<()> {
+    let ts = TestSuite::postgres_with(
+        None,
+        &[
+            ("PIM_AUDIT_RETENTION_DAYS", "1".into()),
+            ("PIM_AUDIT_HMAC_KEY", "audit correlation key".into()),
+        ],
+    )
+    .await?;
+    let result = async {
+        let admin = ts.admin_token().await?;
+        let mut audit = AuditServiceClient::new(ts.channel.clone());
+        let head = eventually(Duration::from_secs(10), "records", || {
+            let (mut audit, admin) = (audit.clone(), admin.clone());
+            async move {
+                let head = audit
+                    .get_chain_head(authed(&admin, aupb::GetChainHeadRequest {}))
+                    .await?
+                    .into_inner();
+                Ok((head.sequence >= 4).then_some(head))
+            }
+        })
+        .await?;
+        // The admin's sign-in: its address only as an HMAC.
+        let sign_ins = audit
+            .query_events(authed(
+                &admin,
+                aupb::QueryEventsRequest {
+                    action: "SignInSucceeded".into(),
+                    ..Default::default()
+                },
+            ))
+            .await?
+            .into_inner()
+            .records;
+        let payload: serde_json::Value = serde_json::from_str(&sign_ins[0].payload_json)?;
+        assert_eq!(payload["source_hmac"].as_str().map(str::len), Some(64), "{payload}");
+        assert!(!sign_ins[0].payload_json.contains("127.0.0.1"));
+
+        // Nothing is a day old yet; two days from now everything is.
+        let service = ts.suite.audit().expect("audit runs here").clone();
+        assert_eq!(service.prune(pim_runtime::db::now_ms()).await?, None);
+        let cut = service
+            .prune(pim_runtime::db::now_ms() + 2 * 86_400_000)
+            .await?
+            .expect("a cut");
+        assert!(cut >= head.sequence);
+        let left = audit
+            .query_events(authed(&admin, aupb::QueryEventsRequest::default()))
+            .await?
+            .into_inner()
+            .records;
+        assert!(left.iter().all(|r| r.sequence > cut), "pruned through {cut}");
+
+        // The chain goes on from the cut, and still catches tampering after it.
+        ts.sign_in(&ts.admin_user, &ts.admin_password).await?;
+        let fresh = eventually(Duration::from_secs(10), "a record after the cut", || {
+            let (mut audit, admin) = (audit.clone(), admin.clone());
+            async move {
+                let r = audit
+                    .query_events(authed(&admin, aupb::QueryEventsRequest::default()))
+                    .await?
+                    .into_inner()
+                    .records;
+                Ok(r.iter().any(|r| r.sequence > cut).then_some(r))
+            }
+        })
+        .await?;
+        let verified = audit
+            .verify_chain(authed(&admin, aupb::VerifyChainRequest::default()))
+            .await?
+            .into_inner();
+        assert!(verified.ok, "{verified:?}");
+        assert!(verified.checked >= 1);
+        let checkpoints = eventually(Duration::from_secs(10), "the cut on the stream", || async {
+            let mut redis = redis::Client::open(pim_runtime::testing::redis_url())?
+                .get_multiplexed_async_connection()
+                .await?;
+            let key = format!("{}{}", ts.stream_prefix, pim_runtime::events::streams::AUDIT);
+            let entries: redis::streams::StreamRangeReply = redis::AsyncCommands::xrange_all(&mut redis, key).await?;
+            let cuts: Vec<pim_proto::events::v1::ChainCheckpoint> = entries
+                .ids
+                .iter()
+                .filter_map(|e| e.get::<Vec<u8>>("ce"))
+                .filter_map(|b| <pim_runtime::events::Envelope as prost::Message>::decode(b.as_slice()).ok())
+                .filter_map(|e| pim_runtime::events::decode(&e).ok())
+                .filter(|c: &pim_proto::events::v1::ChainCheckpoint| c.reason == "retention")
+                .collect();
+            Ok((!cuts.is_empty()).then_some(cuts))
+        })
+        .await?;
+        assert_eq!(checkpoints[0].sequence, cut);
+        let first = fresh.iter().map(|r| r.sequence).min().expect("one");
+        let db = pim_runtime::db::connect(ts.database_url(ServiceName::Audit).expect("audit db")).await?;
+        db.execute_unprepared(&format!(
+            "UPDATE audit_records SET actor_id = 'someone else' WHERE sequence = {first}"
+        ))
+        .await?;
+        let broken = audit
+            .verify_chain(authed(&admin, aupb::VerifyChainRequest::default()))
+            .await?
+            .into_inner();
+        assert_eq!((broken.ok, broken.first_broken_sequence), (false, first));
+        anyhow::Ok(())
+    }
+    .await;
+    ts.stop().await?;
+    result
+}

@@ -2,6 +2,7 @@
 //! read the audit log (and by anyone for what they did or what was done to them).
 
 mod chain;
+mod ocsf;
 mod records;
 mod store;
 
@@ -28,21 +29,29 @@ pub struct Audit {
     db: Db,
     outbox: Outbox,
     access: Arc<dyn AccessCheck>,
+    correlator: records::Correlator,
+    retention: Option<std::time::Duration>,
 }
 
 impl Audit {
     pub async fn build(deps: Deps) -> anyhow::Result<Self> {
         store::Migrator::up(&deps.db, None).await?;
+        let key = deps.config.audit_hmac_key.as_ref().or(deps.config.secrets_key.as_ref());
+        if key.is_none() {
+            tracing::warn!("no PIM_AUDIT_HMAC_KEY (or PIM_SECRETS_KEY): audit keeps no trace of source addresses");
+        }
         Ok(Self {
             db: deps.db,
             outbox: Outbox::default(),
             access: deps.access,
+            correlator: records::Correlator::new(key.map(|k| k.expose().as_str())),
+            retention: deps.config.audit_retention,
         })
     }
 }
 
 /// Stores each event of the followed streams once.
-struct Ingest;
+struct Ingest(records::Correlator);
 
 #[async_trait::async_trait]
 impl EventHandler for Ingest {
@@ -67,7 +76,7 @@ impl EventHandler for Ingest {
     async fn handle_all(&self, txn: &DatabaseTransaction, envelopes: &[&Envelope]) -> anyhow::Result<()> {
         let mut records = envelopes
             .iter()
-            .map(|e| records::record(e))
+            .map(|e| records::record(e, &self.0))
             .collect::<anyhow::Result<Vec<_>>>()?;
         store::append_all(txn, &mut records, now_ms()).await?;
         Ok(())
@@ -145,13 +154,15 @@ impl Audit {
     async fn verify(&self, from: i64, to: i64) -> anyhow::Result<(bool, i64, i64)> {
         const PAGE: u64 = 1000;
         let (head_sequence, head_hash) = store::head(&self.db).await?;
-        let from = from.max(1);
+        // Records up to the retention cut were pruned; the chain goes on from the cut's hash.
+        let (cut_sequence, cut_hash) = store::cut(&self.db).await?;
+        let from = from.max(cut_sequence + 1);
         let to = if to <= 0 { head_sequence } else { to.min(head_sequence) };
         if from > to {
             return Ok((true, 0, 0));
         }
-        let mut prev = if from == 1 {
-            chain::GENESIS.to_vec()
+        let mut prev = if from == cut_sequence + 1 {
+            cut_hash
         } else {
             match store::hash_at(&self.db, from - 1).await? {
                 Some(h) => h,
@@ -237,20 +248,16 @@ impl AuditService for Audit {
     > {
         let caller = caller(&request)?.clone();
         let r = request.into_inner();
-        match r.format.as_str() {
-            "" | "jsonl" => {}
-            "ocsf" => {
-                return Err(Status::unimplemented(
-                    "OCSF export comes with the audit issue; use jsonl",
-                ));
-            }
+        let as_ocsf = match r.format.as_str() {
+            "" | "jsonl" => false,
+            "ocsf" => true,
             other => {
                 return Err(pim_runtime::grpc::invalid_argument(
                     "format",
                     &format!("jsonl or ocsf, not {other:?}"),
                 ));
             }
-        }
+        };
         let mut filter = filter_from(r.filter.unwrap_or_default(), self.involving(&caller).await?)?;
         let db = self.db.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(4);
@@ -268,7 +275,11 @@ impl AuditService for Audit {
                 };
                 let mut data = String::new();
                 for record in &page {
-                    data.push_str(&record_json(record));
+                    if as_ocsf {
+                        data.push_str(&ocsf::event(record).to_string());
+                    } else {
+                        data.push_str(&record_json(record));
+                    }
                     data.push('\n');
                 }
                 if tx
@@ -345,19 +356,57 @@ impl Audit {
         if sequence == 0 || sequence == *last {
             return Ok(false);
         }
-        let event = pim_proto::events::v1::ChainCheckpoint { sequence, hash };
+        let event = pim_proto::events::v1::ChainCheckpoint {
+            sequence,
+            hash,
+            reason: "head".into(),
+        };
         let txn = sea_orm::TransactionTrait::begin(&self.db).await?;
-        self.outbox
-            .enqueue(
-                &txn,
-                streams::AUDIT,
-                &pim_runtime::events::envelope("pim.audit", "ChainCheckpoint", &sequence.to_string(), &event),
-            )
-            .await?;
+        self.enqueue_checkpoint(&txn, &event).await?;
         txn.commit().await?;
         self.outbox.wake();
         *last = sequence;
         Ok(true)
+    }
+
+    async fn enqueue_checkpoint(
+        &self,
+        txn: &DatabaseTransaction,
+        event: &pim_proto::events::v1::ChainCheckpoint,
+    ) -> anyhow::Result<()> {
+        self.outbox
+            .enqueue(
+                txn,
+                streams::AUDIT,
+                &pim_runtime::events::envelope("pim.audit", "ChainCheckpoint", &event.sequence.to_string(), event),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Applies the retention setting as of `now`: prunes the records older than it and
+    /// puts the cut (its sequence and hash) on the audit stream, so the kept chain still
+    /// verifies and the cut can be checked against what was anchored before. Returns the
+    /// cut when records were pruned.
+    pub async fn prune(&self, now: i64) -> anyhow::Result<Option<i64>> {
+        let Some(retention) = self.retention else {
+            return Ok(None);
+        };
+        let cutoff = now - retention.as_millis() as i64;
+        let txn = sea_orm::TransactionTrait::begin(&self.db).await?;
+        let Some((sequence, hash)) = store::prune(&txn, cutoff, now).await? else {
+            return Ok(None);
+        };
+        let event = pim_proto::events::v1::ChainCheckpoint {
+            sequence,
+            hash,
+            reason: "retention".into(),
+        };
+        self.enqueue_checkpoint(&txn, &event).await?;
+        txn.commit().await?;
+        self.outbox.wake();
+        tracing::info!(through_sequence = sequence, "audit records past retention pruned");
+        Ok(Some(sequence))
     }
 }
 
@@ -383,10 +432,10 @@ impl Service for Audit {
     }
 
     fn handlers(&self) -> Vec<Arc<dyn EventHandler>> {
-        vec![Arc::new(Ingest)]
+        vec![Arc::new(Ingest(self.correlator.clone()))]
     }
 
-    /// A checkpoint of the chain head every five minutes.
+    /// A checkpoint of the chain head every five minutes, and retention applied with it.
     fn background(&self, mut stop: tokio::sync::watch::Receiver<bool>) -> Vec<tokio::task::JoinHandle<()>> {
         let audit = self.clone();
         vec![tokio::spawn(async move {
@@ -394,6 +443,9 @@ impl Service for Audit {
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep(std::time::Duration::from_secs(300)) => {
+                        if let Err(err) = audit.prune(now_ms()).await {
+                            tracing::warn!(error = %format!("{err:#}"), "audit retention failed");
+                        }
                         if let Err(err) = audit.checkpoint(&mut last).await {
                             tracing::warn!(error = %format!("{err:#}"), "audit checkpoint failed");
                         }

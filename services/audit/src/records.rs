@@ -1,8 +1,11 @@
 //! Turning domain events into audit records: who did what to whom, with which role, where,
-//! why and with what outcome. Events carry no secrets, so the payload is kept as JSON.
+//! why and with what outcome. Events carry no secrets, so the payload is kept as JSON;
+//! values to correlate but not disclose (source addresses, user agents) are kept as HMACs.
 
 use base64::Engine;
+use hmac::{Hmac, Mac};
 use serde_json::json;
+use sha2::Sha256;
 
 use pim_proto::common::v1::{Actor, Ticket};
 use pim_proto::events::v1 as ev;
@@ -10,6 +13,33 @@ use pim_runtime::db::from_timestamp;
 use pim_runtime::events::{Envelope, decode, short_type};
 
 use crate::store::Record;
+
+/// HMAC-SHA256 tags for values audit correlates but does not disclose: the same address
+/// gives the same tag, and the tag does not give the address back without the key.
+#[derive(Clone)]
+pub struct Correlator(Option<Hmac<Sha256>>);
+
+impl Correlator {
+    /// Without a key nothing is kept of such values.
+    pub fn new(key: Option<&str>) -> Self {
+        Self(key.map(|k| Hmac::<Sha256>::new_from_slice(k.as_bytes()).expect("HMAC takes a key of any length")))
+    }
+
+    /// The hex tag of `value` (of a `kind`, so equal strings of different kinds differ).
+    pub fn tag(&self, kind: &str, value: &str) -> String {
+        let Some(mac) = &self.0 else {
+            return String::new();
+        };
+        if value.is_empty() {
+            return String::new();
+        }
+        let mut mac = mac.clone();
+        mac.update(kind.as_bytes());
+        mac.update(b"\0");
+        mac.update(value.as_bytes());
+        mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
 
 fn ticket_text(t: &Option<Ticket>) -> String {
     match t {
@@ -31,7 +61,7 @@ fn ts(t: &Option<prost_types::Timestamp>) -> Option<i64> {
 
 /// The audit record of one event. Unknown event types are still recorded (action, source,
 /// subject and the raw data), never dropped.
-pub fn record(envelope: &Envelope) -> anyhow::Result<Record> {
+pub fn record(envelope: &Envelope, correlator: &Correlator) -> anyhow::Result<Record> {
     let mut r = Record {
         event_id: envelope.id.clone(),
         time: ts(&envelope.time).unwrap_or_else(pim_runtime::db::now_ms),
@@ -62,7 +92,11 @@ pub fn record(envelope: &Envelope) -> anyhow::Result<Record> {
             set_actor(&mut r, &e.actor);
             r.target_id = r.actor_id.clone();
             r.target_name = r.actor_name.clone();
-            json!({"session_id": e.session_id, "amr": e.amr})
+            json!({
+                "session_id": e.session_id, "amr": e.amr,
+                "source_hmac": correlator.tag("ip", &e.source_ip),
+                "user_agent_hmac": correlator.tag("user_agent", &e.user_agent),
+            })
         }
         "SignInFailed" => {
             let e: ev::SignInFailed = decode(envelope)?;
@@ -71,7 +105,11 @@ pub fn record(envelope: &Envelope) -> anyhow::Result<Record> {
             r.target_id = e.principal_id.clone();
             r.target_name = e.user_name.clone();
             r.outcome = "failure".into();
-            json!({"user_name": e.user_name, "reason": e.reason})
+            json!({
+                "user_name": e.user_name, "reason": e.reason,
+                "source_hmac": correlator.tag("ip", &e.source_ip),
+                "user_agent_hmac": correlator.tag("user_agent", &e.user_agent),
+            })
         }
         "RequestCreated" => {
             let e: ev::RequestCreated = decode(envelope)?;
@@ -222,7 +260,7 @@ mod tests {
             ..Default::default()
         };
         let env = envelope("pim.assignment", "ActiveAssignmentGranted", "lee-id", &e);
-        let r = record(&env).unwrap();
+        let r = record(&env, &Correlator::new(None)).unwrap();
         assert_eq!(r.action, "pim.assignment.v1.ActiveAssignmentGranted");
         assert_eq!(
             (r.actor_id.as_str(), r.target_id.as_str(), r.role_name.as_str()),
@@ -250,7 +288,11 @@ mod tests {
             scope: "/".into(),
             stage: 0,
         };
-        let r = record(&envelope("pim.approval", "ApprovalDecisionRecorded", "a-1", &e)).unwrap();
+        let r = record(
+            &envelope("pim.approval", "ApprovalDecisionRecorded", "a-1", &e),
+            &Correlator::new(None),
+        )
+        .unwrap();
         assert_eq!(
             (r.actor_id.as_str(), r.target_id.as_str(), r.role_id.as_str()),
             ("ann-id", "lee-id", "role-1")
@@ -259,7 +301,11 @@ mod tests {
             (r.justification.as_str(), r.outcome.as_str()),
             ("checked the ticket", "success")
         );
-        let r = record(&envelope("pim.approval", "SelfApprovalAttempted", "a-1", &e)).unwrap();
+        let r = record(
+            &envelope("pim.approval", "SelfApprovalAttempted", "a-1", &e),
+            &Correlator::new(None),
+        )
+        .unwrap();
         assert_eq!(r.outcome, "refused");
     }
 
@@ -269,9 +315,32 @@ mod tests {
             user_name: "lee".into(),
             principal_id: "lee-id".into(),
             reason: "bad_password".into(),
+            source_ip: "203.0.113.7".into(),
+            user_agent: "pim/0.1".into(),
         };
-        let r = record(&envelope("pim.identity", "SignInFailed", "lee-id", &e)).unwrap();
+        let keyed = Correlator::new(Some("audit key"));
+        let r = record(&envelope("pim.identity", "SignInFailed", "lee-id", &e), &keyed).unwrap();
         assert_eq!(r.outcome, "failure");
         assert!(!r.payload_json.contains("password\":"));
+        // The address is kept only as a keyed tag: the same for the same address, different
+        // under another key, and never the address itself.
+        assert!(!r.payload_json.contains("203.0.113.7") && !r.payload_json.contains("pim/0.1"));
+        let again = record(&envelope("pim.identity", "SignInFailed", "lee-id", &e), &keyed).unwrap();
+        let tag =
+            |r: &Record| serde_json::from_str::<serde_json::Value>(&r.payload_json).unwrap()["source_hmac"].clone();
+        assert_eq!(tag(&r), tag(&again));
+        assert_eq!(tag(&r).as_str().map(str::len), Some(64));
+        let other = record(
+            &envelope("pim.identity", "SignInFailed", "lee-id", &e),
+            &Correlator::new(Some("another key")),
+        )
+        .unwrap();
+        assert_ne!(tag(&r), tag(&other));
+        let unkeyed = record(
+            &envelope("pim.identity", "SignInFailed", "lee-id", &e),
+            &Correlator::new(None),
+        )
+        .unwrap();
+        assert_eq!(tag(&unkeyed), "");
     }
 }

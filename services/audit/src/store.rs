@@ -46,14 +46,33 @@ impl MigratorTrait for Migrator {
                     CREATE INDEX audit_target ON audit_records (target_id, sequence);
                     CREATE INDEX audit_time ON audit_records (time)",
                     blob = d.blob(),
-                    zero = if d.backend() == sea_orm::DbBackend::Postgres {
-                        format!("'\\x{}'::bytea", "00".repeat(32))
-                    } else {
-                        format!("X'{}'", "00".repeat(32))
-                    }
+                    zero = zero_hash(d),
+                )
+            }),
+            SqlMigration::boxed("m0002_chain_cut", |d| {
+                format!(
+                    "CREATE TABLE chain_cut (
+                        id INTEGER PRIMARY KEY,
+                        sequence BIGINT NOT NULL,
+                        hash {blob} NOT NULL,
+                        cut_at BIGINT NOT NULL
+                    );
+                    INSERT INTO chain_cut (id, sequence, hash, cut_at) VALUES (1, 0, {zero}, 0)",
+                    blob = d.blob(),
+                    zero = zero_hash(d),
                 )
             }),
         ]
+    }
+}
+
+/// The chain's genesis hash as an SQL literal.
+fn zero_hash(d: &dyn pim_runtime::db::Dialect) -> String {
+    let hex: String = crate::chain::GENESIS.iter().map(|b| format!("{b:02x}")).collect();
+    if d.backend() == sea_orm::DbBackend::Postgres {
+        format!("'\\x{hex}'::bytea")
+    } else {
+        format!("X'{hex}'")
     }
 }
 
@@ -309,4 +328,57 @@ pub async fn get<C: ConnectionTrait>(c: &C, event_id: &str) -> Result<Option<Rec
         .await?
         .map(|r| Record::from_row(&r))
         .transpose()
+}
+
+/// Where the kept chain starts: records up to `sequence` were pruned, and the first kept
+/// record's `prev_hash` is `hash` ((0, zeros) when nothing was pruned).
+pub async fn cut<C: ConnectionTrait>(c: &C) -> Result<(i64, Vec<u8>), DbErr> {
+    let row = db::query_one(c, "SELECT sequence, hash FROM chain_cut WHERE id = 1", vec![])
+        .await?
+        .ok_or_else(|| DbErr::RecordNotFound("chain cut".into()))?;
+    Ok((col(&row, "sequence")?, col(&row, "hash")?))
+}
+
+/// Prunes the oldest records, those before the first one at or after `cutoff` (all of them
+/// when none is that recent), under the chain head's lock. The cut keeps the hash of the
+/// last pruned record, so what remains still verifies. Returns the new cut, if it moved.
+pub async fn prune<C: ConnectionTrait>(c: &C, cutoff: i64, now: i64) -> Result<Option<(i64, Vec<u8>)>, DbErr> {
+    let head = db::query_one(
+        c,
+        &format!(
+            "SELECT sequence FROM chain_head WHERE id = 1{}",
+            pim_runtime::db::Dialect::for_update(c)
+        ),
+        vec![],
+    )
+    .await?
+    .ok_or_else(|| DbErr::RecordNotFound("chain head".into()))?;
+    let head: i64 = col(&head, "sequence")?;
+    let keep_from = db::query_one(
+        c,
+        "SELECT MIN(sequence) AS s FROM audit_records WHERE time >= $1",
+        vec![cutoff.into()],
+    )
+    .await?
+    .map(|r| col::<Option<i64>>(&r, "s"))
+    .transpose()?
+    .flatten();
+    let last = keep_from.map(|s| s - 1).unwrap_or(head);
+    let (current, _) = cut(c).await?;
+    if last <= current {
+        return Ok(None);
+    }
+    let Some(hash) = hash_at(c, last).await? else {
+        return Err(DbErr::Custom(format!(
+            "audit record {last} is missing; verify the chain"
+        )));
+    };
+    db::exec(
+        c,
+        "UPDATE chain_cut SET sequence = $1, hash = $2, cut_at = $3 WHERE id = 1",
+        vec![last.into(), hash.clone().into(), now.into()],
+    )
+    .await?;
+    db::exec(c, "DELETE FROM audit_records WHERE sequence <= $1", vec![last.into()]).await?;
+    Ok(Some((last, hash)))
 }

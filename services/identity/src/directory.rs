@@ -64,6 +64,13 @@ impl NewUser {
     }
 }
 
+/// Where a sign-in comes from (recorded on its event; audit keeps only HMACs of them).
+#[derive(Clone, Debug, Default)]
+pub struct ClientInfo {
+    pub ip: Option<String>,
+    pub user_agent: String,
+}
+
 /// A signed-in principal.
 pub struct Session {
     pub principal_id: String,
@@ -233,7 +240,8 @@ impl Directory {
 
     /// Password sign-in. Unknown user, disabled user and wrong password answer alike, in
     /// about the same time.
-    pub async fn sign_in(&self, user_name: &str, password: &str, source: Option<&str>) -> Result<Session> {
+    pub async fn sign_in(&self, user_name: &str, password: &str, client: &ClientInfo) -> Result<Session> {
+        let source = client.ip.as_deref();
         let account_key = format!("user:{}", user_name.trim().to_lowercase());
         let source_key = format!("ip:{}", source.unwrap_or("unknown"));
         let now = now_ms();
@@ -260,6 +268,8 @@ impl Directory {
                     user_name: user_name.trim().chars().take(256).collect(),
                     principal_id: other.map(|u| u.id).unwrap_or_default(),
                     reason: reason.to_owned(),
+                    source_ip: client.ip.clone().unwrap_or_default(),
+                    user_agent: client.user_agent.clone(),
                 };
                 self.limiter.failed(&[&account_key, &source_key], now);
                 self.record("SignInFailed", &event.principal_id.clone(), &event).await?;
@@ -282,6 +292,8 @@ impl Directory {
             actor: Some(actor(&user.id, PrincipalKind::User, &user.user_name)),
             session_id,
             amr: amr.clone(),
+            source_ip: client.ip.clone().unwrap_or_default(),
+            user_agent: client.user_agent.clone(),
         };
         let refresh_token = credentials::random_secret();
         let txn = self.db.begin().await?;
@@ -306,7 +318,12 @@ impl Directory {
         })
     }
 
-    pub async fn sign_in_service_principal(&self, client_id: &str, secret: &str) -> Result<Session> {
+    pub async fn sign_in_service_principal(
+        &self,
+        client_id: &str,
+        secret: &str,
+        client: &ClientInfo,
+    ) -> Result<Session> {
         let sp = match uuid::Uuid::parse_str(client_id.trim()) {
             Ok(_) => store::find_service_principal(&self.db, client_id.trim()).await?,
             Err(_) => None,
@@ -319,6 +336,8 @@ impl Directory {
                     user_name: client_id.trim().chars().take(64).collect(),
                     principal_id: other.map(|s| s.id).unwrap_or_default(),
                     reason: "bad_client_credentials".to_owned(),
+                    source_ip: client.ip.clone().unwrap_or_default(),
+                    user_agent: client.user_agent.clone(),
                 };
                 self.record("SignInFailed", &event.principal_id.clone(), &event).await?;
                 return Err(Error::BadClientCredentials);
@@ -339,6 +358,8 @@ impl Directory {
             actor: Some(actor(&sp.id, PrincipalKind::ServicePrincipal, &sp.display_name)),
             session_id,
             amr: amr.clone(),
+            source_ip: client.ip.clone().unwrap_or_default(),
+            user_agent: client.user_agent.clone(),
         };
         let txn = self.db.begin().await?;
         store::record_sp_sign_in(&txn, &sp.id, now_ms()).await?;

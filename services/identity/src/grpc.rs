@@ -10,7 +10,7 @@ use pim_proto::identity::v1::mfa_service_server::MfaService;
 use pim_runtime::auth::caller;
 use pim_runtime::db::to_timestamp;
 
-use crate::directory::{Directory, NewUser, Session};
+use crate::directory::{ClientInfo, Directory, NewUser, Session};
 use crate::groups::NewGroup;
 use crate::store::{GroupRow, Link, UserRow};
 
@@ -360,14 +360,14 @@ fn group_to_pb(g: GroupRow) -> pb::Group {
 #[tonic::async_trait]
 impl AuthService for Directory {
     async fn sign_in(&self, request: Request<pb::SignInRequest>) -> Result<Response<pb::SignInResponse>, Status> {
-        let source = request.remote_addr().map(|a| a.ip().to_string());
+        let client = client_info(&request);
         let r = request.get_ref();
         let user_name = required("user_name", &r.user_name)?;
         if r.password.is_empty() {
             return Err(Status::invalid_argument("password: required"));
         }
         Ok(Response::new(session_to_pb(
-            Directory::sign_in(self, user_name, &r.password, source.as_deref()).await?,
+            Directory::sign_in(self, user_name, &r.password, &client).await?,
         )))
     }
 
@@ -375,13 +375,14 @@ impl AuthService for Directory {
         &self,
         request: Request<pb::SignInServicePrincipalRequest>,
     ) -> Result<Response<pb::SignInResponse>, Status> {
+        let client = client_info(&request);
         let r = request.get_ref();
         let client_id = required("client_id", &r.client_id)?;
         if r.client_secret.is_empty() {
             return Err(Status::invalid_argument("client_secret: required"));
         }
         Ok(Response::new(session_to_pb(
-            Directory::sign_in_service_principal(self, client_id, &r.client_secret).await?,
+            Directory::sign_in_service_principal(self, client_id, &r.client_secret, &client).await?,
         )))
     }
 
@@ -498,5 +499,18 @@ impl MfaService for Directory {
         let user = required("user", &request.get_ref().user)?;
         Directory::reset_mfa(self, &caller, user).await?;
         Ok(Response::new(pb::ResetMfaResponse {}))
+    }
+}
+
+/// The caller's address and user agent (at most 256 characters of it).
+fn client_info<T>(request: &Request<T>) -> ClientInfo {
+    ClientInfo {
+        ip: request.remote_addr().map(|a| a.ip().to_string()),
+        user_agent: request
+            .metadata()
+            .get("user-agent")
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.chars().take(256).collect())
+            .unwrap_or_default(),
     }
 }

@@ -72,6 +72,11 @@ pub struct Config {
     /// Seals secrets identity must read back (TOTP seeds): base64 of 32 random bytes
     /// (`PIM_SECRETS_KEY`; `pim up` keeps one in its data directory).
     pub secrets_key: Option<Secret<String>>,
+    /// Keys the HMAC under which audit keeps values it must correlate but not disclose
+    /// (source addresses, user agents) (`PIM_AUDIT_HMAC_KEY`; `PIM_SECRETS_KEY` when unset).
+    pub audit_hmac_key: Option<Secret<String>>,
+    /// How long audit keeps records (`PIM_AUDIT_RETENTION_DAYS`; unset or 0: for ever).
+    pub audit_retention: Option<Duration>,
 }
 
 impl Config {
@@ -127,6 +132,11 @@ impl Config {
             max_role_assignable_groups: num("PIM_MAX_ROLE_ASSIGNABLE_GROUPS", 500)?,
             signing_key_rotation: Duration::from_secs(num("PIM_SIGNING_KEY_ROTATION_DAYS", 30)?.max(1) * 86_400),
             secrets_key: get("PIM_SECRETS_KEY").map(Secret::new),
+            audit_hmac_key: get("PIM_AUDIT_HMAC_KEY").map(Secret::new),
+            audit_retention: match num("PIM_AUDIT_RETENTION_DAYS", 0)? {
+                0 => None,
+                days => Some(Duration::from_secs(days.saturating_mul(86_400))),
+            },
         };
         config.validate()?;
         Ok(config)

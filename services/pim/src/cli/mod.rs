@@ -1032,8 +1032,10 @@ enum AuditCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Write every record you may read to standard output, as JSON lines.
+    /// Write every record you may read to standard output: JSON lines with the chain's
+    /// hashes, or OCSF 1.1.0 events (Account Change and API Activity) for a SIEM.
     Export {
+        /// jsonl or ocsf
         #[arg(long, default_value = "jsonl")]
         format: String,
         #[command(flatten)]

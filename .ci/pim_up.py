@@ -1,0 +1,54 @@
+"""Runs `pim up` on a fresh data directory for the CI scripts, signed in as the
+break-glass administrator. Usage:
+
+    with PimUp(pim) as up:
+        up.run("users", "create", "--user-name", "lee")
+"""
+
+import os
+import subprocess
+import tempfile
+import time
+
+
+class PimUp:
+    def __init__(self, pim: str):
+        self.pim = pim
+        work = tempfile.mkdtemp(prefix="pim-ci-")
+        self.env = dict(os.environ, PIM_DATA_DIR=os.path.join(work, "data"), PIM_LISTEN_ADDR="127.0.0.1:0",
+                        PIM_TOKEN_FILE=os.path.join(work, "token"))
+        self.env.pop("PIM_REDIS_URL", None)
+        self.process = None
+
+    def __enter__(self) -> "PimUp":
+        self.process = subprocess.Popen([self.pim, "up"], env=self.env, stdout=subprocess.PIPE,
+                                        stderr=subprocess.DEVNULL, text=True)
+        server = password = None
+        deadline = time.time() + 60
+        while (server is None or password is None) and time.time() < deadline:
+            line = self.process.stdout.readline()
+            if not line:
+                break
+            if line.startswith("PIM is up at"):
+                server = line.split()[-1]
+            if line.strip().startswith("password:"):
+                password = line.split()[-1]
+        if server is None or password is None:
+            self.__exit__(None, None, None)
+            raise RuntimeError("pim up did not print its address and credentials")
+        self.env["PIM_SERVER"] = server
+        self.run("login", "--user", "admin", "--password-stdin", stdin=password + "\n")
+        return self
+
+    def run(self, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
+        return subprocess.run([self.pim, *args], input=stdin, env=self.env, check=check, capture_output=True,
+                              text=True)
+
+    def popen(self, *args: str) -> subprocess.Popen:
+        return subprocess.Popen([self.pim, *args], env=self.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+
+    def __exit__(self, *_):
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=30)

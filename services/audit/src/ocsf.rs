@@ -1,0 +1,180 @@
+//! Audit records as OCSF 1.1.0 events for SIEM import: changes to accounts, their
+//! credentials and their roles are Account Change (3001, roles as attached or detached
+//! policies); everything else is API Activity (6003). PIM's own fields (sequence, hashes,
+//! scope, justification, ticket) travel under `unmapped`.
+
+use serde_json::{Value, json};
+
+use crate::store::Record;
+
+pub const OCSF_VERSION: &str = "1.1.0";
+
+const ACCOUNT_CHANGE: i64 = 3001;
+const IAM: i64 = 3;
+const API_ACTIVITY: i64 = 6003;
+const APPLICATION: i64 = 6;
+
+/// Account Change activities (OCSF 1.1.0).
+fn account_activity(event: &str) -> Option<(i64, &'static str)> {
+    Some(match event {
+        "UserCreated" | "ServicePrincipalCreated" => (1, "Create"),
+        "UserEnabled" => (2, "Enable"),
+        "PasswordChanged" => (3, "Password Change"),
+        "PasswordReset" | "ServicePrincipalSecretRotated" => (4, "Password Reset"),
+        "UserDisabled" | "ServicePrincipalDisabled" => (5, "Disable"),
+        "UserDeleted" => (6, "Delete"),
+        "EligibilityGranted" | "ActiveAssignmentGranted" | "RoleActivated" => (7, "Attach Policy"),
+        "EligibilityRemoved" | "ActiveAssignmentRemoved" | "RoleDeactivated" => (8, "Detach Policy"),
+        "MfaLockedOut" => (9, "Lock"),
+        "MfaEnrolled" => (10, "MFA Factor Enable"),
+        "MfaReset" | "MfaRemoved" => (11, "MFA Factor Disable"),
+        _ => return None,
+    })
+}
+
+/// API Activity activities, from the verb the event type ends with.
+fn api_activity(event: &str) -> (i64, &'static str) {
+    if event.ends_with("Created") || event.ends_with("Requested") {
+        (1, "Create")
+    } else if event.ends_with("Removed") || event.ends_with("Deleted") {
+        (4, "Delete")
+    } else if event.ends_with("Updated")
+        || event.ends_with("Changed")
+        || event.ends_with("Recorded")
+        || event.ends_with("Decided")
+        || event.starts_with("Approval")
+    {
+        (3, "Update")
+    } else {
+        (99, "Other")
+    }
+}
+
+fn user(uid: &str, name: &str) -> Value {
+    let mut u = json!({ "uid": uid });
+    if !name.is_empty() {
+        u["name"] = json!(name);
+    }
+    u
+}
+
+/// One audit record as an OCSF event (a JSON object).
+pub fn event(r: &Record) -> Value {
+    let short = r.action.rsplit('.').next().unwrap_or(&r.action);
+    let failed = matches!(r.outcome.as_str(), "failure" | "refused");
+    let actor_uid = if r.actor_id.is_empty() {
+        "system"
+    } else {
+        r.actor_id.as_str()
+    };
+    let mut e = json!({
+        "time": r.time,
+        "severity_id": if failed { 3 } else { 1 },
+        "severity": if failed { "Medium" } else { "Informational" },
+        "status_id": if failed { 2 } else { 1 },
+        "status": if failed { "Failure" } else { "Success" },
+        "message": format!("{short} by {actor_uid}"),
+        "metadata": {
+            "version": OCSF_VERSION,
+            "uid": r.event_id,
+            "sequence": r.sequence,
+            "correlation_uid": r.trace_id,
+            "log_name": "pim.audit",
+            "product": { "name": "PIM", "vendor_name": "PIM", "feature": { "name": r.source } },
+        },
+        "actor": { "user": user(actor_uid, &r.actor_name) },
+        "unmapped": {
+            "pim_action": r.action,
+            "scope": r.scope,
+            "role_id": r.role_id,
+            "role_name": r.role_name,
+            "justification": r.justification,
+            "ticket": r.ticket,
+            "outcome": r.outcome,
+            "prev_hash": hex(&r.prev_hash),
+            "hash": hex(&r.hash),
+        },
+    });
+    // Only the keyed tag of a source address is kept (see records.rs).
+    let payload: Value = serde_json::from_str(&r.payload_json).unwrap_or_default();
+    if let Some(tag) = payload["source_hmac"].as_str().filter(|t| !t.is_empty()) {
+        e["src_endpoint"] = json!({ "uid": tag });
+    }
+    match account_activity(short) {
+        Some((activity, name)) => {
+            e["class_uid"] = json!(ACCOUNT_CHANGE);
+            e["class_name"] = json!("Account Change");
+            e["category_uid"] = json!(IAM);
+            e["category_name"] = json!("Identity & Access Management");
+            e["activity_id"] = json!(activity);
+            e["activity_name"] = json!(name);
+            e["type_uid"] = json!(ACCOUNT_CHANGE * 100 + activity);
+            e["user"] = user(&r.target_id, &r.target_name);
+            if !r.role_id.is_empty() {
+                e["policy"] = json!({ "uid": r.role_id, "name": r.role_name, "group": { "name": r.scope } });
+            }
+        }
+        None => {
+            let (activity, name) = api_activity(short);
+            e["class_uid"] = json!(API_ACTIVITY);
+            e["class_name"] = json!("API Activity");
+            e["category_uid"] = json!(APPLICATION);
+            e["category_name"] = json!("Application Activity");
+            e["activity_id"] = json!(activity);
+            e["activity_name"] = json!(name);
+            e["type_uid"] = json!(API_ACTIVITY * 100 + activity);
+            e["api"] = json!({ "operation": short, "service": { "name": r.source } });
+            if e.get("src_endpoint").is_none() {
+                e["src_endpoint"] = json!({ "svc_name": r.source });
+            }
+            if !r.target_id.is_empty() {
+                e["resources"] = json!([{ "uid": r.target_id, "type": "principal" }]);
+            }
+        }
+    }
+    e
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(action: &str) -> Record {
+        Record {
+            sequence: 7,
+            event_id: "e-1".into(),
+            time: 1_700_000_000_000,
+            source: "pim.assignment".into(),
+            action: action.into(),
+            actor_id: "admin-id".into(),
+            target_id: "lee-id".into(),
+            role_id: "role-1".into(),
+            role_name: "Exchange Administrator".into(),
+            scope: "/".into(),
+            outcome: "success".into(),
+            ..Record::default()
+        }
+    }
+
+    #[test]
+    fn role_changes_are_account_changes_and_the_rest_api_activity() {
+        let e = event(&record("pim.assignment.v1.RoleActivated"));
+        assert_eq!(
+            (e["class_uid"].as_i64(), e["type_uid"].as_i64()),
+            (Some(3001), Some(300107))
+        );
+        assert_eq!(e["user"]["uid"], "lee-id");
+        assert_eq!(e["policy"]["name"], "Exchange Administrator");
+        let e = event(&record("pim.assignment.v1.RequestCreated"));
+        assert_eq!(
+            (e["class_uid"].as_i64(), e["activity_id"].as_i64()),
+            (Some(6003), Some(1))
+        );
+        assert_eq!(e["api"]["operation"], "RequestCreated");
+        assert_eq!(e["metadata"]["sequence"], 7);
+    }
+}
