@@ -60,11 +60,15 @@ enum Scenario {
         #[arg(long, default_value_t = 10)]
         seconds: u64,
     },
-    /// Audit ingest: events put on the identity stream as fast as Redis takes them; how fast
-    /// the audit log (hash chain included) takes them in.
+    /// Audit ingest: events put on the identity stream as fast as Redis takes them (or at
+    /// --rate per second); how fast the audit log (hash chain included) takes them in, and
+    /// each event's lag from creation to its record.
     AuditIngest {
         #[arg(long, default_value_t = 50_000)]
         events: u64,
+        /// Events per second; 0 publishes them all at once.
+        #[arg(long, default_value_t = 0)]
+        rate: u64,
     },
     /// Many activations ending within a minute; deadline → RoleDeactivated lag.
     Expiry {
@@ -374,7 +378,7 @@ async fn activation(rate: u64, seconds: u64) -> anyhow::Result<()> {
     ts.stop().await
 }
 
-async fn audit_ingest(events: u64) -> anyhow::Result<()> {
+async fn audit_ingest(events: u64, rate: u64) -> anyhow::Result<()> {
     use pim_proto::audit::v1::audit_service_client::AuditServiceClient;
     use pim_runtime::events::{Pending, Publisher, RedisPublisher, envelope};
     let ts = TestSuite::postgres().await?;
@@ -390,7 +394,13 @@ async fn audit_ingest(events: u64) -> anyhow::Result<()> {
     let start_sequence = head(&mut audit).await?;
     let publisher = RedisPublisher::connect(&pim_runtime::testing::redis_url(), &ts.stream_prefix).await?;
     let start = Instant::now();
-    for chunk in (0..events).collect::<Vec<_>>().chunks(500) {
+    // At a rate: one batch every 20 ms; otherwise batches of 500 back to back.
+    let batch_size = if rate == 0 { 500 } else { (rate / 50).max(1) as usize };
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    for chunk in (0..events).collect::<Vec<_>>().chunks(batch_size) {
+        if rate > 0 {
+            tick.tick().await;
+        }
         let batch: Vec<Pending> = chunk
             .iter()
             .map(|i| {
@@ -420,11 +430,35 @@ async fn audit_ingest(events: u64) -> anyhow::Result<()> {
     }
     let drained = start.elapsed();
     println!(
-        "audit ingest (PostgreSQL + Redis): {events} events published in {:.1} s; all in the hash-chained log after {:.1} s = {:.0} events/s",
+        "audit ingest (PostgreSQL + Redis): {events} events published in {:.1} s ({}); all in the hash-chained log after {:.1} s = {:.0} events/s",
         published.as_secs_f64(),
+        if rate == 0 {
+            "at once".to_owned()
+        } else {
+            format!("at {rate}/s")
+        },
         drained.as_secs_f64(),
         events as f64 / drained.as_secs_f64()
     );
+    // Lag: from the event's creation (envelope time) to its record's insert.
+    let db = pim_runtime::db::connect(ts.database_url(ServiceName::Audit).context("audit database")?).await?;
+    let row = pim_runtime::db::query_one(
+        &db,
+        "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ingested_at - time) AS p50, \
+                percentile_cont(0.99) WITHIN GROUP (ORDER BY ingested_at - time) AS p99, \
+                MAX(ingested_at - time) AS max \
+         FROM audit_records WHERE target_id LIKE 'bench-%'",
+        vec![],
+    )
+    .await?
+    .context("lag figures")?;
+    println!(
+        "lag from event creation to audit record: p50 {:.0} ms, p99 {:.0} ms, max {} ms",
+        pim_runtime::db::col::<f64>(&row, "p50")?,
+        pim_runtime::db::col::<f64>(&row, "p99")?,
+        pim_runtime::db::col::<i64>(&row, "max")?
+    );
+    db.close().await?;
     ts.stop().await
 }
 
@@ -492,6 +526,6 @@ async fn main() -> anyhow::Result<()> {
         } => check_access(principals, assignments, concurrency, seconds, rate).await,
         Scenario::Activation { rate, seconds } => activation(rate, seconds).await,
         Scenario::Expiry { roles, within_seconds } => expiry(roles, within_seconds).await,
-        Scenario::AuditIngest { events } => audit_ingest(events).await,
+        Scenario::AuditIngest { events, rate } => audit_ingest(events, rate).await,
     }
 }

@@ -69,6 +69,21 @@ impl EventHandler for AssignmentEvents {
         vec![streams::ASSIGNMENT]
     }
 
+    fn wants(&self, event_type: &str) -> bool {
+        matches!(
+            event_type,
+            "RequestCreated"
+                | "RequestStatusChanged"
+                | "RoleActivated"
+                | "EligibilityGranted"
+                | "EligibilityUpdated"
+                | "ActiveAssignmentGranted"
+                | "ActiveAssignmentUpdated"
+                | "EligibilityRemoved"
+                | "ActiveAssignmentRemoved"
+        )
+    }
+
     async fn handle(&self, txn: &DatabaseTransaction, envelope: &Envelope) -> anyhow::Result<()> {
         match short_type(envelope) {
             "RequestCreated" => self.0.open(txn, &decode(envelope)?).await,

@@ -83,6 +83,10 @@ impl EventHandler for IdentityEvents {
         vec![streams::IDENTITY]
     }
 
+    fn wants(&self, event_type: &str) -> bool {
+        matches!(event_type, "GroupMemberAdded" | "GroupMemberRemoved")
+    }
+
     async fn handle(&self, txn: &DatabaseTransaction, envelope: &Envelope) -> anyhow::Result<()> {
         if let Some((group, member, is_member)) = Memberships::change(envelope)? {
             store::set_group_membership(txn, &group, &member, is_member).await?;

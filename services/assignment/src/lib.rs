@@ -117,6 +117,13 @@ impl EventHandler for ApprovalOutcomes {
         vec![streams::APPROVAL]
     }
 
+    fn wants(&self, event_type: &str) -> bool {
+        matches!(
+            event_type,
+            "ApprovalGranted" | "ApprovalDenied" | "ApprovalExpired" | "ReviewRemovalRequested"
+        )
+    }
+
     async fn handle(&self, txn: &DatabaseTransaction, envelope: &Envelope) -> anyhow::Result<()> {
         let outcome = match short_type(envelope) {
             "ApprovalGranted" => "Granted",

@@ -68,6 +68,11 @@ impl EventHandler for Ingest {
         ]
     }
 
+    /// A record's event id is unique, and `append_all` skips ids already stored.
+    fn deduplicates_itself(&self) -> bool {
+        true
+    }
+
     async fn handle(&self, txn: &DatabaseTransaction, envelope: &Envelope) -> anyhow::Result<()> {
         self.handle_all(txn, &[envelope]).await
     }

@@ -16,6 +16,16 @@ pub trait EventHandler: Send + Sync {
     fn consumer(&self) -> &str;
     /// Base names of the streams it follows.
     fn streams(&self) -> Vec<&'static str>;
+    /// Whether it acts on events of this short type; others are acknowledged without a
+    /// transaction or an inbox row (handling them would change nothing).
+    fn wants(&self, _event_type: &str) -> bool {
+        true
+    }
+    /// Whether its own writes already ignore an event applied before (e.g. a unique event
+    /// id), so the inbox row can be skipped.
+    fn deduplicates_itself(&self) -> bool {
+        false
+    }
     /// Applies one event inside `txn`; an error rolls everything back and the event is retried.
     async fn handle(&self, txn: &DatabaseTransaction, envelope: &Envelope) -> anyhow::Result<()>;
     /// Runs after `handle`'s transaction committed (e.g. to update in-memory state that must
@@ -53,10 +63,22 @@ impl Inbox {
 
     /// Applies every envelope not applied before, in one transaction (all or none).
     pub async fn apply_all(&self, envelopes: &[Envelope]) -> anyhow::Result<()> {
+        let wanted: Vec<&Envelope> = envelopes
+            .iter()
+            .filter(|e| self.handler.wants(super::short_type(e)))
+            .collect();
+        if wanted.is_empty() {
+            return Ok(());
+        }
         let txn = self.db.begin().await.context("beginning consumer transaction")?;
-        let mut fresh = self.record_all(&txn, envelopes).await?;
-        // New ones, each once (the same event can be in a batch twice).
-        let applied: Vec<&Envelope> = envelopes.iter().filter(|e| fresh.remove(&e.id)).collect();
+        let applied: Vec<&Envelope> = if self.handler.deduplicates_itself() {
+            let mut seen = std::collections::HashSet::new();
+            wanted.into_iter().filter(|e| seen.insert(e.id.as_str())).collect()
+        } else {
+            let mut fresh = self.record_all(&txn, &wanted).await?;
+            // New ones, each once (the same event can be in a batch twice).
+            wanted.into_iter().filter(|e| fresh.remove(&e.id)).collect()
+        };
         self.handler.handle_all(&txn, &applied).await?;
         txn.commit().await.context("committing consumer transaction")?;
         for envelope in applied {
@@ -69,7 +91,7 @@ impl Inbox {
     async fn record_all(
         &self,
         txn: &DatabaseTransaction,
-        envelopes: &[Envelope],
+        envelopes: &[&Envelope],
     ) -> anyhow::Result<std::collections::HashSet<String>> {
         let now = db::now_ms();
         let mut values: Vec<sea_orm::Value> = Vec::with_capacity(envelopes.len() * 3);
@@ -107,8 +129,11 @@ impl Inbox {
 
     /// Applies `envelope` unless this consumer already did; returns whether it was new.
     pub async fn apply(&self, envelope: &Envelope) -> anyhow::Result<bool> {
+        if !self.handler.wants(super::short_type(envelope)) {
+            return Ok(false);
+        }
         let txn = self.db.begin().await.context("beginning consumer transaction")?;
-        if !self.record(&txn, envelope).await? {
+        if !self.handler.deduplicates_itself() && !self.record(&txn, envelope).await? {
             txn.rollback().await.ok();
             return Ok(false);
         }
