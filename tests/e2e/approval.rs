@@ -667,3 +667,174 @@ async fn escalation_adds_approvers_and_a_watch_resumes_from_its_cursor() -> anyh
     })
     .await
 }
+
+fn for_days(days: i64) -> Option<apb::Schedule> {
+    Some(apb::Schedule {
+        start_time: None,
+        expiration: Some(apb::schedule::Expiration::Duration(prost_types::Duration {
+            seconds: days * 86_400,
+            nanos: 0,
+        })),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn people_ask_to_extend_and_renew_and_approvers_decide() -> anyhow::Result<()> {
+    use crate::activation::request;
+    use apb::{AssignmentKind as K, RequestAction as A};
+    const DAY_MS: i64 = 86_400_000;
+    run(|w| async move {
+        let (lee, kim) = (w.user("lee").await?, w.user("kim").await?);
+        let admin_id = w.admin_id().await?;
+        for (who, days) in [(&lee, 10), (&kim, 1)] {
+            w.assignments()
+                .create_request(authed(
+                    &w.admin,
+                    apb::CreateRequestRequest {
+                        schedule: for_days(days),
+                        justification: "project".into(),
+                        ..request(A::AdminAssign, K::Eligible, &who.id, EXCHANGE_ADMINISTRATOR)
+                    },
+                ))
+                .await?;
+        }
+        let ask = |action: A, days: i64, justification: &str| apb::CreateRequestRequest {
+            schedule: for_days(days),
+            justification: justification.into(),
+            ..request(action, K::Eligible, "", EXCHANGE_ADMINISTRATOR)
+        };
+        let world = &w;
+        let approve = |approval: pb::Approval| async move {
+            world
+                .approvals()
+                .decide(authed(&world.admin, decide(&approval.id, true, "still on the project")))
+                .await
+        };
+        let eligible_until = |who: String| async move {
+            let found = world
+                .assignments()
+                .list_eligible_assignments(authed(
+                    &world.admin,
+                    apb::ListAssignmentsRequest {
+                        principal_id: who,
+                        role_id: EXCHANGE_ADMINISTRATOR.into(),
+                        ..Default::default()
+                    },
+                ))
+                .await?
+                .into_inner()
+                .assignments;
+            anyhow::Ok(
+                found
+                    .first()
+                    .map(|a| a.end_time.as_ref().map(pim_runtime::db::from_timestamp)),
+            )
+        };
+
+        // Lee asks for 30 days more; it waits for an approver (the default ones here).
+        let refused = w
+            .assignments()
+            .create_request(authed(&lee.token, ask(A::SelfExtend, 30, "")))
+            .await
+            .expect_err("no reason given");
+        assert_eq!(pim_runtime::grpc::violated_rules(&refused), vec!["JustificationRule"]);
+        let extend = w
+            .assignments()
+            .create_request(authed(&lee.token, ask(A::SelfExtend, 30, "the migration slipped")))
+            .await?
+            .into_inner();
+        assert_eq!(extend.status, apb::RequestStatus::PendingApproval as i32);
+        let asked_at = w.clock.now_ms();
+        approve(w.approval_of(&extend.id).await?).await?;
+        w.eventually_status(&lee.token, &extend.id, apb::RequestStatus::Provisioned)
+            .await?;
+        assert_eq!(
+            eligible_until(lee.id.clone()).await?,
+            Some(Some(asked_at + 30 * DAY_MS))
+        );
+
+        // Kim's day runs out; extending is too late, renewing is the way.
+        w.clock.advance(Duration::from_millis((2 * DAY_MS) as u64));
+        w.tick().await?;
+        assert_eq!(eligible_until(kim.id.clone()).await?, None, "expired");
+        let late = w
+            .assignments()
+            .create_request(authed(&kim.token, ask(A::SelfExtend, 30, "please")))
+            .await
+            .expect_err("nothing in force to extend");
+        assert_eq!(late.code(), Code::NotFound);
+        let renew = w
+            .assignments()
+            .create_request(authed(&kim.token, ask(A::SelfRenew, 30, "back on the project")))
+            .await?
+            .into_inner();
+        assert_eq!(renew.status, apb::RequestStatus::PendingApproval as i32);
+        let approval = w.approval_of(&renew.id).await?;
+        // Half a day passes before the approver decides: the 30 days count from then.
+        w.clock.advance(Duration::from_millis((DAY_MS / 2) as u64));
+        let approved_at = w.clock.now_ms();
+        approve(approval).await?;
+        w.eventually_status(&kim.token, &renew.id, apb::RequestStatus::Provisioned)
+            .await?;
+        assert_eq!(
+            eligible_until(kim.id.clone()).await?,
+            Some(Some(approved_at + 30 * DAY_MS))
+        );
+        let again = w
+            .assignments()
+            .create_request(authed(&kim.token, ask(A::SelfRenew, 30, "again")))
+            .await
+            .expect_err("in force");
+        assert_eq!(again.code(), Code::FailedPrecondition);
+
+        // An administrator renews directly, but only what expired.
+        let in_force = w
+            .assignments()
+            .create_request(authed(
+                &w.admin,
+                apb::CreateRequestRequest {
+                    schedule: for_days(30),
+                    ..request(A::AdminRenew, K::Eligible, &kim.id, EXCHANGE_ADMINISTRATOR)
+                },
+            ))
+            .await
+            .expect_err("still in force");
+        assert_eq!(in_force.code(), Code::FailedPrecondition);
+        let never = w
+            .assignments()
+            .create_request(authed(
+                &w.admin,
+                apb::CreateRequestRequest {
+                    schedule: for_days(30),
+                    ..request(A::AdminRenew, K::Eligible, &admin_id, EXCHANGE_ADMINISTRATOR)
+                },
+            ))
+            .await
+            .expect_err("never had one");
+        assert_eq!(never.code(), Code::NotFound);
+        w.clock.advance(Duration::from_millis((31 * DAY_MS) as u64));
+        w.tick().await?;
+        let renewed = w
+            .assignments()
+            .create_request(authed(
+                &w.admin,
+                apb::CreateRequestRequest {
+                    schedule: for_days(30),
+                    justification: "renewed for the next quarter".into(),
+                    ..request(A::AdminRenew, K::Eligible, &kim.id, EXCHANGE_ADMINISTRATOR)
+                },
+            ))
+            .await?
+            .into_inner();
+        assert_eq!(
+            (renewed.status, renewed.action),
+            (apb::RequestStatus::Provisioned as i32, A::AdminRenew as i32)
+        );
+        assert_eq!(
+            eligible_until(kim.id.clone()).await?,
+            Some(Some(w.clock.now_ms() + 30 * DAY_MS))
+        );
+        Ok(w)
+    })
+    .await
+}

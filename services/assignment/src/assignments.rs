@@ -273,7 +273,8 @@ impl Assignments {
     // ---- admin requests ----
 
     /// adminAssign: an administrator makes a principal eligible for, or active in, a role.
-    pub async fn admin_assign(&self, caller: &Caller, r: AdminAssignRequest) -> Result<RequestRow> {
+    /// adminAssign, or adminRenew: the same for an assignment that expired (only then).
+    pub async fn admin_assign(&self, caller: &Caller, r: AdminAssignRequest, action: &str) -> Result<RequestRow> {
         let scope = Scope::parse(&r.scope)?;
         let role = self.role(&r.role)?;
         let principal_id = r.principal_id.trim();
@@ -307,6 +308,24 @@ impl Assignments {
             now,
         )
         .await?;
+        if action == "adminRenew" {
+            if existing.iter().any(|a| a.origin == "admin") {
+                return Err(Error::FailedPrecondition(
+                    "this assignment is still in force; extend it instead".into(),
+                ));
+            }
+            let kind = r.assignment.kind.as_str();
+            if store::last_expired_assignment(&self.db, kind, principal_id, &role.id, scope.as_str(), now)
+                .await?
+                .is_none()
+            {
+                return Err(Error::NotFound(format!(
+                    "an expired {kind} assignment of {} for {principal_id} at {}",
+                    role.name,
+                    scope.as_str()
+                )));
+            }
+        }
         if existing.iter().any(|a| a.origin == "admin") {
             return Err(Error::AlreadyExists(format!(
                 "{principal_id} already has an {} assignment of {} at {}",
@@ -318,7 +337,7 @@ impl Assignments {
         let ticket = r.ticket.unwrap_or_default();
         let request = RequestRow {
             id: if r.validate_only { String::new() } else { new_id() },
-            action: "adminAssign".into(),
+            action: action.into(),
             kind: r.assignment.kind.as_str().into(),
             principal_id: principal_id.into(),
             role_id: role.id.clone(),
@@ -354,12 +373,35 @@ impl Assignments {
         principal: &PrincipalInfo,
         role_name: &str,
     ) -> Result<RequestRow> {
+        let txn = self.db.begin().await?;
+        request.assignment_id = Some(new_id());
+        self.record_request(&txn, actor.clone(), &request, role_name).await?;
+        let assignment = self
+            .grant_in(&txn, actor, &request, principal.kind, &principal.name, role_name)
+            .await?;
+        txn.commit().await?;
+        self.index.upsert_row(&assignment);
+        self.committed(&[&request.id]);
+        Ok(request)
+    }
+
+    /// Inserts the assignment `request` grants (an administrator's, with the id the request
+    /// names) and its event.
+    async fn grant_in(
+        &self,
+        txn: &DatabaseTransaction,
+        actor: Option<Actor>,
+        request: &RequestRow,
+        principal_kind: PrincipalKind,
+        principal_name: &str,
+        role_name: &str,
+    ) -> Result<AssignmentRow> {
         let assignment = AssignmentRow {
-            id: new_id(),
+            id: request.assignment_id.clone().unwrap_or_else(new_id),
             kind: request.kind.clone(),
             principal_id: request.principal_id.clone(),
-            principal_kind: principal_kind_str(principal.kind).into(),
-            principal_name: principal.name.clone(),
+            principal_kind: principal_kind_str(principal_kind).into(),
+            principal_name: principal_name.into(),
             role_id: request.role_id.clone(),
             scope: request.scope.clone(),
             start_at: request.start_at,
@@ -369,7 +411,7 @@ impl Assignments {
             request_id: request.id.clone(),
             created_by: request.requested_by.clone(),
         };
-        request.assignment_id = Some(assignment.id.clone());
+
         let ticket = Ticket {
             system: request.ticket_system.clone(),
             number: request.ticket_number.clone(),
@@ -380,8 +422,8 @@ impl Assignments {
             request_id: request.id.clone(),
             kind: assignment.kind.clone(),
             principal_id: assignment.principal_id.clone(),
-            principal_kind: principal.kind as i32,
-            principal_name: principal.name.clone(),
+            principal_kind: principal_kind as i32,
+            principal_name: principal_name.into(),
             role_id: assignment.role_id.clone(),
             role_name: role_name.into(),
             scope: assignment.scope.clone(),
@@ -396,15 +438,9 @@ impl Assignments {
         } else {
             "ActiveAssignmentGranted"
         };
-        let txn = self.db.begin().await?;
-        self.record_request(&txn, actor, &request, role_name).await?;
-        store::insert_assignment(&txn, &assignment, true, request.created_at).await?;
-        self.emit(&txn, granted_type, &assignment.principal_id, &granted)
-            .await?;
-        txn.commit().await?;
-        self.index.upsert_row(&assignment);
-        self.committed(&[&request.id]);
-        Ok(request)
+        store::insert_assignment(txn, &assignment, true, request.created_at).await?;
+        self.emit(txn, granted_type, &assignment.principal_id, &granted).await?;
+        Ok(assignment)
     }
 
     /// Stores a request and its RequestCreated event (inside the caller's transaction).
@@ -657,6 +693,223 @@ impl Assignments {
         Ok(true)
     }
 
+    /// Moves an assignment's end and tells the others (EligibilityUpdated /
+    /// ActiveAssignmentUpdated, with the request's action as the reason).
+    async fn change_end(
+        &self,
+        txn: &DatabaseTransaction,
+        actor: Option<Actor>,
+        assignment: &mut AssignmentRow,
+        end: Option<i64>,
+        role_name: &str,
+        request: &RequestRow,
+    ) -> Result<()> {
+        store::set_assignment_end(txn, &assignment.id, end).await?;
+        assignment.end_at = end;
+        let event = ev::AssignmentChanged {
+            actor,
+            assignment_id: assignment.id.clone(),
+            request_id: request.id.clone(),
+            kind: assignment.kind.clone(),
+            principal_id: assignment.principal_id.clone(),
+            principal_kind: 0,
+            principal_name: assignment.principal_name.clone(),
+            role_id: assignment.role_id.clone(),
+            role_name: role_name.into(),
+            scope: assignment.scope.clone(),
+            start_time: Some(to_timestamp(assignment.start_at)),
+            end_time: end.map(to_timestamp),
+            justification: request.justification.clone(),
+            ticket: None,
+            reason: request.action.clone(),
+        };
+        let event_type = if assignment.kind == Kind::Eligible.as_str() {
+            "EligibilityUpdated"
+        } else {
+            "ActiveAssignmentUpdated"
+        };
+        self.emit(txn, event_type, &assignment.principal_id, &event).await
+    }
+
+    /// selfExtend / selfRenew: a principal asks to keep an assignment an administrator made —
+    /// extend one still in force to a later end, or renew one that expired. Either waits for
+    /// approval (the role's approvers, or the default approvers), like Entra's.
+    pub async fn self_keep(
+        &self,
+        caller: &Caller,
+        action: &str,
+        r: EndRequest,
+        start: Option<i64>,
+        end: Option<i64>,
+    ) -> Result<RequestRow> {
+        let scope = Scope::parse(&r.scope)?;
+        let role = self.role(&r.role)?;
+        let now = self.now();
+        if r.justification.trim().is_empty() {
+            return Err(Error::PolicyViolation(vec![RuleViolation {
+                kind: "JustificationRule",
+                message: "say why you still need the role".into(),
+            }]));
+        }
+        let open = store::open_assignments(
+            &self.db,
+            r.kind.as_str(),
+            &caller.principal_id,
+            &role.id,
+            scope.as_str(),
+            now,
+        )
+        .await?
+        .into_iter()
+        .find(|a| a.origin == "admin");
+        let (policy, _) = self.effective_policy(&self.db, &role.id, &scope).await?;
+        let (assignment_id, start) = if action == "selfExtend" {
+            let Some(a) = open else {
+                return Err(Error::NotFound(format!(
+                    "your {} assignment of {} at {}",
+                    r.kind.as_str(),
+                    role.name,
+                    scope.as_str()
+                )));
+            };
+            let Some(current) = a.end_at else {
+                return Err(Error::FailedPrecondition(
+                    "this assignment is permanent; nothing to extend".into(),
+                ));
+            };
+            if end.is_none_or(|e| e <= current) {
+                return Err(Error::PolicyViolation(vec![RuleViolation {
+                    kind: "ExpirationRule",
+                    message: "an extension must end later than the assignment does now".into(),
+                }]));
+            }
+            (Some(a.id), a.start_at)
+        } else {
+            if open.is_some() {
+                return Err(Error::FailedPrecondition(
+                    "this assignment is still in force; ask to extend it instead".into(),
+                ));
+            }
+            if store::last_expired_assignment(
+                &self.db,
+                r.kind.as_str(),
+                &caller.principal_id,
+                &role.id,
+                scope.as_str(),
+                now,
+            )
+            .await?
+            .is_none()
+            {
+                return Err(Error::NotFound(format!(
+                    "an expired {} assignment of {} at {} of yours",
+                    r.kind.as_str(),
+                    role.name,
+                    scope.as_str()
+                )));
+            }
+            (None, start.unwrap_or(now).max(now))
+        };
+        policy
+            .check_new_end(r.kind, start, end, now)
+            .map_err(Error::PolicyViolation)?;
+        if store::pending_request_exists(&self.db, &caller.principal_id, &role.id, scope.as_str()).await? {
+            return Err(Error::FailedPrecondition(format!(
+                "a request for {} at {} is already waiting for approval",
+                role.name,
+                scope.as_str()
+            )));
+        }
+        let request = RequestRow {
+            id: if r.validate_only { String::new() } else { new_id() },
+            action: action.into(),
+            kind: r.kind.as_str().into(),
+            principal_id: caller.principal_id.clone(),
+            role_id: role.id.clone(),
+            scope: scope.as_str().into(),
+            status: "PendingApproval".into(),
+            start_at: start,
+            end_at: end,
+            justification: r.justification.trim().into(),
+            ticket_system: String::new(),
+            ticket_number: String::new(),
+            requested_by: caller.principal_id.clone(),
+            created_at: now,
+            assignment_id,
+            duration_ms: end.map(|e| e - start),
+            policy: serde_json::to_string(&policy).map_err(|e| Error::Internal(e.into()))?,
+        };
+        if r.validate_only {
+            return Ok(request);
+        }
+        let txn = self.db.begin().await?;
+        self.record_request(&txn, Some(caller.actor()), &request, &role.name)
+            .await?;
+        txn.commit().await?;
+        self.committed(&[&request.id]);
+        Ok(request)
+    }
+
+    /// An approved selfExtend or selfRenew: the assignment gets its new end, or comes back.
+    /// When it no longer can (removed meanwhile, or renewed another way) the request fails.
+    async fn apply_keep(
+        &self,
+        txn: &DatabaseTransaction,
+        request: &mut RequestRow,
+        actor: Option<Actor>,
+        now: i64,
+    ) -> Result<()> {
+        let role_name = self.roles.get(&request.role_id).map(|r| r.name).unwrap_or_default();
+        let open = store::open_assignments(
+            txn,
+            &request.kind,
+            &request.principal_id,
+            &request.role_id,
+            &request.scope,
+            now,
+        )
+        .await?
+        .into_iter()
+        .find(|a| a.origin == "admin");
+        let kept = if request.action == "selfExtend" {
+            match open.filter(|a| Some(&a.id) == request.assignment_id.as_ref()) {
+                Some(mut a) => {
+                    self.change_end(txn, actor, &mut a, request.end_at, &role_name, request)
+                        .await?;
+                    true
+                }
+                None => false,
+            }
+        } else {
+            let last = store::last_expired_assignment(
+                txn,
+                &request.kind,
+                &request.principal_id,
+                &request.role_id,
+                &request.scope,
+                now,
+            )
+            .await?;
+            match (open, last) {
+                (None, Some(last)) => {
+                    request.start_at = request.start_at.max(now);
+                    if let Some(length) = request.duration_ms {
+                        request.end_at = Some(request.start_at + length);
+                    }
+                    request.assignment_id = Some(new_id());
+                    let kind = pim_runtime::auth::kind_from_claim(&last.principal_kind);
+                    self.grant_in(txn, actor, request, kind, &last.principal_name, &role_name)
+                        .await?;
+                    true
+                }
+                _ => false,
+            }
+        };
+        request.status = if kept { "Provisioned" } else { "Failed" }.into();
+        self.transition(txn, request, "Granted", None, now).await?;
+        Ok(())
+    }
+
     /// adminExtend / adminUpdate: an administrator moves the end of an assignment they made
     /// (extend: only later). Shortening the last permanent Global Administrator is refused.
     pub async fn admin_change_end(
@@ -722,31 +975,8 @@ impl Assignments {
         }
         self.record_request(&txn, Some(caller.actor()), &request, &role.name)
             .await?;
-        store::set_assignment_end(&txn, &assignment.id, end).await?;
-        assignment.end_at = end;
-        let event = ev::AssignmentChanged {
-            actor: Some(caller.actor()),
-            assignment_id: assignment.id.clone(),
-            request_id: request.id.clone(),
-            kind: assignment.kind.clone(),
-            principal_id: assignment.principal_id.clone(),
-            principal_kind: 0,
-            principal_name: assignment.principal_name.clone(),
-            role_id: assignment.role_id.clone(),
-            role_name: role.name.clone(),
-            scope: assignment.scope.clone(),
-            start_time: Some(to_timestamp(assignment.start_at)),
-            end_time: end.map(to_timestamp),
-            justification: request.justification.clone(),
-            ticket: None,
-            reason: action.into(),
-        };
-        let event_type = if r.kind == Kind::Eligible {
-            "EligibilityUpdated"
-        } else {
-            "ActiveAssignmentUpdated"
-        };
-        self.emit(&txn, event_type, &assignment.principal_id, &event).await?;
+        self.change_end(&txn, Some(caller.actor()), &mut assignment, end, &role.name, &request)
+            .await?;
         txn.commit().await?;
         self.index.upsert_row(&assignment);
         self.committed(&[&request.id]);
@@ -819,7 +1049,7 @@ impl Assignments {
                 a.end_at.map(|e| e.to_string()).unwrap_or_else(|| "forever".into())
             )));
         }
-        if store::pending_activation_exists(&self.db, &caller.principal_id, &role.id, scope.as_str()).await? {
+        if store::pending_request_exists(&self.db, &caller.principal_id, &role.id, scope.as_str()).await? {
             return Err(Error::FailedPrecondition(format!(
                 "an activation of {} at {} is already waiting for approval; cancel it or wait for the decision",
                 role.name,
@@ -1048,6 +1278,9 @@ impl Assignments {
                 request.status = "Granted".into();
                 self.transition(txn, &request, "PendingApproval", actor.clone(), now)
                     .await?;
+                if request.action != "selfActivate" {
+                    return self.apply_keep(txn, &mut request, actor, now).await;
+                }
                 let start = request.start_at.max(now);
                 let length = request.duration_ms.unwrap_or_default();
                 let eligible_until = store::current_assignments(

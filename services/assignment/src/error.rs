@@ -18,8 +18,7 @@ pub enum Error {
     /// A state rule (e.g. removing the last Global Administrator).
     #[error("{0}")]
     FailedPrecondition(String),
-    #[error("{0}")]
-    Unimplemented(String),
+
     #[error(transparent)]
     Status(#[from] Status),
     #[error(transparent)]
@@ -49,7 +48,7 @@ impl From<Error> for Status {
             Error::AlreadyExists(m) => Status::already_exists(m),
             Error::PolicyViolation(v) => failed_precondition("request", &v),
             Error::FailedPrecondition(m) => Status::failed_precondition(m),
-            Error::Unimplemented(m) => Status::unimplemented(m),
+
             Error::Status(status) => status,
             Error::Internal(err) => internal(err),
         }

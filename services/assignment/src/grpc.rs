@@ -574,7 +574,10 @@ impl AssignmentService for Assignments {
         let r = request.into_inner();
         use pb::RequestAction as A;
         let created = match A::try_from(r.action) {
-            Ok(A::AdminAssign) => self.admin_assign(&caller, AdminAssignRequest::try_from(r)?).await?,
+            Ok(action @ (A::AdminAssign | A::AdminRenew)) => {
+                self.admin_assign(&caller, AdminAssignRequest::try_from(r)?, action_name(action))
+                    .await?
+            }
             Ok(A::AdminRemove) => self.admin_remove(&caller, EndRequest::try_from(r)?).await?,
             Ok(action @ (A::AdminExtend | A::AdminUpdate)) => {
                 let now = self.now();
@@ -610,11 +613,41 @@ impl AssignmentService for Assignments {
                 end.principal_id = caller.principal_id.clone();
                 self.self_deactivate(&caller, end).await?
             }
+            Ok(action @ (A::SelfExtend | A::SelfRenew)) => {
+                if filter(&r.principal_id).is_some_and(|p| p != caller.principal_id) {
+                    return Err(Error::invalid(
+                        "principal_id",
+                        "selfExtend and selfRenew are for the caller; leave it empty",
+                    )
+                    .into());
+                }
+                let now = self.now();
+                let start = r
+                    .schedule
+                    .as_ref()
+                    .and_then(|s| s.start_time.as_ref())
+                    .map(from_timestamp);
+                use pb::schedule::Expiration as E;
+                let end = match r.schedule.as_ref().and_then(|s| s.expiration.as_ref()) {
+                    Some(E::EndTime(t)) => Some(from_timestamp(t)),
+                    Some(E::Duration(d)) => Some(
+                        start.unwrap_or(now).max(now) + duration_from_pb("schedule.duration", d)?.as_millis() as i64,
+                    ),
+                    Some(E::Permanent(true)) => None,
+                    _ => {
+                        return Err(Error::invalid(
+                            "schedule",
+                            "give the end you ask for: end_time, duration or permanent",
+                        )
+                        .into());
+                    }
+                };
+                let mut keep = EndRequest::try_from(r)?;
+                keep.principal_id = caller.principal_id.clone();
+                self.self_keep(&caller, action_name(action), keep, start, end).await?
+            }
             Ok(A::Unspecified) | Err(_) => {
                 return Err(Error::invalid("action", "required (e.g. adminAssign, selfActivate)").into());
-            }
-            Ok(other) => {
-                return Err(Error::Unimplemented(format!("action {} is not available yet", action_name(other))).into());
             }
         };
         Ok(Response::new(request_to_pb(created)))

@@ -446,8 +446,8 @@ impl RequestRow {
     }
 }
 
-/// Whether the principal already waits for approval of an activation of this role here.
-pub async fn pending_activation_exists<C: ConnectionTrait>(
+/// Whether the principal already waits for approval of a request for this role here.
+pub async fn pending_request_exists<C: ConnectionTrait>(
     c: &C,
     principal_id: &str,
     role_id: &str,
@@ -460,6 +460,37 @@ pub async fn pending_activation_exists<C: ConnectionTrait>(
     )
     .await?
     .is_some())
+}
+
+/// The principal's most recently expired assignment an administrator made (not one that was
+/// removed: a removal is not undone by asking).
+pub async fn last_expired_assignment<C: ConnectionTrait>(
+    c: &C,
+    kind: &str,
+    principal_id: &str,
+    role_id: &str,
+    scope: &str,
+    now: i64,
+) -> Result<Option<AssignmentRow>, DbErr> {
+    let sql = format!(
+        "SELECT {ASSIGNMENT_COLUMNS} FROM assignments WHERE kind = $1 AND principal_id = $2 AND role_id = $3 AND scope = $4 \
+         AND origin = 'admin' AND (status = 'expired' OR (status = 'active' AND end_at IS NOT NULL AND end_at <= $5)) \
+         ORDER BY end_at DESC LIMIT 1"
+    );
+    db::query_one(
+        c,
+        &sql,
+        vec![
+            kind.into(),
+            principal_id.into(),
+            role_id.into(),
+            scope.into(),
+            now.into(),
+        ],
+    )
+    .await?
+    .map(|r| AssignmentRow::from_row(&r))
+    .transpose()
 }
 
 pub async fn insert_request<C: ConnectionTrait>(c: &C, r: &RequestRow) -> Result<(), DbErr> {

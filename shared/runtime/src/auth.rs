@@ -88,7 +88,8 @@ pub fn kind_claim(kind: PrincipalKind) -> &'static str {
     }
 }
 
-fn kind_from_claim(claim: &str) -> PrincipalKind {
+/// The principal kind a `kind` claim (or stored kind) names.
+pub fn kind_from_claim(claim: &str) -> PrincipalKind {
     match claim {
         "service_principal" => PrincipalKind::ServicePrincipal,
         "group" => PrincipalKind::Group,

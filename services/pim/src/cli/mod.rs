@@ -113,7 +113,8 @@ enum Command {
     Deactivate(requests::DeactivateArgs),
     /// Remove an eligible or active assignment (an administrator's adminRemove request).
     Unassign(requests::UnassignArgs),
-    /// Give an assignment a new end (an administrator's adminExtend, or adminUpdate with --update).
+    /// Give an assignment a new end (adminExtend, adminUpdate with --update, adminRenew with
+    /// --renew); without --principal, ask for your own (selfExtend / selfRenew, approved by others).
     Extend(requests::ExtendArgs),
     /// List requests (yours, or anyone's for readers of assignments).
     Requests(requests::RequestsArgs),

@@ -75,9 +75,10 @@ pub(crate) struct UnassignArgs {
 
 #[derive(Args)]
 pub(crate) struct ExtendArgs {
-    /// User name, or principal id.
+    /// User name, or principal id (an administrator's request). Without it you ask for
+    /// your own assignment (selfExtend / selfRenew), and an approver decides.
     #[arg(long)]
-    principal: String,
+    principal: Option<String>,
     /// Role name or id.
     #[arg(long)]
     role: String,
@@ -92,8 +93,11 @@ pub(crate) struct ExtendArgs {
     #[arg(long, conflicts_with = "duration")]
     permanent: bool,
     /// Allow an earlier end too (adminUpdate); without it the end may only move later.
-    #[arg(long)]
+    #[arg(long, requires = "principal", conflicts_with = "renew")]
     update: bool,
+    /// Bring back an assignment that expired (adminRenew, or selfRenew for your own).
+    #[arg(long)]
+    renew: bool,
     #[arg(long, default_value = "")]
     justification: String,
     #[command(flatten)]
@@ -330,17 +334,23 @@ pub(crate) async fn unassign(args: UnassignArgs) -> anyhow::Result<i32> {
 }
 
 pub(crate) async fn extend(args: ExtendArgs) -> anyhow::Result<i32> {
+    use apb::RequestAction as A;
     let session = Session::open(&args.client, true)?;
-    let principal_id = session.principal_id(&args.principal).await?;
+    let principal_id = match &args.principal {
+        Some(p) => session.principal_id(p).await?,
+        None => String::new(),
+    };
     let role_id = session.role_id(&args.role).await?;
     let expiration = match args.duration {
         Some(d) => apb::schedule::Expiration::Duration(pb_duration(d)),
         None => apb::schedule::Expiration::Permanent(true),
     };
-    let action = if args.update {
-        apb::RequestAction::AdminUpdate
-    } else {
-        apb::RequestAction::AdminExtend
+    let action = match (args.principal.is_some(), args.renew, args.update) {
+        (true, true, _) => A::AdminRenew,
+        (true, false, true) => A::AdminUpdate,
+        (true, false, false) => A::AdminExtend,
+        (false, true, _) => A::SelfRenew,
+        (false, false, _) => A::SelfExtend,
     };
     let r = AssignmentServiceClient::new(session.channel.clone())
         .create_request(session.request(apb::CreateRequestRequest {
@@ -359,10 +369,20 @@ pub(crate) async fn extend(args: ExtendArgs) -> anyhow::Result<i32> {
         .await
         .map_err(explain)?
         .into_inner();
+    if r.status == apb::RequestStatus::PendingApproval as i32 {
+        println!(
+            "Request {} pending_approval: {} at {} until {} once an approver agrees (pim requests shows the outcome)",
+            r.id,
+            args.role,
+            r.scope,
+            time(r.end_time.as_ref().map(from_timestamp))
+        );
+        return Ok(0);
+    }
     println!(
         "{} of {} at {} now ends {} (request {})",
         args.role,
-        args.principal,
+        args.principal.as_deref().unwrap_or("you"),
         r.scope,
         time(r.end_time.as_ref().map(from_timestamp)),
         r.id
