@@ -111,7 +111,7 @@ impl World {
         )
     }
 
-    async fn require_approval(&self, stages: Vec<ApprovalStageSettings>) -> anyhow::Result<()> {
+    pub(crate) async fn require_approval(&self, stages: Vec<ApprovalStageSettings>) -> anyhow::Result<()> {
         self.set_policy(EXCHANGE_ADMINISTRATOR, |p| {
             p.approval_required = true;
             p.approval_stages = stages;

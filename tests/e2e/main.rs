@@ -2,6 +2,7 @@
 //! the embedded default, the gRPC surface (health, reflection, auth), and the event backbone.
 
 mod activation;
+mod alerting;
 mod approval;
 mod audit;
 mod backbone;

@@ -1,39 +1,86 @@
-//! Alerting: rules over domain events and periodic scans, alerts streamed to SOC tooling.
-//! This is the walking skeleton: the service is hosted, migrated and healthy, and every RPC
-//! answers UNIMPLEMENTED until the alerting issue lands.
+//! Alerting: rules over every service's events that detect risky privileged activity, and
+//! the alerts they raise, streamed to SOC tooling (`AlertService.StreamAlerts`, and the Redis
+//! stream `pim.alerts` as OCSF Detection Findings in JSON).
 
-use sea_orm_migration::{MigrationTrait, MigratorTrait};
+mod alerts;
+mod grpc;
+mod rules;
+mod store;
+
+use std::sync::Arc;
+
+use sea_orm::DatabaseTransaction;
+use sea_orm_migration::MigratorTrait;
 use tonic::service::RoutesBuilder;
 
-use pim_proto::alerting::v1::alert_service_server::{AlertService, AlertServiceServer};
+use pim_proto::alerting::v1::alert_service_server::AlertServiceServer;
 use pim_runtime::db::Db;
-use pim_runtime::events::{Outbox, backbone_migration};
+use pim_runtime::events::{Envelope, EventHandler, Outbox, streams};
 use pim_runtime::host::{Deps, Service};
 
-struct Migrator;
-
-impl MigratorTrait for Migrator {
-    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![backbone_migration()]
-    }
-}
-
-struct Alerts;
-impl AlertService for Alerts {}
+pub use alerts::{Alerts, detection_finding};
 
 #[derive(Clone)]
 pub struct Alerting {
-    db: Db,
-    outbox: Outbox,
+    alerts: Alerts,
 }
 
 impl Alerting {
     pub async fn build(deps: Deps) -> anyhow::Result<Self> {
-        Migrator::up(&deps.db, None).await?;
+        store::Migrator::up(&deps.db, None).await?;
         Ok(Self {
-            db: deps.db,
-            outbox: Outbox::default(),
+            alerts: Alerts {
+                db: deps.db,
+                outbox: Outbox::default(),
+                access: deps.access,
+                clock: deps.clock,
+                changed: Arc::new(tokio::sync::watch::channel(0).0),
+            },
         })
+    }
+}
+
+/// Runs the rules on the events of identity, assignment and approval.
+struct Detect(Alerts);
+
+#[async_trait::async_trait]
+impl EventHandler for Detect {
+    fn consumer(&self) -> &str {
+        "alerting"
+    }
+
+    fn streams(&self) -> Vec<&'static str> {
+        vec![streams::IDENTITY, streams::ASSIGNMENT, streams::APPROVAL]
+    }
+
+    fn wants(&self, event_type: &str) -> bool {
+        matches!(
+            event_type,
+            "MfaFailed"
+                | "MfaLockedOut"
+                | "EligibilityGranted"
+                | "EligibilityUpdated"
+                | "ActiveAssignmentGranted"
+                | "ActiveAssignmentUpdated"
+                | "EligibilityRemoved"
+                | "ActiveAssignmentRemoved"
+                | "RoleActivated"
+                | "RoleDeactivated"
+                | "UnmanagedGrantDetected"
+                | "PolicyUpdated"
+                | "ApprovalCreated"
+                | "ApprovalDecisionRecorded"
+                | "SelfApprovalAttempted"
+        )
+    }
+
+    async fn handle(&self, txn: &DatabaseTransaction, envelope: &Envelope) -> anyhow::Result<()> {
+        self.0.evaluate(txn, envelope).await
+    }
+
+    /// Streams in this process look again at once.
+    async fn after_commit(&self, _envelope: &Envelope) {
+        self.0.committed();
     }
 }
 
@@ -47,14 +94,18 @@ impl Service for Alerting {
     }
 
     fn add_routes(&self, routes: &mut RoutesBuilder) {
-        routes.add_service(AlertServiceServer::new(Alerts));
+        routes.add_service(AlertServiceServer::new(self.alerts.clone()));
     }
 
     fn db(&self) -> &Db {
-        &self.db
+        &self.alerts.db
     }
 
     fn outbox(&self) -> &Outbox {
-        &self.outbox
+        &self.alerts.outbox
+    }
+
+    fn handlers(&self) -> Vec<Arc<dyn EventHandler>> {
+        vec![Arc::new(Detect(self.alerts.clone()))]
     }
 }

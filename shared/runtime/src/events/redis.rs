@@ -44,12 +44,19 @@ impl RedisPublisher {
     }
 }
 
-fn entry_fields(envelope: &Envelope) -> [(&'static str, Vec<u8>); 3] {
-    [
+/// A stream entry: the event id and type, the whole envelope (`ce`), and — for JSON
+/// payloads such as `pim.alerts`' OCSF findings — the payload itself as `data`, so outside
+/// consumers need nothing but a Redis client and a JSON parser.
+fn entry_fields(envelope: &Envelope) -> Vec<(&'static str, Vec<u8>)> {
+    let mut fields = vec![
         ("id", envelope.id.clone().into_bytes()),
         ("type", envelope.r#type.clone().into_bytes()),
         ("ce", envelope.encode_to_vec()),
-    ]
+    ];
+    if envelope.datacontenttype == "application/json" {
+        fields.push(("data", envelope.data.clone()));
+    }
+    fields
 }
 
 #[async_trait::async_trait]

@@ -1,0 +1,598 @@
+//! Raising alerts from events: each rule looks at the events it cares about (and the
+//! projections they feed), a continuing condition updates its one live alert (dedup key),
+//! a cleared condition resolves it. Every change goes out twice in the same transaction:
+//! as an `AlertEvent` on `pim.alerting.events` (audit keeps it) and as an OCSF Detection
+//! Finding in JSON on `pim.alerts` (for SOC tooling with nothing but a Redis client).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use sea_orm::{DatabaseTransaction, TransactionTrait};
+use serde_json::json;
+use tonic::Status;
+
+use pim_proto::common::v1::Actor;
+use pim_proto::events::v1 as ev;
+use pim_runtime::access::{AccessCheck, permissions, require};
+use pim_runtime::auth::Caller;
+use pim_runtime::clock::Clock;
+use pim_runtime::db::{Db, from_timestamp};
+use pim_runtime::events::{Envelope, Outbox, decode, envelope, short_type, streams};
+use pim_runtime::grpc::{internal, invalid_argument};
+
+use crate::rules::{self, Settings};
+use crate::store::{self, AlertRow};
+
+pub(crate) fn db_err(err: sea_orm::DbErr) -> Status {
+    internal(err)
+}
+
+/// Evidence kept per alert (the newest event ids).
+const MAX_EVIDENCE: usize = 20;
+
+#[derive(Clone)]
+pub struct Alerts {
+    pub(crate) db: Db,
+    pub(crate) outbox: Outbox,
+    pub(crate) access: Arc<dyn AccessCheck>,
+    pub(crate) clock: Arc<dyn Clock>,
+    /// Bumped after every committed change, so streams look again at once.
+    pub(crate) changed: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+/// What an alert is about.
+#[derive(Default)]
+pub struct Subject {
+    pub principal_id: String,
+    pub role_id: String,
+    pub scope: String,
+}
+
+fn privileged(role_id: &str) -> bool {
+    pim_assignment::BUILT_IN_ROLES
+        .iter()
+        .any(|r| r.privileged && r.id == role_id)
+}
+
+fn event_time(envelope: &Envelope) -> i64 {
+    envelope.time.as_ref().map(from_timestamp).unwrap_or_default()
+}
+
+/// An alert as an OCSF 1.1.0 Detection Finding (class 2004).
+pub fn detection_finding(a: &AlertRow, description: &str) -> serde_json::Value {
+    let (activity_id, activity) = match a.status.as_str() {
+        "resolved" | "dismissed" => (3, "Close"),
+        _ if a.count > 1 || a.status == "acknowledged" => (2, "Update"),
+        _ => (1, "Create"),
+    };
+    let (status_id, status) = match a.status.as_str() {
+        "acknowledged" => (2, "In Progress"),
+        "dismissed" => (3, "Suppressed"),
+        "resolved" => (4, "Resolved"),
+        _ => (1, "New"),
+    };
+    let severity_id = match a.severity.as_str() {
+        "low" => 2,
+        "medium" => 3,
+        "high" => 4,
+        "critical" => 5,
+        _ => 1,
+    };
+    let mut finding = json!({
+        "class_uid": 2004,
+        "class_name": "Detection Finding",
+        "category_uid": 2,
+        "category_name": "Findings",
+        "activity_id": activity_id,
+        "activity_name": activity,
+        "type_uid": 200400 + activity_id,
+        "time": a.last_seen,
+        "severity_id": severity_id,
+        "severity": a.severity,
+        "status_id": status_id,
+        "status": status,
+        "count": a.count,
+        "message": description,
+        "metadata": {
+            "version": "1.1.0",
+            "product": { "name": "PIM", "vendor_name": "PIM", "feature": { "name": "alerting" } },
+            "uid": a.id,
+            "sequence": a.rev,
+        },
+        "finding_info": {
+            "uid": a.id,
+            "title": description,
+            "types": [a.rule_id],
+            "first_seen_time": a.first_seen,
+            "last_seen_time": a.last_seen,
+            "related_events": a.evidence.iter().map(|id| json!({ "uid": id })).collect::<Vec<_>>(),
+        },
+        "unmapped": {
+            "rule_id": a.rule_id,
+            "dedup_key": a.dedup_key,
+            "principal_id": a.principal_id,
+            "role_id": a.role_id,
+            "scope": a.scope,
+            "figures": a.figures,
+            "status_changed_by": a.status_changed_by,
+            "status_reason": a.status_reason,
+        },
+    });
+    if !a.principal_id.is_empty() {
+        finding["resources"] = json!([{ "uid": a.principal_id, "type": "principal" }]);
+    }
+    finding
+}
+
+impl Alerts {
+    pub fn now(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    pub async fn settings<C: sea_orm::ConnectionTrait>(&self, c: &C, rule_id: &str) -> Result<Settings, Status> {
+        let def = rules::rule(rule_id).ok_or_else(|| Status::not_found(format!("rule {rule_id} not found")))?;
+        let mut s = Settings::defaults(def);
+        if let Some((enabled, severity, values)) = store::rule_settings(c, rule_id).await.map_err(db_err)? {
+            s.enabled = enabled;
+            s.severity = severity;
+            let stored: BTreeMap<String, i64> = serde_json::from_str(&values).map_err(internal)?;
+            s.values.extend(stored);
+        }
+        Ok(s)
+    }
+
+    /// Tells both streams about a changed alert.
+    async fn publish(
+        &self,
+        txn: &DatabaseTransaction,
+        a: &AlertRow,
+        event_type: &str,
+        actor: Option<Actor>,
+    ) -> Result<(), Status> {
+        let event = ev::AlertEvent {
+            actor,
+            alert_id: a.id.clone(),
+            rule_id: a.rule_id.clone(),
+            severity: a.severity.clone(),
+            status: a.status.clone(),
+            principal_id: a.principal_id.clone(),
+            role_id: a.role_id.clone(),
+        };
+        self.outbox
+            .enqueue(
+                txn,
+                streams::ALERTING,
+                &envelope("pim.alerting", event_type, &a.id, &event),
+            )
+            .await
+            .map_err(db_err)?;
+        let description = rules::rule(&a.rule_id).map(|r| r.description).unwrap_or_default();
+        let mut finding = envelope("pim.alerting", "DetectionFinding", &a.id, &event);
+        finding.data = detection_finding(a, description).to_string().into_bytes();
+        finding.datacontenttype = "application/json".into();
+        self.outbox
+            .enqueue(txn, streams::ALERTS, &finding)
+            .await
+            .map_err(db_err)
+    }
+
+    /// Raises an alert for `rule_id`, or updates the live one with the same key.
+    async fn raise(
+        &self,
+        txn: &DatabaseTransaction,
+        rule_id: &str,
+        dedup_key: &str,
+        subject: Subject,
+        evidence: &[String],
+        figures: BTreeMap<String, String>,
+    ) -> Result<(), Status> {
+        let settings = self.settings(txn, rule_id).await?;
+        if !settings.enabled {
+            return Ok(());
+        }
+        let now = self.now();
+        let rev = store::next_rev(txn).await.map_err(db_err)?;
+        let (mut alert, insert) = match store::live(txn, dedup_key).await.map_err(db_err)? {
+            Some(mut a) => {
+                a.count += 1;
+                a.last_seen = now;
+                a.severity = settings.severity.clone();
+                (a, false)
+            }
+            None => (
+                AlertRow {
+                    id: uuid::Uuid::now_v7().to_string(),
+                    rule_id: rule_id.into(),
+                    severity: settings.severity.clone(),
+                    principal_id: subject.principal_id,
+                    role_id: subject.role_id,
+                    scope: subject.scope,
+                    dedup_key: dedup_key.into(),
+                    evidence: Vec::new(),
+                    figures: BTreeMap::new(),
+                    first_seen: now,
+                    last_seen: now,
+                    count: 1,
+                    status: "open".into(),
+                    status_changed_by: String::new(),
+                    status_reason: String::new(),
+                    rev,
+                },
+                true,
+            ),
+        };
+        for id in evidence {
+            if !alert.evidence.contains(id) {
+                alert.evidence.push(id.clone());
+            }
+        }
+        let excess = alert.evidence.len().saturating_sub(MAX_EVIDENCE);
+        alert.evidence.drain(..excess);
+        alert.figures = figures;
+        alert.rev = rev;
+        store::save(txn, &alert, insert).await.map_err(db_err)?;
+        self.publish(txn, &alert, if insert { "AlertRaised" } else { "AlertUpdated" }, None)
+            .await
+    }
+
+    /// Resolves the live alert with this key: its condition cleared.
+    async fn clear(&self, txn: &DatabaseTransaction, dedup_key: &str, why: &str) -> Result<(), Status> {
+        let Some(mut alert) = store::live(txn, dedup_key).await.map_err(db_err)? else {
+            return Ok(());
+        };
+        alert.status = "resolved".into();
+        alert.status_changed_by = "system".into();
+        alert.status_reason = why.into();
+        alert.last_seen = self.now();
+        alert.rev = store::next_rev(txn).await.map_err(db_err)?;
+        store::save(txn, &alert, false).await.map_err(db_err)?;
+        self.publish(txn, &alert, "AlertStatusChanged", None).await
+    }
+
+    /// Runs the rules an event concerns, inside the consumer's transaction.
+    pub async fn evaluate(&self, txn: &DatabaseTransaction, e: &Envelope) -> anyhow::Result<()> {
+        let at = event_time(e);
+        match short_type(e) {
+            "MfaFailed" | "MfaLockedOut" => {
+                let m: ev::MfaEvent = decode(e)?;
+                if !store::is_privileged(txn, &m.user_id, self.now()).await? {
+                    return Ok(());
+                }
+                let s = self.settings(txn, rules::MFA_FAILURES).await?;
+                let failures =
+                    store::mfa_failures_since(txn, &e.id, &m.user_id, at, at - s.get("window_minutes") * 60_000)
+                        .await?;
+                let locked = short_type(e) == "MfaLockedOut";
+                if locked || failures.len() as i64 >= s.get("count") {
+                    let figures = BTreeMap::from([
+                        ("failures".to_owned(), failures.len().to_string()),
+                        ("locked_out".to_owned(), locked.to_string()),
+                    ]);
+                    self.raise(
+                        txn,
+                        rules::MFA_FAILURES,
+                        &format!("mfa_failures:{}", m.user_id),
+                        Subject {
+                            principal_id: m.user_id,
+                            ..Subject::default()
+                        },
+                        &failures,
+                        figures,
+                    )
+                    .await?;
+                }
+            }
+            "EligibilityGranted" | "EligibilityUpdated" | "ActiveAssignmentGranted" | "ActiveAssignmentUpdated" => {
+                let a: ev::AssignmentChanged = decode(e)?;
+                if !privileged(&a.role_id) {
+                    return Ok(());
+                }
+                let end = a.end_time.as_ref().map(from_timestamp);
+                store::upsert_privileged(
+                    txn,
+                    &a.assignment_id,
+                    &a.kind,
+                    &a.principal_id,
+                    &a.role_id,
+                    &a.scope,
+                    end,
+                )
+                .await?;
+                let key = format!("permanent:{}", a.assignment_id);
+                if a.kind == "active" && end.is_none() {
+                    let figures = BTreeMap::from([("role_name".to_owned(), a.role_name.clone())]);
+                    let subject = Subject {
+                        principal_id: a.principal_id.clone(),
+                        role_id: a.role_id.clone(),
+                        scope: a.scope.clone(),
+                    };
+                    self.raise(
+                        txn,
+                        rules::PERMANENT_PRIVILEGED,
+                        &key,
+                        subject,
+                        std::slice::from_ref(&e.id),
+                        figures,
+                    )
+                    .await?;
+                } else {
+                    self.clear(txn, &key, "the assignment has an end now").await?;
+                }
+                self.check_global_admins(txn, &e.id).await?;
+            }
+            "EligibilityRemoved" | "ActiveAssignmentRemoved" => {
+                let a: ev::AssignmentChanged = decode(e)?;
+                store::forget_privileged(txn, &a.assignment_id).await?;
+                self.clear(txn, &format!("permanent:{}", a.assignment_id), "the assignment ended")
+                    .await?;
+                self.check_global_admins(txn, &e.id).await?;
+            }
+            "RoleActivated" => {
+                let a: ev::RoleActivated = decode(e)?;
+                if !privileged(&a.role_id) && a.role_id != pim_assignment::GLOBAL_ADMINISTRATOR {
+                    // Frequent activation is about any role; the counts only about privileged ones.
+                } else {
+                    store::upsert_privileged(
+                        txn,
+                        &a.assignment_id,
+                        "activation",
+                        &a.principal_id,
+                        &a.role_id,
+                        &a.scope,
+                        a.end_time.as_ref().map(from_timestamp),
+                    )
+                    .await?;
+                    self.check_global_admins(txn, &e.id).await?;
+                }
+                let s = self.settings(txn, rules::FREQUENT_ACTIVATION).await?;
+                let recent = store::activations_since(
+                    txn,
+                    &a.assignment_id,
+                    &a.principal_id,
+                    &a.role_id,
+                    at,
+                    &e.id,
+                    at - s.get("window_hours") * 3_600_000,
+                )
+                .await?;
+                if recent.len() as i64 >= s.get("count") {
+                    let figures = BTreeMap::from([
+                        ("activations".to_owned(), recent.len().to_string()),
+                        ("window_hours".to_owned(), s.get("window_hours").to_string()),
+                    ]);
+                    self.raise(
+                        txn,
+                        rules::FREQUENT_ACTIVATION,
+                        &format!("frequent:{}:{}", a.principal_id, a.role_id),
+                        Subject {
+                            principal_id: a.principal_id,
+                            role_id: a.role_id,
+                            scope: a.scope,
+                        },
+                        &recent,
+                        figures,
+                    )
+                    .await?;
+                }
+            }
+            "RoleDeactivated" => {
+                let a: ev::RoleDeactivated = decode(e)?;
+                store::forget_privileged(txn, &a.assignment_id).await?;
+                self.check_global_admins(txn, &e.id).await?;
+            }
+            "UnmanagedGrantDetected" => {
+                let g: ev::UnmanagedGrantDetected = decode(e)?;
+                let figures = BTreeMap::from([("system".to_owned(), g.system.clone())]);
+                self.raise(
+                    txn,
+                    rules::UNMANAGED_GRANT,
+                    &format!("unmanaged:{}:{}:{}:{}", g.system, g.principal_id, g.role_id, g.scope),
+                    Subject {
+                        principal_id: g.principal_id,
+                        role_id: g.role_id,
+                        scope: g.scope,
+                    },
+                    std::slice::from_ref(&e.id),
+                    figures,
+                )
+                .await?;
+            }
+            "PolicyUpdated" => {
+                let p: ev::PolicyUpdated = decode(e)?;
+                let key = format!("no_mfa:{}:{}", p.role_id, p.scope);
+                if privileged(&p.role_id) && !p.activation_requires_mfa {
+                    let subject = Subject {
+                        role_id: p.role_id,
+                        scope: p.scope,
+                        ..Subject::default()
+                    };
+                    self.raise(
+                        txn,
+                        rules::ACTIVATION_WITHOUT_MFA,
+                        &key,
+                        subject,
+                        std::slice::from_ref(&e.id),
+                        BTreeMap::new(),
+                    )
+                    .await?;
+                } else {
+                    self.clear(txn, &key, "activation requires MFA again").await?;
+                }
+            }
+            "ApprovalCreated" => {
+                let a: ev::ApprovalCreated = decode(e)?;
+                store::approval_created(txn, &a.approval_id, at).await?;
+            }
+            "ApprovalDecisionRecorded" => {
+                let d: ev::ApprovalDecisionRecorded = decode(e)?;
+                let Some(created) = store::approval_created_at(txn, &d.approval_id).await? else {
+                    return Ok(());
+                };
+                let s = self.settings(txn, rules::RUBBER_STAMP).await?;
+                let took_ms = at - created;
+                if d.decision == "approve" && took_ms <= s.get("seconds") * 1000 {
+                    let approver = d.actor.map(|a| a.principal_id).unwrap_or_default();
+                    let figures = BTreeMap::from([
+                        ("decided_after_ms".to_owned(), took_ms.to_string()),
+                        ("requester_id".to_owned(), d.requester_id.clone()),
+                    ]);
+                    self.raise(
+                        txn,
+                        rules::RUBBER_STAMP,
+                        &format!("rubber_stamp:{}", d.approval_id),
+                        Subject {
+                            principal_id: approver,
+                            role_id: d.role_id,
+                            scope: d.scope,
+                        },
+                        std::slice::from_ref(&e.id),
+                        figures,
+                    )
+                    .await?;
+                }
+            }
+            "SelfApprovalAttempted" => {
+                let d: ev::ApprovalDecisionRecorded = decode(e)?;
+                let figures = BTreeMap::from([("approval_id".to_owned(), d.approval_id.clone())]);
+                self.raise(
+                    txn,
+                    rules::SELF_APPROVAL,
+                    &format!("self_approval:{}", d.approval_id),
+                    Subject {
+                        principal_id: d.requester_id,
+                        role_id: d.role_id,
+                        scope: d.scope,
+                    },
+                    std::slice::from_ref(&e.id),
+                    figures,
+                )
+                .await?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Entra's two-condition rule: at least N Global Administrators, and at least P % of the
+    /// active privileged assignments. Resolves itself when either no longer holds.
+    async fn check_global_admins(&self, txn: &DatabaseTransaction, event_id: &str) -> Result<(), Status> {
+        let s = self.settings(txn, rules::TOO_MANY_GLOBAL_ADMINS).await?;
+        let (admins, total) = store::active_counts(txn, pim_assignment::GLOBAL_ADMINISTRATOR, self.now())
+            .await
+            .map_err(db_err)?;
+        let key = "too_many_global_admins";
+        if admins >= s.get("min_count") && admins * 100 >= s.get("min_percent") * total.max(1) {
+            let figures = BTreeMap::from([
+                ("global_admins".to_owned(), admins.to_string()),
+                ("privileged_assignments".to_owned(), total.to_string()),
+            ]);
+            let subject = Subject {
+                role_id: pim_assignment::GLOBAL_ADMINISTRATOR.into(),
+                scope: "/".into(),
+                ..Subject::default()
+            };
+            self.raise(
+                txn,
+                rules::TOO_MANY_GLOBAL_ADMINS,
+                key,
+                subject,
+                &[event_id.to_owned()],
+                figures,
+            )
+            .await
+        } else {
+            self.clear(txn, key, "the Global Administrator count is back under the threshold")
+                .await
+        }
+    }
+
+    /// Acknowledge, dismiss or resolve (Security Administrators and above); dismissing and
+    /// resolving need a reason.
+    pub async fn set_status(&self, caller: &Caller, id: &str, status: &str, reason: &str) -> Result<AlertRow, Status> {
+        require(self.access.as_ref(), caller, permissions::ALERTS_MANAGE, "/").await?;
+        let reason = reason.trim();
+        if reason.len() > 1000 {
+            return Err(invalid_argument("reason", "at most 1000 characters"));
+        }
+        if status != "acknowledged" && reason.is_empty() {
+            return Err(invalid_argument("reason", "say why"));
+        }
+        let txn = self.db.begin().await.map_err(db_err)?;
+        let mut alert = store::get(&txn, id, true)
+            .await
+            .map_err(db_err)?
+            .ok_or_else(|| Status::not_found(format!("alert {id} not found")))?;
+        if matches!(alert.status.as_str(), "dismissed" | "resolved") {
+            return Err(Status::failed_precondition(format!(
+                "alert is already {}",
+                alert.status
+            )));
+        }
+        alert.status = status.into();
+        alert.status_changed_by = caller.principal_id.clone();
+        alert.status_reason = reason.into();
+        alert.rev = store::next_rev(&txn).await.map_err(db_err)?;
+        store::save(&txn, &alert, false).await.map_err(db_err)?;
+        self.publish(&txn, &alert, "AlertStatusChanged", Some(caller.actor()))
+            .await?;
+        txn.commit().await.map_err(db_err)?;
+        self.committed();
+        Ok(alert)
+    }
+
+    pub fn committed(&self) {
+        self.outbox.wake();
+        self.changed.send_modify(|n| *n += 1);
+    }
+
+    /// Changes a rule's settings; the change is an event.
+    pub async fn update_rule(
+        &self,
+        caller: &Caller,
+        rule_id: &str,
+        enabled: Option<bool>,
+        severity: Option<&str>,
+        changes: &BTreeMap<String, String>,
+    ) -> Result<Settings, Status> {
+        let def = rules::rule(rule_id).ok_or_else(|| Status::not_found(format!("rule {rule_id} not found")))?;
+        let values = rules::check_values(def, changes).map_err(|m| invalid_argument("settings", &m))?;
+        require(self.access.as_ref(), caller, permissions::ALERTS_MANAGE, "/").await?;
+        let txn = self.db.begin().await.map_err(db_err)?;
+        let mut s = self.settings(&txn, rule_id).await?;
+        if let Some(enabled) = enabled {
+            s.enabled = enabled;
+        }
+        if let Some(severity) = severity {
+            s.severity = severity.into();
+        }
+        s.values.extend(values);
+        let stored = serde_json::to_string(&s.values).map_err(internal)?;
+        store::save_rule_settings(
+            &txn,
+            rule_id,
+            s.enabled,
+            &s.severity,
+            &stored,
+            &caller.principal_id,
+            self.now(),
+        )
+        .await
+        .map_err(db_err)?;
+        let event = ev::RuleSettingsUpdated {
+            actor: Some(caller.actor()),
+            rule_id: rule_id.into(),
+            enabled: s.enabled,
+        };
+        self.outbox
+            .enqueue(
+                &txn,
+                streams::ALERTING,
+                &envelope("pim.alerting", "RuleSettingsUpdated", rule_id, &event),
+            )
+            .await
+            .map_err(db_err)?;
+        txn.commit().await.map_err(db_err)?;
+        self.outbox.wake();
+        Ok(s)
+    }
+}

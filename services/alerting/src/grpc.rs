@@ -1,0 +1,280 @@
+//! AlertService over gRPC: readers of alerts list, get and stream them; Security
+//! Administrators and above change their status and the rules' settings.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::time::Duration;
+
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use pim_proto::alerting::v1 as pb;
+use pim_proto::alerting::v1::alert_service_server::AlertService;
+use pim_runtime::access::{permissions, require};
+use pim_runtime::auth::{Caller, caller};
+use pim_runtime::db::to_timestamp;
+use pim_runtime::grpc::invalid_argument;
+
+use crate::alerts::{Alerts, db_err};
+use crate::rules::{self, Settings};
+use crate::store::{self, AlertRow};
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+const DEFAULT_PAGE: u64 = 50;
+const MAX_PAGE: u64 = 500;
+
+fn severity_pb(s: &str) -> pb::Severity {
+    match s {
+        "low" => pb::Severity::Low,
+        "medium" => pb::Severity::Medium,
+        "high" => pb::Severity::High,
+        "critical" => pb::Severity::Critical,
+        _ => pb::Severity::Unspecified,
+    }
+}
+
+fn severity_rank(s: &str) -> i32 {
+    severity_pb(s) as i32
+}
+
+fn severity_name(v: i32) -> Result<Option<&'static str>, Status> {
+    Ok(match pb::Severity::try_from(v) {
+        Ok(pb::Severity::Unspecified) => None,
+        Ok(pb::Severity::Low) => Some("low"),
+        Ok(pb::Severity::Medium) => Some("medium"),
+        Ok(pb::Severity::High) => Some("high"),
+        Ok(pb::Severity::Critical) => Some("critical"),
+        Err(_) => return Err(invalid_argument("severity", "low, medium, high or critical")),
+    })
+}
+
+fn status_name(v: i32) -> Result<Option<&'static str>, Status> {
+    Ok(match pb::AlertStatus::try_from(v) {
+        Ok(pb::AlertStatus::Unspecified) => None,
+        Ok(pb::AlertStatus::Open) => Some("open"),
+        Ok(pb::AlertStatus::Acknowledged) => Some("acknowledged"),
+        Ok(pb::AlertStatus::Dismissed) => Some("dismissed"),
+        Ok(pb::AlertStatus::Resolved) => Some("resolved"),
+        Err(_) => return Err(invalid_argument("status", "open, acknowledged, dismissed or resolved")),
+    })
+}
+
+pub(crate) fn alert_pb(a: AlertRow) -> pb::Alert {
+    pb::Alert {
+        id: a.id,
+        rule_id: a.rule_id,
+        severity: severity_pb(&a.severity) as i32,
+        principal_id: a.principal_id,
+        role_id: a.role_id,
+        scope: a.scope,
+        evidence_event_ids: a.evidence,
+        figures: a.figures.into_iter().collect(),
+        first_seen: Some(to_timestamp(a.first_seen)),
+        last_seen: Some(to_timestamp(a.last_seen)),
+        count: a.count,
+        status: match a.status.as_str() {
+            "acknowledged" => pb::AlertStatus::Acknowledged,
+            "dismissed" => pb::AlertStatus::Dismissed,
+            "resolved" => pb::AlertStatus::Resolved,
+            _ => pb::AlertStatus::Open,
+        } as i32,
+        status_changed_by: a.status_changed_by,
+        status_reason: a.status_reason,
+        dedup_key: a.dedup_key,
+    }
+}
+
+fn rule_pb(id: &str, s: Settings) -> pb::Rule {
+    pb::Rule {
+        id: id.into(),
+        description: rules::rule(id).map(|r| r.description).unwrap_or_default().into(),
+        enabled: s.enabled,
+        severity: severity_pb(&s.severity) as i32,
+        settings: s.values.into_iter().map(|(k, v)| (k, v.to_string())).collect(),
+    }
+}
+
+fn cursor(raw: &str, field: &str) -> Result<Option<i64>, Status> {
+    let raw = raw.trim();
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    raw.parse::<i64>()
+        .ok()
+        .filter(|n| *n >= 0)
+        .map(Some)
+        .ok_or_else(|| invalid_argument(field, "not a cursor this service issued"))
+}
+
+fn alert_id(raw: &str) -> Result<&str, Status> {
+    let id = raw.trim();
+    if id.is_empty() || id.len() > 64 {
+        return Err(invalid_argument("alert_id", "required (an alert id)"));
+    }
+    Ok(id)
+}
+
+impl Alerts {
+    async fn reader(&self, caller: &Caller) -> Result<(), Status> {
+        require(self.access.as_ref(), caller, permissions::ALERTS_READ, "/").await
+    }
+
+    async fn change(
+        &self,
+        request: Request<pb::AlertStatusRequest>,
+        status: &str,
+    ) -> Result<Response<pb::Alert>, Status> {
+        let caller = caller(&request)?.clone();
+        let r = request.get_ref();
+        let id = alert_id(&r.alert_id)?;
+        Ok(Response::new(alert_pb(
+            self.set_status(&caller, id, status, &r.reason).await?,
+        )))
+    }
+}
+
+#[tonic::async_trait]
+impl AlertService for Alerts {
+    async fn list_alerts(
+        &self,
+        request: Request<pb::ListAlertsRequest>,
+    ) -> Result<Response<pb::ListAlertsResponse>, Status> {
+        let caller = caller(&request)?.clone();
+        self.reader(&caller).await?;
+        let r = request.into_inner();
+        let min = severity_name(r.min_severity)?.map(severity_rank).unwrap_or(0);
+        let status = status_name(r.status)?;
+        let limit = match r.page_size {
+            n if n < 0 => return Err(invalid_argument("page_size", "must not be negative")),
+            0 => DEFAULT_PAGE,
+            n => (n as u64).min(MAX_PAGE),
+        };
+        let mut before = cursor(&r.page_token, "page_token")?;
+        let mut alerts = Vec::new();
+        loop {
+            let page = store::list(&self.db, status, before, limit).await.map_err(db_err)?;
+            let exhausted = (page.len() as u64) < limit;
+            for a in page {
+                before = Some(a.rev);
+                if severity_rank(&a.severity) >= min && (alerts.len() as u64) < limit {
+                    alerts.push(alert_pb(a));
+                }
+            }
+            if exhausted || alerts.len() as u64 >= limit {
+                let next = if exhausted {
+                    String::new()
+                } else {
+                    before.map(|b| b.to_string()).unwrap_or_default()
+                };
+                return Ok(Response::new(pb::ListAlertsResponse {
+                    alerts,
+                    next_page_token: next,
+                }));
+            }
+        }
+    }
+
+    async fn get_alert(&self, request: Request<pb::GetAlertRequest>) -> Result<Response<pb::Alert>, Status> {
+        let caller = caller(&request)?.clone();
+        self.reader(&caller).await?;
+        let id = alert_id(&request.get_ref().alert_id)?;
+        let alert = store::get(&self.db, id, false)
+            .await
+            .map_err(db_err)?
+            .ok_or_else(|| Status::not_found(format!("alert {id} not found")))?;
+        Ok(Response::new(alert_pb(alert)))
+    }
+
+    async fn acknowledge_alert(&self, request: Request<pb::AlertStatusRequest>) -> Result<Response<pb::Alert>, Status> {
+        self.change(request, "acknowledged").await
+    }
+
+    async fn dismiss_alert(&self, request: Request<pb::AlertStatusRequest>) -> Result<Response<pb::Alert>, Status> {
+        self.change(request, "dismissed").await
+    }
+
+    async fn resolve_alert(&self, request: Request<pb::AlertStatusRequest>) -> Result<Response<pb::Alert>, Status> {
+        self.change(request, "resolved").await
+    }
+
+    /// Every change to an alert (of at least the given severity) after the cursor, then each
+    /// new one as it happens. Revisions are assigned in commit order, so resuming from the
+    /// last cursor received delivers each change exactly once.
+    async fn stream_alerts(
+        &self,
+        request: Request<pb::StreamAlertsRequest>,
+    ) -> Result<Response<BoxStream<pb::AlertUpdate>>, Status> {
+        let caller = caller(&request)?.clone();
+        self.reader(&caller).await?;
+        let r = request.into_inner();
+        let min = severity_name(r.min_severity)?.map(severity_rank).unwrap_or(0);
+        let mut after = cursor(&r.cursor, "cursor")?.unwrap_or(0);
+        let mut changed = self.changed.subscribe();
+        let db = self.db.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            loop {
+                let page = match store::changed_after(&db, after, 500).await {
+                    Ok(page) => page,
+                    Err(err) => {
+                        let _ = tx.send(Err(db_err(err))).await;
+                        return;
+                    }
+                };
+                let more = !page.is_empty();
+                for a in page {
+                    after = a.rev;
+                    if severity_rank(&a.severity) < min {
+                        continue;
+                    }
+                    let update = pb::AlertUpdate {
+                        cursor: a.rev.to_string(),
+                        alert: Some(alert_pb(a)),
+                    };
+                    if tx.send(Ok(update)).await.is_err() {
+                        return;
+                    }
+                }
+                if more {
+                    continue;
+                }
+                tokio::select! {
+                    r = changed.changed() => if r.is_err() { return },
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    async fn list_rules(
+        &self,
+        request: Request<pb::ListRulesRequest>,
+    ) -> Result<Response<pb::ListRulesResponse>, Status> {
+        let caller = caller(&request)?.clone();
+        self.reader(&caller).await?;
+        let mut out = Vec::new();
+        for def in rules::RULES {
+            out.push(rule_pb(def.id, self.settings(&self.db, def.id).await?));
+        }
+        Ok(Response::new(pb::ListRulesResponse { rules: out }))
+    }
+
+    async fn update_rule_settings(
+        &self,
+        request: Request<pb::UpdateRuleSettingsRequest>,
+    ) -> Result<Response<pb::Rule>, Status> {
+        let caller = caller(&request)?.clone();
+        let r = request.into_inner();
+        let id = r.rule_id.trim();
+        if id.is_empty() {
+            return Err(invalid_argument("rule_id", "required"));
+        }
+        let severity = severity_name(r.severity)?;
+        let changes: BTreeMap<String, String> = r.settings.into_iter().collect();
+        let s = self.update_rule(&caller, id, r.enabled, severity, &changes).await?;
+        Ok(Response::new(rule_pb(id, s)))
+    }
+}

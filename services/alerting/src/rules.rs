@@ -1,0 +1,136 @@
+//! The rules: what each detects, its default severity and settings, and how settings are
+//! checked when a Security Administrator changes them.
+
+use std::collections::BTreeMap;
+
+pub struct RuleDef {
+    pub id: &'static str,
+    pub description: &'static str,
+    pub severity: &'static str,
+    /// Setting name, default value (whole numbers).
+    pub settings: &'static [(&'static str, i64)],
+}
+
+pub const TOO_MANY_GLOBAL_ADMINS: &str = "too_many_global_admins";
+pub const UNMANAGED_GRANT: &str = "unmanaged_grant";
+pub const ACTIVATION_WITHOUT_MFA: &str = "activation_without_mfa";
+pub const FREQUENT_ACTIVATION: &str = "frequent_activation";
+pub const PERMANENT_PRIVILEGED: &str = "permanent_privileged";
+pub const SELF_APPROVAL: &str = "self_approval";
+pub const RUBBER_STAMP: &str = "rubber_stamp";
+pub const MFA_FAILURES: &str = "mfa_failures";
+
+pub const RULES: &[RuleDef] = &[
+    RuleDef {
+        id: TOO_MANY_GLOBAL_ADMINS,
+        description: "Too many Global Administrators: at least min_count, and at least min_percent of all active privileged assignments",
+        severity: "medium",
+        settings: &[("min_count", 3), ("min_percent", 10)],
+    },
+    RuleDef {
+        id: UNMANAGED_GRANT,
+        description: "Roles assigned outside PIM (a connector reported a grant PIM did not make)",
+        severity: "high",
+        settings: &[],
+    },
+    RuleDef {
+        id: ACTIVATION_WITHOUT_MFA,
+        description: "Privileged roles that don't require MFA for activation",
+        severity: "medium",
+        settings: &[],
+    },
+    RuleDef {
+        id: FREQUENT_ACTIVATION,
+        description: "Roles activated too frequently: the same principal and role count times within window_hours",
+        severity: "medium",
+        settings: &[("count", 3), ("window_hours", 24)],
+    },
+    RuleDef {
+        id: PERMANENT_PRIVILEGED,
+        description: "Permanent active assignments of privileged roles",
+        severity: "low",
+        settings: &[],
+    },
+    RuleDef {
+        id: SELF_APPROVAL,
+        description: "A requester tried to approve their own request",
+        severity: "high",
+        settings: &[],
+    },
+    RuleDef {
+        id: RUBBER_STAMP,
+        description: "An approval decided within seconds of the request (rubber-stamping)",
+        severity: "medium",
+        settings: &[("seconds", 5)],
+    },
+    RuleDef {
+        id: MFA_FAILURES,
+        description: "MFA failure burst (count within window_minutes) or lockout on a privileged account",
+        severity: "high",
+        settings: &[("count", 3), ("window_minutes", 10)],
+    },
+];
+
+pub fn rule(id: &str) -> Option<&'static RuleDef> {
+    RULES.iter().find(|r| r.id == id)
+}
+
+/// A rule's settings in force: its defaults overlaid with what was stored.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub enabled: bool,
+    pub severity: String,
+    pub values: BTreeMap<String, i64>,
+}
+
+impl Settings {
+    pub fn defaults(def: &RuleDef) -> Self {
+        Self {
+            enabled: true,
+            severity: def.severity.into(),
+            values: def.settings.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect(),
+        }
+    }
+
+    pub fn get(&self, name: &str) -> i64 {
+        self.values.get(name).copied().unwrap_or_default()
+    }
+}
+
+/// Checks changed settings of `def`: known names, whole numbers of at least 1.
+pub fn check_values(def: &RuleDef, changes: &BTreeMap<String, String>) -> Result<BTreeMap<String, i64>, String> {
+    let mut out = BTreeMap::new();
+    for (name, value) in changes {
+        if !def.settings.iter().any(|(k, _)| k == name) {
+            let known: Vec<&str> = def.settings.iter().map(|(k, _)| *k).collect();
+            return Err(format!(
+                "{} has no setting {name:?} (it has: {})",
+                def.id,
+                known.join(", ")
+            ));
+        }
+        match value.trim().parse::<i64>() {
+            Ok(n) if (1..=1_000_000).contains(&n) => {
+                out.insert(name.clone(), n);
+            }
+            _ => return Err(format!("{name} must be a whole number from 1 to 1000000")),
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_are_checked_by_name_and_range() {
+        let def = rule(FREQUENT_ACTIVATION).unwrap();
+        let ok = check_values(def, &BTreeMap::from([("count".to_owned(), "4".to_owned())])).unwrap();
+        assert_eq!(ok["count"], 4);
+        assert!(check_values(def, &BTreeMap::from([("cnt".to_owned(), "4".to_owned())])).is_err());
+        assert!(check_values(def, &BTreeMap::from([("count".to_owned(), "0".to_owned())])).is_err());
+        assert!(check_values(def, &BTreeMap::from([("count".to_owned(), "x".to_owned())])).is_err());
+        assert_eq!(Settings::defaults(def).get("window_hours"), 24);
+    }
+}

@@ -1,0 +1,421 @@
+//! The alerting database: rule settings, alerts (one live alert per dedup key, enforced by a
+//! partial unique index), a revision counter for resumable streams, and the projections the
+//! rules read (privileged assignments, activations, approvals, MFA failures, sign-ins).
+
+use sea_orm::{ConnectionTrait, DbErr, QueryResult};
+use sea_orm_migration::{MigrationTrait, MigratorTrait};
+
+use pim_runtime::db::{self, Dialect, col};
+use pim_runtime::events::{SqlMigration, backbone_migration};
+
+pub struct Migrator;
+
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![
+            backbone_migration(),
+            SqlMigration::boxed("m0001_alerts", |_| {
+                "CREATE TABLE rule_settings (
+                    rule_id TEXT PRIMARY KEY,
+                    enabled BOOLEAN NOT NULL,
+                    severity TEXT NOT NULL,
+                    settings TEXT NOT NULL,
+                    updated_by TEXT NOT NULL,
+                    updated_at BIGINT NOT NULL
+                );
+                CREATE TABLE alerts (
+                    id TEXT PRIMARY KEY,
+                    rule_id TEXT NOT NULL,
+                    severity TEXT NOT NULL,
+                    principal_id TEXT NOT NULL,
+                    role_id TEXT NOT NULL,
+                    scope TEXT NOT NULL,
+                    dedup_key TEXT NOT NULL,
+                    evidence TEXT NOT NULL,
+                    figures TEXT NOT NULL,
+                    first_seen BIGINT NOT NULL,
+                    last_seen BIGINT NOT NULL,
+                    count BIGINT NOT NULL,
+                    status TEXT NOT NULL CHECK (status IN ('open', 'acknowledged', 'dismissed', 'resolved')),
+                    status_changed_by TEXT NOT NULL,
+                    status_reason TEXT NOT NULL,
+                    rev BIGINT NOT NULL UNIQUE
+                );
+                CREATE UNIQUE INDEX alerts_live ON alerts (dedup_key) WHERE status IN ('open', 'acknowledged');
+                CREATE INDEX alerts_status ON alerts (status, rev);
+                CREATE TABLE alert_revision (
+                    id INTEGER PRIMARY KEY,
+                    rev BIGINT NOT NULL
+                );
+                INSERT INTO alert_revision (id, rev) VALUES (1, 0);
+                CREATE TABLE privileged_assignments (
+                    assignment_id TEXT PRIMARY KEY,
+                    kind TEXT NOT NULL,
+                    principal_id TEXT NOT NULL,
+                    role_id TEXT NOT NULL,
+                    scope TEXT NOT NULL,
+                    end_at BIGINT
+                );
+                CREATE INDEX privileged_assignments_role ON privileged_assignments (role_id);
+                CREATE TABLE activations (
+                    assignment_id TEXT PRIMARY KEY,
+                    principal_id TEXT NOT NULL,
+                    role_id TEXT NOT NULL,
+                    at BIGINT NOT NULL,
+                    event_id TEXT NOT NULL
+                );
+                CREATE INDEX activations_principal ON activations (principal_id, role_id, at);
+                CREATE TABLE approvals_seen (
+                    approval_id TEXT PRIMARY KEY,
+                    created_at BIGINT NOT NULL
+                );
+                CREATE TABLE mfa_failures (
+                    event_id TEXT PRIMARY KEY,
+                    principal_id TEXT NOT NULL,
+                    at BIGINT NOT NULL
+                );
+                CREATE INDEX mfa_failures_principal ON mfa_failures (principal_id, at)"
+                    .to_owned()
+            }),
+        ]
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct AlertRow {
+    pub id: String,
+    pub rule_id: String,
+    pub severity: String,
+    pub principal_id: String,
+    pub role_id: String,
+    pub scope: String,
+    pub dedup_key: String,
+    pub evidence: Vec<String>,
+    pub figures: std::collections::BTreeMap<String, String>,
+    pub first_seen: i64,
+    pub last_seen: i64,
+    pub count: i64,
+    pub status: String,
+    pub status_changed_by: String,
+    pub status_reason: String,
+    pub rev: i64,
+}
+
+const COLUMNS: &str = "id, rule_id, severity, principal_id, role_id, scope, dedup_key, evidence, figures, first_seen, last_seen, count, status, status_changed_by, status_reason, rev";
+
+impl AlertRow {
+    fn from_row(r: &QueryResult) -> Result<Self, DbErr> {
+        let json = |name: &str| -> Result<String, DbErr> { col(r, name) };
+        Ok(Self {
+            id: col(r, "id")?,
+            rule_id: col(r, "rule_id")?,
+            severity: col(r, "severity")?,
+            principal_id: col(r, "principal_id")?,
+            role_id: col(r, "role_id")?,
+            scope: col(r, "scope")?,
+            dedup_key: col(r, "dedup_key")?,
+            evidence: serde_json::from_str(&json("evidence")?).map_err(|e| DbErr::Custom(e.to_string()))?,
+            figures: serde_json::from_str(&json("figures")?).map_err(|e| DbErr::Custom(e.to_string()))?,
+            first_seen: col(r, "first_seen")?,
+            last_seen: col(r, "last_seen")?,
+            count: col(r, "count")?,
+            status: col(r, "status")?,
+            status_changed_by: col(r, "status_changed_by")?,
+            status_reason: col(r, "status_reason")?,
+            rev: col(r, "rev")?,
+        })
+    }
+}
+
+/// The next revision; the counter row stays locked until commit, so revisions become
+/// visible in order and a stream resuming after one misses nothing.
+pub async fn next_rev<C: ConnectionTrait>(c: &C) -> Result<i64, DbErr> {
+    let row = db::query_one(
+        c,
+        "UPDATE alert_revision SET rev = rev + 1 WHERE id = 1 RETURNING rev",
+        vec![],
+    )
+    .await?
+    .ok_or_else(|| DbErr::Custom("alert revision counter missing".into()))?;
+    col(&row, "rev")
+}
+
+/// The live (open or acknowledged) alert with this dedup key, locked.
+pub async fn live<C: ConnectionTrait>(c: &C, dedup_key: &str) -> Result<Option<AlertRow>, DbErr> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM alerts WHERE dedup_key = $1 AND status IN ('open', 'acknowledged'){}",
+        c.for_update()
+    );
+    db::query_one(c, &sql, vec![dedup_key.into()])
+        .await?
+        .as_ref()
+        .map(AlertRow::from_row)
+        .transpose()
+}
+
+pub async fn get<C: ConnectionTrait>(c: &C, id: &str, lock: bool) -> Result<Option<AlertRow>, DbErr> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM alerts WHERE id = $1{}",
+        if lock { c.for_update() } else { "" }
+    );
+    db::query_one(c, &sql, vec![id.into()])
+        .await?
+        .as_ref()
+        .map(AlertRow::from_row)
+        .transpose()
+}
+
+/// Inserts or rewrites an alert (by id).
+pub async fn save<C: ConnectionTrait>(c: &C, a: &AlertRow, insert: bool) -> Result<(), DbErr> {
+    let evidence = serde_json::to_string(&a.evidence).map_err(|e| DbErr::Custom(e.to_string()))?;
+    let figures = serde_json::to_string(&a.figures).map_err(|e| DbErr::Custom(e.to_string()))?;
+    let sql = if insert {
+        format!(
+            "INSERT INTO alerts ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
+        )
+    } else {
+        "UPDATE alerts SET rule_id = $2, severity = $3, principal_id = $4, role_id = $5, scope = $6, dedup_key = $7, \
+         evidence = $8, figures = $9, first_seen = $10, last_seen = $11, count = $12, status = $13, \
+         status_changed_by = $14, status_reason = $15, rev = $16 WHERE id = $1"
+            .to_owned()
+    };
+    db::exec(
+        c,
+        &sql,
+        vec![
+            a.id.clone().into(),
+            a.rule_id.clone().into(),
+            a.severity.clone().into(),
+            a.principal_id.clone().into(),
+            a.role_id.clone().into(),
+            a.scope.clone().into(),
+            a.dedup_key.clone().into(),
+            evidence.into(),
+            figures.into(),
+            a.first_seen.into(),
+            a.last_seen.into(),
+            a.count.into(),
+            a.status.clone().into(),
+            a.status_changed_by.clone().into(),
+            a.status_reason.clone().into(),
+            a.rev.into(),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Alerts changed after revision `after`, oldest change first.
+pub async fn changed_after<C: ConnectionTrait>(c: &C, after: i64, limit: u64) -> Result<Vec<AlertRow>, DbErr> {
+    db::query(
+        c,
+        &format!("SELECT {COLUMNS} FROM alerts WHERE rev > $1 ORDER BY rev LIMIT {limit}"),
+        vec![after.into()],
+    )
+    .await?
+    .iter()
+    .map(AlertRow::from_row)
+    .collect()
+}
+
+/// Alerts newest first, optionally of one status, below revision `before`.
+pub async fn list<C: ConnectionTrait>(
+    c: &C,
+    status: Option<&str>,
+    before: Option<i64>,
+    limit: u64,
+) -> Result<Vec<AlertRow>, DbErr> {
+    let mut values: Vec<sea_orm::Value> = vec![before.unwrap_or(i64::MAX).into()];
+    let mut sql = format!("SELECT {COLUMNS} FROM alerts WHERE rev < $1");
+    if let Some(status) = status {
+        values.push(status.into());
+        sql.push_str(" AND status = $2");
+    }
+    sql.push_str(&format!(" ORDER BY rev DESC LIMIT {limit}"));
+    db::query(c, &sql, values)
+        .await?
+        .iter()
+        .map(AlertRow::from_row)
+        .collect()
+}
+
+/// A rule's stored settings: (enabled, severity, settings JSON).
+pub async fn rule_settings<C: ConnectionTrait>(c: &C, rule_id: &str) -> Result<Option<(bool, String, String)>, DbErr> {
+    Ok(db::query_one(
+        c,
+        "SELECT enabled, severity, settings FROM rule_settings WHERE rule_id = $1",
+        vec![rule_id.into()],
+    )
+    .await?
+    .map(|r| -> Result<_, DbErr> { Ok((col(&r, "enabled")?, col(&r, "severity")?, col(&r, "settings")?)) })
+    .transpose()?)
+}
+
+pub async fn save_rule_settings<C: ConnectionTrait>(
+    c: &C,
+    rule_id: &str,
+    enabled: bool,
+    severity: &str,
+    settings: &str,
+    by: &str,
+    now: i64,
+) -> Result<(), DbErr> {
+    db::exec(
+        c,
+        "INSERT INTO rule_settings (rule_id, enabled, severity, settings, updated_by, updated_at) VALUES ($1, $2, $3, $4, $5, $6) \
+         ON CONFLICT (rule_id) DO UPDATE SET enabled = excluded.enabled, severity = excluded.severity, \
+         settings = excluded.settings, updated_by = excluded.updated_by, updated_at = excluded.updated_at",
+        vec![
+            rule_id.into(),
+            enabled.into(),
+            severity.into(),
+            settings.into(),
+            by.into(),
+            now.into(),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+pub async fn upsert_privileged<C: ConnectionTrait>(
+    c: &C,
+    assignment_id: &str,
+    kind: &str,
+    principal_id: &str,
+    role_id: &str,
+    scope: &str,
+    end_at: Option<i64>,
+) -> Result<(), DbErr> {
+    db::exec(
+        c,
+        "INSERT INTO privileged_assignments (assignment_id, kind, principal_id, role_id, scope, end_at) VALUES ($1, $2, $3, $4, $5, $6) \
+         ON CONFLICT (assignment_id) DO UPDATE SET end_at = excluded.end_at",
+        vec![
+            assignment_id.into(),
+            kind.into(),
+            principal_id.into(),
+            role_id.into(),
+            scope.into(),
+            end_at.into(),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+pub async fn forget_privileged<C: ConnectionTrait>(c: &C, assignment_id: &str) -> Result<(), DbErr> {
+    db::exec(
+        c,
+        "DELETE FROM privileged_assignments WHERE assignment_id = $1",
+        vec![assignment_id.into()],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Privileged assignments in force (active ones, including activations) of `role_id`, and of
+/// every privileged role: (of the role, of all).
+pub async fn active_counts<C: ConnectionTrait>(c: &C, role_id: &str, now: i64) -> Result<(i64, i64), DbErr> {
+    let row = db::query_one(
+        c,
+        "SELECT COUNT(DISTINCT CASE WHEN role_id = $1 THEN principal_id END) AS role_count, COUNT(*) AS total \
+         FROM privileged_assignments WHERE kind <> 'eligible' AND (end_at IS NULL OR end_at > $2)",
+        vec![role_id.into(), now.into()],
+    )
+    .await?
+    .ok_or_else(|| DbErr::Custom("count".into()))?;
+    Ok((col(&row, "role_count")?, col(&row, "total")?))
+}
+
+/// Whether the principal holds any privileged assignment (eligible or active) now.
+pub async fn is_privileged<C: ConnectionTrait>(c: &C, principal_id: &str, now: i64) -> Result<bool, DbErr> {
+    Ok(db::query_one(
+        c,
+        "SELECT assignment_id FROM privileged_assignments WHERE principal_id = $1 AND (end_at IS NULL OR end_at > $2) LIMIT 1",
+        vec![principal_id.into(), now.into()],
+    )
+    .await?
+    .is_some())
+}
+
+/// Records an activation; returns the event ids of the principal's activations of the role
+/// since `since` (this one included).
+pub async fn activations_since<C: ConnectionTrait>(
+    c: &C,
+    assignment_id: &str,
+    principal_id: &str,
+    role_id: &str,
+    at: i64,
+    event_id: &str,
+    since: i64,
+) -> Result<Vec<String>, DbErr> {
+    db::exec(
+        c,
+        "INSERT INTO activations (assignment_id, principal_id, role_id, at, event_id) VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (assignment_id) DO NOTHING",
+        vec![
+            assignment_id.into(),
+            principal_id.into(),
+            role_id.into(),
+            at.into(),
+            event_id.into(),
+        ],
+    )
+    .await?;
+    db::query(
+        c,
+        "SELECT event_id FROM activations WHERE principal_id = $1 AND role_id = $2 AND at >= $3 ORDER BY at",
+        vec![principal_id.into(), role_id.into(), since.into()],
+    )
+    .await?
+    .iter()
+    .map(|r| col(r, "event_id"))
+    .collect()
+}
+
+pub async fn approval_created<C: ConnectionTrait>(c: &C, approval_id: &str, at: i64) -> Result<(), DbErr> {
+    db::exec(
+        c,
+        "INSERT INTO approvals_seen (approval_id, created_at) VALUES ($1, $2) ON CONFLICT (approval_id) DO NOTHING",
+        vec![approval_id.into(), at.into()],
+    )
+    .await?;
+    Ok(())
+}
+
+pub async fn approval_created_at<C: ConnectionTrait>(c: &C, approval_id: &str) -> Result<Option<i64>, DbErr> {
+    db::query_one(
+        c,
+        "SELECT created_at FROM approvals_seen WHERE approval_id = $1",
+        vec![approval_id.into()],
+    )
+    .await?
+    .map(|r| col(&r, "created_at"))
+    .transpose()
+}
+
+/// Records an MFA failure; returns the event ids of the principal's failures since `since`.
+pub async fn mfa_failures_since<C: ConnectionTrait>(
+    c: &C,
+    event_id: &str,
+    principal_id: &str,
+    at: i64,
+    since: i64,
+) -> Result<Vec<String>, DbErr> {
+    db::exec(
+        c,
+        "INSERT INTO mfa_failures (event_id, principal_id, at) VALUES ($1, $2, $3) ON CONFLICT (event_id) DO NOTHING",
+        vec![event_id.into(), principal_id.into(), at.into()],
+    )
+    .await?;
+    db::query(
+        c,
+        "SELECT event_id FROM mfa_failures WHERE principal_id = $1 AND at >= $2 ORDER BY at",
+        vec![principal_id.into(), since.into()],
+    )
+    .await?
+    .iter()
+    .map(|r| col(r, "event_id"))
+    .collect()
+}

@@ -1,0 +1,400 @@
+//! Alerting on PostgreSQL + Redis, driven by real actions through the other services: each
+//! rule raises its alert (and a threshold setting changes the outcome), a cleared condition
+//! resolves itself, and StreamAlerts resumes from a cursor with every change exactly once.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use tonic::Code;
+
+use pim_e2e::{authed, eventually};
+use pim_proto::alerting::v1 as pb;
+use pim_proto::alerting::v1::alert_service_client::AlertServiceClient;
+use pim_proto::assignment::v1 as apb;
+use pim_proto::assignment::v1::reconcile_service_client::ReconcileServiceClient;
+
+use crate::activation::{EXCHANGE_ADMINISTRATOR, GLOBAL_ADMINISTRATOR, HOUR_MS, World, activation, request, run};
+
+const PRIVILEGED_ROLE_ADMINISTRATOR: &str = "e8611ab8-c189-46e8-94e1-60213ab1f814";
+
+impl World {
+    fn alerts(&self) -> AlertServiceClient<tonic::transport::Channel> {
+        AlertServiceClient::new(self.ts.channel.clone())
+    }
+
+    /// Every alert so far.
+    async fn all_alerts(&self) -> anyhow::Result<Vec<pb::Alert>> {
+        Ok(self
+            .alerts()
+            .list_alerts(authed(
+                &self.admin,
+                pb::ListAlertsRequest {
+                    page_size: 500,
+                    ..Default::default()
+                },
+            ))
+            .await?
+            .into_inner()
+            .alerts)
+    }
+
+    /// Waits for an alert of `rule` that `matches`.
+    async fn alert(&self, rule: &str, matches: impl Fn(&pb::Alert) -> bool) -> anyhow::Result<pb::Alert> {
+        eventually(Duration::from_secs(10), rule, || async {
+            Ok(self
+                .all_alerts()
+                .await?
+                .into_iter()
+                .find(|a| a.rule_id == rule && matches(a)))
+        })
+        .await
+    }
+
+    async fn set_rule(&self, rule: &str, settings: &[(&str, &str)]) -> anyhow::Result<pb::Rule> {
+        Ok(self
+            .alerts()
+            .update_rule_settings(authed(
+                &self.admin,
+                pb::UpdateRuleSettingsRequest {
+                    rule_id: rule.into(),
+                    settings: settings.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect(),
+                    ..Default::default()
+                },
+            ))
+            .await?
+            .into_inner())
+    }
+
+    /// Makes `principal` an active `role` holder for a day.
+    async fn make_active(&self, principal: &str, role: &str) -> anyhow::Result<()> {
+        self.assignments()
+            .create_request(authed(
+                &self.admin,
+                apb::CreateRequestRequest {
+                    schedule: Some(apb::Schedule {
+                        start_time: None,
+                        expiration: Some(apb::schedule::Expiration::Duration(prost_types::Duration {
+                            seconds: 86_400,
+                            nanos: 0,
+                        })),
+                    }),
+                    justification: "on call".into(),
+                    ..request(
+                        apb::RequestAction::AdminAssign,
+                        apb::AssignmentKind::Active,
+                        principal,
+                        role,
+                    )
+                },
+            ))
+            .await?;
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_rule_raises_its_alert_and_settings_change_the_outcome() -> anyhow::Result<()> {
+    run(|w| async move {
+        // The break-glass administrator is a permanent active Global Administrator.
+        let permanent = w
+            .alert("permanent_privileged", |a| a.role_id == GLOBAL_ADMINISTRATOR)
+            .await?;
+        assert_eq!(permanent.severity, pb::Severity::Low as i32);
+
+        // Roles assigned outside PIM: high severity, with the system as a figure.
+        ReconcileServiceClient::new(w.ts.channel.clone())
+            .report_observed_grants(authed(
+                &w.admin,
+                apb::ReportObservedGrantsRequest {
+                    system: "exchange-online".into(),
+                    grants: vec![apb::ObservedGrant {
+                        principal_id: "mallory".into(),
+                        role_id: EXCHANGE_ADMINISTRATOR.into(),
+                        scope: "/".into(),
+                        system: String::new(),
+                    }],
+                },
+            ))
+            .await?;
+        let unmanaged = w.alert("unmanaged_grant", |a| a.principal_id == "mallory").await?;
+        assert_eq!(unmanaged.severity, pb::Severity::High as i32);
+        assert_eq!(
+            unmanaged.figures.get("system").map(String::as_str),
+            Some("exchange-online")
+        );
+        assert_eq!(unmanaged.evidence_event_ids.len(), 1);
+
+        // A privileged role's policy stops asking for MFA: alert; asking again resolves it.
+        w.set_policy(PRIVILEGED_ROLE_ADMINISTRATOR, |p| p.activation_requires_mfa = false)
+            .await?;
+        let no_mfa = w
+            .alert("activation_without_mfa", |a| a.status == pb::AlertStatus::Open as i32)
+            .await?;
+        w.set_policy(PRIVILEGED_ROLE_ADMINISTRATOR, |p| p.activation_requires_mfa = true)
+            .await?;
+        w.alert("activation_without_mfa", |a| {
+            a.id == no_mfa.id && a.status == pb::AlertStatus::Resolved as i32
+        })
+        .await?;
+
+        // Activated too frequently: three activations of one role in a day; one alert,
+        // updated rather than repeated on the fourth.
+        let lee = w.user("lee").await?;
+        w.make_eligible(&lee, EXCHANGE_ADMINISTRATOR).await?;
+        for i in 0..4 {
+            let token = w.stepped_up(&lee)?;
+            w.assignments()
+                .create_request(authed(&token, activation(EXCHANGE_ADMINISTRATOR, HOUR_MS, "triage")))
+                .await?;
+            if i == 2 {
+                w.alert("frequent_activation", |a| a.principal_id == lee.id).await?;
+            }
+            w.assignments()
+                .create_request(authed(
+                    &token,
+                    request(
+                        apb::RequestAction::SelfDeactivate,
+                        apb::AssignmentKind::Active,
+                        "",
+                        EXCHANGE_ADMINISTRATOR,
+                    ),
+                ))
+                .await?;
+        }
+        let frequent = w
+            .alert("frequent_activation", |a| a.principal_id == lee.id && a.count == 2)
+            .await?;
+        assert_eq!(frequent.figures.get("activations").map(String::as_str), Some("4"));
+        // With a threshold of five, Kim's three activations raise nothing.
+        let rule = w.set_rule("frequent_activation", &[("count", "5")]).await?;
+        assert_eq!(rule.settings.get("count").map(String::as_str), Some("5"));
+        let kim = w.user("kim").await?;
+        w.make_eligible(&kim, EXCHANGE_ADMINISTRATOR).await?;
+        for _ in 0..3 {
+            let token = w.stepped_up(&kim)?;
+            w.assignments()
+                .create_request(authed(&token, activation(EXCHANGE_ADMINISTRATOR, HOUR_MS, "triage")))
+                .await?;
+            w.assignments()
+                .create_request(authed(
+                    &token,
+                    request(
+                        apb::RequestAction::SelfDeactivate,
+                        apb::AssignmentKind::Active,
+                        "",
+                        EXCHANGE_ADMINISTRATOR,
+                    ),
+                ))
+                .await?;
+        }
+        // Kim's events and this report share the assignment stream, which alerting reads in
+        // order: once the report's alert is there, Kim's activations have been judged.
+        ReconcileServiceClient::new(w.ts.channel.clone())
+            .report_observed_grants(authed(
+                &w.admin,
+                apb::ReportObservedGrantsRequest {
+                    system: "marker".into(),
+                    grants: vec![apb::ObservedGrant {
+                        principal_id: "marker".into(),
+                        role_id: EXCHANGE_ADMINISTRATOR.into(),
+                        scope: "/".into(),
+                        system: String::new(),
+                    }],
+                },
+            ))
+            .await?;
+        w.alert("unmanaged_grant", |a| a.principal_id == "marker").await?;
+        assert!(
+            !w.all_alerts()
+                .await?
+                .iter()
+                .any(|a| a.rule_id == "frequent_activation" && a.principal_id == kim.id),
+            "below the raised threshold"
+        );
+
+        // Too many Global Administrators: three of them (all of the privileged assignments)
+        // raise it; back to two resolves it.
+        let (ann, bob) = (w.user("ann").await?, w.user("bob").await?);
+        w.make_active(&ann.id, GLOBAL_ADMINISTRATOR).await?;
+        w.make_active(&bob.id, GLOBAL_ADMINISTRATOR).await?;
+        let many = w
+            .alert("too_many_global_admins", |a| a.status == pb::AlertStatus::Open as i32)
+            .await?;
+        assert_eq!(many.figures.get("global_admins").map(String::as_str), Some("3"));
+        w.assignments()
+            .create_request(authed(
+                &w.admin,
+                apb::CreateRequestRequest {
+                    justification: "left the team".into(),
+                    ..request(
+                        apb::RequestAction::AdminRemove,
+                        apb::AssignmentKind::Active,
+                        &bob.id,
+                        GLOBAL_ADMINISTRATOR,
+                    )
+                },
+            ))
+            .await?;
+        w.alert("too_many_global_admins", |a| {
+            a.id == many.id && a.status == pb::AlertStatus::Resolved as i32
+        })
+        .await?;
+        Ok(w)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approvals_raise_self_approval_and_rubber_stamp_alerts() -> anyhow::Result<()> {
+    use pim_proto::approval::v1 as appb;
+    run(|w| async move {
+        let lee = w.user("lee").await?;
+        w.set_policy(EXCHANGE_ADMINISTRATOR, |p| p.approval_required = true)
+            .await?;
+        let request = w.ask(&lee, "mail flow").await?;
+        let approval = w.approval_of(&request.id).await?;
+        let refused = w
+            .approvals()
+            .decide(authed(
+                &lee.token,
+                appb::DecideRequest {
+                    approval_id: approval.id.clone(),
+                    decision: appb::Decision::Approve as i32,
+                    justification: "me".into(),
+                },
+            ))
+            .await
+            .expect_err("self-approval");
+        assert_eq!(refused.code(), Code::PermissionDenied);
+        let selfish = w.alert("self_approval", |a| a.principal_id == lee.id).await?;
+        assert_eq!(selfish.severity, pb::Severity::High as i32);
+
+        // Approved at once: a rubber stamp (the default window is five seconds).
+        w.approvals()
+            .decide(authed(
+                &w.admin,
+                appb::DecideRequest {
+                    approval_id: approval.id.clone(),
+                    decision: appb::Decision::Approve as i32,
+                    justification: "ok".into(),
+                },
+            ))
+            .await?;
+        let stamp = w.alert("rubber_stamp", |a| a.role_id == EXCHANGE_ADMINISTRATOR).await?;
+        assert_eq!(stamp.figures.get("requester_id"), Some(&lee.id));
+
+        // People triage: acknowledge, then dismiss with a reason; readers only read.
+        let refused = w
+            .alerts()
+            .dismiss_alert(authed(
+                &lee.token,
+                pb::AlertStatusRequest {
+                    alert_id: stamp.id.clone(),
+                    reason: "no".into(),
+                },
+            ))
+            .await
+            .expect_err("not a security administrator");
+        assert_eq!(refused.code(), Code::PermissionDenied);
+        let missing = w
+            .alerts()
+            .dismiss_alert(authed(
+                &w.admin,
+                pb::AlertStatusRequest {
+                    alert_id: stamp.id.clone(),
+                    reason: String::new(),
+                },
+            ))
+            .await
+            .expect_err("a reason is required");
+        assert_eq!(missing.code(), Code::InvalidArgument);
+        let dismissed = w
+            .alerts()
+            .dismiss_alert(authed(
+                &w.admin,
+                pb::AlertStatusRequest {
+                    alert_id: stamp.id.clone(),
+                    reason: "the on-call lead approved with the ticket open".into(),
+                },
+            ))
+            .await?
+            .into_inner();
+        assert_eq!(dismissed.status, pb::AlertStatus::Dismissed as i32);
+        Ok(w)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_alerts_resumes_from_its_cursor_with_every_change_once() -> anyhow::Result<()> {
+    run(|w| async move {
+        let report = |who: String| {
+            let channel = w.ts.channel.clone();
+            let admin = w.admin.clone();
+            async move {
+                ReconcileServiceClient::new(channel)
+                    .report_observed_grants(authed(
+                        &admin,
+                        apb::ReportObservedGrantsRequest {
+                            system: "ldap".into(),
+                            grants: vec![apb::ObservedGrant {
+                                principal_id: who,
+                                role_id: EXCHANGE_ADMINISTRATOR.into(),
+                                scope: "/".into(),
+                                system: String::new(),
+                            }],
+                        },
+                    ))
+                    .await
+            }
+        };
+        for i in 0..3 {
+            report(format!("first-{i}")).await?;
+        }
+        let mut stream = w
+            .alerts()
+            .stream_alerts(authed(&w.admin, pb::StreamAlertsRequest::default()))
+            .await?
+            .into_inner();
+        let mut seen: HashMap<String, u32> = HashMap::new();
+        let mut cursor = String::new();
+        // Read until the three first alerts are in, then drop the connection.
+        while !(0..3).all(|i| seen.contains_key(&format!("first-{i}"))) {
+            let update = tokio::time::timeout(Duration::from_secs(10), stream.message())
+                .await??
+                .expect("more updates");
+            cursor = update.cursor.clone();
+            let alert = update.alert.expect("an alert");
+            *seen.entry(alert.principal_id).or_default() += 1;
+        }
+        drop(stream);
+        for i in 0..3 {
+            report(format!("second-{i}")).await?;
+        }
+        let mut resumed = w
+            .alerts()
+            .stream_alerts(authed(
+                &w.admin,
+                pb::StreamAlertsRequest {
+                    cursor,
+                    ..Default::default()
+                },
+            ))
+            .await?
+            .into_inner();
+        while !(0..3).all(|i| seen.contains_key(&format!("second-{i}"))) {
+            let update = tokio::time::timeout(Duration::from_secs(10), resumed.message())
+                .await??
+                .expect("more updates");
+            let alert = update.alert.expect("an alert");
+            *seen.entry(alert.principal_id).or_default() += 1;
+        }
+        for i in 0..3 {
+            for batch in ["first", "second"] {
+                assert_eq!(seen.get(&format!("{batch}-{i}")), Some(&1), "{batch}-{i} exactly once");
+            }
+        }
+        Ok(w)
+    })
+    .await
+}
