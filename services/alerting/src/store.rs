@@ -241,14 +241,14 @@ pub async fn list<C: ConnectionTrait>(
 
 /// A rule's stored settings: (enabled, severity, settings JSON).
 pub async fn rule_settings<C: ConnectionTrait>(c: &C, rule_id: &str) -> Result<Option<(bool, String, String)>, DbErr> {
-    Ok(db::query_one(
+    db::query_one(
         c,
         "SELECT enabled, severity, settings FROM rule_settings WHERE rule_id = $1",
         vec![rule_id.into()],
     )
     .await?
     .map(|r| -> Result<_, DbErr> { Ok((col(&r, "enabled")?, col(&r, "severity")?, col(&r, "settings")?)) })
-    .transpose()?)
+    .transpose()
 }
 
 pub async fn save_rule_settings<C: ConnectionTrait>(
