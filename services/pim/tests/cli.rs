@@ -456,6 +456,30 @@ fn the_readme_walk_through_works_and_survives_a_restart() {
     assert!(admin.ok(&["reviews", "stop", &review], None).contains("Stopped"));
     assert!(admin.ok(&["reviews", "list"], None).contains("readers"));
 
+    // Alerts: the break-glass administrator is a permanent Global Administrator, which the
+    // rules point out; the admin acknowledges it and tunes a rule.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let alert = loop {
+        let listed = admin.ok(&["alerts"], None);
+        if let Some(line) = listed.lines().find(|l| l.contains("permanent_privileged")) {
+            break line.split_whitespace().next().expect("an id").to_owned();
+        }
+        assert!(Instant::now() < deadline, "no alert appeared: {listed}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let acked = admin.ok(&["alerts", "ack", &alert], None);
+    assert!(acked.contains("acknowledged"), "{acked}");
+    let rules = admin.ok(
+        &["alerts", "rules", "set", "frequent_activation", "--setting", "count=4"],
+        None,
+    );
+    assert!(
+        rules
+            .lines()
+            .any(|l| l.starts_with("frequent_activation") && l.contains("count=4")),
+        "{rules}"
+    );
+
     // The audit log is intact, and exports as JSON lines with the chain's hashes.
     assert!(admin.ok(&["audit", "verify"], None).starts_with("intact:"));
     let exported = admin.ok(&["audit", "export"], None);

@@ -28,6 +28,7 @@ use pim_runtime::db::{from_timestamp, now_ms, sqlite_url, to_timestamp};
 
 use crate::host::{ServiceName, Suite, SuiteOptions};
 
+mod alerts;
 mod approvals;
 mod groups;
 mod mfa;
@@ -124,6 +125,8 @@ enum Command {
     Approve(approvals::DecideArgs),
     /// Deny a request waiting for your decision (this ends it).
     Deny(approvals::DecideArgs),
+    /// Alerts the rules raised (--watch to follow them); ack, dismiss, resolve; rules.
+    Alerts(alerts::AlertsArgs),
     /// Access reviews: create, list, your items, decide, stop.
     #[command(subcommand)]
     Reviews(reviews::ReviewsCommand),
@@ -366,6 +369,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Approve(args) => approvals::decide(args, true).await,
         Command::Deny(args) => approvals::decide(args, false).await,
         Command::Reviews(cmd) => reviews::run(cmd).await,
+        Command::Alerts(args) => alerts::run(args).await,
         Command::Policy(cmd) => requests::policy(cmd).await,
         Command::Mfa(cmd) => mfa::run(cmd).await,
         Command::Assign(args) => assign(args).await,

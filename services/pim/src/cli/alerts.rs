@@ -1,0 +1,239 @@
+//! `pim alerts`: what the rules found, triage, and the rules' settings.
+
+use clap::{Args, Subcommand, ValueEnum};
+
+use pim_proto::alerting::v1 as pb;
+use pim_proto::alerting::v1::alert_service_client::AlertServiceClient;
+use pim_runtime::db::from_timestamp;
+
+use super::{ClientArgs, Session, explain, print_table, time};
+
+#[derive(Clone, Copy, ValueEnum)]
+pub(crate) enum SeverityArg {
+    Low,
+    Medium,
+    High,
+    Critical,
+}
+
+impl From<SeverityArg> for pb::Severity {
+    fn from(s: SeverityArg) -> Self {
+        match s {
+            SeverityArg::Low => Self::Low,
+            SeverityArg::Medium => Self::Medium,
+            SeverityArg::High => Self::High,
+            SeverityArg::Critical => Self::Critical,
+        }
+    }
+}
+
+#[derive(Args)]
+pub(crate) struct AlertsArgs {
+    #[command(subcommand)]
+    command: Option<AlertsCommand>,
+    /// Keep running and print each alert change as it happens.
+    #[arg(long)]
+    watch: bool,
+    /// Only alerts of at least this severity.
+    #[arg(long, value_enum)]
+    severity: Option<SeverityArg>,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Subcommand)]
+enum AlertsCommand {
+    /// Acknowledge an alert (someone is on it).
+    Ack(StatusArgs),
+    /// Dismiss an alert (not a problem; say why).
+    Dismiss(StatusArgs),
+    /// Resolve an alert (dealt with; say how).
+    Resolve(StatusArgs),
+    /// The rules and their settings; `set` changes one.
+    Rules {
+        #[command(subcommand)]
+        set: Option<RulesCommand>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Args)]
+struct StatusArgs {
+    id: String,
+    #[arg(long, default_value = "")]
+    reason: String,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Subcommand)]
+enum RulesCommand {
+    /// Change a rule: --enabled true|false, --severity, --setting NAME=VALUE (repeatable).
+    Set {
+        rule: String,
+        #[arg(long)]
+        enabled: Option<bool>,
+        #[arg(long, value_enum)]
+        severity: Option<SeverityArg>,
+        #[arg(long = "setting", value_parser = parse_setting)]
+        settings: Vec<(String, String)>,
+    },
+}
+
+fn parse_setting(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .ok_or_else(|| "expected NAME=VALUE".to_owned())
+}
+
+fn severity_name(v: i32) -> String {
+    pb::Severity::try_from(v)
+        .map(|s| s.as_str_name().trim_start_matches("SEVERITY_").to_lowercase())
+        .unwrap_or_default()
+}
+
+fn status_name(v: i32) -> String {
+    pb::AlertStatus::try_from(v)
+        .map(|s| s.as_str_name().trim_start_matches("ALERT_STATUS_").to_lowercase())
+        .unwrap_or_default()
+}
+
+fn row(a: &pb::Alert) -> Vec<String> {
+    let mut figures: Vec<String> = a.figures.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    figures.sort();
+    vec![
+        a.id.clone(),
+        severity_name(a.severity),
+        status_name(a.status),
+        a.rule_id.clone(),
+        a.principal_id.clone(),
+        a.role_id.clone(),
+        a.count.to_string(),
+        time(a.last_seen.as_ref().map(from_timestamp)),
+        figures.join(" "),
+    ]
+}
+
+const HEADERS: [&str; 9] = [
+    "ID", "SEVERITY", "STATUS", "RULE", "PRINCIPAL", "ROLE", "COUNT", "LAST SEEN", "FIGURES",
+];
+
+pub(crate) async fn run(args: AlertsArgs) -> anyhow::Result<i32> {
+    match args.command {
+        Some(AlertsCommand::Ack(s)) => status(s, "acknowledged").await,
+        Some(AlertsCommand::Dismiss(s)) => status(s, "dismissed").await,
+        Some(AlertsCommand::Resolve(s)) => status(s, "resolved").await,
+        Some(AlertsCommand::Rules { set, client }) => rules(set, client).await,
+        None => list(args.watch, args.severity, args.client).await,
+    }
+}
+
+async fn list(watch: bool, severity: Option<SeverityArg>, client: ClientArgs) -> anyhow::Result<i32> {
+    let session = Session::open(&client, true)?;
+    let mut api = AlertServiceClient::new(session.channel.clone());
+    let min_severity = severity.map(|s| pb::Severity::from(s) as i32).unwrap_or(0);
+    if !watch {
+        let alerts = api
+            .list_alerts(session.request(pb::ListAlertsRequest {
+                min_severity,
+                page_size: 500,
+                ..Default::default()
+            })?)
+            .await
+            .map_err(explain)?
+            .into_inner()
+            .alerts;
+        print_table(&HEADERS, alerts.iter().map(row).collect());
+        return Ok(0);
+    }
+    let mut cursor = String::new();
+    eprintln!("following alerts (Ctrl-C to stop)");
+    loop {
+        let mut request = session.request(pb::StreamAlertsRequest {
+            min_severity,
+            cursor: cursor.clone(),
+        })?;
+        request.set_timeout(std::time::Duration::from_secs(365 * 24 * 3600));
+        let mut stream = api.stream_alerts(request).await.map_err(explain)?.into_inner();
+        loop {
+            match stream.message().await {
+                Ok(Some(update)) => {
+                    cursor = update.cursor;
+                    if let Some(a) = update.alert {
+                        println!("{}", row(&a).join("\t"));
+                    }
+                }
+                Ok(None) => break,
+                Err(status) if status.code() == tonic::Code::Unavailable => break,
+                Err(status) => return Err(explain(status)),
+            }
+        }
+        eprintln!("connection lost; resuming");
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
+async fn status(args: StatusArgs, to: &str) -> anyhow::Result<i32> {
+    let session = Session::open(&args.client, true)?;
+    let mut api = AlertServiceClient::new(session.channel.clone());
+    let request = session.request(pb::AlertStatusRequest {
+        alert_id: args.id.trim().to_owned(),
+        reason: args.reason,
+    })?;
+    let alert = match to {
+        "acknowledged" => api.acknowledge_alert(request).await,
+        "dismissed" => api.dismiss_alert(request).await,
+        _ => api.resolve_alert(request).await,
+    }
+    .map_err(explain)?
+    .into_inner();
+    println!("alert {} is {}", alert.id, status_name(alert.status));
+    Ok(0)
+}
+
+async fn rules(set: Option<RulesCommand>, client: ClientArgs) -> anyhow::Result<i32> {
+    let session = Session::open(&client, true)?;
+    let mut api = AlertServiceClient::new(session.channel.clone());
+    if let Some(RulesCommand::Set {
+        rule,
+        enabled,
+        severity,
+        settings,
+    }) = set
+    {
+        let r = api
+            .update_rule_settings(session.request(pb::UpdateRuleSettingsRequest {
+                rule_id: rule,
+                enabled,
+                severity: severity.map(|s| pb::Severity::from(s) as i32).unwrap_or(0),
+                settings: settings.into_iter().collect(),
+            })?)
+            .await
+            .map_err(explain)?
+            .into_inner();
+        println!("rule {} updated", r.id);
+    }
+    let rules = api
+        .list_rules(session.request(pb::ListRulesRequest {})?)
+        .await
+        .map_err(explain)?
+        .into_inner()
+        .rules;
+    let rows = rules
+        .into_iter()
+        .map(|r| {
+            let mut settings: Vec<String> = r.settings.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            settings.sort();
+            vec![
+                r.id,
+                r.enabled.to_string(),
+                severity_name(r.severity),
+                settings.join(" "),
+                r.description,
+            ]
+        })
+        .collect();
+    print_table(&["RULE", "ENABLED", "SEVERITY", "SETTINGS", "DESCRIPTION"], rows);
+    Ok(0)
+}
