@@ -12,12 +12,15 @@ import time
 
 
 class PimUp:
-    def __init__(self, pim: str):
+    def __init__(self, pim: str, redis: tuple[str, str] | None = None):
+        """`redis`: (URL, stream prefix) to publish events there; embedded otherwise."""
         self.pim = pim
         work = tempfile.mkdtemp(prefix="pim-ci-")
         self.env = dict(os.environ, PIM_DATA_DIR=os.path.join(work, "data"), PIM_LISTEN_ADDR="127.0.0.1:0",
                         PIM_TOKEN_FILE=os.path.join(work, "token"))
         self.env.pop("PIM_REDIS_URL", None)
+        if redis is not None:
+            self.env["PIM_REDIS_URL"], self.env["PIM_STREAM_PREFIX"] = redis
         self.process = None
 
     def __enter__(self) -> "PimUp":
