@@ -398,3 +398,67 @@ async fn stream_alerts_resumes_from_its_cursor_with_every_change_once() -> anyho
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_and_time_rules_raise_and_clear() -> anyhow::Result<()> {
+    use pim_proto::identity::v1 as ipb;
+    use pim_proto::identity::v1::mfa_service_client::MfaServiceClient;
+    run(|w| async move {
+        // The suite signed in as the break-glass administrator.
+        let admin_id = w.admin_id().await?;
+        let glass = w.alert("break_glass_used", |a| a.principal_id == admin_id).await?;
+        assert_eq!(glass.severity, pb::Severity::High as i32);
+
+        // MFA failures: three wrong codes from a privileged account raise it; the same from
+        // an account without privileges do not.
+        let (lee, kim) = (w.user("lee").await?, w.user("kim").await?);
+        w.make_eligible(&lee, GLOBAL_ADMINISTRATOR).await?;
+        for who in [&kim, &lee] {
+            let mut mfa = MfaServiceClient::new(w.ts.channel.clone());
+            crate::mfa::enrol(&mut mfa, &who.token).await?;
+            for _ in 0..3 {
+                let wrong = mfa
+                    .verify(authed(&who.token, ipb::VerifyRequest { code: "000000".into() }))
+                    .await
+                    .expect_err("a wrong code");
+                assert_eq!(wrong.code(), Code::Unauthenticated, "{wrong:?}");
+            }
+        }
+        let burst = w.alert("mfa_failures", |a| a.principal_id == lee.id).await?;
+        assert_eq!(burst.figures.get("failures").map(String::as_str), Some("3"));
+        assert!(
+            !w.all_alerts()
+                .await?
+                .iter()
+                .any(|a| a.rule_id == "mfa_failures" && a.principal_id == kim.id)
+        );
+
+        // A month later: Lee never activated the role nor signed in again.
+        w.clock.advance(Duration::from_secs(31 * 86_400));
+        let alerting = w.ts.suite.alerting().expect("alerting runs here").alerts().clone();
+        alerting.scan_once().await?;
+        let stale = w.alert("stale_accounts", |a| a.principal_id == lee.id).await?;
+        assert!(stale.figures["days_without_sign_in"].parse::<i64>()? >= 30);
+        let unused = w
+            .alert("unused_roles", |a| {
+                a.principal_id == lee.id && a.role_id == GLOBAL_ADMINISTRATOR
+            })
+            .await?;
+        assert_eq!(unused.status, pb::AlertStatus::Open as i32);
+        // Sixty days is the bar now: not yet, so the alert resolves.
+        w.set_rule("unused_roles", &[("days", "60")]).await?;
+        alerting.scan_once().await?;
+        w.alert("unused_roles", |a| {
+            a.id == unused.id && a.status == pb::AlertStatus::Resolved as i32
+        })
+        .await?;
+        // Lee signs in: no longer stale.
+        w.ts.sign_in("lee", "lee's long passphrase").await?;
+        w.alert("stale_accounts", |a| {
+            a.id == stale.id && a.status == pb::AlertStatus::Resolved as i32
+        })
+        .await?;
+        Ok(w)
+    })
+    .await
+}

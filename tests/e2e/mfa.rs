@@ -34,7 +34,10 @@ async fn user(ts: &TestSuite, admin: &str, name: &str) -> anyhow::Result<(String
 }
 
 /// Enrols and confirms TOTP; returns the authenticator and the time whose code confirmed it.
-async fn enrol(mfa: &mut MfaServiceClient<tonic::transport::Channel>, token: &str) -> anyhow::Result<(TOTP, u64)> {
+pub(crate) async fn enrol(
+    mfa: &mut MfaServiceClient<tonic::transport::Channel>,
+    token: &str,
+) -> anyhow::Result<(TOTP, u64)> {
     let enrolled = mfa
         .enroll_totp(authed(token, ipb::EnrollTotpRequest {}))
         .await?

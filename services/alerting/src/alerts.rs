@@ -253,6 +253,32 @@ impl Alerts {
     pub async fn evaluate(&self, txn: &DatabaseTransaction, e: &Envelope) -> anyhow::Result<()> {
         let at = event_time(e);
         match short_type(e) {
+            "SignInSucceeded" => {
+                let s: ev::SignInSucceeded = decode(e)?;
+                let Some(actor) = s.actor else {
+                    return Ok(());
+                };
+                store::signed_in(txn, &actor.principal_id, at).await?;
+                if store::is_break_glass(txn, &actor.principal_id).await? {
+                    let figures = BTreeMap::from([("user_name".to_owned(), actor.display_name.clone())]);
+                    self.raise(
+                        txn,
+                        rules::BREAK_GLASS_USED,
+                        &format!("break_glass:{}", actor.principal_id),
+                        Subject {
+                            principal_id: actor.principal_id.clone(),
+                            role_id: pim_assignment::GLOBAL_ADMINISTRATOR.into(),
+                            scope: "/".into(),
+                        },
+                        std::slice::from_ref(&e.id),
+                        figures,
+                    )
+                    .await?;
+                }
+                // Signing in clears a stale-account alert.
+                self.clear(txn, &format!("stale:{}", actor.principal_id), "signed in again")
+                    .await?;
+            }
             "MfaFailed" | "MfaLockedOut" => {
                 let m: ev::MfaEvent = decode(e)?;
                 if !store::is_privileged(txn, &m.user_id, self.now()).await? {
@@ -288,16 +314,23 @@ impl Alerts {
                     return Ok(());
                 }
                 let end = a.end_time.as_ref().map(from_timestamp);
+                let since = a.start_time.as_ref().map(from_timestamp).unwrap_or(at);
                 store::upsert_privileged(
                     txn,
-                    &a.assignment_id,
-                    &a.kind,
-                    &a.principal_id,
-                    &a.role_id,
-                    &a.scope,
-                    end,
+                    &store::Privileged {
+                        assignment_id: &a.assignment_id,
+                        kind: &a.kind,
+                        principal_id: &a.principal_id,
+                        role_id: &a.role_id,
+                        scope: &a.scope,
+                        end_at: end,
+                        since,
+                    },
                 )
                 .await?;
+                if a.justification.starts_with("bootstrap:") {
+                    store::add_break_glass(txn, &a.principal_id).await?;
+                }
                 let key = format!("permanent:{}", a.assignment_id);
                 if a.kind == "active" && end.is_none() {
                     let figures = BTreeMap::from([("role_name".to_owned(), a.role_name.clone())]);
@@ -334,12 +367,15 @@ impl Alerts {
                 } else {
                     store::upsert_privileged(
                         txn,
-                        &a.assignment_id,
-                        "activation",
-                        &a.principal_id,
-                        &a.role_id,
-                        &a.scope,
-                        a.end_time.as_ref().map(from_timestamp),
+                        &store::Privileged {
+                            assignment_id: &a.assignment_id,
+                            kind: "activation",
+                            principal_id: &a.principal_id,
+                            role_id: &a.role_id,
+                            scope: &a.scope,
+                            end_at: a.end_time.as_ref().map(from_timestamp),
+                            since: a.start_time.as_ref().map(from_timestamp).unwrap_or(at),
+                        },
                     )
                     .await?;
                     self.check_global_admins(txn, &e.id).await?;
@@ -504,6 +540,69 @@ impl Alerts {
             self.clear(txn, key, "the Global Administrator count is back under the threshold")
                 .await
         }
+    }
+
+    /// The rules time triggers: privileged holders who have not signed in for `days`, and
+    /// eligibilities not activated for `days`. Alerts whose condition cleared are resolved.
+    /// Returns how many alerts it raised or updated.
+    pub async fn scan_once(&self) -> Result<usize, Status> {
+        let now = self.now();
+        let txn = self.db.begin().await.map_err(db_err)?;
+        let mut raised = 0;
+        let stale = self.settings(&txn, rules::STALE_ACCOUNTS).await?;
+        for (principal, quiet_since) in store::privileged_holders_quiet_since(&txn, now).await.map_err(db_err)? {
+            let key = format!("stale:{principal}");
+            let days = (now - quiet_since) / 86_400_000;
+            if days >= stale.get("days") {
+                let figures = BTreeMap::from([("days_without_sign_in".to_owned(), days.to_string())]);
+                let subject = Subject {
+                    principal_id: principal,
+                    ..Subject::default()
+                };
+                self.raise(&txn, rules::STALE_ACCOUNTS, &key, subject, &[], figures)
+                    .await?;
+                raised += 1;
+            }
+        }
+        let unused = self.settings(&txn, rules::UNUSED_ROLES).await?;
+        for (principal, role, unused_since) in store::eligibilities_unused_since(&txn, now).await.map_err(db_err)? {
+            let key = format!("unused:{principal}:{role}");
+            let days = (now - unused_since) / 86_400_000;
+            if days >= unused.get("days") {
+                let figures = BTreeMap::from([("days_without_activation".to_owned(), days.to_string())]);
+                let subject = Subject {
+                    principal_id: principal,
+                    role_id: role,
+                    scope: String::new(),
+                };
+                self.raise(&txn, rules::UNUSED_ROLES, &key, subject, &[], figures)
+                    .await?;
+                raised += 1;
+            } else {
+                self.clear(&txn, &key, "the role was activated").await?;
+            }
+        }
+        txn.commit().await.map_err(db_err)?;
+        if raised > 0 {
+            self.committed();
+        }
+        Ok(raised)
+    }
+
+    /// Runs the scan every hour until `stop`.
+    pub fn spawn_scans(&self, mut stop: tokio::sync::watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(3600)) => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+                if let Err(err) = this.scan_once().await {
+                    tracing::warn!(error = %err.message(), "alert scan failed");
+                }
+            }
+        })
     }
 
     /// Acknowledge, dismiss or resolve (Security Administrators and above); dismissing and

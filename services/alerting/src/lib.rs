@@ -26,6 +26,11 @@ pub struct Alerting {
 }
 
 impl Alerting {
+    /// The rules' logic (tests run its time-triggered scan after moving the clock).
+    pub fn alerts(&self) -> &Alerts {
+        &self.alerts
+    }
+
     pub async fn build(deps: Deps) -> anyhow::Result<Self> {
         store::Migrator::up(&deps.db, None).await?;
         Ok(Self {
@@ -56,7 +61,8 @@ impl EventHandler for Detect {
     fn wants(&self, event_type: &str) -> bool {
         matches!(
             event_type,
-            "MfaFailed"
+            "SignInSucceeded"
+                | "MfaFailed"
                 | "MfaLockedOut"
                 | "EligibilityGranted"
                 | "EligibilityUpdated"
@@ -107,5 +113,9 @@ impl Service for Alerting {
 
     fn handlers(&self) -> Vec<Arc<dyn EventHandler>> {
         vec![Arc::new(Detect(self.alerts.clone()))]
+    }
+
+    fn background(&self, stop: tokio::sync::watch::Receiver<bool>) -> Vec<tokio::task::JoinHandle<()>> {
+        vec![self.alerts.spawn_scans(stop)]
     }
 }

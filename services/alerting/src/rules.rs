@@ -19,6 +19,9 @@ pub const PERMANENT_PRIVILEGED: &str = "permanent_privileged";
 pub const SELF_APPROVAL: &str = "self_approval";
 pub const RUBBER_STAMP: &str = "rubber_stamp";
 pub const MFA_FAILURES: &str = "mfa_failures";
+pub const STALE_ACCOUNTS: &str = "stale_accounts";
+pub const UNUSED_ROLES: &str = "unused_roles";
+pub const BREAK_GLASS_USED: &str = "break_glass_used";
 
 pub const RULES: &[RuleDef] = &[
     RuleDef {
@@ -68,6 +71,24 @@ pub const RULES: &[RuleDef] = &[
         description: "MFA failure burst (count within window_minutes) or lockout on a privileged account",
         severity: "high",
         settings: &[("count", 3), ("window_minutes", 10)],
+    },
+    RuleDef {
+        id: STALE_ACCOUNTS,
+        description: "Potential stale accounts in a privileged role: no sign-in for days",
+        severity: "medium",
+        settings: &[("days", 30)],
+    },
+    RuleDef {
+        id: UNUSED_ROLES,
+        description: "Administrators not using their privileged roles: eligible, but no activation for days",
+        severity: "low",
+        settings: &[("days", 30)],
+    },
+    RuleDef {
+        id: BREAK_GLASS_USED,
+        description: "The break-glass (bootstrap) Global Administrator signed in",
+        severity: "high",
+        settings: &[],
     },
 ];
 

@@ -48,13 +48,21 @@ impl MigratorTrait for Migrator {
                     rev BIGINT NOT NULL
                 );
                 INSERT INTO alert_revision (id, rev) VALUES (1, 0);
-                CREATE TABLE privileged_assignments (
+                                CREATE TABLE privileged_assignments (
                     assignment_id TEXT PRIMARY KEY,
                     kind TEXT NOT NULL,
                     principal_id TEXT NOT NULL,
                     role_id TEXT NOT NULL,
                     scope TEXT NOT NULL,
-                    end_at BIGINT
+                    end_at BIGINT,
+                    since BIGINT NOT NULL
+                );
+                CREATE TABLE break_glass (
+                    principal_id TEXT PRIMARY KEY
+                );
+                CREATE TABLE sign_ins (
+                    principal_id TEXT PRIMARY KEY,
+                    last_at BIGINT NOT NULL
                 );
                 CREATE INDEX privileged_assignments_role ON privileged_assignments (role_id);
                 CREATE TABLE activations (
@@ -278,30 +286,113 @@ pub async fn save_rule_settings<C: ConnectionTrait>(
     Ok(())
 }
 
-pub async fn upsert_privileged<C: ConnectionTrait>(
-    c: &C,
-    assignment_id: &str,
-    kind: &str,
-    principal_id: &str,
-    role_id: &str,
-    scope: &str,
-    end_at: Option<i64>,
-) -> Result<(), DbErr> {
+/// A privileged assignment in force, as the rules see it.
+pub struct Privileged<'a> {
+    pub assignment_id: &'a str,
+    pub kind: &'a str,
+    pub principal_id: &'a str,
+    pub role_id: &'a str,
+    pub scope: &'a str,
+    pub end_at: Option<i64>,
+    /// When it began (or was first seen).
+    pub since: i64,
+}
+
+pub async fn upsert_privileged<C: ConnectionTrait>(c: &C, p: &Privileged<'_>) -> Result<(), DbErr> {
     db::exec(
         c,
-        "INSERT INTO privileged_assignments (assignment_id, kind, principal_id, role_id, scope, end_at) VALUES ($1, $2, $3, $4, $5, $6) \
+        "INSERT INTO privileged_assignments (assignment_id, kind, principal_id, role_id, scope, end_at, since) VALUES ($1, $2, $3, $4, $5, $6, $7) \
          ON CONFLICT (assignment_id) DO UPDATE SET end_at = excluded.end_at",
         vec![
-            assignment_id.into(),
-            kind.into(),
-            principal_id.into(),
-            role_id.into(),
-            scope.into(),
-            end_at.into(),
+            p.assignment_id.into(),
+            p.kind.into(),
+            p.principal_id.into(),
+            p.role_id.into(),
+            p.scope.into(),
+            p.end_at.into(),
+            p.since.into(),
         ],
     )
     .await?;
     Ok(())
+}
+
+pub async fn add_break_glass<C: ConnectionTrait>(c: &C, principal_id: &str) -> Result<(), DbErr> {
+    db::exec(
+        c,
+        "INSERT INTO break_glass (principal_id) VALUES ($1) ON CONFLICT (principal_id) DO NOTHING",
+        vec![principal_id.into()],
+    )
+    .await?;
+    Ok(())
+}
+
+pub async fn is_break_glass<C: ConnectionTrait>(c: &C, principal_id: &str) -> Result<bool, DbErr> {
+    Ok(db::query_one(
+        c,
+        "SELECT principal_id FROM break_glass WHERE principal_id = $1",
+        vec![principal_id.into()],
+    )
+    .await?
+    .is_some())
+}
+
+pub async fn signed_in<C: ConnectionTrait>(c: &C, principal_id: &str, at: i64) -> Result<(), DbErr> {
+    db::exec(
+        c,
+        "INSERT INTO sign_ins (principal_id, last_at) VALUES ($1, $2) \
+         ON CONFLICT (principal_id) DO UPDATE SET last_at = CASE WHEN excluded.last_at > sign_ins.last_at THEN excluded.last_at ELSE sign_ins.last_at END",
+        vec![principal_id.into(), at.into()],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Per privileged holder: when they last signed in (or were first privileged, if later or
+/// never signed in).
+pub async fn privileged_holders_quiet_since<C: ConnectionTrait>(c: &C, now: i64) -> Result<Vec<(String, i64)>, DbErr> {
+    db::query(
+        c,
+        "SELECT p.principal_id, MIN(p.since) AS since, MAX(s.last_at) AS last_at FROM privileged_assignments p \
+         LEFT JOIN sign_ins s ON s.principal_id = p.principal_id \
+         WHERE p.kind <> 'activation' AND (p.end_at IS NULL OR p.end_at > $1) GROUP BY p.principal_id",
+        vec![now.into()],
+    )
+    .await?
+    .iter()
+    .map(|r| {
+        let since: i64 = col(r, "since")?;
+        let last: Option<i64> = col(r, "last_at")?;
+        Ok((col(r, "principal_id")?, last.unwrap_or(since).max(since)))
+    })
+    .collect()
+}
+
+/// Per privileged eligibility (principal, role): when the role was last activated by them
+/// (or the eligibility began, if later or never activated).
+pub async fn eligibilities_unused_since<C: ConnectionTrait>(
+    c: &C,
+    now: i64,
+) -> Result<Vec<(String, String, i64)>, DbErr> {
+    db::query(
+        c,
+        "SELECT p.principal_id, p.role_id, MIN(p.since) AS since, MAX(a.at) AS last_at FROM privileged_assignments p \
+         LEFT JOIN activations a ON a.principal_id = p.principal_id AND a.role_id = p.role_id \
+         WHERE p.kind = 'eligible' AND (p.end_at IS NULL OR p.end_at > $1) GROUP BY p.principal_id, p.role_id",
+        vec![now.into()],
+    )
+    .await?
+    .iter()
+    .map(|r| {
+        let since: i64 = col(r, "since")?;
+        let last: Option<i64> = col(r, "last_at")?;
+        Ok((
+            col(r, "principal_id")?,
+            col(r, "role_id")?,
+            last.unwrap_or(since).max(since),
+        ))
+    })
+    .collect()
 }
 
 pub async fn forget_privileged<C: ConnectionTrait>(c: &C, assignment_id: &str) -> Result<(), DbErr> {

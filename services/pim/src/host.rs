@@ -124,6 +124,7 @@ pub struct Suite {
     assignment: Option<Assignment>,
     audit: Option<Audit>,
     approval: Option<Approval>,
+    alerting: Option<Alerting>,
     services: Vec<Arc<dyn Service>>,
 }
 
@@ -178,7 +179,7 @@ impl Suite {
         let access: Arc<dyn AccessCheck> = cache.clone();
 
         let mut services: Vec<Arc<dyn Service>> = Vec::new();
-        let (mut identity, mut assignment, mut audit, mut approval) = (None, None, None, None);
+        let (mut identity, mut assignment, mut audit, mut approval, mut alerting) = (None, None, None, None, None);
         for (name, database_url) in &options.databases {
             let db = db::connect(database_url)
                 .await
@@ -207,7 +208,11 @@ impl Suite {
                     approval = Some(s.clone());
                     Arc::new(s)
                 }
-                ServiceName::Alerting => Arc::new(Alerting::build(deps).await?),
+                ServiceName::Alerting => {
+                    let s = Alerting::build(deps).await?;
+                    alerting = Some(s.clone());
+                    Arc::new(s)
+                }
                 ServiceName::Audit => {
                     let s = Audit::build(deps).await?;
                     audit = Some(s.clone());
@@ -314,6 +319,7 @@ impl Suite {
             assignment,
             audit,
             approval,
+            alerting,
             services,
         })
     }
@@ -341,6 +347,10 @@ impl Suite {
 
     pub fn approval(&self) -> Option<&Approval> {
         self.approval.as_ref()
+    }
+
+    pub fn alerting(&self) -> Option<&Alerting> {
+        self.alerting.as_ref()
     }
 
     pub fn services(&self) -> &[Arc<dyn Service>] {

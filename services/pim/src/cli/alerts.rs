@@ -116,7 +116,15 @@ fn row(a: &pb::Alert) -> Vec<String> {
 }
 
 const HEADERS: [&str; 9] = [
-    "ID", "SEVERITY", "STATUS", "RULE", "PRINCIPAL", "ROLE", "COUNT", "LAST SEEN", "FIGURES",
+    "ID",
+    "SEVERITY",
+    "STATUS",
+    "RULE",
+    "PRINCIPAL",
+    "ROLE",
+    "COUNT",
+    "LAST SEEN",
+    "FIGURES",
 ];
 
 pub(crate) async fn run(args: AlertsArgs) -> anyhow::Result<i32> {
