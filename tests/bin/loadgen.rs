@@ -70,6 +70,14 @@ enum Scenario {
         #[arg(long, default_value_t = 0)]
         rate: u64,
     },
+    /// Events that raise alerts (self-approval attempts) at a fixed rate; event → alert on
+    /// `pim.alerts` (Redis) and on `StreamAlerts` (gRPC).
+    AlertLatency {
+        #[arg(long, default_value_t = 100)]
+        rate: u64,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
     /// Many activations ending within a minute; deadline → RoleDeactivated lag.
     Expiry {
         #[arg(long, default_value_t = 10_000)]
@@ -527,5 +535,106 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Activation { rate, seconds } => activation(rate, seconds).await,
         Scenario::Expiry { roles, within_seconds } => expiry(roles, within_seconds).await,
         Scenario::AuditIngest { events, rate } => audit_ingest(events, rate).await,
+        Scenario::AlertLatency { rate, seconds } => alert_latency(rate, seconds).await,
     }
+}
+
+async fn alert_latency(rate: u64, seconds: u64) -> anyhow::Result<()> {
+    use pim_proto::alerting::v1 as alpb;
+    use pim_proto::alerting::v1::alert_service_client::AlertServiceClient;
+    use pim_runtime::events::{Publisher, RedisPublisher, envelope};
+    use std::collections::HashMap;
+    let ts = TestSuite::postgres().await?;
+    let admin = ts.admin_token().await?;
+    let total = rate * seconds;
+    let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+
+    // gRPC: StreamAlerts from now on.
+    let mut stream = AlertServiceClient::new(ts.channel.clone())
+        .stream_alerts(authed(&admin, alpb::StreamAlertsRequest::default()))
+        .await?
+        .into_inner();
+    let grpc_sent = sent.clone();
+    let grpc = tokio::spawn(async move {
+        let mut lags = Vec::new();
+        while (lags.len() as u64) < total {
+            let Ok(Some(update)) = stream.message().await else {
+                break;
+            };
+            let Some(alert) = update.alert else { continue };
+            let Some(evidence) = alert.evidence_event_ids.first() else {
+                continue;
+            };
+            if let Some(at) = grpc_sent.lock().await.get(evidence) {
+                lags.push(at.elapsed().as_micros() as u64);
+            }
+        }
+        lags
+    });
+
+    // Redis: pim.alerts from its current end.
+    let key = format!("{}{}", ts.stream_prefix, streams::ALERTS);
+    let mut last =
+        pim_runtime::events::last_entry_id(&pim_runtime::testing::redis_url(), &ts.stream_prefix, streams::ALERTS)
+            .await?;
+    let mut redis = redis::Client::open(pim_runtime::testing::redis_url())?
+        .get_multiplexed_async_connection()
+        .await?;
+    let redis_sent = sent.clone();
+    let redis_reader = tokio::spawn(async move {
+        let mut lags = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(seconds + 30);
+        while (lags.len() as u64) < total && Instant::now() < deadline {
+            let options = redis::streams::StreamReadOptions::default().count(1000).block(200);
+            let reply: Option<redis::streams::StreamReadReply> =
+                match redis.xread_options(&[&key], &[&last], &options).await {
+                    Ok(r) => r,
+                    Err(_) => break,
+                };
+            let seen = Instant::now();
+            for entry in reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids) {
+                last = entry.id.clone();
+                let Some(data) = entry.get::<Vec<u8>>("data") else {
+                    continue;
+                };
+                let Ok(finding) = serde_json::from_slice::<serde_json::Value>(&data) else {
+                    continue;
+                };
+                let evidence = finding["finding_info"]["related_events"][0]["uid"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                if let Some(at) = redis_sent.lock().await.get(&evidence) {
+                    lags.push(seen.duration_since(*at).as_micros() as u64);
+                }
+            }
+        }
+        lags
+    });
+
+    // The events: one self-approval attempt each, each a new alert.
+    let publisher = RedisPublisher::connect(&pim_runtime::testing::redis_url(), &ts.stream_prefix).await?;
+    let mut tick = tokio::time::interval(Duration::from_secs(1) / rate as u32);
+    let start = Instant::now();
+    for i in 0..total {
+        tick.tick().await;
+        let e = pim_proto::events::v1::ApprovalDecisionRecorded {
+            approval_id: format!("bench-approval-{i}"),
+            requester_id: format!("bench-p-{i}"),
+            role_id: EXCHANGE_ADMINISTRATOR.into(),
+            scope: "/".into(),
+            decision: "approve".into(),
+            ..Default::default()
+        };
+        let env = envelope("pim.approval", "SelfApprovalAttempted", &e.approval_id, &e);
+        sent.lock().await.insert(env.id.clone(), Instant::now());
+        publisher.publish(streams::APPROVAL, &env, 0).await?;
+    }
+    let elapsed = start.elapsed();
+    let redis_lags = redis_reader.await?;
+    let grpc_lags = tokio::time::timeout(Duration::from_secs(30), grpc).await??;
+    println!("alert latency (PostgreSQL + Redis), {total} self-approval attempts at {rate}/s → new alerts:");
+    report("event → pim.alerts (Redis)", redis_lags, elapsed);
+    report("event → StreamAlerts (gRPC)", grpc_lags, elapsed);
+    ts.stop().await
 }
