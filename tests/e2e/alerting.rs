@@ -221,6 +221,16 @@ async fn each_rule_raises_its_alert_and_settings_change_the_outcome() -> anyhow:
             .alert("too_many_global_admins", |a| a.status == pb::AlertStatus::Open as i32)
             .await?;
         assert_eq!(many.figures.get("global_admins").map(String::as_str), Some("3"));
+        // Four is the bar now: three no longer alert, at once; three again, and it is back.
+        w.set_rule("too_many_global_admins", &[("min_count", "4")]).await?;
+        w.alert("too_many_global_admins", |a| {
+            a.id == many.id && a.status == pb::AlertStatus::Resolved as i32
+        })
+        .await?;
+        w.set_rule("too_many_global_admins", &[("min_count", "3")]).await?;
+        let many = w
+            .alert("too_many_global_admins", |a| a.status == pb::AlertStatus::Open as i32)
+            .await?;
         w.assignments()
             .create_request(authed(
                 &w.admin,
@@ -431,6 +441,39 @@ async fn identity_and_time_rules_raise_and_clear() -> anyhow::Result<()> {
                 .await?
                 .iter()
                 .any(|a| a.rule_id == "mfa_failures" && a.principal_id == kim.id)
+        );
+        // Disabled, a rule raises nothing: Ann's failures (privileged too) pass silently,
+        // and Lee's next one (enabled again) updates Lee's alert — after Ann's were judged.
+        let ann = w.user("ann").await?;
+        w.make_eligible(&ann, GLOBAL_ADMINISTRATOR).await?;
+        let switch = |enabled: bool| pb::UpdateRuleSettingsRequest {
+            rule_id: "mfa_failures".into(),
+            enabled: Some(enabled),
+            ..Default::default()
+        };
+        let off = w
+            .alerts()
+            .update_rule_settings(authed(&w.admin, switch(false)))
+            .await?
+            .into_inner();
+        assert!(!off.enabled);
+        let mut mfa = MfaServiceClient::new(w.ts.channel.clone());
+        crate::mfa::enrol(&mut mfa, &ann.token).await?;
+        for _ in 0..3 {
+            mfa.verify(authed(&ann.token, ipb::VerifyRequest { code: "000000".into() }))
+                .await
+                .expect_err("a wrong code");
+        }
+        w.alerts().update_rule_settings(authed(&w.admin, switch(true))).await?;
+        mfa.verify(authed(&lee.token, ipb::VerifyRequest { code: "000000".into() }))
+            .await
+            .expect_err("a wrong code");
+        w.alert("mfa_failures", |a| a.id == burst.id && a.count == 2).await?;
+        assert!(
+            !w.all_alerts()
+                .await?
+                .iter()
+                .any(|a| a.rule_id == "mfa_failures" && a.principal_id == ann.id)
         );
 
         // A month later: Lee never activated the role nor signed in again.

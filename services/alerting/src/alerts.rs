@@ -517,6 +517,11 @@ impl Alerts {
             .await
             .map_err(db_err)?;
         let key = "too_many_global_admins";
+        // A re-judgement after a settings change has no event behind it.
+        let evidence: Vec<String> = (!event_id.is_empty())
+            .then(|| event_id.to_owned())
+            .into_iter()
+            .collect();
         if admins >= s.get("min_count") && admins * 100 >= s.get("min_percent") * total.max(1) {
             let figures = BTreeMap::from([
                 ("global_admins".to_owned(), admins.to_string()),
@@ -527,15 +532,8 @@ impl Alerts {
                 scope: "/".into(),
                 ..Subject::default()
             };
-            self.raise(
-                txn,
-                rules::TOO_MANY_GLOBAL_ADMINS,
-                key,
-                subject,
-                &[event_id.to_owned()],
-                figures,
-            )
-            .await
+            self.raise(txn, rules::TOO_MANY_GLOBAL_ADMINS, key, subject, &evidence, figures)
+                .await
         } else {
             self.clear(txn, key, "the Global Administrator count is back under the threshold")
                 .await
@@ -690,8 +688,12 @@ impl Alerts {
             )
             .await
             .map_err(db_err)?;
+        // A standing condition is judged again under the new thresholds at once.
+        if rule_id == rules::TOO_MANY_GLOBAL_ADMINS {
+            self.check_global_admins(&txn, "").await?;
+        }
         txn.commit().await.map_err(db_err)?;
-        self.outbox.wake();
+        self.committed();
         Ok(s)
     }
 }
