@@ -505,3 +505,44 @@ async fn identity_and_time_rules_raise_and_clear() -> anyhow::Result<()> {
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_lettered_event_raises_an_alert() -> anyhow::Result<()> {
+    use prost::Message;
+    use redis::AsyncCommands;
+    run(|w| async move {
+        // What a consumer does with an entry it could not process after its deliveries
+        // (backbone::a_poison_entry_ends_in_the_dead_letter_stream shows it happening).
+        let poison = pim_runtime::events::envelope(
+            "pim.identity",
+            "UserCreated",
+            "victim",
+            &pim_proto::events::v1::UserCreated::default(),
+        );
+        let mut redis = redis::Client::open(pim_runtime::testing::redis_url())?
+            .get_multiplexed_async_connection()
+            .await?;
+        let key = format!("{}{}", w.ts.stream_prefix, pim_runtime::events::streams::DEADLETTER);
+        let _: String = redis
+            .xadd(
+                &key,
+                "*",
+                &[
+                    ("stream", b"pim.identity.events".to_vec()),
+                    ("group", b"audit".to_vec()),
+                    ("event_id", poison.id.clone().into_bytes()),
+                    ("ce", poison.encode_to_vec()),
+                ],
+            )
+            .await?;
+        let alert = w.alert("dead_lettered", |a| a.principal_id == "victim").await?;
+        assert_eq!(alert.severity, pb::Severity::High as i32);
+        assert_eq!(alert.evidence_event_ids, vec![poison.id.clone()]);
+        assert_eq!(
+            alert.figures.get("event_type").map(String::as_str),
+            Some("pim.identity.v1.UserCreated")
+        );
+        Ok(w)
+    })
+    .await
+}

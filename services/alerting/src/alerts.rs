@@ -540,6 +540,31 @@ impl Alerts {
         }
     }
 
+    /// An entry reached `pim.deadletter`: some service could not process that event.
+    pub async fn dead_lettered(&self, e: &Envelope) -> Result<(), Status> {
+        let txn = self.db.begin().await.map_err(db_err)?;
+        let figures = BTreeMap::from([
+            ("event_type".to_owned(), e.r#type.clone()),
+            ("source".to_owned(), e.source.clone()),
+        ]);
+        let subject = Subject {
+            principal_id: e.subject.clone(),
+            ..Subject::default()
+        };
+        self.raise(
+            &txn,
+            rules::DEAD_LETTERED,
+            &format!("dead_letter:{}", e.id),
+            subject,
+            std::slice::from_ref(&e.id),
+            figures,
+        )
+        .await?;
+        txn.commit().await.map_err(db_err)?;
+        self.committed();
+        Ok(())
+    }
+
     /// The rules time triggers: privileged holders who have not signed in for `days`, and
     /// eligibilities not activated for `days`. Alerts whose condition cleared are resolved.
     /// Returns how many alerts it raised or updated.

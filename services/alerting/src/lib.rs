@@ -23,6 +23,8 @@ pub use alerts::{Alerts, detection_finding};
 #[derive(Clone)]
 pub struct Alerting {
     alerts: Alerts,
+    /// Redis URL, stream prefix, and where the dead-letter tail starts (Redis only).
+    dead_letters: Option<(String, String, String)>,
 }
 
 impl Alerting {
@@ -33,7 +35,17 @@ impl Alerting {
 
     pub async fn build(deps: Deps) -> anyhow::Result<Self> {
         store::Migrator::up(&deps.db, None).await?;
+        let dead_letters = match &deps.config.redis_url {
+            Some(url) => {
+                let url = url.expose().clone();
+                let prefix = deps.config.stream_prefix.clone();
+                let from = pim_runtime::events::last_entry_id(&url, &prefix, streams::DEADLETTER).await?;
+                Some((url, prefix, from))
+            }
+            None => None,
+        };
         Ok(Self {
+            dead_letters,
             alerts: Alerts {
                 db: deps.db,
                 outbox: Outbox::default(),
@@ -116,6 +128,25 @@ impl Service for Alerting {
     }
 
     fn background(&self, stop: tokio::sync::watch::Receiver<bool>) -> Vec<tokio::task::JoinHandle<()>> {
-        vec![self.alerts.spawn_scans(stop)]
+        let mut tasks = vec![self.alerts.spawn_scans(stop.clone())];
+        if let Some((url, prefix, from)) = &self.dead_letters {
+            let alerts = self.alerts.clone();
+            tasks.push(pim_runtime::events::tail(
+                url.clone(),
+                prefix.clone(),
+                streams::DEADLETTER,
+                from.clone(),
+                stop,
+                move |envelope| {
+                    let (alerts, envelope) = (alerts.clone(), envelope.clone());
+                    tokio::spawn(async move {
+                        if let Err(err) = alerts.dead_lettered(&envelope).await {
+                            tracing::warn!(error = %err.message(), "dead-letter alert failed");
+                        }
+                    });
+                },
+            ));
+        }
+        tasks
     }
 }

@@ -22,6 +22,7 @@ pub const MFA_FAILURES: &str = "mfa_failures";
 pub const STALE_ACCOUNTS: &str = "stale_accounts";
 pub const UNUSED_ROLES: &str = "unused_roles";
 pub const BREAK_GLASS_USED: &str = "break_glass_used";
+pub const DEAD_LETTERED: &str = "dead_lettered";
 
 pub const RULES: &[RuleDef] = &[
     RuleDef {
@@ -87,6 +88,12 @@ pub const RULES: &[RuleDef] = &[
     RuleDef {
         id: BREAK_GLASS_USED,
         description: "The break-glass (bootstrap) Global Administrator signed in",
+        severity: "high",
+        settings: &[],
+    },
+    RuleDef {
+        id: DEAD_LETTERED,
+        description: "An event could not be processed and went to the dead-letter stream (with Redis)",
         severity: "high",
         settings: &[],
     },
