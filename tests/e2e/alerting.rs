@@ -464,6 +464,19 @@ async fn identity_and_time_rules_raise_and_clear() -> anyhow::Result<()> {
                 .await
                 .expect_err("a wrong code");
         }
+        // Ann's failures judged (while disabled) before the rule is enabled again.
+        let db = w.ts.suite.alerting().expect("alerting runs here").alerting_db().clone();
+        eventually(Duration::from_secs(10), "Ann's failures judged", || async {
+            let row = pim_runtime::db::query_one(
+                &db,
+                "SELECT COUNT(*) AS n FROM mfa_failures WHERE principal_id = $1",
+                vec![ann.id.clone().into()],
+            )
+            .await?
+            .expect("a count");
+            Ok((pim_runtime::db::col::<i64>(&row, "n")? == 3).then_some(()))
+        })
+        .await?;
         w.alerts().update_rule_settings(authed(&w.admin, switch(true))).await?;
         mfa.verify(authed(&lee.token, ipb::VerifyRequest { code: "000000".into() }))
             .await
@@ -495,7 +508,21 @@ async fn identity_and_time_rules_raise_and_clear() -> anyhow::Result<()> {
             a.id == unused.id && a.status == pb::AlertStatus::Resolved as i32
         })
         .await?;
-        // Lee signs in: no longer stale.
+        // Likewise for stale accounts; back at thirty days it is raised anew, and Lee signing
+        // in resolves it.
+        w.set_rule("stale_accounts", &[("days", "60")]).await?;
+        alerting.scan_once().await?;
+        w.alert("stale_accounts", |a| {
+            a.id == stale.id && a.status == pb::AlertStatus::Resolved as i32
+        })
+        .await?;
+        w.set_rule("stale_accounts", &[("days", "30")]).await?;
+        alerting.scan_once().await?;
+        let stale = w
+            .alert("stale_accounts", |a| {
+                a.principal_id == lee.id && a.status == pb::AlertStatus::Open as i32
+            })
+            .await?;
         w.ts.sign_in("lee", "lee's long passphrase").await?;
         w.alert("stale_accounts", |a| {
             a.id == stale.id && a.status == pb::AlertStatus::Resolved as i32

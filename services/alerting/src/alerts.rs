@@ -585,6 +585,8 @@ impl Alerts {
                 self.raise(&txn, rules::STALE_ACCOUNTS, &key, subject, &[], figures)
                     .await?;
                 raised += 1;
+            } else {
+                self.clear(&txn, &key, "signed in within the rule's days").await?;
             }
         }
         let unused = self.settings(&txn, rules::UNUSED_ROLES).await?;

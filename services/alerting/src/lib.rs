@@ -33,6 +33,11 @@ impl Alerting {
         &self.alerts
     }
 
+    /// The service's database (tests wait on its projections).
+    pub fn alerting_db(&self) -> &Db {
+        &self.alerts.db
+    }
+
     pub async fn build(deps: Deps) -> anyhow::Result<Self> {
         store::Migrator::up(&deps.db, None).await?;
         let dead_letters = match &deps.config.redis_url {
