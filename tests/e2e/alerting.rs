@@ -50,6 +50,42 @@ impl World {
         .await
     }
 
+    /// A connector reports that `principal` holds Exchange Administrator in `system`.
+    async fn report_unmanaged(&self, system: &str, principal: &str) -> anyhow::Result<()> {
+        ReconcileServiceClient::new(self.ts.channel.clone())
+            .report_observed_grants(authed(
+                &self.admin,
+                apb::ReportObservedGrantsRequest {
+                    system: system.into(),
+                    grants: vec![apb::ObservedGrant {
+                        principal_id: principal.into(),
+                        role_id: EXCHANGE_ADMINISTRATOR.into(),
+                        scope: "/".into(),
+                        system: String::new(),
+                    }],
+                },
+            ))
+            .await?;
+        Ok(())
+    }
+
+        /// Waits until alerting has seen `principal`'s privileged assignment (identity's and
+    /// assignment's streams are read independently).
+    async fn alerting_sees_privileged(&self, principal: &str) -> anyhow::Result<()> {
+        let db = self.ts.suite.alerting().expect("alerting runs here").alerting_db().clone();
+        eventually(Duration::from_secs(10), "the privileged assignment reach alerting", || async {
+            let row = pim_runtime::db::query_one(
+                &db,
+                "SELECT COUNT(*) AS n FROM privileged_assignments WHERE principal_id = $1",
+                vec![principal.into()],
+            )
+            .await?
+            .expect("a count");
+            Ok((pim_runtime::db::col::<i64>(&row, "n")? > 0).then_some(()))
+        })
+        .await
+    }
+
     async fn set_rule(&self, rule: &str, settings: &[(&str, &str)]) -> anyhow::Result<pb::Rule> {
         Ok(self
             .alerts()
@@ -102,20 +138,7 @@ async fn each_rule_raises_its_alert_and_settings_change_the_outcome() -> anyhow:
         assert_eq!(permanent.severity, pb::Severity::Low as i32);
 
         // Roles assigned outside PIM: high severity, with the system as a figure.
-        ReconcileServiceClient::new(w.ts.channel.clone())
-            .report_observed_grants(authed(
-                &w.admin,
-                apb::ReportObservedGrantsRequest {
-                    system: "exchange-online".into(),
-                    grants: vec![apb::ObservedGrant {
-                        principal_id: "mallory".into(),
-                        role_id: EXCHANGE_ADMINISTRATOR.into(),
-                        scope: "/".into(),
-                        system: String::new(),
-                    }],
-                },
-            ))
-            .await?;
+        w.report_unmanaged("exchange-online", "mallory").await?;
         let unmanaged = w.alert("unmanaged_grant", |a| a.principal_id == "mallory").await?;
         assert_eq!(unmanaged.severity, pb::Severity::High as i32);
         assert_eq!(
@@ -189,20 +212,7 @@ async fn each_rule_raises_its_alert_and_settings_change_the_outcome() -> anyhow:
         }
         // Kim's events and this report share the assignment stream, which alerting reads in
         // order: once the report's alert is there, Kim's activations have been judged.
-        ReconcileServiceClient::new(w.ts.channel.clone())
-            .report_observed_grants(authed(
-                &w.admin,
-                apb::ReportObservedGrantsRequest {
-                    system: "marker".into(),
-                    grants: vec![apb::ObservedGrant {
-                        principal_id: "marker".into(),
-                        role_id: EXCHANGE_ADMINISTRATOR.into(),
-                        scope: "/".into(),
-                        system: String::new(),
-                    }],
-                },
-            ))
-            .await?;
+        w.report_unmanaged("marker", "marker").await?;
         w.alert("unmanaged_grant", |a| a.principal_id == "marker").await?;
         assert!(
             !w.all_alerts()
@@ -338,28 +348,8 @@ async fn approvals_raise_self_approval_and_rubber_stamp_alerts() -> anyhow::Resu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_alerts_resumes_from_its_cursor_with_every_change_once() -> anyhow::Result<()> {
     run(|w| async move {
-        let report = |who: String| {
-            let channel = w.ts.channel.clone();
-            let admin = w.admin.clone();
-            async move {
-                ReconcileServiceClient::new(channel)
-                    .report_observed_grants(authed(
-                        &admin,
-                        apb::ReportObservedGrantsRequest {
-                            system: "ldap".into(),
-                            grants: vec![apb::ObservedGrant {
-                                principal_id: who,
-                                role_id: EXCHANGE_ADMINISTRATOR.into(),
-                                scope: "/".into(),
-                                system: String::new(),
-                            }],
-                        },
-                    ))
-                    .await
-            }
-        };
         for i in 0..3 {
-            report(format!("first-{i}")).await?;
+            w.report_unmanaged("ldap", &format!("first-{i}")).await?;
         }
         let mut stream = w
             .alerts()
@@ -379,7 +369,7 @@ async fn stream_alerts_resumes_from_its_cursor_with_every_change_once() -> anyho
         }
         drop(stream);
         for i in 0..3 {
-            report(format!("second-{i}")).await?;
+            w.report_unmanaged("ldap", &format!("second-{i}")).await?;
         }
         let mut resumed = w
             .alerts()
@@ -422,7 +412,8 @@ async fn identity_and_time_rules_raise_and_clear() -> anyhow::Result<()> {
         // MFA failures: three wrong codes from a privileged account raise it; the same from
         // an account without privileges do not.
         let (lee, kim) = (w.user("lee").await?, w.user("kim").await?);
-        w.make_eligible(&lee, GLOBAL_ADMINISTRATOR).await?;
+                w.make_eligible(&lee, GLOBAL_ADMINISTRATOR).await?;
+        w.alerting_sees_privileged(&lee.id).await?;
         for who in [&kim, &lee] {
             let mut mfa = MfaServiceClient::new(w.ts.channel.clone());
             crate::mfa::enrol(&mut mfa, &who.token).await?;
@@ -444,8 +435,9 @@ async fn identity_and_time_rules_raise_and_clear() -> anyhow::Result<()> {
         );
         // Disabled, a rule raises nothing: Ann's failures (privileged too) pass silently,
         // and Lee's next one (enabled again) updates Lee's alert — after Ann's were judged.
-        let ann = w.user("ann").await?;
+                let ann = w.user("ann").await?;
         w.make_eligible(&ann, GLOBAL_ADMINISTRATOR).await?;
+        w.alerting_sees_privileged(&ann.id).await?;
         let switch = |enabled: bool| pb::UpdateRuleSettingsRequest {
             rule_id: "mfa_failures".into(),
             enabled: Some(enabled),

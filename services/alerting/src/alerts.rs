@@ -258,22 +258,10 @@ impl Alerts {
                 let Some(actor) = s.actor else {
                     return Ok(());
                 };
-                store::signed_in(txn, &actor.principal_id, at).await?;
+                                store::signed_in(txn, &actor.principal_id, at).await?;
                 if store::is_break_glass(txn, &actor.principal_id).await? {
-                    let figures = BTreeMap::from([("user_name".to_owned(), actor.display_name.clone())]);
-                    self.raise(
-                        txn,
-                        rules::BREAK_GLASS_USED,
-                        &format!("break_glass:{}", actor.principal_id),
-                        Subject {
-                            principal_id: actor.principal_id.clone(),
-                            role_id: pim_assignment::GLOBAL_ADMINISTRATOR.into(),
-                            scope: "/".into(),
-                        },
-                        std::slice::from_ref(&e.id),
-                        figures,
-                    )
-                    .await?;
+                    self.break_glass_used(txn, &actor.principal_id, &actor.display_name, &e.id)
+                        .await?;
                 }
                 // Signing in clears a stale-account alert.
                 self.clear(txn, &format!("stale:{}", actor.principal_id), "signed in again")
@@ -281,31 +269,12 @@ impl Alerts {
             }
             "MfaFailed" | "MfaLockedOut" => {
                 let m: ev::MfaEvent = decode(e)?;
-                if !store::is_privileged(txn, &m.user_id, self.now()).await? {
-                    return Ok(());
-                }
-                let s = self.settings(txn, rules::MFA_FAILURES).await?;
-                let failures =
-                    store::mfa_failures_since(txn, &e.id, &m.user_id, at, at - s.get("window_minutes") * 60_000)
-                        .await?;
+                // Every failure is kept for the window: the account may turn out privileged
+                // by an event on another stream judged later.
+                store::record_mfa_failure(txn, &e.id, &m.user_id, at).await?;
                 let locked = short_type(e) == "MfaLockedOut";
-                if locked || failures.len() as i64 >= s.get("count") {
-                    let figures = BTreeMap::from([
-                        ("failures".to_owned(), failures.len().to_string()),
-                        ("locked_out".to_owned(), locked.to_string()),
-                    ]);
-                    self.raise(
-                        txn,
-                        rules::MFA_FAILURES,
-                        &format!("mfa_failures:{}", m.user_id),
-                        Subject {
-                            principal_id: m.user_id,
-                            ..Subject::default()
-                        },
-                        &failures,
-                        figures,
-                    )
-                    .await?;
+                if store::is_privileged(txn, &m.user_id, self.now()).await? {
+                    self.check_mfa_failures(txn, &m.user_id, at, locked).await?;
                 }
             }
             "EligibilityGranted" | "EligibilityUpdated" | "ActiveAssignmentGranted" | "ActiveAssignmentUpdated" => {
@@ -328,8 +297,15 @@ impl Alerts {
                     },
                 )
                 .await?;
+                                self.check_mfa_failures(txn, &a.principal_id, self.now(), false).await?;
                 if a.justification.starts_with("bootstrap:") {
                     store::add_break_glass(txn, &a.principal_id).await?;
+                    // Identity's and assignment's streams are read independently: a sign-in
+                    // judged before this grant counts once the grant arrives.
+                    if store::last_sign_in(txn, &a.principal_id).await?.is_some_and(|t| t >= since) {
+                        self.break_glass_used(txn, &a.principal_id, &a.principal_name, &e.id)
+                            .await?;
+                    }
                 }
                 let key = format!("permanent:{}", a.assignment_id);
                 if a.kind == "active" && end.is_none() {
@@ -507,6 +483,44 @@ impl Alerts {
             _ => {}
         }
         Ok(())
+    }
+
+        /// MFA failures of a privileged account within the window, or a lockout.
+    async fn check_mfa_failures(&self, txn: &DatabaseTransaction, principal_id: &str, at: i64, locked: bool) -> Result<(), Status> {
+        let s = self.settings(txn, rules::MFA_FAILURES).await?;
+        let failures = store::mfa_failures_since(txn, principal_id, at - s.get("window_minutes") * 60_000)
+            .await
+            .map_err(db_err)?;
+        if locked || failures.len() as i64 >= s.get("count") {
+            let figures = BTreeMap::from([
+                ("failures".to_owned(), failures.len().to_string()),
+                ("locked_out".to_owned(), locked.to_string()),
+            ]);
+            let subject = Subject {
+                principal_id: principal_id.into(),
+                ..Subject::default()
+            };
+            self.raise(txn, rules::MFA_FAILURES, &format!("mfa_failures:{principal_id}"), subject, &failures, figures)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn break_glass_used(&self, txn: &DatabaseTransaction, principal_id: &str, name: &str, event_id: &str) -> Result<(), Status> {
+        let figures = BTreeMap::from([("user_name".to_owned(), name.to_owned())]);
+        self.raise(
+            txn,
+            rules::BREAK_GLASS_USED,
+            &format!("break_glass:{principal_id}"),
+            Subject {
+                principal_id: principal_id.into(),
+                role_id: pim_assignment::GLOBAL_ADMINISTRATOR.into(),
+                scope: "/".into(),
+            },
+            &[event_id.to_owned()],
+            figures,
+        )
+        .await
     }
 
     /// Entra's two-condition rule: at least N Global Administrators, and at least P % of the

@@ -13,7 +13,7 @@ use pim_proto::alerting::v1::alert_service_server::AlertService;
 use pim_runtime::access::{permissions, require};
 use pim_runtime::auth::{Caller, caller};
 use pim_runtime::db::to_timestamp;
-use pim_runtime::grpc::invalid_argument;
+use pim_runtime::grpc::{cursor, invalid_argument};
 
 use crate::alerts::{Alerts, db_err};
 use crate::rules::{self, Settings};
@@ -93,18 +93,6 @@ fn rule_pb(id: &str, s: Settings) -> pb::Rule {
         severity: severity_pb(&s.severity) as i32,
         settings: s.values.into_iter().map(|(k, v)| (k, v.to_string())).collect(),
     }
-}
-
-fn cursor(raw: &str, field: &str) -> Result<Option<i64>, Status> {
-    let raw = raw.trim();
-    if raw.is_empty() {
-        return Ok(None);
-    }
-    raw.parse::<i64>()
-        .ok()
-        .filter(|n| *n >= 0)
-        .map(Some)
-        .ok_or_else(|| invalid_argument(field, "not a cursor this service issued"))
 }
 
 fn alert_id(raw: &str) -> Result<&str, Status> {

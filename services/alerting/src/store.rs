@@ -348,6 +348,17 @@ pub async fn signed_in<C: ConnectionTrait>(c: &C, principal_id: &str, at: i64) -
     Ok(())
 }
 
+pub async fn last_sign_in<C: ConnectionTrait>(c: &C, principal_id: &str) -> Result<Option<i64>, DbErr> {
+    db::query_one(
+        c,
+        "SELECT last_at FROM sign_ins WHERE principal_id = $1",
+        vec![principal_id.into()],
+    )
+    .await?
+    .map(|r| col(&r, "last_at"))
+    .transpose()
+}
+
 /// Per privileged holder: when they last signed in (or were first privileged, if later or
 /// never signed in).
 pub async fn privileged_holders_quiet_since<C: ConnectionTrait>(c: &C, now: i64) -> Result<Vec<(String, i64)>, DbErr> {
@@ -486,20 +497,18 @@ pub async fn approval_created_at<C: ConnectionTrait>(c: &C, approval_id: &str) -
     .transpose()
 }
 
-/// Records an MFA failure; returns the event ids of the principal's failures since `since`.
-pub async fn mfa_failures_since<C: ConnectionTrait>(
-    c: &C,
-    event_id: &str,
-    principal_id: &str,
-    at: i64,
-    since: i64,
-) -> Result<Vec<String>, DbErr> {
+pub async fn record_mfa_failure<C: ConnectionTrait>(c: &C, event_id: &str, principal_id: &str, at: i64) -> Result<(), DbErr> {
     db::exec(
         c,
         "INSERT INTO mfa_failures (event_id, principal_id, at) VALUES ($1, $2, $3) ON CONFLICT (event_id) DO NOTHING",
         vec![event_id.into(), principal_id.into(), at.into()],
     )
     .await?;
+    Ok(())
+}
+
+/// The event ids of the principal's MFA failures since `since`.
+pub async fn mfa_failures_since<C: ConnectionTrait>(c: &C, principal_id: &str, since: i64) -> Result<Vec<String>, DbErr> {
     db::query(
         c,
         "SELECT event_id FROM mfa_failures WHERE principal_id = $1 AND at >= $2 ORDER BY at",

@@ -12,7 +12,7 @@ use pim_proto::approval::v1::approval_service_server::ApprovalService;
 use pim_proto::common::v1::Ticket;
 use pim_runtime::auth::caller;
 use pim_runtime::db::to_timestamp;
-use pim_runtime::grpc::invalid_argument;
+use pim_runtime::grpc::{cursor, invalid_argument};
 
 use crate::approvals::{Approvals, db_err};
 use crate::reviews::NewReview;
@@ -129,18 +129,6 @@ fn approval_id(raw: &str) -> Result<&str, Status> {
         return Err(invalid_argument("approval_id", "required (an approval id)"));
     }
     Ok(id)
-}
-
-fn cursor(raw: &str, field: &str) -> Result<Option<i64>, Status> {
-    let raw = raw.trim();
-    if raw.is_empty() {
-        return Ok(None);
-    }
-    raw.parse::<i64>()
-        .ok()
-        .filter(|n| *n >= 0)
-        .map(Some)
-        .ok_or_else(|| invalid_argument(field, "not a cursor this service issued"))
 }
 
 #[tonic::async_trait]

@@ -23,6 +23,20 @@ pub fn invalid_argument(field: &str, message: &str) -> Status {
     Status::with_error_details(tonic::Code::InvalidArgument, format!("{field}: {message}"), details)
 }
 
+/// A stream cursor or page token this service issued (a non-negative number as text);
+/// empty means "from the start".
+pub fn cursor(raw: &str, field: &str) -> Result<Option<i64>, Status> {
+    let raw = raw.trim();
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    raw.parse::<i64>()
+        .ok()
+        .filter(|n| *n >= 0)
+        .map(Some)
+        .ok_or_else(|| invalid_argument(field, "not a cursor this service issued"))
+}
+
 /// A rule that refused a request: `kind` is machine-readable (e.g. `MfaRule`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RuleViolation {
