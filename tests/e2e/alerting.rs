@@ -69,20 +69,30 @@ impl World {
         Ok(())
     }
 
-        /// Waits until alerting has seen `principal`'s privileged assignment (identity's and
+    /// Waits until alerting has seen `principal`'s privileged assignment (identity's and
     /// assignment's streams are read independently).
     async fn alerting_sees_privileged(&self, principal: &str) -> anyhow::Result<()> {
-        let db = self.ts.suite.alerting().expect("alerting runs here").alerting_db().clone();
-        eventually(Duration::from_secs(10), "the privileged assignment reach alerting", || async {
-            let row = pim_runtime::db::query_one(
-                &db,
-                "SELECT COUNT(*) AS n FROM privileged_assignments WHERE principal_id = $1",
-                vec![principal.into()],
-            )
-            .await?
-            .expect("a count");
-            Ok((pim_runtime::db::col::<i64>(&row, "n")? > 0).then_some(()))
-        })
+        let db = self
+            .ts
+            .suite
+            .alerting()
+            .expect("alerting runs here")
+            .alerting_db()
+            .clone();
+        eventually(
+            Duration::from_secs(10),
+            "the privileged assignment reach alerting",
+            || async {
+                let row = pim_runtime::db::query_one(
+                    &db,
+                    "SELECT COUNT(*) AS n FROM privileged_assignments WHERE principal_id = $1",
+                    vec![principal.into()],
+                )
+                .await?
+                .expect("a count");
+                Ok((pim_runtime::db::col::<i64>(&row, "n")? > 0).then_some(()))
+            },
+        )
         .await
     }
 
@@ -412,7 +422,7 @@ async fn identity_and_time_rules_raise_and_clear() -> anyhow::Result<()> {
         // MFA failures: three wrong codes from a privileged account raise it; the same from
         // an account without privileges do not.
         let (lee, kim) = (w.user("lee").await?, w.user("kim").await?);
-                w.make_eligible(&lee, GLOBAL_ADMINISTRATOR).await?;
+        w.make_eligible(&lee, GLOBAL_ADMINISTRATOR).await?;
         w.alerting_sees_privileged(&lee.id).await?;
         for who in [&kim, &lee] {
             let mut mfa = MfaServiceClient::new(w.ts.channel.clone());
@@ -435,7 +445,7 @@ async fn identity_and_time_rules_raise_and_clear() -> anyhow::Result<()> {
         );
         // Disabled, a rule raises nothing: Ann's failures (privileged too) pass silently,
         // and Lee's next one (enabled again) updates Lee's alert — after Ann's were judged.
-                let ann = w.user("ann").await?;
+        let ann = w.user("ann").await?;
         w.make_eligible(&ann, GLOBAL_ADMINISTRATOR).await?;
         w.alerting_sees_privileged(&ann.id).await?;
         let switch = |enabled: bool| pb::UpdateRuleSettingsRequest {

@@ -258,7 +258,7 @@ impl Alerts {
                 let Some(actor) = s.actor else {
                     return Ok(());
                 };
-                                store::signed_in(txn, &actor.principal_id, at).await?;
+                store::signed_in(txn, &actor.principal_id, at).await?;
                 if store::is_break_glass(txn, &actor.principal_id).await? {
                     self.break_glass_used(txn, &actor.principal_id, &actor.display_name, &e.id)
                         .await?;
@@ -297,12 +297,15 @@ impl Alerts {
                     },
                 )
                 .await?;
-                                self.check_mfa_failures(txn, &a.principal_id, self.now(), false).await?;
+                self.check_mfa_failures(txn, &a.principal_id, self.now(), false).await?;
                 if a.justification.starts_with("bootstrap:") {
                     store::add_break_glass(txn, &a.principal_id).await?;
                     // Identity's and assignment's streams are read independently: a sign-in
                     // judged before this grant counts once the grant arrives.
-                    if store::last_sign_in(txn, &a.principal_id).await?.is_some_and(|t| t >= since) {
+                    if store::last_sign_in(txn, &a.principal_id)
+                        .await?
+                        .is_some_and(|t| t >= since)
+                    {
                         self.break_glass_used(txn, &a.principal_id, &a.principal_name, &e.id)
                             .await?;
                     }
@@ -485,8 +488,14 @@ impl Alerts {
         Ok(())
     }
 
-        /// MFA failures of a privileged account within the window, or a lockout.
-    async fn check_mfa_failures(&self, txn: &DatabaseTransaction, principal_id: &str, at: i64, locked: bool) -> Result<(), Status> {
+    /// MFA failures of a privileged account within the window, or a lockout.
+    async fn check_mfa_failures(
+        &self,
+        txn: &DatabaseTransaction,
+        principal_id: &str,
+        at: i64,
+        locked: bool,
+    ) -> Result<(), Status> {
         let s = self.settings(txn, rules::MFA_FAILURES).await?;
         let failures = store::mfa_failures_since(txn, principal_id, at - s.get("window_minutes") * 60_000)
             .await
@@ -500,13 +509,26 @@ impl Alerts {
                 principal_id: principal_id.into(),
                 ..Subject::default()
             };
-            self.raise(txn, rules::MFA_FAILURES, &format!("mfa_failures:{principal_id}"), subject, &failures, figures)
-                .await?;
+            self.raise(
+                txn,
+                rules::MFA_FAILURES,
+                &format!("mfa_failures:{principal_id}"),
+                subject,
+                &failures,
+                figures,
+            )
+            .await?;
         }
         Ok(())
     }
 
-    async fn break_glass_used(&self, txn: &DatabaseTransaction, principal_id: &str, name: &str, event_id: &str) -> Result<(), Status> {
+    async fn break_glass_used(
+        &self,
+        txn: &DatabaseTransaction,
+        principal_id: &str,
+        name: &str,
+        event_id: &str,
+    ) -> Result<(), Status> {
         let figures = BTreeMap::from([("user_name".to_owned(), name.to_owned())]);
         self.raise(
             txn,

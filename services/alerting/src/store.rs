@@ -497,7 +497,12 @@ pub async fn approval_created_at<C: ConnectionTrait>(c: &C, approval_id: &str) -
     .transpose()
 }
 
-pub async fn record_mfa_failure<C: ConnectionTrait>(c: &C, event_id: &str, principal_id: &str, at: i64) -> Result<(), DbErr> {
+pub async fn record_mfa_failure<C: ConnectionTrait>(
+    c: &C,
+    event_id: &str,
+    principal_id: &str,
+    at: i64,
+) -> Result<(), DbErr> {
     db::exec(
         c,
         "INSERT INTO mfa_failures (event_id, principal_id, at) VALUES ($1, $2, $3) ON CONFLICT (event_id) DO NOTHING",
@@ -508,7 +513,11 @@ pub async fn record_mfa_failure<C: ConnectionTrait>(c: &C, event_id: &str, princ
 }
 
 /// The event ids of the principal's MFA failures since `since`.
-pub async fn mfa_failures_since<C: ConnectionTrait>(c: &C, principal_id: &str, since: i64) -> Result<Vec<String>, DbErr> {
+pub async fn mfa_failures_since<C: ConnectionTrait>(
+    c: &C,
+    principal_id: &str,
+    since: i64,
+) -> Result<Vec<String>, DbErr> {
     db::query(
         c,
         "SELECT event_id FROM mfa_failures WHERE principal_id = $1 AND at >= $2 ORDER BY at",
