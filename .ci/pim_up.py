@@ -12,8 +12,9 @@ import time
 
 
 class PimUp:
-    def __init__(self, pim: str, redis: tuple[str, str] | None = None):
-        """`redis`: (URL, stream prefix) to publish events there; embedded otherwise."""
+    def __init__(self, pim: str, redis: tuple[str, str] | None = None, env: dict | None = None):
+        """`redis`: (URL, stream prefix) to publish events there; embedded otherwise.
+        `env`: more settings (e.g. OTEL_*)."""
         self.pim = pim
         work = tempfile.mkdtemp(prefix="pim-ci-")
         self.env = dict(os.environ, PIM_DATA_DIR=os.path.join(work, "data"), PIM_LISTEN_ADDR="127.0.0.1:0",
@@ -21,6 +22,8 @@ class PimUp:
         self.env.pop("PIM_REDIS_URL", None)
         if redis is not None:
             self.env["PIM_REDIS_URL"], self.env["PIM_STREAM_PREFIX"] = redis
+        self.env.update(env or {})
+        self.work = work
         self.process = None
 
     def __enter__(self) -> "PimUp":
@@ -43,9 +46,13 @@ class PimUp:
         self.run("login", "--user", "admin", "--password-stdin", stdin=password + "\n")
         return self
 
-    def run(self, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
-        return subprocess.run([self.pim, *args], input=stdin, env=self.env, check=check, capture_output=True,
-                              text=True)
+    def run(self, *args: str, stdin: str | None = None, check: bool = True,
+            as_user: str | None = None) -> subprocess.CompletedProcess:
+        """`as_user`: run with that user's own token file instead of the administrator's."""
+        env = dict(self.env)
+        if as_user is not None:
+            env["PIM_TOKEN_FILE"] = os.path.join(self.work, f"token-{as_user}")
+        return subprocess.run([self.pim, *args], input=stdin, env=env, check=check, capture_output=True, text=True)
 
     def popen(self, *args: str) -> subprocess.Popen:
         return subprocess.Popen([self.pim, *args], env=self.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,

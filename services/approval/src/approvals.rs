@@ -101,7 +101,12 @@ impl Approvals {
 
     /// Opens an approval for a request assignment holds as PendingApproval (from its
     /// RequestCreated event). Idempotent: one approval per request.
-    pub async fn open(&self, txn: &DatabaseTransaction, e: &ev::RequestCreated) -> anyhow::Result<()> {
+    pub async fn open(
+        &self,
+        txn: &DatabaseTransaction,
+        e: &ev::RequestCreated,
+        traceparent: &str,
+    ) -> anyhow::Result<()> {
         if e.status != "PendingApproval" {
             return Ok(());
         }
@@ -136,6 +141,7 @@ impl Approvals {
             created_at: now,
             completed_at: None,
             rev: store::next_rev(txn).await?,
+            traceparent: traceparent.into(),
         };
         if !store::insert(txn, &approval).await? {
             return Ok(());
@@ -186,13 +192,14 @@ impl Approvals {
             "Expired" => "ApprovalExpired",
             _ => "ApprovalCanceled",
         };
-        self.emit(
-            txn,
-            event_type,
-            &approval.id,
-            &self.completed_event(approval, outcome, actor),
-        )
-        .await
+        // The outcome continues the trace of the request that asked for approval.
+        let span = tracing::info_span!("approval outcome", pim.approval_id = %approval.id, pim.outcome = outcome);
+        if !approval.traceparent.is_empty() {
+            use tracing_opentelemetry::OpenTelemetrySpanExt;
+            let _ = span.set_parent(pim_runtime::telemetry::context_from_traceparent(&approval.traceparent));
+        }
+        let event = self.completed_event(approval, outcome, actor);
+        tracing::Instrument::instrument(self.emit(txn, event_type, &approval.id, &event), span).await
     }
 
     fn completed_event(&self, a: &ApprovalRow, outcome: &str, actor: Option<Actor>) -> ev::ApprovalCompleted {
@@ -265,6 +272,7 @@ impl Approvals {
         let mut request = tonic::Request::new(ListPrincipalGroupsRequest {
             principal_id: caller.principal_id.clone(),
         });
+        pim_runtime::telemetry::inject(&mut request);
         let bearer = format!("Bearer {}", caller.token())
             .parse()
             .map_err(|_| Status::unauthenticated("access token is not valid"))?;

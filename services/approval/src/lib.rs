@@ -86,7 +86,7 @@ impl EventHandler for AssignmentEvents {
 
     async fn handle(&self, txn: &DatabaseTransaction, envelope: &Envelope) -> anyhow::Result<()> {
         match short_type(envelope) {
-            "RequestCreated" => self.0.open(txn, &decode(envelope)?).await,
+            "RequestCreated" => self.0.open(txn, &decode(envelope)?, &envelope.traceparent).await,
             "RequestStatusChanged" => {
                 let e: ev::RequestStatusChanged = decode(envelope)?;
                 if e.status == "Canceled" {

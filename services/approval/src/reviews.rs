@@ -188,6 +188,7 @@ impl Approvals {
     /// caller's behalf).
     async fn role_id(&self, caller: &Caller, role: &str) -> Result<String, Status> {
         let mut request = tonic::Request::new(GetRoleDefinitionRequest { role: role.to_owned() });
+        pim_runtime::telemetry::inject(&mut request);
         let bearer = format!("Bearer {}", caller.token())
             .parse()
             .map_err(|_| Status::unauthenticated("access token is not valid"))?;

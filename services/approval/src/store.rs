@@ -66,6 +66,9 @@ impl MigratorTrait for Migrator {
                 CREATE INDEX activations_principal ON activations (principal_id, start_at)"
                     .to_owned()
             }),
+            SqlMigration::boxed("m0003_approval_trace", |_| {
+                "ALTER TABLE approvals ADD COLUMN traceparent TEXT NOT NULL DEFAULT ''".to_owned()
+            }),
             SqlMigration::boxed("m0002_access_reviews", |_| {
                 "CREATE TABLE assignments_seen (
                     assignment_id TEXT PRIMARY KEY,
@@ -157,6 +160,8 @@ pub struct ApprovalRow {
     pub created_at: i64,
     pub completed_at: Option<i64>,
     pub rev: i64,
+    /// The trace of the request that asked for approval; the outcome joins it.
+    pub traceparent: String,
 }
 
 impl ApprovalRow {
@@ -197,11 +202,12 @@ impl ApprovalRow {
             created_at: col(r, "created_at")?,
             completed_at: col(r, "completed_at")?,
             rev: col(r, "rev")?,
+            traceparent: col(r, "traceparent")?,
         })
     }
 }
 
-const COLUMNS: &str = "id, request_id, requester_id, role_id, role_name, scope, duration_ms, justification, ticket_system, ticket_number, status, stages, stage, stage_started_at, expires_at, escalated, created_at, completed_at, rev";
+const COLUMNS: &str = "id, request_id, requester_id, role_id, role_name, scope, duration_ms, justification, ticket_system, ticket_number, status, stages, stage, stage_started_at, expires_at, escalated, created_at, completed_at, rev, traceparent";
 
 /// The next revision. The counter row stays locked until the transaction commits, so
 /// revisions become visible in order and a watcher resuming after one misses nothing.
@@ -222,7 +228,7 @@ pub async fn insert<C: ConnectionTrait>(c: &C, a: &ApprovalRow) -> Result<bool, 
     let n = db::exec(
         c,
         &format!(
-            "INSERT INTO approvals ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19) \
+            "INSERT INTO approvals ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20) \
              ON CONFLICT (request_id) DO NOTHING"
         ),
         vec![
@@ -245,6 +251,7 @@ pub async fn insert<C: ConnectionTrait>(c: &C, a: &ApprovalRow) -> Result<bool, 
             a.created_at.into(),
             a.completed_at.into(),
             a.rev.into(),
+            a.traceparent.clone().into(),
         ],
     )
     .await?;

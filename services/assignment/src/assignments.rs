@@ -181,6 +181,7 @@ impl Assignments {
         let mut request = tonic::Request::new(GetPrincipalRequest {
             principal_id: id.to_owned(),
         });
+        pim_runtime::telemetry::inject(&mut request);
         let bearer = format!("Bearer {}", caller.token())
             .parse()
             .map_err(|_| Error::invalid("authorization", "malformed token"))?;

@@ -39,6 +39,7 @@ impl AssignmentClients {
 
 fn on_behalf<T>(caller: &Caller, message: T) -> Result<tonic::Request<T>> {
     let mut request = tonic::Request::new(message);
+    pim_runtime::telemetry::inject(&mut request);
     let bearer = format!("Bearer {}", caller.token())
         .parse()
         .map_err(|_| Error::invalid("authorization", "malformed token"))?;

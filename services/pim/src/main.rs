@@ -5,7 +5,10 @@ use clap::Parser;
 #[tokio::main]
 async fn main() {
     let cli = pim::cli::Cli::parse();
-    match pim::cli::run(cli).await {
+    let result = pim::cli::run(cli).await;
+    // Spans still buffered go out before the process ends.
+    pim_runtime::telemetry::shutdown();
+    match result {
         Ok(code) => std::process::exit(code),
         Err(err) => {
             eprintln!("error: {err:#}");

@@ -104,6 +104,7 @@ impl AccessCheck for RemoteAccess {
             }),
             scope: scope.to_owned(),
         });
+        crate::telemetry::inject(&mut request);
         let bearer = format!("Bearer {}", caller.token())
             .parse()
             .map_err(|_| Status::unauthenticated("access token is not valid"))?;

@@ -427,28 +427,46 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let layer = self.layer.clone();
-        Box::pin(async move {
-            if is_public(request.uri().path(), &layer.public) {
-                return inner.call(request).await;
-            }
-            let token = request
-                .headers()
-                .get(http::header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-                .map(str::trim);
-            let verified = match token {
-                None | Some("") => Err(TokenError::Missing),
-                Some(token) => layer.verifier.verify(token).await,
-            };
-            match verified {
-                Ok(caller) => {
-                    request.extensions_mut().insert(caller);
-                    inner.call(request).await
+        // One span per call, a child of the caller's trace when the metadata names one.
+        let path = request.uri().path().to_owned();
+        let span = tracing::info_span!(
+            "rpc",
+            otel.name = %path.trim_start_matches('/'),
+            otel.kind = "server",
+            rpc.system = "grpc",
+            pim.principal = tracing::field::Empty,
+        );
+        {
+            use tracing_opentelemetry::OpenTelemetrySpanExt;
+            let _ = span.set_parent(crate::telemetry::context_from_headers(request.headers()));
+        }
+        let recorded = span.clone();
+        Box::pin(tracing::Instrument::instrument(
+            async move {
+                if is_public(request.uri().path(), &layer.public) {
+                    return inner.call(request).await;
                 }
-                Err(err) => Ok(Status::from(err).into_http()),
-            }
-        })
+                let token = request
+                    .headers()
+                    .get(http::header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+                    .map(str::trim);
+                let verified = match token {
+                    None | Some("") => Err(TokenError::Missing),
+                    Some(token) => layer.verifier.verify(token).await,
+                };
+                match verified {
+                    Ok(caller) => {
+                        recorded.record("pim.principal", caller.principal_id.as_str());
+                        request.extensions_mut().insert(caller);
+                        inner.call(request).await
+                    }
+                    Err(err) => Ok(Status::from(err).into_http()),
+                }
+            },
+            span,
+        ))
     }
 }
 

@@ -35,7 +35,8 @@ pub trait EventHandler: Send + Sync {
     /// rows at once override it; by default each is handled in turn.
     async fn handle_all(&self, txn: &DatabaseTransaction, envelopes: &[&Envelope]) -> anyhow::Result<()> {
         for envelope in envelopes {
-            self.handle(txn, envelope).await?;
+            let span = crate::telemetry::event_span(self.consumer(), envelope);
+            tracing::Instrument::instrument(self.handle(txn, envelope), span).await?;
         }
         Ok(())
     }
@@ -137,7 +138,8 @@ impl Inbox {
             txn.rollback().await.ok();
             return Ok(false);
         }
-        self.handler.handle(&txn, envelope).await?;
+        let span = crate::telemetry::event_span(self.consumer(), envelope);
+        tracing::Instrument::instrument(self.handler.handle(&txn, envelope), span).await?;
         txn.commit().await.context("committing consumer transaction")?;
         self.handler.after_commit(envelope).await;
         Ok(true)

@@ -44,14 +44,15 @@ pub fn envelope(source: &str, event_type: &str, subject: &str, data: &impl Messa
         r#type: format!("{source}.v1.{event_type}"),
         time: Some(crate::db::to_timestamp(crate::db::now_ms())),
         subject: subject.to_owned(),
-        traceparent: new_traceparent(),
+        // The emitting operation's trace, so what the event causes joins it.
+        traceparent: crate::telemetry::current_traceparent().unwrap_or_else(new_traceparent),
         data: data.encode_to_vec(),
         specversion: "1.0".to_owned(),
         datacontenttype: "application/protobuf".to_owned(),
     }
 }
 
-/// A fresh W3C traceparent (sampled); propagation from the incoming request comes with OpenTelemetry.
+/// A fresh W3C traceparent (sampled), for an event no traced operation emitted.
 fn new_traceparent() -> String {
     let trace = Uuid::new_v4().simple().to_string();
     let span = &Uuid::new_v4().simple().to_string()[..16];
