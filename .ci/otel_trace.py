@@ -9,8 +9,10 @@ parent across the Redis hop. Exits non-zero on any failure.
 Usage: python3 .ci/otel_trace.py PATH_TO_PIM [REDIS_URL]
 """
 
+import socket
 import sys
 import threading
+import urllib.request
 import time
 import uuid
 from concurrent import futures
@@ -44,8 +46,11 @@ def main(pim: str, url: str) -> int:
     trace_service_pb2_grpc.add_TraceServiceServicer_to_server(receiver, server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        admin_port = probe.getsockname()[1]
     env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}", "OTEL_SERVICE_NAME": "pim",
-           "OTEL_BSP_SCHEDULE_DELAY": "100"}
+           "OTEL_BSP_SCHEDULE_DELAY": "100", "PIM_ADMIN_ADDR": f"127.0.0.1:{admin_port}"}
     prefix = f"otel-{uuid.uuid4().hex[:8]}."
     try:
         with PimUp(pim, redis=(url, prefix), env=env) as up:
@@ -91,6 +96,14 @@ def main(pim: str, url: str) -> int:
                 names = sorted({s.name for s in receiver.snapshot()})
                 print(f"the activation's trace is incomplete; spans seen: {names}", file=sys.stderr)
                 return 1
+            # The same run's metrics, read with a plain HTTP client.
+            metrics = urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=10).read().decode()
+            for wanted_metric in ('pim_rpc_requests_total{code="Ok",method="CreateRequest"',
+                                  'pim_events_published_total{stream="pim.approval.events"}',
+                                  'pim_events_consumed_total{', 'pim_outbox_backlog{service="audit"}'):
+                if wanted_metric not in metrics:
+                    print(f"/metrics lacks {wanted_metric}", file=sys.stderr)
+                    return 1
         event_spans = [s for s in in_trace if s.name in wanted or s.name.startswith("audit ")]
         orphans = [s.name for s in event_spans if not s.parent_span_id]
         if orphans:

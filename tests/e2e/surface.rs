@@ -1,6 +1,8 @@
 //! The gRPC surface of `pim up`: health and reflection for every service in DESIGN.md's
 //! table, and authentication before any handler.
 
+use std::time::Duration;
+
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use tokio_stream::StreamExt;
@@ -13,10 +15,12 @@ use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
 use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
 use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 
-use pim_e2e::{TestSuite, authed};
+use pim_e2e::{TestSuite, authed, eventually};
 use pim_proto::alerting::v1::alert_service_client::AlertServiceClient;
 use pim_proto::assignment::v1::ListRoleDefinitionsRequest;
 use pim_proto::assignment::v1::role_service_client::RoleServiceClient;
+use pim_proto::identity::v1 as ipb;
+use pim_proto::identity::v1::directory_service_client::DirectoryServiceClient;
 use pim_proto::service_names;
 
 fn all_services() -> Vec<&'static str> {
@@ -185,6 +189,59 @@ async fn signing_keys_rotate_without_breaking_tokens_in_flight() -> anyhow::Resu
         roles
             .list_role_definitions(authed(&after, ListRoleDefinitionsRequest {}))
             .await?;
+        anyhow::Ok(())
+    }
+    .await;
+    ts.stop().await?;
+    result
+}
+
+/// `/metrics` on the admin address, read with a bare HTTP/1.1 request: RPCs by service,
+/// method and code with latency, events published and consumed with consumer lag, the outbox
+/// backlog and the CheckAccess cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_served_on_the_admin_address() -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ts = TestSuite::postgres_with(None, &[("PIM_ADMIN_ADDR", "127.0.0.1:0".into())]).await?;
+    let result = async {
+        let admin = ts.admin_token().await?;
+        DirectoryServiceClient::new(ts.channel.clone())
+            .create_user(authed(
+                &admin,
+                ipb::CreateUserRequest {
+                    user_name: "lee".into(),
+                    password: "lee's long passphrase".into(),
+                    ..Default::default()
+                },
+            ))
+            .await?;
+        let refused = DirectoryServiceClient::new(ts.channel.clone())
+            .get_user(authed(&admin, ipb::GetUserRequest { user: "nobody".into() }))
+            .await
+            .expect_err("no such user");
+        assert_eq!(refused.code(), Code::NotFound);
+        let address = ts.suite.admin_addr().expect("an admin address");
+        let wanted = [
+            r#"pim_rpc_requests_total{code="Ok",method="SignIn",service="pim.identity.v1.AuthService"}"#,
+            r#"pim_rpc_requests_total{code="NotFound",method="GetUser",service="pim.identity.v1.DirectoryService"}"#,
+            r#"pim_rpc_duration_seconds_bucket{method="CreateUser",service="pim.identity.v1.DirectoryService""#,
+            "pim_events_published_total{stream=\"pim.identity.events\"}",
+            "pim_events_consumed_total{",
+            "pim_consumer_lag_milliseconds{",
+            "pim_outbox_backlog{service=\"identity\"}",
+            "pim_access_cache_entries",
+        ];
+        let body = eventually(Duration::from_secs(10), "the metrics", || async {
+            let mut http = tokio::net::TcpStream::connect(address).await?;
+            http.write_all(b"GET /metrics HTTP/1.1\r\nHost: pim\r\nConnection: close\r\n\r\n")
+                .await?;
+            let mut response = String::new();
+            http.read_to_string(&mut response).await?;
+            assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+            Ok(wanted.iter().all(|w| response.contains(w)).then_some(response))
+        })
+        .await?;
+        assert!(body.contains("text/plain"), "Prometheus text format");
         anyhow::Ok(())
     }
     .await;

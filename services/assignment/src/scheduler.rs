@@ -53,6 +53,11 @@ impl Scheduler {
         }
         let mut ended = Vec::new();
         for due in store::due_ends(&txn, now, BATCH).await? {
+            if let Some(end) = due.end_at {
+                pim_runtime::metrics::metrics()
+                    .scheduler_lag_seconds
+                    .observe((now - end).max(0) as f64 / 1000.0);
+            }
             let role_name = a.roles.get(&due.role_id).map(|r| r.name).unwrap_or_default();
             if a.end(&txn, &due, "expired", Some(system_actor()), &role_name, now)
                 .await?

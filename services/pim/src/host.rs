@@ -114,6 +114,8 @@ impl SuiteOptions {
 /// A running set of services.
 pub struct Suite {
     addr: SocketAddr,
+    /// Where `/metrics` is served, if anywhere.
+    admin_addr: Option<SocketAddr>,
     url: String,
     stop: watch::Sender<bool>,
     server: JoinHandle<anyhow::Result<()>>,
@@ -288,7 +290,11 @@ impl Suite {
         }
         let relays = services
             .iter()
-            .map(|s| Relay::new(s.db().clone(), s.outbox().clone(), publisher.clone()).spawn(options.relay_poll))
+            .map(|s| {
+                Relay::new(s.db().clone(), s.outbox().clone(), publisher.clone())
+                    .named(s.name())
+                    .spawn(options.relay_poll)
+            })
             .collect();
 
         let auth = AuthLayer::new(verifier);
@@ -307,8 +313,18 @@ impl Suite {
             .await
         });
         tracing::info!(address = %addr, services = ?hosted.iter().map(|s| s.as_str()).collect::<Vec<_>>(), "serving");
+        let admin_addr = match config.admin_addr {
+            Some(admin) => {
+                let (bound, task) = pim_runtime::metrics::serve_admin(admin, stop.subscribe()).await?;
+                tracing::info!(address = %bound, "serving metrics at /metrics");
+                background.push(task);
+                Some(bound)
+            }
+            None => None,
+        };
         Ok(Self {
             addr,
+            admin_addr,
             url,
             stop,
             server,
@@ -322,6 +338,11 @@ impl Suite {
             alerting,
             services,
         })
+    }
+
+    /// The admin address serving `/metrics` (PIM_ADMIN_ADDR), if set.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
     }
 
     pub fn addr(&self) -> SocketAddr {

@@ -200,6 +200,7 @@ impl AccessCheck for CachedAccess {
             entries.retain(|_, (_, until)| *until > now);
         }
         entries.insert(key, (decision, now + valid_for));
+        crate::metrics::metrics().access_cache_entries.set(entries.len() as i64);
         Ok(decision)
     }
 }

@@ -435,35 +435,63 @@ where
             otel.kind = "server",
             rpc.system = "grpc",
             pim.principal = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
         );
         {
             use tracing_opentelemetry::OpenTelemetrySpanExt;
             let _ = span.set_parent(crate::telemetry::context_from_headers(request.headers()));
+            let traceparent = request.headers().get("traceparent").and_then(|v| v.to_str().ok());
+            crate::telemetry::record_trace_id(&span, traceparent);
         }
         let recorded = span.clone();
+        let started = std::time::Instant::now();
+        let call = async move {
+            if is_public(request.uri().path(), &layer.public) {
+                return inner.call(request).await;
+            }
+            let token = request
+                .headers()
+                .get(http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+                .map(str::trim);
+            let verified = match token {
+                None | Some("") => Err(TokenError::Missing),
+                Some(token) => layer.verifier.verify(token).await,
+            };
+            match verified {
+                Ok(caller) => {
+                    recorded.record("pim.principal", caller.principal_id.as_str());
+                    request.extensions_mut().insert(caller);
+                    inner.call(request).await
+                }
+                Err(err) => Ok(Status::from(err).into_http()),
+            }
+        };
         Box::pin(tracing::Instrument::instrument(
             async move {
-                if is_public(request.uri().path(), &layer.public) {
-                    return inner.call(request).await;
-                }
-                let token = request
-                    .headers()
-                    .get(http::header::AUTHORIZATION)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-                    .map(str::trim);
-                let verified = match token {
-                    None | Some("") => Err(TokenError::Missing),
-                    Some(token) => layer.verifier.verify(token).await,
+                let response = call.await;
+                // Errors come back trailers-only, with grpc-status in the headers; a missing
+                // one means OK (it follows in the trailers).
+                let code = match &response {
+                    Ok(r) => r
+                        .headers()
+                        .get("grpc-status")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse::<i32>().ok())
+                        .map(tonic::Code::from_i32)
+                        .unwrap_or(tonic::Code::Ok),
+                    Err(_) => tonic::Code::Unknown,
                 };
-                match verified {
-                    Ok(caller) => {
-                        recorded.record("pim.principal", caller.principal_id.as_str());
-                        request.extensions_mut().insert(caller);
-                        inner.call(request).await
-                    }
-                    Err(err) => Ok(Status::from(err).into_http()),
-                }
+                let (service, method) = crate::metrics::rpc_labels(&path);
+                let m = crate::metrics::metrics();
+                m.rpc_requests
+                    .with_label_values(&[service, method, &format!("{code:?}")])
+                    .inc();
+                m.rpc_seconds
+                    .with_label_values(&[service, method])
+                    .observe(started.elapsed().as_secs_f64());
+                response
             },
             span,
         ))

@@ -42,6 +42,8 @@ pub struct TlsConfig {
 pub struct Config {
     /// Where the gRPC server listens (`PIM_LISTEN_ADDR`).
     pub listen_addr: SocketAddr,
+    /// Where `GET /metrics` is served (`PIM_ADMIN_ADDR`); unset: nowhere.
+    pub admin_addr: Option<SocketAddr>,
     /// The service's own database (`PIM_DATABASE_URL`); `pim up` uses SQLite files instead.
     pub database_url: Option<Secret<String>>,
     /// Redis for the event streams (`PIM_REDIS_URL`); unset means embedded delivery.
@@ -111,6 +113,13 @@ impl Config {
         };
         let config = Self {
             listen_addr,
+            admin_addr: match get("PIM_ADMIN_ADDR") {
+                Some(a) => Some(
+                    a.parse()
+                        .with_context(|| format!("PIM_ADMIN_ADDR {a:?} is not host:port"))?,
+                ),
+                None => None,
+            },
             database_url: get("PIM_DATABASE_URL").map(Secret::new),
             redis_url: get("PIM_REDIS_URL").map(Secret::new),
             stream_prefix: get("PIM_STREAM_PREFIX").unwrap_or_default(),

@@ -10,6 +10,7 @@ pub mod db;
 pub mod events;
 pub mod grpc;
 pub mod host;
+pub mod metrics;
 pub mod telemetry;
 #[cfg(feature = "test-util")]
 pub mod testing;

@@ -140,7 +140,24 @@ pub fn event_span(consumer: &str, envelope: &crate::events::Envelope) -> tracing
         pim.service = consumer,
         pim.event_id = %envelope.id,
         pim.subject = %envelope.subject,
+        trace_id = tracing::field::Empty,
     );
     let _ = span.set_parent(context_from_traceparent(&envelope.traceparent));
+    record_trace_id(&span, Some(&envelope.traceparent));
     span
+}
+
+/// Puts the span's trace id on it as `trace_id`, so every log line inside carries it: the
+/// OpenTelemetry trace when exporting, otherwise the one `traceparent` names.
+pub fn record_trace_id(span: &tracing::Span, traceparent: Option<&str>) {
+    let context = span.context();
+    let span_context = context.span().span_context().clone();
+    if span_context.is_valid() {
+        span.record("trace_id", span_context.trace_id().to_string().as_str());
+    } else if let Some(id) = traceparent
+        .and_then(|t| t.split('-').nth(1))
+        .filter(|id| id.len() == 32)
+    {
+        span.record("trace_id", id);
+    }
 }

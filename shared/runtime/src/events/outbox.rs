@@ -84,6 +84,8 @@ pub struct Relay {
     publisher: Arc<dyn Publisher>,
     outbox: Outbox,
     batch: u64,
+    /// The service it relays for (the backlog metric's label).
+    service: &'static str,
 }
 
 /// The running relay: stop it, or wait for it.
@@ -111,7 +113,14 @@ impl Relay {
             publisher,
             outbox,
             batch: 100,
+            service: "",
         }
+    }
+
+    /// Names the service whose outbox this is (for metrics).
+    pub fn named(mut self, service: &'static str) -> Self {
+        self.service = service;
+        self
     }
 
     /// Publishes one batch of pending rows; returns how many were sent.
@@ -155,6 +164,12 @@ impl Relay {
             return Ok(0);
         }
         let (sent, failure) = self.publisher.publish_all(&batch).await;
+        for published in &batch[..sent] {
+            crate::metrics::metrics()
+                .events_published
+                .with_label_values(&[published.stream.as_str()])
+                .inc();
+        }
         if sent > 0 {
             // One statement marks the whole published prefix.
             let placeholders: Vec<String> = (0..sent).map(|i| format!("${}", i + 2)).collect();
@@ -193,11 +208,22 @@ impl Relay {
     pub fn spawn(self, poll: Duration) -> RelayHandle {
         let (stop, mut stopped) = watch::channel(false);
         let task = tokio::spawn(async move {
+            // The backlog gauge is refreshed at most once a second (it costs a COUNT).
+            let mut measured = tokio::time::Instant::now() - Duration::from_secs(2);
             loop {
                 match self.run_once().await {
                     Ok(n) if n as u64 == self.batch => continue,
                     Ok(_) => {}
                     Err(err) => tracing::warn!(error = %format!("{err:#}"), "relay pass failed"),
+                }
+                if measured.elapsed() >= Duration::from_secs(1) {
+                    measured = tokio::time::Instant::now();
+                    if let Ok(backlog) = pending(&self.db).await {
+                        crate::metrics::metrics()
+                            .outbox_backlog
+                            .with_label_values(&[self.service])
+                            .set(backlog);
+                    }
                 }
                 tokio::select! {
                     _ = self.outbox.wake.notified() => {}

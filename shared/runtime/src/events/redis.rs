@@ -265,6 +265,7 @@ impl RedisConsumer {
                     let ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
                     let mut conn = self.conn.clone();
                     let _: i64 = conn.xack(key, self.group(), &ids).await.context("XACK")?;
+                    self.applied(key, &envelopes);
                     return Ok(());
                 }
                 Err(err) => tracing::debug!(error = %format!("{err:#}"), "batch failed; handling entries one by one"),
@@ -280,22 +281,25 @@ impl RedisConsumer {
         let mut conn = self.conn.clone();
         let outcome = match entry.get::<Vec<u8>>("ce") {
             Some(bytes) => match Envelope::decode(bytes.as_slice()) {
-                Ok(envelope) => self
-                    .inbox
-                    .apply(&envelope)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| (Some(envelope), e)),
+                Ok(envelope) => match self.inbox.apply(&envelope).await {
+                    Ok(_) => Ok(envelope),
+                    Err(e) => Err((Some(envelope), e)),
+                },
                 Err(e) => Err((None, anyhow::anyhow!("undecodable envelope: {e}"))),
             },
             None => Err((None, anyhow::anyhow!("entry has no ce field"))),
         };
         match outcome {
-            Ok(()) => {
+            Ok(envelope) => {
                 let _: i64 = conn.xack(key, self.group(), &[&entry.id]).await.context("XACK")?;
+                self.applied(key, std::slice::from_ref(&envelope));
             }
             Err((envelope, err)) => {
                 let deliveries = self.deliveries(key, &entry.id).await?;
+                crate::metrics::metrics()
+                    .events_retried
+                    .with_label_values(&[key, self.group()])
+                    .inc();
                 let poison = envelope.is_none() || deliveries >= i64::from(self.options.max_deliveries);
                 tracing::warn!(
                     group = self.group(), stream = key, entry = %entry.id, deliveries, poison,
@@ -309,6 +313,24 @@ impl RedisConsumer {
             }
         }
         Ok(())
+    }
+
+    /// Counts applied events and how old the newest was.
+    fn applied(&self, key: &str, envelopes: &[Envelope]) {
+        let m = crate::metrics::metrics();
+        m.events_consumed
+            .with_label_values(&[key, self.group()])
+            .inc_by(envelopes.len() as u64);
+        if let Some(newest) = envelopes
+            .iter()
+            .filter_map(|e| e.time.as_ref())
+            .map(crate::db::from_timestamp)
+            .max()
+        {
+            m.consumer_lag_ms
+                .with_label_values(&[key, self.group()])
+                .set((crate::db::now_ms() - newest).max(0));
+        }
     }
 
     async fn deliveries(&self, key: &str, id: &str) -> anyhow::Result<i64> {
@@ -348,6 +370,10 @@ impl RedisConsumer {
             ("ce", envelope.map(|e| e.encode_to_vec()).unwrap_or_default()),
         ];
         let dl = self.key(streams::DEADLETTER);
+        crate::metrics::metrics()
+            .events_dead_lettered
+            .with_label_values(&[key, self.group()])
+            .inc();
         let (_, _): (String, i64) = redis::pipe()
             .atomic()
             .xadd(&dl, "*", &fields)

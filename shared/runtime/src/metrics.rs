@@ -1,0 +1,140 @@
+//! Metrics in a Prometheus registry, served as text on the admin address
+//! (`PIM_ADMIN_ADDR`, `GET /metrics`), apart from the gRPC port. Labels stay low-cardinality:
+//! service and method names, status codes, stream and group names.
+
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+pub struct Metrics {
+    registry: Registry,
+    /// RPCs by gRPC service, method and status code.
+    pub rpc_requests: IntCounterVec,
+    pub rpc_seconds: HistogramVec,
+    /// Events the relay published, by stream.
+    pub events_published: IntCounterVec,
+    /// Events applied, retried (a batch or entry failed) and dead-lettered, by stream and group.
+    pub events_consumed: IntCounterVec,
+    pub events_retried: IntCounterVec,
+    pub events_dead_lettered: IntCounterVec,
+    /// How old the newest event a group applied was when applied (milliseconds), by stream and group.
+    pub consumer_lag_ms: IntGaugeVec,
+    /// Outbox rows not yet published, by service.
+    pub outbox_backlog: IntGaugeVec,
+    /// How late expiries and scheduled starts fired (seconds).
+    pub scheduler_lag_seconds: Histogram,
+    /// Answers held by the CheckAccess cache.
+    pub access_cache_entries: IntGauge,
+}
+
+fn build() -> Metrics {
+    let registry = Registry::new();
+    let counter = |name: &str, help: &str, labels: &[&str]| {
+        let c = IntCounterVec::new(Opts::new(name, help), labels).expect("a valid counter");
+        registry.register(Box::new(c.clone())).expect("registered once");
+        c
+    };
+    let gauge = |name: &str, help: &str, labels: &[&str]| {
+        let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("a valid gauge");
+        registry.register(Box::new(g.clone())).expect("registered once");
+        g
+    };
+    let rpc_requests = counter("pim_rpc_requests_total", "RPCs handled", &["service", "method", "code"]);
+    let rpc_seconds = HistogramVec::new(
+        HistogramOpts::new("pim_rpc_duration_seconds", "RPC latency").buckets(vec![
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+        ]),
+        &["service", "method"],
+    )
+    .expect("a valid histogram");
+    registry
+        .register(Box::new(rpc_seconds.clone()))
+        .expect("registered once");
+    let scheduler_lag_seconds = Histogram::with_opts(
+        HistogramOpts::new("pim_scheduler_lag_seconds", "How late timers fired")
+            .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0]),
+    )
+    .expect("a valid histogram");
+    registry
+        .register(Box::new(scheduler_lag_seconds.clone()))
+        .expect("registered once");
+    let access_cache_entries =
+        IntGauge::new("pim_access_cache_entries", "Answers in the CheckAccess cache").expect("a valid gauge");
+    registry
+        .register(Box::new(access_cache_entries.clone()))
+        .expect("registered once");
+    Metrics {
+        rpc_requests,
+        rpc_seconds,
+        events_published: counter("pim_events_published_total", "Events the relay published", &["stream"]),
+        events_consumed: counter("pim_events_consumed_total", "Events applied", &["stream", "group"]),
+        events_retried: counter(
+            "pim_events_retried_total",
+            "Event deliveries that failed and will be retried",
+            &["stream", "group"],
+        ),
+        events_dead_lettered: counter(
+            "pim_events_dead_lettered_total",
+            "Events moved to the dead-letter stream",
+            &["stream", "group"],
+        ),
+        consumer_lag_ms: gauge(
+            "pim_consumer_lag_milliseconds",
+            "Age of the newest event a group applied, when applied",
+            &["stream", "group"],
+        ),
+        outbox_backlog: gauge("pim_outbox_backlog", "Outbox rows not yet published", &["service"]),
+        scheduler_lag_seconds,
+        access_cache_entries,
+        registry,
+    }
+}
+
+/// The process's metrics.
+pub fn metrics() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(build)
+}
+
+/// Everything, in the Prometheus text format.
+pub fn render() -> String {
+    let mut out = Vec::new();
+    let _ = TextEncoder::new().encode(&metrics().registry.gather(), &mut out);
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// Splits `/pim.assignment.v1.AssignmentService/CreateRequest` into service and method.
+pub fn rpc_labels(path: &str) -> (&str, &str) {
+    let path = path.trim_start_matches('/');
+    path.split_once('/').unwrap_or((path, ""))
+}
+
+/// Serves `GET /metrics` on `addr` until `stop`; returns the bound address.
+pub async fn serve_admin(
+    addr: SocketAddr,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(|| async {
+            (
+                [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                render(),
+            )
+        }),
+    );
+    let task = tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        if let Err(err) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
+            tracing::warn!(error = %err, "the admin endpoint stopped");
+        }
+    });
+    Ok((bound, task))
+}
