@@ -96,6 +96,12 @@ impl World {
         .await
     }
 
+    /// Waits for alert `id` of `rule` to be resolved.
+    async fn resolved(&self, rule: &str, id: &str) -> anyhow::Result<pb::Alert> {
+        self.alert(rule, |a| a.id == id && a.status == pb::AlertStatus::Resolved as i32)
+            .await
+    }
+
     async fn set_rule(&self, rule: &str, settings: &[(&str, &str)]) -> anyhow::Result<pb::Rule> {
         Ok(self
             .alerts()
@@ -165,10 +171,7 @@ async fn each_rule_raises_its_alert_and_settings_change_the_outcome() -> anyhow:
             .await?;
         w.set_policy(PRIVILEGED_ROLE_ADMINISTRATOR, |p| p.activation_requires_mfa = true)
             .await?;
-        w.alert("activation_without_mfa", |a| {
-            a.id == no_mfa.id && a.status == pb::AlertStatus::Resolved as i32
-        })
-        .await?;
+        w.resolved("activation_without_mfa", &no_mfa.id).await?;
 
         // Activated too frequently: three activations of one role in a day; one alert,
         // updated rather than repeated on the fourth.
@@ -243,10 +246,7 @@ async fn each_rule_raises_its_alert_and_settings_change_the_outcome() -> anyhow:
         assert_eq!(many.figures.get("global_admins").map(String::as_str), Some("3"));
         // Four is the bar now: three no longer alert, at once; three again, and it is back.
         w.set_rule("too_many_global_admins", &[("min_count", "4")]).await?;
-        w.alert("too_many_global_admins", |a| {
-            a.id == many.id && a.status == pb::AlertStatus::Resolved as i32
-        })
-        .await?;
+        w.resolved("too_many_global_admins", &many.id).await?;
         w.set_rule("too_many_global_admins", &[("min_count", "3")]).await?;
         let many = w
             .alert("too_many_global_admins", |a| a.status == pb::AlertStatus::Open as i32)
@@ -265,10 +265,7 @@ async fn each_rule_raises_its_alert_and_settings_change_the_outcome() -> anyhow:
                 },
             ))
             .await?;
-        w.alert("too_many_global_admins", |a| {
-            a.id == many.id && a.status == pb::AlertStatus::Resolved as i32
-        })
-        .await?;
+        w.resolved("too_many_global_admins", &many.id).await?;
         Ok(w)
     })
     .await
@@ -506,18 +503,12 @@ async fn identity_and_time_rules_raise_and_clear() -> anyhow::Result<()> {
         // Sixty days is the bar now: not yet, so the alert resolves.
         w.set_rule("unused_roles", &[("days", "60")]).await?;
         alerting.scan_once().await?;
-        w.alert("unused_roles", |a| {
-            a.id == unused.id && a.status == pb::AlertStatus::Resolved as i32
-        })
-        .await?;
+        w.resolved("unused_roles", &unused.id).await?;
         // Likewise for stale accounts; back at thirty days it is raised anew, and Lee signing
         // in resolves it.
         w.set_rule("stale_accounts", &[("days", "60")]).await?;
         alerting.scan_once().await?;
-        w.alert("stale_accounts", |a| {
-            a.id == stale.id && a.status == pb::AlertStatus::Resolved as i32
-        })
-        .await?;
+        w.resolved("stale_accounts", &stale.id).await?;
         w.set_rule("stale_accounts", &[("days", "30")]).await?;
         alerting.scan_once().await?;
         let stale = w
@@ -526,10 +517,7 @@ async fn identity_and_time_rules_raise_and_clear() -> anyhow::Result<()> {
             })
             .await?;
         w.ts.sign_in("lee", "lee's long passphrase").await?;
-        w.alert("stale_accounts", |a| {
-            a.id == stale.id && a.status == pb::AlertStatus::Resolved as i32
-        })
-        .await?;
+        w.resolved("stale_accounts", &stale.id).await?;
         Ok(w)
     })
     .await
