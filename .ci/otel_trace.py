@@ -1,9 +1,10 @@
-"""One activation that needs approval is one trace, seen by an OTLP receiver that is not ours.
+"""One activation that needs approval is one trace, seen by an OTLP receiver that is not ours;
+the metrics arrive over OTLP too, and the Prometheus endpoint serves them.
 
 Runs a minimal OTLP/gRPC trace receiver (grpcio + opentelemetry-proto), starts `pim up`
 exporting to it (OTEL_EXPORTER_OTLP_ENDPOINT) with events over Redis, and through the CLI
 has Lee ask for a role that needs approval and the administrator approve it. The
-CreateRequest call's trace must then hold spans of approval handling RequestCreated,
+trace `pim activate` starts must then hold its CreateRequest call, approval handling RequestCreated,
 assignment handling ApprovalGranted, and audit recording the events, each event span with a
 parent across the Redis hop. Exits non-zero on any failure.
 Usage: python3 .ci/otel_trace.py PATH_TO_PIM [REDIS_URL]
@@ -18,6 +19,7 @@ import uuid
 from concurrent import futures
 
 import grpc
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 from pim_up import PimUp
@@ -40,17 +42,33 @@ class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
             return list(self.spans)
 
 
+class MetricsReceiver(metrics_service_pb2_grpc.MetricsServiceServicer):
+    def __init__(self):
+        self.names = set()
+        self.lock = threading.Lock()
+
+    def Export(self, request, context):
+        with self.lock:
+            for resource in request.resource_metrics:
+                for scope in resource.scope_metrics:
+                    self.names.update(m.name for m in scope.metrics)
+        return metrics_service_pb2.ExportMetricsServiceResponse()
+
+
 def main(pim: str, url: str) -> int:
     receiver = Receiver()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     trace_service_pb2_grpc.add_TraceServiceServicer_to_server(receiver, server)
+    metrics_receiver = MetricsReceiver()
+    metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(metrics_receiver, server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         admin_port = probe.getsockname()[1]
     env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}", "OTEL_SERVICE_NAME": "pim",
-           "OTEL_BSP_SCHEDULE_DELAY": "100", "PIM_ADMIN_ADDR": f"127.0.0.1:{admin_port}"}
+           "OTEL_BSP_SCHEDULE_DELAY": "100", "OTEL_METRIC_EXPORT_INTERVAL": "500",
+           "PIM_ADMIN_ADDR": f"127.0.0.1:{admin_port}"}
     prefix = f"otel-{uuid.uuid4().hex[:8]}."
     try:
         with PimUp(pim, redis=(url, prefix), env=env) as up:
@@ -75,7 +93,7 @@ def main(pim: str, url: str) -> int:
                 return 1
             up.run("approve", approval, "-j", "traced")
 
-            wanted = {"approval RequestCreated", "assignment ApprovalGranted"}
+            wanted = {"pim activate", "approval RequestCreated", "assignment ApprovalGranted"}
             deadline = time.time() + 30
             while time.time() < deadline:
                 spans = receiver.snapshot()
@@ -104,13 +122,22 @@ def main(pim: str, url: str) -> int:
                 if wanted_metric not in metrics:
                     print(f"/metrics lacks {wanted_metric}", file=sys.stderr)
                     return 1
-        event_spans = [s for s in in_trace if s.name in wanted or s.name.startswith("audit ")]
+            # And over OTLP.
+            otlp_wanted = {"pim_rpc_requests_total", "pim_events_published_total", "pim_rpc_duration_seconds_sum"}
+            deadline = time.time() + 20
+            while not otlp_wanted <= metrics_receiver.names and time.time() < deadline:
+                time.sleep(0.2)
+            if not otlp_wanted <= metrics_receiver.names:
+                print(f"OTLP metrics missing: {sorted(otlp_wanted - metrics_receiver.names)}", file=sys.stderr)
+                return 1
+        event_spans = [s for s in in_trace if (s.name in wanted and s.name != "pim activate") or s.name.startswith("audit ")]
         orphans = [s.name for s in event_spans if not s.parent_span_id]
         if orphans:
             print(f"event spans without a parent: {orphans}", file=sys.stderr)
             return 1
         print(f"OTLP: one trace ({trace.hex()}) holds {len(in_trace)} spans, among them "
-              f"{', '.join(sorted(wanted))} and {len(audit)} audit spans, each linked to its parent")
+              f"{', '.join(sorted(wanted))} and {len(audit)} audit spans, each linked to its parent; "
+              f"{len(metrics_receiver.names)} metrics received, and /metrics served")
         return 0
     finally:
         server.stop(None)

@@ -138,3 +138,109 @@ pub async fn serve_admin(
     });
     Ok((bound, task))
 }
+
+/// The same metrics over OpenTelemetry (OTLP), read from the registry at each export.
+pub mod otlp {
+    use opentelemetry::KeyValue;
+    use opentelemetry::metrics::{Meter, MeterProvider as _};
+    use opentelemetry_sdk::metrics::SdkMeterProvider;
+    use prometheus::proto::{MetricFamily, MetricType};
+
+    use super::metrics;
+
+    const COUNTERS: &[&str] = &[
+        "pim_rpc_requests_total",
+        "pim_events_published_total",
+        "pim_events_consumed_total",
+        "pim_events_retried_total",
+        "pim_events_dead_lettered_total",
+    ];
+    const GAUGES: &[&str] = &[
+        "pim_consumer_lag_milliseconds",
+        "pim_outbox_backlog",
+        "pim_access_cache_entries",
+    ];
+    const HISTOGRAMS: &[&str] = &["pim_rpc_duration_seconds", "pim_scheduler_lag_seconds"];
+
+    fn family(name: &str) -> Option<MetricFamily> {
+        metrics().registry.gather().into_iter().find(|f| f.name() == name)
+    }
+
+    /// (attributes, value) of every series of `name`; histograms give their sum or count.
+    fn samples(name: &str, part: Option<&str>) -> Vec<(Vec<KeyValue>, f64)> {
+        let Some(family) = family(name) else {
+            return Vec::new();
+        };
+        family
+            .get_metric()
+            .iter()
+            .map(|m| {
+                let labels = m
+                    .get_label()
+                    .iter()
+                    .map(|l| KeyValue::new(l.name().to_owned(), l.value().to_owned()))
+                    .collect();
+                let value = match (family.get_field_type(), part) {
+                    (MetricType::COUNTER, _) => m.get_counter().get_value(),
+                    (MetricType::GAUGE, _) => m.get_gauge().get_value(),
+                    (MetricType::HISTOGRAM, Some("sum")) => m.get_histogram().get_sample_sum(),
+                    (MetricType::HISTOGRAM, _) => m.get_histogram().get_sample_count() as f64,
+                    _ => 0.0,
+                };
+                (labels, value)
+            })
+            .collect()
+    }
+
+    fn register(meter: &Meter) {
+        for name in COUNTERS {
+            meter
+                .f64_observable_counter(*name)
+                .with_callback(move |o| {
+                    for (labels, value) in samples(name, None) {
+                        o.observe(value, &labels);
+                    }
+                })
+                .build();
+        }
+        for name in GAUGES {
+            meter
+                .f64_observable_gauge(*name)
+                .with_callback(move |o| {
+                    for (labels, value) in samples(name, None) {
+                        o.observe(value, &labels);
+                    }
+                })
+                .build();
+        }
+        for name in HISTOGRAMS {
+            for part in ["sum", "count"] {
+                meter
+                    .f64_observable_counter(format!("{name}_{part}"))
+                    .with_callback(move |o| {
+                        for (labels, value) in samples(name, Some(part)) {
+                            o.observe(value, &labels);
+                        }
+                    })
+                    .build();
+            }
+        }
+    }
+
+    /// Exports the metrics over OTLP/gRPC every `OTEL_METRIC_EXPORT_INTERVAL` (default 60 s).
+    pub fn start(resource: opentelemetry_sdk::Resource) -> Option<SdkMeterProvider> {
+        let exporter = match opentelemetry_otlp::MetricExporter::builder().with_tonic().build() {
+            Ok(exporter) => exporter,
+            Err(err) => {
+                eprintln!("OpenTelemetry metrics export is off: {err}");
+                return None;
+            }
+        };
+        let provider = SdkMeterProvider::builder()
+            .with_periodic_exporter(exporter)
+            .with_resource(resource)
+            .build();
+        register(&provider.meter("pim"));
+        Some(provider)
+    }
+}

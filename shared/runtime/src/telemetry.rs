@@ -18,11 +18,20 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
 static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
+static METERS: OnceLock<opentelemetry_sdk::metrics::SdkMeterProvider> = OnceLock::new();
+
+fn resource() -> opentelemetry_sdk::Resource {
+    let service = std::env::var("OTEL_SERVICE_NAME").unwrap_or_else(|_| "pim".to_owned());
+    opentelemetry_sdk::Resource::builder()
+        .with_service_name(service)
+        .build()
+}
 
 fn otlp_provider() -> Option<SdkTracerProvider> {
     std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
         .ok()
         .filter(|e| !e.trim().is_empty())?;
+
     let exporter = match opentelemetry_otlp::SpanExporter::builder().with_tonic().build() {
         Ok(exporter) => exporter,
         Err(err) => {
@@ -30,14 +39,9 @@ fn otlp_provider() -> Option<SdkTracerProvider> {
             return None;
         }
     };
-    let service = std::env::var("OTEL_SERVICE_NAME").unwrap_or_else(|_| "pim".to_owned());
     let provider = SdkTracerProvider::builder()
         .with_batch_exporter(exporter)
-        .with_resource(
-            opentelemetry_sdk::Resource::builder()
-                .with_service_name(service)
-                .build(),
-        )
+        .with_resource(resource())
         .build();
     Some(provider)
 }
@@ -46,6 +50,10 @@ fn otlp_provider() -> Option<SdkTracerProvider> {
 pub fn init(json: bool) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,sea_orm=warn"));
     let otel = otlp_provider().map(|provider| {
+        // The metrics go the same way (the Prometheus endpoint serves them too).
+        if let Some(meters) = crate::metrics::otlp::start(resource()) {
+            let _ = METERS.set(meters);
+        }
         let tracer = provider.tracer("pim");
         let _ = PROVIDER.set(provider.clone());
         opentelemetry::global::set_tracer_provider(provider);
@@ -61,10 +69,26 @@ pub fn init(json: bool) {
     };
 }
 
+/// For the command line: traces only (its output stays the user's), and only with
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` set.
+pub fn init_client() {
+    if let Some(provider) = otlp_provider() {
+        let tracer = provider.tracer("pim-cli");
+        let _ = PROVIDER.set(provider.clone());
+        opentelemetry::global::set_tracer_provider(provider);
+        let _ = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(tracer))
+            .try_init();
+    }
+}
+
 /// Sends the spans still buffered (call before the process exits).
 pub fn shutdown() {
     if let Some(provider) = PROVIDER.get() {
         let _ = provider.force_flush();
+    }
+    if let Some(meters) = METERS.get() {
+        let _ = meters.force_flush();
     }
 }
 

@@ -339,6 +339,21 @@ struct AuditArgs {
 
 /// Runs the command line; returns the process exit code.
 pub async fn run(cli: Cli) -> anyhow::Result<i32> {
+    if matches!(
+        cli.command,
+        Command::Up | Command::Serve { .. } | Command::Bootstrap { .. }
+    ) {
+        return run_command(cli).await;
+    }
+    // A client command starts the trace its calls join (exported only with
+    // OTEL_EXPORTER_OTLP_ENDPOINT set).
+    pim_runtime::telemetry::init_client();
+    let name = std::env::args().nth(1).unwrap_or_default();
+    let span = tracing::info_span!("cli", otel.name = %format!("pim {name}"), otel.kind = "client");
+    tracing::Instrument::instrument(run_command(cli), span).await
+}
+
+async fn run_command(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Up => up().await,
         Command::Serve { service } => serve(service).await,
@@ -511,6 +526,7 @@ impl Session {
 
     pub(crate) fn request<T>(&self, message: T) -> anyhow::Result<Request<T>> {
         let mut request = Request::new(message);
+        pim_runtime::telemetry::inject(&mut request);
         request.set_timeout(Duration::from_secs(30));
         if let Some(token) = &self.token {
             request.metadata_mut().insert(
