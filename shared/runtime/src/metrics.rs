@@ -106,10 +106,64 @@ pub fn render() -> String {
     String::from_utf8(out).unwrap_or_default()
 }
 
-/// Splits `/pim.assignment.v1.AssignmentService/CreateRequest` into service and method.
+/// Every `service/method` PIM serves (from the generated descriptors), plus health and
+/// reflection.
+fn known_methods() -> &'static std::collections::HashSet<String> {
+    static KNOWN: OnceLock<std::collections::HashSet<String>> = OnceLock::new();
+    KNOWN.get_or_init(|| {
+        use prost::Message;
+        let mut known: std::collections::HashSet<String> = [
+            "grpc.health.v1.Health/Check",
+            "grpc.health.v1.Health/Watch",
+            "grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            "grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        ]
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+        if let Ok(set) = prost_types::FileDescriptorSet::decode(pim_proto::FILE_DESCRIPTOR_SET) {
+            for file in set.file {
+                for service in &file.service {
+                    for method in &service.method {
+                        known.insert(format!("{}.{}/{}", file.package(), service.name(), method.name()));
+                    }
+                }
+            }
+        }
+        known
+    })
+}
+
+/// Splits `/pim.assignment.v1.AssignmentService/CreateRequest` into service and method;
+/// anything PIM does not serve is ("unknown", "unknown").
 pub fn rpc_labels(path: &str) -> (&str, &str) {
     let path = path.trim_start_matches('/');
+    if !known_methods().contains(path) {
+        return ("unknown", "unknown");
+    }
     path.split_once('/').unwrap_or((path, ""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_served_methods_get_labels_of_their_own() {
+        assert_eq!(
+            rpc_labels("/pim.assignment.v1.AssignmentService/CreateRequest"),
+            ("pim.assignment.v1.AssignmentService", "CreateRequest")
+        );
+        assert_eq!(
+            rpc_labels("/grpc.health.v1.Health/Check"),
+            ("grpc.health.v1.Health", "Check")
+        );
+        assert_eq!(
+            rpc_labels("/pim.assignment.v1.AssignmentService/Nope"),
+            ("unknown", "unknown")
+        );
+        assert_eq!(rpc_labels("/wp-login.php"), ("unknown", "unknown"));
+    }
 }
 
 /// Serves `GET /metrics` on `addr` until `stop`; returns the bound address.
