@@ -96,6 +96,26 @@ impl World {
         .await
     }
 
+    /// `user` activates Exchange Administrator for an hour, then ends it.
+    async fn activate_and_end(&self, user: &crate::activation::User) -> anyhow::Result<()> {
+        let token = self.stepped_up(user)?;
+        self.assignments()
+            .create_request(authed(&token, activation(EXCHANGE_ADMINISTRATOR, HOUR_MS, "triage")))
+            .await?;
+        self.assignments()
+            .create_request(authed(
+                &token,
+                request(
+                    apb::RequestAction::SelfDeactivate,
+                    apb::AssignmentKind::Active,
+                    "",
+                    EXCHANGE_ADMINISTRATOR,
+                ),
+            ))
+            .await?;
+        Ok(())
+    }
+
     /// Waits for alert `id` of `rule` to be resolved.
     async fn resolved(&self, rule: &str, id: &str) -> anyhow::Result<pb::Alert> {
         self.alert(rule, |a| a.id == id && a.status == pb::AlertStatus::Resolved as i32)
@@ -178,24 +198,10 @@ async fn each_rule_raises_its_alert_and_settings_change_the_outcome() -> anyhow:
         let lee = w.user("lee").await?;
         w.make_eligible(&lee, EXCHANGE_ADMINISTRATOR).await?;
         for i in 0..4 {
-            let token = w.stepped_up(&lee)?;
-            w.assignments()
-                .create_request(authed(&token, activation(EXCHANGE_ADMINISTRATOR, HOUR_MS, "triage")))
-                .await?;
+            w.activate_and_end(&lee).await?;
             if i == 2 {
                 w.alert("frequent_activation", |a| a.principal_id == lee.id).await?;
             }
-            w.assignments()
-                .create_request(authed(
-                    &token,
-                    request(
-                        apb::RequestAction::SelfDeactivate,
-                        apb::AssignmentKind::Active,
-                        "",
-                        EXCHANGE_ADMINISTRATOR,
-                    ),
-                ))
-                .await?;
         }
         let frequent = w
             .alert("frequent_activation", |a| a.principal_id == lee.id && a.count == 2)
@@ -207,21 +213,7 @@ async fn each_rule_raises_its_alert_and_settings_change_the_outcome() -> anyhow:
         let kim = w.user("kim").await?;
         w.make_eligible(&kim, EXCHANGE_ADMINISTRATOR).await?;
         for _ in 0..3 {
-            let token = w.stepped_up(&kim)?;
-            w.assignments()
-                .create_request(authed(&token, activation(EXCHANGE_ADMINISTRATOR, HOUR_MS, "triage")))
-                .await?;
-            w.assignments()
-                .create_request(authed(
-                    &token,
-                    request(
-                        apb::RequestAction::SelfDeactivate,
-                        apb::AssignmentKind::Active,
-                        "",
-                        EXCHANGE_ADMINISTRATOR,
-                    ),
-                ))
-                .await?;
+            w.activate_and_end(&kim).await?;
         }
         // Kim's events and this report share the assignment stream, which alerting reads in
         // order: once the report's alert is there, Kim's activations have been judged.

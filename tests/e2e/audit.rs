@@ -13,6 +13,25 @@ use pim_proto::audit::v1::audit_service_client::AuditServiceClient;
 use pim_proto::identity::v1 as ipb;
 use pim_proto::identity::v1::directory_service_client::DirectoryServiceClient;
 
+/// Waits until the chain head reaches `sequence`.
+async fn head_reaching(
+    audit: &AuditServiceClient<tonic::transport::Channel>,
+    admin: &str,
+    sequence: i64,
+) -> anyhow::Result<aupb::ChainHead> {
+    eventually(Duration::from_secs(10), "audit records", || {
+        let (mut audit, admin) = (audit.clone(), admin.to_owned());
+        async move {
+            let head = audit
+                .get_chain_head(authed(&admin, aupb::GetChainHeadRequest {}))
+                .await?
+                .into_inner();
+            Ok((head.sequence >= sequence).then_some(head))
+        }
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tampering_with_the_audit_log_is_detected() -> anyhow::Result<()> {
     let ts = TestSuite::postgres().await?;
@@ -32,17 +51,7 @@ async fn tampering_with_the_audit_log_is_detected() -> anyhow::Result<()> {
         }
         let audit = AuditServiceClient::new(ts.channel.clone());
         // bootstrap (3 events) + sign-in + three users: at least 7 records.
-        let head = eventually(Duration::from_secs(10), "seven audit records", || {
-            let (mut audit, admin) = (audit.clone(), admin.clone());
-            async move {
-                let head = audit
-                    .get_chain_head(authed(&admin, aupb::GetChainHeadRequest {}))
-                    .await?
-                    .into_inner();
-                Ok((head.sequence >= 7).then_some(head))
-            }
-        })
-        .await?;
+        let head = head_reaching(&audit, &admin, 7).await?;
         assert_eq!(head.hash.len(), 32);
         let verify = |from: i64, to: i64| {
             let (mut audit, admin) = (audit.clone(), admin.clone());
@@ -178,17 +187,7 @@ async fn the_chain_head_is_checkpointed_on_the_stream() -> anyhow::Result<()> {
     let result = async {
         let admin = ts.admin_token().await?;
         let mut audit = AuditServiceClient::new(ts.channel.clone());
-        let head = eventually(Duration::from_secs(10), "audit records", || {
-            let (mut audit, admin) = (audit.clone(), admin.clone());
-            async move {
-                let head = audit
-                    .get_chain_head(authed(&admin, aupb::GetChainHeadRequest {}))
-                    .await?
-                    .into_inner();
-                Ok((head.sequence >= 4).then_some(head))
-            }
-        })
-        .await?;
+        let head = head_reaching(&audit, &admin, 4).await?;
         let service = ts.suite.audit().expect("audit runs here");
         let mut last = 0;
         assert!(service.checkpoint(&mut last).await?);
@@ -334,17 +333,7 @@ async fn retention_prunes_and_the_kept_chain_still_verifies() -> anyhow::Result<
     let result = async {
         let admin = ts.admin_token().await?;
         let mut audit = AuditServiceClient::new(ts.channel.clone());
-        let head = eventually(Duration::from_secs(10), "records", || {
-            let (mut audit, admin) = (audit.clone(), admin.clone());
-            async move {
-                let head = audit
-                    .get_chain_head(authed(&admin, aupb::GetChainHeadRequest {}))
-                    .await?
-                    .into_inner();
-                Ok((head.sequence >= 4).then_some(head))
-            }
-        })
-        .await?;
+        let head = head_reaching(&audit, &admin, 4).await?;
         // The admin's sign-in: its address only as an HMAC.
         let sign_ins = audit
             .query_events(authed(

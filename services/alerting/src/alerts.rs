@@ -23,10 +23,6 @@ use pim_runtime::grpc::{internal, invalid_argument};
 use crate::rules::{self, Settings};
 use crate::store::{self, AlertRow};
 
-pub(crate) fn db_err(err: sea_orm::DbErr) -> Status {
-    internal(err)
-}
-
 /// Evidence kept per alert (the newest event ids).
 const MAX_EVIDENCE: usize = 20;
 
@@ -132,7 +128,7 @@ impl Alerts {
     pub async fn settings<C: sea_orm::ConnectionTrait>(&self, c: &C, rule_id: &str) -> Result<Settings, Status> {
         let def = rules::rule(rule_id).ok_or_else(|| Status::not_found(format!("rule {rule_id} not found")))?;
         let mut s = Settings::defaults(def);
-        if let Some((enabled, severity, values)) = store::rule_settings(c, rule_id).await.map_err(db_err)? {
+        if let Some((enabled, severity, values)) = store::rule_settings(c, rule_id).await.map_err(internal)? {
             s.enabled = enabled;
             s.severity = severity;
             let stored: BTreeMap<String, i64> = serde_json::from_str(&values).map_err(internal)?;
@@ -165,7 +161,7 @@ impl Alerts {
                 &envelope("pim.alerting", event_type, &a.id, &event),
             )
             .await
-            .map_err(db_err)?;
+            .map_err(internal)?;
         let description = rules::rule(&a.rule_id).map(|r| r.description).unwrap_or_default();
         let mut finding = envelope("pim.alerting", "DetectionFinding", &a.id, &event);
         finding.data = detection_finding(a, description).to_string().into_bytes();
@@ -173,7 +169,7 @@ impl Alerts {
         self.outbox
             .enqueue(txn, streams::ALERTS, &finding)
             .await
-            .map_err(db_err)
+            .map_err(internal)
     }
 
     /// Raises an alert for `rule_id`, or updates the live one with the same key.
@@ -191,8 +187,8 @@ impl Alerts {
             return Ok(());
         }
         let now = self.now();
-        let rev = store::next_rev(txn).await.map_err(db_err)?;
-        let (mut alert, insert) = match store::live(txn, dedup_key).await.map_err(db_err)? {
+        let rev = store::next_rev(txn).await.map_err(internal)?;
+        let (mut alert, insert) = match store::live(txn, dedup_key).await.map_err(internal)? {
             Some(mut a) => {
                 a.count += 1;
                 a.last_seen = now;
@@ -230,22 +226,22 @@ impl Alerts {
         alert.evidence.drain(..excess);
         alert.figures = figures;
         alert.rev = rev;
-        store::save(txn, &alert, insert).await.map_err(db_err)?;
+        store::save(txn, &alert, insert).await.map_err(internal)?;
         self.publish(txn, &alert, if insert { "AlertRaised" } else { "AlertUpdated" }, None)
             .await
     }
 
     /// Resolves the live alert with this key: its condition cleared.
     async fn clear(&self, txn: &DatabaseTransaction, dedup_key: &str, why: &str) -> Result<(), Status> {
-        let Some(mut alert) = store::live(txn, dedup_key).await.map_err(db_err)? else {
+        let Some(mut alert) = store::live(txn, dedup_key).await.map_err(internal)? else {
             return Ok(());
         };
         alert.status = "resolved".into();
         alert.status_changed_by = "system".into();
         alert.status_reason = why.into();
         alert.last_seen = self.now();
-        alert.rev = store::next_rev(txn).await.map_err(db_err)?;
-        store::save(txn, &alert, false).await.map_err(db_err)?;
+        alert.rev = store::next_rev(txn).await.map_err(internal)?;
+        store::save(txn, &alert, false).await.map_err(internal)?;
         self.publish(txn, &alert, "AlertStatusChanged", None).await
     }
 
@@ -341,9 +337,8 @@ impl Alerts {
             }
             "RoleActivated" => {
                 let a: ev::RoleActivated = decode(e)?;
-                if !privileged(&a.role_id) && a.role_id != pim_assignment::GLOBAL_ADMINISTRATOR {
-                    // Frequent activation is about any role; the counts only about privileged ones.
-                } else {
+                // Frequent activation is about any role; the counts only about privileged ones.
+                if privileged(&a.role_id) {
                     store::upsert_privileged(
                         txn,
                         &store::Privileged {
@@ -499,7 +494,7 @@ impl Alerts {
         let s = self.settings(txn, rules::MFA_FAILURES).await?;
         let failures = store::mfa_failures_since(txn, principal_id, at - s.get("window_minutes") * 60_000)
             .await
-            .map_err(db_err)?;
+            .map_err(internal)?;
         if locked || failures.len() as i64 >= s.get("count") {
             let figures = BTreeMap::from([
                 ("failures".to_owned(), failures.len().to_string()),
@@ -551,7 +546,7 @@ impl Alerts {
         let s = self.settings(txn, rules::TOO_MANY_GLOBAL_ADMINS).await?;
         let (admins, total) = store::active_counts(txn, pim_assignment::GLOBAL_ADMINISTRATOR, self.now())
             .await
-            .map_err(db_err)?;
+            .map_err(internal)?;
         let key = "too_many_global_admins";
         // A re-judgement after a settings change has no event behind it.
         let evidence: Vec<String> = (!event_id.is_empty())
@@ -578,7 +573,7 @@ impl Alerts {
 
     /// An entry reached `pim.deadletter`: some service could not process that event.
     pub async fn dead_lettered(&self, e: &Envelope) -> Result<(), Status> {
-        let txn = self.db.begin().await.map_err(db_err)?;
+        let txn = self.db.begin().await.map_err(internal)?;
         let figures = BTreeMap::from([
             ("event_type".to_owned(), e.r#type.clone()),
             ("source".to_owned(), e.source.clone()),
@@ -596,7 +591,7 @@ impl Alerts {
             figures,
         )
         .await?;
-        txn.commit().await.map_err(db_err)?;
+        txn.commit().await.map_err(internal)?;
         self.committed();
         Ok(())
     }
@@ -606,10 +601,13 @@ impl Alerts {
     /// Returns how many alerts it raised or updated.
     pub async fn scan_once(&self) -> Result<usize, Status> {
         let now = self.now();
-        let txn = self.db.begin().await.map_err(db_err)?;
+        let txn = self.db.begin().await.map_err(internal)?;
         let mut raised = 0;
         let stale = self.settings(&txn, rules::STALE_ACCOUNTS).await?;
-        for (principal, quiet_since) in store::privileged_holders_quiet_since(&txn, now).await.map_err(db_err)? {
+        for (principal, quiet_since) in store::privileged_holders_quiet_since(&txn, now)
+            .await
+            .map_err(internal)?
+        {
             let key = format!("stale:{principal}");
             let days = (now - quiet_since) / 86_400_000;
             if days >= stale.get("days") {
@@ -626,7 +624,7 @@ impl Alerts {
             }
         }
         let unused = self.settings(&txn, rules::UNUSED_ROLES).await?;
-        for (principal, role, unused_since) in store::eligibilities_unused_since(&txn, now).await.map_err(db_err)? {
+        for (principal, role, unused_since) in store::eligibilities_unused_since(&txn, now).await.map_err(internal)? {
             let key = format!("unused:{principal}:{role}");
             let days = (now - unused_since) / 86_400_000;
             if days >= unused.get("days") {
@@ -643,7 +641,7 @@ impl Alerts {
                 self.clear(&txn, &key, "the role was activated").await?;
             }
         }
-        txn.commit().await.map_err(db_err)?;
+        txn.commit().await.map_err(internal)?;
         if raised > 0 {
             self.committed();
         }
@@ -677,10 +675,10 @@ impl Alerts {
         if status != "acknowledged" && reason.is_empty() {
             return Err(invalid_argument("reason", "say why"));
         }
-        let txn = self.db.begin().await.map_err(db_err)?;
+        let txn = self.db.begin().await.map_err(internal)?;
         let mut alert = store::get(&txn, id, true)
             .await
-            .map_err(db_err)?
+            .map_err(internal)?
             .ok_or_else(|| Status::not_found(format!("alert {id} not found")))?;
         if matches!(alert.status.as_str(), "dismissed" | "resolved") {
             return Err(Status::failed_precondition(format!(
@@ -691,11 +689,11 @@ impl Alerts {
         alert.status = status.into();
         alert.status_changed_by = caller.principal_id.clone();
         alert.status_reason = reason.into();
-        alert.rev = store::next_rev(&txn).await.map_err(db_err)?;
-        store::save(&txn, &alert, false).await.map_err(db_err)?;
+        alert.rev = store::next_rev(&txn).await.map_err(internal)?;
+        store::save(&txn, &alert, false).await.map_err(internal)?;
         self.publish(&txn, &alert, "AlertStatusChanged", Some(caller.actor()))
             .await?;
-        txn.commit().await.map_err(db_err)?;
+        txn.commit().await.map_err(internal)?;
         self.committed();
         Ok(alert)
     }
@@ -717,7 +715,7 @@ impl Alerts {
         let def = rules::rule(rule_id).ok_or_else(|| Status::not_found(format!("rule {rule_id} not found")))?;
         let values = rules::check_values(def, changes).map_err(|m| invalid_argument("settings", &m))?;
         require(self.access.as_ref(), caller, permissions::ALERTS_MANAGE, "/").await?;
-        let txn = self.db.begin().await.map_err(db_err)?;
+        let txn = self.db.begin().await.map_err(internal)?;
         let mut s = self.settings(&txn, rule_id).await?;
         if let Some(enabled) = enabled {
             s.enabled = enabled;
@@ -737,7 +735,7 @@ impl Alerts {
             self.now(),
         )
         .await
-        .map_err(db_err)?;
+        .map_err(internal)?;
         let event = ev::RuleSettingsUpdated {
             actor: Some(caller.actor()),
             rule_id: rule_id.into(),
@@ -750,12 +748,12 @@ impl Alerts {
                 &envelope("pim.alerting", "RuleSettingsUpdated", rule_id, &event),
             )
             .await
-            .map_err(db_err)?;
+            .map_err(internal)?;
         // A standing condition is judged again under the new thresholds at once.
         if rule_id == rules::TOO_MANY_GLOBAL_ADMINS {
             self.check_global_admins(&txn, "").await?;
         }
-        txn.commit().await.map_err(db_err)?;
+        txn.commit().await.map_err(internal)?;
         self.committed();
         Ok(s)
     }

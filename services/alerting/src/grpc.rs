@@ -2,10 +2,8 @@
 //! Administrators and above change their status and the rules' settings.
 
 use std::collections::BTreeMap;
-use std::pin::Pin;
 use std::time::Duration;
 
-use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use pim_proto::alerting::v1 as pb;
@@ -13,13 +11,11 @@ use pim_proto::alerting::v1::alert_service_server::AlertService;
 use pim_runtime::access::{permissions, require};
 use pim_runtime::auth::{Caller, caller};
 use pim_runtime::db::to_timestamp;
-use pim_runtime::grpc::{cursor, invalid_argument};
+use pim_runtime::grpc::{BoxStream, cursor, internal, invalid_argument};
 
-use crate::alerts::{Alerts, db_err};
+use crate::alerts::Alerts;
 use crate::rules::{self, Settings};
 use crate::store::{self, AlertRow};
-
-type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 const DEFAULT_PAGE: u64 = 50;
 const MAX_PAGE: u64 = 500;
@@ -141,7 +137,7 @@ impl AlertService for Alerts {
         let mut before = cursor(&r.page_token, "page_token")?;
         let mut alerts = Vec::new();
         loop {
-            let page = store::list(&self.db, status, before, limit).await.map_err(db_err)?;
+            let page = store::list(&self.db, status, before, limit).await.map_err(internal)?;
             let exhausted = (page.len() as u64) < limit;
             for a in page {
                 before = Some(a.rev);
@@ -169,7 +165,7 @@ impl AlertService for Alerts {
         let id = alert_id(&request.get_ref().alert_id)?;
         let alert = store::get(&self.db, id, false)
             .await
-            .map_err(db_err)?
+            .map_err(internal)?
             .ok_or_else(|| Status::not_found(format!("alert {id} not found")))?;
         Ok(Response::new(alert_pb(alert)))
     }
@@ -206,7 +202,7 @@ impl AlertService for Alerts {
                 let page = match store::changed_after(&db, after, 500).await {
                     Ok(page) => page,
                     Err(err) => {
-                        let _ = tx.send(Err(db_err(err))).await;
+                        let _ = tx.send(Err(internal(err))).await;
                         return;
                     }
                 };

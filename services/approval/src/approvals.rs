@@ -30,10 +30,6 @@ pub const PRIVILEGED_ROLE_ADMINISTRATOR: &str = "e8611ab8-c189-46e8-94e1-60213ab
 const DEFAULT_TIMEOUT_MS: i64 = 24 * 3_600_000;
 const MAX_JUSTIFICATION: usize = 1000;
 
-pub(crate) fn db_err(err: sea_orm::DbErr) -> Status {
-    internal(err)
-}
-
 #[derive(Clone)]
 pub struct Approvals {
     pub(crate) db: Db,
@@ -91,7 +87,7 @@ impl Approvals {
                 &envelope("pim.approval", event_type, subject, data),
             )
             .await
-            .map_err(db_err)
+            .map_err(internal)
     }
 
     fn committed(&self) {
@@ -184,8 +180,8 @@ impl Approvals {
     ) -> Result<(), Status> {
         approval.status = outcome.into();
         approval.completed_at = Some(self.now());
-        approval.rev = store::next_rev(txn).await.map_err(db_err)?;
-        store::update(txn, approval).await.map_err(db_err)?;
+        approval.rev = store::next_rev(txn).await.map_err(internal)?;
+        store::update(txn, approval).await.map_err(internal)?;
         let event_type = match outcome {
             "Approved" => "ApprovalGranted",
             "Denied" => "ApprovalDenied",
@@ -318,9 +314,9 @@ impl Approvals {
     pub async fn get(&self, caller: &Caller, id: &str) -> Result<(ApprovalRow, Vec<DecisionRow>), Status> {
         let approval = store::get(&self.db, id)
             .await
-            .map_err(db_err)?
+            .map_err(internal)?
             .ok_or_else(|| Status::not_found(format!("approval {id} not found")))?;
-        let decisions = store::decisions(&self.db, id).await.map_err(db_err)?;
+        let decisions = store::decisions(&self.db, id).await.map_err(internal)?;
         if !self.may_read(caller, &approval, &decisions).await? {
             return Err(Status::permission_denied(
                 "only the requester, its approvers and approval managers see an approval",
@@ -346,7 +342,7 @@ impl Approvals {
         let decision = if approve { "approve" } else { "deny" };
         let approval = store::get(&self.db, id)
             .await
-            .map_err(db_err)?
+            .map_err(internal)?
             .ok_or_else(|| Status::not_found(format!("approval {id} not found")))?;
         if caller.principal_id == approval.requester_id {
             self.record_self_approval_attempt(caller, &approval, decision).await?;
@@ -354,7 +350,7 @@ impl Approvals {
                 "the requester cannot decide their own request",
             ));
         }
-        let decisions = store::decisions(&self.db, id).await.map_err(db_err)?;
+        let decisions = store::decisions(&self.db, id).await.map_err(internal)?;
         if let Some(previous) = decisions.iter().find(|d| d.approver_id == caller.principal_id) {
             return if previous.decision == decision {
                 Ok((approval, decisions))
@@ -385,10 +381,10 @@ impl Approvals {
         }
 
         let now = self.now();
-        let txn = self.db.begin().await.map_err(db_err)?;
+        let txn = self.db.begin().await.map_err(internal)?;
         let mut current = store::lock(&txn, id)
             .await
-            .map_err(db_err)?
+            .map_err(internal)?
             .ok_or_else(|| Status::not_found(format!("approval {id} not found")))?;
         if current.status != PENDING {
             return Err(Status::failed_precondition(format!(
@@ -411,7 +407,7 @@ impl Approvals {
             justification: justification.into(),
             decided_at: now,
         };
-        if !store::insert_decision(&txn, &row).await.map_err(db_err)? {
+        if !store::insert_decision(&txn, &row).await.map_err(internal)? {
             return Err(Status::aborted("you decided this approval concurrently; look again"));
         }
         let recorded = ev::ApprovalDecisionRecorded {
@@ -433,7 +429,7 @@ impl Approvals {
         } else {
             let approvals = store::decisions(&txn, id)
                 .await
-                .map_err(db_err)?
+                .map_err(internal)?
                 .iter()
                 .filter(|d| d.stage == current.stage && d.decision == "approve")
                 .count();
@@ -443,17 +439,17 @@ impl Approvals {
                     current.stage_started_at = now;
                     current.expires_at = now + current.current_stage().timeout_ms;
                     current.escalated = false;
-                    current.rev = store::next_rev(&txn).await.map_err(db_err)?;
-                    store::update(&txn, &current).await.map_err(db_err)?;
+                    current.rev = store::next_rev(&txn).await.map_err(internal)?;
+                    store::update(&txn, &current).await.map_err(internal)?;
                 } else {
                     self.complete(&txn, &mut current, "Approved", Some(caller.actor()))
                         .await?;
                 }
             }
         }
-        txn.commit().await.map_err(db_err)?;
+        txn.commit().await.map_err(internal)?;
         self.committed();
-        let decisions = store::decisions(&self.db, id).await.map_err(db_err)?;
+        let decisions = store::decisions(&self.db, id).await.map_err(internal)?;
         Ok((current, decisions))
     }
 
@@ -465,7 +461,7 @@ impl Approvals {
         approval: &ApprovalRow,
         decision: &str,
     ) -> Result<(), Status> {
-        let txn = self.db.begin().await.map_err(db_err)?;
+        let txn = self.db.begin().await.map_err(internal)?;
         let attempt = ev::ApprovalDecisionRecorded {
             actor: Some(caller.actor()),
             approval_id: approval.id.clone(),
@@ -478,7 +474,7 @@ impl Approvals {
             stage: approval.stage as i32,
         };
         self.emit(&txn, "SelfApprovalAttempted", &approval.id, &attempt).await?;
-        txn.commit().await.map_err(db_err)?;
+        txn.commit().await.map_err(internal)?;
         self.outbox.wake();
         Ok(())
     }
@@ -487,8 +483,8 @@ impl Approvals {
     /// locked with SKIP LOCKED, so replicas share the work without doubling an event.
     pub async fn run_timers_once(&self) -> Result<usize, Status> {
         let now = self.now();
-        let txn = self.db.begin().await.map_err(db_err)?;
-        let due = store::due(&txn, now, 500).await.map_err(db_err)?;
+        let txn = self.db.begin().await.map_err(internal)?;
+        let due = store::due(&txn, now, 500).await.map_err(internal)?;
         let mut fired = 0;
         for mut approval in due {
             if approval.expires_at <= now {
@@ -496,14 +492,14 @@ impl Approvals {
                     .await?;
             } else {
                 approval.escalated = true;
-                approval.rev = store::next_rev(&txn).await.map_err(db_err)?;
-                store::update(&txn, &approval).await.map_err(db_err)?;
+                approval.rev = store::next_rev(&txn).await.map_err(internal)?;
+                store::update(&txn, &approval).await.map_err(internal)?;
                 let event = self.completed_event(&approval, "Escalated", Some(system_actor()));
                 self.emit(&txn, "ApprovalEscalated", &approval.id, &event).await?;
             }
             fired += 1;
         }
-        txn.commit().await.map_err(db_err)?;
+        txn.commit().await.map_err(internal)?;
         if fired > 0 {
             self.committed();
         }
@@ -565,7 +561,7 @@ impl Approvals {
                 before_rev: before,
                 limit: page_size as u64,
             };
-            let rows = store::list(&self.db, &filter).await.map_err(db_err)?;
+            let rows = store::list(&self.db, &filter).await.map_err(internal)?;
             let exhausted = rows.len() < page_size;
             for row in rows {
                 before = Some(row.rev);
@@ -594,14 +590,14 @@ impl Approvals {
         after: i64,
         groups: &mut Option<HashSet<String>>,
     ) -> Result<(Vec<ApprovalRow>, Option<i64>), Status> {
-        let rows = store::pending_after(&self.db, after, 500).await.map_err(db_err)?;
+        let rows = store::pending_after(&self.db, after, 500).await.map_err(internal)?;
         let high = rows.last().map(|r| r.rev);
         let mut out = Vec::new();
         for row in rows {
             if self.may_decide(caller, &row, groups).await?
                 && !store::decisions(&self.db, &row.id)
                     .await
-                    .map_err(db_err)?
+                    .map_err(internal)?
                     .iter()
                     .any(|d| d.approver_id == caller.principal_id)
             {

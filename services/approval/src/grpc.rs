@@ -1,9 +1,7 @@
 //! ApprovalService and AccessReviewService over gRPC: input checked at the edge, rows turned into messages.
 
-use std::pin::Pin;
 use std::time::Duration;
 
-use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use pim_proto::approval::v1 as pb;
@@ -12,13 +10,11 @@ use pim_proto::approval::v1::approval_service_server::ApprovalService;
 use pim_proto::common::v1::Ticket;
 use pim_runtime::auth::caller;
 use pim_runtime::db::to_timestamp;
-use pim_runtime::grpc::{cursor, invalid_argument};
+use pim_runtime::grpc::{BoxStream, cursor, internal, invalid_argument};
 
-use crate::approvals::{Approvals, db_err};
+use crate::approvals::Approvals;
 use crate::reviews::NewReview;
 use crate::store::{self, ActivationRow, ApprovalRow, DecisionRow, ItemRow, ReviewRow};
-
-type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 const DEFAULT_PAGE: usize = 50;
 const MAX_PAGE: usize = 500;
@@ -149,7 +145,7 @@ impl ApprovalService for Approvals {
         let (rows, next) = self.list(&caller, status, r.all, before, page_size).await?;
         let mut approvals = Vec::with_capacity(rows.len());
         for row in rows {
-            let decisions = store::decisions(&self.db, &row.id).await.map_err(db_err)?;
+            let decisions = store::decisions(&self.db, &row.id).await.map_err(internal)?;
             approvals.push(approval_pb(row, decisions, Vec::new()));
         }
         Ok(Response::new(pb::ListApprovalsResponse {
@@ -164,7 +160,7 @@ impl ApprovalService for Approvals {
         let (approval, decisions) = self.get(&caller, id).await?;
         let history = store::recent_activations(&self.db, &approval.requester_id, HISTORY)
             .await
-            .map_err(db_err)?;
+            .map_err(internal)?;
         Ok(Response::new(approval_pb(approval, decisions, history)))
     }
 

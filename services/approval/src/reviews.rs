@@ -13,9 +13,9 @@ use pim_proto::assignment::v1::role_service_client::RoleServiceClient;
 use pim_proto::events::v1::ReviewEvent;
 use pim_runtime::access::{permissions, require};
 use pim_runtime::auth::Caller;
-use pim_runtime::grpc::invalid_argument;
+use pim_runtime::grpc::{internal, invalid_argument};
 
-use crate::approvals::{Approvals, db_err};
+use crate::approvals::Approvals;
 use crate::store::{self, ItemRow, ReviewRow};
 
 const DAY_MS: i64 = 24 * 3_600_000;
@@ -100,7 +100,7 @@ impl Approvals {
                 &pim_runtime::events::envelope("pim.approval", event_type, &event.review_id, event),
             )
             .await
-            .map_err(db_err)
+            .map_err(internal)
     }
 
     pub async fn create_review(&self, caller: &Caller, r: NewReview) -> Result<ReviewRow, Status> {
@@ -167,15 +167,15 @@ impl Approvals {
             created_by: caller.principal_id.clone(),
             created_at: now,
         };
-        let txn = self.db.begin().await.map_err(db_err)?;
-        store::insert_review(&txn, &review).await.map_err(db_err)?;
+        let txn = self.db.begin().await.map_err(internal)?;
+        store::insert_review(&txn, &review).await.map_err(internal)?;
         self.emit_review(
             &txn,
             "ReviewCreated",
             &self.review_event(&review, None, "", Some(caller)),
         )
         .await?;
-        txn.commit().await.map_err(db_err)?;
+        txn.commit().await.map_err(internal)?;
         self.outbox.wake();
         // A review starting now starts at once, not at the next timer pass.
         if review.start_at <= now {
@@ -215,7 +215,7 @@ impl Approvals {
     pub async fn review_for(&self, caller: &Caller, id: &str) -> Result<ReviewRow, Status> {
         let review = store::review(&self.db, id, false)
             .await
-            .map_err(db_err)?
+            .map_err(internal)?
             .ok_or_else(|| Status::not_found(format!("access review {id} not found")))?;
         if review.self_review || review.reviewer_ids.contains(&caller.principal_id) {
             return Ok(review);
@@ -231,7 +231,7 @@ impl Approvals {
         let mut out = Vec::new();
         let mut after = after_id.to_owned();
         loop {
-            let rows = store::reviews(&self.db, &after, limit as u64).await.map_err(db_err)?;
+            let rows = store::reviews(&self.db, &after, limit as u64).await.map_err(internal)?;
             let exhausted = rows.len() < limit;
             for r in rows {
                 after = r.id.clone();
@@ -261,7 +261,7 @@ impl Approvals {
         for review in reviews.into_iter().filter(|r| r.status == "InProgress") {
             let items = store::items(&self.db, &review.id, review.instance)
                 .await
-                .map_err(db_err)?;
+                .map_err(internal)?;
             out.extend(items.into_iter().filter(|i| Self::may_review(caller, &review, i)));
         }
         Ok(out)
@@ -281,12 +281,12 @@ impl Approvals {
         }
         let mut item = store::item(&self.db, item_id)
             .await
-            .map_err(db_err)?
+            .map_err(internal)?
             .ok_or_else(|| Status::not_found(format!("review item {item_id} not found")))?;
-        let txn = self.db.begin().await.map_err(db_err)?;
+        let txn = self.db.begin().await.map_err(internal)?;
         let review = store::review(&txn, &item.review_id, true)
             .await
-            .map_err(db_err)?
+            .map_err(internal)?
             .ok_or_else(|| Status::not_found("access review not found"))?;
         if !Self::may_review(caller, &review, &item) {
             return Err(Status::permission_denied("you are not a reviewer of this item"));
@@ -298,14 +298,14 @@ impl Approvals {
         item.justification = justification.into();
         item.reviewer_id = caller.principal_id.clone();
         item.decided_at = Some(self.now());
-        store::update_item(&txn, &item).await.map_err(db_err)?;
+        store::update_item(&txn, &item).await.map_err(internal)?;
         self.emit_review(
             &txn,
             "ReviewItemDecided",
             &self.review_event(&review, Some(&item), &item.decision, Some(caller)),
         )
         .await?;
-        txn.commit().await.map_err(db_err)?;
+        txn.commit().await.map_err(internal)?;
         self.outbox.wake();
         Ok(item)
     }
@@ -315,10 +315,10 @@ impl Approvals {
     pub async fn stop_review(&self, caller: &Caller, id: &str) -> Result<ReviewRow, Status> {
         let review = self.review_for(caller, id).await?;
         require(self.access.as_ref(), caller, permissions::REVIEWS_MANAGE, &review.scope).await?;
-        let txn = self.db.begin().await.map_err(db_err)?;
+        let txn = self.db.begin().await.map_err(internal)?;
         let mut review = store::review(&txn, id, true)
             .await
-            .map_err(db_err)?
+            .map_err(internal)?
             .ok_or_else(|| Status::not_found(format!("access review {id} not found")))?;
         match review.status.as_str() {
             "InProgress" => self.complete_instance(&txn, &mut review, Some(caller)).await?,
@@ -331,8 +331,8 @@ impl Approvals {
             }
         }
         review.status = "Stopped".into();
-        store::update_review(&txn, &review).await.map_err(db_err)?;
-        txn.commit().await.map_err(db_err)?;
+        store::update_review(&txn, &review).await.map_err(internal)?;
+        txn.commit().await.map_err(internal)?;
         self.outbox.wake();
         Ok(review)
     }
@@ -347,7 +347,7 @@ impl Approvals {
         review.instance_end = Some(now + review.duration_ms);
         let assignments = store::seen_in_scope(txn, &review.role_id, &review.scope, now)
             .await
-            .map_err(db_err)?;
+            .map_err(internal)?;
         for a in assignments {
             if review.review_scope != "both" && a.kind != review.review_scope {
                 continue;
@@ -355,7 +355,7 @@ impl Approvals {
             let recommendation = if a.kind == "eligible" {
                 let last = store::last_activation(txn, &a.principal_id, &a.role_id)
                     .await
-                    .map_err(db_err)?;
+                    .map_err(internal)?;
                 if last.is_some_and(|at| at > now - UNUSED_MS) {
                     "approve"
                 } else {
@@ -381,9 +381,9 @@ impl Approvals {
                 decided_at: None,
                 outcome: String::new(),
             };
-            store::insert_item(txn, &item).await.map_err(db_err)?;
+            store::insert_item(txn, &item).await.map_err(internal)?;
         }
-        store::update_review(txn, review).await.map_err(db_err)?;
+        store::update_review(txn, review).await.map_err(internal)?;
         self.emit_review(txn, "ReviewStarted", &self.review_event(review, None, "", None))
             .await
     }
@@ -396,7 +396,7 @@ impl Approvals {
         review: &mut ReviewRow,
         caller: Option<&Caller>,
     ) -> Result<(), Status> {
-        let items = store::items(txn, &review.id, review.instance).await.map_err(db_err)?;
+        let items = store::items(txn, &review.id, review.instance).await.map_err(internal)?;
         for mut item in items {
             if item.decision.is_empty() {
                 let default = match review.default_decision.as_str() {
@@ -414,7 +414,7 @@ impl Approvals {
             }
             let remove = review.auto_apply && item.decision == "deny";
             item.outcome = if remove { "removed" } else { "kept" }.into();
-            store::update_item(txn, &item).await.map_err(db_err)?;
+            store::update_item(txn, &item).await.map_err(internal)?;
             if remove {
                 let mut event = self.review_event(review, Some(&item), "deny", caller);
                 if event.actor.is_none() {
@@ -444,14 +444,14 @@ impl Approvals {
             }
             None => review.status = "Completed".into(),
         }
-        store::update_review(txn, review).await.map_err(db_err)
+        store::update_review(txn, review).await.map_err(internal)
     }
 
     /// Starts and completes the reviews that are due (SKIP LOCKED shares them between replicas).
     pub async fn run_review_timers_once(&self) -> Result<usize, Status> {
         let now = self.now();
-        let txn = self.db.begin().await.map_err(db_err)?;
-        let due = store::due_reviews(&txn, now, 100).await.map_err(db_err)?;
+        let txn = self.db.begin().await.map_err(internal)?;
+        let due = store::due_reviews(&txn, now, 100).await.map_err(internal)?;
         let fired = due.len();
         for mut review in due {
             if review.status == "InProgress" {
@@ -461,7 +461,7 @@ impl Approvals {
                 self.start_instance(&txn, &mut review).await?;
             }
         }
-        txn.commit().await.map_err(db_err)?;
+        txn.commit().await.map_err(internal)?;
         if fired > 0 {
             self.outbox.wake();
         }

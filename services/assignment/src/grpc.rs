@@ -14,10 +14,7 @@ use pim_proto::common::v1::{ApprovalStageSettings, PrincipalKind};
 use pim_runtime::access::{Target, permissions};
 use pim_runtime::auth::caller;
 use pim_runtime::db::{from_timestamp, to_timestamp};
-
-use std::pin::Pin;
-
-use tokio_stream::Stream;
+use pim_runtime::grpc::BoxStream;
 
 use crate::assignments::{ActivateRequest, AdminAssignRequest, Assignments, EndRequest, FINAL_STATUSES};
 use crate::domain::{ActivationAsk, AdminAssignment, ApprovalStage, Expiration, Kind, Policy, Scope};
@@ -559,8 +556,6 @@ impl Assignments {
 }
 
 const MAX_BATCH: usize = 1000;
-
-type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 type RequestStream = BoxStream<pb::AssignmentRequest>;
 

@@ -67,6 +67,9 @@ pub fn violated_rules(status: &Status) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// What a server-streaming RPC returns.
+pub type BoxStream<T> = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send>>;
+
 /// Logs an unexpected error with its chain and answers INTERNAL without details.
 pub fn internal(err: impl Into<anyhow::Error>) -> Status {
     let err = err.into();
