@@ -17,7 +17,7 @@ use pim_proto::events::v1::{DeadLettered, UserCreated};
 use pim_runtime::db::{self, Db, col};
 use pim_runtime::events::{
     ConsumerOptions, Envelope, EventHandler, Inbox, Outbox, Publisher, RedisConsumer, RedisPublisher, Relay,
-    SqlMigration, backbone_migration, envelope, pending, short_type, streams,
+    SqlMigration, backbone_indexes_migration, backbone_migration, envelope, pending, short_type, streams,
 };
 use pim_runtime::testing::{TestDatabase, redis_url, unique};
 
@@ -30,6 +30,7 @@ impl MigratorTrait for Migrator {
             SqlMigration::boxed("m0001_applied", |_| {
                 "CREATE TABLE applied (event_id TEXT NOT NULL)".to_owned()
             }),
+            backbone_indexes_migration(),
         ]
     }
 }
@@ -345,6 +346,33 @@ async fn replicas_relaying_one_outbox_publish_each_event_once() -> anyhow::Resul
     ids.sort();
     emitted.sort();
     assert_eq!(ids, emitted);
+    let left = db::query_one(&f.db, "SELECT COUNT(*) AS n FROM outbox", vec![]).await?;
+    assert_eq!(
+        left.map(|r| col::<i64>(&r, "n")).transpose()?,
+        Some(0),
+        "published rows are deleted"
+    );
+    f.cleanup().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_prunes_inbox_rows_past_the_redelivery_window() -> anyhow::Result<()> {
+    let f = Fixture::new().await?;
+    let now = db::now_ms();
+    let old = now - pim_runtime::events::INBOX_KEPT.as_millis() as i64 - 1;
+    for (id, at) in [("old", old), ("recent", now - 1000)] {
+        db::exec(
+            &f.db,
+            "INSERT INTO inbox (consumer, event_id, processed_at) VALUES ('recorder', $1, $2)",
+            vec![id.into(), at.into()],
+        )
+        .await?;
+    }
+    let relay = Relay::new(f.db.clone(), f.outbox.clone(), f.publisher().await?);
+    assert_eq!(relay.prune().await?, 1);
+    let kept = db::query(&f.db, "SELECT event_id FROM inbox", vec![]).await?;
+    let kept: Vec<String> = kept.iter().map(|r| col(r, "event_id")).collect::<Result<_, _>>()?;
+    assert_eq!(kept, ["recent"]);
     f.cleanup().await
 }
 

@@ -6,7 +6,7 @@ use sea_orm::{ConnectionTrait, DbErr, QueryResult};
 use sea_orm_migration::{MigrationTrait, MigratorTrait};
 
 use pim_runtime::db::{self, Dialect, col};
-use pim_runtime::events::{SqlMigration, backbone_migration};
+use pim_runtime::events::{SqlMigration, backbone_indexes_migration, backbone_migration};
 
 pub struct Migrator;
 
@@ -85,6 +85,7 @@ impl MigratorTrait for Migrator {
                 CREATE INDEX mfa_failures_principal ON mfa_failures (principal_id, at)"
                     .to_owned()
             }),
+            backbone_indexes_migration(),
         ]
     }
 }

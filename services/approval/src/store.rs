@@ -5,7 +5,7 @@ use sea_orm::{ConnectionTrait, DbErr, QueryResult};
 use sea_orm_migration::{MigrationTrait, MigratorTrait};
 
 use pim_runtime::db::{self, Dialect, col};
-use pim_runtime::events::{SqlMigration, backbone_migration};
+use pim_runtime::events::{SqlMigration, backbone_indexes_migration, backbone_migration};
 
 pub struct Migrator;
 
@@ -121,6 +121,7 @@ impl MigratorTrait for Migrator {
                 CREATE INDEX review_items_review ON review_items (review_id, instance)"
                     .to_owned()
             }),
+            backbone_indexes_migration(),
         ]
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use prost::Message;
 use sea_orm::{ConnectionTrait, DatabaseTransaction, TransactionTrait};
-use tokio::sync::{Notify, broadcast};
+use tokio::sync::broadcast;
 use tonic::transport::Channel;
 
 use pim_proto::common::v1::{Actor, PrincipalKind, Ticket};
@@ -26,6 +26,7 @@ use crate::error::{Error, Result};
 use crate::groups::Memberships;
 use crate::index::AccessIndex;
 use crate::roles::{GLOBAL_ADMINISTRATOR, RoleCatalog};
+use crate::scheduler::Timers;
 use crate::store::{self, AssignmentRow, RequestRow};
 
 const SOURCE: &str = "pim.assignment";
@@ -51,8 +52,8 @@ pub struct Assignments {
     pub(crate) roles: RoleCatalog,
     pub(crate) identity: DirectoryServiceClient<Channel>,
     pub(crate) clock: Arc<dyn Clock>,
-    /// Wakes the scheduler when a new start or end is written.
-    pub(crate) timers: Arc<Notify>,
+    /// Tells the scheduler about new starts and ends.
+    pub(crate) timers: Arc<Timers>,
     /// Ids of requests whose status changed in this process (WatchRequest).
     pub(crate) changes: broadcast::Sender<String>,
     /// Active assignments in memory: the CheckAccess hot path.
@@ -122,10 +123,9 @@ impl Assignments {
         Ok(())
     }
 
-    /// After a commit: let the relay, the scheduler and request watchers know.
+    /// After a commit: let the relay and request watchers know.
     fn committed(&self, request_ids: &[&str]) {
         self.outbox.wake();
-        self.timers.notify_one();
         for id in request_ids {
             let _ = self.changes.send((*id).to_owned());
         }
@@ -440,6 +440,9 @@ impl Assignments {
             "ActiveAssignmentGranted"
         };
         store::insert_assignment(txn, &assignment, true, request.created_at).await?;
+        if let Some(end) = assignment.end_at {
+            self.timers.deadline(end);
+        }
         self.emit(txn, granted_type, &assignment.principal_id, &granted).await?;
         Ok(assignment)
     }
@@ -706,6 +709,9 @@ impl Assignments {
         request: &RequestRow,
     ) -> Result<()> {
         store::set_assignment_end(txn, &assignment.id, end).await?;
+        if let Some(end) = end {
+            self.timers.deadline(end);
+        }
         assignment.end_at = end;
         let event = ev::AssignmentChanged {
             actor,
@@ -992,24 +998,15 @@ impl Assignments {
         let role = self.role(&r.role)?;
         let now = self.now();
         let mut violations = Vec::new();
-        // Eligible directly, or through a role-assignable group.
-        let mut eligible = store::current_assignments(
-            &self.db,
-            Kind::Eligible.as_str(),
-            Some(&caller.principal_id),
-            Some(&role.id),
-            now,
-        )
-        .await?;
-        for group in self.memberships.groups_of(&caller.principal_id) {
-            eligible.extend(
-                store::current_assignments(&self.db, Kind::Eligible.as_str(), Some(&group), Some(&role.id), now)
-                    .await?,
-            );
-        }
+        // One read for everything below: the caller's and their groups' unended assignments
+        // of the role. Eligible directly, or through a role-assignable group.
+        let mut holders = vec![caller.principal_id.clone()];
+        holders.extend(self.memberships.groups_of(&caller.principal_id));
+        let held = store::unended_assignments_of_role(&self.db, &holders, &role.id, now).await?;
         let scopes = scope.with_ancestors();
-        let eligibility = eligible
+        let eligibility = held
             .iter()
+            .filter(|a| a.kind == Kind::Eligible.as_str() && a.start_at <= now)
             .filter(|e| scopes.contains(&e.scope))
             // The eligibility that lasts longest.
             .max_by_key(|e| e.end_at.unwrap_or(i64::MAX));
@@ -1033,16 +1030,13 @@ impl Assignments {
                 return Err(Error::PolicyViolation(violations));
             }
         };
-        let open = store::open_assignments(
-            &self.db,
-            Kind::Active.as_str(),
-            &caller.principal_id,
-            &role.id,
-            scope.as_str(),
-            now,
-        )
-        .await?;
-        if let Some(a) = open.iter().find(|a| a.origin == "activation") {
+        // The caller's own activation of the role at this very scope, started or not.
+        if let Some(a) = held.iter().find(|a| {
+            a.kind == Kind::Active.as_str()
+                && a.origin == "activation"
+                && a.principal_id == caller.principal_id
+                && a.scope == scope.as_str()
+        }) {
             return Err(Error::FailedPrecondition(format!(
                 "{} is already active at {} until {}; extend it instead",
                 role.name,
@@ -1145,6 +1139,12 @@ impl Assignments {
     ) -> Result<()> {
         let starts_now = a.start_at <= now;
         store::insert_assignment(txn, a, starts_now, now).await?;
+        if !starts_now {
+            self.timers.deadline(a.start_at);
+        }
+        if let Some(end) = a.end_at {
+            self.timers.deadline(end);
+        }
         if starts_now {
             self.emit(
                 txn,

@@ -4,7 +4,7 @@ use sea_orm::{ConnectionTrait, DbErr, QueryResult};
 use sea_orm_migration::{MigrationTrait, MigratorTrait};
 
 use pim_runtime::db::{self, Dialect, col};
-use pim_runtime::events::{SqlMigration, backbone_migration};
+use pim_runtime::events::{SqlMigration, backbone_indexes_migration, backbone_migration};
 
 use crate::roles::BUILT_IN_ROLES;
 
@@ -112,6 +112,14 @@ impl MigratorTrait for Migrator {
                     .collect::<Vec<_>>()
                     .join(";\n")
             }),
+            SqlMigration::boxed("m0003_assignments_principal_role", |_| {
+                // Activation looks up one principal's assignments of one role: an index on
+                // both keeps that a point lookup even when thousands share the role.
+                "CREATE INDEX assignments_principal_role ON assignments (principal_id, role_id, status);
+                 DROP INDEX assignments_principal"
+                    .to_owned()
+            }),
+            backbone_indexes_migration(),
         ]
     }
 }
@@ -246,6 +254,29 @@ pub async fn current_assignments<C: ConnectionTrait>(
         sql.push_str(&format!(" AND role_id = ${}", values.len()));
     }
     sql.push_str(" ORDER BY created_at");
+    db::query(c, &sql, values)
+        .await?
+        .iter()
+        .map(AssignmentRow::from_row)
+        .collect()
+}
+
+/// The assignments of `role_id` that any of `principal_ids` holds and that have not ended by
+/// `now`, eligible or active, started or not.
+pub async fn unended_assignments_of_role<C: ConnectionTrait>(
+    c: &C,
+    principal_ids: &[String],
+    role_id: &str,
+    now: i64,
+) -> Result<Vec<AssignmentRow>, DbErr> {
+    let placeholders: Vec<String> = (0..principal_ids.len()).map(|i| format!("${}", i + 3)).collect();
+    let sql = format!(
+        "SELECT {ASSIGNMENT_COLUMNS} FROM assignments WHERE status = 'active' AND role_id = $1 AND (end_at IS NULL OR end_at > $2) \
+         AND principal_id IN ({}) ORDER BY created_at",
+        placeholders.join(", ")
+    );
+    let mut values = vec![role_id.into(), now.into()];
+    values.extend(principal_ids.iter().map(|p| p.clone().into()));
     db::query(c, &sql, values)
         .await?
         .iter()

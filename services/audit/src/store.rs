@@ -4,7 +4,7 @@ use sea_orm::{ConnectionTrait, DbErr, QueryResult, Value};
 use sea_orm_migration::{MigrationTrait, MigratorTrait};
 
 use pim_runtime::db::{self, col};
-use pim_runtime::events::{SqlMigration, backbone_migration};
+use pim_runtime::events::{SqlMigration, backbone_indexes_migration, backbone_migration};
 
 pub struct Migrator;
 
@@ -62,6 +62,7 @@ impl MigratorTrait for Migrator {
                     zero = zero_hash(d),
                 )
             }),
+            backbone_indexes_migration(),
         ]
     }
 }

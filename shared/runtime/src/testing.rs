@@ -41,7 +41,9 @@ impl TestDatabase {
             .await
             .context("creating a test database")?;
         admin.close().await.ok();
-        let url = format!("{}/{name}", postgres_server());
+        // Loopback, so no TLS (as in deploy/compose, whose PostgreSQL has none): tests and
+        // benchmarks measure PIM, not encryption to a database on the same host.
+        let url = format!("{}/{name}?sslmode=disable", postgres_server());
         Ok(Self {
             name,
             url,

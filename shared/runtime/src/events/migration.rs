@@ -69,3 +69,16 @@ pub fn backbone_migration() -> Box<dyn MigrationTrait> {
         )
     })
 }
+
+/// The relay now deletes what it published (rows marked sent only made the table and its
+/// index grow), reads pending rows in order from an index that holds nothing else, and the
+/// relay's upkeep prunes old inbox rows by time.
+pub fn backbone_indexes_migration() -> Box<dyn MigrationTrait> {
+    SqlMigration::boxed("m0000_backbone_indexes", |_| {
+        "DELETE FROM outbox WHERE status = 'sent';
+         DROP INDEX outbox_pending;
+         CREATE INDEX outbox_due ON outbox (created_at, id) WHERE status = 'pending';
+         CREATE INDEX inbox_processed ON inbox (processed_at)"
+            .to_owned()
+    })
+}

@@ -18,8 +18,8 @@ use uuid::Uuid;
 
 pub use consumer::{EventHandler, Inbox};
 pub use embedded::{EmbeddedBus, Listener};
-pub use migration::{SqlMigration, backbone_migration};
-pub use outbox::{Outbox, Pending, Publisher, Relay, RelayHandle, pending};
+pub use migration::{SqlMigration, backbone_indexes_migration, backbone_migration};
+pub use outbox::{INBOX_KEPT, Outbox, Pending, Publisher, Relay, RelayHandle, pending};
 pub use redis::{ConsumerHandle, ConsumerOptions, RedisConsumer, RedisPublisher, last_entry_id, tail};
 
 pub use pim_proto::events::v1::Envelope;

@@ -1,7 +1,7 @@
 //! The transactional outbox and its relay. A service writes its event in the same
 //! transaction as the state change ([`Outbox::enqueue`]); the relay picks pending rows by
 //! status (never by a "last id seen" mark, since ids can commit out of order), publishes them,
-//! and marks them sent in the transaction that locked them. A relay that dies between
+//! and deletes them in the transaction that locked them. A relay that dies between
 //! publishing and marking leaves the rows pending, so they are published again: consumers
 //! deduplicate by event id.
 
@@ -16,6 +16,14 @@ use tokio::task::JoinHandle;
 
 use super::Envelope;
 use crate::db::{self, Db, Dialect, col};
+
+/// How long an inbox row is kept: far longer than any redelivery (a claimed or retried entry
+/// comes back within minutes), so a duplicate is still recognised.
+pub const INBOX_KEPT: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Rows the relay deletes before it vacuums the outbox (at most once a second).
+const VACUUM_AFTER: u64 = 1000;
+/// How often the relay prunes the inbox.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 /// An outbox row on its way out.
 pub struct Pending {
@@ -171,16 +179,13 @@ impl Relay {
                 .inc();
         }
         if sent > 0 {
-            // One statement marks the whole published prefix.
-            let placeholders: Vec<String> = (0..sent).map(|i| format!("${}", i + 2)).collect();
-            let mut values: Vec<sea_orm::Value> = vec![db::now_ms().into()];
-            values.extend(batch[..sent].iter().map(|p| p.id.clone().into()));
+            // One statement removes the whole published prefix (Redis, audit and the
+            // consumers have the events now).
+            let placeholders: Vec<String> = (0..sent).map(|i| format!("${}", i + 1)).collect();
+            let values: Vec<sea_orm::Value> = batch[..sent].iter().map(|p| p.id.clone().into()).collect();
             db::exec(
                 conn,
-                &format!(
-                    "UPDATE outbox SET status = 'sent', sent_at = $1 WHERE id IN ({})",
-                    placeholders.join(", ")
-                ),
+                &format!("DELETE FROM outbox WHERE id IN ({})", placeholders.join(", ")),
                 values,
             )
             .await?;
@@ -204,16 +209,56 @@ impl Relay {
         Ok(sent)
     }
 
+    /// Deletes inbox rows older than [`INBOX_KEPT`], so the table does not grow without
+    /// bound. Returns the rows deleted.
+    pub async fn prune(&self) -> Result<u64, DbErr> {
+        db::exec(
+            &self.db,
+            "DELETE FROM inbox WHERE processed_at < $1",
+            vec![(db::now_ms() - INBOX_KEPT.as_millis() as i64).into()],
+        )
+        .await
+    }
+
+    /// Clears the dead rows the relay's deletes leave (PostgreSQL). The outbox is a queue:
+    /// every row is deleted moments after it is written, and until dead rows are vacuumed each
+    /// relay pass reads past them. Autovacuum looks at a database at most once a minute (by
+    /// default), by which time a busy service has left tens of thousands, so the relay does it.
+    /// Without truncation: giving the empty tail pages back takes an exclusive lock, which
+    /// would hold up every transaction writing an event.
+    async fn vacuum(&self) {
+        if self.db.get_database_backend() != DbBackend::Postgres {
+            return;
+        }
+        if let Err(err) = self
+            .db
+            .execute_unprepared("VACUUM (SKIP_LOCKED, TRUNCATE FALSE) outbox")
+            .await
+        {
+            tracing::warn!(error = %err, "vacuuming the outbox failed");
+        }
+    }
+
     /// Runs until stopped: after each wake-up, and at least every `poll`.
     pub fn spawn(self, poll: Duration) -> RelayHandle {
         let (stop, mut stopped) = watch::channel(false);
         let task = tokio::spawn(async move {
             // The backlog gauge is refreshed at most once a second (it costs a COUNT).
             let mut measured = tokio::time::Instant::now() - Duration::from_secs(2);
+            let mut pruned = tokio::time::Instant::now();
+            let (mut deleted, mut vacuumed) = (0, tokio::time::Instant::now());
             loop {
+                if deleted >= VACUUM_AFTER && vacuumed.elapsed() >= Duration::from_secs(1) {
+                    (deleted, vacuumed) = (0, tokio::time::Instant::now());
+                    self.vacuum().await;
+                }
                 match self.run_once().await {
-                    Ok(n) if n as u64 == self.batch => continue,
-                    Ok(_) => {}
+                    Ok(n) => {
+                        deleted += n as u64;
+                        if n as u64 == self.batch {
+                            continue;
+                        }
+                    }
                     Err(err) => tracing::warn!(error = %format!("{err:#}"), "relay pass failed"),
                 }
                 if measured.elapsed() >= Duration::from_secs(1) {
@@ -223,6 +268,12 @@ impl Relay {
                             .outbox_backlog
                             .with_label_values(&[self.service])
                             .set(backlog);
+                    }
+                }
+                if pruned.elapsed() >= PRUNE_EVERY {
+                    pruned = tokio::time::Instant::now();
+                    if let Err(err) = self.prune().await {
+                        tracing::warn!(error = %err, "pruning the inbox failed");
                     }
                 }
                 tokio::select! {
