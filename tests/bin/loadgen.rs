@@ -238,6 +238,9 @@ async fn check_access(
         ),
     )
     .await?;
+    // Statistics and the visibility map now, as an operator's bulk load would end, rather
+    // than autovacuum doing it in the middle of the measurement.
+    sql(&ts, "VACUUM ANALYZE assignments").await?;
     println!(
         "seeded {assignments} assignments for {principals} principals in {:.1} s",
         t.elapsed().as_secs_f64()
@@ -374,9 +377,14 @@ async fn activation(rate: u64, seconds: u64) -> anyhow::Result<()> {
             Ok(())
         }
     };
-    // Warm-up on the last principals (each activates once), measured run on the others.
-    for i in 0..rate.min(50) {
-        activate.clone()(total - 1 - i).await?;
+    // Warm-up on the last principals (each activates once), measured run on the others. Half
+    // a second at the rate, so the connection pools are as full as the run will need.
+    let warm_up = (rate / 2).max(1);
+    let warm: Vec<_> = (0..warm_up)
+        .map(|i| tokio::spawn(activate.clone()(total - 1 - i)))
+        .collect();
+    for w in warm {
+        w.await??;
     }
     let (lat, el) = open_loop(rate, seconds, activate).await?;
     println!(

@@ -134,26 +134,26 @@ impl Assignments {
     /// Whether `principal` holds `target` at `scope` (directly, at that scope or above) now.
     pub async fn decide(&self, principal: &str, target: &Target, scope: &Scope) -> Result<(Decision, Vec<String>)> {
         let now = self.now();
-        // The principal's own grants, and those of the role-assignable groups they are in.
-        let mut held = self.index.current(principal, now);
-        for group in self.memberships.groups_of(principal) {
-            held.extend(self.index.current(&group, now));
-        }
         let scopes = scope.with_ancestors();
         let mut ids = Vec::new();
         let (mut permanent, mut latest_end) = (false, None::<i64>);
-        for (id, grant) in held {
+        let mut weigh = |id: &str, grant: &crate::index::Grant| {
             let grants = match target {
                 Target::Role(role) => grant.role_id == *role,
                 Target::Permission(p) => self.roles.grants(&grant.role_id, p),
             };
             if grants && scopes.contains(&grant.scope) {
-                ids.push(id);
+                ids.push(id.to_owned());
                 match grant.end {
                     None => permanent = true,
                     Some(end) => latest_end = Some(latest_end.map_or(end, |l| l.max(end))),
                 }
             }
+        };
+        // The principal's own grants, and those of the role-assignable groups they are in.
+        self.index.visit(principal, now, &mut weigh);
+        for group in self.memberships.groups_of(principal) {
+            self.index.visit(&group, now, &mut weigh);
         }
         let allowed = !ids.is_empty();
         // The access lasts as long as the longest grant; a permanent grant never ends.

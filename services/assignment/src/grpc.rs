@@ -410,9 +410,8 @@ impl Assignments {
                 let role = filter(&role).ok_or_else(|| Error::invalid("role_id", "required"))?;
                 Target::Role(
                     self.roles
-                        .find(role)
-                        .ok_or_else(|| Error::NotFound(format!("role {role}")))?
-                        .id,
+                        .find_id(role)
+                        .ok_or_else(|| Error::NotFound(format!("role {role}")))?,
                 )
             }
             Some(pb::check_access_request::Target::Permission(p)) => Target::Permission(
@@ -785,8 +784,11 @@ impl AccessService for Assignments {
         &self,
         request: Request<pb::CheckAccessRequest>,
     ) -> Result<Response<pb::CheckAccessResponse>, Status> {
-        let caller = caller(&request)?.clone();
-        Ok(Response::new(self.check_one(&caller, request.into_inner()).await?))
+        let (_, mut extensions, message) = request.into_parts();
+        let caller = extensions
+            .remove::<pim_runtime::auth::Caller>()
+            .ok_or_else(|| Status::unauthenticated("sign in first: no access token"))?;
+        Ok(Response::new(self.check_one(&caller, message).await?))
     }
 
     async fn batch_check_access(

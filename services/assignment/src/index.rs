@@ -6,7 +6,8 @@
 //! through. A removal made on another replica reaches this one with the event (milliseconds).
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::hash::{BuildHasher, RandomState};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use tokio::sync::broadcast;
 
@@ -25,10 +26,18 @@ pub struct Grant {
     pub end: Option<i64>,
 }
 
+/// principal id → assignment id → grant
+type Grants = HashMap<String, HashMap<String, Grant>>;
+
+/// Shards of the index, each behind its own lock: a write or a prune holds up only the checks
+/// of principals in one shard, and only briefly.
+const SHARDS: usize = 64;
+
 #[derive(Clone)]
 pub struct AccessIndex {
-    /// principal id → assignment id → grant
-    by_principal: Arc<RwLock<HashMap<String, HashMap<String, Grant>>>>,
+    /// Principals spread over [`SHARDS`] maps by the hash of their id.
+    shards: Arc<[RwLock<Grants>]>,
+    hasher: RandomState,
     /// Assignments that ended (id → when it was learnt), so a grant event that arrives after
     /// its removal event (two replicas' relays can publish out of order) cannot revive it.
     ended: Arc<RwLock<HashMap<String, i64>>>,
@@ -48,7 +57,8 @@ pub struct Change {
 impl Default for AccessIndex {
     fn default() -> Self {
         Self {
-            by_principal: Arc::default(),
+            shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
+            hasher: RandomState::new(),
             ended: Arc::default(),
             changes: broadcast::channel(4096).0,
         }
@@ -56,6 +66,18 @@ impl Default for AccessIndex {
 }
 
 impl AccessIndex {
+    fn shard(&self, principal_id: &str) -> &RwLock<Grants> {
+        &self.shards[self.hasher.hash_one(principal_id) as usize % SHARDS]
+    }
+
+    fn read(&self, principal_id: &str) -> RwLockReadGuard<'_, Grants> {
+        self.shard(principal_id).read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self, principal_id: &str) -> RwLockWriteGuard<'_, Grants> {
+        self.shard(principal_id).write().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Loads every active assignment that has not ended by `now`.
     pub async fn load(db: &Db, now: i64) -> anyhow::Result<Self> {
         let index = Self::default();
@@ -74,7 +96,7 @@ impl AccessIndex {
         {
             return;
         }
-        let mut map = self.by_principal.write().unwrap_or_else(|e| e.into_inner());
+        let mut map = self.write(principal_id);
         let previous = map
             .entry(principal_id.to_owned())
             .or_default()
@@ -111,7 +133,7 @@ impl AccessIndex {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .insert(assignment_id.to_owned(), pim_runtime::db::now_ms());
-        let mut map = self.by_principal.write().unwrap_or_else(|e| e.into_inner());
+        let mut map = self.write(principal_id);
         if let Some(grants) = map.get_mut(principal_id) {
             if let Some(grant) = grants.remove(assignment_id) {
                 let _ = self.changes.send(Change {
@@ -129,22 +151,32 @@ impl AccessIndex {
 
     /// The principal's grants in force at `now`: (assignment id, grant).
     pub fn current(&self, principal_id: &str, now: i64) -> Vec<(String, Grant)> {
-        let map = self.by_principal.read().unwrap_or_else(|e| e.into_inner());
-        map.get(principal_id)
-            .map(|grants| {
-                grants
-                    .iter()
-                    .filter(|(_, g)| g.start <= now && g.end.is_none_or(|end| end > now))
-                    .map(|(id, g)| (id.clone(), g.clone()))
-                    .collect()
-            })
-            .unwrap_or_default()
+        let mut current = Vec::new();
+        self.visit(principal_id, now, |id, g| current.push((id.to_owned(), g.clone())));
+        current
+    }
+
+    /// Calls `f` with each of the principal's grants in force at `now`, in place (the check
+    /// path copies only what it answers with).
+    pub fn visit(&self, principal_id: &str, now: i64, mut f: impl FnMut(&str, &Grant)) {
+        if let Some(grants) = self.read(principal_id).get(principal_id) {
+            for (id, g) in grants {
+                if g.start <= now && g.end.is_none_or(|end| end > now) {
+                    f(id, g);
+                }
+            }
+        }
     }
 
     /// How many principals and grants it holds (the cache-size figure).
     pub fn size(&self) -> (usize, usize) {
-        let map = self.by_principal.read().unwrap_or_else(|e| e.into_inner());
-        (map.len(), map.values().map(HashMap::len).sum())
+        self.shards.iter().fold((0, 0), |(principals, grants), shard| {
+            let map = shard.read().unwrap_or_else(|e| e.into_inner());
+            (
+                principals + map.len(),
+                grants + map.values().map(HashMap::len).sum::<usize>(),
+            )
+        })
     }
 
     /// Drops grants that ended before `now`, and removal marks older than an hour (keeps
@@ -155,11 +187,12 @@ impl AccessIndex {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .retain(|_, at| *at > horizon);
-        let mut map = self.by_principal.write().unwrap_or_else(|e| e.into_inner());
-        map.retain(|_, grants| {
-            grants.retain(|_, g| g.end.is_none_or(|end| end > now));
-            !grants.is_empty()
-        });
+        for shard in self.shards.iter() {
+            shard.write().unwrap_or_else(|e| e.into_inner()).retain(|_, grants| {
+                grants.retain(|_, g| g.end.is_none_or(|end| end > now));
+                !grants.is_empty()
+            });
+        }
     }
 
     /// Applies one event of the assignment stream (any replica's).

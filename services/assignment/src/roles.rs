@@ -159,6 +159,18 @@ impl RoleCatalog {
         })
     }
 
+    /// [`Self::find`]'s id alone (the check path needs no more).
+    pub fn find_id(&self, id_or_name: &str) -> Option<String> {
+        let roles = self.roles.read().unwrap_or_else(|e| e.into_inner());
+        match roles.get(id_or_name) {
+            Some(r) => Some(r.id.clone()),
+            None => roles
+                .values()
+                .find(|r| r.name.eq_ignore_ascii_case(id_or_name))
+                .map(|r| r.id.clone()),
+        }
+    }
+
     pub fn all(&self) -> Vec<RoleRow> {
         let mut all: Vec<_> = self
             .roles

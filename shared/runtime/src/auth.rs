@@ -310,12 +310,16 @@ impl TokenVerifier {
             .unwrap_or_else(|e| e.into_inner())
             .get(token)
             .cloned();
+        let cached_hit = cached.as_ref().is_some_and(|(_, exp)| *exp > now);
         let (caller, exp) = match cached {
             Some((caller, exp)) if exp > now => (caller, exp),
             _ => self.verify_signature(token).await?,
         };
         if self.revocations.is_revoked(&caller) {
             return Err(TokenError::Revoked);
+        }
+        if cached_hit {
+            return Ok(caller);
         }
         let mut verified = self.verified.write().unwrap_or_else(|e| e.into_inner());
         if verified.len() >= MAX_VERIFIED {
@@ -488,7 +492,7 @@ where
                 let (service, method) = crate::metrics::rpc_labels(&path);
                 let m = crate::metrics::metrics();
                 m.rpc_requests
-                    .with_label_values(&[service, method, &format!("{code:?}")])
+                    .with_label_values(&[service, method, crate::metrics::code_label(code)])
                     .inc();
                 m.rpc_seconds
                     .with_label_values(&[service, method])

@@ -144,9 +144,45 @@ pub fn rpc_labels(path: &str) -> (&str, &str) {
     path.split_once('/').unwrap_or((path, ""))
 }
 
+/// A gRPC status code as a label, as tonic spells it (`Ok`, `PermissionDenied`), without
+/// formatting on every call.
+pub fn code_label(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "Ok",
+        Cancelled => "Cancelled",
+        Unknown => "Unknown",
+        InvalidArgument => "InvalidArgument",
+        DeadlineExceeded => "DeadlineExceeded",
+        NotFound => "NotFound",
+        AlreadyExists => "AlreadyExists",
+        PermissionDenied => "PermissionDenied",
+        ResourceExhausted => "ResourceExhausted",
+        FailedPrecondition => "FailedPrecondition",
+        Aborted => "Aborted",
+        OutOfRange => "OutOfRange",
+        Unimplemented => "Unimplemented",
+        Internal => "Internal",
+        Unavailable => "Unavailable",
+        DataLoss => "DataLoss",
+        Unauthenticated => "Unauthenticated",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn code_labels_are_the_codes_names() {
+        for code in [
+            tonic::Code::Ok,
+            tonic::Code::PermissionDenied,
+            tonic::Code::Unauthenticated,
+        ] {
+            assert_eq!(code_label(code), format!("{code:?}"));
+        }
+    }
 
     #[test]
     fn only_served_methods_get_labels_of_their_own() {
