@@ -563,6 +563,36 @@ async fn approval_holds_the_activation_and_the_window_starts_when_approved() -> 
             !w.check(&lee.id, EXCHANGE_ADMINISTRATOR).await?.allowed,
             "not before approval"
         );
+        // One request waits at a time, asked for real or only validated; and with approval
+        // turned off meanwhile, the waiting one still blocks a direct activation.
+        for validate_only in [false, true] {
+            let mut again = activation(EXCHANGE_ADMINISTRATOR, HOUR_MS, "again");
+            again.validate_only = validate_only;
+            let refused = w
+                .assignments()
+                .create_request(authed(&token, again))
+                .await
+                .expect_err("a second request while one waits");
+            assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+            assert!(
+                refused.message().contains("already waiting for approval"),
+                "{refused:?}"
+            );
+        }
+        w.set_policy(EXCHANGE_ADMINISTRATOR, |p| p.approval_required = false)
+            .await?;
+        let direct = w
+            .assignments()
+            .create_request(authed(&token, activation(EXCHANGE_ADMINISTRATOR, HOUR_MS, "direct")))
+            .await
+            .expect_err("a direct activation while one waits");
+        assert_eq!(direct.code(), Code::FailedPrecondition, "{direct:?}");
+        assert!(
+            !w.check(&lee.id, EXCHANGE_ADMINISTRATOR).await?.allowed,
+            "the refused activation left nothing behind"
+        );
+        w.set_policy(EXCHANGE_ADMINISTRATOR, |p| p.approval_required = true)
+            .await?;
 
         let mut watch = w
             .assignments()

@@ -1044,13 +1044,13 @@ impl Assignments {
                 a.end_at.map(|e| e.to_string()).unwrap_or_else(|| "forever".into())
             )));
         }
-        if store::pending_request_exists(&self.db, &caller.principal_id, &role.id, scope.as_str()).await? {
-            return Err(Error::FailedPrecondition(format!(
+        let already_waiting = || {
+            Error::FailedPrecondition(format!(
                 "an activation of {} at {} is already waiting for approval; cancel it or wait for the decision",
                 role.name,
                 scope.as_str()
-            )));
-        }
+            ))
+        };
         let length = schedule.end.map(|e| e - schedule.start).unwrap_or_default();
         let mut request = RequestRow {
             id: if r.validate_only { String::new() } else { new_id() },
@@ -1079,32 +1079,41 @@ impl Assignments {
             policy: serde_json::to_string(&policy).map_err(|e| Error::Internal(e.into()))?,
         };
         if r.validate_only {
+            if store::pending_request_exists(&self.db, &caller.principal_id, &role.id, scope.as_str()).await? {
+                return Err(already_waiting());
+            }
             return Ok(request);
         }
+        // The hot path of the service, so as few statements as it can be: the request (unless
+        // one is waiting for approval), the assignment when no approval is needed, and their
+        // events in one insert.
+        let assignment =
+            (!policy.approval_required).then(|| self.activation_assignment(&request, &caller.name, schedule));
+        request.assignment_id = assignment.as_ref().map(|a| a.id.clone());
         let txn = self.db.begin().await?;
-        if policy.approval_required {
-            self.record_request(&txn, Some(caller.actor()), &request, &role.name)
-                .await?;
-        } else {
-            let assignment = self.activation_assignment(&request, &caller.name, schedule);
-            request.assignment_id = Some(assignment.id.clone());
-            self.record_request(&txn, Some(caller.actor()), &request, &role.name)
-                .await?;
-            self.provision(
-                &txn,
-                &assignment,
-                Some(caller.actor()),
-                &role.name,
-                &request.justification,
-                now,
-            )
-            .await?;
-            txn.commit().await?;
-            self.index.upsert_row(&assignment);
-            self.committed(&[&request.id]);
-            return Ok(request);
+        if !store::insert_request_unless_pending(&txn, &request).await? {
+            return Err(already_waiting());
         }
+        let mut events = vec![envelope(
+            SOURCE,
+            "RequestCreated",
+            &request.id,
+            &self.request_created(Some(caller.actor()), &request, &role.name),
+        )];
+        if let Some(a) = &assignment {
+            let starts_now = a.start_at <= now;
+            store::insert_assignment(&txn, a, starts_now, now).await?;
+            self.announce_deadlines(a, starts_now);
+            if starts_now {
+                let activated = self.role_activated(Some(caller.actor()), a, &role.name, &request.justification);
+                events.push(envelope(SOURCE, "RoleActivated", &a.principal_id, &activated));
+            }
+        }
+        self.outbox.enqueue_all(&txn, streams::ASSIGNMENT, &events).await?;
         txn.commit().await?;
+        if let Some(a) = &assignment {
+            self.index.upsert_row(a);
+        }
         self.committed(&[&request.id]);
         Ok(request)
     }
@@ -1139,12 +1148,7 @@ impl Assignments {
     ) -> Result<()> {
         let starts_now = a.start_at <= now;
         store::insert_assignment(txn, a, starts_now, now).await?;
-        if !starts_now {
-            self.timers.deadline(a.start_at);
-        }
-        if let Some(end) = a.end_at {
-            self.timers.deadline(end);
-        }
+        self.announce_deadlines(a, starts_now);
         if starts_now {
             self.emit(
                 txn,
@@ -1155,6 +1159,16 @@ impl Assignments {
             .await?;
         }
         Ok(())
+    }
+
+    /// Tells the scheduler when a new activation starts (unless it already has) and ends.
+    fn announce_deadlines(&self, a: &AssignmentRow, started: bool) {
+        if !started {
+            self.timers.deadline(a.start_at);
+        }
+        if let Some(end) = a.end_at {
+            self.timers.deadline(end);
+        }
     }
 
     pub(crate) fn role_activated(

@@ -1,6 +1,6 @@
 //! The assignment database: migrations (with the built-in role definitions), and queries.
 
-use sea_orm::{ConnectionTrait, DbErr, QueryResult};
+use sea_orm::{ConnectionTrait, DbErr, QueryResult, Value};
 use sea_orm_migration::{MigrationTrait, MigratorTrait};
 
 use pim_runtime::db::{self, Dialect, col};
@@ -524,34 +524,63 @@ pub async fn last_expired_assignment<C: ConnectionTrait>(
     .transpose()
 }
 
+const REQUEST_INSERT: &str = "INSERT INTO requests (id, action, kind, principal_id, role_id, scope, status, start_at, end_at, justification, ticket_system, ticket_number, requested_by, created_at, updated_at, assignment_id, duration_ms, policy)";
+
+/// A request's values in [`REQUEST_INSERT`]'s order ($1 to $18).
+fn request_values(r: &RequestRow) -> Vec<Value> {
+    vec![
+        r.id.clone().into(),
+        r.action.clone().into(),
+        r.kind.clone().into(),
+        r.principal_id.clone().into(),
+        r.role_id.clone().into(),
+        r.scope.clone().into(),
+        r.status.clone().into(),
+        r.start_at.into(),
+        r.end_at.into(),
+        r.justification.clone().into(),
+        r.ticket_system.clone().into(),
+        r.ticket_number.clone().into(),
+        r.requested_by.clone().into(),
+        r.created_at.into(),
+        r.created_at.into(),
+        r.assignment_id.clone().into(),
+        r.duration_ms.into(),
+        r.policy.clone().into(),
+    ]
+}
+
 pub async fn insert_request<C: ConnectionTrait>(c: &C, r: &RequestRow) -> Result<(), DbErr> {
     db::exec(
         c,
-        "INSERT INTO requests (id, action, kind, principal_id, role_id, scope, status, start_at, end_at, justification, ticket_system, ticket_number, requested_by, created_at, updated_at, assignment_id, duration_ms, policy) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
-        vec![
-            r.id.clone().into(),
-            r.action.clone().into(),
-            r.kind.clone().into(),
-            r.principal_id.clone().into(),
-            r.role_id.clone().into(),
-            r.scope.clone().into(),
-            r.status.clone().into(),
-            r.start_at.into(),
-            r.end_at.into(),
-            r.justification.clone().into(),
-            r.ticket_system.clone().into(),
-            r.ticket_number.clone().into(),
-            r.requested_by.clone().into(),
-            r.created_at.into(),
-            r.created_at.into(),
-            r.assignment_id.clone().into(),
-            r.duration_ms.into(),
-            r.policy.clone().into(),
-        ],
+        &format!(
+            "{REQUEST_INSERT} VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
+        ),
+        request_values(r),
     )
     .await
     .map(drop)
+}
+
+/// Inserts a selfActivate request unless the principal already has one waiting for approval
+/// for the same role and scope (checked in the same statement); returns whether it did.
+pub async fn insert_request_unless_pending<C: ConnectionTrait>(c: &C, r: &RequestRow) -> Result<bool, DbErr> {
+    let mut values = request_values(r);
+    values.extend([
+        r.principal_id.clone().into(),
+        r.role_id.clone().into(),
+        r.scope.clone().into(),
+    ]);
+    let inserted = db::exec(
+        c,
+        &format!(
+            "{REQUEST_INSERT} SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18 \
+             WHERE NOT EXISTS (SELECT 1 FROM requests WHERE principal_id = $19 AND role_id = $20 AND scope = $21 AND status = 'PendingApproval')"
+        ),
+        values,
+    )
+    .await?;
+    Ok(inserted == 1)
 }
 
 pub async fn find_request<C: ConnectionTrait>(c: &C, id: &str) -> Result<Option<RequestRow>, DbErr> {

@@ -78,6 +78,44 @@ impl Outbox {
         .map(drop)
     }
 
+    /// Records several events for `stream` with one statement. They share a time, so the
+    /// relay orders them by id: envelopes made earlier in this process have smaller ids
+    /// (UUIDv7), so they leave in the order they were made.
+    pub async fn enqueue_all<C: ConnectionTrait>(
+        &self,
+        txn: &C,
+        stream: &str,
+        envelopes: &[Envelope],
+    ) -> Result<(), DbErr> {
+        if envelopes.is_empty() {
+            return Ok(());
+        }
+        let now = db::now_ms();
+        let mut rows = Vec::with_capacity(envelopes.len());
+        let mut values = Vec::with_capacity(envelopes.len() * 5);
+        for (i, envelope) in envelopes.iter().enumerate() {
+            let n = i * 5;
+            rows.push(format!("(${}, ${}, ${}, ${}, ${})", n + 1, n + 2, n + 3, n + 4, n + 5));
+            values.extend([
+                envelope.id.clone().into(),
+                stream.into(),
+                envelope.r#type.clone().into(),
+                envelope.encode_to_vec().into(),
+                now.into(),
+            ]);
+        }
+        db::exec(
+            txn,
+            &format!(
+                "INSERT INTO outbox (id, stream, event_type, envelope, created_at) VALUES {}",
+                rows.join(", ")
+            ),
+            values,
+        )
+        .await
+        .map(drop)
+    }
+
     /// Tells the relay there is work, so an event leaves without waiting for the next poll.
     /// Call after the transaction committed.
     pub fn wake(&self) {
