@@ -1029,3 +1029,45 @@ async fn administrators_extend_and_shorten_assignments_within_policy() -> anyhow
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_policy_set_nearest_above_a_scope_applies() -> anyhow::Result<()> {
+    run(|w| async move {
+        let mut policies = PolicyServiceClient::new(w.ts.channel.clone());
+        let reader = policies.clone();
+        let get = |scope: &'static str| {
+            let mut policies = reader.clone();
+            let admin = w.admin.clone();
+            async move {
+                anyhow::Ok(
+                    policies
+                        .get_role_policy(authed(
+                            &admin,
+                            apb::GetRolePolicyRequest {
+                                role_id: EXCHANGE_ADMINISTRATOR.into(),
+                                scope: scope.into(),
+                            },
+                        ))
+                        .await?
+                        .into_inner(),
+                )
+            }
+        };
+        let mut prod = get("/subscriptions/prod").await?;
+        assert!(!prod.activation_requires_ticket, "Entra's default: no ticket");
+        prod.activation_requires_ticket = true;
+        policies
+            .update_role_policy(authed(&w.admin, apb::UpdateRolePolicyRequest { policy: Some(prod) }))
+            .await?;
+        w.set_policy(EXCHANGE_ADMINISTRATOR, |p| p.approval_required = true)
+            .await?;
+        let below = get("/subscriptions/prod/rg1").await?;
+        assert!(below.activation_requires_ticket, "inherited from /subscriptions/prod");
+        assert!(!below.approval_required, "the nearer policy wins over the root's");
+        let beside = get("/subscriptions/dev").await?;
+        assert!(!beside.activation_requires_ticket, "a sibling scope gets the root's");
+        assert!(beside.approval_required);
+        Ok(w)
+    })
+    .await
+}

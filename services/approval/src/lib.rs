@@ -137,9 +137,15 @@ impl EventHandler for AssignmentEvents {
         }
     }
 
-    /// Watchers in this process look again at once.
+    /// Watchers in this process look again at once, when an approval opened or may have
+    /// closed (most requests need none: their RequestCreated changed nothing here).
     async fn after_commit(&self, envelope: &Envelope) {
-        if matches!(short_type(envelope), "RequestCreated" | "RequestStatusChanged") {
+        let changed = match short_type(envelope) {
+            "RequestCreated" => decode::<ev::RequestCreated>(envelope).is_ok_and(|e| e.status == "PendingApproval"),
+            "RequestStatusChanged" => true,
+            _ => false,
+        };
+        if changed {
             self.0.changed.send_modify(|n| *n += 1);
             self.0.outbox.wake();
         }

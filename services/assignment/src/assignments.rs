@@ -227,9 +227,12 @@ impl Assignments {
         role_id: &str,
         scope: &Scope,
     ) -> Result<(Policy, String)> {
-        for candidate in scope.with_ancestors().iter().rev() {
-            if let Some(json) = store::policy(conn, role_id, candidate).await? {
-                let policy = serde_json::from_str(&json)
+        // One read for the scope and all above it; the deepest one set wins.
+        let scopes = scope.with_ancestors();
+        let set = store::policies_at(conn, role_id, &scopes).await?;
+        for candidate in scopes.iter().rev() {
+            if let Some((_, json)) = set.iter().find(|(s, _)| s == candidate) {
+                let policy = serde_json::from_str(json)
                     .map_err(|e| Error::Internal(anyhow::anyhow!("stored policy is unreadable: {e}")))?;
                 return Ok((policy, candidate.clone()));
             }

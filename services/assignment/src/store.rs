@@ -658,15 +658,27 @@ pub async fn list_requests<C: ConnectionTrait>(
         .collect()
 }
 
-/// The stored policy for (role, scope) exactly.
-pub async fn policy<C: ConnectionTrait>(c: &C, role_id: &str, scope: &str) -> Result<Option<String>, DbErr> {
-    let row = db::query_one(
+/// The role's policies set at any of `scopes`: (scope, policy JSON).
+pub async fn policies_at<C: ConnectionTrait>(
+    c: &C,
+    role_id: &str,
+    scopes: &[String],
+) -> Result<Vec<(String, String)>, DbErr> {
+    let placeholders: Vec<String> = (0..scopes.len()).map(|i| format!("${}", i + 2)).collect();
+    let mut values: Vec<Value> = vec![role_id.into()];
+    values.extend(scopes.iter().map(|s| s.clone().into()));
+    db::query(
         c,
-        "SELECT policy FROM role_policies WHERE role_id = $1 AND scope = $2",
-        vec![role_id.into(), scope.into()],
+        &format!(
+            "SELECT scope, policy FROM role_policies WHERE role_id = $1 AND scope IN ({})",
+            placeholders.join(", ")
+        ),
+        values,
     )
-    .await?;
-    row.map(|r| col::<String>(&r, "policy")).transpose()
+    .await?
+    .iter()
+    .map(|r| Ok((col(r, "scope")?, col(r, "policy")?)))
+    .collect()
 }
 
 /// Every stored policy of a role: (scope, policy JSON).
