@@ -23,6 +23,7 @@ class PimUp:
         if redis is not None:
             self.env["PIM_REDIS_URL"], self.env["PIM_STREAM_PREFIX"] = redis
         self.env.update(env or {})
+        self.redis = redis
         self.work = work
         self.process = None
 
@@ -62,3 +63,10 @@ class PimUp:
         if self.process is not None:
             self.process.terminate()
             self.process.wait(timeout=30)
+        if self.redis is not None:
+            # The streams under this run's prefix go with it (redis-cli comes with the server).
+            url, prefix = self.redis
+            keys = subprocess.run(["redis-cli", "-u", url, "--scan", "--pattern", prefix + "*"],
+                                  capture_output=True, text=True).stdout.split()
+            if keys:
+                subprocess.run(["redis-cli", "-u", url, "del", *keys], capture_output=True)

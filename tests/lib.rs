@@ -176,17 +176,40 @@ impl TestSuite {
         Ok(issued.token)
     }
 
-    /// Stops the suite and removes its databases or files.
+    /// Stops the suite and removes its databases, streams or files.
     pub async fn stop(self) -> anyhow::Result<()> {
         self.suite.stop().await?;
         for db in self.databases {
             db.drop_database().await?;
+        }
+        if !self.stream_prefix.is_empty() {
+            drop_streams(&self.stream_prefix).await?;
         }
         if let Some(dir) = self.data_dir {
             std::fs::remove_dir_all(dir).ok();
         }
         Ok(())
     }
+}
+
+/// Deletes every Redis key under a test's stream prefix.
+pub async fn drop_streams(prefix: &str) -> anyhow::Result<()> {
+    use redis::AsyncCommands;
+    let mut redis = redis::Client::open(pim_runtime::testing::redis_url())?
+        .get_multiplexed_async_connection()
+        .await?;
+    let keys: Vec<String> = {
+        let mut iter: redis::AsyncIter<String> = redis.scan_match(format!("{prefix}*")).await?;
+        let mut keys = Vec::new();
+        while let Some(key) = iter.next_item().await {
+            keys.push(key?);
+        }
+        keys
+    };
+    if !keys.is_empty() {
+        let _: () = redis.del(keys).await?;
+    }
+    Ok(())
 }
 
 /// A request carrying a bearer token.
