@@ -165,6 +165,7 @@ async fn services_in_separate_hosts_work_together() -> anyhow::Result<()> {
         host.suite.stop().await?;
         host.database.drop_database().await?;
     }
+    pim_e2e::drop_streams(&prefix).await?;
     result
 }
 
@@ -286,5 +287,6 @@ async fn replicas_of_assignment_keep_their_access_indexes_current() -> anyhow::R
     }
     identity_db.drop_database().await?;
     assignment_db.drop_database().await?;
+    pim_e2e::drop_streams(&prefix).await?;
     result
 }
