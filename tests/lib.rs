@@ -145,6 +145,21 @@ impl TestSuite {
         Ok(self)
     }
 
+    /// Creates user `name` (as `admin`) with the tests' password for it, [`password_of`].
+    pub async fn create_user(&self, admin: &str, name: &str) -> Result<ipb::User, tonic::Status> {
+        let request = ipb::CreateUserRequest {
+            user_name: name.into(),
+            password: password_of(name),
+            ..Default::default()
+        };
+        Ok(
+            pim_proto::identity::v1::directory_service_client::DirectoryServiceClient::new(self.channel.clone())
+                .create_user(authed(admin, request))
+                .await?
+                .into_inner(),
+        )
+    }
+
     /// Signs in with a password and returns the access token.
     pub async fn sign_in(&self, user: &str, password: &str) -> Result<String, tonic::Status> {
         let r = AuthServiceClient::new(self.channel.clone())
@@ -210,6 +225,11 @@ pub async fn drop_streams(prefix: &str) -> anyhow::Result<()> {
         let _: () = redis.del(keys).await?;
     }
     Ok(())
+}
+
+/// The password tests give user `name`.
+pub fn password_of(name: &str) -> String {
+    format!("{name}'s long passphrase")
 }
 
 /// A request carrying a bearer token.

@@ -10,7 +10,6 @@ use pim_proto::assignment::v1 as apb;
 use pim_proto::assignment::v1::access_service_client::AccessServiceClient;
 use pim_proto::assignment::v1::assignment_service_client::AssignmentServiceClient;
 use pim_proto::identity::v1 as ipb;
-use pim_proto::identity::v1::directory_service_client::DirectoryServiceClient;
 use pim_proto::identity::v1::mfa_service_client::MfaServiceClient;
 use pim_runtime::db::now_ms;
 use pim_runtime::grpc::violated_rules;
@@ -18,19 +17,8 @@ use pim_runtime::grpc::violated_rules;
 const EXCHANGE_ADMINISTRATOR: &str = "29232cdf-9323-42fd-ade2-1d097af3e4de";
 
 async fn user(ts: &TestSuite, admin: &str, name: &str) -> anyhow::Result<(String, String)> {
-    let password = format!("{name}'s long passphrase");
-    let created = DirectoryServiceClient::new(ts.channel.clone())
-        .create_user(authed(
-            admin,
-            ipb::CreateUserRequest {
-                user_name: name.into(),
-                password: password.clone(),
-                ..Default::default()
-            },
-        ))
-        .await?
-        .into_inner();
-    Ok((created.id, ts.sign_in(name, &password).await?))
+    let created = ts.create_user(admin, name).await?;
+    Ok((created.id, ts.sign_in(name, &pim_e2e::password_of(name)).await?))
 }
 
 /// Enrols and confirms TOTP; returns the authenticator and the time whose code confirmed it.

@@ -205,16 +205,7 @@ async fn metrics_are_served_on_the_admin_address() -> anyhow::Result<()> {
     let ts = TestSuite::postgres_with(None, &[("PIM_ADMIN_ADDR", "127.0.0.1:0".into())]).await?;
     let result = async {
         let admin = ts.admin_token().await?;
-        DirectoryServiceClient::new(ts.channel.clone())
-            .create_user(authed(
-                &admin,
-                ipb::CreateUserRequest {
-                    user_name: "lee".into(),
-                    password: "lee's long passphrase".into(),
-                    ..Default::default()
-                },
-            ))
-            .await?;
+        ts.create_user(&admin, "lee").await?;
         let refused = DirectoryServiceClient::new(ts.channel.clone())
             .get_user(authed(&admin, ipb::GetUserRequest { user: "nobody".into() }))
             .await

@@ -7,8 +7,6 @@ use tonic::transport::Channel;
 use pim_e2e::{TestSuite, authed};
 use pim_proto::assignment::v1::ListRoleDefinitionsRequest;
 use pim_proto::assignment::v1::role_service_client::RoleServiceClient;
-use pim_proto::identity::v1 as ipb;
-use pim_proto::identity::v1::directory_service_client::DirectoryServiceClient;
 use pim_runtime::testing::unique;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -29,17 +27,7 @@ async fn the_suite_serves_tls_when_a_certificate_is_configured() -> anyhow::Resu
         assert!(ts.suite.url().starts_with("https://"), "{}", ts.suite.url());
         let admin = ts.admin_token().await?;
         // create_user makes the suite ask itself CheckAccess, over TLS.
-        let created = DirectoryServiceClient::new(ts.channel.clone())
-            .create_user(authed(
-                &admin,
-                ipb::CreateUserRequest {
-                    user_name: "lee".into(),
-                    password: "lee's long passphrase".into(),
-                    ..Default::default()
-                },
-            ))
-            .await?
-            .into_inner();
+        let created = ts.create_user(&admin, "lee").await?;
         assert_eq!(created.user_name, "lee");
 
         let plaintext_url = ts.suite.url().replacen("https://", "http://", 1);

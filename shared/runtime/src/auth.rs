@@ -310,15 +310,17 @@ impl TokenVerifier {
             .unwrap_or_else(|e| e.into_inner())
             .get(token)
             .cloned();
-        let cached_hit = cached.as_ref().is_some_and(|(_, exp)| *exp > now);
-        let (caller, exp) = match cached {
-            Some((caller, exp)) if exp > now => (caller, exp),
-            _ => self.verify_signature(token).await?,
+        let (caller, exp, remembered) = match cached {
+            Some((caller, exp)) if exp > now => (caller, exp, true),
+            _ => {
+                let (caller, exp) = self.verify_signature(token).await?;
+                (caller, exp, false)
+            }
         };
         if self.revocations.is_revoked(&caller) {
             return Err(TokenError::Revoked);
         }
-        if cached_hit {
+        if remembered {
             return Ok(caller);
         }
         let mut verified = self.verified.write().unwrap_or_else(|e| e.into_inner());

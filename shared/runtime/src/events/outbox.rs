@@ -63,19 +63,7 @@ pub struct Outbox {
 impl Outbox {
     /// Records `envelope` for `stream` inside the caller's transaction.
     pub async fn enqueue<C: ConnectionTrait>(&self, txn: &C, stream: &str, envelope: &Envelope) -> Result<(), DbErr> {
-        db::exec(
-            txn,
-            "INSERT INTO outbox (id, stream, event_type, envelope, created_at) VALUES ($1, $2, $3, $4, $5)",
-            vec![
-                envelope.id.clone().into(),
-                stream.into(),
-                envelope.r#type.clone().into(),
-                envelope.encode_to_vec().into(),
-                db::now_ms().into(),
-            ],
-        )
-        .await
-        .map(drop)
+        self.enqueue_all(txn, stream, std::slice::from_ref(envelope)).await
     }
 
     /// Records several events for `stream` with one statement. They share a time, so the
