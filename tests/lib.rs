@@ -84,6 +84,11 @@ impl TestSuite {
 
     /// The all-in-one default with extra settings (e.g. TLS).
     pub async fn embedded_with(extra: &[(&str, String)]) -> anyhow::Result<Self> {
+        Self::embedded_with_clock(None, extra).await
+    }
+
+    /// The all-in-one default, its services reading a clock the test moves.
+    pub async fn embedded_with_clock(clock: Option<ManualClock>, extra: &[(&str, String)]) -> anyhow::Result<Self> {
         let dir = std::env::temp_dir().join(unique("data"));
         std::fs::create_dir_all(&dir)?;
         let mut settings = vec![("PIM_DATA_DIR", dir.display().to_string())];
@@ -93,7 +98,7 @@ impl TestSuite {
             .into_iter()
             .map(|s| (s, pim_runtime::db::sqlite_url(&dir.join(format!("{s}.db")))))
             .collect();
-        Self::start(config, urls, Vec::new(), Some(dir), String::new(), None).await
+        Self::start(config, urls, Vec::new(), Some(dir), String::new(), clock).await
     }
 
     async fn start(

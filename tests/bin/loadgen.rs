@@ -339,42 +339,52 @@ async fn activation(rate: u64, seconds: u64) -> anyhow::Result<()> {
     }
     let tokens = Arc::new(tokens);
     let channel = ts.channel.clone();
-    let activate = move |n: u64| {
-        let (channel, tokens) = (channel.clone(), tokens.clone());
-        async move {
-            let token = &tokens[n as usize];
-            let request = apb::CreateRequestRequest {
-                action: apb::RequestAction::SelfActivate as i32,
-                kind: apb::AssignmentKind::Active as i32,
-                role_id: EXCHANGE_ADMINISTRATOR.into(),
-                scope: "/".into(),
-                schedule: Some(apb::Schedule {
-                    start_time: None,
-                    expiration: Some(apb::schedule::Expiration::Duration(prost_types::Duration {
-                        seconds: 3600,
-                        nanos: 0,
-                    })),
-                }),
-                justification: "load test".into(),
-                ..Default::default()
-            };
-            AssignmentServiceClient::new(channel.clone())
-                .create_request(authed(token, request))
-                .await?;
-            let allowed = AccessServiceClient::new(channel)
-                .check_access(authed(
-                    token,
-                    apb::CheckAccessRequest {
-                        principal_id: format!("bench-p-{n}"),
-                        target: Some(apb::check_access_request::Target::RoleId(EXCHANGE_ADMINISTRATOR.into())),
-                        scope: "/".into(),
-                    },
-                ))
-                .await?
-                .into_inner()
-                .allowed;
-            anyhow::ensure!(allowed, "activation {n} did not grant access");
-            Ok(())
+    // How long CreateRequest itself took, within each activation.
+    let create_lat = Arc::new(std::sync::Mutex::new(Vec::with_capacity(total as usize)));
+    let activate = {
+        let create_lat = create_lat.clone();
+        move |n: u64| {
+            let (channel, tokens, create_lat) = (channel.clone(), tokens.clone(), create_lat.clone());
+            async move {
+                let sent = Instant::now();
+                let token = &tokens[n as usize];
+                let request = apb::CreateRequestRequest {
+                    action: apb::RequestAction::SelfActivate as i32,
+                    kind: apb::AssignmentKind::Active as i32,
+                    role_id: EXCHANGE_ADMINISTRATOR.into(),
+                    scope: "/".into(),
+                    schedule: Some(apb::Schedule {
+                        start_time: None,
+                        expiration: Some(apb::schedule::Expiration::Duration(prost_types::Duration {
+                            seconds: 3600,
+                            nanos: 0,
+                        })),
+                    }),
+                    justification: "load test".into(),
+                    ..Default::default()
+                };
+                AssignmentServiceClient::new(channel.clone())
+                    .create_request(authed(token, request))
+                    .await?;
+                create_lat
+                    .lock()
+                    .expect("latencies")
+                    .push(sent.elapsed().as_micros() as u64);
+                let allowed = AccessServiceClient::new(channel)
+                    .check_access(authed(
+                        token,
+                        apb::CheckAccessRequest {
+                            principal_id: format!("bench-p-{n}"),
+                            target: Some(apb::check_access_request::Target::RoleId(EXCHANGE_ADMINISTRATOR.into())),
+                            scope: "/".into(),
+                        },
+                    ))
+                    .await?
+                    .into_inner()
+                    .allowed;
+                anyhow::ensure!(allowed, "activation {n} did not grant access");
+                Ok(())
+            }
         }
     };
     // Warm-up on the last principals (each activates once), measured run on the others. Half
@@ -386,11 +396,14 @@ async fn activation(rate: u64, seconds: u64) -> anyhow::Result<()> {
     for w in warm {
         w.await??;
     }
+    create_lat.lock().expect("latencies").clear();
     let (lat, el) = open_loop(rate, seconds, activate).await?;
     println!(
         "activation, selfActivate → CheckAccess allowed, open loop at {rate}/s for {seconds} s (PostgreSQL + Redis):"
     );
     report("  activation end to end", lat, el);
+    let create_lat = std::mem::take(&mut *create_lat.lock().expect("latencies"));
+    report("  of which CreateRequest", create_lat, el);
     ts.stop().await
 }
 

@@ -86,6 +86,15 @@ impl World {
         Ok(Self { ts, clock, admin })
     }
 
+    /// The same world on the all-in-one default (SQLite, embedded delivery): no Redis, so
+    /// nothing that reads the streams.
+    pub(crate) async fn embedded() -> anyhow::Result<Self> {
+        let clock = ManualClock::starting_now();
+        let ts = TestSuite::embedded_with_clock(Some(clock.clone()), &[]).await?;
+        let admin = ts.admin_token().await?;
+        Ok(Self { ts, clock, admin })
+    }
+
     pub(crate) fn assignments(&self) -> AssignmentServiceClient<tonic::transport::Channel> {
         AssignmentServiceClient::new(self.ts.channel.clone())
     }
@@ -220,6 +229,19 @@ where
     let world = World::new().await?;
     let world = test(world).await?;
     world.ts.stop().await
+}
+
+/// Runs `test` on PostgreSQL + Redis, then on the embedded default.
+pub(crate) async fn run_on_both<F, Fut>(test: F) -> anyhow::Result<()>
+where
+    F: Fn(World) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<World>>,
+{
+    for world in [World::new().await?, World::embedded().await?] {
+        let world = test(world).await?;
+        world.ts.stop().await?;
+    }
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1032,7 +1054,7 @@ async fn administrators_extend_and_shorten_assignments_within_policy() -> anyhow
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_policy_set_nearest_above_a_scope_applies() -> anyhow::Result<()> {
-    run(|w| async move {
+    run_on_both(|w| async move {
         let mut policies = PolicyServiceClient::new(w.ts.channel.clone());
         let reader = policies.clone();
         let get = |scope: &'static str| {
@@ -1067,6 +1089,66 @@ async fn the_policy_set_nearest_above_a_scope_applies() -> anyhow::Result<()> {
         let beside = get("/subscriptions/dev").await?;
         assert!(!beside.activation_requires_ticket, "a sibling scope gets the root's");
         assert!(beside.approval_required);
+
+        // Activation reads the same policies (with the eligibility, in one query).
+        let kim = w.user("kim").await?;
+        w.make_eligible(&kim, EXCHANGE_ADMINISTRATOR).await?;
+        let token = w.stepped_up(&kim)?;
+        let at = |scope: &str, ticket: bool| {
+            let mut r = activation(EXCHANGE_ADMINISTRATOR, HOUR_MS, "incident 42");
+            r.scope = scope.into();
+            r.ticket = ticket.then(|| pim_proto::common::v1::Ticket {
+                system: "ServiceNow".into(),
+                number: "INC42".into(),
+            });
+            authed(&token, r)
+        };
+        let refused = w
+            .assignments()
+            .create_request(at("/subscriptions/prod/rg1", false))
+            .await
+            .expect_err("the nearer policy wants a ticket");
+        assert_eq!(violated_rules(&refused), vec!["TicketingRule"]);
+        let active = w
+            .assignments()
+            .create_request(at("/subscriptions/prod/rg1", true))
+            .await?
+            .into_inner();
+        assert_eq!(
+            active.status,
+            apb::RequestStatus::Provisioned as i32,
+            "no approval there"
+        );
+        let waiting = w
+            .assignments()
+            .create_request(at("/subscriptions/dev", false))
+            .await?
+            .into_inner();
+        assert_eq!(waiting.status, apb::RequestStatus::PendingApproval as i32);
+        let again = w
+            .assignments()
+            .create_request(at("/subscriptions/dev", false))
+            .await
+            .expect_err("one is waiting already");
+        assert_eq!(again.code(), Code::FailedPrecondition);
+        assert!(again.message().contains("already waiting"), "{}", again.message());
+        let mine = w
+            .assignments()
+            .list_requests(authed(
+                &w.admin,
+                apb::ListRequestsRequest {
+                    principal_id: kim.id.clone(),
+                    ..Default::default()
+                },
+            ))
+            .await?
+            .into_inner()
+            .requests;
+        let activations = mine
+            .iter()
+            .filter(|r| r.action == apb::RequestAction::SelfActivate as i32)
+            .count();
+        assert_eq!(activations, 2, "the refused ones left nothing behind");
         Ok(w)
     })
     .await

@@ -18,7 +18,7 @@ use pim_runtime::access::{AccessCheck, Decision, Target, permissions};
 use pim_runtime::auth::Caller;
 use pim_runtime::clock::Clock;
 use pim_runtime::db::{Db, is_unique_violation, to_timestamp};
-use pim_runtime::events::{Outbox, envelope, streams};
+use pim_runtime::events::{Outbox, OutboxRows, envelope, streams};
 use pim_runtime::grpc::RuleViolation;
 
 use crate::domain::{ActivationAsk, AdminAssignment, Kind, MfaState, Policy, Schedule, Scope};
@@ -103,6 +103,19 @@ fn principal_kind_str(kind: PrincipalKind) -> &'static str {
 
 fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
+}
+
+/// Of the policies `set` at some of `scopes` (a scope and those above it, outermost first):
+/// the deepest one, else Entra's defaults; with the scope it was set at.
+fn nearest_policy(set: &[(String, String)], scopes: &[String]) -> Result<(Policy, String)> {
+    for candidate in scopes.iter().rev() {
+        if let Some((_, json)) = set.iter().find(|(s, _)| s == candidate) {
+            let policy = serde_json::from_str(json)
+                .map_err(|e| Error::Internal(anyhow::anyhow!("stored policy is unreadable: {e}")))?;
+            return Ok((policy, candidate.clone()));
+        }
+    }
+    Ok((Policy::default(), "/".to_owned()))
 }
 
 impl Assignments {
@@ -220,24 +233,17 @@ impl Assignments {
     // ---- policies ----
 
     /// The policy in force for (role, scope): the one set at the nearest scope at or above,
-    /// else Entra's defaults.
+    /// else Entra's defaults (see [`nearest_policy`]).
     pub async fn effective_policy<C: ConnectionTrait>(
         &self,
         conn: &C,
         role_id: &str,
         scope: &Scope,
     ) -> Result<(Policy, String)> {
-        // One read for the scope and all above it; the deepest one set wins.
+        // One read for the scope and all above it.
         let scopes = scope.with_ancestors();
         let set = store::policies_at(conn, role_id, &scopes).await?;
-        for candidate in scopes.iter().rev() {
-            if let Some((_, json)) = set.iter().find(|(s, _)| s == candidate) {
-                let policy = serde_json::from_str(json)
-                    .map_err(|e| Error::Internal(anyhow::anyhow!("stored policy is unreadable: {e}")))?;
-                return Ok((policy, candidate.clone()));
-            }
-        }
-        Ok((Policy::default(), "/".to_owned()))
+        nearest_policy(&set, &scopes)
     }
 
     pub async fn get_policy(&self, role: &str, scope: &str) -> Result<(String, Scope, Policy)> {
@@ -1002,11 +1008,12 @@ impl Assignments {
         let now = self.now();
         let mut violations = Vec::new();
         // One read for everything below: the caller's and their groups' unended assignments
-        // of the role. Eligible directly, or through a role-assignable group.
+        // of the role (eligible directly, or through a role-assignable group), and the
+        // role's policies at the scope and above.
         let mut holders = vec![caller.principal_id.clone()];
         holders.extend(self.memberships.groups_of(&caller.principal_id));
-        let held = store::unended_assignments_of_role(&self.db, &holders, &role.id, now).await?;
         let scopes = scope.with_ancestors();
+        let (held, policies) = store::activation_inputs(&self.db, &holders, &role.id, &scopes, now).await?;
         let eligibility = held
             .iter()
             .filter(|a| a.kind == Kind::Eligible.as_str() && a.start_at <= now)
@@ -1019,7 +1026,7 @@ impl Assignments {
                 message: format!("you are not eligible for {} at {}", role.name, scope.as_str()),
             });
         }
-        let (policy, _) = self.effective_policy(&self.db, &role.id, &scope).await?;
+        let (policy, _) = nearest_policy(&policies, &scopes)?;
         let mfa = MfaState {
             has_otp: caller.amr.iter().any(|m| m == "otp" || m == "mfa"),
             mfa_at: caller.mfa_at.map(|s| s.saturating_mul(1000)),
@@ -1087,33 +1094,38 @@ impl Assignments {
             }
             return Ok(request);
         }
-        // The hot path of the service, so as few statements as it can be: the request (unless
+        // The hot path of the service, so as few round trips as it can be: the request (unless
         // one is waiting for approval), the assignment when no approval is needed, and their
-        // events in one insert.
+        // events, in one statement.
         let assignment =
             (!policy.approval_required).then(|| self.activation_assignment(&request, &caller.name, schedule));
         request.assignment_id = assignment.as_ref().map(|a| a.id.clone());
-        let txn = self.db.begin().await?;
-        if !store::insert_request_unless_pending(&txn, &request).await? {
-            return Err(already_waiting());
-        }
         let mut events = vec![envelope(
             SOURCE,
             "RequestCreated",
             &request.id,
             &self.request_created(Some(caller.actor()), &request, &role.name),
         )];
-        if let Some(a) = &assignment {
-            let starts_now = a.start_at <= now;
-            store::insert_assignment(&txn, a, starts_now, now).await?;
-            self.announce_deadlines(a, starts_now);
-            if starts_now {
-                let activated = self.role_activated(Some(caller.actor()), a, &role.name, &request.justification);
-                events.push(envelope(SOURCE, "RoleActivated", &a.principal_id, &activated));
-            }
+        let starts_now = assignment.as_ref().is_some_and(|a| a.start_at <= now);
+        if let Some(a) = assignment.as_ref().filter(|_| starts_now) {
+            let activated = self.role_activated(Some(caller.actor()), a, &role.name, &request.justification);
+            events.push(envelope(SOURCE, "RoleActivated", &a.principal_id, &activated));
         }
-        self.outbox.enqueue_all(&txn, streams::ASSIGNMENT, &events).await?;
-        txn.commit().await?;
+        let rows = OutboxRows::new(streams::ASSIGNMENT, &events);
+        if !store::insert_activation(
+            &self.db,
+            &request,
+            assignment.as_ref().map(|a| (a, starts_now)),
+            rows,
+            now,
+        )
+        .await?
+        {
+            return Err(already_waiting());
+        }
+        if let Some(a) = &assignment {
+            self.announce_deadlines(a, starts_now);
+        }
         if let Some(a) = &assignment {
             self.index.upsert_row(a);
         }

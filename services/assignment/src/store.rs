@@ -1,10 +1,10 @@
 //! The assignment database: migrations (with the built-in role definitions), and queries.
 
-use sea_orm::{ConnectionTrait, DbErr, QueryResult, Value};
+use sea_orm::{ConnectionTrait, DbBackend, DbErr, QueryResult, TransactionTrait, Value};
 use sea_orm_migration::{MigrationTrait, MigratorTrait};
 
-use pim_runtime::db::{self, Dialect, col};
-use pim_runtime::events::{SqlMigration, backbone_indexes_migration, backbone_migration};
+use pim_runtime::db::{self, Db, Dialect, col};
+use pim_runtime::events::{OUTBOX_INSERT, OutboxRows, SqlMigration, backbone_indexes_migration, backbone_migration};
 
 use crate::roles::BUILT_IN_ROLES;
 
@@ -201,36 +201,45 @@ impl AssignmentRow {
 }
 
 /// Inserts an assignment; `announced` says whether its start was already told (RoleActivated).
+const ASSIGNMENT_INSERT: &str = "INSERT INTO assignments (id, kind, principal_id, principal_kind, principal_name, role_id, scope, start_at, end_at, status, origin, announced, request_id, created_by, created_at)";
+
+/// An assignment's values in [`ASSIGNMENT_INSERT`]'s order (15 of them).
+fn assignment_values(a: &AssignmentRow, announced: bool, now: i64) -> Vec<Value> {
+    vec![
+        a.id.clone().into(),
+        a.kind.clone().into(),
+        a.principal_id.clone().into(),
+        a.principal_kind.clone().into(),
+        a.principal_name.clone().into(),
+        a.role_id.clone().into(),
+        a.scope.clone().into(),
+        a.start_at.into(),
+        a.end_at.into(),
+        a.status.clone().into(),
+        a.origin.clone().into(),
+        announced.into(),
+        a.request_id.clone().into(),
+        a.created_by.clone().into(),
+        now.into(),
+    ]
+}
+
+/// `$first, …`: `count` numbered placeholders.
+fn placeholders(first: usize, count: usize) -> String {
+    (first..first + count)
+        .map(|n| format!("${n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 pub async fn insert_assignment<C: ConnectionTrait>(
     c: &C,
     a: &AssignmentRow,
     announced: bool,
     now: i64,
 ) -> Result<(), DbErr> {
-    db::exec(
-        c,
-        "INSERT INTO assignments (id, kind, principal_id, principal_kind, principal_name, role_id, scope, start_at, end_at, status, origin, announced, request_id, created_by, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
-        vec![
-            a.id.clone().into(),
-            a.kind.clone().into(),
-            a.principal_id.clone().into(),
-            a.principal_kind.clone().into(),
-            a.principal_name.clone().into(),
-            a.role_id.clone().into(),
-            a.scope.clone().into(),
-            a.start_at.into(),
-            a.end_at.into(),
-            a.status.clone().into(),
-            a.origin.clone().into(),
-            announced.into(),
-            a.request_id.clone().into(),
-            a.created_by.clone().into(),
-            now.into(),
-        ],
-    )
-    .await
-    .map(drop)
+    let sql = format!("{ASSIGNMENT_INSERT} VALUES ({})", placeholders(1, 15));
+    db::exec(c, &sql, assignment_values(a, announced, now)).await.map(drop)
 }
 
 /// Assignments in force at `now` (status active, started, not ended) matching the filters.
@@ -261,27 +270,39 @@ pub async fn current_assignments<C: ConnectionTrait>(
         .collect()
 }
 
-/// The assignments of `role_id` that any of `principal_ids` holds and that have not ended by
-/// `now`, eligible or active, started or not.
-pub async fn unended_assignments_of_role<C: ConnectionTrait>(
+/// What a selfActivate checks, in one round trip: the assignments of `role_id` that any of
+/// `principal_ids` holds and that have not ended by `now` (eligible or active, started or
+/// not), and the role's policies set at any of `scopes` (as [`policies_at`]).
+pub async fn activation_inputs<C: ConnectionTrait>(
     c: &C,
     principal_ids: &[String],
     role_id: &str,
+    scopes: &[String],
     now: i64,
-) -> Result<Vec<AssignmentRow>, DbErr> {
-    let placeholders: Vec<String> = (0..principal_ids.len()).map(|i| format!("${}", i + 3)).collect();
+) -> Result<(Vec<AssignmentRow>, Vec<(String, String)>), DbErr> {
+    let principals = placeholders(3, principal_ids.len());
+    let scope_list = placeholders(3 + principal_ids.len(), scopes.len());
+    // The policies' rows fill the assignment columns with NULLs; `part` tells them apart.
     let sql = format!(
-        "SELECT {ASSIGNMENT_COLUMNS} FROM assignments WHERE status = 'active' AND role_id = $1 AND (end_at IS NULL OR end_at > $2) \
-         AND principal_id IN ({}) ORDER BY created_at",
-        placeholders.join(", ")
+        "SELECT 0 AS part, {ASSIGNMENT_COLUMNS}, created_at, NULL AS policy FROM assignments \
+         WHERE status = 'active' AND role_id = $1 AND (end_at IS NULL OR end_at > $2) AND principal_id IN ({principals}) \
+         UNION ALL \
+         SELECT 1, NULL, NULL, NULL, NULL, NULL, role_id, scope, NULL, NULL, NULL, NULL, NULL, NULL, NULL, policy \
+         FROM role_policies WHERE role_id = $1 AND scope IN ({scope_list}) \
+         ORDER BY part, created_at"
     );
     let mut values = vec![role_id.into(), now.into()];
     values.extend(principal_ids.iter().map(|p| p.clone().into()));
-    db::query(c, &sql, values)
-        .await?
-        .iter()
-        .map(AssignmentRow::from_row)
-        .collect()
+    values.extend(scopes.iter().map(|s| s.clone().into()));
+    let (mut held, mut policies) = (Vec::new(), Vec::new());
+    for row in db::query(c, &sql, values).await? {
+        if col::<i32>(&row, "part")? == 0 {
+            held.push(AssignmentRow::from_row(&row)?);
+        } else {
+            policies.push((col(&row, "scope")?, col(&row, "policy")?));
+        }
+    }
+    Ok((held, policies))
 }
 
 /// Every active-kind assignment that has not ended by `now` (started or not): the access index.
@@ -563,24 +584,60 @@ pub async fn insert_request<C: ConnectionTrait>(c: &C, r: &RequestRow) -> Result
 }
 
 /// Inserts a selfActivate request unless the principal already has one waiting for approval
-/// for the same role and scope (checked in the same statement); returns whether it did.
-pub async fn insert_request_unless_pending<C: ConnectionTrait>(c: &C, r: &RequestRow) -> Result<bool, DbErr> {
+/// for the same role and scope (checked in the same statement): `$1`–`$21`.
+fn request_unless_pending(r: &RequestRow) -> (String, Vec<Value>) {
     let mut values = request_values(r);
     values.extend([
         r.principal_id.clone().into(),
         r.role_id.clone().into(),
         r.scope.clone().into(),
     ]);
-    let inserted = db::exec(
-        c,
-        &format!(
-            "{REQUEST_INSERT} SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18 \
-             WHERE NOT EXISTS (SELECT 1 FROM requests WHERE principal_id = $19 AND role_id = $20 AND scope = $21 AND status = 'PendingApproval')"
-        ),
-        values,
-    )
-    .await?;
-    Ok(inserted == 1)
+    let sql = format!(
+        "{REQUEST_INSERT} SELECT {} WHERE NOT EXISTS \
+         (SELECT 1 FROM requests WHERE principal_id = $19 AND role_id = $20 AND scope = $21 AND status = 'PendingApproval')",
+        placeholders(1, 18)
+    );
+    (sql, values)
+}
+
+/// Stores a selfActivate request, with its assignment (`announced` when it starts now) when
+/// it needs no approval, and its events, unless the principal already has one waiting for
+/// approval for the same role and scope; returns whether it did. All or nothing: on
+/// PostgreSQL one statement (data-modifying CTEs), which spares the service's hottest path
+/// the BEGIN and COMMIT round trips; on SQLite, whose CTEs cannot write, one transaction.
+pub async fn insert_activation(
+    db: &Db,
+    r: &RequestRow,
+    assignment: Option<(&AssignmentRow, bool)>,
+    events: OutboxRows,
+    now: i64,
+) -> Result<bool, DbErr> {
+    let (request_sql, mut values) = request_unless_pending(r);
+    if db.get_database_backend() != DbBackend::Postgres {
+        let txn = db.begin().await?;
+        if db::exec(&txn, &request_sql, values).await? != 1 {
+            return Ok(false);
+        }
+        if let Some((a, announced)) = assignment {
+            insert_assignment(&txn, a, announced, now).await?;
+        }
+        let sql = format!("{OUTBOX_INSERT} VALUES {}", events.placeholders(1));
+        db::exec(&txn, &sql, events.values).await?;
+        txn.commit().await?;
+        return Ok(true);
+    }
+    let mut sql = format!("WITH r AS ({request_sql} RETURNING id)");
+    if let Some((a, announced)) = assignment {
+        let first = values.len() + 1;
+        sql += &format!(", a AS ({ASSIGNMENT_INSERT} SELECT {} FROM r)", placeholders(first, 15));
+        values.extend(assignment_values(a, announced, now));
+    }
+    sql += &format!(
+        ", o AS ({OUTBOX_INSERT} SELECT * FROM (VALUES {}) AS v WHERE EXISTS (SELECT 1 FROM r)) SELECT id FROM r",
+        events.placeholders(values.len() + 1)
+    );
+    values.extend(events.values);
+    Ok(!db::query(db, &sql, values).await?.is_empty())
 }
 
 pub async fn find_request<C: ConnectionTrait>(c: &C, id: &str) -> Result<Option<RequestRow>, DbErr> {

@@ -16,6 +16,9 @@ use sea_orm::{
 
 pub type Db = DatabaseConnection;
 
+/// How long a pooled connection may sit idle before it is pinged on its next use.
+const IDLE_PING: Duration = Duration::from_secs(10);
+
 /// Connects to `url` (postgres://… or sqlite://…). A SQLite file gets one connection (WAL, a
 /// busy timeout): its writers take turns, so a transaction that read first never fails to
 /// write because another connection committed meanwhile (SQLITE_BUSY_SNAPSHOT). Nothing here
@@ -26,6 +29,9 @@ pub async fn connect(url: &str) -> anyhow::Result<Db> {
         .max_connections(if url.starts_with("sqlite") { 1 } else { 10 })
         .connect_timeout(Duration::from_secs(5))
         .acquire_timeout(Duration::from_secs(10))
+        // A connection idle a while may have been dropped (a restart, a proxy): ping it before
+        // use. A busy one is not pinged, which would double the round trips of every query.
+        .test_before_acquire_if_idle_for(IDLE_PING)
         .sqlx_logging(false);
     let db = Database::connect(options).await.context("connecting to the database")?;
     if db.get_database_backend() == DbBackend::Sqlite {

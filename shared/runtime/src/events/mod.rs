@@ -19,7 +19,7 @@ use uuid::Uuid;
 pub use consumer::{EventHandler, Inbox};
 pub use embedded::{EmbeddedBus, Listener};
 pub use migration::{SqlMigration, backbone_indexes_migration, backbone_migration};
-pub use outbox::{INBOX_KEPT, Outbox, Pending, Publisher, Relay, RelayHandle, pending};
+pub use outbox::{INBOX_KEPT, OUTBOX_INSERT, Outbox, OutboxRows, Pending, Publisher, Relay, RelayHandle, pending};
 pub use redis::{ConsumerHandle, ConsumerOptions, RedisConsumer, RedisPublisher, last_entry_id, tail};
 
 pub use pim_proto::events::v1::Envelope;

@@ -78,12 +78,35 @@ impl Outbox {
         if envelopes.is_empty() {
             return Ok(());
         }
+        let rows = OutboxRows::new(stream, envelopes);
+        let sql = format!("{OUTBOX_INSERT} VALUES {}", rows.placeholders(1));
+        db::exec(txn, &sql, rows.values).await.map(drop)
+    }
+
+    /// Tells the relay there is work, so an event leaves without waiting for the next poll.
+    /// Call after the transaction committed.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+}
+
+/// The outbox insert's head; [`OutboxRows`] supply its values.
+pub const OUTBOX_INSERT: &str = "INSERT INTO outbox (id, stream, event_type, envelope, created_at)";
+
+/// Outbox rows for a statement that writes them together with other changes (e.g. in a
+/// data-modifying CTE): `placeholders` goes after [`OUTBOX_INSERT`]'s `VALUES`, `values`
+/// are the parameters it numbers.
+pub struct OutboxRows {
+    pub values: Vec<sea_orm::Value>,
+    count: usize,
+}
+
+impl OutboxRows {
+    /// Events for `stream`, sharing the current time (see [`Outbox::enqueue_all`] for their order).
+    pub fn new(stream: &str, envelopes: &[Envelope]) -> Self {
         let now = db::now_ms();
-        let mut rows = Vec::with_capacity(envelopes.len());
         let mut values = Vec::with_capacity(envelopes.len() * 5);
-        for (i, envelope) in envelopes.iter().enumerate() {
-            let n = i * 5;
-            rows.push(format!("(${}, ${}, ${}, ${}, ${})", n + 1, n + 2, n + 3, n + 4, n + 5));
+        for envelope in envelopes {
             values.extend([
                 envelope.id.clone().into(),
                 stream.into(),
@@ -92,22 +115,21 @@ impl Outbox {
                 now.into(),
             ]);
         }
-        db::exec(
-            txn,
-            &format!(
-                "INSERT INTO outbox (id, stream, event_type, envelope, created_at) VALUES {}",
-                rows.join(", ")
-            ),
+        Self {
             values,
-        )
-        .await
-        .map(drop)
+            count: envelopes.len(),
+        }
     }
 
-    /// Tells the relay there is work, so an event leaves without waiting for the next poll.
-    /// Call after the transaction committed.
-    pub fn wake(&self) {
-        self.wake.notify_one();
+    /// `($first, …, $first+4), …`: one tuple per event.
+    pub fn placeholders(&self, first: usize) -> String {
+        (0..self.count)
+            .map(|i| {
+                let n = first + i * 5;
+                format!("(${n}, ${}, ${}, ${}, ${})", n + 1, n + 2, n + 3, n + 4)
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
