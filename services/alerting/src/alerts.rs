@@ -4,8 +4,10 @@
 //! as an `AlertEvent` on `pim.alerting.events` (audit keeps it) and as an OCSF Detection
 //! Finding in JSON on `pim.alerts` (for SOC tooling with nothing but a Redis client).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+use std::time::{Duration, Instant};
 
 use sea_orm::{DatabaseTransaction, TransactionTrait};
 use serde_json::json;
@@ -34,6 +36,45 @@ pub struct Alerts {
     pub(crate) clock: Arc<dyn Clock>,
     /// Bumped after every committed change, so streams look again at once.
     pub(crate) changed: Arc<tokio::sync::watch::Sender<u64>>,
+    pub(crate) settings: Arc<SettingsCache>,
+    /// Alert events written so far (committed or not): how the event handler knows whether
+    /// an event changed an alert.
+    pub(crate) published: Arc<AtomicU64>,
+}
+
+/// How long rule settings read to evaluate events are reused.
+const SETTINGS_KEPT: Duration = Duration::from_secs(1);
+
+/// Rule settings recently read to evaluate events: nearly every event reads some rule's
+/// settings, and they change rarely. A change made through this replica applies at once; one
+/// made through another replica within [`SETTINGS_KEPT`].
+#[derive(Default)]
+pub struct SettingsCache {
+    read: std::sync::Mutex<HashMap<&'static str, (Instant, Settings)>>,
+    /// Bumped by every change, so a read that started before it is not kept.
+    generation: AtomicU64,
+}
+
+impl SettingsCache {
+    fn get(&self, rule_id: &str) -> Option<Settings> {
+        let read = self.read.lock().unwrap_or_else(|e| e.into_inner());
+        read.get(rule_id)
+            .filter(|(at, _)| at.elapsed() < SETTINGS_KEPT)
+            .map(|(_, s)| s.clone())
+    }
+
+    fn keep(&self, rule_id: &'static str, generation: u64, settings: &Settings) {
+        let mut read = self.read.lock().unwrap_or_else(|e| e.into_inner());
+        if self.generation.load(SeqCst) == generation {
+            read.insert(rule_id, (Instant::now(), settings.clone()));
+        }
+    }
+
+    fn forget(&self, rule_id: &str) {
+        let mut read = self.read.lock().unwrap_or_else(|e| e.into_inner());
+        self.generation.fetch_add(1, SeqCst);
+        read.remove(rule_id);
+    }
 }
 
 /// What an alert is about.
@@ -125,7 +166,20 @@ impl Alerts {
         self.clock.now_ms()
     }
 
+    /// A rule's settings, to evaluate an event with (from [`SettingsCache`]).
     pub async fn settings<C: sea_orm::ConnectionTrait>(&self, c: &C, rule_id: &str) -> Result<Settings, Status> {
+        if let Some(s) = self.settings.get(rule_id) {
+            return Ok(s);
+        }
+        let def = rules::rule(rule_id).ok_or_else(|| Status::not_found(format!("rule {rule_id} not found")))?;
+        let generation = self.settings.generation.load(SeqCst);
+        let s = self.stored_settings(c, rule_id).await?;
+        self.settings.keep(def.id, generation, &s);
+        Ok(s)
+    }
+
+    /// A rule's settings as stored now (what an administrator reads and changes).
+    pub async fn stored_settings<C: sea_orm::ConnectionTrait>(&self, c: &C, rule_id: &str) -> Result<Settings, Status> {
         let def = rules::rule(rule_id).ok_or_else(|| Status::not_found(format!("rule {rule_id} not found")))?;
         let mut s = Settings::defaults(def);
         if let Some((enabled, severity, values)) = store::rule_settings(c, rule_id).await.map_err(internal)? {
@@ -162,6 +216,7 @@ impl Alerts {
             )
             .await
             .map_err(internal)?;
+        self.published.fetch_add(1, SeqCst);
         let description = rules::rule(&a.rule_id).map(|r| r.description).unwrap_or_default();
         let mut finding = envelope("pim.alerting", "DetectionFinding", &a.id, &event);
         finding.data = detection_finding(a, description).to_string().into_bytes();
@@ -544,6 +599,11 @@ impl Alerts {
     /// active privileged assignments. Resolves itself when either no longer holds.
     async fn check_global_admins(&self, txn: &DatabaseTransaction, event_id: &str) -> Result<(), Status> {
         let s = self.settings(txn, rules::TOO_MANY_GLOBAL_ADMINS).await?;
+        self.judge_global_admins(txn, event_id, &s).await
+    }
+
+    /// The Global Administrator count judged under settings `s`.
+    async fn judge_global_admins(&self, txn: &DatabaseTransaction, event_id: &str, s: &Settings) -> Result<(), Status> {
         let (admins, total) = store::active_counts(txn, pim_assignment::GLOBAL_ADMINISTRATOR, self.now())
             .await
             .map_err(internal)?;
@@ -716,7 +776,7 @@ impl Alerts {
         let values = rules::check_values(def, changes).map_err(|m| invalid_argument("settings", &m))?;
         require(self.access.as_ref(), caller, permissions::ALERTS_MANAGE, "/").await?;
         let txn = self.db.begin().await.map_err(internal)?;
-        let mut s = self.settings(&txn, rule_id).await?;
+        let mut s = self.stored_settings(&txn, rule_id).await?;
         if let Some(enabled) = enabled {
             s.enabled = enabled;
         }
@@ -751,9 +811,10 @@ impl Alerts {
             .map_err(internal)?;
         // A standing condition is judged again under the new thresholds at once.
         if rule_id == rules::TOO_MANY_GLOBAL_ADMINS {
-            self.check_global_admins(&txn, "").await?;
+            self.judge_global_admins(&txn, "", &s).await?;
         }
         txn.commit().await.map_err(internal)?;
+        self.settings.forget(rule_id);
         self.committed();
         Ok(s)
     }

@@ -241,7 +241,7 @@ impl AlertService for Alerts {
         self.reader(&caller).await?;
         let mut out = Vec::new();
         for def in rules::RULES {
-            out.push(rule_pb(def.id, self.settings(&self.db, def.id).await?));
+            out.push(rule_pb(def.id, self.stored_settings(&self.db, def.id).await?));
         }
         Ok(Response::new(pb::ListRulesResponse { rules: out }))
     }

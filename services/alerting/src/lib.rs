@@ -7,7 +7,9 @@ mod grpc;
 mod rules;
 mod store;
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::atomic::Ordering::SeqCst;
+use std::sync::{Arc, Mutex};
 
 use sea_orm::DatabaseTransaction;
 use sea_orm_migration::MigratorTrait;
@@ -57,13 +59,27 @@ impl Alerting {
                 access: deps.access,
                 clock: deps.clock,
                 changed: Arc::new(tokio::sync::watch::channel(0).0),
+                settings: Arc::default(),
+                published: Arc::default(),
             },
         })
     }
 }
 
 /// Runs the rules on the events of identity, assignment and approval.
-struct Detect(Alerts);
+struct Detect {
+    alerts: Alerts,
+    /// Events whose handling changed an alert: after they commit, the relay and the alert
+    /// streams look again. Most events change none, and waking the relay for them would cost
+    /// it an empty pass each.
+    changed: Mutex<HashSet<String>>,
+}
+
+impl Detect {
+    fn changed(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.changed.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
 
 #[async_trait::async_trait]
 impl EventHandler for Detect {
@@ -98,12 +114,19 @@ impl EventHandler for Detect {
     }
 
     async fn handle(&self, txn: &DatabaseTransaction, envelope: &Envelope) -> anyhow::Result<()> {
-        self.0.evaluate(txn, envelope).await
+        let before = self.alerts.published.load(SeqCst);
+        self.alerts.evaluate(txn, envelope).await?;
+        if self.alerts.published.load(SeqCst) != before {
+            self.changed().insert(envelope.id.clone());
+        }
+        Ok(())
     }
 
-    /// Streams in this process look again at once.
-    async fn after_commit(&self, _envelope: &Envelope) {
-        self.0.committed();
+    /// The relay and the streams in this process look again at once.
+    async fn after_commit(&self, envelope: &Envelope) {
+        if self.changed().remove(&envelope.id) {
+            self.alerts.committed();
+        }
     }
 }
 
@@ -129,7 +152,10 @@ impl Service for Alerting {
     }
 
     fn handlers(&self) -> Vec<Arc<dyn EventHandler>> {
-        vec![Arc::new(Detect(self.alerts.clone()))]
+        vec![Arc::new(Detect {
+            alerts: self.alerts.clone(),
+            changed: Mutex::default(),
+        })]
     }
 
     fn background(&self, stop: tokio::sync::watch::Receiver<bool>) -> Vec<tokio::task::JoinHandle<()>> {

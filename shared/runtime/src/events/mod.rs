@@ -24,6 +24,22 @@ pub use redis::{ConsumerHandle, ConsumerOptions, RedisConsumer, RedisPublisher, 
 
 pub use pim_proto::events::v1::Envelope;
 
+/// The shortest time between two passes of a relay, or two reads of a consumer, that found
+/// work. Under load one pass then carries the events of many transactions, instead of each
+/// commit costing every relay and consumer a pass of its own (a transaction, a Redis round
+/// trip or two); when quiet, an event still leaves and is read at once.
+pub(crate) const LINGER: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// Waits until `LINGER` has passed since `started` (a pass that found work); returns true
+/// if told to stop meanwhile (or before).
+pub(crate) async fn linger(started: tokio::time::Instant, stop: &mut tokio::sync::watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep_until(started + LINGER) => {}
+        _ = stop.changed() => {}
+    }
+    *stop.borrow()
+}
+
 /// Stream names (before the configured prefix).
 pub mod streams {
     pub const IDENTITY: &str = "pim.identity.events";

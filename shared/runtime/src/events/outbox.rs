@@ -300,9 +300,11 @@ impl Relay {
                     (deleted, vacuumed) = (0, tokio::time::Instant::now());
                     self.vacuum().await;
                 }
+                let started = tokio::time::Instant::now();
+                let mut sent = 0;
                 match self.run_once().await {
                     Ok(n) => {
-                        deleted += n as u64;
+                        (deleted, sent) = (deleted + n as u64, n);
                         if n as u64 == self.batch {
                             continue;
                         }
@@ -328,6 +330,9 @@ impl Relay {
                     _ = self.outbox.wake.notified() => {}
                     _ = tokio::time::sleep(poll) => {}
                     _ = stopped.changed() => break,
+                }
+                if sent > 0 && super::linger(started, &mut stopped).await {
+                    break;
                 }
             }
         });

@@ -4,7 +4,7 @@
 //! consumer's transaction committed; entries a dead consumer left pending are taken over
 //! with XAUTOCLAIM; an entry delivered `max_deliveries` times moves to `pim.deadletter`.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use prost::Message;
@@ -113,6 +113,8 @@ pub struct RedisConsumer {
     prefix: String,
     name: String,
     options: ConsumerOptions,
+    /// When it last looked for stale entries to take over.
+    claimed_at: std::sync::Mutex<Option<Instant>>,
 }
 
 pub struct ConsumerHandle {
@@ -148,6 +150,7 @@ impl RedisConsumer {
             prefix: prefix.to_owned(),
             name,
             options,
+            claimed_at: std::sync::Mutex::new(None),
         };
         consumer.create_groups().await?;
         Ok(consumer)
@@ -185,10 +188,17 @@ impl RedisConsumer {
                 if *stopped.borrow() {
                     break;
                 }
+                let started = tokio::time::Instant::now();
                 let pass = tokio::select! {
                     r = self.run_once() => r,
                     _ = stopped.changed() => break,
                 };
+                if let Ok(handled) = pass
+                    && handled > 0
+                    && super::linger(started, &mut stopped).await
+                {
+                    break;
+                }
                 if let Err(err) = pass {
                     tracing::warn!(consumer = %self.name, group = self.group(), error = %format!("{err:#}"), "consumer pass failed");
                     tokio::select! {
@@ -201,12 +211,14 @@ impl RedisConsumer {
         ConsumerHandle { stop, task }
     }
 
-    /// One pass: take over stale pending entries, then read new ones. Returns how many
-    /// entries were handled.
+    /// One pass: take over stale pending entries (when it is time to look), then read new
+    /// ones. Returns how many entries were handled.
     pub async fn run_once(&self) -> anyhow::Result<usize> {
         let mut handled = 0;
-        for stream in self.inbox.streams() {
-            handled += self.claim_stale(stream).await?;
+        if self.claim_due() {
+            for stream in self.inbox.streams() {
+                handled += self.claim_stale(stream).await?;
+            }
         }
         let keys: Vec<String> = self.inbox.streams().iter().map(|s| self.key(s)).collect();
         let ids: Vec<&str> = keys.iter().map(|_| ">").collect();
@@ -221,6 +233,18 @@ impl RedisConsumer {
             self.process_batch(&key.key, key.ids).await?;
         }
         Ok(handled)
+    }
+
+    /// Whether to look for stale entries now. An entry is stale only once idle for
+    /// `claim_idle`, so looking every quarter of that is enough; looking on every pass would
+    /// cost a busy consumer one XAUTOCLAIM per stream per read.
+    fn claim_due(&self) -> bool {
+        let mut claimed_at = self.claimed_at.lock().unwrap_or_else(|e| e.into_inner());
+        let due = claimed_at.is_none_or(|at| at.elapsed() >= self.options.claim_idle / 4);
+        if due {
+            *claimed_at = Some(Instant::now());
+        }
+        due
     }
 
     async fn claim_stale(&self, stream: &str) -> anyhow::Result<usize> {
