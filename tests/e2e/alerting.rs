@@ -13,7 +13,9 @@ use pim_proto::alerting::v1::alert_service_client::AlertServiceClient;
 use pim_proto::assignment::v1 as apb;
 use pim_proto::assignment::v1::reconcile_service_client::ReconcileServiceClient;
 
-use crate::activation::{EXCHANGE_ADMINISTRATOR, GLOBAL_ADMINISTRATOR, HOUR_MS, World, activation, request, run};
+use crate::activation::{
+    EXCHANGE_ADMINISTRATOR, GLOBAL_ADMINISTRATOR, HOUR_MS, World, activation, request, run, run_on_both,
+};
 
 const PRIVILEGED_ROLE_ADMINISTRATOR: &str = "e8611ab8-c189-46e8-94e1-60213ab1f814";
 
@@ -258,6 +260,30 @@ async fn each_rule_raises_its_alert_and_settings_change_the_outcome() -> anyhow:
             ))
             .await?;
         w.resolved("too_many_global_admins", &many.id).await?;
+        Ok(w)
+    })
+    .await
+}
+
+/// Frequent activation on both backends: its count is read and written in one statement on
+/// PostgreSQL, in two on SQLite.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frequent_activation_counts_on_both_backends() -> anyhow::Result<()> {
+    run_on_both(|w| async move {
+        w.set_rule("frequent_activation", &[("count", "2")]).await?;
+        let lee = w.user("lee").await?;
+        w.make_eligible(&lee, EXCHANGE_ADMINISTRATOR).await?;
+        w.activate_and_end(&lee).await?;
+        w.activate_and_end(&lee).await?;
+        let frequent = w.alert("frequent_activation", |a| a.principal_id == lee.id).await?;
+        assert_eq!(frequent.figures.get("activations").map(String::as_str), Some("2"));
+        assert_eq!(frequent.evidence_event_ids.len(), 2, "both activations' events");
+        w.activate_and_end(&lee).await?;
+        let again = w
+            .alert("frequent_activation", |a| a.principal_id == lee.id && a.count == 2)
+            .await?;
+        assert_eq!(again.id, frequent.id, "one alert, updated");
+        assert_eq!(again.figures.get("activations").map(String::as_str), Some("3"));
         Ok(w)
     })
     .await

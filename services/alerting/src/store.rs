@@ -2,7 +2,7 @@
 //! partial unique index), a revision counter for resumable streams, and the projections the
 //! rules read (privileged assignments, activations, approvals, MFA failures, sign-ins).
 
-use sea_orm::{ConnectionTrait, DbErr, QueryResult};
+use sea_orm::{ConnectionTrait, DbBackend, DbErr, QueryResult};
 use sea_orm_migration::{MigrationTrait, MigratorTrait};
 
 use pim_runtime::db::{self, Dialect, col};
@@ -443,7 +443,8 @@ pub async fn is_privileged<C: ConnectionTrait>(c: &C, principal_id: &str, now: i
 }
 
 /// Records an activation; returns the event ids of the principal's activations of the role
-/// since `since` (this one included).
+/// since `since` (this one included). On PostgreSQL in one statement (its select cannot see
+/// the row its CTE inserts, so it adds it); SQLite's CTEs cannot write, so there it is two.
 pub async fn activations_since<C: ConnectionTrait>(
     c: &C,
     assignment_id: &str,
@@ -453,28 +454,32 @@ pub async fn activations_since<C: ConnectionTrait>(
     event_id: &str,
     since: i64,
 ) -> Result<Vec<String>, DbErr> {
-    db::exec(
-        c,
-        "INSERT INTO activations (assignment_id, principal_id, role_id, at, event_id) VALUES ($1, $2, $3, $4, $5) \
-         ON CONFLICT (assignment_id) DO NOTHING",
-        vec![
-            assignment_id.into(),
-            principal_id.into(),
-            role_id.into(),
-            at.into(),
-            event_id.into(),
-        ],
-    )
-    .await?;
-    db::query(
-        c,
-        "SELECT event_id FROM activations WHERE principal_id = $1 AND role_id = $2 AND at >= $3 ORDER BY at",
-        vec![principal_id.into(), role_id.into(), since.into()],
-    )
-    .await?
-    .iter()
-    .map(|r| col(r, "event_id"))
-    .collect()
+    let insert = "INSERT INTO activations (assignment_id, principal_id, role_id, at, event_id) \
+        VALUES ($1, $2, $3, $4, $5) ON CONFLICT (assignment_id) DO NOTHING";
+    let recorded: Vec<sea_orm::Value> = vec![
+        assignment_id.into(),
+        principal_id.into(),
+        role_id.into(),
+        at.into(),
+        event_id.into(),
+    ];
+    let rows = if c.backend() == DbBackend::Postgres {
+        let sql = format!(
+            "WITH new AS ({insert} RETURNING event_id, at) \
+             SELECT event_id, at FROM activations WHERE principal_id = $2 AND role_id = $3 AND at >= $6 \
+             UNION ALL SELECT event_id, at FROM new WHERE at >= $6 ORDER BY at"
+        );
+        db::query(c, &sql, [recorded, vec![since.into()]].concat()).await?
+    } else {
+        db::exec(c, insert, recorded).await?;
+        db::query(
+            c,
+            "SELECT event_id FROM activations WHERE principal_id = $1 AND role_id = $2 AND at >= $3 ORDER BY at",
+            vec![principal_id.into(), role_id.into(), since.into()],
+        )
+        .await?
+    };
+    rows.iter().map(|r| col(r, "event_id")).collect()
 }
 
 pub async fn approval_created<C: ConnectionTrait>(c: &C, approval_id: &str, at: i64) -> Result<(), DbErr> {
