@@ -420,6 +420,7 @@ impl Assignments {
             origin: "admin".into(),
             request_id: request.id.clone(),
             created_by: request.requested_by.clone(),
+            version: 1,
         };
 
         let ticket = Ticket {
@@ -442,6 +443,7 @@ impl Assignments {
             justification: request.justification.clone(),
             ticket: Some(ticket),
             reason: String::new(),
+            version: assignment.version,
         };
         let granted_type = if assignment.kind == Kind::Eligible.as_str() {
             "EligibilityGranted"
@@ -695,6 +697,7 @@ impl Assignments {
                 justification: String::new(),
                 ticket: None,
                 reason: reason.into(),
+                version: a.version,
             };
             let event_type = if a.kind == Kind::Eligible.as_str() {
                 "EligibilityRemoved"
@@ -717,7 +720,9 @@ impl Assignments {
         role_name: &str,
         request: &RequestRow,
     ) -> Result<()> {
-        store::set_assignment_end(txn, &assignment.id, end).await?;
+        if let Some(version) = store::set_assignment_end(txn, &assignment.id, end).await? {
+            assignment.version = version;
+        }
         if let Some(end) = end {
             self.timers.deadline(end);
         }
@@ -738,6 +743,7 @@ impl Assignments {
             justification: request.justification.clone(),
             ticket: None,
             reason: request.action.clone(),
+            version: assignment.version,
         };
         let event_type = if assignment.kind == Kind::Eligible.as_str() {
             "EligibilityUpdated"
@@ -1148,6 +1154,7 @@ impl Assignments {
             origin: "activation".into(),
             request_id: request.id.clone(),
             created_by: request.principal_id.clone(),
+            version: 1,
         }
     }
 
@@ -1204,6 +1211,7 @@ impl Assignments {
             start_time: Some(to_timestamp(a.start_at)),
             end_time: a.end_at.map(to_timestamp),
             justification: justification.into(),
+            version: a.version,
         }
     }
 

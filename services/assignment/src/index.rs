@@ -24,6 +24,8 @@ pub struct Grant {
     pub scope: String,
     pub start: i64,
     pub end: Option<i64>,
+    /// The assignment's version: a grant replaces the one held only when newer.
+    pub version: i64,
 }
 
 /// principal id → assignment id → grant
@@ -87,6 +89,9 @@ impl AccessIndex {
         Ok(index)
     }
 
+    /// Holds `grant` for the assignment unless it ended or a newer version is held already:
+    /// this replica applies its own changes at commit, and the stream brings each back later,
+    /// after changes that may have come since.
     pub fn upsert(&self, principal_id: &str, assignment_id: &str, grant: Grant) {
         if self
             .ended
@@ -97,10 +102,14 @@ impl AccessIndex {
             return;
         }
         let mut map = self.write(principal_id);
-        let previous = map
-            .entry(principal_id.to_owned())
-            .or_default()
-            .insert(assignment_id.to_owned(), grant.clone());
+        let grants = map.entry(principal_id.to_owned()).or_default();
+        if grants
+            .get(assignment_id)
+            .is_some_and(|held| held.version >= grant.version)
+        {
+            return;
+        }
+        let previous = grants.insert(assignment_id.to_owned(), grant.clone());
         if previous.as_ref() != Some(&grant) {
             let _ = self.changes.send(Change {
                 principal_id: principal_id.to_owned(),
@@ -123,6 +132,7 @@ impl AccessIndex {
                 scope: a.scope.clone(),
                 start: a.start_at,
                 end: a.end_at,
+                version: a.version,
             };
             self.upsert(&a.principal_id, &a.id, grant);
         }
@@ -206,6 +216,7 @@ impl AccessIndex {
                     scope: e.scope,
                     start,
                     end: e.end_time.as_ref().map(from_timestamp),
+                    version: e.version,
                 };
                 self.upsert(&e.principal_id, &e.assignment_id, grant);
             }
@@ -217,6 +228,7 @@ impl AccessIndex {
                     scope: e.scope,
                     start,
                     end: e.end_time.as_ref().map(from_timestamp),
+                    version: e.version,
                 };
                 self.upsert(&e.principal_id, &e.assignment_id, grant);
             }
@@ -244,6 +256,7 @@ mod tests {
             scope: "/".into(),
             start,
             end,
+            version: 1,
         }
     }
 
@@ -268,5 +281,40 @@ mod tests {
         );
         index.prune(25);
         assert_eq!(index.size(), (0, 0));
+    }
+
+    #[test]
+    fn an_older_version_never_replaces_a_newer_one() {
+        let index = AccessIndex::default();
+        let event = |event_type: &str, end: i64, version: i64| {
+            let changed = ev::AssignmentChanged {
+                assignment_id: "a1".into(),
+                principal_id: "p".into(),
+                role_id: "r".into(),
+                scope: "/".into(),
+                start_time: Some(pim_runtime::db::to_timestamp(10)),
+                end_time: Some(pim_runtime::db::to_timestamp(end)),
+                version,
+                ..Default::default()
+            };
+            pim_runtime::events::envelope("pim.assignment", event_type, "p", &changed)
+        };
+        // This replica extended the assignment, then shortened it (each applied at its
+        // commit) before its stream brought back the events of its creation and extension.
+        index.upsert(
+            "p",
+            "a1",
+            Grant {
+                version: 3,
+                ..grant(10, Some(30))
+            },
+        );
+        index.apply(&event("ActiveAssignmentGranted", 20, 1)).expect("applies");
+        index.apply(&event("ActiveAssignmentUpdated", 50, 2)).expect("applies");
+        assert!(index.current("p", 30).is_empty(), "still shortened to 30");
+        assert_eq!(index.current("p", 25).len(), 1);
+        // A newer change from another replica does replace it.
+        index.apply(&event("ActiveAssignmentUpdated", 40, 4)).expect("applies");
+        assert_eq!(index.current("p", 35).len(), 1);
     }
 }

@@ -120,6 +120,11 @@ impl MigratorTrait for Migrator {
                     .to_owned()
             }),
             backbone_indexes_migration(),
+            SqlMigration::boxed("m0004_assignment_versions", |_| {
+                // Which of two states of an assignment is newer, for the access indexes that
+                // learn them both from this replica's commits and from the stream.
+                "ALTER TABLE assignments ADD COLUMN version BIGINT NOT NULL DEFAULT 1".to_owned()
+            }),
         ]
     }
 }
@@ -176,9 +181,11 @@ pub struct AssignmentRow {
     pub origin: String,
     pub request_id: String,
     pub created_by: String,
+    /// 1 when made, one more at each change of its end.
+    pub version: i64,
 }
 
-const ASSIGNMENT_COLUMNS: &str = "id, kind, principal_id, principal_kind, principal_name, role_id, scope, start_at, end_at, status, origin, request_id, created_by";
+const ASSIGNMENT_COLUMNS: &str = "id, kind, principal_id, principal_kind, principal_name, role_id, scope, start_at, end_at, status, origin, request_id, created_by, version";
 
 impl AssignmentRow {
     fn from_row(r: &QueryResult) -> Result<Self, DbErr> {
@@ -196,6 +203,7 @@ impl AssignmentRow {
             origin: col(r, "origin")?,
             request_id: col(r, "request_id")?,
             created_by: col(r, "created_by")?,
+            version: col(r, "version")?,
         })
     }
 }
@@ -287,7 +295,7 @@ pub async fn activation_inputs<C: ConnectionTrait>(
         "SELECT 0 AS part, {ASSIGNMENT_COLUMNS}, created_at, NULL AS policy FROM assignments \
          WHERE status = 'active' AND role_id = $1 AND (end_at IS NULL OR end_at > $2) AND principal_id IN ({principals}) \
          UNION ALL \
-         SELECT 1, NULL, NULL, NULL, NULL, NULL, role_id, scope, NULL, NULL, NULL, NULL, NULL, NULL, NULL, policy \
+         SELECT 1, NULL, NULL, NULL, NULL, NULL, role_id, scope, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, policy \
          FROM role_policies WHERE role_id = $1 AND scope IN ({scope_list}) \
          ORDER BY part, created_at"
     );
@@ -379,14 +387,20 @@ pub async fn lock_permanent_global_admins<C: ConnectionTrait>(
 }
 
 /// Changes the end of an assignment still active; returns whether it was.
-pub async fn set_assignment_end<C: ConnectionTrait>(c: &C, id: &str, end_at: Option<i64>) -> Result<bool, DbErr> {
-    Ok(db::exec(
+/// Moves an active assignment's end; returns its new version (none if it is not active).
+pub async fn set_assignment_end<C: ConnectionTrait>(
+    c: &C,
+    id: &str,
+    end_at: Option<i64>,
+) -> Result<Option<i64>, DbErr> {
+    db::query_one(
         c,
-        "UPDATE assignments SET end_at = $1 WHERE id = $2 AND status = 'active'",
+        "UPDATE assignments SET end_at = $1, version = version + 1 WHERE id = $2 AND status = 'active' RETURNING version",
         vec![end_at.into(), id.into()],
     )
     .await?
-        == 1)
+    .map(|r| col(&r, "version"))
+    .transpose()
 }
 
 /// Ends an assignment that is still active; returns whether it did (false: someone else ended it first).
