@@ -212,20 +212,24 @@ impl TestSuite {
     }
 }
 
+/// Every Redis key under a test's stream prefix.
+pub async fn stream_keys(redis: &mut redis::aio::MultiplexedConnection, prefix: &str) -> anyhow::Result<Vec<String>> {
+    use redis::AsyncCommands;
+    let mut iter: redis::AsyncIter<String> = redis.scan_match(format!("{prefix}*")).await?;
+    let mut keys = Vec::new();
+    while let Some(key) = iter.next_item().await {
+        keys.push(key?);
+    }
+    Ok(keys)
+}
+
 /// Deletes every Redis key under a test's stream prefix.
 pub async fn drop_streams(prefix: &str) -> anyhow::Result<()> {
     use redis::AsyncCommands;
     let mut redis = redis::Client::open(pim_runtime::testing::redis_url())?
         .get_multiplexed_async_connection()
         .await?;
-    let keys: Vec<String> = {
-        let mut iter: redis::AsyncIter<String> = redis.scan_match(format!("{prefix}*")).await?;
-        let mut keys = Vec::new();
-        while let Some(key) = iter.next_item().await {
-            keys.push(key?);
-        }
-        keys
-    };
+    let keys = stream_keys(&mut redis, prefix).await?;
     if !keys.is_empty() {
         let _: () = redis.del(keys).await?;
     }
@@ -245,6 +249,16 @@ pub fn authed<T>(token: &str, message: T) -> Request<T> {
         format!("Bearer {token}").parse().expect("a token is ASCII"),
     );
     request
+}
+
+/// The caller's request to activate `role` at `/` for one hour.
+pub fn activate_for_an_hour(role: &str, justification: &str) -> pim_proto::assignment::v1::CreateRequestRequest {
+    use pim_proto::assignment::v1 as apb;
+    apb::CreateRequestRequest {
+        action: apb::RequestAction::SelfActivate as i32,
+        justification: justification.into(),
+        ..assign_for_an_hour(apb::AssignmentKind::Active, "", role)
+    }
 }
 
 /// An administrator's request to assign `role` to `principal` at `/` for one hour.

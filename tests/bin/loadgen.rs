@@ -219,14 +219,7 @@ async fn settle(ts: &TestSuite) -> anyhow::Result<()> {
     while quiet < 2 {
         anyhow::ensure!(Instant::now() < deadline, "consumers did not catch up within 60 s");
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let keys: Vec<String> = {
-            let mut iter: redis::AsyncIter<String> = redis.scan_match(format!("{}*", ts.stream_prefix)).await?;
-            let mut keys = Vec::new();
-            while let Some(key) = iter.next_item().await {
-                keys.push(key?);
-            }
-            keys
-        };
+        let keys = pim_e2e::stream_keys(&mut redis, &ts.stream_prefix).await?;
         let mut busy = false;
         for key in keys {
             let info: redis::streams::StreamInfoGroupsReply = redis.xinfo_groups(&key).await?;
@@ -384,21 +377,7 @@ async fn activation(rate: u64, seconds: u64) -> anyhow::Result<()> {
             async move {
                 let sent = Instant::now();
                 let token = &tokens[n as usize];
-                let request = apb::CreateRequestRequest {
-                    action: apb::RequestAction::SelfActivate as i32,
-                    kind: apb::AssignmentKind::Active as i32,
-                    role_id: EXCHANGE_ADMINISTRATOR.into(),
-                    scope: "/".into(),
-                    schedule: Some(apb::Schedule {
-                        start_time: None,
-                        expiration: Some(apb::schedule::Expiration::Duration(prost_types::Duration {
-                            seconds: 3600,
-                            nanos: 0,
-                        })),
-                    }),
-                    justification: "load test".into(),
-                    ..Default::default()
-                };
+                let request = pim_e2e::activate_for_an_hour(EXCHANGE_ADMINISTRATOR, "load test");
                 AssignmentServiceClient::new(channel.clone())
                     .create_request(authed(token, request))
                     .await?;

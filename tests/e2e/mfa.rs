@@ -46,21 +46,7 @@ pub(crate) async fn enrol(
 }
 
 fn activation() -> apb::CreateRequestRequest {
-    apb::CreateRequestRequest {
-        action: apb::RequestAction::SelfActivate as i32,
-        kind: apb::AssignmentKind::Active as i32,
-        role_id: EXCHANGE_ADMINISTRATOR.into(),
-        scope: "/".into(),
-        schedule: Some(apb::Schedule {
-            start_time: None,
-            expiration: Some(apb::schedule::Expiration::Duration(prost_types::Duration {
-                seconds: 3600,
-                nanos: 0,
-            })),
-        }),
-        justification: "mailbox migration".into(),
-        ..Default::default()
-    }
+    pim_e2e::activate_for_an_hour(EXCHANGE_ADMINISTRATOR, "mailbox migration")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

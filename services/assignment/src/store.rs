@@ -3,7 +3,7 @@
 use sea_orm::{ConnectionTrait, DbBackend, DbErr, QueryResult, TransactionTrait, Value};
 use sea_orm_migration::{MigrationTrait, MigratorTrait};
 
-use pim_runtime::db::{self, Db, Dialect, col};
+use pim_runtime::db::{self, Db, Dialect, col, placeholders};
 use pim_runtime::events::{OUTBOX_INSERT, OutboxRows, SqlMigration, backbone_indexes_migration, backbone_migration};
 
 use crate::roles::BUILT_IN_ROLES;
@@ -230,14 +230,6 @@ fn assignment_values(a: &AssignmentRow, announced: bool, now: i64) -> Vec<Value>
         a.created_by.clone().into(),
         now.into(),
     ]
-}
-
-/// `$first, …`: `count` numbered placeholders.
-fn placeholders(first: usize, count: usize) -> String {
-    (first..first + count)
-        .map(|n| format!("${n}"))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 pub async fn insert_assignment<C: ConnectionTrait>(
@@ -635,8 +627,7 @@ pub async fn insert_activation(
         if let Some((a, announced)) = assignment {
             insert_assignment(&txn, a, announced, now).await?;
         }
-        let sql = format!("{OUTBOX_INSERT} VALUES {}", events.placeholders(1));
-        db::exec(&txn, &sql, events.values).await?;
+        events.insert(&txn).await?;
         txn.commit().await?;
         return Ok(true);
     }
@@ -735,14 +726,13 @@ pub async fn policies_at<C: ConnectionTrait>(
     role_id: &str,
     scopes: &[String],
 ) -> Result<Vec<(String, String)>, DbErr> {
-    let placeholders: Vec<String> = (0..scopes.len()).map(|i| format!("${}", i + 2)).collect();
     let mut values: Vec<Value> = vec![role_id.into()];
     values.extend(scopes.iter().map(|s| s.clone().into()));
     db::query(
         c,
         &format!(
             "SELECT scope, policy FROM role_policies WHERE role_id = $1 AND scope IN ({})",
-            placeholders.join(", ")
+            placeholders(2, scopes.len())
         ),
         values,
     )

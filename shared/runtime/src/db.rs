@@ -115,6 +115,14 @@ fn statement<C: ConnectionTrait>(c: &C, sql: &str, values: Vec<Value>) -> Statem
     Statement::from_sql_and_values(c.get_database_backend(), sql, values)
 }
 
+/// `$first, …`: `count` numbered placeholders, comma-separated.
+pub fn placeholders(first: usize, count: usize) -> String {
+    (first..first + count)
+        .map(|n| format!("${n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Runs a statement and returns the rows it affected.
 pub async fn exec<C: ConnectionTrait>(c: &C, sql: &str, values: Vec<Value>) -> Result<u64, DbErr> {
     Ok(c.execute_raw(statement(c, sql, values)).await?.rows_affected())

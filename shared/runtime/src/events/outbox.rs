@@ -78,9 +78,7 @@ impl Outbox {
         if envelopes.is_empty() {
             return Ok(());
         }
-        let rows = OutboxRows::new(stream, envelopes);
-        let sql = format!("{OUTBOX_INSERT} VALUES {}", rows.placeholders(1));
-        db::exec(txn, &sql, rows.values).await.map(drop)
+        OutboxRows::new(stream, envelopes).insert(txn).await
     }
 
     /// Tells the relay there is work, so an event leaves without waiting for the next poll.
@@ -119,6 +117,12 @@ impl OutboxRows {
             values,
             count: envelopes.len(),
         }
+    }
+
+    /// Inserts them on their own.
+    pub async fn insert<C: ConnectionTrait>(self, c: &C) -> Result<(), DbErr> {
+        let sql = format!("{OUTBOX_INSERT} VALUES {}", self.placeholders(1));
+        db::exec(c, &sql, self.values).await.map(drop)
     }
 
     /// `($first, …, $first+4), …`: one tuple per event.
@@ -229,14 +233,9 @@ impl Relay {
         if sent > 0 {
             // One statement removes the whole published prefix (Redis, audit and the
             // consumers have the events now).
-            let placeholders: Vec<String> = (0..sent).map(|i| format!("${}", i + 1)).collect();
             let values: Vec<sea_orm::Value> = batch[..sent].iter().map(|p| p.id.clone().into()).collect();
-            db::exec(
-                conn,
-                &format!("DELETE FROM outbox WHERE id IN ({})", placeholders.join(", ")),
-                values,
-            )
-            .await?;
+            let sql = format!("DELETE FROM outbox WHERE id IN ({})", db::placeholders(1, sent));
+            db::exec(conn, &sql, values).await?;
         }
         if let (Some(err), Some(failed)) = (failure, batch.get(sent)) {
             // The row stays pending (an outage must never lose events) and later rows wait
