@@ -164,7 +164,9 @@ where
 
 /// Starts `call` at a fixed `rate` for `seconds` (the sender never waits for answers).
 /// Latency counts from when each call was sent; how far the sender fell behind its schedule
-/// is printed too (tokio's timer has millisecond granularity).
+/// is printed too. The sender is a thread of its own sleeping to each call's instant: tokio's
+/// timer has millisecond granularity, so a sender on it would release calls in bursts (five
+/// at a time at 5k/s) and measure its own queueing rather than a steady rate.
 async fn open_loop<F, Fut>(rate: u64, seconds: u64, call: F) -> anyhow::Result<(Vec<u64>, Duration)>
 where
     F: Fn(u64) -> Fut + Clone + Send + 'static,
@@ -173,22 +175,28 @@ where
     let total = rate * seconds;
     let start = Instant::now();
     let lat = Arc::new(Mutex::new(Vec::with_capacity(total as usize)));
-    let mut behind = Duration::ZERO;
-    let mut tasks = Vec::with_capacity(total as usize);
-    for n in 0..total {
-        let scheduled = start + Duration::from_nanos(n * 1_000_000_000 / rate);
-        if scheduled > Instant::now() {
-            tokio::time::sleep_until(scheduled.into()).await;
+    let runtime = tokio::runtime::Handle::current();
+    let sender_lat = lat.clone();
+    let (behind, tasks) = tokio::task::spawn_blocking(move || {
+        let mut behind = Duration::ZERO;
+        let mut tasks = Vec::with_capacity(total as usize);
+        for n in 0..total {
+            let scheduled = start + Duration::from_nanos(n * 1_000_000_000 / rate);
+            if let Some(wait) = scheduled.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            behind = behind.max(scheduled.elapsed());
+            let (call, lat) = (call.clone(), sender_lat.clone());
+            tasks.push(runtime.spawn(async move {
+                let sent = Instant::now();
+                call(n).await?;
+                lat.lock().await.push(sent.elapsed().as_micros() as u64);
+                anyhow::Ok(())
+            }));
         }
-        behind = behind.max(scheduled.elapsed());
-        let (call, lat) = (call.clone(), lat.clone());
-        tasks.push(tokio::spawn(async move {
-            let sent = Instant::now();
-            call(n).await?;
-            lat.lock().await.push(sent.elapsed().as_micros() as u64);
-            anyhow::Ok(())
-        }));
-    }
+        (behind, tasks)
+    })
+    .await?;
     println!(
         "  (sender at most {:.1} ms behind schedule)",
         behind.as_secs_f64() * 1000.0

@@ -190,8 +190,10 @@ impl AccessIndex {
     }
 
     /// Drops grants that ended before `now`, and removal marks older than an hour (keeps
-    /// memory bounded; answers never depend on it).
-    pub fn prune(&self, now: i64) {
+    /// memory bounded; answers never depend on it). One shard at a time, giving the worker
+    /// back in between: with a million grants a single pass would hold a thread for
+    /// milliseconds, and every check queued behind it would wait.
+    pub async fn prune(&self, now: i64) {
         let horizon = pim_runtime::db::now_ms() - 3_600_000;
         self.ended
             .write()
@@ -202,6 +204,7 @@ impl AccessIndex {
                 grants.retain(|_, g| g.end.is_none_or(|end| end > now));
                 !grants.is_empty()
             });
+            tokio::task::yield_now().await;
         }
     }
 
@@ -260,8 +263,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn only_grants_in_force_count() {
+    #[tokio::test]
+    async fn only_grants_in_force_count() {
         let index = AccessIndex::default();
         index.upsert("p", "a1", grant(10, Some(20)));
         index.upsert("p", "a2", grant(30, None));
@@ -279,7 +282,7 @@ mod tests {
             index.current("p", 30).is_empty(),
             "a late grant event does not revive a removed assignment"
         );
-        index.prune(25);
+        index.prune(25).await;
         assert_eq!(index.size(), (0, 0));
     }
 

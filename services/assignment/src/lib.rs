@@ -235,7 +235,7 @@ impl Service for Assignment {
         tasks.push(tokio::spawn(async move {
             loop {
                 tokio::select! {
-                    _ = tokio::time::sleep(std::time::Duration::from_secs(60)) => index.prune(clock.now_ms()),
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(60)) => index.prune(clock.now_ms()).await,
                     _ = stop.changed() => return,
                 }
             }
