@@ -1,7 +1,8 @@
 //! The event backbone on real PostgreSQL + Redis: nothing published for a rolled-back
 //! transaction; a relay killed between XADD and marking the row republishes and the consumer
 //! still applies the event once; a consumer that dies before XACK has its entries claimed by
-//! another and applied once; a poison entry ends in the dead-letter stream.
+//! another and applied once; a poison entry ends in the dead-letter stream; a consumer told to
+//! stop finishes and acknowledges the entries it holds first.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -59,6 +60,29 @@ impl EventHandler for Recorder {
         )
         .await?;
         Ok(())
+    }
+}
+
+/// Records like [`Recorder`], but only once the test releases it; says when it has begun.
+struct Gated {
+    entered: Arc<Notify>,
+    release: Arc<Notify>,
+}
+
+#[async_trait::async_trait]
+impl EventHandler for Gated {
+    fn consumer(&self) -> &str {
+        "recorder"
+    }
+
+    fn streams(&self) -> Vec<&'static str> {
+        vec![streams::IDENTITY]
+    }
+
+    async fn handle(&self, txn: &DatabaseTransaction, envelope: &Envelope) -> anyhow::Result<()> {
+        self.entered.notify_one();
+        self.release.notified().await;
+        Recorder.handle(txn, envelope).await
     }
 }
 
@@ -276,6 +300,43 @@ async fn entries_of_a_dead_consumer_are_claimed_and_applied_once() -> anyhow::Re
         1,
         "the inbox kept the second from being applied twice"
     );
+    f.cleanup().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_consumer_finishes_the_entries_it_holds() -> anyhow::Result<()> {
+    let mut f = Fixture::new().await?;
+    let relay = Relay::new(f.db.clone(), f.outbox.clone(), f.publisher().await?);
+    let event = f.emit("UserCreated").await?;
+    assert_eq!(relay.run_once().await?, 1);
+
+    let (entered, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let handler = Gated {
+        entered: entered.clone(),
+        release: release.clone(),
+    };
+    // Production's claim time: nothing comes back by being claimed while the test runs.
+    let options = ConsumerOptions {
+        claim_idle: Duration::from_secs(30),
+        ..fast(5)
+    };
+    let inbox = Inbox::new(f.db.clone(), Arc::new(handler));
+    let consumer = RedisConsumer::connect(&redis_url(), &f.prefix, inbox, unique("replica"), options).await?;
+    let running = consumer.spawn();
+    tokio::time::timeout(Duration::from_secs(10), entered.notified()).await?;
+
+    // Told to stop while the handler is in the middle of the entry.
+    let mut stopping = tokio::spawn(running.stop());
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), &mut stopping)
+            .await
+            .is_err(),
+        "a stop abandoned the entry in hand (its transaction rolled back halfway)"
+    );
+    release.notify_one();
+    tokio::time::timeout(Duration::from_secs(10), stopping).await??;
+    assert_eq!(f.applied(&event.id).await?, 1, "applied before the consumer stopped");
+    assert_eq!(f.pending_entries().await?, 0, "and acknowledged");
     f.cleanup().await
 }
 

@@ -189,9 +189,10 @@ impl RedisConsumer {
                     break;
                 }
                 let started = tokio::time::Instant::now();
-                let pass = tokio::select! {
-                    r = self.run_once() => r,
-                    _ = stopped.changed() => break,
+                let pass = match self.pass(&mut stopped).await {
+                    Ok(None) => break,
+                    Ok(Some(handled)) => Ok(handled),
+                    Err(err) => Err(err),
                 };
                 if let Ok(handled) = pass
                     && handled > 0
@@ -214,6 +215,15 @@ impl RedisConsumer {
     /// One pass: take over stale pending entries (when it is time to look), then read new
     /// ones. Returns how many entries were handled.
     pub async fn run_once(&self) -> anyhow::Result<usize> {
+        // Held for the pass, so the pass is never told to stop.
+        let (_running, mut stopped) = watch::channel(false);
+        Ok(self.pass(&mut stopped).await?.unwrap_or(0))
+    }
+
+    /// A pass that `stopped` can end only while it waits for new entries (None): entries it
+    /// took are applied and acknowledged before it returns, so a stop does not abandon a
+    /// transaction halfway (the entries would come back, but after the claim time).
+    async fn pass(&self, stopped: &mut watch::Receiver<bool>) -> anyhow::Result<Option<usize>> {
         let mut handled = 0;
         if self.claim_due() {
             for stream in self.inbox.streams() {
@@ -227,12 +237,15 @@ impl RedisConsumer {
             .count(500)
             .block(self.options.block.as_millis() as usize);
         let mut conn = self.conn.clone();
-        let reply: Option<StreamReadReply> = conn.xread_options(&keys, &ids, &options).await.context("XREADGROUP")?;
+        let reply: Option<StreamReadReply> = tokio::select! {
+            r = conn.xread_options(&keys, &ids, &options) => r.context("XREADGROUP")?,
+            _ = stopped.changed() => return Ok(None),
+        };
         for key in reply.map(|r| r.keys).unwrap_or_default() {
             handled += key.ids.len();
             self.process_batch(&key.key, key.ids).await?;
         }
-        Ok(handled)
+        Ok(Some(handled))
     }
 
     /// Whether to look for stale entries now. An entry is stale only once idle for
