@@ -1,7 +1,8 @@
 //! Access reviews across assignment and approval on PostgreSQL + Redis: a review of a role's
 //! eligible assignments, with recommendations from activation history, run to completion:
 //! approved assignments stay, denied ones and unanswered ones (default decision: remove) are
-//! removed through assignment.
+//! removed through assignment. A weekly review starts again a week after its last instance
+//! began, with a new snapshot of who holds the role.
 
 use std::time::Duration;
 
@@ -221,6 +222,96 @@ async fn a_review_removes_denied_and_unanswered_assignments_and_keeps_approved_o
         assert_eq!(late.code(), Code::FailedPrecondition);
         let removed = w.eventually_events("EligibilityRemoved", 2).await?;
         assert_eq!(removed.len(), 2, "Kim's and Joe's");
+        Ok(w)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_weekly_review_starts_again_with_a_fresh_snapshot() -> anyhow::Result<()> {
+    run(|w| async move {
+        let ann = w.user("ann").await?;
+        let (lee, kim) = (w.user("lee").await?, w.user("kim").await?);
+        w.make_eligible(&lee, EXCHANGE_ADMINISTRATOR).await?;
+        w.approval_sees(2, 0).await?;
+        let review = w
+            .reviews()
+            .create_review(authed(
+                &w.admin,
+                pb::CreateReviewRequest {
+                    review: Some(pb::AccessReview {
+                        name: "Exchange admins, weekly".into(),
+                        role_id: EXCHANGE_ADMINISTRATOR.into(),
+                        review_scope: pb::ReviewScope::Eligible as i32,
+                        reviewer_ids: vec![ann.id.clone()],
+                        duration: Some(prost_types::Duration {
+                            seconds: DAY_S,
+                            nanos: 0,
+                        }),
+                        recurrence: "weekly".into(),
+                        default_decision: pb::DefaultDecision::NoChange as i32,
+                        auto_apply: true,
+                        ..Default::default()
+                    }),
+                },
+            ))
+            .await?
+            .into_inner();
+        assert_eq!((review.status.as_str(), review.instance), ("InProgress", 1));
+        let items_now = || async {
+            let mut items: Vec<(i32, String)> = w
+                .reviews()
+                .list_my_review_items(authed(
+                    &ann.token,
+                    pb::ListMyReviewItemsRequest {
+                        review_id: review.id.clone(),
+                    },
+                ))
+                .await?
+                .into_inner()
+                .items
+                .into_iter()
+                .map(|i| (i.instance, i.principal_id))
+                .collect();
+            items.sort();
+            anyhow::Ok(items)
+        };
+        assert_eq!(items_now().await?, vec![(1, lee.id.clone())]);
+        let state = || async {
+            let r = w
+                .reviews()
+                .get_review(authed(
+                    &w.admin,
+                    pb::GetReviewRequest {
+                        review_id: review.id.clone(),
+                    },
+                ))
+                .await?
+                .into_inner();
+            anyhow::Ok((r.status, r.instance))
+        };
+
+        // The first instance ends after its day: unanswered, Lee keeps the role (no change),
+        // and the review waits for next week rather than completing.
+        let approvals = w.ts.suite.approval().expect("approval runs here").approvals();
+        w.clock.advance(Duration::from_secs(DAY_S as u64));
+        assert_eq!(approvals.run_review_timers_once().await?, 1);
+        assert_eq!(state().await?, ("NotStarted".to_owned(), 1));
+        assert!(items_now().await?.is_empty(), "nothing to review between instances");
+        assert!(w.eligible(&lee.id).await?, "no change");
+
+        // Kim became eligible in between; the second instance, a week after the first began,
+        // reviews both.
+        w.make_eligible(&kim, EXCHANGE_ADMINISTRATOR).await?;
+        w.approval_sees(3, 0).await?;
+        w.clock.advance(Duration::from_secs(6 * DAY_S as u64 - 1));
+        assert_eq!(approvals.run_review_timers_once().await?, 0, "not yet");
+        w.clock.advance(Duration::from_secs(1));
+        assert_eq!(approvals.run_review_timers_once().await?, 1);
+        assert_eq!(state().await?, ("InProgress".to_owned(), 2));
+        let mut both = vec![(2, lee.id.clone()), (2, kim.id.clone())];
+        both.sort();
+        assert_eq!(items_now().await?, both, "a new snapshot, with Kim");
         Ok(w)
     })
     .await
