@@ -120,6 +120,33 @@ impl World {
         })
     }
 
+    /// A new group with `members`; returns its id.
+    pub(crate) async fn group(&self, name: &str, members: &[&User]) -> anyhow::Result<String> {
+        let mut directory = DirectoryServiceClient::new(self.ts.channel.clone());
+        let group = directory
+            .create_group(authed(
+                &self.admin,
+                ipb::CreateGroupRequest {
+                    display_name: name.into(),
+                    ..Default::default()
+                },
+            ))
+            .await?
+            .into_inner();
+        for member in members {
+            directory
+                .add_group_member(authed(
+                    &self.admin,
+                    ipb::GroupMembershipRequest {
+                        group_id: group.id.clone(),
+                        principal_id: member.id.clone(),
+                    },
+                ))
+                .await?;
+        }
+        Ok(group.id)
+    }
+
     /// The user's token after a fresh MFA step-up.
     pub(crate) fn stepped_up(&self, user: &User) -> anyhow::Result<String> {
         self.ts.stepped_up_token(&user.id, &user.name, self.clock.now_ms())

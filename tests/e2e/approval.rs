@@ -295,31 +295,11 @@ async fn two_of_three_then_a_second_stage_decided_by_a_group_member() -> anyhow:
             w.user("dee").await?,
         );
         // Stage two names a group: its members decide.
-        let mut directory =
-            pim_proto::identity::v1::directory_service_client::DirectoryServiceClient::new(w.ts.channel.clone());
-        let leads = directory
-            .create_group(authed(
-                &w.admin,
-                pim_proto::identity::v1::CreateGroupRequest {
-                    display_name: "exchange leads".into(),
-                    ..Default::default()
-                },
-            ))
-            .await?
-            .into_inner();
-        directory
-            .add_group_member(authed(
-                &w.admin,
-                pim_proto::identity::v1::GroupMembershipRequest {
-                    group_id: leads.id.clone(),
-                    principal_id: d.id.clone(),
-                },
-            ))
-            .await?;
+        let leads = w.group("exchange leads", &[&d]).await?;
         w.require_approval(vec![
             stage(&[&a, &b, &c], 2),
             ApprovalStageSettings {
-                approver_ids: vec![leads.id.clone()],
+                approver_ids: vec![leads.clone()],
                 ..stage(&[], 1)
             },
         ])

@@ -1,8 +1,8 @@
 //! Access reviews across assignment and approval on PostgreSQL + Redis: a review of a role's
 //! eligible assignments, with recommendations from activation history, run to completion:
 //! approved assignments stay, denied ones and unanswered ones (default decision: remove) are
-//! removed through assignment. A weekly review starts again a week after its last instance
-//! began, with a new snapshot of who holds the role.
+//! removed through assignment. A weekly review, decided by the members of a group, starts
+//! again a week after its last instance began, with a new snapshot of who holds the role.
 
 use std::time::Duration;
 
@@ -228,10 +228,12 @@ async fn a_review_removes_denied_and_unanswered_assignments_and_keeps_approved_o
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_weekly_review_starts_again_with_a_fresh_snapshot() -> anyhow::Result<()> {
+async fn a_weekly_review_by_a_group_starts_again_with_a_fresh_snapshot() -> anyhow::Result<()> {
     run(|w| async move {
         let ann = w.user("ann").await?;
         let (lee, kim) = (w.user("lee").await?, w.user("kim").await?);
+        // The reviewers are a group: its members review.
+        let reviewers = w.group("mail team leads", &[&ann]).await?;
         w.make_eligible(&lee, EXCHANGE_ADMINISTRATOR).await?;
         w.approval_sees(2, 0).await?;
         let review = w
@@ -243,7 +245,7 @@ async fn a_weekly_review_starts_again_with_a_fresh_snapshot() -> anyhow::Result<
                         name: "Exchange admins, weekly".into(),
                         role_id: EXCHANGE_ADMINISTRATOR.into(),
                         review_scope: pb::ReviewScope::Eligible as i32,
-                        reviewer_ids: vec![ann.id.clone()],
+                        reviewer_ids: vec![reviewers.clone()],
                         duration: Some(prost_types::Duration {
                             seconds: DAY_S,
                             nanos: 0,
@@ -312,6 +314,41 @@ async fn a_weekly_review_starts_again_with_a_fresh_snapshot() -> anyhow::Result<
         let mut both = vec![(2, lee.id.clone()), (2, kim.id.clone())];
         both.sort();
         assert_eq!(items_now().await?, both, "a new snapshot, with Kim");
+
+        // Ann decides as a member of the group; Kim, in no group and under review, may not.
+        let items = w
+            .reviews()
+            .list_my_review_items(authed(
+                &ann.token,
+                pb::ListMyReviewItemsRequest {
+                    review_id: review.id.clone(),
+                },
+            ))
+            .await?
+            .into_inner()
+            .items;
+        let kims = items.iter().find(|i| i.principal_id == kim.id).expect("Kim's item");
+        let decide = |token: &str| {
+            authed(
+                token,
+                pb::RecordDecisionRequest {
+                    item_id: kims.id.clone(),
+                    decision: pb::Decision::Approve as i32,
+                    justification: "still on call".into(),
+                },
+            )
+        };
+        let refused = w
+            .reviews()
+            .record_decision(decide(&kim.token))
+            .await
+            .expect_err("not a reviewer");
+        assert_eq!(refused.code(), Code::PermissionDenied);
+        let decided = w.reviews().record_decision(decide(&ann.token)).await?.into_inner();
+        assert_eq!(
+            (decided.decision, decided.reviewer_id),
+            (pb::Decision::Approve as i32, ann.id.clone())
+        );
         Ok(w)
     })
     .await

@@ -264,7 +264,8 @@ impl Approvals {
         Ok(false)
     }
 
-    async fn groups_of(&self, caller: &Caller) -> Result<HashSet<String>, Status> {
+    /// The groups `caller` is a member of (asked of identity).
+    pub(crate) async fn groups_of(&self, caller: &Caller) -> Result<HashSet<String>, Status> {
         let mut request = tonic::Request::new(ListPrincipalGroupsRequest {
             principal_id: caller.principal_id.clone(),
         });
@@ -280,7 +281,7 @@ impl Approvals {
             .list_principal_groups(request)
             .await
             .map_err(|s| {
-                tracing::warn!(code = ?s.code(), "group lookup for an approver failed");
+                tracing::warn!(code = ?s.code(), "group lookup failed");
                 Status::unavailable("group membership is unavailable; try again")
             })?
             .into_inner()

@@ -1,8 +1,10 @@
 //! Access reviews: a role's eligible and/or active assignments at a scope, snapshotted when
-//! each instance starts, decided by named reviewers or by the holders themselves; at the end
+//! each instance starts, decided by named reviewers (users, or the members of named groups)
+//! or by the holders themselves; at the end
 //! unanswered items take the default decision and, with auto-apply, denied assignments are
 //! removed through assignment (a ReviewRemovalRequested event it consumes).
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use sea_orm::{DatabaseTransaction, TransactionTrait};
@@ -10,6 +12,7 @@ use tonic::Status;
 
 use pim_proto::assignment::v1::GetRoleDefinitionRequest;
 use pim_proto::assignment::v1::role_service_client::RoleServiceClient;
+use pim_proto::common::v1::PrincipalKind;
 use pim_proto::events::v1::ReviewEvent;
 use pim_runtime::access::{permissions, require};
 use pim_runtime::auth::Caller;
@@ -220,22 +223,45 @@ impl Approvals {
         if review.self_review || review.reviewer_ids.contains(&caller.principal_id) {
             return Ok(review);
         }
-        require(self.access.as_ref(), caller, permissions::REVIEWS_MANAGE, &review.scope).await?;
-        Ok(review)
+        match require(self.access.as_ref(), caller, permissions::REVIEWS_MANAGE, &review.scope).await {
+            Err(refused) if !self.is_reviewer(caller, &review, &mut None).await? => Err(refused),
+            _ => Ok(review),
+        }
+    }
+
+    /// Whether `caller` reviews for `review`: named, or a user in a named group (`groups`
+    /// holds the caller's groups once asked, so a call asks identity at most once).
+    async fn is_reviewer(
+        &self,
+        caller: &Caller,
+        review: &ReviewRow,
+        groups: &mut Option<HashSet<String>>,
+    ) -> Result<bool, Status> {
+        if review.reviewer_ids.contains(&caller.principal_id) {
+            return Ok(true);
+        }
+        if caller.kind != PrincipalKind::User || review.reviewer_ids.is_empty() {
+            return Ok(false);
+        }
+        let groups = match groups {
+            Some(g) => g,
+            None => groups.insert(self.groups_of(caller).await?),
+        };
+        Ok(review.reviewer_ids.iter().any(|id| groups.contains(id)))
     }
 
     pub async fn list_reviews(&self, caller: &Caller, after_id: &str, limit: usize) -> Result<Vec<ReviewRow>, Status> {
         let manager = require(self.access.as_ref(), caller, permissions::REVIEWS_MANAGE, "/")
             .await
             .is_ok();
-        let mut out = Vec::new();
+        let (mut out, mut groups) = (Vec::new(), None);
         let mut after = after_id.to_owned();
         loop {
             let rows = store::reviews(&self.db, &after, limit as u64).await.map_err(internal)?;
             let exhausted = rows.len() < limit;
             for r in rows {
                 after = r.id.clone();
-                if (manager || r.self_review || r.reviewer_ids.contains(&caller.principal_id)) && out.len() < limit {
+                if out.len() < limit && (manager || r.self_review || self.is_reviewer(caller, &r, &mut groups).await?) {
                     out.push(r);
                 }
             }
@@ -245,9 +271,15 @@ impl Approvals {
         }
     }
 
-    fn may_review(caller: &Caller, review: &ReviewRow, item: &ItemRow) -> bool {
-        review.reviewer_ids.contains(&caller.principal_id)
-            || (review.self_review && item.principal_id == caller.principal_id)
+    async fn may_review(
+        &self,
+        caller: &Caller,
+        review: &ReviewRow,
+        item: &ItemRow,
+        groups: &mut Option<HashSet<String>>,
+    ) -> Result<bool, Status> {
+        Ok((review.self_review && item.principal_id == caller.principal_id)
+            || self.is_reviewer(caller, review, groups).await?)
     }
 
     /// The current instance's items the caller reviews (of one review, or of every review in
@@ -257,12 +289,16 @@ impl Approvals {
             Some(id) => vec![self.review_for(caller, id).await?],
             None => self.list_reviews(caller, "", 1000).await?,
         };
-        let mut out = Vec::new();
+        let (mut out, mut groups) = (Vec::new(), None);
         for review in reviews.into_iter().filter(|r| r.status == "InProgress") {
             let items = store::items(&self.db, &review.id, review.instance)
                 .await
                 .map_err(internal)?;
-            out.extend(items.into_iter().filter(|i| Self::may_review(caller, &review, i)));
+            for item in items {
+                if self.may_review(caller, &review, &item, &mut groups).await? {
+                    out.push(item);
+                }
+            }
         }
         Ok(out)
     }
@@ -283,14 +319,20 @@ impl Approvals {
             .await
             .map_err(internal)?
             .ok_or_else(|| Status::not_found(format!("review item {item_id} not found")))?;
+        // Who reviews does not change, so it is settled before the review's row is locked
+        // (a group lookup is a call to identity).
+        let review = store::review(&self.db, &item.review_id, false)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| Status::not_found("access review not found"))?;
+        if !self.may_review(caller, &review, &item, &mut None).await? {
+            return Err(Status::permission_denied("you are not a reviewer of this item"));
+        }
         let txn = self.db.begin().await.map_err(internal)?;
         let review = store::review(&txn, &item.review_id, true)
             .await
             .map_err(internal)?
             .ok_or_else(|| Status::not_found("access review not found"))?;
-        if !Self::may_review(caller, &review, &item) {
-            return Err(Status::permission_denied("you are not a reviewer of this item"));
-        }
         if review.status != "InProgress" || review.instance != item.instance {
             return Err(Status::failed_precondition("this review is not in progress"));
         }

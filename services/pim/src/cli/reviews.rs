@@ -61,7 +61,7 @@ pub(crate) struct CreateArgs {
     scope: String,
     #[arg(long, value_enum, default_value = "both")]
     assignments: ReviewScopeArg,
-    /// Reviewer principal ids (or user names), comma-separated.
+    /// Reviewers, comma-separated: user names or ids, or group ids (the group's members review).
     #[arg(long, value_delimiter = ',')]
     reviewers: Vec<String>,
     /// Each holder reviews their own assignment.
