@@ -554,22 +554,29 @@ async fn a_dead_lettered_event_raises_an_alert() -> anyhow::Result<()> {
             "victim",
             &pim_proto::events::v1::UserCreated::default(),
         );
-        let mut redis = redis::Client::open(pim_runtime::testing::redis_url())?
+        let redis = redis::Client::open(pim_runtime::testing::redis_url())?
             .get_multiplexed_async_connection()
             .await?;
         let key = format!("{}{}", w.ts.stream_prefix, pim_runtime::events::streams::DEADLETTER);
-        let _: String = redis
-            .xadd(
-                &key,
-                "*",
-                &[
-                    ("stream", b"pim.identity.events".to_vec()),
-                    ("group", b"audit".to_vec()),
-                    ("event_id", poison.id.clone().into_bytes()),
-                    ("ce", poison.encode_to_vec()),
-                ],
-            )
-            .await?;
+        let dead_letter = |group: &'static str| {
+            let (mut redis, key, poison) = (redis.clone(), key.clone(), poison.clone());
+            async move {
+                let entry: String = redis
+                    .xadd(
+                        &key,
+                        "*",
+                        &[
+                            ("stream", b"pim.identity.events".to_vec()),
+                            ("group", group.as_bytes().to_vec()),
+                            ("event_id", poison.id.clone().into_bytes()),
+                            ("ce", poison.encode_to_vec()),
+                        ],
+                    )
+                    .await?;
+                anyhow::Ok(entry)
+            }
+        };
+        let entry = dead_letter("audit").await?;
         let alert = w.alert("dead_lettered", |a| a.principal_id == "victim").await?;
         assert_eq!(alert.severity, pb::Severity::High as i32);
         assert_eq!(alert.evidence_event_ids, vec![poison.id.clone()]);
@@ -577,6 +584,17 @@ async fn a_dead_lettered_event_raises_an_alert() -> anyhow::Result<()> {
             alert.figures.get("event_type").map(String::as_str),
             Some("pim.identity.v1.UserCreated")
         );
+        assert_eq!(alert.count, 1);
+
+        // Every replica tails the stream: another one reading the same entry adds nothing.
+        let alerts = w.ts.suite.alerting().expect("alerting runs here").alerts();
+        alerts.dead_lettered(&entry, &poison).await?;
+        let again = w.alert("dead_lettered", |a| a.principal_id == "victim").await?;
+        assert_eq!((again.id.as_str(), again.count), (alert.id.as_str(), 1));
+        // Another service failing on the same event is a second occurrence.
+        dead_letter("alerting").await?;
+        w.alert("dead_lettered", |a| a.principal_id == "victim" && a.count == 2)
+            .await?;
         Ok(w)
     })
     .await

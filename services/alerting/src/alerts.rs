@@ -631,9 +631,16 @@ impl Alerts {
         }
     }
 
-    /// An entry reached `pim.deadletter`: some service could not process that event.
-    pub async fn dead_lettered(&self, e: &Envelope) -> Result<(), Status> {
+    /// Entry `entry_id` of `pim.deadletter`: some service could not process event `e`. Every
+    /// replica reads the entry; the first to take it raises (or counts) the alert.
+    pub async fn dead_lettered(&self, entry_id: &str, e: &Envelope) -> Result<(), Status> {
         let txn = self.db.begin().await.map_err(internal)?;
+        if !store::first_sight_of_dead_letter(&txn, entry_id, self.now())
+            .await
+            .map_err(internal)?
+        {
+            return Ok(());
+        }
         let figures = BTreeMap::from([
             ("event_type".to_owned(), e.r#type.clone()),
             ("source".to_owned(), e.source.clone()),

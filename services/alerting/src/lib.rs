@@ -168,10 +168,10 @@ impl Service for Alerting {
                 streams::DEADLETTER,
                 from.clone(),
                 stop,
-                move |envelope| {
-                    let (alerts, envelope) = (alerts.clone(), envelope.clone());
+                move |entry_id, envelope| {
+                    let (alerts, entry_id, envelope) = (alerts.clone(), entry_id.to_owned(), envelope.clone());
                     tokio::spawn(async move {
-                        if let Err(err) = alerts.dead_lettered(&envelope).await {
+                        if let Err(err) = alerts.dead_lettered(&entry_id, &envelope).await {
                             tracing::warn!(error = %err.message(), "dead-letter alert failed");
                         }
                     });

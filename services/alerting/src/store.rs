@@ -86,8 +86,34 @@ impl MigratorTrait for Migrator {
                     .to_owned()
             }),
             backbone_indexes_migration(),
+            // Dead-letter entries already alerted on: every replica tails the stream.
+            SqlMigration::boxed("m0002_dead_letters_seen", |_| {
+                "CREATE TABLE dead_letters_seen (
+                    entry_id TEXT PRIMARY KEY,
+                    at BIGINT NOT NULL
+                )"
+                .to_owned()
+            }),
         ]
     }
+}
+
+/// Marks a dead-letter entry as alerted on; false when a replica did already. Marks older
+/// than a day go (a replica's tail starts at the stream's end, so none reads that far back).
+pub async fn first_sight_of_dead_letter<C: ConnectionTrait>(c: &C, entry_id: &str, now: i64) -> Result<bool, DbErr> {
+    db::exec(
+        c,
+        "DELETE FROM dead_letters_seen WHERE at < $1",
+        vec![(now - 86_400_000).into()],
+    )
+    .await?;
+    let inserted = db::exec(
+        c,
+        "INSERT INTO dead_letters_seen (entry_id, at) VALUES ($1, $2) ON CONFLICT (entry_id) DO NOTHING",
+        vec![entry_id.into(), now.into()],
+    )
+    .await?;
+    Ok(inserted == 1)
 }
 
 #[derive(Clone, Debug)]

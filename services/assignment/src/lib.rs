@@ -208,7 +208,7 @@ impl Service for Assignment {
                 streams::ASSIGNMENT,
                 from.clone(),
                 stop.clone(),
-                move |envelope| {
+                move |_, envelope| {
                     if let Err(err) = index.apply(envelope) {
                         tracing::warn!(event_id = %envelope.id, error = %err, "access index could not apply an event");
                     }
@@ -224,7 +224,7 @@ impl Service for Assignment {
                 streams::IDENTITY,
                 from.clone(),
                 stop.clone(),
-                move |envelope| {
+                move |_, envelope| {
                     if let Err(err) = memberships.apply(envelope) {
                         tracing::warn!(event_id = %envelope.id, error = %err, "group membership could not be applied");
                     }

@@ -281,7 +281,7 @@ impl Suite {
                     stream,
                     from,
                     stopped.clone(),
-                    move |envelope| {
+                    move |_, envelope| {
                         cache.invalidate_on(envelope);
                         revocations.apply(envelope);
                     },

@@ -445,14 +445,14 @@ pub async fn last_entry_id(url: &str, prefix: &str, stream: &str) -> anyhow::Res
 }
 
 /// Follows every entry of `stream` after `from` (no consumer group: every replica sees all),
-/// handing each envelope to `apply`, until `stop` turns true.
+/// handing each entry's id and envelope to `apply`, until `stop` turns true.
 pub fn tail(
     url: String,
     prefix: String,
     stream: &'static str,
     from: String,
     mut stop: watch::Receiver<bool>,
-    apply: impl Fn(&Envelope) + Send + 'static,
+    apply: impl Fn(&str, &Envelope) + Send + 'static,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let key = format!("{prefix}{stream}");
@@ -491,7 +491,7 @@ pub fn tail(
                             .get::<Vec<u8>>("ce")
                             .and_then(|b| Envelope::decode(b.as_slice()).ok())
                         {
-                            apply(&envelope);
+                            apply(&entry.id, &envelope);
                         }
                         last = entry.id;
                     }
