@@ -104,16 +104,22 @@ def main(pim: str, url: str) -> int:
                     names = {s.name for s in in_trace}
                     audit = [s for s in in_trace if s.name.startswith("audit ")]
                     if wanted <= names and audit:
-                        found = root.trace_id
+                        found = root
                         break
                 if found is not None:
-                    trace = found
+                    trace = found.trace_id
                     break
                 time.sleep(0.3)
             else:
                 names = sorted({s.name for s in receiver.snapshot()})
                 print(f"the activation's trace is incomplete; spans seen: {names}", file=sys.stderr)
                 return 1
+            # The request's span names who asked, for which role, and the request.
+            attributes = {a.key: a.value.string_value for a in found.attributes}
+            for key in ("pim.principal", "pim.role_id", "pim.request_id"):
+                if not attributes.get(key):
+                    print(f"the CreateRequest span lacks {key}: {attributes}", file=sys.stderr)
+                    return 1
             # The same run's metrics, read with a plain HTTP client.
             metrics = urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=10).read().decode()
             for wanted_metric in ('pim_rpc_requests_total{code="Ok",method="CreateRequest"',
@@ -137,6 +143,7 @@ def main(pim: str, url: str) -> int:
             return 1
         print(f"OTLP: one trace ({trace.hex()}) holds {len(in_trace)} spans, among them "
               f"{', '.join(sorted(wanted))} and {len(audit)} audit spans, each linked to its parent; "
+              f"CreateRequest carries pim.principal, pim.role_id and pim.request_id; "
               f"{len(metrics_receiver.names)} metrics received, and /metrics served")
         return 0
     finally:

@@ -174,6 +174,7 @@ impl ApprovalService for Approvals {
             _ => return Err(invalid_argument("decision", "approve or deny")),
         };
         let (approval, decisions) = Approvals::decide(self, &caller, id, approve, &r.justification).await?;
+        pim_runtime::telemetry::record_request(&approval.request_id, &approval.role_id);
         Ok(Response::new(approval_pb(approval, decisions, Vec::new())))
     }
 

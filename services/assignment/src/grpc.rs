@@ -644,6 +644,7 @@ impl AssignmentService for Assignments {
                 return Err(Error::invalid("action", "required (e.g. adminAssign, selfActivate)").into());
             }
         };
+        pim_runtime::telemetry::record_request(&created.id, &created.role_id);
         Ok(Response::new(request_to_pb(created)))
     }
 

@@ -441,6 +441,8 @@ where
             otel.kind = "server",
             rpc.system = "grpc",
             pim.principal = tracing::field::Empty,
+            pim.role_id = tracing::field::Empty,
+            pim.request_id = tracing::field::Empty,
             trace_id = tracing::field::Empty,
         );
         {

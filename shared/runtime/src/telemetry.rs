@@ -171,6 +171,14 @@ pub fn event_span(consumer: &str, envelope: &crate::events::Envelope) -> tracing
     span
 }
 
+/// Names the assignment request (and its role) an RPC is about on the RPC's span, as the
+/// `pim.request_id` and `pim.role_id` attributes.
+pub fn record_request(request_id: &str, role_id: &str) {
+    let span = tracing::Span::current();
+    span.record("pim.request_id", request_id);
+    span.record("pim.role_id", role_id);
+}
+
 /// Puts the span's trace id on it as `trace_id`, so every log line inside carries it: the
 /// OpenTelemetry trace when exporting, otherwise the one `traceparent` names.
 pub fn record_trace_id(span: &tracing::Span, traceparent: Option<&str>) {
