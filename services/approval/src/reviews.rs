@@ -150,7 +150,7 @@ impl Approvals {
         require(self.access.as_ref(), caller, permissions::REVIEWS_MANAGE, &scope).await?;
         let role_id = self.role_id(caller, role_id).await?;
         let now = self.now();
-        let review = ReviewRow {
+        let mut review = ReviewRow {
             id: uuid::Uuid::now_v7().to_string(),
             name: name.into(),
             role_id,
@@ -178,12 +178,13 @@ impl Approvals {
             &self.review_event(&review, None, "", Some(caller)),
         )
         .await?;
+        // A review starting now starts at once, in this transaction: a timer pass started
+        // afterwards could otherwise hold the new row while this call reads it back.
+        if review.start_at <= now {
+            self.start_instance(&txn, &mut review).await?;
+        }
         txn.commit().await.map_err(internal)?;
         self.outbox.wake();
-        // A review starting now starts at once, not at the next timer pass.
-        if review.start_at <= now {
-            self.run_review_timers_once().await?;
-        }
         self.review_for(caller, &review.id).await
     }
 
