@@ -448,9 +448,12 @@ where
         {
             use tracing_opentelemetry::OpenTelemetrySpanExt;
             let _ = span.set_parent(crate::telemetry::context_from_headers(request.headers()));
-            let traceparent = request.headers().get("traceparent").and_then(|v| v.to_str().ok());
-            crate::telemetry::record_trace_id(&span, traceparent);
         }
+        let traceparent = request
+            .headers()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let recorded = span.clone();
         let started = std::time::Instant::now();
         let call = async move {
@@ -476,35 +479,32 @@ where
                 Err(err) => Ok(Status::from(err).into_http()),
             }
         };
-        Box::pin(tracing::Instrument::instrument(
-            async move {
-                let response = call.await;
-                // Errors come back trailers-only, with grpc-status in the headers; a missing
-                // one means OK (it follows in the trailers).
-                let code = match &response {
-                    Ok(r) => r
-                        .headers()
-                        .get("grpc-status")
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.parse::<i32>().ok())
-                        .map(tonic::Code::from_i32)
-                        .unwrap_or(tonic::Code::Ok),
-                    Err(_) => tonic::Code::Unknown,
-                };
-                // Only methods PIM serves get labels of their own, so nobody can grow the
-                // series by calling made-up paths.
-                let (service, method) = crate::metrics::rpc_labels(&path);
-                let m = crate::metrics::metrics();
-                m.rpc_requests
-                    .with_label_values(&[service, method, crate::metrics::code_label(code)])
-                    .inc();
-                m.rpc_seconds
-                    .with_label_values(&[service, method])
-                    .observe(started.elapsed().as_secs_f64());
-                response
-            },
-            span,
-        ))
+        Box::pin(crate::telemetry::traced(span, traceparent.as_deref(), async move {
+            let response = call.await;
+            // Errors come back trailers-only, with grpc-status in the headers; a missing
+            // one means OK (it follows in the trailers).
+            let code = match &response {
+                Ok(r) => r
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<i32>().ok())
+                    .map(tonic::Code::from_i32)
+                    .unwrap_or(tonic::Code::Ok),
+                Err(_) => tonic::Code::Unknown,
+            };
+            // Only methods PIM serves get labels of their own, so nobody can grow the
+            // series by calling made-up paths.
+            let (service, method) = crate::metrics::rpc_labels(&path);
+            let m = crate::metrics::metrics();
+            m.rpc_requests
+                .with_label_values(&[service, method, crate::metrics::code_label(code)])
+                .inc();
+            m.rpc_seconds
+                .with_label_values(&[service, method])
+                .observe(started.elapsed().as_secs_f64());
+            response
+        }))
     }
 }
 

@@ -136,15 +136,60 @@ pub fn context_from_traceparent(traceparent: &str) -> Context {
     TraceContextPropagator::new().extract(&Traceparent(Some(traceparent)))
 }
 
+tokio::task_local! {
+    /// The `traceparent` of the operation running, when OpenTelemetry does not trace it (no
+    /// exporter): the events it emits and the calls it makes carry it, so every log line of
+    /// the operation and of what it causes names one trace. Empty when OpenTelemetry traces.
+    static UNEXPORTED: String;
+}
+
 /// The current span's context as a W3C `traceparent`, if it belongs to a trace.
 pub fn current_traceparent() -> Option<String> {
     let context = tracing::Span::current().context();
     if !context.span().span_context().is_valid() {
-        return None;
+        return UNEXPORTED.try_with(|t| t.clone()).ok().filter(|t| !t.is_empty());
     }
     let mut collect = Collect(None);
     TraceContextPropagator::new().inject_context(&context, &mut collect);
     collect.0
+}
+
+/// A fresh W3C `traceparent` (sampled), for an operation no trace reached.
+pub fn new_traceparent() -> String {
+    let trace = uuid::Uuid::new_v4().simple().to_string();
+    let span = &uuid::Uuid::new_v4().simple().to_string()[..16];
+    format!("00-{trace}-{span}-01")
+}
+
+/// The trace id a W3C `traceparent` names, if it is well formed.
+fn trace_id_of(traceparent: &str) -> Option<&str> {
+    let mut parts = traceparent.split('-');
+    let (version, trace, span, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let hex = |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit());
+    (hex(version, 2) && hex(trace, 32) && hex(span, 16) && hex(flags, 2) && parts.next().is_none()).then_some(trace)
+}
+
+/// Runs `operation` in `span` (whose parent is already set). Its log lines name the trace:
+/// OpenTelemetry's when it traces the span, otherwise the one `traceparent` names, or a new
+/// one, which then travels on with the events and calls the operation makes.
+pub fn traced<F: std::future::Future>(
+    span: tracing::Span,
+    traceparent: Option<&str>,
+    operation: F,
+) -> impl std::future::Future<Output = F::Output> + use<F> {
+    let context = span.context();
+    let span_context = context.span().span_context().clone();
+    let unexported = if span_context.is_valid() {
+        span.record("trace_id", span_context.trace_id().to_string().as_str());
+        String::new()
+    } else {
+        let traceparent = traceparent
+            .filter(|t| trace_id_of(t).is_some())
+            .map_or_else(new_traceparent, str::to_owned);
+        span.record("trace_id", trace_id_of(&traceparent).unwrap_or_default());
+        traceparent
+    };
+    UNEXPORTED.scope(unexported, tracing::Instrument::instrument(operation, span))
 }
 
 /// Puts the current trace context on an outgoing gRPC request.
@@ -156,8 +201,20 @@ pub fn inject<T>(request: &mut tonic::Request<T>) {
     }
 }
 
-/// A span for handling one event, a child of the span that emitted it.
-pub fn event_span(consumer: &str, envelope: &crate::events::Envelope) -> tracing::Span {
+/// Names the assignment request (and its role) an RPC is about on the RPC's span, as the
+/// `pim.request_id` and `pim.role_id` attributes.
+pub fn record_request(request_id: &str, role_id: &str) {
+    let span = tracing::Span::current();
+    span.record("pim.request_id", request_id);
+    span.record("pim.role_id", role_id);
+}
+
+/// Handles one event in a span of its own, a child of the span that emitted it.
+pub fn handle_event<F: std::future::Future>(
+    consumer: &str,
+    envelope: &crate::events::Envelope,
+    handling: F,
+) -> impl std::future::Future<Output = F::Output> + use<F> {
     let span = tracing::info_span!(
         "event",
         otel.name = %format!("{consumer} {}", crate::events::short_type(envelope)),
@@ -167,29 +224,75 @@ pub fn event_span(consumer: &str, envelope: &crate::events::Envelope) -> tracing
         trace_id = tracing::field::Empty,
     );
     let _ = span.set_parent(context_from_traceparent(&envelope.traceparent));
-    record_trace_id(&span, Some(&envelope.traceparent));
-    span
+    traced(span, Some(&envelope.traceparent), handling)
 }
 
-/// Names the assignment request (and its role) an RPC is about on the RPC's span, as the
-/// `pim.request_id` and `pim.role_id` attributes.
-pub fn record_request(request_id: &str, role_id: &str) {
-    let span = tracing::Span::current();
-    span.record("pim.request_id", request_id);
-    span.record("pim.role_id", role_id);
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// Puts the span's trace id on it as `trace_id`, so every log line inside carries it: the
-/// OpenTelemetry trace when exporting, otherwise the one `traceparent` names.
-pub fn record_trace_id(span: &tracing::Span, traceparent: Option<&str>) {
-    let context = span.context();
-    let span_context = context.span().span_context().clone();
-    if span_context.is_valid() {
-        span.record("trace_id", span_context.trace_id().to_string().as_str());
-    } else if let Some(id) = traceparent
-        .and_then(|t| t.split('-').nth(1))
-        .filter(|id| id.len() == 32)
-    {
-        span.record("trace_id", id);
+    const CALLER: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    /// Log lines, as the fmt layer writes them.
+    #[derive(Clone, Default)]
+    struct Lines(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Lines {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap_or_else(|e| e.into_inner()).extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Lines {
+        fn text(&self) -> String {
+            String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
+        }
+    }
+
+    // One thread: the subscriber set for this test is the thread's default.
+    #[tokio::test(flavor = "current_thread")]
+    async fn without_an_exporter_an_operation_and_what_it_causes_share_a_trace_id() {
+        let logs = Lines::default();
+        let writer = logs.clone();
+        let _subscriber = tracing::subscriber::set_default(
+            tracing_subscriber::fmt()
+                .with_ansi(false)
+                .with_writer(move || writer.clone())
+                .finish(),
+        );
+        let span = || tracing::info_span!("rpc", trace_id = tracing::field::Empty);
+
+        // A caller's traceparent: logged, and carried by the events the operation emits.
+        let (carried, event) = traced(span(), Some(CALLER), async {
+            tracing::info!("handling a call");
+            let event = crate::events::envelope("pim.test", "Happened", "s", &crate::events::Envelope::default());
+            (current_traceparent(), event)
+        })
+        .await;
+        assert_eq!(carried.as_deref(), Some(CALLER));
+        assert_eq!(event.traceparent, CALLER);
+        assert!(
+            logs.text().contains("trace_id=\"4bf92f3577b34da6a3ce929d0e0e4736\""),
+            "{}",
+            logs.text()
+        );
+
+        // No traceparent, or a malformed one: a new trace, still named on every line.
+        for given in [None, Some("00-not-a-trace-01")] {
+            let carried = traced(span(), given, async { current_traceparent() })
+                .await
+                .expect("a trace");
+            let id = trace_id_of(&carried).expect("well formed");
+            assert_ne!(id, "4bf92f3577b34da6a3ce929d0e0e4736");
+            traced(span(), Some(&carried), async { tracing::info!("handling its event") }).await;
+            assert!(logs.text().contains(&format!("trace_id=\"{id}\"")), "{}", logs.text());
+        }
+        // Outside any operation there is none.
+        assert_eq!(current_traceparent(), None);
     }
 }

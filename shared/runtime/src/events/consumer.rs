@@ -35,8 +35,7 @@ pub trait EventHandler: Send + Sync {
     /// rows at once override it; by default each is handled in turn.
     async fn handle_all(&self, txn: &DatabaseTransaction, envelopes: &[&Envelope]) -> anyhow::Result<()> {
         for envelope in envelopes {
-            let span = crate::telemetry::event_span(self.consumer(), envelope);
-            tracing::Instrument::instrument(self.handle(txn, envelope), span).await?;
+            crate::telemetry::handle_event(self.consumer(), envelope, self.handle(txn, envelope)).await?;
         }
         Ok(())
     }
@@ -138,8 +137,7 @@ impl Inbox {
             txn.rollback().await.ok();
             return Ok(false);
         }
-        let span = crate::telemetry::event_span(self.consumer(), envelope);
-        tracing::Instrument::instrument(self.handler.handle(&txn, envelope), span).await?;
+        crate::telemetry::handle_event(self.consumer(), envelope, self.handler.handle(&txn, envelope)).await?;
         txn.commit().await.context("committing consumer transaction")?;
         self.handler.after_commit(envelope).await;
         Ok(true)

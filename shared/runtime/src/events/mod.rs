@@ -61,18 +61,11 @@ pub fn envelope(source: &str, event_type: &str, subject: &str, data: &impl Messa
         time: Some(crate::db::to_timestamp(crate::db::now_ms())),
         subject: subject.to_owned(),
         // The emitting operation's trace, so what the event causes joins it.
-        traceparent: crate::telemetry::current_traceparent().unwrap_or_else(new_traceparent),
+        traceparent: crate::telemetry::current_traceparent().unwrap_or_else(crate::telemetry::new_traceparent),
         data: data.encode_to_vec(),
         specversion: "1.0".to_owned(),
         datacontenttype: "application/protobuf".to_owned(),
     }
-}
-
-/// A fresh W3C traceparent (sampled), for an event no traced operation emitted.
-fn new_traceparent() -> String {
-    let trace = Uuid::new_v4().simple().to_string();
-    let span = &Uuid::new_v4().simple().to_string()[..16];
-    format!("00-{trace}-{span}-01")
 }
 
 /// The short type name of an envelope: `pim.identity.v1.UserCreated` → `UserCreated`.
