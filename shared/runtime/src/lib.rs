@@ -12,7 +12,7 @@ pub mod grpc;
 pub mod host;
 pub mod metrics;
 pub mod telemetry;
-#[cfg(feature = "test-util")]
+#[cfg(any(test, feature = "test-util"))]
 pub mod testing;
 
 pub use config::Config;

@@ -233,38 +233,10 @@ mod tests {
 
     const CALLER: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
-    /// Log lines, as the fmt layer writes them.
-    #[derive(Clone, Default)]
-    struct Lines(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Lines {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap_or_else(|e| e.into_inner()).extend_from_slice(buf);
-            Ok(buf.len())
-        }
-
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl Lines {
-        fn text(&self) -> String {
-            String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
-        }
-    }
-
     // One thread: the subscriber set for this test is the thread's default.
     #[tokio::test(flavor = "current_thread")]
     async fn without_an_exporter_an_operation_and_what_it_causes_share_a_trace_id() {
-        let logs = Lines::default();
-        let writer = logs.clone();
-        let _subscriber = tracing::subscriber::set_default(
-            tracing_subscriber::fmt()
-                .with_ansi(false)
-                .with_writer(move || writer.clone())
-                .finish(),
-        );
+        let (logs, _subscriber) = crate::testing::CapturedLogs::on_this_thread();
         let span = || tracing::info_span!("rpc", trace_id = tracing::field::Empty);
 
         // A caller's traceparent: logged, and carried by the events the operation emits.

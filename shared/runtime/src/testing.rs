@@ -122,6 +122,21 @@ impl CapturedLogs {
             .map(|_| logs)
     }
 
+    /// Captures this thread's events until the guard drops (for a test on one thread that
+    /// must not depend on which subscriber the process installed).
+    pub fn on_this_thread() -> (Self, tracing::subscriber::DefaultGuard) {
+        let logs = Self::default();
+        let writer = logs.clone();
+        let guard = tracing::subscriber::set_default(
+            tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new("trace"))
+                .with_ansi(false)
+                .with_writer(move || writer.clone())
+                .finish(),
+        );
+        (logs, guard)
+    }
+
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
     }
