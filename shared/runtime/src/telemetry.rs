@@ -154,11 +154,18 @@ pub fn current_traceparent() -> Option<String> {
     collect.0
 }
 
-/// A fresh W3C `traceparent` (sampled), for an operation no trace reached.
+/// A fresh W3C `traceparent` (sampled), for an operation no trace reached. Its ids only need
+/// to be unique, not secret, so they come from the standard library's randomly keyed hasher
+/// (no system call on the RPC path).
 pub fn new_traceparent() -> String {
-    let trace = uuid::Uuid::new_v4().simple().to_string();
-    let span = &uuid::Uuid::new_v4().simple().to_string()[..16];
-    format!("00-{trace}-{span}-01")
+    use std::hash::{BuildHasher, RandomState};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let keyed = RandomState::new();
+    let high = keyed.hash_one(NEXT.fetch_add(1, Ordering::Relaxed));
+    let low = keyed.hash_one(high) | 1;
+    let span = keyed.hash_one(low) | 1;
+    format!("00-{high:016x}{low:016x}-{span:016x}-01")
 }
 
 /// The trace id a W3C `traceparent` names, if it is well formed.
@@ -261,6 +268,7 @@ mod tests {
                 .expect("a trace");
             let id = trace_id_of(&carried).expect("well formed");
             assert_ne!(id, "4bf92f3577b34da6a3ce929d0e0e4736");
+            assert_ne!(carried, new_traceparent(), "each new trace is another");
             traced(span(), Some(&carried), async { tracing::info!("handling its event") }).await;
             assert!(logs.text().contains(&format!("trace_id=\"{id}\"")), "{}", logs.text());
         }
