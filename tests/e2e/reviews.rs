@@ -40,6 +40,34 @@ impl World {
             .is_empty())
     }
 
+    /// The items of the review's current instance that the holder of `token` reviews.
+    async fn my_items(&self, token: &str, review_id: &str) -> anyhow::Result<Vec<pb::ReviewItem>> {
+        Ok(self
+            .reviews()
+            .list_my_review_items(authed(
+                token,
+                pb::ListMyReviewItemsRequest {
+                    review_id: review_id.into(),
+                },
+            ))
+            .await?
+            .into_inner()
+            .items)
+    }
+
+    async fn review(&self, review_id: &str) -> anyhow::Result<pb::AccessReview> {
+        Ok(self
+            .reviews()
+            .get_review(authed(
+                &self.admin,
+                pb::GetReviewRequest {
+                    review_id: review_id.into(),
+                },
+            ))
+            .await?
+            .into_inner())
+    }
+
     /// Waits until the approval service has seen `n` assignments and `m` activations.
     async fn approval_sees(&self, n: i64, m: i64) -> anyhow::Result<()> {
         let db = self
@@ -140,17 +168,7 @@ async fn a_review_removes_denied_and_unanswered_assignments_and_keeps_approved_o
         assert_eq!((review.status.as_str(), review.instance), ("InProgress", 1));
         assert_eq!(review.role_id, EXCHANGE_ADMINISTRATOR, "named by name, stored by id");
 
-        let items = w
-            .reviews()
-            .list_my_review_items(authed(
-                &ann.token,
-                pb::ListMyReviewItemsRequest {
-                    review_id: review.id.clone(),
-                },
-            ))
-            .await?
-            .into_inner()
-            .items;
+        let items = w.my_items(&ann.token, &review.id).await?;
         assert_eq!(items.len(), 3, "the three eligible assignments, snapshotted: {items:?}");
         let item_of = |id: &str| items.iter().find(|i| i.principal_id == id).expect("an item").clone();
         let (lee_item, kim_item, joe_item) = (item_of(&lee.id), item_of(&kim.id), item_of(&joe.id));
@@ -196,17 +214,7 @@ async fn a_review_removes_denied_and_unanswered_assignments_and_keeps_approved_o
         .await?;
         assert!(w.eligible(&lee.id).await?, "approved: kept");
 
-        let done = w
-            .reviews()
-            .get_review(authed(
-                &w.admin,
-                pb::GetReviewRequest {
-                    review_id: review.id.clone(),
-                },
-            ))
-            .await?
-            .into_inner();
-        assert_eq!(done.status, "Completed");
+        assert_eq!(w.review(&review.id).await?.status, "Completed");
         let late = w
             .reviews()
             .record_decision(authed(
@@ -262,16 +270,8 @@ async fn a_weekly_review_by_a_group_starts_again_with_a_fresh_snapshot() -> anyh
         assert_eq!((review.status.as_str(), review.instance), ("InProgress", 1));
         let items_now = || async {
             let mut items: Vec<(i32, String)> = w
-                .reviews()
-                .list_my_review_items(authed(
-                    &ann.token,
-                    pb::ListMyReviewItemsRequest {
-                        review_id: review.id.clone(),
-                    },
-                ))
+                .my_items(&ann.token, &review.id)
                 .await?
-                .into_inner()
-                .items
                 .into_iter()
                 .map(|i| (i.instance, i.principal_id))
                 .collect();
@@ -280,16 +280,7 @@ async fn a_weekly_review_by_a_group_starts_again_with_a_fresh_snapshot() -> anyh
         };
         assert_eq!(items_now().await?, vec![(1, lee.id.clone())]);
         let state = || async {
-            let r = w
-                .reviews()
-                .get_review(authed(
-                    &w.admin,
-                    pb::GetReviewRequest {
-                        review_id: review.id.clone(),
-                    },
-                ))
-                .await?
-                .into_inner();
+            let r = w.review(&review.id).await?;
             anyhow::Ok((r.status, r.instance))
         };
 
@@ -316,17 +307,7 @@ async fn a_weekly_review_by_a_group_starts_again_with_a_fresh_snapshot() -> anyh
         assert_eq!(items_now().await?, both, "a new snapshot, with Kim");
 
         // Ann decides as a member of the group; Kim, in no group and under review, may not.
-        let items = w
-            .reviews()
-            .list_my_review_items(authed(
-                &ann.token,
-                pb::ListMyReviewItemsRequest {
-                    review_id: review.id.clone(),
-                },
-            ))
-            .await?
-            .into_inner()
-            .items;
+        let items = w.my_items(&ann.token, &review.id).await?;
         let kims = items.iter().find(|i| i.principal_id == kim.id).expect("Kim's item");
         let decide = |token: &str| {
             authed(
