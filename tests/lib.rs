@@ -191,6 +191,7 @@ impl TestSuite {
             amr: vec!["pwd".into(), "otp".into()],
             session_id: "test-session".into(),
             mfa_at: Some(mfa_at_ms / 1000),
+            pending: None,
         };
         let issued = keys.issue(&subject, Duration::from_secs(3600))?;
         Ok(issued.token)

@@ -371,6 +371,7 @@ async fn activation(rate: u64, seconds: u64) -> anyhow::Result<()> {
             amr: vec!["pwd".into(), "otp".into()],
             session_id: "bench".into(),
             mfa_at: Some(now_ms() / 1000),
+            pending: None,
         };
         tokens.push(identity.issue(&subject, Duration::from_secs(3600))?.token);
     }

@@ -439,9 +439,11 @@ async fn identity_and_time_rules_raise_and_clear() -> anyhow::Result<()> {
         let (lee, kim) = (w.user("lee").await?, w.user("kim").await?);
         w.make_eligible(&lee, GLOBAL_ADMINISTRATOR).await?;
         w.alerting_sees_privileged(&lee.id).await?;
+        let mut lee_authenticator = None;
         for who in [&kim, &lee] {
             let mut mfa = MfaServiceClient::new(w.ts.channel.clone());
-            crate::mfa::enrol(&mut mfa, &who.token).await?;
+            let (authenticator, confirmed_at, _) = crate::mfa::enrol(&mut mfa, &who.token).await?;
+            lee_authenticator = Some((authenticator, confirmed_at));
             for _ in 0..3 {
                 let wrong = mfa
                     .verify(authed(&who.token, ipb::VerifyRequest { code: "000000".into() }))
@@ -534,7 +536,17 @@ async fn identity_and_time_rules_raise_and_clear() -> anyhow::Result<()> {
                 a.principal_id == lee.id && a.status == pb::AlertStatus::Open as i32
             })
             .await?;
-        w.ts.sign_in("lee", "lee's long passphrase").await?;
+        // Lee has MFA: the sign-in counts once its code is verified.
+        let held = w.ts.sign_in("lee", "lee's long passphrase").await?;
+        let (authenticator, confirmed_at) = lee_authenticator.expect("Lee enrolled");
+        MfaServiceClient::new(w.ts.channel.clone())
+            .verify(authed(
+                &held,
+                ipb::VerifyRequest {
+                    code: authenticator.generate(confirmed_at + 30),
+                },
+            ))
+            .await?;
         w.resolved("stale_accounts", &stale.id).await?;
         Ok(w)
     })

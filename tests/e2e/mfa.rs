@@ -21,28 +21,32 @@ async fn user(ts: &TestSuite, admin: &str, name: &str) -> anyhow::Result<(String
     Ok((created.id, ts.sign_in(name, &pim_e2e::password_of(name)).await?))
 }
 
-/// Enrols and confirms TOTP; returns the authenticator and the time whose code confirmed it.
+/// Enrols and confirms TOTP; returns the authenticator, the time whose code confirmed it and
+/// the stepped-up token the confirmation answered with.
 pub(crate) async fn enrol(
     mfa: &mut MfaServiceClient<tonic::transport::Channel>,
     token: &str,
-) -> anyhow::Result<(TOTP, u64)> {
+) -> anyhow::Result<(TOTP, u64, String)> {
     let enrolled = mfa
-        .enroll_totp(authed(token, ipb::EnrollTotpRequest {}))
+        .enroll_totp(authed(token, ipb::EnrollTotpRequest::default()))
         .await?
         .into_inner();
     assert!(enrolled.otpauth_uri.starts_with("otpauth://totp/PIM:"));
     let authenticator = TOTP::from_url(&enrolled.otpauth_uri).map_err(|e| anyhow::anyhow!("{e:?}"))?;
     let at = (now_ms() / 1000) as u64;
     let code = authenticator.generate(at);
-    mfa.confirm_totp(authed(
-        token,
-        ipb::ConfirmTotpRequest {
-            method_id: enrolled.method_id,
-            code,
-        },
-    ))
-    .await?;
-    Ok((authenticator, at))
+    let confirmed = mfa
+        .confirm_totp(authed(
+            token,
+            ipb::ConfirmTotpRequest {
+                method_id: enrolled.method_id,
+                code,
+            },
+        ))
+        .await?
+        .into_inner();
+    let stepped = confirmed.session.map(|s| s.access_token).unwrap_or_default();
+    Ok((authenticator, at, stepped))
 }
 
 fn activation() -> apb::CreateRequestRequest {
@@ -74,9 +78,9 @@ async fn step_up_with_totp_then_activate() -> anyhow::Result<()> {
             .await
             .expect_err("nothing enrolled");
         assert_eq!(none.code(), Code::FailedPrecondition);
-        let (authenticator, confirmed_at) = enrol(&mut mfa, &lee_token).await?;
+        let (authenticator, confirmed_at, _) = enrol(&mut mfa, &lee_token).await?;
         let again = mfa
-            .enroll_totp(authed(&lee_token, ipb::EnrollTotpRequest {}))
+            .enroll_totp(authed(&lee_token, ipb::EnrollTotpRequest::default()))
             .await
             .expect_err("enrolled already");
         assert_eq!(again.code(), Code::FailedPrecondition);
@@ -130,13 +134,15 @@ async fn step_up_with_totp_then_activate() -> anyhow::Result<()> {
             .methods;
         assert_eq!(listed.len(), 1);
         assert_eq!(listed[0].kind, "totp");
-        mfa.remove_method(authed(
-            &lee_token,
-            ipb::RemoveMethodRequest {
-                method_id: listed[0].id.clone(),
-            },
-        ))
-        .await?;
+        let remove = ipb::RemoveMethodRequest {
+            method_id: listed[0].id.clone(),
+        };
+        let unverified = mfa
+            .remove_method(authed(&lee_token, remove.clone()))
+            .await
+            .expect_err("removing a method needs a recent MFA");
+        assert_eq!(violated_rules(&unverified), vec!["MfaRule"]);
+        mfa.remove_method(authed(&stepped.access_token, remove)).await?;
         assert!(
             mfa.list_methods(authed(&lee_token, ipb::ListMethodsRequest { user: String::new() }))
                 .await?
@@ -163,9 +169,9 @@ async fn wrong_codes_lock_mfa_and_recovery_codes_work_once() -> anyhow::Result<(
         let admin = ts.admin_token().await?;
         let (_, kim_token) = user(&ts, &admin, "kim").await?;
         let mut mfa = MfaServiceClient::new(ts.channel.clone());
-        let (authenticator, _) = enrol(&mut mfa, &kim_token).await?;
+        let (authenticator, _, stepped) = enrol(&mut mfa, &kim_token).await?;
         let codes = mfa
-            .generate_recovery_codes(authed(&kim_token, ipb::GenerateRecoveryCodesRequest {}))
+            .generate_recovery_codes(authed(&stepped, ipb::GenerateRecoveryCodesRequest {}))
             .await?
             .into_inner()
             .codes;
@@ -224,7 +230,7 @@ async fn one_code_twice_at_once_succeeds_once_and_lockout_survives_a_restart() -
     let admin = ts.admin_token().await?;
     let (_, token) = user(&ts, &admin, "lee").await?;
     let mut mfa = MfaServiceClient::new(ts.channel.clone());
-    let (authenticator, confirmed_at) = enrol(&mut mfa, &token).await?;
+    let (authenticator, confirmed_at, _) = enrol(&mut mfa, &token).await?;
     let code = authenticator.generate(confirmed_at + 30);
     let (mut first, mut second) = (
         MfaServiceClient::new(ts.channel.clone()),

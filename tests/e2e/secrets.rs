@@ -54,7 +54,7 @@ async fn no_secret_reaches_logs_streams_or_audit() -> anyhow::Result<()> {
 
         let mut mfa = MfaServiceClient::new(ts.channel.clone());
         let enrolled = mfa
-            .enroll_totp(authed(&lee, ipb::EnrollTotpRequest {}))
+            .enroll_totp(authed(&lee, ipb::EnrollTotpRequest::default()))
             .await?
             .into_inner();
         let authenticator = TOTP::from_url(&enrolled.otpauth_uri).map_err(|e| anyhow::anyhow!("{e:?}"))?;
@@ -82,7 +82,7 @@ async fn no_secret_reaches_logs_streams_or_audit() -> anyhow::Result<()> {
             .into_inner();
         secrets.push(stepped.access_token.clone());
         let codes = mfa
-            .generate_recovery_codes(authed(&lee, ipb::GenerateRecoveryCodesRequest {}))
+            .generate_recovery_codes(authed(&stepped.access_token, ipb::GenerateRecoveryCodesRequest {}))
             .await?
             .into_inner()
             .codes;

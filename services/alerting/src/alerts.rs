@@ -237,9 +237,28 @@ impl Alerts {
         evidence: &[String],
         figures: BTreeMap<String, String>,
     ) -> Result<(), Status> {
-        let settings = self.settings(txn, rule_id).await?;
+        self.raise_as(txn, rule_id, dedup_key, subject, evidence, figures, None)
+            .await
+    }
+
+    /// As [`Self::raise`], with a severity other than the rule's (e.g. high for a privileged account).
+    #[allow(clippy::too_many_arguments)]
+    async fn raise_as(
+        &self,
+        txn: &DatabaseTransaction,
+        rule_id: &str,
+        dedup_key: &str,
+        subject: Subject,
+        evidence: &[String],
+        figures: BTreeMap<String, String>,
+        severity: Option<&str>,
+    ) -> Result<(), Status> {
+        let mut settings = self.settings(txn, rule_id).await?;
         if !settings.enabled {
             return Ok(());
+        }
+        if let Some(severity) = severity {
+            settings.severity = severity.to_owned();
         }
         let now = self.now();
         let rev = store::next_rev(txn).await.map_err(internal)?;
@@ -327,6 +346,38 @@ impl Alerts {
                 if store::is_privileged(txn, &m.user_id, self.now()).await? {
                     self.check_mfa_failures(txn, &m.user_id, at, locked).await?;
                 }
+            }
+            "RecoveryCodeUsed" | "MfaMethodRemoved" | "MfaReset" => {
+                let m: ev::MfaEvent = decode(e)?;
+                let privileged = store::is_privileged(txn, &m.user_id, self.now()).await?;
+                let by = m.actor.as_ref().map(|a| a.display_name.clone()).unwrap_or_default();
+                // A recovery code is an emergency for anyone (high for a privileged account);
+                // a lost method matters for privileged accounts.
+                let (rule, key, severity) = match short_type(e) {
+                    "RecoveryCodeUsed" => (rules::RECOVERY_CODE_USED, "recovery_code", privileged.then_some("high")),
+                    _ if privileged => (rules::MFA_METHOD_REMOVED, "mfa_method_removed", None),
+                    _ => return Ok(()),
+                };
+                let figures = BTreeMap::from([
+                    ("change".to_owned(), short_type(e).to_owned()),
+                    ("by".to_owned(), by),
+                    ("privileged".to_owned(), privileged.to_string()),
+                    ("detail".to_owned(), m.reason.clone()),
+                ]);
+                let subject = Subject {
+                    principal_id: m.user_id.clone(),
+                    ..Subject::default()
+                };
+                self.raise_as(
+                    txn,
+                    rule,
+                    &format!("{key}:{}", m.user_id),
+                    subject,
+                    std::slice::from_ref(&e.id),
+                    figures,
+                    severity,
+                )
+                .await?;
             }
             "EligibilityGranted" | "EligibilityUpdated" | "ActiveAssignmentGranted" | "ActiveAssignmentUpdated" => {
                 let a: ev::AssignmentChanged = decode(e)?;

@@ -23,6 +23,8 @@ pub const STALE_ACCOUNTS: &str = "stale_accounts";
 pub const UNUSED_ROLES: &str = "unused_roles";
 pub const BREAK_GLASS_USED: &str = "break_glass_used";
 pub const DEAD_LETTERED: &str = "dead_lettered";
+pub const RECOVERY_CODE_USED: &str = "recovery_code_used";
+pub const MFA_METHOD_REMOVED: &str = "mfa_method_removed";
 
 pub const RULES: &[RuleDef] = &[
     RuleDef {
@@ -88,6 +90,18 @@ pub const RULES: &[RuleDef] = &[
     RuleDef {
         id: BREAK_GLASS_USED,
         description: "The break-glass (bootstrap) Global Administrator signed in",
+        severity: "high",
+        settings: &[],
+    },
+    RuleDef {
+        id: RECOVERY_CODE_USED,
+        description: "A recovery code was used to sign in or step up (a lost phone, or someone else); high for privileged accounts",
+        severity: "medium",
+        settings: &[],
+    },
+    RuleDef {
+        id: MFA_METHOD_REMOVED,
+        description: "An MFA method of a privileged account was removed by its user or reset by an administrator",
         severity: "high",
         settings: &[],
     },

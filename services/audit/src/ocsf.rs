@@ -27,7 +27,7 @@ fn account_activity(event: &str) -> Option<(i64, &'static str)> {
         "EligibilityRemoved" | "ActiveAssignmentRemoved" | "RoleDeactivated" => (8, "Detach Policy"),
         "MfaLockedOut" => (9, "Lock"),
         "MfaEnrolled" => (10, "MFA Factor Enable"),
-        "MfaReset" | "MfaRemoved" => (11, "MFA Factor Disable"),
+        "MfaReset" | "MfaRemoved" | "MfaMethodRemoved" => (11, "MFA Factor Disable"),
         _ => return None,
     })
 }

@@ -87,7 +87,7 @@ pub fn record(envelope: &Envelope, correlator: &Correlator) -> anyhow::Result<Re
             r.target_name = e.display_name.clone();
             json!({"service_principal_id": e.service_principal_id, "display_name": e.display_name})
         }
-        "SignInSucceeded" => {
+        "SignInSucceeded" | "SignInMfaPending" | "SignInEnrollmentPending" => {
             let e: ev::SignInSucceeded = decode(envelope)?;
             set_actor(&mut r, &e.actor);
             r.target_id = r.actor_id.clone();
@@ -110,6 +110,43 @@ pub fn record(envelope: &Envelope, correlator: &Correlator) -> anyhow::Result<Re
                 "source_hmac": correlator.tag("ip", &e.source_ip),
                 "user_agent_hmac": correlator.tag("user_agent", &e.user_agent),
             })
+        }
+        "MfaEnrolled"
+        | "MfaVerified"
+        | "MfaFailed"
+        | "MfaLockedOut"
+        | "MfaMethodRemoved"
+        | "MfaReset"
+        | "RecoveryCodeUsed"
+        | "RecoveryCodesGenerated" => {
+            let e: ev::MfaEvent = decode(envelope)?;
+            set_actor(&mut r, &e.actor);
+            r.target_id = e.user_id.clone();
+            if matches!(short_type(envelope), "MfaFailed" | "MfaLockedOut") {
+                r.outcome = "failure".into();
+            }
+            json!({
+                "method": e.method, "method_id": e.method_id, "reason": e.reason,
+                "session_id": e.session_id,
+            })
+        }
+        "EnrollmentPassCreated" | "EnrollmentPassUsed" => {
+            let e: ev::EnrollmentPassEvent = decode(envelope)?;
+            set_actor(&mut r, &e.actor);
+            r.target_id = e.user_id.clone();
+            json!({"pass_id": e.pass_id, "expires_at": ts(&e.expires_at), "uses_left": e.uses_left})
+        }
+        "CredentialsReset" | "PasswordChanged" => {
+            let e: ev::CredentialsReset = decode(envelope)?;
+            set_actor(&mut r, &e.actor);
+            r.target_id = e.user_id.clone();
+            json!({"what": e.what})
+        }
+        "SessionRevoked" => {
+            let e: ev::SessionRevoked = decode(envelope)?;
+            set_actor(&mut r, &e.actor);
+            r.target_id = e.principal_id.clone();
+            json!({"session_id": e.session_id, "reason": e.reason})
         }
         "RequestCreated" => {
             let e: ev::RequestCreated = decode(envelope)?;

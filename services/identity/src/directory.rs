@@ -9,7 +9,9 @@ use sea_orm::TransactionTrait;
 use pim_proto::common::v1::{Actor, PrincipalKind};
 use pim_proto::events::v1 as ev;
 use pim_runtime::access::{AccessCheck, permissions, require};
-use pim_runtime::auth::Caller;
+use pim_runtime::auth::{Caller, Pending};
+use pim_runtime::clock::Clock;
+use pim_runtime::config::SigninMfa;
 use pim_runtime::db::{Db, is_unique_violation, now_ms};
 use pim_runtime::events::{Outbox, envelope, streams};
 
@@ -76,14 +78,35 @@ pub struct Session {
     pub principal_id: String,
     pub issued: Issued,
     pub amr: Vec<String>,
-    /// For Refresh and SignOut; empty where there is none (service principals, step-up).
+    /// For Refresh and SignOut; empty where there is none (service principals, step-up,
+    /// a sign-in still waiting for MFA).
     pub refresh_token: String,
+    /// Set while the sign-in lacks MFA: the token can only complete it.
+    pub pending: Option<Pending>,
+    /// After a recovery code was used: how many are left.
+    pub recovery_codes_left: Option<i32>,
+}
+
+impl Session {
+    fn new(principal_id: String, issued: Issued, amr: Vec<String>, refresh_token: String) -> Self {
+        Self {
+            principal_id,
+            issued,
+            amr,
+            refresh_token,
+            pending: None,
+            recovery_codes_left: None,
+        }
+    }
 }
 
 /// How long a session (its refresh token) lasts.
 const SESSION_MS: i64 = 12 * 3600 * 1000;
 
-fn refresh_hash(token: &str) -> String {
+/// How long the token of a sign-in waiting for MFA lives: time to read an authenticator.
+const PENDING_TOKEN_TTL: Duration = Duration::from_secs(300);
+
+pub(crate) fn refresh_hash(token: &str) -> String {
     use sha2::{Digest, Sha256};
     Sha256::digest(token.as_bytes())
         .iter()
@@ -102,6 +125,22 @@ pub struct Directory {
     pub(crate) assignment: crate::protection::AssignmentClients,
     pub(crate) limiter: Arc<crate::limiter::SignInLimiter>,
     pub(crate) sealer: crate::sealing::Sealer,
+    /// What time the MFA lifecycle reads (passes, enrolment windows, step-up freshness).
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) signin_mfa: SigninMfa,
+    pub(crate) enrollment_window: Duration,
+    pub(crate) step_up: Duration,
+}
+
+/// What a user's sign-in (complete or waiting for MFA) tells audit and alerting.
+fn sign_in_event(user: &UserRow, session_id: &str, amr: &[String], client: &ClientInfo) -> ev::SignInSucceeded {
+    ev::SignInSucceeded {
+        actor: Some(actor(&user.id, PrincipalKind::User, &user.user_name)),
+        session_id: session_id.to_owned(),
+        amr: amr.to_vec(),
+        source_ip: client.ip.clone().unwrap_or_default(),
+        user_agent: client.user_agent.clone(),
+    }
 }
 
 fn actor(principal_id: &str, kind: PrincipalKind, name: &str) -> Actor {
@@ -144,6 +183,9 @@ impl Directory {
                 err.into()
             });
         }
+        // A new account may enrol its first MFA method with the password alone for a while.
+        let window_end = self.clock.now_ms() + self.enrollment_window.as_millis() as i64;
+        store::open_enrollment_window(&txn, &row.id, window_end).await?;
         self.emit(&txn, "UserCreated", &row.id, &event).await?;
         txn.commit().await?;
         self.outbox.wake();
@@ -277,6 +319,16 @@ impl Directory {
             }
         };
         self.limiter.succeeded(&account_key);
+        let has_method = store::mfa_methods(&self.db, &user.id)
+            .await?
+            .iter()
+            .any(|m| m.confirmed);
+        let pending = match self.signin_mfa {
+            SigninMfa::Off => None,
+            SigninMfa::WhenEnrolled => has_method.then_some(Pending::Mfa),
+            SigninMfa::Required if has_method => Some(Pending::Mfa),
+            SigninMfa::Required => Some(Pending::Enrollment),
+        };
         let amr = vec!["pwd".to_owned()];
         let session_id = uuid::Uuid::now_v7().to_string();
         let subject = TokenSubject {
@@ -286,18 +338,18 @@ impl Directory {
             amr: amr.clone(),
             session_id: session_id.clone(),
             mfa_at: None,
+            pending,
         };
-        let issued = self.keys.issue(&subject, self.token_ttl)?;
-        let event = ev::SignInSucceeded {
-            actor: Some(actor(&user.id, PrincipalKind::User, &user.user_name)),
-            session_id,
-            amr: amr.clone(),
-            source_ip: client.ip.clone().unwrap_or_default(),
-            user_agent: client.user_agent.clone(),
+        let ttl = if pending.is_some() {
+            PENDING_TOKEN_TTL
+        } else {
+            self.token_ttl
         };
+        let issued = self.keys.issue(&subject, ttl)?;
+        // A sign-in waiting for MFA gets no refresh token yet: its session has one nobody
+        // knows until the code is verified (`complete_sign_in`).
         let refresh_token = credentials::random_secret();
         let txn = self.db.begin().await?;
-        store::record_user_sign_in(&txn, &user.id, now).await?;
         store::insert_session(
             &txn,
             &subject.session_id,
@@ -307,15 +359,46 @@ impl Directory {
             now + SESSION_MS,
         )
         .await?;
-        self.emit(&txn, "SignInSucceeded", &user.id, &event).await?;
+        match pending {
+            None => self.signed_in(&txn, &user, &session_id, &amr, client).await?,
+            Some(pending) => {
+                let event_type = match pending {
+                    Pending::Mfa => "SignInMfaPending",
+                    Pending::Enrollment => "SignInEnrollmentPending",
+                };
+                let event = sign_in_event(&user, &session_id, &amr, client);
+                self.emit(&txn, event_type, &user.id, &event).await?;
+            }
+        }
         txn.commit().await?;
         self.outbox.wake();
         Ok(Session {
-            principal_id: user.id,
-            issued,
-            amr,
-            refresh_token,
+            pending,
+            ..Session::new(
+                user.id,
+                issued,
+                amr,
+                if pending.is_some() {
+                    String::new()
+                } else {
+                    refresh_token
+                },
+            )
         })
+    }
+
+    /// Records a completed sign-in (last sign-in time, `SignInSucceeded`) in `txn`.
+    pub(crate) async fn signed_in<C: sea_orm::ConnectionTrait>(
+        &self,
+        txn: &C,
+        user: &UserRow,
+        session_id: &str,
+        amr: &[String],
+        client: &ClientInfo,
+    ) -> Result<()> {
+        store::record_user_sign_in(txn, &user.id, now_ms()).await?;
+        let event = sign_in_event(user, session_id, amr, client);
+        self.emit(txn, "SignInSucceeded", &user.id, &event).await
     }
 
     pub async fn sign_in_service_principal(
@@ -352,6 +435,7 @@ impl Directory {
             amr: amr.clone(),
             session_id: session_id.clone(),
             mfa_at: None,
+            pending: None,
         };
         let issued = self.keys.issue(&subject, self.token_ttl)?;
         let event = ev::SignInSucceeded {
@@ -366,12 +450,7 @@ impl Directory {
         self.emit(&txn, "SignInSucceeded", &sp.id, &event).await?;
         txn.commit().await?;
         self.outbox.wake();
-        Ok(Session {
-            principal_id: sp.id,
-            issued,
-            amr,
-            refresh_token: String::new(),
-        })
+        Ok(Session::new(sp.id, issued, amr, String::new()))
     }
 
     /// A new access token for a live session; the refresh token is replaced (a reused one fails).
@@ -400,14 +479,10 @@ impl Directory {
             amr: amr.clone(),
             session_id: session.id.clone(),
             mfa_at: None,
+            pending: None,
         };
         let issued = self.keys.issue(&subject, self.token_ttl)?;
-        Ok(Session {
-            principal_id: user.id,
-            issued,
-            amr,
-            refresh_token: next,
-        })
+        Ok(Session::new(user.id, issued, amr, next))
     }
 
     /// Ends the caller's session (or the one `refresh_token` names, if it is theirs): its
@@ -451,7 +526,7 @@ impl Directory {
     }
 
     /// An event that stands alone (no state change with it), in its own transaction.
-    async fn record(&self, event_type: &str, subject: &str, event: &impl prost::Message) -> Result<()> {
+    pub(crate) async fn record(&self, event_type: &str, subject: &str, event: &impl prost::Message) -> Result<()> {
         let txn = self.db.begin().await?;
         self.emit(&txn, event_type, subject, event).await?;
         txn.commit().await?;

@@ -19,6 +19,13 @@ pub enum Error {
     BadCode,
     #[error("refresh token is not valid: sign in again")]
     BadRefresh,
+    #[error("the enrolment pass is not valid: wrong, expired or used up (ask an administrator for a new one)")]
+    BadPass,
+    #[error("the current password is incorrect")]
+    WrongPassword,
+    /// A rule wants a recent MFA; the client steps up and retries (`MfaRule`).
+    #[error("{0}")]
+    MfaRequired(String),
     #[error("{0}")]
     Locked(String),
     #[error("{0}")]
@@ -53,6 +60,14 @@ impl From<Error> for Status {
             Error::BadCredentials | Error::BadClientCredentials | Error::BadCode | Error::BadRefresh => {
                 Status::unauthenticated(err.to_string())
             }
+            Error::BadPass | Error::WrongPassword => Status::permission_denied(err.to_string()),
+            Error::MfaRequired(message) => pim_runtime::grpc::failed_precondition(
+                "user",
+                &[pim_runtime::grpc::RuleViolation {
+                    kind: "MfaRule",
+                    message,
+                }],
+            ),
             Error::Locked(m) => Status::resource_exhausted(m),
             Error::FailedPrecondition(m) => Status::failed_precondition(m),
             Error::Denied(status) => status,

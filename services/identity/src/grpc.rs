@@ -36,6 +36,20 @@ fn session_to_pb(s: Session) -> pb::SignInResponse {
         refresh_token: s.refresh_token,
         principal_id: s.principal_id,
         amr: s.amr,
+        mfa_pending: s.pending == Some(pim_runtime::auth::Pending::Mfa),
+        enrollment_required: s.pending == Some(pim_runtime::auth::Pending::Enrollment),
+        recovery_codes_left: s.recovery_codes_left,
+    }
+}
+
+fn pass_to_pb(p: crate::store::EnrollmentPassRow) -> pb::EnrollmentPass {
+    pb::EnrollmentPass {
+        id: p.id,
+        user_id: p.user_id,
+        created_by: p.created_by,
+        created_at: Some(to_timestamp(p.created_at)),
+        expires_at: Some(to_timestamp(p.expires_at)),
+        uses_left: p.uses_left,
     }
 }
 
@@ -397,6 +411,19 @@ impl AuthService for Directory {
         Ok(Response::new(pb::SignOutResponse {}))
     }
 
+    async fn change_password(
+        &self,
+        request: Request<pb::ChangePasswordRequest>,
+    ) -> Result<Response<pb::ChangePasswordResponse>, Status> {
+        let caller = caller(&request)?.clone();
+        let r = request.get_ref();
+        if r.current_password.is_empty() {
+            return Err(pim_runtime::grpc::invalid_argument("current_password", "required"));
+        }
+        Directory::change_password(self, &caller, &r.current_password, &r.new_password).await?;
+        Ok(Response::new(pb::ChangePasswordResponse {}))
+    }
+
     async fn rotate_signing_key(
         &self,
         request: Request<pb::RotateSigningKeyRequest>,
@@ -434,7 +461,8 @@ impl MfaService for Directory {
         request: Request<pb::EnrollTotpRequest>,
     ) -> Result<Response<pb::EnrollTotpResponse>, Status> {
         let caller = caller(&request)?.clone();
-        let (method_id, otpauth_uri) = Directory::enroll_totp(self, &caller).await?;
+        let (method_id, otpauth_uri) =
+            Directory::enroll_totp(self, &caller, &request.get_ref().enrollment_pass).await?;
         Ok(Response::new(pb::EnrollTotpResponse { method_id, otpauth_uri }))
     }
 
@@ -443,17 +471,23 @@ impl MfaService for Directory {
         request: Request<pb::ConfirmTotpRequest>,
     ) -> Result<Response<pb::ConfirmTotpResponse>, Status> {
         let caller = caller(&request)?.clone();
+        let client = client_info(&request);
         let r = request.into_inner();
         let method_id = required("method_id", &r.method_id)?;
         let code = required("code", &r.code)?;
-        Directory::confirm_totp(self, &caller, method_id, code).await?;
-        Ok(Response::new(pb::ConfirmTotpResponse {}))
+        let session = Directory::confirm_totp(self, &caller, method_id, code, &client).await?;
+        Ok(Response::new(pb::ConfirmTotpResponse {
+            session: Some(session_to_pb(session)),
+        }))
     }
 
     async fn verify(&self, request: Request<pb::VerifyRequest>) -> Result<Response<pb::SignInResponse>, Status> {
         let caller = caller(&request)?.clone();
+        let client = client_info(&request);
         let code = required("code", &request.get_ref().code)?;
-        Ok(Response::new(session_to_pb(self.verify_mfa(&caller, code).await?)))
+        Ok(Response::new(session_to_pb(
+            self.verify_mfa(&caller, code, &client).await?,
+        )))
     }
 
     async fn list_methods(
@@ -461,9 +495,12 @@ impl MfaService for Directory {
         request: Request<pb::ListMethodsRequest>,
     ) -> Result<Response<pb::ListMethodsResponse>, Status> {
         let caller = caller(&request)?.clone();
-        let methods = self.list_mfa_methods(&caller, &request.get_ref().user).await?;
+        let view = self.list_mfa_methods(&caller, &request.get_ref().user).await?;
         Ok(Response::new(pb::ListMethodsResponse {
-            methods: methods
+            recovery_codes_left: i32::try_from(view.recovery_codes_left).unwrap_or(i32::MAX),
+            recovery_code_last_used_at: view.recovery_code_last_used_at.map(to_timestamp),
+            methods: view
+                .methods
                 .into_iter()
                 .map(|m| pb::MfaMethod {
                     id: m.id,
@@ -499,6 +536,40 @@ impl MfaService for Directory {
         let user = required("user", &request.get_ref().user)?;
         Directory::reset_mfa(self, &caller, user).await?;
         Ok(Response::new(pb::ResetMfaResponse {}))
+    }
+
+    async fn create_enrollment_pass(
+        &self,
+        request: Request<pb::CreateEnrollmentPassRequest>,
+    ) -> Result<Response<pb::CreateEnrollmentPassResponse>, Status> {
+        let caller = caller(&request)?.clone();
+        let r = request.get_ref();
+        let user = required("user", &r.user)?;
+        let lifetime_ms = match &r.lifetime {
+            Some(d) if d.seconds < 0 || d.nanos < 0 => {
+                return Err(pim_runtime::grpc::invalid_argument("lifetime", "must be positive"));
+            }
+            Some(d) => Some(d.seconds.saturating_mul(1000) + i64::from(d.nanos / 1_000_000)),
+            None => None,
+        };
+        let uses = (r.uses != 0).then_some(r.uses);
+        let (pass, code) = Directory::create_enrollment_pass(self, &caller, user, lifetime_ms, uses).await?;
+        Ok(Response::new(pb::CreateEnrollmentPassResponse {
+            pass: Some(pass_to_pb(pass)),
+            code,
+        }))
+    }
+
+    async fn list_enrollment_passes(
+        &self,
+        request: Request<pb::ListEnrollmentPassesRequest>,
+    ) -> Result<Response<pb::ListEnrollmentPassesResponse>, Status> {
+        let caller = caller(&request)?.clone();
+        let user = required("user", &request.get_ref().user)?;
+        let passes = Directory::list_enrollment_passes(self, &caller, user).await?;
+        Ok(Response::new(pb::ListEnrollmentPassesResponse {
+            passes: passes.into_iter().map(pass_to_pb).collect(),
+        }))
     }
 }
 

@@ -55,6 +55,10 @@ impl Identity {
             max_role_assignable_groups: deps.config.max_role_assignable_groups,
             assignment: protection::AssignmentClients::new(deps.assignment),
             limiter: std::sync::Arc::default(),
+            clock: deps.clock.clone(),
+            signin_mfa: deps.config.signin_mfa,
+            enrollment_window: deps.config.mfa_enrollment_window,
+            step_up: deps.config.mfa_step_up,
             sealer: sealing::Sealer::from_base64(
                 deps.config
                     .secrets_key

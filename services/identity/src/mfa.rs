@@ -1,7 +1,13 @@
 //! Multi-factor authentication: TOTP (RFC 6238: SHA-1, 6 digits, 30 s steps, ±1 step of
 //! skew) through totp-rs, each code accepted once; single-use recovery codes; failed attempts
 //! counted per user and locked out after a burst. A successful check returns a stepped-up
-//! token (`amr` has `otp`, `mfa_at` = now) for the caller's session.
+//! token (`amr` has `otp`, `mfa_at` = now) for the caller's session, and completes a sign-in
+//! that was waiting for it.
+//!
+//! Managing MFA needs MFA: once a user has a method, adding another, removing one and new
+//! recovery codes need a recent step-up (`MfaRule`), so a password alone never gets around
+//! the authenticator. A first method needs an administrator's enrolment pass, or the window
+//! after an administrator created the account or reset its MFA.
 
 use argon2::password_hash::rand_core::{OsRng, RngCore};
 use sea_orm::TransactionTrait;
@@ -12,11 +18,12 @@ use pim_proto::common::v1::PrincipalKind;
 use pim_proto::events::v1 as ev;
 use pim_runtime::access::{permissions, require};
 use pim_runtime::auth::Caller;
-use pim_runtime::db::now_ms;
+use pim_runtime::db::{now_ms, to_timestamp};
 
-use crate::directory::{Directory, Session};
+use crate::credentials;
+use crate::directory::{ClientInfo, Directory, Session, refresh_hash};
 use crate::error::{Error, Result};
-use crate::store::{self, MfaMethodRow};
+use crate::store::{self, EnrollmentPassRow, MfaMethodRow, UserRow};
 use crate::tokens::TokenSubject;
 
 const STEP_SECS: u64 = 30;
@@ -75,6 +82,26 @@ fn new_recovery_code() -> String {
     format!("{}-{}", &chars[..5], &chars[5..])
 }
 
+/// Enrolment passes: 20 characters of the recovery-code alphabet (100 bits), in groups of five.
+fn new_enrollment_pass() -> String {
+    let a = new_recovery_code().replace('-', "");
+    let b = new_recovery_code().replace('-', "");
+    format!("{}-{}-{}-{}", &a[..5], &a[5..], &b[..5], &b[5..])
+}
+
+/// How long an enrolment pass may work, and how many enrolments it may allow (Entra's
+/// Temporary Access Pass: 10 minutes to 30 days, 1 hour by default).
+const PASS_LIFETIME_MS: std::ops::RangeInclusive<i64> = 10 * 60_000..=30 * 86_400_000;
+const PASS_DEFAULT_LIFETIME_MS: i64 = 3_600_000;
+const PASS_USES: std::ops::RangeInclusive<i32> = 1..=10;
+
+/// What `ListMethods` shows: the confirmed methods and the state of the recovery codes.
+pub struct MethodsView {
+    pub methods: Vec<MfaMethodRow>,
+    pub recovery_codes_left: i64,
+    pub recovery_code_last_used_at: Option<i64>,
+}
+
 fn looks_like_totp(code: &str) -> bool {
     code.len() == DIGITS && code.chars().all(|c| c.is_ascii_digit())
 }
@@ -89,28 +116,65 @@ impl Directory {
         Ok(caller)
     }
 
-    async fn mfa_event(&self, event_type: &str, caller: &Caller, method: &str, reason: &str) -> Result<()> {
-        let event = ev::MfaEvent {
+    /// What an MFA event says: who, about which user and method, from which session.
+    fn mfa_fact(caller: &Caller, user_id: &str, method: &str, method_id: &str, reason: &str) -> ev::MfaEvent {
+        ev::MfaEvent {
             actor: Some(caller.actor()),
-            user_id: caller.principal_id.clone(),
+            user_id: user_id.into(),
             method: method.into(),
             reason: reason.into(),
-        };
-        let txn = self.db.begin().await?;
-        self.emit(&txn, event_type, &caller.principal_id, &event).await?;
-        txn.commit().await?;
-        self.outbox.wake();
-        Ok(())
+            session_id: caller.session_id.clone(),
+            method_id: method_id.into(),
+        }
     }
 
-    /// Starts TOTP enrolment: a new secret, shown once as an `otpauth://` URI.
-    pub async fn enroll_totp(&self, caller: &Caller) -> Result<(String, String)> {
+    async fn mfa_event(&self, event_type: &str, caller: &Caller, method: &str, reason: &str) -> Result<()> {
+        let event = Self::mfa_fact(caller, &caller.principal_id, method, "", reason);
+        self.record(event_type, &caller.principal_id, &event).await
+    }
+
+    async fn confirmed_methods(&self, user_id: &str) -> Result<Vec<MfaMethodRow>> {
+        Ok(store::mfa_methods(&self.db, user_id)
+            .await?
+            .into_iter()
+            .filter(|m| m.confirmed)
+            .collect())
+    }
+
+    /// Refuses (FAILED_PRECONDITION with `MfaRule`) unless the caller's token carries an MFA
+    /// within the step-up window: what a password alone must not be able to do.
+    pub(crate) fn require_recent_mfa(&self, caller: &Caller, what: &str) -> Result<()> {
+        let now = self.clock.now_ms() / 1000;
+        let window = self.step_up.as_secs() as i64;
+        let fresh = caller.amr.iter().any(|m| m == "otp")
+            && caller.mfa_at.is_some_and(|at| now - at <= window && at <= now + 60);
+        if fresh {
+            return Ok(());
+        }
+        Err(Error::MfaRequired(format!(
+            "{what} needs a multi-factor authentication within the last {window} s: verify a code and retry"
+        )))
+    }
+
+    /// Starts TOTP enrolment: a new secret, shown once as an `otpauth://` URI. A first method
+    /// needs an enrolment pass or the account's enrolment window; another one a recent MFA.
+    pub async fn enroll_totp(&self, caller: &Caller, pass: &str) -> Result<(String, String)> {
         let caller = self.user_caller(caller)?;
-        let methods = store::mfa_methods(&self.db, &caller.principal_id).await?;
-        if methods.iter().any(|m| m.confirmed) {
-            return Err(Error::FailedPrecondition(
-                "TOTP is enrolled already; an administrator must reset it first".into(),
-            ));
+        self.check_not_locked(caller).await?;
+        let now = self.clock.now_ms();
+        let pass = pass.trim();
+        let has_method = !self.confirmed_methods(&caller.principal_id).await?.is_empty();
+        if has_method {
+            self.require_recent_mfa(caller, "adding an MFA method")?;
+        } else if pass.is_empty() {
+            let window = store::enrollment_window(&self.db, &caller.principal_id).await?;
+            if window.is_none_or(|until| until <= now) {
+                return Err(Error::FailedPrecondition(
+                    "enrolling a first MFA method needs an enrolment pass from an administrator \
+                     (pim mfa pass create USER; then pim mfa enroll --pass): the account's enrolment window has closed"
+                        .into(),
+                ));
+            }
         }
         let mut secret = vec![0u8; 20];
         OsRng.fill_bytes(&mut secret);
@@ -126,16 +190,46 @@ impl Directory {
             created_at: now_ms(),
         };
         let txn = self.db.begin().await?;
+        if !has_method && !pass.is_empty() {
+            // One statement takes a use of the pass: two racing enrolments cannot share one.
+            let Some((pass_id, expires_at, uses_left)) =
+                store::use_enrollment_pass(&txn, &caller.principal_id, &recovery_hash(pass), now).await?
+            else {
+                txn.rollback().await?;
+                return Err(match self.failed(caller, "enrollment_pass").await {
+                    Error::BadCode => Error::BadPass,
+                    other => other,
+                });
+            };
+            let event = ev::EnrollmentPassEvent {
+                actor: Some(caller.actor()),
+                user_id: caller.principal_id.clone(),
+                pass_id,
+                expires_at: Some(to_timestamp(expires_at)),
+                uses_left,
+            };
+            self.emit(&txn, "EnrollmentPassUsed", &caller.principal_id, &event)
+                .await?;
+        }
         store::delete_unconfirmed_methods(&txn, &caller.principal_id).await?;
         store::insert_mfa_method(&txn, &method).await?;
         txn.commit().await?;
+        self.outbox.wake();
         Ok((method.id, uri))
     }
 
-    /// Confirms enrolment with a first code from the authenticator.
-    pub async fn confirm_totp(&self, caller: &Caller, method_id: &str, code: &str) -> Result<()> {
+    /// Confirms enrolment with a first code from the authenticator. That code is an MFA, so
+    /// the answer is a stepped-up token (completing the sign-in it may have been waiting for).
+    pub async fn confirm_totp(
+        &self,
+        caller: &Caller,
+        method_id: &str,
+        code: &str,
+        client: &ClientInfo,
+    ) -> Result<Session> {
         let caller = self.user_caller(caller)?;
         self.check_not_locked(caller).await?;
+        let user = self.signed_in_user(caller).await?;
         let methods = store::mfa_methods(&self.db, &caller.principal_id).await?;
         let method = methods
             .into_iter()
@@ -146,9 +240,18 @@ impl Directory {
         match step {
             Some(step) if store::use_step(&self.db, &method.id, step, true).await? => {
                 store::clear_mfa_failures(&self.db, &caller.principal_id).await?;
-                self.mfa_event("MfaEnrolled", caller, "totp", "").await
+                let event = Self::mfa_fact(caller, &caller.principal_id, "totp", &method.id, "");
+                self.stepped_up(caller, &user, "MfaEnrolled", &event, None, client)
+                    .await
             }
             _ => Err(self.failed(caller, "totp").await),
+        }
+    }
+
+    async fn signed_in_user(&self, caller: &Caller) -> Result<UserRow> {
+        match store::find_user(&self.db, &caller.principal_id).await? {
+            Some(user) if user.enabled => Ok(user),
+            _ => Err(Error::BadCredentials),
         }
     }
 
@@ -198,46 +301,63 @@ impl Directory {
         }
     }
 
-    /// Checks a TOTP or recovery code and returns a stepped-up token for the caller's session.
-    pub async fn verify_mfa(&self, caller: &Caller, code: &str) -> Result<Session> {
+    /// Checks a TOTP or recovery code and returns a stepped-up token for the caller's session
+    /// (completing the sign-in when it was waiting for MFA).
+    pub async fn verify_mfa(&self, caller: &Caller, code: &str, client: &ClientInfo) -> Result<Session> {
         let caller = self.user_caller(caller)?;
         let code = code.trim();
         if code.is_empty() || code.len() > 32 {
             return Err(Error::invalid("code", "a 6-digit code or a recovery code"));
         }
         self.check_not_locked(caller).await?;
-        let user = store::find_user(&self.db, &caller.principal_id)
-            .await?
-            .ok_or_else(|| Error::NotFound("user".into()))?;
-        if !user.enabled {
-            return Err(Error::BadCredentials);
-        }
-        let methods = store::mfa_methods(&self.db, &user.id).await?;
-        let Some(method) = methods.into_iter().find(|m| m.confirmed) else {
+        let user = self.signed_in_user(caller).await?;
+        let methods = self.confirmed_methods(&user.id).await?;
+        if methods.is_empty() {
             return Err(Error::FailedPrecondition(
                 "no MFA method is enrolled: run pim mfa enroll".into(),
             ));
-        };
-        let (ok, how) = if looks_like_totp(code) {
-            let seed = self.sealer.open(&method.secret, &method.id)?;
-            let step = matching_step(&totp(seed, &user.user_name)?, code, (now_ms() / 1000) as u64);
-            // A code is accepted once: its step must be later than the last one used.
-            let fresh = match step {
-                Some(step) => store::use_step(&self.db, &method.id, step, false).await?,
-                None => false,
-            };
-            (fresh, "totp")
-        } else {
-            (
-                store::use_recovery_code(&self.db, &user.id, &recovery_hash(code), now_ms()).await?,
-                "recovery_code",
-            )
-        };
-        if !ok {
-            return Err(self.failed(caller, how).await);
+        }
+        if looks_like_totp(code) {
+            let now_secs = (now_ms() / 1000) as u64;
+            for method in &methods {
+                let seed = self.sealer.open(&method.secret, &method.id)?;
+                // A code is accepted once: its step must be later than the last one used.
+                if let Some(step) = matching_step(&totp(seed, &user.user_name)?, code, now_secs)
+                    && store::use_step(&self.db, &method.id, step, false).await?
+                {
+                    store::clear_mfa_failures(&self.db, &user.id).await?;
+                    let event = Self::mfa_fact(caller, &user.id, "totp", &method.id, "");
+                    return self
+                        .stepped_up(caller, &user, "MfaVerified", &event, None, client)
+                        .await;
+                }
+            }
+            return Err(self.failed(caller, "totp").await);
+        }
+        if !store::use_recovery_code(&self.db, &user.id, &recovery_hash(code), now_ms()).await? {
+            return Err(self.failed(caller, "recovery_code").await);
         }
         store::clear_mfa_failures(&self.db, &user.id).await?;
-        self.mfa_event("MfaVerified", caller, how, "").await?;
+        // A recovery code is an emergency: its own event (audit, an alert), and the answer
+        // tells the user how many are left.
+        let (left, _) = store::recovery_codes_state(&self.db, &user.id).await?;
+        let left = i32::try_from(left).unwrap_or(i32::MAX);
+        let event = Self::mfa_fact(caller, &user.id, "recovery_code", "", &format!("{left} left"));
+        self.stepped_up(caller, &user, "RecoveryCodeUsed", &event, Some(left), client)
+            .await
+    }
+
+    /// A token with a fresh MFA for the caller's session, committed with the event that says
+    /// why; a sign-in waiting for MFA is completed (its refresh token, `SignInSucceeded`).
+    async fn stepped_up(
+        &self,
+        caller: &Caller,
+        user: &UserRow,
+        event_type: &str,
+        event: &ev::MfaEvent,
+        recovery_codes_left: Option<i32>,
+        client: &ClientInfo,
+    ) -> Result<Session> {
         let mut amr = caller.amr.clone();
         if !amr.iter().any(|m| m == "otp") {
             amr.push("otp".into());
@@ -248,46 +368,104 @@ impl Directory {
             name: user.user_name.clone(),
             amr: amr.clone(),
             session_id: caller.session_id.clone(),
-            mfa_at: Some(now_ms() / 1000),
+            mfa_at: Some(self.clock.now_ms() / 1000),
+            pending: None,
         };
         let issued = self.keys.issue(&subject, self.token_ttl)?;
+        let txn = self.db.begin().await?;
+        self.emit(&txn, event_type, &user.id, event).await?;
+        let mut refresh_token = String::new();
+        if caller.pending.is_some() {
+            let next = credentials::random_secret();
+            if !store::set_session_refresh(&txn, &caller.session_id, &refresh_hash(&next)).await? {
+                return Err(Error::BadRefresh);
+            }
+            refresh_token = next;
+            self.signed_in(&txn, user, &caller.session_id, &amr, client).await?;
+        }
+        txn.commit().await?;
+        self.outbox.wake();
         Ok(Session {
-            principal_id: user.id,
+            principal_id: user.id.clone(),
             issued,
             amr,
-            refresh_token: String::new(),
+            refresh_token,
+            pending: None,
+            recovery_codes_left,
         })
     }
 
-    /// Removes one of the caller's own methods (an event, for alerting and audit).
+    /// Removes one of the caller's own methods, after a recent MFA.
     pub async fn remove_mfa_method(&self, caller: &Caller, method_id: &str) -> Result<()> {
         let caller = self.user_caller(caller)?;
-        if !store::delete_method(&self.db, &caller.principal_id, method_id.trim()).await? {
-            return Err(Error::NotFound(format!("MFA method {}", method_id.trim())));
+        let method_id = method_id.trim();
+        if !self
+            .confirmed_methods(&caller.principal_id)
+            .await?
+            .iter()
+            .any(|m| m.id == method_id)
+        {
+            return Err(Error::NotFound(format!("MFA method {method_id}")));
         }
-        self.mfa_event("MfaMethodRemoved", caller, "totp", "removed_by_user")
-            .await
+        self.require_recent_mfa(caller, "removing an MFA method")?;
+        let event = Self::mfa_fact(caller, &caller.principal_id, "totp", method_id, "removed_by_user");
+        let txn = self.db.begin().await?;
+        if !store::delete_method(&txn, &caller.principal_id, method_id).await? {
+            return Err(Error::NotFound(format!("MFA method {method_id}")));
+        }
+        self.emit(&txn, "MfaMethodRemoved", &caller.principal_id, &event)
+            .await?;
+        txn.commit().await?;
+        self.outbox.wake();
+        Ok(())
     }
 
-    /// New single-use recovery codes (the old ones stop working), shown once.
+    /// New single-use recovery codes (the old ones stop working), shown once, after a recent
+    /// MFA; the user's other sessions end (whoever else was signed in is out).
     pub async fn generate_recovery_codes(&self, caller: &Caller) -> Result<Vec<String>> {
         let caller = self.user_caller(caller)?;
-        let methods = store::mfa_methods(&self.db, &caller.principal_id).await?;
-        if !methods.iter().any(|m| m.confirmed) {
+        if self.confirmed_methods(&caller.principal_id).await?.is_empty() {
             return Err(Error::FailedPrecondition(
                 "enrol TOTP before generating recovery codes".into(),
             ));
         }
+        self.require_recent_mfa(caller, "generating recovery codes")?;
         let codes: Vec<String> = (0..RECOVERY_CODES).map(|_| new_recovery_code()).collect();
         let hashes: Vec<String> = codes.iter().map(|c| recovery_hash(c)).collect();
+        let event = Self::mfa_fact(caller, &caller.principal_id, "recovery_code", "", "regenerated");
         let txn = self.db.begin().await?;
         store::replace_recovery_codes(&txn, &caller.principal_id, &hashes).await?;
+        self.emit(&txn, "RecoveryCodesGenerated", &caller.principal_id, &event)
+            .await?;
+        self.revoke_other_sessions(&txn, caller, "recovery_codes_regenerated")
+            .await?;
         txn.commit().await?;
+        self.outbox.wake();
         Ok(codes)
     }
 
-    /// A user's MFA methods (never their secrets): their own, or anyone's for directory readers.
-    pub async fn list_mfa_methods(&self, caller: &Caller, user: &str) -> Result<Vec<MfaMethodRow>> {
+    /// Ends the caller's other live sessions, each with its `SessionRevoked`.
+    pub(crate) async fn revoke_other_sessions<C: sea_orm::ConnectionTrait>(
+        &self,
+        txn: &C,
+        caller: &Caller,
+        reason: &str,
+    ) -> Result<()> {
+        for session_id in store::revoke_other_sessions(txn, &caller.principal_id, &caller.session_id, now_ms()).await? {
+            let event = ev::SessionRevoked {
+                actor: Some(caller.actor()),
+                principal_id: caller.principal_id.clone(),
+                session_id,
+                reason: reason.into(),
+            };
+            self.emit(txn, "SessionRevoked", &caller.principal_id, &event).await?;
+        }
+        Ok(())
+    }
+
+    /// A user's MFA methods (never their secrets) and recovery-code state: their own, or
+    /// anyone's for directory readers.
+    pub async fn list_mfa_methods(&self, caller: &Caller, user: &str) -> Result<MethodsView> {
         let user = if user.trim().is_empty() {
             caller.principal_id.clone()
         } else {
@@ -298,28 +476,131 @@ impl Directory {
             require(self.access.as_ref(), caller, permissions::USERS_READ, "/").await?;
         }
         let found = found.ok_or_else(|| Error::NotFound(format!("user {user}")))?;
-        Ok(store::mfa_methods(&self.db, &found.id)
-            .await?
-            .into_iter()
-            .filter(|m| m.confirmed)
-            .collect())
+        let (recovery_codes_left, recovery_code_last_used_at) =
+            store::recovery_codes_state(&self.db, &found.id).await?;
+        Ok(MethodsView {
+            methods: self.confirmed_methods(&found.id).await?,
+            recovery_codes_left,
+            recovery_code_last_used_at,
+        })
     }
 
-    /// Removes a user's MFA methods and recovery codes (credential protection applies).
+    /// Removes a user's MFA methods and recovery codes (credential protection applies), and
+    /// opens the enrolment window so they can enrol again with their password.
     pub async fn reset_mfa(&self, caller: &Caller, user: &str) -> Result<()> {
         let found = store::find_user(&self.db, user.trim())
             .await?
             .ok_or_else(|| Error::NotFound(format!("user {}", user.trim())))?;
         self.require_credential_admin(caller, &found).await?;
-        let event = ev::MfaEvent {
-            actor: Some(caller.actor()),
-            user_id: found.id.clone(),
-            method: "all".into(),
-            reason: "reset".into(),
-        };
+        let event = Self::mfa_fact(caller, &found.id, "all", "", "reset");
+        let window_end = self.clock.now_ms() + self.enrollment_window.as_millis() as i64;
         let txn = self.db.begin().await?;
         store::reset_mfa(&txn, &found.id).await?;
+        store::open_enrollment_window(&txn, &found.id, window_end).await?;
         self.emit(&txn, "MfaReset", &found.id, &event).await?;
+        txn.commit().await?;
+        self.outbox.wake();
+        Ok(())
+    }
+
+    /// An administrator's one-time enrolment pass for a user with no method (credential
+    /// protection applies). The code is returned once; only its hash is kept.
+    pub async fn create_enrollment_pass(
+        &self,
+        caller: &Caller,
+        user: &str,
+        lifetime_ms: Option<i64>,
+        uses: Option<i32>,
+    ) -> Result<(EnrollmentPassRow, String)> {
+        let target = store::find_user(&self.db, user.trim())
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("user {}", user.trim())))?;
+        self.require_credential_admin(caller, &target).await?;
+        let lifetime = lifetime_ms.unwrap_or(PASS_DEFAULT_LIFETIME_MS);
+        if !PASS_LIFETIME_MS.contains(&lifetime) {
+            return Err(Error::invalid("lifetime", "must be between 10 minutes and 30 days"));
+        }
+        let uses = uses.unwrap_or(1);
+        if !PASS_USES.contains(&uses) {
+            return Err(Error::invalid("uses", "must be between 1 and 10"));
+        }
+        if !self.confirmed_methods(&target.id).await?.is_empty() {
+            return Err(Error::FailedPrecondition(format!(
+                "{} has an MFA method already; a pass is for a first enrolment (reset their MFA first: pim mfa reset {})",
+                target.user_name, target.user_name
+            )));
+        }
+        let code = new_enrollment_pass();
+        let now = self.clock.now_ms();
+        let row = EnrollmentPassRow {
+            id: uuid::Uuid::now_v7().to_string(),
+            user_id: target.id.clone(),
+            code_hash: recovery_hash(&code),
+            created_by: caller.principal_id.clone(),
+            created_at: now,
+            expires_at: now + lifetime,
+            uses_left: uses,
+        };
+        let event = ev::EnrollmentPassEvent {
+            actor: Some(caller.actor()),
+            user_id: target.id.clone(),
+            pass_id: row.id.clone(),
+            expires_at: Some(to_timestamp(row.expires_at)),
+            uses_left: uses,
+        };
+        let txn = self.db.begin().await?;
+        store::insert_enrollment_pass(&txn, &row).await?;
+        self.emit(&txn, "EnrollmentPassCreated", &target.id, &event).await?;
+        txn.commit().await?;
+        self.outbox.wake();
+        Ok((row, code))
+    }
+
+    /// A user's passes that still work, for directory readers (never their codes).
+    pub async fn list_enrollment_passes(&self, caller: &Caller, user: &str) -> Result<Vec<EnrollmentPassRow>> {
+        require(self.access.as_ref(), caller, permissions::USERS_READ, "/").await?;
+        let target = store::find_user(&self.db, user.trim())
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("user {}", user.trim())))?;
+        Ok(store::enrollment_passes(&self.db, &target.id, self.clock.now_ms()).await?)
+    }
+
+    /// Changes the caller's own password: the current one, a recent MFA when they have a
+    /// method, the password rules; their other sessions end.
+    pub async fn change_password(&self, caller: &Caller, current: &str, new_password: &str) -> Result<()> {
+        let caller = self.user_caller(caller)?;
+        let account_key = format!("user:{}", caller.name.to_lowercase());
+        let now = now_ms();
+        if let Some(minutes) = self
+            .limiter
+            .blocked(&[(&account_key, crate::limiter::PER_ACCOUNT)], now)
+        {
+            return Err(Error::Locked(format!(
+                "too many failed attempts: try again in {minutes} minutes"
+            )));
+        }
+        let user = self.signed_in_user(caller).await?;
+        if !credentials::verify(current, Some(user.password_hash.clone())).await? {
+            self.limiter.failed(&[&account_key], now);
+            return Err(Error::WrongPassword);
+        }
+        if !self.confirmed_methods(&user.id).await?.is_empty() {
+            self.require_recent_mfa(caller, "changing your password")?;
+        }
+        credentials::check_password_rules(new_password)?;
+        if current == new_password {
+            return Err(Error::invalid("new_password", "must differ from the current password"));
+        }
+        let hash = credentials::hash(new_password).await?;
+        let event = ev::CredentialsReset {
+            actor: Some(caller.actor()),
+            user_id: user.id.clone(),
+            what: "password".into(),
+        };
+        let txn = self.db.begin().await?;
+        store::set_password(&txn, &user.id, &hash).await?;
+        self.emit(&txn, "PasswordChanged", &user.id, &event).await?;
+        self.revoke_other_sessions(&txn, caller, "password_changed").await?;
         txn.commit().await?;
         self.outbox.wake();
         Ok(())

@@ -1,8 +1,9 @@
-//! Credential protection: the password, MFA and sign-in of anyone who is eligible for or holds
-//! a privileged role (directly or through a group) are changed only by Privileged
-//! Authentication Administrators and Global Administrators; Authentication and User
-//! Administrators manage everyone else. Who is privileged is asked of assignment, on the
-//! caller's behalf.
+//! Credential protection: the password, MFA, sign-in and profile of anyone who is a member or
+//! owner of a role-assignable group (whether or not the group holds a role yet), or eligible
+//! for or holding a privileged role (directly or through a group), are changed only by
+//! Privileged Authentication Administrators and Global Administrators; Authentication and
+//! User Administrators manage everyone else. Group links are identity's own; who holds which
+//! role is asked of assignment, on the caller's behalf.
 
 use std::time::Duration;
 
@@ -112,14 +113,37 @@ impl Directory {
             .collect())
     }
 
-    /// Refuses unless the caller may manage `user`'s credentials (and sign-in).
+    /// Why `user`'s credentials are protected, if they are: a link to a role-assignable group
+    /// (read here), or a privileged role (asked of assignment).
+    async fn protected_because(&self, caller: &Caller, user: &UserRow) -> Result<Option<String>> {
+        if let Some((group, owner)) = store::role_assignable_links(&self.db, &user.id)
+            .await?
+            .into_iter()
+            .next()
+        {
+            let link = if owner { "an owner" } else { "a member" };
+            return Ok(Some(format!(
+                "{} is {link} of the role-assignable group {group}",
+                user.user_name
+            )));
+        }
+        if self.is_privileged(caller, &user.id).await? {
+            return Ok(Some(format!(
+                "{} is eligible for or holds a privileged role",
+                user.user_name
+            )));
+        }
+        Ok(None)
+    }
+
+    /// Refuses unless the caller may manage `user`'s credentials (and sign-in, and profile).
     pub async fn require_credential_admin(&self, caller: &Caller, user: &UserRow) -> Result<()> {
         require(self.access.as_ref(), caller, permissions::CREDENTIALS_RESET, "/").await?;
-        if self.is_privileged(caller, &user.id).await? {
+        if let Some(reason) = self.protected_because(caller, user).await? {
             require(self.access.as_ref(), caller, permissions::PRIVILEGED_CREDENTIALS_RESET, "/").await.map_err(|_| {
-                Error::Denied(tonic::Status::permission_denied(
-                    "this user is eligible for or holds a privileged role: only Privileged Authentication Administrators and Global Administrators may change their credentials",
-                ))
+                Error::Denied(tonic::Status::permission_denied(format!(
+                    "{reason}: only Privileged Authentication Administrators and Global Administrators may change their credentials"
+                )))
             })?;
         }
         Ok(())

@@ -99,6 +99,22 @@ impl MigratorTrait for Migrator {
                 )
             }),
             backbone_indexes_migration(),
+            // The MFA lifecycle: when a first method may be enrolled with the password alone,
+            // and administrators' one-time enrolment passes (only their hashes).
+            SqlMigration::boxed("m0003_mfa_lifecycle", |_| {
+                "ALTER TABLE users ADD COLUMN mfa_enroll_until BIGINT;
+                CREATE TABLE enrollment_passes (
+                    id TEXT PRIMARY KEY,
+                    user_id TEXT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+                    code_hash TEXT NOT NULL UNIQUE,
+                    created_by TEXT NOT NULL,
+                    created_at BIGINT NOT NULL,
+                    expires_at BIGINT NOT NULL,
+                    uses_left INTEGER NOT NULL
+                );
+                CREATE INDEX enrollment_passes_user ON enrollment_passes (user_id)"
+                    .to_owned()
+            }),
         ]
     }
 }
@@ -771,4 +787,177 @@ pub async fn set_service_principal_enabled<C: ConnectionTrait>(c: &C, id: &str, 
     )
     .await
     .map(drop)
+}
+
+/// Lets the user enrol a first MFA method with the password alone until `until` (ms).
+pub async fn open_enrollment_window<C: ConnectionTrait>(c: &C, user_id: &str, until: i64) -> Result<(), DbErr> {
+    db::exec(
+        c,
+        "UPDATE users SET mfa_enroll_until = $1 WHERE id = $2",
+        vec![until.into(), user_id.into()],
+    )
+    .await
+    .map(drop)
+}
+
+/// Until when the user may enrol a first method with the password alone.
+pub async fn enrollment_window<C: ConnectionTrait>(c: &C, user_id: &str) -> Result<Option<i64>, DbErr> {
+    let row = db::query_one(
+        c,
+        "SELECT mfa_enroll_until FROM users WHERE id = $1",
+        vec![user_id.into()],
+    )
+    .await?;
+    Ok(match row {
+        Some(r) => col(&r, "mfa_enroll_until")?,
+        None => None,
+    })
+}
+
+#[derive(Clone, Debug)]
+pub struct EnrollmentPassRow {
+    pub id: String,
+    pub user_id: String,
+    pub code_hash: String,
+    pub created_by: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub uses_left: i32,
+}
+
+pub async fn insert_enrollment_pass<C: ConnectionTrait>(c: &C, p: &EnrollmentPassRow) -> Result<(), DbErr> {
+    db::exec(
+        c,
+        "INSERT INTO enrollment_passes (id, user_id, code_hash, created_by, created_at, expires_at, uses_left) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        vec![
+            p.id.clone().into(),
+            p.user_id.clone().into(),
+            p.code_hash.clone().into(),
+            p.created_by.clone().into(),
+            p.created_at.into(),
+            p.expires_at.into(),
+            p.uses_left.into(),
+        ],
+    )
+    .await
+    .map(drop)
+}
+
+/// Takes one use of the user's pass with this hash, if it is unexpired and has uses left:
+/// one statement, so two enrolments racing for a single-use pass cannot both have it.
+/// Returns the pass's id, expiry and uses left after this one.
+pub async fn use_enrollment_pass<C: ConnectionTrait>(
+    c: &C,
+    user_id: &str,
+    code_hash: &str,
+    now: i64,
+) -> Result<Option<(String, i64, i32)>, DbErr> {
+    let row = db::query_one(
+        c,
+        "UPDATE enrollment_passes SET uses_left = uses_left - 1 \
+         WHERE user_id = $1 AND code_hash = $2 AND uses_left > 0 AND expires_at > $3 \
+         RETURNING id, expires_at, uses_left",
+        vec![user_id.into(), code_hash.into(), now.into()],
+    )
+    .await?;
+    row.map(|r| Ok((col(&r, "id")?, col(&r, "expires_at")?, col(&r, "uses_left")?)))
+        .transpose()
+}
+
+/// The user's passes that still work at `now`.
+pub async fn enrollment_passes<C: ConnectionTrait>(
+    c: &C,
+    user_id: &str,
+    now: i64,
+) -> Result<Vec<EnrollmentPassRow>, DbErr> {
+    db::query(
+        c,
+        "SELECT id, user_id, code_hash, created_by, created_at, expires_at, uses_left FROM enrollment_passes \
+         WHERE user_id = $1 AND uses_left > 0 AND expires_at > $2 ORDER BY created_at",
+        vec![user_id.into(), now.into()],
+    )
+    .await?
+    .iter()
+    .map(|r| {
+        Ok(EnrollmentPassRow {
+            id: col(r, "id")?,
+            user_id: col(r, "user_id")?,
+            code_hash: col(r, "code_hash")?,
+            created_by: col(r, "created_by")?,
+            created_at: col(r, "created_at")?,
+            expires_at: col(r, "expires_at")?,
+            uses_left: col(r, "uses_left")?,
+        })
+    })
+    .collect()
+}
+
+/// Unused recovery codes, and when one was last used.
+pub async fn recovery_codes_state<C: ConnectionTrait>(c: &C, user_id: &str) -> Result<(i64, Option<i64>), DbErr> {
+    let row = db::query_one(
+        c,
+        "SELECT COALESCE(SUM(CASE WHEN used_at IS NULL THEN 1 ELSE 0 END), 0) AS unused, MAX(used_at) AS last_used \
+         FROM recovery_codes WHERE user_id = $1",
+        vec![user_id.into()],
+    )
+    .await?;
+    match row {
+        Some(r) => Ok((col(&r, "unused")?, col(&r, "last_used")?)),
+        None => Ok((0, None)),
+    }
+}
+
+/// Ends every live session of a principal but `keep`; returns the ended sessions' ids.
+pub async fn revoke_other_sessions<C: ConnectionTrait>(
+    c: &C,
+    principal_id: &str,
+    keep: &str,
+    now: i64,
+) -> Result<Vec<String>, DbErr> {
+    db::query(
+        c,
+        "UPDATE sessions SET revoked_at = $1 WHERE principal_id = $2 AND id <> $3 AND revoked_at IS NULL AND expires_at > $4 \
+         RETURNING id",
+        vec![now.into(), principal_id.into(), keep.into(), now.into()],
+    )
+    .await?
+    .iter()
+    .map(|r| col(r, "id"))
+    .collect()
+}
+
+/// Gives a live session a refresh token (a sign-in completed by MFA); false when it ended.
+pub async fn set_session_refresh<C: ConnectionTrait>(
+    c: &C,
+    session_id: &str,
+    refresh_hash: &str,
+) -> Result<bool, DbErr> {
+    Ok(db::exec(
+        c,
+        "UPDATE sessions SET refresh_hash = $1 WHERE id = $2 AND revoked_at IS NULL",
+        vec![refresh_hash.into(), session_id.into()],
+    )
+    .await?
+        == 1)
+}
+
+/// The role-assignable groups a principal is a member or owner of: (group name, owner?).
+pub async fn role_assignable_links<C: ConnectionTrait>(
+    c: &C,
+    principal_id: &str,
+) -> Result<Vec<(String, bool)>, DbErr> {
+    db::query(
+        c,
+        "SELECT g.display_name AS name, FALSE AS owner FROM group_members m JOIN groups g ON g.id = m.group_id \
+         WHERE m.principal_id = $1 AND g.is_assignable_to_role = TRUE \
+         UNION ALL \
+         SELECT g.display_name AS name, TRUE AS owner FROM group_owners o JOIN groups g ON g.id = o.group_id \
+         WHERE o.principal_id = $2 AND g.is_assignable_to_role = TRUE",
+        vec![principal_id.into(), principal_id.into()],
+    )
+    .await?
+    .iter()
+    .map(|r| Ok((col(r, "name")?, col(r, "owner")?)))
+    .collect()
 }

@@ -13,7 +13,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 
 use pim_proto::common::v1::PrincipalKind;
 use pim_proto::identity::v1 as pb;
-use pim_runtime::auth::{AUDIENCE, Claims, ISSUER, KeySource, kind_claim};
+use pim_runtime::auth::{AUDIENCE, Claims, ISSUER, KeySource, PENDING_AUDIENCE, Pending, kind_claim};
 use pim_runtime::db::{Db, now_ms, to_timestamp};
 use sea_orm::TransactionTrait;
 
@@ -37,6 +37,8 @@ pub struct TokenSubject {
     pub session_id: String,
     /// When a second factor last succeeded (seconds since the epoch).
     pub mfa_at: Option<i64>,
+    /// Set for a sign-in that still lacks MFA: the token can only complete it.
+    pub pending: Option<Pending>,
 }
 
 /// A token just issued.
@@ -137,7 +139,13 @@ impl Keystore {
             iat: now,
             exp,
             iss: ISSUER.to_owned(),
-            aud: AUDIENCE.to_owned(),
+            aud: if subject.pending.is_some() {
+                PENDING_AUDIENCE
+            } else {
+                AUDIENCE
+            }
+            .to_owned(),
+            pending: subject.pending.map(|p| p.claim().to_owned()),
         };
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(key.kid.clone());

@@ -546,3 +546,91 @@ fn the_readme_walk_through_works_and_survives_a_restart() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// The MFA lifecycle from the command line: with an authenticator enrolled, `pim login` needs
+/// its code (the server holds the sign-in until then); new recovery codes from a session
+/// without a recent MFA step up first; a recovery code signs in and says how many are left.
+#[test]
+fn sign_in_with_a_code_and_new_recovery_codes_after_a_step_up() {
+    let dir = std::env::temp_dir().join(format!("pim-cli-{}", uuid::Uuid::now_v7().simple()));
+    let up = Up::start(&dir.join("data"));
+    let printed = up.read_until(|l| l.contains("password:"));
+    let server = field(&printed, "PIM is up at");
+    let password = field(&printed, "password:");
+    let admin = Client {
+        server: server.clone(),
+        token_file: dir.join("admin-token"),
+    };
+    admin.ok(
+        &["login", "--user", "admin", "--password-stdin"],
+        Some(&format!("{password}\n")),
+    );
+    admin.ok(
+        &["users", "create", "--user-name", "lee", "--password-stdin"],
+        Some("lee's long passphrase\n"),
+    );
+    let lee = Client {
+        server: server.clone(),
+        token_file: dir.join("lee-token"),
+    };
+    lee.ok(
+        &["login", "--user", "lee", "--password-stdin"],
+        Some("lee's long passphrase\n"),
+    );
+    // A copy of the session's token from before the authenticator: it has no MFA.
+    let before = Client {
+        server: server.clone(),
+        token_file: dir.join("lee-token-before-mfa"),
+    };
+    std::fs::copy(&lee.token_file, &before.token_file).expect("copy the token");
+    let authenticator = lee.enroll_mfa();
+    let enrolled_at = now_secs();
+
+    // New recovery codes need a recent MFA: pim steps up with --code, then asks again.
+    let generated = before.run(
+        &[
+            "mfa",
+            "recovery-codes",
+            "--code",
+            &authenticator.generate(enrolled_at + 30),
+        ],
+        None,
+    );
+    let stdout = String::from_utf8_lossy(&generated.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&generated.stderr).into_owned();
+    assert!(generated.status.success(), "{stdout} {stderr}");
+    assert!(stderr.contains("need a recent multi-factor authentication"), "{stderr}");
+    let codes: Vec<String> = stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("Recovery codes"))
+        .skip(1)
+        .map(|l| l.trim().to_owned())
+        .filter(|l| !l.is_empty())
+        .collect();
+    assert_eq!(codes.len(), 10, "{stdout}");
+
+    // Without a code, signing in is refused and says what is missing.
+    let refused = lee.run(
+        &["login", "--user", "lee", "--password-stdin"],
+        Some("lee's long passphrase\n"),
+    );
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--code"));
+
+    // With a recovery code (the phone is lost): signed in, told how many are left.
+    let rescued = lee.run(
+        &["login", "--user", "lee", "--password-stdin", "--code", &codes[0]],
+        Some("lee's long passphrase\n"),
+    );
+    assert!(rescued.status.success(), "{}", String::from_utf8_lossy(&rescued.stderr));
+    assert!(String::from_utf8_lossy(&rescued.stdout).contains("Signed in as"));
+    assert!(
+        String::from_utf8_lossy(&rescued.stderr).contains("recovery code was used (9 left)"),
+        "{}",
+        String::from_utf8_lossy(&rescued.stderr)
+    );
+    let methods = lee.ok(&["mfa", "methods"], None);
+    assert!(methods.contains("Recovery codes left: 9"), "{methods}");
+    up.terminate();
+    std::fs::remove_dir_all(&dir).ok();
+}

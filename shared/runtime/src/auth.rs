@@ -21,6 +21,59 @@ use pim_proto::identity::v1::SigningKey;
 /// Issuer and audience of every PIM access token.
 pub const ISSUER: &str = "pim.identity";
 pub const AUDIENCE: &str = "pim";
+/// Audience of a sign-in that is not complete (MFA to verify or to enrol): a verifier that
+/// knows nothing of pending sign-ins refuses such a token outright.
+pub const PENDING_AUDIENCE: &str = "pim.mfa-pending";
+
+/// What a sign-in still lacks before its token may do anything else.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pending {
+    /// The user has a method: verify a code (`MfaService.Verify`).
+    Mfa,
+    /// The directory requires MFA and the user has none: enrol one.
+    Enrollment,
+}
+
+impl Pending {
+    pub fn claim(self) -> &'static str {
+        match self {
+            Pending::Mfa => "mfa",
+            Pending::Enrollment => "enrollment",
+        }
+    }
+
+    fn from_claim(claim: &str) -> Option<Self> {
+        match claim {
+            "mfa" => Some(Pending::Mfa),
+            "enrollment" => Some(Pending::Enrollment),
+            _ => None,
+        }
+    }
+
+    /// The RPCs a token of a pending sign-in may call: completing it, or signing out.
+    pub fn allows(self, path: &str) -> bool {
+        let completing: &[&str] = match self {
+            Pending::Mfa => &["/pim.identity.v1.MfaService/Verify"],
+            Pending::Enrollment => &[
+                "/pim.identity.v1.MfaService/EnrollTotp",
+                "/pim.identity.v1.MfaService/ConfirmTotp",
+            ],
+        };
+        path == "/pim.identity.v1.AuthService/SignOut" || completing.contains(&path)
+    }
+
+    /// Why a pending sign-in's token was refused.
+    pub fn refusal(self) -> &'static str {
+        match self {
+            Pending::Mfa => {
+                "sign-in is not complete: verify a code from your authenticator first (MfaService.Verify; pim login asks for it)"
+            }
+            Pending::Enrollment => {
+                "sign-in is not complete: this directory requires MFA, enrol an authenticator first (pim mfa enroll --pass, with an enrolment pass from an administrator)"
+            }
+        }
+    }
+}
 
 /// The claims of an access token.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -38,6 +91,9 @@ pub struct Claims {
     pub exp: i64,
     pub iss: String,
     pub aud: String,
+    /// Set (with audience [`PENDING_AUDIENCE`]) while the sign-in lacks MFA: `mfa` or `enrollment`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<String>,
 }
 
 /// The verified caller of a request.
@@ -51,6 +107,8 @@ pub struct Caller {
     pub session_id: String,
     /// When the token was issued (seconds since the epoch).
     pub issued_at: i64,
+    /// Set while the sign-in behind the token is not complete.
+    pub pending: Option<Pending>,
     /// The bearer token itself, forwarded when this service asks another on the caller's
     /// behalf. Never printed.
     token: Arc<str>,
@@ -349,13 +407,20 @@ impl TokenVerifier {
         };
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.set_issuer(&[ISSUER]);
-        validation.set_audience(&[AUDIENCE]);
+        validation.set_audience(&[AUDIENCE, PENDING_AUDIENCE]);
         validation.leeway = 5;
         let data = jsonwebtoken::decode::<Claims>(token, &key, &validation).map_err(|e| match e.kind() {
             jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
             _ => TokenError::Invalid,
         })?;
         let claims = data.claims;
+        // A pending sign-in's token names what it lacks under its own audience; any other
+        // mix is not a token identity issued.
+        let pending = match (claims.aud.as_str(), claims.pending.as_deref()) {
+            (AUDIENCE, None) => None,
+            (PENDING_AUDIENCE, Some(claim)) => Some(Pending::from_claim(claim).ok_or(TokenError::Invalid)?),
+            _ => return Err(TokenError::Invalid),
+        };
         let caller = Caller {
             principal_id: claims.sub,
             kind: kind_from_claim(&claims.kind),
@@ -364,6 +429,7 @@ impl TokenVerifier {
             mfa_at: claims.mfa_at,
             session_id: claims.sid,
             issued_at: claims.iat,
+            pending,
             token: Arc::from(token),
         };
         Ok((caller, claims.exp))
@@ -471,6 +537,10 @@ where
                 Some(token) => layer.verifier.verify(token).await,
             };
             match verified {
+                Ok(caller) if caller.pending.is_some_and(|p| !p.allows(request.uri().path())) => {
+                    let pending = caller.pending.unwrap_or(Pending::Mfa);
+                    Ok(Status::unauthenticated(pending.refusal()).into_http())
+                }
                 Ok(caller) => {
                     recorded.record("pim.principal", caller.principal_id.as_str());
                     request.extensions_mut().insert(caller);
@@ -552,6 +622,7 @@ mod tests {
             exp: now + exp_offset,
             iss: ISSUER.into(),
             aud: aud.into(),
+            pending: (aud == PENDING_AUDIENCE).then(|| "mfa".into()),
         };
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(kid.into());
@@ -589,5 +660,30 @@ mod tests {
             Err(TokenError::Invalid)
         ));
         assert!(matches!(verifier.verify("a.b.c").await, Err(TokenError::Invalid)));
+    }
+
+    #[tokio::test]
+    async fn a_pending_sign_in_may_only_complete_itself_or_sign_out() {
+        let verifier = TokenVerifier::new(Arc::new(Fixed(vec![published("k1", &key(1))])));
+        let caller = verifier
+            .verify(&token("k1", &key(1), 600, PENDING_AUDIENCE))
+            .await
+            .unwrap();
+        assert_eq!(caller.pending, Some(Pending::Mfa));
+        assert!(Pending::Mfa.allows("/pim.identity.v1.MfaService/Verify"));
+        assert!(Pending::Mfa.allows("/pim.identity.v1.AuthService/SignOut"));
+        for path in [
+            "/pim.identity.v1.MfaService/GenerateRecoveryCodes",
+            "/pim.identity.v1.MfaService/RemoveMethod",
+            "/pim.identity.v1.MfaService/EnrollTotp",
+            "/pim.assignment.v1.AssignmentService/CreateRequest",
+            "/pim.identity.v1.AuthService/ChangePassword",
+        ] {
+            assert!(!Pending::Mfa.allows(path), "{path}");
+        }
+        assert!(Pending::Enrollment.allows("/pim.identity.v1.MfaService/EnrollTotp"));
+        assert!(!Pending::Enrollment.allows("/pim.identity.v1.MfaService/ListMethods"));
+        let full = verifier.verify(&token("k1", &key(1), 600, AUDIENCE)).await.unwrap();
+        assert_eq!(full.pending, None);
     }
 }

@@ -79,6 +79,38 @@ pub struct Config {
     pub audit_hmac_key: Option<Secret<String>>,
     /// How long audit keeps records (`PIM_AUDIT_RETENTION_DAYS`; unset or 0: for ever).
     pub audit_retention: Option<Duration>,
+    /// Whether sign-in needs MFA (`PIM_SIGNIN_MFA`: `off`, `when_enrolled`, `required`).
+    pub signin_mfa: SigninMfa,
+    /// How long after an administrator creates an account or resets its MFA the user may
+    /// enrol a first method with the password alone (`PIM_MFA_ENROLLMENT_WINDOW_SECS`).
+    pub mfa_enrollment_window: Duration,
+    /// How recent an MFA must be to manage MFA methods or change a password
+    /// (`PIM_MFA_STEP_UP_SECS`; the default policy's activation freshness, 10 minutes).
+    pub mfa_step_up: Duration,
+}
+
+/// Whether the server requires MFA at sign-in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SigninMfa {
+    /// A password alone signs in; MFA is asked only where a rule asks for it (step-up).
+    Off,
+    /// A user who has a method must verify a code before their token does anything.
+    #[default]
+    WhenEnrolled,
+    /// As `WhenEnrolled`, and a user without a method must enrol one (with a pass) first.
+    Required,
+}
+
+impl std::str::FromStr for SigninMfa {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        match s {
+            "off" => Ok(Self::Off),
+            "when_enrolled" => Ok(Self::WhenEnrolled),
+            "required" => Ok(Self::Required),
+            other => bail!("PIM_SIGNIN_MFA must be off, when_enrolled or required, not {other:?}"),
+        }
+    }
 }
 
 impl Config {
@@ -146,6 +178,12 @@ impl Config {
                 0 => None,
                 days => Some(Duration::from_secs(days.saturating_mul(86_400))),
             },
+            signin_mfa: get("PIM_SIGNIN_MFA")
+                .map(|s| s.parse())
+                .transpose()?
+                .unwrap_or_default(),
+            mfa_enrollment_window: Duration::from_secs(num("PIM_MFA_ENROLLMENT_WINDOW_SECS", 24 * 3600)?),
+            mfa_step_up: Duration::from_secs(num("PIM_MFA_STEP_UP_SECS", 600)?),
         };
         config.validate()?;
         Ok(config)
@@ -157,6 +195,12 @@ impl Config {
         }
         if self.access_token_ttl < Duration::from_secs(60) || self.access_token_ttl > Duration::from_secs(24 * 3600) {
             bail!("PIM_ACCESS_TOKEN_TTL_SECS must be between 60 and 86400");
+        }
+        if self.mfa_step_up < Duration::from_secs(60) || self.mfa_step_up > Duration::from_secs(24 * 3600) {
+            bail!("PIM_MFA_STEP_UP_SECS must be between 60 and 86400");
+        }
+        if self.mfa_enrollment_window > Duration::from_secs(30 * 86_400) {
+            bail!("PIM_MFA_ENROLLMENT_WINDOW_SECS must be at most 30 days (2592000)");
         }
         if self.max_deliveries == 0 {
             bail!("PIM_MAX_DELIVERIES must be at least 1");
@@ -222,6 +266,8 @@ mod tests {
         assert_eq!(c.listen_addr.to_string(), "127.0.0.1:50051");
         assert!(c.redis_url.is_none());
         assert_eq!(c.max_deliveries, 5);
+        assert_eq!(c.signin_mfa, SigninMfa::WhenEnrolled);
+        assert_eq!(c.mfa_step_up, Duration::from_secs(600));
     }
 
     #[test]
@@ -240,6 +286,11 @@ mod tests {
         assert!(Config::load(env(&[("PIM_LISTEN_ADDR", "nope")])).is_err());
         assert!(Config::load(env(&[("PIM_TLS_CERT", "/x.pem")])).is_err());
         assert!(Config::load(env(&[("PIM_STREAM_PREFIX", "a b")])).is_err());
+        assert!(Config::load(env(&[("PIM_SIGNIN_MFA", "sometimes")])).is_err());
+        assert_eq!(
+            Config::load(env(&[("PIM_SIGNIN_MFA", "required")])).unwrap().signin_mfa,
+            SigninMfa::Required
+        );
     }
 
     #[test]

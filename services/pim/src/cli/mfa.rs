@@ -1,19 +1,36 @@
-//! `pim mfa`: enrol a TOTP authenticator, step up the current session, recovery codes, reset.
+//! `pim mfa` and `pim password`: enrol a TOTP authenticator (with an administrator's
+//! enrolment pass when needed), step up the current session, recovery codes, remove a
+//! method, enrolment passes and MFA resets for administrators, and changing one's password.
+//! Where the server asks for a recent MFA (`MfaRule`), the command steps up and retries.
 
-use clap::Subcommand;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use tonic::Status;
 
 use pim_proto::identity::v1 as ipb;
+use pim_proto::identity::v1::auth_service_client::AuthServiceClient;
 use pim_proto::identity::v1::mfa_service_client::MfaServiceClient;
+use pim_runtime::db::from_timestamp;
+use pim_runtime::grpc::violated_rules;
 
-use super::{ClientArgs, Session, explain, secret_from, write_token};
+use super::{ClientArgs, Session, explain, print_table, secret_from, time, write_token};
 
 #[derive(Subcommand)]
 pub(crate) enum MfaCommand {
     /// Enrol an authenticator app: shows an otpauth:// URI once, then asks for a first code.
+    /// A first authenticator needs an enrolment pass (--pass) unless your account is new or
+    /// its MFA was just reset; another one needs a code from the one you have.
     Enroll {
         /// The first code, to confirm (otherwise you are prompted).
         #[arg(long, env = "PIM_MFA_CODE")]
         code: Option<String>,
+        /// An enrolment pass from an administrator.
+        #[arg(long, env = "PIM_MFA_PASS")]
+        pass: Option<String>,
+        /// A code from the authenticator you have, when adding a second one.
+        #[arg(long)]
+        current_code: Option<String>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -24,18 +41,78 @@ pub(crate) enum MfaCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// New single-use recovery codes (shown once; the old ones stop working).
-    RecoveryCodes {
+    /// Your methods and recovery codes left (or a user's, for directory readers).
+    Methods {
+        /// User name or id (default: you).
+        #[arg(long)]
+        user: Option<String>,
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Remove a user's MFA methods (Privileged Authentication Administrators, Global Administrators).
+    /// New single-use recovery codes (shown once; the old ones stop working, and your other
+    /// sessions are signed out). Needs a recent MFA: asks for a code when it is not.
+    RecoveryCodes {
+        #[arg(long, env = "PIM_MFA_CODE")]
+        code: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Remove one of your methods (see `pim mfa methods`). Needs a recent MFA.
+    Remove {
+        method_id: String,
+        #[arg(long, env = "PIM_MFA_CODE")]
+        code: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Remove a user's MFA methods (Privileged Authentication Administrators, Global
+    /// Administrators for protected users); they may enrol again with their password for a while.
     Reset {
         /// User name or id.
         user: String,
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Enrolment passes: one-time codes that let a user with no method enrol a first one.
+    #[command(subcommand)]
+    Pass(PassCommand),
+}
+
+#[derive(Subcommand)]
+pub(crate) enum PassCommand {
+    /// Issue a pass (the code is shown once: give it to the user out of band).
+    Create {
+        /// User name or id.
+        user: String,
+        /// How long it works (10m to 30d).
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "1h")]
+        lifetime: Duration,
+        /// How many enrolments it allows (1 to 10).
+        #[arg(long, default_value_t = 1)]
+        uses: i32,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// A user's passes that still work (never their codes).
+    List {
+        user: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// `pim password`: change your own password.
+#[derive(Args)]
+pub(crate) struct PasswordArgs {
+    /// Read the current and the new password from the first two lines of standard input
+    /// (otherwise PIM_PASSWORD and PIM_NEW_PASSWORD, or prompts).
+    #[arg(long)]
+    password_stdin: bool,
+    /// A code from your authenticator, when you have one (otherwise asked if needed).
+    #[arg(long, env = "PIM_MFA_CODE")]
+    code: Option<String>,
+    #[command(flatten)]
+    client: ClientArgs,
 }
 
 /// The code from --code, else a prompt on a terminal, else the next line of standard input.
@@ -48,60 +125,118 @@ fn code(given: Option<String>) -> anyhow::Result<String> {
     }
 }
 
+/// After a sign-in or step-up with a recovery code: say so, and how many are left.
+pub(crate) fn warn_if_recovery_code(response: &ipb::SignInResponse) {
+    if let Some(left) = response.recovery_codes_left {
+        eprintln!(
+            "A recovery code was used ({left} left); your administrators are alerted. \
+             If that was not you, tell them now. Regenerate codes with: pim mfa recovery-codes"
+        );
+    }
+}
+
+/// Checks a code, keeps the stepped-up token and returns a session that carries it.
+async fn step_up(client: &ClientArgs, session: &Session, given: Option<String>) -> anyhow::Result<Session> {
+    let verified = MfaServiceClient::new(session.channel.clone())
+        .verify(session.request(ipb::VerifyRequest { code: code(given)? })?)
+        .await
+        .map_err(explain)?
+        .into_inner();
+    warn_if_recovery_code(&verified);
+    write_token(client, &verified.access_token)?;
+    Session::open(client, true)
+}
+
+/// Whether the server refused for want of a recent MFA.
+fn wants_mfa(status: &Status) -> bool {
+    violated_rules(status).iter().any(|r| r == "MfaRule")
+}
+
 pub(crate) async fn run(cmd: MfaCommand) -> anyhow::Result<i32> {
     match cmd {
-        MfaCommand::Enroll { code: given, client } => {
-            let session = Session::open(&client, true)?;
-            let mut mfa = MfaServiceClient::new(session.channel.clone());
-            let enrolled = mfa
-                .enroll_totp(session.request(ipb::EnrollTotpRequest {})?)
-                .await
-                .map_err(explain)?
-                .into_inner();
-            println!("Add this to your authenticator app (shown once; it is a secret):");
-            println!("  {}", enrolled.otpauth_uri);
-            // Most authenticator apps scan it instead.
-            match qrcode::QrCode::new(enrolled.otpauth_uri.as_bytes()) {
-                Ok(qr) => println!(
-                    "{}",
-                    qr.render::<qrcode::render::unicode::Dense1x2>()
-                        .quiet_zone(true)
-                        .build()
-                ),
-                Err(err) => eprintln!("(no QR code: {err})"),
-            }
-            std::io::Write::flush(&mut std::io::stdout())?;
-            let code = code(given)?;
-            mfa.confirm_totp(session.request(ipb::ConfirmTotpRequest {
-                method_id: enrolled.method_id,
-                code,
-            })?)
-            .await
-            .map_err(explain)?;
-            println!("Authenticator enrolled. Keep recovery codes too: pim mfa recovery-codes");
-        }
+        MfaCommand::Enroll {
+            code: given,
+            pass,
+            current_code,
+            client,
+        } => enroll(given, pass, current_code, client).await?,
         MfaCommand::Verify { code: given, client } => {
             let session = Session::open(&client, true)?;
-            let verified = MfaServiceClient::new(session.channel.clone())
-                .verify(session.request(ipb::VerifyRequest { code: code(given)? })?)
+            step_up(&client, &session, given).await?;
+            println!("Verified: this session counts as MFA-authenticated now.");
+        }
+        MfaCommand::Methods { user, client } => {
+            let session = Session::open(&client, true)?;
+            let listed = MfaServiceClient::new(session.channel.clone())
+                .list_methods(session.request(ipb::ListMethodsRequest {
+                    user: user.unwrap_or_default(),
+                })?)
                 .await
                 .map_err(explain)?
                 .into_inner();
-            write_token(&client, &verified.access_token)?;
-            println!("Verified: this session counts as MFA-authenticated now.");
+            let rows = listed
+                .methods
+                .iter()
+                .map(|m| {
+                    vec![
+                        m.id.clone(),
+                        m.kind.clone(),
+                        time(m.created_at.as_ref().map(from_timestamp)),
+                    ]
+                })
+                .collect();
+            print_table(&["ID", "KIND", "ENROLLED"], rows);
+            let last = listed
+                .recovery_code_last_used_at
+                .as_ref()
+                .map(|t| format!(", one last used {}", time(Some(from_timestamp(t)))))
+                .unwrap_or_default();
+            println!("Recovery codes left: {}{last}", listed.recovery_codes_left);
         }
-        MfaCommand::RecoveryCodes { client } => {
-            let session = Session::open(&client, true)?;
-            let codes = MfaServiceClient::new(session.channel.clone())
-                .generate_recovery_codes(session.request(ipb::GenerateRecoveryCodesRequest {})?)
-                .await
-                .map_err(explain)?
-                .into_inner()
-                .codes;
-            println!("Recovery codes (each works once; store them offline):");
+        MfaCommand::RecoveryCodes { code: given, client } => {
+            let mut session = Session::open(&client, true)?;
+            let mut given = given;
+            let codes = loop {
+                match MfaServiceClient::new(session.channel.clone())
+                    .generate_recovery_codes(session.request(ipb::GenerateRecoveryCodesRequest {})?)
+                    .await
+                {
+                    Ok(r) => break r.into_inner().codes,
+                    Err(status) if wants_mfa(&status) && (given.is_some() || interactive()) => {
+                        eprintln!("New recovery codes need a recent multi-factor authentication.");
+                        session = step_up(&client, &session, given.take()).await?;
+                    }
+                    Err(status) => return Err(explain(status)),
+                }
+            };
+            println!("Recovery codes (each works once; store them offline; your other sessions are signed out):");
             for c in codes {
                 println!("  {c}");
             }
+        }
+        MfaCommand::Remove {
+            method_id,
+            code: given,
+            client,
+        } => {
+            let mut session = Session::open(&client, true)?;
+            let mut given = given;
+            loop {
+                match MfaServiceClient::new(session.channel.clone())
+                    .remove_method(session.request(ipb::RemoveMethodRequest {
+                        method_id: method_id.clone(),
+                    })?)
+                    .await
+                {
+                    Ok(_) => break,
+                    Err(status) if wants_mfa(&status) && (given.is_some() || interactive()) => {
+                        eprintln!("Removing a method needs a recent multi-factor authentication.");
+                        session = step_up(&client, &session, given.take()).await?;
+                    }
+                    Err(status) => return Err(explain(status)),
+                }
+            }
+            println!("Method {method_id} removed.");
         }
         MfaCommand::Reset { user, client } => {
             let session = Session::open(&client, true)?;
@@ -109,8 +244,159 @@ pub(crate) async fn run(cmd: MfaCommand) -> anyhow::Result<i32> {
                 .reset_mfa(session.request(ipb::ResetMfaRequest { user: user.clone() })?)
                 .await
                 .map_err(explain)?;
-            println!("MFA reset for {user}");
+            println!("MFA reset for {user}: they may enrol a new authenticator with their password for a while.");
+        }
+        MfaCommand::Pass(PassCommand::Create {
+            user,
+            lifetime,
+            uses,
+            client,
+        }) => {
+            let session = Session::open(&client, true)?;
+            let created = MfaServiceClient::new(session.channel.clone())
+                .create_enrollment_pass(session.request(ipb::CreateEnrollmentPassRequest {
+                    user: user.clone(),
+                    lifetime: Some(prost_types::Duration {
+                        seconds: lifetime.as_secs() as i64,
+                        nanos: 0,
+                    }),
+                    uses,
+                })?)
+                .await
+                .map_err(explain)?
+                .into_inner();
+            let pass = created.pass.unwrap_or_default();
+            println!("Enrolment pass for {user} (shown once; give it to them out of band):");
+            println!("  {}", created.code);
+            println!(
+                "It works {} time(s) until {}: pim mfa enroll --pass {}",
+                pass.uses_left,
+                time(pass.expires_at.as_ref().map(from_timestamp)),
+                created.code
+            );
+        }
+        MfaCommand::Pass(PassCommand::List { user, client }) => {
+            let session = Session::open(&client, true)?;
+            let passes = MfaServiceClient::new(session.channel.clone())
+                .list_enrollment_passes(session.request(ipb::ListEnrollmentPassesRequest { user })?)
+                .await
+                .map_err(explain)?
+                .into_inner()
+                .passes;
+            let rows = passes
+                .iter()
+                .map(|p| {
+                    vec![
+                        p.id.clone(),
+                        p.created_by.clone(),
+                        time(p.created_at.as_ref().map(from_timestamp)),
+                        time(p.expires_at.as_ref().map(from_timestamp)),
+                        p.uses_left.to_string(),
+                    ]
+                })
+                .collect();
+            print_table(&["ID", "CREATED BY", "CREATED", "EXPIRES", "USES LEFT"], rows);
         }
     }
+    Ok(0)
+}
+
+fn interactive() -> bool {
+    use std::io::IsTerminal;
+    std::io::stdin().is_terminal()
+}
+
+async fn enroll(
+    given: Option<String>,
+    pass: Option<String>,
+    current_code: Option<String>,
+    client: ClientArgs,
+) -> anyhow::Result<()> {
+    let mut session = Session::open(&client, true)?;
+    let mut current_code = current_code;
+    let request = ipb::EnrollTotpRequest {
+        enrollment_pass: pass.unwrap_or_default(),
+    };
+    let enrolled = loop {
+        match MfaServiceClient::new(session.channel.clone())
+            .enroll_totp(session.request(request.clone())?)
+            .await
+        {
+            Ok(r) => break r.into_inner(),
+            Err(status) if wants_mfa(&status) && (current_code.is_some() || interactive()) => {
+                eprintln!("Adding another authenticator needs a code from the one you have.");
+                session = step_up(&client, &session, current_code.take()).await?;
+            }
+            Err(status) => return Err(explain(status)),
+        }
+    };
+    println!("Add this to your authenticator app (shown once; it is a secret):");
+    println!("  {}", enrolled.otpauth_uri);
+    // Most authenticator apps scan it instead.
+    match qrcode::QrCode::new(enrolled.otpauth_uri.as_bytes()) {
+        Ok(qr) => println!(
+            "{}",
+            qr.render::<qrcode::render::unicode::Dense1x2>()
+                .quiet_zone(true)
+                .build()
+        ),
+        Err(err) => eprintln!("(no QR code: {err})"),
+    }
+    std::io::Write::flush(&mut std::io::stdout())?;
+    let code = code(given)?;
+    let confirmed = MfaServiceClient::new(session.channel.clone())
+        .confirm_totp(session.request(ipb::ConfirmTotpRequest {
+            method_id: enrolled.method_id,
+            code,
+        })?)
+        .await
+        .map_err(explain)?
+        .into_inner();
+    // The confirming code is an MFA: keep the token it earned (it completes a sign-in that
+    // was waiting for an enrolment).
+    if let Some(stepped) = confirmed.session {
+        write_token(&client, &stepped.access_token)?;
+    }
+    println!("Authenticator enrolled. Keep recovery codes too: pim mfa recovery-codes");
+    Ok(())
+}
+
+/// `pim password`: the current password, then the new one; a code when the server asks.
+pub(crate) async fn change_password(args: PasswordArgs) -> anyhow::Result<i32> {
+    let (current, new) = if args.password_stdin {
+        let mut lines = std::io::stdin().lines();
+        let mut next = || -> anyhow::Result<String> {
+            lines
+                .next()
+                .transpose()?
+                .ok_or_else(|| anyhow::anyhow!("--password-stdin needs two lines: the current and the new password"))
+        };
+        (next()?, next()?)
+    } else {
+        (
+            secret_from(false, "PIM_PASSWORD", "Current password: ")?,
+            secret_from(false, "PIM_NEW_PASSWORD", "New password: ")?,
+        )
+    };
+    let mut session = Session::open(&args.client, true)?;
+    let mut given = args.code;
+    let request = ipb::ChangePasswordRequest {
+        current_password: current,
+        new_password: new,
+    };
+    loop {
+        match AuthServiceClient::new(session.channel.clone())
+            .change_password(session.request(request.clone())?)
+            .await
+        {
+            Ok(_) => break,
+            Err(status) if wants_mfa(&status) && (given.is_some() || interactive()) => {
+                eprintln!("Changing your password needs a recent multi-factor authentication.");
+                session = step_up(&args.client, &session, given.take()).await?;
+            }
+            Err(status) => return Err(explain(status)),
+        }
+    }
+    println!("Password changed; your other sessions are signed out.");
     Ok(0)
 }

@@ -133,9 +133,12 @@ enum Command {
     /// Show or change a role's policy at a scope.
     #[command(subcommand)]
     Policy(requests::PolicyCommand),
-    /// Multi-factor authentication: enrol an authenticator app, step up, recovery codes.
+    /// Multi-factor authentication: enrol an authenticator app, step up, recovery codes,
+    /// enrolment passes and resets.
     #[command(subcommand)]
     Mfa(mfa::MfaCommand),
+    /// Change your own password (asks for a code when you have MFA).
+    Password(mfa::PasswordArgs),
     /// Assign a role to a principal (an administrator's adminAssign request).
     Assign(AssignArgs),
     /// List assignments in force.
@@ -387,6 +390,7 @@ async fn run_command(cli: Cli) -> anyhow::Result<i32> {
         Command::Alerts(args) => alerts::run(args).await,
         Command::Policy(cmd) => requests::policy(cmd).await,
         Command::Mfa(cmd) => mfa::run(cmd).await,
+        Command::Password(args) => mfa::change_password(args).await,
         Command::Assign(args) => assign(args).await,
         Command::Assignments(args) => list_assignments(args).await,
         Command::Check(args) => check(args).await,
@@ -697,30 +701,47 @@ async fn login(args: LoginArgs) -> anyhow::Result<i32> {
     .map_err(explain)?
     .into_inner();
     let mut response = response;
-    if args.user.is_some() {
-        // With MFA enrolled, step up now: activations ask for a recent MFA.
-        let session = Session {
+    if response.mfa_pending {
+        // The server holds the sign-in until a code is verified: the token can do nothing else.
+        let code = match (&args.code, std::io::stdin().is_terminal()) {
+            (Some(code), _) => code.clone(),
+            (None, true) => rpassword::prompt_password("Authenticator code (or a recovery code): ")?,
+            (None, false) => {
+                bail!("this account has MFA: pass --code (or PIM_MFA_CODE) with a code from the authenticator")
+            }
+        };
+        let pending = Session {
             channel: session.channel.clone(),
             token: Some(response.access_token.clone()),
         };
-        let methods = MfaServiceClient::new(session.channel.clone())
-            .list_methods(session.request(ipb::ListMethodsRequest { user: String::new() })?)
+        response = MfaServiceClient::new(session.channel.clone())
+            .verify(pending.request(ipb::VerifyRequest { code })?)
             .await
             .map_err(explain)?
-            .into_inner()
-            .methods;
-        let code = match (&args.code, methods.is_empty(), std::io::stdin().is_terminal()) {
-            (Some(code), false, _) => Some(code.clone()),
-            (None, false, true) => Some(rpassword::prompt_password("Authenticator code: ")?),
-            _ => None,
+            .into_inner();
+        mfa::warn_if_recovery_code(&response);
+    } else if response.enrollment_required {
+        let path = write_token(&args.client, &response.access_token)?;
+        println!(
+            "Password accepted. This directory requires MFA and you have no authenticator yet: \
+             run `pim mfa enroll --pass PASS` within 5 minutes, with the enrolment pass an administrator gave you \
+             (sign-in token in {})",
+            path.display()
+        );
+        return Ok(0);
+    } else if args.user.is_some()
+        && let Some(code) = &args.code
+    {
+        // MFA is not asked at sign-in here; a code given anyway steps the session up.
+        let signed_in = Session {
+            channel: session.channel.clone(),
+            token: Some(response.access_token.clone()),
         };
-        if let Some(code) = code {
-            response = MfaServiceClient::new(session.channel.clone())
-                .verify(session.request(ipb::VerifyRequest { code })?)
-                .await
-                .map_err(explain)?
-                .into_inner();
-        }
+        response = MfaServiceClient::new(session.channel.clone())
+            .verify(signed_in.request(ipb::VerifyRequest { code: code.clone() })?)
+            .await
+            .map_err(explain)?
+            .into_inner();
     }
     let path = write_token(&args.client, &response.access_token)?;
     println!(

@@ -1,0 +1,654 @@
+//! Credentials against an attacker who has a user's password but not their phone, on the
+//! embedded default (`pim up`) and on PostgreSQL + Redis: sign-in MFA the server enforces,
+//! managing MFA only after a step-up, enrolment passes that work once and expire, recovery
+//! codes treated as an emergency (alert, audit), and credential protection for members and
+//! owners of role-assignable groups.
+
+use std::time::Duration;
+
+use tonic::Code;
+use tonic::transport::Channel;
+use totp_rs::TOTP;
+
+use pim_e2e::{TestSuite, assign_for_an_hour as assign, authed, eventually, password_of};
+use pim_proto::alerting::v1 as alpb;
+use pim_proto::alerting::v1::alert_service_client::AlertServiceClient;
+use pim_proto::assignment::v1 as apb;
+use pim_proto::assignment::v1::assignment_service_client::AssignmentServiceClient;
+use pim_proto::audit::v1 as aupb;
+use pim_proto::audit::v1::audit_service_client::AuditServiceClient;
+use pim_proto::identity::v1 as ipb;
+use pim_proto::identity::v1::auth_service_client::AuthServiceClient;
+use pim_proto::identity::v1::directory_service_client::DirectoryServiceClient;
+use pim_proto::identity::v1::mfa_service_client::MfaServiceClient;
+use pim_runtime::clock::ManualClock;
+use pim_runtime::db::now_ms;
+use pim_runtime::grpc::violated_rules;
+
+const SECURITY_ADMINISTRATOR: &str = "194ae4cb-b126-40b2-bd5b-6091b380977d";
+const PRIVILEGED_AUTHENTICATION_ADMINISTRATOR: &str = "7be44c8a-adaf-4e2a-84d6-ab2649e08a13";
+const AUTHENTICATION_ADMINISTRATOR: &str = "c4e39bd9-1100-46d3-8c65-fb160da0071f";
+const USER_ADMINISTRATOR: &str = "fe930be7-5e62-47db-91af-98c3a49a38b1";
+
+/// Runs `test` on PostgreSQL + Redis and on the embedded default, each with `extra` settings
+/// and its services reading a clock the test moves.
+async fn on_both<F, Fut>(extra: &[(&str, String)], test: F) -> anyhow::Result<()>
+where
+    F: Fn(TestSuite, ManualClock) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<TestSuite>>,
+{
+    for embedded in [false, true] {
+        let clock = ManualClock::starting_now();
+        let ts = if embedded {
+            TestSuite::embedded_with_clock(Some(clock.clone()), extra).await?
+        } else {
+            TestSuite::postgres_with(Some(clock.clone()), extra).await?
+        };
+        let ts = test(ts, clock).await?;
+        ts.stop().await?;
+    }
+    Ok(())
+}
+
+fn mfa(ts: &TestSuite) -> MfaServiceClient<Channel> {
+    MfaServiceClient::new(ts.channel.clone())
+}
+
+async fn sign_in(ts: &TestSuite, user: &str, password: &str) -> Result<ipb::SignInResponse, tonic::Status> {
+    Ok(AuthServiceClient::new(ts.channel.clone())
+        .sign_in(ipb::SignInRequest {
+            user_name: user.into(),
+            password: password.into(),
+        })
+        .await?
+        .into_inner())
+}
+
+/// Enrols TOTP with `token`; returns the authenticator, the method id, the step time its
+/// confirming code used and the stepped-up session the confirmation answered with.
+async fn enrol(ts: &TestSuite, token: &str, pass: &str) -> anyhow::Result<(TOTP, String, u64, ipb::SignInResponse)> {
+    let enrolled = mfa(ts)
+        .enroll_totp(authed(
+            token,
+            ipb::EnrollTotpRequest {
+                enrollment_pass: pass.into(),
+            },
+        ))
+        .await?
+        .into_inner();
+    let authenticator = TOTP::from_url(&enrolled.otpauth_uri).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let at = (now_ms() / 1000) as u64;
+    let confirmed = mfa(ts)
+        .confirm_totp(authed(
+            token,
+            ipb::ConfirmTotpRequest {
+                method_id: enrolled.method_id.clone(),
+                code: authenticator.generate(at),
+            },
+        ))
+        .await?
+        .into_inner();
+    let session = confirmed
+        .session
+        .ok_or_else(|| anyhow::anyhow!("confirming returns a session"))?;
+    Ok((authenticator, enrolled.method_id, at, session))
+}
+
+/// Starts an enrolment with an enrolment pass (or none).
+async fn start_enrolment(ts: &TestSuite, token: &str, pass: &str) -> Result<(), tonic::Status> {
+    mfa(ts)
+        .enroll_totp(authed(
+            token,
+            ipb::EnrollTotpRequest {
+                enrollment_pass: pass.into(),
+            },
+        ))
+        .await
+        .map(drop)
+}
+
+async fn verify(ts: &TestSuite, token: &str, code: &str) -> Result<ipb::SignInResponse, tonic::Status> {
+    Ok(mfa(ts)
+        .verify(authed(token, ipb::VerifyRequest { code: code.into() }))
+        .await?
+        .into_inner())
+}
+
+/// What a password-only token tries, in order: every MFA management action of the attack.
+async fn manage_mfa(ts: &TestSuite, token: &str, method_id: &str) -> Vec<Result<(), tonic::Status>> {
+    let mut m = mfa(ts);
+    vec![
+        m.generate_recovery_codes(authed(token, ipb::GenerateRecoveryCodesRequest {}))
+            .await
+            .map(drop),
+        m.remove_method(authed(
+            token,
+            ipb::RemoveMethodRequest {
+                method_id: method_id.into(),
+            },
+        ))
+        .await
+        .map(drop),
+        start_enrolment(ts, token, "").await,
+        AuthServiceClient::new(ts.channel.clone())
+            .change_password(authed(
+                token,
+                ipb::ChangePasswordRequest {
+                    current_password: password_of("lee"),
+                    new_password: "a brand new passphrase".into(),
+                },
+            ))
+            .await
+            .map(drop),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_mfa_enrolled_a_password_alone_only_gets_a_token_that_can_verify_a_code() -> anyhow::Result<()> {
+    on_both(&[], |ts, _clock| async move {
+        let admin = ts.admin_token().await?;
+        let lee = ts.create_user(&admin, "lee").await?;
+        let before = ts.sign_in("lee", &password_of("lee")).await?;
+        let (authenticator, method_id, confirmed_at, _) = enrol(&ts, &before, "").await?;
+
+        // The attacker has the password: the sign-in is held until a code is verified.
+        let held = sign_in(&ts, "lee", &password_of("lee")).await?;
+        assert!(held.mfa_pending, "a user with MFA is asked for it at sign-in");
+        assert!(held.refresh_token.is_empty(), "no refresh token before MFA");
+        let password_only = held.access_token;
+        for (i, refused) in manage_mfa(&ts, &password_only, &method_id)
+            .await
+            .into_iter()
+            .enumerate()
+        {
+            let refused = refused.expect_err("a password-only token manages no MFA");
+            assert_eq!(refused.code(), Code::Unauthenticated, "attempt {i}: {refused:?}");
+            assert!(refused.message().contains("not complete"), "{}", refused.message());
+        }
+        let elsewhere = [
+            mfa(&ts)
+                .list_methods(authed(&password_only, ipb::ListMethodsRequest::default()))
+                .await
+                .map(drop),
+            AssignmentServiceClient::new(ts.channel.clone())
+                .create_request(authed(
+                    &password_only,
+                    pim_e2e::activate_for_an_hour(SECURITY_ADMINISTRATOR, "triage"),
+                ))
+                .await
+                .map(drop),
+            AuditServiceClient::new(ts.channel.clone())
+                .query_events(authed(&password_only, aupb::QueryEventsRequest::default()))
+                .await
+                .map(drop),
+            AlertServiceClient::new(ts.channel.clone())
+                .list_alerts(authed(&password_only, alpb::ListAlertsRequest::default()))
+                .await
+                .map(drop),
+            DirectoryServiceClient::new(ts.channel.clone())
+                .get_user(authed(&password_only, ipb::GetUserRequest { user: "lee".into() }))
+                .await
+                .map(drop),
+        ];
+        for refused in elsewhere {
+            assert_eq!(refused.expect_err("refused everywhere").code(), Code::Unauthenticated);
+        }
+
+        // A wrong code does not complete it; the authenticator's next code does.
+        let wrong = verify(&ts, &password_only, "000000").await.expect_err("a wrong code");
+        assert!(matches!(wrong.code(), Code::Unauthenticated), "{wrong:?}");
+        let complete = verify(&ts, &password_only, &authenticator.generate(confirmed_at + 30)).await?;
+        assert!(!complete.mfa_pending && complete.amr.contains(&"otp".to_owned()));
+        assert!(!complete.refresh_token.is_empty(), "the completed sign-in can refresh");
+        let listed = mfa(&ts)
+            .list_methods(authed(&complete.access_token, ipb::ListMethodsRequest::default()))
+            .await?
+            .into_inner();
+        assert_eq!(listed.methods.len(), 1);
+        let refreshed = AuthServiceClient::new(ts.channel.clone())
+            .refresh(ipb::RefreshRequest {
+                refresh_token: complete.refresh_token.clone(),
+            })
+            .await?
+            .into_inner();
+        assert!(!refreshed.mfa_pending);
+
+        // A held sign-in may be abandoned.
+        let abandoned = sign_in(&ts, "lee", &password_of("lee")).await?;
+        AuthServiceClient::new(ts.channel.clone())
+            .sign_out(authed(&abandoned.access_token, ipb::SignOutRequest::default()))
+            .await?;
+
+        // The audit log tells the held sign-in from the completed one.
+        let records = eventually(Duration::from_secs(15), "sign-ins in the audit log", || {
+            let admin = admin.clone();
+            let lee = lee.id.clone();
+            let mut audit = AuditServiceClient::new(ts.channel.clone());
+            async move {
+                let records = audit
+                    .query_events(authed(
+                        &admin,
+                        aupb::QueryEventsRequest {
+                            target_id: lee,
+                            page_size: 500,
+                            ..Default::default()
+                        },
+                    ))
+                    .await?
+                    .into_inner()
+                    .records;
+                let actions: Vec<String> = records.iter().map(|r| r.action.clone()).collect();
+                Ok(actions
+                    .iter()
+                    .any(|a| a.ends_with(".SessionRevoked"))
+                    .then_some(actions))
+            }
+        })
+        .await?;
+        assert!(
+            records.iter().any(|a| a == "pim.identity.v1.SignInMfaPending"),
+            "{records:?}"
+        );
+        assert!(records.iter().any(|a| a == "pim.identity.v1.SignInSucceeded"));
+        assert!(records.iter().any(|a| a == "pim.identity.v1.MfaEnrolled"));
+        Ok(ts)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn managing_mfa_needs_a_recent_step_up_and_recovery_codes_raise_an_alert() -> anyhow::Result<()> {
+    // Sign-in MFA off: the password gets a full token, and each rule must hold on its own.
+    on_both(&[("PIM_SIGNIN_MFA", "off".into())], |ts, clock| async move {
+        let admin = ts.admin_token().await?;
+        let lee = ts.create_user(&admin, "lee").await?;
+        AssignmentServiceClient::new(ts.channel.clone())
+            .create_request(authed(
+                &admin,
+                assign(apb::AssignmentKind::Eligible, &lee.id, SECURITY_ADMINISTRATOR),
+            ))
+            .await?;
+        let first = ts.sign_in("lee", &password_of("lee")).await?;
+        let (authenticator, method_id, confirmed_at, _) = enrol(&ts, &first, "").await?;
+
+        // The four steps of the attack, each refused with the password alone.
+        let password_only = sign_in(&ts, "lee", &password_of("lee")).await?;
+        assert!(!password_only.mfa_pending);
+        for (i, refused) in manage_mfa(&ts, &password_only.access_token, &method_id)
+            .await
+            .into_iter()
+            .enumerate()
+        {
+            let refused = refused.expect_err("a password-only token manages no MFA");
+            assert_eq!(violated_rules(&refused), vec!["MfaRule"], "attempt {i}: {refused:?}");
+        }
+
+        // After a step-up: new recovery codes, and the other sessions end.
+        let stepped = verify(
+            &ts,
+            &password_only.access_token,
+            &authenticator.generate(confirmed_at + 30),
+        )
+        .await?;
+        let codes = mfa(&ts)
+            .generate_recovery_codes(authed(&stepped.access_token, ipb::GenerateRecoveryCodesRequest {}))
+            .await?
+            .into_inner()
+            .codes;
+        assert_eq!(codes.len(), 10);
+        eventually(Duration::from_secs(10), "the other session ends", || {
+            let mut directory = DirectoryServiceClient::new(ts.channel.clone());
+            let first = first.clone();
+            async move {
+                let outcome = directory
+                    .get_user(authed(&first, ipb::GetUserRequest { user: "lee".into() }))
+                    .await;
+                Ok(outcome.err().filter(|s| s.code() == Code::Unauthenticated))
+            }
+        })
+        .await?;
+
+        // A stale step-up counts for nothing.
+        clock.advance(Duration::from_secs(11 * 60));
+        let stale = mfa(&ts)
+            .generate_recovery_codes(authed(&stepped.access_token, ipb::GenerateRecoveryCodesRequest {}))
+            .await
+            .expect_err("the step-up is 11 minutes old");
+        assert_eq!(violated_rules(&stale), vec!["MfaRule"]);
+
+        // A recovery code steps up once, says how many are left, and raises an alert.
+        let rescued = verify(&ts, &password_only.access_token, &codes[0]).await?;
+        assert_eq!(rescued.recovery_codes_left, Some(9));
+        let again = verify(&ts, &password_only.access_token, &codes[0]).await;
+        assert_eq!(
+            again.expect_err("a recovery code works once").code(),
+            Code::Unauthenticated
+        );
+
+        // With that step-up: a second authenticator, the first removed, a new password.
+        let (second, _, second_at, _) = enrol(&ts, &rescued.access_token, "").await?;
+        mfa(&ts)
+            .remove_method(authed(
+                &rescued.access_token,
+                ipb::RemoveMethodRequest {
+                    method_id: method_id.clone(),
+                },
+            ))
+            .await?;
+        AuthServiceClient::new(ts.channel.clone())
+            .change_password(authed(
+                &rescued.access_token,
+                ipb::ChangePasswordRequest {
+                    current_password: password_of("lee"),
+                    new_password: "a brand new passphrase".into(),
+                },
+            ))
+            .await?;
+        assert!(
+            ts.sign_in("lee", &password_of("lee")).await.is_err(),
+            "the old password is gone"
+        );
+        let fresh = sign_in(&ts, "lee", "a brand new passphrase").await?;
+        verify(&ts, &fresh.access_token, &second.generate(second_at + 30)).await?;
+
+        // Alerts: the recovery code (high: Lee is eligible for a privileged role), and the
+        // removed method of a privileged account.
+        let alerts = eventually(Duration::from_secs(15), "the recovery-code alerts", || {
+            let admin = admin.clone();
+            let mut alerts = AlertServiceClient::new(ts.channel.clone());
+            async move {
+                let listed = alerts
+                    .list_alerts(authed(&admin, alpb::ListAlertsRequest::default()))
+                    .await?
+                    .into_inner()
+                    .alerts;
+                let wanted = ["recovery_code_used", "mfa_method_removed"];
+                Ok(wanted
+                    .iter()
+                    .all(|rule| listed.iter().any(|a| a.rule_id == *rule))
+                    .then_some(listed))
+            }
+        })
+        .await?;
+        let recovery = alerts
+            .iter()
+            .find(|a| a.rule_id == "recovery_code_used")
+            .expect("listed");
+        assert_eq!(recovery.principal_id, lee.id);
+        assert_eq!(recovery.severity, alpb::Severity::High as i32);
+
+        // The audit log has the recovery code's own record, naming the session it came from.
+        let used = eventually(Duration::from_secs(15), "the recovery code's audit record", || {
+            let admin = admin.clone();
+            let mut audit = AuditServiceClient::new(ts.channel.clone());
+            async move {
+                let records = audit
+                    .query_events(authed(
+                        &admin,
+                        aupb::QueryEventsRequest {
+                            action: "pim.identity.v1.RecoveryCodeUsed".into(),
+                            ..Default::default()
+                        },
+                    ))
+                    .await?
+                    .into_inner()
+                    .records;
+                Ok(records.into_iter().next())
+            }
+        })
+        .await?;
+        assert_eq!(used.actor_id, lee.id);
+        assert!(used.payload_json.contains("\"session_id\""), "{}", used.payload_json);
+        assert!(!used.payload_json.contains(&codes[0]), "no code in the audit log");
+        Ok(ts)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_authenticator_needs_an_enrolment_pass_that_works_once_and_expires() -> anyhow::Result<()> {
+    on_both(&[], |ts, clock| async move {
+        let admin = ts.admin_token().await?;
+        let ann = ts.create_user(&admin, "ann").await?;
+        // A day later, the window after the account's creation has closed.
+        clock.advance(Duration::from_secs(25 * 3600));
+        let token = ts.sign_in("ann", &password_of("ann")).await?;
+        let closed = start_enrolment(&ts, &token, "").await.expect_err("no pass, no window");
+        assert_eq!(closed.code(), Code::FailedPrecondition);
+        assert!(closed.message().contains("enrolment pass"), "{}", closed.message());
+
+        let pass = |lifetime: i64| {
+            let admin = admin.clone();
+            let mut m = mfa(&ts);
+            async move {
+                m.create_enrollment_pass(authed(
+                    &admin,
+                    ipb::CreateEnrollmentPassRequest {
+                        user: "ann".into(),
+                        lifetime: Some(prost_types::Duration {
+                            seconds: lifetime,
+                            nanos: 0,
+                        }),
+                        uses: 0,
+                    },
+                ))
+                .await
+                .map(|r| r.into_inner())
+            }
+        };
+        let issued = pass(3600).await?;
+        assert_eq!(issued.pass.as_ref().map(|p| p.uses_left), Some(1));
+        let listed = mfa(&ts)
+            .list_enrollment_passes(authed(&admin, ipb::ListEnrollmentPassesRequest { user: "ann".into() }))
+            .await?
+            .into_inner()
+            .passes;
+        assert_eq!(listed.len(), 1);
+        assert!(!format!("{listed:?}").contains(&issued.code), "the code is shown once");
+        assert_eq!(
+            pass(60).await.expect_err("shorter than 10 minutes").code(),
+            Code::InvalidArgument
+        );
+
+        let wrong = start_enrolment(&ts, &token, "AAAAA-BBBBB-CCCCC-DDDDD")
+            .await
+            .expect_err("a wrong pass");
+        assert_eq!(wrong.code(), Code::PermissionDenied);
+        let (authenticator, _, at, stepped) = enrol(&ts, &token, &issued.code).await?;
+        assert!(stepped.amr.contains(&"otp".to_owned()));
+        assert!(
+            verify(&ts, &stepped.access_token, &authenticator.generate(at + 30))
+                .await
+                .is_ok()
+        );
+
+        // Once used, the pass is gone, even after an administrator's reset.
+        mfa(&ts)
+            .reset_mfa(authed(&admin, ipb::ResetMfaRequest { user: "ann".into() }))
+            .await?;
+        clock.advance(Duration::from_secs(25 * 3600));
+        let used = start_enrolment(&ts, &token, &issued.code)
+            .await
+            .expect_err("a single-use pass works once");
+        assert_eq!(used.code(), Code::PermissionDenied);
+
+        // A pass that outlived its lifetime is refused.
+        let short = pass(600).await?;
+        clock.advance(Duration::from_secs(11 * 60));
+        let expired = start_enrolment(&ts, &token, &short.code)
+            .await
+            .expect_err("the pass expired");
+        assert_eq!(expired.code(), Code::PermissionDenied);
+
+        let records = eventually(Duration::from_secs(15), "the passes in the audit log", || {
+            let admin = admin.clone();
+            let ann = ann.id.clone();
+            let mut audit = AuditServiceClient::new(ts.channel.clone());
+            async move {
+                let actions: Vec<String> = audit
+                    .query_events(authed(
+                        &admin,
+                        aupb::QueryEventsRequest {
+                            target_id: ann,
+                            page_size: 500,
+                            ..Default::default()
+                        },
+                    ))
+                    .await?
+                    .into_inner()
+                    .records
+                    .into_iter()
+                    .map(|r| r.action)
+                    .collect();
+                Ok((actions.iter().filter(|a| a.ends_with(".EnrollmentPassCreated")).count() == 2).then_some(actions))
+            }
+        })
+        .await?;
+        assert!(
+            records.iter().any(|a| a == "pim.identity.v1.EnrollmentPassUsed"),
+            "{records:?}"
+        );
+        assert!(records.iter().any(|a| a == "pim.identity.v1.MfaReset"));
+        Ok(ts)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_mfa_is_required_a_user_without_a_method_can_only_enrol_one() -> anyhow::Result<()> {
+    on_both(&[("PIM_SIGNIN_MFA", "required".into())], |ts, _clock| async move {
+        // The break-glass administrator has no method either: even they must enrol first.
+        let held = sign_in(&ts, &ts.admin_user, &ts.admin_password).await?;
+        assert!(held.enrollment_required && !held.mfa_pending);
+        let refused = DirectoryServiceClient::new(ts.channel.clone())
+            .list_users(authed(&held.access_token, ipb::ListUsersRequest::default()))
+            .await
+            .expect_err("nothing before enrolment");
+        assert_eq!(refused.code(), Code::Unauthenticated);
+        assert!(refused.message().contains("enrol"), "{}", refused.message());
+        let cannot_verify = verify(&ts, &held.access_token, "123456")
+            .await
+            .expect_err("no code to verify");
+        assert_eq!(cannot_verify.code(), Code::Unauthenticated);
+
+        // The account is new, so its enrolment window is open; confirming completes the sign-in.
+        let (authenticator, _, at, complete) = enrol(&ts, &held.access_token, "").await?;
+        assert!(!complete.refresh_token.is_empty());
+        DirectoryServiceClient::new(ts.channel.clone())
+            .list_users(authed(&complete.access_token, ipb::ListUsersRequest::default()))
+            .await?;
+        // From now on the administrator is asked for a code at sign-in.
+        let next = sign_in(&ts, &ts.admin_user, &ts.admin_password).await?;
+        assert!(next.mfa_pending && !next.enrollment_required);
+        verify(&ts, &next.access_token, &authenticator.generate(at + 30)).await?;
+        Ok(ts)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_and_owners_of_role_assignable_groups_are_protected_like_privileged_users() -> anyhow::Result<()> {
+    let ts = TestSuite::postgres().await?;
+    let result = async {
+        let admin = ts.admin_token().await?;
+        let mut ids = std::collections::HashMap::new();
+        for name in ["ann", "own", "ord", "bob", "kim", "pat"] {
+            ids.insert(name, ts.create_user(&admin, name).await?.id);
+        }
+        let mut directory = DirectoryServiceClient::new(ts.channel.clone());
+        // A role-assignable group that holds no role yet: Ann is a member, Own an owner.
+        let group = directory
+            .create_group(authed(
+                &admin,
+                ipb::CreateGroupRequest {
+                    display_name: "ops".into(),
+                    is_assignable_to_role: true,
+                    owner_ids: vec![ids["own"].clone()],
+                    ..Default::default()
+                },
+            ))
+            .await?
+            .into_inner();
+        directory
+            .add_group_member(authed(
+                &admin,
+                ipb::GroupMembershipRequest {
+                    group_id: group.id.clone(),
+                    principal_id: ids["ann"].clone(),
+                },
+            ))
+            .await?;
+        let mut assignments = AssignmentServiceClient::new(ts.channel.clone());
+        for (name, role) in [
+            ("bob", USER_ADMINISTRATOR),
+            ("kim", AUTHENTICATION_ADMINISTRATOR),
+            ("pat", PRIVILEGED_AUTHENTICATION_ADMINISTRATOR),
+        ] {
+            assignments
+                .create_request(authed(&admin, assign(apb::AssignmentKind::Active, &ids[name], role)))
+                .await?;
+        }
+        let resets = directory.clone();
+        let reset = |token: String, user: &'static str| {
+            let mut directory = resets.clone();
+            async move {
+                directory
+                    .reset_password(authed(
+                        &token,
+                        ipb::ResetPasswordRequest {
+                            user: user.into(),
+                            new_password: format!("{user}'s reset passphrase"),
+                        },
+                    ))
+                    .await
+            }
+        };
+        for administrator in ["bob", "kim"] {
+            let token = ts.sign_in(administrator, &password_of(administrator)).await?;
+            for (protected, why) in [("ann", "a member"), ("own", "an owner")] {
+                let refused = reset(token.clone(), protected)
+                    .await
+                    .expect_err("protected by the group");
+                assert_eq!(refused.code(), Code::PermissionDenied, "{administrator} on {protected}");
+                assert!(
+                    refused.message().contains(why) && refused.message().contains("role-assignable group ops"),
+                    "{}",
+                    refused.message()
+                );
+            }
+            let mfa_reset = mfa(&ts)
+                .reset_mfa(authed(&token, ipb::ResetMfaRequest { user: "ann".into() }))
+                .await
+                .expect_err("MFA too");
+            assert_eq!(mfa_reset.code(), Code::PermissionDenied);
+            reset(token, "ord").await?;
+        }
+        let bob = ts.sign_in("bob", &password_of("bob")).await?;
+        for refused in [
+            directory
+                .disable_user(authed(&bob, ipb::GetUserRequest { user: "ann".into() }))
+                .await
+                .map(drop),
+            directory
+                .update_user(authed(
+                    &bob,
+                    ipb::UpdateUserRequest {
+                        user: "own".into(),
+                        display_name: "Someone else".into(),
+                        ..Default::default()
+                    },
+                ))
+                .await
+                .map(drop),
+        ] {
+            assert_eq!(refused.expect_err("protected").code(), Code::PermissionDenied);
+        }
+        let pat = ts.sign_in("pat", &password_of("pat")).await?;
+        reset(pat.clone(), "ann").await?;
+        reset(pat, "own").await?;
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    ts.stop().await?;
+    result
+}
