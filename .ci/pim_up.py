@@ -44,6 +44,7 @@ class PimUp:
             self.__exit__(None, None, None)
             raise RuntimeError("pim up did not print its address and credentials")
         self.env["PIM_SERVER"] = server
+        self.admin_password = password
         self.run("login", "--user", "admin", "--password-stdin", stdin=password + "\n")
         return self
 
