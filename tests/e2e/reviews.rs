@@ -14,7 +14,7 @@ use pim_proto::approval::v1::access_review_service_client::AccessReviewServiceCl
 use pim_proto::assignment::v1 as apb;
 use pim_runtime::db::{col, query_one};
 
-use crate::activation::{EXCHANGE_ADMINISTRATOR, HOUR_MS, World, activation, run};
+use crate::activation::{EXCHANGE_ADMINISTRATOR, GLOBAL_ADMINISTRATOR, HOUR_MS, World, activation, run};
 
 const DAY_S: i64 = 24 * 3600;
 
@@ -330,6 +330,118 @@ async fn a_weekly_review_by_a_group_starts_again_with_a_fresh_snapshot() -> anyh
             (decided.decision, decided.reviewer_id),
             (pb::Decision::Approve as i32, ann.id.clone())
         );
+        Ok(w)
+    })
+    .await
+}
+
+/// The break-glass administrator is the only permanent Global Administrator; a review of the
+/// role's active assignments whose reviewer never answers (default: remove, auto-apply) ends.
+/// Assignment keeps the assignment (the last-Global-Administrator protection), and the access
+/// index, the review item and the audit log all say so: the administrator still works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_review_never_locks_out_the_last_global_administrator() -> anyhow::Result<()> {
+    use pim_proto::audit::v1 as aupb;
+    use pim_proto::audit::v1::audit_service_client::AuditServiceClient;
+    use pim_proto::identity::v1 as ipb;
+    use pim_proto::identity::v1::directory_service_client::DirectoryServiceClient;
+
+    crate::activation::run_on_both(|w| async move {
+        let ann = w.user("ann").await?;
+        let admin_id = w.admin_id().await?;
+        let review = w
+            .reviews()
+            .create_review(authed(
+                &w.admin,
+                pb::CreateReviewRequest {
+                    review: Some(pb::AccessReview {
+                        name: "Global Administrators".into(),
+                        role_id: GLOBAL_ADMINISTRATOR.into(),
+                        scope: "/".into(),
+                        review_scope: pb::ReviewScope::Active as i32,
+                        reviewer_ids: vec![ann.id.clone()],
+                        duration: Some(prost_types::Duration {
+                            seconds: DAY_S,
+                            nanos: 0,
+                        }),
+                        default_decision: pb::DefaultDecision::Remove as i32,
+                        auto_apply: true,
+                        ..Default::default()
+                    }),
+                },
+            ))
+            .await?
+            .into_inner();
+        let items = w.my_items(&ann.token, &review.id).await?;
+        assert_eq!(items.len(), 1, "the break-glass assignment: {items:?}");
+        assert_eq!(items[0].principal_id, admin_id);
+
+        // Ann never answers; the administrator stops the review.
+        w.reviews()
+            .stop_review(authed(
+                &w.admin,
+                pb::GetReviewRequest {
+                    review_id: review.id.clone(),
+                },
+            ))
+            .await?;
+        let item = eventually(Duration::from_secs(15), "assignment's answer on the item", || async {
+            let items = w
+                .reviews()
+                .list_review_items(authed(
+                    &w.admin,
+                    pb::ListReviewItemsRequest {
+                        review_id: review.id.clone(),
+                        instance: 0,
+                    },
+                ))
+                .await?
+                .into_inner()
+                .items;
+            Ok(items.into_iter().find(|i| i.outcome != "removal requested"))
+        })
+        .await?;
+        assert_eq!(item.decision, pb::Decision::Deny as i32, "the default decision");
+        assert!(
+            item.outcome.contains("last-Global-Administrator protection"),
+            "{}",
+            item.outcome
+        );
+
+        // The administrator is still Global Administrator, to CheckAccess and in practice.
+        assert!(w.check(&admin_id, GLOBAL_ADMINISTRATOR).await?.allowed);
+        DirectoryServiceClient::new(w.ts.channel.clone())
+            .create_user(authed(
+                &w.admin,
+                ipb::CreateUserRequest {
+                    user_name: "after-review".into(),
+                    password: pim_e2e::password_of("after-review"),
+                    ..Default::default()
+                },
+            ))
+            .await?;
+
+        // The refusal is in the audit log.
+        let refused = eventually(Duration::from_secs(15), "the refusal's audit record", || async {
+            let records = AuditServiceClient::new(w.ts.channel.clone())
+                .query_events(authed(
+                    &w.admin,
+                    aupb::QueryEventsRequest {
+                        action: "pim.assignment.v1.ReviewRemovalRefused".into(),
+                        ..Default::default()
+                    },
+                ))
+                .await?
+                .into_inner()
+                .records;
+            Ok(records.into_iter().next())
+        })
+        .await?;
+        assert_eq!(
+            (refused.target_id.as_str(), refused.outcome.as_str()),
+            (admin_id.as_str(), "refused")
+        );
+        assert_eq!(refused.role_id, GLOBAL_ADMINISTRATOR);
         Ok(w)
     })
     .await

@@ -391,6 +391,25 @@ impl AccessReviewService for Approvals {
         }))
     }
 
+    async fn list_review_items(
+        &self,
+        request: Request<pb::ListReviewItemsRequest>,
+    ) -> Result<Response<pb::ListMyReviewItemsResponse>, Status> {
+        let caller = caller(&request)?.clone();
+        let r = request.get_ref();
+        let id = review_id(r.review_id.trim())?;
+        if r.instance < 0 {
+            return Err(pim_runtime::grpc::invalid_argument(
+                "instance",
+                "must be 0 (the latest) or more",
+            ));
+        }
+        let items = self.all_items(&caller, id, r.instance).await?;
+        Ok(Response::new(pb::ListMyReviewItemsResponse {
+            items: items.into_iter().map(item_pb).collect(),
+        }))
+    }
+
     async fn record_decision(
         &self,
         request: Request<pb::RecordDecisionRequest>,

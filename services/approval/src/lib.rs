@@ -81,6 +81,8 @@ impl EventHandler for AssignmentEvents {
                 | "ActiveAssignmentUpdated"
                 | "EligibilityRemoved"
                 | "ActiveAssignmentRemoved"
+                | "ReviewRemovalApplied"
+                | "ReviewRemovalRefused"
         )
     }
 
@@ -131,6 +133,17 @@ impl EventHandler for AssignmentEvents {
             "EligibilityRemoved" | "ActiveAssignmentRemoved" => {
                 let e: ev::AssignmentChanged = decode(envelope)?;
                 store::forget_seen(txn, &e.assignment_id).await?;
+                Ok(())
+            }
+            // What assignment made of a review's removal: the item says it, refusals included.
+            "ReviewRemovalApplied" | "ReviewRemovalRefused" => {
+                let e: ev::ReviewEvent = decode(envelope)?;
+                let outcome = if short_type(envelope) == "ReviewRemovalApplied" {
+                    "removed".to_owned()
+                } else {
+                    e.justification.clone()
+                };
+                store::set_item_outcome(txn, &e.item_id, &outcome).await?;
                 Ok(())
             }
             _ => Ok(()),

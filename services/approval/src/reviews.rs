@@ -304,6 +304,17 @@ impl Approvals {
         Ok(out)
     }
 
+    /// Every item of one instance of a review (0: the latest), for its managers.
+    pub async fn all_items(&self, caller: &Caller, review_id: &str, instance: i32) -> Result<Vec<ItemRow>, Status> {
+        let review = store::review(&self.db, review_id, false)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| Status::not_found(format!("access review {review_id} not found")))?;
+        require(self.access.as_ref(), caller, permissions::REVIEWS_MANAGE, &review.scope).await?;
+        let instance = if instance <= 0 { review.instance } else { instance };
+        store::items(&self.db, &review.id, instance).await.map_err(internal)
+    }
+
     /// Records (or changes) a reviewer's decision while the instance is in progress.
     pub async fn record_review_decision(
         &self,
@@ -456,7 +467,9 @@ impl Approvals {
                 }
             }
             let remove = review.auto_apply && item.decision == "deny";
-            item.outcome = if remove { "removed" } else { "kept" }.into();
+            // A removal is asked of assignment, which answers with what it did (a protection
+            // may keep the assignment): the item says "removal requested" until then.
+            item.outcome = if remove { "removal requested" } else { "kept" }.into();
             store::update_item(txn, &item).await.map_err(internal)?;
             if remove {
                 let mut event = self.review_event(review, Some(&item), "deny", caller);

@@ -883,3 +883,14 @@ pub async fn items<C: ConnectionTrait>(c: &C, review_id: &str, instance: i32) ->
     .map(ItemRow::from_row)
     .collect()
 }
+
+/// What became of a review item's removal, as assignment reported it.
+pub async fn set_item_outcome<C: ConnectionTrait>(c: &C, item_id: &str, outcome: &str) -> Result<(), DbErr> {
+    db::exec(
+        c,
+        "UPDATE review_items SET outcome = $1 WHERE id = $2",
+        vec![outcome.into(), item_id.into()],
+    )
+    .await
+    .map(drop)
+}

@@ -118,6 +118,10 @@ fn nearest_policy(set: &[(String, String)], scopes: &[String]) -> Result<(Policy
     Ok((Policy::default(), "/".to_owned()))
 }
 
+/// Why a removal was refused by the last-Global-Administrator protection.
+pub const LAST_GLOBAL_ADMIN_KEPT: &str =
+    "kept: the last permanent Global Administrator is never removed (last-Global-Administrator protection)";
+
 impl Assignments {
     pub(crate) fn now(&self) -> i64 {
         self.clock.now_ms()
@@ -605,24 +609,34 @@ impl Assignments {
         Ok(request)
     }
 
-    /// Removes an assignment an access review denied (the approval service's
-    /// ReviewRemovalRequested event), as an adminRemove request made by the reviewer. The
-    /// last permanent active Global Administrator is kept, as for any removal.
-    pub async fn remove_for_review(
-        &self,
-        txn: &DatabaseTransaction,
-        assignment_id: &str,
-        actor: Option<Actor>,
-        justification: &str,
-    ) -> Result<Option<AssignmentRow>> {
+    /// Applies an access review's removal (an adminRemove) and says what became of it on the
+    /// assignment stream: `ReviewRemovalApplied`, or `ReviewRemovalRefused` when a protection
+    /// kept the assignment (the last permanent Global Administrator), so the review item and
+    /// the audit log show it. The access index follows the database after the commit
+    /// ([`Self::index_assignment`]), never the request.
+    pub async fn remove_for_review(&self, txn: &DatabaseTransaction, asked: &ev::ReviewEvent) -> Result<()> {
         let now = self.now();
-        let Some(a) = store::find_assignment(txn, assignment_id).await? else {
-            tracing::warn!(assignment_id, "review removal of an unknown assignment");
-            return Ok(None);
+        let assignment_id = asked.assignment_id.as_str();
+        let actor = asked.actor.clone();
+        let mut answer = asked.clone();
+        answer.actor = Some(Actor {
+            principal_id: "system".into(),
+            kind: 0,
+            display_name: "assignment service".into(),
+        });
+        let a = match store::find_assignment(txn, assignment_id).await? {
+            Some(a) if a.status == "active" && a.end_at.is_none_or(|e| e > now) => a,
+            found => {
+                if found.is_none() {
+                    tracing::warn!(assignment_id, "review removal of an unknown assignment");
+                }
+                answer.decision = "removed".into();
+                answer.justification = "the assignment had ended already".into();
+                return self
+                    .emit(txn, "ReviewRemovalApplied", &asked.principal_id, &answer)
+                    .await;
+            }
         };
-        if a.status != "active" || a.end_at.is_some_and(|e| e <= now) {
-            return Ok(None);
-        }
         if a.role_id == GLOBAL_ADMINISTRATOR && a.kind == Kind::Active.as_str() {
             let permanent = store::lock_permanent_global_admins(txn, GLOBAL_ADMINISTRATOR, now).await?;
             if permanent.iter().all(|p| p.id == a.id) && permanent.iter().any(|p| p.id == a.id) {
@@ -630,7 +644,9 @@ impl Assignments {
                     assignment_id,
                     "review would remove the last permanent Global Administrator; kept"
                 );
-                return Ok(None);
+                answer.decision = "refused".into();
+                answer.justification = LAST_GLOBAL_ADMIN_KEPT.into();
+                return self.emit(txn, "ReviewRemovalRefused", &a.principal_id, &answer).await;
             }
         }
         let role_name = self.roles.get(&a.role_id).map(|r| r.name).unwrap_or_default();
@@ -645,7 +661,7 @@ impl Assignments {
             &a.principal_id,
             &a.role_id,
             &Scope::parse(&a.scope)?,
-            justification,
+            &asked.justification,
             &actor.as_ref().map(|a| a.principal_id.clone()).unwrap_or_default(),
             Some(a.id.clone()),
             now,
@@ -653,7 +669,19 @@ impl Assignments {
         );
         self.record_request(txn, actor.clone(), &request, &role_name).await?;
         self.end(txn, &a, "removed", actor, &role_name, now).await?;
-        Ok(Some(a))
+        answer.decision = "removed".into();
+        self.emit(txn, "ReviewRemovalApplied", &a.principal_id, &answer).await
+    }
+
+    /// Makes the access index agree with the database about one assignment, after a commit
+    /// that may have changed it: in force, it is (re)indexed; ended, it is forgotten.
+    pub async fn index_assignment(&self, assignment_id: &str) -> Result<()> {
+        match store::find_assignment(&self.db, assignment_id).await? {
+            Some(a) if a.status == "active" => self.index.upsert_row(&a),
+            Some(a) => self.index.remove(&a.principal_id, &a.id),
+            None => {}
+        }
+        Ok(())
     }
 
     /// Ends one assignment with `reason` (expired, removed, deactivated) and tells the others.
@@ -1461,12 +1489,6 @@ impl Assignments {
                 .await?;
         }
         Ok(store::list_requests(&self.db, principal, role, status, after, limit).await?)
-    }
-
-    /// Drops an ended assignment from this replica's access index at once (other replicas
-    /// learn it from the stream).
-    pub fn forget(&self, principal_id: &str, assignment_id: &str) {
-        self.index.remove(principal_id, assignment_id);
     }
 
     /// Puts the assignment a request provisioned into the access index (after the commit

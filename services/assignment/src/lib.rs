@@ -132,7 +132,7 @@ impl EventHandler for ApprovalOutcomes {
             "ReviewRemovalRequested" => {
                 let event: ReviewEvent = decode(envelope)?;
                 self.0
-                    .remove_for_review(txn, &event.assignment_id, event.actor, &event.justification)
+                    .remove_for_review(txn, &event)
                     .await
                     .map_err(|e| anyhow::anyhow!("{e}"))?;
                 return Ok(());
@@ -146,11 +146,14 @@ impl EventHandler for ApprovalOutcomes {
             .map_err(|e| anyhow::anyhow!("{e}"))
     }
 
-    /// The activation an approval provisioned joins the access index once it is committed.
+    /// The index follows what was committed, read back from the database: the activation an
+    /// approval provisioned joins it, and a review's removal leaves it only if it happened.
     async fn after_commit(&self, envelope: &Envelope) {
         if short_type(envelope) == "ReviewRemovalRequested" {
-            if let Ok(event) = decode::<ReviewEvent>(envelope) {
-                self.0.forget(&event.principal_id, &event.assignment_id);
+            if let Ok(event) = decode::<ReviewEvent>(envelope)
+                && let Err(err) = self.0.index_assignment(&event.assignment_id).await
+            {
+                tracing::warn!(assignment_id = %event.assignment_id, error = %err, "re-indexing a reviewed assignment failed");
             }
             return;
         }

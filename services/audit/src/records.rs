@@ -243,9 +243,18 @@ pub fn record(envelope: &Envelope, correlator: &Correlator) -> anyhow::Result<Re
             r.scope = e.scope.clone();
             json!({"approval_id": e.approval_id, "request_id": e.request_id, "outcome": e.outcome})
         }
-        "ReviewCreated" | "ReviewStarted" | "ReviewItemDecided" | "ReviewCompleted" | "ReviewRemovalRequested" => {
+        "ReviewCreated"
+        | "ReviewStarted"
+        | "ReviewItemDecided"
+        | "ReviewCompleted"
+        | "ReviewRemovalRequested"
+        | "ReviewRemovalApplied"
+        | "ReviewRemovalRefused" => {
             let e: ev::ReviewEvent = decode(envelope)?;
             set_actor(&mut r, &e.actor);
+            if short_type(envelope) == "ReviewRemovalRefused" {
+                r.outcome = "refused".into();
+            }
             if !e.principal_id.is_empty() {
                 r.target_id = e.principal_id.clone();
             }
