@@ -197,6 +197,58 @@ impl TestSuite {
         Ok(issued.token)
     }
 
+    /// Waits until every event written so far has been delivered and applied: no service has
+    /// outbox rows waiting (embedded delivery deletes a row only once every consumer applied
+    /// it) and, on Redis, every consumer group has read and acknowledged every entry. A
+    /// deterministic point after which "nothing more will arrive" holds, whatever the
+    /// machine's speed.
+    pub async fn settle(&self) -> anyhow::Result<()> {
+        use redis::AsyncCommands;
+        let mut databases = Vec::new();
+        for url in self.urls.values() {
+            databases.push(pim_runtime::db::connect(url).await?);
+        }
+        let mut redis = match self.stream_prefix.is_empty() {
+            true => None,
+            false => Some(
+                redis::Client::open(redis_url())?
+                    .get_multiplexed_async_connection()
+                    .await?,
+            ),
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let mut quiet = 0;
+        while quiet < 2 {
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "events were not all delivered within 60 s"
+            );
+            let mut busy = false;
+            for db in &databases {
+                let row = pim_runtime::db::query_one(db, "SELECT COUNT(*) AS n FROM outbox", vec![]).await?;
+                busy |= row
+                    .map(|r| pim_runtime::db::col::<i64>(&r, "n"))
+                    .transpose()?
+                    .unwrap_or(0)
+                    > 0;
+            }
+            if let Some(redis) = redis.as_mut() {
+                for key in stream_keys(redis, &self.stream_prefix).await? {
+                    let info: redis::streams::StreamInfoGroupsReply = redis.xinfo_groups(&key).await?;
+                    busy |= info.groups.iter().any(|g| g.pending > 0 || g.lag != Some(0));
+                }
+            }
+            quiet = if busy { 0 } else { quiet + 1 };
+            if quiet < 2 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        for db in databases {
+            db.close().await?;
+        }
+        Ok(())
+    }
+
     /// Stops the suite and removes its databases, streams or files.
     pub async fn stop(self) -> anyhow::Result<()> {
         self.suite.stop().await?;

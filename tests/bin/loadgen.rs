@@ -218,26 +218,6 @@ async fn bench_suite() -> anyhow::Result<TestSuite> {
 /// Waits until every consumer group of the suite's streams has read and acknowledged every
 /// entry (twice in a row, 100 ms apart), so work left from a warm-up is not measured as part
 /// of the run.
-async fn settle(ts: &TestSuite) -> anyhow::Result<()> {
-    let mut redis = redis::Client::open(pim_runtime::testing::redis_url())?
-        .get_multiplexed_async_connection()
-        .await?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut quiet = 0;
-    while quiet < 2 {
-        anyhow::ensure!(Instant::now() < deadline, "consumers did not catch up within 60 s");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let keys = pim_e2e::stream_keys(&mut redis, &ts.stream_prefix).await?;
-        let mut busy = false;
-        for key in keys {
-            let info: redis::streams::StreamInfoGroupsReply = redis.xinfo_groups(&key).await?;
-            busy |= info.groups.iter().any(|g| g.pending > 0 || g.lag != Some(0));
-        }
-        quiet = if busy { 0 } else { quiet + 1 };
-    }
-    Ok(())
-}
-
 async fn sql(ts: &TestSuite, statement: &str) -> anyhow::Result<()> {
     let url = ts
         .database_url(ServiceName::Assignment)
@@ -420,7 +400,7 @@ async fn activation(rate: u64, seconds: u64) -> anyhow::Result<()> {
     for w in warm {
         w.await??;
     }
-    settle(&ts).await?;
+    ts.settle().await?;
     create_lat.lock().expect("latencies").clear();
     let (lat, el) = open_loop(rate, seconds, activate).await?;
     println!(

@@ -1180,3 +1180,83 @@ async fn the_policy_set_nearest_above_a_scope_applies() -> anyhow::Result<()> {
     })
     .await
 }
+
+/// Rules no other test guarded, each on both backends: eligibility at a scope reaches down,
+/// never up; a justification of spaces is no justification; a service principal is never
+/// made eligible (active assignments only).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eligibility_reaches_down_not_up_justifications_are_words_and_apps_are_never_eligible() -> anyhow::Result<()> {
+    run_on_both(|w| async move {
+        let lee = w.user("lee").await?;
+        w.assignments()
+            .create_request(authed(
+                &w.admin,
+                apb::CreateRequestRequest {
+                    scope: "/subscriptions/s1".into(),
+                    ..request(
+                        apb::RequestAction::AdminAssign,
+                        apb::AssignmentKind::Eligible,
+                        &lee.id,
+                        EXCHANGE_ADMINISTRATOR,
+                    )
+                },
+            ))
+            .await?;
+        let at = |scope: &str, justification: &str| apb::CreateRequestRequest {
+            scope: scope.into(),
+            ..activation(EXCHANGE_ADMINISTRATOR, HOUR_MS, justification)
+        };
+        let token = w.stepped_up(&lee)?;
+        let above = w
+            .assignments()
+            .create_request(authed(&token, at("/", "mailbox migration")))
+            .await
+            .expect_err("eligible below /, not at /");
+        assert_eq!(violated_rules(&above), vec!["EligibilityRule"]);
+        let blank = w
+            .assignments()
+            .create_request(authed(&token, at("/subscriptions/s1/resourceGroups/rg", " \t  ")))
+            .await
+            .expect_err("spaces justify nothing");
+        assert_eq!(violated_rules(&blank), vec!["JustificationRule"]);
+        let below = w
+            .assignments()
+            .create_request(authed(
+                &token,
+                at("/subscriptions/s1/resourceGroups/rg", "mailbox migration"),
+            ))
+            .await?
+            .into_inner();
+        assert_eq!(below.status, apb::RequestStatus::Provisioned as i32);
+
+        let bot = DirectoryServiceClient::new(w.ts.channel.clone())
+            .create_service_principal(authed(
+                &w.admin,
+                ipb::CreateServicePrincipalRequest {
+                    display_name: "bot".into(),
+                },
+            ))
+            .await?
+            .into_inner()
+            .service_principal
+            .expect("created");
+        let eligible = w
+            .assignments()
+            .create_request(authed(
+                &w.admin,
+                assign_for_an_hour(apb::AssignmentKind::Eligible, &bot.id, EXCHANGE_ADMINISTRATOR),
+            ))
+            .await
+            .expect_err("a service principal is never eligible");
+        assert_eq!(eligible.code(), Code::FailedPrecondition);
+        assert_eq!(violated_rules(&eligible), vec!["EligibilityRule"]);
+        w.assignments()
+            .create_request(authed(
+                &w.admin,
+                assign_for_an_hour(apb::AssignmentKind::Active, &bot.id, EXCHANGE_ADMINISTRATOR),
+            ))
+            .await?;
+        Ok(w)
+    })
+    .await
+}

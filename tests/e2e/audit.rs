@@ -291,29 +291,22 @@ async fn the_seed_scenario_is_audited_once_per_action() -> anyhow::Result<()> {
             ("RoleActivated", "", "mailbox migration"),
             ("RoleDeactivated", "system", ""),
         ];
+        // Every event has been delivered and applied from here on: a duplicate would show.
+        w.ts.settle().await?;
         for (action, actor, justification) in expected {
-            let records = eventually(Duration::from_secs(10), action, || {
-                let mut audit = AuditServiceClient::new(w.ts.channel.clone());
-                let admin = w.admin.clone();
-                let target = lee.id.clone();
-                async move {
-                    let r = audit
-                        .query_events(authed(
-                            &admin,
-                            aupb::QueryEventsRequest {
-                                action: action.into(),
-                                target_id: target,
-                                actor_id: actor.into(),
-                                ..Default::default()
-                            },
-                        ))
-                        .await?
-                        .into_inner()
-                        .records;
-                    Ok((!r.is_empty()).then_some(r))
-                }
-            })
-            .await?;
+            let records = AuditServiceClient::new(w.ts.channel.clone())
+                .query_events(authed(
+                    &w.admin,
+                    aupb::QueryEventsRequest {
+                        action: action.into(),
+                        target_id: lee.id.clone(),
+                        actor_id: actor.into(),
+                        ..Default::default()
+                    },
+                ))
+                .await?
+                .into_inner()
+                .records;
             assert_eq!(records.len(), 1, "{action} once: {records:?}");
             let r = &records[0];
             assert_eq!(
@@ -437,6 +430,68 @@ async fn retention_prunes_and_the_kept_chain_still_verifies() -> anyhow::Result<
             .into_inner();
         assert_eq!((broken.ok, broken.first_broken_sequence), (false, first));
         anyhow::Ok(())
+    }
+    .await;
+    ts.stop().await?;
+    result
+}
+
+/// At-least-once delivery brings an event twice (a relay that crashed after XADD, a claimed
+/// entry): audit records it once, whether the copies come together or apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivered_event_is_recorded_once() -> anyhow::Result<()> {
+    use pim_runtime::events::{Publisher, RedisPublisher, envelope, streams};
+
+    let ts = TestSuite::postgres().await?;
+    let result = async {
+        let admin = ts.admin_token().await?;
+        let event = envelope(
+            "pim.identity",
+            "UserCreated",
+            "twice-delivered",
+            &pim_proto::events::v1::UserCreated {
+                actor: None,
+                user_id: "twice-delivered".into(),
+                user_name: "twice".into(),
+                display_name: "Delivered twice".into(),
+            },
+        );
+        let publisher = RedisPublisher::connect(&pim_runtime::testing::redis_url(), &ts.stream_prefix).await?;
+        publisher.publish(streams::IDENTITY, &event, 0).await?;
+        publisher.publish(streams::IDENTITY, &event, 0).await?;
+        let query = || {
+            let mut audit = AuditServiceClient::new(ts.channel.clone());
+            let admin = admin.clone();
+            async move {
+                anyhow::Ok(
+                    audit
+                        .query_events(authed(
+                            &admin,
+                            aupb::QueryEventsRequest {
+                                target_id: "twice-delivered".into(),
+                                ..Default::default()
+                            },
+                        ))
+                        .await?
+                        .into_inner()
+                        .records,
+                )
+            }
+        };
+        eventually(Duration::from_secs(10), "the event recorded", || async {
+            Ok((!query().await?.is_empty()).then_some(()))
+        })
+        .await?;
+        // Both copies delivered and acknowledged; then, and after a third copy on its own:
+        // one record.
+        ts.settle().await?;
+        assert_eq!(query().await?.len(), 1);
+        publisher.publish(streams::IDENTITY, &event, 0).await?;
+        ts.settle().await?;
+        let records = query().await?;
+        assert_eq!(records.len(), 1, "{records:?}");
+        assert_eq!(records[0].event_id, event.id);
+        Ok::<_, anyhow::Error>(())
     }
     .await;
     ts.stop().await?;

@@ -67,6 +67,19 @@ impl EventHandler for Recorder {
 struct Gated {
     entered: Arc<Notify>,
     release: Arc<Notify>,
+    /// Told when the handler is dropped before it was released: its entry was abandoned.
+    abandoned: Arc<Notify>,
+}
+
+/// Notifies when dropped, unless disarmed first.
+struct OnDrop(Option<Arc<Notify>>);
+
+impl Drop for OnDrop {
+    fn drop(&mut self) {
+        if let Some(n) = self.0.take() {
+            n.notify_one();
+        }
+    }
 }
 
 #[async_trait::async_trait]
@@ -81,7 +94,9 @@ impl EventHandler for Gated {
 
     async fn handle(&self, txn: &DatabaseTransaction, envelope: &Envelope) -> anyhow::Result<()> {
         self.entered.notify_one();
+        let mut guard = OnDrop(Some(self.abandoned.clone()));
         self.release.notified().await;
+        guard.0 = None;
         Recorder.handle(txn, envelope).await
     }
 }
@@ -222,7 +237,8 @@ async fn a_relay_killed_after_xadd_republishes_and_the_consumer_applies_once() -
     let task = tokio::spawn(async move { crashing.run_once().await });
     tokio::time::timeout(Duration::from_secs(10), published.notified()).await?;
     task.abort();
-    let _ = task.await;
+    let ended = task.await.expect_err("the relay hangs until aborted");
+    assert!(ended.is_cancelled(), "aborted, not panicked: {ended:?}");
     // Published, but the row was never marked: it is still pending.
     assert_eq!(f.stream_len(streams::IDENTITY).await?, 1);
     assert_eq!(pending(&f.db).await?, 1);
@@ -310,29 +326,36 @@ async fn a_stopping_consumer_finishes_the_entries_it_holds() -> anyhow::Result<(
     let event = f.emit("UserCreated").await?;
     assert_eq!(relay.run_once().await?, 1);
 
-    let (entered, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let (entered, release, abandoned) = (
+        Arc::new(Notify::new()),
+        Arc::new(Notify::new()),
+        Arc::new(Notify::new()),
+    );
     let handler = Gated {
         entered: entered.clone(),
         release: release.clone(),
+        abandoned: abandoned.clone(),
     };
     // Production's claim time: nothing comes back by being claimed while the test runs.
     let options = ConsumerOptions {
         claim_idle: Duration::from_secs(30),
         ..fast(5)
     };
+    let block = options.block;
     let inbox = Inbox::new(f.db.clone(), Arc::new(handler));
     let consumer = RedisConsumer::connect(&redis_url(), &f.prefix, inbox, unique("replica"), options).await?;
     let running = consumer.spawn();
     tokio::time::timeout(Duration::from_secs(10), entered.notified()).await?;
 
-    // Told to stop while the handler is in the middle of the entry.
+    // Told to stop while the handler is in the middle of the entry. A consumer that abandons
+    // it drops the handler (its guard says so at once) and ends; one that finishes it waits
+    // for the release. Within twice its own read block time it has seen the stop.
     let mut stopping = tokio::spawn(running.stop());
-    assert!(
-        tokio::time::timeout(Duration::from_millis(300), &mut stopping)
-            .await
-            .is_err(),
-        "a stop abandoned the entry in hand (its transaction rolled back halfway)"
-    );
+    tokio::select! {
+        _ = abandoned.notified() => anyhow::bail!("a stop abandoned the entry in hand (its transaction rolled back halfway)"),
+        _ = &mut stopping => anyhow::bail!("the consumer stopped with an entry still in hand"),
+        _ = tokio::time::sleep(block * 2) => {}
+    }
     release.notify_one();
     tokio::time::timeout(Duration::from_secs(10), stopping).await??;
     assert_eq!(f.applied(&event.id).await?, 1, "applied before the consumer stopped");

@@ -251,11 +251,26 @@ async fn one_code_twice_at_once_succeeds_once_and_lockout_survives_a_restart() -
     } else {
         "000000"
     };
+    // The concurrent loser counted as one failure: three more are answered as such, the
+    // fifth locks MFA, and from then on every code is refused as locked.
+    let mut codes = Vec::new();
     for _ in 0..5 {
-        let _ = mfa
+        let failed = mfa
             .verify(authed(&token, ipb::VerifyRequest { code: wrong.into() }))
-            .await;
+            .await
+            .expect_err("a wrong code");
+        codes.push(failed.code());
     }
+    assert_eq!(
+        codes,
+        [
+            Code::Unauthenticated,
+            Code::Unauthenticated,
+            Code::Unauthenticated,
+            Code::ResourceExhausted,
+            Code::ResourceExhausted
+        ]
+    );
     let locked = mfa
         .verify(authed(&token, ipb::VerifyRequest { code: wrong.into() }))
         .await

@@ -167,7 +167,20 @@ async fn run_slice(ts: &TestSuite) -> anyhow::Result<()> {
     assert_eq!(granted.justification, "mailbox migration");
     assert_eq!(granted.ticket, "ServiceNow:INC0012345");
     assert!(granted.time.is_some());
-    // Each event is recorded once.
+    // Each event is recorded once, also once every event has been delivered and applied.
+    ts.settle().await?;
+    let records = audit
+        .clone()
+        .query_events(authed(
+            &admin,
+            aupb::QueryEventsRequest {
+                target_id: lee.id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await?
+        .into_inner()
+        .records;
     let ids: std::collections::HashSet<_> = records.iter().map(|r| r.event_id.clone()).collect();
     assert_eq!(ids.len(), records.len());
 
