@@ -103,6 +103,14 @@ mod tests {
         swapped[1].event_id = b;
         swapped[3].event_id = a;
         assert_eq!(first_broken(GENESIS.to_vec(), 1, &swapped), Err(2));
+
+        // The last record renumbered (a gap that would pass for pruning) and re-hashed by
+        // someone who can write the table: its links are whole, its sequence is not.
+        let mut renumbered = records.clone();
+        let last = renumbered.last_mut().expect("five records");
+        last.sequence = 9;
+        last.hash = hash(&last.prev_hash, last);
+        assert_eq!(first_broken(GENESIS.to_vec(), 1, &renumbered), Err(5));
     }
 
     #[test]

@@ -455,6 +455,13 @@ fn the_readme_walk_through_works_and_survives_a_restart() {
     assert!(decided.ends_with("approve\n"), "{decided}");
     assert!(admin.ok(&["reviews", "stop", &review], None).contains("Stopped"));
     assert!(admin.ok(&["reviews", "list"], None).contains("readers"));
+    let outcomes = admin.ok(&["reviews", "items", &review, "--all"], None);
+    assert!(
+        outcomes
+            .lines()
+            .any(|l| l.starts_with(&item) && l.trim_end().ends_with("kept")),
+        "{outcomes}"
+    );
 
     // Alerts: the break-glass administrator is a permanent Global Administrator, which the
     // rules point out; the admin acknowledges it and tunes a rule.

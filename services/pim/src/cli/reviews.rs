@@ -34,9 +34,13 @@ pub(crate) enum ReviewsCommand {
     },
     /// Start reviewing who holds a role at a scope.
     Create(CreateArgs),
-    /// The items waiting for your decision (of one review, or of all in progress).
+    /// The items waiting for your decision (of one review, or of all in progress); with
+    /// --all, every item of the review's latest instance and its outcome (review managers).
     Items {
         review: Option<String>,
+        /// Every item and its outcome (kept, removed, or kept by a protection), not just yours.
+        #[arg(long, requires = "review")]
+        all: bool,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -185,16 +189,24 @@ pub(crate) async fn run(cmd: ReviewsCommand) -> anyhow::Result<i32> {
             );
             Ok(0)
         }
-        ReviewsCommand::Items { review, client } => {
+        ReviewsCommand::Items { review, all, client } => {
             let session = Session::open(&client, true)?;
-            let items = AccessReviewServiceClient::new(session.channel.clone())
-                .list_my_review_items(session.request(pb::ListMyReviewItemsRequest {
-                    review_id: review.unwrap_or_default(),
-                })?)
-                .await
-                .map_err(explain)?
-                .into_inner()
-                .items;
+            let mut reviews = AccessReviewServiceClient::new(session.channel.clone());
+            let listed = if all {
+                reviews
+                    .list_review_items(session.request(pb::ListReviewItemsRequest {
+                        review_id: review.unwrap_or_default(),
+                        instance: 0,
+                    })?)
+                    .await
+            } else {
+                reviews
+                    .list_my_review_items(session.request(pb::ListMyReviewItemsRequest {
+                        review_id: review.unwrap_or_default(),
+                    })?)
+                    .await
+            };
+            let items = listed.map_err(explain)?.into_inner().items;
             let rows = items
                 .into_iter()
                 .map(|i| {
@@ -205,11 +217,20 @@ pub(crate) async fn run(cmd: ReviewsCommand) -> anyhow::Result<i32> {
                         i.scope,
                         i.recommendation,
                         decision_name(i.decision),
+                        i.outcome,
                     ]
                 })
                 .collect();
             print_table(
-                &["ITEM", "PRINCIPAL", "KIND", "SCOPE", "RECOMMENDATION", "DECISION"],
+                &[
+                    "ITEM",
+                    "PRINCIPAL",
+                    "KIND",
+                    "SCOPE",
+                    "RECOMMENDATION",
+                    "DECISION",
+                    "OUTCOME",
+                ],
                 rows,
             );
             Ok(0)
