@@ -249,6 +249,39 @@ impl TestSuite {
         Ok(())
     }
 
+    /// The audit records `query` selects, read with `token` (at most 500).
+    pub async fn audit_records(
+        &self,
+        token: &str,
+        query: pim_proto::audit::v1::QueryEventsRequest,
+    ) -> anyhow::Result<Vec<pim_proto::audit::v1::AuditRecord>> {
+        let query = pim_proto::audit::v1::QueryEventsRequest {
+            page_size: 500,
+            ..query
+        };
+        Ok(
+            pim_proto::audit::v1::audit_service_client::AuditServiceClient::new(self.channel.clone())
+                .query_events(authed(token, query))
+                .await?
+                .into_inner()
+                .records,
+        )
+    }
+
+    /// The actions of the audit records about `target`.
+    pub async fn audited_actions(&self, token: &str, target: &str) -> anyhow::Result<Vec<String>> {
+        let query = pim_proto::audit::v1::QueryEventsRequest {
+            target_id: target.into(),
+            ..Default::default()
+        };
+        Ok(self
+            .audit_records(token, query)
+            .await?
+            .into_iter()
+            .map(|r| r.action)
+            .collect())
+    }
+
     /// Stops the suite and removes its databases, streams or files.
     pub async fn stop(self) -> anyhow::Result<()> {
         self.suite.stop().await?;

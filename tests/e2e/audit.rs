@@ -460,22 +460,13 @@ async fn a_redelivered_event_is_recorded_once() -> anyhow::Result<()> {
         publisher.publish(streams::IDENTITY, &event, 0).await?;
         publisher.publish(streams::IDENTITY, &event, 0).await?;
         let query = || {
-            let mut audit = AuditServiceClient::new(ts.channel.clone());
-            let admin = admin.clone();
+            let (ts, admin) = (&ts, admin.clone());
             async move {
-                anyhow::Ok(
-                    audit
-                        .query_events(authed(
-                            &admin,
-                            aupb::QueryEventsRequest {
-                                target_id: "twice-delivered".into(),
-                                ..Default::default()
-                            },
-                        ))
-                        .await?
-                        .into_inner()
-                        .records,
-                )
+                let query = aupb::QueryEventsRequest {
+                    target_id: "twice-delivered".into(),
+                    ..Default::default()
+                };
+                ts.audit_records(&admin, query).await
             }
         };
         eventually(Duration::from_secs(10), "the event recorded", || async {

@@ -220,29 +220,12 @@ async fn with_mfa_enrolled_a_password_alone_only_gets_a_token_that_can_verify_a_
             .await?;
 
         // The audit log tells the held sign-in from the completed one.
-        let records = eventually(Duration::from_secs(15), "sign-ins in the audit log", || {
-            let admin = admin.clone();
-            let lee = lee.id.clone();
-            let mut audit = AuditServiceClient::new(ts.channel.clone());
-            async move {
-                let records = audit
-                    .query_events(authed(
-                        &admin,
-                        aupb::QueryEventsRequest {
-                            target_id: lee,
-                            page_size: 500,
-                            ..Default::default()
-                        },
-                    ))
-                    .await?
-                    .into_inner()
-                    .records;
-                let actions: Vec<String> = records.iter().map(|r| r.action.clone()).collect();
-                Ok(actions
-                    .iter()
-                    .any(|a| a.ends_with(".SessionRevoked"))
-                    .then_some(actions))
-            }
+        let records = eventually(Duration::from_secs(15), "sign-ins in the audit log", || async {
+            let actions = ts.audited_actions(&admin, &lee.id).await?;
+            Ok(actions
+                .iter()
+                .any(|a| a.ends_with(".SessionRevoked"))
+                .then_some(actions))
         })
         .await?;
         assert!(
@@ -378,23 +361,12 @@ async fn managing_mfa_needs_a_recent_step_up_and_recovery_codes_raise_an_alert()
         assert_eq!(recovery.severity, alpb::Severity::High as i32);
 
         // The audit log has the recovery code's own record, naming the session it came from.
-        let used = eventually(Duration::from_secs(15), "the recovery code's audit record", || {
-            let admin = admin.clone();
-            let mut audit = AuditServiceClient::new(ts.channel.clone());
-            async move {
-                let records = audit
-                    .query_events(authed(
-                        &admin,
-                        aupb::QueryEventsRequest {
-                            action: "pim.identity.v1.RecoveryCodeUsed".into(),
-                            ..Default::default()
-                        },
-                    ))
-                    .await?
-                    .into_inner()
-                    .records;
-                Ok(records.into_iter().next())
-            }
+        let used = eventually(Duration::from_secs(15), "the recovery code's audit record", || async {
+            let query = aupb::QueryEventsRequest {
+                action: "pim.identity.v1.RecoveryCodeUsed".into(),
+                ..Default::default()
+            };
+            Ok(ts.audit_records(&admin, query).await?.into_iter().next())
         })
         .await?;
         assert_eq!(used.actor_id, lee.id);
@@ -480,28 +452,10 @@ async fn a_first_authenticator_needs_an_enrolment_pass_that_works_once_and_expir
             .expect_err("the pass expired");
         assert_eq!(expired.code(), Code::PermissionDenied);
 
-        let records = eventually(Duration::from_secs(15), "the passes in the audit log", || {
-            let admin = admin.clone();
-            let ann = ann.id.clone();
-            let mut audit = AuditServiceClient::new(ts.channel.clone());
-            async move {
-                let actions: Vec<String> = audit
-                    .query_events(authed(
-                        &admin,
-                        aupb::QueryEventsRequest {
-                            target_id: ann,
-                            page_size: 500,
-                            ..Default::default()
-                        },
-                    ))
-                    .await?
-                    .into_inner()
-                    .records
-                    .into_iter()
-                    .map(|r| r.action)
-                    .collect();
-                Ok((actions.iter().filter(|a| a.ends_with(".EnrollmentPassCreated")).count() == 2).then_some(actions))
-            }
+        let records = eventually(Duration::from_secs(15), "the passes in the audit log", || async {
+            let actions = ts.audited_actions(&admin, &ann.id).await?;
+            let passes = actions.iter().filter(|a| a.ends_with(".EnrollmentPassCreated")).count();
+            Ok((passes == 2).then_some(actions))
         })
         .await?;
         assert!(

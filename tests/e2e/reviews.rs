@@ -18,6 +18,27 @@ use crate::activation::{EXCHANGE_ADMINISTRATOR, GLOBAL_ADMINISTRATOR, HOUR_MS, W
 
 const DAY_S: i64 = 24 * 3600;
 
+/// A one-day review of `role`'s assignments (of `scope` kind) at `/` by `reviewer`: unanswered
+/// items are removed (default decision remove, auto-apply).
+fn removing_review(name: &str, role: &str, scope: pb::ReviewScope, reviewer: &str) -> pb::CreateReviewRequest {
+    pb::CreateReviewRequest {
+        review: Some(pb::AccessReview {
+            name: name.into(),
+            role_id: role.into(),
+            scope: "/".into(),
+            review_scope: scope as i32,
+            reviewer_ids: vec![reviewer.into()],
+            duration: Some(prost_types::Duration {
+                seconds: DAY_S,
+                nanos: 0,
+            }),
+            default_decision: pb::DefaultDecision::Remove as i32,
+            auto_apply: true,
+            ..Default::default()
+        }),
+    }
+}
+
 impl World {
     fn reviews(&self) -> AccessReviewServiceClient<tonic::transport::Channel> {
         AccessReviewServiceClient::new(self.ts.channel.clone())
@@ -146,22 +167,12 @@ async fn a_review_removes_denied_and_unanswered_assignments_and_keeps_approved_o
             .reviews()
             .create_review(authed(
                 &w.admin,
-                pb::CreateReviewRequest {
-                    review: Some(pb::AccessReview {
-                        name: "Exchange admins, Q4".into(),
-                        role_id: "Exchange Administrator".into(),
-                        scope: "/".into(),
-                        review_scope: pb::ReviewScope::Eligible as i32,
-                        reviewer_ids: vec![ann.id.clone()],
-                        duration: Some(prost_types::Duration {
-                            seconds: DAY_S,
-                            nanos: 0,
-                        }),
-                        default_decision: pb::DefaultDecision::Remove as i32,
-                        auto_apply: true,
-                        ..Default::default()
-                    }),
-                },
+                removing_review(
+                    "Exchange admins, Q4",
+                    "Exchange Administrator",
+                    pb::ReviewScope::Eligible,
+                    &ann.id,
+                ),
             ))
             .await?
             .into_inner();
@@ -342,7 +353,6 @@ async fn a_weekly_review_by_a_group_starts_again_with_a_fresh_snapshot() -> anyh
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_review_never_locks_out_the_last_global_administrator() -> anyhow::Result<()> {
     use pim_proto::audit::v1 as aupb;
-    use pim_proto::audit::v1::audit_service_client::AuditServiceClient;
     use pim_proto::identity::v1 as ipb;
     use pim_proto::identity::v1::directory_service_client::DirectoryServiceClient;
 
@@ -353,22 +363,12 @@ async fn a_review_never_locks_out_the_last_global_administrator() -> anyhow::Res
             .reviews()
             .create_review(authed(
                 &w.admin,
-                pb::CreateReviewRequest {
-                    review: Some(pb::AccessReview {
-                        name: "Global Administrators".into(),
-                        role_id: GLOBAL_ADMINISTRATOR.into(),
-                        scope: "/".into(),
-                        review_scope: pb::ReviewScope::Active as i32,
-                        reviewer_ids: vec![ann.id.clone()],
-                        duration: Some(prost_types::Duration {
-                            seconds: DAY_S,
-                            nanos: 0,
-                        }),
-                        default_decision: pb::DefaultDecision::Remove as i32,
-                        auto_apply: true,
-                        ..Default::default()
-                    }),
-                },
+                removing_review(
+                    "Global Administrators",
+                    GLOBAL_ADMINISTRATOR,
+                    pb::ReviewScope::Active,
+                    &ann.id,
+                ),
             ))
             .await?
             .into_inner();
@@ -423,18 +423,11 @@ async fn a_review_never_locks_out_the_last_global_administrator() -> anyhow::Res
 
         // The refusal is in the audit log.
         let refused = eventually(Duration::from_secs(15), "the refusal's audit record", || async {
-            let records = AuditServiceClient::new(w.ts.channel.clone())
-                .query_events(authed(
-                    &w.admin,
-                    aupb::QueryEventsRequest {
-                        action: "pim.assignment.v1.ReviewRemovalRefused".into(),
-                        ..Default::default()
-                    },
-                ))
-                .await?
-                .into_inner()
-                .records;
-            Ok(records.into_iter().next())
+            let query = aupb::QueryEventsRequest {
+                action: "pim.assignment.v1.ReviewRemovalRefused".into(),
+                ..Default::default()
+            };
+            Ok(w.ts.audit_records(&w.admin, query).await?.into_iter().next())
         })
         .await?;
         assert_eq!(
