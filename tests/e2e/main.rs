@@ -16,3 +16,4 @@ mod slice;
 mod split;
 mod surface;
 mod tls;
+mod trust;

@@ -60,6 +60,8 @@ pub struct Assignments {
     pub(crate) index: AccessIndex,
     /// Members of role-assignable groups, in memory.
     pub(crate) memberships: Memberships,
+    /// The last assignment-stream entry whose assignment the index has read back (Redis).
+    pub(crate) index_position: Arc<tokio::sync::watch::Sender<String>>,
 }
 
 /// An administrator's request to assign a role, as received.
@@ -673,13 +675,28 @@ impl Assignments {
         self.emit(txn, "ReviewRemovalApplied", &a.principal_id, &answer).await
     }
 
+    /// The last entry of the assignment stream the access index has caught up with (Redis;
+    /// empty before the first): tests wait on it to know an event was judged.
+    pub fn index_position(&self) -> String {
+        self.index_position.borrow().clone()
+    }
+
     /// Makes the access index agree with the database about one assignment, after a commit
     /// that may have changed it: in force, it is (re)indexed; ended, it is forgotten.
     pub async fn index_assignment(&self, assignment_id: &str) -> Result<()> {
-        match store::find_assignment(&self.db, assignment_id).await? {
-            Some(a) if a.status == "active" => self.index.upsert_row(&a),
-            Some(a) => self.index.remove(&a.principal_id, &a.id),
-            None => {}
+        self.index_assignments(&[assignment_id.to_owned()]).await
+    }
+
+    /// The same for assignments the stream says changed (any replica's writes): what each is
+    /// now comes from the database, so an event naming an assignment that does not exist, or
+    /// ending one that has not ended, changes nothing.
+    pub async fn index_assignments(&self, ids: &[String]) -> Result<()> {
+        for a in store::find_assignments(&self.db, ids).await? {
+            if a.status == "active" {
+                self.index.upsert_row(&a);
+            } else {
+                self.index.remove(&a.principal_id, &a.id);
+            }
         }
         Ok(())
     }

@@ -12,7 +12,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use tokio::sync::broadcast;
 
 use pim_proto::events::v1 as ev;
-use pim_runtime::db::{Db, from_timestamp};
+use pim_runtime::db::Db;
 use pim_runtime::events::{Envelope, decode, short_type};
 
 use crate::store::{self, AssignmentRow};
@@ -208,44 +208,19 @@ impl AccessIndex {
         }
     }
 
-    /// Applies one event of the assignment stream (any replica's).
-    pub fn apply(&self, envelope: &Envelope) -> anyhow::Result<()> {
+    /// The assignment an event of the assignment stream says changed, if it concerns this
+    /// index. The event says only *that* it changed: what it is now is read from the
+    /// database ([`crate::assignments::Assignments::index_assignments`]), so a forged or stale
+    /// event grants or ends nothing.
+    pub fn assignment_named(envelope: &Envelope) -> Option<String> {
         match short_type(envelope) {
-            "ActiveAssignmentGranted" | "ActiveAssignmentUpdated" => {
-                let e: ev::AssignmentChanged = decode(envelope)?;
-                let start = e.start_time.as_ref().map(from_timestamp).unwrap_or_default();
-                let grant = Grant {
-                    role_id: e.role_id,
-                    scope: e.scope,
-                    start,
-                    end: e.end_time.as_ref().map(from_timestamp),
-                    version: e.version,
-                };
-                self.upsert(&e.principal_id, &e.assignment_id, grant);
+            "ActiveAssignmentGranted" | "ActiveAssignmentUpdated" | "ActiveAssignmentRemoved" => {
+                decode::<ev::AssignmentChanged>(envelope).ok().map(|e| e.assignment_id)
             }
-            "RoleActivated" => {
-                let e: ev::RoleActivated = decode(envelope)?;
-                let start = e.start_time.as_ref().map(from_timestamp).unwrap_or_default();
-                let grant = Grant {
-                    role_id: e.role_id,
-                    scope: e.scope,
-                    start,
-                    end: e.end_time.as_ref().map(from_timestamp),
-                    version: e.version,
-                };
-                self.upsert(&e.principal_id, &e.assignment_id, grant);
-            }
-            "RoleDeactivated" => {
-                let e: ev::RoleDeactivated = decode(envelope)?;
-                self.remove(&e.principal_id, &e.assignment_id);
-            }
-            "ActiveAssignmentRemoved" => {
-                let e: ev::AssignmentChanged = decode(envelope)?;
-                self.remove(&e.principal_id, &e.assignment_id);
-            }
-            _ => {}
+            "RoleActivated" => decode::<ev::RoleActivated>(envelope).ok().map(|e| e.assignment_id),
+            "RoleDeactivated" => decode::<ev::RoleDeactivated>(envelope).ok().map(|e| e.assignment_id),
+            _ => None,
         }
-        Ok(())
     }
 }
 
@@ -289,35 +264,38 @@ mod tests {
     #[test]
     fn an_older_version_never_replaces_a_newer_one() {
         let index = AccessIndex::default();
-        let event = |event_type: &str, end: i64, version: i64| {
-            let changed = ev::AssignmentChanged {
-                assignment_id: "a1".into(),
-                principal_id: "p".into(),
-                role_id: "r".into(),
-                scope: "/".into(),
-                start_time: Some(pim_runtime::db::to_timestamp(10)),
-                end_time: Some(pim_runtime::db::to_timestamp(end)),
-                version,
-                ..Default::default()
-            };
-            pim_runtime::events::envelope("pim.assignment", event_type, "p", &changed)
+        let version = |end: i64, version: i64| Grant {
+            version,
+            ..grant(10, Some(end))
         };
         // This replica extended the assignment, then shortened it (each applied at its
-        // commit) before its stream brought back the events of its creation and extension.
-        index.upsert(
-            "p",
-            "a1",
-            Grant {
-                version: 3,
-                ..grant(10, Some(30))
-            },
-        );
-        index.apply(&event("ActiveAssignmentGranted", 20, 1)).expect("applies");
-        index.apply(&event("ActiveAssignmentUpdated", 50, 2)).expect("applies");
+        // commit) before a slower read brought back the state of its creation and extension.
+        index.upsert("p", "a1", version(30, 3));
+        index.upsert("p", "a1", version(20, 1));
+        index.upsert("p", "a1", version(50, 2));
         assert!(index.current("p", 30).is_empty(), "still shortened to 30");
         assert_eq!(index.current("p", 25).len(), 1);
         // A newer change from another replica does replace it.
-        index.apply(&event("ActiveAssignmentUpdated", 40, 4)).expect("applies");
+        index.upsert("p", "a1", version(40, 4));
         assert_eq!(index.current("p", 35).len(), 1);
+    }
+
+    #[test]
+    fn only_events_about_active_assignments_name_one() {
+        let changed = ev::AssignmentChanged {
+            assignment_id: "a1".into(),
+            ..Default::default()
+        };
+        let named = |event_type: &str| {
+            AccessIndex::assignment_named(&pim_runtime::events::envelope(
+                "pim.assignment",
+                event_type,
+                "p",
+                &changed,
+            ))
+        };
+        assert_eq!(named("ActiveAssignmentGranted").as_deref(), Some("a1"));
+        assert_eq!(named("ActiveAssignmentRemoved").as_deref(), Some("a1"));
+        assert_eq!(named("EligibilityGranted"), None);
     }
 }

@@ -75,6 +75,7 @@ impl Assignment {
             changes: tokio::sync::broadcast::channel(1024).0,
             index,
             memberships,
+            index_position: Arc::new(tokio::sync::watch::channel(String::new()).0),
         };
         Ok(Self {
             assignments,
@@ -203,20 +204,42 @@ impl Service for Assignment {
     fn background(&self, stop: tokio::sync::watch::Receiver<bool>) -> Vec<tokio::task::JoinHandle<()>> {
         let mut tasks = vec![self.scheduler().spawn(stop.clone())];
         if let (Some(url), Some(from)) = (&self.config.redis_url, &self.tail_from) {
-            // Other replicas' writes reach this replica's access index through the stream.
-            let index = self.assignments.index.clone();
+            // Other replicas' writes reach this replica's access index: the stream says which
+            // assignments changed, the database what they are now (never the event's body).
+            let (changed, mut to_read) = tokio::sync::mpsc::unbounded_channel::<(String, Option<String>)>();
             tasks.push(pim_runtime::events::tail(
                 url.expose().clone(),
                 self.config.stream_prefix.clone(),
                 streams::ASSIGNMENT,
                 from.clone(),
                 stop.clone(),
-                move |_, envelope| {
-                    if let Err(err) = index.apply(envelope) {
-                        tracing::warn!(event_id = %envelope.id, error = %err, "access index could not apply an event");
-                    }
+                move |entry_id, envelope| {
+                    let _ = changed.send((entry_id.to_owned(), index::AccessIndex::assignment_named(envelope)));
                 },
             ));
+            let assignments = self.assignments.clone();
+            tasks.push(tokio::spawn(async move {
+                while let Some(first) = to_read.recv().await {
+                    let mut batch = vec![first];
+                    while batch.len() < 500
+                        && let Ok(next) = to_read.try_recv()
+                    {
+                        batch.push(next);
+                    }
+                    let ids: Vec<String> = batch.iter().filter_map(|(_, id)| id.clone()).collect();
+                    // A database that does not answer now answers a moment later; the
+                    // stream has moved on, so the ids are kept until it does.
+                    let mut delay = std::time::Duration::from_millis(100);
+                    while let Err(err) = assignments.index_assignments(&ids).await {
+                        tracing::warn!(error = %err, "reading changed assignments for the access index failed; retrying");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(std::time::Duration::from_secs(5));
+                    }
+                    if let Some((entry_id, _)) = batch.last() {
+                        assignments.index_position.send_replace(entry_id.clone());
+                    }
+                }
+            }));
         }
         if let (Some(url), Some(from)) = (&self.config.redis_url, &self.identity_tail_from) {
             // Membership changes consumed by another replica reach this one's memory too.

@@ -326,6 +326,22 @@ pub async fn find_assignment<C: ConnectionTrait>(c: &C, id: &str) -> Result<Opti
         .transpose()
 }
 
+/// The assignments with these ids (those that exist).
+pub async fn find_assignments<C: ConnectionTrait>(c: &C, ids: &[String]) -> Result<Vec<AssignmentRow>, DbErr> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sql = format!(
+        "SELECT {ASSIGNMENT_COLUMNS} FROM assignments WHERE id IN ({})",
+        db::placeholders(1, ids.len())
+    );
+    db::query(c, &sql, ids.iter().map(|id| id.clone().into()).collect())
+        .await?
+        .iter()
+        .map(AssignmentRow::from_row)
+        .collect()
+}
+
 /// Active assignments of a principal, role and kind at exactly `scope` that have not ended
 /// (including ones scheduled to start later).
 pub async fn open_assignments<C: ConnectionTrait>(
