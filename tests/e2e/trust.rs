@@ -137,3 +137,70 @@ async fn events_written_to_redis_by_hand_neither_grant_nor_end_access() -> anyho
     ts.stop().await?;
     result
 }
+
+/// Failed sign-ins count against the principal however it is named, in the database: a
+/// lockout holds whether the attacker types the name in capitals or the user id, on another
+/// identity replica, and after every service restarts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sign_in_lockout_holds_across_aliases_replicas_and_restarts() -> anyhow::Result<()> {
+    use pim::{ServiceName, Suite, SuiteOptions};
+    use pim_proto::identity::v1::auth_service_client::AuthServiceClient;
+
+    let ts = TestSuite::postgres().await?;
+    let admin = ts.admin_token().await?;
+    let bruce = ts.create_user(&admin, "bruce").await?;
+    let sign_in = |channel: tonic::transport::Channel, name: String, password: String| async move {
+        AuthServiceClient::new(channel)
+            .sign_in(ipb::SignInRequest {
+                user_name: name,
+                password,
+            })
+            .await
+            .map(drop)
+    };
+    for name in ["bruce", "BRUCE", bruce.id.as_str()].into_iter().cycle().take(10) {
+        let refused = sign_in(ts.channel.clone(), name.into(), "a guessed passphrase".into())
+            .await
+            .expect_err("a wrong password");
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{name}");
+    }
+    let right = pim_e2e::password_of("bruce");
+    let locked = sign_in(ts.channel.clone(), bruce.id.clone(), right.clone())
+        .await
+        .expect_err("locked, even with the right password and the id");
+    assert_eq!(locked.code(), tonic::Code::ResourceExhausted);
+
+    // Another identity replica on the same database.
+    let identity_db = ts
+        .database_url(ServiceName::Identity)
+        .expect("identity's database")
+        .to_owned();
+    let config = pim_e2e::test_config(&[
+        ("PIM_REDIS_URL", pim_runtime::testing::redis_url()),
+        ("PIM_STREAM_PREFIX", ts.stream_prefix.clone()),
+        ("PIM_ASSIGNMENT_URL", ts.suite.url().to_owned()),
+    ])?;
+    let mut options = SuiteOptions::new(
+        config,
+        std::collections::BTreeMap::from([(ServiceName::Identity, identity_db)]),
+    );
+    options.relay_poll = Duration::from_millis(50);
+    let replica = Suite::start(options).await?;
+    let replica_channel = pim_runtime::grpc::channel(replica.url(), &Default::default())?;
+    let elsewhere = sign_in(replica_channel, "Bruce".into(), right.clone()).await;
+    replica.stop().await?;
+    assert_eq!(
+        elsewhere.expect_err("locked on every replica").code(),
+        tonic::Code::ResourceExhausted
+    );
+
+    // Every service restarts: the count is in the database.
+    let ts = ts.restart().await?;
+    let after = sign_in(ts.channel.clone(), "bruce".into(), right).await;
+    ts.stop().await?;
+    assert_eq!(
+        after.expect_err("still locked after a restart").code(),
+        tonic::Code::ResourceExhausted
+    );
+    Ok(())
+}

@@ -123,7 +123,6 @@ pub struct Directory {
     pub(crate) token_ttl: Duration,
     pub(crate) max_role_assignable_groups: u64,
     pub(crate) assignment: crate::protection::AssignmentClients,
-    pub(crate) limiter: Arc<crate::limiter::SignInLimiter>,
     pub(crate) sealer: crate::sealing::Sealer,
     /// What time the MFA lifecycle reads (passes, enrolment windows, step-up freshness).
     pub(crate) clock: Arc<dyn Clock>,
@@ -283,19 +282,15 @@ impl Directory {
     /// Password sign-in. Unknown user, disabled user and wrong password answer alike, in
     /// about the same time.
     pub async fn sign_in(&self, user_name: &str, password: &str, client: &ClientInfo) -> Result<Session> {
-        let source = client.ip.as_deref();
-        let account_key = format!("user:{}", user_name.trim().to_lowercase());
-        let source_key = format!("ip:{}", source.unwrap_or("unknown"));
         let now = now_ms();
-        if let Some(minutes) = self.limiter.blocked(
-            &[(&account_key, limiter::PER_ACCOUNT), (&source_key, limiter::PER_SOURCE)],
-            now,
-        ) {
+        let user = store::find_user(&self.db, user_name.trim()).await?;
+        // Counted against the principal however it was named, and against the source.
+        let keys = limiter::Keys::new(user.as_ref(), user_name, client.ip.as_deref());
+        if let Some(minutes) = limiter::blocked(&self.db, &keys, self.clock.now_ms()).await? {
             return Err(Error::Locked(format!(
                 "too many failed sign-ins: try again in {minutes} minutes"
             )));
         }
-        let user = store::find_user(&self.db, user_name.trim()).await?;
         let hash = user.as_ref().map(|u| u.password_hash.clone());
         let matched = credentials::verify(password, hash).await?;
         let user = match user {
@@ -313,12 +308,12 @@ impl Directory {
                     source_ip: client.ip.clone().unwrap_or_default(),
                     user_agent: client.user_agent.clone(),
                 };
-                self.limiter.failed(&[&account_key, &source_key], now);
+                limiter::failed(&self.db, &keys, self.clock.now_ms()).await?;
                 self.record("SignInFailed", &event.principal_id.clone(), &event).await?;
                 return Err(Error::BadCredentials);
             }
         };
-        self.limiter.succeeded(&account_key);
+        limiter::succeeded(&self.db, &keys).await?;
         let has_method = store::mfa_methods(&self.db, &user.id)
             .await?
             .iter()

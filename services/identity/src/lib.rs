@@ -54,7 +54,6 @@ impl Identity {
             token_ttl: deps.config.access_token_ttl,
             max_role_assignable_groups: deps.config.max_role_assignable_groups,
             assignment: protection::AssignmentClients::new(deps.assignment),
-            limiter: std::sync::Arc::default(),
             clock: deps.clock.clone(),
             signin_mfa: deps.config.signin_mfa,
             enrollment_window: deps.config.mfa_enrollment_window,
@@ -113,6 +112,7 @@ impl Service for Identity {
     /// rotates the active one when it is older than `PIM_SIGNING_KEY_ROTATION_DAYS`.
     fn background(&self, mut stop: tokio::sync::watch::Receiver<bool>) -> Vec<tokio::task::JoinHandle<()>> {
         let (keys, every) = (self.directory.keys.clone(), self.rotation);
+        let (db, clock) = (self.directory.db.clone(), self.directory.clock.clone());
         let grace = self.directory.token_ttl + std::time::Duration::from_secs(300);
         vec![tokio::spawn(async move {
             loop {
@@ -120,6 +120,10 @@ impl Service for Identity {
                     _ = tokio::time::sleep(std::time::Duration::from_secs(30)) => {
                         if let Err(err) = keys.maintain(every, grace).await {
                             tracing::warn!(error = %format!("{err:#}"), "signing key maintenance failed");
+                        }
+                        let ended = clock.now_ms() - limiter::WINDOW_MS;
+                        if let Err(err) = store::prune_sign_in_failures(&db, ended).await {
+                            tracing::warn!(error = %err, "pruning failed sign-in counts failed");
                         }
                     }
                     _ = stop.changed() => return,

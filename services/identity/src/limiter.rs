@@ -1,55 +1,88 @@
-//! Failed sign-ins are rate-limited per account name and per source address: past the limit
-//! within the window, sign-in answers RESOURCE_EXHAUSTED until the window passes — the same
-//! for an unknown name as for a real one. Counted in memory per replica (a replica restart
-//! forgets them; the per-account MFA lockout is in the database).
+//! Failed sign-ins are limited per principal and per source address: past the limit within
+//! the window, sign-in answers RESOURCE_EXHAUSTED until the window passes — the same for an
+//! unknown name as for a real one. A known user is counted by id, however they were named
+//! (any case, id or name); an unknown name by its lower-cased text. The counts are in the
+//! database, so a restart keeps them and every identity replica shares them.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use sea_orm::ConnectionTrait;
 
-const WINDOW_MS: i64 = 15 * 60 * 1000;
-/// Failed sign-ins per account name within the window.
-pub const PER_ACCOUNT: u32 = 10;
+use crate::store::{self, UserRow};
+
+pub const WINDOW_MS: i64 = 15 * 60 * 1000;
+/// Failed sign-ins per principal (or unknown name) within the window.
+pub const PER_ACCOUNT: i64 = 10;
 /// Failed sign-ins per source address within the window.
-pub const PER_SOURCE: u32 = 100;
-/// Entries kept at most; the oldest windows go first when it fills.
-const MAX_KEYS: usize = 100_000;
+pub const PER_SOURCE: i64 = 100;
 
-#[derive(Default)]
-pub struct SignInLimiter {
-    failures: Mutex<HashMap<String, (u32, i64)>>,
+/// What a sign-in attempt counts against: the principal (or the name tried) and the source.
+pub struct Keys {
+    pub account: String,
+    /// None where there is no source to count (a signed-in user re-entering a password).
+    pub source: Option<String>,
 }
 
-impl SignInLimiter {
-    /// Minutes left on a lockout of any of `keys` (with its limit), if one is over.
-    pub fn blocked(&self, keys: &[(&str, u32)], now: i64) -> Option<i64> {
-        let map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        keys.iter()
-            .filter_map(|(key, limit)| {
-                map.get(*key)
-                    .filter(|(n, start)| *n >= *limit && now - start < WINDOW_MS)
-                    .map(|(_, start)| start + WINDOW_MS - now)
-            })
-            .max()
-            .map(|ms| ms / 60_000 + 1)
-    }
-
-    pub fn failed(&self, keys: &[&str], now: i64) {
-        let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        if map.len() >= MAX_KEYS {
-            map.retain(|_, (_, start)| now - *start < WINDOW_MS);
-        }
-        for key in keys {
-            let entry = map.entry((*key).to_owned()).or_insert((0, now));
-            if now - entry.1 >= WINDOW_MS {
-                *entry = (0, now);
-            }
-            entry.0 += 1;
+impl Keys {
+    pub fn new(user: Option<&UserRow>, name_tried: &str, source: Option<&str>) -> Self {
+        Self {
+            account: match user {
+                Some(u) => format!("user:{}", u.id),
+                None => format!("name:{}", name_tried.trim().to_lowercase()),
+            },
+            source: Some(format!("ip:{}", source.unwrap_or("unknown"))),
         }
     }
 
-    pub fn succeeded(&self, key: &str) {
-        self.failures.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
+    /// Only the user's own count (guesses at the current password by a signed-in session).
+    pub fn account_of(user: &UserRow) -> Self {
+        Self {
+            account: format!("user:{}", user.id),
+            source: None,
+        }
     }
+
+    fn limits(&self) -> Vec<(&str, i64)> {
+        let mut limits = vec![(self.account.as_str(), PER_ACCOUNT)];
+        if let Some(source) = &self.source {
+            limits.push((source, PER_SOURCE));
+        }
+        limits
+    }
+}
+
+/// Minutes left on a lockout of any of the keys, if one is over its limit.
+pub async fn blocked<C: ConnectionTrait>(c: &C, keys: &Keys, now: i64) -> Result<Option<i64>, sea_orm::DbErr> {
+    let limits = keys.limits();
+    let names: Vec<&str> = limits.iter().map(|(k, _)| *k).collect();
+    let counts = store::sign_in_failures(c, &names, now - WINDOW_MS).await?;
+    Ok(minutes_left(&limits, &counts, now))
+}
+
+/// Counts one failure against every key (one statement each, so concurrent failures on
+/// several replicas all count).
+pub async fn failed<C: ConnectionTrait>(c: &C, keys: &Keys, now: i64) -> Result<(), sea_orm::DbErr> {
+    for key in std::iter::once(&keys.account).chain(&keys.source) {
+        store::count_sign_in_failure(c, key, now, now - WINDOW_MS).await?;
+    }
+    Ok(())
+}
+
+/// A successful sign-in clears the principal's count (not the source's).
+pub async fn succeeded<C: ConnectionTrait>(c: &C, keys: &Keys) -> Result<(), sea_orm::DbErr> {
+    store::clear_sign_in_failures(c, &keys.account).await
+}
+
+/// The longest wait, in whole minutes rounded up, among keys at or over their limit.
+fn minutes_left(limits: &[(&str, i64)], counts: &[(String, i64, i64)], now: i64) -> Option<i64> {
+    limits
+        .iter()
+        .filter_map(|(key, limit)| {
+            counts
+                .iter()
+                .find(|(k, n, _)| k == key && n >= limit)
+                .map(|(_, _, start)| start + WINDOW_MS - now)
+        })
+        .max()
+        .map(|ms| ms / 60_000 + 1)
 }
 
 #[cfg(test)]
@@ -57,17 +90,36 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_burst_of_failures_blocks_until_the_window_passes() {
-        let l = SignInLimiter::default();
-        let keys = [("user:lee", 3)];
-        for _ in 0..2 {
-            l.failed(&["user:lee"], 0);
-        }
-        assert_eq!(l.blocked(&keys, 1), None);
-        l.failed(&["user:lee"], 1);
-        assert_eq!(l.blocked(&keys, 2), Some(15));
-        assert_eq!(l.blocked(&keys, WINDOW_MS + 1), None, "the window passed");
-        l.succeeded("user:lee");
-        assert_eq!(l.blocked(&keys, 2), None);
+    fn a_key_at_its_limit_blocks_for_the_rest_of_its_window() {
+        let limits = [("user:1", 3), ("ip:a", 100)];
+        let counts = |n: i64| vec![("user:1".to_owned(), n, 0), ("ip:a".to_owned(), n, 0)];
+        assert_eq!(minutes_left(&limits, &counts(2), 1), None, "under the limit");
+        assert_eq!(minutes_left(&limits, &counts(3), 1), Some(15), "at the limit");
+        assert_eq!(minutes_left(&limits, &counts(3), WINDOW_MS - 60_000), Some(2));
+        assert_eq!(minutes_left(&limits, &[], 1), None);
+        let by_source = vec![("ip:a".to_owned(), 100, 0)];
+        assert_eq!(minutes_left(&limits, &by_source, 1), Some(15), "the source's limit");
+    }
+
+    #[test]
+    fn a_user_counts_by_id_however_named_and_an_unknown_name_by_its_text() {
+        let user = UserRow {
+            id: "u1".into(),
+            user_name: "bruce".into(),
+            display_name: String::new(),
+            email: String::new(),
+            password_hash: String::new(),
+            enabled: true,
+            created_at: 0,
+            last_sign_in_at: None,
+        };
+        assert_eq!(Keys::new(Some(&user), "BRUCE", None).account, "user:u1");
+        assert_eq!(Keys::new(Some(&user), "u1", None).account, "user:u1");
+        assert_eq!(Keys::new(None, " Ghost ", Some("10.0.0.1")).account, "name:ghost");
+        assert_eq!(
+            Keys::new(None, "ghost", Some("10.0.0.1")).source.as_deref(),
+            Some("ip:10.0.0.1")
+        );
+        assert_eq!(Keys::account_of(&user).source, None);
     }
 }

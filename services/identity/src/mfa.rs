@@ -569,19 +569,17 @@ impl Directory {
     /// method, the password rules; their other sessions end.
     pub async fn change_password(&self, caller: &Caller, current: &str, new_password: &str) -> Result<()> {
         let caller = self.user_caller(caller)?;
-        let account_key = format!("user:{}", caller.name.to_lowercase());
-        let now = now_ms();
-        if let Some(minutes) = self
-            .limiter
-            .blocked(&[(&account_key, crate::limiter::PER_ACCOUNT)], now)
-        {
+        let user = self.signed_in_user(caller).await?;
+        // Guesses at the current password count like failed sign-ins of the same principal.
+        let keys = crate::limiter::Keys::account_of(&user);
+        let now = self.clock.now_ms();
+        if let Some(minutes) = crate::limiter::blocked(&self.db, &keys, now).await? {
             return Err(Error::Locked(format!(
                 "too many failed attempts: try again in {minutes} minutes"
             )));
         }
-        let user = self.signed_in_user(caller).await?;
         if !credentials::verify(current, Some(user.password_hash.clone())).await? {
-            self.limiter.failed(&[&account_key], now);
+            crate::limiter::failed(&self.db, &keys, now).await?;
             return Err(Error::WrongPassword);
         }
         if !self.confirmed_methods(&user.id).await?.is_empty() {

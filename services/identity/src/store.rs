@@ -115,6 +115,16 @@ impl MigratorTrait for Migrator {
                 CREATE INDEX enrollment_passes_user ON enrollment_passes (user_id)"
                     .to_owned()
             }),
+            // Failed sign-ins per principal and per source, shared by replicas, kept across
+            // restarts (they were counted in each replica's memory).
+            SqlMigration::boxed("m0004_sign_in_failures", |_| {
+                "CREATE TABLE sign_in_failures (
+                    key TEXT PRIMARY KEY,
+                    failures BIGINT NOT NULL,
+                    window_start BIGINT NOT NULL
+                )"
+                .to_owned()
+            }),
         ]
     }
 }
@@ -960,4 +970,62 @@ pub async fn role_assignable_links<C: ConnectionTrait>(
     .iter()
     .map(|r| Ok((col(r, "name")?, col(r, "owner")?)))
     .collect()
+}
+
+/// The failures counted in the current window (started after `window_after`) for `keys`:
+/// (key, failures, window start).
+pub async fn sign_in_failures<C: ConnectionTrait>(
+    c: &C,
+    keys: &[&str],
+    window_after: i64,
+) -> Result<Vec<(String, i64, i64)>, DbErr> {
+    let sql = format!(
+        "SELECT key, failures, window_start FROM sign_in_failures WHERE key IN ({}) AND window_start > ${}",
+        db::placeholders(1, keys.len()),
+        keys.len() + 1
+    );
+    let mut values: Vec<sea_orm::Value> = keys.iter().map(|k| (*k).into()).collect();
+    values.push(window_after.into());
+    db::query(c, &sql, values)
+        .await?
+        .iter()
+        .map(|r| Ok((col(r, "key")?, col(r, "failures")?, col(r, "window_start")?)))
+        .collect()
+}
+
+/// Counts a failure against `key` in one statement: a window that ended before
+/// `window_after` starts again at `now`.
+pub async fn count_sign_in_failure<C: ConnectionTrait>(
+    c: &C,
+    key: &str,
+    now: i64,
+    window_after: i64,
+) -> Result<(), DbErr> {
+    db::exec(
+        c,
+        "INSERT INTO sign_in_failures (key, failures, window_start) VALUES ($1, 1, $2) \
+         ON CONFLICT (key) DO UPDATE SET \
+         failures = CASE WHEN sign_in_failures.window_start > $3 THEN sign_in_failures.failures + 1 ELSE 1 END, \
+         window_start = CASE WHEN sign_in_failures.window_start > $4 THEN sign_in_failures.window_start ELSE excluded.window_start END",
+        vec![key.into(), now.into(), window_after.into(), window_after.into()],
+    )
+    .await
+    .map(drop)
+}
+
+pub async fn clear_sign_in_failures<C: ConnectionTrait>(c: &C, key: &str) -> Result<(), DbErr> {
+    db::exec(c, "DELETE FROM sign_in_failures WHERE key = $1", vec![key.into()])
+        .await
+        .map(drop)
+}
+
+/// Forgets counts whose window ended before `before`.
+pub async fn prune_sign_in_failures<C: ConnectionTrait>(c: &C, before: i64) -> Result<(), DbErr> {
+    db::exec(
+        c,
+        "DELETE FROM sign_in_failures WHERE window_start < $1",
+        vec![before.into()],
+    )
+    .await
+    .map(drop)
 }
