@@ -537,7 +537,9 @@ impl Directory {
         principal_id: &str,
         reason: &str,
     ) -> Result<()> {
-        store::revoke_sessions_of(txn, principal_id, now_ms()).await?;
+        let now = now_ms();
+        store::revoke_sessions_of(txn, principal_id, now).await?;
+        store::revoke_principal(txn, principal_id, now).await?;
         let event = ev::SessionRevoked {
             actor: Some(caller.actor()),
             principal_id: principal_id.into(),

@@ -444,6 +444,32 @@ impl AuthService for Directory {
         Ok(Response::new(pb::RotateSigningKeyResponse { kid }))
     }
 
+    async fn list_revocations(
+        &self,
+        request: Request<pb::ListRevocationsRequest>,
+    ) -> Result<Response<pb::ListRevocationsResponse>, Status> {
+        let now = pim_runtime::db::now_ms();
+        let oldest = now - pim_runtime::auth::REMEMBER_MS;
+        let since = match &request.get_ref().since {
+            Some(t) => pim_runtime::db::from_timestamp(t).max(oldest),
+            None => oldest,
+        };
+        let list = pim_runtime::auth::KeySource::revocations(&self.keys, since)
+            .await
+            .map_err(pim_runtime::grpc::internal)?;
+        Ok(Response::new(pb::ListRevocationsResponse {
+            session_ids: list.sessions,
+            principals: list
+                .principals
+                .into_iter()
+                .map(|(principal_id, at)| pb::RevokedPrincipal {
+                    principal_id,
+                    revoked_at: Some(to_timestamp(at)),
+                })
+                .collect(),
+        }))
+    }
+
     async fn get_signing_keys(
         &self,
         _request: Request<pb::GetSigningKeysRequest>,

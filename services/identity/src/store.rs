@@ -125,6 +125,13 @@ impl MigratorTrait for Migrator {
                 )"
                 .to_owned()
             }),
+            SqlMigration::boxed("m0005_revoked_principals", |_| {
+                "CREATE TABLE revoked_principals (
+                    principal_id TEXT PRIMARY KEY,
+                    revoked_at BIGINT NOT NULL
+                )"
+                .to_owned()
+            }),
         ]
     }
 }
@@ -773,7 +780,7 @@ pub async fn delete_user<C: ConnectionTrait>(c: &C, user_id: &str) -> Result<(),
         vec![user_id.into()],
     )
     .await?;
-    db::exec(c, "DELETE FROM sessions WHERE principal_id = $1", vec![user_id.into()]).await?;
+    // Sessions stay (revoked) until they expire: their tokens must stay refused.
     db::exec(c, "DELETE FROM users WHERE id = $1", vec![user_id.into()])
         .await
         .map(drop)
@@ -1028,4 +1035,43 @@ pub async fn prune_sign_in_failures<C: ConnectionTrait>(c: &C, before: i64) -> R
     )
     .await
     .map(drop)
+}
+
+/// Records that every token of a principal issued up to `at` is refused (disabled, deleted).
+pub async fn revoke_principal<C: ConnectionTrait>(c: &C, principal_id: &str, at: i64) -> Result<(), DbErr> {
+    db::exec(
+        c,
+        "INSERT INTO revoked_principals (principal_id, revoked_at) VALUES ($1, $2) \
+         ON CONFLICT (principal_id) DO UPDATE SET revoked_at = excluded.revoked_at",
+        vec![principal_id.into(), at.into()],
+    )
+    .await
+    .map(drop)
+}
+
+/// Sessions revoked after `since`, and principals whose tokens up to a time are refused (those
+/// revoked after `since`).
+pub async fn revocations_since<C: ConnectionTrait>(
+    c: &C,
+    since: i64,
+) -> Result<(Vec<String>, Vec<(String, i64)>), DbErr> {
+    let sessions = db::query(
+        c,
+        "SELECT id FROM sessions WHERE revoked_at IS NOT NULL AND revoked_at > $1",
+        vec![since.into()],
+    )
+    .await?
+    .iter()
+    .map(|r| col(r, "id"))
+    .collect::<Result<_, _>>()?;
+    let principals = db::query(
+        c,
+        "SELECT principal_id, revoked_at FROM revoked_principals WHERE revoked_at > $1",
+        vec![since.into()],
+    )
+    .await?
+    .iter()
+    .map(|r| Ok((col(r, "principal_id")?, col(r, "revoked_at")?)))
+    .collect::<Result<_, DbErr>>()?;
+    Ok((sessions, principals))
 }

@@ -13,7 +13,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 
 use pim_proto::common::v1::PrincipalKind;
 use pim_proto::identity::v1 as pb;
-use pim_runtime::auth::{AUDIENCE, Claims, ISSUER, KeySource, PENDING_AUDIENCE, Pending, kind_claim};
+use pim_runtime::auth::{AUDIENCE, Claims, ISSUER, KeySource, PENDING_AUDIENCE, Pending, RevocationList, kind_claim};
 use pim_runtime::db::{Db, now_ms, to_timestamp};
 use sea_orm::TransactionTrait;
 
@@ -183,5 +183,12 @@ impl KeySource for Keystore {
         // Another replica may have added a key since we loaded them.
         self.reload().await?;
         Ok(self.public_keys())
+    }
+
+    async fn revocations(&self, since_ms: i64) -> anyhow::Result<RevocationList> {
+        let (sessions, principals) = store::revocations_since(&self.db, since_ms)
+            .await
+            .context("loading revocations")?;
+        Ok(RevocationList { sessions, principals })
     }
 }

@@ -288,6 +288,16 @@ impl Suite {
                 ));
             }
         }
+        // Revocations identity keeps (sign-outs, disabled users) are loaded before this process
+        // serves: events seen before a restart are not seen again. Until they are, every
+        // token is refused (UNAVAILABLE), never accepted; the stream tails above started from
+        // positions read before the load, so nothing between the two is missed.
+        if verifier.load_revocations().await.is_err() {
+            let verifier = verifier.clone();
+            background.push(tokio::spawn(
+                async move { verifier.load_revocations_until_known().await },
+            ));
+        }
         let relays = services
             .iter()
             .map(|s| {

@@ -163,10 +163,21 @@ pub fn caller<T>(request: &Request<T>) -> Result<&Caller, Status> {
         .ok_or_else(|| Status::unauthenticated("sign in first: no access token"))
 }
 
-/// Where verification keys come from: identity's keystore in-process, or `GetSigningKeys`.
+/// Sessions and principals whose unexpired tokens are refused, as identity keeps them.
+#[derive(Clone, Debug, Default)]
+pub struct RevocationList {
+    pub sessions: Vec<String>,
+    /// (principal id, tokens issued up to this instant in ms are refused)
+    pub principals: Vec<(String, i64)>,
+}
+
+/// Where verification keys and revocations come from: identity in-process, or its
+/// `GetSigningKeys` and `ListRevocations`.
 #[async_trait::async_trait]
 pub trait KeySource: Send + Sync {
     async fn signing_keys(&self) -> anyhow::Result<Vec<SigningKey>>;
+    /// Revocations made after `since_ms` (every one that can still matter).
+    async fn revocations(&self, since_ms: i64) -> anyhow::Result<RevocationList>;
 }
 
 /// Asks a remote identity service for its keys.
@@ -192,6 +203,28 @@ impl KeySource for RemoteKeys {
             .await?;
         Ok(response.into_inner().keys)
     }
+
+    async fn revocations(&self, since_ms: i64) -> anyhow::Result<RevocationList> {
+        let response = self
+            .client
+            .clone()
+            .list_revocations(pim_proto::identity::v1::ListRevocationsRequest {
+                since: Some(crate::db::to_timestamp(since_ms)),
+            })
+            .await?
+            .into_inner();
+        Ok(RevocationList {
+            sessions: response.session_ids,
+            principals: response
+                .principals
+                .into_iter()
+                .map(|p| {
+                    let at = p.revoked_at.as_ref().map(crate::db::from_timestamp).unwrap_or(i64::MAX);
+                    (p.principal_id, at)
+                })
+                .collect(),
+        })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -206,12 +239,14 @@ pub enum TokenError {
     KeysUnavailable,
     #[error("session ended: sign in again")]
     Revoked,
+    #[error("cannot tell yet whether the session was revoked: retry in a moment")]
+    RevocationsUnknown,
 }
 
 impl From<TokenError> for Status {
     fn from(err: TokenError) -> Self {
         match err {
-            TokenError::KeysUnavailable => Status::unavailable(err.to_string()),
+            TokenError::KeysUnavailable | TokenError::RevocationsUnknown => Status::unavailable(err.to_string()),
             _ => Status::unauthenticated(err.to_string()),
         }
     }
@@ -228,7 +263,7 @@ pub struct Revocations {
 }
 
 /// Longest a revoked session is remembered: no access token lives longer.
-const REMEMBER_MS: i64 = 24 * 3600 * 1000;
+pub const REMEMBER_MS: i64 = 24 * 3600 * 1000;
 
 impl Revocations {
     pub fn revoke_session(&self, session_id: &str) {
@@ -243,6 +278,18 @@ impl Revocations {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .insert(principal_id.to_owned(), at_ms);
+    }
+
+    /// Takes in the revocations identity keeps (at start, before serving).
+    pub fn load(&self, list: RevocationList) {
+        for session in &list.sessions {
+            self.revoke_session(session);
+        }
+        for (principal, at) in list.principals {
+            let mut principals = self.principals.write().unwrap_or_else(|e| e.into_inner());
+            let at = principals.get(&principal).map_or(at, |known| (*known).max(at));
+            principals.insert(principal, at);
+        }
     }
 
     pub fn is_revoked(&self, caller: &Caller) -> bool {
@@ -292,6 +339,9 @@ pub struct TokenVerifier {
     /// token → (caller, expiry in seconds since the epoch)
     verified: RwLock<HashMap<Arc<str>, (Caller, i64)>>,
     revocations: Arc<Revocations>,
+    /// Whether the revocations identity keeps are loaded: until then no token is accepted
+    /// (a restart must not forget a sign-out or a disabled user).
+    revocations_known: std::sync::atomic::AtomicBool,
 }
 
 /// Verified tokens kept at most; past that the memory is cleared and refilled.
@@ -305,6 +355,26 @@ impl TokenVerifier {
             refreshed: Mutex::new(None),
             verified: RwLock::default(),
             revocations: Arc::default(),
+            revocations_known: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Loads the revocations that can still matter (made within the longest token lifetime);
+    /// tokens are accepted only once this has succeeded.
+    pub async fn load_revocations(&self) -> anyhow::Result<()> {
+        let list = self.source.revocations(crate::db::now_ms() - REMEMBER_MS).await?;
+        self.revocations.load(list);
+        self.revocations_known.store(true, std::sync::atomic::Ordering::Release);
+        Ok(())
+    }
+
+    /// Keeps trying [`Self::load_revocations`] until it succeeds (identity may be starting).
+    pub async fn load_revocations_until_known(&self) {
+        let mut delay = Duration::from_millis(200);
+        while let Err(err) = self.load_revocations().await {
+            tracing::warn!(error = %format!("{err:#}"), "loading revocations failed; refusing tokens until it succeeds");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(5));
         }
     }
 
@@ -361,6 +431,9 @@ impl TokenVerifier {
 
     /// Verifies `token` and returns the caller it names.
     pub async fn verify(&self, token: &str) -> Result<Caller, TokenError> {
+        if !self.revocations_known.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(TokenError::RevocationsUnknown);
+        }
         let now = crate::db::now_ms() / 1000;
         let cached = self
             .verified
@@ -438,6 +511,7 @@ impl TokenVerifier {
 
 /// RPCs anyone may call without a token.
 pub const PUBLIC_METHODS: &[&str] = &[
+    "/pim.identity.v1.AuthService/ListRevocations",
     "/pim.identity.v1.AuthService/SignIn",
     "/pim.identity.v1.AuthService/SignInServicePrincipal",
     "/pim.identity.v1.AuthService/Refresh",
@@ -593,6 +667,13 @@ mod tests {
         async fn signing_keys(&self) -> anyhow::Result<Vec<SigningKey>> {
             Ok(self.0.clone())
         }
+
+        async fn revocations(&self, _since_ms: i64) -> anyhow::Result<RevocationList> {
+            Ok(RevocationList {
+                sessions: vec!["signed-out".into()],
+                principals: vec![],
+            })
+        }
     }
 
     fn key(seed: u8) -> Ed25519 {
@@ -633,6 +714,14 @@ mod tests {
     #[tokio::test]
     async fn only_current_tokens_signed_by_a_published_key_verify() {
         let verifier = TokenVerifier::new(Arc::new(Fixed(vec![published("k1", &key(1))])));
+        assert!(
+            matches!(
+                verifier.verify(&token("k1", &key(1), 600, AUDIENCE)).await,
+                Err(TokenError::RevocationsUnknown)
+            ),
+            "no token before the revocations are known"
+        );
+        verifier.load_revocations().await.unwrap();
         let caller = verifier.verify(&token("k1", &key(1), 600, AUDIENCE)).await.unwrap();
         assert_eq!(
             (caller.principal_id.as_str(), caller.kind),
@@ -662,9 +751,37 @@ mod tests {
         assert!(matches!(verifier.verify("a.b.c").await, Err(TokenError::Invalid)));
     }
 
+    #[test]
+    fn loaded_revocations_refuse_their_sessions_and_principals() {
+        let r = Revocations::default();
+        r.load(RevocationList {
+            sessions: vec!["s1".into()],
+            principals: vec![("p2".into(), 5_000)],
+        });
+        let caller = |principal: &str, session: &str, issued_at: i64| Caller {
+            principal_id: principal.into(),
+            kind: PrincipalKind::User,
+            name: String::new(),
+            amr: vec![],
+            mfa_at: None,
+            session_id: session.into(),
+            issued_at,
+            pending: None,
+            token: Arc::from("t"),
+        };
+        assert!(r.is_revoked(&caller("p1", "s1", 1)), "a signed-out session");
+        assert!(!r.is_revoked(&caller("p1", "s2", 1)));
+        assert!(
+            r.is_revoked(&caller("p2", "s3", 5)),
+            "issued before the principal's revocation"
+        );
+        assert!(!r.is_revoked(&caller("p2", "s3", 6)), "issued after it");
+    }
+
     #[tokio::test]
     async fn a_pending_sign_in_may_only_complete_itself_or_sign_out() {
         let verifier = TokenVerifier::new(Arc::new(Fixed(vec![published("k1", &key(1))])));
+        verifier.load_revocations().await.unwrap();
         let caller = verifier
             .verify(&token("k1", &key(1), 600, PENDING_AUDIENCE))
             .await
