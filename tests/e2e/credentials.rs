@@ -606,3 +606,68 @@ async fn members_and_owners_of_role_assignable_groups_are_protected_like_privile
     ts.stop().await?;
     result
 }
+
+/// MFA failures count within a window (15 minutes): four, a quiet quarter of an hour, then
+/// another do not lock; five within it do. And a token no password and code gave (an MFA time
+/// without `otp`, or an MFA time in the future) is no step-up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mfa_failures_count_within_their_window_and_only_real_step_ups_count() -> anyhow::Result<()> {
+    let clock = ManualClock::starting_now();
+    let ts = TestSuite::embedded_with_clock(Some(clock.clone()), &[]).await?;
+    let result = async {
+        let admin = ts.admin_token().await?;
+        let lee = ts.create_user(&admin, "lee").await?;
+        let token = ts.sign_in("lee", &password_of("lee")).await?;
+        enrol(&ts, &token, "").await?;
+        let wrong = |n: usize| {
+            let token = token.clone();
+            let ts = &ts;
+            async move {
+                let mut codes = Vec::new();
+                for _ in 0..n {
+                    let refused = verify(ts, &token, "000000").await.expect_err("a wrong code");
+                    codes.push(refused.code());
+                }
+                codes
+            }
+        };
+        assert_eq!(wrong(4).await, [Code::Unauthenticated; 4]);
+        clock.advance(Duration::from_secs(16 * 60));
+        assert_eq!(wrong(4).await, [Code::Unauthenticated; 4], "a new window");
+        assert_eq!(wrong(1).await, [Code::ResourceExhausted], "five within it lock");
+
+        // Tokens the keystore signs but no verified code earned.
+        let keys = ts.suite.identity().expect("identity runs here").keystore();
+        let forged = |amr: &[&str], mfa_at_ms: i64| {
+            let subject = pim_identity::TokenSubject {
+                principal_id: lee.id.clone(),
+                kind: pim_proto::common::v1::PrincipalKind::User,
+                name: "lee".into(),
+                amr: amr.iter().map(|m| (*m).to_owned()).collect(),
+                session_id: "forged".into(),
+                mfa_at: Some(mfa_at_ms / 1000),
+                pending: None,
+            };
+            keys.issue(&subject, Duration::from_secs(600)).map(|i| i.token)
+        };
+        let now = pim_runtime::clock::Clock::now_ms(&clock);
+        for (token, why) in [
+            (forged(&["pwd"], now)?, "an MFA time without otp"),
+            (forged(&["pwd", "otp"], now + 3_600_000)?, "an MFA time an hour ahead"),
+        ] {
+            let refused = mfa(&ts)
+                .generate_recovery_codes(authed(&token, ipb::GenerateRecoveryCodesRequest {}))
+                .await
+                .expect_err(why);
+            assert_eq!(violated_rules(&refused), vec!["MfaRule"], "{why}");
+        }
+        let real = forged(&["pwd", "otp"], now)?;
+        mfa(&ts)
+            .generate_recovery_codes(authed(&real, ipb::GenerateRecoveryCodesRequest {}))
+            .await?;
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    ts.stop().await?;
+    result
+}

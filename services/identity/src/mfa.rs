@@ -257,11 +257,11 @@ impl Directory {
 
     async fn check_not_locked(&self, caller: &Caller) -> Result<()> {
         if let Some((_, _, Some(until))) = store::mfa_failures(&self.db, &caller.principal_id).await?
-            && until > now_ms()
+            && until > self.clock.now_ms()
         {
             return Err(Error::Locked(format!(
                 "too many failed codes: multi-factor authentication is locked for {} more minutes",
-                (until - now_ms()) / 60_000 + 1
+                (until - self.clock.now_ms()) / 60_000 + 1
             )));
         }
         Ok(())
@@ -269,7 +269,7 @@ impl Directory {
 
     /// Counts a failure (locking out after a burst) and returns the error to answer with.
     async fn failed(&self, caller: &Caller, method: &str) -> Error {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let outcome = async {
             let (failures, window_start) = match store::mfa_failures(&self.db, &caller.principal_id).await? {
                 Some((n, start, _)) if now - start < FAILURE_WINDOW_MS => (n + 1, start),
