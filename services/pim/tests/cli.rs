@@ -167,6 +167,15 @@ fn the_readme_walk_through_works_and_survives_a_restart() {
     let server = field(&printed, "PIM is up at");
     let password = field(&printed, "password:");
     assert_eq!(field(&printed, "user name:"), "admin");
+    // What pim up keeps is its owner's alone.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).expect("exists").permissions().mode() & 0o777;
+        assert_eq!(mode(&data), 0o700, "the data directory");
+        for file in ["identity.db", "audit.db", "secrets.key"] {
+            assert_eq!(mode(&data.join(file)), 0o600, "{file}");
+        }
+    }
 
     let admin = Client {
         server: server.clone(),

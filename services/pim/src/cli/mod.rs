@@ -414,6 +414,8 @@ async fn up() -> anyhow::Result<i32> {
     let mut config = load_config(true)?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
+    // Only the owner may read what the suite keeps (password hashes, sealed seeds, audit).
+    owner_only(&config.data_dir, 0o700)?;
     if config.secrets_key.is_none() {
         config.secrets_key = Some(pim_runtime::config::Secret::new(data_dir_secrets_key(
             &config.data_dir,
@@ -424,6 +426,12 @@ async fn up() -> anyhow::Result<i32> {
         .map(|s| (s, sqlite_url(&config.data_dir.join(format!("{s}.db")))))
         .collect();
     let suite = Suite::start(SuiteOptions::new(config.clone(), databases)).await?;
+    for entry in std::fs::read_dir(&config.data_dir)? {
+        let path = entry?.path();
+        if path.is_file() {
+            owner_only(&path, 0o600)?;
+        }
+    }
     println!("PIM is up at {}", suite.url());
     println!(
         "  data: {}  events: {}",
@@ -444,6 +452,19 @@ async fn up() -> anyhow::Result<i32> {
     std::io::stdout().flush().ok();
     suite.run_until(pim_runtime::grpc::shutdown_signal()).await?;
     Ok(0)
+}
+
+/// Narrows a path's permissions to its owner (`mode`: 0700 for a directory, 0600 for a file).
+fn owner_only(path: &std::path::Path, mode: u32) -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .with_context(|| format!("restricting {} to its owner", path.display()))?;
+    }
+    #[cfg(not(unix))]
+    let _ = (path, mode);
+    Ok(())
 }
 
 /// The all-in-one's key for secrets at rest: `secrets.key` in the data directory (mode 0600),
