@@ -309,3 +309,29 @@ async fn revoked_tokens_stay_refused_after_restarts() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Redis comes back empty (a failover without persistence): the consumer groups are gone.
+/// The consumers make them again by themselves, and what happens afterwards is audited within
+/// seconds, without a restart. (The test deletes its own streams rather than FLUSHALL, which
+/// would take other tests' streams with it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_redis_loses_its_streams_events_flow_again_without_a_restart() -> anyhow::Result<()> {
+    let ts = TestSuite::postgres().await?;
+    let result = async {
+        let admin = ts.admin_token().await?;
+        ts.create_user(&admin, "before").await?;
+        ts.settle().await?;
+        pim_e2e::drop_streams(&ts.stream_prefix).await?;
+
+        let after = ts.create_user(&admin, "after").await?;
+        eventually(Duration::from_secs(5), "the new user's audit record", || async {
+            let actions = ts.audited_actions(&admin, &after.id).await?;
+            Ok(actions.iter().any(|a| a.ends_with(".UserCreated")).then_some(()))
+        })
+        .await?;
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    ts.stop().await?;
+    result
+}

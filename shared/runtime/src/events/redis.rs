@@ -201,6 +201,18 @@ impl RedisConsumer {
                     break;
                 }
                 if let Err(err) = pass {
+                    // Redis came back empty (a failover without persistence, a flush): the
+                    // groups are gone. Make them again from the start of each stream, so
+                    // every event published since is read, and carry on without a restart.
+                    if err.downcast_ref::<redis::RedisError>().and_then(|e| e.code()) == Some("NOGROUP") {
+                        tracing::warn!(consumer = %self.name, group = self.group(), "consumer group missing (Redis lost its data?); creating it again");
+                        match self.create_groups().await {
+                            Ok(()) => continue,
+                            Err(err) => {
+                                tracing::warn!(error = %format!("{err:#}"), "recreating consumer groups failed")
+                            }
+                        }
+                    }
                     tracing::warn!(consumer = %self.name, group = self.group(), error = %format!("{err:#}"), "consumer pass failed");
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_millis(500)) => {}
