@@ -608,7 +608,7 @@ async fn members_and_owners_of_role_assignable_groups_are_protected_like_privile
 }
 
 /// MFA failures count within a window (15 minutes): four, a quiet quarter of an hour, then
-/// another do not lock; five within it do. And a token no password and code gave (an MFA time
+/// another do not lock; five within it do, for 15 minutes. And a token no password and code gave (an MFA time
 /// without `otp`, or an MFA time in the future) is no step-up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mfa_failures_count_within_their_window_and_only_real_step_ups_count() -> anyhow::Result<()> {
@@ -635,6 +635,9 @@ async fn mfa_failures_count_within_their_window_and_only_real_step_ups_count() -
         clock.advance(Duration::from_secs(16 * 60));
         assert_eq!(wrong(4).await, [Code::Unauthenticated; 4], "a new window");
         assert_eq!(wrong(1).await, [Code::ResourceExhausted], "five within it lock");
+        assert_eq!(wrong(1).await, [Code::ResourceExhausted], "for 15 minutes");
+        clock.advance(Duration::from_secs(16 * 60));
+        assert_eq!(wrong(1).await, [Code::Unauthenticated], "and no longer");
 
         // Tokens the keystore signs but no verified code earned.
         let keys = ts.suite.identity().expect("identity runs here").keystore();
