@@ -674,3 +674,91 @@ async fn mfa_failures_count_within_their_window_and_only_real_step_ups_count() -
     ts.stop().await?;
     result
 }
+
+/// An administrator's own credential changes of anyone need the administrator's recent MFA:
+/// a refreshed session (no MFA in its token) cannot reset MFA, its own included, nor passwords
+/// nor issue passes. And an account's first authenticator ends its other sessions, so a
+/// password-only session from the enrolment window is out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credential_changes_need_the_administrators_own_recent_mfa() -> anyhow::Result<()> {
+    let clock = ManualClock::starting_now();
+    let ts = TestSuite::embedded_with_clock(Some(clock.clone()), &[]).await?;
+    let result = async {
+        let first = ts.admin_token().await?;
+        let other = ts.admin_token().await?;
+        let (authenticator, _, at, _) = enrol(&ts, &first, "").await?;
+        // The first authenticator ended the administrator's other session.
+        eventually(Duration::from_secs(10), "the other session to end", || async {
+            let outcome = DirectoryServiceClient::new(ts.channel.clone())
+                .get_user(authed(&other, ipb::GetUserRequest { user: "admin".into() }))
+                .await;
+            Ok(outcome.err().filter(|s| s.code() == Code::Unauthenticated))
+        })
+        .await?;
+
+        let held = sign_in(&ts, &ts.admin_user, &ts.admin_password).await?;
+        let fresh = verify(&ts, &held.access_token, &authenticator.generate(at + 30)).await?;
+        ts.create_user(&fresh.access_token, "ann").await?;
+        let refreshed = AuthServiceClient::new(ts.channel.clone())
+            .refresh(ipb::RefreshRequest {
+                refresh_token: fresh.refresh_token.clone(),
+            })
+            .await?
+            .into_inner()
+            .access_token;
+        let attempts = |token: String| {
+            let ts = &ts;
+            async move {
+                let mut directory = DirectoryServiceClient::new(ts.channel.clone());
+                vec![
+                    mfa(ts)
+                        .reset_mfa(authed(&token, ipb::ResetMfaRequest { user: "admin".into() }))
+                        .await
+                        .map(drop),
+                    directory
+                        .reset_password(authed(
+                            &token,
+                            ipb::ResetPasswordRequest {
+                                user: "ann".into(),
+                                new_password: "ann's new passphrase".into(),
+                            },
+                        ))
+                        .await
+                        .map(drop),
+                    mfa(ts)
+                        .create_enrollment_pass(authed(
+                            &token,
+                            ipb::CreateEnrollmentPassRequest {
+                                user: "ann".into(),
+                                ..Default::default()
+                            },
+                        ))
+                        .await
+                        .map(drop),
+                ]
+            }
+        };
+        for refused in attempts(refreshed).await {
+            let refused = refused.expect_err("a refreshed token has no recent MFA");
+            assert_eq!(violated_rules(&refused), vec!["MfaRule"], "{refused:?}");
+        }
+        DirectoryServiceClient::new(ts.channel.clone())
+            .reset_password(authed(
+                &fresh.access_token,
+                ipb::ResetPasswordRequest {
+                    user: "ann".into(),
+                    new_password: "ann's new passphrase".into(),
+                },
+            ))
+            .await?;
+        clock.advance(Duration::from_secs(11 * 60));
+        for refused in attempts(fresh.access_token.clone()).await {
+            let refused = refused.expect_err("the step-up is 11 minutes old");
+            assert_eq!(violated_rules(&refused), vec!["MfaRule"], "{refused:?}");
+        }
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    ts.stop().await?;
+    result
+}

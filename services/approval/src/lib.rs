@@ -138,7 +138,7 @@ impl EventHandler for AssignmentEvents {
             // What assignment made of a review's removal: the item says it, refusals included.
             "ReviewRemovalApplied" | "ReviewRemovalRefused" => {
                 let e: ev::ReviewEvent = decode(envelope)?;
-                let outcome = if short_type(envelope) == "ReviewRemovalApplied" {
+                let outcome = if short_type(envelope) == "ReviewRemovalApplied" && e.decision == "removed" {
                     "removed".to_owned()
                 } else {
                     e.justification.clone()

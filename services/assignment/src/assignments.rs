@@ -632,8 +632,12 @@ impl Assignments {
                 if found.is_none() {
                     tracing::warn!(assignment_id, "review removal of an unknown assignment");
                 }
-                answer.decision = "removed".into();
-                answer.justification = "the assignment had ended already".into();
+                answer.decision = "already_ended".into();
+                answer.justification = match found {
+                    Some(_) => "nothing to remove: the assignment had ended already",
+                    None => "nothing to remove: no such assignment",
+                }
+                .into();
                 return self
                     .emit(txn, "ReviewRemovalApplied", &asked.principal_id, &answer)
                     .await;

@@ -555,6 +555,15 @@ impl Directory {
         let password = credentials::random_secret();
         if let Some(user) = store::find_user(&self.db, user_name).await? {
             store::set_password(&self.db, &user.id, &credentials::hash(&password).await?).await?;
+            // Re-run (say, after an upgrade): the break-glass account may enrol MFA again.
+            if !store::mfa_methods(&self.db, &user.id)
+                .await?
+                .iter()
+                .any(|m| m.confirmed)
+            {
+                let window_end = self.clock.now_ms() + self.enrollment_window.as_millis() as i64;
+                store::open_enrollment_window(&self.db, &user.id, window_end).await?;
+            }
             return Ok((user, password));
         }
         let new = NewUser {

@@ -458,12 +458,12 @@ impl AuthService for Directory {
             .await
             .map_err(pim_runtime::grpc::internal)?;
         Ok(Response::new(pb::ListRevocationsResponse {
-            session_ids: list.sessions,
+            session_tags: list.session_tags,
             principals: list
-                .principals
+                .principal_tags
                 .into_iter()
-                .map(|(principal_id, at)| pb::RevokedPrincipal {
-                    principal_id,
+                .map(|(principal_tag, at)| pb::RevokedPrincipal {
+                    principal_tag,
                     revoked_at: Some(to_timestamp(at)),
                 })
                 .collect(),
@@ -575,7 +575,11 @@ impl MfaService for Directory {
             Some(d) if d.seconds < 0 || d.nanos < 0 => {
                 return Err(pim_runtime::grpc::invalid_argument("lifetime", "must be positive"));
             }
-            Some(d) => Some(d.seconds.saturating_mul(1000) + i64::from(d.nanos / 1_000_000)),
+            Some(d) => Some(
+                d.seconds
+                    .saturating_mul(1000)
+                    .saturating_add(i64::from(d.nanos / 1_000_000)),
+            ),
             None => None,
         };
         let uses = (r.uses != 0).then_some(r.uses);

@@ -125,6 +125,11 @@ impl Service for Identity {
                         if let Err(err) = store::prune_sign_in_failures(&db, ended).await {
                             tracing::warn!(error = %err, "pruning failed sign-in counts failed");
                         }
+                        // Sessions and revocations older than any token can live.
+                        let lifetime = pim_runtime::auth::REMEMBER_MS;
+                        if let Err(err) = store::prune_sessions(&db, clock.now_ms() - lifetime).await {
+                            tracing::warn!(error = %err, "pruning ended sessions failed");
+                        }
                     }
                     _ = stop.changed() => return,
                 }

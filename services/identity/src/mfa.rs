@@ -189,18 +189,24 @@ impl Directory {
             last_step: 0,
             created_at: now_ms(),
         };
+        // A pass is a credential: guessing one counts like a wrong code.
+        let attempt = match has_method || pass.is_empty() {
+            true => None,
+            false => Some(self.take_attempt(caller).await?),
+        };
         let txn = self.db.begin().await?;
-        if !has_method && !pass.is_empty() {
+        if let Some(attempt) = attempt {
             // One statement takes a use of the pass: two racing enrolments cannot share one.
             let Some((pass_id, expires_at, uses_left)) =
                 store::use_enrollment_pass(&txn, &caller.principal_id, &recovery_hash(pass), now).await?
             else {
                 txn.rollback().await?;
-                return Err(match self.failed(caller, "enrollment_pass").await {
+                return Err(match self.failed(caller, "enrollment_pass", attempt).await {
                     Error::BadCode => Error::BadPass,
                     other => other,
                 });
             };
+            store::clear_mfa_failures(&txn, &caller.principal_id).await?;
             let event = ev::EnrollmentPassEvent {
                 actor: Some(caller.actor()),
                 user_id: caller.principal_id.clone(),
@@ -228,7 +234,7 @@ impl Directory {
         client: &ClientInfo,
     ) -> Result<Session> {
         let caller = self.user_caller(caller)?;
-        self.check_not_locked(caller).await?;
+        let attempt = self.take_attempt(caller).await?;
         let user = self.signed_in_user(caller).await?;
         let methods = store::mfa_methods(&self.db, &caller.principal_id).await?;
         let method = methods
@@ -236,16 +242,32 @@ impl Directory {
             .find(|m| m.id == method_id && !m.confirmed)
             .ok_or_else(|| Error::NotFound(format!("pending TOTP enrolment {method_id}")))?;
         let seed = self.sealer.open(&method.secret, &method.id)?;
-        let step = matching_step(&totp(seed, &caller.name)?, code.trim(), (now_ms() / 1000) as u64);
-        match step {
-            Some(step) if store::use_step(&self.db, &method.id, step, true).await? => {
-                store::clear_mfa_failures(&self.db, &caller.principal_id).await?;
-                let event = Self::mfa_fact(caller, &caller.principal_id, "totp", &method.id, "");
-                self.stepped_up(caller, &user, "MfaEnrolled", &event, None, client)
-                    .await
-            }
-            _ => Err(self.failed(caller, "totp").await),
+        let Some(step) = matching_step(&totp(seed, &caller.name)?, code.trim(), (now_ms() / 1000) as u64) else {
+            return Err(self.failed(caller, "totp", attempt).await);
+        };
+        // The user's enrolments take turns (a row lock): whether this is the first method is
+        // decided with no other confirmation in flight, so a second method never slips in
+        // without a recent MFA while the first is being confirmed.
+        let txn = self.db.begin().await?;
+        store::lock_user(&txn, &user.id).await?;
+        let first = !store::mfa_methods(&txn, &user.id).await?.iter().any(|m| m.confirmed);
+        if !first && let Err(err) = self.require_recent_mfa(caller, "adding an MFA method") {
+            txn.rollback().await?;
+            return Err(err);
         }
+        if !store::use_step(&txn, &method.id, step, true).await? {
+            txn.rollback().await?;
+            return Err(self.failed(caller, "totp", attempt).await);
+        }
+        store::clear_mfa_failures(&txn, &user.id).await?;
+        if first {
+            // Whoever else was signed in with the password alone (say, within the enrolment
+            // window) is out: from now on the account has a second factor.
+            self.revoke_other_sessions(&txn, caller, "mfa_enrolled").await?;
+        }
+        let event = Self::mfa_fact(caller, &user.id, "totp", &method.id, "");
+        self.stepped_up(txn, caller, &user, "MfaEnrolled", &event, None, client)
+            .await
     }
 
     async fn signed_in_user(&self, caller: &Caller) -> Result<UserRow> {
@@ -267,36 +289,49 @@ impl Directory {
         Ok(())
     }
 
-    /// Counts a failure (locking out after a burst) and returns the error to answer with.
-    async fn failed(&self, caller: &Caller, method: &str) -> Error {
+    /// Takes one attempt at a code (or a pass), counted before it is checked and in one
+    /// statement, so parallel guesses cannot outrun the lockout: a locked user, or an attempt
+    /// past the limit, is refused without looking at the code. A right answer clears the count.
+    async fn take_attempt(&self, caller: &Caller) -> Result<i32> {
         let now = self.clock.now_ms();
+        let (attempts, locked_until) =
+            store::count_mfa_attempt(&self.db, &caller.principal_id, now, now - FAILURE_WINDOW_MS).await?;
+        if let Some(until) = locked_until.filter(|until| *until > now) {
+            return Err(Error::Locked(format!(
+                "too many failed codes: multi-factor authentication is locked for {} more minutes",
+                (until - now) / 60_000 + 1
+            )));
+        }
+        if attempts > MAX_FAILURES {
+            return Err(Error::Locked(
+                "too many failed codes: multi-factor authentication is locked for 15 minutes".into(),
+            ));
+        }
+        Ok(attempts)
+    }
+
+    /// A wrong answer on attempt `attempt`: audited, and the one that reaches the limit locks
+    /// MFA. Returns the error to answer with.
+    async fn failed(&self, caller: &Caller, method: &str, attempt: i32) -> Error {
+        let now = self.clock.now_ms();
+        let locked = attempt >= MAX_FAILURES;
         let outcome = async {
-            let (failures, window_start) = match store::mfa_failures(&self.db, &caller.principal_id).await? {
-                Some((n, start, _)) if now - start < FAILURE_WINDOW_MS => (n + 1, start),
-                _ => (1, now),
-            };
-            let locked = failures >= MAX_FAILURES;
-            store::set_mfa_failures(
-                &self.db,
-                &caller.principal_id,
-                failures,
-                window_start,
-                locked.then_some(now + LOCKOUT_MS),
-            )
-            .await?;
+            if locked {
+                store::lock_mfa(&self.db, &caller.principal_id, now + LOCKOUT_MS).await?;
+            }
             self.mfa_event("MfaFailed", caller, method, "bad_code").await?;
             if locked {
                 self.mfa_event("MfaLockedOut", caller, method, "too_many_failures")
                     .await?;
             }
-            Ok::<bool, Error>(locked)
+            Ok::<(), Error>(())
         }
         .await;
         match outcome {
-            Ok(true) => {
+            Ok(()) if locked => {
                 Error::Locked("too many failed codes: multi-factor authentication is locked for 15 minutes".into())
             }
-            Ok(false) => Error::BadCode,
+            Ok(()) => Error::BadCode,
             Err(err) => err,
         }
     }
@@ -309,7 +344,6 @@ impl Directory {
         if code.is_empty() || code.len() > 32 {
             return Err(Error::invalid("code", "a 6-digit code or a recovery code"));
         }
-        self.check_not_locked(caller).await?;
         let user = self.signed_in_user(caller).await?;
         let methods = self.confirmed_methods(&user.id).await?;
         if methods.is_empty() {
@@ -317,6 +351,7 @@ impl Directory {
                 "no MFA method is enrolled: run pim mfa enroll".into(),
             ));
         }
+        let attempt = self.take_attempt(caller).await?;
         if looks_like_totp(code) {
             let now_secs = (now_ms() / 1000) as u64;
             for method in &methods {
@@ -325,32 +360,37 @@ impl Directory {
                 if let Some(step) = matching_step(&totp(seed, &user.user_name)?, code, now_secs)
                     && store::use_step(&self.db, &method.id, step, false).await?
                 {
-                    store::clear_mfa_failures(&self.db, &user.id).await?;
+                    let txn = self.db.begin().await?;
+                    store::clear_mfa_failures(&txn, &user.id).await?;
                     let event = Self::mfa_fact(caller, &user.id, "totp", &method.id, "");
                     return self
-                        .stepped_up(caller, &user, "MfaVerified", &event, None, client)
+                        .stepped_up(txn, caller, &user, "MfaVerified", &event, None, client)
                         .await;
                 }
             }
-            return Err(self.failed(caller, "totp").await);
+            return Err(self.failed(caller, "totp", attempt).await);
         }
         if !store::use_recovery_code(&self.db, &user.id, &recovery_hash(code), now_ms()).await? {
-            return Err(self.failed(caller, "recovery_code").await);
+            return Err(self.failed(caller, "recovery_code", attempt).await);
         }
-        store::clear_mfa_failures(&self.db, &user.id).await?;
         // A recovery code is an emergency: its own event (audit, an alert), and the answer
         // tells the user how many are left.
         let (left, _) = store::recovery_codes_state(&self.db, &user.id).await?;
         let left = i32::try_from(left).unwrap_or(i32::MAX);
         let event = Self::mfa_fact(caller, &user.id, "recovery_code", "", &format!("{left} left"));
-        self.stepped_up(caller, &user, "RecoveryCodeUsed", &event, Some(left), client)
+        let txn = self.db.begin().await?;
+        store::clear_mfa_failures(&txn, &user.id).await?;
+        self.stepped_up(txn, caller, &user, "RecoveryCodeUsed", &event, Some(left), client)
             .await
     }
 
-    /// A token with a fresh MFA for the caller's session, committed with the event that says
-    /// why; a sign-in waiting for MFA is completed (its refresh token, `SignInSucceeded`).
+    /// A token with a fresh MFA for the caller's session, committed in `txn` with the event
+    /// that says why; a sign-in waiting for MFA is completed (its refresh token,
+    /// `SignInSucceeded`).
+    #[allow(clippy::too_many_arguments)]
     async fn stepped_up(
         &self,
+        txn: sea_orm::DatabaseTransaction,
         caller: &Caller,
         user: &UserRow,
         event_type: &str,
@@ -372,7 +412,6 @@ impl Directory {
             pending: None,
         };
         let issued = self.keys.issue(&subject, self.token_ttl)?;
-        let txn = self.db.begin().await?;
         self.emit(&txn, event_type, &user.id, event).await?;
         let mut refresh_token = String::new();
         if caller.pending.is_some() {

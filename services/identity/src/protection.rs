@@ -139,6 +139,16 @@ impl Directory {
     /// Refuses unless the caller may manage `user`'s credentials (and sign-in, and profile).
     pub async fn require_credential_admin(&self, caller: &Caller, user: &UserRow) -> Result<()> {
         require(self.access.as_ref(), caller, permissions::CREDENTIALS_RESET, "/").await?;
+        // Changing credentials is managing MFA too: an administrator who has a method uses
+        // it, so their password alone (or a refreshed session) cannot reset anyone's MFA,
+        // their own included, and enrol an authenticator of the attacker's.
+        if store::mfa_methods(&self.db, &caller.principal_id)
+            .await?
+            .iter()
+            .any(|m| m.confirmed)
+        {
+            self.require_recent_mfa(caller, "changing a user's credentials")?;
+        }
         if let Some(reason) = self.protected_because(caller, user).await? {
             require(self.access.as_ref(), caller, permissions::PRIVILEGED_CREDENTIALS_RESET, "/").await.map_err(|_| {
                 Error::Denied(tonic::Status::permission_denied(format!(

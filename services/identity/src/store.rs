@@ -129,8 +129,9 @@ impl MigratorTrait for Migrator {
                 "CREATE TABLE revoked_principals (
                     principal_id TEXT PRIMARY KEY,
                     revoked_at BIGINT NOT NULL
-                )"
-                .to_owned()
+                );
+                CREATE INDEX sessions_revoked ON sessions (revoked_at)"
+                    .to_owned()
             }),
         ]
     }
@@ -506,23 +507,6 @@ pub async fn mfa_failures<C: ConnectionTrait>(c: &C, user_id: &str) -> Result<Op
     .await?;
     row.map(|r| Ok((col(&r, "failures")?, col(&r, "window_start")?, col(&r, "locked_until")?)))
         .transpose()
-}
-
-pub async fn set_mfa_failures<C: ConnectionTrait>(
-    c: &C,
-    user_id: &str,
-    failures: i32,
-    window_start: i64,
-    locked_until: Option<i64>,
-) -> Result<(), DbErr> {
-    db::exec(
-        c,
-        "INSERT INTO mfa_failures (user_id, failures, window_start, locked_until) VALUES ($1, $2, $3, $4) \
-         ON CONFLICT (user_id) DO UPDATE SET failures = excluded.failures, window_start = excluded.window_start, locked_until = excluded.locked_until",
-        vec![user_id.into(), failures.into(), window_start.into(), locked_until.into()],
-    )
-    .await
-    .map(drop)
 }
 
 pub async fn clear_mfa_failures<C: ConnectionTrait>(c: &C, user_id: &str) -> Result<(), DbErr> {
@@ -1074,4 +1058,66 @@ pub async fn revocations_since<C: ConnectionTrait>(
     .map(|r| Ok((col(r, "principal_id")?, col(r, "revoked_at")?)))
     .collect::<Result<_, DbErr>>()?;
     Ok((sessions, principals))
+}
+
+/// Counts an MFA attempt before its code is checked, in one statement: a window that ended
+/// before `window_after` starts again. Returns the attempts in the window and the lockout end.
+pub async fn count_mfa_attempt<C: ConnectionTrait>(
+    c: &C,
+    user_id: &str,
+    now: i64,
+    window_after: i64,
+) -> Result<(i32, Option<i64>), DbErr> {
+    let row = db::query_one(
+        c,
+        "INSERT INTO mfa_failures (user_id, failures, window_start, locked_until) VALUES ($1, 1, $2, NULL) \
+         ON CONFLICT (user_id) DO UPDATE SET \
+         failures = CASE WHEN mfa_failures.window_start > $3 THEN mfa_failures.failures + 1 ELSE 1 END, \
+         window_start = CASE WHEN mfa_failures.window_start > $4 THEN mfa_failures.window_start ELSE excluded.window_start END \
+         RETURNING failures, locked_until",
+        vec![user_id.into(), now.into(), window_after.into(), window_after.into()],
+    )
+    .await?
+    .ok_or_else(|| DbErr::RecordNotFound("mfa_failures".into()))?;
+    Ok((col(&row, "failures")?, col(&row, "locked_until")?))
+}
+
+/// Locks a user's MFA until `until`.
+pub async fn lock_mfa<C: ConnectionTrait>(c: &C, user_id: &str, until: i64) -> Result<(), DbErr> {
+    db::exec(
+        c,
+        "UPDATE mfa_failures SET locked_until = $1 WHERE user_id = $2",
+        vec![until.into(), user_id.into()],
+    )
+    .await
+    .map(drop)
+}
+
+/// Takes the user's row lock for the transaction (PostgreSQL: the row; SQLite: the write
+/// lock), so changes to one user's MFA methods take turns.
+pub async fn lock_user<C: ConnectionTrait>(c: &C, user_id: &str) -> Result<(), DbErr> {
+    db::exec(
+        c,
+        "UPDATE users SET mfa_enroll_until = mfa_enroll_until WHERE id = $1",
+        vec![user_id.into()],
+    )
+    .await
+    .map(drop)
+}
+
+/// Forgets sessions that ended (expired or revoked) before `before`: no token of theirs lives.
+pub async fn prune_sessions<C: ConnectionTrait>(c: &C, before: i64) -> Result<(), DbErr> {
+    db::exec(
+        c,
+        "DELETE FROM sessions WHERE expires_at < $1 OR revoked_at < $2",
+        vec![before.into(), before.into()],
+    )
+    .await?;
+    db::exec(
+        c,
+        "DELETE FROM revoked_principals WHERE revoked_at < $1",
+        vec![before.into()],
+    )
+    .await
+    .map(drop)
 }

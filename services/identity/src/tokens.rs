@@ -13,7 +13,9 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 
 use pim_proto::common::v1::PrincipalKind;
 use pim_proto::identity::v1 as pb;
-use pim_runtime::auth::{AUDIENCE, Claims, ISSUER, KeySource, PENDING_AUDIENCE, Pending, RevocationList, kind_claim};
+use pim_runtime::auth::{
+    AUDIENCE, Claims, ISSUER, KeySource, PENDING_AUDIENCE, Pending, RevocationList, kind_claim, revocation_tag,
+};
 use pim_runtime::db::{Db, now_ms, to_timestamp};
 use sea_orm::TransactionTrait;
 
@@ -189,6 +191,12 @@ impl KeySource for Keystore {
         let (sessions, principals) = store::revocations_since(&self.db, since_ms)
             .await
             .context("loading revocations")?;
-        Ok(RevocationList { sessions, principals })
+        Ok(RevocationList {
+            session_tags: sessions.iter().map(|id| revocation_tag(id)).collect(),
+            principal_tags: principals
+                .into_iter()
+                .map(|(id, at)| (revocation_tag(&id), at))
+                .collect(),
+        })
     }
 }

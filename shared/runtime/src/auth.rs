@@ -69,7 +69,7 @@ impl Pending {
                 "sign-in is not complete: verify a code from your authenticator first (MfaService.Verify; pim login asks for it)"
             }
             Pending::Enrollment => {
-                "sign-in is not complete: this directory requires MFA, enrol an authenticator first (pim mfa enroll --pass, with an enrolment pass from an administrator)"
+                "sign-in is not complete: this directory requires MFA, enrol an authenticator first (pim mfa enroll; once a new account's enrolment window has closed, with --pass and an enrolment pass from an administrator)"
             }
         }
     }
@@ -163,12 +163,24 @@ pub fn caller<T>(request: &Request<T>) -> Result<&Caller, Status> {
         .ok_or_else(|| Status::unauthenticated("sign in first: no access token"))
 }
 
-/// Sessions and principals whose unexpired tokens are refused, as identity keeps them.
+/// Sessions and principals whose unexpired tokens are refused, as identity publishes them:
+/// by [`revocation_tag`] of their ids, never the ids themselves.
 #[derive(Clone, Debug, Default)]
 pub struct RevocationList {
-    pub sessions: Vec<String>,
-    /// (principal id, tokens issued up to this instant in ms are refused)
-    pub principals: Vec<(String, i64)>,
+    pub session_tags: Vec<String>,
+    /// (principal tag, tokens issued up to this instant in ms are refused)
+    pub principal_tags: Vec<(String, i64)>,
+}
+
+/// The tag a revoked session or principal id is published under (SHA-256, hex): a verifier
+/// can match a token against it, a reader of the list learns no id.
+pub fn revocation_tag(id: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::new()
+        .chain_update(b"pim.revocation\0")
+        .chain_update(id.as_bytes())
+        .finalize();
+    digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Where verification keys and revocations come from: identity in-process, or its
@@ -214,13 +226,13 @@ impl KeySource for RemoteKeys {
             .await?
             .into_inner();
         Ok(RevocationList {
-            sessions: response.session_ids,
-            principals: response
+            session_tags: response.session_tags,
+            principal_tags: response
                 .principals
                 .into_iter()
                 .map(|p| {
                     let at = p.revoked_at.as_ref().map(crate::db::from_timestamp).unwrap_or(i64::MAX);
-                    (p.principal_id, at)
+                    (p.principal_tag, at)
                 })
                 .collect(),
         })
@@ -260,6 +272,9 @@ pub struct Revocations {
     sessions: RwLock<HashMap<String, i64>>,
     /// principal id → tokens issued up to this instant (ms) are refused
     principals: RwLock<HashMap<String, i64>>,
+    /// Loaded at start from identity's list, by tag: session tags, and principal tag → instant.
+    loaded_sessions: RwLock<HashSet<String>>,
+    loaded_principals: RwLock<HashMap<String, i64>>,
 }
 
 /// Longest a revoked session is remembered: no access token lives longer.
@@ -282,17 +297,35 @@ impl Revocations {
 
     /// Takes in the revocations identity keeps (at start, before serving).
     pub fn load(&self, list: RevocationList) {
-        for session in &list.sessions {
-            self.revoke_session(session);
-        }
-        for (principal, at) in list.principals {
-            let mut principals = self.principals.write().unwrap_or_else(|e| e.into_inner());
-            let at = principals.get(&principal).map_or(at, |known| (*known).max(at));
-            principals.insert(principal, at);
+        self.loaded_sessions
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(list.session_tags);
+        let mut principals = self.loaded_principals.write().unwrap_or_else(|e| e.into_inner());
+        for (tag, at) in list.principal_tags {
+            let at = principals.get(&tag).map_or(at, |known| (*known).max(at));
+            principals.insert(tag, at);
         }
     }
 
+    /// Whether the list loaded at start revokes the caller's token (tags are computed only
+    /// when something was loaded).
+    fn loaded_revokes(&self, caller: &Caller) -> bool {
+        let sessions = self.loaded_sessions.read().unwrap_or_else(|e| e.into_inner());
+        if !sessions.is_empty() && sessions.contains(&revocation_tag(&caller.session_id)) {
+            return true;
+        }
+        let principals = self.loaded_principals.read().unwrap_or_else(|e| e.into_inner());
+        !principals.is_empty()
+            && principals
+                .get(&revocation_tag(&caller.principal_id))
+                .is_some_and(|at| caller.issued_at * 1000 <= *at)
+    }
+
     pub fn is_revoked(&self, caller: &Caller) -> bool {
+        if self.loaded_revokes(caller) {
+            return true;
+        }
         if self
             .sessions
             .read()
@@ -670,8 +703,8 @@ mod tests {
 
         async fn revocations(&self, _since_ms: i64) -> anyhow::Result<RevocationList> {
             Ok(RevocationList {
-                sessions: vec!["signed-out".into()],
-                principals: vec![],
+                session_tags: vec![revocation_tag("signed-out")],
+                principal_tags: vec![],
             })
         }
     }
@@ -755,8 +788,8 @@ mod tests {
     fn loaded_revocations_refuse_their_sessions_and_principals() {
         let r = Revocations::default();
         r.load(RevocationList {
-            sessions: vec!["s1".into()],
-            principals: vec![("p2".into(), 5_000)],
+            session_tags: vec![revocation_tag("s1")],
+            principal_tags: vec![(revocation_tag("p2"), 5_000)],
         });
         let caller = |principal: &str, session: &str, issued_at: i64| Caller {
             principal_id: principal.into(),
