@@ -809,6 +809,14 @@ mod tests {
             "issued before the principal's revocation"
         );
         assert!(!r.is_revoked(&caller("p2", "s3", 6)), "issued after it");
+
+        // The same from identity's events: a principal's revocation refuses the tokens issued
+        // up to it, not the ones issued after (a re-enabled user signing in again).
+        r.revoke_principal("p3", 7_000);
+        assert!(r.is_revoked(&caller("p3", "s4", 7)));
+        assert!(!r.is_revoked(&caller("p3", "s4", 8)));
+        r.revoke_session("s5");
+        assert!(r.is_revoked(&caller("p4", "s5", 8)));
     }
 
     #[tokio::test]
