@@ -699,6 +699,28 @@ async fn credential_changes_need_the_administrators_own_recent_mfa() -> anyhow::
         let held = sign_in(&ts, &ts.admin_user, &ts.admin_password).await?;
         let fresh = verify(&ts, &held.access_token, &authenticator.generate(at + 30)).await?;
         ts.create_user(&fresh.access_token, "ann").await?;
+
+        // The break-glass password was used: alerted, whether or not a code followed.
+        let held_event = eventually(Duration::from_secs(10), "the held sign-in audited", || async {
+            let query = aupb::QueryEventsRequest {
+                action: "pim.identity.v1.SignInMfaPending".into(),
+                ..Default::default()
+            };
+            Ok(ts.audit_records(&fresh.access_token, query).await?.into_iter().next())
+        })
+        .await?;
+        eventually(Duration::from_secs(10), "the break-glass alert", || async {
+            let alerts = AlertServiceClient::new(ts.channel.clone())
+                .list_alerts(authed(&fresh.access_token, alpb::ListAlertsRequest::default()))
+                .await?
+                .into_inner()
+                .alerts;
+            Ok(alerts
+                .iter()
+                .any(|a| a.rule_id == "break_glass_used" && a.evidence_event_ids.contains(&held_event.event_id))
+                .then_some(()))
+        })
+        .await?;
         let refreshed = AuthServiceClient::new(ts.channel.clone())
             .refresh(ipb::RefreshRequest {
                 refresh_token: fresh.refresh_token.clone(),

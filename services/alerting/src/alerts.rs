@@ -323,6 +323,16 @@ impl Alerts {
     pub async fn evaluate(&self, txn: &DatabaseTransaction, e: &Envelope) -> anyhow::Result<()> {
         let at = event_time(e);
         match short_type(e) {
+            "SignInMfaPending" | "SignInEnrollmentPending" => {
+                // The break-glass password was used, whether or not a code follows.
+                let s: ev::SignInSucceeded = decode(e)?;
+                if let Some(actor) = s.actor
+                    && store::is_break_glass(txn, &actor.principal_id).await?
+                {
+                    self.break_glass_used(txn, &actor.principal_id, &actor.display_name, &e.id)
+                        .await?;
+                }
+            }
             "SignInSucceeded" => {
                 let s: ev::SignInSucceeded = decode(e)?;
                 let Some(actor) = s.actor else {

@@ -95,6 +95,8 @@ impl EventHandler for Detect {
         matches!(
             event_type,
             "SignInSucceeded"
+                | "SignInMfaPending"
+                | "SignInEnrollmentPending"
                 | "MfaFailed"
                 | "MfaLockedOut"
                 | "RecoveryCodeUsed"
