@@ -784,3 +784,32 @@ async fn credential_changes_need_the_administrators_own_recent_mfa() -> anyhow::
     ts.stop().await?;
     result
 }
+
+/// A sign-in lockout lasts its window (15 minutes), then the right password works again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sign_in_lockout_ends_with_its_window() -> anyhow::Result<()> {
+    let clock = ManualClock::starting_now();
+    let ts = TestSuite::embedded_with_clock(Some(clock.clone()), &[]).await?;
+    let result = async {
+        let admin = ts.admin_token().await?;
+        ts.create_user(&admin, "bruce").await?;
+        for _ in 0..10 {
+            let refused = ts.sign_in("bruce", "a guessed passphrase").await.expect_err("wrong");
+            assert_eq!(refused.code(), Code::Unauthenticated);
+        }
+        let locked = ts.sign_in("bruce", &password_of("bruce")).await.expect_err("locked");
+        assert_eq!(locked.code(), Code::ResourceExhausted);
+        clock.advance(Duration::from_secs(14 * 60));
+        let still = ts
+            .sign_in("bruce", &password_of("bruce"))
+            .await
+            .expect_err("still locked");
+        assert_eq!(still.code(), Code::ResourceExhausted);
+        clock.advance(Duration::from_secs(2 * 60));
+        ts.sign_in("bruce", &password_of("bruce")).await?;
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    ts.stop().await?;
+    result
+}

@@ -78,7 +78,7 @@ fn minutes_left(limits: &[(&str, i64)], counts: &[(String, i64, i64)], now: i64)
         .filter_map(|(key, limit)| {
             counts
                 .iter()
-                .find(|(k, n, _)| k == key && n >= limit)
+                .find(|(k, n, start)| k == key && n >= limit && start + WINDOW_MS > now)
                 .map(|(_, _, start)| start + WINDOW_MS - now)
         })
         .max()
@@ -97,6 +97,7 @@ mod tests {
         assert_eq!(minutes_left(&limits, &counts(3), 1), Some(15), "at the limit");
         assert_eq!(minutes_left(&limits, &counts(3), WINDOW_MS - 60_000), Some(2));
         assert_eq!(minutes_left(&limits, &[], 1), None);
+        assert_eq!(minutes_left(&limits, &counts(3), WINDOW_MS), None, "the window passed");
         let by_source = vec![("ip:a".to_owned(), 100, 0)];
         assert_eq!(minutes_left(&limits, &by_source, 1), Some(15), "the source's limit");
     }
