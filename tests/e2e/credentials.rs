@@ -638,6 +638,17 @@ async fn mfa_failures_count_within_their_window_and_only_real_step_ups_count() -
         assert_eq!(wrong(1).await, [Code::ResourceExhausted], "for 15 minutes");
         clock.advance(Duration::from_secs(16 * 60));
         assert_eq!(wrong(1).await, [Code::Unauthenticated], "and no longer");
+        // A lockout lasts 15 minutes from when it began, even past the window of the
+        // failures that caused it.
+        clock.advance(Duration::from_secs(10 * 60));
+        let codes = wrong(4).await;
+        assert_eq!(codes[3], Code::ResourceExhausted, "{codes:?}");
+        clock.advance(Duration::from_secs(6 * 60));
+        assert_eq!(
+            wrong(1).await,
+            [Code::ResourceExhausted],
+            "locked until 15 minutes after it began"
+        );
 
         // Tokens the keystore signs but no verified code earned.
         let keys = ts.suite.identity().expect("identity runs here").keystore();
