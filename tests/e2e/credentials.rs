@@ -618,7 +618,7 @@ async fn mfa_failures_count_within_their_window_and_only_real_step_ups_count() -
         let admin = ts.admin_token().await?;
         let lee = ts.create_user(&admin, "lee").await?;
         let token = ts.sign_in("lee", &password_of("lee")).await?;
-        enrol(&ts, &token, "").await?;
+        let (authenticator, _, at, _) = enrol(&ts, &token, "").await?;
         let wrong = |n: usize| {
             let token = token.clone();
             let ts = &ts;
@@ -631,6 +631,9 @@ async fn mfa_failures_count_within_their_window_and_only_real_step_ups_count() -
                 codes
             }
         };
+        assert_eq!(wrong(4).await, [Code::Unauthenticated; 4]);
+        // Four wrong codes lock nothing yet: the right one still works, and clears the count.
+        verify(&ts, &token, &authenticator.generate(at + 30)).await?;
         assert_eq!(wrong(4).await, [Code::Unauthenticated; 4]);
         clock.advance(Duration::from_secs(16 * 60));
         assert_eq!(wrong(4).await, [Code::Unauthenticated; 4], "a new window");
