@@ -551,6 +551,43 @@ mod tests {
     }
 
     #[test]
+    fn an_activation_may_name_its_end_needs_a_whole_ticket_and_no_mfa_from_the_future() {
+        let now = 10_000_000_000;
+        let ask = ActivationAsk {
+            end: Some(now + 3_600_000),
+            justification: "incident 42".into(),
+            ticket_system: "ServiceNow".into(),
+            ..Default::default()
+        };
+        let p = Policy::default();
+        assert_eq!(
+            p.check_activation(&ask, fresh_mfa(now), None, now).unwrap(),
+            Schedule {
+                start: now,
+                end: Some(now + 3_600_000)
+            },
+            "it lasts until the end asked for"
+        );
+        let ticketed = Policy {
+            activation_requires_ticket: true,
+            ..Policy::default()
+        };
+        let kinds = |r: std::result::Result<Schedule, Vec<RuleViolation>>| {
+            r.unwrap_err().into_iter().map(|v| v.kind).collect::<Vec<_>>()
+        };
+        assert_eq!(
+            kinds(ticketed.check_activation(&ask, fresh_mfa(now), None, now)),
+            vec!["TicketingRule"],
+            "a system without a number is no ticket"
+        );
+        let ahead = MfaState {
+            has_otp: true,
+            mfa_at: Some(now + 3_600_000),
+        };
+        assert_eq!(kinds(p.check_activation(&ask, ahead, None, now)), vec!["MfaRule"]);
+    }
+
+    #[test]
     fn activation_needs_fresh_mfa_and_a_justification() {
         let p = Policy::default();
         let now = 10_000_000_000;
