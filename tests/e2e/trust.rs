@@ -21,16 +21,18 @@ fn entry(id: &str) -> (u64, u64) {
     (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
 }
 
+/// "Is `principal` Global Administrator at `/`?" (empty: the caller).
+fn global_admin_check(principal: &str) -> apb::CheckAccessRequest {
+    apb::CheckAccessRequest {
+        principal_id: principal.into(),
+        target: Some(apb::check_access_request::Target::RoleId(GLOBAL_ADMINISTRATOR.into())),
+        scope: "/".into(),
+    }
+}
+
 async fn is_global_admin(ts: &TestSuite, admin: &str, principal: &str) -> anyhow::Result<bool> {
     Ok(AccessServiceClient::new(ts.channel.clone())
-        .check_access(authed(
-            admin,
-            apb::CheckAccessRequest {
-                principal_id: principal.into(),
-                target: Some(apb::check_access_request::Target::RoleId(GLOBAL_ADMINISTRATOR.into())),
-                scope: "/".into(),
-            },
-        ))
+        .check_access(authed(admin, global_admin_check(principal)))
         .await?
         .into_inner()
         .allowed)
@@ -53,14 +55,7 @@ async fn events_written_to_redis_by_hand_neither_grant_nor_end_access() -> anyho
             .into_inner()
             .id;
         let break_glass = AccessServiceClient::new(ts.channel.clone())
-            .check_access(authed(
-                &admin,
-                apb::CheckAccessRequest {
-                    principal_id: admin_id.clone(),
-                    target: Some(apb::check_access_request::Target::RoleId(GLOBAL_ADMINISTRATOR.into())),
-                    scope: "/".into(),
-                },
-            ))
+            .check_access(authed(&admin, global_admin_check(&admin_id)))
             .await?
             .into_inner()
             .assignment_ids
@@ -234,14 +229,7 @@ async fn revoked_tokens_stay_refused_after_restarts() -> anyhow::Result<()> {
             let channel = ts.channel.clone();
             async move {
                 AccessServiceClient::new(channel)
-                    .check_access(authed(
-                        &token,
-                        apb::CheckAccessRequest {
-                            principal_id: String::new(),
-                            target: Some(apb::check_access_request::Target::RoleId(GLOBAL_ADMINISTRATOR.into())),
-                            scope: "/".into(),
-                        },
-                    ))
+                    .check_access(authed(&token, global_admin_check("")))
                     .await
                     .err()
                     .map(|s| s.code())
@@ -288,14 +276,7 @@ async fn revoked_tokens_stay_refused_after_restarts() -> anyhow::Result<()> {
             let mut outcomes = Vec::new();
             for token in [&signed_out, &disabled] {
                 let outcome = AccessServiceClient::new(channel.clone())
-                    .check_access(authed(
-                        token,
-                        apb::CheckAccessRequest {
-                            principal_id: String::new(),
-                            target: Some(apb::check_access_request::Target::RoleId(GLOBAL_ADMINISTRATOR.into())),
-                            scope: "/".into(),
-                        },
-                    ))
+                    .check_access(authed(token, global_admin_check("")))
                     .await;
                 outcomes.push(outcome.err().map(|s| s.code()));
             }

@@ -323,10 +323,8 @@ impl Policy {
     ) -> std::result::Result<Schedule, Vec<RuleViolation>> {
         let mut violations = Vec::new();
         if self.activation_requires_mfa {
-            let fresh = mfa.has_otp
-                && mfa
-                    .mfa_at
-                    .is_some_and(|at| now - at <= self.mfa_freshness.as_millis() as i64 && at <= now + 60_000);
+            let fresh =
+                pim_runtime::auth::mfa_is_fresh(mfa.has_otp, mfa.mfa_at, now, self.mfa_freshness.as_millis() as i64);
             if !fresh {
                 violations.push(violation(
                     "MfaRule",

@@ -144,10 +144,13 @@ impl Directory {
     /// Refuses (FAILED_PRECONDITION with `MfaRule`) unless the caller's token carries an MFA
     /// within the step-up window: what a password alone must not be able to do.
     pub(crate) fn require_recent_mfa(&self, caller: &Caller, what: &str) -> Result<()> {
-        let now = self.clock.now_ms() / 1000;
         let window = self.step_up.as_secs() as i64;
-        let fresh = caller.amr.iter().any(|m| m == "otp")
-            && caller.mfa_at.is_some_and(|at| now - at <= window && at <= now + 60);
+        let fresh = pim_runtime::auth::mfa_is_fresh(
+            caller.amr.iter().any(|m| m == "otp"),
+            caller.mfa_at.map(|at| at.saturating_mul(1000)),
+            self.clock.now_ms(),
+            window.saturating_mul(1000),
+        );
         if fresh {
             return Ok(());
         }

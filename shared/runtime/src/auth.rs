@@ -155,6 +155,16 @@ pub fn kind_from_claim(claim: &str) -> PrincipalKind {
     }
 }
 
+/// How far ahead of the clock an MFA time may be (clock skew between hosts).
+const MFA_SKEW_MS: i64 = 60_000;
+
+/// Whether an MFA counts as recent: a second factor (`has_otp`) verified at `mfa_at_ms`, no
+/// longer than `window_ms` before `now_ms` and not more than a minute's skew after it. The one
+/// rule behind activation's `MfaRule` and identity's step-up for managing credentials.
+pub fn mfa_is_fresh(has_otp: bool, mfa_at_ms: Option<i64>, now_ms: i64, window_ms: i64) -> bool {
+    has_otp && mfa_at_ms.is_some_and(|at| now_ms - at <= window_ms && at <= now_ms + MFA_SKEW_MS)
+}
+
 /// The caller a request was authenticated as.
 pub fn caller<T>(request: &Request<T>) -> Result<&Caller, Status> {
     request
