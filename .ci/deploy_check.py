@@ -67,6 +67,12 @@ def k8s_problems(docs: list[dict]) -> list[str]:
                     problems.append(f"{name}: no gRPC {probe}")
             if not container.get("resources", {}).get("requests"):
                 problems.append(f"{name}: no resource requests")
+            env = {e.get("name"): e for e in container.get("env", [])}
+            signing = env.get("PIM_EVENT_SIGNING_KEYS", {}).get("valueFrom", {}).get("secretKeyRef", {})
+            if signing.get("key") != service:
+                problems.append(f"{name}: no event signing key of its own (PIM_EVENT_SIGNING_KEYS from key {service})")
+            if "PIM_EVENT_VERIFYING_KEYS" not in env:
+                problems.append(f"{name}: no PIM_EVENT_VERIFYING_KEYS")
         if name not in by_kind.get("Service", {}):
             problems.append(f"no Service {name}")
         if name not in by_kind.get("PodDisruptionBudget", {}):
@@ -99,6 +105,11 @@ def compose_problems(compose: dict, envoy: dict, collector: dict, init_sql: str)
         elif f"CREATE DATABASE {database};" not in init_sql:
             problems.append(f"compose: {database} is not created by postgres-init.sql")
         databases.add(database)
+        environment = services.get(service, {}).get("environment", {})
+        if f"PIM_EVENT_KEY_{service.upper()}" not in str(environment.get("PIM_EVENT_SIGNING_KEYS", "")):
+            problems.append(f"compose: {service} has no event signing key of its own")
+        if "PIM_EVENT_VERIFYING_KEYS" not in environment:
+            problems.append(f"compose: {service} has no PIM_EVENT_VERIFYING_KEYS")
     routes = set()
     clusters = {c["name"] for c in envoy["static_resources"]["clusters"]}
     for listener in envoy["static_resources"]["listeners"]:
@@ -150,6 +161,13 @@ def main(build: bool) -> int:
     no_aof["services"]["redis"]["command"] = ["redis-server"]
     if not compose_problems(no_aof, envoy, collector, init_sql):
         print("Redis without AOF passed the check", file=sys.stderr)
+        return 1
+
+    # ... and so is a service signing with another's key.
+    shared_key = copy.deepcopy(compose)
+    shared_key["services"]["audit"]["environment"]["PIM_EVENT_SIGNING_KEYS"] = "${PIM_EVENT_KEY_IDENTITY}"
+    if not compose_problems(shared_key, envoy, collector, init_sql):
+        print("a service signing with another's event key passed the check", file=sys.stderr)
         return 1
 
     dockerfile = open(os.path.join(DEPLOY, "Dockerfile")).read()

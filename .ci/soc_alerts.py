@@ -5,14 +5,23 @@ break-glass administrator is a permanent Global Administrator; a privileged role
 stops asking for MFA), then — with nothing but the `redis` package — reads `pim.alerts`
 through a consumer group, and checks each entry's JSON against the official OCSF 1.1.0
 Detection Finding schema (`ocsf-json-schema` + `jsonschema`) and parses it with
-`py-ocsf-models`. A broken finding must fail the same check. Exits non-zero on any failure.
+`py-ocsf-models`. A broken finding must fail the same check. Each entry's envelope (`ce`)
+must carry alerting's Ed25519 signature as proto/pim/events/v1/envelope.proto describes it,
+verified with `cryptography` from the public half of the key `pim up` made; an altered
+envelope must fail. Exits non-zero on any failure.
 Usage: python3 .ci/soc_alerts.py PATH_TO_PIM [REDIS_URL]
 """
 
+import base64
+import hashlib
 import json
+import os
 import sys
 import time
 import uuid
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 import jsonschema
 import redis
@@ -20,6 +29,64 @@ from ocsf_json_schema import OcsfJsonSchemaEmbedded, get_ocsf_schema
 from py_ocsf_models.events.findings.detection_finding import DetectionFinding
 
 from pim_up import PimUp
+
+
+def proto_fields(message: bytes):
+    """The (number, wire type, start, end, value) of each top-level protobuf field."""
+    i = 0
+
+    def varint():
+        nonlocal i
+        shift = value = 0
+        while True:
+            byte = message[i]
+            i += 1
+            value |= (byte & 0x7F) << shift
+            shift += 7
+            if byte < 0x80:
+                return value
+
+    while i < len(message):
+        start = i
+        key = varint()
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value = varint()
+        elif wire == 2:
+            length = varint()
+            value = message[i:i + length]
+            i += length
+        else:
+            raise ValueError(f"unexpected wire type {wire}")
+        yield number, wire, start, i, value
+
+
+def signature_valid(stream: str, ce: bytes, public: Ed25519PublicKey) -> bool:
+    """Envelope field 10 is the key id, 11 the signature over "pim.events.v1\\n", the stream
+    name, "\\n" and the envelope without its signature field."""
+    parsed = list(proto_fields(ce))
+    signature = [f for f in parsed if f[0] == 11]
+    key_id = [f[4].decode() for f in parsed if f[0] == 10]
+    expected_id = hashlib.sha256(public.public_bytes_raw()).hexdigest()[:16]
+    if len(signature) != 1 or key_id != [expected_id]:
+        return False
+    _, _, start, end, value = signature[0]
+    unsigned = ce[:start] + ce[end:]
+    try:
+        public.verify(value, b"pim.events.v1\n" + stream.encode() + b"\n" + unsigned)
+        return True
+    except InvalidSignature:
+        return False
+
+
+def alerting_public_key(data_dir: str) -> Ed25519PublicKey:
+    """The public half of alerting's key, from the signing keys `pim up` keeps."""
+    with open(os.path.join(data_dir, "event-signing.keys")) as f:
+        for entry in f.read().strip().split(","):
+            service, seed = entry.split(":", 1)
+            if service == "alerting":
+                return Ed25519PrivateKey.from_private_bytes(base64.b64decode(seed)).public_key()
+    raise SystemExit("pim up kept no signing key for alerting")
 
 
 def main(pim: str, url: str) -> int:
@@ -32,6 +99,7 @@ def main(pim: str, url: str) -> int:
     findings = []
     try:
         with PimUp(pim, redis=(url, prefix)) as up:
+            public = alerting_public_key(up.env["PIM_DATA_DIR"])
             up.run("policy", "set", "Privileged Role Administrator", "--require-mfa", "false")
             deadline = time.time() + 30
             rules = set()
@@ -46,6 +114,17 @@ def main(pim: str, url: str) -> int:
                                   file=sys.stderr)
                             return 1
                         DetectionFinding(**finding)
+                        ce = fields[b"ce"]
+                        if not signature_valid("pim.alerts", ce, public):
+                            print(f"entry {entry_id} does not carry alerting's signature", file=sys.stderr)
+                            return 1
+                        tampered = ce.replace(b"permanent_privileged", b"permanent_privilegee")
+                        if tampered != ce and signature_valid("pim.alerts", tampered, public):
+                            print("an altered envelope passed the signature check", file=sys.stderr)
+                            return 1
+                        if signature_valid("pim.alerting.events", ce, public):
+                            print("a signature for pim.alerts passed for another stream", file=sys.stderr)
+                            return 1
                         client.xack(stream, "soc", entry_id)
                         findings.append(finding)
                         rules.update(finding["finding_info"]["types"])
@@ -64,7 +143,7 @@ def main(pim: str, url: str) -> int:
             print("the validator accepted a finding without finding_info", file=sys.stderr)
             return 1
         print(f"SOC consumer: {len(findings)} findings on {stream}, all valid OCSF Detection Findings "
-              f"({', '.join(sorted(rules))})")
+              f"signed by alerting ({', '.join(sorted(rules))})")
         return 0
     finally:
         for key in client.scan_iter(f"{prefix}*"):

@@ -41,9 +41,19 @@ pub fn test_config(extra: &[(&str, String)]) -> anyhow::Result<Config> {
             "PIM_SECRETS_KEY".to_owned(),
             "KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=".to_owned(),
         ),
+        (
+            "PIM_EVENT_SIGNING_KEYS".to_owned(),
+            pim_runtime::testing::event_signing_keys(),
+        ),
     ];
     env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
     Config::load(env)
+}
+
+/// The event keys of the test deployment (every service's signing key).
+pub fn event_keys() -> pim_runtime::events::EventKeys {
+    pim_runtime::events::EventKeys::parse(Some(&pim_runtime::testing::event_signing_keys()), None)
+        .expect("the test event keys parse")
 }
 
 impl TestSuite {

@@ -445,7 +445,7 @@ async fn a_redelivered_event_is_recorded_once() -> anyhow::Result<()> {
     let ts = TestSuite::postgres().await?;
     let result = async {
         let admin = ts.admin_token().await?;
-        let event = envelope(
+        let mut event = envelope(
             "pim.identity",
             "UserCreated",
             "twice-delivered",
@@ -456,6 +456,7 @@ async fn a_redelivered_event_is_recorded_once() -> anyhow::Result<()> {
                 display_name: "Delivered twice".into(),
             },
         );
+        pim_e2e::event_keys().sign(streams::IDENTITY, &mut event)?;
         let publisher = RedisPublisher::connect(&pim_runtime::testing::redis_url(), &ts.stream_prefix).await?;
         publisher.publish(streams::IDENTITY, &event, 0).await?;
         publisher.publish(streams::IDENTITY, &event, 0).await?;

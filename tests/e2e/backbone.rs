@@ -17,7 +17,7 @@ use pim_e2e::eventually;
 use pim_proto::events::v1::{DeadLettered, UserCreated};
 use pim_runtime::db::{self, Db, col};
 use pim_runtime::events::{
-    ConsumerOptions, Envelope, EventHandler, Inbox, Outbox, Publisher, RedisConsumer, RedisPublisher, Relay,
+    ConsumerOptions, Envelope, EventHandler, EventKeys, Inbox, Outbox, Publisher, RedisConsumer, RedisPublisher, Relay,
     SqlMigration, backbone_indexes_migration, backbone_migration, envelope, pending, short_type, streams,
 };
 use pim_runtime::testing::{TestDatabase, redis_url, unique};
@@ -134,6 +134,11 @@ impl Fixture {
         Ok(Arc::new(RedisPublisher::connect(&redis_url(), &self.prefix).await?))
     }
 
+    /// A relay of the fixture's outbox to Redis, signing as identity does.
+    async fn relay(&self) -> anyhow::Result<Relay> {
+        Ok(Relay::new(self.db.clone(), self.outbox.clone(), self.publisher().await?).signed_with(keys()))
+    }
+
     async fn consumer(&self, options: ConsumerOptions) -> anyhow::Result<RedisConsumer> {
         let inbox = Inbox::new(self.db.clone(), Arc::new(Recorder));
         RedisConsumer::connect(&redis_url(), &self.prefix, inbox, unique("replica"), options).await
@@ -177,18 +182,24 @@ impl Fixture {
     }
 }
 
+/// The test deployment's event keys (every service's).
+fn keys() -> Arc<EventKeys> {
+    Arc::new(EventKeys::parse(Some(&pim_runtime::testing::event_signing_keys()), None).expect("test keys parse"))
+}
+
 fn fast(max_deliveries: u32) -> ConsumerOptions {
     ConsumerOptions {
         max_deliveries,
         claim_idle: Duration::from_millis(100),
         block: Duration::from_millis(100),
+        keys: keys(),
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolled_back_transaction_publishes_nothing() -> anyhow::Result<()> {
     let mut f = Fixture::new().await?;
-    let relay = Relay::new(f.db.clone(), f.outbox.clone(), f.publisher().await?);
+    let relay = f.relay().await?;
 
     let rolled_back = envelope("pim.identity", "UserCreated", "s", &UserCreated::default());
     let txn = f.db.begin().await?;
@@ -233,7 +244,8 @@ async fn a_relay_killed_after_xadd_republishes_and_the_consumer_applies_once() -
             inner: f.publisher().await?,
             published: published.clone(),
         }),
-    );
+    )
+    .signed_with(keys());
     let task = tokio::spawn(async move { crashing.run_once().await });
     tokio::time::timeout(Duration::from_secs(10), published.notified()).await?;
     task.abort();
@@ -243,7 +255,7 @@ async fn a_relay_killed_after_xadd_republishes_and_the_consumer_applies_once() -
     assert_eq!(f.stream_len(streams::IDENTITY).await?, 1);
     assert_eq!(pending(&f.db).await?, 1);
 
-    let relay = Relay::new(f.db.clone(), f.outbox.clone(), f.publisher().await?);
+    let relay = f.relay().await?;
     // The aborted relay's transaction (and its row lock) goes away as its connection rolls
     // back, which may take a moment: until then SKIP LOCKED passes the row by.
     eventually(Duration::from_secs(10), "the row to be republished", || async {
@@ -270,7 +282,7 @@ async fn a_relay_killed_after_xadd_republishes_and_the_consumer_applies_once() -
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn entries_of_a_dead_consumer_are_claimed_and_applied_once() -> anyhow::Result<()> {
     let mut f = Fixture::new().await?;
-    let relay = Relay::new(f.db.clone(), f.outbox.clone(), f.publisher().await?);
+    let relay = f.relay().await?;
     let unapplied = f.emit("UserCreated").await?;
     let applied_not_acked = f.emit("UserCreated").await?;
     assert_eq!(relay.run_once().await?, 2);
@@ -322,7 +334,7 @@ async fn entries_of_a_dead_consumer_are_claimed_and_applied_once() -> anyhow::Re
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopping_consumer_finishes_the_entries_it_holds() -> anyhow::Result<()> {
     let mut f = Fixture::new().await?;
-    let relay = Relay::new(f.db.clone(), f.outbox.clone(), f.publisher().await?);
+    let relay = f.relay().await?;
     let event = f.emit("UserCreated").await?;
     assert_eq!(relay.run_once().await?, 1);
 
@@ -366,7 +378,7 @@ async fn a_stopping_consumer_finishes_the_entries_it_holds() -> anyhow::Result<(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poison_entry_ends_in_the_dead_letter_stream() -> anyhow::Result<()> {
     let mut f = Fixture::new().await?;
-    let relay = Relay::new(f.db.clone(), f.outbox.clone(), f.publisher().await?);
+    let relay = f.relay().await?;
     let poison = f.emit("Poison").await?;
     let fine = f.emit("UserCreated").await?;
     assert_eq!(relay.run_once().await?, 2);
@@ -408,10 +420,7 @@ async fn replicas_relaying_one_outbox_publish_each_event_once() -> anyhow::Resul
     for _ in 0..300 {
         emitted.push(f.emit("UserCreated").await?.id);
     }
-    let (a, b) = (
-        Relay::new(f.db.clone(), f.outbox.clone(), f.publisher().await?),
-        Relay::new(f.db.clone(), f.outbox.clone(), f.publisher().await?),
-    );
+    let (a, b) = (f.relay().await?, f.relay().await?);
     let drain = |relay: Relay| async move {
         let mut sent = 0;
         loop {
@@ -452,7 +461,7 @@ async fn the_relay_prunes_inbox_rows_past_the_redelivery_window() -> anyhow::Res
         )
         .await?;
     }
-    let relay = Relay::new(f.db.clone(), f.outbox.clone(), f.publisher().await?);
+    let relay = f.relay().await?;
     assert_eq!(relay.prune().await?, 1);
     let kept = db::query(&f.db, "SELECT event_id FROM inbox", vec![]).await?;
     let kept: Vec<String> = kept.iter().map(|r| col(r, "event_id")).collect::<Result<_, _>>()?;

@@ -5,15 +5,21 @@
 use std::time::Duration;
 
 use pim_e2e::{TestSuite, authed, eventually};
+use pim_proto::alerting::v1 as alpb;
+use pim_proto::alerting::v1::alert_service_client::AlertServiceClient;
 use pim_proto::assignment::v1 as apb;
 use pim_proto::assignment::v1::access_service_client::AccessServiceClient;
+use pim_proto::assignment::v1::assignment_service_client::AssignmentServiceClient;
+use pim_proto::audit::v1 as aupb;
 use pim_proto::events::v1 as ev;
 use pim_proto::identity::v1 as ipb;
 use pim_proto::identity::v1::directory_service_client::DirectoryServiceClient;
 use pim_runtime::db::{now_ms, to_timestamp};
-use pim_runtime::events::{Publisher, RedisPublisher, envelope, streams};
+use pim_runtime::events::{EventKeys, Publisher, RedisPublisher, envelope, streams};
+use pim_runtime::testing::TestDatabase;
 
 const GLOBAL_ADMINISTRATOR: &str = "62e90394-69f5-4237-9190-012177145e10";
+const GLOBAL_READER: &str = "f2ef992c-3afb-46b9-b7cf-a126ee74c451";
 
 /// A stream entry id as (milliseconds, sequence), to compare positions.
 fn entry(id: &str) -> (u64, u64) {
@@ -39,7 +45,7 @@ async fn is_global_admin(ts: &TestSuite, admin: &str, principal: &str) -> anyhow
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn events_written_to_redis_by_hand_neither_grant_nor_end_access() -> anyhow::Result<()> {
+async fn events_written_to_redis_by_hand_are_refused_audited_and_alerted() -> anyhow::Result<()> {
     let ts = TestSuite::postgres().await?;
     let result = async {
         let admin = ts.admin_token().await?;
@@ -63,25 +69,32 @@ async fn events_written_to_redis_by_hand_neither_grant_nor_end_access() -> anyho
             .next()
             .expect("the break-glass assignment");
 
-        // Eve writes to the assignment stream: she activated Global Administrator, and the
-        // break-glass administrator's assignment ended.
+        // Eve writes to the streams: she activated Global Administrator (unsigned, then signed
+        // with a key of her own), the break-glass administrator's assignment ended, and every
+        // session of the administrator was revoked. She also copies a genuine, validly signed
+        // identity event onto the assignment stream.
         let redis = RedisPublisher::connect(&pim_runtime::testing::redis_url(), &ts.stream_prefix).await?;
         let now = now_ms();
-        let forged_grant = envelope(
-            "pim.assignment",
-            "RoleActivated",
-            &eve.id,
-            &ev::RoleActivated {
-                assignment_id: uuid::Uuid::now_v7().to_string(),
-                principal_id: eve.id.clone(),
-                role_id: GLOBAL_ADMINISTRATOR.into(),
-                scope: "/".into(),
-                start_time: Some(to_timestamp(now - 1000)),
-                end_time: Some(to_timestamp(now + 30 * 86_400_000)),
-                version: 1,
-                ..Default::default()
-            },
-        );
+        let grant = || {
+            envelope(
+                "pim.assignment",
+                "RoleActivated",
+                &eve.id,
+                &ev::RoleActivated {
+                    assignment_id: uuid::Uuid::now_v7().to_string(),
+                    principal_id: eve.id.clone(),
+                    role_id: GLOBAL_ADMINISTRATOR.into(),
+                    scope: "/".into(),
+                    start_time: Some(to_timestamp(now - 1000)),
+                    end_time: Some(to_timestamp(now + 30 * 86_400_000)),
+                    version: 1,
+                    ..Default::default()
+                },
+            )
+        };
+        let unsigned_grant = grant();
+        let mut self_signed_grant = grant();
+        EventKeys::generate(&["assignment"]).sign(streams::ASSIGNMENT, &mut self_signed_grant)?;
         let forged_end = envelope(
             "pim.assignment",
             "RoleDeactivated",
@@ -95,16 +108,53 @@ async fn events_written_to_redis_by_hand_neither_grant_nor_end_access() -> anyho
                 ..Default::default()
             },
         );
-        redis.publish(streams::ASSIGNMENT, &forged_grant, 0).await?;
+        let forged_sign_out = envelope(
+            "pim.identity",
+            "SessionRevoked",
+            &admin_id,
+            &ev::SessionRevoked {
+                principal_id: admin_id.clone(),
+                reason: "disabled".into(),
+                ..Default::default()
+            },
+        );
+        let mut copied = envelope(
+            "pim.identity",
+            "UserCreated",
+            &eve.id,
+            &ev::UserCreated {
+                user_id: eve.id.clone(),
+                ..Default::default()
+            },
+        );
+        pim_e2e::event_keys().sign(streams::IDENTITY, &mut copied)?;
+        redis.publish(streams::ASSIGNMENT, &unsigned_grant, 0).await?;
+        redis.publish(streams::ASSIGNMENT, &self_signed_grant, 0).await?;
         redis.publish(streams::ASSIGNMENT, &forged_end, 0).await?;
+        redis.publish(streams::IDENTITY, &forged_sign_out, 0).await?;
+        redis.publish(streams::ASSIGNMENT, &copied, 0).await?;
+
+        // Every consumer group has read and acknowledged them; and a genuine change made
+        // afterwards has reached the access index's tail, so it is past them too.
+        ts.settle().await?;
+        let genuine = ts.create_user(&admin, "genuine").await?;
+        AssignmentServiceClient::new(ts.channel.clone())
+            .create_request(authed(
+                &admin,
+                crate::activation::request(
+                    apb::RequestAction::AdminAssign,
+                    apb::AssignmentKind::Eligible,
+                    &genuine.id,
+                    GLOBAL_READER,
+                ),
+            ))
+            .await?;
         let last = pim_runtime::events::last_entry_id(
             &pim_runtime::testing::redis_url(),
             &ts.stream_prefix,
             streams::ASSIGNMENT,
         )
         .await?;
-
-        // The access index has judged both (its tail is past them) ...
         let assignment = ts
             .suite
             .assignment()
@@ -117,20 +167,146 @@ async fn events_written_to_redis_by_hand_neither_grant_nor_end_access() -> anyho
             || async { Ok((entry(&assignment.index_position()) >= entry(&last)).then_some(())) },
         )
         .await?;
-        // ... and, reading the database instead of the events, changed nothing.
+        ts.settle().await?;
+
+        // Nothing changed: no grant, no end, no sign-out.
         assert!(
             !is_global_admin(&ts, &admin, &eve.id).await?,
             "a forged activation grants nothing"
         );
         assert!(
             is_global_admin(&ts, &admin, &admin_id).await?,
-            "a forged end takes nothing away"
+            "a forged end takes nothing away (and a forged sign-out signs no one out)"
+        );
+
+        // Each refusal is an audit record, with what the entry claimed and why it was refused.
+        let rejected = ts
+            .audit_records(
+                &admin,
+                aupb::QueryEventsRequest {
+                    action: "pim.audit.v1.EventRejected".into(),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        let refusal = |claimed_id: &str| {
+            rejected
+                .iter()
+                .filter_map(|r| serde_json::from_str::<serde_json::Value>(&r.payload_json).ok())
+                .find(|p| p["claimed"]["id"] == claimed_id)
+                .map(|p| p["reason"].as_str().unwrap_or_default().to_owned())
+        };
+        assert_eq!(refusal(&unsigned_grant.id).as_deref(), Some("unsigned"), "{rejected:?}");
+        assert_eq!(refusal(&self_signed_grant.id).as_deref(), Some("unknown_key"));
+        assert_eq!(refusal(&forged_end.id).as_deref(), Some("unsigned"));
+        assert_eq!(refusal(&forged_sign_out.id).as_deref(), Some("unsigned"));
+        assert_eq!(refusal(&copied.id).as_deref(), Some("wrong_service"));
+        assert!(rejected.iter().all(|r| r.outcome == "failure" && r.actor_id.is_empty()));
+        assert_eq!(
+            rejected.len(),
+            5,
+            "one record per entry, not per consumer: {rejected:?}"
+        );
+
+        // ... and a high-severity forged_event alert per stream, counting the entries.
+        let alerts = AlertServiceClient::new(ts.channel.clone())
+            .list_alerts(authed(
+                &admin,
+                alpb::ListAlertsRequest {
+                    page_size: 500,
+                    ..Default::default()
+                },
+            ))
+            .await?
+            .into_inner()
+            .alerts;
+        let forged: Vec<_> = alerts.iter().filter(|a| a.rule_id == "forged_event").collect();
+        let on = |stream: &str| {
+            forged
+                .iter()
+                .find(|a| a.figures.get("stream").map(String::as_str) == Some(stream))
+                .map(|a| (a.count, a.severity))
+        };
+        let high = alpb::Severity::High as i32;
+        assert_eq!(on(streams::ASSIGNMENT), Some((4, high)), "{forged:?}");
+        assert_eq!(on(streams::IDENTITY), Some((1, high)), "{forged:?}");
+
+        // The refused entries sit in the dead-letter stream for investigation, never as
+        // events (no `ce` field), so nothing that follows dead letters applies them.
+        let mut conn = redis::Client::open(pim_runtime::testing::redis_url())?
+            .get_multiplexed_async_connection()
+            .await?;
+        let dead: redis::streams::StreamRangeReply =
+            redis::AsyncCommands::xrange_all(&mut conn, format!("{}{}", ts.stream_prefix, streams::DEADLETTER)).await?;
+        assert!(!dead.ids.is_empty());
+        assert!(
+            dead.ids
+                .iter()
+                .all(|e| !e.map.contains_key("ce") && e.map.contains_key("refused"))
         );
         Ok::<_, anyhow::Error>(())
     }
     .await;
     ts.stop().await?;
     result
+}
+
+/// A service that would publish unsigned events, or read a stream whose owner it cannot
+/// check, refuses to start, and says which key is missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_without_its_event_keys_refuses_to_start() -> anyhow::Result<()> {
+    let start = |signing: String, verifying: String, database: String| async move {
+        let config = pim_e2e::test_config(&[
+            ("PIM_REDIS_URL", pim_runtime::testing::redis_url()),
+            (
+                "PIM_STREAM_PREFIX",
+                format!("{}:", pim_runtime::testing::unique("keys")),
+            ),
+            ("PIM_IDENTITY_URL", "http://127.0.0.1:9".into()),
+            ("PIM_ASSIGNMENT_URL", "http://127.0.0.1:9".into()),
+            ("PIM_EVENT_SIGNING_KEYS", signing),
+            ("PIM_EVENT_VERIFYING_KEYS", verifying),
+        ])?;
+        let databases = [(pim::ServiceName::Approval, database)].into();
+        match pim::Suite::start(pim::SuiteOptions::new(config, databases)).await {
+            Ok(suite) => {
+                suite.stop().await?;
+                anyhow::Ok(None)
+            }
+            Err(err) => Ok(Some(format!("{err:#}"))),
+        }
+    };
+    let approval = EventKeys::generate(&["approval"]);
+    let assignment = EventKeys::generate(&["assignment"]);
+    let identity = EventKeys::generate(&["identity"]);
+    // No signing key for approval: refused before its database is even opened.
+    let refused = start(
+        assignment.signing_setting(),
+        String::new(),
+        "postgres://nowhere.invalid/db".into(),
+    )
+    .await?;
+    assert!(
+        refused
+            .as_deref()
+            .is_some_and(|e| e.contains("PIM_EVENT_SIGNING_KEYS has no key for approval")),
+        "{refused:?}"
+    );
+    // Its own key, but none of assignment's, whose stream approval reads.
+    let db = TestDatabase::create("keys").await?;
+    let refused = start(approval.signing_setting(), identity.verifying_setting(), db.url.clone()).await?;
+    assert!(
+        refused
+            .as_deref()
+            .is_some_and(|e| e.contains("PIM_EVENT_VERIFYING_KEYS has no key for assignment")),
+        "{refused:?}"
+    );
+    // With both it starts.
+    let verifying = format!("{},{}", assignment.verifying_setting(), identity.verifying_setting());
+    let started = start(approval.signing_setting(), verifying, db.url.clone()).await?;
+    db.drop_database().await?;
+    assert_eq!(started, None);
+    Ok(())
 }
 
 /// Failed sign-ins count against the principal however it is named, in the database: a

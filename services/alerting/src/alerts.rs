@@ -19,7 +19,7 @@ use pim_runtime::access::{AccessCheck, permissions, require};
 use pim_runtime::auth::Caller;
 use pim_runtime::clock::Clock;
 use pim_runtime::db::{Db, from_timestamp};
-use pim_runtime::events::{Envelope, Outbox, decode, envelope, short_type, streams};
+use pim_runtime::events::{Envelope, Outbox, Rejected, decode, envelope, short_type, streams};
 use pim_runtime::grpc::{internal, invalid_argument};
 
 use crate::rules::{self, Settings};
@@ -721,6 +721,30 @@ impl Alerts {
         .await?;
         txn.commit().await.map_err(internal)?;
         self.committed();
+        Ok(())
+    }
+
+    /// An entry of `rejected.stream` that its owner did not sign was refused: one live alert
+    /// per stream, counting the entries, with each refusal's id as evidence. The entry's claims
+    /// (subject, type) are figures, never the alert's subject.
+    pub async fn forged(&self, txn: &DatabaseTransaction, rejected: &Rejected) -> anyhow::Result<()> {
+        let claimed = |f: fn(&Envelope) -> &str| rejected.envelope.as_ref().map(f).unwrap_or_default().to_owned();
+        let figures = BTreeMap::from([
+            ("stream".to_owned(), rejected.stream.clone()),
+            ("entry_id".to_owned(), rejected.entry_id.clone()),
+            ("reason".to_owned(), rejected.reason.code().to_owned()),
+            ("claimed_type".to_owned(), claimed(|e| &e.r#type)),
+            ("claimed_subject".to_owned(), claimed(|e| &e.subject)),
+        ]);
+        self.raise(
+            txn,
+            rules::FORGED_EVENT,
+            &format!("forged_event:{}", rejected.stream),
+            Subject::default(),
+            &[rejected.id()],
+            figures,
+        )
+        .await?;
         Ok(())
     }
 

@@ -17,7 +17,7 @@ use tonic::service::RoutesBuilder;
 
 use pim_proto::alerting::v1::alert_service_server::AlertServiceServer;
 use pim_runtime::db::Db;
-use pim_runtime::events::{Envelope, EventHandler, Outbox, streams};
+use pim_runtime::events::{Envelope, EventHandler, Outbox, Rejected, streams};
 use pim_runtime::host::{Deps, Service};
 
 pub use alerts::{Alerts, detection_finding};
@@ -88,7 +88,14 @@ impl EventHandler for Detect {
     }
 
     fn streams(&self) -> Vec<&'static str> {
-        vec![streams::IDENTITY, streams::ASSIGNMENT, streams::APPROVAL]
+        // Its own stream too: nothing there is evaluated, but an entry it did not sign is
+        // refused and raises forged_event like on the others.
+        vec![
+            streams::IDENTITY,
+            streams::ASSIGNMENT,
+            streams::APPROVAL,
+            streams::ALERTING,
+        ]
     }
 
     fn wants(&self, event_type: &str) -> bool {
@@ -124,6 +131,16 @@ impl EventHandler for Detect {
         if self.alerts.published.load(SeqCst) != before {
             self.changed().insert(envelope.id.clone());
         }
+        Ok(())
+    }
+
+    fn records_rejections(&self) -> bool {
+        true
+    }
+
+    async fn rejected(&self, txn: &DatabaseTransaction, rejected: &Rejected) -> anyhow::Result<()> {
+        self.alerts.forged(txn, rejected).await?;
+        self.changed().insert(rejected.id());
         Ok(())
     }
 
@@ -172,6 +189,8 @@ impl Service for Alerting {
                 prefix.clone(),
                 streams::DEADLETTER,
                 from.clone(),
+                // No service owns the dead-letter stream: its entries are consumers' reports.
+                Arc::default(),
                 stop,
                 move |entry_id, envelope| {
                     let (alerts, entry_id, envelope) = (alerts.clone(), entry_id.to_owned(), envelope.clone());

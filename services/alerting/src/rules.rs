@@ -23,6 +23,7 @@ pub const STALE_ACCOUNTS: &str = "stale_accounts";
 pub const UNUSED_ROLES: &str = "unused_roles";
 pub const BREAK_GLASS_USED: &str = "break_glass_used";
 pub const DEAD_LETTERED: &str = "dead_lettered";
+pub const FORGED_EVENT: &str = "forged_event";
 pub const RECOVERY_CODE_USED: &str = "recovery_code_used";
 pub const MFA_METHOD_REMOVED: &str = "mfa_method_removed";
 
@@ -108,6 +109,12 @@ pub const RULES: &[RuleDef] = &[
     RuleDef {
         id: DEAD_LETTERED,
         description: "An event could not be processed and went to the dead-letter stream (with Redis)",
+        severity: "high",
+        settings: &[],
+    },
+    RuleDef {
+        id: FORGED_EVENT,
+        description: "An entry on a PIM stream was not signed by the service that owns the stream (written to Redis by someone else, altered, or copied from another stream); it was refused",
         severity: "high",
         settings: &[],
     },

@@ -43,6 +43,8 @@ pub struct Assignment {
     tail_from: Option<String>,
     /// Where the group membership tail of the identity stream starts (Redis only).
     identity_tail_from: Option<String>,
+    /// Whose signatures the tails accept.
+    event_keys: std::sync::Arc<pim_runtime::events::EventKeys>,
 }
 
 impl Assignment {
@@ -79,6 +81,7 @@ impl Assignment {
         };
         Ok(Self {
             assignments,
+            event_keys: std::sync::Arc::new(deps.config.event_keys()?),
             config: deps.config,
             tail_from,
             identity_tail_from,
@@ -212,6 +215,7 @@ impl Service for Assignment {
                 self.config.stream_prefix.clone(),
                 streams::ASSIGNMENT,
                 from.clone(),
+                self.event_keys.clone(),
                 stop.clone(),
                 move |entry_id, envelope| {
                     let _ = changed.send((entry_id.to_owned(), index::AccessIndex::assignment_named(envelope)));
@@ -249,6 +253,7 @@ impl Service for Assignment {
                 self.config.stream_prefix.clone(),
                 streams::IDENTITY,
                 from.clone(),
+                self.event_keys.clone(),
                 stop.clone(),
                 move |_, envelope| {
                     if let Err(err) = memberships.apply(envelope) {

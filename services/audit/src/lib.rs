@@ -18,7 +18,7 @@ use pim_proto::audit::v1::audit_service_server::{AuditService, AuditServiceServe
 use pim_runtime::access::{AccessCheck, Target, permissions};
 use pim_runtime::auth::caller;
 use pim_runtime::db::{Db, from_timestamp, now_ms, to_timestamp};
-use pim_runtime::events::{Envelope, EventHandler, Outbox, streams};
+use pim_runtime::events::{Envelope, EventHandler, Outbox, Rejected, streams};
 use pim_runtime::host::{Deps, Service};
 
 const DEFAULT_PAGE: u64 = 100;
@@ -84,6 +84,17 @@ impl EventHandler for Ingest {
             .map(|e| records::record(e, &self.0))
             .collect::<anyhow::Result<Vec<_>>>()?;
         store::append_all(txn, &mut records, now_ms()).await?;
+        Ok(())
+    }
+
+    fn records_rejections(&self) -> bool {
+        true
+    }
+
+    /// Every refused entry of a followed stream is a failure record (`EventRejected`); the
+    /// record's id is the refusal's, so a redelivery adds nothing.
+    async fn rejected(&self, txn: &DatabaseTransaction, rejected: &Rejected) -> anyhow::Result<()> {
+        store::append_all(txn, &mut vec![records::rejected(rejected)], now_ms()).await?;
         Ok(())
     }
 }

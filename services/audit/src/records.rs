@@ -10,7 +10,7 @@ use sha2::Sha256;
 use pim_proto::common::v1::{Actor, Ticket};
 use pim_proto::events::v1 as ev;
 use pim_runtime::db::from_timestamp;
-use pim_runtime::events::{Envelope, decode, short_type};
+use pim_runtime::events::{Envelope, Rejected, decode, short_type};
 
 use crate::store::Record;
 
@@ -278,6 +278,39 @@ pub fn record(envelope: &Envelope, correlator: &Correlator) -> anyhow::Result<Re
     };
     r.payload_json = payload.to_string();
     Ok(r)
+}
+
+/// The audit record of a stream entry a consumer refused (not signed by the stream's owner):
+/// what it claimed to be and why it was not believed. Its claims are kept as claims (never
+/// as actor, target or role of the record), and its data not at all.
+pub fn rejected(r: &Rejected) -> Record {
+    let claimed = r.envelope.as_ref().map(|e| {
+        json!({
+            "id": e.id, "type": e.r#type, "source": e.source, "subject": e.subject,
+            "key_id": e.key_id, "signed": !e.signature.is_empty(),
+        })
+    });
+    let payload = json!({
+        "stream": r.stream, "entry_id": r.entry_id, "consumer": r.consumer,
+        "reason": r.reason.code(), "detail": r.reason.to_string(), "claimed": claimed,
+    });
+    Record {
+        event_id: r.id(),
+        time: pim_runtime::db::now_ms(),
+        source: "pim.audit".into(),
+        action: "pim.audit.v1.EventRejected".into(),
+        target_id: r.stream.clone(),
+        target_name: r.envelope.as_ref().map(|e| e.r#type.clone()).unwrap_or_default(),
+        outcome: "failure".into(),
+        trace_id: r
+            .envelope
+            .as_ref()
+            .and_then(|e| e.traceparent.split('-').nth(1))
+            .unwrap_or_default()
+            .to_owned(),
+        payload_json: payload.to_string(),
+        ..Record::default()
+    }
 }
 
 #[cfg(test)]

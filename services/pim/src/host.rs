@@ -139,6 +139,37 @@ fn consumer_name() -> String {
     )
 }
 
+const HOW: &str = "make keys with `pim event-keys` (README, \"Event signing keys\")";
+
+/// Each hosted service needs its signing key to publish on Redis (checked before anything is
+/// opened or migrated).
+fn check_signing_keys(keys: &pim_runtime::events::EventKeys, hosted: &[ServiceName]) -> anyhow::Result<()> {
+    for service in hosted {
+        if !keys.signs_for(service.as_str()) {
+            bail!("PIM_EVENT_SIGNING_KEYS has no key for {service}: its events on Redis must be signed; {HOW}");
+        }
+    }
+    Ok(())
+}
+
+/// Every stream this process reads needs a verifying key of its owner (events on Redis
+/// count only when their stream's owner signed them). Said before any consumer starts.
+fn check_verifying_keys(keys: &pim_runtime::events::EventKeys, services: &[Arc<dyn Service>]) -> anyhow::Result<()> {
+    let read = services
+        .iter()
+        .flat_map(|s| s.handlers())
+        .flat_map(|h| h.streams())
+        .chain([streams::ASSIGNMENT, streams::IDENTITY]);
+    for stream in read {
+        if let Some(owner) = pim_runtime::events::owner(stream)
+            && !keys.verifies(owner)
+        {
+            bail!("PIM_EVENT_VERIFYING_KEYS has no key for {owner}, whose stream {stream} this process reads; {HOW}");
+        }
+    }
+    Ok(())
+}
+
 impl Suite {
     /// Binds, migrates and starts everything; returns once the server accepts connections.
     pub async fn start(mut options: SuiteOptions) -> anyhow::Result<Self> {
@@ -179,6 +210,10 @@ impl Suite {
             config.access_cache_ttl,
         ));
         let access: Arc<dyn AccessCheck> = cache.clone();
+        let event_keys = Arc::new(config.event_keys()?);
+        if config.redis_url.is_some() {
+            check_signing_keys(&event_keys, &hosted)?;
+        }
 
         let mut services: Vec<Arc<dyn Service>> = Vec::new();
         let (mut identity, mut assignment, mut audit, mut approval, mut alerting) = (None, None, None, None, None);
@@ -235,6 +270,8 @@ impl Suite {
         let mut consumers = Vec::new();
         let publisher: Arc<dyn Publisher> = match &config.redis_url {
             Some(redis_url) => {
+                check_verifying_keys(&event_keys, &services)?;
+                options.consumer.keys = event_keys.clone();
                 let redis_url = redis_url.expose();
                 for service in &services {
                     for handler in service.handlers() {
@@ -280,6 +317,7 @@ impl Suite {
                     config.stream_prefix.clone(),
                     stream,
                     from,
+                    event_keys.clone(),
                     stopped.clone(),
                     move |_, envelope| {
                         cache.invalidate_on(envelope);
@@ -293,17 +331,21 @@ impl Suite {
         // token is refused (UNAVAILABLE), never accepted; the stream tails above started from
         // positions read before the load, so nothing between the two is missed.
         if verifier.load_revocations().await.is_err() {
-            let verifier = verifier.clone();
-            background.push(tokio::spawn(
-                async move { verifier.load_revocations_until_known().await },
-            ));
+            let (verifier, stopped) = (verifier.clone(), stopped.clone());
+            background.push(tokio::spawn(async move {
+                verifier.load_revocations_until_known(stopped).await
+            }));
         }
         let relays = services
             .iter()
             .map(|s| {
-                Relay::new(s.db().clone(), s.outbox().clone(), publisher.clone())
-                    .named(s.name())
-                    .spawn(options.relay_poll)
+                let relay = Relay::new(s.db().clone(), s.outbox().clone(), publisher.clone()).named(s.name());
+                // What crosses Redis is signed; embedded delivery never leaves the process.
+                match config.redis_url {
+                    Some(_) => relay.signed_with(event_keys.clone()),
+                    None => relay,
+                }
+                .spawn(options.relay_poll)
             })
             .collect();
 

@@ -412,11 +412,15 @@ impl TokenVerifier {
     }
 
     /// Keeps trying [`Self::load_revocations`] until it succeeds (identity may be starting).
-    pub async fn load_revocations_until_known(&self) {
+    pub async fn load_revocations_until_known(&self, mut stop: tokio::sync::watch::Receiver<bool>) {
         let mut delay = Duration::from_millis(200);
         while let Err(err) = self.load_revocations().await {
             tracing::warn!(error = %format!("{err:#}"), "loading revocations failed; refusing tokens until it succeeds");
-            tokio::time::sleep(delay).await;
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                // A host that stops before identity answered does not wait for it.
+                _ = stop.wait_for(|s| *s) => return,
+            }
             delay = (delay * 2).min(Duration::from_secs(5));
         }
     }

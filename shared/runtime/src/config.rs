@@ -87,6 +87,12 @@ pub struct Config {
     /// How recent an MFA must be to manage MFA methods or change a password
     /// (`PIM_MFA_STEP_UP_SECS`; the default policy's activation freshness, 10 minutes).
     pub mfa_step_up: Duration,
+    /// The Ed25519 keys the hosted services sign their events with, `service:base64-seed`
+    /// each (`PIM_EVENT_SIGNING_KEYS`; `pim up` keeps them in its data directory).
+    pub event_signing_keys: Option<Secret<String>>,
+    /// The public keys of every service whose events this process reads, `service:base64`
+    /// each, several per service while a key rotates (`PIM_EVENT_VERIFYING_KEYS`).
+    pub event_verifying_keys: Option<String>,
 }
 
 /// Whether the server requires MFA at sign-in.
@@ -184,6 +190,8 @@ impl Config {
                 .unwrap_or_default(),
             mfa_enrollment_window: Duration::from_secs(num("PIM_MFA_ENROLLMENT_WINDOW_SECS", 24 * 3600)?),
             mfa_step_up: Duration::from_secs(num("PIM_MFA_STEP_UP_SECS", 600)?),
+            event_signing_keys: get("PIM_EVENT_SIGNING_KEYS").map(Secret::new),
+            event_verifying_keys: get("PIM_EVENT_VERIFYING_KEYS"),
         };
         config.validate()?;
         Ok(config)
@@ -212,7 +220,16 @@ impl Config {
         {
             bail!("PIM_STREAM_PREFIX may hold only letters, digits and . _ - :");
         }
+        self.event_keys()?;
         Ok(())
+    }
+
+    /// The event signing and verifying keys (see [`crate::events::EventKeys::parse`]).
+    pub fn event_keys(&self) -> anyhow::Result<crate::events::EventKeys> {
+        crate::events::EventKeys::parse(
+            self.event_signing_keys.as_ref().map(|s| s.expose().as_str()),
+            self.event_verifying_keys.as_deref(),
+        )
     }
 
     /// Whether a server certificate is configured.

@@ -20,6 +20,8 @@ pub struct Metrics {
     pub events_consumed: IntCounterVec,
     pub events_retried: IntCounterVec,
     pub events_dead_lettered: IntCounterVec,
+    /// Entries refused for want of a valid signature of the stream's owner, by stream and reason.
+    pub events_rejected: IntCounterVec,
     /// How old the newest event a group applied was when applied (milliseconds), by stream and group.
     pub consumer_lag_ms: IntGaugeVec,
     /// Outbox rows not yet published, by service.
@@ -80,6 +82,11 @@ fn build() -> Metrics {
             "pim_events_dead_lettered_total",
             "Events moved to the dead-letter stream",
             &["stream", "group"],
+        ),
+        events_rejected: counter(
+            "pim_events_rejected_total",
+            "Stream entries refused: not signed by the stream's owner (forged or altered)",
+            &["stream", "reason"],
         ),
         consumer_lag_ms: gauge(
             "pim_consumer_lag_milliseconds",
@@ -244,6 +251,7 @@ pub mod otlp {
         "pim_events_consumed_total",
         "pim_events_retried_total",
         "pim_events_dead_lettered_total",
+        "pim_events_rejected_total",
     ];
     const GAUGES: &[&str] = &[
         "pim_consumer_lag_milliseconds",

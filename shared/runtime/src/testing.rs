@@ -152,3 +152,18 @@ impl std::io::Write for CapturedLogs {
         Ok(())
     }
 }
+
+/// `PIM_EVENT_SIGNING_KEYS` for tests: a fixed key per service (derived from its name), so
+/// every process of a test trusts the others, as a deployment's configuration would make it.
+pub fn event_signing_keys() -> String {
+    use base64::Engine;
+    use sha2::{Digest, Sha256};
+    crate::events::PUBLISHERS
+        .iter()
+        .map(|service| {
+            let seed = Sha256::digest(format!("pim test event key: {service}"));
+            format!("{service}:{}", base64::engine::general_purpose::STANDARD.encode(seed))
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}

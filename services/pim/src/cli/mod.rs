@@ -25,6 +25,7 @@ use pim_proto::identity::v1::mfa_service_client::MfaServiceClient;
 use pim_runtime::Config;
 use pim_runtime::config::TlsConfig;
 use pim_runtime::db::{from_timestamp, now_ms, sqlite_url, to_timestamp};
+use pim_runtime::events::{EventKeys, PUBLISHERS};
 
 use crate::host::{ServiceName, Suite, SuiteOptions};
 
@@ -69,6 +70,14 @@ enum Command {
     Serve {
         /// identity, assignment, approval, alerting or audit
         service: ServiceName,
+    },
+    /// Make the Ed25519 keys services sign their events with (the production shape; `pim up`
+    /// makes its own). Prints each service's secret signing key and the public keys every
+    /// service needs.
+    #[command(name = "event-keys")]
+    EventKeys {
+        /// The services to make keys for (default: all five; name one to rotate its key).
+        services: Vec<ServiceName>,
     },
     /// Create the first Global Administrator when there is none (production; `pim up` does it itself).
     Bootstrap {
@@ -344,7 +353,7 @@ struct AuditArgs {
 pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     if matches!(
         cli.command,
-        Command::Up | Command::Serve { .. } | Command::Bootstrap { .. }
+        Command::Up | Command::Serve { .. } | Command::Bootstrap { .. } | Command::EventKeys { .. }
     ) {
         return run_command(cli).await;
     }
@@ -360,6 +369,7 @@ async fn run_command(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Up => up().await,
         Command::Serve { service } => serve(service).await,
+        Command::EventKeys { services } => Ok(event_keys(services)),
         Command::Bootstrap {
             identity_database,
             assignment_database,
@@ -417,9 +427,17 @@ async fn up() -> anyhow::Result<i32> {
     // Only the owner may read what the suite keeps (password hashes, sealed seeds, audit).
     owner_only(&config.data_dir, 0o700)?;
     if config.secrets_key.is_none() {
-        config.secrets_key = Some(pim_runtime::config::Secret::new(data_dir_secrets_key(
-            &config.data_dir,
-        )?));
+        let key = data_dir_secret(&config.data_dir, "secrets.key", pim_identity::Sealer::new_key)?;
+        config.secrets_key = Some(pim_runtime::config::Secret::new(key));
+    }
+    if config.event_signing_keys.is_none() {
+        // The five services sign their events (checked when they cross Redis) with keys kept
+        // beside the data, so events published before a restart still verify after it.
+        let keys = data_dir_secret(&config.data_dir, "event-signing.keys", || {
+            EventKeys::generate(&PUBLISHERS).signing_setting()
+        })?;
+        config.event_signing_keys = Some(pim_runtime::config::Secret::new(keys));
+        config.event_keys()?;
     }
     let databases = ServiceName::ALL
         .into_iter()
@@ -467,14 +485,14 @@ fn owner_only(path: &std::path::Path, mode: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The all-in-one's key for secrets at rest: `secrets.key` in the data directory (mode 0600),
-/// made on first start.
-fn data_dir_secrets_key(dir: &std::path::Path) -> anyhow::Result<String> {
-    let path = dir.join("secrets.key");
+/// One of the all-in-one's own secrets (the key for secrets at rest, the event signing keys):
+/// file `name` in the data directory (mode 0600), made by `make` on first start.
+fn data_dir_secret(dir: &std::path::Path, name: &str, make: impl FnOnce() -> String) -> anyhow::Result<String> {
+    let path = dir.join(name);
     if let Ok(key) = std::fs::read_to_string(&path) {
         return Ok(key.trim().to_owned());
     }
-    let key = pim_identity::Sealer::new_key();
+    let key = make();
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -487,6 +505,26 @@ fn data_dir_secrets_key(dir: &std::path::Path) -> anyhow::Result<String> {
         .with_context(|| format!("creating {}", path.display()))?;
     file.write_all(key.as_bytes())?;
     Ok(key)
+}
+
+/// `pim event-keys`: new signing keys, and the public halves to add to every service.
+fn event_keys(services: Vec<ServiceName>) -> i32 {
+    let names: Vec<&str> = match services.is_empty() {
+        true => PUBLISHERS.to_vec(),
+        false => services.iter().map(|s| s.as_str()).collect(),
+    };
+    let keys = EventKeys::generate(&names);
+    println!("# Each service's own signing key: secret, give it to that service only.");
+    for entry in keys.signing_setting().split(',') {
+        let service = entry.split(':').next().unwrap_or_default();
+        println!("# {service}\nPIM_EVENT_SIGNING_KEYS={entry}");
+    }
+    println!();
+    println!("# Public keys: every service that reads these services' streams (all of them).");
+    println!("# When rotating, append them to the keys already there; remove the old ones");
+    println!("# once the services sign with the new keys and their backlog is consumed.");
+    println!("PIM_EVENT_VERIFYING_KEYS={}", keys.verifying_setting());
+    0
 }
 
 async fn serve(service: ServiceName) -> anyhow::Result<i32> {

@@ -28,6 +28,17 @@ pub trait EventHandler: Send + Sync {
     }
     /// Applies one event inside `txn`; an error rolls everything back and the event is retried.
     async fn handle(&self, txn: &DatabaseTransaction, envelope: &Envelope) -> anyhow::Result<()>;
+    /// Whether it records entries refused for want of a valid signature ([`Self::rejected`]).
+    fn records_rejections(&self) -> bool {
+        false
+    }
+    /// Records an entry of a followed stream that was refused (forged, altered, or signed by
+    /// another service), inside `txn`; the entry is never handled. Called once per entry
+    /// (the inbox deduplicates by [`Rejected::id`] unless the handler does). After it commits,
+    /// `after_commit` runs with an envelope that holds only that id.
+    async fn rejected(&self, _txn: &DatabaseTransaction, _rejected: &Rejected) -> anyhow::Result<()> {
+        Ok(())
+    }
     /// Runs after `handle`'s transaction committed (e.g. to update in-memory state that must
     /// never run ahead of the database). Not run for duplicates.
     async fn after_commit(&self, _envelope: &Envelope) {}
@@ -38,6 +49,46 @@ pub trait EventHandler: Send + Sync {
             crate::telemetry::handle_event(self.consumer(), envelope, self.handle(txn, envelope)).await?;
         }
         Ok(())
+    }
+}
+
+/// A stream entry a consumer refused: what it claimed to be, and why it was not believed.
+#[derive(Clone, Debug)]
+pub struct Rejected {
+    /// Base stream name.
+    pub stream: String,
+    /// The Redis entry id.
+    pub entry_id: String,
+    /// The envelope it held, when it decoded (its fields are claims, not facts).
+    pub envelope: Option<Envelope>,
+    pub reason: super::Rejection,
+    /// The consumer (group) that refused it.
+    pub consumer: String,
+    /// SHA-256 of the entry's envelope bytes.
+    pub digest: [u8; 32],
+}
+
+impl Rejected {
+    /// A stable id for this refusal, the same on every redelivery of the entry (a UUID made
+    /// of the hash of stream, entry id and content).
+    pub fn id(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut hash = Sha256::new();
+        hash.update(self.stream.as_bytes());
+        hash.update(b"\n");
+        hash.update(self.entry_id.as_bytes());
+        hash.update(b"\n");
+        hash.update(self.digest);
+        let bytes: [u8; 16] = hash.finalize()[..16].try_into().expect("16 of 32 bytes");
+        uuid::Builder::from_custom_bytes(bytes).into_uuid().to_string()
+    }
+}
+
+/// The envelope that stands for a refusal in the inbox and in `after_commit`: its id only.
+fn refusal_marker(rejected: &Rejected) -> Envelope {
+    Envelope {
+        id: rejected.id(),
+        ..Envelope::default()
     }
 }
 
@@ -125,6 +176,22 @@ impl Inbox {
         .await
         .context("recording the event in the inbox")?;
         Ok(inserted == 1)
+    }
+
+    /// Lets the handler record a refused entry, once.
+    pub async fn reject(&self, rejected: &Rejected) -> anyhow::Result<()> {
+        if !self.handler.records_rejections() {
+            return Ok(());
+        }
+        let txn = self.db.begin().await.context("beginning consumer transaction")?;
+        if !self.handler.deduplicates_itself() && !self.record(&txn, &refusal_marker(rejected)).await? {
+            txn.rollback().await.ok();
+            return Ok(());
+        }
+        self.handler.rejected(&txn, rejected).await?;
+        txn.commit().await.context("committing a rejected entry")?;
+        self.handler.after_commit(&refusal_marker(rejected)).await;
+        Ok(())
     }
 
     /// Applies `envelope` unless this consumer already did; returns whether it was new.

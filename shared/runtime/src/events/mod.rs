@@ -12,15 +12,17 @@ mod embedded;
 mod migration;
 mod outbox;
 mod redis;
+mod signing;
 
 use prost::Message;
 use uuid::Uuid;
 
-pub use consumer::{EventHandler, Inbox};
+pub use consumer::{EventHandler, Inbox, Rejected};
 pub use embedded::{EmbeddedBus, Listener};
 pub use migration::{SqlMigration, backbone_indexes_migration, backbone_migration};
 pub use outbox::{INBOX_KEPT, OUTBOX_INSERT, Outbox, OutboxRows, Pending, Publisher, Relay, RelayHandle, pending};
 pub use redis::{ConsumerHandle, ConsumerOptions, RedisConsumer, RedisPublisher, last_entry_id, tail};
+pub use signing::{EventKeys, PUBLISHERS, Rejection, key_id, owner};
 
 pub use pim_proto::events::v1::Envelope;
 
@@ -65,6 +67,8 @@ pub fn envelope(source: &str, event_type: &str, subject: &str, data: &impl Messa
         data: data.encode_to_vec(),
         specversion: "1.0".to_owned(),
         datacontenttype: "application/protobuf".to_owned(),
+        key_id: String::new(),
+        signature: Vec::new(),
     }
 }
 

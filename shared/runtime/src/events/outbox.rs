@@ -146,6 +146,8 @@ pub struct Relay {
     batch: u64,
     /// The service it relays for (the backlog metric's label).
     service: &'static str,
+    /// Signs each event as it leaves (events crossing Redis must be signed).
+    keys: Option<Arc<super::EventKeys>>,
 }
 
 /// The running relay: stop it, or wait for it.
@@ -174,7 +176,15 @@ impl Relay {
             outbox,
             batch: 100,
             service: "",
+            keys: None,
         }
+    }
+
+    /// Signs every event it publishes with the key of its stream's owner. Signing happens as
+    /// the row leaves, so rows written before a key rotation leave under the new key.
+    pub fn signed_with(mut self, keys: Arc<super::EventKeys>) -> Self {
+        self.keys = Some(keys);
+        self
     }
 
     /// Names the service whose outbox this is (for metrics).
@@ -213,10 +223,15 @@ impl Relay {
         let mut batch = Vec::with_capacity(rows.len());
         for row in rows {
             let bytes: Vec<u8> = col(&row, "envelope")?;
+            let stream: String = col(&row, "stream")?;
+            let mut envelope = Envelope::decode(bytes.as_slice()).context("decoding an outbox row")?;
+            if let Some(keys) = &self.keys {
+                keys.sign(&stream, &mut envelope)?;
+            }
             batch.push(Pending {
                 id: col(&row, "id")?,
-                stream: col(&row, "stream")?,
-                envelope: Envelope::decode(bytes.as_slice()).context("decoding an outbox row")?,
+                stream,
+                envelope,
                 attempts: col::<i32>(&row, "attempts")? as u32,
             });
         }

@@ -14,7 +14,7 @@ use redis::streams::{StreamAutoClaimOptions, StreamId, StreamPendingCountReply, 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::{Envelope, Inbox, Publisher, streams};
+use super::{Envelope, EventKeys, Inbox, Publisher, Rejected, Rejection, streams};
 use pim_proto::events::v1::DeadLettered;
 
 /// Connects a managed (reconnecting) connection; `block` is the longest command it will wait for.
@@ -94,6 +94,9 @@ pub struct ConsumerOptions {
     pub claim_idle: Duration,
     /// How long one XREADGROUP waits for new entries.
     pub block: Duration,
+    /// Whose signatures it accepts; an entry not signed by its stream's owner is refused.
+    /// With no keys every entry is refused.
+    pub keys: std::sync::Arc<EventKeys>,
 }
 
 impl Default for ConsumerOptions {
@@ -102,8 +105,16 @@ impl Default for ConsumerOptions {
             max_deliveries: 5,
             claim_idle: Duration::from_secs(30),
             block: Duration::from_millis(1000),
+            keys: std::sync::Arc::default(),
         }
     }
+}
+
+/// What a consumer makes of an entry: the envelope its stream's owner signed, or a refusal
+/// (with the envelope it claimed to be, when it decoded).
+enum Verdict {
+    Accept(Envelope),
+    Refuse(Option<Envelope>, Rejection),
 }
 
 /// One consumer (replica) of one consuming service.
@@ -301,17 +312,41 @@ impl RedisConsumer {
         }
     }
 
+    /// The base name of a stream key (without the prefix).
+    fn base<'k>(&self, key: &'k str) -> &'k str {
+        key.strip_prefix(self.prefix.as_str()).unwrap_or(key)
+    }
+
+    /// The entry's envelope, if its stream's owner signed it for that stream.
+    fn accept(&self, key: &str, entry: &StreamId) -> Verdict {
+        let Some(envelope) = entry
+            .get::<Vec<u8>>("ce")
+            .and_then(|b| Envelope::decode(b.as_slice()).ok())
+        else {
+            return Verdict::Refuse(None, Rejection::Undecodable);
+        };
+        match self.options.keys.verify(self.base(key), &envelope) {
+            Ok(()) => Verdict::Accept(envelope),
+            Err(rejection) => Verdict::Refuse(Some(envelope), rejection),
+        }
+    }
+
     /// New entries are applied in one transaction and acknowledged together; if any fails,
     /// each is handled on its own (so one poison entry does not hold back the others).
+    /// Entries the stream's owner did not sign are refused first, never applied.
     async fn process_batch(&self, key: &str, entries: Vec<StreamId>) -> anyhow::Result<()> {
-        let decoded: Option<Vec<Envelope>> = entries
-            .iter()
-            .map(|e| e.get::<Vec<u8>>("ce").and_then(|b| Envelope::decode(b.as_slice()).ok()))
-            .collect();
-        if let Some(envelopes) = decoded.filter(|e| e.len() > 1) {
+        let mut accepted = Vec::with_capacity(entries.len());
+        for entry in entries {
+            match self.accept(key, &entry) {
+                Verdict::Accept(envelope) => accepted.push((entry, envelope)),
+                Verdict::Refuse(envelope, rejection) => self.reject(key, &entry, envelope, rejection).await?,
+            }
+        }
+        if accepted.len() > 1 {
+            let envelopes: Vec<Envelope> = accepted.iter().map(|(_, e)| e.clone()).collect();
             match self.inbox.apply_all(&envelopes).await {
                 Ok(()) => {
-                    let ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
+                    let ids: Vec<&str> = accepted.iter().map(|(e, _)| e.id.as_str()).collect();
                     let mut conn = self.conn.clone();
                     let _: i64 = conn.xack(key, self.group(), &ids).await.context("XACK")?;
                     self.applied(key, &envelopes);
@@ -320,48 +355,80 @@ impl RedisConsumer {
                 Err(err) => tracing::debug!(error = %format!("{err:#}"), "batch failed; handling entries one by one"),
             }
         }
-        for entry in entries {
-            self.process(key, entry).await?;
+        for (entry, envelope) in accepted {
+            self.apply(key, &entry, envelope).await?;
         }
         Ok(())
     }
 
     async fn process(&self, key: &str, entry: StreamId) -> anyhow::Result<()> {
-        let mut conn = self.conn.clone();
-        let outcome = match entry.get::<Vec<u8>>("ce") {
-            Some(bytes) => match Envelope::decode(bytes.as_slice()) {
-                Ok(envelope) => match self.inbox.apply(&envelope).await {
-                    Ok(_) => Ok(envelope),
-                    Err(e) => Err((Some(envelope), e)),
-                },
-                Err(e) => Err((None, anyhow::anyhow!("undecodable envelope: {e}"))),
-            },
-            None => Err((None, anyhow::anyhow!("entry has no ce field"))),
-        };
-        match outcome {
-            Ok(envelope) => {
+        match self.accept(key, &entry) {
+            Verdict::Accept(envelope) => self.apply(key, &entry, envelope).await,
+            Verdict::Refuse(envelope, rejection) => self.reject(key, &entry, envelope, rejection).await,
+        }
+    }
+
+    async fn apply(&self, key: &str, entry: &StreamId, envelope: Envelope) -> anyhow::Result<()> {
+        match self.inbox.apply(&envelope).await {
+            Ok(_) => {
+                let mut conn = self.conn.clone();
                 let _: i64 = conn.xack(key, self.group(), &[&entry.id]).await.context("XACK")?;
                 self.applied(key, std::slice::from_ref(&envelope));
             }
-            Err((envelope, err)) => {
+            Err(err) => {
                 let deliveries = self.deliveries(key, &entry.id).await?;
                 crate::metrics::metrics()
                     .events_retried
                     .with_label_values(&[key, self.group()])
                     .inc();
-                let poison = envelope.is_none() || deliveries >= i64::from(self.options.max_deliveries);
+                let poison = deliveries >= i64::from(self.options.max_deliveries);
                 tracing::warn!(
                     group = self.group(), stream = key, entry = %entry.id, deliveries, poison,
                     error = %format!("{err:#}"), "handling an event failed"
                 );
                 if poison {
-                    self.dead_letter(key, &entry.id, envelope.as_ref(), deliveries, &err)
+                    self.dead_letter(key, &entry.id, Some(&envelope), deliveries, &err, None)
                         .await?;
                 }
                 // Otherwise it stays pending and is retried once it has been idle for claim_idle.
             }
         }
         Ok(())
+    }
+
+    /// An entry its stream's owner did not sign: the handler records it (audit, alerting),
+    /// then it moves to the dead-letter stream without its envelope in `ce` (nothing that
+    /// reads dead letters as events sees it) and is acknowledged. If recording fails the
+    /// entry stays pending and is refused again later.
+    async fn reject(
+        &self,
+        key: &str,
+        entry: &StreamId,
+        envelope: Option<Envelope>,
+        reason: Rejection,
+    ) -> anyhow::Result<()> {
+        let raw = entry.get::<Vec<u8>>("ce").unwrap_or_default();
+        let rejected = Rejected {
+            stream: self.base(key).to_owned(),
+            entry_id: entry.id.clone(),
+            envelope,
+            reason,
+            consumer: self.group().to_owned(),
+            digest: <sha2::Sha256 as sha2::Digest>::digest(&raw).into(),
+        };
+        crate::metrics::metrics()
+            .events_rejected
+            .with_label_values(&[key, rejected.reason.code()])
+            .inc();
+        tracing::error!(
+            group = self.group(), stream = key, entry = %entry.id, reason = %rejected.reason,
+            claimed_type = rejected.envelope.as_ref().map(|e| e.r#type.as_str()).unwrap_or_default(),
+            "refused a stream entry its owner did not sign"
+        );
+        self.inbox.reject(&rejected).await?;
+        let err = anyhow::anyhow!("rejected: {}", rejected.reason);
+        self.dead_letter(key, &entry.id, rejected.envelope.as_ref(), 1, &err, Some(raw))
+            .await
     }
 
     /// Counts applied events and how old the newest was.
@@ -398,6 +465,7 @@ impl RedisConsumer {
         envelope: Option<&Envelope>,
         deliveries: i64,
         err: &anyhow::Error,
+        refused: Option<Vec<u8>>,
     ) -> anyhow::Result<()> {
         let record = DeadLettered {
             stream: key.to_owned(),
@@ -416,7 +484,11 @@ impl RedisConsumer {
             ("entry", record.entry_id.clone().into_bytes()),
             ("event_id", record.event_id.clone().into_bytes()),
             ("data", record.encode_to_vec()),
-            ("ce", envelope.map(|e| e.encode_to_vec()).unwrap_or_default()),
+            match refused {
+                // Kept for investigation, under a name no event reader looks at.
+                Some(raw) => ("refused", raw),
+                None => ("ce", envelope.map(|e| e.encode_to_vec()).unwrap_or_default()),
+            },
         ];
         let dl = self.key(streams::DEADLETTER);
         crate::metrics::metrics()
@@ -457,12 +529,15 @@ pub async fn last_entry_id(url: &str, prefix: &str, stream: &str) -> anyhow::Res
 }
 
 /// Follows every entry of `stream` after `from` (no consumer group: every replica sees all),
-/// handing each entry's id and envelope to `apply`, until `stop` turns true.
+/// handing each entry's id and envelope to `apply`, until `stop` turns true. On a stream a
+/// service owns, only entries that service signed are handed on; others are logged, counted
+/// and skipped (the consumer groups record and dead-letter them).
 pub fn tail(
     url: String,
     prefix: String,
     stream: &'static str,
     from: String,
+    keys: std::sync::Arc<EventKeys>,
     mut stop: watch::Receiver<bool>,
     apply: impl Fn(&str, &Envelope) + Send + 'static,
 ) -> JoinHandle<()> {
@@ -491,19 +566,30 @@ pub fn tail(
             let options = StreamReadOptions::default()
                 .count(500)
                 .block(block.as_millis() as usize);
-            let (keys, ids) = ([key.as_str()], [last.as_str()]);
+            let (stream_keys, ids) = ([key.as_str()], [last.as_str()]);
             let read: redis::RedisResult<Option<StreamReadReply>> = tokio::select! {
-                r = c.xread_options(&keys, &ids, &options) => r,
+                r = c.xread_options(&stream_keys, &ids, &options) => r,
                 _ = stop.changed() => return,
             };
             match read {
                 Ok(reply) => {
                     for entry in reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids) {
-                        if let Some(envelope) = entry
+                        let envelope = entry
                             .get::<Vec<u8>>("ce")
-                            .and_then(|b| Envelope::decode(b.as_slice()).ok())
-                        {
-                            apply(&entry.id, &envelope);
+                            .and_then(|b| Envelope::decode(b.as_slice()).ok());
+                        match envelope.map(|e| match super::owner(stream) {
+                            Some(_) => keys.verify(stream, &e).map(|()| e),
+                            None => Ok(e),
+                        }) {
+                            Some(Ok(envelope)) => apply(&entry.id, &envelope),
+                            Some(Err(rejection)) => {
+                                crate::metrics::metrics()
+                                    .events_rejected
+                                    .with_label_values(&[key.as_str(), rejection.code()])
+                                    .inc();
+                                tracing::warn!(stream = %key, entry = %entry.id, reason = %rejection, "stream tail skipped an entry its owner did not sign");
+                            }
+                            None => {}
                         }
                         last = entry.id;
                     }
