@@ -235,7 +235,9 @@ impl TestSuite {
             );
             let mut busy = false;
             for db in &databases {
-                let row = pim_runtime::db::query_one(db, "SELECT COUNT(*) AS n FROM outbox", vec![]).await?;
+                let row =
+                    pim_runtime::db::query_one(db, "SELECT COUNT(*) AS n FROM outbox WHERE status = 'pending'", vec![])
+                        .await?;
                 busy |= row
                     .map(|r| pim_runtime::db::col::<i64>(&r, "n"))
                     .transpose()?

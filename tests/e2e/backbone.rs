@@ -18,7 +18,8 @@ use pim_proto::events::v1::{DeadLettered, UserCreated};
 use pim_runtime::db::{self, Db, col};
 use pim_runtime::events::{
     ConsumerOptions, Envelope, EventHandler, EventKeys, Inbox, Outbox, Publisher, RedisConsumer, RedisPublisher, Relay,
-    SqlMigration, backbone_indexes_migration, backbone_migration, envelope, pending, short_type, streams,
+    SqlMigration, backbone_indexes_migration, backbone_migration, backbone_replay_migration, envelope, pending, replay,
+    short_type, streams,
 };
 use pim_runtime::testing::{TestDatabase, redis_url, unique};
 
@@ -32,6 +33,7 @@ impl MigratorTrait for Migrator {
                 "CREATE TABLE applied (event_id TEXT NOT NULL)".to_owned()
             }),
             backbone_indexes_migration(),
+            backbone_replay_migration(),
         ]
     }
 }
@@ -372,6 +374,56 @@ async fn a_stopping_consumer_finishes_the_entries_it_holds() -> anyhow::Result<(
     tokio::time::timeout(Duration::from_secs(10), stopping).await??;
     assert_eq!(f.applied(&event.id).await?, 1, "applied before the consumer stopped");
     assert_eq!(f.pending_entries().await?, 0, "and acknowledged");
+    f.cleanup().await
+}
+
+/// Redis loses events before anyone read them (restarted empty): the producer still has them
+/// for the replay window, `replay` publishes them again, the consumer applies each once
+/// however often they come, and the window's end prunes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_redis_lost_are_replayed_from_the_outbox_and_applied_once() -> anyhow::Result<()> {
+    let mut f = Fixture::new().await?;
+    let relay = f.relay().await?.keeping(Duration::from_secs(3600));
+    let started = db::now_ms();
+    let mut emitted = Vec::new();
+    for _ in 0..3 {
+        emitted.push(f.emit("UserCreated").await?.id);
+    }
+    assert_eq!(relay.run_once().await?, 3);
+    assert_eq!(pending(&f.db).await?, 0, "published");
+    let kept = |f: &Fixture| {
+        let db = f.db.clone();
+        async move {
+            let row = db::query_one(&db, "SELECT COUNT(*) AS n FROM outbox WHERE status = 'sent'", vec![]).await?;
+            anyhow::Ok(row.map(|r| col::<i64>(&r, "n")).transpose()?.unwrap_or_default())
+        }
+    };
+    assert_eq!(kept(&f).await?, 3, "kept for the replay window");
+
+    // Redis forgets the stream before any consumer read it.
+    let _: () = f.redis.del(f.key(streams::IDENTITY)).await?;
+    let consumer = f.consumer(fast(5)).await?;
+    assert_eq!(consumer.run_once().await?, 0, "nothing left to read");
+
+    // Replayed: published again and applied, each once, also when replayed twice.
+    assert_eq!(replay(&f.db, started).await?, 3);
+    assert_eq!(relay.run_once().await?, 3);
+    assert_eq!(replay(&f.db, started).await?, 3);
+    assert_eq!(relay.run_once().await?, 3);
+    let mut handled = 0;
+    while handled < 6 {
+        handled += consumer.run_once().await?;
+    }
+    for id in &emitted {
+        assert_eq!(f.applied(id).await?, 1, "{id} applied once");
+    }
+    // Events written before `since` are not replayed.
+    assert_eq!(replay(&f.db, db::now_ms() + 1).await?, 0);
+
+    // Past the window, the kept rows go.
+    db::exec(&f.db, "UPDATE outbox SET sent_at = sent_at - 7200000", vec![]).await?;
+    relay.prune().await?;
+    assert_eq!(kept(&f).await?, 0);
     f.cleanup().await
 }
 

@@ -5,7 +5,7 @@ use sea_orm::{ConnectionTrait, DbErr, QueryResult};
 use sea_orm_migration::{MigrationTrait, MigratorTrait};
 
 use pim_runtime::db::{self, Dialect, col};
-use pim_runtime::events::{SqlMigration, backbone_indexes_migration, backbone_migration};
+use pim_runtime::events::{SqlMigration, backbone_indexes_migration, backbone_migration, backbone_replay_migration};
 
 pub struct Migrator;
 
@@ -122,6 +122,7 @@ impl MigratorTrait for Migrator {
                     .to_owned()
             }),
             backbone_indexes_migration(),
+            backbone_replay_migration(),
         ]
     }
 }

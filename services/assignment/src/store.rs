@@ -4,7 +4,9 @@ use sea_orm::{ConnectionTrait, DbBackend, DbErr, QueryResult, TransactionTrait, 
 use sea_orm_migration::{MigrationTrait, MigratorTrait};
 
 use pim_runtime::db::{self, Db, Dialect, col, placeholders};
-use pim_runtime::events::{OUTBOX_INSERT, OutboxRows, SqlMigration, backbone_indexes_migration, backbone_migration};
+use pim_runtime::events::{
+    OUTBOX_INSERT, OutboxRows, SqlMigration, backbone_indexes_migration, backbone_migration, backbone_replay_migration,
+};
 
 use crate::roles::BUILT_IN_ROLES;
 
@@ -125,6 +127,7 @@ impl MigratorTrait for Migrator {
                 // learn them both from this replica's commits and from the stream.
                 "ALTER TABLE assignments ADD COLUMN version BIGINT NOT NULL DEFAULT 1".to_owned()
             }),
+            backbone_replay_migration(),
         ]
     }
 }

@@ -4,7 +4,7 @@ use sea_orm::{ConnectionTrait, DbErr, QueryResult, Value};
 use sea_orm_migration::{MigrationTrait, MigratorTrait};
 
 use pim_runtime::db::{self, col};
-use pim_runtime::events::{SqlMigration, backbone_indexes_migration, backbone_migration};
+use pim_runtime::events::{SqlMigration, backbone_indexes_migration, backbone_migration, backbone_replay_migration};
 
 pub struct Migrator;
 
@@ -63,6 +63,7 @@ impl MigratorTrait for Migrator {
                 )
             }),
             backbone_indexes_migration(),
+            backbone_replay_migration(),
         ]
     }
 }

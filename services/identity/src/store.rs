@@ -4,7 +4,7 @@ use sea_orm::{ConnectionTrait, DbErr, QueryResult};
 use sea_orm_migration::{MigrationTrait, MigratorTrait};
 
 use pim_runtime::db::{self, col};
-use pim_runtime::events::{SqlMigration, backbone_indexes_migration, backbone_migration};
+use pim_runtime::events::{SqlMigration, backbone_indexes_migration, backbone_migration, backbone_replay_migration};
 
 pub struct Migrator;
 
@@ -133,6 +133,7 @@ impl MigratorTrait for Migrator {
                 CREATE INDEX sessions_revoked ON sessions (revoked_at)"
                     .to_owned()
             }),
+            backbone_replay_migration(),
         ]
     }
 }

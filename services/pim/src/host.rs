@@ -342,7 +342,9 @@ impl Suite {
                 let relay = Relay::new(s.db().clone(), s.outbox().clone(), publisher.clone()).named(s.name());
                 // What crosses Redis is signed; embedded delivery never leaves the process.
                 match config.redis_url {
-                    Some(_) => relay.signed_with(event_keys.clone()),
+                    Some(_) => relay
+                        .signed_with(event_keys.clone())
+                        .keeping(config.event_replay_window),
                     None => relay,
                 }
                 .spawn(options.relay_poll)

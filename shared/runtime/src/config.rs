@@ -93,6 +93,9 @@ pub struct Config {
     /// The public keys of every service whose events this process reads, `service:base64`
     /// each, several per service while a key rotates (`PIM_EVENT_VERIFYING_KEYS`).
     pub event_verifying_keys: Option<String>,
+    /// How long published events stay in their producer's outbox so `pim events replay` can
+    /// publish them again after Redis lost them (`PIM_EVENT_REPLAY_HOURS`; 0: not kept).
+    pub event_replay_window: Duration,
 }
 
 /// Whether the server requires MFA at sign-in.
@@ -192,6 +195,7 @@ impl Config {
             mfa_step_up: Duration::from_secs(num("PIM_MFA_STEP_UP_SECS", 600)?),
             event_signing_keys: get("PIM_EVENT_SIGNING_KEYS").map(Secret::new),
             event_verifying_keys: get("PIM_EVENT_VERIFYING_KEYS"),
+            event_replay_window: Duration::from_secs(num("PIM_EVENT_REPLAY_HOURS", 24)?.saturating_mul(3600)),
         };
         config.validate()?;
         Ok(config)
@@ -209,6 +213,10 @@ impl Config {
         }
         if self.mfa_enrollment_window > Duration::from_secs(30 * 86_400) {
             bail!("PIM_MFA_ENROLLMENT_WINDOW_SECS must be at most 30 days (2592000)");
+        }
+        if self.event_replay_window > Duration::from_secs(7 * 24 * 3600) {
+            // Consumers recognise a replayed event by their inbox, kept seven days.
+            bail!("PIM_EVENT_REPLAY_HOURS must be at most 168 (the inbox remembers events for seven days)");
         }
         if self.max_deliveries == 0 {
             bail!("PIM_MAX_DELIVERIES must be at least 1");

@@ -79,6 +79,9 @@ enum Command {
         /// The services to make keys for (default: all five; name one to rotate its key).
         services: Vec<ServiceName>,
     },
+    /// Operate the event streams (an operator's command, run beside the services' databases).
+    #[command(subcommand)]
+    Events(EventsCommand),
     /// Create the first Global Administrator when there is none (production; `pim up` does it itself).
     Bootstrap {
         /// The identity service's database.
@@ -349,11 +352,33 @@ struct AuditArgs {
     client: ClientArgs,
 }
 
+#[derive(Subcommand)]
+enum EventsCommand {
+    /// Publish again the events written since a moment, after Redis lost events it had not
+    /// delivered (restarted empty, a failover without persistence). Services keep published
+    /// events for PIM_EVENT_REPLAY_HOURS (24); their relays publish the marked events within
+    /// a moment, and consumers skip those they had applied already.
+    Replay {
+        /// Replay events written since this moment: RFC 3339 (2026-12-02T10:00:00Z) or a
+        /// duration ago (90m, 2h).
+        #[arg(long)]
+        since: String,
+        /// A service database to replay from (repeat for several; default PIM_DATABASE_URL,
+        /// else the five SQLite files of `pim up` in PIM_DATA_DIR).
+        #[arg(long = "database")]
+        databases: Vec<String>,
+    },
+}
+
 /// Runs the command line; returns the process exit code.
 pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     if matches!(
         cli.command,
-        Command::Up | Command::Serve { .. } | Command::Bootstrap { .. } | Command::EventKeys { .. }
+        Command::Up
+            | Command::Serve { .. }
+            | Command::Bootstrap { .. }
+            | Command::EventKeys { .. }
+            | Command::Events(_)
     ) {
         return run_command(cli).await;
     }
@@ -370,6 +395,7 @@ async fn run_command(cli: Cli) -> anyhow::Result<i32> {
         Command::Up => up().await,
         Command::Serve { service } => serve(service).await,
         Command::EventKeys { services } => Ok(event_keys(services)),
+        Command::Events(EventsCommand::Replay { since, databases }) => replay(&since, databases).await,
         Command::Bootstrap {
             identity_database,
             assignment_database,
@@ -525,6 +551,64 @@ fn event_keys(services: Vec<ServiceName>) -> i32 {
     println!("# once the services sign with the new keys and their backlog is consumed.");
     println!("PIM_EVENT_VERIFYING_KEYS={}", keys.verifying_setting());
     0
+}
+
+/// `pim events replay`: marks the events written since `since` for publication again.
+async fn replay(since: &str, databases: Vec<String>) -> anyhow::Result<i32> {
+    let since_ms = match humantime::parse_rfc3339_weak(since) {
+        Ok(at) => at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0),
+        Err(_) => {
+            let ago = humantime::parse_duration(since).map_err(|_| {
+                anyhow::anyhow!(
+                    "--since {since:?} is neither an RFC 3339 time (2026-12-02T10:00:00Z) nor a duration (2h)"
+                )
+            })?;
+            now_ms() - ago.as_millis() as i64
+        }
+    };
+    let config = load_config(true)?;
+    let databases: Vec<(String, String)> = match (databases.is_empty(), &config.database_url) {
+        (false, _) => databases.into_iter().map(|d| (redacted(&d), d)).collect(),
+        (true, Some(url)) => vec![(redacted(url.expose()), url.expose().clone())],
+        (true, None) => ServiceName::ALL
+            .into_iter()
+            .map(|s| config.data_dir.join(format!("{s}.db")))
+            .filter(|path| path.exists())
+            .map(|path| (path.display().to_string(), sqlite_url(&path)))
+            .collect(),
+    };
+    if databases.is_empty() {
+        bail!(
+            "no database to replay from: give --database, set PIM_DATABASE_URL, or point PIM_DATA_DIR at pim up's data ({})",
+            config.data_dir.display()
+        );
+    }
+    let since_text = time(Some(since_ms));
+    for (name, url) in databases {
+        let db = pim_runtime::db::connect(&url)
+            .await
+            .with_context(|| format!("opening {name}"))?;
+        let marked = pim_runtime::events::replay(&db, since_ms)
+            .await
+            .with_context(|| format!("marking events in {name}"))?;
+        println!("{name}: {marked} events written since {since_text} will be published again");
+        db.close().await.ok();
+    }
+    Ok(0)
+}
+
+/// A database URL without its password, to print.
+fn redacted(url: &str) -> String {
+    match (url.split_once("://"), url.rfind('@')) {
+        (Some((scheme, rest)), Some(at)) => {
+            let user = rest[..at - scheme.len() - 3].split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}@{}", &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
 }
 
 async fn serve(service: ServiceName) -> anyhow::Result<i32> {

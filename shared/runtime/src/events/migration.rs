@@ -82,3 +82,11 @@ pub fn backbone_indexes_migration() -> Box<dyn MigrationTrait> {
             .to_owned()
     })
 }
+
+/// Published rows may now stay for a replay window (`status = 'sent'`, `sent_at`); the relay's
+/// upkeep prunes them by that time, from an index of sent rows only.
+pub fn backbone_replay_migration() -> Box<dyn MigrationTrait> {
+    SqlMigration::boxed("m0000_backbone_replay", |_| {
+        "CREATE INDEX outbox_sent ON outbox (sent_at) WHERE status = 'sent'".to_owned()
+    })
+}

@@ -19,8 +19,10 @@ use uuid::Uuid;
 
 pub use consumer::{EventHandler, Inbox, Rejected};
 pub use embedded::{EmbeddedBus, Listener};
-pub use migration::{SqlMigration, backbone_indexes_migration, backbone_migration};
-pub use outbox::{INBOX_KEPT, OUTBOX_INSERT, Outbox, OutboxRows, Pending, Publisher, Relay, RelayHandle, pending};
+pub use migration::{SqlMigration, backbone_indexes_migration, backbone_migration, backbone_replay_migration};
+pub use outbox::{
+    INBOX_KEPT, OUTBOX_INSERT, Outbox, OutboxRows, Pending, Publisher, Relay, RelayHandle, pending, replay,
+};
 pub use redis::{ConsumerHandle, ConsumerOptions, RedisConsumer, RedisPublisher, last_entry_id, tail};
 pub use signing::{EventKeys, PUBLISHERS, Rejection, key_id, owner};
 

@@ -148,6 +148,9 @@ pub struct Relay {
     service: &'static str,
     /// Signs each event as it leaves (events crossing Redis must be signed).
     keys: Option<Arc<super::EventKeys>>,
+    /// How long published rows stay (marked sent) so an operator can replay them after Redis
+    /// lost what it held ([`replay`]); zero deletes them once published.
+    keep: Duration,
 }
 
 /// The running relay: stop it, or wait for it.
@@ -177,7 +180,14 @@ impl Relay {
             batch: 100,
             service: "",
             keys: None,
+            keep: Duration::ZERO,
         }
+    }
+
+    /// Keeps published rows for `window` (marked sent), so [`replay`] can publish them again.
+    pub fn keeping(mut self, window: Duration) -> Self {
+        self.keep = window;
+        self
     }
 
     /// Signs every event it publishes with the key of its stream's owner. Signing happens as
@@ -246,10 +256,19 @@ impl Relay {
                 .inc();
         }
         if sent > 0 {
-            // One statement removes the whole published prefix (Redis, audit and the
-            // consumers have the events now).
-            let values: Vec<sea_orm::Value> = batch[..sent].iter().map(|p| p.id.clone().into()).collect();
-            let sql = format!("DELETE FROM outbox WHERE id IN ({})", db::placeholders(1, sent));
+            // One statement settles the whole published prefix (Redis, audit and the
+            // consumers have the events now): deleted, or kept as sent for the replay window.
+            let mut values: Vec<sea_orm::Value> = batch[..sent].iter().map(|p| p.id.clone().into()).collect();
+            let sql = if self.keep.is_zero() {
+                format!("DELETE FROM outbox WHERE id IN ({})", db::placeholders(1, sent))
+            } else {
+                values.push(db::now_ms().into());
+                format!(
+                    "UPDATE outbox SET status = 'sent', sent_at = ${} WHERE id IN ({})",
+                    sent + 1,
+                    db::placeholders(1, sent)
+                )
+            };
             db::exec(conn, &sql, values).await?;
         }
         if let (Some(err), Some(failed)) = (failure, batch.get(sent)) {
@@ -274,12 +293,20 @@ impl Relay {
     /// Deletes inbox rows older than [`INBOX_KEPT`], so the table does not grow without
     /// bound. Returns the rows deleted.
     pub async fn prune(&self) -> Result<u64, DbErr> {
-        db::exec(
+        let inbox = db::exec(
             &self.db,
             "DELETE FROM inbox WHERE processed_at < $1",
             vec![(db::now_ms() - INBOX_KEPT.as_millis() as i64).into()],
         )
-        .await
+        .await?;
+        // Published rows past the replay window.
+        let sent = db::exec(
+            &self.db,
+            "DELETE FROM outbox WHERE status = 'sent' AND sent_at < $1",
+            vec![(db::now_ms() - self.keep.as_millis() as i64).into()],
+        )
+        .await?;
+        Ok(inbox + sent)
     }
 
     /// Clears the dead rows the relay's deletes leave (PostgreSQL). The outbox is a queue:
@@ -352,6 +379,19 @@ impl Relay {
         });
         RelayHandle { stop, task }
     }
+}
+
+/// Marks the rows published since `since_ms` (epoch milliseconds, by when they were written)
+/// pending again, so the relay publishes them once more — after Redis lost events it had not
+/// delivered yet. Consumers drop what they applied before (inbox, event ids). Returns how
+/// many rows will go out again; only rows still in the replay window exist.
+pub async fn replay<C: ConnectionTrait>(c: &C, since_ms: i64) -> Result<u64, DbErr> {
+    db::exec(
+        c,
+        "UPDATE outbox SET status = 'pending', attempts = 0, last_error = NULL WHERE status = 'sent' AND created_at >= $1",
+        vec![since_ms.into()],
+    )
+    .await
 }
 
 /// Pending rows of an outbox (for tests and the backlog metric).
