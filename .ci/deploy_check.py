@@ -18,6 +18,7 @@ import re
 import shlex
 import subprocess
 import sys
+import time
 
 import kubernetes_validate
 import yaml
@@ -39,7 +40,7 @@ def grpc_packages() -> set[str]:
     return found
 
 
-def k8s_problems(docs: list[dict]) -> list[str]:
+def k8s_problems(docs: list[dict], probe_kind: str = "grpc") -> list[str]:
     problems = []
     for doc in docs:
         try:
@@ -63,8 +64,8 @@ def k8s_problems(docs: list[dict]) -> list[str]:
             problems.append(f"{name}: not runAsNonRoot")
         for container in pod.get("containers", []) or [{}]:
             for probe in ("readinessProbe", "livenessProbe"):
-                if "grpc" not in container.get(probe, {}):
-                    problems.append(f"{name}: no gRPC {probe}")
+                if probe_kind not in container.get(probe, {}):
+                    problems.append(f"{name}: no {probe_kind} {probe}")
             if not container.get("resources", {}).get("requests"):
                 problems.append(f"{name}: no resource requests")
             env = {e.get("name"): e for e in container.get("env", [])}
@@ -93,7 +94,22 @@ def compose_problems(compose: dict, envoy: dict, collector: dict, init_sql: str)
     for needed in SERVICES + ["postgres", "redis", "otel-collector", "gateway"]:
         if needed not in services:
             problems.append(f"compose has no service {needed}")
-    redis_command = " ".join(services.get("redis", {}).get("command", []))
+    redis_args = services.get("redis", {}).get("command", [])
+    redis_command = " ".join(redis_args)
+    users, current = {}, None
+    for arg in redis_args:
+        if arg == "--user":
+            current = None
+        elif current is None and not arg.startswith("--"):
+            current = arg
+            users[current] = []
+        elif current is not None:
+            users[current].append(arg)
+    if "on" in users.get("default", ["on"]):
+        problems.append("compose: Redis lets anyone in (the default user is not off)")
+    owned = {"identity": ["pim.identity.events"], "assignment": ["pim.assignment.events"],
+             "approval": ["pim.approval.events"], "alerting": ["pim.alerting.events", "pim.alerts"],
+             "audit": ["pim.audit.events"]}
     if "--appendonly yes" not in redis_command or "--appendfsync" not in redis_command:
         problems.append("compose: Redis runs without AOF (--appendonly yes --appendfsync …)")
     databases = set()
@@ -106,6 +122,13 @@ def compose_problems(compose: dict, envoy: dict, collector: dict, init_sql: str)
             problems.append(f"compose: {database} is not created by postgres-init.sql")
         databases.add(database)
         environment = services.get(service, {}).get("environment", {})
+        if not str(environment.get("PIM_REDIS_URL", "")).startswith(f"redis://{service}:"):
+            problems.append(f"compose: {service} does not reach Redis as its own user")
+        rules = users.get(service, [])
+        appends = [r for r in rules if "+xadd" in r]
+        expected = "(+xadd " + " ".join(f"~{k}" for k in owned[service] + ["pim.deadletter"]) + ")"
+        if appends != [expected] or "-@all" not in rules:
+            problems.append(f"compose: Redis user {service} may append to more than its own streams ({appends})")
         if f"PIM_EVENT_KEY_{service.upper()}" not in str(environment.get("PIM_EVENT_SIGNING_KEYS", "")):
             problems.append(f"compose: {service} has no event signing key of its own")
         if "PIM_EVENT_VERIFYING_KEYS" not in environment:
@@ -128,6 +151,119 @@ def compose_problems(compose: dict, envoy: dict, collector: dict, init_sql: str)
     return problems
 
 
+def merge(base, patch):
+    """Kubernetes' strategic merge, as far as the overlays use it: maps merge (null deletes),
+    lists of named maps merge by name, other lists are replaced."""
+    if isinstance(base, dict) and isinstance(patch, dict):
+        out = dict(base)
+        for key, value in patch.items():
+            if value is None:
+                out.pop(key, None)
+            else:
+                out[key] = merge(base.get(key), value) if key in base else value
+        return out
+    if isinstance(base, list) and isinstance(patch, list) and all(isinstance(i, dict) and "name" in i for i in base + patch):
+        out = [dict(i) for i in base]
+        for item in patch:
+            match = next((i for i, b in enumerate(out) if b["name"] == item["name"]), None)
+            if match is None:
+                out.append(item)
+            else:
+                out[match] = merge(out[match], item)
+        return out
+    return patch
+
+
+def load_overlay(name: str, base: list[dict]) -> list[dict]:
+    """The base with an overlay's patches applied (each to the resources its target names)."""
+    kustomization = yaml.safe_load(open(os.path.join(DEPLOY, "k8s", name, "kustomization.yaml")))
+    docs = copy.deepcopy(base)
+    for entry in kustomization.get("patches", []):
+        target, patch = entry["target"], yaml.safe_load(entry["patch"])
+        for i, doc in enumerate(docs):
+            if doc.get("kind") == target["kind"] and target.get("name", doc["metadata"]["name"]) == doc["metadata"]["name"]:
+                patched = merge(doc, {k: v for k, v in patch.items() if k != "metadata"})
+                patched["metadata"] = merge(doc["metadata"], {k: v for k, v in patch["metadata"].items() if k != "name"})
+                docs[i] = patched
+    return docs
+
+
+def mtls_problems(docs: list[dict]) -> list[str]:
+    problems = k8s_problems(docs, probe_kind="exec")
+    for doc in docs:
+        if doc.get("kind") != "Deployment":
+            continue
+        for container in doc["spec"]["template"]["spec"]["containers"]:
+            env = {e["name"]: e.get("value", "") for e in container.get("env", [])}
+            for needed in ("PIM_TLS_CERT", "PIM_TLS_KEY", "PIM_TLS_CLIENT_CA", "PIM_TLS_CLIENT_CERT", "PIM_TLS_CLIENT_KEY"):
+                if not env.get(needed):
+                    problems.append(f"mtls: {doc['metadata']['name']} has no {needed}")
+            for peer in ("PIM_IDENTITY_URL", "PIM_ASSIGNMENT_URL"):
+                if not env.get(peer, "").startswith("https://"):
+                    problems.append(f"mtls: {doc['metadata']['name']} calls its peers without TLS ({peer})")
+    return problems
+
+
+def redis_acl_problems(compose: dict) -> list[str]:
+    """Runs redis-server with compose's command (passwords filled in) and tries each user: it
+    may read, group-read and acknowledge any PIM stream and append to its own, not to another's."""
+    import socket
+    import redis
+
+    owned = {"identity": "pim.identity.events", "assignment": "pim.assignment.events",
+             "approval": "pim.approval.events", "alerting": "pim.alerts", "audit": "pim.audit.events"}
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    args = [re.sub(r"\$\{PIM_REDIS_PASSWORD_(\w+):\?[^}]*\}", lambda m: "pw-" + m.group(1).lower(), a)
+            for a in compose["services"]["redis"]["command"]]
+    args = [a for a in args if a not in ("--appendonly", "--appendfsync", "yes", "everysec")]
+    server = subprocess.Popen(args + ["--port", str(port), "--bind", "127.0.0.1", "--save", ""],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    problems = []
+    try:
+        deadline = time.time() + 10
+        while True:
+            try:
+                redis.Redis(port=port, username="health", password="-").ping()
+                break
+            except redis.exceptions.ConnectionError:
+                if time.time() > deadline:
+                    return ["compose: Redis did not start with compose's command"]
+                time.sleep(0.1)
+        try:
+            redis.Redis(port=port).xadd("pim.identity.events", {"ce": b""})
+            problems.append("compose: Redis accepts anonymous writes")
+        except redis.exceptions.RedisError:
+            pass
+        for service, stream in owned.items():
+            client = redis.Redis(port=port, username=service, password=f"pw-{service}")
+            client.xadd(stream, {"ce": b""})
+            client.xadd("pim.deadletter", {"ce": b""})
+            # As a consumer of another service's stream does: make its group (and the stream).
+            client.xgroup_create("pim.approval.events", service, id="0", mkstream=True)
+            for other in owned.values():
+                if other == stream:
+                    continue
+                try:
+                    client.xadd(other, {"ce": b"forged"})
+                    problems.append(f"compose: Redis user {service} may append to {other}")
+                except redis.exceptions.NoPermissionError:
+                    pass
+            for _, entries in client.xreadgroup(service, "check", {"pim.approval.events": ">"}, count=1):
+                for entry_id, _ in entries:
+                    client.xack("pim.approval.events", service, entry_id)
+            client.xautoclaim("pim.approval.events", service, "check", 30000)
+            client.xpending("pim.approval.events", service)
+            client.xrevrange("pim.identity.events", count=1)
+    except redis.exceptions.RedisError as err:
+        problems.append(f"compose: a Redis user may not do what PIM needs: {err}")
+    finally:
+        server.kill()
+        server.wait()
+    return problems
+
+
 def load_k8s() -> list[dict]:
     base = os.path.join(DEPLOY, "k8s", "base")
     kustomization = yaml.safe_load(open(os.path.join(base, "kustomization.yaml")))
@@ -145,7 +281,9 @@ def main(build: bool) -> int:
     collector = yaml.safe_load(open(os.path.join(compose_dir, "otel-collector.yaml")))
     init_sql = open(os.path.join(compose_dir, "postgres-init.sql")).read()
 
-    problems = k8s_problems(docs) + compose_problems(compose, envoy, collector, init_sql)
+    mtls = load_overlay("mtls", docs)
+    problems = (k8s_problems(docs) + compose_problems(compose, envoy, collector, init_sql) + mtls_problems(mtls)
+                + redis_acl_problems(compose))
     if problems:
         print("deploy/ is broken:\n  " + "\n  ".join(problems), file=sys.stderr)
         return 1
@@ -163,6 +301,21 @@ def main(build: bool) -> int:
         print("Redis without AOF passed the check", file=sys.stderr)
         return 1
 
+    # ... and so is an mTLS overlay that leaves a service without client certificates.
+    no_client_ca = copy.deepcopy(mtls)
+    deployment = next(d for d in no_client_ca if d["kind"] == "Deployment")
+    for container in deployment["spec"]["template"]["spec"]["containers"]:
+        container["env"] = [e for e in container["env"] if e["name"] != "PIM_TLS_CLIENT_CA"]
+    if not mtls_problems(no_client_ca):
+        print("an mTLS overlay without PIM_TLS_CLIENT_CA passed the check", file=sys.stderr)
+        return 1
+    # ... and so is a Redis user that may append to another service's stream.
+    wide = copy.deepcopy(compose)
+    wide["services"]["redis"]["command"] = [
+        "(+xadd ~pim.*)" if "+xadd ~pim.identity.events" in a else a for a in wide["services"]["redis"]["command"]]
+    if not compose_problems(wide, envoy, collector, init_sql):
+        print("a Redis user appending to every stream passed the check", file=sys.stderr)
+        return 1
     # ... and so is a service signing with another's key.
     shared_key = copy.deepcopy(compose)
     shared_key["services"]["audit"]["environment"]["PIM_EVENT_SIGNING_KEYS"] = "${PIM_EVENT_KEY_IDENTITY}"
@@ -176,7 +329,7 @@ def main(build: bool) -> int:
         print("the Dockerfile has no `RUN cargo build` line", file=sys.stderr)
         return 1
     command = build_line.group(1)
-    print(f"deploy/: {len(docs)} Kubernetes resources valid for {K8S_VERSION}, compose, Envoy and "
+    print(f"deploy/: {len(docs)} Kubernetes resources valid for {K8S_VERSION} (and with the mtls overlay), compose, Envoy and "
           f"Collector consistent; the Dockerfile builds with: {command}")
     if build:
         subprocess.run(shlex.split(command), cwd=ROOT, check=True)

@@ -427,6 +427,8 @@ async fn audit_ingest(events: u64, rate: u64) -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let start_sequence = head(&mut audit).await?;
     let publisher = RedisPublisher::connect(&pim_runtime::testing::redis_url(), &ts.stream_prefix).await?;
+    // Identity's key signs them, as identity's relay would.
+    let keys = pim_e2e::event_keys();
     let start = Instant::now();
     // At a rate: one batch every 20 ms; otherwise batches of 500 back to back.
     let batch_size = if rate == 0 { 500 } else { (rate / 50).max(1) as usize };
@@ -444,14 +446,16 @@ async fn audit_ingest(events: u64, rate: u64) -> anyhow::Result<()> {
                     user_name: format!("bench{i}"),
                     display_name: "bench".into(),
                 };
-                Pending {
+                let mut envelope = envelope("pim.identity", "UserCreated", &e.user_id, &e);
+                keys.sign(streams::IDENTITY, &mut envelope)?;
+                Ok(Pending {
                     id: String::new(),
                     stream: streams::IDENTITY.into(),
-                    envelope: envelope("pim.identity", "UserCreated", &e.user_id, &e),
+                    envelope,
                     attempts: 0,
-                }
+                })
             })
-            .collect();
+            .collect::<anyhow::Result<_>>()?;
         let (sent, err) = publisher.publish_all(&batch).await;
         anyhow::ensure!(sent == batch.len(), "publishing failed: {err:?}");
     }
@@ -639,6 +643,7 @@ async fn alert_latency(rate: u64, seconds: u64) -> anyhow::Result<()> {
     });
 
     // The events: one self-approval attempt each, each a new alert.
+    let keys = pim_e2e::event_keys();
     let publisher = RedisPublisher::connect(&pim_runtime::testing::redis_url(), &ts.stream_prefix).await?;
     let mut tick = tokio::time::interval(Duration::from_secs(1) / rate as u32);
     let start = Instant::now();
@@ -652,8 +657,10 @@ async fn alert_latency(rate: u64, seconds: u64) -> anyhow::Result<()> {
             decision: "approve".into(),
             ..Default::default()
         };
-        let env = envelope("pim.approval", "SelfApprovalAttempted", &e.approval_id, &e);
+        // Signed by approval's key, as approval's relay signs (the time counts from here).
+        let mut env = envelope("pim.approval", "SelfApprovalAttempted", &e.approval_id, &e);
         sent.lock().await.insert(env.id.clone(), Instant::now());
+        keys.sign(streams::APPROVAL, &mut env)?;
         publisher.publish(streams::APPROVAL, &env, 0).await?;
     }
     let elapsed = start.elapsed();

@@ -54,3 +54,71 @@ async fn the_suite_serves_tls_when_a_certificate_is_configured() -> anyhow::Resu
     std::fs::remove_dir_all(&dir).ok();
     result
 }
+
+/// Mutual TLS: with `PIM_TLS_CLIENT_CA` the suite accepts only clients presenting a
+/// certificate that CA signed. Its own calls to itself present `PIM_TLS_CLIENT_CERT`, a client
+/// with a certificate gets answers (and still needs its token), one without gets nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_mutual_tls_only_clients_with_a_certificate_get_in() -> anyhow::Result<()> {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+
+    let dir = std::env::temp_dir().join(unique("mtls"));
+    std::fs::create_dir_all(&dir)?;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate()?)?;
+    let issue = |names: Vec<String>, file: &str| -> anyhow::Result<(std::path::PathBuf, std::path::PathBuf)> {
+        let key = KeyPair::generate()?;
+        let cert = CertificateParams::new(names)?.signed_by(&key, &ca)?;
+        let (cert_path, key_path) = (dir.join(format!("{file}.pem")), dir.join(format!("{file}-key.pem")));
+        std::fs::write(&cert_path, cert.pem())?;
+        std::fs::write(&key_path, key.serialize_pem())?;
+        Ok((cert_path, key_path))
+    };
+    let ca_path = dir.join("ca.pem");
+    std::fs::write(&ca_path, ca.pem())?;
+    let (server_cert, server_key) = issue(vec!["localhost".into(), "127.0.0.1".into()], "server")?;
+    let (client_cert, client_key) = issue(vec!["pim-assignment".into()], "client")?;
+    let path = |p: &std::path::Path| p.display().to_string();
+    let ts = TestSuite::embedded_with(&[
+        ("PIM_TLS_CERT", path(&server_cert)),
+        ("PIM_TLS_KEY", path(&server_key)),
+        ("PIM_TLS_CA", path(&ca_path)),
+        ("PIM_TLS_CLIENT_CA", path(&ca_path)),
+        ("PIM_TLS_CLIENT_CERT", path(&client_cert)),
+        ("PIM_TLS_CLIENT_KEY", path(&client_key)),
+    ])
+    .await?;
+    let result = async {
+        // The harness's channel presents the client certificate (it reads the same settings).
+        let admin = ts.admin_token().await?;
+        // create_user makes the suite ask itself CheckAccess, presenting its certificate.
+        ts.create_user(&admin, "lee").await?;
+
+        // Trusting the server but presenting nothing: the handshake fails.
+        let bare = pim_runtime::grpc::channel(
+            ts.suite.url(),
+            &pim_runtime::config::TlsConfig {
+                ca: Some(ca_path.clone()),
+                ..Default::default()
+            },
+        )?;
+        let refused = RoleServiceClient::new(bare)
+            .list_role_definitions(authed(&admin, ListRoleDefinitionsRequest {}))
+            .await
+            .expect_err("no client certificate, no answer");
+        assert_ne!(refused.code(), tonic::Code::Ok);
+
+        // With a certificate but no token: the token is still required.
+        let unauthenticated = RoleServiceClient::new(ts.channel.clone())
+            .list_role_definitions(tonic::Request::new(ListRoleDefinitionsRequest {}))
+            .await
+            .expect_err("a certificate is not a token");
+        assert_eq!(unauthenticated.code(), tonic::Code::Unauthenticated);
+        anyhow::Ok(())
+    }
+    .await;
+    ts.stop().await?;
+    std::fs::remove_dir_all(&dir).ok();
+    result
+}

@@ -492,3 +492,121 @@ async fn after_redis_loses_its_streams_events_flow_again_without_a_restart() -> 
     ts.stop().await?;
     result
 }
+
+/// Redis as a real dependency: TLS (`rediss://`, a private CA, a client certificate) and an
+/// ACL user that may only run the stream commands the suite uses, appending only to PIM's
+/// streams. Events flow: a user created on identity is audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_cross_redis_over_tls_as_an_acl_user() -> anyhow::Result<()> {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+
+    let dir = std::env::temp_dir().join(pim_runtime::testing::unique("redis-tls"));
+    std::fs::create_dir_all(&dir)?;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "PIM test Redis CA");
+    ca_params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate()?)?;
+    let write = |name: &str, pem: String| -> anyhow::Result<String> {
+        let path = dir.join(name);
+        std::fs::write(&path, pem)?;
+        Ok(path.display().to_string())
+    };
+    let issue = |names: Vec<String>, file: &str| -> anyhow::Result<(String, String)> {
+        let key = KeyPair::generate()?;
+        let cert = CertificateParams::new(names)?.signed_by(&key, &ca)?;
+        Ok((
+            write(&format!("{file}.pem"), cert.pem())?,
+            write(&format!("{file}-key.pem"), key.serialize_pem())?,
+        ))
+    };
+    let ca_path = write("ca.pem", ca.pem())?;
+    let (server_cert, server_key) = issue(vec!["127.0.0.1".into(), "localhost".into()], "server")?;
+    let (client_cert, client_key) = issue(vec!["pim".into()], "client")?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    // The commands README's "Redis" section gives each service's user; XADD only on PIM's keys.
+    let mut redis = std::process::Command::new("redis-server")
+        .args(["--port", "0", "--tls-port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--tls-cert-file", &server_cert, "--tls-key-file", &server_key])
+        .args(["--tls-ca-cert-file", &ca_path, "--tls-auth-clients", "yes"])
+        .args(["--save", "", "--appendonly", "no"])
+        .args(["--user", "default", "off"])
+        .args([
+            "--user",
+            "pim",
+            "on",
+            ">s3cret",
+            "resetkeys",
+            "~pim_test_*",
+            "-@all",
+            "+@connection",
+            "+xreadgroup",
+            "+xread",
+            "+xack",
+            "+xautoclaim",
+            "+xpending",
+            "+xgroup|create",
+            "+xrange",
+            "+xrevrange",
+            "+multi",
+            "+exec",
+            "+discard",
+            "(+xadd ~pim_test_*)",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let url = format!("rediss://pim:s3cret@127.0.0.1:{port}");
+    let tls = [
+        ("PIM_REDIS_URL", url.clone()),
+        ("PIM_REDIS_TLS_CA", ca_path.clone()),
+        ("PIM_REDIS_TLS_CERT", client_cert.clone()),
+        ("PIM_REDIS_TLS_KEY", client_key.clone()),
+    ];
+    let result = async {
+        let config = pim_e2e::test_config(&tls)?;
+        let target = config.redis()?.expect("Redis is configured");
+        eventually(
+            Duration::from_secs(10),
+            "Redis with TLS to accept connections",
+            || async {
+                let probe = pim_runtime::events::last_entry_id(&target, "pim_test_probe:", streams::IDENTITY);
+                Ok(tokio::time::timeout(Duration::from_secs(3), probe)
+                    .await
+                    .ok()
+                    .and_then(Result::ok))
+            },
+        )
+        .await?;
+        // Without the client certificate, Redis refuses the connection (the client retries,
+        // so it is given a few seconds to fail and never succeeds).
+        let bare = pim_runtime::events::RedisTarget::new(url.clone(), Some(std::fs::read(&ca_path)?), None);
+        let probe = pim_runtime::events::last_entry_id(&bare, "pim_test_probe:", streams::IDENTITY);
+        assert!(!matches!(
+            tokio::time::timeout(Duration::from_secs(3), probe).await,
+            Ok(Ok(_))
+        ));
+
+        let ts = TestSuite::postgres_with(None, &tls).await?;
+        let outcome = async {
+            let admin = ts.admin_token().await?;
+            let lee = ts.create_user(&admin, "lee").await?;
+            eventually(Duration::from_secs(10), "lee's creation audited", || async {
+                let actions = ts.audited_actions(&admin, &lee.id).await?;
+                Ok(actions.iter().any(|a| a.ends_with("UserCreated")).then_some(()))
+            })
+            .await?;
+            anyhow::Ok(())
+        }
+        .await;
+        ts.stop().await?;
+        outcome
+    }
+    .await;
+    redis.kill().ok();
+    redis.wait().ok();
+    std::fs::remove_dir_all(&dir).ok();
+    result
+}

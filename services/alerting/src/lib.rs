@@ -25,8 +25,8 @@ pub use alerts::{Alerts, detection_finding};
 #[derive(Clone)]
 pub struct Alerting {
     alerts: Alerts,
-    /// Redis URL, stream prefix, and where the dead-letter tail starts (Redis only).
-    dead_letters: Option<(String, String, String)>,
+    /// Redis, stream prefix, and where the dead-letter tail starts (Redis only).
+    dead_letters: Option<(pim_runtime::events::RedisTarget, String, String)>,
 }
 
 impl Alerting {
@@ -42,12 +42,11 @@ impl Alerting {
 
     pub async fn build(deps: Deps) -> anyhow::Result<Self> {
         store::Migrator::up(&deps.db, None).await?;
-        let dead_letters = match &deps.config.redis_url {
-            Some(url) => {
-                let url = url.expose().clone();
+        let dead_letters = match deps.config.redis()? {
+            Some(redis) => {
                 let prefix = deps.config.stream_prefix.clone();
-                let from = pim_runtime::events::last_entry_id(&url, &prefix, streams::DEADLETTER).await?;
-                Some((url, prefix, from))
+                let from = pim_runtime::events::last_entry_id(&redis, &prefix, streams::DEADLETTER).await?;
+                Some((redis, prefix, from))
             }
             None => None,
         };
@@ -182,10 +181,10 @@ impl Service for Alerting {
 
     fn background(&self, stop: tokio::sync::watch::Receiver<bool>) -> Vec<tokio::task::JoinHandle<()>> {
         let mut tasks = vec![self.alerts.spawn_scans(stop.clone())];
-        if let Some((url, prefix, from)) = &self.dead_letters {
+        if let Some((redis, prefix, from)) = &self.dead_letters {
             let alerts = self.alerts.clone();
             tasks.push(pim_runtime::events::tail(
-                url.clone(),
+                redis.clone(),
                 prefix.clone(),
                 streams::DEADLETTER,
                 from.clone(),

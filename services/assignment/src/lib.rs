@@ -45,6 +45,8 @@ pub struct Assignment {
     identity_tail_from: Option<String>,
     /// Whose signatures the tails accept.
     event_keys: std::sync::Arc<pim_runtime::events::EventKeys>,
+    /// Where the tails read (Redis only).
+    redis: Option<pim_runtime::events::RedisTarget>,
 }
 
 impl Assignment {
@@ -52,17 +54,17 @@ impl Assignment {
         store::Migrator::up(&deps.db, None).await?;
         let roles = roles::RoleCatalog::load(&deps.db).await?;
         // The stream position is read before the snapshot, so the tail misses nothing after it.
-        let tail_from = match &deps.config.redis_url {
-            Some(url) => Some(
-                pim_runtime::events::last_entry_id(url.expose(), &deps.config.stream_prefix, streams::ASSIGNMENT)
-                    .await?,
-            ),
+        let redis = deps.config.redis()?;
+        let tail_from = match &redis {
+            Some(redis) => {
+                Some(pim_runtime::events::last_entry_id(redis, &deps.config.stream_prefix, streams::ASSIGNMENT).await?)
+            }
             None => None,
         };
-        let identity_tail_from = match &deps.config.redis_url {
-            Some(url) => Some(
-                pim_runtime::events::last_entry_id(url.expose(), &deps.config.stream_prefix, streams::IDENTITY).await?,
-            ),
+        let identity_tail_from = match &redis {
+            Some(redis) => {
+                Some(pim_runtime::events::last_entry_id(redis, &deps.config.stream_prefix, streams::IDENTITY).await?)
+            }
             None => None,
         };
         let index = index::AccessIndex::load(&deps.db, deps.clock.now_ms()).await?;
@@ -82,6 +84,7 @@ impl Assignment {
         Ok(Self {
             assignments,
             event_keys: std::sync::Arc::new(deps.config.event_keys()?),
+            redis,
             config: deps.config,
             tail_from,
             identity_tail_from,
@@ -206,12 +209,12 @@ impl Service for Assignment {
 
     fn background(&self, stop: tokio::sync::watch::Receiver<bool>) -> Vec<tokio::task::JoinHandle<()>> {
         let mut tasks = vec![self.scheduler().spawn(stop.clone())];
-        if let (Some(url), Some(from)) = (&self.config.redis_url, &self.tail_from) {
+        if let (Some(redis), Some(from)) = (&self.redis, &self.tail_from) {
             // Other replicas' writes reach this replica's access index: the stream says which
             // assignments changed, the database what they are now (never the event's body).
             let (changed, mut to_read) = tokio::sync::mpsc::unbounded_channel::<(String, Option<String>)>();
             tasks.push(pim_runtime::events::tail(
-                url.expose().clone(),
+                redis.clone(),
                 self.config.stream_prefix.clone(),
                 streams::ASSIGNMENT,
                 from.clone(),
@@ -245,11 +248,11 @@ impl Service for Assignment {
                 }
             }));
         }
-        if let (Some(url), Some(from)) = (&self.config.redis_url, &self.identity_tail_from) {
+        if let (Some(redis), Some(from)) = (&self.redis, &self.identity_tail_from) {
             // Membership changes consumed by another replica reach this one's memory too.
             let memberships = self.assignments.memberships.clone();
             tasks.push(pim_runtime::events::tail(
-                url.expose().clone(),
+                redis.clone(),
                 self.config.stream_prefix.clone(),
                 streams::IDENTITY,
                 from.clone(),

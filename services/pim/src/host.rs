@@ -268,16 +268,16 @@ impl Suite {
 
         // Events: Redis Streams when configured, otherwise straight from the outboxes.
         let mut consumers = Vec::new();
-        let publisher: Arc<dyn Publisher> = match &config.redis_url {
-            Some(redis_url) => {
+        let redis = config.redis()?;
+        let publisher: Arc<dyn Publisher> = match &redis {
+            Some(redis) => {
                 check_verifying_keys(&event_keys, &services)?;
                 options.consumer.keys = event_keys.clone();
-                let redis_url = redis_url.expose();
                 for service in &services {
                     for handler in service.handlers() {
                         let inbox = Inbox::new(service.db().clone(), handler);
                         let consumer = RedisConsumer::connect(
-                            redis_url,
+                            redis,
                             &config.stream_prefix,
                             inbox,
                             consumer_name(),
@@ -287,7 +287,7 @@ impl Suite {
                         consumers.push(consumer.spawn());
                     }
                 }
-                Arc::new(RedisPublisher::connect(redis_url, &config.stream_prefix).await?)
+                Arc::new(RedisPublisher::connect(redis, &config.stream_prefix).await?)
             }
             None => {
                 let bus = EmbeddedBus::new(config.max_deliveries);
@@ -307,13 +307,13 @@ impl Suite {
         };
         let (stop, stopped) = watch::channel(false);
         let mut background: Vec<JoinHandle<()>> = services.iter().flat_map(|s| s.background(stopped.clone())).collect();
-        if let Some(redis_url) = &config.redis_url {
+        if let Some(redis) = &redis {
             // Lost access reaches the cached answers of this process at once, not after the TTL.
             for stream in [streams::ASSIGNMENT, streams::IDENTITY] {
-                let from = last_entry_id(redis_url.expose(), &config.stream_prefix, stream).await?;
+                let from = last_entry_id(redis, &config.stream_prefix, stream).await?;
                 let (cache, revocations) = (cache.clone(), revocations.clone());
                 background.push(tail(
-                    redis_url.expose().clone(),
+                    redis.clone(),
                     config.stream_prefix.clone(),
                     stream,
                     from,

@@ -30,12 +30,18 @@ impl<T> fmt::Debug for Secret<T> {
 }
 
 /// TLS material: PEM files for a server certificate and key, and optionally a CA that
-/// clients use to verify servers.
+/// clients use to verify servers; for mutual TLS, a CA whose client certificates the server
+/// requires, and the certificate and key this process presents to its peers.
 #[derive(Clone, Debug, Default)]
 pub struct TlsConfig {
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
     pub ca: Option<PathBuf>,
+    /// Clients must present a certificate this CA signed (`PIM_TLS_CLIENT_CA`).
+    pub client_ca: Option<PathBuf>,
+    /// What this process presents when it calls a peer (`PIM_TLS_CLIENT_CERT`, `PIM_TLS_CLIENT_KEY`).
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug)]
@@ -48,6 +54,11 @@ pub struct Config {
     pub database_url: Option<Secret<String>>,
     /// Redis for the event streams (`PIM_REDIS_URL`); unset means embedded delivery.
     pub redis_url: Option<Secret<String>>,
+    /// PEM files for TLS to Redis (`rediss://`): a CA to trust instead of the system's roots
+    /// (`PIM_REDIS_TLS_CA`), and a client certificate and key (`PIM_REDIS_TLS_CERT`, `PIM_REDIS_TLS_KEY`).
+    pub redis_tls_ca: Option<PathBuf>,
+    pub redis_tls_cert: Option<PathBuf>,
+    pub redis_tls_key: Option<PathBuf>,
     /// Prepended to every stream name (`PIM_STREAM_PREFIX`), so parallel runs share one Redis.
     pub stream_prefix: String,
     /// Where `pim up` keeps its SQLite files (`PIM_DATA_DIR`).
@@ -163,6 +174,9 @@ impl Config {
             },
             database_url: get("PIM_DATABASE_URL").map(Secret::new),
             redis_url: get("PIM_REDIS_URL").map(Secret::new),
+            redis_tls_ca: get("PIM_REDIS_TLS_CA").map(PathBuf::from),
+            redis_tls_cert: get("PIM_REDIS_TLS_CERT").map(PathBuf::from),
+            redis_tls_key: get("PIM_REDIS_TLS_KEY").map(PathBuf::from),
             stream_prefix: get("PIM_STREAM_PREFIX").unwrap_or_default(),
             data_dir: get("PIM_DATA_DIR")
                 .map(PathBuf::from)
@@ -173,6 +187,9 @@ impl Config {
                 cert: get("PIM_TLS_CERT").map(PathBuf::from),
                 key: get("PIM_TLS_KEY").map(PathBuf::from),
                 ca: get("PIM_TLS_CA").map(PathBuf::from),
+                client_ca: get("PIM_TLS_CLIENT_CA").map(PathBuf::from),
+                client_cert: get("PIM_TLS_CLIENT_CERT").map(PathBuf::from),
+                client_key: get("PIM_TLS_CLIENT_KEY").map(PathBuf::from),
             },
             access_token_ttl: Duration::from_secs(num("PIM_ACCESS_TOKEN_TTL_SECS", 3600)?),
             access_cache_ttl: Duration::from_millis(num("PIM_ACCESS_CACHE_TTL_MS", 2000)?),
@@ -205,6 +222,15 @@ impl Config {
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             bail!("PIM_TLS_CERT and PIM_TLS_KEY must be set together");
         }
+        if self.redis_tls_cert.is_some() != self.redis_tls_key.is_some() {
+            bail!("PIM_REDIS_TLS_CERT and PIM_REDIS_TLS_KEY must be set together");
+        }
+        if self.tls.client_cert.is_some() != self.tls.client_key.is_some() {
+            bail!("PIM_TLS_CLIENT_CERT and PIM_TLS_CLIENT_KEY must be set together");
+        }
+        if self.tls.client_ca.is_some() && self.tls.cert.is_none() {
+            bail!("PIM_TLS_CLIENT_CA (require client certificates) needs TLS: set PIM_TLS_CERT and PIM_TLS_KEY");
+        }
         if self.access_token_ttl < Duration::from_secs(60) || self.access_token_ttl > Duration::from_secs(24 * 3600) {
             bail!("PIM_ACCESS_TOKEN_TTL_SECS must be between 60 and 86400");
         }
@@ -230,6 +256,26 @@ impl Config {
         }
         self.event_keys()?;
         Ok(())
+    }
+
+    /// Redis, when configured, with the TLS material its settings name (files read now).
+    pub fn redis(&self) -> anyhow::Result<Option<crate::events::RedisTarget>> {
+        let Some(url) = &self.redis_url else {
+            return Ok(None);
+        };
+        let read = |path: &PathBuf, what: &str| {
+            std::fs::read(path).with_context(|| format!("reading {what} {}", path.display()))
+        };
+        let ca = self
+            .redis_tls_ca
+            .as_ref()
+            .map(|p| read(p, "PIM_REDIS_TLS_CA"))
+            .transpose()?;
+        let client = match (&self.redis_tls_cert, &self.redis_tls_key) {
+            (Some(cert), Some(key)) => Some((read(cert, "PIM_REDIS_TLS_CERT")?, read(key, "PIM_REDIS_TLS_KEY")?)),
+            _ => None,
+        };
+        Ok(Some(crate::events::RedisTarget::new(url.expose().clone(), ca, client)))
     }
 
     /// The event signing and verifying keys (see [`crate::events::EventKeys::parse`]).
@@ -310,6 +356,8 @@ mod tests {
         assert_eq!(c.max_deliveries, 9);
         assert!(Config::load(env(&[("PIM_LISTEN_ADDR", "nope")])).is_err());
         assert!(Config::load(env(&[("PIM_TLS_CERT", "/x.pem")])).is_err());
+        assert!(Config::load(env(&[("PIM_TLS_CLIENT_CERT", "/x.pem")])).is_err());
+        assert!(Config::load(env(&[("PIM_TLS_CLIENT_CA", "/ca.pem")])).is_err());
         assert!(Config::load(env(&[("PIM_STREAM_PREFIX", "a b")])).is_err());
         assert!(Config::load(env(&[("PIM_SIGNIN_MFA", "sometimes")])).is_err());
         assert_eq!(

@@ -106,9 +106,14 @@ pub async fn serve(
     if let (Some(cert), Some(key)) = (&tls.cert, &tls.key) {
         let cert = std::fs::read(cert).with_context(|| format!("reading TLS certificate {}", cert.display()))?;
         let key = std::fs::read(key).with_context(|| format!("reading TLS key {}", key.display()))?;
-        builder = builder
-            .tls_config(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))
-            .context("configuring TLS")?;
+        let mut config = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
+        if let Some(ca) = &tls.client_ca {
+            // Mutual TLS: the handshake fails for a client without a certificate this CA signed.
+            // The bearer token is still required and checked on every call.
+            let pem = std::fs::read(ca).with_context(|| format!("reading client CA certificate {}", ca.display()))?;
+            config = config.client_ca_root(Certificate::from_pem(pem));
+        }
+        builder = builder.tls_config(config).context("configuring TLS")?;
     }
     let routes = routes
         .add_service(health)
@@ -138,20 +143,25 @@ pub async fn serve(
 }
 
 /// A lazily-connecting channel to `url` (http:// or https://), trusting `tls.ca` when given
-/// and the system's roots otherwise.
+/// and the system's roots otherwise, presenting `tls.client_cert` when given (mutual TLS).
 pub fn channel(url: &str, tls: &TlsConfig) -> anyhow::Result<Channel> {
     let mut endpoint = Endpoint::from_shared(url.to_owned())
         .with_context(|| format!("invalid service URL {url}"))?
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true);
     if url.starts_with("https://") {
-        let config = match &tls.ca {
+        let mut config = match &tls.ca {
             Some(ca) => {
                 let pem = std::fs::read(ca).with_context(|| format!("reading CA certificate {}", ca.display()))?;
                 ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem))
             }
             None => ClientTlsConfig::new().with_native_roots(),
         };
+        if let (Some(cert), Some(key)) = (&tls.client_cert, &tls.client_key) {
+            let cert = std::fs::read(cert).with_context(|| format!("reading client certificate {}", cert.display()))?;
+            let key = std::fs::read(key).with_context(|| format!("reading client key {}", key.display()))?;
+            config = config.identity(Identity::from_pem(cert, key));
+        }
         endpoint = endpoint.tls_config(config).context("configuring client TLS")?;
     }
     Ok(endpoint.connect_lazy())

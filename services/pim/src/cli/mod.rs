@@ -58,6 +58,12 @@ pub(crate) struct ClientArgs {
     /// CA certificate (PEM) to trust for an https:// server.
     #[arg(long, env = "PIM_TLS_CA", global = true)]
     ca: Option<PathBuf>,
+    /// Client certificate (PEM) to present to a server that requires one (mutual TLS).
+    #[arg(long, env = "PIM_TLS_CLIENT_CERT", global = true, requires = "client_key")]
+    client_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, env = "PIM_TLS_CLIENT_KEY", global = true, requires = "client_cert")]
+    client_key: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -161,6 +167,10 @@ enum Command {
     Audit(AuditArgs),
     /// Show each service's health.
     Health {
+        /// Check only this service (identity, assignment, approval, alerting or audit), as a
+        /// probe of a `pim serve` process does.
+        #[arg(long)]
+        service: Option<ServiceName>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -431,7 +441,7 @@ async fn run_command(cli: Cli) -> anyhow::Result<i32> {
         Command::Assignments(args) => list_assignments(args).await,
         Command::Check(args) => check(args).await,
         Command::Audit(args) => audit(args).await,
-        Command::Health { client } => health(client).await,
+        Command::Health { service, client } => health(service, client).await,
     }
 }
 
@@ -664,6 +674,8 @@ impl Session {
     pub(crate) fn open(args: &ClientArgs, signed_in: bool) -> anyhow::Result<Self> {
         let tls = TlsConfig {
             ca: args.ca.clone(),
+            client_cert: args.client_cert.clone(),
+            client_key: args.client_key.clone(),
             ..TlsConfig::default()
         };
         let channel = pim_runtime::grpc::channel(&args.server, &tls)?;
@@ -1366,7 +1378,7 @@ async fn audit(args: AuditArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-async fn health(client: ClientArgs) -> anyhow::Result<i32> {
+async fn health(only: Option<ServiceName>, client: ClientArgs) -> anyhow::Result<i32> {
     let session = Session::open(&client, false)?;
     let mut health = tonic_health::pb::health_client::HealthClient::new(session.channel.clone());
     let mut all_serving = true;
@@ -1378,7 +1390,12 @@ async fn health(client: ClientArgs) -> anyhow::Result<i32> {
         pim_proto::service_names::AUDIT,
     ];
     let mut rows = Vec::new();
-    for name in names.concat() {
+    let package = only.map(|s| format!("pim.{s}."));
+    for name in names
+        .concat()
+        .into_iter()
+        .filter(|n| package.as_ref().is_none_or(|p| n.starts_with(p.as_str())))
+    {
         let status = match health
             .check(session.request(tonic_health::pb::HealthCheckRequest {
                 service: name.to_owned(),

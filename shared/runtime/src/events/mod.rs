@@ -23,7 +23,7 @@ pub use migration::{SqlMigration, backbone_indexes_migration, backbone_migration
 pub use outbox::{
     INBOX_KEPT, OUTBOX_INSERT, Outbox, OutboxRows, Pending, Publisher, Relay, RelayHandle, pending, replay,
 };
-pub use redis::{ConsumerHandle, ConsumerOptions, RedisConsumer, RedisPublisher, last_entry_id, tail};
+pub use redis::{ConsumerHandle, ConsumerOptions, RedisConsumer, RedisPublisher, RedisTarget, last_entry_id, tail};
 pub use signing::{EventKeys, PUBLISHERS, Rejection, key_id, owner};
 
 pub use pim_proto::events::v1::Envelope;

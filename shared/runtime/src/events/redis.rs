@@ -17,9 +17,83 @@ use tokio::task::JoinHandle;
 use super::{Envelope, EventKeys, Inbox, Publisher, Rejected, Rejection, streams};
 use pim_proto::events::v1::DeadLettered;
 
+/// Where Redis is and how to reach it: a URL (`redis://user:password@host:port` for an ACL
+/// user, `rediss://` for TLS) and, for TLS, a private CA to trust and a client certificate to
+/// present (Redis requires one unless `tls-auth-clients no`).
+#[derive(Clone)]
+pub struct RedisTarget {
+    url: String,
+    ca: Option<Vec<u8>>,
+    client: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl RedisTarget {
+    /// `url`, with PEM material for TLS: `ca` to trust instead of the system's roots, and
+    /// the client certificate and key.
+    pub fn new(url: impl Into<String>, ca: Option<Vec<u8>>, client: Option<(Vec<u8>, Vec<u8>)>) -> Self {
+        Self {
+            url: url.into(),
+            ca,
+            client,
+        }
+    }
+
+    fn client(&self) -> anyhow::Result<redis::Client> {
+        if self.ca.is_none() && self.client.is_none() {
+            return redis::Client::open(self.url.as_str()).context("parsing the Redis URL");
+        }
+        if !self.url.starts_with("rediss://") {
+            anyhow::bail!("a Redis CA or client certificate is set, but PIM_REDIS_URL is not rediss://");
+        }
+        let certificates = redis::TlsCertificates {
+            client_tls: self
+                .client
+                .clone()
+                .map(|(client_cert, client_key)| redis::ClientTlsConfig {
+                    client_cert,
+                    client_key,
+                }),
+            root_cert: self.ca.clone(),
+        };
+        redis::Client::build_with_tls(self.url.as_str(), certificates).context("configuring TLS to Redis")
+    }
+}
+
+impl std::fmt::Debug for RedisTarget {
+    /// The URL may hold a password: only the host part is shown.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let host = self.url.rsplit('@').next().unwrap_or_default();
+        write!(f, "RedisTarget({host})")
+    }
+}
+
+impl From<&str> for RedisTarget {
+    fn from(url: &str) -> Self {
+        Self::new(url, None, None)
+    }
+}
+
+impl From<String> for RedisTarget {
+    fn from(url: String) -> Self {
+        Self::new(url, None, None)
+    }
+}
+
+impl From<&String> for RedisTarget {
+    fn from(url: &String) -> Self {
+        Self::new(url.clone(), None, None)
+    }
+}
+
+impl From<&RedisTarget> for RedisTarget {
+    fn from(target: &RedisTarget) -> Self {
+        target.clone()
+    }
+}
+
 /// Connects a managed (reconnecting) connection; `block` is the longest command it will wait for.
-pub async fn connect(url: &str, block: Duration) -> anyhow::Result<ConnectionManager> {
-    let client = redis::Client::open(url).context("parsing the Redis URL")?;
+pub async fn connect(target: &RedisTarget, block: Duration) -> anyhow::Result<ConnectionManager> {
+    let client = target.client()?;
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(5)))
         .set_response_timeout(Some(block + Duration::from_secs(5)));
@@ -36,9 +110,9 @@ pub struct RedisPublisher {
 }
 
 impl RedisPublisher {
-    pub async fn connect(url: &str, prefix: &str) -> anyhow::Result<Self> {
+    pub async fn connect(target: impl Into<RedisTarget>, prefix: &str) -> anyhow::Result<Self> {
         Ok(Self {
-            conn: connect(url, Duration::ZERO).await?,
+            conn: connect(&target.into(), Duration::ZERO).await?,
             prefix: prefix.to_owned(),
         })
     }
@@ -148,13 +222,13 @@ impl ConsumerHandle {
 impl RedisConsumer {
     /// `name` identifies the replica within the group (e.g. host name plus a random suffix).
     pub async fn connect(
-        url: &str,
+        target: impl Into<RedisTarget>,
         prefix: &str,
         inbox: Inbox,
         name: String,
         options: ConsumerOptions,
     ) -> anyhow::Result<Self> {
-        let conn = connect(url, options.block).await?;
+        let conn = connect(&target.into(), options.block).await?;
         let consumer = Self {
             conn,
             inbox,
@@ -515,8 +589,8 @@ impl RedisConsumer {
 
 /// The id of the newest entry of `stream` (base name), or `0-0` when it is empty: where a
 /// tail that must not miss anything after a snapshot starts.
-pub async fn last_entry_id(url: &str, prefix: &str, stream: &str) -> anyhow::Result<String> {
-    let mut conn = connect(url, Duration::ZERO).await?;
+pub async fn last_entry_id(target: impl Into<RedisTarget>, prefix: &str, stream: &str) -> anyhow::Result<String> {
+    let mut conn = connect(&target.into(), Duration::ZERO).await?;
     let reply: redis::streams::StreamRangeReply = conn
         .xrevrange_count(format!("{prefix}{stream}"), "+", "-", 1)
         .await
@@ -533,7 +607,7 @@ pub async fn last_entry_id(url: &str, prefix: &str, stream: &str) -> anyhow::Res
 /// service owns, only entries that service signed are handed on; others are logged, counted
 /// and skipped (the consumer groups record and dead-letter them).
 pub fn tail(
-    url: String,
+    target: RedisTarget,
     prefix: String,
     stream: &'static str,
     from: String,
@@ -552,7 +626,7 @@ pub fn tail(
             }
             let c = match &mut conn {
                 Some(c) => c,
-                None => match connect(&url, block).await {
+                None => match connect(&target, block).await {
                     Ok(c) => conn.insert(c),
                     Err(err) => {
                         tracing::warn!(stream = %key, error = %format!("{err:#}"), "stream tail cannot connect");
