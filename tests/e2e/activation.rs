@@ -622,7 +622,7 @@ async fn approval_holds_the_activation_and_the_window_starts_when_approved() -> 
                 .create_request(authed(&token, again))
                 .await
                 .expect_err("a second request while one waits");
-            assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+            assert_eq!(refused.code(), Code::AlreadyExists, "{refused:?}");
             assert!(
                 refused.message().contains("already waiting for approval"),
                 "{refused:?}"
@@ -635,7 +635,7 @@ async fn approval_holds_the_activation_and_the_window_starts_when_approved() -> 
             .create_request(authed(&token, activation(EXCHANGE_ADMINISTRATOR, HOUR_MS, "direct")))
             .await
             .expect_err("a direct activation while one waits");
-        assert_eq!(direct.code(), Code::FailedPrecondition, "{direct:?}");
+        assert_eq!(direct.code(), Code::AlreadyExists, "{direct:?}");
         assert!(
             !w.check(&lee.id, EXCHANGE_ADMINISTRATOR).await?.allowed,
             "the refused activation left nothing behind"
@@ -1157,7 +1157,7 @@ async fn the_policy_set_nearest_above_a_scope_applies() -> anyhow::Result<()> {
             .create_request(at("/subscriptions/dev", false))
             .await
             .expect_err("one is waiting already");
-        assert_eq!(again.code(), Code::FailedPrecondition);
+        assert_eq!(again.code(), Code::AlreadyExists);
         assert!(again.message().contains("already waiting"), "{}", again.message());
         let mine = w
             .assignments()

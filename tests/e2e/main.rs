@@ -6,6 +6,7 @@ mod alerting;
 mod approval;
 mod audit;
 mod backbone;
+mod consistency;
 mod credentials;
 mod groups;
 mod mfa;

@@ -525,39 +525,41 @@ async fn events_cross_redis_over_tls_as_an_acl_user() -> anyhow::Result<()> {
     let ca_path = write("ca.pem", ca.pem())?;
     let (server_cert, server_key) = issue(vec!["127.0.0.1".into(), "localhost".into()], "server")?;
     let (client_cert, client_key) = issue(vec!["pim".into()], "client")?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     // The commands README's "Redis" section gives each service's user; XADD only on PIM's keys.
-    let mut redis = std::process::Command::new("redis-server")
-        .args(["--port", "0", "--tls-port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--tls-cert-file", &server_cert, "--tls-key-file", &server_key])
-        .args(["--tls-ca-cert-file", &ca_path, "--tls-auth-clients", "yes"])
-        .args(["--save", "", "--appendonly", "no"])
-        .args(["--user", "default", "off"])
-        .args([
-            "--user",
-            "pim",
-            "on",
-            ">s3cret",
-            "resetkeys",
-            "~pim_test_*",
-            "-@all",
-            "+@connection",
-            "+xreadgroup",
-            "+xread",
-            "+xack",
-            "+xautoclaim",
-            "+xpending",
-            "+xgroup|create",
-            "+xrange",
-            "+xrevrange",
-            "+multi",
-            "+exec",
-            "+discard",
-            "(+xadd ~pim_test_*)",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()?;
+    let redis = PrivateRedis::start(&[
+        "--tls-cert-file",
+        &server_cert,
+        "--tls-key-file",
+        &server_key,
+        "--tls-ca-cert-file",
+        &ca_path,
+        "--tls-auth-clients",
+        "yes",
+        "--user",
+        "default",
+        "off",
+        "--user",
+        "pim",
+        "on",
+        ">s3cret",
+        "resetkeys",
+        "~pim_test_*",
+        "-@all",
+        "+@connection",
+        "+xreadgroup",
+        "+xread",
+        "+xack",
+        "+xautoclaim",
+        "+xpending",
+        "+xgroup|create",
+        "+xrange",
+        "+xrevrange",
+        "+multi",
+        "+exec",
+        "+discard",
+        "(+xadd ~pim_test_*)",
+    ])?;
+    let port = redis.port;
     let url = format!("rediss://pim:s3cret@127.0.0.1:{port}");
     let tls = [
         ("PIM_REDIS_URL", url.clone()),
@@ -605,8 +607,95 @@ async fn events_cross_redis_over_tls_as_an_acl_user() -> anyhow::Result<()> {
         outcome
     }
     .await;
-    redis.kill().ok();
-    redis.wait().ok();
+    drop(redis);
     std::fs::remove_dir_all(&dir).ok();
+    result
+}
+
+/// A redis-server of the test's own (so it may be flushed, or speak TLS), stopped when dropped.
+struct PrivateRedis {
+    port: u16,
+    process: std::process::Child,
+}
+
+impl PrivateRedis {
+    /// With `extra` settings; TLS ones make the port a TLS port.
+    fn start(extra: &[&str]) -> anyhow::Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let tls = extra.iter().any(|a| a.starts_with("--tls"));
+        let (plain, tls_port) = if tls {
+            ("0".to_owned(), port.to_string())
+        } else {
+            (port.to_string(), "0".to_owned())
+        };
+        let process = std::process::Command::new("redis-server")
+            .args(["--port", &plain, "--tls-port", &tls_port, "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .args(extra)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        Ok(Self { port, process })
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.process.kill().ok();
+        self.process.wait().ok();
+    }
+}
+
+/// FLUSHALL in the middle of a stream of changes (a Redis that restarts empty): the suite
+/// recovers by itself, and every change made after the flush is audited within 5 s of the
+/// last one, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_flushall_mid_load_every_later_change_is_audited_within_5_s() -> anyhow::Result<()> {
+    let redis = PrivateRedis::start(&[])?;
+    let url = format!("redis://127.0.0.1:{}", redis.port);
+    eventually(Duration::from_secs(10), "the private Redis to answer", || async {
+        Ok(
+            pim_runtime::events::last_entry_id(url.as_str(), "pim_test_probe:", streams::IDENTITY)
+                .await
+                .ok(),
+        )
+    })
+    .await?;
+    let ts = TestSuite::postgres_with(None, &[("PIM_REDIS_URL", url.clone())]).await?;
+    let result = async {
+        let admin = ts.admin_token().await?;
+        let mut after_flush = Vec::new();
+        for i in 0..40 {
+            if i == 15 {
+                let mut conn = redis::Client::open(url.as_str())?
+                    .get_multiplexed_async_connection()
+                    .await?;
+                let () = redis::cmd("FLUSHALL").query_async(&mut conn).await?;
+            }
+            let user = ts.create_user(&admin, &format!("load{i}")).await?;
+            if i >= 15 {
+                after_flush.push(user.id);
+            }
+        }
+        // Within 5 s of the last change, all of them are in the audit log.
+        eventually(
+            Duration::from_secs(5),
+            "every change after the flush audited",
+            || async {
+                for id in &after_flush {
+                    let actions = ts.audited_actions(&admin, id).await?;
+                    if !actions.iter().any(|a| a.ends_with(".UserCreated")) {
+                        return Ok(None);
+                    }
+                }
+                Ok(Some(()))
+            },
+        )
+        .await?;
+        anyhow::Ok(())
+    }
+    .await;
+    ts.stop().await?;
+    drop(redis);
     result
 }

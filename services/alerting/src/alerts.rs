@@ -19,7 +19,7 @@ use pim_runtime::access::{AccessCheck, permissions, require};
 use pim_runtime::auth::Caller;
 use pim_runtime::clock::Clock;
 use pim_runtime::db::{Db, from_timestamp};
-use pim_runtime::events::{Envelope, Outbox, Rejected, decode, envelope, short_type, streams};
+use pim_runtime::events::{Envelope, Outbox, decode, envelope, short_type, streams};
 use pim_runtime::grpc::{internal, invalid_argument};
 
 use crate::rules::{self, Settings};
@@ -577,6 +577,7 @@ impl Alerts {
                     .await?;
                 }
             }
+            "EventRejected" => self.forged(txn, decode(e)?).await?,
             "SelfApprovalAttempted" => {
                 let d: ev::ApprovalDecisionRecorded = decode(e)?;
                 let figures = BTreeMap::from([("approval_id".to_owned(), d.approval_id.clone())]);
@@ -724,28 +725,26 @@ impl Alerts {
         Ok(())
     }
 
-    /// An entry of `rejected.stream` that its owner did not sign was refused: one live alert
-    /// per stream, counting the entries, with each refusal's id as evidence. The entry's claims
+    /// Audit recorded an entry of `stream` that its owner did not sign: one live alert per
+    /// stream, counting the entries, with each refusal's id as evidence. The entry's claims
     /// (subject, type) are figures, never the alert's subject.
-    pub async fn forged(&self, txn: &DatabaseTransaction, rejected: &Rejected) -> anyhow::Result<()> {
-        let claimed = |f: fn(&Envelope) -> &str| rejected.envelope.as_ref().map(f).unwrap_or_default().to_owned();
+    async fn forged(&self, txn: &DatabaseTransaction, r: ev::EventRejected) -> Result<(), Status> {
         let figures = BTreeMap::from([
-            ("stream".to_owned(), rejected.stream.clone()),
-            ("entry_id".to_owned(), rejected.entry_id.clone()),
-            ("reason".to_owned(), rejected.reason.code().to_owned()),
-            ("claimed_type".to_owned(), claimed(|e| &e.r#type)),
-            ("claimed_subject".to_owned(), claimed(|e| &e.subject)),
+            ("stream".to_owned(), r.stream.clone()),
+            ("entry_id".to_owned(), r.entry_id),
+            ("reason".to_owned(), r.reason),
+            ("claimed_type".to_owned(), r.claimed_type),
+            ("claimed_subject".to_owned(), r.claimed_subject),
         ]);
         self.raise(
             txn,
             rules::FORGED_EVENT,
-            &format!("forged_event:{}", rejected.stream),
+            &format!("forged_event:{}", r.stream),
             Subject::default(),
-            &[rejected.id()],
+            &[r.refusal_id],
             figures,
         )
-        .await?;
-        Ok(())
+        .await
     }
 
     /// The rules time triggers: privileged holders who have not signed in for `days`, and

@@ -17,7 +17,7 @@ use tonic::service::RoutesBuilder;
 
 use pim_proto::alerting::v1::alert_service_server::AlertServiceServer;
 use pim_runtime::db::Db;
-use pim_runtime::events::{Envelope, EventHandler, Outbox, Rejected, streams};
+use pim_runtime::events::{Envelope, EventHandler, Outbox, streams};
 use pim_runtime::host::{Deps, Service};
 
 pub use alerts::{Alerts, detection_finding};
@@ -87,13 +87,12 @@ impl EventHandler for Detect {
     }
 
     fn streams(&self) -> Vec<&'static str> {
-        // Its own stream too: nothing there is evaluated, but an entry it did not sign is
-        // refused and raises forged_event like on the others.
+        // And audit's, for the entries consumers refused (forged_event).
         vec![
             streams::IDENTITY,
             streams::ASSIGNMENT,
             streams::APPROVAL,
-            streams::ALERTING,
+            streams::AUDIT,
         ]
     }
 
@@ -121,6 +120,7 @@ impl EventHandler for Detect {
                 | "ApprovalCreated"
                 | "ApprovalDecisionRecorded"
                 | "SelfApprovalAttempted"
+                | "EventRejected"
         )
     }
 
@@ -130,16 +130,6 @@ impl EventHandler for Detect {
         if self.alerts.published.load(SeqCst) != before {
             self.changed().insert(envelope.id.clone());
         }
-        Ok(())
-    }
-
-    fn records_rejections(&self) -> bool {
-        true
-    }
-
-    async fn rejected(&self, txn: &DatabaseTransaction, rejected: &Rejected) -> anyhow::Result<()> {
-        self.alerts.forged(txn, rejected).await?;
-        self.changed().insert(rejected.id());
         Ok(())
     }
 
@@ -191,6 +181,7 @@ impl Service for Alerting {
                 // No service owns the dead-letter stream: its entries are consumers' reports.
                 Arc::default(),
                 stop,
+                |_| true,
                 move |entry_id, envelope| {
                     let (alerts, entry_id, envelope) = (alerts.clone(), entry_id.to_owned(), envelope.clone());
                     tokio::spawn(async move {

@@ -1095,27 +1095,16 @@ impl Assignments {
                 return Err(Error::PolicyViolation(violations));
             }
         };
-        // The caller's own activation of the role at this very scope, started or not.
+        // The caller's own activation of the role at this very scope, started or not. (A
+        // quick answer; what guarantees one at a time is the database, at the insert below.)
         if let Some(a) = held.iter().find(|a| {
             a.kind == Kind::Active.as_str()
                 && a.origin == "activation"
                 && a.principal_id == caller.principal_id
                 && a.scope == scope.as_str()
         }) {
-            return Err(Error::FailedPrecondition(format!(
-                "{} is already active at {} until {}; extend it instead",
-                role.name,
-                scope.as_str(),
-                a.end_at.map(|e| e.to_string()).unwrap_or_else(|| "forever".into())
-            )));
+            return Err(already_active(&role.name, a));
         }
-        let already_waiting = || {
-            Error::FailedPrecondition(format!(
-                "an activation of {} at {} is already waiting for approval; cancel it or wait for the decision",
-                role.name,
-                scope.as_str()
-            ))
-        };
         let length = schedule.end.map(|e| e - schedule.start).unwrap_or_default();
         let mut request = RequestRow {
             id: if r.validate_only { String::new() } else { new_id() },
@@ -1144,8 +1133,10 @@ impl Assignments {
             policy: serde_json::to_string(&policy).map_err(|e| Error::Internal(e.into()))?,
         };
         if r.validate_only {
-            if store::pending_request_exists(&self.db, &caller.principal_id, &role.id, scope.as_str()).await? {
-                return Err(already_waiting());
+            if let Some(waiting) =
+                store::pending_activation(&self.db, &caller.principal_id, &role.id, scope.as_str()).await?
+            {
+                return Err(already_waiting(&role.name, &waiting));
             }
             return Ok(request);
         }
@@ -1166,17 +1157,35 @@ impl Assignments {
             let activated = self.role_activated(Some(caller.actor()), a, &role.name, &request.justification);
             events.push(envelope(SOURCE, "RoleActivated", &a.principal_id, &activated));
         }
-        let rows = OutboxRows::new(streams::ASSIGNMENT, &events);
-        if !store::insert_activation(
-            &self.db,
-            &request,
-            assignment.as_ref().map(|a| (a, starts_now)),
-            rows,
-            now,
-        )
-        .await?
-        {
-            return Err(already_waiting());
+        let insert = || {
+            store::insert_activation(
+                &self.db,
+                &request,
+                assignment.as_ref().map(|a| (a, starts_now)),
+                OutboxRows::new(streams::ASSIGNMENT, &events),
+                now,
+            )
+        };
+        if !insert().await? {
+            // Refused by the database: another activation of the role at the scope is live or
+            // waiting (perhaps from a concurrent call). One whose end passed before the timer
+            // ended it is ended now, and the activation tried once more.
+            let (principal, scope) = (&caller.principal_id, scope.as_str());
+            if let Some(live) = store::live_activation(&self.db, principal, &role.id, scope).await? {
+                if live.end_at.is_none_or(|end| end > now) {
+                    return Err(already_active(&role.name, &live));
+                }
+                let txn = self.db.begin().await?;
+                self.end(&txn, &live, "expired", Some(system_actor()), &role.name, now)
+                    .await?;
+                txn.commit().await?;
+                self.index.remove(&live.principal_id, &live.id);
+                if !insert().await? {
+                    return Err(self.refusal(principal, &role.name, &role.id, scope).await?);
+                }
+            } else {
+                return Err(self.refusal(principal, &role.name, &role.id, scope).await?);
+            }
         }
         if let Some(a) = &assignment {
             self.announce_deadlines(a, starts_now);
@@ -1186,6 +1195,19 @@ impl Assignments {
         }
         self.committed(&[&request.id]);
         Ok(request)
+    }
+
+    /// Why the database refused an activation: the live or waiting one it collided with.
+    async fn refusal(&self, principal: &str, role_name: &str, role_id: &str, scope: &str) -> Result<Error> {
+        if let Some(live) = store::live_activation(&self.db, principal, role_id, scope).await? {
+            return Ok(already_active(role_name, &live));
+        }
+        if let Some(waiting) = store::pending_activation(&self.db, principal, role_id, scope).await? {
+            return Ok(already_waiting(role_name, &waiting));
+        }
+        Ok(Error::AlreadyExists(format!(
+            "another activation of {role_name} at {scope} was being made at the same moment; look at your requests"
+        )))
     }
 
     fn activation_assignment(&self, request: &RequestRow, principal_name: &str, schedule: Schedule) -> AssignmentRow {
@@ -1396,6 +1418,21 @@ impl Assignments {
                     end: Some((start + length).min(eligible_until)),
                 };
                 let role_name = self.roles.get(&request.role_id).map(|r| r.name).unwrap_or_default();
+                // One live activation per principal, role and scope (a unique index): one whose
+                // end passed is ended now; one still in force makes this request fail (had
+                // they raced, the index refuses this insert and the redelivery lands here).
+                if let Some(live) =
+                    store::live_activation(txn, &request.principal_id, &request.role_id, &request.scope).await?
+                {
+                    if live.end_at.is_some_and(|end| end <= now) {
+                        self.end(txn, &live, "expired", Some(system_actor()), &role_name, now)
+                            .await?;
+                    } else {
+                        request.status = "Failed".into();
+                        self.transition(txn, &request, "Granted", None, now).await?;
+                        return Ok(());
+                    }
+                }
                 let assignment = self.activation_assignment(&request, "", schedule);
                 request.assignment_id = Some(assignment.id.clone());
                 request.start_at = schedule.start;
@@ -1589,4 +1626,26 @@ impl AccessCheck for Assignments {
         let scope = Scope::parse(scope)?;
         Ok(self.decide(principal, target, &scope).await?.0)
     }
+}
+
+/// ALREADY_EXISTS for a second activation while `live` is in force (or scheduled).
+fn already_active(role_name: &str, live: &AssignmentRow) -> Error {
+    let until = live
+        .end_at
+        .map(|end| format!("until {}", pim_runtime::db::rfc3339(end)))
+        .unwrap_or_else(|| "with no end".into());
+    Error::AlreadyExists(format!(
+        "{role_name} is already active at {} (assignment {}, {until}); extend it instead",
+        live.scope, live.id
+    ))
+}
+
+/// ALREADY_EXISTS for a second activation while `waiting` awaits approval.
+fn already_waiting(role_name: &str, waiting: &RequestRow) -> Error {
+    Error::AlreadyExists(format!(
+        "an activation of {role_name} at {} is already waiting for approval (request {}, since {}); cancel it or wait for the decision",
+        waiting.scope,
+        waiting.id,
+        pim_runtime::db::rfc3339(waiting.created_at)
+    ))
 }

@@ -220,6 +220,8 @@ impl Service for Assignment {
                 from.clone(),
                 self.event_keys.clone(),
                 stop.clone(),
+                // Every type: which assignment changed is read from any of them.
+                |_| true,
                 move |entry_id, envelope| {
                     let _ = changed.send((entry_id.to_owned(), index::AccessIndex::assignment_named(envelope)));
                 },
@@ -258,6 +260,7 @@ impl Service for Assignment {
                 from.clone(),
                 self.event_keys.clone(),
                 stop.clone(),
+                |event_type| matches!(event_type, "GroupMemberAdded" | "GroupMemberRemoved"),
                 move |_, envelope| {
                     if let Err(err) = memberships.apply(envelope) {
                         tracing::warn!(event_id = %envelope.id, error = %err, "group membership could not be applied");

@@ -128,6 +128,31 @@ impl MigratorTrait for Migrator {
                 "ALTER TABLE assignments ADD COLUMN version BIGINT NOT NULL DEFAULT 1".to_owned()
             }),
             backbone_replay_migration(),
+            SqlMigration::boxed("m0005_one_activation", |d| {
+                // At most one live activation, and one activation waiting for approval, per
+                // principal, role and scope: the database refuses the second, however the
+                // requests race. Duplicates a race left before are ended first (the oldest
+                // stays), so the indexes can be made.
+                let now = if d.backend() == DbBackend::Postgres {
+                    "CAST(EXTRACT(EPOCH FROM now()) * 1000 AS BIGINT)"
+                } else {
+                    "CAST(strftime('%s', 'now') AS INTEGER) * 1000"
+                };
+                format!(
+                    "UPDATE assignments SET status = 'deactivated', ended_at = {now}, end_at = {now}
+                     WHERE status = 'active' AND origin = 'activation' AND id NOT IN
+                       (SELECT MIN(id) FROM assignments WHERE status = 'active' AND origin = 'activation'
+                        GROUP BY principal_id, role_id, scope);
+                     UPDATE requests SET status = 'Canceled', updated_at = {now}
+                     WHERE status = 'PendingApproval' AND action = 'selfActivate' AND id NOT IN
+                       (SELECT MIN(id) FROM requests WHERE status = 'PendingApproval' AND action = 'selfActivate'
+                        GROUP BY principal_id, role_id, scope);
+                     CREATE UNIQUE INDEX assignments_one_activation ON assignments (principal_id, role_id, scope)
+                       WHERE status = 'active' AND origin = 'activation';
+                     CREATE UNIQUE INDEX requests_one_pending_activation ON requests (principal_id, role_id, scope)
+                       WHERE status = 'PendingApproval' AND action = 'selfActivate'"
+                )
+            }),
         ]
     }
 }
@@ -524,6 +549,41 @@ impl RequestRow {
 }
 
 /// Whether the principal already waits for approval of a request for this role here.
+/// The live activation of `role_id` at `scope` by `principal_id` (started or scheduled, ended
+/// or not by the timer yet), if any.
+pub async fn live_activation<C: ConnectionTrait>(
+    c: &C,
+    principal_id: &str,
+    role_id: &str,
+    scope: &str,
+) -> Result<Option<AssignmentRow>, DbErr> {
+    let sql = format!(
+        "SELECT {ASSIGNMENT_COLUMNS} FROM assignments WHERE status = 'active' AND origin = 'activation' \
+         AND principal_id = $1 AND role_id = $2 AND scope = $3"
+    );
+    db::query_one(c, &sql, vec![principal_id.into(), role_id.into(), scope.into()])
+        .await?
+        .map(|r| AssignmentRow::from_row(&r))
+        .transpose()
+}
+
+/// The selfActivate request of `role_id` at `scope` by `principal_id` waiting for approval, if any.
+pub async fn pending_activation<C: ConnectionTrait>(
+    c: &C,
+    principal_id: &str,
+    role_id: &str,
+    scope: &str,
+) -> Result<Option<RequestRow>, DbErr> {
+    let sql = format!(
+        "SELECT {REQUEST_COLUMNS} FROM requests WHERE status = 'PendingApproval' AND action = 'selfActivate' \
+         AND principal_id = $1 AND role_id = $2 AND scope = $3"
+    );
+    db::query_one(c, &sql, vec![principal_id.into(), role_id.into(), scope.into()])
+        .await?
+        .map(|r| RequestRow::from_row(&r))
+        .transpose()
+}
+
 pub async fn pending_request_exists<C: ConnectionTrait>(
     c: &C,
     principal_id: &str,
@@ -631,6 +691,27 @@ fn request_unless_pending(r: &RequestRow) -> (String, Vec<Value>) {
 /// PostgreSQL one statement (data-modifying CTEs), which spares the service's hottest path
 /// the BEGIN and COMMIT round trips; on SQLite, whose CTEs cannot write, one transaction.
 pub async fn insert_activation(
+    db: &Db,
+    r: &RequestRow,
+    assignment: Option<(&AssignmentRow, bool)>,
+    events: OutboxRows,
+    now: i64,
+) -> Result<bool, DbErr> {
+    let refused = |err: DbErr| {
+        if db::is_unique_violation(&err) {
+            Ok(false)
+        } else {
+            Err(err)
+        }
+    };
+    insert_activation_once(db, r, assignment, events, now)
+        .await
+        .or_else(refused)
+}
+
+/// [`insert_activation`]'s statement; the unique indexes of migration m0005 refuse a second
+/// live or waiting activation (a unique violation, which the caller reads as "refused").
+async fn insert_activation_once(
     db: &Db,
     r: &RequestRow,
     assignment: Option<(&AssignmentRow, bool)>,

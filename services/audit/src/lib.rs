@@ -51,7 +51,11 @@ impl Audit {
 }
 
 /// Stores each event of the followed streams once.
-struct Ingest(records::Correlator);
+struct Ingest {
+    correlator: records::Correlator,
+    /// For the `EventRejected` events audit publishes (alerting raises forged_event on them).
+    outbox: Outbox,
+}
 
 #[async_trait::async_trait]
 impl EventHandler for Ingest {
@@ -81,7 +85,7 @@ impl EventHandler for Ingest {
     async fn handle_all(&self, txn: &DatabaseTransaction, envelopes: &[&Envelope]) -> anyhow::Result<()> {
         let mut records = envelopes
             .iter()
-            .map(|e| records::record(e, &self.0))
+            .map(|e| records::record(e, &self.correlator))
             .collect::<anyhow::Result<Vec<_>>>()?;
         store::append_all(txn, &mut records, now_ms()).await?;
         Ok(())
@@ -91,11 +95,36 @@ impl EventHandler for Ingest {
         true
     }
 
-    /// Every refused entry of a followed stream is a failure record (`EventRejected`); the
-    /// record's id is the refusal's, so a redelivery adds nothing.
+    /// Every refused entry of a followed stream is a failure record (`EventRejected`), and an
+    /// `EventRejected` event on audit's stream for alerting. The record's id is the refusal's,
+    /// so a redelivery adds nothing.
     async fn rejected(&self, txn: &DatabaseTransaction, rejected: &Rejected) -> anyhow::Result<()> {
-        store::append_all(txn, &mut vec![records::rejected(rejected)], now_ms()).await?;
+        let mut records = vec![records::rejected(rejected)];
+        store::append_all(txn, &mut records, now_ms()).await?;
+        if records.is_empty() {
+            return Ok(());
+        }
+        let claimed = |f: fn(&Envelope) -> &str| rejected.envelope.as_ref().map(f).unwrap_or_default().to_owned();
+        let event = pim_proto::events::v1::EventRejected {
+            refusal_id: rejected.id(),
+            stream: rejected.stream.clone(),
+            entry_id: rejected.entry_id.clone(),
+            reason: rejected.reason.code().to_owned(),
+            claimed_id: claimed(|e| &e.id),
+            claimed_type: claimed(|e| &e.r#type),
+            claimed_source: claimed(|e| &e.source),
+            claimed_subject: claimed(|e| &e.subject),
+        };
+        let envelope = pim_runtime::events::envelope("pim.audit", "EventRejected", &rejected.stream, &event);
+        self.outbox.enqueue(txn, streams::AUDIT, &envelope).await?;
         Ok(())
+    }
+
+    /// After a refusal committed (its marker holds only an id), the relay sends its event.
+    async fn after_commit(&self, envelope: &Envelope) {
+        if envelope.r#type.is_empty() {
+            self.outbox.wake();
+        }
     }
 }
 
@@ -448,7 +477,10 @@ impl Service for Audit {
     }
 
     fn handlers(&self) -> Vec<Arc<dyn EventHandler>> {
-        vec![Arc::new(Ingest(self.correlator.clone()))]
+        vec![Arc::new(Ingest {
+            correlator: self.correlator.clone(),
+            outbox: self.outbox.clone(),
+        })]
     }
 
     /// A checkpoint of the chain head every five minutes, and retention applied with it.

@@ -319,6 +319,7 @@ impl Suite {
                     from,
                     event_keys.clone(),
                     stopped.clone(),
+                    |event_type| CachedAccess::invalidated_by(event_type) || event_type == "SessionRevoked",
                     move |_, envelope| {
                         cache.invalidate_on(envelope);
                         revocations.apply(envelope);

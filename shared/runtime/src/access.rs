@@ -160,16 +160,21 @@ impl CachedAccess {
     /// a deactivation, or a member leaving a group. (New grants need no invalidation: a cached
     /// refusal lasts the TTL at most.)
     pub fn invalidate_on(&self, envelope: &crate::events::Envelope) {
-        if matches!(
-            crate::events::short_type(envelope),
+        if Self::invalidated_by(crate::events::short_type(envelope)) {
+            self.clear();
+        }
+    }
+
+    /// Whether events of this short type (someone lost access) clear the cached answers.
+    pub fn invalidated_by(event_type: &str) -> bool {
+        matches!(
+            event_type,
             "RoleDeactivated"
                 | "ActiveAssignmentRemoved"
                 | "ActiveAssignmentUpdated"
                 | "GroupMemberRemoved"
                 | "UserDisabled"
-        ) {
-            self.clear();
-        }
+        )
     }
 }
 

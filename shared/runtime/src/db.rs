@@ -62,6 +62,11 @@ pub fn to_timestamp(ms: i64) -> prost_types::Timestamp {
     }
 }
 
+/// `ms` (epoch milliseconds) as RFC 3339 in UTC, the only way times appear in messages.
+pub fn rfc3339(ms: i64) -> String {
+    to_timestamp(ms).to_string()
+}
+
 pub fn from_timestamp(ts: &prost_types::Timestamp) -> i64 {
     ts.seconds
         .saturating_mul(1000)

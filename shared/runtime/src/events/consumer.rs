@@ -112,6 +112,12 @@ impl Inbox {
         self.handler.streams()
     }
 
+    /// Whether its handler acts on events of this short type (others are acknowledged
+    /// without being applied, so they need no signature check either).
+    pub fn wants(&self, event_type: &str) -> bool {
+        self.handler.wants(event_type)
+    }
+
     /// Applies every envelope not applied before, in one transaction (all or none).
     pub async fn apply_all(&self, envelopes: &[Envelope]) -> anyhow::Result<()> {
         let wanted: Vec<&Envelope> = envelopes

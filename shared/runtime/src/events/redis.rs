@@ -391,7 +391,10 @@ impl RedisConsumer {
         key.strip_prefix(self.prefix.as_str()).unwrap_or(key)
     }
 
-    /// The entry's envelope, if its stream's owner signed it for that stream.
+    /// The entry's envelope, if its stream's owner signed it for that stream. An event of a
+    /// type the handler does not act on is acknowledged without being applied, so its
+    /// signature is not checked (that costs more than anything else a consumer does per
+    /// event); audit acts on every type, so every entry is checked by someone.
     fn accept(&self, key: &str, entry: &StreamId) -> Verdict {
         let Some(envelope) = entry
             .get::<Vec<u8>>("ce")
@@ -399,6 +402,9 @@ impl RedisConsumer {
         else {
             return Verdict::Refuse(None, Rejection::Undecodable);
         };
+        if !self.inbox.wants(super::short_type(&envelope)) {
+            return Verdict::Accept(envelope);
+        }
         match self.options.keys.verify(self.base(key), &envelope) {
             Ok(()) => Verdict::Accept(envelope),
             Err(rejection) => Verdict::Refuse(Some(envelope), rejection),
@@ -603,9 +609,10 @@ pub async fn last_entry_id(target: impl Into<RedisTarget>, prefix: &str, stream:
 }
 
 /// Follows every entry of `stream` after `from` (no consumer group: every replica sees all),
-/// handing each entry's id and envelope to `apply`, until `stop` turns true. On a stream a
-/// service owns, only entries that service signed are handed on; others are logged, counted
-/// and skipped (the consumer groups record and dead-letter them).
+/// handing the id and envelope of each entry whose short type `wants` accepts to `apply`,
+/// until `stop` turns true. On a stream a service owns, only entries that service signed are
+/// handed on; others are logged, counted and skipped (audit records them).
+#[allow(clippy::too_many_arguments)]
 pub fn tail(
     target: RedisTarget,
     prefix: String,
@@ -613,6 +620,7 @@ pub fn tail(
     from: String,
     keys: std::sync::Arc<EventKeys>,
     mut stop: watch::Receiver<bool>,
+    wants: impl Fn(&str) -> bool + Send + 'static,
     apply: impl Fn(&str, &Envelope) + Send + 'static,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
@@ -650,7 +658,8 @@ pub fn tail(
                     for entry in reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids) {
                         let envelope = entry
                             .get::<Vec<u8>>("ce")
-                            .and_then(|b| Envelope::decode(b.as_slice()).ok());
+                            .and_then(|b| Envelope::decode(b.as_slice()).ok())
+                            .filter(|e| wants(super::short_type(e)));
                         match envelope.map(|e| match super::owner(stream) {
                             Some(_) => keys.verify(stream, &e).map(|()| e),
                             None => Ok(e),
