@@ -132,3 +132,123 @@ async fn concurrent_activations_leave_exactly_one_instance() -> anyhow::Result<(
 async fn concurrent_activations_needing_approval_leave_exactly_one_waiting() -> anyhow::Result<()> {
     run_on_both(one_request_waits_for_approval_after_each_race).await
 }
+
+/// A refused activation is a security decision like a granted one: audited as a failure with
+/// the rules that refused it, and exported to OCSF as a Failure with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_activation_is_audited_and_exported_as_a_failure() -> anyhow::Result<()> {
+    use pim_proto::audit::v1 as aupb;
+    use pim_proto::audit::v1::audit_service_client::AuditServiceClient;
+
+    crate::activation::run_on_both(|w| async move {
+        let eve = w.user("eve").await?;
+        let token = w.stepped_up(&eve)?;
+        let refused = w
+            .assignments()
+            .create_request(authed(&token, activation(EXCHANGE_ADMINISTRATOR, HOUR_MS, "let me in")))
+            .await
+            .expect_err("eve is not eligible");
+        assert_eq!(refused.code(), Code::FailedPrecondition);
+        let query = aupb::QueryEventsRequest {
+            action: "pim.assignment.v1.RequestRefused".into(),
+            target_id: eve.id.clone(),
+            ..Default::default()
+        };
+        let records = pim_e2e::eventually(std::time::Duration::from_secs(10), "the refusal audited", || {
+            let (ts, admin, query) = (&w.ts, w.admin.clone(), query.clone());
+            async move { Ok(Some(ts.audit_records(&admin, query).await?).filter(|r| !r.is_empty())) }
+        })
+        .await?;
+        assert_eq!(records.len(), 1, "{records:?}");
+        let failures =
+            w.ts.audit_records(
+                &w.admin,
+                aupb::QueryEventsRequest {
+                    outcome: "failure".into(),
+                    target_id: eve.id.clone(),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        assert!(
+            failures.iter().any(|r| r.action.ends_with("RequestRefused")),
+            "{failures:?}"
+        );
+        let record = &records[0];
+        assert_eq!(record.outcome, "failure");
+        assert_eq!(
+            (record.actor_id.as_str(), record.role_id.as_str()),
+            (eve.id.as_str(), EXCHANGE_ADMINISTRATOR)
+        );
+        let payload: serde_json::Value = serde_json::from_str(&record.payload_json)?;
+        assert_eq!(payload["action"], "selfActivate");
+        assert_eq!(payload["rules"], serde_json::json!(["EligibilityRule"]));
+
+        let mut export = AuditServiceClient::new(w.ts.channel.clone())
+            .export_events(authed(
+                &w.admin,
+                aupb::ExportEventsRequest {
+                    filter: Some(query),
+                    format: "ocsf".into(),
+                },
+            ))
+            .await?
+            .into_inner();
+        let mut text = Vec::new();
+        while let Some(chunk) = export.message().await? {
+            text.extend(chunk.data);
+        }
+        let events: Vec<serde_json::Value> = String::from_utf8(text)?
+            .lines()
+            .map(serde_json::from_str)
+            .collect::<Result<_, _>>()?;
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert_eq!(events[0]["status_id"], 2);
+        assert!(
+            events[0]["status_detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("not eligible")),
+            "{}",
+            events[0]
+        );
+        Ok(w)
+    })
+    .await
+}
+
+/// Bad input is INVALID_ARGUMENT naming the field, never OK and never INTERNAL: a start no
+/// protobuf Timestamp may hold, NUL characters in a justification or a user name (which
+/// PostgreSQL cannot keep as text).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_invalid_argument_naming_the_field() -> anyhow::Result<()> {
+    crate::activation::run_on_both(|w| async move {
+        let lee = w.user("lee").await?;
+        w.make_eligible(&lee, EXCHANGE_ADMINISTRATOR).await?;
+        let token = w.stepped_up(&lee)?;
+        let mut far_past = activation(EXCHANGE_ADMINISTRATOR, HOUR_MS, "ok");
+        if let Some(schedule) = far_past.schedule.as_mut() {
+            schedule.start_time = Some(prost_types::Timestamp {
+                seconds: -(1 << 62),
+                nanos: 0,
+            });
+        }
+        let nul = activation(EXCHANGE_ADMINISTRATOR, HOUR_MS, "incident\0 42");
+        for (ask, field) in [(far_past, "schedule.start_time"), (nul, "justification")] {
+            let refused = w
+                .assignments()
+                .create_request(authed(&token, ask))
+                .await
+                .expect_err("bad input");
+            assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+            assert!(refused.message().contains(field), "{refused:?}");
+        }
+        let sign_in =
+            w.ts.sign_in("lee\0", "whatever password")
+                .await
+                .expect_err("a NUL in the name");
+        assert_eq!(sign_in.code(), Code::InvalidArgument, "{sign_in:?}");
+        assert!(sign_in.message().contains("user_name"), "{sign_in:?}");
+        Ok(w)
+    })
+    .await
+}

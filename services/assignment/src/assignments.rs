@@ -129,7 +129,7 @@ impl Assignments {
         self.clock.now_ms()
     }
 
-    async fn emit<C: ConnectionTrait>(
+    pub(crate) async fn emit<C: ConnectionTrait>(
         &self,
         txn: &C,
         event_type: &str,

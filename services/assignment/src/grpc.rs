@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use sea_orm::TransactionTrait;
 use tonic::{Request, Response, Status};
 
 use pim_proto::assignment::v1 as pb;
@@ -11,9 +12,10 @@ use pim_proto::assignment::v1::policy_service_server::PolicyService;
 use pim_proto::assignment::v1::reconcile_service_server::ReconcileService;
 use pim_proto::assignment::v1::role_service_server::RoleService;
 use pim_proto::common::v1::{ApprovalStageSettings, PrincipalKind};
+use pim_proto::events::v1 as ev;
 use pim_runtime::access::{Target, permissions};
-use pim_runtime::auth::caller;
-use pim_runtime::db::{from_timestamp, to_timestamp};
+use pim_runtime::auth::{Caller, caller};
+use pim_runtime::db::to_timestamp;
 use pim_runtime::grpc::BoxStream;
 
 use crate::assignments::{ActivateRequest, AdminAssignRequest, Assignments, EndRequest, FINAL_STATUSES};
@@ -279,7 +281,38 @@ fn kind_from_pb(kind: i32) -> Result<Kind, Error> {
     }
 }
 
+/// A time a client sent, as epoch milliseconds; INVALID_ARGUMENT naming `field` when it is
+/// not a valid protobuf `Timestamp` (outside 0001-01-01…9999-12-31).
+fn input_time(field: &'static str, t: &prost_types::Timestamp) -> Result<i64, Error> {
+    pim_runtime::db::checked_timestamp(t)
+        .ok_or_else(|| Error::invalid(field, "must be a time between 0001-01-01 and 9999-12-31 (RFC 3339)"))
+}
+
+fn start_time(schedule: &pb::Schedule) -> Result<Option<i64>, Error> {
+    schedule
+        .start_time
+        .as_ref()
+        .map(|t| input_time("schedule.start_time", t))
+        .transpose()
+}
+
+/// Text fields must be text a database can keep: no NUL characters.
+fn no_nul(field: &'static str, text: &str) -> Result<(), Error> {
+    if text.contains('\0') {
+        return Err(Error::invalid(field, "must not contain NUL characters"));
+    }
+    Ok(())
+}
+
 fn check_text(r: &pb::CreateRequestRequest) -> Result<(), Error> {
+    no_nul("justification", &r.justification)?;
+    no_nul("principal_id", &r.principal_id)?;
+    no_nul("role_id", &r.role_id)?;
+    no_nul("scope", &r.scope)?;
+    if let Some(t) = &r.ticket {
+        no_nul("ticket.system", &t.system)?;
+        no_nul("ticket.number", &t.number)?;
+    }
     if r.justification.chars().count() > 1000 {
         return Err(Error::invalid("justification", "must be at most 1000 characters"));
     }
@@ -311,14 +344,14 @@ impl TryFrom<pb::CreateRequestRequest> for ActivateRequest {
             None | Some(E::Permanent(false)) => (None, None),
             Some(E::Permanent(true)) => return Err(Error::invalid("schedule.permanent", "activations always end")),
             Some(E::Duration(d)) => (Some(duration_from_pb("schedule.duration", d)?), None),
-            Some(E::EndTime(t)) => (None, Some(from_timestamp(t))),
+            Some(E::EndTime(t)) => (None, Some(input_time("schedule.end_time", t)?)),
         };
         let ticket = r.ticket.unwrap_or_default();
         Ok(Self {
             role: r.role_id,
             scope: r.scope,
             ask: ActivationAsk {
-                start: schedule.start_time.as_ref().map(from_timestamp),
+                start: start_time(&schedule)?,
                 duration,
                 end,
                 justification: r.justification,
@@ -364,7 +397,7 @@ impl TryFrom<pb::CreateRequestRequest> for AdminAssignRequest {
             None => Expiration::Unspecified,
             Some(E::Permanent(true)) => Expiration::Permanent,
             Some(E::Permanent(false)) => Expiration::Unspecified,
-            Some(E::EndTime(t)) => Expiration::At(from_timestamp(t)),
+            Some(E::EndTime(t)) => Expiration::At(input_time("schedule.end_time", t)?),
             Some(E::Duration(d)) => Expiration::After(duration_from_pb("schedule.duration", d)?),
         };
         if r.justification.chars().count() > 1000 {
@@ -387,7 +420,7 @@ impl TryFrom<pb::CreateRequestRequest> for AdminAssignRequest {
             scope: r.scope,
             assignment: AdminAssignment {
                 kind,
-                start: schedule.start_time.as_ref().map(from_timestamp),
+                start: start_time(&schedule)?,
                 expiration,
                 justification: r.justification,
             },
@@ -566,86 +599,25 @@ impl AssignmentService for Assignments {
     ) -> Result<Response<pb::AssignmentRequest>, Status> {
         let caller = caller(&request)?.clone();
         let r = request.into_inner();
-        use pb::RequestAction as A;
-        let created = match A::try_from(r.action) {
-            Ok(action @ (A::AdminAssign | A::AdminRenew)) => {
-                self.admin_assign(&caller, AdminAssignRequest::try_from(r)?, action_name(action))
-                    .await?
-            }
-            Ok(A::AdminRemove) => self.admin_remove(&caller, EndRequest::try_from(r)?).await?,
-            Ok(action @ (A::AdminExtend | A::AdminUpdate)) => {
-                let now = self.now();
-                use pb::schedule::Expiration as E;
-                let end = match r.schedule.as_ref().and_then(|s| s.expiration.as_ref()) {
-                    Some(E::EndTime(t)) => Some(from_timestamp(t)),
-                    Some(E::Duration(d)) => Some(now + duration_from_pb("schedule.duration", d)?.as_millis() as i64),
-                    Some(E::Permanent(true)) => None,
-                    _ => {
-                        return Err(Error::invalid(
-                            "schedule",
-                            "give the new end: end_time, duration (from now) or permanent",
-                        )
-                        .into());
-                    }
-                };
-                self.admin_change_end(&caller, action_name(action), EndRequest::try_from(r)?, end)
-                    .await?
-            }
-            Ok(A::SelfActivate) => {
-                if filter(&r.principal_id).is_some_and(|p| p != caller.principal_id) {
-                    return Err(
-                        Error::invalid("principal_id", "selfActivate is for the caller; leave it empty").into(),
-                    );
-                }
-                self.self_activate(&caller, ActivateRequest::try_from(r)?).await?
-            }
-            Ok(A::SelfDeactivate) => {
-                let mut end = EndRequest::try_from(pb::CreateRequestRequest {
-                    kind: pb::AssignmentKind::Active as i32,
-                    ..r
-                })?;
-                end.principal_id = caller.principal_id.clone();
-                self.self_deactivate(&caller, end).await?
-            }
-            Ok(action @ (A::SelfExtend | A::SelfRenew)) => {
-                if filter(&r.principal_id).is_some_and(|p| p != caller.principal_id) {
-                    return Err(Error::invalid(
-                        "principal_id",
-                        "selfExtend and selfRenew are for the caller; leave it empty",
-                    )
-                    .into());
-                }
-                let now = self.now();
-                let start = r
-                    .schedule
-                    .as_ref()
-                    .and_then(|s| s.start_time.as_ref())
-                    .map(from_timestamp);
-                use pb::schedule::Expiration as E;
-                let end = match r.schedule.as_ref().and_then(|s| s.expiration.as_ref()) {
-                    Some(E::EndTime(t)) => Some(from_timestamp(t)),
-                    Some(E::Duration(d)) => Some(
-                        start.unwrap_or(now).max(now) + duration_from_pb("schedule.duration", d)?.as_millis() as i64,
-                    ),
-                    Some(E::Permanent(true)) => None,
-                    _ => {
-                        return Err(Error::invalid(
-                            "schedule",
-                            "give the end you ask for: end_time, duration or permanent",
-                        )
-                        .into());
-                    }
-                };
-                let mut keep = EndRequest::try_from(r)?;
-                keep.principal_id = caller.principal_id.clone();
-                self.self_keep(&caller, action_name(action), keep, start, end).await?
-            }
-            Ok(A::Unspecified) | Err(_) => {
-                return Err(Error::invalid("action", "required (e.g. adminAssign, selfActivate)").into());
-            }
+        let asked = Asked {
+            action: pb::RequestAction::try_from(r.action)
+                .map(action_name)
+                .unwrap_or_default(),
+            principal_id: filter(&r.principal_id).unwrap_or(&caller.principal_id).to_owned(),
+            role_id: r.role_id.clone(),
+            scope: r.scope.clone(),
         };
-        pim_runtime::telemetry::record_request(&created.id, &created.role_id);
-        Ok(Response::new(request_to_pb(created)))
+        match self.create_request_as(&caller, r).await {
+            Ok(created) => {
+                pim_runtime::telemetry::record_request(&created.id, &created.role_id);
+                Ok(Response::new(request_to_pb(created)))
+            }
+            Err(err) => {
+                // Every refusal is a security decision: it is audited as such.
+                self.refused(&caller, asked, &err).await;
+                Err(err.into())
+            }
+        }
     }
 
     async fn get_request(
@@ -912,5 +884,143 @@ impl ReconcileService for Assignments {
         Ok(Response::new(pb::ListUnmanagedGrantsResponse {
             grants: grants.into_iter().map(observed_to_pb).collect(),
         }))
+    }
+}
+
+/// What a CreateRequest asked for, kept to say so if it is refused.
+struct Asked {
+    action: &'static str,
+    principal_id: String,
+    role_id: String,
+    scope: String,
+}
+
+impl Assignments {
+    /// CreateRequest's work: the request made, or why not.
+    async fn create_request_as(&self, caller: &Caller, r: pb::CreateRequestRequest) -> Result<RequestRow, Error> {
+        let caller = caller.clone();
+        use pb::RequestAction as A;
+        let created = match A::try_from(r.action) {
+            Ok(action @ (A::AdminAssign | A::AdminRenew)) => {
+                self.admin_assign(&caller, AdminAssignRequest::try_from(r)?, action_name(action))
+                    .await?
+            }
+            Ok(A::AdminRemove) => self.admin_remove(&caller, EndRequest::try_from(r)?).await?,
+            Ok(action @ (A::AdminExtend | A::AdminUpdate)) => {
+                let now = self.now();
+                use pb::schedule::Expiration as E;
+                let end = match r.schedule.as_ref().and_then(|s| s.expiration.as_ref()) {
+                    Some(E::EndTime(t)) => Some(input_time("schedule.end_time", t)?),
+                    Some(E::Duration(d)) => Some(now + duration_from_pb("schedule.duration", d)?.as_millis() as i64),
+                    Some(E::Permanent(true)) => None,
+                    _ => {
+                        return Err(Error::invalid(
+                            "schedule",
+                            "give the new end: end_time, duration (from now) or permanent",
+                        ));
+                    }
+                };
+                self.admin_change_end(&caller, action_name(action), EndRequest::try_from(r)?, end)
+                    .await?
+            }
+            Ok(A::SelfActivate) => {
+                if filter(&r.principal_id).is_some_and(|p| p != caller.principal_id) {
+                    return Err(Error::invalid(
+                        "principal_id",
+                        "selfActivate is for the caller; leave it empty",
+                    ));
+                }
+                self.self_activate(&caller, ActivateRequest::try_from(r)?).await?
+            }
+            Ok(A::SelfDeactivate) => {
+                let mut end = EndRequest::try_from(pb::CreateRequestRequest {
+                    kind: pb::AssignmentKind::Active as i32,
+                    ..r
+                })?;
+                end.principal_id = caller.principal_id.clone();
+                self.self_deactivate(&caller, end).await?
+            }
+            Ok(action @ (A::SelfExtend | A::SelfRenew)) => {
+                if filter(&r.principal_id).is_some_and(|p| p != caller.principal_id) {
+                    return Err(Error::invalid(
+                        "principal_id",
+                        "selfExtend and selfRenew are for the caller; leave it empty",
+                    ));
+                }
+                let now = self.now();
+                let start = r
+                    .schedule
+                    .as_ref()
+                    .and_then(|s| s.start_time.as_ref())
+                    .map(|t| input_time("schedule.start_time", t))
+                    .transpose()?;
+                use pb::schedule::Expiration as E;
+                let end = match r.schedule.as_ref().and_then(|s| s.expiration.as_ref()) {
+                    Some(E::EndTime(t)) => Some(input_time("schedule.end_time", t)?),
+                    Some(E::Duration(d)) => Some(
+                        start.unwrap_or(now).max(now) + duration_from_pb("schedule.duration", d)?.as_millis() as i64,
+                    ),
+                    Some(E::Permanent(true)) => None,
+                    _ => {
+                        return Err(Error::invalid(
+                            "schedule",
+                            "give the end you ask for: end_time, duration or permanent",
+                        ));
+                    }
+                };
+                let mut keep = EndRequest::try_from(r)?;
+                keep.principal_id = caller.principal_id.clone();
+                self.self_keep(&caller, action_name(action), keep, start, end).await?
+            }
+            Ok(A::Unspecified) | Err(_) => {
+                return Err(Error::invalid("action", "required (e.g. adminAssign, selfActivate)"));
+            }
+        };
+        Ok(created)
+    }
+
+    /// Records a refused CreateRequest (a `RequestRefused` event, which audit keeps as a
+    /// failure): a policy or state rule, a duplicate, a missing permission or a missing
+    /// target. Malformed input and internal errors are not decisions and are not recorded.
+    /// Best effort: the answer goes back to the caller whether or not this is stored.
+    async fn refused(&self, caller: &Caller, asked: Asked, err: &Error) {
+        let status = match err {
+            Error::InvalidArgument { .. } | Error::Internal(_) => return,
+            Error::Status(s) if s.code() != tonic::Code::PermissionDenied => return,
+            _ => Status::from(match err {
+                Error::PolicyViolation(v) => Error::PolicyViolation(v.clone()),
+                Error::NotFound(m) => Error::NotFound(m.clone()),
+                Error::AlreadyExists(m) => Error::AlreadyExists(m.clone()),
+                Error::FailedPrecondition(m) => Error::FailedPrecondition(m.clone()),
+                Error::Status(s) => Error::Status(s.clone()),
+                Error::InvalidArgument { .. } | Error::Internal(_) => return,
+            }),
+        };
+        let rules = match err {
+            Error::PolicyViolation(v) => v.iter().map(|r| r.kind.to_owned()).collect(),
+            _ => Vec::new(),
+        };
+        let role = self.roles.find(&asked.role_id);
+        let event = ev::RequestRefused {
+            actor: Some(caller.actor()),
+            action: asked.action.to_owned(),
+            principal_id: asked.principal_id.clone(),
+            role_id: role.as_ref().map(|r| r.id.clone()).unwrap_or(asked.role_id),
+            role_name: role.map(|r| r.name).unwrap_or_default(),
+            scope: asked.scope,
+            code: format!("{:?}", status.code()),
+            rules,
+            message: status.message().chars().take(500).collect(),
+        };
+        let stored = async {
+            let txn = self.db.begin().await?;
+            self.emit(&txn, "RequestRefused", &asked.principal_id, &event).await?;
+            txn.commit().await?;
+            Ok::<_, Error>(())
+        };
+        match stored.await {
+            Ok(()) => self.outbox.wake(),
+            Err(e) => tracing::warn!(error = %e, "recording a refused request failed"),
+        }
     }
 }

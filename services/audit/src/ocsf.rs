@@ -97,6 +97,10 @@ pub fn event(r: &Record) -> Value {
     });
     // Only the keyed tag of a source address is kept (see records.rs).
     let payload: Value = serde_json::from_str(&r.payload_json).unwrap_or_default();
+    // Why a refused or failed attempt failed, in OCSF's words for it.
+    if let Some(reason) = payload["reason"].as_str().filter(|r| failed && !r.is_empty()) {
+        e["status_detail"] = json!(reason);
+    }
     if let Some(tag) = payload["source_hmac"].as_str().filter(|t| !t.is_empty()) {
         e["src_endpoint"] = json!({ "uid": tag });
     }

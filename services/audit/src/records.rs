@@ -182,6 +182,16 @@ pub fn record(envelope: &Envelope, correlator: &Correlator) -> anyhow::Result<Re
                 "start_time": ts(&e.start_time), "end_time": ts(&e.end_time), "reason": e.reason,
             })
         }
+        "RequestRefused" => {
+            let e: ev::RequestRefused = decode(envelope)?;
+            set_actor(&mut r, &e.actor);
+            r.target_id = e.principal_id.clone();
+            r.role_id = e.role_id.clone();
+            r.role_name = e.role_name.clone();
+            r.scope = e.scope.clone();
+            r.outcome = "failure".into();
+            json!({"action": e.action, "code": e.code, "rules": e.rules, "reason": e.message})
+        }
         "RoleActivated" => {
             let e: ev::RoleActivated = decode(envelope)?;
             set_actor(&mut r, &e.actor);

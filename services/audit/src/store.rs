@@ -291,7 +291,12 @@ pub async fn query<C: ConnectionTrait>(c: &C, f: &Filter, limit: u64) -> Result<
     eq(&mut sql, &mut values, "target_id", &f.target_id);
     eq(&mut sql, &mut values, "role_id", &f.role_id);
     eq(&mut sql, &mut values, "scope", &f.scope);
-    eq(&mut sql, &mut values, "outcome", &f.outcome);
+    if f.outcome == "failure" {
+        // Every attempt that did not succeed: failures and refusals.
+        sql.push_str(" AND outcome IN ('failure', 'refused')");
+    } else {
+        eq(&mut sql, &mut values, "outcome", &f.outcome);
+    }
     eq(&mut sql, &mut values, "trace_id", &f.trace_id);
     if !f.action.is_empty() {
         // Full type (pim.assignment.v1.RoleActivated) or its short name (RoleActivated).

@@ -57,6 +57,11 @@ fn required<'a>(field: &'static str, value: &'a str) -> Result<&'a str, Status> 
     let value = value.trim();
     if value.is_empty() {
         Err(Status::invalid_argument(format!("{field}: required")))
+    } else if value.contains('\0') {
+        // No database keeps it as text (PostgreSQL refuses it): say so, never INTERNAL.
+        Err(Status::invalid_argument(format!(
+            "{field}: must not contain NUL characters"
+        )))
     } else {
         Ok(value)
     }

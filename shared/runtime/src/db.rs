@@ -62,6 +62,16 @@ pub fn to_timestamp(ms: i64) -> prost_types::Timestamp {
     }
 }
 
+/// Seconds of 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z: the range a protobuf
+/// `Timestamp` may hold.
+const TIMESTAMP_RANGE: std::ops::RangeInclusive<i64> = -62_135_596_800..=253_402_300_799;
+
+/// A client's timestamp in epoch milliseconds, or None when it lies outside
+/// 0001-01-01…9999-12-31 or its nanoseconds are out of range (not a valid `Timestamp`).
+pub fn checked_timestamp(ts: &prost_types::Timestamp) -> Option<i64> {
+    (TIMESTAMP_RANGE.contains(&ts.seconds) && (0..1_000_000_000).contains(&ts.nanos)).then(|| from_timestamp(ts))
+}
+
 /// `ms` (epoch milliseconds) as RFC 3339 in UTC, the only way times appear in messages.
 pub fn rfc3339(ms: i64) -> String {
     to_timestamp(ms).to_string()
@@ -149,6 +159,24 @@ pub fn col<T: sea_orm::TryGetable>(row: &QueryResult, name: &str) -> Result<T, D
 /// Whether `err` is a unique-constraint violation (mapped to ALREADY_EXISTS by callers).
 pub fn is_unique_violation(err: &DbErr) -> bool {
     matches!(err.sql_err(), Some(sea_orm::SqlErr::UniqueConstraintViolation(_)))
+}
+
+#[cfg(test)]
+mod timestamp_tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_outside_what_protobuf_allows_are_refused() {
+        let at = |seconds, nanos| checked_timestamp(&prost_types::Timestamp { seconds, nanos });
+        assert_eq!(at(1_700_000_000, 5_000_000), Some(1_700_000_000_005));
+        assert_eq!(at(-62_135_596_800, 0), Some(-62_135_596_800_000));
+        assert_eq!(at(253_402_300_799, 999_999_999), Some(253_402_300_799_999));
+        assert_eq!(at(-(1 << 62), 0), None);
+        assert_eq!(at(253_402_300_800, 0), None);
+        assert_eq!(at(-62_135_596_801, 0), None);
+        assert_eq!(at(0, -1), None);
+        assert_eq!(at(0, 1_000_000_000), None);
+    }
 }
 
 #[cfg(test)]

@@ -351,6 +351,9 @@ struct AuditArgs {
     /// Event type, e.g. ActiveAssignmentGranted.
     #[arg(long)]
     action: Option<String>,
+    /// Only refused or failed attempts (failure), or only what succeeded (success).
+    #[arg(long, value_parser = ["success", "failure"])]
+    outcome: Option<String>,
     /// Only events of the last DURATION, e.g. 24h.
     #[arg(long, value_parser = humantime::parse_duration)]
     since: Option<Duration>,
@@ -1313,6 +1316,7 @@ async fn audit(args: AuditArgs) -> anyhow::Result<i32> {
         target_id,
         role_id,
         action: args.action.clone().unwrap_or_default(),
+        outcome: args.outcome.clone().unwrap_or_default(),
         since: args.since.map(|d| to_timestamp(now_ms() - d.as_millis() as i64)),
         page_size: args.limit,
         ..Default::default()
