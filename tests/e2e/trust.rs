@@ -133,6 +133,12 @@ async fn events_written_to_redis_by_hand_are_refused_audited_and_alerted() -> an
         redis.publish(streams::ASSIGNMENT, &forged_end, 0).await?;
         redis.publish(streams::IDENTITY, &forged_sign_out, 0).await?;
         redis.publish(streams::ASSIGNMENT, &copied, 0).await?;
+        // Text no database keeps (a NUL in its claims) is recorded all the same, not a jam.
+        let mut nul = forged_end.clone();
+        nul.id = uuid::Uuid::now_v7().to_string();
+        nul.r#type = "pim.assignment.v1.Role\0Deactivated".into();
+        nul.traceparent = "00-\0\0-00".into();
+        redis.publish(streams::ASSIGNMENT, &nul, 0).await?;
 
         // Every consumer group has read and acknowledged them; and a genuine change made
         // afterwards has reached the access index's tail, so it is past them too.
@@ -201,10 +207,11 @@ async fn events_written_to_redis_by_hand_are_refused_audited_and_alerted() -> an
         assert_eq!(refusal(&forged_end.id).as_deref(), Some("unsigned"));
         assert_eq!(refusal(&forged_sign_out.id).as_deref(), Some("unsigned"));
         assert_eq!(refusal(&copied.id).as_deref(), Some("wrong_service"));
+        assert_eq!(refusal(&nul.id).as_deref(), Some("unsigned"));
         assert!(rejected.iter().all(|r| r.outcome == "failure" && r.actor_id.is_empty()));
         assert_eq!(
             rejected.len(),
-            5,
+            6,
             "one record per entry, not per consumer: {rejected:?}"
         );
 
@@ -228,7 +235,7 @@ async fn events_written_to_redis_by_hand_are_refused_audited_and_alerted() -> an
                 .map(|a| (a.count, a.severity))
         };
         let high = alpb::Severity::High as i32;
-        assert_eq!(on(streams::ASSIGNMENT), Some((4, high)), "{forged:?}");
+        assert_eq!(on(streams::ASSIGNMENT), Some((5, high)), "{forged:?}");
         assert_eq!(on(streams::IDENTITY), Some((1, high)), "{forged:?}");
 
         // The refused entries sit in the dead-letter stream for investigation, never as

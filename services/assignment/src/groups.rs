@@ -61,7 +61,28 @@ impl Memberships {
         Ok(e.is_assignable_to_role.then_some((e.group_id, e.principal_id, member)))
     }
 
-    /// Applies an identity event to the in-memory map (the stream tail of every replica).
+    /// Another replica's consumer applies `change` to the database; this replica's memory
+    /// takes the database's answer once it agrees with the change (or, after 5 s, whatever the
+    /// database holds: the event was stale or replayed), never the event's word alone.
+    pub async fn follow_database(&self, db: &Db, (group, member, claimed): (String, String, bool)) {
+        let mut held = None;
+        for _ in 0..50 {
+            match store::is_group_member(db, &group, &member).await {
+                Ok(now) if now == claimed => {
+                    self.set(&group, &member, now);
+                    return;
+                }
+                Ok(now) => held = Some(now),
+                Err(err) => tracing::warn!(error = %err, "reading a group membership failed; retrying"),
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        if let Some(now) = held {
+            self.set(&group, &member, now);
+        }
+    }
+
+    /// Applies an identity event to the in-memory map (after this replica's consumer wrote it).
     pub fn apply(&self, envelope: &Envelope) -> anyhow::Result<()> {
         if let Some((group, member, is_member)) = Self::change(envelope)? {
             self.set(&group, &member, is_member);

@@ -251,8 +251,11 @@ impl Service for Assignment {
             }));
         }
         if let (Some(redis), Some(from)) = (&self.redis, &self.identity_tail_from) {
-            // Membership changes consumed by another replica reach this one's memory too.
+            // Membership changes consumed by another replica reach this one's memory too: the
+            // stream says which membership changed, the database what it is now (a replayed
+            // old event, even validly signed, changes nothing the database does not hold).
             let memberships = self.assignments.memberships.clone();
+            let db = self.assignments.db.clone();
             tasks.push(pim_runtime::events::tail(
                 redis.clone(),
                 self.config.stream_prefix.clone(),
@@ -262,9 +265,16 @@ impl Service for Assignment {
                 stop.clone(),
                 |event_type| matches!(event_type, "GroupMemberAdded" | "GroupMemberRemoved"),
                 move |_, envelope| {
-                    if let Err(err) = memberships.apply(envelope) {
-                        tracing::warn!(event_id = %envelope.id, error = %err, "group membership could not be applied");
-                    }
+                    let change = match groups::Memberships::change(envelope) {
+                        Ok(Some(change)) => change,
+                        Ok(None) => return,
+                        Err(err) => {
+                            tracing::warn!(event_id = %envelope.id, error = %err, "unreadable group membership event");
+                            return;
+                        }
+                    };
+                    let (memberships, db) = (memberships.clone(), db.clone());
+                    tokio::spawn(async move { memberships.follow_database(&db, change).await });
                 },
             ));
         }

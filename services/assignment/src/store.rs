@@ -958,6 +958,17 @@ pub async fn group_memberships<C: ConnectionTrait>(c: &C) -> Result<Vec<(String,
         .collect()
 }
 
+/// Whether the projection holds `principal_id` as a member of `group_id`.
+pub async fn is_group_member<C: ConnectionTrait>(c: &C, group_id: &str, principal_id: &str) -> Result<bool, DbErr> {
+    Ok(db::query_one(
+        c,
+        "SELECT 1 AS one FROM group_memberships WHERE group_id = $1 AND principal_id = $2",
+        vec![group_id.into(), principal_id.into()],
+    )
+    .await?
+    .is_some())
+}
+
 pub async fn set_group_membership<C: ConnectionTrait>(
     c: &C,
     group_id: &str,

@@ -104,7 +104,10 @@ impl EventHandler for Ingest {
         if records.is_empty() {
             return Ok(());
         }
-        let claimed = |f: fn(&Envelope) -> &str| rejected.envelope.as_ref().map(f).unwrap_or_default().to_owned();
+        let claimed = |f: fn(&Envelope) -> &str| -> String {
+            let claim = rejected.envelope.as_ref().map(f).unwrap_or_default();
+            claim.chars().filter(|c| *c != '\0').take(200).collect()
+        };
         let event = pim_proto::events::v1::EventRejected {
             refusal_id: rejected.id(),
             stream: rejected.stream.clone(),

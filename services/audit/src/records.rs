@@ -294,6 +294,8 @@ pub fn record(envelope: &Envelope, correlator: &Correlator) -> anyhow::Result<Re
 /// what it claimed to be and why it was not believed. Its claims are kept as claims (never
 /// as actor, target or role of the record), and its data not at all.
 pub fn rejected(r: &Rejected) -> Record {
+    // Claims are attacker's text: no NUL (no database keeps it as text), bounded length.
+    let claim = |s: &str| -> String { s.chars().filter(|c| *c != '\0').take(200).collect() };
     let claimed = r.envelope.as_ref().map(|e| {
         json!({
             "id": e.id, "type": e.r#type, "source": e.source, "subject": e.subject,
@@ -310,14 +312,14 @@ pub fn rejected(r: &Rejected) -> Record {
         source: "pim.audit".into(),
         action: "pim.audit.v1.EventRejected".into(),
         target_id: r.stream.clone(),
-        target_name: r.envelope.as_ref().map(|e| e.r#type.clone()).unwrap_or_default(),
+        target_name: r.envelope.as_ref().map(|e| claim(&e.r#type)).unwrap_or_default(),
         outcome: "failure".into(),
         trace_id: r
             .envelope
             .as_ref()
             .and_then(|e| e.traceparent.split('-').nth(1))
-            .unwrap_or_default()
-            .to_owned(),
+            .map(claim)
+            .unwrap_or_default(),
         payload_json: payload.to_string(),
         ..Record::default()
     }

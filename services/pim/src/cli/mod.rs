@@ -579,7 +579,7 @@ async fn replay(since: &str, databases: Vec<String>) -> anyhow::Result<i32> {
                     "--since {since:?} is neither an RFC 3339 time (2026-12-02T10:00:00Z) nor a duration (2h)"
                 )
             })?;
-            now_ms() - ago.as_millis() as i64
+            now_ms().saturating_sub(i64::try_from(ago.as_millis()).unwrap_or(i64::MAX))
         }
     };
     let config = load_config(true)?;
@@ -615,12 +615,17 @@ async fn replay(since: &str, databases: Vec<String>) -> anyhow::Result<i32> {
 
 /// A database URL without its password, to print.
 fn redacted(url: &str) -> String {
-    match (url.split_once("://"), url.rfind('@')) {
-        (Some((scheme, rest)), Some(at)) => {
-            let user = rest[..at - scheme.len() - 3].split(':').next().unwrap_or_default();
-            format!("{scheme}://{user}@{}", &url[at + 1..])
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    // Query parameters may carry a password too: leave them out.
+    let rest = rest.split('?').next().unwrap_or_default();
+    match rest.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}@{host}")
         }
-        _ => url.to_owned(),
+        None => format!("{scheme}://{rest}"),
     }
 }
 
@@ -1421,6 +1426,21 @@ mod tests {
     use clap::CommandFactory;
 
     use super::Cli;
+
+    #[test]
+    fn database_urls_print_without_passwords_and_odd_ones_do_not_panic() {
+        use super::redacted;
+        assert_eq!(
+            redacted("postgres://pim:s3cret@db:5432/pim"),
+            "postgres://pim@db:5432/pim"
+        );
+        assert_eq!(redacted("postgres://db/pim?password=s3cret"), "postgres://db/pim");
+        assert_eq!(redacted("sqlite:///data/pim.db"), "sqlite:///data/pim.db");
+        for odd in ["a@b://c", "://@", "@", "x://a:b@c@d"] {
+            assert!(!redacted(odd).contains("s3cret"));
+        }
+        assert_eq!(redacted("x://a:b@c@d"), "x://a@d");
+    }
 
     #[test]
     fn the_command_line_is_well_formed() {

@@ -118,12 +118,29 @@ impl Inbox {
         self.handler.wants(event_type)
     }
 
+    /// Whether this consumer acts on `envelope`: a type it wants, and not older than the
+    /// inbox remembers (an event that old could be a replay the inbox no longer recognises;
+    /// no genuine delivery is that late: producers keep events for replay at most as long).
+    fn acts_on(&self, envelope: &Envelope) -> bool {
+        if !self.handler.wants(super::short_type(envelope)) {
+            return false;
+        }
+        let oldest = db::now_ms() - super::INBOX_KEPT.as_millis() as i64;
+        let stale = envelope
+            .time
+            .as_ref()
+            .map(db::from_timestamp)
+            .is_some_and(|t| t < oldest);
+        if stale && !self.handler.deduplicates_itself() {
+            tracing::warn!(consumer = self.consumer(), event_id = %envelope.id, event_type = %envelope.r#type, "event older than the inbox window not applied");
+            return false;
+        }
+        true
+    }
+
     /// Applies every envelope not applied before, in one transaction (all or none).
     pub async fn apply_all(&self, envelopes: &[Envelope]) -> anyhow::Result<()> {
-        let wanted: Vec<&Envelope> = envelopes
-            .iter()
-            .filter(|e| self.handler.wants(super::short_type(e)))
-            .collect();
+        let wanted: Vec<&Envelope> = envelopes.iter().filter(|e| self.acts_on(e)).collect();
         if wanted.is_empty() {
             return Ok(());
         }
@@ -202,7 +219,7 @@ impl Inbox {
 
     /// Applies `envelope` unless this consumer already did; returns whether it was new.
     pub async fn apply(&self, envelope: &Envelope) -> anyhow::Result<bool> {
-        if !self.handler.wants(super::short_type(envelope)) {
+        if !self.acts_on(envelope) {
             return Ok(false);
         }
         let txn = self.db.begin().await.context("beginning consumer transaction")?;

@@ -505,7 +505,17 @@ impl RedisConsumer {
             claimed_type = rejected.envelope.as_ref().map(|e| e.r#type.as_str()).unwrap_or_default(),
             "refused a stream entry its owner did not sign"
         );
-        self.inbox.reject(&rejected).await?;
+        if let Err(err) = self.inbox.reject(&rejected).await {
+            // Recording failed: the entry stays pending and is refused again after
+            // claim_idle; after max_deliveries it is dead-lettered all the same, so a refusal
+            // that cannot be recorded never holds the stream up.
+            let deliveries = self.deliveries(key, &entry.id).await?;
+            if deliveries < i64::from(self.options.max_deliveries) {
+                tracing::warn!(group = self.group(), stream = key, entry = %entry.id, deliveries, error = %format!("{err:#}"), "recording a refused entry failed; it stays pending");
+                return Ok(());
+            }
+            tracing::error!(group = self.group(), stream = key, entry = %entry.id, deliveries, error = %format!("{err:#}"), "recording a refused entry kept failing; dead-lettered unrecorded");
+        }
         let err = anyhow::anyhow!("rejected: {}", rejected.reason);
         self.dead_letter(key, &entry.id, rejected.envelope.as_ref(), 1, &err, Some(raw))
             .await

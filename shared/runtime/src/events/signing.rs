@@ -51,6 +51,8 @@ pub enum Rejection {
     WrongService { signer: String, owner: String },
     /// Claims a source other than the stream's owner.
     WrongSource(String),
+    /// Claims a type of another service (`pim.<owner>.v1.*` only on the owner's streams).
+    WrongType(String),
     /// The signature does not match the content (altered, or copied onto another stream).
     BadSignature,
     /// A stream no service owns: nothing published there is trusted.
@@ -68,6 +70,7 @@ impl fmt::Display for Rejection {
                 write!(f, "signed by {signer}, but the stream belongs to {owner}")
             }
             Self::WrongSource(source) => write!(f, "claims source {source:?}, not the stream's owner"),
+            Self::WrongType(event_type) => write!(f, "claims type {event_type:?}, not one of the stream's owner"),
             Self::BadSignature => f.write_str("the signature does not match the event"),
             Self::UnownedStream => f.write_str("no service owns this stream"),
             Self::Undecodable => f.write_str("the entry holds no envelope that decodes"),
@@ -83,6 +86,7 @@ impl Rejection {
             Self::UnknownKey(_) => "unknown_key",
             Self::WrongService { .. } => "wrong_service",
             Self::WrongSource(_) => "wrong_source",
+            Self::WrongType(_) => "wrong_type",
             Self::BadSignature => "bad_signature",
             Self::UnownedStream => "unowned_stream",
             Self::Undecodable => "undecodable",
@@ -260,8 +264,17 @@ impl EventKeys {
                 owner: owner.to_owned(),
             });
         }
-        if envelope.source != format!("pim.{owner}") {
+        let source = format!("pim.{owner}");
+        if envelope.source != source {
             return Err(Rejection::WrongSource(envelope.source.chars().take(64).collect()));
+        }
+        // A service's key speaks only of its own events: consumers act on the short type.
+        if !envelope
+            .r#type
+            .strip_prefix(source.as_str())
+            .is_some_and(|rest| rest.starts_with(".v1."))
+        {
+            return Err(Rejection::WrongType(envelope.r#type.chars().take(64).collect()));
         }
         let signature = Signature::from_slice(&envelope.signature).map_err(|_| Rejection::BadSignature)?;
         let unsigned = Envelope {
@@ -311,6 +324,14 @@ mod tests {
         assert_eq!(
             keys.verify(streams::ASSIGNMENT, &e),
             Err(Rejection::WrongSource("pim.identity".into()))
+        );
+        // Assignment's key, assignment's source, identity's event type.
+        let mut e = event("pim.assignment");
+        e.r#type = "pim.identity.v1.SessionRevoked".into();
+        keys.sign(streams::ASSIGNMENT, &mut e).unwrap();
+        assert_eq!(
+            keys.verify(streams::ASSIGNMENT, &e),
+            Err(Rejection::WrongType("pim.identity.v1.SessionRevoked".into()))
         );
     }
 
