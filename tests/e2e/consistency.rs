@@ -252,3 +252,56 @@ async fn bad_input_is_invalid_argument_naming_the_field() -> anyhow::Result<()> 
     })
     .await
 }
+
+/// Read-your-writes in one process (`pim up`): once AddGroupMember or RemoveGroupMember has
+/// answered, the very next CheckAccess gives the new answer, every time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_one_process_the_next_check_after_a_membership_change_sees_it() -> anyhow::Result<()> {
+    use pim_proto::identity::v1 as ipb;
+    use pim_proto::identity::v1::directory_service_client::DirectoryServiceClient;
+
+    let w = World::embedded().await?;
+    let result = async {
+        let lee = w.user("lee").await?;
+        let mut directory = DirectoryServiceClient::new(w.ts.channel.clone());
+        let group = directory
+            .create_group(authed(
+                &w.admin,
+                ipb::CreateGroupRequest {
+                    display_name: "Exchange operators".into(),
+                    is_assignable_to_role: true,
+                    ..Default::default()
+                },
+            ))
+            .await?
+            .into_inner();
+        w.assignments()
+            .create_request(authed(
+                &w.admin,
+                pim_e2e::assign_for_an_hour(apb::AssignmentKind::Active, &group.id, EXCHANGE_ADMINISTRATOR),
+            ))
+            .await?;
+        let membership = ipb::GroupMembershipRequest {
+            group_id: group.id.clone(),
+            principal_id: lee.id.clone(),
+        };
+        for round in 0..20 {
+            directory.add_group_member(authed(&w.admin, membership.clone())).await?;
+            assert!(
+                w.check(&lee.id, EXCHANGE_ADMINISTRATOR).await?.allowed,
+                "round {round}: allowed right after AddGroupMember"
+            );
+            directory
+                .remove_group_member(authed(&w.admin, membership.clone()))
+                .await?;
+            assert!(
+                !w.check(&lee.id, EXCHANGE_ADMINISTRATOR).await?.allowed,
+                "round {round}: refused right after RemoveGroupMember"
+            );
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    w.ts.stop().await?;
+    result
+}

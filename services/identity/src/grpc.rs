@@ -307,7 +307,11 @@ impl DirectoryService for Directory {
     async fn disable_user(&self, request: Request<pb::GetUserRequest>) -> Result<Response<pb::User>, Status> {
         let caller = caller(&request)?.clone();
         let user = required("user", &request.get_ref().user)?;
-        Ok(Response::new(user_to_pb(self.set_enabled(&caller, user, false).await?)))
+        let disabled = self.set_enabled(&caller, user, false).await?;
+        self.outbox
+            .delivered(&self.db, pim_runtime::db::now_ms(), std::time::Duration::from_secs(2))
+            .await;
+        Ok(Response::new(user_to_pb(disabled)))
     }
 
     async fn enable_user(&self, request: Request<pb::GetUserRequest>) -> Result<Response<pb::User>, Status> {
@@ -338,6 +342,10 @@ impl Directory {
         let group = required("group_id", &r.group_id)?;
         let principal = required("principal_id", &r.principal_id)?;
         self.change_link(&caller, link, add, group, principal).await?;
+        // Read-your-writes in one process: the next CheckAccess already knows.
+        self.outbox
+            .delivered(&self.db, pim_runtime::db::now_ms(), std::time::Duration::from_secs(2))
+            .await;
         Ok(Response::new(pb::GroupMembershipResponse {}))
     }
 

@@ -292,6 +292,7 @@ impl Suite {
             None => {
                 let bus = EmbeddedBus::new(config.max_deliveries);
                 for service in &services {
+                    service.outbox().deliver_before_answering();
                     for handler in service.handlers() {
                         bus.subscribe(Inbox::new(service.db().clone(), handler));
                     }

@@ -58,6 +58,11 @@ pub trait Publisher: Send + Sync {
 #[derive(Clone, Default)]
 pub struct Outbox {
     wake: Arc<Notify>,
+    /// Told after each relay pass that sent something.
+    passed: Arc<Notify>,
+    /// Whether a sent row means every consumer applied it (embedded delivery), so that
+    /// [`Outbox::delivered`] is worth waiting for.
+    read_your_writes: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Outbox {
@@ -85,6 +90,49 @@ impl Outbox {
     /// Call after the transaction committed.
     pub fn wake(&self) {
         self.wake.notify_one();
+    }
+
+    /// Embedded delivery: a row leaves the outbox only once every consumer in the process
+    /// applied it, so [`Outbox::delivered`] gives read-your-writes.
+    pub fn deliver_before_answering(&self) {
+        self.read_your_writes.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// With embedded delivery, waits (at most `within`) until every event this service wrote
+    /// up to `written_by` (epoch ms, taken after the write committed) was applied by every
+    /// consumer in the process: an RPC that changes access answers only once `CheckAccess`
+    /// here gives the new answer. Returns at once otherwise (with Redis, other processes
+    /// apply events on their own time).
+    pub async fn delivered(&self, db: &Db, written_by: i64, within: Duration) {
+        if !self.read_your_writes.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        self.wake();
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let passed = self.passed.notified();
+            let waiting = db::query_one(
+                db,
+                "SELECT COUNT(*) AS n FROM outbox WHERE status = 'pending' AND created_at <= $1",
+                vec![written_by.into()],
+            )
+            .await
+            .ok()
+            .flatten()
+            .and_then(|r| col::<i64>(&r, "n").ok())
+            .unwrap_or(0);
+            if waiting == 0 {
+                return;
+            }
+            tokio::select! {
+                _ = passed => {}
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                _ = tokio::time::sleep_until(deadline) => {
+                    tracing::warn!(waiting, "events not yet applied when answering");
+                    return;
+                }
+            }
+        }
     }
 }
 
@@ -346,6 +394,9 @@ impl Relay {
                 match self.run_once().await {
                     Ok(n) => {
                         (deleted, sent) = (deleted + n as u64, n);
+                        if n > 0 {
+                            self.outbox.passed.notify_waiters();
+                        }
                         if n as u64 == self.batch {
                             continue;
                         }
