@@ -377,6 +377,30 @@ async fn a_stopping_consumer_finishes_the_entries_it_holds() -> anyhow::Result<(
     f.cleanup().await
 }
 
+/// An event older than the inbox remembers (a replay the inbox could no longer recognise) is
+/// acknowledged without being applied, even when validly signed; a fresh one is applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_older_than_the_inbox_window_is_not_applied() -> anyhow::Result<()> {
+    let f = Fixture::new().await?;
+    let mut old = envelope("pim.identity", "UserCreated", "subject", &UserCreated::default());
+    old.time = Some(db::to_timestamp(
+        db::now_ms() - pim_runtime::events::INBOX_KEPT.as_millis() as i64 - 60_000,
+    ));
+    let txn = f.db.begin().await?;
+    f.outbox.enqueue(&txn, streams::IDENTITY, &old).await?;
+    txn.commit().await?;
+    let fresh = f.emit("UserCreated").await?;
+    assert_eq!(f.relay().await?.run_once().await?, 2);
+    let consumer = f.consumer(fast(5)).await?;
+    let mut handled = 0;
+    while handled < 2 {
+        handled += consumer.run_once().await?;
+    }
+    assert_eq!(f.applied(&fresh.id).await?, 1);
+    assert_eq!(f.applied(&old.id).await?, 0, "too old to tell from a replay");
+    f.cleanup().await
+}
+
 /// Redis loses events before anyone read them (restarted empty): the producer still has them
 /// for the replay window, `replay` publishes them again, the consumer applies each once
 /// however often they come, and the window's end prunes them.

@@ -305,3 +305,52 @@ async fn in_one_process_the_next_check_after_a_membership_change_sees_it() -> an
     w.ts.stop().await?;
     result
 }
+
+/// An activation whose end has passed no longer blocks a new one, even before the timer ended
+/// it: the database's one-activation rule ends it on the spot (an `expired` RoleDeactivated)
+/// and the new activation is made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_activation_past_its_end_gives_way_before_the_timer_runs() -> anyhow::Result<()> {
+    use std::time::Duration;
+
+    crate::activation::run_on_both(|w| async move {
+        let lee = w.user("lee").await?;
+        w.make_eligible(&lee, EXCHANGE_ADMINISTRATOR).await?;
+        let token = w.stepped_up(&lee)?;
+        let first = w
+            .assignments()
+            .create_request(authed(&token, activation(EXCHANGE_ADMINISTRATOR, HOUR_MS, "first")))
+            .await?
+            .into_inner();
+        // Past its end; no timer has run.
+        w.clock.advance(Duration::from_millis(HOUR_MS as u64));
+        let token = w.stepped_up(&lee)?;
+        let second = w
+            .assignments()
+            .create_request(authed(&token, activation(EXCHANGE_ADMINISTRATOR, HOUR_MS, "second")))
+            .await?
+            .into_inner();
+        assert_eq!(second.status, apb::RequestStatus::Provisioned as i32);
+        assert_ne!(second.assignment_id, first.assignment_id);
+        assert!(w.check(&lee.id, EXCHANGE_ADMINISTRATOR).await?.allowed);
+        let live = w
+            .assignments()
+            .list_active_assignments(authed(
+                &w.admin,
+                apb::ListAssignmentsRequest {
+                    principal_id: lee.id.clone(),
+                    role_id: EXCHANGE_ADMINISTRATOR.into(),
+                    ..Default::default()
+                },
+            ))
+            .await?
+            .into_inner()
+            .assignments;
+        assert_eq!(
+            live.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(),
+            vec![second.assignment_id.as_str()]
+        );
+        Ok(w)
+    })
+    .await
+}

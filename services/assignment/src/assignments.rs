@@ -1171,19 +1171,18 @@ impl Assignments {
             // waiting (perhaps from a concurrent call). One whose end passed before the timer
             // ended it is ended now, and the activation tried once more.
             let (principal, scope) = (&caller.principal_id, scope.as_str());
-            if let Some(live) = store::live_activation(&self.db, principal, &role.id, scope).await? {
-                if live.end_at.is_none_or(|end| end > now) {
-                    return Err(already_active(&role.name, &live));
-                }
-                let txn = self.db.begin().await?;
-                self.end(&txn, &live, "expired", Some(system_actor()), &role.name, now)
-                    .await?;
-                txn.commit().await?;
-                self.index.remove(&live.principal_id, &live.id);
-                if !insert().await? {
-                    return Err(self.refusal(principal, &role.name, &role.id, scope).await?);
-                }
-            } else {
+            let lapsed = store::live_activation(&self.db, principal, &role.id, scope)
+                .await?
+                .filter(|live| live.end_at.is_some_and(|end| end <= now));
+            let Some(lapsed) = lapsed else {
+                return Err(self.refusal(principal, &role.name, &role.id, scope).await?);
+            };
+            let txn = self.db.begin().await?;
+            self.end(&txn, &lapsed, "expired", Some(system_actor()), &role.name, now)
+                .await?;
+            txn.commit().await?;
+            self.index.remove(&lapsed.principal_id, &lapsed.id);
+            if !insert().await? {
                 return Err(self.refusal(principal, &role.name, &role.id, scope).await?);
             }
         }

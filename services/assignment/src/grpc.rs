@@ -2,7 +2,6 @@
 
 use std::time::Duration;
 
-use sea_orm::TransactionTrait;
 use tonic::{Request, Response, Status};
 
 use pim_proto::assignment::v1 as pb;
@@ -613,9 +612,10 @@ impl AssignmentService for Assignments {
                 Ok(Response::new(request_to_pb(created)))
             }
             Err(err) => {
+                let status = Status::from(err);
                 // Every refusal is a security decision: it is audited as such.
-                self.refused(&caller, asked, &err).await;
-                Err(err.into())
+                self.refused(&caller, asked, &status).await;
+                Err(status)
             }
         }
     }
@@ -983,23 +983,14 @@ impl Assignments {
     /// failure): a policy or state rule, a duplicate, a missing permission or a missing
     /// target. Malformed input and internal errors are not decisions and are not recorded.
     /// Best effort: the answer goes back to the caller whether or not this is stored.
-    async fn refused(&self, caller: &Caller, asked: Asked, err: &Error) {
-        let status = match err {
-            Error::InvalidArgument { .. } | Error::Internal(_) => return,
-            Error::Status(s) if s.code() != tonic::Code::PermissionDenied => return,
-            _ => Status::from(match err {
-                Error::PolicyViolation(v) => Error::PolicyViolation(v.clone()),
-                Error::NotFound(m) => Error::NotFound(m.clone()),
-                Error::AlreadyExists(m) => Error::AlreadyExists(m.clone()),
-                Error::FailedPrecondition(m) => Error::FailedPrecondition(m.clone()),
-                Error::Status(s) => Error::Status(s.clone()),
-                Error::InvalidArgument { .. } | Error::Internal(_) => return,
-            }),
-        };
-        let rules = match err {
-            Error::PolicyViolation(v) => v.iter().map(|r| r.kind.to_owned()).collect(),
-            _ => Vec::new(),
-        };
+    async fn refused(&self, caller: &Caller, asked: Asked, status: &Status) {
+        use tonic::Code;
+        if !matches!(
+            status.code(),
+            Code::FailedPrecondition | Code::AlreadyExists | Code::NotFound | Code::PermissionDenied
+        ) {
+            return;
+        }
         let role = self.roles.find(&asked.role_id);
         let event = ev::RequestRefused {
             actor: Some(caller.actor()),
@@ -1009,16 +1000,10 @@ impl Assignments {
             role_name: role.map(|r| r.name).unwrap_or_default(),
             scope: asked.scope,
             code: format!("{:?}", status.code()),
-            rules,
+            rules: pim_runtime::grpc::violated_rules(status),
             message: status.message().chars().take(500).collect(),
         };
-        let stored = async {
-            let txn = self.db.begin().await?;
-            self.emit(&txn, "RequestRefused", &asked.principal_id, &event).await?;
-            txn.commit().await?;
-            Ok::<_, Error>(())
-        };
-        match stored.await {
+        match self.emit(&self.db, "RequestRefused", &asked.principal_id, &event).await {
             Ok(()) => self.outbox.wake(),
             Err(e) => tracing::warn!(error = %e, "recording a refused request failed"),
         }

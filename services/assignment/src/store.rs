@@ -548,7 +548,6 @@ impl RequestRow {
     }
 }
 
-/// Whether the principal already waits for approval of a request for this role here.
 /// The live activation of `role_id` at `scope` by `principal_id` (started or scheduled, ended
 /// or not by the timer yet), if any.
 pub async fn live_activation<C: ConnectionTrait>(
@@ -584,6 +583,7 @@ pub async fn pending_activation<C: ConnectionTrait>(
         .transpose()
 }
 
+/// Whether the principal already waits for approval of a request for this role here.
 pub async fn pending_request_exists<C: ConnectionTrait>(
     c: &C,
     principal_id: &str,

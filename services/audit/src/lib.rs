@@ -104,20 +104,7 @@ impl EventHandler for Ingest {
         if records.is_empty() {
             return Ok(());
         }
-        let claimed = |f: fn(&Envelope) -> &str| -> String {
-            let claim = rejected.envelope.as_ref().map(f).unwrap_or_default();
-            claim.chars().filter(|c| *c != '\0').take(200).collect()
-        };
-        let event = pim_proto::events::v1::EventRejected {
-            refusal_id: rejected.id(),
-            stream: rejected.stream.clone(),
-            entry_id: rejected.entry_id.clone(),
-            reason: rejected.reason.code().to_owned(),
-            claimed_id: claimed(|e| &e.id),
-            claimed_type: claimed(|e| &e.r#type),
-            claimed_source: claimed(|e| &e.source),
-            claimed_subject: claimed(|e| &e.subject),
-        };
+        let event = records::rejected_event(rejected);
         let envelope = pim_runtime::events::envelope("pim.audit", "EventRejected", &rejected.stream, &event);
         self.outbox.enqueue(txn, streams::AUDIT, &envelope).await?;
         Ok(())

@@ -290,16 +290,36 @@ pub fn record(envelope: &Envelope, correlator: &Correlator) -> anyhow::Result<Re
     Ok(r)
 }
 
+/// A refused entry's claim, as kept: an attacker's text, so without NUL (no database keeps
+/// it as text) and bounded.
+fn claim(s: &str) -> String {
+    s.chars().filter(|c| *c != '\0').take(200).collect()
+}
+
+/// The `EventRejected` event audit publishes for a refused entry (alerting raises
+/// forged_event on it), its claims kept as [`rejected`] keeps them.
+pub fn rejected_event(r: &Rejected) -> ev::EventRejected {
+    let claimed = |f: fn(&Envelope) -> &str| r.envelope.as_ref().map(f).map(claim).unwrap_or_default();
+    ev::EventRejected {
+        refusal_id: r.id(),
+        stream: r.stream.clone(),
+        entry_id: r.entry_id.clone(),
+        reason: r.reason.code().to_owned(),
+        claimed_id: claimed(|e| &e.id),
+        claimed_type: claimed(|e| &e.r#type),
+        claimed_source: claimed(|e| &e.source),
+        claimed_subject: claimed(|e| &e.subject),
+    }
+}
+
 /// The audit record of a stream entry a consumer refused (not signed by the stream's owner):
 /// what it claimed to be and why it was not believed. Its claims are kept as claims (never
 /// as actor, target or role of the record), and its data not at all.
 pub fn rejected(r: &Rejected) -> Record {
-    // Claims are attacker's text: no NUL (no database keeps it as text), bounded length.
-    let claim = |s: &str| -> String { s.chars().filter(|c| *c != '\0').take(200).collect() };
     let claimed = r.envelope.as_ref().map(|e| {
         json!({
-            "id": e.id, "type": e.r#type, "source": e.source, "subject": e.subject,
-            "key_id": e.key_id, "signed": !e.signature.is_empty(),
+            "id": claim(&e.id), "type": claim(&e.r#type), "source": claim(&e.source),
+            "subject": claim(&e.subject), "key_id": claim(&e.key_id), "signed": !e.signature.is_empty(),
         })
     });
     let payload = json!({
