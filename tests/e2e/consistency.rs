@@ -36,6 +36,23 @@ async fn race(w: &World, token: &str) -> anyhow::Result<(Vec<apb::AssignmentRequ
     Ok((won, refused))
 }
 
+/// The ids of `principal`'s active Exchange Administrator assignments.
+async fn live_activations(w: &World, principal: &str) -> anyhow::Result<Vec<String>> {
+    let listed = w
+        .assignments()
+        .list_active_assignments(authed(
+            &w.admin,
+            apb::ListAssignmentsRequest {
+                principal_id: principal.into(),
+                role_id: EXCHANGE_ADMINISTRATOR.into(),
+                ..Default::default()
+            },
+        ))
+        .await?
+        .into_inner();
+    Ok(listed.assignments.into_iter().map(|a| a.id).collect())
+}
+
 /// Races once; exactly one call must win (with `status`), and every other must be
 /// ALREADY_EXISTS.
 async fn one_winner(
@@ -66,19 +83,7 @@ async fn one_activation_wins_each_race(w: World) -> anyhow::Result<World> {
                 .all(|r| r.message().contains(&winner.assignment_id) && r.message().contains("until 20")),
             "{refused:?}"
         );
-        let live = w
-            .assignments()
-            .list_active_assignments(authed(
-                &w.admin,
-                apb::ListAssignmentsRequest {
-                    principal_id: lee.id.clone(),
-                    role_id: EXCHANGE_ADMINISTRATOR.into(),
-                    ..Default::default()
-                },
-            ))
-            .await?
-            .into_inner()
-            .assignments;
+        let live = live_activations(&w, &lee.id).await?;
         assert_eq!(live.len(), 1, "round {round}: one live instance: {live:?}");
         // Ready for the next round.
         w.assignments()
@@ -333,23 +338,8 @@ async fn an_activation_past_its_end_gives_way_before_the_timer_runs() -> anyhow:
         assert_eq!(second.status, apb::RequestStatus::Provisioned as i32);
         assert_ne!(second.assignment_id, first.assignment_id);
         assert!(w.check(&lee.id, EXCHANGE_ADMINISTRATOR).await?.allowed);
-        let live = w
-            .assignments()
-            .list_active_assignments(authed(
-                &w.admin,
-                apb::ListAssignmentsRequest {
-                    principal_id: lee.id.clone(),
-                    role_id: EXCHANGE_ADMINISTRATOR.into(),
-                    ..Default::default()
-                },
-            ))
-            .await?
-            .into_inner()
-            .assignments;
-        assert_eq!(
-            live.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(),
-            vec![second.assignment_id.as_str()]
-        );
+        let live = live_activations(&w, &lee.id).await?;
+        assert_eq!(live, vec![second.assignment_id.clone()]);
         Ok(w)
     })
     .await
