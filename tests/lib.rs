@@ -383,3 +383,92 @@ pub fn assign_for_an_hour(
         ..Default::default()
     }
 }
+
+/// The distributed shape with replicated assignment: identity and `assignment_replicas`
+/// hosts of assignment (as `pim serve identity` and several `pim serve assignment` run
+/// them), the replicas on one PostgreSQL database, all sharing Redis.
+pub struct Replicas {
+    suites: Vec<Suite>,
+    /// Identity's URL, then each assignment replica's.
+    pub urls: Vec<String>,
+    /// A Global Administrator's access token.
+    pub admin: String,
+    databases: Vec<TestDatabase>,
+    pub stream_prefix: String,
+}
+
+impl Replicas {
+    pub async fn start(assignment_replicas: usize) -> anyhow::Result<Self> {
+        let stream_prefix = format!("{}:", unique("replicas"));
+        let mut listeners = Vec::new();
+        for _ in 0..=assignment_replicas {
+            listeners.push(tokio::net::TcpListener::bind("127.0.0.1:0").await?);
+        }
+        let urls: Vec<String> = listeners
+            .iter()
+            .map(|l| Ok(format!("http://{}", l.local_addr()?)))
+            .collect::<anyhow::Result<_>>()?;
+        let databases = vec![
+            TestDatabase::create("identity").await?,
+            TestDatabase::create("assignment").await?,
+        ];
+        let mut suites = Vec::new();
+        for (i, listener) in listeners.into_iter().enumerate() {
+            let (service, database) = match i {
+                0 => (ServiceName::Identity, &databases[0]),
+                _ => (ServiceName::Assignment, &databases[1]),
+            };
+            let config = test_config(&[
+                ("PIM_REDIS_URL", redis_url()),
+                ("PIM_STREAM_PREFIX", stream_prefix.clone()),
+                ("PIM_IDENTITY_URL", urls[0].clone()),
+                ("PIM_ASSIGNMENT_URL", urls[1].clone()),
+            ])?;
+            let mut options = SuiteOptions::new(config, BTreeMap::from([(service, database.url.clone())]));
+            options.listener = Some(listener);
+            options.relay_poll = Duration::from_millis(50);
+            suites.push(Suite::start(options).await?);
+        }
+        let identity = suites[0].identity().context("identity runs in the first host")?;
+        let assignment = suites[1].assignment().context("assignment runs in the second host")?;
+        let (admin, password) = pim::bootstrap::run(identity, assignment)
+            .await?
+            .context("a fresh deployment bootstraps")?;
+        let channel = Channel::from_shared(urls[0].clone())?.connect().await?;
+        let admin = AuthServiceClient::new(channel)
+            .sign_in(ipb::SignInRequest {
+                user_name: admin,
+                password,
+            })
+            .await?
+            .into_inner()
+            .access_token;
+        Ok(Self {
+            suites,
+            urls,
+            admin,
+            databases,
+            stream_prefix,
+        })
+    }
+
+    /// A channel to identity.
+    pub async fn identity(&self) -> anyhow::Result<Channel> {
+        Ok(Channel::from_shared(self.urls[0].clone())?.connect().await?)
+    }
+
+    /// A channel to assignment replica `n` (from 0).
+    pub async fn assignment(&self, n: usize) -> anyhow::Result<Channel> {
+        Ok(Channel::from_shared(self.urls[n + 1].clone())?.connect().await?)
+    }
+
+    pub async fn stop(self) -> anyhow::Result<()> {
+        for suite in self.suites {
+            suite.stop().await?;
+        }
+        for db in self.databases {
+            db.drop_database().await?;
+        }
+        drop_streams(&self.stream_prefix).await
+    }
+}

@@ -297,6 +297,7 @@ async fn check_access(
                     principal_id: principal,
                     target: Some(apb::check_access_request::Target::RoleId(role.into())),
                     scope: format!("/s{}/rg", rng.next() % 7),
+                    ..Default::default()
                 },
             );
             async move {
@@ -381,6 +382,7 @@ async fn activation(rate: u64, seconds: u64) -> anyhow::Result<()> {
                             principal_id: format!("bench-p-{n}"),
                             target: Some(apb::check_access_request::Target::RoleId(EXCHANGE_ADMINISTRATOR.into())),
                             scope: "/".into(),
+                            ..Default::default()
                         },
                     ))
                     .await?

@@ -175,6 +175,7 @@ impl World {
                     principal_id: principal.into(),
                     target: Some(apb::check_access_request::Target::RoleId(role.into())),
                     scope: "/".into(),
+                    ..Default::default()
                 },
             ))
             .await?;
@@ -816,12 +817,18 @@ async fn internal_apps_batch_their_checks_and_watch_access_change() -> anyhow::R
         let lee = w.user("lee").await?;
         let mut access = AccessServiceClient::new(w.ts.channel.clone());
         let denied = access
-            .watch_access_changes(authed(&lee.token, apb::WatchAccessChangesRequest {}))
+            .watch_access_changes(authed(
+                &lee.token,
+                apb::WatchAccessChangesRequest { ..Default::default() },
+            ))
             .await
             .expect_err("Lee reads no one's access");
         assert_eq!(denied.code(), Code::PermissionDenied);
         let mut changes = access
-            .watch_access_changes(authed(&w.admin, apb::WatchAccessChangesRequest {}))
+            .watch_access_changes(authed(
+                &w.admin,
+                apb::WatchAccessChangesRequest { ..Default::default() },
+            ))
             .await?
             .into_inner();
 
@@ -844,12 +851,14 @@ async fn internal_apps_batch_their_checks_and_watch_access_change() -> anyhow::R
             principal_id: principal.into(),
             target: Some(apb::check_access_request::Target::RoleId(role.into())),
             scope: "/x/y".into(),
+            ..Default::default()
         };
         let results = access
             .batch_check_access(authed(
                 &w.admin,
                 apb::BatchCheckAccessRequest {
                     checks: vec![ask(&lee.id, EXCHANGE_ADMINISTRATOR), ask(&lee.id, GLOBAL_ADMINISTRATOR)],
+                    ..Default::default()
                 },
             ))
             .await?
@@ -858,6 +867,7 @@ async fn internal_apps_batch_their_checks_and_watch_access_change() -> anyhow::R
         assert_eq!(results.iter().map(|r| r.allowed).collect::<Vec<_>>(), vec![true, false]);
         let too_many = apb::BatchCheckAccessRequest {
             checks: (0..1001).map(|_| ask(&lee.id, EXCHANGE_ADMINISTRATOR)).collect(),
+            ..Default::default()
         };
         assert_eq!(
             access

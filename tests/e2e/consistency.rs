@@ -269,17 +269,7 @@ async fn in_one_process_the_next_check_after_a_membership_change_sees_it() -> an
     let result = async {
         let lee = w.user("lee").await?;
         let mut directory = DirectoryServiceClient::new(w.ts.channel.clone());
-        let group = directory
-            .create_group(authed(
-                &w.admin,
-                ipb::CreateGroupRequest {
-                    display_name: "Exchange operators".into(),
-                    is_assignable_to_role: true,
-                    ..Default::default()
-                },
-            ))
-            .await?
-            .into_inner();
+        let group = operators_group(&mut directory, &w.admin).await?;
         w.assignments()
             .create_request(authed(
                 &w.admin,
@@ -291,7 +281,12 @@ async fn in_one_process_the_next_check_after_a_membership_change_sees_it() -> an
             principal_id: lee.id.clone(),
         };
         for round in 0..20 {
-            directory.add_group_member(authed(&w.admin, membership.clone())).await?;
+            let added = directory.add_group_member(authed(&w.admin, membership.clone())).await?;
+            assert_eq!(
+                added.into_inner().consistency_token,
+                "v1",
+                "in one process the write is applied before it answers: its token asks for nothing"
+            );
             assert!(
                 w.check(&lee.id, EXCHANGE_ADMINISTRATOR).await?.allowed,
                 "round {round}: allowed right after AddGroupMember"
@@ -343,4 +338,170 @@ async fn an_activation_past_its_end_gives_way_before_the_timer_runs() -> anyhow:
         Ok(w)
     })
     .await
+}
+
+/// A new role-assignable group, "Exchange operators".
+async fn operators_group(
+    directory: &mut pim_proto::identity::v1::directory_service_client::DirectoryServiceClient<
+        tonic::transport::Channel,
+    >,
+    admin: &str,
+) -> anyhow::Result<pim_proto::identity::v1::Group> {
+    let group = pim_proto::identity::v1::CreateGroupRequest {
+        display_name: "Exchange operators".into(),
+        is_assignable_to_role: true,
+        ..Default::default()
+    };
+    Ok(directory.create_group(authed(admin, group)).await?.into_inner())
+}
+
+/// Asks replica `channel` whether `principal` holds Exchange Administrator at "/", at least
+/// as fresh as `token`, with a one-second deadline.
+async fn check_fresh(
+    channel: &tonic::transport::Channel,
+    admin: &str,
+    principal: &str,
+    token: &str,
+) -> Result<bool, tonic::Status> {
+    use pim_proto::assignment::v1::access_service_client::AccessServiceClient;
+    let mut request = authed(
+        admin,
+        apb::CheckAccessRequest {
+            principal_id: principal.into(),
+            target: Some(apb::check_access_request::Target::RoleId(EXCHANGE_ADMINISTRATOR.into())),
+            scope: "/".into(),
+            at_least_as_fresh: token.into(),
+        },
+    );
+    request.set_timeout(std::time::Duration::from_secs(1));
+    Ok(AccessServiceClient::new(channel.clone())
+        .check_access(request)
+        .await?
+        .into_inner()
+        .allowed)
+}
+
+/// The distributed shape: a write on one replica (or on identity) answers with a consistency
+/// token; a check on another replica of assignment given that token is never stale.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consistency_token_makes_another_replica_answer_after_the_write() -> anyhow::Result<()> {
+    use pim_proto::assignment::v1::assignment_service_client::AssignmentServiceClient;
+    use pim_proto::identity::v1 as ipb;
+    use pim_proto::identity::v1::directory_service_client::DirectoryServiceClient;
+    use pim_runtime::consistency::{ConsistencyToken, TOKEN_HEADER};
+
+    let replicas = pim_e2e::Replicas::start(2).await?;
+    let result = async {
+        let admin = replicas.admin.clone();
+        let mut directory = DirectoryServiceClient::new(replicas.identity().await?);
+        let (a, b) = (replicas.assignment(0).await?, replicas.assignment(1).await?);
+        let lee = directory
+            .create_user(authed(
+                &admin,
+                ipb::CreateUserRequest {
+                    user_name: "lee".into(),
+                    password: pim_e2e::password_of("lee"),
+                    ..Default::default()
+                },
+            ))
+            .await?
+            .into_inner();
+
+        // Direct assignments: written on A, checked on B.
+        let mut writes = AssignmentServiceClient::new(a.clone());
+        for round in 0..10 {
+            let mut assign = pim_e2e::assign_for_an_hour(apb::AssignmentKind::Active, &lee.id, EXCHANGE_ADMINISTRATOR);
+            let granted = writes.create_request(authed(&admin, assign.clone())).await?;
+            let header = granted
+                .metadata()
+                .get(TOKEN_HEADER)
+                .map(|v| v.to_str().map(str::to_owned));
+            let token = granted.into_inner().consistency_token;
+            assert!(
+                token.starts_with("v1;"),
+                "a write on Redis names its position: {token:?}"
+            );
+            assert_eq!(
+                header.transpose()?,
+                Some(token.clone()),
+                "the header carries the same token"
+            );
+            assert!(
+                check_fresh(&b, &admin, &lee.id, &token).await?,
+                "round {round}: B allows right after the grant on A"
+            );
+            assign.action = apb::RequestAction::AdminRemove as i32;
+            let token = writes
+                .create_request(authed(&admin, assign))
+                .await?
+                .into_inner()
+                .consistency_token;
+            assert!(
+                !check_fresh(&b, &admin, &lee.id, &token).await?,
+                "round {round}: B refuses right after the removal on A"
+            );
+        }
+
+        // Group membership: written on identity, checked on B (and A).
+        let group = operators_group(&mut directory, &admin).await?;
+        let group_role = writes
+            .create_request(authed(
+                &admin,
+                pim_e2e::assign_for_an_hour(apb::AssignmentKind::Active, &group.id, EXCHANGE_ADMINISTRATOR),
+            ))
+            .await?
+            .into_inner()
+            .consistency_token;
+        let group_role = ConsistencyToken::parse(&group_role).map_err(anyhow::Error::msg)?;
+        let membership = ipb::GroupMembershipRequest {
+            group_id: group.id.clone(),
+            principal_id: lee.id.clone(),
+        };
+        for round in 0..10 {
+            let added = directory
+                .add_group_member(authed(&admin, membership.clone()))
+                .await?
+                .into_inner()
+                .consistency_token;
+            // What a client holds after both writes: the two tokens merged.
+            let both = ConsistencyToken::parse(&added)
+                .map_err(anyhow::Error::msg)?
+                .merge(&group_role)
+                .to_string();
+            for (name, replica) in [("A", &a), ("B", &b)] {
+                assert!(
+                    check_fresh(replica, &admin, &lee.id, &both).await?,
+                    "round {round}: {name} allows right after AddGroupMember"
+                );
+            }
+            let removed = directory
+                .remove_group_member(authed(&admin, membership.clone()))
+                .await?
+                .into_inner()
+                .consistency_token;
+            for (name, replica) in [("A", &a), ("B", &b)] {
+                assert!(
+                    !check_fresh(replica, &admin, &lee.id, &removed).await?,
+                    "round {round}: {name} refuses right after RemoveGroupMember"
+                );
+            }
+        }
+
+        // A token no replica reaches before the deadline: UNAVAILABLE, with a retry hint.
+        let ahead = format!("v1;{}=99999999999999-0", pim_runtime::events::streams::IDENTITY);
+        let stale = check_fresh(&b, &admin, &lee.id, &ahead).await.expect_err("not reached");
+        assert_eq!(stale.code(), Code::Unavailable, "{stale:?}");
+        use tonic_types::StatusExt;
+        assert!(stale.get_details_retry_info().is_some(), "{stale:?}");
+        // Tokens this suite did not issue are refused, naming the field.
+        for bad in ["nonsense", "v1;pim.approval.events=1-0"] {
+            let refused = check_fresh(&b, &admin, &lee.id, bad).await.expect_err(bad);
+            assert_eq!(refused.code(), Code::InvalidArgument, "{bad}: {refused:?}");
+            assert!(refused.message().contains("at_least_as_fresh"), "{refused:?}");
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    replicas.stop().await?;
+    result
 }

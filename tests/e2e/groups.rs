@@ -153,6 +153,7 @@ async fn members_inherit_a_role_assignable_groups_roles() -> anyhow::Result<()> 
                             principal_id: principal,
                             target: Some(apb::check_access_request::Target::RoleId(role.into())),
                             scope: "/".into(),
+                            ..Default::default()
                         },
                     ))
                     .await?;

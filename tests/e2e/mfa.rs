@@ -122,6 +122,7 @@ async fn step_up_with_totp_then_activate() -> anyhow::Result<()> {
                     principal_id: lee.clone(),
                     target: Some(apb::check_access_request::Target::RoleId(EXCHANGE_ADMINISTRATOR.into())),
                     scope: "/".into(),
+                    ..Default::default()
                 },
             ))
             .await?

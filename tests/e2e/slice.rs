@@ -25,6 +25,7 @@ fn check(principal: &str, role: &str, scope: &str) -> apb::CheckAccessRequest {
         principal_id: principal.into(),
         target: Some(apb::check_access_request::Target::RoleId(role.into())),
         scope: scope.into(),
+        ..Default::default()
     }
 }
 

@@ -173,51 +173,10 @@ async fn services_in_separate_hosts_work_together() -> anyhow::Result<()> {
 /// the other's in-memory access index through the event stream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_of_assignment_keep_their_access_indexes_current() -> anyhow::Result<()> {
-    let prefix = format!("{}:", unique("replicas"));
-    let mut listeners = Vec::new();
-    for _ in 0..3 {
-        listeners.push(TcpListener::bind("127.0.0.1:0").await?);
-    }
-    let urls: Vec<String> = listeners
-        .iter()
-        .map(|l| Ok(format!("http://{}", l.local_addr()?)))
-        .collect::<anyhow::Result<_>>()?;
-    let identity_db = TestDatabase::create("identity").await?;
-    let assignment_db = TestDatabase::create("assignment").await?;
-    let plan = [
-        (ServiceName::Identity, identity_db.url.clone()),
-        (ServiceName::Assignment, assignment_db.url.clone()),
-        (ServiceName::Assignment, assignment_db.url.clone()),
-    ];
-    let mut suites = Vec::new();
-    for ((service, database), listener) in plan.into_iter().zip(listeners) {
-        let config = test_config(&[
-            ("PIM_REDIS_URL", redis_url()),
-            ("PIM_STREAM_PREFIX", prefix.clone()),
-            ("PIM_IDENTITY_URL", urls[0].clone()),
-            ("PIM_ASSIGNMENT_URL", urls[1].clone()),
-        ])?;
-        let mut options = SuiteOptions::new(config, BTreeMap::from([(service, database)]));
-        options.listener = Some(listener);
-        options.relay_poll = Duration::from_millis(50);
-        suites.push(Suite::start(options).await?);
-    }
+    let replicas = pim_e2e::Replicas::start(2).await?;
     let result = async {
-        let (identity, replica_a) = (
-            suites[0].identity().expect("identity"),
-            suites[1].assignment().expect("assignment"),
-        );
-        let (admin, password) = pim::bootstrap::run(identity, replica_a).await?.expect("fresh");
-        let identity_channel = connect(&urls[0]).await?;
-        let token = AuthServiceClient::new(identity_channel.clone())
-            .sign_in(ipb::SignInRequest {
-                user_name: admin,
-                password,
-            })
-            .await?
-            .into_inner()
-            .access_token;
-        let lee = DirectoryServiceClient::new(identity_channel)
+        let token = replicas.admin.clone();
+        let lee = DirectoryServiceClient::new(replicas.identity().await?)
             .create_user(authed(
                 &token,
                 ipb::CreateUserRequest {
@@ -228,7 +187,7 @@ async fn replicas_of_assignment_keep_their_access_indexes_current() -> anyhow::R
             ))
             .await?
             .into_inner();
-        let (a, b) = (connect(&urls[1]).await?, connect(&urls[2]).await?);
+        let (a, b) = (replicas.assignment(0).await?, replicas.assignment(1).await?);
         let assign = |action: apb::RequestAction| apb::CreateRequestRequest {
             action: action as i32,
             kind: apb::AssignmentKind::Active as i32,
@@ -258,6 +217,7 @@ async fn replicas_of_assignment_keep_their_access_indexes_current() -> anyhow::R
                                 "Exchange Administrator".into(),
                             )),
                             scope: "/".into(),
+                            ..Default::default()
                         },
                     ))
                     .await?;
@@ -282,11 +242,6 @@ async fn replicas_of_assignment_keep_their_access_indexes_current() -> anyhow::R
         anyhow::Ok(())
     }
     .await;
-    for suite in suites {
-        suite.stop().await?;
-    }
-    identity_db.drop_database().await?;
-    assignment_db.drop_database().await?;
-    pim_e2e::drop_streams(&prefix).await?;
+    replicas.stop().await?;
     result
 }

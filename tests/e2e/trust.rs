@@ -33,6 +33,7 @@ fn global_admin_check(principal: &str) -> apb::CheckAccessRequest {
         principal_id: principal.into(),
         target: Some(apb::check_access_request::Target::RoleId(GLOBAL_ADMINISTRATOR.into())),
         scope: "/".into(),
+        ..Default::default()
     }
 }
 

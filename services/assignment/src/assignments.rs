@@ -60,8 +60,8 @@ pub struct Assignments {
     pub(crate) index: AccessIndex,
     /// Members of role-assignable groups, in memory.
     pub(crate) memberships: Memberships,
-    /// The last assignment-stream entry whose assignment the index has read back (Redis).
-    pub(crate) index_position: Arc<tokio::sync::watch::Sender<String>>,
+    /// How far the index has applied the streams it follows: what a consistency token waits for.
+    pub(crate) freshness: Arc<pim_runtime::consistency::Freshness>,
 }
 
 /// An administrator's request to assign a role, as received.
@@ -682,7 +682,21 @@ impl Assignments {
     /// The last entry of the assignment stream the access index has caught up with (Redis;
     /// empty before the first): tests wait on it to know an event was judged.
     pub fn index_position(&self) -> String {
-        self.index_position.borrow().clone()
+        self.freshness
+            .applied(streams::ASSIGNMENT)
+            .map(|p| p.to_string())
+            .unwrap_or_default()
+    }
+
+    /// Waits until the index has applied what `token` (a client's `at_least_as_fresh`) names,
+    /// at most `within`; an empty token asks for nothing.
+    pub async fn fresh_enough(&self, token: &str, within: std::time::Duration) -> Result<()> {
+        if token.is_empty() {
+            return Ok(());
+        }
+        let token = pim_runtime::consistency::ConsistencyToken::parse(token)
+            .map_err(|why| Error::invalid("at_least_as_fresh", why))?;
+        self.freshness.wait(&token, within).await.map_err(Error::Stale)
     }
 
     /// Makes the access index agree with the database about one assignment, after a commit

@@ -1,8 +1,11 @@
 //! What callers of the assignment service branch on, and its one mapping to gRPC status.
 
+use std::time::Duration;
+
 use tonic::Status;
 
-use pim_runtime::grpc::{RuleViolation, failed_precondition, internal, invalid_argument};
+use pim_runtime::consistency::Stale;
+use pim_runtime::grpc::{RuleViolation, failed_precondition, internal, invalid_argument, unavailable_retry};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -18,6 +21,10 @@ pub enum Error {
     /// A state rule (e.g. removing the last Global Administrator).
     #[error("{0}")]
     FailedPrecondition(String),
+
+    /// A read asked for a freshness this replica has not reached within the call's deadline.
+    #[error("{0}")]
+    Stale(pim_runtime::consistency::Stale),
 
     #[error(transparent)]
     Status(#[from] Status),
@@ -48,6 +55,8 @@ impl From<Error> for Status {
             Error::AlreadyExists(m) => Status::already_exists(m),
             Error::PolicyViolation(v) => failed_precondition("request", &v),
             Error::FailedPrecondition(m) => Status::failed_precondition(m),
+            Error::Stale(stale @ Stale::Unfollowed(_)) => invalid_argument("at_least_as_fresh", &stale.to_string()),
+            Error::Stale(stale) => unavailable_retry(&stale.to_string(), Duration::from_millis(100)),
 
             Error::Status(status) => status,
             Error::Internal(err) => internal(err),

@@ -14,7 +14,9 @@ use pim_proto::common::v1::{ApprovalStageSettings, PrincipalKind};
 use pim_proto::events::v1 as ev;
 use pim_runtime::access::{Target, permissions};
 use pim_runtime::auth::{Caller, caller};
+use pim_runtime::consistency::{self, ConsistencyToken};
 use pim_runtime::db::to_timestamp;
+use pim_runtime::events::streams;
 use pim_runtime::grpc::BoxStream;
 
 use crate::assignments::{ActivateRequest, AdminAssignRequest, Assignments, EndRequest, FINAL_STATUSES};
@@ -126,6 +128,7 @@ fn request_to_pb(r: RequestRow) -> pb::AssignmentRequest {
         requested_by: r.requested_by,
         created_at: Some(to_timestamp(r.created_at)),
         assignment_id: r.assignment_id.unwrap_or_default(),
+        ..Default::default()
     }
 }
 
@@ -379,6 +382,17 @@ impl TryFrom<pb::CreateRequestRequest> for EndRequest {
 }
 
 /// Optional string filter: empty means "any".
+/// How long a read given `at_least_as_fresh` may wait: until shortly before the call's
+/// deadline (so the caller hears UNAVAILABLE rather than its own timeout), else
+/// [`consistency::DEFAULT_WAIT`], never longer than a minute.
+fn freshness_wait(metadata: &tonic::metadata::MetadataMap) -> Duration {
+    match consistency::deadline(metadata) {
+        Some(left) => left.saturating_sub((left / 10).max(Duration::from_millis(20))),
+        None => consistency::DEFAULT_WAIT,
+    }
+    .min(Duration::from_secs(60))
+}
+
 fn filter(s: &str) -> Option<&str> {
     let s = s.trim();
     (!s.is_empty()).then_some(s)
@@ -587,6 +601,25 @@ impl Assignments {
 }
 
 const MAX_BATCH: usize = 1000;
+/// How long a write that changes access waits for its events to leave before it answers.
+const SETTLE_WITHIN: Duration = Duration::from_secs(2);
+
+impl Assignments {
+    /// A write's answer with its consistency token (field and header). This replica's index
+    /// took the write before answering; other replicas' indexes wait for the token. The
+    /// token names the assignment stream once the write's events are on it (Redis).
+    async fn answer_write(&self, mut request: pb::AssignmentRequest) -> Response<pb::AssignmentRequest> {
+        let token = if self.outbox.applies_before_answering() {
+            Some(ConsistencyToken::applied())
+        } else {
+            self.outbox
+                .settled(&self.db, pim_runtime::db::now_ms(), streams::ASSIGNMENT, SETTLE_WITHIN)
+                .await
+        };
+        request.consistency_token = token.as_ref().map(|t| t.to_string()).unwrap_or_default();
+        consistency::answer(request, token.as_ref())
+    }
+}
 
 type RequestStream = BoxStream<pb::AssignmentRequest>;
 
@@ -609,7 +642,7 @@ impl AssignmentService for Assignments {
         match self.create_request_as(&caller, r).await {
             Ok(created) => {
                 pim_runtime::telemetry::record_request(&created.id, &created.role_id);
-                Ok(Response::new(request_to_pb(created)))
+                Ok(self.answer_write(request_to_pb(created)).await)
             }
             Err(err) => {
                 let status = Status::from(err);
@@ -685,9 +718,8 @@ impl AssignmentService for Assignments {
         let id = filter(&request.get_ref().request_id)
             .ok_or_else(|| Error::invalid("request_id", "required"))?
             .to_owned();
-        Ok(Response::new(request_to_pb(
-            Assignments::cancel_request(self, &caller, &id).await?,
-        )))
+        let cancelled = request_to_pb(Assignments::cancel_request(self, &caller, &id).await?);
+        Ok(self.answer_write(cancelled).await)
     }
 
     /// The request now, then each time its status changes, until a final status.
@@ -757,10 +789,12 @@ impl AccessService for Assignments {
         &self,
         request: Request<pb::CheckAccessRequest>,
     ) -> Result<Response<pb::CheckAccessResponse>, Status> {
-        let (_, mut extensions, message) = request.into_parts();
+        let (metadata, mut extensions, message) = request.into_parts();
         let caller = extensions
             .remove::<pim_runtime::auth::Caller>()
             .ok_or_else(|| Status::unauthenticated("sign in first: no access token"))?;
+        self.fresh_enough(&message.at_least_as_fresh, freshness_wait(&metadata))
+            .await?;
         Ok(Response::new(self.check_one(&caller, message).await?))
     }
 
@@ -769,9 +803,16 @@ impl AccessService for Assignments {
         request: Request<pb::BatchCheckAccessRequest>,
     ) -> Result<Response<pb::BatchCheckAccessResponse>, Status> {
         let caller = caller(&request)?.clone();
-        let checks = request.into_inner().checks;
+        let within = freshness_wait(request.metadata());
+        let batch = request.into_inner();
+        let checks = batch.checks;
         if checks.len() > MAX_BATCH {
             return Err(Error::invalid("checks", format!("at most {MAX_BATCH} checks per call")).into());
+        }
+        // The batch's token and each check's: the answer is at least as fresh as all of them.
+        self.fresh_enough(&batch.at_least_as_fresh, within).await?;
+        for check in &checks {
+            self.fresh_enough(&check.at_least_as_fresh, within).await?;
         }
         let mut results = Vec::with_capacity(checks.len());
         for check in checks {
@@ -789,6 +830,9 @@ impl AccessService for Assignments {
         self.authorize(&caller, permissions::ASSIGNMENTS_READ, &Scope::root())
             .await?;
         let mut changes = self.index.subscribe();
+        // Subscribed first, so nothing applied while waiting is missed.
+        self.fresh_enough(&request.get_ref().at_least_as_fresh, freshness_wait(request.metadata()))
+            .await?;
         let (tx, rx) = tokio::sync::mpsc::channel(256);
         tokio::spawn(async move {
             loop {
@@ -829,6 +873,8 @@ impl AccessService for Assignments {
         let principal = filter(&request.get_ref().principal_id)
             .unwrap_or(&caller.principal_id)
             .to_owned();
+        self.fresh_enough(&request.get_ref().at_least_as_fresh, freshness_wait(request.metadata()))
+            .await?;
         let rows = self.list(&caller, Kind::Active, Some(&principal), None, None).await?;
         Ok(Response::new(pb::ListActiveRolesResponse {
             assignments: rows

@@ -79,7 +79,14 @@ impl Assignment {
             changes: tokio::sync::broadcast::channel(1024).0,
             index,
             memberships,
-            index_position: Arc::new(tokio::sync::watch::channel(String::new()).0),
+            // The tails start where the snapshot ends: a token up to there is met at once.
+            freshness: Arc::new(match (&tail_from, &identity_tail_from) {
+                (Some(assignment), Some(identity)) => pim_runtime::consistency::Freshness::following(&[
+                    (streams::ASSIGNMENT, assignment.as_str()),
+                    (streams::IDENTITY, identity.as_str()),
+                ]),
+                _ => pim_runtime::consistency::Freshness::embedded(),
+            }),
         };
         Ok(Self {
             assignments,
@@ -109,6 +116,18 @@ impl Assignment {
     pub fn scheduler(&self) -> Scheduler {
         Scheduler::new(self.assignments.clone())
     }
+}
+
+/// What a tail handed on since the last batch (at least one item, at most 500): `None` once
+/// the tail ended.
+async fn next_batch<T>(from: &mut tokio::sync::mpsc::UnboundedReceiver<T>) -> Option<Vec<T>> {
+    let mut batch = vec![from.recv().await?];
+    while batch.len() < 500
+        && let Ok(next) = from.try_recv()
+    {
+        batch.push(next);
+    }
+    Some(batch)
 }
 
 /// Applies approval outcomes to pending activations, and access reviews' removals.
@@ -228,13 +247,7 @@ impl Service for Assignment {
             ));
             let assignments = self.assignments.clone();
             tasks.push(tokio::spawn(async move {
-                while let Some(first) = to_read.recv().await {
-                    let mut batch = vec![first];
-                    while batch.len() < 500
-                        && let Ok(next) = to_read.try_recv()
-                    {
-                        batch.push(next);
-                    }
+                while let Some(batch) = next_batch(&mut to_read).await {
                     let ids: Vec<String> = batch.iter().filter_map(|(_, id)| id.clone()).collect();
                     // A database that does not answer now answers a moment later; the
                     // stream has moved on, so the ids are kept until it does.
@@ -245,7 +258,7 @@ impl Service for Assignment {
                         delay = (delay * 2).min(std::time::Duration::from_secs(5));
                     }
                     if let Some((entry_id, _)) = batch.last() {
-                        assignments.index_position.send_replace(entry_id.clone());
+                        assignments.freshness.advance(streams::ASSIGNMENT, entry_id);
                     }
                 }
             }));
@@ -254,8 +267,8 @@ impl Service for Assignment {
             // Membership changes consumed by another replica reach this one's memory too: the
             // stream says which membership changed, the database what it is now (a replayed
             // old event, even validly signed, changes nothing the database does not hold).
-            let memberships = self.assignments.memberships.clone();
-            let db = self.assignments.db.clone();
+            let (changed, mut to_read) =
+                tokio::sync::mpsc::unbounded_channel::<(String, Option<(String, String, bool)>)>();
             tasks.push(pim_runtime::events::tail(
                 redis.clone(),
                 self.config.stream_prefix.clone(),
@@ -263,20 +276,39 @@ impl Service for Assignment {
                 from.clone(),
                 self.event_keys.clone(),
                 stop.clone(),
-                |event_type| matches!(event_type, "GroupMemberAdded" | "GroupMemberRemoved"),
-                move |_, envelope| {
-                    let change = match groups::Memberships::change(envelope) {
-                        Ok(Some(change)) => change,
-                        Ok(None) => return,
-                        Err(err) => {
-                            tracing::warn!(event_id = %envelope.id, error = %err, "unreadable group membership event");
-                            return;
-                        }
-                    };
-                    let (memberships, db) = (memberships.clone(), db.clone());
-                    tokio::spawn(async move { memberships.follow_database(&db, change).await });
+                // Every type: the position advances past entries that change no membership.
+                |_| true,
+                move |entry_id, envelope| {
+                    let change = groups::Memberships::change(envelope).unwrap_or_else(|err| {
+                        tracing::warn!(event_id = %envelope.id, error = %err, "unreadable group membership event");
+                        None
+                    });
+                    let _ = changed.send((entry_id.to_owned(), change));
                 },
             ));
+            let (memberships, db, freshness) = (
+                self.assignments.memberships.clone(),
+                self.assignments.db.clone(),
+                self.assignments.freshness.clone(),
+            );
+            tasks.push(tokio::spawn(async move {
+                while let Some(batch) = next_batch(&mut to_read).await {
+                    // The last word on each membership in the batch, each followed at once.
+                    let mut last_word = std::collections::HashMap::new();
+                    for (group, member, claimed) in batch.iter().filter_map(|(_, c)| c.clone()) {
+                        last_word.insert((group, member), claimed);
+                    }
+                    futures::future::join_all(
+                        last_word.into_iter().map(|((group, member), claimed)| {
+                            memberships.follow_database(&db, (group, member, claimed))
+                        }),
+                    )
+                    .await;
+                    if let Some((entry_id, _)) = batch.last() {
+                        freshness.advance(streams::IDENTITY, entry_id);
+                    }
+                }
+            }));
         }
         let (index, clock, mut stop) = (self.assignments.index.clone(), self.assignments.clock.clone(), stop);
         tasks.push(tokio::spawn(async move {

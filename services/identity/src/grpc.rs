@@ -8,7 +8,9 @@ use pim_proto::identity::v1::auth_service_server::AuthService;
 use pim_proto::identity::v1::directory_service_server::DirectoryService;
 use pim_proto::identity::v1::mfa_service_server::MfaService;
 use pim_runtime::auth::caller;
+use pim_runtime::consistency::{ConsistencyToken, answer};
 use pim_runtime::db::to_timestamp;
+use pim_runtime::events::streams;
 
 use crate::directory::{ClientInfo, Directory, NewUser, Session};
 use crate::groups::NewGroup;
@@ -16,6 +18,8 @@ use crate::store::{GroupRow, Link, UserRow};
 
 const DEFAULT_PAGE: i32 = 50;
 const MAX_PAGE: i32 = 500;
+/// How long a write that changes access waits for its events to leave before it answers.
+const SETTLE_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
 
 fn user_to_pb(u: UserRow) -> pb::User {
     pb::User {
@@ -277,7 +281,8 @@ impl DirectoryService for Directory {
         let caller = caller(&request)?.clone();
         let user = required("user", &request.get_ref().user)?;
         Directory::delete_user(self, &caller, user).await?;
-        Ok(Response::new(pb::DeleteUserResponse {}))
+        let token = self.settled().await;
+        Ok(answer(pb::DeleteUserResponse {}, token.as_ref()))
     }
 
     async fn rotate_service_principal_secret(
@@ -299,19 +304,17 @@ impl DirectoryService for Directory {
     ) -> Result<Response<pb::ServicePrincipal>, Status> {
         let caller = caller(&request)?.clone();
         let id = required("service_principal_id", &request.get_ref().service_principal_id)?;
-        Ok(Response::new(sp_to_pb(
-            Directory::disable_service_principal(self, &caller, id).await?,
-        )))
+        let disabled = Directory::disable_service_principal(self, &caller, id).await?;
+        let token = self.settled().await;
+        Ok(answer(sp_to_pb(disabled), token.as_ref()))
     }
 
     async fn disable_user(&self, request: Request<pb::GetUserRequest>) -> Result<Response<pb::User>, Status> {
         let caller = caller(&request)?.clone();
         let user = required("user", &request.get_ref().user)?;
         let disabled = self.set_enabled(&caller, user, false).await?;
-        self.outbox
-            .delivered(&self.db, pim_runtime::db::now_ms(), std::time::Duration::from_secs(2))
-            .await;
-        Ok(Response::new(user_to_pb(disabled)))
+        let token = self.settled().await;
+        Ok(answer(user_to_pb(disabled), token.as_ref()))
     }
 
     async fn enable_user(&self, request: Request<pb::GetUserRequest>) -> Result<Response<pb::User>, Status> {
@@ -331,6 +334,15 @@ impl DirectoryService for Directory {
 }
 
 impl Directory {
+    /// After a write that changes access: answers once its events left (in one process: once
+    /// every consumer applied them, so the next CheckAccess already knows), with the token a
+    /// reader on another replica waits for.
+    async fn settled(&self) -> Option<ConsistencyToken> {
+        self.outbox
+            .settled(&self.db, pim_runtime::db::now_ms(), streams::IDENTITY, SETTLE_WITHIN)
+            .await
+    }
+
     async fn link(
         &self,
         request: Request<pb::GroupMembershipRequest>,
@@ -342,11 +354,13 @@ impl Directory {
         let group = required("group_id", &r.group_id)?;
         let principal = required("principal_id", &r.principal_id)?;
         self.change_link(&caller, link, add, group, principal).await?;
-        // Read-your-writes in one process: the next CheckAccess already knows.
-        self.outbox
-            .delivered(&self.db, pim_runtime::db::now_ms(), std::time::Duration::from_secs(2))
-            .await;
-        Ok(Response::new(pb::GroupMembershipResponse {}))
+        let token = self.settled().await;
+        Ok(answer(
+            pb::GroupMembershipResponse {
+                consistency_token: token.as_ref().map(|t| t.to_string()).unwrap_or_default(),
+            },
+            token.as_ref(),
+        ))
     }
 
     async fn linked(

@@ -103,6 +103,7 @@ impl AccessCheck for RemoteAccess {
                 Target::Permission(p) => check_access_request::Target::Permission(p.clone()),
             }),
             scope: scope.to_owned(),
+            ..Default::default()
         });
         crate::telemetry::inject(&mut request);
         let bearer = format!("Bearer {}", caller.token())

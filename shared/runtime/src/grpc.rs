@@ -23,6 +23,12 @@ pub fn invalid_argument(field: &str, message: &str) -> Status {
     Status::with_error_details(tonic::Code::InvalidArgument, format!("{field}: {message}"), details)
 }
 
+/// UNAVAILABLE with a `RetryInfo` detail: the same call may succeed after `retry_after`.
+pub fn unavailable_retry(message: &str, retry_after: std::time::Duration) -> Status {
+    let details = ErrorDetails::with_retry_info(Some(retry_after));
+    Status::with_error_details(tonic::Code::Unavailable, message, details)
+}
+
 /// A stream cursor or page token this service issued (a non-negative number as text);
 /// empty means "from the start".
 pub fn cursor(raw: &str, field: &str) -> Result<Option<i64>, Status> {

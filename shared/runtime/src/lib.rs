@@ -6,6 +6,7 @@ pub mod access;
 pub mod auth;
 pub mod clock;
 pub mod config;
+pub mod consistency;
 pub mod db;
 pub mod events;
 pub mod grpc;

@@ -134,10 +134,10 @@ async fn change_member(group: &str, member: &str, client: &ClientArgs, add: bool
     })?;
     let mut directory = DirectoryServiceClient::new(session.channel.clone());
     if add {
-        directory.add_group_member(request).await.map_err(explain)?;
+        session.remember(directory.add_group_member(request).await.map_err(explain)?);
         println!("Added {member} to {group}");
     } else {
-        directory.remove_group_member(request).await.map_err(explain)?;
+        session.remember(directory.remove_group_member(request).await.map_err(explain)?);
         println!("Removed {member} from {group}");
     }
     Ok(())

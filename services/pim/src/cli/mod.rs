@@ -676,7 +676,13 @@ async fn bootstrap(identity_database: String, assignment_database: String) -> an
 pub(crate) struct Session {
     pub(crate) channel: Channel,
     token: Option<String>,
+    /// Where the consistency token of this client's latest write is kept.
+    fresh_path: Option<PathBuf>,
 }
+
+/// How long after a write this client's reads still wait for it (read-your-writes from one
+/// command to the next; an older token is dropped, so a reset deployment never blocks reads).
+const FRESH_FOR_MS: i64 = 60_000;
 
 impl Session {
     pub(crate) fn open(args: &ClientArgs, signed_in: bool) -> anyhow::Result<Self> {
@@ -688,7 +694,56 @@ impl Session {
         };
         let channel = pim_runtime::grpc::channel(&args.server, &tls)?;
         let token = if signed_in { Some(read_token(args)?) } else { None };
-        Ok(Self { channel, token })
+        let fresh_path = token_path(args).ok().map(|p| p.with_extension("fresh"));
+        Ok(Self {
+            channel,
+            token,
+            fresh_path,
+        })
+    }
+
+    /// The same server, called with `token`.
+    pub(crate) fn with_token(&self, token: &str) -> Self {
+        Self {
+            channel: self.channel.clone(),
+            token: Some(token.to_owned()),
+            fresh_path: self.fresh_path.clone(),
+        }
+    }
+
+    /// Keeps the consistency token a write answered with (merged with the last one), so this
+    /// client's next reads, on any replica, see the write. Returns the answer's body.
+    pub(crate) fn remember<T>(&self, response: tonic::Response<T>) -> T {
+        use pim_runtime::consistency::{ConsistencyToken, TOKEN_HEADER};
+        let written = response
+            .metadata()
+            .get(TOKEN_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|t| ConsistencyToken::parse(t).ok());
+        if let (Some(written), Some(path)) = (written, &self.fresh_path) {
+            let held = ConsistencyToken::parse(&self.at_least_as_fresh()).unwrap_or_default();
+            let line = format!("{} {}", pim_runtime::db::now_ms(), held.merge(&written));
+            // Best effort: without it the next read may be a moment stale, nothing worse.
+            let _ = std::fs::write(path, line);
+        }
+        response.into_inner()
+    }
+
+    /// The consistency token of this client's latest write, if recent; empty otherwise.
+    pub(crate) fn at_least_as_fresh(&self) -> String {
+        let Some(text) = self.fresh_path.as_ref().and_then(|p| std::fs::read_to_string(p).ok()) else {
+            return String::new();
+        };
+        match text.trim().split_once(' ') {
+            Some((at, token))
+                if at
+                    .parse::<i64>()
+                    .is_ok_and(|at| pim_runtime::db::now_ms() - at < FRESH_FOR_MS) =>
+            {
+                token.to_owned()
+            }
+            _ => String::new(),
+        }
     }
 
     pub(crate) fn request<T>(&self, message: T) -> anyhow::Result<Request<T>> {
@@ -873,10 +928,7 @@ async fn login(args: LoginArgs) -> anyhow::Result<i32> {
                 bail!("this account has MFA: pass --code (or PIM_MFA_CODE) with a code from the authenticator")
             }
         };
-        let pending = Session {
-            channel: session.channel.clone(),
-            token: Some(response.access_token.clone()),
-        };
+        let pending = session.with_token(&response.access_token);
         response = MfaServiceClient::new(session.channel.clone())
             .verify(pending.request(ipb::VerifyRequest { code })?)
             .await
@@ -896,10 +948,7 @@ async fn login(args: LoginArgs) -> anyhow::Result<i32> {
         && let Some(code) = &args.code
     {
         // MFA is not asked at sign-in here; a code given anyway steps the session up.
-        let signed_in = Session {
-            channel: session.channel.clone(),
-            token: Some(response.access_token.clone()),
-        };
+        let signed_in = session.with_token(&response.access_token);
         response = MfaServiceClient::new(session.channel.clone())
             .verify(signed_in.request(ipb::VerifyRequest { code: code.clone() })?)
             .await
@@ -1129,8 +1178,8 @@ async fn assign(args: AssignArgs) -> anyhow::Result<i32> {
     let r = AssignmentServiceClient::new(session.channel.clone())
         .create_request(session.request(request)?)
         .await
-        .map_err(explain)?
-        .into_inner();
+        .map_err(explain)?;
+    let r = session.remember(r);
     let status = apb::RequestStatus::try_from(r.status)
         .map(|s| s.as_str_name().trim_start_matches("REQUEST_STATUS_").to_lowercase())
         .unwrap_or_default();
@@ -1203,6 +1252,7 @@ async fn check(args: CheckArgs) -> anyhow::Result<i32> {
             principal_id,
             target: Some(target),
             scope: args.scope.clone(),
+            at_least_as_fresh: session.at_least_as_fresh(),
         })?)
         .await
         .map_err(explain)?
@@ -1440,6 +1490,47 @@ mod tests {
             assert!(!redacted(odd).contains("s3cret"));
         }
         assert_eq!(redacted("x://a:b@c@d"), "x://a@d");
+    }
+
+    /// A write's token is kept for the next command, merged with the one before, and
+    /// forgotten once old.
+    #[tokio::test]
+    async fn the_client_passes_its_last_writes_token_to_its_next_reads() {
+        use pim_runtime::consistency::TOKEN_HEADER;
+        let dir = std::env::temp_dir().join(format!(
+            "pim-cli-fresh-{}-{}",
+            std::process::id(),
+            pim_runtime::db::now_ms()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let fresh = dir.join("token.fresh");
+        let session = super::Session {
+            channel: tonic::transport::Endpoint::from_static("http://127.0.0.1:1").connect_lazy(),
+            token: None,
+            fresh_path: Some(fresh.clone()),
+        };
+        assert_eq!(session.at_least_as_fresh(), "");
+        let written = |token: &str| {
+            let mut response = tonic::Response::new(());
+            response.metadata_mut().insert(TOKEN_HEADER, token.parse().unwrap());
+            response
+        };
+        session.remember(written("v1;pim.identity.events=5-0"));
+        session.remember(written("v1;pim.assignment.events=7-1;pim.identity.events=4-0"));
+        assert_eq!(
+            session.at_least_as_fresh(),
+            "v1;pim.assignment.events=7-1;pim.identity.events=5-0"
+        );
+        session.remember(tonic::Response::new(()));
+        assert_ne!(
+            session.at_least_as_fresh(),
+            "",
+            "an answer without a token keeps the last"
+        );
+        let old = pim_runtime::db::now_ms() - super::FRESH_FOR_MS - 1;
+        std::fs::write(&fresh, format!("{old} v1;pim.identity.events=5-0")).unwrap();
+        assert_eq!(session.at_least_as_fresh(), "", "an old token is dropped");
+        std::fs::remove_dir_all(dir).ok();
     }
 
     #[test]

@@ -233,7 +233,7 @@ pub(crate) async fn activate(args: ActivateArgs) -> anyhow::Result<i32> {
             .create_request(session.request(request.clone())?)
             .await
         {
-            Ok(r) => break r.into_inner(),
+            Ok(r) => break session.remember(r),
             Err(status) if !stepped_up && violated_rules(&status).iter().any(|r| r == "MfaRule") => {
                 eprintln!("{} needs a recent multi-factor authentication.", args.role);
                 let code = match &args.code {
@@ -303,8 +303,8 @@ pub(crate) async fn deactivate(args: DeactivateArgs) -> anyhow::Result<i32> {
             ..Default::default()
         })?)
         .await
-        .map_err(explain)?
-        .into_inner();
+        .map_err(explain)?;
+    let r = session.remember(r);
     println!("{} deactivated at {} (request {})", args.role, r.scope, r.id);
     Ok(0)
 }
@@ -324,8 +324,8 @@ pub(crate) async fn unassign(args: UnassignArgs) -> anyhow::Result<i32> {
             ..Default::default()
         })?)
         .await
-        .map_err(explain)?
-        .into_inner();
+        .map_err(explain)?;
+    let r = session.remember(r);
     println!(
         "Removed {} from {} at {} (request {})",
         args.role, args.principal, r.scope, r.id
@@ -367,8 +367,8 @@ pub(crate) async fn extend(args: ExtendArgs) -> anyhow::Result<i32> {
             ..Default::default()
         })?)
         .await
-        .map_err(explain)?
-        .into_inner();
+        .map_err(explain)?;
+    let r = session.remember(r);
     if r.status == apb::RequestStatus::PendingApproval as i32 {
         println!(
             "Request {} pending_approval: {} at {} until {} once an approver agrees (pim requests shows the outcome)",

@@ -52,6 +52,12 @@ pub trait Publisher: Send + Sync {
     /// transport has it durably (Redis) or every consumer applied it (embedded). `attempt`
     /// counts earlier failed publications of this row, for transports that dead-letter.
     async fn publish(&self, stream: &str, envelope: &Envelope, attempt: u32) -> anyhow::Result<()>;
+
+    /// The position of the newest event on `stream`, for transports whose readers follow
+    /// positions (Redis); `None` where delivery itself applies the event (embedded).
+    async fn position(&self, _stream: &str) -> anyhow::Result<Option<crate::consistency::Position>> {
+        Ok(None)
+    }
 }
 
 /// A service's outbox: how handlers record events, and how they wake the relay after commit.
@@ -61,8 +67,10 @@ pub struct Outbox {
     /// Told after each relay pass that sent something.
     passed: Arc<Notify>,
     /// Whether a sent row means every consumer applied it (embedded delivery), so that
-    /// [`Outbox::delivered`] is worth waiting for.
+    /// [`Outbox::settled`] means applied here.
     read_your_writes: Arc<std::sync::atomic::AtomicBool>,
+    /// Where published events go, so a write can learn the position its events reached.
+    publisher: Arc<std::sync::OnceLock<Arc<dyn Publisher>>>,
 }
 
 impl Outbox {
@@ -93,20 +101,35 @@ impl Outbox {
     }
 
     /// Embedded delivery: a row leaves the outbox only once every consumer in the process
-    /// applied it, so [`Outbox::delivered`] gives read-your-writes.
+    /// applied it, so [`Outbox::settled`] gives read-your-writes.
     pub fn deliver_before_answering(&self) {
         self.read_your_writes.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// With embedded delivery, waits (at most `within`) until every event this service wrote
-    /// up to `written_by` (epoch ms, taken after the write committed) was applied by every
-    /// consumer in the process: an RPC that changes access answers only once `CheckAccess`
-    /// here gives the new answer. Returns at once otherwise (with Redis, other processes
-    /// apply events on their own time).
-    pub async fn delivered(&self, db: &Db, written_by: i64, within: Duration) {
-        if !self.read_your_writes.load(std::sync::atomic::Ordering::Relaxed) {
-            return;
-        }
+    /// Whether every consumer in the process applies an event before it leaves the outbox
+    /// (embedded delivery).
+    pub fn applies_before_answering(&self) -> bool {
+        self.read_your_writes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Waits (at most `within`) until every event this service wrote up to `written_by`
+    /// (epoch ms, taken after the write committed) has left the outbox, and answers the
+    /// consistency token a reader needs to see the write:
+    /// - embedded delivery: every consumer in the process applied the events, so the next
+    ///   `CheckAccess` here already gives the new answer; the token asks for nothing more;
+    /// - Redis: the token names the position of `stream`'s newest entry, at or after the
+    ///   write's own, so a replica that applied it has applied the write.
+    ///
+    /// `None` when the events did not leave in time (Redis down): the write stands, but no
+    /// reader can be told to wait for it.
+    pub async fn settled(
+        &self,
+        db: &Db,
+        written_by: i64,
+        stream: &str,
+        within: Duration,
+    ) -> Option<crate::consistency::ConsistencyToken> {
+        use crate::consistency::ConsistencyToken;
         self.wake();
         let deadline = tokio::time::Instant::now() + within;
         loop {
@@ -122,15 +145,27 @@ impl Outbox {
             .and_then(|r| col::<i64>(&r, "n").ok())
             .unwrap_or(0);
             if waiting == 0 {
-                return;
+                break;
             }
             tokio::select! {
                 _ = passed => {}
                 _ = tokio::time::sleep(Duration::from_millis(20)) => {}
                 _ = tokio::time::sleep_until(deadline) => {
-                    tracing::warn!(waiting, "events not yet applied when answering");
-                    return;
+                    tracing::warn!(waiting, "events not yet published when answering");
+                    return None;
                 }
+            }
+        }
+        if self.applies_before_answering() {
+            return Some(ConsistencyToken::applied());
+        }
+        let publisher = self.publisher.get()?;
+        match publisher.position(stream).await {
+            Ok(Some(position)) => Some(ConsistencyToken::at(stream, position)),
+            Ok(None) => Some(ConsistencyToken::applied()),
+            Err(err) => {
+                tracing::warn!(stream, error = %format!("{err:#}"), "reading the stream position for a consistency token failed");
+                None
             }
         }
     }
@@ -221,6 +256,7 @@ impl RelayHandle {
 
 impl Relay {
     pub fn new(db: Db, outbox: Outbox, publisher: Arc<dyn Publisher>) -> Self {
+        let _ = outbox.publisher.set(publisher.clone());
         Self {
             db,
             publisher,

@@ -145,6 +145,15 @@ impl Publisher for RedisPublisher {
         Ok(())
     }
 
+    async fn position(&self, stream: &str) -> anyhow::Result<Option<crate::consistency::Position>> {
+        let newest = newest_entry(&mut self.conn.clone(), &format!("{}{stream}", self.prefix)).await?;
+        Ok(Some(
+            newest
+                .and_then(|id| crate::consistency::Position::parse(&id))
+                .unwrap_or_default(),
+        ))
+    }
+
     /// One round trip for the whole batch. If it fails, none counts as published (some may
     /// be on the stream: they are published again, and consumers drop the duplicates).
     async fn publish_all(&self, batch: &[super::Pending]) -> (usize, Option<anyhow::Error>) {
@@ -607,15 +616,15 @@ impl RedisConsumer {
 /// tail that must not miss anything after a snapshot starts.
 pub async fn last_entry_id(target: impl Into<RedisTarget>, prefix: &str, stream: &str) -> anyhow::Result<String> {
     let mut conn = connect(&target.into(), Duration::ZERO).await?;
-    let reply: redis::streams::StreamRangeReply = conn
-        .xrevrange_count(format!("{prefix}{stream}"), "+", "-", 1)
-        .await
-        .context("XREVRANGE")?;
-    Ok(reply
-        .ids
-        .first()
-        .map(|e| e.id.clone())
+    Ok(newest_entry(&mut conn, &format!("{prefix}{stream}"))
+        .await?
         .unwrap_or_else(|| "0-0".to_owned()))
+}
+
+/// The id of the newest entry of stream `key`, if it has any.
+async fn newest_entry(conn: &mut ConnectionManager, key: &str) -> anyhow::Result<Option<String>> {
+    let reply: redis::streams::StreamRangeReply = conn.xrevrange_count(key, "+", "-", 1).await.context("XREVRANGE")?;
+    Ok(reply.ids.into_iter().next().map(|e| e.id))
 }
 
 /// Follows every entry of `stream` after `from` (no consumer group: every replica sees all),
