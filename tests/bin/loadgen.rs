@@ -3,14 +3,19 @@
 //!
 //!   cargo run --release -p pim-e2e --bin pim-loadgen -- check-access
 //!   cargo run --release -p pim-e2e --bin pim-loadgen -- activation
+//!   cargo run --release -p pim-e2e --bin pim-loadgen -- consistency
 //!   cargo run --release -p pim-e2e --bin pim-loadgen -- expiry
 //!
 //! check-access: 100k principals with 1M active assignments (seeded by SQL), then CheckAccess
-//! against an empty gRPC call (grpc.health.v1 Check) in the same run: closed-loop throughput
-//! and open-loop latency at a fixed rate. activation: selfActivate → CheckAccess says yes, at a
+//! (without a token, and with a met one) against an empty gRPC call (grpc.health.v1 Check) and
+//! an empty authenticated one, in alternating rounds of the same run: closed-loop throughput
+//! (median ratio of the rounds, with its spread) and open-loop latency at a fixed rate.
+//! consistency: two replicas of assignment, writes on one at a fixed rate, convergence of the
+//! other without a token and its wait with one. activation: selfActivate → CheckAccess says yes, at a
 //! fixed rate. expiry: many activations ending within a minute; lag from each deadline to its
 //! RoleDeactivated on the Redis stream.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -27,6 +32,7 @@ use pim_e2e::{TestSuite, authed};
 use pim_proto::assignment::v1 as apb;
 use pim_proto::assignment::v1::access_service_client::AccessServiceClient;
 use pim_proto::assignment::v1::assignment_service_client::AssignmentServiceClient;
+use pim_proto::assignment::v1::role_service_client::RoleServiceClient;
 use pim_runtime::db::now_ms;
 use pim_runtime::events::{Envelope, short_type, streams};
 
@@ -47,11 +53,27 @@ enum Scenario {
         /// Concurrent callers in the closed loop.
         #[arg(long, default_value_t = 64)]
         concurrency: usize,
-        #[arg(long, default_value_t = 10)]
+        /// Length of each path's round.
+        #[arg(long, default_value_t = 2)]
         seconds: u64,
+        /// Rounds of each path, alternating.
+        #[arg(long, default_value_t = 5)]
+        rounds: u64,
         /// Fixed rate for the latency run (calls per second).
         #[arg(long, default_value_t = 5000)]
         rate: u64,
+    },
+    /// Two replicas of assignment: assignments made and removed on one at a fixed rate; how
+    /// long the other takes to give the new answer without a token (its access-change
+    /// stream), and how long a CheckAccess carrying the write's token waits (never stale).
+    Consistency {
+        #[arg(long, default_value_t = 200)]
+        rate: u64,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Principals the writes go round (each write toggles one).
+        #[arg(long, default_value_t = 100)]
+        principals: usize,
     },
     /// selfActivate then CheckAccess, end to end, at a fixed rate.
     Activation {
@@ -240,6 +262,7 @@ async fn check_access(
     assignments: u64,
     concurrency: usize,
     seconds: u64,
+    rounds: u64,
     rate: u64,
 ) -> anyhow::Result<()> {
     let ts = bench_suite().await?;
@@ -284,7 +307,34 @@ async fn check_access(
             }
         }
     };
-    let check = {
+    // The cheapest authenticated call: a role looked up in memory by id.
+    let authenticated = {
+        let (channel, token) = (channel.clone(), token.clone());
+        move |_n: u64| {
+            let mut client = RoleServiceClient::new(channel.clone());
+            let request = authed(
+                &token,
+                apb::GetRoleDefinitionRequest {
+                    role: EXCHANGE_ADMINISTRATOR.into(),
+                },
+            );
+            async move {
+                client.get_role_definition(request).await?;
+                anyhow::Ok(())
+            }
+        }
+    };
+    // A write's consistency token, already applied here: what a check carrying one costs.
+    let writer = ts.create_user(&token, "bench-writer").await?;
+    let written = AssignmentServiceClient::new(channel.clone())
+        .create_request(authed(
+            &token,
+            pim_e2e::assign_for_an_hour(apb::AssignmentKind::Active, &writer.id, EXCHANGE_ADMINISTRATOR),
+        ))
+        .await?
+        .into_inner()
+        .consistency_token;
+    let check = |fresh: String| {
         let (channel, token) = (channel.clone(), token.clone());
         move |n: u64| {
             let mut client = AccessServiceClient::new(channel.clone());
@@ -297,7 +347,7 @@ async fn check_access(
                     principal_id: principal,
                     target: Some(apb::check_access_request::Target::RoleId(role.into())),
                     scope: format!("/s{}/rg", rng.next() % 7),
-                    ..Default::default()
+                    at_least_as_fresh: fresh.clone(),
                 },
             );
             async move {
@@ -306,26 +356,237 @@ async fn check_access(
             }
         }
     };
-    // Warm up both paths.
+    let (check, check_fresh) = (check(String::new()), check(written));
+    // Warm up every path.
     closed_loop(concurrency, 1, health.clone()).await?;
+    closed_loop(concurrency, 1, authenticated.clone()).await?;
     closed_loop(concurrency, 1, check.clone()).await?;
-    println!("closed loop, {concurrency} concurrent callers, {seconds} s each:");
-    let (lat, el) = closed_loop(concurrency, seconds, health.clone()).await?;
-    let empty_rate = lat.len() as f64 / el.as_secs_f64();
-    report("  empty call (health)", lat, el);
-    let (lat, el) = closed_loop(concurrency, seconds, check.clone()).await?;
-    let check_rate = lat.len() as f64 / el.as_secs_f64();
-    report("  CheckAccess", lat, el);
-    println!(
-        "  CheckAccess throughput = {:.0} % of the empty call's",
-        100.0 * check_rate / empty_rate
-    );
-    println!("open loop at {rate}/s for {seconds} s:");
-    let (lat, el) = open_loop(rate, seconds, health).await?;
-    report("  empty call (health)", lat, el);
-    let (lat, el) = open_loop(rate, seconds, check).await?;
-    report("  CheckAccess", lat, el);
+    closed_loop(concurrency, 1, check_fresh.clone()).await?;
+    // Rounds alternate the paths, so a noisy moment on the machine falls on all of them; the
+    // ratio of each round is computed within it, and their median reported with its spread.
+    println!("closed loop, {concurrency} concurrent callers, {rounds} alternating rounds of {seconds} s:");
+    let mut rates: [Vec<f64>; 4] = Default::default();
+    let mut latencies: [Vec<u64>; 4] = Default::default();
+    let mut elapsed = [Duration::ZERO; 4];
+    for _ in 0..rounds {
+        for (i, (lat, el)) in [
+            closed_loop(concurrency, seconds, health.clone()).await?,
+            closed_loop(concurrency, seconds, authenticated.clone()).await?,
+            closed_loop(concurrency, seconds, check.clone()).await?,
+            closed_loop(concurrency, seconds, check_fresh.clone()).await?,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            rates[i].push(lat.len() as f64 / el.as_secs_f64());
+            latencies[i].extend(lat);
+            elapsed[i] += el;
+        }
+    }
+    const PATHS: [&str; 4] = [
+        "  empty call (health)",
+        "  empty authenticated call",
+        "  CheckAccess",
+        "  CheckAccess, token met",
+    ];
+    for (i, name) in PATHS.iter().enumerate() {
+        report(name, std::mem::take(&mut latencies[i]), elapsed[i]);
+    }
+    let ratio = |of: usize, to: usize| {
+        let mut r: Vec<f64> = rates[of].iter().zip(&rates[to]).map(|(a, b)| 100.0 * a / b).collect();
+        r.sort_by(f64::total_cmp);
+        (r[r.len() / 2], r[0], r[r.len() - 1])
+    };
+    for (of, to) in [(2, 0), (3, 0), (2, 1), (3, 1)] {
+        let (median, low, high) = ratio(of, to);
+        println!(
+            "  {} throughput = {median:.0} % of {} (median of {rounds} rounds; {low:.0}–{high:.0} %)",
+            PATHS[of].trim(),
+            PATHS[to].trim()
+        );
+    }
+    println!("open loop at {rate}/s, {rounds} alternating rounds of {seconds} s:");
+    let mut latencies: [Vec<u64>; 3] = Default::default();
+    let mut elapsed = [Duration::ZERO; 3];
+    for _ in 0..rounds {
+        for (i, (lat, el)) in [
+            open_loop(rate, seconds, health.clone()).await?,
+            open_loop(rate, seconds, check.clone()).await?,
+            open_loop(rate, seconds, check_fresh.clone()).await?,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            latencies[i].extend(lat);
+            elapsed[i] += el;
+        }
+    }
+    for (i, name) in [PATHS[0], PATHS[2], PATHS[3]].iter().enumerate() {
+        report(name, std::mem::take(&mut latencies[i]), elapsed[i]);
+    }
     ts.stop().await
+}
+
+/// When each (principal, granted?) state appeared on a replica's access-change stream.
+type Sightings = HashMap<(String, bool), Vec<Instant>>;
+
+/// One write of the consistency scenario, as the writer saw it.
+struct Write {
+    started: Instant,
+    answered: Instant,
+    principal: String,
+    granted: bool,
+    write_us: u64,
+    /// From the write's answer to the answer of B's CheckAccess carrying its token.
+    wait_us: u64,
+}
+
+async fn consistency(rate: u64, seconds: u64, principals: usize) -> anyhow::Result<()> {
+    use pim_proto::identity::v1 as ipb;
+    use pim_proto::identity::v1::directory_service_client::DirectoryServiceClient;
+
+    let replicas = pim_e2e::Replicas::start(2).await?;
+    let admin = Arc::new(replicas.admin.clone());
+    let mut directory = DirectoryServiceClient::new(replicas.identity().await?);
+    let mut ids = Vec::with_capacity(principals);
+    for n in 0..principals {
+        let user = ipb::CreateUserRequest {
+            user_name: format!("bench-{n}"),
+            password: pim_e2e::password_of("bench"),
+            ..Default::default()
+        };
+        ids.push(directory.create_user(authed(&admin, user)).await?.into_inner().id);
+    }
+    let (a, b) = (replicas.assignment(0).await?, replicas.assignment(1).await?);
+    // When each (principal, granted?) change reached B's index, as B's change stream tells it.
+    let seen: Arc<std::sync::Mutex<Sightings>> = Arc::default();
+    let mut watch = AccessServiceClient::new(b.clone())
+        .watch_access_changes(authed(&admin, apb::WatchAccessChangesRequest::default()))
+        .await?
+        .into_inner();
+    {
+        let seen = seen.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(change)) = watch.message().await {
+                let at = Instant::now();
+                seen.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .entry((change.principal_id, change.active))
+                    .or_default()
+                    .push(at);
+            }
+        });
+    }
+    // One write at a time per principal: each toggles its principal's grant.
+    let principals: Arc<Vec<Mutex<(String, bool)>>> =
+        Arc::new(ids.into_iter().map(|id| Mutex::new((id, false))).collect());
+    let results: Arc<std::sync::Mutex<Vec<Write>>> = Arc::default();
+    let stale = Arc::new(AtomicU64::new(0));
+    let write = {
+        let (principals, results, stale, admin) = (principals.clone(), results.clone(), stale.clone(), admin.clone());
+        move |n: u64| {
+            let (principals, results, stale, admin) =
+                (principals.clone(), results.clone(), stale.clone(), admin.clone());
+            let (a, b) = (a.clone(), b.clone());
+            async move {
+                let mut held = principals[n as usize % principals.len()].lock().await;
+                let (principal, granted) = (held.0.clone(), !held.1);
+                let mut request =
+                    pim_e2e::assign_for_an_hour(apb::AssignmentKind::Active, &principal, EXCHANGE_ADMINISTRATOR);
+                if !granted {
+                    request.action = apb::RequestAction::AdminRemove as i32;
+                }
+                let started = Instant::now();
+                let token = AssignmentServiceClient::new(a)
+                    .create_request(authed(&admin, request))
+                    .await?
+                    .into_inner()
+                    .consistency_token;
+                let answered = Instant::now();
+                let write_us = (answered - started).as_micros() as u64;
+                let mut check = authed(
+                    &admin,
+                    apb::CheckAccessRequest {
+                        principal_id: principal.clone(),
+                        target: Some(apb::check_access_request::Target::RoleId(EXCHANGE_ADMINISTRATOR.into())),
+                        scope: "/".into(),
+                        at_least_as_fresh: token,
+                    },
+                );
+                check.set_timeout(Duration::from_secs(5));
+                let allowed = AccessServiceClient::new(b)
+                    .check_access(check)
+                    .await?
+                    .into_inner()
+                    .allowed;
+                let wait_us = answered.elapsed().as_micros() as u64;
+                if allowed != granted {
+                    stale.fetch_add(1, Ordering::Relaxed);
+                }
+                held.1 = granted;
+                results.lock().unwrap_or_else(|e| e.into_inner()).push(Write {
+                    started,
+                    answered,
+                    principal,
+                    granted,
+                    write_us,
+                    wait_us,
+                });
+                anyhow::Ok(())
+            }
+        }
+    };
+    println!(
+        "{} principals, writes on replica A at {rate}/s for {seconds} s, reads on replica B:",
+        principals.len()
+    );
+    let (_, elapsed) = open_loop(rate, seconds, write).await?;
+    // Every change must reach B's stream; give the last ones a moment.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let results = std::mem::take(&mut *results.lock().unwrap_or_else(|e| e.into_inner()));
+    let (mut lags, mut from_start) = (Vec::with_capacity(results.len()), Vec::with_capacity(results.len()));
+    let mut missing = 0;
+    for w in &results {
+        // The first time B showed this principal in this state after the write began (writes
+        // to one principal are one at a time, so an earlier one's change came before).
+        let at = loop {
+            let first = seen
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&(w.principal.clone(), w.granted))
+                .and_then(|times| times.iter().find(|t| **t >= w.started).copied());
+            if first.is_some() || Instant::now() > deadline {
+                break first;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        match at {
+            // Zero when B had it before A answered.
+            Some(at) => {
+                lags.push(at.saturating_duration_since(w.answered).as_micros() as u64);
+                from_start.push(at.saturating_duration_since(w.started).as_micros() as u64);
+            }
+            None => missing += 1,
+        }
+    }
+    report(
+        "  write on A (CreateRequest)",
+        results.iter().map(|w| w.write_us).collect(),
+        elapsed,
+    );
+    report("  B converged after A answered", lags, elapsed);
+    report("  B converged after A was asked", from_start, elapsed);
+    report(
+        "  B CheckAccess with token",
+        results.iter().map(|w| w.wait_us).collect(),
+        elapsed,
+    );
+    println!(
+        "  stale answers with a token: {} of {}; changes B never showed: {missing}",
+        stale.load(Ordering::Relaxed),
+        results.len()
+    );
+    replicas.stop().await
 }
 
 async fn activation(rate: u64, seconds: u64) -> anyhow::Result<()> {
@@ -562,9 +823,15 @@ async fn main() -> anyhow::Result<()> {
             assignments,
             concurrency,
             seconds,
+            rounds,
             rate,
-        } => check_access(principals, assignments, concurrency, seconds, rate).await,
+        } => check_access(principals, assignments, concurrency, seconds, rounds, rate).await,
         Scenario::Activation { rate, seconds } => activation(rate, seconds).await,
+        Scenario::Consistency {
+            rate,
+            seconds,
+            principals,
+        } => consistency(rate, seconds, principals).await,
         Scenario::Expiry { roles, within_seconds } => expiry(roles, within_seconds).await,
         Scenario::AuditIngest { events, rate } => audit_ingest(events, rate).await,
         Scenario::AlertLatency { rate, seconds } => alert_latency(rate, seconds).await,
@@ -575,7 +842,6 @@ async fn alert_latency(rate: u64, seconds: u64) -> anyhow::Result<()> {
     use pim_proto::alerting::v1 as alpb;
     use pim_proto::alerting::v1::alert_service_client::AlertServiceClient;
     use pim_runtime::events::{Publisher, RedisPublisher, envelope};
-    use std::collections::HashMap;
     let ts = bench_suite().await?;
     let admin = ts.admin_token().await?;
     let total = rate * seconds;
