@@ -381,7 +381,6 @@ impl TryFrom<pb::CreateRequestRequest> for EndRequest {
     }
 }
 
-/// Optional string filter: empty means "any".
 /// How long a read given `at_least_as_fresh` may wait: until shortly before the call's
 /// deadline (so the caller hears UNAVAILABLE rather than its own timeout), else
 /// [`consistency::DEFAULT_WAIT`], never longer than a minute.
@@ -393,6 +392,7 @@ fn freshness_wait(metadata: &tonic::metadata::MetadataMap) -> Duration {
     .min(Duration::from_secs(60))
 }
 
+/// Optional string filter: empty means "any".
 fn filter(s: &str) -> Option<&str> {
     let s = s.trim();
     (!s.is_empty()).then_some(s)
@@ -616,7 +616,7 @@ impl Assignments {
                 .settled(&self.db, pim_runtime::db::now_ms(), streams::ASSIGNMENT, SETTLE_WITHIN)
                 .await
         };
-        request.consistency_token = token.as_ref().map(|t| t.to_string()).unwrap_or_default();
+        request.consistency_token = consistency::field(token.as_ref());
         consistency::answer(request, token.as_ref())
     }
 }

@@ -357,7 +357,7 @@ impl Directory {
         let token = self.settled().await;
         Ok(answer(
             pb::GroupMembershipResponse {
-                consistency_token: token.as_ref().map(|t| t.to_string()).unwrap_or_default(),
+                consistency_token: pim_runtime::consistency::field(token.as_ref()),
             },
             token.as_ref(),
         ))

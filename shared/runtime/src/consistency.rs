@@ -214,6 +214,11 @@ impl Freshness {
     }
 }
 
+/// A write's token as its answer's `consistency_token` field: empty when it has none.
+pub fn field(token: Option<&ConsistencyToken>) -> String {
+    token.map(ToString::to_string).unwrap_or_default()
+}
+
 /// A write's answer carrying its consistency token in [`TOKEN_HEADER`] (when it has one).
 pub fn answer<T>(message: T, token: Option<&ConsistencyToken>) -> tonic::Response<T> {
     let mut response = tonic::Response::new(message);
