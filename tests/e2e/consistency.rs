@@ -5,6 +5,7 @@ use tonic::Code;
 
 use pim_e2e::authed;
 use pim_proto::assignment::v1 as apb;
+use pim_proto::audit::v1 as aupb;
 
 use crate::activation::{EXCHANGE_ADMINISTRATOR, HOUR_MS, World, activation, request, run_on_both};
 
@@ -140,82 +141,170 @@ async fn concurrent_activations_needing_approval_leave_exactly_one_waiting() -> 
 
 /// A refused activation is a security decision like a granted one: audited as a failure with
 /// the rules that refused it, and exported to OCSF as a Failure with the reason.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refused_activation_is_audited_and_exported_as_a_failure() -> anyhow::Result<()> {
-    use pim_proto::audit::v1 as aupb;
+/// The failure record of `action` (short name) whose actor is `actor`, once audit holds it.
+async fn failure_record(w: &World, action: &str, actor: &str) -> anyhow::Result<aupb::AuditRecord> {
+    let query = aupb::QueryEventsRequest {
+        actor_id: actor.into(),
+        outcome: "failure".into(),
+        ..Default::default()
+    };
+    pim_e2e::eventually(std::time::Duration::from_secs(10), action, || {
+        let (ts, admin, query) = (&w.ts, w.admin.clone(), query.clone());
+        async move {
+            let records = ts.audit_records(&admin, query).await?;
+            Ok(records
+                .into_iter()
+                .find(|r| r.action.rsplit('.').next() == Some(action)))
+        }
+    })
+    .await
+}
+
+/// The OCSF export of every failure `actor` is the actor of.
+async fn ocsf_failures(w: &World, actor: &str) -> anyhow::Result<Vec<serde_json::Value>> {
     use pim_proto::audit::v1::audit_service_client::AuditServiceClient;
+    let mut export = AuditServiceClient::new(w.ts.channel.clone())
+        .export_events(authed(
+            &w.admin,
+            aupb::ExportEventsRequest {
+                filter: Some(aupb::QueryEventsRequest {
+                    actor_id: actor.into(),
+                    outcome: "failure".into(),
+                    ..Default::default()
+                }),
+                format: "ocsf".into(),
+            },
+        ))
+        .await?
+        .into_inner();
+    let mut text = Vec::new();
+    while let Some(chunk) = export.message().await? {
+        text.extend(chunk.data);
+    }
+    Ok(String::from_utf8(text)?
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?)
+}
+
+/// Every refused attempt is a failure record in QueryEvents and a Failure in the OCSF export,
+/// with why: an activation a rule refused, a decision by someone who is not an approver and
+/// one on an approval already decided, a wrong password, and PERMISSION_DENIED on an
+/// administrative call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_refusal_is_audited_and_exported_as_a_failure() -> anyhow::Result<()> {
+    use pim_proto::approval::v1 as appb;
+    use pim_proto::identity::v1 as ipb;
+    use pim_proto::identity::v1::directory_service_client::DirectoryServiceClient;
 
     crate::activation::run_on_both(|w| async move {
         let eve = w.user("eve").await?;
         let token = w.stepped_up(&eve)?;
+        // An activation the eligibility rule refuses.
         let refused = w
             .assignments()
             .create_request(authed(&token, activation(EXCHANGE_ADMINISTRATOR, HOUR_MS, "let me in")))
             .await
             .expect_err("eve is not eligible");
         assert_eq!(refused.code(), Code::FailedPrecondition);
-        let query = aupb::QueryEventsRequest {
-            action: "pim.assignment.v1.RequestRefused".into(),
-            target_id: eve.id.clone(),
-            ..Default::default()
-        };
-        let records = pim_e2e::eventually(std::time::Duration::from_secs(10), "the refusal audited", || {
-            let (ts, admin, query) = (&w.ts, w.admin.clone(), query.clone());
-            async move { Ok(Some(ts.audit_records(&admin, query).await?).filter(|r| !r.is_empty())) }
-        })
-        .await?;
-        assert_eq!(records.len(), 1, "{records:?}");
-        let failures =
-            w.ts.audit_records(
-                &w.admin,
-                aupb::QueryEventsRequest {
-                    outcome: "failure".into(),
-                    target_id: eve.id.clone(),
-                    ..Default::default()
-                },
-            )
-            .await?;
-        assert!(
-            failures.iter().any(|r| r.action.ends_with("RequestRefused")),
-            "{failures:?}"
-        );
-        let record = &records[0];
-        assert_eq!(record.outcome, "failure");
+        let record = failure_record(&w, "RequestRefused", &eve.id).await?;
         assert_eq!(
-            (record.actor_id.as_str(), record.role_id.as_str()),
+            (record.target_id.as_str(), record.role_id.as_str()),
             (eve.id.as_str(), EXCHANGE_ADMINISTRATOR)
         );
         let payload: serde_json::Value = serde_json::from_str(&record.payload_json)?;
         assert_eq!(payload["action"], "selfActivate");
         assert_eq!(payload["rules"], serde_json::json!(["EligibilityRule"]));
 
-        let mut export = AuditServiceClient::new(w.ts.channel.clone())
-            .export_events(authed(
-                &w.admin,
-                aupb::ExportEventsRequest {
-                    filter: Some(query),
-                    format: "ocsf".into(),
+        // Decisions refused: eve is no approver; the admin decides twice.
+        w.set_policy(EXCHANGE_ADMINISTRATOR, |p| p.approval_required = true)
+            .await?;
+        let lee = w.user("lee").await?;
+        let request = w.ask(&lee, "incident 9").await?;
+        let approval = w.approval_of(&request.id).await?;
+        let decide = |token: &str, approve: bool| {
+            let mut client = w.approvals();
+            let ask = authed(
+                token,
+                appb::DecideRequest {
+                    approval_id: approval.id.clone(),
+                    decision: if approve {
+                        appb::Decision::Approve
+                    } else {
+                        appb::Decision::Deny
+                    } as i32,
+                    justification: "looked at it".into(),
+                },
+            );
+            async move { client.decide(ask).await }
+        };
+        let not_approver = decide(&token, true).await.expect_err("eve is no approver");
+        assert_eq!(not_approver.code(), Code::PermissionDenied, "{not_approver:?}");
+        decide(&w.admin, false).await?;
+        let decided = decide(&w.admin, true).await.expect_err("already decided");
+        assert_eq!(decided.code(), Code::FailedPrecondition, "{decided:?}");
+        let record = failure_record(&w, "ApprovalDecisionRefused", &eve.id).await?;
+        assert_eq!(
+            (record.target_id.as_str(), record.role_id.as_str()),
+            (lee.id.as_str(), EXCHANGE_ADMINISTRATOR)
+        );
+        let admin = w.admin_id().await?;
+        let record = failure_record(&w, "ApprovalDecisionRefused", &admin).await?;
+        let payload: serde_json::Value = serde_json::from_str(&record.payload_json)?;
+        assert_eq!(
+            (payload["approval_id"].as_str(), payload["code"].as_str()),
+            (Some(approval.id.as_str()), Some("FailedPrecondition")),
+            "{payload}"
+        );
+
+        // A wrong password.
+        let wrong = w.ts.sign_in("eve", "not her password").await.expect_err("wrong");
+        assert_eq!(wrong.code(), Code::Unauthenticated);
+        let record = failure_record(&w, "SignInFailed", &eve.id).await?;
+        assert!(record.payload_json.contains("bad_password"), "{record:?}");
+
+        // An administrative call without the permission it needs.
+        let denied = DirectoryServiceClient::new(w.ts.channel.clone())
+            .create_user(authed(
+                &token,
+                ipb::CreateUserRequest {
+                    user_name: "mallory".into(),
+                    display_name: "Mallory".into(),
+                    password: "correct horse battery staple".into(),
+                    email: String::new(),
                 },
             ))
-            .await?
-            .into_inner();
-        let mut text = Vec::new();
-        while let Some(chunk) = export.message().await? {
-            text.extend(chunk.data);
+            .await
+            .expect_err("eve administers nobody");
+        assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+        let record = failure_record(&w, "AccessDenied", &eve.id).await?;
+        assert_eq!(record.target_id, "/pim.identity.v1.DirectoryService/CreateUser");
+
+        // The export says Failure, and why, for each.
+        let exported = ocsf_failures(&w, &eve.id).await?;
+        for (action, why) in [
+            ("RequestRefused", "not eligible"),
+            ("ApprovalDecisionRefused", "not an approver"),
+            ("SignInFailed", "bad_password"),
+            ("AccessDenied", "requires permission"),
+        ] {
+            let event = exported
+                .iter()
+                .find(|e| {
+                    e["unmapped"]["pim_action"]
+                        .as_str()
+                        .is_some_and(|a| a.ends_with(action))
+                })
+                .unwrap_or_else(|| panic!("{action} exported: {exported:?}"));
+            assert_eq!(
+                (event["status_id"].as_i64(), event["status"].as_str()),
+                (Some(2), Some("Failure"))
+            );
+            assert!(
+                event["status_detail"].as_str().is_some_and(|d| d.contains(why)),
+                "{event}"
+            );
         }
-        let events: Vec<serde_json::Value> = String::from_utf8(text)?
-            .lines()
-            .map(serde_json::from_str)
-            .collect::<Result<_, _>>()?;
-        assert_eq!(events.len(), 1, "{events:?}");
-        assert_eq!(events[0]["status_id"], 2);
-        assert!(
-            events[0]["status_detail"]
-                .as_str()
-                .is_some_and(|d| d.contains("not eligible")),
-            "{}",
-            events[0]
-        );
         Ok(w)
     })
     .await

@@ -813,6 +813,24 @@ async fn a_sign_in_lockout_ends_with_its_window() -> anyhow::Result<()> {
         }
         let locked = ts.sign_in("bruce", &password_of("bruce")).await.expect_err("locked");
         assert_eq!(locked.code(), Code::ResourceExhausted);
+        // The refused sign-in is audited as a failure of its own.
+        let query = aupb::QueryEventsRequest {
+            action: "pim.identity.v1.SignInFailed".into(),
+            outcome: "failure".into(),
+            ..Default::default()
+        };
+        eventually(Duration::from_secs(10), "the lockout audited", || {
+            let (admin, query) = (admin.clone(), query.clone());
+            let ts = &ts;
+            async move {
+                let records = ts.audit_records(&admin, query).await?;
+                Ok(records
+                    .iter()
+                    .any(|r| r.actor_name == "bruce" && r.payload_json.contains("locked_out"))
+                    .then_some(()))
+            }
+        })
+        .await?;
         clock.advance(Duration::from_secs(14 * 60));
         let still = ts
             .sign_in("bruce", &password_of("bruce"))

@@ -208,6 +208,20 @@ async fn wrong_codes_lock_mfa_and_recovery_codes_work_once() -> anyhow::Result<(
             .await
             .expect_err("locked out");
         assert_eq!(locked.code(), Code::ResourceExhausted);
+        // The attempt refused without a look at the code is audited as a failure too.
+        let query = pim_proto::audit::v1::QueryEventsRequest {
+            action: "pim.identity.v1.MfaFailed".into(),
+            outcome: "failure".into(),
+            ..Default::default()
+        };
+        pim_e2e::eventually(std::time::Duration::from_secs(10), "the refused code audited", || {
+            let (ts, admin, query) = (&ts, admin.clone(), query.clone());
+            async move {
+                let records = ts.audit_records(&admin, query).await?;
+                Ok(records.iter().any(|r| r.payload_json.contains("locked_out")).then_some(()))
+            }
+        })
+        .await?;
 
         // Only credential administrators reset MFA; then Kim can enrol again.
         let kim_reset = mfa

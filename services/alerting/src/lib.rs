@@ -146,6 +146,10 @@ impl Service for Alerting {
         "alerting"
     }
 
+    fn stream(&self) -> &'static str {
+        pim_runtime::events::streams::ALERTING
+    }
+
     fn grpc_services(&self) -> &'static [&'static str] {
         pim_proto::service_names::ALERTING
     }

@@ -328,8 +328,70 @@ impl Approvals {
 
     /// Records a decision. A deny ends the approval; enough approvals pass the stage, and
     /// the last stage passing grants it. Concurrent decisions serialize on the approval row,
-    /// so approve and deny racing end in exactly one final state.
+    /// so approve and deny racing end in exactly one final state. A refused decision is
+    /// recorded (an `ApprovalDecisionRefused` event, or `SelfApprovalAttempted`).
     pub async fn decide(
+        &self,
+        caller: &Caller,
+        id: &str,
+        approve: bool,
+        justification: &str,
+    ) -> Result<(ApprovalRow, Vec<DecisionRow>), Status> {
+        let decided = self.try_decide(caller, id, approve, justification).await;
+        if let Err(status) = &decided {
+            self.refused(caller, id, approve, status).await;
+        }
+        decided
+    }
+
+    /// Records a refused decision: not an approver, already decided, expired, no such
+    /// approval. Malformed input, races to look again at (ABORTED) and internal errors are not
+    /// decisions; self-approval is recorded where it is caught. Best effort: the answer goes
+    /// back to the caller whether or not this is stored.
+    async fn refused(&self, caller: &Caller, id: &str, approve: bool, status: &Status) {
+        use tonic::Code;
+        if !matches!(
+            status.code(),
+            Code::PermissionDenied | Code::FailedPrecondition | Code::NotFound
+        ) {
+            return;
+        }
+        let approval = match store::get(&self.db, id).await {
+            Ok(approval) => approval,
+            Err(e) => {
+                tracing::warn!(error = %e, "recording a refused decision failed");
+                return;
+            }
+        };
+        if approval.as_ref().is_some_and(|a| a.requester_id == caller.principal_id) {
+            return;
+        }
+        let field = |f: fn(&ApprovalRow) -> &String| approval.as_ref().map(f).cloned().unwrap_or_default();
+        let event = ev::ApprovalDecisionRefused {
+            actor: Some(caller.actor()),
+            approval_id: field(|a| &a.id),
+            request_id: field(|a| &a.request_id),
+            decision: if approve { "approve" } else { "deny" }.into(),
+            requester_id: field(|a| &a.requester_id),
+            role_id: field(|a| &a.role_id),
+            scope: field(|a| &a.scope),
+            code: format!("{:?}", status.code()),
+            reason: status.message().chars().take(500).collect(),
+        };
+        // An unknown id is the subject as asked: the record says what was tried.
+        let subject = approval.map(|a| a.id).unwrap_or_else(|| id.to_owned());
+        let recorded = async {
+            let txn = self.db.begin().await.map_err(internal)?;
+            self.emit(&txn, "ApprovalDecisionRefused", &subject, &event).await?;
+            txn.commit().await.map_err(internal)
+        };
+        match recorded.await {
+            Ok(()) => self.outbox.wake(),
+            Err(e) => tracing::warn!(code = ?e.code(), "recording a refused decision failed"),
+        }
+    }
+
+    async fn try_decide(
         &self,
         caller: &Caller,
         id: &str,

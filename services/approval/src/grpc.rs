@@ -121,7 +121,7 @@ pub(crate) fn approval_pb(a: ApprovalRow, decisions: Vec<DecisionRow>, history: 
 
 fn approval_id(raw: &str) -> Result<&str, Status> {
     let id = raw.trim();
-    if id.is_empty() || id.len() > 64 {
+    if id.is_empty() || id.len() > 64 || id.chars().any(char::is_control) {
         return Err(invalid_argument("approval_id", "required (an approval id)"));
     }
     Ok(id)

@@ -170,6 +170,10 @@ impl Service for Approval {
         "approval"
     }
 
+    fn stream(&self) -> &'static str {
+        pim_runtime::events::streams::APPROVAL
+    }
+
     fn grpc_services(&self) -> &'static [&'static str] {
         pim_proto::service_names::APPROVAL
     }

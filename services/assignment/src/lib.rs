@@ -197,6 +197,10 @@ impl Service for Assignment {
         "assignment"
     }
 
+    fn stream(&self) -> &'static str {
+        pim_runtime::events::streams::ASSIGNMENT
+    }
+
     fn grpc_services(&self) -> &'static [&'static str] {
         pim_proto::service_names::ASSIGNMENT
     }

@@ -445,9 +445,29 @@ impl Audit {
     }
 }
 
+#[async_trait::async_trait]
 impl Service for Audit {
     fn name(&self) -> &'static str {
         "audit"
+    }
+
+    fn stream(&self) -> &'static str {
+        pim_runtime::events::streams::AUDIT
+    }
+
+    /// Audit does not read its own stream: a refused query or export is a record at once.
+    async fn access_denied(&self, denied: &pim_proto::events::v1::AccessDenied) -> anyhow::Result<()> {
+        let subject = denied
+            .actor
+            .as_ref()
+            .map(|a| a.principal_id.as_str())
+            .unwrap_or_default();
+        let event = pim_runtime::events::envelope("pim.audit", "AccessDenied", subject, denied);
+        let mut records = vec![records::record(&event, &self.correlator)?];
+        let txn = sea_orm::TransactionTrait::begin(&self.db).await?;
+        store::append_all(&txn, &mut records, now_ms()).await?;
+        txn.commit().await?;
+        Ok(())
     }
 
     fn grpc_services(&self) -> &'static [&'static str] {

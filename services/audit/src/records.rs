@@ -245,6 +245,25 @@ pub fn record(envelope: &Envelope, correlator: &Correlator) -> anyhow::Result<Re
             }
             json!({"approval_id": e.approval_id, "request_id": e.request_id, "decision": e.decision, "stage": e.stage})
         }
+        "ApprovalDecisionRefused" => {
+            let e: ev::ApprovalDecisionRefused = decode(envelope)?;
+            set_actor(&mut r, &e.actor);
+            r.target_id = e.requester_id.clone();
+            r.role_id = e.role_id.clone();
+            r.scope = e.scope.clone();
+            r.outcome = "failure".into();
+            json!({
+                "approval_id": e.approval_id, "request_id": e.request_id, "decision": e.decision,
+                "code": e.code, "reason": e.reason,
+            })
+        }
+        "AccessDenied" => {
+            let e: ev::AccessDenied = decode(envelope)?;
+            set_actor(&mut r, &e.actor);
+            r.target_id = e.method.clone();
+            r.outcome = "failure".into();
+            json!({"method": e.method, "code": "PermissionDenied", "reason": e.reason})
+        }
         "ApprovalGranted" | "ApprovalDenied" | "ApprovalExpired" | "ApprovalCanceled" | "ApprovalEscalated" => {
             let e: ev::ApprovalCompleted = decode(envelope)?;
             set_actor(&mut r, &e.actor);

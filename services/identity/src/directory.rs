@@ -287,6 +287,15 @@ impl Directory {
         // Counted against the principal however it was named, and against the source.
         let keys = limiter::Keys::new(user.as_ref(), user_name, client.ip.as_deref());
         if let Some(minutes) = limiter::blocked(&self.db, &keys, self.clock.now_ms()).await? {
+            // Refused without looking at the password, and audited as a failed sign-in.
+            let event = ev::SignInFailed {
+                user_name: user_name.trim().chars().take(256).collect(),
+                principal_id: user.as_ref().map(|u| u.id.clone()).unwrap_or_default(),
+                reason: "locked_out".to_owned(),
+                source_ip: client.ip.clone().unwrap_or_default(),
+                user_agent: client.user_agent.clone(),
+            };
+            self.record("SignInFailed", &event.principal_id.clone(), &event).await?;
             return Err(Error::Locked(format!(
                 "too many failed sign-ins: try again in {minutes} minutes"
             )));

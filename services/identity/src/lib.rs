@@ -89,6 +89,10 @@ impl Service for Identity {
         "identity"
     }
 
+    fn stream(&self) -> &'static str {
+        pim_runtime::events::streams::IDENTITY
+    }
+
     fn grpc_services(&self) -> &'static [&'static str] {
         pim_proto::service_names::IDENTITY
     }

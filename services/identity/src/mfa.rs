@@ -299,6 +299,10 @@ impl Directory {
         let now = self.clock.now_ms();
         let (attempts, locked_until) =
             store::count_mfa_attempt(&self.db, &caller.principal_id, now, now - FAILURE_WINDOW_MS).await?;
+        if locked_until.is_some_and(|until| until > now) || attempts > MAX_FAILURES {
+            // A refused attempt is audited like a wrong one, without looking at the code.
+            self.mfa_event("MfaFailed", caller, "", "locked_out").await?;
+        }
         if let Some(until) = locked_until.filter(|until| *until > now) {
             return Err(Error::Locked(format!(
                 "too many failed codes: multi-factor authentication is locked for {} more minutes",

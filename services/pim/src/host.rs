@@ -3,7 +3,7 @@
 //! listener, connects each service's database, wires events (Redis Streams or embedded
 //! delivery), authentication and authorization, and serves until told to stop.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::SocketAddr;
 use std::str::FromStr;
@@ -21,9 +21,10 @@ use pim_approval::Approval;
 use pim_assignment::Assignment;
 use pim_audit::Audit;
 use pim_identity::Identity;
+use pim_proto::events::v1::AccessDenied;
 use pim_runtime::Config;
 use pim_runtime::access::{AccessCheck, CachedAccess, RemoteAccess};
-use pim_runtime::auth::{AuthLayer, KeySource, RemoteKeys, TokenVerifier};
+use pim_runtime::auth::{AuthLayer, Caller, KeySource, Refusals, RemoteKeys, TokenVerifier};
 use pim_runtime::clock::{Clock, SystemClock};
 use pim_runtime::events::{
     ConsumerHandle, ConsumerOptions, EmbeddedBus, Inbox, Publisher, RedisConsumer, RedisPublisher, Relay, RelayHandle,
@@ -128,6 +129,38 @@ pub struct Suite {
     approval: Option<Approval>,
     alerting: Option<Alerting>,
     services: Vec<Arc<dyn Service>>,
+}
+
+/// Records each PERMISSION_DENIED answer with the hosted service that gave it.
+struct Denials(HashMap<&'static str, Arc<dyn Service>>);
+
+impl Denials {
+    fn of(services: &[Arc<dyn Service>]) -> Self {
+        Self(
+            services
+                .iter()
+                .flat_map(|s| s.grpc_services().iter().map(move |name| (*name, s.clone())))
+                .collect(),
+        )
+    }
+}
+
+#[async_trait::async_trait]
+impl Refusals for Denials {
+    async fn permission_denied(&self, caller: &Caller, method: &str, status: &tonic::Status) {
+        let service = method.trim_start_matches('/').split('/').next().unwrap_or_default();
+        let Some(service) = self.0.get(service) else {
+            return;
+        };
+        let denied = AccessDenied {
+            actor: Some(caller.actor()),
+            method: method.to_owned(),
+            reason: status.message().chars().take(500).collect(),
+        };
+        if let Err(err) = service.access_denied(&denied).await {
+            tracing::warn!(error = %format!("{err:#}"), method, "recording a refused call failed");
+        }
+    }
 }
 
 fn consumer_name() -> String {
@@ -353,7 +386,7 @@ impl Suite {
             })
             .collect();
 
-        let auth = AuthLayer::new(verifier);
+        let auth = AuthLayer::new(verifier).recording_refusals(Arc::new(Denials::of(&services)));
         let mut routes = RoutesBuilder::default();
         let mut names = Vec::new();
         for service in &services {

@@ -565,6 +565,20 @@ pub const PUBLIC_METHODS: &[&str] = &[
     "/pim.identity.v1.AuthService/GetSigningKeys",
 ];
 
+/// Methods whose PERMISSION_DENIED answers carry an event of their own, with what was asked
+/// (RequestRefused, ApprovalDecisionRefused): the layer records no second one.
+pub const SELF_AUDITED_METHODS: &[&str] = &[
+    "/pim.assignment.v1.AssignmentService/CreateRequest",
+    "/pim.approval.v1.ApprovalService/Decide",
+];
+
+/// Where calls answered PERMISSION_DENIED are recorded, so every refusal is auditable. Called
+/// before the answer leaves, with the authenticated caller, the method and the answer.
+#[async_trait::async_trait]
+pub trait Refusals: Send + Sync {
+    async fn permission_denied(&self, caller: &Caller, method: &str, status: &Status);
+}
+
 fn is_public(path: &str, public: &HashSet<&'static str>) -> bool {
     public.contains(path) || path.starts_with("/grpc.health.v1.") || path.starts_with("/grpc.reflection.")
 }
@@ -574,6 +588,7 @@ fn is_public(path: &str, public: &HashSet<&'static str>) -> bool {
 pub struct AuthLayer {
     verifier: Arc<TokenVerifier>,
     public: Arc<HashSet<&'static str>>,
+    refusals: Option<Arc<dyn Refusals>>,
 }
 
 impl AuthLayer {
@@ -581,7 +596,15 @@ impl AuthLayer {
         Self {
             verifier,
             public: Arc::new(PUBLIC_METHODS.iter().copied().collect()),
+            refusals: None,
         }
+    }
+
+    /// Records every PERMISSION_DENIED answer to an authenticated caller with `refusals`
+    /// (except [`SELF_AUDITED_METHODS`]).
+    pub fn recording_refusals(mut self, refusals: Arc<dyn Refusals>) -> Self {
+        self.refusals = Some(refusals);
+        self
     }
 }
 
@@ -605,6 +628,7 @@ impl<S, B> tower::Service<http::Request<B>> for Authenticate<S>
 where
     S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>> + Clone + Send + 'static,
     S::Future: Send + 'static,
+    S::Error: Send,
     B: Send + 'static,
 {
     type Response = S::Response;
@@ -643,6 +667,7 @@ where
             .map(str::to_owned);
         let recorded = span.clone();
         let started = std::time::Instant::now();
+        let method = path.clone();
         let call = async move {
             if is_public(request.uri().path(), &layer.public) {
                 return inner.call(request).await;
@@ -664,8 +689,22 @@ where
                 }
                 Ok(caller) => {
                     recorded.record("pim.principal", caller.principal_id.as_str());
+                    let refusals = layer
+                        .refusals
+                        .clone()
+                        .filter(|_| !SELF_AUDITED_METHODS.contains(&method.as_str()))
+                        .map(|refusals| (refusals, caller.clone()));
                     request.extensions_mut().insert(caller);
-                    inner.call(request).await
+                    let response = inner.call(request).await;
+                    let denied = match (&refusals, &response) {
+                        (Some(_), Ok(answer)) => Status::from_header_map(answer.headers())
+                            .filter(|status| status.code() == tonic::Code::PermissionDenied),
+                        _ => None,
+                    };
+                    if let (Some((refusals, caller)), Some(status)) = (refusals, denied) {
+                        refusals.permission_denied(&caller, &method, &status).await;
+                    }
+                    response
                 }
                 Err(err) => Ok(Status::from(err).into_http()),
             }

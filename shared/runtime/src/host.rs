@@ -10,7 +10,8 @@ use crate::access::AccessCheck;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::db::Db;
-use crate::events::{EventHandler, Outbox};
+use crate::events::{EventHandler, Outbox, envelope};
+use pim_proto::events::v1::AccessDenied;
 
 /// What the host gives a service.
 #[derive(Clone)]
@@ -28,9 +29,25 @@ pub struct Deps {
 }
 
 /// What the host needs from a service.
+#[async_trait::async_trait]
 pub trait Service: Send + Sync {
     /// Short name: identity, assignment, approval, alerting, audit.
     fn name(&self) -> &'static str;
+    /// The stream this service alone publishes its events to.
+    fn stream(&self) -> &'static str;
+    /// Records a call this service answered PERMISSION_DENIED: an `AccessDenied` event on its
+    /// stream, which audit keeps as a failure.
+    async fn access_denied(&self, denied: &AccessDenied) -> anyhow::Result<()> {
+        let subject = denied
+            .actor
+            .as_ref()
+            .map(|a| a.principal_id.as_str())
+            .unwrap_or_default();
+        let event = envelope(&format!("pim.{}", self.name()), "AccessDenied", subject, denied);
+        self.outbox().enqueue(self.db(), self.stream(), &event).await?;
+        self.outbox().wake();
+        Ok(())
+    }
     /// Fully-qualified gRPC service names, for health.
     fn grpc_services(&self) -> &'static [&'static str];
     fn add_routes(&self, routes: &mut RoutesBuilder);
