@@ -6,6 +6,7 @@ use tonic::Code;
 use pim_e2e::authed;
 use pim_proto::assignment::v1 as apb;
 use pim_proto::audit::v1 as aupb;
+use pim_runtime::clock::Clock;
 
 use crate::activation::{EXCHANGE_ADMINISTRATOR, HOUR_MS, World, activation, request, run_on_both};
 
@@ -311,7 +312,7 @@ async fn every_refusal_is_audited_and_exported_as_a_failure() -> anyhow::Result<
 }
 
 /// Bad input is INVALID_ARGUMENT naming the field, never OK and never INTERNAL: a start no
-/// protobuf Timestamp may hold, NUL characters in a justification or a user name (which
+/// protobuf Timestamp may hold, a start further in the past than the skew allows, NUL characters in a justification or a user name (which
 /// PostgreSQL cannot keep as text).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_invalid_argument_naming_the_field() -> anyhow::Result<()> {
@@ -327,7 +328,22 @@ async fn bad_input_is_invalid_argument_naming_the_field() -> anyhow::Result<()> 
             });
         }
         let nul = activation(EXCHANGE_ADMINISTRATOR, HOUR_MS, "incident\0 42");
-        for (ask, field) in [(far_past, "schedule.start_time"), (nul, "justification")] {
+        // A start more than the skew (5 minutes) in the past; one within it means now.
+        let starting = |ago_ms: i64| {
+            let mut ask = activation(EXCHANGE_ADMINISTRATOR, HOUR_MS, "ok");
+            if let Some(schedule) = ask.schedule.as_mut() {
+                schedule.start_time = Some(pim_runtime::db::to_timestamp(w.clock.now_ms() - ago_ms));
+            }
+            ask
+        };
+        let mut within = starting(4 * 60_000);
+        within.validate_only = true;
+        w.assignments().create_request(authed(&token, within)).await?;
+        for (ask, field) in [
+            (far_past, "schedule.start_time"),
+            (starting(6 * 60_000), "schedule.start_time"),
+            (nul, "justification"),
+        ] {
             let refused = w
                 .assignments()
                 .create_request(authed(&token, ask))

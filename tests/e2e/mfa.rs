@@ -218,7 +218,10 @@ async fn wrong_codes_lock_mfa_and_recovery_codes_work_once() -> anyhow::Result<(
             let (ts, admin, query) = (&ts, admin.clone(), query.clone());
             async move {
                 let records = ts.audit_records(&admin, query).await?;
-                Ok(records.iter().any(|r| r.payload_json.contains("locked_out")).then_some(()))
+                Ok(records
+                    .iter()
+                    .any(|r| r.payload_json.contains("locked_out"))
+                    .then_some(()))
             }
         })
         .await?;

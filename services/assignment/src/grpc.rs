@@ -285,6 +285,10 @@ fn kind_from_pb(kind: i32) -> Result<Kind, Error> {
 
 /// A time a client sent, as epoch milliseconds; INVALID_ARGUMENT naming `field` when it is
 /// not a valid protobuf `Timestamp` (outside 0001-01-01…9999-12-31).
+/// How far in the past a requested start may lie (clocks of callers drift): such a start
+/// means now; an earlier one is INVALID_ARGUMENT.
+pub const START_SKEW_MS: i64 = 5 * 60_000;
+
 fn input_time(field: &'static str, t: &prost_types::Timestamp) -> Result<i64, Error> {
     pim_runtime::db::checked_timestamp(t)
         .ok_or_else(|| Error::invalid(field, "must be a time between 0001-01-01 and 9999-12-31 (RFC 3339)"))
@@ -945,6 +949,19 @@ impl Assignments {
     /// CreateRequest's work: the request made, or why not.
     async fn create_request_as(&self, caller: &Caller, r: pb::CreateRequestRequest) -> Result<RequestRow, Error> {
         let caller = caller.clone();
+        if let Some(start) = r.schedule.as_ref().and_then(|s| s.start_time.as_ref()) {
+            let start = input_time("schedule.start_time", start)?;
+            if start < self.now() - START_SKEW_MS {
+                return Err(Error::invalid(
+                    "schedule.start_time",
+                    format!(
+                        "{} lies more than {} minutes in the past: leave it empty to start now",
+                        pim_runtime::db::rfc3339(start),
+                        START_SKEW_MS / 60_000
+                    ),
+                ));
+            }
+        }
         use pb::RequestAction as A;
         let created = match A::try_from(r.action) {
             Ok(action @ (A::AdminAssign | A::AdminRenew)) => {
