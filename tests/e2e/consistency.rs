@@ -16,17 +16,25 @@ const ROUNDS: usize = 20;
 /// `RACERS` concurrent selfActivate calls with `token`; the ones that succeeded, and the
 /// refusals (each must be ALREADY_EXISTS naming the winner).
 async fn race(w: &World, token: &str) -> anyhow::Result<(Vec<apb::AssignmentRequest>, Vec<tonic::Status>)> {
+    all_at_once(w, token, RACERS, |i| {
+        activation(EXCHANGE_ADMINISTRATOR, HOUR_MS, &format!("racer {i}"))
+    })
+    .await
+}
+
+/// `n` concurrent CreateRequest calls with `token`, the i-th asking `ask(i)`; the ones that
+/// succeeded, and the refusals.
+async fn all_at_once(
+    w: &World,
+    token: &str,
+    n: usize,
+    ask: impl Fn(usize) -> apb::CreateRequestRequest,
+) -> anyhow::Result<(Vec<apb::AssignmentRequest>, Vec<tonic::Status>)> {
     let mut calls = tokio::task::JoinSet::new();
-    for i in 0..RACERS {
+    for i in 0..n {
         let mut client = w.assignments();
-        let token = token.to_owned();
-        calls.spawn(async move {
-            let ask = activation(EXCHANGE_ADMINISTRATOR, HOUR_MS, &format!("racer {i}"));
-            client
-                .create_request(authed(&token, ask))
-                .await
-                .map(tonic::Response::into_inner)
-        });
+        let asked = authed(token, ask(i));
+        calls.spawn(async move { client.create_request(asked).await.map(tonic::Response::into_inner) });
     }
     let (mut won, mut refused) = (Vec::new(), Vec::new());
     while let Some(outcome) = calls.join_next().await {
@@ -128,6 +136,92 @@ async fn one_request_waits_for_approval_after_each_race(w: World) -> anyhow::Res
             .await?;
     }
     Ok(w)
+}
+
+/// The codes and messages of `refused`, to read in a failed assertion.
+fn codes(refused: &[tonic::Status]) -> Vec<(Code, &str)> {
+    refused.iter().map(|s| (s.code(), s.message())).collect()
+}
+
+/// Administrators racing: the same eligibility assigned, extended and removed by many calls
+/// at once, and an activation ended by many at once; each race has exactly one outcome.
+async fn admin_races_have_one_outcome(w: World) -> anyhow::Result<World> {
+    use apb::{AssignmentKind as K, RequestAction as A};
+    let lee = w.user("lee").await?;
+    for round in 0..5 {
+        let admin_call = |action: A| {
+            let mut ask = request(action, K::Eligible, &lee.id, EXCHANGE_ADMINISTRATOR);
+            ask.justification = format!("round {round}");
+            ask
+        };
+        let (won, refused) = all_at_once(&w, &w.admin, RACERS, |_| {
+            let mut ask = admin_call(A::AdminAssign);
+            ask.schedule = Some(apb::Schedule {
+                start_time: None,
+                expiration: Some(apb::schedule::Expiration::Duration(prost_types::Duration {
+                    seconds: 10 * 24 * 3600,
+                    nanos: 0,
+                })),
+            });
+            ask
+        })
+        .await?;
+        assert_eq!(won.len(), 1, "round {round}: one assignment ({:?})", codes(&refused));
+        let assignment = &won[0].assignment_id;
+        for refusal in &refused {
+            assert_eq!(refusal.code(), Code::AlreadyExists, "round {round}: {refusal:?}");
+            assert!(refusal.message().contains(assignment.as_str()), "{refusal:?}");
+        }
+
+        let end = w.clock.now_ms() + 30 * 24 * HOUR_MS + round as i64 * 1000;
+        let (won, refused) = all_at_once(&w, &w.admin, RACERS / 2, |_| {
+            let mut ask = admin_call(A::AdminExtend);
+            ask.schedule = Some(apb::Schedule {
+                start_time: None,
+                expiration: Some(apb::schedule::Expiration::EndTime(pim_runtime::db::to_timestamp(end))),
+            });
+            ask
+        })
+        .await?;
+        assert_eq!(won.len(), 1, "round {round}: one extension ({:?})", codes(&refused));
+        for refusal in &refused {
+            assert!(
+                matches!(refusal.code(), Code::Aborted | Code::FailedPrecondition),
+                "round {round}: {refusal:?}"
+            );
+        }
+
+        let (won, refused) = all_at_once(&w, &w.admin, RACERS / 2, |_| admin_call(A::AdminRemove)).await?;
+        assert_eq!(won.len(), 1, "round {round}: one removal ({:?})", codes(&refused));
+        for refusal in &refused {
+            assert_eq!(refusal.code(), Code::NotFound, "round {round}: {refusal:?}");
+        }
+    }
+
+    w.make_eligible(&lee, EXCHANGE_ADMINISTRATOR).await?;
+    for round in 0..5 {
+        // Stepped up again each round: the clock moves on.
+        let token = w.stepped_up(&lee)?;
+        w.assignments()
+            .create_request(authed(&token, activation(EXCHANGE_ADMINISTRATOR, HOUR_MS, "work")))
+            .await?;
+        // The default policy lets an activation be ended after 5 minutes.
+        w.clock.advance(std::time::Duration::from_secs(6 * 60));
+        let (won, refused) = all_at_once(&w, &token, RACERS / 2, |_| {
+            request(A::SelfDeactivate, K::Active, "", EXCHANGE_ADMINISTRATOR)
+        })
+        .await?;
+        assert_eq!(won.len(), 1, "round {round}: one deactivation ({:?})", codes(&refused));
+        for refusal in &refused {
+            assert_eq!(refusal.code(), Code::NotFound, "round {round}: {refusal:?}");
+        }
+    }
+    Ok(w)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_admin_assignments_extensions_and_removals_have_one_outcome() -> anyhow::Result<()> {
+    run_on_both(admin_races_have_one_outcome).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -413,7 +507,7 @@ async fn in_one_process_the_next_check_after_a_membership_change_sees_it() -> an
 
 /// An activation whose end has passed no longer blocks a new one, even before the timer ended
 /// it: the database's one-activation rule ends it on the spot (an `expired` RoleDeactivated)
-/// and the new activation is made.
+/// and the new activation is made. The same for an administrator's assignment.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_activation_past_its_end_gives_way_before_the_timer_runs() -> anyhow::Result<()> {
     use std::time::Duration;
@@ -440,6 +534,35 @@ async fn an_activation_past_its_end_gives_way_before_the_timer_runs() -> anyhow:
         assert!(w.check(&lee.id, EXCHANGE_ADMINISTRATOR).await?.allowed);
         let live = live_activations(&w, &lee.id).await?;
         assert_eq!(live, vec![second.assignment_id.clone()]);
+
+        // The same for an administrator's assignment: one past its end gives way to a new one.
+        let mut ask = request(
+            apb::RequestAction::AdminAssign,
+            apb::AssignmentKind::Active,
+            &lee.id,
+            EXCHANGE_ADMINISTRATOR,
+        );
+        ask.justification = "on call".into();
+        ask.schedule = Some(apb::Schedule {
+            start_time: None,
+            expiration: Some(apb::schedule::Expiration::Duration(prost_types::Duration {
+                seconds: 24 * 3600,
+                nanos: 0,
+            })),
+        });
+        let assigned = w
+            .assignments()
+            .create_request(authed(&w.admin, ask.clone()))
+            .await?
+            .into_inner();
+        w.clock.advance(Duration::from_millis(25 * HOUR_MS as u64));
+        let again = w
+            .assignments()
+            .create_request(authed(&w.admin, ask))
+            .await?
+            .into_inner();
+        assert_ne!(again.assignment_id, assigned.assignment_id);
+        assert!(w.check(&lee.id, EXCHANGE_ADMINISTRATOR).await?.allowed);
         Ok(w)
     })
     .await

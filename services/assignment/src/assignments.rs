@@ -342,13 +342,8 @@ impl Assignments {
                 )));
             }
         }
-        if existing.iter().any(|a| a.origin == "admin") {
-            return Err(Error::AlreadyExists(format!(
-                "{principal_id} already has an {} assignment of {} at {}",
-                r.assignment.kind.as_str(),
-                role.name,
-                scope.as_str()
-            )));
+        if let Some(live) = existing.iter().find(|a| a.origin == "admin") {
+            return Err(already_assigned(&role.name, live));
         }
         let ticket = r.ticket.unwrap_or_default();
         let request = RequestRow {
@@ -378,7 +373,36 @@ impl Assignments {
         if r.validate_only {
             return Ok(request);
         }
-        self.grant(Some(caller.actor()), request, &principal, &role.name).await
+        let grant = || self.grant(Some(caller.actor()), request.clone(), &principal, &role.name);
+        match grant().await {
+            Err(err) if is_duplicate(&err) => {}
+            granted => return granted,
+        }
+        // Refused by the database: another administrator's assignment of the role at the
+        // scope is held (perhaps from a concurrent call). One whose end passed before the
+        // timer ended it is ended now, and the grant tried once more.
+        let kind = r.assignment.kind.as_str();
+        let live = store::live_admin_assignment(&self.db, kind, principal_id, &role.id, scope.as_str()).await?;
+        match live {
+            Some(lapsed) if lapsed.end_at.is_some_and(|end| end <= now) => {
+                let txn = self.db.begin().await?;
+                self.end(&txn, &lapsed, "expired", Some(system_actor()), &role.name, now)
+                    .await?;
+                txn.commit().await?;
+                self.index.remove(&lapsed.principal_id, &lapsed.id);
+                match grant().await {
+                    Err(err) if is_duplicate(&err) => {}
+                    granted => return granted,
+                }
+                let live = store::live_admin_assignment(&self.db, kind, principal_id, &role.id, scope.as_str()).await?;
+                Err(live.map_or_else(
+                    || err_same_moment(&role.name, &scope),
+                    |l| already_assigned(&role.name, &l),
+                ))
+            }
+            Some(live) => Err(already_assigned(&role.name, &live)),
+            None => Err(err_same_moment(&role.name, &scope)),
+        }
     }
 
     /// Records a request that grants an assignment, the assignment, and their events, in one transaction.
@@ -599,9 +623,21 @@ impl Assignments {
         }
         self.record_request(&txn, Some(caller.actor()), &request, &role.name)
             .await?;
+        let mut removed = 0;
         for a in &open {
-            self.end(&txn, a, "removed", Some(caller.actor()), &role.name, now)
-                .await?;
+            removed += usize::from(
+                self.end(&txn, a, "removed", Some(caller.actor()), &role.name, now)
+                    .await?,
+            );
+        }
+        if removed == 0 {
+            // A concurrent removal or expiry ended them first: one outcome, theirs.
+            return Err(Error::NotFound(format!(
+                "{} assignment of {} for {principal_id} at {} (it ended meanwhile)",
+                r.kind.as_str(),
+                role.name,
+                scope.as_str()
+            )));
         }
         txn.commit().await?;
         for a in &open {
@@ -782,10 +818,11 @@ impl Assignments {
         end: Option<i64>,
         role_name: &str,
         request: &RequestRow,
-    ) -> Result<()> {
-        if let Some(version) = store::set_assignment_end(txn, &assignment.id, end).await? {
-            assignment.version = version;
-        }
+    ) -> Result<bool> {
+        let Some(version) = store::set_assignment_end(txn, &assignment.id, assignment.version, end).await? else {
+            return Ok(false);
+        };
+        assignment.version = version;
         if let Some(end) = end {
             self.timers.deadline(end);
         }
@@ -813,7 +850,8 @@ impl Assignments {
         } else {
             "ActiveAssignmentUpdated"
         };
-        self.emit(txn, event_type, &assignment.principal_id, &event).await
+        self.emit(txn, event_type, &assignment.principal_id, &event).await?;
+        Ok(true)
     }
 
     /// selfExtend / selfRenew: a principal asks to keep an assignment an administrator made —
@@ -960,8 +998,7 @@ impl Assignments {
             match open.filter(|a| Some(&a.id) == request.assignment_id.as_ref()) {
                 Some(mut a) => {
                     self.change_end(txn, actor, &mut a, request.end_at, &role_name, request)
-                        .await?;
-                    true
+                        .await?
                 }
                 None => false,
             }
@@ -977,6 +1014,13 @@ impl Assignments {
             .await?;
             match (open, last) {
                 (None, Some(last)) => {
+                    if last.status == "active" {
+                        // Past its end, not yet ended by the timer: it gives way (one live
+                        // administrator's assignment at a time, held by the database).
+                        self.end(txn, &last, "expired", Some(system_actor()), &role_name, now)
+                            .await?;
+                        self.index.remove(&last.principal_id, &last.id);
+                    }
                     request.start_at = request.start_at.max(now);
                     if let Some(length) = request.duration_ms {
                         request.end_at = Some(request.start_at + length);
@@ -1060,8 +1104,17 @@ impl Assignments {
         }
         self.record_request(&txn, Some(caller.actor()), &request, &role.name)
             .await?;
-        self.change_end(&txn, Some(caller.actor()), &mut assignment, end, &role.name, &request)
-            .await?;
+        if !self
+            .change_end(&txn, Some(caller.actor()), &mut assignment, end, &role.name, &request)
+            .await?
+        {
+            // Another change or removal committed since the read: this one is not applied.
+            return Err(Error::Aborted(format!(
+                "the {} assignment {} changed or ended meanwhile; look again",
+                r.kind.as_str(),
+                assignment.id
+            )));
+        }
         txn.commit().await?;
         self.index.upsert_row(&assignment);
         self.committed(&[&request.id]);
@@ -1346,8 +1399,17 @@ impl Assignments {
         }
         self.record_request(&txn, Some(caller.actor()), &request, &role.name)
             .await?;
-        self.end(&txn, &activation, "deactivated", Some(caller.actor()), &role.name, now)
-            .await?;
+        if !self
+            .end(&txn, &activation, "deactivated", Some(caller.actor()), &role.name, now)
+            .await?
+        {
+            // A concurrent deactivation or the timer ended it first: one outcome, theirs.
+            return Err(Error::NotFound(format!(
+                "an activation of {} at {} (it ended meanwhile)",
+                role.name,
+                scope.as_str()
+            )));
+        }
         txn.commit().await?;
         self.index.remove(&activation.principal_id, &activation.id);
         self.committed(&[&request.id]);
@@ -1639,6 +1701,32 @@ impl AccessCheck for Assignments {
         let scope = Scope::parse(scope)?;
         Ok(self.decide(principal, target, &scope).await?.0)
     }
+}
+
+/// Whether the database refused a write for a unique index (a second live assignment or
+/// waiting request where one may be).
+fn is_duplicate(err: &Error) -> bool {
+    matches!(err, Error::Internal(e) if e.downcast_ref::<sea_orm::DbErr>().is_some_and(pim_runtime::db::is_unique_violation))
+}
+
+/// ALREADY_EXISTS for a second administrator's assignment while `live` is held.
+fn already_assigned(role_name: &str, live: &AssignmentRow) -> Error {
+    let until = live
+        .end_at
+        .map(|end| format!("until {}", pim_runtime::db::rfc3339(end)))
+        .unwrap_or_else(|| "permanent".into());
+    Error::AlreadyExists(format!(
+        "{} already has an {} assignment of {role_name} at {} (assignment {}, {until}); extend or update it instead",
+        live.principal_id, live.kind, live.scope, live.id
+    ))
+}
+
+/// ALREADY_EXISTS when the one that collided ended before it could be named.
+fn err_same_moment(role_name: &str, scope: &Scope) -> Error {
+    Error::AlreadyExists(format!(
+        "another assignment of {role_name} at {} was being made at the same moment; look at the assignments",
+        scope.as_str()
+    ))
 }
 
 /// ALREADY_EXISTS for a second activation while `live` is in force (or scheduled).

@@ -22,6 +22,11 @@ pub enum Error {
     #[error("{0}")]
     FailedPrecondition(String),
 
+    /// A concurrent change committed between this call's read and its write; nothing was
+    /// applied (ABORTED: look again, then retry if still wanted).
+    #[error("{0}")]
+    Aborted(String),
+
     /// A read asked for a freshness this replica has not reached within the call's deadline.
     #[error("{0}")]
     Stale(pim_runtime::consistency::Stale),
@@ -55,6 +60,7 @@ impl From<Error> for Status {
             Error::AlreadyExists(m) => Status::already_exists(m),
             Error::PolicyViolation(v) => failed_precondition("request", &v),
             Error::FailedPrecondition(m) => Status::failed_precondition(m),
+            Error::Aborted(m) => Status::aborted(m),
             Error::Stale(stale @ Stale::Unfollowed(_)) => invalid_argument("at_least_as_fresh", &stale.to_string()),
             Error::Stale(stale) => unavailable_retry(&stale.to_string(), Duration::from_millis(100)),
 

@@ -133,11 +133,7 @@ impl MigratorTrait for Migrator {
                 // principal, role and scope: the database refuses the second, however the
                 // requests race. Duplicates a race left before are ended first (the oldest
                 // stays), so the indexes can be made.
-                let now = if d.backend() == DbBackend::Postgres {
-                    "CAST(EXTRACT(EPOCH FROM now()) * 1000 AS BIGINT)"
-                } else {
-                    "CAST(strftime('%s', 'now') AS INTEGER) * 1000"
-                };
+                let now = sql_now_ms(d.backend());
                 format!(
                     "UPDATE assignments SET status = 'deactivated', ended_at = {now}, end_at = {now}
                      WHERE status = 'active' AND origin = 'activation' AND id NOT IN
@@ -153,7 +149,32 @@ impl MigratorTrait for Migrator {
                        WHERE status = 'PendingApproval' AND action = 'selfActivate'"
                 )
             }),
+            SqlMigration::boxed("m0006_one_admin_assignment", |d| {
+                // At most one administrator's assignment of each kind (eligible, active) per
+                // principal, role and scope in force or scheduled: the database refuses the
+                // second, however the calls race. Duplicates made before are removed first
+                // (the oldest stays). No events: the readers' indexes hold one row per
+                // assignment id, and the kept one grants the same.
+                let now = sql_now_ms(d.backend());
+                format!(
+                    "UPDATE assignments SET status = 'removed', ended_at = {now}, end_at = {now}
+                     WHERE status = 'active' AND origin = 'admin' AND id NOT IN
+                       (SELECT MIN(id) FROM assignments WHERE status = 'active' AND origin = 'admin'
+                        GROUP BY kind, principal_id, role_id, scope);
+                     CREATE UNIQUE INDEX assignments_one_admin ON assignments (kind, principal_id, role_id, scope)
+                       WHERE status = 'active' AND origin = 'admin'"
+                )
+            }),
         ]
+    }
+}
+
+/// SQL for the current time in milliseconds since the epoch, for migrations.
+fn sql_now_ms(backend: DbBackend) -> &'static str {
+    if backend == DbBackend::Postgres {
+        "CAST(EXTRACT(EPOCH FROM now()) * 1000 AS BIGINT)"
+    } else {
+        "CAST(strftime('%s', 'now') AS INTEGER) * 1000"
     }
 }
 
@@ -422,17 +443,18 @@ pub async fn lock_permanent_global_admins<C: ConnectionTrait>(
         .collect()
 }
 
-/// Changes the end of an assignment still active; returns whether it was.
-/// Moves an active assignment's end; returns its new version (none if it is not active).
+/// Moves an active assignment's end if it is still at `version` (compare and set); returns its
+/// new version, none if it ended or changed since it was read.
 pub async fn set_assignment_end<C: ConnectionTrait>(
     c: &C,
     id: &str,
+    version: i64,
     end_at: Option<i64>,
 ) -> Result<Option<i64>, DbErr> {
     db::query_one(
         c,
-        "UPDATE assignments SET end_at = $1, version = version + 1 WHERE id = $2 AND status = 'active' RETURNING version",
-        vec![end_at.into(), id.into()],
+        "UPDATE assignments SET end_at = $1, version = version + 1 WHERE id = $2 AND version = $3 AND status = 'active' RETURNING version",
+        vec![end_at.into(), id.into(), version.into()],
     )
     .await?
     .map(|r| col(&r, "version"))
@@ -564,6 +586,29 @@ pub async fn live_activation<C: ConnectionTrait>(
         .await?
         .map(|r| AssignmentRow::from_row(&r))
         .transpose()
+}
+
+/// The administrator's `kind` assignment of `role_id` at `scope` to `principal_id` the
+/// database still holds active (in force, scheduled, or past its end before the timer ran).
+pub async fn live_admin_assignment<C: ConnectionTrait>(
+    c: &C,
+    kind: &str,
+    principal_id: &str,
+    role_id: &str,
+    scope: &str,
+) -> Result<Option<AssignmentRow>, DbErr> {
+    let sql = format!(
+        "SELECT {ASSIGNMENT_COLUMNS} FROM assignments WHERE status = 'active' AND origin = 'admin' \
+         AND kind = $1 AND principal_id = $2 AND role_id = $3 AND scope = $4"
+    );
+    db::query_one(
+        c,
+        &sql,
+        vec![kind.into(), principal_id.into(), role_id.into(), scope.into()],
+    )
+    .await?
+    .map(|r| AssignmentRow::from_row(&r))
+    .transpose()
 }
 
 /// The selfActivate request of `role_id` at `scope` by `principal_id` waiting for approval, if any.
