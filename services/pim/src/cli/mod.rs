@@ -1101,12 +1101,15 @@ async fn service_principals(cmd: SpCommand) -> anyhow::Result<i32> {
         }
         SpCommand::Disable { id, client } => {
             let session = Session::open(&client, true)?;
-            DirectoryServiceClient::new(session.channel.clone())
-                .disable_service_principal(session.request(ipb::GetServicePrincipalRequest {
-                    service_principal_id: id.clone(),
-                })?)
-                .await
-                .map_err(explain)?;
+            // Its next `pim check` sees the service principal's access gone.
+            session.remember(
+                DirectoryServiceClient::new(session.channel.clone())
+                    .disable_service_principal(session.request(ipb::GetServicePrincipalRequest {
+                        service_principal_id: id.clone(),
+                    })?)
+                    .await
+                    .map_err(explain)?,
+            );
             println!("Service principal {id} disabled");
         }
     }
