@@ -143,8 +143,9 @@ fn codes(refused: &[tonic::Status]) -> Vec<(Code, &str)> {
     refused.iter().map(|s| (s.code(), s.message())).collect()
 }
 
-/// Administrators racing: the same eligibility assigned, extended and removed by many calls
-/// at once, and an activation ended by many at once; each race has exactly one outcome.
+/// Racing changes: the same eligibility assigned, extended and removed by many administrators'
+/// calls at once, its extension asked for by many of its holder's, and an activation ended by
+/// many at once; each race has exactly one outcome.
 async fn admin_races_have_one_outcome(w: World) -> anyhow::Result<World> {
     use apb::{AssignmentKind as K, RequestAction as A};
     let lee = w.user("lee").await?;
@@ -189,6 +190,36 @@ async fn admin_races_have_one_outcome(w: World) -> anyhow::Result<World> {
                 matches!(refusal.code(), Code::Aborted | Code::FailedPrecondition),
                 "round {round}: {refusal:?}"
             );
+        }
+
+        if round == 0 {
+            // Lee asks for more, many times at once: one request waits for approval.
+            let (won, refused) = all_at_once(&w, &lee.token, RACERS / 2, |_| {
+                let mut ask = request(A::SelfExtend, K::Eligible, "", EXCHANGE_ADMINISTRATOR);
+                ask.justification = "the migration slipped".into();
+                ask.schedule = Some(apb::Schedule {
+                    start_time: None,
+                    expiration: Some(apb::schedule::Expiration::EndTime(pim_runtime::db::to_timestamp(
+                        end + 24 * HOUR_MS,
+                    ))),
+                });
+                ask
+            })
+            .await?;
+            assert_eq!(won.len(), 1, "one waiting extension ({:?})", codes(&refused));
+            assert_eq!(won[0].status, apb::RequestStatus::PendingApproval as i32);
+            for refusal in &refused {
+                assert_eq!(refusal.code(), Code::AlreadyExists, "{refusal:?}");
+                assert!(refusal.message().contains(won[0].id.as_str()), "{refusal:?}");
+            }
+            w.assignments()
+                .cancel_request(authed(
+                    &lee.token,
+                    apb::GetRequestRequest {
+                        request_id: won[0].id.clone(),
+                    },
+                ))
+                .await?;
         }
 
         let (won, refused) = all_at_once(&w, &w.admin, RACERS / 2, |_| admin_call(A::AdminRemove)).await?;

@@ -936,12 +936,8 @@ impl Assignments {
         policy
             .check_new_end(r.kind, start, end, now)
             .map_err(Error::PolicyViolation)?;
-        if store::pending_request_exists(&self.db, &caller.principal_id, &role.id, scope.as_str()).await? {
-            return Err(Error::FailedPrecondition(format!(
-                "a request for {} at {} is already waiting for approval",
-                role.name,
-                scope.as_str()
-            )));
+        if let Some(waiting) = store::pending_request(&self.db, &caller.principal_id, &role.id, scope.as_str()).await? {
+            return Err(already_waiting(&role.name, &waiting));
         }
         let request = RequestRow {
             id: if r.validate_only { String::new() } else { new_id() },
@@ -966,8 +962,21 @@ impl Assignments {
             return Ok(request);
         }
         let txn = self.db.begin().await?;
-        self.record_request(&txn, Some(caller.actor()), &request, &role.name)
-            .await?;
+        match self
+            .record_request(&txn, Some(caller.actor()), &request, &role.name)
+            .await
+        {
+            // The database holds one waiting request per role and scope: a concurrent one won.
+            Err(err) if is_duplicate(&err) => {
+                txn.rollback().await?;
+                let waiting = store::pending_request(&self.db, &caller.principal_id, &role.id, scope.as_str()).await?;
+                return Err(waiting.map_or_else(
+                    || err_same_moment(&role.name, &scope),
+                    |w| already_waiting(&role.name, &w),
+                ));
+            }
+            recorded => recorded?,
+        }
         txn.commit().await?;
         self.committed(&[&request.id]);
         Ok(request)
@@ -1201,7 +1210,7 @@ impl Assignments {
         };
         if r.validate_only {
             if let Some(waiting) =
-                store::pending_activation(&self.db, &caller.principal_id, &role.id, scope.as_str()).await?
+                store::pending_request(&self.db, &caller.principal_id, &role.id, scope.as_str()).await?
             {
                 return Err(already_waiting(&role.name, &waiting));
             }
@@ -1268,7 +1277,7 @@ impl Assignments {
         if let Some(live) = store::live_activation(&self.db, principal, role_id, scope).await? {
             return Ok(already_active(role_name, &live));
         }
-        if let Some(waiting) = store::pending_activation(&self.db, principal, role_id, scope).await? {
+        if let Some(waiting) = store::pending_request(&self.db, principal, role_id, scope).await? {
             return Ok(already_waiting(role_name, &waiting));
         }
         Ok(Error::AlreadyExists(format!(
@@ -1741,10 +1750,11 @@ fn already_active(role_name: &str, live: &AssignmentRow) -> Error {
     ))
 }
 
-/// ALREADY_EXISTS for a second activation while `waiting` awaits approval.
+/// ALREADY_EXISTS for a second request while `waiting` awaits approval.
 fn already_waiting(role_name: &str, waiting: &RequestRow) -> Error {
     Error::AlreadyExists(format!(
-        "an activation of {role_name} at {} is already waiting for approval (request {}, since {}); cancel it or wait for the decision",
+        "a request ({}) of {role_name} at {} is already waiting for approval (request {}, since {}); cancel it or wait for the decision",
+        waiting.action,
         waiting.scope,
         waiting.id,
         pim_runtime::db::rfc3339(waiting.created_at)

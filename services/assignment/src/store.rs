@@ -165,6 +165,21 @@ impl MigratorTrait for Migrator {
                        WHERE status = 'active' AND origin = 'admin'"
                 )
             }),
+            SqlMigration::boxed("m0007_one_pending_request", |d| {
+                // One request waiting for approval per principal, role and scope, whatever it
+                // asks (activate, extend, renew), as m0005 holds it for activations: later
+                // duplicates are canceled first.
+                let now = sql_now_ms(d.backend());
+                format!(
+                    "UPDATE requests SET status = 'Canceled', updated_at = {now}
+                     WHERE status = 'PendingApproval' AND id NOT IN
+                       (SELECT MIN(id) FROM requests WHERE status = 'PendingApproval'
+                        GROUP BY principal_id, role_id, scope);
+                     DROP INDEX requests_one_pending_activation;
+                     CREATE UNIQUE INDEX requests_one_pending ON requests (principal_id, role_id, scope)
+                       WHERE status = 'PendingApproval'"
+                )
+            }),
         ]
     }
 }
@@ -612,36 +627,20 @@ pub async fn live_admin_assignment<C: ConnectionTrait>(
 }
 
 /// The selfActivate request of `role_id` at `scope` by `principal_id` waiting for approval, if any.
-pub async fn pending_activation<C: ConnectionTrait>(
+pub async fn pending_request<C: ConnectionTrait>(
     c: &C,
     principal_id: &str,
     role_id: &str,
     scope: &str,
 ) -> Result<Option<RequestRow>, DbErr> {
     let sql = format!(
-        "SELECT {REQUEST_COLUMNS} FROM requests WHERE status = 'PendingApproval' AND action = 'selfActivate' \
+        "SELECT {REQUEST_COLUMNS} FROM requests WHERE status = 'PendingApproval' \
          AND principal_id = $1 AND role_id = $2 AND scope = $3"
     );
     db::query_one(c, &sql, vec![principal_id.into(), role_id.into(), scope.into()])
         .await?
         .map(|r| RequestRow::from_row(&r))
         .transpose()
-}
-
-/// Whether the principal already waits for approval of a request for this role here.
-pub async fn pending_request_exists<C: ConnectionTrait>(
-    c: &C,
-    principal_id: &str,
-    role_id: &str,
-    scope: &str,
-) -> Result<bool, DbErr> {
-    Ok(db::query_one(
-        c,
-        "SELECT id FROM requests WHERE principal_id = $1 AND role_id = $2 AND scope = $3 AND status = 'PendingApproval' LIMIT 1",
-        vec![principal_id.into(), role_id.into(), scope.into()],
-    )
-    .await?
-    .is_some())
 }
 
 /// The principal's most recently expired assignment an administrator made (not one that was
