@@ -9,6 +9,7 @@ mod backbone;
 mod consistency;
 mod credentials;
 mod groups;
+mod layering;
 mod mfa;
 mod protection;
 mod reviews;

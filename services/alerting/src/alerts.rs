@@ -86,7 +86,7 @@ pub struct Subject {
 }
 
 fn privileged(role_id: &str) -> bool {
-    pim_assignment::BUILT_IN_ROLES
+    pim_proto::catalogue::BUILT_IN_ROLES
         .iter()
         .any(|r| r.privileged && r.id == role_id)
 }
@@ -648,7 +648,7 @@ impl Alerts {
             &format!("break_glass:{principal_id}"),
             Subject {
                 principal_id: principal_id.into(),
-                role_id: pim_assignment::GLOBAL_ADMINISTRATOR.into(),
+                role_id: pim_proto::catalogue::GLOBAL_ADMINISTRATOR.into(),
                 scope: "/".into(),
             },
             &[event_id.to_owned()],
@@ -666,7 +666,7 @@ impl Alerts {
 
     /// The Global Administrator count judged under settings `s`.
     async fn judge_global_admins(&self, txn: &DatabaseTransaction, event_id: &str, s: &Settings) -> Result<(), Status> {
-        let (admins, total) = store::active_counts(txn, pim_assignment::GLOBAL_ADMINISTRATOR, self.now())
+        let (admins, total) = store::active_counts(txn, pim_proto::catalogue::GLOBAL_ADMINISTRATOR, self.now())
             .await
             .map_err(internal)?;
         let key = "too_many_global_admins";
@@ -681,7 +681,7 @@ impl Alerts {
                 ("privileged_assignments".to_owned(), total.to_string()),
             ]);
             let subject = Subject {
-                role_id: pim_assignment::GLOBAL_ADMINISTRATOR.into(),
+                role_id: pim_proto::catalogue::GLOBAL_ADMINISTRATOR.into(),
                 scope: "/".into(),
                 ..Subject::default()
             };

@@ -24,8 +24,7 @@ use pim_runtime::grpc::{internal, invalid_argument};
 use crate::store::{self, ApprovalRow, DecisionRow, PENDING, Stage};
 
 /// Entra's built-in role ids (the default approvers hold one of them).
-pub const GLOBAL_ADMINISTRATOR: &str = "62e90394-69f5-4237-9190-012177145e10";
-pub const PRIVILEGED_ROLE_ADMINISTRATOR: &str = "e8611ab8-c189-46e8-94e1-60213ab1f814";
+pub use pim_proto::catalogue::{GLOBAL_ADMINISTRATOR, PRIVILEGED_ROLE_ADMINISTRATOR};
 
 const DEFAULT_TIMEOUT_MS: i64 = 24 * 3_600_000;
 const MAX_JUSTIFICATION: usize = 1000;

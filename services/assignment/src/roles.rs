@@ -5,124 +5,12 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use pim_runtime::access::permissions as p;
 use pim_runtime::db::Db;
 
 use crate::store::{self, RoleRow};
 
-pub struct BuiltInRole {
-    pub id: &'static str,
-    pub name: &'static str,
-    pub description: &'static str,
-    pub permissions: &'static [&'static str],
-    pub privileged: bool,
-}
-
-pub const GLOBAL_ADMINISTRATOR: &str = "62e90394-69f5-4237-9190-012177145e10";
-pub const PRIVILEGED_ROLE_ADMINISTRATOR: &str = "e8611ab8-c189-46e8-94e1-60213ab1f814";
-
-pub const BUILT_IN_ROLES: &[BuiltInRole] = &[
-    BuiltInRole {
-        id: GLOBAL_ADMINISTRATOR,
-        name: "Global Administrator",
-        description: "Can manage every aspect of the directory and of PIM.",
-        permissions: &[p::ALL],
-        privileged: true,
-    },
-    BuiltInRole {
-        id: PRIVILEGED_ROLE_ADMINISTRATOR,
-        name: "Privileged Role Administrator",
-        description: "Can manage role assignments, role policies and role-assignable groups.",
-        permissions: &[
-            p::ASSIGNMENTS_MANAGE,
-            p::ASSIGNMENTS_READ,
-            p::POLICIES_MANAGE,
-            p::ROLES_MANAGE,
-            p::APPROVALS_MANAGE,
-            p::REVIEWS_MANAGE,
-            p::GROUPS_MANAGE,
-            p::ROLE_ASSIGNABLE_GROUPS_MANAGE,
-            p::USERS_READ,
-            p::AUDIT_READ,
-            p::RECONCILE_REPORT,
-        ],
-        privileged: true,
-    },
-    BuiltInRole {
-        id: "7be44c8a-adaf-4e2a-84d6-ab2649e08a13",
-        name: "Privileged Authentication Administrator",
-        description: "Can reset credentials and MFA of any user, privileged or not.",
-        permissions: &[
-            p::CREDENTIALS_RESET,
-            p::PRIVILEGED_CREDENTIALS_RESET,
-            p::USERS_READ,
-            p::ASSIGNMENTS_READ,
-        ],
-        privileged: true,
-    },
-    BuiltInRole {
-        id: "c4e39bd9-1100-46d3-8c65-fb160da0071f",
-        name: "Authentication Administrator",
-        description: "Can reset credentials and MFA of users who hold no privileged role.",
-        permissions: &[p::CREDENTIALS_RESET, p::USERS_READ, p::ASSIGNMENTS_READ],
-        privileged: true,
-    },
-    BuiltInRole {
-        id: "fe930be7-5e62-47db-91af-98c3a49a38b1",
-        name: "User Administrator",
-        description: "Can create and manage users and groups (not role-assignable groups).",
-        permissions: &[
-            p::USERS_MANAGE,
-            p::USERS_READ,
-            p::GROUPS_MANAGE,
-            p::CREDENTIALS_RESET,
-            p::ASSIGNMENTS_READ,
-        ],
-        privileged: true,
-    },
-    BuiltInRole {
-        id: "fdd7a751-b60b-444a-984c-02652fe8fa1c",
-        name: "Groups Administrator",
-        description: "Can create and manage groups (not role-assignable groups).",
-        permissions: &[p::GROUPS_MANAGE, p::USERS_READ],
-        privileged: false,
-    },
-    BuiltInRole {
-        id: "194ae4cb-b126-40b2-bd5b-6091b380977d",
-        name: "Security Administrator",
-        description: "Can manage alerts and their rules, and read the audit log.",
-        permissions: &[
-            p::ALERTS_READ,
-            p::ALERTS_MANAGE,
-            p::AUDIT_READ,
-            p::ASSIGNMENTS_READ,
-            p::USERS_READ,
-            p::RECONCILE_REPORT,
-        ],
-        privileged: true,
-    },
-    BuiltInRole {
-        id: "5d6b6bb7-de71-4623-b4af-96380a352509",
-        name: "Security Reader",
-        description: "Can read alerts, assignments and the audit log.",
-        permissions: &[p::ALERTS_READ, p::AUDIT_READ, p::ASSIGNMENTS_READ, p::USERS_READ],
-        privileged: false,
-    },
-    BuiltInRole {
-        id: "f2ef992c-3afb-46b9-b7cf-a126ee74c451",
-        name: "Global Reader",
-        description: "Can read everything a Global Administrator can, and change nothing.",
-        permissions: &[p::USERS_READ, p::ASSIGNMENTS_READ, p::AUDIT_READ, p::ALERTS_READ],
-        privileged: false,
-    },
-    BuiltInRole {
-        id: "29232cdf-9323-42fd-ade2-1d097af3e4de",
-        name: "Exchange Administrator",
-        description: "Can manage the Exchange organisation.",
-        permissions: &[p::EXCHANGE_MANAGE],
-        privileged: false,
-    },
-];
+pub use pim_proto::catalogue::{BUILT_IN_ROLES, GLOBAL_ADMINISTRATOR, PRIVILEGED_ROLE_ADMINISTRATOR};
+use pim_runtime::access::permissions as p;
 
 /// Every role definition, by id, kept in memory (roles change rarely; CheckAccess reads them
 /// on every call).

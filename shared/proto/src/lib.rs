@@ -2,6 +2,8 @@
 
 #![allow(clippy::all, clippy::pedantic)]
 
+pub mod catalogue;
+
 pub mod common {
     pub mod v1 {
         tonic::include_proto!("pim.common.v1");

@@ -15,31 +15,8 @@ use pim_proto::assignment::v1::{CheckAccessRequest, check_access_request};
 use crate::auth::Caller;
 use crate::db::now_ms;
 
-/// Permission names, as held by role definitions.
-pub mod permissions {
-    pub const ALL: &str = "*";
-    pub const USERS_MANAGE: &str = "pim.directory.users.manage";
-    pub const USERS_READ: &str = "pim.directory.users.read";
-    pub const GROUPS_MANAGE: &str = "pim.directory.groups.manage";
-    /// Create role-assignable groups and change their membership (Privileged Role Administrators).
-    pub const ROLE_ASSIGNABLE_GROUPS_MANAGE: &str = "pim.directory.roleAssignableGroups.manage";
-    pub const CREDENTIALS_RESET: &str = "pim.directory.credentials.reset";
-    pub const PRIVILEGED_CREDENTIALS_RESET: &str = "pim.directory.privilegedCredentials.reset";
-    pub const SERVICE_PRINCIPALS_MANAGE: &str = "pim.directory.servicePrincipals.manage";
-    pub const ROLES_MANAGE: &str = "pim.roles.manage";
-    pub const ASSIGNMENTS_MANAGE: &str = "pim.assignments.manage";
-    pub const ASSIGNMENTS_READ: &str = "pim.assignments.read";
-    pub const POLICIES_MANAGE: &str = "pim.policies.manage";
-    pub const APPROVALS_MANAGE: &str = "pim.approvals.manage";
-    pub const REVIEWS_MANAGE: &str = "pim.reviews.manage";
-    pub const AUDIT_READ: &str = "pim.audit.read";
-    pub const ALERTS_READ: &str = "pim.alerts.read";
-    pub const ALERTS_MANAGE: &str = "pim.alerts.manage";
-    pub const RECONCILE_REPORT: &str = "pim.reconcile.report";
-    /// Rotate identity's token signing keys (Global Administrators).
-    pub const SIGNING_KEYS_MANAGE: &str = "pim.directory.signingKeys.manage";
-    pub const EXCHANGE_MANAGE: &str = "exchange.organization.manage";
-}
+/// Permission names, as held by role definitions (the contracts crate owns them).
+pub use pim_proto::catalogue::permissions;
 
 /// What access is asked about: a role, or a permission any held role carries.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

@@ -1,0 +1,54 @@
+//! How the crates depend on each other: services share contracts (`pim-proto`) and the
+//! runtime (`pim-runtime`), never each other's crates. Only the host (`pim`, which runs them)
+//! and the tests depend on service crates.
+
+use std::collections::BTreeSet;
+
+const SERVICE_CRATES: [&str; 5] = [
+    "pim-identity",
+    "pim-assignment",
+    "pim-approval",
+    "pim-alerting",
+    "pim-audit",
+];
+
+#[test]
+fn no_service_crate_depends_on_another() -> anyhow::Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let output = std::process::Command::new(cargo)
+        .args(["metadata", "--no-deps", "--format-version", "1", "--offline"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()?;
+    anyhow::ensure!(
+        output.status.success(),
+        "cargo metadata: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let metadata: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    let packages = metadata["packages"].as_array().cloned().unwrap_or_default();
+    let mut seen = BTreeSet::new();
+    let mut crossings = Vec::new();
+    for package in &packages {
+        let name = package["name"].as_str().unwrap_or_default();
+        if !SERVICE_CRATES.contains(&name) {
+            continue;
+        }
+        seen.insert(name.to_owned());
+        for dependency in package["dependencies"].as_array().into_iter().flatten() {
+            let on = dependency["name"].as_str().unwrap_or_default();
+            if SERVICE_CRATES.contains(&on) {
+                crossings.push(format!("{name} -> {on}"));
+            }
+        }
+    }
+    assert_eq!(
+        seen.len(),
+        SERVICE_CRATES.len(),
+        "every service crate is in the workspace: {seen:?}"
+    );
+    assert!(
+        crossings.is_empty(),
+        "service crates depending on each other: {crossings:?}"
+    );
+    Ok(())
+}
