@@ -1,0 +1,304 @@
+//! Just-in-time activation: a principal turns an eligibility into an active role after the
+//! policy's checks (one statement: the database holds one live activation), and ends it.
+
+use super::*;
+
+impl Assignments {
+    /// selfActivate: the caller turns an eligibility into an active role, after the policy's checks.
+    pub async fn self_activate(&self, caller: &Caller, r: ActivateRequest) -> Result<RequestRow> {
+        let scope = Scope::parse(&r.scope)?;
+        let role = self.role(&r.role)?;
+        let now = self.now();
+        let mut violations = Vec::new();
+        // One read for everything below: the caller's and their groups' unended assignments
+        // of the role (eligible directly, or through a role-assignable group), and the
+        // role's policies at the scope and above.
+        let mut holders = vec![caller.principal_id.clone()];
+        holders.extend(self.memberships.groups_of(&caller.principal_id));
+        let scopes = scope.with_ancestors();
+        let (held, policies) = store::activation_inputs(&self.db, &holders, &role.id, &scopes, now).await?;
+        let eligibility = held
+            .iter()
+            .filter(|a| a.kind == Kind::Eligible.as_str() && a.start_at <= now)
+            .filter(|e| scopes.contains(&e.scope))
+            // The eligibility that lasts longest.
+            .max_by_key(|e| e.end_at.unwrap_or(i64::MAX));
+        if eligibility.is_none() {
+            violations.push(RuleViolation {
+                kind: "EligibilityRule",
+                message: format!("you are not eligible for {} at {}", role.name, scope.as_str()),
+            });
+        }
+        let (policy, _) = nearest_policy(&policies, &scopes)?;
+        let mfa = MfaState {
+            has_otp: caller.amr.iter().any(|m| m == "otp" || m == "mfa"),
+            mfa_at: caller.mfa_at.map(|s| s.saturating_mul(1000)),
+        };
+        let eligible_until = eligibility.and_then(|e| e.end_at);
+        let schedule = match policy.check_activation(&r.ask, mfa, eligible_until, now) {
+            Ok(s) if violations.is_empty() => s,
+            Ok(_) => return Err(Error::PolicyViolation(violations)),
+            Err(v) => {
+                violations.extend(v);
+                return Err(Error::PolicyViolation(violations));
+            }
+        };
+        // The caller's own activation of the role at this very scope, started or not. (A
+        // quick answer; what guarantees one at a time is the database, at the insert below.)
+        if let Some(a) = held.iter().find(|a| {
+            a.kind == Kind::Active.as_str()
+                && a.origin == "activation"
+                && a.principal_id == caller.principal_id
+                && a.scope == scope.as_str()
+        }) {
+            return Err(already_active(&role.name, a));
+        }
+        let length = schedule.end.map(|e| e - schedule.start).unwrap_or_default();
+        let mut request = RequestRow {
+            id: if r.validate_only { String::new() } else { new_id() },
+            action: "selfActivate".into(),
+            kind: Kind::Active.as_str().into(),
+            principal_id: caller.principal_id.clone(),
+            role_id: role.id.clone(),
+            scope: scope.as_str().into(),
+            status: if policy.approval_required {
+                "PendingApproval"
+            } else if schedule.start > now {
+                "ScheduleCreated"
+            } else {
+                "Provisioned"
+            }
+            .into(),
+            start_at: schedule.start,
+            end_at: schedule.end,
+            justification: r.ask.justification.trim().into(),
+            ticket_system: r.ask.ticket_system.trim().into(),
+            ticket_number: r.ask.ticket_number.trim().into(),
+            requested_by: caller.principal_id.clone(),
+            created_at: now,
+            assignment_id: None,
+            duration_ms: Some(length),
+            policy: serde_json::to_string(&policy).map_err(|e| Error::Internal(e.into()))?,
+        };
+        if r.validate_only {
+            if let Some(waiting) =
+                store::pending_request(&self.db, &caller.principal_id, &role.id, scope.as_str()).await?
+            {
+                return Err(already_waiting(&role.name, &waiting));
+            }
+            return Ok(request);
+        }
+        // The hot path of the service, so as few round trips as it can be: the request (unless
+        // one is waiting for approval), the assignment when no approval is needed, and their
+        // events, in one statement.
+        let assignment =
+            (!policy.approval_required).then(|| self.activation_assignment(&request, &caller.name, schedule));
+        request.assignment_id = assignment.as_ref().map(|a| a.id.clone());
+        let mut events = vec![envelope(
+            SOURCE,
+            "RequestCreated",
+            &request.id,
+            &self.request_created(Some(caller.actor()), &request, &role.name),
+        )];
+        let starts_now = assignment.as_ref().is_some_and(|a| a.start_at <= now);
+        if let Some(a) = assignment.as_ref().filter(|_| starts_now) {
+            let activated = self.role_activated(Some(caller.actor()), a, &role.name, &request.justification);
+            events.push(envelope(SOURCE, "RoleActivated", &a.principal_id, &activated));
+        }
+        let insert = || {
+            store::insert_activation(
+                &self.db,
+                &request,
+                assignment.as_ref().map(|a| (a, starts_now)),
+                OutboxRows::new(streams::ASSIGNMENT, &events),
+                now,
+            )
+        };
+        if !insert().await? {
+            // Refused by the database: another activation of the role at the scope is live or
+            // waiting (perhaps from a concurrent call). One whose end passed before the timer
+            // ended it is ended now, and the activation tried once more.
+            let (principal, scope) = (&caller.principal_id, scope.as_str());
+            let lapsed = store::live_activation(&self.db, principal, &role.id, scope)
+                .await?
+                .filter(|live| live.end_at.is_some_and(|end| end <= now));
+            let Some(lapsed) = lapsed else {
+                return Err(self.refusal(principal, &role.name, &role.id, scope).await?);
+            };
+            let txn = self.db.begin().await?;
+            self.end(&txn, &lapsed, "expired", Some(system_actor()), &role.name, now)
+                .await?;
+            txn.commit().await?;
+            self.index.remove(&lapsed.principal_id, &lapsed.id);
+            if !insert().await? {
+                return Err(self.refusal(principal, &role.name, &role.id, scope).await?);
+            }
+        }
+        if let Some(a) = &assignment {
+            self.announce_deadlines(a, starts_now);
+        }
+        if let Some(a) = &assignment {
+            self.index.upsert_row(a);
+        }
+        self.committed(&[&request.id]);
+        Ok(request)
+    }
+
+    /// Why the database refused an activation: the live or waiting one it collided with.
+    pub(super) async fn refusal(&self, principal: &str, role_name: &str, role_id: &str, scope: &str) -> Result<Error> {
+        if let Some(live) = store::live_activation(&self.db, principal, role_id, scope).await? {
+            return Ok(already_active(role_name, &live));
+        }
+        if let Some(waiting) = store::pending_request(&self.db, principal, role_id, scope).await? {
+            return Ok(already_waiting(role_name, &waiting));
+        }
+        Ok(Error::AlreadyExists(format!(
+            "another activation of {role_name} at {scope} was being made at the same moment; look at your requests"
+        )))
+    }
+
+    pub(super) fn activation_assignment(
+        &self,
+        request: &RequestRow,
+        principal_name: &str,
+        schedule: Schedule,
+    ) -> AssignmentRow {
+        AssignmentRow {
+            id: new_id(),
+            kind: Kind::Active.as_str().into(),
+            principal_id: request.principal_id.clone(),
+            principal_kind: "user".into(),
+            principal_name: principal_name.into(),
+            role_id: request.role_id.clone(),
+            scope: request.scope.clone(),
+            start_at: schedule.start,
+            end_at: schedule.end,
+            status: "active".into(),
+            origin: "activation".into(),
+            request_id: request.id.clone(),
+            created_by: request.principal_id.clone(),
+            version: 1,
+        }
+    }
+
+    /// Stores an activation's assignment; if it starts now, it is active at once and announced.
+    pub(super) async fn provision(
+        &self,
+        txn: &DatabaseTransaction,
+        a: &AssignmentRow,
+        actor: Option<Actor>,
+        role_name: &str,
+        justification: &str,
+        now: i64,
+    ) -> Result<()> {
+        let starts_now = a.start_at <= now;
+        store::insert_assignment(txn, a, starts_now, now).await?;
+        self.announce_deadlines(a, starts_now);
+        if starts_now {
+            self.emit(
+                txn,
+                "RoleActivated",
+                &a.principal_id,
+                &self.role_activated(actor, a, role_name, justification),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Tells the scheduler when a new activation starts (unless it already has) and ends.
+    pub(super) fn announce_deadlines(&self, a: &AssignmentRow, started: bool) {
+        if !started {
+            self.timers.deadline(a.start_at);
+        }
+        if let Some(end) = a.end_at {
+            self.timers.deadline(end);
+        }
+    }
+
+    pub(crate) fn role_activated(
+        &self,
+        actor: Option<Actor>,
+        a: &AssignmentRow,
+        role_name: &str,
+        justification: &str,
+    ) -> ev::RoleActivated {
+        ev::RoleActivated {
+            actor,
+            assignment_id: a.id.clone(),
+            request_id: a.request_id.clone(),
+            principal_id: a.principal_id.clone(),
+            role_id: a.role_id.clone(),
+            role_name: role_name.into(),
+            scope: a.scope.clone(),
+            start_time: Some(to_timestamp(a.start_at)),
+            end_time: a.end_at.map(to_timestamp),
+            justification: justification.into(),
+            version: a.version,
+        }
+    }
+
+    /// selfDeactivate: the caller ends their own activation now.
+    pub async fn self_deactivate(&self, caller: &Caller, r: EndRequest) -> Result<RequestRow> {
+        let scope = Scope::parse(&r.scope)?;
+        let role = self.role(&r.role)?;
+        let now = self.now();
+        let txn = self.db.begin().await?;
+        let open = store::open_assignments(
+            &txn,
+            Kind::Active.as_str(),
+            &caller.principal_id,
+            &role.id,
+            scope.as_str(),
+            now,
+        )
+        .await?;
+        let Some(activation) = open.into_iter().find(|a| a.origin == "activation") else {
+            return Err(Error::NotFound(format!(
+                "an activation of {} at {}",
+                role.name,
+                scope.as_str()
+            )));
+        };
+        let (policy, _) = self.effective_policy(&txn, &role.id, &scope).await?;
+        let min = policy.min_activation_before_deactivate.as_millis() as i64;
+        if activation.start_at <= now && now - activation.start_at < min {
+            return Err(Error::PolicyViolation(vec![RuleViolation {
+                kind: "ExpirationRule",
+                message: format!("an activation can be ended only after {} minutes", min / 60_000),
+            }]));
+        }
+        let request = Self::ending_request(
+            "selfDeactivate",
+            Kind::Active,
+            &caller.principal_id,
+            &role.id,
+            &scope,
+            &r.justification,
+            &caller.principal_id,
+            Some(activation.id.clone()),
+            now,
+            r.validate_only,
+        );
+        if r.validate_only {
+            return Ok(request);
+        }
+        self.record_request(&txn, Some(caller.actor()), &request, &role.name)
+            .await?;
+        if !self
+            .end(&txn, &activation, "deactivated", Some(caller.actor()), &role.name, now)
+            .await?
+        {
+            // A concurrent deactivation or the timer ended it first: one outcome, theirs.
+            return Err(Error::NotFound(format!(
+                "an activation of {} at {} (it ended meanwhile)",
+                role.name,
+                scope.as_str()
+            )));
+        }
+        txn.commit().await?;
+        self.index.remove(&activation.principal_id, &activation.id);
+        self.committed(&[&request.id]);
+        Ok(request)
+    }
+}

@@ -1,0 +1,631 @@
+//! Assignments and access decisions: who holds which role where, how administrators and
+//! principals change that (requests), the policies that govern it, and the CheckAccess
+//! answer every service relies on.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prost::Message;
+use sea_orm::{ConnectionTrait, DatabaseTransaction, TransactionTrait};
+use tokio::sync::broadcast;
+use tonic::transport::Channel;
+
+use pim_proto::common::v1::{Actor, PrincipalKind, Ticket};
+use pim_proto::events::v1 as ev;
+use pim_proto::identity::v1::GetPrincipalRequest;
+use pim_proto::identity::v1::directory_service_client::DirectoryServiceClient;
+use pim_runtime::access::{AccessCheck, Decision, Target, permissions};
+use pim_runtime::auth::Caller;
+use pim_runtime::clock::Clock;
+use pim_runtime::db::{Db, is_unique_violation, to_timestamp};
+use pim_runtime::events::{Outbox, OutboxRows, envelope, streams};
+use pim_runtime::grpc::RuleViolation;
+
+use crate::domain::{ActivationAsk, AdminAssignment, Kind, MfaState, Policy, Schedule, Scope};
+use crate::error::{Error, Result};
+use crate::groups::Memberships;
+use crate::index::AccessIndex;
+use crate::roles::{GLOBAL_ADMINISTRATOR, RoleCatalog};
+use crate::scheduler::Timers;
+use crate::store::{self, AssignmentRow, RequestRow};
+
+mod activation;
+mod administration;
+mod protections;
+mod requests;
+
+pub use protections::LAST_GLOBAL_ADMIN_KEPT;
+use protections::last_global_admin_refused;
+
+const SOURCE: &str = "pim.assignment";
+
+/// The principal the bootstrap administrator's assignment and timers act as.
+pub const SYSTEM_ACTOR: &str = "system";
+
+/// Request statuses after which nothing more happens to a request.
+pub const FINAL_STATUSES: &[&str] = &["Provisioned", "Denied", "Canceled", "Failed", "Expired", "Revoked"];
+
+pub fn system_actor() -> Actor {
+    Actor {
+        principal_id: SYSTEM_ACTOR.into(),
+        kind: PrincipalKind::Unspecified as i32,
+        display_name: "PIM".into(),
+    }
+}
+
+#[derive(Clone)]
+pub struct Assignments {
+    pub(crate) db: Db,
+    pub(crate) outbox: Outbox,
+    pub(crate) roles: RoleCatalog,
+    pub(crate) identity: DirectoryServiceClient<Channel>,
+    pub(crate) clock: Arc<dyn Clock>,
+    /// Tells the scheduler about new starts and ends.
+    pub(crate) timers: Arc<Timers>,
+    /// Ids of requests whose status changed in this process (WatchRequest).
+    pub(crate) changes: broadcast::Sender<String>,
+    /// Active assignments in memory: the CheckAccess hot path.
+    pub(crate) index: AccessIndex,
+    /// Members of role-assignable groups, in memory.
+    pub(crate) memberships: Memberships,
+    /// How far the index has applied the streams it follows: what a consistency token waits for.
+    pub(crate) freshness: Arc<pim_runtime::consistency::Freshness>,
+}
+
+/// An administrator's request to assign a role, as received.
+pub struct AdminAssignRequest {
+    pub principal_id: String,
+    pub role: String,
+    pub scope: String,
+    pub assignment: AdminAssignment,
+    pub ticket: Option<Ticket>,
+    pub validate_only: bool,
+}
+
+/// A request that names an existing assignment: adminRemove, selfDeactivate.
+pub struct EndRequest {
+    pub kind: Kind,
+    pub principal_id: String,
+    pub role: String,
+    pub scope: String,
+    pub justification: String,
+    pub validate_only: bool,
+}
+
+/// A principal's request to activate an eligible role.
+pub struct ActivateRequest {
+    pub role: String,
+    pub scope: String,
+    pub ask: ActivationAsk,
+    pub validate_only: bool,
+}
+
+/// A principal as the directory knows it.
+struct PrincipalInfo {
+    kind: PrincipalKind,
+    name: String,
+    is_assignable_to_role: bool,
+}
+
+fn principal_kind_str(kind: PrincipalKind) -> &'static str {
+    pim_runtime::auth::kind_claim(kind)
+}
+
+fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+/// Of the policies `set` at some of `scopes` (a scope and those above it, outermost first):
+/// the deepest one, else Entra's defaults; with the scope it was set at.
+fn nearest_policy(set: &[(String, String)], scopes: &[String]) -> Result<(Policy, String)> {
+    for candidate in scopes.iter().rev() {
+        if let Some((_, json)) = set.iter().find(|(s, _)| s == candidate) {
+            let policy = serde_json::from_str(json)
+                .map_err(|e| Error::Internal(anyhow::anyhow!("stored policy is unreadable: {e}")))?;
+            return Ok((policy, candidate.clone()));
+        }
+    }
+    Ok((Policy::default(), "/".to_owned()))
+}
+
+impl Assignments {
+    pub(crate) fn now(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    pub(crate) async fn emit<C: ConnectionTrait>(
+        &self,
+        txn: &C,
+        event_type: &str,
+        subject: &str,
+        event: &impl Message,
+    ) -> Result<()> {
+        self.outbox
+            .enqueue(txn, streams::ASSIGNMENT, &envelope(SOURCE, event_type, subject, event))
+            .await?;
+        Ok(())
+    }
+
+    /// After a commit: let the relay and request watchers know.
+    fn committed(&self, request_ids: &[&str]) {
+        self.outbox.wake();
+        for id in request_ids {
+            let _ = self.changes.send((*id).to_owned());
+        }
+    }
+
+    /// Whether `principal` holds `target` at `scope` (directly, at that scope or above) now.
+    pub async fn decide(&self, principal: &str, target: &Target, scope: &Scope) -> Result<(Decision, Vec<String>)> {
+        let now = self.now();
+        let scopes = scope.with_ancestors();
+        let mut ids = Vec::new();
+        let (mut permanent, mut latest_end) = (false, None::<i64>);
+        let mut weigh = |id: &str, grant: &crate::index::Grant| {
+            let grants = match target {
+                Target::Role(role) => grant.role_id == *role,
+                Target::Permission(p) => self.roles.grants(&grant.role_id, p),
+            };
+            if grants && scopes.contains(&grant.scope) {
+                ids.push(id.to_owned());
+                match grant.end {
+                    None => permanent = true,
+                    Some(end) => latest_end = Some(latest_end.map_or(end, |l| l.max(end))),
+                }
+            }
+        };
+        // The principal's own grants, and those of the role-assignable groups they are in.
+        self.index.visit(principal, now, &mut weigh);
+        for group in self.memberships.groups_of(principal) {
+            self.index.visit(&group, now, &mut weigh);
+        }
+        let allowed = !ids.is_empty();
+        // The access lasts as long as the longest grant; a permanent grant never ends.
+        let expires_at = if permanent { None } else { latest_end };
+        Ok((Decision { allowed, expires_at }, ids))
+    }
+
+    /// Refuses unless the caller holds `permission` at `scope`.
+    pub async fn authorize(&self, caller: &Caller, permission: &str, scope: &Scope) -> Result<()> {
+        let (decision, _) = self
+            .decide(&caller.principal_id, &Target::Permission(permission.to_owned()), scope)
+            .await?;
+        if decision.allowed {
+            Ok(())
+        } else {
+            Err(tonic::Status::permission_denied(format!(
+                "requires permission {permission} at scope {}",
+                scope.as_str()
+            ))
+            .into())
+        }
+    }
+
+    async fn principal(&self, caller: &Caller, id: &str) -> Result<PrincipalInfo> {
+        let mut request = tonic::Request::new(GetPrincipalRequest {
+            principal_id: id.to_owned(),
+        });
+        pim_runtime::telemetry::inject(&mut request);
+        let bearer = format!("Bearer {}", caller.token())
+            .parse()
+            .map_err(|_| Error::invalid("authorization", "malformed token"))?;
+        request.metadata_mut().insert("authorization", bearer);
+        request.set_timeout(Duration::from_secs(3));
+        match self.identity.clone().get_principal(request).await {
+            Ok(p) => {
+                let p = p.into_inner();
+                if !p.enabled {
+                    return Err(Error::FailedPrecondition(format!("principal {id} is disabled")));
+                }
+                Ok(PrincipalInfo {
+                    kind: PrincipalKind::try_from(p.kind).unwrap_or(PrincipalKind::User),
+                    name: p.display_name,
+                    is_assignable_to_role: p.is_assignable_to_role,
+                })
+            }
+            Err(s) if s.code() == tonic::Code::NotFound => Err(Error::NotFound(format!("principal {id}"))),
+            Err(s) => {
+                tracing::warn!(code = ?s.code(), "identity lookup failed");
+                Err(tonic::Status::unavailable("the identity service is unavailable; try again").into())
+            }
+        }
+    }
+
+    fn role(&self, role: &str) -> Result<store::RoleRow> {
+        let role = role.trim();
+        if role.is_empty() {
+            return Err(Error::invalid("role_id", "required"));
+        }
+        self.roles
+            .find(role)
+            .ok_or_else(|| Error::NotFound(format!("role {role}")))
+    }
+
+    // ---- policies ----
+
+    /// The policy in force for (role, scope): the one set at the nearest scope at or above,
+    /// else Entra's defaults (see [`nearest_policy`]).
+    pub async fn effective_policy<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        role_id: &str,
+        scope: &Scope,
+    ) -> Result<(Policy, String)> {
+        // One read for the scope and all above it.
+        let scopes = scope.with_ancestors();
+        let set = store::policies_at(conn, role_id, &scopes).await?;
+        nearest_policy(&set, &scopes)
+    }
+
+    pub async fn get_policy(&self, role: &str, scope: &str) -> Result<(String, Scope, Policy)> {
+        let role = self.role(role)?;
+        let scope = Scope::parse(scope)?;
+        let (policy, _) = self.effective_policy(&self.db, &role.id, &scope).await?;
+        Ok((role.id, scope, policy))
+    }
+
+    pub async fn update_policy(
+        &self,
+        caller: &Caller,
+        role: &str,
+        scope: &str,
+        policy: Policy,
+    ) -> Result<(String, Scope, Policy)> {
+        let role = self.role(role)?;
+        let scope = Scope::parse(scope)?;
+        self.authorize(caller, permissions::POLICIES_MANAGE, &scope).await?;
+        policy.validate()?;
+        let json = serde_json::to_string(&policy).map_err(|e| Error::Internal(e.into()))?;
+        let event = ev::PolicyUpdated {
+            actor: Some(caller.actor()),
+            role_id: role.id.clone(),
+            scope: scope.as_str().into(),
+            activation_requires_mfa: policy.activation_requires_mfa,
+            approval_required: policy.approval_required,
+        };
+        let txn = self.db.begin().await?;
+        store::upsert_policy(&txn, &role.id, scope.as_str(), &json, &caller.principal_id, self.now()).await?;
+        self.emit(&txn, "PolicyUpdated", &role.id, &event).await?;
+        txn.commit().await?;
+        self.committed(&[]);
+        Ok((role.id, scope, policy))
+    }
+
+    /// Stores a request and its RequestCreated event (inside the caller's transaction).
+    async fn record_request(
+        &self,
+        txn: &DatabaseTransaction,
+        actor: Option<Actor>,
+        request: &RequestRow,
+        role_name: &str,
+    ) -> Result<()> {
+        store::insert_request(txn, request).await?;
+        self.emit(
+            txn,
+            "RequestCreated",
+            &request.id,
+            &self.request_created(actor, request, role_name),
+        )
+        .await
+    }
+
+    /// A request that ends an assignment now (adminRemove, selfDeactivate): status Revoked.
+    #[allow(clippy::too_many_arguments)]
+    fn ending_request(
+        action: &str,
+        kind: Kind,
+        principal_id: &str,
+        role_id: &str,
+        scope: &Scope,
+        justification: &str,
+        requested_by: &str,
+        assignment_id: Option<String>,
+        now: i64,
+        validate_only: bool,
+    ) -> RequestRow {
+        RequestRow {
+            id: if validate_only { String::new() } else { new_id() },
+            action: action.into(),
+            kind: kind.as_str().into(),
+            principal_id: principal_id.into(),
+            role_id: role_id.into(),
+            scope: scope.as_str().into(),
+            status: "Revoked".into(),
+            start_at: now,
+            end_at: Some(now),
+            justification: justification.trim().into(),
+            ticket_system: String::new(),
+            ticket_number: String::new(),
+            requested_by: requested_by.into(),
+            created_at: now,
+            assignment_id,
+            duration_ms: None,
+            policy: String::new(),
+        }
+    }
+
+    fn request_created(&self, actor: Option<Actor>, request: &RequestRow, role_name: &str) -> ev::RequestCreated {
+        ev::RequestCreated {
+            actor,
+            request_id: request.id.clone(),
+            action: request.action.clone(),
+            kind: request.kind.clone(),
+            principal_id: request.principal_id.clone(),
+            role_id: request.role_id.clone(),
+            role_name: role_name.into(),
+            scope: request.scope.clone(),
+            justification: request.justification.clone(),
+            ticket: Some(Ticket {
+                system: request.ticket_system.clone(),
+                number: request.ticket_number.clone(),
+            }),
+            start_time: Some(to_timestamp(request.start_at)),
+            end_time: request.end_at.map(to_timestamp),
+            status: request.status.clone(),
+            approval_stages: if request.status == "PendingApproval" {
+                serde_json::from_str::<Policy>(&request.policy)
+                    .unwrap_or_default()
+                    .effective_stages()
+                    .iter()
+                    .map(crate::grpc::stage_to_pb)
+                    .collect()
+            } else {
+                Vec::new()
+            },
+            duration: request
+                .duration_ms
+                .map(|ms| crate::grpc::duration_to_pb(Duration::from_millis(ms.max(0) as u64))),
+        }
+    }
+
+    /// The last entry of the assignment stream the access index has caught up with (Redis;
+    /// empty before the first): tests wait on it to know an event was judged.
+    pub fn index_position(&self) -> String {
+        self.freshness
+            .applied(streams::ASSIGNMENT)
+            .map(|p| p.to_string())
+            .unwrap_or_default()
+    }
+
+    /// Waits until the index has applied what `token` (a client's `at_least_as_fresh`) names,
+    /// at most `within`; an empty token asks for nothing.
+    pub async fn fresh_enough(&self, token: &str, within: std::time::Duration) -> Result<()> {
+        if token.is_empty() {
+            return Ok(());
+        }
+        let token = pim_runtime::consistency::ConsistencyToken::parse(token)
+            .map_err(|why| Error::invalid("at_least_as_fresh", why))?;
+        self.freshness.wait(&token, within).await.map_err(Error::Stale)
+    }
+
+    /// Makes the access index agree with the database about one assignment, after a commit
+    /// that may have changed it: in force, it is (re)indexed; ended, it is forgotten.
+    pub async fn index_assignment(&self, assignment_id: &str) -> Result<()> {
+        self.index_assignments(&[assignment_id.to_owned()]).await
+    }
+
+    /// The same for assignments the stream says changed (any replica's writes): what each is
+    /// now comes from the database, so an event naming an assignment that does not exist, or
+    /// ending one that has not ended, changes nothing.
+    pub async fn index_assignments(&self, ids: &[String]) -> Result<()> {
+        for a in store::find_assignments(&self.db, ids).await? {
+            if a.status == "active" {
+                self.index.upsert_row(&a);
+            } else {
+                self.index.remove(&a.principal_id, &a.id);
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends one assignment with `reason` (expired, removed, deactivated) and tells the others.
+    pub(crate) async fn end(
+        &self,
+        txn: &DatabaseTransaction,
+        a: &AssignmentRow,
+        reason: &str,
+        actor: Option<Actor>,
+        role_name: &str,
+        now: i64,
+    ) -> Result<bool> {
+        if !store::end_assignment(txn, &a.id, reason, now).await? {
+            return Ok(false);
+        }
+        if a.kind == Kind::Active.as_str() {
+            let event = ev::RoleDeactivated {
+                actor: actor.clone(),
+                assignment_id: a.id.clone(),
+                principal_id: a.principal_id.clone(),
+                role_id: a.role_id.clone(),
+                scope: a.scope.clone(),
+                reason: reason.into(),
+            };
+            self.emit(txn, "RoleDeactivated", &a.principal_id, &event).await?;
+        }
+        if a.origin == "admin" {
+            let event = ev::AssignmentChanged {
+                actor,
+                assignment_id: a.id.clone(),
+                request_id: a.request_id.clone(),
+                kind: a.kind.clone(),
+                principal_id: a.principal_id.clone(),
+                principal_kind: 0,
+                principal_name: a.principal_name.clone(),
+                role_id: a.role_id.clone(),
+                role_name: role_name.into(),
+                scope: a.scope.clone(),
+                start_time: Some(to_timestamp(a.start_at)),
+                end_time: Some(to_timestamp(now)),
+                justification: String::new(),
+                ticket: None,
+                reason: reason.into(),
+                version: a.version,
+            };
+            let event_type = if a.kind == Kind::Eligible.as_str() {
+                "EligibilityRemoved"
+            } else {
+                "ActiveAssignmentRemoved"
+            };
+            self.emit(txn, event_type, &a.principal_id, &event).await?;
+        }
+        Ok(true)
+    }
+
+    /// Moves an assignment's end and tells the others (EligibilityUpdated /
+    /// ActiveAssignmentUpdated, with the request's action as the reason).
+    async fn change_end(
+        &self,
+        txn: &DatabaseTransaction,
+        actor: Option<Actor>,
+        assignment: &mut AssignmentRow,
+        end: Option<i64>,
+        role_name: &str,
+        request: &RequestRow,
+    ) -> Result<bool> {
+        let Some(version) = store::set_assignment_end(txn, &assignment.id, assignment.version, end).await? else {
+            return Ok(false);
+        };
+        assignment.version = version;
+        if let Some(end) = end {
+            self.timers.deadline(end);
+        }
+        assignment.end_at = end;
+        let event = ev::AssignmentChanged {
+            actor,
+            assignment_id: assignment.id.clone(),
+            request_id: request.id.clone(),
+            kind: assignment.kind.clone(),
+            principal_id: assignment.principal_id.clone(),
+            principal_kind: 0,
+            principal_name: assignment.principal_name.clone(),
+            role_id: assignment.role_id.clone(),
+            role_name: role_name.into(),
+            scope: assignment.scope.clone(),
+            start_time: Some(to_timestamp(assignment.start_at)),
+            end_time: end.map(to_timestamp),
+            justification: request.justification.clone(),
+            ticket: None,
+            reason: request.action.clone(),
+            version: assignment.version,
+        };
+        let event_type = if assignment.kind == Kind::Eligible.as_str() {
+            "EligibilityUpdated"
+        } else {
+            "ActiveAssignmentUpdated"
+        };
+        self.emit(txn, event_type, &assignment.principal_id, &event).await?;
+        Ok(true)
+    }
+
+    pub async fn has_active_global_admin(&self) -> Result<bool> {
+        Ok(
+            !store::lock_permanent_global_admins(&self.db, GLOBAL_ADMINISTRATOR, self.now())
+                .await?
+                .is_empty(),
+        )
+    }
+
+    /// Makes `user_id` a permanent, active Global Administrator at `/` — the break-glass
+    /// account — unless a permanent Global Administrator exists already. Returns whether it did.
+    pub async fn bootstrap_global_admin(&self, user_id: &str, user_name: &str) -> Result<bool> {
+        if self.has_active_global_admin().await? {
+            return Ok(false);
+        }
+        let now = self.now();
+        let request = RequestRow {
+            id: new_id(),
+            action: "adminAssign".into(),
+            kind: Kind::Active.as_str().into(),
+            principal_id: user_id.into(),
+            role_id: GLOBAL_ADMINISTRATOR.into(),
+            scope: "/".into(),
+            status: "Provisioned".into(),
+            start_at: now,
+            end_at: None,
+            justification: "bootstrap: first Global Administrator (break-glass)".into(),
+            ticket_system: String::new(),
+            ticket_number: String::new(),
+            requested_by: SYSTEM_ACTOR.into(),
+            created_at: now,
+            assignment_id: None,
+            duration_ms: None,
+            policy: String::new(),
+        };
+        let principal = PrincipalInfo {
+            kind: PrincipalKind::User,
+            name: user_name.into(),
+            is_assignable_to_role: false,
+        };
+        match self
+            .grant(Some(system_actor()), request, &principal, "Global Administrator")
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(Error::Internal(e)) if e.downcast_ref::<sea_orm::DbErr>().is_some_and(is_unique_violation) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// The assignment service authorizes its own callers without a network hop.
+#[async_trait::async_trait]
+impl AccessCheck for Assignments {
+    async fn check(
+        &self,
+        _caller: &Caller,
+        principal: &str,
+        target: &Target,
+        scope: &str,
+    ) -> std::result::Result<Decision, tonic::Status> {
+        let scope = Scope::parse(scope)?;
+        Ok(self.decide(principal, target, &scope).await?.0)
+    }
+}
+
+/// Whether the database refused a write for a unique index (a second live assignment or
+/// waiting request where one may be).
+fn is_duplicate(err: &Error) -> bool {
+    matches!(err, Error::Internal(e) if e.downcast_ref::<sea_orm::DbErr>().is_some_and(pim_runtime::db::is_unique_violation))
+}
+
+/// ALREADY_EXISTS for a second administrator's assignment while `live` is held.
+fn already_assigned(role_name: &str, live: &AssignmentRow) -> Error {
+    let until = live
+        .end_at
+        .map(|end| format!("until {}", pim_runtime::db::rfc3339(end)))
+        .unwrap_or_else(|| "permanent".into());
+    Error::AlreadyExists(format!(
+        "{} already has an {} assignment of {role_name} at {} (assignment {}, {until}); extend or update it instead",
+        live.principal_id, live.kind, live.scope, live.id
+    ))
+}
+
+/// ALREADY_EXISTS when the one that collided ended before it could be named.
+fn err_same_moment(role_name: &str, scope: &Scope) -> Error {
+    Error::AlreadyExists(format!(
+        "another assignment of {role_name} at {} was being made at the same moment; look at the assignments",
+        scope.as_str()
+    ))
+}
+
+/// ALREADY_EXISTS for a second activation while `live` is in force (or scheduled).
+fn already_active(role_name: &str, live: &AssignmentRow) -> Error {
+    let until = live
+        .end_at
+        .map(|end| format!("until {}", pim_runtime::db::rfc3339(end)))
+        .unwrap_or_else(|| "with no end".into());
+    Error::AlreadyExists(format!(
+        "{role_name} is already active at {} (assignment {}, {until}); extend it instead",
+        live.scope, live.id
+    ))
+}
+
+/// ALREADY_EXISTS for a second request while `waiting` awaits approval.
+fn already_waiting(role_name: &str, waiting: &RequestRow) -> Error {
+    Error::AlreadyExists(format!(
+        "a request ({}) of {role_name} at {} is already waiting for approval (request {}, since {}); cancel it or wait for the decision",
+        waiting.action,
+        waiting.scope,
+        waiting.id,
+        pim_runtime::db::rfc3339(waiting.created_at)
+    ))
+}

@@ -1,0 +1,70 @@
+//! The protections no request may get past, each written once and called by every path that
+//! could break it.
+
+use sea_orm::DatabaseTransaction;
+
+use super::Assignments;
+use crate::domain::Kind;
+use crate::error::{Error, Result};
+use crate::roles::GLOBAL_ADMINISTRATOR;
+use crate::store::{self, AssignmentRow};
+
+/// Why a review's removal was not applied by the last-Global-Administrator protection.
+pub const LAST_GLOBAL_ADMIN_KEPT: &str =
+    "kept: the last permanent Global Administrator is never removed (last-Global-Administrator protection)";
+
+/// The answer to a change the last-Global-Administrator protection refuses.
+pub fn last_global_admin_refused() -> Error {
+    Error::FailedPrecondition(
+        "refused: this is the last permanent active Global Administrator; assign another one first".into(),
+    )
+}
+
+/// The last-Global-Administrator rule: a change that takes `losing` (ids of assignments it
+/// ends or gives an end) away from the `permanent` active Global Administrators at `/` breaks
+/// it when it takes at least one of them and leaves none.
+pub fn takes_the_last(permanent: &[&str], losing: &[&str]) -> bool {
+    permanent.iter().any(|p| losing.contains(p)) && permanent.iter().all(|p| losing.contains(p))
+}
+
+impl Assignments {
+    /// Whether ending `losing`, or giving them an end, would leave no permanent active Global
+    /// Administrator at `/`: admin removal, a review's removal and an end change all ask
+    /// this. The permanent ones are locked (PostgreSQL) until `txn` ends, so two such
+    /// changes cannot both pass; on SQLite writers take turns anyway.
+    pub(crate) async fn takes_the_last_global_admin(
+        &self,
+        txn: &DatabaseTransaction,
+        losing: &[&AssignmentRow],
+        now: i64,
+    ) -> Result<bool> {
+        let losing: Vec<&str> = losing
+            .iter()
+            .filter(|a| a.role_id == GLOBAL_ADMINISTRATOR && a.kind == Kind::Active.as_str())
+            .map(|a| a.id.as_str())
+            .collect();
+        if losing.is_empty() {
+            return Ok(false);
+        }
+        let permanent = store::lock_permanent_global_admins(txn, GLOBAL_ADMINISTRATOR, now).await?;
+        let permanent: Vec<&str> = permanent.iter().map(|a| a.id.as_str()).collect();
+        Ok(takes_the_last(&permanent, &losing))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::takes_the_last;
+
+    #[test]
+    fn the_last_global_admin_rule() {
+        // Ending one of two leaves one; ending both, or the only one, leaves none.
+        assert!(!takes_the_last(&["a", "b"], &["a"]));
+        assert!(takes_the_last(&["a", "b"], &["a", "b"]));
+        assert!(takes_the_last(&["a"], &["a"]));
+        // Ending one that is not a permanent Global Administrator takes nothing away, even
+        // when there is none left to protect.
+        assert!(!takes_the_last(&["a"], &["x"]));
+        assert!(!takes_the_last(&[], &["x"]));
+    }
+}

@@ -1,0 +1,420 @@
+//! The request lifecycle: requests that wait for approval (activation, selfExtend,
+//! selfRenew), what an approval's outcome does to them, cancelling, and reading them.
+
+use super::*;
+
+impl Assignments {
+    /// selfExtend / selfRenew: a principal asks to keep an assignment an administrator made —
+    /// extend one still in force to a later end, or renew one that expired. Either waits for
+    /// approval (the role's approvers, or the default approvers), like Entra's.
+    pub async fn self_keep(
+        &self,
+        caller: &Caller,
+        action: &str,
+        r: EndRequest,
+        start: Option<i64>,
+        end: Option<i64>,
+    ) -> Result<RequestRow> {
+        let scope = Scope::parse(&r.scope)?;
+        let role = self.role(&r.role)?;
+        let now = self.now();
+        if r.justification.trim().is_empty() {
+            return Err(Error::PolicyViolation(vec![RuleViolation {
+                kind: "JustificationRule",
+                message: "say why you still need the role".into(),
+            }]));
+        }
+        let open = store::open_assignments(
+            &self.db,
+            r.kind.as_str(),
+            &caller.principal_id,
+            &role.id,
+            scope.as_str(),
+            now,
+        )
+        .await?
+        .into_iter()
+        .find(|a| a.origin == "admin");
+        let (policy, _) = self.effective_policy(&self.db, &role.id, &scope).await?;
+        let (assignment_id, start) = if action == "selfExtend" {
+            let Some(a) = open else {
+                return Err(Error::NotFound(format!(
+                    "your {} assignment of {} at {}",
+                    r.kind.as_str(),
+                    role.name,
+                    scope.as_str()
+                )));
+            };
+            let Some(current) = a.end_at else {
+                return Err(Error::FailedPrecondition(
+                    "this assignment is permanent; nothing to extend".into(),
+                ));
+            };
+            if end.is_none_or(|e| e <= current) {
+                return Err(Error::PolicyViolation(vec![RuleViolation {
+                    kind: "ExpirationRule",
+                    message: "an extension must end later than the assignment does now".into(),
+                }]));
+            }
+            (Some(a.id), a.start_at)
+        } else {
+            if open.is_some() {
+                return Err(Error::FailedPrecondition(
+                    "this assignment is still in force; ask to extend it instead".into(),
+                ));
+            }
+            if store::last_expired_assignment(
+                &self.db,
+                r.kind.as_str(),
+                &caller.principal_id,
+                &role.id,
+                scope.as_str(),
+                now,
+            )
+            .await?
+            .is_none()
+            {
+                return Err(Error::NotFound(format!(
+                    "an expired {} assignment of {} at {} of yours",
+                    r.kind.as_str(),
+                    role.name,
+                    scope.as_str()
+                )));
+            }
+            (None, start.unwrap_or(now).max(now))
+        };
+        policy
+            .check_new_end(r.kind, start, end, now)
+            .map_err(Error::PolicyViolation)?;
+        if let Some(waiting) = store::pending_request(&self.db, &caller.principal_id, &role.id, scope.as_str()).await? {
+            return Err(already_waiting(&role.name, &waiting));
+        }
+        let request = RequestRow {
+            id: if r.validate_only { String::new() } else { new_id() },
+            action: action.into(),
+            kind: r.kind.as_str().into(),
+            principal_id: caller.principal_id.clone(),
+            role_id: role.id.clone(),
+            scope: scope.as_str().into(),
+            status: "PendingApproval".into(),
+            start_at: start,
+            end_at: end,
+            justification: r.justification.trim().into(),
+            ticket_system: String::new(),
+            ticket_number: String::new(),
+            requested_by: caller.principal_id.clone(),
+            created_at: now,
+            assignment_id,
+            duration_ms: end.map(|e| e - start),
+            policy: serde_json::to_string(&policy).map_err(|e| Error::Internal(e.into()))?,
+        };
+        if r.validate_only {
+            return Ok(request);
+        }
+        let txn = self.db.begin().await?;
+        match self
+            .record_request(&txn, Some(caller.actor()), &request, &role.name)
+            .await
+        {
+            // The database holds one waiting request per role and scope: a concurrent one won.
+            Err(err) if is_duplicate(&err) => {
+                txn.rollback().await?;
+                let waiting = store::pending_request(&self.db, &caller.principal_id, &role.id, scope.as_str()).await?;
+                return Err(waiting.map_or_else(
+                    || err_same_moment(&role.name, &scope),
+                    |w| already_waiting(&role.name, &w),
+                ));
+            }
+            recorded => recorded?,
+        }
+        txn.commit().await?;
+        self.committed(&[&request.id]);
+        Ok(request)
+    }
+
+    /// An approved selfExtend or selfRenew: the assignment gets its new end, or comes back.
+    /// When it no longer can (removed meanwhile, or renewed another way) the request fails.
+    pub(super) async fn apply_keep(
+        &self,
+        txn: &DatabaseTransaction,
+        request: &mut RequestRow,
+        actor: Option<Actor>,
+        now: i64,
+    ) -> Result<()> {
+        let role_name = self.roles.get(&request.role_id).map(|r| r.name).unwrap_or_default();
+        let open = store::open_assignments(
+            txn,
+            &request.kind,
+            &request.principal_id,
+            &request.role_id,
+            &request.scope,
+            now,
+        )
+        .await?
+        .into_iter()
+        .find(|a| a.origin == "admin");
+        let kept = if request.action == "selfExtend" {
+            match open.filter(|a| Some(&a.id) == request.assignment_id.as_ref()) {
+                Some(mut a) => {
+                    self.change_end(txn, actor, &mut a, request.end_at, &role_name, request)
+                        .await?
+                }
+                None => false,
+            }
+        } else {
+            let last = store::last_expired_assignment(
+                txn,
+                &request.kind,
+                &request.principal_id,
+                &request.role_id,
+                &request.scope,
+                now,
+            )
+            .await?;
+            match (open, last) {
+                (None, Some(last)) => {
+                    if last.status == "active" {
+                        // Past its end, not yet ended by the timer: it gives way (one live
+                        // administrator's assignment at a time, held by the database).
+                        self.end(txn, &last, "expired", Some(system_actor()), &role_name, now)
+                            .await?;
+                        self.index.remove(&last.principal_id, &last.id);
+                    }
+                    request.start_at = request.start_at.max(now);
+                    if let Some(length) = request.duration_ms {
+                        request.end_at = Some(request.start_at + length);
+                    }
+                    request.assignment_id = Some(new_id());
+                    let kind = pim_runtime::auth::kind_from_claim(&last.principal_kind);
+                    self.grant_in(txn, actor, request, kind, &last.principal_name, &role_name)
+                        .await?;
+                    true
+                }
+                _ => false,
+            }
+        };
+        request.status = if kept { "Provisioned" } else { "Failed" }.into();
+        self.transition(txn, request, "Granted", None, now).await?;
+        Ok(())
+    }
+
+    pub(super) async fn transition(
+        &self,
+        txn: &DatabaseTransaction,
+        request: &RequestRow,
+        from: &str,
+        actor: Option<Actor>,
+        now: i64,
+    ) -> Result<bool> {
+        if !store::transition_request(txn, request, from, now).await? {
+            return Ok(false);
+        }
+        let event = ev::RequestStatusChanged {
+            actor,
+            request_id: request.id.clone(),
+            status: request.status.clone(),
+            previous_status: from.into(),
+        };
+        self.emit(txn, "RequestStatusChanged", &request.id, &event).await?;
+        Ok(true)
+    }
+
+    /// Applies an approval's outcome to a pending activation (from the approval stream).
+    /// Approved: active from now (or its scheduled start) for the whole duration asked —
+    /// time spent waiting for approval does not eat the window.
+    pub async fn apply_approval(
+        &self,
+        txn: &DatabaseTransaction,
+        request_id: &str,
+        outcome: &str,
+        actor: Option<Actor>,
+    ) -> Result<()> {
+        let Some(mut request) = store::find_request(txn, request_id).await? else {
+            tracing::warn!(request_id, "approval outcome for an unknown request");
+            return Ok(());
+        };
+        if request.status != "PendingApproval" {
+            return Ok(());
+        }
+        let now = self.now();
+        match outcome {
+            "Granted" | "Approved" => {
+                request.status = "Granted".into();
+                self.transition(txn, &request, "PendingApproval", actor.clone(), now)
+                    .await?;
+                if request.action != "selfActivate" {
+                    return self.apply_keep(txn, &mut request, actor, now).await;
+                }
+                let start = request.start_at.max(now);
+                let length = request.duration_ms.unwrap_or_default();
+                let eligible_until = store::current_assignments(
+                    txn,
+                    Kind::Eligible.as_str(),
+                    Some(&request.principal_id),
+                    Some(&request.role_id),
+                    now,
+                )
+                .await?
+                .iter()
+                .filter(|e| {
+                    Scope::parse(&request.scope)
+                        .map(|s| s.with_ancestors().contains(&e.scope))
+                        .unwrap_or(false)
+                })
+                .map(|e| e.end_at.unwrap_or(i64::MAX))
+                .max();
+                let Some(eligible_until) = eligible_until.filter(|until| *until > start) else {
+                    request.status = "Failed".into();
+                    self.transition(txn, &request, "Granted", None, now).await?;
+                    return Ok(());
+                };
+                let schedule = Schedule {
+                    start,
+                    end: Some((start + length).min(eligible_until)),
+                };
+                let role_name = self.roles.get(&request.role_id).map(|r| r.name).unwrap_or_default();
+                // One live activation per principal, role and scope (a unique index): one whose
+                // end passed is ended now; one still in force makes this request fail (had
+                // they raced, the index refuses this insert and the redelivery lands here).
+                if let Some(live) =
+                    store::live_activation(txn, &request.principal_id, &request.role_id, &request.scope).await?
+                {
+                    if live.end_at.is_some_and(|end| end <= now) {
+                        self.end(txn, &live, "expired", Some(system_actor()), &role_name, now)
+                            .await?;
+                    } else {
+                        request.status = "Failed".into();
+                        self.transition(txn, &request, "Granted", None, now).await?;
+                        return Ok(());
+                    }
+                }
+                let assignment = self.activation_assignment(&request, "", schedule);
+                request.assignment_id = Some(assignment.id.clone());
+                request.start_at = schedule.start;
+                request.end_at = schedule.end;
+                request.status = if schedule.start > now {
+                    "ScheduleCreated"
+                } else {
+                    "Provisioned"
+                }
+                .into();
+                self.transition(txn, &request, "Granted", None, now).await?;
+                let justification = request.justification.clone();
+                self.provision(txn, &assignment, actor, &role_name, &justification, now)
+                    .await?;
+            }
+            "Denied" | "Expired" => {
+                request.status = outcome.into();
+                self.transition(txn, &request, "PendingApproval", actor, now).await?;
+            }
+            other => tracing::warn!(request_id, outcome = other, "unknown approval outcome"),
+        }
+        Ok(())
+    }
+
+    /// CancelRequest: the requester withdraws a request still waiting for approval.
+    pub async fn cancel_request(&self, caller: &Caller, id: &str) -> Result<RequestRow> {
+        let mut request = self.get_request(caller, id).await?;
+        if request.requested_by != caller.principal_id {
+            return Err(tonic::Status::permission_denied("only the requester can cancel a request").into());
+        }
+        if request.status != "PendingApproval" {
+            return Err(Error::FailedPrecondition(format!(
+                "request is {}; only a pending request can be canceled",
+                request.status
+            )));
+        }
+        request.status = "Canceled".into();
+        let txn = self.db.begin().await?;
+        if !self
+            .transition(&txn, &request, "PendingApproval", Some(caller.actor()), self.now())
+            .await?
+        {
+            return Err(Error::FailedPrecondition(
+                "request changed meanwhile; fetch it again".into(),
+            ));
+        }
+        txn.commit().await?;
+        self.committed(&[id]);
+        Ok(request)
+    }
+
+    /// Assignments in force now; the caller's own, or anyone's for readers of assignments.
+    pub async fn list(
+        &self,
+        caller: &Caller,
+        kind: Kind,
+        principal: Option<&str>,
+        role: Option<&str>,
+        scope: Option<&Scope>,
+    ) -> Result<Vec<(AssignmentRow, Option<String>)>> {
+        if principal != Some(caller.principal_id.as_str()) {
+            self.authorize(caller, permissions::ASSIGNMENTS_READ, &Scope::root())
+                .await?;
+        }
+        let now = self.now();
+        let mut rows: Vec<(AssignmentRow, Option<String>)> =
+            store::current_assignments(&self.db, kind.as_str(), principal, role, now)
+                .await?
+                .into_iter()
+                .map(|a| (a, None))
+                .collect();
+        // A principal's roles include those of their role-assignable groups (Entra hides these).
+        if let Some(principal) = principal {
+            for group in self.memberships.groups_of(principal) {
+                let inherited = store::current_assignments(&self.db, kind.as_str(), Some(&group), role, now).await?;
+                rows.extend(inherited.into_iter().map(|a| (a, Some(group.clone()))));
+            }
+        }
+        Ok(match scope {
+            // At that scope, or above it (what applies there).
+            Some(scope) => {
+                let scopes = scope.with_ancestors();
+                rows.into_iter().filter(|(a, _)| scopes.contains(&a.scope)).collect()
+            }
+            None => rows,
+        })
+    }
+
+    pub async fn get_request(&self, caller: &Caller, id: &str) -> Result<RequestRow> {
+        let request = store::find_request(&self.db, id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("request {id}")))?;
+        if request.principal_id != caller.principal_id && request.requested_by != caller.principal_id {
+            self.authorize(caller, permissions::ASSIGNMENTS_READ, &Scope::root())
+                .await?;
+        }
+        Ok(request)
+    }
+
+    /// Requests: the caller's own, or anyone's for readers of assignments.
+    pub async fn list_requests(
+        &self,
+        caller: &Caller,
+        principal: Option<&str>,
+        role: Option<&str>,
+        status: Option<&str>,
+        after: &str,
+        limit: u64,
+    ) -> Result<Vec<RequestRow>> {
+        if principal != Some(caller.principal_id.as_str()) {
+            self.authorize(caller, permissions::ASSIGNMENTS_READ, &Scope::root())
+                .await?;
+        }
+        Ok(store::list_requests(&self.db, principal, role, status, after, limit).await?)
+    }
+
+    /// Puts the assignment a request provisioned into the access index (after the commit
+    /// that made it, e.g. by an approval event).
+    pub async fn index_request(&self, request_id: &str) -> Result<()> {
+        if let Some(request) = store::find_request(&self.db, request_id).await?
+            && let Some(id) = request.assignment_id
+            && let Some(a) = store::find_assignment(&self.db, &id).await?
+        {
+            self.index.upsert_row(&a);
+        }
+        // Watchers learn of the new status once CheckAccess here agrees with it.
+        let _ = self.changes.send(request_id.to_owned());
+        Ok(())
+    }
+}
