@@ -1,6 +1,7 @@
 //! The rules of assignment as plain Rust: scopes and their inheritance, schedules, role
 //! policies with Entra's shipped defaults, and the checks a request must pass.
 
+use std::fmt;
 use std::time::Duration;
 
 use pim_runtime::grpc::RuleViolation;
@@ -97,6 +98,94 @@ impl Kind {
             "active" => Some(Kind::Active),
             _ => None,
         }
+    }
+}
+
+/// Where a request is in its lifecycle (Entra's names, which the database and the events
+/// keep as text).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RequestStatus {
+    /// Waiting for approvers.
+    PendingApproval,
+    /// Approved; being applied.
+    Granted,
+    /// Applied; its assignment holds (or was ended, for a removal).
+    Provisioned,
+    /// Applied; its assignment starts later.
+    ScheduleCreated,
+    Denied,
+    Canceled,
+    /// Approved, but it could no longer be applied.
+    Failed,
+    /// Not decided in time.
+    Expired,
+    /// A removal or deactivation: the assignment was ended.
+    Revoked,
+}
+
+impl RequestStatus {
+    pub const ALL: [RequestStatus; 9] = [
+        Self::PendingApproval,
+        Self::Granted,
+        Self::Provisioned,
+        Self::ScheduleCreated,
+        Self::Denied,
+        Self::Canceled,
+        Self::Failed,
+        Self::Expired,
+        Self::Revoked,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::PendingApproval => "PendingApproval",
+            Self::Granted => "Granted",
+            Self::Provisioned => "Provisioned",
+            Self::ScheduleCreated => "ScheduleCreated",
+            Self::Denied => "Denied",
+            Self::Canceled => "Canceled",
+            Self::Failed => "Failed",
+            Self::Expired => "Expired",
+            Self::Revoked => "Revoked",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|status| status.as_str() == s)
+    }
+
+    /// Nothing more happens to a request in a final status (a scheduled one still starts).
+    pub const fn is_final(self) -> bool {
+        !matches!(self, Self::PendingApproval | Self::Granted | Self::ScheduleCreated)
+    }
+
+    /// The lifecycle, in one place: the moves a request may make. Waiting ends in an
+    /// approval (Granted), a denial, an expiry or a cancel; a grant is applied now, later, or
+    /// not at all; a scheduled one is applied when it starts.
+    pub const fn may_become(self, next: Self) -> bool {
+        use RequestStatus as S;
+        matches!(
+            (self, next),
+            (S::PendingApproval, S::Granted | S::Denied | S::Expired | S::Canceled)
+                | (S::Granted, S::Provisioned | S::ScheduleCreated | S::Failed)
+                | (S::ScheduleCreated, S::Provisioned)
+        )
+    }
+
+    /// The status a request is made in: waiting for approval, or applied at once (now or
+    /// from a later start).
+    pub const fn applied(starts_later: bool) -> Self {
+        if starts_later {
+            Self::ScheduleCreated
+        } else {
+            Self::Provisioned
+        }
+    }
+}
+
+impl fmt::Display for RequestStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -480,6 +569,26 @@ impl Policy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_statuses_round_trip_and_move_only_forward() {
+        use RequestStatus as S;
+        for status in S::ALL {
+            assert_eq!(S::parse(status.as_str()), Some(status));
+            // Nothing leaves a final status; nothing returns to waiting.
+            for next in S::ALL {
+                if status.is_final() {
+                    assert!(!status.may_become(next), "{status} -> {next}");
+                }
+                assert!(!status.may_become(S::PendingApproval), "{status} -> {next}");
+            }
+        }
+        assert_eq!(S::parse("Approved"), None);
+        assert!(S::PendingApproval.may_become(S::Granted));
+        assert!(S::Granted.may_become(S::Failed));
+        assert!(!S::PendingApproval.may_become(S::Provisioned), "approval comes first");
+        assert!(!S::Granted.may_become(S::Canceled), "too late to cancel");
+    }
 
     #[test]
     fn scopes_normalise_and_list_their_ancestors() {

@@ -19,8 +19,8 @@ use pim_runtime::db::to_timestamp;
 use pim_runtime::events::streams;
 use pim_runtime::grpc::BoxStream;
 
-use crate::assignments::{ActivateRequest, AdminAssignRequest, Assignments, EndRequest, FINAL_STATUSES};
-use crate::domain::{ActivationAsk, AdminAssignment, ApprovalStage, Expiration, Kind, Policy, Scope};
+use crate::assignments::{ActivateRequest, AdminAssignRequest, Assignments, EndRequest};
+use crate::domain::{ActivationAsk, AdminAssignment, ApprovalStage, Expiration, Kind, Policy, RequestStatus, Scope};
 use crate::error::Error;
 use crate::store::{AssignmentRow, RequestRow, RoleRow};
 
@@ -69,36 +69,25 @@ fn action_from_name(name: &str) -> pb::RequestAction {
     .unwrap_or(A::Unspecified)
 }
 
-fn status_name(status: pb::RequestStatus) -> &'static str {
+/// The wire's request status for the domain's, and back (none for Unspecified).
+fn status_to_pb(status: RequestStatus) -> pb::RequestStatus {
+    use RequestStatus as D;
     use pb::RequestStatus as S;
     match status {
-        S::PendingApproval => "PendingApproval",
-        S::Granted => "Granted",
-        S::Denied => "Denied",
-        S::Provisioned => "Provisioned",
-        S::ScheduleCreated => "ScheduleCreated",
-        S::Revoked => "Revoked",
-        S::Canceled => "Canceled",
-        S::Failed => "Failed",
-        S::Expired => "Expired",
-        S::Unspecified => "",
+        D::PendingApproval => S::PendingApproval,
+        D::Granted => S::Granted,
+        D::Denied => S::Denied,
+        D::Provisioned => S::Provisioned,
+        D::ScheduleCreated => S::ScheduleCreated,
+        D::Revoked => S::Revoked,
+        D::Canceled => S::Canceled,
+        D::Failed => S::Failed,
+        D::Expired => S::Expired,
     }
 }
 
-fn status_from_name(name: &str) -> pb::RequestStatus {
-    use pb::RequestStatus as S;
-    match name {
-        "PendingApproval" => S::PendingApproval,
-        "Granted" => S::Granted,
-        "Denied" => S::Denied,
-        "Provisioned" => S::Provisioned,
-        "ScheduleCreated" => S::ScheduleCreated,
-        "Revoked" => S::Revoked,
-        "Canceled" => S::Canceled,
-        "Failed" => S::Failed,
-        "Expired" => S::Expired,
-        _ => S::Unspecified,
-    }
+fn status_from_pb(status: pb::RequestStatus) -> Option<RequestStatus> {
+    RequestStatus::ALL.into_iter().find(|s| status_to_pb(*s) == status)
 }
 
 fn kind_to_pb(kind: &str) -> pb::AssignmentKind {
@@ -117,7 +106,7 @@ fn request_to_pb(r: RequestRow) -> pb::AssignmentRequest {
         principal_id: r.principal_id,
         role_id: r.role_id,
         scope: r.scope,
-        status: status_from_name(&r.status) as i32,
+        status: status_to_pb(r.status) as i32,
         start_time: Some(to_timestamp(r.start_at)),
         end_time: r.end_at.map(to_timestamp),
         justification: r.justification,
@@ -688,10 +677,7 @@ impl AssignmentService for Assignments {
             ),
             None => None,
         };
-        let status = match pb::RequestStatus::try_from(r.status) {
-            Ok(pb::RequestStatus::Unspecified) | Err(_) => None,
-            Ok(s) => Some(status_name(s)),
-        };
+        let status = pb::RequestStatus::try_from(r.status).ok().and_then(status_from_pb);
         let mut rows = self
             .list_requests(
                 &caller,
@@ -737,8 +723,8 @@ impl AssignmentService for Assignments {
         let this = self.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(8);
         tokio::spawn(async move {
-            let mut last = first.status.clone();
-            let done = FINAL_STATUSES.contains(&last.as_str());
+            let mut last = first.status;
+            let done = last.is_final();
             if tx.send(Ok(request_to_pb(first))).await.is_err() || done {
                 return;
             }
@@ -761,8 +747,8 @@ impl AssignmentService for Assignments {
                     }
                 };
                 if current.status != last {
-                    last = current.status.clone();
-                    let done = FINAL_STATUSES.contains(&last.as_str());
+                    last = current.status;
+                    let done = last.is_final();
                     if tx.send(Ok(request_to_pb(current))).await.is_err() || done {
                         return;
                     }

@@ -15,6 +15,8 @@ mod store;
 use std::sync::Arc;
 
 use pim_proto::events::v1::{ApprovalCompleted, ReviewEvent};
+
+use crate::domain::RequestStatus;
 use pim_runtime::events::{Envelope, EventHandler, decode, short_type, streams};
 use sea_orm::DatabaseTransaction;
 
@@ -152,9 +154,9 @@ impl EventHandler for ApprovalOutcomes {
 
     async fn handle(&self, txn: &DatabaseTransaction, envelope: &Envelope) -> anyhow::Result<()> {
         let outcome = match short_type(envelope) {
-            "ApprovalGranted" => "Granted",
-            "ApprovalDenied" => "Denied",
-            "ApprovalExpired" => "Expired",
+            "ApprovalGranted" => RequestStatus::Granted,
+            "ApprovalDenied" => RequestStatus::Denied,
+            "ApprovalExpired" => RequestStatus::Expired,
             "ReviewRemovalRequested" => {
                 let event: ReviewEvent = decode(envelope)?;
                 self.0

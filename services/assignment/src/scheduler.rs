@@ -11,6 +11,7 @@ use sea_orm::TransactionTrait;
 use tokio::sync::{Notify, watch};
 
 use crate::assignments::{Assignments, system_actor};
+use crate::domain::RequestStatus;
 use crate::error::Result;
 use crate::store;
 
@@ -97,7 +98,14 @@ impl Scheduler {
                     )
                     .await?;
             }
-            store::set_request_status_for_assignment(&txn, &due.id, "ScheduleCreated", "Provisioned", now).await?;
+            store::set_request_status_for_assignment(
+                &txn,
+                &due.id,
+                RequestStatus::ScheduleCreated,
+                RequestStatus::Provisioned,
+                now,
+            )
+            .await?;
             fired += 1;
         }
         let mut ended = Vec::new();

@@ -8,6 +8,7 @@ use pim_runtime::events::{
     OUTBOX_INSERT, OutboxRows, SqlMigration, backbone_indexes_migration, backbone_migration, backbone_replay_migration,
 };
 
+use crate::domain::RequestStatus;
 use crate::roles::BUILT_IN_ROLES;
 
 pub struct Migrator;
@@ -544,7 +545,7 @@ pub struct RequestRow {
     pub principal_id: String,
     pub role_id: String,
     pub scope: String,
-    pub status: String,
+    pub status: RequestStatus,
     pub start_at: i64,
     pub end_at: Option<i64>,
     pub justification: String,
@@ -570,7 +571,11 @@ impl RequestRow {
             principal_id: col(r, "principal_id")?,
             role_id: col(r, "role_id")?,
             scope: col(r, "scope")?,
-            status: col(r, "status")?,
+            status: {
+                let status: String = col(r, "status")?;
+                RequestStatus::parse(&status)
+                    .ok_or_else(|| DbErr::Type(format!("unknown request status {status:?}")))?
+            },
             start_at: col(r, "start_at")?,
             end_at: col(r, "end_at")?,
             justification: col(r, "justification")?,
@@ -685,7 +690,7 @@ fn request_values(r: &RequestRow) -> Vec<Value> {
         r.principal_id.clone().into(),
         r.role_id.clone().into(),
         r.scope.clone().into(),
-        r.status.clone().into(),
+        r.status.as_str().into(),
         r.start_at.into(),
         r.end_at.into(),
         r.justification.clone().into(),
@@ -802,20 +807,20 @@ pub async fn find_request<C: ConnectionTrait>(c: &C, id: &str) -> Result<Option<
 pub async fn transition_request<C: ConnectionTrait>(
     c: &C,
     r: &RequestRow,
-    from: &str,
+    from: RequestStatus,
     now: i64,
 ) -> Result<bool, DbErr> {
     let n = db::exec(
         c,
         "UPDATE requests SET status = $1, start_at = $2, end_at = $3, assignment_id = $4, updated_at = $5 WHERE id = $6 AND status = $7",
         vec![
-            r.status.clone().into(),
+            r.status.as_str().into(),
             r.start_at.into(),
             r.end_at.into(),
             r.assignment_id.clone().into(),
             now.into(),
             r.id.clone().into(),
-            from.into(),
+            from.as_str().into(),
         ],
     )
     .await?;
@@ -826,14 +831,19 @@ pub async fn transition_request<C: ConnectionTrait>(
 pub async fn set_request_status_for_assignment<C: ConnectionTrait>(
     c: &C,
     assignment_id: &str,
-    from: &str,
-    to: &str,
+    from: RequestStatus,
+    to: RequestStatus,
     now: i64,
 ) -> Result<(), DbErr> {
     db::exec(
         c,
         "UPDATE requests SET status = $1, updated_at = $2 WHERE assignment_id = $3 AND status = $4",
-        vec![to.into(), now.into(), assignment_id.into(), from.into()],
+        vec![
+            to.as_str().into(),
+            now.into(),
+            assignment_id.into(),
+            from.as_str().into(),
+        ],
     )
     .await
     .map(drop)
@@ -844,12 +854,13 @@ pub async fn list_requests<C: ConnectionTrait>(
     c: &C,
     principal_id: Option<&str>,
     role_id: Option<&str>,
-    status: Option<&str>,
+    status: Option<RequestStatus>,
     after_id: &str,
     limit: u64,
 ) -> Result<Vec<RequestRow>, DbErr> {
     let mut sql = format!("SELECT {REQUEST_COLUMNS} FROM requests WHERE id > $1");
     let mut values: Vec<sea_orm::Value> = vec![after_id.into()];
+    let status = status.map(RequestStatus::as_str);
     for (column, value) in [("principal_id", principal_id), ("role_id", role_id), ("status", status)] {
         if let Some(v) = value {
             values.push(v.into());

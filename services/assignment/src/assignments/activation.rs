@@ -62,13 +62,10 @@ impl Assignments {
             role_id: role.id.clone(),
             scope: scope.as_str().into(),
             status: if policy.approval_required {
-                "PendingApproval"
-            } else if schedule.start > now {
-                "ScheduleCreated"
+                RequestStatus::PendingApproval
             } else {
-                "Provisioned"
-            }
-            .into(),
+                RequestStatus::applied(schedule.start > now)
+            },
             start_at: schedule.start,
             end_at: schedule.end,
             justification: r.ask.justification.trim().into(),

@@ -69,12 +69,7 @@ impl Assignments {
             principal_id: principal_id.into(),
             role_id: role.id.clone(),
             scope: scope.as_str().into(),
-            status: if schedule.start > now {
-                "ScheduleCreated"
-            } else {
-                "Provisioned"
-            }
-            .into(),
+            status: RequestStatus::applied(schedule.start > now),
             start_at: schedule.start,
             end_at: schedule.end,
             justification: r.assignment.justification.trim().into(),
@@ -390,7 +385,7 @@ impl Assignments {
             now,
             r.validate_only,
         );
-        request.status = "Provisioned".into();
+        request.status = RequestStatus::Provisioned;
         request.start_at = assignment.start_at;
         request.end_at = end;
         if r.validate_only {

@@ -21,7 +21,7 @@ use pim_runtime::db::{Db, is_unique_violation, to_timestamp};
 use pim_runtime::events::{Outbox, OutboxRows, envelope, streams};
 use pim_runtime::grpc::RuleViolation;
 
-use crate::domain::{ActivationAsk, AdminAssignment, Kind, MfaState, Policy, Schedule, Scope};
+use crate::domain::{ActivationAsk, AdminAssignment, Kind, MfaState, Policy, RequestStatus, Schedule, Scope};
 use crate::error::{Error, Result};
 use crate::groups::Memberships;
 use crate::index::AccessIndex;
@@ -41,9 +41,6 @@ const SOURCE: &str = "pim.assignment";
 
 /// The principal the bootstrap administrator's assignment and timers act as.
 pub const SYSTEM_ACTOR: &str = "system";
-
-/// Request statuses after which nothing more happens to a request.
-pub const FINAL_STATUSES: &[&str] = &["Provisioned", "Denied", "Canceled", "Failed", "Expired", "Revoked"];
 
 pub fn system_actor() -> Actor {
     Actor {
@@ -329,7 +326,7 @@ impl Assignments {
             principal_id: principal_id.into(),
             role_id: role_id.into(),
             scope: scope.as_str().into(),
-            status: "Revoked".into(),
+            status: RequestStatus::Revoked,
             start_at: now,
             end_at: Some(now),
             justification: justification.trim().into(),
@@ -360,8 +357,8 @@ impl Assignments {
             }),
             start_time: Some(to_timestamp(request.start_at)),
             end_time: request.end_at.map(to_timestamp),
-            status: request.status.clone(),
-            approval_stages: if request.status == "PendingApproval" {
+            status: request.status.to_string(),
+            approval_stages: if request.status == RequestStatus::PendingApproval {
                 serde_json::from_str::<Policy>(&request.policy)
                     .unwrap_or_default()
                     .effective_stages()
@@ -538,7 +535,7 @@ impl Assignments {
             principal_id: user_id.into(),
             role_id: GLOBAL_ADMINISTRATOR.into(),
             scope: "/".into(),
-            status: "Provisioned".into(),
+            status: RequestStatus::Provisioned,
             start_at: now,
             end_at: None,
             justification: "bootstrap: first Global Administrator (break-glass)".into(),

@@ -96,7 +96,7 @@ impl Assignments {
             principal_id: caller.principal_id.clone(),
             role_id: role.id.clone(),
             scope: scope.as_str().into(),
-            status: "PendingApproval".into(),
+            status: RequestStatus::PendingApproval,
             start_at: start,
             end_at: end,
             justification: r.justification.trim().into(),
@@ -193,8 +193,12 @@ impl Assignments {
                 _ => false,
             }
         };
-        request.status = if kept { "Provisioned" } else { "Failed" }.into();
-        self.transition(txn, request, "Granted", None, now).await?;
+        request.status = if kept {
+            RequestStatus::Provisioned
+        } else {
+            RequestStatus::Failed
+        };
+        self.transition(txn, request, RequestStatus::Granted, None, now).await?;
         Ok(())
     }
 
@@ -202,18 +206,25 @@ impl Assignments {
         &self,
         txn: &DatabaseTransaction,
         request: &RequestRow,
-        from: &str,
+        from: RequestStatus,
         actor: Option<Actor>,
         now: i64,
     ) -> Result<bool> {
+        if !from.may_become(request.status) {
+            return Err(Error::Internal(anyhow::anyhow!(
+                "request {} may not move from {from} to {}",
+                request.id,
+                request.status
+            )));
+        }
         if !store::transition_request(txn, request, from, now).await? {
             return Ok(false);
         }
         let event = ev::RequestStatusChanged {
             actor,
             request_id: request.id.clone(),
-            status: request.status.clone(),
-            previous_status: from.into(),
+            status: request.status.to_string(),
+            previous_status: from.to_string(),
         };
         self.emit(txn, "RequestStatusChanged", &request.id, &event).await?;
         Ok(true)
@@ -226,21 +237,21 @@ impl Assignments {
         &self,
         txn: &DatabaseTransaction,
         request_id: &str,
-        outcome: &str,
+        outcome: RequestStatus,
         actor: Option<Actor>,
     ) -> Result<()> {
         let Some(mut request) = store::find_request(txn, request_id).await? else {
             tracing::warn!(request_id, "approval outcome for an unknown request");
             return Ok(());
         };
-        if request.status != "PendingApproval" {
+        if request.status != RequestStatus::PendingApproval {
             return Ok(());
         }
         let now = self.now();
         match outcome {
-            "Granted" | "Approved" => {
-                request.status = "Granted".into();
-                self.transition(txn, &request, "PendingApproval", actor.clone(), now)
+            RequestStatus::Granted => {
+                request.status = RequestStatus::Granted;
+                self.transition(txn, &request, RequestStatus::PendingApproval, actor.clone(), now)
                     .await?;
                 if request.action != "selfActivate" {
                     return self.apply_keep(txn, &mut request, actor, now).await;
@@ -264,8 +275,9 @@ impl Assignments {
                 .map(|e| e.end_at.unwrap_or(i64::MAX))
                 .max();
                 let Some(eligible_until) = eligible_until.filter(|until| *until > start) else {
-                    request.status = "Failed".into();
-                    self.transition(txn, &request, "Granted", None, now).await?;
+                    request.status = RequestStatus::Failed;
+                    self.transition(txn, &request, RequestStatus::Granted, None, now)
+                        .await?;
                     return Ok(());
                 };
                 let schedule = Schedule {
@@ -283,8 +295,9 @@ impl Assignments {
                         self.end(txn, &live, "expired", Some(system_actor()), &role_name, now)
                             .await?;
                     } else {
-                        request.status = "Failed".into();
-                        self.transition(txn, &request, "Granted", None, now).await?;
+                        request.status = RequestStatus::Failed;
+                        self.transition(txn, &request, RequestStatus::Granted, None, now)
+                            .await?;
                         return Ok(());
                     }
                 }
@@ -292,22 +305,19 @@ impl Assignments {
                 request.assignment_id = Some(assignment.id.clone());
                 request.start_at = schedule.start;
                 request.end_at = schedule.end;
-                request.status = if schedule.start > now {
-                    "ScheduleCreated"
-                } else {
-                    "Provisioned"
-                }
-                .into();
-                self.transition(txn, &request, "Granted", None, now).await?;
+                request.status = RequestStatus::applied(schedule.start > now);
+                self.transition(txn, &request, RequestStatus::Granted, None, now)
+                    .await?;
                 let justification = request.justification.clone();
                 self.provision(txn, &assignment, actor, &role_name, &justification, now)
                     .await?;
             }
-            "Denied" | "Expired" => {
-                request.status = outcome.into();
-                self.transition(txn, &request, "PendingApproval", actor, now).await?;
+            RequestStatus::Denied | RequestStatus::Expired => {
+                request.status = outcome;
+                self.transition(txn, &request, RequestStatus::PendingApproval, actor, now)
+                    .await?;
             }
-            other => tracing::warn!(request_id, outcome = other, "unknown approval outcome"),
+            other => tracing::warn!(request_id, outcome = %other, "not an approval outcome"),
         }
         Ok(())
     }
@@ -318,16 +328,22 @@ impl Assignments {
         if request.requested_by != caller.principal_id {
             return Err(tonic::Status::permission_denied("only the requester can cancel a request").into());
         }
-        if request.status != "PendingApproval" {
+        if request.status != RequestStatus::PendingApproval {
             return Err(Error::FailedPrecondition(format!(
                 "request is {}; only a pending request can be canceled",
                 request.status
             )));
         }
-        request.status = "Canceled".into();
+        request.status = RequestStatus::Canceled;
         let txn = self.db.begin().await?;
         if !self
-            .transition(&txn, &request, "PendingApproval", Some(caller.actor()), self.now())
+            .transition(
+                &txn,
+                &request,
+                RequestStatus::PendingApproval,
+                Some(caller.actor()),
+                self.now(),
+            )
             .await?
         {
             return Err(Error::FailedPrecondition(
@@ -393,7 +409,7 @@ impl Assignments {
         caller: &Caller,
         principal: Option<&str>,
         role: Option<&str>,
-        status: Option<&str>,
+        status: Option<RequestStatus>,
         after: &str,
         limit: u64,
     ) -> Result<Vec<RequestRow>> {
