@@ -7,7 +7,6 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use sea_orm::{DatabaseTransaction, TransactionTrait};
-use tonic::Status;
 use tonic::transport::Channel;
 
 use pim_proto::common::v1::{Actor, ApprovalStageSettings, PrincipalKind};
@@ -19,8 +18,8 @@ use pim_runtime::auth::Caller;
 use pim_runtime::clock::Clock;
 use pim_runtime::db::{Db, from_timestamp};
 use pim_runtime::events::{Outbox, envelope, streams};
-use pim_runtime::grpc::{internal, invalid_argument};
 
+use crate::error::{Error, Result};
 use crate::store::{self, ApprovalRow, DecisionRow, PENDING, Stage};
 
 /// Entra's built-in role ids (the default approvers hold one of them).
@@ -78,15 +77,15 @@ impl Approvals {
         event_type: &str,
         subject: &str,
         data: &impl prost::Message,
-    ) -> Result<(), Status> {
+    ) -> Result<()> {
         self.outbox
             .enqueue(
                 txn,
                 streams::APPROVAL,
                 &envelope("pim.approval", event_type, subject, data),
             )
-            .await
-            .map_err(internal)
+            .await?;
+        Ok(())
     }
 
     fn committed(&self) {
@@ -176,11 +175,11 @@ impl Approvals {
         approval: &mut ApprovalRow,
         outcome: &str,
         actor: Option<Actor>,
-    ) -> Result<(), Status> {
+    ) -> Result<()> {
         approval.status = outcome.into();
         approval.completed_at = Some(self.now());
-        approval.rev = store::next_rev(txn).await.map_err(internal)?;
-        store::update(txn, approval).await.map_err(internal)?;
+        approval.rev = store::next_rev(txn).await?;
+        store::update(txn, approval).await?;
         let event_type = match outcome {
             "Approved" => "ApprovalGranted",
             "Denied" => "ApprovalDenied",
@@ -216,7 +215,7 @@ impl Approvals {
         caller: &Caller,
         approval: &ApprovalRow,
         groups: &mut Option<HashSet<String>>,
-    ) -> Result<bool, Status> {
+    ) -> Result<bool> {
         if caller.principal_id == approval.requester_id || approval.status != PENDING {
             return Ok(false);
         }
@@ -250,7 +249,7 @@ impl Approvals {
 
     /// Default approvers: whoever is active Privileged Role Administrator or Global
     /// Administrator when deciding (asked of assignment).
-    async fn is_default_approver(&self, caller: &Caller) -> Result<bool, Status> {
+    async fn is_default_approver(&self, caller: &Caller) -> Result<bool> {
         for role in [PRIVILEGED_ROLE_ADMINISTRATOR, GLOBAL_ADMINISTRATOR] {
             let d = self
                 .access
@@ -264,14 +263,14 @@ impl Approvals {
     }
 
     /// The groups `caller` is a member of (asked of identity).
-    pub(crate) async fn groups_of(&self, caller: &Caller) -> Result<HashSet<String>, Status> {
+    pub(crate) async fn groups_of(&self, caller: &Caller) -> Result<HashSet<String>> {
         let mut request = tonic::Request::new(ListPrincipalGroupsRequest {
             principal_id: caller.principal_id.clone(),
         });
         pim_runtime::telemetry::inject(&mut request);
         let bearer = format!("Bearer {}", caller.token())
             .parse()
-            .map_err(|_| Status::unauthenticated("access token is not valid"))?;
+            .map_err(|_| Error::Unauthenticated("access token is not valid".into()))?;
         request.metadata_mut().insert("authorization", bearer);
         request.set_timeout(std::time::Duration::from_secs(3));
         let groups = self
@@ -281,7 +280,7 @@ impl Approvals {
             .await
             .map_err(|s| {
                 tracing::warn!(code = ?s.code(), "group lookup failed");
-                Status::unavailable("group membership is unavailable; try again")
+                Error::Unavailable("group membership is unavailable; try again".into())
             })?
             .into_inner()
             .groups;
@@ -290,12 +289,7 @@ impl Approvals {
 
     /// Whether `caller` may see `approval`: its requester, anyone who decided it or may
     /// decide it, and approval managers.
-    async fn may_read(
-        &self,
-        caller: &Caller,
-        approval: &ApprovalRow,
-        decisions: &[DecisionRow],
-    ) -> Result<bool, Status> {
+    async fn may_read(&self, caller: &Caller, approval: &ApprovalRow, decisions: &[DecisionRow]) -> Result<bool> {
         if caller.principal_id == approval.requester_id
             || decisions.iter().any(|d| d.approver_id == caller.principal_id)
         {
@@ -311,15 +305,14 @@ impl Approvals {
         )
     }
 
-    pub async fn get(&self, caller: &Caller, id: &str) -> Result<(ApprovalRow, Vec<DecisionRow>), Status> {
+    pub async fn get(&self, caller: &Caller, id: &str) -> Result<(ApprovalRow, Vec<DecisionRow>)> {
         let approval = store::get(&self.db, id)
-            .await
-            .map_err(internal)?
-            .ok_or_else(|| Status::not_found(format!("approval {id} not found")))?;
-        let decisions = store::decisions(&self.db, id).await.map_err(internal)?;
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("approval {id}")))?;
+        let decisions = store::decisions(&self.db, id).await?;
         if !self.may_read(caller, &approval, &decisions).await? {
-            return Err(Status::permission_denied(
-                "only the requester, its approvers and approval managers see an approval",
+            return Err(Error::PermissionDenied(
+                "only the requester, its approvers and approval managers see an approval".into(),
             ));
         }
         Ok((approval, decisions))
@@ -335,10 +328,10 @@ impl Approvals {
         id: &str,
         approve: bool,
         justification: &str,
-    ) -> Result<(ApprovalRow, Vec<DecisionRow>), Status> {
+    ) -> Result<(ApprovalRow, Vec<DecisionRow>)> {
         let decided = self.try_decide(caller, id, approve, justification).await;
-        if let Err(status) = &decided {
-            self.refused(caller, id, approve, status).await;
+        if let Err(refusal) = &decided {
+            self.refused(caller, id, approve, refusal).await;
         }
         decided
     }
@@ -347,10 +340,10 @@ impl Approvals {
     /// approval. Malformed input, races to look again at (ABORTED) and internal errors are not
     /// decisions; self-approval is recorded where it is caught. Best effort: the answer goes
     /// back to the caller whether or not this is stored.
-    async fn refused(&self, caller: &Caller, id: &str, approve: bool, status: &Status) {
+    async fn refused(&self, caller: &Caller, id: &str, approve: bool, refusal: &Error) {
         use tonic::Code;
         if !matches!(
-            status.code(),
+            refusal.code(),
             Code::PermissionDenied | Code::FailedPrecondition | Code::NotFound
         ) {
             return;
@@ -374,15 +367,16 @@ impl Approvals {
             requester_id: field(|a| &a.requester_id),
             role_id: field(|a| &a.role_id),
             scope: field(|a| &a.scope),
-            code: format!("{:?}", status.code()),
-            reason: status.message().chars().take(500).collect(),
+            code: format!("{:?}", refusal.code()),
+            reason: refusal.message().chars().take(500).collect(),
         };
         // An unknown id is the subject as asked: the record says what was tried.
         let subject = approval.map(|a| a.id).unwrap_or_else(|| id.to_owned());
         let recorded = async {
-            let txn = self.db.begin().await.map_err(internal)?;
+            let txn = self.db.begin().await?;
             self.emit(&txn, "ApprovalDecisionRefused", &subject, &event).await?;
-            txn.commit().await.map_err(internal)
+            txn.commit().await?;
+            Ok::<_, Error>(())
         };
         match recorded.await {
             Ok(()) => self.outbox.wake(),
@@ -396,69 +390,67 @@ impl Approvals {
         id: &str,
         approve: bool,
         justification: &str,
-    ) -> Result<(ApprovalRow, Vec<DecisionRow>), Status> {
+    ) -> Result<(ApprovalRow, Vec<DecisionRow>)> {
         let justification = justification.trim();
         if justification.len() > MAX_JUSTIFICATION {
-            return Err(invalid_argument("justification", "at most 1000 characters"));
+            return Err(Error::invalid("justification", "at most 1000 characters"));
         }
         let decision = if approve { "approve" } else { "deny" };
         let approval = store::get(&self.db, id)
-            .await
-            .map_err(internal)?
-            .ok_or_else(|| Status::not_found(format!("approval {id} not found")))?;
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("approval {id}")))?;
         if caller.principal_id == approval.requester_id {
             self.record_self_approval_attempt(caller, &approval, decision).await?;
-            return Err(Status::permission_denied(
-                "the requester cannot decide their own request",
+            return Err(Error::PermissionDenied(
+                "the requester cannot decide their own request".into(),
             ));
         }
-        let decisions = store::decisions(&self.db, id).await.map_err(internal)?;
+        let decisions = store::decisions(&self.db, id).await?;
         if let Some(previous) = decisions.iter().find(|d| d.approver_id == caller.principal_id) {
             return if previous.decision == decision {
                 Ok((approval, decisions))
             } else {
-                Err(Status::failed_precondition(format!(
+                Err(Error::FailedPrecondition(format!(
                     "you already decided this approval ({})",
                     previous.decision
                 )))
             };
         }
         if approval.status != PENDING {
-            return Err(Status::failed_precondition(format!(
+            return Err(Error::FailedPrecondition(format!(
                 "approval is already {}",
                 approval.status.to_lowercase()
             )));
         }
         if !self.may_decide(caller, &approval, &mut None).await? {
-            return Err(Status::permission_denied(format!(
+            return Err(Error::PermissionDenied(format!(
                 "you are not an approver of stage {} of this approval",
                 approval.stage + 1
             )));
         }
         if approval.current_stage().justification_required && justification.is_empty() {
-            return Err(invalid_argument(
+            return Err(Error::invalid(
                 "justification",
                 "this role's policy requires a justification for decisions",
             ));
         }
 
         let now = self.now();
-        let txn = self.db.begin().await.map_err(internal)?;
+        let txn = self.db.begin().await?;
         let mut current = store::lock(&txn, id)
-            .await
-            .map_err(internal)?
-            .ok_or_else(|| Status::not_found(format!("approval {id} not found")))?;
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("approval {id}")))?;
         if current.status != PENDING {
-            return Err(Status::failed_precondition(format!(
+            return Err(Error::FailedPrecondition(format!(
                 "approval is already {}",
                 current.status.to_lowercase()
             )));
         }
         if current.expires_at <= now {
-            return Err(Status::failed_precondition("approval has expired"));
+            return Err(Error::FailedPrecondition("approval has expired".into()));
         }
         if current.stage != approval.stage {
-            return Err(Status::aborted("the approval moved to another stage; look again"));
+            return Err(Error::Aborted("the approval moved to another stage; look again".into()));
         }
         let row = DecisionRow {
             approval_id: current.id.clone(),
@@ -469,8 +461,10 @@ impl Approvals {
             justification: justification.into(),
             decided_at: now,
         };
-        if !store::insert_decision(&txn, &row).await.map_err(internal)? {
-            return Err(Status::aborted("you decided this approval concurrently; look again"));
+        if !store::insert_decision(&txn, &row).await? {
+            return Err(Error::Aborted(
+                "you decided this approval concurrently; look again".into(),
+            ));
         }
         let recorded = ev::ApprovalDecisionRecorded {
             actor: Some(caller.actor()),
@@ -490,8 +484,7 @@ impl Approvals {
                 .await?;
         } else {
             let approvals = store::decisions(&txn, id)
-                .await
-                .map_err(internal)?
+                .await?
                 .iter()
                 .filter(|d| d.stage == current.stage && d.decision == "approve")
                 .count();
@@ -501,17 +494,17 @@ impl Approvals {
                     current.stage_started_at = now;
                     current.expires_at = now + current.current_stage().timeout_ms;
                     current.escalated = false;
-                    current.rev = store::next_rev(&txn).await.map_err(internal)?;
-                    store::update(&txn, &current).await.map_err(internal)?;
+                    current.rev = store::next_rev(&txn).await?;
+                    store::update(&txn, &current).await?;
                 } else {
                     self.complete(&txn, &mut current, "Approved", Some(caller.actor()))
                         .await?;
                 }
             }
         }
-        txn.commit().await.map_err(internal)?;
+        txn.commit().await?;
         self.committed();
-        let decisions = store::decisions(&self.db, id).await.map_err(internal)?;
+        let decisions = store::decisions(&self.db, id).await?;
         Ok((current, decisions))
     }
 
@@ -522,8 +515,8 @@ impl Approvals {
         caller: &Caller,
         approval: &ApprovalRow,
         decision: &str,
-    ) -> Result<(), Status> {
-        let txn = self.db.begin().await.map_err(internal)?;
+    ) -> Result<()> {
+        let txn = self.db.begin().await?;
         let attempt = ev::ApprovalDecisionRecorded {
             actor: Some(caller.actor()),
             approval_id: approval.id.clone(),
@@ -536,17 +529,17 @@ impl Approvals {
             stage: approval.stage as i32,
         };
         self.emit(&txn, "SelfApprovalAttempted", &approval.id, &attempt).await?;
-        txn.commit().await.map_err(internal)?;
+        txn.commit().await?;
         self.outbox.wake();
         Ok(())
     }
 
     /// One timer pass: expires stages past their timeout and escalates those due. Rows are
     /// locked with SKIP LOCKED, so replicas share the work without doubling an event.
-    pub async fn run_timers_once(&self) -> Result<usize, Status> {
+    pub async fn run_timers_once(&self) -> Result<usize> {
         let now = self.now();
-        let txn = self.db.begin().await.map_err(internal)?;
-        let due = store::due(&txn, now, 500).await.map_err(internal)?;
+        let txn = self.db.begin().await?;
+        let due = store::due(&txn, now, 500).await?;
         let mut fired = 0;
         for mut approval in due {
             if approval.expires_at <= now {
@@ -554,14 +547,14 @@ impl Approvals {
                     .await?;
             } else {
                 approval.escalated = true;
-                approval.rev = store::next_rev(&txn).await.map_err(internal)?;
-                store::update(&txn, &approval).await.map_err(internal)?;
+                approval.rev = store::next_rev(&txn).await?;
+                store::update(&txn, &approval).await?;
                 let event = self.completed_event(&approval, "Escalated", Some(system_actor()));
                 self.emit(&txn, "ApprovalEscalated", &approval.id, &event).await?;
             }
             fired += 1;
         }
-        txn.commit().await.map_err(internal)?;
+        txn.commit().await?;
         if fired > 0 {
             self.committed();
         }
@@ -609,7 +602,7 @@ impl Approvals {
         all: bool,
         before_rev: Option<i64>,
         page_size: usize,
-    ) -> Result<(Vec<ApprovalRow>, Option<i64>), Status> {
+    ) -> Result<(Vec<ApprovalRow>, Option<i64>)> {
         if all {
             require(self.access.as_ref(), caller, permissions::APPROVALS_MANAGE, "/").await?;
         }
@@ -623,7 +616,7 @@ impl Approvals {
                 before_rev: before,
                 limit: page_size as u64,
             };
-            let rows = store::list(&self.db, &filter).await.map_err(internal)?;
+            let rows = store::list(&self.db, &filter).await?;
             let exhausted = rows.len() < page_size;
             for row in rows {
                 before = Some(row.rev);
@@ -651,15 +644,14 @@ impl Approvals {
         caller: &Caller,
         after: i64,
         groups: &mut Option<HashSet<String>>,
-    ) -> Result<(Vec<ApprovalRow>, Option<i64>), Status> {
-        let rows = store::pending_after(&self.db, after, 500).await.map_err(internal)?;
+    ) -> Result<(Vec<ApprovalRow>, Option<i64>)> {
+        let rows = store::pending_after(&self.db, after, 500).await?;
         let high = rows.last().map(|r| r.rev);
         let mut out = Vec::new();
         for row in rows {
             if self.may_decide(caller, &row, groups).await?
                 && !store::decisions(&self.db, &row.id)
-                    .await
-                    .map_err(internal)?
+                    .await?
                     .iter()
                     .any(|d| d.approver_id == caller.principal_id)
             {

@@ -209,7 +209,7 @@ impl ApprovalService for Approvals {
                         high
                     }
                     Err(err) => {
-                        let _ = tx.send(Err(err)).await;
+                        let _ = tx.send(Err(err.into())).await;
                         return;
                     }
                 };

@@ -8,7 +8,6 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use sea_orm::{DatabaseTransaction, TransactionTrait};
-use tonic::Status;
 
 use pim_proto::assignment::v1::GetRoleDefinitionRequest;
 use pim_proto::assignment::v1::role_service_client::RoleServiceClient;
@@ -16,9 +15,9 @@ use pim_proto::common::v1::PrincipalKind;
 use pim_proto::events::v1::ReviewEvent;
 use pim_runtime::access::{permissions, require};
 use pim_runtime::auth::Caller;
-use pim_runtime::grpc::{internal, invalid_argument};
 
 use crate::approvals::Approvals;
+use crate::error::{Error, Result};
 use crate::store::{self, ItemRow, ReviewRow};
 
 const DAY_MS: i64 = 24 * 3_600_000;
@@ -54,16 +53,13 @@ pub struct NewReview {
 }
 
 /// Normalizes a scope path as assignment does (segments compared case-insensitively).
-fn scope(raw: &str) -> Result<String, Status> {
+fn scope(raw: &str) -> Result<String> {
     let raw = raw.trim();
     if raw.is_empty() || raw == "/" {
         return Ok("/".into());
     }
     if !raw.starts_with('/') || raw.contains("//") || raw.len() > 1024 {
-        return Err(invalid_argument(
-            "review.scope",
-            "a path such as / or /subscriptions/s1",
-        ));
+        return Err(Error::invalid("review.scope", "a path such as / or /subscriptions/s1"));
     }
     Ok(raw.trim_end_matches('/').to_lowercase())
 }
@@ -90,30 +86,25 @@ impl Approvals {
         }
     }
 
-    async fn emit_review(
-        &self,
-        txn: &DatabaseTransaction,
-        event_type: &str,
-        event: &ReviewEvent,
-    ) -> Result<(), Status> {
+    async fn emit_review(&self, txn: &DatabaseTransaction, event_type: &str, event: &ReviewEvent) -> Result<()> {
         self.outbox
             .enqueue(
                 txn,
                 pim_runtime::events::streams::APPROVAL,
                 &pim_runtime::events::envelope("pim.approval", event_type, &event.review_id, event),
             )
-            .await
-            .map_err(internal)
+            .await?;
+        Ok(())
     }
 
-    pub async fn create_review(&self, caller: &Caller, r: NewReview) -> Result<ReviewRow, Status> {
+    pub async fn create_review(&self, caller: &Caller, r: NewReview) -> Result<ReviewRow> {
         let name = r.name.trim();
         if name.is_empty() || name.len() > 200 {
-            return Err(invalid_argument("review.name", "1 to 200 characters"));
+            return Err(Error::invalid("review.name", "1 to 200 characters"));
         }
         let role_id = r.role_id.trim();
         if role_id.is_empty() {
-            return Err(invalid_argument("review.role_id", "required"));
+            return Err(Error::invalid("review.role_id", "required"));
         }
         let scope = scope(&r.scope)?;
         let reviewer_ids: Vec<String> = r
@@ -123,26 +114,26 @@ impl Approvals {
             .filter(|s| !s.is_empty())
             .collect();
         if reviewer_ids.is_empty() && !r.self_review {
-            return Err(invalid_argument(
+            return Err(Error::invalid(
                 "review.reviewer_ids",
                 "name reviewers, or make it a self-review",
             ));
         }
         if reviewer_ids.len() > 100 || reviewer_ids.iter().any(|id| id.contains(char::is_whitespace)) {
-            return Err(invalid_argument("review.reviewer_ids", "at most 100 principal ids"));
+            return Err(Error::invalid("review.reviewer_ids", "at most 100 principal ids"));
         }
         let Some(period) = recurrence_period(r.recurrence.trim()) else {
-            return Err(invalid_argument(
+            return Err(Error::invalid(
                 "review.recurrence",
                 "none, weekly, monthly, quarterly, semiannually or annually",
             ));
         };
         let duration_ms = r.duration.map(|d| d.as_millis() as i64).unwrap_or(14 * DAY_MS);
         if !(3_600_000..=180 * DAY_MS).contains(&duration_ms) {
-            return Err(invalid_argument("review.duration", "between 1 hour and 180 days"));
+            return Err(Error::invalid("review.duration", "between 1 hour and 180 days"));
         }
         if period.is_some_and(|p| duration_ms > p) {
-            return Err(invalid_argument(
+            return Err(Error::invalid(
                 "review.duration",
                 "must not be longer than the recurrence period",
             ));
@@ -170,8 +161,8 @@ impl Approvals {
             created_by: caller.principal_id.clone(),
             created_at: now,
         };
-        let txn = self.db.begin().await.map_err(internal)?;
-        store::insert_review(&txn, &review).await.map_err(internal)?;
+        let txn = self.db.begin().await?;
+        store::insert_review(&txn, &review).await?;
         self.emit_review(
             &txn,
             "ReviewCreated",
@@ -183,19 +174,19 @@ impl Approvals {
         if review.start_at <= now {
             self.start_instance(&txn, &mut review).await?;
         }
-        txn.commit().await.map_err(internal)?;
+        txn.commit().await?;
         self.outbox.wake();
         self.review_for(caller, &review.id).await
     }
 
     /// The id of a role given by name or id; it must exist (asked of assignment, on the
     /// caller's behalf).
-    async fn role_id(&self, caller: &Caller, role: &str) -> Result<String, Status> {
+    async fn role_id(&self, caller: &Caller, role: &str) -> Result<String> {
         let mut request = tonic::Request::new(GetRoleDefinitionRequest { role: role.to_owned() });
         pim_runtime::telemetry::inject(&mut request);
         let bearer = format!("Bearer {}", caller.token())
             .parse()
-            .map_err(|_| Status::unauthenticated("access token is not valid"))?;
+            .map_err(|_| Error::Unauthenticated("access token is not valid".into()))?;
         request.metadata_mut().insert("authorization", bearer);
         request.set_timeout(Duration::from_secs(3));
         match RoleServiceClient::new(self.assignment.clone())
@@ -204,28 +195,27 @@ impl Approvals {
         {
             Ok(found) => Ok(found.into_inner().id),
             Err(s) if s.code() == tonic::Code::NotFound => {
-                Err(invalid_argument("review.role_id", "no such role definition"))
+                Err(Error::invalid("review.role_id", "no such role definition"))
             }
-            Err(s) if s.code() == tonic::Code::InvalidArgument => Err(invalid_argument("review.role_id", s.message())),
+            Err(s) if s.code() == tonic::Code::InvalidArgument => Err(Error::invalid("review.role_id", s.message())),
             Err(s) => {
                 tracing::warn!(code = ?s.code(), "role lookup for a review failed");
-                Err(Status::unavailable("role definitions are unavailable; try again"))
+                Err(Error::Unavailable("role definitions are unavailable; try again".into()))
             }
         }
     }
 
     /// A review the caller may see: reviews managers see all, reviewers theirs, and anyone
     /// a self-review.
-    pub async fn review_for(&self, caller: &Caller, id: &str) -> Result<ReviewRow, Status> {
+    pub async fn review_for(&self, caller: &Caller, id: &str) -> Result<ReviewRow> {
         let review = store::review(&self.db, id, false)
-            .await
-            .map_err(internal)?
-            .ok_or_else(|| Status::not_found(format!("access review {id} not found")))?;
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("access review {id}")))?;
         if review.self_review || review.reviewer_ids.contains(&caller.principal_id) {
             return Ok(review);
         }
         match require(self.access.as_ref(), caller, permissions::REVIEWS_MANAGE, &review.scope).await {
-            Err(refused) if !self.is_reviewer(caller, &review, &mut None).await? => Err(refused),
+            Err(refused) if !self.is_reviewer(caller, &review, &mut None).await? => Err(refused.into()),
             _ => Ok(review),
         }
     }
@@ -237,7 +227,7 @@ impl Approvals {
         caller: &Caller,
         review: &ReviewRow,
         groups: &mut Option<HashSet<String>>,
-    ) -> Result<bool, Status> {
+    ) -> Result<bool> {
         if review.reviewer_ids.contains(&caller.principal_id) {
             return Ok(true);
         }
@@ -251,14 +241,14 @@ impl Approvals {
         Ok(review.reviewer_ids.iter().any(|id| groups.contains(id)))
     }
 
-    pub async fn list_reviews(&self, caller: &Caller, after_id: &str, limit: usize) -> Result<Vec<ReviewRow>, Status> {
+    pub async fn list_reviews(&self, caller: &Caller, after_id: &str, limit: usize) -> Result<Vec<ReviewRow>> {
         let manager = require(self.access.as_ref(), caller, permissions::REVIEWS_MANAGE, "/")
             .await
             .is_ok();
         let (mut out, mut groups) = (Vec::new(), None);
         let mut after = after_id.to_owned();
         loop {
-            let rows = store::reviews(&self.db, &after, limit as u64).await.map_err(internal)?;
+            let rows = store::reviews(&self.db, &after, limit as u64).await?;
             let exhausted = rows.len() < limit;
             for r in rows {
                 after = r.id.clone();
@@ -278,23 +268,21 @@ impl Approvals {
         review: &ReviewRow,
         item: &ItemRow,
         groups: &mut Option<HashSet<String>>,
-    ) -> Result<bool, Status> {
+    ) -> Result<bool> {
         Ok((review.self_review && item.principal_id == caller.principal_id)
             || self.is_reviewer(caller, review, groups).await?)
     }
 
     /// The current instance's items the caller reviews (of one review, or of every review in
     /// progress).
-    pub async fn my_items(&self, caller: &Caller, review_id: Option<&str>) -> Result<Vec<ItemRow>, Status> {
+    pub async fn my_items(&self, caller: &Caller, review_id: Option<&str>) -> Result<Vec<ItemRow>> {
         let reviews = match review_id {
             Some(id) => vec![self.review_for(caller, id).await?],
             None => self.list_reviews(caller, "", 1000).await?,
         };
         let (mut out, mut groups) = (Vec::new(), None);
         for review in reviews.into_iter().filter(|r| r.status == "InProgress") {
-            let items = store::items(&self.db, &review.id, review.instance)
-                .await
-                .map_err(internal)?;
+            let items = store::items(&self.db, &review.id, review.instance).await?;
             for item in items {
                 if self.may_review(caller, &review, &item, &mut groups).await? {
                     out.push(item);
@@ -305,14 +293,13 @@ impl Approvals {
     }
 
     /// Every item of one instance of a review (0: the latest), for its managers.
-    pub async fn all_items(&self, caller: &Caller, review_id: &str, instance: i32) -> Result<Vec<ItemRow>, Status> {
+    pub async fn all_items(&self, caller: &Caller, review_id: &str, instance: i32) -> Result<Vec<ItemRow>> {
         let review = store::review(&self.db, review_id, false)
-            .await
-            .map_err(internal)?
-            .ok_or_else(|| Status::not_found(format!("access review {review_id} not found")))?;
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("access review {review_id}")))?;
         require(self.access.as_ref(), caller, permissions::REVIEWS_MANAGE, &review.scope).await?;
         let instance = if instance <= 0 { review.instance } else { instance };
-        store::items(&self.db, &review.id, instance).await.map_err(internal)
+        Ok(store::items(&self.db, &review.id, instance).await?)
     }
 
     /// Records (or changes) a reviewer's decision while the instance is in progress.
@@ -322,94 +309,86 @@ impl Approvals {
         item_id: &str,
         approve: bool,
         justification: &str,
-    ) -> Result<ItemRow, Status> {
+    ) -> Result<ItemRow> {
         let justification = justification.trim();
         if justification.len() > 1000 {
-            return Err(invalid_argument("justification", "at most 1000 characters"));
+            return Err(Error::invalid("justification", "at most 1000 characters"));
         }
         let mut item = store::item(&self.db, item_id)
-            .await
-            .map_err(internal)?
-            .ok_or_else(|| Status::not_found(format!("review item {item_id} not found")))?;
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("review item {item_id}")))?;
         // Who reviews does not change, so it is settled before the review's row is locked
         // (a group lookup is a call to identity).
         let review = store::review(&self.db, &item.review_id, false)
-            .await
-            .map_err(internal)?
-            .ok_or_else(|| Status::not_found("access review not found"))?;
+            .await?
+            .ok_or_else(|| Error::NotFound("access review".into()))?;
         if !self.may_review(caller, &review, &item, &mut None).await? {
-            return Err(Status::permission_denied("you are not a reviewer of this item"));
+            return Err(Error::PermissionDenied("you are not a reviewer of this item".into()));
         }
-        let txn = self.db.begin().await.map_err(internal)?;
+        let txn = self.db.begin().await?;
         let review = store::review(&txn, &item.review_id, true)
-            .await
-            .map_err(internal)?
-            .ok_or_else(|| Status::not_found("access review not found"))?;
+            .await?
+            .ok_or_else(|| Error::NotFound("access review".into()))?;
         if review.status != "InProgress" || review.instance != item.instance {
-            return Err(Status::failed_precondition("this review is not in progress"));
+            return Err(Error::FailedPrecondition("this review is not in progress".into()));
         }
         item.decision = if approve { "approve" } else { "deny" }.into();
         item.justification = justification.into();
         item.reviewer_id = caller.principal_id.clone();
         item.decided_at = Some(self.now());
-        store::update_item(&txn, &item).await.map_err(internal)?;
+        store::update_item(&txn, &item).await?;
         self.emit_review(
             &txn,
             "ReviewItemDecided",
             &self.review_event(&review, Some(&item), &item.decision, Some(caller)),
         )
         .await?;
-        txn.commit().await.map_err(internal)?;
+        txn.commit().await?;
         self.outbox.wake();
         Ok(item)
     }
 
     /// Ends the review now: the current instance completes (defaults, auto-apply) and no
     /// further instance starts.
-    pub async fn stop_review(&self, caller: &Caller, id: &str) -> Result<ReviewRow, Status> {
+    pub async fn stop_review(&self, caller: &Caller, id: &str) -> Result<ReviewRow> {
         let review = self.review_for(caller, id).await?;
         require(self.access.as_ref(), caller, permissions::REVIEWS_MANAGE, &review.scope).await?;
-        let txn = self.db.begin().await.map_err(internal)?;
+        let txn = self.db.begin().await?;
         let mut review = store::review(&txn, id, true)
-            .await
-            .map_err(internal)?
-            .ok_or_else(|| Status::not_found(format!("access review {id} not found")))?;
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("access review {id}")))?;
         match review.status.as_str() {
             "InProgress" => self.complete_instance(&txn, &mut review, Some(caller)).await?,
             "NotStarted" => {}
             _ => {
-                return Err(Status::failed_precondition(format!(
+                return Err(Error::FailedPrecondition(format!(
                     "review is already {}",
                     review.status
                 )));
             }
         }
         review.status = "Stopped".into();
-        store::update_review(&txn, &review).await.map_err(internal)?;
-        txn.commit().await.map_err(internal)?;
+        store::update_review(&txn, &review).await?;
+        txn.commit().await?;
         self.outbox.wake();
         Ok(review)
     }
 
     /// Starts the next instance: snapshots the assignments under review, with a
     /// recommendation for each.
-    async fn start_instance(&self, txn: &DatabaseTransaction, review: &mut ReviewRow) -> Result<(), Status> {
+    async fn start_instance(&self, txn: &DatabaseTransaction, review: &mut ReviewRow) -> Result<()> {
         let now = self.now();
         review.instance += 1;
         review.status = "InProgress".into();
         review.instance_start = Some(now);
         review.instance_end = Some(now + review.duration_ms);
-        let assignments = store::seen_in_scope(txn, &review.role_id, &review.scope, now)
-            .await
-            .map_err(internal)?;
+        let assignments = store::seen_in_scope(txn, &review.role_id, &review.scope, now).await?;
         for a in assignments {
             if review.review_scope != "both" && a.kind != review.review_scope {
                 continue;
             }
             let recommendation = if a.kind == "eligible" {
-                let last = store::last_activation(txn, &a.principal_id, &a.role_id)
-                    .await
-                    .map_err(internal)?;
+                let last = store::last_activation(txn, &a.principal_id, &a.role_id).await?;
                 if last.is_some_and(|at| at > now - UNUSED_MS) {
                     "approve"
                 } else {
@@ -435,9 +414,9 @@ impl Approvals {
                 decided_at: None,
                 outcome: String::new(),
             };
-            store::insert_item(txn, &item).await.map_err(internal)?;
+            store::insert_item(txn, &item).await?;
         }
-        store::update_review(txn, review).await.map_err(internal)?;
+        store::update_review(txn, review).await?;
         self.emit_review(txn, "ReviewStarted", &self.review_event(review, None, "", None))
             .await
     }
@@ -449,8 +428,8 @@ impl Approvals {
         txn: &DatabaseTransaction,
         review: &mut ReviewRow,
         caller: Option<&Caller>,
-    ) -> Result<(), Status> {
-        let items = store::items(txn, &review.id, review.instance).await.map_err(internal)?;
+    ) -> Result<()> {
+        let items = store::items(txn, &review.id, review.instance).await?;
         for mut item in items {
             if item.decision.is_empty() {
                 let default = match review.default_decision.as_str() {
@@ -470,7 +449,7 @@ impl Approvals {
             // A removal is asked of assignment, which answers with what it did (a protection
             // may keep the assignment): the item says "removal requested" until then.
             item.outcome = if remove { "removal requested" } else { "kept" }.into();
-            store::update_item(txn, &item).await.map_err(internal)?;
+            store::update_item(txn, &item).await?;
             if remove {
                 let mut event = self.review_event(review, Some(&item), "deny", caller);
                 if event.actor.is_none() {
@@ -500,14 +479,14 @@ impl Approvals {
             }
             None => review.status = "Completed".into(),
         }
-        store::update_review(txn, review).await.map_err(internal)
+        Ok(store::update_review(txn, review).await?)
     }
 
     /// Starts and completes the reviews that are due (SKIP LOCKED shares them between replicas).
-    pub async fn run_review_timers_once(&self) -> Result<usize, Status> {
+    pub async fn run_review_timers_once(&self) -> Result<usize> {
         let now = self.now();
-        let txn = self.db.begin().await.map_err(internal)?;
-        let due = store::due_reviews(&txn, now, 100).await.map_err(internal)?;
+        let txn = self.db.begin().await?;
+        let due = store::due_reviews(&txn, now, 100).await?;
         let fired = due.len();
         for mut review in due {
             if review.status == "InProgress" {
@@ -517,7 +496,7 @@ impl Approvals {
                 self.start_instance(&txn, &mut review).await?;
             }
         }
-        txn.commit().await.map_err(internal)?;
+        txn.commit().await?;
         if fired > 0 {
             self.outbox.wake();
         }
