@@ -52,3 +52,46 @@ fn no_service_crate_depends_on_another() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// Domain code answers in its service's error vocabulary; only the gRPC adapters (grpc.rs),
+/// the error mappings (error.rs) and the host seam build a `tonic::Status`.
+#[test]
+fn no_status_is_built_outside_the_grpc_adapters() -> anyhow::Result<()> {
+    let services = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../services");
+    let domain_code = [
+        "approval/src/approvals.rs",
+        "approval/src/reviews.rs",
+        "alerting/src/alerts.rs",
+        "alerting/src/rules.rs",
+        "assignment/src/domain.rs",
+        "assignment/src/assignments/mod.rs",
+        "assignment/src/assignments/activation.rs",
+        "assignment/src/assignments/administration.rs",
+        "assignment/src/assignments/requests.rs",
+        "assignment/src/assignments/protections.rs",
+        "assignment/src/scheduler.rs",
+    ];
+    let mut found = Vec::new();
+    for file in domain_code {
+        let text = std::fs::read_to_string(services.join(file))?;
+        for (n, line) in text.lines().enumerate() {
+            let built = [
+                "Status::permission_denied",
+                "Status::not_found",
+                "Status::failed_precondition",
+                "Status::unavailable",
+                "Status::internal",
+                "Status::invalid_argument",
+                "Status::aborted",
+                "Status::already_exists",
+                "Status::unauthenticated",
+                "Status::new(",
+            ];
+            if built.iter().any(|b| line.contains(b)) || line.contains("use tonic::Status") {
+                found.push(format!("{file}:{}: {}", n + 1, line.trim()));
+            }
+        }
+    }
+    assert!(found.is_empty(), "tonic::Status built in domain code: {found:#?}");
+    Ok(())
+}

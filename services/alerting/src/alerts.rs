@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use sea_orm::{DatabaseTransaction, TransactionTrait};
 use serde_json::json;
-use tonic::Status;
 
 use pim_proto::common::v1::Actor;
 use pim_proto::events::v1 as ev;
@@ -19,8 +18,8 @@ use pim_runtime::access::{AccessCheck, permissions, require};
 use pim_runtime::auth::Caller;
 use pim_runtime::clock::Clock;
 use pim_runtime::db::{Db, from_timestamp};
+use pim_runtime::error::{Error, Result};
 use pim_runtime::events::{Envelope, Outbox, decode, envelope, short_type, streams};
-use pim_runtime::grpc::{internal, invalid_argument};
 
 use crate::rules::{self, Settings};
 use crate::store::{self, AlertRow};
@@ -167,11 +166,11 @@ impl Alerts {
     }
 
     /// A rule's settings, to evaluate an event with (from [`SettingsCache`]).
-    pub async fn settings<C: sea_orm::ConnectionTrait>(&self, c: &C, rule_id: &str) -> Result<Settings, Status> {
+    pub async fn settings<C: sea_orm::ConnectionTrait>(&self, c: &C, rule_id: &str) -> Result<Settings> {
         if let Some(s) = self.settings.get(rule_id) {
             return Ok(s);
         }
-        let def = rules::rule(rule_id).ok_or_else(|| Status::not_found(format!("rule {rule_id} not found")))?;
+        let def = rules::rule(rule_id).ok_or_else(|| Error::NotFound(format!("rule {rule_id}")))?;
         let generation = self.settings.generation.load(SeqCst);
         let s = self.stored_settings(c, rule_id).await?;
         self.settings.keep(def.id, generation, &s);
@@ -179,13 +178,13 @@ impl Alerts {
     }
 
     /// A rule's settings as stored now (what an administrator reads and changes).
-    pub async fn stored_settings<C: sea_orm::ConnectionTrait>(&self, c: &C, rule_id: &str) -> Result<Settings, Status> {
-        let def = rules::rule(rule_id).ok_or_else(|| Status::not_found(format!("rule {rule_id} not found")))?;
+    pub async fn stored_settings<C: sea_orm::ConnectionTrait>(&self, c: &C, rule_id: &str) -> Result<Settings> {
+        let def = rules::rule(rule_id).ok_or_else(|| Error::NotFound(format!("rule {rule_id}")))?;
         let mut s = Settings::defaults(def);
-        if let Some((enabled, severity, values)) = store::rule_settings(c, rule_id).await.map_err(internal)? {
+        if let Some((enabled, severity, values)) = store::rule_settings(c, rule_id).await? {
             s.enabled = enabled;
             s.severity = severity;
-            let stored: BTreeMap<String, i64> = serde_json::from_str(&values).map_err(internal)?;
+            let stored: BTreeMap<String, i64> = serde_json::from_str(&values).map_err(anyhow::Error::from)?;
             s.values.extend(stored);
         }
         Ok(s)
@@ -198,7 +197,7 @@ impl Alerts {
         a: &AlertRow,
         event_type: &str,
         actor: Option<Actor>,
-    ) -> Result<(), Status> {
+    ) -> Result<()> {
         let event = ev::AlertEvent {
             actor,
             alert_id: a.id.clone(),
@@ -214,17 +213,14 @@ impl Alerts {
                 streams::ALERTING,
                 &envelope("pim.alerting", event_type, &a.id, &event),
             )
-            .await
-            .map_err(internal)?;
+            .await?;
         self.published.fetch_add(1, SeqCst);
         let description = rules::rule(&a.rule_id).map(|r| r.description).unwrap_or_default();
         let mut finding = envelope("pim.alerting", "DetectionFinding", &a.id, &event);
         finding.data = detection_finding(a, description).to_string().into_bytes();
         finding.datacontenttype = "application/json".into();
-        self.outbox
-            .enqueue(txn, streams::ALERTS, &finding)
-            .await
-            .map_err(internal)
+        self.outbox.enqueue(txn, streams::ALERTS, &finding).await?;
+        Ok(())
     }
 
     /// Raises an alert for `rule_id`, or updates the live one with the same key.
@@ -236,7 +232,7 @@ impl Alerts {
         subject: Subject,
         evidence: &[String],
         figures: BTreeMap<String, String>,
-    ) -> Result<(), Status> {
+    ) -> Result<()> {
         self.raise_as(txn, rule_id, dedup_key, subject, evidence, figures, None)
             .await
     }
@@ -252,7 +248,7 @@ impl Alerts {
         evidence: &[String],
         figures: BTreeMap<String, String>,
         severity: Option<&str>,
-    ) -> Result<(), Status> {
+    ) -> Result<()> {
         let mut settings = self.settings(txn, rule_id).await?;
         if !settings.enabled {
             return Ok(());
@@ -261,8 +257,8 @@ impl Alerts {
             settings.severity = severity.to_owned();
         }
         let now = self.now();
-        let rev = store::next_rev(txn).await.map_err(internal)?;
-        let (mut alert, insert) = match store::live(txn, dedup_key).await.map_err(internal)? {
+        let rev = store::next_rev(txn).await?;
+        let (mut alert, insert) = match store::live(txn, dedup_key).await? {
             Some(mut a) => {
                 a.count += 1;
                 a.last_seen = now;
@@ -300,22 +296,22 @@ impl Alerts {
         alert.evidence.drain(..excess);
         alert.figures = figures;
         alert.rev = rev;
-        store::save(txn, &alert, insert).await.map_err(internal)?;
+        store::save(txn, &alert, insert).await?;
         self.publish(txn, &alert, if insert { "AlertRaised" } else { "AlertUpdated" }, None)
             .await
     }
 
     /// Resolves the live alert with this key: its condition cleared.
-    async fn clear(&self, txn: &DatabaseTransaction, dedup_key: &str, why: &str) -> Result<(), Status> {
-        let Some(mut alert) = store::live(txn, dedup_key).await.map_err(internal)? else {
+    async fn clear(&self, txn: &DatabaseTransaction, dedup_key: &str, why: &str) -> Result<()> {
+        let Some(mut alert) = store::live(txn, dedup_key).await? else {
             return Ok(());
         };
         alert.status = "resolved".into();
         alert.status_changed_by = "system".into();
         alert.status_reason = why.into();
         alert.last_seen = self.now();
-        alert.rev = store::next_rev(txn).await.map_err(internal)?;
-        store::save(txn, &alert, false).await.map_err(internal)?;
+        alert.rev = store::next_rev(txn).await?;
+        store::save(txn, &alert, false).await?;
         self.publish(txn, &alert, "AlertStatusChanged", None).await
     }
 
@@ -607,11 +603,9 @@ impl Alerts {
         principal_id: &str,
         at: i64,
         locked: bool,
-    ) -> Result<(), Status> {
+    ) -> Result<()> {
         let s = self.settings(txn, rules::MFA_FAILURES).await?;
-        let failures = store::mfa_failures_since(txn, principal_id, at - s.get("window_minutes") * 60_000)
-            .await
-            .map_err(internal)?;
+        let failures = store::mfa_failures_since(txn, principal_id, at - s.get("window_minutes") * 60_000).await?;
         if locked || failures.len() as i64 >= s.get("count") {
             let figures = BTreeMap::from([
                 ("failures".to_owned(), failures.len().to_string()),
@@ -640,7 +634,7 @@ impl Alerts {
         principal_id: &str,
         name: &str,
         event_id: &str,
-    ) -> Result<(), Status> {
+    ) -> Result<()> {
         let figures = BTreeMap::from([("user_name".to_owned(), name.to_owned())]);
         self.raise(
             txn,
@@ -659,16 +653,14 @@ impl Alerts {
 
     /// Entra's two-condition rule: at least N Global Administrators, and at least P % of the
     /// active privileged assignments. Resolves itself when either no longer holds.
-    async fn check_global_admins(&self, txn: &DatabaseTransaction, event_id: &str) -> Result<(), Status> {
+    async fn check_global_admins(&self, txn: &DatabaseTransaction, event_id: &str) -> Result<()> {
         let s = self.settings(txn, rules::TOO_MANY_GLOBAL_ADMINS).await?;
         self.judge_global_admins(txn, event_id, &s).await
     }
 
     /// The Global Administrator count judged under settings `s`.
-    async fn judge_global_admins(&self, txn: &DatabaseTransaction, event_id: &str, s: &Settings) -> Result<(), Status> {
-        let (admins, total) = store::active_counts(txn, pim_proto::catalogue::GLOBAL_ADMINISTRATOR, self.now())
-            .await
-            .map_err(internal)?;
+    async fn judge_global_admins(&self, txn: &DatabaseTransaction, event_id: &str, s: &Settings) -> Result<()> {
+        let (admins, total) = store::active_counts(txn, pim_proto::catalogue::GLOBAL_ADMINISTRATOR, self.now()).await?;
         let key = "too_many_global_admins";
         // A re-judgement after a settings change has no event behind it.
         let evidence: Vec<String> = (!event_id.is_empty())
@@ -695,12 +687,9 @@ impl Alerts {
 
     /// Entry `entry_id` of `pim.deadletter`: some service could not process event `e`. Every
     /// replica reads the entry; the first to take it raises (or counts) the alert.
-    pub async fn dead_lettered(&self, entry_id: &str, e: &Envelope) -> Result<(), Status> {
-        let txn = self.db.begin().await.map_err(internal)?;
-        if !store::first_sight_of_dead_letter(&txn, entry_id, self.now())
-            .await
-            .map_err(internal)?
-        {
+    pub async fn dead_lettered(&self, entry_id: &str, e: &Envelope) -> Result<()> {
+        let txn = self.db.begin().await?;
+        if !store::first_sight_of_dead_letter(&txn, entry_id, self.now()).await? {
             return Ok(());
         }
         let figures = BTreeMap::from([
@@ -720,7 +709,7 @@ impl Alerts {
             figures,
         )
         .await?;
-        txn.commit().await.map_err(internal)?;
+        txn.commit().await?;
         self.committed();
         Ok(())
     }
@@ -728,7 +717,7 @@ impl Alerts {
     /// Audit recorded an entry of `stream` that its owner did not sign: one live alert per
     /// stream, counting the entries, with each refusal's id as evidence. The entry's claims
     /// (subject, type) are figures, never the alert's subject.
-    async fn forged(&self, txn: &DatabaseTransaction, r: ev::EventRejected) -> Result<(), Status> {
+    async fn forged(&self, txn: &DatabaseTransaction, r: ev::EventRejected) -> Result<()> {
         let figures = BTreeMap::from([
             ("stream".to_owned(), r.stream.clone()),
             ("entry_id".to_owned(), r.entry_id),
@@ -750,15 +739,12 @@ impl Alerts {
     /// The rules time triggers: privileged holders who have not signed in for `days`, and
     /// eligibilities not activated for `days`. Alerts whose condition cleared are resolved.
     /// Returns how many alerts it raised or updated.
-    pub async fn scan_once(&self) -> Result<usize, Status> {
+    pub async fn scan_once(&self) -> Result<usize> {
         let now = self.now();
-        let txn = self.db.begin().await.map_err(internal)?;
+        let txn = self.db.begin().await?;
         let mut raised = 0;
         let stale = self.settings(&txn, rules::STALE_ACCOUNTS).await?;
-        for (principal, quiet_since) in store::privileged_holders_quiet_since(&txn, now)
-            .await
-            .map_err(internal)?
-        {
+        for (principal, quiet_since) in store::privileged_holders_quiet_since(&txn, now).await? {
             let key = format!("stale:{principal}");
             let days = (now - quiet_since) / 86_400_000;
             if days >= stale.get("days") {
@@ -775,7 +761,7 @@ impl Alerts {
             }
         }
         let unused = self.settings(&txn, rules::UNUSED_ROLES).await?;
-        for (principal, role, unused_since) in store::eligibilities_unused_since(&txn, now).await.map_err(internal)? {
+        for (principal, role, unused_since) in store::eligibilities_unused_since(&txn, now).await? {
             let key = format!("unused:{principal}:{role}");
             let days = (now - unused_since) / 86_400_000;
             if days >= unused.get("days") {
@@ -792,7 +778,7 @@ impl Alerts {
                 self.clear(&txn, &key, "the role was activated").await?;
             }
         }
-        txn.commit().await.map_err(internal)?;
+        txn.commit().await?;
         if raised > 0 {
             self.committed();
         }
@@ -817,34 +803,30 @@ impl Alerts {
 
     /// Acknowledge, dismiss or resolve (Security Administrators and above); dismissing and
     /// resolving need a reason.
-    pub async fn set_status(&self, caller: &Caller, id: &str, status: &str, reason: &str) -> Result<AlertRow, Status> {
+    pub async fn set_status(&self, caller: &Caller, id: &str, status: &str, reason: &str) -> Result<AlertRow> {
         require(self.access.as_ref(), caller, permissions::ALERTS_MANAGE, "/").await?;
         let reason = reason.trim();
         if reason.len() > 1000 {
-            return Err(invalid_argument("reason", "at most 1000 characters"));
+            return Err(Error::invalid("reason", "at most 1000 characters"));
         }
         if status != "acknowledged" && reason.is_empty() {
-            return Err(invalid_argument("reason", "say why"));
+            return Err(Error::invalid("reason", "say why"));
         }
-        let txn = self.db.begin().await.map_err(internal)?;
+        let txn = self.db.begin().await?;
         let mut alert = store::get(&txn, id, true)
-            .await
-            .map_err(internal)?
-            .ok_or_else(|| Status::not_found(format!("alert {id} not found")))?;
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("alert {id}")))?;
         if matches!(alert.status.as_str(), "dismissed" | "resolved") {
-            return Err(Status::failed_precondition(format!(
-                "alert is already {}",
-                alert.status
-            )));
+            return Err(Error::FailedPrecondition(format!("alert is already {}", alert.status)));
         }
         alert.status = status.into();
         alert.status_changed_by = caller.principal_id.clone();
         alert.status_reason = reason.into();
-        alert.rev = store::next_rev(&txn).await.map_err(internal)?;
-        store::save(&txn, &alert, false).await.map_err(internal)?;
+        alert.rev = store::next_rev(&txn).await?;
+        store::save(&txn, &alert, false).await?;
         self.publish(&txn, &alert, "AlertStatusChanged", Some(caller.actor()))
             .await?;
-        txn.commit().await.map_err(internal)?;
+        txn.commit().await?;
         self.committed();
         Ok(alert)
     }
@@ -862,11 +844,11 @@ impl Alerts {
         enabled: Option<bool>,
         severity: Option<&str>,
         changes: &BTreeMap<String, String>,
-    ) -> Result<Settings, Status> {
-        let def = rules::rule(rule_id).ok_or_else(|| Status::not_found(format!("rule {rule_id} not found")))?;
-        let values = rules::check_values(def, changes).map_err(|m| invalid_argument("settings", &m))?;
+    ) -> Result<Settings> {
+        let def = rules::rule(rule_id).ok_or_else(|| Error::NotFound(format!("rule {rule_id}")))?;
+        let values = rules::check_values(def, changes).map_err(|m| Error::invalid("settings", &m))?;
         require(self.access.as_ref(), caller, permissions::ALERTS_MANAGE, "/").await?;
-        let txn = self.db.begin().await.map_err(internal)?;
+        let txn = self.db.begin().await?;
         let mut s = self.stored_settings(&txn, rule_id).await?;
         if let Some(enabled) = enabled {
             s.enabled = enabled;
@@ -875,7 +857,7 @@ impl Alerts {
             s.severity = severity.into();
         }
         s.values.extend(values);
-        let stored = serde_json::to_string(&s.values).map_err(internal)?;
+        let stored = serde_json::to_string(&s.values).map_err(anyhow::Error::from)?;
         store::save_rule_settings(
             &txn,
             rule_id,
@@ -885,8 +867,7 @@ impl Alerts {
             &caller.principal_id,
             self.now(),
         )
-        .await
-        .map_err(internal)?;
+        .await?;
         let event = ev::RuleSettingsUpdated {
             actor: Some(caller.actor()),
             rule_id: rule_id.into(),
@@ -898,13 +879,12 @@ impl Alerts {
                 streams::ALERTING,
                 &envelope("pim.alerting", "RuleSettingsUpdated", rule_id, &event),
             )
-            .await
-            .map_err(internal)?;
+            .await?;
         // A standing condition is judged again under the new thresholds at once.
         if rule_id == rules::TOO_MANY_GLOBAL_ADMINS {
             self.judge_global_admins(&txn, "", &s).await?;
         }
-        txn.commit().await.map_err(internal)?;
+        txn.commit().await?;
         self.settings.forget(rule_id);
         self.committed();
         Ok(s)

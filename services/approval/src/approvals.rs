@@ -19,8 +19,8 @@ use pim_runtime::clock::Clock;
 use pim_runtime::db::{Db, from_timestamp};
 use pim_runtime::events::{Outbox, envelope, streams};
 
-use crate::error::{Error, Result};
 use crate::store::{self, ApprovalRow, DecisionRow, PENDING, Stage};
+use pim_runtime::error::{Error, Result};
 
 /// Entra's built-in role ids (the default approvers hold one of them).
 pub use pim_proto::catalogue::{GLOBAL_ADMINISTRATOR, PRIVILEGED_ROLE_ADMINISTRATOR};

@@ -2,7 +2,6 @@
 //! timeouts, escalation), streamed to people and bots; and access reviews.
 
 mod approvals;
-mod error;
 mod grpc;
 mod reviews;
 mod store;

@@ -17,8 +17,8 @@ use pim_runtime::access::{permissions, require};
 use pim_runtime::auth::Caller;
 
 use crate::approvals::Approvals;
-use crate::error::{Error, Result};
 use crate::store::{self, ItemRow, ReviewRow};
+use pim_runtime::error::{Error, Result};
 
 const DAY_MS: i64 = 24 * 3_600_000;
 /// An assignment not activated for this long is recommended for removal.

@@ -22,6 +22,13 @@ pub enum Error {
     #[error("{0}")]
     FailedPrecondition(String),
 
+    /// The caller may not do this (a permission it lacks, someone else's request).
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// Another service this one asks could not answer.
+    #[error("{0}")]
+    Unavailable(String),
+
     /// A concurrent change committed between this call's read and its write; nothing was
     /// applied (ABORTED: look again, then retry if still wanted).
     #[error("{0}")]
@@ -61,6 +68,8 @@ impl From<Error> for Status {
             Error::PolicyViolation(v) => failed_precondition("request", &v),
             Error::FailedPrecondition(m) => Status::failed_precondition(m),
             Error::Aborted(m) => Status::aborted(m),
+            Error::PermissionDenied(m) => Status::permission_denied(m),
+            Error::Unavailable(m) => Status::unavailable(m),
             Error::Stale(stale @ Stale::Unfollowed(_)) => invalid_argument("at_least_as_fresh", &stale.to_string()),
             Error::Stale(stale) => unavailable_retry(&stale.to_string(), Duration::from_millis(100)),
 

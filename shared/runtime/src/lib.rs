@@ -8,6 +8,7 @@ pub mod clock;
 pub mod config;
 pub mod consistency;
 pub mod db;
+pub mod error;
 pub mod events;
 pub mod grpc;
 pub mod host;

@@ -189,11 +189,10 @@ impl Assignments {
         if decision.allowed {
             Ok(())
         } else {
-            Err(tonic::Status::permission_denied(format!(
+            Err(Error::PermissionDenied(format!(
                 "requires permission {permission} at scope {}",
                 scope.as_str()
-            ))
-            .into())
+            )))
         }
     }
 
@@ -222,7 +221,9 @@ impl Assignments {
             Err(s) if s.code() == tonic::Code::NotFound => Err(Error::NotFound(format!("principal {id}"))),
             Err(s) => {
                 tracing::warn!(code = ?s.code(), "identity lookup failed");
-                Err(tonic::Status::unavailable("the identity service is unavailable; try again").into())
+                Err(Error::Unavailable(
+                    "the identity service is unavailable; try again".into(),
+                ))
             }
         }
     }

@@ -326,7 +326,9 @@ impl Assignments {
     pub async fn cancel_request(&self, caller: &Caller, id: &str) -> Result<RequestRow> {
         let mut request = self.get_request(caller, id).await?;
         if request.requested_by != caller.principal_id {
-            return Err(tonic::Status::permission_denied("only the requester can cancel a request").into());
+            return Err(Error::PermissionDenied(
+                "only the requester can cancel a request".into(),
+            ));
         }
         if request.status != RequestStatus::PendingApproval {
             return Err(Error::FailedPrecondition(format!(

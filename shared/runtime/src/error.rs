@@ -1,10 +1,11 @@
-//! What callers of the approval service branch on, in its words, and its one mapping to gRPC
-//! status. Domain code (approvals.rs, reviews.rs) returns these; only the gRPC adapter sees
-//! `tonic::Status`.
+//! The error vocabulary services' domain code answers in, and its one mapping to gRPC status
+//! (with rich details for a bad field). Domain code returns these; only a service's gRPC
+//! adapter turns them into `tonic::Status`. Services with words of their own (assignment's
+//! policy violations, identity's lockouts) keep an enum of their own beside it.
 
 use tonic::Status;
 
-use pim_runtime::grpc::{internal, invalid_argument};
+use crate::grpc::{internal, invalid_argument};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -12,10 +13,10 @@ pub enum Error {
     InvalidArgument { field: &'static str, message: String },
     #[error("{0} not found")]
     NotFound(String),
-    /// The caller may not do this (not an approver, not a reviewer, not the requester's…).
+    /// The caller may not do this (e.g. not an approver of the stage).
     #[error("{0}")]
     PermissionDenied(String),
-    /// A state rule: already decided, expired, not in progress.
+    /// A state rule (e.g. already decided, expired, not in progress).
     #[error("{0}")]
     FailedPrecondition(String),
     /// A concurrent change won; nothing was applied (look again).
