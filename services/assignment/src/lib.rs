@@ -11,6 +11,8 @@ mod index;
 mod roles;
 mod scheduler;
 mod store;
+#[cfg(test)]
+mod store_tests;
 
 use std::sync::Arc;
 

@@ -1,0 +1,205 @@
+//! The store on both databases: each test body runs against a migrated SQLite file and a
+//! migrated PostgreSQL database, so a dialect difference fails here, not by luck in an
+//! end-to-end test. Concurrency cases race real connections.
+
+use std::future::Future;
+
+use sea_orm_migration::MigratorTrait;
+
+use pim_runtime::db::{Db, is_unique_violation};
+use pim_runtime::events::{OutboxRows, envelope, streams};
+use pim_runtime::testing::TestDatabase;
+
+use crate::domain::RequestStatus;
+use crate::roles::GLOBAL_ADMINISTRATOR;
+use crate::store::{self, AssignmentRow, RequestRow};
+
+const EXCHANGE_ADMINISTRATOR: &str = "29232cdf-9323-42fd-ade2-1d097af3e4de";
+const NOW: i64 = 1_800_000_000_000;
+const HOUR: i64 = 3_600_000;
+
+/// Runs `test` on a fresh SQLite database, then on a fresh PostgreSQL one.
+async fn on_both<F, Fut>(test: F) -> anyhow::Result<()>
+where
+    F: Fn(Db) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let dir = std::env::temp_dir().join(pim_runtime::testing::unique("store"));
+    std::fs::create_dir_all(&dir)?;
+    let sqlite = pim_runtime::db::connect(&pim_runtime::db::sqlite_url(&dir.join("assignment.db"))).await?;
+    store::Migrator::up(&sqlite, None).await?;
+    let outcome = test(sqlite.clone()).await;
+    sqlite.close().await.ok();
+    std::fs::remove_dir_all(&dir).ok();
+    outcome.map_err(|e| e.context("on SQLite"))?;
+
+    let database = TestDatabase::create("store").await?;
+    let postgres = pim_runtime::db::connect(&database.url).await?;
+    store::Migrator::up(&postgres, None).await?;
+    let outcome = test(postgres.clone()).await;
+    postgres.close().await.ok();
+    database.drop_database().await?;
+    outcome.map_err(|e| e.context("on PostgreSQL"))
+}
+
+fn id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+fn request(action: &str, status: RequestStatus) -> RequestRow {
+    RequestRow {
+        id: id(),
+        action: action.into(),
+        kind: "active".into(),
+        principal_id: "lee".into(),
+        role_id: EXCHANGE_ADMINISTRATOR.into(),
+        scope: "/".into(),
+        status,
+        start_at: NOW,
+        end_at: Some(NOW + HOUR),
+        justification: "incident 42".into(),
+        ticket_system: String::new(),
+        ticket_number: String::new(),
+        requested_by: "lee".into(),
+        created_at: NOW,
+        assignment_id: None,
+        duration_ms: Some(HOUR),
+        policy: String::new(),
+    }
+}
+
+fn assignment(origin: &str, kind: &str, end_at: Option<i64>) -> AssignmentRow {
+    AssignmentRow {
+        id: id(),
+        kind: kind.into(),
+        principal_id: "lee".into(),
+        principal_kind: "user".into(),
+        principal_name: "lee".into(),
+        role_id: EXCHANGE_ADMINISTRATOR.into(),
+        scope: "/".into(),
+        start_at: NOW,
+        end_at,
+        status: "active".into(),
+        origin: origin.into(),
+        request_id: id(),
+        created_by: "admin".into(),
+        version: 1,
+    }
+}
+
+/// One event for the outbox rows an activation writes with it.
+fn events() -> OutboxRows {
+    let event = envelope("pim.assignment", "RequestCreated", "lee", &());
+    OutboxRows::new(streams::ASSIGNMENT, &[event])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_activations_leave_one_and_a_waiting_request_blocks_the_rest() -> anyhow::Result<()> {
+    on_both(|db| async move {
+        let mut racers = tokio::task::JoinSet::new();
+        for _ in 0..16 {
+            let db = db.clone();
+            racers.spawn(async move {
+                let r = request("selfActivate", RequestStatus::Provisioned);
+                let mut a = assignment("activation", "active", Some(NOW + HOUR));
+                a.request_id = r.id.clone();
+                store::insert_activation(&db, &r, Some((&a, true)), events(), NOW).await
+            });
+        }
+        let mut made = 0;
+        while let Some(inserted) = racers.join_next().await {
+            made += usize::from(inserted??);
+        }
+        assert_eq!(made, 1, "one live activation");
+        assert!(store::live_activation(&db, "lee", EXCHANGE_ADMINISTRATOR, "/").await?.is_some());
+
+        // A request waiting for approval is the only one of its kind, whatever it asks.
+        let waiting = request("selfExtend", RequestStatus::PendingApproval);
+        store::insert_request(&db, &waiting).await?;
+        let second = store::insert_request(&db, &request("selfRenew", RequestStatus::PendingApproval))
+            .await
+            .expect_err("a second waiting request");
+        assert!(is_unique_violation(&second), "{second}");
+        let blocked = request("selfActivate", RequestStatus::PendingApproval);
+        assert!(!store::insert_activation(&db, &blocked, None, events(), NOW).await?);
+        let found = store::pending_request(&db, "lee", EXCHANGE_ADMINISTRATOR, "/").await?;
+        assert_eq!(found.map(|r| (r.id, r.status)), Some((waiting.id, RequestStatus::PendingApproval)));
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_admin_assignment_of_each_kind_and_ends_move_by_compare_and_set() -> anyhow::Result<()> {
+    on_both(|db| async move {
+        let eligible = assignment("admin", "eligible", Some(NOW + 10 * 24 * HOUR));
+        store::insert_assignment(&db, &eligible, true, NOW).await?;
+        let twice = store::insert_assignment(&db, &assignment("admin", "eligible", None), true, NOW)
+            .await
+            .expect_err("a second eligible assignment");
+        assert!(is_unique_violation(&twice), "{twice}");
+        // Another kind is another assignment.
+        store::insert_assignment(&db, &assignment("admin", "active", None), true, NOW).await?;
+
+        // An end moves only from the version read.
+        let moved = store::set_assignment_end(&db, &eligible.id, 1, Some(NOW + 20 * 24 * HOUR)).await?;
+        assert_eq!(moved, Some(2));
+        assert_eq!(store::set_assignment_end(&db, &eligible.id, 1, Some(NOW)).await?, None, "stale version");
+        // Ended once, by one caller.
+        assert!(store::end_assignment(&db, &eligible.id, "removed", NOW).await?);
+        assert!(!store::end_assignment(&db, &eligible.id, "removed", NOW).await?);
+        assert_eq!(store::set_assignment_end(&db, &eligible.id, 2, None).await?, None, "ended");
+        // Once it has ended, a new one may be made.
+        store::insert_assignment(&db, &assignment("admin", "eligible", None), true, NOW).await?;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_move_only_from_the_status_they_are_in() -> anyhow::Result<()> {
+    on_both(|db| async move {
+        let mut r = request("selfActivate", RequestStatus::PendingApproval);
+        store::insert_request(&db, &r).await?;
+        r.status = RequestStatus::Granted;
+        assert!(store::transition_request(&db, &r, RequestStatus::PendingApproval, NOW).await?);
+        r.status = RequestStatus::Canceled;
+        assert!(
+            !store::transition_request(&db, &r, RequestStatus::PendingApproval, NOW).await?,
+            "no longer waiting"
+        );
+        let stored = store::find_request(&db, &r.id).await?.expect("stored");
+        assert_eq!(stored.status, RequestStatus::Granted);
+        let granted = store::list_requests(&db, Some("lee"), None, Some(RequestStatus::Granted), "", 10).await?;
+        assert_eq!(granted.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), [r.id.as_str()]);
+        assert!(
+            store::list_requests(&db, None, None, Some(RequestStatus::PendingApproval), "", 10)
+                .await?
+                .is_empty()
+        );
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_permanent_global_administrators_are_those_in_force_at_the_root() -> anyhow::Result<()> {
+    on_both(|db| async move {
+        let mut permanent = assignment("admin", "active", None);
+        permanent.role_id = GLOBAL_ADMINISTRATOR.into();
+        let mut temporary = assignment("admin", "active", Some(NOW + HOUR));
+        temporary.role_id = GLOBAL_ADMINISTRATOR.into();
+        temporary.principal_id = "kim".into();
+        let mut scoped = assignment("admin", "active", None);
+        scoped.role_id = GLOBAL_ADMINISTRATOR.into();
+        scoped.principal_id = "ann".into();
+        scoped.scope = "/subscriptions/s1".into();
+        for a in [&permanent, &temporary, &scoped] {
+            store::insert_assignment(&db, a, true, NOW).await?;
+        }
+        let found = store::lock_permanent_global_admins(&db, GLOBAL_ADMINISTRATOR, NOW).await?;
+        assert_eq!(found.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(), [permanent.id.as_str()]);
+        Ok(())
+    })
+    .await
+}
