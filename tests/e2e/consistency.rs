@@ -483,6 +483,12 @@ async fn bad_input_is_invalid_argument_naming_the_field() -> anyhow::Result<()> 
                 .expect_err("a NUL in the name");
         assert_eq!(sign_in.code(), Code::InvalidArgument, "{sign_in:?}");
         assert!(sign_in.message().contains("user_name"), "{sign_in:?}");
+        // A name where an id belongs is not "not allowed" but a mistake to point out.
+        let by_name = w.check("lee", EXCHANGE_ADMINISTRATOR).await.expect_err("a name");
+        let by_name = by_name.downcast_ref::<tonic::Status>().expect("a gRPC answer");
+        assert_eq!(by_name.code(), Code::InvalidArgument, "{by_name:?}");
+        assert!(by_name.message().contains("principal_id"), "{by_name:?}");
+        assert!(w.check(&lee.id, EXCHANGE_ADMINISTRATOR).await.is_ok());
         Ok(w)
     })
     .await

@@ -444,6 +444,13 @@ impl Assignments {
         r: pb::CheckAccessRequest,
     ) -> Result<pb::CheckAccessResponse, Error> {
         let principal = filter(&r.principal_id).ok_or_else(|| Error::invalid("principal_id", "required"))?;
+        if uuid::Uuid::parse_str(principal).is_err() {
+            // A name would simply hold nothing: say so rather than answer "not allowed".
+            return Err(Error::invalid(
+                "principal_id",
+                "must be a principal's id (a UUID); look a name up with identity's GetPrincipal or ListUsers",
+            ));
+        }
         let target = match r.target {
             Some(pb::check_access_request::Target::RoleId(role)) => {
                 let role = filter(&role).ok_or_else(|| Error::invalid("role_id", "required"))?;

@@ -189,6 +189,19 @@ fn the_readme_walk_through_works_and_survives_a_restart() {
             )
             .contains("Signed in as")
     );
+    // The login's server is remembered with its token: later commands need no --server.
+    let remembered = Command::new(PIM)
+        .arg("whoami")
+        .env_remove("PIM_SERVER")
+        .env("PIM_TOKEN_FILE", &admin.token_file)
+        .output()
+        .expect("pim runs");
+    assert!(
+        remembered.status.success() && String::from_utf8_lossy(&remembered.stdout).contains("admin"),
+        "whoami without --server: {} {}",
+        String::from_utf8_lossy(&remembered.stdout),
+        String::from_utf8_lossy(&remembered.stderr)
+    );
     let created = admin.ok(
         &["users", "create", "--user-name", "lee", "--display-name", "Lee Gu"],
         None,

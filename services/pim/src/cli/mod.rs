@@ -49,9 +49,10 @@ pub struct Cli {
 
 #[derive(Args, Clone)]
 pub(crate) struct ClientArgs {
-    /// The PIM address (one address serves every service).
-    #[arg(long, env = "PIM_SERVER", default_value = "http://127.0.0.1:50051", global = true)]
-    server: String,
+    /// The PIM address (one address serves every service) [default: the server of the last
+    /// `pim login`, else http://127.0.0.1:50051].
+    #[arg(long, env = "PIM_SERVER", global = true)]
+    server: Option<String>,
     /// Where `pim login` keeps the access token [default: ~/.config/pim/token].
     #[arg(long, env = "PIM_TOKEN_FILE", global = true)]
     token_file: Option<PathBuf>,
@@ -686,13 +687,14 @@ const FRESH_FOR_MS: i64 = 60_000;
 
 impl Session {
     pub(crate) fn open(args: &ClientArgs, signed_in: bool) -> anyhow::Result<Self> {
+        let (server, ca) = target(args);
         let tls = TlsConfig {
-            ca: args.ca.clone(),
+            ca,
             client_cert: args.client_cert.clone(),
             client_key: args.client_key.clone(),
             ..TlsConfig::default()
         };
-        let channel = pim_runtime::grpc::channel(&args.server, &tls)?;
+        let channel = pim_runtime::grpc::channel(&server, &tls)?;
         let token = if signed_in { Some(read_token(args)?) } else { None };
         let fresh_path = token_path(args).ok().map(|p| p.with_extension("fresh"));
         Ok(Self {
@@ -807,6 +809,27 @@ fn token_path(args: &ClientArgs) -> anyhow::Result<PathBuf> {
     Ok(PathBuf::from(home).join(".config/pim/token"))
 }
 
+const DEFAULT_SERVER: &str = "http://127.0.0.1:50051";
+
+/// Where the CLI calls: `--server` (or PIM_SERVER) with `--ca`; else the server the token was
+/// signed in at, with the CA trusted then; else the local default.
+fn target(args: &ClientArgs) -> (String, Option<PathBuf>) {
+    if let Some(server) = &args.server {
+        return (server.clone(), args.ca.clone());
+    }
+    let remembered = token_path(args)
+        .ok()
+        .and_then(|p| std::fs::read_to_string(p.with_extension("server")).ok());
+    let mut lines = remembered.as_deref().unwrap_or_default().lines();
+    match lines.next().map(str::trim).filter(|s| !s.is_empty()) {
+        Some(server) => {
+            let ca = args.ca.clone().or_else(|| lines.next().filter(|l| !l.is_empty()).map(PathBuf::from));
+            (server.to_owned(), ca)
+        }
+        None => (DEFAULT_SERVER.to_owned(), args.ca.clone()),
+    }
+}
+
 fn read_token(args: &ClientArgs) -> anyhow::Result<String> {
     let path = token_path(args)?;
     let token = std::fs::read_to_string(&path)
@@ -830,6 +853,13 @@ pub(crate) fn write_token(args: &ClientArgs, token: &str) -> anyhow::Result<Path
         .open(&path)
         .with_context(|| format!("writing {}", path.display()))?;
     file.write_all(token.as_bytes())?;
+    // The token's server (and the CA trusted for it), so later commands need no --server.
+    let (server, ca) = target(args);
+    let ca = ca
+        .map(|ca| std::path::absolute(&ca).unwrap_or(ca).display().to_string())
+        .unwrap_or_default();
+    std::fs::write(path.with_extension("server"), format!("{server}\n{ca}\n"))
+        .with_context(|| format!("writing {}", path.with_extension("server").display()))?;
     Ok(path)
 }
 
@@ -839,7 +869,7 @@ pub(crate) fn explain(status: Status) -> anyhow::Error {
     let hint = match status.code() {
         tonic::Code::Unauthenticated => " (run pim login)",
         tonic::Code::PermissionDenied => " (your roles do not allow this)",
-        tonic::Code::Unavailable => " (is PIM running at --server?)",
+        tonic::Code::Unavailable => " (is PIM running at --server, or the server of the last pim login?)",
         _ => "",
     };
     let rules = if rules.is_empty() {
