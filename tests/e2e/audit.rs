@@ -489,3 +489,71 @@ async fn a_redelivered_event_is_recorded_once() -> anyhow::Result<()> {
     ts.stop().await?;
     result
 }
+
+/// Asked newest first, QueryEvents pages down from the head: the latest records first, the
+/// next page older than the last one, nothing skipped or repeated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_newest_records_come_first_when_asked() -> anyhow::Result<()> {
+    let ts = TestSuite::embedded().await?;
+    let result = async {
+        let admin = ts.admin_token().await?;
+        for name in ["ann", "ben", "cas"] {
+            ts.create_user(&admin, name).await?;
+        }
+        let query = |page_token: String, newest_first: bool| aupb::QueryEventsRequest {
+            action: "UserCreated".into(),
+            page_size: 2,
+            page_token,
+            newest_first,
+            ..Default::default()
+        };
+        let mut audit = AuditServiceClient::new(ts.channel.clone());
+        let all = eventually(Duration::from_secs(10), "three users audited", || {
+            let ts = &ts;
+            let admin = admin.clone();
+            async move {
+                let records = ts
+                    .audit_records(
+                        &admin,
+                        aupb::QueryEventsRequest {
+                            action: "UserCreated".into(),
+                            ..Default::default()
+                        },
+                    )
+                    .await?;
+                Ok((records.iter().filter(|r| r.target_name != "admin").count() == 3).then_some(records))
+            }
+        })
+        .await?;
+        let oldest_first: Vec<i64> = all.iter().map(|r| r.sequence).collect();
+        let first = audit
+            .query_events(authed(&admin, query(String::new(), true)))
+            .await?
+            .into_inner();
+        let second = audit
+            .query_events(authed(&admin, query(first.next_page_token.clone(), true)))
+            .await?
+            .into_inner();
+        let newest_first: Vec<i64> = first
+            .records
+            .iter()
+            .chain(&second.records)
+            .map(|r| r.sequence)
+            .collect();
+        let mut expected = oldest_first.clone();
+        expected.reverse();
+        assert_eq!(newest_first, expected[..newest_first.len()].to_vec());
+        assert_eq!(newest_first.len(), oldest_first.len().min(4));
+        assert_eq!(first.records[0].target_name, "cas", "the latest first");
+        // Oldest first stays the default of the API.
+        let oldest = audit
+            .query_events(authed(&admin, query(String::new(), false)))
+            .await?
+            .into_inner();
+        assert_eq!(oldest.records[0].sequence, oldest_first[0]);
+        anyhow::Ok(())
+    }
+    .await;
+    ts.stop().await?;
+    result
+}

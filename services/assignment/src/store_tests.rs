@@ -111,7 +111,11 @@ async fn racing_activations_leave_one_and_a_waiting_request_blocks_the_rest() ->
             made += usize::from(inserted??);
         }
         assert_eq!(made, 1, "one live activation");
-        assert!(store::live_activation(&db, "lee", EXCHANGE_ADMINISTRATOR, "/").await?.is_some());
+        assert!(
+            store::live_activation(&db, "lee", EXCHANGE_ADMINISTRATOR, "/")
+                .await?
+                .is_some()
+        );
 
         // A request waiting for approval is the only one of its kind, whatever it asks.
         let waiting = request("selfExtend", RequestStatus::PendingApproval);
@@ -123,7 +127,10 @@ async fn racing_activations_leave_one_and_a_waiting_request_blocks_the_rest() ->
         let blocked = request("selfActivate", RequestStatus::PendingApproval);
         assert!(!store::insert_activation(&db, &blocked, None, events(), NOW).await?);
         let found = store::pending_request(&db, "lee", EXCHANGE_ADMINISTRATOR, "/").await?;
-        assert_eq!(found.map(|r| (r.id, r.status)), Some((waiting.id, RequestStatus::PendingApproval)));
+        assert_eq!(
+            found.map(|r| (r.id, r.status)),
+            Some((waiting.id, RequestStatus::PendingApproval))
+        );
         Ok(())
     })
     .await
@@ -144,11 +151,19 @@ async fn one_admin_assignment_of_each_kind_and_ends_move_by_compare_and_set() ->
         // An end moves only from the version read.
         let moved = store::set_assignment_end(&db, &eligible.id, 1, Some(NOW + 20 * 24 * HOUR)).await?;
         assert_eq!(moved, Some(2));
-        assert_eq!(store::set_assignment_end(&db, &eligible.id, 1, Some(NOW)).await?, None, "stale version");
+        assert_eq!(
+            store::set_assignment_end(&db, &eligible.id, 1, Some(NOW)).await?,
+            None,
+            "stale version"
+        );
         // Ended once, by one caller.
         assert!(store::end_assignment(&db, &eligible.id, "removed", NOW).await?);
         assert!(!store::end_assignment(&db, &eligible.id, "removed", NOW).await?);
-        assert_eq!(store::set_assignment_end(&db, &eligible.id, 2, None).await?, None, "ended");
+        assert_eq!(
+            store::set_assignment_end(&db, &eligible.id, 2, None).await?,
+            None,
+            "ended"
+        );
         // Once it has ended, a new one may be made.
         store::insert_assignment(&db, &assignment("admin", "eligible", None), true, NOW).await?;
         Ok(())
@@ -171,7 +186,10 @@ async fn requests_move_only_from_the_status_they_are_in() -> anyhow::Result<()> 
         let stored = store::find_request(&db, &r.id).await?.expect("stored");
         assert_eq!(stored.status, RequestStatus::Granted);
         let granted = store::list_requests(&db, Some("lee"), None, Some(RequestStatus::Granted), "", 10).await?;
-        assert_eq!(granted.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), [r.id.as_str()]);
+        assert_eq!(
+            granted.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+            [r.id.as_str()]
+        );
         assert!(
             store::list_requests(&db, None, None, Some(RequestStatus::PendingApproval), "", 10)
                 .await?
@@ -198,7 +216,10 @@ async fn the_permanent_global_administrators_are_those_in_force_at_the_root() ->
             store::insert_assignment(&db, a, true, NOW).await?;
         }
         let found = store::lock_permanent_global_admins(&db, GLOBAL_ADMINISTRATOR, NOW).await?;
-        assert_eq!(found.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(), [permanent.id.as_str()]);
+        assert_eq!(
+            found.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(),
+            [permanent.id.as_str()]
+        );
         Ok(())
     })
     .await

@@ -139,6 +139,7 @@ fn filter_from(r: pb::QueryEventsRequest, involving: Option<String>) -> Result<s
         trace_id: r.correlation_id,
         involving,
         after_sequence,
+        newest_first: r.newest_first,
     })
 }
 
@@ -294,6 +295,8 @@ impl AuditService for Audit {
             }
         };
         let mut filter = filter_from(r.filter.unwrap_or_default(), self.involving(&caller).await?)?;
+        // Exports run oldest first, page after page, so a chain can be checked as it comes.
+        filter.newest_first = false;
         let db = self.db.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::spawn(async move {

@@ -275,12 +275,30 @@ pub struct Filter {
     pub trace_id: String,
     /// Only records this principal did or that were done to them ("my audit").
     pub involving: Option<String>,
+    /// Where the page starts: after this sequence (oldest first), or before it (newest first).
     pub after_sequence: i64,
+    pub newest_first: bool,
 }
 
 pub async fn query<C: ConnectionTrait>(c: &C, f: &Filter, limit: u64) -> Result<Vec<Record>, DbErr> {
-    let mut sql = format!("SELECT {COLUMNS} FROM audit_records WHERE sequence > $1");
-    let mut values: Vec<Value> = vec![f.after_sequence.into()];
+    let (mut sql, start) = if f.newest_first {
+        // A page of the newest: before the page token, or from the head.
+        let before = if f.after_sequence > 0 {
+            f.after_sequence
+        } else {
+            i64::MAX
+        };
+        (
+            format!("SELECT {COLUMNS} FROM audit_records WHERE sequence < $1"),
+            before,
+        )
+    } else {
+        (
+            format!("SELECT {COLUMNS} FROM audit_records WHERE sequence > $1"),
+            f.after_sequence,
+        )
+    };
+    let mut values: Vec<Value> = vec![start.into()];
     let eq = |sql: &mut String, values: &mut Vec<Value>, column: &str, value: &str| {
         if !value.is_empty() {
             values.push(value.into());
@@ -325,7 +343,8 @@ pub async fn query<C: ConnectionTrait>(c: &C, f: &Filter, limit: u64) -> Result<
             values.len()
         ));
     }
-    sql.push_str(&format!(" ORDER BY sequence LIMIT {limit}"));
+    let order = if f.newest_first { "DESC" } else { "ASC" };
+    sql.push_str(&format!(" ORDER BY sequence {order} LIMIT {limit}"));
     db::query(c, &sql, values).await?.iter().map(Record::from_row).collect()
 }
 

@@ -358,8 +358,12 @@ struct AuditArgs {
     /// Only events of the last DURATION, e.g. 24h.
     #[arg(long, value_parser = humantime::parse_duration)]
     since: Option<Duration>,
+    /// How many records (the newest, unless --oldest-first).
     #[arg(long, default_value_t = 100)]
     limit: i32,
+    /// Start from the oldest matching record instead of the newest.
+    #[arg(long)]
+    oldest_first: bool,
     #[arg(long, value_enum, default_value = "table")]
     output: Output,
     #[command(flatten)]
@@ -823,7 +827,10 @@ fn target(args: &ClientArgs) -> (String, Option<PathBuf>) {
     let mut lines = remembered.as_deref().unwrap_or_default().lines();
     match lines.next().map(str::trim).filter(|s| !s.is_empty()) {
         Some(server) => {
-            let ca = args.ca.clone().or_else(|| lines.next().filter(|l| !l.is_empty()).map(PathBuf::from));
+            let ca = args
+                .ca
+                .clone()
+                .or_else(|| lines.next().filter(|l| !l.is_empty()).map(PathBuf::from));
             (server.to_owned(), ca)
         }
         None => (DEFAULT_SERVER.to_owned(), args.ca.clone()),
@@ -1407,6 +1414,7 @@ async fn audit(args: AuditArgs) -> anyhow::Result<i32> {
         outcome: args.outcome.clone().unwrap_or_default(),
         since: args.since.map(|d| to_timestamp(now_ms() - d.as_millis() as i64)),
         page_size: args.limit,
+        newest_first: !args.oldest_first,
         ..Default::default()
     };
     let records = AuditServiceClient::new(session.channel.clone())
