@@ -489,6 +489,22 @@ async fn bad_input_is_invalid_argument_naming_the_field() -> anyhow::Result<()> 
         assert_eq!(by_name.code(), Code::InvalidArgument, "{by_name:?}");
         assert!(by_name.message().contains("principal_id"), "{by_name:?}");
         assert!(w.check(&lee.id, EXCHANGE_ADMINISTRATOR).await.is_ok());
+        // A policy's approvers must be principals the directory holds.
+        let nobody = uuid::Uuid::now_v7().to_string();
+        for unknown in ["nosuchperson", nobody.as_str()] {
+            let refused = w
+                .set_policy(EXCHANGE_ADMINISTRATOR, |p| p.approver_ids = vec![unknown.to_owned()])
+                .await
+                .expect_err("no such approver");
+            let refused = refused.downcast_ref::<tonic::Status>().expect("a gRPC answer");
+            assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+            assert!(
+                refused.message().contains("approver_ids") && refused.message().contains(unknown),
+                "{refused:?}"
+            );
+        }
+        w.set_policy(EXCHANGE_ADMINISTRATOR, |p| p.approver_ids = vec![lee.id.clone()])
+            .await?;
         Ok(w)
     })
     .await

@@ -272,6 +272,7 @@ impl Assignments {
         let scope = Scope::parse(scope)?;
         self.authorize(caller, permissions::POLICIES_MANAGE, &scope).await?;
         policy.validate()?;
+        self.approvers_exist(caller, &policy).await?;
         let json = serde_json::to_string(&policy).map_err(|e| Error::Internal(e.into()))?;
         let event = ev::PolicyUpdated {
             actor: Some(caller.actor()),
@@ -286,6 +287,50 @@ impl Assignments {
         txn.commit().await?;
         self.committed(&[]);
         Ok((role.id, scope, policy))
+    }
+
+    /// Refuses a policy naming approvers the directory does not hold, or holds disabled: an
+    /// approval waiting for them would only time out.
+    async fn approvers_exist(&self, caller: &Caller, policy: &Policy) -> Result<()> {
+        let named: std::collections::BTreeSet<&String> = policy
+            .approver_ids
+            .iter()
+            .chain(
+                policy
+                    .approval_stages
+                    .iter()
+                    .flat_map(|s| s.approver_ids.iter().chain(&s.escalation_approver_ids)),
+            )
+            .collect();
+        let (mut unknown, mut disabled) = (Vec::new(), Vec::new());
+        for id in named {
+            if uuid::Uuid::parse_str(id).is_err() {
+                unknown.push(id.as_str());
+                continue;
+            }
+            match self.principal(caller, id).await {
+                Ok(_) => {}
+                Err(Error::NotFound(_)) => unknown.push(id.as_str()),
+                Err(Error::FailedPrecondition(_)) => disabled.push(id.as_str()),
+                Err(err) => return Err(err),
+            }
+        }
+        if !unknown.is_empty() {
+            return Err(Error::invalid(
+                "approver_ids",
+                format!(
+                    "no principal has the id {} (approvers are named by id)",
+                    unknown.join(", ")
+                ),
+            ));
+        }
+        if !disabled.is_empty() {
+            return Err(Error::invalid(
+                "approver_ids",
+                format!("{} is disabled and could not decide", disabled.join(", ")),
+            ));
+        }
+        Ok(())
     }
 
     /// Stores a request and its RequestCreated event (inside the caller's transaction).

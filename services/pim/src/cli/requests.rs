@@ -148,7 +148,7 @@ pub(crate) struct PolicySetArgs {
     require_ticket: Option<bool>,
     #[arg(long)]
     require_approval: Option<bool>,
-    /// Approver principal ids, comma-separated (empty: the default approvers).
+    /// Approvers, comma-separated user names or principal ids (empty: the default approvers).
     #[arg(long, value_delimiter = ',')]
     approvers: Option<Vec<String>>,
     #[arg(long, value_parser = humantime::parse_duration)]
@@ -582,7 +582,16 @@ pub(crate) async fn policy(cmd: PolicyCommand) -> anyhow::Result<i32> {
                 p.approval_required = v;
             }
             if let Some(v) = a.approvers {
-                p.approver_ids = v.into_iter().filter(|s| !s.trim().is_empty()).collect();
+                let mut ids = Vec::new();
+                for approver in v.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
+                    ids.push(
+                        session
+                            .principal_id(approver)
+                            .await
+                            .with_context(|| format!("approver {approver}"))?,
+                    );
+                }
+                p.approver_ids = ids;
             }
             if let Some(d) = a.approval_timeout {
                 p.approval_timeout = Some(pb_duration(d));
