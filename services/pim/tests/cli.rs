@@ -663,3 +663,117 @@ fn sign_in_with_a_code_and_new_recovery_codes_after_a_step_up() {
     up.terminate();
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// An administrator looks after users from the CLI (update, disable, enable, reset the
+/// password, delete), and a user withdraws a request of theirs that waits for approval.
+#[test]
+fn users_are_managed_and_a_waiting_request_is_withdrawn() {
+    let dir = std::env::temp_dir().join(format!("pim-cli-{}", uuid::Uuid::now_v7().simple()));
+    let up = Up::start(&dir.join("data"));
+    let printed = up.read_until(|l| l.contains("password:"));
+    let server = field(&printed, "PIM is up at");
+    let password = field(&printed, "password:");
+    let admin = Client {
+        server: server.clone(),
+        token_file: dir.join("admin-token"),
+    };
+    admin.ok(
+        &["login", "--user", "admin", "--password-stdin"],
+        Some(&format!("{password}\n")),
+    );
+    let kim = Client {
+        server,
+        token_file: dir.join("kim-token"),
+    };
+    let first = "kim's first passphrase, long enough";
+    admin.ok(
+        &["users", "create", "--user-name", "kim", "--password-stdin"],
+        Some(&format!("{first}\n")),
+    );
+    let updated = admin.ok(&["users", "update", "kim", "--display-name", "Kim Lee"], None);
+    assert!(updated.contains("Kim Lee"), "{updated}");
+
+    kim.ok(
+        &["login", "--user", "kim", "--password-stdin"],
+        Some(&format!("{first}\n")),
+    );
+
+    // Kim asks to keep an administrator's assignment longer, then thinks better of it.
+    admin.ok(
+        &[
+            "assign",
+            "--principal",
+            "kim",
+            "--role",
+            "Exchange Administrator",
+            "--kind",
+            "active",
+            "--duration",
+            "1h",
+            "--justification",
+            "on call",
+        ],
+        None,
+    );
+    let asked = kim.ok(
+        &[
+            "extend",
+            "--role",
+            "Exchange Administrator",
+            "--kind",
+            "active",
+            "--duration",
+            "2h",
+            "--justification",
+            "the migration slipped",
+        ],
+        None,
+    );
+    let request_id = asked
+        .split_whitespace()
+        .nth(1)
+        .filter(|_| asked.contains("pending_approval"))
+        .unwrap_or_else(|| panic!("a waiting request: {asked}"));
+    let canceled = kim.ok(&["cancel", request_id], None);
+    assert!(canceled.contains("canceled"), "{canceled}");
+    let again = kim.run(&["cancel", request_id], None);
+    assert!(!again.status.success(), "nothing left to cancel");
+
+    let second = "kim's second passphrase, also long";
+    admin.ok(
+        &["users", "reset-password", "kim", "--password-stdin"],
+        Some(&format!("{second}\n")),
+    );
+    kim.ok(
+        &["login", "--user", "kim", "--password-stdin"],
+        Some(&format!("{second}\n")),
+    );
+
+    // Disabled, a user cannot sign in; enabled again, they may.
+    assert!(admin.ok(&["users", "disable", "kim"], None).contains("disabled"));
+    let refused = kim.run(
+        &["login", "--user", "kim", "--password-stdin"],
+        Some(&format!("{second}\n")),
+    );
+    assert!(!refused.status.success(), "a disabled user cannot sign in");
+    assert!(admin.ok(&["users", "get", "kim"], None).contains("disabled"));
+    admin.ok(&["users", "enable", "kim"], None);
+    assert!(admin.ok(&["users", "get", "kim"], None).contains("enabled"));
+
+    admin.ok(
+        &[
+            "unassign",
+            "--principal",
+            "kim",
+            "--role",
+            "Exchange Administrator",
+            "--kind",
+            "active",
+        ],
+        None,
+    );
+    admin.ok(&["users", "delete", "kim"], None);
+    assert!(!admin.run(&["users", "get", "kim"], None).status.success(), "deleted");
+    up.terminate();
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -35,6 +35,9 @@ mod groups;
 mod mfa;
 mod requests;
 mod reviews;
+mod users;
+
+use users::{UsersCommand, users};
 
 #[derive(Parser)]
 #[command(
@@ -138,6 +141,8 @@ enum Command {
     Extend(requests::ExtendArgs),
     /// List requests (yours, or anyone's for readers of assignments).
     Requests(requests::RequestsArgs),
+    /// Cancel a request of yours that waits for approval.
+    Cancel(requests::CancelArgs),
     /// Approvals waiting for your decision (--watch to follow them, --id to see one in full).
     Approvals(approvals::ApprovalsArgs),
     /// Approve a request waiting for your decision.
@@ -193,36 +198,6 @@ struct LoginArgs {
     code: Option<String>,
     #[command(flatten)]
     client: ClientArgs,
-}
-
-#[derive(Subcommand)]
-enum UsersCommand {
-    /// Create a user. Without --password-stdin a strong password is generated and shown once.
-    Create {
-        #[arg(long)]
-        user_name: String,
-        #[arg(long, default_value = "")]
-        display_name: String,
-        #[arg(long, default_value = "")]
-        email: String,
-        #[arg(long)]
-        password_stdin: bool,
-        #[command(flatten)]
-        client: ClientArgs,
-    },
-    /// Show one user (by id or user name).
-    Get {
-        user: String,
-        #[command(flatten)]
-        client: ClientArgs,
-    },
-    /// List users.
-    List {
-        #[arg(long, default_value = "")]
-        filter: String,
-        #[command(flatten)]
-        client: ClientArgs,
-    },
 }
 
 #[derive(Subcommand)]
@@ -437,6 +412,7 @@ async fn run_command(cli: Cli) -> anyhow::Result<i32> {
         Command::Unassign(args) => requests::unassign(args).await,
         Command::Extend(args) => requests::extend(args).await,
         Command::Requests(args) => requests::list(args).await,
+        Command::Cancel(args) => requests::cancel(args).await,
         Command::Approvals(args) => approvals::list(args).await,
         Command::Approve(args) => approvals::decide(args, true).await,
         Command::Deny(args) => approvals::decide(args, false).await,
@@ -1033,81 +1009,6 @@ async fn logout(client: ClientArgs) -> anyhow::Result<i32> {
     let path = token_path(&client)?;
     std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
     println!("Signed out; the session's tokens no longer work.");
-    Ok(0)
-}
-
-fn user_row(u: &ipb::User) -> Vec<String> {
-    vec![
-        u.id.clone(),
-        u.user_name.clone(),
-        u.display_name.clone(),
-        if u.enabled { "enabled" } else { "disabled" }.into(),
-    ]
-}
-
-async fn users(cmd: UsersCommand) -> anyhow::Result<i32> {
-    match cmd {
-        UsersCommand::Create {
-            user_name,
-            display_name,
-            email,
-            password_stdin,
-            client,
-        } => {
-            let session = Session::open(&client, true)?;
-            let (password, generated) = if password_stdin {
-                (secret_from(true, "", "")?, false)
-            } else {
-                (pim_identity::generate_password(), true)
-            };
-            let user = DirectoryServiceClient::new(session.channel.clone())
-                .create_user(session.request(ipb::CreateUserRequest {
-                    user_name,
-                    display_name,
-                    email,
-                    password: password.clone(),
-                })?)
-                .await
-                .map_err(explain)?
-                .into_inner();
-            println!("Created user {} ({})", user.user_name, user.id);
-            if generated {
-                println!("Initial password (shown once): {password}");
-            }
-        }
-        UsersCommand::Get { user, client } => {
-            let session = Session::open(&client, true)?;
-            let u = DirectoryServiceClient::new(session.channel.clone())
-                .get_user(session.request(ipb::GetUserRequest { user })?)
-                .await
-                .map_err(explain)?
-                .into_inner();
-            print_table(&["ID", "USER NAME", "DISPLAY NAME", "STATE"], vec![user_row(&u)]);
-        }
-        UsersCommand::List { filter, client } => {
-            let session = Session::open(&client, true)?;
-            let mut client = DirectoryServiceClient::new(session.channel.clone());
-            let mut rows = Vec::new();
-            let mut page_token = String::new();
-            loop {
-                let page = client
-                    .list_users(session.request(ipb::ListUsersRequest {
-                        page_size: 500,
-                        page_token,
-                        filter: filter.clone(),
-                    })?)
-                    .await
-                    .map_err(explain)?
-                    .into_inner();
-                rows.extend(page.users.iter().map(user_row));
-                if page.next_page_token.is_empty() {
-                    break;
-                }
-                page_token = page.next_page_token;
-            }
-            print_table(&["ID", "USER NAME", "DISPLAY NAME", "STATE"], rows);
-        }
-    }
     Ok(0)
 }
 

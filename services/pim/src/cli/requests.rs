@@ -116,6 +116,14 @@ pub(crate) struct RequestsArgs {
     client: ClientArgs,
 }
 
+#[derive(Args)]
+pub(crate) struct CancelArgs {
+    /// The request's id (see `pim requests`).
+    request_id: String,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
 #[derive(Subcommand)]
 pub(crate) enum PolicyCommand {
     /// Show the policy in force for a role at a scope.
@@ -387,6 +395,21 @@ pub(crate) async fn extend(args: ExtendArgs) -> anyhow::Result<i32> {
         time(r.end_time.as_ref().map(from_timestamp)),
         r.id
     );
+    Ok(0)
+}
+
+/// `pim cancel`: withdraws a request of yours that waits for approval.
+pub(crate) async fn cancel(args: CancelArgs) -> anyhow::Result<i32> {
+    let session = Session::open(&args.client, true)?;
+    let r = session.remember(
+        AssignmentServiceClient::new(session.channel.clone())
+            .cancel_request(session.request(apb::GetRequestRequest {
+                request_id: args.request_id.clone(),
+            })?)
+            .await
+            .map_err(explain)?,
+    );
+    println!("Request {} {}", r.id, status_name(r.status));
     Ok(0)
 }
 

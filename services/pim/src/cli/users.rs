@@ -1,0 +1,234 @@
+//! `pim users`: the directory's users, from creation to deletion.
+
+use clap::Subcommand;
+
+use pim_proto::identity::v1 as ipb;
+use pim_proto::identity::v1::directory_service_client::DirectoryServiceClient;
+
+use super::{ClientArgs, Session, explain, print_table, secret_from};
+
+#[derive(Subcommand)]
+pub(crate) enum UsersCommand {
+    /// Create a user. Without --password-stdin a strong password is generated and shown once.
+    Create {
+        #[arg(long)]
+        user_name: String,
+        #[arg(long, default_value = "")]
+        display_name: String,
+        #[arg(long, default_value = "")]
+        email: String,
+        #[arg(long)]
+        password_stdin: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show one user (by id or user name).
+    Get {
+        user: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List users.
+    List {
+        #[arg(long, default_value = "")]
+        filter: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Change a user's display name or email.
+    Update {
+        /// User name or id.
+        user: String,
+        #[arg(long)]
+        display_name: Option<String>,
+        #[arg(long)]
+        email: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Disable a user: no more sign-ins, and their tokens stop working at once.
+    Disable {
+        /// User name or id.
+        user: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Enable a disabled user again.
+    Enable {
+        /// User name or id.
+        user: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Delete a user (only one without assignments: remove those first).
+    Delete {
+        /// User name or id.
+        user: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Give a user a new password (generated and shown once, or read from stdin); for
+    /// administrators of credentials (a privileged user's need a privileged one).
+    ResetPassword {
+        /// User name or id.
+        user: String,
+        /// Read the new password from stdin instead of generating one.
+        #[arg(long)]
+        password_stdin: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+fn user_row(u: &ipb::User) -> Vec<String> {
+    vec![
+        u.id.clone(),
+        u.user_name.clone(),
+        u.display_name.clone(),
+        if u.enabled { "enabled" } else { "disabled" }.into(),
+    ]
+}
+
+pub(crate) async fn users(cmd: UsersCommand) -> anyhow::Result<i32> {
+    match cmd {
+        UsersCommand::Create {
+            user_name,
+            display_name,
+            email,
+            password_stdin,
+            client,
+        } => {
+            let session = Session::open(&client, true)?;
+            let (password, generated) = if password_stdin {
+                (secret_from(true, "", "")?, false)
+            } else {
+                (pim_identity::generate_password(), true)
+            };
+            let user = DirectoryServiceClient::new(session.channel.clone())
+                .create_user(session.request(ipb::CreateUserRequest {
+                    user_name,
+                    display_name,
+                    email,
+                    password: password.clone(),
+                })?)
+                .await
+                .map_err(explain)?
+                .into_inner();
+            println!("Created user {} ({})", user.user_name, user.id);
+            if generated {
+                println!("Initial password (shown once): {password}");
+            }
+        }
+        UsersCommand::Get { user, client } => {
+            let session = Session::open(&client, true)?;
+            let u = DirectoryServiceClient::new(session.channel.clone())
+                .get_user(session.request(ipb::GetUserRequest { user })?)
+                .await
+                .map_err(explain)?
+                .into_inner();
+            print_table(&["ID", "USER NAME", "DISPLAY NAME", "STATE"], vec![user_row(&u)]);
+        }
+        UsersCommand::List { filter, client } => {
+            let session = Session::open(&client, true)?;
+            let mut client = DirectoryServiceClient::new(session.channel.clone());
+            let mut rows = Vec::new();
+            let mut page_token = String::new();
+            loop {
+                let page = client
+                    .list_users(session.request(ipb::ListUsersRequest {
+                        page_size: 500,
+                        page_token,
+                        filter: filter.clone(),
+                    })?)
+                    .await
+                    .map_err(explain)?
+                    .into_inner();
+                rows.extend(page.users.iter().map(user_row));
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = page.next_page_token;
+            }
+            print_table(&["ID", "USER NAME", "DISPLAY NAME", "STATE"], rows);
+        }
+        UsersCommand::Update {
+            user,
+            display_name,
+            email,
+            client,
+        } => {
+            let session = Session::open(&client, true)?;
+            let mut directory = DirectoryServiceClient::new(session.channel.clone());
+            // Unchanged fields keep what the user has.
+            let current = directory
+                .get_user(session.request(ipb::GetUserRequest { user: user.clone() })?)
+                .await
+                .map_err(explain)?
+                .into_inner();
+            let u = directory
+                .update_user(session.request(ipb::UpdateUserRequest {
+                    user: current.id.clone(),
+                    display_name: display_name.unwrap_or(current.display_name),
+                    email: email.unwrap_or(current.email),
+                })?)
+                .await
+                .map_err(explain)?
+                .into_inner();
+            print_table(&["ID", "USER NAME", "DISPLAY NAME", "STATE"], vec![user_row(&u)]);
+        }
+        UsersCommand::Disable { user, client } => {
+            let session = Session::open(&client, true)?;
+            // Its next `pim check` sees the user's access gone.
+            let u = session.remember(
+                DirectoryServiceClient::new(session.channel.clone())
+                    .disable_user(session.request(ipb::GetUserRequest { user })?)
+                    .await
+                    .map_err(explain)?,
+            );
+            println!("User {} disabled: no sign-ins, and their sessions ended", u.user_name);
+        }
+        UsersCommand::Enable { user, client } => {
+            let session = Session::open(&client, true)?;
+            let u = DirectoryServiceClient::new(session.channel.clone())
+                .enable_user(session.request(ipb::GetUserRequest { user })?)
+                .await
+                .map_err(explain)?
+                .into_inner();
+            println!("User {} enabled", u.user_name);
+        }
+        UsersCommand::Delete { user, client } => {
+            let session = Session::open(&client, true)?;
+            session.remember(
+                DirectoryServiceClient::new(session.channel.clone())
+                    .delete_user(session.request(ipb::GetUserRequest { user: user.clone() })?)
+                    .await
+                    .map_err(explain)?,
+            );
+            println!("User {user} deleted");
+        }
+        UsersCommand::ResetPassword {
+            user,
+            password_stdin,
+            client,
+        } => {
+            let session = Session::open(&client, true)?;
+            let (password, generated) = if password_stdin {
+                (secret_from(true, "", "")?, false)
+            } else {
+                (pim_identity::generate_password(), true)
+            };
+            DirectoryServiceClient::new(session.channel.clone())
+                .reset_password(session.request(ipb::ResetPasswordRequest {
+                    user: user.clone(),
+                    new_password: password.clone(),
+                })?)
+                .await
+                .map_err(explain)?;
+            println!("Password of {user} reset");
+            if generated {
+                println!("New password (shown once): {password}");
+            }
+        }
+    }
+    Ok(0)
+}
