@@ -182,11 +182,7 @@ pub async fn live<C: ConnectionTrait>(c: &C, dedup_key: &str) -> Result<Option<A
         "SELECT {COLUMNS} FROM alerts WHERE dedup_key = $1 AND status IN ('open', 'acknowledged'){}",
         c.for_update()
     );
-    db::query_one(c, &sql, vec![dedup_key.into()])
-        .await?
-        .as_ref()
-        .map(AlertRow::from_row)
-        .transpose()
+    db::row(c, &sql, vec![dedup_key.into()], AlertRow::from_row).await
 }
 
 pub async fn get<C: ConnectionTrait>(c: &C, id: &str, lock: bool) -> Result<Option<AlertRow>, DbErr> {
@@ -194,11 +190,7 @@ pub async fn get<C: ConnectionTrait>(c: &C, id: &str, lock: bool) -> Result<Opti
         "SELECT {COLUMNS} FROM alerts WHERE id = $1{}",
         if lock { c.for_update() } else { "" }
     );
-    db::query_one(c, &sql, vec![id.into()])
-        .await?
-        .as_ref()
-        .map(AlertRow::from_row)
-        .transpose()
+    db::row(c, &sql, vec![id.into()], AlertRow::from_row).await
 }
 
 /// Inserts or rewrites an alert (by id).
@@ -243,15 +235,13 @@ pub async fn save<C: ConnectionTrait>(c: &C, a: &AlertRow, insert: bool) -> Resu
 
 /// Alerts changed after revision `after`, oldest change first.
 pub async fn changed_after<C: ConnectionTrait>(c: &C, after: i64, limit: u64) -> Result<Vec<AlertRow>, DbErr> {
-    db::query(
+    db::rows(
         c,
         &format!("SELECT {COLUMNS} FROM alerts WHERE rev > $1 ORDER BY rev LIMIT {limit}"),
         vec![after.into()],
+        AlertRow::from_row,
     )
-    .await?
-    .iter()
-    .map(AlertRow::from_row)
-    .collect()
+    .await
 }
 
 /// Alerts newest first, optionally of one status, below revision `before`.
@@ -268,11 +258,7 @@ pub async fn list<C: ConnectionTrait>(
         sql.push_str(" AND status = $2");
     }
     sql.push_str(&format!(" ORDER BY rev DESC LIMIT {limit}"));
-    db::query(c, &sql, values)
-        .await?
-        .iter()
-        .map(AlertRow::from_row)
-        .collect()
+    db::rows(c, &sql, values, AlertRow::from_row).await
 }
 
 /// A rule's stored settings: (enabled, severity, settings JSON).

@@ -261,25 +261,19 @@ pub async fn insert<C: ConnectionTrait>(c: &C, a: &ApprovalRow) -> Result<bool, 
 }
 
 pub async fn get<C: ConnectionTrait>(c: &C, id: &str) -> Result<Option<ApprovalRow>, DbErr> {
-    db::query_one(
+    db::row(
         c,
         &format!("SELECT {COLUMNS} FROM approvals WHERE id = $1"),
         vec![id.into()],
+        ApprovalRow::from_row,
     )
-    .await?
-    .as_ref()
-    .map(ApprovalRow::from_row)
-    .transpose()
+    .await
 }
 
 /// Reads an approval and holds its row until the transaction ends (PostgreSQL).
 pub async fn lock<C: ConnectionTrait>(c: &C, id: &str) -> Result<Option<ApprovalRow>, DbErr> {
     let sql = format!("SELECT {COLUMNS} FROM approvals WHERE id = $1{}", c.for_update());
-    db::query_one(c, &sql, vec![id.into()])
-        .await?
-        .as_ref()
-        .map(ApprovalRow::from_row)
-        .transpose()
+    db::row(c, &sql, vec![id.into()], ApprovalRow::from_row).await
 }
 
 pub async fn by_request<C: ConnectionTrait>(c: &C, request_id: &str) -> Result<Option<ApprovalRow>, DbErr> {
@@ -287,11 +281,7 @@ pub async fn by_request<C: ConnectionTrait>(c: &C, request_id: &str) -> Result<O
         "SELECT {COLUMNS} FROM approvals WHERE request_id = $1{}",
         c.for_update()
     );
-    db::query_one(c, &sql, vec![request_id.into()])
-        .await?
-        .as_ref()
-        .map(ApprovalRow::from_row)
-        .transpose()
+    db::row(c, &sql, vec![request_id.into()], ApprovalRow::from_row).await
 }
 
 /// Writes the moving parts of an approval (status, stage, deadlines) with a new revision.
@@ -316,15 +306,13 @@ pub async fn update<C: ConnectionTrait>(c: &C, a: &ApprovalRow) -> Result<(), Db
 
 /// Pending approvals with a revision after `after`, oldest first.
 pub async fn pending_after<C: ConnectionTrait>(c: &C, after: i64, limit: u64) -> Result<Vec<ApprovalRow>, DbErr> {
-    db::query(
+    db::rows(
         c,
         &format!("SELECT {COLUMNS} FROM approvals WHERE status = 'Pending' AND rev > $1 ORDER BY rev LIMIT {limit}"),
         vec![after.into()],
+        ApprovalRow::from_row,
     )
-    .await?
-    .iter()
-    .map(ApprovalRow::from_row)
-    .collect()
+    .await
 }
 
 /// Pending approvals whose stage expired or whose escalation is due (locked on PostgreSQL).
@@ -397,18 +385,16 @@ pub async fn list<C: ConnectionTrait>(c: &C, f: &ListFilter<'_>) -> Result<Vec<A
     } else {
         format!(" WHERE {}", clauses.join(" AND "))
     };
-    db::query(
+    db::rows(
         c,
         &format!(
             "SELECT {COLUMNS} FROM approvals{filter} ORDER BY rev DESC LIMIT {}",
             f.limit
         ),
         values,
+        ApprovalRow::from_row,
     )
-    .await?
-    .iter()
-    .map(ApprovalRow::from_row)
-    .collect()
+    .await
 }
 
 #[derive(Clone, Debug)]
@@ -726,23 +712,17 @@ pub async fn review<C: ConnectionTrait>(c: &C, id: &str, lock: bool) -> Result<O
         "SELECT {REVIEW_COLUMNS} FROM access_reviews WHERE id = $1{}",
         if lock { c.for_update() } else { "" }
     );
-    db::query_one(c, &sql, vec![id.into()])
-        .await?
-        .as_ref()
-        .map(ReviewRow::from_row)
-        .transpose()
+    db::row(c, &sql, vec![id.into()], ReviewRow::from_row).await
 }
 
 pub async fn reviews<C: ConnectionTrait>(c: &C, after_id: &str, limit: u64) -> Result<Vec<ReviewRow>, DbErr> {
-    db::query(
+    db::rows(
         c,
         &format!("SELECT {REVIEW_COLUMNS} FROM access_reviews WHERE id > $1 ORDER BY id LIMIT {limit}"),
         vec![after_id.into()],
+        ReviewRow::from_row,
     )
-    .await?
-    .iter()
-    .map(ReviewRow::from_row)
-    .collect()
+    .await
 }
 
 /// Reviews due to start or end (locked with SKIP LOCKED on PostgreSQL).
@@ -752,11 +732,7 @@ pub async fn due_reviews<C: ConnectionTrait>(c: &C, now: i64, limit: u64) -> Res
          OR (status = 'InProgress' AND instance_end <= $1) ORDER BY id LIMIT {limit}{}",
         c.skip_locked()
     );
-    db::query(c, &sql, vec![now.into()])
-        .await?
-        .iter()
-        .map(ReviewRow::from_row)
-        .collect()
+    db::rows(c, &sql, vec![now.into()], ReviewRow::from_row).await
 }
 
 pub async fn next_review_deadline<C: ConnectionTrait>(c: &C) -> Result<Option<i64>, DbErr> {
@@ -860,29 +836,25 @@ pub async fn update_item<C: ConnectionTrait>(c: &C, i: &ItemRow) -> Result<(), D
 }
 
 pub async fn item<C: ConnectionTrait>(c: &C, id: &str) -> Result<Option<ItemRow>, DbErr> {
-    db::query_one(
+    db::row(
         c,
         &format!("SELECT {ITEM_COLUMNS} FROM review_items WHERE id = $1"),
         vec![id.into()],
+        ItemRow::from_row,
     )
-    .await?
-    .as_ref()
-    .map(ItemRow::from_row)
-    .transpose()
+    .await
 }
 
 pub async fn items<C: ConnectionTrait>(c: &C, review_id: &str, instance: i32) -> Result<Vec<ItemRow>, DbErr> {
-    db::query(
+    db::rows(
         c,
         &format!(
             "SELECT {ITEM_COLUMNS} FROM review_items WHERE review_id = $1 AND instance = $2 ORDER BY principal_id, id"
         ),
         vec![review_id.into(), instance.into()],
+        ItemRow::from_row,
     )
-    .await?
-    .iter()
-    .map(ItemRow::from_row)
-    .collect()
+    .await
 }
 
 /// What became of a review item's removal, as assignment reported it.

@@ -328,11 +328,7 @@ pub async fn current_assignments<C: ConnectionTrait>(
         sql.push_str(&format!(" AND role_id = ${}", values.len()));
     }
     sql.push_str(" ORDER BY created_at");
-    db::query(c, &sql, values)
-        .await?
-        .iter()
-        .map(AssignmentRow::from_row)
-        .collect()
+    db::rows(c, &sql, values, AssignmentRow::from_row).await
 }
 
 /// What a selfActivate checks, in one round trip: the assignments of `role_id` that any of
@@ -375,20 +371,13 @@ pub async fn unended_active_assignments<C: ConnectionTrait>(c: &C, now: i64) -> 
     let sql = format!(
         "SELECT {ASSIGNMENT_COLUMNS} FROM assignments WHERE status = 'active' AND kind = 'active' AND (end_at IS NULL OR end_at > $1)"
     );
-    db::query(c, &sql, vec![now.into()])
-        .await?
-        .iter()
-        .map(AssignmentRow::from_row)
-        .collect()
+    db::rows(c, &sql, vec![now.into()], AssignmentRow::from_row).await
 }
 
 /// One assignment by id.
 pub async fn find_assignment<C: ConnectionTrait>(c: &C, id: &str) -> Result<Option<AssignmentRow>, DbErr> {
     let sql = format!("SELECT {ASSIGNMENT_COLUMNS} FROM assignments WHERE id = $1");
-    db::query_one(c, &sql, vec![id.into()])
-        .await?
-        .map(|r| AssignmentRow::from_row(&r))
-        .transpose()
+    db::row(c, &sql, vec![id.into()], AssignmentRow::from_row).await
 }
 
 /// The assignments with these ids (those that exist).
@@ -400,11 +389,13 @@ pub async fn find_assignments<C: ConnectionTrait>(c: &C, ids: &[String]) -> Resu
         "SELECT {ASSIGNMENT_COLUMNS} FROM assignments WHERE id IN ({})",
         db::placeholders(1, ids.len())
     );
-    db::query(c, &sql, ids.iter().map(|id| id.clone().into()).collect())
-        .await?
-        .iter()
-        .map(AssignmentRow::from_row)
-        .collect()
+    db::rows(
+        c,
+        &sql,
+        ids.iter().map(|id| id.clone().into()).collect(),
+        AssignmentRow::from_row,
+    )
+    .await
 }
 
 /// Active assignments of a principal, role and kind at exactly `scope` that have not ended
@@ -420,7 +411,7 @@ pub async fn open_assignments<C: ConnectionTrait>(
     let sql = format!(
         "SELECT {ASSIGNMENT_COLUMNS} FROM assignments WHERE status = 'active' AND kind = $1 AND principal_id = $2 AND role_id = $3 AND scope = $4 AND (end_at IS NULL OR end_at > $5) ORDER BY created_at"
     );
-    db::query(
+    db::rows(
         c,
         &sql,
         vec![
@@ -430,11 +421,9 @@ pub async fn open_assignments<C: ConnectionTrait>(
             scope.into(),
             now.into(),
         ],
+        AssignmentRow::from_row,
     )
-    .await?
-    .iter()
-    .map(AssignmentRow::from_row)
-    .collect()
+    .await
 }
 
 /// Locks (PostgreSQL) and returns the current permanent active Global Administrator
@@ -452,11 +441,7 @@ pub async fn lock_permanent_global_admins<C: ConnectionTrait>(
     let sql = format!(
         "SELECT {ASSIGNMENT_COLUMNS} FROM assignments WHERE status = 'active' AND kind = 'active' AND role_id = $1 AND scope = '/' AND end_at IS NULL AND start_at <= $2 ORDER BY id{lock}"
     );
-    db::query(c, &sql, vec![role_id.into(), now.into()])
-        .await?
-        .iter()
-        .map(AssignmentRow::from_row)
-        .collect()
+    db::rows(c, &sql, vec![role_id.into(), now.into()], AssignmentRow::from_row).await
 }
 
 /// Moves an active assignment's end if it is still at `version` (compare and set); returns its
@@ -494,11 +479,7 @@ pub async fn due_starts<C: ConnectionTrait>(c: &C, now: i64, limit: u64) -> Resu
         "SELECT {ASSIGNMENT_COLUMNS} FROM assignments WHERE status = 'active' AND announced = FALSE AND start_at <= $1 ORDER BY start_at LIMIT {limit}{}",
         c.skip_locked()
     );
-    db::query(c, &sql, vec![now.into()])
-        .await?
-        .iter()
-        .map(AssignmentRow::from_row)
-        .collect()
+    db::rows(c, &sql, vec![now.into()], AssignmentRow::from_row).await
 }
 
 /// Active assignments whose end is due (locked on PostgreSQL).
@@ -507,11 +488,7 @@ pub async fn due_ends<C: ConnectionTrait>(c: &C, now: i64, limit: u64) -> Result
         "SELECT {ASSIGNMENT_COLUMNS} FROM assignments WHERE status = 'active' AND end_at IS NOT NULL AND end_at <= $1 ORDER BY end_at LIMIT {limit}{}",
         c.skip_locked()
     );
-    db::query(c, &sql, vec![now.into()])
-        .await?
-        .iter()
-        .map(AssignmentRow::from_row)
-        .collect()
+    db::rows(c, &sql, vec![now.into()], AssignmentRow::from_row).await
 }
 
 /// Marks an assignment's start as announced; returns whether this call did it.
@@ -602,10 +579,13 @@ pub async fn live_activation<C: ConnectionTrait>(
         "SELECT {ASSIGNMENT_COLUMNS} FROM assignments WHERE status = 'active' AND origin = 'activation' \
          AND principal_id = $1 AND role_id = $2 AND scope = $3"
     );
-    db::query_one(c, &sql, vec![principal_id.into(), role_id.into(), scope.into()])
-        .await?
-        .map(|r| AssignmentRow::from_row(&r))
-        .transpose()
+    db::row(
+        c,
+        &sql,
+        vec![principal_id.into(), role_id.into(), scope.into()],
+        AssignmentRow::from_row,
+    )
+    .await
 }
 
 /// The administrator's `kind` assignment of `role_id` at `scope` to `principal_id` the
@@ -621,14 +601,13 @@ pub async fn live_admin_assignment<C: ConnectionTrait>(
         "SELECT {ASSIGNMENT_COLUMNS} FROM assignments WHERE status = 'active' AND origin = 'admin' \
          AND kind = $1 AND principal_id = $2 AND role_id = $3 AND scope = $4"
     );
-    db::query_one(
+    db::row(
         c,
         &sql,
         vec![kind.into(), principal_id.into(), role_id.into(), scope.into()],
+        AssignmentRow::from_row,
     )
-    .await?
-    .map(|r| AssignmentRow::from_row(&r))
-    .transpose()
+    .await
 }
 
 /// The selfActivate request of `role_id` at `scope` by `principal_id` waiting for approval, if any.
@@ -642,10 +621,13 @@ pub async fn pending_request<C: ConnectionTrait>(
         "SELECT {REQUEST_COLUMNS} FROM requests WHERE status = 'PendingApproval' \
          AND principal_id = $1 AND role_id = $2 AND scope = $3"
     );
-    db::query_one(c, &sql, vec![principal_id.into(), role_id.into(), scope.into()])
-        .await?
-        .map(|r| RequestRow::from_row(&r))
-        .transpose()
+    db::row(
+        c,
+        &sql,
+        vec![principal_id.into(), role_id.into(), scope.into()],
+        RequestRow::from_row,
+    )
+    .await
 }
 
 /// The principal's most recently expired assignment an administrator made (not one that was
@@ -663,7 +645,7 @@ pub async fn last_expired_assignment<C: ConnectionTrait>(
          AND origin = 'admin' AND (status = 'expired' OR (status = 'active' AND end_at IS NOT NULL AND end_at <= $5)) \
          ORDER BY end_at DESC LIMIT 1"
     );
-    db::query_one(
+    db::row(
         c,
         &sql,
         vec![
@@ -673,10 +655,9 @@ pub async fn last_expired_assignment<C: ConnectionTrait>(
             scope.into(),
             now.into(),
         ],
+        AssignmentRow::from_row,
     )
-    .await?
-    .map(|r| AssignmentRow::from_row(&r))
-    .transpose()
+    .await
 }
 
 const REQUEST_INSERT: &str = "INSERT INTO requests (id, action, kind, principal_id, role_id, scope, status, start_at, end_at, justification, ticket_system, ticket_number, requested_by, created_at, updated_at, assignment_id, duration_ms, policy)";
@@ -796,10 +777,7 @@ async fn insert_activation_once(
 
 pub async fn find_request<C: ConnectionTrait>(c: &C, id: &str) -> Result<Option<RequestRow>, DbErr> {
     let sql = format!("SELECT {REQUEST_COLUMNS} FROM requests WHERE id = $1");
-    db::query_one(c, &sql, vec![id.into()])
-        .await?
-        .map(|r| RequestRow::from_row(&r))
-        .transpose()
+    db::row(c, &sql, vec![id.into()], RequestRow::from_row).await
 }
 
 /// Moves a request from `from` to `to` (with its schedule and assignment once known);
@@ -868,11 +846,7 @@ pub async fn list_requests<C: ConnectionTrait>(
         }
     }
     sql.push_str(&format!(" ORDER BY id LIMIT {limit}"));
-    db::query(c, &sql, values)
-        .await?
-        .iter()
-        .map(RequestRow::from_row)
-        .collect()
+    db::rows(c, &sql, values, RequestRow::from_row).await
 }
 
 /// The role's policies set at any of `scopes`: (scope, policy JSON).

@@ -243,11 +243,7 @@ pub async fn range<C: ConnectionTrait>(c: &C, from: i64, to: i64, limit: u64) ->
     let sql = format!(
         "SELECT {COLUMNS} FROM audit_records WHERE sequence >= $1 AND sequence <= $2 ORDER BY sequence LIMIT {limit}"
     );
-    db::query(c, &sql, vec![from.into(), to.into()])
-        .await?
-        .iter()
-        .map(Record::from_row)
-        .collect()
+    db::rows(c, &sql, vec![from.into(), to.into()], Record::from_row).await
 }
 
 pub async fn hash_at<C: ConnectionTrait>(c: &C, sequence: i64) -> Result<Option<Vec<u8>>, DbErr> {
@@ -345,15 +341,12 @@ pub async fn query<C: ConnectionTrait>(c: &C, f: &Filter, limit: u64) -> Result<
     }
     let order = if f.newest_first { "DESC" } else { "ASC" };
     sql.push_str(&format!(" ORDER BY sequence {order} LIMIT {limit}"));
-    db::query(c, &sql, values).await?.iter().map(Record::from_row).collect()
+    db::rows(c, &sql, values, Record::from_row).await
 }
 
 pub async fn get<C: ConnectionTrait>(c: &C, event_id: &str) -> Result<Option<Record>, DbErr> {
     let sql = format!("SELECT {COLUMNS} FROM audit_records WHERE event_id = $1");
-    db::query_one(c, &sql, vec![event_id.into()])
-        .await?
-        .map(|r| Record::from_row(&r))
-        .transpose()
+    db::row(c, &sql, vec![event_id.into()], Record::from_row).await
 }
 
 /// Where the kept chain starts: records up to `sequence` were pruned, and the first kept

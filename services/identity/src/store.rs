@@ -188,10 +188,13 @@ pub async fn insert_user<C: ConnectionTrait>(c: &C, u: &UserRow) -> Result<(), D
 /// A user by id or by (lower-cased) user name.
 pub async fn find_user<C: ConnectionTrait>(c: &C, id_or_name: &str) -> Result<Option<UserRow>, DbErr> {
     let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1 OR user_name = $2");
-    db::query_one(c, &sql, vec![id_or_name.into(), id_or_name.to_lowercase().into()])
-        .await?
-        .map(|r| UserRow::from_row(&r))
-        .transpose()
+    db::row(
+        c,
+        &sql,
+        vec![id_or_name.into(), id_or_name.to_lowercase().into()],
+        UserRow::from_row,
+    )
+    .await
 }
 
 /// Users after `after` (by user name), matching `filter`, at most `limit`.
@@ -212,11 +215,13 @@ pub async fn list_users<C: ConnectionTrait>(
     let sql = format!(
         "SELECT {USER_COLUMNS} FROM users WHERE user_name > $1 AND (LOWER(user_name) LIKE $2 ESCAPE '\\' OR LOWER(display_name) LIKE $3 ESCAPE '\\') ORDER BY user_name LIMIT {limit}"
     );
-    db::query(c, &sql, vec![after.into(), pattern.clone().into(), pattern.into()])
-        .await?
-        .iter()
-        .map(UserRow::from_row)
-        .collect()
+    db::rows(
+        c,
+        &sql,
+        vec![after.into(), pattern.clone().into(), pattern.into()],
+        UserRow::from_row,
+    )
+    .await
 }
 
 pub async fn set_password<C: ConnectionTrait>(c: &C, user_id: &str, hash: &str) -> Result<u64, DbErr> {

@@ -277,7 +277,11 @@ fn the_readme_walk_through_works_and_survives_a_restart() {
         ],
         None,
     );
-    assert_eq!(shorter.status.code(), Some(2), "an extension only moves the end later");
+    assert_eq!(
+        shorter.status.code(),
+        Some(1),
+        "an extension only moves the end later (refused)"
+    );
     let denied = admin.run(&["check", "--principal", "lee", "--role", "Global Administrator"], None);
     assert_eq!(denied.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&denied.stdout).starts_with("denied"));
@@ -311,7 +315,7 @@ fn the_readme_walk_through_works_and_survives_a_restart() {
         Some(&format!("{lee_password}\n")),
     );
     let refused = lee.run(&["users", "create", "--user-name", "eve"], None);
-    assert_eq!(refused.status.code(), Some(2));
+    assert_eq!(refused.status.code(), Some(1), "refused: exit status 1");
     assert!(String::from_utf8_lossy(&refused.stderr).contains("PermissionDenied"));
 
     // Just-in-time: Lee enrols an authenticator, is made eligible for Security Reader, and
@@ -393,7 +397,7 @@ fn the_readme_walk_through_works_and_survives_a_restart() {
         ],
         None,
     );
-    assert_eq!(too_long.status.code(), Some(2));
+    assert_eq!(too_long.status.code(), Some(1), "refused by a policy rule");
     assert!(
         String::from_utf8_lossy(&too_long.stderr).contains("[rules: ExpirationRule]"),
         "{}",
@@ -434,7 +438,7 @@ fn the_readme_walk_through_works_and_survives_a_restart() {
         std::thread::sleep(Duration::from_millis(100));
     };
     let refused = lee.run(&["approve", &approval, "-j", "me"], None);
-    assert_eq!(refused.status.code(), Some(2), "nobody approves their own request");
+    assert_eq!(refused.status.code(), Some(1), "nobody approves their own request");
     let approved = admin.ok(&["approve", &approval, "-j", "on-call rota"], None);
     assert!(approved.contains("is approved"), "{approved}");
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -773,6 +777,23 @@ fn users_are_managed_and_a_waiting_request_is_withdrawn() {
         None,
     );
     admin.ok(&["users", "delete", "kim"], None);
+    // Exit statuses say what went wrong: 1 refused, 2 usage, 3 unreachable.
+    let code = |out: Output| out.status.code();
+    assert_eq!(code(kim.run(&["users", "create", "--user-name", "eve"], None)), Some(1));
+    assert_eq!(code(admin.run(&["users", "create"], None)), Some(2), "a missing flag");
+    assert_eq!(
+        code(admin.run(
+            &["users", "create", "--user-name", "eve", "--password-stdin"],
+            Some("short\n")
+        )),
+        Some(2),
+        "a password the rules refuse is bad input"
+    );
+    assert_eq!(
+        code(admin.run(&["users", "list", "--server", "http://127.0.0.1:9"], None)),
+        Some(3),
+        "nothing listens there"
+    );
     assert!(!admin.run(&["users", "get", "kim"], None).status.success(), "deleted");
     up.terminate();
     std::fs::remove_dir_all(&dir).ok();

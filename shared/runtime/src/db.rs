@@ -151,6 +151,26 @@ pub async fn query_one<C: ConnectionTrait>(c: &C, sql: &str, values: Vec<Value>)
     c.query_one_raw(statement(c, sql, values)).await
 }
 
+/// Runs a query and decodes each row with `decode`, the table's one decoder.
+pub async fn rows<C: ConnectionTrait, T>(
+    c: &C,
+    sql: &str,
+    values: Vec<Value>,
+    decode: fn(&QueryResult) -> Result<T, DbErr>,
+) -> Result<Vec<T>, DbErr> {
+    query(c, sql, values).await?.iter().map(decode).collect()
+}
+
+/// Runs a query for at most one row and decodes it with `decode`.
+pub async fn row<C: ConnectionTrait, T>(
+    c: &C,
+    sql: &str,
+    values: Vec<Value>,
+    decode: fn(&QueryResult) -> Result<T, DbErr>,
+) -> Result<Option<T>, DbErr> {
+    query_one(c, sql, values).await?.as_ref().map(decode).transpose()
+}
+
 /// Reads a column of a raw row.
 pub fn col<T: sea_orm::TryGetable>(row: &QueryResult, name: &str) -> Result<T, DbErr> {
     row.try_get("", name)

@@ -70,11 +70,28 @@ pub(crate) struct ClientArgs {
     client_key: Option<PathBuf>,
 }
 
+/// `pim up --help`: the settings it reads (the README's table has them all).
+const UP_SETTINGS: &str = "Settings (environment):
+  PIM_DATA_DIR           where the SQLite files, the secrets key and the event keys live [.pim]
+  PIM_LISTEN_ADDR        the gRPC address [127.0.0.1:50051]
+  PIM_REDIS_URL          publish events on Redis streams (rediss:// for TLS) [embedded delivery]
+  PIM_STREAM_PREFIX      prefix of every stream name []
+  PIM_TLS_CERT, PIM_TLS_KEY   serve TLS with this PEM certificate and key [plaintext]
+  PIM_TLS_CLIENT_CA      require client certificates this CA signed (mutual TLS)
+  PIM_ADMIN_ADDR         serve GET /metrics here [nowhere]
+  PIM_SIGNIN_MFA         when_enrolled, required or off [when_enrolled]
+  PIM_ACCESS_TOKEN_TTL_SECS   access token lifetime [3600]
+  PIM_AUDIT_RETENTION_DAYS    prune older audit records behind a checkpoint; 0 keeps all [0]
+  PIM_LOG_FORMAT         pretty or json [pretty]
+  OTEL_EXPORTER_OTLP_ENDPOINT export traces over OTLP/gRPC [no export]
+The README's settings table lists every setting.";
+
 #[derive(Subcommand)]
 enum Command {
     /// Run all five services in one process on one address (SQLite files under PIM_DATA_DIR;
     /// Redis when PIM_REDIS_URL is set). Prints the address and, on first start, the
     /// break-glass administrator's credentials.
+    #[command(after_help = UP_SETTINGS)]
     Up,
     /// Run one service (production shape: PIM_DATABASE_URL for PostgreSQL, PIM_REDIS_URL).
     Serve {
@@ -846,6 +863,43 @@ pub(crate) fn write_token(args: &ClientArgs, token: &str) -> anyhow::Result<Path
     Ok(path)
 }
 
+/// What the server answered when it did not do what was asked, in words a person can act on;
+/// its code decides the exit status ([`exit_status`]).
+#[derive(Debug)]
+pub struct Answered {
+    pub code: tonic::Code,
+    text: String,
+}
+
+impl std::fmt::Display for Answered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl std::error::Error for Answered {}
+
+/// The exit status of a command that failed: 1 refused (by a permission, a policy rule or
+/// the state of things; `pim check` also answers 1 for "not allowed"), 2 a usage mistake (bad
+/// flags or input, not signed in), 3 PIM unreachable, 4 a fault on the server's side.
+pub fn exit_status(err: &anyhow::Error) -> i32 {
+    use tonic::Code as C;
+    for cause in err.chain() {
+        if let Some(answered) = cause.downcast_ref::<Answered>() {
+            return match answered.code {
+                C::InvalidArgument | C::OutOfRange => 2,
+                C::Unavailable | C::DeadlineExceeded => 3,
+                C::Internal | C::Unknown | C::DataLoss | C::Unimplemented => 4,
+                _ => 1,
+            };
+        }
+        if cause.downcast_ref::<tonic::transport::Error>().is_some() {
+            return 3;
+        }
+    }
+    2
+}
+
 /// A gRPC error in words a person can act on.
 pub(crate) fn explain(status: Status) -> anyhow::Error {
     let rules = pim_runtime::grpc::violated_rules(&status);
@@ -860,7 +914,10 @@ pub(crate) fn explain(status: Status) -> anyhow::Error {
     } else {
         format!(" [rules: {}]", rules.join(", "))
     };
-    anyhow::anyhow!("{:?}: {}{rules}{hint}", status.code(), status.message())
+    anyhow::Error::new(Answered {
+        code: status.code(),
+        text: format!("{:?}: {}{rules}{hint}", status.code(), status.message()),
+    })
 }
 
 pub(crate) fn secret_from(stdin_flag: bool, env_var: &str, prompt: &str) -> anyhow::Result<String> {
