@@ -109,6 +109,12 @@ enum Scenario {
     },
 }
 
+/// A synthetic principal's id: UUID-shaped, as every principal id is (CheckAccess refuses
+/// other ids), and readable back as `n`.
+fn bench_principal(n: u64) -> String {
+    format!("00000000-0000-4000-8000-{n:012}")
+}
+
 const ROLES: [&str; 10] = [
     "62e90394-69f5-4237-9190-012177145e10",
     "e8611ab8-c189-46e8-94e1-60213ab1f814",
@@ -271,7 +277,7 @@ async fn check_access(
         &ts,
         &format!(
             "INSERT INTO assignments (id, kind, principal_id, principal_kind, principal_name, role_id, scope, start_at, end_at, status, origin, announced, request_id, created_by, created_at) \
-             SELECT 'bench-a-' || g, 'active', 'bench-p-' || (g % {principals}), 'user', 'bench', ({roles})[((g / {principals}) % 10) + 1], '/s' || (g % 7), 0, NULL, 'active', 'admin', TRUE, 'bench', 'bench', 0 \
+             SELECT 'bench-a-' || g, 'active', '00000000-0000-4000-8000-' || lpad((g % {principals})::text, 12, '0'), 'user', 'bench', ({roles})[((g / {principals}) % 10) + 1], '/s' || (g % 7), 0, NULL, 'active', 'admin', TRUE, 'bench', 'bench', 0 \
              FROM generate_series(0, {last}) AS g",
             roles = roles_array(),
             last = assignments - 1
@@ -339,7 +345,7 @@ async fn check_access(
         move |n: u64| {
             let mut client = AccessServiceClient::new(channel.clone());
             let mut rng = Rng(n.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
-            let principal = format!("bench-p-{}", rng.next() % principals);
+            let principal = bench_principal(rng.next() % principals);
             let role = ROLES[(rng.next() % 10) as usize];
             let request = authed(
                 &token,
@@ -597,7 +603,7 @@ async fn activation(rate: u64, seconds: u64) -> anyhow::Result<()> {
         &ts,
         &format!(
             "INSERT INTO assignments (id, kind, principal_id, principal_kind, principal_name, role_id, scope, start_at, end_at, status, origin, announced, request_id, created_by, created_at) \
-             SELECT 'bench-e-' || g, 'eligible', 'bench-p-' || g, 'user', 'bench', '{EXCHANGE_ADMINISTRATOR}', '/', 0, NULL, 'active', 'admin', TRUE, 'bench', 'bench', 0 \
+             SELECT 'bench-e-' || g, 'eligible', '00000000-0000-4000-8000-' || lpad(g::text, 12, '0'), 'user', 'bench', '{EXCHANGE_ADMINISTRATOR}', '/', 0, NULL, 'active', 'admin', TRUE, 'bench', 'bench', 0 \
              FROM generate_series(0, {last}) AS g",
             last = total - 1
         ),
@@ -607,7 +613,7 @@ async fn activation(rate: u64, seconds: u64) -> anyhow::Result<()> {
     let mut tokens = Vec::with_capacity(total as usize);
     for i in 0..total {
         let subject = pim_identity::TokenSubject {
-            principal_id: format!("bench-p-{i}"),
+            principal_id: bench_principal(i),
             kind: pim_proto::common::v1::PrincipalKind::User,
             name: format!("bench{i}"),
             amr: vec!["pwd".into(), "otp".into()],
@@ -640,7 +646,7 @@ async fn activation(rate: u64, seconds: u64) -> anyhow::Result<()> {
                     .check_access(authed(
                         token,
                         apb::CheckAccessRequest {
-                            principal_id: format!("bench-p-{n}"),
+                            principal_id: bench_principal(n),
                             target: Some(apb::check_access_request::Target::RoleId(EXCHANGE_ADMINISTRATOR.into())),
                             scope: "/".into(),
                             ..Default::default()
@@ -771,7 +777,7 @@ async fn expiry(roles: u64, within_seconds: u64) -> anyhow::Result<()> {
         &ts,
         &format!(
             "INSERT INTO assignments (id, kind, principal_id, principal_kind, principal_name, role_id, scope, start_at, end_at, status, origin, announced, request_id, created_by, created_at) \
-             SELECT 'bench-x-' || g, 'active', 'bench-p-' || g, 'user', 'bench', '{EXCHANGE_ADMINISTRATOR}', '/', 0, {base} + (g * {spread}) / {roles}, 'active', 'activation', TRUE, 'bench', 'bench', 0 \
+             SELECT 'bench-x-' || g, 'active', '00000000-0000-4000-8000-' || lpad(g::text, 12, '0'), 'user', 'bench', '{EXCHANGE_ADMINISTRATOR}', '/', 0, {base} + (g * {spread}) / {roles}, 'active', 'activation', TRUE, 'bench', 'bench', 0 \
              FROM generate_series(0, {last}) AS g",
             last = roles - 1
         ),
@@ -919,7 +925,7 @@ async fn alert_latency(rate: u64, seconds: u64) -> anyhow::Result<()> {
         tick.tick().await;
         let e = pim_proto::events::v1::ApprovalDecisionRecorded {
             approval_id: format!("bench-approval-{i}"),
-            requester_id: format!("bench-p-{i}"),
+            requester_id: bench_principal(i),
             role_id: EXCHANGE_ADMINISTRATOR.into(),
             scope: "/".into(),
             decision: "approve".into(),

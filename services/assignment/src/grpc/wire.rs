@@ -1,0 +1,426 @@
+//! The wire and the domain: protobuf messages to and from the domain's types, and the checks
+//! a request's fields pass at the edge (times, text, schedules) before any rule runs.
+
+use std::time::Duration;
+
+use pim_proto::assignment::v1 as pb;
+use pim_proto::common::v1::{ApprovalStageSettings, PrincipalKind};
+use pim_runtime::consistency;
+use pim_runtime::db::to_timestamp;
+
+use crate::assignments::{ActivateRequest, AdminAssignRequest, EndRequest};
+use crate::domain::{ActivationAsk, AdminAssignment, ApprovalStage, Expiration, Kind, Policy, RequestStatus};
+use crate::error::Error;
+use crate::store::{AssignmentRow, RequestRow, RoleRow};
+
+pub(super) fn role_to_pb(r: RoleRow) -> pb::RoleDefinition {
+    pb::RoleDefinition {
+        id: r.id,
+        name: r.name,
+        description: r.description,
+        permissions: r.permissions,
+        built_in: r.built_in,
+        privileged: r.privileged,
+    }
+}
+
+pub(super) fn action_name(action: pb::RequestAction) -> &'static str {
+    use pb::RequestAction as A;
+    match action {
+        A::AdminAssign => "adminAssign",
+        A::AdminUpdate => "adminUpdate",
+        A::AdminRemove => "adminRemove",
+        A::AdminExtend => "adminExtend",
+        A::AdminRenew => "adminRenew",
+        A::SelfActivate => "selfActivate",
+        A::SelfDeactivate => "selfDeactivate",
+        A::SelfExtend => "selfExtend",
+        A::SelfRenew => "selfRenew",
+        A::Unspecified => "unspecified",
+    }
+}
+
+pub(super) fn action_from_name(name: &str) -> pb::RequestAction {
+    use pb::RequestAction as A;
+    [
+        A::AdminAssign,
+        A::AdminUpdate,
+        A::AdminRemove,
+        A::AdminExtend,
+        A::AdminRenew,
+        A::SelfActivate,
+        A::SelfDeactivate,
+        A::SelfExtend,
+        A::SelfRenew,
+    ]
+    .into_iter()
+    .find(|a| action_name(*a) == name)
+    .unwrap_or(A::Unspecified)
+}
+
+/// The wire's request status for the domain's, and back (none for Unspecified).
+pub(super) fn status_to_pb(status: RequestStatus) -> pb::RequestStatus {
+    use RequestStatus as D;
+    use pb::RequestStatus as S;
+    match status {
+        D::PendingApproval => S::PendingApproval,
+        D::Granted => S::Granted,
+        D::Denied => S::Denied,
+        D::Provisioned => S::Provisioned,
+        D::ScheduleCreated => S::ScheduleCreated,
+        D::Revoked => S::Revoked,
+        D::Canceled => S::Canceled,
+        D::Failed => S::Failed,
+        D::Expired => S::Expired,
+    }
+}
+
+pub(super) fn status_from_pb(status: pb::RequestStatus) -> Option<RequestStatus> {
+    RequestStatus::ALL.into_iter().find(|s| status_to_pb(*s) == status)
+}
+
+pub(super) fn kind_to_pb(kind: &str) -> pb::AssignmentKind {
+    match Kind::parse(kind) {
+        Some(Kind::Eligible) => pb::AssignmentKind::Eligible,
+        Some(Kind::Active) => pb::AssignmentKind::Active,
+        None => pb::AssignmentKind::Unspecified,
+    }
+}
+
+pub(super) fn request_to_pb(r: RequestRow) -> pb::AssignmentRequest {
+    pb::AssignmentRequest {
+        id: r.id,
+        action: action_from_name(&r.action) as i32,
+        kind: kind_to_pb(&r.kind) as i32,
+        principal_id: r.principal_id,
+        role_id: r.role_id,
+        scope: r.scope,
+        status: status_to_pb(r.status) as i32,
+        start_time: Some(to_timestamp(r.start_at)),
+        end_time: r.end_at.map(to_timestamp),
+        justification: r.justification,
+        ticket: Some(pim_proto::common::v1::Ticket {
+            system: r.ticket_system,
+            number: r.ticket_number,
+        }),
+        requested_by: r.requested_by,
+        created_at: Some(to_timestamp(r.created_at)),
+        assignment_id: r.assignment_id.unwrap_or_default(),
+        ..Default::default()
+    }
+}
+
+/// An assignment as listed for a principal; `via_group` when it comes through a group.
+pub(super) fn assignment_to_pb(
+    a: AssignmentRow,
+    role_name: String,
+    member: Option<&str>,
+    via_group: Option<String>,
+) -> pb::Assignment {
+    let principal_kind = match a.principal_kind.as_str() {
+        "service_principal" => PrincipalKind::ServicePrincipal,
+        "group" => PrincipalKind::Group,
+        _ => PrincipalKind::User,
+    };
+    pb::Assignment {
+        id: a.id,
+        kind: kind_to_pb(&a.kind) as i32,
+        principal_id: member.map(str::to_owned).unwrap_or(a.principal_id),
+        principal_kind: principal_kind as i32,
+        role_id: a.role_id,
+        role_name,
+        scope: a.scope,
+        start_time: Some(to_timestamp(a.start_at)),
+        end_time: a.end_at.map(to_timestamp),
+        member_type: if via_group.is_some() {
+            pb::MemberType::Group
+        } else {
+            pb::MemberType::Direct
+        } as i32,
+        via_group_id: via_group.unwrap_or_default(),
+        created_by: a.created_by,
+    }
+}
+
+pub(crate) fn duration_to_pb(d: Duration) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: d.as_secs() as i64,
+        nanos: 0,
+    }
+}
+
+pub(super) fn duration_from_pb(field: &'static str, d: &prost_types::Duration) -> Result<Duration, Error> {
+    if d.seconds < 0 || d.nanos < 0 {
+        return Err(Error::invalid(field, "must not be negative"));
+    }
+    Ok(Duration::new(d.seconds as u64, d.nanos as u32))
+}
+
+pub(super) fn policy_to_pb(role_id: String, scope: String, p: Policy) -> pb::RolePolicy {
+    pb::RolePolicy {
+        role_id,
+        scope,
+        activation_max_duration: Some(duration_to_pb(p.activation_max_duration)),
+        activation_requires_mfa: p.activation_requires_mfa,
+        activation_requires_justification: p.activation_requires_justification,
+        activation_requires_ticket: p.activation_requires_ticket,
+        approval_required: p.approval_required,
+        approver_ids: p.approver_ids,
+        approval_timeout: Some(duration_to_pb(p.approval_timeout)),
+        eligible_allow_permanent: p.eligible_allow_permanent,
+        eligible_max_duration: Some(duration_to_pb(p.eligible_max_duration)),
+        active_allow_permanent: p.active_allow_permanent,
+        active_max_duration: Some(duration_to_pb(p.active_max_duration)),
+        active_requires_justification: p.active_requires_justification,
+        mfa_freshness: Some(duration_to_pb(p.mfa_freshness)),
+        min_activation_before_deactivate: Some(duration_to_pb(p.min_activation_before_deactivate)),
+        approval_stages: p.approval_stages.iter().map(stage_to_pb).collect(),
+    }
+}
+
+pub(crate) fn stage_to_pb(s: &ApprovalStage) -> ApprovalStageSettings {
+    ApprovalStageSettings {
+        approver_ids: s.approver_ids.clone(),
+        approvals_required: s.approvals_required as i32,
+        timeout: Some(duration_to_pb(s.timeout)),
+        escalation_approver_ids: s.escalation_approver_ids.clone(),
+        escalate_after: (!s.escalate_after.is_zero()).then(|| duration_to_pb(s.escalate_after)),
+        justification_required: s.justification_required,
+    }
+}
+
+pub(super) fn stage_from_pb(s: ApprovalStageSettings) -> Result<ApprovalStage, Error> {
+    let d = ApprovalStage::default();
+    let trim = |ids: Vec<String>| ids.into_iter().map(|a| a.trim().to_owned()).collect();
+    Ok(ApprovalStage {
+        approver_ids: trim(s.approver_ids),
+        approvals_required: match s.approvals_required {
+            0 => 1,
+            n if n < 0 => return Err(Error::invalid("approval_stages.approvals_required", "must be 1 to 10")),
+            n => n as u32,
+        },
+        timeout: match &s.timeout {
+            Some(t) => duration_from_pb("approval_stages.timeout", t)?,
+            None => d.timeout,
+        },
+        escalation_approver_ids: trim(s.escalation_approver_ids),
+        escalate_after: match &s.escalate_after {
+            Some(t) => duration_from_pb("approval_stages.escalate_after", t)?,
+            None => Duration::ZERO,
+        },
+        justification_required: s.justification_required,
+    })
+}
+
+pub(super) fn policy_from_pb(p: pb::RolePolicy) -> Result<Policy, Error> {
+    let d = Policy::default();
+    let dur = |field: &'static str, v: &Option<prost_types::Duration>, default: Duration| match v {
+        Some(v) => duration_from_pb(field, v),
+        None => Ok(default),
+    };
+    Ok(Policy {
+        activation_max_duration: dur(
+            "activation_max_duration",
+            &p.activation_max_duration,
+            d.activation_max_duration,
+        )?,
+        activation_requires_mfa: p.activation_requires_mfa,
+        activation_requires_justification: p.activation_requires_justification,
+        activation_requires_ticket: p.activation_requires_ticket,
+        approval_required: p.approval_required,
+        approver_ids: p.approver_ids.into_iter().map(|a| a.trim().to_owned()).collect(),
+        approval_timeout: dur("approval_timeout", &p.approval_timeout, d.approval_timeout)?,
+        eligible_allow_permanent: p.eligible_allow_permanent,
+        eligible_max_duration: dur(
+            "eligible_max_duration",
+            &p.eligible_max_duration,
+            d.eligible_max_duration,
+        )?,
+        active_allow_permanent: p.active_allow_permanent,
+        active_max_duration: dur("active_max_duration", &p.active_max_duration, d.active_max_duration)?,
+        active_requires_justification: p.active_requires_justification,
+        mfa_freshness: dur("mfa_freshness", &p.mfa_freshness, d.mfa_freshness)?,
+        min_activation_before_deactivate: dur(
+            "min_activation_before_deactivate",
+            &p.min_activation_before_deactivate,
+            d.min_activation_before_deactivate,
+        )?,
+        approval_stages: p
+            .approval_stages
+            .into_iter()
+            .map(stage_from_pb)
+            .collect::<Result<_, _>>()?,
+    })
+}
+
+pub(super) fn kind_from_pb(kind: i32) -> Result<Kind, Error> {
+    match pb::AssignmentKind::try_from(kind) {
+        Ok(pb::AssignmentKind::Eligible) => Ok(Kind::Eligible),
+        Ok(pb::AssignmentKind::Active) => Ok(Kind::Active),
+        _ => Err(Error::invalid("kind", "must be eligible or active")),
+    }
+}
+
+/// How far in the past a requested start may lie (clocks of callers drift): such a start
+/// means now; an earlier one is INVALID_ARGUMENT.
+pub const START_SKEW_MS: i64 = 5 * 60_000;
+
+/// A time a client sent, as epoch milliseconds; INVALID_ARGUMENT naming `field` when it is
+/// not a valid protobuf `Timestamp` (outside 0001-01-01…9999-12-31).
+pub(super) fn input_time(field: &'static str, t: &prost_types::Timestamp) -> Result<i64, Error> {
+    pim_runtime::db::checked_timestamp(t)
+        .ok_or_else(|| Error::invalid(field, "must be a time between 0001-01-01 and 9999-12-31 (RFC 3339)"))
+}
+
+pub(super) fn start_time(schedule: &pb::Schedule) -> Result<Option<i64>, Error> {
+    schedule
+        .start_time
+        .as_ref()
+        .map(|t| input_time("schedule.start_time", t))
+        .transpose()
+}
+
+/// Text fields must be text a database can keep: no NUL characters.
+pub(super) fn no_nul(field: &'static str, text: &str) -> Result<(), Error> {
+    if text.contains('\0') {
+        return Err(Error::invalid(field, "must not contain NUL characters"));
+    }
+    Ok(())
+}
+
+pub(super) fn check_text(r: &pb::CreateRequestRequest) -> Result<(), Error> {
+    no_nul("justification", &r.justification)?;
+    no_nul("principal_id", &r.principal_id)?;
+    no_nul("role_id", &r.role_id)?;
+    no_nul("scope", &r.scope)?;
+    if let Some(t) = &r.ticket {
+        no_nul("ticket.system", &t.system)?;
+        no_nul("ticket.number", &t.number)?;
+    }
+    if r.justification.chars().count() > 1000 {
+        return Err(Error::invalid("justification", "must be at most 1000 characters"));
+    }
+    if let Some(t) = &r.ticket
+        && (t.system.chars().count() > 100 || t.number.chars().count() > 100)
+    {
+        return Err(Error::invalid(
+            "ticket",
+            "system and number must be at most 100 characters each",
+        ));
+    }
+    Ok(())
+}
+
+impl TryFrom<pb::CreateRequestRequest> for ActivateRequest {
+    type Error = Error;
+
+    fn try_from(r: pb::CreateRequestRequest) -> Result<Self, Error> {
+        check_text(&r)?;
+        if !matches!(
+            pb::AssignmentKind::try_from(r.kind),
+            Ok(pb::AssignmentKind::Active | pb::AssignmentKind::Unspecified)
+        ) {
+            return Err(Error::invalid("kind", "activation makes an active assignment"));
+        }
+        let schedule = r.schedule.unwrap_or_default();
+        use pb::schedule::Expiration as E;
+        let (duration, end) = match &schedule.expiration {
+            None | Some(E::Permanent(false)) => (None, None),
+            Some(E::Permanent(true)) => return Err(Error::invalid("schedule.permanent", "activations always end")),
+            Some(E::Duration(d)) => (Some(duration_from_pb("schedule.duration", d)?), None),
+            Some(E::EndTime(t)) => (None, Some(input_time("schedule.end_time", t)?)),
+        };
+        let ticket = r.ticket.unwrap_or_default();
+        Ok(Self {
+            role: r.role_id,
+            scope: r.scope,
+            ask: ActivationAsk {
+                start: start_time(&schedule)?,
+                duration,
+                end,
+                justification: r.justification,
+                ticket_system: ticket.system,
+                ticket_number: ticket.number,
+            },
+            validate_only: r.validate_only,
+        })
+    }
+}
+
+impl TryFrom<pb::CreateRequestRequest> for EndRequest {
+    type Error = Error;
+
+    fn try_from(r: pb::CreateRequestRequest) -> Result<Self, Error> {
+        check_text(&r)?;
+        Ok(Self {
+            kind: kind_from_pb(r.kind)?,
+            principal_id: r.principal_id,
+            role: r.role_id,
+            scope: r.scope,
+            justification: r.justification,
+            validate_only: r.validate_only,
+        })
+    }
+}
+
+/// How long a read given `at_least_as_fresh` may wait: until shortly before the call's
+/// deadline (so the caller hears UNAVAILABLE rather than its own timeout), else
+/// [`consistency::DEFAULT_WAIT`], never longer than a minute.
+pub(super) fn freshness_wait(metadata: &tonic::metadata::MetadataMap) -> Duration {
+    match consistency::deadline(metadata) {
+        Some(left) => left.saturating_sub((left / 10).max(Duration::from_millis(20))),
+        None => consistency::DEFAULT_WAIT,
+    }
+    .min(Duration::from_secs(60))
+}
+
+/// Optional string filter: empty means "any".
+pub(super) fn filter(s: &str) -> Option<&str> {
+    let s = s.trim();
+    (!s.is_empty()).then_some(s)
+}
+
+impl TryFrom<pb::CreateRequestRequest> for AdminAssignRequest {
+    type Error = Error;
+
+    fn try_from(r: pb::CreateRequestRequest) -> Result<Self, Error> {
+        check_text(&r)?;
+        let kind = kind_from_pb(r.kind)?;
+        let schedule = r.schedule.unwrap_or_default();
+        use pb::schedule::Expiration as E;
+        let expiration = match &schedule.expiration {
+            None => Expiration::Unspecified,
+            Some(E::Permanent(true)) => Expiration::Permanent,
+            Some(E::Permanent(false)) => Expiration::Unspecified,
+            Some(E::EndTime(t)) => Expiration::At(input_time("schedule.end_time", t)?),
+            Some(E::Duration(d)) => Expiration::After(duration_from_pb("schedule.duration", d)?),
+        };
+        if r.justification.chars().count() > 1000 {
+            return Err(Error::invalid("justification", "must be at most 1000 characters"));
+        }
+        if let Some(t) = &r.ticket
+            && (t.system.chars().count() > 100 || t.number.chars().count() > 100)
+        {
+            return Err(Error::invalid(
+                "ticket",
+                "system and number must be at most 100 characters each",
+            ));
+        }
+        if filter(&r.role_id).is_none() {
+            return Err(Error::invalid("role_id", "required"));
+        }
+        Ok(Self {
+            principal_id: r.principal_id,
+            role: r.role_id,
+            scope: r.scope,
+            assignment: AdminAssignment {
+                kind,
+                start: start_time(&schedule)?,
+                expiration,
+                justification: r.justification,
+            },
+            ticket: r.ticket,
+            validate_only: r.validate_only,
+        })
+    }
+}
