@@ -21,10 +21,11 @@ use pim_approval::Approval;
 use pim_assignment::Assignment;
 use pim_audit::Audit;
 use pim_identity::Identity;
+use pim_proto::common::v1::Actor;
 use pim_proto::events::v1::AccessDenied;
 use pim_runtime::Config;
 use pim_runtime::access::{AccessCheck, CachedAccess, RemoteAccess};
-use pim_runtime::auth::{AuthLayer, Caller, KeySource, Refusals, RemoteKeys, TokenVerifier};
+use pim_runtime::auth::{AuthLayer, KeySource, Refusals, RemoteKeys, TokenVerifier};
 use pim_runtime::clock::{Clock, SystemClock};
 use pim_runtime::events::{
     ConsumerHandle, ConsumerOptions, EmbeddedBus, Inbox, Publisher, RedisConsumer, RedisPublisher, Relay, RelayHandle,
@@ -147,13 +148,13 @@ impl Denials {
 
 #[async_trait::async_trait]
 impl Refusals for Denials {
-    async fn permission_denied(&self, caller: &Caller, method: &str, status: &tonic::Status) {
+    async fn permission_denied(&self, caller: &Actor, method: &str, status: &tonic::Status) {
         let service = method.trim_start_matches('/').split('/').next().unwrap_or_default();
         let Some(service) = self.0.get(service) else {
             return;
         };
         let denied = AccessDenied {
-            actor: Some(caller.actor()),
+            actor: Some(caller.clone()),
             method: method.to_owned(),
             reason: status.message().chars().take(500).collect(),
         };

@@ -576,7 +576,7 @@ pub const SELF_AUDITED_METHODS: &[&str] = &[
 /// before the answer leaves, with the authenticated caller, the method and the answer.
 #[async_trait::async_trait]
 pub trait Refusals: Send + Sync {
-    async fn permission_denied(&self, caller: &Caller, method: &str, status: &Status);
+    async fn permission_denied(&self, caller: &pim_proto::common::v1::Actor, method: &str, status: &Status);
 }
 
 fn is_public(path: &str, public: &HashSet<&'static str>) -> bool {
@@ -693,7 +693,8 @@ where
                         .refusals
                         .clone()
                         .filter(|_| !SELF_AUDITED_METHODS.contains(&method.as_str()))
-                        .map(|refusals| (refusals, caller.clone()));
+                        // Who asked, kept for the answer (less than the whole caller).
+                        .map(|refusals| (refusals, caller.actor()));
                     request.extensions_mut().insert(caller);
                     let response = inner.call(request).await;
                     let denied = match (&refusals, &response) {
