@@ -187,7 +187,7 @@ fn the_readme_walk_through_works_and_survives_a_restart() {
                 &["login", "--user", "admin", "--password-stdin"],
                 Some(&format!("{password}\n"))
             )
-            .contains("Signed in as")
+            .contains("Signed in as admin (")
     );
     // The login's server is remembered with its token: later commands need no --server.
     let remembered = Command::new(PIM)
@@ -406,6 +406,11 @@ fn the_readme_walk_through_works_and_survives_a_restart() {
     let requests = lee.ok(&["requests"], None);
     assert!(
         requests.contains("self_activate") && requests.contains("self_deactivate"),
+        "{requests}"
+    );
+    // Names, not ids: who asked, and for which role.
+    assert!(
+        requests.contains(" lee ") && requests.contains("Security Reader"),
         "{requests}"
     );
 

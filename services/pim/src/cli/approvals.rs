@@ -79,11 +79,12 @@ fn ticket(a: &pb::Approval) -> String {
     }
 }
 
-fn row(a: &pb::Approval) -> Vec<String> {
+/// One approval as a table row, the requester by name.
+async fn row(names: &mut super::Names<'_>, a: &pb::Approval) -> Vec<String> {
     vec![
         a.id.clone(),
         status_name(a.status),
-        a.requester_id.clone(),
+        names.principal(&a.requester_id).await,
         if a.role_name.is_empty() {
             a.role_id.clone()
         } else {
@@ -122,7 +123,8 @@ pub(crate) async fn list(args: ApprovalsArgs) -> anyhow::Result<i32> {
             .await
             .map_err(explain)?
             .into_inner();
-        print_table(&HEADERS, vec![row(&a)]);
+        let mut names = super::Names::new(&session);
+        print_table(&HEADERS, vec![row(&mut names, &a).await]);
         for d in &a.decisions {
             let decision = pb::Decision::try_from(d.decision)
                 .map(|d| d.as_str_name().trim_start_matches("DECISION_").to_lowercase())
@@ -131,7 +133,7 @@ pub(crate) async fn list(args: ApprovalsArgs) -> anyhow::Result<i32> {
                 "stage {}: {} by {} at {}: {}",
                 d.stage + 1,
                 decision,
-                d.approver_id,
+                names.principal(&d.approver_id).await,
                 time(d.decided_at.as_ref().map(from_timestamp)),
                 d.justification
             );
@@ -151,6 +153,7 @@ pub(crate) async fn list(args: ApprovalsArgs) -> anyhow::Result<i32> {
     if args.watch {
         return watch(&session).await;
     }
+    let mut names = super::Names::new(&session);
     let mut rows = Vec::new();
     let mut page_token = String::new();
     loop {
@@ -164,7 +167,9 @@ pub(crate) async fn list(args: ApprovalsArgs) -> anyhow::Result<i32> {
             .await
             .map_err(explain)?
             .into_inner();
-        rows.extend(page.approvals.iter().map(row));
+        for a in &page.approvals {
+            rows.push(row(&mut names, a).await);
+        }
         if page.next_page_token.is_empty() {
             break;
         }
@@ -179,6 +184,7 @@ pub(crate) async fn list(args: ApprovalsArgs) -> anyhow::Result<i32> {
 async fn watch(session: &Session) -> anyhow::Result<i32> {
     let mut client = ApprovalServiceClient::new(session.channel.clone());
     let mut cursor = String::new();
+    let mut names = super::Names::new(session);
     eprintln!("waiting for approvals you may decide (Ctrl-C to stop)");
     loop {
         let mut request = session.request(pb::WatchApprovalsRequest { cursor: cursor.clone() })?;
@@ -189,7 +195,7 @@ async fn watch(session: &Session) -> anyhow::Result<i32> {
             match stream.message().await {
                 Ok(Some(a)) => {
                     cursor = a.cursor.clone();
-                    println!("{}", row(&a).join("\t"));
+                    println!("{}", row(&mut names, &a).await.join("\t"));
                 }
                 Ok(None) => break,
                 Err(status) if status.code() == tonic::Code::Unavailable => break,

@@ -798,6 +798,68 @@ impl Session {
     }
 }
 
+/// Names for the ids a command prints, each looked up once: principals by their user name
+/// (a group or service principal by its display name), roles by name. An id that cannot be
+/// looked up is printed as it is.
+pub(crate) struct Names<'a> {
+    session: &'a Session,
+    principals: BTreeMap<String, String>,
+    roles: Option<BTreeMap<String, String>>,
+}
+
+impl<'a> Names<'a> {
+    pub(crate) fn new(session: &'a Session) -> Self {
+        Self {
+            session,
+            principals: BTreeMap::new(),
+            roles: None,
+        }
+    }
+
+    pub(crate) async fn principal(&mut self, id: &str) -> String {
+        if id.is_empty() {
+            return String::new();
+        }
+        if let Some(name) = self.principals.get(id) {
+            return name.clone();
+        }
+        let found = match self.session.request(ipb::GetPrincipalRequest {
+            principal_id: id.to_owned(),
+        }) {
+            Ok(request) => DirectoryServiceClient::new(self.session.channel.clone())
+                .get_principal(request)
+                .await
+                .ok()
+                .map(|p| p.into_inner()),
+            Err(_) => None,
+        };
+        let name = found
+            .map(|p| if p.user_name.is_empty() { p.display_name } else { p.user_name })
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| id.to_owned());
+        self.principals.insert(id.to_owned(), name.clone());
+        name
+    }
+
+    pub(crate) async fn role(&mut self, id: &str) -> String {
+        if self.roles.is_none() {
+            let listed = match self.session.request(apb::ListRoleDefinitionsRequest {}) {
+                Ok(request) => RoleServiceClient::new(self.session.channel.clone())
+                    .list_role_definitions(request)
+                    .await
+                    .map(|r| r.into_inner().roles)
+                    .unwrap_or_default(),
+                Err(_) => Vec::new(),
+            };
+            self.roles = Some(listed.into_iter().map(|r| (r.id, r.name)).collect());
+        }
+        self.roles
+            .as_ref()
+            .and_then(|roles| roles.get(id).cloned())
+            .unwrap_or_else(|| id.to_owned())
+    }
+}
+
 fn token_path(args: &ClientArgs) -> anyhow::Result<PathBuf> {
     if let Some(p) = &args.token_file {
         return Ok(p.clone());
@@ -1026,8 +1088,11 @@ async fn login(args: LoginArgs) -> anyhow::Result<i32> {
             .into_inner();
     }
     let path = write_token(&args.client, &response.access_token)?;
+    let who = Names::new(&session.with_token(&response.access_token))
+        .principal(&response.principal_id)
+        .await;
     println!(
-        "Signed in as {} until {} (token in {})",
+        "Signed in as {who} ({}) until {} (token in {})",
         response.principal_id,
         time(response.expires_at.as_ref().map(from_timestamp)),
         path.display()
@@ -1218,19 +1283,17 @@ async fn list_assignments(args: ListAssignmentsArgs) -> anyhow::Result<i32> {
     }
     .map_err(explain)?
     .into_inner();
-    let rows = response
-        .assignments
-        .into_iter()
-        .map(|a| {
-            vec![
-                a.id,
-                a.principal_id,
-                a.role_name,
-                a.scope,
-                time(a.end_time.as_ref().map(from_timestamp)),
-            ]
-        })
-        .collect();
+    let mut names = Names::new(&session);
+    let mut rows = Vec::new();
+    for a in response.assignments {
+        rows.push(vec![
+            a.id,
+            names.principal(&a.principal_id).await,
+            a.role_name,
+            a.scope,
+            time(a.end_time.as_ref().map(from_timestamp)),
+        ]);
+    }
     print_table(&["ID", "PRINCIPAL", "ROLE", "SCOPE", "UNTIL"], rows);
     Ok(0)
 }

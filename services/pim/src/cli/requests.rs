@@ -421,6 +421,7 @@ pub(crate) async fn list(args: RequestsArgs) -> anyhow::Result<i32> {
         (None, false) => session.whoami()?,
     };
     let mut client = AssignmentServiceClient::new(session.channel.clone());
+    let mut names = super::Names::new(&session);
     let mut rows = Vec::new();
     let mut page_token = String::new();
     loop {
@@ -442,8 +443,8 @@ pub(crate) async fn list(args: RequestsArgs) -> anyhow::Result<i32> {
                 time(r.created_at.as_ref().map(from_timestamp)),
                 r.id,
                 action,
-                r.principal_id,
-                r.role_id,
+                names.principal(&r.principal_id).await,
+                names.role(&r.role_id).await,
                 r.scope,
                 status_name(r.status),
                 time(r.end_time.as_ref().map(from_timestamp)),
