@@ -834,7 +834,13 @@ impl<'a> Names<'a> {
             Err(_) => None,
         };
         let name = found
-            .map(|p| if p.user_name.is_empty() { p.display_name } else { p.user_name })
+            .map(|p| {
+                if p.user_name.is_empty() {
+                    p.display_name
+                } else {
+                    p.user_name
+                }
+            })
             .filter(|n| !n.is_empty())
             .unwrap_or_else(|| id.to_owned());
         self.principals.insert(id.to_owned(), name.clone());

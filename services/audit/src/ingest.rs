@@ -1,0 +1,77 @@
+//! Audit's consumer: one record per event of every followed stream, and a failure record
+//! (and an `EventRejected` event) for every entry refused at the trust boundary.
+
+use sea_orm::DatabaseTransaction;
+
+use pim_runtime::db::now_ms;
+use pim_runtime::events::{Envelope, EventHandler, Outbox, Rejected, streams};
+
+use crate::{records, store};
+
+/// Stores each event of the followed streams once.
+pub(crate) struct Ingest {
+    pub(crate) correlator: records::Correlator,
+    /// For the `EventRejected` events audit publishes (alerting raises forged_event on them).
+    pub(crate) outbox: Outbox,
+}
+
+#[async_trait::async_trait]
+impl EventHandler for Ingest {
+    fn consumer(&self) -> &str {
+        "audit"
+    }
+
+    fn streams(&self) -> Vec<&'static str> {
+        vec![
+            streams::IDENTITY,
+            streams::ASSIGNMENT,
+            streams::APPROVAL,
+            streams::ALERTING,
+        ]
+    }
+
+    /// A record's event id is unique, and `append_all` skips ids already stored.
+    fn deduplicates_itself(&self) -> bool {
+        true
+    }
+
+    async fn handle(&self, txn: &DatabaseTransaction, envelope: &Envelope) -> anyhow::Result<()> {
+        self.handle_all(txn, &[envelope]).await
+    }
+
+    /// One lock of the chain head and one insert for the whole batch.
+    async fn handle_all(&self, txn: &DatabaseTransaction, envelopes: &[&Envelope]) -> anyhow::Result<()> {
+        let mut records = envelopes
+            .iter()
+            .map(|e| records::record(e, &self.correlator))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        store::append_all(txn, &mut records, now_ms()).await?;
+        Ok(())
+    }
+
+    fn records_rejections(&self) -> bool {
+        true
+    }
+
+    /// Every refused entry of a followed stream is a failure record (`EventRejected`), and an
+    /// `EventRejected` event on audit's stream for alerting. The record's id is the refusal's,
+    /// so a redelivery adds nothing.
+    async fn rejected(&self, txn: &DatabaseTransaction, rejected: &Rejected) -> anyhow::Result<()> {
+        let mut records = vec![records::rejected(rejected)];
+        store::append_all(txn, &mut records, now_ms()).await?;
+        if records.is_empty() {
+            return Ok(());
+        }
+        let event = records::rejected_event(rejected);
+        let envelope = pim_runtime::events::envelope("pim.audit", "EventRejected", &rejected.stream, &event);
+        self.outbox.enqueue(txn, streams::AUDIT, &envelope).await?;
+        Ok(())
+    }
+
+    /// After a refusal committed (its marker holds only an id), the relay sends its event.
+    async fn after_commit(&self, envelope: &Envelope) {
+        if envelope.r#type.is_empty() {
+            self.outbox.wake();
+        }
+    }
+}
