@@ -701,6 +701,19 @@ fn users_are_managed_and_a_waiting_request_is_withdrawn() {
     );
     let updated = admin.ok(&["users", "update", "kim", "--display-name", "Kim Lee"], None);
     assert!(updated.contains("Kim Lee"), "{updated}");
+    // Lists as JSON lines, one object per row, parsed back.
+    let listed = admin.ok(&["users", "list", "--output", "json"], None);
+    let users: Vec<serde_json::Value> = listed
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON object per line"))
+        .collect();
+    let kim_row = users
+        .iter()
+        .find(|u| u["user_name"] == "kim")
+        .unwrap_or_else(|| panic!("kim listed: {listed}"));
+    assert_eq!(kim_row["display_name"], "Kim Lee");
+    assert_eq!(kim_row["state"], "enabled");
+    assert!(uuid::Uuid::parse_str(kim_row["id"].as_str().unwrap_or_default()).is_ok());
 
     kim.ok(
         &["login", "--user", "kim", "--password-stdin"],
@@ -745,6 +758,15 @@ fn users_are_managed_and_a_waiting_request_is_withdrawn() {
         .unwrap_or_else(|| panic!("a waiting request: {asked}"));
     let canceled = kim.ok(&["cancel", request_id], None);
     assert!(canceled.contains("canceled"), "{canceled}");
+    let requests = kim.ok(&["requests", "--output", "json"], None);
+    let canceled_row: serde_json::Value = requests
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSON"))
+        .find(|r| r["id"] == request_id)
+        .unwrap_or_else(|| panic!("the request listed: {requests}"));
+    assert_eq!(canceled_row["status"], "canceled");
+    assert_eq!(canceled_row["principal"], "kim");
+    assert_eq!(canceled_row["role"], "Exchange Administrator");
     let again = kim.run(&["cancel", request_id], None);
     assert!(!again.status.success(), "nothing left to cancel");
 

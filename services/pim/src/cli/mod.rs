@@ -68,7 +68,14 @@ pub(crate) struct ClientArgs {
     /// The client certificate's private key (PEM).
     #[arg(long, env = "PIM_TLS_CLIENT_KEY", global = true, requires = "client_cert")]
     client_key: Option<PathBuf>,
+    /// How lists and records are printed: a table, or JSON lines (one object per row, the
+    /// table's columns as lowercase fields, times in RFC 3339).
+    #[arg(long, value_enum, default_value = "table", global = true)]
+    output: Output,
 }
+
+/// How this command prints (set once, from its `--output`, when it opens its session).
+static OUTPUT: std::sync::OnceLock<Output> = std::sync::OnceLock::new();
 
 /// `pim up --help`: the settings it reads (the README's table has them all).
 const UP_SETTINGS: &str = "Settings (environment):
@@ -322,7 +329,7 @@ struct CheckArgs {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
-enum Output {
+pub(crate) enum Output {
     Table,
     Json,
 }
@@ -356,8 +363,6 @@ struct AuditArgs {
     /// Start from the oldest matching record instead of the newest.
     #[arg(long)]
     oldest_first: bool,
-    #[arg(long, value_enum, default_value = "table")]
-    output: Output,
     #[command(flatten)]
     client: ClientArgs,
 }
@@ -684,6 +689,7 @@ const FRESH_FOR_MS: i64 = 60_000;
 
 impl Session {
     pub(crate) fn open(args: &ClientArgs, signed_in: bool) -> anyhow::Result<Self> {
+        let _ = OUTPUT.set(args.output);
         let (server, ca) = target(args);
         let tls = TlsConfig {
             ca,
@@ -1011,7 +1017,24 @@ pub(crate) fn time(ms: Option<i64>) -> String {
     }
 }
 
+/// Prints rows under `headers`: a table, or with `--output json` one JSON object per row
+/// whose fields are the headers in lowercase (spaces and dashes as underscores).
 pub(crate) fn print_table(headers: &[&str], rows: Vec<Vec<String>>) {
+    if matches!(OUTPUT.get(), Some(Output::Json)) {
+        let keys: Vec<String> = headers
+            .iter()
+            .map(|h| h.to_lowercase().replace([' ', '-'], "_"))
+            .collect();
+        for row in rows {
+            let object: serde_json::Map<String, serde_json::Value> = keys
+                .iter()
+                .cloned()
+                .zip(row.into_iter().map(serde_json::Value::String))
+                .collect();
+            println!("{}", serde_json::Value::Object(object));
+        }
+        return;
+    }
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for row in &rows {
         for (i, cell) in row.iter().enumerate() {
@@ -1450,7 +1473,7 @@ async fn audit(args: AuditArgs) -> anyhow::Result<i32> {
         .map_err(explain)?
         .into_inner()
         .records;
-    match args.output {
+    match args.client.output {
         Output::Json => {
             for r in records {
                 let line = serde_json::json!({
