@@ -69,6 +69,19 @@ impl World {
         .await
     }
 
+    pub(crate) async fn request_of(&self, token: &str, request_id: &str) -> anyhow::Result<apb::AssignmentRequest> {
+        Ok(self
+            .assignments()
+            .get_request(authed(
+                token,
+                apb::GetRequestRequest {
+                    request_id: request_id.into(),
+                },
+            ))
+            .await?
+            .into_inner())
+    }
+
     pub(crate) async fn request_status(&self, token: &str, request_id: &str) -> anyhow::Result<i32> {
         Ok(self
             .assignments()
@@ -255,6 +268,11 @@ async fn a_deny_ends_it_and_an_unanswered_approval_expires() -> anyhow::Result<(
         w.eventually_status(&lee.token, &request.id, apb::RequestStatus::Denied)
             .await?;
         assert!(!w.check(&lee.id, EXCHANGE_ADMINISTRATOR).await?.allowed);
+        // The requester reads why, in the approver's words.
+        assert_eq!(
+            w.request_of(&lee.token, &request.id).await?.outcome_reason,
+            "no ticket approval"
+        );
         let late = w
             .approvals()
             .decide(authed(&kim.token, decide(&approval.id, true, "looks fine")))
@@ -279,6 +297,10 @@ async fn a_deny_ends_it_and_an_unanswered_approval_expires() -> anyhow::Result<(
             .expect_err("expired");
         assert_eq!(expired.code(), Code::FailedPrecondition);
         assert!(!w.check(&lee.id, EXCHANGE_ADMINISTRATOR).await?.allowed);
+        assert_eq!(
+            w.request_of(&lee.token, &request.id).await?.outcome_reason,
+            "no approver decided in time"
+        );
         Ok(w)
     })
     .await

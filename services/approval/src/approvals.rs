@@ -164,7 +164,14 @@ impl Approvals {
         if approval.status != PENDING {
             return Ok(());
         }
-        self.complete(txn, &mut approval, "Canceled", actor).await?;
+        self.complete(
+            txn,
+            &mut approval,
+            "Canceled",
+            actor,
+            "the requester withdrew the request",
+        )
+        .await?;
         Ok(())
     }
 
@@ -175,6 +182,7 @@ impl Approvals {
         approval: &mut ApprovalRow,
         outcome: &str,
         actor: Option<Actor>,
+        reason: &str,
     ) -> Result<()> {
         approval.status = outcome.into();
         approval.completed_at = Some(self.now());
@@ -192,7 +200,8 @@ impl Approvals {
             use tracing_opentelemetry::OpenTelemetrySpanExt;
             let _ = span.set_parent(pim_runtime::telemetry::context_from_traceparent(&approval.traceparent));
         }
-        let event = self.completed_event(approval, outcome, actor);
+        let mut event = self.completed_event(approval, outcome, actor);
+        event.reason = reason.chars().take(1000).collect();
         tracing::Instrument::instrument(self.emit(txn, event_type, &approval.id, &event), span).await
     }
 
@@ -205,6 +214,7 @@ impl Approvals {
             requester_id: a.requester_id.clone(),
             role_id: a.role_id.clone(),
             scope: a.scope.clone(),
+            reason: String::new(),
         }
     }
 
@@ -480,7 +490,7 @@ impl Approvals {
         self.emit(&txn, "ApprovalDecisionRecorded", &current.id, &recorded)
             .await?;
         if !approve {
-            self.complete(&txn, &mut current, "Denied", Some(caller.actor()))
+            self.complete(&txn, &mut current, "Denied", Some(caller.actor()), justification)
                 .await?;
         } else {
             let approvals = store::decisions(&txn, id)
@@ -497,7 +507,7 @@ impl Approvals {
                     current.rev = store::next_rev(&txn).await?;
                     store::update(&txn, &current).await?;
                 } else {
-                    self.complete(&txn, &mut current, "Approved", Some(caller.actor()))
+                    self.complete(&txn, &mut current, "Approved", Some(caller.actor()), justification)
                         .await?;
                 }
             }
@@ -543,8 +553,14 @@ impl Approvals {
         let mut fired = 0;
         for mut approval in due {
             if approval.expires_at <= now {
-                self.complete(&txn, &mut approval, "Expired", Some(system_actor()))
-                    .await?;
+                self.complete(
+                    &txn,
+                    &mut approval,
+                    "Expired",
+                    Some(system_actor()),
+                    "no approver decided in time",
+                )
+                .await?;
             } else {
                 approval.escalated = true;
                 approval.rev = store::next_rev(&txn).await?;

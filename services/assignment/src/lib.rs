@@ -171,7 +171,7 @@ impl EventHandler for ApprovalOutcomes {
         };
         let event: ApprovalCompleted = decode(envelope)?;
         self.0
-            .apply_approval(txn, &event.request_id, outcome, event.actor)
+            .apply_approval(txn, &event.request_id, outcome, event.actor, &event.reason)
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))
     }

@@ -181,6 +181,10 @@ impl MigratorTrait for Migrator {
                        WHERE status = 'PendingApproval'"
                 )
             }),
+            SqlMigration::boxed("m0008_request_outcome_reason", |_| {
+                // Why a request ended as it did, for its requester (an approver's words).
+                "ALTER TABLE requests ADD COLUMN outcome_reason TEXT NOT NULL DEFAULT ''".to_owned()
+            }),
         ]
     }
 }
@@ -535,9 +539,11 @@ pub struct RequestRow {
     pub duration_ms: Option<i64>,
     /// The policy in force when the request was made (JSON), or empty.
     pub policy: String,
+    /// Why it ended as it did, in an approver's words (a denial's justification), or empty.
+    pub outcome_reason: String,
 }
 
-const REQUEST_COLUMNS: &str = "id, action, kind, principal_id, role_id, scope, status, start_at, end_at, justification, ticket_system, ticket_number, requested_by, created_at, assignment_id, duration_ms, policy";
+const REQUEST_COLUMNS: &str = "id, action, kind, principal_id, role_id, scope, status, start_at, end_at, justification, ticket_system, ticket_number, requested_by, created_at, assignment_id, duration_ms, policy, outcome_reason";
 
 impl RequestRow {
     fn from_row(r: &QueryResult) -> Result<Self, DbErr> {
@@ -563,6 +569,7 @@ impl RequestRow {
             assignment_id: col(r, "assignment_id")?,
             duration_ms: col(r, "duration_ms")?,
             policy: col(r, "policy")?,
+            outcome_reason: col(r, "outcome_reason")?,
         })
     }
 }
@@ -790,7 +797,7 @@ pub async fn transition_request<C: ConnectionTrait>(
 ) -> Result<bool, DbErr> {
     let n = db::exec(
         c,
-        "UPDATE requests SET status = $1, start_at = $2, end_at = $3, assignment_id = $4, updated_at = $5 WHERE id = $6 AND status = $7",
+        "UPDATE requests SET status = $1, start_at = $2, end_at = $3, assignment_id = $4, updated_at = $5, outcome_reason = $8 WHERE id = $6 AND status = $7",
         vec![
             r.status.as_str().into(),
             r.start_at.into(),
@@ -799,6 +806,7 @@ pub async fn transition_request<C: ConnectionTrait>(
             now.into(),
             r.id.clone().into(),
             from.as_str().into(),
+            r.outcome_reason.clone().into(),
         ],
     )
     .await?;

@@ -65,6 +65,7 @@ fn request(action: &str, status: RequestStatus) -> RequestRow {
         assignment_id: None,
         duration_ms: Some(HOUR),
         policy: String::new(),
+        outcome_reason: String::new(),
     }
 }
 

@@ -270,7 +270,14 @@ pub fn record(envelope: &Envelope, correlator: &Correlator) -> anyhow::Result<Re
             r.target_id = e.requester_id.clone();
             r.role_id = e.role_id.clone();
             r.scope = e.scope.clone();
-            json!({"approval_id": e.approval_id, "request_id": e.request_id, "outcome": e.outcome})
+            // A request denied, or left undecided until it expired, did not get what it asked.
+            if matches!(short_type(envelope), "ApprovalDenied" | "ApprovalExpired") {
+                r.outcome = "failure".into();
+            }
+            json!({
+                "approval_id": e.approval_id, "request_id": e.request_id, "outcome": e.outcome,
+                "reason": e.reason,
+            })
         }
         "ReviewCreated"
         | "ReviewStarted"
@@ -437,6 +444,27 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r.outcome, "refused");
+    }
+
+    #[test]
+    fn a_denied_or_expired_approval_is_a_failure_with_its_reason() {
+        let e = ev::ApprovalCompleted {
+            approval_id: "a-1".into(),
+            request_id: "r-1".into(),
+            outcome: "Denied".into(),
+            requester_id: "lee-id".into(),
+            reason: "no ticket approval".into(),
+            ..Default::default()
+        };
+        let correlator = Correlator::new(None);
+        let denied = record(&envelope("pim.approval", "ApprovalDenied", "a-1", &e), &correlator).unwrap();
+        assert_eq!(denied.outcome, "failure");
+        let payload: serde_json::Value = serde_json::from_str(&denied.payload_json).unwrap();
+        assert_eq!(payload["reason"], "no ticket approval");
+        let expired = record(&envelope("pim.approval", "ApprovalExpired", "a-1", &e), &correlator).unwrap();
+        assert_eq!(expired.outcome, "failure");
+        let granted = record(&envelope("pim.approval", "ApprovalGranted", "a-1", &e), &correlator).unwrap();
+        assert_eq!(granted.outcome, "success");
     }
 
     #[test]

@@ -76,6 +76,7 @@ impl Assignments {
             assignment_id: None,
             duration_ms: Some(length),
             policy: serde_json::to_string(&policy).map_err(|e| Error::Internal(e.into()))?,
+            outcome_reason: String::new(),
         };
         if r.validate_only {
             if let Some(waiting) =

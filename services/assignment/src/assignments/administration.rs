@@ -80,6 +80,7 @@ impl Assignments {
             assignment_id: None,
             duration_ms: None,
             policy: String::new(),
+            outcome_reason: String::new(),
         };
         if r.validate_only {
             return Ok(request);

@@ -383,6 +383,7 @@ impl Assignments {
             assignment_id,
             duration_ms: None,
             policy: String::new(),
+            outcome_reason: String::new(),
         }
     }
 
@@ -592,6 +593,7 @@ impl Assignments {
             assignment_id: None,
             duration_ms: None,
             policy: String::new(),
+            outcome_reason: String::new(),
         };
         let principal = PrincipalInfo {
             kind: PrincipalKind::User,

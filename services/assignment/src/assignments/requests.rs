@@ -107,6 +107,7 @@ impl Assignments {
             assignment_id,
             duration_ms: end.map(|e| e - start),
             policy: serde_json::to_string(&policy).map_err(|e| Error::Internal(e.into()))?,
+            outcome_reason: String::new(),
         };
         if r.validate_only {
             return Ok(request);
@@ -239,6 +240,7 @@ impl Assignments {
         request_id: &str,
         outcome: RequestStatus,
         actor: Option<Actor>,
+        reason: &str,
     ) -> Result<()> {
         let Some(mut request) = store::find_request(txn, request_id).await? else {
             tracing::warn!(request_id, "approval outcome for an unknown request");
@@ -248,6 +250,8 @@ impl Assignments {
             return Ok(());
         }
         let now = self.now();
+        // The approver's words (or what ended it), for the requester to read.
+        request.outcome_reason = reason.chars().take(1000).collect();
         match outcome {
             RequestStatus::Granted => {
                 request.status = RequestStatus::Granted;

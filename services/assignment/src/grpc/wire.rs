@@ -106,6 +106,7 @@ pub(super) fn request_to_pb(r: RequestRow) -> pb::AssignmentRequest {
         requested_by: r.requested_by,
         created_at: Some(to_timestamp(r.created_at)),
         assignment_id: r.assignment_id.unwrap_or_default(),
+        outcome_reason: r.outcome_reason,
         ..Default::default()
     }
 }

@@ -272,7 +272,10 @@ pub(crate) async fn activate(args: ActivateArgs) -> anyhow::Result<i32> {
             .into_inner();
         while let Some(update) = watch.message().await.map_err(explain)? {
             if update.status != last.status {
-                println!("Request {} {}", update.id, status_name(update.status));
+                match update.outcome_reason.as_str() {
+                    "" => println!("Request {} {}", update.id, status_name(update.status)),
+                    why => println!("Request {} {}: {why}", update.id, status_name(update.status)),
+                }
             }
             last = update;
         }
@@ -448,6 +451,7 @@ pub(crate) async fn list(args: RequestsArgs) -> anyhow::Result<i32> {
                 r.scope,
                 status_name(r.status),
                 time(r.end_time.as_ref().map(from_timestamp)),
+                r.outcome_reason,
             ]);
         }
         if page.next_page_token.is_empty() {
@@ -465,6 +469,7 @@ pub(crate) async fn list(args: RequestsArgs) -> anyhow::Result<i32> {
             "SCOPE",
             "STATUS",
             "UNTIL",
+            "WHY",
         ],
         rows,
     );
