@@ -364,6 +364,19 @@ async fn every_refusal_is_audited_and_exported_as_a_failure() -> anyhow::Result<
             );
             async move { client.decide(ask).await }
         };
+        let nul = w
+            .approvals()
+            .decide(authed(
+                &w.admin,
+                appb::DecideRequest {
+                    approval_id: approval.id.clone(),
+                    decision: appb::Decision::Approve as i32,
+                    justification: "fine\0".into(),
+                },
+            ))
+            .await
+            .expect_err("a NUL in the justification");
+        assert_eq!(nul.code(), Code::InvalidArgument, "{nul:?}");
         let not_approver = decide(&token, true).await.expect_err("eve is no approver");
         assert_eq!(not_approver.code(), Code::PermissionDenied, "{not_approver:?}");
         decide(&w.admin, false).await?;

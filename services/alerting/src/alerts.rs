@@ -809,6 +809,9 @@ impl Alerts {
         if reason.len() > 1000 {
             return Err(Error::invalid("reason", "at most 1000 characters"));
         }
+        if reason.contains('\0') {
+            return Err(Error::invalid("reason", "must not contain NUL characters"));
+        }
         if status != "acknowledged" && reason.is_empty() {
             return Err(Error::invalid("reason", "say why"));
         }

@@ -405,6 +405,9 @@ impl Approvals {
         if justification.len() > MAX_JUSTIFICATION {
             return Err(Error::invalid("justification", "at most 1000 characters"));
         }
+        if justification.contains('\0') {
+            return Err(Error::invalid("justification", "must not contain NUL characters"));
+        }
         let decision = if approve { "approve" } else { "deny" };
         let approval = store::get(&self.db, id)
             .await?

@@ -314,6 +314,9 @@ impl Approvals {
         if justification.len() > 1000 {
             return Err(Error::invalid("justification", "at most 1000 characters"));
         }
+        if justification.contains('\0') {
+            return Err(Error::invalid("justification", "must not contain NUL characters"));
+        }
         let mut item = store::item(&self.db, item_id)
             .await?
             .ok_or_else(|| Error::NotFound(format!("review item {item_id}")))?;

@@ -153,15 +153,23 @@ impl MigratorTrait for Migrator {
             SqlMigration::boxed("m0006_one_admin_assignment", |d| {
                 // At most one administrator's assignment of each kind (eligible, active) per
                 // principal, role and scope in force or scheduled: the database refuses the
-                // second, however the calls race. Duplicates made before are removed first
-                // (the oldest stays). No events: the readers' indexes hold one row per
-                // assignment id, and the kept one grants the same.
+                // second, however the calls race. Duplicates made before are removed first;
+                // the one kept is the one that grants most: in force before scheduled,
+                // permanent before time-bound, the latest end first (so a permanent Global
+                // Administrator is never the one removed). No events are written for the
+                // removed ones (a migration cannot sign them): a known limit.
                 let now = sql_now_ms(d.backend());
                 format!(
                     "UPDATE assignments SET status = 'removed', ended_at = {now}, end_at = {now}
                      WHERE status = 'active' AND origin = 'admin' AND id NOT IN
-                       (SELECT MIN(id) FROM assignments WHERE status = 'active' AND origin = 'admin'
-                        GROUP BY kind, principal_id, role_id, scope);
+                       (SELECT id FROM
+                          (SELECT id, ROW_NUMBER() OVER (
+                             PARTITION BY kind, principal_id, role_id, scope
+                             ORDER BY CASE WHEN start_at <= {now} THEN 0 ELSE 1 END,
+                                      CASE WHEN end_at IS NULL THEN 0 ELSE 1 END,
+                                      end_at DESC, id) AS n
+                           FROM assignments WHERE status = 'active' AND origin = 'admin') AS ranked
+                        WHERE n = 1);
                      CREATE UNIQUE INDEX assignments_one_admin ON assignments (kind, principal_id, role_id, scope)
                        WHERE status = 'active' AND origin = 'admin'"
                 )

@@ -24,10 +24,20 @@ where
     F: Fn(Db) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
+    migrated_then(None, test).await
+}
+
+/// Runs `test` on a fresh SQLite database, then on a fresh PostgreSQL one, each migrated
+/// only through its first `steps` migrations (all of them with `None`).
+async fn migrated_then<F, Fut>(steps: Option<u32>, test: F) -> anyhow::Result<()>
+where
+    F: Fn(Db) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
     let dir = std::env::temp_dir().join(pim_runtime::testing::unique("store"));
     std::fs::create_dir_all(&dir)?;
     let sqlite = pim_runtime::db::connect(&pim_runtime::db::sqlite_url(&dir.join("assignment.db"))).await?;
-    store::Migrator::up(&sqlite, None).await?;
+    store::Migrator::up(&sqlite, steps).await?;
     let outcome = test(sqlite.clone()).await;
     sqlite.close().await.ok();
     std::fs::remove_dir_all(&dir).ok();
@@ -35,7 +45,7 @@ where
 
     let database = TestDatabase::create("store").await?;
     let postgres = pim_runtime::db::connect(&database.url).await?;
-    store::Migrator::up(&postgres, None).await?;
+    store::Migrator::up(&postgres, steps).await?;
     let outcome = test(postgres.clone()).await;
     postgres.close().await.ok();
     database.drop_database().await?;
@@ -221,6 +231,49 @@ async fn the_permanent_global_administrators_are_those_in_force_at_the_root() ->
             found.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(),
             [permanent.id.as_str()]
         );
+        Ok(())
+    })
+    .await
+}
+
+/// Upgrading a database where earlier races left two administrators' assignments of one
+/// kind: the one that grants most stays (in force, permanent), the others are removed, and
+/// the unique index holds from then on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upgrade_keeps_the_duplicate_that_grants_most() -> anyhow::Result<()> {
+    // Every migration before m0006_one_admin_assignment.
+    const BEFORE_ONE_ADMIN: u32 = 8;
+    migrated_then(Some(BEFORE_ONE_ADMIN), |db| async move {
+        let now = pim_runtime::db::now_ms();
+        let mut lapsed = assignment("admin", "active", Some(now - HOUR));
+        lapsed.role_id = GLOBAL_ADMINISTRATOR.into();
+        lapsed.start_at = now - 2 * HOUR;
+        let mut permanent = assignment("admin", "active", None);
+        permanent.role_id = GLOBAL_ADMINISTRATOR.into();
+        permanent.start_at = now - HOUR;
+        let mut scheduled = assignment("admin", "active", None);
+        scheduled.role_id = GLOBAL_ADMINISTRATOR.into();
+        scheduled.start_at = now + HOUR;
+        // The lapsed one is the oldest: keeping the oldest would keep the wrong one.
+        for a in [&lapsed, &permanent, &scheduled] {
+            store::insert_assignment(&db, a, true, now).await?;
+        }
+        store::Migrator::up(&db, None).await?;
+        let status = |id: String| {
+            let db = db.clone();
+            async move { anyhow::Ok(store::find_assignment(&db, &id).await?.map(|a| a.status)) }
+        };
+        assert_eq!(status(permanent.id.clone()).await?.as_deref(), Some("active"));
+        assert_eq!(status(lapsed.id.clone()).await?.as_deref(), Some("removed"));
+        assert_eq!(status(scheduled.id.clone()).await?.as_deref(), Some("removed"));
+        let again = store::insert_assignment(&db, &assignment("admin", "active", None), true, now).await;
+        let mut twice = assignment("admin", "active", None);
+        twice.role_id = GLOBAL_ADMINISTRATOR.into();
+        let refused = store::insert_assignment(&db, &twice, true, now)
+            .await
+            .expect_err("held by the index");
+        assert!(is_unique_violation(&refused), "{refused}");
+        again?;
         Ok(())
     })
     .await

@@ -720,6 +720,10 @@ fn users_are_managed_and_a_waiting_request_is_withdrawn() {
         Some(&format!("{first}\n")),
     );
 
+    // A refusal exits 1 (see the other statuses at the end).
+    let refused = kim.run(&["users", "create", "--user-name", "eve"], None);
+    assert_eq!(refused.status.code(), Some(1), "kim administers nobody");
+
     // Kim asks to keep an administrator's assignment longer, then thinks better of it.
     admin.ok(
         &[
@@ -804,10 +808,14 @@ fn users_are_managed_and_a_waiting_request_is_withdrawn() {
         None,
     );
     admin.ok(&["users", "delete", "kim"], None);
-    // Exit statuses say what went wrong: 1 refused, 2 usage, 3 unreachable.
+    // Exit statuses say what went wrong: 2 usage (and a token no longer good), 3 unreachable.
     let code = |out: Output| out.status.code();
-    assert_eq!(code(kim.run(&["users", "create", "--user-name", "eve"], None)), Some(1));
     assert_eq!(code(admin.run(&["users", "create"], None)), Some(2), "a missing flag");
+    assert_eq!(
+        code(kim.run(&["users", "list"], None)),
+        Some(2),
+        "kim's token ended with kim"
+    );
     assert_eq!(
         code(admin.run(
             &["users", "create", "--user-name", "eve", "--password-stdin"],

@@ -156,6 +156,15 @@ impl Assignments {
         .find(|a| a.origin == "admin");
         let kept = if request.action == "selfExtend" {
             match open.filter(|a| Some(&a.id) == request.assignment_id.as_ref()) {
+                // Only ever a later end: one made permanent, or extended further, meanwhile
+                // stays as it is (so no permanent assignment, the last Global Administrator's
+                // included, is given an end this way).
+                Some(a)
+                    if a.end_at
+                        .is_none_or(|end| request.end_at.is_some_and(|asked| asked <= end)) =>
+                {
+                    false
+                }
                 Some(mut a) => {
                     self.change_end(txn, actor, &mut a, request.end_at, &role_name, request)
                         .await?
@@ -251,12 +260,17 @@ impl Assignments {
         }
         let now = self.now();
         // The approver's words (or what ended it), for the requester to read.
-        request.outcome_reason = reason.chars().take(1000).collect();
+        request.outcome_reason = reason.chars().filter(|c| *c != '\0').take(1000).collect();
         match outcome {
             RequestStatus::Granted => {
                 request.status = RequestStatus::Granted;
-                self.transition(txn, &request, RequestStatus::PendingApproval, actor.clone(), now)
-                    .await?;
+                // Moved on meanwhile (the requester canceled it): nothing to apply.
+                if !self
+                    .transition(txn, &request, RequestStatus::PendingApproval, actor.clone(), now)
+                    .await?
+                {
+                    return Ok(());
+                }
                 if request.action != "selfActivate" {
                     return self.apply_keep(txn, &mut request, actor, now).await;
                 }

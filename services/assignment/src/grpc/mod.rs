@@ -643,17 +643,26 @@ impl Assignments {
         let event = ev::RequestRefused {
             actor: Some(caller.actor()),
             action: asked.action.to_owned(),
-            principal_id: asked.principal_id.clone(),
-            role_id: role.as_ref().map(|r| r.id.clone()).unwrap_or(asked.role_id),
+            principal_id: bounded(&asked.principal_id),
+            role_id: role
+                .as_ref()
+                .map(|r| r.id.clone())
+                .unwrap_or_else(|| bounded(&asked.role_id)),
             role_name: role.map(|r| r.name).unwrap_or_default(),
-            scope: asked.scope,
+            scope: bounded(&asked.scope),
             code: format!("{:?}", status.code()),
             rules: pim_runtime::grpc::violated_rules(status),
             message: status.message().chars().take(500).collect(),
         };
-        match self.emit(&self.db, "RequestRefused", &asked.principal_id, &event).await {
+        match self.emit(&self.db, "RequestRefused", &event.principal_id, &event).await {
             Ok(()) => self.outbox.wake(),
             Err(e) => tracing::warn!(error = %e, "recording a refused request failed"),
         }
     }
+}
+
+/// What a refusal's record keeps of a field the caller sent: trimmed, at most 256 characters
+/// (the audit log indexes them).
+fn bounded(text: &str) -> String {
+    text.trim().chars().take(256).collect()
 }

@@ -301,6 +301,16 @@ pub(super) fn check_text(r: &pb::CreateRequestRequest) -> Result<(), Error> {
     if r.justification.chars().count() > 1000 {
         return Err(Error::invalid("justification", "must be at most 1000 characters"));
     }
+    // Ids and names, not essays: bounded before anything (a refusal's record included) keeps them.
+    for (field, value, max) in [
+        ("principal_id", &r.principal_id, 256),
+        ("role_id", &r.role_id, 256),
+        ("scope", &r.scope, 1024),
+    ] {
+        if value.chars().count() > max {
+            return Err(Error::invalid(field, format!("must be at most {max} characters")));
+        }
+    }
     if let Some(t) = &r.ticket
         && (t.system.chars().count() > 100 || t.number.chars().count() > 100)
     {

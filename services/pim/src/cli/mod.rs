@@ -961,7 +961,8 @@ pub fn exit_status(err: &anyhow::Error) -> i32 {
     for cause in err.chain() {
         if let Some(answered) = cause.downcast_ref::<Answered>() {
             return match answered.code {
-                C::InvalidArgument | C::OutOfRange => 2,
+                // Not signed in (or no longer): a step the user left out, not a refusal.
+                C::InvalidArgument | C::OutOfRange | C::Unauthenticated => 2,
                 C::Unavailable | C::DeadlineExceeded => 3,
                 C::Internal | C::Unknown | C::DataLoss | C::Unimplemented => 4,
                 _ => 1,
