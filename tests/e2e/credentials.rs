@@ -318,6 +318,34 @@ async fn managing_mfa_needs_a_recent_step_up_and_recovery_codes_raise_an_alert()
                 },
             ))
             .await?;
+        // A wrong current password is refused, and audited as a failed sign-in of Lee.
+        let wrong = AuthServiceClient::new(ts.channel.clone())
+            .change_password(authed(
+                &rescued.access_token,
+                ipb::ChangePasswordRequest {
+                    current_password: "not lee's password at all".into(),
+                    new_password: "a brand new passphrase".into(),
+                },
+            ))
+            .await
+            .expect_err("the current password is wrong");
+        assert_ne!(wrong.code(), Code::Ok);
+        let query = aupb::QueryEventsRequest {
+            action: "SignInFailed".into(),
+            target_id: lee.id.clone(),
+            ..Default::default()
+        };
+        eventually(Duration::from_secs(10), "the wrong current password audited", || {
+            let (admin, query, ts) = (admin.clone(), query.clone(), &ts);
+            async move {
+                let records = ts.audit_records(&admin, query).await?;
+                Ok(records
+                    .iter()
+                    .any(|r| r.outcome == "failure" && r.payload_json.contains("bad_current_password"))
+                    .then_some(()))
+            }
+        })
+        .await?;
         AuthServiceClient::new(ts.channel.clone())
             .change_password(authed(
                 &rescued.access_token,

@@ -284,6 +284,8 @@ impl Directory {
         if let Some((_, _, Some(until))) = store::mfa_failures(&self.db, &caller.principal_id).await?
             && until > self.clock.now_ms()
         {
+            // Refused because MFA is locked: audited like a refused code.
+            self.mfa_event("MfaFailed", caller, "", "locked_out").await?;
             return Err(Error::Locked(format!(
                 "too many failed codes: multi-factor authentication is locked for {} more minutes",
                 (until - self.clock.now_ms()) / 60_000 + 1
@@ -619,13 +621,25 @@ impl Directory {
         // Guesses at the current password count like failed sign-ins of the same principal.
         let keys = crate::limiter::Keys::account_of(&user);
         let now = self.clock.now_ms();
+        // A wrong current password, or one refused by the lockout, is audited as a failed
+        // sign-in of the account (it counts against the same limit).
+        let failed = |reason: &str| ev::SignInFailed {
+            user_name: user.user_name.clone(),
+            principal_id: user.id.clone(),
+            reason: reason.to_owned(),
+            source_ip: String::new(),
+            user_agent: String::new(),
+        };
         if let Some(minutes) = crate::limiter::blocked(&self.db, &keys, now).await? {
+            self.record("SignInFailed", &user.id, &failed("locked_out")).await?;
             return Err(Error::Locked(format!(
                 "too many failed attempts: try again in {minutes} minutes"
             )));
         }
         if !credentials::verify(current, Some(user.password_hash.clone())).await? {
             crate::limiter::failed(&self.db, &keys, now).await?;
+            self.record("SignInFailed", &user.id, &failed("bad_current_password"))
+                .await?;
             return Err(Error::WrongPassword);
         }
         if !self.confirmed_methods(&user.id).await?.is_empty() {
