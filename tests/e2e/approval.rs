@@ -759,6 +759,32 @@ async fn people_ask_to_extend_and_renew_and_approvers_decide() -> anyhow::Result
             Some(Some(asked_at + 30 * DAY_MS))
         );
 
+        // While a request for 40 days waits, an administrator gives Lee 60: approving the
+        // request later never shortens what Lee holds; the request fails.
+        let more = w
+            .assignments()
+            .create_request(authed(&lee.token, ask(A::SelfExtend, 40, "and a bit more")))
+            .await?
+            .into_inner();
+        w.assignments()
+            .create_request(authed(
+                &w.admin,
+                apb::CreateRequestRequest {
+                    schedule: for_days(60),
+                    justification: "the whole project".into(),
+                    ..request(A::AdminUpdate, K::Eligible, &lee.id, EXCHANGE_ADMINISTRATOR)
+                },
+            ))
+            .await?;
+        let updated_at = w.clock.now_ms();
+        approve(w.approval_of(&more.id).await?).await?;
+        w.eventually_status(&lee.token, &more.id, apb::RequestStatus::Failed)
+            .await?;
+        assert_eq!(
+            eligible_until(lee.id.clone()).await?,
+            Some(Some(updated_at + 60 * DAY_MS))
+        );
+
         // Kim's day runs out; extending is too late, renewing is the way.
         w.clock.advance(Duration::from_millis((2 * DAY_MS) as u64));
         w.tick().await?;

@@ -329,7 +329,7 @@ async fn managing_mfa_needs_a_recent_step_up_and_recovery_codes_raise_an_alert()
             ))
             .await
             .expect_err("the current password is wrong");
-        assert_ne!(wrong.code(), Code::Ok);
+        assert_eq!(wrong.code(), Code::PermissionDenied, "{wrong:?}");
         let query = aupb::QueryEventsRequest {
             action: "SignInFailed".into(),
             target_id: lee.id.clone(),

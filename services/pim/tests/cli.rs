@@ -88,6 +88,24 @@ fn field(lines: &[String], label: &str) -> String {
         .unwrap_or_else(|| panic!("no {label:?} in {lines:?}"))
 }
 
+/// A fresh `pim up` in a directory of its own, its address, and its administrator signed in.
+fn up_with_admin() -> (PathBuf, Up, String, Client) {
+    let dir = std::env::temp_dir().join(format!("pim-cli-{}", uuid::Uuid::now_v7().simple()));
+    let up = Up::start(&dir.join("data"));
+    let printed = up.read_until(|l| l.contains("password:"));
+    let server = field(&printed, "PIM is up at");
+    let password = field(&printed, "password:");
+    let admin = Client {
+        server: server.clone(),
+        token_file: dir.join("admin-token"),
+    };
+    admin.ok(
+        &["login", "--user", "admin", "--password-stdin"],
+        Some(&format!("{password}\n")),
+    );
+    (dir, up, server, admin)
+}
+
 struct Client {
     server: String,
     token_file: PathBuf,
@@ -590,19 +608,7 @@ fn the_readme_walk_through_works_and_survives_a_restart() {
 /// without a recent MFA step up first; a recovery code signs in and says how many are left.
 #[test]
 fn sign_in_with_a_code_and_new_recovery_codes_after_a_step_up() {
-    let dir = std::env::temp_dir().join(format!("pim-cli-{}", uuid::Uuid::now_v7().simple()));
-    let up = Up::start(&dir.join("data"));
-    let printed = up.read_until(|l| l.contains("password:"));
-    let server = field(&printed, "PIM is up at");
-    let password = field(&printed, "password:");
-    let admin = Client {
-        server: server.clone(),
-        token_file: dir.join("admin-token"),
-    };
-    admin.ok(
-        &["login", "--user", "admin", "--password-stdin"],
-        Some(&format!("{password}\n")),
-    );
+    let (dir, up, server, admin) = up_with_admin();
     admin.ok(
         &["users", "create", "--user-name", "lee", "--password-stdin"],
         Some("lee's long passphrase\n"),
@@ -677,19 +683,7 @@ fn sign_in_with_a_code_and_new_recovery_codes_after_a_step_up() {
 /// password, delete), and a user withdraws a request of theirs that waits for approval.
 #[test]
 fn users_are_managed_and_a_waiting_request_is_withdrawn() {
-    let dir = std::env::temp_dir().join(format!("pim-cli-{}", uuid::Uuid::now_v7().simple()));
-    let up = Up::start(&dir.join("data"));
-    let printed = up.read_until(|l| l.contains("password:"));
-    let server = field(&printed, "PIM is up at");
-    let password = field(&printed, "password:");
-    let admin = Client {
-        server: server.clone(),
-        token_file: dir.join("admin-token"),
-    };
-    admin.ok(
-        &["login", "--user", "admin", "--password-stdin"],
-        Some(&format!("{password}\n")),
-    );
+    let (dir, up, server, admin) = up_with_admin();
     let kim = Client {
         server,
         token_file: dir.join("kim-token"),

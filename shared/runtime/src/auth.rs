@@ -566,10 +566,12 @@ pub const PUBLIC_METHODS: &[&str] = &[
 ];
 
 /// Methods whose PERMISSION_DENIED answers carry an event of their own, with what was asked
-/// (RequestRefused, ApprovalDecisionRefused): the layer records no second one.
+/// (RequestRefused, ApprovalDecisionRefused, SignInFailed for a wrong current password): the
+/// layer records no second one.
 pub const SELF_AUDITED_METHODS: &[&str] = &[
     "/pim.assignment.v1.AssignmentService/CreateRequest",
     "/pim.approval.v1.ApprovalService/Decide",
+    "/pim.identity.v1.AuthService/ChangePassword",
 ];
 
 /// Where calls answered PERMISSION_DENIED are recorded, so every refusal is auditable. Called

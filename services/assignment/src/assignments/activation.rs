@@ -117,18 +117,12 @@ impl Assignments {
             // waiting (perhaps from a concurrent call). One whose end passed before the timer
             // ended it is ended now, and the activation tried once more.
             let (principal, scope) = (&caller.principal_id, scope.as_str());
-            let lapsed = store::live_activation(&self.db, principal, &role.id, scope)
-                .await?
-                .filter(|live| live.end_at.is_some_and(|end| end <= now));
-            let Some(lapsed) = lapsed else {
-                return Err(self.refusal(principal, &role.name, &role.id, scope).await?);
+            let live = store::live_activation(&self.db, principal, &role.id, scope).await?;
+            let gave_way = match live {
+                Some(live) => self.end_if_lapsed(&live, &role.name, now).await?,
+                None => false,
             };
-            let txn = self.db.begin().await?;
-            self.end(&txn, &lapsed, "expired", Some(system_actor()), &role.name, now)
-                .await?;
-            txn.commit().await?;
-            self.index.remove(&lapsed.principal_id, &lapsed.id);
-            if !insert().await? {
+            if !gave_way || !insert().await? {
                 return Err(self.refusal(principal, &role.name, &role.id, scope).await?);
             }
         }

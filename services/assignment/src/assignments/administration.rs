@@ -94,26 +94,19 @@ impl Assignments {
         // scope is held (perhaps from a concurrent call). One whose end passed before the
         // timer ended it is ended now, and the grant tried once more.
         let kind = r.assignment.kind.as_str();
-        let live = store::live_admin_assignment(&self.db, kind, principal_id, &role.id, scope.as_str()).await?;
-        match live {
-            Some(lapsed) if lapsed.end_at.is_some_and(|end| end <= now) => {
-                let txn = self.db.begin().await?;
-                self.end(&txn, &lapsed, "expired", Some(system_actor()), &role.name, now)
-                    .await?;
-                txn.commit().await?;
-                self.index.remove(&lapsed.principal_id, &lapsed.id);
-                match grant().await {
-                    Err(err) if is_duplicate(&err) => {}
-                    granted => return granted,
-                }
-                let live = store::live_admin_assignment(&self.db, kind, principal_id, &role.id, scope.as_str()).await?;
-                Err(live.map_or_else(
-                    || err_same_moment(&role.name, &scope),
-                    |l| already_assigned(&role.name, &l),
-                ))
-            }
-            Some(live) => Err(already_assigned(&role.name, &live)),
-            None => Err(err_same_moment(&role.name, &scope)),
+        let held = || store::live_admin_assignment(&self.db, kind, principal_id, &role.id, scope.as_str());
+        let refusal = |held: Option<AssignmentRow>| {
+            held.map_or_else(
+                || err_same_moment(&role.name, &scope),
+                |h| already_assigned(&role.name, &h),
+            )
+        };
+        match held().await? {
+            Some(lapsed) if self.end_if_lapsed(&lapsed, &role.name, now).await? => match grant().await {
+                Err(err) if is_duplicate(&err) => Err(refusal(held().await?)),
+                granted => granted,
+            },
+            held => Err(refusal(held)),
         }
     }
 

@@ -461,6 +461,20 @@ impl Assignments {
         Ok(())
     }
 
+    /// Ends `held` when its end passed before the timer ended it: it grants nothing any more,
+    /// but the database's one-holder rules still count it. Returns whether it did.
+    pub(crate) async fn end_if_lapsed(&self, held: &AssignmentRow, role_name: &str, now: i64) -> Result<bool> {
+        if held.end_at.is_none_or(|end| end > now) {
+            return Ok(false);
+        }
+        let txn = self.db.begin().await?;
+        self.end(&txn, held, "expired", Some(system_actor()), role_name, now)
+            .await?;
+        txn.commit().await?;
+        self.index.remove(&held.principal_id, &held.id);
+        Ok(true)
+    }
+
     /// Ends one assignment with `reason` (expired, removed, deactivated) and tells the others.
     pub(crate) async fn end(
         &self,

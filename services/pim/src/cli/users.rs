@@ -89,6 +89,15 @@ fn user_row(u: &ipb::User) -> Vec<String> {
     ]
 }
 
+/// A user's new password: read from stdin, or generated (and then shown once); says which.
+fn new_password(from_stdin: bool) -> anyhow::Result<(String, bool)> {
+    Ok(if from_stdin {
+        (secret_from(true, "", "")?, false)
+    } else {
+        (pim_identity::generate_password(), true)
+    })
+}
+
 pub(crate) async fn users(cmd: UsersCommand) -> anyhow::Result<i32> {
     match cmd {
         UsersCommand::Create {
@@ -99,11 +108,7 @@ pub(crate) async fn users(cmd: UsersCommand) -> anyhow::Result<i32> {
             client,
         } => {
             let session = Session::open(&client, true)?;
-            let (password, generated) = if password_stdin {
-                (secret_from(true, "", "")?, false)
-            } else {
-                (pim_identity::generate_password(), true)
-            };
+            let (password, generated) = new_password(password_stdin)?;
             let user = DirectoryServiceClient::new(session.channel.clone())
                 .create_user(session.request(ipb::CreateUserRequest {
                     user_name,
@@ -212,11 +217,7 @@ pub(crate) async fn users(cmd: UsersCommand) -> anyhow::Result<i32> {
             client,
         } => {
             let session = Session::open(&client, true)?;
-            let (password, generated) = if password_stdin {
-                (secret_from(true, "", "")?, false)
-            } else {
-                (pim_identity::generate_password(), true)
-            };
+            let (password, generated) = new_password(password_stdin)?;
             DirectoryServiceClient::new(session.channel.clone())
                 .reset_password(session.request(ipb::ResetPasswordRequest {
                     user: user.clone(),
