@@ -349,6 +349,19 @@ pub fn authed<T>(token: &str, message: T) -> Request<T> {
     request
 }
 
+/// A request carrying a bearer header built once ([`bearer`]), as a long-lived client sends it:
+/// no formatting or parsing per call.
+pub fn with_bearer<T>(bearer: &tonic::metadata::AsciiMetadataValue, message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    request.metadata_mut().insert("authorization", bearer.clone());
+    request
+}
+
+/// The `authorization` header value for `token`.
+pub fn bearer(token: &str) -> tonic::metadata::AsciiMetadataValue {
+    format!("Bearer {token}").parse().expect("a token is ASCII")
+}
+
 /// The caller's request to activate `role` at `/` for one hour.
 pub fn activate_for_an_hour(role: &str, justification: &str) -> pim_proto::assignment::v1::CreateRequestRequest {
     use pim_proto::assignment::v1 as apb;

@@ -202,7 +202,10 @@ impl World {
         Ok(policies
             .update_role_policy(authed(
                 &self.admin,
-                apb::UpdateRolePolicyRequest { policy: Some(policy) },
+                apb::UpdateRolePolicyRequest {
+                    policy: Some(policy),
+                    ..Default::default()
+                },
             ))
             .await?
             .into_inner())
@@ -414,6 +417,7 @@ async fn each_policy_rule_is_reported_and_policies_can_change() -> anyhow::Resul
                 &kim.token,
                 apb::UpdateRolePolicyRequest {
                     policy: Some(current.clone()),
+                    ..Default::default()
                 },
             ))
             .await
@@ -426,6 +430,7 @@ async fn each_policy_rule_is_reported_and_policies_can_change() -> anyhow::Resul
                 &w.admin,
                 apb::UpdateRolePolicyRequest {
                     policy: Some(too_short),
+                    ..Default::default()
                 },
             ))
             .await
@@ -1116,7 +1121,13 @@ async fn the_policy_set_nearest_above_a_scope_applies() -> anyhow::Result<()> {
         assert!(!prod.activation_requires_ticket, "Entra's default: no ticket");
         prod.activation_requires_ticket = true;
         policies
-            .update_role_policy(authed(&w.admin, apb::UpdateRolePolicyRequest { policy: Some(prod) }))
+            .update_role_policy(authed(
+                &w.admin,
+                apb::UpdateRolePolicyRequest {
+                    policy: Some(prod),
+                    ..Default::default()
+                },
+            ))
             .await?;
         w.set_policy(EXCHANGE_ADMINISTRATOR, |p| p.approval_required = true)
             .await?;

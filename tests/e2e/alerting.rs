@@ -11,7 +11,9 @@ use pim_e2e::{authed, eventually};
 use pim_proto::alerting::v1 as pb;
 use pim_proto::alerting::v1::alert_service_client::AlertServiceClient;
 use pim_proto::assignment::v1 as apb;
+use pim_proto::assignment::v1::policy_service_client::PolicyServiceClient;
 use pim_proto::assignment::v1::reconcile_service_client::ReconcileServiceClient;
+use pim_proto::audit::v1::audit_service_client::AuditServiceClient;
 
 use crate::activation::{
     EXCHANGE_ADMINISTRATOR, GLOBAL_ADMINISTRATOR, HOUR_MS, World, activation, request, run, run_on_both,
@@ -607,6 +609,204 @@ async fn a_dead_lettered_event_raises_an_alert() -> anyhow::Result<()> {
         dead_letter("alerting").await?;
         w.alert("dead_lettered", |a| a.principal_id == "victim" && a.count == 2)
             .await?;
+        Ok(w)
+    })
+    .await
+}
+
+/// The policy at `/` of `role`, as read.
+async fn read_policy(w: &World, role: &str) -> anyhow::Result<apb::RolePolicy> {
+    Ok(PolicyServiceClient::new(w.ts.channel.clone())
+        .get_role_policy(authed(
+            &w.admin,
+            apb::GetRolePolicyRequest {
+                role_id: role.into(),
+                scope: "/".into(),
+            },
+        ))
+        .await?
+        .into_inner())
+}
+
+/// An update of `role`'s policy at `/` naming `mask`, with `set` applied to an otherwise
+/// empty policy (every unnamed setting at its zero value, as a careless client sends it).
+fn masked(
+    role: &str,
+    mask: &[&str],
+    etag: &str,
+    set: impl FnOnce(&mut apb::RolePolicy),
+) -> apb::UpdateRolePolicyRequest {
+    let mut policy = apb::RolePolicy {
+        role_id: role.into(),
+        scope: "/".into(),
+        etag: etag.into(),
+        ..Default::default()
+    };
+    set(&mut policy);
+    apb::UpdateRolePolicyRequest {
+        policy: Some(policy),
+        update_mask: Some(prost_types::FieldMask {
+            paths: mask.iter().map(|p| (*p).to_owned()).collect(),
+        }),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_updates_change_what_they_name_refuse_stale_etags_and_weakening_is_an_alert() -> anyhow::Result<()> {
+    run_on_both(|w| async move {
+        let mut policies = PolicyServiceClient::new(w.ts.channel.clone());
+        let read = read_policy(&w, GLOBAL_ADMINISTRATOR).await?;
+        assert!(read.activation_requires_mfa && !read.approval_required);
+        assert!(!read.etag.is_empty());
+
+        // A mask naming approval changes approval only: MFA, justification and the maximum
+        // stay as they were, although the request carries their zero values.
+        let updated = policies
+            .update_role_policy(authed(
+                &w.admin,
+                masked(GLOBAL_ADMINISTRATOR, &["approval_required"], "", |p| p.approval_required = true),
+            ))
+            .await?
+            .into_inner();
+        assert!(updated.approval_required);
+        assert!(updated.activation_requires_mfa, "MFA stays on");
+        assert!(updated.activation_requires_justification);
+        assert_eq!(updated.activation_max_duration, read.activation_max_duration);
+        assert_ne!(updated.etag, read.etag, "a new version, a new etag");
+        assert_eq!(read_policy(&w, GLOBAL_ADMINISTRATOR).await?, updated);
+
+        // An update based on the version read before is refused, and changes nothing.
+        let stale = policies
+            .update_role_policy(authed(
+                &w.admin,
+                masked(GLOBAL_ADMINISTRATOR, &["activation_requires_mfa"], &read.etag, |_| {}),
+            ))
+            .await
+            .expect_err("stale etag");
+        assert_eq!(stale.code(), Code::Aborted, "{stale:?}");
+        assert_eq!(read_policy(&w, GLOBAL_ADMINISTRATOR).await?, updated);
+        let unknown = policies
+            .update_role_policy(authed(
+                &w.admin,
+                masked(GLOBAL_ADMINISTRATOR, &["mfa"], "", |_| {}),
+            ))
+            .await
+            .expect_err("no such setting");
+        assert_eq!(unknown.code(), Code::InvalidArgument);
+        assert!(unknown.message().contains("update_mask"), "{unknown:?}");
+
+        // Concurrent updates of different settings (each one stricter), without etags, all land.
+        type Set = fn(&mut apb::RolePolicy);
+        let settings: [(&str, Set); 4] = [
+            ("activation_requires_ticket", |p| p.activation_requires_ticket = true),
+            ("activation_max_duration", |p| {
+                p.activation_max_duration = Some(prost_types::Duration { seconds: 4 * 3600, nanos: 0 })
+            }),
+            ("eligible_allow_permanent", |p| p.eligible_allow_permanent = false),
+            ("mfa_freshness", |p| {
+                p.mfa_freshness = Some(prost_types::Duration { seconds: 300, nanos: 0 })
+            }),
+        ];
+        let mut racing = tokio::task::JoinSet::new();
+        for (name, set) in settings {
+            let mut client = policies.clone();
+            let request = authed(&w.admin, masked(GLOBAL_ADMINISTRATOR, &[name], "", set));
+            racing.spawn(async move { client.update_role_policy(request).await });
+        }
+        while let Some(answer) = racing.join_next().await {
+            answer??;
+        }
+        let after = read_policy(&w, GLOBAL_ADMINISTRATOR).await?;
+        assert!(after.activation_requires_ticket, "{after:?}");
+        assert_eq!(after.activation_max_duration.as_ref().map(|d| d.seconds), Some(4 * 3600));
+        assert!(!after.eligible_allow_permanent, "{after:?}");
+        assert_eq!(after.mfa_freshness.as_ref().map(|d| d.seconds), Some(300));
+        assert!(after.approval_required && after.activation_requires_mfa, "{after:?}");
+
+        // With the current etag, MFA goes off: that lowers protection, so the event carries
+        // the change and alerting raises policy_weakened (high: a privileged role).
+        policies
+            .update_role_policy(authed(
+                &w.admin,
+                masked(GLOBAL_ADMINISTRATOR, &["activation"], &after.etag, |p| {
+                    p.activation_requires_justification = true;
+                    p.activation_max_duration = Some(prost_types::Duration { seconds: 4 * 3600, nanos: 0 });
+                    p.mfa_freshness = Some(prost_types::Duration { seconds: 300, nanos: 0 });
+                    p.activation_requires_ticket = true;
+                }),
+            ))
+            .await?;
+        let alert = w
+            .alert("policy_weakened", |a| a.role_id == GLOBAL_ADMINISTRATOR)
+            .await?;
+        assert_eq!(alert.severity, pb::Severity::High as i32);
+        assert_eq!(alert.principal_id, w.admin_id().await?);
+        let figures: std::collections::BTreeMap<&str, &str> =
+            alert.figures.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(
+            figures,
+            [
+                ("activation_requires_mfa", "on -> off (weaker)"),
+                ("weakened", "activation_requires_mfa")
+            ]
+            .into()
+        );
+        // The audit record of the update carries the same diff.
+        let record = eventually(Duration::from_secs(10), "audit of the weakening", || async {
+            let records = AuditServiceClient::new(w.ts.channel.clone())
+                .query_events(authed(
+                    &w.admin,
+                    pim_proto::audit::v1::QueryEventsRequest {
+                        action: "PolicyUpdated".into(),
+                        role_id: GLOBAL_ADMINISTRATOR.into(),
+                        page_size: 50,
+                        ..Default::default()
+                    },
+                ))
+                .await?
+                .into_inner()
+                .records;
+            Ok(records.into_iter().find(|r| r.payload_json.contains("\"weakened\":true")))
+        })
+        .await?;
+        let payload: serde_json::Value = serde_json::from_str(&record.payload_json)?;
+        assert_eq!(
+            payload["changes"],
+            serde_json::json!([{"setting": "activation_requires_mfa", "before": "on", "after": "off", "weakens": true}]),
+            "{payload}"
+        );
+
+        // Strengthening raises nothing; weakening a role that is not privileged is medium.
+        policies
+            .update_role_policy(authed(
+                &w.admin,
+                masked(GLOBAL_ADMINISTRATOR, &["activation_requires_mfa"], "", |p| p.activation_requires_mfa = true),
+            ))
+            .await?;
+        policies
+            .update_role_policy(authed(
+                &w.admin,
+                masked(EXCHANGE_ADMINISTRATOR, &["activation_max_duration"], "", |p| {
+                    p.activation_max_duration = Some(prost_types::Duration { seconds: 12 * 3600, nanos: 0 })
+                }),
+            ))
+            .await?;
+        let exchange = w
+            .alert("policy_weakened", |a| a.role_id == EXCHANGE_ADMINISTRATOR)
+            .await?;
+        assert_eq!(exchange.severity, pb::Severity::Medium as i32);
+        assert_eq!(
+            exchange.figures.get("activation_max_duration").map(String::as_str),
+            Some("8h -> 12h (weaker)")
+        );
+        // Alerting reads the stream in order: the strengthening came before, and raised none.
+        let on_global = w
+            .all_alerts()
+            .await?
+            .into_iter()
+            .filter(|a| a.rule_id == "policy_weakened" && a.role_id == GLOBAL_ADMINISTRATOR)
+            .count();
+        assert_eq!(on_global, 1);
         Ok(w)
     })
     .await

@@ -521,6 +521,9 @@ impl Alerts {
             }
             "PolicyUpdated" => {
                 let p: ev::PolicyUpdated = decode(e)?;
+                if p.weakened {
+                    self.policy_weakened(txn, e, &p).await?;
+                }
                 let key = format!("no_mfa:{}:{}", p.role_id, p.scope);
                 if privileged(&p.role_id) && !p.activation_requires_mfa {
                     let subject = Subject {
@@ -597,6 +600,42 @@ impl Alerts {
     }
 
     /// MFA failures of a privileged account within the window, or a lockout.
+    /// One alert per weakening update: who changed which settings of which role, each
+    /// setting's value before and after (every change, the weakening ones marked).
+    async fn policy_weakened(&self, txn: &DatabaseTransaction, e: &Envelope, p: &ev::PolicyUpdated) -> Result<()> {
+        let mut figures: BTreeMap<String, String> = p
+            .changes
+            .iter()
+            .map(|c| {
+                let mark = if c.weakens { " (weaker)" } else { "" };
+                (c.setting.clone(), format!("{} -> {}{mark}", c.before, c.after))
+            })
+            .collect();
+        let weakened: Vec<&str> = p
+            .changes
+            .iter()
+            .filter(|c| c.weakens)
+            .map(|c| c.setting.as_str())
+            .collect();
+        figures.insert("weakened".into(), weakened.join(","));
+        let subject = Subject {
+            principal_id: p.actor.as_ref().map(|a| a.principal_id.clone()).unwrap_or_default(),
+            role_id: p.role_id.clone(),
+            scope: p.scope.clone(),
+        };
+        let severity = privileged(&p.role_id).then_some("high");
+        self.raise_as(
+            txn,
+            rules::POLICY_WEAKENED,
+            &format!("policy_weakened:{}", e.id),
+            subject,
+            std::slice::from_ref(&e.id),
+            figures,
+            severity,
+        )
+        .await
+    }
+
     async fn check_mfa_failures(
         &self,
         txn: &DatabaseTransaction,

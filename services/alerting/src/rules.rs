@@ -26,6 +26,7 @@ pub const DEAD_LETTERED: &str = "dead_lettered";
 pub const FORGED_EVENT: &str = "forged_event";
 pub const RECOVERY_CODE_USED: &str = "recovery_code_used";
 pub const MFA_METHOD_REMOVED: &str = "mfa_method_removed";
+pub const POLICY_WEAKENED: &str = "policy_weakened";
 
 pub const RULES: &[RuleDef] = &[
     RuleDef {
@@ -104,6 +105,12 @@ pub const RULES: &[RuleDef] = &[
         id: MFA_METHOD_REMOVED,
         description: "An MFA method of a privileged account was removed by its user or reset by an administrator",
         severity: "high",
+        settings: &[],
+    },
+    RuleDef {
+        id: POLICY_WEAKENED,
+        description: "A role policy change lowered protection (MFA, approval, justification or a ticket switched off, a longer maximum or MFA window, permanence allowed, approvers or stages removed); its figures give each such setting before and after; high for privileged roles",
+        severity: "medium",
         settings: &[],
     },
     RuleDef {

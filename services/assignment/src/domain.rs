@@ -62,6 +62,16 @@ impl Scope {
         &self.0
     }
 
+    /// Whether `ancestor` (a normalised scope, as grants hold) is this scope or one above it,
+    /// so that a grant there applies here: [`Self::with_ancestors`] without building them.
+    pub fn is_within(&self, ancestor: &str) -> bool {
+        ancestor == "/"
+            || self
+                .0
+                .strip_prefix(ancestor)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    }
+
     /// This scope and every scope above it, from `/` down.
     pub fn with_ancestors(&self) -> Vec<String> {
         let mut out = vec!["/".to_owned()];
@@ -605,6 +615,18 @@ mod tests {
                 "/subscriptions/s1/resourcegroups/rg"
             ]
         );
+        for ancestor in s.with_ancestors() {
+            assert!(s.is_within(&ancestor), "{ancestor}");
+        }
+        for other in [
+            "/subscriptions/s",
+            "/subscriptions/s1/resourcegroups/rg2",
+            "/subscriptions/s1/resourcegroups/rg/x",
+            "/other",
+        ] {
+            assert!(!s.is_within(other), "{other}");
+        }
+        assert!(Scope::root().is_within("/") && !Scope::root().is_within("/a"));
         for bad in ["subscriptions", "/a//b", "/a/../b", "/a b"] {
             assert!(Scope::parse(bad).is_err(), "{bad}");
         }

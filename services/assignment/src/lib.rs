@@ -8,6 +8,7 @@ mod error;
 mod groups;
 mod grpc;
 mod index;
+mod policy_edits;
 mod roles;
 mod scheduler;
 mod store;

@@ -900,22 +900,44 @@ pub async fn policies<C: ConnectionTrait>(c: &C, role_id: &str) -> Result<Vec<(S
     .collect()
 }
 
-pub async fn upsert_policy<C: ConnectionTrait>(
+/// Stores `policy` at (role, scope) only if what is stored there is still `read` (None: no
+/// policy set at that scope): one conditional statement, so a concurrent update is never
+/// overwritten unseen. Whether it was stored.
+pub async fn replace_policy<C: ConnectionTrait>(
     c: &C,
     role_id: &str,
     scope: &str,
+    read: Option<&str>,
     policy: &str,
     by: &str,
     now: i64,
-) -> Result<(), DbErr> {
-    db::exec(
-        c,
-        "INSERT INTO role_policies (role_id, scope, policy, updated_at, updated_by) VALUES ($1, $2, $3, $4, $5) \
-         ON CONFLICT (role_id, scope) DO UPDATE SET policy = excluded.policy, updated_at = excluded.updated_at, updated_by = excluded.updated_by",
-        vec![role_id.into(), scope.into(), policy.into(), now.into(), by.into()],
-    )
-    .await
-    .map(drop)
+) -> Result<bool, DbErr> {
+    let written = match read {
+        Some(read) => {
+            db::exec(
+                c,
+                "UPDATE role_policies SET policy = $4, updated_at = $5, updated_by = $6 \
+                 WHERE role_id = $1 AND scope = $2 AND policy = $3",
+                vec![
+                    role_id.into(),
+                    scope.into(),
+                    read.into(),
+                    policy.into(),
+                    now.into(),
+                    by.into(),
+                ],
+            )
+            .await?
+        }
+        None => db::exec(
+            c,
+            "INSERT INTO role_policies (role_id, scope, policy, updated_at, updated_by) VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (role_id, scope) DO NOTHING",
+            vec![role_id.into(), scope.into(), policy.into(), now.into(), by.into()],
+        )
+        .await?,
+    };
+    Ok(written == 1)
 }
 
 /// A grant a target system reported, and whether PIM made it.

@@ -224,7 +224,17 @@ pub fn record(envelope: &Envelope, correlator: &Correlator) -> anyhow::Result<Re
             r.target_id = e.role_id.clone();
             r.role_id = e.role_id.clone();
             r.scope = e.scope.clone();
-            json!({"activation_requires_mfa": e.activation_requires_mfa, "approval_required": e.approval_required})
+            let changes: Vec<_> = e
+                .changes
+                .iter()
+                .map(|c| json!({"setting": c.setting, "before": c.before, "after": c.after, "weakens": c.weakens}))
+                .collect();
+            json!({
+                "activation_requires_mfa": e.activation_requires_mfa,
+                "approval_required": e.approval_required,
+                "changes": changes,
+                "weakened": e.weakened,
+            })
         }
         "ApprovalCreated" => {
             let e: ev::ApprovalCreated = decode(envelope)?;

@@ -438,6 +438,32 @@ fn the_readme_walk_through_works_and_survives_a_restart() {
         &["policy", "set", "Security Reader", "--require-approval", "true"],
         None,
     );
+    // A change based on a version of the policy that is no longer in force applies nothing.
+    let stale = admin.run(
+        &[
+            "policy",
+            "set",
+            "Security Reader",
+            "--require-ticket",
+            "true",
+            "--etag",
+            "\"0\"",
+        ],
+        None,
+    );
+    assert_eq!(stale.status.code(), Some(1), "refused: exit status 1");
+    assert!(String::from_utf8_lossy(&stale.stderr).contains("changed since it was read"));
+    let shown = admin.ok(&["policy", "show", "Security Reader"], None);
+    for (setting, value) in [
+        ("activation requires ticket", "false"),
+        ("approval required", "true"),
+        ("activation requires MFA", "true"),
+    ] {
+        assert!(
+            shown.lines().any(|l| l.starts_with(setting) && l.ends_with(value)),
+            "{setting}: {shown}"
+        );
+    }
     let waiting = lee.ok(
         &[
             "activate",

@@ -165,11 +165,13 @@ pub fn mfa_is_fresh(has_otp: bool, mfa_at_ms: Option<i64>, now_ms: i64, window_m
     has_otp && mfa_at_ms.is_some_and(|at| now_ms - at <= window_ms && at <= now_ms + MFA_SKEW_MS)
 }
 
-/// The caller a request was authenticated as.
+/// The caller a request was authenticated as (the layer puts it in the request's extensions
+/// as an `Arc<Caller>`, shared with its memory of verified tokens).
 pub fn caller<T>(request: &Request<T>) -> Result<&Caller, Status> {
     request
         .extensions()
-        .get::<Caller>()
+        .get::<Arc<Caller>>()
+        .map(Arc::as_ref)
         .ok_or_else(|| Status::unauthenticated("sign in first: no access token"))
 }
 
@@ -379,13 +381,16 @@ pub struct TokenVerifier {
     /// kid → (key, when it stops verifying, ms)
     keys: RwLock<HashMap<String, (DecodingKey, Option<i64>)>>,
     refreshed: Mutex<Option<Instant>>,
-    /// token → (caller, expiry in seconds since the epoch)
-    verified: RwLock<HashMap<Arc<str>, (Caller, i64)>>,
+    verified: RwLock<Verified>,
     revocations: Arc<Revocations>,
     /// Whether the revocations identity keeps are loaded: until then no token is accepted
     /// (a restart must not forget a sign-out or a disabled user).
     revocations_known: std::sync::atomic::AtomicBool,
 }
+
+/// Verified tokens: token → (caller, expiry in seconds since the epoch). Each call gets the
+/// caller shared, not copied.
+type Verified = HashMap<Arc<str>, (Arc<Caller>, i64)>;
 
 /// Verified tokens kept at most; past that the memory is cleared and refilled.
 const MAX_VERIFIED: usize = 100_000;
@@ -477,7 +482,7 @@ impl TokenVerifier {
     }
 
     /// Verifies `token` and returns the caller it names.
-    pub async fn verify(&self, token: &str) -> Result<Caller, TokenError> {
+    pub async fn verify(&self, token: &str) -> Result<Arc<Caller>, TokenError> {
         if !self.revocations_known.load(std::sync::atomic::Ordering::Acquire) {
             return Err(TokenError::RevocationsUnknown);
         }
@@ -492,7 +497,7 @@ impl TokenVerifier {
             Some((caller, exp)) if exp > now => (caller, exp, true),
             _ => {
                 let (caller, exp) = self.verify_signature(token).await?;
-                (caller, exp, false)
+                (Arc::new(caller), exp, false)
             }
         };
         if self.revocations.is_revoked(&caller) {
@@ -695,8 +700,8 @@ where
                         .refusals
                         .clone()
                         .filter(|_| !SELF_AUDITED_METHODS.contains(&method.as_str()))
-                        // Who asked, kept for the answer (less than the whole caller).
-                        .map(|refusals| (refusals, caller.actor()));
+                        // Who asked, kept for the answer.
+                        .map(|refusals| (refusals, caller.clone()));
                     request.extensions_mut().insert(caller);
                     let response = inner.call(request).await;
                     let denied = match (&refusals, &response) {
@@ -705,7 +710,7 @@ where
                         _ => None,
                     };
                     if let (Some((refusals, caller)), Some(status)) = (refusals, denied) {
-                        refusals.permission_denied(&caller, &method, &status).await;
+                        refusals.permission_denied(&caller.actor(), &method, &status).await;
                     }
                     response
                 }

@@ -200,6 +200,10 @@ impl Freshness {
                 .applied
                 .get(stream)
                 .ok_or_else(|| Stale::Unfollowed(stream.to_owned()))?;
+            // The usual case, a token already applied, costs one read: no subscription, no timer.
+            if *sender.borrow() >= wanted {
+                continue;
+            }
             let mut applied = sender.subscribe();
             let reached = tokio::time::timeout_at(deadline, applied.wait_for(|p| *p >= wanted)).await;
             if !matches!(reached, Ok(Ok(_))) {

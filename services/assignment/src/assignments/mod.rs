@@ -25,6 +25,7 @@ use crate::domain::{ActivationAsk, AdminAssignment, Kind, MfaState, Policy, Requ
 use crate::error::{Error, Result};
 use crate::groups::Memberships;
 use crate::index::AccessIndex;
+use crate::policy_edits::{self, Setting};
 use crate::roles::{GLOBAL_ADMINISTRATOR, RoleCatalog};
 use crate::scheduler::Timers;
 use crate::store::{self, AssignmentRow, RequestRow};
@@ -114,15 +115,37 @@ fn new_id() -> String {
 
 /// Of the policies `set` at some of `scopes` (a scope and those above it, outermost first):
 /// the deepest one, else Entra's defaults; with the scope it was set at.
-fn nearest_policy(set: &[(String, String)], scopes: &[String]) -> Result<(Policy, String)> {
+/// The policy in force at the last of `scopes` (ordered from `/` down), given the role's
+/// policies `set` at any of them: the nearest one set, with its scope, else the defaults.
+fn nearest_policy(set: &[(String, String)], scopes: &[String]) -> Result<(Policy, Option<String>)> {
     for candidate in scopes.iter().rev() {
         if let Some((_, json)) = set.iter().find(|(s, _)| s == candidate) {
             let policy = serde_json::from_str(json)
                 .map_err(|e| Error::Internal(anyhow::anyhow!("stored policy is unreadable: {e}")))?;
-            return Ok((policy, candidate.clone()));
+            return Ok((policy, Some(candidate.clone())));
         }
     }
-    Ok((Policy::default(), "/".to_owned()))
+    Ok((Policy::default(), None))
+}
+
+/// Every approver a policy names: of its single stage and of each stage, escalation included.
+fn policy_approvers(p: &Policy) -> impl Iterator<Item = &String> {
+    p.approver_ids.iter().chain(
+        p.approval_stages
+            .iter()
+            .flat_map(|s| s.approver_ids.iter().chain(&s.escalation_approver_ids)),
+    )
+}
+
+/// Times an update without an etag is merged again after losing a race.
+const MAX_POLICY_ATTEMPTS: usize = 5;
+
+/// What an UpdateRolePolicy asks: the `settings` its mask names, their values in `asked`,
+/// and the version it was read at (`etag`), if it names one.
+pub struct PolicyUpdate {
+    pub asked: Policy,
+    pub settings: Vec<Setting>,
+    pub etag: Option<String>,
 }
 
 impl Assignments {
@@ -154,7 +177,6 @@ impl Assignments {
     /// Whether `principal` holds `target` at `scope` (directly, at that scope or above) now.
     pub async fn decide(&self, principal: &str, target: &Target, scope: &Scope) -> Result<(Decision, Vec<String>)> {
         let now = self.now();
-        let scopes = scope.with_ancestors();
         let mut ids = Vec::new();
         let (mut permanent, mut latest_end) = (false, None::<i64>);
         let mut weigh = |id: &str, grant: &crate::index::Grant| {
@@ -162,7 +184,7 @@ impl Assignments {
                 Target::Role(role) => grant.role_id == *role,
                 Target::Permission(p) => self.roles.grants(&grant.role_id, p),
             };
-            if grants && scopes.contains(&grant.scope) {
+            if grants && scope.is_within(&grant.scope) {
                 ids.push(id.to_owned());
                 match grant.end {
                     None => permanent = true,
@@ -247,61 +269,112 @@ impl Assignments {
         conn: &C,
         role_id: &str,
         scope: &Scope,
-    ) -> Result<(Policy, String)> {
+    ) -> Result<(Policy, Option<String>)> {
         // One read for the scope and all above it.
         let scopes = scope.with_ancestors();
         let set = store::policies_at(conn, role_id, &scopes).await?;
         nearest_policy(&set, &scopes)
     }
 
-    pub async fn get_policy(&self, role: &str, scope: &str) -> Result<(String, Scope, Policy)> {
+    /// The policy in force at (role, scope), with its etag.
+    pub async fn get_policy(&self, role: &str, scope: &str) -> Result<(String, Scope, Policy, String)> {
         let role = self.role(role)?;
         let scope = Scope::parse(scope)?;
-        let (policy, _) = self.effective_policy(&self.db, &role.id, &scope).await?;
-        Ok((role.id, scope, policy))
+        let (policy, set_at) = self.effective_policy(&self.db, &role.id, &scope).await?;
+        let etag = policy_edits::etag(&policy, set_at.as_deref());
+        Ok((role.id, scope, policy, etag))
     }
 
+    /// Applies `update` to the role's policy at `scope`: the settings it names take its
+    /// values, the others keep those in force there (set at that scope, inherited from above,
+    /// or the defaults). With an etag, only onto the version it names (else ABORTED). The
+    /// write is conditional on what was read, so two updates never lose one another.
     pub async fn update_policy(
         &self,
         caller: &Caller,
         role: &str,
         scope: &str,
-        policy: Policy,
-    ) -> Result<(String, Scope, Policy)> {
+        update: PolicyUpdate,
+    ) -> Result<(String, Scope, Policy, String)> {
         let role = self.role(role)?;
         let scope = Scope::parse(scope)?;
         self.authorize(caller, permissions::POLICIES_MANAGE, &scope).await?;
-        policy.validate()?;
-        self.approvers_exist(caller, &policy).await?;
-        let json = serde_json::to_string(&policy).map_err(|e| Error::Internal(e.into()))?;
-        let event = ev::PolicyUpdated {
-            actor: Some(caller.actor()),
-            role_id: role.id.clone(),
-            scope: scope.as_str().into(),
-            activation_requires_mfa: policy.activation_requires_mfa,
-            approval_required: policy.approval_required,
-        };
-        let txn = self.db.begin().await?;
-        store::upsert_policy(&txn, &role.id, scope.as_str(), &json, &caller.principal_id, self.now()).await?;
-        self.emit(&txn, "PolicyUpdated", &role.id, &event).await?;
-        txn.commit().await?;
-        self.committed(&[]);
-        Ok((role.id, scope, policy))
+        let scopes = scope.with_ancestors();
+        // Without an etag the caller asked for no particular version: an update that lost a
+        // race is merged again onto the newer one.
+        for _ in 0..MAX_POLICY_ATTEMPTS {
+            let set = store::policies_at(&self.db, &role.id, &scopes).await?;
+            let (before, set_at) = nearest_policy(&set, &scopes)?;
+            let current = policy_edits::etag(&before, set_at.as_deref());
+            if let Some(asked) = update.etag.as_deref().filter(|e| *e != current) {
+                return Err(Error::Aborted(format!(
+                    "the policy changed since it was read (etag {asked}, now {current}); read it again and reapply the change"
+                )));
+            }
+            let after = policy_edits::merged(&before, &update.asked, &update.settings);
+            after.validate()?;
+            // Approvers newly named must exist; those already there are not checked again, so
+            // a disabled one never blocks the update that replaces them.
+            let named = |p: &Policy| -> std::collections::BTreeSet<String> { policy_approvers(p).cloned().collect() };
+            let added: Vec<String> = named(&after).difference(&named(&before)).cloned().collect();
+            self.approvers_exist(caller, &added).await?;
+            let changes = policy_edits::changes(&before, &after);
+            let event = ev::PolicyUpdated {
+                actor: Some(caller.actor()),
+                role_id: role.id.clone(),
+                scope: scope.as_str().into(),
+                activation_requires_mfa: after.activation_requires_mfa,
+                approval_required: after.approval_required,
+                weakened: changes.iter().any(|c| c.weakens),
+                changes: changes
+                    .into_iter()
+                    .map(|c| ev::PolicySettingChange {
+                        setting: c.setting.name().into(),
+                        before: c.before,
+                        after: c.after,
+                        weakens: c.weakens,
+                    })
+                    .collect(),
+            };
+            let json = serde_json::to_string(&after).map_err(|e| Error::Internal(e.into()))?;
+            let read = set
+                .iter()
+                .find(|(s, _)| s == scope.as_str())
+                .map(|(_, json)| json.as_str());
+            let txn = self.db.begin().await?;
+            if !store::replace_policy(
+                &txn,
+                &role.id,
+                scope.as_str(),
+                read,
+                &json,
+                &caller.principal_id,
+                self.now(),
+            )
+            .await?
+            {
+                txn.rollback().await?;
+                if update.etag.is_some() {
+                    return Err(Error::Aborted(
+                        "the policy changed since it was read; read it again and reapply the change".into(),
+                    ));
+                }
+                continue;
+            }
+            self.emit(&txn, "PolicyUpdated", &role.id, &event).await?;
+            txn.commit().await?;
+            self.committed(&[]);
+            let etag = policy_edits::etag(&after, Some(scope.as_str()));
+            return Ok((role.id, scope, after, etag));
+        }
+        Err(Error::Aborted(
+            "the policy kept changing while this update was applied; try again".into(),
+        ))
     }
 
-    /// Refuses a policy naming approvers the directory does not hold, or holds disabled: an
-    /// approval waiting for them would only time out.
-    async fn approvers_exist(&self, caller: &Caller, policy: &Policy) -> Result<()> {
-        let named: std::collections::BTreeSet<&String> = policy
-            .approver_ids
-            .iter()
-            .chain(
-                policy
-                    .approval_stages
-                    .iter()
-                    .flat_map(|s| s.approver_ids.iter().chain(&s.escalation_approver_ids)),
-            )
-            .collect();
+    /// Refuses approvers the directory does not hold, or holds disabled: an approval waiting
+    /// for them would only time out.
+    async fn approvers_exist(&self, caller: &Caller, named: &[String]) -> Result<()> {
         let (mut unknown, mut disabled) = (Vec::new(), Vec::new());
         for id in named {
             if uuid::Uuid::parse_str(id).is_err() {

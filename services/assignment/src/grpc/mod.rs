@@ -18,9 +18,10 @@ use pim_runtime::db::to_timestamp;
 use pim_runtime::events::streams;
 use pim_runtime::grpc::BoxStream;
 
-use crate::assignments::{ActivateRequest, AdminAssignRequest, Assignments, EndRequest};
+use crate::assignments::{ActivateRequest, AdminAssignRequest, Assignments, EndRequest, PolicyUpdate};
 use crate::domain::{Kind, Scope};
 use crate::error::Error;
+use crate::policy_edits::Setting;
 use crate::store::RequestRow;
 
 mod wire;
@@ -149,8 +150,13 @@ impl PolicyService for Assignments {
     ) -> Result<Response<pb::RolePolicy>, Status> {
         caller(&request)?;
         let r = request.into_inner();
-        let (role_id, scope, policy) = self.get_policy(&r.role_id, &r.scope).await?;
-        Ok(Response::new(policy_to_pb(role_id, scope.as_str().to_owned(), policy)))
+        let (role_id, scope, policy, etag) = self.get_policy(&r.role_id, &r.scope).await?;
+        Ok(Response::new(policy_to_pb(
+            role_id,
+            scope.as_str().to_owned(),
+            policy,
+            etag,
+        )))
     }
 
     async fn update_role_policy(
@@ -158,13 +164,23 @@ impl PolicyService for Assignments {
         request: Request<pb::UpdateRolePolicyRequest>,
     ) -> Result<Response<pb::RolePolicy>, Status> {
         let caller = caller(&request)?.clone();
-        let p = request
-            .into_inner()
-            .policy
-            .ok_or_else(|| Error::invalid("policy", "required"))?;
+        let r = request.into_inner();
+        let p = r.policy.ok_or_else(|| Error::invalid("policy", "required"))?;
+        let settings = Setting::from_mask(&r.update_mask.map(|m| m.paths).unwrap_or_default())?;
         let (role, scope) = (p.role_id.clone(), p.scope.clone());
-        let (role_id, scope, policy) = self.update_policy(&caller, &role, &scope, policy_from_pb(p)?).await?;
-        Ok(Response::new(policy_to_pb(role_id, scope.as_str().to_owned(), policy)))
+        let etag = Some(p.etag.trim().to_owned()).filter(|e| !e.is_empty());
+        let update = PolicyUpdate {
+            asked: policy_from_pb(p)?,
+            settings,
+            etag,
+        };
+        let (role_id, scope, policy, etag) = self.update_policy(&caller, &role, &scope, update).await?;
+        Ok(Response::new(policy_to_pb(
+            role_id,
+            scope.as_str().to_owned(),
+            policy,
+            etag,
+        )))
     }
 
     /// The policies set for a role, by scope (scopes without one use the nearest above, or the defaults).
@@ -186,7 +202,8 @@ impl Assignments {
         let mut policies = Vec::new();
         for (scope, json) in crate::store::policies(&self.db, &role.id).await? {
             let policy = serde_json::from_str(&json).map_err(|e| Error::Internal(e.into()))?;
-            policies.push(policy_to_pb(role.id.clone(), scope, policy));
+            let etag = crate::policy_edits::etag(&policy, Some(&scope));
+            policies.push(policy_to_pb(role.id.clone(), scope, policy, etag));
         }
         Ok(pb::ListRolePoliciesResponse { policies })
     }
@@ -380,7 +397,7 @@ impl AccessService for Assignments {
     ) -> Result<Response<pb::CheckAccessResponse>, Status> {
         let (metadata, mut extensions, message) = request.into_parts();
         let caller = extensions
-            .remove::<pim_runtime::auth::Caller>()
+            .remove::<std::sync::Arc<pim_runtime::auth::Caller>>()
             .ok_or_else(|| Status::unauthenticated("sign in first: no access token"))?;
         self.fresh_enough(&message.at_least_as_fresh, freshness_wait(&metadata))
             .await?;

@@ -157,10 +157,11 @@ pub(super) fn duration_from_pb(field: &'static str, d: &prost_types::Duration) -
     Ok(Duration::new(d.seconds as u64, d.nanos as u32))
 }
 
-pub(super) fn policy_to_pb(role_id: String, scope: String, p: Policy) -> pb::RolePolicy {
+pub(super) fn policy_to_pb(role_id: String, scope: String, p: Policy, etag: String) -> pb::RolePolicy {
     pb::RolePolicy {
         role_id,
         scope,
+        etag,
         activation_max_duration: Some(duration_to_pb(p.activation_max_duration)),
         activation_requires_mfa: p.activation_requires_mfa,
         activation_requires_justification: p.activation_requires_justification,

@@ -143,31 +143,43 @@ pub(crate) enum PolicyCommand {
 pub(crate) struct PolicySetArgs {
     /// Role name or id.
     role: String,
+    /// Scope the policy is set at (it applies there and below).
     #[arg(long, default_value = "/")]
     scope: String,
     /// Longest activation, 1m to 24h.
     #[arg(long, value_parser = humantime::parse_duration)]
     activation_max: Option<Duration>,
+    /// Whether activating needs a recent MFA (true or false).
     #[arg(long)]
     require_mfa: Option<bool>,
+    /// Whether activating needs a justification (true or false).
     #[arg(long)]
     require_justification: Option<bool>,
+    /// Whether activating needs a ticket (true or false).
     #[arg(long)]
     require_ticket: Option<bool>,
+    /// Whether an activation waits for an approver (true or false).
     #[arg(long)]
     require_approval: Option<bool>,
     /// Approvers, comma-separated user names or principal ids (empty: the default approvers).
     #[arg(long, value_delimiter = ',')]
     approvers: Option<Vec<String>>,
+    /// How long an approval may wait before it expires, denied (e.g. 24h).
     #[arg(long, value_parser = humantime::parse_duration)]
     approval_timeout: Option<Duration>,
     /// How recent an MFA must be to activate.
     #[arg(long, value_parser = humantime::parse_duration)]
     mfa_freshness: Option<Duration>,
+    /// Whether active assignments may be permanent (true or false).
     #[arg(long)]
     allow_permanent_active: Option<bool>,
+    /// Whether eligible assignments may be permanent (true or false).
     #[arg(long)]
     allow_permanent_eligible: Option<bool>,
+    /// Apply only if the policy is still the version `pim policy show` printed (its etag);
+    /// a policy changed meanwhile is refused, nothing applied.
+    #[arg(long)]
+    etag: Option<String>,
     #[command(flatten)]
     client: ClientArgs,
 }
@@ -556,6 +568,7 @@ fn print_policy(p: &apb::RolePolicy) {
             "active: requires justification".into(),
             p.active_requires_justification.to_string(),
         ],
+        vec!["etag".into(), p.etag.clone()],
     ];
     print_table(&["SETTING", "VALUE"], rows);
 }
@@ -575,40 +588,34 @@ pub(crate) async fn policy(cmd: PolicyCommand) -> anyhow::Result<i32> {
         PolicyCommand::Set(a) => {
             let session = Session::open(&a.client, true)?;
             let role_id = session.role_id(&a.role).await?;
-            let mut policies = PolicyServiceClient::new(session.channel.clone());
-            let mut p = policies
-                .get_role_policy(session.request(apb::GetRolePolicyRequest {
-                    role_id,
-                    scope: a.scope.clone(),
-                })?)
-                .await
-                .map_err(explain)?
-                .into_inner();
-            p.scope = a.scope.clone();
-            let changed = a.activation_max.is_some()
-                || a.require_mfa.is_some()
-                || a.require_justification.is_some()
-                || a.require_ticket.is_some()
-                || a.require_approval.is_some()
-                || a.approvers.is_some()
-                || a.approval_timeout.is_some()
-                || a.mfa_freshness.is_some()
-                || a.allow_permanent_active.is_some()
-                || a.allow_permanent_eligible.is_some();
+            // Only what was named is sent, with a mask naming it: the server merges it onto
+            // the policy in force, so nothing else changes (and no concurrent change is lost).
+            let mut p = apb::RolePolicy {
+                role_id,
+                scope: a.scope.clone(),
+                etag: a.etag.clone().unwrap_or_default(),
+                ..Default::default()
+            };
+            let mut mask = Vec::new();
             if let Some(d) = a.activation_max {
                 p.activation_max_duration = Some(pb_duration(d));
+                mask.push("activation_max_duration");
             }
             if let Some(v) = a.require_mfa {
                 p.activation_requires_mfa = v;
+                mask.push("activation_requires_mfa");
             }
             if let Some(v) = a.require_justification {
                 p.activation_requires_justification = v;
+                mask.push("activation_requires_justification");
             }
             if let Some(v) = a.require_ticket {
                 p.activation_requires_ticket = v;
+                mask.push("activation_requires_ticket");
             }
             if let Some(v) = a.require_approval {
                 p.approval_required = v;
+                mask.push("approval_required");
             }
             if let Some(v) = a.approvers {
                 let mut ids = Vec::new();
@@ -621,24 +628,34 @@ pub(crate) async fn policy(cmd: PolicyCommand) -> anyhow::Result<i32> {
                     );
                 }
                 p.approver_ids = ids;
+                mask.push("approver_ids");
             }
             if let Some(d) = a.approval_timeout {
                 p.approval_timeout = Some(pb_duration(d));
+                mask.push("approval_timeout");
             }
             if let Some(d) = a.mfa_freshness {
                 p.mfa_freshness = Some(pb_duration(d));
+                mask.push("mfa_freshness");
             }
             if let Some(v) = a.allow_permanent_active {
                 p.active_allow_permanent = v;
+                mask.push("active_allow_permanent");
             }
             if let Some(v) = a.allow_permanent_eligible {
                 p.eligible_allow_permanent = v;
+                mask.push("eligible_allow_permanent");
             }
-            if !changed {
+            if mask.is_empty() {
                 bail!("nothing to change: pass at least one setting (see pim policy set --help)");
             }
-            let updated = policies
-                .update_role_policy(session.request(apb::UpdateRolePolicyRequest { policy: Some(p) })?)
+            let updated = PolicyServiceClient::new(session.channel.clone())
+                .update_role_policy(session.request(apb::UpdateRolePolicyRequest {
+                    policy: Some(p),
+                    update_mask: Some(prost_types::FieldMask {
+                        paths: mask.into_iter().map(str::to_owned).collect(),
+                    }),
+                })?)
                 .await
                 .map_err(explain)?
                 .into_inner();

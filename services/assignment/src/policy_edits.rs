@@ -1,0 +1,391 @@
+//! Changing a role policy safely: which settings an update names (its field mask, AIP-134),
+//! the version it was based on (its etag, AIP-154), and what the change did, setting by
+//! setting, with the ones that lower protection marked.
+
+use std::time::Duration;
+
+use sha2::Digest;
+
+use crate::domain::Policy;
+use crate::error::{Error, Result};
+
+/// Declares the settings once: the enum, every setting in the API's order, and each one's
+/// field name in the API's `RolePolicy` message.
+macro_rules! settings {
+    ($($setting:ident = $name:literal,)*) => {
+        /// One setting of a role policy.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+        pub enum Setting {
+            $($setting,)*
+        }
+
+        impl Setting {
+            pub const ALL: &'static [Setting] = &[$(Setting::$setting,)*];
+
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(Setting::$setting => $name,)*
+                }
+            }
+        }
+    };
+}
+
+settings! {
+    ActivationMaxDuration = "activation_max_duration",
+    ActivationRequiresMfa = "activation_requires_mfa",
+    ActivationRequiresJustification = "activation_requires_justification",
+    ActivationRequiresTicket = "activation_requires_ticket",
+    ApprovalRequired = "approval_required",
+    ApproverIds = "approver_ids",
+    ApprovalTimeout = "approval_timeout",
+    EligibleAllowPermanent = "eligible_allow_permanent",
+    EligibleMaxDuration = "eligible_max_duration",
+    ActiveAllowPermanent = "active_allow_permanent",
+    ActiveMaxDuration = "active_max_duration",
+    ActiveRequiresJustification = "active_requires_justification",
+    MfaFreshness = "mfa_freshness",
+    MinActivationBeforeDeactivate = "min_activation_before_deactivate",
+    ApprovalStages = "approval_stages",
+}
+
+use Setting::*;
+
+impl Setting {
+    /// Groups of settings a mask may name as one, as Entra's role settings group them.
+    pub const GROUPS: [(&'static str, &'static [Setting]); 4] = [
+        (
+            "activation",
+            &[
+                ActivationMaxDuration,
+                ActivationRequiresMfa,
+                ActivationRequiresJustification,
+                ActivationRequiresTicket,
+                MfaFreshness,
+                MinActivationBeforeDeactivate,
+            ],
+        ),
+        (
+            "approval",
+            &[ApprovalRequired, ApproverIds, ApprovalTimeout, ApprovalStages],
+        ),
+        ("eligible", &[EligibleAllowPermanent, EligibleMaxDuration]),
+        (
+            "active",
+            &[ActiveAllowPermanent, ActiveMaxDuration, ActiveRequiresJustification],
+        ),
+    ];
+
+    /// The settings an update mask names. No paths, or `*`, is the whole policy (AIP-134);
+    /// an unknown path is INVALID_ARGUMENT listing what may be named.
+    pub fn from_mask(paths: &[String]) -> Result<Vec<Setting>> {
+        if paths.is_empty() || paths.iter().any(|p| p.trim() == "*") {
+            return Ok(Self::ALL.to_vec());
+        }
+        let mut named = Vec::new();
+        let mut unknown = Vec::new();
+        for path in paths {
+            // A path may name the field inside the resource (`policy.approval_required`).
+            let path = path.trim();
+            let path = path.strip_prefix("policy.").unwrap_or(path);
+            if let Some(setting) = Self::ALL.iter().find(|s| s.name() == path) {
+                named.push(*setting);
+            } else if let Some((_, group)) = Self::GROUPS.iter().find(|(g, _)| *g == path) {
+                named.extend_from_slice(group);
+            } else {
+                unknown.push(path.to_owned());
+            }
+        }
+        if !unknown.is_empty() {
+            let fields: Vec<&str> = Self::ALL.iter().map(|s| s.name()).collect();
+            let groups: Vec<&str> = Self::GROUPS.iter().map(|(g, _)| *g).collect();
+            return Err(Error::invalid(
+                "update_mask",
+                format!(
+                    "names no policy setting: {}; name one of {}, a group ({}) or *",
+                    unknown.join(", "),
+                    fields.join(", "),
+                    groups.join(", ")
+                ),
+            ));
+        }
+        named.sort();
+        named.dedup();
+        Ok(named)
+    }
+}
+
+/// `base` with the `settings` taken from `asked`: what an update with that mask stores.
+pub fn merged(base: &Policy, asked: &Policy, settings: &[Setting]) -> Policy {
+    let mut out = base.clone();
+    for setting in settings {
+        match setting {
+            ActivationMaxDuration => out.activation_max_duration = asked.activation_max_duration,
+            ActivationRequiresMfa => out.activation_requires_mfa = asked.activation_requires_mfa,
+            ActivationRequiresJustification => {
+                out.activation_requires_justification = asked.activation_requires_justification
+            }
+            ActivationRequiresTicket => out.activation_requires_ticket = asked.activation_requires_ticket,
+            ApprovalRequired => out.approval_required = asked.approval_required,
+            ApproverIds => out.approver_ids = asked.approver_ids.clone(),
+            ApprovalTimeout => out.approval_timeout = asked.approval_timeout,
+            EligibleAllowPermanent => out.eligible_allow_permanent = asked.eligible_allow_permanent,
+            EligibleMaxDuration => out.eligible_max_duration = asked.eligible_max_duration,
+            ActiveAllowPermanent => out.active_allow_permanent = asked.active_allow_permanent,
+            ActiveMaxDuration => out.active_max_duration = asked.active_max_duration,
+            ActiveRequiresJustification => out.active_requires_justification = asked.active_requires_justification,
+            MfaFreshness => out.mfa_freshness = asked.mfa_freshness,
+            MinActivationBeforeDeactivate => {
+                out.min_activation_before_deactivate = asked.min_activation_before_deactivate
+            }
+            ApprovalStages => out.approval_stages = asked.approval_stages.clone(),
+        }
+    }
+    out
+}
+
+/// The version of the policy in force at a scope, as clients see it (`RolePolicy.etag`): a
+/// digest of its settings and of where it is set, so it changes with either.
+pub fn etag(policy: &Policy, set_at: Option<&str>) -> String {
+    let json = serde_json::to_string(policy).unwrap_or_default();
+    let digest = sha2::Sha256::new()
+        .chain_update(set_at.unwrap_or("(defaults)"))
+        .chain_update([0])
+        .chain_update(json)
+        .finalize();
+    format!("\"{}\"", hex(&digest[..12]))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// One setting an update changed: its value before and after, as text, and whether the
+/// change lowers protection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    pub setting: Setting,
+    pub before: String,
+    pub after: String,
+    pub weakens: bool,
+}
+
+/// Every setting that differs between `before` and `after`, in the API's order.
+pub fn changes(before: &Policy, after: &Policy) -> Vec<Change> {
+    Setting::ALL
+        .iter()
+        .filter_map(|&setting| {
+            let (b, a) = (shown(before, setting), shown(after, setting));
+            (b != a).then(|| Change {
+                setting,
+                weakens: weakens(setting, before, after),
+                before: b,
+                after: a,
+            })
+        })
+        .collect()
+}
+
+/// Whether changing `setting` from `before` to `after` lowers protection: a requirement
+/// switched off, a longer limit or window, permanence allowed, fewer approvers or stages, or
+/// fewer approvals needed.
+fn weakens(setting: Setting, before: &Policy, after: &Policy) -> bool {
+    let off = |b: bool, a: bool| b && !a;
+    let on = |b: bool, a: bool| !b && a;
+    match setting {
+        ActivationRequiresMfa => off(before.activation_requires_mfa, after.activation_requires_mfa),
+        ActivationRequiresJustification => off(
+            before.activation_requires_justification,
+            after.activation_requires_justification,
+        ),
+        ActivationRequiresTicket => off(before.activation_requires_ticket, after.activation_requires_ticket),
+        ApprovalRequired => off(before.approval_required, after.approval_required),
+        ActiveRequiresJustification => off(
+            before.active_requires_justification,
+            after.active_requires_justification,
+        ),
+        EligibleAllowPermanent => on(before.eligible_allow_permanent, after.eligible_allow_permanent),
+        ActiveAllowPermanent => on(before.active_allow_permanent, after.active_allow_permanent),
+        ActivationMaxDuration => after.activation_max_duration > before.activation_max_duration,
+        EligibleMaxDuration => after.eligible_max_duration > before.eligible_max_duration,
+        ActiveMaxDuration => after.active_max_duration > before.active_max_duration,
+        MfaFreshness => after.mfa_freshness > before.mfa_freshness,
+        // Deactivating sooner is the safe direction; a floor on it protects nothing.
+        MinActivationBeforeDeactivate => false,
+        // Longer to wait is not weaker: a request nobody decides expires denied.
+        ApprovalTimeout => false,
+        ApproverIds => before.approver_ids.iter().any(|id| !after.approver_ids.contains(id)),
+        ApprovalStages => {
+            let required = |p: &Policy| p.approval_stages.iter().map(|s| s.approvals_required).sum::<u32>();
+            let approvers = |p: &Policy| {
+                p.approval_stages
+                    .iter()
+                    .flat_map(|s| s.approver_ids.iter())
+                    .cloned()
+                    .collect::<std::collections::BTreeSet<_>>()
+            };
+            after.approval_stages.len() < before.approval_stages.len()
+                || required(after) < required(before)
+                || !approvers(before).is_subset(&approvers(after))
+        }
+    }
+}
+
+/// A setting's value as people read it (`8h`, `on`, approver ids joined).
+fn shown(p: &Policy, setting: Setting) -> String {
+    let flag = |b: bool| if b { "on" } else { "off" }.to_owned();
+    match setting {
+        ActivationMaxDuration => short(p.activation_max_duration),
+        ActivationRequiresMfa => flag(p.activation_requires_mfa),
+        ActivationRequiresJustification => flag(p.activation_requires_justification),
+        ActivationRequiresTicket => flag(p.activation_requires_ticket),
+        ApprovalRequired => flag(p.approval_required),
+        ApproverIds => p.approver_ids.join(","),
+        ApprovalTimeout => short(p.approval_timeout),
+        EligibleAllowPermanent => flag(p.eligible_allow_permanent),
+        EligibleMaxDuration => short(p.eligible_max_duration),
+        ActiveAllowPermanent => flag(p.active_allow_permanent),
+        ActiveMaxDuration => short(p.active_max_duration),
+        ActiveRequiresJustification => flag(p.active_requires_justification),
+        MfaFreshness => short(p.mfa_freshness),
+        MinActivationBeforeDeactivate => short(p.min_activation_before_deactivate),
+        ApprovalStages => p
+            .approval_stages
+            .iter()
+            .map(|s| {
+                format!(
+                    "{} of [{}] within {}",
+                    s.approvals_required,
+                    s.approver_ids.join(","),
+                    short(s.timeout)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; "),
+    }
+}
+
+/// A duration in its largest whole unit: `30d`, `8h`, `90m`, `45s`.
+pub fn short(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0 => "0s".to_owned(),
+        s if s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s % 3_600 == 0 => format!("{}h", s / 3_600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{ApprovalStage, HOUR};
+
+    #[test]
+    fn a_mask_names_settings_groups_or_everything() {
+        let paths = |p: &[&str]| p.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(Setting::from_mask(&[]).unwrap(), Setting::ALL.to_vec());
+        assert_eq!(Setting::from_mask(&paths(&["*"])).unwrap(), Setting::ALL.to_vec());
+        assert_eq!(
+            Setting::from_mask(&paths(&["approval_required", "policy.approval_required"])).unwrap(),
+            vec![ApprovalRequired]
+        );
+        assert_eq!(
+            Setting::from_mask(&paths(&["approval"])).unwrap(),
+            vec![ApprovalRequired, ApproverIds, ApprovalTimeout, ApprovalStages]
+        );
+        let err = Setting::from_mask(&paths(&["approval_required", "mfa", "x"])).unwrap_err();
+        assert!(
+            matches!(&err, Error::InvalidArgument { field: "update_mask", message } if message.contains("mfa, x")),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn a_merge_takes_only_the_named_settings() {
+        let base = Policy::default();
+        let asked = Policy {
+            approval_required: true,
+            activation_requires_mfa: false,
+            activation_max_duration: 2 * HOUR,
+            ..Policy::default()
+        };
+        let out = merged(&base, &asked, &[ApprovalRequired]);
+        assert!(out.approval_required);
+        assert!(out.activation_requires_mfa, "MFA is not in the mask");
+        assert_eq!(out.activation_max_duration, base.activation_max_duration);
+        assert_eq!(merged(&base, &asked, Setting::ALL), asked);
+    }
+
+    #[test]
+    fn changes_say_which_lower_protection() {
+        let before = Policy {
+            approval_required: true,
+            approver_ids: vec!["a".into(), "b".into()],
+            approval_stages: vec![ApprovalStage {
+                approver_ids: vec!["a".into()],
+                approvals_required: 2,
+                ..ApprovalStage::default()
+            }],
+            ..Policy::default()
+        };
+        let stronger = Policy {
+            activation_max_duration: 2 * HOUR,
+            activation_requires_ticket: true,
+            approver_ids: vec!["a".into(), "b".into(), "c".into()],
+            ..before.clone()
+        };
+        assert!(changes(&before, &stronger).iter().all(|c| !c.weakens));
+        assert_eq!(changes(&before, &stronger).len(), 3);
+        let weaker = Policy {
+            activation_requires_mfa: false,
+            approval_required: false,
+            activation_max_duration: 24 * HOUR,
+            active_allow_permanent: true,
+            approver_ids: vec!["a".into()],
+            approval_stages: vec![ApprovalStage {
+                approver_ids: vec!["a".into()],
+                approvals_required: 1,
+                ..ApprovalStage::default()
+            }],
+            ..before.clone()
+        };
+        let diff = changes(&before, &weaker);
+        assert!(diff.iter().all(|c| c.weakens), "{diff:?}");
+        let names: Vec<&str> = diff.iter().map(|c| c.setting.name()).collect();
+        assert_eq!(
+            names,
+            [
+                "activation_max_duration",
+                "activation_requires_mfa",
+                "approval_required",
+                "approver_ids",
+                "active_allow_permanent",
+                "approval_stages"
+            ]
+        );
+        let mfa = diff.iter().find(|c| c.setting == ActivationRequiresMfa).unwrap();
+        assert_eq!((mfa.before.as_str(), mfa.after.as_str()), ("on", "off"));
+        assert_eq!(diff[0].before, "8h");
+        assert_eq!(diff[0].after, "1d");
+    }
+
+    #[test]
+    fn an_etag_follows_the_settings_and_where_they_are_set() {
+        let p = Policy::default();
+        let e = etag(&p, Some("/"));
+        assert_eq!(e, etag(&p.clone(), Some("/")));
+        assert_ne!(e, etag(&p, None));
+        assert_ne!(
+            e,
+            etag(
+                &Policy {
+                    approval_required: true,
+                    ..p
+                },
+                Some("/")
+            )
+        );
+    }
+}
