@@ -27,7 +27,7 @@ impl World {
     }
 
     /// Every alert so far.
-    async fn all_alerts(&self) -> anyhow::Result<Vec<pb::Alert>> {
+    pub(crate) async fn all_alerts(&self) -> anyhow::Result<Vec<pb::Alert>> {
         Ok(self
             .alerts()
             .list_alerts(authed(
@@ -43,7 +43,7 @@ impl World {
     }
 
     /// Waits for an alert of `rule` that `matches`.
-    async fn alert(&self, rule: &str, matches: impl Fn(&pb::Alert) -> bool) -> anyhow::Result<pb::Alert> {
+    pub(crate) async fn alert(&self, rule: &str, matches: impl Fn(&pb::Alert) -> bool) -> anyhow::Result<pb::Alert> {
         eventually(Duration::from_secs(10), rule, || async {
             Ok(self
                 .all_alerts()

@@ -13,6 +13,7 @@ mod layering;
 mod mfa;
 mod protection;
 mod reviews;
+mod roles;
 mod secrets;
 mod slice;
 mod split;

@@ -84,10 +84,15 @@ pub struct Subject {
     pub scope: String,
 }
 
-fn privileged(role_id: &str) -> bool {
-    pim_proto::catalogue::BUILT_IN_ROLES
+/// Whether a role is privileged: a built-in one so marked, or a custom one assignment said is.
+async fn privileged<C: sea_orm::ConnectionTrait>(c: &C, role_id: &str) -> Result<bool> {
+    if pim_proto::catalogue::BUILT_IN_ROLES
         .iter()
         .any(|r| r.privileged && r.id == role_id)
+    {
+        return Ok(true);
+    }
+    Ok(store::custom_role_privileged(c, role_id).await?)
 }
 
 fn event_time(envelope: &Envelope) -> i64 {
@@ -387,7 +392,7 @@ impl Alerts {
             }
             "EligibilityGranted" | "EligibilityUpdated" | "ActiveAssignmentGranted" | "ActiveAssignmentUpdated" => {
                 let a: ev::AssignmentChanged = decode(e)?;
-                if !privileged(&a.role_id) {
+                if !privileged(txn, &a.role_id).await? {
                     return Ok(());
                 }
                 let end = a.end_time.as_ref().map(from_timestamp);
@@ -450,7 +455,7 @@ impl Alerts {
             "RoleActivated" => {
                 let a: ev::RoleActivated = decode(e)?;
                 // Frequent activation is about any role; the counts only about privileged ones.
-                if privileged(&a.role_id) {
+                if privileged(txn, &a.role_id).await? {
                     store::upsert_privileged(
                         txn,
                         &store::Privileged {
@@ -519,13 +524,26 @@ impl Alerts {
                 )
                 .await?;
             }
+            "RoleDefinitionCreated" => {
+                let r: ev::RoleDefinitionCreated = decode(e)?;
+                store::upsert_custom_role(txn, &r.role_id, r.privileged).await?;
+            }
+            "RoleDefinitionUpdated" => {
+                let r: ev::RoleDefinitionUpdated = decode(e)?;
+                store::upsert_custom_role(txn, &r.role_id, r.privileged).await?;
+                self.role_weakened(txn, e, &r).await?;
+            }
+            "RoleDefinitionDeleted" => {
+                let r: ev::RoleDefinitionDeleted = decode(e)?;
+                store::forget_custom_role(txn, &r.role_id).await?;
+            }
             "PolicyUpdated" => {
                 let p: ev::PolicyUpdated = decode(e)?;
                 if p.weakened {
                     self.policy_weakened(txn, e, &p).await?;
                 }
                 let key = format!("no_mfa:{}:{}", p.role_id, p.scope);
-                if privileged(&p.role_id) && !p.activation_requires_mfa {
+                if !p.activation_requires_mfa && privileged(txn, &p.role_id).await? {
                     let subject = Subject {
                         role_id: p.role_id,
                         scope: p.scope,
@@ -623,17 +641,62 @@ impl Alerts {
             role_id: p.role_id.clone(),
             scope: p.scope.clone(),
         };
-        let severity = privileged(&p.role_id).then_some("high");
+        let severity = privileged(txn, &p.role_id).await?.then_some("high");
+        self.raise_weakened(txn, e, subject, figures, severity).await
+    }
+
+    /// One `policy_weakened` alert per change (keyed by its event).
+    async fn raise_weakened(
+        &self,
+        txn: &DatabaseTransaction,
+        e: &Envelope,
+        subject: Subject,
+        figures: BTreeMap<String, String>,
+        severity: Option<&str>,
+    ) -> Result<()> {
+        let key = format!("policy_weakened:{}", e.id);
         self.raise_as(
             txn,
             rules::POLICY_WEAKENED,
-            &format!("policy_weakened:{}", e.id),
+            &key,
             subject,
             std::slice::from_ref(&e.id),
             figures,
             severity,
         )
         .await
+    }
+
+    /// A privileged custom role that gained permissions, or stopped being privileged, lowers
+    /// protection as a weakened policy does: the same alert, with what changed.
+    async fn role_weakened(
+        &self,
+        txn: &DatabaseTransaction,
+        e: &Envelope,
+        r: &ev::RoleDefinitionUpdated,
+    ) -> Result<()> {
+        let gained = (r.privileged || r.was_privileged) && !r.permissions_added.is_empty();
+        let unmarked = r.was_privileged && !r.privileged;
+        if !gained && !unmarked {
+            return Ok(());
+        }
+        let mut figures = BTreeMap::new();
+        let mut weakened = Vec::new();
+        if gained {
+            figures.insert("permissions_added".to_owned(), r.permissions_added.join(" "));
+            weakened.push("permissions");
+        }
+        if unmarked {
+            figures.insert("privileged".to_owned(), "on -> off (weaker)".to_owned());
+            weakened.push("privileged");
+        }
+        figures.insert("weakened".to_owned(), weakened.join(","));
+        let subject = Subject {
+            principal_id: r.actor.as_ref().map(|a| a.principal_id.clone()).unwrap_or_default(),
+            role_id: r.role_id.clone(),
+            scope: "/".to_owned(),
+        };
+        self.raise_weakened(txn, e, subject, figures, Some("high")).await
     }
 
     async fn check_mfa_failures(

@@ -95,6 +95,14 @@ impl MigratorTrait for Migrator {
                 .to_owned()
             }),
             backbone_replay_migration(),
+            // Custom roles, as assignment announces them: which are privileged.
+            SqlMigration::boxed("m0003_custom_roles", |_| {
+                "CREATE TABLE custom_roles (
+                    role_id TEXT PRIMARY KEY,
+                    privileged BOOLEAN NOT NULL
+                )"
+                .to_owned()
+            }),
         ]
     }
 }
@@ -418,6 +426,36 @@ pub async fn eligibilities_unused_since<C: ConnectionTrait>(
         ))
     })
     .collect()
+}
+
+/// Records a custom role (created or changed) and whether it is privileged.
+pub async fn upsert_custom_role<C: ConnectionTrait>(c: &C, role_id: &str, privileged: bool) -> Result<(), DbErr> {
+    db::exec(
+        c,
+        "INSERT INTO custom_roles (role_id, privileged) VALUES ($1, $2) \
+         ON CONFLICT (role_id) DO UPDATE SET privileged = excluded.privileged",
+        vec![role_id.into(), privileged.into()],
+    )
+    .await?;
+    Ok(())
+}
+
+pub async fn forget_custom_role<C: ConnectionTrait>(c: &C, role_id: &str) -> Result<(), DbErr> {
+    db::exec(c, "DELETE FROM custom_roles WHERE role_id = $1", vec![role_id.into()]).await?;
+    Ok(())
+}
+
+/// Whether a custom role is known and privileged.
+pub async fn custom_role_privileged<C: ConnectionTrait>(c: &C, role_id: &str) -> Result<bool, DbErr> {
+    Ok(db::query_one(
+        c,
+        "SELECT privileged FROM custom_roles WHERE role_id = $1",
+        vec![role_id.into()],
+    )
+    .await?
+    .map(|r| col::<bool>(&r, "privileged"))
+    .transpose()?
+    .unwrap_or(false))
 }
 
 pub async fn forget_privileged<C: ConnectionTrait>(c: &C, assignment_id: &str) -> Result<(), DbErr> {

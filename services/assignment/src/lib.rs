@@ -240,7 +240,7 @@ impl Service for Assignment {
         if let (Some(redis), Some(from)) = (&self.redis, &self.tail_from) {
             // Other replicas' writes reach this replica's access index: the stream says which
             // assignments changed, the database what they are now (never the event's body).
-            let (changed, mut to_read) = tokio::sync::mpsc::unbounded_channel::<(String, Option<String>)>();
+            let (changed, mut to_read) = tokio::sync::mpsc::unbounded_channel::<(String, Changed)>();
             tasks.push(pim_runtime::events::tail(
                 redis.clone(),
                 self.config.stream_prefix.clone(),
@@ -251,13 +251,34 @@ impl Service for Assignment {
                 // Every type: which assignment changed is read from any of them.
                 |_| true,
                 move |entry_id, envelope| {
-                    let _ = changed.send((entry_id.to_owned(), index::AccessIndex::assignment_named(envelope)));
+                    let what = if short_type(envelope).starts_with("RoleDefinition") {
+                        Changed::Roles
+                    } else {
+                        Changed::Assignment(index::AccessIndex::assignment_named(envelope))
+                    };
+                    let _ = changed.send((entry_id.to_owned(), what));
                 },
             ));
             let assignments = self.assignments.clone();
             tasks.push(tokio::spawn(async move {
                 while let Some(batch) = next_batch(&mut to_read).await {
-                    let ids: Vec<String> = batch.iter().filter_map(|(_, id)| id.clone()).collect();
+                    // A role definition changed: the catalogue is read again (from the
+                    // database, as the assignments are), before the batch counts as applied.
+                    if batch.iter().any(|(_, what)| matches!(what, Changed::Roles)) {
+                        let mut delay = std::time::Duration::from_millis(100);
+                        while let Err(err) = assignments.roles.reload(&assignments.db).await {
+                            tracing::warn!(error = %format!("{err:#}"), "reloading role definitions failed; retrying");
+                            tokio::time::sleep(delay).await;
+                            delay = (delay * 2).min(std::time::Duration::from_secs(5));
+                        }
+                    }
+                    let ids: Vec<String> = batch
+                        .iter()
+                        .filter_map(|(_, what)| match what {
+                            Changed::Assignment(id) => id.clone(),
+                            Changed::Roles => None,
+                        })
+                        .collect();
                     // A database that does not answer now answers a moment later; the
                     // stream has moved on, so the ids are kept until it does.
                     let mut delay = std::time::Duration::from_millis(100);
@@ -330,4 +351,12 @@ impl Service for Assignment {
         }));
         tasks
     }
+}
+
+/// What an entry of the assignment stream tells a replica's memory to read again.
+enum Changed {
+    /// The assignment it names, if any.
+    Assignment(Option<String>),
+    /// The role definitions.
+    Roles,
 }

@@ -193,6 +193,13 @@ impl MigratorTrait for Migrator {
                 // Why a request ended as it did, for its requester (an approver's words).
                 "ALTER TABLE requests ADD COLUMN outcome_reason TEXT NOT NULL DEFAULT ''".to_owned()
             }),
+            SqlMigration::boxed("m0009_custom_roles", |_| {
+                // A deleted custom role is kept (requests and ended assignments name it) but
+                // leaves the catalogue and frees its name; names are unique whatever their case.
+                "ALTER TABLE role_definitions ADD COLUMN deleted_at BIGINT;
+                 CREATE UNIQUE INDEX role_definitions_name_ci ON role_definitions (lower(name))"
+                    .to_owned()
+            }),
         ]
     }
 }
@@ -219,7 +226,8 @@ pub struct RoleRow {
 pub async fn roles<C: ConnectionTrait>(c: &C) -> Result<Vec<RoleRow>, DbErr> {
     db::query(
         c,
-        "SELECT id, name, description, permissions, built_in, privileged FROM role_definitions ORDER BY name",
+        "SELECT id, name, description, permissions, built_in, privileged FROM role_definitions \
+         WHERE deleted_at IS NULL ORDER BY name",
         vec![],
     )
     .await?
@@ -863,6 +871,71 @@ pub async fn list_requests<C: ConnectionTrait>(
     }
     sql.push_str(&format!(" ORDER BY id LIMIT {limit}"));
     db::rows(c, &sql, values, RequestRow::from_row).await
+}
+
+/// Stores a new custom role; false when its name (in any case) is taken.
+pub async fn insert_role<C: ConnectionTrait>(c: &C, r: &RoleRow, now: i64) -> Result<bool, DbErr> {
+    db::exec(
+        c,
+        "INSERT INTO role_definitions (id, name, description, permissions, built_in, privileged, created_at) \
+         VALUES ($1, $2, $3, $4, FALSE, $5, $6) ON CONFLICT DO NOTHING",
+        vec![
+            r.id.clone().into(),
+            r.name.clone().into(),
+            r.description.clone().into(),
+            r.permissions.join(" ").into(),
+            r.privileged.into(),
+            now.into(),
+        ],
+    )
+    .await
+    .map(|n| n == 1)
+}
+
+/// Changes a custom role (never a built-in or deleted one); whether it was changed.
+pub async fn update_role<C: ConnectionTrait>(c: &C, r: &RoleRow) -> Result<bool, DbErr> {
+    db::exec(
+        c,
+        "UPDATE role_definitions SET description = $2, permissions = $3, privileged = $4 \
+         WHERE id = $1 AND built_in = FALSE AND deleted_at IS NULL",
+        vec![
+            r.id.clone().into(),
+            r.description.clone().into(),
+            r.permissions.join(" ").into(),
+            r.privileged.into(),
+        ],
+    )
+    .await
+    .map(|n| n == 1)
+}
+
+/// Deletes a custom role that no assignment in force or scheduled, and no request waiting
+/// for approval, names: one statement, so none can be made between the count and the delete
+/// on this database. The row stays for history, renamed to free the name. Whether it went.
+pub async fn delete_role<C: ConnectionTrait>(c: &C, id: &str, now: i64) -> Result<bool, DbErr> {
+    db::exec(
+        c,
+        "UPDATE role_definitions SET deleted_at = $2, name = name || ' (deleted ' || id || ')' \
+         WHERE id = $1 AND built_in = FALSE AND deleted_at IS NULL \
+           AND NOT EXISTS (SELECT 1 FROM assignments WHERE role_id = $1 AND status = 'active') \
+           AND NOT EXISTS (SELECT 1 FROM requests WHERE role_id = $1 AND status = 'PendingApproval')",
+        vec![id.into(), now.into()],
+    )
+    .await
+    .map(|n| n == 1)
+}
+
+/// How many assignments in force or scheduled, and requests waiting, name the role.
+pub async fn role_uses<C: ConnectionTrait>(c: &C, id: &str) -> Result<(i64, i64), DbErr> {
+    let row = db::query_one(
+        c,
+        "SELECT (SELECT COUNT(*) FROM assignments WHERE role_id = $1 AND status = 'active') AS assigned, \
+                (SELECT COUNT(*) FROM requests WHERE role_id = $1 AND status = 'PendingApproval') AS waiting",
+        vec![id.into()],
+    )
+    .await?
+    .ok_or_else(|| DbErr::RecordNotFound("counts".into()))?;
+    Ok((col(&row, "assigned")?, col(&row, "waiting")?))
 }
 
 /// The role's policies set at any of `scopes`: (scope, policy JSON).

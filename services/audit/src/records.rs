@@ -320,6 +320,28 @@ pub fn record(envelope: &Envelope, correlator: &Correlator) -> anyhow::Result<Re
             r.outcome = "detected".into();
             json!({"system": e.system})
         }
+        "RoleDefinitionCreated" => {
+            let e: ev::RoleDefinitionCreated = decode(envelope)?;
+            set_actor(&mut r, &e.actor);
+            (r.target_id, r.target_name, r.role_id) = (e.role_id.clone(), e.name.clone(), e.role_id.clone());
+            json!({"name": e.name, "description": e.description, "permissions": e.permissions, "privileged": e.privileged})
+        }
+        "RoleDefinitionUpdated" => {
+            let e: ev::RoleDefinitionUpdated = decode(envelope)?;
+            set_actor(&mut r, &e.actor);
+            (r.target_id, r.target_name, r.role_id) = (e.role_id.clone(), e.name.clone(), e.role_id.clone());
+            json!({
+                "name": e.name, "permissions": e.permissions, "permissions_added": e.permissions_added,
+                "permissions_removed": e.permissions_removed, "privileged": e.privileged,
+                "was_privileged": e.was_privileged,
+            })
+        }
+        "RoleDefinitionDeleted" => {
+            let e: ev::RoleDefinitionDeleted = decode(envelope)?;
+            set_actor(&mut r, &e.actor);
+            (r.target_id, r.target_name, r.role_id) = (e.role_id.clone(), e.name.clone(), e.role_id.clone());
+            json!({"name": e.name})
+        }
         _ => json!({"data_base64": base64::engine::general_purpose::STANDARD.encode(&envelope.data)}),
     };
     r.payload_json = payload.to_string();

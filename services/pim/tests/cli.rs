@@ -853,3 +853,106 @@ fn users_are_managed_and_a_waiting_request_is_withdrawn() {
     up.terminate();
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn custom_roles_are_created_checked_by_permission_and_deleted() {
+    let (dir, up, _server, admin) = up_with_admin();
+    let created = admin.ok(
+        &[
+            "roles",
+            "create",
+            "--name",
+            "Payments Refunder",
+            "--permission",
+            "app.payments/refunds/approve",
+            "--permission",
+            "app.payments/reports/*",
+        ],
+        None,
+    );
+    assert!(
+        created
+            .lines()
+            .any(|l| l.starts_with("privileged") && l.ends_with("false")),
+        "{created}"
+    );
+    let listed = admin.ok(&["roles", "--definitions", "--output", "json"], None);
+    // Kim, not the administrator (a Global Administrator holds every permission everywhere).
+    admin.ok(
+        &["users", "create", "--user-name", "kim", "--password-stdin"],
+        Some("kim's passphrase, long enough\n"),
+    );
+    assert!(listed.contains("Payments Refunder"), "{listed}");
+    admin.ok(
+        &[
+            "assign",
+            "--principal",
+            "kim",
+            "--role",
+            "Payments Refunder",
+            "--kind",
+            "active",
+            "--scope",
+            "/apps/payments",
+            "--duration",
+            "1h",
+            "--justification",
+            "month-end refunds",
+        ],
+        None,
+    );
+    let allowed = admin.run(
+        &[
+            "check",
+            "kim",
+            "--permission",
+            "app.payments/reports/monthly",
+            "--scope",
+            "/apps/payments/eu",
+        ],
+        None,
+    );
+    assert_eq!(
+        allowed.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&allowed.stdout)
+    );
+    let elsewhere = admin.run(
+        &[
+            "check",
+            "kim",
+            "--permission",
+            "app.payments/refunds/approve",
+            "--scope",
+            "/apps/shop",
+        ],
+        None,
+    );
+    assert_eq!(elsewhere.status.code(), Some(1), "not allowed: exit status 1");
+    let in_use = admin.run(&["roles", "delete", "Payments Refunder"], None);
+    assert_eq!(in_use.status.code(), Some(1), "refused while assigned");
+    assert!(String::from_utf8_lossy(&in_use.stderr).contains("1 eligible or active assignment(s)"));
+    admin.ok(
+        &[
+            "unassign",
+            "--principal",
+            "kim",
+            "--role",
+            "Payments Refunder",
+            "--kind",
+            "active",
+            "--scope",
+            "/apps/payments",
+        ],
+        None,
+    );
+    admin.ok(&["roles", "delete", "Payments Refunder"], None);
+    assert!(
+        !admin
+            .ok(&["roles", "--definitions"], None)
+            .contains("Payments Refunder")
+    );
+    up.terminate();
+    std::fs::remove_dir_all(&dir).ok();
+}

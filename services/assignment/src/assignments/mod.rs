@@ -32,9 +32,11 @@ use crate::store::{self, AssignmentRow, RequestRow};
 
 mod activation;
 mod administration;
+mod definitions;
 mod protections;
 mod requests;
 
+pub use definitions::{NewRole, RoleChange};
 pub use protections::LAST_GLOBAL_ADMIN_KEPT;
 use protections::last_global_admin_refused;
 

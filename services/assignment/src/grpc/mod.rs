@@ -18,7 +18,9 @@ use pim_runtime::db::to_timestamp;
 use pim_runtime::events::streams;
 use pim_runtime::grpc::BoxStream;
 
-use crate::assignments::{ActivateRequest, AdminAssignRequest, Assignments, EndRequest, PolicyUpdate};
+use crate::assignments::{
+    ActivateRequest, AdminAssignRequest, Assignments, EndRequest, NewRole, PolicyUpdate, RoleChange,
+};
 use crate::domain::{Kind, Scope};
 use crate::error::Error;
 use crate::policy_edits::Setting;
@@ -53,11 +55,11 @@ impl Assignments {
                         .ok_or_else(|| Error::NotFound(format!("role {role}")))?,
                 )
             }
-            Some(pb::check_access_request::Target::Permission(p)) => Target::Permission(
-                filter(&p)
-                    .ok_or_else(|| Error::invalid("permission", "required"))?
-                    .to_owned(),
-            ),
+            Some(pb::check_access_request::Target::Permission(p)) => {
+                let p = filter(&p).ok_or_else(|| Error::invalid("permission", "required"))?;
+                crate::roles::check_permission(p, true).map_err(|e| Error::invalid("permission", e))?;
+                Target::Permission(p.to_owned())
+            }
             None => return Err(Error::invalid("target", "role_id or permission is required")),
         };
         let scope = Scope::parse(&r.scope)?;
@@ -138,6 +140,46 @@ impl RoleService for Assignments {
             .find(role)
             .ok_or_else(|| Error::NotFound(format!("role {role}")))?;
         Ok(Response::new(role_to_pb(found)))
+    }
+
+    async fn create_role_definition(
+        &self,
+        request: Request<pb::CreateRoleDefinitionRequest>,
+    ) -> Result<Response<pb::RoleDefinition>, Status> {
+        let caller = caller(&request)?.clone();
+        let r = request.into_inner();
+        let new = NewRole {
+            name: r.name,
+            description: r.description,
+            permissions: r.permissions,
+            privileged: r.privileged,
+        };
+        Ok(Response::new(role_to_pb(self.create_role(&caller, new).await?)))
+    }
+
+    async fn update_role_definition(
+        &self,
+        request: Request<pb::UpdateRoleDefinitionRequest>,
+    ) -> Result<Response<pb::RoleDefinition>, Status> {
+        let caller = caller(&request)?.clone();
+        let r = request.into_inner();
+        let change = RoleChange {
+            description: r.description,
+            permissions: (!r.permissions.is_empty()).then_some(r.permissions),
+            privileged: r.privileged,
+        };
+        Ok(Response::new(role_to_pb(
+            self.update_role(&caller, &r.role, change).await?,
+        )))
+    }
+
+    async fn delete_role_definition(
+        &self,
+        request: Request<pb::GetRoleDefinitionRequest>,
+    ) -> Result<Response<pb::DeleteRoleDefinitionResponse>, Status> {
+        let caller = caller(&request)?.clone();
+        self.delete_role(&caller, &request.get_ref().role).await?;
+        Ok(Response::new(pb::DeleteRoleDefinitionResponse {}))
     }
 }
 

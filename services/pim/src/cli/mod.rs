@@ -35,6 +35,7 @@ mod groups;
 mod mfa;
 mod requests;
 mod reviews;
+mod roles;
 mod users;
 
 use users::{UsersCommand, users};
@@ -146,11 +147,15 @@ enum Command {
     /// Manage service principals (apps and bots).
     #[command(subcommand, name = "service-principals", alias = "sp")]
     ServicePrincipals(SpCommand),
-    /// Your roles: eligible and active, including those through groups (--definitions: every role definition).
+    /// Your roles: eligible and active, including those through groups (--definitions: every
+    /// role definition; create, update, delete: custom roles).
+    #[command(args_conflicts_with_subcommands = true)]
     Roles {
         /// List role definitions instead.
         #[arg(long)]
         definitions: bool,
+        #[command(subcommand)]
+        manage: Option<roles::RolesCommand>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -421,13 +426,16 @@ async fn run_command(cli: Cli) -> anyhow::Result<i32> {
         Command::Groups(cmd) => groups::run(cmd).await,
         Command::Users(cmd) => users(cmd).await,
         Command::ServicePrincipals(cmd) => service_principals(cmd).await,
+        Command::Roles { manage: Some(cmd), .. } => roles::manage(cmd).await,
         Command::Roles {
             definitions: true,
             client,
+            ..
         } => roles(client).await,
         Command::Roles {
             definitions: false,
             client,
+            ..
         } => requests::my_roles(client).await,
         Command::Activate(args) => requests::activate(args).await,
         Command::Deactivate(args) => requests::deactivate(args).await,

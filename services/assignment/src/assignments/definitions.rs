@@ -1,0 +1,191 @@
+//! Custom role definitions: created, changed and deleted by those who manage roles; built-in
+//! roles are read-only. Every replica's catalogue reloads from the database when the
+//! assignment stream says a definition changed.
+
+use sea_orm::TransactionTrait;
+
+use pim_proto::events::v1 as ev;
+use pim_runtime::access::permissions;
+use pim_runtime::auth::Caller;
+
+use super::Assignments;
+use crate::domain::Scope;
+use crate::error::{Error, Result};
+use crate::roles::{MAX_PERMISSIONS, check_permission, privileged_permission};
+use crate::store::{self, RoleRow};
+
+const MAX_NAME: usize = 128;
+const MAX_DESCRIPTION: usize = 1024;
+
+/// What a new custom role is to be.
+pub struct NewRole {
+    pub name: String,
+    pub description: String,
+    pub permissions: Vec<String>,
+    pub privileged: bool,
+}
+
+/// What a change of a custom role asks: `None` keeps the value.
+pub struct RoleChange {
+    pub description: Option<String>,
+    pub permissions: Option<Vec<String>>,
+    pub privileged: Option<bool>,
+}
+
+/// A permission set as stored: each one checked, trimmed, without repeats, in order.
+fn permission_set(permissions: Vec<String>) -> Result<Vec<String>> {
+    let mut out: Vec<String> = Vec::new();
+    for p in permissions.iter().map(|p| p.trim()) {
+        check_permission(p, false).map_err(|e| Error::invalid("permissions", e))?;
+        if !out.iter().any(|o| o.eq_ignore_ascii_case(p)) {
+            out.push(p.to_owned());
+        }
+    }
+    if out.is_empty() || out.len() > MAX_PERMISSIONS {
+        return Err(Error::invalid(
+            "permissions",
+            format!("a role holds 1 to {MAX_PERMISSIONS} permissions"),
+        ));
+    }
+    Ok(out)
+}
+
+fn text(field: &'static str, value: &str, max: usize) -> Result<String> {
+    let value = value.trim();
+    if value.chars().count() > max || value.contains('\0') {
+        return Err(Error::invalid(
+            field,
+            format!("must be at most {max} characters of text"),
+        ));
+    }
+    Ok(value.to_owned())
+}
+
+/// Privileged when marked so or when any permission is ([`privileged_permission`]).
+fn is_privileged(marked: bool, permissions: &[String]) -> bool {
+    marked || permissions.iter().any(|p| privileged_permission(p))
+}
+
+impl Assignments {
+    async fn may_manage_roles(&self, caller: &Caller) -> Result<()> {
+        self.authorize(caller, permissions::ROLES_MANAGE, &Scope::root()).await
+    }
+
+    /// The custom role `role` (id or name), or why it cannot be changed.
+    fn custom_role(&self, role: &str) -> Result<RoleRow> {
+        let found = self.role(role)?;
+        if found.built_in {
+            return Err(Error::FailedPrecondition(format!(
+                "{} is a built-in role and cannot be changed; create a custom role instead",
+                found.name
+            )));
+        }
+        Ok(found)
+    }
+
+    pub async fn create_role(&self, caller: &Caller, new: NewRole) -> Result<RoleRow> {
+        self.may_manage_roles(caller).await?;
+        let name = text("name", &new.name, MAX_NAME)?;
+        if name.is_empty() {
+            return Err(Error::invalid("name", "required"));
+        }
+        let permissions = permission_set(new.permissions)?;
+        let role = RoleRow {
+            id: uuid::Uuid::now_v7().to_string(),
+            description: text("description", &new.description, MAX_DESCRIPTION)?,
+            privileged: is_privileged(new.privileged, &permissions),
+            name,
+            permissions,
+            built_in: false,
+        };
+        let event = ev::RoleDefinitionCreated {
+            actor: Some(caller.actor()),
+            role_id: role.id.clone(),
+            name: role.name.clone(),
+            permissions: role.permissions.clone(),
+            privileged: role.privileged,
+            description: role.description.clone(),
+        };
+        let txn = self.db.begin().await?;
+        if !store::insert_role(&txn, &role, self.now()).await? {
+            return Err(Error::AlreadyExists(format!("a role named {} exists", role.name)));
+        }
+        self.emit(&txn, "RoleDefinitionCreated", &role.id, &event).await?;
+        txn.commit().await?;
+        self.roles_changed().await?;
+        Ok(role)
+    }
+
+    pub async fn update_role(&self, caller: &Caller, role: &str, change: RoleChange) -> Result<RoleRow> {
+        self.may_manage_roles(caller).await?;
+        let before = self.custom_role(role)?;
+        let mut after = before.clone();
+        if let Some(description) = change.description {
+            after.description = text("description", &description, MAX_DESCRIPTION)?;
+        }
+        if let Some(permissions) = change.permissions {
+            after.permissions = permission_set(permissions)?;
+        }
+        let marked = change.privileged.unwrap_or(before.privileged);
+        after.privileged = is_privileged(marked, &after.permissions);
+        let missing = |of: &RoleRow, from: &RoleRow| -> Vec<String> {
+            of.permissions
+                .iter()
+                .filter(|p| !from.permissions.contains(p))
+                .cloned()
+                .collect()
+        };
+        let event = ev::RoleDefinitionUpdated {
+            actor: Some(caller.actor()),
+            role_id: after.id.clone(),
+            name: after.name.clone(),
+            permissions: after.permissions.clone(),
+            permissions_added: missing(&after, &before),
+            permissions_removed: missing(&before, &after),
+            privileged: after.privileged,
+            was_privileged: before.privileged,
+        };
+        let txn = self.db.begin().await?;
+        if !store::update_role(&txn, &after).await? {
+            return Err(Error::NotFound(format!("role {role}")));
+        }
+        self.emit(&txn, "RoleDefinitionUpdated", &after.id, &event).await?;
+        txn.commit().await?;
+        self.roles_changed().await?;
+        Ok(after)
+    }
+
+    /// Deletes a custom role nobody holds or waits for; else FAILED_PRECONDITION saying how
+    /// many assignments and requests name it.
+    pub async fn delete_role(&self, caller: &Caller, role: &str) -> Result<()> {
+        self.may_manage_roles(caller).await?;
+        let role = self.custom_role(role)?;
+        let event = ev::RoleDefinitionDeleted {
+            actor: Some(caller.actor()),
+            role_id: role.id.clone(),
+            name: role.name.clone(),
+        };
+        let txn = self.db.begin().await?;
+        if !store::delete_role(&txn, &role.id, self.now()).await? {
+            let (assigned, waiting) = store::role_uses(&txn, &role.id).await?;
+            txn.rollback().await?;
+            if assigned == 0 && waiting == 0 {
+                // Deleted by another call meanwhile.
+                return Err(Error::NotFound(format!("role {}", role.name)));
+            }
+            return Err(Error::FailedPrecondition(format!(
+                "{} still has {assigned} eligible or active assignment(s) and {waiting} request(s) awaiting approval; remove them first",
+                role.name
+            )));
+        }
+        self.emit(&txn, "RoleDefinitionDeleted", &role.id, &event).await?;
+        txn.commit().await?;
+        self.roles_changed().await
+    }
+
+    /// After a definition changed: this replica's catalogue now, the others' from the event.
+    async fn roles_changed(&self) -> Result<()> {
+        self.committed(&[]);
+        self.roles.reload(&self.db).await.map_err(Error::Internal)
+    }
+}

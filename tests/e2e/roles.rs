@@ -1,0 +1,347 @@
+//! Custom roles, on PostgreSQL + Redis and on the embedded default: created with permissions
+//! of an app's own, held just in time like a built-in role, checked by permission (wildcards
+//! included) at a scope and below, and deleted only once nobody holds them.
+
+use std::time::Duration;
+
+use tonic::Code;
+
+use pim_e2e::authed;
+use pim_proto::assignment::v1 as apb;
+use pim_proto::assignment::v1::access_service_client::AccessServiceClient;
+use pim_proto::assignment::v1::policy_service_client::PolicyServiceClient;
+use pim_proto::assignment::v1::role_service_client::RoleServiceClient;
+
+use crate::activation::{EXCHANGE_ADMINISTRATOR, HOUR_MS, World, activation, request, run_on_both};
+
+const PAYMENTS: &str = "/apps/payments";
+
+impl World {
+    fn roles(&self) -> RoleServiceClient<tonic::transport::Channel> {
+        RoleServiceClient::new(self.ts.channel.clone())
+    }
+
+    /// Whether `principal` holds `permission` at `scope` now.
+    async fn check_permission(
+        &self,
+        principal: &str,
+        permission: &str,
+        scope: &str,
+    ) -> anyhow::Result<apb::CheckAccessResponse> {
+        Ok(AccessServiceClient::new(self.ts.channel.clone())
+            .check_access(authed(
+                &self.admin,
+                apb::CheckAccessRequest {
+                    principal_id: principal.into(),
+                    target: Some(apb::check_access_request::Target::Permission(permission.into())),
+                    scope: scope.into(),
+                    ..Default::default()
+                },
+            ))
+            .await?
+            .into_inner())
+    }
+}
+
+fn new_role(name: &str, permissions: &[&str]) -> apb::CreateRoleDefinitionRequest {
+    apb::CreateRoleDefinitionRequest {
+        name: name.into(),
+        description: "Approves refunds of the payments app".into(),
+        permissions: permissions.iter().map(|p| (*p).to_owned()).collect(),
+        privileged: false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custom_roles_grant_their_permissions_just_in_time_and_go_only_when_unused() -> anyhow::Result<()> {
+    run_on_both(|w| async move {
+        let mut roles = w.roles();
+        let refunder = roles
+            .create_role_definition(authed(
+                &w.admin,
+                new_role(
+                    "Payments Refunder",
+                    &["app.payments/refunds/approve", "app.payments/reports/*"],
+                ),
+            ))
+            .await?
+            .into_inner();
+        assert!(!refunder.built_in && !refunder.privileged, "{refunder:?}");
+        let listed = roles
+            .list_role_definitions(authed(&w.admin, apb::ListRoleDefinitionsRequest {}))
+            .await?
+            .into_inner()
+            .roles;
+        assert!(listed.iter().any(|r| r.id == refunder.id));
+
+        // Names are unique whatever their case; permissions are paths; built-ins are read-only;
+        // a role with a permission of the suite's own administration is privileged.
+        let taken = roles
+            .create_role_definition(authed(&w.admin, new_role("payments refunder", &["app.x/y"])))
+            .await
+            .expect_err("name taken");
+        assert_eq!(taken.code(), Code::AlreadyExists, "{taken:?}");
+        let bad = roles
+            .create_role_definition(authed(&w.admin, new_role("Bad", &["app.payments//refunds"])))
+            .await
+            .expect_err("not a permission");
+        assert_eq!(bad.code(), Code::InvalidArgument);
+        assert!(bad.message().contains("permissions"), "{bad:?}");
+        let reader = roles
+            .create_role_definition(authed(
+                &w.admin,
+                new_role("Assignment Reader", &["pim.assignments.read"]),
+            ))
+            .await?
+            .into_inner();
+        assert!(reader.privileged);
+        let built_in = roles
+            .update_role_definition(authed(
+                &w.admin,
+                apb::UpdateRoleDefinitionRequest {
+                    role: EXCHANGE_ADMINISTRATOR.into(),
+                    permissions: vec!["*".into()],
+                    ..Default::default()
+                },
+            ))
+            .await
+            .expect_err("built-in");
+        assert_eq!(built_in.code(), Code::FailedPrecondition);
+        let lee = w.user("lee").await?;
+        // Alerting treats a privileged custom role as a built-in one: activating it without
+        // MFA is flagged (and weakens its policy), and so does a permission added to it.
+        PolicyServiceClient::new(w.ts.channel.clone())
+            .update_role_policy(authed(
+                &w.admin,
+                apb::UpdateRolePolicyRequest {
+                    policy: Some(apb::RolePolicy {
+                        role_id: reader.id.clone(),
+                        scope: "/".into(),
+                        activation_requires_mfa: false,
+                        ..Default::default()
+                    }),
+                    update_mask: Some(prost_types::FieldMask {
+                        paths: vec!["activation_requires_mfa".into()],
+                    }),
+                },
+            ))
+            .await?;
+        w.alert("activation_without_mfa", |a| a.role_id == reader.id).await?;
+        roles
+            .update_role_definition(authed(
+                &w.admin,
+                apb::UpdateRoleDefinitionRequest {
+                    role: reader.id.clone(),
+                    permissions: vec!["pim.assignments.read".into(), "pim.assignments.manage".into()],
+                    ..Default::default()
+                },
+            ))
+            .await?;
+        let weakened = w
+            .alert("policy_weakened", |a| {
+                a.role_id == reader.id && a.figures.contains_key("permissions_added")
+            })
+            .await?;
+        assert_eq!(
+            weakened.figures.get("permissions_added").map(String::as_str),
+            Some("pim.assignments.manage")
+        );
+        let refused = roles
+            .create_role_definition(authed(&lee.token, new_role("Mine", &["app.x/y"])))
+            .await
+            .expect_err("lee manages no roles");
+        assert_eq!(refused.code(), Code::PermissionDenied);
+
+        // Lee is eligible at the payments app and activates the role there, as a built-in one.
+        let eligible = apb::CreateRequestRequest {
+            scope: PAYMENTS.into(),
+            ..request(
+                apb::RequestAction::AdminAssign,
+                apb::AssignmentKind::Eligible,
+                &lee.id,
+                &refunder.id,
+            )
+        };
+        w.assignments().create_request(authed(&w.admin, eligible)).await?;
+        let refund = "app.payments/refunds/approve";
+        assert!(
+            !w.check_permission(&lee.id, refund, PAYMENTS).await?.allowed,
+            "eligible is not active"
+        );
+        let activate = apb::CreateRequestRequest {
+            scope: PAYMENTS.into(),
+            ..activation(&refunder.id, HOUR_MS, "refund backlog INC42")
+        };
+        w.assignments()
+            .create_request(authed(&w.stepped_up(&lee)?, activate))
+            .await?;
+        let below = w.check_permission(&lee.id, refund, "/apps/payments/eu").await?;
+        assert!(
+            below.allowed && below.expires_at.is_some() && below.assignment_ids.len() == 1,
+            "{below:?}"
+        );
+        assert!(
+            w.check_permission(&lee.id, "app.payments/reports/monthly/pdf", PAYMENTS)
+                .await?
+                .allowed,
+            "a last * matches the rest"
+        );
+        assert!(
+            !w.check_permission(&lee.id, refund, "/apps/shop").await?.allowed,
+            "elsewhere"
+        );
+        assert!(
+            !w.check_permission(&lee.id, "app.payments/refunds/read", PAYMENTS)
+                .await?
+                .allowed
+        );
+        assert!(
+            !w.check_permission(&lee.id, "app.payments/reports", PAYMENTS)
+                .await?
+                .allowed
+        );
+        let wildcard = AccessServiceClient::new(w.ts.channel.clone())
+            .check_access(authed(
+                &w.admin,
+                apb::CheckAccessRequest {
+                    principal_id: lee.id.clone(),
+                    target: Some(apb::check_access_request::Target::Permission("app.payments/*".into())),
+                    scope: PAYMENTS.into(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .expect_err("a check names one permission");
+        assert_eq!(wildcard.code(), Code::InvalidArgument);
+
+        // While assigned, the role stays; the refusal says how many hold it.
+        let in_use = roles
+            .delete_role_definition(authed(
+                &w.admin,
+                apb::GetRoleDefinitionRequest {
+                    role: "Payments Refunder".into(),
+                },
+            ))
+            .await
+            .expect_err("assigned");
+        assert_eq!(in_use.code(), Code::FailedPrecondition);
+        assert!(
+            in_use.message().contains("2 eligible or active assignment(s)"),
+            "{in_use:?}"
+        );
+
+        // An hour later the activation has ended, and with it the permission.
+        w.clock.advance(Duration::from_millis(HOUR_MS as u64));
+        w.tick().await?;
+        assert!(
+            !w.check_permission(&lee.id, refund, PAYMENTS).await?.allowed,
+            "after expiry"
+        );
+
+        // Removing the permission from the role removes it from everyone holding the role.
+        roles
+            .update_role_definition(authed(
+                &w.admin,
+                apb::UpdateRoleDefinitionRequest {
+                    role: refunder.id.clone(),
+                    permissions: vec!["app.payments/reports/*".into()],
+                    privileged: Some(false),
+                    ..Default::default()
+                },
+            ))
+            .await?;
+        let got = roles
+            .get_role_definition(authed(
+                &w.admin,
+                apb::GetRoleDefinitionRequest {
+                    role: refunder.id.clone(),
+                },
+            ))
+            .await?
+            .into_inner();
+        assert_eq!(got.permissions, ["app.payments/reports/*"]);
+
+        // Once nobody holds it, it goes: no longer listed, its name free again.
+        let remove = apb::CreateRequestRequest {
+            scope: PAYMENTS.into(),
+            ..request(
+                apb::RequestAction::AdminRemove,
+                apb::AssignmentKind::Eligible,
+                &lee.id,
+                &refunder.id,
+            )
+        };
+        w.assignments().create_request(authed(&w.admin, remove)).await?;
+        roles
+            .delete_role_definition(authed(
+                &w.admin,
+                apb::GetRoleDefinitionRequest {
+                    role: refunder.id.clone(),
+                },
+            ))
+            .await?;
+        let gone = roles
+            .get_role_definition(authed(
+                &w.admin,
+                apb::GetRoleDefinitionRequest {
+                    role: refunder.id.clone(),
+                },
+            ))
+            .await
+            .expect_err("deleted");
+        assert_eq!(gone.code(), Code::NotFound);
+        roles
+            .create_role_definition(authed(
+                &w.admin,
+                new_role("Payments Refunder", &["app.payments/refunds/approve"]),
+            ))
+            .await?;
+        Ok(w)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_defined_on_one_replica_is_known_to_the_others() -> anyhow::Result<()> {
+    let replicas = pim_e2e::Replicas::start(2).await?;
+    let result = async {
+        let admin = replicas.admin.clone();
+        let (a, b) = (replicas.assignment(0).await?, replicas.assignment(1).await?);
+        let created = RoleServiceClient::new(a.clone())
+            .create_role_definition(authed(
+                &admin,
+                new_role("Payments Refunder", &["app.payments/refunds/approve"]),
+            ))
+            .await?
+            .into_inner();
+        let on_b = |role: String| {
+            let (b, admin) = (b.clone(), admin.clone());
+            async move {
+                RoleServiceClient::new(b)
+                    .get_role_definition(authed(&admin, apb::GetRoleDefinitionRequest { role }))
+                    .await
+            }
+        };
+        let seen = pim_e2e::eventually(Duration::from_secs(10), "B knows the new role", || async {
+            Ok(on_b(created.id.clone()).await.ok().map(|r| r.into_inner()))
+        })
+        .await?;
+        assert_eq!(seen.permissions, created.permissions);
+        RoleServiceClient::new(a)
+            .delete_role_definition(authed(
+                &admin,
+                apb::GetRoleDefinitionRequest {
+                    role: created.id.clone(),
+                },
+            ))
+            .await?;
+        pim_e2e::eventually(Duration::from_secs(10), "B forgets the deleted role", || async {
+            Ok(matches!(on_b(created.id.clone()).await, Err(s) if s.code() == Code::NotFound).then_some(()))
+        })
+        .await?;
+        anyhow::Ok(())
+    }
+    .await;
+    replicas.stop().await?;
+    result
+}
