@@ -10,6 +10,8 @@
 //! (without a token, and with a met one) against an empty gRPC call (grpc.health.v1 Check) and
 //! an empty authenticated one, in alternating rounds of the same run: closed-loop throughput
 //! (median ratio of the rounds, with its spread) and open-loop latency at a fixed rate.
+//! `--by-permission`: the assignments hold 200 custom roles of 20 permissions (one a
+//! wildcard) and every check asks about a permission.
 //! consistency: two replicas of assignment, writes on one at a fixed rate, convergence of the
 //! other without a token and its wait with one. activation: selfActivate → CheckAccess says yes, at a
 //! fixed rate. expiry: many activations ending within a minute; lag from each deadline to its
@@ -63,6 +65,10 @@ enum Scenario {
         /// Fixed rate for the latency run (calls per second).
         #[arg(long, default_value_t = 5000)]
         rate: u64,
+        /// Check by permission: 200 custom roles of 20 permissions each (one a wildcard)
+        /// hold the assignments, and each check asks about a permission.
+        #[arg(long)]
+        by_permission: bool,
     },
     /// Two replicas of assignment: assignments made and removed on one at a fixed rate; how
     /// long the other takes to give the new answer without a token (its access-change
@@ -264,23 +270,60 @@ fn roles_array() -> String {
     )
 }
 
-async fn check_access(
+/// What the check-access scenario seeds and asks.
+struct Load {
     principals: u64,
     assignments: u64,
-    concurrency: usize,
-    seconds: u64,
-    rounds: u64,
-    rate: u64,
-) -> anyhow::Result<()> {
+    by_permission: bool,
+}
+
+/// Custom roles of the by-permission load, and the permissions each holds.
+const CUSTOM_ROLES: u64 = 200;
+const PERMISSIONS_PER_ROLE: u64 = 20;
+
+/// The permission `n` of custom role `role`: the last is asked under the role's wildcard.
+fn bench_permission(role: u64, n: u64) -> String {
+    if n + 1 == PERMISSIONS_PER_ROLE {
+        format!("app.bench{}/r{role}/w/approve", role % 10)
+    } else {
+        format!("app.bench{}/r{role}/p{n}", role % 10)
+    }
+}
+
+async fn check_access(load: Load, concurrency: usize, seconds: u64, rounds: u64, rate: u64) -> anyhow::Result<()> {
+    let Load {
+        principals,
+        assignments,
+        by_permission,
+    } = load;
     let ts = bench_suite().await?;
     let t = Instant::now();
+    let role_of = if by_permission {
+        // Each role: 19 permissions by name and one wildcard; a principal's ten grants hold
+        // ten different roles.
+        sql(
+            &ts,
+            &format!(
+                "INSERT INTO role_definitions (id, name, description, permissions, built_in, privileged, created_at) \
+                 SELECT 'bench-role-' || r, 'Bench role ' || r, '', \
+                   (SELECT string_agg('app.bench' || (r % 10) || '/r' || r || '/p' || j, ' ') FROM generate_series(0, {last_named}) AS j) \
+                   || ' app.bench' || (r % 10) || '/r' || r || '/w/*', FALSE, FALSE, 0 \
+                 FROM generate_series(0, {last_role}) AS r",
+                last_named = PERMISSIONS_PER_ROLE - 2,
+                last_role = CUSTOM_ROLES - 1
+            ),
+        )
+        .await?;
+        format!("'bench-role-' || (((g / {principals}) * 7 + g) % {CUSTOM_ROLES})")
+    } else {
+        format!("({})[((g / {principals}) % 10) + 1]", roles_array())
+    };
     sql(
         &ts,
         &format!(
             "INSERT INTO assignments (id, kind, principal_id, principal_kind, principal_name, role_id, scope, start_at, end_at, status, origin, announced, request_id, created_by, created_at) \
-             SELECT 'bench-a-' || g, 'active', '00000000-0000-4000-8000-' || lpad((g % {principals})::text, 12, '0'), 'user', 'bench', ({roles})[((g / {principals}) % 10) + 1], '/s' || (g % 7), 0, NULL, 'active', 'admin', TRUE, 'bench', 'bench', 0 \
+             SELECT 'bench-a-' || g, 'active', '00000000-0000-4000-8000-' || lpad((g % {principals})::text, 12, '0'), 'user', 'bench', {role_of}, '/s' || (g % 7), 0, NULL, 'active', 'admin', TRUE, 'bench', 'bench', 0 \
              FROM generate_series(0, {last}) AS g",
-            roles = roles_array(),
             last = assignments - 1
         ),
     )
@@ -349,12 +392,17 @@ async fn check_access(
             let mut client = AccessServiceClient::new(channel.clone());
             let mut rng = Rng(n.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
             let principal = bench_principal(rng.next() % principals);
-            let role = ROLES[(rng.next() % 10) as usize];
+            let target = if by_permission {
+                let permission = bench_permission(rng.next() % CUSTOM_ROLES, rng.next() % PERMISSIONS_PER_ROLE);
+                apb::check_access_request::Target::Permission(permission)
+            } else {
+                apb::check_access_request::Target::RoleId(ROLES[(rng.next() % 10) as usize].into())
+            };
             let request = pim_e2e::with_bearer(
                 &header,
                 apb::CheckAccessRequest {
                     principal_id: principal,
-                    target: Some(apb::check_access_request::Target::RoleId(role.into())),
+                    target: Some(target),
                     scope: format!("/s{}/rg", rng.next() % 7),
                     at_least_as_fresh: fresh.clone(),
                 },
@@ -834,7 +882,15 @@ async fn main() -> anyhow::Result<()> {
             seconds,
             rounds,
             rate,
-        } => check_access(principals, assignments, concurrency, seconds, rounds, rate).await,
+            by_permission,
+        } => {
+            let load = Load {
+                principals,
+                assignments,
+                by_permission,
+            };
+            check_access(load, concurrency, seconds, rounds, rate).await
+        }
         Scenario::Activation { rate, seconds } => activation(rate, seconds).await,
         Scenario::Consistency {
             rate,

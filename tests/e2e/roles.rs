@@ -230,15 +230,8 @@ async fn custom_roles_grant_their_permissions_just_in_time_and_go_only_when_unus
             "{in_use:?}"
         );
 
-        // An hour later the activation has ended, and with it the permission.
-        w.clock.advance(Duration::from_millis(HOUR_MS as u64));
-        w.tick().await?;
-        assert!(
-            !w.check_permission(&lee.id, refund, PAYMENTS).await?.allowed,
-            "after expiry"
-        );
-
-        // Removing the permission from the role removes it from everyone holding the role.
+        // Removing a permission from the role removes it from everyone holding the role, at
+        // once; what the role still grants stays granted.
         roles
             .update_role_definition(authed(
                 &w.admin,
@@ -260,6 +253,20 @@ async fn custom_roles_grant_their_permissions_just_in_time_and_go_only_when_unus
             .await?
             .into_inner();
         assert_eq!(got.permissions, ["app.payments/reports/*"]);
+        assert!(
+            !w.check_permission(&lee.id, refund, PAYMENTS).await?.allowed,
+            "no longer the role's"
+        );
+        let report = "app.payments/reports/monthly";
+        assert!(w.check_permission(&lee.id, report, PAYMENTS).await?.allowed);
+
+        // An hour later the activation has ended, and with it the permission.
+        w.clock.advance(Duration::from_millis(HOUR_MS as u64));
+        w.tick().await?;
+        assert!(
+            !w.check_permission(&lee.id, report, PAYMENTS).await?.allowed,
+            "after expiry"
+        );
 
         // Once nobody holds it, it goes: no longer listed, its name free again.
         let remove = apb::CreateRequestRequest {
@@ -327,6 +334,21 @@ async fn a_role_defined_on_one_replica_is_known_to_the_others() -> anyhow::Resul
         })
         .await?;
         assert_eq!(seen.permissions, created.permissions);
+        RoleServiceClient::new(a.clone())
+            .update_role_definition(authed(
+                &admin,
+                apb::UpdateRoleDefinitionRequest {
+                    role: created.id.clone(),
+                    permissions: vec!["app.payments/reports/*".into()],
+                    ..Default::default()
+                },
+            ))
+            .await?;
+        pim_e2e::eventually(Duration::from_secs(10), "B knows the changed permissions", || async {
+            let role = on_b(created.id.clone()).await?.into_inner();
+            Ok((role.permissions == ["app.payments/reports/*"]).then_some(()))
+        })
+        .await?;
         RoleServiceClient::new(a)
             .delete_role_definition(authed(
                 &admin,

@@ -617,7 +617,6 @@ impl Alerts {
         Ok(())
     }
 
-    /// MFA failures of a privileged account within the window, or a lockout.
     /// One alert per weakening update: who changed which settings of which role, each
     /// setting's value before and after (every change, the weakening ones marked).
     async fn policy_weakened(&self, txn: &DatabaseTransaction, e: &Envelope, p: &ev::PolicyUpdated) -> Result<()> {
@@ -699,6 +698,7 @@ impl Alerts {
         self.raise_weakened(txn, e, subject, figures, Some("high")).await
     }
 
+    /// MFA failures of a privileged account within the window, or a lockout.
     async fn check_mfa_failures(
         &self,
         txn: &DatabaseTransaction,

@@ -109,7 +109,7 @@ pub const RULES: &[RuleDef] = &[
     },
     RuleDef {
         id: POLICY_WEAKENED,
-        description: "A role policy change lowered protection (MFA, approval, justification or a ticket switched off, a longer maximum or MFA window, permanence allowed, approvers or stages removed); its figures give each such setting before and after; high for privileged roles",
+        description: "A role policy change lowered protection (MFA, approval, justification or a ticket switched off, a longer maximum or MFA window, permanence allowed, approvers changed, stages removed or fewer approvals needed), or a privileged custom role gained permissions or stopped being privileged; its figures give each setting before and after; high for privileged roles",
         severity: "medium",
         settings: &[],
     },

@@ -156,6 +156,13 @@ pub fn etag(policy: &Policy, set_at: Option<&str>) -> String {
     format!("\"{}\"", hex(&digest[..12]))
 }
 
+/// Whether an etag a client sent names `current`: quotes (which a shell strips) and a weak
+/// `W/` prefix do not matter.
+pub fn etag_matches(sent: &str, current: &str) -> bool {
+    let bare = |e: &str| e.trim().trim_start_matches("W/").trim_matches('"').to_owned();
+    bare(sent) == bare(current)
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -214,21 +221,27 @@ fn weakens(setting: Setting, before: &Policy, after: &Policy) -> bool {
         MinActivationBeforeDeactivate => false,
         // Longer to wait is not weaker: a request nobody decides expires denied.
         ApprovalTimeout => false,
-        ApproverIds => before.approver_ids.iter().any(|id| !after.approver_ids.contains(id)),
+        // Someone added may approve what they should not (an accomplice); someone removed
+        // leaves the decision to fewer, or to the defaults.
+        ApproverIds => set(&before.approver_ids) != set(&after.approver_ids),
         ApprovalStages => {
             let required = |p: &Policy| p.approval_stages.iter().map(|s| s.approvals_required).sum::<u32>();
             let approvers = |p: &Policy| {
                 p.approval_stages
                     .iter()
-                    .flat_map(|s| s.approver_ids.iter())
+                    .flat_map(|s| s.approver_ids.iter().chain(&s.escalation_approver_ids))
                     .cloned()
                     .collect::<std::collections::BTreeSet<_>>()
             };
             after.approval_stages.len() < before.approval_stages.len()
                 || required(after) < required(before)
-                || !approvers(before).is_subset(&approvers(after))
+                || approvers(before) != approvers(after)
         }
     }
+}
+
+fn set(ids: &[String]) -> std::collections::BTreeSet<&String> {
+    ids.iter().collect()
 }
 
 /// A setting's value as people read it (`8h`, `on`, approver ids joined).
@@ -333,11 +346,18 @@ mod tests {
         let stronger = Policy {
             activation_max_duration: 2 * HOUR,
             activation_requires_ticket: true,
-            approver_ids: vec!["a".into(), "b".into(), "c".into()],
             ..before.clone()
         };
         assert!(changes(&before, &stronger).iter().all(|c| !c.weakens));
-        assert_eq!(changes(&before, &stronger).len(), 3);
+        assert_eq!(changes(&before, &stronger).len(), 2);
+        let accomplice = Policy {
+            approver_ids: vec!["a".into(), "b".into(), "c".into()],
+            ..before.clone()
+        };
+        assert!(
+            changes(&before, &accomplice)[0].weakens,
+            "an approver added may approve"
+        );
         let weaker = Policy {
             activation_requires_mfa: false,
             approval_required: false,
@@ -376,6 +396,8 @@ mod tests {
         let p = Policy::default();
         let e = etag(&p, Some("/"));
         assert_eq!(e, etag(&p.clone(), Some("/")));
+        assert!(etag_matches(&e, &e) && etag_matches(e.trim_matches('"'), &e) && etag_matches(&format!("W/{e}"), &e));
+        assert!(!etag_matches("\"0\"", &e));
         assert_ne!(e, etag(&p, None));
         assert_ne!(
             e,

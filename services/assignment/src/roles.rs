@@ -17,6 +17,55 @@ use pim_runtime::access::permissions as p;
 #[derive(Clone, Default)]
 pub struct RoleCatalog {
     roles: Arc<RwLock<HashMap<String, RoleRow>>>,
+    /// Which roles grant each permission, computed when the roles load.
+    granting: Arc<RwLock<PermissionIndex>>,
+    /// One reload at a time: a reload that read earlier never replaces a later one's roles.
+    reloading: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// Which roles grant a permission, precomputed so that a check by permission costs a hash
+/// lookup or two rather than matching every permission of every role it meets.
+#[derive(Default)]
+struct PermissionIndex {
+    /// A permission without wildcards (lower-cased) → the roles holding it.
+    exact: HashMap<String, Vec<Arc<str>>>,
+    /// Patterns with a wildcard, by their first segment (lower-cased): (pattern, role).
+    by_head: HashMap<String, Vec<(String, Arc<str>)>>,
+    /// Patterns whose first segment is `*`, and `*` itself: (pattern, role).
+    any_head: Vec<(String, Arc<str>)>,
+}
+
+impl PermissionIndex {
+    fn build(roles: &HashMap<String, RoleRow>) -> Self {
+        let mut index = Self::default();
+        for role in roles.values() {
+            let id: Arc<str> = Arc::from(role.id.as_str());
+            for pattern in &role.permissions {
+                let pattern = pattern.to_ascii_lowercase();
+                let head = pattern.split('/').next().unwrap_or_default().to_owned();
+                if !pattern.split('/').any(|s| s == "*") {
+                    index.exact.entry(pattern).or_default().push(id.clone());
+                } else if head == "*" {
+                    index.any_head.push((pattern, id.clone()));
+                } else {
+                    index.by_head.entry(head).or_default().push((pattern, id.clone()));
+                }
+            }
+        }
+        index
+    }
+
+    fn roles_granting(&self, permission: &str) -> Vec<Arc<str>> {
+        let permission = permission.to_ascii_lowercase();
+        let mut out = self.exact.get(&permission).cloned().unwrap_or_default();
+        let head = permission.split('/').next().unwrap_or_default();
+        for (pattern, role) in self.by_head.get(head).into_iter().flatten().chain(&self.any_head) {
+            if !out.contains(role) && permission_matches(pattern, &permission) {
+                out.push(role.clone());
+            }
+        }
+        out
+    }
 }
 
 impl RoleCatalog {
@@ -27,8 +76,12 @@ impl RoleCatalog {
     }
 
     pub async fn reload(&self, db: &Db) -> anyhow::Result<()> {
-        let roles = store::roles(db).await?;
-        *self.roles.write().unwrap_or_else(|e| e.into_inner()) = roles.into_iter().map(|r| (r.id.clone(), r)).collect();
+        let _one_at_a_time = self.reloading.lock().await;
+        let roles: HashMap<String, RoleRow> = store::roles(db).await?.into_iter().map(|r| (r.id.clone(), r)).collect();
+        let granting = PermissionIndex::build(&roles);
+        // Roles first: a role that appears is found before any check is told it grants.
+        *self.roles.write().unwrap_or_else(|e| e.into_inner()) = roles;
+        *self.granting.write().unwrap_or_else(|e| e.into_inner()) = granting;
         Ok(())
     }
 
@@ -71,14 +124,13 @@ impl RoleCatalog {
         all
     }
 
-    /// Whether role `id` carries `permission`: one of its permissions matches it
+    /// The roles that carry `permission`: one of their permissions matches it
     /// ([`permission_matches`]).
-    pub fn grants(&self, id: &str, permission: &str) -> bool {
-        self.roles
+    pub fn roles_granting(&self, permission: &str) -> Vec<Arc<str>> {
+        self.granting
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .get(id)
-            .is_some_and(|r| r.permissions.iter().any(|p| permission_matches(p, permission)))
+            .roles_granting(permission)
     }
 }
 
@@ -178,6 +230,53 @@ mod tests {
                 matches,
                 "{pattern} ~ {permission}"
             );
+        }
+    }
+
+    #[test]
+    fn the_index_finds_the_roles_whose_permissions_match() {
+        let role = |id: &str, permissions: &[&str]| RoleRow {
+            id: id.into(),
+            name: id.into(),
+            description: String::new(),
+            permissions: permissions.iter().map(|p| (*p).to_owned()).collect(),
+            built_in: false,
+            privileged: false,
+        };
+        let roles: HashMap<String, RoleRow> = [
+            role("all", &["*"]),
+            role("refunds", &["App.Payments/Refunds/Approve", "app.payments/reports/*"]),
+            role("any-app", &["*/refunds/approve"]),
+            role("reader", &["pim.assignments.read"]),
+        ]
+        .into_iter()
+        .map(|r| (r.id.clone(), r))
+        .collect();
+        let index = PermissionIndex::build(&roles);
+        let granting = |p: &str| {
+            let mut ids: Vec<String> = index.roles_granting(p).iter().map(|r| r.to_string()).collect();
+            ids.sort();
+            ids
+        };
+        assert_eq!(granting("app.payments/refunds/approve"), ["all", "any-app", "refunds"]);
+        assert_eq!(granting("APP.payments/reports/monthly/pdf"), ["all", "refunds"]);
+        assert_eq!(granting("app.shop/refunds/approve"), ["all", "any-app"]);
+        assert_eq!(granting("pim.assignments.read"), ["all", "reader"]);
+        assert_eq!(granting("app.payments/reports"), ["all"]);
+        // The same answers as matching every permission of every role.
+        for asked in [
+            "app.payments/refunds/approve",
+            "app.payments/reports/x",
+            "app.x/refunds/approve",
+            "pim.assignments.manage",
+        ] {
+            let mut scanned: Vec<String> = roles
+                .values()
+                .filter(|r| r.permissions.iter().any(|p| permission_matches(p, asked)))
+                .map(|r| r.id.clone())
+                .collect();
+            scanned.sort();
+            assert_eq!(granting(asked), scanned, "{asked}");
         }
     }
 

@@ -224,28 +224,34 @@ pub struct RoleRow {
 }
 
 pub async fn roles<C: ConnectionTrait>(c: &C) -> Result<Vec<RoleRow>, DbErr> {
-    db::query(
-        c,
-        "SELECT id, name, description, permissions, built_in, privileged FROM role_definitions \
-         WHERE deleted_at IS NULL ORDER BY name",
-        vec![],
-    )
-    .await?
-    .iter()
-    .map(|r| {
-        Ok(RoleRow {
-            id: col(r, "id")?,
-            name: col(r, "name")?,
-            description: col(r, "description")?,
-            permissions: col::<String>(r, "permissions")?
-                .split_whitespace()
-                .map(str::to_owned)
-                .collect(),
-            built_in: col(r, "built_in")?,
-            privileged: col(r, "privileged")?,
-        })
+    roles_where(c, "deleted_at IS NULL", vec![]).await
+}
+
+fn role_from_row(r: &sea_orm::QueryResult) -> Result<RoleRow, DbErr> {
+    Ok(RoleRow {
+        id: col(r, "id")?,
+        name: col(r, "name")?,
+        description: col(r, "description")?,
+        permissions: col::<String>(r, "permissions")?
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect(),
+        built_in: col(r, "built_in")?,
+        privileged: col(r, "privileged")?,
     })
-    .collect()
+}
+
+async fn roles_where<C: ConnectionTrait>(c: &C, condition: &str, values: Vec<Value>) -> Result<Vec<RoleRow>, DbErr> {
+    db::rows(
+        c,
+        &format!(
+            "SELECT id, name, description, permissions, built_in, privileged FROM role_definitions \
+             WHERE {condition} ORDER BY name"
+        ),
+        values,
+        role_from_row,
+    )
+    .await
 }
 
 /// Assignment status: `active` while it holds or is scheduled to (CheckAccess also compares
@@ -892,26 +898,38 @@ pub async fn insert_role<C: ConnectionTrait>(c: &C, r: &RoleRow, now: i64) -> Re
     .map(|n| n == 1)
 }
 
-/// Changes a custom role (never a built-in or deleted one); whether it was changed.
-pub async fn update_role<C: ConnectionTrait>(c: &C, r: &RoleRow) -> Result<bool, DbErr> {
+/// Changes a custom role (never a built-in or deleted one) only if it is still as `read`:
+/// a concurrent change is never overwritten unseen. Whether it was changed.
+pub async fn update_role<C: ConnectionTrait>(c: &C, read: &RoleRow, r: &RoleRow) -> Result<bool, DbErr> {
     db::exec(
         c,
         "UPDATE role_definitions SET description = $2, permissions = $3, privileged = $4 \
-         WHERE id = $1 AND built_in = FALSE AND deleted_at IS NULL",
+         WHERE id = $1 AND built_in = FALSE AND deleted_at IS NULL \
+           AND description = $5 AND permissions = $6 AND privileged = $7",
         vec![
             r.id.clone().into(),
             r.description.clone().into(),
             r.permissions.join(" ").into(),
             r.privileged.into(),
+            read.description.clone().into(),
+            read.permissions.join(" ").into(),
+            read.privileged.into(),
         ],
     )
     .await
     .map(|n| n == 1)
 }
 
+/// A role as stored now, unless deleted.
+pub async fn role<C: ConnectionTrait>(c: &C, id: &str) -> Result<Option<RoleRow>, DbErr> {
+    Ok(roles_where(c, "id = $1 AND deleted_at IS NULL", vec![id.into()])
+        .await?
+        .pop())
+}
+
 /// Deletes a custom role that no assignment in force or scheduled, and no request waiting
-/// for approval, names: one statement, so none can be made between the count and the delete
-/// on this database. The row stays for history, renamed to free the name. Whether it went.
+/// for approval, names (one statement: the count and the delete see the same rows). The row
+/// stays for history, renamed to free the name. Whether it went.
 pub async fn delete_role<C: ConnectionTrait>(c: &C, id: &str, now: i64) -> Result<bool, DbErr> {
     db::exec(
         c,

@@ -278,3 +278,92 @@ async fn the_upgrade_keeps_the_duplicate_that_grants_most() -> anyhow::Result<()
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policies_and_custom_roles_change_only_from_what_was_read() -> anyhow::Result<()> {
+    on_both(|db| async move {
+        // A policy is stored where none was, then replaced only from the text read.
+        assert!(store::replace_policy(&db, EXCHANGE_ADMINISTRATOR, "/", None, "{\"a\":1}", "admin", NOW).await?);
+        assert!(
+            !store::replace_policy(&db, EXCHANGE_ADMINISTRATOR, "/", None, "{\"a\":2}", "admin", NOW).await?,
+            "one is stored there now"
+        );
+        assert!(
+            !store::replace_policy(
+                &db,
+                EXCHANGE_ADMINISTRATOR,
+                "/",
+                Some("{\"a\":0}"),
+                "{\"a\":2}",
+                "admin",
+                NOW
+            )
+            .await?,
+            "stale"
+        );
+        assert!(
+            store::replace_policy(
+                &db,
+                EXCHANGE_ADMINISTRATOR,
+                "/",
+                Some("{\"a\":1}"),
+                "{\"a\":2}",
+                "admin",
+                NOW
+            )
+            .await?
+        );
+
+        // A custom role: names unique in any case, changed only from what was read, deleted
+        // only while nothing holds it, and then out of the catalogue with its name free.
+        let role = store::RoleRow {
+            id: id(),
+            name: "Payments Refunder".into(),
+            description: String::new(),
+            permissions: vec!["app.payments/refunds/approve".into()],
+            built_in: false,
+            privileged: false,
+        };
+        assert!(store::insert_role(&db, &role, NOW).await?);
+        let same_name = store::RoleRow {
+            id: id(),
+            name: "PAYMENTS REFUNDER".into(),
+            ..role.clone()
+        };
+        assert!(!store::insert_role(&db, &same_name, NOW).await?, "name taken");
+        let wider = store::RoleRow {
+            permissions: vec!["*".into()],
+            ..role.clone()
+        };
+        assert!(!store::update_role(&db, &wider, &wider).await?, "read is stale");
+        let narrower = store::RoleRow {
+            permissions: vec!["app.payments/reports/*".into()],
+            ..role.clone()
+        };
+        assert!(store::update_role(&db, &role, &narrower).await?);
+        let built_in = store::role(&db, EXCHANGE_ADMINISTRATOR).await?.expect("seeded");
+        assert!(
+            !store::update_role(&db, &built_in, &built_in).await?,
+            "built-ins are read-only"
+        );
+        assert!(!store::delete_role(&db, EXCHANGE_ADMINISTRATOR, NOW).await?);
+
+        let held = AssignmentRow {
+            role_id: role.id.clone(),
+            ..assignment("admin", "eligible", None)
+        };
+        store::insert_assignment(&db, &held, true, NOW).await?;
+        assert!(!store::delete_role(&db, &role.id, NOW).await?, "held");
+        assert_eq!(store::role_uses(&db, &role.id).await?, (1, 0));
+        assert!(store::end_assignment(&db, &held.id, "removed", NOW).await?);
+        assert!(store::delete_role(&db, &role.id, NOW).await?);
+        assert!(store::role(&db, &role.id).await?.is_none());
+        assert!(!store::roles(&db).await?.iter().any(|r| r.id == role.id));
+        assert!(
+            store::insert_role(&db, &same_name, NOW).await?,
+            "the name is free again"
+        );
+        Ok(())
+    })
+    .await
+}

@@ -453,6 +453,25 @@ fn the_readme_walk_through_works_and_survives_a_restart() {
     );
     assert_eq!(stale.status.code(), Some(1), "refused: exit status 1");
     assert!(String::from_utf8_lossy(&stale.stderr).contains("changed since it was read"));
+    // The etag `policy show` prints applies, even without the quotes a shell would strip.
+    let shown = admin.ok(&["policy", "show", "Security Reader"], None);
+    let etag = shown
+        .lines()
+        .find_map(|l| l.strip_prefix("etag"))
+        .map(|e| e.trim().trim_matches('"').to_owned())
+        .unwrap_or_else(|| panic!("an etag: {shown}"));
+    admin.ok(
+        &[
+            "policy",
+            "set",
+            "Security Reader",
+            "--require-ticket",
+            "false",
+            "--etag",
+            &etag,
+        ],
+        None,
+    );
     let shown = admin.ok(&["policy", "show", "Security Reader"], None);
     for (setting, value) in [
         ("activation requires ticket", "false"),

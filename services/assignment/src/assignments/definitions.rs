@@ -50,6 +50,22 @@ fn permission_set(permissions: Vec<String>) -> Result<Vec<String>> {
     Ok(out)
 }
 
+/// A role's name: printable ASCII (so that "unique whatever its case" means the same on
+/// every database), not an id, and not how a deleted role is renamed.
+fn role_name(name: &str) -> Result<String> {
+    let name = text("name", name, MAX_NAME)?;
+    if name.is_empty() {
+        return Err(Error::invalid("name", "required"));
+    }
+    if !name.chars().all(|c| c.is_ascii_graphic() || c == ' ') {
+        return Err(Error::invalid("name", "may hold only printable ASCII characters"));
+    }
+    if uuid::Uuid::parse_str(&name).is_ok() || name.contains("(deleted ") {
+        return Err(Error::invalid("name", "must not look like a role id or a deleted role"));
+    }
+    Ok(name)
+}
+
 fn text(field: &'static str, value: &str, max: usize) -> Result<String> {
     let value = value.trim();
     if value.chars().count() > max || value.contains('\0') {
@@ -85,10 +101,7 @@ impl Assignments {
 
     pub async fn create_role(&self, caller: &Caller, new: NewRole) -> Result<RoleRow> {
         self.may_manage_roles(caller).await?;
-        let name = text("name", &new.name, MAX_NAME)?;
-        if name.is_empty() {
-            return Err(Error::invalid("name", "required"));
-        }
+        let name = role_name(&new.name)?;
         let permissions = permission_set(new.permissions)?;
         let role = RoleRow {
             id: uuid::Uuid::now_v7().to_string(),
@@ -118,7 +131,11 @@ impl Assignments {
 
     pub async fn update_role(&self, caller: &Caller, role: &str, change: RoleChange) -> Result<RoleRow> {
         self.may_manage_roles(caller).await?;
-        let before = self.custom_role(role)?;
+        let id = self.custom_role(role)?.id;
+        // What is stored now, not this replica's memory of it: the change applies to it only.
+        let before = store::role(&self.db, &id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("role {role}")))?;
         let mut after = before.clone();
         if let Some(description) = change.description {
             after.description = text("description", &description, MAX_DESCRIPTION)?;
@@ -146,8 +163,11 @@ impl Assignments {
             was_privileged: before.privileged,
         };
         let txn = self.db.begin().await?;
-        if !store::update_role(&txn, &after).await? {
-            return Err(Error::NotFound(format!("role {role}")));
+        if !store::update_role(&txn, &before, &after).await? {
+            return Err(Error::Aborted(format!(
+                "role {} changed while this update was made; read it again and reapply the change",
+                before.name
+            )));
         }
         self.emit(&txn, "RoleDefinitionUpdated", &after.id, &event).await?;
         txn.commit().await?;
@@ -168,8 +188,9 @@ impl Assignments {
         let txn = self.db.begin().await?;
         if !store::delete_role(&txn, &role.id, self.now()).await? {
             let (assigned, waiting) = store::role_uses(&txn, &role.id).await?;
+            let exists = store::role(&txn, &role.id).await?.is_some();
             txn.rollback().await?;
-            if assigned == 0 && waiting == 0 {
+            if !exists {
                 // Deleted by another call meanwhile.
                 return Err(Error::NotFound(format!("role {}", role.name)));
             }

@@ -115,8 +115,6 @@ fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
 
-/// Of the policies `set` at some of `scopes` (a scope and those above it, outermost first):
-/// the deepest one, else Entra's defaults; with the scope it was set at.
 /// The policy in force at the last of `scopes` (ordered from `/` down), given the role's
 /// policies `set` at any of them: the nearest one set, with its scope, else the defaults.
 fn nearest_policy(set: &[(String, String)], scopes: &[String]) -> Result<(Policy, Option<String>)> {
@@ -181,10 +179,15 @@ impl Assignments {
         let now = self.now();
         let mut ids = Vec::new();
         let (mut permanent, mut latest_end) = (false, None::<i64>);
+        // By permission: the roles that grant it, looked up once for every grant to meet.
+        let granting = match target {
+            Target::Role(_) => Vec::new(),
+            Target::Permission(p) => self.roles.roles_granting(p),
+        };
         let mut weigh = |id: &str, grant: &crate::index::Grant| {
             let grants = match target {
                 Target::Role(role) => grant.role_id == *role,
-                Target::Permission(p) => self.roles.grants(&grant.role_id, p),
+                Target::Permission(_) => granting.iter().any(|r| **r == *grant.role_id),
             };
             if grants && scope.is_within(&grant.scope) {
                 ids.push(id.to_owned());
@@ -308,7 +311,11 @@ impl Assignments {
             let set = store::policies_at(&self.db, &role.id, &scopes).await?;
             let (before, set_at) = nearest_policy(&set, &scopes)?;
             let current = policy_edits::etag(&before, set_at.as_deref());
-            if let Some(asked) = update.etag.as_deref().filter(|e| *e != current) {
+            if let Some(asked) = update
+                .etag
+                .as_deref()
+                .filter(|e| !policy_edits::etag_matches(e, &current))
+            {
                 return Err(Error::Aborted(format!(
                     "the policy changed since it was read (etag {asked}, now {current}); read it again and reapply the change"
                 )));
