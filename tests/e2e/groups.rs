@@ -164,6 +164,23 @@ async fn members_inherit_a_role_assignable_groups_roles() -> anyhow::Result<()> 
             Ok(check(lee.clone(), EXCHANGE_ADMINISTRATOR).await?.then_some(()))
         })
         .await?;
+        // The answer says the access comes through the group.
+        let through = access
+            .clone()
+            .check_access(authed(
+                &admin,
+                apb::CheckAccessRequest {
+                    principal_id: lee.clone(),
+                    target: Some(apb::check_access_request::Target::RoleId(EXCHANGE_ADMINISTRATOR.into())),
+                    scope: "/".into(),
+                    ..Default::default()
+                },
+            ))
+            .await?
+            .into_inner();
+        assert_eq!(through.grants.len(), 1, "{through:?}");
+        assert_eq!(through.grants[0].via_group_id, team.id);
+        assert_eq!(through.grants[0].role_name, "Exchange Administrator");
 
         let lee_token = ts.sign_in("lee", &lee_password).await?;
         let mine = assignments

@@ -180,6 +180,14 @@ async fn custom_roles_grant_their_permissions_just_in_time_and_go_only_when_unus
             below.allowed && below.expires_at.is_some() && below.assignment_ids.len() == 1,
             "{below:?}"
         );
+        let grant = &below.grants[0];
+        assert_eq!(
+            (grant.role_id.as_str(), grant.role_name.as_str(), grant.scope.as_str()),
+            (refunder.id.as_str(), "Payments Refunder", PAYMENTS)
+        );
+        assert_eq!(grant.assignment_id, below.assignment_ids[0]);
+        assert_eq!(grant.end_time, below.expires_at);
+        assert!(grant.via_group_id.is_empty());
         assert!(
             w.check_permission(&lee.id, "app.payments/reports/monthly/pdf", PAYMENTS)
                 .await?

@@ -89,6 +89,15 @@ impl RoleCatalog {
         self.roles.read().unwrap_or_else(|e| e.into_inner()).get(id).cloned()
     }
 
+    /// The name of role `id` (nothing else copied: the check path asks for it).
+    pub fn name(&self, id: &str) -> Option<String> {
+        self.roles
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .map(|r| r.name.clone())
+    }
+
     /// By id, or by exact (case-insensitive) name.
     pub fn find(&self, id_or_name: &str) -> Option<RoleRow> {
         let roles = self.roles.read().unwrap_or_else(|e| e.into_inner());

@@ -937,6 +937,11 @@ fn custom_roles_are_created_checked_by_permission_and_deleted() {
         "{}",
         String::from_utf8_lossy(&allowed.stdout)
     );
+    assert!(
+        String::from_utf8_lossy(&allowed.stdout).contains("through Payments Refunder at /apps/payments until"),
+        "{}",
+        String::from_utf8_lossy(&allowed.stdout)
+    );
     let elsewhere = admin.run(
         &[
             "check",

@@ -137,6 +137,17 @@ fn policy_approvers(p: &Policy) -> impl Iterator<Item = &String> {
     )
 }
 
+/// A grant that allowed a check: which assignment, of which role, where, until when, and the
+/// group it came through (when held by a role-assignable group the principal is in).
+#[derive(Clone, Debug)]
+pub struct GrantUsed {
+    pub assignment_id: String,
+    pub role_id: String,
+    pub scope: String,
+    pub end: Option<i64>,
+    pub via_group: Option<String>,
+}
+
 /// Times an update without an etag is merged again after losing a race.
 const MAX_POLICY_ATTEMPTS: usize = 5;
 
@@ -174,23 +185,30 @@ impl Assignments {
         }
     }
 
-    /// Whether `principal` holds `target` at `scope` (directly, at that scope or above) now.
-    pub async fn decide(&self, principal: &str, target: &Target, scope: &Scope) -> Result<(Decision, Vec<String>)> {
+    /// Whether `principal` holds `target` at `scope` (directly, at that scope or above) now,
+    /// and the grants that say so.
+    pub async fn decide(&self, principal: &str, target: &Target, scope: &Scope) -> Result<(Decision, Vec<GrantUsed>)> {
         let now = self.now();
-        let mut ids = Vec::new();
+        let mut used = Vec::new();
         let (mut permanent, mut latest_end) = (false, None::<i64>);
         // By permission: the roles that grant it, looked up once for every grant to meet.
         let granting = match target {
             Target::Role(_) => Vec::new(),
             Target::Permission(p) => self.roles.roles_granting(p),
         };
-        let mut weigh = |id: &str, grant: &crate::index::Grant| {
+        let mut weigh = |id: &str, grant: &crate::index::Grant, via_group: Option<&str>| {
             let grants = match target {
                 Target::Role(role) => grant.role_id == *role,
                 Target::Permission(_) => granting.iter().any(|r| **r == *grant.role_id),
             };
             if grants && scope.is_within(&grant.scope) {
-                ids.push(id.to_owned());
+                used.push(GrantUsed {
+                    assignment_id: id.to_owned(),
+                    role_id: grant.role_id.clone(),
+                    scope: grant.scope.clone(),
+                    end: grant.end,
+                    via_group: via_group.map(str::to_owned),
+                });
                 match grant.end {
                     None => permanent = true,
                     Some(end) => latest_end = Some(latest_end.map_or(end, |l| l.max(end))),
@@ -198,14 +216,15 @@ impl Assignments {
             }
         };
         // The principal's own grants, and those of the role-assignable groups they are in.
-        self.index.visit(principal, now, &mut weigh);
+        self.index.visit(principal, now, |id, grant| weigh(id, grant, None));
         for group in self.memberships.groups_of(principal) {
-            self.index.visit(&group, now, &mut weigh);
+            self.index
+                .visit(&group, now, |id, grant| weigh(id, grant, Some(&group)));
         }
-        let allowed = !ids.is_empty();
+        let allowed = !used.is_empty();
         // The access lasts as long as the longest grant; a permanent grant never ends.
         let expires_at = if permanent { None } else { latest_end };
-        Ok((Decision { allowed, expires_at }, ids))
+        Ok((Decision { allowed, expires_at }, used))
     }
 
     /// Refuses unless the caller holds `permission` at `scope`.

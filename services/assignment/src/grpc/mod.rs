@@ -68,16 +68,27 @@ impl Assignments {
             self.authorize(caller, permissions::ASSIGNMENTS_READ, &Scope::root())
                 .await?;
         }
-        let (decision, assignment_ids) = self.decide(principal, &target, &scope).await?;
+        let (decision, used) = self.decide(principal, &target, &scope).await?;
         Ok(pb::CheckAccessResponse {
             allowed: decision.allowed,
             expires_at: decision.expires_at.map(to_timestamp),
-            assignment_ids,
+            assignment_ids: used.iter().map(|g| g.assignment_id.clone()).collect(),
+            grants: used
+                .into_iter()
+                .map(|g| pb::AccessGrant {
+                    role_name: self.role_name(&g.role_id),
+                    assignment_id: g.assignment_id,
+                    role_id: g.role_id,
+                    scope: g.scope,
+                    end_time: g.end.map(to_timestamp),
+                    via_group_id: g.via_group.unwrap_or_default(),
+                })
+                .collect(),
         })
     }
 
     fn role_name(&self, id: &str) -> String {
-        self.roles.get(id).map(|r| r.name).unwrap_or_default()
+        self.roles.name(id).unwrap_or_default()
     }
 
     async fn list_pb(

@@ -1358,11 +1358,33 @@ async fn check(args: CheckArgs) -> anyhow::Result<i32> {
         .into_inner();
     let what = role.or(args.permission).unwrap_or_default();
     if r.allowed {
+        // Through which role, assignment and group, where (a permission names no role).
+        let through: Vec<String> = r
+            .grants
+            .iter()
+            .map(|g| {
+                let group = if g.via_group_id.is_empty() {
+                    String::new()
+                } else {
+                    format!(" via group {}", g.via_group_id)
+                };
+                format!(
+                    "{} at {} until {} (assignment {}{group})",
+                    g.role_name,
+                    g.scope,
+                    time(g.end_time.as_ref().map(from_timestamp)),
+                    g.assignment_id
+                )
+            })
+            .collect();
         println!(
             "allowed: {principal} holds {what} at {} until {}",
             args.scope,
             time(r.expires_at.as_ref().map(from_timestamp))
         );
+        for grant in through {
+            println!("  through {grant}");
+        }
         Ok(0)
     } else {
         println!("denied: {principal} does not hold {what} at {}", args.scope);
