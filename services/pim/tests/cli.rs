@@ -570,6 +570,11 @@ fn the_readme_walk_through_works_and_survives_a_restart() {
     };
     let acked = admin.ok(&["alerts", "ack", &alert], None);
     assert!(acked.contains("acknowledged"), "{acked}");
+    // A status filter lists only the alerts in that status.
+    let open = admin.ok(&["alerts", "--status", "open"], None);
+    assert!(!open.contains(&alert), "acknowledged, so not open: {open}");
+    let acknowledged = admin.ok(&["alerts", "--status", "acknowledged"], None);
+    assert!(acknowledged.contains(&alert), "{acknowledged}");
     let rules = admin.ok(
         &["alerts", "rules", "set", "frequent_activation", "--setting", "count=4"],
         None,

@@ -27,6 +27,25 @@ impl From<SeverityArg> for pb::Severity {
     }
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+pub(crate) enum StatusArg {
+    Open,
+    Acknowledged,
+    Dismissed,
+    Resolved,
+}
+
+impl From<StatusArg> for pb::AlertStatus {
+    fn from(s: StatusArg) -> Self {
+        match s {
+            StatusArg::Open => Self::Open,
+            StatusArg::Acknowledged => Self::Acknowledged,
+            StatusArg::Dismissed => Self::Dismissed,
+            StatusArg::Resolved => Self::Resolved,
+        }
+    }
+}
+
 #[derive(Args)]
 pub(crate) struct AlertsArgs {
     #[command(subcommand)]
@@ -37,6 +56,9 @@ pub(crate) struct AlertsArgs {
     /// Only alerts of at least this severity.
     #[arg(long, value_enum)]
     severity: Option<SeverityArg>,
+    /// Only alerts in this status (the list; --watch follows every change).
+    #[arg(long, value_enum, conflicts_with = "watch")]
+    status: Option<StatusArg>,
     #[command(flatten)]
     client: ClientArgs,
 }
@@ -133,11 +155,16 @@ pub(crate) async fn run(args: AlertsArgs) -> anyhow::Result<i32> {
         Some(AlertsCommand::Dismiss(s)) => status(s, "dismissed").await,
         Some(AlertsCommand::Resolve(s)) => status(s, "resolved").await,
         Some(AlertsCommand::Rules { set, client }) => rules(set, client).await,
-        None => list(args.watch, args.severity, args.client).await,
+        None => list(args.watch, args.severity, args.status, args.client).await,
     }
 }
 
-async fn list(watch: bool, severity: Option<SeverityArg>, client: ClientArgs) -> anyhow::Result<i32> {
+async fn list(
+    watch: bool,
+    severity: Option<SeverityArg>,
+    status: Option<StatusArg>,
+    client: ClientArgs,
+) -> anyhow::Result<i32> {
     let session = Session::open(&client, true)?;
     let mut api = AlertServiceClient::new(session.channel.clone());
     let min_severity = severity.map(|s| pb::Severity::from(s) as i32).unwrap_or(0);
@@ -145,6 +172,7 @@ async fn list(watch: bool, severity: Option<SeverityArg>, client: ClientArgs) ->
         let alerts = api
             .list_alerts(session.request(pb::ListAlertsRequest {
                 min_severity,
+                status: status.map(|s| pb::AlertStatus::from(s) as i32).unwrap_or(0),
                 page_size: 500,
                 ..Default::default()
             })?)
