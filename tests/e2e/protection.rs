@@ -424,6 +424,50 @@ async fn users_and_service_principals_are_maintained_safely() -> anyhow::Result<
             .await?
             .into_inner();
         let bot = created.service_principal.expect("created").id;
+        // Listed by name, a page at a time, and found by part of its name.
+        for name in ["audit exporter", "zz deploy bot"] {
+            directory
+                .create_service_principal(authed(
+                    &admin,
+                    ipb::CreateServicePrincipalRequest {
+                        display_name: name.into(),
+                    },
+                ))
+                .await?;
+        }
+        let (mut names, mut page_token) = (Vec::new(), String::new());
+        loop {
+            let page = directory
+                .list_service_principals(authed(
+                    &admin,
+                    ipb::ListServicePrincipalsRequest {
+                        page_size: 1,
+                        page_token,
+                        filter: String::new(),
+                    },
+                ))
+                .await?
+                .into_inner();
+            assert!(page.service_principals.len() <= 1);
+            names.extend(page.service_principals.into_iter().map(|sp| sp.display_name));
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            page_token = page.next_page_token;
+        }
+        assert_eq!(names, ["audit exporter", "ticket bot", "zz deploy bot"]);
+        let found = directory
+            .list_service_principals(authed(
+                &admin,
+                ipb::ListServicePrincipalsRequest {
+                    filter: "BOT".into(),
+                    ..Default::default()
+                },
+            ))
+            .await?
+            .into_inner()
+            .service_principals;
+        assert_eq!(found.len(), 2);
         let mut auth = AuthServiceClient::new(ts.channel.clone());
         let sign_in = |secret: String| ipb::SignInServicePrincipalRequest {
             client_id: bot.clone(),

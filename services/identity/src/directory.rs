@@ -206,6 +206,28 @@ impl Directory {
         Ok(store::list_users(&self.db, filter, after, limit).await?)
     }
 
+    /// Service principals whose display names contain `filter`, after the one with id `after`
+    /// (empty: from the first), at most `limit`.
+    pub async fn list_service_principals(
+        &self,
+        caller: &Caller,
+        filter: &str,
+        after: &str,
+        limit: u64,
+    ) -> Result<Vec<store::ServicePrincipalRow>> {
+        require(self.access.as_ref(), caller, permissions::USERS_READ, "/").await?;
+        let after = match after {
+            "" => (String::new(), String::new()),
+            id => {
+                let last = store::find_service_principal(&self.db, id)
+                    .await?
+                    .ok_or_else(|| Error::invalid("page_token", "is not one this listing gave"))?;
+                (last.display_name, last.id)
+            }
+        };
+        Ok(store::list_service_principals(&self.db, filter, (&after.0, &after.1), limit).await?)
+    }
+
     /// Any principal by id, for other services (any authenticated caller may resolve ids).
     pub async fn get_principal(&self, id: &str) -> Result<pim_proto::identity::v1::Principal> {
         if let Some(u) = store::find_user(&self.db, id).await? {

@@ -124,6 +124,26 @@ impl DirectoryService for Directory {
         }))
     }
 
+    async fn list_service_principals(
+        &self,
+        request: Request<pb::ListServicePrincipalsRequest>,
+    ) -> Result<Response<pb::ListServicePrincipalsResponse>, Status> {
+        let caller = caller(&request)?.clone();
+        let r = request.into_inner();
+        let limit = page_size(r.page_size)?;
+        let mut found = Directory::list_service_principals(self, &caller, &r.filter, &r.page_token, limit + 1).await?;
+        let next_page_token = if found.len() as u64 > limit {
+            found.truncate(limit as usize);
+            found.last().map(|sp| sp.id.clone()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListServicePrincipalsResponse {
+            service_principals: found.into_iter().map(sp_to_pb).collect(),
+            next_page_token,
+        }))
+    }
+
     async fn create_service_principal(
         &self,
         request: Request<pb::CreateServicePrincipalRequest>,

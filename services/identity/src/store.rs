@@ -197,6 +197,16 @@ pub async fn find_user<C: ConnectionTrait>(c: &C, id_or_name: &str) -> Result<Op
     .await
 }
 
+/// A LIKE pattern (with `ESCAPE '\\'`) for values containing `filter`, in lower case.
+fn like_pattern(filter: &str) -> String {
+    let escaped = filter
+        .to_lowercase()
+        .replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_");
+    format!("%{escaped}%")
+}
+
 /// Users after `after` (by user name), matching `filter`, at most `limit`.
 pub async fn list_users<C: ConnectionTrait>(
     c: &C,
@@ -204,14 +214,7 @@ pub async fn list_users<C: ConnectionTrait>(
     after: &str,
     limit: u64,
 ) -> Result<Vec<UserRow>, DbErr> {
-    let pattern = format!(
-        "%{}%",
-        filter
-            .to_lowercase()
-            .replace('\\', "\\\\")
-            .replace('%', "\\%")
-            .replace('_', "\\_")
-    );
+    let pattern = like_pattern(filter);
     let sql = format!(
         "SELECT {USER_COLUMNS} FROM users WHERE user_name > $1 AND (LOWER(user_name) LIKE $2 ESCAPE '\\' OR LOWER(display_name) LIKE $3 ESCAPE '\\') ORDER BY user_name LIMIT {limit}"
     );
@@ -278,23 +281,51 @@ pub async fn insert_service_principal<C: ConnectionTrait>(c: &C, sp: &ServicePri
     .map(drop)
 }
 
+impl ServicePrincipalRow {
+    fn from_row(r: &sea_orm::QueryResult) -> Result<Self, DbErr> {
+        Ok(Self {
+            id: col(r, "id")?,
+            display_name: col(r, "display_name")?,
+            secret_hash: col(r, "secret_hash")?,
+            enabled: col(r, "enabled")?,
+            created_at: col(r, "created_at")?,
+        })
+    }
+}
+
+const SP_COLUMNS: &str = "id, display_name, secret_hash, enabled, created_at";
+
 pub async fn find_service_principal<C: ConnectionTrait>(c: &C, id: &str) -> Result<Option<ServicePrincipalRow>, DbErr> {
-    let row = db::query_one(
+    let rows = db::rows(
         c,
-        "SELECT id, display_name, secret_hash, enabled, created_at FROM service_principals WHERE id = $1",
+        &format!("SELECT {SP_COLUMNS} FROM service_principals WHERE id = $1"),
         vec![id.into()],
+        ServicePrincipalRow::from_row,
     )
     .await?;
-    row.map(|r| {
-        Ok(ServicePrincipalRow {
-            id: col(&r, "id")?,
-            display_name: col(&r, "display_name")?,
-            secret_hash: col(&r, "secret_hash")?,
-            enabled: col(&r, "enabled")?,
-            created_at: col(&r, "created_at")?,
-        })
-    })
-    .transpose()
+    Ok(rows.into_iter().next())
+}
+
+/// Service principals after `after` (by display name, then id), whose display names contain
+/// `filter`, at most `limit`.
+pub async fn list_service_principals<C: ConnectionTrait>(
+    c: &C,
+    filter: &str,
+    after: (&str, &str),
+    limit: u64,
+) -> Result<Vec<ServicePrincipalRow>, DbErr> {
+    let pattern = like_pattern(filter);
+    db::rows(
+        c,
+        &format!(
+            "SELECT {SP_COLUMNS} FROM service_principals \
+             WHERE (display_name > $1 OR (display_name = $1 AND id > $2)) AND LOWER(display_name) LIKE $3 ESCAPE '\\' \
+             ORDER BY display_name, id LIMIT {limit}"
+        ),
+        vec![after.0.into(), after.1.into(), pattern.into()],
+        ServicePrincipalRow::from_row,
+    )
+    .await
 }
 
 pub async fn record_sp_sign_in<C: ConnectionTrait>(c: &C, id: &str, at: i64) -> Result<(), DbErr> {

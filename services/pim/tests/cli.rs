@@ -851,6 +851,14 @@ fn users_are_managed_and_a_waiting_request_is_withdrawn() {
         ],
         None,
     );
+    // Service principals are listed by name, as JSON lines too.
+    admin.ok(&["service-principals", "create", "--name", "ticket bot"], None);
+    let bots = admin.ok(&["sp", "list", "--filter", "ticket", "--output", "json"], None);
+    let bot: serde_json::Value = serde_json::from_str(bots.lines().next().unwrap_or_default()).expect("a JSON line");
+    assert_eq!(
+        (bot["name"].as_str(), bot["state"].as_str()),
+        (Some("ticket bot"), Some("enabled"))
+    );
     admin.ok(&["users", "delete", "kim"], None);
     // Exit statuses say what went wrong: 2 usage (and a token no longer good), 3 unreachable.
     let code = |out: Output| out.status.code();

@@ -250,6 +250,14 @@ enum SpCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// List service principals (with their client ids and whether they may sign in).
+    List {
+        /// Only those whose name contains this text.
+        #[arg(long, default_value = "")]
+        filter: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -1026,6 +1034,24 @@ pub(crate) fn time(ms: Option<i64>) -> String {
     }
 }
 
+/// Every item of a paged listing: `page` fetches the page after a token (empty: the first)
+/// and answers its items and the next token (empty: the last page).
+pub(crate) async fn all_pages<T, F, Fut>(mut page: F) -> anyhow::Result<Vec<T>>
+where
+    F: FnMut(String) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<(Vec<T>, String)>>,
+{
+    let (mut all, mut token) = (Vec::new(), String::new());
+    loop {
+        let (items, next) = page(token).await?;
+        all.extend(items);
+        if next.is_empty() {
+            return Ok(all);
+        }
+        token = next;
+    }
+}
+
 /// Prints rows under `headers`: a table, or with `--output json` one JSON object per row
 /// whose fields are the headers in lowercase (spaces and dashes as underscores).
 pub(crate) fn print_table(headers: &[&str], rows: Vec<Vec<String>>) {
@@ -1185,6 +1211,39 @@ async fn service_principals(cmd: SpCommand) -> anyhow::Result<i32> {
             println!("Created service principal {} ({})", sp.display_name, sp.id);
             println!("  client id:     {}", sp.client_id);
             println!("  client secret: {} (shown once)", r.client_secret);
+        }
+        SpCommand::List { filter, client } => {
+            let session = Session::open(&client, true)?;
+            let directory = DirectoryServiceClient::new(session.channel.clone());
+            let found = all_pages(|page_token| {
+                let mut directory = directory.clone();
+                let request = session.request(ipb::ListServicePrincipalsRequest {
+                    page_size: 500,
+                    page_token,
+                    filter: filter.clone(),
+                });
+                async move {
+                    let page = directory
+                        .list_service_principals(request?)
+                        .await
+                        .map_err(explain)?
+                        .into_inner();
+                    Ok((page.service_principals, page.next_page_token))
+                }
+            })
+            .await?;
+            let rows = found
+                .into_iter()
+                .map(|sp| {
+                    vec![
+                        sp.id,
+                        sp.display_name,
+                        if sp.enabled { "enabled" } else { "disabled" }.to_owned(),
+                        time(sp.created_at.as_ref().map(from_timestamp)),
+                    ]
+                })
+                .collect();
+            print_table(&["CLIENT ID", "NAME", "STATE", "CREATED"], rows);
         }
         SpCommand::Rotate { id, client } => {
             let session = Session::open(&client, true)?;
