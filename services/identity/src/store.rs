@@ -197,10 +197,12 @@ pub async fn find_user<C: ConnectionTrait>(c: &C, id_or_name: &str) -> Result<Op
     .await
 }
 
-/// A LIKE pattern (with `ESCAPE '\\'`) for values containing `filter`, in lower case.
+/// A LIKE pattern (with `ESCAPE '\\'`) for values containing `filter`, compared with
+/// `LOWER(…)`: ASCII letters only are folded, as SQLite's `LOWER` folds them, so both
+/// databases answer alike.
 fn like_pattern(filter: &str) -> String {
     let escaped = filter
-        .to_lowercase()
+        .to_ascii_lowercase()
         .replace('\\', "\\\\")
         .replace('%', "\\%")
         .replace('_', "\\_");

@@ -853,7 +853,9 @@ fn users_are_managed_and_a_waiting_request_is_withdrawn() {
     );
     // Service principals are listed by name, as JSON lines too.
     admin.ok(&["service-principals", "create", "--name", "ticket bot"], None);
+    admin.ok(&["service-principals", "create", "--name", "deploy bot"], None);
     let bots = admin.ok(&["sp", "list", "--filter", "ticket", "--output", "json"], None);
+    assert_eq!(bots.lines().count(), 1, "only the ticket bot: {bots}");
     let bot: serde_json::Value = serde_json::from_str(bots.lines().next().unwrap_or_default()).expect("a JSON line");
     assert_eq!(
         (bot["name"].as_str(), bot["state"].as_str()),

@@ -1417,7 +1417,7 @@ async fn check(args: CheckArgs) -> anyhow::Result<i32> {
         .into_inner();
     let what = role.or(args.permission).unwrap_or_default();
     if r.allowed {
-        // Through which role, assignment and group, where (a permission names no role).
+        // Through which role, assignment and group, where: the grants behind the answer.
         let through: Vec<String> = r
             .grants
             .iter()
