@@ -210,3 +210,35 @@ impl Assignments {
         self.roles.reload(&self.db).await.map_err(Error::Internal)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn role_names_are_printable_ascii_and_never_look_like_ids() {
+        assert_eq!(role_name("  Payments Refunder ").unwrap(), "Payments Refunder");
+        for bad in [
+            "",
+            "Zahlungsprüfer",
+            "tab\there",
+            "0192f3a4-b5c6-7d8e-9f0a-1b2c3d4e5f6a",
+            "X (deleted 0192f3a4)",
+        ] {
+            assert!(role_name(bad).is_err(), "{bad:?}");
+        }
+        assert!(role_name(&"a".repeat(MAX_NAME + 1)).is_err());
+    }
+
+    #[test]
+    fn a_permission_set_is_checked_trimmed_and_without_repeats() {
+        let set = permission_set(vec![" app.x/read ".into(), "APP.X/READ".into(), "app.x/*".into()]).unwrap();
+        assert_eq!(set, ["app.x/read", "app.x/*"]);
+        assert!(permission_set(vec![]).is_err(), "a role holds at least one");
+        assert!(permission_set(vec!["app.x//read".into()]).is_err());
+        let too_many = (0..=MAX_PERMISSIONS).map(|i| format!("app.x/p{i}")).collect();
+        assert!(permission_set(too_many).is_err());
+        assert!(is_privileged(false, &["pim.roles.manage".into()]) && is_privileged(true, &["app.x/read".into()]));
+        assert!(!is_privileged(false, &["app.x/read".into()]));
+    }
+}

@@ -137,6 +137,26 @@ fn policy_approvers(p: &Policy) -> impl Iterator<Item = &String> {
     )
 }
 
+/// A role's policy as clients read it: in force at `scope`, with its etag.
+pub struct PolicyAt {
+    pub role_id: String,
+    pub scope: String,
+    pub policy: Policy,
+    pub etag: String,
+}
+
+impl PolicyAt {
+    /// `policy`, in force at `scope` and set at `set_at` (`None`: the defaults).
+    fn new(role_id: String, scope: &str, policy: Policy, set_at: Option<&str>) -> Self {
+        Self {
+            etag: policy_edits::etag(&policy, set_at),
+            role_id,
+            scope: scope.to_owned(),
+            policy,
+        }
+    }
+}
+
 /// A grant that allowed a check: which assignment, of which role, where, until when, and the
 /// group it came through (when held by a role-assignable group the principal is in).
 #[derive(Clone, Debug)]
@@ -301,12 +321,22 @@ impl Assignments {
     }
 
     /// The policy in force at (role, scope), with its etag.
-    pub async fn get_policy(&self, role: &str, scope: &str) -> Result<(String, Scope, Policy, String)> {
+    pub async fn get_policy(&self, role: &str, scope: &str) -> Result<PolicyAt> {
         let role = self.role(role)?;
         let scope = Scope::parse(scope)?;
         let (policy, set_at) = self.effective_policy(&self.db, &role.id, &scope).await?;
-        let etag = policy_edits::etag(&policy, set_at.as_deref());
-        Ok((role.id, scope, policy, etag))
+        Ok(PolicyAt::new(role.id, scope.as_str(), policy, set_at.as_deref()))
+    }
+
+    /// Every policy set for a role, by scope.
+    pub async fn policies_set(&self, role: &str) -> Result<Vec<PolicyAt>> {
+        let role = self.role(role)?;
+        let mut set = Vec::new();
+        for (scope, json) in store::policies(&self.db, &role.id).await? {
+            let policy = serde_json::from_str(&json).map_err(|e| Error::Internal(e.into()))?;
+            set.push(PolicyAt::new(role.id.clone(), &scope, policy, Some(&scope)));
+        }
+        Ok(set)
     }
 
     /// Applies `update` to the role's policy at `scope`: the settings it names take its
@@ -319,7 +349,7 @@ impl Assignments {
         role: &str,
         scope: &str,
         update: PolicyUpdate,
-    ) -> Result<(String, Scope, Policy, String)> {
+    ) -> Result<PolicyAt> {
         let role = self.role(role)?;
         let scope = Scope::parse(scope)?;
         self.authorize(caller, permissions::POLICIES_MANAGE, &scope).await?;
@@ -392,8 +422,7 @@ impl Assignments {
             self.emit(&txn, "PolicyUpdated", &role.id, &event).await?;
             txn.commit().await?;
             self.committed(&[]);
-            let etag = policy_edits::etag(&after, Some(scope.as_str()));
-            return Ok((role.id, scope, after, etag));
+            return Ok(PolicyAt::new(role.id, scope.as_str(), after, Some(scope.as_str())));
         }
         Err(Error::Aborted(
             "the policy kept changing while this update was applied; try again".into(),

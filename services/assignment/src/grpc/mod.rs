@@ -203,12 +203,8 @@ impl PolicyService for Assignments {
     ) -> Result<Response<pb::RolePolicy>, Status> {
         caller(&request)?;
         let r = request.into_inner();
-        let (role_id, scope, policy, etag) = self.get_policy(&r.role_id, &r.scope).await?;
         Ok(Response::new(policy_to_pb(
-            role_id,
-            scope.as_str().to_owned(),
-            policy,
-            etag,
+            self.get_policy(&r.role_id, &r.scope).await?,
         )))
     }
 
@@ -227,12 +223,8 @@ impl PolicyService for Assignments {
             settings,
             etag,
         };
-        let (role_id, scope, policy, etag) = self.update_policy(&caller, &role, &scope, update).await?;
         Ok(Response::new(policy_to_pb(
-            role_id,
-            scope.as_str().to_owned(),
-            policy,
-            etag,
+            self.update_policy(&caller, &role, &scope, update).await?,
         )))
     }
 
@@ -242,23 +234,10 @@ impl PolicyService for Assignments {
         request: Request<pb::ListRolePoliciesRequest>,
     ) -> Result<Response<pb::ListRolePoliciesResponse>, Status> {
         caller(&request)?;
-        Ok(Response::new(self.list_policies_pb(&request.get_ref().role_id).await?))
-    }
-}
-
-impl Assignments {
-    async fn list_policies_pb(&self, role: &str) -> Result<pb::ListRolePoliciesResponse, Error> {
-        let role = self
-            .roles
-            .find(role.trim())
-            .ok_or_else(|| Error::NotFound(format!("role {role}")))?;
-        let mut policies = Vec::new();
-        for (scope, json) in crate::store::policies(&self.db, &role.id).await? {
-            let policy = serde_json::from_str(&json).map_err(|e| Error::Internal(e.into()))?;
-            let etag = crate::policy_edits::etag(&policy, Some(&scope));
-            policies.push(policy_to_pb(role.id.clone(), scope, policy, etag));
-        }
-        Ok(pb::ListRolePoliciesResponse { policies })
+        let set = self.policies_set(&request.get_ref().role_id).await?;
+        Ok(Response::new(pb::ListRolePoliciesResponse {
+            policies: set.into_iter().map(policy_to_pb).collect(),
+        }))
     }
 }
 

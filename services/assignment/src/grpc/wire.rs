@@ -8,7 +8,7 @@ use pim_proto::common::v1::{ApprovalStageSettings, PrincipalKind};
 use pim_runtime::consistency;
 use pim_runtime::db::to_timestamp;
 
-use crate::assignments::{ActivateRequest, AdminAssignRequest, EndRequest};
+use crate::assignments::{ActivateRequest, AdminAssignRequest, EndRequest, PolicyAt};
 use crate::domain::{ActivationAsk, AdminAssignment, ApprovalStage, Expiration, Kind, Policy, RequestStatus};
 use crate::error::Error;
 use crate::store::{AssignmentRow, RequestRow, RoleRow};
@@ -157,7 +157,13 @@ pub(super) fn duration_from_pb(field: &'static str, d: &prost_types::Duration) -
     Ok(Duration::new(d.seconds as u64, d.nanos as u32))
 }
 
-pub(super) fn policy_to_pb(role_id: String, scope: String, p: Policy, etag: String) -> pb::RolePolicy {
+pub(super) fn policy_to_pb(at: PolicyAt) -> pb::RolePolicy {
+    let PolicyAt {
+        role_id,
+        scope,
+        policy: p,
+        etag,
+    } = at;
     pb::RolePolicy {
         role_id,
         scope,
