@@ -112,17 +112,21 @@ impl Assignments {
                 now,
             )
         };
-        if !insert().await? {
+        let mut attempts = 0;
+        while !insert().await? {
             // Refused by the database: another activation of the role at the scope is live or
             // waiting (perhaps from a concurrent call). One whose end passed before the timer
-            // ended it is ended now, and the activation tried once more.
+            // ended it is ended now, and the activation tried again; so is one that ended (by
+            // the timer, or a decision) between the refusal and this look.
+            attempts += 1;
             let (principal, scope) = (&caller.principal_id, scope.as_str());
-            let live = store::live_activation(&self.db, principal, &role.id, scope).await?;
-            let gave_way = match live {
+            let cleared = match store::live_activation(&self.db, principal, &role.id, scope).await? {
                 Some(live) => self.end_if_lapsed(&live, &role.name, now).await?,
-                None => false,
+                None => store::pending_request(&self.db, principal, &role.id, scope)
+                    .await?
+                    .is_none(),
             };
-            if !gave_way || !insert().await? {
+            if !cleared || attempts == 3 {
                 return Err(self.refusal(principal, &role.name, &role.id, scope).await?);
             }
         }

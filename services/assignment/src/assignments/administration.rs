@@ -86,28 +86,25 @@ impl Assignments {
             return Ok(request);
         }
         let grant = || self.grant(Some(caller.actor()), request.clone(), &principal, &role.name);
-        match grant().await {
-            Err(err) if is_duplicate(&err) => {}
-            granted => return granted,
-        }
-        // Refused by the database: another administrator's assignment of the role at the
-        // scope is held (perhaps from a concurrent call). One whose end passed before the
-        // timer ended it is ended now, and the grant tried once more.
         let kind = r.assignment.kind.as_str();
-        let held = || store::live_admin_assignment(&self.db, kind, principal_id, &role.id, scope.as_str());
-        let refusal = |held: Option<AssignmentRow>| {
-            held.map_or_else(
-                || err_same_moment(&role.name, &scope),
-                |h| already_assigned(&role.name, &h),
-            )
-        };
-        match held().await? {
-            Some(lapsed) if self.end_if_lapsed(&lapsed, &role.name, now).await? => match grant().await {
-                Err(err) if is_duplicate(&err) => Err(refusal(held().await?)),
-                granted => granted,
-            },
-            held => Err(refusal(held)),
+        for attempt in 1..=3 {
+            match grant().await {
+                Err(err) if is_duplicate(&err) => {}
+                granted => return granted,
+            }
+            // Refused by the database: another administrator's assignment of the role at the
+            // scope is held (perhaps from a concurrent call). One whose end passed is ended now
+            // (or was, by the timer, a moment ago) and the grant tried again.
+            let held = store::live_admin_assignment(&self.db, kind, principal_id, &role.id, scope.as_str()).await?;
+            match held {
+                Some(held) if !self.end_if_lapsed(&held, &role.name, now).await? => {
+                    return Err(already_assigned(&role.name, &held));
+                }
+                _ if attempt == 3 => break,
+                _ => {}
+            }
         }
+        Err(err_same_moment(&role.name, &scope))
     }
 
     /// Records a request that grants an assignment, the assignment, and their events, in one transaction.
