@@ -37,7 +37,10 @@ use pim_runtime::events::Outbox;
 use pim_runtime::host::{Deps, Service};
 
 pub use assignments::Assignments;
-pub use roles::{BUILT_IN_ROLES, GLOBAL_ADMINISTRATOR, PRIVILEGED_ROLE_ADMINISTRATOR};
+pub use domain::Scope;
+pub use roles::{
+    BUILT_IN_ROLES, GLOBAL_ADMINISTRATOR, PRIVILEGED_ROLE_ADMINISTRATOR, check_permission, privileged_permission,
+};
 pub use scheduler::Scheduler;
 
 #[derive(Clone)]

@@ -995,3 +995,116 @@ fn custom_roles_are_created_checked_by_permission_and_deleted() {
     up.terminate();
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// Policy as code: the example file applies, a second apply changes nothing, an assignment
+/// made by hand to a role the file prunes is planned away and removed, an export plans no
+/// change, and a file with mistakes lists each with its line and changes nothing.
+#[test]
+fn a_configuration_file_applies_once_prunes_round_trips_and_a_bad_one_changes_nothing() {
+    let (dir, up, _server, admin) = up_with_admin();
+    for user in ["lee", "sam", "alice", "bob"] {
+        admin.ok(
+            &["users", "create", "--user-name", user, "--password-stdin"],
+            Some(&format!("{user}'s passphrase, long enough\n")),
+        );
+    }
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/pim.example.yaml");
+
+    let planned = admin.ok(&["plan", "-f", example], None);
+    assert!(planned.contains("+ role \"Payments Refunder\""), "{planned}");
+    assert!(
+        planned.contains("~ policy of \"Exchange Administrator\" at /: activation_requires_ticket: off -> on"),
+        "{planned}"
+    );
+    assert!(
+        planned.contains("Plan: 6 to add, 2 to change, 0 to remove."),
+        "{planned}"
+    );
+    // A plan changes nothing.
+    let roles = admin.ok(&["roles", "--definitions"], None);
+    assert!(!roles.contains("Payments Refunder"), "{roles}");
+
+    let applied = admin.ok(&["apply", "-f", example], None);
+    assert!(applied.contains("Applied 8 change(s)."), "{applied}");
+    let again = admin.ok(&["apply", "-f", example], None);
+    assert!(again.contains("No changes"), "{again}");
+    let policy = admin.ok(
+        &["policy", "show", "Payments Refunder", "--scope", "/apps/payments"],
+        None,
+    );
+    assert!(policy.contains("alice"), "{policy}");
+    let members = admin.ok(&["groups", "members", "payments-oncall"], None);
+    assert!(members.contains("sam"), "{members}");
+
+    // Bob's eligibility, made by hand, is not in the file, which owns the role.
+    admin.ok(
+        &[
+            "assign",
+            "--principal",
+            "bob",
+            "--role",
+            "Payments Refunder",
+            "--kind",
+            "eligible",
+            "--scope",
+            "/apps/payments",
+            "--permanent",
+        ],
+        None,
+    );
+    let drift = admin.ok(&["plan", "-f", example], None);
+    assert!(
+        drift.contains("- eligible bob: Payments Refunder at /apps/payments (not in the file, which prunes the role)"),
+        "{drift}"
+    );
+    admin.ok(&["apply", "-f", example], None);
+    let held = admin.ok(
+        &["assignments", "--role", "Payments Refunder", "--kind", "eligible"],
+        None,
+    );
+    assert!(!held.contains("bob") && held.contains("lee"), "{held}");
+
+    // An export is a file whose plan is empty.
+    let exported = dir.join("exported.yaml");
+    admin.ok(&["export", "-f", exported.to_str().unwrap()], None);
+    let text = std::fs::read_to_string(&exported).unwrap();
+    assert!(
+        text.contains("Payments Refunder") && text.contains("payments-oncall"),
+        "{text}"
+    );
+    let round = admin.ok(&["plan", "-f", exported.to_str().unwrap()], None);
+    assert!(round.contains("No changes"), "{round}");
+
+    // Every mistake, each at its line; nothing applied, not even the valid new role.
+    let bad = dir.join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "roles:\n  - name: Auditor Extra\n    permissions: [app.audit/read]\n  - name: Broken\n    permissions: [\"app payments/refunds\"]\npolicies:\n  - role: Payments Refunder\n    activation_max_duration: soon\nassignments:\n  - role: Payments Refunder\n    eligible:\n      - principal: nobody\n      - principal: lee\n        scope: /apps/payments\n        until: 2020-01-01T00:00:00Z\n  - role: No Such Role\n  - role: Exchange Administrator\n    eligible:\n      - principal: lee\n        until: 2099-01-01T00:00:00Z\n",
+    )
+    .unwrap();
+    let refused = admin.run(&["apply", "-f", bad.to_str().unwrap()], None);
+    assert_ne!(refused.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&refused.stderr);
+    let bad_path = bad.display().to_string();
+    for (line, what) in [
+        (4, "app payments/refunds"),
+        (7, "activation_max_duration"),
+        (12, "nobody"),
+        (13, "has passed"),
+        (16, "No Such Role"),
+        // Found by the server (validate_only): longer than the policy allows.
+        (19, "365 days"),
+    ] {
+        assert!(
+            err.lines()
+                .any(|l| l.contains(&format!("{bad_path}:{line}:")) && l.contains(what)),
+            "no error at line {line} about {what}:\n{err}"
+        );
+    }
+    assert!(err.contains("6 error(s); nothing was changed"), "{err}");
+    let roles = admin.ok(&["roles", "--definitions"], None);
+    assert!(!roles.contains("Auditor Extra"), "{roles}");
+
+    up.terminate();
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -124,6 +124,7 @@ pub(super) fn assignment_to_pb(
         _ => PrincipalKind::User,
     };
     pb::Assignment {
+        activated: a.origin == "activation",
         id: a.id,
         kind: kind_to_pb(&a.kind) as i32,
         principal_id: member.map(str::to_owned).unwrap_or(a.principal_id),

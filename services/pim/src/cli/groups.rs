@@ -107,7 +107,7 @@ pub(crate) async fn run(cmd: GroupsCommand) -> anyhow::Result<i32> {
             let session = Session::open(&client, true)?;
             let members = DirectoryServiceClient::new(session.channel.clone())
                 .list_group_members(session.request(ipb::ListGroupMembersRequest {
-                    group_id: group,
+                    group_id: group_id(&session, &group).await?,
                     page_size: 500,
                     page_token: String::new(),
                 })?)
@@ -129,7 +129,7 @@ async fn change_member(group: &str, member: &str, client: &ClientArgs, add: bool
     let session = Session::open(client, true)?;
     let member_id = session.principal_id(member).await?;
     let request = session.request(ipb::GroupMembershipRequest {
-        group_id: group.to_owned(),
+        group_id: group_id(&session, group).await?,
         principal_id: member_id,
     })?;
     let mut directory = DirectoryServiceClient::new(session.channel.clone());
@@ -141,4 +141,18 @@ async fn change_member(group: &str, member: &str, client: &ClientArgs, add: bool
         println!("Removed {member} from {group}");
     }
     Ok(())
+}
+
+/// A group's id from its display name (or its id).
+async fn group_id(session: &Session, name_or_id: &str) -> anyhow::Result<String> {
+    if uuid::Uuid::parse_str(name_or_id).is_ok() {
+        return Ok(name_or_id.to_owned());
+    }
+    let groups = super::listings::groups(session).await?;
+    let named: Vec<_> = groups.into_iter().filter(|g| g.display_name == name_or_id).collect();
+    match named.as_slice() {
+        [one] => Ok(one.id.clone()),
+        [] => anyhow::bail!("no group is named {name_or_id:?} (pim groups list shows them)"),
+        _ => anyhow::bail!("several groups are named {name_or_id:?}; give the group's id (pim groups list)"),
+    }
 }

@@ -31,7 +31,9 @@ use crate::host::{ServiceName, Suite, SuiteOptions};
 
 mod alerts;
 mod approvals;
+mod as_code;
 mod groups;
+mod listings;
 mod mfa;
 mod requests;
 mod reviews;
@@ -186,6 +188,15 @@ enum Command {
     /// Show or change a role's policy at a scope.
     #[command(subcommand)]
     Policy(requests::PolicyCommand),
+    /// Show, as a diff, what `pim apply -f FILE` would change (custom roles, groups and their
+    /// members, role policies, assignments). Nothing changes. The file's format is
+    /// deploy/pim.schema.json; `pim export` writes one.
+    Plan(as_code::FileArgs),
+    /// Make the server match a configuration file: every error in it is listed, with its line,
+    /// before anything changes; a second apply changes nothing.
+    Apply(as_code::FileArgs),
+    /// Write the server's configuration as a file for `pim plan` and `pim apply`.
+    Export(as_code::ExportArgs),
     /// Multi-factor authentication: enrol an authenticator app, step up, recovery codes,
     /// enrolment passes and resets.
     #[command(subcommand)]
@@ -457,6 +468,9 @@ async fn run_command(cli: Cli) -> anyhow::Result<i32> {
         Command::Reviews(cmd) => reviews::run(cmd).await,
         Command::Alerts(args) => alerts::run(args).await,
         Command::Policy(cmd) => requests::policy(cmd).await,
+        Command::Plan(args) => as_code::plan(args).await,
+        Command::Apply(args) => as_code::apply(args).await,
+        Command::Export(args) => as_code::export(args).await,
         Command::Mfa(cmd) => mfa::run(cmd).await,
         Command::Password(args) => mfa::change_password(args).await,
         Command::Assign(args) => assign(args).await,
@@ -1214,24 +1228,7 @@ async fn service_principals(cmd: SpCommand) -> anyhow::Result<i32> {
         }
         SpCommand::List { filter, client } => {
             let session = Session::open(&client, true)?;
-            let directory = DirectoryServiceClient::new(session.channel.clone());
-            let found = all_pages(|page_token| {
-                let mut directory = directory.clone();
-                let request = session.request(ipb::ListServicePrincipalsRequest {
-                    page_size: 500,
-                    page_token,
-                    filter: filter.clone(),
-                });
-                async move {
-                    let page = directory
-                        .list_service_principals(request?)
-                        .await
-                        .map_err(explain)?
-                        .into_inner();
-                    Ok((page.service_principals, page.next_page_token))
-                }
-            })
-            .await?;
+            let found = listings::service_principals(&session, &filter).await?;
             let rows = found
                 .into_iter()
                 .map(|sp| {

@@ -14,7 +14,7 @@ use pim_proto::identity::v1::mfa_service_client::MfaServiceClient;
 use pim_runtime::db::{from_timestamp, to_timestamp};
 use pim_runtime::grpc::violated_rules;
 
-use super::{ClientArgs, KindArg, Session, explain, kind_pb, print_table, secret_from, time, write_token};
+use super::{ClientArgs, KindArg, Names, Session, explain, kind_pb, print_table, secret_from, time, write_token};
 
 #[derive(Args)]
 pub(crate) struct ActivateArgs {
@@ -436,7 +436,7 @@ pub(crate) async fn list(args: RequestsArgs) -> anyhow::Result<i32> {
         (None, false) => session.whoami()?,
     };
     let mut client = AssignmentServiceClient::new(session.channel.clone());
-    let mut names = super::Names::new(&session);
+    let mut names = Names::new(&session);
     let mut rows = Vec::new();
     let mut page_token = String::new();
     loop {
@@ -529,9 +529,16 @@ pub(crate) async fn my_roles(client: ClientArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-fn print_policy(p: &apb::RolePolicy) {
+/// A policy as a table, the role and approvers by name.
+async fn print_policy(session: &Session, p: &apb::RolePolicy) {
+    let mut names = Names::new(session);
+    let role = names.role(&p.role_id).await;
+    let mut approvers = Vec::new();
+    for id in &p.approver_ids {
+        approvers.push(names.principal(id).await);
+    }
     let rows = vec![
-        vec!["role".into(), p.role_id.clone()],
+        vec!["role".into(), role],
         vec!["scope".into(), p.scope.clone()],
         vec![
             "activation max duration".into(),
@@ -553,7 +560,7 @@ fn print_policy(p: &apb::RolePolicy) {
             if p.approver_ids.is_empty() {
                 "default (active Privileged Role and Global Administrators)".into()
             } else {
-                p.approver_ids.join(",")
+                approvers.join(", ")
             },
         ],
         vec!["approval timeout".into(), show_duration(&p.approval_timeout)],
@@ -583,7 +590,7 @@ pub(crate) async fn policy(cmd: PolicyCommand) -> anyhow::Result<i32> {
                 .await
                 .map_err(explain)?
                 .into_inner();
-            print_policy(&p);
+            print_policy(&session, &p).await;
         }
         PolicyCommand::Set(a) => {
             let session = Session::open(&a.client, true)?;
@@ -659,7 +666,7 @@ pub(crate) async fn policy(cmd: PolicyCommand) -> anyhow::Result<i32> {
                 .await
                 .map_err(explain)?
                 .into_inner();
-            print_policy(&updated);
+            print_policy(&session, &updated).await;
         }
     }
     Ok(0)

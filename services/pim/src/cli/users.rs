@@ -5,7 +5,7 @@ use clap::Subcommand;
 use pim_proto::identity::v1 as ipb;
 use pim_proto::identity::v1::directory_service_client::DirectoryServiceClient;
 
-use super::{ClientArgs, Session, all_pages, explain, print_table, secret_from};
+use super::{ClientArgs, Session, explain, print_table, secret_from};
 
 #[derive(Subcommand)]
 pub(crate) enum UsersCommand {
@@ -135,20 +135,7 @@ pub(crate) async fn users(cmd: UsersCommand) -> anyhow::Result<i32> {
         }
         UsersCommand::List { filter, client } => {
             let session = Session::open(&client, true)?;
-            let directory = DirectoryServiceClient::new(session.channel.clone());
-            let users = all_pages(|page_token| {
-                let mut directory = directory.clone();
-                let request = session.request(ipb::ListUsersRequest {
-                    page_size: 500,
-                    page_token,
-                    filter: filter.clone(),
-                });
-                async move {
-                    let page = directory.list_users(request?).await.map_err(explain)?.into_inner();
-                    Ok((page.users, page.next_page_token))
-                }
-            })
-            .await?;
+            let users = super::listings::users(&session, &filter).await?;
             print_table(
                 &["ID", "USER NAME", "DISPLAY NAME", "STATE"],
                 users.iter().map(user_row).collect(),

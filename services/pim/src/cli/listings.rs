@@ -1,0 +1,65 @@
+//! Every item of the directory's paged listings, for the commands that need them all.
+
+use pim_proto::identity::v1 as ipb;
+use pim_proto::identity::v1::directory_service_client::DirectoryServiceClient;
+
+use super::{Session, all_pages, explain};
+
+const PAGE: i32 = 500;
+
+/// Every user whose user name or display name contains `filter` (empty: all).
+pub(crate) async fn users(session: &Session, filter: &str) -> anyhow::Result<Vec<ipb::User>> {
+    let directory = DirectoryServiceClient::new(session.channel.clone());
+    all_pages(|page_token| {
+        let mut directory = directory.clone();
+        let request = session.request(ipb::ListUsersRequest {
+            page_size: PAGE,
+            page_token,
+            filter: filter.to_owned(),
+        });
+        async move {
+            let page = directory.list_users(request?).await.map_err(explain)?.into_inner();
+            Ok((page.users, page.next_page_token))
+        }
+    })
+    .await
+}
+
+/// Every group.
+pub(crate) async fn groups(session: &Session) -> anyhow::Result<Vec<ipb::Group>> {
+    let directory = DirectoryServiceClient::new(session.channel.clone());
+    all_pages(|page_token| {
+        let mut directory = directory.clone();
+        let request = session.request(ipb::ListGroupsRequest {
+            page_size: PAGE,
+            page_token,
+        });
+        async move {
+            let page = directory.list_groups(request?).await.map_err(explain)?.into_inner();
+            Ok((page.groups, page.next_page_token))
+        }
+    })
+    .await
+}
+
+/// Every service principal whose display name contains `filter` (empty: all).
+pub(crate) async fn service_principals(session: &Session, filter: &str) -> anyhow::Result<Vec<ipb::ServicePrincipal>> {
+    let directory = DirectoryServiceClient::new(session.channel.clone());
+    all_pages(|page_token| {
+        let mut directory = directory.clone();
+        let request = session.request(ipb::ListServicePrincipalsRequest {
+            page_size: PAGE,
+            page_token,
+            filter: filter.to_owned(),
+        });
+        async move {
+            let page = directory
+                .list_service_principals(request?)
+                .await
+                .map_err(explain)?
+                .into_inner();
+            Ok((page.service_principals, page.next_page_token))
+        }
+    })
+    .await
+}
