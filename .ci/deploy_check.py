@@ -3,16 +3,17 @@
 - Kubernetes: every resource the kustomization lists validates strictly against the
   Kubernetes 1.30 schemas (`kubernetes-validate`); every service has a Deployment with more
   than one replica, gRPC health probes, resource requests and a non-root security context,
-  a Service and a PodDisruptionBudget; the Ingress routes every gRPC package in proto/.
-- Compose: the five services, PostgreSQL (a database each), Redis with AOF, Envoy and an
-  OpenTelemetry Collector; Envoy routes every gRPC package; the Collector takes OTLP.
+  a Service and a PodDisruptionBudget, and so has the gateway; the Ingress sends every path
+  (`/`, pathType Prefix) to the gateway, which knows where each of the five services is.
+- Compose: the five services, PostgreSQL (a database each), Redis with AOF, the gateway
+  (`pim serve gateway`, knowing every service's address) and an OpenTelemetry Collector
+  that takes OTLP.
 - Dockerfile: its `cargo build` line is printed, and with --build run as is.
 - The checks are shown to bite: broken copies of a manifest and of the compose file fail.
 Usage: python3 .ci/deploy_check.py [--build]
 """
 
 import copy
-import glob
 import os
 import re
 import shlex
@@ -29,17 +30,6 @@ SERVICES = ["identity", "assignment", "approval", "alerting", "audit"]
 K8S_VERSION = "1.30.0"
 
 
-def grpc_packages() -> set[str]:
-    """The proto packages that declare services: what a gateway must route."""
-    found = set()
-    for path in glob.glob(os.path.join(ROOT, "proto", "pim", "*", "v1", "*.proto")):
-        text = open(path).read()
-        package = re.search(r"^package ([\w.]+);", text, re.M)
-        if package and re.search(r"^service \w+", text, re.M):
-            found.add(package.group(1))
-    return found
-
-
 def k8s_problems(docs: list[dict], probe_kind: str = "grpc") -> list[str]:
     problems = []
     for doc in docs:
@@ -50,7 +40,7 @@ def k8s_problems(docs: list[dict], probe_kind: str = "grpc") -> list[str]:
     by_kind = {}
     for doc in docs:
         by_kind.setdefault(doc.get("kind"), {})[doc.get("metadata", {}).get("name")] = doc
-    for service in SERVICES:
+    for service in SERVICES + ["gateway"]:
         name = f"pim-{service}"
         deployment = by_kind.get("Deployment", {}).get(name)
         if deployment is None:
@@ -69,6 +59,10 @@ def k8s_problems(docs: list[dict], probe_kind: str = "grpc") -> list[str]:
             if not container.get("resources", {}).get("requests"):
                 problems.append(f"{name}: no resource requests")
             env = {e.get("name"): e for e in container.get("env", [])}
+            if service == "gateway":
+                if container.get("args") != ["serve", "gateway"]:
+                    problems.append(f"{name}: does not run pim serve gateway")
+                continue
             signing = env.get("PIM_EVENT_SIGNING_KEYS", {}).get("valueFrom", {}).get("secretKeyRef", {})
             if signing.get("key") != service:
                 problems.append(f"{name}: no event signing key of its own (PIM_EVENT_SIGNING_KEYS from key {service})")
@@ -78,17 +72,23 @@ def k8s_problems(docs: list[dict], probe_kind: str = "grpc") -> list[str]:
             problems.append(f"no Service {name}")
         if name not in by_kind.get("PodDisruptionBudget", {}):
             problems.append(f"no PodDisruptionBudget {name}")
-    routed = set()
+    config = by_kind.get("ConfigMap", {}).get("pim-config", {}).get("data", {})
+    for service in SERVICES:
+        if config.get(f"PIM_{service.upper()}_URL") != f"http://pim-{service}:50051":
+            problems.append(f"the gateway does not know where {service} is (PIM_{service.upper()}_URL)")
     for ingress in by_kind.get("Ingress", {}).values():
-        for rule in ingress.get("spec", {}).get("rules", []):
-            for path in rule.get("http", {}).get("paths", []):
-                routed.add(path.get("path", "").strip("/").rstrip("."))
-    for package in grpc_packages() - routed:
-        problems.append(f"the Ingress does not route /{package}.*")
+        paths = [p for rule in ingress.get("spec", {}).get("rules", []) for p in rule.get("http", {}).get("paths", [])]
+        # Kubernetes matches Prefix paths element by element: only `/` covers every gRPC path.
+        if not any(p.get("path") == "/" and p.get("pathType") == "Prefix"
+                   and p.get("backend", {}).get("service", {}).get("name") == "pim-gateway" for p in paths):
+            problems.append("the Ingress does not send every path (/, Prefix) to pim-gateway")
+        for p in paths:
+            if p.get("path") != "/" and p.get("pathType") == "Prefix" and "." in p.get("path", ""):
+                problems.append(f"the Ingress path {p.get('path')} cannot match gRPC paths (Prefix matches whole elements)")
     return problems
 
 
-def compose_problems(compose: dict, envoy: dict, collector: dict, init_sql: str) -> list[str]:
+def compose_problems(compose: dict, collector: dict, init_sql: str) -> list[str]:
     problems = []
     services = compose.get("services", {})
     for needed in SERVICES + ["postgres", "redis", "otel-collector", "gateway"]:
@@ -133,18 +133,12 @@ def compose_problems(compose: dict, envoy: dict, collector: dict, init_sql: str)
             problems.append(f"compose: {service} has no event signing key of its own")
         if "PIM_EVENT_VERIFYING_KEYS" not in environment:
             problems.append(f"compose: {service} has no PIM_EVENT_VERIFYING_KEYS")
-    routes = set()
-    clusters = {c["name"] for c in envoy["static_resources"]["clusters"]}
-    for listener in envoy["static_resources"]["listeners"]:
-        for chain in listener["filter_chains"]:
-            for f in chain["filters"]:
-                for host in f["typed_config"]["route_config"]["virtual_hosts"]:
-                    for route in host["routes"]:
-                        routes.add(route["match"]["prefix"].strip("/").rstrip("."))
-                        if route["route"]["cluster"] not in clusters:
-                            problems.append(f"envoy: no cluster {route['route']['cluster']}")
-    for package in grpc_packages() - routes:
-        problems.append(f"envoy does not route /{package}.*")
+    gateway = services.get("gateway", {})
+    if gateway.get("command") != ["serve", "gateway"]:
+        problems.append("compose: the gateway does not run pim serve gateway")
+    for service in SERVICES:
+        if gateway.get("environment", {}).get(f"PIM_{service.upper()}_URL") != f"http://{service}:50051":
+            problems.append(f"compose: the gateway does not know where {service} is")
     pipelines = collector.get("service", {}).get("pipelines", {})
     if "otlp" not in collector.get("receivers", {}) or "otlp" not in pipelines.get("traces", {}).get("receivers", []):
         problems.append("collector: no OTLP receiver in the traces pipeline")
@@ -198,7 +192,7 @@ def mtls_problems(docs: list[dict]) -> list[str]:
             for needed in ("PIM_TLS_CERT", "PIM_TLS_KEY", "PIM_TLS_CLIENT_CA", "PIM_TLS_CLIENT_CERT", "PIM_TLS_CLIENT_KEY"):
                 if not env.get(needed):
                     problems.append(f"mtls: {doc['metadata']['name']} has no {needed}")
-            for peer in ("PIM_IDENTITY_URL", "PIM_ASSIGNMENT_URL"):
+            for peer in [f"PIM_{service.upper()}_URL" for service in SERVICES]:
                 if not env.get(peer, "").startswith("https://"):
                     problems.append(f"mtls: {doc['metadata']['name']} calls its peers without TLS ({peer})")
     return problems
@@ -277,12 +271,11 @@ def main(build: bool) -> int:
     docs = load_k8s()
     compose_dir = os.path.join(DEPLOY, "compose")
     compose = yaml.safe_load(open(os.path.join(compose_dir, "docker-compose.yml")))
-    envoy = yaml.safe_load(open(os.path.join(compose_dir, "envoy.yaml")))
     collector = yaml.safe_load(open(os.path.join(compose_dir, "otel-collector.yaml")))
     init_sql = open(os.path.join(compose_dir, "postgres-init.sql")).read()
 
     mtls = load_overlay("mtls", docs)
-    problems = (k8s_problems(docs) + compose_problems(compose, envoy, collector, init_sql) + mtls_problems(mtls)
+    problems = (k8s_problems(docs) + compose_problems(compose, collector, init_sql) + mtls_problems(mtls)
                 + redis_acl_problems(compose))
     if problems:
         print("deploy/ is broken:\n  " + "\n  ".join(problems), file=sys.stderr)
@@ -297,7 +290,7 @@ def main(build: bool) -> int:
         return 1
     no_aof = copy.deepcopy(compose)
     no_aof["services"]["redis"]["command"] = ["redis-server"]
-    if not compose_problems(no_aof, envoy, collector, init_sql):
+    if not compose_problems(no_aof, collector, init_sql):
         print("Redis without AOF passed the check", file=sys.stderr)
         return 1
 
@@ -313,14 +306,21 @@ def main(build: bool) -> int:
     wide = copy.deepcopy(compose)
     wide["services"]["redis"]["command"] = [
         "(+xadd ~pim.*)" if "+xadd ~pim.identity.events" in a else a for a in wide["services"]["redis"]["command"]]
-    if not compose_problems(wide, envoy, collector, init_sql):
+    if not compose_problems(wide, collector, init_sql):
         print("a Redis user appending to every stream passed the check", file=sys.stderr)
         return 1
     # ... and so is a service signing with another's key.
     shared_key = copy.deepcopy(compose)
     shared_key["services"]["audit"]["environment"]["PIM_EVENT_SIGNING_KEYS"] = "${PIM_EVENT_KEY_IDENTITY}"
-    if not compose_problems(shared_key, envoy, collector, init_sql):
+    if not compose_problems(shared_key, collector, init_sql):
         print("a service signing with another's event key passed the check", file=sys.stderr)
+        return 1
+    # ... and so is an Ingress routing by package prefix, which Kubernetes never matches.
+    by_prefix = copy.deepcopy(docs)
+    ingress = next(d for d in by_prefix if d["kind"] == "Ingress")
+    ingress["spec"]["rules"][0]["http"]["paths"][0]["path"] = "/pim.identity.v1."
+    if not k8s_problems(by_prefix):
+        print("an Ingress routing /pim.identity.v1. by Prefix passed the check", file=sys.stderr)
         return 1
 
     dockerfile = open(os.path.join(DEPLOY, "Dockerfile")).read()
@@ -329,7 +329,7 @@ def main(build: bool) -> int:
         print("the Dockerfile has no `RUN cargo build` line", file=sys.stderr)
         return 1
     command = build_line.group(1)
-    print(f"deploy/: {len(docs)} Kubernetes resources valid for {K8S_VERSION} (and with the mtls overlay), compose, Envoy and "
+    print(f"deploy/: {len(docs)} Kubernetes resources valid for {K8S_VERSION} (and with the mtls overlay), compose, gateway and "
           f"Collector consistent; the Dockerfile builds with: {command}")
     if build:
         subprocess.run(shlex.split(command), cwd=ROOT, check=True)

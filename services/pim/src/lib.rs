@@ -4,6 +4,7 @@
 pub mod approval_bot;
 pub mod bootstrap;
 pub mod cli;
+pub mod gateway;
 pub mod host;
 
 pub use host::{ServiceName, Suite, SuiteOptions};

@@ -1108,3 +1108,221 @@ fn a_configuration_file_applies_once_prunes_round_trips_and_a_bad_one_changes_no
     up.terminate();
     std::fs::remove_dir_all(&dir).ok();
 }
+
+struct Processes(Vec<std::process::Child>);
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The production shape without Docker: five `pim serve` processes, each on its own
+/// PostgreSQL database, sharing Redis, behind `pim serve gateway`. The CLI is given only the
+/// gateway's address: health (every service SERVING), reflection listing every service,
+/// sign-in, MFA enrolment, assign, activate with a step-up, approve, check.
+#[test]
+fn the_distributed_shape_is_driven_through_the_gateway() {
+    use pim_runtime::testing::{TestDatabase, event_signing_keys, redis_url, unique};
+
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    let services = ["identity", "assignment", "approval", "alerting", "audit"];
+    let databases: Vec<TestDatabase> = services
+        .iter()
+        .map(|s| runtime.block_on(TestDatabase::create(s)).expect("a database"))
+        .collect();
+    let free_port = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port()
+    };
+    let ports: Vec<u16> = services.iter().map(|_| free_port()).collect();
+    let url = |i: usize| format!("http://127.0.0.1:{}", ports[i]);
+    let settings: Vec<(&str, String)> = vec![
+        ("PIM_REDIS_URL", redis_url()),
+        ("PIM_STREAM_PREFIX", format!("{}:", unique("gateway"))),
+        ("PIM_SECRETS_KEY", "KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=".into()),
+        ("PIM_EVENT_SIGNING_KEYS", event_signing_keys()),
+        ("PIM_IDENTITY_URL", url(0)),
+        ("PIM_ASSIGNMENT_URL", url(1)),
+        ("PIM_APPROVAL_URL", url(2)),
+        ("PIM_ALERTING_URL", url(3)),
+        ("PIM_AUDIT_URL", url(4)),
+    ];
+    let pim = |args: &[&str]| {
+        let mut command = Command::new(PIM);
+        command
+            .args(args)
+            .envs(settings.iter().map(|(k, v)| (*k, v.as_str())))
+            .env_remove("PIM_SERVER")
+            .stdin(Stdio::null());
+        command
+    };
+    // Before the first start, as the README says: the break-glass administrator.
+    let bootstrapped = pim(&["bootstrap"])
+        .env("PIM_IDENTITY_DATABASE_URL", &databases[0].url)
+        .env("PIM_ASSIGNMENT_DATABASE_URL", &databases[1].url)
+        .output()
+        .expect("pim bootstrap runs");
+    let printed: Vec<String> = String::from_utf8_lossy(&bootstrapped.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let mut processes = Processes(Vec::new());
+    for (i, service) in services.iter().enumerate() {
+        let child = pim(&["serve", service])
+            .env("PIM_LISTEN_ADDR", format!("127.0.0.1:{}", ports[i]))
+            .env("PIM_DATABASE_URL", &databases[i].url)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("pim serve runs");
+        processes.0.push(child);
+    }
+    let gateway_port = free_port();
+    let gateway = format!("http://127.0.0.1:{gateway_port}");
+    processes.0.push(
+        pim(&["serve", "gateway"])
+            .env("PIM_LISTEN_ADDR", format!("127.0.0.1:{gateway_port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("pim serve gateway runs"),
+    );
+
+    let dir = std::env::temp_dir().join(format!("pim-gateway-{}", uuid::Uuid::now_v7().simple()));
+    std::fs::create_dir_all(&dir).expect("a directory");
+    let admin = Client {
+        server: gateway.clone(),
+        token_file: dir.join("admin-token"),
+    };
+    // Every service answers through the gateway once it has started.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while admin.run(&["health"], None).status.code() != Some(0) {
+        assert!(
+            Instant::now() < deadline,
+            "the services never all answered through the gateway"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let health = admin.ok(&["health"], None);
+    for service in services {
+        assert!(
+            health
+                .lines()
+                .any(|l| l.starts_with(&format!("pim.{service}.v1.")) && l.ends_with("Serving")),
+            "{health}"
+        );
+    }
+    let itself = admin.ok(&["health", "--service", "gateway"], None);
+    assert!(itself.contains("Serving"), "{itself}");
+    let listed = runtime.block_on(async {
+        use tonic_reflection::pb::v1::ServerReflectionRequest;
+        use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+        let channel = tonic::transport::Channel::from_shared(gateway.clone())?
+            .connect()
+            .await?;
+        let ask = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut answers = ServerReflectionClient::new(channel)
+            .server_reflection_info(tokio_stream::iter([ask]))
+            .await?
+            .into_inner();
+        let mut names = Vec::new();
+        if let Some(answer) = answers.message().await?
+            && let Some(MessageResponse::ListServicesResponse(list)) = answer.message_response
+        {
+            names = list.service.into_iter().map(|s| s.name).collect();
+        }
+        anyhow::Ok(names)
+    });
+    let listed = listed.expect("reflection answers through the gateway");
+    for name in [
+        "pim.identity.v1.AuthService",
+        "pim.approval.v1.ApprovalService",
+        "pim.audit.v1.AuditService",
+    ] {
+        assert!(listed.iter().any(|s| s == name), "{listed:?}");
+    }
+
+    let password = field(&printed, "password:");
+    admin.ok(
+        &["login", "--user", "admin", "--password-stdin"],
+        Some(&format!("{password}\n")),
+    );
+    admin.ok(
+        &["users", "create", "--user-name", "lee", "--password-stdin"],
+        Some("lee's passphrase, long enough\n"),
+    );
+    let lee = Client {
+        server: gateway.clone(),
+        token_file: dir.join("lee-token"),
+    };
+    lee.ok(
+        &["login", "--user", "lee", "--password-stdin"],
+        Some("lee's passphrase, long enough\n"),
+    );
+    let authenticator = lee.enroll_mfa();
+    admin.ok(
+        &["policy", "set", "Security Reader", "--require-approval", "true"],
+        None,
+    );
+    admin.ok(
+        &[
+            "assign",
+            "--principal",
+            "lee",
+            "--role",
+            "Security Reader",
+            "--kind",
+            "eligible",
+            "--permanent",
+        ],
+        None,
+    );
+    let code = authenticator.generate(now_secs() + 30);
+    let waiting = lee.ok(
+        &[
+            "activate",
+            "Security Reader",
+            "--duration",
+            "1h",
+            "--justification",
+            "night shift",
+            "--code",
+            &code,
+            "--no-wait",
+        ],
+        None,
+    );
+    assert!(waiting.contains("pending_approval"), "{waiting}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let approval = loop {
+        let listed = admin.ok(&["approvals", "--status", "pending"], None);
+        if let Some(line) = listed.lines().find(|l| l.contains("night shift")) {
+            break line.split_whitespace().next().expect("an id").to_owned();
+        }
+        assert!(Instant::now() < deadline, "no approval appeared: {listed}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    admin.ok(&["approve", &approval, "-j", "rota"], None);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while admin.run(&["check", "lee", "Security Reader"], None).status.code() != Some(0) {
+        assert!(Instant::now() < deadline, "the approved role never became active");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    drop(processes);
+    for database in databases {
+        runtime.block_on(database.drop_database()).ok();
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -67,6 +67,11 @@ pub struct Config {
     pub identity_url: Option<String>,
     /// The assignment service, for services hosted without it (`PIM_ASSIGNMENT_URL`).
     pub assignment_url: Option<String>,
+    /// The approval, alerting and audit services, for the gateway (`PIM_APPROVAL_URL`,
+    /// `PIM_ALERTING_URL`, `PIM_AUDIT_URL`).
+    pub approval_url: Option<String>,
+    pub alerting_url: Option<String>,
+    pub audit_url: Option<String>,
     pub tls: TlsConfig,
     /// Lifetime of access tokens (`PIM_ACCESS_TOKEN_TTL_SECS`).
     pub access_token_ttl: Duration,
@@ -183,6 +188,9 @@ impl Config {
                 .unwrap_or_else(|| PathBuf::from(".pim")),
             identity_url: get("PIM_IDENTITY_URL"),
             assignment_url: get("PIM_ASSIGNMENT_URL"),
+            approval_url: get("PIM_APPROVAL_URL"),
+            alerting_url: get("PIM_ALERTING_URL"),
+            audit_url: get("PIM_AUDIT_URL"),
             tls: TlsConfig {
                 cert: get("PIM_TLS_CERT").map(PathBuf::from),
                 key: get("PIM_TLS_KEY").map(PathBuf::from),

@@ -83,6 +83,47 @@ pub fn internal(err: impl Into<anyhow::Error>) -> Status {
     Status::internal("internal error")
 }
 
+/// A gRPC server with TLS when a certificate is configured (and mutual TLS when a client CA
+/// is: the handshake fails for a client without a certificate that CA signed).
+pub fn server_builder(tls: &TlsConfig) -> anyhow::Result<Server> {
+    let mut builder = Server::builder();
+    if let (Some(cert), Some(key)) = (&tls.cert, &tls.key) {
+        let cert = std::fs::read(cert).with_context(|| format!("reading TLS certificate {}", cert.display()))?;
+        let key = std::fs::read(key).with_context(|| format!("reading TLS key {}", key.display()))?;
+        let mut config = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
+        if let Some(ca) = &tls.client_ca {
+            // The bearer token is still required and checked on every call.
+            let pem = std::fs::read(ca).with_context(|| format!("reading client CA certificate {}", ca.display()))?;
+            config = config.client_ca_root(Certificate::from_pem(pem));
+        }
+        builder = builder.tls_config(config).context("configuring TLS")?;
+    }
+    Ok(builder)
+}
+
+/// `routes` and server reflection (v1 and v1alpha) describing every PIM service and health.
+pub fn with_reflection(routes: Routes) -> anyhow::Result<Routes> {
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pim_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("building the reflection service")?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pim_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .context("building the reflection service")?;
+    Ok(routes.add_service(reflection_v1).add_service(reflection_v1alpha))
+}
+
+/// Accepted sockets send at once (no Nagle delay on small responses), and a peer that
+/// vanished is noticed by TCP keepalive.
+pub fn incoming(listener: TcpListener) -> TcpIncoming {
+    TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(Duration::from_secs(60)))
+}
+
 /// Serves `routes` plus health and reflection on `listener` until `shutdown` completes.
 /// `services` are the fully-qualified names reported SERVING by the health service.
 pub async fn serve(
@@ -97,48 +138,14 @@ pub async fn serve(
     for service in &services {
         reporter.set_service_status(*service, ServingStatus::Serving).await;
     }
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pim_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .context("building the reflection service")?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pim_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()
-        .context("building the reflection service")?;
-
-    let mut builder = Server::builder();
-    if let (Some(cert), Some(key)) = (&tls.cert, &tls.key) {
-        let cert = std::fs::read(cert).with_context(|| format!("reading TLS certificate {}", cert.display()))?;
-        let key = std::fs::read(key).with_context(|| format!("reading TLS key {}", key.display()))?;
-        let mut config = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
-        if let Some(ca) = &tls.client_ca {
-            // Mutual TLS: the handshake fails for a client without a certificate this CA signed.
-            // The bearer token is still required and checked on every call.
-            let pem = std::fs::read(ca).with_context(|| format!("reading client CA certificate {}", ca.display()))?;
-            config = config.client_ca_root(Certificate::from_pem(pem));
-        }
-        builder = builder.tls_config(config).context("configuring TLS")?;
-    }
-    let routes = routes
-        .add_service(health)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha);
-    builder
+    let routes = with_reflection(routes.add_service(health))?;
+    server_builder(tls)?
         // Bounded handler time: a stuck dependency must not pin connections forever.
         .timeout(Duration::from_secs(30))
         // Authentication wraps every route, so no handler can forget it.
         .layer(auth)
         .add_routes(routes)
-        // Accepted sockets send at once (no Nagle delay on small responses), and a peer that
-        // vanished is noticed by TCP keepalive.
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener)
-                .with_nodelay(Some(true))
-                .with_keepalive(Some(Duration::from_secs(60))),
-            shutdown,
-        )
+        .serve_with_incoming_shutdown(incoming(listener), shutdown)
         .await
         .context("serving gRPC")?;
     // The health reporter goes with the server: report NOT_SERVING to anyone still asking.

@@ -103,10 +103,12 @@ enum Command {
     /// break-glass administrator's credentials.
     #[command(after_help = UP_SETTINGS)]
     Up,
-    /// Run one service (production shape: PIM_DATABASE_URL for PostgreSQL, PIM_REDIS_URL).
+    /// Run one service (production shape: PIM_DATABASE_URL for PostgreSQL, PIM_REDIS_URL), or
+    /// the gateway: one address in front of the five (PIM_IDENTITY_URL, PIM_ASSIGNMENT_URL,
+    /// PIM_APPROVAL_URL, PIM_ALERTING_URL, PIM_AUDIT_URL) for the CLI and apps.
     Serve {
-        /// identity, assignment, approval, alerting or audit
-        service: ServiceName,
+        /// identity, assignment, approval, alerting, audit or gateway
+        service: Served,
     },
     /// Make the Ed25519 keys services sign their events with (the production shape; `pim up`
     /// makes its own). Prints each service's secret signing key and the public keys every
@@ -214,9 +216,9 @@ enum Command {
     /// Show each service's health.
     Health {
         /// Check only this service (identity, assignment, approval, alerting or audit), as a
-        /// probe of a `pim serve` process does.
+        /// probe of a `pim serve` process does; `gateway`: only the gateway itself.
         #[arg(long)]
-        service: Option<ServiceName>,
+        service: Option<Served>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -432,7 +434,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
 async fn run_command(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Up => up().await,
-        Command::Serve { service } => serve(service).await,
+        Command::Serve {
+            service: Served::Gateway,
+        } => {
+            crate::gateway::run(load_config(false)?).await?;
+            Ok(0)
+        }
+        Command::Serve {
+            service: Served::Service(service),
+        } => serve(service).await,
         Command::EventKeys { services } => Ok(event_keys(services)),
         Command::Events(EventsCommand::Replay { since, databases }) => replay(&since, databases).await,
         Command::Bootstrap {
@@ -659,6 +669,27 @@ fn redacted(url: &str) -> String {
             format!("{scheme}://{user}@{host}")
         }
         None => format!("{scheme}://{rest}"),
+    }
+}
+
+/// What `pim serve` runs: one service, or the gateway in front of all five.
+#[derive(Clone, Copy, Debug)]
+enum Served {
+    Service(ServiceName),
+    Gateway,
+}
+
+impl std::str::FromStr for Served {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        match s {
+            "gateway" => Ok(Self::Gateway),
+            _ => s.parse().map(Self::Service).map_err(|_| {
+                anyhow::anyhow!(
+                    "unknown service {s:?}: expected identity, assignment, approval, alerting, audit or gateway"
+                )
+            }),
+        }
     }
 }
 
@@ -1615,7 +1646,7 @@ async fn audit(args: AuditArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-async fn health(only: Option<ServiceName>, client: ClientArgs) -> anyhow::Result<i32> {
+async fn health(only: Option<Served>, client: ClientArgs) -> anyhow::Result<i32> {
     let session = Session::open(&client, false)?;
     let mut health = tonic_health::pb::health_client::HealthClient::new(session.channel.clone());
     let mut all_serving = true;
@@ -1627,12 +1658,16 @@ async fn health(only: Option<ServiceName>, client: ClientArgs) -> anyhow::Result
         pim_proto::service_names::AUDIT,
     ];
     let mut rows = Vec::new();
-    let package = only.map(|s| format!("pim.{s}."));
-    for name in names
-        .concat()
-        .into_iter()
-        .filter(|n| package.as_ref().is_none_or(|p| n.starts_with(p.as_str())))
-    {
+    let asked: Vec<&str> = match only {
+        // The server itself (grpc.health.v1's empty name): the gateway answers for itself.
+        Some(Served::Gateway) => vec![""],
+        Some(Served::Service(s)) => {
+            let package = format!("pim.{s}.");
+            names.concat().into_iter().filter(|n| n.starts_with(&package)).collect()
+        }
+        None => names.concat(),
+    };
+    for name in asked {
         let status = match health
             .check(session.request(tonic_health::pb::HealthCheckRequest {
                 service: name.to_owned(),
@@ -1643,7 +1678,10 @@ async fn health(only: Option<ServiceName>, client: ClientArgs) -> anyhow::Result
             Err(s) => format!("{:?}", s.code()),
         };
         all_serving &= status == "Serving";
-        rows.push(vec![name.to_owned(), status]);
+        rows.push(vec![
+            if name.is_empty() { "(the server)" } else { name }.to_owned(),
+            status,
+        ]);
     }
     print_table(&["SERVICE", "STATUS"], rows);
     Ok(if all_serving { 0 } else { 1 })

@@ -1,0 +1,185 @@
+//! `pim serve gateway`: one address for the distributed shape, as `pim up` gives locally. It
+//! forwards each call, by its gRPC service path, to the service that serves it, untouched
+//! (the bearer token included: each service still authenticates and authorizes every call),
+//! answers `grpc.health.v1` by asking the service that owns the named service (the empty
+//! name is the gateway itself, SERVING while it serves), and serves reflection for all of
+//! them.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::health_server::{Health, HealthServer};
+use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
+use tower::Service;
+
+use pim_runtime::Config;
+use pim_runtime::grpc;
+
+use crate::host::ServiceName;
+
+/// The service each gRPC service name belongs to, and a channel to it.
+#[derive(Clone)]
+struct Upstreams {
+    by_name: Arc<HashMap<&'static str, (ServiceName, Channel)>>,
+}
+
+impl Upstreams {
+    fn new(config: &Config) -> anyhow::Result<Self> {
+        use pim_proto::service_names as names;
+        let mut by_name = HashMap::new();
+        for (service, url, served) in [
+            (ServiceName::Identity, &config.identity_url, names::IDENTITY),
+            (ServiceName::Assignment, &config.assignment_url, names::ASSIGNMENT),
+            (ServiceName::Approval, &config.approval_url, names::APPROVAL),
+            (ServiceName::Alerting, &config.alerting_url, names::ALERTING),
+            (ServiceName::Audit, &config.audit_url, names::AUDIT),
+        ] {
+            let setting = format!("PIM_{}_URL", service.as_str().to_uppercase());
+            let url = url
+                .as_deref()
+                .with_context(|| format!("the gateway needs {setting}: where the {service} service listens"))?;
+            let channel = grpc::channel(url, &config.tls).with_context(|| setting.clone())?;
+            for name in served {
+                by_name.insert(*name, (service, channel.clone()));
+            }
+        }
+        Ok(Self {
+            by_name: Arc::new(by_name),
+        })
+    }
+
+    /// The upstream of a call's path (`/pim.identity.v1.AuthService/SignIn`).
+    fn of_path(&self, path: &str) -> Option<&(ServiceName, Channel)> {
+        let name = path.trim_start_matches('/').split('/').next()?;
+        self.by_name.get(name)
+    }
+}
+
+/// Forwards every call the gateway does not answer itself to its service.
+#[derive(Clone)]
+struct Forward(Upstreams);
+
+type Reply = http::Response<axum::body::Body>;
+
+impl Service<http::Request<axum::body::Body>> for Forward {
+    type Response = Reply;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Reply, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<axum::body::Body>) -> Self::Future {
+        let Some((service, channel)) = self.0.of_path(request.uri().path()).cloned() else {
+            let path = request.uri().path().to_owned();
+            return Box::pin(async move {
+                Ok(Status::unimplemented(format!("no PIM service serves {path}")).into_http::<axum::body::Body>())
+            });
+        };
+        let mut channel = channel;
+        Box::pin(async move {
+            let request = request.map(tonic::body::Body::new);
+            let answer = match std::future::poll_fn(|cx| channel.poll_ready(cx)).await {
+                Ok(()) => channel.call(request).await,
+                Err(e) => Err(e),
+            };
+            Ok(match answer {
+                Ok(response) => response.map(axum::body::Body::new),
+                Err(e) => {
+                    tracing::warn!(%service, error = %e, "gateway: service unreachable");
+                    Status::unavailable(format!("the {service} service is unreachable; try again"))
+                        .into_http::<axum::body::Body>()
+                }
+            })
+        })
+    }
+}
+
+/// `grpc.health.v1` for the whole suite: each PIM service name is asked of its service.
+struct SuiteHealth(Upstreams);
+
+impl SuiteHealth {
+    async fn status_of(channel: &Channel, service: &str) -> ServingStatus {
+        let mut request = Request::new(HealthCheckRequest {
+            service: service.to_owned(),
+        });
+        request.set_timeout(std::time::Duration::from_secs(5));
+        match HealthClient::new(channel.clone()).check(request).await {
+            Ok(answer) => answer.into_inner().status(),
+            Err(_) => ServingStatus::NotServing,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Health for SuiteHealth {
+    async fn check(&self, request: Request<HealthCheckRequest>) -> Result<Response<HealthCheckResponse>, Status> {
+        let service = request.into_inner().service;
+        let status = if service.is_empty() {
+            ServingStatus::Serving
+        } else {
+            let (_, channel) = self
+                .0
+                .by_name
+                .get(service.as_str())
+                .ok_or_else(|| Status::not_found(format!("no PIM service is named {service:?}")))?;
+            Self::status_of(channel, &service).await
+        };
+        Ok(Response::new(HealthCheckResponse { status: status as i32 }))
+    }
+
+    type WatchStream = grpc::BoxStream<HealthCheckResponse>;
+
+    async fn watch(&self, request: Request<HealthCheckRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        let service = request.get_ref().service.clone();
+        let (_, channel) = self
+            .0
+            .by_name
+            .get(service.as_str())
+            .ok_or_else(|| Status::not_found(format!("watch a PIM service by name, not {service:?}")))?;
+        let stream = HealthClient::new(channel.clone())
+            .watch(HealthCheckRequest { service })
+            .await?
+            .into_inner();
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+/// Serves the gateway on `listener` until `shutdown` completes.
+pub async fn serve(
+    config: &Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let upstreams = Upstreams::new(config)?;
+    let router = axum::Router::new().fallback_service(Forward(upstreams.clone()));
+    let routes = tonic::service::Routes::from(router).add_service(HealthServer::new(SuiteHealth(upstreams)));
+    let routes = grpc::with_reflection(routes)?;
+    grpc::server_builder(&config.tls)?
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(grpc::incoming(listener), shutdown)
+        .await
+        .context("serving the gateway")
+}
+
+/// `pim serve gateway`: binds `PIM_LISTEN_ADDR` and serves until ctrl-c or SIGTERM.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(config.listen_addr)
+        .await
+        .with_context(|| format!("binding {}", config.listen_addr))?;
+    let addr: SocketAddr = listener.local_addr()?;
+    tracing::info!(address = %addr, "gateway serving");
+    serve(&config, listener, grpc::shutdown_signal()).await
+}
