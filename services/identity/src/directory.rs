@@ -122,6 +122,8 @@ pub struct Directory {
     pub(crate) keys: Keystore,
     pub(crate) token_ttl: Duration,
     pub(crate) max_role_assignable_groups: u64,
+    /// Proxies whose `x-forwarded-for` names the client (PIM_TRUSTED_PROXIES).
+    pub(crate) trusted_proxies: Arc<[ipnet::IpNet]>,
     pub(crate) assignment: crate::protection::AssignmentClients,
     pub(crate) sealer: crate::sealing::Sealer,
     /// What time the MFA lifecycle reads (passes, enrolment windows, step-up freshness).

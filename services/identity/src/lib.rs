@@ -53,6 +53,7 @@ impl Identity {
             keys,
             token_ttl: deps.config.access_token_ttl,
             max_role_assignable_groups: deps.config.max_role_assignable_groups,
+            trusted_proxies: deps.config.trusted_proxies.clone().into(),
             assignment: protection::AssignmentClients::new(deps.assignment),
             clock: deps.clock.clone(),
             signin_mfa: deps.config.signin_mfa,

@@ -89,6 +89,8 @@ impl Service<http::Request<axum::body::Body>> for Forward {
             });
         };
         let mut channel = channel;
+        let mut request = request;
+        forwarded_for(&mut request);
         Box::pin(async move {
             let request = request.map(tonic::body::Body::new);
             let answer = match std::future::poll_fn(|cx| channel.poll_ready(cx)).await {
@@ -104,6 +106,37 @@ impl Service<http::Request<axum::body::Body>> for Forward {
                 }
             })
         })
+    }
+}
+
+/// Adds the peer the gateway took the call from to `x-forwarded-for` (after what earlier
+/// proxies put there), so a service that trusts the gateway (PIM_TRUSTED_PROXIES) counts
+/// sign-in limits and audits by the client's address, not by the gateway's.
+fn forwarded_for<B>(request: &mut http::Request<B>) {
+    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+    let extensions = request.extensions();
+    let peer = extensions
+        .get::<TcpConnectInfo>()
+        .and_then(|i| i.remote_addr())
+        .or_else(|| {
+            extensions
+                .get::<TlsConnectInfo<TcpConnectInfo>>()
+                .and_then(|i| i.get_ref().remote_addr())
+        });
+    let Some(peer) = peer else { return };
+    let headers = request.headers_mut();
+    let earlier: Vec<String> = headers
+        .get_all(grpc::FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok().map(str::to_owned))
+        .collect();
+    let mut hops = earlier.join(", ");
+    if !hops.is_empty() {
+        hops.push_str(", ");
+    }
+    hops.push_str(&peer.ip().to_string());
+    if let Ok(value) = http::HeaderValue::from_str(&hops) {
+        headers.insert(grpc::FORWARDED_FOR, value);
     }
 }
 

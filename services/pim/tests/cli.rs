@@ -1152,6 +1152,8 @@ fn the_distributed_shape_is_driven_through_the_gateway() {
         ("PIM_APPROVAL_URL", url(2)),
         ("PIM_ALERTING_URL", url(3)),
         ("PIM_AUDIT_URL", url(4)),
+        // Calls come through the gateway on this host: its x-forwarded-for is believed.
+        ("PIM_TRUSTED_PROXIES", "127.0.0.1".into()),
     ];
     let pim = |args: &[&str]| {
         let mut command = Command::new(PIM);
@@ -1319,6 +1321,64 @@ fn the_distributed_shape_is_driven_through_the_gateway() {
         assert!(Instant::now() < deadline, "the approved role never became active");
         std::thread::sleep(Duration::from_millis(100));
     }
+
+    // Sign-ins are counted and audited by the address the gateway took them from, not by the
+    // gateway's own, nor by what a client claims: each call comes from its own loopback
+    // address and claims an x-forwarded-for of its choosing.
+    let sign_in_from = |local: &str, claimed: &str, user: &str| {
+        runtime
+            .block_on(async {
+                use pim_proto::identity::v1::auth_service_client::AuthServiceClient;
+                let channel = tonic::transport::Channel::from_shared(gateway.clone())?
+                    .local_address(Some(local.parse()?))
+                    .connect()
+                    .await?;
+                let mut request = tonic::Request::new(pim_proto::identity::v1::SignInRequest {
+                    user_name: user.to_owned(),
+                    password: "not the password".into(),
+                });
+                request.metadata_mut().insert("x-forwarded-for", claimed.parse()?);
+                let refused = AuthServiceClient::new(channel).sign_in(request).await;
+                assert!(refused.is_err(), "a wrong password signs in");
+                anyhow::Ok(())
+            })
+            .expect("the gateway answers")
+    };
+    sign_in_from("127.0.0.2", "203.0.113.7", "ghost-1");
+    sign_in_from("127.0.0.3", "203.0.113.7", "ghost-2");
+    sign_in_from("127.0.0.2", "198.51.100.9", "ghost-3");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let tags = loop {
+        let audit = admin.ok(&["audit", "--limit", "500", "--output", "json"], None);
+        let mut tags = std::collections::BTreeMap::new();
+        for line in audit.lines() {
+            let record: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
+            let user = record["payload"]["user_name"].as_str().unwrap_or_default();
+            if user.starts_with("ghost-") {
+                tags.insert(
+                    user.to_owned(),
+                    record["payload"]["source_hmac"].as_str().unwrap_or_default().to_owned(),
+                );
+            }
+        }
+        if tags.len() == 3 {
+            break tags;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the failed sign-ins were not audited: {audit}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(!tags["ghost-1"].is_empty(), "{tags:?}");
+    assert_eq!(
+        tags["ghost-1"], tags["ghost-3"],
+        "one client, whatever it claims: {tags:?}"
+    );
+    assert_ne!(
+        tags["ghost-1"], tags["ghost-2"],
+        "two clients behind one gateway: {tags:?}"
+    );
 
     drop(processes);
     for database in databases {

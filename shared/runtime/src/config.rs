@@ -72,6 +72,11 @@ pub struct Config {
     pub approval_url: Option<String>,
     pub alerting_url: Option<String>,
     pub audit_url: Option<String>,
+    /// Proxies whose `x-forwarded-for` is believed (`PIM_TRUSTED_PROXIES`: IP addresses or
+    /// networks such as 10.244.0.0/16, comma separated), such as the gateway's: a call through
+    /// them counts as coming from the address they forwarded for (sign-in limits, audit).
+    /// Empty: the peer's address, always.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     pub tls: TlsConfig,
     /// Lifetime of access tokens (`PIM_ACCESS_TOKEN_TTL_SECS`).
     pub access_token_ttl: Duration,
@@ -168,8 +173,24 @@ impl Config {
             Some("pretty") => false,
             Some(other) => bail!("PIM_LOG_FORMAT must be json or pretty, not {other:?}"),
         };
+        let trusted_proxies = match get("PIM_TRUSTED_PROXIES") {
+            None => Vec::new(),
+            Some(list) => list
+                .split(',')
+                .map(str::trim)
+                .filter(|a| !a.is_empty())
+                .map(|a| {
+                    a.parse::<ipnet::IpNet>()
+                        .or_else(|_| a.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                        .with_context(|| {
+                            format!("PIM_TRUSTED_PROXIES: {a:?} is not an IP address or network (e.g. 10.244.0.0/16)")
+                        })
+                })
+                .collect::<anyhow::Result<_>>()?,
+        };
         let config = Self {
             listen_addr,
+            trusted_proxies,
             admin_addr: match get("PIM_ADMIN_ADDR") {
                 Some(a) => Some(
                     a.parse()
@@ -337,6 +358,16 @@ mod tests {
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn trusted_proxies_are_addresses_or_networks_and_nothing_else() {
+        let c = Config::load(env(&[("PIM_TRUSTED_PROXIES", "10.0.0.5, 10.244.0.0/16")])).unwrap();
+        assert_eq!(c.trusted_proxies.len(), 2);
+        assert!(c.trusted_proxies[1].contains(&"10.244.3.7".parse::<std::net::IpAddr>().unwrap()));
+        let err = Config::load(env(&[("PIM_TRUSTED_PROXIES", "gateway")])).unwrap_err();
+        assert!(format!("{err:#}").contains("PIM_TRUSTED_PROXIES"), "{err:#}");
+        assert!(Config::load(env(&[])).unwrap().trusted_proxies.is_empty());
     }
 
     #[test]

@@ -83,6 +83,43 @@ pub fn internal(err: impl Into<anyhow::Error>) -> Status {
     Status::internal("internal error")
 }
 
+/// The header a proxy names the client it forwards for in (right-most entry: the latest hop).
+pub const FORWARDED_FOR: &str = "x-forwarded-for";
+
+/// The client's address: the peer's, unless the peer is a proxy in `trusted`; then the
+/// right-most `x-forwarded-for` entry that is not itself a trusted proxy (the client as the
+/// first proxy it reached saw it). Entries left of that are the client's own say, never used.
+pub fn client_ip(
+    peer: Option<std::net::IpAddr>,
+    forwarded_for: &[&str],
+    trusted: &[ipnet::IpNet],
+) -> Option<std::net::IpAddr> {
+    let mut ip = peer?;
+    let hops = forwarded_for.iter().flat_map(|h| h.split(',')).collect::<Vec<_>>();
+    for hop in hops.into_iter().rev() {
+        if !trusted.iter().any(|net| net.contains(&ip)) {
+            break;
+        }
+        match hop.trim().parse() {
+            Ok(forwarded) => ip = forwarded,
+            // Not an address: stop at the last proxy that could be believed.
+            Err(_) => break,
+        }
+    }
+    Some(ip)
+}
+
+/// [`client_ip`] of a request.
+pub fn request_client_ip<T>(request: &tonic::Request<T>, trusted: &[ipnet::IpNet]) -> Option<std::net::IpAddr> {
+    let forwarded: Vec<&str> = request
+        .metadata()
+        .get_all(FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    client_ip(request.remote_addr().map(|a| a.ip()), &forwarded, trusted)
+}
+
 /// A gRPC server with TLS when a certificate is configured (and mutual TLS when a client CA
 /// is: the handshake fails for a client without a certificate that CA signed).
 pub fn server_builder(tls: &TlsConfig) -> anyhow::Result<Server> {
@@ -201,4 +238,54 @@ pub async fn shutdown_signal() {
         _ = terminate => {}
     }
     tracing::info!("shutting down");
+}
+
+#[cfg(test)]
+mod client_ip_tests {
+    use super::client_ip;
+    use std::net::IpAddr;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_forwarded_address_counts_only_through_a_trusted_proxy() {
+        let gateway = ip("10.0.0.5");
+        let trusted: Vec<ipnet::IpNet> = vec![gateway.into(), "10.0.0.8/31".parse().unwrap()];
+        // Straight from a client: its own claims are ignored.
+        assert_eq!(
+            client_ip(Some(ip("198.51.100.1")), &["203.0.113.7"], &trusted),
+            Some(ip("198.51.100.1"))
+        );
+        // Through the gateway: the address the gateway saw.
+        assert_eq!(
+            client_ip(Some(gateway), &["203.0.113.7"], &trusted),
+            Some(ip("203.0.113.7"))
+        );
+        // A client claiming an address before the gateway's entry gains nothing.
+        assert_eq!(
+            client_ip(Some(gateway), &["192.0.2.66, 203.0.113.7"], &trusted),
+            Some(ip("203.0.113.7"))
+        );
+        // Through two trusted proxies (an ingress, then the gateway), in several headers.
+        assert_eq!(
+            client_ip(Some(gateway), &["203.0.113.7", "10.0.0.9"], &trusted),
+            Some(ip("203.0.113.7"))
+        );
+        // Nothing forwarded, or garbage: the proxy itself.
+        assert_eq!(client_ip(Some(gateway), &[], &trusted), Some(gateway));
+        assert_eq!(client_ip(Some(gateway), &["not an address"], &trusted), Some(gateway));
+        // A network: both addresses of 10.0.0.8/31 are trusted, 10.0.0.10 is not.
+        assert_eq!(
+            client_ip(Some(ip("10.0.0.8")), &["203.0.113.7"], &trusted),
+            Some(ip("203.0.113.7"))
+        );
+        assert_eq!(
+            client_ip(Some(ip("10.0.0.10")), &["203.0.113.7"], &trusted),
+            Some(ip("10.0.0.10"))
+        );
+        // Nobody trusted: always the peer.
+        assert_eq!(client_ip(Some(gateway), &["203.0.113.7"], &[]), Some(gateway));
+    }
 }
