@@ -23,16 +23,16 @@ pub struct RoleCatalog {
     reloading: Arc<tokio::sync::Mutex<()>>,
 }
 
-/// Which roles grant a permission, precomputed so that a check by permission costs a hash
-/// lookup or two rather than matching every permission of every role it meets.
+/// Which roles grant a permission, precomputed so that a check by permission costs a few
+/// hash lookups rather than matching every permission of every role it meets.
 #[derive(Default)]
 struct PermissionIndex {
     /// A permission without wildcards (lower-cased) → the roles holding it.
     exact: HashMap<String, Vec<Arc<str>>>,
-    /// Patterns with a wildcard, by their first segment (lower-cased): (pattern, role).
-    by_head: HashMap<String, Vec<(String, Arc<str>)>>,
-    /// Patterns whose first segment is `*`, and `*` itself: (pattern, role).
-    any_head: Vec<(String, Arc<str>)>,
+    /// Patterns with a wildcard, by the segments before their first `*` (lower-cased, e.g.
+    /// `app.payments/refunds` for `app.payments/refunds/*`; empty for `*` and `*/…`): a
+    /// permission meets only the patterns filed under one of its own leading segments.
+    by_prefix: HashMap<String, Vec<(String, Arc<str>)>>,
 }
 
 impl PermissionIndex {
@@ -42,13 +42,12 @@ impl PermissionIndex {
             let id: Arc<str> = Arc::from(role.id.as_str());
             for pattern in &role.permissions {
                 let pattern = pattern.to_ascii_lowercase();
-                let head = pattern.split('/').next().unwrap_or_default().to_owned();
-                if !pattern.split('/').any(|s| s == "*") {
+                let literal: Vec<&str> = pattern.split('/').take_while(|s| *s != "*").collect();
+                if literal.len() == pattern.split('/').count() {
                     index.exact.entry(pattern).or_default().push(id.clone());
-                } else if head == "*" {
-                    index.any_head.push((pattern, id.clone()));
                 } else {
-                    index.by_head.entry(head).or_default().push((pattern, id.clone()));
+                    let prefix = literal.join("/");
+                    index.by_prefix.entry(prefix).or_default().push((pattern, id.clone()));
                 }
             }
         }
@@ -56,12 +55,20 @@ impl PermissionIndex {
     }
 
     fn roles_granting(&self, permission: &str) -> Vec<Arc<str>> {
-        let permission = permission.to_ascii_lowercase();
-        let mut out = self.exact.get(&permission).cloned().unwrap_or_default();
-        let head = permission.split('/').next().unwrap_or_default();
-        for (pattern, role) in self.by_head.get(head).into_iter().flatten().chain(&self.any_head) {
-            if !out.contains(role) && permission_matches(pattern, &permission) {
-                out.push(role.clone());
+        let permission: std::borrow::Cow<str> = if permission.bytes().any(|b| b.is_ascii_uppercase()) {
+            permission.to_ascii_lowercase().into()
+        } else {
+            permission.into()
+        };
+        let mut out = self.exact.get(permission.as_ref()).cloned().unwrap_or_default();
+        // Every leading run of segments, the empty one first: `a`, `a/b`, … (never the whole
+        // permission: a pattern's `*` stands for at least one more segment).
+        let ends = std::iter::once(0).chain(permission.match_indices('/').map(|(i, _)| i));
+        for end in ends {
+            for (pattern, role) in self.by_prefix.get(&permission[..end]).into_iter().flatten() {
+                if !out.contains(role) && permission_matches(pattern, &permission) {
+                    out.push(role.clone());
+                }
             }
         }
         out
@@ -257,6 +264,8 @@ mod tests {
             role("refunds", &["App.Payments/Refunds/Approve", "app.payments/reports/*"]),
             role("any-app", &["*/refunds/approve"]),
             role("reader", &["pim.assignments.read"]),
+            role("approver", &["app.payments/*/approve"]),
+            role("eu", &["app.payments/refunds/eu/*"]),
         ]
         .into_iter()
         .map(|r| (r.id.clone(), r))
@@ -267,7 +276,12 @@ mod tests {
             ids.sort();
             ids
         };
-        assert_eq!(granting("app.payments/refunds/approve"), ["all", "any-app", "refunds"]);
+        assert_eq!(
+            granting("app.payments/refunds/approve"),
+            ["all", "any-app", "approver", "refunds"]
+        );
+        assert_eq!(granting("app.payments/refunds/eu/approve"), ["all", "eu"]);
+        assert_eq!(granting("app.payments/refunds/eu"), ["all"]);
         assert_eq!(granting("APP.payments/reports/monthly/pdf"), ["all", "refunds"]);
         assert_eq!(granting("app.shop/refunds/approve"), ["all", "any-app"]);
         assert_eq!(granting("pim.assignments.read"), ["all", "reader"]);
@@ -278,6 +292,9 @@ mod tests {
             "app.payments/reports/x",
             "app.x/refunds/approve",
             "pim.assignments.manage",
+            "app.payments/chargebacks/approve",
+            "app.payments/refunds/eu/x/y",
+            "app.payments",
         ] {
             let mut scanned: Vec<String> = roles
                 .values()

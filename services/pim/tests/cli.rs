@@ -1123,7 +1123,8 @@ impl Drop for Processes {
 /// The production shape without Docker: five `pim serve` processes, each on its own
 /// PostgreSQL database, sharing Redis, behind `pim serve gateway`. The CLI is given only the
 /// gateway's address: health (every service SERVING), reflection listing every service,
-/// sign-in, MFA enrolment, assign, activate with a step-up, approve, check.
+/// sign-in, MFA enrolment, assign, activate with a step-up, approve, check, and policy as
+/// code (apply twice, export, plan).
 #[test]
 fn the_distributed_shape_is_driven_through_the_gateway() {
     use pim_runtime::testing::{TestDatabase, event_signing_keys, redis_url, unique};
@@ -1321,6 +1322,24 @@ fn the_distributed_shape_is_driven_through_the_gateway() {
         assert!(Instant::now() < deadline, "the approved role never became active");
         std::thread::sleep(Duration::from_millis(100));
     }
+
+    // Policy as code on PostgreSQL + Redis: the example applies once, and its export plans
+    // no change.
+    for user in ["sam", "alice"] {
+        admin.ok(
+            &["users", "create", "--user-name", user, "--password-stdin"],
+            Some(&format!("{user}'s passphrase, long enough\n")),
+        );
+    }
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/pim.example.yaml");
+    let applied = admin.ok(&["apply", "-f", example], None);
+    assert!(applied.contains("Applied 8 change(s)."), "{applied}");
+    let again = admin.ok(&["apply", "-f", example], None);
+    assert!(again.contains("No changes"), "{again}");
+    let exported = dir.join("exported.yaml");
+    admin.ok(&["export", "-f", exported.to_str().expect("a path")], None);
+    let round = admin.ok(&["plan", "-f", exported.to_str().expect("a path")], None);
+    assert!(round.contains("No changes"), "{round}");
 
     // Sign-ins are counted and audited by the address the gateway took them from, not by the
     // gateway's own, nor by what a client claims: each call comes from its own loopback
