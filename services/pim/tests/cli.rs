@@ -1405,3 +1405,56 @@ fn the_distributed_shape_is_driven_through_the_gateway() {
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// Wherever a command takes a principal, a user name, a group's or a service principal's
+/// name serves, with a kind prefix when a name alone is ambiguous.
+#[test]
+fn principals_are_named_by_user_group_or_service_principal_name() {
+    let (dir, up, _server, admin) = up_with_admin();
+    admin.ok(&["groups", "create", "--name", "ops", "--role-assignable"], None);
+    admin.ok(&["service-principals", "create", "--name", "ops"], None);
+    admin.ok(&["service-principals", "create", "--name", "checker"], None);
+    let assign = |principal: &str| {
+        admin.run(
+            &[
+                "assign",
+                "--principal",
+                principal,
+                "--role",
+                "Security Reader",
+                "--kind",
+                "active",
+                "--duration",
+                "1h",
+                "--justification",
+                "on call",
+            ],
+            None,
+        )
+    };
+    let by_name = assign("checker");
+    assert!(by_name.status.success(), "{}", String::from_utf8_lossy(&by_name.stderr));
+    let ambiguous = assign("ops");
+    assert!(!ambiguous.status.success());
+    let said = String::from_utf8_lossy(&ambiguous.stderr);
+    assert!(
+        said.contains("names several principals") && said.contains("group:ops"),
+        "{said}"
+    );
+    let prefixed = assign("group:ops");
+    assert!(
+        prefixed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&prefixed.stderr)
+    );
+    let unknown = assign("nobody");
+    assert!(
+        String::from_utf8_lossy(&unknown.stderr).contains("no user, group or service principal is named \"nobody\""),
+        "{}",
+        String::from_utf8_lossy(&unknown.stderr)
+    );
+    let held = admin.ok(&["assignments", "--role", "Security Reader"], None);
+    assert!(held.contains("checker") && held.contains("ops"), "{held}");
+    up.terminate();
+    std::fs::remove_dir_all(&dir).ok();
+}

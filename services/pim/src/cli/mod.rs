@@ -840,18 +840,57 @@ impl Session {
             .context("stored token has no subject")
     }
 
-    /// A user name or a principal id → the principal id.
-    pub(crate) async fn principal_id(&self, user_or_id: &str) -> anyhow::Result<String> {
-        if uuid::Uuid::parse_str(user_or_id).is_ok() {
-            return Ok(user_or_id.to_owned());
+    /// A principal id, a user name, or a group's or service principal's display name (or
+    /// `user:NAME`, `group:NAME`, `service-principal:NAME` where a name alone is ambiguous)
+    /// → the principal id.
+    pub(crate) async fn principal_id(&self, reference: &str) -> anyhow::Result<String> {
+        let reference = reference.trim();
+        if uuid::Uuid::parse_str(reference).is_ok() {
+            return Ok(reference.to_owned());
         }
-        let user = DirectoryServiceClient::new(self.channel.clone())
-            .get_user(self.request(ipb::GetUserRequest {
-                user: user_or_id.to_owned(),
-            })?)
-            .await
-            .map_err(explain)?;
-        Ok(user.into_inner().id)
+        let (kind, name) = match reference.split_once(':') {
+            Some((kind @ ("user" | "group" | "service-principal"), name)) => (Some(kind), name),
+            _ => (None, reference),
+        };
+        let mut found: Vec<(&str, String)> = Vec::new();
+        if kind.is_none_or(|k| k == "user") {
+            let user = DirectoryServiceClient::new(self.channel.clone())
+                .get_user(self.request(ipb::GetUserRequest { user: name.to_owned() })?)
+                .await;
+            match user {
+                Ok(user) => found.push(("user", user.into_inner().id)),
+                Err(status) if status.code() == tonic::Code::NotFound => {}
+                Err(status) => return Err(explain(status)),
+            }
+        }
+        if kind.is_none_or(|k| k == "group") {
+            let groups = listings::groups(self).await?;
+            found.extend(
+                groups
+                    .into_iter()
+                    .filter(|g| g.display_name == name)
+                    .map(|g| ("group", g.id)),
+            );
+        }
+        if kind.is_none_or(|k| k == "service-principal") {
+            let sps = listings::service_principals(self, name).await?;
+            found.extend(
+                sps.into_iter()
+                    .filter(|sp| sp.display_name == name)
+                    .map(|sp| ("service-principal", sp.id)),
+            );
+        }
+        match found.as_slice() {
+            [(_, id)] => Ok(id.clone()),
+            [] => bail!("no user, group or service principal is named {name:?}"),
+            _ => {
+                let kinds: Vec<String> = found.iter().map(|(k, id)| format!("{k} {id}")).collect();
+                bail!(
+                    "{reference:?} names several principals ({}); write user:{name}, group:{name} or service-principal:{name}, or give the id",
+                    kinds.join(", ")
+                )
+            }
+        }
     }
 
     pub(crate) async fn role_id(&self, name_or_id: &str) -> anyhow::Result<String> {
