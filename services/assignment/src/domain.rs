@@ -455,8 +455,8 @@ impl Policy {
             violations.push(violation(
                 "ExpirationRule",
                 format!(
-                    "activations of this role may last at most {} minutes",
-                    self.activation_max_duration.as_secs() / 60
+                    "activations of this role may last at most {}",
+                    pim_runtime::format::duration(self.activation_max_duration)
                 ),
             ));
         }
@@ -499,9 +499,9 @@ impl Policy {
             None => None,
             Some(end) if end <= now.max(start) => Some("the new end must lie ahead".to_owned()),
             Some(end) if end - now.max(start) > max.as_millis() as i64 => Some(format!(
-                "{} assignments may last at most {} days",
+                "{} assignments may last at most {}",
                 kind.as_str(),
-                max.as_secs() / 86400
+                pim_runtime::format::duration(max)
             )),
             Some(_) => None,
         };
@@ -555,9 +555,9 @@ impl Policy {
                 violations.push(RuleViolation {
                     kind: "ExpirationRule",
                     message: format!(
-                        "{} assignments may last at most {} days",
+                        "{} assignments may last at most {}",
                         a.kind.as_str(),
-                        max.as_secs() / 86400
+                        pim_runtime::format::duration(max)
                     ),
                 });
             }

@@ -1093,7 +1093,7 @@ fn a_configuration_file_applies_once_prunes_round_trips_and_a_bad_one_changes_no
         (13, "has passed"),
         (16, "No Such Role"),
         // Found by the server (validate_only): longer than the policy allows.
-        (19, "365 days"),
+        (19, "at most 365d"),
     ] {
         assert!(
             err.lines()

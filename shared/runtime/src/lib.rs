@@ -10,6 +10,7 @@ pub mod consistency;
 pub mod db;
 pub mod error;
 pub mod events;
+pub mod format;
 pub mod grpc;
 pub mod host;
 pub mod metrics;

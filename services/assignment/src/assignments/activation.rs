@@ -261,7 +261,10 @@ impl Assignments {
         if activation.start_at <= now && now - activation.start_at < min {
             return Err(Error::PolicyViolation(vec![RuleViolation {
                 kind: "ExpirationRule",
-                message: format!("an activation can be ended only after {} minutes", min / 60_000),
+                message: format!(
+                    "an activation can be ended only after {}",
+                    pim_runtime::format::duration(policy.min_activation_before_deactivate)
+                ),
             }]));
         }
         let request = Self::ending_request(

@@ -199,7 +199,7 @@ fn pb_duration(d: Duration) -> prost_types::Duration {
 
 fn show_duration(d: &Option<prost_types::Duration>) -> String {
     d.as_ref()
-        .map(|d| humantime::format_duration(Duration::from_secs(d.seconds.max(0) as u64)).to_string())
+        .map(|d| pim_runtime::format::duration(Duration::from_secs(d.seconds.max(0) as u64)))
         .unwrap_or_default()
 }
 

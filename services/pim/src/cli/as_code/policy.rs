@@ -133,19 +133,7 @@ fn line<T>(item: &Spanned<T>) -> Option<u64> {
 }
 
 fn duration_text(d: Option<&prost_types::Duration>) -> Option<String> {
-    d.map(|d| short(Duration::from_secs(d.seconds.max(0) as u64)))
-}
-
-/// A duration in its largest whole unit: `365d`, `8h`, `90m`, `45s`.
-fn short(d: Duration) -> String {
-    let secs = d.as_secs();
-    match secs {
-        0 => "0s".into(),
-        s if s % 86_400 == 0 => format!("{}d", s / 86_400),
-        s if s % 3_600 == 0 => format!("{}h", s / 3_600),
-        s if s % 60 == 0 => format!("{}m", s / 60),
-        s => format!("{s}s"),
-    }
+    d.map(|d| pim_runtime::format::duration(Duration::from_secs(d.seconds.max(0) as u64)))
 }
 
 fn names(ids: &[String], directory: &Directory) -> String {
@@ -182,7 +170,7 @@ pub(crate) fn shown(p: &apb::RolePolicy, path: &str, directory: &Directory) -> S
                     } else {
                         names(&s.approver_ids, directory)
                     },
-                    duration_text(s.timeout.as_ref()).unwrap_or_else(|| short(STAGE_TIMEOUT))
+                    duration_text(s.timeout.as_ref()).unwrap_or_else(|| pim_runtime::format::duration(STAGE_TIMEOUT))
                 );
                 if !s.escalation_approver_ids.is_empty() || s.escalate_after.is_some() {
                     text.push_str(&format!(

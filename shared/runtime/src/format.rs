@@ -1,0 +1,40 @@
+//! How durations read, the same in errors, the CLI and files: the largest whole unit
+//! (`365d`, `8h`, `90m`, `45s`), as `pim policy set --activation-max 8h` takes them.
+
+use std::time::Duration;
+
+/// A duration in its largest whole unit: `365d`, `8h`, `90m`, `45s` (`0s` for none).
+pub fn duration(d: Duration) -> String {
+    match d.as_secs() {
+        0 => "0s".into(),
+        s if s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s % 3_600 == 0 => format!("{}h", s / 3_600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::duration;
+    use std::time::Duration;
+
+    #[test]
+    fn durations_read_in_their_largest_whole_unit_and_parse_back() {
+        for (secs, text) in [
+            (0, "0s"),
+            (45, "45s"),
+            (5400, "90m"),
+            (8 * 3600, "8h"),
+            (36 * 3600, "36h"),
+            (365 * 86_400, "365d"),
+        ] {
+            assert_eq!(duration(Duration::from_secs(secs)), text);
+            assert_eq!(
+                humantime::parse_duration(text).unwrap(),
+                Duration::from_secs(secs),
+                "{text}"
+            );
+        }
+    }
+}
