@@ -533,7 +533,7 @@ fn the_readme_walk_through_works_and_survives_a_restart() {
         ],
         None,
     );
-    assert!(created.contains("InProgress"), "{created}");
+    assert!(created.contains("in_progress"), "{created}");
     let review = created.split_whitespace().nth(1).expect("the review id").to_owned();
     let items = admin.ok(&["reviews", "items", &review], None);
     let item = items
@@ -547,7 +547,7 @@ fn the_readme_walk_through_works_and_survives_a_restart() {
         None,
     );
     assert!(decided.ends_with("approve\n"), "{decided}");
-    assert!(admin.ok(&["reviews", "stop", &review], None).contains("Stopped"));
+    assert!(admin.ok(&["reviews", "stop", &review], None).contains("stopped"));
     assert!(admin.ok(&["reviews", "list"], None).contains("readers"));
     let outcomes = admin.ok(&["reviews", "items", &review, "--all"], None);
     assert!(

@@ -1110,6 +1110,19 @@ pub(crate) fn secret_from(stdin_flag: bool, env_var: &str, prompt: &str) -> anyh
     Ok(rpassword::prompt_password(prompt)?)
 }
 
+/// A status as every command prints it: lower case with underscores (`InProgress` →
+/// `in_progress`, as `pending_approval`).
+pub(crate) fn snake_case(status: &str) -> String {
+    let mut out = String::with_capacity(status.len() + 4);
+    for (i, c) in status.chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(c.to_ascii_lowercase());
+    }
+    out
+}
+
 pub(crate) fn time(ms: Option<i64>) -> String {
     match ms {
         None => "permanent".to_owned(),

@@ -8,7 +8,7 @@ use pim_proto::approval::v1 as pb;
 use pim_proto::approval::v1::access_review_service_client::AccessReviewServiceClient;
 use pim_runtime::db::from_timestamp;
 
-use super::{ClientArgs, Session, explain, print_table, time};
+use super::{ClientArgs, Names, Session, explain, print_table, snake_case, time};
 
 #[derive(Clone, Copy, ValueEnum)]
 pub(crate) enum ReviewScopeArg {
@@ -114,6 +114,7 @@ pub(crate) async fn run(cmd: ReviewsCommand) -> anyhow::Result<i32> {
         ReviewsCommand::List { client } => {
             let session = Session::open(&client, true)?;
             let mut api = AccessReviewServiceClient::new(session.channel.clone());
+            let mut names = Names::new(&session);
             let mut rows = Vec::new();
             let mut page_token = String::new();
             loop {
@@ -125,17 +126,17 @@ pub(crate) async fn run(cmd: ReviewsCommand) -> anyhow::Result<i32> {
                     .await
                     .map_err(explain)?
                     .into_inner();
-                rows.extend(page.reviews.into_iter().map(|r| {
-                    vec![
+                for r in page.reviews {
+                    rows.push(vec![
                         r.id,
                         r.name,
-                        r.role_id,
+                        names.role(&r.role_id).await,
                         r.scope,
-                        r.status,
+                        snake_case(&r.status),
                         r.instance.to_string(),
                         time(r.instance_end.as_ref().map(from_timestamp)),
-                    ]
-                }));
+                    ]);
+                }
                 if page.next_page_token.is_empty() {
                     break;
                 }
@@ -183,7 +184,7 @@ pub(crate) async fn run(cmd: ReviewsCommand) -> anyhow::Result<i32> {
             println!(
                 "review {} {} (instance {}, ends {})",
                 created.id,
-                created.status,
+                snake_case(&created.status),
                 created.instance,
                 time(created.instance_end.as_ref().map(from_timestamp))
             );
@@ -265,7 +266,7 @@ pub(crate) async fn run(cmd: ReviewsCommand) -> anyhow::Result<i32> {
                 .await
                 .map_err(explain)?
                 .into_inner();
-            println!("review {} {}", stopped.id, stopped.status);
+            println!("review {} {}", stopped.id, snake_case(&stopped.status));
             Ok(0)
         }
     }
