@@ -597,7 +597,11 @@ fn the_readme_walk_through_works_and_survives_a_restart() {
     );
     assert!(!exported.contains(&password), "no secret in the audit log");
 
-    assert!(admin.ok(&["whoami"], None).starts_with("admin ("));
+    let whoami = admin.ok(&["whoami"], None);
+    assert!(
+        whoami.starts_with("admin (") && whoami.contains("signed in until 20"),
+        "{whoami}"
+    );
     let created = admin.ok(&["groups", "create", "--name", "ops", "--role-assignable"], None);
     assert!(created.contains("role-assignable"), "{created}");
     let group = created

@@ -825,16 +825,20 @@ impl Session {
         Ok(request)
     }
 
-    /// The signed-in principal's id (from the token's claims; the server verifies them).
-    pub(crate) fn whoami(&self) -> anyhow::Result<String> {
+    /// The stored token's claims (the server verifies them on every call).
+    fn claims(&self) -> anyhow::Result<serde_json::Value> {
         use base64::Engine;
         let token = self.token.as_deref().context("not signed in: run pim login first")?;
         let payload = token.split('.').nth(1).context("stored token is malformed")?;
         let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(payload)
             .context("stored token is malformed")?;
-        let claims: serde_json::Value = serde_json::from_slice(&bytes).context("stored token is malformed")?;
-        claims["sub"]
+        serde_json::from_slice(&bytes).context("stored token is malformed")
+    }
+
+    /// The signed-in principal's id (from the token's claims; the server verifies them).
+    pub(crate) fn whoami(&self) -> anyhow::Result<String> {
+        self.claims()?["sub"]
             .as_str()
             .map(str::to_owned)
             .context("stored token has no subject")
@@ -1277,7 +1281,11 @@ async fn whoami(client: ClientArgs) -> anyhow::Result<i32> {
     } else {
         principal.user_name
     };
-    println!("{name} ({id})");
+    let until = session.claims()?["exp"].as_i64().map(|exp| time(Some(exp * 1000)));
+    match until {
+        Some(until) => println!("{name} ({id}), signed in until {until}"),
+        None => println!("{name} ({id})"),
+    }
     Ok(0)
 }
 
