@@ -594,6 +594,15 @@ async fn the_example_bot_approves_what_its_rule_allows() -> anyhow::Result<()> {
         assert!(still.decisions.is_empty());
         assert!(!running.is_finished(), "the bot keeps watching");
         running.abort();
+        // The bot decided within milliseconds, by the rule it was given: no rubber stamp.
+        w.ts.settle().await?;
+        let stamps: Vec<_> = w
+            .all_alerts()
+            .await?
+            .into_iter()
+            .filter(|a| a.rule_id == "rubber_stamp")
+            .collect();
+        assert!(stamps.is_empty(), "a bot's approval flagged: {stamps:?}");
         Ok(w)
     })
     .await

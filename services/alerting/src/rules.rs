@@ -67,7 +67,7 @@ pub const RULES: &[RuleDef] = &[
     },
     RuleDef {
         id: RUBBER_STAMP,
-        description: "An approval decided within seconds of the request (rubber-stamping)",
+        description: "An approval decided within seconds of the request (rubber-stamping); a service principal's (an approval bot's) decisions are not counted",
         severity: "medium",
         settings: &[("seconds", 5)],
     },
