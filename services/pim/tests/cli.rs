@@ -1459,6 +1459,29 @@ fn principals_are_named_by_user_group_or_service_principal_name() {
     );
     let held = admin.ok(&["assignments", "--role", "Security Reader"], None);
     assert!(held.contains("checker") && held.contains("ops"), "{held}");
+
+    // A bot alone as approver: said at once, since what it declines nobody could decide.
+    let bot_only = admin.run(
+        &[
+            "policy",
+            "set",
+            "Security Reader",
+            "--require-approval",
+            "true",
+            "--approvers",
+            "checker",
+        ],
+        None,
+    );
+    assert!(bot_only.status.success());
+    let warned = String::from_utf8_lossy(&bot_only.stderr);
+    assert!(warned.contains("stage 1 has no person among its approvers"), "{warned}");
+    let with_a_person = admin.run(
+        &["policy", "set", "Security Reader", "--approvers", "checker,admin"],
+        None,
+    );
+    assert!(with_a_person.status.success());
+    assert!(!String::from_utf8_lossy(&with_a_person.stderr).contains("warning"));
     up.terminate();
     std::fs::remove_dir_all(&dir).ok();
 }

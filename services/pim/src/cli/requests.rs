@@ -9,7 +9,9 @@ use clap::{Args, Subcommand};
 use pim_proto::assignment::v1 as apb;
 use pim_proto::assignment::v1::assignment_service_client::AssignmentServiceClient;
 use pim_proto::assignment::v1::policy_service_client::PolicyServiceClient;
+use pim_proto::identity::v1 as ipb;
 use pim_proto::identity::v1::VerifyRequest;
+use pim_proto::identity::v1::directory_service_client::DirectoryServiceClient;
 use pim_proto::identity::v1::mfa_service_client::MfaServiceClient;
 use pim_runtime::db::{from_timestamp, to_timestamp};
 use pim_runtime::grpc::violated_rules;
@@ -529,6 +531,46 @@ pub(crate) async fn my_roles(client: ClientArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+/// Warns (on stderr) when approval is required and a stage's approvers are all service
+/// principals: a request the bot leaves undecided then waits, undecidable, until it expires.
+pub(crate) async fn warn_without_people(session: &Session, p: &apb::RolePolicy) {
+    use pim_proto::common::v1::PrincipalKind;
+    if !p.approval_required {
+        return;
+    }
+    let stages: Vec<&[String]> = if p.approval_stages.is_empty() {
+        vec![&p.approver_ids]
+    } else {
+        p.approval_stages.iter().map(|s| s.approver_ids.as_slice()).collect()
+    };
+    let directory = DirectoryServiceClient::new(session.channel.clone());
+    for (n, approvers) in stages.iter().enumerate() {
+        // No approvers named: the default approvers, people.
+        if approvers.is_empty() {
+            continue;
+        }
+        let mut bots = 0;
+        for id in approvers.iter() {
+            let Ok(request) = session.request(ipb::GetPrincipalRequest {
+                principal_id: id.clone(),
+            }) else {
+                return;
+            };
+            match directory.clone().get_principal(request).await {
+                Ok(found) if found.get_ref().kind == PrincipalKind::ServicePrincipal as i32 => bots += 1,
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+        if bots == approvers.len() {
+            eprintln!(
+                "warning: stage {} has no person among its approvers: a request its bot leaves undecided waits until it expires; add a person or a group",
+                n + 1
+            );
+        }
+    }
+}
+
 /// A policy as a table, the role and approvers by name.
 async fn print_policy(session: &Session, p: &apb::RolePolicy) {
     let mut names = Names::new(session);
@@ -667,6 +709,7 @@ pub(crate) async fn policy(cmd: PolicyCommand) -> anyhow::Result<i32> {
                 .map_err(explain)?
                 .into_inner();
             print_policy(&session, &updated).await;
+            warn_without_people(&session, &updated).await;
         }
     }
     Ok(0)

@@ -857,7 +857,7 @@ impl Applier<'_> {
                     })?;
                 policy.role_id = role_id;
                 policy.etag = etag.clone();
-                PolicyServiceClient::new(session.channel.clone())
+                let updated = PolicyServiceClient::new(session.channel.clone())
                     .update_role_policy(session.request(apb::UpdateRolePolicyRequest {
                         policy: Some(policy),
                         update_mask: Some(prost_types::FieldMask {
@@ -865,7 +865,9 @@ impl Applier<'_> {
                         }),
                     })?)
                     .await
-                    .map_err(explain)?;
+                    .map_err(explain)?
+                    .into_inner();
+                super::requests::warn_without_people(session, &updated).await;
             }
             Step::Assign {
                 kind,
