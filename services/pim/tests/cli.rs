@@ -1068,6 +1068,28 @@ fn a_configuration_file_applies_once_prunes_round_trips_and_a_bad_one_changes_no
     );
     assert!(!held.contains("bob") && held.contains("lee"), "{held}");
 
+    // A policy at a scope and one below it that inherits from it: the one above applies
+    // first, the one below keeps what the file gives it; a folded description (ending in a
+    // newline) and a permission written twice in two cases read as the server keeps them.
+    let nested = dir.join("nested.yaml");
+    std::fs::write(
+        &nested,
+        "roles:\n  - name: Payments Auditor\n    description: >\n      Reads refunds\n    permissions: [app.payments/refunds/read, App.Payments/Refunds/Read]\npolicies:\n  - role: Security Reader\n    activation_max_duration: 3h\n  - role: Security Reader\n    scope: /apps\n    activation_max_duration: 4h\n    activation_requires_ticket: false\n",
+    )
+    .unwrap();
+    let nested = nested.to_str().unwrap();
+    let applied = admin.ok(&["apply", "-f", nested], None);
+    assert!(applied.contains("Applied"), "{applied}");
+    let again = admin.ok(&["plan", "-f", nested], None);
+    assert!(again.contains("No changes"), "{again}");
+    let below = admin.ok(&["policy", "show", "Security Reader", "--scope", "/apps/x"], None);
+    assert!(
+        below
+            .lines()
+            .any(|l| l.starts_with("activation max duration") && l.ends_with("4h")),
+        "{below}"
+    );
+
     // An export is a file whose plan is empty.
     let exported = dir.join("exported.yaml");
     admin.ok(&["export", "-f", exported.to_str().unwrap()], None);
@@ -1083,7 +1105,7 @@ fn a_configuration_file_applies_once_prunes_round_trips_and_a_bad_one_changes_no
     let bad = dir.join("bad.yaml");
     std::fs::write(
         &bad,
-        "roles:\n  - name: Auditor Extra\n    permissions: [app.audit/read]\n  - name: Broken\n    permissions: [\"app payments/refunds\"]\npolicies:\n  - role: Payments Refunder\n    activation_max_duration: soon\nassignments:\n  - role: Payments Refunder\n    eligible:\n      - principal: nobody\n      - principal: lee\n        scope: /apps/payments\n        until: 2020-01-01T00:00:00Z\n  - role: No Such Role\n  - role: Exchange Administrator\n    eligible:\n      - principal: lee\n        until: 2099-01-01T00:00:00Z\n",
+        "roles:\n  - name: Auditor Extra\n    permissions: [app.audit/read]\n  - name: Broken\n    permissions: [\"app payments/refunds\"]\npolicies:\n  - role: Payments Refunder\n    activation_max_duration: soon\nassignments:\n  - role: Payments Refunder\n    eligible:\n      - principal: nobody\n      - principal: lee\n        scope: /apps/payments\n        until: 2020-01-01T00:00:00Z\n  - role: No Such Role\n  - role: Exchange Administrator\n    eligible:\n      - principal: lee\n        until: 2099-01-01T00:00:00Z\n  - role: Global Administrator\n    prune: true\ngroups:\n  - name: payments-oncall\n    role_assignable: true\n    owners: [payments-oncall]\n    members: [payments-oncall, sam]\n",
     )
     .unwrap();
     let refused = admin.run(&["apply", "-f", bad.to_str().unwrap()], None);
@@ -1098,6 +1120,11 @@ fn a_configuration_file_applies_once_prunes_round_trips_and_a_bad_one_changes_no
         (16, "No Such Role"),
         // Found by the server (validate_only): longer than the policy allows.
         (19, "at most 365d"),
+        // The last permanent Global Administrator is not pruned away.
+        (21, "last permanent active Global Administrator"),
+        // What identity would refuse midway, refused before anything changes.
+        (26, "a group's owners are users"),
+        (27, "cannot have groups as members"),
     ] {
         assert!(
             err.lines()
@@ -1105,7 +1132,7 @@ fn a_configuration_file_applies_once_prunes_round_trips_and_a_bad_one_changes_no
             "no error at line {line} about {what}:\n{err}"
         );
     }
-    assert!(err.contains("6 error(s); nothing was changed"), "{err}");
+    assert!(err.contains("9 error(s); nothing was changed"), "{err}");
     let roles = admin.ok(&["roles", "--definitions"], None);
     assert!(!roles.contains("Auditor Extra"), "{roles}");
 

@@ -121,7 +121,7 @@ impl Assignments {
             attempts += 1;
             let (principal, scope) = (&caller.principal_id, scope.as_str());
             let cleared = match store::live_activation(&self.db, principal, &role.id, scope).await? {
-                Some(live) => self.end_if_lapsed(&live, &role.name, now).await?,
+                Some(live) => self.end_if_lapsed(&live, &role.name, self.now()).await?,
                 None => store::pending_request(&self.db, principal, &role.id, scope)
                     .await?
                     .is_none(),

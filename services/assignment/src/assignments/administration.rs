@@ -97,7 +97,7 @@ impl Assignments {
             // (or was, by the timer, a moment ago) and the grant tried again.
             let held = store::live_admin_assignment(&self.db, kind, principal_id, &role.id, scope.as_str()).await?;
             match held {
-                Some(held) if !self.end_if_lapsed(&held, &role.name, now).await? => {
+                Some(held) if !self.end_if_lapsed(&held, &role.name, self.now()).await? => {
                     return Err(already_assigned(&role.name, &held));
                 }
                 _ if attempt == 3 => break,

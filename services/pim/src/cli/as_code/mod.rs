@@ -89,6 +89,21 @@ enum Step {
     },
 }
 
+impl Step {
+    /// The order changes apply in (a stable sort keeps the file's order within a phase).
+    fn phase(&self) -> (u8, usize) {
+        match self {
+            Step::CreateRole(_) | Step::UpdateRole(_) => (0, 0),
+            Step::CreateGroup(_) | Step::UpdateGroup { .. } => (1, 0),
+            Step::Membership { .. } => (2, 0),
+            // Ancestor scopes first: a scope below inherits what they become.
+            Step::Policy { spec, .. } => (3, spec.scope.matches('/').count()),
+            Step::Assign { .. } | Step::ChangeEnd { .. } => (4, 0),
+            Step::Remove { .. } => (5, 0),
+        }
+    }
+}
+
 /// One line of a plan (`+` adds, `~` changes, `-` removes) and what applying it does.
 struct Change {
     text: String,
@@ -114,6 +129,7 @@ pub(crate) async fn apply(args: FileArgs) -> anyhow::Result<i32> {
         snapshot,
         stale: false,
         source: args.file.display().to_string(),
+        policies_written: BTreeSet::new(),
     };
     for (done, change) in changes.iter().enumerate() {
         applier.apply(&change.step).await.with_context(|| {
@@ -160,7 +176,10 @@ async fn read_and_plan(session: &Session, path: &std::path::Path) -> anyhow::Res
             planner.errors.join("\n  ")
         );
     }
-    let changes = planner.changes;
+    let mut changes = planner.changes;
+    // Everything a later change names exists by then: every group before any membership,
+    // a policy's ancestors before it, removals last.
+    changes.sort_by_key(|c| c.step.phase());
     Ok((snapshot, changes))
 }
 
@@ -258,6 +277,14 @@ impl<'a> Planner<'a> {
         let reference = item.value.trim();
         let group = reference.strip_prefix("group:").unwrap_or(reference);
         match self.snapshot.directory.resolve(reference) {
+            // A bare name this file also gives a new group: which one is meant?
+            Ok(_) if !reference.contains(':') && self.new_groups.contains(reference) => {
+                self.error(
+                    item,
+                    format!("{reference:?} names an existing principal and a group this file creates; write group:{reference} or the other's kind"),
+                );
+                None
+            }
             Ok(known) => Some(Some(known.id.clone())),
             Err(_) if self.new_groups.contains(group) => Some(None),
             Err(e) => {
@@ -289,7 +316,14 @@ impl<'a> Planner<'a> {
                 self.error(item, format!("role {:?} is defined twice", spec.name));
                 continue;
             }
-            let permissions: BTreeSet<String> = spec.permissions.iter().map(|p| p.trim().to_owned()).collect();
+            // As the server keeps them: trimmed, one of each whatever its case.
+            let mut permissions: BTreeSet<String> = BTreeSet::new();
+            for p in spec.permissions.iter().map(|p| p.trim()) {
+                if !permissions.iter().any(|held: &String| held.eq_ignore_ascii_case(p)) {
+                    permissions.insert(p.to_owned());
+                }
+            }
+            let (name, description) = (spec.name.trim(), spec.description.trim());
             if permissions.is_empty() {
                 self.error(item, format!("role {:?} needs at least one permission", spec.name));
             }
@@ -308,8 +342,8 @@ impl<'a> Planner<'a> {
                         if privileged { " (privileged)" } else { "" }
                     ),
                     Step::CreateRole(apb::CreateRoleDefinitionRequest {
-                        name: spec.name.clone(),
-                        description: spec.description.clone(),
+                        name: name.to_owned(),
+                        description: description.to_owned(),
                         permissions: permissions.into_iter().collect(),
                         privileged: spec.privileged,
                     }),
@@ -322,16 +356,19 @@ impl<'a> Planner<'a> {
                 }
                 Some(role) => {
                     let held: BTreeSet<String> = role.permissions.iter().cloned().collect();
+                    let lower = |set: &BTreeSet<String>| -> BTreeSet<String> {
+                        set.iter().map(|p| p.to_ascii_lowercase()).collect()
+                    };
                     let mut said = Vec::new();
                     let mut update = apb::UpdateRoleDefinitionRequest {
                         role: role.id.clone(),
                         ..Default::default()
                     };
-                    if role.description != spec.description {
-                        said.push(format!("description {:?} -> {:?}", role.description, spec.description));
-                        update.description = Some(spec.description.clone());
+                    if role.description.trim() != description {
+                        said.push(format!("description {:?} -> {description:?}", role.description));
+                        update.description = Some(description.to_owned());
                     }
-                    if held != permissions {
+                    if lower(&held) != lower(&permissions) {
                         let list = |set: &BTreeSet<String>| set.iter().cloned().collect::<Vec<_>>().join(", ");
                         said.push(format!("permissions {} -> {}", list(&held), list(&permissions)));
                         update.permissions = permissions.into_iter().collect();
@@ -387,16 +424,17 @@ impl<'a> Planner<'a> {
                             ),
                         );
                     }
-                    if group.description != spec.description {
+                    let description = spec.description.trim();
+                    if group.description.trim() != description {
                         self.change(
                             format!(
-                                "~ group {:?}: description {:?} -> {:?}",
-                                spec.name, group.description, spec.description
+                                "~ group {:?}: description {:?} -> {description:?}",
+                                spec.name, group.description
                             ),
                             Step::UpdateGroup {
                                 id: group.id.clone(),
                                 name: group.display_name.clone(),
-                                description: spec.description.clone(),
+                                description: description.to_owned(),
                             },
                         );
                     }
@@ -427,6 +465,25 @@ impl<'a> Planner<'a> {
                 let mut wanted = BTreeSet::new();
                 for principal in listed {
                     let Some(id) = self.principal(principal) else { continue };
+                    // What identity refuses, refused here before anything changes.
+                    let kind = match &id {
+                        Some(id) => self.snapshot.directory.resolve(id).map(|k| k.kind).ok(),
+                        None => Some(state::Kind::Group),
+                    };
+                    if owner && kind != Some(state::Kind::User) {
+                        self.error(principal, format!("{}: a group's owners are users", principal.value));
+                        continue;
+                    }
+                    if !owner && spec.role_assignable && kind == Some(state::Kind::Group) {
+                        self.error(
+                            principal,
+                            format!(
+                                "{}: a role-assignable group cannot have groups as members",
+                                principal.value
+                            ),
+                        );
+                        continue;
+                    }
                     let id = id.unwrap_or_else(|| principal.value.clone());
                     if !wanted.insert(id.clone()) {
                         self.error(principal, format!("{} is listed twice", principal.value));
@@ -461,6 +518,9 @@ impl<'a> Planner<'a> {
 
     async fn policies(&mut self, session: &Session, file: &File) -> anyhow::Result<()> {
         let mut seen = BTreeSet::new();
+        // Every valid policy of the file (role's name, scope, spec), and those that change.
+        let mut listed: Vec<(String, String, PolicySpec)> = Vec::new();
+        let mut changed: BTreeSet<(String, String)> = BTreeSet::new();
         for item in &file.policies {
             let spec = &item.value;
             let Some(role_id) = self.role(item, &spec.role) else {
@@ -507,28 +567,52 @@ impl<'a> Planner<'a> {
             };
             let directory = &self.snapshot.directory;
             let mut said = Vec::new();
-            let mut mask = Vec::new();
             for path in policy::named(spec) {
                 let held = current.as_ref().map(|p| policy::shown(p, path, directory));
                 let wanted = policy::shown(&desired, path, directory);
                 if held.as_ref() != Some(&wanted) {
                     let held = held.unwrap_or_else(|| "(default)".into());
                     said.push(format!("{}: {held} -> {wanted}", policy::file_key(path)));
-                    mask.push(path);
                 }
             }
-            if !mask.is_empty() {
-                self.policies_changed.insert(spec.role.to_lowercase());
-                let role = self
-                    .snapshot
-                    .role(&spec.role)
-                    .map_or(spec.role.clone(), |r| r.name.clone());
+            let role = self
+                .snapshot
+                .role(&spec.role)
+                .map_or(spec.role.clone(), |r| r.name.clone());
+            let spec = PolicySpec {
+                scope: scope.clone(),
+                ..spec.clone()
+            };
+            if !said.is_empty() {
+                self.policies_changed.insert(role.to_lowercase());
+                changed.insert((role.to_lowercase(), scope.clone()));
                 self.change(
                     format!("~ policy of {role:?} at {scope}: {}", said.join("; ")),
                     Step::Policy {
-                        spec: PolicySpec { scope, ..spec.clone() },
-                        mask,
+                        spec: spec.clone(),
+                        // Every setting the file names, so the values it gives hold even
+                        // where they equal what a scope above is changing from.
+                        mask: policy::named(&spec),
                         etag: current.map(|p| p.etag).unwrap_or_default(),
+                    },
+                );
+            }
+            listed.push((role, scope, spec));
+        }
+        // A scope below one that changes inherits the change unless it is written again: the
+        // file's settings there are applied after it, as the file gives them.
+        for (role, scope, spec) in listed {
+            let key = (role.to_lowercase(), scope.clone());
+            let under_a_change = changed.iter().any(|(r, above)| {
+                *r == key.0 && *above != scope && (above == "/" || scope.starts_with(&format!("{above}/")))
+            });
+            if !changed.contains(&key) && under_a_change {
+                self.change(
+                    format!("~ policy of {role:?} at {scope}: kept as the file gives it, under the change above"),
+                    Step::Policy {
+                        mask: policy::named(&spec),
+                        spec,
+                        etag: String::new(),
                     },
                 );
             }
@@ -569,6 +653,33 @@ impl<'a> Planner<'a> {
                     continue;
                 }
                 let name = self.snapshot.directory.name_of(&held.principal_id);
+                // Removing an active assignment ends every active one of that principal, role
+                // and scope, an activation included: left for a run after it ends.
+                let activated =
+                    self.snapshot.activations.iter().any(|a| {
+                        a.principal_id == held.principal_id && a.role_id == held.role_id && a.scope == held.scope
+                    });
+                if kind == apb::AssignmentKind::Active && activated {
+                    eprintln!(
+                        "warning: {name}'s active {role_name} at {} is not in the file, but is kept while their activation of it runs (removing one would end both); apply again later",
+                        held.scope
+                    );
+                    continue;
+                }
+                // The server judges the removal before anything changes (the last
+                // Global Administrator stays).
+                let mut ask = assignment_request(
+                    apb::RequestAction::AdminRemove,
+                    kind,
+                    &held.principal_id,
+                    &role_id,
+                    &held.scope,
+                    None,
+                );
+                ask.schedule = None;
+                ask.validate_only = true;
+                ask.justification = justification(self.path);
+                self.checks.push((at(self.path, item), ask));
                 self.change(
                     format!(
                         "- {} {name}: {role_name} at {} (not in the file, which prunes the role)",
@@ -746,6 +857,9 @@ struct Applier<'a> {
     snapshot: Snapshot,
     stale: bool,
     source: String,
+    /// Roles whose policy this apply changed already (ids): a later scope of one has a
+    /// new version by then, so its write is not tied to the version the plan read.
+    policies_written: BTreeSet<String>,
 }
 
 impl Applier<'_> {
@@ -855,8 +969,13 @@ impl Applier<'_> {
                     policy::to_pb(spec, |r| snapshot.directory.resolve(r).map(|k| k.id.clone())).map_err(|errors| {
                         anyhow::anyhow!("{}", errors.into_iter().map(|(_, e)| e).collect::<Vec<_>>().join("; "))
                     })?;
+                policy.etag = if self.policies_written.contains(&role_id) {
+                    String::new()
+                } else {
+                    etag.clone()
+                };
+                self.policies_written.insert(role_id.clone());
                 policy.role_id = role_id;
-                policy.etag = etag.clone();
                 let updated = PolicyServiceClient::new(session.channel.clone())
                     .update_role_policy(session.request(apb::UpdateRolePolicyRequest {
                         policy: Some(policy),

@@ -172,11 +172,13 @@ pub(crate) fn shown(p: &apb::RolePolicy, path: &str, directory: &Directory) -> S
                     },
                     duration_text(s.timeout.as_ref()).unwrap_or_else(|| pim_runtime::format::duration(STAGE_TIMEOUT))
                 );
-                if !s.escalation_approver_ids.is_empty() || s.escalate_after.is_some() {
+                // The API gives no escalation delay for zero: both read as none.
+                let escalate_after = s.escalate_after.as_ref().filter(|d| d.seconds > 0);
+                if !s.escalation_approver_ids.is_empty() || escalate_after.is_some() {
                     text.push_str(&format!(
                         "; escalated to {} after {}",
                         names(&s.escalation_approver_ids, directory),
-                        duration_text(s.escalate_after.as_ref()).unwrap_or_default()
+                        duration_text(escalate_after).unwrap_or_default()
                     ));
                 }
                 if s.justification_required {

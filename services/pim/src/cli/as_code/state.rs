@@ -93,6 +93,8 @@ pub(crate) struct Snapshot {
     pub groups: Vec<ipb::Group>,
     /// Administrators' direct assignments, eligible and active.
     pub assignments: Vec<apb::Assignment>,
+    /// Live activations (which a file never manages, and a prune must not end).
+    pub activations: Vec<apb::Assignment>,
 }
 
 impl Snapshot {
@@ -140,12 +142,14 @@ impl Snapshot {
                 .into_inner()
                 .assignments,
         );
-        assignments.retain(|a| a.member_type != apb::MemberType::Group as i32 && !a.activated);
+        assignments.retain(|a| a.member_type != apb::MemberType::Group as i32);
+        let (activations, assignments) = assignments.into_iter().partition(|a| a.activated);
         Ok(Self {
             directory: Directory { principals },
             roles,
             groups,
             assignments,
+            activations,
         })
     }
 
