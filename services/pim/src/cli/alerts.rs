@@ -169,17 +169,21 @@ async fn list(
     let mut api = AlertServiceClient::new(session.channel.clone());
     let min_severity = severity.map(|s| pb::Severity::from(s) as i32).unwrap_or(0);
     if !watch {
-        let alerts = api
-            .list_alerts(session.request(pb::ListAlertsRequest {
+        let status = status.map(|s| pb::AlertStatus::from(s) as i32).unwrap_or(0);
+        let alerts = super::all_pages(|page_token| {
+            let mut api = api.clone();
+            let request = session.request(pb::ListAlertsRequest {
                 min_severity,
-                status: status.map(|s| pb::AlertStatus::from(s) as i32).unwrap_or(0),
+                status,
                 page_size: 500,
-                ..Default::default()
-            })?)
-            .await
-            .map_err(explain)?
-            .into_inner()
-            .alerts;
+                page_token,
+            });
+            async move {
+                let page = api.list_alerts(request?).await.map_err(explain)?.into_inner();
+                Ok((page.alerts, page.next_page_token))
+            }
+        })
+        .await?;
         print_table(&HEADERS, alerts.iter().map(row).collect());
         return Ok(0);
     }

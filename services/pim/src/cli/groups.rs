@@ -80,15 +80,7 @@ pub(crate) async fn run(cmd: GroupsCommand) -> anyhow::Result<i32> {
         }
         GroupsCommand::List { client } => {
             let session = Session::open(&client, true)?;
-            let groups = DirectoryServiceClient::new(session.channel.clone())
-                .list_groups(session.request(ipb::ListGroupsRequest {
-                    page_size: 500,
-                    page_token: String::new(),
-                })?)
-                .await
-                .map_err(explain)?
-                .into_inner()
-                .groups;
+            let groups = super::listings::groups(&session).await?;
             let rows = groups
                 .into_iter()
                 .map(|g| {
@@ -105,16 +97,7 @@ pub(crate) async fn run(cmd: GroupsCommand) -> anyhow::Result<i32> {
         GroupsCommand::RemoveMember { group, member, client } => change_member(&group, &member, &client, false).await?,
         GroupsCommand::Members { group, client } => {
             let session = Session::open(&client, true)?;
-            let members = DirectoryServiceClient::new(session.channel.clone())
-                .list_group_members(session.request(ipb::ListGroupMembersRequest {
-                    group_id: group_id(&session, &group).await?,
-                    page_size: 500,
-                    page_token: String::new(),
-                })?)
-                .await
-                .map_err(explain)?
-                .into_inner()
-                .principals;
+            let members = super::listings::members(&session, &group_id(&session, &group).await?).await?;
             let rows = members
                 .into_iter()
                 .map(|p| vec![p.id, p.user_name, p.display_name])

@@ -63,3 +63,25 @@ pub(crate) async fn service_principals(session: &Session, filter: &str) -> anyho
     })
     .await
 }
+
+/// Every member of a group.
+pub(crate) async fn members(session: &Session, group_id: &str) -> anyhow::Result<Vec<ipb::Principal>> {
+    let directory = DirectoryServiceClient::new(session.channel.clone());
+    all_pages(|page_token| {
+        let mut directory = directory.clone();
+        let request = session.request(ipb::ListGroupMembersRequest {
+            group_id: group_id.to_owned(),
+            page_size: PAGE,
+            page_token,
+        });
+        async move {
+            let page = directory
+                .list_group_members(request?)
+                .await
+                .map_err(explain)?
+                .into_inner();
+            Ok((page.principals, page.next_page_token))
+        }
+    })
+    .await
+}
