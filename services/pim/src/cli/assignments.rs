@@ -1,0 +1,237 @@
+//! `pim assign`, `pim assignments` and `pim check`: administrators' assignments, and what a
+//! principal holds.
+
+use std::time::Duration;
+
+use anyhow::bail;
+use clap::Args;
+
+use pim_proto::assignment::v1 as apb;
+use pim_proto::assignment::v1::access_service_client::AccessServiceClient;
+use pim_proto::assignment::v1::assignment_service_client::AssignmentServiceClient;
+use pim_runtime::db::from_timestamp;
+
+use super::{ClientArgs, KindArg, Names, Session, explain, kind_pb, print_table, time};
+
+#[derive(Args)]
+pub(crate) struct AssignArgs {
+    /// User name, or principal id.
+    #[arg(long)]
+    principal: String,
+    /// Role name (e.g. "Exchange Administrator") or id.
+    #[arg(long)]
+    role: String,
+    #[arg(long, default_value = "/")]
+    scope: String,
+    #[arg(long, value_enum, default_value = "eligible")]
+    kind: KindArg,
+    /// How long it lasts, e.g. 1h, 30d (default: the policy's maximum, or permanent where allowed).
+    #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "permanent")]
+    duration: Option<Duration>,
+    /// Never expires (where the role's policy allows it).
+    #[arg(long)]
+    permanent: bool,
+    #[arg(long, default_value = "")]
+    justification: String,
+    #[arg(long, default_value = "", requires = "ticket_number")]
+    ticket_system: String,
+    #[arg(long, default_value = "")]
+    ticket_number: String,
+    /// Check everything, change nothing.
+    #[arg(long)]
+    validate_only: bool,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Args)]
+pub(crate) struct ListAssignmentsArgs {
+    /// Only this principal (user name or id).
+    #[arg(long)]
+    principal: Option<String>,
+    /// Only this role (name or id).
+    #[arg(long)]
+    role: Option<String>,
+    #[arg(long, value_enum, default_value = "active")]
+    kind: KindArg,
+    /// Only mine.
+    #[arg(long)]
+    mine: bool,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Args)]
+pub(crate) struct CheckArgs {
+    /// User name or principal id.
+    #[arg(
+        long = "principal",
+        value_name = "PRINCIPAL",
+        required_unless_present = "principal_arg"
+    )]
+    principal_flag: Option<String>,
+    /// Role name or id.
+    #[arg(long = "role", value_name = "ROLE", conflicts_with = "permission")]
+    role_flag: Option<String>,
+    /// The principal, as a positional argument: `pim check lee "Exchange Administrator"`.
+    #[arg(conflicts_with = "principal_flag")]
+    principal_arg: Option<String>,
+    /// The role, as a positional argument.
+    #[arg(conflicts_with_all = ["role_flag", "permission"])]
+    role_arg: Option<String>,
+    /// A permission, e.g. pim.assignments.manage.
+    #[arg(long)]
+    permission: Option<String>,
+    #[arg(long, default_value = "/")]
+    scope: String,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+pub(crate) async fn assign(args: AssignArgs) -> anyhow::Result<i32> {
+    let session = Session::open(&args.client, true)?;
+    let principal_id = session.principal_id(&args.principal).await?;
+    let role_id = session.role_id(&args.role).await?;
+    let expiration = if args.permanent {
+        Some(apb::schedule::Expiration::Permanent(true))
+    } else {
+        args.duration.map(|d| {
+            apb::schedule::Expiration::Duration(prost_types::Duration {
+                seconds: d.as_secs() as i64,
+                nanos: 0,
+            })
+        })
+    };
+    let ticket = (!args.ticket_number.is_empty()).then(|| pim_proto::common::v1::Ticket {
+        system: args.ticket_system.clone(),
+        number: args.ticket_number.clone(),
+    });
+    let request = apb::CreateRequestRequest {
+        action: apb::RequestAction::AdminAssign as i32,
+        kind: kind_pb(args.kind) as i32,
+        principal_id,
+        role_id,
+        scope: args.scope,
+        schedule: Some(apb::Schedule {
+            start_time: None,
+            expiration,
+        }),
+        justification: args.justification,
+        ticket,
+        validate_only: args.validate_only,
+    };
+    let r = AssignmentServiceClient::new(session.channel.clone())
+        .create_request(session.request(request)?)
+        .await
+        .map_err(explain)?;
+    let r = session.remember(r);
+    let status = apb::RequestStatus::try_from(r.status)
+        .map(|s| s.as_str_name().trim_start_matches("REQUEST_STATUS_").to_lowercase())
+        .unwrap_or_default();
+    if args.validate_only {
+        println!(
+            "Valid: would be {status}, from {} until {}",
+            time(r.start_time.as_ref().map(from_timestamp)),
+            time(r.end_time.as_ref().map(from_timestamp))
+        );
+    } else {
+        println!(
+            "Request {} {status}: assignment {} from {} until {}",
+            r.id,
+            r.assignment_id,
+            time(r.start_time.as_ref().map(from_timestamp)),
+            time(r.end_time.as_ref().map(from_timestamp))
+        );
+    }
+    Ok(0)
+}
+
+pub(crate) async fn list_assignments(args: ListAssignmentsArgs) -> anyhow::Result<i32> {
+    let session = Session::open(&args.client, true)?;
+    let principal_id = match &args.principal {
+        Some(p) => session.principal_id(p).await?,
+        None => String::new(),
+    };
+    let request = apb::ListAssignmentsRequest {
+        principal_id,
+        role_id: args.role.clone().unwrap_or_default(),
+        scope: String::new(),
+        mine: args.mine,
+    };
+    let mut client = AssignmentServiceClient::new(session.channel.clone());
+    let response = match args.kind {
+        KindArg::Active => client.list_active_assignments(session.request(request)?).await,
+        KindArg::Eligible => client.list_eligible_assignments(session.request(request)?).await,
+    }
+    .map_err(explain)?
+    .into_inner();
+    let mut names = Names::new(&session);
+    let mut rows = Vec::new();
+    for a in response.assignments {
+        rows.push(vec![
+            a.id,
+            names.principal(&a.principal_id).await,
+            a.role_name,
+            a.scope,
+            time(a.end_time.as_ref().map(from_timestamp)),
+        ]);
+    }
+    print_table(&["ID", "PRINCIPAL", "ROLE", "SCOPE", "UNTIL"], rows);
+    Ok(0)
+}
+
+pub(crate) async fn check(args: CheckArgs) -> anyhow::Result<i32> {
+    let session = Session::open(&args.client, true)?;
+    let principal = args.principal_flag.or(args.principal_arg).unwrap_or_default();
+    let role = args.role_flag.or(args.role_arg);
+    let principal_id = session.principal_id(&principal).await?;
+    let target = match (&role, &args.permission) {
+        (Some(role), _) => apb::check_access_request::Target::RoleId(session.role_id(role).await?),
+        (None, Some(p)) => apb::check_access_request::Target::Permission(p.clone()),
+        (None, None) => bail!("pass --role or --permission"),
+    };
+    let r = AccessServiceClient::new(session.channel.clone())
+        .check_access(session.request(apb::CheckAccessRequest {
+            principal_id,
+            target: Some(target),
+            scope: args.scope.clone(),
+            at_least_as_fresh: session.at_least_as_fresh(),
+        })?)
+        .await
+        .map_err(explain)?
+        .into_inner();
+    let what = role.or(args.permission).unwrap_or_default();
+    if r.allowed {
+        // Through which role, assignment and group, where: the grants behind the answer.
+        let through: Vec<String> = r
+            .grants
+            .iter()
+            .map(|g| {
+                let group = if g.via_group_id.is_empty() {
+                    String::new()
+                } else {
+                    format!(" via group {}", g.via_group_id)
+                };
+                format!(
+                    "{} at {} until {} (assignment {}{group})",
+                    g.role_name,
+                    g.scope,
+                    time(g.end_time.as_ref().map(from_timestamp)),
+                    g.assignment_id
+                )
+            })
+            .collect();
+        println!(
+            "allowed: {principal} holds {what} at {} until {}",
+            args.scope,
+            time(r.expires_at.as_ref().map(from_timestamp))
+        );
+        for grant in through {
+            println!("  through {grant}");
+        }
+        Ok(0)
+    } else {
+        println!("denied: {principal} does not hold {what} at {}", args.scope);
+        Ok(1)
+    }
+}

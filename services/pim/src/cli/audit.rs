@@ -1,0 +1,212 @@
+//! `pim audit`: read the audit log (newest first), verify its hash chain, export it.
+
+use std::io::Write;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+
+use pim_proto::audit::v1 as aupb;
+use pim_proto::audit::v1::audit_service_client::AuditServiceClient;
+use pim_runtime::db::{from_timestamp, now_ms, to_timestamp};
+
+use super::{ClientArgs, Output, Session, explain, print_table, time};
+
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub(crate) struct AuditArgs {
+    #[command(subcommand)]
+    command: Option<AuditCommand>,
+    /// Who acted (user name or principal id).
+    #[arg(long)]
+    actor: Option<String>,
+    /// Who was acted on (user name or principal id).
+    #[arg(long)]
+    target: Option<String>,
+    /// Role name or id.
+    #[arg(long)]
+    role: Option<String>,
+    /// Event type, e.g. ActiveAssignmentGranted.
+    #[arg(long)]
+    action: Option<String>,
+    /// Only refused or failed attempts (failure), or only what succeeded (success).
+    #[arg(long, value_parser = ["success", "failure"])]
+    outcome: Option<String>,
+    /// Only events of the last DURATION, e.g. 24h.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    since: Option<Duration>,
+    /// How many records (the newest, unless --oldest-first).
+    #[arg(long, default_value_t = 100)]
+    limit: i32,
+    /// Start from the oldest matching record instead of the newest.
+    #[arg(long)]
+    oldest_first: bool,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Recompute the hash chain (exit code 0 if intact, 1 with the first broken record).
+    Verify {
+        #[arg(long, default_value_t = 0)]
+        from: i64,
+        #[arg(long, default_value_t = 0)]
+        to: i64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// The chain head (sequence and hash), to keep somewhere else.
+    Head {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Write every record you may read to standard output: JSON lines with the chain's
+    /// hashes, or OCSF 1.1.0 events (Account Change and API Activity) for a SIEM.
+    Export {
+        /// jsonl or ocsf
+        #[arg(long, default_value = "jsonl")]
+        format: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+async fn audit_command(command: AuditCommand) -> anyhow::Result<i32> {
+    match command {
+        AuditCommand::Verify { from, to, client } => {
+            let session = Session::open(&client, true)?;
+            let r = AuditServiceClient::new(session.channel.clone())
+                .verify_chain(session.request(aupb::VerifyChainRequest {
+                    from_sequence: from,
+                    to_sequence: to,
+                })?)
+                .await
+                .map_err(explain)?
+                .into_inner();
+            if r.ok {
+                println!("intact: {} records checked", r.checked);
+                Ok(0)
+            } else {
+                println!(
+                    "BROKEN at record {} ({} checked before it)",
+                    r.first_broken_sequence, r.checked
+                );
+                Ok(1)
+            }
+        }
+        AuditCommand::Head { client } => {
+            let session = Session::open(&client, true)?;
+            let head = AuditServiceClient::new(session.channel.clone())
+                .get_chain_head(session.request(aupb::GetChainHeadRequest {})?)
+                .await
+                .map_err(explain)?
+                .into_inner();
+            let hash: String = head.hash.iter().map(|b| format!("{b:02x}")).collect();
+            println!("{} {hash}", head.sequence);
+            Ok(0)
+        }
+        AuditCommand::Export { format, client } => {
+            let session = Session::open(&client, true)?;
+            let mut chunks = AuditServiceClient::new(session.channel.clone())
+                .export_events(session.request(aupb::ExportEventsRequest { filter: None, format })?)
+                .await
+                .map_err(explain)?
+                .into_inner();
+            let mut out = std::io::stdout().lock();
+            while let Some(chunk) = chunks.message().await.map_err(explain)? {
+                out.write_all(&chunk.data)?;
+            }
+            out.flush()?;
+            Ok(0)
+        }
+    }
+}
+
+pub(crate) async fn audit(args: AuditArgs) -> anyhow::Result<i32> {
+    if let Some(command) = args.command {
+        return audit_command(command).await;
+    }
+    let session = Session::open(&args.client, true)?;
+    let actor_id = match &args.actor {
+        Some(a) => session.principal_id(a).await?,
+        None => String::new(),
+    };
+    let target_id = match &args.target {
+        Some(t) => session.principal_id(t).await?,
+        None => String::new(),
+    };
+    let role_id = match &args.role {
+        Some(r) => session.role_id(r).await?,
+        None => String::new(),
+    };
+    let request = aupb::QueryEventsRequest {
+        actor_id,
+        target_id,
+        role_id,
+        action: args.action.clone().unwrap_or_default(),
+        outcome: args.outcome.clone().unwrap_or_default(),
+        since: args.since.map(|d| to_timestamp(now_ms() - d.as_millis() as i64)),
+        page_size: args.limit,
+        newest_first: !args.oldest_first,
+        ..Default::default()
+    };
+    let records = AuditServiceClient::new(session.channel.clone())
+        .query_events(session.request(request)?)
+        .await
+        .map_err(explain)?
+        .into_inner()
+        .records;
+    match args.client.output {
+        Output::Json => {
+            for r in records {
+                let line = serde_json::json!({
+                    "sequence": r.sequence, "event_id": r.event_id, "time": time(r.time.as_ref().map(from_timestamp)),
+                    "source": r.source, "action": r.action, "actor_id": r.actor_id, "actor_name": r.actor_name,
+                    "target_id": r.target_id, "target_name": r.target_name, "role_id": r.role_id, "role_name": r.role_name,
+                    "scope": r.scope, "justification": r.justification, "ticket": r.ticket, "outcome": r.outcome,
+                    "trace_id": r.trace_id, "payload": serde_json::from_str::<serde_json::Value>(&r.payload_json).unwrap_or_default(),
+                });
+                println!("{line}");
+            }
+        }
+        Output::Table => {
+            let rows = records
+                .into_iter()
+                .map(|r| {
+                    vec![
+                        time(r.time.as_ref().map(from_timestamp)),
+                        r.action.rsplit('.').next().unwrap_or_default().to_owned(),
+                        if r.actor_name.is_empty() {
+                            r.actor_id
+                        } else {
+                            r.actor_name
+                        },
+                        if r.target_name.is_empty() {
+                            r.target_id
+                        } else {
+                            r.target_name
+                        },
+                        r.role_name,
+                        r.scope,
+                        r.outcome,
+                        r.justification,
+                    ]
+                })
+                .collect();
+            print_table(
+                &[
+                    "TIME",
+                    "ACTION",
+                    "ACTOR",
+                    "TARGET",
+                    "ROLE",
+                    "SCOPE",
+                    "OUTCOME",
+                    "JUSTIFICATION",
+                ],
+                rows,
+            );
+        }
+    }
+    Ok(0)
+}

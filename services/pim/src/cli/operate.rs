@@ -1,0 +1,302 @@
+//! Running the suite: `pim up` (all-in-one), `pim serve` (one service, or the gateway),
+//! `pim event-keys`, `pim events replay` and `pim bootstrap`.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+
+use anyhow::{Context, bail};
+
+use pim_runtime::Config;
+use pim_runtime::config::TlsConfig;
+use pim_runtime::db::{now_ms, sqlite_url};
+use pim_runtime::events::{EventKeys, PUBLISHERS};
+
+use crate::host::{ServiceName, Suite, SuiteOptions};
+
+use super::{ClientArgs, Session, print_table, time};
+
+pub(crate) fn load_config(default_pretty: bool) -> anyhow::Result<Config> {
+    let mut env: BTreeMap<String, String> = std::env::vars().collect();
+    if default_pretty {
+        env.entry("PIM_LOG_FORMAT".into()).or_insert_with(|| "pretty".into());
+    }
+    let config = Config::load(env)?;
+    pim_runtime::telemetry::init(config.log_json);
+    Ok(config)
+}
+
+/// The all-in-one: five services, one address, one SQLite file each.
+pub(crate) async fn up() -> anyhow::Result<i32> {
+    let mut config = load_config(true)?;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
+    // Only the owner may read what the suite keeps (password hashes, sealed seeds, audit).
+    owner_only(&config.data_dir, 0o700)?;
+    if config.secrets_key.is_none() {
+        let key = data_dir_secret(&config.data_dir, "secrets.key", pim_identity::Sealer::new_key)?;
+        config.secrets_key = Some(pim_runtime::config::Secret::new(key));
+    }
+    if config.event_signing_keys.is_none() {
+        // The five services sign their events (checked when they cross Redis) with keys kept
+        // beside the data, so events published before a restart still verify after it.
+        let keys = data_dir_secret(&config.data_dir, "event-signing.keys", || {
+            EventKeys::generate(&PUBLISHERS).signing_setting()
+        })?;
+        config.event_signing_keys = Some(pim_runtime::config::Secret::new(keys));
+        config.event_keys()?;
+    }
+    let databases = ServiceName::ALL
+        .into_iter()
+        .map(|s| (s, sqlite_url(&config.data_dir.join(format!("{s}.db")))))
+        .collect();
+    let suite = Suite::start(SuiteOptions::new(config.clone(), databases)).await?;
+    for entry in std::fs::read_dir(&config.data_dir)? {
+        let path = entry?.path();
+        if path.is_file() {
+            owner_only(&path, 0o600)?;
+        }
+    }
+    println!("PIM is up at {}", suite.url());
+    println!(
+        "  data: {}  events: {}",
+        config.data_dir.display(),
+        if config.redis_url.is_some() {
+            "Redis"
+        } else {
+            "embedded"
+        }
+    );
+    if let Some((user, password)) = suite.bootstrap().await? {
+        println!();
+        println!("Break-glass Global Administrator created (shown once; store it safely):");
+        println!("  user name: {user}");
+        println!("  password:  {password}");
+        println!("Sign in with: pim login --server {} --user {user}", suite.url());
+    }
+    std::io::stdout().flush().ok();
+    suite.run_until(pim_runtime::grpc::shutdown_signal()).await?;
+    Ok(0)
+}
+
+/// Narrows a path's permissions to its owner (`mode`: 0700 for a directory, 0600 for a file).
+fn owner_only(path: &std::path::Path, mode: u32) -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .with_context(|| format!("restricting {} to its owner", path.display()))?;
+    }
+    #[cfg(not(unix))]
+    let _ = (path, mode);
+    Ok(())
+}
+
+/// One of the all-in-one's own secrets (the key for secrets at rest, the event signing keys):
+/// file `name` in the data directory (mode 0600), made by `make` on first start.
+fn data_dir_secret(dir: &std::path::Path, name: &str, make: impl FnOnce() -> String) -> anyhow::Result<String> {
+    let path = dir.join(name);
+    if let Ok(key) = std::fs::read_to_string(&path) {
+        return Ok(key.trim().to_owned());
+    }
+    let key = make();
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options
+        .open(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    file.write_all(key.as_bytes())?;
+    Ok(key)
+}
+
+/// `pim event-keys`: new signing keys, and the public halves to add to every service.
+pub(crate) fn event_keys(services: Vec<ServiceName>) -> i32 {
+    let names: Vec<&str> = match services.is_empty() {
+        true => PUBLISHERS.to_vec(),
+        false => services.iter().map(|s| s.as_str()).collect(),
+    };
+    let keys = EventKeys::generate(&names);
+    println!("# Each service's own signing key: secret, give it to that service only.");
+    for entry in keys.signing_setting().split(',') {
+        let service = entry.split(':').next().unwrap_or_default();
+        println!("# {service}\nPIM_EVENT_SIGNING_KEYS={entry}");
+    }
+    println!();
+    println!("# Public keys: every service that reads these services' streams (all of them).");
+    println!("# When rotating, append them to the keys already there; remove the old ones");
+    println!("# once the services sign with the new keys and their backlog is consumed.");
+    println!("PIM_EVENT_VERIFYING_KEYS={}", keys.verifying_setting());
+    0
+}
+
+/// `pim events replay`: marks the events written since `since` for publication again.
+pub(crate) async fn replay(since: &str, databases: Vec<String>) -> anyhow::Result<i32> {
+    let since_ms = match humantime::parse_rfc3339_weak(since) {
+        Ok(at) => at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0),
+        Err(_) => {
+            let ago = humantime::parse_duration(since).map_err(|_| {
+                anyhow::anyhow!(
+                    "--since {since:?} is neither an RFC 3339 time (2026-12-02T10:00:00Z) nor a duration (2h)"
+                )
+            })?;
+            now_ms().saturating_sub(i64::try_from(ago.as_millis()).unwrap_or(i64::MAX))
+        }
+    };
+    let config = load_config(true)?;
+    let databases: Vec<(String, String)> = match (databases.is_empty(), &config.database_url) {
+        (false, _) => databases.into_iter().map(|d| (redacted(&d), d)).collect(),
+        (true, Some(url)) => vec![(redacted(url.expose()), url.expose().clone())],
+        (true, None) => ServiceName::ALL
+            .into_iter()
+            .map(|s| config.data_dir.join(format!("{s}.db")))
+            .filter(|path| path.exists())
+            .map(|path| (path.display().to_string(), sqlite_url(&path)))
+            .collect(),
+    };
+    if databases.is_empty() {
+        bail!(
+            "no database to replay from: give --database, set PIM_DATABASE_URL, or point PIM_DATA_DIR at pim up's data ({})",
+            config.data_dir.display()
+        );
+    }
+    let since_text = time(Some(since_ms));
+    for (name, url) in databases {
+        let db = pim_runtime::db::connect(&url)
+            .await
+            .with_context(|| format!("opening {name}"))?;
+        let marked = pim_runtime::events::replay(&db, since_ms)
+            .await
+            .with_context(|| format!("marking events in {name}"))?;
+        println!("{name}: {marked} events written since {since_text} will be published again");
+        db.close().await.ok();
+    }
+    Ok(0)
+}
+
+/// A database URL without its password, to print.
+pub(crate) fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    // Query parameters may carry a password too: leave them out.
+    let rest = rest.split('?').next().unwrap_or_default();
+    match rest.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}@{host}")
+        }
+        None => format!("{scheme}://{rest}"),
+    }
+}
+
+/// What `pim serve` runs: one service, or the gateway in front of all five.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Served {
+    Service(ServiceName),
+    Gateway,
+}
+
+impl std::str::FromStr for Served {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        match s {
+            "gateway" => Ok(Self::Gateway),
+            _ => s.parse().map(Self::Service).map_err(|_| {
+                anyhow::anyhow!(
+                    "unknown service {s:?}: expected identity, assignment, approval, alerting, audit or gateway"
+                )
+            }),
+        }
+    }
+}
+
+pub(crate) async fn serve(service: ServiceName) -> anyhow::Result<i32> {
+    let config = load_config(false)?;
+    let database = config
+        .database_url
+        .clone()
+        .context("PIM_DATABASE_URL is required for pim serve (e.g. postgres://pim@db/pim_identity)")?;
+    if config.redis_url.is_none() {
+        bail!("PIM_REDIS_URL is required for pim serve: separate processes exchange events through Redis");
+    }
+    let databases = BTreeMap::from([(service, database.expose().clone())]);
+    let suite = Suite::start(SuiteOptions::new(config, databases)).await?;
+    suite.run_until(pim_runtime::grpc::shutdown_signal()).await?;
+    Ok(0)
+}
+
+pub(crate) async fn bootstrap(identity_database: String, assignment_database: String) -> anyhow::Result<i32> {
+    let config = load_config(true)?;
+    let channel = pim_runtime::grpc::channel("http://127.0.0.1:1", &TlsConfig::default())?;
+    let access: std::sync::Arc<dyn pim_runtime::access::AccessCheck> =
+        std::sync::Arc::new(pim_runtime::access::RemoteAccess::new(channel.clone()));
+    let deps = |db| pim_runtime::host::Deps {
+        config: config.clone(),
+        db,
+        access: access.clone(),
+        identity: channel.clone(),
+        assignment: channel.clone(),
+        clock: std::sync::Arc::new(pim_runtime::clock::SystemClock),
+    };
+    let identity = pim_identity::Identity::build(deps(pim_runtime::db::connect(&identity_database).await?)).await?;
+    let assignment =
+        pim_assignment::Assignment::build(deps(pim_runtime::db::connect(&assignment_database).await?)).await?;
+    match crate::bootstrap::run(&identity, &assignment).await? {
+        Some((user, password)) => {
+            println!("Break-glass Global Administrator created (shown once; store it safely):");
+            println!("  user name: {user}");
+            println!("  password:  {password}");
+        }
+        None => println!("A permanent Global Administrator exists already; nothing to do."),
+    }
+    Ok(0)
+}
+
+/// `pim health`: each service's `grpc.health.v1` status through the one address.
+pub(crate) async fn health(only: Option<Served>, client: ClientArgs) -> anyhow::Result<i32> {
+    let session = Session::open(&client, false)?;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(session.channel.clone());
+    let mut all_serving = true;
+    let names = [
+        pim_proto::service_names::IDENTITY,
+        pim_proto::service_names::ASSIGNMENT,
+        pim_proto::service_names::APPROVAL,
+        pim_proto::service_names::ALERTING,
+        pim_proto::service_names::AUDIT,
+    ];
+    let mut rows = Vec::new();
+    let asked: Vec<&str> = match only {
+        // The server itself (grpc.health.v1's empty name): the gateway answers for itself.
+        Some(Served::Gateway) => vec![""],
+        Some(Served::Service(s)) => {
+            let package = format!("pim.{s}.");
+            names.concat().into_iter().filter(|n| n.starts_with(&package)).collect()
+        }
+        None => names.concat(),
+    };
+    for name in asked {
+        let status = match health
+            .check(session.request(tonic_health::pb::HealthCheckRequest {
+                service: name.to_owned(),
+            })?)
+            .await
+        {
+            Ok(r) => format!("{:?}", r.into_inner().status()),
+            Err(s) => format!("{:?}", s.code()),
+        };
+        all_serving &= status == "Serving";
+        rows.push(vec![
+            if name.is_empty() { "(the server)" } else { name }.to_owned(),
+            status,
+        ]);
+    }
+    print_table(&["SERVICE", "STATUS"], rows);
+    Ok(if all_serving { 0 } else { 1 })
+}

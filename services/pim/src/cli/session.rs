@@ -1,0 +1,367 @@
+//! The client side every command shares: the session (server, TLS, stored token,
+//! read-your-writes token), names for the ids a command prints, and where tokens live.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tonic::Request;
+use tonic::transport::Channel;
+
+use pim_proto::assignment::v1 as apb;
+use pim_proto::assignment::v1::role_service_client::RoleServiceClient;
+use pim_proto::identity::v1 as ipb;
+use pim_proto::identity::v1::directory_service_client::DirectoryServiceClient;
+use pim_runtime::config::TlsConfig;
+
+use super::{ClientArgs, OUTPUT, explain, listings};
+
+pub(crate) struct Session {
+    pub(crate) channel: Channel,
+    token: Option<String>,
+    /// Where the consistency token of this client's latest write is kept.
+    fresh_path: Option<PathBuf>,
+}
+
+/// How long after a write this client's reads still wait for it (read-your-writes from one
+/// command to the next; an older token is dropped, so a reset deployment never blocks reads).
+const FRESH_FOR_MS: i64 = 60_000;
+
+impl Session {
+    pub(crate) fn open(args: &ClientArgs, signed_in: bool) -> anyhow::Result<Self> {
+        let _ = OUTPUT.set(args.output);
+        let (server, ca) = target(args);
+        let tls = TlsConfig {
+            ca,
+            client_cert: args.client_cert.clone(),
+            client_key: args.client_key.clone(),
+            ..TlsConfig::default()
+        };
+        let channel = pim_runtime::grpc::channel(&server, &tls)?;
+        let token = if signed_in { Some(read_token(args)?) } else { None };
+        let fresh_path = token_path(args).ok().map(|p| p.with_extension("fresh"));
+        Ok(Self {
+            channel,
+            token,
+            fresh_path,
+        })
+    }
+
+    /// The same server, called with `token`.
+    pub(crate) fn with_token(&self, token: &str) -> Self {
+        Self {
+            channel: self.channel.clone(),
+            token: Some(token.to_owned()),
+            fresh_path: self.fresh_path.clone(),
+        }
+    }
+
+    /// Keeps the consistency token a write answered with (merged with the last one), so this
+    /// client's next reads, on any replica, see the write. Returns the answer's body.
+    pub(crate) fn remember<T>(&self, response: tonic::Response<T>) -> T {
+        use pim_runtime::consistency::{ConsistencyToken, TOKEN_HEADER};
+        let written = response
+            .metadata()
+            .get(TOKEN_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|t| ConsistencyToken::parse(t).ok());
+        if let (Some(written), Some(path)) = (written, &self.fresh_path) {
+            let held = ConsistencyToken::parse(&self.at_least_as_fresh()).unwrap_or_default();
+            let line = format!("{} {}", pim_runtime::db::now_ms(), held.merge(&written));
+            // Best effort: without it the next read may be a moment stale, nothing worse.
+            let _ = std::fs::write(path, line);
+        }
+        response.into_inner()
+    }
+
+    /// The consistency token of this client's latest write, if recent; empty otherwise.
+    pub(crate) fn at_least_as_fresh(&self) -> String {
+        let Some(text) = self.fresh_path.as_ref().and_then(|p| std::fs::read_to_string(p).ok()) else {
+            return String::new();
+        };
+        match text.trim().split_once(' ') {
+            Some((at, token))
+                if at
+                    .parse::<i64>()
+                    .is_ok_and(|at| pim_runtime::db::now_ms() - at < FRESH_FOR_MS) =>
+            {
+                token.to_owned()
+            }
+            _ => String::new(),
+        }
+    }
+
+    pub(crate) fn request<T>(&self, message: T) -> anyhow::Result<Request<T>> {
+        let mut request = Request::new(message);
+        pim_runtime::telemetry::inject(&mut request);
+        request.set_timeout(Duration::from_secs(30));
+        if let Some(token) = &self.token {
+            request.metadata_mut().insert(
+                "authorization",
+                format!("Bearer {token}").parse().context("stored token is malformed")?,
+            );
+        }
+        Ok(request)
+    }
+
+    /// The stored token's claims (the server verifies them on every call).
+    pub(crate) fn claims(&self) -> anyhow::Result<serde_json::Value> {
+        use base64::Engine;
+        let token = self.token.as_deref().context("not signed in: run pim login first")?;
+        let payload = token.split('.').nth(1).context("stored token is malformed")?;
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .context("stored token is malformed")?;
+        serde_json::from_slice(&bytes).context("stored token is malformed")
+    }
+
+    /// The signed-in principal's id (from the token's claims; the server verifies them).
+    pub(crate) fn whoami(&self) -> anyhow::Result<String> {
+        self.claims()?["sub"]
+            .as_str()
+            .map(str::to_owned)
+            .context("stored token has no subject")
+    }
+
+    /// A principal id, a user name, or a group's or service principal's display name (or
+    /// `user:NAME`, `group:NAME`, `service-principal:NAME` where a name alone is ambiguous)
+    /// → the principal id.
+    pub(crate) async fn principal_id(&self, reference: &str) -> anyhow::Result<String> {
+        let reference = reference.trim();
+        if uuid::Uuid::parse_str(reference).is_ok() {
+            return Ok(reference.to_owned());
+        }
+        let (kind, name) = match reference.split_once(':') {
+            Some((kind @ ("user" | "group" | "service-principal"), name)) => (Some(kind), name),
+            _ => (None, reference),
+        };
+        let mut found: Vec<(&str, String)> = Vec::new();
+        if kind.is_none_or(|k| k == "user") {
+            let user = DirectoryServiceClient::new(self.channel.clone())
+                .get_user(self.request(ipb::GetUserRequest { user: name.to_owned() })?)
+                .await;
+            match user {
+                Ok(user) => found.push(("user", user.into_inner().id)),
+                Err(status) if status.code() == tonic::Code::NotFound => {}
+                Err(status) => return Err(explain(status)),
+            }
+        }
+        if kind.is_none_or(|k| k == "group") {
+            let groups = listings::groups(self).await?;
+            found.extend(
+                groups
+                    .into_iter()
+                    .filter(|g| g.display_name == name)
+                    .map(|g| ("group", g.id)),
+            );
+        }
+        if kind.is_none_or(|k| k == "service-principal") {
+            let sps = listings::service_principals(self, name).await?;
+            found.extend(
+                sps.into_iter()
+                    .filter(|sp| sp.display_name == name)
+                    .map(|sp| ("service-principal", sp.id)),
+            );
+        }
+        match found.as_slice() {
+            [(_, id)] => Ok(id.clone()),
+            [] => bail!("no user, group or service principal is named {name:?}"),
+            _ => {
+                let kinds: Vec<String> = found.iter().map(|(k, id)| format!("{k} {id}")).collect();
+                bail!(
+                    "{reference:?} names several principals ({}); write user:{name}, group:{name} or service-principal:{name}, or give the id",
+                    kinds.join(", ")
+                )
+            }
+        }
+    }
+
+    pub(crate) async fn role_id(&self, name_or_id: &str) -> anyhow::Result<String> {
+        let role = RoleServiceClient::new(self.channel.clone())
+            .get_role_definition(self.request(apb::GetRoleDefinitionRequest {
+                role: name_or_id.to_owned(),
+            })?)
+            .await
+            .map_err(explain)?;
+        Ok(role.into_inner().id)
+    }
+}
+
+/// Names for the ids a command prints, each looked up once: principals by their user name
+/// (a group or service principal by its display name), roles by name. An id that cannot be
+/// looked up is printed as it is.
+pub(crate) struct Names<'a> {
+    session: &'a Session,
+    principals: BTreeMap<String, String>,
+    roles: Option<BTreeMap<String, String>>,
+}
+
+impl<'a> Names<'a> {
+    pub(crate) fn new(session: &'a Session) -> Self {
+        Self {
+            session,
+            principals: BTreeMap::new(),
+            roles: None,
+        }
+    }
+
+    pub(crate) async fn principal(&mut self, id: &str) -> String {
+        if id.is_empty() {
+            return String::new();
+        }
+        if let Some(name) = self.principals.get(id) {
+            return name.clone();
+        }
+        let found = match self.session.request(ipb::GetPrincipalRequest {
+            principal_id: id.to_owned(),
+        }) {
+            Ok(request) => DirectoryServiceClient::new(self.session.channel.clone())
+                .get_principal(request)
+                .await
+                .ok()
+                .map(|p| p.into_inner()),
+            Err(_) => None,
+        };
+        let name = found
+            .map(|p| {
+                if p.user_name.is_empty() {
+                    p.display_name
+                } else {
+                    p.user_name
+                }
+            })
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| id.to_owned());
+        self.principals.insert(id.to_owned(), name.clone());
+        name
+    }
+
+    pub(crate) async fn role(&mut self, id: &str) -> String {
+        if self.roles.is_none() {
+            let listed = match self.session.request(apb::ListRoleDefinitionsRequest {}) {
+                Ok(request) => RoleServiceClient::new(self.session.channel.clone())
+                    .list_role_definitions(request)
+                    .await
+                    .map(|r| r.into_inner().roles)
+                    .unwrap_or_default(),
+                Err(_) => Vec::new(),
+            };
+            self.roles = Some(listed.into_iter().map(|r| (r.id, r.name)).collect());
+        }
+        self.roles
+            .as_ref()
+            .and_then(|roles| roles.get(id).cloned())
+            .unwrap_or_else(|| id.to_owned())
+    }
+}
+
+pub(crate) fn token_path(args: &ClientArgs) -> anyhow::Result<PathBuf> {
+    if let Some(p) = &args.token_file {
+        return Ok(p.clone());
+    }
+    let home = std::env::var_os("HOME").context("HOME is not set; pass --token-file")?;
+    Ok(PathBuf::from(home).join(".config/pim/token"))
+}
+
+pub(crate) const DEFAULT_SERVER: &str = "http://127.0.0.1:50051";
+
+/// Where the CLI calls: `--server` (or PIM_SERVER) with `--ca`; else the server the token was
+/// signed in at, with the CA trusted then; else the local default.
+pub(crate) fn target(args: &ClientArgs) -> (String, Option<PathBuf>) {
+    if let Some(server) = &args.server {
+        return (server.clone(), args.ca.clone());
+    }
+    let remembered = token_path(args)
+        .ok()
+        .and_then(|p| std::fs::read_to_string(p.with_extension("server")).ok());
+    let mut lines = remembered.as_deref().unwrap_or_default().lines();
+    match lines.next().map(str::trim).filter(|s| !s.is_empty()) {
+        Some(server) => {
+            let ca = args
+                .ca
+                .clone()
+                .or_else(|| lines.next().filter(|l| !l.is_empty()).map(PathBuf::from));
+            (server.to_owned(), ca)
+        }
+        None => (DEFAULT_SERVER.to_owned(), args.ca.clone()),
+    }
+}
+
+pub(crate) fn read_token(args: &ClientArgs) -> anyhow::Result<String> {
+    let path = token_path(args)?;
+    let token = std::fs::read_to_string(&path)
+        .with_context(|| format!("not signed in (no token at {}): run pim login first", path.display()))?;
+    Ok(token.trim().to_owned())
+}
+
+pub(crate) fn write_token(args: &ClientArgs, token: &str) -> anyhow::Result<PathBuf> {
+    let path = token_path(args)?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options
+        .open(&path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    file.write_all(token.as_bytes())?;
+    // The token's server (and the CA trusted for it), so later commands need no --server.
+    let (server, ca) = target(args);
+    let ca = ca
+        .map(|ca| std::path::absolute(&ca).unwrap_or(ca).display().to_string())
+        .unwrap_or_default();
+    std::fs::write(path.with_extension("server"), format!("{server}\n{ca}\n"))
+        .with_context(|| format!("writing {}", path.with_extension("server").display()))?;
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    /// A write's token is kept for the next command, merged with the one before, and
+    /// forgotten once old.
+    #[tokio::test]
+    async fn the_client_passes_its_last_writes_token_to_its_next_reads() {
+        use pim_runtime::consistency::TOKEN_HEADER;
+        let dir = std::env::temp_dir().join(format!(
+            "pim-cli-fresh-{}-{}",
+            std::process::id(),
+            pim_runtime::db::now_ms()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let fresh = dir.join("token.fresh");
+        let session = super::Session {
+            channel: tonic::transport::Endpoint::from_static("http://127.0.0.1:1").connect_lazy(),
+            token: None,
+            fresh_path: Some(fresh.clone()),
+        };
+        assert_eq!(session.at_least_as_fresh(), "");
+        let written = |token: &str| {
+            let mut response = tonic::Response::new(());
+            response.metadata_mut().insert(TOKEN_HEADER, token.parse().unwrap());
+            response
+        };
+        session.remember(written("v1;pim.identity.events=5-0"));
+        session.remember(written("v1;pim.assignment.events=7-1;pim.identity.events=4-0"));
+        assert_eq!(
+            session.at_least_as_fresh(),
+            "v1;pim.assignment.events=7-1;pim.identity.events=5-0"
+        );
+        session.remember(tonic::Response::new(()));
+        assert_ne!(
+            session.at_least_as_fresh(),
+            "",
+            "an answer without a token keeps the last"
+        );
+        let old = pim_runtime::db::now_ms() - super::FRESH_FOR_MS - 1;
+        std::fs::write(&fresh, format!("{old} v1;pim.identity.events=5-0")).unwrap();
+        assert_eq!(session.at_least_as_fresh(), "", "an old token is dropped");
+        std::fs::remove_dir_all(dir).ok();
+    }
+}
