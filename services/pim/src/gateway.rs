@@ -123,8 +123,13 @@ fn forwarded_for<B>(request: &mut http::Request<B>) {
                 .get::<TlsConnectInfo<TcpConnectInfo>>()
                 .and_then(|i| i.get_ref().remote_addr())
         });
-    let Some(peer) = peer else { return };
     let headers = request.headers_mut();
+    // Without the caller's address, pass no claim on: a client's own header would otherwise
+    // reach the services as if the gateway had vouched for it.
+    let Some(peer) = peer else {
+        headers.remove(grpc::FORWARDED_FOR);
+        return;
+    };
     let earlier: Vec<String> = headers
         .get_all(grpc::FORWARDED_FOR)
         .iter()
@@ -135,8 +140,13 @@ fn forwarded_for<B>(request: &mut http::Request<B>) {
         hops.push_str(", ");
     }
     hops.push_str(&peer.ip().to_string());
-    if let Ok(value) = http::HeaderValue::from_str(&hops) {
-        headers.insert(grpc::FORWARDED_FOR, value);
+    match http::HeaderValue::from_str(&hops) {
+        Ok(value) => {
+            headers.insert(grpc::FORWARDED_FOR, value);
+        }
+        Err(_) => {
+            headers.remove(grpc::FORWARDED_FOR);
+        }
     }
 }
 
@@ -215,4 +225,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let addr: SocketAddr = listener.local_addr()?;
     tracing::info!(address = %addr, "gateway serving");
     serve(&config, listener, grpc::shutdown_signal()).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::forwarded_for;
+
+    #[test]
+    fn a_call_whose_caller_is_unknown_passes_no_forwarded_claim_on() {
+        let mut request = http::Request::builder()
+            .header("x-forwarded-for", "203.0.113.7")
+            .body(())
+            .unwrap();
+        forwarded_for(&mut request);
+        assert!(request.headers().get("x-forwarded-for").is_none());
+    }
 }
