@@ -139,7 +139,7 @@ fn forwarded_for<B>(request: &mut http::Request<B>) {
     if !hops.is_empty() {
         hops.push_str(", ");
     }
-    hops.push_str(&peer.ip().to_string());
+    hops.push_str(&peer.ip().to_canonical().to_string());
     match http::HeaderValue::from_str(&hops) {
         Ok(value) => {
             headers.insert(grpc::FORWARDED_FOR, value);
@@ -187,6 +187,13 @@ impl Health for SuiteHealth {
 
     async fn watch(&self, request: Request<HealthCheckRequest>) -> Result<Response<Self::WatchStream>, Status> {
         let service = request.get_ref().service.clone();
+        if service.is_empty() {
+            // The gateway itself: serving while it answers.
+            let serving = HealthCheckResponse {
+                status: ServingStatus::Serving as i32,
+            };
+            return Ok(Response::new(Box::pin(tokio_stream::iter([Ok(serving)]))));
+        }
         let (_, channel) = self
             .0
             .by_name

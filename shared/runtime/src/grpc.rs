@@ -94,19 +94,29 @@ pub fn client_ip(
     forwarded_for: &[&str],
     trusted: &[ipnet::IpNet],
 ) -> Option<std::net::IpAddr> {
-    let mut ip = peer?;
+    // An IPv4 peer of a dual-stack listener arrives as ::ffff:a.b.c.d: compared as IPv4.
+    let mut ip = peer?.to_canonical();
     let hops = forwarded_for.iter().flat_map(|h| h.split(',')).collect::<Vec<_>>();
     for hop in hops.into_iter().rev() {
         if !trusted.iter().any(|net| net.contains(&ip)) {
             break;
         }
-        match hop.trim().parse() {
-            Ok(forwarded) => ip = forwarded,
+        match hop_address(hop) {
+            Some(forwarded) => ip = forwarded.to_canonical(),
             // Not an address: stop at the last proxy that could be believed.
-            Err(_) => break,
+            None => break,
         }
     }
     Some(ip)
+}
+
+/// One `x-forwarded-for` entry's address: `203.0.113.7`, `2001:db8::1`, or with a port as
+/// some proxies write them (`203.0.113.7:51234`, `[2001:db8::1]:443`).
+fn hop_address(hop: &str) -> Option<std::net::IpAddr> {
+    let hop = hop.trim();
+    hop.parse()
+        .ok()
+        .or_else(|| hop.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()))
 }
 
 /// [`client_ip`] of a request.
@@ -284,6 +294,19 @@ mod client_ip_tests {
         assert_eq!(
             client_ip(Some(ip("10.0.0.10")), &["203.0.113.7"], &trusted),
             Some(ip("10.0.0.10"))
+        );
+        // Entries with ports, and an IPv4 peer seen through a dual-stack listener.
+        assert_eq!(
+            client_ip(Some(gateway), &["203.0.113.7:51234"], &trusted),
+            Some(ip("203.0.113.7"))
+        );
+        assert_eq!(
+            client_ip(Some(gateway), &["[2001:db8::1]:443"], &trusted),
+            Some(ip("2001:db8::1"))
+        );
+        assert_eq!(
+            client_ip(Some(ip("::ffff:10.0.0.5")), &["203.0.113.7"], &trusted),
+            Some(ip("203.0.113.7"))
         );
         // Nobody trusted: always the peer.
         assert_eq!(client_ip(Some(gateway), &["203.0.113.7"], &[]), Some(gateway));
