@@ -2,8 +2,6 @@
 //! the version it was based on (its etag, AIP-154), and what the change did, setting by
 //! setting, with the ones that lower protection marked.
 
-use std::time::Duration;
-
 use sha2::Digest;
 
 use crate::domain::Policy;
@@ -248,20 +246,20 @@ fn set(ids: &[String]) -> std::collections::BTreeSet<&String> {
 fn shown(p: &Policy, setting: Setting) -> String {
     let flag = |b: bool| if b { "on" } else { "off" }.to_owned();
     match setting {
-        ActivationMaxDuration => short(p.activation_max_duration),
+        ActivationMaxDuration => pim_runtime::format::duration(p.activation_max_duration),
         ActivationRequiresMfa => flag(p.activation_requires_mfa),
         ActivationRequiresJustification => flag(p.activation_requires_justification),
         ActivationRequiresTicket => flag(p.activation_requires_ticket),
         ApprovalRequired => flag(p.approval_required),
         ApproverIds => p.approver_ids.join(","),
-        ApprovalTimeout => short(p.approval_timeout),
+        ApprovalTimeout => pim_runtime::format::duration(p.approval_timeout),
         EligibleAllowPermanent => flag(p.eligible_allow_permanent),
-        EligibleMaxDuration => short(p.eligible_max_duration),
+        EligibleMaxDuration => pim_runtime::format::duration(p.eligible_max_duration),
         ActiveAllowPermanent => flag(p.active_allow_permanent),
-        ActiveMaxDuration => short(p.active_max_duration),
+        ActiveMaxDuration => pim_runtime::format::duration(p.active_max_duration),
         ActiveRequiresJustification => flag(p.active_requires_justification),
-        MfaFreshness => short(p.mfa_freshness),
-        MinActivationBeforeDeactivate => short(p.min_activation_before_deactivate),
+        MfaFreshness => pim_runtime::format::duration(p.mfa_freshness),
+        MinActivationBeforeDeactivate => pim_runtime::format::duration(p.min_activation_before_deactivate),
         ApprovalStages => p
             .approval_stages
             .iter()
@@ -270,23 +268,11 @@ fn shown(p: &Policy, setting: Setting) -> String {
                     "{} of [{}] within {}",
                     s.approvals_required,
                     s.approver_ids.join(","),
-                    short(s.timeout)
+                    pim_runtime::format::duration(s.timeout)
                 )
             })
             .collect::<Vec<_>>()
             .join("; "),
-    }
-}
-
-/// A duration in its largest whole unit: `30d`, `8h`, `90m`, `45s`.
-pub fn short(d: Duration) -> String {
-    let s = d.as_secs();
-    match s {
-        0 => "0s".to_owned(),
-        s if s % 86_400 == 0 => format!("{}d", s / 86_400),
-        s if s % 3_600 == 0 => format!("{}h", s / 3_600),
-        s if s % 60 == 0 => format!("{}m", s / 60),
-        s => format!("{s}s"),
     }
 }
 

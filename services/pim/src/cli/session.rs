@@ -16,6 +16,7 @@ use pim_proto::identity::v1 as ipb;
 use pim_proto::identity::v1::directory_service_client::DirectoryServiceClient;
 use pim_runtime::config::TlsConfig;
 
+use super::as_code::Kind;
 use super::{ClientArgs, OUTPUT, explain, listings};
 
 pub(crate) struct Session {
@@ -133,43 +134,40 @@ impl Session {
         if uuid::Uuid::parse_str(reference).is_ok() {
             return Ok(reference.to_owned());
         }
-        let (kind, name) = match reference.split_once(':') {
-            Some((kind @ ("user" | "group" | "service-principal"), name)) => (Some(kind), name),
-            _ => (None, reference),
-        };
-        let mut found: Vec<(&str, String)> = Vec::new();
-        if kind.is_none_or(|k| k == "user") {
+        let (kind, name) = Kind::split(reference);
+        let mut found: Vec<(Kind, String)> = Vec::new();
+        if kind.is_none_or(|k| k == Kind::User) {
             let user = DirectoryServiceClient::new(self.channel.clone())
                 .get_user(self.request(ipb::GetUserRequest { user: name.to_owned() })?)
                 .await;
             match user {
-                Ok(user) => found.push(("user", user.into_inner().id)),
+                Ok(user) => found.push((Kind::User, user.into_inner().id)),
                 Err(status) if status.code() == tonic::Code::NotFound => {}
                 Err(status) => return Err(explain(status)),
             }
         }
-        if kind.is_none_or(|k| k == "group") {
+        if kind.is_none_or(|k| k == Kind::Group) {
             let groups = listings::groups(self).await?;
             found.extend(
                 groups
                     .into_iter()
                     .filter(|g| g.display_name == name)
-                    .map(|g| ("group", g.id)),
+                    .map(|g| (Kind::Group, g.id)),
             );
         }
-        if kind.is_none_or(|k| k == "service-principal") {
+        if kind.is_none_or(|k| k == Kind::ServicePrincipal) {
             let sps = listings::service_principals(self, name).await?;
             found.extend(
                 sps.into_iter()
                     .filter(|sp| sp.display_name == name)
-                    .map(|sp| ("service-principal", sp.id)),
+                    .map(|sp| (Kind::ServicePrincipal, sp.id)),
             );
         }
         match found.as_slice() {
             [(_, id)] => Ok(id.clone()),
             [] => bail!("no user, group or service principal is named {name:?}"),
             _ => {
-                let kinds: Vec<String> = found.iter().map(|(k, id)| format!("{k} {id}")).collect();
+                let kinds: Vec<String> = found.iter().map(|(k, id)| format!("{} {id}", k.prefix())).collect();
                 bail!(
                     "{reference:?} names several principals ({}); write user:{name}, group:{name} or service-principal:{name}, or give the id",
                     kinds.join(", ")

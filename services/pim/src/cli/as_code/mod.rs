@@ -26,6 +26,7 @@ use pim_runtime::db::{from_timestamp, to_timestamp};
 
 use super::{ClientArgs, Session, explain, time};
 use file::{AssignmentSpec, File, GroupSpec, PolicySpec, RoleAssignments, RoleSpec, at, made};
+pub(crate) use state::Kind;
 use state::Snapshot;
 
 #[derive(Args)]

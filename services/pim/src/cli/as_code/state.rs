@@ -21,7 +21,18 @@ pub(crate) enum Kind {
 }
 
 impl Kind {
-    fn prefix(self) -> &'static str {
+    /// `user:lee`, `group:ops`, `service-principal:checker` → the kind named and the name; a
+    /// reference without a known prefix is a name of any kind.
+    pub(crate) fn split(reference: &str) -> (Option<Kind>, &str) {
+        match reference.split_once(':') {
+            Some(("user", name)) => (Some(Kind::User), name),
+            Some(("group", name)) => (Some(Kind::Group), name),
+            Some(("service-principal", name)) => (Some(Kind::ServicePrincipal), name),
+            _ => (None, reference),
+        }
+    }
+
+    pub(crate) fn prefix(self) -> &'static str {
         match self {
             Kind::User => "user",
             Kind::Group => "group",
@@ -50,12 +61,7 @@ impl Directory {
         if let Some(known) = self.principals.iter().find(|p| p.id == reference) {
             return Ok(known);
         }
-        let (kind, name) = match reference.split_once(':') {
-            Some(("user", name)) => (Some(Kind::User), name),
-            Some(("group", name)) => (Some(Kind::Group), name),
-            Some(("service-principal", name)) => (Some(Kind::ServicePrincipal), name),
-            _ => (None, reference),
-        };
+        let (kind, name) = Kind::split(reference);
         let found: Vec<&Known> = self
             .principals
             .iter()
