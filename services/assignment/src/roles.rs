@@ -9,7 +9,10 @@ use pim_runtime::db::Db;
 
 use crate::store::{self, RoleRow};
 
-pub use pim_proto::catalogue::{BUILT_IN_ROLES, GLOBAL_ADMINISTRATOR, PRIVILEGED_ROLE_ADMINISTRATOR};
+pub use pim_proto::catalogue::{
+    BUILT_IN_ROLES, GLOBAL_ADMINISTRATOR, GROUP_ACCESS_ROLES, GROUP_MEMBER, GROUP_OWNER, PRIVILEGED_ROLE_ADMINISTRATOR,
+    group_of_scope, group_scope, is_group_access,
+};
 use pim_runtime::access::permissions as p;
 
 /// Every role definition, by id, kept in memory (roles change rarely; CheckAccess reads them

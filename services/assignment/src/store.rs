@@ -9,7 +9,7 @@ use pim_runtime::events::{
 };
 
 use crate::domain::RequestStatus;
-use crate::roles::BUILT_IN_ROLES;
+use crate::roles::{BUILT_IN_ROLES, GROUP_ACCESS_ROLES};
 
 pub struct Migrator;
 
@@ -199,6 +199,24 @@ impl MigratorTrait for Migrator {
                 "ALTER TABLE role_definitions ADD COLUMN deleted_at BIGINT;
                  CREATE UNIQUE INDEX role_definitions_name_ci ON role_definitions (lower(name))"
                     .to_owned()
+            }),
+            SqlMigration::boxed("m0010_group_access_roles", |_| {
+                // PIM for Groups: membership and ownership of a group, governed like roles.
+                // A custom role that took one of the names keeps it (the id still works).
+                GROUP_ACCESS_ROLES
+                    .iter()
+                    .map(|r| {
+                        format!(
+                            "INSERT INTO role_definitions (id, name, description, permissions, built_in, privileged, created_at) \
+                             SELECT '{id}', '{name}', '{description}', '', TRUE, FALSE, 0 \
+                             WHERE NOT EXISTS (SELECT 1 FROM role_definitions WHERE lower(name) = lower('{name}'))",
+                            id = r.id,
+                            name = r.name,
+                            description = r.description.replace('\'', "''"),
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(";\n")
             }),
         ]
     }

@@ -5,6 +5,7 @@
 
 use sea_orm::TransactionTrait;
 
+use pim_proto::catalogue;
 use pim_proto::common::v1::PrincipalKind;
 use pim_proto::events::v1 as ev;
 use pim_proto::identity::v1::Principal;
@@ -143,9 +144,27 @@ impl Directory {
         Ok(store::list_groups(&self.db, after, limit).await?)
     }
 
+    /// Whether the caller owns the group: permanently, or through an active Group Owner
+    /// assignment (PIM for Groups) until it ends.
+    async fn owns(&self, caller: &Caller, group: &GroupRow) -> Result<bool> {
+        if store::is_owner(&self.db, &group.id, &caller.principal_id).await? {
+            return Ok(true);
+        }
+        let decision = self
+            .access
+            .check(
+                caller,
+                &caller.principal_id,
+                &Target::Role(catalogue::GROUP_OWNER.to_owned()),
+                &catalogue::group_scope(&group.id),
+            )
+            .await?;
+        Ok(decision.allowed)
+    }
+
     /// Who may change a group's members or owners: its owners, and holders of the right permission.
     async fn may_change(&self, caller: &Caller, group: &GroupRow) -> Result<()> {
-        if store::is_owner(&self.db, &group.id, &caller.principal_id).await? {
+        if self.owns(caller, group).await? {
             return Ok(());
         }
         let needed = if group.is_assignable_to_role {
@@ -216,10 +235,19 @@ impl Directory {
         Ok(())
     }
 
+    /// A group's members or owners: for directory readers, and for the group's own owners.
     pub async fn linked_principals(&self, caller: &Caller, link: Link, group_id: &str) -> Result<Vec<Principal>> {
-        require(self.access.as_ref(), caller, permissions::USERS_READ, "/").await?;
-        if store::find_group(&self.db, group_id).await?.is_none() {
-            return Err(Error::NotFound(format!("group {group_id}")));
+        let readable = require(self.access.as_ref(), caller, permissions::USERS_READ, "/").await;
+        let group = store::find_group(&self.db, group_id).await?;
+        match (readable, group) {
+            (Ok(()), None) => return Err(Error::NotFound(format!("group {group_id}"))),
+            (Ok(()), Some(_)) => {}
+            (Err(refused), None) => return Err(refused.into()),
+            (Err(refused), Some(group)) => {
+                if !self.owns(caller, &group).await? {
+                    return Err(refused.into());
+                }
+            }
         }
         let mut out = Vec::new();
         for id in store::linked(&self.db, link, group_id).await? {

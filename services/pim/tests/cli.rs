@@ -1512,3 +1512,269 @@ fn principals_are_named_by_user_group_or_service_principal_name() {
     up.terminate();
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// PIM for Groups: Lee is made eligible for membership of a role-assignable group that holds
+/// Exchange Administrator and Global Reader; activating the membership asks for MFA, then
+/// both roles are Lee's through it until Lee ends it. A User Administrator may not make anyone
+/// eligible for that group, nor may anyone make themselves eligible. Ola's activated
+/// ownership of another group lets Ola add a member, and after it ends the same call is
+/// refused.
+#[test]
+fn group_membership_and_ownership_are_activated_just_in_time() {
+    let (dir, up, server, admin) = up_with_admin();
+    let person = |name: &str| {
+        admin.ok(
+            &["users", "create", "--user-name", name, "--password-stdin"],
+            Some(&format!("{name}'s passphrase, long enough\n")),
+        );
+        let client = Client {
+            server: server.clone(),
+            token_file: dir.join(format!("{name}-token")),
+        };
+        client.ok(
+            &["login", "--user", name, "--password-stdin"],
+            Some(&format!("{name}'s passphrase, long enough\n")),
+        );
+        client
+    };
+    let (lee, ola, uma) = (person("lee"), person("ola"), person("uma"));
+    person("kim");
+    admin.ok(
+        &["groups", "create", "--name", "Exchange Admins", "--role-assignable"],
+        None,
+    );
+    for role in ["Exchange Administrator", "Global Reader"] {
+        admin.ok(
+            &[
+                "assign",
+                "--principal",
+                "group:Exchange Admins",
+                "--role",
+                role,
+                "--kind",
+                "active",
+                "--duration",
+                "30d",
+                "-j",
+                "the mail team's roles",
+            ],
+            None,
+        );
+    }
+    admin.ok(
+        &[
+            "assign",
+            "--principal",
+            "uma",
+            "--role",
+            "User Administrator",
+            "--kind",
+            "active",
+            "--duration",
+            "1d",
+            "-j",
+            "helpdesk",
+        ],
+        None,
+    );
+    let eligible_lee = [
+        "groups",
+        "assign",
+        "--principal",
+        "lee",
+        "--group",
+        "Exchange Admins",
+        "--access",
+        "member",
+        "--kind",
+        "eligible",
+        "--duration",
+        "30d",
+        "-j",
+        "mail migration",
+    ];
+    // A User Administrator manages groups, but not who may join a role-assignable one.
+    let refused = uma.run(&eligible_lee, None);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("only the group's owners"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    admin.ok(&eligible_lee, None);
+    assert!(
+        admin
+            .run(&["check", "lee", "Exchange Administrator"], None)
+            .status
+            .code()
+            == Some(1)
+    );
+    let mine = lee.ok(&["groups", "mine"], None);
+    assert!(
+        mine.lines()
+            .any(|l| l.starts_with("Exchange Admins") && l.contains("member") && l.contains("eligible")),
+        "{mine}"
+    );
+
+    // The group's policy is the defaults until set: MFA on activation, at most 8h.
+    let policy = admin.ok(&["policy", "show", "--group", "Exchange Admins"], None);
+    assert!(
+        policy
+            .lines()
+            .any(|l| l.starts_with("activation requires MFA") && l.ends_with("true")),
+        "{policy}"
+    );
+    admin.ok(
+        &["policy", "set", "--group", "Exchange Admins", "--activation-max", "2h"],
+        None,
+    );
+    let too_long = lee.run(
+        &[
+            "groups",
+            "activate",
+            "Exchange Admins",
+            "--duration",
+            "3h",
+            "-j",
+            "mailbox moves",
+            "--code",
+            "000000",
+        ],
+        None,
+    );
+    assert_eq!(too_long.status.code(), Some(1), "longer than the group's 2h");
+
+    let authenticator = lee.enroll_mfa();
+    let code = authenticator.generate(now_secs() + 30);
+    let activated = lee.ok(
+        &[
+            "groups",
+            "activate",
+            "Exchange Admins",
+            "--access",
+            "member",
+            "--duration",
+            "1h",
+            "-j",
+            "mailbox moves",
+            "--code",
+            &code,
+        ],
+        None,
+    );
+    assert!(
+        activated.contains("Membership of Exchange Admins active at /groups/"),
+        "{activated}"
+    );
+    for role in ["Exchange Administrator", "Global Reader"] {
+        let checked = admin.ok(&["check", "lee", role], None);
+        assert!(checked.starts_with("allowed"), "{checked}");
+        assert!(checked.contains("via group"), "{checked}");
+    }
+    // The role lasts as long as the membership, not the group's 30 days.
+    let checked = admin.ok(&["check", "lee", "Exchange Administrator"], None);
+    let until = checked.lines().next().unwrap_or_default();
+    let in_an_hour = std::time::SystemTime::now() + Duration::from_secs(61 * 60);
+    let shown = until.rsplit("until ").next().unwrap_or_default();
+    let end = humantime::parse_rfc3339(shown.trim()).unwrap_or_else(|e| panic!("an RFC 3339 end in {until:?}: {e}"));
+    assert!(end < in_an_hour, "ends with the membership: {until}");
+    lee.ok(&["groups", "deactivate", "Exchange Admins", "-j", "done"], None);
+    for role in ["Exchange Administrator", "Global Reader"] {
+        assert_eq!(
+            admin.run(&["check", "lee", role], None).status.code(),
+            Some(1),
+            "{role} ended"
+        );
+    }
+
+    // Nobody makes themselves eligible, owner or not.
+    admin.ok(&["groups", "create", "--name", "ops"], None);
+    let own = admin.run(
+        &[
+            "groups",
+            "assign",
+            "--principal",
+            "admin",
+            "--group",
+            "ops",
+            "--access",
+            "owner",
+            "-j",
+            "me",
+        ],
+        None,
+    );
+    assert_eq!(own.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&own.stderr).contains("yourself"));
+
+    // Ola's ownership of ops, activated: Ola adds Kim; once it ends, Ola cannot.
+    admin.ok(
+        &[
+            "groups",
+            "assign",
+            "--principal",
+            "ola",
+            "--group",
+            "ops",
+            "--access",
+            "owner",
+            "--permanent",
+            "-j",
+            "runs ops",
+        ],
+        None,
+    );
+    admin.ok(
+        &[
+            "policy",
+            "set",
+            "--group",
+            "ops",
+            "--access",
+            "owner",
+            "--require-mfa",
+            "false",
+        ],
+        None,
+    );
+    // Ola reads no directory: Kim is named by id.
+    let kim = admin.ok(&["users", "list", "--output", "json"], None);
+    let kim = kim
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("a JSON object per line"))
+        .find(|u| u["user_name"] == "kim")
+        .and_then(|u| u["id"].as_str().map(str::to_owned))
+        .expect("kim listed");
+    let by_name = ola.run(&["groups", "add-member", "ops", "kim"], None);
+    assert!(
+        String::from_utf8_lossy(&by_name.stderr).contains("give \"kim\"'s id instead"),
+        "{}",
+        String::from_utf8_lossy(&by_name.stderr)
+    );
+    let before = ola.run(&["groups", "add-member", "ops", &kim], None);
+    assert_eq!(before.status.code(), Some(1), "not an owner before activating");
+    ola.ok(
+        &[
+            "groups",
+            "activate",
+            "ops",
+            "--access",
+            "owner",
+            "--duration",
+            "30m",
+            "-j",
+            "onboarding",
+        ],
+        None,
+    );
+    ola.ok(&["groups", "add-member", "ops", &kim], None);
+    ola.ok(
+        &["groups", "deactivate", "ops", "--access", "owner", "-j", "done"],
+        None,
+    );
+    let after = ola.run(&["groups", "remove-member", "ops", &kim], None);
+    assert_eq!(after.status.code(), Some(1), "no longer an owner");
+    assert!(String::from_utf8_lossy(&after.stderr).contains("PermissionDenied"));
+    up.terminate();
+    std::fs::remove_dir_all(&dir).ok();
+}

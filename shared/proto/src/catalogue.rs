@@ -143,3 +143,44 @@ pub const BUILT_IN_ROLES: &[BuiltInRole] = &[
         privileged: false,
     },
 ];
+
+/// Group access (PIM for Groups): membership or ownership of one group, assigned, activated
+/// and governed like a role, at the group's own scope [`group_scope`] and nowhere else.
+/// While active, a member is a member for every purpose (a role-assignable group's roles
+/// included) and an owner manages the group as owners do.
+pub const GROUP_MEMBER: &str = "group-member";
+pub const GROUP_OWNER: &str = "group-owner";
+
+pub const GROUP_ACCESS_ROLES: &[BuiltInRole] = &[
+    BuiltInRole {
+        id: GROUP_MEMBER,
+        name: "Group Member",
+        description: "Membership of the group at the scope /groups/{group id}: while active, a member for every purpose, its roles included.",
+        permissions: &[],
+        privileged: false,
+    },
+    BuiltInRole {
+        id: GROUP_OWNER,
+        name: "Group Owner",
+        description: "Ownership of the group at the scope /groups/{group id}: while active, manages the group's members as owners do.",
+        permissions: &[],
+        privileged: false,
+    },
+];
+
+/// Where group access to `group_id` is assigned.
+pub fn group_scope(group_id: &str) -> String {
+    format!("/groups/{}", group_id.to_ascii_lowercase())
+}
+
+/// The group a scope of group access names: `/groups/{id}` → `id`.
+pub fn group_of_scope(scope: &str) -> Option<&str> {
+    scope
+        .strip_prefix("/groups/")
+        .filter(|id| !id.is_empty() && !id.contains('/'))
+}
+
+/// Whether `role_id` is group access rather than a role.
+pub fn is_group_access(role_id: &str) -> bool {
+    role_id == GROUP_MEMBER || role_id == GROUP_OWNER
+}

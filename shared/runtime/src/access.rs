@@ -134,20 +134,22 @@ impl CachedAccess {
         self.entries.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 
-    /// Drops cached answers when an event says someone may have lost access: a removal,
-    /// a deactivation, or a member leaving a group. (New grants need no invalidation: a cached
-    /// refusal lasts the TTL at most.)
+    /// Drops cached answers when an event says access changed: a removal, a deactivation, a
+    /// member leaving a group, and a grant or an activation too (a refusal cached a moment
+    /// before must not outlive it: an owner who just activated manages the group at once).
     pub fn invalidate_on(&self, envelope: &crate::events::Envelope) {
         if Self::invalidated_by(crate::events::short_type(envelope)) {
             self.clear();
         }
     }
 
-    /// Whether events of this short type (someone lost access) clear the cached answers.
+    /// Whether events of this short type (access changed) clear the cached answers.
     pub fn invalidated_by(event_type: &str) -> bool {
         matches!(
             event_type,
-            "RoleDeactivated"
+            "RoleActivated"
+                | "ActiveAssignmentGranted"
+                | "RoleDeactivated"
                 | "ActiveAssignmentRemoved"
                 | "ActiveAssignmentUpdated"
                 | "GroupMemberRemoved"

@@ -6,15 +6,14 @@ use super::*;
 impl Assignments {
     /// selfActivate: the caller turns an eligibility into an active role, after the policy's checks.
     pub async fn self_activate(&self, caller: &Caller, r: ActivateRequest) -> Result<RequestRow> {
-        let scope = Scope::parse(&r.scope)?;
-        let role = self.role(&r.role)?;
+        let (role, scope) = self.role_at(&r.role, &r.scope)?;
         let now = self.now();
         let mut violations = Vec::new();
         // One read for everything below: the caller's and their groups' unended assignments
         // of the role (eligible directly, or through a role-assignable group), and the
         // role's policies at the scope and above.
         let mut holders = vec![caller.principal_id.clone()];
-        holders.extend(self.memberships.groups_of(&caller.principal_id));
+        holders.extend(self.groups_of(&caller.principal_id, now).into_keys());
         let scopes = scope.with_ancestors();
         let (held, policies) = store::activation_inputs(&self.db, &holders, &role.id, &scopes, now).await?;
         let eligibility = held
@@ -236,8 +235,7 @@ impl Assignments {
 
     /// selfDeactivate: the caller ends their own activation now.
     pub async fn self_deactivate(&self, caller: &Caller, r: EndRequest) -> Result<RequestRow> {
-        let scope = Scope::parse(&r.scope)?;
-        let role = self.role(&r.role)?;
+        let (role, scope) = self.role_at(&r.role, &r.scope)?;
         let now = self.now();
         let txn = self.db.begin().await?;
         let open = store::open_assignments(

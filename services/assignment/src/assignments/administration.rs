@@ -7,15 +7,27 @@ impl Assignments {
     /// adminAssign: an administrator makes a principal eligible for, or active in, a role.
     /// adminAssign, or adminRenew: the same for an assignment that expired (only then).
     pub async fn admin_assign(&self, caller: &Caller, r: AdminAssignRequest, action: &str) -> Result<RequestRow> {
-        let scope = Scope::parse(&r.scope)?;
-        let role = self.role(&r.role)?;
+        let (role, scope) = self.role_at(&r.role, &r.scope)?;
         let principal_id = r.principal_id.trim();
         if principal_id.is_empty() {
             return Err(Error::invalid("principal_id", "required"));
         }
-        self.authorize(caller, permissions::ASSIGNMENTS_MANAGE, &scope).await?;
+        self.authorize_assignments(caller, &role, &scope, Some(principal_id))
+            .await?;
         let principal = self.principal(caller, principal_id).await?;
-        if principal.kind == PrincipalKind::Group && !principal.is_assignable_to_role {
+        if let Some(group) = crate::roles::group_of_scope(scope.as_str()) {
+            // The group must exist; access to it is for users and service principals.
+            self.group(caller, group).await?;
+            if principal.kind == PrincipalKind::Group {
+                return Err(Error::invalid(
+                    "principal_id",
+                    "group access is for users and service principals, not groups",
+                ));
+            }
+            if role.id == crate::roles::GROUP_OWNER && principal.kind != PrincipalKind::User {
+                return Err(Error::invalid("principal_id", "owners are users"));
+            }
+        } else if principal.kind == PrincipalKind::Group && !principal.is_assignable_to_role {
             return Err(Error::FailedPrecondition(format!(
                 "{principal_id} is not a role-assignable group; only those can hold roles"
             )));
@@ -193,13 +205,12 @@ impl Assignments {
     /// adminRemove: ends an eligible or active assignment an administrator made. The last
     /// permanent, active Global Administrator at `/` is never removed.
     pub async fn admin_remove(&self, caller: &Caller, r: EndRequest) -> Result<RequestRow> {
-        let scope = Scope::parse(&r.scope)?;
-        let role = self.role(&r.role)?;
+        let (role, scope) = self.role_at(&r.role, &r.scope)?;
         let principal_id = r.principal_id.trim().to_owned();
         if principal_id.is_empty() {
             return Err(Error::invalid("principal_id", "required"));
         }
-        self.authorize(caller, permissions::ASSIGNMENTS_MANAGE, &scope).await?;
+        self.authorize_assignments(caller, &role, &scope, None).await?;
         let now = self.now();
         let txn = self.db.begin().await?;
         let open = store::open_assignments(&txn, r.kind.as_str(), &principal_id, &role.id, scope.as_str(), now).await?;
@@ -332,13 +343,13 @@ impl Assignments {
         r: EndRequest,
         end: Option<i64>,
     ) -> Result<RequestRow> {
-        let scope = Scope::parse(&r.scope)?;
-        let role = self.role(&r.role)?;
+        let (role, scope) = self.role_at(&r.role, &r.scope)?;
         let principal_id = r.principal_id.trim().to_owned();
         if principal_id.is_empty() {
             return Err(Error::invalid("principal_id", "required"));
         }
-        self.authorize(caller, permissions::ASSIGNMENTS_MANAGE, &scope).await?;
+        self.authorize_assignments(caller, &role, &scope, Some(&principal_id))
+            .await?;
         let now = self.now();
         let txn = self.db.begin().await?;
         let open = store::open_assignments(&txn, r.kind.as_str(), &principal_id, &role.id, scope.as_str(), now).await?;

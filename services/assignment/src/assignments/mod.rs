@@ -33,6 +33,7 @@ use crate::store::{self, AssignmentRow, RequestRow};
 mod activation;
 mod administration;
 mod definitions;
+mod group_access;
 mod protections;
 mod requests;
 
@@ -216,30 +217,36 @@ impl Assignments {
             Target::Role(_) => Vec::new(),
             Target::Permission(p) => self.roles.roles_granting(p),
         };
-        let mut weigh = |id: &str, grant: &crate::index::Grant, via_group: Option<&str>| {
+        // A grant through a group lasts while both it and the membership do.
+        let mut weigh = |id: &str, grant: &crate::index::Grant, via_group: Option<(&str, Option<i64>)>| {
             let grants = match target {
                 Target::Role(role) => grant.role_id == *role,
                 Target::Permission(_) => granting.iter().any(|r| **r == *grant.role_id),
             };
             if grants && scope.is_within(&grant.scope) {
+                let end = match via_group {
+                    Some((_, member_until)) => group_access::earlier(grant.end, member_until),
+                    None => grant.end,
+                };
                 used.push(GrantUsed {
                     assignment_id: id.to_owned(),
                     role_id: grant.role_id.clone(),
                     scope: grant.scope.clone(),
-                    end: grant.end,
-                    via_group: via_group.map(str::to_owned),
+                    end,
+                    via_group: via_group.map(|(g, _)| g.to_owned()),
                 });
-                match grant.end {
+                match end {
                     None => permanent = true,
                     Some(end) => latest_end = Some(latest_end.map_or(end, |l| l.max(end))),
                 }
             }
         };
-        // The principal's own grants, and those of the role-assignable groups they are in.
+        // The principal's own grants, and those of the role-assignable groups they are in
+        // (permanently, or through an active membership).
         self.index.visit(principal, now, |id, grant| weigh(id, grant, None));
-        for group in self.memberships.groups_of(principal) {
+        for (group, until) in self.groups_of(principal, now) {
             self.index
-                .visit(&group, now, |id, grant| weigh(id, grant, Some(&group)));
+                .visit(&group, now, |id, grant| weigh(id, grant, Some((&group, until))));
         }
         let allowed = !used.is_empty();
         // The access lasts as long as the longest grant; a permanent grant never ends.
@@ -262,16 +269,25 @@ impl Assignments {
         }
     }
 
-    async fn principal(&self, caller: &Caller, id: &str) -> Result<PrincipalInfo> {
-        let mut request = tonic::Request::new(GetPrincipalRequest {
-            principal_id: id.to_owned(),
-        });
+    /// A request to identity made with the caller's own token.
+    fn on_behalf_of<T>(&self, caller: &Caller, message: T) -> Result<tonic::Request<T>> {
+        let mut request = tonic::Request::new(message);
         pim_runtime::telemetry::inject(&mut request);
         let bearer = format!("Bearer {}", caller.token())
             .parse()
             .map_err(|_| Error::invalid("authorization", "malformed token"))?;
         request.metadata_mut().insert("authorization", bearer);
         request.set_timeout(Duration::from_secs(3));
+        Ok(request)
+    }
+
+    async fn principal(&self, caller: &Caller, id: &str) -> Result<PrincipalInfo> {
+        let request = self.on_behalf_of(
+            caller,
+            GetPrincipalRequest {
+                principal_id: id.to_owned(),
+            },
+        )?;
         match self.identity.clone().get_principal(request).await {
             Ok(p) => {
                 let p = p.into_inner();
@@ -322,8 +338,7 @@ impl Assignments {
 
     /// The policy in force at (role, scope), with its etag.
     pub async fn get_policy(&self, role: &str, scope: &str) -> Result<PolicyAt> {
-        let role = self.role(role)?;
-        let scope = Scope::parse(scope)?;
+        let (role, scope) = self.role_at(role, scope)?;
         let (policy, set_at) = self.effective_policy(&self.db, &role.id, &scope).await?;
         Ok(PolicyAt::new(role.id, scope.as_str(), policy, set_at.as_deref()))
     }
@@ -350,8 +365,7 @@ impl Assignments {
         scope: &str,
         update: PolicyUpdate,
     ) -> Result<PolicyAt> {
-        let role = self.role(role)?;
-        let scope = Scope::parse(scope)?;
+        let (role, scope) = self.role_at(role, scope)?;
         self.authorize(caller, permissions::POLICIES_MANAGE, &scope).await?;
         let scopes = scope.with_ancestors();
         // Without an etag the caller asked for no particular version: an update that lost a

@@ -15,8 +15,7 @@ impl Assignments {
         start: Option<i64>,
         end: Option<i64>,
     ) -> Result<RequestRow> {
-        let scope = Scope::parse(&r.scope)?;
-        let role = self.role(&r.role)?;
+        let (role, scope) = self.role_at(&r.role, &r.scope)?;
         let now = self.now();
         if r.justification.trim().is_empty() {
             return Err(Error::PolicyViolation(vec![RuleViolation {
@@ -397,9 +396,13 @@ impl Assignments {
                 .collect();
         // A principal's roles include those of their role-assignable groups (Entra hides these).
         if let Some(principal) = principal {
-            for group in self.memberships.groups_of(principal) {
+            for (group, member_until) in self.groups_of(principal, now) {
                 let inherited = store::current_assignments(&self.db, kind.as_str(), Some(&group), role, now).await?;
-                rows.extend(inherited.into_iter().map(|a| (a, Some(group.clone()))));
+                rows.extend(inherited.into_iter().map(|mut a| {
+                    // Held through the group for as long as the membership lasts.
+                    a.end_at = group_access::earlier(a.end_at, member_until);
+                    (a, Some(group.clone()))
+                }));
             }
         }
         Ok(match scope {

@@ -23,15 +23,22 @@ pub(crate) struct AssignArgs {
     role: String,
     #[arg(long, default_value = "/")]
     scope: String,
+    #[command(flatten)]
+    how: AssignHow,
+}
+
+/// How to assign, a role or access to a group.
+#[derive(Args)]
+pub(crate) struct AssignHow {
     #[arg(long, value_enum, default_value = "eligible")]
     kind: KindArg,
     /// How long it lasts, e.g. 1h, 30d (default: the policy's maximum, or permanent where allowed).
     #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "permanent")]
     duration: Option<Duration>,
-    /// Never expires (where the role's policy allows it).
+    /// Never expires (where the policy allows it).
     #[arg(long)]
     permanent: bool,
-    #[arg(long, default_value = "")]
+    #[arg(long, short = 'j', default_value = "")]
     justification: String,
     #[arg(long, default_value = "", requires = "ticket_number")]
     ticket_system: String,
@@ -41,7 +48,7 @@ pub(crate) struct AssignArgs {
     #[arg(long)]
     validate_only: bool,
     #[command(flatten)]
-    client: ClientArgs,
+    pub(crate) client: ClientArgs,
 }
 
 #[derive(Args)]
@@ -89,9 +96,14 @@ pub(crate) struct CheckArgs {
 }
 
 pub(crate) async fn assign(args: AssignArgs) -> anyhow::Result<i32> {
+    assign_as(&args.principal, &args.role, &args.scope, args.how).await
+}
+
+/// Assigns `role` at `scope` to `principal` (an administrator's adminAssign request).
+pub(crate) async fn assign_as(principal: &str, role: &str, scope: &str, args: AssignHow) -> anyhow::Result<i32> {
     let session = Session::open(&args.client, true)?;
-    let principal_id = session.principal_id(&args.principal).await?;
-    let role_id = session.role_id(&args.role).await?;
+    let principal_id = session.principal_id(principal).await?;
+    let role_id = session.role_id(role).await?;
     let expiration = if args.permanent {
         Some(apb::schedule::Expiration::Permanent(true))
     } else {
@@ -111,7 +123,7 @@ pub(crate) async fn assign(args: AssignArgs) -> anyhow::Result<i32> {
         kind: kind_pb(args.kind) as i32,
         principal_id,
         role_id,
-        scope: args.scope,
+        scope: scope.to_owned(),
         schedule: Some(apb::Schedule {
             start_time: None,
             expiration,

@@ -1,12 +1,78 @@
-//! `pim groups`: create groups (role-assignable ones carry roles to their members), and
-//! manage their members and owners.
+//! `pim groups`: create groups (role-assignable ones carry roles to their members), manage
+//! their members and owners, and PIM for Groups: eligible and time-bound membership and
+//! ownership, activated like roles.
 
-use clap::Subcommand;
+use clap::{Args, Subcommand, ValueEnum};
 
+use pim_proto::assignment::v1 as apb;
+use pim_proto::assignment::v1::assignment_service_client::AssignmentServiceClient;
+use pim_proto::catalogue;
 use pim_proto::identity::v1 as ipb;
 use pim_proto::identity::v1::directory_service_client::DirectoryServiceClient;
+use pim_runtime::db::from_timestamp;
 
-use super::{ClientArgs, Session, explain, print_table};
+use super::assignments::{AssignHow, assign_as};
+use super::requests::{ActivateHow, DeactivateHow, UnassignHow, activate_as, deactivate_as, unassign_as};
+use super::{ClientArgs, Names, Session, explain, print_table, time};
+
+/// Which access to a group: membership or ownership.
+#[derive(Clone, Copy, ValueEnum)]
+pub(crate) enum Access {
+    Member,
+    Owner,
+}
+
+impl Access {
+    /// The built-in role that stands for this access.
+    pub(crate) fn role_id(self) -> &'static str {
+        match self {
+            Access::Member => catalogue::GROUP_MEMBER,
+            Access::Owner => catalogue::GROUP_OWNER,
+        }
+    }
+
+    fn noun(self) -> &'static str {
+        match self {
+            Access::Member => "membership",
+            Access::Owner => "ownership",
+        }
+    }
+}
+
+/// Someone's access to a group, as an administrator or owner names it.
+#[derive(Args)]
+pub(crate) struct WhoseAccess {
+    /// User name, or principal id.
+    #[arg(long)]
+    principal: String,
+    /// Group name or id.
+    #[arg(long)]
+    group: String,
+    #[arg(long, value_enum, default_value = "member")]
+    access: Access,
+}
+
+/// Access to a group as the assignment service holds it: (what people call it, role, scope).
+pub(crate) async fn access_target(
+    session: &Session,
+    group: &str,
+    access: Access,
+) -> anyhow::Result<(String, &'static str, String)> {
+    let id = group_id(session, group).await?;
+    Ok((
+        format!("{} of {group}", capitalized(access.noun())),
+        access.role_id(),
+        catalogue::group_scope(&id),
+    ))
+}
+
+fn capitalized(word: &str) -> String {
+    let mut chars = word.chars();
+    chars
+        .next()
+        .map(|c| c.to_uppercase().chain(chars).collect())
+        .unwrap_or_default()
+}
 
 #[derive(Subcommand)]
 pub(crate) enum GroupsCommand {
@@ -43,6 +109,45 @@ pub(crate) enum GroupsCommand {
     /// List a group's members.
     Members {
         group: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Make someone eligible for (or give them, --kind active) membership or ownership of a
+    /// group, time-bound or permanent as the group's policy allows (PIM for Groups).
+    Assign {
+        #[command(flatten)]
+        whose: WhoseAccess,
+        #[command(flatten)]
+        how: AssignHow,
+    },
+    /// Remove someone's eligible (or, --kind active, active) access to a group.
+    Unassign {
+        #[command(flatten)]
+        whose: WhoseAccess,
+        #[command(flatten)]
+        how: UnassignHow,
+    },
+    /// Activate your eligible membership or ownership of a group, then follow the request
+    /// until it is active or refused (with the MFA step-up the policy asks for).
+    Activate {
+        /// Group name or id.
+        group: String,
+        #[arg(long, value_enum, default_value = "member")]
+        access: Access,
+        #[command(flatten)]
+        how: ActivateHow,
+    },
+    /// End your activated membership or ownership of a group now.
+    Deactivate {
+        /// Group name or id.
+        group: String,
+        #[arg(long, value_enum, default_value = "member")]
+        access: Access,
+        #[command(flatten)]
+        how: DeactivateHow,
+    },
+    /// Your eligible and active access to groups.
+    Mine {
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -104,8 +209,106 @@ pub(crate) async fn run(cmd: GroupsCommand) -> anyhow::Result<i32> {
                 .collect();
             print_table(&["ID", "USER NAME", "NAME"], rows);
         }
+        GroupsCommand::Assign { whose, how } => {
+            let session = Session::open(&how.client, true)?;
+            let (what, role, scope) = access_target(&session, &whose.group, whose.access).await?;
+            return assign_as(&whose.principal, role, &scope, how)
+                .await
+                .map(|code| announce(code, &what));
+        }
+        GroupsCommand::Unassign { whose, how } => {
+            let session = Session::open(&how.client, true)?;
+            let (what, role, scope) = access_target(&session, &whose.group, whose.access).await?;
+            return unassign_as(&whose.principal, &what, role, &scope, how).await;
+        }
+        GroupsCommand::Activate { group, access, how } => {
+            let (what, role, scope) = access_target(&Session::open(&how.client, true)?, &group, access).await?;
+            return activate_as(&what, role, &scope, how).await;
+        }
+        GroupsCommand::Deactivate { group, access, how } => {
+            let (what, role, scope) = access_target(&Session::open(&how.client, true)?, &group, access).await?;
+            return deactivate_as(&what, role, &scope, how).await;
+        }
+        GroupsCommand::Mine { client } => mine(&client).await?,
     }
     Ok(0)
+}
+
+/// `assign_as` printed the request; say what it was for.
+fn announce(code: i32, what: &str) -> i32 {
+    if code == 0 {
+        println!("({what})");
+    }
+    code
+}
+
+/// The caller's eligible and active group access, by group name.
+async fn mine(client: &ClientArgs) -> anyhow::Result<()> {
+    let session = Session::open(client, true)?;
+    let mut names = Names::new(&session);
+    let mut rows = Vec::new();
+    for (label, a) in own_access(&session).await? {
+        let access = match a.role_id.as_str() {
+            catalogue::GROUP_MEMBER => "member",
+            _ => "owner",
+        };
+        let how = match (label, a.activated) {
+            ("active", true) => "activated",
+            ("active", false) => "assigned",
+            _ => "",
+        };
+        let group = catalogue::group_of_scope(&a.scope).unwrap_or_default();
+        rows.push(vec![
+            names.principal(group).await,
+            access.into(),
+            label.into(),
+            how.into(),
+            time(a.end_time.as_ref().map(from_timestamp)),
+        ]);
+    }
+    print_table(&["GROUP", "ACCESS", "KIND", "HOW", "UNTIL"], rows);
+    Ok(())
+}
+
+/// The caller's own eligible and active group access, each with its kind.
+async fn own_access(session: &Session) -> anyhow::Result<Vec<(&'static str, apb::Assignment)>> {
+    let mut assignments = AssignmentServiceClient::new(session.channel.clone());
+    let mut out = Vec::new();
+    for label in ["eligible", "active"] {
+        let mine = session.request(apb::ListAssignmentsRequest {
+            mine: true,
+            ..Default::default()
+        })?;
+        let listed = if label == "eligible" {
+            assignments.list_eligible_assignments(mine).await
+        } else {
+            assignments.list_active_assignments(mine).await
+        }
+        .map_err(explain)?
+        .into_inner();
+        out.extend(
+            listed
+                .assignments
+                .into_iter()
+                .filter(|a| catalogue::is_group_access(&a.role_id) && catalogue::group_of_scope(&a.scope).is_some())
+                .map(|a| (label, a)),
+        );
+    }
+    Ok(out)
+}
+
+/// The groups the caller has eligible or active access to: (id, name).
+async fn own_groups(session: &Session) -> anyhow::Result<Vec<(String, String)>> {
+    let mut names = Names::new(session);
+    let mut out: Vec<(String, String)> = Vec::new();
+    for (_, a) in own_access(session).await? {
+        let id = catalogue::group_of_scope(&a.scope).unwrap_or_default().to_owned();
+        if !out.iter().any(|(known, _)| *known == id) {
+            let name = names.principal(&id).await;
+            out.push((id, name));
+        }
+    }
+    Ok(out)
 }
 
 async fn change_member(group: &str, member: &str, client: &ClientArgs, add: bool) -> anyhow::Result<()> {
@@ -131,10 +334,20 @@ async fn group_id(session: &Session, name_or_id: &str) -> anyhow::Result<String>
     if uuid::Uuid::parse_str(name_or_id).is_ok() {
         return Ok(name_or_id.to_owned());
     }
-    let groups = super::listings::groups(session).await?;
-    let named: Vec<_> = groups.into_iter().filter(|g| g.display_name == name_or_id).collect();
+    // Directory readers see every group; anyone else finds the groups they have access to.
+    let groups: Vec<(String, String)> = match super::listings::groups(session).await {
+        Ok(groups) => groups.into_iter().map(|g| (g.id, g.display_name)).collect(),
+        Err(refused) => {
+            let own = own_groups(session).await?;
+            if own.is_empty() {
+                return Err(refused);
+            }
+            own
+        }
+    };
+    let named: Vec<_> = groups.into_iter().filter(|(_, name)| name == name_or_id).collect();
     match named.as_slice() {
-        [one] => Ok(one.id.clone()),
+        [(id, _)] => Ok(id.clone()),
         [] => anyhow::bail!("no group is named {name_or_id:?} (pim groups list shows them)"),
         _ => anyhow::bail!("several groups are named {name_or_id:?}; give the group's id (pim groups list)"),
     }

@@ -24,13 +24,20 @@ pub(crate) struct ActivateArgs {
     role: String,
     #[arg(long, default_value = "/")]
     scope: String,
+    #[command(flatten)]
+    how: ActivateHow,
+}
+
+/// How to activate, a role or access to a group.
+#[derive(Args)]
+pub(crate) struct ActivateHow {
     /// How long, e.g. 2h (default: the policy's maximum).
     #[arg(long, value_parser = humantime::parse_duration)]
     duration: Option<Duration>,
     /// Start later, at this time (RFC 3339, e.g. 2026-12-01T09:00:00Z).
     #[arg(long, value_parser = humantime::parse_rfc3339_weak)]
     start: Option<std::time::SystemTime>,
-    #[arg(long, default_value = "")]
+    #[arg(long, short = 'j', default_value = "")]
     justification: String,
     /// A ticket as SYSTEM:NUMBER, e.g. ServiceNow:INC0012345.
     #[arg(long)]
@@ -42,7 +49,7 @@ pub(crate) struct ActivateArgs {
     #[arg(long)]
     no_wait: bool,
     #[command(flatten)]
-    client: ClientArgs,
+    pub(crate) client: ClientArgs,
 }
 
 #[derive(Args)]
@@ -51,10 +58,16 @@ pub(crate) struct DeactivateArgs {
     role: String,
     #[arg(long, default_value = "/")]
     scope: String,
-    #[arg(long, default_value = "")]
+    #[command(flatten)]
+    how: DeactivateHow,
+}
+
+#[derive(Args)]
+pub(crate) struct DeactivateHow {
+    #[arg(long, short = 'j', default_value = "")]
     justification: String,
     #[command(flatten)]
-    client: ClientArgs,
+    pub(crate) client: ClientArgs,
 }
 
 #[derive(Args)]
@@ -67,12 +80,18 @@ pub(crate) struct UnassignArgs {
     role: String,
     #[arg(long, default_value = "/")]
     scope: String,
+    #[command(flatten)]
+    how: UnassignHow,
+}
+
+#[derive(Args)]
+pub(crate) struct UnassignHow {
     #[arg(long, value_enum, default_value = "eligible")]
     kind: KindArg,
-    #[arg(long, default_value = "")]
+    #[arg(long, short = 'j', default_value = "")]
     justification: String,
     #[command(flatten)]
-    client: ClientArgs,
+    pub(crate) client: ClientArgs,
 }
 
 #[derive(Args)]
@@ -131,9 +150,12 @@ pub(crate) enum PolicyCommand {
     /// Show the policy in force for a role at a scope.
     Show {
         /// Role name or id.
-        role: String,
+        #[arg(required_unless_present = "group")]
+        role: Option<String>,
         #[arg(long, default_value = "/")]
         scope: String,
+        #[command(flatten)]
+        group: GroupPolicyArgs,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -141,13 +163,41 @@ pub(crate) enum PolicyCommand {
     Set(PolicySetArgs),
 }
 
+/// A group's policy instead of a role's: for its membership or its ownership.
+#[derive(Args)]
+pub(crate) struct GroupPolicyArgs {
+    /// The policy of access to this group (name or id) instead of a role's.
+    #[arg(long, conflicts_with_all = ["role", "scope"])]
+    group: Option<String>,
+    /// Which access to the group the policy governs.
+    #[arg(long, value_enum, default_value = "member", requires = "group")]
+    access: super::groups::Access,
+}
+
+impl GroupPolicyArgs {
+    /// The role and scope whose policy is meant: the role's, or the group access's.
+    async fn target(&self, session: &Session, role: Option<&str>, scope: &str) -> anyhow::Result<(String, String)> {
+        match (&self.group, role) {
+            (Some(group), _) => {
+                let (_, role, scope) = super::groups::access_target(session, group, self.access).await?;
+                Ok((role.to_owned(), scope))
+            }
+            (None, Some(role)) => Ok((session.role_id(role).await?, scope.to_owned())),
+            (None, None) => anyhow::bail!("name a role, or a group with --group"),
+        }
+    }
+}
+
 #[derive(Args)]
 pub(crate) struct PolicySetArgs {
     /// Role name or id.
-    role: String,
+    #[arg(required_unless_present = "group")]
+    role: Option<String>,
     /// Scope the policy is set at (it applies there and below).
     #[arg(long, default_value = "/")]
     scope: String,
+    #[command(flatten)]
+    group: GroupPolicyArgs,
     /// Longest activation, 1m to 24h.
     #[arg(long, value_parser = humantime::parse_duration)]
     activation_max: Option<Duration>,
@@ -215,8 +265,13 @@ const FINAL: &[apb::RequestStatus] = &[
 ];
 
 pub(crate) async fn activate(args: ActivateArgs) -> anyhow::Result<i32> {
+    activate_as(&args.role, &args.role, &args.scope, args.how).await
+}
+
+/// Activates `role` at `scope` (`what` names it to people) and follows the request.
+pub(crate) async fn activate_as(what: &str, role: &str, scope: &str, args: ActivateHow) -> anyhow::Result<i32> {
     let mut session = Session::open(&args.client, true)?;
-    let role_id = session.role_id(&args.role).await?;
+    let role_id = session.role_id(role).await?;
     let ticket = match &args.ticket {
         Some(t) => {
             let (system, number) = t.split_once(':').context("--ticket must be SYSTEM:NUMBER")?;
@@ -232,7 +287,7 @@ pub(crate) async fn activate(args: ActivateArgs) -> anyhow::Result<i32> {
         kind: apb::AssignmentKind::Active as i32,
         principal_id: String::new(),
         role_id,
-        scope: args.scope.clone(),
+        scope: scope.to_owned(),
         schedule: Some(apb::Schedule {
             start_time: args.start.map(|t| {
                 to_timestamp(
@@ -257,7 +312,7 @@ pub(crate) async fn activate(args: ActivateArgs) -> anyhow::Result<i32> {
         {
             Ok(r) => break session.remember(r),
             Err(status) if !stepped_up && violated_rules(&status).iter().any(|r| r == "MfaRule") => {
-                eprintln!("{} needs a recent multi-factor authentication.", args.role);
+                eprintln!("{what} needs a recent multi-factor authentication.");
                 let code = match &args.code {
                     Some(code) => code.clone(),
                     None => secret_from(false, "PIM_MFA_CODE", "Authenticator code: ")?,
@@ -301,8 +356,7 @@ pub(crate) async fn activate(args: ActivateArgs) -> anyhow::Result<i32> {
     .contains(&last.status);
     if active {
         println!(
-            "{} active at {} from {} until {}",
-            args.role,
+            "{what} active at {} from {} until {}",
             last.scope,
             time(last.start_time.as_ref().map(from_timestamp)),
             time(last.end_time.as_ref().map(from_timestamp))
@@ -316,45 +370,58 @@ pub(crate) async fn activate(args: ActivateArgs) -> anyhow::Result<i32> {
 }
 
 pub(crate) async fn deactivate(args: DeactivateArgs) -> anyhow::Result<i32> {
+    deactivate_as(&args.role, &args.role, &args.scope, args.how).await
+}
+
+/// Ends the caller's activation of `role` at `scope` (`what` names it to people).
+pub(crate) async fn deactivate_as(what: &str, role: &str, scope: &str, args: DeactivateHow) -> anyhow::Result<i32> {
     let session = Session::open(&args.client, true)?;
-    let role_id = session.role_id(&args.role).await?;
+    let role_id = session.role_id(role).await?;
     let r = AssignmentServiceClient::new(session.channel.clone())
         .create_request(session.request(apb::CreateRequestRequest {
             action: apb::RequestAction::SelfDeactivate as i32,
             kind: apb::AssignmentKind::Active as i32,
             role_id,
-            scope: args.scope.clone(),
+            scope: scope.to_owned(),
             justification: args.justification,
             ..Default::default()
         })?)
         .await
         .map_err(explain)?;
     let r = session.remember(r);
-    println!("{} deactivated at {} (request {})", args.role, r.scope, r.id);
+    println!("{what} deactivated at {} (request {})", r.scope, r.id);
     Ok(0)
 }
 
 pub(crate) async fn unassign(args: UnassignArgs) -> anyhow::Result<i32> {
+    unassign_as(&args.principal, &args.role, &args.role, &args.scope, args.how).await
+}
+
+/// Ends `principal`'s assignment of `role` at `scope` (`what` names it to people).
+pub(crate) async fn unassign_as(
+    principal: &str,
+    what: &str,
+    role: &str,
+    scope: &str,
+    args: UnassignHow,
+) -> anyhow::Result<i32> {
     let session = Session::open(&args.client, true)?;
-    let principal_id = session.principal_id(&args.principal).await?;
-    let role_id = session.role_id(&args.role).await?;
+    let principal_id = session.principal_id(principal).await?;
+    let role_id = session.role_id(role).await?;
     let r = AssignmentServiceClient::new(session.channel.clone())
         .create_request(session.request(apb::CreateRequestRequest {
             action: apb::RequestAction::AdminRemove as i32,
             kind: kind_pb(args.kind) as i32,
             principal_id,
             role_id,
-            scope: args.scope.clone(),
+            scope: scope.to_owned(),
             justification: args.justification,
             ..Default::default()
         })?)
         .await
         .map_err(explain)?;
     let r = session.remember(r);
-    println!(
-        "Removed {} from {} at {} (request {})",
-        args.role, args.principal, r.scope, r.id
-    );
+    println!("Removed {what} from {principal} at {} (request {})", r.scope, r.id);
     Ok(0)
 }
 
@@ -624,9 +691,14 @@ async fn print_policy(session: &Session, p: &apb::RolePolicy) {
 
 pub(crate) async fn policy(cmd: PolicyCommand) -> anyhow::Result<i32> {
     match cmd {
-        PolicyCommand::Show { role, scope, client } => {
+        PolicyCommand::Show {
+            role,
+            scope,
+            group,
+            client,
+        } => {
             let session = Session::open(&client, true)?;
-            let role_id = session.role_id(&role).await?;
+            let (role_id, scope) = group.target(&session, role.as_deref(), &scope).await?;
             let p = PolicyServiceClient::new(session.channel.clone())
                 .get_role_policy(session.request(apb::GetRolePolicyRequest { role_id, scope })?)
                 .await
@@ -636,12 +708,12 @@ pub(crate) async fn policy(cmd: PolicyCommand) -> anyhow::Result<i32> {
         }
         PolicyCommand::Set(a) => {
             let session = Session::open(&a.client, true)?;
-            let role_id = session.role_id(&a.role).await?;
+            let (role_id, scope) = a.group.target(&session, a.role.as_deref(), &a.scope).await?;
             // Only what was named is sent, with a mask naming it: the server merges it onto
             // the policy in force, so nothing else changes (and no concurrent change is lost).
             let mut p = apb::RolePolicy {
                 role_id,
-                scope: a.scope.clone(),
+                scope,
                 etag: a.etag.clone().unwrap_or_default(),
                 ..Default::default()
             };

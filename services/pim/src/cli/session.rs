@@ -143,6 +143,10 @@ impl Session {
             match user {
                 Ok(user) => found.push((Kind::User, user.into_inner().id)),
                 Err(status) if status.code() == tonic::Code::NotFound => {}
+                Err(status) if status.code() == tonic::Code::PermissionDenied => bail!(
+                    "you may not look principals up by name ({}); give {name:?}'s id instead",
+                    status.message()
+                ),
                 Err(status) => return Err(explain(status)),
             }
         }

@@ -1,0 +1,173 @@
+//! PIM for Groups. Membership and ownership of a group ("group access") are assigned,
+//! activated, approved, reviewed and timed exactly as roles are: they are the built-in roles
+//! Group Member and Group Owner, held at the group's own scope `/groups/{group id}` and
+//! nowhere else. What is theirs alone lives here: where they may be held, who manages them,
+//! and what an active membership gives (the group's roles, for as long as it lasts).
+
+use std::collections::HashMap;
+
+use pim_proto::identity::v1::ListGroupMembersRequest;
+
+use super::*;
+use crate::roles::{GROUP_MEMBER, group_of_scope, is_group_access};
+
+/// Why only some may manage access to a role-assignable group.
+const ROLE_ASSIGNABLE_REFUSAL: &str = "only the group's owners, Privileged Role Administrators and Global Administrators manage access to a role-assignable group";
+
+impl Assignments {
+    /// `role` (id or name) at `scope`, both checked: group access is held only at a group's
+    /// scope, and a role never below `/groups`.
+    pub(crate) fn role_at(&self, role: &str, scope: &str) -> Result<(store::RoleRow, Scope)> {
+        let role = self.role(role)?;
+        let scope = Scope::parse(scope)?;
+        let group_scope = scope.as_str().starts_with("/groups/");
+        match (is_group_access(&role.id), group_of_scope(scope.as_str())) {
+            (true, None) => Err(Error::invalid(
+                "scope",
+                format!(
+                    "{} is access to one group: its scope is /groups/{{group id}}",
+                    role.name
+                ),
+            )),
+            (false, _) if group_scope => Err(Error::invalid(
+                "scope",
+                format!(
+                    "{} is a role; scopes under /groups/ hold group access only (Group Member, Group Owner)",
+                    role.name
+                ),
+            )),
+            _ => Ok((role, scope)),
+        }
+    }
+
+    /// Refuses unless the caller may assign, change or remove `role` at `scope`: holders of
+    /// pim.assignments.manage there; for group access also the group's owners (permanent, or
+    /// active through PIM) and, for a group that is not role-assignable, holders of
+    /// pim.directory.groups.manage. Nobody grants themselves group access (`granting_to`:
+    /// whom the call gives or lengthens access; a removal gives none).
+    pub(crate) async fn authorize_assignments(
+        &self,
+        caller: &Caller,
+        role: &store::RoleRow,
+        scope: &Scope,
+        granting_to: Option<&str>,
+    ) -> Result<()> {
+        let group_id = match group_of_scope(scope.as_str()) {
+            Some(group) if is_group_access(&role.id) => group,
+            _ => return self.authorize(caller, permissions::ASSIGNMENTS_MANAGE, scope).await,
+        };
+        if granting_to == Some(caller.principal_id.as_str()) {
+            return Err(Error::PermissionDenied(format!(
+                "you may not assign yourself {} of a group; another owner or administrator does",
+                role.name
+            )));
+        }
+        if self
+            .authorize(caller, permissions::ASSIGNMENTS_MANAGE, scope)
+            .await
+            .is_ok()
+        {
+            return Ok(());
+        }
+        let group = self.group(caller, group_id).await?;
+        if self.owns(caller, group_id).await? {
+            return Ok(());
+        }
+        if group.is_assignable_to_role {
+            return Err(Error::PermissionDenied(ROLE_ASSIGNABLE_REFUSAL.into()));
+        }
+        self.authorize(caller, permissions::GROUPS_MANAGE, &Scope::root())
+            .await
+            .map_err(|_| {
+                Error::PermissionDenied(
+                    "requires the group's ownership, or permission pim.directory.groups.manage or pim.assignments.manage".into(),
+                )
+            })
+    }
+
+    /// The group `group_id` names, as the directory knows it.
+    pub(super) async fn group(&self, caller: &Caller, group_id: &str) -> Result<PrincipalInfo> {
+        match self.principal(caller, group_id).await {
+            Ok(p) if p.kind == PrincipalKind::Group => Ok(p),
+            Ok(_) | Err(Error::NotFound(_)) => Err(Error::NotFound(format!("group {group_id}"))),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Whether the caller owns the group: permanently (the directory says so), or through an
+    /// active Group Owner assignment.
+    async fn owns(&self, caller: &Caller, group_id: &str) -> Result<bool> {
+        let scope = Scope::parse(&crate::roles::group_scope(group_id))?;
+        let (active, _) = self
+            .decide(
+                &caller.principal_id,
+                &Target::Role(crate::roles::GROUP_OWNER.into()),
+                &scope,
+            )
+            .await?;
+        if active.allowed {
+            return Ok(true);
+        }
+        let request = self.on_behalf_of(
+            caller,
+            ListGroupMembersRequest {
+                group_id: group_id.to_owned(),
+                page_size: 0,
+                page_token: String::new(),
+            },
+        )?;
+        match self.identity.clone().list_group_owners(request).await {
+            Ok(owners) => Ok(owners
+                .into_inner()
+                .principals
+                .iter()
+                .any(|p| p.id == caller.principal_id)),
+            // The directory shows a group's owners to its owners and to directory readers.
+            Err(s) if matches!(s.code(), tonic::Code::PermissionDenied | tonic::Code::NotFound) => Ok(false),
+            Err(s) => {
+                tracing::warn!(code = ?s.code(), "identity lookup failed");
+                Err(Error::Unavailable(
+                    "the identity service is unavailable; try again".into(),
+                ))
+            }
+        }
+    }
+
+    /// The groups whose members `principal` counts among now, each with when that ends
+    /// (`None`: it does not): the role-assignable groups the directory has them in, and the
+    /// groups they hold an active Group Member assignment of.
+    pub(crate) fn groups_of(&self, principal: &str, now: i64) -> HashMap<String, Option<i64>> {
+        let mut groups: HashMap<String, Option<i64>> = self
+            .memberships
+            .groups_of(principal)
+            .into_iter()
+            .map(|g| (g, None))
+            .collect();
+        self.index.visit(principal, now, |_, grant| {
+            if grant.role_id == GROUP_MEMBER
+                && let Some(group) = group_of_scope(&grant.scope)
+            {
+                let until = groups.entry(group.to_owned()).or_insert(grant.end);
+                *until = later(*until, grant.end);
+            }
+        });
+        groups
+    }
+}
+
+/// The later of two ends, where `None` never comes.
+pub(crate) fn later(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        _ => None,
+    }
+}
+
+/// The earlier of two ends, where `None` never comes.
+pub(crate) fn earlier(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, None) => a,
+        (None, b) => b,
+    }
+}
