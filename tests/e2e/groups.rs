@@ -252,3 +252,215 @@ async fn members_inherit_a_role_assignable_groups_roles() -> anyhow::Result<()> 
     ts.stop().await?;
     result
 }
+
+/// PIM for Groups on PostgreSQL + Redis and on the embedded default, with a manual clock:
+/// Lee, eligible member of a role-assignable group that holds Exchange Administrator and
+/// Global Reader, activates the membership (refused without MFA), holds both roles through it
+/// to the second, and loses them at its end before any timer runs. The group's owner, not a
+/// User Administrator, makes Lee eligible and approves when the group's policy asks; removing
+/// the eligibility ends a live activation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_just_in_time_membership_carries_the_groups_roles_until_it_ends() -> anyhow::Result<()> {
+    use crate::activation::{HOUR_MS, activation, request, run_on_both};
+    use pim_proto::approval::v1 as pb;
+    use pim_proto::approval::v1::approval_service_client::ApprovalServiceClient;
+    use pim_proto::assignment::v1::policy_service_client::PolicyServiceClient;
+    use pim_proto::catalogue::{GROUP_MEMBER, group_scope};
+    use pim_runtime::clock::Clock;
+    use pim_runtime::grpc::violated_rules;
+
+    const GLOBAL_READER: &str = "f2ef992c-3afb-46b9-b7cf-a126ee74c451";
+    run_on_both(|w| async move {
+        let (lee, ola, uma) = (w.user("lee").await?, w.user("ola").await?, w.user("uma").await?);
+        w.assignments()
+            .create_request(authed(
+                &w.admin,
+                assign(apb::AssignmentKind::Active, &uma.id, USER_ADMINISTRATOR),
+            ))
+            .await?;
+        let group = DirectoryServiceClient::new(w.ts.channel.clone())
+            .create_group(authed(
+                &w.admin,
+                ipb::CreateGroupRequest {
+                    display_name: "Exchange Admins".into(),
+                    is_assignable_to_role: true,
+                    owner_ids: vec![ola.id.clone()],
+                    ..Default::default()
+                },
+            ))
+            .await?
+            .into_inner()
+            .id;
+        for role in [EXCHANGE_ADMINISTRATOR, GLOBAL_READER] {
+            w.assignments()
+                .create_request(authed(
+                    &w.admin,
+                    apb::CreateRequestRequest {
+                        justification: "the mail team's roles".into(),
+                        ..request(
+                            apb::RequestAction::AdminAssign,
+                            apb::AssignmentKind::Active,
+                            &group,
+                            role,
+                        )
+                    },
+                ))
+                .await?;
+        }
+        let scope = group_scope(&group);
+        let eligible = |principal: &str| apb::CreateRequestRequest {
+            scope: scope.clone(),
+            justification: "mail team".into(),
+            ..request(
+                apb::RequestAction::AdminAssign,
+                apb::AssignmentKind::Eligible,
+                principal,
+                GROUP_MEMBER,
+            )
+        };
+        // A User Administrator may not; the owner may not make herself eligible; she may make Lee.
+        let refused = w
+            .assignments()
+            .create_request(authed(&uma.token, eligible(&lee.id)))
+            .await
+            .expect_err("not a User Administrator's to give");
+        assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+        let herself = w
+            .assignments()
+            .create_request(authed(&ola.token, eligible(&ola.id)))
+            .await
+            .expect_err("nobody grants themselves");
+        assert_eq!(herself.code(), Code::PermissionDenied);
+        let nowhere = w
+            .assignments()
+            .create_request(authed(
+                &w.admin,
+                apb::CreateRequestRequest {
+                    scope: "/".into(),
+                    ..eligible(&lee.id)
+                },
+            ))
+            .await
+            .expect_err("group access is held at the group's scope");
+        assert_eq!(nowhere.code(), Code::InvalidArgument);
+        w.assignments()
+            .create_request(authed(&ola.token, eligible(&lee.id)))
+            .await?;
+        assert!(
+            !w.check(&lee.id, EXCHANGE_ADMINISTRATOR).await?.allowed,
+            "eligible only"
+        );
+
+        let activate = |length_ms: i64| apb::CreateRequestRequest {
+            scope: scope.clone(),
+            ..activation(GROUP_MEMBER, length_ms, "mailbox migration")
+        };
+        let refused = w
+            .assignments()
+            .create_request(authed(&lee.token, activate(HOUR_MS)))
+            .await
+            .expect_err("no MFA");
+        assert_eq!(violated_rules(&refused), vec!["MfaRule"]);
+        let started = w.clock.now_ms();
+        let activated = w
+            .assignments()
+            .create_request(authed(&w.stepped_up(&lee)?, activate(HOUR_MS)))
+            .await?
+            .into_inner();
+        assert_eq!(activated.status, apb::RequestStatus::Provisioned as i32);
+        for role in [EXCHANGE_ADMINISTRATOR, GLOBAL_READER] {
+            let yes = w.check(&lee.id, role).await?;
+            assert!(yes.allowed, "{role} through the membership");
+            assert_eq!(yes.grants[0].via_group_id, group);
+            assert_eq!(
+                pim_runtime::db::from_timestamp(yes.expires_at.as_ref().expect("it ends")),
+                started + HOUR_MS,
+                "as long as the membership, not the group's assignment"
+            );
+        }
+        w.clock.advance(Duration::from_millis((HOUR_MS - 1000) as u64));
+        assert!(w.check(&lee.id, GLOBAL_READER).await?.allowed);
+        w.clock.advance(Duration::from_secs(1));
+        for role in [EXCHANGE_ADMINISTRATOR, GLOBAL_READER] {
+            assert!(
+                !w.check(&lee.id, role).await?.allowed,
+                "{role} ended with the membership"
+            );
+        }
+        w.tick().await?;
+
+        // The group's policy asks for approval; its owner is a default approver.
+        let mut policies = PolicyServiceClient::new(w.ts.channel.clone());
+        policies
+            .update_role_policy(authed(
+                &w.admin,
+                apb::UpdateRolePolicyRequest {
+                    policy: Some(apb::RolePolicy {
+                        role_id: GROUP_MEMBER.into(),
+                        scope: scope.clone(),
+                        approval_required: true,
+                        ..Default::default()
+                    }),
+                    update_mask: Some(prost_types::FieldMask {
+                        paths: vec!["approval_required".into()],
+                    }),
+                },
+            ))
+            .await?;
+        let waiting = w
+            .assignments()
+            .create_request(authed(&w.stepped_up(&lee)?, activate(HOUR_MS)))
+            .await?
+            .into_inner();
+        assert_eq!(waiting.status, apb::RequestStatus::PendingApproval as i32);
+        let mut approvals = ApprovalServiceClient::new(w.ts.channel.clone());
+        let approval = pim_e2e::eventually(Duration::from_secs(10), "Ola to see the approval", || {
+            let (mut approvals, token) = (approvals.clone(), ola.token.clone());
+            async move {
+                let listed = approvals
+                    .list_approvals(authed(&token, pb::ListApprovalsRequest::default()))
+                    .await?
+                    .into_inner()
+                    .approvals;
+                Ok(listed.into_iter().next())
+            }
+        })
+        .await?;
+        approvals
+            .decide(authed(
+                &ola.token,
+                pb::DecideRequest {
+                    approval_id: approval.id,
+                    decision: pb::Decision::Approve as i32,
+                    justification: "Lee moves the mailboxes".into(),
+                },
+            ))
+            .await?;
+        pim_e2e::eventually(Duration::from_secs(10), "the approved membership", || async {
+            Ok(w.check(&lee.id, EXCHANGE_ADMINISTRATOR).await?.allowed.then_some(()))
+        })
+        .await?;
+
+        // Removing the eligibility ends the live activation.
+        w.assignments()
+            .create_request(authed(
+                &ola.token,
+                apb::CreateRequestRequest {
+                    scope: scope.clone(),
+                    ..request(
+                        apb::RequestAction::AdminRemove,
+                        apb::AssignmentKind::Eligible,
+                        &lee.id,
+                        GROUP_MEMBER,
+                    )
+                },
+            ))
+            .await?;
+        assert!(
+            !w.check(&lee.id, EXCHANGE_ADMINISTRATOR).await?.allowed,
+            "ended with its eligibility"
+        );
+        Ok(w)
+    })
+    .await
+}

@@ -9,10 +9,11 @@ use std::sync::Arc;
 use sea_orm::{DatabaseTransaction, TransactionTrait};
 use tonic::transport::Channel;
 
+use pim_proto::catalogue;
 use pim_proto::common::v1::{Actor, ApprovalStageSettings, PrincipalKind};
 use pim_proto::events::v1 as ev;
-use pim_proto::identity::v1::ListPrincipalGroupsRequest;
 use pim_proto::identity::v1::directory_service_client::DirectoryServiceClient;
+use pim_proto::identity::v1::{ListGroupMembersRequest, ListPrincipalGroupsRequest};
 use pim_runtime::access::{AccessCheck, Target, permissions, require};
 use pim_runtime::auth::Caller;
 use pim_runtime::clock::Clock;
@@ -252,14 +253,21 @@ impl Approvals {
             }
         }
         if stage.approver_ids.is_empty() {
-            return self.is_default_approver(caller).await;
+            return self.is_default_approver(caller, approval).await;
         }
         Ok(false)
     }
 
     /// Default approvers: whoever is active Privileged Role Administrator or Global
-    /// Administrator when deciding (asked of assignment).
-    async fn is_default_approver(&self, caller: &Caller) -> Result<bool> {
+    /// Administrator when deciding (asked of assignment); for access to a group (PIM for
+    /// Groups), the group's owners first.
+    async fn is_default_approver(&self, caller: &Caller, approval: &ApprovalRow) -> Result<bool> {
+        if let Some(group) =
+            catalogue::group_of_scope(&approval.scope).filter(|_| catalogue::is_group_access(&approval.role_id))
+            && self.owns(caller, group).await?
+        {
+            return Ok(true);
+        }
         for role in [PRIVILEGED_ROLE_ADMINISTRATOR, GLOBAL_ADMINISTRATOR] {
             let d = self
                 .access
@@ -272,17 +280,51 @@ impl Approvals {
         Ok(false)
     }
 
+    /// Whether `caller` owns the group: through an active Group Owner assignment (asked of
+    /// assignment), or permanently (asked of identity, which shows a group's owners to them).
+    async fn owns(&self, caller: &Caller, group_id: &str) -> Result<bool> {
+        let active = self
+            .access
+            .check(
+                caller,
+                &caller.principal_id,
+                &Target::Role(catalogue::GROUP_OWNER.to_owned()),
+                &catalogue::group_scope(group_id),
+            )
+            .await?;
+        if active.allowed {
+            return Ok(true);
+        }
+        let request = on_behalf_of(
+            caller,
+            ListGroupMembersRequest {
+                group_id: group_id.to_owned(),
+                page_size: 0,
+                page_token: String::new(),
+            },
+        )?;
+        match self.identity.clone().list_group_owners(request).await {
+            Ok(owners) => Ok(owners
+                .into_inner()
+                .principals
+                .iter()
+                .any(|p| p.id == caller.principal_id)),
+            Err(s) if matches!(s.code(), tonic::Code::PermissionDenied | tonic::Code::NotFound) => Ok(false),
+            Err(s) => {
+                tracing::warn!(code = ?s.code(), "owner lookup failed");
+                Err(Error::Unavailable("group ownership is unavailable; try again".into()))
+            }
+        }
+    }
+
     /// The groups `caller` is a member of (asked of identity).
     pub(crate) async fn groups_of(&self, caller: &Caller) -> Result<HashSet<String>> {
-        let mut request = tonic::Request::new(ListPrincipalGroupsRequest {
-            principal_id: caller.principal_id.clone(),
-        });
-        pim_runtime::telemetry::inject(&mut request);
-        let bearer = format!("Bearer {}", caller.token())
-            .parse()
-            .map_err(|_| Error::Unauthenticated("access token is not valid".into()))?;
-        request.metadata_mut().insert("authorization", bearer);
-        request.set_timeout(std::time::Duration::from_secs(3));
+        let request = on_behalf_of(
+            caller,
+            ListPrincipalGroupsRequest {
+                principal_id: caller.principal_id.clone(),
+            },
+        )?;
         let groups = self
             .identity
             .clone()
@@ -679,4 +721,16 @@ impl Approvals {
         }
         Ok((out, high))
     }
+}
+
+/// A request to another service made with the caller's own token.
+fn on_behalf_of<T>(caller: &Caller, message: T) -> Result<tonic::Request<T>> {
+    let mut request = tonic::Request::new(message);
+    pim_runtime::telemetry::inject(&mut request);
+    let bearer = format!("Bearer {}", caller.token())
+        .parse()
+        .map_err(|_| Error::Unauthenticated("access token is not valid".into()))?;
+    request.metadata_mut().insert("authorization", bearer);
+    request.set_timeout(std::time::Duration::from_secs(3));
+    Ok(request)
 }

@@ -261,12 +261,56 @@ impl Assignments {
                 scope.as_str()
             )));
         }
+        let mut ended = open;
+        if r.kind == Kind::Eligible {
+            ended.extend(
+                self.end_orphaned_activations(&txn, caller, &principal_id, &role, &scope, now)
+                    .await?,
+            );
+        }
         txn.commit().await?;
-        for a in &open {
+        for a in &ended {
             self.index.remove(&a.principal_id, &a.id);
         }
         self.committed(&[&request.id]);
         Ok(request)
+    }
+
+    /// After an eligibility at `scope` is removed: ends the principal's activations of the
+    /// role there that no eligibility allows any more (none left at the scope or above, held
+    /// directly or through a group). An activation never outlives what allowed it.
+    async fn end_orphaned_activations(
+        &self,
+        txn: &DatabaseTransaction,
+        caller: &Caller,
+        principal_id: &str,
+        role: &store::RoleRow,
+        scope: &Scope,
+        now: i64,
+    ) -> Result<Vec<AssignmentRow>> {
+        let mut holders = vec![principal_id.to_owned()];
+        holders.extend(self.groups_of(principal_id, now).into_keys());
+        let scopes = scope.with_ancestors();
+        let (held, _) = store::activation_inputs(txn, &holders, &role.id, &scopes, now).await?;
+        if held
+            .iter()
+            .any(|a| a.kind == Kind::Eligible.as_str() && scopes.contains(&a.scope))
+        {
+            return Ok(Vec::new());
+        }
+        let mut ended = Vec::new();
+        for a in
+            store::open_assignments(txn, Kind::Active.as_str(), principal_id, &role.id, scope.as_str(), now).await?
+        {
+            if a.origin == "activation"
+                && self
+                    .end(txn, &a, "eligibility removed", Some(caller.actor()), &role.name, now)
+                    .await?
+            {
+                ended.push(a);
+            }
+        }
+        Ok(ended)
     }
 
     /// Applies an access review's removal (an adminRemove) and says what became of it on the
