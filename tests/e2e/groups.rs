@@ -378,6 +378,27 @@ async fn a_just_in_time_membership_carries_the_groups_roles_until_it_ends() -> a
                 "as long as the membership, not the group's assignment"
             );
         }
+        // The group's members show Lee, activated until the end.
+        let links = DirectoryServiceClient::new(w.ts.channel.clone())
+            .list_group_members(authed(
+                &ola.token,
+                ipb::ListGroupMembersRequest {
+                    group_id: group.clone(),
+                    ..Default::default()
+                },
+            ))
+            .await?
+            .into_inner()
+            .links;
+        let lee_link = links
+            .iter()
+            .find(|l| l.principal.as_ref().is_some_and(|p| p.id == lee.id))
+            .expect("Lee listed among the members");
+        assert_eq!(lee_link.kind, ipb::GroupLinkKind::Activated as i32);
+        assert_eq!(
+            lee_link.end_time.as_ref().map(pim_runtime::db::from_timestamp),
+            Some(started + HOUR_MS)
+        );
         w.clock.advance(Duration::from_millis((HOUR_MS - 1000) as u64));
         assert!(w.check(&lee.id, GLOBAL_READER).await?.allowed);
         w.clock.advance(Duration::from_secs(1));

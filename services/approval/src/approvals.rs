@@ -301,6 +301,7 @@ impl Approvals {
                 group_id: group_id.to_owned(),
                 page_size: 0,
                 page_token: String::new(),
+                direct_only: true,
             },
         )?;
         match self.identity.clone().list_group_owners(request).await {

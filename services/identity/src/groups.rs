@@ -5,16 +5,18 @@
 
 use sea_orm::TransactionTrait;
 
+use pim_proto::assignment::v1 as apb;
 use pim_proto::catalogue;
 use pim_proto::common::v1::PrincipalKind;
 use pim_proto::events::v1 as ev;
-use pim_proto::identity::v1::Principal;
+use pim_proto::identity::v1::{GroupLink, GroupLinkKind};
 use pim_runtime::access::{Target, permissions, require};
 use pim_runtime::auth::Caller;
 use pim_runtime::db::now_ms;
 
 use crate::directory::Directory;
 use crate::error::{Error, Result};
+use crate::protection::on_behalf;
 use crate::store::{self, GroupRow, Link};
 
 /// A new group as asked for.
@@ -235,8 +237,16 @@ impl Directory {
         Ok(())
     }
 
-    /// A group's members or owners: for directory readers, and for the group's own owners.
-    pub async fn linked_principals(&self, caller: &Caller, link: Link, group_id: &str) -> Result<Vec<Principal>> {
+    /// A group's members or owners, each with how and until when: for directory readers, and
+    /// for the group's own owners. Those added to the group come from here; those holding
+    /// the access through PIM for Groups (assigned, or activated) are asked of assignment.
+    pub async fn linked_principals(
+        &self,
+        caller: &Caller,
+        link: Link,
+        group_id: &str,
+        direct_only: bool,
+    ) -> Result<Vec<GroupLink>> {
         let readable = require(self.access.as_ref(), caller, permissions::USERS_READ, "/").await;
         let group = store::find_group(&self.db, group_id).await?;
         match (readable, group) {
@@ -252,7 +262,51 @@ impl Directory {
         let mut out = Vec::new();
         for id in store::linked(&self.db, link, group_id).await? {
             if let Ok(p) = self.get_principal(&id).await {
-                out.push(p);
+                out.push(GroupLink {
+                    principal: Some(p),
+                    kind: GroupLinkKind::Direct as i32,
+                    end_time: None,
+                });
+            }
+        }
+        if direct_only {
+            return Ok(out);
+        }
+        let scope = catalogue::group_scope(group_id);
+        let asked = apb::ListAssignmentsRequest {
+            role_id: match link {
+                Link::Member => catalogue::GROUP_MEMBER,
+                Link::Owner => catalogue::GROUP_OWNER,
+            }
+            .into(),
+            scope: scope.clone(),
+            ..Default::default()
+        };
+        let held = self
+            .assignment
+            .assignments
+            .clone()
+            .list_active_assignments(on_behalf(caller, asked)?)
+            .await
+            .map_err(|status| {
+                tracing::warn!(code = ?status.code(), "asking assignment for a group's access failed");
+                Error::Denied(tonic::Status::unavailable(
+                    "who holds the group through PIM is unavailable; try again",
+                ))
+            })?
+            .into_inner()
+            .assignments;
+        for a in held.into_iter().filter(|a| a.scope == scope) {
+            if let Ok(p) = self.get_principal(&a.principal_id).await {
+                out.push(GroupLink {
+                    principal: Some(p),
+                    kind: if a.activated {
+                        GroupLinkKind::Activated
+                    } else {
+                        GroupLinkKind::Assigned
+                    } as i32,
+                    end_time: a.end_time,
+                });
             }
         }
         Ok(out)

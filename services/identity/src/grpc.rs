@@ -390,10 +390,19 @@ impl Directory {
     ) -> Result<Response<pb::ListGroupMembersResponse>, Status> {
         let caller = caller(&request)?.clone();
         let group = required("group_id", &request.get_ref().group_id)?;
-        let principals = self.linked_principals(&caller, link, group).await?;
+        let links = self
+            .linked_principals(&caller, link, group, request.get_ref().direct_only)
+            .await?;
+        let mut principals: Vec<pb::Principal> = Vec::new();
+        for p in links.iter().filter_map(|l| l.principal.as_ref()) {
+            if !principals.iter().any(|known| known.id == p.id) {
+                principals.push(p.clone());
+            }
+        }
         Ok(Response::new(pb::ListGroupMembersResponse {
             principals,
             next_page_token: String::new(),
+            links,
         }))
     }
 }

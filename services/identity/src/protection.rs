@@ -38,7 +38,8 @@ impl AssignmentClients {
     }
 }
 
-fn on_behalf<T>(caller: &Caller, message: T) -> Result<tonic::Request<T>> {
+/// A request to assignment made with the caller's own token.
+pub(crate) fn on_behalf<T>(caller: &Caller, message: T) -> Result<tonic::Request<T>> {
     let mut request = tonic::Request::new(message);
     pim_runtime::telemetry::inject(&mut request);
     let bearer = format!("Bearer {}", caller.token())

@@ -1678,7 +1678,16 @@ fn group_membership_and_ownership_are_activated_just_in_time() {
     let shown = until.rsplit("until ").next().unwrap_or_default();
     let end = humantime::parse_rfc3339(shown.trim()).unwrap_or_else(|e| panic!("an RFC 3339 end in {until:?}: {e}"));
     assert!(end < in_an_hour, "ends with the membership: {until}");
+    let members = admin.ok(&["groups", "members", "Exchange Admins"], None);
+    assert!(
+        members
+            .lines()
+            .any(|l| l.contains(" lee ") && l.contains("activated") && l.contains("Z")),
+        "Lee is a member until the activation ends: {members}"
+    );
     lee.ok(&["groups", "deactivate", "Exchange Admins", "-j", "done"], None);
+    let members = admin.ok(&["groups", "members", "Exchange Admins"], None);
+    assert!(!members.contains(" lee "), "{members}");
     for role in ["Exchange Administrator", "Global Reader"] {
         assert_eq!(
             admin.run(&["check", "lee", role], None).status.code(),

@@ -85,6 +85,32 @@ impl Assignments {
             })
     }
 
+    /// Refuses unless the caller may list others' assignments of `role` at `scope`: readers of
+    /// assignments; and for access to one group, also readers of the directory (membership is
+    /// theirs to see) and the group's owners.
+    pub(crate) async fn may_list(&self, caller: &Caller, role: Option<&str>, scope: Option<&Scope>) -> Result<()> {
+        let refused = match self
+            .authorize(caller, permissions::ASSIGNMENTS_READ, &Scope::root())
+            .await
+        {
+            Ok(()) => return Ok(()),
+            Err(refused) => refused,
+        };
+        let group = scope.and_then(|s| group_of_scope(s.as_str()));
+        let (Some(group), Some(true)) = (group, role.map(is_group_access)) else {
+            return Err(refused);
+        };
+        if self
+            .authorize(caller, permissions::USERS_READ, &Scope::root())
+            .await
+            .is_ok()
+            || self.owns(caller, group).await?
+        {
+            return Ok(());
+        }
+        Err(refused)
+    }
+
     /// The group `group_id` names, as the directory knows it.
     pub(super) async fn group(&self, caller: &Caller, group_id: &str) -> Result<PrincipalInfo> {
         match self.principal(caller, group_id).await {
@@ -114,6 +140,7 @@ impl Assignments {
                 group_id: group_id.to_owned(),
                 page_size: 0,
                 page_token: String::new(),
+                direct_only: true,
             },
         )?;
         match self.identity.clone().list_group_owners(request).await {

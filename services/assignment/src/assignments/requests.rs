@@ -384,8 +384,7 @@ impl Assignments {
         scope: Option<&Scope>,
     ) -> Result<Vec<(AssignmentRow, Option<String>)>> {
         if principal != Some(caller.principal_id.as_str()) {
-            self.authorize(caller, permissions::ASSIGNMENTS_READ, &Scope::root())
-                .await?;
+            self.may_list(caller, role, scope).await?;
         }
         let now = self.now();
         let mut rows: Vec<(AssignmentRow, Option<String>)> =

@@ -205,9 +205,18 @@ pub(crate) async fn run(cmd: GroupsCommand) -> anyhow::Result<i32> {
             let members = super::listings::members(&session, &group_id(&session, &group).await?).await?;
             let rows = members
                 .into_iter()
-                .map(|p| vec![p.id, p.user_name, p.display_name])
+                .map(|link| {
+                    let how = match ipb::GroupLinkKind::try_from(link.kind) {
+                        Ok(ipb::GroupLinkKind::Assigned) => "assigned",
+                        Ok(ipb::GroupLinkKind::Activated) => "activated",
+                        _ => "direct",
+                    };
+                    let until = time(link.end_time.as_ref().map(from_timestamp));
+                    let p = link.principal.unwrap_or_default();
+                    vec![p.id, p.user_name, p.display_name, how.into(), until]
+                })
                 .collect();
-            print_table(&["ID", "USER NAME", "NAME"], rows);
+            print_table(&["ID", "USER NAME", "NAME", "HOW", "UNTIL"], rows);
         }
         GroupsCommand::Assign { whose, how } => {
             let session = Session::open(&how.client, true)?;

@@ -65,7 +65,8 @@ pub(crate) async fn service_principals(session: &Session, filter: &str) -> anyho
 }
 
 /// Every member of a group.
-pub(crate) async fn members(session: &Session, group_id: &str) -> anyhow::Result<Vec<ipb::Principal>> {
+/// A group's members, each with how (added, assigned or activated through PIM) and until when.
+pub(crate) async fn members(session: &Session, group_id: &str) -> anyhow::Result<Vec<ipb::GroupLink>> {
     let directory = DirectoryServiceClient::new(session.channel.clone());
     all_pages(|page_token| {
         let mut directory = directory.clone();
@@ -73,6 +74,7 @@ pub(crate) async fn members(session: &Session, group_id: &str) -> anyhow::Result
             group_id: group_id.to_owned(),
             page_size: PAGE,
             page_token,
+            direct_only: false,
         });
         async move {
             let page = directory
@@ -80,7 +82,7 @@ pub(crate) async fn members(session: &Session, group_id: &str) -> anyhow::Result
                 .await
                 .map_err(explain)?
                 .into_inner();
-            Ok((page.principals, page.next_page_token))
+            Ok((page.links, page.next_page_token))
         }
     })
     .await

@@ -171,7 +171,8 @@ impl Snapshot {
         self.groups.iter().filter(|g| g.display_name == name).collect()
     }
 
-    /// The ids of a group's members (`owners`: its owners).
+    /// The ids of a group's members (`owners`: its owners), those added to it: access held
+    /// through PIM for Groups is an assignment, not a member the file lists.
     pub(crate) async fn members(&self, session: &Session, group_id: &str, owners: bool) -> anyhow::Result<Vec<String>> {
         let directory = DirectoryServiceClient::new(session.channel.clone());
         let listed = all_pages(|page_token| {
@@ -180,6 +181,7 @@ impl Snapshot {
                 group_id: group_id.to_owned(),
                 page_size: 500,
                 page_token,
+                direct_only: true,
             });
             async move {
                 let request = request?;
