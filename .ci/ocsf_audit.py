@@ -1,9 +1,10 @@
 """PIM's audit export validates as OCSF with tools that are not ours.
 
 Starts `pim up`, does a little of everything (users, an eligible assignment, a policy
-change, a failed sign-in), exports the audit log with `pim audit export --format ocsf`,
-and validates every line against the official OCSF 1.1.0 schema of its class (JSON Schema
-from the `ocsf-json-schema` package, checked with `jsonschema`). A broken event must fail
+change, a failed sign-in, a group member added and an owner made eligible through PIM for
+Groups), exports the audit log with `pim audit export --format ocsf`, and validates every
+line against the official OCSF 1.1.0 schema of its class (JSON Schema from the
+`ocsf-json-schema` package, checked with `jsonschema`). A broken event must fail
 the same check, so the check itself is shown to bite. Exits non-zero on any failure.
 Usage: python3 .ci/ocsf_audit.py PATH_TO_PIM
 """
@@ -17,7 +18,7 @@ from ocsf_json_schema import OcsfJsonSchemaEmbedded, get_ocsf_schema
 
 from pim_up import PimUp
 
-CLASSES = {3001: "account_change", 6003: "api_activity"}
+CLASSES = {3001: "account_change", 3006: "group_management", 6003: "api_activity"}
 
 
 def main(pim: str) -> int:
@@ -25,6 +26,10 @@ def main(pim: str) -> int:
         up.run("users", "create", "--user-name", "lee", "--password-stdin", stdin="lee's long passphrase\n")
         up.run("assign", "--principal", "lee", "--role", "Security Reader", "--kind", "eligible", "--permanent")
         up.run("policy", "set", "Security Reader", "--require-approval", "true")
+        up.run("groups", "create", "--name", "ops")
+        up.run("groups", "add-member", "ops", "lee")
+        up.run("groups", "assign", "--principal", "lee", "--group", "ops", "--access", "owner",
+               "--kind", "eligible", "--permanent", "-j", "runs ops")
         up.run("login", "--user", "lee", "--password-stdin", stdin="not lee's password\n", check=False)
         exported = up.run("audit", "export", "--format", "ocsf").stdout
 
@@ -48,7 +53,7 @@ def main(pim: str) -> int:
             return 1
         seen[event["class_uid"]] = seen.get(event["class_uid"], 0) + 1
     if set(seen) != set(CLASSES):
-        print(f"expected both classes, saw {seen}", file=sys.stderr)
+        print(f"expected every class, saw {seen}", file=sys.stderr)
         return 1
     if not any(e["status_id"] == 2 for e in events):
         print("the failed sign-in is missing", file=sys.stderr)

@@ -811,3 +811,89 @@ async fn policy_updates_change_what_they_name_refuse_stale_etags_and_weakening_i
     })
     .await
 }
+
+/// Access to a group that holds a privileged role is privileged (PIM for Groups): its
+/// membership policy without MFA raises the alert a privileged role's would; a group that
+/// holds no such role raises none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_to_a_group_holding_a_privileged_role_is_privileged() -> anyhow::Result<()> {
+    use pim_proto::catalogue::{GROUP_MEMBER, group_scope};
+    use pim_proto::identity::v1 as ipb;
+    use pim_proto::identity::v1::directory_service_client::DirectoryServiceClient;
+    run(|w| async move {
+        let directory = DirectoryServiceClient::new(w.ts.channel.clone());
+        let group = |name: &'static str| {
+            let (admin, mut directory) = (w.admin.clone(), directory.clone());
+            async move {
+                anyhow::Ok(
+                    directory
+                        .create_group(authed(
+                            &admin,
+                            ipb::CreateGroupRequest {
+                                display_name: name.into(),
+                                is_assignable_to_role: true,
+                                ..Default::default()
+                            },
+                        ))
+                        .await?
+                        .into_inner()
+                        .id,
+                )
+            }
+        };
+        let (tier0, book_club) = (group("Tier 0").await?, group("Book club").await?);
+        w.assignments()
+            .create_request(authed(
+                &w.admin,
+                apb::CreateRequestRequest {
+                    justification: "tier 0 operators".into(),
+                    ..request(
+                        apb::RequestAction::AdminAssign,
+                        apb::AssignmentKind::Eligible,
+                        &tier0,
+                        PRIVILEGED_ROLE_ADMINISTRATOR,
+                    )
+                },
+            ))
+            .await?;
+        w.alerting_sees_privileged(&tier0).await?;
+        let without_mfa = |group: &str| apb::UpdateRolePolicyRequest {
+            policy: Some(apb::RolePolicy {
+                role_id: GROUP_MEMBER.into(),
+                scope: group_scope(group),
+                activation_requires_mfa: false,
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["activation_requires_mfa".into()],
+            }),
+        };
+        let mut policies = PolicyServiceClient::new(w.ts.channel.clone());
+        policies
+            .update_role_policy(authed(&w.admin, without_mfa(&book_club)))
+            .await?;
+        policies
+            .update_role_policy(authed(&w.admin, without_mfa(&tier0)))
+            .await?;
+        let alert = w.alert("activation_without_mfa", |a| a.role_id == GROUP_MEMBER).await?;
+        assert_eq!(alert.scope, group_scope(&tier0));
+        // In stream order, the book club's change came first: weakened, but not privileged.
+        let alerts = w.all_alerts().await?;
+        assert!(
+            !alerts
+                .iter()
+                .any(|a| a.rule_id == "activation_without_mfa" && a.scope == group_scope(&book_club)),
+            "a group without privileged roles is not privileged"
+        );
+        let weakened = |scope: String| {
+            alerts
+                .iter()
+                .find(|a| a.rule_id == "policy_weakened" && a.scope == scope)
+                .map(|a| a.severity)
+        };
+        assert_eq!(weakened(group_scope(&tier0)), Some(pb::Severity::High as i32));
+        assert_ne!(weakened(group_scope(&book_club)), Some(pb::Severity::High as i32));
+        Ok(w)
+    })
+    .await
+}

@@ -84,8 +84,14 @@ pub struct Subject {
     pub scope: String,
 }
 
-/// Whether a role is privileged: a built-in one so marked, or a custom one assignment said is.
-async fn privileged<C: sea_orm::ConnectionTrait>(c: &C, role_id: &str) -> Result<bool> {
+/// Whether a role at a scope is privileged: a built-in one so marked, a custom one assignment
+/// said is, or access to a group that holds a privileged role (PIM for Groups: its members
+/// hold that role whenever they activate).
+async fn privileged<C: sea_orm::ConnectionTrait>(c: &C, role_id: &str, scope: &str, now: i64) -> Result<bool> {
+    use pim_proto::catalogue::{group_of_scope, is_group_access};
+    if let Some(group) = group_of_scope(scope).filter(|_| is_group_access(role_id)) {
+        return Ok(store::is_privileged(c, group, now).await?);
+    }
     if pim_proto::catalogue::BUILT_IN_ROLES
         .iter()
         .any(|r| r.privileged && r.id == role_id)
@@ -392,7 +398,7 @@ impl Alerts {
             }
             "EligibilityGranted" | "EligibilityUpdated" | "ActiveAssignmentGranted" | "ActiveAssignmentUpdated" => {
                 let a: ev::AssignmentChanged = decode(e)?;
-                if !privileged(txn, &a.role_id).await? {
+                if !privileged(txn, &a.role_id, &a.scope, self.now()).await? {
                     return Ok(());
                 }
                 let end = a.end_time.as_ref().map(from_timestamp);
@@ -455,7 +461,7 @@ impl Alerts {
             "RoleActivated" => {
                 let a: ev::RoleActivated = decode(e)?;
                 // Frequent activation is about any role; the counts only about privileged ones.
-                if privileged(txn, &a.role_id).await? {
+                if privileged(txn, &a.role_id, &a.scope, self.now()).await? {
                     store::upsert_privileged(
                         txn,
                         &store::Privileged {
@@ -543,7 +549,7 @@ impl Alerts {
                     self.policy_weakened(txn, e, &p).await?;
                 }
                 let key = format!("no_mfa:{}:{}", p.role_id, p.scope);
-                if !p.activation_requires_mfa && privileged(txn, &p.role_id).await? {
+                if !p.activation_requires_mfa && privileged(txn, &p.role_id, &p.scope, self.now()).await? {
                     let subject = Subject {
                         role_id: p.role_id,
                         scope: p.scope,
@@ -646,7 +652,9 @@ impl Alerts {
             role_id: p.role_id.clone(),
             scope: p.scope.clone(),
         };
-        let severity = privileged(txn, &p.role_id).await?.then_some("high");
+        let severity = privileged(txn, &p.role_id, &p.scope, self.now())
+            .await?
+            .then_some("high");
         self.raise_weakened(txn, e, subject, figures, severity).await
     }
 

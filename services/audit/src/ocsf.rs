@@ -1,6 +1,7 @@
 //! Audit records as OCSF 1.1.0 events for SIEM import: changes to accounts, their
 //! credentials and their roles are Account Change (3001, roles as attached or detached
-//! policies); everything else is API Activity (6003). PIM's own fields (sequence, hashes,
+//! policies); changes to a group's members and owners, direct or through PIM for Groups, are
+//! Group Management (3006); everything else is API Activity (6003). PIM's own fields (sequence, hashes,
 //! scope, justification, ticket) travel under `unmapped`.
 
 use serde_json::{Value, json};
@@ -10,6 +11,7 @@ use crate::store::Record;
 pub const OCSF_VERSION: &str = "1.1.0";
 
 const ACCOUNT_CHANGE: i64 = 3001;
+const GROUP_MANAGEMENT: i64 = 3006;
 const IAM: i64 = 3;
 const API_ACTIVITY: i64 = 6003;
 const APPLICATION: i64 = 6;
@@ -28,6 +30,33 @@ fn account_activity(event: &str) -> Option<(i64, &'static str)> {
         "MfaLockedOut" => (9, "Lock"),
         "MfaEnrolled" => (10, "MFA Factor Enable"),
         "MfaReset" | "MfaRemoved" | "MfaMethodRemoved" => (11, "MFA Factor Disable"),
+        _ => return None,
+    })
+}
+
+/// Group Management activities (OCSF 1.1.0) of a change to a group's members or owners
+/// (a group's creation names no user, which the class requires: it stays an API call):
+/// added to it directly, or holding the access through PIM for Groups (Group Member and
+/// Group Owner at the group's scope), eligible or active. Owners hold privileges over it.
+fn group_activity(event: &str, role_id: &str) -> Option<(i64, &'static str)> {
+    use pim_proto::catalogue::{GROUP_MEMBER, GROUP_OWNER};
+    let granted = matches!(
+        event,
+        "EligibilityGranted" | "ActiveAssignmentGranted" | "RoleActivated"
+    );
+    let removed = matches!(
+        event,
+        "EligibilityRemoved" | "ActiveAssignmentRemoved" | "RoleDeactivated"
+    );
+    Some(match (event, role_id) {
+        ("GroupMemberAdded", _) => (3, "Add User"),
+        ("GroupMemberRemoved", _) => (4, "Remove User"),
+        ("GroupOwnerAdded", _) => (1, "Assign Privileges"),
+        ("GroupOwnerRemoved", _) => (2, "Revoke Privileges"),
+        (_, GROUP_MEMBER) if granted => (3, "Add User"),
+        (_, GROUP_MEMBER) if removed => (4, "Remove User"),
+        (_, GROUP_OWNER) if granted => (1, "Assign Privileges"),
+        (_, GROUP_OWNER) if removed => (2, "Revoke Privileges"),
         _ => return None,
     })
 }
@@ -103,6 +132,30 @@ pub fn event(r: &Record) -> Value {
     }
     if let Some(tag) = payload["source_hmac"].as_str().filter(|t| !t.is_empty()) {
         e["src_endpoint"] = json!({ "uid": tag });
+    }
+    let group = pim_proto::catalogue::group_of_scope(&r.scope);
+    if let (Some(group), Some((activity, name))) = (group, group_activity(short, &r.role_id)) {
+        e["class_uid"] = json!(GROUP_MANAGEMENT);
+        e["class_name"] = json!("Group Management");
+        e["category_uid"] = json!(IAM);
+        e["category_name"] = json!("Identity & Access Management");
+        e["activity_id"] = json!(activity);
+        e["activity_name"] = json!(name);
+        e["type_uid"] = json!(GROUP_MANAGEMENT * 100 + activity);
+        e["group"] = json!({ "uid": group });
+        e["user"] = user(&r.target_id, &r.target_name);
+        if matches!(activity, 1 | 2) {
+            e["privileges"] = json!(["owner"]);
+        }
+        // OCSF 1.1.0's Group Management has no actor or source endpoint: who did it travels
+        // with PIM's own fields.
+        if let Some(fields) = e.as_object_mut() {
+            fields.remove("src_endpoint");
+            if let Some(actor) = fields.remove("actor") {
+                e["unmapped"]["actor"] = actor["user"].clone();
+            }
+        }
+        return e;
     }
     match account_activity(short) {
         Some((activity, name)) => {
@@ -180,5 +233,35 @@ mod tests {
         );
         assert_eq!(e["api"]["operation"], "RequestCreated");
         assert_eq!(e["metadata"]["sequence"], 7);
+    }
+
+    #[test]
+    fn group_access_is_group_management() {
+        let at_group = |action: &str, role: &str| Record {
+            role_id: role.into(),
+            scope: "/groups/g-1".into(),
+            ..record(action)
+        };
+        let e = event(&at_group("pim.assignment.v1.RoleActivated", "group-member"));
+        assert_eq!(
+            (e["class_uid"].as_i64(), e["type_uid"].as_i64()),
+            (Some(3006), Some(300603))
+        );
+        assert_eq!(
+            (e["group"]["uid"].as_str(), e["user"]["uid"].as_str()),
+            (Some("g-1"), Some("lee-id"))
+        );
+        let e = event(&at_group("pim.assignment.v1.EligibilityRemoved", "group-owner"));
+        assert_eq!(
+            (e["activity_id"].as_i64(), e["privileges"][0].as_str()),
+            (Some(2), Some("owner"))
+        );
+        let e = event(&at_group("pim.identity.v1.GroupMemberAdded", ""));
+        assert_eq!(e["activity_name"], "Add User");
+        assert!(e.get("actor").is_none(), "not in the class");
+        assert_eq!(e["unmapped"]["actor"]["uid"], "admin-id");
+        // A request about group access is still an API call.
+        let e = event(&at_group("pim.assignment.v1.RequestCreated", "group-member"));
+        assert_eq!(e["class_uid"].as_i64(), Some(6003));
     }
 }

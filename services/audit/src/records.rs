@@ -80,6 +80,22 @@ pub fn record(envelope: &Envelope, correlator: &Correlator) -> anyhow::Result<Re
             r.target_name = e.user_name.clone();
             json!({"user_id": e.user_id, "user_name": e.user_name, "display_name": e.display_name})
         }
+        "GroupCreated" => {
+            let e: ev::GroupCreated = decode(envelope)?;
+            set_actor(&mut r, &e.actor);
+            r.target_id = e.group_id.clone();
+            r.target_name = e.display_name.clone();
+            r.scope = pim_proto::catalogue::group_scope(&e.group_id);
+            json!({"group_id": e.group_id, "display_name": e.display_name, "is_assignable_to_role": e.is_assignable_to_role})
+        }
+        "GroupMemberAdded" | "GroupMemberRemoved" | "GroupOwnerAdded" | "GroupOwnerRemoved" => {
+            let e: ev::GroupMembershipChanged = decode(envelope)?;
+            set_actor(&mut r, &e.actor);
+            r.target_id = e.principal_id.clone();
+            // The group is the scope its access is held at (PIM for Groups' words too).
+            r.scope = pim_proto::catalogue::group_scope(&e.group_id);
+            json!({"group_id": e.group_id, "principal_id": e.principal_id, "is_assignable_to_role": e.is_assignable_to_role})
+        }
         "ServicePrincipalCreated" => {
             let e: ev::ServicePrincipalCreated = decode(envelope)?;
             set_actor(&mut r, &e.actor);

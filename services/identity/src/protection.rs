@@ -13,6 +13,7 @@ use tonic::transport::Channel;
 use pim_proto::assignment::v1 as apb;
 use pim_proto::assignment::v1::assignment_service_client::AssignmentServiceClient;
 use pim_proto::assignment::v1::role_service_client::RoleServiceClient;
+use pim_proto::catalogue;
 use pim_proto::events::v1 as ev;
 use pim_runtime::access::{permissions, require};
 use pim_runtime::auth::Caller;
@@ -83,11 +84,38 @@ impl Directory {
             .roles_of(caller, principal_id)
             .await?
             .iter()
-            .any(|role| privileged.contains(role)))
+            .any(|(role, _)| privileged.contains(role)))
     }
 
-    /// The roles a principal is eligible for or holds, directly or through a group.
-    async fn roles_of(&self, caller: &Caller, principal_id: &str) -> Result<Vec<String>> {
+    /// The role-assignable group `principal_id` is eligible for or holds access to through
+    /// PIM for Groups, if any: (group, "membership" or "ownership").
+    async fn role_assignable_access(
+        &self,
+        caller: &Caller,
+        principal_id: &str,
+    ) -> Result<Option<(String, &'static str)>> {
+        for (role, scope) in self.roles_of(caller, principal_id).await? {
+            let Some(group) = catalogue::group_of_scope(&scope).filter(|_| catalogue::is_group_access(&role)) else {
+                continue;
+            };
+            if store::find_group(&self.db, group)
+                .await?
+                .is_some_and(|g| g.is_assignable_to_role)
+            {
+                let access = if role == catalogue::GROUP_OWNER {
+                    "ownership"
+                } else {
+                    "membership"
+                };
+                return Ok(Some((group.to_owned(), access)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The roles a principal is eligible for or holds, directly or through a group, each with
+    /// its scope.
+    async fn roles_of(&self, caller: &Caller, principal_id: &str) -> Result<Vec<(String, String)>> {
         let clients = self.assignment.clone();
         let ask = apb::ListAssignmentsRequest {
             principal_id: principal_id.to_owned(),
@@ -110,7 +138,7 @@ impl Directory {
             .assignments
             .into_iter()
             .chain(active.into_inner().assignments)
-            .map(|a| a.role_id)
+            .map(|a| (a.role_id, a.scope))
             .collect())
     }
 
@@ -125,6 +153,12 @@ impl Directory {
             let link = if owner { "an owner" } else { "a member" };
             return Ok(Some(format!(
                 "{} is {link} of the role-assignable group {group}",
+                user.user_name
+            )));
+        }
+        if let Some((group, access)) = self.role_assignable_access(caller, &user.id).await? {
+            return Ok(Some(format!(
+                "{} is eligible for or holds {access} of the role-assignable group {group}",
                 user.user_name
             )));
         }

@@ -1602,6 +1602,22 @@ fn group_membership_and_ownership_are_activated_just_in_time() {
         String::from_utf8_lossy(&refused.stderr)
     );
     admin.ok(&eligible_lee, None);
+    // Lee may become a member of a group that holds roles: a User Administrator no longer
+    // resets Lee's password.
+    let reset = uma.run(&["users", "reset-password", "kim"], None);
+    assert_eq!(
+        reset.status.code(),
+        Some(0),
+        "Kim is nobody's: {}",
+        String::from_utf8_lossy(&reset.stderr)
+    );
+    let reset = uma.run(&["users", "reset-password", "lee"], None);
+    assert_eq!(reset.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&reset.stderr).contains("membership of the role-assignable group"),
+        "{}",
+        String::from_utf8_lossy(&reset.stderr)
+    );
     assert!(
         admin
             .run(&["check", "lee", "Exchange Administrator"], None)
@@ -1695,6 +1711,65 @@ fn group_membership_and_ownership_are_activated_just_in_time() {
             "{role} ended"
         );
     }
+
+    // An access review of the group's membership removes Lee's eligibility.
+    let created = admin.ok(
+        &[
+            "reviews",
+            "create",
+            "--name",
+            "mail team",
+            "--group",
+            "Exchange Admins",
+            "--access",
+            "member",
+            "--assignments",
+            "eligible",
+            "--reviewers",
+            "admin",
+            "--duration",
+            "7d",
+            "--auto-apply",
+        ],
+        None,
+    );
+    let review = created.split_whitespace().nth(1).expect("the review id").to_owned();
+    let items = admin.ok(&["reviews", "items", &review], None);
+    let item = items
+        .lines()
+        .find(|l| l.contains("lee"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("Lee's eligibility under review: {items}"))
+        .to_owned();
+    admin.ok(&["reviews", "decide", &item, "--deny", "-j", "moved teams"], None);
+    admin.ok(&["reviews", "stop", &review], None);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while lee.ok(&["groups", "mine"], None).contains("Exchange Admins") {
+        assert!(Instant::now() < deadline, "the review removed Lee's eligibility");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let again = lee.run(
+        &[
+            "groups",
+            "activate",
+            "Exchange Admins",
+            "-j",
+            "again",
+            "--code",
+            &authenticator.generate(now_secs()),
+        ],
+        None,
+    );
+    assert_eq!(
+        again.status.code(),
+        Some(2),
+        "no longer eligible: the name means nothing to Lee"
+    );
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("none of the groups you have access to"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
 
     // Nobody makes themselves eligible, owner or not.
     admin.ok(&["groups", "create", "--name", "ops"], None);

@@ -346,10 +346,12 @@ async fn group_id(session: &Session, name_or_id: &str) -> anyhow::Result<String>
     // Directory readers see every group; anyone else finds the groups they have access to.
     let groups: Vec<(String, String)> = match super::listings::groups(session).await {
         Ok(groups) => groups.into_iter().map(|g| (g.id, g.display_name)).collect(),
-        Err(refused) => {
+        Err(_) => {
             let own = own_groups(session).await?;
-            if own.is_empty() {
-                return Err(refused);
+            if !own.iter().any(|(_, name)| name == name_or_id) {
+                anyhow::bail!(
+                    "none of the groups you have access to is named {name_or_id:?} (you may not list the directory's groups; give the group's id)"
+                );
             }
             own
         }

@@ -155,7 +155,7 @@ pub(crate) enum PolicyCommand {
         #[arg(long, default_value = "/")]
         scope: String,
         #[command(flatten)]
-        group: GroupPolicyArgs,
+        group: GroupTarget,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -163,20 +163,25 @@ pub(crate) enum PolicyCommand {
     Set(PolicySetArgs),
 }
 
-/// A group's policy instead of a role's: for its membership or its ownership.
+/// Access to a group instead of a role (PIM for Groups): its membership or its ownership.
 #[derive(Args)]
-pub(crate) struct GroupPolicyArgs {
-    /// The policy of access to this group (name or id) instead of a role's.
+pub(crate) struct GroupTarget {
+    /// Access to this group (name or id) instead of a role.
     #[arg(long, conflicts_with_all = ["role", "scope"])]
     group: Option<String>,
-    /// Which access to the group the policy governs.
+    /// Which access to the group.
     #[arg(long, value_enum, default_value = "member", requires = "group")]
     access: super::groups::Access,
 }
 
-impl GroupPolicyArgs {
-    /// The role and scope whose policy is meant: the role's, or the group access's.
-    async fn target(&self, session: &Session, role: Option<&str>, scope: &str) -> anyhow::Result<(String, String)> {
+impl GroupTarget {
+    /// The role and scope meant: the role at the scope, or the group access at its group's.
+    pub(crate) async fn target(
+        &self,
+        session: &Session,
+        role: Option<&str>,
+        scope: &str,
+    ) -> anyhow::Result<(String, String)> {
         match (&self.group, role) {
             (Some(group), _) => {
                 let (_, role, scope) = super::groups::access_target(session, group, self.access).await?;
@@ -197,7 +202,7 @@ pub(crate) struct PolicySetArgs {
     #[arg(long, default_value = "/")]
     scope: String,
     #[command(flatten)]
-    group: GroupPolicyArgs,
+    group: GroupTarget,
     /// Longest activation, 1m to 24h.
     #[arg(long, value_parser = humantime::parse_duration)]
     activation_max: Option<Duration>,

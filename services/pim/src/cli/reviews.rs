@@ -59,10 +59,13 @@ pub(crate) struct CreateArgs {
     #[arg(long)]
     name: String,
     /// Role name or id.
-    #[arg(long)]
-    role: String,
+    #[arg(long, required_unless_present = "group")]
+    role: Option<String>,
     #[arg(long, default_value = "/")]
     scope: String,
+    /// Review who holds access to a group instead (--group NAME --access member|owner).
+    #[command(flatten)]
+    group: super::requests::GroupTarget,
     #[arg(long, value_enum, default_value = "both")]
     assignments: ReviewScopeArg,
     /// Reviewers, comma-separated: user names or ids, or group ids (the group's members review).
@@ -151,10 +154,11 @@ pub(crate) async fn run(cmd: ReviewsCommand) -> anyhow::Result<i32> {
             for r in a.reviewers.iter().filter(|r| !r.trim().is_empty()) {
                 reviewer_ids.push(session.principal_id(r.trim()).await?);
             }
+            let (role_id, scope) = a.group.target(&session, a.role.as_deref(), &a.scope).await?;
             let review = pb::AccessReview {
                 name: a.name,
-                role_id: a.role,
-                scope: a.scope,
+                role_id,
+                scope,
                 review_scope: match a.assignments {
                     ReviewScopeArg::Eligible => pb::ReviewScope::Eligible,
                     ReviewScopeArg::Active => pb::ReviewScope::Active,
@@ -208,20 +212,20 @@ pub(crate) async fn run(cmd: ReviewsCommand) -> anyhow::Result<i32> {
                     .await
             };
             let items = listed.map_err(explain)?.into_inner().items;
-            let rows = items
-                .into_iter()
-                .map(|i| {
-                    vec![
-                        i.id,
-                        i.principal_id,
-                        i.kind,
-                        i.scope,
-                        i.recommendation,
-                        decision_name(i.decision),
-                        i.outcome,
-                    ]
-                })
-                .collect();
+            // Reviewers see whom they keep by name (an id that cannot be looked up stays).
+            let mut names = Names::new(&session);
+            let mut rows = Vec::new();
+            for i in items {
+                rows.push(vec![
+                    i.id,
+                    names.principal(&i.principal_id).await,
+                    i.kind,
+                    i.scope,
+                    i.recommendation,
+                    decision_name(i.decision),
+                    i.outcome,
+                ]);
+            }
             print_table(
                 &[
                     "ITEM",
