@@ -279,6 +279,9 @@ struct Load {
 
 /// Custom roles of the by-permission load, and the permissions each holds.
 const CUSTOM_ROLES: u64 = 200;
+/// Role-assignable groups whose membership one grant in ten is (PIM for Groups): as many as
+/// the seed's group expression `((g / principals) % 10) * 100 + (g / 10) % 100` reaches.
+const JIT_GROUPS: u64 = 1000;
 const PERMISSIONS_PER_ROLE: u64 = 20;
 
 /// The permission `n` of custom role `role`: the last is asked under the role's wildcard.
@@ -318,13 +321,24 @@ async fn check_access(load: Load, concurrency: usize, seconds: u64, rounds: u64,
     } else {
         format!("({})[((g / {principals}) % 10) + 1]", roles_array())
     };
+    // One grant in ten is a just-in-time group membership (PIM for Groups): the principal
+    // holds Group Member of one of JIT_GROUPS role-assignable groups (a different one for
+    // each of its grants), each group holding a role.
     sql(
         &ts,
         &format!(
             "INSERT INTO assignments (id, kind, principal_id, principal_kind, principal_name, role_id, scope, start_at, end_at, status, origin, announced, request_id, created_by, created_at) \
-             SELECT 'bench-a-' || g, 'active', '00000000-0000-4000-8000-' || lpad((g % {principals})::text, 12, '0'), 'user', 'bench', {role_of}, '/s' || (g % 7), 0, NULL, 'active', 'admin', TRUE, 'bench', 'bench', 0 \
-             FROM generate_series(0, {last}) AS g",
-            last = assignments - 1
+             SELECT 'bench-a-' || g, 'active', '00000000-0000-4000-8000-' || lpad((g % {principals})::text, 12, '0'), 'user', 'bench', \
+               CASE WHEN g % 10 = 9 THEN '{member}' ELSE {role_of} END, \
+               CASE WHEN g % 10 = 9 THEN '/groups/bench-g-' || (((g / {principals}) % 10) * 100 + (g / 10) % 100) ELSE '/s' || (g % 7) END, \
+               0, CAST(NULL AS BIGINT), 'active', 'admin', TRUE, 'bench', 'bench', 0 \
+             FROM generate_series(0, {last}) AS g \
+             UNION ALL \
+             SELECT 'bench-ga-' || g, 'active', 'bench-g-' || g, 'group', 'bench', {role_of}, '/s' || (g % 7), 0, CAST(NULL AS BIGINT), 'active', 'admin', TRUE, 'bench', 'bench', 0 \
+             FROM generate_series(0, {last_group}) AS g",
+            member = pim_proto::catalogue::GROUP_MEMBER,
+            last = assignments - 1,
+            last_group = JIT_GROUPS - 1,
         ),
     )
     .await?;

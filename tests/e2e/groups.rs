@@ -481,6 +481,50 @@ async fn a_just_in_time_membership_carries_the_groups_roles_until_it_ends() -> a
             !w.check(&lee.id, EXCHANGE_ADMINISTRATOR).await?.allowed,
             "ended with its eligibility"
         );
+
+        // Deleting the group ends its roles and every access to it; the next check, with the
+        // deletion's consistency token, says no (on any replica).
+        w.assignments()
+            .create_request(authed(
+                &ola.token,
+                apb::CreateRequestRequest {
+                    kind: apb::AssignmentKind::Active as i32,
+                    ..eligible(&lee.id)
+                },
+            ))
+            .await?;
+        assert!(w.check(&lee.id, EXCHANGE_ADMINISTRATOR).await?.allowed);
+        let token = DirectoryServiceClient::new(w.ts.channel.clone())
+            .delete_group(authed(
+                &ola.token,
+                ipb::GetGroupRequest {
+                    group_id: group.clone(),
+                },
+            ))
+            .await?
+            .into_inner()
+            .consistency_token;
+        let mut access = AccessServiceClient::new(w.ts.channel.clone());
+        let asked = [
+            (&lee.id, EXCHANGE_ADMINISTRATOR, "/".to_owned()),
+            (&group, GLOBAL_READER, "/".to_owned()),
+            (&lee.id, GROUP_MEMBER, scope.clone()),
+        ];
+        for (principal, role, at) in asked {
+            let answer = access
+                .check_access(authed(
+                    &w.admin,
+                    apb::CheckAccessRequest {
+                        principal_id: principal.clone(),
+                        target: Some(apb::check_access_request::Target::RoleId(role.into())),
+                        scope: at,
+                        at_least_as_fresh: token.clone(),
+                    },
+                ))
+                .await?
+                .into_inner();
+            assert!(!answer.allowed, "{role} of {principal} ended with the group");
+        }
         Ok(w)
     })
     .await

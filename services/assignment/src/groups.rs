@@ -8,10 +8,11 @@ use std::sync::{Arc, RwLock};
 
 use sea_orm::DatabaseTransaction;
 
-use pim_proto::events::v1::GroupMembershipChanged;
+use pim_proto::events::v1::{GroupDeleted, GroupMembershipChanged};
 use pim_runtime::db::Db;
 use pim_runtime::events::{Envelope, EventHandler, decode, short_type, streams};
 
+use crate::assignments::Assignments;
 use crate::store;
 
 #[derive(Clone, Default)]
@@ -91,8 +92,47 @@ impl Memberships {
     }
 }
 
-/// Keeps the projection table from identity's events.
-pub struct IdentityEvents(pub Memberships);
+/// What an entry of identity's stream changes for a replica's memory.
+pub enum IdentityChange {
+    /// A membership of a role-assignable group: (group, member, is member now).
+    Membership((String, String, bool)),
+    /// A group was deleted: its assignments end.
+    GroupDeleted(String),
+    Nothing,
+}
+
+impl IdentityChange {
+    pub fn of(envelope: &Envelope) -> Self {
+        if short_type(envelope) == "GroupDeleted" {
+            return match decode::<GroupDeleted>(envelope) {
+                Ok(e) => Self::GroupDeleted(e.group_id),
+                Err(err) => {
+                    tracing::warn!(event_id = %envelope.id, error = %err, "unreadable GroupDeleted event");
+                    Self::Nothing
+                }
+            };
+        }
+        match Memberships::change(envelope) {
+            Ok(Some(change)) => Self::Membership(change),
+            Ok(None) => Self::Nothing,
+            Err(err) => {
+                tracing::warn!(event_id = %envelope.id, error = %err, "unreadable group membership event");
+                Self::Nothing
+            }
+        }
+    }
+
+    pub fn membership(&self) -> Option<(String, String, bool)> {
+        match self {
+            Self::Membership(change) => Some(change.clone()),
+            _ => None,
+        }
+    }
+}
+
+/// Keeps the projection table from identity's events, and ends a deleted group's
+/// assignments and every access to it.
+pub struct IdentityEvents(pub Assignments);
 
 #[async_trait::async_trait]
 impl EventHandler for IdentityEvents {
@@ -105,10 +145,18 @@ impl EventHandler for IdentityEvents {
     }
 
     fn wants(&self, event_type: &str) -> bool {
-        matches!(event_type, "GroupMemberAdded" | "GroupMemberRemoved")
+        matches!(event_type, "GroupMemberAdded" | "GroupMemberRemoved" | "GroupDeleted")
     }
 
     async fn handle(&self, txn: &DatabaseTransaction, envelope: &Envelope) -> anyhow::Result<()> {
+        if short_type(envelope) == "GroupDeleted" {
+            let e: GroupDeleted = decode(envelope)?;
+            return self
+                .0
+                .end_group(txn, &e.group_id, e.actor)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"));
+        }
         if let Some((group, member, is_member)) = Memberships::change(envelope)? {
             store::set_group_membership(txn, &group, &member, is_member).await?;
         }
@@ -116,7 +164,16 @@ impl EventHandler for IdentityEvents {
     }
 
     async fn after_commit(&self, envelope: &Envelope) {
-        if let Err(err) = self.0.apply(envelope) {
+        if short_type(envelope) == "GroupDeleted" {
+            // The index follows what was committed, read back from the database.
+            if let Ok(e) = decode::<GroupDeleted>(envelope)
+                && let Err(err) = self.0.reindex_group(&e.group_id).await
+            {
+                tracing::warn!(event_id = %envelope.id, error = %err, "a deleted group's assignments could not be re-indexed");
+            }
+            return;
+        }
+        if let Err(err) = self.0.memberships.apply(envelope) {
             tracing::warn!(event_id = %envelope.id, error = %err, "group membership could not be applied");
         }
     }

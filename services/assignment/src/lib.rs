@@ -234,7 +234,7 @@ impl Service for Assignment {
     fn handlers(&self) -> Vec<Arc<dyn EventHandler>> {
         vec![
             Arc::new(ApprovalOutcomes(self.assignments.clone())),
-            Arc::new(groups::IdentityEvents(self.assignments.memberships.clone())),
+            Arc::new(groups::IdentityEvents(self.assignments.clone())),
         ]
     }
 
@@ -300,8 +300,7 @@ impl Service for Assignment {
             // Membership changes consumed by another replica reach this one's memory too: the
             // stream says which membership changed, the database what it is now (a replayed
             // old event, even validly signed, changes nothing the database does not hold).
-            let (changed, mut to_read) =
-                tokio::sync::mpsc::unbounded_channel::<(String, Option<(String, String, bool)>)>();
+            let (changed, mut to_read) = tokio::sync::mpsc::unbounded_channel::<(String, groups::IdentityChange)>();
             tasks.push(pim_runtime::events::tail(
                 redis.clone(),
                 self.config.stream_prefix.clone(),
@@ -312,23 +311,28 @@ impl Service for Assignment {
                 // Every type: the position advances past entries that change no membership.
                 |_| true,
                 move |entry_id, envelope| {
-                    let change = groups::Memberships::change(envelope).unwrap_or_else(|err| {
-                        tracing::warn!(event_id = %envelope.id, error = %err, "unreadable group membership event");
-                        None
-                    });
+                    let change = groups::IdentityChange::of(envelope);
                     let _ = changed.send((entry_id.to_owned(), change));
                 },
             ));
-            let (memberships, db, freshness) = (
+            let (assignments, memberships, db, freshness) = (
+                self.assignments.clone(),
                 self.assignments.memberships.clone(),
                 self.assignments.db.clone(),
                 self.assignments.freshness.clone(),
             );
             tasks.push(tokio::spawn(async move {
                 while let Some(batch) = next_batch(&mut to_read).await {
+                    // A deleted group's assignments leave memory once the database has them
+                    // ended (by whichever replica's consumer handled the deletion).
+                    for (_, change) in &batch {
+                        if let groups::IdentityChange::GroupDeleted(group) = change {
+                            assignments.follow_group_deletion(group).await;
+                        }
+                    }
                     // The last word on each membership in the batch, each followed at once.
                     let mut last_word = std::collections::HashMap::new();
-                    for (group, member, claimed) in batch.iter().filter_map(|(_, c)| c.clone()) {
+                    for (group, member, claimed) in batch.iter().filter_map(|(_, c)| c.membership()) {
                         last_word.insert((group, member), claimed);
                     }
                     futures::future::join_all(

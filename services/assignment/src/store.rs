@@ -425,6 +425,21 @@ pub async fn find_assignment<C: ConnectionTrait>(c: &C, id: &str) -> Result<Opti
 }
 
 /// The assignments with these ids (those that exist).
+/// A group's assignments: those it holds and those of access to it (at its scope), still in
+/// force (`live`) or whatever their status.
+pub async fn group_assignments<C: ConnectionTrait>(
+    c: &C,
+    group_id: &str,
+    scope: &str,
+    live: bool,
+) -> Result<Vec<AssignmentRow>, DbErr> {
+    let sql = format!(
+        "SELECT {ASSIGNMENT_COLUMNS} FROM assignments WHERE (principal_id = $1 OR scope = $2){}",
+        if live { " AND status = 'active'" } else { "" }
+    );
+    db::rows(c, &sql, vec![group_id.into(), scope.into()], AssignmentRow::from_row).await
+}
+
 pub async fn find_assignments<C: ConnectionTrait>(c: &C, ids: &[String]) -> Result<Vec<AssignmentRow>, DbErr> {
     if ids.is_empty() {
         return Ok(Vec::new());

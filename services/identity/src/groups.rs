@@ -219,6 +219,23 @@ impl Directory {
             // Adding twice or removing what is not there changes nothing.
             return Ok(());
         }
+        self.link_changed(&txn, caller, link, add, &group, &principal.id)
+            .await?;
+        txn.commit().await?;
+        self.outbox.wake();
+        Ok(())
+    }
+
+    /// The event of a member or owner added to or removed from `group`.
+    async fn link_changed(
+        &self,
+        txn: &sea_orm::DatabaseTransaction,
+        caller: &Caller,
+        link: Link,
+        add: bool,
+        group: &GroupRow,
+        principal_id: &str,
+    ) -> Result<()> {
         let event_type = match (link, add) {
             (Link::Member, true) => "GroupMemberAdded",
             (Link::Member, false) => "GroupMemberRemoved",
@@ -228,10 +245,41 @@ impl Directory {
         let event = ev::GroupMembershipChanged {
             actor: Some(caller.actor()),
             group_id: group.id.clone(),
-            principal_id: principal.id.clone(),
+            principal_id: principal_id.to_owned(),
             is_assignable_to_role: group.is_assignable_to_role,
         };
-        self.emit(&txn, event_type, &principal.id, &event).await?;
+        self.emit(txn, event_type, principal_id, &event).await?;
+        Ok(())
+    }
+
+    /// Deletes a group, for those who may change it: its members and owners leave it first,
+    /// each with its event (every projection of the membership follows), then `GroupDeleted`,
+    /// on which assignment ends every assignment the group holds and every access to it,
+    /// live activations included.
+    pub async fn delete_group(&self, caller: &Caller, group_id: &str) -> Result<()> {
+        let group = store::find_group(&self.db, group_id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("group {group_id}")))?;
+        self.may_change(caller, &group).await?;
+        let txn = self.db.begin().await?;
+        for link in [Link::Member, Link::Owner] {
+            for principal in store::linked(&txn, link, &group.id).await? {
+                if store::remove_link(&txn, link, &group.id, &principal).await? {
+                    self.link_changed(&txn, caller, link, false, &group, &principal).await?;
+                }
+            }
+        }
+        if !store::delete_group(&txn, &group.id).await? {
+            // Deleted by a concurrent call: one outcome, theirs.
+            return Err(Error::NotFound(format!("group {group_id}")));
+        }
+        let event = ev::GroupDeleted {
+            actor: Some(caller.actor()),
+            group_id: group.id.clone(),
+            display_name: group.display_name.clone(),
+            is_assignable_to_role: group.is_assignable_to_role,
+        };
+        self.emit(&txn, "GroupDeleted", &group.id, &event).await?;
         txn.commit().await?;
         self.outbox.wake();
         Ok(())

@@ -219,6 +219,22 @@ impl DirectoryService for Directory {
         }))
     }
 
+    async fn delete_group(
+        &self,
+        request: Request<pb::GetGroupRequest>,
+    ) -> Result<Response<pb::DeleteGroupResponse>, Status> {
+        let caller = caller(&request)?.clone();
+        let group = required("group_id", &request.get_ref().group_id)?;
+        Directory::delete_group(self, &caller, group).await?;
+        let token = self.settled().await;
+        Ok(answer(
+            pb::DeleteGroupResponse {
+                consistency_token: pim_runtime::consistency::field(token.as_ref()),
+            },
+            token.as_ref(),
+        ))
+    }
+
     async fn add_group_member(
         &self,
         request: Request<pb::GroupMembershipRequest>,

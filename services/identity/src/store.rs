@@ -649,6 +649,11 @@ pub async fn remove_link<C: ConnectionTrait>(
     Ok(db::exec(c, sql, vec![group_id.into(), principal_id.into()]).await? == 1)
 }
 
+/// Deletes a group (its links must be gone); whether it was there.
+pub async fn delete_group<C: ConnectionTrait>(c: &C, group_id: &str) -> Result<bool, DbErr> {
+    Ok(db::exec(c, "DELETE FROM groups WHERE id = $1", vec![group_id.into()]).await? > 0)
+}
+
 pub async fn linked<C: ConnectionTrait>(c: &C, table: Link, group_id: &str) -> Result<Vec<String>, DbErr> {
     let sql = match table {
         Link::Member => "SELECT principal_id FROM group_members WHERE group_id = $1 ORDER BY principal_id",

@@ -1859,6 +1859,17 @@ fn group_membership_and_ownership_are_activated_just_in_time() {
     let after = ola.run(&["groups", "remove-member", "ops", &kim], None);
     assert_eq!(after.status.code(), Some(1), "no longer an owner");
     assert!(String::from_utf8_lossy(&after.stderr).contains("PermissionDenied"));
+    // Deleting ops ends Ola's eligibility with it.
+    admin.ok(&["groups", "delete", "ops"], None);
+    let listed = admin.ok(&["groups", "list"], None);
+    assert!(
+        !listed.lines().any(|l| l.split_whitespace().nth(1) == Some("ops")),
+        "{listed}"
+    );
+    assert!(
+        !ola.ok(&["groups", "mine"], None).contains("owner"),
+        "Ola's eligibility ended"
+    );
     up.terminate();
     std::fs::remove_dir_all(&dir).ok();
 }

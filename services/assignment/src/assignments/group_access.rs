@@ -2,7 +2,8 @@
 //! activated, approved, reviewed and timed exactly as roles are: they are the built-in roles
 //! Group Member and Group Owner, held at the group's own scope `/groups/{group id}` and
 //! nowhere else. What is theirs alone lives here: where they may be held, who manages them,
-//! and what an active membership gives (the group's roles, for as long as it lasts).
+//! what an active membership gives (the group's roles, for as long as it lasts), and what
+//! a group's deletion ends.
 
 use std::collections::HashMap;
 
@@ -157,6 +158,53 @@ impl Assignments {
                     "the identity service is unavailable; try again".into(),
                 ))
             }
+        }
+    }
+
+    /// A group was deleted (identity's `GroupDeleted`): every assignment it holds and every
+    /// access to it ends now, live activations included, each with its event.
+    pub(crate) async fn end_group(
+        &self,
+        txn: &DatabaseTransaction,
+        group_id: &str,
+        actor: Option<Actor>,
+    ) -> Result<()> {
+        let now = self.now();
+        let scope = crate::roles::group_scope(group_id);
+        for a in store::group_assignments(txn, group_id, &scope, true).await? {
+            let role_name = self.roles.name(&a.role_id).unwrap_or_default();
+            self.end(txn, &a, "group deleted", actor.clone(), &role_name, now)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// After [`Self::end_group`] committed: the access index drops what it ended.
+    pub(crate) async fn reindex_group(&self, group_id: &str) -> Result<()> {
+        let scope = crate::roles::group_scope(group_id);
+        for a in store::group_assignments(&self.db, group_id, &scope, false).await? {
+            if a.status != "active" {
+                self.index.remove(&a.principal_id, &a.id);
+            }
+        }
+        Ok(())
+    }
+
+    /// On a replica that learns of a group's deletion from the stream: waits until the
+    /// database has the group's assignments ended (another replica's consumer may be at it),
+    /// at most 5 s, then lets the index drop them.
+    pub(crate) async fn follow_group_deletion(&self, group_id: &str) {
+        let scope = crate::roles::group_scope(group_id);
+        for _ in 0..50 {
+            match store::group_assignments(&self.db, group_id, &scope, true).await {
+                Ok(live) if live.is_empty() => break,
+                Ok(_) => {}
+                Err(err) => tracing::warn!(error = %err, "reading a deleted group's assignments failed; retrying"),
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        if let Err(err) = self.reindex_group(group_id).await {
+            tracing::warn!(error = %err, "a deleted group's assignments could not be re-indexed");
         }
     }
 

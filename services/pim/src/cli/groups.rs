@@ -106,6 +106,14 @@ pub(crate) enum GroupsCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Delete a group: its members and owners leave it, and every role it holds and every
+    /// access to it through PIM ends, live activations included.
+    Delete {
+        /// Group name or id.
+        group: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// List a group's members.
     Members {
         group: String,
@@ -200,6 +208,16 @@ pub(crate) async fn run(cmd: GroupsCommand) -> anyhow::Result<i32> {
         }
         GroupsCommand::AddMember { group, member, client } => change_member(&group, &member, &client, true).await?,
         GroupsCommand::RemoveMember { group, member, client } => change_member(&group, &member, &client, false).await?,
+        GroupsCommand::Delete { group, client } => {
+            let session = Session::open(&client, true)?;
+            let id = group_id(&session, &group).await?;
+            let deleted = DirectoryServiceClient::new(session.channel.clone())
+                .delete_group(session.request(ipb::GetGroupRequest { group_id: id })?)
+                .await
+                .map_err(explain)?;
+            session.remember(deleted);
+            println!("Deleted group {group}");
+        }
         GroupsCommand::Members { group, client } => {
             let session = Session::open(&client, true)?;
             let members = super::listings::members(&session, &group_id(&session, &group).await?).await?;
