@@ -378,6 +378,33 @@ async fn a_just_in_time_membership_carries_the_groups_roles_until_it_ends() -> a
                 "as long as the membership, not the group's assignment"
             );
         }
+        // The group may activate Security Reader: Lee may, through the membership, but never
+        // past its end.
+        w.assignments()
+            .create_request(authed(
+                &w.admin,
+                request(
+                    apb::RequestAction::AdminAssign,
+                    apb::AssignmentKind::Eligible,
+                    &group,
+                    SECURITY_READER,
+                ),
+            ))
+            .await?;
+        let reader = w
+            .assignments()
+            .create_request(authed(
+                &w.stepped_up(&lee)?,
+                activation(SECURITY_READER, 2 * HOUR_MS, "triage while on the mail team"),
+            ))
+            .await?
+            .into_inner();
+        assert_eq!(
+            reader.end_time.as_ref().map(pim_runtime::db::from_timestamp),
+            Some(started + HOUR_MS),
+            "capped at the membership's end"
+        );
+
         // The group's members show Lee, activated until the end.
         let links = DirectoryServiceClient::new(w.ts.channel.clone())
             .list_group_members(authed(

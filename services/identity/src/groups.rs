@@ -199,6 +199,21 @@ impl Directory {
             .ok_or_else(|| Error::NotFound(format!("group {group_id}")))?;
         self.may_change(caller, &group).await?;
         let principal = self.get_principal(principal_id).await?;
+        // Owners manage others' links, never their own: an owner (perhaps one only for the
+        // hour of an activation) adding themselves would keep what PIM gives for a while.
+        if add && principal.id == caller.principal_id {
+            let needed = if group.is_assignable_to_role {
+                permissions::ROLE_ASSIGNABLE_GROUPS_MANAGE
+            } else {
+                permissions::GROUPS_MANAGE
+            };
+            if !self.holds(caller, needed).await? {
+                return Err(tonic::Status::permission_denied(
+                    "you may not add yourself to a group you own; another owner or an administrator does",
+                )
+                .into());
+            }
+        }
         if add && link == Link::Member && principal.kind == PrincipalKind::Group as i32 && group.is_assignable_to_role {
             return Err(Error::invalid(
                 "principal_id",

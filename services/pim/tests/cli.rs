@@ -1852,6 +1852,21 @@ fn group_membership_and_ownership_are_activated_just_in_time() {
         None,
     );
     ola.ok(&["groups", "add-member", "ops", &kim], None);
+    // An owner for half an hour may not make herself a member (or owner) for good.
+    let ola_id = admin.ok(&["users", "list", "--output", "json"], None);
+    let ola_id = ola_id
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("a JSON object per line"))
+        .find(|u| u["user_name"] == "ola")
+        .and_then(|u| u["id"].as_str().map(str::to_owned))
+        .expect("ola listed");
+    let herself = ola.run(&["groups", "add-member", "ops", &ola_id], None);
+    assert_eq!(herself.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&herself.stderr).contains("may not add yourself"),
+        "{}",
+        String::from_utf8_lossy(&herself.stderr)
+    );
     ola.ok(
         &["groups", "deactivate", "ops", "--access", "owner", "-j", "done"],
         None,

@@ -12,16 +12,23 @@ impl Assignments {
         // One read for everything below: the caller's and their groups' unended assignments
         // of the role (eligible directly, or through a role-assignable group), and the
         // role's policies at the scope and above.
+        let groups = self.groups_of(&caller.principal_id, now);
         let mut holders = vec![caller.principal_id.clone()];
-        holders.extend(self.groups_of(&caller.principal_id, now).into_keys());
+        holders.extend(groups.keys().cloned());
         let scopes = scope.with_ancestors();
         let (held, policies) = store::activation_inputs(&self.db, &holders, &role.id, &scopes, now).await?;
+        // An eligibility through a group lasts while the membership does (a just-in-time
+        // membership ends it with itself).
+        let lasts = |e: &AssignmentRow| match groups.get(&e.principal_id) {
+            Some(member_until) => group_access::earlier(e.end_at, *member_until),
+            None => e.end_at,
+        };
         let eligibility = held
             .iter()
             .filter(|a| a.kind == Kind::Eligible.as_str() && a.start_at <= now)
             .filter(|e| scopes.contains(&e.scope))
             // The eligibility that lasts longest.
-            .max_by_key(|e| e.end_at.unwrap_or(i64::MAX));
+            .max_by_key(|e| lasts(e).unwrap_or(i64::MAX));
         if eligibility.is_none() {
             violations.push(RuleViolation {
                 kind: "EligibilityRule",
@@ -33,7 +40,7 @@ impl Assignments {
             has_otp: caller.amr.iter().any(|m| m == "otp" || m == "mfa"),
             mfa_at: caller.mfa_at.map(|s| s.saturating_mul(1000)),
         };
-        let eligible_until = eligibility.and_then(|e| e.end_at);
+        let eligible_until = eligibility.and_then(lasts);
         let schedule = match policy.check_activation(&r.ask, mfa, eligible_until, now) {
             Ok(s) if violations.is_empty() => s,
             Ok(_) => return Err(Error::PolicyViolation(violations)),
