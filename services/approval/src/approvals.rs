@@ -12,9 +12,9 @@ use tonic::transport::Channel;
 use pim_proto::catalogue;
 use pim_proto::common::v1::{Actor, ApprovalStageSettings, PrincipalKind};
 use pim_proto::events::v1 as ev;
+use pim_proto::identity::v1::ListPrincipalGroupsRequest;
 use pim_proto::identity::v1::directory_service_client::DirectoryServiceClient;
-use pim_proto::identity::v1::{ListGroupMembersRequest, ListPrincipalGroupsRequest};
-use pim_runtime::access::{AccessCheck, Target, permissions, require};
+use pim_runtime::access::{AccessCheck, Target, on_behalf_of, permissions, require};
 use pim_runtime::auth::Caller;
 use pim_runtime::clock::Clock;
 use pim_runtime::db::{Db, from_timestamp};
@@ -295,27 +295,7 @@ impl Approvals {
         if active.allowed {
             return Ok(true);
         }
-        let request = on_behalf_of(
-            caller,
-            ListGroupMembersRequest {
-                group_id: group_id.to_owned(),
-                page_size: 0,
-                page_token: String::new(),
-                direct_only: true,
-            },
-        )?;
-        match self.identity.clone().list_group_owners(request).await {
-            Ok(owners) => Ok(owners
-                .into_inner()
-                .principals
-                .iter()
-                .any(|p| p.id == caller.principal_id)),
-            Err(s) if matches!(s.code(), tonic::Code::PermissionDenied | tonic::Code::NotFound) => Ok(false),
-            Err(s) => {
-                tracing::warn!(code = ?s.code(), "owner lookup failed");
-                Err(Error::Unavailable("group ownership is unavailable; try again".into()))
-            }
-        }
+        Ok(pim_runtime::access::directly_owns(&self.identity, caller, group_id).await?)
     }
 
     /// The groups `caller` is a member of (asked of identity).
@@ -722,16 +702,4 @@ impl Approvals {
         }
         Ok((out, high))
     }
-}
-
-/// A request to another service made with the caller's own token.
-fn on_behalf_of<T>(caller: &Caller, message: T) -> Result<tonic::Request<T>> {
-    let mut request = tonic::Request::new(message);
-    pim_runtime::telemetry::inject(&mut request);
-    let bearer = format!("Bearer {}", caller.token())
-        .parse()
-        .map_err(|_| Error::Unauthenticated("access token is not valid".into()))?;
-    request.metadata_mut().insert("authorization", bearer);
-    request.set_timeout(std::time::Duration::from_secs(3));
-    Ok(request)
 }

@@ -182,13 +182,7 @@ impl Approvals {
     /// The id of a role given by name or id; it must exist (asked of assignment, on the
     /// caller's behalf).
     async fn role_id(&self, caller: &Caller, role: &str) -> Result<String> {
-        let mut request = tonic::Request::new(GetRoleDefinitionRequest { role: role.to_owned() });
-        pim_runtime::telemetry::inject(&mut request);
-        let bearer = format!("Bearer {}", caller.token())
-            .parse()
-            .map_err(|_| Error::Unauthenticated("access token is not valid".into()))?;
-        request.metadata_mut().insert("authorization", bearer);
-        request.set_timeout(Duration::from_secs(3));
+        let request = pim_runtime::access::on_behalf_of(caller, GetRoleDefinitionRequest { role: role.to_owned() })?;
         match RoleServiceClient::new(self.assignment.clone())
             .get_role_definition(request)
             .await

@@ -10,13 +10,12 @@ use pim_proto::catalogue;
 use pim_proto::common::v1::PrincipalKind;
 use pim_proto::events::v1 as ev;
 use pim_proto::identity::v1::{GroupLink, GroupLinkKind};
-use pim_runtime::access::{Target, permissions, require};
+use pim_runtime::access::{Target, on_behalf_of, permissions, require};
 use pim_runtime::auth::Caller;
 use pim_runtime::db::now_ms;
 
 use crate::directory::Directory;
 use crate::error::{Error, Result};
-use crate::protection::on_behalf;
 use crate::store::{self, GroupRow, Link};
 
 /// A new group as asked for.
@@ -349,7 +348,7 @@ impl Directory {
             .assignment
             .assignments
             .clone()
-            .list_active_assignments(on_behalf(caller, asked)?)
+            .list_active_assignments(on_behalf_of(caller, asked)?)
             .await
             .map_err(|status| {
                 tracing::warn!(code = ?status.code(), "asking assignment for a group's access failed");

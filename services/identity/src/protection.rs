@@ -5,8 +5,6 @@
 //! User Administrators manage everyone else. Group links are identity's own; who holds which
 //! role is asked of assignment, on the caller's behalf.
 
-use std::time::Duration;
-
 use sea_orm::TransactionTrait;
 use tonic::transport::Channel;
 
@@ -15,7 +13,7 @@ use pim_proto::assignment::v1::assignment_service_client::AssignmentServiceClien
 use pim_proto::assignment::v1::role_service_client::RoleServiceClient;
 use pim_proto::catalogue;
 use pim_proto::events::v1 as ev;
-use pim_runtime::access::{permissions, require};
+use pim_runtime::access::{on_behalf_of, permissions, require};
 use pim_runtime::auth::Caller;
 
 use crate::credentials;
@@ -39,18 +37,6 @@ impl AssignmentClients {
     }
 }
 
-/// A request to assignment made with the caller's own token.
-pub(crate) fn on_behalf<T>(caller: &Caller, message: T) -> Result<tonic::Request<T>> {
-    let mut request = tonic::Request::new(message);
-    pim_runtime::telemetry::inject(&mut request);
-    let bearer = format!("Bearer {}", caller.token())
-        .parse()
-        .map_err(|_| Error::invalid("authorization", "malformed token"))?;
-    request.metadata_mut().insert("authorization", bearer);
-    request.set_timeout(Duration::from_secs(3));
-    Ok(request)
-}
-
 fn unavailable(status: tonic::Status) -> Error {
     match status.code() {
         tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => Error::Denied(status),
@@ -70,7 +56,7 @@ impl Directory {
         let roles = clients
             .roles
             .clone()
-            .list_role_definitions(on_behalf(caller, apb::ListRoleDefinitionsRequest {})?)
+            .list_role_definitions(on_behalf_of(caller, apb::ListRoleDefinitionsRequest {})?)
             .await
             .map_err(unavailable)?;
         let privileged: Vec<String> = roles
@@ -124,13 +110,13 @@ impl Directory {
         let eligible = clients
             .assignments
             .clone()
-            .list_eligible_assignments(on_behalf(caller, ask.clone())?)
+            .list_eligible_assignments(on_behalf_of(caller, ask.clone())?)
             .await
             .map_err(unavailable)?;
         let active = clients
             .assignments
             .clone()
-            .list_active_assignments(on_behalf(caller, ask)?)
+            .list_active_assignments(on_behalf_of(caller, ask)?)
             .await
             .map_err(unavailable)?;
         Ok(eligible

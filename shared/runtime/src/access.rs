@@ -11,6 +11,8 @@ use tonic::transport::Channel;
 
 use pim_proto::assignment::v1::access_service_client::AccessServiceClient;
 use pim_proto::assignment::v1::{CheckAccessRequest, check_access_request};
+use pim_proto::identity::v1::ListGroupMembersRequest;
+use pim_proto::identity::v1::directory_service_client::DirectoryServiceClient;
 
 use crate::auth::Caller;
 use crate::db::now_ms;
@@ -57,6 +59,50 @@ pub async fn require(access: &dyn AccessCheck, caller: &Caller, permission: &str
     }
 }
 
+/// A request to another service made on the caller's behalf: with their own token (so every
+/// rule and audit record there sees them), the current trace, and a 3 s deadline.
+pub fn on_behalf_of<T>(caller: &Caller, message: T) -> Result<tonic::Request<T>, Status> {
+    let mut request = tonic::Request::new(message);
+    crate::telemetry::inject(&mut request);
+    let bearer = format!("Bearer {}", caller.token())
+        .parse()
+        .map_err(|_| Status::unauthenticated("access token is not valid"))?;
+    request.metadata_mut().insert("authorization", bearer);
+    request.set_timeout(Duration::from_secs(3));
+    Ok(request)
+}
+
+/// Whether the caller was added to the group as an owner (identity shows a group's owners to
+/// them; `direct_only`, so identity does not ask assignment back). Ownership held through an
+/// active Group Owner assignment is `CheckAccess`'s to answer.
+pub async fn directly_owns(
+    identity: &DirectoryServiceClient<Channel>,
+    caller: &Caller,
+    group_id: &str,
+) -> Result<bool, Status> {
+    let request = on_behalf_of(
+        caller,
+        ListGroupMembersRequest {
+            group_id: group_id.to_owned(),
+            page_size: 0,
+            page_token: String::new(),
+            direct_only: true,
+        },
+    )?;
+    match identity.clone().list_group_owners(request).await {
+        Ok(owners) => Ok(owners
+            .into_inner()
+            .principals
+            .iter()
+            .any(|p| p.id == caller.principal_id)),
+        Err(s) if matches!(s.code(), tonic::Code::PermissionDenied | tonic::Code::NotFound) => Ok(false),
+        Err(s) => {
+            tracing::warn!(code = ?s.code(), "owner lookup failed");
+            Err(Status::unavailable("group ownership is unavailable; try again"))
+        }
+    }
+}
+
 /// Asks a (possibly in-process) assignment service over gRPC, on the caller's behalf.
 pub struct RemoteAccess {
     client: AccessServiceClient<Channel>,
@@ -73,21 +119,18 @@ impl RemoteAccess {
 #[async_trait::async_trait]
 impl AccessCheck for RemoteAccess {
     async fn check(&self, caller: &Caller, principal: &str, target: &Target, scope: &str) -> Result<Decision, Status> {
-        let mut request = tonic::Request::new(CheckAccessRequest {
-            principal_id: principal.to_owned(),
-            target: Some(match target {
-                Target::Role(r) => check_access_request::Target::RoleId(r.clone()),
-                Target::Permission(p) => check_access_request::Target::Permission(p.clone()),
-            }),
-            scope: scope.to_owned(),
-            ..Default::default()
-        });
-        crate::telemetry::inject(&mut request);
-        let bearer = format!("Bearer {}", caller.token())
-            .parse()
-            .map_err(|_| Status::unauthenticated("access token is not valid"))?;
-        request.metadata_mut().insert("authorization", bearer);
-        request.set_timeout(Duration::from_secs(3));
+        let request = on_behalf_of(
+            caller,
+            CheckAccessRequest {
+                principal_id: principal.to_owned(),
+                target: Some(match target {
+                    Target::Role(r) => check_access_request::Target::RoleId(r.clone()),
+                    Target::Permission(p) => check_access_request::Target::Permission(p.clone()),
+                }),
+                scope: scope.to_owned(),
+                ..Default::default()
+            },
+        )?;
         let response = self.client.clone().check_access(request).await.map_err(|status| {
             tracing::warn!(code = ?status.code(), "access check failed");
             match status.code() {

@@ -7,8 +7,6 @@
 
 use std::collections::HashMap;
 
-use pim_proto::identity::v1::ListGroupMembersRequest;
-
 use super::*;
 use crate::roles::{GROUP_MEMBER, group_of_scope, is_group_access};
 
@@ -135,30 +133,7 @@ impl Assignments {
         if active.allowed {
             return Ok(true);
         }
-        let request = self.on_behalf_of(
-            caller,
-            ListGroupMembersRequest {
-                group_id: group_id.to_owned(),
-                page_size: 0,
-                page_token: String::new(),
-                direct_only: true,
-            },
-        )?;
-        match self.identity.clone().list_group_owners(request).await {
-            Ok(owners) => Ok(owners
-                .into_inner()
-                .principals
-                .iter()
-                .any(|p| p.id == caller.principal_id)),
-            // The directory shows a group's owners to its owners and to directory readers.
-            Err(s) if matches!(s.code(), tonic::Code::PermissionDenied | tonic::Code::NotFound) => Ok(false),
-            Err(s) => {
-                tracing::warn!(code = ?s.code(), "identity lookup failed");
-                Err(Error::Unavailable(
-                    "the identity service is unavailable; try again".into(),
-                ))
-            }
-        }
+        Ok(pim_runtime::access::directly_owns(&self.identity, caller, group_id).await?)
     }
 
     /// A group was deleted (identity's `GroupDeleted`): every assignment it holds and every
@@ -212,22 +187,39 @@ impl Assignments {
     /// (`None`: it does not): the role-assignable groups the directory has them in, and the
     /// groups they hold an active Group Member assignment of.
     pub(crate) fn groups_of(&self, principal: &str, now: i64) -> HashMap<String, Option<i64>> {
+        let mut activated = Vec::new();
+        self.index
+            .visit(principal, now, |_, grant| activated.extend(membership(grant)));
+        self.groups_with(principal, activated)
+    }
+
+    /// [`Self::groups_of`], given the principal's memberships through Group Member grants
+    /// (read by a caller that visits their grants anyway: CheckAccess).
+    pub(crate) fn groups_with(
+        &self,
+        principal: &str,
+        activated: impl IntoIterator<Item = (String, Option<i64>)>,
+    ) -> HashMap<String, Option<i64>> {
         let mut groups: HashMap<String, Option<i64>> = self
             .memberships
             .groups_of(principal)
             .into_iter()
             .map(|g| (g, None))
             .collect();
-        self.index.visit(principal, now, |_, grant| {
-            if grant.role_id == GROUP_MEMBER
-                && let Some(group) = group_of_scope(&grant.scope)
-            {
-                let until = groups.entry(group.to_owned()).or_insert(grant.end);
-                *until = later(*until, grant.end);
-            }
-        });
+        for (group, end) in activated {
+            let until = groups.entry(group).or_insert(end);
+            *until = later(*until, end);
+        }
         groups
     }
+}
+
+/// The membership an active grant is, if it is Group Member of a group: (group, end).
+pub(crate) fn membership(grant: &crate::index::Grant) -> Option<(String, Option<i64>)> {
+    (grant.role_id == GROUP_MEMBER)
+        .then(|| group_of_scope(&grant.scope))
+        .flatten()
+        .map(|group| (group.to_owned(), grant.end))
 }
 
 /// The later of two ends, where `None` never comes.

@@ -243,8 +243,13 @@ impl Assignments {
         };
         // The principal's own grants, and those of the role-assignable groups they are in
         // (permanently, or through an active membership).
-        self.index.visit(principal, now, |id, grant| weigh(id, grant, None));
-        for (group, until) in self.groups_of(principal, now) {
+        // One visit of the principal's grants: each weighed, and memberships noted.
+        let mut activated = Vec::new();
+        self.index.visit(principal, now, |id, grant| {
+            weigh(id, grant, None);
+            activated.extend(group_access::membership(grant));
+        });
+        for (group, until) in self.groups_with(principal, activated) {
             self.index
                 .visit(&group, now, |id, grant| weigh(id, grant, Some((&group, until))));
         }
@@ -269,20 +274,8 @@ impl Assignments {
         }
     }
 
-    /// A request to identity made with the caller's own token.
-    fn on_behalf_of<T>(&self, caller: &Caller, message: T) -> Result<tonic::Request<T>> {
-        let mut request = tonic::Request::new(message);
-        pim_runtime::telemetry::inject(&mut request);
-        let bearer = format!("Bearer {}", caller.token())
-            .parse()
-            .map_err(|_| Error::invalid("authorization", "malformed token"))?;
-        request.metadata_mut().insert("authorization", bearer);
-        request.set_timeout(Duration::from_secs(3));
-        Ok(request)
-    }
-
     async fn principal(&self, caller: &Caller, id: &str) -> Result<PrincipalInfo> {
-        let request = self.on_behalf_of(
+        let request = pim_runtime::access::on_behalf_of(
             caller,
             GetPrincipalRequest {
                 principal_id: id.to_owned(),
