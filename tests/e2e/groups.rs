@@ -235,6 +235,11 @@ async fn members_inherit_a_role_assignable_groups_roles() -> anyhow::Result<()> 
             Ok((!check(lee.clone(), EXCHANGE_ADMINISTRATOR).await?).then_some(()))
         })
         .await?;
+        // So does what Lee activated from the group's eligibility.
+        assert!(
+            !check(lee.clone(), SECURITY_READER).await?,
+            "an activation ends with the membership it came through"
+        );
         let groups = directory
             .list_principal_groups(authed(
                 &lee_token,
@@ -331,6 +336,29 @@ async fn a_just_in_time_membership_carries_the_groups_roles_until_it_ends() -> a
             .await
             .expect_err("nobody grants themselves");
         assert_eq!(herself.code(), Code::PermissionDenied);
+        let by_name = w
+            .assignments()
+            .create_request(authed(&ola.token, eligible(&ola.name)))
+            .await
+            .expect_err("nor by spelling her user name");
+        assert_eq!(by_name.code(), Code::PermissionDenied, "{by_name:?}");
+        let below = w
+            .assignments()
+            .create_request(authed(
+                &w.admin,
+                apb::CreateRequestRequest {
+                    scope: "/groups".into(),
+                    ..request(
+                        apb::RequestAction::AdminAssign,
+                        apb::AssignmentKind::Eligible,
+                        &lee.id,
+                        EXCHANGE_ADMINISTRATOR,
+                    )
+                },
+            ))
+            .await
+            .expect_err("no role is held over the groups");
+        assert_eq!(below.code(), Code::InvalidArgument, "{below:?}");
         let nowhere = w
             .assignments()
             .create_request(authed(
@@ -552,6 +580,175 @@ async fn a_just_in_time_membership_carries_the_groups_roles_until_it_ends() -> a
                 .into_inner();
             assert!(!answer.allowed, "{role} of {principal} ended with the group");
         }
+        Ok(w)
+    })
+    .await
+}
+
+/// An activation never outlives what allowed it. What members activate from a role-assignable
+/// group's eligibility ends at once when the group's eligibility is removed, when a
+/// just-in-time membership is deactivated, and when a member is removed from the group; a
+/// request waiting for approval on such ground is canceled; and an approved activation
+/// through a group is applied (on PostgreSQL + Redis and on the embedded default).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_members_activate_through_a_group_ends_with_what_allowed_it() -> anyhow::Result<()> {
+    use crate::activation::{HOUR_MS, activation, request, run_on_both};
+    use apb::AssignmentKind::{Active, Eligible};
+    use apb::RequestAction::{AdminAssign, AdminRemove, SelfDeactivate};
+    use pim_proto::approval::v1 as pb;
+    use pim_proto::catalogue::{GROUP_MEMBER, group_scope};
+
+    run_on_both(|w| async move {
+        let (lee, kim) = (w.user("lee").await?, w.user("kim").await?);
+        let mut directory = DirectoryServiceClient::new(w.ts.channel.clone());
+        let group = directory
+            .create_group(authed(
+                &w.admin,
+                ipb::CreateGroupRequest {
+                    display_name: "SOC".into(),
+                    is_assignable_to_role: true,
+                    ..Default::default()
+                },
+            ))
+            .await?
+            .into_inner()
+            .id;
+        let scope = group_scope(&group);
+        // Kim is a member for good; Lee is an eligible member and activates the membership.
+        let kim_membership = ipb::GroupMembershipRequest {
+            group_id: group.clone(),
+            principal_id: kim.id.clone(),
+        };
+        directory
+            .add_group_member(authed(&w.admin, kim_membership.clone()))
+            .await?;
+        w.assignments()
+            .create_request(authed(
+                &w.admin,
+                apb::CreateRequestRequest {
+                    scope: scope.clone(),
+                    justification: "SOC rota".into(),
+                    ..request(AdminAssign, Eligible, &lee.id, GROUP_MEMBER)
+                },
+            ))
+            .await?;
+        w.assignments()
+            .create_request(authed(
+                &w.stepped_up(&lee)?,
+                apb::CreateRequestRequest {
+                    scope: scope.clone(),
+                    ..activation(GROUP_MEMBER, 4 * HOUR_MS, "on shift")
+                },
+            ))
+            .await?;
+        // The group may activate Security Reader, with approval.
+        let group_eligibility = || apb::CreateRequestRequest {
+            justification: "SOC triage".into(),
+            ..request(AdminAssign, Eligible, &group, SECURITY_READER)
+        };
+        w.assignments()
+            .create_request(authed(&w.admin, group_eligibility()))
+            .await?;
+        w.set_policy(SECURITY_READER, |p| p.approval_required = true).await?;
+        let reader = activation(SECURITY_READER, HOUR_MS, "alert triage");
+        let asked = w
+            .assignments()
+            .create_request(authed(&w.stepped_up(&lee)?, reader.clone()))
+            .await?
+            .into_inner();
+        assert_eq!(asked.status, apb::RequestStatus::PendingApproval as i32);
+        let approval = w.approval_of(&asked.id).await?;
+        w.approvals()
+            .decide(authed(
+                &w.admin,
+                pb::DecideRequest {
+                    approval_id: approval.id,
+                    decision: pb::Decision::Approve as i32,
+                    justification: "on shift".into(),
+                },
+            ))
+            .await?;
+        eventually(
+            Duration::from_secs(10),
+            "the approved activation through the group",
+            || async { Ok(w.check(&lee.id, SECURITY_READER).await?.allowed.then_some(())) },
+        )
+        .await?;
+        let kims = w
+            .assignments()
+            .create_request(authed(&w.stepped_up(&kim)?, reader.clone()))
+            .await?
+            .into_inner();
+        assert_eq!(kims.status, apb::RequestStatus::PendingApproval as i32);
+
+        // The group's eligibility removed: Lee's activation ends at once, Kim's request is
+        // canceled.
+        w.assignments()
+            .create_request(authed(
+                &w.admin,
+                request(AdminRemove, Eligible, &group, SECURITY_READER),
+            ))
+            .await?;
+        assert!(
+            !w.check(&lee.id, SECURITY_READER).await?.allowed,
+            "ended with the group's eligibility"
+        );
+        let kims = w
+            .assignments()
+            .get_request(authed(
+                &kim.token,
+                apb::GetRequestRequest {
+                    request_id: kims.id.clone(),
+                },
+            ))
+            .await?
+            .into_inner();
+        assert_eq!(kims.status, apb::RequestStatus::Canceled as i32, "{kims:?}");
+
+        // Given back, without approval: both activate Security Reader through the group.
+        w.assignments()
+            .create_request(authed(&w.admin, group_eligibility()))
+            .await?;
+        w.set_policy(SECURITY_READER, |p| p.approval_required = false).await?;
+        for user in [&lee, &kim] {
+            w.assignments()
+                .create_request(authed(&w.stepped_up(user)?, reader.clone()))
+                .await?;
+            assert!(w.check(&user.id, SECURITY_READER).await?.allowed);
+        }
+        // Lee ends the membership early: Security Reader ends with it.
+        w.assignments()
+            .create_request(authed(
+                &lee.token,
+                apb::CreateRequestRequest {
+                    scope: scope.clone(),
+                    ..request(SelfDeactivate, Active, "", GROUP_MEMBER)
+                },
+            ))
+            .await?;
+        assert!(
+            !w.check(&lee.id, SECURITY_READER).await?.allowed,
+            "ended with the membership"
+        );
+        // Kim leaves the group: the next check, with the removal's token, says no.
+        let token = directory
+            .remove_group_member(authed(&w.admin, kim_membership))
+            .await?
+            .into_inner()
+            .consistency_token;
+        let answer = AccessServiceClient::new(w.ts.channel.clone())
+            .check_access(authed(
+                &w.admin,
+                apb::CheckAccessRequest {
+                    principal_id: kim.id.clone(),
+                    target: Some(apb::check_access_request::Target::RoleId(SECURITY_READER.into())),
+                    scope: "/".into(),
+                    at_least_as_fresh: token,
+                },
+            ))
+            .await?
+            .into_inner();
+        assert!(!answer.allowed, "ended with Kim's membership: {answer:?}");
         Ok(w)
     })
     .await

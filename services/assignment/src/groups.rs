@@ -159,6 +159,17 @@ impl EventHandler for IdentityEvents {
         }
         if let Some((group, member, is_member)) = Memberships::change(envelope)? {
             store::set_group_membership(txn, &group, &member, is_member).await?;
+            if !is_member {
+                // What the member activated from the group's eligibilities ends with the
+                // membership (settled in `after_commit`).
+                let actor = decode::<GroupMembershipChanged>(envelope)?.actor;
+                let now = self.0.now();
+                let _ = self
+                    .0
+                    .end_unallowed(txn, vec![member], actor, now)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+            }
         }
         Ok(())
     }
@@ -175,6 +186,11 @@ impl EventHandler for IdentityEvents {
         }
         if let Err(err) = self.0.memberships.apply(envelope) {
             tracing::warn!(event_id = %envelope.id, error = %err, "group membership could not be applied");
+        }
+        if let Ok(Some((_, member, false))) = Memberships::change(envelope)
+            && let Err(err) = self.0.reindex_principals(&[member]).await
+        {
+            tracing::warn!(event_id = %envelope.id, error = %err, "a former member's activations could not be re-indexed");
         }
     }
 }

@@ -185,7 +185,7 @@ impl EventHandler for ApprovalOutcomes {
     async fn after_commit(&self, envelope: &Envelope) {
         if short_type(envelope) == "ReviewRemovalRequested" {
             if let Ok(event) = decode::<ReviewEvent>(envelope)
-                && let Err(err) = self.0.index_assignment(&event.assignment_id).await
+                && let Err(err) = self.0.index_removal(&event.assignment_id).await
             {
                 tracing::warn!(assignment_id = %event.assignment_id, error = %err, "re-indexing a reviewed assignment failed");
             }

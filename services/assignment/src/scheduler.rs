@@ -123,11 +123,16 @@ impl Scheduler {
                 ended.push(due);
             }
         }
+        // An eligibility or membership shortened since an activation rested on it ends that
+        // activation now.
+        let resting = a.resting_on(&txn, &ended, now).await?;
+        let fallout = a.end_unallowed(&txn, resting, Some(system_actor()), now).await?;
         txn.commit().await?;
         // Answers never depended on it (the index compares end times), but keep it small.
         for due in &ended {
             a.index.remove(&due.principal_id, &due.id);
         }
+        a.settle(&fallout);
         if fired > 0 {
             a.outbox.wake();
         }

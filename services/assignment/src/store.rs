@@ -1140,6 +1140,101 @@ pub async fn unmanaged_grants<C: ConnectionTrait>(c: &C) -> Result<Vec<ObservedG
         .collect()
 }
 
+/// The groups `principal_id` is a member of at `now` as this database holds it: the
+/// role-assignable groups identity has them in (end `None`), and the groups of their active
+/// `group_member_role` assignments (ending with them). A group may come twice.
+pub async fn memberships_of<C: ConnectionTrait>(
+    c: &C,
+    principal_id: &str,
+    group_member_role: &str,
+    now: i64,
+) -> Result<Vec<(String, Option<i64>)>, DbErr> {
+    db::query(
+        c,
+        "SELECT group_id, CAST(NULL AS BIGINT) AS member_until FROM group_memberships WHERE principal_id = $1 \
+         UNION ALL \
+         SELECT substr(scope, 9), end_at FROM assignments WHERE principal_id = $2 AND role_id = $3 \
+         AND kind = 'active' AND status = 'active' AND scope LIKE '/groups/%' AND start_at <= $4 \
+         AND (end_at IS NULL OR end_at > $5)",
+        vec![
+            principal_id.into(),
+            principal_id.into(),
+            group_member_role.into(),
+            now.into(),
+            now.into(),
+        ],
+    )
+    .await?
+    .iter()
+    .map(|r| Ok((col(r, "group_id")?, col(r, "member_until")?)))
+    .collect()
+}
+
+/// The members of `group_id` at `now`: identity's, and the holders of an active
+/// `group_member_role` assignment at its `scope`.
+pub async fn members_of<C: ConnectionTrait>(
+    c: &C,
+    group_id: &str,
+    scope: &str,
+    group_member_role: &str,
+    now: i64,
+) -> Result<Vec<String>, DbErr> {
+    db::query(
+        c,
+        "SELECT principal_id FROM group_memberships WHERE group_id = $1 \
+         UNION \
+         SELECT principal_id FROM assignments WHERE scope = $2 AND role_id = $3 AND kind = 'active' \
+         AND status = 'active' AND start_at <= $4 AND (end_at IS NULL OR end_at > $5)",
+        vec![
+            group_id.into(),
+            scope.into(),
+            group_member_role.into(),
+            now.into(),
+            now.into(),
+        ],
+    )
+    .await?
+    .iter()
+    .map(|r| col(r, "principal_id"))
+    .collect()
+}
+
+/// What a principal's activations rest on and what rests on them, in one round trip: the
+/// eligibilities `holders` (the principal and their groups) hold in force at `now`, and the
+/// principal's own activations not ended (started or scheduled).
+pub async fn eligibilities_and_activations<C: ConnectionTrait>(
+    c: &C,
+    principal_id: &str,
+    holders: &[String],
+    now: i64,
+) -> Result<(Vec<AssignmentRow>, Vec<AssignmentRow>), DbErr> {
+    let sql = format!(
+        "SELECT {ASSIGNMENT_COLUMNS} FROM assignments WHERE status = 'active' AND (end_at IS NULL OR end_at > $1) \
+         AND ((kind = 'eligible' AND start_at <= $2 AND principal_id IN ({})) \
+           OR (kind = 'active' AND origin = 'activation' AND principal_id = $3))",
+        placeholders(4, holders.len())
+    );
+    let mut values = vec![now.into(), now.into(), principal_id.into()];
+    values.extend(holders.iter().map(|h| h.clone().into()));
+    let rows = db::rows(c, &sql, values, AssignmentRow::from_row).await?;
+    Ok(rows.into_iter().partition(|a| a.kind == "eligible"))
+}
+
+/// The principal's activation requests waiting for approval.
+pub async fn pending_activations<C: ConnectionTrait>(c: &C, principal_id: &str) -> Result<Vec<RequestRow>, DbErr> {
+    let sql = format!(
+        "SELECT {REQUEST_COLUMNS} FROM requests WHERE status = 'PendingApproval' AND action = 'selfActivate' \
+         AND principal_id = $1"
+    );
+    db::rows(c, &sql, vec![principal_id.into()], RequestRow::from_row).await
+}
+
+/// The requests waiting for approval at exactly `scope` (a deleted group's).
+pub async fn pending_requests_at<C: ConnectionTrait>(c: &C, scope: &str) -> Result<Vec<RequestRow>, DbErr> {
+    let sql = format!("SELECT {REQUEST_COLUMNS} FROM requests WHERE status = 'PendingApproval' AND scope = $1");
+    db::rows(c, &sql, vec![scope.into()], RequestRow::from_row).await
+}
+
 /// Every (group, member) pair of role-assignable groups, as identity's events told it.
 pub async fn group_memberships<C: ConnectionTrait>(c: &C) -> Result<Vec<(String, String)>, DbErr> {
     db::query(c, "SELECT group_id, principal_id FROM group_memberships", vec![])

@@ -19,16 +19,7 @@ impl Assignments {
         let (held, policies) = store::activation_inputs(&self.db, &holders, &role.id, &scopes, now).await?;
         // An eligibility through a group lasts while the membership does (a just-in-time
         // membership ends it with itself).
-        let lasts = |e: &AssignmentRow| match groups.get(&e.principal_id) {
-            Some(member_until) => group_access::earlier(e.end_at, *member_until),
-            None => e.end_at,
-        };
-        let eligibility = held
-            .iter()
-            .filter(|a| a.kind == Kind::Eligible.as_str() && a.start_at <= now)
-            .filter(|e| scopes.contains(&e.scope))
-            // The eligibility that lasts longest.
-            .max_by_key(|e| lasts(e).unwrap_or(i64::MAX));
+        let eligibility = group_access::longest_eligibility(&held, &groups, &role.id, &scopes, now);
         if eligibility.is_none() {
             violations.push(RuleViolation {
                 kind: "EligibilityRule",
@@ -40,7 +31,7 @@ impl Assignments {
             has_otp: caller.amr.iter().any(|m| m == "otp" || m == "mfa"),
             mfa_at: caller.mfa_at.map(|s| s.saturating_mul(1000)),
         };
-        let eligible_until = eligibility.and_then(lasts);
+        let eligible_until = eligibility.and_then(|(_, until)| until);
         let schedule = match policy.check_activation(&r.ask, mfa, eligible_until, now) {
             Ok(s) if violations.is_empty() => s,
             Ok(_) => return Err(Error::PolicyViolation(violations)),
@@ -300,9 +291,107 @@ impl Assignments {
                 scope.as_str()
             )));
         }
+        // A just-in-time membership ends what came through it.
+        let resting = self.resting_on(&txn, std::slice::from_ref(&activation), now).await?;
+        let fallout = self.end_unallowed(&txn, resting, Some(caller.actor()), now).await?;
         txn.commit().await?;
         self.index.remove(&activation.principal_id, &activation.id);
+        self.settle(&fallout);
         self.committed(&[&request.id]);
         Ok(request)
     }
+
+    /// After eligibilities or memberships `principals` had ended (in `txn`): an activation
+    /// never outlives what allowed it. It rests on an eligibility, its holder's own or a
+    /// group's while they are a member; one that no eligibility allows any more ends now, and
+    /// an activation request waiting for approval on such ground is canceled. Ending a
+    /// just-in-time membership this way can leave activations through the group unallowed in
+    /// turn: they end too. What it ended and canceled is for [`Self::settle`] once `txn`
+    /// commits.
+    pub(crate) async fn end_unallowed(
+        &self,
+        txn: &DatabaseTransaction,
+        mut todo: Vec<String>,
+        actor: Option<Actor>,
+        now: i64,
+    ) -> Result<Fallout> {
+        todo.sort();
+        todo.dedup();
+        let mut fallout = Fallout::default();
+        while let Some(principal) = todo.pop() {
+            let groups = self.groups_in(txn, &principal, now).await?;
+            let mut holders = vec![principal.clone()];
+            holders.extend(groups.keys().cloned());
+            let (eligibilities, activations) =
+                store::eligibilities_and_activations(txn, &principal, &holders, now).await?;
+            let allowed = |role_id: &str, scope: &str| {
+                Scope::parse(scope).is_ok_and(|s| {
+                    group_access::longest_eligibility(&eligibilities, &groups, role_id, &s.with_ancestors(), now)
+                        .is_some()
+                })
+            };
+            for a in activations.into_iter().filter(|a| !allowed(&a.role_id, &a.scope)) {
+                let role_name = self.roles.name(&a.role_id).unwrap_or_default();
+                if self
+                    .end(txn, &a, "eligibility ended", actor.clone(), &role_name, now)
+                    .await?
+                {
+                    if a.role_id == crate::roles::GROUP_MEMBER && !todo.contains(&principal) {
+                        todo.push(principal.clone());
+                    }
+                    fallout.ended.push(a);
+                }
+            }
+            for mut request in store::pending_activations(txn, &principal).await? {
+                if allowed(&request.role_id, &request.scope) {
+                    continue;
+                }
+                request.status = RequestStatus::Canceled;
+                request.outcome_reason = "canceled: the eligibility it rested on ended".into();
+                if self
+                    .transition(txn, &request, RequestStatus::PendingApproval, actor.clone(), now)
+                    .await?
+                {
+                    fallout.canceled.push(request.id);
+                }
+            }
+        }
+        Ok(fallout)
+    }
+
+    /// After the commit of an [`Self::end_unallowed`]: the index drops what ended, and those
+    /// watching the canceled requests hear of it.
+    pub(crate) fn settle(&self, fallout: &Fallout) {
+        for a in &fallout.ended {
+            self.index.remove(&a.principal_id, &a.id);
+        }
+        let canceled: Vec<&str> = fallout.canceled.iter().map(String::as_str).collect();
+        self.committed(&canceled);
+    }
+
+    /// On a consumer, after the commit of an [`Self::end_unallowed`] for `principals`: their
+    /// grants in the index are read back from the database, so those it ended leave.
+    pub(crate) async fn reindex_principals(&self, principals: &[String]) -> Result<()> {
+        let now = self.now();
+        for principal in principals {
+            let held: Vec<String> = self
+                .index
+                .current(principal, now)
+                .into_iter()
+                .map(|(id, _)| id)
+                .collect();
+            self.index_assignments(&held).await?;
+        }
+        Ok(())
+    }
+}
+
+/// What ending an eligibility or a membership early brought down with it.
+#[derive(Default)]
+#[must_use]
+pub(crate) struct Fallout {
+    /// Activations ended.
+    pub ended: Vec<AssignmentRow>,
+    /// Ids of activation requests canceled.
+    pub canceled: Vec<String>,
 }

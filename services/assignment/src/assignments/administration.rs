@@ -15,6 +15,10 @@ impl Assignments {
         self.authorize_assignments(caller, &role, &scope, Some(principal_id))
             .await?;
         let principal = self.principal(caller, principal_id).await?;
+        // Asked by user name: the assignment names the id, and nobody grants themselves
+        // group access by spelling their name.
+        let principal_id = principal.id.as_str();
+        self.refuse_self_grant(caller, &role, &scope, principal_id)?;
         if let Some(group) = crate::roles::group_of_scope(scope.as_str()) {
             // The group must exist; access to it is for users and service principals.
             self.group(caller, group).await?;
@@ -261,56 +265,15 @@ impl Assignments {
                 scope.as_str()
             )));
         }
-        let mut ended = open;
-        if r.kind == Kind::Eligible {
-            ended.extend(
-                self.end_orphaned_activations(&txn, caller, &principal_id, &role, &scope, now)
-                    .await?,
-            );
-        }
+        let resting = self.resting_on(&txn, &open, now).await?;
+        let fallout = self.end_unallowed(&txn, resting, Some(caller.actor()), now).await?;
         txn.commit().await?;
-        for a in &ended {
+        for a in &open {
             self.index.remove(&a.principal_id, &a.id);
         }
+        self.settle(&fallout);
         self.committed(&[&request.id]);
         Ok(request)
-    }
-
-    /// After an eligibility at `scope` is removed: ends the principal's activations of the
-    /// role there that no eligibility allows any more (none left at the scope or above, held
-    /// directly or through a group). An activation never outlives what allowed it.
-    async fn end_orphaned_activations(
-        &self,
-        txn: &DatabaseTransaction,
-        caller: &Caller,
-        principal_id: &str,
-        role: &store::RoleRow,
-        scope: &Scope,
-        now: i64,
-    ) -> Result<Vec<AssignmentRow>> {
-        let mut holders = vec![principal_id.to_owned()];
-        holders.extend(self.groups_of(principal_id, now).into_keys());
-        let scopes = scope.with_ancestors();
-        let (held, _) = store::activation_inputs(txn, &holders, &role.id, &scopes, now).await?;
-        if held
-            .iter()
-            .any(|a| a.kind == Kind::Eligible.as_str() && scopes.contains(&a.scope))
-        {
-            return Ok(Vec::new());
-        }
-        let mut ended = Vec::new();
-        for a in
-            store::open_assignments(txn, Kind::Active.as_str(), principal_id, &role.id, scope.as_str(), now).await?
-        {
-            if a.origin == "activation"
-                && self
-                    .end(txn, &a, "eligibility removed", Some(caller.actor()), &role.name, now)
-                    .await?
-            {
-                ended.push(a);
-            }
-        }
-        Ok(ended)
     }
 
     /// Applies an access review's removal (an adminRemove) and says what became of it on the
@@ -373,7 +336,10 @@ impl Assignments {
             false,
         );
         self.record_request(txn, actor.clone(), &request, &role_name).await?;
-        self.end(txn, &a, "removed", actor, &role_name, now).await?;
+        self.end(txn, &a, "removed", actor.clone(), &role_name, now).await?;
+        let resting = self.resting_on(txn, std::slice::from_ref(&a), now).await?;
+        // Settled by the consumer after the commit ([`Self::index_removal`]).
+        let _ = self.end_unallowed(txn, resting, actor, now).await?;
         answer.decision = "removed".into();
         self.emit(txn, "ReviewRemovalApplied", &a.principal_id, &answer).await
     }

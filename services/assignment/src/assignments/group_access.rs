@@ -19,7 +19,7 @@ impl Assignments {
     pub(crate) fn role_at(&self, role: &str, scope: &str) -> Result<(store::RoleRow, Scope)> {
         let role = self.role(role)?;
         let scope = Scope::parse(scope)?;
-        let group_scope = scope.as_str().starts_with("/groups/");
+        let group_scope = scope.as_str() == "/groups" || scope.as_str().starts_with("/groups/");
         match (is_group_access(&role.id), group_of_scope(scope.as_str())) {
             (true, None) => Err(Error::invalid(
                 "scope",
@@ -31,7 +31,7 @@ impl Assignments {
             (false, _) if group_scope => Err(Error::invalid(
                 "scope",
                 format!(
-                    "{} is a role; scopes under /groups/ hold group access only (Group Member, Group Owner)",
+                    "{} is a role; /groups and the scopes under it hold group access only (Group Member, Group Owner)",
                     role.name
                 ),
             )),
@@ -55,11 +55,8 @@ impl Assignments {
             Some(group) if is_group_access(&role.id) => group,
             _ => return self.authorize(caller, permissions::ASSIGNMENTS_MANAGE, scope).await,
         };
-        if granting_to == Some(caller.principal_id.as_str()) {
-            return Err(Error::PermissionDenied(format!(
-                "you may not assign yourself {} of a group; another owner or administrator does",
-                role.name
-            )));
+        if let Some(grantee) = granting_to {
+            self.refuse_self_grant(caller, role, scope, grantee)?;
         }
         if self
             .authorize(caller, permissions::ASSIGNMENTS_MANAGE, scope)
@@ -82,6 +79,23 @@ impl Assignments {
                     "requires the group's ownership, or permission pim.directory.groups.manage or pim.assignments.manage".into(),
                 )
             })
+    }
+
+    /// Refuses group access the caller would give or lengthen to themselves.
+    pub(crate) fn refuse_self_grant(
+        &self,
+        caller: &Caller,
+        role: &store::RoleRow,
+        scope: &Scope,
+        grantee: &str,
+    ) -> Result<()> {
+        if grantee == caller.principal_id && is_group_access(&role.id) && group_of_scope(scope.as_str()).is_some() {
+            return Err(Error::PermissionDenied(format!(
+                "you may not assign yourself {} of a group; another owner or administrator does",
+                role.name
+            )));
+        }
+        Ok(())
     }
 
     /// Refuses unless the caller may list others' assignments of `role` at `scope`: readers of
@@ -146,21 +160,53 @@ impl Assignments {
     ) -> Result<()> {
         let now = self.now();
         let scope = crate::roles::group_scope(group_id);
+        let mut ended = Vec::new();
         for a in store::group_assignments(txn, group_id, &scope, true).await? {
             let role_name = self.roles.name(&a.role_id).unwrap_or_default();
-            self.end(txn, &a, "group deleted", actor.clone(), &role_name, now)
+            if self
+                .end(txn, &a, "group deleted", actor.clone(), &role_name, now)
+                .await?
+            {
+                ended.push(a);
+            }
+        }
+        // Requests for access to it wait for nobody any more.
+        for mut request in store::pending_requests_at(txn, &scope).await? {
+            request.status = RequestStatus::Canceled;
+            request.outcome_reason = "canceled: the group was deleted".into();
+            self.transition(txn, &request, RequestStatus::PendingApproval, actor.clone(), now)
                 .await?;
         }
+        // Activations its members made from its eligibilities, or through a membership.
+        let resting = self.resting_on(txn, &ended, now).await?;
+        // Settled after the commit ([`Self::reindex_group`]).
+        let _ = self.end_unallowed(txn, resting, actor, now).await?;
         Ok(())
     }
 
-    /// After [`Self::end_group`] committed: the access index drops what it ended.
+    /// After [`Self::end_group`] committed: the access index drops what it ended, the
+    /// activations that rested on the group included.
     pub(crate) async fn reindex_group(&self, group_id: &str) -> Result<()> {
         let scope = crate::roles::group_scope(group_id);
-        for a in store::group_assignments(&self.db, group_id, &scope, false).await? {
-            if a.status != "active" {
-                self.index.remove(&a.principal_id, &a.id);
-            }
+        let ended: Vec<AssignmentRow> = store::group_assignments(&self.db, group_id, &scope, false)
+            .await?
+            .into_iter()
+            .filter(|a| a.status != "active")
+            .collect();
+        for a in &ended {
+            self.index.remove(&a.principal_id, &a.id);
+        }
+        let resting = self.resting_on(&self.db, &ended, self.now()).await?;
+        self.reindex_principals(&resting).await
+    }
+
+    /// After a review's removal (or an identity change) committed: the removed assignment and
+    /// what rested on it are read back into the index.
+    pub(crate) async fn index_removal(&self, assignment_id: &str) -> Result<()> {
+        self.index_assignment(assignment_id).await?;
+        if let Some(a) = store::find_assignment(&self.db, assignment_id).await? {
+            let resting = self.resting_on(&self.db, &[a], self.now()).await?;
+            self.reindex_principals(&resting).await?;
         }
         Ok(())
     }
@@ -193,6 +239,46 @@ impl Assignments {
         self.groups_with(principal, activated)
     }
 
+    /// [`Self::groups_of`] as the database `c` holds it (read inside the transaction that
+    /// changed it, before the memory follows).
+    pub(crate) async fn groups_in<C: ConnectionTrait>(
+        &self,
+        c: &C,
+        principal: &str,
+        now: i64,
+    ) -> Result<HashMap<String, Option<i64>>> {
+        let mut groups = HashMap::new();
+        for (group, end) in store::memberships_of(c, principal, GROUP_MEMBER, now).await? {
+            let until = groups.entry(group).or_insert(end);
+            *until = later(*until, end);
+        }
+        Ok(groups)
+    }
+
+    /// Whose activations may rest on the assignments `ended`: the holder of an eligibility or
+    /// a just-in-time membership; and when a group holds the eligibility, the group's members.
+    pub(crate) async fn resting_on<C: ConnectionTrait>(
+        &self,
+        c: &C,
+        ended: &[AssignmentRow],
+        now: i64,
+    ) -> Result<Vec<String>> {
+        let mut principals = Vec::new();
+        for a in ended {
+            if a.kind != Kind::Eligible.as_str() && a.role_id != GROUP_MEMBER {
+                continue;
+            }
+            principals.push(a.principal_id.clone());
+            if a.kind == Kind::Eligible.as_str() && a.principal_kind == "group" {
+                let scope = crate::roles::group_scope(&a.principal_id);
+                principals.extend(store::members_of(c, &a.principal_id, &scope, GROUP_MEMBER, now).await?);
+            }
+        }
+        principals.sort();
+        principals.dedup();
+        Ok(principals)
+    }
+
     /// [`Self::groups_of`], given the principal's memberships through Group Member grants
     /// (read by a caller that visits their grants anyway: CheckAccess).
     pub(crate) fn groups_with(
@@ -212,6 +298,27 @@ impl Assignments {
         }
         groups
     }
+}
+
+/// The eligibility among `held` that lets `principal` activate `role_id` at the last of
+/// `scopes` (ordered from `/` down) for longest, and until when: held by the principal or by
+/// one of their `groups` (then lasting no longer than the membership), at the scope or above,
+/// started by `now`. `None`: nothing allows the activation.
+pub(crate) fn longest_eligibility<'a>(
+    held: &'a [AssignmentRow],
+    groups: &HashMap<String, Option<i64>>,
+    role_id: &str,
+    scopes: &[String],
+    now: i64,
+) -> Option<(&'a AssignmentRow, Option<i64>)> {
+    held.iter()
+        .filter(|e| e.kind == Kind::Eligible.as_str() && e.role_id == role_id && e.start_at <= now)
+        .filter(|e| scopes.contains(&e.scope))
+        .map(|e| match groups.get(&e.principal_id) {
+            Some(member_until) => (e, earlier(e.end_at, *member_until)),
+            None => (e, e.end_at),
+        })
+        .max_by_key(|(_, until)| until.unwrap_or(i64::MAX))
 }
 
 /// The membership an active grant is, if it is Group Member of a group: (group, end).

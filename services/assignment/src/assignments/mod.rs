@@ -103,6 +103,8 @@ pub struct ActivateRequest {
 
 /// A principal as the directory knows it.
 struct PrincipalInfo {
+    /// The directory's id (asked by id or, for a user, by user name).
+    id: String,
     kind: PrincipalKind,
     name: String,
     is_assignable_to_role: bool,
@@ -288,12 +290,16 @@ impl Assignments {
                     return Err(Error::FailedPrecondition(format!("principal {id} is disabled")));
                 }
                 Ok(PrincipalInfo {
+                    id: p.id,
                     kind: PrincipalKind::try_from(p.kind).unwrap_or(PrincipalKind::User),
                     name: p.display_name,
                     is_assignable_to_role: p.is_assignable_to_role,
                 })
             }
             Err(s) if s.code() == tonic::Code::NotFound => Err(Error::NotFound(format!("principal {id}"))),
+            // The directory's own refusal (the caller may not look principals up), as it said it.
+            Err(s) if s.code() == tonic::Code::PermissionDenied => Err(Error::PermissionDenied(s.message().into())),
+            Err(s) if s.code() == tonic::Code::InvalidArgument => Err(Error::invalid("principal_id", s.message())),
             Err(s) => {
                 tracing::warn!(code = ?s.code(), "identity lookup failed");
                 Err(Error::Unavailable(
@@ -747,6 +753,7 @@ impl Assignments {
             outcome_reason: String::new(),
         };
         let principal = PrincipalInfo {
+            id: user_id.into(),
             kind: PrincipalKind::User,
             name: user_name.into(),
             is_assignable_to_role: false,

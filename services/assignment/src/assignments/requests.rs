@@ -275,22 +275,14 @@ impl Assignments {
                 }
                 let start = request.start_at.max(now);
                 let length = request.duration_ms.unwrap_or_default();
-                let eligible_until = store::current_assignments(
-                    txn,
-                    Kind::Eligible.as_str(),
-                    Some(&request.principal_id),
-                    Some(&request.role_id),
-                    now,
-                )
-                .await?
-                .iter()
-                .filter(|e| {
-                    Scope::parse(&request.scope)
-                        .map(|s| s.with_ancestors().contains(&e.scope))
-                        .unwrap_or(false)
-                })
-                .map(|e| e.end_at.unwrap_or(i64::MAX))
-                .max();
+                // Still eligible, directly or through a group (as the database holds it now).
+                let groups = self.groups_in(txn, &request.principal_id, now).await?;
+                let mut holders = vec![request.principal_id.clone()];
+                holders.extend(groups.keys().cloned());
+                let scopes = Scope::parse(&request.scope)?.with_ancestors();
+                let (held, _) = store::activation_inputs(txn, &holders, &request.role_id, &scopes, now).await?;
+                let eligible_until = group_access::longest_eligibility(&held, &groups, &request.role_id, &scopes, now)
+                    .map(|(_, until)| until.unwrap_or(i64::MAX));
                 let Some(eligible_until) = eligible_until.filter(|until| *until > start) else {
                     request.status = RequestStatus::Failed;
                     self.transition(txn, &request, RequestStatus::Granted, None, now)
