@@ -814,13 +814,14 @@ async fn policy_updates_change_what_they_name_refuse_stale_etags_and_weakening_i
 
 /// Access to a group that holds a privileged role is privileged (PIM for Groups): its
 /// membership policy without MFA raises the alert a privileged role's would; a group that
-/// holds no such role raises none.
+/// holds no such role raises none; eligible members of a group holding Global Administrator
+/// count among its holders (on PostgreSQL + Redis and on the embedded default).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_to_a_group_holding_a_privileged_role_is_privileged() -> anyhow::Result<()> {
     use pim_proto::catalogue::{GROUP_MEMBER, group_scope};
     use pim_proto::identity::v1 as ipb;
     use pim_proto::identity::v1::directory_service_client::DirectoryServiceClient;
-    run(|w| async move {
+    run_on_both(|w| async move {
         let directory = DirectoryServiceClient::new(w.ts.channel.clone());
         let group = |name: &'static str| {
             let (admin, mut directory) = (w.admin.clone(), directory.clone());
@@ -893,6 +894,33 @@ async fn access_to_a_group_holding_a_privileged_role_is_privileged() -> anyhow::
         };
         assert_eq!(weakened(group_scope(&tier0)), Some(pb::Severity::High as i32));
         assert_ne!(weakened(group_scope(&book_club)), Some(pb::Severity::High as i32));
+
+        // Tier 0 holds Global Administrator: those who may activate its membership count among
+        // the Global Administrators (the admin, the group, Lee and Kim make four).
+        w.set_rule("too_many_global_admins", &[("min_count", "4")]).await?;
+        w.make_active(&tier0, GLOBAL_ADMINISTRATOR).await?;
+        for name in ["lee", "kim"] {
+            let user = w.user(name).await?;
+            w.assignments()
+                .create_request(authed(
+                    &w.admin,
+                    apb::CreateRequestRequest {
+                        scope: group_scope(&tier0),
+                        justification: "tier 0 rota".into(),
+                        ..request(
+                            apb::RequestAction::AdminAssign,
+                            apb::AssignmentKind::Eligible,
+                            &user.id,
+                            GROUP_MEMBER,
+                        )
+                    },
+                ))
+                .await?;
+        }
+        let many = w
+            .alert("too_many_global_admins", |a| a.status == pb::AlertStatus::Open as i32)
+            .await?;
+        assert_eq!(many.figures.get("global_admins").map(String::as_str), Some("4"));
         Ok(w)
     })
     .await

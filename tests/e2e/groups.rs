@@ -594,7 +594,7 @@ async fn a_just_in_time_membership_carries_the_groups_roles_until_it_ends() -> a
 async fn what_members_activate_through_a_group_ends_with_what_allowed_it() -> anyhow::Result<()> {
     use crate::activation::{HOUR_MS, activation, request, run_on_both};
     use apb::AssignmentKind::{Active, Eligible};
-    use apb::RequestAction::{AdminAssign, AdminRemove, SelfDeactivate};
+    use apb::RequestAction::{AdminAssign, AdminRemove, AdminUpdate, SelfDeactivate};
     use pim_proto::approval::v1 as pb;
     use pim_proto::catalogue::{GROUP_MEMBER, group_scope};
 
@@ -749,6 +749,44 @@ async fn what_members_activate_through_a_group_ends_with_what_allowed_it() -> an
             .await?
             .into_inner();
         assert!(!answer.allowed, "ended with Kim's membership: {answer:?}");
+
+        // The group's eligibility shortened to ten minutes: Lee's hour through it (membership
+        // activated again) ends when the eligibility does.
+        w.assignments()
+            .create_request(authed(
+                &w.stepped_up(&lee)?,
+                apb::CreateRequestRequest {
+                    scope: scope.clone(),
+                    ..activation(GROUP_MEMBER, 4 * HOUR_MS, "back on shift")
+                },
+            ))
+            .await?;
+        w.assignments()
+            .create_request(authed(&w.stepped_up(&lee)?, reader.clone()))
+            .await?;
+        w.assignments()
+            .create_request(authed(
+                &w.admin,
+                apb::CreateRequestRequest {
+                    schedule: Some(apb::Schedule {
+                        start_time: None,
+                        expiration: Some(apb::schedule::Expiration::Duration(prost_types::Duration {
+                            seconds: 600,
+                            nanos: 0,
+                        })),
+                    }),
+                    justification: "rota ends".into(),
+                    ..request(AdminUpdate, Eligible, &group, SECURITY_READER)
+                },
+            ))
+            .await?;
+        assert!(w.check(&lee.id, SECURITY_READER).await?.allowed);
+        w.clock.advance(Duration::from_secs(600));
+        w.tick().await?;
+        assert!(
+            !w.check(&lee.id, SECURITY_READER).await?.allowed,
+            "ended with the shortened eligibility"
+        );
         Ok(w)
     })
     .await

@@ -468,14 +468,29 @@ pub async fn forget_privileged<C: ConnectionTrait>(c: &C, assignment_id: &str) -
     Ok(())
 }
 
-/// Privileged assignments in force (active ones, including activations) of `role_id`, and of
-/// every privileged role: (of the role, of all).
+/// (holders of `role_id`, privileged assignments in force): the principals holding the role
+/// (actively, activations included) with those who have access to a group holding it (PIM for
+/// Groups: eligible or active members and owners, who hold it whenever they activate); and
+/// the active privileged assignments of every role.
 pub async fn active_counts<C: ConnectionTrait>(c: &C, role_id: &str, now: i64) -> Result<(i64, i64), DbErr> {
+    let in_force = "(end_at IS NULL OR end_at > $1)";
+    let holding = format!(
+        "SELECT principal_id FROM privileged_assignments WHERE role_id = $2 AND kind <> 'eligible' AND {in_force}"
+    );
     let row = db::query_one(
         c,
-        "SELECT COUNT(DISTINCT CASE WHEN role_id = $1 THEN principal_id END) AS role_count, COUNT(*) AS total \
-         FROM privileged_assignments WHERE kind <> 'eligible' AND (end_at IS NULL OR end_at > $2)",
-        vec![role_id.into(), now.into()],
+        &format!(
+            "SELECT (SELECT COUNT(DISTINCT principal_id) FROM privileged_assignments WHERE {in_force} \
+               AND ((role_id = $2 AND kind <> 'eligible') \
+                 OR (role_id IN ($3, $4) AND scope IN (SELECT '/groups/' || principal_id FROM ({holding}) AS g)))) AS role_count, \
+             (SELECT COUNT(*) FROM privileged_assignments WHERE kind <> 'eligible' AND {in_force}) AS total"
+        ),
+        vec![
+            now.into(),
+            role_id.into(),
+            pim_proto::catalogue::GROUP_MEMBER.into(),
+            pim_proto::catalogue::GROUP_OWNER.into(),
+        ],
     )
     .await?
     .ok_or_else(|| DbErr::Custom("count".into()))?;
