@@ -200,26 +200,33 @@ impl MigratorTrait for Migrator {
                  CREATE UNIQUE INDEX role_definitions_name_ci ON role_definitions (lower(name))"
                     .to_owned()
             }),
-            SqlMigration::boxed("m0010_group_access_roles", |_| {
-                // PIM for Groups: membership and ownership of a group, governed like roles.
-                // A custom role that took one of the names keeps it (the id still works).
-                GROUP_ACCESS_ROLES
-                    .iter()
-                    .map(|r| {
-                        format!(
-                            "INSERT INTO role_definitions (id, name, description, permissions, built_in, privileged, created_at) \
-                             SELECT '{id}', '{name}', '{description}', '', TRUE, FALSE, 0 \
-                             WHERE NOT EXISTS (SELECT 1 FROM role_definitions WHERE lower(name) = lower('{name}'))",
-                            id = r.id,
-                            name = r.name,
-                            description = r.description.replace('\'', "''"),
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join(";\n")
-            }),
+            SqlMigration::boxed("m0010_group_access_roles", |_| group_access_roles_sql()),
+            // Again, for a database whose m0010 (as first written) left the roles out because a
+            // custom role had taken one of the names.
+            SqlMigration::boxed("m0011_group_access_roles_reclaimed", |_| group_access_roles_sql()),
         ]
     }
+}
+
+/// PIM for Groups: membership and ownership of a group, governed like roles, are the
+/// built-in roles Group Member and Group Owner. A custom role that took one of their names
+/// gives it up (renamed "… (custom)"; its id, assignments and policies stay). Idempotent.
+fn group_access_roles_sql() -> String {
+    GROUP_ACCESS_ROLES
+        .iter()
+        .map(|r| {
+            format!(
+                "UPDATE role_definitions SET name = name || ' (custom)' WHERE lower(name) = lower('{name}') AND id <> '{id}';
+                 INSERT INTO role_definitions (id, name, description, permissions, built_in, privileged, created_at) \
+                 SELECT '{id}', '{name}', '{description}', '', TRUE, FALSE, 0 \
+                 WHERE NOT EXISTS (SELECT 1 FROM role_definitions WHERE id = '{id}')",
+                id = r.id,
+                name = r.name,
+                description = r.description.replace('\'', "''"),
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(";\n")
 }
 
 /// SQL for the current time in milliseconds since the epoch, for migrations.

@@ -279,6 +279,40 @@ async fn the_upgrade_keeps_the_duplicate_that_grants_most() -> anyhow::Result<()
     .await
 }
 
+/// Upgrading a database where a custom role took the name Group Member before PIM for Groups
+/// came: the built-in role is added under its name all the same, and the custom role keeps
+/// its id under a new name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upgrade_to_group_access_reclaims_its_role_names() -> anyhow::Result<()> {
+    use pim_proto::catalogue::{GROUP_MEMBER, GROUP_OWNER};
+    // Every migration before m0010_group_access_roles.
+    const BEFORE_GROUP_ACCESS: u32 = 12;
+    migrated_then(Some(BEFORE_GROUP_ACCESS), |db| async move {
+        assert!(store::role(&db, GROUP_MEMBER).await?.is_none(), "not there yet");
+        let custom = store::RoleRow {
+            id: id(),
+            name: "group member".into(),
+            description: "members of the book club".into(),
+            permissions: vec!["app.books/loans/read".into()],
+            built_in: false,
+            privileged: false,
+        };
+        assert!(store::insert_role(&db, &custom, NOW).await?);
+        store::Migrator::up(&db, None).await?;
+        let name = |id: &'static str| {
+            let db = db.clone();
+            async move { anyhow::Ok(store::role(&db, id).await?.map(|r| r.name)) }
+        };
+        assert_eq!(name(GROUP_MEMBER).await?.as_deref(), Some("Group Member"));
+        assert_eq!(name(GROUP_OWNER).await?.as_deref(), Some("Group Owner"));
+        let kept = store::role(&db, &custom.id).await?.expect("the custom role stays");
+        assert_eq!(kept.name, "group member (custom)");
+        assert_eq!(kept.permissions, custom.permissions);
+        Ok(())
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn policies_and_custom_roles_change_only_from_what_was_read() -> anyhow::Result<()> {
     on_both(|db| async move {
