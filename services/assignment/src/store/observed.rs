@@ -1,0 +1,79 @@
+//! Grants target systems report (reconciliation): which of them PIM did not make.
+
+use super::*;
+
+/// A grant a target system reported, and whether PIM made it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObservedGrant {
+    pub system: String,
+    pub principal_id: String,
+    pub role_id: String,
+    pub scope: String,
+    pub managed: bool,
+}
+
+/// Records a reported grant; returns whether it was already known as unmanaged.
+pub async fn upsert_observed<C: ConnectionTrait>(
+    c: &C,
+    g: &ObservedGrant,
+    report_id: &str,
+    now: i64,
+) -> Result<bool, DbErr> {
+    let known = db::query_one(
+        c,
+        "SELECT managed FROM observed_grants WHERE system = $1 AND principal_id = $2 AND role_id = $3 AND scope = $4",
+        vec![
+            g.system.clone().into(),
+            g.principal_id.clone().into(),
+            g.role_id.clone().into(),
+            g.scope.clone().into(),
+        ],
+    )
+    .await?
+    .map(|r| col::<bool>(&r, "managed"))
+    .transpose()?;
+    db::exec(
+        c,
+                "INSERT INTO observed_grants (system, principal_id, role_id, scope, managed, first_seen, last_seen, report_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+         ON CONFLICT (system, principal_id, role_id, scope) DO UPDATE SET managed = excluded.managed, last_seen = excluded.last_seen, report_id = excluded.report_id",
+        vec![
+            g.system.clone().into(),
+            g.principal_id.clone().into(),
+            g.role_id.clone().into(),
+            g.scope.clone().into(),
+            g.managed.into(),
+            now.into(),
+            now.into(),
+            report_id.into(),
+        ],
+    )
+    .await?;
+    Ok(known == Some(false))
+}
+
+/// Forgets a system's grants that its latest report (`report_id`) no longer lists.
+pub async fn forget_unreported<C: ConnectionTrait>(c: &C, system: &str, report_id: &str) -> Result<(), DbErr> {
+    db::exec(
+        c,
+        "DELETE FROM observed_grants WHERE system = $1 AND report_id <> $2",
+        vec![system.into(), report_id.into()],
+    )
+    .await
+    .map(drop)
+}
+
+pub async fn unmanaged_grants<C: ConnectionTrait>(c: &C) -> Result<Vec<ObservedGrant>, DbErr> {
+    db::query(c, "SELECT system, principal_id, role_id, scope, managed FROM observed_grants WHERE managed = FALSE ORDER BY system, principal_id, role_id, scope", vec![])
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(ObservedGrant {
+                system: col(r, "system")?,
+                principal_id: col(r, "principal_id")?,
+                role_id: col(r, "role_id")?,
+                scope: col(r, "scope")?,
+                managed: col(r, "managed")?,
+            })
+        })
+        .collect()
+}
