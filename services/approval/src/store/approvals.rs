@@ -1,0 +1,328 @@
+//! Approvals with their stages and decisions (separation of duties is a table constraint).
+
+use super::*;
+
+/// Approval status as stored (and on the wire, upper-cased by the API).
+pub const PENDING: &str = "Pending";
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Stage {
+    pub approver_ids: Vec<String>,
+    pub approvals_required: u32,
+    pub timeout_ms: i64,
+    pub escalation_approver_ids: Vec<String>,
+    /// 0: no escalation.
+    pub escalate_after_ms: i64,
+    pub justification_required: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct ApprovalRow {
+    pub id: String,
+    pub request_id: String,
+    pub requester_id: String,
+    pub role_id: String,
+    pub role_name: String,
+    pub scope: String,
+    pub duration_ms: i64,
+    pub justification: String,
+    pub ticket_system: String,
+    pub ticket_number: String,
+    pub status: String,
+    pub stages: Vec<Stage>,
+    pub stage: usize,
+    pub stage_started_at: i64,
+    pub expires_at: i64,
+    pub escalated: bool,
+    pub created_at: i64,
+    pub completed_at: Option<i64>,
+    pub rev: i64,
+    /// The trace of the request that asked for approval; the outcome joins it.
+    pub traceparent: String,
+}
+
+impl ApprovalRow {
+    pub fn current_stage(&self) -> &Stage {
+        &self.stages[self.stage.min(self.stages.len() - 1)]
+    }
+
+    /// When the current stage's escalation approvers join, if it has any.
+    pub fn escalates_at(&self) -> Option<i64> {
+        let stage = self.current_stage();
+        (stage.escalate_after_ms > 0 && !stage.escalation_approver_ids.is_empty())
+            .then(|| self.stage_started_at + stage.escalate_after_ms)
+    }
+
+    fn from_row(r: &QueryResult) -> Result<Self, DbErr> {
+        let stages: Vec<Stage> = serde_json::from_str(&col::<String>(r, "stages")?)
+            .map_err(|e| DbErr::Custom(format!("approval stages: {e}")))?;
+        if stages.is_empty() {
+            return Err(DbErr::Custom("an approval without stages".into()));
+        }
+        Ok(Self {
+            id: col(r, "id")?,
+            request_id: col(r, "request_id")?,
+            requester_id: col(r, "requester_id")?,
+            role_id: col(r, "role_id")?,
+            role_name: col(r, "role_name")?,
+            scope: col(r, "scope")?,
+            duration_ms: col(r, "duration_ms")?,
+            justification: col(r, "justification")?,
+            ticket_system: col(r, "ticket_system")?,
+            ticket_number: col(r, "ticket_number")?,
+            status: col(r, "status")?,
+            stages,
+            stage: col::<i32>(r, "stage")? as usize,
+            stage_started_at: col(r, "stage_started_at")?,
+            expires_at: col(r, "expires_at")?,
+            escalated: col(r, "escalated")?,
+            created_at: col(r, "created_at")?,
+            completed_at: col(r, "completed_at")?,
+            rev: col(r, "rev")?,
+            traceparent: col(r, "traceparent")?,
+        })
+    }
+}
+
+pub(super) const COLUMNS: &str = "id, request_id, requester_id, role_id, role_name, scope, duration_ms, justification, ticket_system, ticket_number, status, stages, stage, stage_started_at, expires_at, escalated, created_at, completed_at, rev, traceparent";
+
+/// The next revision. The counter row stays locked until the transaction commits, so
+/// revisions become visible in order and a watcher resuming after one misses nothing.
+pub async fn next_rev<C: ConnectionTrait>(c: &C) -> Result<i64, DbErr> {
+    let row = db::query_one(
+        c,
+        "UPDATE approval_revision SET rev = rev + 1 WHERE id = 1 RETURNING rev",
+        vec![],
+    )
+    .await?
+    .ok_or_else(|| DbErr::Custom("approval revision counter missing".into()))?;
+    col(&row, "rev")
+}
+
+/// Inserts an approval unless one exists for its request; returns whether it did.
+pub async fn insert<C: ConnectionTrait>(c: &C, a: &ApprovalRow) -> Result<bool, DbErr> {
+    let stages = serde_json::to_string(&a.stages).map_err(|e| DbErr::Custom(e.to_string()))?;
+    let n = db::exec(
+        c,
+        &format!(
+            "INSERT INTO approvals ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20) \
+             ON CONFLICT (request_id) DO NOTHING"
+        ),
+        vec![
+            a.id.clone().into(),
+            a.request_id.clone().into(),
+            a.requester_id.clone().into(),
+            a.role_id.clone().into(),
+            a.role_name.clone().into(),
+            a.scope.clone().into(),
+            a.duration_ms.into(),
+            a.justification.clone().into(),
+            a.ticket_system.clone().into(),
+            a.ticket_number.clone().into(),
+            a.status.clone().into(),
+            stages.into(),
+            (a.stage as i32).into(),
+            a.stage_started_at.into(),
+            a.expires_at.into(),
+            a.escalated.into(),
+            a.created_at.into(),
+            a.completed_at.into(),
+            a.rev.into(),
+            a.traceparent.clone().into(),
+        ],
+    )
+    .await?;
+    Ok(n == 1)
+}
+
+pub async fn get<C: ConnectionTrait>(c: &C, id: &str) -> Result<Option<ApprovalRow>, DbErr> {
+    db::row(
+        c,
+        &format!("SELECT {COLUMNS} FROM approvals WHERE id = $1"),
+        vec![id.into()],
+        ApprovalRow::from_row,
+    )
+    .await
+}
+
+/// Reads an approval and holds its row until the transaction ends (PostgreSQL).
+pub async fn lock<C: ConnectionTrait>(c: &C, id: &str) -> Result<Option<ApprovalRow>, DbErr> {
+    let sql = format!("SELECT {COLUMNS} FROM approvals WHERE id = $1{}", c.for_update());
+    db::row(c, &sql, vec![id.into()], ApprovalRow::from_row).await
+}
+
+pub async fn by_request<C: ConnectionTrait>(c: &C, request_id: &str) -> Result<Option<ApprovalRow>, DbErr> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM approvals WHERE request_id = $1{}",
+        c.for_update()
+    );
+    db::row(c, &sql, vec![request_id.into()], ApprovalRow::from_row).await
+}
+
+/// Writes the moving parts of an approval (status, stage, deadlines) with a new revision.
+pub async fn update<C: ConnectionTrait>(c: &C, a: &ApprovalRow) -> Result<(), DbErr> {
+    db::exec(
+        c,
+        "UPDATE approvals SET status = $2, stage = $3, stage_started_at = $4, expires_at = $5, escalated = $6, completed_at = $7, rev = $8 WHERE id = $1",
+        vec![
+            a.id.clone().into(),
+            a.status.clone().into(),
+            (a.stage as i32).into(),
+            a.stage_started_at.into(),
+            a.expires_at.into(),
+            a.escalated.into(),
+            a.completed_at.into(),
+            a.rev.into(),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Pending approvals with a revision after `after`, oldest first.
+pub async fn pending_after<C: ConnectionTrait>(c: &C, after: i64, limit: u64) -> Result<Vec<ApprovalRow>, DbErr> {
+    db::rows(
+        c,
+        &format!("SELECT {COLUMNS} FROM approvals WHERE status = 'Pending' AND rev > $1 ORDER BY rev LIMIT {limit}"),
+        vec![after.into()],
+        ApprovalRow::from_row,
+    )
+    .await
+}
+
+/// Pending approvals whose stage expired or whose escalation is due (locked on PostgreSQL).
+pub async fn due<C: ConnectionTrait>(c: &C, now: i64, limit: u64) -> Result<Vec<ApprovalRow>, DbErr> {
+    // Escalation times live in the stages' JSON, so candidates are filtered in code.
+    let sql = format!(
+        "SELECT {COLUMNS} FROM approvals WHERE status = 'Pending' AND (expires_at <= $1 OR escalated = FALSE) ORDER BY expires_at LIMIT {limit}{}",
+        c.skip_locked()
+    );
+    Ok(db::query(c, &sql, vec![now.into()])
+        .await?
+        .iter()
+        .map(ApprovalRow::from_row)
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .filter(|a| a.expires_at <= now || a.escalates_at().is_some_and(|at| !a.escalated && at <= now))
+        .collect())
+}
+
+/// The next moment a timer is due: an expiry, or an escalation not yet done.
+pub async fn next_deadline<C: ConnectionTrait>(c: &C) -> Result<Option<i64>, DbErr> {
+    let rows = db::query(
+        c,
+        &format!("SELECT {COLUMNS} FROM approvals WHERE status = 'Pending' ORDER BY expires_at LIMIT 1000"),
+        vec![],
+    )
+    .await?;
+    let mut next: Option<i64> = None;
+    for r in &rows {
+        let a = ApprovalRow::from_row(r)?;
+        let mut at = a.expires_at;
+        if let Some(e) = a.escalates_at().filter(|_| !a.escalated) {
+            at = at.min(e);
+        }
+        next = Some(next.map_or(at, |n| n.min(at)));
+    }
+    Ok(next)
+}
+
+pub struct ListFilter<'a> {
+    pub status: Option<&'a str>,
+    /// Only approvals this principal requested, decided, or that are pending (the caller
+    /// filters those down to the ones it may decide).
+    pub involving: Option<&'a str>,
+    /// Revisions below this (paging newest first).
+    pub before_rev: Option<i64>,
+    pub limit: u64,
+}
+
+pub async fn list<C: ConnectionTrait>(c: &C, f: &ListFilter<'_>) -> Result<Vec<ApprovalRow>, DbErr> {
+    let mut clauses = Vec::new();
+    let mut values: Vec<sea_orm::Value> = Vec::new();
+    if let Some(status) = f.status {
+        values.push(status.into());
+        clauses.push(format!("status = ${}", values.len()));
+    }
+    if let Some(who) = f.involving {
+        values.push(who.into());
+        let n = values.len();
+        clauses.push(format!(
+            "(status = 'Pending' OR requester_id = ${n} OR id IN (SELECT approval_id FROM approval_decisions WHERE approver_id = ${n}))"
+        ));
+    }
+    if let Some(before) = f.before_rev {
+        values.push(before.into());
+        clauses.push(format!("rev < ${}", values.len()));
+    }
+    let filter = if clauses.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", clauses.join(" AND "))
+    };
+    db::rows(
+        c,
+        &format!(
+            "SELECT {COLUMNS} FROM approvals{filter} ORDER BY rev DESC LIMIT {}",
+            f.limit
+        ),
+        values,
+        ApprovalRow::from_row,
+    )
+    .await
+}
+
+#[derive(Clone, Debug)]
+pub struct DecisionRow {
+    pub approval_id: String,
+    pub approver_id: String,
+    pub requester_id: String,
+    pub stage: usize,
+    pub decision: String,
+    pub justification: String,
+    pub decided_at: i64,
+}
+
+/// Records a decision; `false` when this approver already decided this approval (the
+/// primary key), so one approver counts once.
+pub async fn insert_decision<C: ConnectionTrait>(c: &C, d: &DecisionRow) -> Result<bool, DbErr> {
+    let n = db::exec(
+        c,
+        "INSERT INTO approval_decisions (approval_id, approver_id, requester_id, stage, decision, justification, decided_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (approval_id, approver_id) DO NOTHING",
+        vec![
+            d.approval_id.clone().into(),
+            d.approver_id.clone().into(),
+            d.requester_id.clone().into(),
+            (d.stage as i32).into(),
+            d.decision.clone().into(),
+            d.justification.clone().into(),
+            d.decided_at.into(),
+        ],
+    )
+    .await?;
+    Ok(n == 1)
+}
+
+pub async fn decisions<C: ConnectionTrait>(c: &C, approval_id: &str) -> Result<Vec<DecisionRow>, DbErr> {
+    db::query(
+        c,
+        "SELECT approval_id, approver_id, requester_id, stage, decision, justification, decided_at \
+         FROM approval_decisions WHERE approval_id = $1 ORDER BY decided_at, approver_id",
+        vec![approval_id.into()],
+    )
+    .await?
+    .iter()
+    .map(|r| {
+        Ok(DecisionRow {
+            approval_id: col(r, "approval_id")?,
+            approver_id: col(r, "approver_id")?,
+            requester_id: col(r, "requester_id")?,
+            stage: col::<i32>(r, "stage")? as usize,
+            decision: col(r, "decision")?,
+            justification: col(r, "justification")?,
+            decided_at: col(r, "decided_at")?,
+        })
+    })
+    .collect()
+}

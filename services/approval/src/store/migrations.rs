@@ -1,0 +1,123 @@
+//! The approval database's schema, migration by migration.
+
+use super::*;
+
+pub struct Migrator;
+
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![
+            backbone_migration(),
+            SqlMigration::boxed("m0001_approvals", |_| {
+                "CREATE TABLE approvals (
+                    id TEXT PRIMARY KEY,
+                    request_id TEXT NOT NULL UNIQUE,
+                    requester_id TEXT NOT NULL,
+                    role_id TEXT NOT NULL,
+                    role_name TEXT NOT NULL,
+                    scope TEXT NOT NULL,
+                    duration_ms BIGINT NOT NULL,
+                    justification TEXT NOT NULL,
+                    ticket_system TEXT NOT NULL,
+                    ticket_number TEXT NOT NULL,
+                    status TEXT NOT NULL CHECK (status IN ('Pending', 'Approved', 'Denied', 'Expired', 'Canceled')),
+                    stages TEXT NOT NULL,
+                    stage INTEGER NOT NULL,
+                    stage_started_at BIGINT NOT NULL,
+                    expires_at BIGINT NOT NULL,
+                    escalated BOOLEAN NOT NULL,
+                    created_at BIGINT NOT NULL,
+                    completed_at BIGINT,
+                    rev BIGINT NOT NULL UNIQUE
+                );
+                CREATE INDEX approvals_pending ON approvals (status, expires_at);
+                CREATE INDEX approvals_requester ON approvals (requester_id, rev);
+                CREATE TABLE approval_decisions (
+                    approval_id TEXT NOT NULL REFERENCES approvals (id),
+                    approver_id TEXT NOT NULL,
+                    requester_id TEXT NOT NULL,
+                    stage INTEGER NOT NULL,
+                    decision TEXT NOT NULL CHECK (decision IN ('approve', 'deny')),
+                    justification TEXT NOT NULL,
+                    decided_at BIGINT NOT NULL,
+                    PRIMARY KEY (approval_id, approver_id),
+                    CHECK (approver_id <> requester_id)
+                );
+                CREATE INDEX approval_decisions_approver ON approval_decisions (approver_id);
+                CREATE TABLE approval_revision (
+                    id INTEGER PRIMARY KEY,
+                    rev BIGINT NOT NULL
+                );
+                INSERT INTO approval_revision (id, rev) VALUES (1, 0);
+                CREATE TABLE activations (
+                    assignment_id TEXT PRIMARY KEY,
+                    principal_id TEXT NOT NULL,
+                    role_id TEXT NOT NULL,
+                    role_name TEXT NOT NULL,
+                    scope TEXT NOT NULL,
+                    start_at BIGINT NOT NULL,
+                    end_at BIGINT
+                );
+                CREATE INDEX activations_principal ON activations (principal_id, start_at)"
+                    .to_owned()
+            }),
+            SqlMigration::boxed("m0003_approval_trace", |_| {
+                "ALTER TABLE approvals ADD COLUMN traceparent TEXT NOT NULL DEFAULT ''".to_owned()
+            }),
+            SqlMigration::boxed("m0002_access_reviews", |_| {
+                "CREATE TABLE assignments_seen (
+                    assignment_id TEXT PRIMARY KEY,
+                    kind TEXT NOT NULL,
+                    principal_id TEXT NOT NULL,
+                    role_id TEXT NOT NULL,
+                    scope TEXT NOT NULL,
+                    start_at BIGINT NOT NULL,
+                    end_at BIGINT
+                );
+                CREATE INDEX assignments_seen_role ON assignments_seen (role_id);
+                CREATE TABLE access_reviews (
+                    id TEXT PRIMARY KEY,
+                    name TEXT NOT NULL,
+                    role_id TEXT NOT NULL,
+                    scope TEXT NOT NULL,
+                    review_scope TEXT NOT NULL CHECK (review_scope IN ('eligible', 'active', 'both')),
+                    reviewer_ids TEXT NOT NULL,
+                    self_review BOOLEAN NOT NULL,
+                    start_at BIGINT NOT NULL,
+                    duration_ms BIGINT NOT NULL,
+                    recurrence TEXT NOT NULL,
+                    default_decision TEXT NOT NULL,
+                    auto_apply BOOLEAN NOT NULL,
+                    status TEXT NOT NULL CHECK (status IN ('NotStarted', 'InProgress', 'Completed', 'Stopped')),
+                    instance INTEGER NOT NULL,
+                    instance_start BIGINT,
+                    instance_end BIGINT,
+                    created_by TEXT NOT NULL,
+                    created_at BIGINT NOT NULL
+                );
+                CREATE INDEX access_reviews_status ON access_reviews (status);
+                CREATE TABLE review_items (
+                    id TEXT PRIMARY KEY,
+                    review_id TEXT NOT NULL REFERENCES access_reviews (id),
+                    instance INTEGER NOT NULL,
+                    assignment_id TEXT NOT NULL,
+                    kind TEXT NOT NULL,
+                    principal_id TEXT NOT NULL,
+                    role_id TEXT NOT NULL,
+                    scope TEXT NOT NULL,
+                    recommendation TEXT NOT NULL,
+                    decision TEXT NOT NULL CHECK (decision IN ('', 'approve', 'deny')),
+                    justification TEXT NOT NULL,
+                    reviewer_id TEXT NOT NULL,
+                    decided_at BIGINT,
+                    outcome TEXT NOT NULL,
+                    UNIQUE (review_id, instance, assignment_id)
+                );
+                CREATE INDEX review_items_review ON review_items (review_id, instance)"
+                    .to_owned()
+            }),
+            backbone_indexes_migration(),
+            backbone_replay_migration(),
+        ]
+    }
+}

@@ -1,0 +1,135 @@
+//! The identity database's schema, migration by migration.
+
+use super::*;
+
+pub struct Migrator;
+
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![
+            backbone_migration(),
+            SqlMigration::boxed("m0001_directory", |d| {
+                format!(
+                    "CREATE TABLE users (
+                        id TEXT PRIMARY KEY,
+                        user_name TEXT NOT NULL UNIQUE,
+                        display_name TEXT NOT NULL,
+                        email TEXT NOT NULL,
+                        password_hash TEXT NOT NULL,
+                        enabled BOOLEAN NOT NULL,
+                        created_at BIGINT NOT NULL,
+                        last_sign_in_at BIGINT
+                    );
+                    CREATE TABLE service_principals (
+                        id TEXT PRIMARY KEY,
+                        display_name TEXT NOT NULL,
+                        secret_hash TEXT NOT NULL,
+                        enabled BOOLEAN NOT NULL,
+                        created_at BIGINT NOT NULL,
+                        last_sign_in_at BIGINT
+                    );
+                    CREATE TABLE signing_keys (
+                        kid TEXT PRIMARY KEY,
+                        private_key {blob} NOT NULL,
+                        public_key TEXT NOT NULL,
+                        created_at BIGINT NOT NULL,
+                                            retire_after BIGINT
+                )",
+                    blob = d.blob()
+                )
+            }),
+            SqlMigration::boxed("m0002_mfa", |d| {
+                format!(
+                    "CREATE TABLE mfa_methods (
+                        id TEXT PRIMARY KEY,
+                        user_id TEXT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+                        kind TEXT NOT NULL,
+                        secret {blob} NOT NULL,
+                        confirmed BOOLEAN NOT NULL,
+                        last_step BIGINT NOT NULL,
+                        created_at BIGINT NOT NULL
+                    );
+                    CREATE INDEX mfa_methods_user ON mfa_methods (user_id);
+                    CREATE TABLE recovery_codes (
+                        user_id TEXT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+                        code_hash TEXT NOT NULL,
+                        used_at BIGINT,
+                        PRIMARY KEY (user_id, code_hash)
+                    );
+                                        CREATE TABLE groups (
+                        id TEXT PRIMARY KEY,
+                        display_name TEXT NOT NULL,
+                        description TEXT NOT NULL,
+                        is_assignable_to_role BOOLEAN NOT NULL,
+                        created_at BIGINT NOT NULL,
+                        created_by TEXT NOT NULL
+                    );
+                    CREATE TABLE group_members (
+                        group_id TEXT NOT NULL REFERENCES groups (id) ON DELETE CASCADE,
+                        principal_id TEXT NOT NULL,
+                        added_at BIGINT NOT NULL,
+                        PRIMARY KEY (group_id, principal_id)
+                    );
+                    CREATE INDEX group_members_principal ON group_members (principal_id);
+                    CREATE TABLE group_owners (
+                        group_id TEXT NOT NULL REFERENCES groups (id) ON DELETE CASCADE,
+                        principal_id TEXT NOT NULL,
+                        PRIMARY KEY (group_id, principal_id)
+                    );
+                                        CREATE TABLE sessions (
+                        id TEXT PRIMARY KEY,
+                        principal_id TEXT NOT NULL,
+                        refresh_hash TEXT NOT NULL UNIQUE,
+                        created_at BIGINT NOT NULL,
+                        expires_at BIGINT NOT NULL,
+                        revoked_at BIGINT
+                    );
+                    CREATE INDEX sessions_principal ON sessions (principal_id);
+                    CREATE TABLE mfa_failures (
+                        user_id TEXT PRIMARY KEY REFERENCES users (id) ON DELETE CASCADE,
+                        failures INTEGER NOT NULL,
+                        window_start BIGINT NOT NULL,
+                        locked_until BIGINT
+                    )",
+                    blob = d.blob()
+                )
+            }),
+            backbone_indexes_migration(),
+            // The MFA lifecycle: when a first method may be enrolled with the password alone,
+            // and administrators' one-time enrolment passes (only their hashes).
+            SqlMigration::boxed("m0003_mfa_lifecycle", |_| {
+                "ALTER TABLE users ADD COLUMN mfa_enroll_until BIGINT;
+                CREATE TABLE enrollment_passes (
+                    id TEXT PRIMARY KEY,
+                    user_id TEXT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+                    code_hash TEXT NOT NULL UNIQUE,
+                    created_by TEXT NOT NULL,
+                    created_at BIGINT NOT NULL,
+                    expires_at BIGINT NOT NULL,
+                    uses_left INTEGER NOT NULL
+                );
+                CREATE INDEX enrollment_passes_user ON enrollment_passes (user_id)"
+                    .to_owned()
+            }),
+            // Failed sign-ins per principal and per source, shared by replicas, kept across
+            // restarts (they were counted in each replica's memory).
+            SqlMigration::boxed("m0004_sign_in_failures", |_| {
+                "CREATE TABLE sign_in_failures (
+                    key TEXT PRIMARY KEY,
+                    failures BIGINT NOT NULL,
+                    window_start BIGINT NOT NULL
+                )"
+                .to_owned()
+            }),
+            SqlMigration::boxed("m0005_revoked_principals", |_| {
+                "CREATE TABLE revoked_principals (
+                    principal_id TEXT PRIMARY KEY,
+                    revoked_at BIGINT NOT NULL
+                );
+                CREATE INDEX sessions_revoked ON sessions (revoked_at)"
+                    .to_owned()
+            }),
+            backbone_replay_migration(),
+        ]
+    }
+}

@@ -1,0 +1,20 @@
+//! The identity database: migrations and queries, one module per table family. Only this
+//! module writes SQL.
+
+use sea_orm::{ConnectionTrait, DbErr, QueryResult};
+use sea_orm_migration::{MigrationTrait, MigratorTrait};
+
+use pim_runtime::db::{self, col};
+use pim_runtime::events::{SqlMigration, backbone_indexes_migration, backbone_migration, backbone_replay_migration};
+
+mod groups;
+mod mfa;
+mod migrations;
+mod principals;
+mod sessions;
+
+pub use groups::*;
+pub use mfa::*;
+pub use migrations::*;
+pub use principals::*;
+pub use sessions::*;

@@ -1,0 +1,371 @@
+//! Users and service principals: their rows, credentials' hashes, sign-in failures and
+//! lockouts, and the revocations that end their tokens everywhere.
+
+use super::*;
+
+#[derive(Clone, Debug)]
+pub struct UserRow {
+    pub id: String,
+    pub user_name: String,
+    pub display_name: String,
+    pub email: String,
+    pub password_hash: String,
+    pub enabled: bool,
+    pub created_at: i64,
+    pub last_sign_in_at: Option<i64>,
+}
+
+impl UserRow {
+    fn from_row(r: &QueryResult) -> Result<Self, DbErr> {
+        Ok(Self {
+            id: col(r, "id")?,
+            user_name: col(r, "user_name")?,
+            display_name: col(r, "display_name")?,
+            email: col(r, "email")?,
+            password_hash: col(r, "password_hash")?,
+            enabled: col(r, "enabled")?,
+            created_at: col(r, "created_at")?,
+            last_sign_in_at: col(r, "last_sign_in_at")?,
+        })
+    }
+}
+
+pub(super) const USER_COLUMNS: &str =
+    "id, user_name, display_name, email, password_hash, enabled, created_at, last_sign_in_at";
+
+pub async fn insert_user<C: ConnectionTrait>(c: &C, u: &UserRow) -> Result<(), DbErr> {
+    db::exec(
+        c,
+        "INSERT INTO users (id, user_name, display_name, email, password_hash, enabled, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        vec![
+            u.id.clone().into(),
+            u.user_name.clone().into(),
+            u.display_name.clone().into(),
+            u.email.clone().into(),
+            u.password_hash.clone().into(),
+            u.enabled.into(),
+            u.created_at.into(),
+        ],
+    )
+    .await
+    .map(drop)
+}
+
+/// A user by id or by (lower-cased) user name.
+pub async fn find_user<C: ConnectionTrait>(c: &C, id_or_name: &str) -> Result<Option<UserRow>, DbErr> {
+    let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1 OR user_name = $2");
+    db::row(
+        c,
+        &sql,
+        vec![id_or_name.into(), id_or_name.to_lowercase().into()],
+        UserRow::from_row,
+    )
+    .await
+}
+
+/// A LIKE pattern (with `ESCAPE '\\'`) for values containing `filter`, compared with
+/// `LOWER(…)`: ASCII letters only are folded, as SQLite's `LOWER` folds them, so both
+/// databases answer alike.
+pub(super) fn like_pattern(filter: &str) -> String {
+    let escaped = filter
+        .to_ascii_lowercase()
+        .replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_");
+    format!("%{escaped}%")
+}
+
+/// Users after `after` (by user name), matching `filter`, at most `limit`.
+pub async fn list_users<C: ConnectionTrait>(
+    c: &C,
+    filter: &str,
+    after: &str,
+    limit: u64,
+) -> Result<Vec<UserRow>, DbErr> {
+    let pattern = like_pattern(filter);
+    let sql = format!(
+        "SELECT {USER_COLUMNS} FROM users WHERE user_name > $1 AND (LOWER(user_name) LIKE $2 ESCAPE '\\' OR LOWER(display_name) LIKE $3 ESCAPE '\\') ORDER BY user_name LIMIT {limit}"
+    );
+    db::rows(
+        c,
+        &sql,
+        vec![after.into(), pattern.clone().into(), pattern.into()],
+        UserRow::from_row,
+    )
+    .await
+}
+
+pub async fn set_password<C: ConnectionTrait>(c: &C, user_id: &str, hash: &str) -> Result<u64, DbErr> {
+    db::exec(
+        c,
+        "UPDATE users SET password_hash = $1 WHERE id = $2",
+        vec![hash.into(), user_id.into()],
+    )
+    .await
+}
+
+pub async fn set_user_enabled<C: ConnectionTrait>(c: &C, user_id: &str, enabled: bool) -> Result<(), DbErr> {
+    db::exec(
+        c,
+        "UPDATE users SET enabled = $1 WHERE id = $2",
+        vec![enabled.into(), user_id.into()],
+    )
+    .await
+    .map(drop)
+}
+
+pub async fn record_user_sign_in<C: ConnectionTrait>(c: &C, user_id: &str, at: i64) -> Result<(), DbErr> {
+    db::exec(
+        c,
+        "UPDATE users SET last_sign_in_at = $1 WHERE id = $2",
+        vec![at.into(), user_id.into()],
+    )
+    .await
+    .map(drop)
+}
+
+#[derive(Clone, Debug)]
+pub struct ServicePrincipalRow {
+    pub id: String,
+    pub display_name: String,
+    pub secret_hash: String,
+    pub enabled: bool,
+    pub created_at: i64,
+}
+
+pub async fn insert_service_principal<C: ConnectionTrait>(c: &C, sp: &ServicePrincipalRow) -> Result<(), DbErr> {
+    db::exec(
+        c,
+        "INSERT INTO service_principals (id, display_name, secret_hash, enabled, created_at) VALUES ($1, $2, $3, $4, $5)",
+        vec![
+            sp.id.clone().into(),
+            sp.display_name.clone().into(),
+            sp.secret_hash.clone().into(),
+            sp.enabled.into(),
+            sp.created_at.into(),
+        ],
+    )
+    .await
+    .map(drop)
+}
+
+impl ServicePrincipalRow {
+    fn from_row(r: &sea_orm::QueryResult) -> Result<Self, DbErr> {
+        Ok(Self {
+            id: col(r, "id")?,
+            display_name: col(r, "display_name")?,
+            secret_hash: col(r, "secret_hash")?,
+            enabled: col(r, "enabled")?,
+            created_at: col(r, "created_at")?,
+        })
+    }
+}
+
+pub(super) const SP_COLUMNS: &str = "id, display_name, secret_hash, enabled, created_at";
+
+pub async fn find_service_principal<C: ConnectionTrait>(c: &C, id: &str) -> Result<Option<ServicePrincipalRow>, DbErr> {
+    let rows = db::rows(
+        c,
+        &format!("SELECT {SP_COLUMNS} FROM service_principals WHERE id = $1"),
+        vec![id.into()],
+        ServicePrincipalRow::from_row,
+    )
+    .await?;
+    Ok(rows.into_iter().next())
+}
+
+/// Service principals after `after` (by display name, then id), whose display names contain
+/// `filter`, at most `limit`.
+pub async fn list_service_principals<C: ConnectionTrait>(
+    c: &C,
+    filter: &str,
+    after: (&str, &str),
+    limit: u64,
+) -> Result<Vec<ServicePrincipalRow>, DbErr> {
+    let pattern = like_pattern(filter);
+    db::rows(
+        c,
+        &format!(
+            "SELECT {SP_COLUMNS} FROM service_principals \
+             WHERE (display_name > $1 OR (display_name = $1 AND id > $2)) AND LOWER(display_name) LIKE $3 ESCAPE '\\' \
+             ORDER BY display_name, id LIMIT {limit}"
+        ),
+        vec![after.0.into(), after.1.into(), pattern.into()],
+        ServicePrincipalRow::from_row,
+    )
+    .await
+}
+
+pub async fn record_sp_sign_in<C: ConnectionTrait>(c: &C, id: &str, at: i64) -> Result<(), DbErr> {
+    db::exec(
+        c,
+        "UPDATE service_principals SET last_sign_in_at = $1 WHERE id = $2",
+        vec![at.into(), id.into()],
+    )
+    .await
+    .map(drop)
+}
+
+pub async fn update_user<C: ConnectionTrait>(
+    c: &C,
+    user_id: &str,
+    display_name: &str,
+    email: &str,
+) -> Result<(), DbErr> {
+    db::exec(
+        c,
+        "UPDATE users SET display_name = $1, email = $2 WHERE id = $3",
+        vec![display_name.into(), email.into(), user_id.into()],
+    )
+    .await
+    .map(drop)
+}
+
+/// Deletes a user with their memberships, ownerships and sessions (MFA goes by cascade).
+pub async fn delete_user<C: ConnectionTrait>(c: &C, user_id: &str) -> Result<(), DbErr> {
+    db::exec(
+        c,
+        "DELETE FROM group_members WHERE principal_id = $1",
+        vec![user_id.into()],
+    )
+    .await?;
+    db::exec(
+        c,
+        "DELETE FROM group_owners WHERE principal_id = $1",
+        vec![user_id.into()],
+    )
+    .await?;
+    // Sessions stay (revoked) until they expire: their tokens must stay refused.
+    db::exec(c, "DELETE FROM users WHERE id = $1", vec![user_id.into()])
+        .await
+        .map(drop)
+}
+
+pub async fn set_service_principal_secret<C: ConnectionTrait>(c: &C, id: &str, secret_hash: &str) -> Result<(), DbErr> {
+    db::exec(
+        c,
+        "UPDATE service_principals SET secret_hash = $1 WHERE id = $2",
+        vec![secret_hash.into(), id.into()],
+    )
+    .await
+    .map(drop)
+}
+
+pub async fn set_service_principal_enabled<C: ConnectionTrait>(c: &C, id: &str, enabled: bool) -> Result<(), DbErr> {
+    db::exec(
+        c,
+        "UPDATE service_principals SET enabled = $1 WHERE id = $2",
+        vec![enabled.into(), id.into()],
+    )
+    .await
+    .map(drop)
+}
+
+/// The failures counted in the current window (started after `window_after`) for `keys`:
+/// (key, failures, window start).
+pub async fn sign_in_failures<C: ConnectionTrait>(
+    c: &C,
+    keys: &[&str],
+    window_after: i64,
+) -> Result<Vec<(String, i64, i64)>, DbErr> {
+    let sql = format!(
+        "SELECT key, failures, window_start FROM sign_in_failures WHERE key IN ({}) AND window_start > ${}",
+        db::placeholders(1, keys.len()),
+        keys.len() + 1
+    );
+    let mut values: Vec<sea_orm::Value> = keys.iter().map(|k| (*k).into()).collect();
+    values.push(window_after.into());
+    db::query(c, &sql, values)
+        .await?
+        .iter()
+        .map(|r| Ok((col(r, "key")?, col(r, "failures")?, col(r, "window_start")?)))
+        .collect()
+}
+
+/// Counts a failure against `key` in one statement: a window that ended before
+/// `window_after` starts again at `now`.
+pub async fn count_sign_in_failure<C: ConnectionTrait>(
+    c: &C,
+    key: &str,
+    now: i64,
+    window_after: i64,
+) -> Result<(), DbErr> {
+    db::exec(
+        c,
+        "INSERT INTO sign_in_failures (key, failures, window_start) VALUES ($1, 1, $2) \
+         ON CONFLICT (key) DO UPDATE SET \
+         failures = CASE WHEN sign_in_failures.window_start > $3 THEN sign_in_failures.failures + 1 ELSE 1 END, \
+         window_start = CASE WHEN sign_in_failures.window_start > $4 THEN sign_in_failures.window_start ELSE excluded.window_start END",
+        vec![key.into(), now.into(), window_after.into(), window_after.into()],
+    )
+    .await
+    .map(drop)
+}
+
+pub async fn clear_sign_in_failures<C: ConnectionTrait>(c: &C, key: &str) -> Result<(), DbErr> {
+    db::exec(c, "DELETE FROM sign_in_failures WHERE key = $1", vec![key.into()])
+        .await
+        .map(drop)
+}
+
+/// Forgets counts whose window ended before `before`.
+pub async fn prune_sign_in_failures<C: ConnectionTrait>(c: &C, before: i64) -> Result<(), DbErr> {
+    db::exec(
+        c,
+        "DELETE FROM sign_in_failures WHERE window_start < $1",
+        vec![before.into()],
+    )
+    .await
+    .map(drop)
+}
+
+/// Records that every token of a principal issued up to `at` is refused (disabled, deleted).
+pub async fn revoke_principal<C: ConnectionTrait>(c: &C, principal_id: &str, at: i64) -> Result<(), DbErr> {
+    db::exec(
+        c,
+        "INSERT INTO revoked_principals (principal_id, revoked_at) VALUES ($1, $2) \
+         ON CONFLICT (principal_id) DO UPDATE SET revoked_at = excluded.revoked_at",
+        vec![principal_id.into(), at.into()],
+    )
+    .await
+    .map(drop)
+}
+
+/// Sessions revoked after `since`, and principals whose tokens up to a time are refused (those
+/// revoked after `since`).
+pub async fn revocations_since<C: ConnectionTrait>(
+    c: &C,
+    since: i64,
+) -> Result<(Vec<String>, Vec<(String, i64)>), DbErr> {
+    let sessions = db::query(
+        c,
+        "SELECT id FROM sessions WHERE revoked_at IS NOT NULL AND revoked_at > $1",
+        vec![since.into()],
+    )
+    .await?
+    .iter()
+    .map(|r| col(r, "id"))
+    .collect::<Result<_, _>>()?;
+    let principals = db::query(
+        c,
+        "SELECT principal_id, revoked_at FROM revoked_principals WHERE revoked_at > $1",
+        vec![since.into()],
+    )
+    .await?
+    .iter()
+    .map(|r| Ok((col(r, "principal_id")?, col(r, "revoked_at")?)))
+    .collect::<Result<_, DbErr>>()?;
+    Ok((sessions, principals))
+}
+
+/// Takes the user's row lock for the transaction (PostgreSQL: the row; SQLite: the write
+/// lock), so changes to one user's MFA methods take turns.
+pub async fn lock_user<C: ConnectionTrait>(c: &C, user_id: &str) -> Result<(), DbErr> {
+    db::exec(
+        c,
+        "UPDATE users SET mfa_enroll_until = mfa_enroll_until WHERE id = $1",
+        vec![user_id.into()],
+    )
+    .await
+    .map(drop)
+}
