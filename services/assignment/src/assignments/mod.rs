@@ -34,10 +34,13 @@ mod activation;
 mod administration;
 mod definitions;
 mod group_access;
+mod policies;
 mod protections;
 mod requests;
 
 pub use definitions::{NewRole, RoleChange};
+use policies::nearest_policy;
+pub use policies::{PolicyAt, PolicyUpdate};
 pub use protections::LAST_GLOBAL_ADMIN_KEPT;
 use protections::last_global_admin_refused;
 
@@ -118,48 +121,6 @@ fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
 
-/// The policy in force at the last of `scopes` (ordered from `/` down), given the role's
-/// policies `set` at any of them: the nearest one set, with its scope, else the defaults.
-fn nearest_policy(set: &[(String, String)], scopes: &[String]) -> Result<(Policy, Option<String>)> {
-    for candidate in scopes.iter().rev() {
-        if let Some((_, json)) = set.iter().find(|(s, _)| s == candidate) {
-            let policy = serde_json::from_str(json)
-                .map_err(|e| Error::Internal(anyhow::anyhow!("stored policy is unreadable: {e}")))?;
-            return Ok((policy, Some(candidate.clone())));
-        }
-    }
-    Ok((Policy::default(), None))
-}
-
-/// Every approver a policy names: of its single stage and of each stage, escalation included.
-fn policy_approvers(p: &Policy) -> impl Iterator<Item = &String> {
-    p.approver_ids.iter().chain(
-        p.approval_stages
-            .iter()
-            .flat_map(|s| s.approver_ids.iter().chain(&s.escalation_approver_ids)),
-    )
-}
-
-/// A role's policy as clients read it: in force at `scope`, with its etag.
-pub struct PolicyAt {
-    pub role_id: String,
-    pub scope: String,
-    pub policy: Policy,
-    pub etag: String,
-}
-
-impl PolicyAt {
-    /// `policy`, in force at `scope` and set at `set_at` (`None`: the defaults).
-    fn new(role_id: String, scope: &str, policy: Policy, set_at: Option<&str>) -> Self {
-        Self {
-            etag: policy_edits::etag(&policy, set_at),
-            role_id,
-            scope: scope.to_owned(),
-            policy,
-        }
-    }
-}
-
 /// A grant that allowed a check: which assignment, of which role, where, until when, and the
 /// group it came through (when held by a role-assignable group the principal is in).
 #[derive(Clone, Debug)]
@@ -169,17 +130,6 @@ pub struct GrantUsed {
     pub scope: String,
     pub end: Option<i64>,
     pub via_group: Option<String>,
-}
-
-/// Times an update without an etag is merged again after losing a race.
-const MAX_POLICY_ATTEMPTS: usize = 5;
-
-/// What an UpdateRolePolicy asks: the `settings` its mask names, their values in `asked`,
-/// and the version it was read at (`etag`), if it names one.
-pub struct PolicyUpdate {
-    pub asked: Policy,
-    pub settings: Vec<Setting>,
-    pub etag: Option<String>,
 }
 
 impl Assignments {
@@ -317,163 +267,6 @@ impl Assignments {
         self.roles
             .find(role)
             .ok_or_else(|| Error::NotFound(format!("role {role}")))
-    }
-
-    // ---- policies ----
-
-    /// The policy in force for (role, scope): the one set at the nearest scope at or above,
-    /// else Entra's defaults (see [`nearest_policy`]).
-    pub async fn effective_policy<C: ConnectionTrait>(
-        &self,
-        conn: &C,
-        role_id: &str,
-        scope: &Scope,
-    ) -> Result<(Policy, Option<String>)> {
-        // One read for the scope and all above it.
-        let scopes = scope.with_ancestors();
-        let set = store::policies_at(conn, role_id, &scopes).await?;
-        nearest_policy(&set, &scopes)
-    }
-
-    /// The policy in force at (role, scope), with its etag.
-    pub async fn get_policy(&self, role: &str, scope: &str) -> Result<PolicyAt> {
-        let (role, scope) = self.role_at(role, scope)?;
-        let (policy, set_at) = self.effective_policy(&self.db, &role.id, &scope).await?;
-        Ok(PolicyAt::new(role.id, scope.as_str(), policy, set_at.as_deref()))
-    }
-
-    /// Every policy set for a role, by scope.
-    pub async fn policies_set(&self, role: &str) -> Result<Vec<PolicyAt>> {
-        let role = self.role(role)?;
-        let mut set = Vec::new();
-        for (scope, json) in store::policies(&self.db, &role.id).await? {
-            let policy = serde_json::from_str(&json).map_err(|e| Error::Internal(e.into()))?;
-            set.push(PolicyAt::new(role.id.clone(), &scope, policy, Some(&scope)));
-        }
-        Ok(set)
-    }
-
-    /// Applies `update` to the role's policy at `scope`: the settings it names take its
-    /// values, the others keep those in force there (set at that scope, inherited from above,
-    /// or the defaults). With an etag, only onto the version it names (else ABORTED). The
-    /// write is conditional on what was read, so two updates never lose one another.
-    pub async fn update_policy(
-        &self,
-        caller: &Caller,
-        role: &str,
-        scope: &str,
-        update: PolicyUpdate,
-    ) -> Result<PolicyAt> {
-        let (role, scope) = self.role_at(role, scope)?;
-        self.authorize(caller, permissions::POLICIES_MANAGE, &scope).await?;
-        let scopes = scope.with_ancestors();
-        // Without an etag the caller asked for no particular version: an update that lost a
-        // race is merged again onto the newer one.
-        for _ in 0..MAX_POLICY_ATTEMPTS {
-            let set = store::policies_at(&self.db, &role.id, &scopes).await?;
-            let (before, set_at) = nearest_policy(&set, &scopes)?;
-            let current = policy_edits::etag(&before, set_at.as_deref());
-            if let Some(asked) = update
-                .etag
-                .as_deref()
-                .filter(|e| !policy_edits::etag_matches(e, &current))
-            {
-                return Err(Error::Aborted(format!(
-                    "the policy changed since it was read (etag {asked}, now {current}); read it again and reapply the change"
-                )));
-            }
-            let after = policy_edits::merged(&before, &update.asked, &update.settings);
-            after.validate()?;
-            // Approvers newly named must exist; those already there are not checked again, so
-            // a disabled one never blocks the update that replaces them.
-            let named = |p: &Policy| -> std::collections::BTreeSet<String> { policy_approvers(p).cloned().collect() };
-            let added: Vec<String> = named(&after).difference(&named(&before)).cloned().collect();
-            self.approvers_exist(caller, &added).await?;
-            let changes = policy_edits::changes(&before, &after);
-            let event = ev::PolicyUpdated {
-                actor: Some(caller.actor()),
-                role_id: role.id.clone(),
-                scope: scope.as_str().into(),
-                activation_requires_mfa: after.activation_requires_mfa,
-                approval_required: after.approval_required,
-                weakened: changes.iter().any(|c| c.weakens),
-                changes: changes
-                    .into_iter()
-                    .map(|c| ev::PolicySettingChange {
-                        setting: c.setting.name().into(),
-                        before: c.before,
-                        after: c.after,
-                        weakens: c.weakens,
-                    })
-                    .collect(),
-            };
-            let json = serde_json::to_string(&after).map_err(|e| Error::Internal(e.into()))?;
-            let read = set
-                .iter()
-                .find(|(s, _)| s == scope.as_str())
-                .map(|(_, json)| json.as_str());
-            let txn = self.db.begin().await?;
-            if !store::replace_policy(
-                &txn,
-                &role.id,
-                scope.as_str(),
-                read,
-                &json,
-                &caller.principal_id,
-                self.now(),
-            )
-            .await?
-            {
-                txn.rollback().await?;
-                if update.etag.is_some() {
-                    return Err(Error::Aborted(
-                        "the policy changed since it was read; read it again and reapply the change".into(),
-                    ));
-                }
-                continue;
-            }
-            self.emit(&txn, "PolicyUpdated", &role.id, &event).await?;
-            txn.commit().await?;
-            self.committed(&[]);
-            return Ok(PolicyAt::new(role.id, scope.as_str(), after, Some(scope.as_str())));
-        }
-        Err(Error::Aborted(
-            "the policy kept changing while this update was applied; try again".into(),
-        ))
-    }
-
-    /// Refuses approvers the directory does not hold, or holds disabled: an approval waiting
-    /// for them would only time out.
-    async fn approvers_exist(&self, caller: &Caller, named: &[String]) -> Result<()> {
-        let (mut unknown, mut disabled) = (Vec::new(), Vec::new());
-        for id in named {
-            if uuid::Uuid::parse_str(id).is_err() {
-                unknown.push(id.as_str());
-                continue;
-            }
-            match self.principal(caller, id).await {
-                Ok(_) => {}
-                Err(Error::NotFound(_)) => unknown.push(id.as_str()),
-                Err(Error::FailedPrecondition(_)) => disabled.push(id.as_str()),
-                Err(err) => return Err(err),
-            }
-        }
-        if !unknown.is_empty() {
-            return Err(Error::invalid(
-                "approver_ids",
-                format!(
-                    "no principal has the id {} (approvers are named by id)",
-                    unknown.join(", ")
-                ),
-            ));
-        }
-        if !disabled.is_empty() {
-            return Err(Error::invalid(
-                "approver_ids",
-                format!("{} is disabled and could not decide", disabled.join(", ")),
-            ));
-        }
-        Ok(())
     }
 
     /// Stores a request and its RequestCreated event (inside the caller's transaction).

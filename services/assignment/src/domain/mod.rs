@@ -1,0 +1,261 @@
+//! The rules of assignment as plain Rust: scopes and their inheritance, schedules, role
+//! policies with Entra's shipped defaults, and the checks a request must pass.
+
+use std::fmt;
+use std::time::Duration;
+
+use pim_runtime::grpc::RuleViolation;
+
+use crate::error::{Error, Result};
+
+mod policy;
+
+pub use policy::*;
+
+pub const HOUR: Duration = Duration::from_secs(3600);
+pub const DAY: Duration = Duration::from_secs(24 * 3600);
+
+/// A scope path: `/` (the whole directory) or `/segment/...`; an assignment at a scope
+/// applies to every scope below it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Scope(String);
+
+impl Scope {
+    pub fn root() -> Self {
+        Self("/".to_owned())
+    }
+
+    /// Parses a scope; empty means `/`. Segments are compared case-insensitively (as Azure
+    /// resource ids are), so they are stored lower-cased.
+    pub fn parse(raw: &str) -> Result<Self> {
+        let raw = raw.trim();
+        if raw.is_empty() || raw == "/" {
+            return Ok(Self::root());
+        }
+        if !raw.starts_with('/') {
+            return Err(Error::invalid(
+                "scope",
+                "must start with / (e.g. / or /subscriptions/s1)",
+            ));
+        }
+        if raw.len() > 1024 {
+            return Err(Error::invalid("scope", "must be at most 1024 characters"));
+        }
+        let trimmed = raw.trim_end_matches('/');
+        let mut out = String::with_capacity(trimmed.len());
+        for segment in trimmed[1..].split('/') {
+            if segment.is_empty() || segment == "." || segment == ".." {
+                return Err(Error::invalid("scope", "has an empty, . or .. segment"));
+            }
+            if !segment
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.:@".contains(c))
+            {
+                return Err(Error::invalid(
+                    "scope",
+                    "segments may hold only letters, digits and - _ . : @",
+                ));
+            }
+            out.push('/');
+            out.push_str(&segment.to_ascii_lowercase());
+        }
+        Ok(Self(out))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether `ancestor` (a normalised scope, as grants hold) is this scope or one above it,
+    /// so that a grant there applies here: [`Self::with_ancestors`] without building them.
+    pub fn is_within(&self, ancestor: &str) -> bool {
+        ancestor == "/"
+            || self
+                .0
+                .strip_prefix(ancestor)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    }
+
+    /// This scope and every scope above it, from `/` down.
+    pub fn with_ancestors(&self) -> Vec<String> {
+        let mut out = vec!["/".to_owned()];
+        if self.0 == "/" {
+            return out;
+        }
+        let mut acc = String::new();
+        for segment in self.0[1..].split('/') {
+            acc.push('/');
+            acc.push_str(segment);
+            out.push(acc.clone());
+        }
+        out
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Eligible,
+    Active,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Eligible => "eligible",
+            Kind::Active => "active",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "eligible" => Some(Kind::Eligible),
+            "active" => Some(Kind::Active),
+            _ => None,
+        }
+    }
+}
+
+/// Where a request is in its lifecycle (Entra's names, which the database and the events
+/// keep as text).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RequestStatus {
+    /// Waiting for approvers.
+    PendingApproval,
+    /// Approved; being applied.
+    Granted,
+    /// Applied; its assignment holds (or was ended, for a removal).
+    Provisioned,
+    /// Applied; its assignment starts later.
+    ScheduleCreated,
+    Denied,
+    Canceled,
+    /// Approved, but it could no longer be applied.
+    Failed,
+    /// Not decided in time.
+    Expired,
+    /// A removal or deactivation: the assignment was ended.
+    Revoked,
+}
+
+impl RequestStatus {
+    pub const ALL: [RequestStatus; 9] = [
+        Self::PendingApproval,
+        Self::Granted,
+        Self::Provisioned,
+        Self::ScheduleCreated,
+        Self::Denied,
+        Self::Canceled,
+        Self::Failed,
+        Self::Expired,
+        Self::Revoked,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::PendingApproval => "PendingApproval",
+            Self::Granted => "Granted",
+            Self::Provisioned => "Provisioned",
+            Self::ScheduleCreated => "ScheduleCreated",
+            Self::Denied => "Denied",
+            Self::Canceled => "Canceled",
+            Self::Failed => "Failed",
+            Self::Expired => "Expired",
+            Self::Revoked => "Revoked",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|status| status.as_str() == s)
+    }
+
+    /// Nothing more happens to a request in a final status (a scheduled one still starts).
+    pub const fn is_final(self) -> bool {
+        !matches!(self, Self::PendingApproval | Self::Granted | Self::ScheduleCreated)
+    }
+
+    /// The lifecycle, in one place: the moves a request may make. Waiting ends in an
+    /// approval (Granted), a denial, an expiry or a cancel; a grant is applied now, later, or
+    /// not at all; a scheduled one is applied when it starts.
+    pub const fn may_become(self, next: Self) -> bool {
+        use RequestStatus as S;
+        matches!(
+            (self, next),
+            (S::PendingApproval, S::Granted | S::Denied | S::Expired | S::Canceled)
+                | (S::Granted, S::Provisioned | S::ScheduleCreated | S::Failed)
+                | (S::ScheduleCreated, S::Provisioned)
+        )
+    }
+
+    /// The status a request is made in: waiting for approval, or applied at once (now or
+    /// from a later start).
+    pub const fn applied(starts_later: bool) -> Self {
+        if starts_later {
+            Self::ScheduleCreated
+        } else {
+            Self::Provisioned
+        }
+    }
+}
+
+impl fmt::Display for RequestStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_statuses_round_trip_and_move_only_forward() {
+        use RequestStatus as S;
+        for status in S::ALL {
+            assert_eq!(S::parse(status.as_str()), Some(status));
+            // Nothing leaves a final status; nothing returns to waiting.
+            for next in S::ALL {
+                if status.is_final() {
+                    assert!(!status.may_become(next), "{status} -> {next}");
+                }
+                assert!(!status.may_become(S::PendingApproval), "{status} -> {next}");
+            }
+        }
+        assert_eq!(S::parse("Approved"), None);
+        assert!(S::PendingApproval.may_become(S::Granted));
+        assert!(S::Granted.may_become(S::Failed));
+        assert!(!S::PendingApproval.may_become(S::Provisioned), "approval comes first");
+        assert!(!S::Granted.may_become(S::Canceled), "too late to cancel");
+    }
+
+    #[test]
+    fn scopes_normalise_and_list_their_ancestors() {
+        assert_eq!(Scope::parse("").unwrap(), Scope::root());
+        let s = Scope::parse("/Subscriptions/S1/resourceGroups/rg/").unwrap();
+        assert_eq!(s.as_str(), "/subscriptions/s1/resourcegroups/rg");
+        assert_eq!(
+            s.with_ancestors(),
+            vec![
+                "/",
+                "/subscriptions",
+                "/subscriptions/s1",
+                "/subscriptions/s1/resourcegroups",
+                "/subscriptions/s1/resourcegroups/rg"
+            ]
+        );
+        for ancestor in s.with_ancestors() {
+            assert!(s.is_within(&ancestor), "{ancestor}");
+        }
+        for other in [
+            "/subscriptions/s",
+            "/subscriptions/s1/resourcegroups/rg2",
+            "/subscriptions/s1/resourcegroups/rg/x",
+            "/other",
+        ] {
+            assert!(!s.is_within(other), "{other}");
+        }
+        assert!(Scope::root().is_within("/") && !Scope::root().is_within("/a"));
+        for bad in ["subscriptions", "/a//b", "/a/../b", "/a b"] {
+            assert!(Scope::parse(bad).is_err(), "{bad}");
+        }
+    }
+}
