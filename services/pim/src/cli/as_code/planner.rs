@@ -1,0 +1,601 @@
+//! The plan: a file compared with the server's state, every error with its line, and the
+//! changes that would make the server match it.
+
+use super::*;
+
+/// Compares a file with a snapshot: the changes, and every error with its line.
+pub(super) struct Planner<'a> {
+    path: &'a str,
+    snapshot: &'a Snapshot,
+    /// Roles and groups the file creates (lower-cased role names; group names).
+    new_roles: BTreeSet<String>,
+    new_groups: BTreeSet<String>,
+    pub(super) errors: Vec<String>,
+    pub(super) changes: Vec<Change>,
+    /// Roles (lower-cased) whose policy the file changes somewhere.
+    policies_changed: BTreeSet<String>,
+    /// Assignments the server can check before anything changes (`validate_only`): those of
+    /// roles that exist, to principals that exist, under a policy the file leaves as it is.
+    checks: Vec<(String, apb::CreateRequestRequest)>,
+}
+
+impl<'a> Planner<'a> {
+    pub(super) fn new(path: &'a str, snapshot: &'a Snapshot, file: &File) -> Self {
+        let new_roles = file
+            .roles
+            .iter()
+            .map(|r| r.value.name.to_lowercase())
+            .filter(|name| snapshot.role(name).is_none())
+            .collect();
+        let new_groups = file
+            .groups
+            .iter()
+            .map(|g| g.value.name.clone())
+            .filter(|name| snapshot.groups_named(name).is_empty())
+            .collect();
+        Self {
+            path,
+            snapshot,
+            new_roles,
+            new_groups,
+            errors: Vec::new(),
+            changes: Vec::new(),
+            policies_changed: BTreeSet::new(),
+            checks: Vec::new(),
+        }
+    }
+
+    pub(super) fn error<T>(&mut self, item: &serde_saphyr::Spanned<T>, message: impl std::fmt::Display) {
+        self.errors.push(format!("{}: {message}", at(self.path, item)));
+    }
+
+    pub(super) fn change(&mut self, text: String, step: Step) {
+        self.changes.push(Change { text, step });
+    }
+
+    /// A role the file names: its id when it exists, None when the file creates it.
+    pub(super) fn role<T>(&mut self, item: &serde_saphyr::Spanned<T>, name: &str) -> Option<Option<String>> {
+        if let Some(role) = self.snapshot.role(name) {
+            return Some(Some(role.id.clone()));
+        }
+        if self.new_roles.contains(&name.to_lowercase()) {
+            return Some(None);
+        }
+        self.error(
+            item,
+            format!("no role is named {name:?} (nor does this file define one)"),
+        );
+        None
+    }
+
+    /// A principal the file names: its id when it exists, None for a group the file creates.
+    pub(super) fn principal(&mut self, item: &serde_saphyr::Spanned<String>) -> Option<Option<String>> {
+        let reference = item.value.trim();
+        let group = reference.strip_prefix("group:").unwrap_or(reference);
+        match self.snapshot.directory.resolve(reference) {
+            // A bare name this file also gives a new group: which one is meant?
+            Ok(_) if !reference.contains(':') && self.new_groups.contains(reference) => {
+                self.error(
+                    item,
+                    format!("{reference:?} names an existing principal and a group this file creates; write group:{reference} or the other's kind"),
+                );
+                None
+            }
+            Ok(known) => Some(Some(known.id.clone())),
+            Err(_) if self.new_groups.contains(group) => Some(None),
+            Err(e) => {
+                self.error(item, e);
+                None
+            }
+        }
+    }
+
+    pub(super) fn scope<T>(&mut self, item: &serde_saphyr::Spanned<T>, raw: &str) -> Option<String> {
+        match pim_assignment::Scope::parse(raw) {
+            Ok(scope) => Some(scope.as_str().to_owned()),
+            Err(e) => {
+                self.error(item, e);
+                None
+            }
+        }
+    }
+
+    pub(super) fn roles(&mut self, file: &File) {
+        let mut seen = BTreeSet::new();
+        for item in &file.roles {
+            let spec = &item.value;
+            if spec.name.trim().is_empty() {
+                self.error(item, "a role needs a name");
+                continue;
+            }
+            if !seen.insert(spec.name.to_lowercase()) {
+                self.error(item, format!("role {:?} is defined twice", spec.name));
+                continue;
+            }
+            // As the server keeps them: trimmed, one of each whatever its case.
+            let mut permissions: BTreeSet<String> = BTreeSet::new();
+            for p in spec.permissions.iter().map(|p| p.trim()) {
+                if !permissions.iter().any(|held: &String| held.eq_ignore_ascii_case(p)) {
+                    permissions.insert(p.to_owned());
+                }
+            }
+            let (name, description) = (spec.name.trim(), spec.description.trim());
+            if permissions.is_empty() {
+                self.error(item, format!("role {:?} needs at least one permission", spec.name));
+            }
+            for permission in &permissions {
+                if let Err(e) = pim_assignment::check_permission(permission, false) {
+                    self.error(item, format!("role {:?}: {e}", spec.name));
+                }
+            }
+            let privileged = spec.privileged || permissions.iter().any(|p| pim_assignment::privileged_permission(p));
+            match self.snapshot.role(&spec.name) {
+                None => self.change(
+                    format!(
+                        "+ role {:?}: {}{}",
+                        spec.name,
+                        permissions.iter().cloned().collect::<Vec<_>>().join(", "),
+                        if privileged { " (privileged)" } else { "" }
+                    ),
+                    Step::CreateRole(apb::CreateRoleDefinitionRequest {
+                        name: name.to_owned(),
+                        description: description.to_owned(),
+                        permissions: permissions.into_iter().collect(),
+                        privileged: spec.privileged,
+                    }),
+                ),
+                Some(role) if role.built_in => {
+                    self.error(
+                        item,
+                        format!("{:?} is a built-in role: it cannot be changed", role.name),
+                    );
+                }
+                Some(role) => {
+                    let held: BTreeSet<String> = role.permissions.iter().cloned().collect();
+                    let lower = |set: &BTreeSet<String>| -> BTreeSet<String> {
+                        set.iter().map(|p| p.to_ascii_lowercase()).collect()
+                    };
+                    let mut said = Vec::new();
+                    let mut update = apb::UpdateRoleDefinitionRequest {
+                        role: role.id.clone(),
+                        ..Default::default()
+                    };
+                    if role.description.trim() != description {
+                        said.push(format!("description {:?} -> {description:?}", role.description));
+                        update.description = Some(description.to_owned());
+                    }
+                    if lower(&held) != lower(&permissions) {
+                        let list = |set: &BTreeSet<String>| set.iter().cloned().collect::<Vec<_>>().join(", ");
+                        said.push(format!("permissions {} -> {}", list(&held), list(&permissions)));
+                        update.permissions = permissions.into_iter().collect();
+                    }
+                    if role.privileged != privileged {
+                        said.push(format!("privileged {} -> {privileged}", role.privileged));
+                        update.privileged = Some(spec.privileged);
+                    }
+                    if !said.is_empty() {
+                        self.change(
+                            format!("~ role {:?}: {}", role.name, said.join("; ")),
+                            Step::UpdateRole(update),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    pub(super) async fn groups(&mut self, session: &Session, file: &File) -> anyhow::Result<()> {
+        let mut seen = BTreeSet::new();
+        for item in &file.groups {
+            let spec = &item.value;
+            if spec.name.trim().is_empty() {
+                self.error(item, "a group needs a name");
+                continue;
+            }
+            if !seen.insert(spec.name.clone()) {
+                self.error(item, format!("group {:?} is defined twice", spec.name));
+                continue;
+            }
+            let existing = self.snapshot.groups_named(&spec.name);
+            let (current_members, current_owners) = match existing.as_slice() {
+                [] => {
+                    self.change(
+                        format!(
+                            "+ group {:?}{}",
+                            spec.name,
+                            if spec.role_assignable { " (role-assignable)" } else { "" }
+                        ),
+                        Step::CreateGroup(spec.clone()),
+                    );
+                    (BTreeSet::new(), BTreeSet::new())
+                }
+                [group] => {
+                    if group.is_assignable_to_role != spec.role_assignable {
+                        self.error(
+                            item,
+                            format!(
+                                "group {:?} is {}role-assignable, and that cannot change after it is created",
+                                spec.name,
+                                if group.is_assignable_to_role { "" } else { "not " }
+                            ),
+                        );
+                    }
+                    let description = spec.description.trim();
+                    if group.description.trim() != description {
+                        self.change(
+                            format!(
+                                "~ group {:?}: description {:?} -> {description:?}",
+                                spec.name, group.description
+                            ),
+                            Step::UpdateGroup {
+                                id: group.id.clone(),
+                                name: group.display_name.clone(),
+                                description: description.to_owned(),
+                            },
+                        );
+                    }
+                    let members = match &spec.members {
+                        Some(_) => self.snapshot.members(session, &group.id, false).await?,
+                        None => Vec::new(),
+                    };
+                    let owners = match &spec.owners {
+                        Some(_) => self.snapshot.members(session, &group.id, true).await?,
+                        None => Vec::new(),
+                    };
+                    (members.into_iter().collect(), owners.into_iter().collect())
+                }
+                _ => {
+                    self.error(
+                        item,
+                        format!("several groups are named {:?}; rename one of them first", spec.name),
+                    );
+                    continue;
+                }
+            };
+            for (listed, current, owner) in [
+                (&spec.members, current_members, false),
+                (&spec.owners, current_owners, true),
+            ] {
+                let Some(listed) = listed else { continue };
+                let what = if owner { "owner" } else { "member" };
+                let mut wanted = BTreeSet::new();
+                for principal in listed {
+                    let Some(id) = self.principal(principal) else { continue };
+                    // What identity refuses, refused here before anything changes.
+                    let kind = match &id {
+                        Some(id) => self.snapshot.directory.resolve(id).map(|k| k.kind).ok(),
+                        None => Some(state::Kind::Group),
+                    };
+                    if owner && kind != Some(state::Kind::User) {
+                        self.error(principal, format!("{}: a group's owners are users", principal.value));
+                        continue;
+                    }
+                    if !owner && spec.role_assignable && kind == Some(state::Kind::Group) {
+                        self.error(
+                            principal,
+                            format!(
+                                "{}: a role-assignable group cannot have groups as members",
+                                principal.value
+                            ),
+                        );
+                        continue;
+                    }
+                    let id = id.unwrap_or_else(|| principal.value.clone());
+                    if !wanted.insert(id.clone()) {
+                        self.error(principal, format!("{} is listed twice", principal.value));
+                    } else if !current.contains(&id) {
+                        self.change(
+                            format!("+ {what} {} of group {:?}", principal.value, spec.name),
+                            Step::Membership {
+                                group: spec.name.clone(),
+                                principal: principal.value.clone(),
+                                owner,
+                                add: true,
+                            },
+                        );
+                    }
+                }
+                for id in current.difference(&wanted) {
+                    let name = self.snapshot.directory.name_of(id);
+                    self.change(
+                        format!("- {what} {name} of group {:?} (not in the file)", spec.name),
+                        Step::Membership {
+                            group: spec.name.clone(),
+                            principal: id.clone(),
+                            owner,
+                            add: false,
+                        },
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) async fn policies(&mut self, session: &Session, file: &File) -> anyhow::Result<()> {
+        let mut seen = BTreeSet::new();
+        // Every valid policy of the file (role's name, scope, spec), and those that change.
+        let mut listed: Vec<(String, String, PolicySpec)> = Vec::new();
+        let mut changed: BTreeSet<(String, String)> = BTreeSet::new();
+        for item in &file.policies {
+            let spec = &item.value;
+            let Some(role_id) = self.role(item, &spec.role) else {
+                continue;
+            };
+            let Some(scope) = self.scope(item, &spec.scope) else {
+                continue;
+            };
+            if !seen.insert((spec.role.to_lowercase(), scope.clone())) {
+                self.error(item, format!("the policy of {} at {scope} is given twice", spec.role));
+                continue;
+            }
+            // A group this file creates may be named as an approver: it stands as itself
+            // until the apply creates it.
+            let directory = &self.snapshot.directory;
+            let new_groups = &self.new_groups;
+            let desired = policy::to_pb(spec, |name| match directory.resolve(name) {
+                Ok(known) => Ok(known.id.clone()),
+                Err(_) if new_groups.contains(name.strip_prefix("group:").unwrap_or(name)) => Ok(name.to_owned()),
+                Err(e) => Err(e),
+            });
+            let desired = match desired {
+                Ok(desired) => desired,
+                Err(errors) => {
+                    for (line, e) in errors {
+                        let at = line.map_or_else(|| at(self.path, item), |l| format!("{}:{l}", self.path));
+                        self.errors.push(format!("{at}: policy of {}: {e}", spec.role));
+                    }
+                    continue;
+                }
+            };
+            let current = match &role_id {
+                Some(role_id) => Some(
+                    PolicyServiceClient::new(session.channel.clone())
+                        .get_role_policy(session.request(apb::GetRolePolicyRequest {
+                            role_id: role_id.clone(),
+                            scope: scope.clone(),
+                        })?)
+                        .await
+                        .map_err(explain)?
+                        .into_inner(),
+                ),
+                None => None,
+            };
+            let directory = &self.snapshot.directory;
+            let mut said = Vec::new();
+            for path in policy::named(spec) {
+                let held = current.as_ref().map(|p| policy::shown(p, path, directory));
+                let wanted = policy::shown(&desired, path, directory);
+                if held.as_ref() != Some(&wanted) {
+                    let held = held.unwrap_or_else(|| "(default)".into());
+                    said.push(format!("{}: {held} -> {wanted}", policy::file_key(path)));
+                }
+            }
+            let role = self
+                .snapshot
+                .role(&spec.role)
+                .map_or(spec.role.clone(), |r| r.name.clone());
+            let spec = PolicySpec {
+                scope: scope.clone(),
+                ..spec.clone()
+            };
+            if !said.is_empty() {
+                self.policies_changed.insert(role.to_lowercase());
+                changed.insert((role.to_lowercase(), scope.clone()));
+                self.change(
+                    format!("~ policy of {role:?} at {scope}: {}", said.join("; ")),
+                    Step::Policy {
+                        spec: spec.clone(),
+                        // Every setting the file names, so the values it gives hold even
+                        // where they equal what a scope above is changing from.
+                        mask: policy::named(&spec),
+                        etag: current.map(|p| p.etag).unwrap_or_default(),
+                    },
+                );
+            }
+            listed.push((role, scope, spec));
+        }
+        // A scope below one that changes inherits the change unless it is written again: the
+        // file's settings there are applied after it, as the file gives them.
+        for (role, scope, spec) in listed {
+            let key = (role.to_lowercase(), scope.clone());
+            let under_a_change = changed.iter().any(|(r, above)| {
+                *r == key.0 && *above != scope && (above == "/" || scope.starts_with(&format!("{above}/")))
+            });
+            if !changed.contains(&key) && under_a_change {
+                self.change(
+                    format!("~ policy of {role:?} at {scope}: kept as the file gives it, under the change above"),
+                    Step::Policy {
+                        mask: policy::named(&spec),
+                        spec,
+                        etag: String::new(),
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn assignments(&mut self, file: &File) {
+        let mut roles_seen = BTreeSet::new();
+        for item in &file.assignments {
+            let spec: &RoleAssignments = &item.value;
+            let Some(role_id) = self.role(item, &spec.role) else {
+                continue;
+            };
+            if !roles_seen.insert(spec.role.to_lowercase()) {
+                self.error(item, format!("the assignments of {} are given twice", spec.role));
+                continue;
+            }
+            let role_name = self
+                .snapshot
+                .role(&spec.role)
+                .map_or(spec.role.clone(), |r| r.name.clone());
+            let mut wanted = BTreeSet::new();
+            for (kind, listed) in [
+                (apb::AssignmentKind::Eligible, &spec.eligible),
+                (apb::AssignmentKind::Active, &spec.active),
+            ] {
+                for entry in listed {
+                    self.assignment(kind, &role_name, role_id.as_deref(), entry, &mut wanted);
+                }
+            }
+            let Some(role_id) = role_id.filter(|_| spec.prune) else {
+                continue;
+            };
+            for held in self.snapshot.assignments.iter().filter(|a| a.role_id == role_id) {
+                let kind = apb::AssignmentKind::try_from(held.kind).unwrap_or(apb::AssignmentKind::Eligible);
+                if wanted.contains(&(kind as i32, held.principal_id.clone(), held.scope.clone())) {
+                    continue;
+                }
+                let name = self.snapshot.directory.name_of(&held.principal_id);
+                // Removing an active assignment ends every active one of that principal, role
+                // and scope, an activation included: left for a run after it ends.
+                let activated =
+                    self.snapshot.activations.iter().any(|a| {
+                        a.principal_id == held.principal_id && a.role_id == held.role_id && a.scope == held.scope
+                    });
+                if kind == apb::AssignmentKind::Active && activated {
+                    eprintln!(
+                        "warning: {name}'s active {role_name} at {} is not in the file, but is kept while their activation of it runs (removing one would end both); apply again later",
+                        held.scope
+                    );
+                    continue;
+                }
+                // The server judges the removal before anything changes (the last
+                // Global Administrator stays).
+                let mut ask = assignment_request(
+                    apb::RequestAction::AdminRemove,
+                    kind,
+                    &held.principal_id,
+                    &role_id,
+                    &held.scope,
+                    None,
+                );
+                ask.schedule = None;
+                ask.validate_only = true;
+                ask.justification = justification(self.path);
+                self.checks.push((at(self.path, item), ask));
+                self.change(
+                    format!(
+                        "- {} {name}: {role_name} at {} (not in the file, which prunes the role)",
+                        kind_name(kind),
+                        held.scope
+                    ),
+                    Step::Remove {
+                        kind,
+                        principal: held.principal_id.clone(),
+                        role: role_id.clone(),
+                        scope: held.scope.clone(),
+                    },
+                );
+            }
+        }
+    }
+
+    pub(super) fn assignment(
+        &mut self,
+        kind: apb::AssignmentKind,
+        role_name: &str,
+        role_id: Option<&str>,
+        entry: &serde_saphyr::Spanned<AssignmentSpec>,
+        wanted: &mut BTreeSet<(i32, String, String)>,
+    ) {
+        let spec = &entry.value;
+        let principal = made(spec.principal.clone());
+        let principal = serde_saphyr::Spanned {
+            referenced: entry.referenced,
+            ..principal
+        };
+        let (Some(id), Some(scope)) = (self.principal(&principal), self.scope(entry, &spec.scope)) else {
+            return;
+        };
+        let end = match spec.until.as_deref().map(until_ms) {
+            None => None,
+            Some(Ok(end)) => Some(end),
+            Some(Err(e)) => {
+                self.error(entry, e);
+                return;
+            }
+        };
+        let id = id.unwrap_or_else(|| spec.principal.clone());
+        if !wanted.insert((kind as i32, id.clone(), scope.clone())) {
+            self.error(
+                entry,
+                format!("{} {} at {scope} is listed twice", kind_name(kind), spec.principal),
+            );
+            return;
+        }
+        let end = &end;
+        let held = role_id.and_then(|role_id| {
+            self.snapshot
+                .assignments
+                .iter()
+                .find(|a| a.kind == kind as i32 && a.principal_id == id && a.role_id == role_id && a.scope == scope)
+        });
+        if let (Some(role_id), false) = (role_id, self.policies_changed.contains(&role_name.to_lowercase())) {
+            let action = if held.is_some() {
+                apb::RequestAction::AdminUpdate
+            } else {
+                apb::RequestAction::AdminAssign
+            };
+            let mut ask = assignment_request(action, kind, &id, role_id, &scope, *end);
+            ask.validate_only = true;
+            ask.justification = justification(self.path);
+            let unchanged =
+                held.is_some_and(|h| h.end_time.as_ref().map(|t| from_timestamp(t) / 1000) == end.map(|e| e / 1000));
+            if !unchanged && uuid::Uuid::parse_str(&id).is_ok() {
+                self.checks.push((at(self.path, entry), ask));
+            }
+        }
+        let label = format!("{} {}: {role_name} at {scope}", kind_name(kind), spec.principal);
+        match held {
+            None => self.change(
+                format!("+ {label}, until {}", time(*end)),
+                Step::Assign {
+                    kind,
+                    principal: spec.principal.clone(),
+                    role: role_name.to_owned(),
+                    scope,
+                    end: *end,
+                },
+            ),
+            Some(held) => {
+                let current = held.end_time.as_ref().map(from_timestamp);
+                if current.map(|ms| ms / 1000) != end.map(|ms| ms / 1000) {
+                    self.change(
+                        format!("~ {label}: until {} -> {}", time(current), time(*end)),
+                        Step::ChangeEnd {
+                            kind,
+                            principal: id,
+                            role: role_name.to_owned(),
+                            scope,
+                            end: *end,
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    /// Asks the server whether each assignment it can judge now would be made (policy limits,
+    /// who may hold the role): every refusal is an error of the file, at its line.
+    pub(super) async fn check_on_server(&mut self, session: &Session) -> anyhow::Result<()> {
+        let mut client = AssignmentServiceClient::new(session.channel.clone());
+        for (at, ask) in std::mem::take(&mut self.checks) {
+            match client.create_request(session.request(ask)?).await {
+                Ok(_) => {}
+                Err(status)
+                    if matches!(
+                        status.code(),
+                        tonic::Code::Unavailable | tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
+                    ) =>
+                {
+                    return Err(explain(status));
+                }
+                Err(status) => self.errors.push(format!("{at}: {}", status.message())),
+            }
+        }
+        Ok(())
+    }
+}
