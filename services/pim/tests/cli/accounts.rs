@@ -1,0 +1,238 @@
+//! Sign-in with codes, users managed, and a waiting request withdrawn.
+
+use super::*;
+
+/// The MFA lifecycle from the command line: with an authenticator enrolled, `pim login` needs
+/// its code (the server holds the sign-in until then); new recovery codes from a session
+/// without a recent MFA step up first; a recovery code signs in and says how many are left.
+#[test]
+fn sign_in_with_a_code_and_new_recovery_codes_after_a_step_up() {
+    let (dir, up, server, admin) = up_with_admin();
+    admin.ok(
+        &["users", "create", "--user-name", "lee", "--password-stdin"],
+        Some("lee's long passphrase\n"),
+    );
+    let lee = Client {
+        server: server.clone(),
+        token_file: dir.join("lee-token"),
+    };
+    lee.ok(
+        &["login", "--user", "lee", "--password-stdin"],
+        Some("lee's long passphrase\n"),
+    );
+    // A copy of the session's token from before the authenticator: it has no MFA.
+    let before = Client {
+        server: server.clone(),
+        token_file: dir.join("lee-token-before-mfa"),
+    };
+    std::fs::copy(&lee.token_file, &before.token_file).expect("copy the token");
+    let authenticator = lee.enroll_mfa();
+    let enrolled_at = now_secs();
+
+    // New recovery codes need a recent MFA: pim steps up with --code, then asks again.
+    let generated = before.run(
+        &[
+            "mfa",
+            "recovery-codes",
+            "--code",
+            &authenticator.generate(enrolled_at + 30),
+        ],
+        None,
+    );
+    let stdout = String::from_utf8_lossy(&generated.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&generated.stderr).into_owned();
+    assert!(generated.status.success(), "{stdout} {stderr}");
+    assert!(stderr.contains("need a recent multi-factor authentication"), "{stderr}");
+    let codes: Vec<String> = stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("Recovery codes"))
+        .skip(1)
+        .map(|l| l.trim().to_owned())
+        .filter(|l| !l.is_empty())
+        .collect();
+    assert_eq!(codes.len(), 10, "{stdout}");
+
+    // Without a code, signing in is refused and says what is missing.
+    let refused = lee.run(
+        &["login", "--user", "lee", "--password-stdin"],
+        Some("lee's long passphrase\n"),
+    );
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--code"));
+
+    // With a recovery code (the phone is lost): signed in, told how many are left.
+    let rescued = lee.run(
+        &["login", "--user", "lee", "--password-stdin", "--code", &codes[0]],
+        Some("lee's long passphrase\n"),
+    );
+    assert!(rescued.status.success(), "{}", String::from_utf8_lossy(&rescued.stderr));
+    assert!(String::from_utf8_lossy(&rescued.stdout).contains("Signed in as"));
+    assert!(
+        String::from_utf8_lossy(&rescued.stderr).contains("recovery code was used (9 left)"),
+        "{}",
+        String::from_utf8_lossy(&rescued.stderr)
+    );
+    let methods = lee.ok(&["mfa", "methods"], None);
+    assert!(methods.contains("Recovery codes left: 9"), "{methods}");
+    up.terminate();
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// An administrator looks after users from the CLI (update, disable, enable, reset the
+/// password, delete), and a user withdraws a request of theirs that waits for approval.
+#[test]
+fn users_are_managed_and_a_waiting_request_is_withdrawn() {
+    let (dir, up, server, admin) = up_with_admin();
+    let kim = Client {
+        server,
+        token_file: dir.join("kim-token"),
+    };
+    let first = "kim's first passphrase, long enough";
+    admin.ok(
+        &["users", "create", "--user-name", "kim", "--password-stdin"],
+        Some(&format!("{first}\n")),
+    );
+    let updated = admin.ok(&["users", "update", "kim", "--display-name", "Kim Lee"], None);
+    assert!(updated.contains("Kim Lee"), "{updated}");
+    // Lists as JSON lines, one object per row, parsed back.
+    let listed = admin.ok(&["users", "list", "--output", "json"], None);
+    let users: Vec<serde_json::Value> = listed
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON object per line"))
+        .collect();
+    let kim_row = users
+        .iter()
+        .find(|u| u["user_name"] == "kim")
+        .unwrap_or_else(|| panic!("kim listed: {listed}"));
+    assert_eq!(kim_row["display_name"], "Kim Lee");
+    assert_eq!(kim_row["state"], "enabled");
+    assert!(uuid::Uuid::parse_str(kim_row["id"].as_str().unwrap_or_default()).is_ok());
+
+    kim.ok(
+        &["login", "--user", "kim", "--password-stdin"],
+        Some(&format!("{first}\n")),
+    );
+
+    // A refusal exits 1 (see the other statuses at the end).
+    let refused = kim.run(&["users", "create", "--user-name", "eve"], None);
+    assert_eq!(refused.status.code(), Some(1), "kim administers nobody");
+
+    // Kim asks to keep an administrator's assignment longer, then thinks better of it.
+    admin.ok(
+        &[
+            "assign",
+            "--principal",
+            "kim",
+            "--role",
+            "Exchange Administrator",
+            "--kind",
+            "active",
+            "--duration",
+            "1h",
+            "--justification",
+            "on call",
+        ],
+        None,
+    );
+    let asked = kim.ok(
+        &[
+            "extend",
+            "--role",
+            "Exchange Administrator",
+            "--kind",
+            "active",
+            "--duration",
+            "2h",
+            "--justification",
+            "the migration slipped",
+        ],
+        None,
+    );
+    let request_id = asked
+        .split_whitespace()
+        .nth(1)
+        .filter(|_| asked.contains("pending_approval"))
+        .unwrap_or_else(|| panic!("a waiting request: {asked}"));
+    let canceled = kim.ok(&["cancel", request_id], None);
+    assert!(canceled.contains("canceled"), "{canceled}");
+    let requests = kim.ok(&["requests", "--output", "json"], None);
+    let canceled_row: serde_json::Value = requests
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSON"))
+        .find(|r| r["id"] == request_id)
+        .unwrap_or_else(|| panic!("the request listed: {requests}"));
+    assert_eq!(canceled_row["status"], "canceled");
+    assert_eq!(canceled_row["principal"], "kim");
+    assert_eq!(canceled_row["role"], "Exchange Administrator");
+    let again = kim.run(&["cancel", request_id], None);
+    assert!(!again.status.success(), "nothing left to cancel");
+
+    let second = "kim's second passphrase, also long";
+    admin.ok(
+        &["users", "reset-password", "kim", "--password-stdin"],
+        Some(&format!("{second}\n")),
+    );
+    kim.ok(
+        &["login", "--user", "kim", "--password-stdin"],
+        Some(&format!("{second}\n")),
+    );
+
+    // Disabled, a user cannot sign in; enabled again, they may.
+    assert!(admin.ok(&["users", "disable", "kim"], None).contains("disabled"));
+    let refused = kim.run(
+        &["login", "--user", "kim", "--password-stdin"],
+        Some(&format!("{second}\n")),
+    );
+    assert!(!refused.status.success(), "a disabled user cannot sign in");
+    assert!(admin.ok(&["users", "get", "kim"], None).contains("disabled"));
+    admin.ok(&["users", "enable", "kim"], None);
+    assert!(admin.ok(&["users", "get", "kim"], None).contains("enabled"));
+
+    admin.ok(
+        &[
+            "unassign",
+            "--principal",
+            "kim",
+            "--role",
+            "Exchange Administrator",
+            "--kind",
+            "active",
+        ],
+        None,
+    );
+    // Service principals are listed by name, as JSON lines too.
+    admin.ok(&["service-principals", "create", "--name", "ticket bot"], None);
+    admin.ok(&["service-principals", "create", "--name", "deploy bot"], None);
+    let bots = admin.ok(&["sp", "list", "--filter", "ticket", "--output", "json"], None);
+    assert_eq!(bots.lines().count(), 1, "only the ticket bot: {bots}");
+    let bot: serde_json::Value = serde_json::from_str(bots.lines().next().unwrap_or_default()).expect("a JSON line");
+    assert_eq!(
+        (bot["name"].as_str(), bot["state"].as_str()),
+        (Some("ticket bot"), Some("enabled"))
+    );
+    admin.ok(&["users", "delete", "kim"], None);
+    // Exit statuses say what went wrong: 2 usage (and a token no longer good), 3 unreachable.
+    let code = |out: Output| out.status.code();
+    assert_eq!(code(admin.run(&["users", "create"], None)), Some(2), "a missing flag");
+    assert_eq!(
+        code(kim.run(&["users", "list"], None)),
+        Some(2),
+        "kim's token ended with kim"
+    );
+    assert_eq!(
+        code(admin.run(
+            &["users", "create", "--user-name", "eve", "--password-stdin"],
+            Some("short\n")
+        )),
+        Some(2),
+        "a password the rules refuse is bad input"
+    );
+    assert_eq!(
+        code(admin.run(&["users", "list", "--server", "http://127.0.0.1:9"], None)),
+        Some(3),
+        "nothing listens there"
+    );
+    assert!(!admin.run(&["users", "get", "kim"], None).status.success(), "deleted");
+    up.terminate();
+    std::fs::remove_dir_all(&dir).ok();
+}

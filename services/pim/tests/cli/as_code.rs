@@ -1,0 +1,251 @@
+//! Custom roles and PIM's configuration kept in a file (`pim plan|apply|export`).
+
+use super::*;
+
+#[test]
+fn custom_roles_are_created_checked_by_permission_and_deleted() {
+    let (dir, up, _server, admin) = up_with_admin();
+    let created = admin.ok(
+        &[
+            "roles",
+            "create",
+            "--name",
+            "Payments Refunder",
+            "--permission",
+            "app.payments/refunds/approve",
+            "--permission",
+            "app.payments/reports/*",
+        ],
+        None,
+    );
+    assert!(
+        created
+            .lines()
+            .any(|l| l.starts_with("privileged") && l.ends_with("false")),
+        "{created}"
+    );
+    let listed = admin.ok(&["roles", "--definitions", "--output", "json"], None);
+    // Kim, not the administrator (a Global Administrator holds every permission everywhere).
+    admin.ok(
+        &["users", "create", "--user-name", "kim", "--password-stdin"],
+        Some("kim's passphrase, long enough\n"),
+    );
+    assert!(listed.contains("Payments Refunder"), "{listed}");
+    admin.ok(
+        &[
+            "assign",
+            "--principal",
+            "kim",
+            "--role",
+            "Payments Refunder",
+            "--kind",
+            "active",
+            "--scope",
+            "/apps/payments",
+            "--duration",
+            "1h",
+            "--justification",
+            "month-end refunds",
+        ],
+        None,
+    );
+    let allowed = admin.run(
+        &[
+            "check",
+            "kim",
+            "--permission",
+            "app.payments/reports/monthly",
+            "--scope",
+            "/apps/payments/eu",
+        ],
+        None,
+    );
+    assert_eq!(
+        allowed.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&allowed.stdout)
+    );
+    assert!(
+        String::from_utf8_lossy(&allowed.stdout).contains("through Payments Refunder at /apps/payments until"),
+        "{}",
+        String::from_utf8_lossy(&allowed.stdout)
+    );
+    let elsewhere = admin.run(
+        &[
+            "check",
+            "kim",
+            "--permission",
+            "app.payments/refunds/approve",
+            "--scope",
+            "/apps/shop",
+        ],
+        None,
+    );
+    assert_eq!(elsewhere.status.code(), Some(1), "not allowed: exit status 1");
+    let in_use = admin.run(&["roles", "delete", "Payments Refunder"], None);
+    assert_eq!(in_use.status.code(), Some(1), "refused while assigned");
+    assert!(String::from_utf8_lossy(&in_use.stderr).contains("1 eligible or active assignment(s)"));
+    admin.ok(
+        &[
+            "unassign",
+            "--principal",
+            "kim",
+            "--role",
+            "Payments Refunder",
+            "--kind",
+            "active",
+            "--scope",
+            "/apps/payments",
+        ],
+        None,
+    );
+    admin.ok(&["roles", "delete", "Payments Refunder"], None);
+    assert!(
+        !admin
+            .ok(&["roles", "--definitions"], None)
+            .contains("Payments Refunder")
+    );
+    up.terminate();
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Policy as code: the example file applies, a second apply changes nothing, an assignment
+/// made by hand to a role the file prunes is planned away and removed, an export plans no
+/// change, and a file with mistakes lists each with its line and changes nothing.
+#[test]
+fn a_configuration_file_applies_once_prunes_round_trips_and_a_bad_one_changes_nothing() {
+    let (dir, up, _server, admin) = up_with_admin();
+    for user in ["lee", "sam", "alice", "bob"] {
+        admin.ok(
+            &["users", "create", "--user-name", user, "--password-stdin"],
+            Some(&format!("{user}'s passphrase, long enough\n")),
+        );
+    }
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/pim.example.yaml");
+
+    let planned = admin.ok(&["plan", "-f", example], None);
+    assert!(planned.contains("+ role \"Payments Refunder\""), "{planned}");
+    assert!(
+        planned.contains("~ policy of \"Exchange Administrator\" at /: activation_requires_ticket: off -> on"),
+        "{planned}"
+    );
+    assert!(
+        planned.contains("Plan: 6 to add, 2 to change, 0 to remove."),
+        "{planned}"
+    );
+    // A plan changes nothing.
+    let roles = admin.ok(&["roles", "--definitions"], None);
+    assert!(!roles.contains("Payments Refunder"), "{roles}");
+
+    let applied = admin.ok(&["apply", "-f", example], None);
+    assert!(applied.contains("Applied 8 change(s)."), "{applied}");
+    let again = admin.ok(&["apply", "-f", example], None);
+    assert!(again.contains("No changes"), "{again}");
+    let policy = admin.ok(
+        &["policy", "show", "Payments Refunder", "--scope", "/apps/payments"],
+        None,
+    );
+    assert!(policy.contains("alice"), "{policy}");
+    let members = admin.ok(&["groups", "members", "payments-oncall"], None);
+    assert!(members.contains("sam"), "{members}");
+
+    // Bob's eligibility, made by hand, is not in the file, which owns the role.
+    admin.ok(
+        &[
+            "assign",
+            "--principal",
+            "bob",
+            "--role",
+            "Payments Refunder",
+            "--kind",
+            "eligible",
+            "--scope",
+            "/apps/payments",
+            "--permanent",
+        ],
+        None,
+    );
+    let drift = admin.ok(&["plan", "-f", example], None);
+    assert!(
+        drift.contains("- eligible bob: Payments Refunder at /apps/payments (not in the file, which prunes the role)"),
+        "{drift}"
+    );
+    admin.ok(&["apply", "-f", example], None);
+    let held = admin.ok(
+        &["assignments", "--role", "Payments Refunder", "--kind", "eligible"],
+        None,
+    );
+    assert!(!held.contains("bob") && held.contains("lee"), "{held}");
+
+    // A policy at a scope and one below it that inherits from it: the one above applies
+    // first, the one below keeps what the file gives it; a folded description (ending in a
+    // newline) and a permission written twice in two cases read as the server keeps them.
+    let nested = dir.join("nested.yaml");
+    std::fs::write(
+        &nested,
+        "roles:\n  - name: Payments Auditor\n    description: >\n      Reads refunds\n    permissions: [app.payments/refunds/read, App.Payments/Refunds/Read]\npolicies:\n  - role: Security Reader\n    activation_max_duration: 3h\n  - role: Security Reader\n    scope: /apps\n    activation_max_duration: 4h\n    activation_requires_ticket: false\n",
+    )
+    .unwrap();
+    let nested = nested.to_str().unwrap();
+    let applied = admin.ok(&["apply", "-f", nested], None);
+    assert!(applied.contains("Applied"), "{applied}");
+    let again = admin.ok(&["plan", "-f", nested], None);
+    assert!(again.contains("No changes"), "{again}");
+    let below = admin.ok(&["policy", "show", "Security Reader", "--scope", "/apps/x"], None);
+    assert!(
+        below
+            .lines()
+            .any(|l| l.starts_with("activation max duration") && l.ends_with("4h")),
+        "{below}"
+    );
+
+    // An export is a file whose plan is empty.
+    let exported = dir.join("exported.yaml");
+    admin.ok(&["export", "-f", exported.to_str().unwrap()], None);
+    let text = std::fs::read_to_string(&exported).unwrap();
+    assert!(
+        text.contains("Payments Refunder") && text.contains("payments-oncall"),
+        "{text}"
+    );
+    let round = admin.ok(&["plan", "-f", exported.to_str().unwrap()], None);
+    assert!(round.contains("No changes"), "{round}");
+
+    // Every mistake, each at its line; nothing applied, not even the valid new role.
+    let bad = dir.join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "roles:\n  - name: Auditor Extra\n    permissions: [app.audit/read]\n  - name: Broken\n    permissions: [\"app payments/refunds\"]\npolicies:\n  - role: Payments Refunder\n    activation_max_duration: soon\nassignments:\n  - role: Payments Refunder\n    eligible:\n      - principal: nobody\n      - principal: lee\n        scope: /apps/payments\n        until: 2020-01-01T00:00:00Z\n  - role: No Such Role\n  - role: Exchange Administrator\n    eligible:\n      - principal: lee\n        until: 2099-01-01T00:00:00Z\n  - role: Global Administrator\n    prune: true\ngroups:\n  - name: payments-oncall\n    role_assignable: true\n    owners: [payments-oncall]\n    members: [payments-oncall, sam]\n",
+    )
+    .unwrap();
+    let refused = admin.run(&["apply", "-f", bad.to_str().unwrap()], None);
+    assert_ne!(refused.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&refused.stderr);
+    let bad_path = bad.display().to_string();
+    for (line, what) in [
+        (4, "app payments/refunds"),
+        (7, "activation_max_duration"),
+        (12, "nobody"),
+        (13, "has passed"),
+        (16, "No Such Role"),
+        // Found by the server (validate_only): longer than the policy allows.
+        (19, "at most 365d"),
+        // The last permanent Global Administrator is not pruned away.
+        (21, "last permanent active Global Administrator"),
+        // What identity would refuse midway, refused before anything changes.
+        (26, "a group's owners are users"),
+        (27, "cannot have groups as members"),
+    ] {
+        assert!(
+            err.lines()
+                .any(|l| l.contains(&format!("{bad_path}:{line}:")) && l.contains(what)),
+            "no error at line {line} about {what}:\n{err}"
+        );
+    }
+    assert!(err.contains("9 error(s); nothing was changed"), "{err}");
+    let roles = admin.ok(&["roles", "--definitions"], None);
+    assert!(!roles.contains("Auditor Extra"), "{roles}");
+
+    up.terminate();
+    std::fs::remove_dir_all(&dir).ok();
+}
