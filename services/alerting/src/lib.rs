@@ -6,6 +6,8 @@ mod alerts;
 mod grpc;
 mod rules;
 mod store;
+#[cfg(test)]
+mod store_tests;
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering::SeqCst;

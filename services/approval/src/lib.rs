@@ -5,6 +5,8 @@ mod approvals;
 mod grpc;
 mod reviews;
 mod store;
+#[cfg(test)]
+mod store_tests;
 
 use std::sync::Arc;
 

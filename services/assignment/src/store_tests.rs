@@ -8,7 +8,6 @@ use sea_orm_migration::MigratorTrait;
 
 use pim_runtime::db::{Db, is_unique_violation};
 use pim_runtime::events::{OutboxRows, envelope, streams};
-use pim_runtime::testing::TestDatabase;
 
 use crate::domain::RequestStatus;
 use crate::roles::GLOBAL_ADMINISTRATOR;
@@ -27,29 +26,13 @@ where
     migrated_then(None, test).await
 }
 
-/// Runs `test` on a fresh SQLite database, then on a fresh PostgreSQL one, each migrated
-/// only through its first `steps` migrations (all of them with `None`).
+/// The same, each migrated only through its first `steps` migrations (all with `None`).
 async fn migrated_then<F, Fut>(steps: Option<u32>, test: F) -> anyhow::Result<()>
 where
     F: Fn(Db) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
-    let dir = std::env::temp_dir().join(pim_runtime::testing::unique("store"));
-    std::fs::create_dir_all(&dir)?;
-    let sqlite = pim_runtime::db::connect(&pim_runtime::db::sqlite_url(&dir.join("assignment.db"))).await?;
-    store::Migrator::up(&sqlite, steps).await?;
-    let outcome = test(sqlite.clone()).await;
-    sqlite.close().await.ok();
-    std::fs::remove_dir_all(&dir).ok();
-    outcome.map_err(|e| e.context("on SQLite"))?;
-
-    let database = TestDatabase::create("store").await?;
-    let postgres = pim_runtime::db::connect(&database.url).await?;
-    store::Migrator::up(&postgres, steps).await?;
-    let outcome = test(postgres.clone()).await;
-    postgres.close().await.ok();
-    database.drop_database().await?;
-    outcome.map_err(|e| e.context("on PostgreSQL"))
+    pim_runtime::testing::on_both_databases::<store::Migrator, _, _>("assignment", steps, test).await
 }
 
 fn id() -> String {

@@ -11,6 +11,8 @@ mod mfa;
 mod protection;
 mod sealing;
 mod store;
+#[cfg(test)]
+mod store_tests;
 mod tokens;
 
 use sea_orm_migration::MigratorTrait;

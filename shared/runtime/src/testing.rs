@@ -85,6 +85,34 @@ impl Drop for TestDatabase {
     }
 }
 
+/// Runs `test` on a fresh SQLite database, then on a fresh PostgreSQL one, each migrated by
+/// `M` through its first `steps` migrations (all of them with `None`): a store's functions
+/// tested from one body on both databases, so a dialect difference fails there, not by luck
+/// in an end-to-end test.
+pub async fn on_both_databases<M, F, Fut>(label: &str, steps: Option<u32>, test: F) -> anyhow::Result<()>
+where
+    M: sea_orm_migration::MigratorTrait,
+    F: Fn(crate::db::Db) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let dir = std::env::temp_dir().join(unique(label));
+    std::fs::create_dir_all(&dir)?;
+    let sqlite = crate::db::connect(&crate::db::sqlite_url(&dir.join(format!("{label}.db")))).await?;
+    M::up(&sqlite, steps).await?;
+    let outcome = test(sqlite.clone()).await;
+    sqlite.close().await.ok();
+    std::fs::remove_dir_all(&dir).ok();
+    outcome.map_err(|e| e.context("on SQLite"))?;
+
+    let database = TestDatabase::create(label).await?;
+    let postgres = crate::db::connect(&database.url).await?;
+    M::up(&postgres, steps).await?;
+    let outcome = test(postgres.clone()).await;
+    postgres.close().await.ok();
+    database.drop_database().await?;
+    outcome.map_err(|e| e.context("on PostgreSQL"))
+}
+
 /// Polls `check` until it returns `Some`, or fails after `deadline`.
 pub async fn eventually<T, F, Fut>(deadline: Duration, what: &str, mut check: F) -> anyhow::Result<T>
 where

@@ -1,0 +1,114 @@
+//! Alerting's store on both databases: each test body runs against a migrated SQLite file and
+//! a migrated PostgreSQL database.
+
+use std::future::Future;
+
+use pim_proto::catalogue::{GLOBAL_ADMINISTRATOR, GROUP_MEMBER, GROUP_OWNER};
+use pim_runtime::db::Db;
+
+use crate::store::{self, Privileged};
+
+const NOW: i64 = 1_800_000_000_000;
+const HOUR: i64 = 3_600_000;
+
+async fn on_both<F, Fut>(test: F) -> anyhow::Result<()>
+where
+    F: Fn(Db) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    pim_runtime::testing::on_both_databases::<store::Migrator, _, _>("alerting", None, test).await
+}
+
+/// Records a privileged assignment in force (`end` none: permanent).
+async fn held(
+    db: &Db,
+    id: &str,
+    kind: &str,
+    principal: &str,
+    role: &str,
+    scope: &str,
+    end: Option<i64>,
+) -> anyhow::Result<()> {
+    store::upsert_privileged(
+        db,
+        &Privileged {
+            assignment_id: id,
+            kind,
+            principal_id: principal,
+            role_id: role,
+            scope,
+            end_at: end,
+            since: NOW - HOUR,
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+/// The Global Administrators the rule counts: those holding the role actively, and those with
+/// access (eligible or active, member or owner) to a group that holds it actively; not the
+/// eligible, not the ended, not access to a group holding nothing of the kind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn global_administrators_count_those_with_access_to_a_group_holding_the_role() -> anyhow::Result<()> {
+    on_both(|db| async move {
+        held(&db, "a1", "active", "admin", GLOBAL_ADMINISTRATOR, "/", None).await?;
+        held(
+            &db,
+            "a2",
+            "active",
+            "tier0",
+            GLOBAL_ADMINISTRATOR,
+            "/",
+            Some(NOW + HOUR),
+        )
+        .await?;
+        held(&db, "a3", "eligible", "lee", GROUP_MEMBER, "/groups/tier0", None).await?;
+        held(
+            &db,
+            "a4",
+            "activation",
+            "kim",
+            GROUP_OWNER,
+            "/groups/tier0",
+            Some(NOW + HOUR),
+        )
+        .await?;
+        // Counted once however many ways they hold it.
+        held(&db, "a5", "active", "lee", GLOBAL_ADMINISTRATOR, "/", Some(NOW + HOUR)).await?;
+        // Not counted: eligible for the role itself, ended, or a group holding only eligibility.
+        held(&db, "n1", "eligible", "ann", GLOBAL_ADMINISTRATOR, "/", None).await?;
+        held(&db, "n2", "active", "bob", GLOBAL_ADMINISTRATOR, "/", Some(NOW - 1)).await?;
+        held(&db, "n3", "eligible", "tier1", GLOBAL_ADMINISTRATOR, "/", None).await?;
+        held(&db, "n4", "eligible", "uma", GROUP_MEMBER, "/groups/tier1", None).await?;
+        held(&db, "n5", "eligible", "ola", GROUP_MEMBER, "/groups/tier0x", None).await?;
+        let (admins, total) = store::active_counts(&db, GLOBAL_ADMINISTRATOR, NOW).await?;
+        assert_eq!(admins, 4, "admin, tier0, lee and kim");
+        assert_eq!(total, 4, "the active privileged assignments in force: a1, a2, a4, a5");
+        // Once the group's assignment ends, its members no longer count.
+        let (admins, _) = store::active_counts(&db, GLOBAL_ADMINISTRATOR, NOW + HOUR).await?;
+        assert_eq!(admins, 1, "the admin alone");
+        Ok(())
+    })
+    .await
+}
+
+/// Frequent activation's count: one statement on PostgreSQL, two on SQLite, the same answer;
+/// a redelivered activation counts once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn activations_are_counted_once_each_on_both_databases() -> anyhow::Result<()> {
+    on_both(|db| async move {
+        let role = GLOBAL_ADMINISTRATOR;
+        let first = store::activations_since(&db, "x1", "lee", role, NOW - 2 * HOUR, "e1", NOW - 3 * HOUR).await?;
+        assert_eq!(first, vec!["e1"]);
+        let second = store::activations_since(&db, "x2", "lee", role, NOW, "e2", NOW - 3 * HOUR).await?;
+        assert_eq!(second, vec!["e1", "e2"]);
+        let again = store::activations_since(&db, "x2", "lee", role, NOW, "e2", NOW - 3 * HOUR).await?;
+        assert_eq!(again, vec!["e1", "e2"], "redelivered: counted once");
+        let recent = store::activations_since(&db, "x3", "lee", role, NOW + 1, "e3", NOW - HOUR).await?;
+        assert_eq!(recent, vec!["e2", "e3"], "only within the window");
+        let other = store::activations_since(&db, "x4", "kim", role, NOW, "e4", NOW - 3 * HOUR).await?;
+        assert_eq!(other, vec!["e4"], "per principal");
+        Ok(())
+    })
+    .await
+}

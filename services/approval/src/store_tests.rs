@@ -1,0 +1,106 @@
+//! Approval's store on both databases: each test body runs against a migrated SQLite file and
+//! a migrated PostgreSQL database.
+
+use std::future::Future;
+
+use pim_runtime::db::Db;
+
+use crate::store::{self, ApprovalRow, DecisionRow, Stage};
+
+const NOW: i64 = 1_800_000_000_000;
+const MINUTE: i64 = 60_000;
+
+async fn on_both<F, Fut>(test: F) -> anyhow::Result<()>
+where
+    F: Fn(Db) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    pim_runtime::testing::on_both_databases::<store::Migrator, _, _>("approval", None, test).await
+}
+
+/// Lee's request waiting for Ann, for an hour; Bob joins after half an hour.
+fn approval(request_id: &str) -> ApprovalRow {
+    ApprovalRow {
+        id: uuid::Uuid::now_v7().to_string(),
+        request_id: request_id.into(),
+        requester_id: "lee".into(),
+        role_id: "role".into(),
+        role_name: "Exchange Administrator".into(),
+        scope: "/".into(),
+        duration_ms: 60 * MINUTE,
+        justification: "mailbox moves".into(),
+        ticket_system: String::new(),
+        ticket_number: String::new(),
+        status: "Pending".into(),
+        stages: vec![Stage {
+            approver_ids: vec!["ann".into()],
+            approvals_required: 1,
+            timeout_ms: 60 * MINUTE,
+            escalation_approver_ids: vec!["bob".into()],
+            escalate_after_ms: 30 * MINUTE,
+            justification_required: true,
+        }],
+        stage: 0,
+        stage_started_at: NOW,
+        expires_at: NOW + 60 * MINUTE,
+        escalated: false,
+        created_at: NOW,
+        completed_at: None,
+        rev: 1,
+        traceparent: String::new(),
+    }
+}
+
+fn decision(approval_id: &str, approver: &str) -> DecisionRow {
+    DecisionRow {
+        approval_id: approval_id.into(),
+        approver_id: approver.into(),
+        requester_id: "lee".into(),
+        stage: 0,
+        decision: "approve".into(),
+        justification: "on call".into(),
+        decided_at: NOW + MINUTE,
+    }
+}
+
+/// Separation of duties is the table's own rule: a requester's decision on their own request
+/// is refused by the database; an approver counts once; a request has one approval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_database_refuses_self_approval_and_counts_an_approver_once() -> anyhow::Result<()> {
+    on_both(|db| async move {
+        let a = approval("r1");
+        assert!(store::insert(&db, &a).await?);
+        assert!(!store::insert(&db, &approval("r1")).await?, "one approval per request");
+        let own = store::insert_decision(&db, &decision(&a.id, "lee")).await;
+        assert!(own.is_err(), "the requester's own decision: {own:?}");
+        assert!(store::insert_decision(&db, &decision(&a.id, "ann")).await?);
+        assert!(!store::insert_decision(&db, &decision(&a.id, "ann")).await?, "once");
+        let decided = store::decisions(&db, &a.id).await?;
+        assert_eq!(
+            decided.iter().map(|d| d.approver_id.as_str()).collect::<Vec<_>>(),
+            vec!["ann"]
+        );
+        Ok(())
+    })
+    .await
+}
+
+/// The timers' reads: the next deadline is the escalation before the expiry, and an approval
+/// is due at its escalation, not before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approvals_fall_due_at_their_escalation_then_their_expiry() -> anyhow::Result<()> {
+    on_both(|db| async move {
+        let a = approval("r2");
+        store::insert(&db, &a).await?;
+        assert_eq!(store::next_deadline(&db).await?, Some(NOW + 30 * MINUTE));
+        assert!(store::due(&db, NOW + 29 * MINUTE, 10).await?.is_empty());
+        let due: Vec<String> = store::due(&db, NOW + 30 * MINUTE, 10)
+            .await?
+            .into_iter()
+            .map(|d| d.id)
+            .collect();
+        assert_eq!(due, vec![a.id.clone()]);
+        Ok(())
+    })
+    .await
+}
