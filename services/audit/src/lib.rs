@@ -7,6 +7,8 @@ mod ingest;
 mod ocsf;
 mod records;
 mod store;
+#[cfg(test)]
+mod store_tests;
 
 use std::sync::Arc;
 
