@@ -904,6 +904,49 @@ async fn internal_apps_batch_their_checks_and_watch_access_change() -> anyhow::R
                 break;
             }
         }
+
+        // Access through a role-assignable group changes with the membership identity holds:
+        // added, then removed, each a Group Member change for Lee at the group's scope.
+        use pim_proto::identity::v1 as ipb;
+        let mut directory = DirectoryServiceClient::new(w.ts.channel.clone());
+        let group = directory
+            .create_group(authed(
+                &w.admin,
+                ipb::CreateGroupRequest {
+                    display_name: "Exchange Admins".into(),
+                    is_assignable_to_role: true,
+                    ..Default::default()
+                },
+            ))
+            .await?
+            .into_inner()
+            .id;
+        let membership = ipb::GroupMembershipRequest {
+            group_id: group.clone(),
+            principal_id: lee.id.clone(),
+        };
+        directory.add_group_member(authed(&w.admin, membership.clone())).await?;
+        directory.remove_group_member(authed(&w.admin, membership)).await?;
+        let mut seen = Vec::new();
+        while seen.len() < 2 {
+            let change = tokio::time::timeout(Duration::from_secs(10), changes.message())
+                .await??
+                .expect("a change");
+            if change.principal_id == lee.id {
+                seen.push(change);
+            }
+        }
+        for (change, active) in seen.iter().zip([true, false]) {
+            assert_eq!(change.active, active, "{change:?}");
+            assert_eq!(
+                (change.role_id.as_str(), change.scope.clone()),
+                (
+                    pim_proto::catalogue::GROUP_MEMBER,
+                    pim_proto::catalogue::group_scope(&group)
+                )
+            );
+            assert!(change.assignment_id.is_empty() && change.start_time.is_none());
+        }
         Ok(w)
     })
     .await

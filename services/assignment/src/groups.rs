@@ -12,13 +12,19 @@ use pim_proto::events::v1::{GroupDeleted, GroupMembershipChanged};
 use pim_runtime::db::Db;
 use pim_runtime::events::{Envelope, EventHandler, decode, short_type, streams};
 
+use tokio::sync::broadcast;
+
 use crate::assignments::Assignments;
+use crate::index::{Change, Grant};
+use crate::roles::{GROUP_MEMBER, group_scope};
 use crate::store;
 
 #[derive(Clone, Default)]
 pub struct Memberships {
     /// member → groups
     groups_of: Arc<RwLock<HashMap<String, HashSet<String>>>>,
+    /// Where a membership that starts or ends is announced (WatchAccessChanges), if anywhere.
+    changes: Option<broadcast::Sender<Change>>,
 }
 
 impl Memberships {
@@ -30,17 +36,44 @@ impl Memberships {
         Ok(memberships)
     }
 
+    /// From now on, each membership that starts or ends is announced on `changes` as a Group
+    /// Member grant of the group's scope without an assignment (identity's membership, not
+    /// PIM's), so watchers of access see access through groups change.
+    pub fn announcing_to(mut self, changes: broadcast::Sender<Change>) -> Self {
+        self.changes = Some(changes);
+        self
+    }
+
     pub fn set(&self, group_id: &str, principal_id: &str, member: bool) {
-        let mut map = self.groups_of.write().unwrap_or_else(|e| e.into_inner());
-        if member {
-            map.entry(principal_id.to_owned())
-                .or_default()
-                .insert(group_id.to_owned());
-        } else if let Some(groups) = map.get_mut(principal_id) {
-            groups.remove(group_id);
-            if groups.is_empty() {
-                map.remove(principal_id);
+        let changed = {
+            let mut map = self.groups_of.write().unwrap_or_else(|e| e.into_inner());
+            if member {
+                map.entry(principal_id.to_owned())
+                    .or_default()
+                    .insert(group_id.to_owned())
+            } else if let Some(groups) = map.get_mut(principal_id) {
+                let removed = groups.remove(group_id);
+                if groups.is_empty() {
+                    map.remove(principal_id);
+                }
+                removed
+            } else {
+                false
             }
+        };
+        if let Some(changes) = self.changes.as_ref().filter(|_| changed) {
+            let _ = changes.send(Change {
+                principal_id: principal_id.to_owned(),
+                assignment_id: String::new(),
+                grant: Grant {
+                    role_id: GROUP_MEMBER.into(),
+                    scope: group_scope(group_id),
+                    start: 0,
+                    end: None,
+                    version: 0,
+                },
+                active: member,
+            });
         }
     }
 

@@ -125,6 +125,12 @@ impl AccessIndex {
         self.changes.subscribe()
     }
 
+    /// Where changes go: also those of group membership identity holds (see
+    /// [`crate::groups::Memberships::announcing_to`]).
+    pub fn change_sender(&self) -> broadcast::Sender<Change> {
+        self.changes.clone()
+    }
+
     pub fn upsert_row(&self, a: &AssignmentRow) {
         if a.kind == "active" && a.status == "active" {
             let grant = Grant {

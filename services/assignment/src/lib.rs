@@ -76,7 +76,9 @@ impl Assignment {
             None => None,
         };
         let index = index::AccessIndex::load(&deps.db, deps.clock.now_ms()).await?;
-        let memberships = groups::Memberships::load(&deps.db).await?;
+        let memberships = groups::Memberships::load(&deps.db)
+            .await?
+            .announcing_to(index.change_sender());
         let assignments = Assignments {
             db: deps.db,
             outbox: Outbox::default(),

@@ -485,7 +485,8 @@ impl AccessService for Assignments {
                         scope: c.grant.scope,
                         active: c.active,
                         assignment_id: c.assignment_id,
-                        start_time: Some(to_timestamp(c.grant.start)),
+                        // Identity's memberships have no start PIM knows of.
+                        start_time: (c.grant.start > 0).then(|| to_timestamp(c.grant.start)),
                         end_time: c.grant.end.map(to_timestamp),
                     }),
                     // A watcher too slow to keep up must resynchronise rather than miss changes silently.
