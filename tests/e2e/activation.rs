@@ -780,9 +780,47 @@ async fn the_last_permanent_global_administrator_cannot_be_removed() -> anyhow::
         assert_eq!(refused.code(), Code::FailedPrecondition);
         assert!(w.check(&admin_id, GLOBAL_ADMINISTRATOR).await?.allowed);
 
-        // With a second permanent Global Administrator, the first may go — and then the second may not.
+        // A group holding it for good does not count: it may be emptied or deleted in the
+        // directory, where assignment has no say.
         w.set_policy(GLOBAL_ADMINISTRATOR, |p| p.active_allow_permanent = true)
             .await?;
+        let group = DirectoryServiceClient::new(w.ts.channel.clone())
+            .create_group(authed(
+                &w.admin,
+                ipb::CreateGroupRequest {
+                    display_name: "Tier 0".into(),
+                    is_assignable_to_role: true,
+                    ..Default::default()
+                },
+            ))
+            .await?
+            .into_inner()
+            .id;
+        let permanent = |principal: &str| apb::CreateRequestRequest {
+            justification: "break-glass".into(),
+            schedule: Some(apb::Schedule {
+                start_time: None,
+                expiration: Some(apb::schedule::Expiration::Permanent(true)),
+            }),
+            ..request(
+                apb::RequestAction::AdminAssign,
+                apb::AssignmentKind::Active,
+                principal,
+                GLOBAL_ADMINISTRATOR,
+            )
+        };
+        w.assignments()
+            .create_request(authed(&w.admin, permanent(&group)))
+            .await?;
+        let refused = w
+            .assignments()
+            .create_request(authed(&w.admin, remove(&admin_id)))
+            .await
+            .expect_err("still the last user");
+        assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+        w.assignments().create_request(authed(&w.admin, remove(&group))).await?;
+
+        // With a second permanent Global Administrator, the first may go — and then the second may not.
         let kim = w.user("kim").await?;
         let mut assign = request(
             apb::RequestAction::AdminAssign,
