@@ -30,10 +30,36 @@ pub enum Error {
     Locked(String),
     #[error("{0}")]
     FailedPrecondition(String),
-    #[error(transparent)]
-    Denied(#[from] Status),
+    /// The caller may not do this (a permission, an ownership, a protection).
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// The caller's token was not accepted by a service asked on their behalf.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// Another service this one asks could not answer.
+    #[error("{0}")]
+    Unavailable(String),
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
+}
+
+/// Another service's answer (an access check, a lookup made on the caller's behalf), in this
+/// service's words: a refusal stays a refusal; anything else is that service being
+/// unavailable (its internals are not passed on).
+impl From<Status> for Error {
+    fn from(status: Status) -> Self {
+        match status.code() {
+            tonic::Code::PermissionDenied => Self::PermissionDenied(status.message().into()),
+            tonic::Code::Unauthenticated => Self::Unauthenticated(status.message().into()),
+            tonic::Code::NotFound | tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition => {
+                Self::FailedPrecondition(status.message().into())
+            }
+            code => {
+                tracing::warn!(?code, "a service asked on the caller's behalf failed");
+                Self::Unavailable("a service this call depends on is unavailable; try again".into())
+            }
+        }
+    }
 }
 
 impl Error {
@@ -70,7 +96,9 @@ impl From<Error> for Status {
             ),
             Error::Locked(m) => Status::resource_exhausted(m),
             Error::FailedPrecondition(m) => Status::failed_precondition(m),
-            Error::Denied(status) => status,
+            Error::PermissionDenied(m) => Status::permission_denied(m),
+            Error::Unauthenticated(m) => Status::unauthenticated(m),
+            Error::Unavailable(m) => Status::unavailable(m),
             Error::Internal(err) => pim_runtime::grpc::internal(err),
         }
     }

@@ -176,12 +176,14 @@ impl Directory {
         if self.holds(caller, needed).await? {
             return Ok(());
         }
-        Err(tonic::Status::permission_denied(if group.is_assignable_to_role {
-            "only the group's owners, Privileged Role Administrators and Global Administrators change a role-assignable group"
-        } else {
-            "requires the group's ownership or permission pim.directory.groups.manage"
-        })
-        .into())
+        Err(Error::PermissionDenied(
+            if group.is_assignable_to_role {
+                "only the group's owners, Privileged Role Administrators and Global Administrators change a role-assignable group"
+            } else {
+                "requires the group's ownership or permission pim.directory.groups.manage"
+            }
+            .into(),
+        ))
     }
 
     /// Adds or removes a member or owner, with its event.
@@ -207,10 +209,9 @@ impl Directory {
                 permissions::GROUPS_MANAGE
             };
             if !self.holds(caller, needed).await? {
-                return Err(tonic::Status::permission_denied(
-                    "you may not add yourself to a group you own; another owner or an administrator does",
-                )
-                .into());
+                return Err(Error::PermissionDenied(
+                    "you may not add yourself to a group you own; another owner or an administrator does".into(),
+                ));
             }
         }
         if add && link == Link::Member && principal.kind == PrincipalKind::Group as i32 && group.is_assignable_to_role {
@@ -352,9 +353,7 @@ impl Directory {
             .await
             .map_err(|status| {
                 tracing::warn!(code = ?status.code(), "asking assignment for a group's access failed");
-                Error::Denied(tonic::Status::unavailable(
-                    "who holds the group through PIM is unavailable; try again",
-                ))
+                Error::Unavailable("who holds the group through PIM is unavailable; try again".into())
             })?
             .into_inner()
             .assignments;

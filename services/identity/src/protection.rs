@@ -37,15 +37,12 @@ impl AssignmentClients {
     }
 }
 
+/// Assignment's answer to "who is privileged?", in identity's words: a refusal stays one; any
+/// other failure means the answer is unknown, so the change waits.
 fn unavailable(status: tonic::Status) -> Error {
-    match status.code() {
-        tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => Error::Denied(status),
-        _ => {
-            tracing::warn!(code = ?status.code(), "asking assignment who is privileged failed");
-            Error::Denied(tonic::Status::unavailable(
-                "cannot tell whether the user is privileged; try again",
-            ))
-        }
+    match Error::from(status) {
+        refused @ (Error::PermissionDenied(_) | Error::Unauthenticated(_)) => refused,
+        _ => Error::Unavailable("cannot tell whether the user is privileged; try again".into()),
     }
 }
 
@@ -172,9 +169,9 @@ impl Directory {
         }
         if let Some(reason) = self.protected_because(caller, user).await? {
             require(self.access.as_ref(), caller, permissions::PRIVILEGED_CREDENTIALS_RESET, "/").await.map_err(|_| {
-                Error::Denied(tonic::Status::permission_denied(format!(
+                Error::PermissionDenied(format!(
                     "{reason}: only Privileged Authentication Administrators and Global Administrators may change their credentials"
-                )))
+                ))
             })?;
         }
         Ok(())
