@@ -12,7 +12,9 @@ use pim_proto::identity::v1::directory_service_client::DirectoryServiceClient;
 use pim_runtime::db::from_timestamp;
 
 use super::assignments::{AssignHow, assign_as};
-use super::requests::{ActivateHow, DeactivateHow, UnassignHow, activate_as, deactivate_as, unassign_as};
+use super::requests::{
+    ActivateHow, DeactivateHow, ExtendHow, UnassignHow, activate_as, deactivate_as, extend_as, unassign_as,
+};
 use super::{ClientArgs, Names, Session, explain, print_table, time};
 
 /// Which access to a group: membership or ownership.
@@ -154,6 +156,17 @@ pub(crate) enum GroupsCommand {
         #[command(flatten)]
         how: DeactivateHow,
     },
+    /// Give access to a group a new end: --principal for an administrator's or owner's
+    /// change of someone's (adminExtend, --update, --renew); without it, ask for your own
+    /// (selfExtend / selfRenew, approved by others).
+    Extend {
+        /// Group name or id.
+        group: String,
+        #[arg(long, value_enum, default_value = "member")]
+        access: Access,
+        #[command(flatten)]
+        how: ExtendHow,
+    },
     /// Your eligible and active access to groups.
     Mine {
         #[command(flatten)]
@@ -255,6 +268,10 @@ pub(crate) async fn run(cmd: GroupsCommand) -> anyhow::Result<i32> {
         GroupsCommand::Deactivate { group, access, how } => {
             let (what, role, scope) = access_target(&Session::open(&how.client, true)?, &group, access).await?;
             return deactivate_as(&what, role, &scope, how).await;
+        }
+        GroupsCommand::Extend { group, access, how } => {
+            let (what, role, scope) = access_target(&Session::open(&how.client, true)?, &group, access).await?;
+            return extend_as(&what, role, &scope, how).await;
         }
         GroupsCommand::Mine { client } => mine(&client).await?,
     }

@@ -96,21 +96,28 @@ pub(crate) struct UnassignHow {
 
 #[derive(Args)]
 pub(crate) struct ExtendArgs {
-    /// User name, or principal id (an administrator's request). Without it you ask for
-    /// your own assignment (selfExtend / selfRenew), and an approver decides.
-    #[arg(long)]
-    principal: Option<String>,
     /// Role name or id.
     #[arg(long)]
     role: String,
     #[arg(long, default_value = "/")]
     scope: String,
+    #[command(flatten)]
+    how: ExtendHow,
+}
+
+/// How to give an assignment a new end, of a role or of access to a group.
+#[derive(Args)]
+pub(crate) struct ExtendHow {
+    /// User name, or principal id (an administrator's request). Without it you ask for
+    /// your own assignment (selfExtend / selfRenew), and an approver decides.
+    #[arg(long)]
+    principal: Option<String>,
     #[arg(long, value_enum, default_value = "eligible")]
     kind: KindArg,
     /// The new end, counted from now, e.g. 30d.
     #[arg(long, value_parser = humantime::parse_duration, required_unless_present = "permanent")]
     duration: Option<Duration>,
-    /// No end (where the role's policy allows it).
+    /// No end (where the policy allows it).
     #[arg(long, conflicts_with = "duration")]
     permanent: bool,
     /// Allow an earlier end too (adminUpdate); without it the end may only move later.
@@ -119,10 +126,10 @@ pub(crate) struct ExtendArgs {
     /// Bring back an assignment that expired (adminRenew, or selfRenew for your own).
     #[arg(long)]
     renew: bool,
-    #[arg(long, default_value = "")]
+    #[arg(long, short = 'j', default_value = "")]
     justification: String,
     #[command(flatten)]
-    client: ClientArgs,
+    pub(crate) client: ClientArgs,
 }
 
 #[derive(Args)]
@@ -431,18 +438,25 @@ pub(crate) async fn unassign_as(
 }
 
 pub(crate) async fn extend(args: ExtendArgs) -> anyhow::Result<i32> {
+    let session = Session::open(&args.how.client, true)?;
+    let role_id = session.role_id(&args.role).await?;
+    extend_as(&args.role, &role_id, &args.scope, args.how).await
+}
+
+/// Gives `role_id` at `scope` (`what` to people) a new end: an administrator's change of
+/// someone's assignment, or a request for your own.
+pub(crate) async fn extend_as(what: &str, role_id: &str, scope: &str, how: ExtendHow) -> anyhow::Result<i32> {
     use apb::RequestAction as A;
-    let session = Session::open(&args.client, true)?;
-    let principal_id = match &args.principal {
+    let session = Session::open(&how.client, true)?;
+    let principal_id = match &how.principal {
         Some(p) => session.principal_id(p).await?,
         None => String::new(),
     };
-    let role_id = session.role_id(&args.role).await?;
-    let expiration = match args.duration {
+    let expiration = match how.duration {
         Some(d) => apb::schedule::Expiration::Duration(pb_duration(d)),
         None => apb::schedule::Expiration::Permanent(true),
     };
-    let action = match (args.principal.is_some(), args.renew, args.update) {
+    let action = match (how.principal.is_some(), how.renew, how.update) {
         (true, true, _) => A::AdminRenew,
         (true, false, true) => A::AdminUpdate,
         (true, false, false) => A::AdminExtend,
@@ -452,15 +466,15 @@ pub(crate) async fn extend(args: ExtendArgs) -> anyhow::Result<i32> {
     let r = AssignmentServiceClient::new(session.channel.clone())
         .create_request(session.request(apb::CreateRequestRequest {
             action: action as i32,
-            kind: kind_pb(args.kind) as i32,
+            kind: kind_pb(how.kind) as i32,
             principal_id,
-            role_id,
-            scope: args.scope.clone(),
+            role_id: role_id.to_owned(),
+            scope: scope.to_owned(),
             schedule: Some(apb::Schedule {
                 start_time: None,
                 expiration: Some(expiration),
             }),
-            justification: args.justification,
+            justification: how.justification,
             ..Default::default()
         })?)
         .await
@@ -468,18 +482,16 @@ pub(crate) async fn extend(args: ExtendArgs) -> anyhow::Result<i32> {
     let r = session.remember(r);
     if r.status == apb::RequestStatus::PendingApproval as i32 {
         println!(
-            "Request {} pending_approval: {} at {} until {} once an approver agrees (pim requests shows the outcome)",
+            "Request {} pending_approval: {what} at {} until {} once an approver agrees (pim requests shows the outcome)",
             r.id,
-            args.role,
             r.scope,
             time(r.end_time.as_ref().map(from_timestamp))
         );
         return Ok(0);
     }
     println!(
-        "{} of {} at {} now ends {} (request {})",
-        args.role,
-        args.principal.as_deref().unwrap_or("you"),
+        "{what} of {} at {} now ends {} (request {})",
+        how.principal.as_deref().unwrap_or("you"),
         r.scope,
         time(r.end_time.as_ref().map(from_timestamp)),
         r.id

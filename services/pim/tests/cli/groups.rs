@@ -386,6 +386,43 @@ fn group_membership_and_ownership_are_activated_just_in_time() {
         ],
         None,
     );
+    // The eligibility given an end (adminUpdate), then a later one (adminExtend).
+    let ownership = |ola: &Client| {
+        ola.ok(&["groups", "mine"], None)
+            .lines()
+            .find(|l| l.contains("ops") && l.contains("owner") && l.contains("eligible"))
+            .map(str::to_owned)
+            .unwrap_or_default()
+    };
+    assert!(ownership(&ola).contains("permanent"), "{}", ownership(&ola));
+    let extend = |duration: &str, update: bool| {
+        let mut args = vec![
+            "groups",
+            "extend",
+            "ops",
+            "--access",
+            "owner",
+            "--principal",
+            "ola",
+            "--duration",
+            duration,
+            "-j",
+            "review the ops owners",
+        ];
+        if update {
+            args.push("--update");
+        }
+        admin.ok(&args, None)
+    };
+    let shortened = extend("30d", true);
+    assert!(shortened.contains("Ownership of ops of ola"), "{shortened}");
+    // UNTIL is the last column, RFC 3339 in UTC (so later sorts later).
+    let until = |line: String| line.split_whitespace().last().unwrap_or_default().to_owned();
+    let thirty = until(ownership(&ola));
+    assert!(thirty.ends_with('Z'), "an end now: {thirty}");
+    extend("60d", false);
+    let sixty = until(ownership(&ola));
+    assert!(sixty > thirty, "moved later: {thirty} -> {sixty}");
     // Ola reads no directory: Kim is named by id.
     let kim = admin.ok(&["users", "list", "--output", "json"], None);
     let kim = kim
