@@ -921,6 +921,34 @@ async fn access_to_a_group_holding_a_privileged_role_is_privileged() -> anyhow::
             .alert("too_many_global_admins", |a| a.status == pb::AlertStatus::Open as i32)
             .await?;
         assert_eq!(many.figures.get("global_admins").map(String::as_str), Some("4"));
+
+        // Added to Tier 0 directly, not just in time: Uma holds its roles for good. The alert
+        // names her and the group, and resolves when she leaves; the book club raises none.
+        let uma = w.user("uma").await?;
+        let membership = |group: &str| ipb::GroupMembershipRequest {
+            group_id: group.into(),
+            principal_id: uma.id.clone(),
+        };
+        let mut directory = directory.clone();
+        directory
+            .add_group_member(authed(&w.admin, membership(&book_club)))
+            .await?;
+        directory.add_group_member(authed(&w.admin, membership(&tier0))).await?;
+        let outside = w
+            .alert("group_member_outside_pim", |a| a.principal_id == uma.id)
+            .await?;
+        assert_eq!(outside.scope, group_scope(&tier0));
+        assert!(
+            !w.all_alerts()
+                .await?
+                .iter()
+                .any(|a| a.rule_id == "group_member_outside_pim" && a.scope == group_scope(&book_club)),
+            "the book club holds nothing privileged"
+        );
+        directory
+            .remove_group_member(authed(&w.admin, membership(&tier0)))
+            .await?;
+        w.resolved("group_member_outside_pim", &outside.id).await?;
         Ok(w)
     })
     .await

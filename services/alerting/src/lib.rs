@@ -118,6 +118,8 @@ impl EventHandler for Detect {
                 | "RoleActivated"
                 | "RoleDeactivated"
                 | "UnmanagedGrantDetected"
+                | "GroupMemberAdded"
+                | "GroupMemberRemoved"
                 | "PolicyUpdated"
                 | "RoleDefinitionCreated"
                 | "RoleDefinitionUpdated"

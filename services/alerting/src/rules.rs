@@ -13,6 +13,7 @@ pub struct RuleDef {
 
 pub const TOO_MANY_GLOBAL_ADMINS: &str = "too_many_global_admins";
 pub const UNMANAGED_GRANT: &str = "unmanaged_grant";
+pub const GROUP_MEMBER_OUTSIDE_PIM: &str = "group_member_outside_pim";
 pub const ACTIVATION_WITHOUT_MFA: &str = "activation_without_mfa";
 pub const FREQUENT_ACTIVATION: &str = "frequent_activation";
 pub const PERMANENT_PRIVILEGED: &str = "permanent_privileged";
@@ -38,6 +39,12 @@ pub const RULES: &[RuleDef] = &[
     RuleDef {
         id: UNMANAGED_GRANT,
         description: "Roles assigned outside PIM (a connector reported a grant PIM did not make)",
+        severity: "high",
+        settings: &[],
+    },
+    RuleDef {
+        id: GROUP_MEMBER_OUTSIDE_PIM,
+        description: "A member added directly (not just in time through PIM) to a role-assignable group holding a privileged role: they hold it for good",
         severity: "high",
         settings: &[],
     },

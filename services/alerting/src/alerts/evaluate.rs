@@ -191,6 +191,31 @@ impl Alerts {
                 store::forget_privileged(txn, &a.assignment_id).await?;
                 self.check_global_admins(txn, &e.id).await?;
             }
+            "GroupMemberAdded" | "GroupMemberRemoved" => {
+                // A member added to a group that holds a privileged role holds it for good,
+                // outside PIM's just-in-time activation; the alert resolves when they leave.
+                let m: ev::GroupMembershipChanged = decode(e)?;
+                let key = format!("group_member:{}:{}", m.group_id, m.principal_id);
+                if short_type(e) == "GroupMemberRemoved" {
+                    self.clear(txn, &key, "the member left the group").await?;
+                } else if m.is_assignable_to_role && store::is_privileged(txn, &m.group_id, self.now()).await? {
+                    let figures = BTreeMap::from([("group_id".to_owned(), m.group_id.clone())]);
+                    let subject = Subject {
+                        principal_id: m.principal_id,
+                        role_id: String::new(),
+                        scope: pim_proto::catalogue::group_scope(&m.group_id),
+                    };
+                    self.raise(
+                        txn,
+                        rules::GROUP_MEMBER_OUTSIDE_PIM,
+                        &key,
+                        subject,
+                        std::slice::from_ref(&e.id),
+                        figures,
+                    )
+                    .await?;
+                }
+            }
             "UnmanagedGrantDetected" => {
                 let g: ev::UnmanagedGrantDetected = decode(e)?;
                 let figures = BTreeMap::from([("system".to_owned(), g.system.clone())]);
