@@ -235,11 +235,14 @@ async fn members_inherit_a_role_assignable_groups_roles() -> anyhow::Result<()> 
             Ok((!check(lee.clone(), EXCHANGE_ADMINISTRATOR).await?).then_some(()))
         })
         .await?;
-        // So does what Lee activated from the group's eligibility.
-        assert!(
-            !check(lee.clone(), SECURITY_READER).await?,
-            "an activation ends with the membership it came through"
-        );
+        // So does what Lee activated from the group's eligibility (another replica's stream
+        // tail may apply the two a moment apart; a consistency token waits for both).
+        eventually(
+            Duration::from_secs(10),
+            "Lee's activation through the group to end",
+            || async { Ok((!check(lee.clone(), SECURITY_READER).await?).then_some(())) },
+        )
+        .await?;
         let groups = directory
             .list_principal_groups(authed(
                 &lee_token,
@@ -549,6 +552,23 @@ async fn a_just_in_time_membership_carries_the_groups_roles_until_it_ends() -> a
             ))
             .await?;
         assert!(w.check(&lee.id, EXCHANGE_ADMINISTRATOR).await?.allowed);
+        // Lee activates Security Reader through the group; Uma's membership waits for approval.
+        w.assignments()
+            .create_request(authed(
+                &w.stepped_up(&lee)?,
+                activation(SECURITY_READER, HOUR_MS, "triage before the group goes"),
+            ))
+            .await?;
+        assert!(w.check(&lee.id, SECURITY_READER).await?.allowed);
+        w.assignments()
+            .create_request(authed(&ola.token, eligible(&uma.id)))
+            .await?;
+        let umas = w
+            .assignments()
+            .create_request(authed(&w.stepped_up(&uma)?, activate(HOUR_MS)))
+            .await?
+            .into_inner();
+        assert_eq!(umas.status, apb::RequestStatus::PendingApproval as i32);
         let token = DirectoryServiceClient::new(w.ts.channel.clone())
             .delete_group(authed(
                 &ola.token,
@@ -564,6 +584,7 @@ async fn a_just_in_time_membership_carries_the_groups_roles_until_it_ends() -> a
             (&lee.id, EXCHANGE_ADMINISTRATOR, "/".to_owned()),
             (&group, GLOBAL_READER, "/".to_owned()),
             (&lee.id, GROUP_MEMBER, scope.clone()),
+            (&lee.id, SECURITY_READER, "/".to_owned()),
         ];
         for (principal, role, at) in asked {
             let answer = access
@@ -580,6 +601,17 @@ async fn a_just_in_time_membership_carries_the_groups_roles_until_it_ends() -> a
                 .into_inner();
             assert!(!answer.allowed, "{role} of {principal} ended with the group");
         }
+        let umas = w
+            .assignments()
+            .get_request(authed(
+                &uma.token,
+                apb::GetRequestRequest {
+                    request_id: umas.id.clone(),
+                },
+            ))
+            .await?
+            .into_inner();
+        assert_eq!(umas.status, apb::RequestStatus::Canceled as i32, "{umas:?}");
         Ok(w)
     })
     .await

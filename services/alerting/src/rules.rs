@@ -32,7 +32,7 @@ pub const POLICY_WEAKENED: &str = "policy_weakened";
 pub const RULES: &[RuleDef] = &[
     RuleDef {
         id: TOO_MANY_GLOBAL_ADMINS,
-        description: "Too many Global Administrators (those who may activate membership of a group holding it included): at least min_count, and at least min_percent of all active privileged assignments",
+        description: "Too many Global Administrators (counting those given access through PIM to a group holding it): at least min_count, and at least min_percent of all active privileged assignments",
         severity: "medium",
         settings: &[("min_count", 3), ("min_percent", 10)],
     },

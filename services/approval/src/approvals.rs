@@ -152,7 +152,9 @@ impl Approvals {
         Ok(())
     }
 
-    /// The requester withdrew the request (assignment's RequestStatusChanged → Canceled).
+    /// The request was canceled (assignment's RequestStatusChanged → Canceled): withdrawn by
+    /// its requester, or by assignment when what it rested on ended (its eligibility, the
+    /// group it was for); the reason says which, by who canceled it.
     pub async fn cancel_for_request(
         &self,
         txn: &DatabaseTransaction,
@@ -165,14 +167,13 @@ impl Approvals {
         if approval.status != PENDING {
             return Ok(());
         }
-        self.complete(
-            txn,
-            &mut approval,
-            "Canceled",
-            actor,
-            "the requester withdrew the request",
-        )
-        .await?;
+        let by_requester = actor.as_ref().is_some_and(|a| a.principal_id == approval.requester_id);
+        let reason = if by_requester {
+            "the requester withdrew the request"
+        } else {
+            "canceled: what the request rested on (its eligibility, or the group) ended"
+        };
+        self.complete(txn, &mut approval, "Canceled", actor, reason).await?;
         Ok(())
     }
 

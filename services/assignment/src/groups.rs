@@ -217,13 +217,15 @@ impl EventHandler for IdentityEvents {
             }
             return;
         }
-        if let Err(err) = self.0.memberships.apply(envelope) {
-            tracing::warn!(event_id = %envelope.id, error = %err, "group membership could not be applied");
-        }
+        // What a former member activated through the group leaves the index first, so no
+        // check sees it still active once the membership is gone.
         if let Ok(Some((_, member, false))) = Memberships::change(envelope)
             && let Err(err) = self.0.reindex_principals(&[member]).await
         {
             tracing::warn!(event_id = %envelope.id, error = %err, "a former member's activations could not be re-indexed");
+        }
+        if let Err(err) = self.0.memberships.apply(envelope) {
+            tracing::warn!(event_id = %envelope.id, error = %err, "group membership could not be applied");
         }
     }
 }

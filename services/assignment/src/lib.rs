@@ -337,12 +337,23 @@ impl Service for Assignment {
                     for (group, member, claimed) in batch.iter().filter_map(|(_, c)| c.membership()) {
                         last_word.insert((group, member), claimed);
                     }
+                    let left: Vec<String> = last_word
+                        .iter()
+                        .filter(|(_, claimed)| !**claimed)
+                        .map(|((_, member), _)| member.clone())
+                        .collect();
                     futures::future::join_all(
                         last_word.into_iter().map(|((group, member), claimed)| {
                             memberships.follow_database(&db, (group, member, claimed))
                         }),
                     )
                     .await;
+                    // What those who left activated through the group ended in the same
+                    // transaction as the membership: the index drops it before the position
+                    // moves, so the removal's token covers it.
+                    if let Err(err) = assignments.reindex_principals(&left).await {
+                        tracing::warn!(error = %err, "former members' activations could not be re-indexed");
+                    }
                     if let Some((entry_id, _)) = batch.last() {
                         freshness.advance(streams::IDENTITY, entry_id);
                     }

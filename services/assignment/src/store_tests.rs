@@ -281,6 +281,19 @@ async fn the_upgrade_to_group_access_reclaims_its_role_names() -> anyhow::Result
             privileged: false,
         };
         assert!(store::insert_role(&db, &custom, NOW).await?);
+        // And one that took the name a renamed role would get.
+        let taken = store::RoleRow {
+            id: id(),
+            name: "Group Owner (custom)".into(),
+            ..custom.clone()
+        };
+        let owners = store::RoleRow {
+            id: id(),
+            name: "Group Owner".into(),
+            ..custom.clone()
+        };
+        assert!(store::insert_role(&db, &taken, NOW).await?);
+        assert!(store::insert_role(&db, &owners, NOW).await?);
         store::Migrator::up(&db, None).await?;
         let name = |id: &'static str| {
             let db = db.clone();
@@ -291,6 +304,8 @@ async fn the_upgrade_to_group_access_reclaims_its_role_names() -> anyhow::Result
         let kept = store::role(&db, &custom.id).await?.expect("the custom role stays");
         assert_eq!(kept.name, "group member (custom)");
         assert_eq!(kept.permissions, custom.permissions);
+        let renamed = store::role(&db, &owners.id).await?.expect("kept too");
+        assert_eq!(renamed.name, format!("Group Owner (custom {})", owners.id));
         Ok(())
     })
     .await

@@ -6,7 +6,7 @@ use super::*;
 impl Assignments {
     /// selfActivate: the caller turns an eligibility into an active role, after the policy's checks.
     pub async fn self_activate(&self, caller: &Caller, r: ActivateRequest) -> Result<RequestRow> {
-        let (role, scope) = self.role_at(&r.role, &r.scope)?;
+        let (role, scope) = self.role_to_grant_at(&r.role, &r.scope)?;
         let now = self.now();
         let mut violations = Vec::new();
         // One read for everything below: the caller's and their groups' unended assignments
@@ -301,7 +301,8 @@ impl Assignments {
         Ok(request)
     }
 
-    /// After eligibilities or memberships `principals` had ended (in `txn`): an activation
+    /// After eligibilities or memberships that the principals in `todo` rested on ended (in
+    /// `txn`): an activation
     /// never outlives what allowed it. It rests on an eligibility, its holder's own or a
     /// group's while they are a member; one that no eligibility allows any more ends now, and
     /// an activation request waiting for approval on such ground is canceled. Ending a
@@ -319,6 +320,8 @@ impl Assignments {
         todo.dedup();
         let mut fallout = Fallout::default();
         while let Some(principal) = todo.pop() {
+            // Principals are locked in one order (sorted, taken from the end).
+            store::lock_principal(txn, &principal).await?;
             let groups = self.groups_in(txn, &principal, now).await?;
             let mut holders = vec![principal.clone()];
             holders.extend(groups.keys().cloned());

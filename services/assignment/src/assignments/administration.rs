@@ -7,7 +7,7 @@ impl Assignments {
     /// adminAssign: an administrator makes a principal eligible for, or active in, a role.
     /// adminAssign, or adminRenew: the same for an assignment that expired (only then).
     pub async fn admin_assign(&self, caller: &Caller, r: AdminAssignRequest, action: &str) -> Result<RequestRow> {
-        let (role, scope) = self.role_at(&r.role, &r.scope)?;
+        let (role, scope) = self.role_to_grant_at(&r.role, &r.scope)?;
         let principal_id = r.principal_id.trim();
         if principal_id.is_empty() {
             return Err(Error::invalid("principal_id", "required"));
@@ -280,7 +280,7 @@ impl Assignments {
     /// assignment stream: `ReviewRemovalApplied`, or `ReviewRemovalRefused` when a protection
     /// kept the assignment (the last permanent Global Administrator), so the review item and
     /// the audit log show it. The access index follows the database after the commit
-    /// ([`Self::index_assignment`]), never the request.
+    /// ([`Self::index_removal`]), never the request.
     pub async fn remove_for_review(&self, txn: &DatabaseTransaction, asked: &ev::ReviewEvent) -> Result<()> {
         let now = self.now();
         let assignment_id = asked.assignment_id.as_str();

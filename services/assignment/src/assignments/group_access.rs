@@ -19,7 +19,7 @@ impl Assignments {
     pub(crate) fn role_at(&self, role: &str, scope: &str) -> Result<(store::RoleRow, Scope)> {
         let role = self.role(role)?;
         let scope = Scope::parse(scope)?;
-        let group_scope = scope.as_str() == "/groups" || scope.as_str().starts_with("/groups/");
+        let group_scope = scope.as_str().starts_with("/groups/");
         match (is_group_access(&role.id), group_of_scope(scope.as_str())) {
             (true, None) => Err(Error::invalid(
                 "scope",
@@ -31,7 +31,7 @@ impl Assignments {
             (false, _) if group_scope => Err(Error::invalid(
                 "scope",
                 format!(
-                    "{} is a role; /groups and the scopes under it hold group access only (Group Member, Group Owner)",
+                    "{} is a role; the scopes under /groups hold group access only (Group Member, Group Owner)",
                     role.name
                 ),
             )),
@@ -79,6 +79,23 @@ impl Assignments {
                     "requires the group's ownership, or permission pim.directory.groups.manage or pim.assignments.manage".into(),
                 )
             })
+    }
+
+    /// [`Self::role_at`] for a new assignment or activation: nor is a role newly held at
+    /// `/groups` itself, over every group. (One held there from before this rule can still be
+    /// listed, extended, deactivated and removed.)
+    pub(crate) fn role_to_grant_at(&self, role: &str, scope: &str) -> Result<(store::RoleRow, Scope)> {
+        let (role, scope) = self.role_at(role, scope)?;
+        if scope.as_str() == "/groups" {
+            return Err(Error::invalid(
+                "scope",
+                format!(
+                    "{} is a role; /groups and the scopes under it hold group access only",
+                    role.name
+                ),
+            ));
+        }
+        Ok((role, scope))
     }
 
     /// Refuses group access the caller would give or lengthen to themselves.

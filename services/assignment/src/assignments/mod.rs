@@ -406,8 +406,12 @@ impl Assignments {
         let txn = self.db.begin().await?;
         self.end(&txn, held, "expired", Some(system_actor()), role_name, now)
             .await?;
+        // As the timer would have: what rested on it and is no longer allowed ends with it.
+        let resting = self.resting_on(&txn, std::slice::from_ref(held), now).await?;
+        let fallout = self.end_unallowed(&txn, resting, Some(system_actor()), now).await?;
         txn.commit().await?;
         self.index.remove(&held.principal_id, &held.id);
+        self.settle(&fallout);
         Ok(true)
     }
 

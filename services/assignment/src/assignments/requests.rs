@@ -188,6 +188,9 @@ impl Assignments {
                         self.end(txn, &last, "expired", Some(system_actor()), &role_name, now)
                             .await?;
                         self.index.remove(&last.principal_id, &last.id);
+                        // Settled after the commit ([`Self::index_request`]).
+                        let resting = self.resting_on(txn, std::slice::from_ref(&last), now).await?;
+                        let _ = self.end_unallowed(txn, resting, Some(system_actor()), now).await?;
                     }
                     request.start_at = request.start_at.max(now);
                     if let Some(length) = request.duration_ms {
@@ -437,11 +440,15 @@ impl Assignments {
     /// Puts the assignment a request provisioned into the access index (after the commit
     /// that made it, e.g. by an approval event).
     pub async fn index_request(&self, request_id: &str) -> Result<()> {
-        if let Some(request) = store::find_request(&self.db, request_id).await?
-            && let Some(id) = request.assignment_id
-            && let Some(a) = store::find_assignment(&self.db, &id).await?
-        {
-            self.index.upsert_row(&a);
+        if let Some(request) = store::find_request(&self.db, request_id).await? {
+            // What a renewal's lapsed assignment brought down with it leaves the index too.
+            self.reindex_principals(std::slice::from_ref(&request.principal_id))
+                .await?;
+            if let Some(id) = request.assignment_id
+                && let Some(a) = store::find_assignment(&self.db, &id).await?
+            {
+                self.index.upsert_row(&a);
+            }
         }
         // Watchers learn of the new status once CheckAccess here agrees with it.
         let _ = self.changes.send(request_id.to_owned());

@@ -392,7 +392,7 @@ pub async fn eligibilities_and_activations<C: ConnectionTrait>(
     let sql = format!(
         "SELECT {ASSIGNMENT_COLUMNS} FROM assignments WHERE status = 'active' AND (end_at IS NULL OR end_at > $1) \
          AND ((kind = 'eligible' AND start_at <= $2 AND principal_id IN ({})) \
-           OR (kind = 'active' AND origin = 'activation' AND principal_id = $3))",
+           OR (kind = 'active' AND origin = 'activation' AND principal_id = $3)) ORDER BY id",
         placeholders(4, holders.len())
     );
     let mut values = vec![now.into(), now.into(), principal_id.into()];

@@ -97,3 +97,20 @@ pub async fn set_group_membership<C: ConnectionTrait>(
         .await
         .map(drop)
 }
+
+/// Serialises, until `c`'s transaction ends, the changes that weigh what `principal_id`'s
+/// activations rest on (PostgreSQL: an advisory lock on the id; SQLite has one writer
+/// anyway): two removals of the two eligibilities an activation rests on then cannot each
+/// see the other's still in force.
+pub async fn lock_principal<C: ConnectionTrait>(c: &C, principal_id: &str) -> Result<(), DbErr> {
+    if c.backend() != sea_orm::DbBackend::Postgres {
+        return Ok(());
+    }
+    db::query(
+        c,
+        "SELECT pg_advisory_xact_lock(hashtext($1)) IS NULL AS locked",
+        vec![principal_id.into()],
+    )
+    .await
+    .map(drop)
+}

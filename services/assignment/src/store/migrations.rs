@@ -202,13 +202,17 @@ impl MigratorTrait for Migrator {
 
 /// PIM for Groups: membership and ownership of a group, governed like roles, are the
 /// built-in roles Group Member and Group Owner. A custom role that took one of their names
-/// gives it up (renamed "… (custom)"; its id, assignments and policies stay). Idempotent.
+/// gives it up (renamed "… (custom)", or "… (custom ID)" when that is taken too; its id,
+/// assignments and policies stay). Idempotent.
 pub(super) fn group_access_roles_sql() -> String {
     GROUP_ACCESS_ROLES
         .iter()
         .map(|r| {
             format!(
-                "UPDATE role_definitions SET name = name || ' (custom)' WHERE lower(name) = lower('{name}') AND id <> '{id}';
+                "UPDATE role_definitions SET name = CASE \
+                   WHEN EXISTS (SELECT 1 FROM role_definitions WHERE lower(name) = lower('{name} (custom)')) \
+                   THEN name || ' (custom ' || id || ')' ELSE name || ' (custom)' END \
+                 WHERE lower(name) = lower('{name}') AND id <> '{id}';
                  INSERT INTO role_definitions (id, name, description, permissions, built_in, privileged, created_at) \
                  SELECT '{id}', '{name}', '{description}', '', TRUE, FALSE, 0 \
                  WHERE NOT EXISTS (SELECT 1 FROM role_definitions WHERE id = '{id}')",

@@ -273,13 +273,14 @@ pub async fn list_requests<C: ConnectionTrait>(
 pub async fn pending_activations<C: ConnectionTrait>(c: &C, principal_id: &str) -> Result<Vec<RequestRow>, DbErr> {
     let sql = format!(
         "SELECT {REQUEST_COLUMNS} FROM requests WHERE status = 'PendingApproval' AND action = 'selfActivate' \
-         AND principal_id = $1"
+         AND principal_id = $1 ORDER BY id"
     );
     db::rows(c, &sql, vec![principal_id.into()], RequestRow::from_row).await
 }
 
 /// The requests waiting for approval at exactly `scope` (a deleted group's).
 pub async fn pending_requests_at<C: ConnectionTrait>(c: &C, scope: &str) -> Result<Vec<RequestRow>, DbErr> {
-    let sql = format!("SELECT {REQUEST_COLUMNS} FROM requests WHERE status = 'PendingApproval' AND scope = $1");
+    let sql =
+        format!("SELECT {REQUEST_COLUMNS} FROM requests WHERE status = 'PendingApproval' AND scope = $1 ORDER BY id");
     db::rows(c, &sql, vec![scope.into()], RequestRow::from_row).await
 }
