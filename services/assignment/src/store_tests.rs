@@ -90,14 +90,21 @@ fn events() -> OutboxRows {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn racing_activations_leave_one_and_a_waiting_request_blocks_the_rest() -> anyhow::Result<()> {
     on_both(|db| async move {
+        let mut eligibility = assignment("admin", "eligible", None);
+        eligibility.start_at = NOW - HOUR;
+        store::insert_assignment(&db, &eligibility, true, NOW).await?;
         let mut racers = tokio::task::JoinSet::new();
         for _ in 0..16 {
-            let db = db.clone();
+            let (db, eligibility_id) = (db.clone(), eligibility.id.clone());
             racers.spawn(async move {
                 let r = request("selfActivate", RequestStatus::Provisioned);
                 let mut a = assignment("activation", "active", Some(NOW + HOUR));
                 a.request_id = r.id.clone();
-                store::insert_activation(&db, &r, Some((&a, true)), events(), NOW).await
+                let rests = store::RestsOn {
+                    eligibility_id: &eligibility_id,
+                    via_group: None,
+                };
+                store::insert_activation(&db, &r, rests, Some((&a, true)), events(), NOW).await
             });
         }
         let mut made = 0;
@@ -119,7 +126,11 @@ async fn racing_activations_leave_one_and_a_waiting_request_blocks_the_rest() ->
             .expect_err("a second waiting request");
         assert!(is_unique_violation(&second), "{second}");
         let blocked = request("selfActivate", RequestStatus::PendingApproval);
-        assert!(!store::insert_activation(&db, &blocked, None, events(), NOW).await?);
+        let rests = store::RestsOn {
+            eligibility_id: &eligibility.id,
+            via_group: None,
+        };
+        assert!(!store::insert_activation(&db, &blocked, rests, None, events(), NOW).await?);
         let found = store::pending_request(&db, "lee", EXCHANGE_ADMINISTRATOR, "/").await?;
         assert_eq!(
             found.map(|r| (r.id, r.status)),
@@ -257,6 +268,57 @@ async fn the_upgrade_keeps_the_duplicate_that_grants_most() -> anyhow::Result<()
             .expect_err("held by the index");
         assert!(is_unique_violation(&refused), "{refused}");
         again?;
+        Ok(())
+    })
+    .await
+}
+
+/// An activation is stored only while what it rests on holds, checked by the statement that
+/// stores it: the eligibility in force, and for a group's, Lee's membership (identity's, or
+/// a just-in-time one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_activation_is_stored_only_while_its_eligibility_and_membership_hold() -> anyhow::Result<()> {
+    use crate::roles::{GROUP_MEMBER, group_scope};
+    on_both(|db| async move {
+        let activate = || {
+            let r = request("selfActivate", RequestStatus::Provisioned);
+            let mut a = assignment("activation", "active", Some(NOW + HOUR));
+            a.request_id = r.id.clone();
+            (r, a)
+        };
+        // The group's eligibility: Lee rests on it while a member.
+        let mut held = assignment("admin", "eligible", None);
+        (held.principal_id, held.principal_kind, held.start_at) = ("ops".into(), "group".into(), NOW - HOUR);
+        store::insert_assignment(&db, &held, true, NOW).await?;
+        let through_ops = store::RestsOn {
+            eligibility_id: &held.id,
+            via_group: Some("ops"),
+        };
+        let (r, a) = activate();
+        assert!(
+            !store::insert_activation(&db, &r, through_ops, Some((&a, true)), events(), NOW).await?,
+            "not a member"
+        );
+        // A member through PIM (a live Group Member assignment): stored.
+        let mut member = assignment("activation", "active", Some(NOW + HOUR));
+        (member.role_id, member.scope) = (GROUP_MEMBER.into(), group_scope("ops"));
+        store::insert_assignment(&db, &member, true, NOW).await?;
+        assert!(store::lock_resting(&db, through_ops, "lee", NOW).await?);
+        let (r, a) = activate();
+        assert!(store::insert_activation(&db, &r, through_ops, Some((&a, true)), events(), NOW).await?);
+        store::end_assignment(&db, &a.id, "deactivated", NOW).await?;
+        // The membership ended: no more; a member in identity's directory: again.
+        store::end_assignment(&db, &member.id, "deactivated", NOW).await?;
+        assert!(!store::lock_resting(&db, through_ops, "lee", NOW).await?);
+        store::set_group_membership(&db, "ops", "lee", true).await?;
+        let (r, a) = activate();
+        assert!(store::insert_activation(&db, &r, through_ops, Some((&a, true)), events(), NOW).await?);
+        store::end_assignment(&db, &a.id, "deactivated", NOW).await?;
+        // The eligibility ended: nothing rests on it any more.
+        store::end_assignment(&db, &held.id, "removed", NOW).await?;
+        let (r, a) = activate();
+        assert!(!store::insert_activation(&db, &r, through_ops, Some((&a, true)), events(), NOW).await?);
+        assert!(!store::lock_resting(&db, through_ops, "lee", NOW).await?);
         Ok(())
     })
     .await

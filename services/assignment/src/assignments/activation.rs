@@ -100,10 +100,19 @@ impl Assignments {
             let activated = self.role_activated(Some(caller.actor()), a, &role.name, &request.justification);
             events.push(envelope(SOURCE, "RoleActivated", &a.principal_id, &activated));
         }
+        // What it rests on, checked (and locked) by the statement that stores it.
+        let Some((allowing, _)) = eligibility else {
+            return Err(Error::PolicyViolation(violations));
+        };
+        let rests = store::RestsOn {
+            eligibility_id: &allowing.id,
+            via_group: (allowing.principal_id != caller.principal_id).then_some(allowing.principal_id.as_str()),
+        };
         let insert = || {
             store::insert_activation(
                 &self.db,
                 &request,
+                rests,
                 assignment.as_ref().map(|a| (a, starts_now)),
                 OutboxRows::new(streams::ASSIGNMENT, &events),
                 now,
@@ -117,6 +126,12 @@ impl Assignments {
             // the timer, or a decision) between the refusal and this look.
             attempts += 1;
             let (principal, scope) = (&caller.principal_id, scope.as_str());
+            if !store::lock_resting(&self.db, rests, principal, self.now()).await? {
+                return Err(Error::PolicyViolation(vec![RuleViolation {
+                    kind: "EligibilityRule",
+                    message: format!("your eligibility for {} at {scope} ended meanwhile", role.name),
+                }]));
+            }
             let cleared = match store::live_activation(&self.db, principal, &role.id, scope).await? {
                 Some(live) => self.end_if_lapsed(&live, &role.name, self.now()).await?,
                 None => store::pending_request(&self.db, principal, &role.id, scope)

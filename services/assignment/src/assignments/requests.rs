@@ -284,8 +284,20 @@ impl Assignments {
                 holders.extend(groups.keys().cloned());
                 let scopes = Scope::parse(&request.scope)?.with_ancestors();
                 let (held, _) = store::activation_inputs(txn, &holders, &request.role_id, &scopes, now).await?;
-                let eligible_until = group_access::longest_eligibility(&held, &groups, &request.role_id, &scopes, now)
-                    .map(|(_, until)| until.unwrap_or(i64::MAX));
+                let allowing = group_access::longest_eligibility(&held, &groups, &request.role_id, &scopes, now);
+                // Locked (PostgreSQL) until this transaction ends: a concurrent removal waits
+                // for the activation, then ends it; or wins first, and none is made.
+                let still = match allowing {
+                    Some((e, _)) => {
+                        let rests = store::RestsOn {
+                            eligibility_id: &e.id,
+                            via_group: (e.principal_id != request.principal_id).then_some(e.principal_id.as_str()),
+                        };
+                        store::lock_resting(txn, rests, &request.principal_id, now).await?
+                    }
+                    None => false,
+                };
+                let eligible_until = allowing.filter(|_| still).map(|(_, until)| until.unwrap_or(i64::MAX));
                 let Some(eligible_until) = eligible_until.filter(|until| *until > start) else {
                     request.status = RequestStatus::Failed;
                     self.transition(txn, &request, RequestStatus::Granted, None, now)

@@ -117,18 +117,89 @@ pub async fn insert_request<C: ConnectionTrait>(c: &C, r: &RequestRow) -> Result
     .map(drop)
 }
 
+/// What an activation rests on: the eligibility, and for one a group holds, the principal's
+/// membership of that group (identity's, or an active Group Member assignment). The
+/// statement that stores the activation checks both are still in force and, on PostgreSQL,
+/// locks them `FOR SHARE` until it commits: a removal either waits for the activation (and
+/// then sees it, and ends it) or wins (and the activation is not stored).
+#[derive(Clone, Copy, Debug)]
+pub struct RestsOn<'a> {
+    pub eligibility_id: &'a str,
+    pub via_group: Option<&'a str>,
+}
+
+/// The SQL condition that `rests` still holds for `principal` at `now`, with its values
+/// numbered from `first`.
+fn still_resting(
+    backend: DbBackend,
+    rests: RestsOn<'_>,
+    principal: &str,
+    now: i64,
+    first: usize,
+) -> (String, Vec<Value>) {
+    let lock = if backend == DbBackend::Postgres {
+        " FOR SHARE"
+    } else {
+        ""
+    };
+    let (e, t) = (first, first + 1);
+    let mut sql = format!(
+        "EXISTS (SELECT 1 FROM assignments WHERE id = ${e} AND kind = 'eligible' AND status = 'active' \
+         AND start_at <= ${t} AND (end_at IS NULL OR end_at > ${t}){lock})"
+    );
+    let mut values: Vec<Value> = vec![rests.eligibility_id.into(), now.into()];
+    if let Some(group) = rests.via_group {
+        let (p, g, role, scope) = (first + 2, first + 3, first + 4, first + 5);
+        sql += &format!(
+            " AND (EXISTS (SELECT 1 FROM group_memberships WHERE group_id = ${g} AND principal_id = ${p}{lock}) \
+             OR EXISTS (SELECT 1 FROM assignments WHERE principal_id = ${p} AND role_id = ${role} AND scope = ${scope} \
+             AND kind = 'active' AND status = 'active' AND start_at <= ${t} AND (end_at IS NULL OR end_at > ${t}){lock}))"
+        );
+        values.extend([
+            principal.into(),
+            group.into(),
+            crate::roles::GROUP_MEMBER.into(),
+            crate::roles::group_scope(group).into(),
+        ]);
+    }
+    (sql, values)
+}
+
+/// Locks (PostgreSQL, until `c`'s transaction ends) what an activation rests on, if it is
+/// still in force; whether it is.
+pub async fn lock_resting<C: ConnectionTrait>(
+    c: &C,
+    rests: RestsOn<'_>,
+    principal: &str,
+    now: i64,
+) -> Result<bool, DbErr> {
+    let (condition, values) = still_resting(c.backend(), rests, principal, now, 1);
+    Ok(db::query_one(c, &format!("SELECT 1 AS one WHERE {condition}"), values)
+        .await?
+        .is_some())
+}
+
 /// Inserts a selfActivate request unless the principal already has one waiting for approval
-/// for the same role and scope (checked in the same statement): `$1`–`$21`.
-pub(super) fn request_unless_pending(r: &RequestRow) -> (String, Vec<Value>) {
+/// for the same role and scope, and only while what it rests on holds (checked in the same
+/// statement): `$1`–`$21`, then the condition's.
+pub(super) fn request_unless_pending(
+    backend: DbBackend,
+    r: &RequestRow,
+    rests: RestsOn<'_>,
+    now: i64,
+) -> (String, Vec<Value>) {
     let mut values = request_values(r);
     values.extend([
         r.principal_id.clone().into(),
         r.role_id.clone().into(),
         r.scope.clone().into(),
     ]);
+    let (resting, resting_values) = still_resting(backend, rests, &r.principal_id, now, values.len() + 1);
+    values.extend(resting_values);
     let sql = format!(
         "{REQUEST_INSERT} SELECT {} WHERE NOT EXISTS \
-         (SELECT 1 FROM requests WHERE principal_id = $19 AND role_id = $20 AND scope = $21 AND status = 'PendingApproval')",
+         (SELECT 1 FROM requests WHERE principal_id = $19 AND role_id = $20 AND scope = $21 AND status = 'PendingApproval') \
+         AND {resting}",
         placeholders(1, 18)
     );
     (sql, values)
@@ -136,12 +207,14 @@ pub(super) fn request_unless_pending(r: &RequestRow) -> (String, Vec<Value>) {
 
 /// Stores a selfActivate request, with its assignment (`announced` when it starts now) when
 /// it needs no approval, and its events, unless the principal already has one waiting for
-/// approval for the same role and scope; returns whether it did. All or nothing: on
+/// approval for the same role and scope, and only while what it `rests` on holds; returns
+/// whether it did. All or nothing: on
 /// PostgreSQL one statement (data-modifying CTEs), which spares the service's hottest path
 /// the BEGIN and COMMIT round trips; on SQLite, whose CTEs cannot write, one transaction.
 pub async fn insert_activation(
     db: &Db,
     r: &RequestRow,
+    rests: RestsOn<'_>,
     assignment: Option<(&AssignmentRow, bool)>,
     events: OutboxRows,
     now: i64,
@@ -153,7 +226,7 @@ pub async fn insert_activation(
             Err(err)
         }
     };
-    insert_activation_once(db, r, assignment, events, now)
+    insert_activation_once(db, r, rests, assignment, events, now)
         .await
         .or_else(refused)
 }
@@ -163,11 +236,12 @@ pub async fn insert_activation(
 pub(super) async fn insert_activation_once(
     db: &Db,
     r: &RequestRow,
+    rests: RestsOn<'_>,
     assignment: Option<(&AssignmentRow, bool)>,
     events: OutboxRows,
     now: i64,
 ) -> Result<bool, DbErr> {
-    let (request_sql, mut values) = request_unless_pending(r);
+    let (request_sql, mut values) = request_unless_pending(db.get_database_backend(), r, rests, now);
     if db.get_database_backend() != DbBackend::Postgres {
         let txn = db.begin().await?;
         if db::exec(&txn, &request_sql, values).await? != 1 {
