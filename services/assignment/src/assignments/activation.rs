@@ -317,13 +317,12 @@ impl Assignments {
     }
 
     /// After eligibilities or memberships that the principals in `todo` rested on ended (in
-    /// `txn`): an activation
-    /// never outlives what allowed it. It rests on an eligibility, its holder's own or a
-    /// group's while they are a member; one that no eligibility allows any more ends now, and
-    /// an activation request waiting for approval on such ground is canceled. Ending a
-    /// just-in-time membership this way can leave activations through the group unallowed in
-    /// turn: they end too. What it ended and canceled is for [`Self::settle`] once `txn`
-    /// commits.
+    /// `txn`): an activation never outlives what allowed it. It rests on an eligibility, its
+    /// holder's own or a group's while they are a member; one that no eligibility allows any
+    /// more ends now, and an activation request waiting for approval on such ground is
+    /// canceled. Ending a just-in-time membership this way can leave activations through the
+    /// group unallowed in turn: they end too. What it ended and canceled is for
+    /// [`Self::settle`] once `txn` commits.
     pub(crate) async fn end_unallowed(
         &self,
         txn: &DatabaseTransaction,

@@ -317,10 +317,10 @@ impl Assignments {
     }
 }
 
-/// The eligibility among `held` that lets `principal` activate `role_id` at the last of
-/// `scopes` (ordered from `/` down) for longest, and until when: held by the principal or by
-/// one of their `groups` (then lasting no longer than the membership), at the scope or above,
-/// started by `now`. `None`: nothing allows the activation.
+/// The eligibility among `held` (a principal's own, and their `groups'`) that allows
+/// activating `role_id` at the last of `scopes` (ordered from `/` down) for longest, and
+/// until when: a group's lasts no longer than the membership; it must be at the scope or
+/// above and started by `now`. `None`: nothing allows the activation.
 pub(crate) fn longest_eligibility<'a>(
     held: &'a [AssignmentRow],
     groups: &HashMap<String, Option<i64>>,
