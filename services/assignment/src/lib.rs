@@ -7,6 +7,7 @@ mod drift;
 mod error;
 mod groups;
 mod grpc;
+mod identity_events;
 mod index;
 mod policy_edits;
 mod roles;
@@ -14,6 +15,7 @@ mod scheduler;
 mod store;
 #[cfg(test)]
 mod store_tests;
+mod timers;
 
 use std::sync::Arc;
 
@@ -236,7 +238,7 @@ impl Service for Assignment {
     fn handlers(&self) -> Vec<Arc<dyn EventHandler>> {
         vec![
             Arc::new(ApprovalOutcomes(self.assignments.clone())),
-            Arc::new(groups::IdentityEvents(self.assignments.clone())),
+            Arc::new(identity_events::IdentityEvents(self.assignments.clone())),
         ]
     }
 

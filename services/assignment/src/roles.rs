@@ -10,8 +10,8 @@ use pim_runtime::db::Db;
 use crate::store::{self, RoleRow};
 
 pub use pim_proto::catalogue::{
-    BUILT_IN_ROLES, GLOBAL_ADMINISTRATOR, GROUP_ACCESS_ROLES, GROUP_MEMBER, GROUP_OWNER, PRIVILEGED_ROLE_ADMINISTRATOR,
-    group_of_scope, group_scope, is_group_access,
+    BUILT_IN_ROLES, GLOBAL_ADMINISTRATOR, GROUP_MEMBER, GROUP_OWNER, PRIVILEGED_ROLE_ADMINISTRATOR, group_of_scope,
+    group_scope, is_group_access,
 };
 use pim_runtime::access::permissions as p;
 

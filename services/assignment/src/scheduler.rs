@@ -4,11 +4,10 @@
 //! event), and the loop sleeps until the next deadline. CheckAccess compares times itself, so
 //! a late timer never lets an expired role through: the timer only tells the others.
 
-use std::sync::atomic::{AtomicI64, Ordering::SeqCst};
 use std::time::Duration;
 
 use sea_orm::TransactionTrait;
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 
 use crate::assignments::{Assignments, system_actor};
 use crate::domain::RequestStatus;
@@ -18,54 +17,6 @@ use crate::store;
 const BATCH: u64 = 500;
 /// The longest sleep: other replicas' new deadlines are found at least this often.
 const MAX_SLEEP: Duration = Duration::from_millis(500);
-
-/// How writers tell the scheduler about a new deadline. It is woken only when the deadline
-/// comes before the time it already sleeps until, so a busy service (an activation ending in
-/// an hour, hundreds a second) does not send it to the database after every write.
-pub struct Timers {
-    /// When the scheduler will look next (ms, the service clock); `i64::MIN` while it works.
-    planned: AtomicI64,
-    /// The earliest deadline announced since the scheduler last planned (ms).
-    announced: AtomicI64,
-    wake: Notify,
-}
-
-impl Default for Timers {
-    fn default() -> Self {
-        Self {
-            planned: AtomicI64::new(i64::MIN),
-            announced: AtomicI64::new(i64::MAX),
-            wake: Notify::new(),
-        }
-    }
-}
-
-impl Timers {
-    /// Something starts or ends at `at` (ms).
-    pub fn deadline(&self, at: i64) {
-        // Announce first, then compare: the scheduler plans, then reads the announcements, so
-        // (all orderings being sequentially consistent) either it sees this one or this
-        // sees its plan.
-        self.announced.fetch_min(at, SeqCst);
-        if at < self.planned.load(SeqCst) {
-            self.wake.notify_one();
-        }
-    }
-
-    /// The scheduler plans to look again at `at` (ms); returns the time it should, counting
-    /// deadlines announced while it worked.
-    fn plan(&self, at: i64) -> i64 {
-        self.planned.store(at, SeqCst);
-        let at = at.min(self.announced.swap(i64::MAX, SeqCst));
-        self.planned.store(at, SeqCst);
-        at
-    }
-
-    /// The scheduler is awake: announcements need not wake it until it plans again.
-    fn working(&self) {
-        self.planned.store(i64::MIN, SeqCst);
-    }
-}
 
 #[derive(Clone)]
 pub struct Scheduler {
@@ -169,45 +120,10 @@ impl Scheduler {
                 let sleep = self.sleep_for().await;
                 tokio::select! {
                     _ = tokio::time::sleep(sleep) => {}
-                    _ = self.assignments.timers.wake.notified() => {}
+                    _ = self.assignments.timers.woken() => {}
                     _ = stop.changed() => break,
                 }
             }
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use futures::FutureExt;
-
-    use super::*;
-
-    /// Whether a wake-up is waiting for the scheduler (consumes it).
-    fn woken(timers: &Timers) -> bool {
-        timers.wake.notified().now_or_never().is_some()
-    }
-
-    #[test]
-    fn only_a_deadline_sooner_than_the_plan_wakes_the_scheduler() {
-        let timers = Timers::default();
-        assert_eq!(timers.plan(10_000), 10_000);
-        timers.deadline(60_000);
-        assert!(!woken(&timers), "a later deadline must not wake it");
-        timers.deadline(5_000);
-        assert!(woken(&timers), "a sooner deadline must wake it");
-        // Both are remembered for the next plan, which takes the soonest.
-        assert_eq!(timers.plan(20_000), 5_000);
-    }
-
-    #[test]
-    fn deadlines_announced_while_it_works_join_the_next_plan() {
-        let timers = Timers::default();
-        timers.working();
-        timers.deadline(7_000);
-        assert!(!woken(&timers), "a working scheduler reads announcements when it plans");
-        assert_eq!(timers.plan(9_000), 7_000);
-        // Announcements are read once.
-        assert_eq!(timers.plan(9_000), 9_000);
     }
 }

@@ -5,7 +5,29 @@
 
 use sha2::{Digest, Sha256};
 
-use crate::store::Record;
+/// One audit record (without its sequence until stored): what the chain hashes.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Record {
+    pub sequence: i64,
+    pub event_id: String,
+    pub time: i64,
+    pub source: String,
+    pub action: String,
+    pub actor_id: String,
+    pub actor_name: String,
+    pub target_id: String,
+    pub target_name: String,
+    pub role_id: String,
+    pub role_name: String,
+    pub scope: String,
+    pub justification: String,
+    pub ticket: String,
+    pub outcome: String,
+    pub trace_id: String,
+    pub payload_json: String,
+    pub prev_hash: Vec<u8>,
+    pub hash: Vec<u8>,
+}
 
 pub const GENESIS: [u8; 32] = [0u8; 32];
 const LEAF: u8 = 0x00;

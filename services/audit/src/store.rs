@@ -78,29 +78,7 @@ fn zero_hash(d: &dyn pim_runtime::db::Dialect) -> String {
     }
 }
 
-/// One audit record (without its sequence until stored).
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Record {
-    pub sequence: i64,
-    pub event_id: String,
-    pub time: i64,
-    pub source: String,
-    pub action: String,
-    pub actor_id: String,
-    pub actor_name: String,
-    pub target_id: String,
-    pub target_name: String,
-    pub role_id: String,
-    pub role_name: String,
-    pub scope: String,
-    pub justification: String,
-    pub ticket: String,
-    pub outcome: String,
-    pub trace_id: String,
-    pub payload_json: String,
-    pub prev_hash: Vec<u8>,
-    pub hash: Vec<u8>,
-}
+pub use crate::chain::Record;
 
 const COLUMNS: &str = "sequence, event_id, time, source, action, actor_id, actor_name, target_id, target_name, role_id, role_name, scope, justification, ticket, outcome, trace_id, payload_json, prev_hash, hash";
 

@@ -124,7 +124,7 @@ pub struct Directory {
     pub(crate) max_role_assignable_groups: u64,
     /// Proxies whose `x-forwarded-for` names the client (PIM_TRUSTED_PROXIES).
     pub(crate) trusted_proxies: Arc<[ipnet::IpNet]>,
-    pub(crate) assignment: crate::protection::AssignmentClients,
+    pub(crate) assignment: crate::clients::AssignmentClients,
     pub(crate) sealer: crate::sealing::Sealer,
     /// What time the MFA lifecycle reads (passes, enrolment windows, step-up freshness).
     pub(crate) clock: Arc<dyn Clock>,

@@ -1,6 +1,7 @@
 //! Identity and MFA: the directory (users, service principals), password and client-secret
 //! sign-in, and the signing keys behind every access token.
 
+mod clients;
 mod credentials;
 mod directory;
 mod error;
@@ -56,7 +57,7 @@ impl Identity {
             token_ttl: deps.config.access_token_ttl,
             max_role_assignable_groups: deps.config.max_role_assignable_groups,
             trusted_proxies: deps.config.trusted_proxies.clone().into(),
-            assignment: protection::AssignmentClients::new(deps.assignment),
+            assignment: clients::AssignmentClients::new(deps.assignment),
             clock: deps.clock.clone(),
             signin_mfa: deps.config.signin_mfa,
             enrollment_window: deps.config.mfa_enrollment_window,

@@ -6,11 +6,8 @@
 //! role is asked of assignment, on the caller's behalf.
 
 use sea_orm::TransactionTrait;
-use tonic::transport::Channel;
 
 use pim_proto::assignment::v1 as apb;
-use pim_proto::assignment::v1::assignment_service_client::AssignmentServiceClient;
-use pim_proto::assignment::v1::role_service_client::RoleServiceClient;
 use pim_proto::catalogue;
 use pim_proto::events::v1 as ev;
 use pim_runtime::access::{on_behalf_of, permissions, require};
@@ -20,22 +17,6 @@ use crate::credentials;
 use crate::directory::Directory;
 use crate::error::{Error, Result};
 use crate::store::{self, UserRow};
-
-/// Clients of the assignment service, for the privileged question.
-#[derive(Clone)]
-pub struct AssignmentClients {
-    pub assignments: AssignmentServiceClient<Channel>,
-    pub roles: RoleServiceClient<Channel>,
-}
-
-impl AssignmentClients {
-    pub fn new(channel: Channel) -> Self {
-        Self {
-            assignments: AssignmentServiceClient::new(channel.clone()),
-            roles: RoleServiceClient::new(channel),
-        }
-    }
-}
 
 /// Assignment's answer to "who is privileged?", in identity's words: a refusal stays one; any
 /// other failure means the answer is unknown, so the change waits.

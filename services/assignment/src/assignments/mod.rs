@@ -27,8 +27,8 @@ use crate::groups::Memberships;
 use crate::index::AccessIndex;
 use crate::policy_edits::{self, Setting};
 use crate::roles::{GLOBAL_ADMINISTRATOR, RoleCatalog};
-use crate::scheduler::Timers;
 use crate::store::{self, AssignmentRow, RequestRow};
+use crate::timers::Timers;
 
 mod activation;
 mod administration;
@@ -346,14 +346,14 @@ impl Assignments {
                     .unwrap_or_default()
                     .effective_stages()
                     .iter()
-                    .map(crate::grpc::stage_to_pb)
+                    .map(crate::domain::ApprovalStage::to_pb)
                     .collect()
             } else {
                 Vec::new()
             },
             duration: request
                 .duration_ms
-                .map(|ms| crate::grpc::duration_to_pb(Duration::from_millis(ms.max(0) as u64))),
+                .map(|ms| crate::domain::duration_to_pb(Duration::from_millis(ms.max(0) as u64))),
         }
     }
 

@@ -380,6 +380,28 @@ impl Policy {
     }
 }
 
+/// A length as the contracts (events and the API) carry it: whole seconds.
+pub fn duration_to_pb(d: Duration) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: d.as_secs() as i64,
+        nanos: 0,
+    }
+}
+
+impl ApprovalStage {
+    /// This stage as the contracts (events and the API) carry it.
+    pub fn to_pb(&self) -> pim_proto::common::v1::ApprovalStageSettings {
+        pim_proto::common::v1::ApprovalStageSettings {
+            approver_ids: self.approver_ids.clone(),
+            approvals_required: self.approvals_required as i32,
+            timeout: Some(duration_to_pb(self.timeout)),
+            escalation_approver_ids: self.escalation_approver_ids.clone(),
+            escalate_after: (!self.escalate_after.is_zero()).then(|| duration_to_pb(self.escalate_after)),
+            justification_required: self.justification_required,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

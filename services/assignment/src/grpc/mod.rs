@@ -29,7 +29,6 @@ use crate::store::RequestRow;
 mod wire;
 
 use wire::*;
-pub(crate) use wire::{duration_to_pb, stage_to_pb};
 
 impl Assignments {
     /// One access question, checked and answered from the access index.

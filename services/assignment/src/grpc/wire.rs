@@ -9,7 +9,9 @@ use pim_runtime::consistency;
 use pim_runtime::db::to_timestamp;
 
 use crate::assignments::{ActivateRequest, AdminAssignRequest, EndRequest, PolicyAt};
-use crate::domain::{ActivationAsk, AdminAssignment, ApprovalStage, Expiration, Kind, Policy, RequestStatus};
+use crate::domain::{
+    ActivationAsk, AdminAssignment, ApprovalStage, Expiration, Kind, Policy, RequestStatus, duration_to_pb,
+};
 use crate::error::Error;
 use crate::store::{AssignmentRow, RequestRow, RoleRow};
 
@@ -144,13 +146,6 @@ pub(super) fn assignment_to_pb(
     }
 }
 
-pub(crate) fn duration_to_pb(d: Duration) -> prost_types::Duration {
-    prost_types::Duration {
-        seconds: d.as_secs() as i64,
-        nanos: 0,
-    }
-}
-
 pub(super) fn duration_from_pb(field: &'static str, d: &prost_types::Duration) -> Result<Duration, Error> {
     if d.seconds < 0 || d.nanos < 0 {
         return Err(Error::invalid(field, "must not be negative"));
@@ -183,18 +178,7 @@ pub(super) fn policy_to_pb(at: PolicyAt) -> pb::RolePolicy {
         active_requires_justification: p.active_requires_justification,
         mfa_freshness: Some(duration_to_pb(p.mfa_freshness)),
         min_activation_before_deactivate: Some(duration_to_pb(p.min_activation_before_deactivate)),
-        approval_stages: p.approval_stages.iter().map(stage_to_pb).collect(),
-    }
-}
-
-pub(crate) fn stage_to_pb(s: &ApprovalStage) -> ApprovalStageSettings {
-    ApprovalStageSettings {
-        approver_ids: s.approver_ids.clone(),
-        approvals_required: s.approvals_required as i32,
-        timeout: Some(duration_to_pb(s.timeout)),
-        escalation_approver_ids: s.escalation_approver_ids.clone(),
-        escalate_after: (!s.escalate_after.is_zero()).then(|| duration_to_pb(s.escalate_after)),
-        justification_required: s.justification_required,
+        approval_stages: p.approval_stages.iter().map(ApprovalStage::to_pb).collect(),
     }
 }
 

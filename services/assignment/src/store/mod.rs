@@ -10,7 +10,7 @@ use pim_runtime::events::{
 };
 
 use crate::domain::RequestStatus;
-use crate::roles::{BUILT_IN_ROLES, GROUP_ACCESS_ROLES};
+use pim_proto::catalogue::{BUILT_IN_ROLES, GROUP_ACCESS_ROLES};
 
 mod assignments;
 mod memberships;

@@ -158,8 +158,8 @@ fn still_resting(
         values.extend([
             principal.into(),
             group.into(),
-            crate::roles::GROUP_MEMBER.into(),
-            crate::roles::group_scope(group).into(),
+            pim_proto::catalogue::GROUP_MEMBER.into(),
+            pim_proto::catalogue::group_scope(group).into(),
         ]);
     }
     (sql, values)

@@ -1,0 +1,78 @@
+//! Identity's events, as assignment follows them: the membership projection kept, what a
+//! former member activated through the group ended, and a deleted group's assignments ended.
+
+use sea_orm::DatabaseTransaction;
+
+use pim_proto::events::v1::{GroupDeleted, GroupMembershipChanged};
+use pim_runtime::events::{Envelope, EventHandler, decode, short_type, streams};
+
+use crate::assignments::Assignments;
+use crate::groups::Memberships;
+use crate::store;
+
+/// Keeps the projection table from identity's events, and ends a deleted group's
+/// assignments and every access to it.
+pub struct IdentityEvents(pub Assignments);
+
+#[async_trait::async_trait]
+impl EventHandler for IdentityEvents {
+    fn consumer(&self) -> &str {
+        "assignment"
+    }
+
+    fn streams(&self) -> Vec<&'static str> {
+        vec![streams::IDENTITY]
+    }
+
+    fn wants(&self, event_type: &str) -> bool {
+        matches!(event_type, "GroupMemberAdded" | "GroupMemberRemoved" | "GroupDeleted")
+    }
+
+    async fn handle(&self, txn: &DatabaseTransaction, envelope: &Envelope) -> anyhow::Result<()> {
+        if short_type(envelope) == "GroupDeleted" {
+            let e: GroupDeleted = decode(envelope)?;
+            return self
+                .0
+                .end_group(txn, &e.group_id, e.actor)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"));
+        }
+        if let Some((group, member, is_member)) = Memberships::change(envelope)? {
+            store::set_group_membership(txn, &group, &member, is_member).await?;
+            if !is_member {
+                // What the member activated from the group's eligibilities ends with the
+                // membership (settled in `after_commit`).
+                let actor = decode::<GroupMembershipChanged>(envelope)?.actor;
+                let now = self.0.now();
+                let _ = self
+                    .0
+                    .end_unallowed(txn, vec![member], actor, now)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn after_commit(&self, envelope: &Envelope) {
+        if short_type(envelope) == "GroupDeleted" {
+            // The index follows what was committed, read back from the database.
+            if let Ok(e) = decode::<GroupDeleted>(envelope)
+                && let Err(err) = self.0.reindex_group(&e.group_id).await
+            {
+                tracing::warn!(event_id = %envelope.id, error = %err, "a deleted group's assignments could not be re-indexed");
+            }
+            return;
+        }
+        // What a former member activated through the group leaves the index first, so no
+        // check sees it still active once the membership is gone.
+        if let Ok(Some((_, member, false))) = Memberships::change(envelope)
+            && let Err(err) = self.0.reindex_principals(&[member]).await
+        {
+            tracing::warn!(event_id = %envelope.id, error = %err, "a former member's activations could not be re-indexed");
+        }
+        if let Err(err) = self.0.memberships.apply(envelope) {
+            tracing::warn!(event_id = %envelope.id, error = %err, "group membership could not be applied");
+        }
+    }
+}
