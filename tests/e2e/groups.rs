@@ -736,6 +736,31 @@ async fn what_members_activate_through_a_group_ends_with_what_allowed_it() -> an
             .await?
             .into_inner();
         assert_eq!(kims.status, apb::RequestStatus::Canceled as i32, "{kims:?}");
+        // Its approval closes saying why: not Kim's withdrawal.
+        let canceled = eventually(
+            Duration::from_secs(10),
+            "the approval's cancellation in audit",
+            || async {
+                let records = pim_proto::audit::v1::audit_service_client::AuditServiceClient::new(w.ts.channel.clone())
+                    .query_events(authed(
+                        &w.admin,
+                        pim_proto::audit::v1::QueryEventsRequest {
+                            action: "ApprovalCanceled".into(),
+                            ..Default::default()
+                        },
+                    ))
+                    .await?
+                    .into_inner()
+                    .records;
+                Ok(records.into_iter().find(|r| r.target_id == kim.id))
+            },
+        )
+        .await?;
+        assert!(
+            canceled.payload_json.contains("what the request rested on"),
+            "{}",
+            canceled.payload_json
+        );
 
         // Given back, without approval: both activate Security Reader through the group.
         w.assignments()
