@@ -45,6 +45,7 @@ impl EventHandler for Ingest {
             .iter()
             .map(|e| records::record(e, &self.correlator))
             .collect::<anyhow::Result<Vec<_>>>()?;
+        store::name_all(txn, &mut records).await?;
         store::append_all(txn, &mut records, now_ms()).await?;
         Ok(())
     }

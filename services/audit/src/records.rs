@@ -59,6 +59,11 @@ fn ts(t: &Option<prost_types::Timestamp>) -> Option<i64> {
     t.as_ref().map(from_timestamp)
 }
 
+/// A time in a payload, as people and SIEMs read it: RFC 3339 in UTC, to the millisecond.
+fn rfc3339(t: &Option<prost_types::Timestamp>) -> Option<String> {
+    ts(t).map(pim_runtime::format::rfc3339_ms)
+}
+
 /// The audit record of one event. Unknown event types are still recorded (action, source,
 /// subject and the raw data), never dropped.
 pub fn record(envelope: &Envelope, correlator: &Correlator) -> anyhow::Result<Record> {
@@ -80,7 +85,29 @@ pub fn record(envelope: &Envelope, correlator: &Correlator) -> anyhow::Result<Re
             r.target_name = e.user_name.clone();
             json!({"user_id": e.user_id, "user_name": e.user_name, "display_name": e.display_name})
         }
-        "GroupCreated" => {
+        "UserUpdated" => {
+            let e: ev::UserUpdated = decode(envelope)?;
+            set_actor(&mut r, &e.actor);
+            r.target_id = e.user_id.clone();
+            r.target_name = e.user_name.clone();
+            json!({"user_id": e.user_id, "user_name": e.user_name, "display_name": e.display_name})
+        }
+        "UserDisabled" | "UserEnabled" | "UserDeleted" => {
+            let e: ev::UserDisabled = decode(envelope)?;
+            set_actor(&mut r, &e.actor);
+            r.target_id = e.user_id.clone();
+            r.target_name = e.user_name.clone();
+            json!({"user_id": e.user_id, "user_name": e.user_name})
+        }
+        "GroupDeleted" => {
+            let e: ev::GroupDeleted = decode(envelope)?;
+            set_actor(&mut r, &e.actor);
+            r.target_id = e.group_id.clone();
+            r.target_name = e.display_name.clone();
+            r.scope = pim_proto::catalogue::group_scope(&e.group_id);
+            json!({"group_id": e.group_id, "display_name": e.display_name, "is_assignable_to_role": e.is_assignable_to_role})
+        }
+        "GroupCreated" | "GroupUpdated" => {
             let e: ev::GroupCreated = decode(envelope)?;
             set_actor(&mut r, &e.actor);
             r.target_id = e.group_id.clone();
@@ -150,7 +177,7 @@ pub fn record(envelope: &Envelope, correlator: &Correlator) -> anyhow::Result<Re
             let e: ev::EnrollmentPassEvent = decode(envelope)?;
             set_actor(&mut r, &e.actor);
             r.target_id = e.user_id.clone();
-            json!({"pass_id": e.pass_id, "expires_at": ts(&e.expires_at), "uses_left": e.uses_left})
+            json!({"pass_id": e.pass_id, "expires_at": rfc3339(&e.expires_at), "uses_left": e.uses_left})
         }
         "CredentialsReset" | "PasswordChanged" => {
             let e: ev::CredentialsReset = decode(envelope)?;
@@ -175,7 +202,7 @@ pub fn record(envelope: &Envelope, correlator: &Correlator) -> anyhow::Result<Re
             r.ticket = ticket_text(&e.ticket);
             json!({
                 "request_id": e.request_id, "action": e.action, "kind": e.kind, "status": e.status,
-                "start_time": ts(&e.start_time), "end_time": ts(&e.end_time),
+                "start_time": rfc3339(&e.start_time), "end_time": rfc3339(&e.end_time),
             })
         }
         "EligibilityGranted"
@@ -195,7 +222,7 @@ pub fn record(envelope: &Envelope, correlator: &Correlator) -> anyhow::Result<Re
             r.ticket = ticket_text(&e.ticket);
             json!({
                 "assignment_id": e.assignment_id, "request_id": e.request_id, "kind": e.kind,
-                "start_time": ts(&e.start_time), "end_time": ts(&e.end_time), "reason": e.reason,
+                "start_time": rfc3339(&e.start_time), "end_time": rfc3339(&e.end_time), "reason": e.reason,
             })
         }
         "RequestRefused" => {
@@ -218,7 +245,7 @@ pub fn record(envelope: &Envelope, correlator: &Correlator) -> anyhow::Result<Re
             r.justification = e.justification.clone();
             json!({
                 "assignment_id": e.assignment_id, "request_id": e.request_id,
-                "start_time": ts(&e.start_time), "end_time": ts(&e.end_time),
+                "start_time": rfc3339(&e.start_time), "end_time": rfc3339(&e.end_time),
             })
         }
         "RoleDeactivated" => {
@@ -358,10 +385,48 @@ pub fn record(envelope: &Envelope, correlator: &Correlator) -> anyhow::Result<Re
             (r.target_id, r.target_name, r.role_id) = (e.role_id.clone(), e.name.clone(), e.role_id.clone());
             json!({"name": e.name})
         }
+        "AlertRaised" | "AlertUpdated" | "AlertStatusChanged" => {
+            let e: ev::AlertEvent = decode(envelope)?;
+            set_actor(&mut r, &e.actor);
+            // What was acted on is the alert (named by its rule); whom it is about is in the
+            // payload, and its role is the record's role.
+            r.target_id = e.alert_id.clone();
+            r.target_name = e.rule_id.clone();
+            r.role_id = e.role_id.clone();
+            json!({
+                "alert_id": e.alert_id, "rule_id": e.rule_id, "severity": e.severity,
+                "status": e.status, "principal_id": e.principal_id,
+            })
+        }
+        "RuleSettingsUpdated" => {
+            let e: ev::RuleSettingsUpdated = decode(envelope)?;
+            set_actor(&mut r, &e.actor);
+            r.target_id = e.rule_id.clone();
+            r.target_name = e.rule_id.clone();
+            json!({"rule_id": e.rule_id, "enabled": e.enabled})
+        }
         _ => json!({"data_base64": base64::engine::general_purpose::STANDARD.encode(&envelope.data)}),
     };
     r.payload_json = payload.to_string();
     Ok(r)
+}
+
+/// The name a record announces for its target, when its event is the one that names it: a
+/// user's user name, a group's or service principal's display name, a custom role's name.
+pub fn announced_name(r: &Record) -> Option<(String, String)> {
+    let action = r.action.rsplit('.').next().unwrap_or_default();
+    let names_it = matches!(
+        action,
+        "UserCreated"
+            | "UserUpdated"
+            | "GroupCreated"
+            | "GroupUpdated"
+            | "ServicePrincipalCreated"
+            | "RoleDefinitionCreated"
+            | "RoleDefinitionUpdated"
+    );
+    (names_it && !r.target_id.is_empty() && !r.target_name.is_empty())
+        .then(|| (r.target_id.clone(), r.target_name.clone()))
 }
 
 /// A refused entry's claim, as kept: an attacker's text, so without NUL (no database keeps
@@ -548,5 +613,102 @@ mod tests {
         )
         .unwrap();
         assert_eq!(tag(&unkeyed), "");
+    }
+
+    /// Every event type the services publish on the streams audit follows is decoded: no
+    /// record keeps its payload as undecoded bytes, and payload times read as RFC 3339.
+    #[test]
+    fn every_event_type_is_decoded_with_readable_times() {
+        let published = [
+            ("pim.identity", "UserCreated"),
+            ("pim.identity", "UserUpdated"),
+            ("pim.identity", "UserDisabled"),
+            ("pim.identity", "UserEnabled"),
+            ("pim.identity", "UserDeleted"),
+            ("pim.identity", "GroupCreated"),
+            ("pim.identity", "GroupUpdated"),
+            ("pim.identity", "GroupDeleted"),
+            ("pim.identity", "GroupMemberAdded"),
+            ("pim.identity", "GroupMemberRemoved"),
+            ("pim.identity", "GroupOwnerAdded"),
+            ("pim.identity", "GroupOwnerRemoved"),
+            ("pim.identity", "ServicePrincipalCreated"),
+            ("pim.identity", "SignInSucceeded"),
+            ("pim.identity", "SignInMfaPending"),
+            ("pim.identity", "SignInEnrollmentPending"),
+            ("pim.identity", "SignInFailed"),
+            ("pim.identity", "MfaEnrolled"),
+            ("pim.identity", "MfaVerified"),
+            ("pim.identity", "MfaFailed"),
+            ("pim.identity", "MfaLockedOut"),
+            ("pim.identity", "MfaMethodRemoved"),
+            ("pim.identity", "MfaReset"),
+            ("pim.identity", "RecoveryCodeUsed"),
+            ("pim.identity", "RecoveryCodesGenerated"),
+            ("pim.identity", "EnrollmentPassCreated"),
+            ("pim.identity", "EnrollmentPassUsed"),
+            ("pim.identity", "CredentialsReset"),
+            ("pim.identity", "PasswordChanged"),
+            ("pim.identity", "SessionRevoked"),
+            ("pim.assignment", "RequestCreated"),
+            ("pim.assignment", "RequestStatusChanged"),
+            ("pim.assignment", "RequestRefused"),
+            ("pim.assignment", "EligibilityGranted"),
+            ("pim.assignment", "ActiveAssignmentRemoved"),
+            ("pim.assignment", "RoleActivated"),
+            ("pim.assignment", "RoleDeactivated"),
+            ("pim.assignment", "PolicyUpdated"),
+            ("pim.assignment", "RoleDefinitionCreated"),
+            ("pim.assignment", "RoleDefinitionUpdated"),
+            ("pim.assignment", "RoleDefinitionDeleted"),
+            ("pim.assignment", "UnmanagedGrantDetected"),
+            ("pim.assignment", "AccessDenied"),
+            ("pim.approval", "ApprovalCreated"),
+            ("pim.approval", "ApprovalDecisionRecorded"),
+            ("pim.approval", "ApprovalDecisionRefused"),
+            ("pim.approval", "ApprovalGranted"),
+            ("pim.approval", "ReviewItemDecided"),
+            ("pim.alerting", "AlertRaised"),
+            ("pim.alerting", "AlertUpdated"),
+            ("pim.alerting", "AlertStatusChanged"),
+            ("pim.alerting", "RuleSettingsUpdated"),
+        ];
+        for (source, event_type) in published {
+            let env = envelope(source, event_type, "subject", &ev::AlertEvent::default());
+            let r = record(&env, &Correlator::new(None)).unwrap();
+            assert!(
+                !r.payload_json.contains("data_base64"),
+                "{event_type}: {}",
+                r.payload_json
+            );
+        }
+        let e = ev::AssignmentChanged {
+            end_time: Some(pim_runtime::db::to_timestamp(1_796_442_120_364)),
+            ..Default::default()
+        };
+        let r = record(
+            &envelope("pim.assignment", "EligibilityGranted", "lee-id", &e),
+            &Correlator::new(None),
+        )
+        .unwrap();
+        let payload: serde_json::Value = serde_json::from_str(&r.payload_json).unwrap();
+        assert_eq!(payload["end_time"], "2026-12-05T03:42:00.364Z");
+        let alert = ev::AlertEvent {
+            alert_id: "alert-1".into(),
+            rule_id: "policy_weakened".into(),
+            severity: "medium".into(),
+            principal_id: "admin-id".into(),
+            role_id: "role-1".into(),
+            ..Default::default()
+        };
+        let r = record(
+            &envelope("pim.alerting", "AlertRaised", "alert-1", &alert),
+            &Correlator::new(None),
+        )
+        .unwrap();
+        assert_eq!(
+            (r.target_id.as_str(), r.target_name.as_str(), r.role_id.as_str()),
+            ("alert-1", "policy_weakened", "role-1")
+        );
     }
 }

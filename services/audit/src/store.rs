@@ -64,6 +64,11 @@ impl MigratorTrait for Migrator {
             }),
             backbone_indexes_migration(),
             backbone_replay_migration(),
+            // The names of the principals and roles records name, as the directory and the
+            // role catalogue announced them, so every record names them the same way.
+            SqlMigration::boxed("m0003_names", |_| {
+                "CREATE TABLE audit_names (id TEXT PRIMARY KEY, name TEXT NOT NULL)".to_owned()
+            }),
         ]
     }
 }
@@ -106,6 +111,61 @@ impl Record {
             hash: col(r, "hash")?,
         })
     }
+}
+
+/// Names every record's actor, target and role the same way: a user by user name, a group or
+/// service principal by display name, a role by name, as their own events announced them
+/// (the names these records announce are learned first). An id never announced keeps the
+/// name its event gave, if any.
+pub async fn name_all<C: ConnectionTrait>(c: &C, records: &mut [Record]) -> Result<(), DbErr> {
+    for (id, name) in records.iter().filter_map(crate::records::announced_name) {
+        db::exec(
+            c,
+            "INSERT INTO audit_names (id, name) VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET name = excluded.name",
+            vec![id.into(), name.into()],
+        )
+        .await?;
+    }
+    let ids: std::collections::BTreeSet<String> = records
+        .iter()
+        .flat_map(|r| [&r.actor_id, &r.target_id, &r.role_id])
+        .filter(|id| !id.is_empty())
+        .cloned()
+        .collect();
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let placeholders: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
+    let mut names: std::collections::HashMap<String, String> = db::query(
+        c,
+        &format!(
+            "SELECT id, name FROM audit_names WHERE id IN ({})",
+            placeholders.join(", ")
+        ),
+        ids.into_iter().map(Into::into).collect(),
+    )
+    .await?
+    .iter()
+    .map(|r| Ok((col::<String>(r, "id")?, col::<String>(r, "name")?)))
+    .collect::<Result<_, DbErr>>()?;
+    for role in pim_proto::catalogue::BUILT_IN_ROLES
+        .iter()
+        .chain(pim_proto::catalogue::GROUP_ACCESS_ROLES)
+    {
+        names.insert(role.id.to_owned(), role.name.to_owned());
+    }
+    for r in records.iter_mut() {
+        if let Some(name) = names.get(&r.actor_id) {
+            r.actor_name = name.clone();
+        }
+        if let Some(name) = names.get(&r.target_id) {
+            r.target_name = name.clone();
+        }
+        if let Some(name) = names.get(&r.role_id) {
+            r.role_name = name.clone();
+        }
+    }
+    Ok(())
 }
 
 /// Appends records to the chain in order: one lock of the chain head (so concurrent ingest

@@ -74,3 +74,73 @@ async fn the_chain_links_each_new_event_once_and_pages_newest_first() -> anyhow:
     })
     .await
 }
+
+/// Records name a principal and a role the same way whatever their events said: the user
+/// name a user was created with (not a display name an assignment event carried), a custom
+/// role's and a built-in role's name; a rename is seen by the records after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_record_names_principals_and_roles_the_same_way() -> anyhow::Result<()> {
+    pim_runtime::testing::on_both_databases::<store::Migrator, _, _>("audit", None, |db| async move {
+        let created = |event_id: &str, action: &str, id: &str, name: &str| Record {
+            action: format!("pim.identity.v1.{action}"),
+            target_id: id.into(),
+            target_name: name.into(),
+            ..record(event_id)
+        };
+        let granted = Record {
+            action: "pim.assignment.v1.EligibilityGranted".into(),
+            actor_id: "admin-id".into(),
+            target_id: "lee-id".into(),
+            target_name: "Lee Gu".into(),
+            role_id: pim_proto::catalogue::GLOBAL_ADMINISTRATOR.into(),
+            ..record("e3")
+        };
+        let policy = Record {
+            action: "pim.assignment.v1.PolicyUpdated".into(),
+            actor_id: "admin-id".into(),
+            target_id: "role-9".into(),
+            role_id: "role-9".into(),
+            ..record("e4")
+        };
+        let mut batch = vec![
+            created("e1", "UserCreated", "lee-id", "lee"),
+            created("e2", "UserCreated", "admin-id", "admin"),
+            granted,
+            Record {
+                action: "pim.assignment.v1.RoleDefinitionCreated".into(),
+                ..created("e0", "", "role-9", "Payments Refunder")
+            },
+            policy,
+        ];
+        let txn = db.begin().await?;
+        store::name_all(&txn, &mut batch).await?;
+        store::append_all(&txn, &mut batch, NOW).await?;
+        txn.commit().await?;
+        let named = |r: &Record| (r.actor_name.clone(), r.target_name.clone(), r.role_name.clone());
+        assert_eq!(
+            named(&batch[2]),
+            ("admin".into(), "lee".into(), "Global Administrator".into()),
+            "the user name, not the display name the event carried"
+        );
+        assert_eq!(
+            named(&batch[4]),
+            ("admin".into(), "Payments Refunder".into(), "Payments Refunder".into())
+        );
+        let mut later = vec![
+            created("e5", "UserUpdated", "lee-id", "lee.gu"),
+            Record {
+                actor_id: "lee-id".into(),
+                target_id: "unknown-id".into(),
+                target_name: "as the event said".into(),
+                ..record("e6")
+            },
+        ];
+        let txn = db.begin().await?;
+        store::name_all(&txn, &mut later).await?;
+        txn.commit().await?;
+        assert_eq!(named(&later[1]).0, "lee.gu", "renamed");
+        assert_eq!(named(&later[1]).1, "as the event said", "never announced: kept");
+        Ok(())
+    })
+    .await
+}

@@ -1,4 +1,4 @@
-//! How durations read, the same in errors, the CLI and files: the largest whole unit
+//! How durations and moments read, the same in errors, the CLI and files: the largest whole unit
 //! (`365d`, `8h`, `90m`, `45s`), as `pim policy set --activation-max 8h` takes them.
 
 use std::time::Duration;
@@ -14,9 +14,22 @@ pub fn duration(d: Duration) -> String {
     }
 }
 
+/// A moment (milliseconds since the epoch) as RFC 3339 in UTC to the millisecond:
+/// `2026-12-04T19:42:00.364Z`.
+pub fn rfc3339_ms(ms: i64) -> String {
+    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)).to_string()
+}
+
 #[cfg(test)]
 mod tests {
-    use super::duration;
+    use super::{duration, rfc3339_ms};
+
+    #[test]
+    fn moments_read_as_rfc3339_in_utc() {
+        assert_eq!(rfc3339_ms(1_796_413_320_364), "2026-12-04T19:42:00.364Z");
+        assert_eq!(rfc3339_ms(-5), "1970-01-01T00:00:00.000Z");
+    }
+
     use std::time::Duration;
 
     #[test]

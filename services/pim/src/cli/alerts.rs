@@ -6,7 +6,7 @@ use pim_proto::alerting::v1 as pb;
 use pim_proto::alerting::v1::alert_service_client::AlertServiceClient;
 use pim_runtime::db::from_timestamp;
 
-use super::{ClientArgs, Session, explain, print_table, time};
+use super::{Cell, ClientArgs, Names, Session, explain, print_table, time};
 
 #[derive(Clone, Copy, ValueEnum)]
 pub(crate) enum SeverityArg {
@@ -82,7 +82,9 @@ enum AlertsCommand {
 
 #[derive(Args)]
 struct StatusArgs {
+    /// The alert's id (see `pim alerts`).
     id: String,
+    /// Why (kept with the alert and in the audit log).
     #[arg(long, default_value = "")]
     reason: String,
     #[command(flatten)]
@@ -93,11 +95,15 @@ struct StatusArgs {
 enum RulesCommand {
     /// Change a rule: --enabled true|false, --severity, --setting NAME=VALUE (repeatable).
     Set {
+        /// The rule's id (see `pim alerts rules`).
         rule: String,
+        /// Whether the rule runs (true or false).
         #[arg(long)]
         enabled: Option<bool>,
+        /// The severity of the alerts it raises.
         #[arg(long, value_enum)]
         severity: Option<SeverityArg>,
+        /// A setting of the rule as NAME=VALUE (repeatable; see `pim alerts rules`).
         #[arg(long = "setting", value_parser = parse_setting)]
         settings: Vec<(String, String)>,
     },
@@ -121,19 +127,20 @@ fn status_name(v: i32) -> String {
         .unwrap_or_default()
 }
 
-fn row(a: &pb::Alert) -> Vec<String> {
+/// One alert as a table row, its principal and role by name.
+async fn row(names: &mut Names<'_>, a: &pb::Alert) -> Vec<Cell> {
     let mut figures: Vec<String> = a.figures.iter().map(|(k, v)| format!("{k}={v}")).collect();
     figures.sort();
     vec![
-        a.id.clone(),
-        severity_name(a.severity),
-        status_name(a.status),
-        a.rule_id.clone(),
-        a.principal_id.clone(),
-        a.role_id.clone(),
-        a.count.to_string(),
-        time(a.last_seen.as_ref().map(from_timestamp)),
-        figures.join(" "),
+        a.id.clone().into(),
+        severity_name(a.severity).into(),
+        status_name(a.status).into(),
+        a.rule_id.clone().into(),
+        names.principal(&a.principal_id).await.into(),
+        names.role(&a.role_id).await.into(),
+        a.count.to_string().into(),
+        time(a.last_seen.as_ref().map(from_timestamp)).into(),
+        figures.join(" ").into(),
     ]
 }
 
@@ -184,10 +191,16 @@ async fn list(
             }
         })
         .await?;
-        print_table(&HEADERS, alerts.iter().map(row).collect());
+        let mut names = Names::new(&session);
+        let mut rows = Vec::new();
+        for a in &alerts {
+            rows.push(row(&mut names, a).await);
+        }
+        print_table(&HEADERS, rows);
         return Ok(0);
     }
     let mut cursor = String::new();
+    let mut names = Names::new(&session);
     eprintln!("following alerts (Ctrl-C to stop)");
     loop {
         let mut request = session.request(pb::StreamAlertsRequest {
@@ -201,7 +214,8 @@ async fn list(
                 Ok(Some(update)) => {
                     cursor = update.cursor;
                     if let Some(a) = update.alert {
-                        println!("{}", row(&a).join("\t"));
+                        let cells: Vec<String> = row(&mut names, &a).await.into_iter().map(Cell::shown).collect();
+                        println!("{}", cells.join("\t"));
                     }
                 }
                 Ok(None) => break,

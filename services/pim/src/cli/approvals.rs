@@ -7,7 +7,7 @@ use pim_proto::approval::v1 as pb;
 use pim_proto::approval::v1::approval_service_client::ApprovalServiceClient;
 use pim_runtime::db::from_timestamp;
 
-use super::{ClientArgs, Session, explain, print_table, time};
+use super::{Cell, ClientArgs, Named, Session, explain, print_table, time};
 
 #[derive(Clone, Copy, ValueEnum)]
 pub(crate) enum StatusArg {
@@ -38,6 +38,7 @@ pub(crate) struct ApprovalsArgs {
     /// Every approval, not only yours (approval managers only).
     #[arg(long, conflicts_with = "watch")]
     all: bool,
+    /// Only approvals in this status.
     #[arg(long, value_enum, conflicts_with = "watch")]
     status: Option<StatusArg>,
     /// Show one approval in full (requester's recent activations included).
@@ -64,14 +65,6 @@ fn status_name(status: i32) -> String {
         .unwrap_or_default()
 }
 
-fn minutes(d: &Option<prost_types::Duration>) -> String {
-    match d {
-        Some(d) if d.seconds >= 3600 && d.seconds % 3600 == 0 => format!("{}h", d.seconds / 3600),
-        Some(d) => format!("{}m", d.seconds / 60),
-        None => String::new(),
-    }
-}
-
 fn ticket(a: &pb::Approval) -> String {
     match &a.ticket {
         Some(t) if !t.number.is_empty() => format!("{}:{}", t.system, t.number),
@@ -80,22 +73,26 @@ fn ticket(a: &pb::Approval) -> String {
 }
 
 /// One approval as a table row, the requester by name.
-async fn row(names: &mut super::Names<'_>, a: &pb::Approval) -> Vec<String> {
+async fn row(names: &mut super::Names<'_>, a: &pb::Approval) -> Vec<Cell> {
+    let role = if a.role_name.is_empty() {
+        names.role(&a.role_id).await
+    } else {
+        Named {
+            name: a.role_name.clone(),
+            id: a.role_id.clone(),
+        }
+    };
     vec![
-        a.id.clone(),
-        status_name(a.status),
-        names.principal(&a.requester_id).await,
-        if a.role_name.is_empty() {
-            a.role_id.clone()
-        } else {
-            a.role_name.clone()
-        },
-        a.scope.clone(),
-        minutes(&a.duration),
-        ticket(a),
-        a.justification.clone(),
-        format!("{}/{}", a.current_stage + 1, a.stages.len()),
-        time(a.expires_at.as_ref().map(from_timestamp)),
+        a.id.clone().into(),
+        status_name(a.status).into(),
+        names.principal(&a.requester_id).await.into(),
+        role.into(),
+        a.scope.clone().into(),
+        super::requests::show_duration(&a.duration).into(),
+        ticket(a).into(),
+        a.justification.clone().into(),
+        format!("{}/{}", a.current_stage + 1, a.stages.len()).into(),
+        time(a.expires_at.as_ref().map(from_timestamp)).into(),
     ]
 }
 
@@ -195,7 +192,8 @@ async fn watch(session: &Session) -> anyhow::Result<i32> {
             match stream.message().await {
                 Ok(Some(a)) => {
                     cursor = a.cursor.clone();
-                    println!("{}", row(&mut names, &a).await.join("\t"));
+                    let cells: Vec<String> = row(&mut names, &a).await.into_iter().map(Cell::shown).collect();
+                    println!("{}", cells.join("\t"));
                 }
                 Ok(None) => break,
                 Err(status) if status.code() == tonic::Code::Unavailable => break,

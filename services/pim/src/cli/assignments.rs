@@ -11,16 +11,16 @@ use pim_proto::assignment::v1::access_service_client::AccessServiceClient;
 use pim_proto::assignment::v1::assignment_service_client::AssignmentServiceClient;
 use pim_runtime::db::from_timestamp;
 
-use super::{ClientArgs, KindArg, Names, Session, explain, kind_pb, print_table, time};
+use super::{Cell, ClientArgs, KindArg, Named, Names, RoleRef, Session, Why, explain, kind_pb, print_table, time};
 
 #[derive(Args)]
 pub(crate) struct AssignArgs {
     /// User name, or principal id.
     #[arg(long)]
     principal: String,
-    /// Role name (e.g. "Exchange Administrator") or id.
-    #[arg(long)]
-    role: String,
+    #[command(flatten)]
+    role: RoleRef,
+    /// Where the role applies: / (everywhere) or a narrower scope such as /apps/payments.
     #[arg(long, default_value = "/")]
     scope: String,
     #[command(flatten)]
@@ -30,6 +30,7 @@ pub(crate) struct AssignArgs {
 /// How to assign, a role or access to a group.
 #[derive(Args)]
 pub(crate) struct AssignHow {
+    /// Which assignment: eligible (activated when needed) or active (held at once).
     #[arg(long, value_enum, default_value = "eligible")]
     kind: KindArg,
     /// How long it lasts, e.g. 1h, 30d (default: the policy's maximum, or permanent where allowed).
@@ -38,12 +39,8 @@ pub(crate) struct AssignHow {
     /// Never expires (where the policy allows it).
     #[arg(long)]
     permanent: bool,
-    #[arg(long, short = 'j', default_value = "")]
-    justification: String,
-    #[arg(long, default_value = "", requires = "ticket_number")]
-    ticket_system: String,
-    #[arg(long, default_value = "")]
-    ticket_number: String,
+    #[command(flatten)]
+    why: Why,
     /// Check everything, change nothing.
     #[arg(long)]
     validate_only: bool,
@@ -59,8 +56,9 @@ pub(crate) struct ListAssignmentsArgs {
     /// Only this role (name or id).
     #[arg(long)]
     role: Option<String>,
-    #[arg(long, value_enum, default_value = "active")]
-    kind: KindArg,
+    /// Only eligible or only active assignments (default: both).
+    #[arg(long, value_enum)]
+    kind: Option<KindArg>,
     /// Only mine.
     #[arg(long)]
     mine: bool,
@@ -89,6 +87,7 @@ pub(crate) struct CheckArgs {
     /// A permission, e.g. pim.assignments.manage.
     #[arg(long)]
     permission: Option<String>,
+    /// Where: / (everywhere) or a narrower scope such as /apps/payments.
     #[arg(long, default_value = "/")]
     scope: String,
     #[command(flatten)]
@@ -96,7 +95,7 @@ pub(crate) struct CheckArgs {
 }
 
 pub(crate) async fn assign(args: AssignArgs) -> anyhow::Result<i32> {
-    assign_as(&args.principal, &args.role, &args.scope, args.how).await
+    assign_as(&args.principal, args.role.required()?, &args.scope, args.how).await
 }
 
 /// Assigns `role` at `scope` to `principal` (an administrator's adminAssign request).
@@ -114,10 +113,6 @@ pub(crate) async fn assign_as(principal: &str, role: &str, scope: &str, args: As
             })
         })
     };
-    let ticket = (!args.ticket_number.is_empty()).then(|| pim_proto::common::v1::Ticket {
-        system: args.ticket_system.clone(),
-        number: args.ticket_number.clone(),
-    });
     let request = apb::CreateRequestRequest {
         action: apb::RequestAction::AdminAssign as i32,
         kind: kind_pb(args.kind) as i32,
@@ -128,8 +123,8 @@ pub(crate) async fn assign_as(principal: &str, role: &str, scope: &str, args: As
             start_time: None,
             expiration,
         }),
-        justification: args.justification,
-        ticket,
+        justification: args.why.justification,
+        ticket: args.why.ticket,
         validate_only: args.validate_only,
     };
     let r = AssignmentServiceClient::new(session.channel.clone())
@@ -164,32 +159,51 @@ pub(crate) async fn list_assignments(args: ListAssignmentsArgs) -> anyhow::Resul
         Some(p) => session.principal_id(p).await?,
         None => String::new(),
     };
+    let role_id = match &args.role {
+        Some(r) => session.role_id(r).await?,
+        None => String::new(),
+    };
     let request = apb::ListAssignmentsRequest {
         principal_id,
-        role_id: args.role.clone().unwrap_or_default(),
+        role_id,
         scope: String::new(),
         mine: args.mine,
     };
     let mut client = AssignmentServiceClient::new(session.channel.clone());
-    let response = match args.kind {
-        KindArg::Active => client.list_active_assignments(session.request(request)?).await,
-        KindArg::Eligible => client.list_eligible_assignments(session.request(request)?).await,
-    }
-    .map_err(explain)?
-    .into_inner();
+    let kinds = match args.kind {
+        Some(kind) => vec![kind],
+        None => vec![KindArg::Eligible, KindArg::Active],
+    };
     let mut names = Names::new(&session);
     let mut rows = Vec::new();
-    for a in response.assignments {
-        rows.push(vec![
-            a.id,
-            names.principal(&a.principal_id).await,
-            a.role_name,
-            a.scope,
-            time(a.end_time.as_ref().map(from_timestamp)),
-        ]);
+    for kind in kinds {
+        let request = session.request(request.clone())?;
+        let (label, listed) = match kind {
+            KindArg::Active => ("active", client.list_active_assignments(request).await),
+            KindArg::Eligible => ("eligible", client.list_eligible_assignments(request).await),
+        };
+        for a in listed.map_err(explain)?.into_inner().assignments {
+            rows.push(row(&mut names, label, a).await);
+        }
     }
-    print_table(&["ID", "PRINCIPAL", "ROLE", "SCOPE", "UNTIL"], rows);
+    print_table(&["ID", "KIND", "PRINCIPAL", "ROLE", "SCOPE", "UNTIL"], rows);
     Ok(0)
+}
+
+/// One assignment as a table row, its principal and role by name.
+async fn row(names: &mut Names<'_>, kind: &str, a: apb::Assignment) -> Vec<Cell> {
+    vec![
+        a.id.into(),
+        kind.into(),
+        names.principal(&a.principal_id).await.into(),
+        Named {
+            name: a.role_name,
+            id: a.role_id,
+        }
+        .into(),
+        a.scope.into(),
+        Cell::from(time(a.end_time.as_ref().map(from_timestamp))),
+    ]
 }
 
 pub(crate) async fn check(args: CheckArgs) -> anyhow::Result<i32> {

@@ -48,8 +48,10 @@ pub(crate) struct AuditArgs {
 enum AuditCommand {
     /// Recompute the hash chain (exit code 0 if intact, 1 with the first broken record).
     Verify {
+        /// The first sequence to check (0: from the start of the chain).
         #[arg(long, default_value_t = 0)]
         from: i64,
+        /// The last sequence to check (0: to the head).
         #[arg(long, default_value_t = 0)]
         to: i64,
         #[command(flatten)]

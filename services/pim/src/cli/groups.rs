@@ -15,7 +15,7 @@ use super::assignments::{AssignHow, assign_as};
 use super::requests::{
     ActivateHow, DeactivateHow, ExtendHow, UnassignHow, activate_as, deactivate_as, extend_as, unassign_as,
 };
-use super::{ClientArgs, Names, Session, explain, print_table, time};
+use super::{Cell, ClientArgs, Names, Session, explain, print_table, time};
 
 /// Which access to a group: membership or ownership.
 #[derive(Clone, Copy, ValueEnum)]
@@ -47,11 +47,26 @@ pub(crate) struct WhoseAccess {
     /// User name, or principal id.
     #[arg(long)]
     principal: String,
-    /// Group name or id.
-    #[arg(long)]
-    group: String,
+    /// Group name or id; or give it with --group (as `pim groups activate GROUP` takes it).
+    #[arg(
+        value_name = "GROUP",
+        conflicts_with = "group_flag",
+        required_unless_present = "group_flag"
+    )]
+    group: Option<String>,
+    /// Group name or id (the same as the first argument).
+    #[arg(long = "group", value_name = "GROUP")]
+    group_flag: Option<String>,
+    /// Which access to the group: member or owner.
     #[arg(long, value_enum, default_value = "member")]
     access: Access,
+}
+
+impl WhoseAccess {
+    /// The group named, as the first argument or with --group (clap requires one).
+    fn group(&self) -> &str {
+        self.group.as_deref().or(self.group_flag.as_deref()).unwrap_or_default()
+    }
 }
 
 /// Access to a group as the assignment service holds it: (what people call it, role, scope).
@@ -80,10 +95,13 @@ fn capitalized(word: &str) -> String {
 pub(crate) enum GroupsCommand {
     /// Create a group; --role-assignable lets it hold roles (Privileged Role and Global Administrators only).
     Create {
+        /// The group's name (unique; commands name the group by it).
         #[arg(long)]
         name: String,
+        /// What the group is for.
         #[arg(long, default_value = "")]
         description: String,
+        /// The group may hold roles (set at creation only; its membership is then guarded).
         #[arg(long)]
         role_assignable: bool,
         #[command(flatten)]
@@ -96,14 +114,18 @@ pub(crate) enum GroupsCommand {
     },
     /// Add a member (user name or principal id).
     AddMember {
+        /// Group name or id.
         group: String,
+        /// The member: a user name, service principal name, or principal id.
         member: String,
         #[command(flatten)]
         client: ClientArgs,
     },
     /// Remove a member.
     RemoveMember {
+        /// Group name or id.
         group: String,
+        /// The member: a user name, service principal name, or principal id.
         member: String,
         #[command(flatten)]
         client: ClientArgs,
@@ -118,6 +140,7 @@ pub(crate) enum GroupsCommand {
     },
     /// List a group's members.
     Members {
+        /// Group name or id.
         group: String,
         #[command(flatten)]
         client: ClientArgs,
@@ -142,6 +165,7 @@ pub(crate) enum GroupsCommand {
     Activate {
         /// Group name or id.
         group: String,
+        /// Which access to the group: member or owner.
         #[arg(long, value_enum, default_value = "member")]
         access: Access,
         #[command(flatten)]
@@ -151,6 +175,7 @@ pub(crate) enum GroupsCommand {
     Deactivate {
         /// Group name or id.
         group: String,
+        /// Which access to the group: member or owner.
         #[arg(long, value_enum, default_value = "member")]
         access: Access,
         #[command(flatten)]
@@ -162,6 +187,7 @@ pub(crate) enum GroupsCommand {
     Extend {
         /// Group name or id.
         group: String,
+        /// Which access to the group: member or owner.
         #[arg(long, value_enum, default_value = "member")]
         access: Access,
         #[command(flatten)]
@@ -251,14 +277,14 @@ pub(crate) async fn run(cmd: GroupsCommand) -> anyhow::Result<i32> {
         }
         GroupsCommand::Assign { whose, how } => {
             let session = Session::open(&how.client, true)?;
-            let (what, role, scope) = access_target(&session, &whose.group, whose.access).await?;
+            let (what, role, scope) = access_target(&session, whose.group(), whose.access).await?;
             return assign_as(&whose.principal, role, &scope, how)
                 .await
                 .map(|code| announce(code, &what));
         }
         GroupsCommand::Unassign { whose, how } => {
             let session = Session::open(&how.client, true)?;
-            let (what, role, scope) = access_target(&session, &whose.group, whose.access).await?;
+            let (what, role, scope) = access_target(&session, whose.group(), whose.access).await?;
             return unassign_as(&whose.principal, &what, role, &scope, how).await;
         }
         GroupsCommand::Activate { group, access, how } => {
@@ -303,11 +329,11 @@ async fn mine(client: &ClientArgs) -> anyhow::Result<()> {
         };
         let group = catalogue::group_of_scope(&a.scope).unwrap_or_default();
         rows.push(vec![
-            names.principal(group).await,
-            access.into(),
+            names.principal(group).await.into(),
+            Cell::from(access),
             label.into(),
             how.into(),
-            time(a.end_time.as_ref().map(from_timestamp)),
+            time(a.end_time.as_ref().map(from_timestamp)).into(),
         ]);
     }
     print_table(&["GROUP", "ACCESS", "KIND", "HOW", "UNTIL"], rows);
@@ -348,7 +374,7 @@ async fn own_groups(session: &Session) -> anyhow::Result<Vec<(String, String)>> 
     for (_, a) in own_access(session).await? {
         let id = catalogue::group_of_scope(&a.scope).unwrap_or_default().to_owned();
         if !out.iter().any(|(known, _)| *known == id) {
-            let name = names.principal(&id).await;
+            let name = names.principal(&id).await.name;
             out.push((id, name));
         }
     }

@@ -36,6 +36,7 @@ pub(crate) enum MfaCommand {
     },
     /// Step up: check a code (or a recovery code) and keep the stepped-up token.
     Verify {
+        /// The authenticator code or a recovery code (otherwise you are prompted).
         #[arg(long, env = "PIM_MFA_CODE")]
         code: Option<String>,
         #[command(flatten)]
@@ -52,6 +53,7 @@ pub(crate) enum MfaCommand {
     /// New single-use recovery codes (shown once; the old ones stop working, and your other
     /// sessions are signed out). Needs a recent MFA: asks for a code when it is not.
     RecoveryCodes {
+        /// The authenticator code, when your MFA is not recent (otherwise you are prompted).
         #[arg(long, env = "PIM_MFA_CODE")]
         code: Option<String>,
         #[command(flatten)]
@@ -59,7 +61,9 @@ pub(crate) enum MfaCommand {
     },
     /// Remove one of your methods (see `pim mfa methods`). Needs a recent MFA.
     Remove {
+        /// The method's id (see `pim mfa methods`).
         method_id: String,
+        /// The authenticator code, when your MFA is not recent (otherwise you are prompted).
         #[arg(long, env = "PIM_MFA_CODE")]
         code: Option<String>,
         #[command(flatten)]
@@ -95,6 +99,7 @@ pub(crate) enum PassCommand {
     },
     /// A user's passes that still work (never their codes).
     List {
+        /// User name or id.
         user: String,
         #[command(flatten)]
         client: ClientArgs,

@@ -74,10 +74,15 @@ pub(crate) struct ClientArgs {
     /// table's columns as lowercase fields, times in RFC 3339).
     #[arg(long, value_enum, default_value = "table", global = true)]
     output: Output,
+    /// Print each principal's, role's and group's id beside its name in tables (JSON always
+    /// has both: `principal` and `principal_id`).
+    #[arg(long, global = true)]
+    ids: bool,
 }
 
-/// How this command prints (set once, from its `--output`, when it opens its session).
-static OUTPUT: std::sync::OnceLock<Output> = std::sync::OnceLock::new();
+/// How this command prints (set once, from its `--output` and `--ids`, when it opens its
+/// session).
+static OUTPUT: std::sync::OnceLock<(Output, bool)> = std::sync::OnceLock::new();
 
 /// `pim up --help`: the settings it reads (the README's table has them all).
 const UP_SETTINGS: &str = "Settings (environment):
@@ -245,6 +250,7 @@ struct LoginArgs {
 enum SpCommand {
     /// Create a service principal; its client secret is shown once.
     Create {
+        /// Its display name (unique; commands name it by it).
         #[arg(long)]
         name: String,
         #[command(flatten)]
@@ -252,12 +258,14 @@ enum SpCommand {
     },
     /// A new client secret (shown once; the old one stops working).
     Rotate {
+        /// The service principal's id (see `pim sp list`).
         id: String,
         #[command(flatten)]
         client: ClientArgs,
     },
     /// Disable: no more sign-ins, and its tokens stop working.
     Disable {
+        /// The service principal's id (see `pim sp list`).
         id: String,
         #[command(flatten)]
         client: ClientArgs,
@@ -270,6 +278,53 @@ enum SpCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+}
+
+/// Why a request is made: the same flags on every command that makes one.
+#[derive(Args, Clone, Default)]
+pub(crate) struct Why {
+    /// Why (the role's policy may require it).
+    #[arg(long, short = 'j', default_value = "")]
+    pub(crate) justification: String,
+    /// A ticket as SYSTEM:NUMBER, e.g. ServiceNow:INC0012345 (the role's policy may require one).
+    #[arg(long, value_parser = parse_ticket)]
+    pub(crate) ticket: Option<pim_proto::common::v1::Ticket>,
+}
+
+fn parse_ticket(text: &str) -> Result<pim_proto::common::v1::Ticket, String> {
+    match text.split_once(':') {
+        Some((system, number)) if !system.trim().is_empty() && !number.trim().is_empty() => {
+            Ok(pim_proto::common::v1::Ticket {
+                system: system.trim().to_owned(),
+                number: number.trim().to_owned(),
+            })
+        }
+        _ => Err("expected SYSTEM:NUMBER, e.g. ServiceNow:INC0012345".to_owned()),
+    }
+}
+
+/// A role, named the same way by every command: as the first argument or with `--role`.
+#[derive(Args, Clone)]
+pub(crate) struct RoleRef {
+    /// Role name (e.g. "Exchange Administrator") or id; or give it with --role.
+    #[arg(value_name = "ROLE", conflicts_with = "role_flag")]
+    role_arg: Option<String>,
+    /// Role name or id (the same as the first argument).
+    #[arg(long = "role", value_name = "ROLE")]
+    role_flag: Option<String>,
+}
+
+impl RoleRef {
+    /// The role named, if one was.
+    pub(crate) fn given(&self) -> Option<&str> {
+        self.role_arg.as_deref().or(self.role_flag.as_deref())
+    }
+
+    /// The role named, or a usage error saying how to name one.
+    pub(crate) fn required(&self) -> anyhow::Result<&str> {
+        self.given()
+            .context("name a role: as the first argument (\"Exchange Administrator\") or with --role")
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -494,24 +549,77 @@ where
     }
 }
 
-/// Prints rows under `headers`: a table, or with `--output json` one JSON object per row
-/// whose fields are the headers in lowercase (spaces and dashes as underscores).
-pub(crate) fn print_table(headers: &[&str], rows: Vec<Vec<String>>) {
-    if matches!(OUTPUT.get(), Some(Output::Json)) {
-        let keys: Vec<String> = headers
-            .iter()
-            .map(|h| h.to_lowercase().replace([' ', '-'], "_"))
-            .collect();
-        for row in rows {
-            let object: serde_json::Map<String, serde_json::Value> = keys
-                .iter()
-                .cloned()
-                .zip(row.into_iter().map(serde_json::Value::String))
-                .collect();
-            println!("{}", serde_json::Value::Object(object));
+/// One cell of a printed row: text, or a principal, role or group by its name and id.
+pub(crate) enum Cell {
+    Text(String),
+    Named(Named),
+}
+
+/// A principal, role or group as people read it (its name) and as machines do (its id).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct Named {
+    pub(crate) name: String,
+    pub(crate) id: String,
+}
+
+impl std::fmt::Display for Named {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name)
+    }
+}
+
+impl Named {
+    /// `name (id)`, or the name alone when there is no other id to show.
+    pub(crate) fn with_id(&self) -> String {
+        if self.id.is_empty() || self.id == self.name {
+            self.name.clone()
+        } else {
+            format!("{} ({})", self.name, self.id)
+        }
+    }
+}
+
+impl Cell {
+    /// The cell as a table prints it.
+    pub(crate) fn shown(self) -> String {
+        match self {
+            Cell::Text(text) => text,
+            Cell::Named(named) if OUTPUT.get().is_some_and(|(_, ids)| *ids) => named.with_id(),
+            Cell::Named(named) => named.name,
+        }
+    }
+}
+
+impl From<String> for Cell {
+    fn from(text: String) -> Self {
+        Cell::Text(text)
+    }
+}
+
+impl From<&str> for Cell {
+    fn from(text: &str) -> Self {
+        Cell::Text(text.to_owned())
+    }
+}
+
+impl From<Named> for Cell {
+    fn from(named: Named) -> Self {
+        Cell::Named(named)
+    }
+}
+
+/// Prints rows under `headers`: a table (names only, or `name (id)` with `--ids`), or with
+/// `--output json` one JSON object per row whose fields are the headers in lowercase (spaces
+/// and dashes as underscores); a named cell adds its id as `<field>_id`.
+pub(crate) fn print_table<C: Into<Cell>>(headers: &[&str], rows: Vec<Vec<C>>) {
+    let rows = rows.into_iter().map(|row| row.into_iter().map(Into::into));
+    if matches!(OUTPUT.get(), Some((Output::Json, _))) {
+        for line in json_lines(headers, rows) {
+            println!("{line}");
         }
         return;
     }
+    let rows: Vec<Vec<String>> = rows.map(|row| row.map(Cell::shown).collect()).collect();
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for row in &rows {
         for (i, cell) in row.iter().enumerate() {
@@ -530,6 +638,30 @@ pub(crate) fn print_table(headers: &[&str], rows: Vec<Vec<String>>) {
     for row in rows {
         line(row);
     }
+}
+
+/// The rows as JSON objects, one per row (see [`print_table`]).
+fn json_lines(headers: &[&str], rows: impl Iterator<Item = impl Iterator<Item = Cell>>) -> Vec<serde_json::Value> {
+    let keys: Vec<String> = headers
+        .iter()
+        .map(|h| h.to_lowercase().replace([' ', '-'], "_"))
+        .collect();
+    rows.map(|row| {
+        let mut object = serde_json::Map::new();
+        for (key, cell) in keys.iter().zip(row) {
+            match cell {
+                Cell::Text(text) => {
+                    object.insert(key.clone(), text.into());
+                }
+                Cell::Named(named) => {
+                    object.insert(key.clone(), named.name.into());
+                    object.insert(format!("{key}_id"), named.id.into());
+                }
+            }
+        }
+        serde_json::Value::Object(object)
+    })
+    .collect()
 }
 
 async fn login(args: LoginArgs) -> anyhow::Result<i32> {
@@ -756,5 +888,29 @@ mod tests {
     #[test]
     fn the_command_line_is_well_formed() {
         Cli::command().debug_assert();
+    }
+
+    /// Every flag and argument of every command says what it is for in `--help`.
+    #[test]
+    fn every_flag_has_help() {
+        fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in command.get_arguments() {
+                let id = arg.get_id().as_str();
+                if arg.is_hide_set() || id == "help" || id == "version" {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in command.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        let mut cli = Cli::command();
+        cli.build();
+        walk(&cli, "pim", &mut missing);
+        assert!(missing.is_empty(), "flags without help:\n{}", missing.join("\n"));
     }
 }

@@ -16,12 +16,16 @@ use pim_proto::identity::v1::mfa_service_client::MfaServiceClient;
 use pim_runtime::db::{from_timestamp, to_timestamp};
 use pim_runtime::grpc::violated_rules;
 
-use super::{ClientArgs, KindArg, Names, Session, explain, kind_pb, print_table, secret_from, time, write_token};
+use super::{
+    Cell, ClientArgs, KindArg, Names, RoleRef, Session, Why, explain, kind_pb, print_table, secret_from, time,
+    write_token,
+};
 
 #[derive(Args)]
 pub(crate) struct ActivateArgs {
-    /// Role name (e.g. "Exchange Administrator") or id.
-    role: String,
+    #[command(flatten)]
+    role: RoleRef,
+    /// Where the role applies: / (everywhere) or a narrower scope such as /apps/payments.
     #[arg(long, default_value = "/")]
     scope: String,
     #[command(flatten)]
@@ -37,11 +41,8 @@ pub(crate) struct ActivateHow {
     /// Start later, at this time (RFC 3339, e.g. 2026-12-01T09:00:00Z).
     #[arg(long, value_parser = humantime::parse_rfc3339_weak)]
     start: Option<std::time::SystemTime>,
-    #[arg(long, short = 'j', default_value = "")]
-    justification: String,
-    /// A ticket as SYSTEM:NUMBER, e.g. ServiceNow:INC0012345.
-    #[arg(long)]
-    ticket: Option<String>,
+    #[command(flatten)]
+    why: Why,
     /// The authenticator code, if the policy asks for MFA (otherwise you are prompted).
     #[arg(long, env = "PIM_MFA_CODE")]
     code: Option<String>,
@@ -54,8 +55,9 @@ pub(crate) struct ActivateHow {
 
 #[derive(Args)]
 pub(crate) struct DeactivateArgs {
-    /// Role name or id.
-    role: String,
+    #[command(flatten)]
+    role: RoleRef,
+    /// Where the activation applies (as activated).
     #[arg(long, default_value = "/")]
     scope: String,
     #[command(flatten)]
@@ -64,20 +66,20 @@ pub(crate) struct DeactivateArgs {
 
 #[derive(Args)]
 pub(crate) struct DeactivateHow {
-    #[arg(long, short = 'j', default_value = "")]
-    justification: String,
+    #[command(flatten)]
+    why: Why,
     #[command(flatten)]
     pub(crate) client: ClientArgs,
 }
 
 #[derive(Args)]
 pub(crate) struct UnassignArgs {
-    /// User name, or principal id.
+    /// Whose assignment: a user name, group or service principal name, or a principal id.
     #[arg(long)]
     principal: String,
-    /// Role name or id.
-    #[arg(long)]
-    role: String,
+    #[command(flatten)]
+    role: RoleRef,
+    /// Where the assignment applies (as assigned).
     #[arg(long, default_value = "/")]
     scope: String,
     #[command(flatten)]
@@ -86,19 +88,20 @@ pub(crate) struct UnassignArgs {
 
 #[derive(Args)]
 pub(crate) struct UnassignHow {
+    /// Which assignment: eligible (to activate) or active (held now).
     #[arg(long, value_enum, default_value = "eligible")]
     kind: KindArg,
-    #[arg(long, short = 'j', default_value = "")]
-    justification: String,
+    #[command(flatten)]
+    why: Why,
     #[command(flatten)]
     pub(crate) client: ClientArgs,
 }
 
 #[derive(Args)]
 pub(crate) struct ExtendArgs {
-    /// Role name or id.
-    #[arg(long)]
-    role: String,
+    #[command(flatten)]
+    role: RoleRef,
+    /// Where the assignment applies (as assigned).
     #[arg(long, default_value = "/")]
     scope: String,
     #[command(flatten)]
@@ -112,6 +115,7 @@ pub(crate) struct ExtendHow {
     /// your own assignment (selfExtend / selfRenew), and an approver decides.
     #[arg(long)]
     principal: Option<String>,
+    /// Which assignment: eligible (to activate) or active (held now).
     #[arg(long, value_enum, default_value = "eligible")]
     kind: KindArg,
     /// The new end, counted from now, e.g. 30d.
@@ -126,8 +130,8 @@ pub(crate) struct ExtendHow {
     /// Bring back an assignment that expired (adminRenew, or selfRenew for your own).
     #[arg(long)]
     renew: bool,
-    #[arg(long, short = 'j', default_value = "")]
-    justification: String,
+    #[command(flatten)]
+    why: Why,
     #[command(flatten)]
     pub(crate) client: ClientArgs,
 }
@@ -156,9 +160,9 @@ pub(crate) struct CancelArgs {
 pub(crate) enum PolicyCommand {
     /// Show the policy in force for a role at a scope.
     Show {
-        /// Role name or id.
-        #[arg(required_unless_present = "group")]
-        role: Option<String>,
+        #[command(flatten)]
+        role: RoleRef,
+        /// The scope to read the policy in force at (set there or above).
         #[arg(long, default_value = "/")]
         scope: String,
         #[command(flatten)]
@@ -174,7 +178,7 @@ pub(crate) enum PolicyCommand {
 #[derive(Args)]
 pub(crate) struct GroupTarget {
     /// Access to this group (name or id) instead of a role.
-    #[arg(long, conflicts_with_all = ["role", "scope"])]
+    #[arg(long, conflicts_with_all = ["role_arg", "role_flag", "scope"])]
     group: Option<String>,
     /// Which access to the group.
     #[arg(long, value_enum, default_value = "member", requires = "group")]
@@ -202,9 +206,8 @@ impl GroupTarget {
 
 #[derive(Args)]
 pub(crate) struct PolicySetArgs {
-    /// Role name or id.
-    #[arg(required_unless_present = "group")]
-    role: Option<String>,
+    #[command(flatten)]
+    role: RoleRef,
     /// Scope the policy is set at (it applies there and below).
     #[arg(long, default_value = "/")]
     scope: String,
@@ -261,7 +264,8 @@ fn pb_duration(d: Duration) -> prost_types::Duration {
     }
 }
 
-fn show_duration(d: &Option<prost_types::Duration>) -> String {
+/// A duration as every command prints it (`8h`, `90m`, `30d`).
+pub(crate) fn show_duration(d: &Option<prost_types::Duration>) -> String {
     d.as_ref()
         .map(|d| pim_runtime::format::duration(Duration::from_secs(d.seconds.max(0) as u64)))
         .unwrap_or_default()
@@ -277,23 +281,14 @@ const FINAL: &[apb::RequestStatus] = &[
 ];
 
 pub(crate) async fn activate(args: ActivateArgs) -> anyhow::Result<i32> {
-    activate_as(&args.role, &args.role, &args.scope, args.how).await
+    let role = args.role.required()?;
+    activate_as(role, role, &args.scope, args.how).await
 }
 
 /// Activates `role` at `scope` (`what` names it to people) and follows the request.
 pub(crate) async fn activate_as(what: &str, role: &str, scope: &str, args: ActivateHow) -> anyhow::Result<i32> {
     let mut session = Session::open(&args.client, true)?;
     let role_id = session.role_id(role).await?;
-    let ticket = match &args.ticket {
-        Some(t) => {
-            let (system, number) = t.split_once(':').context("--ticket must be SYSTEM:NUMBER")?;
-            Some(pim_proto::common::v1::Ticket {
-                system: system.into(),
-                number: number.into(),
-            })
-        }
-        None => None,
-    };
     let request = apb::CreateRequestRequest {
         action: apb::RequestAction::SelfActivate as i32,
         kind: apb::AssignmentKind::Active as i32,
@@ -312,8 +307,8 @@ pub(crate) async fn activate_as(what: &str, role: &str, scope: &str, args: Activ
                 .duration
                 .map(|d| apb::schedule::Expiration::Duration(pb_duration(d))),
         }),
-        justification: args.justification.clone(),
-        ticket,
+        justification: args.why.justification.clone(),
+        ticket: args.why.ticket.clone(),
         validate_only: false,
     };
     let mut stepped_up = false;
@@ -382,7 +377,8 @@ pub(crate) async fn activate_as(what: &str, role: &str, scope: &str, args: Activ
 }
 
 pub(crate) async fn deactivate(args: DeactivateArgs) -> anyhow::Result<i32> {
-    deactivate_as(&args.role, &args.role, &args.scope, args.how).await
+    let role = args.role.required()?;
+    deactivate_as(role, role, &args.scope, args.how).await
 }
 
 /// Ends the caller's activation of `role` at `scope` (`what` names it to people).
@@ -395,7 +391,8 @@ pub(crate) async fn deactivate_as(what: &str, role: &str, scope: &str, args: Dea
             kind: apb::AssignmentKind::Active as i32,
             role_id,
             scope: scope.to_owned(),
-            justification: args.justification,
+            justification: args.why.justification,
+            ticket: args.why.ticket,
             ..Default::default()
         })?)
         .await
@@ -406,7 +403,8 @@ pub(crate) async fn deactivate_as(what: &str, role: &str, scope: &str, args: Dea
 }
 
 pub(crate) async fn unassign(args: UnassignArgs) -> anyhow::Result<i32> {
-    unassign_as(&args.principal, &args.role, &args.role, &args.scope, args.how).await
+    let role = args.role.required()?;
+    unassign_as(&args.principal, role, role, &args.scope, args.how).await
 }
 
 /// Ends `principal`'s assignment of `role` at `scope` (`what` names it to people).
@@ -427,7 +425,8 @@ pub(crate) async fn unassign_as(
             principal_id,
             role_id,
             scope: scope.to_owned(),
-            justification: args.justification,
+            justification: args.why.justification,
+            ticket: args.why.ticket,
             ..Default::default()
         })?)
         .await
@@ -439,8 +438,9 @@ pub(crate) async fn unassign_as(
 
 pub(crate) async fn extend(args: ExtendArgs) -> anyhow::Result<i32> {
     let session = Session::open(&args.how.client, true)?;
-    let role_id = session.role_id(&args.role).await?;
-    extend_as(&args.role, &role_id, &args.scope, args.how).await
+    let role = args.role.required()?;
+    let role_id = session.role_id(role).await?;
+    extend_as(role, &role_id, &args.scope, args.how).await
 }
 
 /// Gives `role_id` at `scope` (`what` to people) a new end: an administrator's change of
@@ -474,7 +474,8 @@ pub(crate) async fn extend_as(what: &str, role_id: &str, scope: &str, how: Exten
                 start_time: None,
                 expiration: Some(expiration),
             }),
-            justification: how.justification,
+            justification: how.why.justification,
+            ticket: how.why.ticket,
             ..Default::default()
         })?)
         .await
@@ -541,15 +542,15 @@ pub(crate) async fn list(args: RequestsArgs) -> anyhow::Result<i32> {
                 .map(|a| a.as_str_name().trim_start_matches("REQUEST_ACTION_").to_lowercase())
                 .unwrap_or_default();
             rows.push(vec![
-                time(r.created_at.as_ref().map(from_timestamp)),
-                r.id,
-                action,
-                names.principal(&r.principal_id).await,
-                names.role(&r.role_id).await,
-                r.scope,
-                status_name(r.status),
-                time(r.end_time.as_ref().map(from_timestamp)),
-                r.outcome_reason,
+                Cell::from(time(r.created_at.as_ref().map(from_timestamp))),
+                r.id.into(),
+                action.into(),
+                names.principal(&r.principal_id).await.into(),
+                names.role(&r.role_id).await.into(),
+                r.scope.into(),
+                status_name(r.status).into(),
+                time(r.end_time.as_ref().map(from_timestamp)).into(),
+                r.outcome_reason.into(),
             ]);
         }
         if page.next_page_token.is_empty() {
@@ -591,26 +592,33 @@ pub(crate) async fn my_roles(client: ClientArgs) -> anyhow::Result<i32> {
         .await
         .map_err(explain)?
         .into_inner();
-    let row = |kind: &str, a: apb::Assignment| {
-        let member = if a.member_type == apb::MemberType::Group as i32 {
-            format!("group {}", a.via_group_id)
+    let mut names = Names::new(&session);
+    let mut rows = Vec::new();
+    let listed = (eligible.assignments.into_iter().map(|a| ("eligible", a)))
+        .chain(active.assignments.into_iter().map(|a| ("active", a)));
+    for (kind, a) in listed {
+        // Through a group: the group by name (with --ids, its id too).
+        let via = if a.member_type == apb::MemberType::Group as i32 {
+            let group = names.principal(&a.via_group_id).await;
+            Cell::Named(super::Named {
+                name: format!("group {}", group.name),
+                id: group.id,
+            })
         } else {
             "direct".into()
         };
-        vec![
-            kind.to_owned(),
-            a.role_name,
-            a.scope,
-            member,
-            time(a.end_time.as_ref().map(from_timestamp)),
-        ]
-    };
-    let rows = eligible
-        .assignments
-        .into_iter()
-        .map(|a| row("eligible", a))
-        .chain(active.assignments.into_iter().map(|a| row("active", a)))
-        .collect();
+        rows.push(vec![
+            Cell::from(kind),
+            super::Named {
+                name: a.role_name,
+                id: a.role_id,
+            }
+            .into(),
+            a.scope.into(),
+            via,
+            time(a.end_time.as_ref().map(from_timestamp)).into(),
+        ]);
+    }
     print_table(&["KIND", "ROLE", "SCOPE", "VIA", "UNTIL"], rows);
     Ok(0)
 }
@@ -663,8 +671,9 @@ async fn print_policy(session: &Session, p: &apb::RolePolicy) {
     for id in &p.approver_ids {
         approvers.push(names.principal(id).await);
     }
-    let rows = vec![
-        vec!["role".into(), role],
+    let approvers: Vec<String> = approvers.into_iter().map(|a| Cell::Named(a).shown()).collect();
+    let mut rows: Vec<Vec<Cell>> = vec![vec!["role".into(), role.into()]];
+    let settings: Vec<Vec<String>> = vec![
         vec!["scope".into(), p.scope.clone()],
         vec![
             "activation max duration".into(),
@@ -703,6 +712,11 @@ async fn print_policy(session: &Session, p: &apb::RolePolicy) {
         ],
         vec!["etag".into(), p.etag.clone()],
     ];
+    rows.extend(
+        settings
+            .into_iter()
+            .map(|row| row.into_iter().map(Cell::from).collect()),
+    );
     print_table(&["SETTING", "VALUE"], rows);
 }
 
@@ -715,7 +729,7 @@ pub(crate) async fn policy(cmd: PolicyCommand) -> anyhow::Result<i32> {
             client,
         } => {
             let session = Session::open(&client, true)?;
-            let (role_id, scope) = group.target(&session, role.as_deref(), &scope).await?;
+            let (role_id, scope) = group.target(&session, role.given(), &scope).await?;
             let p = PolicyServiceClient::new(session.channel.clone())
                 .get_role_policy(session.request(apb::GetRolePolicyRequest { role_id, scope })?)
                 .await
@@ -725,7 +739,7 @@ pub(crate) async fn policy(cmd: PolicyCommand) -> anyhow::Result<i32> {
         }
         PolicyCommand::Set(a) => {
             let session = Session::open(&a.client, true)?;
-            let (role_id, scope) = a.group.target(&session, a.role.as_deref(), &a.scope).await?;
+            let (role_id, scope) = a.group.target(&session, a.role.given(), &a.scope).await?;
             // Only what was named is sent, with a mask naming it: the server merges it onto
             // the policy in force, so nothing else changes (and no concurrent change is lost).
             let mut p = apb::RolePolicy {

@@ -8,7 +8,7 @@ use pim_proto::approval::v1 as pb;
 use pim_proto::approval::v1::access_review_service_client::AccessReviewServiceClient;
 use pim_runtime::db::from_timestamp;
 
-use super::{ClientArgs, Names, Session, explain, print_table, snake_case, time};
+use super::{Cell, ClientArgs, Names, Session, explain, print_table, snake_case, time};
 
 #[derive(Clone, Copy, ValueEnum)]
 pub(crate) enum ReviewScopeArg {
@@ -37,6 +37,7 @@ pub(crate) enum ReviewsCommand {
     /// The items waiting for your decision (of one review, or of all in progress); with
     /// --all, every item of the review's latest instance and its outcome (review managers).
     Items {
+        /// The review's id (see `pim reviews list`); default: every review in progress.
         review: Option<String>,
         /// Every item and its outcome (kept, removed, or kept by a protection), not just yours.
         #[arg(long, requires = "review")]
@@ -48,6 +49,7 @@ pub(crate) enum ReviewsCommand {
     Decide(DecideArgs),
     /// End a review now: unanswered items take the default decision, and no recurrence follows.
     Stop {
+        /// The review's id (see `pim reviews list`).
         review: String,
         #[command(flatten)]
         client: ClientArgs,
@@ -56,16 +58,18 @@ pub(crate) enum ReviewsCommand {
 
 #[derive(Args)]
 pub(crate) struct CreateArgs {
+    /// The review's name, as reviewers will see it.
     #[arg(long)]
     name: String,
-    /// Role name or id.
-    #[arg(long, required_unless_present = "group")]
-    role: Option<String>,
+    #[command(flatten)]
+    role: super::RoleRef,
+    /// The scope whose holders are reviewed (assignments there and below).
     #[arg(long, default_value = "/")]
     scope: String,
     /// Review who holds access to a group instead (--group NAME --access member|owner).
     #[command(flatten)]
     group: super::requests::GroupTarget,
+    /// Which assignments are reviewed: eligible, active or both.
     #[arg(long, value_enum, default_value = "both")]
     assignments: ReviewScopeArg,
     /// Reviewers, comma-separated: user names or ids, or group ids (the group's members review).
@@ -94,10 +98,13 @@ pub(crate) struct CreateArgs {
 pub(crate) struct DecideArgs {
     /// The item id (from `pim reviews items`).
     item: String,
+    /// Keep the assignment.
     #[arg(long, conflicts_with = "deny", required_unless_present = "deny")]
     approve: bool,
+    /// Remove the assignment (when the review ends, or at once with auto-apply).
     #[arg(long)]
     deny: bool,
+    /// Why (the review may require it).
     #[arg(long, short = 'j', default_value = "")]
     justification: String,
     #[command(flatten)]
@@ -131,13 +138,13 @@ pub(crate) async fn run(cmd: ReviewsCommand) -> anyhow::Result<i32> {
                     .into_inner();
                 for r in page.reviews {
                     rows.push(vec![
-                        r.id,
-                        r.name,
-                        names.role(&r.role_id).await,
-                        r.scope,
-                        snake_case(&r.status),
-                        r.instance.to_string(),
-                        time(r.instance_end.as_ref().map(from_timestamp)),
+                        Cell::from(r.id),
+                        r.name.into(),
+                        names.role(&r.role_id).await.into(),
+                        r.scope.into(),
+                        snake_case(&r.status).into(),
+                        r.instance.to_string().into(),
+                        time(r.instance_end.as_ref().map(from_timestamp)).into(),
                     ]);
                 }
                 if page.next_page_token.is_empty() {
@@ -154,7 +161,7 @@ pub(crate) async fn run(cmd: ReviewsCommand) -> anyhow::Result<i32> {
             for r in a.reviewers.iter().filter(|r| !r.trim().is_empty()) {
                 reviewer_ids.push(session.principal_id(r.trim()).await?);
             }
-            let (role_id, scope) = a.group.target(&session, a.role.as_deref(), &a.scope).await?;
+            let (role_id, scope) = a.group.target(&session, a.role.given(), &a.scope).await?;
             let review = pb::AccessReview {
                 name: a.name,
                 role_id,
@@ -217,19 +224,21 @@ pub(crate) async fn run(cmd: ReviewsCommand) -> anyhow::Result<i32> {
             let mut rows = Vec::new();
             for i in items {
                 rows.push(vec![
-                    i.id,
-                    names.principal(&i.principal_id).await,
-                    i.kind,
-                    i.scope,
-                    i.recommendation,
-                    decision_name(i.decision),
-                    i.outcome,
+                    Cell::from(i.id),
+                    names.principal(&i.principal_id).await.into(),
+                    names.role(&i.role_id).await.into(),
+                    i.kind.into(),
+                    i.scope.into(),
+                    i.recommendation.into(),
+                    decision_name(i.decision).into(),
+                    i.outcome.into(),
                 ]);
             }
             print_table(
                 &[
                     "ITEM",
                     "PRINCIPAL",
+                    "ROLE",
                     "KIND",
                     "SCOPE",
                     "RECOMMENDATION",

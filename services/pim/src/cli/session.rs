@@ -17,7 +17,7 @@ use pim_proto::identity::v1::directory_service_client::DirectoryServiceClient;
 use pim_runtime::config::TlsConfig;
 
 use super::as_code::Kind;
-use super::{ClientArgs, OUTPUT, explain, listings};
+use super::{ClientArgs, Named, OUTPUT, explain, listings};
 
 pub(crate) struct Session {
     pub(crate) channel: Channel,
@@ -32,7 +32,7 @@ const FRESH_FOR_MS: i64 = 60_000;
 
 impl Session {
     pub(crate) fn open(args: &ClientArgs, signed_in: bool) -> anyhow::Result<Self> {
-        let _ = OUTPUT.set(args.output);
+        let _ = OUTPUT.set((args.output, args.ids));
         let (server, ca) = target(args);
         let tls = TlsConfig {
             ca,
@@ -209,12 +209,12 @@ impl<'a> Names<'a> {
         }
     }
 
-    pub(crate) async fn principal(&mut self, id: &str) -> String {
+    pub(crate) async fn principal(&mut self, id: &str) -> Named {
         if id.is_empty() {
-            return String::new();
+            return Named::default();
         }
         if let Some(name) = self.principals.get(id) {
-            return name.clone();
+            return named(name, id);
         }
         let found = match self.session.request(ipb::GetPrincipalRequest {
             principal_id: id.to_owned(),
@@ -237,10 +237,13 @@ impl<'a> Names<'a> {
             .filter(|n| !n.is_empty())
             .unwrap_or_else(|| id.to_owned());
         self.principals.insert(id.to_owned(), name.clone());
-        name
+        named(&name, id)
     }
 
-    pub(crate) async fn role(&mut self, id: &str) -> String {
+    pub(crate) async fn role(&mut self, id: &str) -> Named {
+        if id.is_empty() {
+            return Named::default();
+        }
         if self.roles.is_none() {
             let listed = match self.session.request(apb::ListRoleDefinitionsRequest {}) {
                 Ok(request) => RoleServiceClient::new(self.session.channel.clone())
@@ -252,10 +255,19 @@ impl<'a> Names<'a> {
             };
             self.roles = Some(listed.into_iter().map(|r| (r.id, r.name)).collect());
         }
-        self.roles
+        let name = self
+            .roles
             .as_ref()
             .and_then(|roles| roles.get(id).cloned())
-            .unwrap_or_else(|| id.to_owned())
+            .unwrap_or_else(|| id.to_owned());
+        named(&name, id)
+    }
+}
+
+fn named(name: &str, id: &str) -> Named {
+    Named {
+        name: name.to_owned(),
+        id: id.to_owned(),
     }
 }
 

@@ -11,12 +11,16 @@ use super::{ClientArgs, Session, explain, print_table, secret_from};
 pub(crate) enum UsersCommand {
     /// Create a user. Without --password-stdin a strong password is generated and shown once.
     Create {
+        /// The name the user signs in with (unique).
         #[arg(long)]
         user_name: String,
+        /// The name people see, e.g. "Lee Gu".
         #[arg(long, default_value = "")]
         display_name: String,
+        /// Where the user is reached.
         #[arg(long, default_value = "")]
         email: String,
+        /// Read the initial password from the first line of standard input.
         #[arg(long)]
         password_stdin: bool,
         #[command(flatten)]
@@ -24,12 +28,14 @@ pub(crate) enum UsersCommand {
     },
     /// Show one user (by id or user name).
     Get {
+        /// User name or id.
         user: String,
         #[command(flatten)]
         client: ClientArgs,
     },
     /// List users.
     List {
+        /// Only users whose user name or display name contains this text.
         #[arg(long, default_value = "")]
         filter: String,
         #[command(flatten)]
@@ -39,8 +45,10 @@ pub(crate) enum UsersCommand {
     Update {
         /// User name or id.
         user: String,
+        /// The new display name.
         #[arg(long)]
         display_name: Option<String>,
+        /// The new email address.
         #[arg(long)]
         email: Option<String>,
         #[command(flatten)]

@@ -117,20 +117,48 @@ fn users_are_managed_and_a_waiting_request_is_withdrawn() {
     let refused = kim.run(&["users", "create", "--user-name", "eve"], None);
     assert_eq!(refused.status.code(), Some(1), "kim administers nobody");
 
-    // Kim asks to keep an administrator's assignment longer, then thinks better of it.
+    // Kim asks to keep an administrator's assignment longer, then thinks better of it. A
+    // role is named the same way by every command: first, or with --role (not both); a
+    // ticket as SYSTEM:NUMBER.
+    let both = admin.run(
+        &[
+            "assign",
+            "Exchange Administrator",
+            "--role",
+            "Exchange Administrator",
+            "--principal",
+            "kim",
+        ],
+        None,
+    );
+    assert_eq!(both.status.code(), Some(2), "a role named twice is a usage mistake");
+    let odd_ticket = admin.run(
+        &[
+            "assign",
+            "Exchange Administrator",
+            "--principal",
+            "kim",
+            "--ticket",
+            "INC1",
+        ],
+        None,
+    );
+    assert_eq!(odd_ticket.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&odd_ticket.stderr).contains("SYSTEM:NUMBER"));
     admin.ok(
         &[
             "assign",
+            "Exchange Administrator",
             "--principal",
             "kim",
-            "--role",
-            "Exchange Administrator",
             "--kind",
             "active",
             "--duration",
             "1h",
             "--justification",
             "on call",
+            "--ticket",
+            "ServiceNow:INC42",
         ],
         None,
     );
@@ -164,6 +192,14 @@ fn users_are_managed_and_a_waiting_request_is_withdrawn() {
     assert_eq!(canceled_row["status"], "canceled");
     assert_eq!(canceled_row["principal"], "kim");
     assert_eq!(canceled_row["role"], "Exchange Administrator");
+    // Names in tables; their ids beside them in JSON, and in tables with --ids.
+    let kim_id = canceled_row["principal_id"].as_str().unwrap_or_default().to_owned();
+    assert!(uuid::Uuid::parse_str(&kim_id).is_ok(), "{canceled_row}");
+    assert!(uuid::Uuid::parse_str(canceled_row["role_id"].as_str().unwrap_or_default()).is_ok());
+    let table = kim.ok(&["requests"], None);
+    assert!(table.contains(" kim ") && !table.contains(&kim_id), "{table}");
+    let with_ids = kim.ok(&["requests", "--ids"], None);
+    assert!(with_ids.contains(&format!("kim ({kim_id})")), "{with_ids}");
     let again = kim.run(&["cancel", request_id], None);
     assert!(!again.status.success(), "nothing left to cancel");
 

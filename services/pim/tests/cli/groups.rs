@@ -342,10 +342,9 @@ fn group_membership_and_ownership_are_activated_just_in_time() {
         &[
             "groups",
             "assign",
+            "ops",
             "--principal",
             "admin",
-            "--group",
-            "ops",
             "--access",
             "owner",
             "-j",

@@ -69,10 +69,8 @@ fn the_readme_walk_through_works_and_survives_a_restart() {
             "1h",
             "--justification",
             "mailbox migration",
-            "--ticket-system",
-            "ServiceNow",
-            "--ticket-number",
-            "INC0012345",
+            "--ticket",
+            "ServiceNow:INC0012345",
         ],
         None,
     );
@@ -137,6 +135,19 @@ fn the_readme_walk_through_works_and_survives_a_restart() {
         if audit.contains("ActiveAssignmentGranted") && audit.contains("UserCreated") {
             assert!(audit.contains("\"justification\":\"mailbox migration\""));
             assert!(audit.contains("\"role_name\":\"Exchange Administrator\""));
+            assert!(audit.contains("\"ticket\":\"ServiceNow:INC0012345\""));
+            // Lee is named the same way in every record (the user name, whatever the
+            // event carried), and payload times read as RFC 3339.
+            for line in audit.lines() {
+                let record: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
+                assert_eq!(record["target_name"], "lee", "{line}");
+                for at in ["start_time", "end_time"] {
+                    if let Some(t) = record["payload"][at].as_str() {
+                        assert!(humantime::parse_rfc3339(t).is_ok(), "{line}");
+                    }
+                    assert!(!record["payload"][at].is_number(), "{line}");
+                }
+            }
             break;
         }
         assert!(Instant::now() < deadline, "audit never showed the slice: {audit}");
