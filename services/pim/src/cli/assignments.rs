@@ -9,6 +9,7 @@ use clap::Args;
 use pim_proto::assignment::v1 as apb;
 use pim_proto::assignment::v1::access_service_client::AccessServiceClient;
 use pim_proto::assignment::v1::assignment_service_client::AssignmentServiceClient;
+use pim_proto::assignment::v1::reconcile_service_client::ReconcileServiceClient;
 use pim_runtime::db::from_timestamp;
 
 use super::{Cell, ClientArgs, KindArg, Named, Names, RoleRef, Session, Why, explain, kind_pb, print_table, time};
@@ -260,4 +261,28 @@ pub(crate) async fn check(args: CheckArgs) -> anyhow::Result<i32> {
         println!("denied: {principal} does not hold {what} at {}", args.scope);
         Ok(1)
     }
+}
+
+/// `pim unmanaged`: grants the target systems' connectors reported that PIM did not make
+/// (standing access outside PIM), each principal and role by name.
+pub(crate) async fn unmanaged(client: ClientArgs) -> anyhow::Result<i32> {
+    let session = Session::open(&client, true)?;
+    let grants = ReconcileServiceClient::new(session.channel.clone())
+        .list_unmanaged_grants(session.request(apb::ListUnmanagedGrantsRequest {})?)
+        .await
+        .map_err(explain)?
+        .into_inner()
+        .grants;
+    let mut names = Names::new(&session);
+    let mut rows = Vec::new();
+    for g in grants {
+        rows.push(vec![
+            Cell::from(g.system),
+            names.principal(&g.principal_id).await.into(),
+            names.role(&g.role_id).await.into(),
+            g.scope.into(),
+        ]);
+    }
+    print_table(&["SYSTEM", "PRINCIPAL", "ROLE", "SCOPE"], rows);
+    Ok(0)
 }

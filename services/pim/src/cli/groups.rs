@@ -145,6 +145,44 @@ pub(crate) enum GroupsCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Add a permanent owner (owners manage the group's members and access to it).
+    AddOwner {
+        /// Group name or id.
+        group: String,
+        /// The owner: a user name, service principal name, or principal id.
+        owner: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Remove an owner.
+    RemoveOwner {
+        /// Group name or id.
+        group: String,
+        /// The owner: a user name, service principal name, or principal id.
+        owner: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List a group's owners (permanent, and through PIM for Groups).
+    Owners {
+        /// Group name or id.
+        group: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Rename a group or change its description (whether it is role-assignable cannot change).
+    Update {
+        /// Group name or id.
+        group: String,
+        /// The new name.
+        #[arg(long)]
+        name: Option<String>,
+        /// The new description.
+        #[arg(long)]
+        description: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Make someone eligible for (or give them, --kind active) membership or ownership of a
     /// group, time-bound or permanent as the group's policy allows (PIM for Groups).
     Assign {
@@ -245,8 +283,45 @@ pub(crate) async fn run(cmd: GroupsCommand) -> anyhow::Result<i32> {
                 .collect();
             print_table(&["ID", "NAME", "ROLE-ASSIGNABLE"], rows);
         }
-        GroupsCommand::AddMember { group, member, client } => change_member(&group, &member, &client, true).await?,
-        GroupsCommand::RemoveMember { group, member, client } => change_member(&group, &member, &client, false).await?,
+        GroupsCommand::AddMember { group, member, client } => {
+            change_link(&group, &member, &client, Link::Member, true).await?
+        }
+        GroupsCommand::RemoveMember { group, member, client } => {
+            change_link(&group, &member, &client, Link::Member, false).await?
+        }
+        GroupsCommand::AddOwner { group, owner, client } => {
+            change_link(&group, &owner, &client, Link::Owner, true).await?
+        }
+        GroupsCommand::RemoveOwner { group, owner, client } => {
+            change_link(&group, &owner, &client, Link::Owner, false).await?
+        }
+        GroupsCommand::Owners { group, client } => list_links(&group, &client, Link::Owner).await?,
+        GroupsCommand::Update {
+            group,
+            name,
+            description,
+            client,
+        } => {
+            let session = Session::open(&client, true)?;
+            let id = group_id(&session, &group).await?;
+            let mut directory = DirectoryServiceClient::new(session.channel.clone());
+            let current = directory
+                .get_group(session.request(ipb::GetGroupRequest { group_id: id.clone() })?)
+                .await
+                .map_err(explain)?
+                .into_inner();
+            let updated = directory
+                .update_group(session.request(ipb::UpdateGroupRequest {
+                    group_id: id,
+                    display_name: name.unwrap_or(current.display_name),
+                    description: description.unwrap_or(current.description),
+                    is_assignable_to_role: None,
+                })?)
+                .await
+                .map_err(explain)?;
+            let g = session.remember(updated);
+            println!("Updated group {} ({})", g.display_name, g.id);
+        }
         GroupsCommand::Delete { group, client } => {
             let session = Session::open(&client, true)?;
             let id = group_id(&session, &group).await?;
@@ -257,24 +332,7 @@ pub(crate) async fn run(cmd: GroupsCommand) -> anyhow::Result<i32> {
             session.remember(deleted);
             println!("Deleted group {group}");
         }
-        GroupsCommand::Members { group, client } => {
-            let session = Session::open(&client, true)?;
-            let members = super::listings::members(&session, &group_id(&session, &group).await?).await?;
-            let rows = members
-                .into_iter()
-                .map(|link| {
-                    let how = match ipb::GroupLinkKind::try_from(link.kind) {
-                        Ok(ipb::GroupLinkKind::Assigned) => "assigned",
-                        Ok(ipb::GroupLinkKind::Activated) => "activated",
-                        _ => "direct",
-                    };
-                    let until = time(link.end_time.as_ref().map(from_timestamp));
-                    let p = link.principal.unwrap_or_default();
-                    vec![p.id, p.user_name, p.display_name, how.into(), until]
-                })
-                .collect();
-            print_table(&["ID", "USER NAME", "NAME", "HOW", "UNTIL"], rows);
-        }
+        GroupsCommand::Members { group, client } => list_links(&group, &client, Link::Member).await?,
         GroupsCommand::Assign { whose, how } => {
             let session = Session::open(&how.client, true)?;
             let (what, role, scope) = access_target(&session, whose.group(), whose.access).await?;
@@ -381,21 +439,57 @@ async fn own_groups(session: &Session) -> anyhow::Result<Vec<(String, String)>> 
     Ok(out)
 }
 
-async fn change_member(group: &str, member: &str, client: &ClientArgs, add: bool) -> anyhow::Result<()> {
+/// A group's members, or its owners.
+#[derive(Clone, Copy, PartialEq)]
+enum Link {
+    Member,
+    Owner,
+}
+
+/// Adds (or removes) a member or an owner of a group.
+async fn change_link(group: &str, who: &str, client: &ClientArgs, link: Link, add: bool) -> anyhow::Result<()> {
     let session = Session::open(client, true)?;
-    let member_id = session.principal_id(member).await?;
+    let principal_id = session.principal_id(who).await?;
     let request = session.request(ipb::GroupMembershipRequest {
         group_id: group_id(&session, group).await?,
-        principal_id: member_id,
+        principal_id,
     })?;
     let mut directory = DirectoryServiceClient::new(session.channel.clone());
+    let answered = match (link, add) {
+        (Link::Member, true) => directory.add_group_member(request).await,
+        (Link::Member, false) => directory.remove_group_member(request).await,
+        (Link::Owner, true) => directory.add_group_owner(request).await,
+        (Link::Owner, false) => directory.remove_group_owner(request).await,
+    };
+    session.remember(answered.map_err(explain)?);
+    let as_what = if link == Link::Owner { " as an owner" } else { "" };
     if add {
-        session.remember(directory.add_group_member(request).await.map_err(explain)?);
-        println!("Added {member} to {group}");
+        println!("Added {who} to {group}{as_what}");
     } else {
-        session.remember(directory.remove_group_member(request).await.map_err(explain)?);
-        println!("Removed {member} from {group}");
+        println!("Removed {who} from {group}{as_what}");
     }
+    Ok(())
+}
+
+/// Prints a group's members or owners: who, how (added, assigned or activated through PIM)
+/// and until when.
+async fn list_links(group: &str, client: &ClientArgs, link: Link) -> anyhow::Result<()> {
+    let session = Session::open(client, true)?;
+    let links = super::listings::members(&session, &group_id(&session, group).await?, link == Link::Owner).await?;
+    let rows = links
+        .into_iter()
+        .map(|link| {
+            let how = match ipb::GroupLinkKind::try_from(link.kind) {
+                Ok(ipb::GroupLinkKind::Assigned) => "assigned",
+                Ok(ipb::GroupLinkKind::Activated) => "activated",
+                _ => "direct",
+            };
+            let until = time(link.end_time.as_ref().map(from_timestamp));
+            let p = link.principal.unwrap_or_default();
+            vec![p.id, p.user_name, p.display_name, how.into(), until]
+        })
+        .collect();
+    print_table(&["ID", "USER NAME", "NAME", "HOW", "UNTIL"], rows);
     Ok(())
 }
 

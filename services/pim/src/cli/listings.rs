@@ -3,7 +3,7 @@
 use pim_proto::identity::v1 as ipb;
 use pim_proto::identity::v1::directory_service_client::DirectoryServiceClient;
 
-use super::{Session, all_pages, explain};
+use super::{Session, explain};
 
 const PAGE: i32 = 500;
 
@@ -64,9 +64,9 @@ pub(crate) async fn service_principals(session: &Session, filter: &str) -> anyho
     .await
 }
 
-/// Every member of a group.
-/// A group's members, each with how (added, assigned or activated through PIM) and until when.
-pub(crate) async fn members(session: &Session, group_id: &str) -> anyhow::Result<Vec<ipb::GroupLink>> {
+/// A group's members (or, `owners`, its owners), each with how (added, assigned or
+/// activated through PIM) and until when.
+pub(crate) async fn members(session: &Session, group_id: &str, owners: bool) -> anyhow::Result<Vec<ipb::GroupLink>> {
     let directory = DirectoryServiceClient::new(session.channel.clone());
     all_pages(|page_token| {
         let mut directory = directory.clone();
@@ -77,13 +77,33 @@ pub(crate) async fn members(session: &Session, group_id: &str) -> anyhow::Result
             direct_only: false,
         });
         async move {
-            let page = directory
-                .list_group_members(request?)
-                .await
-                .map_err(explain)?
-                .into_inner();
+            let page = if owners {
+                directory.list_group_owners(request?).await
+            } else {
+                directory.list_group_members(request?).await
+            }
+            .map_err(explain)?
+            .into_inner();
             Ok((page.links, page.next_page_token))
         }
     })
     .await
+}
+
+/// Every item of a paged listing: `page` fetches the page after a token (empty: the first)
+/// and answers its items and the next token (empty: the last page).
+pub(crate) async fn all_pages<T, F, Fut>(mut page: F) -> anyhow::Result<Vec<T>>
+where
+    F: FnMut(String) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<(Vec<T>, String)>>,
+{
+    let (mut all, mut token) = (Vec::new(), String::new());
+    loop {
+        let (items, next) = page(token).await?;
+        all.extend(items);
+        if next.is_empty() {
+            return Ok(all);
+        }
+        token = next;
+    }
 }

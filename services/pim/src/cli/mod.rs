@@ -4,19 +4,12 @@
 
 use std::io::{BufRead, IsTerminal};
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tonic::Status;
 
 use pim_proto::assignment::v1 as apb;
-use pim_proto::assignment::v1::role_service_client::RoleServiceClient;
-use pim_proto::identity::v1 as ipb;
-use pim_proto::identity::v1::auth_service_client::AuthServiceClient;
-use pim_proto::identity::v1::directory_service_client::DirectoryServiceClient;
-use pim_proto::identity::v1::mfa_service_client::MfaServiceClient;
-use pim_runtime::db::from_timestamp;
 
 use crate::host::ServiceName;
 
@@ -29,10 +22,16 @@ mod groups;
 mod listings;
 mod mfa;
 mod operate;
+mod policy;
+mod print;
+mod service_principals;
 mod session;
+mod signin;
 
 use assignments::{AssignArgs, CheckArgs, ListAssignmentsArgs, assign, check, list_assignments};
+pub(crate) use listings::all_pages;
 use operate::{Served, bootstrap, event_keys, health, load_config, replay, serve, up};
+pub(crate) use print::{Cell, Named, OUTPUT, Output, print_table, snake_case, time};
 pub(crate) use session::{Names, Session, token_path, write_token};
 mod requests;
 mod reviews;
@@ -79,10 +78,6 @@ pub(crate) struct ClientArgs {
     #[arg(long, global = true)]
     ids: bool,
 }
-
-/// How this command prints (set once, from its `--output` and `--ids`, when it opens its
-/// session).
-static OUTPUT: std::sync::OnceLock<(Output, bool)> = std::sync::OnceLock::new();
 
 /// `pim up --help`: the settings it reads (the README's table has them all).
 const UP_SETTINGS: &str = "Settings (environment):
@@ -135,7 +130,7 @@ enum Command {
         assignment_database: String,
     },
     /// Sign in and keep the access token for the next commands.
-    Login(LoginArgs),
+    Login(signin::LoginArgs),
     /// Who the stored token says you are, and until when.
     Whoami {
         #[command(flatten)]
@@ -154,7 +149,7 @@ enum Command {
     Users(UsersCommand),
     /// Manage service principals (apps and bots).
     #[command(subcommand, name = "service-principals", alias = "sp")]
-    ServicePrincipals(SpCommand),
+    ServicePrincipals(service_principals::SpCommand),
     /// Your roles: eligible and active, including those through groups (--definitions: every
     /// role definition; create, update, delete: custom roles).
     #[command(args_conflicts_with_subcommands = true)]
@@ -193,7 +188,7 @@ enum Command {
     Reviews(reviews::ReviewsCommand),
     /// Show or change a role's policy at a scope.
     #[command(subcommand)]
-    Policy(requests::PolicyCommand),
+    Policy(policy::PolicyCommand),
     /// Show, as a diff, what `pim apply -f FILE` would change (custom roles, groups and their
     /// members, role policies, assignments). Nothing changes. The file's format is
     /// deploy/pim.schema.json; `pim export` writes one.
@@ -213,6 +208,11 @@ enum Command {
     Assign(AssignArgs),
     /// List assignments in force.
     Assignments(ListAssignmentsArgs),
+    /// Grants target systems reported that PIM did not make (standing access outside PIM).
+    Unmanaged {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Ask whether a principal holds a role or permission at a scope (exit code 0 if it does, 1 if not).
     Check(CheckArgs),
     /// Read the audit log.
@@ -223,58 +223,6 @@ enum Command {
         /// probe of a `pim serve` process does; `gateway`: only the gateway itself.
         #[arg(long)]
         service: Option<Served>,
-        #[command(flatten)]
-        client: ClientArgs,
-    },
-}
-
-#[derive(Args)]
-struct LoginArgs {
-    /// User name (password from --password-stdin, PIM_PASSWORD, or a prompt).
-    #[arg(long, conflicts_with = "client_id")]
-    user: Option<String>,
-    /// Service principal client id (secret from --password-stdin or PIM_CLIENT_SECRET).
-    #[arg(long)]
-    client_id: Option<String>,
-    /// Read the password or client secret from the first line of standard input.
-    #[arg(long)]
-    password_stdin: bool,
-    /// The authenticator code, to step up at once when you have MFA (otherwise asked on a terminal).
-    #[arg(long, env = "PIM_MFA_CODE")]
-    code: Option<String>,
-    #[command(flatten)]
-    client: ClientArgs,
-}
-
-#[derive(Subcommand)]
-enum SpCommand {
-    /// Create a service principal; its client secret is shown once.
-    Create {
-        /// Its display name (unique; commands name it by it).
-        #[arg(long)]
-        name: String,
-        #[command(flatten)]
-        client: ClientArgs,
-    },
-    /// A new client secret (shown once; the old one stops working).
-    Rotate {
-        /// The service principal's id (see `pim sp list`).
-        id: String,
-        #[command(flatten)]
-        client: ClientArgs,
-    },
-    /// Disable: no more sign-ins, and its tokens stop working.
-    Disable {
-        /// The service principal's id (see `pim sp list`).
-        id: String,
-        #[command(flatten)]
-        client: ClientArgs,
-    },
-    /// List service principals (with their client ids and whether they may sign in).
-    List {
-        /// Only those whose name contains this text.
-        #[arg(long, default_value = "")]
-        filter: String,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -333,12 +281,6 @@ pub(crate) enum KindArg {
     Active,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-pub(crate) enum Output {
-    Table,
-    Json,
-}
-
 #[derive(Subcommand)]
 enum EventsCommand {
     /// Publish again the events written since a moment, after Redis lost events it had not
@@ -395,18 +337,18 @@ async fn run_command(cli: Cli) -> anyhow::Result<i32> {
             identity_database,
             assignment_database,
         } => bootstrap(identity_database, assignment_database).await,
-        Command::Login(args) => login(args).await,
-        Command::Logout { client } => logout(client).await,
-        Command::Whoami { client } => whoami(client).await,
+        Command::Login(args) => signin::login(args).await,
+        Command::Logout { client } => signin::logout(client).await,
+        Command::Whoami { client } => signin::whoami(client).await,
         Command::Groups(cmd) => groups::run(cmd).await,
         Command::Users(cmd) => users(cmd).await,
-        Command::ServicePrincipals(cmd) => service_principals(cmd).await,
+        Command::ServicePrincipals(cmd) => service_principals::service_principals(cmd).await,
         Command::Roles { manage: Some(cmd), .. } => roles::manage(cmd).await,
         Command::Roles {
             definitions: true,
             client,
             ..
-        } => roles(client).await,
+        } => roles::definitions(client).await,
         Command::Roles {
             definitions: false,
             client,
@@ -423,7 +365,7 @@ async fn run_command(cli: Cli) -> anyhow::Result<i32> {
         Command::Deny(args) => approvals::decide(args, false).await,
         Command::Reviews(cmd) => reviews::run(cmd).await,
         Command::Alerts(args) => alerts::run(args).await,
-        Command::Policy(cmd) => requests::policy(cmd).await,
+        Command::Policy(cmd) => policy::policy(cmd).await,
         Command::Plan(args) => as_code::plan(args).await,
         Command::Apply(args) => as_code::apply(args).await,
         Command::Export(args) => as_code::export(args).await,
@@ -431,6 +373,7 @@ async fn run_command(cli: Cli) -> anyhow::Result<i32> {
         Command::Password(args) => mfa::change_password(args).await,
         Command::Assign(args) => assign(args).await,
         Command::Assignments(args) => list_assignments(args).await,
+        Command::Unmanaged { client } => assignments::unmanaged(client).await,
         Command::Check(args) => check(args).await,
         Command::Audit(args) => audit::audit(args).await,
         Command::Health { service, client } => health(service, client).await,
@@ -508,353 +451,6 @@ pub(crate) fn secret_from(stdin_flag: bool, env_var: &str, prompt: &str) -> anyh
         bail!("no secret given: use --password-stdin or {env_var}");
     }
     Ok(rpassword::prompt_password(prompt)?)
-}
-
-/// A status as every command prints it: lower case with underscores (`InProgress` →
-/// `in_progress`, as `pending_approval`).
-pub(crate) fn snake_case(status: &str) -> String {
-    let mut out = String::with_capacity(status.len() + 4);
-    for (i, c) in status.chars().enumerate() {
-        if c.is_ascii_uppercase() && i > 0 {
-            out.push('_');
-        }
-        out.push(c.to_ascii_lowercase());
-    }
-    out
-}
-
-pub(crate) fn time(ms: Option<i64>) -> String {
-    match ms {
-        None => "permanent".to_owned(),
-        Some(ms) => humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64))
-            .to_string(),
-    }
-}
-
-/// Every item of a paged listing: `page` fetches the page after a token (empty: the first)
-/// and answers its items and the next token (empty: the last page).
-pub(crate) async fn all_pages<T, F, Fut>(mut page: F) -> anyhow::Result<Vec<T>>
-where
-    F: FnMut(String) -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<(Vec<T>, String)>>,
-{
-    let (mut all, mut token) = (Vec::new(), String::new());
-    loop {
-        let (items, next) = page(token).await?;
-        all.extend(items);
-        if next.is_empty() {
-            return Ok(all);
-        }
-        token = next;
-    }
-}
-
-/// One cell of a printed row: text, or a principal, role or group by its name and id.
-pub(crate) enum Cell {
-    Text(String),
-    Named(Named),
-}
-
-/// A principal, role or group as people read it (its name) and as machines do (its id).
-#[derive(Clone, Debug, Default, PartialEq)]
-pub(crate) struct Named {
-    pub(crate) name: String,
-    pub(crate) id: String,
-}
-
-impl std::fmt::Display for Named {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.name)
-    }
-}
-
-impl Named {
-    /// `name (id)`, or the name alone when there is no other id to show.
-    pub(crate) fn with_id(&self) -> String {
-        if self.id.is_empty() || self.id == self.name {
-            self.name.clone()
-        } else {
-            format!("{} ({})", self.name, self.id)
-        }
-    }
-}
-
-impl Cell {
-    /// The cell as a table prints it.
-    pub(crate) fn shown(self) -> String {
-        match self {
-            Cell::Text(text) => text,
-            Cell::Named(named) if OUTPUT.get().is_some_and(|(_, ids)| *ids) => named.with_id(),
-            Cell::Named(named) => named.name,
-        }
-    }
-}
-
-impl From<String> for Cell {
-    fn from(text: String) -> Self {
-        Cell::Text(text)
-    }
-}
-
-impl From<&str> for Cell {
-    fn from(text: &str) -> Self {
-        Cell::Text(text.to_owned())
-    }
-}
-
-impl From<Named> for Cell {
-    fn from(named: Named) -> Self {
-        Cell::Named(named)
-    }
-}
-
-/// Prints rows under `headers`: a table (names only, or `name (id)` with `--ids`), or with
-/// `--output json` one JSON object per row whose fields are the headers in lowercase (spaces
-/// and dashes as underscores); a named cell adds its id as `<field>_id`.
-pub(crate) fn print_table<C: Into<Cell>>(headers: &[&str], rows: Vec<Vec<C>>) {
-    let rows = rows.into_iter().map(|row| row.into_iter().map(Into::into));
-    if matches!(OUTPUT.get(), Some((Output::Json, _))) {
-        for line in json_lines(headers, rows) {
-            println!("{line}");
-        }
-        return;
-    }
-    let rows: Vec<Vec<String>> = rows.map(|row| row.map(Cell::shown).collect()).collect();
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
-    for row in &rows {
-        for (i, cell) in row.iter().enumerate() {
-            widths[i] = widths[i].max(cell.chars().count());
-        }
-    }
-    let line = |cells: Vec<String>| {
-        let padded: Vec<String> = cells
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
-            .collect();
-        println!("{}", padded.join("  ").trim_end());
-    };
-    line(headers.iter().map(|h| h.to_string()).collect());
-    for row in rows {
-        line(row);
-    }
-}
-
-/// The rows as JSON objects, one per row (see [`print_table`]).
-fn json_lines(headers: &[&str], rows: impl Iterator<Item = impl Iterator<Item = Cell>>) -> Vec<serde_json::Value> {
-    let keys: Vec<String> = headers
-        .iter()
-        .map(|h| h.to_lowercase().replace([' ', '-'], "_"))
-        .collect();
-    rows.map(|row| {
-        let mut object = serde_json::Map::new();
-        for (key, cell) in keys.iter().zip(row) {
-            match cell {
-                Cell::Text(text) => {
-                    object.insert(key.clone(), text.into());
-                }
-                Cell::Named(named) => {
-                    object.insert(key.clone(), named.name.into());
-                    object.insert(format!("{key}_id"), named.id.into());
-                }
-            }
-        }
-        serde_json::Value::Object(object)
-    })
-    .collect()
-}
-
-async fn login(args: LoginArgs) -> anyhow::Result<i32> {
-    let session = Session::open(&args.client, false)?;
-    let mut auth = AuthServiceClient::new(session.channel.clone());
-    let response = match (&args.user, &args.client_id) {
-        (Some(user), None) => {
-            let password = secret_from(args.password_stdin, "PIM_PASSWORD", "Password: ")?;
-            auth.sign_in(session.request(ipb::SignInRequest {
-                user_name: user.clone(),
-                password,
-            })?)
-            .await
-        }
-        (None, Some(client_id)) => {
-            let client_secret = secret_from(args.password_stdin, "PIM_CLIENT_SECRET", "Client secret: ")?;
-            auth.sign_in_service_principal(session.request(ipb::SignInServicePrincipalRequest {
-                client_id: client_id.clone(),
-                client_secret,
-            })?)
-            .await
-        }
-        _ => bail!("pass --user NAME or --client-id ID"),
-    }
-    .map_err(explain)?
-    .into_inner();
-    let mut response = response;
-    if response.mfa_pending {
-        // The server holds the sign-in until a code is verified: the token can do nothing else.
-        let code = match (&args.code, std::io::stdin().is_terminal()) {
-            (Some(code), _) => code.clone(),
-            (None, true) => rpassword::prompt_password("Authenticator code (or a recovery code): ")?,
-            (None, false) => {
-                bail!("this account has MFA: pass --code (or PIM_MFA_CODE) with a code from the authenticator")
-            }
-        };
-        let pending = session.with_token(&response.access_token);
-        response = MfaServiceClient::new(session.channel.clone())
-            .verify(pending.request(ipb::VerifyRequest { code })?)
-            .await
-            .map_err(explain)?
-            .into_inner();
-        mfa::warn_if_recovery_code(&response);
-    } else if response.enrollment_required {
-        let path = write_token(&args.client, &response.access_token)?;
-        println!(
-            "Password accepted. This directory requires MFA and you have no authenticator yet: \
-             run `pim mfa enroll --pass PASS` within 5 minutes, with the enrolment pass an administrator gave you \
-             (sign-in token in {})",
-            path.display()
-        );
-        return Ok(0);
-    } else if args.user.is_some()
-        && let Some(code) = &args.code
-    {
-        // MFA is not asked at sign-in here; a code given anyway steps the session up.
-        let signed_in = session.with_token(&response.access_token);
-        response = MfaServiceClient::new(session.channel.clone())
-            .verify(signed_in.request(ipb::VerifyRequest { code: code.clone() })?)
-            .await
-            .map_err(explain)?
-            .into_inner();
-    }
-    let path = write_token(&args.client, &response.access_token)?;
-    let who = Names::new(&session.with_token(&response.access_token))
-        .principal(&response.principal_id)
-        .await;
-    println!(
-        "Signed in as {who} ({}) until {} (token in {})",
-        response.principal_id,
-        time(response.expires_at.as_ref().map(from_timestamp)),
-        path.display()
-    );
-    Ok(0)
-}
-
-async fn whoami(client: ClientArgs) -> anyhow::Result<i32> {
-    let session = Session::open(&client, true)?;
-    let id = session.whoami()?;
-    // Asking the server checks the token is still good (not expired, not signed out).
-    let principal = DirectoryServiceClient::new(session.channel.clone())
-        .get_principal(session.request(ipb::GetPrincipalRequest {
-            principal_id: id.clone(),
-        })?)
-        .await
-        .map_err(explain)?
-        .into_inner();
-    let name = if principal.user_name.is_empty() {
-        principal.display_name
-    } else {
-        principal.user_name
-    };
-    let until = session.claims()?["exp"].as_i64().map(|exp| time(Some(exp * 1000)));
-    match until {
-        Some(until) => println!("{name} ({id}), signed in until {until}"),
-        None => println!("{name} ({id})"),
-    }
-    Ok(0)
-}
-
-async fn logout(client: ClientArgs) -> anyhow::Result<i32> {
-    let session = Session::open(&client, true)?;
-    AuthServiceClient::new(session.channel.clone())
-        .sign_out(session.request(ipb::SignOutRequest {
-            refresh_token: String::new(),
-        })?)
-        .await
-        .map_err(explain)?;
-    let path = token_path(&client)?;
-    std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
-    println!("Signed out; the session's tokens no longer work.");
-    Ok(0)
-}
-
-async fn service_principals(cmd: SpCommand) -> anyhow::Result<i32> {
-    match cmd {
-        SpCommand::Create { name, client } => {
-            let session = Session::open(&client, true)?;
-            let r = DirectoryServiceClient::new(session.channel.clone())
-                .create_service_principal(session.request(ipb::CreateServicePrincipalRequest { display_name: name })?)
-                .await
-                .map_err(explain)?
-                .into_inner();
-            let sp = r.service_principal.unwrap_or_default();
-            println!("Created service principal {} ({})", sp.display_name, sp.id);
-            println!("  client id:     {}", sp.client_id);
-            println!("  client secret: {} (shown once)", r.client_secret);
-        }
-        SpCommand::List { filter, client } => {
-            let session = Session::open(&client, true)?;
-            let found = listings::service_principals(&session, &filter).await?;
-            let rows = found
-                .into_iter()
-                .map(|sp| {
-                    vec![
-                        sp.id,
-                        sp.display_name,
-                        if sp.enabled { "enabled" } else { "disabled" }.to_owned(),
-                        time(sp.created_at.as_ref().map(from_timestamp)),
-                    ]
-                })
-                .collect();
-            print_table(&["CLIENT ID", "NAME", "STATE", "CREATED"], rows);
-        }
-        SpCommand::Rotate { id, client } => {
-            let session = Session::open(&client, true)?;
-            let r = DirectoryServiceClient::new(session.channel.clone())
-                .rotate_service_principal_secret(session.request(ipb::GetServicePrincipalRequest {
-                    service_principal_id: id.clone(),
-                })?)
-                .await
-                .map_err(explain)?
-                .into_inner();
-            println!("New client secret for {id}: {} (shown once)", r.client_secret);
-        }
-        SpCommand::Disable { id, client } => {
-            let session = Session::open(&client, true)?;
-            // Its next `pim check` sees the service principal's access gone.
-            session.remember(
-                DirectoryServiceClient::new(session.channel.clone())
-                    .disable_service_principal(session.request(ipb::GetServicePrincipalRequest {
-                        service_principal_id: id.clone(),
-                    })?)
-                    .await
-                    .map_err(explain)?,
-            );
-            println!("Service principal {id} disabled");
-        }
-    }
-    Ok(0)
-}
-
-async fn roles(client: ClientArgs) -> anyhow::Result<i32> {
-    let session = Session::open(&client, true)?;
-    let roles = RoleServiceClient::new(session.channel.clone())
-        .list_role_definitions(session.request(apb::ListRoleDefinitionsRequest {})?)
-        .await
-        .map_err(explain)?
-        .into_inner()
-        .roles;
-    let rows = roles
-        .into_iter()
-        .map(|r| {
-            vec![
-                r.id,
-                r.name,
-                if r.privileged { "yes" } else { "" }.into(),
-                r.permissions.join(" "),
-            ]
-        })
-        .collect();
-    print_table(&["ID", "NAME", "PRIVILEGED", "PERMISSIONS"], rows);
-    Ok(0)
 }
 
 pub(crate) fn kind_pb(kind: KindArg) -> apb::AssignmentKind {

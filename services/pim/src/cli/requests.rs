@@ -1,17 +1,13 @@
-//! Commands about requests and policies: activate (with MFA step-up and live progress),
-//! deactivate, unassign, requests, my roles, policy show|set.
+//! Commands about requests: activate (with MFA step-up and live progress), deactivate,
+//! unassign, extend, cancel, requests, my roles.
 
 use std::time::Duration;
 
-use anyhow::{Context, bail};
-use clap::{Args, Subcommand};
+use clap::Args;
 
 use pim_proto::assignment::v1 as apb;
 use pim_proto::assignment::v1::assignment_service_client::AssignmentServiceClient;
-use pim_proto::assignment::v1::policy_service_client::PolicyServiceClient;
-use pim_proto::identity::v1 as ipb;
 use pim_proto::identity::v1::VerifyRequest;
-use pim_proto::identity::v1::directory_service_client::DirectoryServiceClient;
 use pim_proto::identity::v1::mfa_service_client::MfaServiceClient;
 use pim_runtime::db::{from_timestamp, to_timestamp};
 use pim_runtime::grpc::violated_rules;
@@ -156,108 +152,13 @@ pub(crate) struct CancelArgs {
     client: ClientArgs,
 }
 
-#[derive(Subcommand)]
-pub(crate) enum PolicyCommand {
-    /// Show the policy in force for a role at a scope.
-    Show {
-        #[command(flatten)]
-        role: RoleRef,
-        /// The scope to read the policy in force at (set there or above).
-        #[arg(long, default_value = "/")]
-        scope: String,
-        #[command(flatten)]
-        group: GroupTarget,
-        #[command(flatten)]
-        client: ClientArgs,
-    },
-    /// Change a role's policy at a scope (only the settings given change).
-    Set(PolicySetArgs),
-}
-
-/// Access to a group instead of a role (PIM for Groups): its membership or its ownership.
-#[derive(Args)]
-pub(crate) struct GroupTarget {
-    /// Access to this group (name or id) instead of a role.
-    #[arg(long, conflicts_with_all = ["role_arg", "role_flag", "scope"])]
-    group: Option<String>,
-    /// Which access to the group.
-    #[arg(long, value_enum, default_value = "member", requires = "group")]
-    access: super::groups::Access,
-}
-
-impl GroupTarget {
-    /// The role and scope meant: the role at the scope, or the group access at its group's.
-    pub(crate) async fn target(
-        &self,
-        session: &Session,
-        role: Option<&str>,
-        scope: &str,
-    ) -> anyhow::Result<(String, String)> {
-        match (&self.group, role) {
-            (Some(group), _) => {
-                let (_, role, scope) = super::groups::access_target(session, group, self.access).await?;
-                Ok((role.to_owned(), scope))
-            }
-            (None, Some(role)) => Ok((session.role_id(role).await?, scope.to_owned())),
-            (None, None) => anyhow::bail!("name a role, or a group with --group"),
-        }
-    }
-}
-
-#[derive(Args)]
-pub(crate) struct PolicySetArgs {
-    #[command(flatten)]
-    role: RoleRef,
-    /// Scope the policy is set at (it applies there and below).
-    #[arg(long, default_value = "/")]
-    scope: String,
-    #[command(flatten)]
-    group: GroupTarget,
-    /// Longest activation, 1m to 24h.
-    #[arg(long, value_parser = humantime::parse_duration)]
-    activation_max: Option<Duration>,
-    /// Whether activating needs a recent MFA (true or false).
-    #[arg(long)]
-    require_mfa: Option<bool>,
-    /// Whether activating needs a justification (true or false).
-    #[arg(long)]
-    require_justification: Option<bool>,
-    /// Whether activating needs a ticket (true or false).
-    #[arg(long)]
-    require_ticket: Option<bool>,
-    /// Whether an activation waits for an approver (true or false).
-    #[arg(long)]
-    require_approval: Option<bool>,
-    /// Approvers, comma-separated user names or principal ids (empty: the default approvers).
-    #[arg(long, value_delimiter = ',')]
-    approvers: Option<Vec<String>>,
-    /// How long an approval may wait before it expires, denied (e.g. 24h).
-    #[arg(long, value_parser = humantime::parse_duration)]
-    approval_timeout: Option<Duration>,
-    /// How recent an MFA must be to activate.
-    #[arg(long, value_parser = humantime::parse_duration)]
-    mfa_freshness: Option<Duration>,
-    /// Whether active assignments may be permanent (true or false).
-    #[arg(long)]
-    allow_permanent_active: Option<bool>,
-    /// Whether eligible assignments may be permanent (true or false).
-    #[arg(long)]
-    allow_permanent_eligible: Option<bool>,
-    /// Apply only if the policy is still the version `pim policy show` printed (its etag);
-    /// a policy changed meanwhile is refused, nothing applied.
-    #[arg(long)]
-    etag: Option<String>,
-    #[command(flatten)]
-    client: ClientArgs,
-}
-
 fn status_name(status: i32) -> String {
     apb::RequestStatus::try_from(status)
         .map(|s| s.as_str_name().trim_start_matches("REQUEST_STATUS_").to_lowercase())
         .unwrap_or_default()
 }
 
-fn pb_duration(d: Duration) -> prost_types::Duration {
+pub(crate) fn pb_duration(d: Duration) -> prost_types::Duration {
     prost_types::Duration {
         seconds: d.as_secs() as i64,
         nanos: 0,
@@ -620,200 +521,5 @@ pub(crate) async fn my_roles(client: ClientArgs) -> anyhow::Result<i32> {
         ]);
     }
     print_table(&["KIND", "ROLE", "SCOPE", "VIA", "UNTIL"], rows);
-    Ok(0)
-}
-
-/// Warns (on stderr) when approval is required and a stage's approvers are all service
-/// principals: a request the bot leaves undecided then waits, undecidable, until it expires.
-pub(crate) async fn warn_without_people(session: &Session, p: &apb::RolePolicy) {
-    use pim_proto::common::v1::PrincipalKind;
-    if !p.approval_required {
-        return;
-    }
-    let stages: Vec<&[String]> = if p.approval_stages.is_empty() {
-        vec![&p.approver_ids]
-    } else {
-        p.approval_stages.iter().map(|s| s.approver_ids.as_slice()).collect()
-    };
-    let directory = DirectoryServiceClient::new(session.channel.clone());
-    for (n, approvers) in stages.iter().enumerate() {
-        // No approvers named: the default approvers, people.
-        if approvers.is_empty() {
-            continue;
-        }
-        let mut bots = 0;
-        for id in approvers.iter() {
-            let Ok(request) = session.request(ipb::GetPrincipalRequest {
-                principal_id: id.clone(),
-            }) else {
-                return;
-            };
-            match directory.clone().get_principal(request).await {
-                Ok(found) if found.get_ref().kind == PrincipalKind::ServicePrincipal as i32 => bots += 1,
-                Ok(_) => {}
-                Err(_) => return,
-            }
-        }
-        if bots == approvers.len() {
-            eprintln!(
-                "warning: stage {} has no person among its approvers: a request its bot leaves undecided waits until it expires; add a person or a group",
-                n + 1
-            );
-        }
-    }
-}
-
-/// A policy as a table, the role and approvers by name.
-async fn print_policy(session: &Session, p: &apb::RolePolicy) {
-    let mut names = Names::new(session);
-    let role = names.role(&p.role_id).await;
-    let mut approvers = Vec::new();
-    for id in &p.approver_ids {
-        approvers.push(names.principal(id).await);
-    }
-    let approvers: Vec<String> = approvers.into_iter().map(|a| Cell::Named(a).shown()).collect();
-    let mut rows: Vec<Vec<Cell>> = vec![vec!["role".into(), role.into()]];
-    let settings: Vec<Vec<String>> = vec![
-        vec!["scope".into(), p.scope.clone()],
-        vec![
-            "activation max duration".into(),
-            show_duration(&p.activation_max_duration),
-        ],
-        vec!["activation requires MFA".into(), p.activation_requires_mfa.to_string()],
-        vec!["MFA freshness".into(), show_duration(&p.mfa_freshness)],
-        vec![
-            "activation requires justification".into(),
-            p.activation_requires_justification.to_string(),
-        ],
-        vec![
-            "activation requires ticket".into(),
-            p.activation_requires_ticket.to_string(),
-        ],
-        vec!["approval required".into(), p.approval_required.to_string()],
-        vec![
-            "approvers".into(),
-            if p.approver_ids.is_empty() {
-                "default (active Privileged Role and Global Administrators)".into()
-            } else {
-                approvers.join(", ")
-            },
-        ],
-        vec!["approval timeout".into(), show_duration(&p.approval_timeout)],
-        vec![
-            "eligible: permanent allowed".into(),
-            p.eligible_allow_permanent.to_string(),
-        ],
-        vec!["eligible: max duration".into(), show_duration(&p.eligible_max_duration)],
-        vec!["active: permanent allowed".into(), p.active_allow_permanent.to_string()],
-        vec!["active: max duration".into(), show_duration(&p.active_max_duration)],
-        vec![
-            "active: requires justification".into(),
-            p.active_requires_justification.to_string(),
-        ],
-        vec!["etag".into(), p.etag.clone()],
-    ];
-    rows.extend(
-        settings
-            .into_iter()
-            .map(|row| row.into_iter().map(Cell::from).collect()),
-    );
-    print_table(&["SETTING", "VALUE"], rows);
-}
-
-pub(crate) async fn policy(cmd: PolicyCommand) -> anyhow::Result<i32> {
-    match cmd {
-        PolicyCommand::Show {
-            role,
-            scope,
-            group,
-            client,
-        } => {
-            let session = Session::open(&client, true)?;
-            let (role_id, scope) = group.target(&session, role.given(), &scope).await?;
-            let p = PolicyServiceClient::new(session.channel.clone())
-                .get_role_policy(session.request(apb::GetRolePolicyRequest { role_id, scope })?)
-                .await
-                .map_err(explain)?
-                .into_inner();
-            print_policy(&session, &p).await;
-        }
-        PolicyCommand::Set(a) => {
-            let session = Session::open(&a.client, true)?;
-            let (role_id, scope) = a.group.target(&session, a.role.given(), &a.scope).await?;
-            // Only what was named is sent, with a mask naming it: the server merges it onto
-            // the policy in force, so nothing else changes (and no concurrent change is lost).
-            let mut p = apb::RolePolicy {
-                role_id,
-                scope,
-                etag: a.etag.clone().unwrap_or_default(),
-                ..Default::default()
-            };
-            let mut mask = Vec::new();
-            if let Some(d) = a.activation_max {
-                p.activation_max_duration = Some(pb_duration(d));
-                mask.push("activation_max_duration");
-            }
-            if let Some(v) = a.require_mfa {
-                p.activation_requires_mfa = v;
-                mask.push("activation_requires_mfa");
-            }
-            if let Some(v) = a.require_justification {
-                p.activation_requires_justification = v;
-                mask.push("activation_requires_justification");
-            }
-            if let Some(v) = a.require_ticket {
-                p.activation_requires_ticket = v;
-                mask.push("activation_requires_ticket");
-            }
-            if let Some(v) = a.require_approval {
-                p.approval_required = v;
-                mask.push("approval_required");
-            }
-            if let Some(v) = a.approvers {
-                let mut ids = Vec::new();
-                for approver in v.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
-                    ids.push(
-                        session
-                            .principal_id(approver)
-                            .await
-                            .with_context(|| format!("approver {approver}"))?,
-                    );
-                }
-                p.approver_ids = ids;
-                mask.push("approver_ids");
-            }
-            if let Some(d) = a.approval_timeout {
-                p.approval_timeout = Some(pb_duration(d));
-                mask.push("approval_timeout");
-            }
-            if let Some(d) = a.mfa_freshness {
-                p.mfa_freshness = Some(pb_duration(d));
-                mask.push("mfa_freshness");
-            }
-            if let Some(v) = a.allow_permanent_active {
-                p.active_allow_permanent = v;
-                mask.push("active_allow_permanent");
-            }
-            if let Some(v) = a.allow_permanent_eligible {
-                p.eligible_allow_permanent = v;
-                mask.push("eligible_allow_permanent");
-            }
-            if mask.is_empty() {
-                bail!("nothing to change: pass at least one setting (see pim policy set --help)");
-            }
-            let updated = PolicyServiceClient::new(session.channel.clone())
-                .update_role_policy(session.request(apb::UpdateRolePolicyRequest {
-                    policy: Some(p),
-                    update_mask: Some(prost_types::FieldMask {
-                        paths: mask.into_iter().map(str::to_owned).collect(),
-                    }),
-                })?)
-                .await
-                .map_err(explain)?
-                .into_inner();
-            print_policy(&session, &updated).await;
-            warn_without_people(&session, &updated).await;
-        }
-    }
     Ok(0)
 }

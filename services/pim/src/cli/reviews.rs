@@ -68,7 +68,7 @@ pub(crate) struct CreateArgs {
     scope: String,
     /// Review who holds access to a group instead (--group NAME --access member|owner).
     #[command(flatten)]
-    group: super::requests::GroupTarget,
+    group: super::policy::GroupTarget,
     /// Which assignments are reviewed: eligible, active or both.
     #[arg(long, value_enum, default_value = "both")]
     assignments: ReviewScopeArg,

@@ -120,3 +120,27 @@ pub(crate) async fn manage(cmd: RolesCommand) -> anyhow::Result<i32> {
     }
     Ok(0)
 }
+
+/// Every role definition, built-in and custom.
+pub(crate) async fn definitions(client: ClientArgs) -> anyhow::Result<i32> {
+    let session = Session::open(&client, true)?;
+    let roles = RoleServiceClient::new(session.channel.clone())
+        .list_role_definitions(session.request(apb::ListRoleDefinitionsRequest {})?)
+        .await
+        .map_err(explain)?
+        .into_inner()
+        .roles;
+    let rows = roles
+        .into_iter()
+        .map(|r| {
+            vec![
+                r.id,
+                r.name,
+                if r.privileged { "yes" } else { "" }.into(),
+                r.permissions.join(" "),
+            ]
+        })
+        .collect();
+    print_table(&["ID", "NAME", "PRIVILEGED", "PERMISSIONS"], rows);
+    Ok(0)
+}

@@ -272,3 +272,54 @@ fn users_are_managed_and_a_waiting_request_is_withdrawn() {
     up.terminate();
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// Standing access a target system's connector reports, which PIM did not grant, is listed by
+/// `pim unmanaged` with its principal and role by name (ids with `--output json`).
+#[test]
+fn unmanaged_grants_are_listed_by_name() {
+    use pim_proto::assignment::v1 as apb;
+    use pim_proto::assignment::v1::reconcile_service_client::ReconcileServiceClient;
+    let (dir, up, server, admin) = up_with_admin();
+    admin.ok(
+        &["users", "create", "--user-name", "mallory", "--password-stdin"],
+        Some("mallory's long passphrase\n"),
+    );
+    let mallory = admin.ok(&["users", "get", "mallory", "--output", "json"], None);
+    let mallory: serde_json::Value = serde_json::from_str(mallory.trim()).expect("a JSON line");
+    let mallory_id = mallory["id"].as_str().expect("an id").to_owned();
+    let token = std::fs::read_to_string(&admin.token_file).expect("the admin's token");
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    runtime
+        .block_on(async {
+            let channel = tonic::transport::Channel::from_shared(server.clone())?.connect().await?;
+            let mut report = tonic::Request::new(apb::ReportObservedGrantsRequest {
+                system: "exchange-online".into(),
+                grants: vec![apb::ObservedGrant {
+                    principal_id: mallory_id.clone(),
+                    role_id: pim_proto::catalogue::GLOBAL_ADMINISTRATOR.into(),
+                    scope: "/".into(),
+                    system: String::new(),
+                }],
+            });
+            report
+                .metadata_mut()
+                .insert("authorization", format!("Bearer {}", token.trim()).parse()?);
+            ReconcileServiceClient::new(channel).report_observed_grants(report).await?;
+            anyhow::Ok(())
+        })
+        .expect("the connector's report");
+    let listed = admin.ok(&["unmanaged"], None);
+    let row = listed
+        .lines()
+        .find(|l| l.starts_with("exchange-online"))
+        .unwrap_or_else(|| panic!("the grant listed: {listed}"));
+    assert!(row.contains("mallory") && row.contains("Global Administrator"), "{row}");
+    assert!(!row.contains(&mallory_id), "names, not ids: {row}");
+    let json = admin.ok(&["unmanaged", "--output", "json"], None);
+    let grant: serde_json::Value = serde_json::from_str(json.trim()).expect("a JSON line");
+    assert_eq!(grant["principal"], "mallory");
+    assert_eq!(grant["principal_id"], mallory_id.as_str());
+    assert_eq!(grant["role_id"], pim_proto::catalogue::GLOBAL_ADMINISTRATOR);
+    up.terminate();
+    std::fs::remove_dir_all(&dir).ok();
+}

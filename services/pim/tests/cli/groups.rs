@@ -475,6 +475,27 @@ fn group_membership_and_ownership_are_activated_just_in_time() {
     let after = ola.run(&["groups", "remove-member", "ops", &kim], None);
     assert_eq!(after.status.code(), Some(1), "no longer an owner");
     assert!(String::from_utf8_lossy(&after.stderr).contains("PermissionDenied"));
+    // Permanent owners are added, listed (by name, with how) and removed by name.
+    admin.ok(&["groups", "add-owner", "ops", "kim"], None);
+    let owners = |client: &Client| -> Vec<serde_json::Value> {
+        client
+            .ok(&["groups", "owners", "ops", "--output", "json"], None)
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a JSON object per line"))
+            .collect()
+    };
+    let kim_owner = owners(&admin)
+        .into_iter()
+        .find(|o| o["user_name"] == "kim")
+        .expect("kim owns ops");
+    assert_eq!(kim_owner["how"], "direct", "{kim_owner}");
+    admin.ok(&["groups", "remove-owner", "ops", "kim"], None);
+    assert!(!owners(&admin).iter().any(|o| o["user_name"] == "kim"));
+    // A group is renamed, and is then named by its new name.
+    admin.ok(&["groups", "update", "ops", "--name", "ops-team", "--description", "on call"], None);
+    admin.ok(&["groups", "members", "ops-team"], None);
+    assert_eq!(admin.run(&["groups", "members", "ops"], None).status.code(), Some(2));
+    admin.ok(&["groups", "update", "ops-team", "--name", "ops"], None);
     // Deleting ops ends Ola's eligibility with it.
     admin.ok(&["groups", "delete", "ops"], None);
     let listed = admin.ok(&["groups", "list"], None);

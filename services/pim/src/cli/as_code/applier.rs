@@ -137,7 +137,7 @@ impl Applier<'_> {
                     .await
                     .map_err(explain)?
                     .into_inner();
-                crate::cli::requests::warn_without_people(session, &updated).await;
+                crate::cli::policy::warn_without_people(session, &updated).await;
             }
             Step::Assign {
                 kind,

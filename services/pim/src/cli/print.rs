@@ -1,0 +1,153 @@
+//! How every command prints: tables of names (ids beside them with `--ids`), or JSON lines
+//! with the ids as `<field>_id`; one status casing and one time format.
+
+use std::time::Duration;
+
+use clap::ValueEnum;
+
+/// How a command prints: a table for people, JSON lines for programs.
+#[derive(Clone, Copy, ValueEnum)]
+pub(crate) enum Output {
+    Table,
+    Json,
+}
+
+/// How this command prints (set once, from its `--output` and `--ids`, when it opens its
+/// session).
+pub(crate) static OUTPUT: std::sync::OnceLock<(Output, bool)> = std::sync::OnceLock::new();
+
+/// A status as every command prints it: lower case with underscores (`InProgress` →
+/// `in_progress`, as `pending_approval`).
+pub(crate) fn snake_case(status: &str) -> String {
+    let mut out = String::with_capacity(status.len() + 4);
+    for (i, c) in status.chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(c.to_ascii_lowercase());
+    }
+    out
+}
+
+pub(crate) fn time(ms: Option<i64>) -> String {
+    match ms {
+        None => "permanent".to_owned(),
+        Some(ms) => humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64))
+            .to_string(),
+    }
+}
+
+/// One cell of a printed row: text, or a principal, role or group by its name and id.
+pub(crate) enum Cell {
+    Text(String),
+    Named(Named),
+}
+
+/// A principal, role or group as people read it (its name) and as machines do (its id).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct Named {
+    pub(crate) name: String,
+    pub(crate) id: String,
+}
+
+impl std::fmt::Display for Named {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name)
+    }
+}
+
+impl Named {
+    /// `name (id)`, or the name alone when there is no other id to show.
+    pub(crate) fn with_id(&self) -> String {
+        if self.id.is_empty() || self.id == self.name {
+            self.name.clone()
+        } else {
+            format!("{} ({})", self.name, self.id)
+        }
+    }
+}
+
+impl Cell {
+    /// The cell as a table prints it.
+    pub(crate) fn shown(self) -> String {
+        match self {
+            Cell::Text(text) => text,
+            Cell::Named(named) if OUTPUT.get().is_some_and(|(_, ids)| *ids) => named.with_id(),
+            Cell::Named(named) => named.name,
+        }
+    }
+}
+
+impl From<String> for Cell {
+    fn from(text: String) -> Self {
+        Cell::Text(text)
+    }
+}
+
+impl From<&str> for Cell {
+    fn from(text: &str) -> Self {
+        Cell::Text(text.to_owned())
+    }
+}
+
+impl From<Named> for Cell {
+    fn from(named: Named) -> Self {
+        Cell::Named(named)
+    }
+}
+
+/// Prints rows under `headers`: a table (names only, or `name (id)` with `--ids`), or with
+/// `--output json` one JSON object per row whose fields are the headers in lowercase (spaces
+/// and dashes as underscores); a named cell adds its id as `<field>_id`.
+pub(crate) fn print_table<C: Into<Cell>>(headers: &[&str], rows: Vec<Vec<C>>) {
+    let rows = rows.into_iter().map(|row| row.into_iter().map(Into::into));
+    if matches!(OUTPUT.get(), Some((Output::Json, _))) {
+        for line in json_lines(headers, rows) {
+            println!("{line}");
+        }
+        return;
+    }
+    let rows: Vec<Vec<String>> = rows.map(|row| row.map(Cell::shown).collect()).collect();
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect();
+        println!("{}", padded.join("  ").trim_end());
+    };
+    line(headers.iter().map(|h| h.to_string()).collect());
+    for row in rows {
+        line(row);
+    }
+}
+
+/// The rows as JSON objects, one per row (see [`print_table`]).
+fn json_lines(headers: &[&str], rows: impl Iterator<Item = impl Iterator<Item = Cell>>) -> Vec<serde_json::Value> {
+    let keys: Vec<String> = headers
+        .iter()
+        .map(|h| h.to_lowercase().replace([' ', '-'], "_"))
+        .collect();
+    rows.map(|row| {
+        let mut object = serde_json::Map::new();
+        for (key, cell) in keys.iter().zip(row) {
+            match cell {
+                Cell::Text(text) => {
+                    object.insert(key.clone(), text.into());
+                }
+                Cell::Named(named) => {
+                    object.insert(key.clone(), named.name.into());
+                    object.insert(format!("{key}_id"), named.id.into());
+                }
+            }
+        }
+        serde_json::Value::Object(object)
+    })
+    .collect()
+}

@@ -1,0 +1,101 @@
+//! `pim service-principals`: apps and bots, their client secrets and sign-ins.
+
+use clap::Subcommand;
+
+use pim_proto::identity::v1 as ipb;
+use pim_proto::identity::v1::directory_service_client::DirectoryServiceClient;
+use pim_runtime::db::from_timestamp;
+
+use super::{ClientArgs, Session, explain, listings, print_table, time};
+
+#[derive(Subcommand)]
+pub(crate) enum SpCommand {
+    /// Create a service principal; its client secret is shown once.
+    Create {
+        /// Its display name (unique; commands name it by it).
+        #[arg(long)]
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// A new client secret (shown once; the old one stops working).
+    Rotate {
+        /// The service principal's id (see `pim sp list`).
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Disable: no more sign-ins, and its tokens stop working.
+    Disable {
+        /// The service principal's id (see `pim sp list`).
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List service principals (with their client ids and whether they may sign in).
+    List {
+        /// Only those whose name contains this text.
+        #[arg(long, default_value = "")]
+        filter: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+pub(crate) async fn service_principals(cmd: SpCommand) -> anyhow::Result<i32> {
+    match cmd {
+        SpCommand::Create { name, client } => {
+            let session = Session::open(&client, true)?;
+            let r = DirectoryServiceClient::new(session.channel.clone())
+                .create_service_principal(session.request(ipb::CreateServicePrincipalRequest { display_name: name })?)
+                .await
+                .map_err(explain)?
+                .into_inner();
+            let sp = r.service_principal.unwrap_or_default();
+            println!("Created service principal {} ({})", sp.display_name, sp.id);
+            println!("  client id:     {}", sp.client_id);
+            println!("  client secret: {} (shown once)", r.client_secret);
+        }
+        SpCommand::List { filter, client } => {
+            let session = Session::open(&client, true)?;
+            let found = listings::service_principals(&session, &filter).await?;
+            let rows = found
+                .into_iter()
+                .map(|sp| {
+                    vec![
+                        sp.id,
+                        sp.display_name,
+                        if sp.enabled { "enabled" } else { "disabled" }.to_owned(),
+                        time(sp.created_at.as_ref().map(from_timestamp)),
+                    ]
+                })
+                .collect();
+            print_table(&["CLIENT ID", "NAME", "STATE", "CREATED"], rows);
+        }
+        SpCommand::Rotate { id, client } => {
+            let session = Session::open(&client, true)?;
+            let r = DirectoryServiceClient::new(session.channel.clone())
+                .rotate_service_principal_secret(session.request(ipb::GetServicePrincipalRequest {
+                    service_principal_id: id.clone(),
+                })?)
+                .await
+                .map_err(explain)?
+                .into_inner();
+            println!("New client secret for {id}: {} (shown once)", r.client_secret);
+        }
+        SpCommand::Disable { id, client } => {
+            let session = Session::open(&client, true)?;
+            // Its next `pim check` sees the service principal's access gone.
+            session.remember(
+                DirectoryServiceClient::new(session.channel.clone())
+                    .disable_service_principal(session.request(ipb::GetServicePrincipalRequest {
+                        service_principal_id: id.clone(),
+                    })?)
+                    .await
+                    .map_err(explain)?,
+            );
+            println!("Service principal {id} disabled");
+        }
+    }
+    Ok(0)
+}
