@@ -411,20 +411,21 @@ pub fn record(envelope: &Envelope, correlator: &Correlator) -> anyhow::Result<Re
     Ok(r)
 }
 
+/// The actions whose record names its target as the directory or the role catalogue calls it.
+pub const NAMING_ACTIONS: &[&str] = &[
+    "pim.identity.v1.UserCreated",
+    "pim.identity.v1.UserUpdated",
+    "pim.identity.v1.GroupCreated",
+    "pim.identity.v1.GroupUpdated",
+    "pim.identity.v1.ServicePrincipalCreated",
+    "pim.assignment.v1.RoleDefinitionCreated",
+    "pim.assignment.v1.RoleDefinitionUpdated",
+];
+
 /// The name a record announces for its target, when its event is the one that names it: a
 /// user's user name, a group's or service principal's display name, a custom role's name.
 pub fn announced_name(r: &Record) -> Option<(String, String)> {
-    let action = r.action.rsplit('.').next().unwrap_or_default();
-    let names_it = matches!(
-        action,
-        "UserCreated"
-            | "UserUpdated"
-            | "GroupCreated"
-            | "GroupUpdated"
-            | "ServicePrincipalCreated"
-            | "RoleDefinitionCreated"
-            | "RoleDefinitionUpdated"
-    );
+    let names_it = NAMING_ACTIONS.contains(&r.action.as_str());
     (names_it && !r.target_id.is_empty() && !r.target_name.is_empty())
         .then(|| (r.target_id.clone(), r.target_name.clone()))
 }

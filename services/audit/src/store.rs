@@ -66,8 +66,22 @@ impl MigratorTrait for Migrator {
             backbone_replay_migration(),
             // The names of the principals and roles records name, as the directory and the
             // role catalogue announced them, so every record names them the same way.
+            // Records already kept teach it the names they announced (the latest wins).
             SqlMigration::boxed("m0003_names", |_| {
-                "CREATE TABLE audit_names (id TEXT PRIMARY KEY, name TEXT NOT NULL)".to_owned()
+                let naming = crate::records::NAMING_ACTIONS
+                    .iter()
+                    .map(|a| format!("'{a}'"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                format!(
+                    "CREATE TABLE audit_names (id TEXT PRIMARY KEY, name TEXT NOT NULL);
+                    INSERT INTO audit_names (id, name)
+                    SELECT r.target_id, r.target_name FROM audit_records r
+                    WHERE r.action IN ({naming}) AND r.target_id <> '' AND r.target_name <> ''
+                      AND r.sequence = (SELECT MAX(n.sequence) FROM audit_records n
+                                        WHERE n.target_id = r.target_id AND n.action IN ({naming})
+                                          AND n.target_name <> '')"
+                )
             }),
         ]
     }

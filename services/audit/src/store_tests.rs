@@ -144,3 +144,49 @@ async fn every_record_names_principals_and_roles_the_same_way() -> anyhow::Resul
     })
     .await
 }
+
+/// An upgraded audit database learns the names its records already announced (the latest
+/// one for each id), so records written after the upgrade name earlier principals too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upgrade_learns_the_names_already_recorded() -> anyhow::Result<()> {
+    // Every migration before m0003_names.
+    const BEFORE_NAMES: u32 = 5;
+    pim_runtime::testing::on_both_databases::<store::Migrator, _, _>("audit", Some(BEFORE_NAMES), |db| async move {
+        let announced = |event_id: &str, action: &str, id: &str, name: &str| Record {
+            action: format!("pim.identity.v1.{action}"),
+            target_id: id.into(),
+            target_name: name.into(),
+            ..record(event_id)
+        };
+        let mut earlier = vec![
+            announced("e1", "UserCreated", "lee-id", "lee"),
+            announced("e2", "UserUpdated", "lee-id", "lee.gu"),
+            announced("e3", "GroupCreated", "ops-id", "ops"),
+            announced("e4", "SignInFailed", "eve-id", "claimed name"),
+        ];
+        let txn = db.begin().await?;
+        store::append_all(&txn, &mut earlier, NOW).await?;
+        txn.commit().await?;
+        <store::Migrator as sea_orm_migration::MigratorTrait>::up(&db, None).await?;
+        let mut later = vec![Record {
+            actor_id: "ops-id".into(),
+            target_id: "lee-id".into(),
+            role_id: "eve-id".into(),
+            ..record("e5")
+        }];
+        let txn = db.begin().await?;
+        store::name_all(&txn, &mut later).await?;
+        txn.commit().await?;
+        assert_eq!(
+            (
+                later[0].actor_name.as_str(),
+                later[0].target_name.as_str(),
+                later[0].role_name.as_str()
+            ),
+            ("ops", "lee.gu", ""),
+            "the latest name; a failed sign-in's claim names nobody"
+        );
+        Ok(())
+    })
+    .await
+}

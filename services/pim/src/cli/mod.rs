@@ -448,6 +448,9 @@ pub(crate) fn secret_from(stdin_flag: bool, env_var: &str, prompt: &str) -> anyh
         return Ok(v);
     }
     if !std::io::stdin().is_terminal() {
+        if env_var == "PIM_MFA_CODE" {
+            bail!("a code is needed: pass --code (or set PIM_MFA_CODE) with a code from your authenticator");
+        }
         bail!("no secret given: use --password-stdin or {env_var}");
     }
     Ok(rpassword::prompt_password(prompt)?)

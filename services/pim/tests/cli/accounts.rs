@@ -291,7 +291,9 @@ fn unmanaged_grants_are_listed_by_name() {
     let runtime = tokio::runtime::Runtime::new().expect("a runtime");
     runtime
         .block_on(async {
-            let channel = tonic::transport::Channel::from_shared(server.clone())?.connect().await?;
+            let channel = tonic::transport::Channel::from_shared(server.clone())?
+                .connect()
+                .await?;
             let mut report = tonic::Request::new(apb::ReportObservedGrantsRequest {
                 system: "exchange-online".into(),
                 grants: vec![apb::ObservedGrant {
@@ -304,7 +306,9 @@ fn unmanaged_grants_are_listed_by_name() {
             report
                 .metadata_mut()
                 .insert("authorization", format!("Bearer {}", token.trim()).parse()?);
-            ReconcileServiceClient::new(channel).report_observed_grants(report).await?;
+            ReconcileServiceClient::new(channel)
+                .report_observed_grants(report)
+                .await?;
             anyhow::Ok(())
         })
         .expect("the connector's report");

@@ -492,7 +492,18 @@ fn group_membership_and_ownership_are_activated_just_in_time() {
     admin.ok(&["groups", "remove-owner", "ops", "kim"], None);
     assert!(!owners(&admin).iter().any(|o| o["user_name"] == "kim"));
     // A group is renamed, and is then named by its new name.
-    admin.ok(&["groups", "update", "ops", "--name", "ops-team", "--description", "on call"], None);
+    admin.ok(
+        &[
+            "groups",
+            "update",
+            "ops",
+            "--name",
+            "ops-team",
+            "--description",
+            "on call",
+        ],
+        None,
+    );
     admin.ok(&["groups", "members", "ops-team"], None);
     assert_eq!(admin.run(&["groups", "members", "ops"], None).status.code(), Some(2));
     admin.ok(&["groups", "update", "ops-team", "--name", "ops"], None);
