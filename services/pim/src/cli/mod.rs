@@ -423,7 +423,10 @@ pub(crate) fn explain(status: Status) -> anyhow::Error {
     let rules = pim_runtime::grpc::violated_rules(&status);
     let hint = match status.code() {
         tonic::Code::Unauthenticated => " (run pim login)",
-        tonic::Code::PermissionDenied => " (your roles do not allow this)",
+        // A missing permission, not a refusal with its own reason (a wrong password).
+        tonic::Code::PermissionDenied if status.message().starts_with("requires permission") => {
+            " (your roles do not allow this)"
+        }
         tonic::Code::Unavailable => " (is PIM running at --server, or the server of the last pim login?)",
         _ => "",
     };

@@ -212,6 +212,24 @@ fn users_are_managed_and_a_waiting_request_is_withdrawn() {
         &["login", "--user", "kim", "--password-stdin"],
         Some(&format!("{second}\n")),
     );
+    // Kim changes her own password: a wrong current one is refused, the right one works.
+    let third = "kim's third passphrase, longer still";
+    let wrong = kim.run(
+        &["password", "--password-stdin"],
+        Some(&format!("not my password at all\n{third}\n")),
+    );
+    let said = String::from_utf8_lossy(&wrong.stderr).into_owned();
+    assert_eq!(wrong.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("current password is incorrect") && !said.contains("roles"),
+        "{said}"
+    );
+    kim.ok(&["password", "--password-stdin"], Some(&format!("{second}\n{third}\n")));
+    kim.ok(
+        &["login", "--user", "kim", "--password-stdin"],
+        Some(&format!("{third}\n")),
+    );
+    let second = third;
 
     // Disabled, a user cannot sign in; enabled again, they may.
     assert!(admin.ok(&["users", "disable", "kim"], None).contains("disabled"));
