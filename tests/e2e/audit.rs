@@ -557,3 +557,131 @@ async fn the_newest_records_come_first_when_asked() -> anyhow::Result<()> {
     ts.stop().await?;
     result
 }
+
+/// Webhooks: managing them needs pim.webhooks.manage; the secret is shown once; a URL that is
+/// not https:// (or loopback) is refused; what audit records is queued for the subscription;
+/// a receiver failing for a day has its delivery given up, and alerting raises
+/// webhook_dead_lettered; the subscription's creation is itself audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_failing_for_a_day_is_dead_lettered_and_alerted() -> anyhow::Result<()> {
+    use pim_proto::alerting::v1 as alpb;
+    use pim_proto::alerting::v1::alert_service_client::AlertServiceClient;
+    use pim_proto::audit::v1::webhook_service_client::WebhookServiceClient;
+    let ts = TestSuite::embedded().await?;
+    let result = async {
+        let admin = ts.admin_token().await?;
+        let mut hooks = WebhookServiceClient::new(ts.channel.clone());
+        let asking = |url: &str| aupb::CreateSubscriptionRequest {
+            subscription: Some(aupb::Subscription {
+                url: url.into(),
+                event_types: vec!["UserCreated".into()],
+                ..Default::default()
+            }),
+        };
+        ts.create_user(&admin, "lee").await?;
+        let lee = ts.sign_in("lee", &pim_e2e::password_of("lee")).await?;
+        let refused = hooks
+            .create_subscription(authed(&lee, asking("http://127.0.0.1:9/hook")))
+            .await
+            .expect_err("lee manages no webhooks");
+        assert_eq!(refused.code(), Code::PermissionDenied);
+        let plain = hooks
+            .create_subscription(authed(&admin, asking("http://hooks.example.com/pim")))
+            .await
+            .expect_err("plain http off the machine");
+        assert_eq!(plain.code(), Code::InvalidArgument);
+        // Nothing listens on port 9 of the loopback.
+        let created = hooks
+            .create_subscription(authed(&admin, asking("http://127.0.0.1:9/hook?token=t0ps3cret")))
+            .await?
+            .into_inner();
+        assert!(created.secret.starts_with("whsec_"), "shown once, at creation");
+        let id = created.subscription.expect("the subscription").id;
+        ts.create_user(&admin, "wendy").await?;
+        let deliveries = |hooks: WebhookServiceClient<tonic::transport::Channel>, admin: String, id: String| async move {
+            let mut hooks = hooks;
+            anyhow::Ok(
+                hooks
+                    .list_deliveries(authed(
+                        &admin,
+                        aupb::ListDeliveriesRequest {
+                            subscription_id: id,
+                            page_size: 10,
+                        },
+                    ))
+                    .await?
+                    .into_inner()
+                    .deliveries,
+            )
+        };
+        let queued = eventually(Duration::from_secs(10), "wendy's creation queued", || {
+            let (hooks, admin, id) = (hooks.clone(), admin.clone(), id.clone());
+            async move {
+                let listed = deliveries(hooks, admin, id).await?;
+                Ok((!listed.is_empty()).then_some(listed))
+            }
+        })
+        .await?;
+        assert_eq!(queued[0].event_type, "pim.identity.v1.UserCreated");
+
+        // A day of failures later, the delivery is given up and alerting says so.
+        let service = ts.suite.audit().expect("audit runs here").clone();
+        eventually(Duration::from_secs(10), "the delivery given up", || {
+            let (hooks, admin, id, service) = (hooks.clone(), admin.clone(), id.clone(), service.clone());
+            async move {
+                service
+                    .deliver_webhooks(pim_runtime::db::now_ms() + 25 * 3_600_000)
+                    .await?;
+                let listed = deliveries(hooks, admin, id).await?;
+                Ok(listed
+                    .iter()
+                    .any(|d| d.status == aupb::DeliveryStatus::Dead as i32)
+                    .then_some(()))
+            }
+        })
+        .await?;
+        let alert = eventually(Duration::from_secs(10), "webhook_dead_lettered raised", || {
+            let admin = admin.clone();
+            let mut alerts = AlertServiceClient::new(ts.channel.clone());
+            async move {
+                let listed = alerts
+                    .list_alerts(authed(
+                        &admin,
+                        alpb::ListAlertsRequest {
+                            page_size: 500,
+                            ..Default::default()
+                        },
+                    ))
+                    .await?
+                    .into_inner()
+                    .alerts;
+                Ok(listed.into_iter().find(|a| a.rule_id == "webhook_dead_lettered"))
+            }
+        })
+        .await?;
+        assert_eq!(alert.figures.get("subscription_id"), Some(&id));
+        assert_eq!(
+            alert.figures.get("url").map(String::as_str),
+            Some("http://127.0.0.1:9/hook"),
+            "never the query string (it may hold a token)"
+        );
+        let records = AuditServiceClient::new(ts.channel.clone())
+            .query_events(authed(
+                &admin,
+                aupb::QueryEventsRequest {
+                    action: "pim.audit.v1.WebhookSubscriptionCreated".into(),
+                    ..Default::default()
+                },
+            ))
+            .await?
+            .into_inner()
+            .records;
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].target_name, "http://127.0.0.1:9/hook");
+        assert!(!records[0].payload_json.contains("t0ps3cret"));
+        anyhow::Ok(())
+    }
+    .await;
+    ts.stop().await?;
+    result
+}

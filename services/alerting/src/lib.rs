@@ -128,6 +128,7 @@ impl EventHandler for Detect {
                 | "ApprovalDecisionRecorded"
                 | "SelfApprovalAttempted"
                 | "EventRejected"
+                | "WebhookDeadLettered"
         )
     }
 

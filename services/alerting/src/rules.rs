@@ -25,6 +25,7 @@ pub const UNUSED_ROLES: &str = "unused_roles";
 pub const BREAK_GLASS_USED: &str = "break_glass_used";
 pub const DEAD_LETTERED: &str = "dead_lettered";
 pub const FORGED_EVENT: &str = "forged_event";
+pub const WEBHOOK_DEAD_LETTERED: &str = "webhook_dead_lettered";
 pub const RECOVERY_CODE_USED: &str = "recovery_code_used";
 pub const MFA_METHOD_REMOVED: &str = "mfa_method_removed";
 pub const POLICY_WEAKENED: &str = "policy_weakened";
@@ -130,6 +131,12 @@ pub const RULES: &[RuleDef] = &[
         id: FORGED_EVENT,
         description: "An entry on a PIM stream was not signed by the service that owns the stream (written to Redis by someone else, altered, or copied from another stream); it was refused",
         severity: "high",
+        settings: &[],
+    },
+    RuleDef {
+        id: WEBHOOK_DEAD_LETTERED,
+        description: "A webhook receiver failed every delivery attempt for 24 hours; the delivery was given up (one live alert per subscription)",
+        severity: "medium",
         settings: &[],
     },
 ];

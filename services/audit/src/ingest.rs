@@ -13,6 +13,18 @@ pub(crate) struct Ingest {
     pub(crate) correlator: records::Correlator,
     /// For the `EventRejected` events audit publishes (alerting raises forged_event on them).
     pub(crate) outbox: Outbox,
+    /// Woken once records are kept, so their webhook deliveries leave at once.
+    pub(crate) webhooks: std::sync::Arc<tokio::sync::Notify>,
+}
+
+/// Keeps records: named the same way, appended to the chain, and queued for every webhook
+/// subscription that wants them, all in the caller's transaction.
+pub(crate) async fn keep(txn: &DatabaseTransaction, records: &mut Vec<store::Record>) -> anyhow::Result<()> {
+    let now = now_ms();
+    store::name_all(txn, records).await?;
+    store::append_all(txn, records, now).await?;
+    crate::webhooks::store::enqueue(txn, records, now).await?;
+    Ok(())
 }
 
 #[async_trait::async_trait]
@@ -45,9 +57,7 @@ impl EventHandler for Ingest {
             .iter()
             .map(|e| records::record(e, &self.correlator))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        store::name_all(txn, &mut records).await?;
-        store::append_all(txn, &mut records, now_ms()).await?;
-        Ok(())
+        keep(txn, &mut records).await
     }
 
     fn records_rejections(&self) -> bool {
@@ -59,7 +69,7 @@ impl EventHandler for Ingest {
     /// so a redelivery adds nothing.
     async fn rejected(&self, txn: &DatabaseTransaction, rejected: &Rejected) -> anyhow::Result<()> {
         let mut records = vec![records::rejected(rejected)];
-        store::append_all(txn, &mut records, now_ms()).await?;
+        keep(txn, &mut records).await?;
         if records.is_empty() {
             return Ok(());
         }
@@ -74,5 +84,6 @@ impl EventHandler for Ingest {
         if envelope.r#type.is_empty() {
             self.outbox.wake();
         }
+        self.webhooks.notify_one();
     }
 }

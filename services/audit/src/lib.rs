@@ -9,6 +9,7 @@ mod records;
 mod store;
 #[cfg(test)]
 mod store_tests;
+mod webhooks;
 
 use std::sync::Arc;
 
@@ -18,6 +19,7 @@ use tonic::Status;
 use tonic::service::RoutesBuilder;
 
 use pim_proto::audit::v1::audit_service_server::AuditServiceServer;
+use pim_proto::audit::v1::webhook_service_server::WebhookServiceServer;
 use pim_runtime::access::{AccessCheck, Target, permissions};
 use pim_runtime::db::{Db, now_ms};
 use pim_runtime::events::{EventHandler, Outbox, streams};
@@ -35,6 +37,7 @@ pub struct Audit {
     access: Arc<dyn AccessCheck>,
     correlator: records::Correlator,
     retention: Option<std::time::Duration>,
+    webhooks: webhooks::Dispatcher,
 }
 
 impl Audit {
@@ -44,9 +47,19 @@ impl Audit {
         if key.is_none() {
             tracing::warn!("no PIM_AUDIT_HMAC_KEY (or PIM_SECRETS_KEY): audit keeps no trace of source addresses");
         }
+        let outbox = Outbox::default();
+        // Webhook secrets derive from the suite's secrets key (a key of their own, not the
+        // correlator's).
+        let webhook_key = deps.config.secrets_key.as_ref().or(deps.config.audit_hmac_key.as_ref());
         Ok(Self {
+            webhooks: webhooks::Dispatcher {
+                db: deps.db.clone(),
+                outbox: outbox.clone(),
+                keys: webhook_key.map(|k| webhooks::Keys::new(k.expose())),
+                wake: Default::default(),
+            },
             db: deps.db,
-            outbox: Outbox::default(),
+            outbox,
             access: deps.access,
             correlator: records::Correlator::new(key.map(|k| k.expose().as_str())),
             retention: deps.config.audit_retention,
@@ -149,6 +162,12 @@ impl Audit {
         Ok(())
     }
 
+    /// One round of webhook deliveries as of `now` (the dispatcher runs them by itself; this
+    /// lets a test move time); how many were attempted.
+    pub async fn deliver_webhooks(&self, now: i64) -> anyhow::Result<usize> {
+        self.webhooks.round(now).await
+    }
+
     /// Applies the retention setting as of `now`: prunes the records older than it and
     /// puts the cut (its sequence and hash) on the audit stream, so the kept chain still
     /// verifies and the cut can be checked against what was anchored before. Returns the
@@ -195,8 +214,9 @@ impl Service for Audit {
         let event = pim_runtime::events::envelope("pim.audit", "AccessDenied", subject, denied);
         let mut records = vec![records::record(&event, &self.correlator)?];
         let txn = sea_orm::TransactionTrait::begin(&self.db).await?;
-        store::append_all(&txn, &mut records, now_ms()).await?;
+        ingest::keep(&txn, &mut records).await?;
         txn.commit().await?;
+        self.webhooks.wake.notify_one();
         Ok(())
     }
 
@@ -206,6 +226,7 @@ impl Service for Audit {
 
     fn add_routes(&self, routes: &mut RoutesBuilder) {
         routes.add_service(AuditServiceServer::new(self.clone()));
+        routes.add_service(WebhookServiceServer::new(self.clone()));
     }
 
     fn db(&self) -> &Db {
@@ -220,27 +241,33 @@ impl Service for Audit {
         vec![Arc::new(Ingest {
             correlator: self.correlator.clone(),
             outbox: self.outbox.clone(),
+            webhooks: self.webhooks.wake.clone(),
         })]
     }
 
-    /// A checkpoint of the chain head every five minutes, and retention applied with it.
+    /// A checkpoint of the chain head every five minutes, and retention applied with it;
+    /// webhook deliveries.
     fn background(&self, mut stop: tokio::sync::watch::Receiver<bool>) -> Vec<tokio::task::JoinHandle<()>> {
         let audit = self.clone();
-        vec![tokio::spawn(async move {
-            let mut last = 0;
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep(std::time::Duration::from_secs(300)) => {
-                        if let Err(err) = audit.prune(now_ms()).await {
-                            tracing::warn!(error = %format!("{err:#}"), "audit retention failed");
+        let deliveries = tokio::spawn(self.webhooks.clone().run(stop.clone()));
+        vec![
+            deliveries,
+            tokio::spawn(async move {
+                let mut last = 0;
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep(std::time::Duration::from_secs(300)) => {
+                            if let Err(err) = audit.prune(now_ms()).await {
+                                tracing::warn!(error = %format!("{err:#}"), "audit retention failed");
+                            }
+                            if let Err(err) = audit.checkpoint(&mut last).await {
+                                tracing::warn!(error = %format!("{err:#}"), "audit checkpoint failed");
+                            }
                         }
-                        if let Err(err) = audit.checkpoint(&mut last).await {
-                            tracing::warn!(error = %format!("{err:#}"), "audit checkpoint failed");
-                        }
+                        _ = stop.changed() => return,
                     }
-                    _ = stop.changed() => return,
                 }
-            }
-        })]
+            }),
+        ]
     }
 }

@@ -83,6 +83,7 @@ impl MigratorTrait for Migrator {
                                           AND n.target_name <> '')"
                 )
             }),
+            SqlMigration::boxed("m0004_webhooks", |_| crate::webhooks::store::MIGRATION.to_owned()),
         ]
     }
 }

@@ -190,3 +190,103 @@ async fn the_upgrade_learns_the_names_already_recorded() -> anyhow::Result<()> {
     })
     .await
 }
+
+/// Webhook deliveries are queued with the records, in record order per subscription: a
+/// receiver that keeps failing holds back only its own queue, each attempt is taken by one
+/// process only, and after 24 hours of failures the delivery is dead-lettered with an event
+/// for alerting, and the next one gets its turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_deliveries_keep_order_per_subscription_and_are_dead_lettered_after_a_day() -> anyhow::Result<()> {
+    use crate::webhooks::store as hooks;
+    use crate::webhooks::{Dispatcher, GIVE_UP_AFTER_MS, Keys, Subscription};
+    pim_runtime::testing::on_both_databases::<store::Migrator, _, _>("audit", None, |db| async move {
+        // Nothing listens on port 9 of the loopback: every attempt fails at once.
+        for (id, types) in [("s1", vec![]), ("s2", vec!["RoleActivated".to_owned()])] {
+            hooks::insert_subscription(
+                &db,
+                &Subscription {
+                    id: id.into(),
+                    url: "http://127.0.0.1:9/hook".into(),
+                    event_types: types,
+                    generation: 1,
+                    ..Subscription::default()
+                },
+            )
+            .await?;
+        }
+        let mut records: Vec<Record> = ["e1", "e2", "e3"]
+            .iter()
+            .map(|id| Record {
+                action: "pim.assignment.v1.RoleActivated".into(),
+                ..record(id)
+            })
+            .collect();
+        records.push(Record {
+            action: "pim.identity.v1.UserCreated".into(),
+            ..record("e4")
+        });
+        let txn = db.begin().await?;
+        crate::ingest::keep(&txn, &mut records).await?;
+        txn.commit().await?;
+        assert_eq!(hooks::deliveries(&db, "s1", 10).await?.len(), 4, "s1 wants every event");
+        assert_eq!(
+            hooks::deliveries(&db, "s2", 10).await?.len(),
+            3,
+            "s2 only RoleActivated"
+        );
+        let queued = hooks::deliveries(&db, "s1", 10).await?;
+        let created = queued[0].created_at;
+        let heads = |now: i64| {
+            let db = db.clone();
+            async move {
+                let mut due: Vec<(String, String)> = hooks::due(&db, now, 10)
+                    .await?
+                    .into_iter()
+                    .map(|d| (d.subscription_id, d.event_id))
+                    .collect();
+                due.sort();
+                anyhow::Ok(due)
+            }
+        };
+        let first = vec![("s1".to_owned(), "e1".to_owned()), ("s2".to_owned(), "e1".to_owned())];
+        assert_eq!(heads(created).await?, first, "one at a time per subscription, in order");
+
+        let head = hooks::due(&db, created, 10).await?.remove(0);
+        assert!(hooks::claim(&db, &head, created + 1).await?, "taken once");
+        assert!(!hooks::claim(&db, &head, created + 2).await?, "not twice");
+
+        let dispatcher = Dispatcher {
+            db: db.clone(),
+            outbox: pim_runtime::events::Outbox::default(),
+            keys: Some(Keys::new("suite key")),
+            wake: Default::default(),
+        };
+        let later = created + 120_000;
+        assert_eq!(dispatcher.round(later).await?, 2);
+        let failed = hooks::delivery(&db, &head.id).await?.expect("still there");
+        assert_eq!((failed.status.as_str(), failed.attempts), (hooks::PENDING, 1));
+        assert!(failed.last_error.contains("connecting"), "{}", failed.last_error);
+        assert!(failed.next_attempt_at > later);
+        assert_eq!(
+            heads(later + 60_000).await?,
+            first,
+            "a failing head holds back its own queue"
+        );
+
+        let past_a_day = created + GIVE_UP_AFTER_MS + 1;
+        assert_eq!(dispatcher.round(past_a_day).await?, 2);
+        let dead = hooks::delivery(&db, &head.id).await?.expect("still there");
+        assert_eq!((dead.status.as_str(), dead.attempts), (hooks::DEAD, 2));
+        let lettered = pim_runtime::db::query(
+            &db,
+            "SELECT id FROM outbox WHERE event_type = 'pim.audit.v1.WebhookDeadLettered'",
+            vec![],
+        )
+        .await?;
+        assert_eq!(lettered.len(), 2, "one event per dead delivery");
+        let next = vec![("s1".to_owned(), "e2".to_owned()), ("s2".to_owned(), "e2".to_owned())];
+        assert_eq!(heads(past_a_day).await?, next, "the next one's turn");
+        Ok(())
+    })
+    .await
+}

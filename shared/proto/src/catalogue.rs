@@ -20,6 +20,8 @@ pub mod permissions {
     pub const APPROVALS_MANAGE: &str = "pim.approvals.manage";
     pub const REVIEWS_MANAGE: &str = "pim.reviews.manage";
     pub const AUDIT_READ: &str = "pim.audit.read";
+    /// Managing webhook subscriptions (they send what audit records to a URL).
+    pub const WEBHOOKS_MANAGE: &str = "pim.webhooks.manage";
     pub const ALERTS_READ: &str = "pim.alerts.read";
     pub const ALERTS_MANAGE: &str = "pim.alerts.manage";
     pub const RECONCILE_REPORT: &str = "pim.reconcile.report";

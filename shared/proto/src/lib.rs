@@ -59,5 +59,5 @@ pub mod service_names {
     ];
     pub const APPROVAL: &[&str] = &["pim.approval.v1.ApprovalService", "pim.approval.v1.AccessReviewService"];
     pub const ALERTING: &[&str] = &["pim.alerting.v1.AlertService"];
-    pub const AUDIT: &[&str] = &["pim.audit.v1.AuditService"];
+    pub const AUDIT: &[&str] = &["pim.audit.v1.AuditService", "pim.audit.v1.WebhookService"];
 }

@@ -310,6 +310,7 @@ impl Alerts {
                 }
             }
             "EventRejected" => self.forged(txn, decode(e)?).await?,
+            "WebhookDeadLettered" => self.webhook_given_up(txn, decode(e)?).await?,
             "SelfApprovalAttempted" => {
                 let d: ev::ApprovalDecisionRecorded = decode(e)?;
                 let figures = BTreeMap::from([("approval_id".to_owned(), d.approval_id.clone())]);
@@ -560,6 +561,26 @@ impl Alerts {
             &format!("forged_event:{}", r.stream),
             Subject::default(),
             &[r.refusal_id],
+            figures,
+        )
+        .await
+    }
+
+    /// Audit gave up a webhook delivery: one live alert per subscription, counting them.
+    pub(super) async fn webhook_given_up(&self, txn: &DatabaseTransaction, d: ev::WebhookDeadLettered) -> Result<()> {
+        let figures = BTreeMap::from([
+            ("subscription_id".to_owned(), d.subscription_id.clone()),
+            ("url".to_owned(), d.url),
+            ("event_type".to_owned(), d.event_type),
+            ("attempts".to_owned(), d.attempts.to_string()),
+            ("last_error".to_owned(), d.last_error),
+        ]);
+        self.raise(
+            txn,
+            rules::WEBHOOK_DEAD_LETTERED,
+            &format!("webhook_dead_lettered:{}", d.subscription_id),
+            Subject::default(),
+            &[d.event_id],
             figures,
         )
         .await

@@ -1,0 +1,123 @@
+//! The dispatcher: attempts due deliveries, all subscriptions at once and each one's in
+//! order, and records every outcome.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sea_orm::TransactionTrait;
+
+use pim_proto::events::v1 as ev;
+use pim_runtime::db::{Db, now_ms};
+use pim_runtime::events::{Outbox, envelope, streams};
+
+use super::store::{self, DEAD, DELIVERED, Delivery, PENDING};
+use super::{GIVE_UP_AFTER_MS, Keys, http, next_attempt};
+
+/// How long one attempt may take before it counts as failed.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a claimed delivery is another replica's to leave alone.
+const LEASE_MS: i64 = 60_000;
+/// How many deliveries one round attempts at most.
+const ROUND: u64 = 64;
+
+#[derive(Clone)]
+pub(crate) struct Dispatcher {
+    pub(crate) db: Db,
+    pub(crate) outbox: Outbox,
+    /// The signing secrets' source; without one nothing is sent (and nothing can be created).
+    pub(crate) keys: Option<Keys>,
+    /// Woken when deliveries are queued, so they leave at once.
+    pub(crate) wake: Arc<tokio::sync::Notify>,
+}
+
+impl Dispatcher {
+    /// Delivers until `stop`: at once when woken, else every half second.
+    pub(crate) async fn run(self, mut stop: tokio::sync::watch::Receiver<bool>) {
+        loop {
+            match self.round(now_ms()).await {
+                Ok(n) if n > 0 => continue,
+                Ok(_) => {}
+                Err(err) => tracing::warn!(error = %format!("{err:#}"), "webhook deliveries failed"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = self.wake.notified() => {}
+                _ = stop.changed() => return,
+            }
+        }
+    }
+
+    /// One round as of `now`: every due delivery attempted at once; how many were.
+    pub(crate) async fn round(&self, now: i64) -> anyhow::Result<usize> {
+        let due = store::due(&self.db, now, ROUND).await?;
+        let attempts = futures::future::join_all(due.into_iter().map(|d| self.attempt(d, now))).await;
+        let mut attempted = 0;
+        for outcome in attempts {
+            attempted += usize::from(outcome?);
+        }
+        Ok(attempted)
+    }
+
+    /// One attempt of a due delivery (unless another replica took it); whether one was made.
+    async fn attempt(&self, d: Delivery, now: i64) -> anyhow::Result<bool> {
+        if !store::claim(&self.db, &d, now + LEASE_MS).await? {
+            return Ok(false);
+        }
+        let Some(subscription) = store::subscription(&self.db, &d.subscription_id).await? else {
+            return Ok(false);
+        };
+        let started = std::time::Instant::now();
+        let outcome = match &self.keys {
+            None => Err("no signing key (PIM_SECRETS_KEY) to sign with".to_owned()),
+            Some(keys) => {
+                let timestamp = now / 1000;
+                let headers = [
+                    ("webhook-id", d.event_id.clone()),
+                    ("webhook-timestamp", timestamp.to_string()),
+                    (
+                        "webhook-signature",
+                        keys.signature(&subscription, &d.event_id, timestamp, &d.body, now),
+                    ),
+                ];
+                tokio::time::timeout(ATTEMPT_TIMEOUT, http::post(&subscription.url, &headers, d.body.clone()))
+                    .await
+                    .unwrap_or_else(|_| Err(format!("no answer within {} s", ATTEMPT_TIMEOUT.as_secs())))
+            }
+        };
+        let after = now + started.elapsed().as_millis() as i64;
+        let (code, error) = match outcome {
+            Ok(code) if (200..300).contains(&code) => {
+                store::attempted(&self.db, &d.id, DELIVERED, code.into(), "", after, after).await?;
+                tracing::info!(delivery = %d.id, event_type = %d.event_type, attempts = d.attempts + 1, "webhook delivered");
+                return Ok(true);
+            }
+            Ok(code) => (i32::from(code), format!("the receiver answered HTTP {code}")),
+            Err(error) => (0, error),
+        };
+        let attempts = d.attempts + 1;
+        if after - d.created_at < GIVE_UP_AFTER_MS {
+            let next = next_attempt(after, attempts);
+            store::attempted(&self.db, &d.id, PENDING, code, &error, next, after).await?;
+            tracing::warn!(delivery = %d.id, attempts, %error, "webhook delivery failed; retrying");
+            return Ok(true);
+        }
+        // 24 hours of failures: dead-lettered, and alerting hears of it.
+        let txn = self.db.begin().await?;
+        store::attempted(&txn, &d.id, DEAD, code, &error, after, after).await?;
+        let event = ev::WebhookDeadLettered {
+            subscription_id: subscription.id.clone(),
+            url: subscription.url_shown(),
+            delivery_id: d.id.clone(),
+            event_id: d.event_id.clone(),
+            event_type: d.event_type.clone(),
+            attempts,
+            last_error: error.clone(),
+        };
+        let dead = envelope("pim.audit", "WebhookDeadLettered", &subscription.id, &event);
+        self.outbox.enqueue(&txn, streams::AUDIT, &dead).await?;
+        txn.commit().await?;
+        self.outbox.wake();
+        tracing::error!(delivery = %d.id, attempts, %error, "webhook delivery dead-lettered after 24 h");
+        Ok(true)
+    }
+}

@@ -1,0 +1,226 @@
+//! `WebhookService`: subscriptions managed by holders of pim.webhooks.manage, each change an
+//! audit record of its own.
+
+use sea_orm::TransactionTrait;
+use tonic::{Request, Response, Status};
+
+use pim_proto::audit::v1 as pb;
+use pim_proto::audit::v1::webhook_service_server::WebhookService;
+use pim_runtime::access::permissions;
+use pim_runtime::auth::{Caller, caller};
+use pim_runtime::db::{now_ms, to_timestamp};
+use pim_runtime::grpc::{internal, invalid_argument};
+
+use super::store::{self, Delivery, PENDING};
+use super::{Keys, ROTATION_OVERLAP_MS, Subscription, validate};
+use crate::store::Record;
+use crate::{Audit, ingest};
+
+fn subscription_to_pb(s: Subscription) -> pb::Subscription {
+    pb::Subscription {
+        id: s.id,
+        url: s.url,
+        event_types: s.event_types,
+        role_ids: s.role_ids,
+        min_severity: s.min_severity,
+        description: s.description,
+        created_at: Some(to_timestamp(s.created_at)),
+        created_by: s.created_by,
+    }
+}
+
+fn delivery_to_pb(d: Delivery) -> pb::Delivery {
+    let status = match d.status.as_str() {
+        store::PENDING => pb::DeliveryStatus::Pending,
+        store::DELIVERED => pb::DeliveryStatus::Delivered,
+        store::DEAD => pb::DeliveryStatus::Dead,
+        _ => pb::DeliveryStatus::Unspecified,
+    };
+    pb::Delivery {
+        id: d.id,
+        subscription_id: d.subscription_id,
+        event_id: d.event_id,
+        event_type: d.event_type,
+        status: status as i32,
+        attempts: d.attempts,
+        last_status_code: d.last_status_code,
+        last_error: d.last_error,
+        created_at: Some(to_timestamp(d.created_at)),
+        next_attempt_at: (d.status == PENDING).then(|| to_timestamp(d.next_attempt_at)),
+        delivered_at: d.delivered_at.map(to_timestamp),
+    }
+}
+
+/// The record of a change to a subscription, by whom, naming it by its URL (without a query
+/// string, which may carry a token).
+fn change_record(caller: &Caller, action: &str, s: &Subscription) -> Record {
+    let actor = caller.actor();
+    Record {
+        event_id: uuid::Uuid::now_v7().to_string(),
+        time: now_ms(),
+        source: "pim.audit".into(),
+        action: format!("pim.audit.v1.{action}"),
+        actor_id: actor.principal_id,
+        actor_name: actor.display_name,
+        target_id: s.id.clone(),
+        target_name: s.url_shown(),
+        outcome: "success".into(),
+        payload_json: serde_json::json!({
+            "url": s.url_shown(), "event_types": s.event_types, "role_ids": s.role_ids,
+            "min_severity": s.min_severity, "generation": s.generation,
+        })
+        .to_string(),
+        ..Record::default()
+    }
+}
+
+impl Audit {
+    async fn require_webhooks(&self, caller: &Caller) -> Result<&Keys, Status> {
+        pim_runtime::access::require(self.access.as_ref(), caller, permissions::WEBHOOKS_MANAGE, "/").await?;
+        self.webhooks.keys.as_ref().ok_or_else(|| {
+            Status::failed_precondition("webhooks need PIM_SECRETS_KEY (their signing secrets derive from it)")
+        })
+    }
+
+    async fn found(&self, id: &str) -> Result<Subscription, Status> {
+        store::subscription(&self.db, id.trim())
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| Status::not_found(format!("webhook subscription {id} not found")))
+    }
+
+    /// Keeps a record of a change in the change's transaction, then commits.
+    async fn commit_with(&self, txn: sea_orm::DatabaseTransaction, record: Record) -> Result<(), Status> {
+        ingest::keep(&txn, &mut vec![record]).await.map_err(internal)?;
+        txn.commit().await.map_err(internal)?;
+        self.webhooks.wake.notify_one();
+        Ok(())
+    }
+}
+
+#[tonic::async_trait]
+impl WebhookService for Audit {
+    async fn create_subscription(
+        &self,
+        request: Request<pb::CreateSubscriptionRequest>,
+    ) -> Result<Response<pb::SubscriptionSecret>, Status> {
+        let caller = caller(&request)?.clone();
+        let keys = self.require_webhooks(&caller).await?.clone();
+        let asked = request.into_inner().subscription.unwrap_or_default();
+        let s = Subscription {
+            id: uuid::Uuid::now_v7().to_string(),
+            url: asked.url.trim().to_owned(),
+            event_types: asked.event_types.iter().map(|t| t.trim().to_owned()).collect(),
+            role_ids: asked.role_ids.iter().map(|r| r.trim().to_owned()).collect(),
+            min_severity: asked.min_severity.trim().to_lowercase(),
+            description: asked.description,
+            created_at: now_ms(),
+            created_by: caller.principal_id.clone(),
+            generation: 1,
+            previous_until: 0,
+        };
+        validate(&s).map_err(|e| invalid_argument(&format!("subscription.{}", e.field), &e.reason))?;
+        let txn = self.db.begin().await.map_err(internal)?;
+        store::insert_subscription(&txn, &s).await.map_err(internal)?;
+        self.commit_with(txn, change_record(&caller, "WebhookSubscriptionCreated", &s))
+            .await?;
+        Ok(Response::new(pb::SubscriptionSecret {
+            secret: keys.shown(&s.id, s.generation),
+            subscription: Some(subscription_to_pb(s)),
+        }))
+    }
+
+    async fn list_subscriptions(
+        &self,
+        request: Request<pb::ListSubscriptionsRequest>,
+    ) -> Result<Response<pb::ListSubscriptionsResponse>, Status> {
+        self.require_webhooks(caller(&request)?).await?;
+        let subscriptions = store::subscriptions(&self.db).await.map_err(internal)?;
+        Ok(Response::new(pb::ListSubscriptionsResponse {
+            subscriptions: subscriptions.into_iter().map(subscription_to_pb).collect(),
+        }))
+    }
+
+    async fn delete_subscription(
+        &self,
+        request: Request<pb::SubscriptionRequest>,
+    ) -> Result<Response<pb::Subscription>, Status> {
+        let caller = caller(&request)?.clone();
+        self.require_webhooks(&caller).await?;
+        let s = self.found(&request.get_ref().subscription_id).await?;
+        let txn = self.db.begin().await.map_err(internal)?;
+        store::delete_subscription(&txn, &s.id).await.map_err(internal)?;
+        self.commit_with(txn, change_record(&caller, "WebhookSubscriptionDeleted", &s))
+            .await?;
+        Ok(Response::new(subscription_to_pb(s)))
+    }
+
+    async fn rotate_subscription_secret(
+        &self,
+        request: Request<pb::SubscriptionRequest>,
+    ) -> Result<Response<pb::SubscriptionSecret>, Status> {
+        let caller = caller(&request)?.clone();
+        let keys = self.require_webhooks(&caller).await?.clone();
+        let mut s = self.found(&request.get_ref().subscription_id).await?;
+        let txn = self.db.begin().await.map_err(internal)?;
+        let generation = store::rotate(&txn, &s.id, now_ms() + ROTATION_OVERLAP_MS)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| Status::not_found(format!("webhook subscription {} not found", s.id)))?;
+        s.generation = generation;
+        self.commit_with(txn, change_record(&caller, "WebhookSecretRotated", &s))
+            .await?;
+        Ok(Response::new(pb::SubscriptionSecret {
+            secret: keys.shown(&s.id, generation),
+            subscription: Some(subscription_to_pb(s)),
+        }))
+    }
+
+    async fn test_subscription(
+        &self,
+        request: Request<pb::SubscriptionRequest>,
+    ) -> Result<Response<pb::Delivery>, Status> {
+        let caller = caller(&request)?.clone();
+        self.require_webhooks(&caller).await?;
+        let s = self.found(&request.get_ref().subscription_id).await?;
+        let now = now_ms();
+        let mut test = change_record(&caller, "WebhookTest", &s);
+        test.payload_json = serde_json::json!({"message": "a test delivery, asked for by the actor"}).to_string();
+        test.time = now;
+        let txn = self.db.begin().await.map_err(internal)?;
+        test.sequence = store::head_position(&txn).await.map_err(internal)?;
+        let delivery = Delivery {
+            id: uuid::Uuid::now_v7().to_string(),
+            subscription_id: s.id.clone(),
+            position: test.sequence,
+            event_id: test.event_id.clone(),
+            event_type: test.action.clone(),
+            body: super::cloud_event(&test),
+            status: PENDING.into(),
+            created_at: now,
+            next_attempt_at: now,
+            ..Delivery::default()
+        };
+        store::insert_delivery(&txn, &delivery).await.map_err(internal)?;
+        txn.commit().await.map_err(internal)?;
+        self.webhooks.wake.notify_one();
+        Ok(Response::new(delivery_to_pb(delivery)))
+    }
+
+    async fn list_deliveries(
+        &self,
+        request: Request<pb::ListDeliveriesRequest>,
+    ) -> Result<Response<pb::ListDeliveriesResponse>, Status> {
+        self.require_webhooks(caller(&request)?).await?;
+        let r = request.into_inner();
+        let s = self.found(&r.subscription_id).await?;
+        let limit = match r.page_size {
+            n if n <= 0 => 100,
+            n => (n as u64).min(1000),
+        };
+        let deliveries = store::deliveries(&self.db, &s.id, limit).await.map_err(internal)?;
+        Ok(Response::new(pb::ListDeliveriesResponse {
+            deliveries: deliveries.into_iter().map(delivery_to_pb).collect(),
+        }))
+    }
+}

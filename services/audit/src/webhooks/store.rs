@@ -1,0 +1,333 @@
+//! Webhook subscriptions and their deliveries: the durable outbox the dispatcher works from.
+
+use sea_orm::{ConnectionTrait, DbErr, QueryResult};
+
+use pim_runtime::db::{self, col};
+
+use super::Subscription;
+use crate::store::Record;
+
+/// The tables (migration m0004_webhooks).
+pub const MIGRATION: &str = "CREATE TABLE webhook_subscriptions (
+        id TEXT PRIMARY KEY,
+        url TEXT NOT NULL,
+        event_types TEXT NOT NULL,
+        role_ids TEXT NOT NULL,
+        min_severity TEXT NOT NULL,
+        description TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        created_by TEXT NOT NULL,
+        generation BIGINT NOT NULL,
+        previous_until BIGINT NOT NULL
+    );
+    CREATE TABLE webhook_deliveries (
+        id TEXT PRIMARY KEY,
+        subscription_id TEXT NOT NULL,
+        position BIGINT NOT NULL,
+        event_id TEXT NOT NULL,
+        event_type TEXT NOT NULL,
+        body TEXT NOT NULL,
+        status TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        last_status_code INTEGER NOT NULL,
+        last_error TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        next_attempt_at BIGINT NOT NULL,
+        delivered_at BIGINT,
+        UNIQUE (subscription_id, event_id)
+    );
+    CREATE INDEX webhook_deliveries_queue ON webhook_deliveries (subscription_id, status, position)";
+
+pub const PENDING: &str = "pending";
+pub const DELIVERED: &str = "delivered";
+pub const DEAD: &str = "dead";
+
+/// One delivery of one event to one subscription.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Delivery {
+    pub id: String,
+    pub subscription_id: String,
+    pub position: i64,
+    pub event_id: String,
+    pub event_type: String,
+    pub body: String,
+    pub status: String,
+    pub attempts: i32,
+    pub last_status_code: i32,
+    pub last_error: String,
+    pub created_at: i64,
+    pub next_attempt_at: i64,
+    pub delivered_at: Option<i64>,
+}
+
+const DELIVERY_COLUMNS: &str = "id, subscription_id, position, event_id, event_type, body, status, attempts, last_status_code, last_error, created_at, next_attempt_at, delivered_at";
+
+impl Delivery {
+    fn from_row(r: &QueryResult) -> Result<Self, DbErr> {
+        Ok(Self {
+            id: col(r, "id")?,
+            subscription_id: col(r, "subscription_id")?,
+            position: col(r, "position")?,
+            event_id: col(r, "event_id")?,
+            event_type: col(r, "event_type")?,
+            body: col(r, "body")?,
+            status: col(r, "status")?,
+            attempts: col(r, "attempts")?,
+            last_status_code: col(r, "last_status_code")?,
+            last_error: col(r, "last_error")?,
+            created_at: col(r, "created_at")?,
+            next_attempt_at: col(r, "next_attempt_at")?,
+            delivered_at: col(r, "delivered_at")?,
+        })
+    }
+}
+
+fn list(values: &[String]) -> String {
+    serde_json::to_string(values).unwrap_or_else(|_| "[]".into())
+}
+
+fn unlist(text: &str) -> Vec<String> {
+    serde_json::from_str(text).unwrap_or_default()
+}
+
+impl Subscription {
+    fn from_row(r: &QueryResult) -> Result<Self, DbErr> {
+        Ok(Self {
+            id: col(r, "id")?,
+            url: col(r, "url")?,
+            event_types: unlist(&col::<String>(r, "event_types")?),
+            role_ids: unlist(&col::<String>(r, "role_ids")?),
+            min_severity: col(r, "min_severity")?,
+            description: col(r, "description")?,
+            created_at: col(r, "created_at")?,
+            created_by: col(r, "created_by")?,
+            generation: col(r, "generation")?,
+            previous_until: col(r, "previous_until")?,
+        })
+    }
+}
+
+const SUBSCRIPTION_COLUMNS: &str =
+    "id, url, event_types, role_ids, min_severity, description, created_at, created_by, generation, previous_until";
+
+pub async fn insert_subscription<C: ConnectionTrait>(c: &C, s: &Subscription) -> Result<(), DbErr> {
+    db::exec(
+        c,
+        &format!("INSERT INTO webhook_subscriptions ({SUBSCRIPTION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"),
+        vec![
+            s.id.clone().into(),
+            s.url.clone().into(),
+            list(&s.event_types).into(),
+            list(&s.role_ids).into(),
+            s.min_severity.clone().into(),
+            s.description.clone().into(),
+            s.created_at.into(),
+            s.created_by.clone().into(),
+            s.generation.into(),
+            s.previous_until.into(),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+pub async fn subscriptions<C: ConnectionTrait>(c: &C) -> Result<Vec<Subscription>, DbErr> {
+    db::query(
+        c,
+        &format!("SELECT {SUBSCRIPTION_COLUMNS} FROM webhook_subscriptions ORDER BY created_at, id"),
+        vec![],
+    )
+    .await?
+    .iter()
+    .map(Subscription::from_row)
+    .collect()
+}
+
+pub async fn subscription<C: ConnectionTrait>(c: &C, id: &str) -> Result<Option<Subscription>, DbErr> {
+    db::query_one(
+        c,
+        &format!("SELECT {SUBSCRIPTION_COLUMNS} FROM webhook_subscriptions WHERE id = $1"),
+        vec![id.into()],
+    )
+    .await?
+    .as_ref()
+    .map(Subscription::from_row)
+    .transpose()
+}
+
+/// Deletes a subscription and what it still had to deliver; whether there was one.
+pub async fn delete_subscription<C: ConnectionTrait>(c: &C, id: &str) -> Result<bool, DbErr> {
+    db::exec(
+        c,
+        "DELETE FROM webhook_deliveries WHERE subscription_id = $1",
+        vec![id.into()],
+    )
+    .await?;
+    Ok(db::exec(c, "DELETE FROM webhook_subscriptions WHERE id = $1", vec![id.into()]).await? == 1)
+}
+
+/// The next secret generation; the one before keeps signing until `previous_until`.
+pub async fn rotate<C: ConnectionTrait>(c: &C, id: &str, previous_until: i64) -> Result<Option<i64>, DbErr> {
+    let row = db::query_one(
+        c,
+        "UPDATE webhook_subscriptions SET generation = generation + 1, previous_until = $2 WHERE id = $1 RETURNING generation",
+        vec![id.into(), previous_until.into()],
+    )
+    .await?;
+    row.as_ref().map(|r| col::<i64>(r, "generation")).transpose()
+}
+
+/// Queues each record for every subscription that wants it (in the records' transaction).
+pub async fn enqueue<C: ConnectionTrait>(c: &C, records: &[Record], now: i64) -> Result<usize, DbErr> {
+    if records.is_empty() {
+        return Ok(0);
+    }
+    let subscriptions = subscriptions(c).await?;
+    let mut queued = 0;
+    for s in &subscriptions {
+        for r in records.iter().filter(|r| s.wants(r)) {
+            let delivery = Delivery {
+                id: uuid::Uuid::now_v7().to_string(),
+                subscription_id: s.id.clone(),
+                position: r.sequence,
+                event_id: r.event_id.clone(),
+                event_type: r.action.clone(),
+                body: super::cloud_event(r),
+                status: PENDING.into(),
+                created_at: now,
+                next_attempt_at: now,
+                ..Delivery::default()
+            };
+            queued += insert_delivery(c, &delivery).await?;
+        }
+    }
+    Ok(queued)
+}
+
+/// Adds a delivery unless this event is queued for this subscription already.
+pub async fn insert_delivery<C: ConnectionTrait>(c: &C, d: &Delivery) -> Result<usize, DbErr> {
+    let added = db::exec(
+        c,
+        &format!(
+            "INSERT INTO webhook_deliveries ({DELIVERY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+             ON CONFLICT (subscription_id, event_id) DO NOTHING"
+        ),
+        vec![
+            d.id.clone().into(),
+            d.subscription_id.clone().into(),
+            d.position.into(),
+            d.event_id.clone().into(),
+            d.event_type.clone().into(),
+            d.body.clone().into(),
+            d.status.clone().into(),
+            d.attempts.into(),
+            d.last_status_code.into(),
+            d.last_error.clone().into(),
+            d.created_at.into(),
+            d.next_attempt_at.into(),
+            d.delivered_at.into(),
+        ],
+    )
+    .await?;
+    Ok(added as usize)
+}
+
+/// The deliveries whose turn it is: for each subscription its first pending one (in record
+/// order), when its next attempt is due.
+pub async fn due<C: ConnectionTrait>(c: &C, now: i64, limit: u64) -> Result<Vec<Delivery>, DbErr> {
+    db::query(
+        c,
+        &format!(
+            "SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries d
+             WHERE d.status = 'pending' AND d.next_attempt_at <= $1
+               AND NOT EXISTS (SELECT 1 FROM webhook_deliveries e
+                               WHERE e.subscription_id = d.subscription_id AND e.status = 'pending'
+                                 AND (e.position < d.position OR (e.position = d.position AND e.id < d.id)))
+             ORDER BY d.next_attempt_at, d.position LIMIT $2"
+        ),
+        vec![now.into(), (limit as i64).into()],
+    )
+    .await?
+    .iter()
+    .map(Delivery::from_row)
+    .collect()
+}
+
+/// Takes a due delivery for one attempt, in one statement: true for the one process that
+/// moved its next attempt to `lease_until` (another replica finds it taken).
+pub async fn claim<C: ConnectionTrait>(c: &C, d: &Delivery, lease_until: i64) -> Result<bool, DbErr> {
+    Ok(db::exec(
+        c,
+        "UPDATE webhook_deliveries SET next_attempt_at = $3
+         WHERE id = $1 AND status = 'pending' AND next_attempt_at = $2",
+        vec![d.id.clone().into(), d.next_attempt_at.into(), lease_until.into()],
+    )
+    .await?
+        == 1)
+}
+
+/// Records an attempt's outcome: delivered, or pending until `next_attempt_at`, or dead.
+pub async fn attempted<C: ConnectionTrait>(
+    c: &C,
+    id: &str,
+    status: &str,
+    status_code: i32,
+    error: &str,
+    next_attempt_at: i64,
+    now: i64,
+) -> Result<(), DbErr> {
+    db::exec(
+        c,
+        "UPDATE webhook_deliveries SET status = $2, attempts = attempts + 1, last_status_code = $3, last_error = $4,
+             next_attempt_at = $5, delivered_at = CASE WHEN $2 = 'delivered' THEN $6 ELSE delivered_at END
+         WHERE id = $1",
+        vec![
+            id.into(),
+            status.into(),
+            status_code.into(),
+            error.into(),
+            next_attempt_at.into(),
+            now.into(),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+pub async fn delivery<C: ConnectionTrait>(c: &C, id: &str) -> Result<Option<Delivery>, DbErr> {
+    db::query_one(
+        c,
+        &format!("SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries WHERE id = $1"),
+        vec![id.into()],
+    )
+    .await?
+    .as_ref()
+    .map(Delivery::from_row)
+    .transpose()
+}
+
+/// A subscription's deliveries, newest first.
+pub async fn deliveries<C: ConnectionTrait>(c: &C, subscription_id: &str, limit: u64) -> Result<Vec<Delivery>, DbErr> {
+    db::query(
+        c,
+        &format!(
+            "SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries WHERE subscription_id = $1
+             ORDER BY position DESC, id DESC LIMIT $2"
+        ),
+        vec![subscription_id.into(), (limit as i64).into()],
+    )
+    .await?
+    .iter()
+    .map(Delivery::from_row)
+    .collect()
+}
+
+/// The audit chain's head sequence (a test delivery goes after what is queued).
+pub async fn head_position<C: ConnectionTrait>(c: &C) -> Result<i64, DbErr> {
+    let row = db::query_one(c, "SELECT sequence FROM chain_head WHERE id = 1", vec![]).await?;
+    row.as_ref()
+        .map(|r| col::<i64>(r, "sequence"))
+        .transpose()
+        .map(Option::unwrap_or_default)
+}
