@@ -37,6 +37,7 @@ mod requests;
 mod reviews;
 mod roles;
 mod users;
+mod webhooks;
 
 use users::{UsersCommand, users};
 
@@ -217,6 +218,10 @@ enum Command {
     Check(CheckArgs),
     /// Read the audit log.
     Audit(audit::AuditArgs),
+    /// Push what audit records to a URL, signed (Standard Webhooks): subscriptions and their
+    /// deliveries.
+    #[command(subcommand)]
+    Webhooks(webhooks::WebhooksCommand),
     /// Show each service's health.
     Health {
         /// Check only this service (identity, assignment, approval, alerting or audit), as a
@@ -376,6 +381,7 @@ async fn run_command(cli: Cli) -> anyhow::Result<i32> {
         Command::Unmanaged { client } => assignments::unmanaged(client).await,
         Command::Check(args) => check(args).await,
         Command::Audit(args) => audit::audit(args).await,
+        Command::Webhooks(cmd) => webhooks::run(cmd).await,
         Command::Health { service, client } => health(service, client).await,
     }
 }

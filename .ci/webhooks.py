@@ -1,0 +1,146 @@
+"""Webhooks as a receiver that is not ours sees them: `pim up`, a subscription made with the
+CLI, and an HTTP receiver that verifies every delivery with the Standard Webhooks reference
+library (`standardwebhooks`). The receiver answers 500 to the first two deliveries: the first
+event must come again (same webhook-id) until it is taken, and every event must arrive once
+taken, in the order audit recorded them, as a CloudEvents 1.0 JSON event. A test delivery
+arrives too; after a secret rotation, deliveries verify under the new secret and the old one.
+Usage: python3 .ci/webhooks.py PATH_TO_PIM
+"""
+
+import json
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from standardwebhooks import Webhook, WebhookVerificationError
+
+from pim_up import PimUp
+
+
+class Receiver:
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.secrets: list[str] = []
+        self.seen: list[dict] = []  # every request: id, verified, status answered, body
+        self.failures_left = 2
+
+    def handle(self, body: bytes, headers: dict) -> int:
+        with self.lock:
+            verified = []
+            for secret in self.secrets:
+                try:
+                    Webhook(secret).verify(body, headers)
+                    verified.append(secret)
+                except WebhookVerificationError:
+                    pass
+            status = 200
+            if self.failures_left > 0:
+                self.failures_left -= 1
+                status = 500
+            self.seen.append({"id": headers.get("webhook-id"), "verified": verified, "status": status,
+                              "body": body, "headers": headers})
+            return status
+
+    def taken(self) -> list[dict]:
+        with self.lock:
+            return [s for s in self.seen if s["status"] == 200]
+
+
+def serve(receiver: Receiver) -> ThreadingHTTPServer:
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers.get("content-length", "0")))
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            status = receiver.handle(body, headers)
+            self.send_response(status)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def wait(what: str, check, seconds: float = 60):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def secret_of(output: str) -> str:
+    return next(w for line in output.splitlines() if "signing secret:" in line for w in line.split()
+                if w.startswith("whsec_"))
+
+
+def main(pim: str) -> int:
+    receiver = Receiver()
+    server = serve(receiver)
+    url = f"http://127.0.0.1:{server.server_address[1]}/pim-hook"
+    with PimUp(pim) as up:
+        created = up.run("webhooks", "create", "--url", url, "--events", "UserCreated").stdout
+        subscription = next(line.split()[3] for line in created.splitlines() if line.startswith("Created webhook"))
+        first_secret = secret_of(created)
+        receiver.secrets.append(first_secret)
+        names = [f"hook-user-{n}" for n in range(5)]
+        for name in names:
+            up.run("users", "create", "--user-name", name)
+        taken = wait("five events taken", lambda: (t := receiver.taken()) and len(t) >= 5 and t)
+        events = [json.loads(t["body"]) for t in taken[:5]]
+        got = [e["data"]["target"]["name"] for e in events]
+        assert got == names, f"every event once, in order: {got}"
+        for e in events:
+            assert e["specversion"] == "1.0" and e["type"] == "pim.identity.v1.UserCreated", e
+            assert e["id"] and e["source"] == "pim.identity" and e["time"].endswith("Z"), e
+        assert all(s["verified"] for s in receiver.seen), "every delivery verifies with the secret"
+        first_id = taken[0]["id"]
+        tries = [s for s in receiver.seen if s["id"] == first_id]
+        assert [s["status"] for s in tries] == [500, 500, 200], f"retried after two 500s: {tries}"
+        # Verification is real: a changed body does not verify.
+        try:
+            Webhook(first_secret).verify(taken[0]["body"] + b" ", taken[0]["headers"])
+            raise AssertionError("a changed body verified")
+        except WebhookVerificationError:
+            pass
+        deliveries = [json.loads(l) for l in
+                      up.run("webhooks", "deliveries", subscription, "--output", "json").stdout.splitlines()]
+        oldest = deliveries[-1]
+        assert (oldest["status"], oldest["attempts"], oldest["last_answer"]) == ("delivered", "3", "200"), oldest
+
+        up.run("webhooks", "test", subscription)
+        wait("the test delivery", lambda: any(json.loads(t["body"])["type"] == "pim.audit.v1.WebhookTest"
+                                             for t in receiver.taken()))
+
+        rotated = up.run("webhooks", "rotate-secret", subscription).stdout
+        second_secret = secret_of(rotated)
+        assert second_secret != first_secret
+        receiver.secrets[:] = [second_secret]
+        up.run("users", "create", "--user-name", "after-rotation")
+        last = wait("a delivery after the rotation",
+                    lambda: next((t for t in receiver.taken()
+                                  if json.loads(t["body"])["data"]["target"]["name"] == "after-rotation"), None))
+        assert last["verified"] == [second_secret], "the new secret verifies"
+        assert len(last["headers"]["webhook-signature"].split()) == 2, "both secrets sign for a day"
+        Webhook(first_secret).verify(last["body"], last["headers"])
+        for s in receiver.seen:
+            assert b"whsec_" not in s["body"], "no secret in a delivery"
+        listed = [json.loads(l) for l in up.run("webhooks", "list", "--output", "json").stdout.splitlines()]
+        assert [(l["id"], l["url"], l["events"]) for l in listed] == [(subscription, url, "UserCreated")], listed
+        up.run("webhooks", "delete", subscription)
+        assert up.run("webhooks", "list", "--output", "json").stdout.strip() == "", "deleted"
+        refused = up.run("webhooks", "create", "--url", "http://hooks.example.com/pim", check=False)
+        assert refused.returncode == 2 and "https" in refused.stderr, refused.stderr
+        print(f"webhooks: {len(receiver.seen)} deliveries verified by standardwebhooks; retries and order as promised")
+    server.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))

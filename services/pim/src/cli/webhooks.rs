@@ -1,0 +1,225 @@
+//! `pim webhooks`: subscriptions that push what audit records to a URL, signed (Standard
+//! Webhooks), and their deliveries.
+
+use clap::Subcommand;
+
+use pim_proto::audit::v1 as pb;
+use pim_proto::audit::v1::webhook_service_client::WebhookServiceClient;
+use pim_runtime::db::from_timestamp;
+
+use super::{Cell, ClientArgs, Names, Session, explain, print_table, time};
+
+#[derive(Subcommand)]
+pub(crate) enum WebhooksCommand {
+    /// Subscribe a URL to events (the signing secret is shown once).
+    Create {
+        /// Where to POST each event: https:// (http:// only to a loopback address).
+        #[arg(long)]
+        url: String,
+        /// Event types, comma-separated (e.g. RoleActivated,AlertRaised); default: every event.
+        #[arg(long, value_delimiter = ',')]
+        events: Vec<String>,
+        /// Only events about these roles (names or ids, comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        roles: Vec<String>,
+        /// Only alerts of at least this severity: low, medium, high or critical.
+        #[arg(long, default_value = "")]
+        min_severity: String,
+        /// What the subscription is for.
+        #[arg(long, default_value = "")]
+        description: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List subscriptions.
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Delete a subscription (and what it still had to deliver).
+    Delete {
+        /// The subscription's id (see `pim webhooks list`).
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// A new signing secret (shown once); the old one keeps signing beside it for 24 hours.
+    RotateSecret {
+        /// The subscription's id.
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Send a test event to a subscription.
+    Test {
+        /// The subscription's id.
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// A subscription's deliveries, newest first: status, attempts, the receiver's last answer.
+    Deliveries {
+        /// The subscription's id.
+        id: String,
+        /// How many (at most 1000).
+        #[arg(long, default_value_t = 100)]
+        limit: i32,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+fn status_name(status: i32) -> String {
+    pb::DeliveryStatus::try_from(status)
+        .map(|s| s.as_str_name().trim_start_matches("DELIVERY_STATUS_").to_lowercase())
+        .unwrap_or_default()
+}
+
+fn print_secret(what: &str, answer: pb::SubscriptionSecret) {
+    let s = answer.subscription.unwrap_or_default();
+    println!("{what} webhook subscription {} for {}", s.id, s.url);
+    println!(
+        "  signing secret: {} (shown once; verify each delivery's webhook-signature with it)",
+        answer.secret
+    );
+}
+
+pub(crate) async fn run(cmd: WebhooksCommand) -> anyhow::Result<i32> {
+    match cmd {
+        WebhooksCommand::Create {
+            url,
+            events,
+            roles,
+            min_severity,
+            description,
+            client,
+        } => {
+            let session = Session::open(&client, true)?;
+            let mut role_ids = Vec::new();
+            for role in &roles {
+                role_ids.push(session.role_id(role).await?);
+            }
+            let answer = WebhookServiceClient::new(session.channel.clone())
+                .create_subscription(session.request(pb::CreateSubscriptionRequest {
+                    subscription: Some(pb::Subscription {
+                        url,
+                        event_types: events,
+                        role_ids,
+                        min_severity,
+                        description,
+                        ..Default::default()
+                    }),
+                })?)
+                .await
+                .map_err(explain)?
+                .into_inner();
+            print_secret("Created", answer);
+        }
+        WebhooksCommand::List { client } => {
+            let session = Session::open(&client, true)?;
+            let listed = WebhookServiceClient::new(session.channel.clone())
+                .list_subscriptions(session.request(pb::ListSubscriptionsRequest {})?)
+                .await
+                .map_err(explain)?
+                .into_inner()
+                .subscriptions;
+            let mut names = Names::new(&session);
+            let mut rows = Vec::new();
+            for s in listed {
+                let mut roles = Vec::new();
+                for id in &s.role_ids {
+                    roles.push(names.role(id).await.name);
+                }
+                rows.push(vec![
+                    Cell::from(s.id),
+                    s.url.into(),
+                    s.event_types.join(",").into(),
+                    roles.join(",").into(),
+                    s.min_severity.into(),
+                    names.principal(&s.created_by).await.into(),
+                    time(s.created_at.as_ref().map(from_timestamp)).into(),
+                ]);
+            }
+            print_table(
+                &["ID", "URL", "EVENTS", "ROLES", "MIN SEVERITY", "CREATED BY", "CREATED"],
+                rows,
+            );
+        }
+        WebhooksCommand::Delete { id, client } => {
+            let session = Session::open(&client, true)?;
+            let s = WebhookServiceClient::new(session.channel.clone())
+                .delete_subscription(session.request(pb::SubscriptionRequest { subscription_id: id })?)
+                .await
+                .map_err(explain)?
+                .into_inner();
+            println!("Deleted webhook subscription {} for {}", s.id, s.url);
+        }
+        WebhooksCommand::RotateSecret { id, client } => {
+            let session = Session::open(&client, true)?;
+            let answer = WebhookServiceClient::new(session.channel.clone())
+                .rotate_subscription_secret(session.request(pb::SubscriptionRequest { subscription_id: id })?)
+                .await
+                .map_err(explain)?
+                .into_inner();
+            print_secret("Rotated the secret of", answer);
+            println!("  the old secret keeps signing beside it for 24 hours");
+        }
+        WebhooksCommand::Test { id, client } => {
+            let session = Session::open(&client, true)?;
+            let d = WebhookServiceClient::new(session.channel.clone())
+                .test_subscription(session.request(pb::SubscriptionRequest { subscription_id: id })?)
+                .await
+                .map_err(explain)?
+                .into_inner();
+            println!(
+                "Test event {} queued (delivery {}); see pim webhooks deliveries {}",
+                d.event_id, d.id, d.subscription_id
+            );
+        }
+        WebhooksCommand::Deliveries { id, limit, client } => {
+            let session = Session::open(&client, true)?;
+            let listed = WebhookServiceClient::new(session.channel.clone())
+                .list_deliveries(session.request(pb::ListDeliveriesRequest {
+                    subscription_id: id,
+                    page_size: limit,
+                })?)
+                .await
+                .map_err(explain)?
+                .into_inner()
+                .deliveries;
+            let rows = listed
+                .into_iter()
+                .map(|d| {
+                    vec![
+                        d.id,
+                        d.event_type.rsplit('.').next().unwrap_or_default().to_owned(),
+                        d.event_id,
+                        status_name(d.status),
+                        d.attempts.to_string(),
+                        if d.last_status_code == 0 {
+                            String::new()
+                        } else {
+                            d.last_status_code.to_string()
+                        },
+                        d.last_error,
+                        time(d.created_at.as_ref().map(from_timestamp)),
+                    ]
+                })
+                .collect();
+            print_table(
+                &[
+                    "ID",
+                    "EVENT",
+                    "EVENT ID",
+                    "STATUS",
+                    "ATTEMPTS",
+                    "LAST ANSWER",
+                    "LAST ERROR",
+                    "QUEUED",
+                ],
+                rows,
+            );
+        }
+    }
+    Ok(0)
+}
