@@ -65,6 +65,25 @@ def serve(receiver: Receiver) -> ThreadingHTTPServer:
     return server
 
 
+def hanging_server(release: threading.Event, arrived: threading.Event) -> ThreadingHTTPServer:
+    """A receiver that takes the connection and answers nothing until `release` is set."""
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("content-length", "0")))
+            arrived.set()
+            release.wait(60)
+            self.send_response(200)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
 def wait(what: str, check, seconds: float = 60):
     deadline = time.time() + seconds
     while time.time() < deadline:
@@ -131,6 +150,22 @@ def main(pim: str) -> int:
         Webhook(first_secret).verify(last["body"], last["headers"])
         for s in receiver.seen:
             assert b"whsec_" not in s["body"], "no secret in a delivery"
+        # A receiver that hangs holds back only its own deliveries: the healthy receiver takes
+        # the next event well before the hanging one's 10 s attempt timeout.
+        release, arrived = threading.Event(), threading.Event()
+        hanging = hanging_server(release, arrived)
+        hung = up.run("webhooks", "create", "--url", f"http://127.0.0.1:{hanging.server_address[1]}/hook",
+                      "--events", "UserCreated").stdout
+        hung_id = next(line.split()[3] for line in hung.splitlines() if line.startswith("Created webhook"))
+        up.run("users", "create", "--user-name", "before-the-hang")
+        wait("the hanging receiver reached", arrived.is_set, 8)
+        up.run("users", "create", "--user-name", "while-one-hangs")
+        wait("the healthy receiver served while the other hangs",
+             lambda: any(json.loads(t["body"])["data"]["target"]["name"] == "while-one-hangs"
+                         for t in receiver.taken()), 8)
+        release.set()
+        up.run("webhooks", "delete", hung_id)
+        hanging.shutdown()
         listed = [json.loads(l) for l in up.run("webhooks", "list", "--output", "json").stdout.splitlines()]
         assert [(l["id"], l["url"], l["events"]) for l in listed] == [(subscription, url, "UserCreated")], listed
         up.run("webhooks", "delete", subscription)

@@ -290,3 +290,96 @@ async fn webhook_deliveries_keep_order_per_subscription_and_are_dead_lettered_af
     })
     .await
 }
+
+/// A receiver that answers 2xx gets each of its deliveries once, in order, each marked
+/// delivered with the receiver's answer; a rotation moves the subscription to its next secret
+/// generation, the previous one signing until the time given.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivered_webhooks_are_marked_once_and_secrets_rotate() -> anyhow::Result<()> {
+    use crate::webhooks::store as hooks;
+    use crate::webhooks::{Dispatcher, Keys, Subscription};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    pim_runtime::testing::on_both_databases::<store::Migrator, _, _>("audit", None, |db| async move {
+        // A receiver that takes everything: 204 to each request, the bodies kept in order.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
+        let (bodies, mut received) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let receiver = tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let bodies = bodies.clone();
+                tokio::spawn(async move {
+                    let mut request = Vec::new();
+                    let mut buffer = [0u8; 4096];
+                    loop {
+                        let n = socket.read(&mut buffer).await.unwrap_or(0);
+                        if n == 0 {
+                            return;
+                        }
+                        request.extend_from_slice(&buffer[..n]);
+                        let text = String::from_utf8_lossy(&request).into_owned();
+                        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                            let length: usize = head
+                                .lines()
+                                .find_map(|l| {
+                                    l.to_ascii_lowercase()
+                                        .strip_prefix("content-length:")
+                                        .map(|v| v.trim().parse().unwrap_or(0))
+                                })
+                                .unwrap_or(0);
+                            if body.len() >= length {
+                                let _ = bodies.send(body.to_owned());
+                                let _ = socket
+                                    .write_all(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n")
+                                    .await;
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        hooks::insert_subscription(
+            &db,
+            &Subscription {
+                id: "s1".into(),
+                url: format!("http://127.0.0.1:{port}/hook"),
+                generation: 1,
+                ..Subscription::default()
+            },
+        )
+        .await?;
+        let mut records: Vec<Record> = ["e1", "e2"].iter().map(|id| record(id)).collect();
+        let txn = db.begin().await?;
+        crate::ingest::keep(&txn, &mut records).await?;
+        txn.commit().await?;
+        let dispatcher = Dispatcher {
+            db: db.clone(),
+            outbox: pim_runtime::events::Outbox::default(),
+            keys: Some(Keys::new("suite key")),
+            wake: Default::default(),
+        };
+        let now = pim_runtime::db::now_ms();
+        assert_eq!(dispatcher.round(now).await?, 1, "one at a time");
+        assert_eq!(dispatcher.round(now).await?, 1);
+        assert_eq!(dispatcher.round(now).await?, 0, "nothing left");
+        let first: serde_json::Value = serde_json::from_str(&received.recv().await.expect("a body"))?;
+        let second: serde_json::Value = serde_json::from_str(&received.recv().await.expect("a body"))?;
+        assert_eq!((first["id"].as_str(), second["id"].as_str()), (Some("e1"), Some("e2")));
+        for d in hooks::deliveries(&db, "s1", 10).await? {
+            assert_eq!(
+                (d.status.as_str(), d.attempts, d.last_status_code),
+                (hooks::DELIVERED, 1, 204)
+            );
+            assert!(d.delivered_at.is_some());
+        }
+        assert_eq!(hooks::rotate(&db, "s1", now + 1_000).await?, Some(2));
+        let rotated = hooks::subscription(&db, "s1").await?.expect("kept");
+        assert_eq!((rotated.generation, rotated.previous_until), (2, now + 1_000));
+        assert_eq!(hooks::rotate(&db, "nobody", now).await?, None);
+        assert!(hooks::delete_subscription(&db, "s1").await?);
+        assert!(hooks::deliveries(&db, "s1", 10).await?.is_empty());
+        receiver.abort();
+        Ok(())
+    })
+    .await
+}

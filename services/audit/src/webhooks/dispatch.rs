@@ -31,12 +31,23 @@ pub(crate) struct Dispatcher {
 }
 
 impl Dispatcher {
-    /// Delivers until `stop`: at once when woken, else every half second.
+    /// Delivers until `stop`: at once when woken (a record kept, an attempt finished), else
+    /// every half second. Each attempt runs on its own, so a receiver that hangs until the
+    /// timeout holds back only its own queue.
     pub(crate) async fn run(self, mut stop: tokio::sync::watch::Receiver<bool>) {
         loop {
-            match self.round(now_ms()).await {
-                Ok(n) if n > 0 => continue,
-                Ok(_) => {}
+            match store::due(&self.db, now_ms(), ROUND).await {
+                Ok(due) => {
+                    for d in due {
+                        let dispatcher = self.clone();
+                        tokio::spawn(async move {
+                            if let Err(err) = dispatcher.attempt(d, now_ms()).await {
+                                tracing::warn!(error = %format!("{err:#}"), "a webhook delivery failed to be recorded");
+                            }
+                            dispatcher.wake.notify_one();
+                        });
+                    }
+                }
                 Err(err) => tracing::warn!(error = %format!("{err:#}"), "webhook deliveries failed"),
             }
             tokio::select! {
@@ -47,7 +58,8 @@ impl Dispatcher {
         }
     }
 
-    /// One round as of `now`: every due delivery attempted at once; how many were.
+    /// One round as of `now`, awaited: every due delivery attempted at once; how many were
+    /// (what `run` does without waiting, for a test to move time).
     pub(crate) async fn round(&self, now: i64) -> anyhow::Result<usize> {
         let due = store::due(&self.db, now, ROUND).await?;
         let attempts = futures::future::join_all(due.into_iter().map(|d| self.attempt(d, now))).await;
