@@ -150,6 +150,23 @@ def main(pim: str) -> int:
         Webhook(first_secret).verify(last["body"], last["headers"])
         for s in receiver.seen:
             assert b"whsec_" not in s["body"], "no secret in a delivery"
+        # A group filter: only events about that group (its creation, its members).
+        up.run("groups", "create", "--name", "ops")
+        up.run("groups", "create", "--name", "dev")
+        by_group = up.run("webhooks", "create", "--url", url, "--groups", "ops",
+                          "--events", "GroupMemberAdded").stdout
+        receiver.secrets.append(secret_of(by_group))
+        up.run("groups", "add-member", "dev", "hook-user-1")
+        up.run("groups", "add-member", "ops", "hook-user-2")
+        added = wait("ops's new member", lambda: [t for t in receiver.taken()
+                                                 if json.loads(t["body"])["type"].endswith("GroupMemberAdded")])
+        up.run("users", "create", "--user-name", "after-the-groups")
+        wait("a later event", lambda: any(json.loads(t["body"])["data"]["target"]["name"] == "after-the-groups"
+                                          for t in receiver.taken()))
+        added = [json.loads(t["body"]) for t in receiver.taken()
+                 if json.loads(t["body"])["type"].endswith("GroupMemberAdded")]
+        assert [a["data"]["target"]["name"] for a in added] == ["hook-user-2"], added
+
         # A receiver that hangs holds back only its own deliveries: the healthy receiver takes
         # the next event well before the hanging one's 10 s attempt timeout.
         release, arrived = threading.Event(), threading.Event()
@@ -167,8 +184,9 @@ def main(pim: str) -> int:
         up.run("webhooks", "delete", hung_id)
         hanging.shutdown()
         listed = [json.loads(l) for l in up.run("webhooks", "list", "--output", "json").stdout.splitlines()]
-        assert [(l["id"], l["url"], l["events"]) for l in listed] == [(subscription, url, "UserCreated")], listed
-        up.run("webhooks", "delete", subscription)
+        assert [(l["url"], l["events"]) for l in listed] == [(url, "UserCreated"), (url, "GroupMemberAdded")], listed
+        for l in listed:
+            up.run("webhooks", "delete", l["id"])
         assert up.run("webhooks", "list", "--output", "json").stdout.strip() == "", "deleted"
         refused = up.run("webhooks", "create", "--url", "http://hooks.example.com/pim", check=False)
         assert refused.returncode == 2 and "https" in refused.stderr, refused.stderr

@@ -359,9 +359,17 @@ async fn delivered_webhooks_are_marked_once_and_secrets_rotate() -> anyhow::Resu
             wake: Default::default(),
         };
         let now = pim_runtime::db::now_ms();
+        let delivered = || {
+            pim_runtime::metrics::metrics()
+                .webhook_attempts
+                .with_label_values(&["delivered"])
+                .get()
+        };
+        let before = delivered();
         assert_eq!(dispatcher.round(now).await?, 1, "one at a time");
         assert_eq!(dispatcher.round(now).await?, 1);
         assert_eq!(dispatcher.round(now).await?, 0, "nothing left");
+        assert!(delivered() >= before + 2, "counted");
         let first: serde_json::Value = serde_json::from_str(&received.recv().await.expect("a body"))?;
         let second: serde_json::Value = serde_json::from_str(&received.recv().await.expect("a body"))?;
         assert_eq!((first["id"].as_str(), second["id"].as_str()), (Some("e1"), Some("e2")));

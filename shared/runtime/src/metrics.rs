@@ -30,6 +30,10 @@ pub struct Metrics {
     pub scheduler_lag_seconds: Histogram,
     /// Answers held by the CheckAccess cache.
     pub access_cache_entries: IntGauge,
+    /// Webhook delivery attempts by outcome: delivered, retry (failed, to be tried again), dead.
+    pub webhook_attempts: IntCounterVec,
+    /// From a delivery's queueing to the receiver taking it (seconds).
+    pub webhook_delivery_seconds: Histogram,
 }
 
 fn build() -> Metrics {
@@ -62,6 +66,17 @@ fn build() -> Metrics {
     .expect("a valid histogram");
     registry
         .register(Box::new(scheduler_lag_seconds.clone()))
+        .expect("registered once");
+    let webhook_delivery_seconds = Histogram::with_opts(
+        HistogramOpts::new(
+            "pim_webhook_delivery_seconds",
+            "From a webhook delivery's queueing to the receiver taking it",
+        )
+        .buckets(vec![0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 300.0, 3600.0]),
+    )
+    .expect("a valid histogram");
+    registry
+        .register(Box::new(webhook_delivery_seconds.clone()))
         .expect("registered once");
     let access_cache_entries =
         IntGauge::new("pim_access_cache_entries", "Answers in the CheckAccess cache").expect("a valid gauge");
@@ -96,6 +111,12 @@ fn build() -> Metrics {
         outbox_backlog: gauge("pim_outbox_backlog", "Outbox rows not yet published", &["service"]),
         scheduler_lag_seconds,
         access_cache_entries,
+        webhook_attempts: counter(
+            "pim_webhook_attempts_total",
+            "Webhook delivery attempts, by outcome (delivered, retry, dead)",
+            &["outcome"],
+        ),
+        webhook_delivery_seconds,
         registry,
     }
 }

@@ -40,12 +40,19 @@ impl Dispatcher {
                 Ok(due) => {
                     for d in due {
                         let dispatcher = self.clone();
-                        tokio::spawn(async move {
+                        let span = tracing::info_span!(
+                            "webhook delivery",
+                            delivery = %d.id,
+                            subscription = %d.subscription_id,
+                            event_type = %d.event_type,
+                        );
+                        let attempt = async move {
                             if let Err(err) = dispatcher.attempt(d, now_ms()).await {
                                 tracing::warn!(error = %format!("{err:#}"), "a webhook delivery failed to be recorded");
                             }
                             dispatcher.wake.notify_one();
-                        });
+                        };
+                        tokio::spawn(tracing::Instrument::instrument(attempt, span));
                     }
                 }
                 Err(err) => tracing::warn!(error = %format!("{err:#}"), "webhook deliveries failed"),
@@ -100,6 +107,11 @@ impl Dispatcher {
         let (code, error) = match outcome {
             Ok(code) if (200..300).contains(&code) => {
                 store::attempted(&self.db, &d.id, DELIVERED, code.into(), "", after, after).await?;
+                let metrics = pim_runtime::metrics::metrics();
+                metrics.webhook_attempts.with_label_values(&["delivered"]).inc();
+                metrics
+                    .webhook_delivery_seconds
+                    .observe((after - d.created_at).max(0) as f64 / 1000.0);
                 tracing::info!(delivery = %d.id, event_type = %d.event_type, attempts = d.attempts + 1, "webhook delivered");
                 return Ok(true);
             }
@@ -110,6 +122,10 @@ impl Dispatcher {
         if after - d.created_at < GIVE_UP_AFTER_MS {
             let next = next_attempt(after, attempts);
             store::attempted(&self.db, &d.id, PENDING, code, &error, next, after).await?;
+            pim_runtime::metrics::metrics()
+                .webhook_attempts
+                .with_label_values(&["retry"])
+                .inc();
             tracing::warn!(delivery = %d.id, attempts, %error, "webhook delivery failed; retrying");
             return Ok(true);
         }
@@ -129,6 +145,10 @@ impl Dispatcher {
         self.outbox.enqueue(&txn, streams::AUDIT, &dead).await?;
         txn.commit().await?;
         self.outbox.wake();
+        pim_runtime::metrics::metrics()
+            .webhook_attempts
+            .with_label_values(&["dead"])
+            .inc();
         tracing::error!(delivery = %d.id, attempts, %error, "webhook delivery dead-lettered after 24 h");
         Ok(true)
     }

@@ -22,6 +22,7 @@ fn subscription_to_pb(s: Subscription) -> pb::Subscription {
         url: s.url,
         event_types: s.event_types,
         role_ids: s.role_ids,
+        group_ids: s.group_ids,
         min_severity: s.min_severity,
         description: s.description,
         created_at: Some(to_timestamp(s.created_at)),
@@ -66,7 +67,7 @@ fn change_record(caller: &Caller, action: &str, s: &Subscription) -> Record {
         target_name: s.url_shown(),
         outcome: "success".into(),
         payload_json: serde_json::json!({
-            "url": s.url_shown(), "event_types": s.event_types, "role_ids": s.role_ids,
+            "url": s.url_shown(), "event_types": s.event_types, "role_ids": s.role_ids, "group_ids": s.group_ids,
             "min_severity": s.min_severity, "generation": s.generation,
         })
         .to_string(),
@@ -112,6 +113,7 @@ impl WebhookService for Audit {
             url: asked.url.trim().to_owned(),
             event_types: asked.event_types.iter().map(|t| t.trim().to_owned()).collect(),
             role_ids: asked.role_ids.iter().map(|r| r.trim().to_owned()).collect(),
+            group_ids: asked.group_ids.iter().map(|g| g.trim().to_owned()).collect(),
             min_severity: asked.min_severity.trim().to_lowercase(),
             description: asked.description,
             created_at: now_ms(),

@@ -41,6 +41,7 @@ pub struct Subscription {
     pub url: String,
     pub event_types: Vec<String>,
     pub role_ids: Vec<String>,
+    pub group_ids: Vec<String>,
     pub min_severity: String,
     pub description: String,
     pub created_at: i64,
@@ -56,6 +57,11 @@ impl Subscription {
         let short = r.action.rsplit('.').next().unwrap_or_default();
         let typed = self.event_types.is_empty() || self.event_types.iter().any(|t| t == &r.action || t == short);
         let role = self.role_ids.is_empty() || self.role_ids.contains(&r.role_id);
+        let group = self.group_ids.is_empty()
+            || self
+                .group_ids
+                .iter()
+                .any(|g| r.target_id == *g || pim_proto::catalogue::group_of_scope(&r.scope) == Some(g.as_str()));
         let severe = self.min_severity.is_empty() || {
             let severity = serde_json::from_str::<serde_json::Value>(&r.payload_json)
                 .ok()
@@ -63,7 +69,7 @@ impl Subscription {
                 .unwrap_or_default();
             rank(&severity).is_some_and(|s| rank(&self.min_severity).is_some_and(|min| s >= min))
         };
-        typed && role && severe
+        typed && role && group && severe
     }
 
     /// The URL as audit records it: no query string or fragment (they may carry tokens).
@@ -131,6 +137,12 @@ pub fn validate(s: &Subscription) -> Result<(), Invalid> {
         return Err(invalid(
             "role_ids",
             "at most 100 role ids, each 1 to 256 visible ASCII characters",
+        ));
+    }
+    if !names_ok(&s.group_ids) {
+        return Err(invalid(
+            "group_ids",
+            "at most 100 group ids, each 1 to 256 visible ASCII characters",
         ));
     }
     if !s.min_severity.is_empty() && rank(&s.min_severity).is_none() {
@@ -313,6 +325,18 @@ mod tests {
             ..Subscription::default()
         };
         assert!(s.wants(&record("x.v1.A", "ga", "{}")) && !s.wants(&record("x.v1.A", "other", "{}")));
+        let s = Subscription {
+            group_ids: vec!["ops-id".into()],
+            ..Subscription::default()
+        };
+        let about = |target: &str, scope: &str| Record {
+            target_id: target.into(),
+            scope: scope.into(),
+            ..Record::default()
+        };
+        assert!(s.wants(&about("ops-id", "/groups/ops-id")), "the group itself");
+        assert!(s.wants(&about("lee-id", "/groups/ops-id")), "a member, or access to it");
+        assert!(!s.wants(&about("lee-id", "/groups/other-id")) && !s.wants(&about("lee-id", "/")));
         let s = Subscription {
             min_severity: "high".into(),
             ..Subscription::default()

@@ -13,6 +13,7 @@ pub const MIGRATION: &str = "CREATE TABLE webhook_subscriptions (
         url TEXT NOT NULL,
         event_types TEXT NOT NULL,
         role_ids TEXT NOT NULL,
+        group_ids TEXT NOT NULL,
         min_severity TEXT NOT NULL,
         description TEXT NOT NULL,
         created_at BIGINT NOT NULL,
@@ -97,6 +98,7 @@ impl Subscription {
             url: col(r, "url")?,
             event_types: unlist(&col::<String>(r, "event_types")?),
             role_ids: unlist(&col::<String>(r, "role_ids")?),
+            group_ids: unlist(&col::<String>(r, "group_ids")?),
             min_severity: col(r, "min_severity")?,
             description: col(r, "description")?,
             created_at: col(r, "created_at")?,
@@ -107,18 +109,18 @@ impl Subscription {
     }
 }
 
-const SUBSCRIPTION_COLUMNS: &str =
-    "id, url, event_types, role_ids, min_severity, description, created_at, created_by, generation, previous_until";
+const SUBSCRIPTION_COLUMNS: &str = "id, url, event_types, role_ids, group_ids, min_severity, description, created_at, created_by, generation, previous_until";
 
 pub async fn insert_subscription<C: ConnectionTrait>(c: &C, s: &Subscription) -> Result<(), DbErr> {
     db::exec(
         c,
-        &format!("INSERT INTO webhook_subscriptions ({SUBSCRIPTION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"),
+        &format!("INSERT INTO webhook_subscriptions ({SUBSCRIPTION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"),
         vec![
             s.id.clone().into(),
             s.url.clone().into(),
             list(&s.event_types).into(),
             list(&s.role_ids).into(),
+            list(&s.group_ids).into(),
             s.min_severity.clone().into(),
             s.description.clone().into(),
             s.created_at.into(),

@@ -22,6 +22,10 @@ pub(crate) enum WebhooksCommand {
         /// Only events about these roles (names or ids, comma-separated).
         #[arg(long, value_delimiter = ',')]
         roles: Vec<String>,
+        /// Only events about these groups (names or ids, comma-separated): the group, its
+        /// members and owners, access to it.
+        #[arg(long, value_delimiter = ',')]
+        groups: Vec<String>,
         /// Only alerts of at least this severity: low, medium, high or critical.
         #[arg(long, default_value = "")]
         min_severity: String,
@@ -90,6 +94,7 @@ pub(crate) async fn run(cmd: WebhooksCommand) -> anyhow::Result<i32> {
             url,
             events,
             roles,
+            groups,
             min_severity,
             description,
             client,
@@ -99,12 +104,22 @@ pub(crate) async fn run(cmd: WebhooksCommand) -> anyhow::Result<i32> {
             for role in &roles {
                 role_ids.push(session.role_id(role).await?);
             }
+            let mut group_ids = Vec::new();
+            for group in &groups {
+                let reference = if uuid::Uuid::parse_str(group).is_ok() {
+                    group.clone()
+                } else {
+                    format!("group:{group}")
+                };
+                group_ids.push(session.principal_id(&reference).await?);
+            }
             let answer = WebhookServiceClient::new(session.channel.clone())
                 .create_subscription(session.request(pb::CreateSubscriptionRequest {
                     subscription: Some(pb::Subscription {
                         url,
                         event_types: events,
                         role_ids,
+                        group_ids,
                         min_severity,
                         description,
                         ..Default::default()
