@@ -592,7 +592,7 @@ async fn a_webhook_failing_for_a_day_is_dead_lettered_and_alerted() -> anyhow::R
         assert_eq!(plain.code(), Code::InvalidArgument);
         // Nothing listens on port 9 of the loopback.
         let created = hooks
-            .create_subscription(authed(&admin, asking("http://127.0.0.1:9/hook?token=t0ps3cret")))
+            .create_subscription(authed(&admin, asking("http://127.0.0.1:9/hook/t0ps3cret?token=t0ps3cret")))
             .await?
             .into_inner();
         assert!(created.secret.starts_with("whsec_"), "shown once, at creation");
@@ -662,9 +662,26 @@ async fn a_webhook_failing_for_a_day_is_dead_lettered_and_alerted() -> anyhow::R
         assert_eq!(alert.figures.get("subscription_id"), Some(&id));
         assert_eq!(
             alert.figures.get("url").map(String::as_str),
-            Some("http://127.0.0.1:9/hook"),
-            "never the query string (it may hold a token)"
+            Some("http://127.0.0.1:9"),
+            "the origin only (a path or query may hold a token)"
         );
+        // Given up, the subscription is suspended until someone resumes it.
+        let listed = hooks
+            .list_subscriptions(authed(&admin, aupb::ListSubscriptionsRequest {}))
+            .await?
+            .into_inner()
+            .subscriptions;
+        assert!(listed[0].suspended_at.is_some(), "{listed:?}");
+        let resume = || aupb::SubscriptionRequest {
+            subscription_id: id.clone(),
+        };
+        let resumed = hooks.resume_subscription(authed(&admin, resume())).await?.into_inner();
+        assert!(resumed.suspended_at.is_none());
+        let again = hooks
+            .resume_subscription(authed(&admin, resume()))
+            .await
+            .expect_err("not suspended any more");
+        assert_eq!(again.code(), Code::FailedPrecondition);
         let records = AuditServiceClient::new(ts.channel.clone())
             .query_events(authed(
                 &admin,
@@ -677,7 +694,7 @@ async fn a_webhook_failing_for_a_day_is_dead_lettered_and_alerted() -> anyhow::R
             .into_inner()
             .records;
         assert_eq!(records.len(), 1);
-        assert_eq!(records[0].target_name, "http://127.0.0.1:9/hook");
+        assert_eq!(records[0].target_name, "http://127.0.0.1:9");
         assert!(!records[0].payload_json.contains("t0ps3cret"));
         anyhow::Ok(())
     }

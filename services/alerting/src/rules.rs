@@ -135,7 +135,7 @@ pub const RULES: &[RuleDef] = &[
     },
     RuleDef {
         id: WEBHOOK_DEAD_LETTERED,
-        description: "A webhook receiver failed every delivery attempt for 24 hours; the delivery was given up (one live alert per subscription)",
+        description: "A webhook receiver failed every delivery attempt for 24 hours: the delivery and those behind it were given up and the subscription suspended until resumed (one live alert per subscription)",
         severity: "medium",
         settings: &[],
     },

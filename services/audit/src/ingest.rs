@@ -17,11 +17,10 @@ pub(crate) struct Ingest {
     pub(crate) webhooks: std::sync::Arc<tokio::sync::Notify>,
 }
 
-/// Keeps records: named the same way, appended to the chain, and queued for every webhook
-/// subscription that wants them, all in the caller's transaction.
+/// Keeps records: named the same way and appended to the chain (`append_all`), and queued for
+/// every webhook subscription that wants them, all in the caller's transaction.
 pub(crate) async fn keep(txn: &DatabaseTransaction, records: &mut Vec<store::Record>) -> anyhow::Result<()> {
     let now = now_ms();
-    store::name_all(txn, records).await?;
     store::append_all(txn, records, now).await?;
     crate::webhooks::store::enqueue(txn, records, now).await?;
     Ok(())

@@ -260,6 +260,11 @@ impl Service for Audit {
                             if let Err(err) = audit.prune(now_ms()).await {
                                 tracing::warn!(error = %format!("{err:#}"), "audit retention failed");
                             }
+                            // Delivered and dead webhook deliveries are history for a week.
+                            let settled_before = now_ms() - webhooks::KEPT_FOR_MS;
+                            if let Err(err) = webhooks::store::forget_settled(&audit.db, settled_before).await {
+                                tracing::warn!(error = %format!("{err:#}"), "forgetting old webhook deliveries failed");
+                            }
                             if let Err(err) = audit.checkpoint(&mut last).await {
                                 tracing::warn!(error = %format!("{err:#}"), "audit checkpoint failed");
                             }

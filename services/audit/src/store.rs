@@ -185,8 +185,20 @@ pub async fn name_all<C: ConnectionTrait>(c: &C, records: &mut [Record]) -> Resu
 
 /// Appends records to the chain in order: one lock of the chain head (so concurrent ingest
 /// from several replicas keeps one gap-free chain), the next sequences, each linked to the
-/// one before, one insert. Records whose event id is stored already are left out.
+/// one before, one insert. Records whose event id is stored already are left out, and only
+/// the new ones teach names ([`name_all`], under the lock), so a redelivered old rename
+/// cannot overwrite a newer name.
 pub async fn append_all<C: ConnectionTrait>(c: &C, records: &mut Vec<Record>, now: i64) -> Result<(), DbErr> {
+    append(c, records, now, true).await
+}
+
+/// Appends records as they are, naming nothing (as versions before m0003_names did).
+#[cfg(test)]
+pub async fn append_unnamed<C: ConnectionTrait>(c: &C, records: &mut Vec<Record>, now: i64) -> Result<(), DbErr> {
+    append(c, records, now, false).await
+}
+
+async fn append<C: ConnectionTrait>(c: &C, records: &mut Vec<Record>, now: i64, naming: bool) -> Result<(), DbErr> {
     if records.is_empty() {
         return Ok(());
     }
@@ -217,6 +229,9 @@ pub async fn append_all<C: ConnectionTrait>(c: &C, records: &mut Vec<Record>, no
     .collect::<Result<_, _>>()?;
     let mut seen = std::collections::HashSet::new();
     records.retain(|r| !known.contains(&r.event_id) && seen.insert(r.event_id.clone()));
+    if naming {
+        name_all(c, records).await?;
+    }
     let mut sequence: i64 = col(&head, "sequence")?;
     let mut prev: Vec<u8> = col(&head, "hash")?;
     for r in records.iter_mut() {

@@ -136,10 +136,23 @@ async fn every_record_names_principals_and_roles_the_same_way() -> anyhow::Resul
             },
         ];
         let txn = db.begin().await?;
-        store::name_all(&txn, &mut later).await?;
+        store::append_all(&txn, &mut later, NOW).await?;
         txn.commit().await?;
         assert_eq!(named(&later[1]).0, "lee.gu", "renamed");
         assert_eq!(named(&later[1]).1, "as the event said", "never announced: kept");
+        // The old creation delivered again teaches nothing: it is not a new record.
+        let mut redelivered = vec![
+            created("e1", "UserCreated", "lee-id", "lee"),
+            Record {
+                target_id: "lee-id".into(),
+                ..record("e7")
+            },
+        ];
+        let txn = db.begin().await?;
+        store::append_all(&txn, &mut redelivered, NOW).await?;
+        txn.commit().await?;
+        assert_eq!(redelivered.len(), 1, "e1 was kept already");
+        assert_eq!(named(&redelivered[0]).1, "lee.gu", "not renamed back");
         Ok(())
     })
     .await
@@ -165,7 +178,7 @@ async fn the_upgrade_learns_the_names_already_recorded() -> anyhow::Result<()> {
             announced("e4", "SignInFailed", "eve-id", "claimed name"),
         ];
         let txn = db.begin().await?;
-        store::append_all(&txn, &mut earlier, NOW).await?;
+        store::append_unnamed(&txn, &mut earlier, NOW).await?;
         txn.commit().await?;
         <store::Migrator as sea_orm_migration::MigratorTrait>::up(&db, None).await?;
         let mut later = vec![Record {
@@ -193,8 +206,9 @@ async fn the_upgrade_learns_the_names_already_recorded() -> anyhow::Result<()> {
 
 /// Webhook deliveries are queued with the records, in record order per subscription: a
 /// receiver that keeps failing holds back only its own queue, each attempt is taken by one
-/// process only, and after 24 hours of failures the delivery is dead-lettered with an event
-/// for alerting, and the next one gets its turn.
+/// process only (a late write after the claim ran out changes nothing), and after 24 hours of
+/// failures the delivery is given up with an event for alerting, with what waited behind it,
+/// and the subscription is suspended (nothing more is queued for it) until resumed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhook_deliveries_keep_order_per_subscription_and_are_dead_lettered_after_a_day() -> anyhow::Result<()> {
     use crate::webhooks::store as hooks;
@@ -254,6 +268,11 @@ async fn webhook_deliveries_keep_order_per_subscription_and_are_dead_lettered_af
         let head = hooks::due(&db, created, 10).await?.remove(0);
         assert!(hooks::claim(&db, &head, created + 1).await?, "taken once");
         assert!(!hooks::claim(&db, &head, created + 2).await?, "not twice");
+        let late = hooks::attempted(&db, &head.id, created + 2, hooks::DELIVERED, 200, "", 0, created).await?;
+        assert!(
+            !late,
+            "a write under a claim that is not the current one changes nothing"
+        );
 
         let dispatcher = Dispatcher {
             db: db.clone(),
@@ -283,9 +302,49 @@ async fn webhook_deliveries_keep_order_per_subscription_and_are_dead_lettered_af
             vec![],
         )
         .await?;
-        assert_eq!(lettered.len(), 2, "one event per dead delivery");
-        let next = vec![("s1".to_owned(), "e2".to_owned()), ("s2".to_owned(), "e2".to_owned())];
-        assert_eq!(heads(past_a_day).await?, next, "the next one's turn");
+        assert_eq!(lettered.len(), 2, "one event per subscription given up");
+        assert!(
+            hooks::deliveries(&db, "s1", 10)
+                .await?
+                .iter()
+                .all(|d| d.status == hooks::DEAD),
+            "what waited behind it was given up with it"
+        );
+        assert!(heads(past_a_day).await?.is_empty());
+        assert!(
+            hooks::subscription(&db, "s1")
+                .await?
+                .expect("kept")
+                .suspended_at
+                .is_some()
+        );
+        // Suspended: nothing more is queued for it (nor alerts about itself); resumed, it is.
+        let mut more = vec![Record {
+            action: "pim.assignment.v1.RoleActivated".into(),
+            ..record("e5")
+        }];
+        let txn = db.begin().await?;
+        crate::ingest::keep(&txn, &mut more).await?;
+        txn.commit().await?;
+        assert_eq!(
+            hooks::deliveries(&db, "s1", 10).await?.len(),
+            4,
+            "nothing queued while suspended"
+        );
+        assert!(hooks::resume(&db, "s1").await?);
+        let mut again = vec![Record {
+            action: "pim.assignment.v1.RoleActivated".into(),
+            ..record("e6")
+        }];
+        let txn = db.begin().await?;
+        crate::ingest::keep(&txn, &mut again).await?;
+        txn.commit().await?;
+        assert_eq!(heads(past_a_day).await?, vec![("s1".to_owned(), "e6".to_owned())]);
+        assert_eq!(
+            hooks::forget_settled(&db, past_a_day).await?,
+            7,
+            "history forgotten: 4 of s1, 3 of s2"
+        );
         Ok(())
     })
     .await

@@ -573,6 +573,7 @@ impl Alerts {
             ("url".to_owned(), d.url),
             ("event_type".to_owned(), d.event_type),
             ("attempts".to_owned(), d.attempts.to_string()),
+            ("abandoned".to_owned(), d.abandoned.to_string()),
             ("last_error".to_owned(), d.last_error),
         ]);
         self.raise(

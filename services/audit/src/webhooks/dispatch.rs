@@ -79,10 +79,13 @@ impl Dispatcher {
 
     /// One attempt of a due delivery (unless another replica took it); whether one was made.
     async fn attempt(&self, d: Delivery, now: i64) -> anyhow::Result<bool> {
-        if !store::claim(&self.db, &d, now + LEASE_MS).await? {
+        let lease = now + LEASE_MS;
+        if !store::claim(&self.db, &d, lease).await? {
             return Ok(false);
         }
         let Some(subscription) = store::subscription(&self.db, &d.subscription_id).await? else {
+            // Queued by an ingest that read the subscription just before it was deleted.
+            store::forget_delivery(&self.db, &d.id).await?;
             return Ok(false);
         };
         let started = std::time::Instant::now();
@@ -106,7 +109,10 @@ impl Dispatcher {
         let after = now + started.elapsed().as_millis() as i64;
         let (code, error) = match outcome {
             Ok(code) if (200..300).contains(&code) => {
-                store::attempted(&self.db, &d.id, DELIVERED, code.into(), "", after, after).await?;
+                if !store::attempted(&self.db, &d.id, lease, DELIVERED, code.into(), "", after, after).await? {
+                    tracing::warn!(delivery = %d.id, "delivered after its claim ran out (another process may send it again)");
+                    return Ok(true);
+                }
                 let metrics = pim_runtime::metrics::metrics();
                 metrics.webhook_attempts.with_label_values(&["delivered"]).inc();
                 metrics
@@ -121,7 +127,9 @@ impl Dispatcher {
         let attempts = d.attempts + 1;
         if after - d.created_at < GIVE_UP_AFTER_MS {
             let next = next_attempt(after, attempts);
-            store::attempted(&self.db, &d.id, PENDING, code, &error, next, after).await?;
+            if !store::attempted(&self.db, &d.id, lease, PENDING, code, &error, next, after).await? {
+                return Ok(true);
+            }
             pim_runtime::metrics::metrics()
                 .webhook_attempts
                 .with_label_values(&["retry"])
@@ -129,9 +137,14 @@ impl Dispatcher {
             tracing::warn!(delivery = %d.id, attempts, %error, "webhook delivery failed; retrying");
             return Ok(true);
         }
-        // 24 hours of failures: dead-lettered, and alerting hears of it.
+        // 24 hours of failures: given up, with what waited behind it, and the subscription
+        // suspended until someone resumes it (so a dead receiver does not fill the queue, nor
+        // feed alerts about itself back into it); alerting hears of it.
         let txn = self.db.begin().await?;
-        store::attempted(&txn, &d.id, DEAD, code, &error, after, after).await?;
+        if !store::attempted(&txn, &d.id, lease, DEAD, code, &error, after, after).await? {
+            return Ok(true);
+        }
+        let abandoned = store::suspend(&txn, &subscription.id, after).await?;
         let event = ev::WebhookDeadLettered {
             subscription_id: subscription.id.clone(),
             url: subscription.url_shown(),
@@ -140,6 +153,7 @@ impl Dispatcher {
             event_type: d.event_type.clone(),
             attempts,
             last_error: error.clone(),
+            abandoned: i32::try_from(abandoned).unwrap_or(i32::MAX),
         };
         let dead = envelope("pim.audit", "WebhookDeadLettered", &subscription.id, &event);
         self.outbox.enqueue(&txn, streams::AUDIT, &dead).await?;
@@ -149,7 +163,7 @@ impl Dispatcher {
             .webhook_attempts
             .with_label_values(&["dead"])
             .inc();
-        tracing::error!(delivery = %d.id, attempts, %error, "webhook delivery dead-lettered after 24 h");
+        tracing::error!(delivery = %d.id, attempts, abandoned, %error, "webhook delivery given up after 24 h; subscription suspended");
         Ok(true)
     }
 }

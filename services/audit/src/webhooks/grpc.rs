@@ -27,6 +27,7 @@ fn subscription_to_pb(s: Subscription) -> pb::Subscription {
         description: s.description,
         created_at: Some(to_timestamp(s.created_at)),
         created_by: s.created_by,
+        suspended_at: s.suspended_at.map(to_timestamp),
     }
 }
 
@@ -120,6 +121,7 @@ impl WebhookService for Audit {
             created_by: caller.principal_id.clone(),
             generation: 1,
             previous_until: 0,
+            suspended_at: None,
         };
         validate(&s).map_err(|e| invalid_argument(&format!("subscription.{}", e.field), &e.reason))?;
         let txn = self.db.begin().await.map_err(internal)?;
@@ -153,6 +155,27 @@ impl WebhookService for Audit {
         let txn = self.db.begin().await.map_err(internal)?;
         store::delete_subscription(&txn, &s.id).await.map_err(internal)?;
         self.commit_with(txn, change_record(&caller, "WebhookSubscriptionDeleted", &s))
+            .await?;
+        Ok(Response::new(subscription_to_pb(s)))
+    }
+
+    async fn resume_subscription(
+        &self,
+        request: Request<pb::SubscriptionRequest>,
+    ) -> Result<Response<pb::Subscription>, Status> {
+        let caller = caller(&request)?.clone();
+        self.require_webhooks(&caller).await?;
+        let mut s = self.found(&request.get_ref().subscription_id).await?;
+        if s.suspended_at.is_none() {
+            return Err(Status::failed_precondition(format!(
+                "webhook subscription {} is not suspended",
+                s.id
+            )));
+        }
+        let txn = self.db.begin().await.map_err(internal)?;
+        store::resume(&txn, &s.id).await.map_err(internal)?;
+        s.suspended_at = None;
+        self.commit_with(txn, change_record(&caller, "WebhookSubscriptionResumed", &s))
             .await?;
         Ok(Response::new(subscription_to_pb(s)))
     }

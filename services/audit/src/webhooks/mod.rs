@@ -20,6 +20,8 @@ use crate::store::Record;
 
 /// How long a delivery is retried before it is dead-lettered.
 pub const GIVE_UP_AFTER_MS: i64 = 24 * 3600 * 1000;
+/// How long delivered and dead deliveries are kept (their history).
+pub const KEPT_FOR_MS: i64 = 7 * 24 * 3600 * 1000;
 /// How long an old secret keeps signing beside a rotated one.
 pub const ROTATION_OVERLAP_MS: i64 = 24 * 3600 * 1000;
 
@@ -49,6 +51,8 @@ pub struct Subscription {
     pub generation: i64,
     /// Until when the previous generation's secret signs too (0: not at all).
     pub previous_until: i64,
+    /// When a delivery was given up: nothing is queued for it until it is resumed.
+    pub suspended_at: Option<i64>,
 }
 
 impl Subscription {
@@ -72,7 +76,8 @@ impl Subscription {
         typed && role && group && severe
     }
 
-    /// The URL as audit records it: no query string or fragment (they may carry tokens).
+    /// The URL as records, events and alerts show it: its origin only (scheme, host, port),
+    /// since chat-style hooks carry their token in the path or the query.
     pub fn url_shown(&self) -> String {
         shown_url(&self.url)
     }
@@ -82,9 +87,18 @@ fn rank(severity: &str) -> Option<usize> {
     SEVERITIES.iter().position(|s| *s == severity)
 }
 
-/// A URL without its query string and fragment.
+/// A URL's origin: scheme, host and port, without path, query or fragment.
 pub fn shown_url(url: &str) -> String {
-    url.split(['?', '#']).next().unwrap_or_default().to_owned()
+    match url.parse::<::http::Uri>() {
+        Ok(uri) => format!(
+            "{}://{}",
+            uri.scheme_str().unwrap_or_default(),
+            uri.authority()
+                .map(|a| a.as_str().rsplit('@').next().unwrap_or_default())
+                .unwrap_or_default()
+        ),
+        Err(_) => String::new(),
+    }
 }
 
 /// Why a subscription's settings are refused, naming the field.
@@ -302,7 +316,11 @@ mod tests {
             ..with("https://h.example/")
         };
         assert_eq!(validate(&severe).map_err(|e| e.field), Err("min_severity"));
-        assert_eq!(shown_url("https://h.example/p?token=abc#x"), "https://h.example/p");
+        assert_eq!(shown_url("https://h.example/p?token=abc#x"), "https://h.example");
+        assert_eq!(
+            shown_url("https://hooks.slack.example:8443/services/T0/B0/s3cret"),
+            "https://hooks.slack.example:8443"
+        );
     }
 
     #[test]

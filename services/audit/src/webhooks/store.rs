@@ -19,7 +19,8 @@ pub const MIGRATION: &str = "CREATE TABLE webhook_subscriptions (
         created_at BIGINT NOT NULL,
         created_by TEXT NOT NULL,
         generation BIGINT NOT NULL,
-        previous_until BIGINT NOT NULL
+        previous_until BIGINT NOT NULL,
+        suspended_at BIGINT
     );
     CREATE TABLE webhook_deliveries (
         id TEXT PRIMARY KEY,
@@ -37,7 +38,8 @@ pub const MIGRATION: &str = "CREATE TABLE webhook_subscriptions (
         delivered_at BIGINT,
         UNIQUE (subscription_id, event_id)
     );
-    CREATE INDEX webhook_deliveries_queue ON webhook_deliveries (subscription_id, status, position)";
+    CREATE INDEX webhook_deliveries_queue ON webhook_deliveries (subscription_id, status, position);
+    CREATE INDEX webhook_deliveries_due ON webhook_deliveries (status, next_attempt_at)";
 
 pub const PENDING: &str = "pending";
 pub const DELIVERED: &str = "delivered";
@@ -105,16 +107,17 @@ impl Subscription {
             created_by: col(r, "created_by")?,
             generation: col(r, "generation")?,
             previous_until: col(r, "previous_until")?,
+            suspended_at: col(r, "suspended_at")?,
         })
     }
 }
 
-const SUBSCRIPTION_COLUMNS: &str = "id, url, event_types, role_ids, group_ids, min_severity, description, created_at, created_by, generation, previous_until";
+const SUBSCRIPTION_COLUMNS: &str = "id, url, event_types, role_ids, group_ids, min_severity, description, created_at, created_by, generation, previous_until, suspended_at";
 
 pub async fn insert_subscription<C: ConnectionTrait>(c: &C, s: &Subscription) -> Result<(), DbErr> {
     db::exec(
         c,
-        &format!("INSERT INTO webhook_subscriptions ({SUBSCRIPTION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"),
+        &format!("INSERT INTO webhook_subscriptions ({SUBSCRIPTION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"),
         vec![
             s.id.clone().into(),
             s.url.clone().into(),
@@ -127,6 +130,7 @@ pub async fn insert_subscription<C: ConnectionTrait>(c: &C, s: &Subscription) ->
             s.created_by.clone().into(),
             s.generation.into(),
             s.previous_until.into(),
+            s.suspended_at.into(),
         ],
     )
     .await?;
@@ -179,16 +183,17 @@ pub async fn rotate<C: ConnectionTrait>(c: &C, id: &str, previous_until: i64) ->
     row.as_ref().map(|r| col::<i64>(r, "generation")).transpose()
 }
 
-/// Queues each record for every subscription that wants it (in the records' transaction).
+/// Queues each record for every subscription that wants it and is not suspended (in the
+/// records' transaction), a few statements for the whole batch.
 pub async fn enqueue<C: ConnectionTrait>(c: &C, records: &[Record], now: i64) -> Result<usize, DbErr> {
     if records.is_empty() {
         return Ok(0);
     }
     let subscriptions = subscriptions(c).await?;
-    let mut queued = 0;
-    for s in &subscriptions {
+    let mut queued = Vec::new();
+    for s in subscriptions.iter().filter(|s| s.suspended_at.is_none()) {
         for r in records.iter().filter(|r| s.wants(r)) {
-            let delivery = Delivery {
+            queued.push(Delivery {
                 id: uuid::Uuid::now_v7().to_string(),
                 subscription_id: s.id.clone(),
                 position: r.sequence,
@@ -199,22 +204,39 @@ pub async fn enqueue<C: ConnectionTrait>(c: &C, records: &[Record], now: i64) ->
                 created_at: now,
                 next_attempt_at: now,
                 ..Delivery::default()
-            };
-            queued += insert_delivery(c, &delivery).await?;
+            });
         }
     }
-    Ok(queued)
+    let mut added = 0;
+    // 13 values a row: within both databases' parameter limits.
+    for chunk in queued.chunks(500) {
+        added += insert_deliveries(c, chunk).await?;
+    }
+    Ok(added)
 }
 
 /// Adds a delivery unless this event is queued for this subscription already.
 pub async fn insert_delivery<C: ConnectionTrait>(c: &C, d: &Delivery) -> Result<usize, DbErr> {
-    let added = db::exec(
-        c,
-        &format!(
-            "INSERT INTO webhook_deliveries ({DELIVERY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
-             ON CONFLICT (subscription_id, event_id) DO NOTHING"
-        ),
-        vec![
+    insert_deliveries(c, std::slice::from_ref(d)).await
+}
+
+/// Adds deliveries in one statement, leaving out events queued for their subscription already.
+async fn insert_deliveries<C: ConnectionTrait>(c: &C, deliveries: &[Delivery]) -> Result<usize, DbErr> {
+    if deliveries.is_empty() {
+        return Ok(0);
+    }
+    let mut rows = Vec::with_capacity(deliveries.len());
+    let mut values: Vec<sea_orm::Value> = Vec::with_capacity(deliveries.len() * 13);
+    for d in deliveries {
+        let base = values.len();
+        rows.push(format!(
+            "({})",
+            (1..=13)
+                .map(|i| format!("${}", base + i))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        values.extend([
             d.id.clone().into(),
             d.subscription_id.clone().into(),
             d.position.into(),
@@ -228,7 +250,15 @@ pub async fn insert_delivery<C: ConnectionTrait>(c: &C, d: &Delivery) -> Result<
             d.created_at.into(),
             d.next_attempt_at.into(),
             d.delivered_at.into(),
-        ],
+        ]);
+    }
+    let added = db::exec(
+        c,
+        &format!(
+            "INSERT INTO webhook_deliveries ({DELIVERY_COLUMNS}) VALUES {} ON CONFLICT (subscription_id, event_id) DO NOTHING",
+            rows.join(", ")
+        ),
+        values,
     )
     .await?;
     Ok(added as usize)
@@ -268,21 +298,25 @@ pub async fn claim<C: ConnectionTrait>(c: &C, d: &Delivery, lease_until: i64) ->
         == 1)
 }
 
-/// Records an attempt's outcome: delivered, or pending until `next_attempt_at`, or dead.
+/// An attempt's outcome, as the process holding the claim (`lease`) records it: delivered,
+/// or pending until `next_attempt_at`, or dead. False when the claim was lost meanwhile (the
+/// lease ran out and another process took the delivery): then nothing is written.
+#[allow(clippy::too_many_arguments)]
 pub async fn attempted<C: ConnectionTrait>(
     c: &C,
     id: &str,
+    lease: i64,
     status: &str,
     status_code: i32,
     error: &str,
     next_attempt_at: i64,
     now: i64,
-) -> Result<(), DbErr> {
-    db::exec(
+) -> Result<bool, DbErr> {
+    Ok(db::exec(
         c,
         "UPDATE webhook_deliveries SET status = $2, attempts = attempts + 1, last_status_code = $3, last_error = $4,
              next_attempt_at = $5, delivered_at = CASE WHEN $2 = 'delivered' THEN $6 ELSE delivered_at END
-         WHERE id = $1",
+         WHERE id = $1 AND status = 'pending' AND next_attempt_at = $7",
         vec![
             id.into(),
             status.into(),
@@ -290,10 +324,57 @@ pub async fn attempted<C: ConnectionTrait>(
             error.into(),
             next_attempt_at.into(),
             now.into(),
+            lease.into(),
         ],
     )
+    .await?
+        == 1)
+}
+
+/// Suspends a subscription whose delivery was given up, and gives up what waited behind it;
+/// how many that was.
+pub async fn suspend<C: ConnectionTrait>(c: &C, subscription_id: &str, now: i64) -> Result<u64, DbErr> {
+    db::exec(
+        c,
+        "UPDATE webhook_subscriptions SET suspended_at = $2 WHERE id = $1",
+        vec![subscription_id.into(), now.into()],
+    )
     .await?;
+    db::exec(
+        c,
+        "UPDATE webhook_deliveries SET status = 'dead', last_error = 'given up with an earlier delivery (the subscription was suspended)'
+         WHERE subscription_id = $1 AND status = 'pending'",
+        vec![subscription_id.into()],
+    )
+    .await
+}
+
+/// Lets a suspended subscription receive events again; whether there was one to resume.
+pub async fn resume<C: ConnectionTrait>(c: &C, subscription_id: &str) -> Result<bool, DbErr> {
+    Ok(db::exec(
+        c,
+        "UPDATE webhook_subscriptions SET suspended_at = NULL WHERE id = $1",
+        vec![subscription_id.into()],
+    )
+    .await?
+        == 1)
+}
+
+/// Removes a delivery whose subscription is gone.
+pub async fn forget_delivery<C: ConnectionTrait>(c: &C, id: &str) -> Result<(), DbErr> {
+    db::exec(c, "DELETE FROM webhook_deliveries WHERE id = $1", vec![id.into()]).await?;
     Ok(())
+}
+
+/// Forgets delivered and dead deliveries queued before `before` (their history, and the copy
+/// of the record each holds); how many.
+pub async fn forget_settled<C: ConnectionTrait>(c: &C, before: i64) -> Result<u64, DbErr> {
+    db::exec(
+        c,
+        "DELETE FROM webhook_deliveries WHERE status IN ('delivered', 'dead') AND created_at < $1",
+        vec![before.into()],
+    )
+    .await
 }
 
 #[cfg(test)]

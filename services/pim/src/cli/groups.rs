@@ -302,6 +302,9 @@ pub(crate) async fn run(cmd: GroupsCommand) -> anyhow::Result<i32> {
             description,
             client,
         } => {
+            if name.is_none() && description.is_none() {
+                anyhow::bail!("nothing to change: pass --name, --description or both");
+            }
             let session = Session::open(&client, true)?;
             let id = group_id(&session, &group).await?;
             let mut directory = DirectoryServiceClient::new(session.channel.clone());

@@ -47,6 +47,13 @@ pub(crate) enum WebhooksCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Deliver again to a subscription suspended when a delivery was given up (events from now on).
+    Resume {
+        /// The subscription's id.
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// A new signing secret (shown once); the old one keeps signing beside it for 24 hours.
     RotateSecret {
         /// The subscription's id.
@@ -145,18 +152,38 @@ pub(crate) async fn run(cmd: WebhooksCommand) -> anyhow::Result<i32> {
                 for id in &s.role_ids {
                     roles.push(names.role(id).await.name);
                 }
+                let mut groups = Vec::new();
+                for id in &s.group_ids {
+                    groups.push(names.principal(id).await.name);
+                }
+                let state = match &s.suspended_at {
+                    Some(at) => format!("suspended since {}", time(Some(from_timestamp(at)))),
+                    None => "active".to_owned(),
+                };
                 rows.push(vec![
                     Cell::from(s.id),
                     s.url.into(),
                     s.event_types.join(",").into(),
                     roles.join(",").into(),
+                    groups.join(",").into(),
                     s.min_severity.into(),
+                    state.into(),
                     names.principal(&s.created_by).await.into(),
                     time(s.created_at.as_ref().map(from_timestamp)).into(),
                 ]);
             }
             print_table(
-                &["ID", "URL", "EVENTS", "ROLES", "MIN SEVERITY", "CREATED BY", "CREATED"],
+                &[
+                    "ID",
+                    "URL",
+                    "EVENTS",
+                    "ROLES",
+                    "GROUPS",
+                    "MIN SEVERITY",
+                    "STATE",
+                    "CREATED BY",
+                    "CREATED",
+                ],
                 rows,
             );
         }
@@ -168,6 +195,15 @@ pub(crate) async fn run(cmd: WebhooksCommand) -> anyhow::Result<i32> {
                 .map_err(explain)?
                 .into_inner();
             println!("Deleted webhook subscription {} for {}", s.id, s.url);
+        }
+        WebhooksCommand::Resume { id, client } => {
+            let session = Session::open(&client, true)?;
+            let s = WebhookServiceClient::new(session.channel.clone())
+                .resume_subscription(session.request(pb::SubscriptionRequest { subscription_id: id })?)
+                .await
+                .map_err(explain)?
+                .into_inner();
+            println!("Resumed webhook subscription {} for {}", s.id, s.url);
         }
         WebhooksCommand::RotateSecret { id, client } => {
             let session = Session::open(&client, true)?;
