@@ -148,7 +148,9 @@ impl AccessCheck for RemoteAccess {
 
 type CacheKey = (String, Target, String);
 
-/// Reuses answers of an inner [`AccessCheck`] for a short time.
+/// Reuses allowed answers of an inner [`AccessCheck`] for a short time. A refusal is never
+/// reused: access just granted or activated is honoured on the next call, even before the
+/// event that says so has reached this process.
 pub struct CachedAccess {
     inner: Arc<dyn AccessCheck>,
     ttl: Duration,
@@ -218,6 +220,9 @@ impl AccessCheck for CachedAccess {
             return Ok(decision);
         }
         let decision = self.inner.check(caller, principal, target, scope).await?;
+        if !decision.allowed {
+            return Ok(decision);
+        }
         let mut valid_for = self.ttl;
         if let Some(expires_at) = decision.expires_at {
             let left = Duration::from_millis(u64::try_from(expires_at - now_ms()).unwrap_or(0));
@@ -230,5 +235,48 @@ impl AccessCheck for CachedAccess {
         entries.insert(key, (decision, now + valid_for));
         crate::metrics::metrics().access_cache_entries.set(entries.len() as i64);
         Ok(decision)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// An inner check that answers what it is told and counts the questions.
+    struct Told {
+        allowed: AtomicBool,
+        asked: AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl AccessCheck for Told {
+        async fn check(&self, _: &Caller, _: &str, _: &Target, _: &str) -> Result<Decision, Status> {
+            self.asked.fetch_add(1, Ordering::SeqCst);
+            Ok(Decision {
+                allowed: self.allowed.load(Ordering::SeqCst),
+                expires_at: None,
+            })
+        }
+    }
+
+    /// A refusal is asked again (an owner who just activated is let in at once); an allowed
+    /// answer is reused until the TTL or an invalidating event.
+    #[tokio::test]
+    async fn refusals_are_never_reused_and_allowed_answers_are() {
+        let told = Arc::new(Told {
+            allowed: AtomicBool::new(false),
+            asked: AtomicUsize::new(0),
+        });
+        let cache = CachedAccess::new(told.clone(), Duration::from_secs(60));
+        let caller = Caller::for_test("ola");
+        let owner = Target::Role("group-owner".into());
+        let ask = || cache.check(&caller, "ola", &owner, "/groups/ops");
+        assert!(!ask().await.unwrap().allowed);
+        told.allowed.store(true, Ordering::SeqCst);
+        assert!(ask().await.unwrap().allowed, "the refusal was not reused");
+        assert!(ask().await.unwrap().allowed);
+        assert_eq!(told.asked.load(Ordering::SeqCst), 2, "the allowed answer was reused");
     }
 }

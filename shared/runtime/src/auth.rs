@@ -125,6 +125,22 @@ impl fmt::Debug for Caller {
 }
 
 impl Caller {
+    /// A signed-in user as a unit test of this crate needs one.
+    #[cfg(test)]
+    pub(crate) fn for_test(principal_id: &str) -> Self {
+        Self {
+            principal_id: principal_id.into(),
+            kind: PrincipalKind::User,
+            name: String::new(),
+            amr: vec![],
+            mfa_at: None,
+            session_id: String::new(),
+            issued_at: 0,
+            pending: None,
+            token: Arc::from("t"),
+        }
+    }
+
     pub fn token(&self) -> &str {
         &self.token
     }
