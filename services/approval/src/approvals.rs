@@ -228,7 +228,7 @@ impl Approvals {
         approval: &ApprovalRow,
         groups: &mut Option<HashSet<String>>,
     ) -> Result<bool> {
-        if caller.principal_id == approval.requester_id || approval.status != PENDING {
+        if approval.is_own(&caller.principal_id) || approval.status != PENDING {
             return Ok(false);
         }
         let stage = approval.current_stage();
@@ -324,9 +324,7 @@ impl Approvals {
     /// Whether `caller` may see `approval`: its requester, anyone who decided it or may
     /// decide it, and approval managers.
     async fn may_read(&self, caller: &Caller, approval: &ApprovalRow, decisions: &[DecisionRow]) -> Result<bool> {
-        if caller.principal_id == approval.requester_id
-            || decisions.iter().any(|d| d.approver_id == caller.principal_id)
-        {
+        if approval.is_own(&caller.principal_id) || decisions.iter().any(|d| d.approver_id == caller.principal_id) {
             return Ok(true);
         }
         if self.may_decide(caller, approval, &mut None).await? {
@@ -389,7 +387,7 @@ impl Approvals {
                 return;
             }
         };
-        if approval.as_ref().is_some_and(|a| a.requester_id == caller.principal_id) {
+        if approval.as_ref().is_some_and(|a| a.is_own(&caller.principal_id)) {
             return;
         }
         let field = |f: fn(&ApprovalRow) -> &String| approval.as_ref().map(f).cloned().unwrap_or_default();
@@ -436,7 +434,7 @@ impl Approvals {
         let approval = store::get(&self.db, id)
             .await?
             .ok_or_else(|| Error::NotFound(format!("approval {id}")))?;
-        if caller.principal_id == approval.requester_id {
+        if approval.is_own(&caller.principal_id) {
             self.record_self_approval_attempt(caller, &approval, decision).await?;
             return Err(Error::PermissionDenied(
                 "the requester cannot decide their own request".into(),
@@ -664,7 +662,7 @@ impl Approvals {
             for row in rows {
                 before = Some(row.rev);
                 let mine = all
-                    || row.requester_id == caller.principal_id
+                    || row.is_own(&caller.principal_id)
                     || row.status != PENDING
                     || self.may_decide(caller, &row, &mut groups).await?;
                 if mine && out.len() < page_size {

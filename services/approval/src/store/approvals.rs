@@ -42,6 +42,12 @@ pub struct ApprovalRow {
 }
 
 impl ApprovalRow {
+    /// Separation of duties, the one rule every path asks: the requester never decides their
+    /// own request (the decisions table's CHECK constraint holds it in the database too).
+    pub fn is_own(&self, principal_id: &str) -> bool {
+        self.requester_id == principal_id
+    }
+
     pub fn current_stage(&self) -> &Stage {
         &self.stages[self.stage.min(self.stages.len() - 1)]
     }
