@@ -265,9 +265,13 @@ async fn webhook_deliveries_keep_order_per_subscription_and_are_dead_lettered_af
         let first = vec![("s1".to_owned(), "e1".to_owned()), ("s2".to_owned(), "e1".to_owned())];
         assert_eq!(heads(created).await?, first, "one at a time per subscription, in order");
 
-        let head = hooks::due(&db, created, 10).await?.remove(0);
-        assert!(hooks::claim(&db, &head, created + 1).await?, "taken once");
-        assert!(!hooks::claim(&db, &head, created + 2).await?, "not twice");
+        let head = hooks::due(&db, created, 10)
+            .await?
+            .into_iter()
+            .find(|d| d.subscription_id == "s1")
+            .expect("s1's head");
+        assert!(hooks::claim(&db, &head, created, created + 1).await?, "taken once");
+        assert!(!hooks::claim(&db, &head, created, created + 2).await?, "not twice");
         let late = hooks::attempted(&db, &head.id, created + 2, hooks::DELIVERED, 200, "", 0, created).await?;
         assert!(
             !late,
@@ -292,10 +296,24 @@ async fn webhook_deliveries_keep_order_per_subscription_and_are_dead_lettered_af
             "a failing head holds back its own queue"
         );
 
-        let past_a_day = created + GIVE_UP_AFTER_MS + 1;
-        assert_eq!(dispatcher.round(past_a_day).await?, 2);
+        // A day after its first attempt, not after its queueing: s1's head was first tried
+        // at once (the claim above), s2's two minutes later.
+        assert_eq!(dispatcher.round(created + GIVE_UP_AFTER_MS + 1).await?, 2);
         let dead = hooks::delivery(&db, &head.id).await?.expect("still there");
-        assert_eq!((dead.status.as_str(), dead.attempts), (hooks::DEAD, 2));
+        assert_eq!(
+            (dead.status.as_str(), dead.attempts, dead.first_attempt_at),
+            (hooks::DEAD, 2, Some(created))
+        );
+        let s2 = hooks::due(&db, later + GIVE_UP_AFTER_MS, 10).await?;
+        assert_eq!(
+            s2.iter()
+                .map(|d| (d.subscription_id.as_str(), d.first_attempt_at))
+                .collect::<Vec<_>>(),
+            vec![("s2", Some(later))],
+            "s2's head still has time"
+        );
+        let past_a_day = later + GIVE_UP_AFTER_MS + 1;
+        assert_eq!(dispatcher.round(past_a_day).await?, 1);
         let lettered = pim_runtime::db::query(
             &db,
             "SELECT id FROM outbox WHERE event_type = 'pim.audit.v1.WebhookDeadLettered'",

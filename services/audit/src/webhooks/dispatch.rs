@@ -80,7 +80,7 @@ impl Dispatcher {
     /// One attempt of a due delivery (unless another replica took it); whether one was made.
     async fn attempt(&self, d: Delivery, now: i64) -> anyhow::Result<bool> {
         let lease = now + LEASE_MS;
-        if !store::claim(&self.db, &d, lease).await? {
+        if !store::claim(&self.db, &d, now, lease).await? {
             return Ok(false);
         }
         let Some(subscription) = store::subscription(&self.db, &d.subscription_id).await? else {
@@ -125,7 +125,10 @@ impl Dispatcher {
             Err(error) => (0, error),
         };
         let attempts = d.attempts + 1;
-        if after - d.created_at < GIVE_UP_AFTER_MS {
+        // 24 hours from its first attempt: however long it waited behind others, each
+        // delivery gets its full day of retries.
+        let since = d.first_attempt_at.unwrap_or(now);
+        if after - since < GIVE_UP_AFTER_MS {
             let next = next_attempt(after, attempts);
             if !store::attempted(&self.db, &d.id, lease, PENDING, code, &error, next, after).await? {
                 return Ok(true);

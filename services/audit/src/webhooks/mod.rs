@@ -18,7 +18,7 @@ pub(crate) use dispatch::Dispatcher;
 
 use crate::store::Record;
 
-/// How long a delivery is retried before it is dead-lettered.
+/// How long a delivery is retried, from its first attempt, before it is given up.
 pub const GIVE_UP_AFTER_MS: i64 = 24 * 3600 * 1000;
 /// How long delivered and dead deliveries are kept (their history).
 pub const KEPT_FOR_MS: i64 = 7 * 24 * 3600 * 1000;

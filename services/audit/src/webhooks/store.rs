@@ -36,6 +36,7 @@ pub const MIGRATION: &str = "CREATE TABLE webhook_subscriptions (
         created_at BIGINT NOT NULL,
         next_attempt_at BIGINT NOT NULL,
         delivered_at BIGINT,
+        first_attempt_at BIGINT,
         UNIQUE (subscription_id, event_id)
     );
     CREATE INDEX webhook_deliveries_queue ON webhook_deliveries (subscription_id, status, position);
@@ -61,9 +62,13 @@ pub struct Delivery {
     pub created_at: i64,
     pub next_attempt_at: i64,
     pub delivered_at: Option<i64>,
+    /// When it was first attempted (its 24 hours of retries count from then).
+    pub first_attempt_at: Option<i64>,
 }
 
 const DELIVERY_COLUMNS: &str = "id, subscription_id, position, event_id, event_type, body, status, attempts, last_status_code, last_error, created_at, next_attempt_at, delivered_at";
+/// What a delivery is read as: its columns and when it was first attempted.
+const DELIVERY_READ: &str = "id, subscription_id, position, event_id, event_type, body, status, attempts, last_status_code, last_error, created_at, next_attempt_at, delivered_at, first_attempt_at";
 
 impl Delivery {
     fn from_row(r: &QueryResult) -> Result<Self, DbErr> {
@@ -81,6 +86,7 @@ impl Delivery {
             created_at: col(r, "created_at")?,
             next_attempt_at: col(r, "next_attempt_at")?,
             delivered_at: col(r, "delivered_at")?,
+            first_attempt_at: col(r, "first_attempt_at")?,
         })
     }
 }
@@ -270,7 +276,7 @@ pub async fn due<C: ConnectionTrait>(c: &C, now: i64, limit: u64) -> Result<Vec<
     db::query(
         c,
         &format!(
-            "SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries d
+            "SELECT {DELIVERY_READ} FROM webhook_deliveries d
              WHERE d.status = 'pending' AND d.next_attempt_at <= $1
                AND NOT EXISTS (SELECT 1 FROM webhook_deliveries e
                                WHERE e.subscription_id = d.subscription_id AND e.status = 'pending'
@@ -287,12 +293,17 @@ pub async fn due<C: ConnectionTrait>(c: &C, now: i64, limit: u64) -> Result<Vec<
 
 /// Takes a due delivery for one attempt, in one statement: true for the one process that
 /// moved its next attempt to `lease_until` (another replica finds it taken).
-pub async fn claim<C: ConnectionTrait>(c: &C, d: &Delivery, lease_until: i64) -> Result<bool, DbErr> {
+pub async fn claim<C: ConnectionTrait>(c: &C, d: &Delivery, now: i64, lease_until: i64) -> Result<bool, DbErr> {
     Ok(db::exec(
         c,
-        "UPDATE webhook_deliveries SET next_attempt_at = $3
+        "UPDATE webhook_deliveries SET next_attempt_at = $3, first_attempt_at = COALESCE(first_attempt_at, $4)
          WHERE id = $1 AND status = 'pending' AND next_attempt_at = $2",
-        vec![d.id.clone().into(), d.next_attempt_at.into(), lease_until.into()],
+        vec![
+            d.id.clone().into(),
+            d.next_attempt_at.into(),
+            lease_until.into(),
+            now.into(),
+        ],
     )
     .await?
         == 1)
@@ -381,7 +392,7 @@ pub async fn forget_settled<C: ConnectionTrait>(c: &C, before: i64) -> Result<u6
 pub async fn delivery<C: ConnectionTrait>(c: &C, id: &str) -> Result<Option<Delivery>, DbErr> {
     db::query_one(
         c,
-        &format!("SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries WHERE id = $1"),
+        &format!("SELECT {DELIVERY_READ} FROM webhook_deliveries WHERE id = $1"),
         vec![id.into()],
     )
     .await?
@@ -395,7 +406,7 @@ pub async fn deliveries<C: ConnectionTrait>(c: &C, subscription_id: &str, limit:
     db::query(
         c,
         &format!(
-            "SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries WHERE subscription_id = $1
+            "SELECT {DELIVERY_READ} FROM webhook_deliveries WHERE subscription_id = $1
              ORDER BY position DESC, id DESC LIMIT $2"
         ),
         vec![subscription_id.into(), (limit as i64).into()],
