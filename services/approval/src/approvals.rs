@@ -29,6 +29,16 @@ pub use pim_proto::catalogue::{GLOBAL_ADMINISTRATOR, PRIVILEGED_ROLE_ADMINISTRAT
 const DEFAULT_TIMEOUT_MS: i64 = 24 * 3_600_000;
 const MAX_JUSTIFICATION: usize = 1000;
 
+/// What one request learned about its caller from other services, each asked at most once
+/// however many approvals the request weighs: the caller's groups, whether they are an active
+/// Privileged Role or Global Administrator, which groups they own.
+#[derive(Default)]
+pub struct Asked {
+    groups: Option<HashSet<String>>,
+    administrator: Option<bool>,
+    owned: std::collections::HashMap<String, bool>,
+}
+
 #[derive(Clone)]
 pub struct Approvals {
     pub(crate) db: Db,
@@ -222,12 +232,7 @@ impl Approvals {
 
     /// Whether `caller` may decide the current stage of `approval` now. The requester never
     /// may; service principals only where the policy names them.
-    pub async fn may_decide(
-        &self,
-        caller: &Caller,
-        approval: &ApprovalRow,
-        groups: &mut Option<HashSet<String>>,
-    ) -> Result<bool> {
+    pub async fn may_decide(&self, caller: &Caller, approval: &ApprovalRow, asked: &mut Asked) -> Result<bool> {
         if approval.is_own(&caller.principal_id) || approval.status != PENDING {
             return Ok(false);
         }
@@ -245,16 +250,16 @@ impl Approvals {
             return Ok(false);
         }
         if !named.is_empty() {
-            let groups = match groups {
+            let groups = match &mut asked.groups {
                 Some(g) => g,
-                None => groups.insert(self.groups_of(caller).await?),
+                None => asked.groups.insert(self.groups_of(caller).await?),
             };
             if named.iter().any(|id| groups.contains(id.as_str())) {
                 return Ok(true);
             }
         }
         if stage.approver_ids.is_empty() {
-            return self.is_default_approver(caller, approval).await;
+            return self.is_default_approver(caller, approval, asked).await;
         }
         Ok(false)
     }
@@ -262,23 +267,39 @@ impl Approvals {
     /// Default approvers: whoever is active Privileged Role Administrator or Global
     /// Administrator when deciding (asked of assignment); for access to a group (PIM for
     /// Groups), the group's owners first.
-    async fn is_default_approver(&self, caller: &Caller, approval: &ApprovalRow) -> Result<bool> {
+    /// Each answer is asked once per request (`asked`), however many approvals it weighs.
+    async fn is_default_approver(&self, caller: &Caller, approval: &ApprovalRow, asked: &mut Asked) -> Result<bool> {
         if let Some(group) =
             catalogue::group_of_scope(&approval.scope).filter(|_| catalogue::is_group_access(&approval.role_id))
-            && self.owns(caller, group).await?
         {
-            return Ok(true);
+            let owns = match asked.owned.get(group) {
+                Some(owns) => *owns,
+                None => {
+                    let owns = self.owns(caller, group).await?;
+                    asked.owned.insert(group.to_owned(), owns);
+                    owns
+                }
+            };
+            if owns {
+                return Ok(true);
+            }
         }
+        if let Some(administrator) = asked.administrator {
+            return Ok(administrator);
+        }
+        let mut administrator = false;
         for role in [PRIVILEGED_ROLE_ADMINISTRATOR, GLOBAL_ADMINISTRATOR] {
             let d = self
                 .access
                 .check(caller, &caller.principal_id, &Target::Role(role.to_owned()), "/")
                 .await?;
             if d.allowed {
-                return Ok(true);
+                administrator = true;
+                break;
             }
         }
-        Ok(false)
+        asked.administrator = Some(administrator);
+        Ok(administrator)
     }
 
     /// Whether `caller` owns the group: through an active Group Owner assignment (asked of
@@ -327,7 +348,7 @@ impl Approvals {
         if approval.is_own(&caller.principal_id) || decisions.iter().any(|d| d.approver_id == caller.principal_id) {
             return Ok(true);
         }
-        if self.may_decide(caller, approval, &mut None).await? {
+        if self.may_decide(caller, approval, &mut Asked::default()).await? {
             return Ok(true);
         }
         Ok(
@@ -457,7 +478,7 @@ impl Approvals {
                 approval.status.to_lowercase()
             )));
         }
-        if !self.may_decide(caller, &approval, &mut None).await? {
+        if !self.may_decide(caller, &approval, &mut Asked::default()).await? {
             return Err(Error::PermissionDenied(format!(
                 "you are not an approver of stage {} of this approval",
                 approval.stage + 1
@@ -649,7 +670,7 @@ impl Approvals {
         }
         let mut out = Vec::new();
         let mut before = before_rev;
-        let mut groups = None;
+        let mut asked = Asked::default();
         loop {
             let filter = store::ListFilter {
                 status,
@@ -664,7 +685,7 @@ impl Approvals {
                 let mine = all
                     || row.is_own(&caller.principal_id)
                     || row.status != PENDING
-                    || self.may_decide(caller, &row, &mut groups).await?;
+                    || self.may_decide(caller, &row, &mut asked).await?;
                 if mine && out.len() < page_size {
                     out.push(row);
                 }
@@ -684,13 +705,13 @@ impl Approvals {
         &self,
         caller: &Caller,
         after: i64,
-        groups: &mut Option<HashSet<String>>,
+        asked: &mut Asked,
     ) -> Result<(Vec<ApprovalRow>, Option<i64>)> {
         let rows = store::pending_after(&self.db, after, 500).await?;
         let high = rows.last().map(|r| r.rev);
         let mut out = Vec::new();
         for row in rows {
-            if self.may_decide(caller, &row, groups).await?
+            if self.may_decide(caller, &row, asked).await?
                 && !store::decisions(&self.db, &row.id)
                     .await?
                     .iter()

@@ -191,15 +191,15 @@ impl ApprovalService for Approvals {
         let this = self.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         tokio::spawn(async move {
-            let mut groups = None;
+            let mut asked = crate::approvals::Asked::default();
             let mut refreshed = tokio::time::Instant::now();
             loop {
-                // Group membership can change while a bot watches for hours.
+                // Group membership and roles can change while a bot watches for hours.
                 if refreshed.elapsed() > Duration::from_secs(60) {
-                    groups = None;
+                    asked = crate::approvals::Asked::default();
                     refreshed = tokio::time::Instant::now();
                 }
-                let high = match this.decidable_after(&caller, after, &mut groups).await {
+                let high = match this.decidable_after(&caller, after, &mut asked).await {
                     Ok((rows, high)) => {
                         for row in rows {
                             if tx.send(Ok(approval_pb(row, Vec::new(), Vec::new()))).await.is_err() {

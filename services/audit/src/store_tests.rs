@@ -329,6 +329,32 @@ async fn webhook_deliveries_keep_order_per_subscription_and_are_dead_lettered_af
             "what waited behind it was given up with it"
         );
         assert!(heads(past_a_day).await?.is_empty());
+        // A delivery an ingest queued just before the suspension (it read the subscription
+        // as active) is given up without being sent, and raises nothing more.
+        hooks::insert_delivery(
+            &db,
+            &hooks::Delivery {
+                id: "stray".into(),
+                subscription_id: "s1".into(),
+                position: 99,
+                event_id: "e99".into(),
+                status: hooks::PENDING.into(),
+                created_at: past_a_day,
+                next_attempt_at: past_a_day,
+                ..hooks::Delivery::default()
+            },
+        )
+        .await?;
+        assert_eq!(dispatcher.round(past_a_day).await?, 0, "nothing sent");
+        let stray = hooks::delivery(&db, "stray").await?.expect("kept");
+        assert_eq!((stray.status.as_str(), stray.last_status_code), (hooks::DEAD, 0));
+        let lettered_after = pim_runtime::db::query(
+            &db,
+            "SELECT id FROM outbox WHERE event_type = 'pim.audit.v1.WebhookDeadLettered'",
+            vec![],
+        )
+        .await?;
+        assert_eq!(lettered_after.len(), 2, "no second alert for a suspended subscription");
         assert!(
             hooks::subscription(&db, "s1")
                 .await?
@@ -346,8 +372,8 @@ async fn webhook_deliveries_keep_order_per_subscription_and_are_dead_lettered_af
         txn.commit().await?;
         assert_eq!(
             hooks::deliveries(&db, "s1", 10).await?.len(),
-            4,
-            "nothing queued while suspended"
+            5,
+            "nothing queued while suspended (4 and the stray)"
         );
         assert!(hooks::resume(&db, "s1").await?);
         let mut again = vec![Record {
@@ -359,9 +385,14 @@ async fn webhook_deliveries_keep_order_per_subscription_and_are_dead_lettered_af
         txn.commit().await?;
         assert_eq!(heads(past_a_day).await?, vec![("s1".to_owned(), "e6".to_owned())]);
         assert_eq!(
-            hooks::forget_settled(&db, past_a_day).await?,
-            7,
-            "history forgotten: 4 of s1, 3 of s2"
+            hooks::forget_settled(&db, created).await?,
+            0,
+            "nothing settled that early"
+        );
+        assert_eq!(
+            hooks::forget_settled(&db, past_a_day + 60_000).await?,
+            8,
+            "history forgotten once settled: 4 of s1 and the stray, 3 of s2"
         );
         Ok(())
     })

@@ -88,6 +88,12 @@ impl Dispatcher {
             store::forget_delivery(&self.db, &d.id).await?;
             return Ok(false);
         };
+        if subscription.suspended_at.is_some() {
+            // Queued by an ingest that read the subscription just before its suspension.
+            let given_up = "given up with an earlier delivery (the subscription was suspended)";
+            store::attempted(&self.db, &d.id, lease, DEAD, 0, given_up, now, now).await?;
+            return Ok(false);
+        }
         let started = std::time::Instant::now();
         let outcome = match &self.keys {
             None => Err("no signing key (PIM_SECRETS_KEY) to sign with".to_owned()),

@@ -166,14 +166,13 @@ impl WebhookService for Audit {
         let caller = caller(&request)?.clone();
         self.require_webhooks(&caller).await?;
         let mut s = self.found(&request.get_ref().subscription_id).await?;
-        if s.suspended_at.is_none() {
+        let txn = self.db.begin().await.map_err(internal)?;
+        if !store::resume(&txn, &s.id).await.map_err(internal)? {
             return Err(Status::failed_precondition(format!(
                 "webhook subscription {} is not suspended",
                 s.id
             )));
         }
-        let txn = self.db.begin().await.map_err(internal)?;
-        store::resume(&txn, &s.id).await.map_err(internal)?;
         s.suspended_at = None;
         self.commit_with(txn, change_record(&caller, "WebhookSubscriptionResumed", &s))
             .await?;
@@ -208,6 +207,12 @@ impl WebhookService for Audit {
         let caller = caller(&request)?.clone();
         self.require_webhooks(&caller).await?;
         let s = self.found(&request.get_ref().subscription_id).await?;
+        if s.suspended_at.is_some() {
+            return Err(Status::failed_precondition(format!(
+                "webhook subscription {} is suspended: resume it first (pim webhooks resume)",
+                s.id
+            )));
+        }
         let now = now_ms();
         let mut test = change_record(&caller, "WebhookTest", &s);
         test.payload_json = serde_json::json!({"message": "a test delivery, asked for by the actor"}).to_string();

@@ -353,18 +353,19 @@ pub async fn suspend<C: ConnectionTrait>(c: &C, subscription_id: &str, now: i64)
     .await?;
     db::exec(
         c,
-        "UPDATE webhook_deliveries SET status = 'dead', last_error = 'given up with an earlier delivery (the subscription was suspended)'
+        "UPDATE webhook_deliveries SET status = 'dead', next_attempt_at = $2,
+             last_error = 'given up with an earlier delivery (the subscription was suspended)'
          WHERE subscription_id = $1 AND status = 'pending'",
-        vec![subscription_id.into()],
+        vec![subscription_id.into(), now.into()],
     )
     .await
 }
 
-/// Lets a suspended subscription receive events again; whether there was one to resume.
+/// Lets a suspended subscription receive events again; whether it was suspended.
 pub async fn resume<C: ConnectionTrait>(c: &C, subscription_id: &str) -> Result<bool, DbErr> {
     Ok(db::exec(
         c,
-        "UPDATE webhook_subscriptions SET suspended_at = NULL WHERE id = $1",
+        "UPDATE webhook_subscriptions SET suspended_at = NULL WHERE id = $1 AND suspended_at IS NOT NULL",
         vec![subscription_id.into()],
     )
     .await?
@@ -377,12 +378,14 @@ pub async fn forget_delivery<C: ConnectionTrait>(c: &C, id: &str) -> Result<(), 
     Ok(())
 }
 
-/// Forgets delivered and dead deliveries queued before `before` (their history, and the copy
-/// of the record each holds); how many.
+/// Forgets deliveries delivered or given up before `before` (their history, and the copy of
+/// the record each holds); how many. A given-up delivery's next attempt is when it was given
+/// up.
 pub async fn forget_settled<C: ConnectionTrait>(c: &C, before: i64) -> Result<u64, DbErr> {
     db::exec(
         c,
-        "DELETE FROM webhook_deliveries WHERE status IN ('delivered', 'dead') AND created_at < $1",
+        "DELETE FROM webhook_deliveries
+         WHERE status IN ('delivered', 'dead') AND COALESCE(delivered_at, next_attempt_at) < $1",
         vec![before.into()],
     )
     .await
