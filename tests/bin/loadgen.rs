@@ -5,6 +5,7 @@
 //!   cargo run --release -p pim-e2e --bin pim-loadgen -- activation
 //!   cargo run --release -p pim-e2e --bin pim-loadgen -- consistency
 //!   cargo run --release -p pim-e2e --bin pim-loadgen -- expiry
+//!   cargo run --release -p pim-e2e --bin pim-loadgen -- notify
 //!
 //! check-access: 100k principals with 1M active assignments (seeded by SQL), then CheckAccess
 //! (without a token, and with a met one) against an empty gRPC call (grpc.health.v1 Check) and
@@ -15,7 +16,9 @@
 //! consistency: two replicas of assignment, writes on one at a fixed rate, convergence of the
 //! other without a token and its wait with one. activation: selfActivate → CheckAccess says yes, at a
 //! fixed rate. expiry: many activations ending within a minute; lag from each deadline to its
-//! RoleDeactivated on the Redis stream.
+//! RoleDeactivated on the Redis stream. notify: activations at a fixed rate, first without
+//! webhook subscribers, then with ten (one down): CreateRequest latency in both halves, and
+//! each RoleActivated's lag from creation to its delivery at the healthy receivers.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -81,6 +84,18 @@ enum Scenario {
         /// Principals the writes go round (each write toggles one).
         #[arg(long, default_value_t = 100)]
         principals: usize,
+    },
+    /// Webhooks under activation load: activations at a fixed rate without subscribers (the
+    /// baseline), then with `--subscribers` webhook subscriptions to RoleActivated (local
+    /// receivers answering 204, one of them down): activation latency in both runs, and for
+    /// the healthy receivers each event's lag from its creation to its delivery, and any lost.
+    Notify {
+        #[arg(long, default_value_t = 1000)]
+        rate: u64,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long, default_value_t = 10)]
+        subscribers: usize,
     },
     /// selfActivate then CheckAccess, end to end, at a fixed rate.
     Activation {
@@ -746,6 +761,177 @@ async fn activation(rate: u64, seconds: u64) -> anyhow::Result<()> {
     ts.stop().await
 }
 
+/// A webhook receiver on the loopback: answers 204 to every POST and records, for each
+/// RoleActivated event, how long after its creation (the CloudEvent's `time`) it arrived.
+async fn receiver(lags: Arc<std::sync::Mutex<Vec<u64>>>) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/hook", listener.local_addr()?);
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let lags = lags.clone();
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buffer = [0u8; 16 * 1024];
+                loop {
+                    let n = socket.read(&mut buffer).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    request.extend_from_slice(&buffer[..n]);
+                    let text = String::from_utf8_lossy(&request).into_owned();
+                    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+                        continue;
+                    };
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    if body.len() < length {
+                        continue;
+                    }
+                    let arrived = now_ms();
+                    if let Ok(event) = serde_json::from_str::<serde_json::Value>(body)
+                        && event["type"].as_str().is_some_and(|t| t.ends_with("RoleActivated"))
+                        && let Some(created) = event["time"].as_str().and_then(|t| humantime::parse_rfc3339(t).ok())
+                    {
+                        let created = created
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map(|d| d.as_millis() as i64)
+                            .unwrap_or(arrived);
+                        lags.lock()
+                            .expect("lags")
+                            .push(((arrived - created).max(0) as u64) * 1000);
+                    }
+                    let _ = socket
+                        .write_all(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n")
+                        .await;
+                    return;
+                }
+            });
+        }
+    });
+    Ok(url)
+}
+
+async fn notify(rate: u64, seconds: u64, subscribers: usize) -> anyhow::Result<()> {
+    use pim_proto::audit::v1 as aupb;
+    use pim_proto::audit::v1::webhook_service_client::WebhookServiceClient;
+    let ts = bench_suite().await?;
+    let per_run = rate * seconds;
+    let total = 2 * per_run + rate;
+    sql(
+        &ts,
+        &format!(
+            "INSERT INTO assignments (id, kind, principal_id, principal_kind, principal_name, role_id, scope, start_at, end_at, status, origin, announced, request_id, created_by, created_at) \
+             SELECT 'bench-e-' || g, 'eligible', '00000000-0000-4000-8000-' || lpad(g::text, 12, '0'), 'user', 'bench', '{EXCHANGE_ADMINISTRATOR}', '/', 0, NULL, 'active', 'admin', TRUE, 'bench', 'bench', 0 \
+             FROM generate_series(0, {last}) AS g",
+            last = total - 1
+        ),
+    )
+    .await?;
+    let identity = ts.suite.identity().context("identity")?.keystore();
+    let mut tokens = Vec::with_capacity(total as usize);
+    for i in 0..total {
+        let subject = pim_identity::TokenSubject {
+            principal_id: bench_principal(i),
+            kind: pim_proto::common::v1::PrincipalKind::User,
+            name: format!("bench{i}"),
+            amr: vec!["pwd".into(), "otp".into()],
+            session_id: "bench".into(),
+            mfa_at: Some(now_ms() / 1000),
+            pending: None,
+        };
+        tokens.push(identity.issue(&subject, Duration::from_secs(3600))?.token);
+    }
+    let tokens = Arc::new(tokens);
+    let channel = ts.channel.clone();
+    let activate = move |n: u64| {
+        let (channel, tokens) = (channel.clone(), tokens.clone());
+        async move {
+            let request = pim_e2e::activate_for_an_hour(EXCHANGE_ADMINISTRATOR, "load test");
+            AssignmentServiceClient::new(channel)
+                .create_request(authed(&tokens[n as usize], request))
+                .await?;
+            Ok(())
+        }
+    };
+    let warm: Vec<_> = (0..rate.max(1))
+        .map(|i| tokio::spawn(activate.clone()(total - 1 - i)))
+        .collect();
+    for w in warm {
+        w.await??;
+    }
+    ts.settle().await?;
+    let (baseline, el) = open_loop(rate, seconds, activate.clone()).await?;
+    println!(
+        "notify: selfActivate at {rate}/s for {seconds} s (PostgreSQL + Redis), then with {subscribers} webhook subscribers (one down):"
+    );
+    report("  CreateRequest, no webhooks", baseline, el);
+    ts.settle().await?;
+
+    let admin = ts.admin_token().await?;
+    let mut hooks = WebhookServiceClient::new(ts.channel.clone());
+    let mut healthy = Vec::new();
+    for i in 0..subscribers {
+        let url = if i + 1 == subscribers {
+            "http://127.0.0.1:9/down".to_owned()
+        } else {
+            let lags = Arc::new(std::sync::Mutex::new(Vec::new()));
+            let url = receiver(lags.clone()).await?;
+            healthy.push(lags);
+            url
+        };
+        hooks
+            .create_subscription(authed(
+                &admin,
+                aupb::CreateSubscriptionRequest {
+                    subscription: Some(aupb::Subscription {
+                        url,
+                        event_types: vec!["RoleActivated".into()],
+                        ..Default::default()
+                    }),
+                },
+            ))
+            .await?;
+    }
+    let offset = per_run;
+    let (with_hooks, el) = open_loop(rate, seconds, move |n| activate.clone()(n + offset)).await?;
+    report("  CreateRequest, webhooks on", with_hooks, el);
+    let drained = Instant::now();
+    let expected = per_run as usize;
+    loop {
+        let least = healthy
+            .iter()
+            .map(|l| l.lock().expect("lags").len())
+            .min()
+            .unwrap_or(expected);
+        if least >= expected || drained.elapsed() > Duration::from_secs(300) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut all = Vec::new();
+    let mut lost = 0;
+    for lags in &healthy {
+        let lags = lags.lock().expect("lags");
+        lost += expected.saturating_sub(lags.len());
+        all.extend(lags.iter().copied());
+    }
+    println!(
+        "  drained {:.1} s after the run; {} deliveries to {} healthy receivers, {lost} missing",
+        drained.elapsed().as_secs_f64(),
+        all.len(),
+        healthy.len()
+    );
+    report("  event → delivery (healthy)", all, el);
+    ts.stop().await
+}
+
 async fn audit_ingest(events: u64, rate: u64) -> anyhow::Result<()> {
     use pim_proto::audit::v1::audit_service_client::AuditServiceClient;
     use pim_runtime::events::{Pending, Publisher, RedisPublisher, envelope};
@@ -906,6 +1092,11 @@ async fn main() -> anyhow::Result<()> {
             check_access(load, concurrency, seconds, rounds, rate).await
         }
         Scenario::Activation { rate, seconds } => activation(rate, seconds).await,
+        Scenario::Notify {
+            rate,
+            seconds,
+            subscribers,
+        } => notify(rate, seconds, subscribers).await,
         Scenario::Consistency {
             rate,
             seconds,

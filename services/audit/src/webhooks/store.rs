@@ -271,24 +271,42 @@ async fn insert_deliveries<C: ConnectionTrait>(c: &C, deliveries: &[Delivery]) -
 }
 
 /// The deliveries whose turn it is: for each subscription its first pending one (in record
-/// order), when its next attempt is due.
+/// order), when its next attempt is due. One indexed lookup per subscription, however long
+/// the queues.
 pub async fn due<C: ConnectionTrait>(c: &C, now: i64, limit: u64) -> Result<Vec<Delivery>, DbErr> {
-    db::query(
+    let ids = db::query(
+        c,
+        "SELECT id FROM webhook_subscriptions ORDER BY created_at, id",
+        vec![],
+    )
+    .await?;
+    let mut due = Vec::new();
+    for row in ids {
+        if due.len() as u64 >= limit {
+            break;
+        }
+        if let Some(head) = head(c, &col::<String>(&row, "id")?, now).await? {
+            due.push(head);
+        }
+    }
+    Ok(due)
+}
+
+/// A subscription's first pending delivery (in record order), if its next attempt is due.
+pub async fn head<C: ConnectionTrait>(c: &C, subscription_id: &str, now: i64) -> Result<Option<Delivery>, DbErr> {
+    let first = db::query_one(
         c,
         &format!(
-            "SELECT {DELIVERY_READ} FROM webhook_deliveries d
-             WHERE d.status = 'pending' AND d.next_attempt_at <= $1
-               AND NOT EXISTS (SELECT 1 FROM webhook_deliveries e
-                               WHERE e.subscription_id = d.subscription_id AND e.status = 'pending'
-                                 AND (e.position < d.position OR (e.position = d.position AND e.id < d.id)))
-             ORDER BY d.next_attempt_at, d.position LIMIT $2"
+            "SELECT {DELIVERY_READ} FROM webhook_deliveries
+             WHERE subscription_id = $1 AND status = 'pending' ORDER BY position, id LIMIT 1"
         ),
-        vec![now.into(), (limit as i64).into()],
+        vec![subscription_id.into()],
     )
     .await?
-    .iter()
+    .as_ref()
     .map(Delivery::from_row)
-    .collect()
+    .transpose()?;
+    Ok(first.filter(|d| d.next_attempt_at <= now))
 }
 
 /// Takes a due delivery for one attempt, in one statement: true for the one process that
