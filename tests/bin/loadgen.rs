@@ -675,12 +675,11 @@ async fn consistency(rate: u64, seconds: u64, principals: usize) -> anyhow::Resu
     replicas.stop().await
 }
 
-async fn activation(rate: u64, seconds: u64) -> anyhow::Result<()> {
-    let ts = bench_suite().await?;
-    let total = rate * seconds + rate;
-    // Synthetic principals, each eligible for Exchange Administrator.
+/// `total` synthetic principals, each eligible for Exchange Administrator (seeded by SQL), and
+/// a token for each, stepped up with MFA.
+async fn eligible_principals(ts: &TestSuite, total: u64) -> anyhow::Result<Arc<Vec<String>>> {
     sql(
-        &ts,
+        ts,
         &format!(
             "INSERT INTO assignments (id, kind, principal_id, principal_kind, principal_name, role_id, scope, start_at, end_at, status, origin, announced, request_id, created_by, created_at) \
              SELECT 'bench-e-' || g, 'eligible', '00000000-0000-4000-8000-' || lpad(g::text, 12, '0'), 'user', 'bench', '{EXCHANGE_ADMINISTRATOR}', '/', 0, NULL, 'active', 'admin', TRUE, 'bench', 'bench', 0 \
@@ -703,7 +702,13 @@ async fn activation(rate: u64, seconds: u64) -> anyhow::Result<()> {
         };
         tokens.push(identity.issue(&subject, Duration::from_secs(3600))?.token);
     }
-    let tokens = Arc::new(tokens);
+    Ok(Arc::new(tokens))
+}
+
+async fn activation(rate: u64, seconds: u64) -> anyhow::Result<()> {
+    let ts = bench_suite().await?;
+    let total = rate * seconds + rate;
+    let tokens = eligible_principals(&ts, total).await?;
     let channel = ts.channel.clone();
     // How long CreateRequest itself took, within each activation.
     let create_lat = Arc::new(std::sync::Mutex::new(Vec::with_capacity(total as usize)));
@@ -824,31 +829,7 @@ async fn notify(rate: u64, seconds: u64, subscribers: usize) -> anyhow::Result<(
     let ts = bench_suite().await?;
     let per_run = rate * seconds;
     let total = 2 * per_run + rate;
-    sql(
-        &ts,
-        &format!(
-            "INSERT INTO assignments (id, kind, principal_id, principal_kind, principal_name, role_id, scope, start_at, end_at, status, origin, announced, request_id, created_by, created_at) \
-             SELECT 'bench-e-' || g, 'eligible', '00000000-0000-4000-8000-' || lpad(g::text, 12, '0'), 'user', 'bench', '{EXCHANGE_ADMINISTRATOR}', '/', 0, NULL, 'active', 'admin', TRUE, 'bench', 'bench', 0 \
-             FROM generate_series(0, {last}) AS g",
-            last = total - 1
-        ),
-    )
-    .await?;
-    let identity = ts.suite.identity().context("identity")?.keystore();
-    let mut tokens = Vec::with_capacity(total as usize);
-    for i in 0..total {
-        let subject = pim_identity::TokenSubject {
-            principal_id: bench_principal(i),
-            kind: pim_proto::common::v1::PrincipalKind::User,
-            name: format!("bench{i}"),
-            amr: vec!["pwd".into(), "otp".into()],
-            session_id: "bench".into(),
-            mfa_at: Some(now_ms() / 1000),
-            pending: None,
-        };
-        tokens.push(identity.issue(&subject, Duration::from_secs(3600))?.token);
-    }
-    let tokens = Arc::new(tokens);
+    let tokens = eligible_principals(&ts, total).await?;
     let channel = ts.channel.clone();
     let activate = move |n: u64| {
         let (channel, tokens) = (channel.clone(), tokens.clone());

@@ -491,7 +491,10 @@ fn group_membership_and_ownership_are_activated_just_in_time() {
     assert_eq!(kim_owner["how"], "direct", "{kim_owner}");
     admin.ok(&["groups", "remove-owner", "ops", "kim"], None);
     assert!(!owners(&admin).iter().any(|o| o["user_name"] == "kim"));
-    // A group is renamed, and is then named by its new name.
+    // A group is renamed, and is then named by its new name; an update naming nothing to
+    // change is a usage mistake.
+    let nothing = admin.run(&["groups", "update", "ops"], None);
+    assert_eq!(nothing.status.code(), Some(2), "nothing to change");
     admin.ok(
         &[
             "groups",
