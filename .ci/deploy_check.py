@@ -76,8 +76,14 @@ def k8s_problems(docs: list[dict], probe_kind: str = "grpc") -> list[str]:
     for service in SERVICES:
         if config.get(f"PIM_{service.upper()}_URL") != f"http://pim-{service}:50051":
             problems.append(f"the gateway does not know where {service} is (PIM_{service.upper()}_URL)")
-    for ingress in by_kind.get("Ingress", {}).values():
+    for name, ingress in by_kind.get("Ingress", {}).items():
         paths = [p for rule in ingress.get("spec", {}).get("rules", []) for p in rule.get("http", {}).get("paths", [])]
+        if name == "pim-ssf":
+            # The Shared Signals transmitter: plain HTTP, served by audit on its ssf port.
+            if not any(p.get("path") == "/" and p.get("backend", {}).get("service", {}) == {"name": "pim-audit", "port": {"name": "ssf"}}
+                       for p in paths):
+                problems.append("the pim-ssf Ingress does not send / to pim-audit's ssf port")
+            continue
         # Kubernetes matches Prefix paths element by element: only `/` covers every gRPC path.
         if not any(p.get("path") == "/" and p.get("pathType") == "Prefix"
                    and p.get("backend", {}).get("service", {}).get("name") == "pim-gateway" for p in paths):
@@ -317,7 +323,7 @@ def main(build: bool) -> int:
         return 1
     # ... and so is an Ingress routing by package prefix, which Kubernetes never matches.
     by_prefix = copy.deepcopy(docs)
-    ingress = next(d for d in by_prefix if d["kind"] == "Ingress")
+    ingress = next(d for d in by_prefix if d["kind"] == "Ingress" and d["metadata"]["name"] == "pim")
     ingress["spec"]["rules"][0]["http"]["paths"][0]["path"] = "/pim.identity.v1."
     if not k8s_problems(by_prefix):
         print("an Ingress routing /pim.identity.v1. by Prefix passed the check", file=sys.stderr)

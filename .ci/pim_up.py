@@ -26,6 +26,7 @@ class PimUp:
         self.redis = redis
         self.work = work
         self.process = None
+        self.ssf = None
 
     def __enter__(self) -> "PimUp":
         self.process = subprocess.Popen([self.pim, "up"], env=self.env, stdout=subprocess.PIPE,
@@ -38,6 +39,8 @@ class PimUp:
                 break
             if line.startswith("PIM is up at"):
                 server = line.split()[-1]
+            if "Shared Signals (SSF) transmitter:" in line:
+                self.ssf = line.split()[-1].removesuffix("/.well-known/ssf-configuration")
             if line.strip().startswith("password:"):
                 password = line.split()[-1]
         if server is None or password is None:
@@ -71,3 +74,14 @@ class PimUp:
                                   capture_output=True, text=True).stdout.split()
             if keys:
                 subprocess.run(["redis-cli", "-u", url, "del", *keys], capture_output=True)
+
+
+def wait(what: str, check, seconds: float = 60):
+    """Polls `check` until it returns something truthy (returned), or fails after `seconds`."""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")

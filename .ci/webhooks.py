@@ -15,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from standardwebhooks import Webhook, WebhookVerificationError
 
-from pim_up import PimUp
+from pim_up import PimUp, wait
 
 
 class Receiver:
@@ -83,15 +83,6 @@ def hanging_server(release: threading.Event, arrived: threading.Event) -> Thread
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
 
-
-def wait(what: str, check, seconds: float = 60):
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def secret_of(output: str) -> str:

@@ -17,6 +17,7 @@ mod roles;
 mod secrets;
 mod slice;
 mod split;
+mod ssf;
 mod surface;
 mod tls;
 mod trust;

@@ -18,11 +18,18 @@ pub(crate) struct Ingest {
 }
 
 /// Keeps records: named the same way and appended to the chain (`append_all`), and queued for
-/// every webhook subscription that wants them, all in the caller's transaction.
+/// every webhook subscription and Shared Signals stream that wants them; the streams of a
+/// receiver they cut off are disabled, each with a record of its own. All in the caller's
+/// transaction.
 pub(crate) async fn keep(txn: &DatabaseTransaction, records: &mut Vec<store::Record>) -> anyhow::Result<()> {
     let now = now_ms();
     store::append_all(txn, records, now).await?;
     crate::webhooks::store::enqueue(txn, records, now).await?;
+    let mut disabled = crate::ssf::end_receivers(txn, records, now).await?;
+    if !disabled.is_empty() {
+        store::append_all(txn, &mut disabled, now).await?;
+        crate::webhooks::store::enqueue(txn, &disabled, now).await?;
+    }
     Ok(())
 }
 

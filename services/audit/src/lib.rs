@@ -6,6 +6,7 @@ mod grpc;
 mod ingest;
 mod ocsf;
 mod records;
+mod ssf;
 mod store;
 #[cfg(test)]
 mod store_tests;
@@ -57,6 +58,16 @@ impl Audit {
                 outbox: outbox.clone(),
                 keys: webhook_key.map(|k| webhooks::Keys::new(k.expose())),
                 wake: Default::default(),
+                ssf: match (&deps.config.ssf_issuer, webhook_key) {
+                    (Some(issuer), Some(key)) => Some(ssf::Transmitter::new(issuer, key.expose())?),
+                    (Some(_), None) => {
+                        tracing::warn!(
+                            "no PIM_SECRETS_KEY: the Shared Signals transmitter has no key to sign with and is not served"
+                        );
+                        None
+                    }
+                    (None, _) => None,
+                },
             },
             db: deps.db,
             outbox,
@@ -68,6 +79,12 @@ impl Audit {
 }
 
 impl Audit {
+    /// The Shared Signals transmitter's HTTP routes (configuration, keys, streams, polling),
+    /// authenticating receivers with `verifier`; none without an issuer and a signing key.
+    pub fn ssf_router(&self, verifier: Arc<pim_runtime::auth::TokenVerifier>) -> Option<axum::Router> {
+        ssf::http::router(self, verifier)
+    }
+
     async fn require_reader(&self, caller: &pim_runtime::auth::Caller) -> Result<(), Status> {
         pim_runtime::access::require(self.access.as_ref(), caller, permissions::AUDIT_READ, "/").await
     }

@@ -84,6 +84,9 @@ impl MigratorTrait for Migrator {
                 )
             }),
             SqlMigration::boxed("m0004_webhooks", |_| crate::webhooks::store::MIGRATION.to_owned()),
+            SqlMigration::boxed("m0005_ssf_streams", |_| {
+                crate::webhooks::store::SSF_MIGRATION.to_owned()
+            }),
         ]
     }
 }

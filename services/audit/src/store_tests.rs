@@ -283,6 +283,7 @@ async fn webhook_deliveries_keep_order_per_subscription_and_are_dead_lettered_af
             outbox: pim_runtime::events::Outbox::default(),
             keys: Some(Keys::new("suite key")),
             wake: Default::default(),
+            ssf: None,
         };
         let later = created + 120_000;
         assert_eq!(dispatcher.round(later).await?, 2);
@@ -465,6 +466,7 @@ async fn delivered_webhooks_are_marked_once_and_secrets_rotate() -> anyhow::Resu
             outbox: pim_runtime::events::Outbox::default(),
             keys: Some(Keys::new("suite key")),
             wake: Default::default(),
+            ssf: None,
         };
         let now = pim_runtime::db::now_ms();
         let delivered = || {
@@ -495,6 +497,231 @@ async fn delivered_webhooks_are_marked_once_and_secrets_rotate() -> anyhow::Resu
         assert!(hooks::delete_subscription(&db, "s1").await?);
         assert!(hooks::deliveries(&db, "s1", 10).await?.is_empty());
         receiver.abort();
+        Ok(())
+    })
+    .await
+}
+
+/// A Shared Signals stream queues only what CAEP speaks of (access given, access ended), as
+/// claims naming the subject its way, in record order. A polled stream is never pushed and
+/// keeps its events until its receiver acknowledges (or refuses) them, and only its own; a
+/// paused stream holds what comes, a disabled one drops what it held and queues no more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssf_streams_queue_caep_events_and_polled_ones_wait_for_acknowledgement() -> anyhow::Result<()> {
+    use crate::ssf::{self, Method, Stream, StreamStatus, SubjectFormat};
+    use crate::webhooks::Subscription;
+    use crate::webhooks::store as hooks;
+    pim_runtime::testing::on_both_databases::<store::Migrator, _, _>("audit", None, |db| async move {
+        let stream = |id: &str, method: Method, subjects: SubjectFormat, events: &[&str]| Subscription {
+            id: id.into(),
+            url: if method == Method::Push {
+                "http://127.0.0.1:9/caep".into()
+            } else {
+                String::new()
+            },
+            event_types: events.iter().map(|e| (*e).to_owned()).collect(),
+            generation: 1,
+            stream: Some(Stream {
+                audience: "app".into(),
+                method,
+                status: StreamStatus::Enabled,
+                subjects,
+            }),
+            ..Subscription::default()
+        };
+        hooks::insert_subscription(
+            &db,
+            &stream("push", Method::Push, SubjectFormat::Opaque, &[ssf::SESSION_REVOKED]),
+        )
+        .await?;
+        hooks::insert_subscription(
+            &db,
+            &stream("poll", Method::Poll, SubjectFormat::IssSub, ssf::EVENTS_SUPPORTED),
+        )
+        .await?;
+        assert_eq!(
+            hooks::subscription(&db, "poll")
+                .await?
+                .and_then(|s| s.stream.map(|t| t.subjects)),
+            Some(SubjectFormat::IssSub)
+        );
+        let keep = |records: Vec<Record>| {
+            let db = db.clone();
+            async move {
+                let mut records = records;
+                let txn = db.begin().await?;
+                crate::ingest::keep(&txn, &mut records).await?;
+                txn.commit().await?;
+                anyhow::Ok(())
+            }
+        };
+        let about = |id: &str, action: &str| Record {
+            action: format!("pim.assignment.v1.{action}"),
+            payload_json: r#"{"reason":"expired"}"#.into(),
+            ..record(id)
+        };
+        keep(vec![
+            about("e1", "RoleActivated"),
+            about("e2", "RoleDeactivated"),
+            about("e3", "UserCreated"),
+        ])
+        .await?;
+        let pushed = hooks::deliveries(&db, "push", 10).await?;
+        assert_eq!(
+            pushed.iter().map(|d| d.event_id.as_str()).collect::<Vec<_>>(),
+            ["e2"],
+            "only what it asked for"
+        );
+        let claims: serde_json::Value = serde_json::from_str(&pushed[0].body)?;
+        assert_eq!(claims["sub_id"], serde_json::json!({"format": "opaque", "id": "lee"}));
+        assert_eq!(claims["txn"], "e2");
+        let polled = hooks::polled(&db, "poll", 10).await?;
+        assert_eq!(
+            polled.iter().map(|d| d.event_id.as_str()).collect::<Vec<_>>(),
+            ["e1", "e2"],
+            "in record order"
+        );
+        let claims: serde_json::Value = serde_json::from_str(&polled[1].body)?;
+        assert_eq!(claims["sub_id"]["format"], "iss_sub");
+        assert!(claims["events"][ssf::SESSION_REVOKED].is_object());
+
+        let due = hooks::due(&db, pushed[0].next_attempt_at, 10).await?;
+        assert_eq!(
+            due.iter().map(|d| d.subscription_id.as_str()).collect::<Vec<_>>(),
+            ["push"],
+            "a polled stream is never pushed"
+        );
+        assert!(hooks::set_stream_status(&db, "push", StreamStatus::Paused, NOW).await?);
+        assert!(
+            hooks::due(&db, pushed[0].next_attempt_at, 10).await?.is_empty(),
+            "a paused stream is not pushed"
+        );
+
+        assert_eq!(
+            hooks::settle_polled(&db, "push", &polled[0].id, None, NOW).await?,
+            0,
+            "only its own stream's"
+        );
+        assert_eq!(hooks::settle_polled(&db, "poll", &polled[0].id, None, NOW).await?, 1);
+        assert_eq!(
+            hooks::settle_polled(&db, "poll", &polled[1].id, Some("refused"), NOW).await?,
+            1
+        );
+        assert_eq!(
+            hooks::settle_polled(&db, "poll", &polled[1].id, None, NOW).await?,
+            0,
+            "settled once"
+        );
+        assert!(hooks::polled(&db, "poll", 10).await?.is_empty());
+        let settled: Vec<_> = hooks::deliveries(&db, "poll", 10)
+            .await?
+            .into_iter()
+            .map(|d| (d.event_id, d.status))
+            .collect();
+        assert_eq!(
+            settled,
+            [
+                ("e2".to_owned(), hooks::DEAD.to_owned()),
+                ("e1".to_owned(), hooks::DELIVERED.to_owned())
+            ]
+        );
+
+        assert!(hooks::set_stream_status(&db, "poll", StreamStatus::Disabled, NOW).await?);
+        keep(vec![about("e4", "RoleDeactivated")]).await?;
+        assert_eq!(
+            hooks::pending_count(&db, "poll").await?,
+            0,
+            "a disabled stream queues nothing"
+        );
+        assert_eq!(
+            hooks::pending_count(&db, "push").await?,
+            2,
+            "a paused one holds what comes"
+        );
+        assert!(hooks::set_stream_status(&db, "push", StreamStatus::Disabled, NOW).await?);
+        assert_eq!(
+            hooks::pending_count(&db, "push").await?,
+            0,
+            "disabling drops what it held"
+        );
+
+        hooks::insert_subscription(
+            &db,
+            &Subscription {
+                id: "hook".into(),
+                url: "http://127.0.0.1:9/".into(),
+                generation: 1,
+                ..Subscription::default()
+            },
+        )
+        .await?;
+        assert!(
+            !hooks::update_stream(&db, "hook", &[], "").await?,
+            "a webhook is not a stream"
+        );
+        assert!(!hooks::set_stream_status(&db, "hook", StreamStatus::Paused, NOW).await?);
+        assert!(hooks::update_stream(&db, "poll", &[ssf::SESSION_REVOKED.to_owned()], "changed").await?);
+        let changed = hooks::subscription(&db, "poll").await?.expect("kept");
+        assert_eq!(
+            (changed.event_types.len(), changed.description.as_str()),
+            (1, "changed")
+        );
+
+        // A receiver an administrator cut off is sent nothing more: its streams are disabled,
+        // each with a record saying so.
+        assert!(hooks::set_stream_status(&db, "poll", StreamStatus::Enabled, NOW).await?);
+        keep(vec![Record {
+            action: "pim.identity.v1.SessionRevoked".into(),
+            target_id: "app".into(),
+            payload_json: r#"{"session_id":"","reason":"signed_out"}"#.into(),
+            ..record("e5")
+        }])
+        .await?;
+        let status = |id: &'static str| {
+            let db = db.clone();
+            async move {
+                anyhow::Ok(
+                    hooks::subscription(&db, id)
+                        .await?
+                        .and_then(|s| s.stream)
+                        .map(|t| t.status),
+                )
+            }
+        };
+        assert_eq!(
+            status("poll").await?,
+            Some(StreamStatus::Enabled),
+            "signing out is not being cut off"
+        );
+        keep(vec![Record {
+            action: "pim.identity.v1.SessionRevoked".into(),
+            target_id: "app".into(),
+            payload_json: r#"{"session_id":"","reason":"service_principal_disabled"}"#.into(),
+            ..record("e6")
+        }])
+        .await?;
+        assert_eq!(status("poll").await?, Some(StreamStatus::Disabled));
+        let recorded = store::query(
+            &db,
+            &Filter {
+                target_id: "poll".into(),
+                ..Filter::default()
+            },
+            10,
+        )
+        .await?;
+        assert_eq!(
+            recorded
+                .iter()
+                .map(|r| (r.action.as_str(), r.actor_id.as_str()))
+                .collect::<Vec<_>>(),
+            [("pim.audit.v1.SsfStreamStatusChanged", "system")]
+        );
+        assert!(
+            recorded[0].justification.contains("SessionRevoked"),
+            "{}",
+            recorded[0].justification
+        );
         Ok(())
     })
     .await

@@ -118,6 +118,7 @@ pub struct Suite {
     addr: SocketAddr,
     /// Where `/metrics` is served, if anywhere.
     admin_addr: Option<SocketAddr>,
+    ssf_url: Option<String>,
     url: String,
     stop: watch::Sender<bool>,
     server: JoinHandle<anyhow::Result<()>>,
@@ -207,11 +208,31 @@ fn check_verifying_keys(keys: &pim_runtime::events::EventKeys, services: &[Arc<d
 impl Suite {
     /// Binds, migrates and starts everything; returns once the server accepts connections.
     pub async fn start(mut options: SuiteOptions) -> anyhow::Result<Self> {
-        let config = options.config.clone();
+        let mut config = options.config.clone();
         let hosted: Vec<ServiceName> = options.databases.keys().copied().collect();
         if hosted.is_empty() {
             bail!("no service to host");
         }
+        // The Shared Signals transmitter (audit's, over HTTP): bound first, so its issuer is
+        // known when audit is built.
+        let ssf_listener = match config.ssf_addr.filter(|_| hosted.contains(&ServiceName::Audit)) {
+            Some(ssf_addr) => {
+                let listener = TcpListener::bind(ssf_addr)
+                    .await
+                    .with_context(|| format!("binding {ssf_addr} (PIM_SSF_ADDR)"))?;
+                let bound = listener.local_addr()?;
+                if config.ssf_issuer.is_none() {
+                    let host = if bound.ip().is_unspecified() {
+                        SocketAddr::new([127, 0, 0, 1].into(), bound.port())
+                    } else {
+                        bound
+                    };
+                    config.ssf_issuer = Some(format!("http://{host}"));
+                }
+                Some(listener)
+            }
+            None => None,
+        };
         let listener = match options.listener.take() {
             Some(listener) => listener,
             None => TcpListener::bind(config.listen_addr)
@@ -387,6 +408,25 @@ impl Suite {
             })
             .collect();
 
+        let ssf_router = audit.as_ref().and_then(|audit| audit.ssf_router(verifier.clone()));
+        let ssf_url = match (ssf_listener, ssf_router) {
+            (Some(listener), Some(router)) => {
+                let mut stopped = stop.subscribe();
+                background.push(tokio::spawn(async move {
+                    let shutdown = async move {
+                        let _ = stopped.wait_for(|s| *s).await;
+                    };
+                    if let Err(err) = axum::serve(listener, router).with_graceful_shutdown(shutdown).await {
+                        tracing::error!(error = %err, "the Shared Signals transmitter stopped");
+                    }
+                }));
+                config.ssf_issuer.clone()
+            }
+            _ => None,
+        };
+        if let Some(issuer) = &ssf_url {
+            tracing::info!(issuer = %issuer, "serving the Shared Signals transmitter");
+        }
         let auth = AuthLayer::new(verifier).recording_refusals(Arc::new(Denials::of(&services)));
         let mut routes = RoutesBuilder::default();
         let mut names = Vec::new();
@@ -415,6 +455,7 @@ impl Suite {
         Ok(Self {
             addr,
             admin_addr,
+            ssf_url,
             url,
             stop,
             server,
@@ -428,6 +469,11 @@ impl Suite {
             alerting,
             services,
         })
+    }
+
+    /// The Shared Signals transmitter's issuer URL, when it is served (PIM_SSF_ADDR).
+    pub fn ssf_url(&self) -> Option<&str> {
+        self.ssf_url.as_deref()
     }
 
     /// The admin address serving `/metrics` (PIM_ADMIN_ADDR), if set.

@@ -22,6 +22,9 @@ pub mod permissions {
     pub const AUDIT_READ: &str = "pim.audit.read";
     /// Managing webhook subscriptions (they send what audit records to a URL).
     pub const WEBHOOKS_MANAGE: &str = "pim.webhooks.manage";
+    /// Receiving Shared Signals: making one's own SSF streams, which tell when principals'
+    /// sessions and roles end or change.
+    pub const SSF_RECEIVE: &str = "pim.ssf.receive";
     pub const ALERTS_READ: &str = "pim.alerts.read";
     pub const ALERTS_MANAGE: &str = "pim.alerts.manage";
     pub const RECONCILE_REPORT: &str = "pim.reconcile.report";
@@ -42,6 +45,8 @@ pub struct BuiltInRole {
 
 pub const GLOBAL_ADMINISTRATOR: &str = "62e90394-69f5-4237-9190-012177145e10";
 pub const PRIVILEGED_ROLE_ADMINISTRATOR: &str = "e8611ab8-c189-46e8-94e1-60213ab1f814";
+/// The role apps hold to receive Shared Signals (pim.ssf.receive).
+pub const SHARED_SIGNALS_RECEIVER: &str = "8c6f4a2e-5b1d-4f3a-9e7c-2d0b6a1f3c58";
 
 pub const BUILT_IN_ROLES: &[BuiltInRole] = &[
     BuiltInRole {
@@ -142,6 +147,13 @@ pub const BUILT_IN_ROLES: &[BuiltInRole] = &[
         name: "Exchange Administrator",
         description: "Can manage the Exchange organisation.",
         permissions: &[p::EXCHANGE_MANAGE],
+        privileged: false,
+    },
+    BuiltInRole {
+        id: SHARED_SIGNALS_RECEIVER,
+        name: "Shared Signals Receiver",
+        description: "For apps: can make its own Shared Signals (SSF) streams, which tell it when principals' sessions and roles end or change.",
+        permissions: &[p::SSF_RECEIVE],
         privileged: false,
     },
 ];

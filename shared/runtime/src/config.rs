@@ -50,6 +50,12 @@ pub struct Config {
     pub listen_addr: SocketAddr,
     /// Where `GET /metrics` is served (`PIM_ADMIN_ADDR`); unset: nowhere.
     pub admin_addr: Option<SocketAddr>,
+    /// Where audit serves the Shared Signals transmitter over HTTP (`PIM_SSF_ADDR`); unset:
+    /// nowhere (`pim up` serves it on the port after the gRPC one).
+    pub ssf_addr: Option<SocketAddr>,
+    /// The transmitter's issuer: the URL receivers reach it at (`PIM_SSF_ISSUER`, e.g. behind
+    /// a TLS proxy); default `http://` and the address it is served on.
+    pub ssf_issuer: Option<String>,
     /// The service's own database (`PIM_DATABASE_URL`); `pim up` uses SQLite files instead.
     pub database_url: Option<Secret<String>>,
     /// Redis for the event streams (`PIM_REDIS_URL`); unset means embedded delivery.
@@ -196,6 +202,20 @@ impl Config {
                     a.parse()
                         .with_context(|| format!("PIM_ADMIN_ADDR {a:?} is not host:port"))?,
                 ),
+                None => None,
+            },
+            ssf_addr: match get("PIM_SSF_ADDR") {
+                Some(a) => Some(
+                    a.parse()
+                        .with_context(|| format!("PIM_SSF_ADDR {a:?} is not host:port"))?,
+                ),
+                None => None,
+            },
+            ssf_issuer: match get("PIM_SSF_ISSUER") {
+                Some(url) if url.starts_with("https://") || url.starts_with("http://") => {
+                    Some(url.trim_end_matches('/').to_owned())
+                }
+                Some(url) => anyhow::bail!("PIM_SSF_ISSUER {url:?} is not an http(s):// URL"),
                 None => None,
             },
             database_url: get("PIM_DATABASE_URL").map(Secret::new),

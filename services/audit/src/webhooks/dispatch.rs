@@ -18,6 +18,9 @@ use super::{GIVE_UP_AFTER_MS, Keys, http, next_attempt};
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a claimed delivery is another replica's to leave alone.
 const LEASE_MS: i64 = 60_000;
+/// What one attempt sends: its content type, headers and body.
+type Signed = (&'static str, Vec<(&'static str, String)>, String);
+
 /// How many deliveries one round attempts at most.
 const ROUND: u64 = 64;
 
@@ -38,6 +41,8 @@ pub(crate) struct Dispatcher {
     pub(crate) keys: Option<Keys>,
     /// Woken when deliveries are queued, so they leave at once.
     pub(crate) wake: Arc<tokio::sync::Notify>,
+    /// Signs what Shared Signals streams push; without it they send nothing.
+    pub(crate) ssf: Option<crate::ssf::Transmitter>,
 }
 
 impl Dispatcher {
@@ -115,6 +120,39 @@ impl Dispatcher {
         Ok(attempted)
     }
 
+    /// What an attempt sends: a webhook's CloudEvent with its Standard Webhooks headers, or a
+    /// stream's SET, signed now.
+    fn signed(&self, subscription: &super::Subscription, d: &Delivery, now: i64) -> Result<Signed, String> {
+        if let Some(stream) = &subscription.stream {
+            let transmitter = self
+                .ssf
+                .as_ref()
+                .ok_or("no SSF signing key (PIM_SECRETS_KEY) to sign with")?;
+            let set = transmitter
+                .sign(&d.body, &stream.audience, &d.id, now)
+                .map_err(|e| format!("{e:#}"))?;
+            return Ok((
+                "application/secevent+jwt",
+                vec![("accept", "application/json".into())],
+                set,
+            ));
+        }
+        let keys = self
+            .keys
+            .as_ref()
+            .ok_or("no signing key (PIM_SECRETS_KEY) to sign with")?;
+        let timestamp = now / 1000;
+        let headers = vec![
+            ("webhook-id", d.event_id.clone()),
+            ("webhook-timestamp", timestamp.to_string()),
+            (
+                "webhook-signature",
+                keys.signature(subscription, &d.event_id, timestamp, &d.body, now),
+            ),
+        ];
+        Ok(("application/json", headers, d.body.clone()))
+    }
+
     /// One attempt of a due delivery, unless another process took it.
     async fn attempt(&self, d: Delivery, now: i64) -> anyhow::Result<Attempted> {
         let lease = now + LEASE_MS;
@@ -133,22 +171,14 @@ impl Dispatcher {
             return Ok(Attempted::Skipped);
         }
         let started = std::time::Instant::now();
-        let outcome = match &self.keys {
-            None => Err("no signing key (PIM_SECRETS_KEY) to sign with".to_owned()),
-            Some(keys) => {
-                let timestamp = now / 1000;
-                let headers = [
-                    ("webhook-id", d.event_id.clone()),
-                    ("webhook-timestamp", timestamp.to_string()),
-                    (
-                        "webhook-signature",
-                        keys.signature(&subscription, &d.event_id, timestamp, &d.body, now),
-                    ),
-                ];
-                tokio::time::timeout(ATTEMPT_TIMEOUT, http::post(&subscription.url, &headers, d.body.clone()))
-                    .await
-                    .unwrap_or_else(|_| Err(format!("no answer within {} s", ATTEMPT_TIMEOUT.as_secs())))
-            }
+        let outcome = match self.signed(&subscription, &d, now) {
+            Err(error) => Err(error),
+            Ok((content_type, headers, body)) => tokio::time::timeout(
+                ATTEMPT_TIMEOUT,
+                http::post(&subscription.url, content_type, &headers, body),
+            )
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {} s", ATTEMPT_TIMEOUT.as_secs()))),
         };
         let after = now + started.elapsed().as_millis() as i64;
         let (code, error) = match outcome {

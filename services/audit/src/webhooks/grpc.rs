@@ -13,6 +13,7 @@ use pim_runtime::grpc::{internal, invalid_argument};
 
 use super::store::{self, Delivery, PENDING};
 use super::{Keys, ROTATION_OVERLAP_MS, Subscription, validate};
+use crate::ssf::StreamStatus;
 use crate::store::Record;
 use crate::{Audit, ingest};
 
@@ -84,10 +85,12 @@ impl Audit {
         })
     }
 
+    /// A webhook subscription (a Shared Signals stream is its receiver's to manage).
     async fn found(&self, id: &str) -> Result<Subscription, Status> {
         store::subscription(&self.db, id.trim())
             .await
             .map_err(internal)?
+            .filter(|s| s.stream.is_none())
             .ok_or_else(|| Status::not_found(format!("webhook subscription {id} not found")))
     }
 
@@ -122,6 +125,7 @@ impl WebhookService for Audit {
             generation: 1,
             previous_until: 0,
             suspended_at: None,
+            stream: None,
         };
         validate(&s).map_err(|e| invalid_argument(&format!("subscription.{}", e.field), &e.reason))?;
         let txn = self.db.begin().await.map_err(internal)?;
@@ -141,8 +145,40 @@ impl WebhookService for Audit {
         self.require_webhooks(caller(&request)?).await?;
         let subscriptions = store::subscriptions(&self.db).await.map_err(internal)?;
         Ok(Response::new(pb::ListSubscriptionsResponse {
-            subscriptions: subscriptions.into_iter().map(subscription_to_pb).collect(),
+            subscriptions: subscriptions
+                .into_iter()
+                .filter(|s| s.stream.is_none())
+                .map(subscription_to_pb)
+                .collect(),
         }))
+    }
+
+    async fn list_ssf_streams(
+        &self,
+        request: Request<pb::ListSsfStreamsRequest>,
+    ) -> Result<Response<pb::ListSsfStreamsResponse>, Status> {
+        pim_runtime::access::require(self.access.as_ref(), caller(&request)?, permissions::AUDIT_READ, "/").await?;
+        let mut streams = Vec::new();
+        for s in store::subscriptions(&self.db).await.map_err(internal)? {
+            let Some(stream) = &s.stream else { continue };
+            let status = match stream.status {
+                StreamStatus::Enabled => pb::SsfStreamStatus::Enabled,
+                StreamStatus::Paused => pb::SsfStreamStatus::Paused,
+                StreamStatus::Disabled => pb::SsfStreamStatus::Disabled,
+            };
+            streams.push(pb::SsfStream {
+                pending: store::pending_count(&self.db, &s.id).await.map_err(internal)?,
+                id: s.id.clone(),
+                receiver_id: stream.audience.clone(),
+                delivery_method: stream.method.urn().into(),
+                endpoint: s.url_shown(),
+                events_requested: s.event_types.clone(),
+                status: status as i32,
+                description: s.description.clone(),
+                created_at: Some(to_timestamp(s.created_at)),
+            });
+        }
+        Ok(Response::new(pb::ListSsfStreamsResponse { streams }))
     }
 
     async fn delete_subscription(

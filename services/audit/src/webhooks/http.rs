@@ -1,4 +1,4 @@
-//! The one HTTP call webhooks make: a POST of a JSON body, over TLS (the system's roots) for
+//! The one HTTP call webhooks and pushed SSF streams make: a POST of a body, over TLS (the system's roots) for
 //! https://, answering the receiver's status code.
 
 use std::sync::{Arc, OnceLock};
@@ -8,8 +8,9 @@ use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-/// POSTs `body` to `url` with `headers`; the receiver's HTTP status, or why none came.
-pub async fn post(url: &str, headers: &[(&str, String)], body: String) -> Result<u16, String> {
+/// POSTs `body` of `content_type` to `url` with `headers`; the receiver's HTTP status, or
+/// why none came.
+pub async fn post(url: &str, content_type: &str, headers: &[(&str, String)], body: String) -> Result<u16, String> {
     let uri: hyper::Uri = url.parse().map_err(|_| "not a URL".to_owned())?;
     let host = uri
         .host()
@@ -25,7 +26,7 @@ pub async fn post(url: &str, headers: &[(&str, String)], body: String) -> Result
             hyper::header::HOST,
             uri.authority().map(|a| a.as_str()).unwrap_or(&host),
         )
-        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .header(hyper::header::CONTENT_TYPE, content_type)
         .header(
             hyper::header::USER_AGENT,
             concat!("pim-webhooks/", env!("CARGO_PKG_VERSION")),

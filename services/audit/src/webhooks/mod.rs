@@ -53,11 +53,19 @@ pub struct Subscription {
     pub previous_until: i64,
     /// When a delivery was given up: nothing is queued for it until it is resumed.
     pub suspended_at: Option<i64>,
+    /// Set for a Shared Signals stream: its events are SETs (CAEP), `event_types` the event
+    /// types it asked for, and `url` where they are pushed (empty when polled).
+    pub stream: Option<crate::ssf::Stream>,
 }
 
 impl Subscription {
     /// Whether this record is one the subscriber asked for.
     pub fn wants(&self, r: &Record) -> bool {
+        if let Some(stream) = &self.stream {
+            return stream.status != crate::ssf::StreamStatus::Disabled
+                && crate::ssf::signal(r)
+                    .is_some_and(|(event_type, _)| self.event_types.iter().any(|t| t == event_type));
+        }
         let short = r.action.rsplit('.').next().unwrap_or_default();
         let typed = self.event_types.is_empty() || self.event_types.iter().any(|t| t == &r.action || t == short);
         let role = self.role_ids.is_empty() || self.role_ids.contains(&r.role_id);

@@ -5,6 +5,7 @@ use sea_orm::{ConnectionTrait, DbErr, QueryResult};
 use pim_runtime::db::{self, col};
 
 use super::Subscription;
+use crate::ssf::{self, Method, Stream, StreamStatus, SubjectFormat};
 use crate::store::Record;
 
 /// The tables (migration m0004_webhooks).
@@ -41,6 +42,13 @@ pub const MIGRATION: &str = "CREATE TABLE webhook_subscriptions (
     );
     CREATE INDEX webhook_deliveries_queue ON webhook_deliveries (subscription_id, status, position);
     CREATE INDEX webhook_deliveries_due ON webhook_deliveries (status, next_attempt_at)";
+
+/// What makes a subscription a Shared Signals stream (migration m0005_ssf_streams): all
+/// four set, or none.
+pub const SSF_MIGRATION: &str = "ALTER TABLE webhook_subscriptions ADD COLUMN ssf_audience TEXT;
+    ALTER TABLE webhook_subscriptions ADD COLUMN ssf_method TEXT;
+    ALTER TABLE webhook_subscriptions ADD COLUMN ssf_status TEXT;
+    ALTER TABLE webhook_subscriptions ADD COLUMN ssf_subjects TEXT";
 
 pub const PENDING: &str = "pending";
 pub const DELIVERED: &str = "delivered";
@@ -114,16 +122,32 @@ impl Subscription {
             generation: col(r, "generation")?,
             previous_until: col(r, "previous_until")?,
             suspended_at: col(r, "suspended_at")?,
+            stream: stream_from_row(r)?,
         })
     }
 }
 
-const SUBSCRIPTION_COLUMNS: &str = "id, url, event_types, role_ids, group_ids, min_severity, description, created_at, created_by, generation, previous_until, suspended_at";
+fn stream_from_row(r: &QueryResult) -> Result<Option<Stream>, DbErr> {
+    let Some(audience) = col::<Option<String>>(r, "ssf_audience")? else {
+        return Ok(None);
+    };
+    let text = |name: &str| col::<Option<String>>(r, name).map(Option::unwrap_or_default);
+    let bad = |name: &str, value: &str| DbErr::Type(format!("{name} {value:?} is not one PIM writes"));
+    let (method, status, subjects) = (text("ssf_method")?, text("ssf_status")?, text("ssf_subjects")?);
+    Ok(Some(Stream {
+        audience,
+        method: Method::parse(&method).ok_or_else(|| bad("ssf_method", &method))?,
+        status: StreamStatus::parse(&status).ok_or_else(|| bad("ssf_status", &status))?,
+        subjects: SubjectFormat::parse(&subjects).ok_or_else(|| bad("ssf_subjects", &subjects))?,
+    }))
+}
+
+const SUBSCRIPTION_COLUMNS: &str = "id, url, event_types, role_ids, group_ids, min_severity, description, created_at, created_by, generation, previous_until, suspended_at, ssf_audience, ssf_method, ssf_status, ssf_subjects";
 
 pub async fn insert_subscription<C: ConnectionTrait>(c: &C, s: &Subscription) -> Result<(), DbErr> {
     db::exec(
         c,
-        &format!("INSERT INTO webhook_subscriptions ({SUBSCRIPTION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"),
+        &format!("INSERT INTO webhook_subscriptions ({SUBSCRIPTION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"),
         vec![
             s.id.clone().into(),
             s.url.clone().into(),
@@ -137,6 +161,10 @@ pub async fn insert_subscription<C: ConnectionTrait>(c: &C, s: &Subscription) ->
             s.generation.into(),
             s.previous_until.into(),
             s.suspended_at.into(),
+            s.stream.as_ref().map(|t| t.audience.clone()).into(),
+            s.stream.as_ref().map(|t| t.method.as_str()).into(),
+            s.stream.as_ref().map(|t| t.status.as_str()).into(),
+            s.stream.as_ref().map(|t| t.subjects.as_str()).into(),
         ],
     )
     .await?;
@@ -199,13 +227,20 @@ pub async fn enqueue<C: ConnectionTrait>(c: &C, records: &[Record], now: i64) ->
     let mut queued = Vec::new();
     for s in subscriptions.iter().filter(|s| s.suspended_at.is_none()) {
         for r in records.iter().filter(|r| s.wants(r)) {
+            let body = match &s.stream {
+                None => super::cloud_event(r),
+                Some(stream) => match ssf::claims(r, stream) {
+                    Some(claims) => claims,
+                    None => continue,
+                },
+            };
             queued.push(Delivery {
                 id: uuid::Uuid::now_v7().to_string(),
                 subscription_id: s.id.clone(),
                 position: r.sequence,
                 event_id: r.event_id.clone(),
                 event_type: r.action.clone(),
-                body: super::cloud_event(r),
+                body,
                 status: PENDING.into(),
                 created_at: now,
                 next_attempt_at: now,
@@ -270,13 +305,15 @@ async fn insert_deliveries<C: ConnectionTrait>(c: &C, deliveries: &[Delivery]) -
     Ok(added as usize)
 }
 
-/// The deliveries whose turn it is: for each subscription its first pending one (in record
-/// order), when its next attempt is due. One indexed lookup per subscription, however long
-/// the queues.
+/// The deliveries whose turn it is: for each subscription that is pushed to (not a polled or
+/// paused stream) its first pending one (in record order), when its next attempt is due. One
+/// indexed lookup per subscription, however long the queues.
 pub async fn due<C: ConnectionTrait>(c: &C, now: i64, limit: u64) -> Result<Vec<Delivery>, DbErr> {
     let ids = db::query(
         c,
-        "SELECT id FROM webhook_subscriptions ORDER BY created_at, id",
+        "SELECT id FROM webhook_subscriptions
+         WHERE ssf_method IS NULL OR (ssf_method = 'push' AND ssf_status = 'enabled')
+         ORDER BY created_at, id",
         vec![],
     )
     .await?;
@@ -407,6 +444,119 @@ pub async fn forget_settled<C: ConnectionTrait>(c: &C, before: i64) -> Result<u6
         vec![before.into()],
     )
     .await
+}
+
+/// A receiver's streams.
+pub async fn streams_of<C: ConnectionTrait>(c: &C, audience: &str) -> Result<Vec<Subscription>, DbErr> {
+    db::query(
+        c,
+        &format!(
+            "SELECT {SUBSCRIPTION_COLUMNS} FROM webhook_subscriptions WHERE ssf_audience = $1 ORDER BY created_at, id"
+        ),
+        vec![audience.into()],
+    )
+    .await?
+    .iter()
+    .map(Subscription::from_row)
+    .collect()
+}
+
+/// Changes what a stream asks for and its description; whether there was such a stream.
+pub async fn update_stream<C: ConnectionTrait>(
+    c: &C,
+    id: &str,
+    event_types: &[String],
+    description: &str,
+) -> Result<bool, DbErr> {
+    Ok(db::exec(
+        c,
+        "UPDATE webhook_subscriptions SET event_types = $2, description = $3 WHERE id = $1 AND ssf_audience IS NOT NULL",
+        vec![id.into(), list(event_types).into(), description.into()],
+    )
+    .await?
+        == 1)
+}
+
+/// Sets a stream's status; disabling it gives up what it had queued (a disabled stream
+/// neither sends nor holds events). Whether there was such a stream.
+pub async fn set_stream_status<C: ConnectionTrait>(
+    c: &C,
+    id: &str,
+    status: StreamStatus,
+    now: i64,
+) -> Result<bool, DbErr> {
+    let changed = db::exec(
+        c,
+        "UPDATE webhook_subscriptions SET ssf_status = $2 WHERE id = $1 AND ssf_audience IS NOT NULL",
+        vec![id.into(), status.as_str().into()],
+    )
+    .await?
+        == 1;
+    if changed && status == StreamStatus::Disabled {
+        db::exec(
+            c,
+            "UPDATE webhook_deliveries SET status = 'dead', next_attempt_at = $2, last_error = 'the stream was disabled'
+             WHERE subscription_id = $1 AND status = 'pending'",
+            vec![id.into(), now.into()],
+        )
+        .await?;
+    }
+    Ok(changed)
+}
+
+/// A polled stream's next events, in record order: at most `limit`.
+pub async fn polled<C: ConnectionTrait>(c: &C, stream_id: &str, limit: u64) -> Result<Vec<Delivery>, DbErr> {
+    db::query(
+        c,
+        &format!(
+            "SELECT {DELIVERY_READ} FROM webhook_deliveries WHERE subscription_id = $1 AND status = 'pending'
+             ORDER BY position, id LIMIT $2"
+        ),
+        vec![stream_id.into(), (limit as i64).into()],
+    )
+    .await?
+    .iter()
+    .map(Delivery::from_row)
+    .collect()
+}
+
+/// Settles a polled stream's events by their `jti` (the delivery id): delivered when the
+/// receiver acknowledged it, dead with the receiver's error when it refused it. How many.
+pub async fn settle_polled<C: ConnectionTrait>(
+    c: &C,
+    stream_id: &str,
+    jti: &str,
+    error: Option<&str>,
+    now: i64,
+) -> Result<u64, DbErr> {
+    db::exec(
+        c,
+        "UPDATE webhook_deliveries SET status = $3, attempts = attempts + 1, last_error = $4,
+             delivered_at = CASE WHEN $3 = 'delivered' THEN $5 ELSE delivered_at END, next_attempt_at = $5
+         WHERE subscription_id = $1 AND id = $2 AND status = 'pending'",
+        vec![
+            stream_id.into(),
+            jti.into(),
+            if error.is_some() { DEAD } else { DELIVERED }.into(),
+            error.unwrap_or_default().into(),
+            now.into(),
+        ],
+    )
+    .await
+}
+
+/// How many events wait for a subscription.
+pub async fn pending_count<C: ConnectionTrait>(c: &C, subscription_id: &str) -> Result<i64, DbErr> {
+    let row = db::query_one(
+        c,
+        "SELECT COUNT(*) AS n FROM webhook_deliveries WHERE subscription_id = $1 AND status = 'pending'",
+        vec![subscription_id.into()],
+    )
+    .await?;
+    row.as_ref()
+        .map(|r| col::<i64>(r, "n"))
+        .transpose()
+        .map(Option::unwrap_or_default)
 }
 
 #[cfg(test)]

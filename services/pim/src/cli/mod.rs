@@ -222,6 +222,9 @@ enum Command {
     /// deliveries.
     #[command(subcommand)]
     Webhooks(webhooks::WebhooksCommand),
+    /// Shared Signals (SSF/CAEP): the streams apps receive session and role changes on.
+    #[command(subcommand)]
+    Ssf(webhooks::SsfCommand),
     /// Show each service's health.
     Health {
         /// Check only this service (identity, assignment, approval, alerting or audit), as a
@@ -382,6 +385,7 @@ async fn run_command(cli: Cli) -> anyhow::Result<i32> {
         Command::Check(args) => check(args).await,
         Command::Audit(args) => audit::audit(args).await,
         Command::Webhooks(cmd) => webhooks::run(cmd).await,
+        Command::Ssf(cmd) => webhooks::run_ssf(cmd).await,
         Command::Health { service, client } => health(service, client).await,
     }
 }

@@ -45,6 +45,17 @@ pub(crate) async fn up() -> anyhow::Result<i32> {
         config.event_signing_keys = Some(pim_runtime::config::Secret::new(keys));
         config.event_keys()?;
     }
+    if config.ssf_addr.is_none() {
+        // The Shared Signals transmitter: on the port after the gRPC one (any free port when
+        // that one is).
+        let port = match config.listen_addr.port() {
+            0 => 0,
+            port => port
+                .checked_add(1)
+                .context("PIM_LISTEN_ADDR's port is the last one: set PIM_SSF_ADDR")?,
+        };
+        config.ssf_addr = Some(std::net::SocketAddr::new(config.listen_addr.ip(), port));
+    }
     let databases = ServiceName::ALL
         .into_iter()
         .map(|s| (s, sqlite_url(&config.data_dir.join(format!("{s}.db")))))
@@ -57,6 +68,9 @@ pub(crate) async fn up() -> anyhow::Result<i32> {
         }
     }
     println!("PIM is up at {}", suite.url());
+    if let Some(ssf) = suite.ssf_url() {
+        println!("  Shared Signals (SSF) transmitter: {ssf}/.well-known/ssf-configuration");
+    }
     println!(
         "  data: {}  events: {}",
         config.data_dir.display(),

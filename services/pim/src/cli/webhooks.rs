@@ -274,3 +274,65 @@ pub(crate) async fn run(cmd: WebhooksCommand) -> anyhow::Result<i32> {
     }
     Ok(0)
 }
+
+#[derive(Subcommand)]
+pub(crate) enum SsfCommand {
+    /// The streams receivers made at the transmitter (`/.well-known/ssf-configuration`):
+    /// receiver, delivery, what each asked for, its status and how many events wait.
+    Streams {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+pub(crate) async fn run_ssf(cmd: SsfCommand) -> anyhow::Result<i32> {
+    let SsfCommand::Streams { client } = cmd;
+    let session = Session::open(&client, true)?;
+    let streams = WebhookServiceClient::new(session.channel.clone())
+        .list_ssf_streams(session.request(pb::ListSsfStreamsRequest {})?)
+        .await
+        .map_err(explain)?
+        .into_inner()
+        .streams;
+    let mut names = Names::new(&session);
+    let mut rows = Vec::new();
+    for s in streams {
+        let delivery = match s.delivery_method.as_str() {
+            "urn:ietf:rfc:8935" => format!("push to {}", s.endpoint),
+            "urn:ietf:rfc:8936" => "poll".to_owned(),
+            other => other.to_owned(),
+        };
+        let events: Vec<&str> = s
+            .events_requested
+            .iter()
+            .map(|e| e.rsplit('/').next().unwrap_or(e))
+            .collect();
+        let status = pb::SsfStreamStatus::try_from(s.status)
+            .map(|s| s.as_str_name().trim_start_matches("SSF_STREAM_STATUS_").to_lowercase())
+            .unwrap_or_default();
+        rows.push(vec![
+            Cell::from(s.id),
+            names.principal(&s.receiver_id).await.into(),
+            delivery.into(),
+            events.join(",").into(),
+            status.into(),
+            s.pending.to_string().into(),
+            s.description.into(),
+            time(s.created_at.as_ref().map(from_timestamp)).into(),
+        ]);
+    }
+    print_table(
+        &[
+            "ID",
+            "RECEIVER",
+            "DELIVERY",
+            "EVENTS",
+            "STATUS",
+            "PENDING",
+            "DESCRIPTION",
+            "CREATED",
+        ],
+        rows,
+    );
+    Ok(0)
+}

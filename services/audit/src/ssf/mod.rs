@@ -1,0 +1,442 @@
+//! Shared Signals (OpenID SSF 1.0 with CAEP 1.0): a transmitter that tells receivers, as
+//! signed Security Event Tokens (RFC 8417), the moment a principal's access ends
+//! (`session-revoked`) or grows (`token-claims-change`), so an app that caches roles ends its
+//! sessions when PIM does. A stream is a subscription of its own kind: its events go through
+//! the webhooks' durable queue, in record order, pushed (RFC 8935) or polled (RFC 8936).
+//!
+//! What a stream holds is the SET's claims without the envelope: issuer, audience, `iat` and
+//! `jti` are added, and the token signed, when it leaves (pushed or polled).
+
+pub(crate) mod http;
+
+use anyhow::Context;
+use base64::Engine;
+use ed25519_dalek::SigningKey;
+use ed25519_dalek::pkcs8::EncodePrivateKey;
+use hmac::{Hmac, Mac};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::store::Record;
+
+pub const SESSION_REVOKED: &str = "https://schemas.openid.net/secevent/caep/event-type/session-revoked";
+pub const TOKEN_CLAIMS_CHANGE: &str = "https://schemas.openid.net/secevent/caep/event-type/token-claims-change";
+pub const VERIFICATION: &str = "https://schemas.openid.net/secevent/ssf/event-type/verification";
+/// The events a stream may ask for (verification is always delivered).
+pub const EVENTS_SUPPORTED: &[&str] = &[SESSION_REVOKED, TOKEN_CLAIMS_CHANGE];
+
+/// How a stream's events reach its receiver.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    /// POSTed to the receiver's endpoint (RFC 8935).
+    Push,
+    /// Fetched by the receiver from the transmitter's endpoint (RFC 8936).
+    Poll,
+}
+
+impl Method {
+    pub fn urn(self) -> &'static str {
+        match self {
+            Method::Push => "urn:ietf:rfc:8935",
+            Method::Poll => "urn:ietf:rfc:8936",
+        }
+    }
+
+    pub fn from_urn(urn: &str) -> Option<Self> {
+        [Method::Push, Method::Poll].into_iter().find(|m| m.urn() == urn)
+    }
+
+    /// As the database keeps it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Push => "push",
+            Method::Poll => "poll",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        [Method::Push, Method::Poll].into_iter().find(|m| m.as_str() == text)
+    }
+}
+
+/// A stream's status (SSF 1.0 §8.1.2): paused holds events, disabled drops them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StreamStatus {
+    Enabled,
+    Paused,
+    Disabled,
+}
+
+impl StreamStatus {
+    const ALL: [StreamStatus; 3] = [StreamStatus::Enabled, StreamStatus::Paused, StreamStatus::Disabled];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StreamStatus::Enabled => "enabled",
+            StreamStatus::Paused => "paused",
+            StreamStatus::Disabled => "disabled",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+}
+
+/// How a SET names its subject (RFC 9493): PIM's principal id alone, or with the issuer of
+/// PIM's tokens (`iss_sub`), which is what a receiver matching PIM tokens holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SubjectFormat {
+    Opaque,
+    IssSub,
+}
+
+impl SubjectFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SubjectFormat::Opaque => "opaque",
+            SubjectFormat::IssSub => "iss_sub",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        [SubjectFormat::Opaque, SubjectFormat::IssSub]
+            .into_iter()
+            .find(|f| f.as_str() == text)
+    }
+
+    /// The subject identifier of a principal.
+    pub fn subject(self, principal_id: &str) -> Value {
+        match self {
+            SubjectFormat::Opaque => json!({"format": "opaque", "id": principal_id}),
+            SubjectFormat::IssSub => {
+                json!({"format": "iss_sub", "iss": pim_runtime::auth::ISSUER, "sub": principal_id})
+            }
+        }
+    }
+}
+
+/// What makes a subscription an SSF stream.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Stream {
+    /// The receiver: the service principal that made the stream (the SETs' `aud`).
+    pub audience: String,
+    pub method: Method,
+    pub status: StreamStatus,
+    pub subjects: SubjectFormat,
+}
+
+/// The CAEP event a record is, if it is one: its type and its event object. Access ends
+/// (an active role deactivated, expired, removed or revoked, which every such end announces
+/// as RoleDeactivated; a session revoked; a user disabled or deleted): `session-revoked`. Access given (a role activated, an active
+/// assignment granted): `token-claims-change` naming the role.
+pub fn signal(r: &Record) -> Option<(&'static str, Value)> {
+    let payload: Value = serde_json::from_str(&r.payload_json).unwrap_or_default();
+    let role = || {
+        let name = if r.role_name.is_empty() {
+            &r.role_id
+        } else {
+            &r.role_name
+        };
+        format!("{name} at {}", if r.scope.is_empty() { "/" } else { &r.scope })
+    };
+    let at = r.time / 1000;
+    let revoked = |initiator: &str, why: String| json!({"event_timestamp": at, "initiating_entity": initiator, "reason_admin": {"en": why}});
+    let short = r.action.rsplit('.').next().unwrap_or_default();
+    let event = match short {
+        "RoleDeactivated" => {
+            let reason = payload["reason"].as_str().unwrap_or_default();
+            let initiator = match reason {
+                "expired" => "policy",
+                "deactivated" => "user",
+                _ => "admin",
+            };
+            (
+                SESSION_REVOKED,
+                revoked(initiator, format!("role {} ended: {reason}", role())),
+            )
+        }
+        "SessionRevoked" => {
+            let initiator = if r.actor_id == r.target_id { "user" } else { "admin" };
+            (SESSION_REVOKED, revoked(initiator, "session revoked".into()))
+        }
+        "UserDisabled" => (SESSION_REVOKED, revoked("admin", "user disabled".into())),
+        "UserDeleted" => (SESSION_REVOKED, revoked("admin", "user deleted".into())),
+        "RoleActivated" | "ActiveAssignmentGranted" => (
+            TOKEN_CLAIMS_CHANGE,
+            json!({
+                "event_timestamp": at,
+                "initiating_entity": if short == "RoleActivated" { "user" } else { "admin" },
+                "claims": {"pim_role_added": {
+                    "id": r.role_id, "name": r.role_name, "scope": r.scope,
+                    "until": payload["end_time"],
+                }},
+            }),
+        ),
+        _ => return None,
+    };
+    (!r.target_id.is_empty()).then_some(event)
+}
+
+/// Whether a record ends its target's standing as a receiver: the principal disabled or
+/// deleted, or its Shared Signals Receiver role ended. Its streams are then disabled (a
+/// receiver holding pim.ssf.receive another way enables them again at `/ssf/status`), so an
+/// app an administrator cut off is sent nothing more.
+pub fn ends_receiver(r: &Record) -> bool {
+    let payload: Value = serde_json::from_str(&r.payload_json).unwrap_or_default();
+    match r.action.rsplit('.').next().unwrap_or_default() {
+        "UserDisabled" | "UserDeleted" => true,
+        "SessionRevoked" => matches!(
+            payload["reason"].as_str(),
+            Some("user_disabled" | "user_deleted" | "service_principal_disabled")
+        ),
+        "RoleDeactivated" => r.role_id == pim_proto::catalogue::SHARED_SIGNALS_RECEIVER,
+        _ => false,
+    }
+}
+
+/// Disables the streams of every receiver these records cut off (see [`ends_receiver`]),
+/// in the records' transaction; the record of each stream disabled, by PIM, naming why.
+pub async fn end_receivers<C: sea_orm::ConnectionTrait>(
+    c: &C,
+    records: &[Record],
+    now: i64,
+) -> anyhow::Result<Vec<Record>> {
+    let mut disabled = Vec::new();
+    for r in records.iter().filter(|r| ends_receiver(r) && !r.target_id.is_empty()) {
+        for mut s in crate::webhooks::store::streams_of(c, &r.target_id).await? {
+            if s.stream.as_ref().is_some_and(|t| t.status == StreamStatus::Disabled) {
+                continue;
+            }
+            crate::webhooks::store::set_stream_status(c, &s.id, StreamStatus::Disabled, now).await?;
+            if let Some(stream) = s.stream.as_mut() {
+                stream.status = StreamStatus::Disabled;
+            }
+            let why = format!(
+                "the receiver was cut off ({})",
+                r.action.rsplit('.').next().unwrap_or_default()
+            );
+            disabled.push(stream_record(
+                ("system", "PIM"),
+                "SsfStreamStatusChanged",
+                &s,
+                &why,
+                now,
+            ));
+        }
+    }
+    Ok(disabled)
+}
+
+/// The audit record of a change to a stream: by whom (id, name), why.
+pub fn stream_record(
+    (actor_id, actor_name): (&str, &str),
+    action: &str,
+    s: &crate::webhooks::Subscription,
+    reason: &str,
+    now: i64,
+) -> Record {
+    let stream = s.stream.as_ref();
+    Record {
+        event_id: uuid::Uuid::now_v7().to_string(),
+        time: now,
+        source: "pim.audit".into(),
+        action: format!("pim.audit.v1.{action}"),
+        actor_id: actor_id.into(),
+        actor_name: actor_name.into(),
+        target_id: s.id.clone(),
+        target_name: crate::webhooks::shown_url(&s.url),
+        justification: reason.into(),
+        outcome: "success".into(),
+        payload_json: json!({
+            "receiver": stream.map(|t| t.audience.clone()),
+            "method": stream.map(|t| t.method.urn()),
+            "endpoint": crate::webhooks::shown_url(&s.url),
+            "events_requested": s.event_types,
+            "status": stream.map(|t| t.status.as_str()),
+            "format": stream.map(|t| t.subjects.as_str()),
+        })
+        .to_string(),
+        ..Record::default()
+    }
+}
+
+/// The claims a stream queues for a record it wants (see [`signal`]).
+pub fn claims(r: &Record, stream: &Stream) -> Option<String> {
+    let (event_type, event) = signal(r)?;
+    Some(
+        json!({
+            "sub_id": stream.subjects.subject(&r.target_id),
+            "txn": r.event_id,
+            "events": {event_type: event},
+        })
+        .to_string(),
+    )
+}
+
+/// The claims of a verification event (SSF 1.0 §8.1.4): the stream itself is its subject.
+pub fn verification(stream_id: &str, state: &str) -> String {
+    let mut event = json!({});
+    if !state.is_empty() {
+        event["state"] = json!(state);
+    }
+    json!({
+        "sub_id": {"format": "opaque", "id": stream_id},
+        "events": {VERIFICATION: event},
+    })
+    .to_string()
+}
+
+/// The transmitter's identity: its issuer URL and its Ed25519 signing key, derived from the
+/// suite's secrets key (never stored: a copy of the database signs nothing).
+#[derive(Clone)]
+pub struct Transmitter {
+    pub issuer: String,
+    key: EncodingKey,
+    kid: String,
+    /// The public key, base64url (the JWK's `x`).
+    x: String,
+}
+
+impl Transmitter {
+    pub fn new(issuer: &str, master: &str) -> anyhow::Result<Self> {
+        let mut mac = Hmac::<Sha256>::new_from_slice(master.as_bytes()).expect("HMAC takes a key of any length");
+        mac.update(b"pim ssf signing key\0v1");
+        let seed: [u8; 32] = mac.finalize().into_bytes().into();
+        let signing = SigningKey::from_bytes(&seed);
+        let der = signing
+            .to_pkcs8_der()
+            .map_err(|e| anyhow::anyhow!("encoding the SSF signing key: {e}"))?;
+        let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(signing.verifying_key().to_bytes());
+        let kid = Sha256::digest(x.as_bytes())[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        Ok(Self {
+            issuer: issuer.trim_end_matches('/').to_owned(),
+            key: EncodingKey::from_ed_der(der.as_bytes()),
+            kid,
+            x,
+        })
+    }
+
+    /// The public keys, as a JWK Set.
+    pub fn jwks(&self) -> Value {
+        json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "x": self.x, "kid": self.kid, "use": "sig", "alg": "EdDSA"}]})
+    }
+
+    /// The SET of queued `claims` for `audience`: issuer, audience, `iat` and `jti` added,
+    /// signed (EdDSA, `typ` `secevent+jwt`).
+    pub fn sign(&self, claims: &str, audience: &str, jti: &str, now_ms: i64) -> anyhow::Result<String> {
+        let mut claims: serde_json::Map<String, Value> =
+            serde_json::from_str(claims).context("a queued SET's claims are not a JSON object")?;
+        claims.insert("iss".into(), json!(self.issuer));
+        claims.insert("aud".into(), json!(audience));
+        claims.insert("iat".into(), json!(now_ms / 1000));
+        claims.insert("jti".into(), json!(jti));
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(self.kid.clone());
+        header.typ = Some("secevent+jwt".into());
+        jsonwebtoken::encode(&header, &claims, &self.key).context("signing a SET")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(action: &str, payload: &str) -> Record {
+        Record {
+            event_id: "e1".into(),
+            time: 1_700_000_000_123,
+            action: format!("pim.assignment.v1.{action}"),
+            actor_id: "admin-id".into(),
+            target_id: "lee-id".into(),
+            role_id: "ga".into(),
+            role_name: "Global Administrator".into(),
+            scope: "/".into(),
+            payload_json: payload.into(),
+            ..Record::default()
+        }
+    }
+
+    #[test]
+    fn access_that_ends_is_a_session_revoked_and_access_given_a_claims_change() {
+        let (kind, event) = signal(&record("RoleDeactivated", r#"{"reason":"expired"}"#)).unwrap();
+        assert_eq!(kind, SESSION_REVOKED);
+        assert_eq!(event["initiating_entity"], "policy");
+        assert_eq!(event["event_timestamp"], 1_700_000_000);
+        assert_eq!(
+            event["reason_admin"]["en"],
+            "role Global Administrator at / ended: expired"
+        );
+        for ends in ["SessionRevoked", "UserDisabled", "UserDeleted"] {
+            assert_eq!(signal(&record(ends, "{}")).unwrap().0, SESSION_REVOKED, "{ends}");
+        }
+        let (kind, event) = signal(&record("RoleActivated", r#"{"end_time":"2026-12-05T00:00:00Z"}"#)).unwrap();
+        assert_eq!(kind, TOKEN_CLAIMS_CHANGE);
+        assert_eq!(event["claims"]["pim_role_added"]["until"], "2026-12-05T00:00:00Z");
+        assert!(signal(&record("EligibilityGranted", "{}")).is_none());
+        // Its RoleDeactivated says it already: one signal for one end.
+        assert!(signal(&record("ActiveAssignmentRemoved", "{}")).is_none());
+        assert!(signal(&record("PolicyUpdated", "{}")).is_none());
+    }
+
+    #[test]
+    fn a_receiver_is_cut_off_when_disabled_deleted_or_its_receiver_role_ends() {
+        let revoked = |reason: &str| Record {
+            action: "pim.identity.v1.SessionRevoked".into(),
+            payload_json: format!(r#"{{"reason":"{reason}"}}"#),
+            ..Record::default()
+        };
+        assert!(ends_receiver(&revoked("service_principal_disabled")));
+        assert!(ends_receiver(&revoked("user_deleted")));
+        assert!(
+            !ends_receiver(&revoked("signed_out")),
+            "signing out is not being cut off"
+        );
+        let ended = |role: &str| Record {
+            role_id: role.into(),
+            ..record("RoleDeactivated", r#"{"reason":"removed"}"#)
+        };
+        assert!(ends_receiver(&ended(pim_proto::catalogue::SHARED_SIGNALS_RECEIVER)));
+        assert!(!ends_receiver(&ended("ga")));
+    }
+
+    #[test]
+    fn sets_are_signed_with_a_key_of_their_own_published_as_a_jwk() {
+        let t = Transmitter::new("https://pim.example/", "suite key").unwrap();
+        let stream = Stream {
+            audience: "app-id".into(),
+            method: Method::Push,
+            status: StreamStatus::Enabled,
+            subjects: SubjectFormat::IssSub,
+        };
+        let claims = claims(&record("RoleDeactivated", r#"{"reason":"revoked"}"#), &stream).unwrap();
+        let set = t.sign(&claims, "app-id", "jti-1", 1_700_000_001_000).unwrap();
+        let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(t.jwks()["keys"][0].clone()).unwrap();
+        let mut validation = jsonwebtoken::Validation::new(Algorithm::EdDSA);
+        validation.set_audience(&["app-id"]);
+        validation.set_issuer(&["https://pim.example"]);
+        validation.required_spec_claims.clear();
+        let decoded =
+            jsonwebtoken::decode::<Value>(&set, &jsonwebtoken::DecodingKey::from_jwk(&jwk).unwrap(), &validation)
+                .unwrap();
+        assert_eq!(decoded.header.typ.as_deref(), Some("secevent+jwt"));
+        assert_eq!(decoded.claims["jti"], "jti-1");
+        assert_eq!(decoded.claims["iat"], 1_700_000_001);
+        assert_eq!(decoded.claims["sub_id"]["sub"], "lee-id");
+        assert_eq!(decoded.claims["sub_id"]["iss"], pim_runtime::auth::ISSUER);
+        assert_eq!(decoded.claims["events"][SESSION_REVOKED]["initiating_entity"], "admin");
+        // The same suite key gives the same key after a restart; another gives another.
+        assert_eq!(
+            Transmitter::new("https://pim.example", "suite key").unwrap().jwks(),
+            t.jwks()
+        );
+        assert_ne!(
+            Transmitter::new("https://pim.example", "other").unwrap().jwks(),
+            t.jwks()
+        );
+    }
+}
