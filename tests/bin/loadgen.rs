@@ -946,6 +946,7 @@ async fn audit_ingest(events: u64, rate: u64) -> anyhow::Result<()> {
                     user_id: format!("bench-{i}"),
                     user_name: format!("bench{i}"),
                     display_name: "bench".into(),
+                    email: String::new(),
                 };
                 let mut envelope = envelope("pim.identity", "UserCreated", &e.user_id, &e);
                 keys.sign(streams::IDENTITY, &mut envelope)?;

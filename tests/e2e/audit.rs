@@ -454,6 +454,7 @@ async fn a_redelivered_event_is_recorded_once() -> anyhow::Result<()> {
                 user_id: "twice-delivered".into(),
                 user_name: "twice".into(),
                 display_name: "Delivered twice".into(),
+                email: String::new(),
             },
         );
         pim_e2e::event_keys().sign(streams::IDENTITY, &mut event)?;

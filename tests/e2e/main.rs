@@ -11,6 +11,7 @@ mod credentials;
 mod groups;
 mod layering;
 mod mfa;
+mod notifications;
 mod protection;
 mod reviews;
 mod roles;

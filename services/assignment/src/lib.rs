@@ -9,6 +9,7 @@ mod groups;
 mod grpc;
 mod identity_events;
 mod index;
+mod notifications;
 mod policy_edits;
 mod roles;
 mod scheduler;
@@ -239,6 +240,7 @@ impl Service for Assignment {
         vec![
             Arc::new(ApprovalOutcomes(self.assignments.clone())),
             Arc::new(identity_events::IdentityEvents(self.assignments.clone())),
+            Arc::new(notifications::Notifier(self.assignments.clone())),
         ]
     }
 

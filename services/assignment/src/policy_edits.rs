@@ -45,13 +45,14 @@ settings! {
     MfaFreshness = "mfa_freshness",
     MinActivationBeforeDeactivate = "min_activation_before_deactivate",
     ApprovalStages = "approval_stages",
+    NotificationRules = "notification_rules",
 }
 
 use Setting::*;
 
 impl Setting {
     /// Groups of settings a mask may name as one, as Entra's role settings group them.
-    pub const GROUPS: [(&'static str, &'static [Setting]); 4] = [
+    pub const GROUPS: [(&'static str, &'static [Setting]); 5] = [
         (
             "activation",
             &[
@@ -72,6 +73,7 @@ impl Setting {
             "active",
             &[ActiveAllowPermanent, ActiveMaxDuration, ActiveRequiresJustification],
         ),
+        ("notifications", &[NotificationRules]),
     ];
 
     /// The settings an update mask names. No paths, or `*`, is the whole policy (AIP-134);
@@ -137,6 +139,7 @@ pub fn merged(base: &Policy, asked: &Policy, settings: &[Setting]) -> Policy {
                 out.min_activation_before_deactivate = asked.min_activation_before_deactivate
             }
             ApprovalStages => out.approval_stages = asked.approval_stages.clone(),
+            NotificationRules => out.notification_rules = asked.notification_rules.clone(),
         }
     }
     out
@@ -235,6 +238,13 @@ fn weakens(setting: Setting, before: &Policy, after: &Policy) -> bool {
                 || required(after) < required(before)
                 || approvers(before) != approvers(after)
         }
+        // The role assignment alert turned down: administrators no longer hear of every
+        // assignment or activation.
+        NotificationRules => crate::domain::NotificationEvent::ALL.iter().any(|event| {
+            let admin = |p: &Policy| p.notification_rule(*event, crate::domain::NotificationParty::Admin);
+            let (b, a) = (admin(before), admin(after));
+            (b.default_recipients && !a.default_recipients) || (!b.critical_only && a.critical_only)
+        }),
     }
 }
 
@@ -270,6 +280,24 @@ fn shown(p: &Policy, setting: Setting) -> String {
                     s.approver_ids.join(","),
                     pim_runtime::format::duration(s.timeout)
                 )
+            })
+            .collect::<Vec<_>>()
+            .join("; "),
+        // Each rule that differs from its default: `activation/admin: critical only, +soc@x`.
+        NotificationRules => p
+            .notification_rules_in_force()
+            .iter()
+            .filter(|r| **r != crate::domain::NotificationRule::default_for(r.event, r.party))
+            .map(|r| {
+                let mut said = Vec::new();
+                if !r.default_recipients {
+                    said.push("not the party itself".to_owned());
+                }
+                if r.critical_only {
+                    said.push("critical only".to_owned());
+                }
+                said.extend(r.additional_recipients.iter().map(|a| format!("+{a}")));
+                format!("{}/{}: {}", r.event.as_str(), r.party.as_str(), said.join(", "))
             })
             .collect::<Vec<_>>()
             .join("; "),

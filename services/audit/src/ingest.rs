@@ -15,6 +15,8 @@ pub(crate) struct Ingest {
     pub(crate) outbox: Outbox,
     /// Woken once records are kept, so their webhook deliveries leave at once.
     pub(crate) webhooks: std::sync::Arc<tokio::sync::Notify>,
+    /// Queues (and wakes the sender of) notification mail, when PIM_SMTP_URL is set.
+    pub(crate) mail: Option<crate::mail::Mailer>,
 }
 
 /// Keeps records: named the same way and appended to the chain (`append_all`), and queued for
@@ -24,6 +26,7 @@ pub(crate) struct Ingest {
 pub(crate) async fn keep(txn: &DatabaseTransaction, records: &mut Vec<store::Record>) -> anyhow::Result<()> {
     let now = now_ms();
     store::append_all(txn, records, now).await?;
+    crate::mail::learn_addresses(txn, records).await?;
     crate::webhooks::store::enqueue(txn, records, now).await?;
     let mut disabled = crate::ssf::end_receivers(txn, records, now).await?;
     if !disabled.is_empty() {
@@ -63,7 +66,11 @@ impl EventHandler for Ingest {
             .iter()
             .map(|e| records::record(e, &self.correlator))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        keep(txn, &mut records).await
+        keep(txn, &mut records).await?;
+        if let Some(mail) = &self.mail {
+            crate::mail::enqueue(txn, &records, now_ms(), mail.public_url.as_deref()).await?;
+        }
+        Ok(())
     }
 
     fn records_rejections(&self) -> bool {
@@ -91,5 +98,8 @@ impl EventHandler for Ingest {
             self.outbox.wake();
         }
         self.webhooks.notify_one();
+        if let Some(mail) = &self.mail {
+            mail.wake.notify_one();
+        }
     }
 }

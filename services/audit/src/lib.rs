@@ -4,7 +4,9 @@
 mod chain;
 mod grpc;
 mod ingest;
+mod mail;
 mod ocsf;
+mod queue;
 mod records;
 mod ssf;
 mod store;
@@ -39,6 +41,8 @@ pub struct Audit {
     correlator: records::Correlator,
     retention: Option<std::time::Duration>,
     webhooks: webhooks::Dispatcher,
+    /// Sends notification mail (PIM_SMTP_URL); none: no mail is queued.
+    mail: Option<mail::Mailer>,
 }
 
 impl Audit {
@@ -68,6 +72,15 @@ impl Audit {
                     }
                     (None, _) => None,
                 },
+            },
+            mail: match &deps.config.smtp_url {
+                Some(url) => Some(mail::Mailer::new(
+                    deps.db.clone(),
+                    url.expose(),
+                    &deps.config.smtp_from,
+                    deps.config.public_url.clone(),
+                )?),
+                None => None,
             },
             db: deps.db,
             outbox,
@@ -259,6 +272,7 @@ impl Service for Audit {
             correlator: self.correlator.clone(),
             outbox: self.outbox.clone(),
             webhooks: self.webhooks.wake.clone(),
+            mail: self.mail.clone(),
         })]
     }
 
@@ -267,7 +281,11 @@ impl Service for Audit {
     fn background(&self, mut stop: tokio::sync::watch::Receiver<bool>) -> Vec<tokio::task::JoinHandle<()>> {
         let audit = self.clone();
         let deliveries = tokio::spawn(self.webhooks.clone().run(stop.clone()));
-        vec![
+        let mut tasks = Vec::new();
+        if let Some(mailer) = self.mail.clone() {
+            tasks.push(tokio::spawn(mailer.run(stop.clone())));
+        }
+        tasks.extend([
             deliveries,
             tokio::spawn(async move {
                 let mut last = 0;
@@ -282,6 +300,9 @@ impl Service for Audit {
                             if let Err(err) = webhooks::store::forget_settled(&audit.db, settled_before).await {
                                 tracing::warn!(error = %format!("{err:#}"), "forgetting old webhook deliveries failed");
                             }
+                            if let Err(err) = mail::store::forget_settled(&audit.db, settled_before).await {
+                                tracing::warn!(error = %format!("{err:#}"), "forgetting old notification mail failed");
+                            }
                             if let Err(err) = audit.checkpoint(&mut last).await {
                                 tracing::warn!(error = %format!("{err:#}"), "audit checkpoint failed");
                             }
@@ -290,6 +311,7 @@ impl Service for Audit {
                     }
                 }
             }),
-        ]
+        ]);
+        tasks
     }
 }

@@ -83,14 +83,14 @@ pub fn record(envelope: &Envelope, correlator: &Correlator) -> anyhow::Result<Re
             set_actor(&mut r, &e.actor);
             r.target_id = e.user_id.clone();
             r.target_name = e.user_name.clone();
-            json!({"user_id": e.user_id, "user_name": e.user_name, "display_name": e.display_name})
+            json!({"user_id": e.user_id, "user_name": e.user_name, "display_name": e.display_name, "email": e.email})
         }
         "UserUpdated" => {
             let e: ev::UserUpdated = decode(envelope)?;
             set_actor(&mut r, &e.actor);
             r.target_id = e.user_id.clone();
             r.target_name = e.user_name.clone();
-            json!({"user_id": e.user_id, "user_name": e.user_name, "display_name": e.display_name})
+            json!({"user_id": e.user_id, "user_name": e.user_name, "display_name": e.display_name, "email": e.email})
         }
         "UserDisabled" | "UserEnabled" | "UserDeleted" => {
             let e: ev::UserDisabled = decode(envelope)?;
@@ -234,6 +234,34 @@ pub fn record(envelope: &Envelope, correlator: &Correlator) -> anyhow::Result<Re
             r.scope = e.scope.clone();
             r.outcome = "failure".into();
             json!({"action": e.action, "code": e.code, "rules": e.rules, "reason": e.message})
+        }
+        "NotificationsDue" => {
+            let e: ev::NotificationsDue = decode(envelope)?;
+            set_actor(&mut r, &e.actor);
+            r.target_id = e.principal_id.clone();
+            r.target_name = e.principal_name.clone();
+            r.role_id = e.role_id.clone();
+            r.role_name = e.role_name.clone();
+            r.scope = e.scope.clone();
+            r.justification = e.justification.clone();
+            r.ticket = ticket_text(&e.ticket);
+            let event = pim_proto::common::v1::NotificationEvent::try_from(e.event)
+                .map(|v| v.as_str_name().trim_start_matches("NOTIFICATION_EVENT_").to_lowercase())
+                .unwrap_or_default();
+            let notices: Vec<_> = e
+                .notices
+                .iter()
+                .map(|n| {
+                    let party = pim_proto::common::v1::NotificationParty::try_from(n.party)
+                        .map(|v| v.as_str_name().trim_start_matches("NOTIFICATION_PARTY_").to_lowercase())
+                        .unwrap_or_default();
+                    json!({"party": party, "principal_ids": n.principal_ids, "emails": n.emails, "critical": n.critical})
+                })
+                .collect();
+            json!({
+                "event": event, "request_id": e.request_id, "assignment_id": e.assignment_id,
+                "end_time": rfc3339(&e.end_time), "awaiting_approval": e.awaiting_approval, "notices": notices,
+            })
         }
         "RoleActivated" => {
             let e: ev::RoleActivated = decode(envelope)?;
@@ -658,6 +686,7 @@ mod tests {
             ("pim.assignment", "ActiveAssignmentRemoved"),
             ("pim.assignment", "RoleActivated"),
             ("pim.assignment", "RoleDeactivated"),
+            ("pim.assignment", "NotificationsDue"),
             ("pim.assignment", "PolicyUpdated"),
             ("pim.assignment", "RoleDefinitionCreated"),
             ("pim.assignment", "RoleDefinitionUpdated"),

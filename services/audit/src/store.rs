@@ -87,6 +87,7 @@ impl MigratorTrait for Migrator {
             SqlMigration::boxed("m0005_ssf_streams", |_| {
                 crate::webhooks::store::SSF_MIGRATION.to_owned()
             }),
+            SqlMigration::boxed("m0006_mail", |_| crate::mail::store::MIGRATION.to_owned()),
         ]
     }
 }

@@ -726,3 +726,108 @@ async fn ssf_streams_queue_caep_events_and_polled_ones_wait_for_acknowledgement(
     })
     .await
 }
+
+/// Notification mail: audit learns where users are reached from identity's records, queues one
+/// mail per recipient of each notice (a principal with an address, or an address a rule
+/// names; nobody twice, a redelivery adds nothing), and a mail is attempted by one process at a
+/// time, its outcome written only under that claim.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notification_mail_is_queued_once_per_recipient_and_claimed_once() -> anyhow::Result<()> {
+    use crate::mail::{self, store as mails};
+    pim_runtime::testing::on_both_databases::<store::Migrator, _, _>("audit", None, |db| async move {
+        let user = |id: &str, action: &str, email: &str| Record {
+            action: format!("pim.identity.v1.{action}"),
+            target_id: format!("{id}-id"),
+            target_name: id.into(),
+            payload_json: serde_json::json!({"user_name": id, "email": email}).to_string(),
+            ..record(&format!("{id}-{action}"))
+        };
+        let due = Record {
+            action: "pim.assignment.v1.NotificationsDue".into(),
+            target_id: "lee-id".into(),
+            role_name: "Exchange Administrator".into(),
+            payload_json: serde_json::json!({
+                "event": "activation", "awaiting_approval": true, "request_id": "r1",
+                "notices": [{"party": "approver", "principal_ids": ["ann-id", "bob-id", "group-id"],
+                             "emails": ["soc@example.com", "ann@example.com"], "critical": true}],
+            })
+            .to_string(),
+            ..record("due-1")
+        };
+        let mut records = vec![
+            user("ann", "UserCreated", "ann@example.com"),
+            user("bob", "UserCreated", "bob@old.example.com"),
+            user("bob", "UserUpdated", "bob@example.com"),
+            user("cy", "UserCreated", "cy@example.com"),
+            user("cy", "UserDeleted", ""),
+        ];
+        let txn = db.begin().await?;
+        crate::ingest::keep(&txn, &mut records).await?;
+        txn.commit().await?;
+        let ids = ["ann-id", "bob-id", "cy-id", "group-id"].map(String::from);
+        assert_eq!(
+            mails::addresses(&db, &ids, "").await?,
+            ["ann@example.com", "bob@example.com"],
+            "the latest address of each user; none for the deleted one or a group"
+        );
+        let mut joined = vec![
+            Record {
+                action: "pim.identity.v1.GroupMemberAdded".into(),
+                target_id: "dee-id".into(),
+                payload_json: r#"{"group_id":"group-id"}"#.into(),
+                ..record("dee-joined")
+            },
+            user("dee", "UserCreated", "dee@example.com"),
+        ];
+        let txn = db.begin().await?;
+        crate::ingest::keep(&txn, &mut joined).await?;
+        txn.commit().await?;
+        assert_eq!(
+            mails::addresses(&db, &["group-id".to_owned()], "").await?,
+            ["dee@example.com"],
+            "a group is reached through its members"
+        );
+        assert!(
+            mails::addresses(&db, &["group-id".to_owned()], "dee-id")
+                .await?
+                .is_empty(),
+            "never the one excepted"
+        );
+        for _ in 0..2 {
+            let mut kept = vec![due.clone()];
+            let txn = db.begin().await?;
+            crate::ingest::keep(&txn, &mut kept).await?;
+            mail::enqueue(&txn, std::slice::from_ref(&due), NOW, Some("https://pim.example.com")).await?;
+            txn.commit().await?;
+        }
+        let queued = mails::of_event(&db, "due-1").await?;
+        assert_eq!(
+            queued.iter().map(|m| m.recipient.as_str()).collect::<Vec<_>>(),
+            [
+                "ann@example.com",
+                "bob@example.com",
+                "dee@example.com",
+                "soc@example.com"
+            ],
+            "each recipient once, however often the event came; the group's member too"
+        );
+        assert!(queued[0].subject.contains("approval needed") && queued[0].text_body.contains("/approvals/r1"));
+
+        let first = mails::due(&db, NOW, 10).await?.remove(0);
+        assert!(mails::claim(&db, &first, NOW, NOW + 60_000).await?, "taken once");
+        assert!(!mails::claim(&db, &first, NOW, NOW + 60_001).await?, "not twice");
+        assert!(
+            !mails::attempted(&db, &first.id, NOW + 1, "sent", "", NOW, NOW).await?,
+            "not under another claim"
+        );
+        assert!(mails::attempted(&db, &first.id, NOW + 60_000, "sent", "", NOW, NOW).await?);
+        assert_eq!(mails::due(&db, NOW, 10).await?.len(), 3, "the others wait their turn");
+        assert_eq!(
+            mails::forget_settled(&db, NOW + 1).await?,
+            1,
+            "sent mail is history, then forgotten"
+        );
+        Ok(())
+    })
+    .await
+}

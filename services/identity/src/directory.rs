@@ -175,6 +175,7 @@ impl Directory {
             user_id: row.id.clone(),
             user_name: row.user_name.clone(),
             display_name: row.display_name.clone(),
+            email: row.email.clone(),
         };
         let txn = self.db.begin().await?;
         if let Err(err) = store::insert_user(&txn, &row).await {

@@ -232,6 +232,7 @@ impl Directory {
             user_id: target.id.clone(),
             user_name: target.user_name.clone(),
             display_name: display_name.into(),
+            email: email.into(),
         };
         let txn = self.db.begin().await?;
         store::update_user(&txn, &target.id, display_name, email).await?;

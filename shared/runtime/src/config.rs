@@ -104,6 +104,14 @@ pub struct Config {
     /// Keys the HMAC under which audit keeps values it must correlate but not disclose
     /// (source addresses, user agents) (`PIM_AUDIT_HMAC_KEY`; `PIM_SECRETS_KEY` when unset).
     pub audit_hmac_key: Option<Secret<String>>,
+    /// Where audit sends notification mail (`PIM_SMTP_URL`: `smtp://host:25` plain,
+    /// `smtp://user:password@host:587?tls=required` with STARTTLS, `smtps://host:465` with TLS);
+    /// unset: no mail.
+    pub smtp_url: Option<Secret<String>>,
+    /// The sender of notification mail (`PIM_SMTP_FROM`, e.g. `PIM <pim@example.com>`).
+    pub smtp_from: String,
+    /// Where people reach PIM (`PIM_PUBLIC_URL`): mails link to requests there.
+    pub public_url: Option<String>,
     /// How long audit keeps records (`PIM_AUDIT_RETENTION_DAYS`; unset or 0: for ever).
     pub audit_retention: Option<Duration>,
     /// Whether sign-in needs MFA (`PIM_SIGNIN_MFA`: `off`, `when_enrolled`, `required`).
@@ -249,6 +257,13 @@ impl Config {
             signing_key_rotation: Duration::from_secs(num("PIM_SIGNING_KEY_ROTATION_DAYS", 30)?.max(1) * 86_400),
             secrets_key: get("PIM_SECRETS_KEY").map(Secret::new),
             audit_hmac_key: get("PIM_AUDIT_HMAC_KEY").map(Secret::new),
+            smtp_url: match get("PIM_SMTP_URL") {
+                Some(url) if url.starts_with("smtp://") || url.starts_with("smtps://") => Some(Secret::new(url)),
+                Some(_) => anyhow::bail!("PIM_SMTP_URL must be an smtp:// or smtps:// URL"),
+                None => None,
+            },
+            smtp_from: get("PIM_SMTP_FROM").unwrap_or_else(|| "PIM <pim@localhost>".to_owned()),
+            public_url: get("PIM_PUBLIC_URL").map(|u| u.trim_end_matches('/').to_owned()),
             audit_retention: match num("PIM_AUDIT_RETENTION_DAYS", 0)? {
                 0 => None,
                 days => Some(Duration::from_secs(days.saturating_mul(86_400))),

@@ -34,6 +34,8 @@ pub struct Metrics {
     pub webhook_attempts: IntCounterVec,
     /// From a delivery's queueing to the receiver taking it (seconds).
     pub webhook_delivery_seconds: Histogram,
+    /// Notification mails by outcome: sent, retry, dead.
+    pub mail_attempts: IntCounterVec,
 }
 
 fn build() -> Metrics {
@@ -117,6 +119,11 @@ fn build() -> Metrics {
             &["outcome"],
         ),
         webhook_delivery_seconds,
+        mail_attempts: counter(
+            "pim_mail_attempts_total",
+            "Notification mail attempts, by outcome (sent, retry, dead)",
+            &["outcome"],
+        ),
         registry,
     }
 }

@@ -8,8 +8,10 @@ use pim_runtime::grpc::RuleViolation;
 
 use crate::error::{Error, Result};
 
+mod notifications;
 mod policy;
 
+pub use notifications::*;
 pub use policy::*;
 
 pub const HOUR: Duration = Duration::from_secs(3600);

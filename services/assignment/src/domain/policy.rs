@@ -43,6 +43,9 @@ pub struct Policy {
     /// Approval stages in order; empty means one stage of `approver_ids` with
     /// `approval_timeout` where the first decision wins.
     pub approval_stages: Vec<ApprovalStage>,
+    /// Who hears of assignments and activations by email; an (event, party) not listed has
+    /// the default rule ([`NotificationRule::default_for`]).
+    pub notification_rules: Vec<NotificationRule>,
 }
 
 /// One stage of an approval (the approval service runs them).
@@ -92,6 +95,7 @@ impl Default for Policy {
             mfa_freshness: Duration::from_secs(600),
             min_activation_before_deactivate: Duration::ZERO,
             approval_stages: Vec::new(),
+            notification_rules: Vec::new(),
         }
     }
 }
@@ -199,7 +203,7 @@ impl Policy {
                 ));
             }
         }
-        Ok(())
+        self.validate_notifications()
     }
 
     /// The approval stages a request made under this policy goes through.

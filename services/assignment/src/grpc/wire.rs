@@ -10,7 +10,8 @@ use pim_runtime::db::to_timestamp;
 
 use crate::assignments::{ActivateRequest, AdminAssignRequest, EndRequest, PolicyAt};
 use crate::domain::{
-    ActivationAsk, AdminAssignment, ApprovalStage, Expiration, Kind, Policy, RequestStatus, duration_to_pb,
+    ActivationAsk, AdminAssignment, ApprovalStage, Expiration, Kind, NotificationRule, Policy, RequestStatus,
+    duration_to_pb,
 };
 use crate::error::Error;
 use crate::store::{AssignmentRow, RequestRow, RoleRow};
@@ -179,6 +180,7 @@ pub(super) fn policy_to_pb(at: PolicyAt) -> pb::RolePolicy {
         mfa_freshness: Some(duration_to_pb(p.mfa_freshness)),
         min_activation_before_deactivate: Some(duration_to_pb(p.min_activation_before_deactivate)),
         approval_stages: p.approval_stages.iter().map(ApprovalStage::to_pb).collect(),
+        notification_rules: p.notification_rules.iter().map(NotificationRule::to_pb).collect(),
     }
 }
 
@@ -242,6 +244,11 @@ pub(super) fn policy_from_pb(p: pb::RolePolicy) -> Result<Policy, Error> {
             .approval_stages
             .into_iter()
             .map(stage_from_pb)
+            .collect::<Result<_, _>>()?,
+        notification_rules: p
+            .notification_rules
+            .into_iter()
+            .map(NotificationRule::from_pb)
             .collect::<Result<_, _>>()?,
     })
 }

@@ -5,6 +5,7 @@ use sea_orm::{ConnectionTrait, DbErr, QueryResult};
 use pim_runtime::db::{self, col};
 
 use super::Subscription;
+use crate::queue::Queue;
 use crate::ssf::{self, Method, Stream, StreamStatus, SubjectFormat};
 use crate::store::Record;
 
@@ -346,22 +347,11 @@ pub async fn head<C: ConnectionTrait>(c: &C, subscription_id: &str, now: i64) ->
     Ok(first.filter(|d| d.next_attempt_at <= now))
 }
 
-/// Takes a due delivery for one attempt, in one statement: true for the one process that
-/// moved its next attempt to `lease_until` (another replica finds it taken).
+/// Takes a due delivery for one attempt (see [`Queue::claim`]).
 pub async fn claim<C: ConnectionTrait>(c: &C, d: &Delivery, now: i64, lease_until: i64) -> Result<bool, DbErr> {
-    Ok(db::exec(
-        c,
-        "UPDATE webhook_deliveries SET next_attempt_at = $3, first_attempt_at = COALESCE(first_attempt_at, $4)
-         WHERE id = $1 AND status = 'pending' AND next_attempt_at = $2",
-        vec![
-            d.id.clone().into(),
-            d.next_attempt_at.into(),
-            lease_until.into(),
-            now.into(),
-        ],
-    )
-    .await?
-        == 1)
+    Queue::WebhookDeliveries
+        .claim(c, &d.id, d.next_attempt_at, now, lease_until)
+        .await
 }
 
 /// An attempt's outcome, as the process holding the claim (`lease`) records it: delivered,
@@ -434,16 +424,9 @@ pub async fn forget_delivery<C: ConnectionTrait>(c: &C, id: &str) -> Result<(), 
 }
 
 /// Forgets deliveries delivered or given up before `before` (their history, and the copy of
-/// the record each holds); how many. A given-up delivery's next attempt is when it was given
-/// up.
+/// the record each holds); how many.
 pub async fn forget_settled<C: ConnectionTrait>(c: &C, before: i64) -> Result<u64, DbErr> {
-    db::exec(
-        c,
-        "DELETE FROM webhook_deliveries
-         WHERE status IN ('delivered', 'dead') AND COALESCE(delivered_at, next_attempt_at) < $1",
-        vec![before.into()],
-    )
-    .await
+    Queue::WebhookDeliveries.forget_settled(c, before).await
 }
 
 /// A receiver's streams.

@@ -21,6 +21,7 @@ mod audit;
 mod groups;
 mod listings;
 mod mfa;
+mod notifications;
 mod operate;
 mod policy;
 mod print;
@@ -190,6 +191,9 @@ enum Command {
     /// Show or change a role's policy at a scope.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// Who hears of a role's assignments and activations by email (its notification rules).
+    #[command(subcommand)]
+    Notifications(notifications::NotificationsCommand),
     /// Show, as a diff, what `pim apply -f FILE` would change (custom roles, groups and their
     /// members, role policies, assignments). Nothing changes. The file's format is
     /// deploy/pim.schema.json; `pim export` writes one.
@@ -374,6 +378,7 @@ async fn run_command(cli: Cli) -> anyhow::Result<i32> {
         Command::Reviews(cmd) => reviews::run(cmd).await,
         Command::Alerts(args) => alerts::run(args).await,
         Command::Policy(cmd) => policy::policy(cmd).await,
+        Command::Notifications(cmd) => notifications::notifications(cmd).await,
         Command::Plan(args) => as_code::plan(args).await,
         Command::Apply(args) => as_code::apply(args).await,
         Command::Export(args) => as_code::export(args).await,

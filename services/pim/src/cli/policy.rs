@@ -206,6 +206,15 @@ async fn print_policy(session: &Session, p: &apb::RolePolicy) {
     print_table(&["SETTING", "VALUE"], rows);
 }
 
+/// The policy in force for a role at a scope.
+pub(crate) async fn fetch(session: &Session, role_id: String, scope: String) -> anyhow::Result<apb::RolePolicy> {
+    Ok(PolicyServiceClient::new(session.channel.clone())
+        .get_role_policy(session.request(apb::GetRolePolicyRequest { role_id, scope })?)
+        .await
+        .map_err(explain)?
+        .into_inner())
+}
+
 pub(crate) async fn policy(cmd: PolicyCommand) -> anyhow::Result<i32> {
     match cmd {
         PolicyCommand::Show {
@@ -216,11 +225,7 @@ pub(crate) async fn policy(cmd: PolicyCommand) -> anyhow::Result<i32> {
         } => {
             let session = Session::open(&client, true)?;
             let (role_id, scope) = group.target(&session, role.given(), &scope).await?;
-            let p = PolicyServiceClient::new(session.channel.clone())
-                .get_role_policy(session.request(apb::GetRolePolicyRequest { role_id, scope })?)
-                .await
-                .map_err(explain)?
-                .into_inner();
+            let p = fetch(&session, role_id, scope).await?;
             print_policy(&session, &p).await;
         }
         PolicyCommand::Set(a) => {

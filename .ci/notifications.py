@@ -1,0 +1,111 @@
+"""Notification mail as a mail server that is not ours receives it: `pim up` sending to an
+aiosmtpd server. Lee is made eligible for Exchange Administrator (he hears of it); he
+activates it and it waits for Ann's approval: Ann gets the mail that asks her to decide
+(who, what role, where, why, the ticket, a link), Lee gets none of it. For Security Reader the
+rule says approvers do not hear of activations: Lee's activation there sends no mail, while a
+later mail still arrives. No mail holds a token or a password. Usage: python3 .ci/notifications.py PATH_TO_PIM
+"""
+
+import email
+import email.policy
+import json
+import socket
+import sys
+import threading
+
+from aiosmtpd.controller import Controller
+
+from pim_up import PimUp, wait
+
+
+class Inbox:
+    """The aiosmtpd handler: keeps every message as it came."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.messages: list[tuple[list[str], email.message.EmailMessage]] = []
+
+    async def handle_DATA(self, server, session, envelope):
+        message = email.message_from_bytes(envelope.original_content, policy=email.policy.default)
+        with self.lock:
+            self.messages.append((list(envelope.rcpt_tos), message))
+        return "250 OK"
+
+    def received(self):
+        with self.lock:
+            return list(self.messages)
+
+
+def text_of(message) -> str:
+    return message.get_body(preferencelist=("plain",)).get_content()
+
+
+def main(pim: str) -> int:
+    inbox = Inbox()
+    with socket.socket() as probe:  # a free port (aiosmtpd checks its own with a connection)
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    controller = Controller(inbox, hostname="127.0.0.1", port=port)
+    controller.start()
+    env = {"PIM_SMTP_URL": f"smtp://127.0.0.1:{port}", "PIM_SMTP_FROM": "PIM <pim@example.com>",
+           "PIM_PUBLIC_URL": "https://pim.example.com"}
+    try:
+        with PimUp(pim, env=env) as up:
+            for user in ["lee", "ann"]:
+                up.run("users", "create", "--user-name", user, "--email", f"{user}@example.com",
+                       "--password-stdin", stdin=f"{user}'s long passphrase\n")
+            for role in ["Exchange Administrator", "Security Reader"]:
+                up.run("policy", "set", role, "--require-approval", "true", "--approvers", "ann",
+                       "--require-mfa", "false")
+                up.run("assign", role, "--principal", "lee", "-j", "on call")
+            up.run("notifications", "set", "Security Reader", "--event", "activation", "--party", "approver",
+                   "--default-recipients", "false")
+            shown = [json.loads(l) for l in
+                     up.run("notifications", "show", "Security Reader", "--output", "json").stdout.splitlines()]
+            approvers = [r for r in shown if (r["event"], r["party"]) == ("activation", "approver")]
+            assert [r["default_recipients"] for r in approvers] == ["no"], shown
+
+            eligible = wait("lee hears he is eligible, twice", lambda: (e := [
+                m["subject"] for to, m in inbox.received() if to == ["lee@example.com"] and "eligible" in m["subject"]])
+                and len(e) >= 2 and e)
+            assert sorted(eligible) == ["PIM: you are eligible for Exchange Administrator",
+                                        "PIM: you are eligible for Security Reader"], eligible
+
+            up.run("login", "--user", "lee", "--password-stdin", stdin="lee's long passphrase\n", as_user="lee")
+            up.run("activate", "Security Reader", "-j", "quarterly audit", "--no-wait", as_user="lee")
+            up.run("activate", "Exchange Administrator", "-j", "mailbox migration", "--ticket", "ServiceNow:INC42",
+                   "--no-wait", as_user="lee")
+            asked = wait("ann asked to decide", lambda: [
+                (to, m) for to, m in inbox.received() if "approval needed" in m["subject"]])
+            to, message = asked[0]
+            assert to == ["ann@example.com"], to
+            assert message["from"] == "PIM <pim@example.com>", message["from"]
+            assert message["subject"] == "PIM: approval needed: lee requests Exchange Administrator", message["subject"]
+            body = text_of(message)
+            for fact in ["Justification: mailbox migration", "Ticket: ServiceNow:INC42", "Scope: /",
+                         "pim approvals approve", "https://pim.example.com/approvals/"]:
+                assert fact in body, f"{fact!r} in {body}"
+            html = message.get_body(preferencelist=("html",)).get_content()
+            assert "mailbox migration" in html, html
+
+            # A later mail still comes; the one the rule forbids never did.
+            up.run("assign", "Exchange Administrator", "--principal", "ann", "-j", "backup")
+            wait("ann hears she is eligible", lambda: any(
+                to == ["ann@example.com"] and "eligible" in m["subject"] for to, m in inbox.received()))
+            about_reader = [m["subject"] for to, m in inbox.received()
+                            if "approval needed" in m["subject"] and "Security Reader" in m["subject"]]
+            assert about_reader == [], about_reader
+            assert all(to != ["lee@example.com"] for to, m in asked), "the requester approves nothing"
+
+            for to, m in inbox.received():
+                whole = m.as_string()
+                assert "eyJ" not in whole and "passphrase" not in whole and up.admin_password not in whole, whole
+            print(f"notifications: {len(inbox.received())} mails received by aiosmtpd; approvers asked, "
+                  "rules that say none kept")
+    finally:
+        controller.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))

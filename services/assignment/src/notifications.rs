@@ -1,0 +1,255 @@
+//! Who hears of an assignment or an activation, worked out after it committed (off the
+//! activation's hot path) from the role's notification rules: a `NotificationsDue` event that
+//! audit turns into mail. Approvers hear of an activation waiting for them (a mail that asks
+//! for action); administrators and the assignee hear of eligible and active assignments and
+//! of activations.
+
+use sea_orm::DatabaseTransaction;
+
+use pim_proto::catalogue::{GLOBAL_ADMINISTRATOR, GROUP_MEMBER, PRIVILEGED_ROLE_ADMINISTRATOR, group_scope};
+use pim_proto::common::v1::{Actor, Ticket};
+use pim_proto::events::v1 as ev;
+use pim_runtime::db::to_timestamp;
+use pim_runtime::events::{Envelope, EventHandler, decode, short_type, streams};
+
+use crate::assignments::Assignments;
+use crate::domain::{NotificationEvent, NotificationParty, Policy, RequestStatus, Scope};
+use crate::store::{self, RequestRow};
+
+/// Follows assignment's own stream and publishes who must hear of each change.
+pub struct Notifier(pub Assignments);
+
+/// What a change is, as a notification tells it.
+struct Change {
+    event: NotificationEvent,
+    request_id: String,
+    assignment_id: String,
+    principal_id: String,
+    role_id: String,
+    scope: String,
+    end: Option<i64>,
+    awaiting_approval: bool,
+    actor: Option<Actor>,
+}
+
+impl Change {
+    fn of(envelope: &Envelope) -> anyhow::Result<Option<Self>> {
+        let change = match short_type(envelope) {
+            "RequestCreated" => {
+                let e: ev::RequestCreated = decode(envelope)?;
+                if e.status != RequestStatus::PendingApproval.as_str() || e.action != "selfActivate" {
+                    return Ok(None);
+                }
+                Change {
+                    event: NotificationEvent::Activation,
+                    request_id: e.request_id,
+                    assignment_id: String::new(),
+                    principal_id: e.principal_id,
+                    role_id: e.role_id,
+                    scope: e.scope,
+                    end: e.end_time.as_ref().map(pim_runtime::db::from_timestamp),
+                    awaiting_approval: true,
+                    actor: e.actor,
+                }
+            }
+            "RoleActivated" => {
+                let e: ev::RoleActivated = decode(envelope)?;
+                Change {
+                    event: NotificationEvent::Activation,
+                    request_id: e.request_id,
+                    assignment_id: e.assignment_id,
+                    principal_id: e.principal_id,
+                    role_id: e.role_id,
+                    scope: e.scope,
+                    end: e.end_time.as_ref().map(pim_runtime::db::from_timestamp),
+                    awaiting_approval: false,
+                    actor: e.actor,
+                }
+            }
+            event_type @ ("EligibilityGranted" | "ActiveAssignmentGranted") => {
+                let e: ev::AssignmentChanged = decode(envelope)?;
+                Change {
+                    event: if event_type == "EligibilityGranted" {
+                        NotificationEvent::EligibleAssignment
+                    } else {
+                        NotificationEvent::ActiveAssignment
+                    },
+                    request_id: e.request_id,
+                    assignment_id: e.assignment_id,
+                    principal_id: e.principal_id,
+                    role_id: e.role_id,
+                    scope: e.scope,
+                    end: e.end_time.as_ref().map(pim_runtime::db::from_timestamp),
+                    awaiting_approval: false,
+                    actor: e.actor,
+                }
+            }
+            _ => return Ok(None),
+        };
+        Ok(Some(change))
+    }
+}
+
+impl Notifier {
+    /// The policy the change was made under: the one its request recorded, else the one in
+    /// force now.
+    async fn policy(
+        &self,
+        txn: &DatabaseTransaction,
+        request: Option<&RequestRow>,
+        change: &Change,
+    ) -> anyhow::Result<Policy> {
+        if let Some(policy) = request.and_then(|r| serde_json::from_str::<Policy>(&r.policy).ok()) {
+            return Ok(policy);
+        }
+        let scope = Scope::parse(&change.scope).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let (policy, _) = self
+            .0
+            .effective_policy(txn, &change.role_id, &scope)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(policy)
+    }
+
+    /// Principals and the members of those that are groups (a group has no mailbox).
+    async fn with_members(&self, txn: &DatabaseTransaction, ids: &[String], now: i64) -> anyhow::Result<Vec<String>> {
+        let mut out = Vec::new();
+        for id in ids {
+            out.push(id.clone());
+            out.extend(store::members_of(txn, id, &group_scope(id), GROUP_MEMBER, now).await?);
+        }
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
+    /// Whoever is active Global Administrator or Privileged Role Administrator at `/`.
+    async fn administrators(&self, txn: &DatabaseTransaction, now: i64) -> anyhow::Result<Vec<String>> {
+        let mut ids = Vec::new();
+        for role in [GLOBAL_ADMINISTRATOR, PRIVILEGED_ROLE_ADMINISTRATOR] {
+            ids.extend(
+                store::current_assignments(txn, "active", None, Some(role), now)
+                    .await?
+                    .into_iter()
+                    .filter(|a| a.scope == "/")
+                    .map(|a| a.principal_id),
+            );
+        }
+        self.with_members(txn, &ids, now).await
+    }
+
+    /// The notices a change calls for, party by party, as the policy's rules say.
+    async fn notices(
+        &self,
+        txn: &DatabaseTransaction,
+        policy: &Policy,
+        change: &Change,
+    ) -> anyhow::Result<Vec<ev::Notice>> {
+        let now = self.0.now();
+        let mut notices = Vec::new();
+        let parties: &[NotificationParty] = if change.awaiting_approval {
+            &[NotificationParty::Approver]
+        } else {
+            &[NotificationParty::Admin, NotificationParty::Assignee]
+        };
+        for party in parties {
+            let rule = policy.notification_rule(change.event, *party);
+            let critical = change.awaiting_approval;
+            if !rule.sends(critical) {
+                continue;
+            }
+            let mut principal_ids = Vec::new();
+            if rule.default_recipients {
+                principal_ids = match party {
+                    NotificationParty::Admin => self.administrators(txn, now).await?,
+                    NotificationParty::Assignee => {
+                        self.with_members(txn, std::slice::from_ref(&change.principal_id), now)
+                            .await?
+                    }
+                    NotificationParty::Approver => {
+                        let first = policy.effective_stages().into_iter().next().unwrap_or_default();
+                        let named = if first.approver_ids.is_empty() {
+                            self.administrators(txn, now).await?
+                        } else {
+                            self.with_members(txn, &first.approver_ids, now).await?
+                        };
+                        // Nobody approves their own request.
+                        named.into_iter().filter(|id| *id != change.principal_id).collect()
+                    }
+                };
+            }
+            notices.push(ev::Notice {
+                party: party.to_pb() as i32,
+                principal_ids,
+                emails: rule.additional_recipients.clone(),
+                critical,
+            });
+        }
+        Ok(notices)
+    }
+}
+
+#[async_trait::async_trait]
+impl EventHandler for Notifier {
+    fn consumer(&self) -> &str {
+        "assignment-notifications"
+    }
+
+    fn streams(&self) -> Vec<&'static str> {
+        vec![streams::ASSIGNMENT]
+    }
+
+    fn wants(&self, event_type: &str) -> bool {
+        matches!(
+            event_type,
+            "RequestCreated" | "RoleActivated" | "EligibilityGranted" | "ActiveAssignmentGranted"
+        )
+    }
+
+    async fn handle(&self, txn: &DatabaseTransaction, envelope: &Envelope) -> anyhow::Result<()> {
+        let Some(change) = Change::of(envelope)? else {
+            return Ok(());
+        };
+        let request = match change.request_id.as_str() {
+            "" => None,
+            id => store::find_request(txn, id).await?,
+        };
+        let policy = self.policy(txn, request.as_ref(), &change).await?;
+        let notices = self.notices(txn, &policy, &change).await?;
+        if notices.is_empty() {
+            return Ok(());
+        }
+        let role_name = self.0.roles.get(&change.role_id).map(|r| r.name).unwrap_or_default();
+        let event = ev::NotificationsDue {
+            event: change.event.to_pb() as i32,
+            request_id: change.request_id,
+            assignment_id: change.assignment_id,
+            principal_id: change.principal_id.clone(),
+            // Audit names principals the one way it names them everywhere.
+            principal_name: String::new(),
+            role_id: change.role_id,
+            role_name,
+            scope: change.scope,
+            justification: request.as_ref().map(|r| r.justification.clone()).unwrap_or_default(),
+            ticket: request
+                .as_ref()
+                .filter(|r| !r.ticket_number.is_empty())
+                .map(|r| Ticket {
+                    system: r.ticket_system.clone(),
+                    number: r.ticket_number.clone(),
+                }),
+            end_time: change.end.map(to_timestamp),
+            awaiting_approval: change.awaiting_approval,
+            notices,
+            actor: change.actor,
+        };
+        self.0
+            .emit(txn, "NotificationsDue", &change.principal_id, &event)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))
+    }
+
+    async fn after_commit(&self, _envelope: &Envelope) {
+        self.0.outbox.wake();
+    }
+}

@@ -1,0 +1,394 @@
+//! Notifications by email. Assignment says who must hear of a change (`NotificationsDue`, as
+//! the role's notification rules say); audit, which keeps where each user is reached (from
+//! identity's events), writes one mail per recipient in the transaction that keeps the record,
+//! and a sender delivers them over SMTP (lettre), retried with backoff for 24 hours. A mail
+//! says who, what role, where, why, until when, and links to the request when PIM's public
+//! URL is known; it holds nothing secret.
+
+pub(crate) mod store;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lettre::message::{Mailbox, MultiPart};
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use serde_json::Value;
+
+use pim_runtime::db::{Db, now_ms};
+
+use crate::store::Record;
+use crate::webhooks::{GIVE_UP_AFTER_MS, next_attempt};
+use store::Mail;
+
+/// How long a claimed mail is another replica's to leave alone.
+const LEASE_MS: i64 = 60_000;
+/// How long one SMTP conversation may take.
+const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Learns where principals are reached from the records that say it: a user created or
+/// updated (with or without an address), deleted; a group's members, who are reached through
+/// it.
+pub async fn learn_addresses<C: sea_orm::ConnectionTrait>(c: &C, records: &[Record]) -> anyhow::Result<()> {
+    for r in records {
+        let short = r.action.rsplit('.').next().unwrap_or_default();
+        let group = || {
+            serde_json::from_str::<Value>(&r.payload_json)
+                .ok()
+                .and_then(|p| p["group_id"].as_str().map(str::to_owned))
+                .unwrap_or_default()
+        };
+        match short {
+            "GroupMemberAdded" => store::set_member(c, &group(), &r.target_id, true).await?,
+            "GroupMemberRemoved" => store::set_member(c, &group(), &r.target_id, false).await?,
+            "GroupDeleted" => store::set_member(c, &r.target_id, "", false).await?,
+            _ => {}
+        }
+        let email = match short {
+            "UserCreated" | "UserUpdated" => serde_json::from_str::<Value>(&r.payload_json)
+                .ok()
+                .and_then(|p| p["email"].as_str().map(str::to_owned))
+                .unwrap_or_default(),
+            "UserDeleted" => String::new(),
+            _ => continue,
+        };
+        store::set_address(c, &r.target_id, email.trim()).await?;
+    }
+    Ok(())
+}
+
+/// What the mail of one notice says.
+#[derive(Debug, PartialEq)]
+pub struct Composed {
+    pub subject: String,
+    pub text: String,
+    pub html: String,
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;")
+}
+
+/// The mail a `NotificationsDue` record gives `party` (admin, assignee, approver).
+pub fn compose(r: &Record, party: &str, public_url: Option<&str>) -> Composed {
+    let payload: Value = serde_json::from_str(&r.payload_json).unwrap_or_default();
+    let who = if r.target_name.is_empty() {
+        &r.target_id
+    } else {
+        &r.target_name
+    };
+    let role = if r.role_name.is_empty() {
+        &r.role_id
+    } else {
+        &r.role_name
+    };
+    let scope = if r.scope.is_empty() { "/" } else { &r.scope };
+    let awaiting = payload["awaiting_approval"].as_bool().unwrap_or(false);
+    let event = payload["event"].as_str().unwrap_or_default();
+    let yours = party == "assignee";
+    let (subject, said) = match (event, awaiting, yours) {
+        (_, true, _) => (
+            format!("PIM: approval needed: {who} requests {role}"),
+            format!("{who} asks to activate {role} at {scope} and waits for your decision."),
+        ),
+        ("activation", false, true) => (
+            format!("PIM: you activated {role}"),
+            format!("Your role {role} at {scope} is active."),
+        ),
+        ("activation", false, false) => (
+            format!("PIM: {who} activated {role}"),
+            format!("{who} activated {role} at {scope}."),
+        ),
+        ("eligible_assignment", _, true) => (
+            format!("PIM: you are eligible for {role}"),
+            format!("You are eligible for {role} at {scope}: activate it when you need it."),
+        ),
+        ("eligible_assignment", _, false) => (
+            format!("PIM: {who} is eligible for {role}"),
+            format!("{who} was made eligible for {role} at {scope}."),
+        ),
+        (_, _, true) => (
+            format!("PIM: you were assigned {role}"),
+            format!("You were assigned {role} at {scope}, active now."),
+        ),
+        _ => (
+            format!("PIM: {who} was assigned {role}"),
+            format!("{who} was assigned {role} at {scope}, active now."),
+        ),
+    };
+    let until = payload["end_time"].as_str().unwrap_or("no end (permanent)");
+    let request_id = payload["request_id"].as_str().unwrap_or_default();
+    let mut facts = vec![
+        ("Who", who.to_string()),
+        ("Role", role.to_string()),
+        ("Scope", scope.to_string()),
+        ("Until", until.to_string()),
+    ];
+    if !r.justification.is_empty() {
+        facts.push(("Justification", r.justification.clone()));
+    }
+    if !r.ticket.is_empty() {
+        facts.push(("Ticket", r.ticket.clone()));
+    }
+    if !r.actor_name.is_empty() && r.actor_id != r.target_id {
+        facts.push(("By", r.actor_name.clone()));
+    }
+    if !request_id.is_empty() {
+        facts.push(("Request", request_id.to_owned()));
+    }
+    let link = match (public_url, request_id) {
+        (Some(base), id) if !id.is_empty() && awaiting => Some(format!("{base}/approvals/{id}")),
+        (Some(base), id) if !id.is_empty() => Some(format!("{base}/requests/{id}")),
+        _ => None,
+    };
+    let action = awaiting.then(|| format!("Decide with: pim approvals approve {request_id} (or deny)"));
+    let mut text = format!("{said}\n\n");
+    for (name, value) in &facts {
+        text.push_str(&format!("{name}: {value}\n"));
+    }
+    if let Some(action) = &action {
+        text.push_str(&format!("\n{action}\n"));
+    }
+    if let Some(link) = &link {
+        text.push_str(&format!("\n{link}\n"));
+    }
+    let mut html = format!("<p>{}</p>\n<table>\n", escape(&said));
+    for (name, value) in &facts {
+        html.push_str(&format!(
+            "<tr><th align=\"left\">{}</th><td>{}</td></tr>\n",
+            escape(name),
+            escape(value)
+        ));
+    }
+    html.push_str("</table>\n");
+    if let Some(action) = &action {
+        html.push_str(&format!("<p>{}</p>\n", escape(action)));
+    }
+    if let Some(link) = &link {
+        html.push_str(&format!("<p><a href=\"{0}\">{0}</a></p>\n", escape(link)));
+    }
+    Composed { subject, text, html }
+}
+
+/// Queues the mail of every `NotificationsDue` record, one per recipient (a principal's
+/// address, or an address a rule names); a principal nobody can reach is passed over.
+pub async fn enqueue<C: sea_orm::ConnectionTrait>(
+    c: &C,
+    records: &[Record],
+    now: i64,
+    public_url: Option<&str>,
+) -> anyhow::Result<usize> {
+    let mut queued = 0;
+    for r in records.iter().filter(|r| r.action.ends_with(".NotificationsDue")) {
+        let payload: Value = serde_json::from_str(&r.payload_json).unwrap_or_default();
+        for notice in payload["notices"].as_array().into_iter().flatten() {
+            let party = notice["party"].as_str().unwrap_or_default();
+            let ids: Vec<String> = notice["principal_ids"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect();
+            // Whoever asked is never asked to approve it, even through a group.
+            let except = if notice["critical"].as_bool().unwrap_or(false) {
+                r.target_id.as_str()
+            } else {
+                ""
+            };
+            let mut to = store::addresses(c, &ids, except).await?;
+            to.extend(
+                notice["emails"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|v| v.as_str().map(str::to_owned)),
+            );
+            to.sort();
+            to.dedup();
+            let composed = compose(r, party, public_url);
+            for recipient in to {
+                let mail = Mail {
+                    id: uuid::Uuid::now_v7().to_string(),
+                    position: r.sequence,
+                    event_id: r.event_id.clone(),
+                    party: party.to_owned(),
+                    recipient,
+                    subject: composed.subject.clone(),
+                    text_body: composed.text.clone(),
+                    html_body: composed.html.clone(),
+                    status: "pending".into(),
+                    created_at: now,
+                    next_attempt_at: now,
+                    ..Mail::default()
+                };
+                queued += usize::from(store::insert(c, &mail).await?);
+            }
+        }
+    }
+    Ok(queued)
+}
+
+/// Sends queued mail over SMTP.
+#[derive(Clone)]
+pub struct Mailer {
+    db: Db,
+    transport: AsyncSmtpTransport<Tokio1Executor>,
+    from: Mailbox,
+    pub(crate) public_url: Option<String>,
+    /// Woken when mail is queued.
+    pub(crate) wake: Arc<tokio::sync::Notify>,
+}
+
+impl Mailer {
+    /// A mailer for `PIM_SMTP_URL` sending as `PIM_SMTP_FROM`.
+    pub fn new(db: Db, url: &str, from: &str, public_url: Option<String>) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
+            .map_err(|e| anyhow::anyhow!("PIM_SMTP_URL is not usable: {e}"))?
+            .timeout(Some(SEND_TIMEOUT))
+            .build();
+        let from: Mailbox = from
+            .parse()
+            .with_context(|| format!("PIM_SMTP_FROM {from:?} is not a mailbox (e.g. PIM <pim@example.com>)"))?;
+        Ok(Self {
+            db,
+            transport,
+            from,
+            public_url,
+            wake: Arc::default(),
+        })
+    }
+
+    /// Sends until `stop`: what is due, whenever mail is queued, else every second.
+    pub async fn run(self, mut stop: tokio::sync::watch::Receiver<bool>) {
+        loop {
+            if let Err(err) = self.round(now_ms()).await {
+                tracing::warn!(error = %format!("{err:#}"), "sending notification mail failed");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = self.wake.notified() => {}
+                _ = stop.changed() => return,
+            }
+        }
+    }
+
+    /// Attempts every due mail once, as of `now`; how many were attempted.
+    pub async fn round(&self, now: i64) -> anyhow::Result<usize> {
+        let mut attempted = 0;
+        for mail in store::due(&self.db, now, 64).await? {
+            let lease = now + LEASE_MS;
+            if !store::claim(&self.db, &mail, now, lease).await? {
+                continue;
+            }
+            attempted += 1;
+            let span = tracing::info_span!("notification mail", mail = %mail.id, party = %mail.party);
+            let outcome = tracing::Instrument::instrument(self.send(&mail), span).await;
+            let after = now_ms().max(now);
+            let metrics = pim_runtime::metrics::metrics();
+            let since = mail.first_attempt_at.unwrap_or(now);
+            let (status, error, next, outcome_label) = match outcome {
+                Ok(()) => ("sent", String::new(), after, "sent"),
+                Err(Failure::Permanent(error)) => ("dead", error, after, "dead"),
+                Err(Failure::Transient(error)) if after - since >= GIVE_UP_AFTER_MS => ("dead", error, after, "dead"),
+                Err(Failure::Transient(error)) => ("pending", error, next_attempt(after, mail.attempts + 1), "retry"),
+            };
+            metrics.mail_attempts.with_label_values(&[outcome_label]).inc();
+            match outcome_label {
+                "sent" => tracing::info!(mail = %mail.id, party = %mail.party, "notification mail sent"),
+                "retry" => tracing::warn!(mail = %mail.id, %error, "notification mail not sent; retrying"),
+                _ => tracing::error!(mail = %mail.id, %error, "notification mail given up"),
+            }
+            store::attempted(&self.db, &mail.id, lease, status, &error, next, after).await?;
+        }
+        Ok(attempted)
+    }
+
+    async fn send(&self, mail: &Mail) -> Result<(), Failure> {
+        let to: Mailbox = mail
+            .recipient
+            .parse()
+            .map_err(|e| Failure::Permanent(format!("the recipient is not an address: {e}")))?;
+        let message = Message::builder()
+            .from(self.from.clone())
+            .to(to)
+            .subject(mail.subject.clone())
+            .multipart(MultiPart::alternative_plain_html(
+                mail.text_body.clone(),
+                mail.html_body.clone(),
+            ))
+            .map_err(|e| Failure::Permanent(format!("the mail could not be built: {e}")))?;
+        match self.transport.send(message).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_permanent() => Err(Failure::Permanent(format!("the server refused it: {e}"))),
+            Err(e) => Err(Failure::Transient(format!("{e}"))),
+        }
+    }
+}
+
+enum Failure {
+    /// The server refused it for good (or it cannot be sent): not tried again.
+    Permanent(String),
+    Transient(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn due(event: &str, awaiting: bool) -> Record {
+        Record {
+            event_id: "e1".into(),
+            action: "pim.assignment.v1.NotificationsDue".into(),
+            actor_id: "lee-id".into(),
+            actor_name: "lee".into(),
+            target_id: "lee-id".into(),
+            target_name: "lee".into(),
+            role_id: "ex".into(),
+            role_name: "Exchange Administrator".into(),
+            scope: "/".into(),
+            justification: "mailbox <migration> & more".into(),
+            ticket: "ServiceNow:INC1".into(),
+            payload_json: serde_json::json!({
+                "event": event, "awaiting_approval": awaiting, "request_id": "r1",
+                "end_time": "2026-12-05T08:00:00.000Z",
+                "notices": [],
+            })
+            .to_string(),
+            ..Record::default()
+        }
+    }
+
+    #[test]
+    fn a_mail_says_who_what_where_why_and_until_when_escaped_in_html() {
+        let approver = compose(&due("activation", true), "approver", Some("https://pim.example.com"));
+        assert_eq!(
+            approver.subject,
+            "PIM: approval needed: lee requests Exchange Administrator"
+        );
+        for fact in [
+            "Scope: /",
+            "Until: 2026-12-05T08:00:00.000Z",
+            "Justification: mailbox <migration> & more",
+            "Ticket: ServiceNow:INC1",
+            "pim approvals approve r1",
+            "https://pim.example.com/approvals/r1",
+        ] {
+            assert!(approver.text.contains(fact), "{fact} in {}", approver.text);
+        }
+        assert!(
+            approver.html.contains("mailbox &lt;migration&gt; &amp; more"),
+            "{}",
+            approver.html
+        );
+        assert!(!approver.html.contains("<migration>"));
+        let mine = compose(&due("activation", false), "assignee", None);
+        assert_eq!(mine.subject, "PIM: you activated Exchange Administrator");
+        assert!(!mine.text.contains("http"), "no link without a public URL");
+        let admin = compose(&due("eligible_assignment", false), "admin", None);
+        assert_eq!(admin.subject, "PIM: lee is eligible for Exchange Administrator");
+    }
+}
