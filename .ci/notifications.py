@@ -1,7 +1,8 @@
 """Notification mail as a mail server that is not ours receives it: `pim up` sending to an
 aiosmtpd server. Lee is made eligible for Exchange Administrator (he hears of it); he
 activates it and it waits for Ann's approval: Ann gets the mail that asks her to decide
-(who, what role, where, why, the ticket, a link), Lee gets none of it. For Security Reader the
+(who, what role, where, why, the ticket, a link), Lee gets none of it; Ann denies it and Lee
+hears why. A role given Lee for 6 seconds: he hears it ends soon, then that it ended. For Security Reader the
 rule says approvers do not hear of activations: Lee's activation there sends no mail, while a
 later mail still arrives. No mail holds a token or a password. Usage: python3 .ci/notifications.py PATH_TO_PIM
 """
@@ -48,7 +49,7 @@ def main(pim: str) -> int:
     controller = Controller(inbox, hostname="127.0.0.1", port=port)
     controller.start()
     env = {"PIM_SMTP_URL": f"smtp://127.0.0.1:{port}", "PIM_SMTP_FROM": "PIM <pim@example.com>",
-           "PIM_PUBLIC_URL": "https://pim.example.com"}
+           "PIM_PUBLIC_URL": "https://pim.example.com", "PIM_EXPIRY_NOTICE_SECS": "3"}
     try:
         with PimUp(pim, env=env) as up:
             for user in ["lee", "ann"]:
@@ -83,10 +84,30 @@ def main(pim: str) -> int:
             assert message["subject"] == "PIM: approval needed: lee requests Exchange Administrator", message["subject"]
             body = text_of(message)
             for fact in ["Justification: mailbox migration", "Ticket: ServiceNow:INC42", "Scope: /",
-                         "pim approvals approve", "https://pim.example.com/approvals/"]:
+                         "pim approve ID", "https://pim.example.com/approvals/"]:
                 assert fact in body, f"{fact!r} in {body}"
             html = message.get_body(preferencelist=("html",)).get_content()
             assert "mailbox migration" in html, html
+
+            # Ann denies it: Lee hears why.
+            up.run("login", "--user", "ann", "--password-stdin", stdin="ann's long passphrase\n", as_user="ann")
+            waiting = [json.loads(l) for l in up.run("approvals", "--output", "json", as_user="ann").stdout.splitlines()]
+            mine = [a for a in waiting if a["role"] == "Exchange Administrator"]
+            assert len(mine) == 1, waiting
+            up.run("deny", mine[0]["id"], "-j", "not during the freeze", as_user="ann")
+            denied = wait("lee hears of the denial", lambda: [
+                m for to, m in inbox.received() if to == ["lee@example.com"] and "not approved" in m["subject"]])
+            assert "not during the freeze" in text_of(denied[0]), text_of(denied[0])
+
+            # A role given for 6 seconds: its holder hears it ends soon (3 s before), then that it ended.
+            up.run("assign", "User Administrator", "--principal", "lee", "--kind", "active", "--duration", "6s",
+                   "-j", "a short task")
+            soon = wait("lee hears his role ends soon", lambda: [
+                m for to, m in inbox.received() if to == ["lee@example.com"] and "ends soon" in m["subject"]], 20)
+            assert soon[0]["subject"] == "PIM: your role User Administrator ends soon", soon[0]["subject"]
+            wait("lee hears it ended", lambda: [
+                m for to, m in inbox.received() if to == ["lee@example.com"] and m["subject"] ==
+                "PIM: your role User Administrator ended"], 20)
 
             # A later mail still comes; the one the rule forbids never did.
             up.run("assign", "Exchange Administrator", "--principal", "ann", "-j", "backup")
@@ -101,7 +122,7 @@ def main(pim: str) -> int:
                 whole = m.as_string()
                 assert "eyJ" not in whole and "passphrase" not in whole and up.admin_password not in whole, whole
             print(f"notifications: {len(inbox.received())} mails received by aiosmtpd; approvers asked, "
-                  "rules that say none kept")
+                  "denials, ends soon and ends told, rules that say none kept")
     finally:
         controller.stop()
     return 0

@@ -58,7 +58,10 @@ async fn notices_follow_the_rules_and_never_ask_requesters_to_approve_themselves
                 .iter()
                 .map(|e| ev::NotificationsDue::decode(e.data.as_slice()))
                 .collect::<Result<_, _>>()?;
-            Ok(dues.iter().any(|d| d.awaiting_approval).then_some(dues))
+            Ok(dues
+                .iter()
+                .any(|d| d.happening == ev::Happening::AwaitingApproval as i32)
+                .then_some(dues))
         })
         .await?;
         let eligible = dues
@@ -81,7 +84,7 @@ async fn notices_follow_the_rules_and_never_ask_requesters_to_approve_themselves
 
         let waiting = dues
             .iter()
-            .find(|d| d.awaiting_approval)
+            .find(|d| d.happening == ev::Happening::AwaitingApproval as i32)
             .expect("the activation waiting for approval");
         assert_eq!(waiting.request_id, request.id);
         assert_eq!(waiting.justification, "mailbox migration");

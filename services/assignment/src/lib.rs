@@ -89,6 +89,7 @@ impl Assignment {
             identity: DirectoryServiceClient::new(deps.identity),
             clock: deps.clock,
             timers: Arc::default(),
+            expiry_notice_ms: deps.config.expiry_notice.as_millis() as i64,
             changes: tokio::sync::broadcast::channel(1024).0,
             index,
             memberships,

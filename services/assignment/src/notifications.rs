@@ -2,13 +2,15 @@
 //! activation's hot path) from the role's notification rules: a `NotificationsDue` event that
 //! audit turns into mail. Approvers hear of an activation waiting for them (a mail that asks
 //! for action); administrators and the assignee hear of eligible and active assignments and
-//! of activations.
+//! of activations; the requester hears of a denial, and the holder of an active role that it
+//! ends soon (`PIM_EXPIRY_NOTICE_SECS` before) and that it ended.
 
 use sea_orm::DatabaseTransaction;
 
 use pim_proto::catalogue::{GLOBAL_ADMINISTRATOR, GROUP_MEMBER, PRIVILEGED_ROLE_ADMINISTRATOR, group_scope};
 use pim_proto::common::v1::{Actor, Ticket};
 use pim_proto::events::v1 as ev;
+use pim_proto::events::v1::Happening;
 use pim_runtime::db::to_timestamp;
 use pim_runtime::events::{Envelope, EventHandler, decode, short_type, streams};
 
@@ -22,18 +24,33 @@ pub struct Notifier(pub Assignments);
 /// What a change is, as a notification tells it.
 struct Change {
     event: NotificationEvent,
+    happening: Happening,
     request_id: String,
     assignment_id: String,
     principal_id: String,
     role_id: String,
     scope: String,
     end: Option<i64>,
-    awaiting_approval: bool,
+    reason: String,
     actor: Option<Actor>,
 }
 
 impl Change {
-    fn of(envelope: &Envelope) -> anyhow::Result<Option<Self>> {
+    /// Who hears of it: approvers of what waits for them; administrators and the holder of
+    /// what was granted; only the holder of what was denied or ended.
+    fn parties(&self) -> &'static [NotificationParty] {
+        match self.happening {
+            Happening::AwaitingApproval => &[NotificationParty::Approver],
+            Happening::Granted => &[NotificationParty::Admin, NotificationParty::Assignee],
+            _ => &[NotificationParty::Assignee],
+        }
+    }
+}
+
+impl Change {
+    /// The change an event announces, if it is one a notification tells of. Some need their
+    /// request to know whose and which role (`request`).
+    fn of(envelope: &Envelope, request: impl Fn(&str) -> Option<RequestRow>) -> anyhow::Result<Option<Self>> {
         let change = match short_type(envelope) {
             "RequestCreated" => {
                 let e: ev::RequestCreated = decode(envelope)?;
@@ -42,13 +59,14 @@ impl Change {
                 }
                 Change {
                     event: NotificationEvent::Activation,
+                    happening: Happening::AwaitingApproval,
                     request_id: e.request_id,
                     assignment_id: String::new(),
                     principal_id: e.principal_id,
                     role_id: e.role_id,
                     scope: e.scope,
                     end: e.end_time.as_ref().map(pim_runtime::db::from_timestamp),
-                    awaiting_approval: true,
+                    reason: String::new(),
                     actor: e.actor,
                 }
             }
@@ -56,13 +74,14 @@ impl Change {
                 let e: ev::RoleActivated = decode(envelope)?;
                 Change {
                     event: NotificationEvent::Activation,
+                    happening: Happening::Granted,
                     request_id: e.request_id,
                     assignment_id: e.assignment_id,
                     principal_id: e.principal_id,
                     role_id: e.role_id,
                     scope: e.scope,
                     end: e.end_time.as_ref().map(pim_runtime::db::from_timestamp),
-                    awaiting_approval: false,
+                    reason: String::new(),
                     actor: e.actor,
                 }
             }
@@ -74,13 +93,69 @@ impl Change {
                     } else {
                         NotificationEvent::ActiveAssignment
                     },
+                    happening: Happening::Granted,
                     request_id: e.request_id,
                     assignment_id: e.assignment_id,
                     principal_id: e.principal_id,
                     role_id: e.role_id,
                     scope: e.scope,
                     end: e.end_time.as_ref().map(pim_runtime::db::from_timestamp),
-                    awaiting_approval: false,
+                    reason: String::new(),
+                    actor: e.actor,
+                }
+            }
+            "RequestStatusChanged" => {
+                let e: ev::RequestStatusChanged = decode(envelope)?;
+                let decided = e.previous_status == RequestStatus::PendingApproval.as_str()
+                    && (e.status == RequestStatus::Denied.as_str() || e.status == RequestStatus::Expired.as_str());
+                let Some(r) = request(&e.request_id).filter(|r| decided && r.action == "selfActivate") else {
+                    return Ok(None);
+                };
+                let reason = match (e.status.as_str(), r.outcome_reason.as_str()) {
+                    (_, said) if !said.is_empty() => said.to_owned(),
+                    ("Expired", _) => "no decision in time".to_owned(),
+                    _ => "denied".to_owned(),
+                };
+                Change {
+                    event: NotificationEvent::Activation,
+                    happening: Happening::Denied,
+                    request_id: r.id,
+                    assignment_id: String::new(),
+                    principal_id: r.principal_id,
+                    role_id: r.role_id,
+                    scope: r.scope,
+                    end: None,
+                    reason,
+                    actor: e.actor,
+                }
+            }
+            "AssignmentExpiring" => {
+                let e: ev::AssignmentExpiring = decode(envelope)?;
+                Change {
+                    event: NotificationEvent::Activation,
+                    happening: Happening::Expiring,
+                    request_id: e.request_id,
+                    assignment_id: e.assignment_id,
+                    principal_id: e.principal_id,
+                    role_id: e.role_id,
+                    scope: e.scope,
+                    end: e.end_time.as_ref().map(pim_runtime::db::from_timestamp),
+                    reason: String::new(),
+                    actor: None,
+                }
+            }
+            "RoleDeactivated" => {
+                let e: ev::RoleDeactivated = decode(envelope)?;
+                Change {
+                    event: NotificationEvent::Activation,
+                    happening: Happening::Ended,
+                    request_id: String::new(),
+                    assignment_id: e.assignment_id,
+                    principal_id: e.principal_id,
+                    role_id: e.role_id,
+                    scope: e.scope,
+                    end: None,
+                    reason: e.reason,
                     actor: e.actor,
                 }
             }
@@ -147,14 +222,9 @@ impl Notifier {
     ) -> anyhow::Result<Vec<ev::Notice>> {
         let now = self.0.now();
         let mut notices = Vec::new();
-        let parties: &[NotificationParty] = if change.awaiting_approval {
-            &[NotificationParty::Approver]
-        } else {
-            &[NotificationParty::Admin, NotificationParty::Assignee]
-        };
-        for party in parties {
+        for party in change.parties() {
             let rule = policy.notification_rule(change.event, *party);
-            let critical = change.awaiting_approval;
+            let critical = change.happening == Happening::AwaitingApproval;
             if !rule.sends(critical) {
                 continue;
             }
@@ -202,14 +272,39 @@ impl EventHandler for Notifier {
     fn wants(&self, event_type: &str) -> bool {
         matches!(
             event_type,
-            "RequestCreated" | "RoleActivated" | "EligibilityGranted" | "ActiveAssignmentGranted"
+            "RequestCreated"
+                | "RoleActivated"
+                | "EligibilityGranted"
+                | "ActiveAssignmentGranted"
+                | "RequestStatusChanged"
+                | "RoleDeactivated"
+                | "AssignmentExpiring"
         )
     }
 
     async fn handle(&self, txn: &DatabaseTransaction, envelope: &Envelope) -> anyhow::Result<()> {
-        let Some(change) = Change::of(envelope)? else {
+        // A status change names only its request: read it first.
+        let status_of = match short_type(envelope) {
+            "RequestStatusChanged" => {
+                let e: ev::RequestStatusChanged = decode(envelope)?;
+                store::find_request(txn, &e.request_id).await?
+            }
+            _ => None,
+        };
+        let Some(mut change) = Change::of(envelope, |_| status_of.clone())? else {
             return Ok(());
         };
+        // An end names its assignment: its request says whether it was an activation or an
+        // administrator's active assignment (whose rules apply).
+        if matches!(change.happening, Happening::Ended | Happening::Expiring)
+            && let Some(a) = store::find_assignment(txn, &change.assignment_id).await?
+        {
+            change.request_id = a.request_id.clone();
+            change.end = a.end_at;
+            if a.origin == "admin" {
+                change.event = NotificationEvent::ActiveAssignment;
+            }
+        }
         let request = match change.request_id.as_str() {
             "" => None,
             id => store::find_request(txn, id).await?,
@@ -239,7 +334,8 @@ impl EventHandler for Notifier {
                     number: r.ticket_number.clone(),
                 }),
             end_time: change.end.map(to_timestamp),
-            awaiting_approval: change.awaiting_approval,
+            happening: change.happening as i32,
+            reason: change.reason,
             notices,
             actor: change.actor,
         };

@@ -74,6 +74,35 @@ impl Scheduler {
                 ended.push(due);
             }
         }
+        // Holders of active roles ending soon are told, once (audit mails them).
+        if a.expiry_notice_ms > 0 {
+            for due in store::due_expiry_notices(&txn, now, a.expiry_notice_ms, BATCH).await? {
+                if !store::mark_expiry_noticed(&txn, &due.id).await? {
+                    continue;
+                }
+                let event = pim_proto::events::v1::AssignmentExpiring {
+                    assignment_id: due.id.clone(),
+                    principal_id: due.principal_id.clone(),
+                    role_id: due.role_id.clone(),
+                    scope: due.scope.clone(),
+                    end_time: due.end_at.map(pim_runtime::db::to_timestamp),
+                    request_id: due.request_id.clone(),
+                };
+                a.outbox
+                    .enqueue(
+                        &txn,
+                        pim_runtime::events::streams::ASSIGNMENT,
+                        &pim_runtime::events::envelope(
+                            "pim.assignment",
+                            "AssignmentExpiring",
+                            &due.principal_id,
+                            &event,
+                        ),
+                    )
+                    .await?;
+                fired += 1;
+            }
+        }
         // An eligibility or membership shortened since an activation rested on it ends that
         // activation now.
         let resting = a.resting_on(&txn, &ended, now).await?;

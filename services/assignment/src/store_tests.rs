@@ -461,3 +461,54 @@ async fn policies_and_custom_roles_change_only_from_what_was_read() -> anyhow::R
     })
     .await
 }
+
+/// A holder is told an active role ends soon once: when it ends within the lead, if it lasts
+/// longer than the lead, and never for an eligibility, a permanent role or an ended one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holders_are_told_once_that_an_active_role_ends_soon() -> anyhow::Result<()> {
+    on_both(|db| async move {
+        let lead = 15 * 60_000;
+        let soon = assignment("activation", "active", Some(NOW + HOUR));
+        let short = AssignmentRow {
+            principal_id: "ann".into(),
+            end_at: Some(NOW + 10 * 60_000),
+            ..assignment("activation", "active", None)
+        };
+        let eligible = assignment("admin", "eligible", Some(NOW + HOUR));
+        let permanent = AssignmentRow {
+            principal_id: "bob".into(),
+            ..assignment("admin", "active", None)
+        };
+        for a in [&soon, &short, &eligible, &permanent] {
+            store::insert_assignment(&db, a, true, NOW).await?;
+        }
+        let due = |at: i64| {
+            let db = db.clone();
+            async move {
+                anyhow::Ok(
+                    store::due_expiry_notices(&db, at, lead, 10)
+                        .await?
+                        .into_iter()
+                        .map(|a| a.id)
+                        .collect::<Vec<_>>(),
+                )
+            }
+        };
+        assert!(
+            due(NOW).await?.is_empty(),
+            "an hour ahead: not yet; ten minutes long: never"
+        );
+        let near = NOW + HOUR - lead;
+        assert_eq!(due(near).await?, std::slice::from_ref(&soon.id));
+        assert!(store::mark_expiry_noticed(&db, &soon.id).await?);
+        assert!(!store::mark_expiry_noticed(&db, &soon.id).await?, "once");
+        assert!(due(near).await?.is_empty());
+        let later = assignment("activation", "active", Some(NOW + 2 * HOUR));
+        store::end_assignment(&db, &soon.id, "expired", NOW).await?;
+        store::insert_assignment(&db, &later, true, NOW).await?;
+        store::end_assignment(&db, &later.id, "deactivated", NOW).await?;
+        assert!(due(NOW + 2 * HOUR - lead).await?.is_empty(), "ended already");
+        Ok(())
+    })
+    .await
+}

@@ -235,6 +235,13 @@ pub fn record(envelope: &Envelope, correlator: &Correlator) -> anyhow::Result<Re
             r.outcome = "failure".into();
             json!({"action": e.action, "code": e.code, "rules": e.rules, "reason": e.message})
         }
+        "AssignmentExpiring" => {
+            let e: ev::AssignmentExpiring = decode(envelope)?;
+            r.target_id = e.principal_id.clone();
+            r.role_id = e.role_id.clone();
+            r.scope = e.scope.clone();
+            json!({"assignment_id": e.assignment_id, "request_id": e.request_id, "end_time": rfc3339(&e.end_time)})
+        }
         "NotificationsDue" => {
             let e: ev::NotificationsDue = decode(envelope)?;
             set_actor(&mut r, &e.actor);
@@ -248,6 +255,9 @@ pub fn record(envelope: &Envelope, correlator: &Correlator) -> anyhow::Result<Re
             let event = pim_proto::common::v1::NotificationEvent::try_from(e.event)
                 .map(|v| v.as_str_name().trim_start_matches("NOTIFICATION_EVENT_").to_lowercase())
                 .unwrap_or_default();
+            let happening = ev::Happening::try_from(e.happening)
+                .map(|v| v.as_str_name().trim_start_matches("HAPPENING_").to_lowercase())
+                .unwrap_or_default();
             let notices: Vec<_> = e
                 .notices
                 .iter()
@@ -260,7 +270,7 @@ pub fn record(envelope: &Envelope, correlator: &Correlator) -> anyhow::Result<Re
                 .collect();
             json!({
                 "event": event, "request_id": e.request_id, "assignment_id": e.assignment_id,
-                "end_time": rfc3339(&e.end_time), "awaiting_approval": e.awaiting_approval, "notices": notices,
+                "end_time": rfc3339(&e.end_time), "happening": happening, "reason": e.reason, "notices": notices,
             })
         }
         "RoleActivated" => {
@@ -687,6 +697,7 @@ mod tests {
             ("pim.assignment", "RoleActivated"),
             ("pim.assignment", "RoleDeactivated"),
             ("pim.assignment", "NotificationsDue"),
+            ("pim.assignment", "AssignmentExpiring"),
             ("pim.assignment", "PolicyUpdated"),
             ("pim.assignment", "RoleDefinitionCreated"),
             ("pim.assignment", "RoleDefinitionUpdated"),

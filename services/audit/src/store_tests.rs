@@ -747,7 +747,7 @@ async fn notification_mail_is_queued_once_per_recipient_and_claimed_once() -> an
             target_id: "lee-id".into(),
             role_name: "Exchange Administrator".into(),
             payload_json: serde_json::json!({
-                "event": "activation", "awaiting_approval": true, "request_id": "r1",
+                "event": "activation", "happening": "awaiting_approval", "request_id": "r1",
                 "notices": [{"party": "approver", "principal_ids": ["ann-id", "bob-id", "group-id"],
                              "emails": ["soc@example.com", "ann@example.com"], "critical": true}],
             })

@@ -119,6 +119,9 @@ pub struct Config {
     /// How long after an administrator creates an account or resets its MFA the user may
     /// enrol a first method with the password alone (`PIM_MFA_ENROLLMENT_WINDOW_SECS`).
     pub mfa_enrollment_window: Duration,
+    /// How long before an active role ends its holder is told (`PIM_EXPIRY_NOTICE_SECS`,
+    /// 15 minutes; 0: never).
+    pub expiry_notice: Duration,
     /// How recent an MFA must be to manage MFA methods or change a password
     /// (`PIM_MFA_STEP_UP_SECS`; the default policy's activation freshness, 10 minutes).
     pub mfa_step_up: Duration,
@@ -273,6 +276,7 @@ impl Config {
                 .transpose()?
                 .unwrap_or_default(),
             mfa_enrollment_window: Duration::from_secs(num("PIM_MFA_ENROLLMENT_WINDOW_SECS", 24 * 3600)?),
+            expiry_notice: Duration::from_secs(num("PIM_EXPIRY_NOTICE_SECS", 900)?),
             mfa_step_up: Duration::from_secs(num("PIM_MFA_STEP_UP_SECS", 600)?),
             event_signing_keys: get("PIM_EVENT_SIGNING_KEYS").map(Secret::new),
             event_verifying_keys: get("PIM_EVENT_VERIFYING_KEYS"),

@@ -66,6 +66,8 @@ pub struct Assignments {
     pub(crate) clock: Arc<dyn Clock>,
     /// Tells the scheduler about new starts and ends.
     pub(crate) timers: Arc<Timers>,
+    /// How long before an active assignment ends its holder is told (0: never).
+    pub(crate) expiry_notice_ms: i64,
     /// Ids of requests whose status changed in this process (WatchRequest).
     pub(crate) changes: broadcast::Sender<String>,
     /// Active assignments in memory: the CheckAccess hot path.

@@ -284,6 +284,42 @@ pub async fn due_ends<C: ConnectionTrait>(c: &C, now: i64, limit: u64) -> Result
     db::rows(c, &sql, vec![now.into()], AssignmentRow::from_row).await
 }
 
+/// Active assignments whose holder is to be told they end soon: ending within `lead_ms` of
+/// `now` (not yet ended), lasting longer than that, not told yet. Locked on PostgreSQL
+/// (`SKIP LOCKED`), so replicas tell each holder once.
+pub async fn due_expiry_notices<C: ConnectionTrait>(
+    c: &C,
+    now: i64,
+    lead_ms: i64,
+    limit: u64,
+) -> Result<Vec<AssignmentRow>, DbErr> {
+    let sql = format!(
+        "SELECT {ASSIGNMENT_COLUMNS} FROM assignments
+         WHERE status = 'active' AND kind = 'active' AND expiry_noticed = FALSE AND end_at IS NOT NULL
+           AND end_at > $1 AND end_at <= $2 AND end_at - start_at > $3
+         ORDER BY end_at LIMIT {limit}{}",
+        c.skip_locked()
+    );
+    db::rows(
+        c,
+        &sql,
+        vec![now.into(), (now + lead_ms).into(), lead_ms.into()],
+        AssignmentRow::from_row,
+    )
+    .await
+}
+
+/// Marks an assignment's holder as told it ends soon; whether this call did it.
+pub async fn mark_expiry_noticed<C: ConnectionTrait>(c: &C, id: &str) -> Result<bool, DbErr> {
+    Ok(db::exec(
+        c,
+        "UPDATE assignments SET expiry_noticed = TRUE WHERE id = $1 AND expiry_noticed = FALSE",
+        vec![id.into()],
+    )
+    .await?
+        == 1)
+}
+
 /// Marks an assignment's start as announced; returns whether this call did it.
 pub async fn mark_announced<C: ConnectionTrait>(c: &C, id: &str) -> Result<bool, DbErr> {
     Ok(db::exec(

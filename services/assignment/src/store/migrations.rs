@@ -196,6 +196,10 @@ impl MigratorTrait for Migrator {
             // Again, for a database whose m0010 (as first written) left the roles out because a
             // custom role had taken one of the names.
             SqlMigration::boxed("m0011_group_access_roles_reclaimed", |_| group_access_roles_sql()),
+            SqlMigration::boxed("m0012_expiry_notice", |_| {
+                // Whether the holder of an active assignment was told it ends soon (once).
+                "ALTER TABLE assignments ADD COLUMN expiry_noticed BOOLEAN NOT NULL DEFAULT FALSE".to_owned()
+            }),
         ]
     }
 }

@@ -86,27 +86,45 @@ pub fn compose(r: &Record, party: &str, public_url: Option<&str>) -> Composed {
         &r.role_name
     };
     let scope = if r.scope.is_empty() { "/" } else { &r.scope };
-    let awaiting = payload["awaiting_approval"].as_bool().unwrap_or(false);
+    let happening = payload["happening"].as_str().unwrap_or_default();
+    let awaiting = happening == "awaiting_approval";
     let event = payload["event"].as_str().unwrap_or_default();
+    let reason = payload["reason"].as_str().unwrap_or_default();
     let yours = party == "assignee";
-    let (subject, said) = match (event, awaiting, yours) {
-        (_, true, _) => (
+    let (subject, said) = match (happening, event, yours) {
+        ("awaiting_approval", _, _) => (
             format!("PIM: approval needed: {who} requests {role}"),
             format!("{who} asks to activate {role} at {scope} and waits for your decision."),
         ),
-        ("activation", false, true) => (
+        ("denied", _, _) => (
+            format!("PIM: your request for {role} was not approved"),
+            format!("Your request to activate {role} at {scope} was not approved: {reason}."),
+        ),
+        ("expiring", _, _) => (
+            format!("PIM: your role {role} ends soon"),
+            format!("Your role {role} at {scope} ends soon: extend it if you still need it (pim extend)."),
+        ),
+        ("ended", _, true) => (
+            format!("PIM: your role {role} ended"),
+            format!("Your role {role} at {scope} ended ({reason})."),
+        ),
+        ("ended", _, false) => (
+            format!("PIM: {who}'s role {role} ended"),
+            format!("{who}'s role {role} at {scope} ended ({reason})."),
+        ),
+        (_, "activation", true) => (
             format!("PIM: you activated {role}"),
             format!("Your role {role} at {scope} is active."),
         ),
-        ("activation", false, false) => (
+        (_, "activation", false) => (
             format!("PIM: {who} activated {role}"),
             format!("{who} activated {role} at {scope}."),
         ),
-        ("eligible_assignment", _, true) => (
+        (_, "eligible_assignment", true) => (
             format!("PIM: you are eligible for {role}"),
             format!("You are eligible for {role} at {scope}: activate it when you need it."),
         ),
-        ("eligible_assignment", _, false) => (
+        (_, "eligible_assignment", false) => (
             format!("PIM: {who} is eligible for {role}"),
             format!("{who} was made eligible for {role} at {scope}."),
         ),
@@ -144,7 +162,8 @@ pub fn compose(r: &Record, party: &str, public_url: Option<&str>) -> Composed {
         (Some(base), id) if !id.is_empty() => Some(format!("{base}/requests/{id}")),
         _ => None,
     };
-    let action = awaiting.then(|| format!("Decide with: pim approvals approve {request_id} (or deny)"));
+    let action =
+        awaiting.then(|| "Decide with: pim approvals (to see it), then pim approve ID or pim deny ID".to_owned());
     let mut text = format!("{said}\n\n");
     for (name, value) in &facts {
         text.push_str(&format!("{name}: {value}\n"));
@@ -353,7 +372,7 @@ mod tests {
             justification: "mailbox <migration> & more".into(),
             ticket: "ServiceNow:INC1".into(),
             payload_json: serde_json::json!({
-                "event": event, "awaiting_approval": awaiting, "request_id": "r1",
+                "event": event, "happening": if awaiting { "awaiting_approval" } else { "granted" }, "request_id": "r1",
                 "end_time": "2026-12-05T08:00:00.000Z",
                 "notices": [],
             })
@@ -374,7 +393,7 @@ mod tests {
             "Until: 2026-12-05T08:00:00.000Z",
             "Justification: mailbox <migration> & more",
             "Ticket: ServiceNow:INC1",
-            "pim approvals approve r1",
+            "pim approve ID",
             "https://pim.example.com/approvals/r1",
         ] {
             assert!(approver.text.contains(fact), "{fact} in {}", approver.text);
@@ -390,5 +409,17 @@ mod tests {
         assert!(!mine.text.contains("http"), "no link without a public URL");
         let admin = compose(&due("eligible_assignment", false), "admin", None);
         assert_eq!(admin.subject, "PIM: lee is eligible for Exchange Administrator");
+        let mut denied = due("activation", false);
+        denied.payload_json = serde_json::json!({"event": "activation", "happening": "denied", "reason": "not during the freeze", "request_id": "r1"}).to_string();
+        let denied = compose(&denied, "assignee", None);
+        assert_eq!(
+            denied.subject,
+            "PIM: your request for Exchange Administrator was not approved"
+        );
+        assert!(
+            denied.text.contains("not approved: not during the freeze."),
+            "{}",
+            denied.text
+        );
     }
 }
