@@ -13,7 +13,7 @@ use pim_e2e::{authed, eventually};
 use pim_proto::common::v1::{ApprovalStageSettings, NotificationEvent, NotificationParty, NotificationRule};
 use pim_proto::events::v1 as ev;
 
-use crate::activation::{EXCHANGE_ADMINISTRATOR, HOUR_MS, activation, run};
+use crate::activation::{EXCHANGE_ADMINISTRATOR, HOUR_MS, World, activation};
 
 fn party(notice: &ev::Notice) -> NotificationParty {
     NotificationParty::try_from(notice.party).unwrap_or(NotificationParty::Unspecified)
@@ -21,7 +21,12 @@ fn party(notice: &ev::Notice) -> NotificationParty {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notices_follow_the_rules_and_never_ask_requesters_to_approve_themselves() -> anyhow::Result<()> {
-    run(|w| async move {
+    let clock = pim_runtime::clock::ManualClock::starting_now();
+    let ts = pim_e2e::TestSuite::postgres_with(Some(clock.clone()), &[("PIM_NOTIFICATIONS", "on".to_owned())]).await?;
+    let admin = ts.admin_token().await?;
+    let world = World { ts, clock, admin };
+    let result = async {
+        let w = &world;
         let (lee, ann, bob) = (w.user("lee").await?, w.user("ann").await?, w.user("bob").await?);
         let approvers = w.group("approvers", &[&ann, &lee]).await?;
         w.set_policy(EXCHANGE_ADMINISTRATOR, |p| {
@@ -124,7 +129,9 @@ async fn notices_follow_the_rules_and_never_ask_requesters_to_approve_themselves
             "{}",
             rules.after
         );
-        Ok(w)
-    })
-    .await
+        anyhow::Ok(())
+    }
+    .await;
+    world.ts.stop().await?;
+    result
 }

@@ -238,11 +238,16 @@ impl Service for Assignment {
     }
 
     fn handlers(&self) -> Vec<Arc<dyn EventHandler>> {
-        vec![
+        let mut handlers: Vec<Arc<dyn EventHandler>> = vec![
             Arc::new(ApprovalOutcomes(self.assignments.clone())),
             Arc::new(identity_events::IdentityEvents(self.assignments.clone())),
-            Arc::new(notifications::Notifier(self.assignments.clone())),
-        ]
+        ];
+        // Who must hear of what: only where notifications are on (a consumer of its own on
+        // assignment's stream, which activations do not wait for).
+        if self.config.notifications {
+            handlers.push(Arc::new(notifications::Notifier(self.assignments.clone())));
+        }
+        handlers
     }
 
     fn background(&self, stop: tokio::sync::watch::Receiver<bool>) -> Vec<tokio::task::JoinHandle<()>> {

@@ -122,6 +122,10 @@ pub struct Config {
     /// How long before an active role ends its holder is told (`PIM_EXPIRY_NOTICE_SECS`,
     /// 15 minutes; 0: never).
     pub expiry_notice: Duration,
+    /// Whether assignment works out who must hear of each change (`PIM_NOTIFICATIONS`: `on`
+    /// or `off`; by default on where `PIM_SMTP_URL` is set, i.e. in `pim up` with mail; set it
+    /// on assignment's process in the distributed shape).
+    pub notifications: bool,
     /// How recent an MFA must be to manage MFA methods or change a password
     /// (`PIM_MFA_STEP_UP_SECS`; the default policy's activation freshness, 10 minutes).
     pub mfa_step_up: Duration,
@@ -277,6 +281,12 @@ impl Config {
                 .unwrap_or_default(),
             mfa_enrollment_window: Duration::from_secs(num("PIM_MFA_ENROLLMENT_WINDOW_SECS", 24 * 3600)?),
             expiry_notice: Duration::from_secs(num("PIM_EXPIRY_NOTICE_SECS", 900)?),
+            notifications: match get("PIM_NOTIFICATIONS").as_deref() {
+                None => get("PIM_SMTP_URL").is_some(),
+                Some("on" | "true") => true,
+                Some("off" | "false") => false,
+                Some(other) => bail!("PIM_NOTIFICATIONS must be on or off, not {other:?}"),
+            },
             mfa_step_up: Duration::from_secs(num("PIM_MFA_STEP_UP_SECS", 600)?),
             event_signing_keys: get("PIM_EVENT_SIGNING_KEYS").map(Secret::new),
             event_verifying_keys: get("PIM_EVENT_VERIFYING_KEYS"),
