@@ -812,10 +812,16 @@ async fn receiver(lags: Arc<std::sync::Mutex<Vec<u64>>>) -> anyhow::Result<Strin
                             .expect("lags")
                             .push(((arrived - created).max(0) as u64) * 1000);
                     }
-                    let _ = socket
+                    // Kept open for the next request (HTTP/1.1 keep-alive).
+                    let consumed = head.len() + 4 + length;
+                    if socket
                         .write_all(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n")
-                        .await;
-                    return;
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    request.drain(..consumed.min(request.len()));
                 }
             });
         }

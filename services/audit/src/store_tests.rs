@@ -831,3 +831,85 @@ async fn notification_mail_is_queued_once_per_recipient_and_claimed_once() -> an
     })
     .await
 }
+
+/// A subscription's deliveries are claimed in runs that start at its head and keep record
+/// order: nothing while the head waits for a retry, nothing twice, the taken ones recorded in
+/// one statement under the claim, and what was not attempted given back untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_runs_start_at_the_head_and_keep_record_order() -> anyhow::Result<()> {
+    use crate::webhooks::Subscription;
+    use crate::webhooks::store as hooks;
+    pim_runtime::testing::on_both_databases::<store::Migrator, _, _>("audit", None, |db| async move {
+        hooks::insert_subscription(
+            &db,
+            &Subscription {
+                id: "s1".into(),
+                url: "http://127.0.0.1:9/hook".into(),
+                generation: 1,
+                ..Subscription::default()
+            },
+        )
+        .await?;
+        let mut records: Vec<Record> = ["e1", "e2", "e3", "e4"].iter().map(|id| record(id)).collect();
+        let txn = db.begin().await?;
+        crate::ingest::keep(&txn, &mut records).await?;
+        txn.commit().await?;
+        let created = hooks::deliveries(&db, "s1", 10).await?[0].created_at;
+        let events = |run: &[hooks::Delivery]| run.iter().map(|d| d.event_id.clone()).collect::<Vec<_>>();
+
+        let lease = created + 60_000;
+        let run = hooks::claim_run(&db, "s1", created, lease, 3).await?;
+        assert_eq!(
+            events(&run),
+            ["e1", "e2", "e3"],
+            "from the head, in order, at most the limit"
+        );
+        assert!(
+            hooks::claim_run(&db, "s1", created, lease + 1, 3).await?.is_empty(),
+            "a claimed head is another attempt's"
+        );
+        assert_eq!(
+            hooks::delivered_run(&db, &run[..1], 204, lease + 1, created).await?,
+            0,
+            "not under another claim"
+        );
+        assert_eq!(hooks::delivered_run(&db, &run[..1], 204, lease, created).await?, 1);
+        assert_eq!(hooks::release(&db, &run[1..], lease, created).await?, 2);
+        let released = hooks::deliveries(&db, "s1", 10).await?;
+        let e2 = released.iter().find(|d| d.event_id == "e2").expect("e2");
+        assert_eq!(
+            (e2.status.as_str(), e2.first_attempt_at),
+            (hooks::PENDING, None),
+            "given back untouched"
+        );
+
+        // A head waiting for its retry holds back the run behind it.
+        let head = hooks::claim_run(&db, "s1", created, lease, 1).await?.remove(0);
+        assert_eq!(head.event_id, "e2");
+        assert!(
+            hooks::attempted(
+                &db,
+                &head.id,
+                lease,
+                hooks::PENDING,
+                500,
+                "HTTP 500",
+                created + 5_000,
+                created
+            )
+            .await?
+        );
+        assert!(
+            hooks::claim_run(&db, "s1", created + 1_000, lease, 10)
+                .await?
+                .is_empty(),
+            "e3 waits behind e2"
+        );
+        assert_eq!(
+            events(&hooks::claim_run(&db, "s1", created + 5_000, lease, 10).await?),
+            ["e2", "e3", "e4"]
+        );
+        Ok(())
+    })
+    .await
+}

@@ -11,7 +11,7 @@ use pim_proto::events::v1 as ev;
 use pim_runtime::db::{Db, now_ms};
 use pim_runtime::events::{Outbox, envelope, streams};
 
-use super::store::{self, DEAD, DELIVERED, Delivery, PENDING};
+use super::store::{self, DEAD, Delivery, PENDING};
 use super::{GIVE_UP_AFTER_MS, Keys, http, next_attempt};
 
 /// How long one attempt may take before it counts as failed.
@@ -20,6 +20,9 @@ const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 const LEASE_MS: i64 = 60_000;
 /// What one attempt sends: its content type, headers and body.
 type Signed = (&'static str, Vec<(&'static str, String)>, String);
+
+/// How many of a subscription's deliveries one run claims and sends at most.
+const RUN: u64 = 64;
 
 /// How many deliveries one round attempts at most.
 const ROUND: u64 = 64;
@@ -84,28 +87,101 @@ impl Dispatcher {
     }
 
     /// Sends one subscription's queue in order, starting with its due head, while the receiver
-    /// takes it: stops when the queue is empty, its head is not due, or an attempt failed (the
-    /// retry waits for its time).
+    /// takes it, in runs of up to [`RUN`] claimed at once and sent on one kept-open connection;
+    /// the delivered ones of a run are recorded together. Stops when the queue is empty, its
+    /// head is not due, or an attempt failed (the retry waits for its time; what was claimed
+    /// behind it is released).
     async fn drain(&self, first: Delivery) {
-        let mut next = Some(first);
-        while let Some(d) = next.take() {
-            let subscription = d.subscription_id.clone();
+        let subscription_id = first.subscription_id;
+        let mut sender = http::Sender::default();
+        loop {
+            let now = now_ms();
+            let lease = now + LEASE_MS;
+            match self.send_run(&mut sender, &subscription_id, now, lease).await {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(err) => {
+                    tracing::warn!(error = %format!("{err:#}"), "a webhook delivery failed to be recorded");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// One run of a subscription's queue; whether to go on with the next.
+    async fn send_run(
+        &self,
+        sender: &mut http::Sender,
+        subscription_id: &str,
+        now: i64,
+        lease: i64,
+    ) -> anyhow::Result<bool> {
+        let run = store::claim_run(&self.db, subscription_id, now, lease, RUN).await?;
+        if run.is_empty() {
+            return Ok(false);
+        }
+        let Some(subscription) = self.usable(&run, lease, now).await? else {
+            return Ok(false);
+        };
+        let mut delivered: Vec<Delivery> = Vec::new();
+        let mut code = 0;
+        for (i, d) in run.iter().enumerate() {
             let span = tracing::info_span!(
                 "webhook delivery",
                 delivery = %d.id,
                 subscription = %d.subscription_id,
                 event_type = %d.event_type,
             );
-            let attempted = tracing::Instrument::instrument(self.attempt(d, now_ms()), span).await;
-            match attempted {
-                Ok(Attempted::Delivered) => match store::head(&self.db, &subscription, now_ms()).await {
-                    Ok(head) => next = head,
-                    Err(err) => tracing::warn!(error = %format!("{err:#}"), "reading a webhook queue failed"),
-                },
-                Ok(_) => {}
-                Err(err) => tracing::warn!(error = %format!("{err:#}"), "a webhook delivery failed to be recorded"),
+            let (outcome, after) =
+                tracing::Instrument::instrument(self.send(sender, &subscription, d, now_ms()), span).await;
+            match outcome {
+                Ok(answer) if (200..300).contains(&answer) => {
+                    // One statement records the taken ones of a run (of one answer code).
+                    let answer = i32::from(answer);
+                    if !delivered.is_empty() && answer != code {
+                        self.record_delivered(&delivered, code, lease, after).await?;
+                        delivered.clear();
+                    }
+                    code = answer;
+                    delivered.push(d.clone());
+                }
+                outcome => {
+                    self.record_delivered(&delivered, code, lease, after).await?;
+                    self.settle(&subscription, d, lease, outcome, after).await?;
+                    store::release(&self.db, &run[i + 1..], lease, after).await?;
+                    return Ok(false);
+                }
             }
         }
+        self.record_delivered(&delivered, code, lease, now_ms()).await?;
+        Ok(true)
+    }
+
+    /// Records deliveries the receiver took, counted and timed; how many were still held
+    /// under the claim.
+    async fn record_delivered(&self, delivered: &[Delivery], code: i32, lease: i64, after: i64) -> anyhow::Result<u64> {
+        if delivered.is_empty() {
+            return Ok(0);
+        }
+        let held = store::delivered_run(&self.db, delivered, code, lease, after).await?;
+        if held < delivered.len() as u64 {
+            tracing::warn!(
+                subscription = %delivered[0].subscription_id,
+                "delivered after their claim ran out (another process may send some again)"
+            );
+        }
+        let metrics = pim_runtime::metrics::metrics();
+        metrics
+            .webhook_attempts
+            .with_label_values(&["delivered"])
+            .inc_by(delivered.len() as u64);
+        for d in delivered {
+            metrics
+                .webhook_delivery_seconds
+                .observe((after - d.created_at).max(0) as f64 / 1000.0);
+        }
+        tracing::info!(subscription = %delivered[0].subscription_id, delivered = delivered.len(), "webhooks delivered");
+        Ok(held)
     }
 
     /// One round as of `now`, awaited: every due head attempted once, at once; how many were
@@ -153,48 +229,86 @@ impl Dispatcher {
         Ok(("application/json", headers, d.body.clone()))
     }
 
+    /// The subscription claimed deliveries go to, if they are to be sent: deliveries of a
+    /// deleted subscription are forgotten, those of a suspended one given up.
+    async fn usable(&self, run: &[Delivery], lease: i64, now: i64) -> anyhow::Result<Option<super::Subscription>> {
+        let subscription_id = run.first().map(|d| d.subscription_id.as_str()).unwrap_or_default();
+        let Some(subscription) = store::subscription(&self.db, subscription_id).await? else {
+            // Queued by an ingest that read the subscription just before it was deleted.
+            for d in run {
+                store::forget_delivery(&self.db, &d.id).await?;
+            }
+            return Ok(None);
+        };
+        if subscription.suspended_at.is_some() {
+            // Queued by an ingest that read the subscription just before its suspension.
+            let given_up = "given up with an earlier delivery (the subscription was suspended)";
+            for d in run {
+                store::attempted(&self.db, &d.id, lease, DEAD, 0, given_up, now, now).await?;
+            }
+            return Ok(None);
+        }
+        Ok(Some(subscription))
+    }
+
+    /// Sends one delivery: the receiver's answer, or why none came, and when it ended.
+    async fn send(
+        &self,
+        sender: &mut http::Sender,
+        subscription: &super::Subscription,
+        d: &Delivery,
+        now: i64,
+    ) -> (Result<u16, String>, i64) {
+        let started = std::time::Instant::now();
+        let outcome = match self.signed(subscription, d, now) {
+            Err(error) => Err(error),
+            Ok((content_type, headers, body)) => tokio::time::timeout(
+                ATTEMPT_TIMEOUT,
+                sender.post(&subscription.url, content_type, &headers, body),
+            )
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {} s", ATTEMPT_TIMEOUT.as_secs()))),
+        };
+        (outcome, now + started.elapsed().as_millis() as i64)
+    }
+
     /// One attempt of a due delivery, unless another process took it.
     async fn attempt(&self, d: Delivery, now: i64) -> anyhow::Result<Attempted> {
         let lease = now + LEASE_MS;
         if !store::claim(&self.db, &d, now, lease).await? {
             return Ok(Attempted::Skipped);
         }
-        let Some(subscription) = store::subscription(&self.db, &d.subscription_id).await? else {
-            // Queued by an ingest that read the subscription just before it was deleted.
-            store::forget_delivery(&self.db, &d.id).await?;
+        let Some(subscription) = self.usable(std::slice::from_ref(&d), lease, now).await? else {
             return Ok(Attempted::Skipped);
         };
-        if subscription.suspended_at.is_some() {
-            // Queued by an ingest that read the subscription just before its suspension.
-            let given_up = "given up with an earlier delivery (the subscription was suspended)";
-            store::attempted(&self.db, &d.id, lease, DEAD, 0, given_up, now, now).await?;
-            return Ok(Attempted::Skipped);
+        let (outcome, after) = self.send(&mut http::Sender::default(), &subscription, &d, now).await;
+        if let Ok(code) = outcome
+            && (200..300).contains(&code)
+        {
+            let held = self
+                .record_delivered(std::slice::from_ref(&d), code.into(), lease, after)
+                .await?;
+            return Ok(if held == 0 {
+                Attempted::Failed
+            } else {
+                Attempted::Delivered
+            });
         }
-        let started = std::time::Instant::now();
-        let outcome = match self.signed(&subscription, &d, now) {
-            Err(error) => Err(error),
-            Ok((content_type, headers, body)) => tokio::time::timeout(
-                ATTEMPT_TIMEOUT,
-                http::post(&subscription.url, content_type, &headers, body),
-            )
-            .await
-            .unwrap_or_else(|_| Err(format!("no answer within {} s", ATTEMPT_TIMEOUT.as_secs()))),
-        };
-        let after = now + started.elapsed().as_millis() as i64;
+        self.settle(&subscription, &d, lease, outcome, after).await
+    }
+
+    /// Records a failed attempt: retried with backoff, or after 24 hours given up with what
+    /// waited behind it, the subscription suspended and alerting told.
+    async fn settle(
+        &self,
+        subscription: &super::Subscription,
+        d: &Delivery,
+        lease: i64,
+        outcome: Result<u16, String>,
+        after: i64,
+    ) -> anyhow::Result<Attempted> {
+        let now = after;
         let (code, error) = match outcome {
-            Ok(code) if (200..300).contains(&code) => {
-                if !store::attempted(&self.db, &d.id, lease, DELIVERED, code.into(), "", after, after).await? {
-                    tracing::warn!(delivery = %d.id, "delivered after its claim ran out (another process may send it again)");
-                    return Ok(Attempted::Failed);
-                }
-                let metrics = pim_runtime::metrics::metrics();
-                metrics.webhook_attempts.with_label_values(&["delivered"]).inc();
-                metrics
-                    .webhook_delivery_seconds
-                    .observe((after - d.created_at).max(0) as f64 / 1000.0);
-                tracing::info!(delivery = %d.id, event_type = %d.event_type, attempts = d.attempts + 1, "webhook delivered");
-                return Ok(Attempted::Delivered);
-            }
             Ok(code) => (i32::from(code), format!("the receiver answered HTTP {code}")),
             Err(error) => (0, error),
         };

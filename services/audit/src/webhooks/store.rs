@@ -354,6 +354,115 @@ pub async fn claim<C: ConnectionTrait>(c: &C, d: &Delivery, now: i64, lease_unti
         .await
 }
 
+/// Takes a subscription's next run of deliveries for one attempt each, in record order: its
+/// head and up to `limit - 1` behind it, all due now (nothing if the head is not: a retry
+/// waits for its time, a claimed head is another attempt's), in one statement after one read.
+/// Only a run that starts at the head and has no gap is kept; a row another process took
+/// meanwhile ends it (what was claimed past it is released).
+pub async fn claim_run<C: ConnectionTrait>(
+    c: &C,
+    subscription_id: &str,
+    now: i64,
+    lease_until: i64,
+    limit: u64,
+) -> Result<Vec<Delivery>, DbErr> {
+    let queued = db::query(
+        c,
+        &format!(
+            "SELECT {DELIVERY_READ} FROM webhook_deliveries
+             WHERE subscription_id = $1 AND status = 'pending' ORDER BY position, id LIMIT $2"
+        ),
+        vec![subscription_id.into(), (limit as i64).into()],
+    )
+    .await?
+    .iter()
+    .map(Delivery::from_row)
+    .collect::<Result<Vec<_>, _>>()?;
+    let run: Vec<Delivery> = queued.into_iter().take_while(|d| d.next_attempt_at <= now).collect();
+    if run.is_empty() {
+        return Ok(run);
+    }
+    let (list, mut values) = id_list(&run, 3);
+    values.splice(0..0, [lease_until.into(), now.into()]);
+    let taken: std::collections::HashSet<String> = db::query(
+        c,
+        &format!(
+            "UPDATE webhook_deliveries SET next_attempt_at = $1, first_attempt_at = COALESCE(first_attempt_at, $2)
+             WHERE id IN ({list}) AND status = 'pending' AND next_attempt_at <= $2 RETURNING id"
+        ),
+        values,
+    )
+    .await?
+    .iter()
+    .map(|r| col::<String>(r, "id"))
+    .collect::<Result<_, _>>()?;
+    let kept = run.iter().take_while(|d| taken.contains(&d.id)).count();
+    let (mut run, rest) = (run.clone(), run[kept..].to_vec());
+    run.truncate(kept);
+    let stray: Vec<Delivery> = rest.into_iter().filter(|d| taken.contains(&d.id)).collect();
+    release(c, &stray, lease_until, now).await?;
+    for d in &mut run {
+        d.first_attempt_at = d.first_attempt_at.or(Some(now));
+        d.next_attempt_at = lease_until;
+    }
+    Ok(run)
+}
+
+/// `$first, $first+1, …` for the deliveries' ids, and the ids as values.
+fn id_list(deliveries: &[Delivery], first: usize) -> (String, Vec<sea_orm::Value>) {
+    let list = (first..first + deliveries.len())
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    (list, deliveries.iter().map(|d| d.id.clone().into()).collect())
+}
+
+/// Marks a run's deliveries delivered (the receiver's `status_code`), under the claim that
+/// sent them (`lease`); how many were still held.
+pub async fn delivered_run<C: ConnectionTrait>(
+    c: &C,
+    deliveries: &[Delivery],
+    status_code: i32,
+    lease: i64,
+    now: i64,
+) -> Result<u64, DbErr> {
+    if deliveries.is_empty() {
+        return Ok(0);
+    }
+    let (list, mut values) = id_list(deliveries, 4);
+    values.splice(0..0, [status_code.into(), now.into(), lease.into()]);
+    db::exec(
+        c,
+        &format!(
+            "UPDATE webhook_deliveries SET status = 'delivered', attempts = attempts + 1, last_status_code = $1,
+                 last_error = '', delivered_at = $2, next_attempt_at = $2
+             WHERE id IN ({list}) AND status = 'pending' AND next_attempt_at = $3"
+        ),
+        values,
+    )
+    .await
+}
+
+/// Gives back claimed deliveries not attempted (behind one that failed): due again at once,
+/// their first attempt still to come.
+pub async fn release<C: ConnectionTrait>(c: &C, deliveries: &[Delivery], lease: i64, now: i64) -> Result<u64, DbErr> {
+    if deliveries.is_empty() {
+        return Ok(0);
+    }
+    let (list, mut values) = id_list(deliveries, 3);
+    values.splice(0..0, [now.into(), lease.into()]);
+    db::exec(
+        c,
+        &format!(
+            "UPDATE webhook_deliveries SET next_attempt_at = $1,
+                 first_attempt_at = CASE WHEN attempts = 0 THEN NULL ELSE first_attempt_at END
+             WHERE id IN ({list}) AND status = 'pending' AND next_attempt_at = $2"
+        ),
+        values,
+    )
+    .await
+}
+
 /// An attempt's outcome, as the process holding the claim (`lease`) records it: delivered,
 /// or pending until `next_attempt_at`, or dead. False when the claim was lost meanwhile (the
 /// lease ran out and another process took the delivery): then nothing is written.
