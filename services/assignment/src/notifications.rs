@@ -18,6 +18,9 @@ use crate::assignments::Assignments;
 use crate::domain::{NotificationEvent, NotificationParty, Policy, RequestStatus, Scope};
 use crate::store::{self, RequestRow};
 
+/// How old a change may be and still be told.
+const STALE_AFTER_MS: i64 = 24 * 3600 * 1000;
+
 /// Follows assignment's own stream and publishes who must hear of each change.
 pub struct Notifier(pub Assignments);
 
@@ -283,6 +286,13 @@ impl EventHandler for Notifier {
     }
 
     async fn handle(&self, txn: &DatabaseTransaction, envelope: &Envelope) -> anyhow::Result<()> {
+        // News a day old is not news: notifications switched on later do not mail what the
+        // stream still holds from before, nor does a long outage flood inboxes afterwards.
+        let at = envelope.time.as_ref().map(pim_runtime::db::from_timestamp).unwrap_or_default();
+        if self.0.now() - at > STALE_AFTER_MS {
+            tracing::debug!(event_id = %envelope.id, "too old to notify of");
+            return Ok(());
+        }
         // A status change names only its request: read it first.
         let status_of = match short_type(envelope) {
             "RequestStatusChanged" => {
