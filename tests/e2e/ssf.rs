@@ -173,6 +173,16 @@ async fn a_polled_stream_gets_signed_caep_events_in_order_on_postgres_and_redis(
         let (status, _) = call("POST", &poll, Some(&other), Some(json!({"returnImmediately": true}))).await?;
         assert_eq!(status, 404, "not its stream");
 
+        // HEAD reads nothing and deletes nothing (axum routes it with GET).
+        let one = format!(
+            "{streams}?stream_id={}",
+            stream["stream_id"].as_str().unwrap_or_default()
+        );
+        let (status, _) = call("HEAD", &one, Some(&token), None).await?;
+        assert_eq!(status, 405);
+        let (status, still) = call("GET", &one, Some(&token), None).await?;
+        assert_eq!((status, still["stream_id"].clone()), (200, stream["stream_id"].clone()));
+
         // Acknowledged, they are gone.
         let ack = json!({"returnImmediately": true, "ack": polled.keys().collect::<Vec<_>>()});
         let (status, answer) = call("POST", &poll, Some(&token), Some(ack)).await?;

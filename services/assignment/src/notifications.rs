@@ -288,7 +288,11 @@ impl EventHandler for Notifier {
     async fn handle(&self, txn: &DatabaseTransaction, envelope: &Envelope) -> anyhow::Result<()> {
         // News a day old is not news: notifications switched on later do not mail what the
         // stream still holds from before, nor does a long outage flood inboxes afterwards.
-        let at = envelope.time.as_ref().map(pim_runtime::db::from_timestamp).unwrap_or_default();
+        let at = envelope
+            .time
+            .as_ref()
+            .map(pim_runtime::db::from_timestamp)
+            .unwrap_or_default();
         if self.0.now() - at > STALE_AFTER_MS {
             tracing::debug!(event_id = %envelope.id, "too old to notify of");
             return Ok(());

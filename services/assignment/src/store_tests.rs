@@ -503,6 +503,13 @@ async fn holders_are_told_once_that_an_active_role_ends_soon() -> anyhow::Result
         assert!(store::mark_expiry_noticed(&db, &soon.id).await?);
         assert!(!store::mark_expiry_noticed(&db, &soon.id).await?, "once");
         assert!(due(near).await?.is_empty());
+        // Extended, its holder is told again before the new end.
+        assert_eq!(
+            store::set_assignment_end(&db, &soon.id, 1, Some(NOW + 3 * HOUR)).await?,
+            Some(2)
+        );
+        assert_eq!(due(NOW + 3 * HOUR - lead).await?, std::slice::from_ref(&soon.id));
+        assert!(store::mark_expiry_noticed(&db, &soon.id).await?);
         let later = assignment("activation", "active", Some(NOW + 2 * HOUR));
         store::end_assignment(&db, &soon.id, "expired", NOW).await?;
         store::insert_assignment(&db, &later, true, NOW).await?;

@@ -793,6 +793,31 @@ async fn notification_mail_is_queued_once_per_recipient_and_claimed_once() -> an
                 .is_empty(),
             "never the one excepted"
         );
+        let mut disabled = vec![Record {
+            action: "pim.identity.v1.UserDisabled".into(),
+            target_id: "bob-id".into(),
+            ..record("bob-disabled")
+        }];
+        let txn = db.begin().await?;
+        crate::ingest::keep(&txn, &mut disabled).await?;
+        txn.commit().await?;
+        assert_eq!(
+            mails::addresses(&db, &ids, "").await?,
+            ["ann@example.com", "dee@example.com"],
+            "a disabled user gets no mail"
+        );
+        let mut enabled = vec![Record {
+            action: "pim.identity.v1.UserEnabled".into(),
+            target_id: "bob-id".into(),
+            ..record("bob-enabled")
+        }];
+        let txn = db.begin().await?;
+        crate::ingest::keep(&txn, &mut enabled).await?;
+        txn.commit().await?;
+        assert_eq!(
+            mails::addresses(&db, &ids, "").await?,
+            ["ann@example.com", "bob@example.com", "dee@example.com"]
+        );
         for _ in 0..2 {
             let mut kept = vec![due.clone()];
             let txn = db.begin().await?;

@@ -154,7 +154,8 @@ pub const BUILT_IN_ROLES: &[BuiltInRole] = &[
         name: "Shared Signals Receiver",
         description: "For apps: can make its own Shared Signals (SSF) streams, which tell it when principals' sessions and roles end or change.",
         permissions: &[p::SSF_RECEIVE],
-        privileged: false,
+        // It learns who holds which role, where and until when, across the directory.
+        privileged: true,
     },
 ];
 

@@ -247,7 +247,7 @@ pub async fn set_assignment_end<C: ConnectionTrait>(
 ) -> Result<Option<i64>, DbErr> {
     db::query_one(
         c,
-        "UPDATE assignments SET end_at = $1, version = version + 1 WHERE id = $2 AND version = $3 AND status = 'active' RETURNING version",
+        "UPDATE assignments SET end_at = $1, version = version + 1, expiry_noticed = FALSE WHERE id = $2 AND version = $3 AND status = 'active' RETURNING version",
         vec![end_at.into(), id.into(), version.into()],
     )
     .await?

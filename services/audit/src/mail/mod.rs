@@ -26,8 +26,8 @@ const LEASE_MS: i64 = 60_000;
 const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Learns where principals are reached from the records that say it: a user created or
-/// updated (with or without an address), deleted; a group's members, who are reached through
-/// it.
+/// updated (with or without an address), disabled (no mail until enabled again), deleted; a
+/// group's members, who are reached through it.
 pub async fn learn_addresses<C: sea_orm::ConnectionTrait>(c: &C, records: &[Record]) -> anyhow::Result<()> {
     for r in records {
         let short = r.action.rsplit('.').next().unwrap_or_default();
@@ -41,6 +41,11 @@ pub async fn learn_addresses<C: sea_orm::ConnectionTrait>(c: &C, records: &[Reco
             "GroupMemberAdded" => store::set_member(c, &group(), &r.target_id, true).await?,
             "GroupMemberRemoved" => store::set_member(c, &group(), &r.target_id, false).await?,
             "GroupDeleted" => store::set_member(c, &r.target_id, "", false).await?,
+            _ => {}
+        }
+        match short {
+            "UserDisabled" => store::set_disabled(c, &r.target_id, true).await?,
+            "UserEnabled" => store::set_disabled(c, &r.target_id, false).await?,
             _ => {}
         }
         let email = match short {
@@ -299,6 +304,8 @@ impl Mailer {
     pub async fn round(&self, now: i64) -> anyhow::Result<usize> {
         let mut attempted = 0;
         for mail in store::due(&self.db, now, 64).await? {
+            // Each mail's claim from when it is taken (the ones before it took their time).
+            let now = now_ms().max(now);
             let lease = now + LEASE_MS;
             if !store::claim(&self.db, &mail, now, lease).await? {
                 continue;

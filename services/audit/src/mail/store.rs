@@ -9,7 +9,8 @@ use crate::queue::Queue;
 /// The tables (migration m0006_mail).
 pub const MIGRATION: &str = "CREATE TABLE mail_addresses (
         principal_id TEXT PRIMARY KEY,
-        email TEXT NOT NULL
+        email TEXT NOT NULL,
+        disabled BOOLEAN NOT NULL DEFAULT FALSE
     );
     CREATE TABLE mail_group_members (
         group_id TEXT NOT NULL,
@@ -93,9 +94,20 @@ pub async fn set_address<C: ConnectionTrait>(c: &C, principal_id: &str, email: &
     }
     db::exec(
         c,
-        "INSERT INTO mail_addresses (principal_id, email) VALUES ($1, $2)
+        "INSERT INTO mail_addresses (principal_id, email, disabled) VALUES ($1, $2, FALSE)
          ON CONFLICT (principal_id) DO UPDATE SET email = excluded.email",
         vec![principal_id.into(), email.into()],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Whether a user is disabled (a disabled user is mailed nothing).
+pub async fn set_disabled<C: ConnectionTrait>(c: &C, principal_id: &str, disabled: bool) -> Result<(), DbErr> {
+    db::exec(
+        c,
+        "UPDATE mail_addresses SET disabled = $2 WHERE principal_id = $1",
+        vec![principal_id.into(), disabled.into()],
     )
     .await?;
     Ok(())
@@ -139,7 +151,7 @@ pub async fn addresses<C: ConnectionTrait>(
         c,
         &format!(
             "SELECT DISTINCT email FROM mail_addresses
-             WHERE principal_id <> $1
+             WHERE principal_id <> $1 AND disabled = FALSE
                AND (principal_id IN ({list})
                     OR principal_id IN (SELECT member_id FROM mail_group_members WHERE group_id IN ({list})))
              ORDER BY email"

@@ -190,6 +190,13 @@ impl Endpoints {
             })?;
         let caller = self.verifier.verify(token).await.map_err(|err| {
             let status = tonic::Status::from(err);
+            if status.code() == tonic::Code::Unavailable {
+                return refuse(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "temporarily_unavailable",
+                    status.message(),
+                );
+            }
             refuse(StatusCode::UNAUTHORIZED, "authentication_failed", status.message())
         })?;
         if caller.pending.is_some() {
@@ -267,6 +274,18 @@ impl Endpoints {
     }
 }
 
+/// A stream's status as SSF words it: one given up after a day of failed pushes is disabled,
+/// with the reason.
+fn status_of(s: &Subscription) -> Value {
+    match (s.suspended_at, s.stream.as_ref()) {
+        (Some(_), _) => json!({
+            "stream_id": s.id, "status": StreamStatus::Disabled.as_str(),
+            "reason": "pushes failed for 24 hours; enable the stream to deliver again",
+        }),
+        (None, stream) => json!({"stream_id": s.id, "status": stream.map(|t| t.status.as_str())}),
+    }
+}
+
 /// The record of a change to a stream, by its receiver.
 fn change_record(caller: &Caller, action: &str, s: &Subscription, reason: &str) -> Record {
     let actor = caller.actor();
@@ -285,7 +304,12 @@ async fn streams(State(e): State<Endpoints>, method: HttpMethod, uri: Uri, heade
         HttpMethod::GET => read(&e, &caller, &uri).await,
         HttpMethod::PATCH => update(&e, &caller, &body, false).await,
         HttpMethod::PUT => update(&e, &caller, &body, true).await,
-        _ => delete(&e, &caller, &uri).await,
+        HttpMethod::DELETE => delete(&e, &caller, &uri).await,
+        _ => Err(refuse(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "use GET, POST, PATCH, PUT or DELETE",
+        )),
     };
     outcome.unwrap_or_else(|refused| *refused)
 }
@@ -461,8 +485,7 @@ async fn status(State(e): State<Endpoints>, method: HttpMethod, uri: Uri, header
         let caller = e.receiver(&headers, &method, &uri).await?;
         if method == HttpMethod::GET {
             let s = e.own_stream(&caller, stream_id_in(&uri).as_deref()).await?;
-            let status = s.stream.as_ref().map(|t| t.status.as_str());
-            return Ok(reply(StatusCode::OK, json!({"stream_id": s.id, "status": status})));
+            return Ok(reply(StatusCode::OK, status_of(&s)));
         }
         let asked = object(&body)?;
         let mut s = e
@@ -490,6 +513,11 @@ async fn status(State(e): State<Endpoints>, method: HttpMethod, uri: Uri, header
         store::set_stream_status(&txn, &s.id, status, now_ms())
             .await
             .map_err(fault)?;
+        if status == StreamStatus::Enabled {
+            // A push stream given up after a day of failures delivers again from now on.
+            store::resume(&txn, &s.id).await.map_err(fault)?;
+            s.suspended_at = None;
+        }
         if let Some(stream) = s.stream.as_mut() {
             stream.status = status;
         }
@@ -575,7 +603,12 @@ async fn poll(
         let immediately = asked.get("returnImmediately").and_then(Value::as_bool).unwrap_or(false);
         let now = now_ms();
         if let Some(acks) = asked.get("ack") {
-            for jti in strings(acks, "ack")? {
+            let acks: Vec<String> = acks
+                .as_array()
+                .filter(|a| a.len() <= MAX_POLLED as usize)
+                .and_then(|a| a.iter().map(|v| v.as_str().map(str::to_owned)).collect())
+                .ok_or_else(|| bad("ack must be a list of at most 1000 jti values"))?;
+            for jti in acks {
                 store::settle_polled(&e.audit.db, &s.id, &jti, None, now)
                     .await
                     .map_err(fault)?;

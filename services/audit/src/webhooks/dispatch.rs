@@ -126,6 +126,13 @@ impl Dispatcher {
         let mut delivered: Vec<Delivery> = Vec::new();
         let mut code = 0;
         for (i, d) in run.iter().enumerate() {
+            // Within the claim: what could not be answered before it runs out is given back
+            // for the next run (another replica would take it then, and send it twice).
+            if now_ms() + ATTEMPT_TIMEOUT.as_millis() as i64 >= lease {
+                self.record_delivered(&delivered, code, lease, now_ms()).await?;
+                store::release(&self.db, &run[i..], lease, now_ms()).await?;
+                return Ok(true);
+            }
             let span = tracing::info_span!(
                 "webhook delivery",
                 delivery = %d.id,
@@ -144,6 +151,17 @@ impl Dispatcher {
                     }
                     code = answer;
                     delivered.push(d.clone());
+                }
+                // A receiver of SETs that answers 400 refuses that one (RFC 8935): it is given
+                // up alone, and the stream goes on.
+                Ok(400) if subscription.stream.is_some() => {
+                    let refused = "the receiver refused the SET (HTTP 400)";
+                    store::attempted(&self.db, &d.id, lease, DEAD, 400, refused, after, after).await?;
+                    pim_runtime::metrics::metrics()
+                        .webhook_attempts
+                        .with_label_values(&["dead"])
+                        .inc();
+                    tracing::warn!(delivery = %d.id, "a SET refused by its receiver (HTTP 400)");
                 }
                 outcome => {
                     self.record_delivered(&delivered, code, lease, after).await?;
