@@ -135,3 +135,64 @@ async fn notices_follow_the_rules_and_never_ask_requesters_to_approve_themselves
     world.ts.stop().await?;
     result
 }
+
+/// An activation nobody decided in time is escalated: the escalation approvers are told, as
+/// the first ones were, the requester still not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn escalation_approvers_are_told_when_a_request_reaches_them() -> anyhow::Result<()> {
+    let clock = pim_runtime::clock::ManualClock::starting_now();
+    let ts = pim_e2e::TestSuite::postgres_with(Some(clock.clone()), &[("PIM_NOTIFICATIONS", "on".to_owned())]).await?;
+    let admin = ts.admin_token().await?;
+    let world = World { ts, clock, admin };
+    let result = async {
+        let w = &world;
+        let (lee, ann, bob) = (w.user("lee").await?, w.user("ann").await?, w.user("bob").await?);
+        w.set_policy(EXCHANGE_ADMINISTRATOR, |p| {
+            p.approval_required = true;
+            p.approval_stages = vec![ApprovalStageSettings {
+                approver_ids: vec![ann.id.clone()],
+                approvals_required: 1,
+                escalation_approver_ids: vec![bob.id.clone(), lee.id.clone()],
+                escalate_after: Some(prost_types::Duration { seconds: 600, nanos: 0 }),
+                ..Default::default()
+            }];
+        })
+        .await?;
+        w.make_eligible(&lee, EXCHANGE_ADMINISTRATOR).await?;
+        let request = w
+            .assignments()
+            .create_request(authed(
+                &w.stepped_up(&lee)?,
+                activation(EXCHANGE_ADMINISTRATOR, HOUR_MS, "mailbox migration"),
+            ))
+            .await?
+            .into_inner();
+        w.approval_of(&request.id).await?;
+        w.clock.advance(Duration::from_secs(600));
+        let approvals = w.ts.suite.approval().expect("approval runs here").approvals();
+        assert_eq!(approvals.run_timers_once().await?, 1, "escalated");
+        let escalated = eventually(Duration::from_secs(10), "the escalation's notice", || async {
+            let dues: Vec<ev::NotificationsDue> = w
+                .events("NotificationsDue")
+                .await?
+                .iter()
+                .map(|e| ev::NotificationsDue::decode(e.data.as_slice()))
+                .collect::<Result<_, _>>()?;
+            Ok(dues
+                .into_iter()
+                .find(|d| d.request_id == request.id && d.reason.starts_with("escalated")))
+        })
+        .await?;
+        let asked = &escalated.notices[0];
+        assert_eq!(party(asked), NotificationParty::Approver);
+        assert_eq!(
+            asked.principal_ids,
+            std::slice::from_ref(&bob.id),
+            "bob, never the requester"
+        );
+        Ok(())
+    }
+    .await;
+    world.ts.stop().await?;
+    result
+}

@@ -227,6 +227,7 @@ impl Approvals {
             role_id: a.role_id.clone(),
             scope: a.scope.clone(),
             reason: String::new(),
+            escalation_approver_ids: Vec::new(),
         }
     }
 
@@ -611,7 +612,8 @@ impl Approvals {
                 approval.escalated = true;
                 approval.rev = store::next_rev(&txn).await?;
                 store::update(&txn, &approval).await?;
-                let event = self.completed_event(&approval, "Escalated", Some(system_actor()));
+                let mut event = self.completed_event(&approval, "Escalated", Some(system_actor()));
+                event.escalation_approver_ids = approval.current_stage().escalation_approver_ids.clone();
                 self.emit(&txn, "ApprovalEscalated", &approval.id, &event).await?;
             }
             fired += 1;

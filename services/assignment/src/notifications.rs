@@ -2,7 +2,8 @@
 //! activation's hot path) from the role's notification rules: a `NotificationsDue` event that
 //! audit turns into mail. Approvers hear of an activation waiting for them (a mail that asks
 //! for action); administrators and the assignee hear of eligible and active assignments and
-//! of activations; the requester hears of a denial, and the holder of an active role that it
+//! of activations; escalation approvers hear of an activation escalated to them; the
+//! requester hears of a denial, and the holder of an active role that it
 //! ends soon (`PIM_EXPIRY_NOTICE_SECS` before) and that it ended.
 
 use sea_orm::DatabaseTransaction;
@@ -36,6 +37,8 @@ struct Change {
     end: Option<i64>,
     reason: String,
     actor: Option<Actor>,
+    /// Who is asked instead of the first stage's approvers (an escalation's).
+    approvers: Option<Vec<String>>,
 }
 
 impl Change {
@@ -71,6 +74,7 @@ impl Change {
                     end: e.end_time.as_ref().map(pim_runtime::db::from_timestamp),
                     reason: String::new(),
                     actor: e.actor,
+                    approvers: None,
                 }
             }
             "RoleActivated" => {
@@ -86,6 +90,7 @@ impl Change {
                     end: e.end_time.as_ref().map(pim_runtime::db::from_timestamp),
                     reason: String::new(),
                     actor: e.actor,
+                    approvers: None,
                 }
             }
             event_type @ ("EligibilityGranted" | "ActiveAssignmentGranted") => {
@@ -105,6 +110,7 @@ impl Change {
                     end: e.end_time.as_ref().map(pim_runtime::db::from_timestamp),
                     reason: String::new(),
                     actor: e.actor,
+                    approvers: None,
                 }
             }
             "RequestStatusChanged" => {
@@ -130,6 +136,26 @@ impl Change {
                     end: None,
                     reason,
                     actor: e.actor,
+                    approvers: None,
+                }
+            }
+            "ApprovalEscalated" => {
+                let e: ev::ApprovalCompleted = decode(envelope)?;
+                if e.escalation_approver_ids.is_empty() {
+                    return Ok(None);
+                }
+                Change {
+                    event: NotificationEvent::Activation,
+                    happening: Happening::AwaitingApproval,
+                    request_id: e.request_id,
+                    assignment_id: String::new(),
+                    principal_id: e.requester_id,
+                    role_id: e.role_id,
+                    scope: e.scope,
+                    end: None,
+                    reason: "escalated: no decision yet".into(),
+                    actor: e.actor,
+                    approvers: Some(e.escalation_approver_ids),
                 }
             }
             "AssignmentExpiring" => {
@@ -145,6 +171,7 @@ impl Change {
                     end: e.end_time.as_ref().map(pim_runtime::db::from_timestamp),
                     reason: String::new(),
                     actor: None,
+                    approvers: None,
                 }
             }
             "RoleDeactivated" => {
@@ -160,6 +187,7 @@ impl Change {
                     end: None,
                     reason: e.reason,
                     actor: e.actor,
+                    approvers: None,
                 }
             }
             _ => return Ok(None),
@@ -240,7 +268,10 @@ impl Notifier {
                             .await?
                     }
                     NotificationParty::Approver => {
-                        let first = policy.effective_stages().into_iter().next().unwrap_or_default();
+                        let mut first = policy.effective_stages().into_iter().next().unwrap_or_default();
+                        if let Some(approvers) = &change.approvers {
+                            first.approver_ids = approvers.clone();
+                        }
                         let named = if first.approver_ids.is_empty() {
                             self.administrators(txn, now).await?
                         } else {
@@ -269,7 +300,7 @@ impl EventHandler for Notifier {
     }
 
     fn streams(&self) -> Vec<&'static str> {
-        vec![streams::ASSIGNMENT]
+        vec![streams::ASSIGNMENT, streams::APPROVAL]
     }
 
     fn wants(&self, event_type: &str) -> bool {
@@ -282,6 +313,7 @@ impl EventHandler for Notifier {
                 | "RequestStatusChanged"
                 | "RoleDeactivated"
                 | "AssignmentExpiring"
+                | "ApprovalEscalated"
         )
     }
 

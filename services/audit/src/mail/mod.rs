@@ -159,6 +159,9 @@ pub fn compose(r: &Record, party: &str, public_url: Option<&str>) -> Composed {
     if !r.actor_name.is_empty() && r.actor_id != r.target_id {
         facts.push(("By", r.actor_name.clone()));
     }
+    if awaiting && !reason.is_empty() {
+        facts.push(("Note", reason.to_owned()));
+    }
     if !request_id.is_empty() {
         facts.push(("Request", request_id.to_owned()));
     }
