@@ -13,7 +13,38 @@ use pim_e2e::{authed, eventually};
 use pim_proto::common::v1::{ApprovalStageSettings, NotificationEvent, NotificationParty, NotificationRule};
 use pim_proto::events::v1 as ev;
 
-use crate::activation::{EXCHANGE_ADMINISTRATOR, HOUR_MS, World, activation};
+use pim_proto::assignment::v1 as apb;
+
+use crate::activation::{EXCHANGE_ADMINISTRATOR, HOUR_MS, User, World, activation};
+
+/// PostgreSQL + Redis with notifications on.
+async fn notifying() -> anyhow::Result<World> {
+    let clock = pim_runtime::clock::ManualClock::starting_now();
+    let ts = pim_e2e::TestSuite::postgres_with(Some(clock.clone()), &[("PIM_NOTIFICATIONS", "on".to_owned())]).await?;
+    let admin = ts.admin_token().await?;
+    Ok(World { ts, clock, admin })
+}
+
+/// Lee, made eligible, asks for an hour of Exchange Administrator.
+async fn ask(w: &World, lee: &User) -> anyhow::Result<apb::AssignmentRequest> {
+    w.make_eligible(lee, EXCHANGE_ADMINISTRATOR).await?;
+    Ok(w.assignments()
+        .create_request(authed(
+            &w.stepped_up(lee)?,
+            activation(EXCHANGE_ADMINISTRATOR, HOUR_MS, "mailbox migration"),
+        ))
+        .await?
+        .into_inner())
+}
+
+/// Every NotificationsDue on the assignment stream so far.
+async fn dues(w: &World) -> anyhow::Result<Vec<ev::NotificationsDue>> {
+    Ok(w.events("NotificationsDue")
+        .await?
+        .iter()
+        .map(|e| ev::NotificationsDue::decode(e.data.as_slice()))
+        .collect::<Result<_, _>>()?)
+}
 
 fn party(notice: &ev::Notice) -> NotificationParty {
     NotificationParty::try_from(notice.party).unwrap_or(NotificationParty::Unspecified)
@@ -21,10 +52,7 @@ fn party(notice: &ev::Notice) -> NotificationParty {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notices_follow_the_rules_and_never_ask_requesters_to_approve_themselves() -> anyhow::Result<()> {
-    let clock = pim_runtime::clock::ManualClock::starting_now();
-    let ts = pim_e2e::TestSuite::postgres_with(Some(clock.clone()), &[("PIM_NOTIFICATIONS", "on".to_owned())]).await?;
-    let admin = ts.admin_token().await?;
-    let world = World { ts, clock, admin };
+    let world = notifying().await?;
     let result = async {
         let w = &world;
         let (lee, ann, bob) = (w.user("lee").await?, w.user("ann").await?, w.user("bob").await?);
@@ -45,24 +73,11 @@ async fn notices_follow_the_rules_and_never_ask_requesters_to_approve_themselves
             }];
         })
         .await?;
-        w.make_eligible(&lee, EXCHANGE_ADMINISTRATOR).await?;
-        let request = w
-            .assignments()
-            .create_request(authed(
-                &w.stepped_up(&lee)?,
-                activation(EXCHANGE_ADMINISTRATOR, HOUR_MS, "mailbox migration"),
-            ))
-            .await?
-            .into_inner();
+        let request = ask(w, &lee).await?;
 
         // The bootstrap's own grant was announced too: wait for the request's.
         let dues = eventually(Duration::from_secs(10), "the request's notice", || async {
-            let dues: Vec<ev::NotificationsDue> = w
-                .events("NotificationsDue")
-                .await?
-                .iter()
-                .map(|e| ev::NotificationsDue::decode(e.data.as_slice()))
-                .collect::<Result<_, _>>()?;
+            let dues = dues(w).await?;
             Ok(dues
                 .iter()
                 .any(|d| d.happening == ev::Happening::AwaitingApproval as i32)
@@ -140,10 +155,7 @@ async fn notices_follow_the_rules_and_never_ask_requesters_to_approve_themselves
 /// the first ones were, the requester still not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn escalation_approvers_are_told_when_a_request_reaches_them() -> anyhow::Result<()> {
-    let clock = pim_runtime::clock::ManualClock::starting_now();
-    let ts = pim_e2e::TestSuite::postgres_with(Some(clock.clone()), &[("PIM_NOTIFICATIONS", "on".to_owned())]).await?;
-    let admin = ts.admin_token().await?;
-    let world = World { ts, clock, admin };
+    let world = notifying().await?;
     let result = async {
         let w = &world;
         let (lee, ann, bob) = (w.user("lee").await?, w.user("ann").await?, w.user("bob").await?);
@@ -158,26 +170,13 @@ async fn escalation_approvers_are_told_when_a_request_reaches_them() -> anyhow::
             }];
         })
         .await?;
-        w.make_eligible(&lee, EXCHANGE_ADMINISTRATOR).await?;
-        let request = w
-            .assignments()
-            .create_request(authed(
-                &w.stepped_up(&lee)?,
-                activation(EXCHANGE_ADMINISTRATOR, HOUR_MS, "mailbox migration"),
-            ))
-            .await?
-            .into_inner();
+        let request = ask(w, &lee).await?;
         w.approval_of(&request.id).await?;
         w.clock.advance(Duration::from_secs(600));
         let approvals = w.ts.suite.approval().expect("approval runs here").approvals();
         assert_eq!(approvals.run_timers_once().await?, 1, "escalated");
         let escalated = eventually(Duration::from_secs(10), "the escalation's notice", || async {
-            let dues: Vec<ev::NotificationsDue> = w
-                .events("NotificationsDue")
-                .await?
-                .iter()
-                .map(|e| ev::NotificationsDue::decode(e.data.as_slice()))
-                .collect::<Result<_, _>>()?;
+            let dues = dues(w).await?;
             Ok(dues
                 .into_iter()
                 .find(|d| d.request_id == request.id && d.reason.starts_with("escalated")))
