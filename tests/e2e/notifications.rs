@@ -174,7 +174,8 @@ async fn escalation_approvers_are_told_when_a_request_reaches_them() -> anyhow::
         w.approval_of(&request.id).await?;
         w.clock.advance(Duration::from_secs(600));
         let approvals = w.ts.suite.approval().expect("approval runs here").approvals();
-        assert_eq!(approvals.run_timers_once().await?, 1, "escalated");
+        // Escalated by this pass, or by the service's own timer if it came first.
+        approvals.run_timers_once().await?;
         let escalated = eventually(Duration::from_secs(10), "the escalation's notice", || async {
             let dues = dues(w).await?;
             Ok(dues
