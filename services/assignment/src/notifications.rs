@@ -42,6 +42,29 @@ struct Change {
 }
 
 impl Change {
+    /// A change of `happening` to a principal's role at a scope; the rest unknown until said.
+    fn about(
+        event: NotificationEvent,
+        happening: Happening,
+        principal_id: String,
+        role_id: String,
+        scope: String,
+    ) -> Self {
+        Self {
+            event,
+            happening,
+            request_id: String::new(),
+            assignment_id: String::new(),
+            principal_id,
+            role_id,
+            scope,
+            end: None,
+            reason: String::new(),
+            actor: None,
+            approvers: None,
+        }
+    }
+
     /// Who hears of it: approvers of what waits for them; administrators and the holder of
     /// what was granted; only the holder of what was denied or ended.
     fn parties(&self) -> &'static [NotificationParty] {
@@ -64,53 +87,52 @@ impl Change {
                     return Ok(None);
                 }
                 Change {
-                    event: NotificationEvent::Activation,
-                    happening: Happening::AwaitingApproval,
                     request_id: e.request_id,
-                    assignment_id: String::new(),
-                    principal_id: e.principal_id,
-                    role_id: e.role_id,
-                    scope: e.scope,
                     end: e.end_time.as_ref().map(pim_runtime::db::from_timestamp),
-                    reason: String::new(),
                     actor: e.actor,
-                    approvers: None,
+                    ..Change::about(
+                        NotificationEvent::Activation,
+                        Happening::AwaitingApproval,
+                        e.principal_id,
+                        e.role_id,
+                        e.scope,
+                    )
                 }
             }
             "RoleActivated" => {
                 let e: ev::RoleActivated = decode(envelope)?;
                 Change {
-                    event: NotificationEvent::Activation,
-                    happening: Happening::Granted,
                     request_id: e.request_id,
                     assignment_id: e.assignment_id,
-                    principal_id: e.principal_id,
-                    role_id: e.role_id,
-                    scope: e.scope,
                     end: e.end_time.as_ref().map(pim_runtime::db::from_timestamp),
-                    reason: String::new(),
                     actor: e.actor,
-                    approvers: None,
+                    ..Change::about(
+                        NotificationEvent::Activation,
+                        Happening::Granted,
+                        e.principal_id,
+                        e.role_id,
+                        e.scope,
+                    )
                 }
             }
             event_type @ ("EligibilityGranted" | "ActiveAssignmentGranted") => {
                 let e: ev::AssignmentChanged = decode(envelope)?;
                 Change {
-                    event: if event_type == "EligibilityGranted" {
-                        NotificationEvent::EligibleAssignment
-                    } else {
-                        NotificationEvent::ActiveAssignment
-                    },
-                    happening: Happening::Granted,
                     request_id: e.request_id,
                     assignment_id: e.assignment_id,
-                    principal_id: e.principal_id,
-                    role_id: e.role_id,
-                    scope: e.scope,
                     end: e.end_time.as_ref().map(pim_runtime::db::from_timestamp),
-                    reason: String::new(),
                     actor: e.actor,
-                    approvers: None,
+                    ..Change::about(
+                        if event_type == "EligibilityGranted" {
+                            NotificationEvent::EligibleAssignment
+                        } else {
+                            NotificationEvent::ActiveAssignment
+                        },
+                        Happening::Granted,
+                        e.principal_id,
+                        e.role_id,
+                        e.scope,
+                    )
                 }
             }
             "RequestStatusChanged" => {
@@ -126,17 +148,16 @@ impl Change {
                     _ => "denied".to_owned(),
                 };
                 Change {
-                    event: NotificationEvent::Activation,
-                    happening: Happening::Denied,
                     request_id: r.id,
-                    assignment_id: String::new(),
-                    principal_id: r.principal_id,
-                    role_id: r.role_id,
-                    scope: r.scope,
-                    end: None,
                     reason,
                     actor: e.actor,
-                    approvers: None,
+                    ..Change::about(
+                        NotificationEvent::Activation,
+                        Happening::Denied,
+                        r.principal_id,
+                        r.role_id,
+                        r.scope,
+                    )
                 }
             }
             "ApprovalEscalated" => {
@@ -145,49 +166,47 @@ impl Change {
                     return Ok(None);
                 }
                 Change {
-                    event: NotificationEvent::Activation,
-                    happening: Happening::AwaitingApproval,
                     request_id: e.request_id,
-                    assignment_id: String::new(),
-                    principal_id: e.requester_id,
-                    role_id: e.role_id,
-                    scope: e.scope,
-                    end: None,
                     reason: "escalated: no decision yet".into(),
                     actor: e.actor,
                     approvers: Some(e.escalation_approver_ids),
+                    ..Change::about(
+                        NotificationEvent::Activation,
+                        Happening::AwaitingApproval,
+                        e.requester_id,
+                        e.role_id,
+                        e.scope,
+                    )
                 }
             }
             "AssignmentExpiring" => {
                 let e: ev::AssignmentExpiring = decode(envelope)?;
                 Change {
-                    event: NotificationEvent::Activation,
-                    happening: Happening::Expiring,
                     request_id: e.request_id,
                     assignment_id: e.assignment_id,
-                    principal_id: e.principal_id,
-                    role_id: e.role_id,
-                    scope: e.scope,
                     end: e.end_time.as_ref().map(pim_runtime::db::from_timestamp),
-                    reason: String::new(),
-                    actor: None,
-                    approvers: None,
+                    ..Change::about(
+                        NotificationEvent::Activation,
+                        Happening::Expiring,
+                        e.principal_id,
+                        e.role_id,
+                        e.scope,
+                    )
                 }
             }
             "RoleDeactivated" => {
                 let e: ev::RoleDeactivated = decode(envelope)?;
                 Change {
-                    event: NotificationEvent::Activation,
-                    happening: Happening::Ended,
-                    request_id: String::new(),
                     assignment_id: e.assignment_id,
-                    principal_id: e.principal_id,
-                    role_id: e.role_id,
-                    scope: e.scope,
-                    end: None,
                     reason: e.reason,
                     actor: e.actor,
-                    approvers: None,
+                    ..Change::about(
+                        NotificationEvent::Activation,
+                        Happening::Ended,
+                        e.principal_id,
+                        e.role_id,
+                        e.scope,
+                    )
                 }
             }
             _ => return Ok(None),
