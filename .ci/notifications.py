@@ -99,6 +99,17 @@ def main(pim: str) -> int:
                 m for to, m in inbox.received() if to == ["lee@example.com"] and "not approved" in m["subject"]])
             assert "not during the freeze" in text_of(denied[0]), text_of(denied[0])
 
+            # A review of Exchange Administrator: its reviewer hears it started, and how to decide.
+            up.run("reviews", "create", "Exchange Administrator", "--name", "Exchange admins, Q4",
+                   "--reviewers", "ann", "--duration", "1h")
+            review = wait("ann hears the review started", lambda: [
+                m for to, m in inbox.received() if to == ["ann@example.com"] and "access review" in m["subject"]])
+            assert review[0]["subject"] == 'PIM: access review "Exchange admins, Q4" started: Exchange Administrator', \
+                review[0]["subject"]
+            body = text_of(review[0])
+            for fact in ["1 assignment to decide", "pim reviews items", "https://pim.example.com/reviews/"]:
+                assert fact in body, f"{fact!r} in {body}"
+
             # A role given for 6 seconds: its holder hears it ends soon (3 s before), then that it ended.
             up.run("assign", "User Administrator", "--principal", "lee", "--kind", "active", "--duration", "6s",
                    "-j", "a short task")
@@ -122,7 +133,7 @@ def main(pim: str) -> int:
                 whole = m.as_string()
                 assert "eyJ" not in whole and "passphrase" not in whole and up.admin_password not in whole, whole
             print(f"notifications: {len(inbox.received())} mails received by aiosmtpd; approvers asked, "
-                  "denials, ends soon and ends told, rules that say none kept")
+                  "denials, reviews, ends soon and ends told, rules that say none kept")
     finally:
         controller.stop()
     return 0

@@ -196,3 +196,161 @@ async fn escalation_approvers_are_told_when_a_request_reaches_them() -> anyhow::
     world.ts.stop().await?;
     result
 }
+
+/// Every NotificationsDue approval published (access reviews') so far.
+async fn review_dues(w: &World) -> anyhow::Result<Vec<ev::NotificationsDue>> {
+    Ok(w.events_on(pim_runtime::events::streams::APPROVAL, "NotificationsDue")
+        .await?
+        .iter()
+        .map(|e| ev::NotificationsDue::decode(e.data.as_slice()))
+        .collect::<Result<_, _>>()?)
+}
+
+fn hours(n: i64) -> Option<prost_types::Duration> {
+    Some(prost_types::Duration {
+        seconds: n * 3600,
+        nanos: 0,
+    })
+}
+
+/// A second stage's approvers are asked when the first approves; a stage's approvers are
+/// reminded half through its time, the requester never.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_later_stage_is_asked_when_it_starts_and_reminded_half_through() -> anyhow::Result<()> {
+    use pim_proto::approval::v1 as appb;
+    let world = notifying().await?;
+    let result = async {
+        let w = &world;
+        let (lee, ann, bob) = (w.user("lee").await?, w.user("ann").await?, w.user("bob").await?);
+        w.set_policy(EXCHANGE_ADMINISTRATOR, |p| {
+            p.approval_required = true;
+            p.approval_stages = [&ann, &bob]
+                .iter()
+                .map(|approver| ApprovalStageSettings {
+                    approver_ids: vec![approver.id.clone()],
+                    approvals_required: 1,
+                    timeout: hours(4),
+                    ..Default::default()
+                })
+                .collect();
+        })
+        .await?;
+        let request = ask(w, &lee).await?;
+        let approval = w.approval_of(&request.id).await?;
+        w.approvals()
+            .decide(authed(
+                &ann.token,
+                appb::DecideRequest {
+                    approval_id: approval.id.clone(),
+                    decision: appb::Decision::Approve as i32,
+                    justification: "checked with Lee's manager".into(),
+                },
+            ))
+            .await?;
+        let request = &request;
+        let told = |happening: ev::Happening| async move {
+            eventually(Duration::from_secs(10), "the stage's notice", || async {
+                Ok(dues(w)
+                    .await?
+                    .into_iter()
+                    // Not the first stage's notice, which gives no reason.
+                    .find(|d| d.request_id == request.id && d.happening == happening as i32 && !d.reason.is_empty()))
+            })
+            .await
+        };
+        let second = told(ev::Happening::AwaitingApproval).await?;
+        assert!(
+            second.reason.starts_with("the previous stage approved"),
+            "{}",
+            second.reason
+        );
+        assert_eq!(
+            second.notices[0].principal_ids,
+            std::slice::from_ref(&bob.id),
+            "bob, not ann again"
+        );
+
+        w.clock.advance(Duration::from_secs(2 * 3600));
+        // Reminded by this pass, or by the service's own timer if it came first.
+        let approvals = w.ts.suite.approval().expect("approval runs here").approvals();
+        approvals.run_timers_once().await?;
+        let reminder = told(ev::Happening::ApprovalReminder).await?;
+        let asked = &reminder.notices[0];
+        assert_eq!(party(asked), NotificationParty::Approver);
+        assert!(asked.critical);
+        assert_eq!(
+            asked.principal_ids,
+            std::slice::from_ref(&bob.id),
+            "the stage's approver, not lee"
+        );
+        assert!(reminder.reason.starts_with("reminder"), "{}", reminder.reason);
+        Ok(())
+    }
+    .await;
+    world.ts.stop().await?;
+    result
+}
+
+/// An access review's reviewers hear that it started, with how many items wait, and are
+/// reminded half through it; in a self-review each holder hears too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reviewers_hear_that_a_review_started_and_are_reminded_half_through() -> anyhow::Result<()> {
+    use pim_proto::approval::v1 as appb;
+    let world = notifying().await?;
+    let result = async {
+        let w = &world;
+        let (lee, ann) = (w.user("lee").await?, w.user("ann").await?);
+        w.make_eligible(&lee, EXCHANGE_ADMINISTRATOR).await?;
+        // The review snapshots what approval has seen: the break-glass administrator and lee.
+        w.approval_sees(2, 0).await?;
+        let review = appb::access_review_service_client::AccessReviewServiceClient::new(w.ts.channel.clone())
+            .create_review(authed(
+                &w.admin,
+                appb::CreateReviewRequest {
+                    review: Some(appb::AccessReview {
+                        name: "Exchange admins, Q4".into(),
+                        role_id: EXCHANGE_ADMINISTRATOR.into(),
+                        scope: "/".into(),
+                        review_scope: appb::ReviewScope::Eligible as i32,
+                        reviewer_ids: vec![ann.id.clone()],
+                        self_review: true,
+                        duration: hours(48),
+                        ..Default::default()
+                    }),
+                },
+            ))
+            .await?
+            .into_inner();
+        let told = |happening: ev::Happening| {
+            let review_id = review.id.clone();
+            async move {
+                eventually(Duration::from_secs(10), "the reviewers' notice", || async {
+                    Ok(review_dues(w)
+                        .await?
+                        .into_iter()
+                        .find(|d| d.review_id == review_id && d.happening == happening as i32))
+                })
+                .await
+            }
+        };
+        let started = told(ev::Happening::ReviewStarted).await?;
+        assert_eq!(started.review_name, "Exchange admins, Q4");
+        assert_eq!(started.undecided_items, 1, "lee's eligibility");
+        let reviewers = &started.notices[0];
+        assert_eq!(party(reviewers), NotificationParty::Reviewer);
+        let mut expected = vec![ann.id.clone(), lee.id.clone()];
+        expected.sort();
+        assert_eq!(reviewers.principal_ids, expected, "ann, and lee for his own");
+
+        w.clock.advance(Duration::from_secs(24 * 3600));
+        let approvals = w.ts.suite.approval().expect("approval runs here").approvals();
+        approvals.run_review_timers_once().await?;
+        let reminded = told(ev::Happening::ReviewReminder).await?;
+        assert_eq!(reminded.undecided_items, 1);
+        assert_eq!(reminded.notices[0].principal_ids, expected);
+        Ok(())
+    }
+    .await;
+    world.ts.stop().await?;
+    result
+}

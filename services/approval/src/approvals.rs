@@ -48,6 +48,8 @@ pub struct Approvals {
     pub(crate) assignment: Channel,
 
     pub(crate) clock: Arc<dyn Clock>,
+    /// Whether reviewers are told by mail (`PIM_NOTIFICATIONS`).
+    pub(crate) notify: bool,
     /// Bumped after every committed change, so watchers look again at once.
     pub(crate) changed: Arc<tokio::sync::watch::Sender<u64>>,
 }
@@ -143,6 +145,7 @@ impl Approvals {
             expires_at: now + stages[0].timeout_ms,
             stages,
             escalated: false,
+            reminded: false,
             created_at: now,
             completed_at: None,
             rev: store::next_rev(txn).await?,
@@ -228,6 +231,24 @@ impl Approvals {
             scope: a.scope.clone(),
             reason: String::new(),
             escalation_approver_ids: Vec::new(),
+            approver_ids: Vec::new(),
+            expires_at: None,
+        }
+    }
+
+    /// An event that asks the current stage's approvers (ApprovalStageStarted,
+    /// ApprovalReminder): who they are, with those escalation brought in, and until when.
+    fn asking_event(&self, a: &ApprovalRow, outcome: &str) -> ev::ApprovalCompleted {
+        let stage = a.current_stage();
+        ev::ApprovalCompleted {
+            approver_ids: stage.approver_ids.clone(),
+            escalation_approver_ids: if a.escalated {
+                stage.escalation_approver_ids.clone()
+            } else {
+                Vec::new()
+            },
+            expires_at: Some(pim_runtime::db::to_timestamp(a.expires_at)),
+            ..self.completed_event(a, outcome, Some(system_actor()))
         }
     }
 
@@ -551,8 +572,11 @@ impl Approvals {
                     current.stage_started_at = now;
                     current.expires_at = now + current.current_stage().timeout_ms;
                     current.escalated = false;
+                    current.reminded = false;
                     current.rev = store::next_rev(&txn).await?;
                     store::update(&txn, &current).await?;
+                    let started = self.asking_event(&current, "StageStarted");
+                    self.emit(&txn, "ApprovalStageStarted", &current.id, &started).await?;
                 } else {
                     self.complete(&txn, &mut current, "Approved", Some(caller.actor()), justification)
                         .await?;
@@ -591,8 +615,9 @@ impl Approvals {
         Ok(())
     }
 
-    /// One timer pass: expires stages past their timeout and escalates those due. Rows are
-    /// locked with SKIP LOCKED, so replicas share the work without doubling an event.
+    /// One timer pass: expires stages past their timeout, escalates those due and reminds
+    /// the approvers of those half through a stage. Rows are locked with SKIP LOCKED, so
+    /// replicas share the work without doubling an event.
     pub async fn run_timers_once(&self) -> Result<usize> {
         let now = self.now();
         let txn = self.db.begin().await?;
@@ -608,15 +633,25 @@ impl Approvals {
                     "no approver decided in time",
                 )
                 .await?;
-            } else {
-                approval.escalated = true;
-                approval.rev = store::next_rev(&txn).await?;
-                store::update(&txn, &approval).await?;
+                fired += 1;
+                continue;
+            }
+            let escalate = !approval.escalated && approval.escalates_at().is_some_and(|at| at <= now);
+            let remind = !approval.reminded && approval.reminds_at().is_some_and(|at| at <= now);
+            approval.escalated |= escalate;
+            approval.reminded |= remind;
+            approval.rev = store::next_rev(&txn).await?;
+            store::update(&txn, &approval).await?;
+            if escalate {
                 let mut event = self.completed_event(&approval, "Escalated", Some(system_actor()));
                 event.escalation_approver_ids = approval.current_stage().escalation_approver_ids.clone();
                 self.emit(&txn, "ApprovalEscalated", &approval.id, &event).await?;
             }
-            fired += 1;
+            if remind {
+                let event = self.asking_event(&approval, "Reminder");
+                self.emit(&txn, "ApprovalReminder", &approval.id, &event).await?;
+            }
+            fired += usize::from(escalate || remind);
         }
         txn.commit().await?;
         if fired > 0 {

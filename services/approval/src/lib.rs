@@ -40,6 +40,7 @@ impl Approval {
                 identity: DirectoryServiceClient::new(deps.identity),
                 assignment: deps.assignment,
                 clock: deps.clock,
+                notify: deps.config.notifications,
                 changed: Arc::new(tokio::sync::watch::channel(0).0),
             },
         })

@@ -11,8 +11,9 @@ use sea_orm::{DatabaseTransaction, TransactionTrait};
 
 use pim_proto::assignment::v1::GetRoleDefinitionRequest;
 use pim_proto::assignment::v1::role_service_client::RoleServiceClient;
+use pim_proto::common::v1::NotificationParty;
 use pim_proto::common::v1::PrincipalKind;
-use pim_proto::events::v1::ReviewEvent;
+use pim_proto::events::v1::{self as ev, Happening, ReviewEvent};
 use pim_runtime::access::{permissions, require};
 use pim_runtime::auth::Caller;
 
@@ -158,6 +159,7 @@ impl Approvals {
             instance: 0,
             instance_start: None,
             instance_end: None,
+            remind_at: None,
             created_by: caller.principal_id.clone(),
             created_at: now,
         };
@@ -379,6 +381,7 @@ impl Approvals {
         review.status = "InProgress".into();
         review.instance_start = Some(now);
         review.instance_end = Some(now + review.duration_ms);
+        review.remind_at = (review.duration_ms >= store::REMINDER_MIN_STAGE_MS).then(|| now + review.duration_ms / 2);
         let assignments = store::seen_in_scope(txn, &review.role_id, &review.scope, now).await?;
         for a in assignments {
             if review.review_scope != "both" && a.kind != review.review_scope {
@@ -415,7 +418,56 @@ impl Approvals {
         }
         store::update_review(txn, review).await?;
         self.emit_review(txn, "ReviewStarted", &self.review_event(review, None, "", None))
-            .await
+            .await?;
+        self.tell_reviewers(txn, review, Happening::ReviewStarted).await
+    }
+
+    /// Tells the reviewers, where notifications are on, that an instance started or, half
+    /// through it, that items still wait: a `NotificationsDue` on approval's stream, which
+    /// audit mails. Named reviewers (groups through their members) hear while any item is
+    /// undecided; in a self-review each holder with an undecided item hears.
+    async fn tell_reviewers(&self, txn: &DatabaseTransaction, review: &ReviewRow, happening: Happening) -> Result<()> {
+        if !self.notify {
+            return Ok(());
+        }
+        let undecided: Vec<ItemRow> = store::items(txn, &review.id, review.instance)
+            .await?
+            .into_iter()
+            .filter(|i| i.decision.is_empty())
+            .collect();
+        if undecided.is_empty() {
+            return Ok(());
+        }
+        let mut reviewers = review.reviewer_ids.clone();
+        if review.self_review {
+            reviewers.extend(undecided.iter().map(|i| i.principal_id.clone()));
+        }
+        reviewers.sort();
+        reviewers.dedup();
+        let due = ev::NotificationsDue {
+            review_id: review.id.clone(),
+            review_name: review.name.clone(),
+            undecided_items: i32::try_from(undecided.len()).unwrap_or(i32::MAX),
+            role_id: review.role_id.clone(),
+            scope: review.scope.clone(),
+            end_time: review.instance_end.map(pim_runtime::db::to_timestamp),
+            happening: happening as i32,
+            notices: vec![ev::Notice {
+                party: NotificationParty::Reviewer as i32,
+                principal_ids: reviewers,
+                emails: Vec::new(),
+                critical: true,
+            }],
+            ..Default::default()
+        };
+        self.outbox
+            .enqueue(
+                txn,
+                pim_runtime::events::streams::APPROVAL,
+                &pim_runtime::events::envelope("pim.approval", "NotificationsDue", &review.id, &due),
+            )
+            .await?;
+        Ok(())
     }
 
     /// Completes the current instance: unanswered items take the default decision, and with
@@ -486,8 +538,13 @@ impl Approvals {
         let due = store::due_reviews(&txn, now, 100).await?;
         let fired = due.len();
         for mut review in due {
-            if review.status == "InProgress" {
+            let ends = review.instance_end.is_some_and(|at| at <= now);
+            if review.status == "InProgress" && ends {
                 self.complete_instance(&txn, &mut review, None).await?;
+            } else if review.status == "InProgress" && review.remind_at.is_some_and(|at| at <= now) {
+                review.remind_at = None;
+                store::update_review(&txn, &review).await?;
+                self.tell_reviewers(&txn, &review, Happening::ReviewReminder).await?;
             }
             if review.status == "NotStarted" && review.start_at <= now {
                 self.start_instance(&txn, &mut review).await?;

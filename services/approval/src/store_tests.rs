@@ -44,6 +44,7 @@ fn approval(request_id: &str) -> ApprovalRow {
         stage_started_at: NOW,
         expires_at: NOW + 60 * MINUTE,
         escalated: false,
+        reminded: false,
         created_at: NOW,
         completed_at: None,
         rev: 1,
@@ -100,6 +101,40 @@ async fn approvals_fall_due_at_their_escalation_then_their_expiry() -> anyhow::R
             .map(|d| d.id)
             .collect();
         assert_eq!(due, vec![a.id.clone()]);
+        Ok(())
+    })
+    .await
+}
+
+/// Approvers are reminded once, half through a stage of an hour or more: the reminder is the
+/// next deadline until it is done, then the expiry; a shorter stage has none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approvals_fall_due_for_one_reminder_half_through_a_long_stage() -> anyhow::Result<()> {
+    on_both(|db| async move {
+        let mut long = approval("r3");
+        long.stages[0].escalation_approver_ids.clear();
+        long.stages[0].timeout_ms = 120 * MINUTE;
+        long.expires_at = NOW + 120 * MINUTE;
+        store::insert(&db, &long).await?;
+        assert_eq!(store::next_deadline(&db).await?, Some(NOW + 60 * MINUTE));
+        assert!(store::due(&db, NOW + 59 * MINUTE, 10).await?.is_empty());
+        let mut due = store::due(&db, NOW + 60 * MINUTE, 10).await?;
+        assert_eq!(
+            due.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(),
+            vec![long.id.as_str()]
+        );
+        due[0].reminded = true;
+        store::update(&db, &due[0]).await?;
+        assert_eq!(store::next_deadline(&db).await?, Some(NOW + 120 * MINUTE), "once");
+        assert!(store::due(&db, NOW + 119 * MINUTE, 10).await?.is_empty());
+
+        let mut short = approval("r4");
+        short.rev = 2;
+        short.stages[0].escalation_approver_ids.clear();
+        short.stages[0].timeout_ms = 40 * MINUTE;
+        short.expires_at = NOW + 40 * MINUTE;
+        store::insert(&db, &short).await?;
+        assert_eq!(store::next_deadline(&db).await?, Some(NOW + 40 * MINUTE), "no reminder");
         Ok(())
     })
     .await

@@ -3,7 +3,8 @@
 //! audit turns into mail. Approvers hear of an activation waiting for them (a mail that asks
 //! for action); administrators and the assignee hear of eligible and active assignments and
 //! of activations; escalation approvers hear of an activation escalated to them; the
-//! requester hears of a denial, and the holder of an active role that it
+//! approvers of a later stage hear of it when it starts, and every stage's approvers are
+//! reminded half through it; the requester hears of a denial, and the holder of an active role that it
 //! ends soon (`PIM_EXPIRY_NOTICE_SECS` before) and that it ended.
 
 use sea_orm::DatabaseTransaction;
@@ -37,8 +38,22 @@ struct Change {
     end: Option<i64>,
     reason: String,
     actor: Option<Actor>,
-    /// Who is asked instead of the first stage's approvers (an escalation's).
-    approvers: Option<Vec<String>>,
+    /// Which approvers are asked.
+    asked: Asked,
+}
+
+/// The approvers a notice asks.
+enum Asked {
+    /// The first stage's (the policy's), as a request starts.
+    FirstStage,
+    /// A stage's named approvers (none: the default approvers) and those who joined it by
+    /// escalation: a later stage starting, or a reminder.
+    Stage {
+        named: Vec<String>,
+        escalation: Vec<String>,
+    },
+    /// These only: escalation approvers joining.
+    Only(Vec<String>),
 }
 
 impl Change {
@@ -61,7 +76,7 @@ impl Change {
             end: None,
             reason: String::new(),
             actor: None,
-            approvers: None,
+            asked: Asked::FirstStage,
         }
     }
 
@@ -69,7 +84,7 @@ impl Change {
     /// what was granted; only the holder of what was denied or ended.
     fn parties(&self) -> &'static [NotificationParty] {
         match self.happening {
-            Happening::AwaitingApproval => &[NotificationParty::Approver],
+            Happening::AwaitingApproval | Happening::ApprovalReminder => &[NotificationParty::Approver],
             Happening::Granted => &[NotificationParty::Admin, NotificationParty::Assignee],
             _ => &[NotificationParty::Assignee],
         }
@@ -169,10 +184,42 @@ impl Change {
                     request_id: e.request_id,
                     reason: "escalated: no decision yet".into(),
                     actor: e.actor,
-                    approvers: Some(e.escalation_approver_ids),
+                    asked: Asked::Only(e.escalation_approver_ids),
                     ..Change::about(
                         NotificationEvent::Activation,
                         Happening::AwaitingApproval,
+                        e.requester_id,
+                        e.role_id,
+                        e.scope,
+                    )
+                }
+            }
+            event_type @ ("ApprovalStageStarted" | "ApprovalReminder") => {
+                let e: ev::ApprovalCompleted = decode(envelope)?;
+                let (happening, note) = if event_type == "ApprovalReminder" {
+                    (Happening::ApprovalReminder, "reminder: still no decision; it times out")
+                } else {
+                    (
+                        Happening::AwaitingApproval,
+                        "the previous stage approved; your stage times out",
+                    )
+                };
+                let until = e
+                    .expires_at
+                    .as_ref()
+                    .map(|t| pim_runtime::format::rfc3339_ms(pim_runtime::db::from_timestamp(t)))
+                    .unwrap_or_default();
+                Change {
+                    request_id: e.request_id,
+                    reason: format!("{note} at {until}"),
+                    actor: e.actor,
+                    asked: Asked::Stage {
+                        named: e.approver_ids,
+                        escalation: e.escalation_approver_ids,
+                    },
+                    ..Change::about(
+                        NotificationEvent::Activation,
+                        happening,
                         e.requester_id,
                         e.role_id,
                         e.scope,
@@ -274,7 +321,10 @@ impl Notifier {
         let mut notices = Vec::new();
         for party in change.parties() {
             let rule = policy.notification_rule(change.event, *party);
-            let critical = change.happening == Happening::AwaitingApproval;
+            let critical = matches!(
+                change.happening,
+                Happening::AwaitingApproval | Happening::ApprovalReminder
+            );
             if !rule.sends(critical) {
                 continue;
             }
@@ -287,15 +337,22 @@ impl Notifier {
                             .await?
                     }
                     NotificationParty::Approver => {
-                        let mut first = policy.effective_stages().into_iter().next().unwrap_or_default();
-                        if let Some(approvers) = &change.approvers {
-                            first.approver_ids = approvers.clone();
-                        }
-                        let named = if first.approver_ids.is_empty() {
-                            self.administrators(txn, now).await?
-                        } else {
-                            self.with_members(txn, &first.approver_ids, now).await?
+                        let (named, escalation) = match &change.asked {
+                            Asked::FirstStage => {
+                                let first = policy.effective_stages().into_iter().next().unwrap_or_default();
+                                (Some(first.approver_ids), Vec::new())
+                            }
+                            Asked::Stage { named, escalation } => (Some(named.clone()), escalation.clone()),
+                            Asked::Only(ids) => (None, ids.clone()),
                         };
+                        let mut named = match named {
+                            Some(ids) if ids.is_empty() => self.administrators(txn, now).await?,
+                            Some(ids) => self.with_members(txn, &ids, now).await?,
+                            None => Vec::new(),
+                        };
+                        named.extend(self.with_members(txn, &escalation, now).await?);
+                        named.sort();
+                        named.dedup();
                         // Nobody approves their own request.
                         named.into_iter().filter(|id| *id != change.principal_id).collect()
                     }
@@ -333,6 +390,8 @@ impl EventHandler for Notifier {
                 | "RoleDeactivated"
                 | "AssignmentExpiring"
                 | "ApprovalEscalated"
+                | "ApprovalStageStarted"
+                | "ApprovalReminder"
         )
     }
 
@@ -403,6 +462,7 @@ impl EventHandler for Notifier {
             reason: change.reason,
             notices,
             actor: change.actor,
+            ..Default::default()
         };
         self.0
             .emit(txn, "NotificationsDue", &change.principal_id, &event)

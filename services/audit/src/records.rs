@@ -245,8 +245,12 @@ pub fn record(envelope: &Envelope, correlator: &Correlator) -> anyhow::Result<Re
         "NotificationsDue" => {
             let e: ev::NotificationsDue = decode(envelope)?;
             set_actor(&mut r, &e.actor);
-            r.target_id = e.principal_id.clone();
-            r.target_name = e.principal_name.clone();
+            // An access review's notice is about the review; the others, about a principal.
+            (r.target_id, r.target_name) = if e.review_id.is_empty() {
+                (e.principal_id.clone(), e.principal_name.clone())
+            } else {
+                (e.review_id.clone(), e.review_name.clone())
+            };
             r.role_id = e.role_id.clone();
             r.role_name = e.role_name.clone();
             r.scope = e.scope.clone();
@@ -271,6 +275,7 @@ pub fn record(envelope: &Envelope, correlator: &Correlator) -> anyhow::Result<Re
             json!({
                 "event": event, "request_id": e.request_id, "assignment_id": e.assignment_id,
                 "end_time": rfc3339(&e.end_time), "happening": happening, "reason": e.reason, "notices": notices,
+                "review_id": e.review_id, "review_name": e.review_name, "undecided_items": e.undecided_items,
             })
         }
         "RoleActivated" => {
@@ -355,7 +360,13 @@ pub fn record(envelope: &Envelope, correlator: &Correlator) -> anyhow::Result<Re
             r.outcome = "failure".into();
             json!({"method": e.method, "code": "PermissionDenied", "reason": e.reason})
         }
-        "ApprovalGranted" | "ApprovalDenied" | "ApprovalExpired" | "ApprovalCanceled" | "ApprovalEscalated" => {
+        "ApprovalGranted"
+        | "ApprovalDenied"
+        | "ApprovalExpired"
+        | "ApprovalCanceled"
+        | "ApprovalEscalated"
+        | "ApprovalStageStarted"
+        | "ApprovalReminder" => {
             let e: ev::ApprovalCompleted = decode(envelope)?;
             set_actor(&mut r, &e.actor);
             r.target_id = e.requester_id.clone();
@@ -367,7 +378,8 @@ pub fn record(envelope: &Envelope, correlator: &Correlator) -> anyhow::Result<Re
             }
             json!({
                 "approval_id": e.approval_id, "request_id": e.request_id, "outcome": e.outcome,
-                "reason": e.reason,
+                "reason": e.reason, "approver_ids": e.approver_ids,
+                "escalation_approver_ids": e.escalation_approver_ids, "expires_at": rfc3339(&e.expires_at),
             })
         }
         "ReviewCreated"
@@ -708,6 +720,9 @@ mod tests {
             ("pim.approval", "ApprovalDecisionRecorded"),
             ("pim.approval", "ApprovalDecisionRefused"),
             ("pim.approval", "ApprovalGranted"),
+            ("pim.approval", "ApprovalStageStarted"),
+            ("pim.approval", "ApprovalReminder"),
+            ("pim.approval", "NotificationsDue"),
             ("pim.approval", "ReviewItemDecided"),
             ("pim.alerting", "AlertRaised"),
             ("pim.alerting", "AlertUpdated"),

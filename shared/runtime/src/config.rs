@@ -122,9 +122,10 @@ pub struct Config {
     /// How long before an active role ends its holder is told (`PIM_EXPIRY_NOTICE_SECS`,
     /// 15 minutes; 0: never).
     pub expiry_notice: Duration,
-    /// Whether assignment works out who must hear of each change (`PIM_NOTIFICATIONS`: `on`
-    /// or `off`; by default on where `PIM_SMTP_URL` is set, i.e. in `pim up` with mail; set it
-    /// on assignment's process in the distributed shape).
+    /// Whether assignment and approval work out who must hear of each change
+    /// (`PIM_NOTIFICATIONS`: `on` or `off`; by default on where `PIM_SMTP_URL` is set, i.e. in
+    /// `pim up` with mail; set it on assignment's and approval's processes in the distributed
+    /// shape).
     pub notifications: bool,
     /// How recent an MFA must be to manage MFA methods or change a password
     /// (`PIM_MFA_STEP_UP_SECS`; the default policy's activation freshness, 10 minutes).

@@ -34,6 +34,8 @@ pub struct ApprovalRow {
     pub stage_started_at: i64,
     pub expires_at: i64,
     pub escalated: bool,
+    /// Whether the current stage's approvers were reminded.
+    pub reminded: bool,
     pub created_at: i64,
     pub completed_at: Option<i64>,
     pub rev: i64,
@@ -59,6 +61,24 @@ impl ApprovalRow {
             .then(|| self.stage_started_at + stage.escalate_after_ms)
     }
 
+    /// When the current stage's approvers are reminded: half its time, for a stage of an hour
+    /// or more (sooner, a reminder is noise).
+    pub fn reminds_at(&self) -> Option<i64> {
+        let timeout = self.current_stage().timeout_ms;
+        (timeout >= REMINDER_MIN_STAGE_MS).then(|| self.stage_started_at + timeout / 2)
+    }
+
+    /// The next moment the timers have something to do for it: its expiry, or an escalation
+    /// or reminder not yet done. Kept as a column, so the timers find what is due by index.
+    pub fn timer_at(&self) -> i64 {
+        let escalation = self.escalates_at().filter(|_| !self.escalated);
+        let reminder = self.reminds_at().filter(|_| !self.reminded);
+        [escalation, reminder]
+            .into_iter()
+            .flatten()
+            .fold(self.expires_at, i64::min)
+    }
+
     fn from_row(r: &QueryResult) -> Result<Self, DbErr> {
         let stages: Vec<Stage> = serde_json::from_str(&col::<String>(r, "stages")?)
             .map_err(|e| DbErr::Custom(format!("approval stages: {e}")))?;
@@ -82,6 +102,7 @@ impl ApprovalRow {
             stage_started_at: col(r, "stage_started_at")?,
             expires_at: col(r, "expires_at")?,
             escalated: col(r, "escalated")?,
+            reminded: col(r, "reminded")?,
             created_at: col(r, "created_at")?,
             completed_at: col(r, "completed_at")?,
             rev: col(r, "rev")?,
@@ -90,7 +111,10 @@ impl ApprovalRow {
     }
 }
 
-pub(super) const COLUMNS: &str = "id, request_id, requester_id, role_id, role_name, scope, duration_ms, justification, ticket_system, ticket_number, status, stages, stage, stage_started_at, expires_at, escalated, created_at, completed_at, rev, traceparent";
+pub(super) const COLUMNS: &str = "id, request_id, requester_id, role_id, role_name, scope, duration_ms, justification, ticket_system, ticket_number, status, stages, stage, stage_started_at, expires_at, escalated, created_at, completed_at, rev, traceparent, reminded, timer_at";
+
+/// The shortest stage whose approvers are reminded.
+pub const REMINDER_MIN_STAGE_MS: i64 = 3_600_000;
 
 /// The next revision. The counter row stays locked until the transaction commits, so
 /// revisions become visible in order and a watcher resuming after one misses nothing.
@@ -111,7 +135,7 @@ pub async fn insert<C: ConnectionTrait>(c: &C, a: &ApprovalRow) -> Result<bool, 
     let n = db::exec(
         c,
         &format!(
-            "INSERT INTO approvals ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20) \
+            "INSERT INTO approvals ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22) \
              ON CONFLICT (request_id) DO NOTHING"
         ),
         vec![
@@ -135,6 +159,8 @@ pub async fn insert<C: ConnectionTrait>(c: &C, a: &ApprovalRow) -> Result<bool, 
             a.completed_at.into(),
             a.rev.into(),
             a.traceparent.clone().into(),
+            a.reminded.into(),
+            a.timer_at().into(),
         ],
     )
     .await?;
@@ -165,11 +191,11 @@ pub async fn by_request<C: ConnectionTrait>(c: &C, request_id: &str) -> Result<O
     db::row(c, &sql, vec![request_id.into()], ApprovalRow::from_row).await
 }
 
-/// Writes the moving parts of an approval (status, stage, deadlines) with a new revision.
+/// Writes the moving parts of an approval (status, stage, deadlines, timers) with a new revision.
 pub async fn update<C: ConnectionTrait>(c: &C, a: &ApprovalRow) -> Result<(), DbErr> {
     db::exec(
         c,
-        "UPDATE approvals SET status = $2, stage = $3, stage_started_at = $4, expires_at = $5, escalated = $6, completed_at = $7, rev = $8 WHERE id = $1",
+        "UPDATE approvals SET status = $2, stage = $3, stage_started_at = $4, expires_at = $5, escalated = $6, completed_at = $7, rev = $8, reminded = $9, timer_at = $10 WHERE id = $1",
         vec![
             a.id.clone().into(),
             a.status.clone().into(),
@@ -179,6 +205,8 @@ pub async fn update<C: ConnectionTrait>(c: &C, a: &ApprovalRow) -> Result<(), Db
             a.escalated.into(),
             a.completed_at.into(),
             a.rev.into(),
+            a.reminded.into(),
+            a.timer_at().into(),
         ],
     )
     .await?;
@@ -196,41 +224,28 @@ pub async fn pending_after<C: ConnectionTrait>(c: &C, after: i64, limit: u64) ->
     .await
 }
 
-/// Pending approvals whose stage expired or whose escalation is due (locked on PostgreSQL).
+/// Pending approvals with something due by `now`: an expiry, an escalation or a reminder
+/// (locked on PostgreSQL, skipping rows another replica holds).
 pub async fn due<C: ConnectionTrait>(c: &C, now: i64, limit: u64) -> Result<Vec<ApprovalRow>, DbErr> {
-    // Escalation times live in the stages' JSON, so candidates are filtered in code.
     let sql = format!(
-        "SELECT {COLUMNS} FROM approvals WHERE status = 'Pending' AND (expires_at <= $1 OR escalated = FALSE) ORDER BY expires_at LIMIT {limit}{}",
+        "SELECT {COLUMNS} FROM approvals WHERE status = 'Pending' AND timer_at <= $1 ORDER BY timer_at LIMIT {limit}{}",
         c.skip_locked()
     );
-    Ok(db::query(c, &sql, vec![now.into()])
-        .await?
-        .iter()
-        .map(ApprovalRow::from_row)
-        .collect::<Result<Vec<_>, _>>()?
-        .into_iter()
-        .filter(|a| a.expires_at <= now || a.escalates_at().is_some_and(|at| !a.escalated && at <= now))
-        .collect())
+    db::rows(c, &sql, vec![now.into()], ApprovalRow::from_row).await
 }
 
-/// The next moment a timer is due: an expiry, or an escalation not yet done.
+/// The next moment a timer is due: an expiry, or an escalation or reminder not yet done.
 pub async fn next_deadline<C: ConnectionTrait>(c: &C) -> Result<Option<i64>, DbErr> {
-    let rows = db::query(
+    let row = db::query_one(
         c,
-        &format!("SELECT {COLUMNS} FROM approvals WHERE status = 'Pending' ORDER BY expires_at LIMIT 1000"),
+        "SELECT MIN(timer_at) AS at FROM approvals WHERE status = 'Pending'",
         vec![],
     )
     .await?;
-    let mut next: Option<i64> = None;
-    for r in &rows {
-        let a = ApprovalRow::from_row(r)?;
-        let mut at = a.expires_at;
-        if let Some(e) = a.escalates_at().filter(|_| !a.escalated) {
-            at = at.min(e);
-        }
-        next = Some(next.map_or(at, |n| n.min(at)));
+    match row {
+        Some(r) => col(&r, "at"),
+        None => Ok(None),
     }
-    Ok(next)
 }
 
 pub struct ListFilter<'a> {

@@ -118,6 +118,17 @@ impl MigratorTrait for Migrator {
             }),
             backbone_indexes_migration(),
             backbone_replay_migration(),
+            // A reminder once per approval stage and per access review instance, and the next moment each approval's timers are due
+            // (expiry, escalation, reminder) as a column the timers read by index. Every
+            // pending approval is looked at once on the first pass, which sets it right.
+            SqlMigration::boxed("m0004_approval_reminders", |_| {
+                "ALTER TABLE approvals ADD COLUMN reminded BOOLEAN NOT NULL DEFAULT FALSE;
+                ALTER TABLE approvals ADD COLUMN timer_at BIGINT NOT NULL DEFAULT 0;
+                UPDATE approvals SET timer_at = stage_started_at;
+                CREATE INDEX approvals_timer ON approvals (status, timer_at);
+                ALTER TABLE access_reviews ADD COLUMN remind_at BIGINT"
+                    .to_owned()
+            }),
         ]
     }
 }

@@ -20,11 +20,13 @@ pub struct ReviewRow {
     pub instance: i32,
     pub instance_start: Option<i64>,
     pub instance_end: Option<i64>,
+    /// When the current instance's reviewers are reminded (none: not due, or done).
+    pub remind_at: Option<i64>,
     pub created_by: String,
     pub created_at: i64,
 }
 
-pub(super) const REVIEW_COLUMNS: &str = "id, name, role_id, scope, review_scope, reviewer_ids, self_review, start_at, duration_ms, recurrence, default_decision, auto_apply, status, instance, instance_start, instance_end, created_by, created_at";
+pub(super) const REVIEW_COLUMNS: &str = "id, name, role_id, scope, review_scope, reviewer_ids, self_review, start_at, duration_ms, recurrence, default_decision, auto_apply, status, instance, instance_start, instance_end, created_by, created_at, remind_at";
 
 impl ReviewRow {
     fn from_row(r: &QueryResult) -> Result<Self, DbErr> {
@@ -50,6 +52,7 @@ impl ReviewRow {
             instance_end: col(r, "instance_end")?,
             created_by: col(r, "created_by")?,
             created_at: col(r, "created_at")?,
+            remind_at: col(r, "remind_at")?,
         })
     }
 }
@@ -58,7 +61,7 @@ pub async fn insert_review<C: ConnectionTrait>(c: &C, r: &ReviewRow) -> Result<(
     db::exec(
         c,
         &format!(
-            "INSERT INTO access_reviews ({REVIEW_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
+            "INSERT INTO access_reviews ({REVIEW_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)"
         ),
         vec![
             r.id.clone().into(),
@@ -79,6 +82,7 @@ pub async fn insert_review<C: ConnectionTrait>(c: &C, r: &ReviewRow) -> Result<(
             r.instance_end.into(),
             r.created_by.clone().into(),
             r.created_at.into(),
+            r.remind_at.into(),
         ],
     )
     .await?;
@@ -89,7 +93,7 @@ pub async fn insert_review<C: ConnectionTrait>(c: &C, r: &ReviewRow) -> Result<(
 pub async fn update_review<C: ConnectionTrait>(c: &C, r: &ReviewRow) -> Result<(), DbErr> {
     db::exec(
         c,
-        "UPDATE access_reviews SET status = $2, instance = $3, instance_start = $4, instance_end = $5, start_at = $6 WHERE id = $1",
+        "UPDATE access_reviews SET status = $2, instance = $3, instance_start = $4, instance_end = $5, start_at = $6, remind_at = $7 WHERE id = $1",
         vec![
             r.id.clone().into(),
             r.status.clone().into(),
@@ -97,6 +101,7 @@ pub async fn update_review<C: ConnectionTrait>(c: &C, r: &ReviewRow) -> Result<(
             r.instance_start.into(),
             r.instance_end.into(),
             r.start_at.into(),
+            r.remind_at.into(),
         ],
     )
     .await?;
@@ -121,11 +126,12 @@ pub async fn reviews<C: ConnectionTrait>(c: &C, after_id: &str, limit: u64) -> R
     .await
 }
 
-/// Reviews due to start or end (locked with SKIP LOCKED on PostgreSQL).
+/// Reviews due to start, to remind their reviewers, or to end (locked with SKIP LOCKED on
+/// PostgreSQL).
 pub async fn due_reviews<C: ConnectionTrait>(c: &C, now: i64, limit: u64) -> Result<Vec<ReviewRow>, DbErr> {
     let sql = format!(
         "SELECT {REVIEW_COLUMNS} FROM access_reviews WHERE (status = 'NotStarted' AND start_at <= $1) \
-         OR (status = 'InProgress' AND instance_end <= $1) ORDER BY id LIMIT {limit}{}",
+         OR (status = 'InProgress' AND (instance_end <= $1 OR remind_at <= $1)) ORDER BY id LIMIT {limit}{}",
         c.skip_locked()
     );
     db::rows(c, &sql, vec![now.into()], ReviewRow::from_row).await
@@ -134,7 +140,8 @@ pub async fn due_reviews<C: ConnectionTrait>(c: &C, now: i64, limit: u64) -> Res
 pub async fn next_review_deadline<C: ConnectionTrait>(c: &C) -> Result<Option<i64>, DbErr> {
     let row = db::query_one(
         c,
-        "SELECT MIN(CASE WHEN status = 'NotStarted' THEN start_at ELSE instance_end END) AS next \
+        "SELECT MIN(CASE WHEN status = 'NotStarted' THEN start_at \
+         WHEN remind_at IS NOT NULL AND remind_at < instance_end THEN remind_at ELSE instance_end END) AS next \
          FROM access_reviews WHERE status IN ('NotStarted', 'InProgress')",
         vec![],
     )

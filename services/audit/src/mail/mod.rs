@@ -77,7 +77,7 @@ fn escape(text: &str) -> String {
         .replace('\'', "&#39;")
 }
 
-/// The mail a `NotificationsDue` record gives `party` (admin, assignee, approver).
+/// The mail a `NotificationsDue` record gives `party` (admin, assignee, approver, reviewer).
 pub fn compose(r: &Record, party: &str, public_url: Option<&str>) -> Composed {
     let payload: Value = serde_json::from_str(&r.payload_json).unwrap_or_default();
     let who = if r.target_name.is_empty() {
@@ -92,7 +92,13 @@ pub fn compose(r: &Record, party: &str, public_url: Option<&str>) -> Composed {
     };
     let scope = if r.scope.is_empty() { "/" } else { &r.scope };
     let happening = payload["happening"].as_str().unwrap_or_default();
-    let awaiting = happening == "awaiting_approval";
+    let awaiting = matches!(happening, "awaiting_approval" | "approval_reminder");
+    let review = payload["review_name"].as_str().unwrap_or_default();
+    let review_id = payload["review_id"].as_str().unwrap_or_default();
+    let items = match payload["undecided_items"].as_i64().unwrap_or_default() {
+        1 => "1 assignment".to_owned(),
+        n => format!("{n} assignments"),
+    };
     let event = payload["event"].as_str().unwrap_or_default();
     let reason = payload["reason"].as_str().unwrap_or_default();
     let yours = party == "assignee";
@@ -100,6 +106,18 @@ pub fn compose(r: &Record, party: &str, public_url: Option<&str>) -> Composed {
         ("awaiting_approval", _, _) => (
             format!("PIM: approval needed: {who} requests {role}"),
             format!("{who} asks to activate {role} at {scope} and waits for your decision."),
+        ),
+        ("approval_reminder", _, _) => (
+            format!("PIM: reminder: approval needed: {who} requests {role}"),
+            format!("{who} still waits for your decision on activating {role} at {scope}."),
+        ),
+        ("review_started", _, _) => (
+            format!("PIM: access review {review:?} started: {role}"),
+            format!("The access review {review:?} of {role} at {scope} started: {items} to decide."),
+        ),
+        ("review_reminder", _, _) => (
+            format!("PIM: reminder: access review {review:?} waits for you"),
+            format!("The access review {review:?} of {role} at {scope} still has {items} undecided."),
         ),
         ("denied", _, _) => (
             format!("PIM: your request for {role} was not approved"),
@@ -144,19 +162,30 @@ pub fn compose(r: &Record, party: &str, public_url: Option<&str>) -> Composed {
     };
     let until = payload["end_time"].as_str().unwrap_or("no end (permanent)");
     let request_id = payload["request_id"].as_str().unwrap_or_default();
-    let mut facts = vec![
-        ("Who", who.to_string()),
-        ("Role", role.to_string()),
-        ("Scope", scope.to_string()),
-        ("Until", until.to_string()),
-    ];
+    let reviewing = !review_id.is_empty();
+    let mut facts = if reviewing {
+        vec![
+            ("Review", review.to_string()),
+            ("Role", role.to_string()),
+            ("Scope", scope.to_string()),
+            ("Ends", until.to_string()),
+            ("Undecided", items.clone()),
+        ]
+    } else {
+        vec![
+            ("Who", who.to_string()),
+            ("Role", role.to_string()),
+            ("Scope", scope.to_string()),
+            ("Until", until.to_string()),
+        ]
+    };
     if !r.justification.is_empty() {
         facts.push(("Justification", r.justification.clone()));
     }
     if !r.ticket.is_empty() {
         facts.push(("Ticket", r.ticket.clone()));
     }
-    if !r.actor_name.is_empty() && r.actor_id != r.target_id {
+    if !reviewing && !r.actor_name.is_empty() && r.actor_id != r.target_id {
         facts.push(("By", r.actor_name.clone()));
     }
     if awaiting && !reason.is_empty() {
@@ -165,13 +194,22 @@ pub fn compose(r: &Record, party: &str, public_url: Option<&str>) -> Composed {
     if !request_id.is_empty() {
         facts.push(("Request", request_id.to_owned()));
     }
+    if reviewing {
+        facts.push(("Review id", review_id.to_owned()));
+    }
     let link = match (public_url, request_id) {
+        (Some(base), _) if reviewing => Some(format!("{base}/reviews/{review_id}")),
         (Some(base), id) if !id.is_empty() && awaiting => Some(format!("{base}/approvals/{id}")),
         (Some(base), id) if !id.is_empty() => Some(format!("{base}/requests/{id}")),
         _ => None,
     };
-    let action =
-        awaiting.then(|| "Decide with: pim approvals (to see it), then pim approve ID or pim deny ID".to_owned());
+    let action = if reviewing {
+        Some(format!(
+            "Decide with: pim reviews items {review_id} (to see them), then pim reviews decide ITEM --approve or --deny"
+        ))
+    } else {
+        awaiting.then(|| "Decide with: pim approvals (to see it), then pim approve ID or pim deny ID".to_owned())
+    };
     let mut text = format!("{said}\n\n");
     for (name, value) in &facts {
         text.push_str(&format!("{name}: {value}\n"));
@@ -430,6 +468,59 @@ mod tests {
             denied.text.contains("not approved: not during the freeze."),
             "{}",
             denied.text
+        );
+        let mut reminder = due("activation", true);
+        reminder.payload_json = serde_json::json!({"event": "activation", "happening": "approval_reminder", "reason": "reminder: still no decision; it times out at 2026-12-05T08:00:00.000Z", "request_id": "r1"}).to_string();
+        let reminder = compose(&reminder, "approver", Some("https://pim.example.com"));
+        assert_eq!(
+            reminder.subject,
+            "PIM: reminder: approval needed: lee requests Exchange Administrator"
+        );
+        for fact in [
+            "Note: reminder: still no decision",
+            "pim approve ID",
+            "https://pim.example.com/approvals/r1",
+        ] {
+            assert!(reminder.text.contains(fact), "{fact} in {}", reminder.text);
+        }
+    }
+
+    #[test]
+    fn a_reviewers_mail_names_the_review_what_waits_and_how_to_decide() {
+        let mut r = due("", false);
+        r.target_id = "rev-1".into();
+        r.target_name = "Exchange admins, Q4".into();
+        r.justification = String::new();
+        r.ticket = String::new();
+        r.payload_json = serde_json::json!({
+            "happening": "review_started", "review_id": "rev-1", "review_name": "Exchange admins, Q4",
+            "undecided_items": 3, "end_time": "2026-12-19T08:00:00.000Z", "notices": [],
+        })
+        .to_string();
+        let started = compose(&r, "reviewer", Some("https://pim.example.com"));
+        assert_eq!(
+            started.subject,
+            "PIM: access review \"Exchange admins, Q4\" started: Exchange Administrator"
+        );
+        for fact in [
+            "3 assignments to decide",
+            "Ends: 2026-12-19T08:00:00.000Z",
+            "pim reviews items rev-1",
+            "https://pim.example.com/reviews/rev-1",
+        ] {
+            assert!(started.text.contains(fact), "{fact} in {}", started.text);
+        }
+        assert!(!started.text.contains("Who:"), "a review is about no one person");
+        r.payload_json = r.payload_json.replace("review_started", "review_reminder");
+        let reminder = compose(&r, "reviewer", None);
+        assert_eq!(
+            reminder.subject,
+            "PIM: reminder: access review \"Exchange admins, Q4\" waits for you"
+        );
+        assert!(
+            reminder.text.contains("still has 3 assignments undecided"),
+            "{}",
+            reminder.text
         );
     }
 }
