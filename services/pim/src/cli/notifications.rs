@@ -52,7 +52,7 @@ impl Party {
 }
 
 /// Every (event, party) a rule may name, in the order they are shown.
-const RULES: [(NotificationEvent, NotificationParty); 7] = [
+pub(crate) const RULES: [(NotificationEvent, NotificationParty); 7] = [
     (NotificationEvent::EligibleAssignment, NotificationParty::Admin),
     (NotificationEvent::EligibleAssignment, NotificationParty::Assignee),
     (NotificationEvent::ActiveAssignment, NotificationParty::Admin),
@@ -105,11 +105,12 @@ pub(crate) enum NotificationsCommand {
     },
 }
 
-fn name(text: &str, prefix: &str) -> String {
+pub(crate) fn name(text: &str, prefix: &str) -> String {
     text.trim_start_matches(prefix).to_lowercase()
 }
 
-fn in_force(p: &apb::RolePolicy, event: NotificationEvent, party: NotificationParty) -> NotificationRule {
+/// The rule for `event` and `party` in `p`: the one it sets, else the defaults.
+pub(crate) fn in_force(p: &apb::RolePolicy, event: NotificationEvent, party: NotificationParty) -> NotificationRule {
     p.notification_rules
         .iter()
         .find(|r| r.event == event as i32 && r.party == party as i32)

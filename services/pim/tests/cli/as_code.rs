@@ -127,7 +127,7 @@ fn a_configuration_file_applies_once_prunes_round_trips_and_a_bad_one_changes_no
     let planned = admin.ok(&["plan", "-f", example], None);
     assert!(planned.contains("+ role \"Payments Refunder\""), "{planned}");
     assert!(
-        planned.contains("~ policy of \"Exchange Administrator\" at /: activation_requires_ticket: off -> on"),
+        planned.contains("~ policy of \"Exchange Administrator\" at /: activation_requires_ticket: off -> on; notifications: (the defaults) -> [eligible_assignment/assignee: not the party itself] [activation/admin: also soc@example.com]"),
         "{planned}"
     );
     assert!(
@@ -149,6 +149,13 @@ fn a_configuration_file_applies_once_prunes_round_trips_and_a_bad_one_changes_no
     assert!(policy.contains("alice"), "{policy}");
     let members = admin.ok(&["groups", "members", "payments-oncall"], None);
     assert!(members.contains("sam"), "{members}");
+    let rules = admin.ok(&["notifications", "show", "Exchange Administrator"], None);
+    assert!(
+        rules
+            .lines()
+            .any(|l| l.starts_with("activation") && l.contains("admin") && l.contains("soc@example.com")),
+        "{rules}"
+    );
 
     // Bob's eligibility, made by hand, is not in the file, which owns the role.
     admin.ok(
@@ -215,7 +222,7 @@ fn a_configuration_file_applies_once_prunes_round_trips_and_a_bad_one_changes_no
     let bad = dir.join("bad.yaml");
     std::fs::write(
         &bad,
-        "roles:\n  - name: Auditor Extra\n    permissions: [app.audit/read]\n  - name: Broken\n    permissions: [\"app payments/refunds\"]\npolicies:\n  - role: Payments Refunder\n    activation_max_duration: soon\nassignments:\n  - role: Payments Refunder\n    eligible:\n      - principal: nobody\n      - principal: lee\n        scope: /apps/payments\n        until: 2020-01-01T00:00:00Z\n  - role: No Such Role\n  - role: Exchange Administrator\n    eligible:\n      - principal: lee\n        until: 2099-01-01T00:00:00Z\n  - role: Global Administrator\n    prune: true\ngroups:\n  - name: payments-oncall\n    role_assignable: true\n    owners: [payments-oncall]\n    members: [payments-oncall, sam]\n",
+        "roles:\n  - name: Auditor Extra\n    permissions: [app.audit/read]\n  - name: Broken\n    permissions: [\"app payments/refunds\"]\npolicies:\n  - role: Payments Refunder\n    activation_max_duration: soon\n    notifications:\n      - event: activation\n        party: approver\n      - event: eligible_assignment\n        party: approver\nassignments:\n  - role: Payments Refunder\n    eligible:\n      - principal: nobody\n      - principal: lee\n        scope: /apps/payments\n        until: 2020-01-01T00:00:00Z\n  - role: No Such Role\n  - role: Exchange Administrator\n    eligible:\n      - principal: lee\n        until: 2099-01-01T00:00:00Z\n  - role: Global Administrator\n    prune: true\ngroups:\n  - name: payments-oncall\n    role_assignable: true\n    owners: [payments-oncall]\n    members: [payments-oncall, sam]\n",
     )
     .unwrap();
     let refused = admin.run(&["apply", "-f", bad.to_str().unwrap()], None);
@@ -225,16 +232,17 @@ fn a_configuration_file_applies_once_prunes_round_trips_and_a_bad_one_changes_no
     for (line, what) in [
         (4, "app payments/refunds"),
         (7, "activation_max_duration"),
-        (12, "nobody"),
-        (13, "has passed"),
-        (16, "No Such Role"),
+        (12, "no rule for event \"eligible_assignment\" and party \"approver\""),
+        (17, "nobody"),
+        (18, "has passed"),
+        (21, "No Such Role"),
         // Found by the server (validate_only): longer than the policy allows.
-        (19, "at most 365d"),
+        (24, "at most 365d"),
         // The last permanent Global Administrator is not pruned away.
-        (21, "last permanent active Global Administrator"),
+        (26, "last permanent active Global Administrator"),
         // What identity would refuse midway, refused before anything changes.
-        (26, "a group's owners are users"),
-        (27, "cannot have groups as members"),
+        (31, "a group's owners are users"),
+        (32, "cannot have groups as members"),
     ] {
         assert!(
             err.lines()
@@ -242,7 +250,7 @@ fn a_configuration_file_applies_once_prunes_round_trips_and_a_bad_one_changes_no
             "no error at line {line} about {what}:\n{err}"
         );
     }
-    assert!(err.contains("9 error(s); nothing was changed"), "{err}");
+    assert!(err.contains("10 error(s); nothing was changed"), "{err}");
     let roles = admin.ok(&["roles", "--definitions"], None);
     assert!(!roles.contains("Auditor Extra"), "{roles}");
 

@@ -86,6 +86,29 @@ pub(crate) struct PolicySpec {
     pub active_max_duration: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub active_requires_justification: Option<bool>,
+    /// Who hears of what by email. Given, it is the whole set: a rule left out has the
+    /// defaults (the party itself hears of it, nobody else, every mail).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notifications: Option<Vec<Spanned<NotificationSpec>>>,
+}
+
+/// One notification rule: who hears of one kind of change (`pim notifications set`).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NotificationSpec {
+    /// eligible_assignment, active_assignment or activation.
+    pub event: String,
+    /// admin, assignee or approver (approver: activation only).
+    pub party: String,
+    /// Whether the party itself hears of it.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub default_recipients: bool,
+    /// Addresses that hear of it too.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recipients: Vec<String>,
+    /// Only mail that asks for action.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub critical_only: bool,
 }
 
 /// One approval stage.
@@ -146,6 +169,14 @@ fn is_one(n: &i32) -> bool {
 
 fn is_false(b: &bool) -> bool {
     !b
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 /// A value made here rather than read from a file (it has no line).

@@ -68,7 +68,7 @@ enum Step {
         add: bool,
     },
     Policy {
-        spec: PolicySpec,
+        spec: Box<PolicySpec>,
         mask: Vec<&'static str>,
         etag: String,
     },

@@ -385,7 +385,7 @@ impl<'a> Planner<'a> {
                 self.change(
                     format!("~ policy of {role:?} at {scope}: {}", said.join("; ")),
                     Step::Policy {
-                        spec: spec.clone(),
+                        spec: Box::new(spec.clone()),
                         // Every setting the file names, so the values it gives hold even
                         // where they equal what a scope above is changing from.
                         mask: policy::named(&spec),
@@ -407,7 +407,7 @@ impl<'a> Planner<'a> {
                     format!("~ policy of {role:?} at {scope}: kept as the file gives it, under the change above"),
                     Step::Policy {
                         mask: policy::named(&spec),
-                        spec,
+                        spec: Box::new(spec),
                         etag: String::new(),
                     },
                 );

@@ -4,11 +4,12 @@
 use std::time::Duration;
 
 use pim_proto::assignment::v1 as apb;
-use pim_proto::common::v1::ApprovalStageSettings;
+use pim_proto::common::v1::{ApprovalStageSettings, NotificationEvent, NotificationParty, NotificationRule};
 use serde_saphyr::Spanned;
 
-use super::file::{PolicySpec, StageSpec, made};
+use super::file::{NotificationSpec, PolicySpec, StageSpec, made};
 use super::state::Directory;
+use crate::cli::notifications::{RULES, in_force, name as wire_name};
 
 /// An error and the line it is on (None: the policy's own line).
 pub(crate) type Located = (Option<u64>, String);
@@ -48,7 +49,66 @@ pub(crate) fn named(spec: &PolicySpec) -> Vec<&'static str> {
         spec.active_requires_justification.is_some(),
         "active_requires_justification",
     );
+    name(spec.notifications.is_some(), "notification_rules");
     paths
+}
+
+fn event_name(event: NotificationEvent) -> String {
+    wire_name(event.as_str_name(), "NOTIFICATION_EVENT_")
+}
+
+fn party_name(party: NotificationParty) -> String {
+    wire_name(party.as_str_name(), "NOTIFICATION_PARTY_")
+}
+
+/// The rules of `p` that differ from the defaults, in the order `pim notifications show`
+/// lists them (a rule set to the defaults is the same as none).
+fn set_rules(p: &apb::RolePolicy) -> Vec<NotificationRule> {
+    RULES
+        .iter()
+        .map(|(event, party)| in_force(p, *event, *party))
+        .filter(|r| !r.default_recipients || !r.additional_recipients.is_empty() || r.critical_only)
+        .collect()
+}
+
+/// A file's notification rule as the API carries it.
+fn rule_to_pb(spec: &NotificationSpec) -> Result<NotificationRule, String> {
+    let wanted = |text: &str| text.trim().replace('-', "_").to_lowercase();
+    let (event, party) = RULES
+        .iter()
+        .find(|(event, party)| event_name(*event) == wanted(&spec.event) && party_name(*party) == wanted(&spec.party))
+        .ok_or_else(|| {
+            format!(
+                "notifications: no rule for event {:?} and party {:?} (events: eligible_assignment, active_assignment, activation; parties: admin, assignee, and approver for activation)",
+                spec.event, spec.party
+            )
+        })?;
+    Ok(NotificationRule {
+        event: *event as i32,
+        party: *party as i32,
+        default_recipients: spec.default_recipients,
+        additional_recipients: spec.recipients.iter().map(|a| a.trim().to_owned()).collect(),
+        critical_only: spec.critical_only,
+    })
+}
+
+/// A rule as a plan shows it: `[activation/admin: not the party itself, also soc@example.com]`.
+fn rule_text(r: &NotificationRule) -> String {
+    let mut said = Vec::new();
+    if !r.default_recipients {
+        said.push("not the party itself".to_owned());
+    }
+    if !r.additional_recipients.is_empty() {
+        let mut also = r.additional_recipients.clone();
+        also.sort();
+        said.push(format!("also {}", also.join(", ")));
+    }
+    if r.critical_only {
+        said.push("critical only".to_owned());
+    }
+    let event = NotificationEvent::try_from(r.event).map(event_name).unwrap_or_default();
+    let party = NotificationParty::try_from(r.party).map(party_name).unwrap_or_default();
+    format!("[{event}/{party}: {}]", said.join(", "))
 }
 
 /// The settings the file names, as the API carries them; `resolve` turns a principal's name
@@ -114,6 +174,16 @@ pub(crate) fn to_pb(
             escalate_after,
             justification_required: s.justification_required,
         });
+    }
+    let mut rules_seen = std::collections::BTreeSet::new();
+    for rule in spec.notifications.as_deref().unwrap_or_default() {
+        match rule_to_pb(&rule.value) {
+            Ok(r) if !rules_seen.insert((r.event, r.party)) => {
+                errors.push((line(rule), format!("notifications: {} is given twice", rule_text(&r))));
+            }
+            Ok(r) => p.notification_rules.push(r),
+            Err(e) => errors.push((line(rule), e)),
+        }
     }
     if errors.is_empty() { Ok(p) } else { Err(errors) }
 }
@@ -193,13 +263,25 @@ pub(crate) fn shown(p: &apb::RolePolicy, path: &str, directory: &Directory) -> S
         "active_allow_permanent" => on(p.active_allow_permanent),
         "active_max_duration" => duration(&p.active_max_duration),
         "active_requires_justification" => on(p.active_requires_justification),
+        "notification_rules" => {
+            let rules = set_rules(p);
+            if rules.is_empty() {
+                "(the defaults)".into()
+            } else {
+                rules.iter().map(rule_text).collect::<Vec<_>>().join(" ")
+            }
+        }
         _ => String::new(),
     }
 }
 
 /// How a plan names a setting: as the file does.
 pub(crate) fn file_key(path: &str) -> &str {
-    if path == "approver_ids" { "approvers" } else { path }
+    match path {
+        "approver_ids" => "approvers",
+        "notification_rules" => "notifications",
+        _ => path,
+    }
 }
 
 /// A policy set at a scope, every setting written out (an export).
@@ -241,5 +323,19 @@ pub(crate) fn from_pb(role: &str, p: &apb::RolePolicy, directory: &Directory) ->
         active_allow_permanent: Some(p.active_allow_permanent),
         active_max_duration: duration_text(p.active_max_duration.as_ref()),
         active_requires_justification: Some(p.active_requires_justification),
+        notifications: Some(
+            set_rules(p)
+                .iter()
+                .map(|r| {
+                    made(NotificationSpec {
+                        event: NotificationEvent::try_from(r.event).map(event_name).unwrap_or_default(),
+                        party: NotificationParty::try_from(r.party).map(party_name).unwrap_or_default(),
+                        default_recipients: r.default_recipients,
+                        recipients: r.additional_recipients.clone(),
+                        critical_only: r.critical_only,
+                    })
+                })
+                .collect(),
+        ),
     }
 }
