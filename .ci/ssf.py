@@ -109,7 +109,8 @@ def main(pim: str) -> int:
         # Refusals: no token; a user who does not hold pim.ssf.receive.
         status, refused = call("POST", config["configuration_endpoint"], None, {"delivery": {"method": POLL}})
         assert status == 401, (status, refused)
-        up.run("users", "create", "--user-name", "lee", "--password-stdin", stdin="lee's long passphrase\n")
+        up.run("users", "create", "--user-name", "lee", "--email", "lee@example.com", "--password-stdin",
+               stdin="lee's long passphrase\n")
         up.run("login", "--user", "lee", "--password-stdin", stdin="lee's long passphrase\n", as_user="lee")
         with open(os.path.join(up.work, "token-lee")) as f:
             lee_token = f.read().strip()
@@ -123,7 +124,9 @@ def main(pim: str) -> int:
             "description": "the payments app"})
         assert status == 201 and pushed["aud"] == app_id and pushed["iss"] == issuer, (status, pushed)
         assert set(pushed["events_delivered"]) == {SESSION_REVOKED, CLAIMS_CHANGE}, pushed
-        status, polled = call("POST", config["configuration_endpoint"], token, {"delivery": {"method": POLL}})
+        # The polled stream names subjects by email (RFC 9493), as an app signing users in elsewhere does.
+        status, polled = call("POST", config["configuration_endpoint"], token,
+                              {"delivery": {"method": POLL}, "format": "email"})
         assert status == 201 and polled["delivery"]["endpoint_url"].startswith(issuer), (status, polled)
         status, bad = call("POST", config["configuration_endpoint"], token,
                            {"delivery": {"method": PUSH, "endpoint_url": "http://receiver.example.com/"}})
@@ -170,7 +173,7 @@ def main(pim: str) -> int:
         # jti are time-ordered ids: the order they were queued in, which is the records' order.
         kinds = [next(iter(sets[jti]["events"])) for jti in sorted(sets)]
         assert kinds == [CLAIMS_CHANGE, SESSION_REVOKED], kinds
-        assert all(c["sub_id"] == {"format": "opaque", "id": lee_id} for c in sets.values()), sets
+        assert all(c["sub_id"] == {"format": "email", "email": "lee@example.com"} for c in sets.values()), sets
         status, answer = call("POST", poll_url, token, {"returnImmediately": True, "ack": list(sets)})
         assert status == 200 and answer["sets"] == {}, answer
 

@@ -938,3 +938,74 @@ async fn webhook_runs_start_at_the_head_and_keep_record_order() -> anyhow::Resul
     })
     .await
 }
+
+/// A stream that names subjects by email names each with the address it had at that record:
+/// one learnt in the same batch, and a deleted user's by the address it had; a principal
+/// without one is named `iss_sub`, so its signal still goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_email_stream_names_each_subject_by_the_address_it_had_then() -> anyhow::Result<()> {
+    use crate::ssf::{self, Method, Stream, StreamStatus, SubjectFormat};
+    use crate::webhooks::Subscription;
+    use crate::webhooks::store as hooks;
+    pim_runtime::testing::on_both_databases::<store::Migrator, _, _>("audit", None, |db| async move {
+        hooks::insert_subscription(
+            &db,
+            &Subscription {
+                id: "by-email".into(),
+                event_types: ssf::EVENTS_SUPPORTED.iter().map(|e| (*e).to_owned()).collect(),
+                generation: 1,
+                stream: Some(Stream {
+                    audience: "app".into(),
+                    method: Method::Poll,
+                    status: StreamStatus::Enabled,
+                    subjects: SubjectFormat::Email,
+                }),
+                ..Subscription::default()
+            },
+        )
+        .await?;
+        let event = |id: &str, action: &str, target: &str, payload: &str| Record {
+            action: action.into(),
+            target_id: target.into(),
+            payload_json: payload.into(),
+            ..record(id)
+        };
+        let mut records = vec![
+            event(
+                "e1",
+                "pim.identity.v1.UserCreated",
+                "ann",
+                r#"{"email":"ann@example.com"}"#,
+            ),
+            event("e2", "pim.assignment.v1.RoleActivated", "ann", "{}"),
+            event("e3", "pim.assignment.v1.RoleActivated", "svc", "{}"),
+            event("e4", "pim.identity.v1.UserDeleted", "ann", "{}"),
+            event("e5", "pim.assignment.v1.RoleActivated", "ann", "{}"),
+        ];
+        let txn = db.begin().await?;
+        crate::ingest::keep(&txn, &mut records).await?;
+        txn.commit().await?;
+        let subjects: Vec<(String, serde_json::Value)> = hooks::polled(&db, "by-email", 10)
+            .await?
+            .iter()
+            .map(|d| {
+                let claims: serde_json::Value = serde_json::from_str(&d.body).expect("claims");
+                (d.event_id.clone(), claims["sub_id"].clone())
+            })
+            .collect();
+        let email = serde_json::json!({"format": "email", "email": "ann@example.com"});
+        let iss_sub =
+            |sub: &str| serde_json::json!({"format": "iss_sub", "iss": pim_runtime::auth::ISSUER, "sub": sub});
+        assert_eq!(
+            subjects,
+            vec![
+                ("e2".to_owned(), email.clone()),
+                ("e3".to_owned(), iss_sub("svc")),
+                ("e4".to_owned(), email),
+                ("e5".to_owned(), iss_sub("ann")),
+            ]
+        );
+        Ok(())
+    })
+    .await
+}

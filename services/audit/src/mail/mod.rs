@@ -25,6 +25,21 @@ const LEASE_MS: i64 = 60_000;
 /// How long one SMTP conversation may take.
 const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The address a record gives its target, if it says one: a user created or updated (empty:
+/// none now), or deleted (empty).
+pub fn announced_address(r: &Record) -> Option<String> {
+    match r.action.rsplit('.').next().unwrap_or_default() {
+        "UserCreated" | "UserUpdated" => Some(
+            serde_json::from_str::<Value>(&r.payload_json)
+                .ok()
+                .and_then(|p| p["email"].as_str().map(|e| e.trim().to_owned()))
+                .unwrap_or_default(),
+        ),
+        "UserDeleted" => Some(String::new()),
+        _ => None,
+    }
+}
+
 /// Learns where principals are reached from the records that say it: a user created or
 /// updated (with or without an address), disabled (no mail until enabled again), deleted; a
 /// group's members, who are reached through it.
@@ -48,15 +63,9 @@ pub async fn learn_addresses<C: sea_orm::ConnectionTrait>(c: &C, records: &[Reco
             "UserEnabled" => store::set_disabled(c, &r.target_id, false).await?,
             _ => {}
         }
-        let email = match short {
-            "UserCreated" | "UserUpdated" => serde_json::from_str::<Value>(&r.payload_json)
-                .ok()
-                .and_then(|p| p["email"].as_str().map(str::to_owned))
-                .unwrap_or_default(),
-            "UserDeleted" => String::new(),
-            _ => continue,
-        };
-        store::set_address(c, &r.target_id, email.trim()).await?;
+        if let Some(email) = announced_address(r) {
+            store::set_address(c, &r.target_id, &email).await?;
+        }
     }
     Ok(())
 }

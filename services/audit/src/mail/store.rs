@@ -102,6 +102,30 @@ pub async fn set_address<C: ConnectionTrait>(c: &C, principal_id: &str, email: &
     Ok(())
 }
 
+/// The known addresses of these principals, disabled or not (a Shared Signals subject).
+pub async fn addresses_of<C: ConnectionTrait>(
+    c: &C,
+    principal_ids: &[&str],
+) -> Result<std::collections::HashMap<String, String>, DbErr> {
+    let mut known = std::collections::HashMap::new();
+    for chunk in principal_ids.chunks(500) {
+        let list: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+        let rows = db::query(
+            c,
+            &format!(
+                "SELECT principal_id, email FROM mail_addresses WHERE principal_id IN ({})",
+                list.join(", ")
+            ),
+            chunk.iter().map(|id| (*id).into()).collect(),
+        )
+        .await?;
+        for r in &rows {
+            known.insert(col(r, "principal_id")?, col(r, "email")?);
+        }
+    }
+    Ok(known)
+}
+
 /// Whether a user is disabled (a disabled user is mailed nothing).
 pub async fn set_disabled<C: ConnectionTrait>(c: &C, principal_id: &str, disabled: bool) -> Result<(), DbErr> {
     db::exec(

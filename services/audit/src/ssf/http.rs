@@ -341,7 +341,7 @@ async fn create(e: &Endpoints, caller: &Caller, body: &Bytes) -> Result<Reply, R
         Some(format) => format
             .as_str()
             .and_then(SubjectFormat::parse)
-            .ok_or_else(|| bad("format must be opaque or iss_sub"))?,
+            .ok_or_else(|| bad("format must be opaque, iss_sub or email"))?,
     };
     let s = Subscription {
         id: uuid::Uuid::now_v7().to_string(),

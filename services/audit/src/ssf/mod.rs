@@ -84,12 +84,14 @@ impl StreamStatus {
     }
 }
 
-/// How a SET names its subject (RFC 9493): PIM's principal id alone, or with the issuer of
-/// PIM's tokens (`iss_sub`), which is what a receiver matching PIM tokens holds.
+/// How a SET names its subject (RFC 9493): PIM's principal id alone, with the issuer of
+/// PIM's tokens (`iss_sub`), which is what a receiver matching PIM tokens holds, or the
+/// user's email address, which is what an app that signs users in elsewhere holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SubjectFormat {
     Opaque,
     IssSub,
+    Email,
 }
 
 impl SubjectFormat {
@@ -97,20 +99,24 @@ impl SubjectFormat {
         match self {
             SubjectFormat::Opaque => "opaque",
             SubjectFormat::IssSub => "iss_sub",
+            SubjectFormat::Email => "email",
         }
     }
 
     pub fn parse(text: &str) -> Option<Self> {
-        [SubjectFormat::Opaque, SubjectFormat::IssSub]
+        [SubjectFormat::Opaque, SubjectFormat::IssSub, SubjectFormat::Email]
             .into_iter()
             .find(|f| f.as_str() == text)
     }
 
-    /// The subject identifier of a principal.
-    pub fn subject(self, principal_id: &str) -> Value {
-        match self {
-            SubjectFormat::Opaque => json!({"format": "opaque", "id": principal_id}),
-            SubjectFormat::IssSub => {
+    /// The subject identifier of a principal, whose address is `email` if known. A principal
+    /// without one (a service principal, a user whose address is unknown) is named `iss_sub`
+    /// in an email stream: a signal that ends access is never held back for want of a name.
+    pub fn subject(self, principal_id: &str, email: Option<&str>) -> Value {
+        match (self, email.filter(|e| !e.is_empty())) {
+            (SubjectFormat::Opaque, _) => json!({"format": "opaque", "id": principal_id}),
+            (SubjectFormat::Email, Some(email)) => json!({"format": "email", "email": email}),
+            (SubjectFormat::IssSub | SubjectFormat::Email, _) => {
                 json!({"format": "iss_sub", "iss": pim_runtime::auth::ISSUER, "sub": principal_id})
             }
         }
@@ -262,12 +268,13 @@ pub fn stream_record(
     }
 }
 
-/// The claims a stream queues for a record it wants (see [`signal`]).
-pub fn claims(r: &Record, stream: &Stream) -> Option<String> {
+/// The claims a stream queues for a record it wants (see [`signal`]); `email` is the
+/// subject's address as of the record, if known.
+pub fn claims(r: &Record, stream: &Stream, email: Option<&str>) -> Option<String> {
     let (event_type, event) = signal(r)?;
     Some(
         json!({
-            "sub_id": stream.subjects.subject(&r.target_id),
+            "sub_id": stream.subjects.subject(&r.target_id, email),
             "txn": r.event_id,
             "events": {event_type: event},
         })
@@ -413,7 +420,7 @@ mod tests {
             status: StreamStatus::Enabled,
             subjects: SubjectFormat::IssSub,
         };
-        let claims = claims(&record("RoleDeactivated", r#"{"reason":"revoked"}"#), &stream).unwrap();
+        let claims = claims(&record("RoleDeactivated", r#"{"reason":"revoked"}"#), &stream, None).unwrap();
         let set = t.sign(&claims, "app-id", "jti-1", 1_700_000_001_000).unwrap();
         let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(t.jwks()["keys"][0].clone()).unwrap();
         let mut validation = jsonwebtoken::Validation::new(Algorithm::EdDSA);

@@ -225,12 +225,13 @@ pub async fn enqueue<C: ConnectionTrait>(c: &C, records: &[Record], now: i64) ->
         return Ok(0);
     }
     let subscriptions = subscriptions(c).await?;
+    let emails = subject_addresses(c, &subscriptions, records).await?;
     let mut queued = Vec::new();
     for s in subscriptions.iter().filter(|s| s.suspended_at.is_none()) {
-        for r in records.iter().filter(|r| s.wants(r)) {
+        for (i, r) in records.iter().enumerate().filter(|(_, r)| s.wants(r)) {
             let body = match &s.stream {
                 None => super::cloud_event(r),
-                Some(stream) => match ssf::claims(r, stream) {
+                Some(stream) => match ssf::claims(r, stream, emails.get(i).and_then(Option::as_deref)) {
                     Some(claims) => claims,
                     None => continue,
                 },
@@ -255,6 +256,40 @@ pub async fn enqueue<C: ConnectionTrait>(c: &C, records: &[Record], now: i64) ->
         added += insert_deliveries(c, chunk).await?;
     }
     Ok(added)
+}
+
+/// Each record's target's address as of that record, where a stream names subjects by email
+/// (none otherwise): the address known before the batch, changed by the batch's users created
+/// and updated in order; a deleted user's SET still names the address it had.
+async fn subject_addresses<C: ConnectionTrait>(
+    c: &C,
+    subscriptions: &[Subscription],
+    records: &[Record],
+) -> Result<Vec<Option<String>>, DbErr> {
+    let by_email = subscriptions
+        .iter()
+        .any(|s| s.stream.as_ref().is_some_and(|t| t.subjects == SubjectFormat::Email));
+    if !by_email {
+        return Ok(Vec::new());
+    }
+    let mut ids: Vec<&str> = records.iter().map(|r| r.target_id.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let mut known = crate::mail::store::addresses_of(c, &ids).await?;
+    Ok(records
+        .iter()
+        .map(|r| {
+            let announced = crate::mail::announced_address(r);
+            if let Some(email) = announced.as_ref().filter(|e| !e.is_empty()) {
+                known.insert(r.target_id.clone(), email.clone());
+            }
+            let now = known.get(&r.target_id).cloned();
+            if announced.is_some_and(|e| e.is_empty()) {
+                known.remove(&r.target_id);
+            }
+            now
+        })
+        .collect())
 }
 
 /// Adds a delivery unless this event is queued for this subscription already.
