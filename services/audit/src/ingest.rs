@@ -26,8 +26,10 @@ pub(crate) struct Ingest {
 pub(crate) async fn keep(txn: &DatabaseTransaction, records: &mut Vec<store::Record>) -> anyhow::Result<()> {
     let now = now_ms();
     store::append_all(txn, records, now).await?;
-    crate::mail::learn_addresses(txn, records).await?;
+    // Queued before the batch's addresses and memberships are learnt: Shared Signals name each
+    // record's subjects as they were then (a deleted user by the address it had).
     crate::webhooks::store::enqueue(txn, records, now).await?;
+    crate::mail::learn_addresses(txn, records).await?;
     let mut disabled = crate::ssf::end_receivers(txn, records, now).await?;
     if !disabled.is_empty() {
         store::append_all(txn, &mut disabled, now).await?;

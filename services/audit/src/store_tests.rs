@@ -939,9 +939,9 @@ async fn webhook_runs_start_at_the_head_and_keep_record_order() -> anyhow::Resul
     .await
 }
 
-/// A stream that names subjects by email names each with the address it had at that record:
-/// one learnt in the same batch, and a deleted user's by the address it had; a principal
-/// without one is named `iss_sub`, so its signal still goes.
+/// A stream that names subjects by email names each with the address it had at that record
+/// (a deleted user's by the one it had), and a principal without one as `iss_sub`, so its
+/// signal still goes; a group's role ending is told to each of its members.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_email_stream_names_each_subject_by_the_address_it_had_then() -> anyhow::Result<()> {
     use crate::ssf::{self, Method, Stream, StreamStatus, SubjectFormat};
@@ -970,41 +970,71 @@ async fn an_email_stream_names_each_subject_by_the_address_it_had_then() -> anyh
             payload_json: payload.into(),
             ..record(id)
         };
-        let mut records = vec![
+        let keep = |records: Vec<Record>| {
+            let db = db.clone();
+            async move {
+                let mut records = records;
+                let txn = db.begin().await?;
+                crate::ingest::keep(&txn, &mut records).await?;
+                txn.commit().await?;
+                anyhow::Ok(())
+            }
+        };
+        keep(vec![
             event(
                 "e1",
                 "pim.identity.v1.UserCreated",
                 "ann",
                 r#"{"email":"ann@example.com"}"#,
             ),
-            event("e2", "pim.assignment.v1.RoleActivated", "ann", "{}"),
-            event("e3", "pim.assignment.v1.RoleActivated", "svc", "{}"),
-            event("e4", "pim.identity.v1.UserDeleted", "ann", "{}"),
-            event("e5", "pim.assignment.v1.RoleActivated", "ann", "{}"),
-        ];
-        let txn = db.begin().await?;
-        crate::ingest::keep(&txn, &mut records).await?;
-        txn.commit().await?;
-        let subjects: Vec<(String, serde_json::Value)> = hooks::polled(&db, "by-email", 10)
-            .await?
+            event(
+                "e2",
+                "pim.identity.v1.UserCreated",
+                "kim",
+                r#"{"email":"kim@example.com"}"#,
+            ),
+        ])
+        .await?;
+        keep(vec![
+            event("e3", "pim.assignment.v1.RoleActivated", "ann", "{}"),
+            event("e4", "pim.assignment.v1.RoleActivated", "svc", "{}"),
+            event("e5", "pim.identity.v1.UserDeleted", "ann", "{}"),
+            event("e6", "pim.assignment.v1.RoleActivated", "ann", "{}"),
+            event("e7", "pim.identity.v1.GroupMemberAdded", "kim", r#"{"group_id":"ops"}"#),
+            event(
+                "e8",
+                "pim.assignment.v1.RoleDeactivated",
+                "ops",
+                r#"{"reason":"expired"}"#,
+            ),
+        ])
+        .await?;
+        let polled = hooks::polled(&db, "by-email", 10).await?;
+        let subjects: Vec<(String, serde_json::Value)> = polled
             .iter()
             .map(|d| {
                 let claims: serde_json::Value = serde_json::from_str(&d.body).expect("claims");
                 (d.event_id.clone(), claims["sub_id"].clone())
             })
             .collect();
-        let email = serde_json::json!({"format": "email", "email": "ann@example.com"});
+        let email = |who: &str| serde_json::json!({"format": "email", "email": format!("{who}@example.com")});
         let iss_sub =
             |sub: &str| serde_json::json!({"format": "iss_sub", "iss": pim_runtime::auth::ISSUER, "sub": sub});
         assert_eq!(
             subjects,
             vec![
-                ("e2".to_owned(), email.clone()),
-                ("e3".to_owned(), iss_sub("svc")),
-                ("e4".to_owned(), email),
-                ("e5".to_owned(), iss_sub("ann")),
+                ("e3".to_owned(), email("ann")),
+                ("e4".to_owned(), iss_sub("svc")),
+                ("e5".to_owned(), email("ann")),
+                ("e6".to_owned(), iss_sub("ann")),
+                ("e8/kim".to_owned(), email("kim")),
             ]
         );
+        let kims: serde_json::Value = serde_json::from_str(&polled[4].body)?;
+        let why = kims["events"][ssf::SESSION_REVOKED]["reason_admin"]["en"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(why.ends_with("(held through group ops)"), "{why}");
         Ok(())
     })
     .await

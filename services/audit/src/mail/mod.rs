@@ -40,23 +40,31 @@ pub fn announced_address(r: &Record) -> Option<String> {
     }
 }
 
+/// The membership change a record says, if it says one: (group, member, joined); a deleted
+/// group has no member left (member empty).
+pub fn announced_membership(r: &Record) -> Option<(String, String, bool)> {
+    let group = || {
+        serde_json::from_str::<Value>(&r.payload_json)
+            .ok()
+            .and_then(|p| p["group_id"].as_str().map(str::to_owned))
+            .unwrap_or_default()
+    };
+    match r.action.rsplit('.').next().unwrap_or_default() {
+        "GroupMemberAdded" => Some((group(), r.target_id.clone(), true)),
+        "GroupMemberRemoved" => Some((group(), r.target_id.clone(), false)),
+        "GroupDeleted" => Some((r.target_id.clone(), String::new(), false)),
+        _ => None,
+    }
+}
+
 /// Learns where principals are reached from the records that say it: a user created or
 /// updated (with or without an address), disabled (no mail until enabled again), deleted; a
 /// group's members, who are reached through it.
 pub async fn learn_addresses<C: sea_orm::ConnectionTrait>(c: &C, records: &[Record]) -> anyhow::Result<()> {
     for r in records {
         let short = r.action.rsplit('.').next().unwrap_or_default();
-        let group = || {
-            serde_json::from_str::<Value>(&r.payload_json)
-                .ok()
-                .and_then(|p| p["group_id"].as_str().map(str::to_owned))
-                .unwrap_or_default()
-        };
-        match short {
-            "GroupMemberAdded" => store::set_member(c, &group(), &r.target_id, true).await?,
-            "GroupMemberRemoved" => store::set_member(c, &group(), &r.target_id, false).await?,
-            "GroupDeleted" => store::set_member(c, &r.target_id, "", false).await?,
-            _ => {}
+        if let Some((group, member, joined)) = announced_membership(r) {
+            store::set_member(c, &group, &member, joined).await?;
         }
         match short {
             "UserDisabled" => store::set_disabled(c, &r.target_id, true).await?,

@@ -126,6 +126,34 @@ pub async fn addresses_of<C: ConnectionTrait>(
     Ok(known)
 }
 
+/// The known members of those of these principals that are groups.
+pub async fn members_of<C: ConnectionTrait>(
+    c: &C,
+    group_ids: &[&str],
+) -> Result<std::collections::HashMap<String, std::collections::BTreeSet<String>>, DbErr> {
+    let mut members: std::collections::HashMap<String, std::collections::BTreeSet<String>> =
+        std::collections::HashMap::new();
+    for chunk in group_ids.chunks(500) {
+        let list: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+        let rows = db::query(
+            c,
+            &format!(
+                "SELECT group_id, member_id FROM mail_group_members WHERE group_id IN ({})",
+                list.join(", ")
+            ),
+            chunk.iter().map(|id| (*id).into()).collect(),
+        )
+        .await?;
+        for r in &rows {
+            members
+                .entry(col(r, "group_id")?)
+                .or_default()
+                .insert(col(r, "member_id")?);
+        }
+    }
+    Ok(members)
+}
+
 /// Whether a user is disabled (a disabled user is mailed nothing).
 pub async fn set_disabled<C: ConnectionTrait>(c: &C, principal_id: &str, disabled: bool) -> Result<(), DbErr> {
     db::exec(

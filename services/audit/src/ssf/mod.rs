@@ -268,13 +268,93 @@ pub fn stream_record(
     }
 }
 
-/// The claims a stream queues for a record it wants (see [`signal`]); `email` is the
-/// subject's address as of the record, if known.
-pub fn claims(r: &Record, stream: &Stream, email: Option<&str>) -> Option<String> {
-    let (event_type, event) = signal(r)?;
+/// One principal a record is about, with their address as of that record, if known.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Subject {
+    pub principal_id: String,
+    pub email: Option<String>,
+}
+
+/// Who each record of a batch is about, as Shared Signals name subjects: its target or, for a
+/// group, each of its members (a group's role ending ends every member's access, and apps know
+/// users, not PIM's groups), each with their address as of that record. Read from what audit
+/// knew before the batch, then moved along the batch's own user and membership records.
+pub struct Subjects {
+    addresses: std::collections::HashMap<String, String>,
+    members: std::collections::HashMap<String, std::collections::BTreeSet<String>>,
+}
+
+impl Subjects {
+    /// What audit knew of the batch's principals before it (call before the batch is learnt).
+    pub async fn before<C: sea_orm::ConnectionTrait>(c: &C, records: &[Record]) -> Result<Self, sea_orm::DbErr> {
+        let mut ids: Vec<&str> = records.iter().map(|r| r.target_id.as_str()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let members = crate::mail::store::members_of(c, &ids).await?;
+        let mut principals: Vec<&str> = ids;
+        principals.extend(members.values().flatten().map(String::as_str));
+        principals.sort_unstable();
+        principals.dedup();
+        Ok(Self {
+            addresses: crate::mail::store::addresses_of(c, &principals).await?,
+            members,
+        })
+    }
+
+    /// Moves past `r`: who it is about then.
+    pub fn about(&mut self, r: &Record) -> Vec<Subject> {
+        let address = crate::mail::announced_address(r);
+        if let Some(email) = address.as_ref().filter(|e| !e.is_empty()) {
+            self.addresses.insert(r.target_id.clone(), email.clone());
+        }
+        let membership = crate::mail::announced_membership(r);
+        if let Some((group, member, true)) = &membership {
+            self.members.entry(group.clone()).or_default().insert(member.clone());
+        }
+        let subject = |id: &str| Subject {
+            principal_id: id.to_owned(),
+            email: self.addresses.get(id).cloned(),
+        };
+        let about = match self.members.get(&r.target_id).filter(|m| !m.is_empty()) {
+            Some(members) => members.iter().map(|m| subject(m)).collect(),
+            None => vec![subject(&r.target_id)],
+        };
+        // A deleted user's, a departing member's last record still names them.
+        if address.is_some_and(|e| e.is_empty()) {
+            self.addresses.remove(&r.target_id);
+        }
+        match membership {
+            Some((group, member, false)) if member.is_empty() => {
+                self.members.remove(&group);
+            }
+            Some((group, member, false)) => {
+                if let Some(members) = self.members.get_mut(&group) {
+                    members.remove(&member);
+                }
+            }
+            _ => {}
+        }
+        about
+    }
+}
+
+/// The claims a stream queues for a record it wants (see [`signal`]), about one `subject`
+/// (the record's target, or a member of the group it targets).
+pub fn claims(r: &Record, stream: &Stream, subject: &Subject) -> Option<String> {
+    let (event_type, mut event) = signal(r)?;
+    if subject.principal_id != r.target_id
+        && let Some(why) = event["reason_admin"]["en"].as_str()
+    {
+        let group = if r.target_name.is_empty() {
+            &r.target_id
+        } else {
+            &r.target_name
+        };
+        event["reason_admin"]["en"] = json!(format!("{why} (held through group {group})"));
+    }
     Some(
         json!({
-            "sub_id": stream.subjects.subject(&r.target_id, email),
+            "sub_id": stream.subjects.subject(&subject.principal_id, subject.email.as_deref()),
             "txn": r.event_id,
             "events": {event_type: event},
         })
@@ -420,7 +500,11 @@ mod tests {
             status: StreamStatus::Enabled,
             subjects: SubjectFormat::IssSub,
         };
-        let claims = claims(&record("RoleDeactivated", r#"{"reason":"revoked"}"#), &stream, None).unwrap();
+        let lee = Subject {
+            principal_id: "lee-id".into(),
+            email: None,
+        };
+        let claims = claims(&record("RoleDeactivated", r#"{"reason":"revoked"}"#), &stream, &lee).unwrap();
         let set = t.sign(&claims, "app-id", "jti-1", 1_700_000_001_000).unwrap();
         let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(t.jwks()["keys"][0].clone()).unwrap();
         let mut validation = jsonwebtoken::Validation::new(Algorithm::EdDSA);

@@ -225,29 +225,45 @@ pub async fn enqueue<C: ConnectionTrait>(c: &C, records: &[Record], now: i64) ->
         return Ok(0);
     }
     let subscriptions = subscriptions(c).await?;
-    let emails = subject_addresses(c, &subscriptions, records).await?;
+    // Who each record is about, for Shared Signals streams (a group's members).
+    let about: Vec<Vec<ssf::Subject>> = if subscriptions.iter().any(|s| s.stream.is_some()) {
+        let mut subjects = ssf::Subjects::before(c, records).await?;
+        records.iter().map(|r| subjects.about(r)).collect()
+    } else {
+        Vec::new()
+    };
     let mut queued = Vec::new();
     for s in subscriptions.iter().filter(|s| s.suspended_at.is_none()) {
         for (i, r) in records.iter().enumerate().filter(|(_, r)| s.wants(r)) {
-            let body = match &s.stream {
-                None => super::cloud_event(r),
-                Some(stream) => match ssf::claims(r, stream, emails.get(i).and_then(Option::as_deref)) {
-                    Some(claims) => claims,
-                    None => continue,
-                },
+            // One delivery per subject: a member's is told apart by its id after the event's.
+            let bodies: Vec<(String, String)> = match &s.stream {
+                None => vec![(r.event_id.clone(), super::cloud_event(r))],
+                Some(stream) => about[i]
+                    .iter()
+                    .filter_map(|subject| {
+                        let key = if subject.principal_id == r.target_id {
+                            r.event_id.clone()
+                        } else {
+                            format!("{}/{}", r.event_id, subject.principal_id)
+                        };
+                        Some((key, ssf::claims(r, stream, subject)?))
+                    })
+                    .collect(),
             };
-            queued.push(Delivery {
-                id: uuid::Uuid::now_v7().to_string(),
-                subscription_id: s.id.clone(),
-                position: r.sequence,
-                event_id: r.event_id.clone(),
-                event_type: r.action.clone(),
-                body,
-                status: PENDING.into(),
-                created_at: now,
-                next_attempt_at: now,
-                ..Delivery::default()
-            });
+            for (event_id, body) in bodies {
+                queued.push(Delivery {
+                    id: uuid::Uuid::now_v7().to_string(),
+                    subscription_id: s.id.clone(),
+                    position: r.sequence,
+                    event_id,
+                    event_type: r.action.clone(),
+                    body,
+                    status: PENDING.into(),
+                    created_at: now,
+                    next_attempt_at: now,
+                    ..Delivery::default()
+                });
+            }
         }
     }
     let mut added = 0;
@@ -256,40 +272,6 @@ pub async fn enqueue<C: ConnectionTrait>(c: &C, records: &[Record], now: i64) ->
         added += insert_deliveries(c, chunk).await?;
     }
     Ok(added)
-}
-
-/// Each record's target's address as of that record, where a stream names subjects by email
-/// (none otherwise): the address known before the batch, changed by the batch's users created
-/// and updated in order; a deleted user's SET still names the address it had.
-async fn subject_addresses<C: ConnectionTrait>(
-    c: &C,
-    subscriptions: &[Subscription],
-    records: &[Record],
-) -> Result<Vec<Option<String>>, DbErr> {
-    let by_email = subscriptions
-        .iter()
-        .any(|s| s.stream.as_ref().is_some_and(|t| t.subjects == SubjectFormat::Email));
-    if !by_email {
-        return Ok(Vec::new());
-    }
-    let mut ids: Vec<&str> = records.iter().map(|r| r.target_id.as_str()).collect();
-    ids.sort_unstable();
-    ids.dedup();
-    let mut known = crate::mail::store::addresses_of(c, &ids).await?;
-    Ok(records
-        .iter()
-        .map(|r| {
-            let announced = crate::mail::announced_address(r);
-            if let Some(email) = announced.as_ref().filter(|e| !e.is_empty()) {
-                known.insert(r.target_id.clone(), email.clone());
-            }
-            let now = known.get(&r.target_id).cloned();
-            if announced.is_some_and(|e| e.is_empty()) {
-                known.remove(&r.target_id);
-            }
-            now
-        })
-        .collect())
 }
 
 /// Adds a delivery unless this event is queued for this subscription already.
