@@ -22,6 +22,14 @@ fn record(event_id: &str) -> Record {
     }
 }
 
+/// Keeps records as ingest does, in a transaction of their own.
+async fn keep(db: &Db, mut records: Vec<Record>) -> anyhow::Result<()> {
+    let txn = db.begin().await?;
+    crate::ingest::keep(&txn, &mut records).await?;
+    txn.commit().await?;
+    Ok(())
+}
+
 async fn append(db: &Db, ids: &[&str]) -> anyhow::Result<Vec<Record>> {
     let mut records: Vec<Record> = ids.iter().map(|id| record(id)).collect();
     let txn = db.begin().await?;
@@ -545,26 +553,19 @@ async fn ssf_streams_queue_caep_events_and_polled_ones_wait_for_acknowledgement(
                 .and_then(|s| s.stream.map(|t| t.subjects)),
             Some(SubjectFormat::IssSub)
         );
-        let keep = |records: Vec<Record>| {
-            let db = db.clone();
-            async move {
-                let mut records = records;
-                let txn = db.begin().await?;
-                crate::ingest::keep(&txn, &mut records).await?;
-                txn.commit().await?;
-                anyhow::Ok(())
-            }
-        };
         let about = |id: &str, action: &str| Record {
             action: format!("pim.assignment.v1.{action}"),
             payload_json: r#"{"reason":"expired"}"#.into(),
             ..record(id)
         };
-        keep(vec![
-            about("e1", "RoleActivated"),
-            about("e2", "RoleDeactivated"),
-            about("e3", "UserCreated"),
-        ])
+        keep(
+            &db,
+            vec![
+                about("e1", "RoleActivated"),
+                about("e2", "RoleDeactivated"),
+                about("e3", "UserCreated"),
+            ],
+        )
         .await?;
         let pushed = hooks::deliveries(&db, "push", 10).await?;
         assert_eq!(
@@ -627,7 +628,7 @@ async fn ssf_streams_queue_caep_events_and_polled_ones_wait_for_acknowledgement(
         );
 
         assert!(hooks::set_stream_status(&db, "poll", StreamStatus::Disabled, NOW).await?);
-        keep(vec![about("e4", "RoleDeactivated")]).await?;
+        keep(&db, vec![about("e4", "RoleDeactivated")]).await?;
         assert_eq!(
             hooks::pending_count(&db, "poll").await?,
             0,
@@ -670,12 +671,15 @@ async fn ssf_streams_queue_caep_events_and_polled_ones_wait_for_acknowledgement(
         // A receiver an administrator cut off is sent nothing more: its streams are disabled,
         // each with a record saying so.
         assert!(hooks::set_stream_status(&db, "poll", StreamStatus::Enabled, NOW).await?);
-        keep(vec![Record {
-            action: "pim.identity.v1.SessionRevoked".into(),
-            target_id: "app".into(),
-            payload_json: r#"{"session_id":"","reason":"signed_out"}"#.into(),
-            ..record("e5")
-        }])
+        keep(
+            &db,
+            vec![Record {
+                action: "pim.identity.v1.SessionRevoked".into(),
+                target_id: "app".into(),
+                payload_json: r#"{"session_id":"","reason":"signed_out"}"#.into(),
+                ..record("e5")
+            }],
+        )
         .await?;
         let status = |id: &'static str| {
             let db = db.clone();
@@ -693,12 +697,15 @@ async fn ssf_streams_queue_caep_events_and_polled_ones_wait_for_acknowledgement(
             Some(StreamStatus::Enabled),
             "signing out is not being cut off"
         );
-        keep(vec![Record {
-            action: "pim.identity.v1.SessionRevoked".into(),
-            target_id: "app".into(),
-            payload_json: r#"{"session_id":"","reason":"service_principal_disabled"}"#.into(),
-            ..record("e6")
-        }])
+        keep(
+            &db,
+            vec![Record {
+                action: "pim.identity.v1.SessionRevoked".into(),
+                target_id: "app".into(),
+                payload_json: r#"{"session_id":"","reason":"service_principal_disabled"}"#.into(),
+                ..record("e6")
+            }],
+        )
         .await?;
         assert_eq!(status("poll").await?, Some(StreamStatus::Disabled));
         let recorded = store::query(
@@ -970,44 +977,40 @@ async fn an_email_stream_names_each_subject_by_the_address_it_had_then() -> anyh
             payload_json: payload.into(),
             ..record(id)
         };
-        let keep = |records: Vec<Record>| {
-            let db = db.clone();
-            async move {
-                let mut records = records;
-                let txn = db.begin().await?;
-                crate::ingest::keep(&txn, &mut records).await?;
-                txn.commit().await?;
-                anyhow::Ok(())
-            }
-        };
-        keep(vec![
-            event(
-                "e1",
-                "pim.identity.v1.UserCreated",
-                "ann",
-                r#"{"email":"ann@example.com"}"#,
-            ),
-            event(
-                "e2",
-                "pim.identity.v1.UserCreated",
-                "kim",
-                r#"{"email":"kim@example.com"}"#,
-            ),
-        ])
+        keep(
+            &db,
+            vec![
+                event(
+                    "e1",
+                    "pim.identity.v1.UserCreated",
+                    "ann",
+                    r#"{"email":"ann@example.com"}"#,
+                ),
+                event(
+                    "e2",
+                    "pim.identity.v1.UserCreated",
+                    "kim",
+                    r#"{"email":"kim@example.com"}"#,
+                ),
+            ],
+        )
         .await?;
-        keep(vec![
-            event("e3", "pim.assignment.v1.RoleActivated", "ann", "{}"),
-            event("e4", "pim.assignment.v1.RoleActivated", "svc", "{}"),
-            event("e5", "pim.identity.v1.UserDeleted", "ann", "{}"),
-            event("e6", "pim.assignment.v1.RoleActivated", "ann", "{}"),
-            event("e7", "pim.identity.v1.GroupMemberAdded", "kim", r#"{"group_id":"ops"}"#),
-            event(
-                "e8",
-                "pim.assignment.v1.RoleDeactivated",
-                "ops",
-                r#"{"reason":"expired"}"#,
-            ),
-        ])
+        keep(
+            &db,
+            vec![
+                event("e3", "pim.assignment.v1.RoleActivated", "ann", "{}"),
+                event("e4", "pim.assignment.v1.RoleActivated", "svc", "{}"),
+                event("e5", "pim.identity.v1.UserDeleted", "ann", "{}"),
+                event("e6", "pim.assignment.v1.RoleActivated", "ann", "{}"),
+                event("e7", "pim.identity.v1.GroupMemberAdded", "kim", r#"{"group_id":"ops"}"#),
+                event(
+                    "e8",
+                    "pim.assignment.v1.RoleDeactivated",
+                    "ops",
+                    r#"{"reason":"expired"}"#,
+                ),
+            ],
+        )
         .await?;
         let polled = hooks::polled(&db, "by-email", 10).await?;
         let subjects: Vec<(String, serde_json::Value)> = polled

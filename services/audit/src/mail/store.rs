@@ -108,20 +108,14 @@ pub async fn addresses_of<C: ConnectionTrait>(
     principal_ids: &[&str],
 ) -> Result<std::collections::HashMap<String, String>, DbErr> {
     let mut known = std::collections::HashMap::new();
-    for chunk in principal_ids.chunks(500) {
-        let list: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
-        let rows = db::query(
-            c,
-            &format!(
-                "SELECT principal_id, email FROM mail_addresses WHERE principal_id IN ({})",
-                list.join(", ")
-            ),
-            chunk.iter().map(|id| (*id).into()).collect(),
-        )
-        .await?;
-        for r in &rows {
-            known.insert(col(r, "principal_id")?, col(r, "email")?);
-        }
+    for r in rows_in(
+        c,
+        "SELECT principal_id, email FROM mail_addresses WHERE principal_id",
+        principal_ids,
+    )
+    .await?
+    {
+        known.insert(col(&r, "principal_id")?, col(&r, "email")?);
     }
     Ok(known)
 }
@@ -133,25 +127,31 @@ pub async fn members_of<C: ConnectionTrait>(
 ) -> Result<std::collections::HashMap<String, std::collections::BTreeSet<String>>, DbErr> {
     let mut members: std::collections::HashMap<String, std::collections::BTreeSet<String>> =
         std::collections::HashMap::new();
-    for chunk in group_ids.chunks(500) {
-        let list: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
-        let rows = db::query(
-            c,
-            &format!(
-                "SELECT group_id, member_id FROM mail_group_members WHERE group_id IN ({})",
-                list.join(", ")
-            ),
-            chunk.iter().map(|id| (*id).into()).collect(),
-        )
-        .await?;
-        for r in &rows {
-            members
-                .entry(col(r, "group_id")?)
-                .or_default()
-                .insert(col(r, "member_id")?);
-        }
+    for r in rows_in(
+        c,
+        "SELECT group_id, member_id FROM mail_group_members WHERE group_id",
+        group_ids,
+    )
+    .await?
+    {
+        members
+            .entry(col(&r, "group_id")?)
+            .or_default()
+            .insert(col(&r, "member_id")?);
     }
     Ok(members)
+}
+
+/// The rows of `select` (ending in the column to match) whose column is one of `ids`, read in
+/// chunks within both databases' parameter limits.
+async fn rows_in<C: ConnectionTrait>(c: &C, select: &str, ids: &[&str]) -> Result<Vec<QueryResult>, DbErr> {
+    let mut rows = Vec::new();
+    for chunk in ids.chunks(500) {
+        let list: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+        let sql = format!("{select} IN ({})", list.join(", "));
+        rows.extend(db::query(c, &sql, chunk.iter().map(|id| (*id).into()).collect()).await?);
+    }
+    Ok(rows)
 }
 
 /// Whether a user is disabled (a disabled user is mailed nothing).
