@@ -195,7 +195,8 @@ enum Command {
     #[command(subcommand)]
     Notifications(notifications::NotificationsCommand),
     /// Show, as a diff, what `pim apply -f FILE` would change (custom roles, groups and their
-    /// members, role policies with their notification rules, assignments). Nothing changes. The file's format is
+    /// members, role and group policies with their notification rules, assignments of roles
+    /// and of group access). Nothing changes. The file's format is
     /// deploy/pim.schema.json; `pim export` writes one.
     Plan(as_code::FileArgs),
     /// Make the server match a configuration file: every error in it is listed, with its line,

@@ -130,8 +130,15 @@ fn a_configuration_file_applies_once_prunes_round_trips_and_a_bad_one_changes_no
         planned.contains("~ policy of \"Exchange Administrator\" at /: activation_requires_ticket: off -> on; notifications: (the defaults) -> [eligible_assignment/assignee: not the party itself] [activation/admin: also soc@example.com]"),
         "{planned}"
     );
+    // A group's access, for a group the file creates: by its name.
+    for line in [
+        "~ policy of \"Group Member\" at group \"payments-oncall\": activation_max_duration: (default) -> 4h",
+        "+ eligible lee: Group Member at group \"payments-oncall\", until permanent",
+    ] {
+        assert!(planned.contains(line), "{line} in {planned}");
+    }
     assert!(
-        planned.contains("Plan: 6 to add, 2 to change, 0 to remove."),
+        planned.contains("Plan: 7 to add, 3 to change, 0 to remove."),
         "{planned}"
     );
     // A plan changes nothing.
@@ -139,7 +146,7 @@ fn a_configuration_file_applies_once_prunes_round_trips_and_a_bad_one_changes_no
     assert!(!roles.contains("Payments Refunder"), "{roles}");
 
     let applied = admin.ok(&["apply", "-f", example], None);
-    assert!(applied.contains("Applied 8 change(s)."), "{applied}");
+    assert!(applied.contains("Applied 10 change(s)."), "{applied}");
     let again = admin.ok(&["apply", "-f", example], None);
     assert!(again.contains("No changes"), "{again}");
     let policy = admin.ok(
@@ -215,14 +222,51 @@ fn a_configuration_file_applies_once_prunes_round_trips_and_a_bad_one_changes_no
         text.contains("Payments Refunder") && text.contains("payments-oncall"),
         "{text}"
     );
+    assert!(
+        text.contains("- group: payments-oncall\n  access: member\n"),
+        "group access by the group's name: {text}"
+    );
+    assert!(!text.contains("/groups/"), "no group ids: {text}");
     let round = admin.ok(&["plan", "-f", exported.to_str().unwrap()], None);
     assert!(round.contains("No changes"), "{round}");
+
+    // A file that prunes one group's membership leaves another group's alone.
+    admin.ok(&["groups", "create", "--name", "ops"], None);
+    admin.ok(
+        &[
+            "groups",
+            "assign",
+            "ops",
+            "--principal",
+            "sam",
+            "--access",
+            "member",
+            "--permanent",
+            "-j",
+            "on call",
+        ],
+        None,
+    );
+    let pruning = dir.join("pruning.yaml");
+    std::fs::write(
+        &pruning,
+        "assignments:\n  - group: payments-oncall\n    access: member\n    prune: true\n",
+    )
+    .unwrap();
+    let pruned = admin.ok(&["plan", "-f", pruning.to_str().unwrap()], None);
+    assert!(
+        pruned.contains(
+            "- eligible lee: Group Member at group \"payments-oncall\" (not in the file, which prunes the role)"
+        ),
+        "{pruned}"
+    );
+    assert!(!pruned.contains("sam"), "ops is not the file's: {pruned}");
 
     // Every mistake, each at its line; nothing applied, not even the valid new role.
     let bad = dir.join("bad.yaml");
     std::fs::write(
         &bad,
-        "roles:\n  - name: Auditor Extra\n    permissions: [app.audit/read]\n  - name: Broken\n    permissions: [\"app payments/refunds\"]\npolicies:\n  - role: Payments Refunder\n    activation_max_duration: soon\n    notifications:\n      - event: activation\n        party: approver\n      - event: eligible_assignment\n        party: approver\nassignments:\n  - role: Payments Refunder\n    eligible:\n      - principal: nobody\n      - principal: lee\n        scope: /apps/payments\n        until: 2020-01-01T00:00:00Z\n  - role: No Such Role\n  - role: Exchange Administrator\n    eligible:\n      - principal: lee\n        until: 2099-01-01T00:00:00Z\n  - role: Global Administrator\n    prune: true\ngroups:\n  - name: payments-oncall\n    role_assignable: true\n    owners: [payments-oncall]\n    members: [payments-oncall, sam]\n",
+        "roles:\n  - name: Auditor Extra\n    permissions: [app.audit/read]\n  - name: Broken\n    permissions: [\"app payments/refunds\"]\npolicies:\n  - role: Payments Refunder\n    activation_max_duration: soon\n    notifications:\n      - event: activation\n        party: approver\n      - event: eligible_assignment\n        party: approver\n  - group: no-such-group\n    activation_max_duration: 1h\nassignments:\n  - role: Payments Refunder\n    eligible:\n      - principal: nobody\n      - principal: lee\n        scope: /apps/payments\n        until: 2020-01-01T00:00:00Z\n  - role: No Such Role\n  - role: Exchange Administrator\n    eligible:\n      - principal: lee\n        until: 2099-01-01T00:00:00Z\n  - role: Global Administrator\n    prune: true\ngroups:\n  - name: payments-oncall\n    role_assignable: true\n    owners: [payments-oncall]\n    members: [payments-oncall, sam]\n",
     )
     .unwrap();
     let refused = admin.run(&["apply", "-f", bad.to_str().unwrap()], None);
@@ -233,16 +277,17 @@ fn a_configuration_file_applies_once_prunes_round_trips_and_a_bad_one_changes_no
         (4, "app payments/refunds"),
         (7, "activation_max_duration"),
         (12, "no rule for event \"eligible_assignment\" and party \"approver\""),
-        (17, "nobody"),
-        (18, "has passed"),
-        (21, "No Such Role"),
+        (14, "no group is named \"no-such-group\""),
+        (19, "nobody"),
+        (20, "has passed"),
+        (23, "No Such Role"),
         // Found by the server (validate_only): longer than the policy allows.
-        (24, "at most 365d"),
+        (26, "at most 365d"),
         // The last permanent Global Administrator is not pruned away.
-        (26, "last permanent active Global Administrator"),
+        (28, "last permanent active Global Administrator"),
         // What identity would refuse midway, refused before anything changes.
-        (31, "a group's owners are users"),
-        (32, "cannot have groups as members"),
+        (33, "a group's owners are users"),
+        (34, "cannot have groups as members"),
     ] {
         assert!(
             err.lines()
@@ -250,7 +295,7 @@ fn a_configuration_file_applies_once_prunes_round_trips_and_a_bad_one_changes_no
             "no error at line {line} about {what}:\n{err}"
         );
     }
-    assert!(err.contains("10 error(s); nothing was changed"), "{err}");
+    assert!(err.contains("11 error(s); nothing was changed"), "{err}");
     let roles = admin.ok(&["roles", "--definitions"], None);
     assert!(!roles.contains("Auditor Extra"), "{roles}");
 

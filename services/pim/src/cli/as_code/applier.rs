@@ -49,6 +49,15 @@ impl Applier<'_> {
         }
     }
 
+    /// A scope as the plan wrote it: `group:NAME` for a group this apply created is that
+    /// group's scope now.
+    pub(super) async fn scope(&mut self, scope: &str) -> anyhow::Result<String> {
+        match scope.strip_prefix("group:") {
+            Some(name) => Ok(pim_proto::catalogue::group_scope(&self.group_id(name).await?)),
+            None => Ok(scope.to_owned()),
+        }
+    }
+
     pub(super) async fn apply(&mut self, step: &Step) -> anyhow::Result<()> {
         let session = self.session;
         let roles = || RoleServiceClient::new(session.channel.clone());
@@ -115,9 +124,13 @@ impl Applier<'_> {
             }
             Step::Policy { spec, mask, etag } => {
                 let role_id = self.role_id(&spec.role).await?;
+                let spec = PolicySpec {
+                    scope: self.scope(&spec.scope).await?,
+                    ..spec.as_ref().clone()
+                };
                 let snapshot = self.fresh().await?;
-                let mut policy =
-                    policy::to_pb(spec, |r| snapshot.directory.resolve(r).map(|k| k.id.clone())).map_err(|errors| {
+                let mut policy = policy::to_pb(&spec, |r| snapshot.directory.resolve(r).map(|k| k.id.clone()))
+                    .map_err(|errors| {
                         anyhow::anyhow!("{}", errors.into_iter().map(|(_, e)| e).collect::<Vec<_>>().join("; "))
                     })?;
                 policy.etag = if self.policies_written.contains(&role_id) {
@@ -160,7 +173,8 @@ impl Applier<'_> {
                 };
                 let principal_id = self.principal_id(principal).await?;
                 let role_id = self.role_id(role).await?;
-                let mut request = assignment_request(action, *kind, &principal_id, &role_id, scope, *end);
+                let scope = self.scope(scope).await?;
+                let mut request = assignment_request(action, *kind, &principal_id, &role_id, &scope, *end);
                 request.justification = justification(&self.source);
                 let answer = assignments()
                     .create_request(session.request(request)?)

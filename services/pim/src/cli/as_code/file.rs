@@ -1,5 +1,6 @@
 //! The declarative file `pim plan|apply|export` read and write (`deploy/pim.schema.json`
-//! documents it): custom roles, groups, role policies and assignments, by name. Every item
+//! documents it): custom roles, groups, role and group policies and assignments of roles and
+//! of group access, by name. Every item
 //! keeps the line it was read from, so an error names it.
 
 use serde::{Deserialize, Serialize};
@@ -47,14 +48,20 @@ pub(crate) struct GroupSpec {
     pub members: Option<Vec<Spanned<String>>>,
 }
 
-/// A role's policy at a scope. Only the settings named are managed (sent with a field mask,
-/// as `pim policy set` does); the others keep the values in force there. The keys are
-/// RolePolicy's field names, durations are written like `8h` or `30m`, approvers by name.
+/// A role's policy at a scope, or a group's access policy (`group`, and `access`: member or
+/// owner). Only the settings named are managed (sent with a field mask, as `pim policy set`
+/// does); the others keep the values in force there. The keys are RolePolicy's field names,
+/// durations are written like `8h` or `30m`, approvers by name.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct PolicySpec {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub role: String,
-    #[serde(default = "root")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access: Option<GroupAccess>,
+    #[serde(default = "root", skip_serializing_if = "is_root")]
     pub scope: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub activation_max_duration: Option<String>,
@@ -129,13 +136,54 @@ pub(crate) struct StageSpec {
     pub justification_required: bool,
 }
 
+/// Which access to a group (PIM for Groups): its membership or its ownership.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum GroupAccess {
+    #[default]
+    Member,
+    Owner,
+}
+
+impl GroupAccess {
+    /// The role that stands for it, at the group's scope.
+    pub fn role_id(self) -> &'static str {
+        match self {
+            GroupAccess::Member => pim_proto::catalogue::GROUP_MEMBER,
+            GroupAccess::Owner => pim_proto::catalogue::GROUP_OWNER,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            GroupAccess::Member => "member",
+            GroupAccess::Owner => "owner",
+        }
+    }
+
+    pub fn of_role(role_id: &str) -> Option<Self> {
+        [GroupAccess::Member, GroupAccess::Owner]
+            .into_iter()
+            .find(|a| a.role_id() == role_id)
+    }
+}
+
 /// Who holds one role, eligible or active, by an administrator's assignment (activations are
-/// never managed here). With `prune: true` the file owns the role: its assignments the file
-/// does not list are removed.
+/// never managed here), or one access to a group (`group`, and `access`: member or owner).
+/// With `prune: true` the file owns the role (or that access to that group): its assignments
+/// the file does not list are removed.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RoleAssignments {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub role: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access: Option<GroupAccess>,
+    /// For a group's access: its scope, which a prune stays within (set when planned).
+    #[serde(skip)]
+    pub within: Option<String>,
     #[serde(default, skip_serializing_if = "is_false")]
     pub prune: bool,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -149,7 +197,7 @@ pub(crate) struct RoleAssignments {
 #[serde(deny_unknown_fields)]
 pub(crate) struct AssignmentSpec {
     pub principal: String,
-    #[serde(default = "root")]
+    #[serde(default = "root", skip_serializing_if = "is_root")]
     pub scope: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub until: Option<String>,
@@ -157,6 +205,10 @@ pub(crate) struct AssignmentSpec {
 
 fn root() -> String {
     "/".into()
+}
+
+fn is_root(scope: &String) -> bool {
+    scope == "/"
 }
 
 fn one() -> i32 {

@@ -166,9 +166,10 @@ pub(crate) async fn export(args: ExportArgs) -> anyhow::Result<i32> {
 async fn read_and_plan(session: &Session, path: &std::path::Path) -> anyhow::Result<(Snapshot, Vec<Change>)> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let name = path.display().to_string();
-    let parsed = file::parse(&name, &text)?;
+    let mut parsed = file::parse(&name, &text)?;
     let snapshot = Snapshot::read(session).await?;
     let mut planner = Planner::new(&name, &snapshot, &parsed);
+    planner.group_forms(&mut parsed);
     planner.roles(&parsed);
     planner.groups(session, &parsed).await?;
     planner.policies(session, &parsed).await?;
@@ -305,8 +306,17 @@ async fn exported(session: &Session, snapshot: &Snapshot) -> anyhow::Result<File
             .into_inner()
             .policies;
         for p in set {
-            file.policies
-                .push(made(policy::from_pb(&role.name, &p, &snapshot.directory)));
+            let mut spec = policy::from_pb(&role.name, &p, &snapshot.directory);
+            // A group's access policy, by the group's name.
+            if let (Some(access), Some(group)) =
+                (file::GroupAccess::of_role(&role.id), snapshot.group_of_scope(&p.scope))
+            {
+                spec.role = String::new();
+                spec.group = Some(group);
+                spec.access = Some(access);
+                spec.scope = "/".into();
+            }
+            file.policies.push(made(spec));
         }
     }
     let held = state::by_role(&snapshot.assignments);
@@ -321,16 +331,53 @@ async fn exported(session: &Session, snapshot: &Snapshot) -> anyhow::Result<File
                 until: a.end_time.as_ref().map(|t| time(Some(from_timestamp(t)))),
             })
         };
-        let of = |kind: apb::AssignmentKind| {
-            let mut list: Vec<_> = list.iter().filter(|a| a.kind == kind as i32).map(entry).collect();
+        let of = |kind: apb::AssignmentKind, scope: Option<&str>| {
+            let mut list: Vec<_> = list
+                .iter()
+                .filter(|a| a.kind == kind as i32 && scope.is_none_or(|s| a.scope == s))
+                .map(entry)
+                .collect();
             list.sort_by(|a, b| (&a.value.principal, &a.value.scope).cmp(&(&b.value.principal, &b.value.scope)));
             list
         };
+        // A group's access, group by group and by the group's name (its entries hold there).
+        let access = file::GroupAccess::of_role(&role.id);
+        let mut groups: Vec<(String, String)> = list
+            .iter()
+            .filter_map(|a| Some((snapshot.group_of_scope(&a.scope)?, a.scope.clone())))
+            .filter(|_| access.is_some())
+            .collect();
+        groups.sort();
+        groups.dedup();
+        for (group, scope) in &groups {
+            let at_root = |mut entries: Vec<serde_saphyr::Spanned<AssignmentSpec>>| {
+                entries.iter_mut().for_each(|e| e.value.scope = "/".into());
+                entries
+            };
+            file.assignments.push(made(RoleAssignments {
+                group: Some(group.clone()),
+                access,
+                eligible: at_root(of(apb::AssignmentKind::Eligible, Some(scope))),
+                active: at_root(of(apb::AssignmentKind::Active, Some(scope))),
+                ..RoleAssignments::default()
+            }));
+        }
+        let named: BTreeSet<&str> = groups.iter().map(|(_, scope)| scope.as_str()).collect();
+        let rest = |kind| -> Vec<_> {
+            of(kind, None)
+                .into_iter()
+                .filter(|e| !named.contains(e.value.scope.as_str()))
+                .collect()
+        };
+        let (eligible, active) = (rest(apb::AssignmentKind::Eligible), rest(apb::AssignmentKind::Active));
+        if eligible.is_empty() && active.is_empty() && !groups.is_empty() {
+            continue;
+        }
         file.assignments.push(made(RoleAssignments {
             role: role.name.clone(),
-            prune: false,
-            eligible: of(apb::AssignmentKind::Eligible),
-            active: of(apb::AssignmentKind::Active),
+            eligible,
+            active,
+            ..RoleAssignments::default()
         }));
     }
     Ok(file)

@@ -90,7 +90,104 @@ impl<'a> Planner<'a> {
         }
     }
 
+    /// The scope of a group's access, by the group's name: `/groups/{id}`, or `group:NAME`
+    /// for a group this file creates (its id is known once the apply created it).
+    fn group_scope<T>(&mut self, item: &serde_saphyr::Spanned<T>, name: &str) -> Option<String> {
+        match self.snapshot.groups_named(name).as_slice() {
+            [group] => Some(pim_proto::catalogue::group_scope(&group.id)),
+            [] if self.new_groups.contains(name) => Some(format!("group:{name}")),
+            [] => {
+                self.error(
+                    item,
+                    format!("no group is named {name:?} (nor does this file define one)"),
+                );
+                None
+            }
+            _ => {
+                self.error(
+                    item,
+                    format!("several groups are named {name:?}; rename one of them first"),
+                );
+                None
+            }
+        }
+    }
+
+    /// Turns the file's group access (`group:` and `access:` in policies and assignments) into
+    /// the role that stands for it at the group's scope, which the rest of the plan reads.
+    pub(super) fn group_forms(&mut self, file: &mut File) {
+        for item in file.policies.iter_mut() {
+            let Some(group) = item.value.group.clone() else {
+                continue;
+            };
+            let spec = &item.value;
+            if !spec.role.is_empty() || spec.scope != "/" {
+                let message = format!("the policy of group {group:?} names its group: leave role and scope out");
+                self.error(item, message);
+                item.value.role.clear();
+                continue;
+            }
+            let access = spec.access.unwrap_or_default();
+            if let Some(scope) = self.group_scope(item, &group) {
+                item.value.role = access.role_id().to_owned();
+                item.value.scope = scope;
+            }
+        }
+        for item in file.assignments.iter_mut() {
+            let Some(group) = item.value.group.clone() else {
+                continue;
+            };
+            if !item.value.role.is_empty() {
+                self.error(
+                    item,
+                    format!("the access to group {group:?} names its group: leave role out"),
+                );
+                item.value.role.clear();
+                continue;
+            }
+            let Some(scope) = self.group_scope(item, &group) else {
+                continue;
+            };
+            let access = item.value.access.unwrap_or_default();
+            item.value.role = access.role_id().to_owned();
+            item.value.within = Some(scope.clone());
+            for entry in item.value.eligible.iter_mut().chain(item.value.active.iter_mut()) {
+                if entry.value.scope != "/" {
+                    let message = format!("{}: access to a group has no scope of its own", entry.value.principal);
+                    self.error(entry, message);
+                }
+                entry.value.scope = scope.clone();
+            }
+        }
+    }
+
+    /// Whether an item names its role (a group's, once [`Self::group_forms`] read it); one
+    /// that names neither is an error, one whose group was wrong was told already.
+    fn names_what<T>(&mut self, item: &serde_saphyr::Spanned<T>, role: &str, group: &Option<String>) -> bool {
+        if role.is_empty() && group.is_none() {
+            self.error(item, "name a role, or a group (with access: member or owner)");
+        }
+        !role.is_empty()
+    }
+
+    /// Where a policy or an assignment holds, as a plan says it: a group's scope by its name.
+    fn place(&self, scope: &str) -> String {
+        if let Some(name) = scope.strip_prefix("group:") {
+            return format!("group {name:?}");
+        }
+        match pim_proto::catalogue::group_of_scope(scope) {
+            Some(id) => format!("group {:?}", self.snapshot.directory.name_of(id)),
+            None => scope.to_owned(),
+        }
+    }
+
     pub(super) fn scope<T>(&mut self, item: &serde_saphyr::Spanned<T>, raw: &str) -> Option<String> {
+        if raw
+            .strip_prefix("group:")
+            .is_some_and(|name| self.new_groups.contains(name))
+        {
+            return Some(raw.to_owned());
+        }
         match pim_assignment::Scope::parse(raw) {
             Ok(scope) => Some(scope.as_str().to_owned()),
             Err(e) => {
@@ -319,6 +416,9 @@ impl<'a> Planner<'a> {
         let mut changed: BTreeSet<(String, String)> = BTreeSet::new();
         for item in &file.policies {
             let spec = &item.value;
+            if !self.names_what(item, &spec.role, &spec.group) {
+                continue;
+            }
             let Some(role_id) = self.role(item, &spec.role) else {
                 continue;
             };
@@ -326,7 +426,8 @@ impl<'a> Planner<'a> {
                 continue;
             };
             if !seen.insert((spec.role.to_lowercase(), scope.clone())) {
-                self.error(item, format!("the policy of {} at {scope} is given twice", spec.role));
+                let message = format!("the policy of {} at {} is given twice", spec.role, self.place(&scope));
+                self.error(item, message);
                 continue;
             }
             // A group this file creates may be named as an approver: it stands as itself
@@ -348,7 +449,8 @@ impl<'a> Planner<'a> {
                     continue;
                 }
             };
-            let current = match &role_id {
+            // A group this file creates has no policy yet.
+            let current = match role_id.as_ref().filter(|_| !scope.starts_with("group:")) {
                 Some(role_id) => Some(
                     PolicyServiceClient::new(session.channel.clone())
                         .get_role_policy(session.request(apb::GetRolePolicyRequest {
@@ -383,7 +485,7 @@ impl<'a> Planner<'a> {
                 self.policies_changed.insert(role.to_lowercase());
                 changed.insert((role.to_lowercase(), scope.clone()));
                 self.change(
-                    format!("~ policy of {role:?} at {scope}: {}", said.join("; ")),
+                    format!("~ policy of {role:?} at {}: {}", self.place(&scope), said.join("; ")),
                     Step::Policy {
                         spec: Box::new(spec.clone()),
                         // Every setting the file names, so the values it gives hold even
@@ -404,7 +506,10 @@ impl<'a> Planner<'a> {
             });
             if !changed.contains(&key) && under_a_change {
                 self.change(
-                    format!("~ policy of {role:?} at {scope}: kept as the file gives it, under the change above"),
+                    format!(
+                        "~ policy of {role:?} at {}: kept as the file gives it, under the change above",
+                        self.place(&scope)
+                    ),
                     Step::Policy {
                         mask: policy::named(&spec),
                         spec: Box::new(spec),
@@ -420,11 +525,21 @@ impl<'a> Planner<'a> {
         let mut roles_seen = BTreeSet::new();
         for item in &file.assignments {
             let spec: &RoleAssignments = &item.value;
+            if !self.names_what(item, &spec.role, &spec.group) {
+                continue;
+            }
             let Some(role_id) = self.role(item, &spec.role) else {
                 continue;
             };
-            if !roles_seen.insert(spec.role.to_lowercase()) {
-                self.error(item, format!("the assignments of {} are given twice", spec.role));
+            if !roles_seen.insert((spec.role.to_lowercase(), spec.within.clone())) {
+                let of = match &spec.group {
+                    Some(group) => format!(
+                        "the {} access to group {group:?}",
+                        spec.access.unwrap_or_default().name()
+                    ),
+                    None => spec.role.clone(),
+                };
+                self.error(item, format!("the assignments of {of} are given twice"));
                 continue;
             }
             let role_name = self
@@ -443,7 +558,15 @@ impl<'a> Planner<'a> {
             let Some(role_id) = role_id.filter(|_| spec.prune) else {
                 continue;
             };
-            for held in self.snapshot.assignments.iter().filter(|a| a.role_id == role_id) {
+            // A group's access is pruned within that group only.
+            let within = |a: &&apb::Assignment| spec.within.as_ref().is_none_or(|scope| *scope == a.scope);
+            for held in self
+                .snapshot
+                .assignments
+                .iter()
+                .filter(|a| a.role_id == role_id)
+                .filter(within)
+            {
                 let kind = apb::AssignmentKind::try_from(held.kind).unwrap_or(apb::AssignmentKind::Eligible);
                 if wanted.contains(&(kind as i32, held.principal_id.clone(), held.scope.clone())) {
                     continue;
@@ -480,7 +603,7 @@ impl<'a> Planner<'a> {
                     format!(
                         "- {} {name}: {role_name} at {} (not in the file, which prunes the role)",
                         kind_name(kind),
-                        held.scope
+                        self.place(&held.scope)
                     ),
                     Step::Remove {
                         kind,
@@ -544,11 +667,16 @@ impl<'a> Planner<'a> {
             ask.justification = justification(self.path);
             let unchanged =
                 held.is_some_and(|h| h.end_time.as_ref().map(|t| from_timestamp(t) / 1000) == end.map(|e| e / 1000));
-            if !unchanged && uuid::Uuid::parse_str(&id).is_ok() {
+            if !unchanged && uuid::Uuid::parse_str(&id).is_ok() && !scope.starts_with("group:") {
                 self.checks.push((at(self.path, entry), ask));
             }
         }
-        let label = format!("{} {}: {role_name} at {scope}", kind_name(kind), spec.principal);
+        let label = format!(
+            "{} {}: {role_name} at {}",
+            kind_name(kind),
+            spec.principal,
+            self.place(&scope)
+        );
         match held {
             None => self.change(
                 format!("+ {label}, until {}", time(*end)),

@@ -293,6 +293,8 @@ pub(crate) fn from_pb(role: &str, p: &apb::RolePolicy, directory: &Directory) ->
     };
     PolicySpec {
         role: role.to_owned(),
+        group: None,
+        access: None,
         scope: p.scope.clone(),
         activation_max_duration: duration_text(p.activation_max_duration.as_ref()),
         activation_requires_mfa: Some(p.activation_requires_mfa),

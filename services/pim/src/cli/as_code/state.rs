@@ -159,6 +159,14 @@ impl Snapshot {
         })
     }
 
+    /// The name of the one group a scope of group access (`/groups/{id}`) names, if known and
+    /// not shared with another group.
+    pub(crate) fn group_of_scope(&self, scope: &str) -> Option<String> {
+        let id = pim_proto::catalogue::group_of_scope(scope)?;
+        let group = self.groups.iter().find(|g| g.id.eq_ignore_ascii_case(id))?;
+        (self.groups_named(&group.display_name).len() == 1).then(|| group.display_name.clone())
+    }
+
     /// A role by name (any case) or id.
     pub(crate) fn role(&self, name_or_id: &str) -> Option<&apb::RoleDefinition> {
         self.roles
