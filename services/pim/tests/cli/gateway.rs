@@ -215,7 +215,7 @@ fn the_distributed_shape_is_driven_through_the_gateway() {
     }
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/pim.example.yaml");
     let applied = admin.ok(&["apply", "-f", example], None);
-    assert!(applied.contains("Applied 8 change(s)."), "{applied}");
+    assert!(applied.contains("Applied 10 change(s)."), "{applied}");
     let again = admin.ok(&["apply", "-f", example], None);
     assert!(again.contains("No changes"), "{again}");
     let exported = dir.join("exported.yaml");
