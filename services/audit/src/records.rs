@@ -85,7 +85,7 @@ pub fn record(envelope: &Envelope, correlator: &Correlator) -> anyhow::Result<Re
             r.target_name = e.user_name.clone();
             json!({"user_id": e.user_id, "user_name": e.user_name, "display_name": e.display_name, "email": e.email})
         }
-        "UserUpdated" => {
+        "UserUpdated" | "UserAddressAnnounced" => {
             let e: ev::UserUpdated = decode(envelope)?;
             set_actor(&mut r, &e.actor);
             r.target_id = e.user_id.clone();
@@ -673,6 +673,7 @@ mod tests {
         let published = [
             ("pim.identity", "UserCreated"),
             ("pim.identity", "UserUpdated"),
+            ("pim.identity", "UserAddressAnnounced"),
             ("pim.identity", "UserDisabled"),
             ("pim.identity", "UserEnabled"),
             ("pim.identity", "UserDeleted"),

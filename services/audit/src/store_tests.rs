@@ -992,6 +992,13 @@ async fn an_email_stream_names_each_subject_by_the_address_it_had_then() -> anyh
                     "kim",
                     r#"{"email":"kim@example.com"}"#,
                 ),
+                // A user created before events carried addresses, announced once on upgrade.
+                event(
+                    "e2b",
+                    "pim.identity.v1.UserAddressAnnounced",
+                    "joe",
+                    r#"{"email":"joe@example.com"}"#,
+                ),
             ],
         )
         .await?;
@@ -1009,6 +1016,7 @@ async fn an_email_stream_names_each_subject_by_the_address_it_had_then() -> anyh
                     "ops",
                     r#"{"reason":"expired"}"#,
                 ),
+                event("e9", "pim.assignment.v1.RoleActivated", "joe", "{}"),
             ],
         )
         .await?;
@@ -1031,6 +1039,7 @@ async fn an_email_stream_names_each_subject_by_the_address_it_had_then() -> anyh
                 ("e5".to_owned(), email("ann")),
                 ("e6".to_owned(), iss_sub("ann")),
                 ("e8/kim".to_owned(), email("kim")),
+                ("e9".to_owned(), email("joe")),
             ]
         );
         let kims: serde_json::Value = serde_json::from_str(&polled[4].body)?;

@@ -153,6 +153,29 @@ fn actor(principal_id: &str, kind: PrincipalKind, name: &str) -> Actor {
 }
 
 impl Directory {
+    /// Announces every user's address once for the database (`UserAddressAnnounced`, by PIM):
+    /// audit learns where users are reached from identity's events, and users created before
+    /// those events carried an address would otherwise never be mailed. How many were.
+    pub async fn announce_addresses_once(&self) -> Result<usize> {
+        let txn = self.db.begin().await?;
+        if !store::claim_announcement(&txn, "user_addresses", self.clock.now_ms()).await? {
+            return Ok(0);
+        }
+        let users = store::users_with_email(&txn).await?;
+        for u in &users {
+            let event = ev::UserUpdated {
+                actor: Some(actor("system", PrincipalKind::Unspecified, "PIM (upgrade)")),
+                user_id: u.id.clone(),
+                user_name: u.user_name.clone(),
+                display_name: u.display_name.clone(),
+                email: u.email.clone(),
+            };
+            self.emit(&txn, "UserAddressAnnounced", &u.id, &event).await?;
+        }
+        txn.commit().await?;
+        Ok(users.len())
+    }
+
     pub async fn create_user(&self, caller: &Caller, new: NewUser) -> Result<UserRow> {
         require(self.access.as_ref(), caller, permissions::USERS_MANAGE, "/").await?;
         let new = new.validate()?;

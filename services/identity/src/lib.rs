@@ -72,6 +72,10 @@ impl Identity {
                     .expose(),
             )?,
         };
+        let announced = directory.announce_addresses_once().await?;
+        if announced > 0 {
+            tracing::info!(users = announced, "users' addresses announced to audit (once)");
+        }
         Ok(Self {
             directory,
             rotation: deps.config.signing_key_rotation,

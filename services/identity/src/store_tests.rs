@@ -83,3 +83,39 @@ async fn group_links_are_added_once_and_removed_once() -> anyhow::Result<()> {
     })
     .await
 }
+
+/// Users' addresses are announced once per database, whichever of two replicas racing claims
+/// it, and only users with an address are announced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_announcement_is_claimed_once_and_names_users_with_an_address() -> anyhow::Result<()> {
+    on_both(|db| async move {
+        for (name, email) in [("lee", "lee@example.com"), ("kim", "")] {
+            store::insert_user(
+                &db,
+                &store::UserRow {
+                    id: uuid::Uuid::now_v7().to_string(),
+                    user_name: name.into(),
+                    display_name: name.into(),
+                    email: email.into(),
+                    password_hash: String::new(),
+                    enabled: true,
+                    created_at: NOW,
+                    last_sign_in_at: None,
+                },
+            )
+            .await?;
+        }
+        let racing = (0..2).map(|_| store::claim_announcement(&db, "user_addresses", NOW));
+        let claimed: Vec<bool> = futures::future::try_join_all(racing).await?;
+        assert_eq!(claimed.iter().filter(|c| **c).count(), 1, "{claimed:?}");
+        assert!(!store::claim_announcement(&db, "user_addresses", NOW + MINUTE).await?);
+        let named: Vec<String> = store::users_with_email(&db)
+            .await?
+            .into_iter()
+            .map(|u| u.user_name)
+            .collect();
+        assert_eq!(named, ["lee"]);
+        Ok(())
+    })
+    .await
+}

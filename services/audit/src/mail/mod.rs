@@ -25,11 +25,11 @@ const LEASE_MS: i64 = 60_000;
 /// How long one SMTP conversation may take.
 const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The address a record gives its target, if it says one: a user created or updated (empty:
-/// none now), or deleted (empty).
+/// The address a record gives its target, if it says one: a user created, updated or
+/// announced (empty: none now), or deleted (empty).
 pub fn announced_address(r: &Record) -> Option<String> {
     match r.action.rsplit('.').next().unwrap_or_default() {
-        "UserCreated" | "UserUpdated" => Some(
+        "UserCreated" | "UserUpdated" | "UserAddressAnnounced" => Some(
             serde_json::from_str::<Value>(&r.payload_json)
                 .ok()
                 .and_then(|p| p["email"].as_str().map(|e| e.trim().to_owned()))

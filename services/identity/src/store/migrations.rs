@@ -130,6 +130,14 @@ impl MigratorTrait for Migrator {
                     .to_owned()
             }),
             backbone_replay_migration(),
+            // One-time announcements (`claim_announcement`): users' addresses for audit.
+            SqlMigration::boxed("m0006_announcements", |_| {
+                "CREATE TABLE announcements (
+                    name TEXT PRIMARY KEY,
+                    announced_at BIGINT NOT NULL
+                )"
+                .to_owned()
+            }),
         ]
     }
 }

@@ -51,6 +51,24 @@ pub async fn insert_user<C: ConnectionTrait>(c: &C, u: &UserRow) -> Result<(), D
     .map(drop)
 }
 
+/// Claims a one-time announcement for this database (true once, whichever replica asks
+/// first): one statement, so two replicas starting together cannot both claim it.
+pub async fn claim_announcement<C: ConnectionTrait>(c: &C, name: &str, now: i64) -> Result<bool, DbErr> {
+    Ok(db::exec(
+        c,
+        "INSERT INTO announcements (name, announced_at) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+        vec![name.into(), now.into()],
+    )
+    .await?
+        == 1)
+}
+
+/// Every user with an address.
+pub async fn users_with_email<C: ConnectionTrait>(c: &C) -> Result<Vec<UserRow>, DbErr> {
+    let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE email <> '' ORDER BY id");
+    db::rows(c, &sql, vec![], UserRow::from_row).await
+}
+
 /// A user by id or by (lower-cased) user name.
 pub async fn find_user<C: ConnectionTrait>(c: &C, id_or_name: &str) -> Result<Option<UserRow>, DbErr> {
     let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1 OR user_name = $2");
