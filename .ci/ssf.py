@@ -177,6 +177,30 @@ def main(pim: str) -> int:
         status, answer = call("POST", poll_url, token, {"returnImmediately": True, "ack": list(sets)})
         assert status == 200 and answer["sets"] == {}, answer
 
+        # Lee removed from the polled stream (SSF add/remove subject): his next change is pushed
+        # but not queued for polling; added back, the one after is.
+        lee_subject = {"format": "email", "email": "lee@example.com"}
+        status, _ = call("POST", config["remove_subject_endpoint"], token,
+                         {"stream_id": polled["stream_id"], "subject": lee_subject})
+        assert status == 204, status
+        status, bad = call("POST", config["remove_subject_endpoint"], token,
+                           {"stream_id": polled["stream_id"], "subject": {"format": "phone_number"}})
+        assert status == 400 and "format" in bad["description"], (status, bad)
+        pushed_before = len(events(CLAIMS_CHANGE))
+        up.run("assign", "Security Reader", "--principal", "lee", "--kind", "active", "--duration", "1h",
+               "-j", "a second task")
+        wait("the second token-claims-change, pushed", lambda: len(events(CLAIMS_CHANGE)) > pushed_before)
+        status, answer = call("POST", poll_url, token, {"returnImmediately": True})
+        assert status == 200 and answer["sets"] == {}, ("removed from the polled stream", answer)
+        status, _ = call("POST", config["add_subject_endpoint"], token,
+                         {"stream_id": polled["stream_id"], "subject": lee_subject})
+        assert status == 200, status
+        up.run("unassign", "Security Reader", "--principal", "lee", "--kind", "active", "-j", "done")
+        back = wait("lee's end, polled again", lambda: call("POST", poll_url, token, {"returnImmediately": True})[1]["sets"])
+        assert all(SESSION_REVOKED in verified(s)["events"] for s in back.values()), back
+        status, answer = call("POST", poll_url, token, {"returnImmediately": True, "ack": list(back)})
+        assert status == 200 and answer["sets"] == {}, answer
+
         listed = [json.loads(l) for l in up.run("ssf", "streams", "--output", "json").stdout.splitlines()]
         assert sorted(l["delivery"] for l in listed) == ["poll", f"push to http://127.0.0.1:{server.server_address[1]}"], listed
         assert all(l["receiver"] == "ssf-app" and l["pending"] == "0" for l in listed), listed
@@ -185,7 +209,7 @@ def main(pim: str) -> int:
         assert status == 204, status
         status, _ = call("GET", f"{config['configuration_endpoint']}?stream_id={pushed['stream_id']}", token)
         assert status == 404, status
-        print(f"ssf: {len(receiver.sets())} pushed SETs and {len(sets)} polled verified with PyJWT; "
+        print(f"ssf: {len(receiver.sets())} pushed SETs and {len(sets) + len(back)} polled verified with PyJWT; "
               f"session-revoked {late * 1000:.0f} ms after the role ended")
     server.shutdown()
     return 0

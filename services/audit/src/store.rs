@@ -88,6 +88,16 @@ impl MigratorTrait for Migrator {
                 crate::webhooks::store::SSF_MIGRATION.to_owned()
             }),
             SqlMigration::boxed("m0006_mail", |_| crate::mail::store::MIGRATION.to_owned()),
+            // Subjects a receiver removed from its stream (SSF add/remove subject).
+            SqlMigration::boxed("m0007_ssf_subjects", |_| {
+                "CREATE TABLE ssf_excluded_subjects (
+                    stream_id TEXT NOT NULL,
+                    principal_id TEXT NOT NULL,
+                    excluded_at BIGINT NOT NULL,
+                    PRIMARY KEY (stream_id, principal_id)
+                )"
+                .to_owned()
+            }),
         ]
     }
 }

@@ -22,6 +22,23 @@ fn record(event_id: &str) -> Record {
     }
 }
 
+/// A polled Shared Signals stream of every CAEP event, naming subjects as `subjects` says.
+fn polled_stream(id: &str, subjects: crate::ssf::SubjectFormat) -> crate::webhooks::Subscription {
+    use crate::ssf::{EVENTS_SUPPORTED, Method, Stream, StreamStatus};
+    crate::webhooks::Subscription {
+        id: id.into(),
+        event_types: EVENTS_SUPPORTED.iter().map(|e| (*e).to_owned()).collect(),
+        generation: 1,
+        stream: Some(Stream {
+            audience: "app".into(),
+            method: Method::Poll,
+            status: StreamStatus::Enabled,
+            subjects,
+        }),
+        ..Default::default()
+    }
+}
+
 /// Keeps records as ingest does, in a transaction of their own.
 async fn keep(db: &Db, mut records: Vec<Record>) -> anyhow::Result<()> {
     let txn = db.begin().await?;
@@ -951,26 +968,10 @@ async fn webhook_runs_start_at_the_head_and_keep_record_order() -> anyhow::Resul
 /// signal still goes; a group's role ending is told to each of its members.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_email_stream_names_each_subject_by_the_address_it_had_then() -> anyhow::Result<()> {
-    use crate::ssf::{self, Method, Stream, StreamStatus, SubjectFormat};
-    use crate::webhooks::Subscription;
+    use crate::ssf::{self, SubjectFormat};
     use crate::webhooks::store as hooks;
     pim_runtime::testing::on_both_databases::<store::Migrator, _, _>("audit", None, |db| async move {
-        hooks::insert_subscription(
-            &db,
-            &Subscription {
-                id: "by-email".into(),
-                event_types: ssf::EVENTS_SUPPORTED.iter().map(|e| (*e).to_owned()).collect(),
-                generation: 1,
-                stream: Some(Stream {
-                    audience: "app".into(),
-                    method: Method::Poll,
-                    status: StreamStatus::Enabled,
-                    subjects: SubjectFormat::Email,
-                }),
-                ..Subscription::default()
-            },
-        )
-        .await?;
+        hooks::insert_subscription(&db, &polled_stream("by-email", SubjectFormat::Email)).await?;
         let event = |id: &str, action: &str, target: &str, payload: &str| Record {
             action: action.into(),
             target_id: target.into(),
@@ -1047,6 +1048,44 @@ async fn an_email_stream_names_each_subject_by_the_address_it_had_then() -> anyh
             .as_str()
             .unwrap_or_default();
         assert!(why.ends_with("(held through group ops)"), "{why}");
+        Ok(())
+    })
+    .await
+}
+
+/// A subject a receiver removed from its stream is queued there no more, once, until added
+/// back; other streams still get it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_subject_is_not_queued_on_that_stream_until_added_back() -> anyhow::Result<()> {
+    use crate::ssf::SubjectFormat;
+    use crate::webhooks::store as hooks;
+    pim_runtime::testing::on_both_databases::<store::Migrator, _, _>("audit", None, |db| async move {
+        for id in ["narrow", "wide"] {
+            hooks::insert_subscription(&db, &polled_stream(id, SubjectFormat::Opaque)).await?;
+        }
+        let activated = |id: &str| Record {
+            action: "pim.assignment.v1.RoleActivated".into(),
+            ..record(id)
+        };
+        assert!(hooks::exclude_subject(&db, "narrow", "lee", true, NOW).await?);
+        assert!(!hooks::exclude_subject(&db, "narrow", "lee", true, NOW).await?, "once");
+        keep(&db, vec![activated("e1")]).await?;
+        assert!(hooks::exclude_subject(&db, "narrow", "lee", false, NOW).await?);
+        keep(&db, vec![activated("e2")]).await?;
+        let queued = |id: &'static str| {
+            let db = db.clone();
+            async move {
+                anyhow::Ok(
+                    hooks::polled(&db, id, 10)
+                        .await?
+                        .into_iter()
+                        .map(|d| d.event_id)
+                        .collect::<Vec<_>>(),
+                )
+            }
+        };
+        assert_eq!(queued("narrow").await?, ["e2"], "removed for e1, added back for e2");
+        assert_eq!(queued("wide").await?, ["e1", "e2"]);
         Ok(())
     })
     .await

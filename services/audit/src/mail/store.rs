@@ -120,6 +120,20 @@ pub async fn addresses_of<C: ConnectionTrait>(
     Ok(known)
 }
 
+/// The principal an address belongs to, if one user has it.
+pub async fn principal_of_address<C: ConnectionTrait>(c: &C, email: &str) -> Result<Option<String>, DbErr> {
+    let rows = db::query(
+        c,
+        "SELECT principal_id FROM mail_addresses WHERE LOWER(email) = LOWER($1) LIMIT 2",
+        vec![email.trim().into()],
+    )
+    .await?;
+    match rows.as_slice() {
+        [one] => Ok(Some(col(one, "principal_id")?)),
+        _ => Ok(None),
+    }
+}
+
 /// The known members of those of these principals that are groups.
 pub async fn members_of<C: ConnectionTrait>(
     c: &C,

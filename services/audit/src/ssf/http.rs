@@ -62,6 +62,7 @@ pub fn router(audit: &Audit, verifier: Arc<TokenVerifier>) -> Option<Router> {
             )
             .route("/ssf/status", get(status).post(status))
             .route("/ssf/verify", post(verify))
+            .route("/ssf/subjects/{change}", post(subjects))
             .route("/ssf/poll/{stream_id}", post(poll))
             .with_state(endpoints),
     )
@@ -161,6 +162,8 @@ async fn configuration(State(e): State<Endpoints>) -> Reply {
             "configuration_endpoint": format!("{issuer}/ssf/streams"),
             "status_endpoint": format!("{issuer}/ssf/status"),
             "verification_endpoint": format!("{issuer}/ssf/verify"),
+            "add_subject_endpoint": format!("{issuer}/ssf/subjects/add"),
+            "remove_subject_endpoint": format!("{issuer}/ssf/subjects/remove"),
             "authorization_schemes": [{"spec_urn": "urn:ietf:rfc:6750"}],
             "default_subjects": "ALL",
         }),
@@ -568,6 +571,93 @@ async fn verify(State(e): State<Endpoints>, method: HttpMethod, uri: Uri, header
         Ok(no_content())
     };
     outcome.await.unwrap_or_else(|refused: Refusal| *refused)
+}
+
+async fn subjects(
+    State(e): State<Endpoints>,
+    Path(change): Path<String>,
+    method: HttpMethod,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Reply {
+    let add = match change.as_str() {
+        "add" => true,
+        "remove" => false,
+        _ => {
+            return *refuse(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "use /ssf/subjects/add or /ssf/subjects/remove",
+            );
+        }
+    };
+    subject_change(&e, &method, &uri, &headers, &body, add)
+        .await
+        .unwrap_or_else(|refused| *refused)
+}
+
+/// `/ssf/subjects/add` and `/ssf/subjects/remove` (SSF 1.0 §8.1.3): a receiver removes a
+/// subject from its stream (its events are no longer queued there) or adds back one it
+/// removed; a stream has every subject otherwise (`default_subjects`: ALL). A subject is named
+/// as SETs name it: `opaque` (the principal id), `iss_sub` (PIM's issuer and the id) or
+/// `email`. An address PIM does not know changes nothing and is answered like one it knows,
+/// so the answer tells no one which addresses PIM knows. Each change is an audit record.
+async fn subject_change(
+    e: &Endpoints,
+    method: &HttpMethod,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &Bytes,
+    add: bool,
+) -> Result<Reply, Refusal> {
+    let caller = e.receiver(headers, method, uri).await?;
+    let asked = object(body)?;
+    let s = e
+        .own_stream(&caller, asked.get("stream_id").and_then(Value::as_str))
+        .await?;
+    let subject = asked.get("subject").cloned().unwrap_or(Value::Null);
+    let bad = |description: &str| refuse(StatusCode::BAD_REQUEST, "invalid_request", description);
+    let text = |field: &str| {
+        subject[field]
+            .as_str()
+            .map(str::trim)
+            .filter(|v| !v.is_empty() && v.len() <= 256)
+            .ok_or_else(|| bad(&format!("subject.{field} is required (at most 256 characters)")))
+    };
+    let principal = match subject["format"].as_str() {
+        Some("opaque") => Some(text("id")?.to_owned()),
+        Some("iss_sub") if text("iss")? != pim_runtime::auth::ISSUER => {
+            return Err(bad(&format!(
+                "subject.iss must be the issuer of PIM's tokens ({})",
+                pim_runtime::auth::ISSUER
+            )));
+        }
+        Some("iss_sub") => Some(text("sub")?.to_owned()),
+        Some("email") => crate::mail::store::principal_of_address(&e.audit.db, text("email")?)
+            .await
+            .map_err(fault)?,
+        _ => return Err(bad("subject.format must be opaque, iss_sub or email")),
+    };
+    if let Some(principal) = principal {
+        let txn = e.audit.db.begin().await.map_err(fault)?;
+        if store::exclude_subject(&txn, &s.id, &principal, !add, now_ms())
+            .await
+            .map_err(fault)?
+        {
+            let (action, reason) = if add {
+                ("SsfSubjectAdded", format!("subject {principal} added back"))
+            } else {
+                ("SsfSubjectRemoved", format!("subject {principal} removed"))
+            };
+            e.commit_with(txn, change_record(&caller, action, &s, &reason)).await?;
+        }
+    }
+    Ok(if add {
+        reply(StatusCode::OK, json!({}))
+    } else {
+        no_content()
+    })
 }
 
 /// `/ssf/poll/{stream_id}` (RFC 8936): settles what the receiver acknowledged (`ack`) or

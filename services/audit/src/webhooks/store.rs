@@ -204,6 +204,12 @@ pub async fn delete_subscription<C: ConnectionTrait>(c: &C, id: &str) -> Result<
         vec![id.into()],
     )
     .await?;
+    db::exec(
+        c,
+        "DELETE FROM ssf_excluded_subjects WHERE stream_id = $1",
+        vec![id.into()],
+    )
+    .await?;
     Ok(db::exec(c, "DELETE FROM webhook_subscriptions WHERE id = $1", vec![id.into()]).await? == 1)
 }
 
@@ -218,6 +224,42 @@ pub async fn rotate<C: ConnectionTrait>(c: &C, id: &str, previous_until: i64) ->
     row.as_ref().map(|r| col::<i64>(r, "generation")).transpose()
 }
 
+/// Removes a subject from a stream (`excluded`: its events no longer queued there) or adds it
+/// back; whether that changed anything.
+pub async fn exclude_subject<C: ConnectionTrait>(
+    c: &C,
+    stream_id: &str,
+    principal_id: &str,
+    excluded: bool,
+    now: i64,
+) -> Result<bool, DbErr> {
+    let n = if excluded {
+        db::exec(
+            c,
+            "INSERT INTO ssf_excluded_subjects (stream_id, principal_id, excluded_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+            vec![stream_id.into(), principal_id.into(), now.into()],
+        )
+        .await?
+    } else {
+        db::exec(
+            c,
+            "DELETE FROM ssf_excluded_subjects WHERE stream_id = $1 AND principal_id = $2",
+            vec![stream_id.into(), principal_id.into()],
+        )
+        .await?
+    };
+    Ok(n == 1)
+}
+
+/// Every stream's removed subjects.
+async fn excluded_subjects<C: ConnectionTrait>(c: &C) -> Result<std::collections::HashSet<(String, String)>, DbErr> {
+    db::query(c, "SELECT stream_id, principal_id FROM ssf_excluded_subjects", vec![])
+        .await?
+        .iter()
+        .map(|r| Ok((col(r, "stream_id")?, col(r, "principal_id")?)))
+        .collect()
+}
+
 /// Queues each record for every subscription that wants it and is not suspended (in the
 /// records' transaction), a few statements for the whole batch.
 pub async fn enqueue<C: ConnectionTrait>(c: &C, records: &[Record], now: i64) -> Result<usize, DbErr> {
@@ -225,12 +267,16 @@ pub async fn enqueue<C: ConnectionTrait>(c: &C, records: &[Record], now: i64) ->
         return Ok(0);
     }
     let subscriptions = subscriptions(c).await?;
-    // Who each record is about, for Shared Signals streams (a group's members).
-    let about: Vec<Vec<ssf::Subject>> = if subscriptions.iter().any(|s| s.stream.is_some()) {
+    // Who each record is about, for Shared Signals streams (a group's members), and the
+    // subjects receivers removed from their streams.
+    let (about, excluded): (Vec<Vec<ssf::Subject>>, _) = if subscriptions.iter().any(|s| s.stream.is_some()) {
         let mut subjects = ssf::Subjects::before(c, records).await?;
-        records.iter().map(|r| subjects.about(r)).collect()
+        (
+            records.iter().map(|r| subjects.about(r)).collect(),
+            excluded_subjects(c).await?,
+        )
     } else {
-        Vec::new()
+        Default::default()
     };
     let mut queued = Vec::new();
     for s in subscriptions.iter().filter(|s| s.suspended_at.is_none()) {
@@ -240,6 +286,7 @@ pub async fn enqueue<C: ConnectionTrait>(c: &C, records: &[Record], now: i64) ->
                 None => vec![(r.event_id.clone(), super::cloud_event(r))],
                 Some(stream) => about[i]
                     .iter()
+                    .filter(|subject| !excluded.contains(&(s.id.clone(), subject.principal_id.clone())))
                     .filter_map(|subject| {
                         let key = if subject.principal_id == r.target_id {
                             r.event_id.clone()
