@@ -140,6 +140,12 @@ def main(pim: str) -> int:
         assert first[1] == "application/secevent+jwt", first[1]
         claims = verified(first[2])
         assert claims["events"][VERIFICATION]["state"] == "ci-state-1", claims
+        # Verification is rate-limited: five a minute per stream, then 429 with Retry-After.
+        for _ in range(4):
+            status, _ = call("POST", config["verification_endpoint"], token, {"stream_id": pushed["stream_id"]})
+            assert status == 204, status
+        status, limited = call("POST", config["verification_endpoint"], token, {"stream_id": pushed["stream_id"]})
+        assert status == 429 and limited["err"] == "too_many_requests", (status, limited)
         tampered = first[2][:-4] + ("AAAA" if not first[2].endswith("AAAA") else "BBBB")
         try:
             verified(tampered)

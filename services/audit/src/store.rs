@@ -98,6 +98,17 @@ impl MigratorTrait for Migrator {
                 )"
                 .to_owned()
             }),
+            // How many streams each receiver has, so the limit is one statement's to hold.
+            SqlMigration::boxed("m0008_ssf_receivers", |_| {
+                "CREATE TABLE ssf_receivers (
+                    audience TEXT PRIMARY KEY,
+                    streams INTEGER NOT NULL CHECK (streams >= 0)
+                );
+                INSERT INTO ssf_receivers (audience, streams)
+                    SELECT ssf_audience, COUNT(*) FROM webhook_subscriptions
+                    WHERE ssf_audience IS NOT NULL GROUP BY ssf_audience"
+                    .to_owned()
+            }),
         ]
     }
 }

@@ -1090,3 +1090,26 @@ async fn a_removed_subject_is_not_queued_on_that_stream_until_added_back() -> an
     })
     .await
 }
+
+/// A receiver's stream limit is one statement's to hold: of twelve creations at once, ten
+/// count; deleting a stream frees its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_holds_ten_streams_at_most_even_when_created_at_once() -> anyhow::Result<()> {
+    use crate::webhooks::store as hooks;
+    pim_runtime::testing::on_both_databases::<store::Migrator, _, _>("audit", None, |db| async move {
+        let racing = (0..12).map(|_| hooks::count_stream(&db, "app", 10));
+        let counted = futures::future::try_join_all(racing).await?;
+        assert_eq!(counted.iter().filter(|c| **c).count(), 10, "{counted:?}");
+        assert!(!hooks::count_stream(&db, "app", 10).await?);
+        assert!(hooks::count_stream(&db, "other-app", 10).await?, "per receiver");
+        let mut stream = polled_stream("s1", crate::ssf::SubjectFormat::Opaque);
+        if let Some(t) = stream.stream.as_mut() {
+            t.audience = "app".into();
+        }
+        hooks::insert_subscription(&db, &stream).await?;
+        assert!(hooks::delete_subscription(&db, "s1").await?);
+        assert!(hooks::count_stream(&db, "app", 10).await?, "a deleted stream's place");
+        Ok(())
+    })
+    .await
+}

@@ -27,9 +27,11 @@ use crate::webhooks::{Subscription, validate};
 use crate::{Audit, ingest};
 
 /// How many streams one receiver may have.
-const MAX_STREAMS: usize = 10;
+const MAX_STREAMS: i64 = 10;
 /// How long a poll that asked to wait waits for an event.
 const LONG_POLL: Duration = Duration::from_secs(15);
+/// How many verification events a stream is sent a minute at most.
+const VERIFICATIONS_PER_MINUTE: i64 = 5;
 /// How many events one poll answers with at most.
 const MAX_POLLED: u64 = 1000;
 
@@ -383,13 +385,10 @@ async fn create(e: &Endpoints, caller: &Caller, body: &Bytes) -> Result<Reply, R
         bad(&format!("{field} {}", invalid.reason))
     })?;
     let txn = e.audit.db.begin().await.map_err(fault)?;
-    let mine = store::subscriptions(&txn)
+    if !store::count_stream(&txn, &caller.principal_id, MAX_STREAMS)
         .await
         .map_err(fault)?
-        .into_iter()
-        .filter(|t| t.stream.as_ref().is_some_and(|t| t.audience == caller.principal_id))
-        .count();
-    if mine >= MAX_STREAMS {
+    {
         return Err(refuse(
             StatusCode::CONFLICT,
             "too_many_streams",
@@ -552,6 +551,21 @@ async fn verify(State(e): State<Endpoints>, method: HttpMethod, uri: Uri, header
             ));
         }
         let now = now_ms();
+        // A receiver asks now and then, not in a loop that fills its own queue.
+        let recent = store::queued_since(&e.audit.db, &s.id, super::VERIFICATION, now - 60_000)
+            .await
+            .map_err(fault)?;
+        if recent >= VERIFICATIONS_PER_MINUTE {
+            let mut refused = refuse(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_requests",
+                format!("at most {VERIFICATIONS_PER_MINUTE} verifications a minute per stream"),
+            );
+            refused
+                .headers_mut()
+                .insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("60"));
+            return Err(refused);
+        }
         let position = store::head_position(&e.audit.db).await.map_err(fault)?;
         let event_id = uuid::Uuid::now_v7().to_string();
         let d = Delivery {

@@ -196,8 +196,31 @@ pub async fn subscription<C: ConnectionTrait>(c: &C, id: &str) -> Result<Option<
     .transpose()
 }
 
-/// Deletes a subscription and what it still had to deliver; whether there was one.
+/// Counts one more stream for a receiver unless it has `max` already: one statement (the
+/// receiver's row locked by the upsert), so two creations at once cannot both pass the
+/// limit. Whether it counted.
+pub async fn count_stream<C: ConnectionTrait>(c: &C, audience: &str, max: i64) -> Result<bool, DbErr> {
+    Ok(db::exec(
+        c,
+        "INSERT INTO ssf_receivers (audience, streams) VALUES ($1, 1)
+         ON CONFLICT (audience) DO UPDATE SET streams = ssf_receivers.streams + 1
+         WHERE ssf_receivers.streams < $2",
+        vec![audience.into(), max.into()],
+    )
+    .await?
+        == 1)
+}
+
+/// Deletes a subscription and what it still had to deliver (a stream no longer counts for
+/// its receiver); whether there was one.
 pub async fn delete_subscription<C: ConnectionTrait>(c: &C, id: &str) -> Result<bool, DbErr> {
+    db::exec(
+        c,
+        "UPDATE ssf_receivers SET streams = streams - 1
+         WHERE audience = (SELECT ssf_audience FROM webhook_subscriptions WHERE id = $1)",
+        vec![id.into()],
+    )
+    .await?;
     db::exec(
         c,
         "DELETE FROM webhook_deliveries WHERE subscription_id = $1",
@@ -319,6 +342,22 @@ pub async fn enqueue<C: ConnectionTrait>(c: &C, records: &[Record], now: i64) ->
         added += insert_deliveries(c, chunk).await?;
     }
     Ok(added)
+}
+
+/// How many deliveries of `event_type` a subscription was given since `since`.
+pub async fn queued_since<C: ConnectionTrait>(
+    c: &C,
+    subscription_id: &str,
+    event_type: &str,
+    since: i64,
+) -> Result<i64, DbErr> {
+    let row = db::query_one(
+        c,
+        "SELECT COUNT(*) AS n FROM webhook_deliveries WHERE subscription_id = $1 AND event_type = $2 AND created_at >= $3",
+        vec![subscription_id.into(), event_type.into(), since.into()],
+    )
+    .await?;
+    row.map_or(Ok(0), |r| col(&r, "n"))
 }
 
 /// Adds a delivery unless this event is queued for this subscription already.
