@@ -3,7 +3,8 @@
 //! over OTLP/gRPC when `OTEL_EXPORTER_OTLP_ENDPOINT` is set (with the standard `OTEL_*`
 //! variables: `OTEL_SERVICE_NAME`, `OTEL_TRACES_SAMPLER`, `OTEL_BSP_*`); without it nothing
 //! is exported. W3C trace context crosses gRPC calls (metadata) and events (the envelope's
-//! `traceparent`), so one request and what its events cause form one trace.
+//! `traceparent`, which the events module reads and writes through this one), so one request
+//! and what its events cause form one trace.
 
 use std::sync::OnceLock;
 
@@ -216,24 +217,6 @@ pub fn record_request(request_id: &str, role_id: &str) {
     span.record("pim.role_id", role_id);
 }
 
-/// Handles one event in a span of its own, a child of the span that emitted it.
-pub fn handle_event<F: std::future::Future>(
-    consumer: &str,
-    envelope: &crate::events::Envelope,
-    handling: F,
-) -> impl std::future::Future<Output = F::Output> + use<F> {
-    let span = tracing::info_span!(
-        "event",
-        otel.name = %format!("{consumer} {}", crate::events::short_type(envelope)),
-        pim.service = consumer,
-        pim.event_id = %envelope.id,
-        pim.subject = %envelope.subject,
-        trace_id = tracing::field::Empty,
-    );
-    let _ = span.set_parent(context_from_traceparent(&envelope.traceparent));
-    traced(span, Some(&envelope.traceparent), handling)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -246,15 +229,14 @@ mod tests {
         let (logs, _subscriber) = crate::testing::CapturedLogs::on_this_thread();
         let span = || tracing::info_span!("rpc", trace_id = tracing::field::Empty);
 
-        // A caller's traceparent: logged, and carried by the events the operation emits.
-        let (carried, event) = traced(span(), Some(CALLER), async {
+        // A caller's traceparent: logged, and carried by what the operation does (the events
+        // it emits take it: `events::tests::an_event_carries_the_trace_of_the_operation_that_emits_it`).
+        let carried = traced(span(), Some(CALLER), async {
             tracing::info!("handling a call");
-            let event = crate::events::envelope("pim.test", "Happened", "s", &crate::events::Envelope::default());
-            (current_traceparent(), event)
+            current_traceparent()
         })
         .await;
         assert_eq!(carried.as_deref(), Some(CALLER));
-        assert_eq!(event.traceparent, CALLER);
         assert!(
             logs.text().contains("trace_id=\"4bf92f3577b34da6a3ce929d0e0e4736\""),
             "{}",

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use sea_orm::{DatabaseTransaction, TransactionTrait};
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use super::Envelope;
 use crate::db::{self, Db};
@@ -46,7 +47,7 @@ pub trait EventHandler: Send + Sync {
     /// rows at once override it; by default each is handled in turn.
     async fn handle_all(&self, txn: &DatabaseTransaction, envelopes: &[&Envelope]) -> anyhow::Result<()> {
         for envelope in envelopes {
-            crate::telemetry::handle_event(self.consumer(), envelope, self.handle(txn, envelope)).await?;
+            handle_event(self.consumer(), envelope, self.handle(txn, envelope)).await?;
         }
         Ok(())
     }
@@ -227,9 +228,27 @@ impl Inbox {
             txn.rollback().await.ok();
             return Ok(false);
         }
-        crate::telemetry::handle_event(self.consumer(), envelope, self.handler.handle(&txn, envelope)).await?;
+        handle_event(self.consumer(), envelope, self.handler.handle(&txn, envelope)).await?;
         txn.commit().await.context("committing consumer transaction")?;
         self.handler.after_commit(envelope).await;
         Ok(true)
     }
+}
+
+/// Handles one event in a span of its own, a child of the span that emitted it.
+pub(crate) fn handle_event<F: std::future::Future>(
+    consumer: &str,
+    envelope: &Envelope,
+    handling: F,
+) -> impl std::future::Future<Output = F::Output> + use<F> {
+    let span = tracing::info_span!(
+        "event",
+        otel.name = %format!("{consumer} {}", super::short_type(envelope)),
+        pim.service = consumer,
+        pim.event_id = %envelope.id,
+        pim.subject = %envelope.subject,
+        trace_id = tracing::field::Empty,
+    );
+    let _ = span.set_parent(crate::telemetry::context_from_traceparent(&envelope.traceparent));
+    crate::telemetry::traced(span, Some(&envelope.traceparent), handling)
 }

@@ -83,3 +83,20 @@ pub fn short_type(envelope: &Envelope) -> &str {
 pub fn decode<M: Message + Default>(envelope: &Envelope) -> anyhow::Result<M> {
     M::decode(envelope.data.as_slice()).map_err(|e| anyhow::anyhow!("decoding {}: {e}", envelope.r#type))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An event emitted while an operation runs carries that operation's trace.
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_event_carries_the_trace_of_the_operation_that_emits_it() {
+        const CALLER: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let span = tracing::info_span!("rpc", trace_id = tracing::field::Empty);
+        let event = crate::telemetry::traced(span, Some(CALLER), async {
+            envelope("pim.test", "Happened", "s", &Envelope::default())
+        })
+        .await;
+        assert_eq!(event.traceparent, CALLER);
+    }
+}
