@@ -176,6 +176,17 @@ impl Client {
     }
 }
 
+/// A `pim up` a failed test left running is killed with it (`terminate` stops it cleanly
+/// first when the test gets that far).
+impl Drop for Up {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// Child processes killed when the test ends, however it ends.
 struct Processes(Vec<std::process::Child>);
 
