@@ -53,6 +53,13 @@ pub struct Config {
     /// Where audit serves the Shared Signals transmitter over HTTP (`PIM_SSF_ADDR`); unset:
     /// nowhere (`pim up` serves it on the port after the gRPC one).
     pub ssf_addr: Option<SocketAddr>,
+    /// Where the web portal listens (`PIM_PORTAL_ADDR`); unset: nowhere (`pim up` serves it
+    /// on the port two after the gRPC one).
+    pub portal_addr: Option<SocketAddr>,
+    /// How long a portal session lasts without use (`PIM_PORTAL_IDLE_SECS`, default 30 min),
+    /// and at most (`PIM_PORTAL_SESSION_SECS`, default 8 h).
+    pub portal_idle: Duration,
+    pub portal_lifetime: Duration,
     /// The transmitter's issuer: the URL receivers reach it at (`PIM_SSF_ISSUER`, e.g. behind
     /// a TLS proxy); default `http://` and the address it is served on.
     pub ssf_issuer: Option<String>,
@@ -227,6 +234,15 @@ impl Config {
                 ),
                 None => None,
             },
+            portal_addr: match get("PIM_PORTAL_ADDR") {
+                Some(a) => Some(
+                    a.parse()
+                        .with_context(|| format!("PIM_PORTAL_ADDR {a:?} is not host:port"))?,
+                ),
+                None => None,
+            },
+            portal_idle: Duration::from_secs(num("PIM_PORTAL_IDLE_SECS", 30 * 60)?),
+            portal_lifetime: Duration::from_secs(num("PIM_PORTAL_SESSION_SECS", 8 * 3600)?),
             ssf_issuer: match get("PIM_SSF_ISSUER") {
                 Some(url) if url.starts_with("https://") || url.starts_with("http://") => {
                     Some(url.trim_end_matches('/').to_owned())
@@ -315,6 +331,12 @@ impl Config {
         }
         if self.mfa_step_up < Duration::from_secs(60) || self.mfa_step_up > Duration::from_secs(24 * 3600) {
             bail!("PIM_MFA_STEP_UP_SECS must be between 60 and 86400");
+        }
+        if self.portal_idle < Duration::from_secs(60) || self.portal_idle > self.portal_lifetime {
+            bail!("PIM_PORTAL_IDLE_SECS must be at least 60 and at most PIM_PORTAL_SESSION_SECS");
+        }
+        if self.portal_lifetime > Duration::from_secs(7 * 86_400) {
+            bail!("PIM_PORTAL_SESSION_SECS must be at most 7 days (604800)");
         }
         if self.mfa_enrollment_window > Duration::from_secs(30 * 86_400) {
             bail!("PIM_MFA_ENROLLMENT_WINDOW_SECS must be at most 30 days (2592000)");

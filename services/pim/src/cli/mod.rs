@@ -106,9 +106,10 @@ enum Command {
     Up,
     /// Run one service (production shape: PIM_DATABASE_URL for PostgreSQL, PIM_REDIS_URL), or
     /// the gateway: one address in front of the five (PIM_IDENTITY_URL, PIM_ASSIGNMENT_URL,
-    /// PIM_APPROVAL_URL, PIM_ALERTING_URL, PIM_AUDIT_URL) for the CLI and apps.
+    /// PIM_APPROVAL_URL, PIM_ALERTING_URL, PIM_AUDIT_URL) for the CLI and apps, or the web
+    /// portal (PIM_PORTAL_ADDR; the same URL settings but audit's).
     Serve {
-        /// identity, assignment, approval, alerting, audit or gateway
+        /// identity, assignment, approval, alerting, audit, gateway or portal
         service: Served,
     },
     /// Make the Ed25519 keys services sign their events with (the production shape; `pim up`
@@ -344,6 +345,9 @@ async fn run_command(cli: Cli) -> anyhow::Result<i32> {
         Command::Serve {
             service: Served::Service(service),
         } => serve(service).await,
+        Command::Serve {
+            service: Served::Portal,
+        } => operate::serve_portal().await,
         Command::EventKeys { services } => Ok(event_keys(services)),
         Command::Events(EventsCommand::Replay { since, databases }) => replay(&since, databases).await,
         Command::Bootstrap {

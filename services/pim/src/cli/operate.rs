@@ -11,6 +11,9 @@ use pim_runtime::config::TlsConfig;
 use pim_runtime::db::{now_ms, sqlite_url};
 use pim_runtime::events::{EventKeys, PUBLISHERS};
 
+use pim_portal::{Portal, PortalOptions, Upstreams};
+use pim_runtime::grpc;
+
 use crate::host::{ServiceName, Suite, SuiteOptions};
 
 use super::{ClientArgs, Session, print_table, time};
@@ -45,6 +48,16 @@ pub(crate) async fn up() -> anyhow::Result<i32> {
         config.event_signing_keys = Some(pim_runtime::config::Secret::new(keys));
         config.event_keys()?;
     }
+    if config.portal_addr.is_none() {
+        // The web portal: two ports after the gRPC one (any free port when that one is).
+        let port = match config.listen_addr.port() {
+            0 => 0,
+            port => port
+                .checked_add(2)
+                .context("PIM_LISTEN_ADDR's port is too high to put the portal beside it: set PIM_PORTAL_ADDR")?,
+        };
+        config.portal_addr = Some(std::net::SocketAddr::new(config.listen_addr.ip(), port));
+    }
     if config.ssf_addr.is_none() {
         // The Shared Signals transmitter: on the port after the gRPC one (any free port when
         // that one is).
@@ -67,7 +80,9 @@ pub(crate) async fn up() -> anyhow::Result<i32> {
             owner_only(&path, 0o600)?;
         }
     }
+    let portal = start_portal(&config, Upstreams::all_at(grpc::channel(suite.url(), &config.tls)?)).await?;
     println!("PIM is up at {}", suite.url());
+    println!("  Portal: {portal}/");
     if let Some(ssf) = suite.ssf_url() {
         println!("  Shared Signals (SSF) transmitter: {ssf}/.well-known/ssf-configuration");
     }
@@ -215,6 +230,7 @@ pub(crate) fn redacted(url: &str) -> String {
 pub(crate) enum Served {
     Service(ServiceName),
     Gateway,
+    Portal,
 }
 
 impl std::str::FromStr for Served {
@@ -222,9 +238,10 @@ impl std::str::FromStr for Served {
     fn from_str(s: &str) -> anyhow::Result<Self> {
         match s {
             "gateway" => Ok(Self::Gateway),
+            "portal" => Ok(Self::Portal),
             _ => s.parse().map(Self::Service).map_err(|_| {
                 anyhow::anyhow!(
-                    "unknown service {s:?}: expected identity, assignment, approval, alerting, audit or gateway"
+                    "unknown service {s:?}: expected identity, assignment, approval, alerting, audit, gateway or portal"
                 )
             }),
         }
@@ -243,6 +260,59 @@ pub(crate) async fn serve(service: ServiceName) -> anyhow::Result<i32> {
     let databases = BTreeMap::from([(service, database.expose().clone())]);
     let suite = Suite::start(SuiteOptions::new(config, databases)).await?;
     suite.run_until(pim_runtime::grpc::shutdown_signal()).await?;
+    Ok(0)
+}
+
+/// Binds `PIM_PORTAL_ADDR` and serves the portal in the background until the process ends;
+/// returns the URL people reach it at (`PIM_PUBLIC_URL` when set).
+async fn start_portal(config: &Config, upstreams: Upstreams) -> anyhow::Result<String> {
+    let addr = config
+        .portal_addr
+        .context("PIM_PORTAL_ADDR is required to serve the portal")?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr} (PIM_PORTAL_ADDR)"))?;
+    let bound = listener.local_addr()?;
+    let portal = Portal::new(
+        upstreams,
+        PortalOptions::from_config(config),
+        std::sync::Arc::new(pim_runtime::clock::SystemClock),
+    );
+    tokio::spawn(async move {
+        if let Err(err) = portal.serve(listener, grpc::shutdown_signal()).await {
+            tracing::error!(error = %err, "the portal stopped");
+        }
+    });
+    let host = if bound.ip().is_unspecified() {
+        std::net::SocketAddr::new([127, 0, 0, 1].into(), bound.port())
+    } else {
+        bound
+    };
+    tracing::info!(address = %bound, "serving the portal");
+    Ok(config.public_url.clone().unwrap_or_else(|| format!("http://{host}")))
+}
+
+/// `pim serve portal`: the portal alone, a client of the services at PIM_IDENTITY_URL,
+/// PIM_ASSIGNMENT_URL, PIM_APPROVAL_URL and PIM_ALERTING_URL (or one gateway's address in
+/// each).
+pub(crate) async fn serve_portal() -> anyhow::Result<i32> {
+    let mut config = load_config(false)?;
+    let url = |setting: &str, value: &Option<String>| -> anyhow::Result<tonic::transport::Channel> {
+        let url = value
+            .as_deref()
+            .with_context(|| format!("the portal needs {setting}: where that service (or a gateway) listens"))?;
+        grpc::channel(url, &config.tls).with_context(|| setting.to_owned())
+    };
+    let upstreams = Upstreams {
+        identity: url("PIM_IDENTITY_URL", &config.identity_url)?,
+        assignment: url("PIM_ASSIGNMENT_URL", &config.assignment_url)?,
+        approval: url("PIM_APPROVAL_URL", &config.approval_url)?,
+        alerting: url("PIM_ALERTING_URL", &config.alerting_url)?,
+    };
+    config.portal_addr.get_or_insert_with(|| ([127, 0, 0, 1], 8080).into());
+    let url = start_portal(&config, upstreams).await?;
+    println!("PIM portal at {url}/");
+    grpc::shutdown_signal().await;
     Ok(0)
 }
 
@@ -289,6 +359,9 @@ pub(crate) async fn health(only: Option<Served>, client: ClientArgs) -> anyhow::
     let asked: Vec<&str> = match only {
         // The server itself (grpc.health.v1's empty name): the gateway answers for itself.
         Some(Served::Gateway) => vec![""],
+        Some(Served::Portal) => {
+            bail!("the portal is a web server, not a gRPC one: check it with GET /healthz on PIM_PORTAL_ADDR")
+        }
         Some(Served::Service(s)) => {
             let package = format!("pim.{s}.");
             names.concat().into_iter().filter(|n| n.starts_with(&package)).collect()

@@ -1,0 +1,135 @@
+//! *Admin*: alerts (open and acknowledged ones, acknowledge, dismiss or resolve with a reason),
+//! paged. Who may see and change them is alerting's decision; the portal shows its refusal.
+
+use axum::Form;
+use axum::extract::{Path, Query};
+use axum::http::HeaderMap;
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use maud::html;
+
+use pim_proto::alerting::v1 as lpb;
+use pim_proto::alerting::v1::alert_service_client::AlertServiceClient;
+
+use crate::decide::Names;
+use crate::view::{self, moment, short, timestamp};
+use crate::web::{Caller, Failure, Fields, check_form};
+
+const PAGE_SIZE: i32 = 25;
+
+fn alerts_client(caller: &Caller) -> AlertServiceClient<tonic::transport::Channel> {
+    AlertServiceClient::new(caller.portal.0.upstreams.alerting.clone())
+}
+
+fn severity_text(severity: i32) -> &'static str {
+    match lpb::Severity::try_from(severity).unwrap_or(lpb::Severity::Unspecified) {
+        lpb::Severity::Critical => "critical",
+        lpb::Severity::High => "high",
+        lpb::Severity::Medium => "medium",
+        lpb::Severity::Low => "low",
+        lpb::Severity::Unspecified => "",
+    }
+}
+
+fn status_text(status: i32) -> &'static str {
+    match lpb::AlertStatus::try_from(status).unwrap_or(lpb::AlertStatus::Unspecified) {
+        lpb::AlertStatus::Open => "open",
+        lpb::AlertStatus::Acknowledged => "acknowledged",
+        lpb::AlertStatus::Dismissed => "dismissed",
+        lpb::AlertStatus::Resolved => "resolved",
+        lpb::AlertStatus::Unspecified => "",
+    }
+}
+
+#[derive(serde::Deserialize, Default)]
+pub struct Paging {
+    #[serde(default)]
+    page: String,
+}
+
+/// GET /admin/alerts[?page=TOKEN]: open alerts, most severe first as alerting lists them.
+pub async fn alerts(caller: Caller, Query(paging): Query<Paging>) -> Html<String> {
+    let content = async {
+        let listed = alerts_client(&caller)
+            .list_alerts(caller.request(lpb::ListAlertsRequest {
+                status: lpb::AlertStatus::Open as i32,
+                page_size: PAGE_SIZE,
+                page_token: paging.page.clone(),
+                ..Default::default()
+            }))
+            .await?
+            .into_inner();
+        let names = Names::of(&caller, listed.alerts.iter().map(|a| a.principal_id.clone()).collect())
+        .await;
+        Ok::<_, Failure>(html! {
+            @if listed.alerts.is_empty() {
+                p { "No open alerts." }
+            } @else {
+                table {
+                    thead { tr { th scope="col" { "Severity" } th scope="col" { "Rule" } th scope="col" { "Who" } th scope="col" { "Scope" } th scope="col" { "Last seen" } th scope="col" { "Count" } th scope="col" { "Status" } th scope="col" { "Change" } } }
+                    tbody {
+                        @for a in &listed.alerts {
+                            tr {
+                                td.(severity_text(a.severity)) { (severity_text(a.severity)) }
+                                td { (a.rule_id) }
+                                td { @if !a.principal_id.is_empty() { (names.get(&a.principal_id)) } }
+                                td { code { (a.scope) } }
+                                td { (moment(timestamp(&a.last_seen))) }
+                                td { (a.count) }
+                                td { (status_text(a.status)) }
+                                td {
+                                    form.decide method="post" action=(format!("/admin/alerts/{}", a.id)) {
+                                        (view::csrf(&caller))
+                                        label for=(format!("reason-{}", a.id)) { "Reason" }
+                                        input id=(format!("reason-{}", a.id)) name="reason" type="text";
+                                        button type="submit" name="change" value="dismiss" aria-label=(format!("Dismiss alert {}", short(&a.id))) { "Dismiss" }
+                                        button type="submit" name="change" value="resolve" aria-label=(format!("Resolve alert {}", short(&a.id))) { "Resolve" }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            @if !listed.next_page_token.is_empty() {
+                nav aria-label="Pages" {
+                    a href=(format!("/admin/alerts?page={}", listed.next_page_token)) { "Next page" }
+                }
+            }
+        })
+    }
+    .await
+    .unwrap_or_else(|failure| view::problem(&failure.text()));
+    view::page(&caller, "/admin/alerts", "Alerts", content)
+}
+
+/// POST /admin/alerts/{id}: dismiss or resolve, with a reason.
+pub async fn change_alert(
+    caller: Caller,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(fields): Form<Fields>,
+) -> Response {
+    if let Err(refused) = check_form(&headers, &caller.session, &fields) {
+        return refused;
+    }
+    let request = caller.request(lpb::AlertStatusRequest {
+        alert_id: id,
+        reason: fields.get("reason").to_owned(),
+    });
+    let changed = match fields.get("change") {
+        "dismiss" => alerts_client(&caller).dismiss_alert(request).await,
+        "resolve" => alerts_client(&caller).resolve_alert(request).await,
+        _ => {
+            caller.flash(false, "Choose Dismiss or Resolve.");
+            return Redirect::to("/admin/alerts").into_response();
+        }
+    };
+    match changed {
+        Ok(alert) => caller.flash(
+            true,
+            format!("The alert is {}.", status_text(alert.into_inner().status)),
+        ),
+        Err(status) => caller.flash(false, format!("Not changed: {}", Failure::from(status).text())),
+    }
+    Redirect::to("/admin/alerts").into_response()
+}

@@ -1,0 +1,291 @@
+//! *Approvals* (what waits for the caller, the requester's recent history, approve or deny
+//! with a reason) and *Access reviews* (the caller's items, with the recommendation).
+
+use std::collections::HashMap;
+
+use axum::Form;
+use axum::extract::Path;
+use axum::http::HeaderMap;
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use maud::{Markup, html};
+
+use pim_proto::approval::v1 as rpb;
+use pim_proto::approval::v1::access_review_service_client::AccessReviewServiceClient;
+use pim_proto::approval::v1::approval_service_client::ApprovalServiceClient;
+use pim_proto::identity::v1 as ipb;
+use pim_proto::identity::v1::directory_service_client::DirectoryServiceClient;
+
+use crate::stepup;
+use crate::view::{self, moment, short, timestamp};
+use crate::web::{Caller, Failure, Fields, check_form};
+
+/// Principal names, looked up once per page; an id the caller may not look up stays an id.
+pub struct Names(HashMap<String, String>);
+
+impl Names {
+    pub async fn of(caller: &Caller, ids: Vec<String>) -> Self {
+        let mut names = HashMap::new();
+        for id in &ids {
+            if id.is_empty() || names.contains_key(id) {
+                continue;
+            }
+            let name = DirectoryServiceClient::new(caller.portal.0.upstreams.identity.clone())
+                .get_principal(caller.request(ipb::GetPrincipalRequest {
+                    principal_id: id.clone(),
+                }))
+                .await
+                .ok()
+                .map(|p| p.into_inner())
+                .map(|p| {
+                    if p.user_name.is_empty() {
+                        p.display_name
+                    } else {
+                        p.user_name
+                    }
+                });
+            names.insert(id.clone(), name.unwrap_or_else(|| short(id).to_owned()));
+        }
+        Self(names)
+    }
+
+    pub fn get<'a>(&'a self, id: &'a str) -> &'a str {
+        self.0.get(id).map(String::as_str).unwrap_or(id)
+    }
+}
+
+fn approvals_client(caller: &Caller) -> ApprovalServiceClient<tonic::transport::Channel> {
+    ApprovalServiceClient::new(caller.portal.0.upstreams.approval.clone())
+}
+
+fn duration_text(d: &Option<prost_types::Duration>) -> String {
+    d.as_ref()
+        .map(|d| pim_runtime::format::duration(std::time::Duration::from_secs(d.seconds.max(0) as u64)))
+        .unwrap_or_default()
+}
+
+/// GET /approvals: requests waiting for the caller's decision.
+pub async fn approvals(caller: Caller) -> Html<String> {
+    let content = async {
+        let pending = approvals_client(&caller)
+            .list_approvals(caller.request(rpb::ListApprovalsRequest {
+                status: rpb::ApprovalStatus::Pending as i32,
+                page_size: 50,
+                ..Default::default()
+            }))
+            .await?
+            .into_inner()
+            .approvals;
+        let names = Names::of(&caller, pending.iter().map(|a| a.requester_id.clone()).collect()).await;
+        Ok::<_, Failure>(html! {
+            @if pending.is_empty() {
+                p { "Nothing waits for your decision." }
+            }
+            @for a in &pending {
+                (approval_card(&caller, a, &names, false))
+            }
+        })
+    }
+    .await
+    .unwrap_or_else(|failure| view::problem(&failure.text()));
+    view::page(&caller, "/approvals", "Approvals", content)
+}
+
+fn approval_card(caller: &Caller, a: &rpb::Approval, names: &Names, detailed: bool) -> Markup {
+    let requester = names.get(&a.requester_id);
+    html! {
+        article.card aria-label=(format!("{} for {requester}", a.role_name)) {
+            h2 { (a.role_name) " for " (requester) }
+            dl {
+                dt { "Scope" } dd { code { (a.scope) } }
+                dt { "For" } dd { (duration_text(&a.duration)) }
+                dt { "Justification" } dd { (a.justification) }
+                @if let Some(t) = &a.ticket { @if !t.number.is_empty() { dt { "Ticket" } dd { (t.system) " " (t.number) } } }
+                dt { "Asked" } dd { (moment(timestamp(&a.created_at))) }
+                dt { "Decide by" } dd { (moment(timestamp(&a.expires_at))) }
+                @if a.stages.len() > 1 { dt { "Stage" } dd { (a.current_stage + 1) " of " (a.stages.len()) } }
+            }
+            @if detailed {
+                h3 { "Recent activations by " (requester) }
+                @if a.requester_history.is_empty() {
+                    p { "None." }
+                } @else {
+                    ul {
+                        @for h in &a.requester_history {
+                            li { (h.role_name) " at " code { (h.scope) } ", " (moment(timestamp(&h.start_time))) " to " (moment(timestamp(&h.end_time))) }
+                        }
+                    }
+                }
+            } @else {
+                p { a href=(format!("/approvals/{}", a.id)) { "Details and " (requester) "'s recent activations" } }
+            }
+            @if a.status == rpb::ApprovalStatus::Pending as i32 {
+                form.decide method="post" action=(format!("/approvals/{}", a.id)) {
+                    (view::csrf(caller))
+                    input type="hidden" name="what" value=(format!("Deciding on {} for {requester}", a.role_name));
+                    label for=(format!("reason-{}", a.id)) { "Reason" }
+                    textarea id=(format!("reason-{}", a.id)) name="reason" rows="2" required {}
+                    button type="submit" name="decision" value="approve" { "Approve" }
+                    button.deny type="submit" name="decision" value="deny" { "Deny" }
+                }
+            }
+        }
+    }
+}
+
+/// GET /approvals/{id}: one approval with the requester's recent activations.
+pub async fn approval(caller: Caller, Path(id): Path<String>) -> Html<String> {
+    let content = async {
+        let a = approvals_client(&caller)
+            .get_approval(caller.request(rpb::GetApprovalRequest { approval_id: id }))
+            .await?
+            .into_inner();
+        let names = Names::of(&caller, vec![a.requester_id.clone()]).await;
+        Ok::<_, Failure>(approval_card(&caller, &a, &names, true))
+    }
+    .await
+    .unwrap_or_else(|failure| view::problem(&failure.text()));
+    view::page(&caller, "/approvals", "Approval", content)
+}
+
+/// POST /approvals/{id}: approve or deny, with a reason (and the step-up where asked).
+pub async fn decide(
+    mut caller: Caller,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(fields): Form<Fields>,
+) -> Response {
+    if let Err(refused) = check_form(&headers, &caller.session, &fields) {
+        return refused;
+    }
+    let action = format!("/approvals/{id}");
+    let what = fields.get("what").to_owned();
+    if let Err(page) = stepup::verify_if_given(&mut caller, &fields, &action, &what).await {
+        return page;
+    }
+    let decision = match fields.get("decision") {
+        "approve" => rpb::Decision::Approve,
+        "deny" => rpb::Decision::Deny,
+        _ => {
+            caller.flash(false, "Choose Approve or Deny.");
+            return Redirect::to("/approvals").into_response();
+        }
+    };
+    let decided = approvals_client(&caller)
+        .decide(caller.request(rpb::DecideRequest {
+            approval_id: id,
+            decision: decision as i32,
+            justification: fields.get("reason").to_owned(),
+        }))
+        .await;
+    match decided {
+        Ok(a) => {
+            let a = a.into_inner();
+            let done = if decision == rpb::Decision::Approve {
+                "approved"
+            } else {
+                "denied"
+            };
+            caller.flash(true, format!("You {done} {} for this request.", a.role_name));
+        }
+        Err(status) => match Failure::from(status) {
+            Failure::MfaNeeded => return stepup::page(&caller, &action, &fields, &what, None),
+            failure => caller.flash(false, format!("Not decided: {}", failure.text())),
+        },
+    }
+    Redirect::to("/approvals").into_response()
+}
+
+fn reviews_client(caller: &Caller) -> AccessReviewServiceClient<tonic::transport::Channel> {
+    AccessReviewServiceClient::new(caller.portal.0.upstreams.approval.clone())
+}
+
+fn decision_text(decision: i32) -> &'static str {
+    match rpb::Decision::try_from(decision).unwrap_or(rpb::Decision::Unspecified) {
+        rpb::Decision::Approve => "keep",
+        rpb::Decision::Deny => "remove",
+        rpb::Decision::Unspecified => "not decided",
+    }
+}
+
+/// GET /reviews: the items the caller reviews, in every review in progress.
+pub async fn reviews(caller: Caller) -> Html<String> {
+    let content = async {
+        let items = reviews_client(&caller)
+            .list_my_review_items(caller.request(rpb::ListMyReviewItemsRequest::default()))
+            .await?
+            .into_inner()
+            .items;
+        let names = Names::of(&caller, items.iter().map(|i| i.principal_id.clone()).collect()).await;
+        let roles = crate::roles::role_names(&caller).await?;
+        Ok::<_, Failure>(html! {
+            @if items.is_empty() {
+                p { "No access review waits for you." }
+            } @else {
+                table {
+                    thead { tr { th scope="col" { "Who" } th scope="col" { "Role" } th scope="col" { "Scope" } th scope="col" { "Kind" } th scope="col" { "Recommendation" } th scope="col" { "Your decision" } th scope="col" { "Decide" } } }
+                    tbody {
+                        @for item in &items {
+                            @let who = names.get(&item.principal_id);
+                            @let role = roles.get(&item.role_id).map(String::as_str).unwrap_or(&item.role_id);
+                            tr {
+                                td { (who) }
+                                td { (role) }
+                                td { code { (item.scope) } }
+                                td { (item.kind) }
+                                td { (item.recommendation) }
+                                td { (decision_text(item.decision)) }
+                                td {
+                                    form.decide method="post" action=(format!("/reviews/items/{}", item.id)) {
+                                        (view::csrf(&caller))
+                                        label for=(format!("why-{}", item.id)) { "Reason" }
+                                        input id=(format!("why-{}", item.id)) name="reason" type="text";
+                                        button type="submit" name="decision" value="approve" aria-label=(format!("Keep {role} for {who}")) { "Keep" }
+                                        button.deny type="submit" name="decision" value="deny" aria-label=(format!("Remove {role} from {who}")) { "Remove" }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        })
+    }
+    .await
+    .unwrap_or_else(|failure| view::problem(&failure.text()));
+    view::page(&caller, "/reviews", "Access reviews", content)
+}
+
+/// POST /reviews/items/{id}: records the caller's decision on one item.
+pub async fn record(
+    caller: Caller,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(fields): Form<Fields>,
+) -> Response {
+    if let Err(refused) = check_form(&headers, &caller.session, &fields) {
+        return refused;
+    }
+    let decision = match fields.get("decision") {
+        "approve" => rpb::Decision::Approve,
+        "deny" => rpb::Decision::Deny,
+        _ => {
+            caller.flash(false, "Choose Keep or Remove.");
+            return Redirect::to("/reviews").into_response();
+        }
+    };
+    let recorded = reviews_client(&caller)
+        .record_decision(caller.request(rpb::RecordDecisionRequest {
+            item_id: id,
+            decision: decision as i32,
+            justification: fields.get("reason").to_owned(),
+        }))
+        .await;
+    match recorded {
+        Ok(item) => caller.flash(
+            true,
+            format!("Recorded: {}.", decision_text(item.into_inner().decision)),
+        ),
+        Err(status) => caller.flash(false, format!("Not recorded: {}", Failure::from(status).text())),
+    }
+    Redirect::to("/reviews").into_response()
+}

@@ -1,0 +1,133 @@
+//! The web portal: server-rendered pages for requesters, approvers, reviewers and
+//! administrators. It is a client of the other services over gRPC with the signed-in user's
+//! token, like the CLI, so every rule, permission check and audit record stays where it is.
+//!
+//! - `session`: cookies, CSRF tokens, timeouts; the tokens stay on the server.
+//! - `web`: what every page shares (the signed-in caller, security headers, failures, forms).
+//! - `view`: the layout and the small pieces pages are made of (maud escapes every value).
+//! - `signin`, `roles`, `decide` (approvals and reviews), `admin`: the pages.
+
+// A handler's early exit is a ready `Response` (a redirect, a refusal page): boxing it would
+// buy nothing on a path taken once per request.
+#![allow(clippy::result_large_err)]
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::{get, post};
+use tonic::transport::Channel;
+
+use pim_runtime::clock::Clock;
+
+mod admin;
+mod decide;
+mod roles;
+pub mod session;
+mod signin;
+mod stepup;
+mod view;
+mod web;
+
+pub use web::Failure;
+
+/// Where the portal reaches each service (in `pim up`, all at the suite's one address).
+#[derive(Clone)]
+pub struct Upstreams {
+    pub identity: Channel,
+    pub assignment: Channel,
+    pub approval: Channel,
+    pub alerting: Channel,
+}
+
+impl Upstreams {
+    /// Every service behind one address (`pim up`, or a gateway).
+    pub fn all_at(channel: Channel) -> Self {
+        Self {
+            identity: channel.clone(),
+            assignment: channel.clone(),
+            approval: channel.clone(),
+            alerting: channel,
+        }
+    }
+}
+
+/// How the portal is served.
+#[derive(Clone, Debug)]
+pub struct PortalOptions {
+    /// Cookies get `Secure` (and the `__Host-` prefix): the portal is reached over TLS
+    /// (`PIM_PUBLIC_URL` is `https://…`).
+    pub secure: bool,
+    pub idle: std::time::Duration,
+    pub lifetime: std::time::Duration,
+}
+
+impl PortalOptions {
+    pub fn from_config(config: &pim_runtime::Config) -> Self {
+        Self {
+            secure: config.public_url.as_deref().is_some_and(|u| u.starts_with("https://")),
+            idle: config.portal_idle,
+            lifetime: config.portal_lifetime,
+        }
+    }
+}
+
+pub(crate) struct Inner {
+    pub(crate) sessions: session::Sessions,
+    pub(crate) upstreams: Upstreams,
+    pub(crate) secure: bool,
+}
+
+/// The portal's shared state: cheap to clone.
+#[derive(Clone)]
+pub struct Portal(pub(crate) Arc<Inner>);
+
+impl Portal {
+    pub fn new(upstreams: Upstreams, options: PortalOptions, clock: Arc<dyn Clock>) -> Self {
+        Self(Arc::new(Inner {
+            sessions: session::Sessions::new(clock, options.idle, options.lifetime),
+            upstreams,
+            secure: options.secure,
+        }))
+    }
+
+    /// Every page, with the security headers on every answer.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/", get(roles::home))
+            .route("/signin", get(signin::form).post(signin::password))
+            .route("/signin/code", post(signin::code))
+            .route("/signout", post(signin::sign_out))
+            .route("/signout/everywhere", post(signin::sign_out_everywhere))
+            .route("/roles", get(roles::my_roles))
+            .route("/roles/activate", post(roles::activate))
+            .route("/roles/deactivate", post(roles::deactivate))
+            .route("/requests", get(roles::my_requests))
+            .route("/requests/{id}", get(roles::request))
+            .route("/requests/{id}/status", get(roles::request_status))
+            .route("/requests/{id}/cancel", post(roles::cancel))
+            .route("/approvals", get(decide::approvals))
+            .route("/approvals/{id}", get(decide::approval).post(decide::decide))
+            .route("/reviews", get(decide::reviews))
+            .route("/reviews/items/{id}", post(decide::record))
+            .route("/admin/alerts", get(admin::alerts))
+            .route("/admin/alerts/{id}", post(admin::change_alert))
+            .route("/healthz", get(|| async { "ok" }))
+            .route("/static/portal.css", get(web::stylesheet))
+            .route("/static/portal.js", get(web::script))
+            .fallback(web::not_found)
+            .layer(axum::middleware::map_response(web::security_headers))
+            .with_state(self.clone())
+    }
+
+    /// Serves the portal on `listener` until `shutdown` completes.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        axum::serve(listener, self.router())
+            .with_graceful_shutdown(shutdown)
+            .await
+            .map_err(Into::into)
+    }
+}

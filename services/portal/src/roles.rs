@@ -1,0 +1,429 @@
+//! *My roles* (eligible and active, activate and deactivate, with the MFA step-up in place)
+//! and *My requests* (their progress, live, and cancel).
+
+use std::collections::HashMap;
+
+use axum::Form;
+use axum::extract::Path;
+use axum::http::HeaderMap;
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use maud::{Markup, html};
+
+use pim_proto::assignment::v1 as apb;
+use pim_proto::assignment::v1::assignment_service_client::AssignmentServiceClient;
+use pim_proto::assignment::v1::role_service_client::RoleServiceClient;
+use pim_proto::common::v1::Ticket;
+
+use crate::view::{self, moment, short, time_left, timestamp};
+use crate::web::{Caller, Failure, Fields, check_form};
+use crate::{stepup, web};
+
+pub async fn home() -> Redirect {
+    Redirect::to("/roles")
+}
+
+fn assignments(caller: &Caller) -> AssignmentServiceClient<tonic::transport::Channel> {
+    AssignmentServiceClient::new(caller.portal.0.upstreams.assignment.clone())
+}
+
+/// Role id → name, for requests (which carry ids only).
+pub(crate) async fn role_names(caller: &Caller) -> Result<HashMap<String, String>, Failure> {
+    let roles = RoleServiceClient::new(caller.portal.0.upstreams.assignment.clone())
+        .list_role_definitions(caller.request(apb::ListRoleDefinitionsRequest {}))
+        .await?
+        .into_inner()
+        .roles;
+    Ok(roles.into_iter().map(|r| (r.id, r.name)).collect())
+}
+
+/// A request's status as people say it.
+pub fn status_text(status: i32) -> &'static str {
+    use apb::RequestStatus as S;
+    match S::try_from(status).unwrap_or(S::Unspecified) {
+        S::PendingApproval => "waiting for approval",
+        S::Granted => "approved, starting",
+        S::Denied => "denied",
+        S::Provisioned => "active",
+        S::ScheduleCreated => "scheduled",
+        S::Revoked => "revoked",
+        S::Canceled => "canceled",
+        S::Failed => "failed",
+        S::Expired => "expired",
+        S::Unspecified => "unknown",
+    }
+}
+
+fn is_final(status: i32) -> bool {
+    use apb::RequestStatus as S;
+    !matches!(
+        S::try_from(status).unwrap_or(S::Unspecified),
+        S::PendingApproval | S::Granted | S::Unspecified
+    )
+}
+
+/// GET /roles.
+pub async fn my_roles(caller: Caller) -> Html<String> {
+    let content = match roles_content(&caller).await {
+        Ok(content) => content,
+        Err(failure) => view::problem(&failure.text()),
+    };
+    view::page(&caller, "/roles", "My roles", content)
+}
+
+async fn roles_content(caller: &Caller) -> Result<Markup, Failure> {
+    let mine = || apb::ListAssignmentsRequest {
+        mine: true,
+        ..Default::default()
+    };
+    let eligible = assignments(caller)
+        .list_eligible_assignments(caller.request(mine()))
+        .await?
+        .into_inner()
+        .assignments;
+    let active = assignments(caller)
+        .list_active_assignments(caller.request(mine()))
+        .await?
+        .into_inner()
+        .assignments;
+    let pending = assignments(caller)
+        .list_requests(caller.request(apb::ListRequestsRequest {
+            principal_id: caller.user.principal_id.clone(),
+            status: apb::RequestStatus::PendingApproval as i32,
+            page_size: 50,
+            ..Default::default()
+        }))
+        .await?
+        .into_inner()
+        .requests;
+    let names = if pending.is_empty() {
+        HashMap::new()
+    } else {
+        role_names(caller).await?
+    };
+    let now = caller.portal.0.sessions.now_ms();
+    Ok(html! {
+        section aria-labelledby="active-h" {
+            h2 id="active-h" { "Active" }
+            @if active.is_empty() {
+                p { "No active roles." }
+            } @else {
+                table {
+                    thead { tr { th scope="col" { "Role" } th scope="col" { "Scope" } th scope="col" { "Until" } th scope="col" { "Time left" } th scope="col" { span.visually-hidden { "Actions" } } } }
+                    tbody {
+                        @for a in &active {
+                            @let end = timestamp(&a.end_time);
+                            tr data-role=(a.role_name) {
+                                td { (a.role_name) (via(a)) }
+                                td { code { (a.scope) } }
+                                td { (moment(end)) }
+                                td.left data-end=[end] { (time_left(end, now)) }
+                                td {
+                                    @if a.activated && a.principal_id == caller.user.principal_id {
+                                        form method="post" action="/roles/deactivate" {
+                                            (view::csrf(caller))
+                                            input type="hidden" name="role_id" value=(a.role_id);
+                                            input type="hidden" name="scope" value=(a.scope);
+                                            input type="hidden" name="role_name" value=(a.role_name);
+                                            button type="submit" aria-label=(format!("Deactivate {}", a.role_name)) { "Deactivate" }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        @if !pending.is_empty() {
+            section aria-labelledby="pending-h" {
+                h2 id="pending-h" { "Waiting for approval" }
+                ul {
+                    @for r in &pending {
+                        li {
+                            (names.get(&r.role_id).map(String::as_str).unwrap_or(&r.role_id))
+                            " at " code { (r.scope) } ": "
+                            span.live data-request=(r.id) aria-live="polite" { (status_text(r.status)) }
+                        }
+                    }
+                }
+            }
+        }
+        section aria-labelledby="eligible-h" {
+            h2 id="eligible-h" { "Eligible" }
+            @if eligible.is_empty() {
+                p { "You have no eligible roles." }
+            } @else {
+                table {
+                    thead { tr { th scope="col" { "Role" } th scope="col" { "Scope" } th scope="col" { "Eligible until" } th scope="col" { "Activate" } } }
+                    tbody {
+                        @for (i, a) in eligible.iter().enumerate() {
+                            tr {
+                                td { (a.role_name) (via(a)) }
+                                td { code { (a.scope) } }
+                                td { (moment(timestamp(&a.end_time))) }
+                                td { (activate_form(caller, i, a)) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    })
+}
+
+fn via(a: &apb::Assignment) -> Markup {
+    html! {
+        @if !a.via_group_id.is_empty() {
+            " " small { "(through a group)" }
+        }
+    }
+}
+
+fn activate_form(caller: &Caller, i: usize, a: &apb::Assignment) -> Markup {
+    let id = |field: &str| format!("{field}-{i}");
+    html! {
+        details {
+            summary { "Activate " span.visually-hidden { (a.role_name) } }
+            form.activate method="post" action="/roles/activate" {
+                (view::csrf(caller))
+                input type="hidden" name="role_id" value=(a.role_id);
+                input type="hidden" name="scope" value=(a.scope);
+                input type="hidden" name="role_name" value=(a.role_name);
+                label for=(id("duration")) { "Duration" }
+                input id=(id("duration")) name="duration" type="text" placeholder="e.g. 2h (empty: the role's maximum)";
+                label for=(id("justification")) { "Justification" }
+                textarea id=(id("justification")) name="justification" rows="2" {}
+                label for=(id("ticket")) { "Ticket number" }
+                input id=(id("ticket")) name="ticket" type="text";
+                label for=(id("system")) { "Ticket system" }
+                input id=(id("system")) name="ticket_system" type="text";
+                button type="submit" { "Activate " (a.role_name) }
+            }
+        }
+    }
+}
+
+/// POST /roles/activate: asks for the activation; where the role wants a recent MFA, the
+/// code is asked for in place and the request sent again with it.
+pub async fn activate(mut caller: Caller, headers: HeaderMap, Form(fields): Form<Fields>) -> Response {
+    if let Err(refused) = check_form(&headers, &caller.session, &fields) {
+        return refused;
+    }
+    let what = fields.get("role_name").to_owned();
+    if let Err(page) = stepup::verify_if_given(&mut caller, &fields, "/roles/activate", &what).await {
+        return page;
+    }
+    let duration = match fields.get("duration") {
+        "" => None,
+        text => match humantime::parse_duration(text) {
+            Ok(d) if d.as_secs() >= 60 => Some(d),
+            _ => {
+                caller.flash(false, format!("{text:?} is not a duration: write it like 90m or 2h"));
+                return Redirect::to("/roles").into_response();
+            }
+        },
+    };
+    let ticket = match (fields.get("ticket"), fields.get("ticket_system")) {
+        ("", "") => None,
+        (number, system) => Some(Ticket {
+            system: system.to_owned(),
+            number: number.to_owned(),
+        }),
+    };
+    let request = apb::CreateRequestRequest {
+        action: apb::RequestAction::SelfActivate as i32,
+        kind: apb::AssignmentKind::Active as i32,
+        role_id: fields.get("role_id").to_owned(),
+        scope: fields.get("scope").to_owned(),
+        schedule: Some(apb::Schedule {
+            start_time: None,
+            expiration: duration.map(|d| {
+                apb::schedule::Expiration::Duration(prost_types::Duration {
+                    seconds: d.as_secs() as i64,
+                    nanos: 0,
+                })
+            }),
+        }),
+        justification: fields.get("justification").to_owned(),
+        ticket,
+        ..Default::default()
+    };
+    match assignments(&caller).create_request(caller.request(request)).await {
+        Ok(created) => {
+            let created = created.into_inner();
+            let text = match apb::RequestStatus::try_from(created.status) {
+                Ok(apb::RequestStatus::Provisioned) => format!(
+                    "{what} is active until {}.",
+                    timestamp(&created.end_time)
+                        .map(|ms| pim_runtime::format::rfc3339_ms(ms)[..16].replace('T', " ") + " UTC")
+                        .unwrap_or_else(|| "you deactivate it".into())
+                ),
+                Ok(apb::RequestStatus::PendingApproval) => {
+                    format!("{what}: your request is waiting for approval. This page follows it.")
+                }
+                _ => format!("{what}: your request is {}.", status_text(created.status)),
+            };
+            caller.flash(true, text);
+        }
+        Err(status) => match Failure::from(status) {
+            Failure::MfaNeeded => return stepup::page(&caller, "/roles/activate", &fields, &what, None),
+            failure => caller.flash(false, format!("{what} was not activated: {}", failure.text())),
+        },
+    }
+    Redirect::to("/roles").into_response()
+}
+
+/// POST /roles/deactivate: ends the caller's own activation.
+pub async fn deactivate(caller: Caller, headers: HeaderMap, Form(fields): Form<Fields>) -> Response {
+    if let Err(refused) = check_form(&headers, &caller.session, &fields) {
+        return refused;
+    }
+    let what = fields.get("role_name");
+    let request = apb::CreateRequestRequest {
+        action: apb::RequestAction::SelfDeactivate as i32,
+        kind: apb::AssignmentKind::Active as i32,
+        role_id: fields.get("role_id").to_owned(),
+        scope: fields.get("scope").to_owned(),
+        ..Default::default()
+    };
+    match assignments(&caller).create_request(caller.request(request)).await {
+        Ok(_) => caller.flash(true, format!("{what} is deactivated.")),
+        Err(status) => caller.flash(
+            false,
+            format!("{what} was not deactivated: {}", Failure::from(status).text()),
+        ),
+    }
+    Redirect::to("/roles").into_response()
+}
+
+/// GET /requests: the caller's requests, newest first.
+pub async fn my_requests(caller: Caller) -> Html<String> {
+    let content = async {
+        let requests = assignments(&caller)
+            .list_requests(caller.request(apb::ListRequestsRequest {
+                principal_id: caller.user.principal_id.clone(),
+                page_size: 50,
+                ..Default::default()
+            }))
+            .await?
+            .into_inner()
+            .requests;
+        let names = role_names(&caller).await?;
+        Ok::<_, Failure>(html! {
+            @if requests.is_empty() {
+                p { "You have made no requests." }
+            } @else {
+                table {
+                    thead { tr { th scope="col" { "Asked" } th scope="col" { "Role" } th scope="col" { "Scope" } th scope="col" { "What" } th scope="col" { "Status" } th scope="col" { span.visually-hidden { "Actions" } } } }
+                    tbody {
+                        @for r in &requests {
+                            tr {
+                                td { a href=(format!("/requests/{}", r.id)) { (moment(timestamp(&r.created_at))) } }
+                                td { (names.get(&r.role_id).map(String::as_str).unwrap_or(short(&r.role_id))) }
+                                td { code { (r.scope) } }
+                                td { (action_text(r.action)) }
+                                td {
+                                    span.live data-request=[(!is_final(r.status)).then_some(&r.id)] aria-live="polite" { (status_text(r.status)) }
+                                    @if !r.outcome_reason.is_empty() { ": " (r.outcome_reason) }
+                                }
+                                td {
+                                    @if r.status == apb::RequestStatus::PendingApproval as i32 {
+                                        form method="post" action=(format!("/requests/{}/cancel", r.id)) {
+                                            (view::csrf(&caller))
+                                            button type="submit" { "Cancel" }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        })
+    }
+    .await
+    .unwrap_or_else(|failure| view::problem(&failure.text()));
+    view::page(&caller, "/requests", "My requests", content)
+}
+
+fn action_text(action: i32) -> &'static str {
+    use apb::RequestAction as A;
+    match A::try_from(action).unwrap_or(A::Unspecified) {
+        A::SelfActivate => "activate",
+        A::SelfDeactivate => "deactivate",
+        A::SelfExtend => "extend",
+        A::SelfRenew => "renew",
+        A::AdminAssign => "assigned by an administrator",
+        A::AdminRemove => "removed by an administrator",
+        A::AdminUpdate => "changed by an administrator",
+        A::AdminExtend => "extended by an administrator",
+        A::AdminRenew => "renewed by an administrator",
+        A::Unspecified => "",
+    }
+}
+
+/// GET /requests/{id}: one request, its progress followed live.
+pub async fn request(caller: Caller, Path(id): Path<String>) -> Html<String> {
+    let content = async {
+        let r = assignments(&caller)
+            .get_request(caller.request(apb::GetRequestRequest { request_id: id }))
+            .await?
+            .into_inner();
+        let names = role_names(&caller).await?;
+        Ok::<_, Failure>(html! {
+            dl {
+                dt { "Role" } dd { (names.get(&r.role_id).map(String::as_str).unwrap_or(&r.role_id)) }
+                dt { "Scope" } dd { code { (r.scope) } }
+                dt { "What" } dd { (action_text(r.action)) }
+                dt { "Status" } dd { span.live data-request=[(!is_final(r.status)).then_some(&r.id)] aria-live="polite" { (status_text(r.status)) } }
+                @if !r.outcome_reason.is_empty() { dt { "Why" } dd { (r.outcome_reason) } }
+                dt { "Asked" } dd { (moment(timestamp(&r.created_at))) }
+                dt { "From" } dd { (moment(timestamp(&r.start_time))) }
+                dt { "Until" } dd { (moment(timestamp(&r.end_time))) }
+                @if !r.justification.is_empty() { dt { "Justification" } dd { (r.justification) } }
+                @if let Some(t) = &r.ticket { dt { "Ticket" } dd { (t.system) " " (t.number) } }
+            }
+        })
+    }
+    .await
+    .unwrap_or_else(|failure| view::problem(&failure.text()));
+    view::page(&caller, "/requests", "Request", content)
+}
+
+/// GET /requests/{id}/status: what the page's script polls (JSON).
+pub async fn request_status(caller: Caller, Path(id): Path<String>) -> Response {
+    match assignments(&caller)
+        .get_request(caller.request(apb::GetRequestRequest { request_id: id }))
+        .await
+    {
+        Ok(r) => {
+            let r = r.into_inner();
+            axum::Json(serde_json::json!({
+                "status": status_text(r.status),
+                "final": is_final(r.status),
+            }))
+            .into_response()
+        }
+        Err(status) => web::json_failure(Failure::from(status)),
+    }
+}
+
+/// POST /requests/{id}/cancel.
+pub async fn cancel(
+    caller: Caller,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(fields): Form<Fields>,
+) -> Response {
+    if let Err(refused) = check_form(&headers, &caller.session, &fields) {
+        return refused;
+    }
+    match assignments(&caller)
+        .cancel_request(caller.request(apb::GetRequestRequest { request_id: id }))
+        .await
+    {
+        Ok(_) => caller.flash(true, "The request is canceled."),
+        Err(status) => caller.flash(false, format!("Not canceled: {}", Failure::from(status).text())),
+    }
+    Redirect::to("/requests").into_response()
+}

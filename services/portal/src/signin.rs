@@ -1,0 +1,223 @@
+//! Sign-in (password, then the authenticator code where the account has MFA) and sign-out.
+//! The password and code go to identity and nowhere else; the tokens stay in the session.
+
+use axum::extract::State;
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::{Form, http::HeaderMap};
+use maud::html;
+
+use pim_proto::identity::v1 as ipb;
+use pim_proto::identity::v1::auth_service_client::AuthServiceClient;
+use pim_proto::identity::v1::mfa_service_client::MfaServiceClient;
+
+use crate::session::{Session, SignedIn};
+use crate::view::{self, timestamp};
+use crate::web::{Caller, Fields, check_form};
+use crate::{Portal, web};
+
+/// GET /signin: the password form (a session, signed in as no one, is made to carry its CSRF
+/// token).
+pub async fn form(State(portal): State<Portal>, headers: HeaderMap) -> Response {
+    match portal.session_of(&headers) {
+        Some(session) if session.signed_in.is_some() => Redirect::to("/roles").into_response(),
+        Some(session) => password_form(&session, "", None).into_response(),
+        None => {
+            let session = portal.0.sessions.start();
+            ([portal.cookie(Some(&session.id))], password_form(&session, "", None)).into_response()
+        }
+    }
+}
+
+fn password_form(session: &Session, user: &str, problem: Option<&str>) -> Html<String> {
+    Html(
+        view::document(
+            "Sign in",
+            html! {
+                main id="main" .narrow {
+                    h1 { "Sign in to PIM" }
+                    @if let Some(problem) = problem { (view::problem(problem)) }
+                    form method="post" action="/signin" {
+                        input type="hidden" name="csrf" value=(session.csrf);
+                        label for="user" { "User name" }
+                        input id="user" name="user" type="text" autocomplete="username" required value=(user);
+                        label for="password" { "Password" }
+                        input id="password" name="password" type="password" autocomplete="current-password" required;
+                        button type="submit" { "Sign in" }
+                    }
+                }
+            },
+        )
+        .into_string(),
+    )
+}
+
+fn code_form(session: &Session, problem: Option<&str>) -> Html<String> {
+    Html(
+        view::document(
+            "Verify it's you",
+            html! {
+                main id="main" .narrow {
+                    h1 { "Verify it's you" }
+                    @if let Some(problem) = problem { (view::problem(problem)) }
+                    form method="post" action="/signin/code" {
+                        input type="hidden" name="csrf" value=(session.csrf);
+                        label for="code" { "Code from your authenticator app (or a recovery code)" }
+                        input id="code" name="code" type="text" inputmode="numeric" autocomplete="one-time-code" required autofocus;
+                        button type="submit" { "Verify" }
+                    }
+                }
+            },
+        )
+        .into_string(),
+    )
+}
+
+/// POST /signin: checks the password with identity.
+pub async fn password(State(portal): State<Portal>, headers: HeaderMap, Form(fields): Form<Fields>) -> Response {
+    let Some(session) = portal.session_of(&headers) else {
+        return Redirect::to("/signin").into_response();
+    };
+    if let Err(refused) = check_form(&headers, &session, &fields) {
+        return refused;
+    }
+    let user = fields.get("user").to_owned();
+    let answer = AuthServiceClient::new(portal.0.upstreams.identity.clone())
+        .sign_in(ipb::SignInRequest {
+            user_name: user.clone(),
+            password: fields.get("password").to_owned(),
+        })
+        .await;
+    let answer = match answer {
+        Ok(answer) => answer.into_inner(),
+        Err(status) if status.code() == tonic::Code::Unauthenticated => {
+            return password_form(&session, &user, Some(status.message())).into_response();
+        }
+        Err(status) => return password_form(&session, &user, Some(&web::Failure::from(status).text())).into_response(),
+    };
+    if answer.mfa_pending {
+        let pending = (answer.access_token, user);
+        portal.0.sessions.update(&session.id, |s| s.mfa_pending = Some(pending));
+        return code_form(&session, None).into_response();
+    }
+    if answer.enrollment_required {
+        return password_form(
+            &session,
+            &user,
+            Some(
+                "Your password is right, and this directory requires an authenticator you do not have yet. \
+                 Enrol one with the pass your administrator gave you: pim mfa enroll --pass PASS.",
+            ),
+        )
+        .into_response();
+    }
+    signed_in(&portal, &session, answer, user)
+}
+
+/// POST /signin/code: the authenticator code after the password.
+pub async fn code(State(portal): State<Portal>, headers: HeaderMap, Form(fields): Form<Fields>) -> Response {
+    let Some(session) = portal.session_of(&headers) else {
+        return Redirect::to("/signin").into_response();
+    };
+    if let Err(refused) = check_form(&headers, &session, &fields) {
+        return refused;
+    }
+    let Some((pending, user)) = session.mfa_pending.clone() else {
+        return Redirect::to("/signin").into_response();
+    };
+    let mut request = tonic::Request::new(ipb::VerifyRequest {
+        code: fields.get("code").to_owned(),
+    });
+    if let Ok(value) = format!("Bearer {pending}").parse() {
+        request.metadata_mut().insert("authorization", value);
+    }
+    match MfaServiceClient::new(portal.0.upstreams.identity.clone())
+        .verify(request)
+        .await
+    {
+        Ok(answer) => signed_in(&portal, &session, answer.into_inner(), user),
+        Err(status) if status.code() == tonic::Code::Unauthenticated && !status.message().is_empty() => {
+            code_form(&session, Some(status.message())).into_response()
+        }
+        Err(status) => code_form(&session, Some(&web::Failure::from(status).text())).into_response(),
+    }
+}
+
+/// The sign-in is complete: a new session id (the one used before signing in is worth
+/// nothing now) holds the tokens.
+fn signed_in(portal: &Portal, session: &Session, answer: ipb::SignInResponse, name: String) -> Response {
+    let user = SignedIn {
+        principal_id: answer.principal_id,
+        name,
+        access_token: answer.access_token,
+        refresh_token: answer.refresh_token,
+        expires_ms: timestamp(&answer.expires_at).unwrap_or_default(),
+    };
+    let renewed = portal.0.sessions.renew(session, Some(user));
+    ([portal.cookie(Some(&renewed.id))], Redirect::to("/roles")).into_response()
+}
+
+/// POST /signout: this session's tokens stop working at identity, and the session ends.
+pub async fn sign_out(caller: Caller, headers: HeaderMap, Form(fields): Form<Fields>) -> Response {
+    if let Err(refused) = check_form(&headers, &caller.session, &fields) {
+        return refused;
+    }
+    let portal = caller.portal.clone();
+    if let Some(session) = portal.0.sessions.end(&caller.session.id) {
+        end_tokens(&portal, session).await;
+    }
+    signed_out(&portal, "You are signed out; this session's tokens no longer work.")
+}
+
+/// POST /signout/everywhere: every portal session of this user ends, each one's tokens with it.
+pub async fn sign_out_everywhere(caller: Caller, headers: HeaderMap, Form(fields): Form<Fields>) -> Response {
+    if let Err(refused) = check_form(&headers, &caller.session, &fields) {
+        return refused;
+    }
+    let portal = caller.portal.clone();
+    let sessions = portal.0.sessions.end_all_of(&caller.user.principal_id);
+    let count = sessions.len();
+    for session in sessions {
+        end_tokens(&portal, session).await;
+    }
+    signed_out(
+        &portal,
+        &format!("You are signed out of all {count} of your portal sessions; their tokens no longer work."),
+    )
+}
+
+async fn end_tokens(portal: &Portal, session: Session) {
+    let Some(user) = session.signed_in else { return };
+    let mut request = tonic::Request::new(ipb::SignOutRequest {
+        refresh_token: user.refresh_token,
+    });
+    if let Ok(value) = format!("Bearer {}", user.access_token).parse() {
+        request.metadata_mut().insert("authorization", value);
+    }
+    if let Err(status) = AuthServiceClient::new(portal.0.upstreams.identity.clone())
+        .sign_out(request)
+        .await
+    {
+        // The session is gone from the portal either way; the token lapses at its expiry.
+        tracing::warn!(code = ?status.code(), "identity did not confirm a portal sign-out");
+    }
+}
+
+fn signed_out(portal: &Portal, text: &str) -> Response {
+    (
+        [portal.cookie(None)],
+        Html(
+            view::document(
+                "Signed out",
+                html! {
+                    main id="main" .narrow {
+                        h1 { "Signed out" }
+                        p role="status" { (text) }
+                        p { a href="/signin" { "Sign in again" } }
+                    }
+                },
+            )
+            .into_string(),
+        ),
+    )
+        .into_response()
+}

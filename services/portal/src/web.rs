@@ -1,0 +1,279 @@
+//! What every page shares: the signed-in caller (tokens refreshed before they lapse), the
+//! checks on every form (CSRF token and origin), the security headers on every answer, and
+//! how a service's refusal or fault becomes a page.
+
+use std::time::Duration;
+
+use axum::extract::{FromRequestParts, State};
+use axum::response::{IntoResponse, Redirect, Response};
+use http::request::Parts;
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+use tonic::Code;
+
+use pim_proto::identity::v1 as ipb;
+use pim_proto::identity::v1::auth_service_client::AuthServiceClient;
+use pim_runtime::db::from_timestamp;
+
+use crate::session::{self, Session, SignedIn};
+use crate::{Portal, view};
+
+/// Why an action did not happen, in the portal's words.
+#[derive(Debug)]
+pub enum Failure {
+    /// The session's token no longer works: sign in again.
+    SignedOut,
+    /// The service wants a recent multi-factor authentication (`MfaRule`): step up, retry.
+    MfaNeeded,
+    /// The service refused, with a message meant for the person (bad input, a rule, a
+    /// permission): shown as it is.
+    Refused(String),
+    /// Something broke: the person sees a reference, the log has the details.
+    Fault(String),
+}
+
+impl From<tonic::Status> for Failure {
+    fn from(status: tonic::Status) -> Self {
+        if pim_runtime::grpc::violated_rules(&status)
+            .iter()
+            .any(|r| r == "MfaRule")
+        {
+            return Self::MfaNeeded;
+        }
+        match status.code() {
+            Code::Unauthenticated => Self::SignedOut,
+            Code::InvalidArgument
+            | Code::FailedPrecondition
+            | Code::PermissionDenied
+            | Code::NotFound
+            | Code::AlreadyExists
+            | Code::OutOfRange
+            | Code::ResourceExhausted
+            | Code::Aborted => Self::Refused(status.message().to_owned()),
+            code => {
+                let reference = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
+                tracing::error!(%reference, ?code, message = status.message(), "a service call from the portal failed");
+                Self::Fault(reference)
+            }
+        }
+    }
+}
+
+impl Failure {
+    /// What the person reads.
+    pub fn text(&self) -> String {
+        match self {
+            Self::SignedOut => "Your session has ended: sign in again.".into(),
+            Self::MfaNeeded => "This needs a recent multi-factor authentication.".into(),
+            Self::Refused(message) => message.clone(),
+            Self::Fault(reference) => format!(
+                "Something went wrong on our side and nothing was changed by this page. \
+                 If it happens again, give your administrator the reference {reference}."
+            ),
+        }
+    }
+}
+
+/// A signed-in caller of a page: the session and the user it holds.
+pub struct Caller {
+    pub session: Session,
+    pub user: SignedIn,
+    pub portal: Portal,
+}
+
+impl Caller {
+    /// A gRPC request carrying the user's token.
+    pub fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        pim_runtime::telemetry::inject(&mut request);
+        request.set_timeout(Duration::from_secs(15));
+        if let Ok(value) = format!("Bearer {}", self.user.access_token).parse() {
+            request.metadata_mut().insert("authorization", value);
+        }
+        request
+    }
+
+    /// Keeps the tokens a step-up (or refresh) answered with.
+    pub fn keep_tokens(&mut self, answer: &ipb::SignInResponse) {
+        self.user.access_token = answer.access_token.clone();
+        if !answer.refresh_token.is_empty() {
+            self.user.refresh_token = answer.refresh_token.clone();
+        }
+        self.user.expires_ms = answer.expires_at.as_ref().map(from_timestamp).unwrap_or_default();
+        let user = self.user.clone();
+        self.portal
+            .0
+            .sessions
+            .update(&self.session.id, |s| s.signed_in = Some(user));
+    }
+
+    /// The flash message to show once, taken from the session.
+    pub fn take_flash(&self) -> Option<(bool, String)> {
+        let mut flash = None;
+        self.portal
+            .0
+            .sessions
+            .update(&self.session.id, |s| flash = s.flash.take());
+        flash
+    }
+
+    pub fn flash(&self, good: bool, text: impl Into<String>) {
+        let text = text.into();
+        self.portal
+            .0
+            .sessions
+            .update(&self.session.id, |s| s.flash = Some((good, text)));
+    }
+}
+
+impl FromRequestParts<Portal> for Caller {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, portal: &Portal) -> Result<Self, Response> {
+        let to_sign_in = || Redirect::to("/signin").into_response();
+        let session = portal.session_of(&parts.headers).ok_or_else(to_sign_in)?;
+        let Some(user) = session.signed_in.clone() else {
+            return Err(to_sign_in());
+        };
+        let mut caller = Caller {
+            session,
+            user,
+            portal: portal.clone(),
+        };
+        // A token about to lapse is refreshed first, so a page never fails half-way.
+        if caller.user.expires_ms - portal.0.sessions.now_ms() < 60_000 {
+            let refreshed = AuthServiceClient::new(portal.0.upstreams.identity.clone())
+                .refresh(ipb::RefreshRequest {
+                    refresh_token: caller.user.refresh_token.clone(),
+                })
+                .await;
+            match refreshed {
+                Ok(answer) => caller.keep_tokens(&answer.into_inner()),
+                Err(_) => {
+                    portal.0.sessions.end(&caller.session.id);
+                    return Err(to_sign_in());
+                }
+            }
+        }
+        Ok(caller)
+    }
+}
+
+impl Portal {
+    /// The session the request's cookie names, if it is still held.
+    pub(crate) fn session_of(&self, headers: &HeaderMap) -> Option<Session> {
+        let id = session::from_cookies(headers, self.0.secure)?;
+        self.0.sessions.get(&id)
+    }
+
+    pub(crate) fn cookie(&self, id: Option<&str>) -> (header::HeaderName, String) {
+        (header::SET_COOKIE, session::set_cookie(id, self.0.secure))
+    }
+}
+
+/// A form's fields, in order.
+#[derive(serde::Deserialize, Default)]
+#[serde(transparent)]
+pub struct Fields(pub Vec<(String, String)>);
+
+impl Fields {
+    pub fn get(&self, name: &str) -> &str {
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.trim())
+            .unwrap_or_default()
+    }
+}
+
+/// Refuses a form not sent from one of this portal's own pages: its CSRF token must be the
+/// session's, and a browser's `Origin` (or `Sec-Fetch-Site`) must say this site.
+pub fn check_form(headers: &HeaderMap, session: &Session, fields: &Fields) -> Result<(), Response> {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default();
+    let cross_origin = headers
+        .get(header::ORIGIN)
+        .and_then(|o| o.to_str().ok())
+        .is_some_and(|origin| origin.split_once("://").map(|(_, h)| h) != Some(host));
+    let cross_site = headers
+        .get("sec-fetch-site")
+        .is_some_and(|s| s.as_bytes() == b"cross-site");
+    if cross_origin || cross_site || !session::same(fields.get("csrf"), &session.csrf) {
+        tracing::warn!(
+            cross_origin,
+            cross_site,
+            "refused a form not sent from the portal's own page"
+        );
+        return Err((
+            StatusCode::FORBIDDEN,
+            view::bare_page(
+                "Refused",
+                "This form was not sent from this portal's own page, or the page is too old. \
+                 Go back, reload the page and try again.",
+            ),
+        )
+            .into_response());
+    }
+    Ok(())
+}
+
+/// The headers every answer carries: a strict Content-Security-Policy (no inline script or
+/// style), no framing, no sniffing, no referrer, nothing cached.
+pub async fn security_headers(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    let cached = headers.contains_key(header::CACHE_CONTROL);
+    let mut set = |name: &'static str, value: &'static str| {
+        headers.insert(name, HeaderValue::from_static(value));
+    };
+    set(
+        "content-security-policy",
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; \
+         form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    );
+    set("x-content-type-options", "nosniff");
+    set("x-frame-options", "DENY");
+    set("referrer-policy", "no-referrer");
+    set("cross-origin-opener-policy", "same-origin");
+    if !cached {
+        set("cache-control", "no-store");
+    }
+    response
+}
+
+/// A failure as the page's script reads it.
+pub fn json_failure(failure: Failure) -> Response {
+    let code = match failure {
+        Failure::SignedOut => StatusCode::UNAUTHORIZED,
+        Failure::Fault(_) => StatusCode::BAD_GATEWAY,
+        _ => StatusCode::FORBIDDEN,
+    };
+    (code, axum::Json(serde_json::json!({ "error": failure.text() }))).into_response()
+}
+
+pub async fn stylesheet() -> Response {
+    static_file("text/css; charset=utf-8", include_str!("../static/portal.css"))
+}
+
+pub async fn script() -> Response {
+    static_file("text/javascript; charset=utf-8", include_str!("../static/portal.js"))
+}
+
+fn static_file(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+pub async fn not_found(State(_): State<Portal>) -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        view::bare_page("Not found", "There is no such page here."),
+    )
+        .into_response()
+}
