@@ -72,12 +72,34 @@ def k8s_problems(docs: list[dict], probe_kind: str = "grpc") -> list[str]:
             problems.append(f"no Service {name}")
         if name not in by_kind.get("PodDisruptionBudget", {}):
             problems.append(f"no PodDisruptionBudget {name}")
+    portal = by_kind.get("Deployment", {}).get("pim-portal")
+    if portal is None:
+        problems.append("no Deployment pim-portal")
+    else:
+        pod = portal.get("spec", {}).get("template", {}).get("spec", {})
+        for container in pod.get("containers", []) or [{}]:
+            if container.get("args") != ["serve", "portal"]:
+                problems.append("pim-portal: does not run pim serve portal")
+            for probe in ("readinessProbe", "livenessProbe"):
+                if container.get(probe, {}).get("httpGet", {}).get("path") != "/healthz":
+                    problems.append(f"pim-portal: no {probe} on GET /healthz")
+            env = {e.get("name"): e.get("value", "") for e in container.get("env", [])}
+            if not env.get("PIM_PUBLIC_URL", "").startswith("https://"):
+                problems.append("pim-portal: PIM_PUBLIC_URL is not https:// (the session cookie would not be Secure)")
+        for kind in ("Service", "PodDisruptionBudget", "Ingress"):
+            if "pim-portal" not in by_kind.get(kind, {}):
+                problems.append(f"no {kind} pim-portal")
     config = by_kind.get("ConfigMap", {}).get("pim-config", {}).get("data", {})
     for service in SERVICES:
         if config.get(f"PIM_{service.upper()}_URL") != f"http://pim-{service}:50051":
             problems.append(f"the gateway does not know where {service} is (PIM_{service.upper()}_URL)")
     for name, ingress in by_kind.get("Ingress", {}).items():
         paths = [p for rule in ingress.get("spec", {}).get("rules", []) for p in rule.get("http", {}).get("paths", [])]
+        if name == "pim-portal":
+            if not any(p.get("path") == "/" and p.get("backend", {}).get("service", {}) == {"name": "pim-portal", "port": {"name": "http"}}
+                       for p in paths):
+                problems.append("the pim-portal Ingress does not send / to pim-portal's http port")
+            continue
         if name == "pim-ssf":
             # The Shared Signals transmitter: plain HTTP, served by audit on its ssf port.
             if not any(p.get("path") == "/" and p.get("backend", {}).get("service", {}) == {"name": "pim-audit", "port": {"name": "ssf"}}
@@ -97,7 +119,7 @@ def k8s_problems(docs: list[dict], probe_kind: str = "grpc") -> list[str]:
 def compose_problems(compose: dict, collector: dict, init_sql: str) -> list[str]:
     problems = []
     services = compose.get("services", {})
-    for needed in SERVICES + ["postgres", "redis", "otel-collector", "gateway"]:
+    for needed in SERVICES + ["postgres", "redis", "otel-collector", "gateway", "portal"]:
         if needed not in services:
             problems.append(f"compose has no service {needed}")
     redis_args = services.get("redis", {}).get("command", [])

@@ -27,6 +27,7 @@ class PimUp:
         self.work = work
         self.process = None
         self.ssf = None
+        self.portal = None
 
     def __enter__(self) -> "PimUp":
         self.process = subprocess.Popen([self.pim, "up"], env=self.env, stdout=subprocess.PIPE,
@@ -39,6 +40,8 @@ class PimUp:
                 break
             if line.startswith("PIM is up at"):
                 server = line.split()[-1]
+            if line.strip().startswith("Portal:"):
+                self.portal = line.split()[-1].rstrip("/")
             if "Shared Signals (SSF) transmitter:" in line:
                 self.ssf = line.split()[-1].removesuffix("/.well-known/ssf-configuration")
             if line.strip().startswith("password:"):
@@ -59,8 +62,11 @@ class PimUp:
             env["PIM_TOKEN_FILE"] = os.path.join(self.work, f"token-{as_user}")
         return subprocess.run([self.pim, *args], input=stdin, env=env, check=check, capture_output=True, text=True)
 
-    def popen(self, *args: str) -> subprocess.Popen:
-        return subprocess.Popen([self.pim, *args], env=self.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    def popen(self, *args: str, as_user: str | None = None) -> subprocess.Popen:
+        env = dict(self.env)
+        if as_user is not None:
+            env["PIM_TOKEN_FILE"] = os.path.join(self.work, f"token-{as_user}")
+        return subprocess.Popen([self.pim, *args], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
 
     def __exit__(self, *_):

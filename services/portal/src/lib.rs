@@ -59,6 +59,9 @@ pub struct PortalOptions {
     pub secure: bool,
     pub idle: std::time::Duration,
     pub lifetime: std::time::Duration,
+    /// Proxies in front of the portal whose `x-forwarded-for` names the browser
+    /// (`PIM_TRUSTED_PROXIES`); the browser's address goes on to the services the same way.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl PortalOptions {
@@ -67,6 +70,7 @@ impl PortalOptions {
             secure: config.public_url.as_deref().is_some_and(|u| u.starts_with("https://")),
             idle: config.portal_idle,
             lifetime: config.portal_lifetime,
+            trusted_proxies: config.trusted_proxies.clone(),
         }
     }
 }
@@ -75,6 +79,7 @@ pub(crate) struct Inner {
     pub(crate) sessions: session::Sessions,
     pub(crate) upstreams: Upstreams,
     pub(crate) secure: bool,
+    pub(crate) trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// The portal's shared state: cheap to clone.
@@ -87,6 +92,7 @@ impl Portal {
             sessions: session::Sessions::new(clock, options.idle, options.lifetime),
             upstreams,
             secure: options.secure,
+            trusted_proxies: options.trusted_proxies,
         }))
     }
 
@@ -125,7 +131,10 @@ impl Portal {
         listener: tokio::net::TcpListener,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        axum::serve(listener, self.router())
+        let app = self
+            .router()
+            .into_make_service_with_connect_info::<std::net::SocketAddr>();
+        axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
             .await
             .map_err(Into::into)

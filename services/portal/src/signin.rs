@@ -12,7 +12,7 @@ use pim_proto::identity::v1::mfa_service_client::MfaServiceClient;
 
 use crate::session::{Session, SignedIn};
 use crate::view::{self, timestamp};
-use crate::web::{Caller, Fields, check_form};
+use crate::web::{Caller, ClientIp, Fields, check_form};
 use crate::{Portal, web};
 
 /// GET /signin: the password form (a session, signed in as no one, is made to carry its CSRF
@@ -73,7 +73,12 @@ fn code_form(session: &Session, problem: Option<&str>) -> Html<String> {
 }
 
 /// POST /signin: checks the password with identity.
-pub async fn password(State(portal): State<Portal>, headers: HeaderMap, Form(fields): Form<Fields>) -> Response {
+pub async fn password(
+    State(portal): State<Portal>,
+    ip: ClientIp,
+    headers: HeaderMap,
+    Form(fields): Form<Fields>,
+) -> Response {
     let Some(session) = portal.session_of(&headers) else {
         return Redirect::to("/signin").into_response();
     };
@@ -82,10 +87,13 @@ pub async fn password(State(portal): State<Portal>, headers: HeaderMap, Form(fie
     }
     let user = fields.get("user").to_owned();
     let answer = AuthServiceClient::new(portal.0.upstreams.identity.clone())
-        .sign_in(ipb::SignInRequest {
-            user_name: user.clone(),
-            password: fields.get("password").to_owned(),
-        })
+        .sign_in(ip.request(
+            ipb::SignInRequest {
+                user_name: user.clone(),
+                password: fields.get("password").to_owned(),
+            },
+            None,
+        ))
         .await;
     let answer = match answer {
         Ok(answer) => answer.into_inner(),
@@ -114,7 +122,12 @@ pub async fn password(State(portal): State<Portal>, headers: HeaderMap, Form(fie
 }
 
 /// POST /signin/code: the authenticator code after the password.
-pub async fn code(State(portal): State<Portal>, headers: HeaderMap, Form(fields): Form<Fields>) -> Response {
+pub async fn code(
+    State(portal): State<Portal>,
+    ip: ClientIp,
+    headers: HeaderMap,
+    Form(fields): Form<Fields>,
+) -> Response {
     let Some(session) = portal.session_of(&headers) else {
         return Redirect::to("/signin").into_response();
     };
@@ -124,12 +137,12 @@ pub async fn code(State(portal): State<Portal>, headers: HeaderMap, Form(fields)
     let Some((pending, user)) = session.mfa_pending.clone() else {
         return Redirect::to("/signin").into_response();
     };
-    let mut request = tonic::Request::new(ipb::VerifyRequest {
-        code: fields.get("code").to_owned(),
-    });
-    if let Ok(value) = format!("Bearer {pending}").parse() {
-        request.metadata_mut().insert("authorization", value);
-    }
+    let request = ip.request(
+        ipb::VerifyRequest {
+            code: fields.get("code").to_owned(),
+        },
+        Some(&pending),
+    );
     match MfaServiceClient::new(portal.0.upstreams.identity.clone())
         .verify(request)
         .await
@@ -187,12 +200,12 @@ pub async fn sign_out_everywhere(caller: Caller, headers: HeaderMap, Form(fields
 
 async fn end_tokens(portal: &Portal, session: Session) {
     let Some(user) = session.signed_in else { return };
-    let mut request = tonic::Request::new(ipb::SignOutRequest {
-        refresh_token: user.refresh_token,
-    });
-    if let Ok(value) = format!("Bearer {}", user.access_token).parse() {
-        request.metadata_mut().insert("authorization", value);
-    }
+    let request = ClientIp::default().request(
+        ipb::SignOutRequest {
+            refresh_token: user.refresh_token,
+        },
+        Some(&user.access_token),
+    );
     if let Err(status) = AuthServiceClient::new(portal.0.upstreams.identity.clone())
         .sign_out(request)
         .await

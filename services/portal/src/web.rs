@@ -73,23 +73,66 @@ impl Failure {
     }
 }
 
+/// The browser's address: the connection's peer, or where a trusted proxy says it forwards
+/// for. Every call the portal makes for the browser names it in `x-forwarded-for`, so sign-in
+/// limits and audit records count the person, not the portal.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ClientIp(pub Option<std::net::IpAddr>);
+
+impl FromRequestParts<Portal> for ClientIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, portal: &Portal) -> Result<Self, Self::Rejection> {
+        Ok(Self::of(parts, portal))
+    }
+}
+
+impl ClientIp {
+    fn of(parts: &Parts, portal: &Portal) -> Self {
+        let peer = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|info| info.0.ip());
+        let forwarded: Vec<&str> = parts
+            .headers
+            .get_all(pim_runtime::grpc::FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        Self(pim_runtime::grpc::client_ip(
+            peer,
+            &forwarded,
+            &portal.0.trusted_proxies,
+        ))
+    }
+
+    /// A gRPC request for this browser, with `token` when there is one.
+    pub fn request<T>(self, message: T, token: Option<&str>) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        pim_runtime::telemetry::inject(&mut request);
+        request.set_timeout(Duration::from_secs(15));
+        if let Some(value) = token.and_then(|t| format!("Bearer {t}").parse().ok()) {
+            request.metadata_mut().insert("authorization", value);
+        }
+        if let Some(value) = self.0.and_then(|ip| ip.to_string().parse().ok()) {
+            request.metadata_mut().insert(pim_runtime::grpc::FORWARDED_FOR, value);
+        }
+        request
+    }
+}
+
 /// A signed-in caller of a page: the session and the user it holds.
 pub struct Caller {
     pub session: Session,
     pub user: SignedIn,
     pub portal: Portal,
+    pub ip: ClientIp,
 }
 
 impl Caller {
     /// A gRPC request carrying the user's token.
     pub fn request<T>(&self, message: T) -> tonic::Request<T> {
-        let mut request = tonic::Request::new(message);
-        pim_runtime::telemetry::inject(&mut request);
-        request.set_timeout(Duration::from_secs(15));
-        if let Ok(value) = format!("Bearer {}", self.user.access_token).parse() {
-            request.metadata_mut().insert("authorization", value);
-        }
-        request
+        self.ip.request(message, Some(&self.user.access_token))
     }
 
     /// Keeps the tokens a step-up (or refresh) answered with.
@@ -138,13 +181,17 @@ impl FromRequestParts<Portal> for Caller {
             session,
             user,
             portal: portal.clone(),
+            ip: ClientIp::of(parts, portal),
         };
         // A token about to lapse is refreshed first, so a page never fails half-way.
         if caller.user.expires_ms - portal.0.sessions.now_ms() < 60_000 {
             let refreshed = AuthServiceClient::new(portal.0.upstreams.identity.clone())
-                .refresh(ipb::RefreshRequest {
-                    refresh_token: caller.user.refresh_token.clone(),
-                })
+                .refresh(caller.ip.request(
+                    ipb::RefreshRequest {
+                        refresh_token: caller.user.refresh_token.clone(),
+                    },
+                    None,
+                ))
                 .await;
             match refreshed {
                 Ok(answer) => caller.keep_tokens(&answer.into_inner()),
@@ -233,7 +280,8 @@ pub async fn security_headers(mut response: Response) -> Response {
     );
     set("x-content-type-options", "nosniff");
     set("x-frame-options", "DENY");
-    set("referrer-policy", "no-referrer");
+    // Not `no-referrer`: with it Chromium sends `Origin: null` on the portal's own forms.
+    set("referrer-policy", "same-origin");
     set("cross-origin-opener-policy", "same-origin");
     if !cached {
         set("cache-control", "no-store");
@@ -276,4 +324,78 @@ pub async fn not_found(State(_): State<Portal>) -> Response {
         view::bare_page("Not found", "There is no such page here."),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::Sessions;
+    use pim_runtime::clock::ManualClock;
+
+    fn form(csrf: &str) -> Fields {
+        Fields(vec![("csrf".into(), csrf.into()), ("role_id".into(), "r".into())])
+    }
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, HeaderValue::from_static("portal.example.com"));
+        for (name, value) in pairs {
+            headers.insert(*name, value.parse().unwrap());
+        }
+        headers
+    }
+
+    #[test]
+    fn a_form_needs_the_sessions_csrf_token_and_this_sites_origin() {
+        let sessions = Sessions::new(
+            std::sync::Arc::new(ManualClock::starting_now()),
+            Duration::from_secs(1800),
+            Duration::from_secs(8 * 3600),
+        );
+        let session = sessions.start();
+        let own = [("origin", "https://portal.example.com")];
+        assert!(check_form(&headers(&own), &session, &form(&session.csrf)).is_ok());
+        assert!(
+            check_form(&headers(&[]), &session, &form(&session.csrf)).is_ok(),
+            "no Origin (an older browser): the token decides"
+        );
+        let refused = |h: HeaderMap, f: Fields| check_form(&h, &session, &f).map_err(|r| r.status());
+        assert_eq!(refused(headers(&own), form("")), Err(StatusCode::FORBIDDEN));
+        assert_eq!(refused(headers(&own), form("guessed")), Err(StatusCode::FORBIDDEN));
+        let other = sessions.start();
+        assert_eq!(
+            refused(headers(&own), form(&other.csrf)),
+            Err(StatusCode::FORBIDDEN),
+            "another session's token"
+        );
+        for origin in [
+            "https://evil.example.com",
+            "https://portal.example.com.evil.example",
+            "null",
+        ] {
+            assert_eq!(
+                refused(headers(&[("origin", origin)]), form(&session.csrf)),
+                Err(StatusCode::FORBIDDEN),
+                "{origin}"
+            );
+        }
+        assert_eq!(
+            refused(headers(&[("sec-fetch-site", "cross-site")]), form(&session.csrf)),
+            Err(StatusCode::FORBIDDEN)
+        );
+    }
+
+    #[test]
+    fn a_fault_shows_a_reference_never_the_services_words() {
+        let fault = Failure::from(tonic::Status::internal("SELECT * FROM users failed at db-7:5432"));
+        let text = fault.text();
+        assert!(!text.contains("db-7") && !text.contains("SELECT"), "{text}");
+        assert!(text.contains("reference"), "{text}");
+        let refused = Failure::from(tonic::Status::invalid_argument("justification is required"));
+        assert_eq!(refused.text(), "justification is required");
+        assert!(matches!(
+            Failure::from(tonic::Status::unauthenticated("token expired")),
+            Failure::SignedOut
+        ));
+    }
 }

@@ -1,0 +1,240 @@
+"""The web portal in a real browser: Playwright driving Debian's Chromium against `pim up`.
+
+- Lee signs in with his password and a TOTP code pyotp computes; activates Exchange
+  Administrator, whose policy wants an MFA under a second old, through the step-up the page
+  shows in place; sees it active with the time left; deactivates it.
+- Lee asks for Security Reader, which Ann must approve; Ann approves on the Approvals page, and
+  Lee's page, left open, turns active without a reload.
+- Ann decides an access review item; the admin dismisses an alert.
+- A forged form from another origin is refused (403) and changes nothing.
+- axe-core finds no serious or critical accessibility violation on any page; no page holds a
+  token; every answer has the strict Content-Security-Policy and the cookie is HttpOnly and
+  SameSite=Strict.
+- Screenshots of the main pages go to the directory PIM_SCREENSHOTS names (when set).
+
+Usage: python3 .ci/portal.py PATH_TO_PIM
+"""
+
+import http.server
+import os
+import re
+import sys
+import threading
+import time
+
+import pyotp
+from axe_playwright_python.sync_playwright import Axe
+from playwright.sync_api import expect, sync_playwright
+
+from pim_up import PimUp
+
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+PASSWORDS = {"lee": "lee's long passphrase", "ann": "ann's long passphrase"}
+
+
+def enrol_totp(up: PimUp, user: str) -> "Codes":
+    """Enrols TOTP for `user` with `pim mfa enroll`, reading its otpauth:// URI as an app would."""
+    enroll = up.popen("mfa", "enroll", as_user=user)
+    uri = None
+    while uri is None:
+        line = enroll.stdout.readline()
+        if not line:
+            raise AssertionError("pim mfa enroll showed no otpauth:// URI")
+        if line.strip().startswith("otpauth://"):
+            uri = line.strip()
+    totp = pyotp.parse_uri(uri)
+    codes = Codes(totp)
+    _, err = enroll.communicate(codes.next() + "\n", timeout=30)
+    assert enroll.returncode == 0, err
+    return codes
+
+
+class Codes:
+    """An authenticator's codes, each step once and in order (PIM refuses a step at or before
+    the last one it accepted), from one step back to one ahead: the skew PIM allows."""
+
+    def __init__(self, totp: pyotp.TOTP):
+        self.totp, self.last = totp, None
+
+    def next(self) -> str:
+        while True:
+            now = int(time.time() // 30)
+            for step in (now - 1, now, now + 1):
+                if self.last is None or step > self.last:
+                    self.last = step
+                    return self.totp.at(step * 30)
+            time.sleep(0.5)  # all three used: the authenticator's next window
+
+
+def check_page(page, axe: Axe, name: str, shots: str | None):
+    """The page has no serious accessibility violation and holds no token; screenshot it."""
+    results = axe.run(page)
+    serious = [v for v in results.response["violations"] if v["impact"] in ("serious", "critical")]
+    assert not serious, f"{name}: axe-core found {[(v['id'], v['help']) for v in serious]}"
+    html = page.content()
+    assert "eyJ" not in html, f"{name}: a token-like value is in the page"
+    if shots:
+        page.screenshot(path=os.path.join(shots, f"{name}.png"), full_page=True)
+
+
+def sign_in(page, portal: str, user: str, password: str, code: str | None = None):
+    page.goto(portal + "/roles")
+    expect(page).to_have_url(portal + "/signin")
+    page.get_by_label("User name").fill(user)
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Sign in").click()
+    if code is not None:
+        expect(page.get_by_role("heading", name="Verify it's you")).to_be_visible()
+        page.get_by_label("Code from your authenticator app").fill(code)
+        page.get_by_role("button", name="Verify").click()
+    expect(page).to_have_url(portal + "/roles")
+    expect(page.get_by_text(f"Signed in as {user}")).to_be_visible()
+
+
+class Forger(http.server.BaseHTTPRequestHandler):
+    """Another origin's page that posts a form to the portal as soon as it loads."""
+    target = ""
+
+    def do_GET(self):
+        body = (f'<!doctype html><form id="f" method="post" action="{self.target}/roles/activate">'
+                '<input name="role_id" value="x"><input name="scope" value="/">'
+                '<input name="csrf" value="guessed"></form>'
+                '<script>document.getElementById("f").submit()</script>').encode()
+        self.send_response(200)
+        self.send_header("content-type", "text/html")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_):
+        pass
+
+
+def main(pim: str) -> int:
+    shots = os.environ.get("PIM_SCREENSHOTS")
+    if shots:
+        os.makedirs(shots, exist_ok=True)
+    with PimUp(pim) as up, sync_playwright() as pw:
+        portal = up.portal
+        assert portal, "pim up printed no portal address"
+        for user, password in PASSWORDS.items():
+            up.run("users", "create", "--user-name", user, "--email", f"{user}@example.com",
+                   "--password-stdin", stdin=password + "\n")
+            up.run("login", "--user", user, "--password-stdin", stdin=password + "\n", as_user=user)
+        codes = enrol_totp(up, "lee")
+        up.run("policy", "set", "Exchange Administrator", "--require-mfa", "true", "--mfa-freshness", "1s",
+               "--require-approval", "false")
+        up.run("policy", "set", "Security Reader", "--require-mfa", "false", "--require-approval", "true",
+               "--approvers", "ann")
+        for role in ["Exchange Administrator", "Security Reader"]:
+            up.run("assign", role, "--principal", "lee", "-j", "on call")
+        up.run("reviews", "create", "Security Reader", "--name", "Q4 readers", "--reviewers", "ann")
+
+        browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        axe = Axe()
+        lee = browser.new_context().new_page()
+
+        # The sign-in page, then password and code.
+        lee.goto(portal + "/signin")
+        answer = lee.request.get(portal + "/signin")
+        csp = answer.headers["content-security-policy"]
+        assert "script-src 'self'" in csp and "unsafe-inline" not in csp and "frame-ancestors 'none'" in csp, csp
+        check_page(lee, axe, "signin", shots)
+        sign_in(lee, portal, "lee", PASSWORDS["lee"], codes.next())
+        cookie = next(c for c in lee.context.cookies() if c["name"] == "pim_session")
+        assert cookie["httpOnly"] and cookie["sameSite"] == "Strict", cookie
+        signed_in_at = time.time()
+        check_page(lee, axe, "my-roles", shots)
+
+        # Exchange Administrator wants an MFA under a second old: let the sign-in's one age
+        # past it, so the activation meets the step-up.
+        time.sleep(max(0.0, signed_in_at + 1.5 - time.time()))
+        eligible = lee.get_by_role("row").filter(has_text="Exchange Administrator")
+        eligible.get_by_text("Activate").first.click()
+        eligible.get_by_label("Duration").fill("2h")
+        eligible.get_by_label("Justification").fill("mailbox migration")
+        eligible.get_by_role("button", name="Activate Exchange Administrator").click()
+        expect(lee.get_by_role("heading", name="Verify it's you")).to_be_visible()
+        expect(lee.get_by_text("needs a recent multi-factor authentication")).to_be_visible()
+        check_page(lee, axe, "step-up", shots)
+        lee.get_by_label("Authenticator code").fill(codes.next())
+        lee.get_by_role("button", name="Verify and continue").click()
+        expect(lee).to_have_url(portal + "/roles")
+        expect(lee.get_by_role("status")).to_contain_text("Exchange Administrator is active until")
+        active = lee.locator("section[aria-labelledby=active-h] tr").filter(has_text="Exchange Administrator")
+        expect(active.locator("td.left")).to_have_text(re.compile(r"^(1h 59m|2h 0m) left$"))
+        check_page(lee, axe, "my-roles-active", shots)
+        active.get_by_role("button", name="Deactivate Exchange Administrator").click()
+        expect(lee.get_by_role("status")).to_contain_text("Exchange Administrator is deactivated")
+        expect(lee.locator("section[aria-labelledby=active-h]")).not_to_contain_text("Exchange Administrator")
+
+        # Security Reader waits for Ann; Lee's page follows the request.
+        reader = lee.get_by_role("row").filter(has_text="Security Reader")
+        reader.get_by_text("Activate").first.click()
+        reader.get_by_label("Justification").fill("quarterly audit")
+        reader.get_by_role("button", name="Activate Security Reader").click()
+        expect(lee.get_by_role("status")).to_contain_text("waiting for approval")
+        expect(lee.locator("[data-request]")).to_have_text("waiting for approval")
+
+        ann = browser.new_context().new_page()
+        sign_in(ann, portal, "ann", PASSWORDS["ann"])
+        ann.goto(portal + "/approvals")
+        card = ann.get_by_role("article", name="Security Reader for lee")
+        expect(card).to_contain_text("quarterly audit")
+        check_page(ann, axe, "approvals", shots)
+        card.get_by_label("Reason").fill("audit season")
+        card.get_by_role("button", name="Approve").click()
+        expect(ann.get_by_role("status")).to_contain_text("You approved Security Reader")
+
+        # No reload on Lee's side: the page's script sees the request end and fetches anew.
+        expect(lee.locator("section[aria-labelledby=active-h]")).to_contain_text("Security Reader", timeout=15000)
+        lee.goto(portal + "/requests")
+        expect(lee.get_by_role("row").filter(has_text="Security Reader").first).to_contain_text("active")
+        check_page(lee, axe, "my-requests", shots)
+
+        # Ann reviews who holds Security Reader.
+        ann.goto(portal + "/reviews")
+        item = ann.get_by_role("row").filter(has_text="lee")
+        check_page(ann, axe, "reviews", shots)
+        item.get_by_label("Reason").fill("still on the audit")
+        item.get_by_role("button", name="Keep Security Reader for lee").click()
+        expect(ann.get_by_role("status")).to_contain_text("Recorded: keep")
+
+        # The administrator dismisses the break-glass alert.
+        admin = browser.new_context().new_page()
+        sign_in(admin, portal, "admin", up.admin_password)
+        admin.goto(portal + "/admin/alerts")
+        alert = admin.get_by_role("row").filter(has_text="break_glass_used")
+        check_page(admin, axe, "alerts", shots)
+        alert.get_by_label("Reason").fill("the CI's own sign-in")
+        alert.get_by_role("button", name="Dismiss alert").click()
+        expect(admin.get_by_role("status")).to_contain_text("The alert is dismissed")
+
+        # A form another origin posts, with Lee's cookie sent by his browser, is refused.
+        lee.goto(portal + "/requests")
+        requests_before = lee.get_by_role("row").count()
+        Forger.target = portal
+        forger = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Forger)
+        threading.Thread(target=forger.serve_forever, daemon=True).start()
+        with lee.expect_response(lambda r: r.url.endswith("/roles/activate")) as posted:
+            lee.goto(f"http://127.0.0.1:{forger.server_address[1]}/")
+        assert posted.value.status == 403, posted.value.status
+        expect(lee.get_by_role("heading", name="Refused")).to_be_visible()
+        forger.shutdown()
+        lee.goto(portal + "/requests")
+        assert lee.get_by_role("row").count() == requests_before, "the forged form made a request"
+
+        # Sign out: the session's cookie no longer opens a page.
+        lee.goto(portal + "/roles")
+        lee.get_by_role("button", name="Sign out", exact=True).click()
+        expect(lee.get_by_role("heading", name="Signed out")).to_be_visible()
+        lee.goto(portal + "/roles")
+        expect(lee).to_have_url(portal + "/signin")
+        browser.close()
+    print("portal: sign-in with TOTP, step-up, live approval, review, alert, forged form refused, axe-core clean")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))
