@@ -3,6 +3,8 @@
 - Lee signs in with his password and a TOTP code pyotp computes; activates Exchange
   Administrator, whose policy wants an MFA under a second old, through the step-up the page
   shows in place; sees it active with the time left; deactivates it.
+- Lee adds a passkey (Chromium's virtual authenticator, through DevTools' WebAuthn domain),
+  steps up with it, and signs in with it; a copy of it (its counter set back) is refused.
 - Lee asks for Security Reader, which Ann must approve; Ann approves on the Approvals page, and
   Lee's page, left open, turns active without a reload.
 - Ann decides an access review item; the admin dismisses an alert.
@@ -169,7 +171,63 @@ def main(pim: str) -> int:
         expect(lee.get_by_role("status")).to_contain_text("Exchange Administrator is deactivated")
         expect(lee.locator("section[aria-labelledby=active-h]")).not_to_contain_text("Exchange Administrator")
 
+        # A passkey: registered on Security info with Chromium's virtual authenticator
+        # (DevTools' WebAuthn domain), then the step-up done with it instead of a code.
+        devtools = lee.context.new_cdp_session(lee)
+        devtools.send("WebAuthn.enable")
+        authenticator = devtools.send("WebAuthn.addVirtualAuthenticator", {"options": {
+            "protocol": "ctap2", "transport": "internal", "hasResidentKey": True,
+            "hasUserVerification": True, "isUserVerified": True}})["authenticatorId"]
+        lee.goto(portal + "/account")
+        lee.get_by_label("Name").fill("virtual key")
+        lee.get_by_role("button", name="Add a passkey").click()
+        expect(lee.get_by_role("status").first).to_contain_text("Passkey virtual key added")
+        expect(lee.get_by_role("row").filter(has_text="virtual key")).to_contain_text("Passkey")
+        check_page(lee, axe, "security-info", shots)
+
+        # From now on the role takes a passkey's MFA only (phishing-resistant): a code is not
+        # enough, the page asks again and says why.
+        up.run("policy", "set", "Exchange Administrator", "--require-passkey", "true")
+
+        def activate_with_passkey(code_first: bool = False):
+            time.sleep(1.5)  # past the role's 1 s MFA freshness, so the step-up is asked
+            lee.goto(portal + "/roles")
+            row = lee.get_by_role("row").filter(has_text="Exchange Administrator")
+            row.get_by_text("Activate").first.click()
+            row.get_by_label("Justification").fill("mailbox migration, again")
+            row.get_by_role("button", name="Activate Exchange Administrator").click()
+            expect(lee.get_by_role("heading", name="Verify it's you")).to_be_visible()
+            if code_first:
+                lee.get_by_label("Authenticator code").fill(codes.next())
+                lee.get_by_role("button", name="Verify and continue").click()
+                expect(lee.get_by_role("heading", name="Verify it's you")).to_be_visible()
+                expect(lee.get_by_role("alert")).to_contain_text("phishing-resistant")
+            lee.get_by_role("button", name="Use a passkey").click()
+
+        activate_with_passkey(code_first=True)
+        expect(lee).to_have_url(portal + "/roles")
+        expect(lee.get_by_role("status")).to_contain_text("Exchange Administrator is active until")
+        lee.locator("section[aria-labelledby=active-h] tr").filter(has_text="Exchange Administrator") \
+            .get_by_role("button", name="Deactivate Exchange Administrator").click()
+        expect(lee.get_by_role("status")).to_contain_text("Exchange Administrator is deactivated")
+
+        # A copy of the key (its signature counter set back to 0) is refused: the counter of
+        # each assertion must go up.
+        [stored] = devtools.send("WebAuthn.getCredentials", {"authenticatorId": authenticator})["credentials"]
+        assert stored["signCount"] >= 1, stored
+        devtools.send("WebAuthn.removeCredential", {"authenticatorId": authenticator,
+                                                    "credentialId": stored["credentialId"]})
+        devtools.send("WebAuthn.addCredential", {"authenticatorId": authenticator,
+                                                 "credential": dict(stored, signCount=0)})
+        activate_with_passkey()
+        expect(lee.locator("[data-passkey-status]")).to_contain_text("looks copied")
+        devtools.send("WebAuthn.removeCredential", {"authenticatorId": authenticator,
+                                                    "credentialId": stored["credentialId"]})
+        devtools.send("WebAuthn.addCredential", {"authenticatorId": authenticator,
+                                                 "credential": dict(stored, signCount=stored["signCount"] + 10)})
+
         # Security Reader waits for Ann; Lee's page follows the request.
+        lee.goto(portal + "/roles")
         reader = lee.get_by_role("row").filter(has_text="Security Reader")
         reader.get_by_text("Activate").first.click()
         reader.get_by_label("Justification").fill("quarterly audit")
@@ -218,7 +276,9 @@ def main(pim: str) -> int:
         forger = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Forger)
         threading.Thread(target=forger.serve_forever, daemon=True).start()
         with lee.expect_response(lambda r: r.url.endswith("/roles/activate")) as posted:
-            lee.goto(f"http://127.0.0.1:{forger.server_address[1]}/")
+            # Same site (localhost), another origin (its port): the browser sends Lee's
+            # SameSite=Strict cookie, so only the portal's own checks stand in the way.
+            lee.goto(f"http://localhost:{forger.server_address[1]}/")
         assert posted.value.status == 403, posted.value.status
         expect(lee.get_by_role("heading", name="Refused")).to_be_visible()
         forger.shutdown()
@@ -231,8 +291,17 @@ def main(pim: str) -> int:
         expect(lee.get_by_role("heading", name="Signed out")).to_be_visible()
         lee.goto(portal + "/roles")
         expect(lee).to_have_url(portal + "/signin")
+
+        # Sign-in with the password and the passkey.
+        lee.get_by_label("User name").fill("lee")
+        lee.get_by_label("Password").fill(PASSWORDS["lee"])
+        lee.get_by_role("button", name="Sign in").click()
+        lee.get_by_role("button", name="Use a passkey").click()
+        expect(lee).to_have_url(portal + "/roles")
+        expect(lee.get_by_text("Signed in as lee")).to_be_visible()
         browser.close()
-    print("portal: sign-in with TOTP, step-up, live approval, review, alert, forged form refused, axe-core clean")
+    print("portal: sign-in with TOTP and with a passkey, step-up with either, a copied passkey refused, "
+          "live approval, review, alert, forged form refused, axe-core clean")
     return 0
 
 

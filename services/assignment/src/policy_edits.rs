@@ -32,6 +32,7 @@ macro_rules! settings {
 settings! {
     ActivationMaxDuration = "activation_max_duration",
     ActivationRequiresMfa = "activation_requires_mfa",
+    ActivationRequiresPhishingResistantMfa = "activation_requires_phishing_resistant_mfa",
     ActivationRequiresJustification = "activation_requires_justification",
     ActivationRequiresTicket = "activation_requires_ticket",
     ApprovalRequired = "approval_required",
@@ -58,6 +59,7 @@ impl Setting {
             &[
                 ActivationMaxDuration,
                 ActivationRequiresMfa,
+                ActivationRequiresPhishingResistantMfa,
                 ActivationRequiresJustification,
                 ActivationRequiresTicket,
                 MfaFreshness,
@@ -122,6 +124,9 @@ pub fn merged(base: &Policy, asked: &Policy, settings: &[Setting]) -> Policy {
         match setting {
             ActivationMaxDuration => out.activation_max_duration = asked.activation_max_duration,
             ActivationRequiresMfa => out.activation_requires_mfa = asked.activation_requires_mfa,
+            ActivationRequiresPhishingResistantMfa => {
+                out.activation_requires_phishing_resistant_mfa = asked.activation_requires_phishing_resistant_mfa
+            }
             ActivationRequiresJustification => {
                 out.activation_requires_justification = asked.activation_requires_justification
             }
@@ -202,6 +207,10 @@ fn weakens(setting: Setting, before: &Policy, after: &Policy) -> bool {
     let on = |b: bool, a: bool| !b && a;
     match setting {
         ActivationRequiresMfa => off(before.activation_requires_mfa, after.activation_requires_mfa),
+        ActivationRequiresPhishingResistantMfa => off(
+            before.activation_requires_phishing_resistant_mfa,
+            after.activation_requires_phishing_resistant_mfa,
+        ),
         ActivationRequiresJustification => off(
             before.activation_requires_justification,
             after.activation_requires_justification,
@@ -258,6 +267,7 @@ fn shown(p: &Policy, setting: Setting) -> String {
     match setting {
         ActivationMaxDuration => pim_runtime::format::duration(p.activation_max_duration),
         ActivationRequiresMfa => flag(p.activation_requires_mfa),
+        ActivationRequiresPhishingResistantMfa => flag(p.activation_requires_phishing_resistant_mfa),
         ActivationRequiresJustification => flag(p.activation_requires_justification),
         ActivationRequiresTicket => flag(p.activation_requires_ticket),
         ApprovalRequired => flag(p.approval_required),

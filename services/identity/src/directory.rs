@@ -131,6 +131,8 @@ pub struct Directory {
     pub(crate) signin_mfa: SigninMfa,
     pub(crate) enrollment_window: Duration,
     pub(crate) step_up: Duration,
+    /// The passkeys' relying party (the portal, `PIM_PUBLIC_URL`); none: no passkeys.
+    pub(crate) webauthn: Option<Arc<webauthn_rs::Webauthn>>,
 }
 
 /// What a user's sign-in (complete or waiting for MFA) tells audit and alerting.

@@ -17,6 +17,10 @@ pub enum Error {
     BadClientCredentials,
     #[error("the code is incorrect or was used already")]
     BadCode,
+    /// An assertion that did not verify: a key not registered, a wrong signature, or a
+    /// signature counter that went back (a copied key).
+    #[error("the passkey was not accepted: it is not one of yours, or it looks copied (its counter went back)")]
+    BadPasskey,
     #[error("refresh token is not valid: sign in again")]
     BadRefresh,
     #[error("the enrolment pass is not valid: wrong, expired or used up (ask an administrator for a new one)")]
@@ -83,9 +87,11 @@ impl From<Error> for Status {
             Error::InvalidArgument { field, message } => pim_runtime::grpc::invalid_argument(field, &message),
             Error::NotFound(_) => Status::not_found(err.to_string()),
             Error::AlreadyExists(_) => Status::already_exists(err.to_string()),
-            Error::BadCredentials | Error::BadClientCredentials | Error::BadCode | Error::BadRefresh => {
-                Status::unauthenticated(err.to_string())
-            }
+            Error::BadCredentials
+            | Error::BadClientCredentials
+            | Error::BadCode
+            | Error::BadPasskey
+            | Error::BadRefresh => Status::unauthenticated(err.to_string()),
             Error::BadPass | Error::WrongPassword => Status::permission_denied(err.to_string()),
             Error::MfaRequired(message) => pim_runtime::grpc::failed_precondition(
                 "user",

@@ -597,16 +597,60 @@ impl MfaService for Directory {
         Ok(Response::new(pb::ListMethodsResponse {
             recovery_codes_left: i32::try_from(view.recovery_codes_left).unwrap_or(i32::MAX),
             recovery_code_last_used_at: view.recovery_code_last_used_at.map(to_timestamp),
-            methods: view
-                .methods
-                .into_iter()
-                .map(|m| pb::MfaMethod {
-                    id: m.id,
-                    kind: m.kind,
-                    created_at: Some(to_timestamp(m.created_at)),
-                })
-                .collect(),
+            methods: view.methods.into_iter().map(method_to_pb).collect(),
         }))
+    }
+
+    async fn begin_passkey_registration(
+        &self,
+        request: Request<pb::BeginPasskeyRegistrationRequest>,
+    ) -> Result<Response<pb::PasskeyCeremony>, Status> {
+        let caller = caller(&request)?.clone();
+        let (ceremony_id, options_json) = self.begin_passkey_registration(&caller).await?;
+        Ok(Response::new(pb::PasskeyCeremony {
+            ceremony_id,
+            options_json,
+        }))
+    }
+
+    async fn finish_passkey_registration(
+        &self,
+        request: Request<pb::FinishPasskeyRegistrationRequest>,
+    ) -> Result<Response<pb::MfaMethod>, Status> {
+        let caller = caller(&request)?.clone();
+        let r = request.into_inner();
+        let ceremony_id = required("ceremony_id", &r.ceremony_id)?;
+        let credential = required("credential_json", &r.credential_json)?;
+        let method = self
+            .finish_passkey_registration(&caller, ceremony_id, credential, &r.name)
+            .await?;
+        Ok(Response::new(method_to_pb(method)))
+    }
+
+    async fn begin_passkey_verification(
+        &self,
+        request: Request<pb::BeginPasskeyVerificationRequest>,
+    ) -> Result<Response<pb::PasskeyCeremony>, Status> {
+        let caller = caller(&request)?.clone();
+        let (ceremony_id, options_json) = self.begin_passkey_verification(&caller).await?;
+        Ok(Response::new(pb::PasskeyCeremony {
+            ceremony_id,
+            options_json,
+        }))
+    }
+
+    async fn verify_passkey(
+        &self,
+        request: Request<pb::VerifyPasskeyRequest>,
+    ) -> Result<Response<pb::SignInResponse>, Status> {
+        let caller = caller(&request)?.clone();
+        let client = client_info(&request, &self.trusted_proxies);
+        let r = request.into_inner();
+        let ceremony_id = required("ceremony_id", &r.ceremony_id)?;
+        let credential = required("credential_json", &r.credential_json)?;
+        Ok(Response::new(session_to_pb(
+            self.verify_passkey(&caller, ceremony_id, credential, &client).await?,
+        )))
     }
 
     async fn remove_method(
@@ -686,5 +730,14 @@ fn client_info<T>(request: &Request<T>, trusted_proxies: &[ipnet::IpNet]) -> Cli
             .and_then(|v| v.to_str().ok())
             .map(|v| v.chars().take(256).collect())
             .unwrap_or_default(),
+    }
+}
+
+fn method_to_pb(m: crate::store::MfaMethodRow) -> pb::MfaMethod {
+    pb::MfaMethod {
+        id: m.id,
+        kind: m.kind,
+        created_at: Some(to_timestamp(m.created_at)),
+        name: m.name,
     }
 }

@@ -9,6 +9,7 @@ mod groups;
 mod grpc;
 mod limiter;
 mod mfa;
+mod passkeys;
 mod protection;
 mod sealing;
 mod store;
@@ -62,6 +63,12 @@ impl Identity {
             signin_mfa: deps.config.signin_mfa,
             enrollment_window: deps.config.mfa_enrollment_window,
             step_up: deps.config.mfa_step_up,
+            webauthn: deps
+                .config
+                .public_url
+                .as_deref()
+                .map(passkeys::relying_party)
+                .transpose()?,
             sealer: sealing::Sealer::from_base64(
                 deps.config
                     .secrets_key

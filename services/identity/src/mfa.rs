@@ -107,7 +107,7 @@ fn looks_like_totp(code: &str) -> bool {
 }
 
 impl Directory {
-    fn user_caller<'a>(&self, caller: &'a Caller) -> Result<&'a Caller> {
+    pub(crate) fn user_caller<'a>(&self, caller: &'a Caller) -> Result<&'a Caller> {
         if caller.kind != PrincipalKind::User {
             return Err(Error::FailedPrecondition(
                 "multi-factor authentication is for users".into(),
@@ -117,7 +117,13 @@ impl Directory {
     }
 
     /// What an MFA event says: who, about which user and method, from which session.
-    fn mfa_fact(caller: &Caller, user_id: &str, method: &str, method_id: &str, reason: &str) -> ev::MfaEvent {
+    pub(crate) fn mfa_fact(
+        caller: &Caller,
+        user_id: &str,
+        method: &str,
+        method_id: &str,
+        reason: &str,
+    ) -> ev::MfaEvent {
         ev::MfaEvent {
             actor: Some(caller.actor()),
             user_id: user_id.into(),
@@ -133,7 +139,7 @@ impl Directory {
         self.record(event_type, &caller.principal_id, &event).await
     }
 
-    async fn confirmed_methods(&self, user_id: &str) -> Result<Vec<MfaMethodRow>> {
+    pub(crate) async fn confirmed_methods(&self, user_id: &str) -> Result<Vec<MfaMethodRow>> {
         Ok(store::mfa_methods(&self.db, user_id)
             .await?
             .into_iter()
@@ -146,7 +152,7 @@ impl Directory {
     pub(crate) fn require_recent_mfa(&self, caller: &Caller, what: &str) -> Result<()> {
         let window = self.step_up.as_secs() as i64;
         let fresh = pim_runtime::auth::mfa_is_fresh(
-            caller.amr.iter().any(|m| m == "otp"),
+            pim_runtime::auth::has_mfa(&caller.amr),
             caller.mfa_at.map(|at| at.saturating_mul(1000)),
             self.clock.now_ms(),
             window.saturating_mul(1000),
@@ -157,6 +163,42 @@ impl Directory {
         Err(Error::MfaRequired(format!(
             "{what} needs a multi-factor authentication within the last {window} s: verify a code and retry"
         )))
+    }
+
+    /// Whether the caller may add a method without an enrolment pass: with a recent MFA where
+    /// they have a method, or within the account's enrolment window where they have none.
+    pub(crate) async fn may_add_method(&self, caller: &Caller) -> Result<()> {
+        if !self.confirmed_methods(&caller.principal_id).await?.is_empty() {
+            return self.require_recent_mfa(caller, "adding an MFA method");
+        }
+        let window = store::enrollment_window(&self.db, &caller.principal_id).await?;
+        if window.is_none_or(|until| until <= self.clock.now_ms()) {
+            return Err(Error::FailedPrecondition(
+                "enrolling a first MFA method needs an enrolment pass from an administrator: \
+                 enrol TOTP first (pim mfa enroll --pass PASS)"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Opens the transaction that adds a confirmed method to `user_id`, and says whether it is
+    /// their first. The user's enrolments take turns (a row lock): whether this is the first
+    /// method is decided with no other confirmation in flight, so a second method never slips
+    /// in without a recent MFA while the first is being confirmed.
+    pub(crate) async fn begin_adding_method(
+        &self,
+        caller: &Caller,
+        user_id: &str,
+    ) -> Result<(sea_orm::DatabaseTransaction, bool)> {
+        let txn = self.db.begin().await?;
+        store::lock_user(&txn, user_id).await?;
+        let first = !store::mfa_methods(&txn, user_id).await?.iter().any(|m| m.confirmed);
+        if !first && let Err(err) = self.require_recent_mfa(caller, "adding an MFA method") {
+            txn.rollback().await?;
+            return Err(err);
+        }
+        Ok((txn, first))
     }
 
     /// Starts TOTP enrolment: a new secret, shown once as an `otpauth://` URI. A first method
@@ -191,6 +233,7 @@ impl Directory {
             confirmed: false,
             last_step: 0,
             created_at: now_ms(),
+            name: String::new(),
         };
         // A pass is a credential: guessing one counts like a wrong code.
         let attempt = match has_method || pass.is_empty() {
@@ -248,16 +291,7 @@ impl Directory {
         let Some(step) = matching_step(&totp(seed, &caller.name)?, code.trim(), (now_ms() / 1000) as u64) else {
             return Err(self.failed(caller, "totp", attempt).await);
         };
-        // The user's enrolments take turns (a row lock): whether this is the first method is
-        // decided with no other confirmation in flight, so a second method never slips in
-        // without a recent MFA while the first is being confirmed.
-        let txn = self.db.begin().await?;
-        store::lock_user(&txn, &user.id).await?;
-        let first = !store::mfa_methods(&txn, &user.id).await?.iter().any(|m| m.confirmed);
-        if !first && let Err(err) = self.require_recent_mfa(caller, "adding an MFA method") {
-            txn.rollback().await?;
-            return Err(err);
-        }
+        let (txn, first) = self.begin_adding_method(caller, &user.id).await?;
         if !store::use_step(&txn, &method.id, step, true).await? {
             txn.rollback().await?;
             return Err(self.failed(caller, "totp", attempt).await);
@@ -273,14 +307,14 @@ impl Directory {
             .await
     }
 
-    async fn signed_in_user(&self, caller: &Caller) -> Result<UserRow> {
+    pub(crate) async fn signed_in_user(&self, caller: &Caller) -> Result<UserRow> {
         match store::find_user(&self.db, &caller.principal_id).await? {
             Some(user) if user.enabled => Ok(user),
             _ => Err(Error::BadCredentials),
         }
     }
 
-    async fn check_not_locked(&self, caller: &Caller) -> Result<()> {
+    pub(crate) async fn check_not_locked(&self, caller: &Caller) -> Result<()> {
         if let Some((_, _, Some(until))) = store::mfa_failures(&self.db, &caller.principal_id).await?
             && until > self.clock.now_ms()
         {
@@ -297,7 +331,7 @@ impl Directory {
     /// Takes one attempt at a code (or a pass), counted before it is checked and in one
     /// statement, so parallel guesses cannot outrun the lockout: a locked user, or an attempt
     /// past the limit, is refused without looking at the code. A right answer clears the count.
-    async fn take_attempt(&self, caller: &Caller) -> Result<i32> {
+    pub(crate) async fn take_attempt(&self, caller: &Caller) -> Result<i32> {
         let now = self.clock.now_ms();
         let (attempts, locked_until) =
             store::count_mfa_attempt(&self.db, &caller.principal_id, now, now - FAILURE_WINDOW_MS).await?;
@@ -321,7 +355,7 @@ impl Directory {
 
     /// A wrong answer on attempt `attempt`: audited, and the one that reaches the limit locks
     /// MFA. Returns the error to answer with.
-    async fn failed(&self, caller: &Caller, method: &str, attempt: i32) -> Error {
+    pub(crate) async fn failed(&self, caller: &Caller, method: &str, attempt: i32) -> Error {
         let now = self.clock.now_ms();
         let locked = attempt >= MAX_FAILURES;
         let outcome = async {
@@ -397,7 +431,7 @@ impl Directory {
     /// that says why; a sign-in waiting for MFA is completed (its refresh token,
     /// `SignInSucceeded`).
     #[allow(clippy::too_many_arguments)]
-    async fn stepped_up(
+    pub(crate) async fn stepped_up(
         &self,
         txn: sea_orm::DatabaseTransaction,
         caller: &Caller,
@@ -407,10 +441,17 @@ impl Directory {
         recovery_codes_left: Option<i32>,
         client: &ClientInfo,
     ) -> Result<Session> {
-        let mut amr = caller.amr.clone();
-        if !amr.iter().any(|m| m == "otp") {
-            amr.push("otp".into());
-        }
+        // RFC 8176: `otp` for a code, `hwk` for a key's proof of possession (a passkey).
+        let method = if event.method == "passkey" { "hwk" } else { "otp" };
+        // The factor just verified is the one `mfa_at` dates: an earlier one of another kind
+        // leaves `amr`, so a passkey's `hwk` never stands beside a later code's time.
+        let mut amr: Vec<String> = caller
+            .amr
+            .iter()
+            .filter(|m| !matches!(m.as_str(), "otp" | "hwk"))
+            .cloned()
+            .collect();
+        amr.push(method.into());
         let subject = TokenSubject {
             principal_id: user.id.clone(),
             kind: PrincipalKind::User,

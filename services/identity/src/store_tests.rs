@@ -119,3 +119,89 @@ async fn an_announcement_is_claimed_once_and_names_users_with_an_address() -> an
     })
     .await
 }
+
+fn user(name: &str) -> store::UserRow {
+    store::UserRow {
+        id: uuid::Uuid::now_v7().to_string(),
+        user_name: name.into(),
+        display_name: name.into(),
+        email: String::new(),
+        password_hash: String::new(),
+        enabled: true,
+        created_at: NOW,
+        last_sign_in_at: None,
+    }
+}
+
+/// A passkey ceremony's state is handed out once: to its own user, for its own kind, before
+/// it expires; of two Finishes racing with one ceremony, one has it. A passkey's stored
+/// credential moves only from the value it was read at (its counter never goes back by a
+/// lost race).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_passkey_ceremony_is_taken_once_by_its_user_before_it_expires() -> anyhow::Result<()> {
+    on_both(|db| async move {
+        let (lee, kim) = (user("lee"), user("kim"));
+        store::insert_user(&db, &lee).await?;
+        store::insert_user(&db, &kim).await?;
+        let expires = NOW + 5 * MINUTE;
+        store::insert_ceremony(&db, "c1", &lee.id, "authentication", "state-1", NOW, expires).await?;
+        assert_eq!(
+            store::take_ceremony(&db, "c1", &kim.id, "authentication", NOW).await?,
+            None
+        );
+        assert_eq!(
+            store::take_ceremony(&db, "c1", &lee.id, "registration", NOW).await?,
+            None
+        );
+        let racing = (0..8).map(|_| store::take_ceremony(&db, "c1", &lee.id, "authentication", NOW));
+        let taken: Vec<_> = futures::future::join_all(racing)
+            .await
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .flatten()
+            .collect();
+        assert_eq!(taken, vec!["state-1".to_owned()]);
+
+        store::insert_ceremony(&db, "c2", &lee.id, "registration", "state-2", NOW, expires).await?;
+        assert_eq!(
+            store::take_ceremony(&db, "c2", &lee.id, "registration", expires).await?,
+            None,
+            "expired"
+        );
+        // Starting a ceremony drops the expired ones.
+        store::insert_ceremony(
+            &db,
+            "c3",
+            &lee.id,
+            "registration",
+            "state-3",
+            expires + 1,
+            expires + MINUTE,
+        )
+        .await?;
+        let left = pim_runtime::db::query(&db, "SELECT id FROM webauthn_ceremonies", vec![]).await?;
+        assert_eq!(left.len(), 1);
+
+        let method = store::MfaMethodRow {
+            id: uuid::Uuid::now_v7().to_string(),
+            user_id: lee.id.clone(),
+            kind: "passkey".into(),
+            secret: b"counter 1".to_vec(),
+            confirmed: true,
+            last_step: 0,
+            created_at: NOW,
+            name: "key".into(),
+        };
+        store::insert_mfa_method(&db, &method).await?;
+        assert!(store::update_passkey(&db, &method.id, b"counter 1", b"counter 2").await?);
+        assert!(!store::update_passkey(&db, &method.id, b"counter 1", b"counter 3").await?);
+        let stored = store::mfa_methods(&db, &lee.id).await?;
+        assert_eq!(
+            (stored[0].secret.as_slice(), stored[0].name.as_str()),
+            (&b"counter 2"[..], "key")
+        );
+        Ok(())
+    })
+    .await
+}

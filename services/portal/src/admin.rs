@@ -1,9 +1,7 @@
 //! *Admin*: alerts (open and acknowledged ones, acknowledge, dismiss or resolve with a reason),
 //! paged. Who may see and change them is alerting's decision; the portal shows its refusal.
 
-use axum::Form;
 use axum::extract::{Path, Query};
-use axum::http::HeaderMap;
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use maud::html;
 
@@ -12,7 +10,7 @@ use pim_proto::alerting::v1::alert_service_client::AlertServiceClient;
 
 use crate::decide::Names;
 use crate::view::{self, moment, short, timestamp};
-use crate::web::{Caller, Failure, Fields, check_form};
+use crate::web::{Caller, CheckedForm, Failure};
 
 const PAGE_SIZE: i32 = 25;
 
@@ -103,15 +101,7 @@ pub async fn alerts(caller: Caller, Query(paging): Query<Paging>) -> Html<String
 }
 
 /// POST /admin/alerts/{id}: dismiss or resolve, with a reason.
-pub async fn change_alert(
-    caller: Caller,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    Form(fields): Form<Fields>,
-) -> Response {
-    if let Err(refused) = check_form(&headers, &caller.session, &fields) {
-        return refused;
-    }
+pub async fn change_alert(caller: Caller, Path(id): Path<String>, CheckedForm(fields): CheckedForm) -> Response {
     let request = caller.request(lpb::AlertStatusRequest {
         alert_id: id,
         reason: fields.get("reason").to_owned(),

@@ -3,9 +3,7 @@
 
 use std::collections::HashMap;
 
-use axum::Form;
 use axum::extract::Path;
-use axum::http::HeaderMap;
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use maud::{Markup, html};
 
@@ -17,7 +15,7 @@ use pim_proto::identity::v1::directory_service_client::DirectoryServiceClient;
 
 use crate::stepup;
 use crate::view::{self, moment, short, timestamp};
-use crate::web::{Caller, Failure, Fields, check_form};
+use crate::web::{Caller, CheckedForm, Failure};
 
 /// Principal names, looked up once per page; an id the caller may not look up stays an id.
 pub struct Names(HashMap<String, String>);
@@ -148,15 +146,7 @@ pub async fn approval(caller: Caller, Path(id): Path<String>) -> Html<String> {
 }
 
 /// POST /approvals/{id}: approve or deny, with a reason (and the step-up where asked).
-pub async fn decide(
-    mut caller: Caller,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    Form(fields): Form<Fields>,
-) -> Response {
-    if let Err(refused) = check_form(&headers, &caller.session, &fields) {
-        return refused;
-    }
+pub async fn decide(mut caller: Caller, Path(id): Path<String>, CheckedForm(fields): CheckedForm) -> Response {
     let action = format!("/approvals/{id}");
     let what = fields.get("what").to_owned();
     if let Err(page) = stepup::verify_if_given(&mut caller, &fields, &action, &what).await {
@@ -188,7 +178,7 @@ pub async fn decide(
             caller.flash(true, format!("You {done} {} for this request.", a.role_name));
         }
         Err(status) => match Failure::from(status) {
-            Failure::MfaNeeded => return stepup::page(&caller, &action, &fields, &what, None),
+            Failure::MfaNeeded(why) => return stepup::asked_again(&caller, &action, &fields, &what, &why),
             failure => caller.flash(false, format!("Not decided: {}", failure.text())),
         },
     }
@@ -256,15 +246,7 @@ pub async fn reviews(caller: Caller) -> Html<String> {
 }
 
 /// POST /reviews/items/{id}: records the caller's decision on one item.
-pub async fn record(
-    caller: Caller,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    Form(fields): Form<Fields>,
-) -> Response {
-    if let Err(refused) = check_form(&headers, &caller.session, &fields) {
-        return refused;
-    }
+pub async fn record(caller: Caller, Path(id): Path<String>, CheckedForm(fields): CheckedForm) -> Response {
     let decision = match fields.get("decision") {
         "approve" => rpb::Decision::Approve,
         "deny" => rpb::Decision::Deny,

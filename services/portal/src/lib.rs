@@ -19,6 +19,7 @@ use tonic::transport::Channel;
 
 use pim_runtime::clock::Clock;
 
+mod account;
 mod admin;
 mod decide;
 mod roles;
@@ -102,6 +103,15 @@ impl Portal {
             .route("/", get(roles::home))
             .route("/signin", get(signin::form).post(signin::password))
             .route("/signin/code", post(signin::code))
+            .route("/signin/passkey/begin", post(account::sign_in_begin))
+            .route("/signin/passkey/finish", post(account::sign_in_finish))
+            .route("/stepup/passkey/begin", post(account::step_up_begin))
+            .route("/stepup/passkey/finish", post(account::step_up_finish))
+            .route("/account", get(account::page))
+            .route("/account/verify", post(account::verify))
+            .route("/account/methods/{id}/remove", post(account::remove))
+            .route("/account/passkeys/begin", post(account::register_begin))
+            .route("/account/passkeys/finish", post(account::register_finish))
             .route("/signout", post(signin::sign_out))
             .route("/signout/everywhere", post(signin::sign_out_everywhere))
             .route("/roles", get(roles::my_roles))
@@ -114,6 +124,11 @@ impl Portal {
             .route("/approvals", get(decide::approvals))
             .route("/approvals/{id}", get(decide::approval).post(decide::decide))
             .route("/reviews", get(decide::reviews))
+            // Mails link to a review by id: its items are on the reviews page.
+            .route(
+                "/reviews/{id}",
+                get(|| async { axum::response::Redirect::to("/reviews") }),
+            )
             .route("/reviews/items/{id}", post(decide::record))
             .route("/admin/alerts", get(admin::alerts))
             .route("/admin/alerts/{id}", post(admin::change_alert))

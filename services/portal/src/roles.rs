@@ -3,9 +3,7 @@
 
 use std::collections::HashMap;
 
-use axum::Form;
 use axum::extract::Path;
-use axum::http::HeaderMap;
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use maud::{Markup, html};
 
@@ -15,7 +13,7 @@ use pim_proto::assignment::v1::role_service_client::RoleServiceClient;
 use pim_proto::common::v1::Ticket;
 
 use crate::view::{self, moment, short, time_left, timestamp};
-use crate::web::{Caller, Failure, Fields, check_form};
+use crate::web::{Caller, CheckedForm, Failure};
 use crate::{stepup, web};
 
 pub async fn home() -> Redirect {
@@ -205,10 +203,7 @@ fn activate_form(caller: &Caller, i: usize, a: &apb::Assignment) -> Markup {
 
 /// POST /roles/activate: asks for the activation; where the role wants a recent MFA, the
 /// code is asked for in place and the request sent again with it.
-pub async fn activate(mut caller: Caller, headers: HeaderMap, Form(fields): Form<Fields>) -> Response {
-    if let Err(refused) = check_form(&headers, &caller.session, &fields) {
-        return refused;
-    }
+pub async fn activate(mut caller: Caller, CheckedForm(fields): CheckedForm) -> Response {
     let what = fields.get("role_name").to_owned();
     if let Err(page) = stepup::verify_if_given(&mut caller, &fields, "/roles/activate", &what).await {
         return page;
@@ -266,7 +261,7 @@ pub async fn activate(mut caller: Caller, headers: HeaderMap, Form(fields): Form
             caller.flash(true, text);
         }
         Err(status) => match Failure::from(status) {
-            Failure::MfaNeeded => return stepup::page(&caller, "/roles/activate", &fields, &what, None),
+            Failure::MfaNeeded(why) => return stepup::asked_again(&caller, "/roles/activate", &fields, &what, &why),
             failure => caller.flash(false, format!("{what} was not activated: {}", failure.text())),
         },
     }
@@ -274,10 +269,7 @@ pub async fn activate(mut caller: Caller, headers: HeaderMap, Form(fields): Form
 }
 
 /// POST /roles/deactivate: ends the caller's own activation.
-pub async fn deactivate(caller: Caller, headers: HeaderMap, Form(fields): Form<Fields>) -> Response {
-    if let Err(refused) = check_form(&headers, &caller.session, &fields) {
-        return refused;
-    }
+pub async fn deactivate(caller: Caller, CheckedForm(fields): CheckedForm) -> Response {
     let what = fields.get("role_name");
     let request = apb::CreateRequestRequest {
         action: apb::RequestAction::SelfDeactivate as i32,
@@ -409,15 +401,7 @@ pub async fn request_status(caller: Caller, Path(id): Path<String>) -> Response 
 }
 
 /// POST /requests/{id}/cancel.
-pub async fn cancel(
-    caller: Caller,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    Form(fields): Form<Fields>,
-) -> Response {
-    if let Err(refused) = check_form(&headers, &caller.session, &fields) {
-        return refused;
-    }
+pub async fn cancel(caller: Caller, Path(id): Path<String>, _: CheckedForm) -> Response {
     match assignments(&caller)
         .cancel_request(caller.request(apb::GetRequestRequest { request_id: id }))
         .await

@@ -2,8 +2,8 @@
 //! The password and code go to identity and nowhere else; the tokens stay in the session.
 
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::response::{Html, IntoResponse, Redirect, Response};
-use axum::{Form, http::HeaderMap};
 use maud::html;
 
 use pim_proto::identity::v1 as ipb;
@@ -12,7 +12,7 @@ use pim_proto::identity::v1::mfa_service_client::MfaServiceClient;
 
 use crate::session::{Session, SignedIn};
 use crate::view::{self, timestamp};
-use crate::web::{Caller, ClientIp, Fields, check_form};
+use crate::web::{Caller, CheckedForm, ClientIp};
 use crate::{Portal, web};
 
 /// GET /signin: the password form (a session, signed in as no one, is made to carry its CSRF
@@ -64,6 +64,9 @@ fn code_form(session: &Session, problem: Option<&str>) -> Html<String> {
                         label for="code" { "Code from your authenticator app (or a recovery code)" }
                         input id="code" name="code" type="text" inputmode="numeric" autocomplete="one-time-code" required autofocus;
                         button type="submit" { "Verify" }
+                        " "
+                        button type="button" data-passkey="signin" { "Use a passkey" }
+                        p data-passkey-status role="status" {}
                     }
                 }
             },
@@ -77,14 +80,11 @@ pub async fn password(
     State(portal): State<Portal>,
     ip: ClientIp,
     headers: HeaderMap,
-    Form(fields): Form<Fields>,
+    CheckedForm(fields): CheckedForm,
 ) -> Response {
     let Some(session) = portal.session_of(&headers) else {
         return Redirect::to("/signin").into_response();
     };
-    if let Err(refused) = check_form(&headers, &session, &fields) {
-        return refused;
-    }
     let user = fields.get("user").to_owned();
     let answer = AuthServiceClient::new(portal.0.upstreams.identity.clone())
         .sign_in(ip.request(
@@ -126,14 +126,11 @@ pub async fn code(
     State(portal): State<Portal>,
     ip: ClientIp,
     headers: HeaderMap,
-    Form(fields): Form<Fields>,
+    CheckedForm(fields): CheckedForm,
 ) -> Response {
     let Some(session) = portal.session_of(&headers) else {
         return Redirect::to("/signin").into_response();
     };
-    if let Err(refused) = check_form(&headers, &session, &fields) {
-        return refused;
-    }
     let Some((pending, user)) = session.mfa_pending.clone() else {
         return Redirect::to("/signin").into_response();
     };
@@ -158,6 +155,12 @@ pub async fn code(
 /// The sign-in is complete: a new session id (the one used before signing in is worth
 /// nothing now) holds the tokens.
 fn signed_in(portal: &Portal, session: &Session, answer: ipb::SignInResponse, name: String) -> Response {
+    let renewed = complete(portal, session, answer, name);
+    ([portal.cookie(Some(&renewed.id))], Redirect::to("/roles")).into_response()
+}
+
+/// The signed-in session that replaces `session` (its cookie is the caller's to set).
+pub fn complete(portal: &Portal, session: &Session, answer: ipb::SignInResponse, name: String) -> Session {
     let user = SignedIn {
         principal_id: answer.principal_id,
         name,
@@ -165,15 +168,11 @@ fn signed_in(portal: &Portal, session: &Session, answer: ipb::SignInResponse, na
         refresh_token: answer.refresh_token,
         expires_ms: timestamp(&answer.expires_at).unwrap_or_default(),
     };
-    let renewed = portal.0.sessions.renew(session, Some(user));
-    ([portal.cookie(Some(&renewed.id))], Redirect::to("/roles")).into_response()
+    portal.0.sessions.renew(session, Some(user))
 }
 
 /// POST /signout: this session's tokens stop working at identity, and the session ends.
-pub async fn sign_out(caller: Caller, headers: HeaderMap, Form(fields): Form<Fields>) -> Response {
-    if let Err(refused) = check_form(&headers, &caller.session, &fields) {
-        return refused;
-    }
+pub async fn sign_out(caller: Caller, _: CheckedForm) -> Response {
     let portal = caller.portal.clone();
     if let Some(session) = portal.0.sessions.end(&caller.session.id) {
         end_tokens(&portal, session).await;
@@ -182,10 +181,7 @@ pub async fn sign_out(caller: Caller, headers: HeaderMap, Form(fields): Form<Fie
 }
 
 /// POST /signout/everywhere: every portal session of this user ends, each one's tokens with it.
-pub async fn sign_out_everywhere(caller: Caller, headers: HeaderMap, Form(fields): Form<Fields>) -> Response {
-    if let Err(refused) = check_form(&headers, &caller.session, &fields) {
-        return refused;
-    }
+pub async fn sign_out_everywhere(caller: Caller, _: CheckedForm) -> Response {
     let portal = caller.portal.clone();
     let sessions = portal.0.sessions.end_all_of(&caller.user.principal_id);
     let count = sessions.len();

@@ -30,16 +30,26 @@ pub async fn verify_if_given(caller: &mut Caller, fields: &Fields, action: &str,
             caller.keep_tokens(&answer.into_inner());
             Ok(())
         }
-        Err(status) => {
-            let text = match status.code() {
-                tonic::Code::Unauthenticated | tonic::Code::InvalidArgument if !status.message().is_empty() => {
-                    status.message().to_owned()
-                }
-                _ => Failure::from(status).text(),
-            };
-            Err(page(caller, action, fields, what, Some(&text)))
-        }
+        Err(status) => Err(page(caller, action, fields, what, Some(&code_refusal(status)))),
     }
+}
+
+/// Why a code or passkey was refused, in identity's words where they are meant for the person
+/// (a wrong code is UNAUTHENTICATED there, which elsewhere means signed out).
+pub fn code_refusal(status: tonic::Status) -> String {
+    match status.code() {
+        tonic::Code::Unauthenticated | tonic::Code::InvalidArgument if !status.message().is_empty() => {
+            status.message().to_owned()
+        }
+        _ => Failure::from(status).text(),
+    }
+}
+
+/// The step-up asked for: after a code was given and did not do (the role wants a passkey),
+/// with the service's words why.
+pub fn asked_again(caller: &Caller, action: &str, fields: &Fields, what: &str, why: &str) -> Response {
+    let problem = (!fields.get("code").is_empty()).then_some(why);
+    page(caller, action, fields, what, problem)
 }
 
 /// The form that asks for the code, carrying the refused form's values.
@@ -55,6 +65,9 @@ pub fn page(caller: &Caller, action: &str, fields: &Fields, what: &str, problem:
             label for="code" { "Authenticator code" }
             input id="code" name="code" type="text" inputmode="numeric" autocomplete="one-time-code" required autofocus;
             button type="submit" { "Verify and continue" }
+            " "
+            button type="button" data-passkey="step-up" { "Use a passkey" }
+            p data-passkey-status role="status" {}
         }
     };
     let Html(body) = view::page(caller, "", "Verify it's you", content);

@@ -15,6 +15,7 @@ const NAV: &[(&str, &str)] = &[
     ("/approvals", "Approvals"),
     ("/reviews", "Access reviews"),
     ("/admin/alerts", "Alerts"),
+    ("/account", "Security info"),
 ];
 
 /// A signed-in page: navigation, the caller's name, sign-out, the flash message, `content`.

@@ -23,7 +23,8 @@ pub enum Failure {
     /// The session's token no longer works: sign in again.
     SignedOut,
     /// The service wants a recent multi-factor authentication (`MfaRule`): step up, retry.
-    MfaNeeded,
+    /// Its words say which (a passkey, where a code does not do).
+    MfaNeeded(String),
     /// The service refused, with a message meant for the person (bad input, a rule, a
     /// permission): shown as it is.
     Refused(String),
@@ -37,7 +38,7 @@ impl From<tonic::Status> for Failure {
             .iter()
             .any(|r| r == "MfaRule")
         {
-            return Self::MfaNeeded;
+            return Self::MfaNeeded(status.message().to_owned());
         }
         match status.code() {
             Code::Unauthenticated => Self::SignedOut,
@@ -63,7 +64,7 @@ impl Failure {
     pub fn text(&self) -> String {
         match self {
             Self::SignedOut => "Your session has ended: sign in again.".into(),
-            Self::MfaNeeded => "This needs a recent multi-factor authentication.".into(),
+            Self::MfaNeeded(message) => message.clone(),
             Self::Refused(message) => message.clone(),
             Self::Fault(reference) => format!(
                 "Something went wrong on our side and nothing was changed by this page. \
@@ -232,9 +233,42 @@ impl Fields {
     }
 }
 
+/// A form from one of the portal's own pages ([`check_form`] passed): what every POST
+/// handler takes, so none can forget the check.
+pub struct CheckedForm(pub Fields);
+
+impl axum::extract::FromRequest<Portal> for CheckedForm {
+    type Rejection = Response;
+
+    async fn from_request(request: axum::extract::Request, portal: &Portal) -> Result<Self, Response> {
+        let Some(session) = portal.session_of(request.headers()) else {
+            return Err(Redirect::to("/signin").into_response());
+        };
+        let headers = request.headers().clone();
+        let axum::Form(fields) = axum::Form::<Fields>::from_request(request, portal)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        check_form(&headers, &session, &fields)?;
+        Ok(Self(fields))
+    }
+}
+
 /// Refuses a form not sent from one of this portal's own pages: its CSRF token must be the
 /// session's, and a browser's `Origin` (or `Sec-Fetch-Site`) must say this site.
 pub fn check_form(headers: &HeaderMap, session: &Session, fields: &Fields) -> Result<(), Response> {
+    check_token(headers, session, fields.get("csrf"))
+}
+
+/// As [`check_form`], for the script's JSON calls: the token in `x-csrf-token`.
+pub fn check_call(headers: &HeaderMap, session: &Session) -> Result<(), Response> {
+    let token = headers
+        .get("x-csrf-token")
+        .and_then(|t| t.to_str().ok())
+        .unwrap_or_default();
+    check_token(headers, session, token)
+}
+
+fn check_token(headers: &HeaderMap, session: &Session, token: &str) -> Result<(), Response> {
     let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
@@ -246,7 +280,7 @@ pub fn check_form(headers: &HeaderMap, session: &Session, fields: &Fields) -> Re
     let cross_site = headers
         .get("sec-fetch-site")
         .is_some_and(|s| s.as_bytes() == b"cross-site");
-    if cross_origin || cross_site || !session::same(fields.get("csrf"), &session.csrf) {
+    if cross_origin || cross_site || !session::same(token, &session.csrf) {
         tracing::warn!(
             cross_origin,
             cross_site,

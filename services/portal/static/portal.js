@@ -66,7 +66,73 @@ function follow(root) {
   setTimeout(poll, 1000);
 }
 
+// Passkeys: the server's options go to navigator.credentials as WebAuthn's JSON, and the
+// credential comes back the same way (the browser's own parse and toJSON, no hand encoding).
+const PASSKEY = {
+  register: { begin: "/account/passkeys/begin", finish: "/account/passkeys/finish", create: true },
+  signin: { begin: "/signin/passkey/begin", finish: "/signin/passkey/finish" },
+  "step-up": { begin: "/stepup/passkey/begin", finish: "/stepup/passkey/finish" },
+};
+
+async function call(path, csrf, body) {
+  const answer = await fetch(path, {
+    method: "POST",
+    credentials: "same-origin",
+    headers: { "content-type": "application/json", "x-csrf-token": csrf, accept: "application/json" },
+    body: JSON.stringify(body || {}),
+  });
+  const json = await answer.json().catch(() => ({ error: "The portal did not answer." }));
+  if (!answer.ok) throw new Error(json.error || "Refused.");
+  return json;
+}
+
+async function passkey(button) {
+  const kind = PASSKEY[button.dataset.passkey];
+  const scope = button.closest("form, section, main");
+  const status = scope.querySelector("[data-passkey-status]");
+  const csrf = (scope.querySelector("input[name=csrf]") || document.querySelector("input[name=csrf]")).value;
+  status.textContent = "Waiting for your passkey…";
+  try {
+    const started = await call(kind.begin, csrf);
+    let credential;
+    if (kind.create) {
+      const options = PublicKeyCredential.parseCreationOptionsFromJSON(started.options.publicKey);
+      credential = await navigator.credentials.create({ publicKey: options });
+    } else {
+      const options = PublicKeyCredential.parseRequestOptionsFromJSON(started.options.publicKey);
+      credential = await navigator.credentials.get({ publicKey: options });
+    }
+    const name = document.getElementById("passkey-name");
+    const done = await call(kind.finish, csrf, {
+      ceremony: started.ceremony,
+      credential: credential.toJSON(),
+      name: name ? name.value : "",
+    });
+    if (done.redirect) {
+      location.assign(done.redirect);
+    } else if (button.dataset.passkey === "step-up") {
+      // Stepped up: the refused form goes again, now without a code.
+      const form = button.closest("form");
+      form.querySelector("input[name=code]").removeAttribute("required");
+      form.submit();
+    }
+  } catch (err) {
+    status.textContent = err && err.message ? err.message : "The passkey was not used.";
+  }
+}
+
+function passkeys(root) {
+  for (const button of root.querySelectorAll("[data-passkey]")) {
+    if (!window.PublicKeyCredential) {
+      button.hidden = true;
+      continue;
+    }
+    button.addEventListener("click", () => passkey(button));
+  }
+}
+
 function start(root) {
+  passkeys(root);
   localTimes(root);
   countDown(root);
   follow(root);

@@ -53,7 +53,11 @@ impl Pending {
     /// The RPCs a token of a pending sign-in may call: completing it, or signing out.
     pub fn allows(self, path: &str) -> bool {
         let completing: &[&str] = match self {
-            Pending::Mfa => &["/pim.identity.v1.MfaService/Verify"],
+            Pending::Mfa => &[
+                "/pim.identity.v1.MfaService/Verify",
+                "/pim.identity.v1.MfaService/BeginPasskeyVerification",
+                "/pim.identity.v1.MfaService/VerifyPasskey",
+            ],
             Pending::Enrollment => &[
                 "/pim.identity.v1.MfaService/EnrollTotp",
                 "/pim.identity.v1.MfaService/ConfirmTotp",
@@ -173,6 +177,17 @@ pub fn kind_from_claim(claim: &str) -> PrincipalKind {
 
 /// How far ahead of the clock an MFA time may be (clock skew between hosts).
 const MFA_SKEW_MS: i64 = 60_000;
+
+/// Whether a token's `amr` names a second factor: a code (`otp`), a passkey's proof of
+/// possession (`hwk`, RFC 8176), or `mfa` as another issuer may say it.
+pub fn has_mfa(amr: &[String]) -> bool {
+    amr.iter().any(|m| matches!(m.as_str(), "otp" | "hwk" | "mfa"))
+}
+
+/// Whether a token's `amr` names a phishing-resistant factor: a passkey (`hwk`).
+pub fn has_phishing_resistant_mfa(amr: &[String]) -> bool {
+    amr.iter().any(|m| m == "hwk")
+}
 
 /// Whether an MFA counts as recent: a second factor (`has_otp`) verified at `mfa_at_ms`, no
 /// longer than `window_ms` before `now_ms` and not more than a minute's skew after it. The one

@@ -28,8 +28,9 @@ impl Assignments {
         }
         let (policy, _) = nearest_policy(&policies, &scopes)?;
         let mfa = MfaState {
-            has_otp: caller.amr.iter().any(|m| m == "otp" || m == "mfa"),
+            has_otp: pim_runtime::auth::has_mfa(&caller.amr),
             mfa_at: caller.mfa_at.map(|s| s.saturating_mul(1000)),
+            phishing_resistant: pim_runtime::auth::has_phishing_resistant_mfa(&caller.amr),
         };
         let eligible_until = eligibility.and_then(|(_, until)| until);
         let schedule = match policy.check_activation(&r.ask, mfa, eligible_until, now) {

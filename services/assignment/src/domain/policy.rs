@@ -28,6 +28,8 @@ pub enum Expiration {
 pub struct Policy {
     pub activation_max_duration: Duration,
     pub activation_requires_mfa: bool,
+    /// With `activation_requires_mfa`: only a passkey's MFA counts (phishing-resistant).
+    pub activation_requires_phishing_resistant_mfa: bool,
     pub activation_requires_justification: bool,
     pub activation_requires_ticket: bool,
     pub approval_required: bool,
@@ -82,6 +84,7 @@ impl Default for Policy {
         Self {
             activation_max_duration: 8 * HOUR,
             activation_requires_mfa: true,
+            activation_requires_phishing_resistant_mfa: false,
             activation_requires_justification: true,
             activation_requires_ticket: false,
             approval_required: false,
@@ -127,6 +130,8 @@ pub struct MfaState {
     pub has_otp: bool,
     /// When MFA last succeeded (ms since the epoch).
     pub mfa_at: Option<i64>,
+    /// Whether that MFA was phishing-resistant (a passkey: `amr` `hwk`).
+    pub phishing_resistant: bool,
 }
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -237,6 +242,16 @@ impl Policy {
                     "MfaRule",
                     format!(
                         "multi-factor authentication within the last {} s is required: verify a code and retry",
+                        self.mfa_freshness.as_secs()
+                    ),
+                ));
+            } else if self.activation_requires_phishing_resistant_mfa && !mfa.phishing_resistant {
+                // A code can be phished; a passkey is bound to the portal's origin.
+                violations.push(violation(
+                    "MfaRule",
+                    format!(
+                        "a phishing-resistant multi-factor authentication (a passkey) within the last {} s is required: \
+                         verify with your passkey and retry (a code does not do for this role)",
                         self.mfa_freshness.as_secs()
                     ),
                 ));
@@ -454,7 +469,48 @@ mod tests {
         MfaState {
             has_otp: true,
             mfa_at: Some(now - 60_000),
+            phishing_resistant: false,
         }
+    }
+
+    #[test]
+    fn a_role_that_wants_a_phishing_resistant_mfa_takes_a_fresh_passkey_not_a_code() {
+        let now = 10_000_000_000;
+        let ask = ActivationAsk {
+            justification: "incident 42".into(),
+            ..Default::default()
+        };
+        let p = Policy {
+            activation_requires_phishing_resistant_mfa: true,
+            ..Policy::default()
+        };
+        let refused = p.check_activation(&ask, fresh_mfa(now), None, now).unwrap_err();
+        assert_eq!(refused.len(), 1);
+        assert_eq!(refused[0].kind, "MfaRule");
+        assert!(refused[0].message.contains("passkey"), "{}", refused[0].message);
+        let passkey = MfaState {
+            phishing_resistant: true,
+            ..fresh_mfa(now)
+        };
+        assert!(p.check_activation(&ask, passkey, None, now).is_ok());
+        let stale = MfaState {
+            mfa_at: Some(now - 11 * 60_000),
+            ..passkey
+        };
+        assert!(
+            p.check_activation(&ask, stale, None, now).is_err(),
+            "a passkey, but not recent"
+        );
+        let without_mfa = Policy {
+            activation_requires_mfa: false,
+            ..p
+        };
+        assert!(
+            without_mfa
+                .check_activation(&ask, MfaState::default(), None, now)
+                .is_ok(),
+            "only with activation_requires_mfa"
+        );
     }
 
     #[test]
@@ -490,6 +546,7 @@ mod tests {
         let ahead = MfaState {
             has_otp: true,
             mfa_at: Some(now + 3_600_000),
+            phishing_resistant: false,
         };
         assert_eq!(kinds(p.check_activation(&ask, ahead, None, now)), vec!["MfaRule"]);
     }
@@ -513,6 +570,7 @@ mod tests {
         let stale = MfaState {
             has_otp: true,
             mfa_at: Some(now - 11 * 60_000),
+            phishing_resistant: false,
         };
         assert_eq!(kinds(p.check_activation(&ask, stale, None, now)), vec!["MfaRule"]);
         let s = p.check_activation(&ask, fresh_mfa(now), None, now).unwrap();

@@ -11,12 +11,14 @@ pub struct MfaMethodRow {
     pub confirmed: bool,
     pub last_step: i64,
     pub created_at: i64,
+    /// A passkey's name (empty for TOTP).
+    pub name: String,
 }
 
 pub async fn mfa_methods<C: ConnectionTrait>(c: &C, user_id: &str) -> Result<Vec<MfaMethodRow>, DbErr> {
     db::query(
         c,
-        "SELECT id, user_id, kind, secret, confirmed, last_step, created_at FROM mfa_methods WHERE user_id = $1 ORDER BY created_at",
+        "SELECT id, user_id, kind, secret, confirmed, last_step, created_at, name FROM mfa_methods WHERE user_id = $1 ORDER BY created_at",
         vec![user_id.into()],
     )
     .await?
@@ -30,6 +32,7 @@ pub async fn mfa_methods<C: ConnectionTrait>(c: &C, user_id: &str) -> Result<Vec
             confirmed: col(r, "confirmed")?,
             last_step: col(r, "last_step")?,
             created_at: col(r, "created_at")?,
+            name: col(r, "name")?,
         })
     })
     .collect()
@@ -38,7 +41,7 @@ pub async fn mfa_methods<C: ConnectionTrait>(c: &C, user_id: &str) -> Result<Vec
 pub async fn insert_mfa_method<C: ConnectionTrait>(c: &C, m: &MfaMethodRow) -> Result<(), DbErr> {
     db::exec(
         c,
-        "INSERT INTO mfa_methods (id, user_id, kind, secret, confirmed, last_step, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        "INSERT INTO mfa_methods (id, user_id, kind, secret, confirmed, last_step, created_at, name) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         vec![
             m.id.clone().into(),
             m.user_id.clone().into(),
@@ -47,6 +50,7 @@ pub async fn insert_mfa_method<C: ConnectionTrait>(c: &C, m: &MfaMethodRow) -> R
             m.confirmed.into(),
             m.last_step.into(),
             m.created_at.into(),
+            m.name.clone().into(),
         ],
     )
     .await
@@ -285,4 +289,58 @@ pub async fn lock_mfa<C: ConnectionTrait>(c: &C, user_id: &str, until: i64) -> R
     )
     .await
     .map(drop)
+}
+
+/// Keeps a WebAuthn ceremony's state until `expires_at` (and drops expired ones).
+pub async fn insert_ceremony<C: ConnectionTrait>(
+    c: &C,
+    id: &str,
+    user_id: &str,
+    kind: &str,
+    state: &str,
+    now: i64,
+    expires_at: i64,
+) -> Result<(), DbErr> {
+    db::exec(
+        c,
+        "DELETE FROM webauthn_ceremonies WHERE expires_at <= $1",
+        vec![now.into()],
+    )
+    .await?;
+    db::exec(
+        c,
+        "INSERT INTO webauthn_ceremonies (id, user_id, kind, state, expires_at) VALUES ($1, $2, $3, $4, $5)",
+        vec![id.into(), user_id.into(), kind.into(), state.into(), expires_at.into()],
+    )
+    .await
+    .map(drop)
+}
+
+/// Takes a ceremony's state: once, by its user, of its kind, before it expires. One statement,
+/// so two Finishes racing with the same ceremony cannot both have it.
+pub async fn take_ceremony<C: ConnectionTrait>(
+    c: &C,
+    id: &str,
+    user_id: &str,
+    kind: &str,
+    now: i64,
+) -> Result<Option<String>, DbErr> {
+    let rows = db::query(
+        c,
+        "DELETE FROM webauthn_ceremonies WHERE id = $1 AND user_id = $2 AND kind = $3 AND expires_at > $4 RETURNING state",
+        vec![id.into(), user_id.into(), kind.into(), now.into()],
+    )
+    .await?;
+    rows.first().map(|r| col(r, "state")).transpose()
+}
+
+/// Replaces a passkey's stored credential (its counter moved) if it is still `old`.
+pub async fn update_passkey<C: ConnectionTrait>(c: &C, method_id: &str, old: &[u8], new: &[u8]) -> Result<bool, DbErr> {
+    Ok(db::exec(
+        c,
+        "UPDATE mfa_methods SET secret = $1 WHERE id = $2 AND secret = $3",
+        vec![new.to_vec().into(), method_id.into(), old.to_vec().into()],
+    )
+    .await?
+        == 1)
 }

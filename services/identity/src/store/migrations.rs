@@ -138,6 +138,20 @@ impl MigratorTrait for Migrator {
                 )"
                 .to_owned()
             }),
+            // Passkeys: a method's name, and the state of a WebAuthn ceremony between its
+            // Begin and its Finish (taken once, by one DELETE … RETURNING).
+            SqlMigration::boxed("m0007_passkeys", |_| {
+                "ALTER TABLE mfa_methods ADD COLUMN name TEXT NOT NULL DEFAULT '';
+                CREATE TABLE webauthn_ceremonies (
+                    id TEXT PRIMARY KEY,
+                    user_id TEXT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+                    kind TEXT NOT NULL,
+                    state TEXT NOT NULL,
+                    expires_at BIGINT NOT NULL
+                );
+                CREATE INDEX webauthn_ceremonies_expiry ON webauthn_ceremonies (expires_at)"
+                    .to_owned()
+            }),
         ]
     }
 }

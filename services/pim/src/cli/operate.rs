@@ -78,6 +78,18 @@ pub(crate) async fn up() -> anyhow::Result<i32> {
         };
         config.ssf_addr = Some(std::net::SocketAddr::new(config.listen_addr.ip(), port));
     }
+    // The portal is bound first: its address is where people (and passkeys) reach PIM.
+    let portal_listener = bind_portal(&config).await?;
+    if config.public_url.is_none() {
+        let bound = portal_listener.local_addr()?;
+        // A browser's secure context and a passkey's relying party need a name, not an
+        // address: localhost for loopback.
+        let host = match bound.ip() {
+            ip if ip.is_loopback() || ip.is_unspecified() => format!("localhost:{}", bound.port()),
+            _ => bound.to_string(),
+        };
+        config.public_url = Some(format!("http://{host}"));
+    }
     let databases = ServiceName::ALL
         .into_iter()
         .map(|s| (s, sqlite_url(&config.data_dir.join(format!("{s}.db")))))
@@ -89,7 +101,11 @@ pub(crate) async fn up() -> anyhow::Result<i32> {
             owner_only(&path, 0o600)?;
         }
     }
-    let portal = start_portal(&config, Upstreams::all_at(grpc::channel(suite.url(), &config.tls)?)).await?;
+    let portal = start_portal(
+        &config,
+        Upstreams::all_at(grpc::channel(suite.url(), &config.tls)?),
+        portal_listener,
+    )?;
     println!("PIM is up at {}", suite.url());
     println!("  Portal: {portal}/");
     if let Some(ssf) = suite.ssf_url() {
@@ -272,15 +288,18 @@ pub(crate) async fn serve(service: ServiceName) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-/// Binds `PIM_PORTAL_ADDR` and serves the portal in the background until the process ends;
-/// returns the URL people reach it at (`PIM_PUBLIC_URL` when set).
-async fn start_portal(config: &Config, upstreams: Upstreams) -> anyhow::Result<String> {
+async fn bind_portal(config: &Config) -> anyhow::Result<tokio::net::TcpListener> {
     let addr = config
         .portal_addr
         .context("PIM_PORTAL_ADDR is required to serve the portal")?;
-    let listener = tokio::net::TcpListener::bind(addr)
+    tokio::net::TcpListener::bind(addr)
         .await
-        .with_context(|| format!("binding {addr} (PIM_PORTAL_ADDR)"))?;
+        .with_context(|| format!("binding {addr} (PIM_PORTAL_ADDR)"))
+}
+
+/// Serves the portal on `listener` in the background until the process ends; returns the URL
+/// people reach it at (`PIM_PUBLIC_URL` when set).
+fn start_portal(config: &Config, upstreams: Upstreams, listener: tokio::net::TcpListener) -> anyhow::Result<String> {
     let bound = listener.local_addr()?;
     let portal = Portal::new(
         upstreams,
@@ -319,7 +338,8 @@ pub(crate) async fn serve_portal() -> anyhow::Result<i32> {
         alerting: url("PIM_ALERTING_URL", &config.alerting_url)?,
     };
     config.portal_addr.get_or_insert_with(|| ([127, 0, 0, 1], 8080).into());
-    let url = start_portal(&config, upstreams).await?;
+    let listener = bind_portal(&config).await?;
+    let url = start_portal(&config, upstreams, listener)?;
     println!("PIM portal at {url}/");
     grpc::shutdown_signal().await;
     Ok(0)

@@ -95,6 +95,9 @@ pub(crate) struct PolicySetArgs {
     /// How recent an MFA must be to activate.
     #[arg(long, value_parser = humantime::parse_duration)]
     mfa_freshness: Option<Duration>,
+    /// Whether that MFA must be a passkey: phishing-resistant, a code does not do (true or false).
+    #[arg(long)]
+    require_passkey: Option<bool>,
     /// Whether active assignments may be permanent (true or false).
     #[arg(long)]
     allow_permanent_active: Option<bool>,
@@ -166,6 +169,10 @@ async fn print_policy(session: &Session, p: &apb::RolePolicy) {
             show_duration(&p.activation_max_duration),
         ],
         vec!["activation requires MFA".into(), p.activation_requires_mfa.to_string()],
+        vec![
+            "MFA must be a passkey".into(),
+            p.activation_requires_phishing_resistant_mfa.to_string(),
+        ],
         vec!["MFA freshness".into(), show_duration(&p.mfa_freshness)],
         vec![
             "activation requires justification".into(),
@@ -247,6 +254,10 @@ pub(crate) async fn policy(cmd: PolicyCommand) -> anyhow::Result<i32> {
             if let Some(v) = a.require_mfa {
                 p.activation_requires_mfa = v;
                 mask.push("activation_requires_mfa");
+            }
+            if let Some(v) = a.require_passkey {
+                p.activation_requires_phishing_resistant_mfa = v;
+                mask.push("activation_requires_phishing_resistant_mfa");
             }
             if let Some(v) = a.require_justification {
                 p.activation_requires_justification = v;

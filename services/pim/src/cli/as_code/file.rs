@@ -68,6 +68,8 @@ pub(crate) struct PolicySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub activation_requires_mfa: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activation_requires_phishing_resistant_mfa: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mfa_freshness: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub activation_requires_justification: Option<bool>,

@@ -27,6 +27,10 @@ pub(crate) fn named(spec: &PolicySpec) -> Vec<&'static str> {
     };
     name(spec.activation_max_duration.is_some(), "activation_max_duration");
     name(spec.activation_requires_mfa.is_some(), "activation_requires_mfa");
+    name(
+        spec.activation_requires_phishing_resistant_mfa.is_some(),
+        "activation_requires_phishing_resistant_mfa",
+    );
     name(spec.mfa_freshness.is_some(), "mfa_freshness");
     name(
         spec.activation_requires_justification.is_some(),
@@ -135,6 +139,7 @@ pub(crate) fn to_pb(
         eligible_max_duration: duration("eligible_max_duration", &spec.eligible_max_duration),
         active_max_duration: duration("active_max_duration", &spec.active_max_duration),
         activation_requires_mfa: spec.activation_requires_mfa.unwrap_or_default(),
+        activation_requires_phishing_resistant_mfa: spec.activation_requires_phishing_resistant_mfa.unwrap_or_default(),
         activation_requires_justification: spec.activation_requires_justification.unwrap_or_default(),
         activation_requires_ticket: spec.activation_requires_ticket.unwrap_or_default(),
         approval_required: spec.approval_required.unwrap_or_default(),
@@ -219,6 +224,7 @@ pub(crate) fn shown(p: &apb::RolePolicy, path: &str, directory: &Directory) -> S
     match path {
         "activation_max_duration" => duration(&p.activation_max_duration),
         "activation_requires_mfa" => on(p.activation_requires_mfa),
+        "activation_requires_phishing_resistant_mfa" => on(p.activation_requires_phishing_resistant_mfa),
         "mfa_freshness" => duration(&p.mfa_freshness),
         "activation_requires_justification" => on(p.activation_requires_justification),
         "activation_requires_ticket" => on(p.activation_requires_ticket),
@@ -298,6 +304,7 @@ pub(crate) fn from_pb(role: &str, p: &apb::RolePolicy, directory: &Directory) ->
         scope: p.scope.clone(),
         activation_max_duration: duration_text(p.activation_max_duration.as_ref()),
         activation_requires_mfa: Some(p.activation_requires_mfa),
+        activation_requires_phishing_resistant_mfa: Some(p.activation_requires_phishing_resistant_mfa),
         mfa_freshness: duration_text(p.mfa_freshness.as_ref()),
         activation_requires_justification: Some(p.activation_requires_justification),
         activation_requires_ticket: Some(p.activation_requires_ticket),
