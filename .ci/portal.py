@@ -7,7 +7,10 @@
   steps up with it, and signs in with it; a copy of it (its counter set back) is refused.
 - Lee asks for Security Reader, which Ann must approve; Ann approves on the Approvals page, and
   Lee's page, left open, turns active without a reload.
-- Ann decides an access review item; the admin dismisses an alert.
+- Lee activates his membership of a group from My roles (PIM for Groups).
+- Ann decides an access review item; the admin dismisses an alert, and weakens a role's
+  settings on Role settings: the policy_weakened alert appears; the change is found on Audit,
+  downloaded as OCSF, and the hash chain verifies.
 - A forged form from another origin is refused (403) and changes nothing.
 - axe-core finds no serious or critical accessibility violation on any page; no page holds a
   token; every answer has the strict Content-Security-Policy and the cookie is HttpOnly and
@@ -18,6 +21,7 @@ Usage: python3 .ci/portal.py PATH_TO_PIM
 """
 
 import http.server
+import json
 import os
 import re
 import sys
@@ -28,7 +32,7 @@ import pyotp
 from axe_playwright_python.sync_playwright import Axe
 from playwright.sync_api import expect, sync_playwright
 
-from pim_up import PimUp
+from pim_up import PimUp, wait
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -132,6 +136,10 @@ def main(pim: str) -> int:
         for role in ["Exchange Administrator", "Security Reader"]:
             up.run("assign", role, "--principal", "lee", "-j", "on call")
         up.run("reviews", "create", "Security Reader", "--name", "Q4 readers", "--reviewers", "ann")
+        up.run("groups", "create", "--name", "payments-oncall")
+        up.run("groups", "assign", "--principal", "lee", "--group", "payments-oncall", "--access", "member",
+               "--kind", "eligible", "--permanent")
+        up.run("policy", "set", "--group", "payments-oncall", "--access", "member", "--require-mfa", "false")
 
         browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
         axe = Axe()
@@ -251,6 +259,14 @@ def main(pim: str) -> int:
         expect(lee.get_by_role("row").filter(has_text="Security Reader").first).to_contain_text("active")
         check_page(lee, axe, "my-requests", shots)
 
+        # Group access (PIM for Groups) is on My roles too, by the group's name.
+        lee.goto(portal + "/roles")
+        membership = lee.get_by_role("row").filter(has_text="Member of payments-oncall")
+        membership.get_by_text("Activate").first.click()
+        membership.get_by_label("Justification").fill("on call tonight")
+        membership.get_by_role("button", name="Activate Member of payments-oncall").click()
+        expect(lee.get_by_role("status")).to_contain_text("Member of payments-oncall is active until")
+
         # Ann reviews who holds Security Reader.
         ann.goto(portal + "/reviews")
         item = ann.get_by_role("row").filter(has_text="lee")
@@ -268,6 +284,40 @@ def main(pim: str) -> int:
         alert.get_by_label("Reason").fill("the CI's own sign-in")
         alert.get_by_role("button", name="Dismiss alert").click()
         expect(admin.get_by_role("status")).to_contain_text("The alert is dismissed")
+
+        # The administrator turns off Privileged Role Administrator's justification: the
+        # change is saved and alerting raises policy_weakened, seen on the Alerts page.
+        role = "Privileged Role Administrator"
+        admin.goto(portal + "/admin/policies")
+        admin.get_by_role("link", name=role, exact=True).click()
+        justification = admin.get_by_label("Activation needs a justification")
+        expect(justification).to_be_checked()
+        check_page(admin, axe, "role-settings", shots)
+        justification.uncheck()
+        admin.get_by_role("button", name=f"Save {role}'s settings").click()
+        expect(admin.get_by_role("status")).to_contain_text(f"{role}'s settings are saved")
+        expect(admin.get_by_label("Activation needs a justification")).not_to_be_checked()
+
+        def weakened_alert_shown():
+            admin.goto(portal + "/admin/alerts")
+            return admin.get_by_role("row").filter(has_text="policy_weakened").filter(has_text=role).count() == 1
+        wait("the policy_weakened alert on the Alerts page", weakened_alert_shown, seconds=15)
+
+        # Audit: the policy change is found by its action, the chain verifies, and the search
+        # downloads as OCSF (one JSON object a line, OCSF's class and time on each).
+        admin.get_by_role("link", name="Audit").click()
+        admin.get_by_label("Action").fill("PolicyUpdated")
+        admin.get_by_role("button", name="Search").click()
+        expect(admin.get_by_role("row").filter(has_text=role).first).to_contain_text("PolicyUpdated")
+        check_page(admin, axe, "audit", shots)
+        with admin.expect_download() as downloaded:
+            admin.get_by_role("link", name="Download as OCSF").click()
+        with open(downloaded.value.path()) as export:
+            lines = [json.loads(line) for line in export if line.strip()]
+        assert lines and all("class_uid" in l and "time" in l for l in lines), lines[:2]
+        assert any(role in json.dumps(l) for l in lines), "the export holds the policy change"
+        admin.get_by_role("button", name="Verify the hash chain").click()
+        expect(admin.get_by_role("status")).to_contain_text("The chain verifies")
 
         # A form another origin posts, with Lee's cookie sent by his browser, is refused.
         lee.goto(portal + "/requests")

@@ -6,6 +6,7 @@
 //!   cargo run --release -p pim-e2e --bin pim-loadgen -- consistency
 //!   cargo run --release -p pim-e2e --bin pim-loadgen -- expiry
 //!   cargo run --release -p pim-e2e --bin pim-loadgen -- notify
+//!   cargo run --release -p pim-e2e --bin pim-loadgen -- portal
 //!
 //! check-access: 100k principals with 1M active assignments (seeded by SQL), then CheckAccess
 //! (without a token, and with a met one) against an empty gRPC call (grpc.health.v1 Check) and
@@ -18,7 +19,8 @@
 //! fixed rate. expiry: many activations ending within a minute; lag from each deadline to its
 //! RoleDeactivated on the Redis stream. notify: activations at a fixed rate, first without
 //! webhook subscribers, then with ten (one down): CreateRequest latency in both halves, and
-//! each RoleActivated's lag from creation to its delivery at the healthy receivers.
+//! each RoleActivated's lag from creation to its delivery at the healthy receivers. portal:
+//! My roles for a user with 50 eligible roles, beside GET /healthz and the page's gRPC calls.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -33,6 +35,8 @@ use sea_orm::ConnectionTrait;
 use tokio::sync::Mutex;
 
 use pim::ServiceName;
+
+mod portal_bench;
 use pim_e2e::{TestSuite, authed};
 use pim_proto::assignment::v1 as apb;
 use pim_proto::assignment::v1::access_service_client::AccessServiceClient;
@@ -113,6 +117,16 @@ enum Scenario {
         /// Events per second; 0 publishes them all at once.
         #[arg(long, default_value_t = 0)]
         rate: u64,
+    },
+    /// The portal's My roles page for a user with many eligible roles, beside GET /healthz
+    /// and the page's gRPC calls made directly.
+    Portal {
+        #[arg(long, default_value_t = 50)]
+        roles: usize,
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+        #[arg(long, default_value_t = 6)]
+        rounds: u32,
     },
     /// Events that raise alerts (self-approval attempts) at a fixed rate; event → alert on
     /// `pim.alerts` (Redis) and on `StreamAlerts` (gRPC).
@@ -1093,6 +1107,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Expiry { roles, within_seconds } => expiry(roles, within_seconds).await,
         Scenario::AuditIngest { events, rate } => audit_ingest(events, rate).await,
         Scenario::AlertLatency { rate, seconds } => alert_latency(rate, seconds).await,
+        Scenario::Portal { roles, seconds, rounds } => portal_bench::portal(roles, seconds, rounds).await,
     }
 }
 

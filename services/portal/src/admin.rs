@@ -57,19 +57,22 @@ pub async fn alerts(caller: Caller, Query(paging): Query<Paging>) -> Html<String
             .await?
             .into_inner();
         let names = Names::of(&caller, listed.alerts.iter().map(|a| a.principal_id.clone()).collect())
-        .await;
+            .await;
+        let roles = crate::roles::role_names(&caller).await?;
+        let role = |id: &str| roles.get(id).cloned().unwrap_or_default();
         Ok::<_, Failure>(html! {
             @if listed.alerts.is_empty() {
                 p { "No open alerts." }
             } @else {
                 table {
-                    thead { tr { th scope="col" { "Severity" } th scope="col" { "Rule" } th scope="col" { "Who" } th scope="col" { "Scope" } th scope="col" { "Last seen" } th scope="col" { "Count" } th scope="col" { "Status" } th scope="col" { "Change" } } }
+                    thead { tr { th scope="col" { "Severity" } th scope="col" { "Rule" } th scope="col" { "Who" } th scope="col" { "Role" } th scope="col" { "Scope" } th scope="col" { "Last seen" } th scope="col" { "Count" } th scope="col" { "Status" } th scope="col" { "Change" } } }
                     tbody {
                         @for a in &listed.alerts {
                             tr {
                                 td.(severity_text(a.severity)) { (severity_text(a.severity)) }
                                 td { (a.rule_id) }
                                 td { @if !a.principal_id.is_empty() { (names.get(&a.principal_id)) } }
+                                td { (role(&a.role_id)) }
                                 td { code { (a.scope) } }
                                 td { (moment(timestamp(&a.last_seen))) }
                                 td { (a.count) }

@@ -21,7 +21,9 @@ use pim_runtime::clock::Clock;
 
 mod account;
 mod admin;
+mod audit;
 mod decide;
+mod policies;
 mod roles;
 pub mod session;
 mod signin;
@@ -38,6 +40,7 @@ pub struct Upstreams {
     pub assignment: Channel,
     pub approval: Channel,
     pub alerting: Channel,
+    pub audit: Channel,
 }
 
 impl Upstreams {
@@ -47,7 +50,8 @@ impl Upstreams {
             identity: channel.clone(),
             assignment: channel.clone(),
             approval: channel.clone(),
-            alerting: channel,
+            alerting: channel.clone(),
+            audit: channel,
         }
     }
 }
@@ -131,6 +135,10 @@ impl Portal {
             )
             .route("/reviews/items/{id}", post(decide::record))
             .route("/admin/alerts", get(admin::alerts))
+            .route("/admin/policies", get(policies::page).post(policies::save))
+            .route("/admin/audit", get(audit::page))
+            .route("/admin/audit/verify", post(audit::verify))
+            .route("/admin/audit/export", get(audit::export))
             .route("/admin/alerts/{id}", post(admin::change_alert))
             .route("/healthz", get(|| async { "ok" }))
             .route("/static/portal.css", get(web::stylesheet))

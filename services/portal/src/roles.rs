@@ -24,14 +24,18 @@ fn assignments(caller: &Caller) -> AssignmentServiceClient<tonic::transport::Cha
     AssignmentServiceClient::new(caller.portal.0.upstreams.assignment.clone())
 }
 
-/// Role id → name, for requests (which carry ids only).
-pub(crate) async fn role_names(caller: &Caller) -> Result<HashMap<String, String>, Failure> {
-    let roles = RoleServiceClient::new(caller.portal.0.upstreams.assignment.clone())
+/// Every role definition, built-in and custom.
+pub(crate) async fn role_list(caller: &Caller) -> Result<Vec<apb::RoleDefinition>, Failure> {
+    Ok(RoleServiceClient::new(caller.portal.0.upstreams.assignment.clone())
         .list_role_definitions(caller.request(apb::ListRoleDefinitionsRequest {}))
         .await?
         .into_inner()
-        .roles;
-    Ok(roles.into_iter().map(|r| (r.id, r.name)).collect())
+        .roles)
+}
+
+/// Role id → name, for requests (which carry ids only).
+pub(crate) async fn role_names(caller: &Caller) -> Result<HashMap<String, String>, Failure> {
+    Ok(role_list(caller).await?.into_iter().map(|r| (r.id, r.name)).collect())
 }
 
 /// A request's status as people say it.
@@ -73,16 +77,17 @@ async fn roles_content(caller: &Caller) -> Result<Markup, Failure> {
         mine: true,
         ..Default::default()
     };
-    let eligible = assignments(caller)
+    let mut eligible = assignments(caller)
         .list_eligible_assignments(caller.request(mine()))
         .await?
         .into_inner()
         .assignments;
-    let active = assignments(caller)
+    let mut active = assignments(caller)
         .list_active_assignments(caller.request(mine()))
         .await?
         .into_inner()
         .assignments;
+    name_group_access(caller, [&mut eligible, &mut active]).await;
     let pending = assignments(caller)
         .list_requests(caller.request(apb::ListRequestsRequest {
             principal_id: caller.user.principal_id.clone(),
@@ -167,6 +172,33 @@ async fn roles_content(caller: &Caller) -> Result<Markup, Failure> {
             }
         }
     })
+}
+
+/// Group access (PIM for Groups: the Group Member or Owner role at the group's scope) reads as
+/// what it is: "Member of payments-oncall".
+async fn name_group_access(caller: &Caller, lists: [&mut Vec<apb::Assignment>; 2]) {
+    use pim_proto::catalogue;
+    let groups: Vec<String> = lists
+        .iter()
+        .flat_map(|list| list.iter())
+        .filter_map(|a| catalogue::group_of_scope(&a.scope).map(str::to_owned))
+        .collect();
+    if groups.is_empty() {
+        return;
+    }
+    let names = crate::decide::Names::of(caller, groups).await;
+    for list in lists {
+        for a in list.iter_mut() {
+            let access = match a.role_id.as_str() {
+                catalogue::GROUP_MEMBER => "Member",
+                catalogue::GROUP_OWNER => "Owner",
+                _ => continue,
+            };
+            if let Some(group) = catalogue::group_of_scope(&a.scope) {
+                a.role_name = format!("{access} of {}", names.get(group));
+            }
+        }
+    }
 }
 
 fn via(a: &apb::Assignment) -> Markup {

@@ -15,6 +15,8 @@ const NAV: &[(&str, &str)] = &[
     ("/approvals", "Approvals"),
     ("/reviews", "Access reviews"),
     ("/admin/alerts", "Alerts"),
+    ("/admin/policies", "Role settings"),
+    ("/admin/audit", "Audit"),
     ("/account", "Security info"),
 ];
 

@@ -107,7 +107,7 @@ enum Command {
     /// Run one service (production shape: PIM_DATABASE_URL for PostgreSQL, PIM_REDIS_URL), or
     /// the gateway: one address in front of the five (PIM_IDENTITY_URL, PIM_ASSIGNMENT_URL,
     /// PIM_APPROVAL_URL, PIM_ALERTING_URL, PIM_AUDIT_URL) for the CLI and apps, or the web
-    /// portal (PIM_PORTAL_ADDR; the same URL settings but audit's).
+    /// portal (PIM_PORTAL_ADDR and the same URL settings).
     Serve {
         /// identity, assignment, approval, alerting, audit, gateway or portal
         service: Served,

@@ -321,8 +321,8 @@ fn start_portal(config: &Config, upstreams: Upstreams, listener: tokio::net::Tcp
 }
 
 /// `pim serve portal`: the portal alone, a client of the services at PIM_IDENTITY_URL,
-/// PIM_ASSIGNMENT_URL, PIM_APPROVAL_URL and PIM_ALERTING_URL (or one gateway's address in
-/// each).
+/// PIM_ASSIGNMENT_URL, PIM_APPROVAL_URL, PIM_ALERTING_URL and PIM_AUDIT_URL (or one gateway's
+/// address in each).
 pub(crate) async fn serve_portal() -> anyhow::Result<i32> {
     let mut config = load_config(false)?;
     let url = |setting: &str, value: &Option<String>| -> anyhow::Result<tonic::transport::Channel> {
@@ -336,6 +336,7 @@ pub(crate) async fn serve_portal() -> anyhow::Result<i32> {
         assignment: url("PIM_ASSIGNMENT_URL", &config.assignment_url)?,
         approval: url("PIM_APPROVAL_URL", &config.approval_url)?,
         alerting: url("PIM_ALERTING_URL", &config.alerting_url)?,
+        audit: url("PIM_AUDIT_URL", &config.audit_url)?,
     };
     config.portal_addr.get_or_insert_with(|| ([127, 0, 0, 1], 8080).into());
     let listener = bind_portal(&config).await?;
