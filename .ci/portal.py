@@ -319,6 +319,29 @@ def main(pim: str) -> int:
         admin.get_by_role("button", name="Verify the hash chain").click()
         expect(admin.get_by_role("status")).to_contain_text("The chain verifies")
 
+        # Assignments: the administrator makes Ann eligible for Global Reader, then removes it.
+        admin.get_by_role("link", name="Assignments").click()
+        admin.get_by_text("Assign a role").click()
+        admin.get_by_label("User (user name)").fill("ann")
+        admin.get_by_label("Role", exact=True).last.select_option(label="Global Reader")
+        admin.get_by_label("Justification").fill("audit season")
+        admin.get_by_role("button", name="Assign", exact=True).click()
+        expect(admin.get_by_role("status")).to_contain_text("Assigned to ann")
+        check_page(admin, axe, "assignments", shots)
+        admin.get_by_role("button", name="Remove Global Reader from ann").click()
+        expect(admin.get_by_role("status")).to_contain_text("The assignment is removed")
+        expect(admin.get_by_role("button", name="Remove Global Reader from ann")).to_have_count(0)
+
+        # Directory: disabling Ann ends her sessions; her open portal session is over too.
+        admin.get_by_role("link", name="Directory").click()
+        check_page(admin, axe, "directory", shots)
+        admin.get_by_role("button", name="Disable ann").click()
+        expect(admin.get_by_role("status")).to_contain_text("ann is disabled")
+        ann.goto(portal + "/approvals")
+        expect(ann.get_by_role("alert")).to_contain_text("Your session has ended")
+        ann.goto(portal + "/approvals")
+        expect(ann).to_have_url(portal + "/signin")
+
         # A form another origin posts, with Lee's cookie sent by his browser, is refused.
         lee.goto(portal + "/requests")
         requests_before = lee.get_by_role("row").count()

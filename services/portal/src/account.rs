@@ -80,7 +80,7 @@ pub async fn page(caller: Caller) -> Html<String> {
         })
     }
     .await
-    .unwrap_or_else(|failure| view::problem(&failure.text()));
+    .unwrap_or_else(|failure| caller.failed(failure));
     view::page(&caller, "/account", "Security info", content)
 }
 

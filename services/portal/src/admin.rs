@@ -99,7 +99,7 @@ pub async fn alerts(caller: Caller, Query(paging): Query<Paging>) -> Html<String
         })
     }
     .await
-    .unwrap_or_else(|failure| view::problem(&failure.text()));
+    .unwrap_or_else(|failure| caller.failed(failure));
     view::page(&caller, "/admin/alerts", "Alerts", content)
 }
 

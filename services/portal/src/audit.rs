@@ -126,7 +126,7 @@ pub async fn page(caller: Caller, Query(search): Query<Search>) -> Html<String> 
         })
     }
     .await
-    .unwrap_or_else(|failure| view::problem(&failure.text()));
+    .unwrap_or_else(|failure| caller.failed(failure));
     view::page(&caller, "/admin/audit", "Audit", content)
 }
 

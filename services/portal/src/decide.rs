@@ -84,7 +84,7 @@ pub async fn approvals(caller: Caller) -> Html<String> {
         })
     }
     .await
-    .unwrap_or_else(|failure| view::problem(&failure.text()));
+    .unwrap_or_else(|failure| caller.failed(failure));
     view::page(&caller, "/approvals", "Approvals", content)
 }
 
@@ -141,7 +141,7 @@ pub async fn approval(caller: Caller, Path(id): Path<String>) -> Html<String> {
         Ok::<_, Failure>(approval_card(&caller, &a, &names, true))
     }
     .await
-    .unwrap_or_else(|failure| view::problem(&failure.text()));
+    .unwrap_or_else(|failure| caller.failed(failure));
     view::page(&caller, "/approvals", "Approval", content)
 }
 
@@ -241,7 +241,7 @@ pub async fn reviews(caller: Caller) -> Html<String> {
         })
     }
     .await
-    .unwrap_or_else(|failure| view::problem(&failure.text()));
+    .unwrap_or_else(|failure| caller.failed(failure));
     view::page(&caller, "/reviews", "Access reviews", content)
 }
 

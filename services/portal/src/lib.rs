@@ -23,6 +23,7 @@ mod account;
 mod admin;
 mod audit;
 mod decide;
+mod directory;
 mod policies;
 mod roles;
 pub mod session;
@@ -136,6 +137,13 @@ impl Portal {
             .route("/reviews/items/{id}", post(decide::record))
             .route("/admin/alerts", get(admin::alerts))
             .route("/admin/policies", get(policies::page).post(policies::save))
+            .route(
+                "/admin/assignments",
+                get(directory::assignments_page).post(directory::assign),
+            )
+            .route("/admin/assignments/remove", post(directory::remove))
+            .route("/admin/directory", get(directory::directory_page))
+            .route("/admin/users/{id}/{change}", post(directory::set_enabled))
             .route("/admin/audit", get(audit::page))
             .route("/admin/audit/verify", post(audit::verify))
             .route("/admin/audit/export", get(audit::export))

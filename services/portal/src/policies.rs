@@ -155,7 +155,7 @@ pub async fn page(caller: Caller, Query(which): Query<Which>) -> Html<String> {
         Ok(form(&caller, &name, &mut policy, &approvers))
     }
     .await
-    .unwrap_or_else(|failure| view::problem(&failure.text()));
+    .unwrap_or_else(|failure| caller.failed(failure));
     view::page(&caller, "/admin/policies", "Role settings", content)
 }
 

@@ -366,7 +366,7 @@ pub async fn my_requests(caller: Caller) -> Html<String> {
         })
     }
     .await
-    .unwrap_or_else(|failure| view::problem(&failure.text()));
+    .unwrap_or_else(|failure| caller.failed(failure));
     view::page(&caller, "/requests", "My requests", content)
 }
 
@@ -410,7 +410,7 @@ pub async fn request(caller: Caller, Path(id): Path<String>) -> Html<String> {
         })
     }
     .await
-    .unwrap_or_else(|failure| view::problem(&failure.text()));
+    .unwrap_or_else(|failure| caller.failed(failure));
     view::page(&caller, "/requests", "Request", content)
 }
 

@@ -14,9 +14,11 @@ const NAV: &[(&str, &str)] = &[
     ("/requests", "My requests"),
     ("/approvals", "Approvals"),
     ("/reviews", "Access reviews"),
+    ("/admin/assignments", "Assignments"),
     ("/admin/alerts", "Alerts"),
     ("/admin/policies", "Role settings"),
     ("/admin/audit", "Audit"),
+    ("/admin/directory", "Directory"),
     ("/account", "Security info"),
 ];
 

@@ -160,6 +160,18 @@ impl Caller {
         flash
     }
 
+    /// What a page shows where its content failed. A token no longer good (signed out
+    /// elsewhere, the user disabled) ends this session too: the next page is the sign-in.
+    pub fn failed(&self, failure: Failure) -> maud::Markup {
+        if matches!(failure, Failure::SignedOut) {
+            self.portal.0.sessions.end(&self.session.id);
+            return maud::html! {
+                p.flash.bad role="alert" { (failure.text()) " " a href="/signin" { "Sign in" } }
+            };
+        }
+        view::problem(&failure.text())
+    }
+
     pub fn flash(&self, good: bool, text: impl Into<String>) {
         let text = text.into();
         self.portal
