@@ -7,7 +7,8 @@
   steps up with it, and signs in with it; a copy of it (its counter set back) is refused.
 - Lee asks for Security Reader, which Ann must approve; Ann approves on the Approvals page, and
   Lee's page, left open, turns active without a reload.
-- Lee activates his membership of a group from My roles (PIM for Groups).
+- Lee activates his membership of a group from My roles (PIM for Groups), and asks to extend
+  an eligibility that ends.
 - Ann decides an access review item; the admin dismisses an alert, and weakens a role's
   settings on Role settings: the policy_weakened alert appears; the change is found on Audit,
   downloaded as OCSF, and the hash chain verifies.
@@ -136,6 +137,7 @@ def main(pim: str) -> int:
         for role in ["Exchange Administrator", "Security Reader"]:
             up.run("assign", role, "--principal", "lee", "-j", "on call")
         up.run("reviews", "create", "Security Reader", "--name", "Q4 readers", "--reviewers", "ann")
+        up.run("assign", "Global Reader", "--principal", "lee", "--duration", "10d", "-j", "audit support")
         up.run("groups", "create", "--name", "payments-oncall")
         up.run("groups", "assign", "--principal", "lee", "--group", "payments-oncall", "--access", "member",
                "--kind", "eligible", "--permanent")
@@ -266,6 +268,13 @@ def main(pim: str) -> int:
         membership.get_by_label("Justification").fill("on call tonight")
         membership.get_by_role("button", name="Activate Member of payments-oncall").click()
         expect(lee.get_by_role("status")).to_contain_text("Member of payments-oncall is active until")
+
+        # An eligibility that ends: Lee asks for more time, which waits for an administrator.
+        reader_row = lee.get_by_role("row").filter(has_text="Global Reader")
+        reader_row.get_by_text("Extend").first.click()
+        reader_row.get_by_label("Justification").last.fill("audit runs to March")
+        reader_row.get_by_role("button", name="Ask to extend Global Reader").click()
+        expect(lee.get_by_role("status")).to_contain_text("Your request to extend Global Reader is waiting")
 
         # Ann reviews who holds Security Reader.
         ann.goto(portal + "/reviews")

@@ -41,7 +41,16 @@ fn status_text(status: i32) -> &'static str {
 #[derive(serde::Deserialize, Default)]
 pub struct Paging {
     #[serde(default)]
-    page: String,
+    pub page: String,
+}
+
+/// The link to the next page, where there is one.
+pub fn next_page(path: &str, token: &str, label: &str) -> maud::Markup {
+    maud::html! {
+        @if !token.is_empty() {
+            nav aria-label="Pages" { a href=(format!("{path}?page={token}")) { (label) } }
+        }
+    }
 }
 
 /// GET /admin/alerts[?page=TOKEN]: open alerts, most severe first as alerting lists them.

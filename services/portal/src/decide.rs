@@ -62,17 +62,23 @@ fn duration_text(d: &Option<prost_types::Duration>) -> String {
 }
 
 /// GET /approvals: requests waiting for the caller's decision.
-pub async fn approvals(caller: Caller) -> Html<String> {
+pub async fn approvals(
+    caller: Caller,
+    axum::extract::Query(paging): axum::extract::Query<crate::admin::Paging>,
+) -> Html<String> {
+    let mut next = String::new();
     let content = async {
-        let pending = approvals_client(&caller)
+        let listed = approvals_client(&caller)
             .list_approvals(caller.request(rpb::ListApprovalsRequest {
                 status: rpb::ApprovalStatus::Pending as i32,
                 page_size: 50,
+                page_token: paging.page.clone(),
                 ..Default::default()
             }))
             .await?
-            .into_inner()
-            .approvals;
+            .into_inner();
+        next = listed.next_page_token;
+        let pending = listed.approvals;
         let names = Names::of(&caller, pending.iter().map(|a| a.requester_id.clone()).collect()).await;
         Ok::<_, Failure>(html! {
             @if pending.is_empty() {
@@ -85,6 +91,10 @@ pub async fn approvals(caller: Caller) -> Html<String> {
     }
     .await
     .unwrap_or_else(|failure| caller.failed(failure));
+    let content = maud::html! {
+        (content)
+        (crate::admin::next_page("/approvals", &next, "More approvals"))
+    };
     view::page(&caller, "/approvals", "Approvals", content)
 }
 

@@ -122,6 +122,7 @@ impl Portal {
             .route("/roles", get(roles::my_roles))
             .route("/roles/activate", post(roles::activate))
             .route("/roles/deactivate", post(roles::deactivate))
+            .route("/roles/extend", post(roles::extend))
             .route("/requests", get(roles::my_requests))
             .route("/requests/{id}", get(roles::request))
             .route("/requests/{id}/status", get(roles::request_status))

@@ -164,7 +164,10 @@ async fn roles_content(caller: &Caller) -> Result<Markup, Failure> {
                                 td { (a.role_name) (via(a)) }
                                 td { code { (a.scope) } }
                                 td { (moment(timestamp(&a.end_time))) }
-                                td { (activate_form(caller, i, a)) }
+                                td {
+                                    (activate_form(caller, i, a))
+                                    @if a.end_time.is_some() && a.via_group_id.is_empty() { (extend_form(caller, i, a)) }
+                                }
                             }
                         }
                     }
@@ -207,6 +210,65 @@ fn via(a: &apb::Assignment) -> Markup {
             " " small { "(through a group)" }
         }
     }
+}
+
+/// Asking an administrator for more time on an eligibility that ends (Entra's "Extend").
+fn extend_form(caller: &Caller, i: usize, a: &apb::Assignment) -> Markup {
+    html! {
+        details {
+            summary { "Extend " span.visually-hidden { (a.role_name) } }
+            form method="post" action="/roles/extend" {
+                (view::csrf(caller))
+                input type="hidden" name="role_id" value=(a.role_id);
+                input type="hidden" name="scope" value=(a.scope);
+                input type="hidden" name="role_name" value=(a.role_name);
+                label for=(format!("extend-{i}")) { "For (e.g. 90d)" }
+                input id=(format!("extend-{i}")) name="duration" type="text" value="90d";
+                label for=(format!("extend-why-{i}")) { "Justification" }
+                input id=(format!("extend-why-{i}")) name="justification" type="text";
+                button type="submit" { "Ask to extend " (a.role_name) }
+            }
+        }
+    }
+}
+
+/// POST /roles/extend: asks an administrator to extend the caller's eligibility.
+pub async fn extend(caller: Caller, CheckedForm(fields): CheckedForm) -> Response {
+    let what = fields.get("role_name");
+    let Ok(duration) = humantime::parse_duration(fields.get("duration")) else {
+        caller.flash(
+            false,
+            format!("{:?} is not a duration: write it like 90d", fields.get("duration")),
+        );
+        return Redirect::to("/roles").into_response();
+    };
+    let request = apb::CreateRequestRequest {
+        action: apb::RequestAction::SelfExtend as i32,
+        kind: apb::AssignmentKind::Eligible as i32,
+        role_id: fields.get("role_id").to_owned(),
+        scope: fields.get("scope").to_owned(),
+        schedule: Some(apb::Schedule {
+            start_time: None,
+            expiration: Some(apb::schedule::Expiration::Duration(prost_types::Duration {
+                seconds: duration.as_secs() as i64,
+                nanos: 0,
+            })),
+        }),
+        justification: fields.get("justification").to_owned(),
+        ..Default::default()
+    };
+    match assignments(&caller).create_request(caller.request(request)).await {
+        Ok(r) if r.get_ref().status == apb::RequestStatus::PendingApproval as i32 => caller.flash(
+            true,
+            format!("Your request to extend {what} is waiting for an administrator (My requests follows it)."),
+        ),
+        Ok(r) => caller.flash(
+            true,
+            format!("{what}: your request is {}.", status_text(r.get_ref().status)),
+        ),
+        Err(status) => caller.flash(false, format!("Not asked: {}", Failure::from(status).text())),
+    }
+    Redirect::to("/roles").into_response()
 }
 
 fn activate_form(caller: &Caller, i: usize, a: &apb::Assignment) -> Markup {
@@ -321,17 +383,23 @@ pub async fn deactivate(caller: Caller, CheckedForm(fields): CheckedForm) -> Res
 }
 
 /// GET /requests: the caller's requests, newest first.
-pub async fn my_requests(caller: Caller) -> Html<String> {
+pub async fn my_requests(
+    caller: Caller,
+    axum::extract::Query(paging): axum::extract::Query<crate::admin::Paging>,
+) -> Html<String> {
+    let mut next = String::new();
     let content = async {
-        let requests = assignments(&caller)
+        let listed = assignments(&caller)
             .list_requests(caller.request(apb::ListRequestsRequest {
                 principal_id: caller.user.principal_id.clone(),
                 page_size: 50,
+                page_token: paging.page.clone(),
                 ..Default::default()
             }))
             .await?
-            .into_inner()
-            .requests;
+            .into_inner();
+        next = listed.next_page_token;
+        let requests = listed.requests;
         let names = role_names(&caller).await?;
         Ok::<_, Failure>(html! {
             @if requests.is_empty() {
@@ -367,6 +435,10 @@ pub async fn my_requests(caller: Caller) -> Html<String> {
     }
     .await
     .unwrap_or_else(|failure| caller.failed(failure));
+    let content = maud::html! {
+        (content)
+        (crate::admin::next_page("/requests", &next, "Older requests"))
+    };
     view::page(&caller, "/requests", "My requests", content)
 }
 
