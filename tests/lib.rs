@@ -2,6 +2,8 @@
 //! per service, dropped afterwards) + Redis (a unique stream prefix), or in the all-in-one
 //! embedded default (SQLite files in a temporary directory, no Redis).
 
+pub mod browser;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;

@@ -5,82 +5,13 @@
 //! floor: HTTP and routing) and the gRPC calls the page makes, straight to the suite (the
 //! services' share of the page).
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
-
+use pim_e2e::browser::Browser;
 use pim_e2e::{TestSuite, assign_for_an_hour, authed, password_of};
 use pim_proto::assignment::v1 as apb;
 use pim_proto::assignment::v1::assignment_service_client::AssignmentServiceClient;
 use pim_proto::assignment::v1::role_service_client::RoleServiceClient;
-
-/// One browser connection: keep-alive HTTP/1.1 to the portal.
-struct Browser {
-    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
-    host: String,
-    cookie: String,
-}
-
-impl Browser {
-    async fn connect(addr: std::net::SocketAddr) -> anyhow::Result<Self> {
-        let stream = tokio::net::TcpStream::connect(addr).await?;
-        stream.set_nodelay(true)?;
-        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(connection);
-        Ok(Self {
-            sender,
-            host: addr.to_string(),
-            cookie: String::new(),
-        })
-    }
-
-    /// Sends a request; keeps a session cookie the answer sets. Returns (status, body).
-    async fn send(&mut self, method: &str, path: &str, form: Option<String>) -> anyhow::Result<(u16, String)> {
-        let mut request = http::Request::builder()
-            .method(method)
-            .uri(path)
-            .header(http::header::HOST, &self.host);
-        if !self.cookie.is_empty() {
-            request = request.header(http::header::COOKIE, &self.cookie);
-        }
-        if form.is_some() {
-            request = request
-                .header(http::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-                .header(http::header::ORIGIN, format!("http://{}", self.host));
-        }
-        let request = request.body(Full::new(Bytes::from(form.unwrap_or_default())))?;
-        self.sender.ready().await?;
-        let answer = self.sender.send_request(request).await?;
-        if let Some(cookie) = answer
-            .headers()
-            .get(http::header::SET_COOKIE)
-            .and_then(|c| c.to_str().ok())
-            .and_then(|c| c.split(';').next())
-        {
-            self.cookie = cookie.to_owned();
-        }
-        let status = answer.status().as_u16();
-        let body = answer.into_body().collect().await?.to_bytes();
-        Ok((status, String::from_utf8_lossy(&body).into_owned()))
-    }
-
-    async fn get(&mut self, path: &str) -> anyhow::Result<String> {
-        match self.send("GET", path, None).await? {
-            (200, body) => Ok(body),
-            (status, body) => bail!("GET {path}: {status} {body}"),
-        }
-    }
-}
-
-fn between<'a>(text: &'a str, before: &str, after: &str) -> Option<&'a str> {
-    let start = text.find(before)? + before.len();
-    let len = text[start..].find(after)?;
-    Some(&text[start..start + len])
-}
 
 pub async fn portal(roles: usize, seconds: u64, rounds: u32) -> anyhow::Result<()> {
     let ts: TestSuite = super::bench_suite().await?;
@@ -108,30 +39,10 @@ pub async fn portal(roles: usize, seconds: u64, rounds: u32) -> anyhow::Result<(
             .await?;
     }
 
-    let portal = pim_portal::Portal::new(
-        pim_portal::Upstreams::all_at(ts.channel.clone()),
-        pim_portal::PortalOptions {
-            secure: false,
-            idle: Duration::from_secs(3600),
-            lifetime: Duration::from_secs(8 * 3600),
-            trusted_proxies: Vec::new(),
-        },
-        Arc::new(pim_runtime::clock::SystemClock),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(portal.serve(listener, std::future::pending()));
-
+    let addr = pim_e2e::browser::serve_portal(&ts).await?;
     // Signed in as a browser is: the form's CSRF token, the password, a new session cookie.
     let mut browser = Browser::connect(addr).await?;
-    let form = browser.get("/signin").await?;
-    let csrf = between(&form, "name=\"csrf\" value=\"", "\"").context("the sign-in form has a CSRF token")?;
-    let body = format!(
-        "csrf={csrf}&user=bench-lee&password={}",
-        password_of("bench-lee").replace(' ', "+")
-    );
-    let (status, _) = browser.send("POST", "/signin", Some(body)).await?;
-    anyhow::ensure!(status == 303, "signing in answered {status}");
+    browser.sign_in("bench-lee", &password_of("bench-lee")).await?;
     let page = browser.get("/roles").await?;
     let shown = page.matches("Activate Bench role").count();
     anyhow::ensure!(shown == roles, "My roles shows {shown} eligible roles, not {roles}");

@@ -12,6 +12,7 @@ mod groups;
 mod layering;
 mod mfa;
 mod notifications;
+mod portal;
 mod protection;
 mod reviews;
 mod roles;
