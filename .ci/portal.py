@@ -248,9 +248,14 @@ def main(pim: str) -> int:
         ann = browser.new_context().new_page()
         sign_in(ann, portal, "ann", PASSWORDS["ann"])
         ann.goto(portal + "/approvals")
-        card = ann.get_by_role("article", name="Security Reader for lee")
-        expect(card).to_contain_text("quarterly audit")
+        expect(ann.get_by_role("article", name="Security Reader for lee")).to_contain_text("quarterly audit")
         check_page(ann, axe, "approvals", shots)
+        # Ann follows the link her mail gives (PIM_PUBLIC_URL/approvals/REQUEST_ID): the
+        # approval with Lee's recent activations.
+        request_id = lee.locator("[data-request]").get_attribute("data-request")
+        ann.goto(f"{portal}/approvals/{request_id}")
+        card = ann.get_by_role("article", name="Security Reader for lee")
+        expect(card).to_contain_text("Recent activations by lee")
         card.get_by_label("Reason").fill("audit season")
         card.get_by_role("button", name="Approve").click()
         expect(ann.get_by_role("status")).to_contain_text("You approved Security Reader")
