@@ -21,6 +21,7 @@ pub async fn serve_portal(ts: &TestSuite) -> anyhow::Result<std::net::SocketAddr
             idle: Duration::from_secs(3600),
             lifetime: Duration::from_secs(8 * 3600),
             trusted_proxies: Vec::new(),
+            public_origin: None,
         },
         Arc::new(pim_runtime::clock::SystemClock),
     );

@@ -137,7 +137,7 @@ fn credential(body: &Value) -> String {
 
 /// POST /account/passkeys/begin.
 pub async fn register_begin(caller: Caller, headers: HeaderMap) -> Response {
-    if let Err(refused) = check_call(&headers, &caller.session) {
+    if let Err(refused) = check_call(&headers, &caller.session, caller.portal.0.public_origin.as_deref()) {
         return refused;
     }
     match mfa(&caller.portal)
@@ -151,7 +151,7 @@ pub async fn register_begin(caller: Caller, headers: HeaderMap) -> Response {
 
 /// POST /account/passkeys/finish.
 pub async fn register_finish(caller: Caller, headers: HeaderMap, Json(body): Json<Value>) -> Response {
-    if let Err(refused) = check_call(&headers, &caller.session) {
+    if let Err(refused) = check_call(&headers, &caller.session, caller.portal.0.public_origin.as_deref()) {
         return refused;
     }
     let request = ipb::FinishPasskeyRegistrationRequest {
@@ -173,7 +173,7 @@ pub async fn register_finish(caller: Caller, headers: HeaderMap, Json(body): Jso
 
 /// POST /stepup/passkey/begin: an assertion for a signed-in session.
 pub async fn step_up_begin(caller: Caller, headers: HeaderMap) -> Response {
-    if let Err(refused) = check_call(&headers, &caller.session) {
+    if let Err(refused) = check_call(&headers, &caller.session, caller.portal.0.public_origin.as_deref()) {
         return refused;
     }
     match mfa(&caller.portal)
@@ -187,7 +187,7 @@ pub async fn step_up_begin(caller: Caller, headers: HeaderMap) -> Response {
 
 /// POST /stepup/passkey/finish: the session steps up; the page then sends its form again.
 pub async fn step_up_finish(mut caller: Caller, headers: HeaderMap, Json(body): Json<Value>) -> Response {
-    if let Err(refused) = check_call(&headers, &caller.session) {
+    if let Err(refused) = check_call(&headers, &caller.session, caller.portal.0.public_origin.as_deref()) {
         return refused;
     }
     let request = ipb::VerifyPasskeyRequest {
@@ -208,7 +208,7 @@ fn pending(portal: &Portal, headers: &HeaderMap) -> Result<(crate::session::Sess
     let session = portal
         .session_of(headers)
         .ok_or_else(|| json_failure(Failure::SignedOut))?;
-    check_call(headers, &session)?;
+    check_call(headers, &session, portal.0.public_origin.as_deref())?;
     let (token, user) = session
         .mfa_pending
         .clone()

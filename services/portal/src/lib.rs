@@ -68,6 +68,9 @@ pub struct PortalOptions {
     /// Proxies in front of the portal whose `x-forwarded-for` names the browser
     /// (`PIM_TRUSTED_PROXIES`); the browser's address goes on to the services the same way.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// The origin browsers reach the portal at (`PIM_PUBLIC_URL`'s scheme, host and port):
+    /// a form from it is the portal's own even where a proxy rewrote the `Host` header.
+    pub public_origin: Option<String>,
 }
 
 impl PortalOptions {
@@ -77,7 +80,16 @@ impl PortalOptions {
             idle: config.portal_idle,
             lifetime: config.portal_lifetime,
             trusted_proxies: config.trusted_proxies.clone(),
+            public_origin: config.public_url.as_deref().map(origin_of),
         }
+    }
+}
+
+/// `https://portal.example.com/base` → `https://portal.example.com`.
+fn origin_of(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => format!("{scheme}://{}", rest.split('/').next().unwrap_or_default()),
+        None => url.to_owned(),
     }
 }
 
@@ -86,6 +98,7 @@ pub(crate) struct Inner {
     pub(crate) upstreams: Upstreams,
     pub(crate) secure: bool,
     pub(crate) trusted_proxies: Vec<ipnet::IpNet>,
+    pub(crate) public_origin: Option<String>,
 }
 
 /// The portal's shared state: cheap to clone.
@@ -99,6 +112,7 @@ impl Portal {
             upstreams,
             secure: options.secure,
             trusted_proxies: options.trusted_proxies,
+            public_origin: options.public_origin,
         }))
     }
 

@@ -49,6 +49,7 @@ pub struct Sessions {
     clock: Arc<dyn Clock>,
     idle_ms: i64,
     lifetime_ms: i64,
+    max_held: usize,
 }
 
 /// 256 random bits, URL-safe.
@@ -70,8 +71,14 @@ impl Sessions {
             clock,
             idle_ms: idle.as_millis() as i64,
             lifetime_ms: lifetime.as_millis() as i64,
+            max_held: Self::MAX_HELD,
         }
     }
+
+    /// Sessions held at most: past it, starting one first drops the sessions signed in as no
+    /// one that were used longest ago (a flood of sign-in pages cannot grow memory without end,
+    /// and never signs anyone out).
+    const MAX_HELD: usize = 100_000;
 
     fn held(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
         self.held.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -91,7 +98,23 @@ impl Sessions {
         };
         let mut held = self.held();
         let (idle, lifetime) = (self.idle_ms, self.lifetime_ms);
-        held.retain(|_, s| !s.timed_out(now, idle, lifetime));
+        // Timed-out sessions go now and then (each is refused when used anyway), and always
+        // before any is dropped for room.
+        if held.len().is_multiple_of(1024) || held.len() >= self.max_held {
+            held.retain(|_, s| !s.timed_out(now, idle, lifetime));
+        }
+        if held.len() >= self.max_held {
+            let mut anonymous: Vec<(i64, String)> = held
+                .values()
+                .filter(|s| s.signed_in.is_none())
+                .map(|s| (s.last_seen_ms, s.id.clone()))
+                .collect();
+            anonymous.sort_unstable();
+            let excess = held.len() + 1 - self.max_held;
+            for (_, id) in anonymous.into_iter().take(excess.max(self.max_held / 10)) {
+                held.remove(&id);
+            }
+        }
         held.insert(session.id.clone(), session.clone());
         session
     }
@@ -245,5 +268,37 @@ mod tests {
         headers.insert(http::header::COOKIE, "a=1; pim_session=xyz; b=2".parse().unwrap());
         assert_eq!(from_cookies(&headers, false).as_deref(), Some("xyz"));
         assert_eq!(from_cookies(&headers, true), None);
+    }
+}
+
+#[cfg(test)]
+mod cap_tests {
+    use super::*;
+    use pim_runtime::clock::ManualClock;
+
+    #[test]
+    fn a_flood_of_sign_in_pages_drops_the_oldest_anonymous_sessions_never_a_signed_in_one() {
+        let clock = ManualClock::starting_now();
+        let mut sessions = Sessions::new(
+            Arc::new(clock.clone()),
+            Duration::from_secs(30 * 60),
+            Duration::from_secs(8 * 3600),
+        );
+        sessions.max_held = 1_000;
+        let lee = sessions.start();
+        let signed_in = SignedIn {
+            principal_id: "lee".into(),
+            name: "lee".into(),
+            access_token: String::new(),
+            refresh_token: String::new(),
+            expires_ms: 0,
+        };
+        let lee = sessions.renew(&lee, Some(signed_in));
+        for _ in 0..(sessions.max_held * 3) {
+            clock.advance(Duration::from_millis(1));
+            sessions.start();
+        }
+        assert!(sessions.held().len() <= sessions.max_held);
+        assert!(sessions.get(&lee.id).is_some(), "the signed-in session stays");
     }
 }

@@ -260,27 +260,33 @@ impl axum::extract::FromRequest<Portal> for CheckedForm {
         let axum::Form(fields) = axum::Form::<Fields>::from_request(request, portal)
             .await
             .map_err(IntoResponse::into_response)?;
-        check_form(&headers, &session, &fields)?;
+        check_form(&headers, &session, &fields, portal.0.public_origin.as_deref())?;
         Ok(Self(fields))
     }
 }
 
 /// Refuses a form not sent from one of this portal's own pages: its CSRF token must be the
 /// session's, and a browser's `Origin` (or `Sec-Fetch-Site`) must say this site.
-pub fn check_form(headers: &HeaderMap, session: &Session, fields: &Fields) -> Result<(), Response> {
-    check_token(headers, session, fields.get("csrf"))
+pub fn check_form(
+    headers: &HeaderMap,
+    session: &Session,
+    fields: &Fields,
+    public: Option<&str>,
+) -> Result<(), Response> {
+    check_token(headers, session, fields.get("csrf"), public)
 }
 
 /// As [`check_form`], for the script's JSON calls: the token in `x-csrf-token`.
-pub fn check_call(headers: &HeaderMap, session: &Session) -> Result<(), Response> {
+pub fn check_call(headers: &HeaderMap, session: &Session, public: Option<&str>) -> Result<(), Response> {
     let token = headers
         .get("x-csrf-token")
         .and_then(|t| t.to_str().ok())
         .unwrap_or_default();
-    check_token(headers, session, token)
+    check_token(headers, session, token, public)
 }
 
-fn check_token(headers: &HeaderMap, session: &Session, token: &str) -> Result<(), Response> {
+/// `public`: the origin browsers reach the portal at (`PIM_PUBLIC_URL`), where known.
+fn check_token(headers: &HeaderMap, session: &Session, token: &str, public: Option<&str>) -> Result<(), Response> {
     let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
@@ -288,7 +294,10 @@ fn check_token(headers: &HeaderMap, session: &Session, token: &str) -> Result<()
     let cross_origin = headers
         .get(header::ORIGIN)
         .and_then(|o| o.to_str().ok())
-        .is_some_and(|origin| origin.split_once("://").map(|(_, h)| h) != Some(host));
+        .is_some_and(|origin| {
+            let this_host = origin.split_once("://").map(|(_, h)| h) == Some(host);
+            !(this_host || public == Some(origin))
+        });
     let cross_site = headers
         .get("sec-fetch-site")
         .is_some_and(|s| s.as_bytes() == b"cross-site");
@@ -400,12 +409,12 @@ mod tests {
         );
         let session = sessions.start();
         let own = [("origin", "https://portal.example.com")];
-        assert!(check_form(&headers(&own), &session, &form(&session.csrf)).is_ok());
+        assert!(check_form(&headers(&own), &session, &form(&session.csrf), None).is_ok());
         assert!(
-            check_form(&headers(&[]), &session, &form(&session.csrf)).is_ok(),
+            check_form(&headers(&[]), &session, &form(&session.csrf), None).is_ok(),
             "no Origin (an older browser): the token decides"
         );
-        let refused = |h: HeaderMap, f: Fields| check_form(&h, &session, &f).map_err(|r| r.status());
+        let refused = |h: HeaderMap, f: Fields| check_form(&h, &session, &f, None).map_err(|r| r.status());
         assert_eq!(refused(headers(&own), form("")), Err(StatusCode::FORBIDDEN));
         assert_eq!(refused(headers(&own), form("guessed")), Err(StatusCode::FORBIDDEN));
         let other = sessions.start();
@@ -429,6 +438,14 @@ mod tests {
             refused(headers(&[("sec-fetch-site", "cross-site")]), form(&session.csrf)),
             Err(StatusCode::FORBIDDEN)
         );
+        // Behind a proxy that rewrites Host, the public origin (PIM_PUBLIC_URL) is the portal's.
+        let proxied = |origin: &str| {
+            let mut h = headers(&[("origin", origin)]);
+            h.insert(header::HOST, HeaderValue::from_static("pim-portal:8080"));
+            check_form(&h, &session, &form(&session.csrf), Some("https://portal.example.com")).map_err(|r| r.status())
+        };
+        assert!(proxied("https://portal.example.com").is_ok());
+        assert_eq!(proxied("https://evil.example.com"), Err(StatusCode::FORBIDDEN));
     }
 
     #[test]
