@@ -208,6 +208,10 @@ def main(pim: str) -> int:
             row.get_by_role("button", name="Activate Exchange Administrator").click()
             expect(lee.get_by_role("heading", name="Verify it's you")).to_be_visible()
             if code_first:
+                # A wrong code, with a passkey beside the app: refused as a wrong code, no fault.
+                lee.get_by_label("Authenticator code").fill("000000")
+                lee.get_by_role("button", name="Verify and continue").click()
+                expect(lee.get_by_role("alert")).to_contain_text("the code is incorrect")
                 lee.get_by_label("Authenticator code").fill(codes.next())
                 lee.get_by_role("button", name="Verify and continue").click()
                 expect(lee.get_by_role("heading", name="Verify it's you")).to_be_visible()

@@ -397,7 +397,8 @@ impl Directory {
         let attempt = self.take_attempt(caller).await?;
         if looks_like_totp(code) {
             let now_secs = (now_ms() / 1000) as u64;
-            for method in &methods {
+            // Only authenticator apps have codes (a passkey's row holds no sealed seed).
+            for method in methods.iter().filter(|m| m.kind == "totp") {
                 let seed = self.sealer.open(&method.secret, &method.id)?;
                 // A code is accepted once: its step must be later than the last one used.
                 if let Some(step) = matching_step(&totp(seed, &user.user_name)?, code, now_secs)
@@ -488,16 +489,17 @@ impl Directory {
     pub async fn remove_mfa_method(&self, caller: &Caller, method_id: &str) -> Result<()> {
         let caller = self.user_caller(caller)?;
         let method_id = method_id.trim();
-        if !self
+        let Some(kind) = self
             .confirmed_methods(&caller.principal_id)
             .await?
-            .iter()
-            .any(|m| m.id == method_id)
-        {
+            .into_iter()
+            .find(|m| m.id == method_id)
+            .map(|m| m.kind)
+        else {
             return Err(Error::NotFound(format!("MFA method {method_id}")));
-        }
+        };
         self.require_recent_mfa(caller, "removing an MFA method")?;
-        let event = Self::mfa_fact(caller, &caller.principal_id, "totp", method_id, "removed_by_user");
+        let event = Self::mfa_fact(caller, &caller.principal_id, &kind, method_id, "removed_by_user");
         let txn = self.db.begin().await?;
         if !store::delete_method(&txn, &caller.principal_id, method_id).await? {
             return Err(Error::NotFound(format!("MFA method {method_id}")));
