@@ -12,6 +12,9 @@
 - Ann decides an access review item; the admin dismisses an alert, and weakens a role's
   settings on Role settings: the policy_weakened alert appears; the change is found on Audit,
   downloaded as OCSF, and the hash chain verifies.
+- The administrator adds Kim in the Directory (her initial password shown once), creates a
+  group and adds her; Kim signs in, adds her authenticator app (pyotp reads the setup link)
+  and makes recovery codes; on a phone-sized screen no page is wider than the screen.
 - A forged form from another origin is refused (403) and changes nothing.
 - axe-core finds no serious or critical accessibility violation on any page; no page holds a
   token; every answer has the strict Content-Security-Policy and the cookie is HttpOnly and
@@ -360,6 +363,65 @@ def main(pim: str) -> int:
         ann.goto(portal + "/approvals")
         expect(ann).to_have_url(portal + "/signin")
 
+        # Onboarding in the browser: the administrator adds Kim (the portal makes her initial
+        # password and shows it once), makes a group and adds her to it; Kim signs in, adds
+        # her authenticator app on Security info (pyotp reads the setup link as an app reads
+        # the QR code), and makes recovery codes. (Where sign-in requires MFA, the sign-in
+        # itself offers the app: tests/e2e/portal.rs.)
+        admin.goto(portal + "/admin/directory")
+        admin.get_by_text("Add a user").click()
+        admin.get_by_label("User name (they sign in with it)").fill("kim")
+        admin.get_by_label("Email").fill("kim@example.com")
+        admin.get_by_role("button", name="Add the user").click()
+        expect(admin.get_by_role("status")).to_contain_text("The user kim is added")
+        kim_password = admin.locator("[data-initial-password]").text_content().strip()
+        assert len(kim_password) >= 12, "the initial password is strong"
+        admin.get_by_role("link", name="Back to the directory").click()
+        admin.get_by_text("Create a group").click()
+        admin.get_by_label("Group name").fill("db-admins")
+        admin.get_by_role("button", name="Create the group").click()
+        expect(admin.get_by_role("heading", name="Group db-admins")).to_be_visible()
+        admin.get_by_label("Add a member (user name)").fill("kim")
+        admin.get_by_role("button", name="Add member").click()
+        expect(admin.get_by_role("status")).to_contain_text("kim is now a direct member of the group")
+        members = admin.locator("section[aria-labelledby=members-h]")
+        expect(members.get_by_role("row").filter(has_text="kim")).to_contain_text("added")
+        check_page(admin, axe, "group", shots)
+        admin.get_by_label("Add a member (user name)").fill("nobody-here")
+        admin.get_by_role("button", name="Add member").click()
+        expect(admin.get_by_role("alert")).to_contain_text('no user is named "nobody-here"')
+        admin.get_by_role("link", name="Settings of this group's membership").click()
+        expect(admin.get_by_role("heading", name="Membership of db-admins at /groups/")).to_be_visible()
+        expect(admin.get_by_label("Activation needs MFA")).to_be_visible()
+
+        kim = browser.new_context().new_page()
+        sign_in(kim, portal, "kim", kim_password)
+        kim.goto(portal + "/account")
+        kim.get_by_role("button", name="Add an authenticator app").click()
+        expect(kim.get_by_role("img", name="QR code of the new authenticator's secret")).to_be_visible()
+        check_page(kim, axe, "add-authenticator", shots)
+        kim_codes = Codes(pyotp.parse_uri(kim.locator("[data-otpauth]").text_content().strip()))
+        kim.get_by_label("The 6-digit code the app shows now").fill("000000")
+        kim.get_by_role("button", name="Confirm the app").click()
+        expect(kim.get_by_role("alert")).to_contain_text("incorrect")
+        kim.get_by_label("The 6-digit code the app shows now").fill(kim_codes.next())
+        kim.get_by_role("button", name="Confirm the app").click()
+        expect(kim.get_by_role("status").first).to_contain_text("The authenticator app is added")
+        expect(kim.get_by_role("row").filter(has_text="Authenticator app")).to_have_count(1)
+        kim.get_by_role("button", name="Make new recovery codes").click()
+        expect(kim.get_by_role("heading", name="Your recovery codes")).to_be_visible()
+        assert kim.locator("[data-recovery-codes] li").count() >= 8
+
+        # On a phone's screen every page is one column: nothing wider than the screen.
+        phone = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True).new_page()
+        sign_in(phone, portal, "kim", kim_password, kim_codes.next())
+        for path in ["/roles", "/requests", "/approvals", "/reviews", "/account"]:
+            phone.goto(portal + path)
+            width = phone.evaluate("document.documentElement.scrollWidth")
+            assert width <= 390, f"{path} is {width}px wide on a 390px phone"
+        phone.goto(portal + "/roles")
+        check_page(phone, axe, "phone-my-roles", shots)
+
         # A form another origin posts, with Lee's cookie sent by his browser, is refused.
         lee.goto(portal + "/requests")
         requests_before = lee.get_by_role("row").count()
@@ -392,7 +454,8 @@ def main(pim: str) -> int:
         expect(lee.get_by_text("Signed in as lee")).to_be_visible()
         browser.close()
     print("portal: sign-in with TOTP and with a passkey, step-up with either, a copied passkey refused, "
-          "live approval, review, alert, forged form refused, axe-core clean")
+          "live approval, review, alert, onboarding (user, group, authenticator app), phone width, "
+          "forged form refused, axe-core clean")
     return 0
 
 

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use pim_e2e::browser::{Browser, serve_portal};
+use pim_e2e::browser::{Browser, between, serve_portal};
 
 use crate::activation::{EXCHANGE_ADMINISTRATOR, World};
 
@@ -65,4 +65,104 @@ async fn a_browser_activates_a_role_in_the_portal_and_a_forged_form_changes_noth
     let (status, _) = browser.send("GET", "/roles", None).await?;
     assert_eq!(status, 303, "signed out: the cookie opens nothing");
     w.ts.stop().await
+}
+
+/// Where sign-in requires MFA, a first sign-in in the portal offers to add an authenticator
+/// app: the (new) administrator adds one in the window a new account has, adds Kim on the
+/// Directory page (her initial password shown once) and gives her an enrolment pass; Kim
+/// enters it with her password, scans the secret the page shows (totp-rs reads the setup
+/// link), a wrong code is refused with the secret shown again, the right one completes the
+/// sign-in; her next sign-in asks for a code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_user_adds_an_authenticator_app_at_first_sign_in_in_the_portal() -> anyhow::Result<()> {
+    let ts = pim_e2e::TestSuite::postgres_with(None, &[("PIM_SIGNIN_MFA", "required".into())]).await?;
+    let result = async {
+        let portal = serve_portal(&ts).await?;
+        let mut admin = Browser::connect(portal).await?;
+        let (page, _) = first_sign_in(&mut admin, &ts.admin_user, &ts.admin_password).await?;
+        assert!(page.contains("<svg"), "the setup shows a QR code: {page}");
+        assert_eq!(admin.send("GET", "/roles", None).await?.0, 200, "signed in");
+
+        admin.get("/admin/directory").await?;
+        let (status, page) = admin.post("/admin/users", &[("user_name", "kim")]).await?;
+        assert_eq!(status, 200, "{page}");
+        let password = between(&page, "data-initial-password>", "</code>")
+            .expect("the initial password is shown once")
+            .to_owned();
+        let page = admin.get("/admin/directory?filter=kim").await?;
+        let kim_id = between(&page, "action=\"/admin/passes/", "\"")
+            .expect("kim is listed")
+            .to_owned();
+        let (status, page) = admin.post(&format!("/admin/passes/{kim_id}"), &[]).await?;
+        assert_eq!(status, 200, "{page}");
+        let pass = between(&page, "data-enrolment-pass>", "</code>").expect("the pass is shown once");
+
+        let mut kim = Browser::connect(portal).await?;
+        kim.get("/signin").await?;
+        let (_, page) = kim.post("/signin", &[("user", "kim"), ("password", &password)]).await?;
+        assert!(page.contains("Enrolment pass"), "{page}");
+        let (_, page) = kim.post("/signin/enrol", &[("pass", "not-the-pass")]).await?;
+        assert!(
+            page.contains("Enrolment pass") && !page.contains("data-otpauth"),
+            "a wrong pass: {page}"
+        );
+        let (_, page) = kim.post("/signin/enrol", &[("pass", pass)]).await?;
+        let app = setup_link(&page)?;
+        let (status, page) = kim.post("/signin/enrol/confirm", &[("code", "000000")]).await?;
+        assert_eq!(status, 200);
+        assert!(
+            page.contains("incorrect") && page.contains("data-otpauth"),
+            "a wrong code: refused, the secret shown again: {page}"
+        );
+        let (status, _) = kim
+            .post("/signin/enrol/confirm", &[("code", &app.generate_current()?)])
+            .await?;
+        assert_eq!(status, 303, "the right code completes the sign-in");
+        let page = kim.get("/account").await?;
+        assert!(
+            page.contains("Authenticator app (TOTP)") && page.contains("kim"),
+            "{page}"
+        );
+
+        let mut again = Browser::connect(portal).await?;
+        again.get("/signin").await?;
+        let (_, page) = again
+            .post("/signin", &[("user", "kim"), ("password", &password)])
+            .await?;
+        assert!(
+            page.contains("Verify it's you") && !page.contains("Add an authenticator app"),
+            "the next sign-in asks for a code from the app: {page}"
+        );
+        Ok(())
+    }
+    .await;
+    ts.stop().await?;
+    result
+}
+
+/// A first sign-in that adds an authenticator app (no pass: in a new account's window);
+/// returns the setup page and the app.
+async fn first_sign_in(browser: &mut Browser, user: &str, password: &str) -> anyhow::Result<(String, totp_rs::TOTP)> {
+    browser.get("/signin").await?;
+    let (status, page) = browser
+        .post("/signin", &[("user", user), ("password", password)])
+        .await?;
+    assert_eq!(status, 200);
+    assert!(page.contains("Add an authenticator app"), "{page}");
+    assert_eq!(browser.send("GET", "/roles", None).await?.0, 303, "not signed in yet");
+    let (_, page) = browser.post("/signin/enrol", &[("pass", "")]).await?;
+    let app = setup_link(&page)?;
+    let (status, body) = browser
+        .post("/signin/enrol/confirm", &[("code", &app.generate_current()?)])
+        .await?;
+    anyhow::ensure!(status == 303, "confirming answered {status}: {body}");
+    Ok((page, app))
+}
+
+/// The authenticator an app makes of the setup link a page shows.
+fn setup_link(page: &str) -> anyhow::Result<totp_rs::TOTP> {
+    let uri = between(page, "data-otpauth>", "</code>")
+        .ok_or_else(|| anyhow::anyhow!("no setup link in {page}"))?
+        .replace("&amp;", "&");
+    totp_rs::TOTP::from_url(&uri).map_err(|e| anyhow::anyhow!("{e:?}"))
 }

@@ -1,6 +1,6 @@
 //! *Security info*: the caller's MFA methods (add a passkey, remove a method, verify with a
-//! code), and the passkey ceremonies the page's script runs: registration here, and an
-//! assertion at sign-in and at a step-up. Identity is the relying party's server; the portal
+//! code; authenticator apps and recovery codes are `enrol`'s), and the passkey ceremonies the
+//! page's script runs: registration here, and an assertion at sign-in and at a step-up. Identity is the relying party's server; the portal
 //! carries the options to `navigator.credentials` and the browser's answer back.
 
 use axum::Json;
@@ -57,6 +57,22 @@ pub async fn page(caller: Caller) -> Html<String> {
                     }
                 }
                 p { "Recovery codes left: " (listed.recovery_codes_left) }
+            }
+            section aria-labelledby="app-h" {
+                h2 id="app-h" { "Add an authenticator app" }
+                p { "An app on your phone shows a new 6-digit code every 30 seconds." }
+                form method="post" action="/account/totp" {
+                    (view::csrf(&caller))
+                    button type="submit" { "Add an authenticator app" }
+                }
+            }
+            section aria-labelledby="recovery-h" {
+                h2 id="recovery-h" { "Recovery codes" }
+                p { "Single-use codes for when your app or key is not at hand. Making new ones ends the old ones." }
+                form method="post" action="/account/recovery-codes" {
+                    (view::csrf(&caller))
+                    button type="submit" { "Make new recovery codes" }
+                }
             }
             section aria-labelledby="passkey-h" {
                 h2 id="passkey-h" { "Add a passkey" }

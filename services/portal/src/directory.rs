@@ -1,7 +1,8 @@
 //! *Admin → Assignments* (who may and who does hold which role; assign and remove) and
-//! *Admin → Directory* (users, groups and service principals; disable and enable). Assignment
-//! and identity decide who may do what, and their protections (the last Global
-//! Administrator, credential protection) hold here as everywhere.
+//! *Admin → Directory* (users, groups and service principals; add a user, give an enrolment
+//! pass, disable and enable; groups are `groups`'). Assignment and identity decide who may
+//! do what, and their protections (the last Global Administrator, credential protection)
+//! hold here as everywhere.
 
 use axum::extract::{Path, Query};
 use axum::response::{Html, IntoResponse, Redirect, Response};
@@ -11,13 +12,29 @@ use pim_proto::assignment::v1 as apb;
 use pim_proto::assignment::v1::assignment_service_client::AssignmentServiceClient;
 use pim_proto::identity::v1 as ipb;
 use pim_proto::identity::v1::directory_service_client::DirectoryServiceClient;
+use pim_proto::identity::v1::mfa_service_client::MfaServiceClient;
 
 use crate::decide::Names;
 use crate::view::{self, moment, timestamp};
 use crate::web::{Caller, CheckedForm, Failure};
 
-fn directory(caller: &Caller) -> DirectoryServiceClient<tonic::transport::Channel> {
+pub(crate) fn directory(caller: &Caller) -> DirectoryServiceClient<tonic::transport::Channel> {
     DirectoryServiceClient::new(caller.portal.0.upstreams.identity.clone())
+}
+
+/// The user a form names (by user name or id), or why there is none.
+pub(crate) async fn user_named(caller: &Caller, reference: &str) -> Result<ipb::User, Failure> {
+    let reference = reference.trim();
+    directory(caller)
+        .get_user(caller.request(ipb::GetUserRequest {
+            user: reference.to_owned(),
+        }))
+        .await
+        .map(tonic::Response::into_inner)
+        .map_err(|status| match status.code() {
+            tonic::Code::NotFound => Failure::Refused(format!("no user is named {reference:?}")),
+            _ => Failure::from(status),
+        })
 }
 
 fn assignments(caller: &Caller) -> AssignmentServiceClient<tonic::transport::Channel> {
@@ -142,16 +159,7 @@ fn kind_of(text: &str) -> apb::AssignmentKind {
 /// POST /admin/assignments: an administrator's assignment.
 pub async fn assign(caller: Caller, CheckedForm(fields): CheckedForm) -> Response {
     let done = async {
-        let user = directory(&caller)
-            .get_user(caller.request(ipb::GetUserRequest {
-                user: fields.get("principal").to_owned(),
-            }))
-            .await
-            .map_err(|status| match status.code() {
-                tonic::Code::NotFound => Failure::Refused(format!("no user is named {:?}", fields.get("principal"))),
-                _ => Failure::from(status),
-            })?
-            .into_inner();
+        let user = user_named(&caller, fields.get("principal")).await?;
         let duration = humantime::parse_duration(fields.get("duration")).map_err(|_| {
             Failure::Refused(format!(
                 "{:?} is not a duration (write it like 30d)",
@@ -236,6 +244,7 @@ pub async fn directory_page(caller: Caller, Query(filter): Query<Filter>) -> Htm
             .service_principals;
         Ok::<_, Failure>(html! {
             h2 { "Users" }
+            (create_user_form(&caller))
             form.search method="get" action="/admin/directory" role="search" {
                 label for="filter" { "Name contains" }
                 input id="filter" name="filter" type="text" value=(filter.filter);
@@ -251,7 +260,7 @@ pub async fn directory_page(caller: Caller, Query(filter): Query<Filter>) -> Htm
                             td { (u.email) }
                             td { @if u.last_sign_in_at.is_some() { (moment(timestamp(&u.last_sign_in_at))) } @else { "never" } }
                             td { (if u.enabled { "yes" } else { "no" }) }
-                            td {
+                            td.actions {
                                 form method="post" action=(format!("/admin/users/{}/{}", u.id, if u.enabled { "disable" } else { "enable" })) {
                                     (view::csrf(&caller))
                                     @if u.enabled {
@@ -259,6 +268,10 @@ pub async fn directory_page(caller: Caller, Query(filter): Query<Filter>) -> Htm
                                     } @else {
                                         button type="submit" aria-label=(format!("Enable {}", u.user_name)) { "Enable" }
                                     }
+                                }
+                                form method="post" action=(format!("/admin/passes/{}", u.id)) {
+                                    (view::csrf(&caller))
+                                    button.quiet type="submit" aria-label=(format!("Give {} an enrolment pass", u.user_name)) { "Enrolment pass" }
                                 }
                             }
                         }
@@ -271,9 +284,10 @@ pub async fn directory_page(caller: Caller, Query(filter): Query<Filter>) -> Htm
                 }
             }
             h2 { "Groups" }
+            (crate::groups::create_form(&caller))
             ul {
                 @for g in &groups {
-                    li { (g.display_name) @if g.is_assignable_to_role { " " small { "(role-assignable)" } } }
+                    li { a href=(format!("/admin/groups/{}", g.id)) { (g.display_name) } @if g.is_assignable_to_role { " " small { "(role-assignable)" } } }
                 }
             }
             h2 { "Service principals" }
@@ -306,4 +320,82 @@ pub async fn set_enabled(caller: Caller, Path((id, change)): Path<(String, Strin
         Err(status) => caller.flash(false, format!("Not changed: {}", Failure::from(status).text())),
     }
     Redirect::to("/admin/directory").into_response()
+}
+
+fn create_user_form(caller: &Caller) -> Markup {
+    html! {
+        details {
+            summary { "Add a user" }
+            form method="post" action="/admin/users" {
+                (view::csrf(caller))
+                label for="new-user" { "User name (they sign in with it)" }
+                input id="new-user" name="user_name" type="text" required autocomplete="off";
+                label for="new-display" { "Display name" }
+                input id="new-display" name="display_name" type="text" autocomplete="off";
+                label for="new-email" { "Email" }
+                input id="new-email" name="email" type="email" autocomplete="off";
+                p { small { "A strong initial password is made and shown to you once. They add their authenticator app at their first sign-in." } }
+                button type="submit" { "Add the user" }
+            }
+        }
+    }
+}
+
+/// POST /admin/users: a new user with a generated initial password, shown once on the page
+/// that answers (never in a URL, a log or the audit trail).
+pub async fn create_user(caller: Caller, CheckedForm(fields): CheckedForm) -> Response {
+    let password = crate::session::random_token();
+    let created = directory(&caller)
+        .create_user(caller.request(ipb::CreateUserRequest {
+            user_name: fields.get("user_name").trim().to_owned(),
+            display_name: fields.get("display_name").trim().to_owned(),
+            email: fields.get("email").trim().to_owned(),
+            password: password.clone(),
+        }))
+        .await;
+    match created {
+        Ok(user) => {
+            let user = user.into_inner();
+            let content = html! {
+                p role="status" { "The user " strong { (user.user_name) } " is added." }
+                p { "Give them their initial password over a channel you trust. It is shown only now." }
+                p { "Initial password: " code data-initial-password { (password) } }
+                p { "At their first sign-in they add an authenticator app. If they wait longer than the enrolment window, give them an enrolment pass from the Directory." }
+                p { a href="/admin/directory" { "Back to the directory" } }
+            };
+            view::page(&caller, "/admin/directory", "User added", content).into_response()
+        }
+        Err(status) => {
+            caller.flash(false, format!("Not added: {}", Failure::from(status).text()));
+            Redirect::to("/admin/directory").into_response()
+        }
+    }
+}
+
+/// POST /admin/passes/{user id}: an enrolment pass (one use, one hour), shown once, for a
+/// user who has no second factor (new, or after an MFA reset) to add their first one.
+pub async fn enrolment_pass(caller: Caller, Path(id): Path<String>, _: CheckedForm) -> Response {
+    let created = MfaServiceClient::new(caller.portal.0.upstreams.identity.clone())
+        .create_enrollment_pass(caller.request(ipb::CreateEnrollmentPassRequest {
+            user: id.clone(),
+            ..Default::default()
+        }))
+        .await;
+    match created {
+        Ok(answer) => {
+            let answer = answer.into_inner();
+            let names = Names::of(&caller, vec![id.clone()]).await;
+            let until = answer.pass.as_ref().and_then(|p| timestamp(&p.expires_at));
+            let content = html! {
+                p { "Give " strong { (names.get(&id)) } " this pass over a channel you trust. At sign-in they enter it to add their first authenticator app. It works once, until " (moment(until)) ", and is shown only now." }
+                p { "Enrolment pass: " code data-enrolment-pass { (answer.code) } }
+                p { a href="/admin/directory" { "Back to the directory" } }
+            };
+            view::page(&caller, "/admin/directory", "Enrolment pass", content).into_response()
+        }
+        Err(status) => {
+            caller.flash(false, format!("No pass: {}", Failure::from(status).text()));
+            Redirect::to("/admin/directory").into_response()
+        }
+    }
 }

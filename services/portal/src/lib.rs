@@ -5,7 +5,7 @@
 //! - `session`: cookies, CSRF tokens, timeouts; the tokens stay on the server.
 //! - `web`: what every page shares (the signed-in caller, security headers, failures, forms).
 //! - `view`: the layout and the small pieces pages are made of (maud escapes every value).
-//! - `signin`, `roles`, `decide` (approvals and reviews), `admin`: the pages.
+//! - `signin`, `enrol` (authenticator apps), `account` (passkeys), `roles`, `decide` (approvals and reviews), `admin`: the pages.
 
 // A handler's early exit is a ready `Response` (a redirect, a refusal page): boxing it would
 // buy nothing on a path taken once per request.
@@ -24,6 +24,8 @@ mod admin;
 mod audit;
 mod decide;
 mod directory;
+mod enrol;
+mod groups;
 mod policies;
 mod roles;
 pub mod session;
@@ -122,12 +124,17 @@ impl Portal {
             .route("/", get(roles::home))
             .route("/signin", get(signin::form).post(signin::password))
             .route("/signin/code", post(signin::code))
+            .route("/signin/enrol", post(enrol::begin_at_sign_in))
+            .route("/signin/enrol/confirm", post(enrol::confirm_at_sign_in))
             .route("/signin/passkey/begin", post(account::sign_in_begin))
             .route("/signin/passkey/finish", post(account::sign_in_finish))
             .route("/stepup/passkey/begin", post(account::step_up_begin))
             .route("/stepup/passkey/finish", post(account::step_up_finish))
             .route("/account", get(account::page))
             .route("/account/verify", post(account::verify))
+            .route("/account/totp", post(enrol::begin))
+            .route("/account/totp/confirm", post(enrol::confirm))
+            .route("/account/recovery-codes", post(enrol::recovery_codes))
             .route("/account/methods/{id}/remove", post(account::remove))
             .route("/account/passkeys/begin", post(account::register_begin))
             .route("/account/passkeys/finish", post(account::register_finish))
@@ -158,7 +165,12 @@ impl Portal {
             )
             .route("/admin/assignments/remove", post(directory::remove))
             .route("/admin/directory", get(directory::directory_page))
+            .route("/admin/users", post(directory::create_user))
             .route("/admin/users/{id}/{change}", post(directory::set_enabled))
+            .route("/admin/passes/{id}", post(directory::enrolment_pass))
+            .route("/admin/groups", post(groups::create))
+            .route("/admin/groups/{id}", get(groups::page))
+            .route("/admin/groups/{id}/{link}/{change}", post(groups::change))
             .route("/admin/audit", get(audit::page))
             .route("/admin/audit/verify", post(audit::verify))
             .route("/admin/audit/export", get(audit::export))

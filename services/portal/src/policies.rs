@@ -11,8 +11,8 @@ use maud::{Markup, html};
 
 use pim_proto::assignment::v1 as apb;
 use pim_proto::assignment::v1::policy_service_client::PolicyServiceClient;
+use pim_proto::catalogue;
 use pim_proto::identity::v1 as ipb;
-use pim_proto::identity::v1::directory_service_client::DirectoryServiceClient;
 
 use crate::decide::Names;
 use crate::view;
@@ -129,11 +129,34 @@ pub async fn page(caller: Caller, Query(which): Query<Which>) -> Html<String> {
     let content = async {
         let roles = crate::roles::role_list(&caller).await?;
         if which.role.is_empty() {
+            let groups = crate::directory::directory(&caller)
+                .list_groups(caller.request(ipb::ListGroupsRequest {
+                    page_size: 200,
+                    ..Default::default()
+                }))
+                .await
+                .map(|answer| answer.into_inner().groups)
+                .unwrap_or_default();
             return Ok::<_, Failure>(html! {
                 p { "Choose a role to see and change its settings." }
                 ul.columns {
-                    @for role in &roles {
+                    @for role in roles.iter().filter(|r| !catalogue::is_group_access(&r.id)) {
                         li { a href=(format!("/admin/policies?role={}", role.id)) { (role.name) } @if role.privileged { " " small { "(privileged)" } } }
+                    }
+                }
+                @if !groups.is_empty() {
+                    h2 { "Groups (PIM for Groups)" }
+                    p { "Membership and ownership of a group are activated like roles, under their own settings." }
+                    ul.columns {
+                        @for g in &groups {
+                            @let scope = catalogue::group_scope(&g.id).replace('/', "%2F");
+                            li {
+                                (g.display_name) ": "
+                                a href=(format!("/admin/policies?role={}&scope={scope}", catalogue::GROUP_MEMBER)) aria-label=(format!("Membership of {}", g.display_name)) { "membership" }
+                                ", "
+                                a href=(format!("/admin/policies?role={}&scope={scope}", catalogue::GROUP_OWNER)) aria-label=(format!("Ownership of {}", g.display_name)) { "ownership" }
+                            }
+                        }
                     }
                 }
             });
@@ -146,11 +169,17 @@ pub async fn page(caller: Caller, Query(which): Query<Which>) -> Html<String> {
             }))
             .await?
             .into_inner();
-        let name = roles
-            .iter()
-            .find(|r| r.id == policy.role_id)
-            .map(|r| r.name.clone())
-            .unwrap_or_else(|| policy.role_id.clone());
+        let name = match catalogue::group_of_scope(&policy.scope).filter(|_| catalogue::is_group_access(&policy.role_id)) {
+            Some(group) => {
+                let access = if policy.role_id == catalogue::GROUP_OWNER { "Ownership" } else { "Membership" };
+                format!("{access} of {}", Names::of(&caller, vec![group.to_owned()]).await.get(group))
+            }
+            None => roles
+                .iter()
+                .find(|r| r.id == policy.role_id)
+                .map(|r| r.name.clone())
+                .unwrap_or_else(|| policy.role_id.clone()),
+        };
         let approvers = Names::of(&caller, policy.approver_ids.clone()).await;
         Ok(form(&caller, &name, &mut policy, &approvers))
     }
@@ -199,16 +228,7 @@ async fn approver_id(caller: &Caller, reference: &str) -> Result<String, Failure
     if uuid::Uuid::parse_str(reference).is_ok() {
         return Ok(reference.to_owned());
     }
-    let user = DirectoryServiceClient::new(caller.portal.0.upstreams.identity.clone())
-        .get_user(caller.request(ipb::GetUserRequest {
-            user: reference.to_owned(),
-        }))
-        .await
-        .map_err(|status| match status.code() {
-            tonic::Code::NotFound => Failure::Refused(format!("no user is named {reference:?}")),
-            _ => Failure::from(status),
-        })?;
-    Ok(user.into_inner().id)
+    Ok(crate::directory::user_named(caller, reference).await?.id)
 }
 
 /// The policy the form describes (every setting it shows, named in the mask).

@@ -27,6 +27,23 @@ pub struct SignedIn {
     pub expires_ms: i64,
 }
 
+/// An authenticator app being added: the method waiting for its first code, and the URI that
+/// holds its secret.
+#[derive(Clone)]
+pub struct Enrolling {
+    pub method_id: String,
+    pub otpauth_uri: String,
+}
+
+impl std::fmt::Debug for Enrolling {
+    // The URI holds the secret: never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Enrolling")
+            .field("method_id", &self.method_id)
+            .finish_non_exhaustive()
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Session {
     pub id: String,
@@ -35,6 +52,8 @@ pub struct Session {
     pub signed_in: Option<SignedIn>,
     /// Between password and code: the short-lived token that can only verify a code.
     pub mfa_pending: Option<(String, String)>,
+    /// An authenticator app being added (`enrol`), until its first code confirms it.
+    pub enrolling: Option<Enrolling>,
     /// A message for the next page (after a form's redirect): whether good news, and its text.
     pub flash: Option<(bool, String)>,
     created_ms: i64,
@@ -92,6 +111,7 @@ impl Sessions {
             csrf: random_token(),
             signed_in: None,
             mfa_pending: None,
+            enrolling: None,
             flash: None,
             created_ms: now,
             last_seen_ms: now,
@@ -149,6 +169,7 @@ impl Sessions {
             csrf: random_token(),
             signed_in,
             mfa_pending: None,
+            enrolling: None,
             flash: None,
             created_ms: session.created_ms,
             last_seen_ms: self.clock.now_ms(),

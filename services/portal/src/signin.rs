@@ -1,4 +1,5 @@
-//! Sign-in (password, then the authenticator code where the account has MFA) and sign-out.
+//! Sign-in (password, then the authenticator code where the account has MFA, or the first
+//! authenticator app where it has none: `enrol`) and sign-out.
 //! The password and code go to identity and nowhere else; the tokens stay in the session.
 
 use axum::extract::State;
@@ -108,15 +109,10 @@ pub async fn password(
         return code_form(&session, None).into_response();
     }
     if answer.enrollment_required {
-        return password_form(
-            &session,
-            &user,
-            Some(
-                "Your password is right, and this directory requires an authenticator you do not have yet. \
-                 Enrol one with the pass your administrator gave you: pim mfa enroll --pass PASS.",
-            ),
-        )
-        .into_response();
+        // The token can only add a first method: kept server-side for the enrolment pages.
+        let pending = (answer.access_token, user);
+        portal.0.sessions.update(&session.id, |s| s.mfa_pending = Some(pending));
+        return crate::enrol::first_method(&session, None);
     }
     signed_in(&portal, &session, answer, user)
 }
@@ -154,7 +150,7 @@ pub async fn code(
 
 /// The sign-in is complete: a new session id (the one used before signing in is worth
 /// nothing now) holds the tokens.
-fn signed_in(portal: &Portal, session: &Session, answer: ipb::SignInResponse, name: String) -> Response {
+pub fn signed_in(portal: &Portal, session: &Session, answer: ipb::SignInResponse, name: String) -> Response {
     let renewed = complete(portal, session, answer, name);
     ([portal.cookie(Some(&renewed.id))], Redirect::to("/roles")).into_response()
 }

@@ -237,24 +237,22 @@ impl Policy {
         if self.activation_requires_mfa {
             let fresh =
                 pim_runtime::auth::mfa_is_fresh(mfa.has_otp, mfa.mfa_at, now, self.mfa_freshness.as_millis() as i64);
-            if !fresh {
-                violations.push(violation(
-                    "MfaRule",
+            // A code can be phished; a passkey is bound to the portal's origin. Where the role
+            // wants a passkey, that is what the refusal asks for, however recent a code was.
+            let passkey_needed = self.activation_requires_phishing_resistant_mfa;
+            if !fresh || (passkey_needed && !mfa.phishing_resistant) {
+                let seconds = self.mfa_freshness.as_secs();
+                let message = if passkey_needed {
                     format!(
-                        "multi-factor authentication within the last {} s is required: verify a code and retry",
-                        self.mfa_freshness.as_secs()
-                    ),
-                ));
-            } else if self.activation_requires_phishing_resistant_mfa && !mfa.phishing_resistant {
-                // A code can be phished; a passkey is bound to the portal's origin.
-                violations.push(violation(
-                    "MfaRule",
+                        "a phishing-resistant multi-factor authentication (a passkey) within the last {seconds} s is required: \
+                         verify with your passkey and retry (a code does not do for this role)"
+                    )
+                } else {
                     format!(
-                        "a phishing-resistant multi-factor authentication (a passkey) within the last {} s is required: \
-                         verify with your passkey and retry (a code does not do for this role)",
-                        self.mfa_freshness.as_secs()
-                    ),
-                ));
+                        "multi-factor authentication within the last {seconds} s is required: verify a code and retry"
+                    )
+                };
+                violations.push(violation("MfaRule", message));
             }
         }
         if self.activation_requires_justification && ask.justification.trim().is_empty() {
@@ -493,6 +491,16 @@ mod tests {
             ..fresh_mfa(now)
         };
         assert!(p.check_activation(&ask, passkey, None, now).is_ok());
+        let stale_code = MfaState {
+            mfa_at: Some(now - 11 * 60_000),
+            ..fresh_mfa(now)
+        };
+        let refused = p.check_activation(&ask, stale_code, None, now).unwrap_err();
+        assert!(
+            refused[0].message.contains("passkey"),
+            "a stale code: still a passkey is what is asked for: {}",
+            refused[0].message
+        );
         let stale = MfaState {
             mfa_at: Some(now - 11 * 60_000),
             ..passkey
