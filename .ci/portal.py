@@ -10,7 +10,8 @@
 - Lee activates his membership of a group from My roles (PIM for Groups), and asks to extend
   an eligibility that ends.
 - Ann decides an access review item; the admin dismisses an alert, and weakens a role's
-  settings on Role settings: the policy_weakened alert appears; the change is found on Audit,
+  settings on Role settings: the policy_weakened alert appears; adds an approval stage and a
+  notification rule there (the CLI reads them back); the change is found on Audit,
   downloaded as OCSF, and the hash chain verifies.
 - The administrator adds Kim in the Directory (her initial password shown once), creates a
   group and adds her; Kim signs in, adds her authenticator app (pyotp reads the setup link)
@@ -323,6 +324,30 @@ def main(pim: str) -> int:
             admin.goto(portal + "/admin/alerts")
             return admin.get_by_role("row").filter(has_text="policy_weakened").filter(has_text=role).count() == 1
         wait("the policy_weakened alert on the Alerts page", weakened_alert_shown, seconds=15)
+
+        # Approval stages and notification rules in the same form: a second stage of Ann's
+        # with a reason required, and administrators' activation mail also to the SOC; the
+        # CLI reads back what the page saved.
+        admin.goto(portal + "/admin/policies")
+        admin.get_by_role("link", name=role, exact=True).click()
+        expect(admin.get_by_role("group", name="Approval stage 2")).to_be_visible()
+        stage2 = admin.get_by_role("group", name="Approval stage 2")
+        stage2.get_by_label("Approvers").fill("ann")
+        stage2.get_by_label("The stage waits at most").fill("4h")
+        stage2.get_by_label("A decision needs a reason").check()
+        admin.get_by_label("An activation: Administrators (role activation alert): also to").fill("soc@example.com")
+        admin.get_by_label("An activation: The requester: critical mails only").check()
+        admin.get_by_role("button", name=f"Save {role}'s settings").click()
+        expect(admin.get_by_role("status")).to_contain_text(f"{role}'s settings are saved")
+        expect(admin.get_by_role("group", name="Approval stage 2").get_by_label("Approvers")).to_have_value("ann")
+        expect(admin.get_by_role("group", name="Approval stage 3")).to_be_visible()
+        shown = up.run("policy", "show", role).stdout
+        assert "1 of ann within 4h; a reason required" in shown, shown
+        rules = up.run("notifications", "show", role).stdout
+        assert "soc@example.com" in rules, rules
+        admin.get_by_role("group", name="Approval stage 2").get_by_label("Approvers").fill("nobody-here")
+        admin.get_by_role("button", name=f"Save {role}'s settings").click()
+        expect(admin.get_by_role("alert")).to_contain_text('no user is named "nobody-here"')
 
         # Audit: the policy change is found by its action, the chain verifies, and the search
         # downloads as OCSF (one JSON object a line, OCSF's class and time on each).

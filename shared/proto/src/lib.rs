@@ -3,6 +3,7 @@
 #![allow(clippy::all, clippy::pedantic)]
 
 pub mod catalogue;
+mod defaults;
 
 pub mod common {
     pub mod v1 {

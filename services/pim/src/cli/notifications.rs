@@ -109,27 +109,12 @@ pub(crate) fn name(text: &str, prefix: &str) -> String {
     text.trim_start_matches(prefix).to_lowercase()
 }
 
-/// The rule for `event` and `party` in `p`: the one it sets, else the defaults.
-pub(crate) fn in_force(p: &apb::RolePolicy, event: NotificationEvent, party: NotificationParty) -> NotificationRule {
-    p.notification_rules
-        .iter()
-        .find(|r| r.event == event as i32 && r.party == party as i32)
-        .cloned()
-        .unwrap_or(NotificationRule {
-            event: event as i32,
-            party: party as i32,
-            default_recipients: true,
-            additional_recipients: Vec::new(),
-            critical_only: false,
-        })
-}
-
 fn print_rules(p: &apb::RolePolicy) {
     let yes_no = |b: bool| if b { "yes" } else { "no" }.to_owned();
     let rows = RULES
         .iter()
         .map(|(event, party)| {
-            let r = in_force(p, *event, *party);
+            let r = p.notification_rule(*event, *party);
             vec![
                 Cell::from(name(event.as_str_name(), "NOTIFICATION_EVENT_")),
                 name(party.as_str_name(), "NOTIFICATION_PARTY_").into(),
@@ -171,7 +156,7 @@ pub(crate) async fn notifications(cmd: NotificationsCommand) -> anyhow::Result<i
             let session = Session::open(&client, true)?;
             let (role_id, scope) = group.target(&session, role.given(), &scope).await?;
             let current = super::policy::fetch(&session, role_id.clone(), scope.clone()).await?;
-            let mut rule = in_force(&current, event.pb(), party.pb());
+            let mut rule = current.notification_rule(event.pb(), party.pb());
             if let Some(v) = default_recipients {
                 rule.default_recipients = v;
             }

@@ -161,8 +161,15 @@ async fn print_policy(session: &Session, p: &apb::RolePolicy) {
         approvers.push(names.principal(id).await);
     }
     let approvers: Vec<String> = approvers.into_iter().map(|a| Cell::Named(a).shown()).collect();
+    let mut stages = Vec::new();
+    for (n, stage) in p.approval_stages.iter().enumerate() {
+        stages.push(vec![
+            format!("approval stage {}", n + 1),
+            stage_text(&mut names, stage).await,
+        ]);
+    }
     let mut rows: Vec<Vec<Cell>> = vec![vec!["role".into(), role.into()]];
-    let settings: Vec<Vec<String>> = vec![
+    let mut settings: Vec<Vec<String>> = vec![
         vec!["scope".into(), p.scope.clone()],
         vec![
             "activation max duration".into(),
@@ -192,6 +199,13 @@ async fn print_policy(session: &Session, p: &apb::RolePolicy) {
             },
         ],
         vec!["approval timeout".into(), show_duration(&p.approval_timeout)],
+    ];
+    if !stages.is_empty() {
+        // The stages, where set, are what requests go through: the simple pair is not shown.
+        settings.truncate(settings.len() - 2);
+        settings.extend(stages);
+    }
+    settings.extend([
         vec![
             "eligible: permanent allowed".into(),
             p.eligible_allow_permanent.to_string(),
@@ -204,13 +218,46 @@ async fn print_policy(session: &Session, p: &apb::RolePolicy) {
             p.active_requires_justification.to_string(),
         ],
         vec!["etag".into(), p.etag.clone()],
-    ];
+    ]);
     rows.extend(
         settings
             .into_iter()
             .map(|row| row.into_iter().map(Cell::from).collect()),
     );
     print_table(&["SETTING", "VALUE"], rows);
+}
+
+/// A stage as a line: `2 of ann, bob within 4h; escalates to cio after 2h; a reason required`.
+async fn stage_text(names: &mut Names<'_>, stage: &pim_proto::common::v1::ApprovalStageSettings) -> String {
+    let mut who = Vec::new();
+    for id in &stage.approver_ids {
+        who.push(Cell::Named(names.principal(id).await).shown());
+    }
+    let who = if who.is_empty() {
+        "the default approvers".to_owned()
+    } else {
+        who.join(", ")
+    };
+    let mut text = format!(
+        "{} of {who} within {}",
+        stage.approvals_required.max(1),
+        show_duration(&stage.timeout)
+    );
+    if !stage.escalation_approver_ids.is_empty() {
+        let mut to = Vec::new();
+        for id in &stage.escalation_approver_ids {
+            to.push(Cell::Named(names.principal(id).await).shown());
+        }
+        text.push_str(&format!(
+            "; escalates to {} after {}",
+            to.join(", "),
+            show_duration(&stage.escalate_after)
+        ));
+    }
+    if stage.justification_required {
+        text.push_str("; a reason required");
+    }
+    text
 }
 
 /// The policy in force for a role at a scope.

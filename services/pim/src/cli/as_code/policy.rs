@@ -9,7 +9,7 @@ use serde_saphyr::Spanned;
 
 use super::file::{NotificationSpec, PolicySpec, StageSpec, made};
 use super::state::Directory;
-use crate::cli::notifications::{RULES, in_force, name as wire_name};
+use crate::cli::notifications::{RULES, name as wire_name};
 
 /// An error and the line it is on (None: the policy's own line).
 pub(crate) type Located = (Option<u64>, String);
@@ -70,7 +70,7 @@ fn party_name(party: NotificationParty) -> String {
 fn set_rules(p: &apb::RolePolicy) -> Vec<NotificationRule> {
     RULES
         .iter()
-        .map(|(event, party)| in_force(p, *event, *party))
+        .map(|(event, party)| p.notification_rule(*event, *party))
         .filter(|r| !r.default_recipients || !r.additional_recipients.is_empty() || r.critical_only)
         .collect()
 }

@@ -1,5 +1,5 @@
 //! *Admin → Role settings*: a role's policy at a scope, edited as Entra's role settings are
-//! (activation, approval, assignment). The form sends every setting it shows with the policy's
+//! (activation, approval stages (`stages`), assignment, notifications (`notifications`)). The form sends every setting it shows with the policy's
 //! etag, so a change someone made meanwhile is refused (ABORTED) rather than overwritten.
 //! Assignment decides who may change what, validates, audits, and raises `policy_weakened`.
 
@@ -15,6 +15,9 @@ use pim_proto::catalogue;
 use pim_proto::identity::v1 as ipb;
 
 use crate::decide::Names;
+
+mod notifications;
+mod stages;
 use crate::view;
 use crate::web::{Caller, CheckedForm, Failure, Fields};
 
@@ -35,12 +38,6 @@ const SETTINGS: &[(&str, &str, Kind)] = &[
     ),
     ("activation_requires_ticket", "Activation needs a ticket", Kind::Flag),
     ("approval_required", "Activation needs approval", Kind::Flag),
-    (
-        "approver_ids",
-        "Approvers (user names or ids, comma-separated; empty: the default approvers)",
-        Kind::Ids,
-    ),
-    ("approval_timeout", "Approval waits at most", Kind::Duration),
     (
         "eligible_allow_permanent",
         "Eligible assignments may be permanent",
@@ -64,7 +61,6 @@ const SETTINGS: &[(&str, &str, Kind)] = &[
 enum Kind {
     Flag,
     Duration,
-    Ids,
 }
 
 fn policies(caller: &Caller) -> PolicyServiceClient<tonic::transport::Channel> {
@@ -111,14 +107,13 @@ fn duration_of<'a>(p: &'a mut apb::RolePolicy, field: &str) -> Option<&'a mut Op
     Some(match field {
         "activation_max_duration" => &mut p.activation_max_duration,
         "mfa_freshness" => &mut p.mfa_freshness,
-        "approval_timeout" => &mut p.approval_timeout,
         "eligible_max_duration" => &mut p.eligible_max_duration,
         "active_max_duration" => &mut p.active_max_duration,
         _ => return None,
     })
 }
 
-fn duration_text(d: &Option<prost_types::Duration>) -> String {
+pub(super) fn duration_text(d: &Option<prost_types::Duration>) -> String {
     d.as_ref()
         .map(|d| pim_runtime::format::duration(Duration::from_secs(d.seconds.max(0) as u64)))
         .unwrap_or_default()
@@ -180,17 +175,15 @@ pub async fn page(caller: Caller, Query(which): Query<Which>) -> Html<String> {
                 .map(|r| r.name.clone())
                 .unwrap_or_else(|| policy.role_id.clone()),
         };
-        let approvers = Names::of(&caller, policy.approver_ids.clone()).await;
-        Ok(form(&caller, &name, &mut policy, &approvers))
+        let stages = stages::fields(&caller, &policy).await;
+        Ok(form(&caller, &name, &mut policy, stages))
     }
     .await
     .unwrap_or_else(|failure| caller.failed(failure));
     view::page(&caller, "/admin/policies", "Role settings", content)
 }
 
-fn form(caller: &Caller, name: &str, p: &mut apb::RolePolicy, approvers: &Names) -> Markup {
-    let approver_names: Vec<&str> = p.approver_ids.iter().map(|id| approvers.get(id)).collect();
-    let approver_text = approver_names.join(", ");
+fn form(caller: &Caller, name: &str, p: &mut apb::RolePolicy, stages: Markup) -> Markup {
     html! {
         h2 { (name) " at " code { (p.scope) } }
         form.policy method="post" action="/admin/policies" {
@@ -211,12 +204,12 @@ fn form(caller: &Caller, name: &str, p: &mut apb::RolePolicy, approvers: &Names)
                         label for=(field) { (label) }
                         input type="text" id=(field) name=(field) value=(duration_of(p, field).map(|d| duration_text(d)).unwrap_or_default());
                     }
-                    Kind::Ids => {
-                        label for=(field) { (label) }
-                        input type="text" id=(field) name=(field) value=(approver_text);
-                    }
                 }
             }
+            h3 { "Approval" }
+            (stages)
+            h3 { "Notifications" }
+            (notifications::fields(p))
             button type="submit" { "Save " (name) "'s settings" }
         }
         p { small { "Lowering protection (MFA, approval or justification off, longer limits, approvers changed) raises a policy_weakened alert." } }
@@ -224,7 +217,7 @@ fn form(caller: &Caller, name: &str, p: &mut apb::RolePolicy, approvers: &Names)
 }
 
 /// An approver named by user name or id → the id (as the CLI resolves them).
-async fn approver_id(caller: &Caller, reference: &str) -> Result<String, Failure> {
+pub(super) async fn approver_id(caller: &Caller, reference: &str) -> Result<String, Failure> {
     if uuid::Uuid::parse_str(reference).is_ok() {
         return Ok(reference.to_owned());
     }
@@ -244,26 +237,28 @@ async fn from_form(caller: &Caller, fields: &Fields) -> Result<(apb::RolePolicy,
         match kind {
             Kind::Flag => set_flag(&mut p, field, fields.get(field) == "on"),
             Kind::Duration => {
-                let text = fields.get(field);
-                let parsed = humantime::parse_duration(text).map_err(|_| {
-                    Failure::Refused(format!("{label}: {text:?} is not a duration (write it like 8h or 30m)"))
-                })?;
+                let parsed = parse_duration(label, fields.get(field))?;
                 if let Some(slot) = duration_of(&mut p, field) {
-                    *slot = Some(prost_types::Duration {
-                        seconds: parsed.as_secs() as i64,
-                        nanos: 0,
-                    });
-                }
-            }
-            Kind::Ids => {
-                for reference in fields.get(field).split(',').map(str::trim).filter(|r| !r.is_empty()) {
-                    p.approver_ids.push(approver_id(caller, reference).await?);
+                    *slot = Some(parsed);
                 }
             }
         }
         mask.push((*field).to_owned());
     }
+    mask.extend(stages::read(caller, fields, &mut p).await?);
+    notifications::read(fields, &mut p);
+    mask.push("notification_rules".into());
     Ok((p, mask))
+}
+
+/// A duration as people write it (`8h`, `30m`, `1d 12h`), or why it is not one.
+pub(super) fn parse_duration(label: &str, text: &str) -> Result<prost_types::Duration, Failure> {
+    let parsed = humantime::parse_duration(text.trim())
+        .map_err(|_| Failure::Refused(format!("{label}: {text:?} is not a duration (write it like 8h or 30m)")))?;
+    Ok(prost_types::Duration {
+        seconds: parsed.as_secs() as i64,
+        nanos: 0,
+    })
 }
 
 /// POST /admin/policies.
