@@ -6,7 +6,7 @@
 - Lee adds a passkey (Chromium's virtual authenticator, through DevTools' WebAuthn domain),
   steps up with it, and signs in with it; a copy of it (its counter set back) is refused.
 - Lee asks for Security Reader, which Ann must approve; Ann approves on the Approvals page, and
-  Lee's page, left open, turns active without a reload.
+  Lee's page, left open, turns active without a reload; he deactivates it from My requests.
 - Lee activates his membership of a group from My roles (PIM for Groups), and asks to extend
   an eligibility that ends.
 - Ann decides an access review item; the admin dismisses an alert, and weakens a role's
@@ -273,6 +273,11 @@ def main(pim: str) -> int:
         lee.goto(portal + "/requests")
         expect(lee.get_by_role("row").filter(has_text="Security Reader").first).to_contain_text("active")
         check_page(lee, axe, "my-requests", shots)
+        # My requests ends the activation its newest request made.
+        lee.get_by_role("button", name="Deactivate Security Reader").click()
+        expect(lee).to_have_url(portal + "/requests")
+        expect(lee.get_by_role("status").first).to_contain_text("Security Reader is deactivated")
+        expect(lee.get_by_role("button", name="Deactivate Security Reader")).to_have_count(0)
 
         # Group access (PIM for Groups) is on My roles too, by the group's name.
         lee.goto(portal + "/roles")

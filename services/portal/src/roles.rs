@@ -122,13 +122,7 @@ async fn roles_content(caller: &Caller) -> Result<Markup, Failure> {
                                 td.left data-end=[end] { (time_left(end, now)) }
                                 td {
                                     @if a.activated && a.principal_id == caller.user.principal_id {
-                                        form method="post" action="/roles/deactivate" {
-                                            (view::csrf(caller))
-                                            input type="hidden" name="role_id" value=(a.role_id);
-                                            input type="hidden" name="scope" value=(a.scope);
-                                            input type="hidden" name="role_name" value=(a.role_name);
-                                            button type="submit" aria-label=(format!("Deactivate {}", a.role_name)) { "Deactivate" }
-                                        }
+                                        (deactivate_form(caller, &a.role_id, &a.scope, &a.role_name, "/roles"))
                                     }
                                 }
                             }
@@ -363,6 +357,20 @@ pub async fn activate(mut caller: Caller, CheckedForm(fields): CheckedForm) -> R
 }
 
 /// POST /roles/deactivate: ends the caller's own activation.
+/// The button that ends the caller's activation of a role at a scope; back to `back` after.
+fn deactivate_form(caller: &Caller, role_id: &str, scope: &str, name: &str, back: &str) -> Markup {
+    html! {
+        form method="post" action="/roles/deactivate" {
+            (view::csrf(caller))
+            input type="hidden" name="role_id" value=(role_id);
+            input type="hidden" name="scope" value=(scope);
+            input type="hidden" name="role_name" value=(name);
+            input type="hidden" name="back" value=(back);
+            button type="submit" aria-label=(format!("Deactivate {name}")) { "Deactivate" }
+        }
+    }
+}
+
 pub async fn deactivate(caller: Caller, CheckedForm(fields): CheckedForm) -> Response {
     let what = fields.get("role_name");
     let request = apb::CreateRequestRequest {
@@ -379,7 +387,13 @@ pub async fn deactivate(caller: Caller, CheckedForm(fields): CheckedForm) -> Res
             format!("{what} was not deactivated: {}", Failure::from(status).text()),
         ),
     }
-    Redirect::to("/roles").into_response()
+    // Only the portal's own pages: a form cannot send the browser elsewhere.
+    let back = if fields.get("back") == "/requests" {
+        "/requests"
+    } else {
+        "/roles"
+    };
+    Redirect::to(back).into_response()
 }
 
 /// GET /requests: the caller's requests, newest first.
@@ -401,6 +415,28 @@ pub async fn my_requests(
         next = listed.next_page_token;
         let requests = listed.requests;
         let names = role_names(&caller).await?;
+        // The caller's activations still active: the newest request that made each can end it.
+        let mut active: std::collections::HashSet<(String, String)> = assignments(&caller)
+            .list_active_assignments(caller.request(apb::ListAssignmentsRequest {
+                mine: true,
+                ..Default::default()
+            }))
+            .await?
+            .into_inner()
+            .assignments
+            .into_iter()
+            .filter(|a| a.activated && a.principal_id == caller.user.principal_id)
+            .map(|a| (a.role_id, a.scope))
+            .collect();
+        let deactivatable: std::collections::HashSet<&str> = requests
+            .iter()
+            .filter(|r| {
+                r.action == apb::RequestAction::SelfActivate as i32
+                    && r.status == apb::RequestStatus::Provisioned as i32
+                    && active.remove(&(r.role_id.clone(), r.scope.clone()))
+            })
+            .map(|r| r.id.as_str())
+            .collect();
         Ok::<_, Failure>(html! {
             @if requests.is_empty() {
                 p { "You have made no requests." }
@@ -424,6 +460,9 @@ pub async fn my_requests(
                                             (view::csrf(&caller))
                                             button type="submit" { "Cancel" }
                                         }
+                                    } @else if deactivatable.contains(r.id.as_str()) {
+                                        @let name = names.get(&r.role_id).map(String::as_str).unwrap_or(short(&r.role_id));
+                                        (deactivate_form(&caller, &r.role_id, &r.scope, name, "/requests"))
                                     }
                                 }
                             }
