@@ -8,7 +8,7 @@
 - Lee asks for Security Reader, which Ann must approve; Ann approves on the Approvals page, and
   Lee's page, left open, turns active without a reload; he deactivates it from My requests.
 - Lee activates his membership of a group from My roles (PIM for Groups), and asks to extend
-  an eligibility that ends.
+  an eligibility that ends, and an active assignment the admin gave him for a week.
 - Ann decides an access review item; the admin dismisses an alert, and weakens a role's
   settings on Role settings: the policy_weakened alert appears; adds an approval stage and a
   notification rule there (the CLI reads them back); the change is found on Audit,
@@ -382,6 +382,21 @@ def main(pim: str) -> int:
         admin.get_by_role("button", name="Remove Global Reader from ann").click()
         expect(admin.get_by_role("status")).to_contain_text("The assignment is removed")
         expect(admin.get_by_role("button", name="Remove Global Reader from ann")).to_have_count(0)
+        # An active assignment for a time: Lee asks from My roles to extend it.
+        admin.get_by_text("Assign a role").click()
+        admin.get_by_label("User (user name)").fill("lee")
+        admin.get_by_label("Role", exact=True).last.select_option(label="Groups Administrator")
+        admin.get_by_label("Kind").select_option("active")
+        admin.get_by_label("For (e.g. 30d)").fill("7d")
+        admin.get_by_label("Justification").fill("directory clean-up")
+        admin.get_by_role("button", name="Assign", exact=True).click()
+        expect(admin.get_by_role("status")).to_contain_text("Assigned to lee")
+        lee.goto(portal + "/roles")
+        held = lee.locator("section[aria-labelledby=active-h] tr").filter(has_text="Groups Administrator")
+        held.get_by_text("Extend").first.click()
+        held.get_by_label("Justification").fill("the clean-up takes a month")
+        held.get_by_role("button", name="Ask to extend Groups Administrator").click()
+        expect(lee.get_by_role("status").first).to_contain_text("Your request to extend Groups Administrator is waiting")
 
         # Directory: disabling Ann ends her sessions; her open portal session is over too.
         admin.get_by_role("link", name="Directory").click()

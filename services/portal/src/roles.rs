@@ -113,7 +113,7 @@ async fn roles_content(caller: &Caller) -> Result<Markup, Failure> {
                 table {
                     thead { tr { th scope="col" { "Role" } th scope="col" { "Scope" } th scope="col" { "Until" } th scope="col" { "Time left" } th scope="col" { span.visually-hidden { "Actions" } } } }
                     tbody {
-                        @for a in &active {
+                        @for (i, a) in active.iter().enumerate() {
                             @let end = timestamp(&a.end_time);
                             tr data-role=(a.role_name) {
                                 td { (a.role_name) (via(a)) }
@@ -123,6 +123,8 @@ async fn roles_content(caller: &Caller) -> Result<Markup, Failure> {
                                 td {
                                     @if a.activated && a.principal_id == caller.user.principal_id {
                                         (deactivate_form(caller, &a.role_id, &a.scope, &a.role_name, "/roles"))
+                                    } @else if a.end_time.is_some() && a.via_group_id.is_empty() && a.principal_id == caller.user.principal_id {
+                                        (extend_form(caller, &format!("active-{i}"), a))
                                     }
                                 }
                             }
@@ -160,7 +162,7 @@ async fn roles_content(caller: &Caller) -> Result<Markup, Failure> {
                                 td { (moment(timestamp(&a.end_time))) }
                                 td {
                                     (activate_form(caller, i, a))
-                                    @if a.end_time.is_some() && a.via_group_id.is_empty() { (extend_form(caller, i, a)) }
+                                    @if a.end_time.is_some() && a.via_group_id.is_empty() { (extend_form(caller, &format!("eligible-{i}"), a)) }
                                 }
                             }
                         }
@@ -207,7 +209,14 @@ fn via(a: &apb::Assignment) -> Markup {
 }
 
 /// Asking an administrator for more time on an eligibility that ends (Entra's "Extend").
-fn extend_form(caller: &Caller, i: usize, a: &apb::Assignment) -> Markup {
+/// Asks to extend an assignment (eligible, or active as an administrator assigned it) that
+/// ends; `i` tells its fields from the other rows'.
+fn extend_form(caller: &Caller, i: &str, a: &apb::Assignment) -> Markup {
+    let kind = if a.kind == apb::AssignmentKind::Active as i32 {
+        "active"
+    } else {
+        "eligible"
+    };
     html! {
         details {
             summary { "Extend " span.visually-hidden { (a.role_name) } }
@@ -216,6 +225,7 @@ fn extend_form(caller: &Caller, i: usize, a: &apb::Assignment) -> Markup {
                 input type="hidden" name="role_id" value=(a.role_id);
                 input type="hidden" name="scope" value=(a.scope);
                 input type="hidden" name="role_name" value=(a.role_name);
+                input type="hidden" name="kind" value=(kind);
                 label for=(format!("extend-{i}")) { "For (e.g. 90d)" }
                 input id=(format!("extend-{i}")) name="duration" type="text" value="90d";
                 label for=(format!("extend-why-{i}")) { "Justification" }
@@ -226,7 +236,8 @@ fn extend_form(caller: &Caller, i: usize, a: &apb::Assignment) -> Markup {
     }
 }
 
-/// POST /roles/extend: asks an administrator to extend the caller's eligibility.
+/// POST /roles/extend: asks an administrator to extend the caller's eligible or active
+/// assignment.
 pub async fn extend(caller: Caller, CheckedForm(fields): CheckedForm) -> Response {
     let what = fields.get("role_name");
     let Ok(duration) = humantime::parse_duration(fields.get("duration")) else {
@@ -238,7 +249,10 @@ pub async fn extend(caller: Caller, CheckedForm(fields): CheckedForm) -> Respons
     };
     let request = apb::CreateRequestRequest {
         action: apb::RequestAction::SelfExtend as i32,
-        kind: apb::AssignmentKind::Eligible as i32,
+        kind: match fields.get("kind") {
+            "active" => apb::AssignmentKind::Active,
+            _ => apb::AssignmentKind::Eligible,
+        } as i32,
         role_id: fields.get("role_id").to_owned(),
         scope: fields.get("scope").to_owned(),
         schedule: Some(apb::Schedule {
