@@ -2,7 +2,7 @@
 //! role's notification rules after each change (`NotificationsDue` on its stream), and audit
 //! records it. Approvers named as a group hear of an activation waiting for them (the
 //! requester is never named; audit, which reaches a group through its members, excepts
-//! them there too: `store_tests::notification_mail_is_queued_once_per_recipient_and_claimed_once`); administrators and the assignee hear of an activation;
+//! them there too: `store_tests::deliveries::notification_mail_is_queued_once_per_recipient_and_claimed_once`); administrators and the assignee hear of an activation;
 //! a rule that says none is kept; turning the administrators' alert off is weakening.
 
 use prost::Message;
