@@ -115,3 +115,124 @@ fn no_status_is_built_outside_the_grpc_adapters() -> anyhow::Result<()> {
     assert!(found.is_empty(), "tonic::Status built in domain code: {found:#?}");
     Ok(())
 }
+
+/// Inside every crate, the top-level modules depend on one another one way: no module is
+/// reached again from what it uses (the crate root, which wires them, and test modules aside;
+/// a doc link is not a dependency).
+#[test]
+fn no_import_circle_among_a_crates_modules() -> anyhow::Result<()> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut crates = Vec::new();
+    for folder in ["services", "shared"] {
+        for entry in std::fs::read_dir(root.join(folder))? {
+            let src = entry?.path().join("src");
+            if src.is_dir() {
+                crates.push(src);
+            }
+        }
+    }
+    anyhow::ensure!(crates.len() >= 8, "the crates were found: {crates:?}");
+    let mut circles = Vec::new();
+    for src in &crates {
+        let graph = module_graph(src)?;
+        for circle in circles_in(&graph) {
+            circles.push(format!("{}: {}", src.display(), circle.join(" ↔ ")));
+        }
+    }
+    assert!(circles.is_empty(), "modules that import each other: {circles:#?}");
+    Ok(())
+}
+
+/// Top-level module → the top-level modules its code names (`crate::m`, `use crate::{m, …}`).
+fn module_graph(src: &std::path::Path) -> anyhow::Result<std::collections::BTreeMap<String, BTreeSet<String>>> {
+    let mut files: std::collections::BTreeMap<String, Vec<std::path::PathBuf>> = Default::default();
+    for entry in std::fs::read_dir(src)? {
+        let path = entry?.path();
+        let name = path.file_stem().unwrap_or_default().to_string_lossy().into_owned();
+        if path.is_dir() {
+            files.insert(name, rust_files(&path)?);
+        } else if path.extension().is_some_and(|e| e == "rs") && name != "lib" && name != "main" {
+            files.entry(name).or_default().push(path);
+        }
+    }
+    let modules: BTreeSet<String> = files.keys().cloned().collect();
+    let mut graph = std::collections::BTreeMap::new();
+    for (module, paths) in &files {
+        let mut uses = BTreeSet::new();
+        for path in paths {
+            let text = std::fs::read_to_string(path)?;
+            let code = text.split("#[cfg(test)]\nmod tests").next().unwrap_or_default();
+            let code: String = code
+                .lines()
+                .map(|line| line.split("//").next().unwrap_or_default())
+                .collect::<Vec<_>>()
+                .join("\n");
+            for (at, _) in code.match_indices("crate::") {
+                let rest = &code[at + "crate::".len()..];
+                let named: Vec<&str> = match rest.strip_prefix('{') {
+                    Some(group) => group
+                        .split('}')
+                        .next()
+                        .unwrap_or_default()
+                        .split(|c: char| !c.is_alphanumeric() && c != '_')
+                        .collect(),
+                    None => vec![
+                        rest.split(|c: char| !c.is_alphanumeric() && c != '_')
+                            .next()
+                            .unwrap_or_default(),
+                    ],
+                };
+                uses.extend(
+                    named
+                        .into_iter()
+                        .filter(|n| modules.contains(*n) && *n != module)
+                        .map(str::to_owned),
+                );
+            }
+        }
+        graph.insert(module.clone(), uses);
+    }
+    Ok(graph)
+}
+
+fn rust_files(folder: &std::path::Path) -> anyhow::Result<Vec<std::path::PathBuf>> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(folder)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            found.extend(rust_files(&path)?);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            found.push(path);
+        }
+    }
+    Ok(found)
+}
+
+/// The groups of modules that reach one another (strongly connected, more than one).
+fn circles_in(graph: &std::collections::BTreeMap<String, BTreeSet<String>>) -> Vec<Vec<String>> {
+    let reach = |from: &str| {
+        let mut seen = BTreeSet::new();
+        let mut next = vec![from.to_owned()];
+        while let Some(m) = next.pop() {
+            for n in graph.get(&m).into_iter().flatten() {
+                if seen.insert(n.clone()) {
+                    next.push(n.clone());
+                }
+            }
+        }
+        seen
+    };
+    let reached: std::collections::BTreeMap<&String, BTreeSet<String>> = graph.keys().map(|m| (m, reach(m))).collect();
+    let mut circles: BTreeSet<Vec<String>> = BTreeSet::new();
+    for (m, from_m) in &reached {
+        let circle: Vec<String> = from_m
+            .iter()
+            .filter(|n| reached.get(n).is_some_and(|back| back.contains(*m)))
+            .cloned()
+            .collect();
+        if !circle.is_empty() {
+            circles.insert(circle);
+        }
+    }
+    circles.into_iter().collect()
+}

@@ -30,7 +30,7 @@ pub(crate) async fn keep(txn: &DatabaseTransaction, records: &mut Vec<store::Rec
     // record's subjects as they were then (a deleted user by the address it had).
     crate::webhooks::store::enqueue(txn, records, now).await?;
     crate::mail::learn_addresses(txn, records).await?;
-    let mut disabled = crate::ssf::end_receivers(txn, records, now).await?;
+    let mut disabled = crate::receivers::end_receivers(txn, records, now).await?;
     if !disabled.is_empty() {
         store::append_all(txn, &mut disabled, now).await?;
         crate::webhooks::store::enqueue(txn, &disabled, now).await?;

@@ -3,10 +3,12 @@
 
 mod chain;
 mod grpc;
+mod http;
 mod ingest;
 mod mail;
 mod ocsf;
 mod queue;
+mod receivers;
 mod records;
 mod ssf;
 mod store;
@@ -95,7 +97,7 @@ impl Audit {
     /// The Shared Signals transmitter's HTTP routes (configuration, keys, streams, polling),
     /// authenticating receivers with `verifier`; none without an issuer and a signing key.
     pub fn ssf_router(&self, verifier: Arc<pim_runtime::auth::TokenVerifier>) -> Option<axum::Router> {
-        ssf::http::router(self, verifier)
+        http::router(self, verifier)
     }
 
     async fn require_reader(&self, caller: &pim_runtime::auth::Caller) -> Result<(), Status> {

@@ -6,7 +6,7 @@
 
 use serde_json::{Value, json};
 
-use crate::store::Record;
+use crate::chain::Record;
 
 pub const OCSF_VERSION: &str = "1.1.0";
 

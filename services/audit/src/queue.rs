@@ -1,10 +1,22 @@
 //! What webhook deliveries and notification mail share: each row is attempted by one process
-//! at a time (a one-statement claim moves its next attempt to a lease), and settled rows are
-//! history until they are forgotten.
+//! at a time (a one-statement claim moves its next attempt to a lease), retried with the same
+//! backoff for a day, and settled rows are history until they are forgotten.
 
 use sea_orm::{ConnectionTrait, DbErr};
 
 use pim_runtime::db;
+
+/// How long a row is retried, from its first attempt, before it is given up.
+pub const GIVE_UP_AFTER_MS: i64 = 24 * 3600 * 1000;
+
+/// The wait before each retry (the last one repeats until the row is 24 hours old).
+const BACKOFF_SECS: &[i64] = &[1, 5, 30, 120, 600, 1800, 3600, 7200, 14400];
+
+/// When to try again after `attempts` failed attempts.
+pub fn next_attempt(now: i64, attempts: i32) -> i64 {
+    let step = (attempts.max(1) as usize - 1).min(BACKOFF_SECS.len() - 1);
+    now + BACKOFF_SECS[step] * 1000
+}
 
 /// The queues (a closed set: their names go into SQL).
 #[derive(Clone, Copy, Debug)]
@@ -66,5 +78,17 @@ impl Queue {
             vec![before.into()],
         )
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::next_attempt;
+
+    #[test]
+    fn retries_back_off_and_keep_a_ceiling() {
+        assert_eq!(next_attempt(0, 1), 1_000);
+        assert_eq!(next_attempt(0, 2), 5_000);
+        assert_eq!(next_attempt(0, 50), 14_400_000);
     }
 }

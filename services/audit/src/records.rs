@@ -12,7 +12,7 @@ use pim_proto::events::v1 as ev;
 use pim_runtime::db::from_timestamp;
 use pim_runtime::events::{Envelope, Rejected, decode, short_type};
 
-use crate::store::Record;
+use crate::chain::Record;
 
 /// HMAC-SHA256 tags for values audit correlates but does not disclose: the same address
 /// gives the same tag, and the tag does not give the address back without the key.

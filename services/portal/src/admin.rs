@@ -8,7 +8,7 @@ use maud::html;
 use pim_proto::alerting::v1 as lpb;
 use pim_proto::alerting::v1::alert_service_client::AlertServiceClient;
 
-use crate::decide::Names;
+use crate::lookup::Names;
 use crate::view::{self, moment, short, timestamp};
 use crate::web::{Caller, CheckedForm, Failure};
 
@@ -38,23 +38,8 @@ fn status_text(status: i32) -> &'static str {
     }
 }
 
-#[derive(serde::Deserialize, Default)]
-pub struct Paging {
-    #[serde(default)]
-    pub page: String,
-}
-
-/// The link to the next page, where there is one.
-pub fn next_page(path: &str, token: &str, label: &str) -> maud::Markup {
-    maud::html! {
-        @if !token.is_empty() {
-            nav aria-label="Pages" { a href=(format!("{path}?page={token}")) { (label) } }
-        }
-    }
-}
-
 /// GET /admin/alerts[?page=TOKEN]: open alerts, most severe first as alerting lists them.
-pub async fn alerts(caller: Caller, Query(paging): Query<Paging>) -> Html<String> {
+pub async fn alerts(caller: Caller, Query(paging): Query<crate::view::Paging>) -> Html<String> {
     let content = async {
         let listed = alerts_client(&caller)
             .list_alerts(caller.request(lpb::ListAlertsRequest {
@@ -67,7 +52,7 @@ pub async fn alerts(caller: Caller, Query(paging): Query<Paging>) -> Html<String
             .into_inner();
         let names = Names::of(&caller, listed.alerts.iter().map(|a| a.principal_id.clone()).collect())
             .await;
-        let roles = crate::roles::role_names(&caller).await?;
+        let roles = crate::lookup::role_names(&caller).await?;
         let role = |id: &str| roles.get(id).cloned().unwrap_or_default();
         Ok::<_, Failure>(html! {
             @if listed.alerts.is_empty() {

@@ -1,8 +1,6 @@
 //! *Approvals* (what waits for the caller, the requester's recent history, approve or deny
 //! with a reason) and *Access reviews* (the caller's items, with the recommendation).
 
-use std::collections::HashMap;
-
 use axum::extract::Path;
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use maud::{Markup, html};
@@ -10,46 +8,11 @@ use maud::{Markup, html};
 use pim_proto::approval::v1 as rpb;
 use pim_proto::approval::v1::access_review_service_client::AccessReviewServiceClient;
 use pim_proto::approval::v1::approval_service_client::ApprovalServiceClient;
-use pim_proto::identity::v1 as ipb;
-use pim_proto::identity::v1::directory_service_client::DirectoryServiceClient;
 
+use crate::lookup::Names;
 use crate::stepup;
-use crate::view::{self, moment, short, timestamp};
+use crate::view::{self, moment, timestamp};
 use crate::web::{Caller, CheckedForm, Failure};
-
-/// Principal names, looked up once per page; an id the caller may not look up stays an id.
-pub struct Names(HashMap<String, String>);
-
-impl Names {
-    pub async fn of(caller: &Caller, ids: Vec<String>) -> Self {
-        let mut names = HashMap::new();
-        for id in &ids {
-            if id.is_empty() || names.contains_key(id) {
-                continue;
-            }
-            let name = DirectoryServiceClient::new(caller.portal.0.upstreams.identity.clone())
-                .get_principal(caller.request(ipb::GetPrincipalRequest {
-                    principal_id: id.clone(),
-                }))
-                .await
-                .ok()
-                .map(|p| p.into_inner())
-                .map(|p| {
-                    if p.user_name.is_empty() {
-                        p.display_name
-                    } else {
-                        p.user_name
-                    }
-                });
-            names.insert(id.clone(), name.unwrap_or_else(|| short(id).to_owned()));
-        }
-        Self(names)
-    }
-
-    pub fn get<'a>(&'a self, id: &'a str) -> &'a str {
-        self.0.get(id).map(String::as_str).unwrap_or(id)
-    }
-}
 
 fn approvals_client(caller: &Caller) -> ApprovalServiceClient<tonic::transport::Channel> {
     ApprovalServiceClient::new(caller.portal.0.upstreams.approval.clone())
@@ -64,7 +27,7 @@ fn duration_text(d: &Option<prost_types::Duration>) -> String {
 /// GET /approvals: requests waiting for the caller's decision.
 pub async fn approvals(
     caller: Caller,
-    axum::extract::Query(paging): axum::extract::Query<crate::admin::Paging>,
+    axum::extract::Query(paging): axum::extract::Query<crate::view::Paging>,
 ) -> Html<String> {
     let mut next = String::new();
     let content = async {
@@ -93,7 +56,7 @@ pub async fn approvals(
     .unwrap_or_else(|failure| caller.failed(failure));
     let content = maud::html! {
         (content)
-        (crate::admin::next_page("/approvals", &next, "More approvals"))
+        (crate::view::next_page("/approvals", &next, "More approvals"))
     };
     view::page(&caller, "/approvals", "Approvals", content)
 }
@@ -247,7 +210,7 @@ pub async fn reviews(caller: Caller) -> Html<String> {
             .into_inner()
             .items;
         let names = Names::of(&caller, items.iter().map(|i| i.principal_id.clone()).collect()).await;
-        let roles = crate::roles::role_names(&caller).await?;
+        let roles = crate::lookup::role_names(&caller).await?;
         Ok::<_, Failure>(html! {
             @if items.is_empty() {
                 p { "No access review waits for you." }

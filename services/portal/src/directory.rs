@@ -11,31 +11,11 @@ use maud::{Markup, html};
 use pim_proto::assignment::v1 as apb;
 use pim_proto::assignment::v1::assignment_service_client::AssignmentServiceClient;
 use pim_proto::identity::v1 as ipb;
-use pim_proto::identity::v1::directory_service_client::DirectoryServiceClient;
 use pim_proto::identity::v1::mfa_service_client::MfaServiceClient;
 
-use crate::decide::Names;
+use crate::lookup::{Names, directory, user_named};
 use crate::view::{self, moment, timestamp};
 use crate::web::{Caller, CheckedForm, Failure};
-
-pub(crate) fn directory(caller: &Caller) -> DirectoryServiceClient<tonic::transport::Channel> {
-    DirectoryServiceClient::new(caller.portal.0.upstreams.identity.clone())
-}
-
-/// The user a form names (by user name or id), or why there is none.
-pub(crate) async fn user_named(caller: &Caller, reference: &str) -> Result<ipb::User, Failure> {
-    let reference = reference.trim();
-    directory(caller)
-        .get_user(caller.request(ipb::GetUserRequest {
-            user: reference.to_owned(),
-        }))
-        .await
-        .map(tonic::Response::into_inner)
-        .map_err(|status| match status.code() {
-            tonic::Code::NotFound => Failure::Refused(format!("no user is named {reference:?}")),
-            _ => Failure::from(status),
-        })
-}
 
 fn assignments(caller: &Caller) -> AssignmentServiceClient<tonic::transport::Channel> {
     AssignmentServiceClient::new(caller.portal.0.upstreams.assignment.clone())
@@ -54,7 +34,7 @@ pub struct Filter {
 /// GET /admin/assignments[?role=ID]: every eligible and active assignment (of one role).
 pub async fn assignments_page(caller: Caller, Query(filter): Query<Filter>) -> Html<String> {
     let content = async {
-        let roles = crate::roles::role_list(&caller).await?;
+        let roles = crate::lookup::role_list(&caller).await?;
         let asked = || apb::ListAssignmentsRequest {
             role_id: filter.role.clone(),
             ..Default::default()

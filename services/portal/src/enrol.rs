@@ -6,7 +6,7 @@
 
 use axum::extract::State;
 use axum::http::HeaderMap;
-use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::response::{IntoResponse, Redirect, Response};
 use maud::{Markup, PreEscaped, html};
 
 use pim_proto::identity::v1 as ipb;
@@ -88,30 +88,6 @@ fn setup(csrf: &str, action: &str, enrolling: &Enrolling, problem: Option<&str>)
     }
 }
 
-fn signin_document(title: &str, body: Markup) -> Response {
-    Html(view::document(title, html! { main id="main" .narrow { h1 { (title) } (body) } }).into_string())
-        .into_response()
-}
-
-/// At sign-in, the password is right and the account has no second factor yet: the offer to
-/// add an authenticator app (with an administrator's enrolment pass, where the account's
-/// enrolment window has closed).
-pub fn first_method(session: &Session, problem: Option<&str>) -> Response {
-    signin_document(
-        "Add an authenticator app",
-        html! {
-            @if let Some(problem) = problem { (view::problem(problem)) }
-            p { "Your password is right. This directory requires a second factor, and your account has none yet: add an authenticator app now to finish signing in." }
-            form method="post" action="/signin/enrol" {
-                input type="hidden" name="csrf" value=(session.csrf);
-                label for="pass" { "Enrolment pass (only if your administrator gave you one)" }
-                input id="pass" name="pass" type="text" autocomplete="off" spellcheck="false";
-                button type="submit" { "Set up an authenticator app" }
-            }
-        },
-    )
-}
-
 /// The session between password and enrolment, and its short-lived token.
 fn pending(portal: &Portal, headers: &HeaderMap) -> Option<(Session, String, String)> {
     let session = portal.session_of(headers)?;
@@ -139,12 +115,12 @@ pub async fn begin_at_sign_in(
     match mfa(&portal).enroll_totp(request).await {
         Ok(answer) => {
             let enrolling = remember(&portal, &session.id, answer.into_inner());
-            signin_document(
+            signin::document(
                 "Add an authenticator app",
                 setup(&session.csrf, "/signin/enrol/confirm", &enrolling, None),
             )
         }
-        Err(status) => first_method(&session, Some(&stepup::code_refusal(status))),
+        Err(status) => signin::first_method(&session, Some(&stepup::code_refusal(status))),
     }
 }
 
@@ -159,7 +135,7 @@ pub async fn confirm_at_sign_in(
         return Redirect::to("/signin").into_response();
     };
     let Some(enrolling) = session.enrolling.clone() else {
-        return first_method(&session, None);
+        return signin::first_method(&session, None);
     };
     let request = ip.request(
         ipb::ConfirmTotpRequest {
@@ -175,9 +151,9 @@ pub async fn confirm_at_sign_in(
                 tracing::info!("an authenticator app was added at sign-in in the portal");
                 response
             }
-            None => first_method(&session, Some("The app is added; sign in again with a code from it.")),
+            None => signin::first_method(&session, Some("The app is added; sign in again with a code from it.")),
         },
-        Err(status) => signin_document(
+        Err(status) => signin::document(
             "Add an authenticator app",
             setup(
                 &session.csrf,

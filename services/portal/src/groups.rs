@@ -11,7 +11,7 @@ use maud::{Markup, html};
 use pim_proto::catalogue;
 use pim_proto::identity::v1 as ipb;
 
-use crate::directory::{directory, user_named};
+use crate::lookup::{directory, user_named};
 use crate::view::{self, moment, timestamp};
 use crate::web::{Caller, CheckedForm, Failure, Fields};
 
@@ -184,7 +184,7 @@ async fn changed(
         let id = fields.get("principal_id").to_owned();
         (
             id.clone(),
-            crate::decide::Names::of(caller, vec![id.clone()])
+            crate::lookup::Names::of(caller, vec![id.clone()])
                 .await
                 .get(&id)
                 .to_owned(),

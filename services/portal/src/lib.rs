@@ -4,8 +4,10 @@
 //!
 //! - `session`: cookies, CSRF tokens, timeouts; the tokens stay on the server.
 //! - `web`: what every page shares (the signed-in caller, security headers, failures, forms).
-//! - `view`: the layout and the small pieces pages are made of (maud escapes every value).
-//! - `signin`, `enrol` (authenticator apps), `account` (passkeys), `roles`, `decide` (approvals and reviews), `admin`: the pages.
+//! - `layout`, `view`: the document, the layout and the small pieces pages are made of (maud
+//!   escapes every value); `lookup`: names for ids and ids for names.
+//! - `signin`, `enrol` (authenticator apps), `account` (passkeys), `roles`, `decide`
+//!   (approvals and reviews), `admin`, `directory`, `groups`, `policies`, `audit`: the pages.
 
 // A handler's early exit is a ready `Response` (a redirect, a refusal page): boxing it would
 // buy nothing on a path taken once per request.
@@ -26,6 +28,8 @@ mod decide;
 mod directory;
 mod enrol;
 mod groups;
+mod layout;
+mod lookup;
 mod policies;
 mod roles;
 pub mod session;

@@ -9,7 +9,6 @@ use maud::{Markup, html};
 
 use pim_proto::assignment::v1 as apb;
 use pim_proto::assignment::v1::assignment_service_client::AssignmentServiceClient;
-use pim_proto::assignment::v1::role_service_client::RoleServiceClient;
 use pim_proto::common::v1::Ticket;
 
 use crate::view::{self, moment, short, time_left, timestamp};
@@ -22,20 +21,6 @@ pub async fn home() -> Redirect {
 
 fn assignments(caller: &Caller) -> AssignmentServiceClient<tonic::transport::Channel> {
     AssignmentServiceClient::new(caller.portal.0.upstreams.assignment.clone())
-}
-
-/// Every role definition, built-in and custom.
-pub(crate) async fn role_list(caller: &Caller) -> Result<Vec<apb::RoleDefinition>, Failure> {
-    Ok(RoleServiceClient::new(caller.portal.0.upstreams.assignment.clone())
-        .list_role_definitions(caller.request(apb::ListRoleDefinitionsRequest {}))
-        .await?
-        .into_inner()
-        .roles)
-}
-
-/// Role id → name, for requests (which carry ids only).
-pub(crate) async fn role_names(caller: &Caller) -> Result<HashMap<String, String>, Failure> {
-    Ok(role_list(caller).await?.into_iter().map(|r| (r.id, r.name)).collect())
 }
 
 /// A request's status as people say it.
@@ -101,7 +86,7 @@ async fn roles_content(caller: &Caller) -> Result<Markup, Failure> {
     let names = if pending.is_empty() {
         HashMap::new()
     } else {
-        role_names(caller).await?
+        crate::lookup::role_names(caller).await?
     };
     let now = caller.portal.0.sessions.now_ms();
     Ok(html! {
@@ -185,7 +170,7 @@ async fn name_group_access(caller: &Caller, lists: [&mut Vec<apb::Assignment>; 2
     if groups.is_empty() {
         return;
     }
-    let names = crate::decide::Names::of(caller, groups).await;
+    let names = crate::lookup::Names::of(caller, groups).await;
     for list in lists {
         for a in list.iter_mut() {
             let access = match a.role_id.as_str() {
@@ -413,7 +398,7 @@ pub async fn deactivate(caller: Caller, CheckedForm(fields): CheckedForm) -> Res
 /// GET /requests: the caller's requests, newest first.
 pub async fn my_requests(
     caller: Caller,
-    axum::extract::Query(paging): axum::extract::Query<crate::admin::Paging>,
+    axum::extract::Query(paging): axum::extract::Query<crate::view::Paging>,
 ) -> Html<String> {
     let mut next = String::new();
     let content = async {
@@ -428,7 +413,7 @@ pub async fn my_requests(
             .into_inner();
         next = listed.next_page_token;
         let requests = listed.requests;
-        let names = role_names(&caller).await?;
+        let names = crate::lookup::role_names(&caller).await?;
         // The caller's activations still active: the newest request that made each can end it.
         let mut active: std::collections::HashSet<(String, String)> = assignments(&caller)
             .list_active_assignments(caller.request(apb::ListAssignmentsRequest {
@@ -490,7 +475,7 @@ pub async fn my_requests(
     .unwrap_or_else(|failure| caller.failed(failure));
     let content = maud::html! {
         (content)
-        (crate::admin::next_page("/requests", &next, "Older requests"))
+        (crate::view::next_page("/requests", &next, "Older requests"))
     };
     view::page(&caller, "/requests", "My requests", content)
 }
@@ -518,7 +503,7 @@ pub async fn request(caller: Caller, Path(id): Path<String>) -> Html<String> {
             .get_request(caller.request(apb::GetRequestRequest { request_id: id }))
             .await?
             .into_inner();
-        let names = role_names(&caller).await?;
+        let names = crate::lookup::role_names(&caller).await?;
         Ok::<_, Failure>(html! {
             dl {
                 dt { "Role" } dd { (names.get(&r.role_id).map(String::as_str).unwrap_or(&r.role_id)) }

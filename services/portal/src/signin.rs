@@ -5,7 +5,7 @@
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{Html, IntoResponse, Redirect, Response};
-use maud::html;
+use maud::{Markup, html};
 
 use pim_proto::identity::v1 as ipb;
 use pim_proto::identity::v1::auth_service_client::AuthServiceClient;
@@ -76,6 +76,31 @@ fn code_form(session: &Session, problem: Option<&str>) -> Html<String> {
     )
 }
 
+/// A page of the sign-in (no navigation: no one is signed in yet).
+pub fn document(title: &str, body: Markup) -> Response {
+    Html(view::document(title, html! { main id="main" .narrow { h1 { (title) } (body) } }).into_string())
+        .into_response()
+}
+
+/// At sign-in, the password is right and the account has no second factor yet: the offer to
+/// add an authenticator app (`enrol` takes it from there) (with an administrator's enrolment pass, where the account's
+/// enrolment window has closed).
+pub fn first_method(session: &Session, problem: Option<&str>) -> Response {
+    document(
+        "Add an authenticator app",
+        html! {
+            @if let Some(problem) = problem { (view::problem(problem)) }
+            p { "Your password is right. This directory requires a second factor, and your account has none yet: add an authenticator app now to finish signing in." }
+            form method="post" action="/signin/enrol" {
+                input type="hidden" name="csrf" value=(session.csrf);
+                label for="pass" { "Enrolment pass (only if your administrator gave you one)" }
+                input id="pass" name="pass" type="text" autocomplete="off" spellcheck="false";
+                button type="submit" { "Set up an authenticator app" }
+            }
+        },
+    )
+}
+
 /// POST /signin: checks the password with identity.
 pub async fn password(
     State(portal): State<Portal>,
@@ -112,7 +137,7 @@ pub async fn password(
         // The token can only add a first method: kept server-side for the enrolment pages.
         let pending = (answer.access_token, user);
         portal.0.sessions.update(&session.id, |s| s.mfa_pending = Some(pending));
-        return crate::enrol::first_method(&session, None);
+        return first_method(&session, None);
     }
     signed_in(&portal, &session, answer, user)
 }

@@ -2,10 +2,11 @@
 //! value it writes; nothing here writes raw HTML from data.
 
 use axum::response::Html;
-use maud::{DOCTYPE, Markup, html};
+use maud::{Markup, html};
 
 use pim_runtime::db::from_timestamp;
 
+pub use crate::layout::{document, problem};
 use crate::web::Caller;
 
 /// The main navigation: (path, label).
@@ -69,42 +70,6 @@ pub fn page(caller: &Caller, current: &str, title: &str, content: Markup) -> Htm
     )
 }
 
-/// A page with no navigation (sign-in, refusals).
-pub fn bare_page(title: &str, text: &str) -> Html<String> {
-    Html(
-        document(
-            title,
-            html! {
-                main id="main" {
-                    h1 { (title) }
-                    p { (text) }
-                    p { a href="/roles" { "Back to PIM" } }
-                }
-            },
-        )
-        .into_string(),
-    )
-}
-
-pub fn document(title: &str, body: Markup) -> Markup {
-    html! {
-        (DOCTYPE)
-        html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { (title) " · PIM" }
-                link rel="stylesheet" href="/static/portal.css";
-                script src="/static/portal.js" defer {}
-            }
-            body {
-                a.skip href="#main" { "Skip to the content" }
-                (body)
-            }
-        }
-    }
-}
-
 /// The session's CSRF token, as every form carries it.
 pub fn csrf(caller: &Caller) -> Markup {
     html! { input type="hidden" name="csrf" value=(caller.session.csrf); }
@@ -141,9 +106,19 @@ pub fn time_left(end_ms: Option<i64>, now_ms: i64) -> String {
     }
 }
 
-/// A paragraph saying what failed (a refusal's own words, or a reference for a fault).
-pub fn problem(text: &str) -> Markup {
-    html! { p.flash.bad role="alert" { (text) } }
+#[derive(serde::Deserialize, Default)]
+pub struct Paging {
+    #[serde(default)]
+    pub page: String,
+}
+
+/// The link to the next page, where there is one.
+pub fn next_page(path: &str, token: &str, label: &str) -> Markup {
+    html! {
+        @if !token.is_empty() {
+            nav aria-label="Pages" { a href=(format!("{path}?page={token}")) { (label) } }
+        }
+    }
 }
 
 /// The first 8 characters of an id, for a person to tell rows apart.

@@ -15,7 +15,7 @@ use pim_proto::identity::v1::auth_service_client::AuthServiceClient;
 use pim_runtime::db::from_timestamp;
 
 use crate::session::{self, Session, SignedIn};
-use crate::{Portal, view};
+use crate::{Portal, layout};
 
 /// Why an action did not happen, in the portal's words.
 #[derive(Debug)]
@@ -169,7 +169,7 @@ impl Caller {
                 p.flash.bad role="alert" { (failure.text()) " " a href="/signin" { "Sign in" } }
             };
         }
-        view::problem(&failure.text())
+        layout::problem(&failure.text())
     }
 
     pub fn flash(&self, good: bool, text: impl Into<String>) {
@@ -309,7 +309,7 @@ fn check_token(headers: &HeaderMap, session: &Session, token: &str, public: Opti
         );
         return Err((
             StatusCode::FORBIDDEN,
-            view::bare_page(
+            layout::bare_page(
                 "Refused",
                 "This form was not sent from this portal's own page, or the page is too old. \
                  Go back, reload the page and try again.",
@@ -376,7 +376,7 @@ fn static_file(content_type: &'static str, body: &'static str) -> Response {
 pub async fn not_found(State(_): State<Portal>) -> Response {
     (
         StatusCode::NOT_FOUND,
-        view::bare_page("Not found", "There is no such page here."),
+        layout::bare_page("Not found", "There is no such page here."),
     )
         .into_response()
 }

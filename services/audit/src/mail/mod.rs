@@ -16,8 +16,8 @@ use serde_json::Value;
 
 use pim_runtime::db::{Db, now_ms};
 
-use crate::store::Record;
-use crate::webhooks::{GIVE_UP_AFTER_MS, next_attempt};
+use crate::chain::Record;
+use crate::queue::{GIVE_UP_AFTER_MS, next_attempt};
 use store::Mail;
 
 /// How long a claimed mail is another replica's to leave alone.

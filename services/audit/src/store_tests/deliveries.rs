@@ -9,8 +9,9 @@ use super::*;
 /// and the subscription is suspended (nothing more is queued for it) until resumed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhook_deliveries_keep_order_per_subscription_and_are_dead_lettered_after_a_day() -> anyhow::Result<()> {
+    use crate::queue::GIVE_UP_AFTER_MS;
     use crate::webhooks::store as hooks;
-    use crate::webhooks::{Dispatcher, GIVE_UP_AFTER_MS, Keys, Subscription};
+    use crate::webhooks::{Dispatcher, Keys, Subscription};
     pim_runtime::testing::on_both_databases::<store::Migrator, _, _>("audit", None, |db| async move {
         // Nothing listens on port 9 of the loopback: every attempt fails at once.
         for (id, types) in [("s1", vec![]), ("s2", vec!["RoleActivated".to_owned()])] {

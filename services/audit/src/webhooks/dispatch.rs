@@ -12,7 +12,8 @@ use pim_runtime::db::{Db, now_ms};
 use pim_runtime::events::{Outbox, envelope, streams};
 
 use super::store::{self, DEAD, Delivery, PENDING};
-use super::{GIVE_UP_AFTER_MS, Keys, http, next_attempt};
+use super::{Keys, http};
+use crate::queue::{GIVE_UP_AFTER_MS, next_attempt};
 
 /// How long one attempt may take before it counts as failed.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);

@@ -6,7 +6,6 @@
 //! raises an alert on.
 
 mod dispatch;
-mod grpc;
 mod http;
 pub(crate) mod store;
 
@@ -16,23 +15,12 @@ use sha2::Sha256;
 
 pub(crate) use dispatch::Dispatcher;
 
-use crate::store::Record;
+use crate::chain::Record;
 
-/// How long a delivery is retried, from its first attempt, before it is given up.
-pub const GIVE_UP_AFTER_MS: i64 = 24 * 3600 * 1000;
 /// How long delivered and dead deliveries are kept (their history).
 pub const KEPT_FOR_MS: i64 = 7 * 24 * 3600 * 1000;
 /// How long an old secret keeps signing beside a rotated one.
 pub const ROTATION_OVERLAP_MS: i64 = 24 * 3600 * 1000;
-
-/// The wait before each retry (the last one repeats until the delivery is 24 hours old).
-const BACKOFF_SECS: &[i64] = &[1, 5, 30, 120, 600, 1800, 3600, 7200, 14400];
-
-/// When to try again after `attempts` failed attempts.
-pub fn next_attempt(now: i64, attempts: i32) -> i64 {
-    let step = (attempts.max(1) as usize - 1).min(BACKOFF_SECS.len() - 1);
-    now + BACKOFF_SECS[step] * 1000
-}
 
 const SEVERITIES: &[&str] = &["low", "medium", "high", "critical"];
 
@@ -370,12 +358,5 @@ mod tests {
         assert!(s.wants(&record("pim.alerting.v1.AlertRaised", "", r#"{"severity":"critical"}"#)));
         assert!(!s.wants(&record("pim.alerting.v1.AlertRaised", "", r#"{"severity":"medium"}"#)));
         assert!(!s.wants(&record("pim.assignment.v1.RoleActivated", "", "{}")));
-    }
-
-    #[test]
-    fn retries_back_off_and_keep_a_ceiling() {
-        assert_eq!(next_attempt(0, 1), 1_000);
-        assert_eq!(next_attempt(0, 2), 5_000);
-        assert_eq!(next_attempt(0, 50), 14_400_000);
     }
 }

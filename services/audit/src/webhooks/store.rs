@@ -5,9 +5,9 @@ use sea_orm::{ConnectionTrait, DbErr, QueryResult};
 use pim_runtime::db::{self, col};
 
 use super::Subscription;
+use crate::chain::Record;
 use crate::queue::Queue;
 use crate::ssf::{self, Method, Stream, StreamStatus, SubjectFormat};
-use crate::store::Record;
 
 /// The tables (migration m0004_webhooks).
 pub const MIGRATION: &str = "CREATE TABLE webhook_subscriptions (

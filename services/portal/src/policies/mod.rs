@@ -14,7 +14,7 @@ use pim_proto::assignment::v1::policy_service_client::PolicyServiceClient;
 use pim_proto::catalogue;
 use pim_proto::identity::v1 as ipb;
 
-use crate::decide::Names;
+use crate::lookup::Names;
 
 mod notifications;
 mod stages;
@@ -122,9 +122,9 @@ pub(super) fn duration_text(d: &Option<prost_types::Duration>) -> String {
 /// GET /admin/policies[?role=ID&scope=/]: the roles, or one role's settings.
 pub async fn page(caller: Caller, Query(which): Query<Which>) -> Html<String> {
     let content = async {
-        let roles = crate::roles::role_list(&caller).await?;
+        let roles = crate::lookup::role_list(&caller).await?;
         if which.role.is_empty() {
-            let groups = crate::directory::directory(&caller)
+            let groups = crate::lookup::directory(&caller)
                 .list_groups(caller.request(ipb::ListGroupsRequest {
                     page_size: 200,
                     ..Default::default()
@@ -221,7 +221,7 @@ pub(super) async fn approver_id(caller: &Caller, reference: &str) -> Result<Stri
     if uuid::Uuid::parse_str(reference).is_ok() {
         return Ok(reference.to_owned());
     }
-    Ok(crate::directory::user_named(caller, reference).await?.id)
+    Ok(crate::lookup::user_named(caller, reference).await?.id)
 }
 
 /// The policy the form describes (every setting it shows, named in the mask).

@@ -13,7 +13,7 @@ use pim_proto::common::v1::PrincipalKind;
 use pim_proto::identity::v1 as ipb;
 
 use super::{approver_id, duration_text, parse_duration};
-use crate::directory::directory;
+use crate::lookup::directory;
 use crate::web::{Caller, Failure, Fields};
 
 /// As many as assignment allows.

@@ -20,8 +20,8 @@ use pim_runtime::auth::{Caller, TokenVerifier};
 use pim_runtime::db::now_ms;
 use pim_runtime::host::Service as _;
 
-use super::{EVENTS_SUPPORTED, Method, Stream, StreamStatus, SubjectFormat, Transmitter};
-use crate::store::Record;
+use crate::chain::Record;
+use crate::ssf::{EVENTS_SUPPORTED, Method, Stream, StreamStatus, SubjectFormat, Transmitter, VERIFICATION};
 use crate::webhooks::store::{self, Delivery, PENDING};
 use crate::webhooks::{Subscription, validate};
 use crate::{Audit, ingest};
@@ -294,7 +294,7 @@ fn status_of(s: &Subscription) -> Value {
 /// The record of a change to a stream, by its receiver.
 fn change_record(caller: &Caller, action: &str, s: &Subscription, reason: &str) -> Record {
     let actor = caller.actor();
-    super::stream_record((&actor.principal_id, &actor.display_name), action, s, reason, now_ms())
+    crate::receivers::stream_record((&actor.principal_id, &actor.display_name), action, s, reason, now_ms())
 }
 
 /// `/ssf/streams`: create (POST), read (GET, one with `?stream_id=` or all the caller's),
@@ -552,7 +552,7 @@ async fn verify(State(e): State<Endpoints>, method: HttpMethod, uri: Uri, header
         }
         let now = now_ms();
         // A receiver asks now and then, not in a loop that fills its own queue.
-        let recent = store::queued_since(&e.audit.db, &s.id, super::VERIFICATION, now - 60_000)
+        let recent = store::queued_since(&e.audit.db, &s.id, VERIFICATION, now - 60_000)
             .await
             .map_err(fault)?;
         if recent >= VERIFICATIONS_PER_MINUTE {
@@ -573,8 +573,8 @@ async fn verify(State(e): State<Endpoints>, method: HttpMethod, uri: Uri, header
             subscription_id: s.id.clone(),
             position,
             event_id,
-            event_type: super::VERIFICATION.into(),
-            body: super::verification(&s.id, state),
+            event_type: VERIFICATION.into(),
+            body: crate::ssf::verification(&s.id, state),
             status: PENDING.into(),
             created_at: now,
             next_attempt_at: now,

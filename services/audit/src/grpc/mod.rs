@@ -1,5 +1,7 @@
 //! The audit service's gRPC surface: queries, exports, chain checks.
 
+mod webhooks;
+
 use tonic::{Request, Response, Status};
 
 use pim_proto::audit::v1 as pb;

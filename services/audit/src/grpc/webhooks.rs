@@ -11,10 +11,10 @@ use pim_runtime::auth::{Caller, caller};
 use pim_runtime::db::{now_ms, to_timestamp};
 use pim_runtime::grpc::{internal, invalid_argument};
 
-use super::store::{self, Delivery, PENDING};
-use super::{Keys, ROTATION_OVERLAP_MS, Subscription, validate};
+use crate::chain::Record;
 use crate::ssf::StreamStatus;
-use crate::store::Record;
+use crate::webhooks::store::{self, Delivery, PENDING};
+use crate::webhooks::{Keys, ROTATION_OVERLAP_MS, Subscription, validate};
 use crate::{Audit, ingest};
 
 fn subscription_to_pb(s: Subscription) -> pb::Subscription {
@@ -261,7 +261,7 @@ impl WebhookService for Audit {
             position: test.sequence,
             event_id: test.event_id.clone(),
             event_type: test.action.clone(),
-            body: super::cloud_event(&test),
+            body: crate::webhooks::cloud_event(&test),
             status: PENDING.into(),
             created_at: now,
             next_attempt_at: now,
