@@ -236,3 +236,38 @@ fn circles_in(graph: &std::collections::BTreeMap<String, BTreeSet<String>>) -> V
     }
     circles.into_iter().collect()
 }
+
+/// gRPC stays at the edges: in each service, only its adapters name `tonic` (the servers in
+/// `grpc`, the clients of other services in `clients.rs`, audit's HTTP endpoints), with the
+/// one error mapping (`error.rs`) and the crate root that hosts the routes.
+#[test]
+fn tonic_is_named_only_by_the_adapters() -> anyhow::Result<()> {
+    let services = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../services");
+    let adapters = ["lib.rs", "error.rs", "clients.rs", "grpc.rs", "grpc/", "http.rs"];
+    let mut found = Vec::new();
+    let mut read = 0;
+    for service in SERVICE_CRATES {
+        let src = services.join(service.trim_start_matches("pim-")).join("src");
+        for path in rust_files(&src)? {
+            read += 1;
+            let file = path.strip_prefix(&src)?.to_string_lossy().replace('\\', "/");
+            if adapters
+                .iter()
+                .any(|a| file == *a || (a.ends_with('/') && file.starts_with(a)))
+            {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path)?;
+            let code = text.split("#[cfg(test)]\nmod tests").next().unwrap_or_default();
+            if code
+                .lines()
+                .any(|line| line.split("//").next().unwrap_or_default().contains("tonic"))
+            {
+                found.push(format!("{service}: {file}"));
+            }
+        }
+    }
+    anyhow::ensure!(read > 60, "the services' sources were read ({read} files)");
+    assert!(found.is_empty(), "tonic named outside the adapters: {found:#?}");
+    Ok(())
+}

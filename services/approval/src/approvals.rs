@@ -7,14 +7,11 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use sea_orm::{DatabaseTransaction, TransactionTrait};
-use tonic::transport::Channel;
 
 use pim_proto::catalogue;
 use pim_proto::common::v1::{Actor, ApprovalStageSettings, PrincipalKind};
 use pim_proto::events::v1 as ev;
-use pim_proto::identity::v1::ListPrincipalGroupsRequest;
-use pim_proto::identity::v1::directory_service_client::DirectoryServiceClient;
-use pim_runtime::access::{AccessCheck, Target, on_behalf_of, permissions, require};
+use pim_runtime::access::{AccessCheck, Target, permissions, require};
 use pim_runtime::auth::Caller;
 use pim_runtime::clock::Clock;
 use pim_runtime::db::{Db, from_timestamp};
@@ -44,8 +41,7 @@ pub struct Approvals {
     pub(crate) db: Db,
     pub(crate) outbox: Outbox,
     pub(crate) access: Arc<dyn AccessCheck>,
-    pub(crate) identity: DirectoryServiceClient<Channel>,
-    pub(crate) assignment: Channel,
+    pub(crate) services: crate::clients::Services,
 
     pub(crate) clock: Arc<dyn Clock>,
     /// Whether reviewers are told by mail (`PIM_NOTIFICATIONS`).
@@ -274,7 +270,7 @@ impl Approvals {
         if !named.is_empty() {
             let groups = match &mut asked.groups {
                 Some(g) => g,
-                None => asked.groups.insert(self.groups_of(caller).await?),
+                None => asked.groups.insert(self.services.groups_of(caller).await?),
             };
             if named.iter().any(|id| groups.contains(id.as_str())) {
                 return Ok(true);
@@ -339,29 +335,7 @@ impl Approvals {
         if active.allowed {
             return Ok(true);
         }
-        Ok(pim_runtime::access::directly_owns(&self.identity, caller, group_id).await?)
-    }
-
-    /// The groups `caller` is a member of (asked of identity).
-    pub(crate) async fn groups_of(&self, caller: &Caller) -> Result<HashSet<String>> {
-        let request = on_behalf_of(
-            caller,
-            ListPrincipalGroupsRequest {
-                principal_id: caller.principal_id.clone(),
-            },
-        )?;
-        let groups = self
-            .identity
-            .clone()
-            .list_principal_groups(request)
-            .await
-            .map_err(|s| {
-                tracing::warn!(code = ?s.code(), "group lookup failed");
-                Error::Unavailable("group membership is unavailable; try again".into())
-            })?
-            .into_inner()
-            .groups;
-        Ok(groups.into_iter().map(|g| g.id).collect())
+        self.services.directly_owns(caller, group_id).await
     }
 
     /// Whether `caller` may see `approval`: its requester, anyone who decided it or may
@@ -416,11 +390,7 @@ impl Approvals {
     /// decisions; self-approval is recorded where it is caught. Best effort: the answer goes
     /// back to the caller whether or not this is stored.
     async fn refused(&self, caller: &Caller, id: &str, approve: bool, refusal: &Error) {
-        use tonic::Code;
-        if !matches!(
-            refusal.code(),
-            Code::PermissionDenied | Code::FailedPrecondition | Code::NotFound
-        ) {
+        if !refusal.is_refusal() {
             return;
         }
         let approval = match store::get(&self.db, id).await {

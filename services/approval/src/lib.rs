@@ -2,6 +2,7 @@
 //! timeouts, escalation), streamed to people and bots; and access reviews.
 
 mod approvals;
+mod clients;
 mod grpc;
 mod reviews;
 mod store;
@@ -17,7 +18,6 @@ use tonic::service::RoutesBuilder;
 use pim_proto::approval::v1::access_review_service_server::AccessReviewServiceServer;
 use pim_proto::approval::v1::approval_service_server::ApprovalServiceServer;
 use pim_proto::events::v1 as ev;
-use pim_proto::identity::v1::directory_service_client::DirectoryServiceClient;
 use pim_runtime::db::{Db, from_timestamp};
 use pim_runtime::events::{Envelope, EventHandler, Outbox, decode, short_type, streams};
 use pim_runtime::host::{Deps, Service};
@@ -37,8 +37,7 @@ impl Approval {
                 db: deps.db,
                 outbox: Outbox::default(),
                 access: deps.access,
-                identity: DirectoryServiceClient::new(deps.identity),
-                assignment: deps.assignment,
+                services: clients::Services::new(deps.identity, deps.assignment),
                 clock: deps.clock,
                 notify: deps.config.notifications,
                 changed: Arc::new(tokio::sync::watch::channel(0).0),

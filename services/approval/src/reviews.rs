@@ -9,8 +9,6 @@ use std::time::Duration;
 
 use sea_orm::{DatabaseTransaction, TransactionTrait};
 
-use pim_proto::assignment::v1::GetRoleDefinitionRequest;
-use pim_proto::assignment::v1::role_service_client::RoleServiceClient;
 use pim_proto::common::v1::NotificationParty;
 use pim_proto::common::v1::PrincipalKind;
 use pim_proto::events::v1::{self as ev, Happening, ReviewEvent};
@@ -140,7 +138,7 @@ impl Approvals {
             ));
         }
         require(self.access.as_ref(), caller, permissions::REVIEWS_MANAGE, &scope).await?;
-        let role_id = self.role_id(caller, role_id).await?;
+        let role_id = self.services.role_id(caller, role_id).await?;
         let now = self.now();
         let mut review = ReviewRow {
             id: uuid::Uuid::now_v7().to_string(),
@@ -181,26 +179,6 @@ impl Approvals {
         self.review_for(caller, &review.id).await
     }
 
-    /// The id of a role given by name or id; it must exist (asked of assignment, on the
-    /// caller's behalf).
-    async fn role_id(&self, caller: &Caller, role: &str) -> Result<String> {
-        let request = pim_runtime::access::on_behalf_of(caller, GetRoleDefinitionRequest { role: role.to_owned() })?;
-        match RoleServiceClient::new(self.assignment.clone())
-            .get_role_definition(request)
-            .await
-        {
-            Ok(found) => Ok(found.into_inner().id),
-            Err(s) if s.code() == tonic::Code::NotFound => {
-                Err(Error::invalid("review.role_id", "no such role definition"))
-            }
-            Err(s) if s.code() == tonic::Code::InvalidArgument => Err(Error::invalid("review.role_id", s.message())),
-            Err(s) => {
-                tracing::warn!(code = ?s.code(), "role lookup for a review failed");
-                Err(Error::Unavailable("role definitions are unavailable; try again".into()))
-            }
-        }
-    }
-
     /// A review the caller may see: reviews managers see all, reviewers theirs, and anyone
     /// a self-review.
     pub async fn review_for(&self, caller: &Caller, id: &str) -> Result<ReviewRow> {
@@ -232,7 +210,7 @@ impl Approvals {
         }
         let groups = match groups {
             Some(g) => g,
-            None => groups.insert(self.groups_of(caller).await?),
+            None => groups.insert(self.services.groups_of(caller).await?),
         };
         Ok(review.reviewer_ids.iter().any(|id| groups.contains(id)))
     }

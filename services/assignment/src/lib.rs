@@ -2,6 +2,7 @@
 //! decisions (CheckAccess) every other service authorizes with.
 
 mod assignments;
+mod clients;
 mod domain;
 mod drift;
 mod error;
@@ -34,7 +35,6 @@ use pim_proto::assignment::v1::assignment_service_server::AssignmentServiceServe
 use pim_proto::assignment::v1::policy_service_server::PolicyServiceServer;
 use pim_proto::assignment::v1::reconcile_service_server::ReconcileServiceServer;
 use pim_proto::assignment::v1::role_service_server::RoleServiceServer;
-use pim_proto::identity::v1::directory_service_client::DirectoryServiceClient;
 use pim_runtime::db::Db;
 use pim_runtime::events::Outbox;
 use pim_runtime::host::{Deps, Service};
@@ -86,7 +86,7 @@ impl Assignment {
             db: deps.db,
             outbox: Outbox::default(),
             roles,
-            identity: DirectoryServiceClient::new(deps.identity),
+            identity: clients::Directory::new(deps.identity),
             clock: deps.clock,
             timers: Arc::default(),
             expiry_notice_ms: deps.config.expiry_notice.as_millis() as i64,

@@ -1,8 +1,23 @@
 //! Clients of the other services identity asks (on the caller's behalf).
 
+use tonic::transport::Channel;
+
+use pim_proto::assignment::v1 as apb;
 use pim_proto::assignment::v1::assignment_service_client::AssignmentServiceClient;
 use pim_proto::assignment::v1::role_service_client::RoleServiceClient;
-use tonic::transport::Channel;
+use pim_runtime::access::on_behalf_of;
+use pim_runtime::auth::Caller;
+
+use crate::error::{Error, Result};
+
+/// Assignment's answer to "who is privileged?", in identity's words: a refusal stays one; any
+/// other failure means the answer is unknown, so the change waits.
+fn unavailable(status: tonic::Status) -> Error {
+    match Error::from(status) {
+        refused @ (Error::PermissionDenied(_) | Error::Unauthenticated(_)) => refused,
+        _ => Error::Unavailable("cannot tell whether the user is privileged; try again".into()),
+    }
+}
 
 /// Clients of the assignment service, for the privileged question.
 #[derive(Clone)]
@@ -17,5 +32,50 @@ impl AssignmentClients {
             assignments: AssignmentServiceClient::new(channel.clone()),
             roles: RoleServiceClient::new(channel),
         }
+    }
+
+    /// The ids of the privileged roles (built-in and custom).
+    pub async fn privileged_roles(&self, caller: &Caller) -> Result<Vec<String>> {
+        let roles = self
+            .roles
+            .clone()
+            .list_role_definitions(on_behalf_of(caller, apb::ListRoleDefinitionsRequest {})?)
+            .await
+            .map_err(unavailable)?;
+        Ok(roles
+            .into_inner()
+            .roles
+            .into_iter()
+            .filter(|r| r.privileged)
+            .map(|r| r.id)
+            .collect())
+    }
+
+    /// The roles a principal is eligible for or holds, directly or through a group, each with
+    /// its scope.
+    pub async fn roles_of(&self, caller: &Caller, principal_id: &str) -> Result<Vec<(String, String)>> {
+        let ask = apb::ListAssignmentsRequest {
+            principal_id: principal_id.to_owned(),
+            ..Default::default()
+        };
+        let eligible = self
+            .assignments
+            .clone()
+            .list_eligible_assignments(on_behalf_of(caller, ask.clone())?)
+            .await
+            .map_err(unavailable)?;
+        let active = self
+            .assignments
+            .clone()
+            .list_active_assignments(on_behalf_of(caller, ask)?)
+            .await
+            .map_err(unavailable)?;
+        Ok(eligible
+            .into_inner()
+            .assignments
+            .into_iter()
+            .chain(active.into_inner().assignments)
+            .map(|a| (a.role_id, a.scope))
+            .collect())
     }
 }

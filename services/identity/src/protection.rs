@@ -7,10 +7,9 @@
 
 use sea_orm::TransactionTrait;
 
-use pim_proto::assignment::v1 as apb;
 use pim_proto::catalogue;
 use pim_proto::events::v1 as ev;
-use pim_runtime::access::{on_behalf_of, permissions, require};
+use pim_runtime::access::{permissions, require};
 use pim_runtime::auth::Caller;
 
 use crate::credentials;
@@ -18,32 +17,10 @@ use crate::directory::Directory;
 use crate::error::{Error, Result};
 use crate::store::{self, UserRow};
 
-/// Assignment's answer to "who is privileged?", in identity's words: a refusal stays one; any
-/// other failure means the answer is unknown, so the change waits.
-fn unavailable(status: tonic::Status) -> Error {
-    match Error::from(status) {
-        refused @ (Error::PermissionDenied(_) | Error::Unauthenticated(_)) => refused,
-        _ => Error::Unavailable("cannot tell whether the user is privileged; try again".into()),
-    }
-}
-
 impl Directory {
     /// Whether `principal_id` is eligible for or holds a privileged role, directly or through a group.
     pub async fn is_privileged(&self, caller: &Caller, principal_id: &str) -> Result<bool> {
-        let clients = self.assignment.clone();
-        let roles = clients
-            .roles
-            .clone()
-            .list_role_definitions(on_behalf_of(caller, apb::ListRoleDefinitionsRequest {})?)
-            .await
-            .map_err(unavailable)?;
-        let privileged: Vec<String> = roles
-            .into_inner()
-            .roles
-            .into_iter()
-            .filter(|r| r.privileged)
-            .map(|r| r.id)
-            .collect();
+        let privileged = self.assignment.privileged_roles(caller).await?;
         Ok(self
             .roles_of(caller, principal_id)
             .await?
@@ -80,30 +57,7 @@ impl Directory {
     /// The roles a principal is eligible for or holds, directly or through a group, each with
     /// its scope.
     async fn roles_of(&self, caller: &Caller, principal_id: &str) -> Result<Vec<(String, String)>> {
-        let clients = self.assignment.clone();
-        let ask = apb::ListAssignmentsRequest {
-            principal_id: principal_id.to_owned(),
-            ..Default::default()
-        };
-        let eligible = clients
-            .assignments
-            .clone()
-            .list_eligible_assignments(on_behalf_of(caller, ask.clone())?)
-            .await
-            .map_err(unavailable)?;
-        let active = clients
-            .assignments
-            .clone()
-            .list_active_assignments(on_behalf_of(caller, ask)?)
-            .await
-            .map_err(unavailable)?;
-        Ok(eligible
-            .into_inner()
-            .assignments
-            .into_iter()
-            .chain(active.into_inner().assignments)
-            .map(|a| (a.role_id, a.scope))
-            .collect())
+        self.assignment.roles_of(caller, principal_id).await
     }
 
     /// Why `user`'s credentials are protected, if they are: a link to a role-assignable group

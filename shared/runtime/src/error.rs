@@ -37,6 +37,16 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whether this refuses the request on its merits (the caller may not, the state forbids
+    /// it, or there is no such thing), rather than for malformed input, a race to retry or a
+    /// fault: what is audited as a refused decision.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self.code(),
+            tonic::Code::PermissionDenied | tonic::Code::FailedPrecondition | tonic::Code::NotFound
+        )
+    }
+
     pub fn invalid(field: &'static str, message: impl Into<String>) -> Self {
         Self::InvalidArgument {
             field,

@@ -128,7 +128,7 @@ impl Assignments {
         &self,
         actor: Option<Actor>,
         mut request: RequestRow,
-        principal: &PrincipalInfo,
+        principal: &crate::clients::Principal,
         role_name: &str,
     ) -> Result<RequestRow> {
         let txn = self.db.begin().await?;

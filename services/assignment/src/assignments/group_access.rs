@@ -142,7 +142,7 @@ impl Assignments {
     }
 
     /// The group `group_id` names, as the directory knows it.
-    pub(super) async fn group(&self, caller: &Caller, group_id: &str) -> Result<PrincipalInfo> {
+    pub(super) async fn group(&self, caller: &Caller, group_id: &str) -> Result<crate::clients::Principal> {
         match self.principal(caller, group_id).await {
             Ok(p) if p.kind == PrincipalKind::Group => Ok(p),
             Ok(_) | Err(Error::NotFound(_)) => Err(Error::NotFound(format!("group {group_id}"))),
@@ -164,7 +164,7 @@ impl Assignments {
         if active.allowed {
             return Ok(true);
         }
-        Ok(pim_runtime::access::directly_owns(&self.identity, caller, group_id).await?)
+        self.identity.directly_owns(caller, group_id).await
     }
 
     /// A group was deleted (identity's `GroupDeleted`): every assignment it holds and every

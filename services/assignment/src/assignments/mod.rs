@@ -8,19 +8,17 @@ use std::time::Duration;
 use prost::Message;
 use sea_orm::{ConnectionTrait, DatabaseTransaction, TransactionTrait};
 use tokio::sync::broadcast;
-use tonic::transport::Channel;
 
 use pim_proto::common::v1::{Actor, PrincipalKind, Ticket};
 use pim_proto::events::v1 as ev;
-use pim_proto::identity::v1::GetPrincipalRequest;
-use pim_proto::identity::v1::directory_service_client::DirectoryServiceClient;
-use pim_runtime::access::{AccessCheck, Decision, Target, permissions};
+use pim_runtime::access::{Decision, Target, permissions};
 use pim_runtime::auth::Caller;
 use pim_runtime::clock::Clock;
 use pim_runtime::db::{Db, is_unique_violation, to_timestamp};
 use pim_runtime::events::{Outbox, OutboxRows, envelope, streams};
 use pim_runtime::grpc::RuleViolation;
 
+use crate::clients::{Directory, Principal};
 use crate::domain::{ActivationAsk, AdminAssignment, Kind, MfaState, Policy, RequestStatus, Schedule, Scope};
 use crate::error::{Error, Result};
 use crate::groups::Memberships;
@@ -62,7 +60,7 @@ pub struct Assignments {
     pub(crate) db: Db,
     pub(crate) outbox: Outbox,
     pub(crate) roles: RoleCatalog,
-    pub(crate) identity: DirectoryServiceClient<Channel>,
+    pub(crate) identity: Directory,
     pub(crate) clock: Arc<dyn Clock>,
     /// Tells the scheduler about new starts and ends.
     pub(crate) timers: Arc<Timers>,
@@ -104,15 +102,6 @@ pub struct ActivateRequest {
     pub scope: String,
     pub ask: ActivationAsk,
     pub validate_only: bool,
-}
-
-/// A principal as the directory knows it.
-struct PrincipalInfo {
-    /// The directory's id (asked by id or, for a user, by user name).
-    id: String,
-    kind: PrincipalKind,
-    name: String,
-    is_assignable_to_role: bool,
 }
 
 fn principal_kind_str(kind: PrincipalKind) -> &'static str {
@@ -228,37 +217,8 @@ impl Assignments {
         }
     }
 
-    async fn principal(&self, caller: &Caller, id: &str) -> Result<PrincipalInfo> {
-        let request = pim_runtime::access::on_behalf_of(
-            caller,
-            GetPrincipalRequest {
-                principal_id: id.to_owned(),
-            },
-        )?;
-        match self.identity.clone().get_principal(request).await {
-            Ok(p) => {
-                let p = p.into_inner();
-                if !p.enabled {
-                    return Err(Error::FailedPrecondition(format!("principal {id} is disabled")));
-                }
-                Ok(PrincipalInfo {
-                    id: p.id,
-                    kind: PrincipalKind::try_from(p.kind).unwrap_or(PrincipalKind::User),
-                    name: p.display_name,
-                    is_assignable_to_role: p.is_assignable_to_role,
-                })
-            }
-            Err(s) if s.code() == tonic::Code::NotFound => Err(Error::NotFound(format!("principal {id}"))),
-            // The directory's own refusal (the caller may not look principals up), as it said it.
-            Err(s) if s.code() == tonic::Code::PermissionDenied => Err(Error::PermissionDenied(s.message().into())),
-            Err(s) if s.code() == tonic::Code::InvalidArgument => Err(Error::invalid("principal_id", s.message())),
-            Err(s) => {
-                tracing::warn!(code = ?s.code(), "identity lookup failed");
-                Err(Error::Unavailable(
-                    "the identity service is unavailable; try again".into(),
-                ))
-            }
-        }
+    async fn principal(&self, caller: &Caller, id: &str) -> Result<Principal> {
+        self.identity.principal(caller, id).await
     }
 
     fn role(&self, role: &str) -> Result<store::RoleRow> {
@@ -551,7 +511,7 @@ impl Assignments {
             policy: String::new(),
             outcome_reason: String::new(),
         };
-        let principal = PrincipalInfo {
+        let principal = Principal {
             id: user_id.into(),
             kind: PrincipalKind::User,
             name: user_name.into(),
@@ -565,21 +525,6 @@ impl Assignments {
             Err(Error::Internal(e)) if e.downcast_ref::<sea_orm::DbErr>().is_some_and(is_unique_violation) => Ok(false),
             Err(e) => Err(e),
         }
-    }
-}
-
-/// The assignment service authorizes its own callers without a network hop.
-#[async_trait::async_trait]
-impl AccessCheck for Assignments {
-    async fn check(
-        &self,
-        _caller: &Caller,
-        principal: &str,
-        target: &Target,
-        scope: &str,
-    ) -> std::result::Result<Decision, tonic::Status> {
-        let scope = Scope::parse(scope)?;
-        Ok(self.decide(principal, target, &scope).await?.0)
     }
 }
 

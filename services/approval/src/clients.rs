@@ -1,0 +1,76 @@
+//! The services approval asks on a caller's behalf: identity (group memberships, direct
+//! ownership) and assignment (role definitions). Their answers come back in approval's
+//! words; their outages as UNAVAILABLE to retry, never as a decision.
+
+use std::collections::HashSet;
+
+use tonic::transport::Channel;
+
+use pim_proto::assignment::v1::GetRoleDefinitionRequest;
+use pim_proto::assignment::v1::role_service_client::RoleServiceClient;
+use pim_proto::identity::v1::ListPrincipalGroupsRequest;
+use pim_proto::identity::v1::directory_service_client::DirectoryServiceClient;
+use pim_runtime::access::on_behalf_of;
+use pim_runtime::auth::Caller;
+use pim_runtime::error::{Error, Result};
+
+#[derive(Clone)]
+pub struct Services {
+    identity: DirectoryServiceClient<Channel>,
+    assignment: Channel,
+}
+
+impl Services {
+    pub fn new(identity: Channel, assignment: Channel) -> Self {
+        Self {
+            identity: DirectoryServiceClient::new(identity),
+            assignment,
+        }
+    }
+
+    /// Whether the caller is a direct owner of the group (added as one, not through PIM).
+    pub(crate) async fn directly_owns(&self, caller: &Caller, group_id: &str) -> Result<bool> {
+        Ok(pim_runtime::access::directly_owns(&self.identity, caller, group_id).await?)
+    }
+
+    /// The groups `caller` is a member of.
+    pub(crate) async fn groups_of(&self, caller: &Caller) -> Result<HashSet<String>> {
+        let request = on_behalf_of(
+            caller,
+            ListPrincipalGroupsRequest {
+                principal_id: caller.principal_id.clone(),
+            },
+        )?;
+        let groups = self
+            .identity
+            .clone()
+            .list_principal_groups(request)
+            .await
+            .map_err(|s| {
+                tracing::warn!(code = ?s.code(), "group lookup failed");
+                Error::Unavailable("group membership is unavailable; try again".into())
+            })?
+            .into_inner()
+            .groups;
+        Ok(groups.into_iter().map(|g| g.id).collect())
+    }
+
+    /// The id of a role given by name or id; it must exist.
+    pub(crate) async fn role_id(&self, caller: &Caller, role: &str) -> Result<String> {
+        let request = on_behalf_of(caller, GetRoleDefinitionRequest { role: role.to_owned() })?;
+        match RoleServiceClient::new(self.assignment.clone())
+            .get_role_definition(request)
+            .await
+        {
+            Ok(found) => Ok(found.into_inner().id),
+            Err(s) if s.code() == tonic::Code::NotFound => {
+                Err(Error::invalid("review.role_id", "no such role definition"))
+            }
+            Err(s) if s.code() == tonic::Code::InvalidArgument => Err(Error::invalid("review.role_id", s.message())),
+            Err(s) => {
+                tracing::warn!(code = ?s.code(), "role lookup for a review failed");
+                Err(Error::Unavailable("role definitions are unavailable; try again".into()))
+            }
+        }
+    }
+}
