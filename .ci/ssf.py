@@ -4,8 +4,10 @@ fetches its JWKS and makes two streams over HTTP, one pushed (RFC 8935) and one 
 (RFC 8936). Every Security Event Token is verified with PyJWT against the published keys.
 Lee is given a role for 4 seconds: the push receiver gets the role's token-claims-change,
 then its session-revoked within 1 s of the role's end; the polled stream holds the same two
-events, in order, until they are acknowledged. Without a token, or without the permission,
-stream management is refused. Usage: python3 .ci/ssf.py PATH_TO_PIM
+events, in order, until they are acknowledged. The push receiver wants its own credential
+(the stream's authorization_header) on every SET, and the credential is never shown back
+nor in the audit trail. Without a token, or without the permission, stream management is
+refused. Usage: python3 .ci/ssf.py PATH_TO_PIM
 """
 
 import json
@@ -42,12 +44,18 @@ def call(method: str, url: str, token: str | None = None, body=None) -> tuple[in
     return status, (json.loads(text) if text else None)
 
 
+RECEIVER_CREDENTIAL = "Bearer receiver-credential-4f1c"
+
+
 class Receiver:
-    """An RFC 8935 push endpoint: takes each SET (202) and notes when it came."""
+    """An RFC 8935 push endpoint that wants its own credential (the stream's
+    authorization_header): takes each SET carrying it (202) and notes when it came; refuses
+    any other (401)."""
 
     def __init__(self):
         self.lock = threading.Lock()
         self.received: list[tuple[float, str, str]] = []  # (time, content type, SET)
+        self.refused = 0
 
     def sets(self) -> list[tuple[float, str, str]]:
         with self.lock:
@@ -58,6 +66,13 @@ def serve(receiver: Receiver) -> ThreadingHTTPServer:
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self):
             body = self.rfile.read(int(self.headers.get("content-length", "0")))
+            if self.headers.get("authorization") != RECEIVER_CREDENTIAL:
+                with receiver.lock:
+                    receiver.refused += 1
+                self.send_response(401)
+                self.send_header("content-length", "0")
+                self.end_headers()
+                return
             with receiver.lock:
                 receiver.received.append((time.time(), self.headers.get("content-type"), body.decode()))
             self.send_response(202)
@@ -119,10 +134,14 @@ def main(pim: str) -> int:
 
         push_url = f"http://127.0.0.1:{server.server_address[1]}/caep"
         status, pushed = call("POST", config["configuration_endpoint"], token, {
-            "delivery": {"method": PUSH, "endpoint_url": push_url},
+            "delivery": {"method": PUSH, "endpoint_url": push_url, "authorization_header": RECEIVER_CREDENTIAL},
             "events_requested": [SESSION_REVOKED, CLAIMS_CHANGE], "format": "iss_sub",
             "description": "the payments app"})
         assert status == 201 and pushed["aud"] == app_id and pushed["iss"] == issuer, (status, pushed)
+        assert "receiver-credential" not in json.dumps(pushed), "the receiver's credential is never shown back"
+        status, bad = call("POST", config["configuration_endpoint"], token, {
+            "delivery": {"method": PUSH, "endpoint_url": push_url, "authorization_header": "Bearer a\r\nX-Injected: 1"}})
+        assert status == 400 and "authorization_header" in bad["description"], (status, bad)
         assert set(pushed["events_delivered"]) == {SESSION_REVOKED, CLAIMS_CHANGE}, pushed
         # The polled stream names subjects by email (RFC 9493), as an app signing users in elsewhere does.
         status, polled = call("POST", config["configuration_endpoint"], token,
@@ -207,6 +226,10 @@ def main(pim: str) -> int:
         status, answer = call("POST", poll_url, token, {"returnImmediately": True, "ack": list(back)})
         assert status == 200 and answer["sets"] == {}, answer
 
+        assert receiver.refused == 0, "every push carried the stream's authorization_header"
+        exported = up.run("audit", "export").stdout
+        assert "SsfStreamCreated" in exported and "receiver-credential" not in exported, \
+            "the audit trail names the stream, never its credential"
         listed = [json.loads(l) for l in up.run("ssf", "streams", "--output", "json").stdout.splitlines()]
         assert sorted(l["delivery"] for l in listed) == ["poll", f"push to http://127.0.0.1:{server.server_address[1]}"], listed
         assert all(l["receiver"] == "ssf-app" and l["pending"] == "0" for l in listed), listed

@@ -319,6 +319,29 @@ async fn streams(State(e): State<Endpoints>, method: HttpMethod, uri: Uri, heade
     outcome.unwrap_or_else(|refused| *refused)
 }
 
+/// The `Authorization` header a push receiver asks its SETs to carry (SSF
+/// `delivery.authorization_header`), checked to be one: printable, one line, at most 4 KiB.
+fn authorization_header(delivery: &Value) -> Result<Option<String>, Refusal> {
+    let Some(header) = delivery.get("authorization_header") else {
+        return Ok(None);
+    };
+    let bad = |why: &str| {
+        refuse(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            format!("delivery.authorization_header {why}"),
+        )
+    };
+    let header = header.as_str().ok_or_else(|| bad("must be text"))?.trim();
+    if header.is_empty() || header.len() > 4096 {
+        return Err(bad("must be 1 to 4096 characters"));
+    }
+    if !header.bytes().all(|b| b == b' ' || b.is_ascii_graphic()) || http::HeaderValue::from_str(header).is_err() {
+        return Err(bad("must be one line of printable ASCII (an HTTP header value)"));
+    }
+    Ok(Some(header.to_owned()))
+}
+
 async fn create(e: &Endpoints, caller: &Caller, body: &Bytes) -> Result<Reply, Refusal> {
     let asked = object(body)?;
     let bad = |description: &str| refuse(StatusCode::BAD_REQUEST, "invalid_request", description);
@@ -337,6 +360,12 @@ async fn create(e: &Endpoints, caller: &Caller, body: &Bytes) -> Result<Reply, R
         }
         (Method::Poll, None) => String::new(),
     };
+    let authorization = authorization_header(&delivery)?;
+    if authorization.is_some() && method == Method::Poll {
+        return Err(bad(
+            "delivery.authorization_header is for push delivery (a poll uses the receiver's own token)",
+        ));
+    }
     let events = match asked.get("events_requested") {
         Some(requested) => strings(requested, "events_requested")?,
         None => EVENTS_SUPPORTED.iter().map(|t| (*t).to_owned()).collect(),
@@ -365,9 +394,14 @@ async fn create(e: &Endpoints, caller: &Caller, body: &Bytes) -> Result<Reply, R
             method,
             status: StreamStatus::Enabled,
             subjects,
+            authorization: None,
         }),
         ..Subscription::default()
     };
+    let mut s = s;
+    if let (Some(header), Some(stream)) = (authorization, s.stream.as_mut()) {
+        stream.authorization = Some(e.transmitter.seal_authorization(&s.id, &header).map_err(fault)?);
+    }
     let checked = match method {
         // A polled stream has no URL to check.
         Method::Poll => validate(&Subscription {
@@ -433,6 +467,17 @@ async fn update(e: &Endpoints, caller: &Caller, body: &Bytes, replace: bool) -> 
                 "a stream's delivery cannot change: make a new stream",
             ));
         }
+        // The receiver's credential may change (a token it rotates); only a push's.
+        if let Some(header) = authorization_header(delivery)? {
+            let Some(stream) = s.stream.as_mut().filter(|t| t.method == Method::Push) else {
+                return Err(refuse(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    "delivery.authorization_header is for push delivery",
+                ));
+            };
+            stream.authorization = Some(e.transmitter.seal_authorization(&s.id, &header).map_err(fault)?);
+        }
     }
     match asked.get("events_requested") {
         Some(requested) => s.event_types = strings(requested, "events_requested")?,
@@ -466,6 +511,11 @@ async fn update(e: &Endpoints, caller: &Caller, body: &Bytes, replace: bool) -> 
     store::update_stream(&txn, &s.id, &s.event_types, &s.description)
         .await
         .map_err(fault)?;
+    if let Some(sealed) = s.stream.as_ref().and_then(|t| t.authorization.as_deref()) {
+        store::set_stream_authorization(&txn, &s.id, sealed)
+            .await
+            .map_err(fault)?;
+    }
     e.commit_with(txn, change_record(caller, "SsfStreamUpdated", &s, ""))
         .await?;
     Ok(reply(StatusCode::OK, e.config(&s)))

@@ -109,6 +109,10 @@ impl MigratorTrait for Migrator {
                     WHERE ssf_audience IS NOT NULL GROUP BY ssf_audience"
                     .to_owned()
             }),
+            // The Authorization header a push stream's receiver asked for, sealed.
+            SqlMigration::boxed("m0009_ssf_push_authorization", |_| {
+                "ALTER TABLE webhook_subscriptions ADD COLUMN ssf_authorization TEXT".to_owned()
+            }),
         ]
     }
 }

@@ -11,7 +11,6 @@ mod limiter;
 mod mfa;
 mod passkeys;
 mod protection;
-mod sealing;
 mod store;
 #[cfg(test)]
 mod store_tests;
@@ -31,7 +30,7 @@ pub use directory::Directory;
 pub use error::Error;
 pub use tokens::{Keystore, TokenSubject};
 
-pub use sealing::Sealer;
+pub use pim_runtime::sealing::Sealer;
 
 /// A strong random password (32 bytes from the OS generator, base64url), for initial passwords.
 pub fn generate_password() -> String {
@@ -69,7 +68,7 @@ impl Identity {
                 .as_deref()
                 .map(passkeys::relying_party)
                 .transpose()?,
-            sealer: sealing::Sealer::from_base64(
+            sealer: Sealer::from_base64(
                 deps.config
                     .secrets_key
                     .as_ref()

@@ -14,6 +14,7 @@ pub mod format;
 pub mod grpc;
 pub mod host;
 pub mod metrics;
+pub mod sealing;
 pub mod telemetry;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;

@@ -129,6 +129,10 @@ pub struct Stream {
     pub method: Method,
     pub status: StreamStatus,
     pub subjects: SubjectFormat,
+    /// The `Authorization` header the receiver asked its pushes to carry (SSF
+    /// `delivery.authorization_header`), sealed (`Transmitter::seal_authorization`): never
+    /// held, logged or shown in the clear.
+    pub authorization: Option<String>,
 }
 
 /// The CAEP event a record is, if it is one: its type and its event object. Access ends
@@ -299,6 +303,8 @@ pub struct Transmitter {
     kid: String,
     /// The public key, base64url (the JWK's `x`).
     x: String,
+    /// Seals receivers' push credentials at rest (a key of its own from the same secret).
+    credentials: pim_runtime::sealing::Sealer,
 }
 
 impl Transmitter {
@@ -320,7 +326,22 @@ impl Transmitter {
             key: EncodingKey::from_ed_der(der.as_bytes()),
             kid,
             x,
+            credentials: pim_runtime::sealing::Sealer::derived(master, "ssf push authorization"),
         })
+    }
+
+    /// A receiver's `authorization_header`, sealed for the stream `stream_id` (base64).
+    pub fn seal_authorization(&self, stream_id: &str, header: &str) -> anyhow::Result<String> {
+        let sealed = self.credentials.seal(header.as_bytes(), stream_id)?;
+        Ok(base64::engine::general_purpose::STANDARD.encode(sealed))
+    }
+
+    /// The header a stream's pushes carry, opened from its sealed form.
+    pub fn open_authorization(&self, stream_id: &str, sealed: &str) -> anyhow::Result<String> {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(sealed)
+            .context("a sealed authorization header is not base64")?;
+        String::from_utf8(self.credentials.open(&bytes, stream_id)?).context("an authorization header is not UTF-8")
     }
 
     /// The public keys, as a JWK Set.
@@ -386,6 +407,20 @@ mod tests {
     }
 
     #[test]
+    fn a_receivers_push_credential_is_kept_sealed_to_its_stream() {
+        let t = Transmitter::new("https://pim.example/", "suite key").unwrap();
+        let sealed = t.seal_authorization("stream-1", "Bearer s3cret").unwrap();
+        assert!(!sealed.contains("s3cret"), "{sealed}");
+        assert_eq!(t.open_authorization("stream-1", &sealed).unwrap(), "Bearer s3cret");
+        assert!(
+            t.open_authorization("stream-2", &sealed).is_err(),
+            "bound to its stream"
+        );
+        let other = Transmitter::new("https://pim.example/", "another key").unwrap();
+        assert!(other.open_authorization("stream-1", &sealed).is_err());
+    }
+
+    #[test]
     fn sets_are_signed_with_a_key_of_their_own_published_as_a_jwk() {
         let t = Transmitter::new("https://pim.example/", "suite key").unwrap();
         let stream = Stream {
@@ -393,6 +428,7 @@ mod tests {
             method: Method::Push,
             status: StreamStatus::Enabled,
             subjects: SubjectFormat::IssSub,
+            authorization: None,
         };
         let lee = Subject {
             principal_id: "lee-id".into(),

@@ -38,6 +38,7 @@ fn polled_stream(id: &str, subjects: crate::ssf::SubjectFormat) -> crate::webhoo
             method: Method::Poll,
             status: StreamStatus::Enabled,
             subjects,
+            authorization: None,
         }),
         ..Default::default()
     }

@@ -26,6 +26,7 @@ async fn ssf_streams_queue_caep_events_and_polled_ones_wait_for_acknowledgement(
                 method,
                 status: StreamStatus::Enabled,
                 subjects,
+                authorization: None,
             }),
             ..Subscription::default()
         };

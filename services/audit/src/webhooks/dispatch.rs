@@ -226,11 +226,15 @@ impl Dispatcher {
             let set = transmitter
                 .sign(&d.body, &stream.audience, &d.id, now)
                 .map_err(|e| format!("{e:#}"))?;
-            return Ok((
-                "application/secevent+jwt",
-                vec![("accept", "application/json".into())],
-                set,
-            ));
+            let mut headers = vec![("accept", "application/json".to_owned())];
+            if let Some(sealed) = &stream.authorization {
+                // Opened only to send; a failure is said without the header's value.
+                let header = transmitter.open_authorization(&subscription.id, sealed).map_err(|_| {
+                    "the stream's authorization header does not open (PIM_SECRETS_KEY changed?)".to_owned()
+                })?;
+                headers.push(("authorization", header));
+            }
+            return Ok(("application/secevent+jwt", headers, set));
         }
         let keys = self
             .keys

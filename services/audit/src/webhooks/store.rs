@@ -140,15 +140,16 @@ fn stream_from_row(r: &QueryResult) -> Result<Option<Stream>, DbErr> {
         method: Method::parse(&method).ok_or_else(|| bad("ssf_method", &method))?,
         status: StreamStatus::parse(&status).ok_or_else(|| bad("ssf_status", &status))?,
         subjects: SubjectFormat::parse(&subjects).ok_or_else(|| bad("ssf_subjects", &subjects))?,
+        authorization: col(r, "ssf_authorization")?,
     }))
 }
 
-const SUBSCRIPTION_COLUMNS: &str = "id, url, event_types, role_ids, group_ids, min_severity, description, created_at, created_by, generation, previous_until, suspended_at, ssf_audience, ssf_method, ssf_status, ssf_subjects";
+const SUBSCRIPTION_COLUMNS: &str = "id, url, event_types, role_ids, group_ids, min_severity, description, created_at, created_by, generation, previous_until, suspended_at, ssf_audience, ssf_method, ssf_status, ssf_subjects, ssf_authorization";
 
 pub async fn insert_subscription<C: ConnectionTrait>(c: &C, s: &Subscription) -> Result<(), DbErr> {
     db::exec(
         c,
-        &format!("INSERT INTO webhook_subscriptions ({SUBSCRIPTION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"),
+        &format!("INSERT INTO webhook_subscriptions ({SUBSCRIPTION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"),
         vec![
             s.id.clone().into(),
             s.url.clone().into(),
@@ -166,7 +167,19 @@ pub async fn insert_subscription<C: ConnectionTrait>(c: &C, s: &Subscription) ->
             s.stream.as_ref().map(|t| t.method.as_str()).into(),
             s.stream.as_ref().map(|t| t.status.as_str()).into(),
             s.stream.as_ref().map(|t| t.subjects.as_str()).into(),
+            s.stream.as_ref().and_then(|t| t.authorization.clone()).into(),
         ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// A push stream's sealed `Authorization` header, replaced.
+pub async fn set_stream_authorization<C: ConnectionTrait>(c: &C, id: &str, sealed: &str) -> Result<(), DbErr> {
+    db::exec(
+        c,
+        "UPDATE webhook_subscriptions SET ssf_authorization = $2 WHERE id = $1 AND ssf_method = 'push'",
+        vec![id.into(), sealed.into()],
     )
     .await?;
     Ok(())

@@ -1,12 +1,14 @@
-//! Secrets the service must read back (TOTP seeds) are sealed at rest with
-//! XChaCha20-Poly1305 under a key from config (`PIM_SECRETS_KEY`): a copy of the database
-//! alone does not reveal them. Each sealed value is bound to its row (associated data), so it
-//! cannot be moved to another.
+//! Secrets a service must read back (identity's TOTP seeds, audit's receivers' push
+//! credentials) are sealed at rest with XChaCha20-Poly1305 under a key from config
+//! (`PIM_SECRETS_KEY`): a copy of the database alone does not reveal them. Each sealed value
+//! is bound to its row (associated data), so it cannot be moved to another.
 
-use argon2::password_hash::rand_core::{OsRng, RngCore};
 use base64::Engine;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use hmac::{Hmac, Mac};
+use rand_core::{OsRng, RngCore};
+use sha2::Sha256;
 
 const NONCE: usize = 24;
 
@@ -29,6 +31,18 @@ impl Sealer {
         let cipher = XChaCha20Poly1305::new_from_slice(&bytes)
             .map_err(|_| anyhow::anyhow!("PIM_SECRETS_KEY must be 32 bytes"))?;
         Ok(Self { cipher })
+    }
+
+    /// A key of its own for `purpose`, derived from a master secret of any form (HMAC-SHA256):
+    /// one secret serves several purposes without one's sealed values opening under another.
+    pub fn derived(master: &str, purpose: &str) -> Self {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(master.as_bytes()).expect("HMAC takes a key of any length");
+        mac.update(b"pim sealing key\0");
+        mac.update(purpose.as_bytes());
+        let key = mac.finalize().into_bytes();
+        Self {
+            cipher: XChaCha20Poly1305::new_from_slice(&key).expect("32 bytes"),
+        }
     }
 
     /// A new random key, base64 (for `pim up`'s first start).
@@ -86,5 +100,12 @@ mod tests {
         let other = Sealer::from_base64(&Sealer::new_key()).unwrap();
         assert!(other.open(&sealed, "method-1").is_err(), "another key cannot open it");
         assert!(Sealer::from_base64("c2hvcnQ=").is_err());
+        let (a, b) = (Sealer::derived("master", "one"), Sealer::derived("master", "two"));
+        let sealed = a.seal(b"Bearer x", "stream-1").unwrap();
+        assert_eq!(a.open(&sealed, "stream-1").unwrap(), b"Bearer x");
+        assert!(
+            b.open(&sealed, "stream-1").is_err(),
+            "another purpose's key cannot open it"
+        );
     }
 }
