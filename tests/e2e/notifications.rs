@@ -354,3 +354,81 @@ async fn reviewers_hear_that_a_review_started_and_are_reminded_half_through() ->
     world.ts.stop().await?;
     result
 }
+
+/// A review's own switches, as Entra's: with mail notifications off its reviewers hear
+/// nothing when it starts (reminders are their own switch); with reminders off they hear that
+/// it started but are not reminded. (Each absence is read after a later review's notice,
+/// published after it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_review_with_mail_or_reminders_off_tells_its_reviewers_nothing_of_that() -> anyhow::Result<()> {
+    use pim_proto::approval::v1 as appb;
+    let world = notifying().await?;
+    let result = async {
+        let w = &world;
+        let (lee, ann) = (w.user("lee").await?, w.user("ann").await?);
+        w.make_eligible(&lee, EXCHANGE_ADMINISTRATOR).await?;
+        w.approval_sees(2, 0).await?;
+        let create = |name: &'static str, mail_off: bool, reminders_off: bool| {
+            let ann = ann.id.clone();
+            async move {
+                Ok::<_, anyhow::Error>(
+                    appb::access_review_service_client::AccessReviewServiceClient::new(w.ts.channel.clone())
+                        .create_review(authed(
+                            &w.admin,
+                            appb::CreateReviewRequest {
+                                review: Some(appb::AccessReview {
+                                    name: name.into(),
+                                    role_id: EXCHANGE_ADMINISTRATOR.into(),
+                                    scope: "/".into(),
+                                    review_scope: appb::ReviewScope::Eligible as i32,
+                                    reviewer_ids: vec![ann],
+                                    duration: hours(48),
+                                    mail_notifications_disabled: mail_off,
+                                    reminders_disabled: reminders_off,
+                                    ..Default::default()
+                                }),
+                            },
+                        ))
+                        .await?
+                        .into_inner(),
+                )
+            }
+        };
+        let told = |review_id: String, happening: ev::Happening| async move {
+            eventually(Duration::from_secs(10), "a reviewers' notice", || async {
+                Ok(review_dues(w)
+                    .await?
+                    .into_iter()
+                    .find(|d| d.review_id == review_id && d.happening == happening as i32))
+            })
+            .await
+        };
+        let quiet = create("quiet", true, false).await?;
+        assert!(quiet.mail_notifications_disabled, "the switch is kept");
+        let no_reminders = create("no reminders", false, true).await?;
+        told(no_reminders.id.clone(), ev::Happening::ReviewStarted).await?;
+        let heard = |id: &str, dues: &[ev::NotificationsDue]| dues.iter().filter(|d| d.review_id == id).count();
+        assert_eq!(
+            heard(&quiet.id, &review_dues(w).await?),
+            0,
+            "mail off: no word that it started"
+        );
+
+        w.clock.advance(Duration::from_secs(24 * 3600));
+        let approvals = w.ts.suite.approval().expect("approval runs here").approvals();
+        approvals.run_review_timers_once().await?;
+        let later = create("later", false, false).await?;
+        told(later.id.clone(), ev::Happening::ReviewStarted).await?;
+        let dues = review_dues(w).await?;
+        let reminded_only = dues.iter().filter(|d| d.review_id == quiet.id).collect::<Vec<_>>();
+        assert!(
+            reminded_only.len() == 1 && reminded_only[0].happening == ev::Happening::ReviewReminder as i32,
+            "mail off, reminders on: only the reminder"
+        );
+        assert_eq!(heard(&no_reminders.id, &dues), 1, "reminders off: only that it started");
+        Ok(())
+    }
+    .await;
+    world.ts.stop().await?;
+    result
+}

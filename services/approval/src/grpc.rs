@@ -279,6 +279,8 @@ fn review_pb(r: ReviewRow) -> pb::AccessReview {
         instance: r.instance,
         instance_start: r.instance_start.map(to_timestamp),
         instance_end: r.instance_end.map(to_timestamp),
+        mail_notifications_disabled: r.mail_off,
+        reminders_disabled: r.reminders_off,
     }
 }
 
@@ -342,6 +344,8 @@ impl AccessReviewService for Approvals {
             recurrence: r.recurrence.to_lowercase(),
             default_decision: default_decision_name(r.default_decision)?.into(),
             auto_apply: r.auto_apply,
+            mail_off: r.mail_notifications_disabled,
+            reminders_off: r.reminders_disabled,
         };
         Ok(Response::new(review_pb(self.create_review(&caller, new).await?)))
     }

@@ -49,6 +49,8 @@ pub struct NewReview {
     pub recurrence: String,
     pub default_decision: String,
     pub auto_apply: bool,
+    pub mail_off: bool,
+    pub reminders_off: bool,
 }
 
 /// Normalizes a scope path as assignment does (segments compared case-insensitively).
@@ -158,6 +160,8 @@ impl Approvals {
             instance_start: None,
             instance_end: None,
             remind_at: None,
+            mail_off: r.mail_off,
+            reminders_off: r.reminders_off,
             created_by: caller.principal_id.clone(),
             created_at: now,
         };
@@ -405,7 +409,11 @@ impl Approvals {
     /// audit mails. Named reviewers (groups through their members) hear while any item is
     /// undecided; in a self-review each holder with an undecided item hears.
     async fn tell_reviewers(&self, txn: &DatabaseTransaction, review: &ReviewRow, happening: Happening) -> Result<()> {
-        if !self.notify {
+        let switched_off = match happening {
+            Happening::ReviewReminder => review.reminders_off,
+            _ => review.mail_off,
+        };
+        if !self.notify || switched_off {
             return Ok(());
         }
         let undecided: Vec<ItemRow> = store::items(txn, &review.id, review.instance)

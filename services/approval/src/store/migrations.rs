@@ -129,6 +129,12 @@ impl MigratorTrait for Migrator {
                 ALTER TABLE access_reviews ADD COLUMN remind_at BIGINT"
                     .to_owned()
             }),
+            // A review's own mail switches (Entra's "Mail notifications" and "Reminders").
+            SqlMigration::boxed("m0005_review_mail_switches", |_| {
+                "ALTER TABLE access_reviews ADD COLUMN mail_off BOOLEAN NOT NULL DEFAULT FALSE;
+                ALTER TABLE access_reviews ADD COLUMN reminders_off BOOLEAN NOT NULL DEFAULT FALSE"
+                    .to_owned()
+            }),
         ]
     }
 }

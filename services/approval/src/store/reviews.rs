@@ -22,11 +22,14 @@ pub struct ReviewRow {
     pub instance_end: Option<i64>,
     /// When the current instance's reviewers are reminded (none: not due, or done).
     pub remind_at: Option<i64>,
+    /// The review's own switches: no mail when an instance starts, no reminders.
+    pub mail_off: bool,
+    pub reminders_off: bool,
     pub created_by: String,
     pub created_at: i64,
 }
 
-pub(super) const REVIEW_COLUMNS: &str = "id, name, role_id, scope, review_scope, reviewer_ids, self_review, start_at, duration_ms, recurrence, default_decision, auto_apply, status, instance, instance_start, instance_end, created_by, created_at, remind_at";
+pub(super) const REVIEW_COLUMNS: &str = "id, name, role_id, scope, review_scope, reviewer_ids, self_review, start_at, duration_ms, recurrence, default_decision, auto_apply, status, instance, instance_start, instance_end, created_by, created_at, remind_at, mail_off, reminders_off";
 
 impl ReviewRow {
     fn from_row(r: &QueryResult) -> Result<Self, DbErr> {
@@ -52,6 +55,8 @@ impl ReviewRow {
             instance_end: col(r, "instance_end")?,
             created_by: col(r, "created_by")?,
             created_at: col(r, "created_at")?,
+            mail_off: col(r, "mail_off")?,
+            reminders_off: col(r, "reminders_off")?,
             remind_at: col(r, "remind_at")?,
         })
     }
@@ -61,7 +66,7 @@ pub async fn insert_review<C: ConnectionTrait>(c: &C, r: &ReviewRow) -> Result<(
     db::exec(
         c,
         &format!(
-            "INSERT INTO access_reviews ({REVIEW_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)"
+            "INSERT INTO access_reviews ({REVIEW_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)"
         ),
         vec![
             r.id.clone().into(),
@@ -83,6 +88,8 @@ pub async fn insert_review<C: ConnectionTrait>(c: &C, r: &ReviewRow) -> Result<(
             r.created_by.clone().into(),
             r.created_at.into(),
             r.remind_at.into(),
+            r.mail_off.into(),
+            r.reminders_off.into(),
         ],
     )
     .await?;

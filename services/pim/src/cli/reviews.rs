@@ -90,6 +90,12 @@ pub(crate) struct CreateArgs {
     /// Remove denied assignments when the review ends.
     #[arg(long)]
     auto_apply: bool,
+    /// Do not mail the reviewers when an instance starts (with PIM_NOTIFICATIONS on, they are by default).
+    #[arg(long)]
+    no_mail: bool,
+    /// Do not remind the reviewers, half through an instance, of items still waiting.
+    #[arg(long)]
+    no_reminders: bool,
     #[command(flatten)]
     client: ClientArgs,
 }
@@ -185,6 +191,8 @@ pub(crate) async fn run(cmd: ReviewsCommand) -> anyhow::Result<i32> {
                     DefaultArg::Recommendation => pb::DefaultDecision::Recommendation,
                 } as i32,
                 auto_apply: a.auto_apply,
+                mail_notifications_disabled: a.no_mail,
+                reminders_disabled: a.no_reminders,
                 ..Default::default()
             };
             let created = AccessReviewServiceClient::new(session.channel.clone())
