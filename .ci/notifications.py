@@ -129,6 +129,14 @@ def main(pim: str) -> int:
             assert about_reader == [], about_reader
             assert all(to != ["lee@example.com"] for to, m in asked), "the requester approves nothing"
 
+            # The operators' view of what went out: ann's mail, sent, newest first, no bodies.
+            history = [json.loads(l) for l in up.run("notifications", "mails", "--to", "ANN@example.com",
+                                                     "--output", "json").stdout.splitlines()]
+            assert history and all(h["to"] == "ann@example.com" for h in history), history
+            assert any(h["subject"].startswith("PIM: access review") and h["status"] == "sent"
+                       for h in history), history
+            assert history[0]["queued"] >= history[-1]["queued"], "newest first"
+
             for to, m in inbox.received():
                 whole = m.as_string()
                 assert "eyJ" not in whole and "passphrase" not in whole and up.admin_password not in whole, whole

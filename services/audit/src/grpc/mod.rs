@@ -74,6 +74,28 @@ fn record_to_pb(r: store::Record) -> pb::AuditRecord {
     }
 }
 
+/// A mail as operators see it: no body.
+fn mail_to_pb(m: crate::mail::store::Mail) -> pb::Mail {
+    let status = match m.status.as_str() {
+        "sent" => pb::DeliveryStatus::Delivered,
+        "dead" => pb::DeliveryStatus::Dead,
+        _ => pb::DeliveryStatus::Pending,
+    };
+    pb::Mail {
+        next_attempt_at: (status == pb::DeliveryStatus::Pending).then(|| to_timestamp(m.next_attempt_at)),
+        id: m.id,
+        event_id: m.event_id,
+        party: m.party,
+        recipient: m.recipient,
+        subject: m.subject,
+        status: status as i32,
+        attempts: m.attempts,
+        last_error: m.last_error,
+        created_at: Some(to_timestamp(m.created_at)),
+        sent_at: m.sent_at.map(to_timestamp),
+    }
+}
+
 #[tonic::async_trait]
 impl AuditService for Audit {
     async fn query_events(
@@ -190,6 +212,26 @@ impl AuditService for Audit {
             ok,
             first_broken_sequence,
             checked,
+        }))
+    }
+
+    async fn list_mails(
+        &self,
+        request: Request<pb::ListMailsRequest>,
+    ) -> Result<Response<pb::ListMailsResponse>, Status> {
+        let caller = caller(&request)?.clone();
+        self.require_reader(&caller).await?;
+        let r = request.into_inner();
+        let limit = match r.page_size {
+            n if n <= 0 => 100,
+            n => (n as u64).min(1000),
+        };
+        let recipient = Some(r.recipient.trim()).filter(|t| !t.is_empty());
+        let mails = crate::mail::store::history(&self.db, recipient, limit)
+            .await
+            .map_err(pim_runtime::grpc::internal)?;
+        Ok(Response::new(pb::ListMailsResponse {
+            mails: mails.into_iter().map(mail_to_pb).collect(),
         }))
     }
 

@@ -261,6 +261,22 @@ pub async fn insert<C: ConnectionTrait>(c: &C, m: &Mail) -> Result<bool, DbErr> 
 }
 
 /// Mail whose next attempt is due, oldest first.
+/// The newest mail (to `recipient` only, when given), newest first.
+pub async fn history<C: ConnectionTrait>(c: &C, recipient: Option<&str>, limit: u64) -> Result<Vec<Mail>, DbErr> {
+    db::query(
+        c,
+        &format!(
+            "SELECT {COLUMNS} FROM mail_outbox WHERE ($1 = '' OR LOWER(recipient) = LOWER($1))
+             ORDER BY created_at DESC, position DESC, id DESC LIMIT $2"
+        ),
+        vec![recipient.unwrap_or_default().into(), (limit as i64).into()],
+    )
+    .await?
+    .iter()
+    .map(Mail::from_row)
+    .collect()
+}
+
 pub async fn due<C: ConnectionTrait>(c: &C, now: i64, limit: u64) -> Result<Vec<Mail>, DbErr> {
     db::query(
         c,

@@ -1,15 +1,18 @@
 //! `pim notifications show|set`: who hears of a role's (or a group's) assignments and
-//! activations by email, a rule per event and party, as Entra's role settings have them.
+//! activations by email, a rule per event and party, as Entra's role settings have them;
+//! `pim notifications mails`: what was mailed, to whom, and whether it went.
 
 use anyhow::bail;
 use clap::{Subcommand, ValueEnum};
 
 use pim_proto::assignment::v1 as apb;
 use pim_proto::assignment::v1::policy_service_client::PolicyServiceClient;
+use pim_proto::audit::v1::audit_service_client::AuditServiceClient;
 use pim_proto::common::v1::{NotificationEvent, NotificationParty, NotificationRule};
+use pim_runtime::db::from_timestamp;
 
 use super::policy::GroupTarget;
-use super::{Cell, ClientArgs, RoleRef, Session, explain, print_table};
+use super::{Cell, ClientArgs, RoleRef, Session, explain, print_table, time};
 
 #[derive(Clone, Copy, ValueEnum)]
 pub(crate) enum Event {
@@ -103,6 +106,17 @@ pub(crate) enum NotificationsCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// The mail sent or to be sent, newest first: to whom, what, and whether it went (pim.audit.read).
+    Mails {
+        /// Only mail to this address.
+        #[arg(long)]
+        to: Option<String>,
+        /// How many (at most 1000).
+        #[arg(long, default_value_t = 100)]
+        limit: i32,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 pub(crate) fn name(text: &str, prefix: &str) -> String {
@@ -129,6 +143,45 @@ fn print_rules(p: &apb::RolePolicy) {
 
 pub(crate) async fn notifications(cmd: NotificationsCommand) -> anyhow::Result<i32> {
     match cmd {
+        NotificationsCommand::Mails { to, limit, client } => {
+            let session = Session::open(&client, true)?;
+            let mails = AuditServiceClient::new(session.channel.clone())
+                .list_mails(session.request(pim_proto::audit::v1::ListMailsRequest {
+                    recipient: to.unwrap_or_default(),
+                    page_size: limit,
+                })?)
+                .await
+                .map_err(explain)?
+                .into_inner()
+                .mails;
+            let rows = mails
+                .into_iter()
+                .map(|m| {
+                    let status = pim_proto::audit::v1::DeliveryStatus::try_from(m.status)
+                        .map(|s| match s {
+                            pim_proto::audit::v1::DeliveryStatus::Delivered => "sent".to_owned(),
+                            other => name(other.as_str_name(), "DELIVERY_STATUS_"),
+                        })
+                        .unwrap_or_default();
+                    [
+                        time(m.created_at.as_ref().map(from_timestamp)),
+                        m.recipient,
+                        m.party,
+                        m.subject,
+                        status,
+                        m.attempts.to_string(),
+                        m.last_error,
+                    ]
+                    .into_iter()
+                    .map(Cell::from)
+                    .collect()
+                })
+                .collect();
+            print_table(
+                &["QUEUED", "TO", "PARTY", "SUBJECT", "STATUS", "ATTEMPTS", "LAST ERROR"],
+                rows,
+            );
+        }
         NotificationsCommand::Show {
             role,
             scope,
