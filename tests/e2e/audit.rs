@@ -705,3 +705,30 @@ async fn a_webhook_failing_for_a_day_is_dead_lettered_and_alerted() -> anyhow::R
     ts.stop().await?;
     result
 }
+
+/// The mail history is for audit readers: anyone else is refused, and a reader sees it (no
+/// mail here: notifications are off).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_audit_readers_read_the_mail_history() -> anyhow::Result<()> {
+    let ts = TestSuite::postgres().await?;
+    let result = async {
+        let admin = ts.admin_token().await?;
+        ts.create_user(&admin, "lee").await?;
+        let lee = ts.sign_in("lee", &pim_e2e::password_of("lee")).await?;
+        let mut audit = AuditServiceClient::new(ts.channel.clone());
+        let refused = audit
+            .list_mails(authed(&lee, aupb::ListMailsRequest::default()))
+            .await
+            .expect_err("lee reads no one's mail");
+        assert_eq!(refused.code(), Code::PermissionDenied, "{}", refused.message());
+        let listed = audit
+            .list_mails(authed(&admin, aupb::ListMailsRequest::default()))
+            .await?
+            .into_inner();
+        assert!(listed.mails.is_empty());
+        Ok(())
+    }
+    .await;
+    ts.stop().await?;
+    result
+}
