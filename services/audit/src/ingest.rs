@@ -29,8 +29,9 @@ pub(crate) async fn keep(txn: &DatabaseTransaction, records: &mut Vec<store::Rec
     // Queued before the batch's addresses and memberships are learnt: Shared Signals name each
     // record's subjects as they were then (a deleted user by the address it had).
     crate::webhooks::store::enqueue(txn, records, now).await?;
-    crate::mail::learn_addresses(txn, records).await?;
+    // Before the batch's memberships are learnt: a group's members as they were.
     let mut disabled = crate::receivers::end_receivers(txn, records, now).await?;
+    crate::mail::learn_addresses(txn, records).await?;
     if !disabled.is_empty() {
         store::append_all(txn, &mut disabled, now).await?;
         crate::webhooks::store::enqueue(txn, &disabled, now).await?;

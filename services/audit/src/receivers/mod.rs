@@ -1,13 +1,17 @@
 //! Shared Signals receivers and their streams, as PIM manages them: a receiver cut off
 //! (disabled, deleted, its receiver role ended) has its streams disabled in the records'
-//! transaction, and every change to a stream is a record of its own. Above both the SET
+//! transaction; one that may have lost pim.ssf.receive another way (a custom role ended, a
+//! group left or its role ended, the permission taken from a role) has its push streams
+//! paused until it shows it still holds it; every change to a stream is a record of its own. Above both the SET
 //! format (`ssf`) and the delivery outbox (`webhooks`), which know nothing of it; receivers
 //! manage their streams through `http`.
 
 use serde_json::{Value, json};
 
+use pim_runtime::access::permissions;
+
 use crate::chain::Record;
-use crate::ssf::StreamStatus;
+use crate::ssf::{Method, StreamStatus};
 use crate::webhooks::{Subscription, shown_url, store};
 
 /// Whether a record ends its target's standing as a receiver: the principal disabled or
@@ -27,28 +31,85 @@ pub fn ends_receiver(r: &Record) -> bool {
     }
 }
 
-/// Disables the streams of every receiver these records cut off (see [`ends_receiver`]),
-/// in the records' transaction; the record of each stream disabled, by PIM, naming why.
+/// Who a record may have taken pim.ssf.receive from, short of cutting them off: their
+/// active role ended (a custom role may have granted it), they left a group (which may have
+/// held it), or a group they are in lost an active role; `None`: anyone (a role definition
+/// lost the permission, and audit does not know who holds the role).
+fn may_have_lost_receive(r: &Record) -> Option<Vec<String>> {
+    let payload: Value = serde_json::from_str(&r.payload_json).unwrap_or_default();
+    let named = |field: &str| {
+        payload[field]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|p| p == permissions::SSF_RECEIVE)
+    };
+    match r.action.rsplit('.').next().unwrap_or_default() {
+        "RoleDeactivated" if r.role_id != pim_proto::catalogue::SHARED_SIGNALS_RECEIVER => {
+            Some(vec![r.target_id.clone()])
+        }
+        "GroupMemberRemoved" => Some(vec![r.target_id.clone()]),
+        "RoleDefinitionUpdated" if named("permissions_removed") => None,
+        _ => Some(Vec::new()),
+    }
+}
+
+/// In the records' transaction, before it learns the batch's memberships: disables the
+/// streams of every receiver these records cut off (see [`ends_receiver`]), and pauses the
+/// push streams of every receiver they may have taken pim.ssf.receive from (see
+/// [`may_have_lost_receive`]): those hold their events until the receiver, at `/ssf/status`
+/// with its own token (the permission checked), enables them again. Polled streams need no
+/// pause: every poll checks the permission. The record of each change, by PIM, naming why.
 pub async fn end_receivers<C: sea_orm::ConnectionTrait>(
     c: &C,
     records: &[Record],
     now: i64,
 ) -> anyhow::Result<Vec<Record>> {
-    let mut disabled = Vec::new();
-    for r in records.iter().filter(|r| ends_receiver(r) && !r.target_id.is_empty()) {
-        for mut s in store::streams_of(c, &r.target_id).await? {
-            if s.stream.as_ref().is_some_and(|t| t.status == StreamStatus::Disabled) {
+    let mut changed = Vec::new();
+    for r in records
+        .iter()
+        .filter(|r| !r.target_id.is_empty() || r.action.contains("RoleDefinition"))
+    {
+        let event = r.action.rsplit('.').next().unwrap_or_default();
+        let (to, why, streams) = if ends_receiver(r) {
+            let why = format!("the receiver was cut off ({event})");
+            (StreamStatus::Disabled, why, store::streams_of(c, &r.target_id).await?)
+        } else {
+            let streams = match may_have_lost_receive(r) {
+                Some(principals) if principals.is_empty() => continue,
+                Some(mut principals) => {
+                    // A group's role or membership: its members may have held it through it.
+                    let groups: Vec<&str> = principals.iter().map(String::as_str).collect();
+                    let members = crate::mail::store::members_of(c, &groups).await?;
+                    principals.extend(members.into_values().flatten());
+                    let mut streams = Vec::new();
+                    for principal in principals {
+                        streams.extend(store::streams_of(c, &principal).await?);
+                    }
+                    streams
+                }
+                None => store::subscriptions(c).await?,
+            };
+            let why = format!(
+                "the receiver may no longer hold pim.ssf.receive ({event}): enable the stream at /ssf/status to go on"
+            );
+            let pushed = |s: &Subscription| s.stream.as_ref().is_some_and(|t| t.method == Method::Push);
+            let streams = streams.into_iter().filter(|s| pushed(s)).collect();
+            (StreamStatus::Paused, why, streams)
+        };
+        for mut s in streams {
+            // Only a stream still flowing changes: a disabled one stays so, a paused one held.
+            let current = s.stream.as_ref().map(|t| t.status);
+            if current == Some(StreamStatus::Disabled)
+                || (to == StreamStatus::Paused && current != Some(StreamStatus::Enabled))
+            {
                 continue;
             }
-            store::set_stream_status(c, &s.id, StreamStatus::Disabled, now).await?;
+            store::set_stream_status(c, &s.id, to, now).await?;
             if let Some(stream) = s.stream.as_mut() {
-                stream.status = StreamStatus::Disabled;
+                stream.status = to;
             }
-            let why = format!(
-                "the receiver was cut off ({})",
-                r.action.rsplit('.').next().unwrap_or_default()
-            );
-            disabled.push(stream_record(
+            changed.push(stream_record(
                 ("system", "PIM"),
                 "SsfStreamStatusChanged",
                 &s,
@@ -57,7 +118,7 @@ pub async fn end_receivers<C: sea_orm::ConnectionTrait>(
             ));
         }
     }
-    Ok(disabled)
+    Ok(changed)
 }
 
 /// The audit record of a change to a stream: by whom (id, name), why.

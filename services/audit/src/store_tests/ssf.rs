@@ -377,3 +377,173 @@ async fn a_receiver_holds_ten_streams_at_most_even_when_created_at_once() -> any
     })
     .await
 }
+
+/// A receiver that may have lost pim.ssf.receive some other way than its receiver role (a
+/// custom role ended, a group left, its group's role ended, the permission taken from a role)
+/// has its push streams paused, each with a record by PIM naming why: they hold their events
+/// until it enables them at /ssf/status with its own token. Its polled streams (each poll
+/// checks the permission) and other receivers' streams go on; a change that cannot take the
+/// permission pauses nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_that_may_have_lost_the_permission_has_its_push_streams_paused() -> anyhow::Result<()> {
+    use crate::ssf::{Method, Stream, StreamStatus, SubjectFormat};
+    use crate::webhooks::Subscription;
+    use crate::webhooks::store as hooks;
+    pim_runtime::testing::on_both_databases::<store::Migrator, _, _>("audit", None, |db| async move {
+        let stream = |id: &str, audience: &str, method: Method| Subscription {
+            id: id.into(),
+            url: "http://127.0.0.1:9/caep".into(),
+            event_types: crate::ssf::EVENTS_SUPPORTED.iter().map(|e| (*e).to_owned()).collect(),
+            generation: 1,
+            stream: Some(Stream {
+                audience: audience.into(),
+                method,
+                status: StreamStatus::Enabled,
+                subjects: SubjectFormat::Opaque,
+                authorization: None,
+            }),
+            ..Subscription::default()
+        };
+        hooks::insert_subscription(&db, &stream("app-push", "app", Method::Push)).await?;
+        hooks::insert_subscription(&db, &stream("app-poll", "app", Method::Poll)).await?;
+        hooks::insert_subscription(&db, &stream("other-push", "other", Method::Push)).await?;
+        let status = |id: &'static str| {
+            let db = db.clone();
+            async move {
+                Ok::<_, anyhow::Error>(
+                    hooks::subscription(&db, id)
+                        .await?
+                        .and_then(|s| s.stream)
+                        .map(|t| t.status),
+                )
+            }
+        };
+        let enable_all = || async {
+            for id in ["app-push", "app-poll", "other-push"] {
+                hooks::set_stream_status(&db, id, StreamStatus::Enabled, NOW).await?;
+            }
+            Ok::<_, anyhow::Error>(())
+        };
+        let event = |id: &str, action: &str, target: &str, payload: &str| Record {
+            action: action.into(),
+            target_id: target.into(),
+            role_id: "custom-role".into(),
+            payload_json: payload.into(),
+            ..record(id)
+        };
+
+        keep(
+            &db,
+            vec![event(
+                "e1",
+                "pim.assignment.v1.RoleDeactivated",
+                "app",
+                r#"{"reason":"expired"}"#,
+            )],
+        )
+        .await?;
+        assert_eq!(
+            status("app-push").await?,
+            Some(StreamStatus::Paused),
+            "a custom role of its ended"
+        );
+        assert_eq!(
+            status("app-poll").await?,
+            Some(StreamStatus::Enabled),
+            "a poll checks for itself"
+        );
+        assert_eq!(
+            status("other-push").await?,
+            Some(StreamStatus::Enabled),
+            "another receiver's"
+        );
+        let recorded = store::query(
+            &db,
+            &Filter {
+                target_id: "app-push".into(),
+                ..Filter::default()
+            },
+            10,
+        )
+        .await?;
+        assert_eq!(recorded.len(), 1);
+        assert_eq!(recorded[0].action, "pim.audit.v1.SsfStreamStatusChanged");
+        assert!(
+            recorded[0].justification.contains("/ssf/status"),
+            "{}",
+            recorded[0].justification
+        );
+
+        enable_all().await?;
+        let joined = r#"{"group_id":"readers"}"#;
+        keep(
+            &db,
+            vec![event("e2", "pim.identity.v1.GroupMemberAdded", "app", joined)],
+        )
+        .await?;
+        assert_eq!(
+            status("app-push").await?,
+            Some(StreamStatus::Enabled),
+            "joining takes nothing"
+        );
+        keep(
+            &db,
+            vec![event("e3", "pim.assignment.v1.RoleDeactivated", "readers", "{}")],
+        )
+        .await?;
+        assert_eq!(
+            status("app-push").await?,
+            Some(StreamStatus::Paused),
+            "its group's role ended"
+        );
+
+        enable_all().await?;
+        keep(
+            &db,
+            vec![event("e4", "pim.identity.v1.GroupMemberRemoved", "app", joined)],
+        )
+        .await?;
+        assert_eq!(
+            status("app-push").await?,
+            Some(StreamStatus::Paused),
+            "it left the group"
+        );
+
+        enable_all().await?;
+        let removed = |p: &str| format!(r#"{{"permissions_removed":["{p}"]}}"#);
+        keep(
+            &db,
+            vec![event(
+                "e5",
+                "pim.assignment.v1.RoleDefinitionUpdated",
+                "",
+                &removed("pim.audit.read"),
+            )],
+        )
+        .await?;
+        assert_eq!(
+            status("app-push").await?,
+            Some(StreamStatus::Enabled),
+            "another permission taken"
+        );
+        keep(
+            &db,
+            vec![event(
+                "e6",
+                "pim.assignment.v1.RoleDefinitionUpdated",
+                "",
+                &removed("pim.ssf.receive"),
+            )],
+        )
+        .await?;
+        assert_eq!(status("app-push").await?, Some(StreamStatus::Paused));
+        assert_eq!(
+            status("other-push").await?,
+            Some(StreamStatus::Paused),
+            "whoever held the role"
+        );
+        assert_eq!(status("app-poll").await?, Some(StreamStatus::Enabled));
+        Ok(())
+    })
+    .await
+}
