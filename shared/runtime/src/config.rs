@@ -63,6 +63,9 @@ pub struct Config {
     /// The transmitter's issuer: the URL receivers reach it at (`PIM_SSF_ISSUER`, e.g. behind
     /// a TLS proxy); default `http://` and the address it is served on.
     pub ssf_issuer: Option<String>,
+    /// Which generation of the transmitter's signing key signs (`PIM_SSF_KEY_GENERATION`,
+    /// default 1): raising it rotates the key; the one before stays published.
+    pub ssf_key_generation: u32,
     /// The service's own database (`PIM_DATABASE_URL`); `pim up` uses SQLite files instead.
     pub database_url: Option<Secret<String>>,
     /// Redis for the event streams (`PIM_REDIS_URL`); unset means embedded delivery.
@@ -249,6 +252,10 @@ impl Config {
                 }
                 Some(url) => anyhow::bail!("PIM_SSF_ISSUER {url:?} is not an http(s):// URL"),
                 None => None,
+            },
+            ssf_key_generation: match num("PIM_SSF_KEY_GENERATION", 1)? {
+                n @ 1..=1_000_000 => n as u32,
+                n => bail!("PIM_SSF_KEY_GENERATION must be 1 to 1000000, not {n}"),
             },
             database_url: get("PIM_DATABASE_URL").map(Secret::new),
             redis_url: get("PIM_REDIS_URL").map(Secret::new),
@@ -475,6 +482,12 @@ mod tests {
             Config::load(env(&[("PIM_SIGNIN_MFA", "required")])).unwrap().signin_mfa,
             SigninMfa::Required
         );
+        assert_eq!(Config::load(env(&[])).unwrap().ssf_key_generation, 1);
+        assert_eq!(
+            Config::load(env(&[("PIM_SSF_KEY_GENERATION", "2")])).unwrap().ssf_key_generation,
+            2
+        );
+        assert!(Config::load(env(&[("PIM_SSF_KEY_GENERATION", "0")])).is_err());
     }
 
     #[test]

@@ -299,18 +299,28 @@ pub fn verification(stream_id: &str, state: &str) -> String {
 #[derive(Clone)]
 pub struct Transmitter {
     pub issuer: String,
-    key: EncodingKey,
-    kid: String,
-    /// The public key, base64url (the JWK's `x`).
-    x: String,
+    /// The generation that signs (`PIM_SSF_KEY_GENERATION`), and the one before it, published
+    /// still so that SETs signed just before a rotation verify.
+    current: Generation,
+    previous: Option<Generation>,
     /// Seals receivers' push credentials at rest (a key of its own from the same secret).
     credentials: pim_runtime::sealing::Sealer,
 }
 
-impl Transmitter {
-    pub fn new(issuer: &str, master: &str) -> anyhow::Result<Self> {
+/// One generation of the signing key: the private key, its `kid`, the public key's `x`.
+#[derive(Clone)]
+struct Generation {
+    key: EncodingKey,
+    kid: String,
+    x: String,
+}
+
+impl Generation {
+    /// Generation `n` of the key `master` derives (generation 1 is the one PIM always had).
+    fn derive(master: &str, n: u32) -> anyhow::Result<Self> {
         let mut mac = Hmac::<Sha256>::new_from_slice(master.as_bytes()).expect("HMAC takes a key of any length");
-        mac.update(b"pim ssf signing key\0v1");
+        mac.update(b"pim ssf signing key\0v");
+        mac.update(n.to_string().as_bytes());
         let seed: [u8; 32] = mac.finalize().into_bytes().into();
         let signing = SigningKey::from_bytes(&seed);
         let der = signing
@@ -322,10 +332,32 @@ impl Transmitter {
             .map(|b| format!("{b:02x}"))
             .collect();
         Ok(Self {
-            issuer: issuer.trim_end_matches('/').to_owned(),
             key: EncodingKey::from_ed_der(der.as_bytes()),
             kid,
             x,
+        })
+    }
+
+    fn jwk(&self) -> Value {
+        json!({"kty": "OKP", "crv": "Ed25519", "x": self.x, "kid": self.kid, "use": "sig", "alg": "EdDSA"})
+    }
+}
+
+impl Transmitter {
+    pub fn new(issuer: &str, master: &str) -> anyhow::Result<Self> {
+        Self::at_generation(issuer, master, 1)
+    }
+
+    /// Signing with generation `generation` of the key (`PIM_SSF_KEY_GENERATION`).
+    pub fn at_generation(issuer: &str, master: &str, generation: u32) -> anyhow::Result<Self> {
+        anyhow::ensure!(generation >= 1, "the SSF key generation counts from 1");
+        Ok(Self {
+            issuer: issuer.trim_end_matches('/').to_owned(),
+            current: Generation::derive(master, generation)?,
+            previous: match generation {
+                1 => None,
+                n => Some(Generation::derive(master, n - 1)?),
+            },
             credentials: pim_runtime::sealing::Sealer::derived(master, "ssf push authorization"),
         })
     }
@@ -344,9 +376,13 @@ impl Transmitter {
         String::from_utf8(self.credentials.open(&bytes, stream_id)?).context("an authorization header is not UTF-8")
     }
 
-    /// The public keys, as a JWK Set.
+    /// The public keys, as a JWK Set: the one that signs, and the one before it.
     pub fn jwks(&self) -> Value {
-        json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "x": self.x, "kid": self.kid, "use": "sig", "alg": "EdDSA"}]})
+        let keys: Vec<Value> = std::iter::once(&self.current)
+            .chain(self.previous.as_ref())
+            .map(Generation::jwk)
+            .collect();
+        json!({ "keys": keys })
     }
 
     /// The SET of queued `claims` for `audience`: issuer, audience, `iat` and `jti` added,
@@ -359,9 +395,9 @@ impl Transmitter {
         claims.insert("iat".into(), json!(now_ms / 1000));
         claims.insert("jti".into(), json!(jti));
         let mut header = Header::new(Algorithm::EdDSA);
-        header.kid = Some(self.kid.clone());
+        header.kid = Some(self.current.kid.clone());
         header.typ = Some("secevent+jwt".into());
-        jsonwebtoken::encode(&header, &claims, &self.key).context("signing a SET")
+        jsonwebtoken::encode(&header, &claims, &self.current.key).context("signing a SET")
     }
 }
 
@@ -404,6 +440,34 @@ mod tests {
         // Its RoleDeactivated says it already: one signal for one end.
         assert!(signal(&record("ActiveAssignmentRemoved", "{}")).is_none());
         assert!(signal(&record("PolicyUpdated", "{}")).is_none());
+    }
+
+    #[test]
+    fn a_rotated_key_signs_and_the_one_before_stays_published() {
+        let kids = |t: &Transmitter| -> Vec<String> {
+            t.jwks()["keys"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|k| k["kid"].as_str().unwrap().to_owned())
+                .collect()
+        };
+        let one = Transmitter::new("https://pim.example", "suite key").unwrap();
+        let two = Transmitter::at_generation("https://pim.example", "suite key", 2).unwrap();
+        assert_eq!(kids(&one).len(), 1, "nothing before the first");
+        assert_eq!(kids(&two).len(), 2);
+        assert_ne!(kids(&two)[0], kids(&one)[0], "a new key signs");
+        assert_eq!(kids(&two)[1], kids(&one)[0], "the one before stays published");
+        let set = two.sign("{}", "app-id", "jti-1", 1_700_000_000_000).unwrap();
+        let header = jsonwebtoken::decode_header(&set).unwrap();
+        assert_eq!(header.kid.as_deref(), Some(kids(&two)[0].as_str()));
+        let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(two.jwks()["keys"][0].clone()).unwrap();
+        let mut validation = jsonwebtoken::Validation::new(Algorithm::EdDSA);
+        validation.set_audience(&["app-id"]);
+        validation.required_spec_claims.clear();
+        jsonwebtoken::decode::<Value>(&set, &jsonwebtoken::DecodingKey::from_jwk(&jwk).unwrap(), &validation)
+            .expect("the published key verifies it");
+        assert!(Transmitter::at_generation("https://pim.example", "suite key", 0).is_err());
     }
 
     #[test]
