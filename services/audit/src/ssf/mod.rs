@@ -344,6 +344,8 @@ impl Generation {
 }
 
 impl Transmitter {
+    /// The first generation (tests).
+    #[cfg(test)]
     pub fn new(issuer: &str, master: &str) -> anyhow::Result<Self> {
         Self::at_generation(issuer, master, 1)
     }
