@@ -459,7 +459,7 @@ def main(pim: str) -> int:
 
         # On a phone's screen every page is one column: nothing wider than the screen.
         phone = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True).new_page()
-        sign_in(phone, portal, "kim", kim_password, kim_codes.next())
+        sign_in(phone, portal, "lee", PASSWORDS["lee"], codes.next())
         for path in ["/roles", "/requests", "/approvals", "/reviews", "/account"]:
             phone.goto(portal + path)
             width = phone.evaluate("document.documentElement.scrollWidth")
