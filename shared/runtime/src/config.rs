@@ -484,7 +484,9 @@ mod tests {
         );
         assert_eq!(Config::load(env(&[])).unwrap().ssf_key_generation, 1);
         assert_eq!(
-            Config::load(env(&[("PIM_SSF_KEY_GENERATION", "2")])).unwrap().ssf_key_generation,
+            Config::load(env(&[("PIM_SSF_KEY_GENERATION", "2")]))
+                .unwrap()
+                .ssf_key_generation,
             2
         );
         assert!(Config::load(env(&[("PIM_SSF_KEY_GENERATION", "0")])).is_err());

@@ -66,6 +66,8 @@ pub async fn end_receivers<C: sea_orm::ConnectionTrait>(
     now: i64,
 ) -> anyhow::Result<Vec<Record>> {
     let mut changed = Vec::new();
+    // Most batches end no access, and most suites have no push stream: asked once, lazily.
+    let mut any_pushed: Option<bool> = None;
     for r in records
         .iter()
         .filter(|r| !r.target_id.is_empty() || r.action.contains("RoleDefinition"))
@@ -75,8 +77,18 @@ pub async fn end_receivers<C: sea_orm::ConnectionTrait>(
             let why = format!("the receiver was cut off ({event})");
             (StreamStatus::Disabled, why, store::streams_of(c, &r.target_id).await?)
         } else {
-            let streams = match may_have_lost_receive(r) {
-                Some(principals) if principals.is_empty() => continue,
+            let doubtful = may_have_lost_receive(r);
+            if doubtful.as_ref().is_some_and(Vec::is_empty) {
+                continue;
+            }
+            let pushed_somewhere = match any_pushed {
+                Some(known) => known,
+                None => *any_pushed.insert(store::has_push_streams(c).await?),
+            };
+            if !pushed_somewhere {
+                continue;
+            }
+            let streams = match doubtful {
                 Some(mut principals) => {
                     // A group's role or membership: its members may have held it through it.
                     let groups: Vec<&str> = principals.iter().map(String::as_str).collect();

@@ -655,6 +655,17 @@ pub async fn forget_settled<C: ConnectionTrait>(c: &C, before: i64) -> Result<u6
 }
 
 /// A receiver's streams.
+/// Whether any Shared Signals stream is pushed (enabled or not).
+pub async fn has_push_streams<C: ConnectionTrait>(c: &C) -> Result<bool, DbErr> {
+    Ok(db::query_one(
+        c,
+        "SELECT id FROM webhook_subscriptions WHERE ssf_method = 'push' LIMIT 1",
+        vec![],
+    )
+    .await?
+    .is_some())
+}
+
 pub async fn streams_of<C: ConnectionTrait>(c: &C, audience: &str) -> Result<Vec<Subscription>, DbErr> {
     db::query(
         c,
