@@ -13,7 +13,8 @@
   settings on Role settings: the policy_weakened alert appears; adds an approval stage and a
   notification rule there (the CLI reads them back); the change is found on Audit,
   downloaded as OCSF, and the hash chain verifies.
-- The administrator adds Kim in the Directory (her initial password shown once), creates a
+- The administrator adds a service principal (its secret shown once; a new one replaces it;
+  then disables it), adds Kim in the Directory (her initial password shown once), creates a
   group and adds her; Kim signs in, adds her authenticator app (pyotp reads the setup link)
   and makes recovery codes; on a phone-sized screen no page is wider than the screen.
 - A forged form from another origin is refused (403) and changes nothing.
@@ -438,6 +439,28 @@ def main(pim: str) -> int:
         admin.get_by_role("link", name="Settings of this group's membership").click()
         expect(admin.get_by_role("heading", name="Membership of db-admins at /groups/")).to_be_visible()
         expect(admin.get_by_label("Activation needs MFA")).to_be_visible()
+
+        # A service principal for an app: its client secret shown once, and it signs in with
+        # it; a new secret replaces it; disabled, it signs in no more.
+        admin.goto(portal + "/admin/directory")
+        admin.get_by_text("Add a service principal").click()
+        admin.get_by_label("Name (the app it signs in as)").fill("payments-app")
+        admin.get_by_role("button", name="Add the service principal").click()
+        expect(admin.get_by_role("status")).to_contain_text("payments-app")
+        client_id = admin.locator("[role=status] code").text_content().strip()
+        first_secret = admin.locator("[data-client-secret]").text_content().strip()
+        up.run("login", "--client-id", client_id, "--password-stdin", stdin=first_secret + "\n", as_user="app")
+        admin.goto(portal + "/admin/directory")
+        admin.get_by_role("button", name="New client secret for payments-app").click()
+        second_secret = admin.locator("[data-client-secret]").text_content().strip()
+        assert second_secret != first_secret
+        refused = up.run("login", "--client-id", client_id, "--password-stdin", stdin=first_secret + "\n",
+                         as_user="app", check=False)
+        assert refused.returncode != 0, "the old secret no longer signs in"
+        up.run("login", "--client-id", client_id, "--password-stdin", stdin=second_secret + "\n", as_user="app")
+        admin.goto(portal + "/admin/directory")
+        admin.get_by_role("button", name="Disable payments-app").click()
+        expect(admin.get_by_role("status")).to_contain_text("payments-app is disabled")
 
         kim = browser.new_context().new_page()
         sign_in(kim, portal, "kim", kim_password)

@@ -271,9 +271,38 @@ pub async fn directory_page(caller: Caller, Query(filter): Query<Filter>) -> Htm
                 }
             }
             h2 { "Service principals" }
-            ul {
-                @for p in &principals {
-                    li { (p.display_name) " " small { "(" (if p.enabled { "enabled" } else { "disabled" }) ")" } }
+            details {
+                summary { "Add a service principal" }
+                form method="post" action="/admin/service-principals" {
+                    (view::csrf(&caller))
+                    label for="sp-name" { "Name (the app it signs in as)" }
+                    input id="sp-name" name="name" type="text" required autocomplete="off";
+                    p { small { "Its client secret is made and shown to you once." } }
+                    button type="submit" { "Add the service principal" }
+                }
+            }
+            table {
+                thead { tr { th scope="col" { "Name" } th scope="col" { "Client id" } th scope="col" { "Enabled" } th scope="col" { span.visually-hidden { "Actions" } } } }
+                tbody {
+                    @for p in &principals {
+                        tr {
+                            td { (p.display_name) }
+                            td { code { (p.client_id) } }
+                            td { (if p.enabled { "yes" } else { "no" }) }
+                            td.actions {
+                                form method="post" action=(format!("/admin/service-principals/{}/rotate", p.id)) {
+                                    (view::csrf(&caller))
+                                    button.quiet type="submit" aria-label=(format!("New client secret for {}", p.display_name)) { "New secret" }
+                                }
+                                @if p.enabled {
+                                    form method="post" action=(format!("/admin/service-principals/{}/disable", p.id)) {
+                                        (view::csrf(&caller))
+                                        button.deny type="submit" aria-label=(format!("Disable {}", p.display_name)) { "Disable" }
+                                    }
+                                }
+                            }
+                        }
+                    }
                 }
             }
         })
@@ -377,5 +406,63 @@ pub async fn enrolment_pass(caller: Caller, Path(id): Path<String>, _: CheckedFo
             caller.flash(false, format!("No pass: {}", Failure::from(status).text()));
             Redirect::to("/admin/directory").into_response()
         }
+    }
+}
+
+/// The page that shows a service principal's client secret, once.
+fn secret_page(caller: &Caller, title: &str, answer: ipb::CreateServicePrincipalResponse) -> Response {
+    let sp = answer.service_principal.unwrap_or_default();
+    let content = html! {
+        p role="status" { "Service principal " strong { (sp.display_name) } ": its client id is " code { (sp.client_id) } "." }
+        p { "Give the app its client secret over a channel you trust. It is shown only now; only its hash is kept." }
+        p { "Client secret: " code data-client-secret { (answer.client_secret) } }
+        p { a href="/admin/directory" { "Back to the directory" } }
+    };
+    view::page(caller, "/admin/directory", title, content).into_response()
+}
+
+/// POST /admin/service-principals: a new service principal; its secret shown once.
+pub async fn create_service_principal(caller: Caller, CheckedForm(fields): CheckedForm) -> Response {
+    let created = directory(&caller)
+        .create_service_principal(caller.request(ipb::CreateServicePrincipalRequest {
+            display_name: fields.get("name").trim().to_owned(),
+        }))
+        .await;
+    match created {
+        Ok(answer) => secret_page(&caller, "Service principal added", answer.into_inner()),
+        Err(status) => {
+            caller.flash(false, format!("Not added: {}", Failure::from(status).text()));
+            Redirect::to("/admin/directory").into_response()
+        }
+    }
+}
+
+/// POST /admin/service-principals/{id}/rotate|disable: a new client secret (the old one stops
+/// working), shown once; or the principal disabled (its sessions end).
+pub async fn change_service_principal(
+    caller: Caller,
+    Path((id, change)): Path<(String, String)>,
+    _: CheckedForm,
+) -> Response {
+    let request = caller.request(ipb::GetServicePrincipalRequest {
+        service_principal_id: id,
+    });
+    let failed = |caller: &Caller, status: tonic::Status| {
+        caller.flash(false, format!("Not changed: {}", Failure::from(status).text()));
+        Redirect::to("/admin/directory").into_response()
+    };
+    match change.as_str() {
+        "rotate" => match directory(&caller).rotate_service_principal_secret(request).await {
+            Ok(answer) => secret_page(&caller, "New client secret", answer.into_inner()),
+            Err(status) => failed(&caller, status),
+        },
+        "disable" => match directory(&caller).disable_service_principal(request).await {
+            Ok(sp) => {
+                caller.flash(true, format!("{} is disabled.", sp.into_inner().display_name));
+                Redirect::to("/admin/directory").into_response()
+            }
+            Err(status) => failed(&caller, status),
+        },
+        _ => Redirect::to("/admin/directory").into_response(),
     }
 }

@@ -172,6 +172,11 @@ impl Portal {
             .route("/admin/users", post(directory::create_user))
             .route("/admin/users/{id}/{change}", post(directory::set_enabled))
             .route("/admin/passes/{id}", post(directory::enrolment_pass))
+            .route("/admin/service-principals", post(directory::create_service_principal))
+            .route(
+                "/admin/service-principals/{id}/{change}",
+                post(directory::change_service_principal),
+            )
             .route("/admin/groups", post(groups::create))
             .route("/admin/groups/{id}", get(groups::page))
             .route("/admin/groups/{id}/{link}/{change}", post(groups::change))
