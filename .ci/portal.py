@@ -9,7 +9,7 @@
   Lee's page, left open, turns active without a reload; he deactivates it from My requests.
 - Lee activates his membership of a group from My roles (PIM for Groups), and asks to extend
   an eligibility that ends, and an active assignment the admin gave him for a week.
-- Ann decides an access review item; the admin dismisses an alert, and weakens a role's
+- Ann decides an access review item (and the admin starts another review, mail off); the admin dismisses an alert, and weakens a role's
   settings on Role settings: the policy_weakened alert appears; adds an approval stage and a
   notification rule there (the CLI reads them back); the change is found on Audit,
   downloaded as OCSF, and the hash chain verifies.
@@ -439,6 +439,19 @@ def main(pim: str) -> int:
         admin.get_by_role("link", name="Settings of this group's membership").click()
         expect(admin.get_by_role("heading", name="Membership of db-admins at /groups/")).to_be_visible()
         expect(admin.get_by_label("Activation needs MFA")).to_be_visible()
+
+        # The administrator starts an access review from the portal, without mail.
+        admin.goto(portal + "/reviews")
+        admin.get_by_text("Start an access review").click()
+        admin.get_by_label("Name", exact=True).fill("Exchange holders")
+        admin.get_by_label("Role whose holders are reviewed").select_option(label="Exchange Administrator")
+        admin.get_by_label("Reviewers (user names, comma-separated)").fill("lee")
+        admin.get_by_label("Mail the reviewers when it starts").uncheck()
+        admin.get_by_role("button", name="Start the review").click()
+        expect(admin.get_by_role("status").first).to_contain_text("The review Exchange holders is started")
+        expect(admin.get_by_role("row").filter(has_text="Exchange holders")).to_contain_text("InProgress")
+        shown = up.run("reviews", "list", "--output", "json").stdout
+        assert "Exchange holders" in shown, shown
 
         # A service principal for an app: its client secret shown once, and it signs in with
         # it; a new secret replaces it; disabled, it signs in no more.

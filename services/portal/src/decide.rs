@@ -210,8 +210,24 @@ pub async fn reviews(caller: Caller) -> Html<String> {
             .into_inner()
             .items;
         let names = Names::of(&caller, items.iter().map(|i| i.principal_id.clone()).collect()).await;
-        let roles = crate::lookup::role_names(&caller).await?;
+        let role_list = crate::lookup::role_list(&caller).await?;
+        let roles: std::collections::HashMap<String, String> =
+            role_list.iter().map(|r| (r.id.clone(), r.name.clone())).collect();
+        // Reviews managers see every review; anyone else is refused, and sees only theirs.
+        let all = reviews_client(&caller)
+            .list_reviews(caller.request(rpb::ListReviewsRequest {
+                page_size: 50,
+                ..Default::default()
+            }))
+            .await
+            .map(|answer| answer.into_inner().reviews)
+            .ok();
         Ok::<_, Failure>(html! {
+            @if let Some(all) = &all {
+                (review_list(all, &roles))
+                (start_form(&caller, &role_list))
+                h2 { "Waiting for your decision" }
+            }
             @if items.is_empty() {
                 p { "No access review waits for you." }
             } @else {
@@ -247,6 +263,105 @@ pub async fn reviews(caller: Caller) -> Html<String> {
     .await
     .unwrap_or_else(|failure| caller.failed(failure));
     view::page(&caller, "/reviews", "Access reviews", content)
+}
+
+fn review_list(all: &[rpb::AccessReview], roles: &std::collections::HashMap<String, String>) -> Markup {
+    html! {
+        h2 { "Reviews" }
+        @if all.is_empty() { p { "None yet." } } @else {
+            table {
+                thead { tr { th scope="col" { "Name" } th scope="col" { "Role" } th scope="col" { "Scope" } th scope="col" { "Status" } th scope="col" { "Ends" } } }
+                tbody {
+                    @for r in all {
+                        tr {
+                            td { (r.name) }
+                            td { (roles.get(&r.role_id).map(String::as_str).unwrap_or(&r.role_id)) }
+                            td { code { (r.scope) } }
+                            td { (r.status) }
+                            td { (moment(timestamp(&r.instance_end))) }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The form that starts a review (reviews managers; the service says so to anyone else).
+fn start_form(caller: &Caller, roles: &[pim_proto::assignment::v1::RoleDefinition]) -> Markup {
+    html! {
+        details {
+            summary { "Start an access review" }
+            form method="post" action="/reviews" {
+                (view::csrf(caller))
+                label for="review-name" { "Name" }
+                input id="review-name" name="name" type="text" required;
+                label for="review-role" { "Role whose holders are reviewed" }
+                select id="review-role" name="role_id" {
+                    @for r in roles.iter().filter(|r| !pim_proto::catalogue::is_group_access(&r.id)) {
+                        option value=(r.id) { (r.name) }
+                    }
+                }
+                label for="review-reviewers" { "Reviewers (user names, comma-separated)" }
+                input id="review-reviewers" name="reviewers" type="text";
+                label for="review-duration" { "Runs for (e.g. 14d)" }
+                input id="review-duration" name="duration" type="text" value="14d";
+                div.check { input type="checkbox" id="review-self" name="self_review" value="on"; label for="review-self" { "Each holder reviews their own access" } }
+                div.check { input type="checkbox" id="review-apply" name="auto_apply" value="on"; label for="review-apply" { "Remove denied access when the review ends" } }
+                div.check { input type="checkbox" id="review-mail" name="mail" value="on" checked; label for="review-mail" { "Mail the reviewers when it starts" } }
+                div.check { input type="checkbox" id="review-remind" name="reminders" value="on" checked; label for="review-remind" { "Remind them half through" } }
+                button type="submit" { "Start the review" }
+            }
+        }
+    }
+}
+
+/// POST /reviews: starts an access review.
+pub async fn start(caller: Caller, CheckedForm(fields): CheckedForm) -> Response {
+    let started = async {
+        let duration = humantime::parse_duration(fields.get("duration").trim()).map_err(|_| {
+            Failure::Refused(format!(
+                "{:?} is not a duration (write it like 14d)",
+                fields.get("duration")
+            ))
+        })?;
+        let mut reviewer_ids = Vec::new();
+        for name in fields
+            .get("reviewers")
+            .split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+        {
+            reviewer_ids.push(crate::lookup::user_named(&caller, name).await?.id);
+        }
+        let review = rpb::AccessReview {
+            name: fields.get("name").trim().to_owned(),
+            role_id: fields.get("role_id").to_owned(),
+            scope: "/".into(),
+            review_scope: rpb::ReviewScope::Both as i32,
+            reviewer_ids,
+            self_review: fields.get("self_review") == "on",
+            duration: Some(prost_types::Duration {
+                seconds: duration.as_secs() as i64,
+                nanos: 0,
+            }),
+            auto_apply: fields.get("auto_apply") == "on",
+            mail_notifications_disabled: fields.get("mail") != "on",
+            reminders_disabled: fields.get("reminders") != "on",
+            ..Default::default()
+        };
+        let created = reviews_client(&caller)
+            .create_review(caller.request(rpb::CreateReviewRequest { review: Some(review) }))
+            .await?
+            .into_inner();
+        Ok::<_, Failure>(created.name)
+    }
+    .await;
+    match started {
+        Ok(name) => caller.flash(true, format!("The review {name} is started.")),
+        Err(failure) => caller.flash(false, format!("Not started: {}", failure.text())),
+    }
+    Redirect::to("/reviews").into_response()
 }
 
 /// POST /reviews/items/{id}: records the caller's decision on one item.

@@ -154,7 +154,7 @@ impl Portal {
             .route("/requests/{id}/cancel", post(roles::cancel))
             .route("/approvals", get(decide::approvals))
             .route("/approvals/{id}", get(decide::approval).post(decide::decide))
-            .route("/reviews", get(decide::reviews))
+            .route("/reviews", get(decide::reviews).post(decide::start))
             // Mails link to a review by id: its items are on the reviews page.
             .route(
                 "/reviews/{id}",
