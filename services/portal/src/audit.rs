@@ -45,18 +45,10 @@ impl Search {
 
     /// This search in a URL's query (its values escaped), for the next page and the download.
     fn query(&self, extra: &str) -> String {
-        let escape = |v: &str| {
-            v.bytes()
-                .map(|b| match b {
-                    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-                    _ => format!("%{b:02X}"),
-                })
-                .collect::<String>()
-        };
         format!(
             "action={}&outcome={}{extra}",
-            escape(self.action.trim()),
-            escape(self.outcome.trim())
+            view::in_query(self.action.trim()),
+            view::in_query(self.outcome.trim())
         )
     }
 }

@@ -106,7 +106,7 @@ fn linked(caller: &Caller, group: &ipb::Group, link: Link, links: &[ipb::GroupLi
     let settings = format!(
         "/admin/policies?role={}&scope={}",
         link.access_role(),
-        catalogue::group_scope(&group.id).replace('/', "%2F")
+        view::in_query(&catalogue::group_scope(&group.id))
     );
     html! {
         section aria-labelledby=(heading) {
@@ -153,6 +153,10 @@ pub async fn change(
     Path((id, link, change)): Path<(String, String, String)>,
     CheckedForm(fields): CheckedForm,
 ) -> Response {
+    // A group's id is a UUID: anything else is not a page to go back to.
+    if uuid::Uuid::parse_str(&id).is_err() {
+        return Redirect::to("/admin/directory").into_response();
+    }
     let back = format!("/admin/groups/{id}");
     let (Some(link), adding) = (Link::parse(&link), change == "add") else {
         return Redirect::to(&back).into_response();

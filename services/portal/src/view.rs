@@ -121,6 +121,12 @@ pub fn next_page(path: &str, token: &str, label: &str) -> Markup {
     }
 }
 
+/// A value as a URL's query carries it (form-encoded), so no value can change the URL's
+/// shape or make an invalid `Location`.
+pub fn in_query(value: &str) -> String {
+    form_urlencoded::byte_serialize(value.as_bytes()).collect()
+}
+
 /// The first 8 characters of an id, for a person to tell rows apart.
 pub fn short(id: &str) -> &str {
     id.get(..8).unwrap_or(id)
@@ -137,6 +143,13 @@ mod tests {
         assert!(!out.contains("<script>"), "{out}");
         assert!(!out.contains(r#"" onmouseover"#), "{out}");
         assert!(out.contains("&lt;script&gt;"), "{out}");
+    }
+
+    #[test]
+    fn a_value_in_a_query_cannot_change_the_urls_shape() {
+        assert_eq!(in_query("/groups/a&b=c#d\r\n"), "%2Fgroups%2Fa%26b%3Dc%23d%0D%0A");
+        let location = format!("/admin/policies?role={}", in_query("x\r\nSet-Cookie: y"));
+        assert!(http::HeaderValue::from_str(&location).is_ok(), "{location}");
     }
 
     #[test]

@@ -144,7 +144,7 @@ pub async fn page(caller: Caller, Query(which): Query<Which>) -> Html<String> {
                     p { "Membership and ownership of a group are activated like roles, under their own settings." }
                     ul.columns {
                         @for g in &groups {
-                            @let scope = catalogue::group_scope(&g.id).replace('/', "%2F");
+                            @let scope = view::in_query(&catalogue::group_scope(&g.id));
                             li {
                                 (g.display_name) ": "
                                 a href=(format!("/admin/policies?role={}&scope={scope}", catalogue::GROUP_MEMBER)) aria-label=(format!("Membership of {}", g.display_name)) { "membership" }
@@ -265,8 +265,8 @@ pub(super) fn parse_duration(label: &str, text: &str) -> Result<prost_types::Dur
 pub async fn save(caller: Caller, CheckedForm(fields): CheckedForm) -> Response {
     let back = format!(
         "/admin/policies?role={}&scope={}",
-        fields.get("role_id"),
-        fields.get("scope").replace('/', "%2F")
+        view::in_query(fields.get("role_id")),
+        view::in_query(fields.get("scope"))
     );
     let name = fields.get("role_name").to_owned();
     let saved = async {
