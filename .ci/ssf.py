@@ -5,8 +5,8 @@ fetches its JWKS and makes two streams over HTTP, one pushed (RFC 8935) and one 
 Lee is given a role for 4 seconds: the push receiver gets the role's token-claims-change,
 then its session-revoked within 1 s of the role's end; the polled stream holds the same two
 events, in order, until they are acknowledged. The push receiver wants its own credential
-(the stream's authorization_header) on every SET, and the credential is never shown back
-nor in the audit trail. Without a token, or without the permission, stream management is
+(the stream's authorization_header) on every SET, then rotates it with a PATCH; the
+credential is never shown back nor in the audit trail. Without a token, or without the permission, stream management is
 refused. Usage: python3 .ci/ssf.py PATH_TO_PIM
 """
 
@@ -56,6 +56,7 @@ class Receiver:
         self.lock = threading.Lock()
         self.received: list[tuple[float, str, str]] = []  # (time, content type, SET)
         self.refused = 0
+        self.credential = RECEIVER_CREDENTIAL
 
     def sets(self) -> list[tuple[float, str, str]]:
         with self.lock:
@@ -66,7 +67,7 @@ def serve(receiver: Receiver) -> ThreadingHTTPServer:
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self):
             body = self.rfile.read(int(self.headers.get("content-length", "0")))
-            if self.headers.get("authorization") != RECEIVER_CREDENTIAL:
+            if self.headers.get("authorization") != receiver.credential:
                 with receiver.lock:
                     receiver.refused += 1
                 self.send_response(401)
@@ -233,6 +234,18 @@ def main(pim: str) -> int:
         listed = [json.loads(l) for l in up.run("ssf", "streams", "--output", "json").stdout.splitlines()]
         assert sorted(l["delivery"] for l in listed) == ["poll", f"push to http://127.0.0.1:{server.server_address[1]}"], listed
         assert all(l["receiver"] == "ssf-app" and l["pending"] == "0" for l in listed), listed
+
+        # The receiver rotates its credential: a PATCH gives the new one, and pushes carry it.
+        receiver.credential = "Bearer receiver-credential-5e2a"
+        status, patched = call("PATCH", config["configuration_endpoint"], token, {
+            "stream_id": pushed["stream_id"],
+            "delivery": {"method": PUSH, "endpoint_url": push_url, "authorization_header": receiver.credential}})
+        assert status == 200 and "receiver-credential" not in json.dumps(patched), (status, patched)
+        before = len(receiver.sets())
+        up.run("assign", "Global Reader", "--principal", "lee", "--kind", "active", "--duration", "1h",
+               "-j", "a credential rotation check")
+        wait("a push carrying the new credential", lambda: len(receiver.sets()) > before)
+        assert receiver.refused == 0, "no push went with the old credential after the PATCH"
 
         status, _ = call("DELETE", f"{config['configuration_endpoint']}?stream_id={pushed['stream_id']}", token)
         assert status == 204, status
