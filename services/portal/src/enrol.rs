@@ -151,7 +151,14 @@ pub async fn confirm_at_sign_in(
                 tracing::info!("an authenticator app was added at sign-in in the portal");
                 response
             }
-            None => signin::first_method(&session, Some("The app is added; sign in again with a code from it.")),
+            None => {
+                // Confirmed: its secret is not kept, nor the pending sign-in.
+                portal.0.sessions.update(&session.id, |s| {
+                    s.enrolling = None;
+                    s.mfa_pending = None;
+                });
+                signin::first_method(&session, Some("The app is added; sign in again with a code from it."))
+            }
         },
         Err(status) => signin::document(
             "Add an authenticator app",

@@ -17,7 +17,7 @@ pub fn cookie_name(secure: bool) -> &'static str {
 }
 
 /// Who a session signed in as, and the tokens the portal calls the services with for them.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct SignedIn {
     pub principal_id: String,
     pub name: String,
@@ -44,7 +44,7 @@ impl std::fmt::Debug for Enrolling {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Session {
     pub id: String,
     /// Every form carries it; a POST without it is refused (`csrf::check`).
@@ -58,6 +58,27 @@ pub struct Session {
     pub flash: Option<(bool, String)>,
     created_ms: i64,
     last_seen_ms: i64,
+}
+
+// Tokens and the CSRF token are never printed: only who, and whether a sign-in is pending.
+impl std::fmt::Debug for SignedIn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SignedIn")
+            .field("principal_id", &self.principal_id)
+            .field("name", &self.name)
+            .field("expires_ms", &self.expires_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("signed_in", &self.signed_in)
+            .field("mfa_pending", &self.mfa_pending.is_some())
+            .field("enrolling", &self.enrolling)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The sessions this portal process holds. A restart signs everyone out (tokens are never
@@ -232,6 +253,31 @@ pub fn set_cookie(id: Option<&str>, secure: bool) -> String {
 mod tests {
     use super::*;
     use pim_runtime::clock::ManualClock;
+
+    #[test]
+    fn a_session_never_prints_its_tokens() {
+        let clock = ManualClock::starting_now();
+        let mut session = sessions(&clock).start();
+        session.mfa_pending = Some(("pending-token-x".into(), "lee".into()));
+        session.signed_in = Some(SignedIn {
+            principal_id: "lee-id".into(),
+            name: "lee".into(),
+            access_token: "access-token-x".into(),
+            refresh_token: "refresh-token-x".into(),
+            expires_ms: 0,
+        });
+        let printed = format!("{session:?}");
+        assert!(printed.contains("lee-id"), "{printed}");
+        for secret in [
+            "pending-token-x",
+            "access-token-x",
+            "refresh-token-x",
+            session.csrf.as_str(),
+            session.id.as_str(),
+        ] {
+            assert!(!printed.contains(secret), "{printed}");
+        }
+    }
 
     fn sessions(clock: &ManualClock) -> Sessions {
         Sessions::new(

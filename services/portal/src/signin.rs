@@ -130,13 +130,21 @@ pub async fn password(
     };
     if answer.mfa_pending {
         let pending = (answer.access_token, user);
-        portal.0.sessions.update(&session.id, |s| s.mfa_pending = Some(pending));
+        portal.0.sessions.update(&session.id, |s| {
+            // A new sign-in starts clean: nothing an earlier one left is shown to it.
+            s.mfa_pending = Some(pending);
+            s.enrolling = None;
+        });
         return code_form(&session, None).into_response();
     }
     if answer.enrollment_required {
         // The token can only add a first method: kept server-side for the enrolment pages.
         let pending = (answer.access_token, user);
-        portal.0.sessions.update(&session.id, |s| s.mfa_pending = Some(pending));
+        portal.0.sessions.update(&session.id, |s| {
+            // A new sign-in starts clean: nothing an earlier one left is shown to it.
+            s.mfa_pending = Some(pending);
+            s.enrolling = None;
+        });
         return first_method(&session, None);
     }
     signed_in(&portal, &session, answer, user)

@@ -116,7 +116,7 @@ pub struct Paging {
 pub fn next_page(path: &str, token: &str, label: &str) -> Markup {
     html! {
         @if !token.is_empty() {
-            nav aria-label="Pages" { a href=(format!("{path}?page={token}")) { (label) } }
+            nav aria-label="Pages" { a href=(format!("{path}?page={}", in_query(token))) { (label) } }
         }
     }
 }
