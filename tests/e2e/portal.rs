@@ -124,7 +124,21 @@ async fn a_new_user_adds_an_authenticator_app_at_first_sign_in_in_the_portal() -
             "{page}"
         );
 
+        // Pat starts adding an app at this browser and walks away; Kim signs in at the same
+        // browser: nothing of Pat's enrolment is shown to her, whatever she posts.
+        let (_, page) = admin.post("/admin/users", &[("user_name", "pat")]).await?;
+        let pat_password = between(&page, "data-initial-password>", "</code>")
+            .expect("pat's initial password")
+            .to_owned();
         let mut again = Browser::connect(portal).await?;
+        again.get("/signin").await?;
+        again
+            .post("/signin", &[("user", "pat"), ("password", &pat_password)])
+            .await?;
+        let (_, page) = again.post("/signin/enrol", &[("pass", "")]).await?;
+        let pats = between(&page, "data-otpauth>", "</code>")
+            .expect("pat's setup link")
+            .to_owned();
         again.get("/signin").await?;
         let (_, page) = again
             .post("/signin", &[("user", "kim"), ("password", &password)])
@@ -133,6 +147,8 @@ async fn a_new_user_adds_an_authenticator_app_at_first_sign_in_in_the_portal() -
             page.contains("Verify it's you") && !page.contains("Add an authenticator app"),
             "the next sign-in asks for a code from the app: {page}"
         );
+        let (_, page) = again.post("/signin/enrol/confirm", &[("code", "000000")]).await?;
+        assert!(!page.contains(&pats), "pat's secret is shown to kim: {page}");
         Ok(())
     }
     .await;
