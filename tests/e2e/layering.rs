@@ -243,7 +243,7 @@ fn circles_in(graph: &std::collections::BTreeMap<String, BTreeSet<String>>) -> V
 #[test]
 fn tonic_is_named_only_by_the_adapters() -> anyhow::Result<()> {
     let services = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../services");
-    let adapters = ["lib.rs", "error.rs", "clients.rs", "grpc.rs", "grpc/", "http.rs"];
+    let adapters = ["lib.rs", "error.rs", "clients.rs", "grpc.rs", "grpc/", "http/"];
     let mut found = Vec::new();
     let mut read = 0;
     for service in SERVICE_CRATES {
@@ -269,5 +269,32 @@ fn tonic_is_named_only_by_the_adapters() -> anyhow::Result<()> {
     }
     anyhow::ensure!(read > 60, "the services' sources were read ({read} files)");
     assert!(found.is_empty(), "tonic named outside the adapters: {found:#?}");
+    Ok(())
+}
+
+/// No room needs scrolling through unrelated flows: every Rust source file of a service is at
+/// most 800 lines (a file that grows past it is split by responsibility).
+#[test]
+fn no_service_source_file_is_over_800_lines() -> anyhow::Result<()> {
+    const MAX_LINES: usize = 800;
+    let services = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../services");
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(&services)? {
+        let path = entry?.path();
+        for folder in ["src", "tests"] {
+            if path.join(folder).is_dir() {
+                files.extend(rust_files(&path.join(folder))?);
+            }
+        }
+    }
+    anyhow::ensure!(files.len() > 50, "the services' sources were found: {files:?}");
+    let mut long = Vec::new();
+    for file in files {
+        let lines = std::fs::read_to_string(&file)?.lines().count();
+        if lines > MAX_LINES {
+            long.push(format!("{}: {lines} lines", file.display()));
+        }
+    }
+    assert!(long.is_empty(), "files over {MAX_LINES} lines: {long:#?}");
     Ok(())
 }
