@@ -322,6 +322,37 @@ async fn lee_gu_activates_exchange_administrator_after_mfa_until_it_expires() ->
             (e.principal_id.as_str(), e.role_id.as_str(), e.justification.as_str()),
             (lee.id.as_str(), EXCHANGE_ADMINISTRATOR, "mailbox migration")
         );
+        // The events name the action, kind and status in the API's enums, and in text still.
+        let created = w.eventually_events("RequestCreated", 1).await?;
+        let e = created
+            .iter()
+            .filter_map(|e| ev::RequestCreated::decode(e.data.as_slice()).ok())
+            .find(|e| e.request_id == activated.id)
+            .expect("the activation's RequestCreated");
+        assert_eq!(
+            (e.request_action(), e.assignment_kind(), e.request_status()),
+            (
+                apb::RequestAction::SelfActivate,
+                apb::AssignmentKind::Active,
+                apb::RequestStatus::Provisioned
+            )
+        );
+        assert_eq!(
+            (e.action.as_str(), e.kind.as_str(), e.status.as_str()),
+            ("selfActivate", "active", "Provisioned")
+        );
+        let refusals = w.eventually_events("RequestRefused", 1).await?;
+        let e = ev::RequestRefused::decode(refusals[0].data.as_slice())?;
+        assert_eq!(
+            (e.request_action(), e.action.as_str()),
+            (apb::RequestAction::SelfActivate, "selfActivate")
+        );
+        let granted = w.eventually_events("EligibilityGranted", 1).await?;
+        let e = ev::AssignmentChanged::decode(granted[0].data.as_slice())?;
+        assert_eq!(
+            (e.assignment_kind(), e.kind.as_str()),
+            (apb::AssignmentKind::Eligible, "eligible")
+        );
 
         // One second before the end it holds; at the end it does not — before any timer ran.
         w.clock.advance(Duration::from_millis((HOUR_MS - 1000) as u64));
@@ -683,6 +714,29 @@ async fn approval_holds_the_activation_and_the_window_starts_when_approved() -> 
                 .expect("more updates until final");
         }
         assert!(watch.message().await?.is_none(), "the stream ends at a final status");
+        // Each move is an event with both statuses typed (and in text).
+        let moves: Vec<ev::RequestStatusChanged> = w
+            .eventually_events("RequestStatusChanged", 2)
+            .await?
+            .iter()
+            .filter_map(|e| ev::RequestStatusChanged::decode(e.data.as_slice()).ok())
+            .filter(|e| e.request_id == pending.id)
+            .collect();
+        let typed: Vec<_> = moves
+            .iter()
+            .map(|e| (e.previous_request_status(), e.request_status()))
+            .collect();
+        assert_eq!(
+            typed,
+            vec![
+                (apb::RequestStatus::PendingApproval, apb::RequestStatus::Granted),
+                (apb::RequestStatus::Granted, apb::RequestStatus::Provisioned),
+            ]
+        );
+        assert_eq!(
+            (moves[0].previous_status.as_str(), moves[0].status.as_str()),
+            ("PendingApproval", "Granted")
+        );
         // The watch may see the committed status (its 1 s re-read) a moment before the access
         // index has applied the approval: poll briefly.
         let yes = eventually(Duration::from_secs(5), "CheckAccess to agree", || async {

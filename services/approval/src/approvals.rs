@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use sea_orm::{DatabaseTransaction, TransactionTrait};
 
+use pim_proto::assignment::v1::RequestStatus;
 use pim_proto::catalogue;
 use pim_proto::common::v1::{Actor, ApprovalStageSettings, PrincipalKind};
 use pim_proto::events::v1 as ev;
@@ -110,7 +111,7 @@ impl Approvals {
         e: &ev::RequestCreated,
         traceparent: &str,
     ) -> anyhow::Result<()> {
-        if e.status != "PendingApproval" {
+        if e.typed_status() != RequestStatus::PendingApproval {
             return Ok(());
         }
         let mut stages: Vec<Stage> = e.approval_stages.iter().map(stage_from_settings).collect();

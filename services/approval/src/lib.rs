@@ -17,6 +17,7 @@ use tonic::service::RoutesBuilder;
 
 use pim_proto::approval::v1::access_review_service_server::AccessReviewServiceServer;
 use pim_proto::approval::v1::approval_service_server::ApprovalServiceServer;
+use pim_proto::assignment::v1::RequestStatus;
 use pim_proto::events::v1 as ev;
 use pim_runtime::db::{Db, from_timestamp};
 use pim_runtime::events::{Envelope, EventHandler, Outbox, decode, short_type, streams};
@@ -93,7 +94,7 @@ impl EventHandler for AssignmentEvents {
             "RequestCreated" => self.0.open(txn, &decode(envelope)?, &envelope.traceparent).await,
             "RequestStatusChanged" => {
                 let e: ev::RequestStatusChanged = decode(envelope)?;
-                if e.status == "Canceled" {
+                if e.typed_status() == RequestStatus::Canceled {
                     self.0.cancel_for_request(txn, &e.request_id, e.actor).await?;
                 }
                 Ok(())
@@ -117,11 +118,12 @@ impl EventHandler for AssignmentEvents {
             }
             "EligibilityGranted" | "EligibilityUpdated" | "ActiveAssignmentGranted" | "ActiveAssignmentUpdated" => {
                 let e: ev::AssignmentChanged = decode(envelope)?;
+                let kind = e.typed_kind().text().to_owned();
                 store::upsert_seen(
                     txn,
                     &store::SeenAssignment {
                         assignment_id: e.assignment_id,
-                        kind: e.kind,
+                        kind,
                         principal_id: e.principal_id,
                         role_id: e.role_id,
                         scope: e.scope,
@@ -156,7 +158,9 @@ impl EventHandler for AssignmentEvents {
     /// closed (most requests need none: their RequestCreated changed nothing here).
     async fn after_commit(&self, envelope: &Envelope) {
         let changed = match short_type(envelope) {
-            "RequestCreated" => decode::<ev::RequestCreated>(envelope).is_ok_and(|e| e.status == "PendingApproval"),
+            "RequestCreated" => {
+                decode::<ev::RequestCreated>(envelope).is_ok_and(|e| e.typed_status() == RequestStatus::PendingApproval)
+            }
             "RequestStatusChanged" => true,
             _ => false,
         };

@@ -9,6 +9,7 @@
 
 use sea_orm::DatabaseTransaction;
 
+use pim_proto::assignment::v1 as pb;
 use pim_proto::catalogue::{GLOBAL_ADMINISTRATOR, GROUP_MEMBER, PRIVILEGED_ROLE_ADMINISTRATOR, group_scope};
 use pim_proto::common::v1::{Actor, Ticket};
 use pim_proto::events::v1 as ev;
@@ -17,7 +18,7 @@ use pim_runtime::db::to_timestamp;
 use pim_runtime::events::{Envelope, EventHandler, decode, short_type, streams};
 
 use crate::assignments::Assignments;
-use crate::domain::{NotificationEvent, NotificationParty, Policy, RequestStatus, Scope};
+use crate::domain::{NotificationEvent, NotificationParty, Policy, Scope};
 use crate::store::{self, RequestRow};
 
 /// How old a change may be and still be told.
@@ -98,7 +99,9 @@ impl Change {
         let change = match short_type(envelope) {
             "RequestCreated" => {
                 let e: ev::RequestCreated = decode(envelope)?;
-                if e.status != RequestStatus::PendingApproval.as_str() || e.action != "selfActivate" {
+                if e.typed_status() != pb::RequestStatus::PendingApproval
+                    || e.typed_action() != pb::RequestAction::SelfActivate
+                {
                     return Ok(None);
                 }
                 Change {
@@ -152,14 +155,16 @@ impl Change {
             }
             "RequestStatusChanged" => {
                 let e: ev::RequestStatusChanged = decode(envelope)?;
-                let decided = e.previous_status == RequestStatus::PendingApproval.as_str()
-                    && (e.status == RequestStatus::Denied.as_str() || e.status == RequestStatus::Expired.as_str());
-                let Some(r) = request(&e.request_id).filter(|r| decided && r.action == "selfActivate") else {
+                let decided = e.typed_previous_status() == pb::RequestStatus::PendingApproval
+                    && matches!(e.typed_status(), pb::RequestStatus::Denied | pb::RequestStatus::Expired);
+                let self_activation =
+                    |r: &RequestRow| pb::RequestAction::from_text(&r.action) == pb::RequestAction::SelfActivate;
+                let Some(r) = request(&e.request_id).filter(|r| decided && self_activation(r)) else {
                     return Ok(None);
                 };
-                let reason = match (e.status.as_str(), r.outcome_reason.as_str()) {
+                let reason = match (e.typed_status(), r.outcome_reason.as_str()) {
                     (_, said) if !said.is_empty() => said.to_owned(),
-                    ("Expired", _) => "no decision in time".to_owned(),
+                    (pb::RequestStatus::Expired, _) => "no decision in time".to_owned(),
                     _ => "denied".to_owned(),
                 };
                 Change {

@@ -201,7 +201,8 @@ pub fn record(envelope: &Envelope, correlator: &Correlator) -> anyhow::Result<Re
             r.justification = e.justification.clone();
             r.ticket = ticket_text(&e.ticket);
             json!({
-                "request_id": e.request_id, "action": e.action, "kind": e.kind, "status": e.status,
+                "request_id": e.request_id, "action": e.typed_action().text(), "kind": e.typed_kind().text(),
+                "status": e.typed_status().text(),
                 "start_time": rfc3339(&e.start_time), "end_time": rfc3339(&e.end_time),
             })
         }
@@ -221,7 +222,7 @@ pub fn record(envelope: &Envelope, correlator: &Correlator) -> anyhow::Result<Re
             r.justification = e.justification.clone();
             r.ticket = ticket_text(&e.ticket);
             json!({
-                "assignment_id": e.assignment_id, "request_id": e.request_id, "kind": e.kind,
+                "assignment_id": e.assignment_id, "request_id": e.request_id, "kind": e.typed_kind().text(),
                 "start_time": rfc3339(&e.start_time), "end_time": rfc3339(&e.end_time), "reason": e.reason,
             })
         }
@@ -233,7 +234,7 @@ pub fn record(envelope: &Envelope, correlator: &Correlator) -> anyhow::Result<Re
             r.role_name = e.role_name.clone();
             r.scope = e.scope.clone();
             r.outcome = "failure".into();
-            json!({"action": e.action, "code": e.code, "rules": e.rules, "reason": e.message})
+            json!({"action": e.typed_action().text(), "code": e.code, "rules": e.rules, "reason": e.message})
         }
         "AssignmentExpiring" => {
             let e: ev::AssignmentExpiring = decode(envelope)?;
@@ -302,7 +303,10 @@ pub fn record(envelope: &Envelope, correlator: &Correlator) -> anyhow::Result<Re
         "RequestStatusChanged" => {
             let e: ev::RequestStatusChanged = decode(envelope)?;
             set_actor(&mut r, &e.actor);
-            json!({"request_id": e.request_id, "status": e.status, "previous_status": e.previous_status})
+            json!({
+                "request_id": e.request_id, "status": e.typed_status().text(),
+                "previous_status": e.typed_previous_status().text(),
+            })
         }
         "PolicyUpdated" => {
             let e: ev::PolicyUpdated = decode(envelope)?;

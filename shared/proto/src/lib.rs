@@ -4,6 +4,7 @@
 
 pub mod catalogue;
 mod defaults;
+mod names;
 
 pub mod common {
     pub mod v1 {

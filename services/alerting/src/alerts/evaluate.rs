@@ -108,7 +108,7 @@ impl Alerts {
                     }
                 }
                 let key = format!("permanent:{}", a.assignment_id);
-                if a.kind == "active" && end.is_none() {
+                if a.typed_kind() == AssignmentKind::Active && end.is_none() {
                     let figures = BTreeMap::from([("role_name".to_owned(), a.role_name.clone())]);
                     let subject = Subject {
                         principal_id: a.principal_id.clone(),

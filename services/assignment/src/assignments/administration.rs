@@ -180,6 +180,7 @@ impl Assignments {
             assignment_id: assignment.id.clone(),
             request_id: request.id.clone(),
             kind: assignment.kind.clone(),
+            assignment_kind: AssignmentKind::from_text(&assignment.kind) as i32,
             principal_id: assignment.principal_id.clone(),
             principal_kind: principal_kind as i32,
             principal_name: principal_name.into(),

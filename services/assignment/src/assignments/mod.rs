@@ -9,6 +9,7 @@ use prost::Message;
 use sea_orm::{ConnectionTrait, DatabaseTransaction, TransactionTrait};
 use tokio::sync::broadcast;
 
+use pim_proto::assignment::v1::{AssignmentKind, RequestAction};
 use pim_proto::common::v1::{Actor, PrincipalKind, Ticket};
 use pim_proto::events::v1 as ev;
 use pim_runtime::access::{Decision, Target, permissions};
@@ -291,6 +292,9 @@ impl Assignments {
             request_id: request.id.clone(),
             action: request.action.clone(),
             kind: request.kind.clone(),
+            request_action: RequestAction::from_text(&request.action) as i32,
+            assignment_kind: AssignmentKind::from_text(&request.kind) as i32,
+            request_status: request.status.to_pb() as i32,
             principal_id: request.principal_id.clone(),
             role_id: request.role_id.clone(),
             role_name: role_name.into(),
@@ -407,6 +411,7 @@ impl Assignments {
                 assignment_id: a.id.clone(),
                 request_id: a.request_id.clone(),
                 kind: a.kind.clone(),
+                assignment_kind: AssignmentKind::from_text(&a.kind) as i32,
                 principal_id: a.principal_id.clone(),
                 principal_kind: 0,
                 principal_name: a.principal_name.clone(),
@@ -454,6 +459,7 @@ impl Assignments {
             assignment_id: assignment.id.clone(),
             request_id: request.id.clone(),
             kind: assignment.kind.clone(),
+            assignment_kind: AssignmentKind::from_text(&assignment.kind) as i32,
             principal_id: assignment.principal_id.clone(),
             principal_kind: 0,
             principal_name: assignment.principal_name.clone(),

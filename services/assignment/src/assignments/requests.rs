@@ -237,6 +237,8 @@ impl Assignments {
             request_id: request.id.clone(),
             status: request.status.to_string(),
             previous_status: from.to_string(),
+            request_status: request.status.to_pb() as i32,
+            previous_request_status: from.to_pb() as i32,
         };
         self.emit(txn, "RequestStatusChanged", &request.id, &event).await?;
         Ok(true)

@@ -4,6 +4,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use pim_proto::assignment::v1 as pb;
 use pim_runtime::grpc::RuleViolation;
 
 use crate::error::{Error, Result};
@@ -101,18 +102,28 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// Its name in the database, the records and the events' text fields.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Eligible => "eligible",
-            Kind::Active => "active",
-        }
+        self.to_pb().text()
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "eligible" => Some(Kind::Eligible),
-            "active" => Some(Kind::Active),
-            _ => None,
+        Self::from_pb(pb::AssignmentKind::from_text(s))
+    }
+
+    pub fn to_pb(self) -> pb::AssignmentKind {
+        match self {
+            Kind::Eligible => pb::AssignmentKind::Eligible,
+            Kind::Active => pb::AssignmentKind::Active,
+        }
+    }
+
+    /// None for Unspecified.
+    pub fn from_pb(kind: pb::AssignmentKind) -> Option<Self> {
+        match kind {
+            pb::AssignmentKind::Eligible => Some(Kind::Eligible),
+            pb::AssignmentKind::Active => Some(Kind::Active),
+            pb::AssignmentKind::Unspecified => None,
         }
     }
 }
@@ -152,22 +163,33 @@ impl RequestStatus {
         Self::Revoked,
     ];
 
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::PendingApproval => "PendingApproval",
-            Self::Granted => "Granted",
-            Self::Provisioned => "Provisioned",
-            Self::ScheduleCreated => "ScheduleCreated",
-            Self::Denied => "Denied",
-            Self::Canceled => "Canceled",
-            Self::Failed => "Failed",
-            Self::Expired => "Expired",
-            Self::Revoked => "Revoked",
-        }
+    /// Its name in the database, the records and the events' text fields (Entra's).
+    pub fn as_str(self) -> &'static str {
+        self.to_pb().text()
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|status| status.as_str() == s)
+        Self::from_pb(pb::RequestStatus::from_text(s))
+    }
+
+    pub const fn to_pb(self) -> pb::RequestStatus {
+        use pb::RequestStatus as S;
+        match self {
+            Self::PendingApproval => S::PendingApproval,
+            Self::Granted => S::Granted,
+            Self::Denied => S::Denied,
+            Self::Provisioned => S::Provisioned,
+            Self::ScheduleCreated => S::ScheduleCreated,
+            Self::Revoked => S::Revoked,
+            Self::Canceled => S::Canceled,
+            Self::Failed => S::Failed,
+            Self::Expired => S::Expired,
+        }
+    }
+
+    /// None for Unspecified.
+    pub fn from_pb(status: pb::RequestStatus) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.to_pb() == status)
     }
 
     /// Nothing more happens to a request in a final status (a scheduled one still starts).

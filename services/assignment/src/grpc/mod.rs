@@ -21,7 +21,7 @@ use pim_runtime::grpc::BoxStream;
 use crate::assignments::{
     ActivateRequest, AdminAssignRequest, Assignments, EndRequest, NewRole, PolicyUpdate, RoleChange,
 };
-use crate::domain::{Kind, Scope};
+use crate::domain::{Kind, RequestStatus, Scope};
 use crate::error::Error;
 use crate::policy_edits::Setting;
 use crate::store::RequestRow;
@@ -273,7 +273,7 @@ impl AssignmentService for Assignments {
         let r = request.into_inner();
         let asked = Asked {
             action: pb::RequestAction::try_from(r.action)
-                .map(action_name)
+                .map(pb::RequestAction::text)
                 .unwrap_or_default(),
             principal_id: filter(&r.principal_id).unwrap_or(&caller.principal_id).to_owned(),
             role_id: r.role_id.clone(),
@@ -324,7 +324,9 @@ impl AssignmentService for Assignments {
             ),
             None => None,
         };
-        let status = pb::RequestStatus::try_from(r.status).ok().and_then(status_from_pb);
+        let status = pb::RequestStatus::try_from(r.status)
+            .ok()
+            .and_then(RequestStatus::from_pb);
         let mut rows = self
             .list_requests(
                 &caller,
@@ -599,7 +601,7 @@ impl Assignments {
         use pb::RequestAction as A;
         let created = match A::try_from(r.action) {
             Ok(action @ (A::AdminAssign | A::AdminRenew)) => {
-                self.admin_assign(&caller, AdminAssignRequest::try_from(r)?, action_name(action))
+                self.admin_assign(&caller, AdminAssignRequest::try_from(r)?, action.text())
                     .await?
             }
             Ok(A::AdminRemove) => self.admin_remove(&caller, EndRequest::try_from(r)?).await?,
@@ -617,7 +619,7 @@ impl Assignments {
                         ));
                     }
                 };
-                self.admin_change_end(&caller, action_name(action), EndRequest::try_from(r)?, end)
+                self.admin_change_end(&caller, action.text(), EndRequest::try_from(r)?, end)
                     .await?
             }
             Ok(A::SelfActivate) => {
@@ -667,7 +669,7 @@ impl Assignments {
                 };
                 let mut keep = EndRequest::try_from(r)?;
                 keep.principal_id = caller.principal_id.clone();
-                self.self_keep(&caller, action_name(action), keep, start, end).await?
+                self.self_keep(&caller, action.text(), keep, start, end).await?
             }
             Ok(A::Unspecified) | Err(_) => {
                 return Err(Error::invalid("action", "required (e.g. adminAssign, selfActivate)"));
@@ -692,6 +694,7 @@ impl Assignments {
         let event = ev::RequestRefused {
             actor: Some(caller.actor()),
             action: asked.action.to_owned(),
+            request_action: pb::RequestAction::from_text(asked.action) as i32,
             principal_id: bounded(&asked.principal_id),
             role_id: role
                 .as_ref()

@@ -10,8 +10,7 @@ use pim_runtime::db::to_timestamp;
 
 use crate::assignments::{ActivateRequest, AdminAssignRequest, EndRequest, PolicyAt};
 use crate::domain::{
-    ActivationAsk, AdminAssignment, ApprovalStage, Expiration, Kind, NotificationRule, Policy, RequestStatus,
-    duration_to_pb,
+    ActivationAsk, AdminAssignment, ApprovalStage, Expiration, Kind, NotificationRule, Policy, duration_to_pb,
 };
 use crate::error::Error;
 use crate::store::{AssignmentRow, RequestRow, RoleRow};
@@ -27,78 +26,15 @@ pub(super) fn role_to_pb(r: RoleRow) -> pb::RoleDefinition {
     }
 }
 
-pub(super) fn action_name(action: pb::RequestAction) -> &'static str {
-    use pb::RequestAction as A;
-    match action {
-        A::AdminAssign => "adminAssign",
-        A::AdminUpdate => "adminUpdate",
-        A::AdminRemove => "adminRemove",
-        A::AdminExtend => "adminExtend",
-        A::AdminRenew => "adminRenew",
-        A::SelfActivate => "selfActivate",
-        A::SelfDeactivate => "selfDeactivate",
-        A::SelfExtend => "selfExtend",
-        A::SelfRenew => "selfRenew",
-        A::Unspecified => "unspecified",
-    }
-}
-
-pub(super) fn action_from_name(name: &str) -> pb::RequestAction {
-    use pb::RequestAction as A;
-    [
-        A::AdminAssign,
-        A::AdminUpdate,
-        A::AdminRemove,
-        A::AdminExtend,
-        A::AdminRenew,
-        A::SelfActivate,
-        A::SelfDeactivate,
-        A::SelfExtend,
-        A::SelfRenew,
-    ]
-    .into_iter()
-    .find(|a| action_name(*a) == name)
-    .unwrap_or(A::Unspecified)
-}
-
-/// The wire's request status for the domain's, and back (none for Unspecified).
-pub(super) fn status_to_pb(status: RequestStatus) -> pb::RequestStatus {
-    use RequestStatus as D;
-    use pb::RequestStatus as S;
-    match status {
-        D::PendingApproval => S::PendingApproval,
-        D::Granted => S::Granted,
-        D::Denied => S::Denied,
-        D::Provisioned => S::Provisioned,
-        D::ScheduleCreated => S::ScheduleCreated,
-        D::Revoked => S::Revoked,
-        D::Canceled => S::Canceled,
-        D::Failed => S::Failed,
-        D::Expired => S::Expired,
-    }
-}
-
-pub(super) fn status_from_pb(status: pb::RequestStatus) -> Option<RequestStatus> {
-    RequestStatus::ALL.into_iter().find(|s| status_to_pb(*s) == status)
-}
-
-pub(super) fn kind_to_pb(kind: &str) -> pb::AssignmentKind {
-    match Kind::parse(kind) {
-        Some(Kind::Eligible) => pb::AssignmentKind::Eligible,
-        Some(Kind::Active) => pb::AssignmentKind::Active,
-        None => pb::AssignmentKind::Unspecified,
-    }
-}
-
 pub(super) fn request_to_pb(r: RequestRow) -> pb::AssignmentRequest {
     pb::AssignmentRequest {
         id: r.id,
-        action: action_from_name(&r.action) as i32,
-        kind: kind_to_pb(&r.kind) as i32,
+        action: pb::RequestAction::from_text(&r.action) as i32,
+        kind: pb::AssignmentKind::from_text(&r.kind) as i32,
         principal_id: r.principal_id,
         role_id: r.role_id,
         scope: r.scope,
-        status: status_to_pb(r.status) as i32,
+        status: r.status.to_pb() as i32,
         start_time: Some(to_timestamp(r.start_at)),
         end_time: r.end_at.map(to_timestamp),
         justification: r.justification,
@@ -129,7 +65,7 @@ pub(super) fn assignment_to_pb(
     pb::Assignment {
         activated: a.origin == "activation",
         id: a.id,
-        kind: kind_to_pb(&a.kind) as i32,
+        kind: pb::AssignmentKind::from_text(&a.kind) as i32,
         principal_id: member.map(str::to_owned).unwrap_or(a.principal_id),
         principal_kind: principal_kind as i32,
         role_id: a.role_id,
