@@ -737,6 +737,18 @@ async fn approval_holds_the_activation_and_the_window_starts_when_approved() -> 
             (moves[0].previous_status.as_str(), moves[0].status.as_str()),
             ("PendingApproval", "Granted")
         );
+        let recorded = w.events_on(streams::APPROVAL, "ApprovalDecisionRecorded").await?;
+        let decided = ev::ApprovalDecisionRecorded::decode(recorded[0].data.as_slice())?;
+        assert_eq!(
+            (decided.approval_decision(), decided.decision.as_str()),
+            (pim_proto::approval::v1::Decision::Approve, "approve")
+        );
+        let granted = w.events_on(streams::APPROVAL, "ApprovalGranted").await?;
+        let outcome = ev::ApprovalCompleted::decode(granted[0].data.as_slice())?;
+        assert_eq!(
+            (outcome.approval_status(), outcome.outcome.as_str()),
+            (pim_proto::approval::v1::ApprovalStatus::Approved, "Approved")
+        );
         // The watch may see the committed status (its 1 s re-read) a moment before the access
         // index has applied the approval: poll briefly.
         let yes = eventually(Duration::from_secs(5), "CheckAccess to agree", || async {

@@ -18,7 +18,8 @@ use pim_runtime::clock::Clock;
 use pim_runtime::db::{Db, from_timestamp};
 use pim_runtime::events::{Outbox, envelope, streams};
 
-use crate::store::{self, ApprovalRow, DecisionRow, PENDING, Stage};
+use crate::domain::{ApprovalStatus, Decision};
+use crate::store::{self, ApprovalRow, DecisionRow, Stage};
 use pim_runtime::error::{Error, Result};
 
 /// Entra's built-in role ids (the default approvers hold one of them).
@@ -136,7 +137,7 @@ impl Approvals {
             justification: e.justification.clone(),
             ticket_system: ticket.system,
             ticket_number: ticket.number,
-            status: PENDING.into(),
+            status: ApprovalStatus::Pending,
             stage: 0,
             stage_started_at: now,
             expires_at: now + stages[0].timeout_ms,
@@ -174,7 +175,7 @@ impl Approvals {
         let Some(mut approval) = store::by_request(txn, request_id).await? else {
             return Ok(());
         };
-        if approval.status != PENDING {
+        if approval.status != ApprovalStatus::Pending {
             return Ok(());
         }
         let by_requester = actor.as_ref().is_some_and(|a| a.principal_id == approval.requester_id);
@@ -183,7 +184,8 @@ impl Approvals {
         } else {
             "canceled: what the request rested on (its eligibility, or the group) ended"
         };
-        self.complete(txn, &mut approval, "Canceled", actor, reason).await?;
+        self.complete(txn, &mut approval, ApprovalStatus::Canceled, actor, reason)
+            .await?;
         Ok(())
     }
 
@@ -192,27 +194,28 @@ impl Approvals {
         &self,
         txn: &DatabaseTransaction,
         approval: &mut ApprovalRow,
-        outcome: &str,
+        outcome: ApprovalStatus,
         actor: Option<Actor>,
         reason: &str,
     ) -> Result<()> {
-        approval.status = outcome.into();
+        let Some(event_type) = outcome.completion_event() else {
+            return Err(Error::Internal(anyhow::anyhow!(
+                "approval {} cannot end as {outcome}",
+                approval.id
+            )));
+        };
+        approval.status = outcome;
         approval.completed_at = Some(self.now());
         approval.rev = store::next_rev(txn).await?;
         store::update(txn, approval).await?;
-        let event_type = match outcome {
-            "Approved" => "ApprovalGranted",
-            "Denied" => "ApprovalDenied",
-            "Expired" => "ApprovalExpired",
-            _ => "ApprovalCanceled",
-        };
         // The outcome continues the trace of the request that asked for approval.
-        let span = tracing::info_span!("approval outcome", pim.approval_id = %approval.id, pim.outcome = outcome);
+        let span =
+            tracing::info_span!("approval outcome", pim.approval_id = %approval.id, pim.outcome = outcome.as_str());
         if !approval.traceparent.is_empty() {
             use tracing_opentelemetry::OpenTelemetrySpanExt;
             let _ = span.set_parent(pim_runtime::telemetry::context_from_traceparent(&approval.traceparent));
         }
-        let mut event = self.completed_event(approval, outcome, actor);
+        let mut event = self.completed_event(approval, outcome.as_str(), actor);
         event.reason = reason.chars().take(1000).collect();
         tracing::Instrument::instrument(self.emit(txn, event_type, &approval.id, &event), span).await
     }
@@ -223,6 +226,7 @@ impl Approvals {
             approval_id: a.id.clone(),
             request_id: a.request_id.clone(),
             outcome: outcome.into(),
+            approval_status: a.status.to_pb() as i32,
             requester_id: a.requester_id.clone(),
             role_id: a.role_id.clone(),
             scope: a.scope.clone(),
@@ -252,7 +256,7 @@ impl Approvals {
     /// Whether `caller` may decide the current stage of `approval` now. The requester never
     /// may; service principals only where the policy names them.
     pub async fn may_decide(&self, caller: &Caller, approval: &ApprovalRow, asked: &mut Asked) -> Result<bool> {
-        if approval.is_own(&caller.principal_id) || approval.status != PENDING {
+        if approval.is_own(&caller.principal_id) || approval.status != ApprovalStatus::Pending {
             return Ok(false);
         }
         let stage = approval.current_stage();
@@ -409,7 +413,8 @@ impl Approvals {
             actor: Some(caller.actor()),
             approval_id: field(|a| &a.id),
             request_id: field(|a| &a.request_id),
-            decision: if approve { "approve" } else { "deny" }.into(),
+            decision: Decision::of(approve).as_str().into(),
+            approval_decision: Decision::of(approve).to_pb() as i32,
             requester_id: field(|a| &a.requester_id),
             role_id: field(|a| &a.role_id),
             scope: field(|a| &a.scope),
@@ -444,7 +449,7 @@ impl Approvals {
         if justification.contains('\0') {
             return Err(Error::invalid("justification", "must not contain NUL characters"));
         }
-        let decision = if approve { "approve" } else { "deny" };
+        let decision = Decision::of(approve);
         let approval = store::get(&self.db, id)
             .await?
             .ok_or_else(|| Error::NotFound(format!("approval {id}")))?;
@@ -465,10 +470,10 @@ impl Approvals {
                 )))
             };
         }
-        if approval.status != PENDING {
+        if approval.status != ApprovalStatus::Pending {
             return Err(Error::FailedPrecondition(format!(
                 "approval is already {}",
-                approval.status.to_lowercase()
+                approval.status.as_str().to_lowercase()
             )));
         }
         if !self.may_decide(caller, &approval, &mut Asked::default()).await? {
@@ -489,10 +494,10 @@ impl Approvals {
         let mut current = store::lock(&txn, id)
             .await?
             .ok_or_else(|| Error::NotFound(format!("approval {id}")))?;
-        if current.status != PENDING {
+        if current.status != ApprovalStatus::Pending {
             return Err(Error::FailedPrecondition(format!(
                 "approval is already {}",
-                current.status.to_lowercase()
+                current.status.as_str().to_lowercase()
             )));
         }
         if current.expires_at <= now {
@@ -506,7 +511,7 @@ impl Approvals {
             approver_id: caller.principal_id.clone(),
             requester_id: current.requester_id.clone(),
             stage: current.stage,
-            decision: decision.into(),
+            decision,
             justification: justification.into(),
             decided_at: now,
         };
@@ -519,7 +524,8 @@ impl Approvals {
             actor: Some(caller.actor()),
             approval_id: current.id.clone(),
             request_id: current.request_id.clone(),
-            decision: decision.into(),
+            decision: decision.as_str().into(),
+            approval_decision: decision.to_pb() as i32,
             justification: justification.into(),
             requester_id: current.requester_id.clone(),
             role_id: current.role_id.clone(),
@@ -529,13 +535,19 @@ impl Approvals {
         self.emit(&txn, "ApprovalDecisionRecorded", &current.id, &recorded)
             .await?;
         if !approve {
-            self.complete(&txn, &mut current, "Denied", Some(caller.actor()), justification)
-                .await?;
+            self.complete(
+                &txn,
+                &mut current,
+                ApprovalStatus::Denied,
+                Some(caller.actor()),
+                justification,
+            )
+            .await?;
         } else {
             let approvals = store::decisions(&txn, id)
                 .await?
                 .iter()
-                .filter(|d| d.stage == current.stage && d.decision == "approve")
+                .filter(|d| d.stage == current.stage && d.decision == Decision::Approve)
                 .count();
             if approvals as u32 >= current.current_stage().approvals_required {
                 if current.stage + 1 < current.stages.len() {
@@ -549,8 +561,14 @@ impl Approvals {
                     let started = self.asking_event(&current, "StageStarted");
                     self.emit(&txn, "ApprovalStageStarted", &current.id, &started).await?;
                 } else {
-                    self.complete(&txn, &mut current, "Approved", Some(caller.actor()), justification)
-                        .await?;
+                    self.complete(
+                        &txn,
+                        &mut current,
+                        ApprovalStatus::Approved,
+                        Some(caller.actor()),
+                        justification,
+                    )
+                    .await?;
                 }
             }
         }
@@ -566,14 +584,15 @@ impl Approvals {
         &self,
         caller: &Caller,
         approval: &ApprovalRow,
-        decision: &str,
+        decision: Decision,
     ) -> Result<()> {
         let txn = self.db.begin().await?;
         let attempt = ev::ApprovalDecisionRecorded {
             actor: Some(caller.actor()),
             approval_id: approval.id.clone(),
             request_id: approval.request_id.clone(),
-            decision: decision.into(),
+            decision: decision.as_str().into(),
+            approval_decision: decision.to_pb() as i32,
             justification: String::new(),
             requester_id: approval.requester_id.clone(),
             role_id: approval.role_id.clone(),
@@ -599,7 +618,7 @@ impl Approvals {
                 self.complete(
                     &txn,
                     &mut approval,
-                    "Expired",
+                    ApprovalStatus::Expired,
                     Some(system_actor()),
                     "no approver decided in time",
                 )
@@ -668,7 +687,7 @@ impl Approvals {
     pub async fn list(
         &self,
         caller: &Caller,
-        status: Option<&str>,
+        status: Option<ApprovalStatus>,
         all: bool,
         before_rev: Option<i64>,
         page_size: usize,
@@ -692,7 +711,7 @@ impl Approvals {
                 before = Some(row.rev);
                 let mine = all
                     || row.is_own(&caller.principal_id)
-                    || row.status != PENDING
+                    || row.status != ApprovalStatus::Pending
                     || self.may_decide(caller, &row, &mut asked).await?;
                 if mine && out.len() < page_size {
                     out.push(row);

@@ -13,6 +13,7 @@ use pim_runtime::db::to_timestamp;
 use pim_runtime::grpc::{BoxStream, cursor, internal, invalid_argument};
 
 use crate::approvals::Approvals;
+use crate::domain::ApprovalStatus;
 use crate::reviews::NewReview;
 use crate::store::{self, ActivationRow, ApprovalRow, DecisionRow, ItemRow, ReviewRow};
 
@@ -27,29 +28,11 @@ fn duration_pb(ms: i64) -> prost_types::Duration {
     }
 }
 
-fn status_pb(status: &str) -> pb::ApprovalStatus {
-    use pb::ApprovalStatus as S;
-    match status {
-        "Pending" => S::Pending,
-        "Approved" => S::Approved,
-        "Denied" => S::Denied,
-        "Expired" => S::Expired,
-        "Canceled" => S::Canceled,
-        _ => S::Unspecified,
-    }
-}
-
-fn status_from_pb(status: i32) -> Result<Option<&'static str>, Status> {
-    use pb::ApprovalStatus as S;
-    Ok(match S::try_from(status) {
-        Ok(S::Unspecified) => None,
-        Ok(S::Pending) => Some("Pending"),
-        Ok(S::Approved) => Some("Approved"),
-        Ok(S::Denied) => Some("Denied"),
-        Ok(S::Expired) => Some("Expired"),
-        Ok(S::Canceled) => Some("Canceled"),
-        Err(_) => return Err(invalid_argument("status", "unknown approval status")),
-    })
+/// The status a list asks for; none for Unspecified.
+fn status_from_pb(status: i32) -> Result<Option<ApprovalStatus>, Status> {
+    pb::ApprovalStatus::try_from(status)
+        .map(ApprovalStatus::from_pb)
+        .map_err(|_| invalid_argument("status", "unknown approval status"))
 }
 
 pub(crate) fn approval_pb(a: ApprovalRow, decisions: Vec<DecisionRow>, history: Vec<ActivationRow>) -> pb::Approval {
@@ -64,10 +47,10 @@ pub(crate) fn approval_pb(a: ApprovalRow, decisions: Vec<DecisionRow>, history: 
             timeout: Some(duration_pb(s.timeout_ms)),
             escalation_approver_ids: s.escalation_approver_ids.clone(),
             escalate_after: (s.escalate_after_ms > 0).then(|| duration_pb(s.escalate_after_ms)),
-            status: if i < a.stage || (i == a.stage && a.status == "Approved") {
+            status: if i < a.stage || (i == a.stage && a.status == ApprovalStatus::Approved) {
                 pb::ApprovalStatus::Approved
             } else if i == a.stage {
-                status_pb(&a.status)
+                a.status.to_pb()
             } else {
                 pb::ApprovalStatus::Unspecified
             } as i32,
@@ -85,17 +68,13 @@ pub(crate) fn approval_pb(a: ApprovalRow, decisions: Vec<DecisionRow>, history: 
             system: a.ticket_system,
             number: a.ticket_number,
         }),
-        status: status_pb(&a.status) as i32,
+        status: a.status.to_pb() as i32,
         stages,
         decisions: decisions
             .into_iter()
             .map(|d| pb::ApprovalDecision {
                 approver_id: d.approver_id,
-                decision: if d.decision == "approve" {
-                    pb::Decision::Approve
-                } else {
-                    pb::Decision::Deny
-                } as i32,
+                decision: d.decision.to_pb() as i32,
                 justification: d.justification,
                 decided_at: Some(to_timestamp(d.decided_at)),
                 stage: d.stage as i32,

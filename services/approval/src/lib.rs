@@ -3,6 +3,7 @@
 
 mod approvals;
 mod clients;
+mod domain;
 mod grpc;
 mod reviews;
 mod store;

@@ -5,6 +5,7 @@ use std::future::Future;
 
 use pim_runtime::db::Db;
 
+use crate::domain::{ApprovalStatus, Decision};
 use crate::store::{self, ApprovalRow, DecisionRow, Stage};
 
 const NOW: i64 = 1_800_000_000_000;
@@ -31,7 +32,7 @@ fn approval(request_id: &str) -> ApprovalRow {
         justification: "mailbox moves".into(),
         ticket_system: String::new(),
         ticket_number: String::new(),
-        status: "Pending".into(),
+        status: ApprovalStatus::Pending,
         stages: vec![Stage {
             approver_ids: vec!["ann".into()],
             approvals_required: 1,
@@ -58,7 +59,7 @@ fn decision(approval_id: &str, approver: &str) -> DecisionRow {
         approver_id: approver.into(),
         requester_id: "lee".into(),
         stage: 0,
-        decision: "approve".into(),
+        decision: Decision::Approve,
         justification: "on call".into(),
         decided_at: NOW + MINUTE,
     }
@@ -80,6 +81,70 @@ async fn the_database_refuses_self_approval_and_counts_an_approver_once() -> any
         assert_eq!(
             decided.iter().map(|d| d.approver_id.as_str()).collect::<Vec<_>>(),
             vec!["ann"]
+        );
+        Ok(())
+    })
+    .await
+}
+
+/// Statuses and decisions are stored by their names and read back as what was written; a
+/// list asks for one status; the table refuses a name PIM never writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statuses_and_decisions_read_back_as_written_and_an_unknown_name_is_refused() -> anyhow::Result<()> {
+    on_both(|db| async move {
+        let mut denied = approval("r5");
+        store::insert(&db, &denied).await?;
+        let mut d = decision(&denied.id, "ann");
+        d.decision = Decision::Deny;
+        store::insert_decision(&db, &d).await?;
+        denied.status = ApprovalStatus::Denied;
+        denied.completed_at = Some(NOW + MINUTE);
+        store::update(&db, &denied).await?;
+        let mut pending = approval("r6");
+        pending.rev = 2;
+        store::insert(&db, &pending).await?;
+
+        let read = store::get(&db, &denied.id).await?.expect("stored");
+        assert_eq!(read.status, ApprovalStatus::Denied);
+        let decided = store::decisions(&db, &denied.id).await?;
+        assert_eq!(
+            decided.iter().map(|d| d.decision).collect::<Vec<_>>(),
+            vec![Decision::Deny]
+        );
+        let listed = |status| {
+            let db = db.clone();
+            async move {
+                let filter = store::ListFilter {
+                    status: Some(status),
+                    involving: None,
+                    before_rev: None,
+                    limit: 10,
+                };
+                anyhow::Ok(
+                    store::list(&db, &filter)
+                        .await?
+                        .into_iter()
+                        .map(|a| a.id)
+                        .collect::<Vec<_>>(),
+                )
+            }
+        };
+        assert_eq!(listed(ApprovalStatus::Pending).await?, vec![pending.id.clone()]);
+        assert_eq!(listed(ApprovalStatus::Denied).await?, vec![denied.id.clone()]);
+
+        let unknown = pim_runtime::db::exec(
+            &db,
+            "UPDATE approvals SET status = 'pending' WHERE id = $1",
+            vec![pending.id.clone().into()],
+        )
+        .await;
+        assert!(
+            unknown.is_err(),
+            "the table takes only the statuses PIM writes: {unknown:?}"
+        );
+        assert_eq!(
+            store::get(&db, &pending.id).await?.map(|a| a.status),
+            Some(ApprovalStatus::Pending)
         );
         Ok(())
     })

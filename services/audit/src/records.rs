@@ -343,7 +343,10 @@ pub fn record(envelope: &Envelope, correlator: &Correlator) -> anyhow::Result<Re
             if short_type(envelope) == "SelfApprovalAttempted" {
                 r.outcome = "refused".into();
             }
-            json!({"approval_id": e.approval_id, "request_id": e.request_id, "decision": e.decision, "stage": e.stage})
+            json!({
+                "approval_id": e.approval_id, "request_id": e.request_id,
+                "decision": e.typed_decision().text(), "stage": e.stage,
+            })
         }
         "ApprovalDecisionRefused" => {
             let e: ev::ApprovalDecisionRefused = decode(envelope)?;
@@ -353,8 +356,8 @@ pub fn record(envelope: &Envelope, correlator: &Correlator) -> anyhow::Result<Re
             r.scope = e.scope.clone();
             r.outcome = "failure".into();
             json!({
-                "approval_id": e.approval_id, "request_id": e.request_id, "decision": e.decision,
-                "code": e.code, "reason": e.reason,
+                "approval_id": e.approval_id, "request_id": e.request_id,
+                "decision": e.typed_decision().text(), "code": e.code, "reason": e.reason,
             })
         }
         "AccessDenied" => {
@@ -592,6 +595,7 @@ mod tests {
             role_id: "role-1".into(),
             scope: "/".into(),
             stage: 0,
+            ..Default::default()
         };
         let r = record(
             &envelope("pim.approval", "ApprovalDecisionRecorded", "a-1", &e),

@@ -1,8 +1,10 @@
-//! The names the assignment service's enums have in text (Entra's: `PendingApproval`,
-//! `selfActivate`, `eligible`), one table each: what its database keeps, what audit records
-//! say and what the events' deprecated text fields carry. And the events' typed fields read
-//! either way, so an entry published before those fields existed reads the same.
+//! The names the services' enums have in text (Entra's: `PendingApproval`, `selfActivate`,
+//! `eligible`; an approval's `Pending`, a decision's `approve`), one table each: what the
+//! databases keep, what audit records say and what the events' deprecated text fields carry.
+//! And the events' typed fields read either way, so an entry published before those fields
+//! existed reads the same.
 
+use crate::approval::v1::{ApprovalStatus, Decision};
 use crate::assignment::v1::{AssignmentKind, RequestAction, RequestStatus};
 use crate::events::v1 as ev;
 
@@ -34,6 +36,16 @@ const KINDS: [(AssignmentKind, &str); 2] = [
     (AssignmentKind::Eligible, "eligible"),
     (AssignmentKind::Active, "active"),
 ];
+
+const APPROVAL_STATUSES: [(ApprovalStatus, &str); 5] = [
+    (ApprovalStatus::Pending, "Pending"),
+    (ApprovalStatus::Approved, "Approved"),
+    (ApprovalStatus::Denied, "Denied"),
+    (ApprovalStatus::Expired, "Expired"),
+    (ApprovalStatus::Canceled, "Canceled"),
+];
+
+const DECISIONS: [(Decision, &str); 2] = [(Decision::Approve, "approve"), (Decision::Deny, "deny")];
 
 fn name_of<T: PartialEq + Copy>(table: &[(T, &'static str)], value: T) -> &'static str {
     table
@@ -79,6 +91,30 @@ impl AssignmentKind {
     /// The kind of that name; Unspecified for any other text.
     pub fn from_text(name: &str) -> Self {
         named(&KINDS, name, Self::Unspecified)
+    }
+}
+
+impl ApprovalStatus {
+    /// Its name in text, e.g. `Pending` (`unspecified` for Unspecified).
+    pub fn text(self) -> &'static str {
+        name_of(&APPROVAL_STATUSES, self)
+    }
+
+    /// The status of that name; Unspecified for any other text.
+    pub fn from_text(name: &str) -> Self {
+        named(&APPROVAL_STATUSES, name, Self::Unspecified)
+    }
+}
+
+impl Decision {
+    /// Its name in text: `approve` or `deny` (`unspecified` for Unspecified).
+    pub fn text(self) -> &'static str {
+        name_of(&DECISIONS, self)
+    }
+
+    /// The decision of that name; Unspecified for any other text.
+    pub fn from_text(name: &str) -> Self {
+        named(&DECISIONS, name, Self::Unspecified)
     }
 }
 
@@ -165,6 +201,32 @@ impl ev::RequestRefused {
     }
 }
 
+impl ev::ApprovalDecisionRecorded {
+    pub fn typed_decision(&self) -> Decision {
+        let field = Decision::try_from(self.approval_decision).ok();
+        typed(field, Decision::Unspecified, &self.decision, Decision::from_text)
+    }
+}
+
+impl ev::ApprovalDecisionRefused {
+    pub fn typed_decision(&self) -> Decision {
+        let field = Decision::try_from(self.approval_decision).ok();
+        typed(field, Decision::Unspecified, &self.decision, Decision::from_text)
+    }
+}
+
+impl ev::ApprovalCompleted {
+    /// The approval's status: its outcome when it ended, Pending while it still asks.
+    pub fn typed_status(&self) -> ApprovalStatus {
+        let field = ApprovalStatus::try_from(self.approval_status).ok();
+        let from_outcome = |outcome: &str| match ApprovalStatus::from_text(outcome) {
+            ApprovalStatus::Unspecified if !outcome.is_empty() => ApprovalStatus::Pending,
+            status => status,
+        };
+        typed(field, ApprovalStatus::Unspecified, &self.outcome, from_outcome)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,6 +241,12 @@ mod tests {
         }
         for (kind, _) in KINDS {
             assert_eq!(AssignmentKind::from_text(kind.text()), kind);
+        }
+        for (status, _) in APPROVAL_STATUSES {
+            assert_eq!(ApprovalStatus::from_text(status.text()), status);
+        }
+        for (decision, _) in DECISIONS {
+            assert_eq!(Decision::from_text(decision.text()), decision);
         }
         assert_eq!(RequestStatus::from_text("pendingapproval"), RequestStatus::Unspecified);
         assert_eq!(RequestStatus::Unspecified.text(), "unspecified");
@@ -204,5 +272,15 @@ mod tests {
         assert_eq!(older.typed_previous_status(), RequestStatus::PendingApproval);
         let neither = ev::AssignmentChanged::default();
         assert_eq!(neither.typed_kind(), AssignmentKind::Unspecified);
+        let asking = ev::ApprovalCompleted {
+            outcome: "StageStarted".into(),
+            ..Default::default()
+        };
+        assert_eq!(asking.typed_status(), ApprovalStatus::Pending);
+        let ended = ev::ApprovalCompleted {
+            outcome: "Denied".into(),
+            ..Default::default()
+        };
+        assert_eq!(ended.typed_status(), ApprovalStatus::Denied);
     }
 }

@@ -176,6 +176,13 @@ pub fn col<T: sea_orm::TryGetable>(row: &QueryResult, name: &str) -> Result<T, D
     row.try_get("", name)
 }
 
+/// Reads a text column that names one of a domain type's values (a status, a kind), as
+/// `parse` reads it; a name the service never writes is a type error, not a default.
+pub fn col_named<T>(row: &QueryResult, name: &str, parse: impl Fn(&str) -> Option<T>) -> Result<T, DbErr> {
+    let text: String = col(row, name)?;
+    parse(&text).ok_or_else(|| DbErr::Type(format!("{name} {text:?} is not one PIM writes")))
+}
+
 /// Whether `err` is a unique-constraint violation (mapped to ALREADY_EXISTS by callers).
 pub fn is_unique_violation(err: &DbErr) -> bool {
     matches!(err.sql_err(), Some(sea_orm::SqlErr::UniqueConstraintViolation(_)))

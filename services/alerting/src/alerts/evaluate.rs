@@ -288,7 +288,7 @@ impl Alerts {
                     .actor
                     .as_ref()
                     .is_some_and(|a| a.kind == pim_proto::common::v1::PrincipalKind::ServicePrincipal as i32);
-                if d.decision == "approve" && !by_bot && took_ms <= s.get("seconds") * 1000 {
+                if d.typed_decision() == Decision::Approve && !by_bot && took_ms <= s.get("seconds") * 1000 {
                     let approver = d.actor.map(|a| a.principal_id).unwrap_or_default();
                     let figures = BTreeMap::from([
                         ("decided_after_ms".to_owned(), took_ms.to_string()),

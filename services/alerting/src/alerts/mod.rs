@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use sea_orm::{DatabaseTransaction, TransactionTrait};
 use serde_json::json;
 
+use pim_proto::approval::v1::Decision;
 use pim_proto::assignment::v1::AssignmentKind;
 use pim_proto::common::v1::Actor;
 use pim_proto::events::v1 as ev;

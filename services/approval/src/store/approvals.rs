@@ -1,9 +1,7 @@
 //! Approvals with their stages and decisions (separation of duties is a table constraint).
 
 use super::*;
-
-/// Approval status as stored (and on the wire, upper-cased by the API).
-pub const PENDING: &str = "Pending";
+use crate::domain::{ApprovalStatus, Decision};
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Stage {
@@ -28,7 +26,7 @@ pub struct ApprovalRow {
     pub justification: String,
     pub ticket_system: String,
     pub ticket_number: String,
-    pub status: String,
+    pub status: ApprovalStatus,
     pub stages: Vec<Stage>,
     pub stage: usize,
     pub stage_started_at: i64,
@@ -96,7 +94,7 @@ impl ApprovalRow {
             justification: col(r, "justification")?,
             ticket_system: col(r, "ticket_system")?,
             ticket_number: col(r, "ticket_number")?,
-            status: col(r, "status")?,
+            status: col_named(r, "status", ApprovalStatus::parse)?,
             stages,
             stage: col::<i32>(r, "stage")? as usize,
             stage_started_at: col(r, "stage_started_at")?,
@@ -149,7 +147,7 @@ pub async fn insert<C: ConnectionTrait>(c: &C, a: &ApprovalRow) -> Result<bool, 
             a.justification.clone().into(),
             a.ticket_system.clone().into(),
             a.ticket_number.clone().into(),
-            a.status.clone().into(),
+            a.status.as_str().into(),
             stages.into(),
             (a.stage as i32).into(),
             a.stage_started_at.into(),
@@ -198,7 +196,7 @@ pub async fn update<C: ConnectionTrait>(c: &C, a: &ApprovalRow) -> Result<(), Db
         "UPDATE approvals SET status = $2, stage = $3, stage_started_at = $4, expires_at = $5, escalated = $6, completed_at = $7, rev = $8, reminded = $9, timer_at = $10 WHERE id = $1",
         vec![
             a.id.clone().into(),
-            a.status.clone().into(),
+            a.status.as_str().into(),
             (a.stage as i32).into(),
             a.stage_started_at.into(),
             a.expires_at.into(),
@@ -249,7 +247,7 @@ pub async fn next_deadline<C: ConnectionTrait>(c: &C) -> Result<Option<i64>, DbE
 }
 
 pub struct ListFilter<'a> {
-    pub status: Option<&'a str>,
+    pub status: Option<ApprovalStatus>,
     /// Only approvals this principal requested, decided, or that are pending (the caller
     /// filters those down to the ones it may decide).
     pub involving: Option<&'a str>,
@@ -262,7 +260,7 @@ pub async fn list<C: ConnectionTrait>(c: &C, f: &ListFilter<'_>) -> Result<Vec<A
     let mut clauses = Vec::new();
     let mut values: Vec<sea_orm::Value> = Vec::new();
     if let Some(status) = f.status {
-        values.push(status.into());
+        values.push(status.as_str().into());
         clauses.push(format!("status = ${}", values.len()));
     }
     if let Some(who) = f.involving {
@@ -299,7 +297,7 @@ pub struct DecisionRow {
     pub approver_id: String,
     pub requester_id: String,
     pub stage: usize,
-    pub decision: String,
+    pub decision: Decision,
     pub justification: String,
     pub decided_at: i64,
 }
@@ -316,7 +314,7 @@ pub async fn insert_decision<C: ConnectionTrait>(c: &C, d: &DecisionRow) -> Resu
             d.approver_id.clone().into(),
             d.requester_id.clone().into(),
             (d.stage as i32).into(),
-            d.decision.clone().into(),
+            d.decision.as_str().into(),
             d.justification.clone().into(),
             d.decided_at.into(),
         ],
@@ -340,7 +338,7 @@ pub async fn decisions<C: ConnectionTrait>(c: &C, approval_id: &str) -> Result<V
             approver_id: col(r, "approver_id")?,
             requester_id: col(r, "requester_id")?,
             stage: col::<i32>(r, "stage")? as usize,
-            decision: col(r, "decision")?,
+            decision: col_named(r, "decision", Decision::parse)?,
             justification: col(r, "justification")?,
             decided_at: col(r, "decided_at")?,
         })

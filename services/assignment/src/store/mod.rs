@@ -4,7 +4,7 @@
 use sea_orm::{ConnectionTrait, DbBackend, DbErr, QueryResult, TransactionTrait, Value};
 use sea_orm_migration::{MigrationTrait, MigratorTrait};
 
-use pim_runtime::db::{self, Db, Dialect, col, placeholders};
+use pim_runtime::db::{self, Db, Dialect, col, col_named, placeholders};
 use pim_runtime::events::{
     OUTBOX_INSERT, OutboxRows, SqlMigration, backbone_indexes_migration, backbone_migration, backbone_replay_migration,
 };

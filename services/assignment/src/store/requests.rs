@@ -39,11 +39,7 @@ impl RequestRow {
             principal_id: col(r, "principal_id")?,
             role_id: col(r, "role_id")?,
             scope: col(r, "scope")?,
-            status: {
-                let status: String = col(r, "status")?;
-                RequestStatus::parse(&status)
-                    .ok_or_else(|| DbErr::Type(format!("unknown request status {status:?}")))?
-            },
+            status: col_named(r, "status", RequestStatus::parse)?,
             start_at: col(r, "start_at")?,
             end_at: col(r, "end_at")?,
             justification: col(r, "justification")?,
