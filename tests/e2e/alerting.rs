@@ -5,6 +5,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use prost::Message;
+
 use tonic::Code;
 
 use pim_e2e::{authed, eventually};
@@ -420,6 +422,21 @@ async fn stream_alerts_resumes_from_its_cursor_with_every_change_once() -> anyho
             for batch in ["first", "second"] {
                 assert_eq!(seen.get(&format!("{batch}-{i}")), Some(&1), "{batch}-{i} exactly once");
             }
+        }
+        // Each alert's event says its severity and status as the API's enums (and in text).
+        let alerts: HashMap<String, i32> = w.all_alerts().await?.into_iter().map(|a| (a.id, a.severity)).collect();
+        let raised = w
+            .events_on(pim_runtime::events::streams::ALERTING, "AlertRaised")
+            .await?;
+        assert!(raised.len() >= 6, "the six alerts were raised: {}", raised.len());
+        for envelope in raised {
+            let e = pim_proto::events::v1::AlertEvent::decode(envelope.data.as_slice())?;
+            assert_eq!(Some(&e.alert_severity), alerts.get(&e.alert_id), "{e:?}");
+            assert_eq!(e.alert_status(), pb::AlertStatus::Open, "{e:?}");
+            assert_eq!(
+                (e.alert_severity().text(), e.status.as_str()),
+                (e.severity.as_str(), "open")
+            );
         }
         Ok(w)
     })

@@ -14,53 +14,32 @@ use pim_runtime::db::to_timestamp;
 use pim_runtime::grpc::{BoxStream, cursor, internal, invalid_argument};
 
 use crate::alerts::Alerts;
+use crate::domain::{AlertStatus, Severity};
 use crate::rules::{self, Settings};
 use crate::store::{self, AlertRow};
 
 const DEFAULT_PAGE: u64 = 50;
 const MAX_PAGE: u64 = 500;
 
-fn severity_pb(s: &str) -> pb::Severity {
-    match s {
-        "low" => pb::Severity::Low,
-        "medium" => pb::Severity::Medium,
-        "high" => pb::Severity::High,
-        "critical" => pb::Severity::Critical,
-        _ => pb::Severity::Unspecified,
-    }
+/// The least severity a reader asks for; none for Unspecified.
+fn severity_from_pb(v: i32) -> Result<Option<Severity>, Status> {
+    pb::Severity::try_from(v)
+        .map(Severity::from_pb)
+        .map_err(|_| invalid_argument("severity", "low, medium, high or critical"))
 }
 
-fn severity_rank(s: &str) -> i32 {
-    severity_pb(s) as i32
-}
-
-fn severity_name(v: i32) -> Result<Option<&'static str>, Status> {
-    Ok(match pb::Severity::try_from(v) {
-        Ok(pb::Severity::Unspecified) => None,
-        Ok(pb::Severity::Low) => Some("low"),
-        Ok(pb::Severity::Medium) => Some("medium"),
-        Ok(pb::Severity::High) => Some("high"),
-        Ok(pb::Severity::Critical) => Some("critical"),
-        Err(_) => return Err(invalid_argument("severity", "low, medium, high or critical")),
-    })
-}
-
-fn status_name(v: i32) -> Result<Option<&'static str>, Status> {
-    Ok(match pb::AlertStatus::try_from(v) {
-        Ok(pb::AlertStatus::Unspecified) => None,
-        Ok(pb::AlertStatus::Open) => Some("open"),
-        Ok(pb::AlertStatus::Acknowledged) => Some("acknowledged"),
-        Ok(pb::AlertStatus::Dismissed) => Some("dismissed"),
-        Ok(pb::AlertStatus::Resolved) => Some("resolved"),
-        Err(_) => return Err(invalid_argument("status", "open, acknowledged, dismissed or resolved")),
-    })
+/// The status a reader asks for; none for Unspecified.
+fn status_from_pb(v: i32) -> Result<Option<AlertStatus>, Status> {
+    pb::AlertStatus::try_from(v)
+        .map(AlertStatus::from_pb)
+        .map_err(|_| invalid_argument("status", "open, acknowledged, dismissed or resolved"))
 }
 
 pub(crate) fn alert_pb(a: AlertRow) -> pb::Alert {
     pb::Alert {
         id: a.id,
         rule_id: a.rule_id,
-        severity: severity_pb(&a.severity) as i32,
+        severity: a.severity.to_pb() as i32,
         principal_id: a.principal_id,
         role_id: a.role_id,
         scope: a.scope,
@@ -69,12 +48,7 @@ pub(crate) fn alert_pb(a: AlertRow) -> pb::Alert {
         first_seen: Some(to_timestamp(a.first_seen)),
         last_seen: Some(to_timestamp(a.last_seen)),
         count: a.count,
-        status: match a.status.as_str() {
-            "acknowledged" => pb::AlertStatus::Acknowledged,
-            "dismissed" => pb::AlertStatus::Dismissed,
-            "resolved" => pb::AlertStatus::Resolved,
-            _ => pb::AlertStatus::Open,
-        } as i32,
+        status: a.status.to_pb() as i32,
         status_changed_by: a.status_changed_by,
         status_reason: a.status_reason,
         dedup_key: a.dedup_key,
@@ -86,7 +60,7 @@ fn rule_pb(id: &str, s: Settings) -> pb::Rule {
         id: id.into(),
         description: rules::rule(id).map(|r| r.description).unwrap_or_default().into(),
         enabled: s.enabled,
-        severity: severity_pb(&s.severity) as i32,
+        severity: s.severity.to_pb() as i32,
         settings: s.values.into_iter().map(|(k, v)| (k, v.to_string())).collect(),
     }
 }
@@ -107,7 +81,7 @@ impl Alerts {
     async fn change(
         &self,
         request: Request<pb::AlertStatusRequest>,
-        status: &str,
+        status: AlertStatus,
     ) -> Result<Response<pb::Alert>, Status> {
         let caller = caller(&request)?.clone();
         let r = request.get_ref();
@@ -127,8 +101,8 @@ impl AlertService for Alerts {
         let caller = caller(&request)?.clone();
         self.reader(&caller).await?;
         let r = request.into_inner();
-        let min = severity_name(r.min_severity)?.map(severity_rank).unwrap_or(0);
-        let status = status_name(r.status)?;
+        let min = severity_from_pb(r.min_severity)?;
+        let status = status_from_pb(r.status)?;
         let limit = match r.page_size {
             n if n < 0 => return Err(invalid_argument("page_size", "must not be negative")),
             0 => DEFAULT_PAGE,
@@ -141,7 +115,7 @@ impl AlertService for Alerts {
             let exhausted = (page.len() as u64) < limit;
             for a in page {
                 before = Some(a.rev);
-                if severity_rank(&a.severity) >= min && (alerts.len() as u64) < limit {
+                if min.is_none_or(|min| a.severity >= min) && (alerts.len() as u64) < limit {
                     alerts.push(alert_pb(a));
                 }
             }
@@ -171,15 +145,15 @@ impl AlertService for Alerts {
     }
 
     async fn acknowledge_alert(&self, request: Request<pb::AlertStatusRequest>) -> Result<Response<pb::Alert>, Status> {
-        self.change(request, "acknowledged").await
+        self.change(request, AlertStatus::Acknowledged).await
     }
 
     async fn dismiss_alert(&self, request: Request<pb::AlertStatusRequest>) -> Result<Response<pb::Alert>, Status> {
-        self.change(request, "dismissed").await
+        self.change(request, AlertStatus::Dismissed).await
     }
 
     async fn resolve_alert(&self, request: Request<pb::AlertStatusRequest>) -> Result<Response<pb::Alert>, Status> {
-        self.change(request, "resolved").await
+        self.change(request, AlertStatus::Resolved).await
     }
 
     /// Every change to an alert (of at least the given severity) after the cursor, then each
@@ -192,7 +166,7 @@ impl AlertService for Alerts {
         let caller = caller(&request)?.clone();
         self.reader(&caller).await?;
         let r = request.into_inner();
-        let min = severity_name(r.min_severity)?.map(severity_rank).unwrap_or(0);
+        let min = severity_from_pb(r.min_severity)?;
         let mut after = cursor(&r.cursor, "cursor")?.unwrap_or(0);
         let mut changed = self.changed.subscribe();
         let db = self.db.clone();
@@ -209,7 +183,7 @@ impl AlertService for Alerts {
                 let more = !page.is_empty();
                 for a in page {
                     after = a.rev;
-                    if severity_rank(&a.severity) < min {
+                    if min.is_some_and(|min| a.severity < min) {
                         continue;
                     }
                     let update = pb::AlertUpdate {
@@ -256,7 +230,7 @@ impl AlertService for Alerts {
         if id.is_empty() {
             return Err(invalid_argument("rule_id", "required"));
         }
-        let severity = severity_name(r.severity)?;
+        let severity = severity_from_pb(r.severity)?;
         let changes: BTreeMap<String, String> = r.settings.into_iter().collect();
         let s = self.update_rule(&caller, id, r.enabled, severity, &changes).await?;
         Ok(Response::new(rule_pb(id, s)))

@@ -3,6 +3,7 @@
 //! stream `pim.alerts` as OCSF Detection Findings in JSON).
 
 mod alerts;
+mod domain;
 mod grpc;
 mod rules;
 mod store;

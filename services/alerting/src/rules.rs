@@ -3,10 +3,12 @@
 
 use std::collections::BTreeMap;
 
+use crate::domain::Severity;
+
 pub struct RuleDef {
     pub id: &'static str,
     pub description: &'static str,
-    pub severity: &'static str,
+    pub severity: Severity,
     /// Setting name, default value (whole numbers).
     pub settings: &'static [(&'static str, i64)],
 }
@@ -34,109 +36,109 @@ pub const RULES: &[RuleDef] = &[
     RuleDef {
         id: TOO_MANY_GLOBAL_ADMINS,
         description: "Too many Global Administrators (counting those given access through PIM to a group holding it): at least min_count, and at least min_percent of all active privileged assignments",
-        severity: "medium",
+        severity: Severity::Medium,
         settings: &[("min_count", 3), ("min_percent", 10)],
     },
     RuleDef {
         id: UNMANAGED_GRANT,
         description: "Roles assigned outside PIM (a connector reported a grant PIM did not make)",
-        severity: "high",
+        severity: Severity::High,
         settings: &[],
     },
     RuleDef {
         id: GROUP_MEMBER_OUTSIDE_PIM,
         description: "A member added directly (not just in time through PIM) to a role-assignable group holding a privileged role: they hold it for good",
-        severity: "high",
+        severity: Severity::High,
         settings: &[],
     },
     RuleDef {
         id: ACTIVATION_WITHOUT_MFA,
         description: "Privileged roles that don't require MFA for activation",
-        severity: "medium",
+        severity: Severity::Medium,
         settings: &[],
     },
     RuleDef {
         id: FREQUENT_ACTIVATION,
         description: "Roles activated too frequently: the same principal and role count times within window_hours",
-        severity: "medium",
+        severity: Severity::Medium,
         settings: &[("count", 3), ("window_hours", 24)],
     },
     RuleDef {
         id: PERMANENT_PRIVILEGED,
         description: "Permanent active assignments of privileged roles",
-        severity: "low",
+        severity: Severity::Low,
         settings: &[],
     },
     RuleDef {
         id: SELF_APPROVAL,
         description: "A requester tried to approve their own request",
-        severity: "high",
+        severity: Severity::High,
         settings: &[],
     },
     RuleDef {
         id: RUBBER_STAMP,
         description: "An approval decided within seconds of the request (rubber-stamping); a service principal's (an approval bot's) decisions are not counted",
-        severity: "medium",
+        severity: Severity::Medium,
         settings: &[("seconds", 5)],
     },
     RuleDef {
         id: MFA_FAILURES,
         description: "MFA failure burst (count within window_minutes) or lockout on a privileged account",
-        severity: "high",
+        severity: Severity::High,
         settings: &[("count", 3), ("window_minutes", 10)],
     },
     RuleDef {
         id: STALE_ACCOUNTS,
         description: "Potential stale accounts in a privileged role: no sign-in for days",
-        severity: "medium",
+        severity: Severity::Medium,
         settings: &[("days", 30)],
     },
     RuleDef {
         id: UNUSED_ROLES,
         description: "Administrators not using their privileged roles: eligible, but no activation for days",
-        severity: "low",
+        severity: Severity::Low,
         settings: &[("days", 30)],
     },
     RuleDef {
         id: BREAK_GLASS_USED,
         description: "The break-glass (bootstrap) Global Administrator signed in",
-        severity: "high",
+        severity: Severity::High,
         settings: &[],
     },
     RuleDef {
         id: RECOVERY_CODE_USED,
         description: "A recovery code was used to sign in or step up (a lost phone, or someone else); high for privileged accounts",
-        severity: "medium",
+        severity: Severity::Medium,
         settings: &[],
     },
     RuleDef {
         id: MFA_METHOD_REMOVED,
         description: "An MFA method of a privileged account was removed by its user or reset by an administrator",
-        severity: "high",
+        severity: Severity::High,
         settings: &[],
     },
     RuleDef {
         id: POLICY_WEAKENED,
         description: "A role policy change lowered protection (MFA, approval, justification or a ticket switched off, a longer maximum or MFA window, permanence allowed, approvers changed, stages removed or fewer approvals needed), or a privileged custom role gained permissions or stopped being privileged; its figures give each setting before and after; high for privileged roles",
-        severity: "medium",
+        severity: Severity::Medium,
         settings: &[],
     },
     RuleDef {
         id: DEAD_LETTERED,
         description: "An event could not be processed and went to the dead-letter stream (with Redis)",
-        severity: "high",
+        severity: Severity::High,
         settings: &[],
     },
     RuleDef {
         id: FORGED_EVENT,
         description: "An entry on a PIM stream was not signed by the service that owns the stream (written to Redis by someone else, altered, or copied from another stream); it was refused",
-        severity: "high",
+        severity: Severity::High,
         settings: &[],
     },
     RuleDef {
         id: WEBHOOK_DEAD_LETTERED,
         description: "A webhook receiver failed every delivery attempt for 24 hours: the delivery and those behind it were given up and the subscription suspended until resumed (one live alert per subscription)",
-        severity: "medium",
+        severity: Severity::Medium,
         settings: &[],
     },
 ];
@@ -149,7 +151,7 @@ pub fn rule(id: &str) -> Option<&'static RuleDef> {
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub enabled: bool,
-    pub severity: String,
+    pub severity: Severity,
     pub values: BTreeMap<String, i64>,
 }
 
@@ -157,7 +159,7 @@ impl Settings {
     pub fn defaults(def: &RuleDef) -> Self {
         Self {
             enabled: true,
-            severity: def.severity.into(),
+            severity: def.severity,
             values: def.settings.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect(),
         }
     }

@@ -5,7 +5,8 @@
 use sea_orm::{ConnectionTrait, DbBackend, DbErr, QueryResult};
 use sea_orm_migration::{MigrationTrait, MigratorTrait};
 
-use pim_runtime::db::{self, Dialect, col};
+use crate::domain::{AlertStatus, Severity};
+use pim_runtime::db::{self, Dialect, col, col_named};
 use pim_runtime::events::{SqlMigration, backbone_indexes_migration, backbone_migration, backbone_replay_migration};
 
 pub struct Migrator;
@@ -129,7 +130,7 @@ pub async fn first_sight_of_dead_letter<C: ConnectionTrait>(c: &C, entry_id: &st
 pub struct AlertRow {
     pub id: String,
     pub rule_id: String,
-    pub severity: String,
+    pub severity: Severity,
     pub principal_id: String,
     pub role_id: String,
     pub scope: String,
@@ -139,7 +140,7 @@ pub struct AlertRow {
     pub first_seen: i64,
     pub last_seen: i64,
     pub count: i64,
-    pub status: String,
+    pub status: AlertStatus,
     pub status_changed_by: String,
     pub status_reason: String,
     pub rev: i64,
@@ -153,7 +154,7 @@ impl AlertRow {
         Ok(Self {
             id: col(r, "id")?,
             rule_id: col(r, "rule_id")?,
-            severity: col(r, "severity")?,
+            severity: col_named(r, "severity", Severity::parse)?,
             principal_id: col(r, "principal_id")?,
             role_id: col(r, "role_id")?,
             scope: col(r, "scope")?,
@@ -163,7 +164,7 @@ impl AlertRow {
             first_seen: col(r, "first_seen")?,
             last_seen: col(r, "last_seen")?,
             count: col(r, "count")?,
-            status: col(r, "status")?,
+            status: col_named(r, "status", AlertStatus::parse)?,
             status_changed_by: col(r, "status_changed_by")?,
             status_reason: col(r, "status_reason")?,
             rev: col(r, "rev")?,
@@ -221,7 +222,7 @@ pub async fn save<C: ConnectionTrait>(c: &C, a: &AlertRow, insert: bool) -> Resu
         vec![
             a.id.clone().into(),
             a.rule_id.clone().into(),
-            a.severity.clone().into(),
+            a.severity.as_str().into(),
             a.principal_id.clone().into(),
             a.role_id.clone().into(),
             a.scope.clone().into(),
@@ -231,7 +232,7 @@ pub async fn save<C: ConnectionTrait>(c: &C, a: &AlertRow, insert: bool) -> Resu
             a.first_seen.into(),
             a.last_seen.into(),
             a.count.into(),
-            a.status.clone().into(),
+            a.status.as_str().into(),
             a.status_changed_by.clone().into(),
             a.status_reason.clone().into(),
             a.rev.into(),
@@ -255,14 +256,14 @@ pub async fn changed_after<C: ConnectionTrait>(c: &C, after: i64, limit: u64) ->
 /// Alerts newest first, optionally of one status, below revision `before`.
 pub async fn list<C: ConnectionTrait>(
     c: &C,
-    status: Option<&str>,
+    status: Option<AlertStatus>,
     before: Option<i64>,
     limit: u64,
 ) -> Result<Vec<AlertRow>, DbErr> {
     let mut values: Vec<sea_orm::Value> = vec![before.unwrap_or(i64::MAX).into()];
     let mut sql = format!("SELECT {COLUMNS} FROM alerts WHERE rev < $1");
     if let Some(status) = status {
-        values.push(status.into());
+        values.push(status.as_str().into());
         sql.push_str(" AND status = $2");
     }
     sql.push_str(&format!(" ORDER BY rev DESC LIMIT {limit}"));
@@ -270,14 +271,23 @@ pub async fn list<C: ConnectionTrait>(
 }
 
 /// A rule's stored settings: (enabled, severity, settings JSON).
-pub async fn rule_settings<C: ConnectionTrait>(c: &C, rule_id: &str) -> Result<Option<(bool, String, String)>, DbErr> {
+pub async fn rule_settings<C: ConnectionTrait>(
+    c: &C,
+    rule_id: &str,
+) -> Result<Option<(bool, Severity, String)>, DbErr> {
     db::query_one(
         c,
         "SELECT enabled, severity, settings FROM rule_settings WHERE rule_id = $1",
         vec![rule_id.into()],
     )
     .await?
-    .map(|r| -> Result<_, DbErr> { Ok((col(&r, "enabled")?, col(&r, "severity")?, col(&r, "settings")?)) })
+    .map(|r| -> Result<_, DbErr> {
+        Ok((
+            col(&r, "enabled")?,
+            col_named(&r, "severity", Severity::parse)?,
+            col(&r, "settings")?,
+        ))
+    })
     .transpose()
 }
 
@@ -285,7 +295,7 @@ pub async fn save_rule_settings<C: ConnectionTrait>(
     c: &C,
     rule_id: &str,
     enabled: bool,
-    severity: &str,
+    severity: Severity,
     settings: &str,
     by: &str,
     now: i64,
@@ -298,7 +308,7 @@ pub async fn save_rule_settings<C: ConnectionTrait>(
         vec![
             rule_id.into(),
             enabled.into(),
-            severity.into(),
+            severity.as_str().into(),
             settings.into(),
             by.into(),
             now.into(),

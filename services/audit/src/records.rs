@@ -451,8 +451,8 @@ pub fn record(envelope: &Envelope, correlator: &Correlator) -> anyhow::Result<Re
             r.target_name = e.rule_id.clone();
             r.role_id = e.role_id.clone();
             json!({
-                "alert_id": e.alert_id, "rule_id": e.rule_id, "severity": e.severity,
-                "status": e.status, "principal_id": e.principal_id,
+                "alert_id": e.alert_id, "rule_id": e.rule_id, "severity": e.typed_severity().text(),
+                "status": e.typed_status().text(), "principal_id": e.principal_id,
             })
         }
         "RuleSettingsUpdated" => {

@@ -4,6 +4,7 @@
 //! And the events' typed fields read either way, so an entry published before those fields
 //! existed reads the same.
 
+use crate::alerting::v1::{AlertStatus, Severity};
 use crate::approval::v1::{ApprovalStatus, Decision};
 use crate::assignment::v1::{AssignmentKind, RequestAction, RequestStatus};
 use crate::events::v1 as ev;
@@ -46,6 +47,20 @@ const APPROVAL_STATUSES: [(ApprovalStatus, &str); 5] = [
 ];
 
 const DECISIONS: [(Decision, &str); 2] = [(Decision::Approve, "approve"), (Decision::Deny, "deny")];
+
+const SEVERITIES: [(Severity, &str); 4] = [
+    (Severity::Low, "low"),
+    (Severity::Medium, "medium"),
+    (Severity::High, "high"),
+    (Severity::Critical, "critical"),
+];
+
+const ALERT_STATUSES: [(AlertStatus, &str); 4] = [
+    (AlertStatus::Open, "open"),
+    (AlertStatus::Acknowledged, "acknowledged"),
+    (AlertStatus::Dismissed, "dismissed"),
+    (AlertStatus::Resolved, "resolved"),
+];
 
 fn name_of<T: PartialEq + Copy>(table: &[(T, &'static str)], value: T) -> &'static str {
     table
@@ -115,6 +130,30 @@ impl Decision {
     /// The decision of that name; Unspecified for any other text.
     pub fn from_text(name: &str) -> Self {
         named(&DECISIONS, name, Self::Unspecified)
+    }
+}
+
+impl Severity {
+    /// Its name in text, e.g. `high` (`unspecified` for Unspecified).
+    pub fn text(self) -> &'static str {
+        name_of(&SEVERITIES, self)
+    }
+
+    /// The severity of that name; Unspecified for any other text.
+    pub fn from_text(name: &str) -> Self {
+        named(&SEVERITIES, name, Self::Unspecified)
+    }
+}
+
+impl AlertStatus {
+    /// Its name in text, e.g. `open` (`unspecified` for Unspecified).
+    pub fn text(self) -> &'static str {
+        name_of(&ALERT_STATUSES, self)
+    }
+
+    /// The status of that name; Unspecified for any other text.
+    pub fn from_text(name: &str) -> Self {
+        named(&ALERT_STATUSES, name, Self::Unspecified)
     }
 }
 
@@ -227,6 +266,18 @@ impl ev::ApprovalCompleted {
     }
 }
 
+impl ev::AlertEvent {
+    pub fn typed_severity(&self) -> Severity {
+        let field = Severity::try_from(self.alert_severity).ok();
+        typed(field, Severity::Unspecified, &self.severity, Severity::from_text)
+    }
+
+    pub fn typed_status(&self) -> AlertStatus {
+        let field = AlertStatus::try_from(self.alert_status).ok();
+        typed(field, AlertStatus::Unspecified, &self.status, AlertStatus::from_text)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -247,6 +298,12 @@ mod tests {
         }
         for (decision, _) in DECISIONS {
             assert_eq!(Decision::from_text(decision.text()), decision);
+        }
+        for (severity, _) in SEVERITIES {
+            assert_eq!(Severity::from_text(severity.text()), severity);
+        }
+        for (status, _) in ALERT_STATUSES {
+            assert_eq!(AlertStatus::from_text(status.text()), status);
         }
         assert_eq!(RequestStatus::from_text("pendingapproval"), RequestStatus::Unspecified);
         assert_eq!(RequestStatus::Unspecified.text(), "unspecified");

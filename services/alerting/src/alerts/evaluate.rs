@@ -49,7 +49,11 @@ impl Alerts {
                 // A recovery code is an emergency for anyone (high for a privileged account);
                 // a lost method matters for privileged accounts.
                 let (rule, key, severity) = match short_type(e) {
-                    "RecoveryCodeUsed" => (rules::RECOVERY_CODE_USED, "recovery_code", privileged.then_some("high")),
+                    "RecoveryCodeUsed" => (
+                        rules::RECOVERY_CODE_USED,
+                        "recovery_code",
+                        privileged.then_some(Severity::High),
+                    ),
                     _ if privileged => (rules::MFA_METHOD_REMOVED, "mfa_method_removed", None),
                     _ => return Ok(()),
                 };
@@ -363,7 +367,7 @@ impl Alerts {
         };
         let severity = privileged(txn, &p.role_id, &p.scope, self.now())
             .await?
-            .then_some("high");
+            .then_some(Severity::High);
         self.raise_weakened(txn, e, subject, figures, severity).await
     }
 
@@ -374,7 +378,7 @@ impl Alerts {
         e: &Envelope,
         subject: Subject,
         figures: BTreeMap<String, String>,
-        severity: Option<&str>,
+        severity: Option<Severity>,
     ) -> Result<()> {
         let key = format!("policy_weakened:{}", e.id);
         self.raise_as(
@@ -418,7 +422,8 @@ impl Alerts {
             role_id: r.role_id.clone(),
             scope: "/".to_owned(),
         };
-        self.raise_weakened(txn, e, subject, figures, Some("high")).await
+        self.raise_weakened(txn, e, subject, figures, Some(Severity::High))
+            .await
     }
 
     /// MFA failures of a privileged account within the window, or a lockout.

@@ -4,23 +4,22 @@ use super::*;
 
 /// An alert as an OCSF 1.1.0 Detection Finding (class 2004).
 pub fn detection_finding(a: &AlertRow, description: &str) -> serde_json::Value {
-    let (activity_id, activity) = match a.status.as_str() {
-        "resolved" | "dismissed" => (3, "Close"),
-        _ if a.count > 1 || a.status == "acknowledged" => (2, "Update"),
-        _ => (1, "Create"),
+    let (activity_id, activity) = match a.status {
+        AlertStatus::Resolved | AlertStatus::Dismissed => (3, "Close"),
+        _ if a.count > 1 || a.status == AlertStatus::Acknowledged => (2, "Update"),
+        AlertStatus::Open | AlertStatus::Acknowledged => (1, "Create"),
     };
-    let (status_id, status) = match a.status.as_str() {
-        "acknowledged" => (2, "In Progress"),
-        "dismissed" => (3, "Suppressed"),
-        "resolved" => (4, "Resolved"),
-        _ => (1, "New"),
+    let (status_id, status) = match a.status {
+        AlertStatus::Open => (1, "New"),
+        AlertStatus::Acknowledged => (2, "In Progress"),
+        AlertStatus::Dismissed => (3, "Suppressed"),
+        AlertStatus::Resolved => (4, "Resolved"),
     };
-    let severity_id = match a.severity.as_str() {
-        "low" => 2,
-        "medium" => 3,
-        "high" => 4,
-        "critical" => 5,
-        _ => 1,
+    let severity_id = match a.severity {
+        Severity::Low => 2,
+        Severity::Medium => 3,
+        Severity::High => 4,
+        Severity::Critical => 5,
     };
     let mut finding = json!({
         "class_uid": 2004,
@@ -32,7 +31,7 @@ pub fn detection_finding(a: &AlertRow, description: &str) -> serde_json::Value {
         "type_uid": 200400 + activity_id,
         "time": a.last_seen,
         "severity_id": severity_id,
-        "severity": a.severity,
+        "severity": a.severity.as_str(),
         "status_id": status_id,
         "status": status,
         "count": a.count,

@@ -23,6 +23,7 @@ use pim_runtime::db::{Db, from_timestamp};
 use pim_runtime::error::{Error, Result};
 use pim_runtime::events::{Envelope, Outbox, decode, envelope, short_type, streams};
 
+use crate::domain::{AlertStatus, Severity};
 use crate::rules::{self, Settings};
 use crate::store::{self, AlertRow};
 
@@ -155,10 +156,12 @@ impl Alerts {
             actor,
             alert_id: a.id.clone(),
             rule_id: a.rule_id.clone(),
-            severity: a.severity.clone(),
-            status: a.status.clone(),
+            severity: a.severity.as_str().into(),
+            status: a.status.as_str().into(),
             principal_id: a.principal_id.clone(),
             role_id: a.role_id.clone(),
+            alert_severity: a.severity.to_pb() as i32,
+            alert_status: a.status.to_pb() as i32,
         };
         self.outbox
             .enqueue(
@@ -200,14 +203,14 @@ impl Alerts {
         subject: Subject,
         evidence: &[String],
         figures: BTreeMap<String, String>,
-        severity: Option<&str>,
+        severity: Option<Severity>,
     ) -> Result<()> {
         let mut settings = self.settings(txn, rule_id).await?;
         if !settings.enabled {
             return Ok(());
         }
         if let Some(severity) = severity {
-            settings.severity = severity.to_owned();
+            settings.severity = severity;
         }
         let now = self.now();
         let rev = store::next_rev(txn).await?;
@@ -215,14 +218,14 @@ impl Alerts {
             Some(mut a) => {
                 a.count += 1;
                 a.last_seen = now;
-                a.severity = settings.severity.clone();
+                a.severity = settings.severity;
                 (a, false)
             }
             None => (
                 AlertRow {
                     id: uuid::Uuid::now_v7().to_string(),
                     rule_id: rule_id.into(),
-                    severity: settings.severity.clone(),
+                    severity: settings.severity,
                     principal_id: subject.principal_id,
                     role_id: subject.role_id,
                     scope: subject.scope,
@@ -232,7 +235,7 @@ impl Alerts {
                     first_seen: now,
                     last_seen: now,
                     count: 1,
-                    status: "open".into(),
+                    status: AlertStatus::Open,
                     status_changed_by: String::new(),
                     status_reason: String::new(),
                     rev,
@@ -259,7 +262,7 @@ impl Alerts {
         let Some(mut alert) = store::live(txn, dedup_key).await? else {
             return Ok(());
         };
-        alert.status = "resolved".into();
+        alert.status = AlertStatus::Resolved;
         alert.status_changed_by = "system".into();
         alert.status_reason = why.into();
         alert.last_seen = self.now();
@@ -270,7 +273,7 @@ impl Alerts {
 
     /// Acknowledge, dismiss or resolve (Security Administrators and above); dismissing and
     /// resolving need a reason.
-    pub async fn set_status(&self, caller: &Caller, id: &str, status: &str, reason: &str) -> Result<AlertRow> {
+    pub async fn set_status(&self, caller: &Caller, id: &str, status: AlertStatus, reason: &str) -> Result<AlertRow> {
         require(self.access.as_ref(), caller, permissions::ALERTS_MANAGE, "/").await?;
         let reason = reason.trim();
         if reason.len() > 1000 {
@@ -279,17 +282,17 @@ impl Alerts {
         if reason.contains('\0') {
             return Err(Error::invalid("reason", "must not contain NUL characters"));
         }
-        if status != "acknowledged" && reason.is_empty() {
+        if status != AlertStatus::Acknowledged && reason.is_empty() {
             return Err(Error::invalid("reason", "say why"));
         }
         let txn = self.db.begin().await?;
         let mut alert = store::get(&txn, id, true)
             .await?
             .ok_or_else(|| Error::NotFound(format!("alert {id}")))?;
-        if matches!(alert.status.as_str(), "dismissed" | "resolved") {
+        if alert.status.is_closed() {
             return Err(Error::FailedPrecondition(format!("alert is already {}", alert.status)));
         }
-        alert.status = status.into();
+        alert.status = status;
         alert.status_changed_by = caller.principal_id.clone();
         alert.status_reason = reason.into();
         alert.rev = store::next_rev(&txn).await?;
@@ -312,7 +315,7 @@ impl Alerts {
         caller: &Caller,
         rule_id: &str,
         enabled: Option<bool>,
-        severity: Option<&str>,
+        severity: Option<Severity>,
         changes: &BTreeMap<String, String>,
     ) -> Result<Settings> {
         let def = rules::rule(rule_id).ok_or_else(|| Error::NotFound(format!("rule {rule_id}")))?;
@@ -324,7 +327,7 @@ impl Alerts {
             s.enabled = enabled;
         }
         if let Some(severity) = severity {
-            s.severity = severity.into();
+            s.severity = severity;
         }
         s.values.extend(values);
         let stored = serde_json::to_string(&s.values).map_err(anyhow::Error::from)?;
@@ -332,7 +335,7 @@ impl Alerts {
             &txn,
             rule_id,
             s.enabled,
-            &s.severity,
+            s.severity,
             &stored,
             &caller.principal_id,
             self.now(),
