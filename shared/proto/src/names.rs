@@ -9,272 +9,123 @@ use crate::approval::v1::{ApprovalStatus, Decision};
 use crate::assignment::v1::{AssignmentKind, RequestAction, RequestStatus};
 use crate::events::v1 as ev;
 
-const STATUSES: [(RequestStatus, &str); 9] = [
-    (RequestStatus::PendingApproval, "PendingApproval"),
-    (RequestStatus::Granted, "Granted"),
-    (RequestStatus::Denied, "Denied"),
-    (RequestStatus::Provisioned, "Provisioned"),
-    (RequestStatus::ScheduleCreated, "ScheduleCreated"),
-    (RequestStatus::Revoked, "Revoked"),
-    (RequestStatus::Canceled, "Canceled"),
-    (RequestStatus::Failed, "Failed"),
-    (RequestStatus::Expired, "Expired"),
-];
+/// Gives a wire enum its names in text, one table: `text()` (`unspecified` for Unspecified)
+/// and `from_text()` (Unspecified for any name not in the table).
+macro_rules! names {
+    ($table:ident: $enum:ident { $($variant:ident => $name:literal),+ $(,)? }) => {
+        const $table: &[($enum, &str)] = &[$(($enum::$variant, $name)),+];
 
-const ACTIONS: [(RequestAction, &str); 9] = [
-    (RequestAction::AdminAssign, "adminAssign"),
-    (RequestAction::AdminUpdate, "adminUpdate"),
-    (RequestAction::AdminRemove, "adminRemove"),
-    (RequestAction::AdminExtend, "adminExtend"),
-    (RequestAction::AdminRenew, "adminRenew"),
-    (RequestAction::SelfActivate, "selfActivate"),
-    (RequestAction::SelfDeactivate, "selfDeactivate"),
-    (RequestAction::SelfExtend, "selfExtend"),
-    (RequestAction::SelfRenew, "selfRenew"),
-];
+        impl $enum {
+            #[doc = concat!("Its name in text: ", $("`", $name, "` "),+, "(`unspecified` for Unspecified).")]
+            pub fn text(self) -> &'static str {
+                $table.iter().find(|(v, _)| *v == self).map_or("unspecified", |(_, name)| name)
+            }
 
-const KINDS: [(AssignmentKind, &str); 2] = [
-    (AssignmentKind::Eligible, "eligible"),
-    (AssignmentKind::Active, "active"),
-];
-
-const APPROVAL_STATUSES: [(ApprovalStatus, &str); 5] = [
-    (ApprovalStatus::Pending, "Pending"),
-    (ApprovalStatus::Approved, "Approved"),
-    (ApprovalStatus::Denied, "Denied"),
-    (ApprovalStatus::Expired, "Expired"),
-    (ApprovalStatus::Canceled, "Canceled"),
-];
-
-const DECISIONS: [(Decision, &str); 2] = [(Decision::Approve, "approve"), (Decision::Deny, "deny")];
-
-const SEVERITIES: [(Severity, &str); 4] = [
-    (Severity::Low, "low"),
-    (Severity::Medium, "medium"),
-    (Severity::High, "high"),
-    (Severity::Critical, "critical"),
-];
-
-const ALERT_STATUSES: [(AlertStatus, &str); 4] = [
-    (AlertStatus::Open, "open"),
-    (AlertStatus::Acknowledged, "acknowledged"),
-    (AlertStatus::Dismissed, "dismissed"),
-    (AlertStatus::Resolved, "resolved"),
-];
-
-fn name_of<T: PartialEq + Copy>(table: &[(T, &'static str)], value: T) -> &'static str {
-    table
-        .iter()
-        .find(|(v, _)| *v == value)
-        .map_or("unspecified", |(_, name)| name)
+            /// The value of that name; Unspecified for any other text.
+            pub fn from_text(name: &str) -> Self {
+                $table.iter().find(|(_, n)| *n == name).map_or(Self::Unspecified, |(v, _)| *v)
+            }
+        }
+    };
 }
 
-fn named<T: Copy>(table: &[(T, &'static str)], name: &str, unspecified: T) -> T {
-    table.iter().find(|(_, n)| *n == name).map_or(unspecified, |(v, _)| *v)
+names!(STATUSES: RequestStatus {
+    PendingApproval => "PendingApproval",
+    Granted => "Granted",
+    Denied => "Denied",
+    Provisioned => "Provisioned",
+    ScheduleCreated => "ScheduleCreated",
+    Revoked => "Revoked",
+    Canceled => "Canceled",
+    Failed => "Failed",
+    Expired => "Expired",
+});
+
+names!(ACTIONS: RequestAction {
+    AdminAssign => "adminAssign",
+    AdminUpdate => "adminUpdate",
+    AdminRemove => "adminRemove",
+    AdminExtend => "adminExtend",
+    AdminRenew => "adminRenew",
+    SelfActivate => "selfActivate",
+    SelfDeactivate => "selfDeactivate",
+    SelfExtend => "selfExtend",
+    SelfRenew => "selfRenew",
+});
+
+names!(KINDS: AssignmentKind { Eligible => "eligible", Active => "active" });
+
+names!(APPROVAL_STATUSES: ApprovalStatus {
+    Pending => "Pending",
+    Approved => "Approved",
+    Denied => "Denied",
+    Expired => "Expired",
+    Canceled => "Canceled",
+});
+
+names!(DECISIONS: Decision { Approve => "approve", Deny => "deny" });
+
+names!(SEVERITIES: Severity { Low => "low", Medium => "medium", High => "high", Critical => "critical" });
+
+names!(ALERT_STATUSES: AlertStatus {
+    Open => "open",
+    Acknowledged => "acknowledged",
+    Dismissed => "dismissed",
+    Resolved => "resolved",
+});
+
+/// Reads an event's typed field: its value when it is set, else the value its deprecated
+/// text field names (an entry published before the typed field existed).
+macro_rules! typed {
+    ($event:ty { $($method:ident: $enum:ident from $field:ident or $text:ident),+ $(,)? }) => {
+        impl $event {
+            $(
+                pub fn $method(&self) -> $enum {
+                    $enum::try_from(self.$field)
+                        .ok()
+                        .filter(|v| *v != $enum::Unspecified)
+                        .unwrap_or_else(|| $enum::from_text(&self.$text))
+                }
+            )+
+        }
+    };
 }
 
-impl RequestStatus {
-    /// Its name in text, e.g. `PendingApproval` (`unspecified` for Unspecified).
-    pub fn text(self) -> &'static str {
-        name_of(&STATUSES, self)
-    }
+typed!(ev::RequestCreated {
+    typed_status: RequestStatus from request_status or status,
+    typed_action: RequestAction from request_action or action,
+    typed_kind: AssignmentKind from assignment_kind or kind,
+});
 
-    /// The status of that name; Unspecified for any other text.
-    pub fn from_text(name: &str) -> Self {
-        named(&STATUSES, name, Self::Unspecified)
-    }
-}
+typed!(ev::RequestStatusChanged {
+    typed_status: RequestStatus from request_status or status,
+    typed_previous_status: RequestStatus from previous_request_status or previous_status,
+});
 
-impl RequestAction {
-    /// Its name in text, e.g. `selfActivate` (`unspecified` for Unspecified).
-    pub fn text(self) -> &'static str {
-        name_of(&ACTIONS, self)
-    }
+typed!(ev::AssignmentChanged { typed_kind: AssignmentKind from assignment_kind or kind });
 
-    /// The action of that name; Unspecified for any other text.
-    pub fn from_text(name: &str) -> Self {
-        named(&ACTIONS, name, Self::Unspecified)
-    }
-}
+typed!(ev::RequestRefused { typed_action: RequestAction from request_action or action });
 
-impl AssignmentKind {
-    /// Its name in text: `eligible` or `active` (`unspecified` for Unspecified).
-    pub fn text(self) -> &'static str {
-        name_of(&KINDS, self)
-    }
+typed!(ev::ApprovalDecisionRecorded { typed_decision: Decision from approval_decision or decision });
 
-    /// The kind of that name; Unspecified for any other text.
-    pub fn from_text(name: &str) -> Self {
-        named(&KINDS, name, Self::Unspecified)
-    }
-}
+typed!(ev::ApprovalDecisionRefused { typed_decision: Decision from approval_decision or decision });
 
-impl ApprovalStatus {
-    /// Its name in text, e.g. `Pending` (`unspecified` for Unspecified).
-    pub fn text(self) -> &'static str {
-        name_of(&APPROVAL_STATUSES, self)
-    }
-
-    /// The status of that name; Unspecified for any other text.
-    pub fn from_text(name: &str) -> Self {
-        named(&APPROVAL_STATUSES, name, Self::Unspecified)
-    }
-}
-
-impl Decision {
-    /// Its name in text: `approve` or `deny` (`unspecified` for Unspecified).
-    pub fn text(self) -> &'static str {
-        name_of(&DECISIONS, self)
-    }
-
-    /// The decision of that name; Unspecified for any other text.
-    pub fn from_text(name: &str) -> Self {
-        named(&DECISIONS, name, Self::Unspecified)
-    }
-}
-
-impl Severity {
-    /// Its name in text, e.g. `high` (`unspecified` for Unspecified).
-    pub fn text(self) -> &'static str {
-        name_of(&SEVERITIES, self)
-    }
-
-    /// The severity of that name; Unspecified for any other text.
-    pub fn from_text(name: &str) -> Self {
-        named(&SEVERITIES, name, Self::Unspecified)
-    }
-}
-
-impl AlertStatus {
-    /// Its name in text, e.g. `open` (`unspecified` for Unspecified).
-    pub fn text(self) -> &'static str {
-        name_of(&ALERT_STATUSES, self)
-    }
-
-    /// The status of that name; Unspecified for any other text.
-    pub fn from_text(name: &str) -> Self {
-        named(&ALERT_STATUSES, name, Self::Unspecified)
-    }
-}
-
-/// The typed field when it is set, else the value the deprecated text field names.
-fn typed<T: Copy + PartialEq>(field: Option<T>, unspecified: T, text: &str, from_text: fn(&str) -> T) -> T {
-    field.filter(|v| *v != unspecified).unwrap_or_else(|| from_text(text))
-}
-
-impl ev::RequestCreated {
-    pub fn typed_status(&self) -> RequestStatus {
-        let field = RequestStatus::try_from(self.request_status).ok();
-        typed(
-            field,
-            RequestStatus::Unspecified,
-            &self.status,
-            RequestStatus::from_text,
-        )
-    }
-
-    pub fn typed_action(&self) -> RequestAction {
-        let field = RequestAction::try_from(self.request_action).ok();
-        typed(
-            field,
-            RequestAction::Unspecified,
-            &self.action,
-            RequestAction::from_text,
-        )
-    }
-
-    pub fn typed_kind(&self) -> AssignmentKind {
-        let field = AssignmentKind::try_from(self.assignment_kind).ok();
-        typed(
-            field,
-            AssignmentKind::Unspecified,
-            &self.kind,
-            AssignmentKind::from_text,
-        )
-    }
-}
-
-impl ev::RequestStatusChanged {
-    pub fn typed_status(&self) -> RequestStatus {
-        let field = RequestStatus::try_from(self.request_status).ok();
-        typed(
-            field,
-            RequestStatus::Unspecified,
-            &self.status,
-            RequestStatus::from_text,
-        )
-    }
-
-    pub fn typed_previous_status(&self) -> RequestStatus {
-        let field = RequestStatus::try_from(self.previous_request_status).ok();
-        typed(
-            field,
-            RequestStatus::Unspecified,
-            &self.previous_status,
-            RequestStatus::from_text,
-        )
-    }
-}
-
-impl ev::AssignmentChanged {
-    pub fn typed_kind(&self) -> AssignmentKind {
-        let field = AssignmentKind::try_from(self.assignment_kind).ok();
-        typed(
-            field,
-            AssignmentKind::Unspecified,
-            &self.kind,
-            AssignmentKind::from_text,
-        )
-    }
-}
-
-impl ev::RequestRefused {
-    pub fn typed_action(&self) -> RequestAction {
-        let field = RequestAction::try_from(self.request_action).ok();
-        typed(
-            field,
-            RequestAction::Unspecified,
-            &self.action,
-            RequestAction::from_text,
-        )
-    }
-}
-
-impl ev::ApprovalDecisionRecorded {
-    pub fn typed_decision(&self) -> Decision {
-        let field = Decision::try_from(self.approval_decision).ok();
-        typed(field, Decision::Unspecified, &self.decision, Decision::from_text)
-    }
-}
-
-impl ev::ApprovalDecisionRefused {
-    pub fn typed_decision(&self) -> Decision {
-        let field = Decision::try_from(self.approval_decision).ok();
-        typed(field, Decision::Unspecified, &self.decision, Decision::from_text)
-    }
-}
+typed!(ev::AlertEvent {
+    typed_severity: Severity from alert_severity or severity,
+    typed_status: AlertStatus from alert_status or status,
+});
 
 impl ev::ApprovalCompleted {
-    /// The approval's status: its outcome when it ended, Pending while it still asks.
+    /// The approval's status: its outcome when it ended, Pending while it still asks (an
+    /// outcome that names no status: StageStarted, Reminder, Escalated).
     pub fn typed_status(&self) -> ApprovalStatus {
-        let field = ApprovalStatus::try_from(self.approval_status).ok();
-        let from_outcome = |outcome: &str| match ApprovalStatus::from_text(outcome) {
-            ApprovalStatus::Unspecified if !outcome.is_empty() => ApprovalStatus::Pending,
-            status => status,
-        };
-        typed(field, ApprovalStatus::Unspecified, &self.outcome, from_outcome)
-    }
-}
-
-impl ev::AlertEvent {
-    pub fn typed_severity(&self) -> Severity {
-        let field = Severity::try_from(self.alert_severity).ok();
-        typed(field, Severity::Unspecified, &self.severity, Severity::from_text)
-    }
-
-    pub fn typed_status(&self) -> AlertStatus {
-        let field = AlertStatus::try_from(self.alert_status).ok();
-        typed(field, AlertStatus::Unspecified, &self.status, AlertStatus::from_text)
+        ApprovalStatus::try_from(self.approval_status)
+            .ok()
+            .filter(|v| *v != ApprovalStatus::Unspecified)
+            .unwrap_or_else(|| match ApprovalStatus::from_text(&self.outcome) {
+                ApprovalStatus::Unspecified if !self.outcome.is_empty() => ApprovalStatus::Pending,
+                status => status,
+            })
     }
 }
 
@@ -284,25 +135,25 @@ mod tests {
 
     #[test]
     fn every_value_has_one_name_that_reads_back() {
-        for (status, _) in STATUSES {
+        for &(status, _) in STATUSES {
             assert_eq!(RequestStatus::from_text(status.text()), status);
         }
-        for (action, _) in ACTIONS {
+        for &(action, _) in ACTIONS {
             assert_eq!(RequestAction::from_text(action.text()), action);
         }
-        for (kind, _) in KINDS {
+        for &(kind, _) in KINDS {
             assert_eq!(AssignmentKind::from_text(kind.text()), kind);
         }
-        for (status, _) in APPROVAL_STATUSES {
+        for &(status, _) in APPROVAL_STATUSES {
             assert_eq!(ApprovalStatus::from_text(status.text()), status);
         }
-        for (decision, _) in DECISIONS {
+        for &(decision, _) in DECISIONS {
             assert_eq!(Decision::from_text(decision.text()), decision);
         }
-        for (severity, _) in SEVERITIES {
+        for &(severity, _) in SEVERITIES {
             assert_eq!(Severity::from_text(severity.text()), severity);
         }
-        for (status, _) in ALERT_STATUSES {
+        for &(status, _) in ALERT_STATUSES {
             assert_eq!(AlertStatus::from_text(status.text()), status);
         }
         assert_eq!(RequestStatus::from_text("pendingapproval"), RequestStatus::Unspecified);
