@@ -15,6 +15,7 @@ use pim_proto::events::v1 as ev;
 use pim_runtime::db::Db;
 use pim_runtime::events::{Envelope, decode, short_type};
 
+use crate::domain::Kind;
 use crate::store::{self, AssignmentRow};
 
 /// One active assignment, as the index keeps it.
@@ -132,7 +133,7 @@ impl AccessIndex {
     }
 
     pub fn upsert_row(&self, a: &AssignmentRow) {
-        if a.kind == "active" && a.status == "active" {
+        if a.kind == Kind::Active && a.status == "active" {
             let grant = Grant {
                 role_id: a.role_id.clone(),
                 scope: a.scope.clone(),

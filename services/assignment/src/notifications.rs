@@ -18,7 +18,7 @@ use pim_runtime::db::to_timestamp;
 use pim_runtime::events::{Envelope, EventHandler, decode, short_type, streams};
 
 use crate::assignments::Assignments;
-use crate::domain::{NotificationEvent, NotificationParty, Policy, Scope};
+use crate::domain::{Action, Kind, NotificationEvent, NotificationParty, Policy, Scope};
 use crate::store::{self, RequestRow};
 
 /// How old a change may be and still be told.
@@ -157,8 +157,7 @@ impl Change {
                 let e: ev::RequestStatusChanged = decode(envelope)?;
                 let decided = e.typed_previous_status() == pb::RequestStatus::PendingApproval
                     && matches!(e.typed_status(), pb::RequestStatus::Denied | pb::RequestStatus::Expired);
-                let self_activation =
-                    |r: &RequestRow| pb::RequestAction::from_text(&r.action) == pb::RequestAction::SelfActivate;
+                let self_activation = |r: &RequestRow| r.action == Action::SelfActivate;
                 let Some(r) = request(&e.request_id).filter(|r| decided && self_activation(r)) else {
                     return Ok(None);
                 };
@@ -305,7 +304,7 @@ impl Notifier {
         let mut ids = Vec::new();
         for role in [GLOBAL_ADMINISTRATOR, PRIVILEGED_ROLE_ADMINISTRATOR] {
             ids.extend(
-                store::current_assignments(txn, "active", None, Some(role), now)
+                store::current_assignments(txn, Kind::Active, None, Some(role), now)
                     .await?
                     .into_iter()
                     .filter(|a| a.scope == "/")

@@ -9,7 +9,7 @@ use sea_orm_migration::MigratorTrait;
 use pim_runtime::db::{Db, is_unique_violation};
 use pim_runtime::events::{OutboxRows, envelope, streams};
 
-use crate::domain::RequestStatus;
+use crate::domain::{Action, Kind, RequestStatus};
 use crate::roles::GLOBAL_ADMINISTRATOR;
 use crate::store::{self, AssignmentRow, RequestRow};
 
@@ -39,11 +39,11 @@ fn id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
 
-fn request(action: &str, status: RequestStatus) -> RequestRow {
+fn request(action: Action, status: RequestStatus) -> RequestRow {
     RequestRow {
         id: id(),
-        action: action.into(),
-        kind: "active".into(),
+        action,
+        kind: Kind::Active,
         principal_id: "lee".into(),
         role_id: EXCHANGE_ADMINISTRATOR.into(),
         scope: "/".into(),
@@ -62,10 +62,10 @@ fn request(action: &str, status: RequestStatus) -> RequestRow {
     }
 }
 
-fn assignment(origin: &str, kind: &str, end_at: Option<i64>) -> AssignmentRow {
+fn assignment(origin: &str, kind: Kind, end_at: Option<i64>) -> AssignmentRow {
     AssignmentRow {
         id: id(),
-        kind: kind.into(),
+        kind,
         principal_id: "lee".into(),
         principal_kind: "user".into(),
         principal_name: "lee".into(),
@@ -90,15 +90,15 @@ fn events() -> OutboxRows {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn racing_activations_leave_one_and_a_waiting_request_blocks_the_rest() -> anyhow::Result<()> {
     on_both(|db| async move {
-        let mut eligibility = assignment("admin", "eligible", None);
+        let mut eligibility = assignment("admin", Kind::Eligible, None);
         eligibility.start_at = NOW - HOUR;
         store::insert_assignment(&db, &eligibility, true, NOW).await?;
         let mut racers = tokio::task::JoinSet::new();
         for _ in 0..16 {
             let (db, eligibility_id) = (db.clone(), eligibility.id.clone());
             racers.spawn(async move {
-                let r = request("selfActivate", RequestStatus::Provisioned);
-                let mut a = assignment("activation", "active", Some(NOW + HOUR));
+                let r = request(Action::SelfActivate, RequestStatus::Provisioned);
+                let mut a = assignment("activation", Kind::Active, Some(NOW + HOUR));
                 a.request_id = r.id.clone();
                 let rests = store::RestsOn {
                     eligibility_id: &eligibility_id,
@@ -119,13 +119,13 @@ async fn racing_activations_leave_one_and_a_waiting_request_blocks_the_rest() ->
         );
 
         // A request waiting for approval is the only one of its kind, whatever it asks.
-        let waiting = request("selfExtend", RequestStatus::PendingApproval);
+        let waiting = request(Action::SelfExtend, RequestStatus::PendingApproval);
         store::insert_request(&db, &waiting).await?;
-        let second = store::insert_request(&db, &request("selfRenew", RequestStatus::PendingApproval))
+        let second = store::insert_request(&db, &request(Action::SelfRenew, RequestStatus::PendingApproval))
             .await
             .expect_err("a second waiting request");
         assert!(is_unique_violation(&second), "{second}");
-        let blocked = request("selfActivate", RequestStatus::PendingApproval);
+        let blocked = request(Action::SelfActivate, RequestStatus::PendingApproval);
         let rests = store::RestsOn {
             eligibility_id: &eligibility.id,
             via_group: None,
@@ -144,14 +144,14 @@ async fn racing_activations_leave_one_and_a_waiting_request_blocks_the_rest() ->
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_admin_assignment_of_each_kind_and_ends_move_by_compare_and_set() -> anyhow::Result<()> {
     on_both(|db| async move {
-        let eligible = assignment("admin", "eligible", Some(NOW + 10 * 24 * HOUR));
+        let eligible = assignment("admin", Kind::Eligible, Some(NOW + 10 * 24 * HOUR));
         store::insert_assignment(&db, &eligible, true, NOW).await?;
-        let twice = store::insert_assignment(&db, &assignment("admin", "eligible", None), true, NOW)
+        let twice = store::insert_assignment(&db, &assignment("admin", Kind::Eligible, None), true, NOW)
             .await
             .expect_err("a second eligible assignment");
         assert!(is_unique_violation(&twice), "{twice}");
         // Another kind is another assignment.
-        store::insert_assignment(&db, &assignment("admin", "active", None), true, NOW).await?;
+        store::insert_assignment(&db, &assignment("admin", Kind::Active, None), true, NOW).await?;
 
         // An end moves only from the version read.
         let moved = store::set_assignment_end(&db, &eligible.id, 1, Some(NOW + 20 * 24 * HOUR)).await?;
@@ -170,7 +170,7 @@ async fn one_admin_assignment_of_each_kind_and_ends_move_by_compare_and_set() ->
             "ended"
         );
         // Once it has ended, a new one may be made.
-        store::insert_assignment(&db, &assignment("admin", "eligible", None), true, NOW).await?;
+        store::insert_assignment(&db, &assignment("admin", Kind::Eligible, None), true, NOW).await?;
         Ok(())
     })
     .await
@@ -179,7 +179,7 @@ async fn one_admin_assignment_of_each_kind_and_ends_move_by_compare_and_set() ->
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_move_only_from_the_status_they_are_in() -> anyhow::Result<()> {
     on_both(|db| async move {
-        let mut r = request("selfActivate", RequestStatus::PendingApproval);
+        let mut r = request(Action::SelfActivate, RequestStatus::PendingApproval);
         store::insert_request(&db, &r).await?;
         r.status = RequestStatus::Granted;
         assert!(store::transition_request(&db, &r, RequestStatus::PendingApproval, NOW).await?);
@@ -208,12 +208,12 @@ async fn requests_move_only_from_the_status_they_are_in() -> anyhow::Result<()> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_permanent_global_administrators_are_those_in_force_at_the_root() -> anyhow::Result<()> {
     on_both(|db| async move {
-        let mut permanent = assignment("admin", "active", None);
+        let mut permanent = assignment("admin", Kind::Active, None);
         permanent.role_id = GLOBAL_ADMINISTRATOR.into();
-        let mut temporary = assignment("admin", "active", Some(NOW + HOUR));
+        let mut temporary = assignment("admin", Kind::Active, Some(NOW + HOUR));
         temporary.role_id = GLOBAL_ADMINISTRATOR.into();
         temporary.principal_id = "kim".into();
-        let mut scoped = assignment("admin", "active", None);
+        let mut scoped = assignment("admin", Kind::Active, None);
         scoped.role_id = GLOBAL_ADMINISTRATOR.into();
         scoped.principal_id = "ann".into();
         scoped.scope = "/subscriptions/s1".into();
@@ -239,13 +239,13 @@ async fn the_upgrade_keeps_the_duplicate_that_grants_most() -> anyhow::Result<()
     const BEFORE_ONE_ADMIN: u32 = 8;
     migrated_then(Some(BEFORE_ONE_ADMIN), |db| async move {
         let now = pim_runtime::db::now_ms();
-        let mut lapsed = assignment("admin", "active", Some(now - HOUR));
+        let mut lapsed = assignment("admin", Kind::Active, Some(now - HOUR));
         lapsed.role_id = GLOBAL_ADMINISTRATOR.into();
         lapsed.start_at = now - 2 * HOUR;
-        let mut permanent = assignment("admin", "active", None);
+        let mut permanent = assignment("admin", Kind::Active, None);
         permanent.role_id = GLOBAL_ADMINISTRATOR.into();
         permanent.start_at = now - HOUR;
-        let mut scheduled = assignment("admin", "active", None);
+        let mut scheduled = assignment("admin", Kind::Active, None);
         scheduled.role_id = GLOBAL_ADMINISTRATOR.into();
         scheduled.start_at = now + HOUR;
         // The lapsed one is the oldest: keeping the oldest would keep the wrong one.
@@ -260,8 +260,8 @@ async fn the_upgrade_keeps_the_duplicate_that_grants_most() -> anyhow::Result<()
         assert_eq!(status(permanent.id.clone()).await?.as_deref(), Some("active"));
         assert_eq!(status(lapsed.id.clone()).await?.as_deref(), Some("removed"));
         assert_eq!(status(scheduled.id.clone()).await?.as_deref(), Some("removed"));
-        let again = store::insert_assignment(&db, &assignment("admin", "active", None), true, now).await;
-        let mut twice = assignment("admin", "active", None);
+        let again = store::insert_assignment(&db, &assignment("admin", Kind::Active, None), true, now).await;
+        let mut twice = assignment("admin", Kind::Active, None);
         twice.role_id = GLOBAL_ADMINISTRATOR.into();
         let refused = store::insert_assignment(&db, &twice, true, now)
             .await
@@ -281,13 +281,13 @@ async fn an_activation_is_stored_only_while_its_eligibility_and_membership_hold(
     use crate::roles::{GROUP_MEMBER, group_scope};
     on_both(|db| async move {
         let activate = || {
-            let r = request("selfActivate", RequestStatus::Provisioned);
-            let mut a = assignment("activation", "active", Some(NOW + HOUR));
+            let r = request(Action::SelfActivate, RequestStatus::Provisioned);
+            let mut a = assignment("activation", Kind::Active, Some(NOW + HOUR));
             a.request_id = r.id.clone();
             (r, a)
         };
         // The group's eligibility: Lee rests on it while a member.
-        let mut held = assignment("admin", "eligible", None);
+        let mut held = assignment("admin", Kind::Eligible, None);
         (held.principal_id, held.principal_kind, held.start_at) = ("ops".into(), "group".into(), NOW - HOUR);
         store::insert_assignment(&db, &held, true, NOW).await?;
         let through_ops = store::RestsOn {
@@ -300,7 +300,7 @@ async fn an_activation_is_stored_only_while_its_eligibility_and_membership_hold(
             "not a member"
         );
         // A member through PIM (a live Group Member assignment): stored.
-        let mut member = assignment("activation", "active", Some(NOW + HOUR));
+        let mut member = assignment("activation", Kind::Active, Some(NOW + HOUR));
         (member.role_id, member.scope) = (GROUP_MEMBER.into(), group_scope("ops"));
         store::insert_assignment(&db, &member, true, NOW).await?;
         assert!(store::lock_resting(&db, through_ops, "lee", NOW).await?);
@@ -444,7 +444,7 @@ async fn policies_and_custom_roles_change_only_from_what_was_read() -> anyhow::R
 
         let held = AssignmentRow {
             role_id: role.id.clone(),
-            ..assignment("admin", "eligible", None)
+            ..assignment("admin", Kind::Eligible, None)
         };
         store::insert_assignment(&db, &held, true, NOW).await?;
         assert!(!store::delete_role(&db, &role.id, NOW).await?, "held");
@@ -468,16 +468,16 @@ async fn policies_and_custom_roles_change_only_from_what_was_read() -> anyhow::R
 async fn holders_are_told_once_that_an_active_role_ends_soon() -> anyhow::Result<()> {
     on_both(|db| async move {
         let lead = 15 * 60_000;
-        let soon = assignment("activation", "active", Some(NOW + HOUR));
+        let soon = assignment("activation", Kind::Active, Some(NOW + HOUR));
         let short = AssignmentRow {
             principal_id: "ann".into(),
             end_at: Some(NOW + 10 * 60_000),
-            ..assignment("activation", "active", None)
+            ..assignment("activation", Kind::Active, None)
         };
-        let eligible = assignment("admin", "eligible", Some(NOW + HOUR));
+        let eligible = assignment("admin", Kind::Eligible, Some(NOW + HOUR));
         let permanent = AssignmentRow {
             principal_id: "bob".into(),
-            ..assignment("admin", "active", None)
+            ..assignment("admin", Kind::Active, None)
         };
         for a in [&soon, &short, &eligible, &permanent] {
             store::insert_assignment(&db, a, true, NOW).await?;
@@ -510,7 +510,7 @@ async fn holders_are_told_once_that_an_active_role_ends_soon() -> anyhow::Result
         );
         assert_eq!(due(NOW + 3 * HOUR - lead).await?, std::slice::from_ref(&soon.id));
         assert!(store::mark_expiry_noticed(&db, &soon.id).await?);
-        let later = assignment("activation", "active", Some(NOW + 2 * HOUR));
+        let later = assignment("activation", Kind::Active, Some(NOW + 2 * HOUR));
         store::end_assignment(&db, &soon.id, "expired", NOW).await?;
         store::insert_assignment(&db, &later, true, NOW).await?;
         store::end_assignment(&db, &later.id, "deactivated", NOW).await?;

@@ -44,7 +44,7 @@ impl Assignments {
         // The caller's own activation of the role at this very scope, started or not. (A
         // quick answer; what guarantees one at a time is the database, at the insert below.)
         if let Some(a) = held.iter().find(|a| {
-            a.kind == Kind::Active.as_str()
+            a.kind == Kind::Active
                 && a.origin == "activation"
                 && a.principal_id == caller.principal_id
                 && a.scope == scope.as_str()
@@ -54,8 +54,8 @@ impl Assignments {
         let length = schedule.end.map(|e| e - schedule.start).unwrap_or_default();
         let mut request = RequestRow {
             id: if r.validate_only { String::new() } else { new_id() },
-            action: "selfActivate".into(),
-            kind: Kind::Active.as_str().into(),
+            action: Action::SelfActivate,
+            kind: Kind::Active,
             principal_id: caller.principal_id.clone(),
             role_id: role.id.clone(),
             scope: scope.as_str().into(),
@@ -174,7 +174,7 @@ impl Assignments {
     ) -> AssignmentRow {
         AssignmentRow {
             id: new_id(),
-            kind: Kind::Active.as_str().into(),
+            kind: Kind::Active,
             principal_id: request.principal_id.clone(),
             principal_kind: "user".into(),
             principal_name: principal_name.into(),
@@ -252,15 +252,8 @@ impl Assignments {
         let (role, scope) = self.role_at(&r.role, &r.scope)?;
         let now = self.now();
         let txn = self.db.begin().await?;
-        let open = store::open_assignments(
-            &txn,
-            Kind::Active.as_str(),
-            &caller.principal_id,
-            &role.id,
-            scope.as_str(),
-            now,
-        )
-        .await?;
+        let open =
+            store::open_assignments(&txn, Kind::Active, &caller.principal_id, &role.id, scope.as_str(), now).await?;
         let Some(activation) = open.into_iter().find(|a| a.origin == "activation") else {
             return Err(Error::NotFound(format!(
                 "an activation of {} at {}",
@@ -280,7 +273,7 @@ impl Assignments {
             }]));
         }
         let request = Self::ending_request(
-            "selfDeactivate",
+            Action::SelfDeactivate,
             Kind::Active,
             &caller.principal_id,
             &role.id,

@@ -6,7 +6,7 @@ use super::*;
 impl Assignments {
     /// adminAssign: an administrator makes a principal eligible for, or active in, a role.
     /// adminAssign, or adminRenew: the same for an assignment that expired (only then).
-    pub async fn admin_assign(&self, caller: &Caller, r: AdminAssignRequest, action: &str) -> Result<RequestRow> {
+    pub async fn admin_assign(&self, caller: &Caller, r: AdminAssignRequest, action: Action) -> Result<RequestRow> {
         let (role, scope) = self.role_to_grant_at(&r.role, &r.scope)?;
         let principal_id = r.principal_id.trim();
         if principal_id.is_empty() {
@@ -47,22 +47,15 @@ impl Assignments {
         let schedule = policy
             .check_admin_assignment(&r.assignment, now)
             .map_err(Error::PolicyViolation)?;
-        let existing = store::open_assignments(
-            &self.db,
-            r.assignment.kind.as_str(),
-            principal_id,
-            &role.id,
-            scope.as_str(),
-            now,
-        )
-        .await?;
-        if action == "adminRenew" {
+        let existing =
+            store::open_assignments(&self.db, r.assignment.kind, principal_id, &role.id, scope.as_str(), now).await?;
+        if action == Action::AdminRenew {
             if existing.iter().any(|a| a.origin == "admin") {
                 return Err(Error::FailedPrecondition(
                     "this assignment is still in force; extend it instead".into(),
                 ));
             }
-            let kind = r.assignment.kind.as_str();
+            let kind = r.assignment.kind;
             if store::last_expired_assignment(&self.db, kind, principal_id, &role.id, scope.as_str(), now)
                 .await?
                 .is_none()
@@ -80,8 +73,8 @@ impl Assignments {
         let ticket = r.ticket.unwrap_or_default();
         let request = RequestRow {
             id: if r.validate_only { String::new() } else { new_id() },
-            action: action.into(),
-            kind: r.assignment.kind.as_str().into(),
+            action,
+            kind: r.assignment.kind,
             principal_id: principal_id.into(),
             role_id: role.id.clone(),
             scope: scope.as_str().into(),
@@ -156,7 +149,7 @@ impl Assignments {
     ) -> Result<AssignmentRow> {
         let assignment = AssignmentRow {
             id: request.assignment_id.clone().unwrap_or_else(new_id),
-            kind: request.kind.clone(),
+            kind: request.kind,
             principal_id: request.principal_id.clone(),
             principal_kind: principal_kind_str(principal_kind).into(),
             principal_name: principal_name.into(),
@@ -179,8 +172,8 @@ impl Assignments {
             actor: actor.clone(),
             assignment_id: assignment.id.clone(),
             request_id: request.id.clone(),
-            kind: assignment.kind.clone(),
-            assignment_kind: AssignmentKind::from_text(&assignment.kind) as i32,
+            kind: assignment.kind.as_str().into(),
+            assignment_kind: assignment.kind.to_pb() as i32,
             principal_id: assignment.principal_id.clone(),
             principal_kind: principal_kind as i32,
             principal_name: principal_name.into(),
@@ -194,7 +187,7 @@ impl Assignments {
             reason: String::new(),
             version: assignment.version,
         };
-        let granted_type = if assignment.kind == Kind::Eligible.as_str() {
+        let granted_type = if assignment.kind == Kind::Eligible {
             "EligibilityGranted"
         } else {
             "ActiveAssignmentGranted"
@@ -218,7 +211,7 @@ impl Assignments {
         self.authorize_assignments(caller, &role, &scope, None).await?;
         let now = self.now();
         let txn = self.db.begin().await?;
-        let open = store::open_assignments(&txn, r.kind.as_str(), &principal_id, &role.id, scope.as_str(), now).await?;
+        let open = store::open_assignments(&txn, r.kind, &principal_id, &role.id, scope.as_str(), now).await?;
         if open.is_empty() {
             return Err(Error::NotFound(format!(
                 "{} assignment of {} for {principal_id} at {}",
@@ -234,7 +227,7 @@ impl Assignments {
             return Err(last_global_admin_refused());
         }
         let request = Self::ending_request(
-            "adminRemove",
+            Action::AdminRemove,
             r.kind,
             &principal_id,
             &role.id,
@@ -319,13 +312,13 @@ impl Assignments {
             return self.emit(txn, "ReviewRemovalRefused", &a.principal_id, &answer).await;
         }
         let role_name = self.roles.get(&a.role_id).map(|r| r.name).unwrap_or_default();
-        let kind = if a.kind == Kind::Eligible.as_str() {
+        let kind = if a.kind == Kind::Eligible {
             Kind::Eligible
         } else {
             Kind::Active
         };
         let request = Self::ending_request(
-            "adminRemove",
+            Action::AdminRemove,
             kind,
             &a.principal_id,
             &a.role_id,
@@ -350,7 +343,7 @@ impl Assignments {
     pub async fn admin_change_end(
         &self,
         caller: &Caller,
-        action: &str,
+        action: Action,
         r: EndRequest,
         end: Option<i64>,
     ) -> Result<RequestRow> {
@@ -363,7 +356,7 @@ impl Assignments {
             .await?;
         let now = self.now();
         let txn = self.db.begin().await?;
-        let open = store::open_assignments(&txn, r.kind.as_str(), &principal_id, &role.id, scope.as_str(), now).await?;
+        let open = store::open_assignments(&txn, r.kind, &principal_id, &role.id, scope.as_str(), now).await?;
         let Some(mut assignment) = open.into_iter().find(|a| a.origin == "admin") else {
             return Err(Error::NotFound(format!(
                 "{} assignment of {} for {principal_id} at {}",
@@ -372,7 +365,7 @@ impl Assignments {
                 scope.as_str()
             )));
         };
-        if action == "adminExtend" && end.is_some_and(|e| assignment.end_at.is_none_or(|current| e <= current)) {
+        if action == Action::AdminExtend && end.is_some_and(|e| assignment.end_at.is_none_or(|current| e <= current)) {
             return Err(Error::PolicyViolation(vec![pim_runtime::grpc::RuleViolation {
                 kind: "ExpirationRule",
                 message: "an extension must end later than the assignment does now".into(),

@@ -282,11 +282,11 @@ impl Assignments {
     ) -> Result<Vec<String>> {
         let mut principals = Vec::new();
         for a in ended {
-            if a.kind != Kind::Eligible.as_str() && a.role_id != GROUP_MEMBER {
+            if a.kind != Kind::Eligible && a.role_id != GROUP_MEMBER {
                 continue;
             }
             principals.push(a.principal_id.clone());
-            if a.kind == Kind::Eligible.as_str() && a.principal_kind == "group" {
+            if a.kind == Kind::Eligible && a.principal_kind == "group" {
                 let scope = crate::roles::group_scope(&a.principal_id);
                 principals.extend(store::members_of(c, &a.principal_id, &scope, GROUP_MEMBER, now).await?);
             }
@@ -329,7 +329,7 @@ pub(crate) fn longest_eligibility<'a>(
     now: i64,
 ) -> Option<(&'a AssignmentRow, Option<i64>)> {
     held.iter()
-        .filter(|e| e.kind == Kind::Eligible.as_str() && e.role_id == role_id && e.start_at <= now)
+        .filter(|e| e.kind == Kind::Eligible && e.role_id == role_id && e.start_at <= now)
         .filter(|e| scopes.contains(&e.scope))
         .map(|e| match groups.get(&e.principal_id) {
             Some(member_until) => (e, earlier(e.end_at, *member_until)),

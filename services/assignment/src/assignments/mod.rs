@@ -9,7 +9,6 @@ use prost::Message;
 use sea_orm::{ConnectionTrait, DatabaseTransaction, TransactionTrait};
 use tokio::sync::broadcast;
 
-use pim_proto::assignment::v1::{AssignmentKind, RequestAction};
 use pim_proto::common::v1::{Actor, PrincipalKind, Ticket};
 use pim_proto::events::v1 as ev;
 use pim_runtime::access::{Decision, Target, permissions};
@@ -20,7 +19,7 @@ use pim_runtime::events::{Outbox, OutboxRows, envelope, streams};
 use pim_runtime::grpc::RuleViolation;
 
 use crate::clients::{Directory, Principal};
-use crate::domain::{ActivationAsk, AdminAssignment, Kind, MfaState, Policy, RequestStatus, Schedule, Scope};
+use crate::domain::{Action, ActivationAsk, AdminAssignment, Kind, MfaState, Policy, RequestStatus, Schedule, Scope};
 use crate::error::{Error, Result};
 use crate::groups::Memberships;
 use crate::index::AccessIndex;
@@ -253,7 +252,7 @@ impl Assignments {
     /// A request that ends an assignment now (adminRemove, selfDeactivate): status Revoked.
     #[allow(clippy::too_many_arguments)]
     fn ending_request(
-        action: &str,
+        action: Action,
         kind: Kind,
         principal_id: &str,
         role_id: &str,
@@ -266,8 +265,8 @@ impl Assignments {
     ) -> RequestRow {
         RequestRow {
             id: if validate_only { String::new() } else { new_id() },
-            action: action.into(),
-            kind: kind.as_str().into(),
+            action,
+            kind,
             principal_id: principal_id.into(),
             role_id: role_id.into(),
             scope: scope.as_str().into(),
@@ -290,10 +289,10 @@ impl Assignments {
         ev::RequestCreated {
             actor,
             request_id: request.id.clone(),
-            action: request.action.clone(),
-            kind: request.kind.clone(),
-            request_action: RequestAction::from_text(&request.action) as i32,
-            assignment_kind: AssignmentKind::from_text(&request.kind) as i32,
+            action: request.action.as_str().into(),
+            kind: request.kind.as_str().into(),
+            request_action: request.action.to_pb() as i32,
+            assignment_kind: request.kind.to_pb() as i32,
             request_status: request.status.to_pb() as i32,
             principal_id: request.principal_id.clone(),
             role_id: request.role_id.clone(),
@@ -394,7 +393,7 @@ impl Assignments {
         if !store::end_assignment(txn, &a.id, reason, now).await? {
             return Ok(false);
         }
-        if a.kind == Kind::Active.as_str() {
+        if a.kind == Kind::Active {
             let event = ev::RoleDeactivated {
                 actor: actor.clone(),
                 assignment_id: a.id.clone(),
@@ -410,8 +409,8 @@ impl Assignments {
                 actor,
                 assignment_id: a.id.clone(),
                 request_id: a.request_id.clone(),
-                kind: a.kind.clone(),
-                assignment_kind: AssignmentKind::from_text(&a.kind) as i32,
+                kind: a.kind.as_str().into(),
+                assignment_kind: a.kind.to_pb() as i32,
                 principal_id: a.principal_id.clone(),
                 principal_kind: 0,
                 principal_name: a.principal_name.clone(),
@@ -425,7 +424,7 @@ impl Assignments {
                 reason: reason.into(),
                 version: a.version,
             };
-            let event_type = if a.kind == Kind::Eligible.as_str() {
+            let event_type = if a.kind == Kind::Eligible {
                 "EligibilityRemoved"
             } else {
                 "ActiveAssignmentRemoved"
@@ -458,8 +457,8 @@ impl Assignments {
             actor,
             assignment_id: assignment.id.clone(),
             request_id: request.id.clone(),
-            kind: assignment.kind.clone(),
-            assignment_kind: AssignmentKind::from_text(&assignment.kind) as i32,
+            kind: assignment.kind.as_str().into(),
+            assignment_kind: assignment.kind.to_pb() as i32,
             principal_id: assignment.principal_id.clone(),
             principal_kind: 0,
             principal_name: assignment.principal_name.clone(),
@@ -470,10 +469,10 @@ impl Assignments {
             end_time: end.map(to_timestamp),
             justification: request.justification.clone(),
             ticket: None,
-            reason: request.action.clone(),
+            reason: request.action.as_str().into(),
             version: assignment.version,
         };
-        let event_type = if assignment.kind == Kind::Eligible.as_str() {
+        let event_type = if assignment.kind == Kind::Eligible {
             "EligibilityUpdated"
         } else {
             "ActiveAssignmentUpdated"
@@ -499,8 +498,8 @@ impl Assignments {
         let now = self.now();
         let request = RequestRow {
             id: new_id(),
-            action: "adminAssign".into(),
-            kind: Kind::Active.as_str().into(),
+            action: Action::AdminAssign,
+            kind: Kind::Active,
             principal_id: user_id.into(),
             role_id: GLOBAL_ADMINISTRATOR.into(),
             scope: "/".into(),

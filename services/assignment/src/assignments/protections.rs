@@ -40,7 +40,7 @@ impl Assignments {
     ) -> Result<bool> {
         let losing: Vec<&str> = losing
             .iter()
-            .filter(|a| a.role_id == GLOBAL_ADMINISTRATOR && a.kind == Kind::Active.as_str())
+            .filter(|a| a.role_id == GLOBAL_ADMINISTRATOR && a.kind == Kind::Active)
             .map(|a| a.id.as_str())
             .collect();
         if losing.is_empty() {

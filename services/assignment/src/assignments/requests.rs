@@ -10,7 +10,7 @@ impl Assignments {
     pub async fn self_keep(
         &self,
         caller: &Caller,
-        action: &str,
+        action: Action,
         r: EndRequest,
         start: Option<i64>,
         end: Option<i64>,
@@ -23,19 +23,12 @@ impl Assignments {
                 message: "say why you still need the role".into(),
             }]));
         }
-        let open = store::open_assignments(
-            &self.db,
-            r.kind.as_str(),
-            &caller.principal_id,
-            &role.id,
-            scope.as_str(),
-            now,
-        )
-        .await?
-        .into_iter()
-        .find(|a| a.origin == "admin");
+        let open = store::open_assignments(&self.db, r.kind, &caller.principal_id, &role.id, scope.as_str(), now)
+            .await?
+            .into_iter()
+            .find(|a| a.origin == "admin");
         let (policy, _) = self.effective_policy(&self.db, &role.id, &scope).await?;
-        let (assignment_id, start) = if action == "selfExtend" {
+        let (assignment_id, start) = if action == Action::SelfExtend {
             let Some(a) = open else {
                 return Err(Error::NotFound(format!(
                     "your {} assignment of {} at {}",
@@ -62,16 +55,9 @@ impl Assignments {
                     "this assignment is still in force; ask to extend it instead".into(),
                 ));
             }
-            if store::last_expired_assignment(
-                &self.db,
-                r.kind.as_str(),
-                &caller.principal_id,
-                &role.id,
-                scope.as_str(),
-                now,
-            )
-            .await?
-            .is_none()
+            if store::last_expired_assignment(&self.db, r.kind, &caller.principal_id, &role.id, scope.as_str(), now)
+                .await?
+                .is_none()
             {
                 return Err(Error::NotFound(format!(
                     "an expired {} assignment of {} at {} of yours",
@@ -90,8 +76,8 @@ impl Assignments {
         }
         let request = RequestRow {
             id: if r.validate_only { String::new() } else { new_id() },
-            action: action.into(),
-            kind: r.kind.as_str().into(),
+            action,
+            kind: r.kind,
             principal_id: caller.principal_id.clone(),
             role_id: role.id.clone(),
             scope: scope.as_str().into(),
@@ -144,7 +130,7 @@ impl Assignments {
         let role_name = self.roles.get(&request.role_id).map(|r| r.name).unwrap_or_default();
         let open = store::open_assignments(
             txn,
-            &request.kind,
+            request.kind,
             &request.principal_id,
             &request.role_id,
             &request.scope,
@@ -153,7 +139,7 @@ impl Assignments {
         .await?
         .into_iter()
         .find(|a| a.origin == "admin");
-        let kept = if request.action == "selfExtend" {
+        let kept = if request.action == Action::SelfExtend {
             match open.filter(|a| Some(&a.id) == request.assignment_id.as_ref()) {
                 // Only ever a later end: one made permanent, or extended further, meanwhile
                 // stays as it is (so no permanent assignment, the last Global Administrator's
@@ -173,7 +159,7 @@ impl Assignments {
         } else {
             let last = store::last_expired_assignment(
                 txn,
-                &request.kind,
+                request.kind,
                 &request.principal_id,
                 &request.role_id,
                 &request.scope,
@@ -275,7 +261,7 @@ impl Assignments {
                 {
                     return Ok(());
                 }
-                if request.action != "selfActivate" {
+                if request.action != Action::SelfActivate {
                     return self.apply_keep(txn, &mut request, actor, now).await;
                 }
                 let start = request.start_at.max(now);
@@ -397,7 +383,7 @@ impl Assignments {
         }
         let now = self.now();
         let mut rows: Vec<(AssignmentRow, Option<String>)> =
-            store::current_assignments(&self.db, kind.as_str(), principal, role, now)
+            store::current_assignments(&self.db, kind, principal, role, now)
                 .await?
                 .into_iter()
                 .map(|a| (a, None))
@@ -405,7 +391,7 @@ impl Assignments {
         // A principal's roles include those of their role-assignable groups (Entra hides these).
         if let Some(principal) = principal {
             for (group, member_until) in self.groups_of(principal, now) {
-                let inherited = store::current_assignments(&self.db, kind.as_str(), Some(&group), role, now).await?;
+                let inherited = store::current_assignments(&self.db, kind, Some(&group), role, now).await?;
                 rows.extend(inherited.into_iter().map(|mut a| {
                     // Held through the group for as long as the membership lasts.
                     a.end_at = group_access::earlier(a.end_at, member_until);

@@ -128,6 +128,75 @@ impl Kind {
     }
 }
 
+/// What a request asks for: an administrator's change, or a principal's own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    AdminAssign,
+    AdminUpdate,
+    AdminRemove,
+    AdminExtend,
+    AdminRenew,
+    SelfActivate,
+    SelfDeactivate,
+    SelfExtend,
+    SelfRenew,
+}
+
+impl Action {
+    pub const ALL: [Self; 9] = [
+        Self::AdminAssign,
+        Self::AdminUpdate,
+        Self::AdminRemove,
+        Self::AdminExtend,
+        Self::AdminRenew,
+        Self::SelfActivate,
+        Self::SelfDeactivate,
+        Self::SelfExtend,
+        Self::SelfRenew,
+    ];
+
+    pub const fn to_pb(self) -> pb::RequestAction {
+        use pb::RequestAction as A;
+        match self {
+            Self::AdminAssign => A::AdminAssign,
+            Self::AdminUpdate => A::AdminUpdate,
+            Self::AdminRemove => A::AdminRemove,
+            Self::AdminExtend => A::AdminExtend,
+            Self::AdminRenew => A::AdminRenew,
+            Self::SelfActivate => A::SelfActivate,
+            Self::SelfDeactivate => A::SelfDeactivate,
+            Self::SelfExtend => A::SelfExtend,
+            Self::SelfRenew => A::SelfRenew,
+        }
+    }
+
+    /// None for Unspecified.
+    pub fn from_pb(action: pb::RequestAction) -> Option<Self> {
+        Self::ALL.into_iter().find(|a| a.to_pb() == action)
+    }
+
+    /// Its name in the database, the records and the events' text (`selfActivate`, …).
+    pub fn as_str(self) -> &'static str {
+        self.to_pb().text()
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::from_pb(pb::RequestAction::from_text(text))
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Where a request is in its lifecycle (Entra's names, which the database and the events
 /// keep as text).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -230,6 +299,18 @@ impl fmt::Display for RequestStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn actions_and_kinds_round_trip() {
+        for action in Action::ALL {
+            assert_eq!(Action::parse(action.as_str()), Some(action));
+            assert_eq!(Action::from_pb(action.to_pb()), Some(action));
+        }
+        for kind in [Kind::Eligible, Kind::Active] {
+            assert_eq!(Kind::parse(kind.as_str()), Some(kind));
+        }
+        assert_eq!(Action::parse("SelfActivate"), None);
+    }
 
     #[test]
     fn request_statuses_round_trip_and_move_only_forward() {

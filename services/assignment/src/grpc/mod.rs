@@ -21,7 +21,7 @@ use pim_runtime::grpc::BoxStream;
 use crate::assignments::{
     ActivateRequest, AdminAssignRequest, Assignments, EndRequest, NewRole, PolicyUpdate, RoleChange,
 };
-use crate::domain::{Kind, RequestStatus, Scope};
+use crate::domain::{Action, Kind, RequestStatus, Scope};
 use crate::error::Error;
 use crate::policy_edits::Setting;
 use crate::store::RequestRow;
@@ -598,14 +598,16 @@ impl Assignments {
                 ));
             }
         }
-        use pb::RequestAction as A;
-        let created = match A::try_from(r.action) {
-            Ok(action @ (A::AdminAssign | A::AdminRenew)) => {
-                self.admin_assign(&caller, AdminAssignRequest::try_from(r)?, action.text())
+        let Some(action) = pb::RequestAction::try_from(r.action).ok().and_then(Action::from_pb) else {
+            return Err(Error::invalid("action", "required (e.g. adminAssign, selfActivate)"));
+        };
+        let created = match action {
+            Action::AdminAssign | Action::AdminRenew => {
+                self.admin_assign(&caller, AdminAssignRequest::try_from(r)?, action)
                     .await?
             }
-            Ok(A::AdminRemove) => self.admin_remove(&caller, EndRequest::try_from(r)?).await?,
-            Ok(action @ (A::AdminExtend | A::AdminUpdate)) => {
+            Action::AdminRemove => self.admin_remove(&caller, EndRequest::try_from(r)?).await?,
+            Action::AdminExtend | Action::AdminUpdate => {
                 let now = self.now();
                 use pb::schedule::Expiration as E;
                 let end = match r.schedule.as_ref().and_then(|s| s.expiration.as_ref()) {
@@ -619,10 +621,10 @@ impl Assignments {
                         ));
                     }
                 };
-                self.admin_change_end(&caller, action.text(), EndRequest::try_from(r)?, end)
+                self.admin_change_end(&caller, action, EndRequest::try_from(r)?, end)
                     .await?
             }
-            Ok(A::SelfActivate) => {
+            Action::SelfActivate => {
                 if filter(&r.principal_id).is_some_and(|p| p != caller.principal_id) {
                     return Err(Error::invalid(
                         "principal_id",
@@ -631,7 +633,7 @@ impl Assignments {
                 }
                 self.self_activate(&caller, ActivateRequest::try_from(r)?).await?
             }
-            Ok(A::SelfDeactivate) => {
+            Action::SelfDeactivate => {
                 let mut end = EndRequest::try_from(pb::CreateRequestRequest {
                     kind: pb::AssignmentKind::Active as i32,
                     ..r
@@ -639,7 +641,7 @@ impl Assignments {
                 end.principal_id = caller.principal_id.clone();
                 self.self_deactivate(&caller, end).await?
             }
-            Ok(action @ (A::SelfExtend | A::SelfRenew)) => {
+            Action::SelfExtend | Action::SelfRenew => {
                 if filter(&r.principal_id).is_some_and(|p| p != caller.principal_id) {
                     return Err(Error::invalid(
                         "principal_id",
@@ -669,10 +671,7 @@ impl Assignments {
                 };
                 let mut keep = EndRequest::try_from(r)?;
                 keep.principal_id = caller.principal_id.clone();
-                self.self_keep(&caller, action.text(), keep, start, end).await?
-            }
-            Ok(A::Unspecified) | Err(_) => {
-                return Err(Error::invalid("action", "required (e.g. adminAssign, selfActivate)"));
+                self.self_keep(&caller, action, keep, start, end).await?
             }
         };
         Ok(created)

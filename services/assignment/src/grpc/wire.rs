@@ -29,8 +29,8 @@ pub(super) fn role_to_pb(r: RoleRow) -> pb::RoleDefinition {
 pub(super) fn request_to_pb(r: RequestRow) -> pb::AssignmentRequest {
     pb::AssignmentRequest {
         id: r.id,
-        action: pb::RequestAction::from_text(&r.action) as i32,
-        kind: pb::AssignmentKind::from_text(&r.kind) as i32,
+        action: r.action.to_pb() as i32,
+        kind: r.kind.to_pb() as i32,
         principal_id: r.principal_id,
         role_id: r.role_id,
         scope: r.scope,
@@ -65,7 +65,7 @@ pub(super) fn assignment_to_pb(
     pb::Assignment {
         activated: a.origin == "activation",
         id: a.id,
-        kind: pb::AssignmentKind::from_text(&a.kind) as i32,
+        kind: a.kind.to_pb() as i32,
         principal_id: member.map(str::to_owned).unwrap_or(a.principal_id),
         principal_kind: principal_kind as i32,
         role_id: a.role_id,

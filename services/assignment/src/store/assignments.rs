@@ -8,7 +8,7 @@ use super::*;
 #[derive(Clone, Debug)]
 pub struct AssignmentRow {
     pub id: String,
-    pub kind: String,
+    pub kind: Kind,
     pub principal_id: String,
     pub principal_kind: String,
     pub principal_name: String,
@@ -31,7 +31,7 @@ impl AssignmentRow {
     fn from_row(r: &QueryResult) -> Result<Self, DbErr> {
         Ok(Self {
             id: col(r, "id")?,
-            kind: col(r, "kind")?,
+            kind: col_named(r, "kind", Kind::parse)?,
             principal_id: col(r, "principal_id")?,
             principal_kind: col(r, "principal_kind")?,
             principal_name: col(r, "principal_name")?,
@@ -55,7 +55,7 @@ pub(super) const ASSIGNMENT_INSERT: &str = "INSERT INTO assignments (id, kind, p
 pub(super) fn assignment_values(a: &AssignmentRow, announced: bool, now: i64) -> Vec<Value> {
     vec![
         a.id.clone().into(),
-        a.kind.clone().into(),
+        a.kind.as_str().into(),
         a.principal_id.clone().into(),
         a.principal_kind.clone().into(),
         a.principal_name.clone().into(),
@@ -85,7 +85,7 @@ pub async fn insert_assignment<C: ConnectionTrait>(
 /// Assignments in force at `now` (status active, started, not ended) matching the filters.
 pub async fn current_assignments<C: ConnectionTrait>(
     c: &C,
-    kind: &str,
+    kind: Kind,
     principal_id: Option<&str>,
     role_id: Option<&str>,
     now: i64,
@@ -93,7 +93,7 @@ pub async fn current_assignments<C: ConnectionTrait>(
     let mut sql = format!(
         "SELECT {ASSIGNMENT_COLUMNS} FROM assignments WHERE status = 'active' AND kind = $1 AND start_at <= $2 AND (end_at IS NULL OR end_at > $3)"
     );
-    let mut values = vec![kind.into(), now.into(), now.into()];
+    let mut values = vec![kind.as_str().into(), now.into(), now.into()];
     if let Some(p) = principal_id {
         values.push(p.into());
         sql.push_str(&format!(" AND principal_id = ${}", values.len()));
@@ -192,7 +192,7 @@ pub async fn find_assignments<C: ConnectionTrait>(c: &C, ids: &[String]) -> Resu
 /// (including ones scheduled to start later).
 pub async fn open_assignments<C: ConnectionTrait>(
     c: &C,
-    kind: &str,
+    kind: Kind,
     principal_id: &str,
     role_id: &str,
     scope: &str,
@@ -205,7 +205,7 @@ pub async fn open_assignments<C: ConnectionTrait>(
         c,
         &sql,
         vec![
-            kind.into(),
+            kind.as_str().into(),
             principal_id.into(),
             role_id.into(),
             scope.into(),
@@ -390,7 +390,7 @@ pub async fn live_admin_assignment<C: ConnectionTrait>(
 /// removed: a removal is not undone by asking).
 pub async fn last_expired_assignment<C: ConnectionTrait>(
     c: &C,
-    kind: &str,
+    kind: Kind,
     principal_id: &str,
     role_id: &str,
     scope: &str,
@@ -405,7 +405,7 @@ pub async fn last_expired_assignment<C: ConnectionTrait>(
         c,
         &sql,
         vec![
-            kind.into(),
+            kind.as_str().into(),
             principal_id.into(),
             role_id.into(),
             scope.into(),
@@ -434,5 +434,5 @@ pub async fn eligibilities_and_activations<C: ConnectionTrait>(
     let mut values = vec![now.into(), now.into(), principal_id.into()];
     values.extend(holders.iter().map(|h| h.clone().into()));
     let rows = db::rows(c, &sql, values, AssignmentRow::from_row).await?;
-    Ok(rows.into_iter().partition(|a| a.kind == "eligible"))
+    Ok(rows.into_iter().partition(|a| a.kind == Kind::Eligible))
 }

@@ -9,7 +9,7 @@ use pim_runtime::events::{
     OUTBOX_INSERT, OutboxRows, SqlMigration, backbone_indexes_migration, backbone_migration, backbone_replay_migration,
 };
 
-use crate::domain::RequestStatus;
+use crate::domain::{Action, Kind, RequestStatus};
 use pim_proto::catalogue::{BUILT_IN_ROLES, GROUP_ACCESS_ROLES};
 
 mod assignments;

@@ -6,8 +6,8 @@ use super::*;
 #[derive(Clone, Debug)]
 pub struct RequestRow {
     pub id: String,
-    pub action: String,
-    pub kind: String,
+    pub action: Action,
+    pub kind: Kind,
     pub principal_id: String,
     pub role_id: String,
     pub scope: String,
@@ -34,8 +34,8 @@ impl RequestRow {
     fn from_row(r: &QueryResult) -> Result<Self, DbErr> {
         Ok(Self {
             id: col(r, "id")?,
-            action: col(r, "action")?,
-            kind: col(r, "kind")?,
+            action: col_named(r, "action", Action::parse)?,
+            kind: col_named(r, "kind", Kind::parse)?,
             principal_id: col(r, "principal_id")?,
             role_id: col(r, "role_id")?,
             scope: col(r, "scope")?,
@@ -81,8 +81,8 @@ pub(super) const REQUEST_INSERT: &str = "INSERT INTO requests (id, action, kind,
 pub(super) fn request_values(r: &RequestRow) -> Vec<Value> {
     vec![
         r.id.clone().into(),
-        r.action.clone().into(),
-        r.kind.clone().into(),
+        r.action.as_str().into(),
+        r.kind.as_str().into(),
         r.principal_id.clone().into(),
         r.role_id.clone().into(),
         r.scope.clone().into(),
