@@ -74,6 +74,65 @@ names!(ALERT_STATUSES: AlertStatus {
     Resolved => "resolved",
 });
 
+/// Declares a service's domain enum over a wire enum of these tables: the enum itself (no
+/// Unspecified), `ALL`, one conversion each way to the wire (`to_pb`, `from_pb`: none for
+/// Unspecified) and to the text its tables keep (`as_str`, `parse`: none for a name not in the
+/// table), and `Display` as that text.
+///
+/// ```
+/// pim_proto::domain_enum! {
+///     /// What an approver said.
+///     pub enum Decision => pim_proto::approval::v1::Decision { Approve, Deny }
+/// }
+/// assert_eq!(Decision::parse("deny"), Some(Decision::Deny));
+/// assert_eq!(Decision::Approve.to_string(), "approve");
+/// ```
+#[macro_export]
+macro_rules! domain_enum {
+    (
+        $(#[$meta:meta])*
+        $vis:vis enum $name:ident => $wire:path { $($(#[$variant_meta:meta])* $variant:ident),+ $(,)? }
+    ) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        $vis enum $name {
+            $($(#[$variant_meta])* $variant),+
+        }
+
+        impl $name {
+            pub const ALL: [Self; [$(stringify!($variant)),+].len()] = [$(Self::$variant),+];
+
+            pub const fn to_pb(self) -> $wire {
+                use $wire as Wire;
+                match self {
+                    $(Self::$variant => Wire::$variant),+
+                }
+            }
+
+            /// None for Unspecified.
+            pub fn from_pb(wire: $wire) -> Option<Self> {
+                Self::ALL.into_iter().find(|v| v.to_pb() == wire)
+            }
+
+            /// Its name in the tables, the records and the events' text fields.
+            pub fn as_str(self) -> &'static str {
+                self.to_pb().text()
+            }
+
+            pub fn parse(text: &str) -> Option<Self> {
+                use $wire as Wire;
+                Self::from_pb(Wire::from_text(text))
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
 /// Reads an event's typed field: its value when it is set, else the value its deprecated
 /// text field names (an entry published before the typed field existed).
 macro_rules! typed {

@@ -1,7 +1,6 @@
 //! The rules of assignment as plain Rust: scopes and their inheritance, schedules, role
 //! policies with Entra's shipped defaults, and the checks a request must pass.
 
-use std::fmt;
 use std::time::Duration;
 
 use pim_proto::assignment::v1 as pb;
@@ -95,172 +94,50 @@ impl Scope {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
-    Eligible,
-    Active,
+pim_proto::domain_enum! {
+    /// An assignment's kind: eligible (activated on request) or active.
+    pub enum Kind => pb::AssignmentKind { Eligible, Active }
 }
 
-impl Kind {
-    /// Its name in the database, the records and the events' text fields.
-    pub fn as_str(self) -> &'static str {
-        self.to_pb().text()
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::from_pb(pb::AssignmentKind::from_text(s))
-    }
-
-    pub fn to_pb(self) -> pb::AssignmentKind {
-        match self {
-            Kind::Eligible => pb::AssignmentKind::Eligible,
-            Kind::Active => pb::AssignmentKind::Active,
-        }
-    }
-
-    /// None for Unspecified.
-    pub fn from_pb(kind: pb::AssignmentKind) -> Option<Self> {
-        match kind {
-            pb::AssignmentKind::Eligible => Some(Kind::Eligible),
-            pb::AssignmentKind::Active => Some(Kind::Active),
-            pb::AssignmentKind::Unspecified => None,
-        }
+pim_proto::domain_enum! {
+    /// What a request asks for: an administrator's change, or a principal's own.
+    pub enum Action => pb::RequestAction {
+        AdminAssign,
+        AdminUpdate,
+        AdminRemove,
+        AdminExtend,
+        AdminRenew,
+        SelfActivate,
+        SelfDeactivate,
+        SelfExtend,
+        SelfRenew,
     }
 }
 
-/// What a request asks for: an administrator's change, or a principal's own.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Action {
-    AdminAssign,
-    AdminUpdate,
-    AdminRemove,
-    AdminExtend,
-    AdminRenew,
-    SelfActivate,
-    SelfDeactivate,
-    SelfExtend,
-    SelfRenew,
-}
-
-impl Action {
-    pub const ALL: [Self; 9] = [
-        Self::AdminAssign,
-        Self::AdminUpdate,
-        Self::AdminRemove,
-        Self::AdminExtend,
-        Self::AdminRenew,
-        Self::SelfActivate,
-        Self::SelfDeactivate,
-        Self::SelfExtend,
-        Self::SelfRenew,
-    ];
-
-    pub const fn to_pb(self) -> pb::RequestAction {
-        use pb::RequestAction as A;
-        match self {
-            Self::AdminAssign => A::AdminAssign,
-            Self::AdminUpdate => A::AdminUpdate,
-            Self::AdminRemove => A::AdminRemove,
-            Self::AdminExtend => A::AdminExtend,
-            Self::AdminRenew => A::AdminRenew,
-            Self::SelfActivate => A::SelfActivate,
-            Self::SelfDeactivate => A::SelfDeactivate,
-            Self::SelfExtend => A::SelfExtend,
-            Self::SelfRenew => A::SelfRenew,
-        }
+pim_proto::domain_enum! {
+    /// Where a request is in its lifecycle (Entra's names, which the database and the events
+    /// keep as text).
+    pub enum RequestStatus => pb::RequestStatus {
+        /// Waiting for approvers.
+        PendingApproval,
+        /// Approved; being applied.
+        Granted,
+        /// Applied; its assignment holds (or was ended, for a removal).
+        Provisioned,
+        /// Applied; its assignment starts later.
+        ScheduleCreated,
+        Denied,
+        Canceled,
+        /// Approved, but it could no longer be applied.
+        Failed,
+        /// Not decided in time.
+        Expired,
+        /// A removal or deactivation: the assignment was ended.
+        Revoked,
     }
-
-    /// None for Unspecified.
-    pub fn from_pb(action: pb::RequestAction) -> Option<Self> {
-        Self::ALL.into_iter().find(|a| a.to_pb() == action)
-    }
-
-    /// Its name in the database, the records and the events' text (`selfActivate`, …).
-    pub fn as_str(self) -> &'static str {
-        self.to_pb().text()
-    }
-
-    pub fn parse(text: &str) -> Option<Self> {
-        Self::from_pb(pb::RequestAction::from_text(text))
-    }
-}
-
-impl fmt::Display for Action {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl fmt::Display for Kind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// Where a request is in its lifecycle (Entra's names, which the database and the events
-/// keep as text).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RequestStatus {
-    /// Waiting for approvers.
-    PendingApproval,
-    /// Approved; being applied.
-    Granted,
-    /// Applied; its assignment holds (or was ended, for a removal).
-    Provisioned,
-    /// Applied; its assignment starts later.
-    ScheduleCreated,
-    Denied,
-    Canceled,
-    /// Approved, but it could no longer be applied.
-    Failed,
-    /// Not decided in time.
-    Expired,
-    /// A removal or deactivation: the assignment was ended.
-    Revoked,
 }
 
 impl RequestStatus {
-    pub const ALL: [RequestStatus; 9] = [
-        Self::PendingApproval,
-        Self::Granted,
-        Self::Provisioned,
-        Self::ScheduleCreated,
-        Self::Denied,
-        Self::Canceled,
-        Self::Failed,
-        Self::Expired,
-        Self::Revoked,
-    ];
-
-    /// Its name in the database, the records and the events' text fields (Entra's).
-    pub fn as_str(self) -> &'static str {
-        self.to_pb().text()
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::from_pb(pb::RequestStatus::from_text(s))
-    }
-
-    pub const fn to_pb(self) -> pb::RequestStatus {
-        use pb::RequestStatus as S;
-        match self {
-            Self::PendingApproval => S::PendingApproval,
-            Self::Granted => S::Granted,
-            Self::Denied => S::Denied,
-            Self::Provisioned => S::Provisioned,
-            Self::ScheduleCreated => S::ScheduleCreated,
-            Self::Revoked => S::Revoked,
-            Self::Canceled => S::Canceled,
-            Self::Failed => S::Failed,
-            Self::Expired => S::Expired,
-        }
-    }
-
-    /// None for Unspecified.
-    pub fn from_pb(status: pb::RequestStatus) -> Option<Self> {
-        Self::ALL.into_iter().find(|s| s.to_pb() == status)
-    }
-
     /// Nothing more happens to a request in a final status (a scheduled one still starts).
     pub const fn is_final(self) -> bool {
         !matches!(self, Self::PendingApproval | Self::Granted | Self::ScheduleCreated)
@@ -287,12 +164,6 @@ impl RequestStatus {
         } else {
             Self::Provisioned
         }
-    }
-}
-
-impl fmt::Display for RequestStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 
