@@ -41,6 +41,39 @@ impl Decision {
     }
 }
 
+/// Where an access review is: waiting for its (next) instance, in one, or over. Text only in
+/// its table (whose CHECK takes no other) and the API.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReviewStatus {
+    NotStarted,
+    InProgress,
+    Completed,
+    Stopped,
+}
+
+impl ReviewStatus {
+    pub const ALL: [Self; 4] = [Self::NotStarted, Self::InProgress, Self::Completed, Self::Stopped];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::NotStarted => "NotStarted",
+            Self::InProgress => "InProgress",
+            Self::Completed => "Completed",
+            Self::Stopped => "Stopped",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+}
+
+impl std::fmt::Display for ReviewStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -54,6 +87,9 @@ mod tests {
         }
         for decision in [Decision::Approve, Decision::Deny] {
             assert_eq!(Decision::parse(decision.as_str()), Some(decision));
+        }
+        for status in ReviewStatus::ALL {
+            assert_eq!(ReviewStatus::parse(status.as_str()), Some(status));
         }
         assert_eq!(ApprovalStatus::parse("pending"), None);
         assert_eq!(Decision::parse(""), None);

@@ -13,7 +13,7 @@ use pim_runtime::db::to_timestamp;
 use pim_runtime::grpc::{BoxStream, cursor, internal, invalid_argument};
 
 use crate::approvals::Approvals;
-use crate::domain::ApprovalStatus;
+use crate::domain::{ApprovalStatus, Decision};
 use crate::reviews::NewReview;
 use crate::store::{self, ActivationRow, ApprovalRow, DecisionRow, ItemRow, ReviewRow};
 
@@ -254,7 +254,7 @@ fn review_pb(r: ReviewRow) -> pb::AccessReview {
             _ => pb::DefaultDecision::NoChange,
         } as i32,
         auto_apply: r.auto_apply,
-        status: r.status,
+        status: r.status.as_str().into(),
         instance: r.instance,
         instance_start: r.instance_start.map(to_timestamp),
         instance_end: r.instance_end.map(to_timestamp),
@@ -272,11 +272,7 @@ fn item_pb(i: ItemRow) -> pb::ReviewItem {
         role_id: i.role_id,
         scope: i.scope,
         recommendation: i.recommendation,
-        decision: match i.decision.as_str() {
-            "approve" => pb::Decision::Approve,
-            "deny" => pb::Decision::Deny,
-            _ => pb::Decision::Unspecified,
-        } as i32,
+        decision: i.decision.map_or(pb::Decision::Unspecified, Decision::to_pb) as i32,
         justification: i.justification,
         reviewer_id: i.reviewer_id,
         kind: i.kind,

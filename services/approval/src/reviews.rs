@@ -16,6 +16,7 @@ use pim_runtime::access::{permissions, require};
 use pim_runtime::auth::Caller;
 
 use crate::approvals::Approvals;
+use crate::domain::{Decision, ReviewStatus};
 use crate::store::{self, ItemRow, ReviewRow};
 use pim_runtime::error::{Error, Result};
 
@@ -155,7 +156,7 @@ impl Approvals {
             recurrence: r.recurrence.trim().trim_start_matches("none").into(),
             default_decision: r.default_decision,
             auto_apply: r.auto_apply,
-            status: "NotStarted".into(),
+            status: ReviewStatus::NotStarted,
             instance: 0,
             instance_start: None,
             instance_end: None,
@@ -259,7 +260,7 @@ impl Approvals {
             None => self.list_reviews(caller, "", 1000).await?,
         };
         let (mut out, mut groups) = (Vec::new(), None);
-        for review in reviews.into_iter().filter(|r| r.status == "InProgress") {
+        for review in reviews.into_iter().filter(|r| r.status == ReviewStatus::InProgress) {
             let items = store::items(&self.db, &review.id, review.instance).await?;
             for item in items {
                 if self.may_review(caller, &review, &item, &mut groups).await? {
@@ -310,10 +311,10 @@ impl Approvals {
         let review = store::review(&txn, &item.review_id, true)
             .await?
             .ok_or_else(|| Error::NotFound("access review".into()))?;
-        if review.status != "InProgress" || review.instance != item.instance {
+        if review.status != ReviewStatus::InProgress || review.instance != item.instance {
             return Err(Error::FailedPrecondition("this review is not in progress".into()));
         }
-        item.decision = if approve { "approve" } else { "deny" }.into();
+        item.decision = Some(Decision::of(approve));
         item.justification = justification.into();
         item.reviewer_id = caller.principal_id.clone();
         item.decided_at = Some(self.now());
@@ -321,7 +322,12 @@ impl Approvals {
         self.emit_review(
             &txn,
             "ReviewItemDecided",
-            &self.review_event(&review, Some(&item), &item.decision, Some(caller)),
+            &self.review_event(
+                &review,
+                Some(&item),
+                item.decision.map_or("", Decision::as_str),
+                Some(caller),
+            ),
         )
         .await?;
         txn.commit().await?;
@@ -338,17 +344,17 @@ impl Approvals {
         let mut review = store::review(&txn, id, true)
             .await?
             .ok_or_else(|| Error::NotFound(format!("access review {id}")))?;
-        match review.status.as_str() {
-            "InProgress" => self.complete_instance(&txn, &mut review, Some(caller)).await?,
-            "NotStarted" => {}
-            _ => {
+        match review.status {
+            ReviewStatus::InProgress => self.complete_instance(&txn, &mut review, Some(caller)).await?,
+            ReviewStatus::NotStarted => {}
+            ReviewStatus::Completed | ReviewStatus::Stopped => {
                 return Err(Error::FailedPrecondition(format!(
                     "review is already {}",
                     review.status
                 )));
             }
         }
-        review.status = "Stopped".into();
+        review.status = ReviewStatus::Stopped;
         store::update_review(&txn, &review).await?;
         txn.commit().await?;
         self.outbox.wake();
@@ -360,7 +366,7 @@ impl Approvals {
     async fn start_instance(&self, txn: &DatabaseTransaction, review: &mut ReviewRow) -> Result<()> {
         let now = self.now();
         review.instance += 1;
-        review.status = "InProgress".into();
+        review.status = ReviewStatus::InProgress;
         review.instance_start = Some(now);
         review.instance_end = Some(now + review.duration_ms);
         review.remind_at = (review.duration_ms >= store::REMINDER_MIN_STAGE_MS).then(|| now + review.duration_ms / 2);
@@ -390,7 +396,7 @@ impl Approvals {
                 role_id: a.role_id,
                 scope: a.scope,
                 recommendation: recommendation.into(),
-                decision: String::new(),
+                decision: None,
                 justification: String::new(),
                 reviewer_id: String::new(),
                 decided_at: None,
@@ -419,7 +425,7 @@ impl Approvals {
         let undecided: Vec<ItemRow> = store::items(txn, &review.id, review.instance)
             .await?
             .into_iter()
-            .filter(|i| i.decision.is_empty())
+            .filter(|i| i.decision.is_none())
             .collect();
         if undecided.is_empty() {
             return Ok(());
@@ -466,21 +472,21 @@ impl Approvals {
     ) -> Result<()> {
         let items = store::items(txn, &review.id, review.instance).await?;
         for mut item in items {
-            if item.decision.is_empty() {
+            if item.decision.is_none() {
                 let default = match review.default_decision.as_str() {
-                    "remove" => "deny",
-                    "approve" => "approve",
-                    "recommendation" => item.recommendation.as_str(),
-                    _ => "",
+                    "remove" => Some(Decision::Deny),
+                    "approve" => Some(Decision::Approve),
+                    "recommendation" => Decision::parse(&item.recommendation),
+                    _ => None,
                 };
-                if !default.is_empty() {
-                    item.decision = default.into();
+                if default.is_some() {
+                    item.decision = default;
                     item.justification = format!("default decision ({})", review.default_decision);
                     item.reviewer_id = "system".into();
                     item.decided_at = Some(self.now());
                 }
             }
-            let remove = review.auto_apply && item.decision == "deny";
+            let remove = review.auto_apply && item.decision == Some(Decision::Deny);
             // A removal is asked of assignment, which answers with what it did (a protection
             // may keep the assignment): the item says "removal requested" until then.
             item.outcome = if remove { "removal requested" } else { "kept" }.into();
@@ -509,10 +515,10 @@ impl Approvals {
         let period = recurrence_period(&review.recurrence).flatten();
         match period {
             Some(p) => {
-                review.status = "NotStarted".into();
+                review.status = ReviewStatus::NotStarted;
                 review.start_at = review.instance_start.unwrap_or(review.start_at) + p;
             }
-            None => review.status = "Completed".into(),
+            None => review.status = ReviewStatus::Completed,
         }
         Ok(store::update_review(txn, review).await?)
     }
@@ -525,14 +531,14 @@ impl Approvals {
         let fired = due.len();
         for mut review in due {
             let ends = review.instance_end.is_some_and(|at| at <= now);
-            if review.status == "InProgress" && ends {
+            if review.status == ReviewStatus::InProgress && ends {
                 self.complete_instance(&txn, &mut review, None).await?;
-            } else if review.status == "InProgress" && review.remind_at.is_some_and(|at| at <= now) {
+            } else if review.status == ReviewStatus::InProgress && review.remind_at.is_some_and(|at| at <= now) {
                 review.remind_at = None;
                 store::update_review(&txn, &review).await?;
                 self.tell_reviewers(&txn, &review, Happening::ReviewReminder).await?;
             }
-            if review.status == "NotStarted" && review.start_at <= now {
+            if review.status == ReviewStatus::NotStarted && review.start_at <= now {
                 self.start_instance(&txn, &mut review).await?;
             }
         }

@@ -5,7 +5,7 @@ use std::future::Future;
 
 use pim_runtime::db::Db;
 
-use crate::domain::{ApprovalStatus, Decision};
+use crate::domain::{ApprovalStatus, Decision, ReviewStatus};
 use crate::store::{self, ApprovalRow, DecisionRow, Stage};
 
 const NOW: i64 = 1_800_000_000_000;
@@ -200,6 +200,88 @@ async fn approvals_fall_due_for_one_reminder_half_through_a_long_stage() -> anyh
         short.expires_at = NOW + 40 * MINUTE;
         store::insert(&db, &short).await?;
         assert_eq!(store::next_deadline(&db).await?, Some(NOW + 40 * MINUTE), "no reminder");
+        Ok(())
+    })
+    .await
+}
+
+/// A review falls due when it starts, then when its instance ends; an item reads back
+/// undecided until a decision is stored, then as that decision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reviews_fall_due_in_their_status_and_items_keep_their_decision() -> anyhow::Result<()> {
+    on_both(|db| async move {
+        let mut review = store::ReviewRow {
+            id: uuid::Uuid::now_v7().to_string(),
+            name: "quarterly".into(),
+            role_id: "role".into(),
+            scope: "/".into(),
+            review_scope: "both".into(),
+            reviewer_ids: vec!["ann".into()],
+            self_review: false,
+            start_at: NOW,
+            duration_ms: 60 * MINUTE,
+            recurrence: String::new(),
+            default_decision: "no_change".into(),
+            auto_apply: false,
+            status: ReviewStatus::NotStarted,
+            instance: 0,
+            instance_start: None,
+            instance_end: None,
+            remind_at: None,
+            mail_off: false,
+            reminders_off: false,
+            created_by: "admin".into(),
+            created_at: NOW,
+        };
+        store::insert_review(&db, &review).await?;
+        assert!(store::due_reviews(&db, NOW - 1, 10).await?.is_empty());
+        assert_eq!(store::next_review_deadline(&db).await?, Some(NOW));
+        let due = store::due_reviews(&db, NOW, 10).await?;
+        assert_eq!(
+            due.iter().map(|r| r.status).collect::<Vec<_>>(),
+            vec![ReviewStatus::NotStarted]
+        );
+
+        review.status = ReviewStatus::InProgress;
+        review.instance = 1;
+        review.instance_start = Some(NOW);
+        review.instance_end = Some(NOW + 60 * MINUTE);
+        store::update_review(&db, &review).await?;
+        assert_eq!(store::next_review_deadline(&db).await?, Some(NOW + 60 * MINUTE));
+        assert!(
+            store::due_reviews(&db, NOW + MINUTE, 10).await?.is_empty(),
+            "in progress, not ended"
+        );
+
+        let mut item = store::ItemRow {
+            id: uuid::Uuid::now_v7().to_string(),
+            review_id: review.id.clone(),
+            instance: 1,
+            assignment_id: "a-1".into(),
+            kind: "eligible".into(),
+            principal_id: "lee".into(),
+            role_id: "role".into(),
+            scope: "/".into(),
+            recommendation: "deny".into(),
+            decision: None,
+            justification: String::new(),
+            reviewer_id: String::new(),
+            decided_at: None,
+            outcome: String::new(),
+        };
+        store::insert_item(&db, &item).await?;
+        assert_eq!(store::item(&db, &item.id).await?.map(|i| i.decision), Some(None));
+        item.decision = Some(Decision::Deny);
+        item.reviewer_id = "ann".into();
+        item.decided_at = Some(NOW + MINUTE);
+        store::update_item(&db, &item).await?;
+        let items = store::items(&db, &review.id, 1).await?;
+        assert_eq!(
+            items.iter().map(|i| i.decision).collect::<Vec<_>>(),
+            vec![Some(Decision::Deny)]
+        );
+        let stored = store::review(&db, &review.id, false).await?.expect("stored");
+        assert_eq!(stored.status, ReviewStatus::InProgress);
         Ok(())
     })
     .await

@@ -1,6 +1,7 @@
 //! Access reviews and their items.
 
 use super::*;
+use crate::domain::{Decision, ReviewStatus};
 
 #[derive(Clone, Debug)]
 pub struct ReviewRow {
@@ -16,7 +17,7 @@ pub struct ReviewRow {
     pub recurrence: String,
     pub default_decision: String,
     pub auto_apply: bool,
-    pub status: String,
+    pub status: ReviewStatus,
     pub instance: i32,
     pub instance_start: Option<i64>,
     pub instance_end: Option<i64>,
@@ -49,7 +50,7 @@ impl ReviewRow {
             recurrence: col(r, "recurrence")?,
             default_decision: col(r, "default_decision")?,
             auto_apply: col(r, "auto_apply")?,
-            status: col(r, "status")?,
+            status: col_named(r, "status", ReviewStatus::parse)?,
             instance: col(r, "instance")?,
             instance_start: col(r, "instance_start")?,
             instance_end: col(r, "instance_end")?,
@@ -81,7 +82,7 @@ pub async fn insert_review<C: ConnectionTrait>(c: &C, r: &ReviewRow) -> Result<(
             r.recurrence.clone().into(),
             r.default_decision.clone().into(),
             r.auto_apply.into(),
-            r.status.clone().into(),
+            r.status.as_str().into(),
             r.instance.into(),
             r.instance_start.into(),
             r.instance_end.into(),
@@ -103,7 +104,7 @@ pub async fn update_review<C: ConnectionTrait>(c: &C, r: &ReviewRow) -> Result<(
         "UPDATE access_reviews SET status = $2, instance = $3, instance_start = $4, instance_end = $5, start_at = $6, remind_at = $7 WHERE id = $1",
         vec![
             r.id.clone().into(),
-            r.status.clone().into(),
+            r.status.as_str().into(),
             r.instance.into(),
             r.instance_start.into(),
             r.instance_end.into(),
@@ -170,7 +171,8 @@ pub struct ItemRow {
     pub role_id: String,
     pub scope: String,
     pub recommendation: String,
-    pub decision: String,
+    /// None until a reviewer (or the review's default) decides.
+    pub decision: Option<Decision>,
     pub justification: String,
     pub reviewer_id: String,
     pub decided_at: Option<i64>,
@@ -191,7 +193,10 @@ impl ItemRow {
             role_id: col(r, "role_id")?,
             scope: col(r, "scope")?,
             recommendation: col(r, "recommendation")?,
-            decision: col(r, "decision")?,
+            decision: match col::<String>(r, "decision")?.as_str() {
+                "" => None,
+                text => Some(Decision::parse(text).ok_or_else(|| DbErr::Type(format!("decision {text:?}")))?),
+            },
             justification: col(r, "justification")?,
             reviewer_id: col(r, "reviewer_id")?,
             decided_at: col(r, "decided_at")?,
@@ -217,7 +222,7 @@ pub async fn insert_item<C: ConnectionTrait>(c: &C, i: &ItemRow) -> Result<(), D
             i.role_id.clone().into(),
             i.scope.clone().into(),
             i.recommendation.clone().into(),
-            i.decision.clone().into(),
+            i.decision.map_or("", Decision::as_str).into(),
             i.justification.clone().into(),
             i.reviewer_id.clone().into(),
             i.decided_at.into(),
@@ -234,7 +239,7 @@ pub async fn update_item<C: ConnectionTrait>(c: &C, i: &ItemRow) -> Result<(), D
         "UPDATE review_items SET decision = $2, justification = $3, reviewer_id = $4, decided_at = $5, outcome = $6 WHERE id = $1",
         vec![
             i.id.clone().into(),
-            i.decision.clone().into(),
+            i.decision.map_or("", Decision::as_str).into(),
             i.justification.clone().into(),
             i.reviewer_id.clone().into(),
             i.decided_at.into(),
