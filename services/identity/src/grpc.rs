@@ -736,7 +736,7 @@ fn client_info<T>(request: &Request<T>, trusted_proxies: &[ipnet::IpNet]) -> Cli
 fn method_to_pb(m: crate::store::MfaMethodRow) -> pb::MfaMethod {
     pb::MfaMethod {
         id: m.id,
-        kind: m.kind,
+        kind: m.kind.as_str().into(),
         created_at: Some(to_timestamp(m.created_at)),
         name: m.name,
     }

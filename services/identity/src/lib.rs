@@ -5,6 +5,7 @@ mod clients;
 mod credentials;
 mod directory;
 mod error;
+mod factor;
 mod groups;
 mod grpc;
 mod limiter;

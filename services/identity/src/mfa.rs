@@ -23,6 +23,7 @@ use pim_runtime::db::{now_ms, to_timestamp};
 use crate::credentials;
 use crate::directory::{ClientInfo, Directory, Session, refresh_hash};
 use crate::error::{Error, Result};
+use crate::factor::Factor;
 use crate::store::{self, EnrollmentPassRow, MfaMethodRow, UserRow};
 use crate::tokens::TokenSubject;
 
@@ -134,8 +135,14 @@ impl Directory {
         }
     }
 
-    async fn mfa_event(&self, event_type: &str, caller: &Caller, method: &str, reason: &str) -> Result<()> {
-        let event = Self::mfa_fact(caller, &caller.principal_id, method, "", reason);
+    async fn mfa_event(&self, event_type: &str, caller: &Caller, factor: Option<Factor>, reason: &str) -> Result<()> {
+        let event = Self::mfa_fact(
+            caller,
+            &caller.principal_id,
+            factor.map_or("", Factor::as_str),
+            "",
+            reason,
+        );
         self.record(event_type, &caller.principal_id, &event).await
     }
 
@@ -229,7 +236,7 @@ impl Directory {
             secret: self.sealer.seal(&secret, &id)?,
             id,
             user_id: caller.principal_id.clone(),
-            kind: "totp".into(),
+            kind: Factor::Totp,
             confirmed: false,
             last_step: 0,
             created_at: now_ms(),
@@ -247,7 +254,7 @@ impl Directory {
                 store::use_enrollment_pass(&txn, &caller.principal_id, &recovery_hash(pass), now).await?
             else {
                 txn.rollback().await?;
-                return Err(match self.failed(caller, "enrollment_pass", attempt).await {
+                return Err(match self.failed(caller, Factor::EnrollmentPass, attempt).await {
                     Error::BadCode => Error::BadPass,
                     other => other,
                 });
@@ -289,12 +296,12 @@ impl Directory {
             .ok_or_else(|| Error::NotFound(format!("pending TOTP enrolment {method_id}")))?;
         let seed = self.sealer.open(&method.secret, &method.id)?;
         let Some(step) = matching_step(&totp(seed, &caller.name)?, code.trim(), (now_ms() / 1000) as u64) else {
-            return Err(self.failed(caller, "totp", attempt).await);
+            return Err(self.failed(caller, Factor::Totp, attempt).await);
         };
         let (txn, first) = self.begin_adding_method(caller, &user.id).await?;
         if !store::use_step(&txn, &method.id, step, true).await? {
             txn.rollback().await?;
-            return Err(self.failed(caller, "totp", attempt).await);
+            return Err(self.failed(caller, Factor::Totp, attempt).await);
         }
         store::clear_mfa_failures(&txn, &user.id).await?;
         if first {
@@ -302,7 +309,7 @@ impl Directory {
             // window) is out: from now on the account has a second factor.
             self.revoke_other_sessions(&txn, caller, "mfa_enrolled").await?;
         }
-        let event = Self::mfa_fact(caller, &user.id, "totp", &method.id, "");
+        let event = Self::mfa_fact(caller, &user.id, Factor::Totp.as_str(), &method.id, "");
         self.stepped_up(txn, caller, &user, "MfaEnrolled", &event, None, client)
             .await
     }
@@ -319,7 +326,7 @@ impl Directory {
             && until > self.clock.now_ms()
         {
             // Refused because MFA is locked: audited like a refused code.
-            self.mfa_event("MfaFailed", caller, "", "locked_out").await?;
+            self.mfa_event("MfaFailed", caller, None, "locked_out").await?;
             return Err(Error::Locked(format!(
                 "too many failed codes: multi-factor authentication is locked for {} more minutes",
                 (until - self.clock.now_ms()) / 60_000 + 1
@@ -337,7 +344,7 @@ impl Directory {
             store::count_mfa_attempt(&self.db, &caller.principal_id, now, now - FAILURE_WINDOW_MS).await?;
         if locked_until.is_some_and(|until| until > now) || attempts > MAX_FAILURES {
             // A refused attempt is audited like a wrong one, without looking at the code.
-            self.mfa_event("MfaFailed", caller, "", "locked_out").await?;
+            self.mfa_event("MfaFailed", caller, None, "locked_out").await?;
         }
         if let Some(until) = locked_until.filter(|until| *until > now) {
             return Err(Error::Locked(format!(
@@ -355,16 +362,16 @@ impl Directory {
 
     /// A wrong answer on attempt `attempt`: audited, and the one that reaches the limit locks
     /// MFA. Returns the error to answer with.
-    pub(crate) async fn failed(&self, caller: &Caller, method: &str, attempt: i32) -> Error {
+    pub(crate) async fn failed(&self, caller: &Caller, factor: Factor, attempt: i32) -> Error {
         let now = self.clock.now_ms();
         let locked = attempt >= MAX_FAILURES;
         let outcome = async {
             if locked {
                 store::lock_mfa(&self.db, &caller.principal_id, now + LOCKOUT_MS).await?;
             }
-            self.mfa_event("MfaFailed", caller, method, "bad_code").await?;
+            self.mfa_event("MfaFailed", caller, Some(factor), "bad_code").await?;
             if locked {
-                self.mfa_event("MfaLockedOut", caller, method, "too_many_failures")
+                self.mfa_event("MfaLockedOut", caller, Some(factor), "too_many_failures")
                     .await?;
             }
             Ok::<(), Error>(())
@@ -398,7 +405,7 @@ impl Directory {
         if looks_like_totp(code) {
             let now_secs = (now_ms() / 1000) as u64;
             // Only authenticator apps have codes (a passkey's row holds no sealed seed).
-            for method in methods.iter().filter(|m| m.kind == "totp") {
+            for method in methods.iter().filter(|m| m.kind == Factor::Totp) {
                 let seed = self.sealer.open(&method.secret, &method.id)?;
                 // A code is accepted once: its step must be later than the last one used.
                 if let Some(step) = matching_step(&totp(seed, &user.user_name)?, code, now_secs)
@@ -406,22 +413,28 @@ impl Directory {
                 {
                     let txn = self.db.begin().await?;
                     store::clear_mfa_failures(&txn, &user.id).await?;
-                    let event = Self::mfa_fact(caller, &user.id, "totp", &method.id, "");
+                    let event = Self::mfa_fact(caller, &user.id, Factor::Totp.as_str(), &method.id, "");
                     return self
                         .stepped_up(txn, caller, &user, "MfaVerified", &event, None, client)
                         .await;
                 }
             }
-            return Err(self.failed(caller, "totp", attempt).await);
+            return Err(self.failed(caller, Factor::Totp, attempt).await);
         }
         if !store::use_recovery_code(&self.db, &user.id, &recovery_hash(code), now_ms()).await? {
-            return Err(self.failed(caller, "recovery_code", attempt).await);
+            return Err(self.failed(caller, Factor::RecoveryCode, attempt).await);
         }
         // A recovery code is an emergency: its own event (audit, an alert), and the answer
         // tells the user how many are left.
         let (left, _) = store::recovery_codes_state(&self.db, &user.id).await?;
         let left = i32::try_from(left).unwrap_or(i32::MAX);
-        let event = Self::mfa_fact(caller, &user.id, "recovery_code", "", &format!("{left} left"));
+        let event = Self::mfa_fact(
+            caller,
+            &user.id,
+            Factor::RecoveryCode.as_str(),
+            "",
+            &format!("{left} left"),
+        );
         let txn = self.db.begin().await?;
         store::clear_mfa_failures(&txn, &user.id).await?;
         self.stepped_up(txn, caller, &user, "RecoveryCodeUsed", &event, Some(left), client)
@@ -443,7 +456,7 @@ impl Directory {
         client: &ClientInfo,
     ) -> Result<Session> {
         // RFC 8176: `otp` for a code, `hwk` for a key's proof of possession (a passkey).
-        let method = if event.method == "passkey" { "hwk" } else { "otp" };
+        let method = Factor::parse(&event.method).and_then(Factor::amr).unwrap_or("otp");
         // The factor just verified is the one `mfa_at` dates: an earlier one of another kind
         // leaves `amr`, so a passkey's `hwk` never stands beside a later code's time.
         let mut amr: Vec<String> = caller
@@ -499,7 +512,13 @@ impl Directory {
             return Err(Error::NotFound(format!("MFA method {method_id}")));
         };
         self.require_recent_mfa(caller, "removing an MFA method")?;
-        let event = Self::mfa_fact(caller, &caller.principal_id, &kind, method_id, "removed_by_user");
+        let event = Self::mfa_fact(
+            caller,
+            &caller.principal_id,
+            kind.as_str(),
+            method_id,
+            "removed_by_user",
+        );
         let txn = self.db.begin().await?;
         if !store::delete_method(&txn, &caller.principal_id, method_id).await? {
             return Err(Error::NotFound(format!("MFA method {method_id}")));
@@ -523,7 +542,13 @@ impl Directory {
         self.require_recent_mfa(caller, "generating recovery codes")?;
         let codes: Vec<String> = (0..RECOVERY_CODES).map(|_| new_recovery_code()).collect();
         let hashes: Vec<String> = codes.iter().map(|c| recovery_hash(c)).collect();
-        let event = Self::mfa_fact(caller, &caller.principal_id, "recovery_code", "", "regenerated");
+        let event = Self::mfa_fact(
+            caller,
+            &caller.principal_id,
+            Factor::RecoveryCode.as_str(),
+            "",
+            "regenerated",
+        );
         let txn = self.db.begin().await?;
         store::replace_recovery_codes(&txn, &caller.principal_id, &hashes).await?;
         self.emit(&txn, "RecoveryCodesGenerated", &caller.principal_id, &event)

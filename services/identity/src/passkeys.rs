@@ -21,6 +21,7 @@ use pim_runtime::db::now_ms;
 
 use crate::directory::{ClientInfo, Directory, Session};
 use crate::error::{Error, Result};
+use crate::factor::Factor;
 use crate::store::{self, MfaMethodRow};
 
 const CEREMONY_MS: i64 = 5 * 60 * 1000;
@@ -70,7 +71,7 @@ impl Directory {
         self.confirmed_methods(user_id)
             .await?
             .into_iter()
-            .filter(|m| m.kind == "passkey")
+            .filter(|m| m.kind == Factor::Passkey)
             .map(|m| passkey_of(&m).map(|p| (m, p)))
             .collect()
     }
@@ -149,7 +150,7 @@ impl Directory {
         let method = MfaMethodRow {
             id: uuid::Uuid::now_v7().to_string(),
             user_id: user.id.clone(),
-            kind: "passkey".into(),
+            kind: Factor::Passkey,
             secret: serde_json::to_vec(&passkey).map_err(|e| Error::Internal(e.into()))?,
             confirmed: true,
             last_step: 0,
@@ -165,7 +166,7 @@ impl Directory {
         if first {
             self.revoke_other_sessions(&txn, caller, "mfa_enrolled").await?;
         }
-        let event = Self::mfa_fact(caller, &user.id, "passkey", &method.id, "");
+        let event = Self::mfa_fact(caller, &user.id, Factor::Passkey.as_str(), &method.id, "");
         self.emit(&txn, "MfaEnrolled", &user.id, &event).await?;
         txn.commit().await?;
         self.outbox.wake();
@@ -201,7 +202,7 @@ impl Directory {
 
     /// A refused assertion: counted and audited like a wrong code, and said as what it is.
     async fn passkey_failed(&self, caller: &Caller, attempt: i32) -> Error {
-        match self.failed(caller, "passkey", attempt).await {
+        match self.failed(caller, Factor::Passkey, attempt).await {
             Error::BadCode => Error::BadPasskey,
             other => other,
         }
@@ -254,7 +255,7 @@ impl Directory {
             }
         }
         store::clear_mfa_failures(&txn, &user.id).await?;
-        let event = Self::mfa_fact(caller, &user.id, "passkey", &method.id, "");
+        let event = Self::mfa_fact(caller, &user.id, Factor::Passkey.as_str(), &method.id, "");
         self.stepped_up(txn, caller, &user, "MfaVerified", &event, None, client)
             .await
     }

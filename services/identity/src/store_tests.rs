@@ -186,7 +186,7 @@ async fn a_passkey_ceremony_is_taken_once_by_its_user_before_it_expires() -> any
         let method = store::MfaMethodRow {
             id: uuid::Uuid::now_v7().to_string(),
             user_id: lee.id.clone(),
-            kind: "passkey".into(),
+            kind: crate::factor::Factor::Passkey,
             secret: b"counter 1".to_vec(),
             confirmed: true,
             last_step: 0,

@@ -1,12 +1,13 @@
 //! MFA methods, recovery codes, enrollment windows and passes, and MFA attempts.
 
 use super::*;
+use crate::factor::Factor;
 
 #[derive(Clone, Debug)]
 pub struct MfaMethodRow {
     pub id: String,
     pub user_id: String,
-    pub kind: String,
+    pub kind: Factor,
     pub secret: Vec<u8>,
     pub confirmed: bool,
     pub last_step: i64,
@@ -27,7 +28,7 @@ pub async fn mfa_methods<C: ConnectionTrait>(c: &C, user_id: &str) -> Result<Vec
         Ok(MfaMethodRow {
             id: col(r, "id")?,
             user_id: col(r, "user_id")?,
-            kind: col(r, "kind")?,
+            kind: col_named(r, "kind", Factor::parse)?,
             secret: col(r, "secret")?,
             confirmed: col(r, "confirmed")?,
             last_step: col(r, "last_step")?,
@@ -45,7 +46,7 @@ pub async fn insert_mfa_method<C: ConnectionTrait>(c: &C, m: &MfaMethodRow) -> R
         vec![
             m.id.clone().into(),
             m.user_id.clone().into(),
-            m.kind.clone().into(),
+            m.kind.as_str().into(),
             m.secret.clone().into(),
             m.confirmed.into(),
             m.last_step.into(),
