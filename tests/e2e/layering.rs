@@ -298,3 +298,55 @@ fn no_service_source_file_is_over_800_lines() -> anyhow::Result<()> {
     assert!(long.is_empty(), "files over {MAX_LINES} lines: {long:#?}");
     Ok(())
 }
+
+/// ARCHITECTURE.md keeps each invariant with the test that keeps it true: every test it names
+/// (`module::a_test_named_in_words`) is a function in the workspace, so a renamed or deleted
+/// test cannot leave the document pointing at nothing.
+#[test]
+fn every_test_the_architecture_names_exists() -> anyhow::Result<()> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let doc = std::fs::read_to_string(root.join("ARCHITECTURE.md"))?;
+    let mut functions = BTreeSet::new();
+    for folder in ["services", "shared", "tests"] {
+        for path in rust_files(&root.join(folder))? {
+            let text = std::fs::read_to_string(&path)?;
+            for (at, _) in text.match_indices("fn ") {
+                let name: String = text[at + 3..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                functions.insert(name);
+            }
+        }
+    }
+    // A test named in words: a path in backticks whose last part is a long snake_case name.
+    let mut named = BTreeSet::new();
+    for quoted in doc.split('`').skip(1).step_by(2) {
+        let Some((_, last)) = quoted.rsplit_once("::") else {
+            continue;
+        };
+        if last.len() > 25
+            && last.matches('_').count() >= 3
+            && last
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        {
+            named.insert((quoted.to_owned(), last.to_owned()));
+        }
+    }
+    anyhow::ensure!(
+        named.len() > 50,
+        "the tests ARCHITECTURE.md names were found: {}",
+        named.len()
+    );
+    let missing: Vec<&String> = named
+        .iter()
+        .filter(|(_, last)| !functions.contains(last))
+        .map(|(quoted, _)| quoted)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "ARCHITECTURE.md names tests that do not exist: {missing:#?}"
+    );
+    Ok(())
+}
