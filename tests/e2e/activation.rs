@@ -907,7 +907,18 @@ async fn the_last_permanent_global_administrator_cannot_be_removed() -> anyhow::
             .into_inner();
         assert_eq!(removed.status, apb::RequestStatus::Revoked as i32);
         assert!(!w.check(&admin_id, GLOBAL_ADMINISTRATOR).await?.allowed);
-        w.eventually_events("ActiveAssignmentRemoved", 1).await?;
+        let removed = w.eventually_events("ActiveAssignmentRemoved", 1).await?;
+        let e = removed
+            .iter()
+            .filter_map(|e| ev::AssignmentChanged::decode(e.data.as_slice()).ok())
+            .find(|e| e.principal_id == admin_id)
+            .expect("the removal of the admin's assignment");
+        assert_eq!(
+            (e.principal_kind(), e.assignment_kind()),
+            (pim_proto::common::v1::PrincipalKind::User, apb::AssignmentKind::Active),
+            "a removal names the kind of principal whose assignment it was, as the grant did"
+        );
+        assert!(e.end_time.is_some(), "a removal says when it ended");
         let kim_admin = w.stepped_up(&kim)?;
         let refused = w
             .assignments()

@@ -168,30 +168,9 @@ impl Assignments {
             system: request.ticket_system.clone(),
             number: request.ticket_number.clone(),
         };
-        let granted = ev::AssignmentChanged {
-            actor: actor.clone(),
-            assignment_id: assignment.id.clone(),
-            request_id: request.id.clone(),
-            kind: assignment.kind.as_str().into(),
-            assignment_kind: assignment.kind.to_pb() as i32,
-            principal_id: assignment.principal_id.clone(),
-            principal_kind: principal_kind as i32,
-            principal_name: principal_name.into(),
-            role_id: assignment.role_id.clone(),
-            role_name: role_name.into(),
-            scope: assignment.scope.clone(),
-            start_time: Some(to_timestamp(assignment.start_at)),
-            end_time: assignment.end_at.map(to_timestamp),
-            justification: request.justification.clone(),
-            ticket: Some(ticket),
-            reason: String::new(),
-            version: assignment.version,
-        };
-        let granted_type = if assignment.kind == Kind::Eligible {
-            "EligibilityGranted"
-        } else {
-            "ActiveAssignmentGranted"
-        };
+        let (granted_type, mut granted) = assignment_changed(&assignment, Change::Granted, role_name, actor.clone());
+        granted.justification = request.justification.clone();
+        granted.ticket = Some(ticket);
         store::insert_assignment(txn, &assignment, true, request.created_at).await?;
         if let Some(end) = assignment.end_at {
             self.timers.deadline(end);

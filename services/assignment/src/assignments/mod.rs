@@ -108,6 +108,51 @@ fn principal_kind_str(kind: PrincipalKind) -> &'static str {
     pim_runtime::auth::kind_claim(kind)
 }
 
+/// How an administrator's assignment changed, for the event that tells it.
+#[derive(Clone, Copy)]
+enum Change {
+    Granted,
+    Updated,
+    Removed,
+}
+
+/// The event that tells an administrator's assignment changed, in one place: its type
+/// (EligibilityGranted, ActiveAssignmentRemoved, …) and the assignment as it now stands; the
+/// caller adds the request's words (justification, ticket, reason) and, for a removal, the end.
+fn assignment_changed(
+    a: &AssignmentRow,
+    change: Change,
+    role_name: &str,
+    actor: Option<Actor>,
+) -> (&'static str, ev::AssignmentChanged) {
+    let event_type = match (a.kind, change) {
+        (Kind::Eligible, Change::Granted) => "EligibilityGranted",
+        (Kind::Eligible, Change::Updated) => "EligibilityUpdated",
+        (Kind::Eligible, Change::Removed) => "EligibilityRemoved",
+        (Kind::Active, Change::Granted) => "ActiveAssignmentGranted",
+        (Kind::Active, Change::Updated) => "ActiveAssignmentUpdated",
+        (Kind::Active, Change::Removed) => "ActiveAssignmentRemoved",
+    };
+    let event = ev::AssignmentChanged {
+        actor,
+        assignment_id: a.id.clone(),
+        request_id: a.request_id.clone(),
+        kind: a.kind.as_str().into(),
+        assignment_kind: a.kind.to_pb() as i32,
+        principal_id: a.principal_id.clone(),
+        principal_kind: pim_runtime::auth::kind_from_claim(&a.principal_kind) as i32,
+        principal_name: a.principal_name.clone(),
+        role_id: a.role_id.clone(),
+        role_name: role_name.into(),
+        scope: a.scope.clone(),
+        start_time: Some(to_timestamp(a.start_at)),
+        end_time: a.end_at.map(to_timestamp),
+        version: a.version,
+        ..Default::default()
+    };
+    (event_type, event)
+}
+
 fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
@@ -405,30 +450,9 @@ impl Assignments {
             self.emit(txn, "RoleDeactivated", &a.principal_id, &event).await?;
         }
         if a.origin == "admin" {
-            let event = ev::AssignmentChanged {
-                actor,
-                assignment_id: a.id.clone(),
-                request_id: a.request_id.clone(),
-                kind: a.kind.as_str().into(),
-                assignment_kind: a.kind.to_pb() as i32,
-                principal_id: a.principal_id.clone(),
-                principal_kind: 0,
-                principal_name: a.principal_name.clone(),
-                role_id: a.role_id.clone(),
-                role_name: role_name.into(),
-                scope: a.scope.clone(),
-                start_time: Some(to_timestamp(a.start_at)),
-                end_time: Some(to_timestamp(now)),
-                justification: String::new(),
-                ticket: None,
-                reason: reason.into(),
-                version: a.version,
-            };
-            let event_type = if a.kind == Kind::Eligible {
-                "EligibilityRemoved"
-            } else {
-                "ActiveAssignmentRemoved"
-            };
+            let (event_type, mut event) = assignment_changed(a, Change::Removed, role_name, actor);
+            event.end_time = Some(to_timestamp(now));
+            event.reason = reason.into();
             self.emit(txn, event_type, &a.principal_id, &event).await?;
         }
         Ok(true)
@@ -453,30 +477,10 @@ impl Assignments {
             self.timers.deadline(end);
         }
         assignment.end_at = end;
-        let event = ev::AssignmentChanged {
-            actor,
-            assignment_id: assignment.id.clone(),
-            request_id: request.id.clone(),
-            kind: assignment.kind.as_str().into(),
-            assignment_kind: assignment.kind.to_pb() as i32,
-            principal_id: assignment.principal_id.clone(),
-            principal_kind: 0,
-            principal_name: assignment.principal_name.clone(),
-            role_id: assignment.role_id.clone(),
-            role_name: role_name.into(),
-            scope: assignment.scope.clone(),
-            start_time: Some(to_timestamp(assignment.start_at)),
-            end_time: end.map(to_timestamp),
-            justification: request.justification.clone(),
-            ticket: None,
-            reason: request.action.as_str().into(),
-            version: assignment.version,
-        };
-        let event_type = if assignment.kind == Kind::Eligible {
-            "EligibilityUpdated"
-        } else {
-            "ActiveAssignmentUpdated"
-        };
+        let (event_type, mut event) = assignment_changed(assignment, Change::Updated, role_name, actor);
+        event.request_id = request.id.clone();
+        event.justification = request.justification.clone();
+        event.reason = request.action.as_str().into();
         self.emit(txn, event_type, &assignment.principal_id, &event).await?;
         Ok(true)
     }
