@@ -119,7 +119,12 @@ impl EventHandler for AssignmentEvents {
             }
             "EligibilityGranted" | "EligibilityUpdated" | "ActiveAssignmentGranted" | "ActiveAssignmentUpdated" => {
                 let e: ev::AssignmentChanged = decode(envelope)?;
-                let kind = e.typed_kind().text().to_owned();
+                // The typed kind (or an older publisher's text); an event naming neither is not
+                // an assignment reviews can know.
+                let kind = match e.typed_kind() {
+                    pim_proto::assignment::v1::AssignmentKind::Unspecified => return Ok(()),
+                    kind => kind.text().to_owned(),
+                };
                 store::upsert_seen(
                     txn,
                     &store::SeenAssignment {

@@ -80,6 +80,12 @@ impl Alerts {
             }
             "EligibilityGranted" | "EligibilityUpdated" | "ActiveAssignmentGranted" | "ActiveAssignmentUpdated" => {
                 let a: ev::AssignmentChanged = decode(e)?;
+                // The typed kind (or an older publisher's text); an event naming neither is
+                // not counted as anything.
+                let kind = match a.typed_kind() {
+                    AssignmentKind::Unspecified => return Ok(()),
+                    kind => kind.text(),
+                };
                 if !privileged(txn, &a.role_id, &a.scope, self.now()).await? {
                     return Ok(());
                 }
@@ -89,7 +95,7 @@ impl Alerts {
                     txn,
                     &store::Privileged {
                         assignment_id: &a.assignment_id,
-                        kind: &a.kind,
+                        kind,
                         principal_id: &a.principal_id,
                         role_id: &a.role_id,
                         scope: &a.scope,
