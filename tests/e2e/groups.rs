@@ -629,6 +629,7 @@ async fn what_members_activate_through_a_group_ends_with_what_allowed_it() -> an
     use apb::RequestAction::{AdminAssign, AdminRemove, AdminUpdate, SelfDeactivate};
     use pim_proto::approval::v1 as pb;
     use pim_proto::catalogue::{GROUP_MEMBER, group_scope};
+    use pim_runtime::clock::Clock;
 
     run_on_both(|w| async move {
         let (lee, kim) = (w.user("lee").await?, w.user("kim").await?);
@@ -808,7 +809,8 @@ async fn what_members_activate_through_a_group_ends_with_what_allowed_it() -> an
         assert!(!answer.allowed, "ended with Kim's membership: {answer:?}");
 
         // The group's eligibility shortened to ten minutes: Lee's hour through it (membership
-        // activated again) ends when the eligibility does.
+        // activated again) is shortened with it, so CheckAccess refuses it from then on with
+        // or without the timer.
         w.assignments()
             .create_request(authed(
                 &w.stepped_up(&lee)?,
@@ -837,13 +839,176 @@ async fn what_members_activate_through_a_group_ends_with_what_allowed_it() -> an
                 },
             ))
             .await?;
-        assert!(w.check(&lee.id, SECURITY_READER).await?.allowed);
-        w.clock.advance(Duration::from_secs(600));
-        w.tick().await?;
+        let shortened_to = w.clock.now_ms() + 600_000;
+        let answer = w.check(&lee.id, SECURITY_READER).await?;
+        assert!(answer.allowed);
+        assert_eq!(
+            answer.expires_at.as_ref().map(pim_runtime::db::from_timestamp),
+            Some(shortened_to),
+            "ends with the group's eligibility"
+        );
+        // Said on the stream, and kept by audit, with who shortened it and why.
+        let audited = |action: &'static str| {
+            let mut audit = pim_proto::audit::v1::audit_service_client::AuditServiceClient::new(w.ts.channel.clone());
+            let admin = w.admin.clone();
+            let lee = lee.id.clone();
+            async move {
+                let query = pim_proto::audit::v1::QueryEventsRequest {
+                    action: action.into(),
+                    target_id: lee,
+                    ..Default::default()
+                };
+                let records = audit.query_events(authed(&admin, query)).await?.into_inner().records;
+                anyhow::Ok(
+                    records
+                        .into_iter()
+                        .filter(|r| r.role_id == SECURITY_READER)
+                        .collect::<Vec<_>>(),
+                )
+            }
+        };
+        let told = eventually(Duration::from_secs(10), "ActivationShortened in audit", || async {
+            Ok(audited("ActivationShortened").await?.pop())
+        })
+        .await?;
+        let told: serde_json::Value = serde_json::from_str(&told.payload_json)?;
+        assert_eq!(told["reason"], "eligibility shortened", "{told}");
+        assert!(
+            told["previous_end_time"].as_str().is_some_and(|t| !t.is_empty()),
+            "{told}"
+        );
+        w.clock.advance(Duration::from_millis(599_999));
+        assert!(
+            w.check(&lee.id, SECURITY_READER).await?.allowed,
+            "until the last millisecond"
+        );
+        w.clock.advance(Duration::from_millis(1));
         assert!(
             !w.check(&lee.id, SECURITY_READER).await?.allowed,
-            "ended with the shortened eligibility"
+            "ended with the shortened eligibility, before any timer"
         );
+        // The timer then says it ended.
+        w.tick().await?;
+        eventually(Duration::from_secs(10), "the shortened activation's end", || async {
+            let ended = audited("RoleDeactivated").await?;
+            Ok(ended.into_iter().find(|r| {
+                serde_json::from_str::<serde_json::Value>(&r.payload_json)
+                    .is_ok_and(|p| p["assignment_id"] == told["assignment_id"] && p["reason"] == "expired")
+            }))
+        })
+        .await?;
+        Ok(w)
+    })
+    .await
+}
+
+/// An eligibility moved earlier takes what rests on it along at once: Lee's own activation
+/// ends when the shortened eligibility does, a just-in-time membership shortened ends the
+/// activations through the group with it, and moving an eligibility later again gives no
+/// activation more time (on PostgreSQL + Redis and on the embedded default).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_eligibility_moved_earlier_shortens_what_rests_on_it() -> anyhow::Result<()> {
+    use crate::activation::{HOUR_MS, activation, request, run_on_both};
+    use apb::AssignmentKind::Eligible;
+    use apb::RequestAction::{AdminAssign, AdminExtend, AdminUpdate};
+    use pim_proto::catalogue::{GROUP_MEMBER, group_scope};
+    use pim_runtime::clock::Clock;
+
+    run_on_both(|w| async move {
+        let lee = w.user("lee").await?;
+        let group = DirectoryServiceClient::new(w.ts.channel.clone())
+            .create_group(authed(
+                &w.admin,
+                ipb::CreateGroupRequest {
+                    display_name: "Responders".into(),
+                    is_assignable_to_role: true,
+                    ..Default::default()
+                },
+            ))
+            .await?
+            .into_inner()
+            .id;
+        let scope = group_scope(&group);
+        let at = |scope: &str, r: apb::CreateRequestRequest| apb::CreateRequestRequest {
+            scope: scope.into(),
+            justification: "rota".into(),
+            ..r
+        };
+        let ending_in = |hours: i64, r: apb::CreateRequestRequest| apb::CreateRequestRequest {
+            schedule: Some(apb::Schedule {
+                start_time: None,
+                expiration: Some(apb::schedule::Expiration::Duration(prost_types::Duration {
+                    seconds: hours * 3600,
+                    nanos: 0,
+                })),
+            }),
+            ..r
+        };
+        for grant in [
+            at("/", request(AdminAssign, Eligible, &lee.id, EXCHANGE_ADMINISTRATOR)),
+            at(&scope, request(AdminAssign, Eligible, &lee.id, GROUP_MEMBER)),
+            at("/", request(AdminAssign, Eligible, &group, SECURITY_READER)),
+        ] {
+            w.assignments().create_request(authed(&w.admin, grant)).await?;
+        }
+        for ask in [
+            activation(EXCHANGE_ADMINISTRATOR, 4 * HOUR_MS, "incident"),
+            at(&scope, activation(GROUP_MEMBER, 4 * HOUR_MS, "incident")),
+            activation(SECURITY_READER, 4 * HOUR_MS, "incident"),
+        ] {
+            w.assignments()
+                .create_request(authed(&w.stepped_up(&lee)?, ask))
+                .await?;
+        }
+        let now = w.clock.now_ms();
+        let ends = |role: &'static str| {
+            let w = &w;
+            let lee = lee.id.clone();
+            async move {
+                let answer = w.check(&lee, role).await?;
+                anyhow::Ok(
+                    answer
+                        .allowed
+                        .then(|| answer.expires_at.as_ref().map(pim_runtime::db::from_timestamp)),
+                )
+            }
+        };
+        assert_eq!(ends(SECURITY_READER).await?, Some(Some(now + 4 * HOUR_MS)));
+
+        // Lee's own eligibility moved to end in an hour: the activation ends with it.
+        w.assignments()
+            .create_request(authed(
+                &w.admin,
+                ending_in(1, request(AdminUpdate, Eligible, &lee.id, EXCHANGE_ADMINISTRATOR)),
+            ))
+            .await?;
+        assert_eq!(ends(EXCHANGE_ADMINISTRATOR).await?, Some(Some(now + HOUR_MS)));
+        // Lee's membership eligibility moved to two hours: the membership and what came
+        // through the group end then.
+        w.assignments()
+            .create_request(authed(
+                &w.admin,
+                at(
+                    &scope,
+                    ending_in(2, request(AdminUpdate, Eligible, &lee.id, GROUP_MEMBER)),
+                ),
+            ))
+            .await?;
+        assert_eq!(ends(SECURITY_READER).await?, Some(Some(now + 2 * HOUR_MS)));
+        // Moved later again: no activation gets its time back.
+        w.assignments()
+            .create_request(authed(
+                &w.admin,
+                ending_in(8, request(AdminExtend, Eligible, &lee.id, EXCHANGE_ADMINISTRATOR)),
+            ))
+            .await?;
+        assert_eq!(ends(EXCHANGE_ADMINISTRATOR).await?, Some(Some(now + HOUR_MS)));
+
+        w.clock.advance(Duration::from_millis(HOUR_MS as u64));
+        assert_eq!(ends(EXCHANGE_ADMINISTRATOR).await?, None, "ended at the hour");
+        assert!(ends(SECURITY_READER).await?.is_some());
+        w.clock.advance(Duration::from_millis(HOUR_MS as u64));
+        assert_eq!(ends(SECURITY_READER).await?, None, "ended with the membership");
         Ok(w)
     })
     .await

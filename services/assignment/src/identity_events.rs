@@ -46,7 +46,7 @@ impl EventHandler for IdentityEvents {
                 let now = self.0.now();
                 let _ = self
                     .0
-                    .end_unallowed(txn, vec![member], actor, now)
+                    .bound_to_eligibility(txn, vec![member], actor, now)
                     .await
                     .map_err(|e| anyhow::anyhow!("{e}"))?;
             }

@@ -225,6 +225,9 @@ impl AccessIndex {
                 decode::<ev::AssignmentChanged>(envelope).ok().map(|e| e.assignment_id)
             }
             "RoleActivated" => decode::<ev::RoleActivated>(envelope).ok().map(|e| e.assignment_id),
+            "ActivationShortened" => decode::<ev::ActivationShortened>(envelope)
+                .ok()
+                .map(|e| e.assignment_id),
             "RoleDeactivated" => decode::<ev::RoleDeactivated>(envelope).ok().map(|e| e.assignment_id),
             _ => None,
         }

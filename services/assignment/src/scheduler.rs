@@ -106,7 +106,7 @@ impl Scheduler {
         // An eligibility or membership shortened since an activation rested on it ends that
         // activation now.
         let resting = a.resting_on(&txn, &ended, now).await?;
-        let fallout = a.end_unallowed(&txn, resting, Some(system_actor()), now).await?;
+        let fallout = a.bound_to_eligibility(&txn, resting, Some(system_actor()), now).await?;
         txn.commit().await?;
         // Answers never depended on it (the index compares end times), but keep it small.
         for due in &ended {
@@ -117,6 +117,12 @@ impl Scheduler {
             a.outbox.wake();
         }
         Ok(fired)
+    }
+
+    /// The earliest start or end still to fire, on the service's clock (`None`: none). At or
+    /// before now while a pass (this replica's or another's) has it in hand.
+    pub async fn next_deadline(&self) -> Result<Option<i64>> {
+        Ok(store::next_deadline(&self.assignments.db).await?)
     }
 
     /// How long to sleep before the next deadline (at most [`MAX_SLEEP`]).

@@ -300,6 +300,18 @@ pub fn record(envelope: &Envelope, correlator: &Correlator) -> anyhow::Result<Re
             r.scope = e.scope.clone();
             json!({"assignment_id": e.assignment_id, "reason": e.reason})
         }
+        "ActivationShortened" => {
+            let e: ev::ActivationShortened = decode(envelope)?;
+            set_actor(&mut r, &e.actor);
+            r.target_id = e.principal_id.clone();
+            r.role_id = e.role_id.clone();
+            r.role_name = e.role_name.clone();
+            r.scope = e.scope.clone();
+            json!({
+                "assignment_id": e.assignment_id, "end_time": rfc3339(&e.end_time),
+                "previous_end_time": rfc3339(&e.previous_end_time), "reason": e.reason,
+            })
+        }
         "RequestStatusChanged" => {
             let e: ev::RequestStatusChanged = decode(envelope)?;
             set_actor(&mut r, &e.actor);
@@ -717,6 +729,7 @@ mod tests {
             ("pim.assignment", "ActiveAssignmentRemoved"),
             ("pim.assignment", "RoleActivated"),
             ("pim.assignment", "RoleDeactivated"),
+            ("pim.assignment", "ActivationShortened"),
             ("pim.assignment", "NotificationsDue"),
             ("pim.assignment", "AssignmentExpiring"),
             ("pim.assignment", "PolicyUpdated"),

@@ -195,6 +195,7 @@ impl CachedAccess {
             "RoleActivated"
                 | "ActiveAssignmentGranted"
                 | "RoleDeactivated"
+                | "ActivationShortened"
                 | "ActiveAssignmentRemoved"
                 | "ActiveAssignmentUpdated"
                 | "GroupMemberRemoved"

@@ -302,7 +302,9 @@ impl Assignments {
         }
         // A just-in-time membership ends what came through it.
         let resting = self.resting_on(&txn, std::slice::from_ref(&activation), now).await?;
-        let fallout = self.end_unallowed(&txn, resting, Some(caller.actor()), now).await?;
+        let fallout = self
+            .bound_to_eligibility(&txn, resting, Some(caller.actor()), now)
+            .await?;
         txn.commit().await?;
         self.index.remove(&activation.principal_id, &activation.id);
         self.settle(&fallout);
@@ -310,14 +312,16 @@ impl Assignments {
         Ok(request)
     }
 
-    /// After eligibilities or memberships that the principals in `todo` rested on ended (in
-    /// `txn`): an activation never outlives what allowed it. It rests on an eligibility, its
-    /// holder's own or a group's while they are a member; one that no eligibility allows any
-    /// more ends now, and an activation request waiting for approval on such ground is
-    /// canceled. Ending a just-in-time membership this way can leave activations through the
-    /// group unallowed in turn: they end too. What it ended and canceled is for
-    /// [`Self::settle`] once `txn` commits.
-    pub(crate) async fn end_unallowed(
+    /// After eligibilities or memberships that the principals in `todo` rested on ended or
+    /// were shortened (in `txn`): an activation never outlives what allowed it. It rests on
+    /// an eligibility, its holder's own or a group's while they are a member; one that no
+    /// eligibility allows any more ends now, one allowed for less time than it lasts ends
+    /// when the longest eligibility still allowing it does (`ActivationShortened`, so
+    /// CheckAccess refuses it then without waiting for the timer), and an activation request
+    /// waiting for approval on such ground is canceled. Ending or shortening a just-in-time
+    /// membership this way does the same in turn to activations through the group. What it
+    /// changed is for [`Self::settle`] once `txn` commits.
+    pub(crate) async fn bound_to_eligibility(
         &self,
         txn: &DatabaseTransaction,
         mut todo: Vec<String>,
@@ -335,26 +339,40 @@ impl Assignments {
             holders.extend(groups.keys().cloned());
             let (eligibilities, activations) =
                 store::eligibilities_and_activations(txn, &principal, &holders, now).await?;
-            let allowed = |role_id: &str, scope: &str| {
-                Scope::parse(scope).is_ok_and(|s| {
+            // Until when an activation of `role_id` at `scope` is allowed (`None`: it is not).
+            let allowed_until = |role_id: &str, scope: &str| {
+                Scope::parse(scope).ok().and_then(|s| {
                     group_access::longest_eligibility(&eligibilities, &groups, role_id, &s.with_ancestors(), now)
-                        .is_some()
+                        .map(|(_, until)| until)
                 })
             };
-            for a in activations.into_iter().filter(|a| !allowed(&a.role_id, &a.scope)) {
+            for mut a in activations {
                 let role_name = self.roles.name(&a.role_id).unwrap_or_default();
-                if self
-                    .end(txn, &a, "eligibility ended", actor.clone(), &role_name, now)
-                    .await?
-                {
-                    if a.role_id == crate::roles::GROUP_MEMBER && !todo.contains(&principal) {
-                        todo.push(principal.clone());
+                let changed = match allowed_until(&a.role_id, &a.scope) {
+                    Some(until) if group_access::earlier(a.end_at, until) == a.end_at => false,
+                    Some(Some(until)) if until > a.start_at => {
+                        let shortened = self.shorten(txn, &mut a, until, actor.clone(), &role_name).await?;
+                        if shortened {
+                            fallout.shortened.push(a.clone());
+                        }
+                        shortened
                     }
-                    fallout.ended.push(a);
+                    _ => {
+                        let ended = self
+                            .end(txn, &a, "eligibility ended", actor.clone(), &role_name, now)
+                            .await?;
+                        if ended {
+                            fallout.ended.push(a.clone());
+                        }
+                        ended
+                    }
+                };
+                if changed && a.role_id == crate::roles::GROUP_MEMBER && !todo.contains(&principal) {
+                    todo.push(principal.clone());
                 }
             }
             for mut request in store::pending_activations(txn, &principal).await? {
-                if allowed(&request.role_id, &request.scope) {
+                if allowed_until(&request.role_id, &request.scope).is_some() {
                     continue;
                 }
                 request.status = RequestStatus::Canceled;
@@ -370,17 +388,53 @@ impl Assignments {
         Ok(fallout)
     }
 
-    /// After the commit of an [`Self::end_unallowed`]: the index drops what ended, and those
-    /// watching the canceled requests hear of it.
+    /// Moves an activation's end earlier, to `until`, and tells the others
+    /// (`ActivationShortened`); false when a concurrent change or end came first.
+    async fn shorten(
+        &self,
+        txn: &DatabaseTransaction,
+        a: &mut AssignmentRow,
+        until: i64,
+        actor: Option<Actor>,
+        role_name: &str,
+    ) -> Result<bool> {
+        let Some(version) = store::set_assignment_end(txn, &a.id, a.version, Some(until)).await? else {
+            return Ok(false);
+        };
+        let event = ev::ActivationShortened {
+            actor,
+            assignment_id: a.id.clone(),
+            principal_id: a.principal_id.clone(),
+            role_id: a.role_id.clone(),
+            role_name: role_name.into(),
+            scope: a.scope.clone(),
+            end_time: Some(to_timestamp(until)),
+            previous_end_time: a.end_at.map(to_timestamp),
+            reason: "eligibility shortened".into(),
+            version,
+        };
+        a.end_at = Some(until);
+        a.version = version;
+        self.timers.deadline(until);
+        self.emit(txn, "ActivationShortened", &a.principal_id, &event).await?;
+        Ok(true)
+    }
+
+    /// After the commit of an [`Self::bound_to_eligibility`]: the index drops what ended and
+    /// takes the new ends of what was shortened, and those watching the canceled requests
+    /// hear of it.
     pub(crate) fn settle(&self, fallout: &Fallout) {
         for a in &fallout.ended {
             self.index.remove(&a.principal_id, &a.id);
+        }
+        for a in &fallout.shortened {
+            self.index.upsert_row(a);
         }
         let canceled: Vec<&str> = fallout.canceled.iter().map(String::as_str).collect();
         self.committed(&canceled);
     }
 
-    /// On a consumer, after the commit of an [`Self::end_unallowed`] for `principals`: their
+    /// On a consumer, after the commit of an [`Self::bound_to_eligibility`] for `principals`: their
     /// grants in the index are read back from the database, so those it ended leave.
     pub(crate) async fn reindex_principals(&self, principals: &[String]) -> Result<()> {
         let now = self.now();
@@ -403,6 +457,8 @@ impl Assignments {
 pub(crate) struct Fallout {
     /// Activations ended.
     pub ended: Vec<AssignmentRow>,
+    /// Activations shortened, as they are now.
+    pub shortened: Vec<AssignmentRow>,
     /// Ids of activation requests canceled.
     pub canceled: Vec<String>,
 }

@@ -239,7 +239,9 @@ impl Assignments {
             )));
         }
         let resting = self.resting_on(&txn, &open, now).await?;
-        let fallout = self.end_unallowed(&txn, resting, Some(caller.actor()), now).await?;
+        let fallout = self
+            .bound_to_eligibility(&txn, resting, Some(caller.actor()), now)
+            .await?;
         txn.commit().await?;
         for a in &open {
             self.index.remove(&a.principal_id, &a.id);
@@ -312,7 +314,7 @@ impl Assignments {
         self.end(txn, &a, "removed", actor.clone(), &role_name, now).await?;
         let resting = self.resting_on(txn, std::slice::from_ref(&a), now).await?;
         // Settled by the consumer after the commit ([`Self::index_removal`]).
-        let _ = self.end_unallowed(txn, resting, actor, now).await?;
+        let _ = self.bound_to_eligibility(txn, resting, actor, now).await?;
         answer.decision = "removed".into();
         self.emit(txn, "ReviewRemovalApplied", &a.principal_id, &answer).await
     }
@@ -389,8 +391,14 @@ impl Assignments {
                 assignment.id
             )));
         }
+        // An eligibility or membership moved earlier holds what rested on it to its new end.
+        let resting = self.resting_on(&txn, std::slice::from_ref(&assignment), now).await?;
+        let fallout = self
+            .bound_to_eligibility(&txn, resting, Some(caller.actor()), now)
+            .await?;
         txn.commit().await?;
         self.index.upsert_row(&assignment);
+        self.settle(&fallout);
         self.committed(&[&request.id]);
         Ok(request)
     }

@@ -197,7 +197,7 @@ impl Assignments {
         // Activations its members made from its eligibilities, or through a membership.
         let resting = self.resting_on(txn, &ended, now).await?;
         // Settled after the commit ([`Self::reindex_group`]).
-        let _ = self.end_unallowed(txn, resting, actor, now).await?;
+        let _ = self.bound_to_eligibility(txn, resting, actor, now).await?;
         Ok(())
     }
 

@@ -418,7 +418,9 @@ impl Assignments {
             .await?;
         // As the timer would have: what rested on it and is no longer allowed ends with it.
         let resting = self.resting_on(&txn, std::slice::from_ref(held), now).await?;
-        let fallout = self.end_unallowed(&txn, resting, Some(system_actor()), now).await?;
+        let fallout = self
+            .bound_to_eligibility(&txn, resting, Some(system_actor()), now)
+            .await?;
         txn.commit().await?;
         self.index.remove(&held.principal_id, &held.id);
         self.settle(&fallout);

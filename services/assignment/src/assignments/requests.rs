@@ -176,7 +176,9 @@ impl Assignments {
                         self.index.remove(&last.principal_id, &last.id);
                         // Settled after the commit ([`Self::index_request`]).
                         let resting = self.resting_on(txn, std::slice::from_ref(&last), now).await?;
-                        let _ = self.end_unallowed(txn, resting, Some(system_actor()), now).await?;
+                        let _ = self
+                            .bound_to_eligibility(txn, resting, Some(system_actor()), now)
+                            .await?;
                     }
                     request.start_at = request.start_at.max(now);
                     if let Some(length) = request.duration_ms {
