@@ -99,6 +99,22 @@ impl World {
         AssignmentServiceClient::new(self.ts.channel.clone())
     }
 
+    /// A new role-assignable group (its roles reach its members), made by the administrator;
+    /// its id.
+    pub(crate) async fn role_assignable_group(&self, name: &str) -> anyhow::Result<String> {
+        let created = DirectoryServiceClient::new(self.ts.channel.clone())
+            .create_group(authed(
+                &self.admin,
+                pim_proto::identity::v1::CreateGroupRequest {
+                    display_name: name.into(),
+                    is_assignable_to_role: true,
+                    ..Default::default()
+                },
+            ))
+            .await?;
+        Ok(created.into_inner().id)
+    }
+
     pub(crate) async fn user(&self, name: &str) -> anyhow::Result<User> {
         let password = format!("{name}'s long passphrase");
         let created = DirectoryServiceClient::new(self.ts.channel.clone())
@@ -852,18 +868,7 @@ async fn the_last_permanent_global_administrator_cannot_be_removed() -> anyhow::
         // directory, where assignment has no say.
         w.set_policy(GLOBAL_ADMINISTRATOR, |p| p.active_allow_permanent = true)
             .await?;
-        let group = DirectoryServiceClient::new(w.ts.channel.clone())
-            .create_group(authed(
-                &w.admin,
-                ipb::CreateGroupRequest {
-                    display_name: "Tier 0".into(),
-                    is_assignable_to_role: true,
-                    ..Default::default()
-                },
-            ))
-            .await?
-            .into_inner()
-            .id;
+        let group = w.role_assignable_group("Tier 0").await?;
         let permanent = |principal: &str| apb::CreateRequestRequest {
             justification: "break-glass".into(),
             schedule: Some(apb::Schedule {
@@ -1026,18 +1031,7 @@ async fn internal_apps_batch_their_checks_and_watch_access_change() -> anyhow::R
         // added, then removed, each a Group Member change for Lee at the group's scope.
         use pim_proto::identity::v1 as ipb;
         let mut directory = DirectoryServiceClient::new(w.ts.channel.clone());
-        let group = directory
-            .create_group(authed(
-                &w.admin,
-                ipb::CreateGroupRequest {
-                    display_name: "Exchange Admins".into(),
-                    is_assignable_to_role: true,
-                    ..Default::default()
-                },
-            ))
-            .await?
-            .into_inner()
-            .id;
+        let group = w.role_assignable_group("Exchange Admins").await?;
         let membership = ipb::GroupMembershipRequest {
             group_id: group.clone(),
             principal_id: lee.id.clone(),

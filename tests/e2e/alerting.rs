@@ -840,26 +840,10 @@ async fn access_to_a_group_holding_a_privileged_role_is_privileged() -> anyhow::
     use pim_proto::identity::v1::directory_service_client::DirectoryServiceClient;
     run_on_both(|w| async move {
         let directory = DirectoryServiceClient::new(w.ts.channel.clone());
-        let group = |name: &'static str| {
-            let (admin, mut directory) = (w.admin.clone(), directory.clone());
-            async move {
-                anyhow::Ok(
-                    directory
-                        .create_group(authed(
-                            &admin,
-                            ipb::CreateGroupRequest {
-                                display_name: name.into(),
-                                is_assignable_to_role: true,
-                                ..Default::default()
-                            },
-                        ))
-                        .await?
-                        .into_inner()
-                        .id,
-                )
-            }
-        };
-        let (tier0, book_club) = (group("Tier 0").await?, group("Book club").await?);
+        let (tier0, book_club) = (
+            w.role_assignable_group("Tier 0").await?,
+            w.role_assignable_group("Book club").await?,
+        );
         w.assignments()
             .create_request(authed(
                 &w.admin,

@@ -634,18 +634,7 @@ async fn what_members_activate_through_a_group_ends_with_what_allowed_it() -> an
     run_on_both(|w| async move {
         let (lee, kim) = (w.user("lee").await?, w.user("kim").await?);
         let mut directory = DirectoryServiceClient::new(w.ts.channel.clone());
-        let group = directory
-            .create_group(authed(
-                &w.admin,
-                ipb::CreateGroupRequest {
-                    display_name: "SOC".into(),
-                    is_assignable_to_role: true,
-                    ..Default::default()
-                },
-            ))
-            .await?
-            .into_inner()
-            .id;
+        let group = w.role_assignable_group("SOC").await?;
         let scope = group_scope(&group);
         // Kim is a member for good; Lee is an eligible member and activates the membership.
         let kim_membership = ipb::GroupMembershipRequest {
@@ -916,18 +905,7 @@ async fn an_eligibility_moved_earlier_shortens_what_rests_on_it() -> anyhow::Res
 
     run_on_both(|w| async move {
         let lee = w.user("lee").await?;
-        let group = DirectoryServiceClient::new(w.ts.channel.clone())
-            .create_group(authed(
-                &w.admin,
-                ipb::CreateGroupRequest {
-                    display_name: "Responders".into(),
-                    is_assignable_to_role: true,
-                    ..Default::default()
-                },
-            ))
-            .await?
-            .into_inner()
-            .id;
+        let group = w.role_assignable_group("Responders").await?;
         let scope = group_scope(&group);
         let at = |scope: &str, r: apb::CreateRequestRequest| apb::CreateRequestRequest {
             scope: scope.into(),
