@@ -103,6 +103,7 @@ async fn racing_activations_leave_one_and_a_waiting_request_blocks_the_rest() ->
                 let rests = store::RestsOn {
                     eligibility_id: &eligibility_id,
                     via_group: None,
+                    until: None,
                 };
                 store::insert_activation(&db, &r, rests, Some((&a, true)), events(), NOW).await
             });
@@ -129,6 +130,7 @@ async fn racing_activations_leave_one_and_a_waiting_request_blocks_the_rest() ->
         let rests = store::RestsOn {
             eligibility_id: &eligibility.id,
             via_group: None,
+            until: None,
         };
         assert!(!store::insert_activation(&db, &blocked, rests, None, events(), NOW).await?);
         let found = store::pending_request(&db, "lee", EXCHANGE_ADMINISTRATOR, "/").await?;
@@ -275,7 +277,8 @@ async fn the_upgrade_keeps_the_duplicate_that_grants_most() -> anyhow::Result<()
 
 /// An activation is stored only while what it rests on holds, checked by the statement that
 /// stores it: the eligibility in force, and for a group's, Lee's membership (identity's, or
-/// a just-in-time one).
+/// a just-in-time one); and, given the activation's end, only if they last until then (an
+/// end moved earlier meanwhile refuses it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_activation_is_stored_only_while_its_eligibility_and_membership_hold() -> anyhow::Result<()> {
     use crate::roles::{GROUP_MEMBER, group_scope};
@@ -293,6 +296,7 @@ async fn an_activation_is_stored_only_while_its_eligibility_and_membership_hold(
         let through_ops = store::RestsOn {
             eligibility_id: &held.id,
             via_group: Some("ops"),
+            until: None,
         };
         let (r, a) = activate();
         assert!(
@@ -314,6 +318,30 @@ async fn an_activation_is_stored_only_while_its_eligibility_and_membership_hold(
         let (r, a) = activate();
         assert!(store::insert_activation(&db, &r, through_ops, Some((&a, true)), events(), NOW).await?);
         store::end_assignment(&db, &a.id, "deactivated", NOW).await?;
+        // Lee's own eligibility, until two hours from now: an hour's activation is stored; once
+        // its end is moved to before that hour's, no more.
+        let own = assignment("admin", Kind::Eligible, Some(NOW + 2 * HOUR));
+        store::insert_assignment(&db, &own, true, NOW).await?;
+        let own_for_an_hour = store::RestsOn {
+            eligibility_id: &own.id,
+            via_group: None,
+            until: Some(NOW + HOUR),
+        };
+        let (r, a) = activate();
+        assert!(store::insert_activation(&db, &r, own_for_an_hour, Some((&a, true)), events(), NOW).await?);
+        store::end_assignment(&db, &a.id, "deactivated", NOW).await?;
+        store::set_assignment_end(&db, &own.id, own.version, Some(NOW + HOUR - 1)).await?;
+        let (r, a) = activate();
+        assert!(
+            !store::insert_activation(&db, &r, own_for_an_hour, Some((&a, true)), events(), NOW).await?,
+            "it would outlast the eligibility"
+        );
+        assert!(!store::lock_resting(&db, own_for_an_hour, "lee", NOW).await?);
+        let own_now = store::RestsOn {
+            until: None,
+            ..own_for_an_hour
+        };
+        assert!(store::lock_resting(&db, own_now, "lee", NOW).await?, "in force now");
         // The eligibility ended: nothing rests on it any more.
         store::end_assignment(&db, &held.id, "removed", NOW).await?;
         let (r, a) = activate();

@@ -101,13 +101,15 @@ impl Assignments {
             let activated = self.role_activated(Some(caller.actor()), a, &role.name, &request.justification);
             events.push(envelope(SOURCE, "RoleActivated", &a.principal_id, &activated));
         }
-        // What it rests on, checked (and locked) by the statement that stores it.
+        // What it rests on, checked (and locked) by the statement that stores it: in force
+        // until the activation ends (an end moved earlier meanwhile refuses it).
         let Some((allowing, _)) = eligibility else {
             return Err(Error::PolicyViolation(violations));
         };
         let rests = store::RestsOn {
             eligibility_id: &allowing.id,
             via_group: (allowing.principal_id != caller.principal_id).then_some(allowing.principal_id.as_str()),
+            until: assignment.as_ref().and_then(|a| a.end_at),
         };
         let insert = || {
             store::insert_activation(
@@ -130,7 +132,10 @@ impl Assignments {
             if !store::lock_resting(&self.db, rests, principal, self.now()).await? {
                 return Err(Error::PolicyViolation(vec![RuleViolation {
                     kind: "EligibilityRule",
-                    message: format!("your eligibility for {} at {scope} ended meanwhile", role.name),
+                    message: format!(
+                        "your eligibility for {} at {scope} ended, or was moved earlier, meanwhile; ask again",
+                        role.name
+                    ),
                 }]));
             }
             let cleared = match store::live_activation(&self.db, principal, &role.id, scope).await? {

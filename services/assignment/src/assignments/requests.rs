@@ -278,10 +278,11 @@ impl Assignments {
                 // Locked (PostgreSQL) until this transaction ends: a concurrent removal waits
                 // for the activation, then ends it; or wins first, and none is made.
                 let still = match allowing {
-                    Some((e, _)) => {
+                    Some((e, until)) => {
                         let rests = store::RestsOn {
                             eligibility_id: &e.id,
                             via_group: (e.principal_id != request.principal_id).then_some(e.principal_id.as_str()),
+                            until: Some((start + length).min(until.unwrap_or(i64::MAX))),
                         };
                         store::lock_resting(txn, rests, &request.principal_id, now).await?
                     }

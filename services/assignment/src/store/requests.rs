@@ -115,13 +115,16 @@ pub async fn insert_request<C: ConnectionTrait>(c: &C, r: &RequestRow) -> Result
 
 /// What an activation rests on: the eligibility, and for one a group holds, the principal's
 /// membership of that group (identity's, or an active Group Member assignment). The
-/// statement that stores the activation checks both are still in force and, on PostgreSQL,
-/// locks them `FOR SHARE` until it commits: a removal either waits for the activation (and
-/// then sees it, and ends it) or wins (and the activation is not stored).
+/// statement that stores the activation checks both are still in force (until `until`, when
+/// given) and, on PostgreSQL, locks them `FOR SHARE` until it commits: a removal, or an end
+/// moved earlier, either waits for the activation (and then sees it, and ends or shortens
+/// it) or wins (and the activation is not stored).
 #[derive(Clone, Copy, Debug)]
 pub struct RestsOn<'a> {
     pub eligibility_id: &'a str,
     pub via_group: Option<&'a str>,
+    /// The activation's end, which they must last until (`None`: they need only hold now).
+    pub until: Option<i64>,
 }
 
 /// The SQL condition that `rests` still holds for `principal` at `now`, with its values
@@ -138,18 +141,20 @@ fn still_resting(
     } else {
         ""
     };
-    let (e, t) = (first, first + 1);
+    // In force now, and until the activation's end (`$u`: an end at or after it).
+    let (e, t, u) = (first, first + 1, first + 2);
     let mut sql = format!(
         "EXISTS (SELECT 1 FROM assignments WHERE id = ${e} AND kind = 'eligible' AND status = 'active' \
-         AND start_at <= ${t} AND (end_at IS NULL OR end_at > ${t}){lock})"
+         AND start_at <= ${t} AND (end_at IS NULL OR end_at >= ${u}){lock})"
     );
-    let mut values: Vec<Value> = vec![rests.eligibility_id.into(), now.into()];
+    let lasts_until = rests.until.unwrap_or(now).max(now + 1);
+    let mut values: Vec<Value> = vec![rests.eligibility_id.into(), now.into(), lasts_until.into()];
     if let Some(group) = rests.via_group {
-        let (p, g, role, scope) = (first + 2, first + 3, first + 4, first + 5);
+        let (p, g, role, scope) = (first + 3, first + 4, first + 5, first + 6);
         sql += &format!(
             " AND (EXISTS (SELECT 1 FROM group_memberships WHERE group_id = ${g} AND principal_id = ${p}{lock}) \
              OR EXISTS (SELECT 1 FROM assignments WHERE principal_id = ${p} AND role_id = ${role} AND scope = ${scope} \
-             AND kind = 'active' AND status = 'active' AND start_at <= ${t} AND (end_at IS NULL OR end_at > ${t}){lock}))"
+             AND kind = 'active' AND status = 'active' AND start_at <= ${t} AND (end_at IS NULL OR end_at >= ${u}){lock}))"
         );
         values.extend([
             principal.into(),
