@@ -41,6 +41,14 @@ pub(crate) struct User {
     pub(crate) token: String,
 }
 
+/// A schedule from now, for `length_ms`.
+pub(crate) fn lasting(length_ms: i64) -> Option<apb::Schedule> {
+    Some(apb::Schedule {
+        start_time: None,
+        expiration: Some(apb::schedule::Expiration::Duration(duration(length_ms))),
+    })
+}
+
 fn duration(ms: i64) -> prost_types::Duration {
     prost_types::Duration {
         seconds: ms / 1000,
@@ -69,10 +77,7 @@ pub(crate) fn request(
 
 pub(crate) fn activation(role: &str, length_ms: i64, justification: &str) -> apb::CreateRequestRequest {
     apb::CreateRequestRequest {
-        schedule: Some(apb::Schedule {
-            start_time: None,
-            expiration: Some(apb::schedule::Expiration::Duration(duration(length_ms))),
-        }),
+        schedule: lasting(length_ms),
         justification: justification.into(),
         ..request(apb::RequestAction::SelfActivate, apb::AssignmentKind::Active, "", role)
     }
@@ -1163,10 +1168,7 @@ async fn administrators_extend_and_shorten_assignments_within_policy() -> anyhow
             ))
             .await?;
         let change = |action: apb::RequestAction, length_ms: i64| apb::CreateRequestRequest {
-            schedule: Some(apb::Schedule {
-                start_time: None,
-                expiration: Some(apb::schedule::Expiration::Duration(duration(length_ms))),
-            }),
+            schedule: lasting(length_ms),
             justification: "change window moved".into(),
             ..request(action, apb::AssignmentKind::Active, &lee.id, EXCHANGE_ADMINISTRATOR)
         };

@@ -149,13 +149,7 @@ impl World {
             .create_request(authed(
                 &self.admin,
                 apb::CreateRequestRequest {
-                    schedule: Some(apb::Schedule {
-                        start_time: None,
-                        expiration: Some(apb::schedule::Expiration::Duration(prost_types::Duration {
-                            seconds: 86_400,
-                            nanos: 0,
-                        })),
-                    }),
+                    schedule: crate::activation::lasting(24 * HOUR_MS),
                     justification: "on call".into(),
                     ..request(
                         apb::RequestAction::AdminAssign,

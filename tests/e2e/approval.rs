@@ -684,13 +684,7 @@ async fn escalation_adds_approvers_and_a_watch_resumes_from_its_cursor() -> anyh
 }
 
 fn for_days(days: i64) -> Option<apb::Schedule> {
-    Some(apb::Schedule {
-        start_time: None,
-        expiration: Some(apb::schedule::Expiration::Duration(prost_types::Duration {
-            seconds: days * 86_400,
-            nanos: 0,
-        })),
-    })
+    crate::activation::lasting(days * 86_400_000)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -157,13 +157,7 @@ async fn admin_races_have_one_outcome(w: World) -> anyhow::Result<World> {
         };
         let (won, refused) = all_at_once(&w, &w.admin, RACERS, |_| {
             let mut ask = admin_call(A::AdminAssign);
-            ask.schedule = Some(apb::Schedule {
-                start_time: None,
-                expiration: Some(apb::schedule::Expiration::Duration(prost_types::Duration {
-                    seconds: 10 * 24 * 3600,
-                    nanos: 0,
-                })),
-            });
+            ask.schedule = crate::activation::lasting(10 * 24 * 3_600_000);
             ask
         })
         .await?;
@@ -609,13 +603,7 @@ async fn an_activation_past_its_end_gives_way_before_the_timer_runs() -> anyhow:
             EXCHANGE_ADMINISTRATOR,
         );
         ask.justification = "on call".into();
-        ask.schedule = Some(apb::Schedule {
-            start_time: None,
-            expiration: Some(apb::schedule::Expiration::Duration(prost_types::Duration {
-                seconds: 24 * 3600,
-                nanos: 0,
-            })),
-        });
+        ask.schedule = crate::activation::lasting(24 * 3_600_000);
         let assigned = w
             .assignments()
             .create_request(authed(&w.admin, ask.clone()))

@@ -816,13 +816,7 @@ async fn what_members_activate_through_a_group_ends_with_what_allowed_it() -> an
             .create_request(authed(
                 &w.admin,
                 apb::CreateRequestRequest {
-                    schedule: Some(apb::Schedule {
-                        start_time: None,
-                        expiration: Some(apb::schedule::Expiration::Duration(prost_types::Duration {
-                            seconds: 600,
-                            nanos: 0,
-                        })),
-                    }),
+                    schedule: crate::activation::lasting(600_000),
                     justification: "rota ends".into(),
                     ..request(AdminUpdate, Eligible, &group, SECURITY_READER)
                 },
@@ -913,13 +907,7 @@ async fn an_eligibility_moved_earlier_shortens_what_rests_on_it() -> anyhow::Res
             ..r
         };
         let ending_in = |hours: i64, r: apb::CreateRequestRequest| apb::CreateRequestRequest {
-            schedule: Some(apb::Schedule {
-                start_time: None,
-                expiration: Some(apb::schedule::Expiration::Duration(prost_types::Duration {
-                    seconds: hours * 3600,
-                    nanos: 0,
-                })),
-            }),
+            schedule: crate::activation::lasting(hours * HOUR_MS),
             ..r
         };
         for grant in [

@@ -151,6 +151,61 @@ async fn notices_follow_the_rules_and_never_ask_requesters_to_approve_themselves
     result
 }
 
+/// An activation cut short because its eligibility was moved earlier: its holder is told,
+/// with the new end and why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_hears_that_an_activation_now_ends_earlier() -> anyhow::Result<()> {
+    use pim_runtime::clock::Clock;
+    let world = notifying().await?;
+    let result = async {
+        let w = &world;
+        let lee = w.user("lee").await?;
+        ask(w, &lee).await?;
+        let shortened_to = w.clock.now_ms() + 30 * 60_000;
+        w.assignments()
+            .create_request(authed(
+                &w.admin,
+                apb::CreateRequestRequest {
+                    schedule: crate::activation::lasting(30 * 60_000),
+                    justification: "migration done early".into(),
+                    ..crate::activation::request(
+                        apb::RequestAction::AdminUpdate,
+                        apb::AssignmentKind::Eligible,
+                        &lee.id,
+                        EXCHANGE_ADMINISTRATOR,
+                    )
+                },
+            ))
+            .await?;
+        let told = eventually(Duration::from_secs(10), "the shortened activation's notice", || async {
+            Ok(dues(w)
+                .await?
+                .into_iter()
+                .find(|d| d.happening == ev::Happening::Shortened as i32))
+        })
+        .await?;
+        assert_eq!(
+            (told.principal_id.as_str(), told.role_id.as_str(), told.reason.as_str()),
+            (lee.id.as_str(), EXCHANGE_ADMINISTRATOR, "eligibility shortened")
+        );
+        assert_eq!(
+            told.end_time.as_ref().map(pim_runtime::db::from_timestamp),
+            Some(shortened_to)
+        );
+        assert_eq!(told.justification, "mailbox migration", "the activation's request");
+        let assignee = told
+            .notices
+            .iter()
+            .find(|n| party(n) == NotificationParty::Assignee)
+            .expect("the holder's notice");
+        assert_eq!(assignee.principal_ids, std::slice::from_ref(&lee.id));
+        anyhow::Ok(())
+    }
+    .await;
+    world.ts.stop().await?;
+    result
+}
+
 /// An activation nobody decided in time is escalated: the escalation approvers are told, as
 /// the first ones were, the requester still not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

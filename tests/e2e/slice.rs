@@ -36,13 +36,7 @@ fn assign_active(principal: &str, role: &str, hours: i64, justification: &str) -
         principal_id: principal.into(),
         role_id: role.into(),
         scope: "/".into(),
-        schedule: Some(apb::Schedule {
-            start_time: None,
-            expiration: Some(apb::schedule::Expiration::Duration(prost_types::Duration {
-                seconds: hours * 3600,
-                nanos: 0,
-            })),
-        }),
+        schedule: crate::activation::lasting(hours * 3_600_000),
         justification: justification.into(),
         ticket: Some(pim_proto::common::v1::Ticket {
             system: "ServiceNow".into(),

@@ -194,13 +194,7 @@ async fn replicas_of_assignment_keep_their_access_indexes_current() -> anyhow::R
             principal_id: lee.id.clone(),
             role_id: "Exchange Administrator".into(),
             scope: "/".into(),
-            schedule: Some(apb::Schedule {
-                start_time: None,
-                expiration: Some(apb::schedule::Expiration::Duration(prost_types::Duration {
-                    seconds: 3600,
-                    nanos: 0,
-                })),
-            }),
+            schedule: crate::activation::lasting(3_600_000),
             justification: "on call".into(),
             ticket: None,
             validate_only: false,

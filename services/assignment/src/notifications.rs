@@ -260,6 +260,22 @@ impl Change {
                     )
                 }
             }
+            "ActivationShortened" => {
+                let e: ev::ActivationShortened = decode(envelope)?;
+                Change {
+                    assignment_id: e.assignment_id,
+                    end: e.end_time.as_ref().map(pim_runtime::db::from_timestamp),
+                    reason: e.reason,
+                    actor: e.actor,
+                    ..Change::about(
+                        NotificationEvent::Activation,
+                        Happening::Shortened,
+                        e.principal_id,
+                        e.role_id,
+                        e.scope,
+                    )
+                }
+            }
             _ => return Ok(None),
         };
         Ok(Some(change))
@@ -392,6 +408,7 @@ impl EventHandler for Notifier {
                 | "ActiveAssignmentGranted"
                 | "RequestStatusChanged"
                 | "RoleDeactivated"
+                | "ActivationShortened"
                 | "AssignmentExpiring"
                 | "ApprovalEscalated"
                 | "ApprovalStageStarted"
@@ -424,8 +441,10 @@ impl EventHandler for Notifier {
         };
         // An end names its assignment: its request says whether it was an activation or an
         // administrator's active assignment (whose rules apply).
-        if matches!(change.happening, Happening::Ended | Happening::Expiring)
-            && let Some(a) = store::find_assignment(txn, &change.assignment_id).await?
+        if matches!(
+            change.happening,
+            Happening::Ended | Happening::Expiring | Happening::Shortened
+        ) && let Some(a) = store::find_assignment(txn, &change.assignment_id).await?
         {
             change.request_id = a.request_id.clone();
             change.end = a.end_at;

@@ -144,6 +144,14 @@ pub fn compose(r: &Record, party: &str, public_url: Option<&str>) -> Composed {
             format!("PIM: your role {role} ends soon"),
             format!("Your role {role} at {scope} ends soon: extend it if you still need it (pim extend)."),
         ),
+        ("shortened", _, true) => (
+            format!("PIM: your role {role} now ends earlier"),
+            format!("Your role {role} at {scope} now ends earlier: what allowed it was moved earlier ({reason})."),
+        ),
+        ("shortened", _, false) => (
+            format!("PIM: {who}'s role {role} now ends earlier"),
+            format!("{who}'s role {role} at {scope} now ends earlier: what allowed it was moved earlier ({reason})."),
+        ),
         ("ended", _, true) => (
             format!("PIM: your role {role} ended"),
             format!("Your role {role} at {scope} ended ({reason})."),
@@ -486,6 +494,16 @@ mod tests {
             "{}",
             denied.text
         );
+        let mut shortened = due("activation", false);
+        shortened.payload_json = serde_json::json!({"event": "activation", "happening": "shortened", "reason": "eligibility shortened", "end_time": "2026-12-05T07:30:00.000Z"}).to_string();
+        let shortened = compose(&shortened, "assignee", None);
+        assert_eq!(
+            shortened.subject,
+            "PIM: your role Exchange Administrator now ends earlier"
+        );
+        for fact in ["(eligibility shortened)", "Until: 2026-12-05T07:30:00.000Z"] {
+            assert!(shortened.text.contains(fact), "{fact} in {}", shortened.text);
+        }
         let mut reminder = due("activation", true);
         reminder.payload_json = serde_json::json!({"event": "activation", "happening": "approval_reminder", "reason": "reminder: still no decision; it times out at 2026-12-05T08:00:00.000Z", "request_id": "r1"}).to_string();
         let reminder = compose(&reminder, "approver", Some("https://pim.example.com"));
