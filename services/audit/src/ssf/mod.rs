@@ -138,7 +138,8 @@ pub struct Stream {
 /// The CAEP event a record is, if it is one: its type and its event object. Access ends
 /// (an active role deactivated, expired, removed or revoked, which every such end announces
 /// as RoleDeactivated; a session revoked; a user disabled or deleted): `session-revoked`. Access given (a role activated, an active
-/// assignment granted): `token-claims-change` naming the role.
+/// assignment granted): `token-claims-change` naming the role; an activation that now ends
+/// earlier: `token-claims-change` with its new end (`pim_role_changed`).
 pub fn signal(r: &Record) -> Option<(&'static str, Value)> {
     let payload: Value = serde_json::from_str(&r.payload_json).unwrap_or_default();
     let role = || {
@@ -180,6 +181,18 @@ pub fn signal(r: &Record) -> Option<(&'static str, Value)> {
                     "id": r.role_id, "name": r.role_name, "scope": r.scope,
                     "until": payload["end_time"],
                 }},
+            }),
+        ),
+        "ActivationShortened" => (
+            TOKEN_CLAIMS_CHANGE,
+            json!({
+                "event_timestamp": at,
+                "initiating_entity": "admin",
+                "claims": {"pim_role_changed": {
+                    "id": r.role_id, "name": r.role_name, "scope": r.scope,
+                    "until": payload["end_time"],
+                }},
+                "reason_admin": {"en": format!("role {} now ends earlier: {}", role(), payload["reason"].as_str().unwrap_or_default())},
             }),
         ),
         _ => return None,
@@ -438,6 +451,17 @@ mod tests {
         let (kind, event) = signal(&record("RoleActivated", r#"{"end_time":"2026-12-05T00:00:00Z"}"#)).unwrap();
         assert_eq!(kind, TOKEN_CLAIMS_CHANGE);
         assert_eq!(event["claims"]["pim_role_added"]["until"], "2026-12-05T00:00:00Z");
+        let (kind, event) = signal(&record(
+            "ActivationShortened",
+            r#"{"end_time":"2026-12-04T22:00:00Z","reason":"eligibility shortened"}"#,
+        ))
+        .unwrap();
+        assert_eq!(kind, TOKEN_CLAIMS_CHANGE);
+        assert_eq!(event["claims"]["pim_role_changed"]["until"], "2026-12-04T22:00:00Z");
+        assert_eq!(
+            event["reason_admin"]["en"],
+            "role Global Administrator at / now ends earlier: eligibility shortened"
+        );
         assert!(signal(&record("EligibilityGranted", "{}")).is_none());
         // Its RoleDeactivated says it already: one signal for one end.
         assert!(signal(&record("ActiveAssignmentRemoved", "{}")).is_none());
