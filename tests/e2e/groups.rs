@@ -926,6 +926,16 @@ async fn an_eligibility_moved_earlier_shortens_what_rests_on_it() -> anyhow::Res
                 .create_request(authed(&w.stepped_up(&lee)?, ask))
                 .await?;
         }
+        let exchange_request = w
+            .assignments()
+            .list_requests(authed(&lee.token, apb::ListRequestsRequest::default()))
+            .await?
+            .into_inner()
+            .requests
+            .into_iter()
+            .find(|r| r.role_id == EXCHANGE_ADMINISTRATOR && r.action == apb::RequestAction::SelfActivate as i32)
+            .expect("Lee's activation request")
+            .id;
         let now = w.clock.now_ms();
         let ends = |role: &'static str| {
             let w = &w;
@@ -949,6 +959,22 @@ async fn an_eligibility_moved_earlier_shortens_what_rests_on_it() -> anyhow::Res
             ))
             .await?;
         assert_eq!(ends(EXCHANGE_ADMINISTRATOR).await?, Some(Some(now + HOUR_MS)));
+        // Its request says so too.
+        let shown = w
+            .assignments()
+            .get_request(authed(
+                &lee.token,
+                apb::GetRequestRequest {
+                    request_id: exchange_request,
+                },
+            ))
+            .await?
+            .into_inner();
+        assert_eq!(
+            shown.end_time.as_ref().map(pim_runtime::db::from_timestamp),
+            Some(now + HOUR_MS),
+            "the request shows the new end"
+        );
         // Lee's membership eligibility moved to two hours: the membership and what came
         // through the group end then.
         w.assignments()

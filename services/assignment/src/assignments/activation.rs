@@ -406,6 +406,7 @@ impl Assignments {
         let Some(version) = store::set_assignment_end(txn, &a.id, a.version, Some(until)).await? else {
             return Ok(false);
         };
+        store::shorten_request(txn, &a.request_id, until).await?;
         let event = ev::ActivationShortened {
             actor,
             assignment_id: a.id.clone(),
