@@ -255,18 +255,6 @@ pub async fn set_assignment_end<C: ConnectionTrait>(
     .transpose()
 }
 
-/// Moves the end request `request_id` shows to `end_at`, when that is earlier (what the
-/// requester of a shortened activation reads matches what CheckAccess answers).
-pub async fn shorten_request<C: ConnectionTrait>(c: &C, request_id: &str, end_at: i64) -> Result<(), DbErr> {
-    db::exec(
-        c,
-        "UPDATE requests SET end_at = $1 WHERE id = $2 AND (end_at IS NULL OR end_at > $3)",
-        vec![end_at.into(), request_id.into(), end_at.into()],
-    )
-    .await
-    .map(drop)
-}
-
 /// Ends an assignment that is still active; returns whether it did (false: someone else ended it first).
 pub async fn end_assignment<C: ConnectionTrait>(c: &C, id: &str, status: &str, at: i64) -> Result<bool, DbErr> {
     let n = db::exec(

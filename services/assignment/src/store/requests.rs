@@ -269,6 +269,18 @@ pub(super) async fn insert_activation_once(
     Ok(!db::query(db, &sql, values).await?.is_empty())
 }
 
+/// Moves the end request `request_id` shows to `end_at`, when that is earlier (what the
+/// requester of a shortened activation reads matches what CheckAccess answers).
+pub async fn shorten_request<C: ConnectionTrait>(c: &C, request_id: &str, end_at: i64) -> Result<(), DbErr> {
+    db::exec(
+        c,
+        "UPDATE requests SET end_at = $1 WHERE id = $2 AND (end_at IS NULL OR end_at > $3)",
+        vec![end_at.into(), request_id.into(), end_at.into()],
+    )
+    .await
+    .map(drop)
+}
+
 pub async fn find_request<C: ConnectionTrait>(c: &C, id: &str) -> Result<Option<RequestRow>, DbErr> {
     let sql = format!("SELECT {REQUEST_COLUMNS} FROM requests WHERE id = $1");
     db::row(c, &sql, vec![id.into()], RequestRow::from_row).await

@@ -152,6 +152,11 @@ pub fn signal(r: &Record) -> Option<(&'static str, Value)> {
     };
     let at = r.time / 1000;
     let revoked = |initiator: &str, why: String| json!({"event_timestamp": at, "initiating_entity": initiator, "reason_admin": {"en": why}});
+    // The role, with its end, under `claim` (`pim_role_added`, `pim_role_changed`).
+    let claims_change = |initiator: &str, claim: &str| {
+        let role = json!({"id": r.role_id, "name": r.role_name, "scope": r.scope, "until": payload["end_time"]});
+        json!({"event_timestamp": at, "initiating_entity": initiator, "claims": {claim: role}})
+    };
     let short = r.action.rsplit('.').next().unwrap_or_default();
     let event = match short {
         "RoleDeactivated" => {
@@ -172,29 +177,14 @@ pub fn signal(r: &Record) -> Option<(&'static str, Value)> {
         }
         "UserDisabled" => (SESSION_REVOKED, revoked("admin", "user disabled".into())),
         "UserDeleted" => (SESSION_REVOKED, revoked("admin", "user deleted".into())),
-        "RoleActivated" | "ActiveAssignmentGranted" => (
-            TOKEN_CLAIMS_CHANGE,
-            json!({
-                "event_timestamp": at,
-                "initiating_entity": if short == "RoleActivated" { "user" } else { "admin" },
-                "claims": {"pim_role_added": {
-                    "id": r.role_id, "name": r.role_name, "scope": r.scope,
-                    "until": payload["end_time"],
-                }},
-            }),
-        ),
-        "ActivationShortened" => (
-            TOKEN_CLAIMS_CHANGE,
-            json!({
-                "event_timestamp": at,
-                "initiating_entity": "admin",
-                "claims": {"pim_role_changed": {
-                    "id": r.role_id, "name": r.role_name, "scope": r.scope,
-                    "until": payload["end_time"],
-                }},
-                "reason_admin": {"en": format!("role {} now ends earlier: {}", role(), payload["reason"].as_str().unwrap_or_default())},
-            }),
-        ),
+        "RoleActivated" => (TOKEN_CLAIMS_CHANGE, claims_change("user", "pim_role_added")),
+        "ActiveAssignmentGranted" => (TOKEN_CLAIMS_CHANGE, claims_change("admin", "pim_role_added")),
+        "ActivationShortened" => {
+            let mut event = claims_change("admin", "pim_role_changed");
+            let why = payload["reason"].as_str().unwrap_or_default();
+            event["reason_admin"] = json!({"en": format!("role {} now ends earlier: {why}", role())});
+            (TOKEN_CLAIMS_CHANGE, event)
+        }
         _ => return None,
     };
     (!r.target_id.is_empty()).then_some(event)
