@@ -10,9 +10,7 @@ use pim_proto::events::v1::{GroupDeleted, GroupMembershipChanged};
 use pim_runtime::db::Db;
 use pim_runtime::events::{Envelope, decode, short_type};
 
-use tokio::sync::broadcast;
-
-use crate::index::{Change, Grant};
+use crate::index::{Change, Changes, Grant};
 use crate::roles::{GROUP_MEMBER, group_scope};
 use crate::store;
 
@@ -21,7 +19,7 @@ pub struct Memberships {
     /// member → groups
     groups_of: Arc<RwLock<HashMap<String, HashSet<String>>>>,
     /// Where a membership that starts or ends is announced (WatchAccessChanges), if anywhere.
-    changes: Option<broadcast::Sender<Change>>,
+    changes: Option<Changes>,
 }
 
 impl Memberships {
@@ -36,7 +34,7 @@ impl Memberships {
     /// From now on, each membership that starts or ends is announced on `changes` as a Group
     /// Member grant of the group's scope without an assignment (identity's membership, not
     /// PIM's), so watchers of access see access through groups change.
-    pub fn announcing_to(mut self, changes: broadcast::Sender<Change>) -> Self {
+    pub fn announcing_to(mut self, changes: Changes) -> Self {
         self.changes = Some(changes);
         self
     }
@@ -59,7 +57,7 @@ impl Memberships {
             }
         };
         if let Some(changes) = self.changes.as_ref().filter(|_| changed) {
-            let _ = changes.send(Change {
+            changes.send(Change {
                 principal_id: principal_id.to_owned(),
                 assignment_id: String::new(),
                 grant: Grant {

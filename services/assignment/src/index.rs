@@ -12,6 +12,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use tokio::sync::broadcast;
 
 use pim_proto::events::v1 as ev;
+use pim_runtime::access::AccessCheck;
 use pim_runtime::db::Db;
 use pim_runtime::events::{Envelope, decode, short_type};
 
@@ -44,8 +45,31 @@ pub struct AccessIndex {
     /// Assignments that ended (id → when it was learnt), so a grant event that arrives after
     /// its removal event (two replicas' relays can publish out of order) cannot revive it.
     ended: Arc<RwLock<HashMap<String, i64>>>,
-    /// Each grant added and each removed, for WatchAccessChanges.
-    changes: broadcast::Sender<Change>,
+    /// Each grant added and each removed.
+    changes: Changes,
+}
+
+/// Where the index's changes go: first, at once, to the answers this process cached from it
+/// (the other services' `CachedAccess`, which would otherwise wait for the change's event);
+/// then to WatchAccessChanges.
+#[derive(Clone)]
+pub struct Changes {
+    watchers: broadcast::Sender<Change>,
+    cached: Option<Arc<dyn AccessCheck>>,
+}
+
+impl Changes {
+    pub fn send(&self, change: Change) {
+        self.answers_changed();
+        let _ = self.watchers.send(change);
+    }
+
+    /// What the index answers changed without a grant changing (a role's permissions).
+    pub fn answers_changed(&self) {
+        if let Some(cached) = &self.cached {
+            cached.access_changed();
+        }
+    }
 }
 
 /// A grant that entered or left the index.
@@ -63,7 +87,10 @@ impl Default for AccessIndex {
             shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
             hasher: RandomState::new(),
             ended: Arc::default(),
-            changes: broadcast::channel(4096).0,
+            changes: Changes {
+                watchers: broadcast::channel(4096).0,
+                cached: None,
+            },
         }
     }
 }
@@ -112,7 +139,7 @@ impl AccessIndex {
         }
         let previous = grants.insert(assignment_id.to_owned(), grant.clone());
         if previous.as_ref() != Some(&grant) {
-            let _ = self.changes.send(Change {
+            self.changes.send(Change {
                 principal_id: principal_id.to_owned(),
                 assignment_id: assignment_id.to_owned(),
                 grant,
@@ -121,14 +148,21 @@ impl AccessIndex {
         }
     }
 
+    /// From now on, each change also drops the answers `cached` holds, before anything else
+    /// learns of it.
+    pub fn dropping_answers_of(mut self, cached: Arc<dyn AccessCheck>) -> Self {
+        self.changes.cached = Some(cached);
+        self
+    }
+
     /// Grants added and removed from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Change> {
-        self.changes.subscribe()
+        self.changes.watchers.subscribe()
     }
 
     /// Where changes go: also those of group membership identity holds (see
     /// [`crate::groups::Memberships::announcing_to`]).
-    pub fn change_sender(&self) -> broadcast::Sender<Change> {
+    pub fn changes(&self) -> Changes {
         self.changes.clone()
     }
 
@@ -153,7 +187,7 @@ impl AccessIndex {
         let mut map = self.write(principal_id);
         if let Some(grants) = map.get_mut(principal_id) {
             if let Some(grant) = grants.remove(assignment_id) {
-                let _ = self.changes.send(Change {
+                self.changes.send(Change {
                     principal_id: principal_id.to_owned(),
                     assignment_id: assignment_id.to_owned(),
                     grant,

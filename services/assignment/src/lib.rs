@@ -78,10 +78,13 @@ impl Assignment {
             }
             None => None,
         };
-        let index = index::AccessIndex::load(&deps.db, deps.clock.now_ms()).await?;
+        // Answers other services cached here are dropped at once when the index changes.
+        let index = index::AccessIndex::load(&deps.db, deps.clock.now_ms())
+            .await?
+            .dropping_answers_of(deps.access.clone());
         let memberships = groups::Memberships::load(&deps.db)
             .await?
-            .announcing_to(index.change_sender());
+            .announcing_to(index.changes());
         let assignments = Assignments {
             db: deps.db,
             outbox: Outbox::default(),
@@ -281,7 +284,7 @@ impl Service for Assignment {
                     // database, as the assignments are), before the batch counts as applied.
                     if batch.iter().any(|(_, what)| matches!(what, Changed::Roles)) {
                         let mut delay = std::time::Duration::from_millis(100);
-                        while let Err(err) = assignments.roles.reload(&assignments.db).await {
+                        while let Err(err) = assignments.reload_roles().await {
                             tracing::warn!(error = %format!("{err:#}"), "reloading role definitions failed; retrying");
                             tokio::time::sleep(delay).await;
                             delay = (delay * 2).min(std::time::Duration::from_secs(5));

@@ -38,6 +38,10 @@ pub struct Decision {
 #[async_trait::async_trait]
 pub trait AccessCheck: Send + Sync {
     async fn check(&self, caller: &Caller, principal: &str, target: &Target, scope: &str) -> Result<Decision, Status>;
+
+    /// Told, at once, when what access answers changed in this process (a commit of the
+    /// assignment service hosted here): answers held from before may no longer be true.
+    fn access_changed(&self) {}
 }
 
 /// Refuses with PERMISSION_DENIED unless the caller holds `permission` at `scope`.
@@ -150,11 +154,21 @@ type CacheKey = (String, Target, String);
 
 /// Reuses allowed answers of an inner [`AccessCheck`] for a short time. A refusal is never
 /// reused: access just granted or activated is honoured on the next call, even before the
-/// event that says so has reached this process.
+/// event that says so has reached this process. Every answer is dropped when access changes:
+/// at once when the change commits in this process ([`AccessCheck::access_changed`]), when
+/// its event arrives otherwise.
 pub struct CachedAccess {
     inner: Arc<dyn AccessCheck>,
     ttl: Duration,
-    entries: Mutex<HashMap<CacheKey, (Decision, Instant)>>,
+    entries: Mutex<Entries>,
+}
+
+#[derive(Default)]
+struct Entries {
+    answers: HashMap<CacheKey, (Decision, Instant)>,
+    /// Counts the clears: an answer asked for before a clear and received after it may
+    /// predate the change, so it is not kept.
+    generation: u64,
 }
 
 impl CachedAccess {
@@ -166,8 +180,12 @@ impl CachedAccess {
         }
     }
 
+    fn entries(&self) -> std::sync::MutexGuard<'_, Entries> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     pub fn len(&self) -> usize {
-        self.entries.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.entries().answers.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -176,7 +194,9 @@ impl CachedAccess {
 
     /// Drops every cached answer (e.g. when an assignment event says access changed).
     pub fn clear(&self) {
-        self.entries.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        let mut entries = self.entries();
+        entries.answers.clear();
+        entries.generation += 1;
     }
 
     /// Drops cached answers when an event says access changed: a removal, a deactivation, a
@@ -200,6 +220,8 @@ impl CachedAccess {
                 | "ActiveAssignmentUpdated"
                 | "GroupMemberRemoved"
                 | "UserDisabled"
+                | "RoleDefinitionUpdated"
+                | "RoleDefinitionDeleted"
         )
     }
 }
@@ -209,12 +231,10 @@ impl AccessCheck for CachedAccess {
     async fn check(&self, caller: &Caller, principal: &str, target: &Target, scope: &str) -> Result<Decision, Status> {
         let key = (principal.to_owned(), target.clone(), scope.to_owned());
         let now = Instant::now();
-        let cached = self
-            .entries
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&key)
-            .copied();
+        let (cached, generation) = {
+            let entries = self.entries();
+            (entries.answers.get(&key).copied(), entries.generation)
+        };
         if let Some((decision, until)) = cached
             && until > now
         {
@@ -229,13 +249,22 @@ impl AccessCheck for CachedAccess {
             let left = Duration::from_millis(u64::try_from(expires_at - now_ms()).unwrap_or(0));
             valid_for = valid_for.min(left);
         }
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        if entries.len() > 100_000 {
-            entries.retain(|_, (_, until)| *until > now);
+        let mut entries = self.entries();
+        if entries.generation != generation {
+            return Ok(decision);
         }
-        entries.insert(key, (decision, now + valid_for));
-        crate::metrics::metrics().access_cache_entries.set(entries.len() as i64);
+        if entries.answers.len() > 100_000 {
+            entries.answers.retain(|_, (_, until)| *until > now);
+        }
+        entries.answers.insert(key, (decision, now + valid_for));
+        crate::metrics::metrics()
+            .access_cache_entries
+            .set(entries.answers.len() as i64);
         Ok(decision)
+    }
+
+    fn access_changed(&self) {
+        self.clear();
     }
 }
 
@@ -246,15 +275,21 @@ mod tests {
     use super::*;
 
     /// An inner check that answers what it is told and counts the questions.
+    #[derive(Default)]
     struct Told {
         allowed: AtomicBool,
         asked: AtomicUsize,
+        /// A cache told that access changed while the next question is being answered.
+        meanwhile: Mutex<Option<Arc<CachedAccess>>>,
     }
 
     #[async_trait::async_trait]
     impl AccessCheck for Told {
         async fn check(&self, _: &Caller, _: &str, _: &Target, _: &str) -> Result<Decision, Status> {
             self.asked.fetch_add(1, Ordering::SeqCst);
+            if let Some(cache) = self.meanwhile.lock().unwrap().take() {
+                cache.access_changed();
+            }
             Ok(Decision {
                 allowed: self.allowed.load(Ordering::SeqCst),
                 expires_at: None,
@@ -266,10 +301,7 @@ mod tests {
     /// answer is reused until the TTL or an invalidating event.
     #[tokio::test]
     async fn refusals_are_never_reused_and_allowed_answers_are() {
-        let told = Arc::new(Told {
-            allowed: AtomicBool::new(false),
-            asked: AtomicUsize::new(0),
-        });
+        let told = Arc::new(Told::default());
         let cache = CachedAccess::new(told.clone(), Duration::from_secs(60));
         let caller = Caller::for_test("ola");
         let owner = Target::Role("group-owner".into());
@@ -279,5 +311,33 @@ mod tests {
         assert!(ask().await.unwrap().allowed, "the refusal was not reused");
         assert!(ask().await.unwrap().allowed);
         assert_eq!(told.asked.load(Ordering::SeqCst), 2, "the allowed answer was reused");
+    }
+
+    /// Access that changed in this process is not answered from before the change: every
+    /// held answer is dropped at once, and an answer asked for before the change and received
+    /// after it is given but not kept.
+    #[tokio::test]
+    async fn answers_from_before_access_changed_are_not_kept() {
+        let told = Arc::new(Told::default());
+        told.allowed.store(true, Ordering::SeqCst);
+        let cache = Arc::new(CachedAccess::new(told.clone(), Duration::from_secs(60)));
+        let caller = Caller::for_test("ola");
+        let owner = Target::Role("group-owner".into());
+        let ask = || cache.check(&caller, "ola", &owner, "/groups/ops");
+        let asked = || told.asked.load(Ordering::SeqCst);
+        ask().await.unwrap();
+        ask().await.unwrap();
+        assert_eq!(asked(), 1, "reused");
+        cache.access_changed();
+        ask().await.unwrap();
+        assert_eq!(asked(), 2, "dropped when access changed");
+        cache.access_changed();
+        *told.meanwhile.lock().unwrap() = Some(cache.clone());
+        assert!(ask().await.unwrap().allowed, "the answer is given");
+        assert_eq!(asked(), 3);
+        ask().await.unwrap();
+        assert_eq!(asked(), 4, "an answer from before the change was not kept");
+        ask().await.unwrap();
+        assert_eq!(asked(), 4, "one from after it is");
     }
 }

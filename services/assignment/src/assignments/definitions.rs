@@ -207,7 +207,15 @@ impl Assignments {
     /// After a definition changed: this replica's catalogue now, the others' from the event.
     async fn roles_changed(&self) -> Result<()> {
         self.committed(&[]);
-        self.roles.reload(&self.db).await.map_err(Error::Internal)
+        self.reload_roles().await.map_err(Error::Internal)
+    }
+
+    /// Reads the catalogue again; answers cached from the one before are dropped (a role
+    /// that lost a permission no longer grants it anywhere in this process).
+    pub(crate) async fn reload_roles(&self) -> anyhow::Result<()> {
+        self.roles.reload(&self.db).await?;
+        self.index.changes().answers_changed();
+        Ok(())
     }
 }
 
