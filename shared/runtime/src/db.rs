@@ -188,6 +188,20 @@ pub fn is_unique_violation(err: &DbErr) -> bool {
     matches!(err.sql_err(), Some(sea_orm::SqlErr::UniqueConstraintViolation(_)))
 }
 
+/// What the caller is told when the database gave up their transaction because it met another
+/// one (PostgreSQL's `deadlock_detected`, 40P01, and `serialization_failure`, 40001): nothing
+/// of it was applied, and the same call made again may succeed. The one mapping of faults to
+/// gRPC ([`crate::grpc::internal`]) answers these ABORTED with this message, not INTERNAL.
+pub fn conflict(err: &DbErr) -> Option<String> {
+    use sea_orm::RuntimeErr::SqlxError;
+    let (DbErr::Exec(SqlxError(e)) | DbErr::Query(SqlxError(e)) | DbErr::Conn(SqlxError(e))) = err else {
+        return None;
+    };
+    let code = e.as_database_error()?.code()?;
+    matches!(code.as_ref(), "40P01" | "40001")
+        .then(|| "this change met another one made at the same moment and was not applied; try again".to_owned())
+}
+
 #[cfg(test)]
 mod timestamp_tests {
     use super::*;

@@ -103,3 +103,58 @@ impl From<Error> for Status {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+
+    use super::*;
+
+    /// Two transactions that lock the same rows in opposite orders deadlock on PostgreSQL:
+    /// the one it gives up answers ABORTED ("try again"), never INTERNAL, as it comes or
+    /// wrapped in context, and so does a serialization failure; any other fault stays INTERNAL.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_transaction_the_database_gave_up_for_another_is_aborted() -> anyhow::Result<()> {
+        let database = crate::testing::TestDatabase::create("conflicts").await?;
+        let db = crate::db::connect(&database.url).await?;
+        let outcome = async {
+            db.execute_unprepared("CREATE TABLE t (id INT PRIMARY KEY, v INT); INSERT INTO t VALUES (1, 0), (2, 0)")
+                .await?;
+            let update = |id: i32| format!("UPDATE t SET v = v + 1 WHERE id = {id}");
+            let (a, b) = (db.begin().await?, db.begin().await?);
+            a.execute_unprepared(&update(1)).await?;
+            b.execute_unprepared(&update(2)).await?;
+            let (a_then, b_then) = (update(2), update(1));
+            let (on_a, on_b) = tokio::join!(a.execute_unprepared(&a_then), b.execute_unprepared(&b_then));
+            let given_up = match (on_a, on_b) {
+                (Err(e), Ok(_)) | (Ok(_), Err(e)) => e,
+                other => anyhow::bail!("PostgreSQL gives up exactly one of the two: {other:?}"),
+            };
+            let status = Status::from(Error::from(given_up));
+            assert_eq!(status.code(), tonic::Code::Aborted, "{status:?}");
+            assert!(status.message().ends_with("try again"), "{status:?}");
+
+            let serialization = db
+                .execute_unprepared("DO $$ BEGIN RAISE EXCEPTION 'could not serialize' USING ERRCODE = '40001'; END $$")
+                .await
+                .expect_err("raised");
+            let wrapped = anyhow::Error::new(serialization).context("approving a request");
+            let status = Status::from(Error::Internal(wrapped));
+            assert_eq!(status.code(), tonic::Code::Aborted, "{status:?}");
+            assert!(!status.message().contains("serialize"), "{status:?}");
+
+            let fault = db
+                .execute_unprepared("SELECT * FROM missing")
+                .await
+                .expect_err("no table");
+            let status = Status::from(Error::from(fault));
+            assert_eq!(status.code(), tonic::Code::Internal);
+            assert_eq!(status.message(), "internal error");
+            anyhow::Ok(())
+        }
+        .await;
+        db.close().await.ok();
+        database.drop_database().await?;
+        outcome
+    }
+}

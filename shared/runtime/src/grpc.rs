@@ -76,9 +76,18 @@ pub fn violated_rules(status: &Status) -> Vec<String> {
 /// What a server-streaming RPC returns.
 pub type BoxStream<T> = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send>>;
 
-/// Logs an unexpected error with its chain and answers INTERNAL without details.
+/// Logs an unexpected error with its chain and answers INTERNAL without details; the database
+/// giving up a transaction that met another, wherever it is in the chain, is no fault but
+/// ABORTED ([`crate::db::conflict`]).
 pub fn internal(err: impl Into<anyhow::Error>) -> Status {
     let err = err.into();
+    let conflict = err
+        .chain()
+        .find_map(|cause| cause.downcast_ref::<sea_orm::DbErr>().and_then(crate::db::conflict));
+    if let Some(message) = conflict {
+        tracing::info!(error = %format!("{err:#}"), "transaction aborted by a concurrent one");
+        return Status::aborted(message);
+    }
     tracing::error!(error = %format!("{err:#}"), "internal error");
     Status::internal("internal error")
 }
