@@ -610,6 +610,49 @@ async fn a_future_start_becomes_active_on_time_and_deactivation_ends_it() -> any
     .await
 }
 
+/// An eligibility moved to end before a scheduled activation starts takes the activation with
+/// it: ended at once, never shortened to end before it starts, never active.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_future_start_after_its_eligibilitys_new_end_is_ended_not_shortened() -> anyhow::Result<()> {
+    run(|w| async move {
+        let lee = w.user("lee").await?;
+        w.make_eligible(&lee, EXCHANGE_ADMINISTRATOR).await?;
+        let start = w.clock.now_ms() + 10 * 60_000;
+        let mut later = activation(EXCHANGE_ADMINISTRATOR, HOUR_MS, "change window");
+        later.schedule.as_mut().expect("schedule").start_time = Some(pim_runtime::db::to_timestamp(start));
+        w.assignments()
+            .create_request(authed(&w.stepped_up(&lee)?, later))
+            .await?;
+        // The eligibility now ends in five minutes, before the activation would start.
+        let moved = apb::CreateRequestRequest {
+            schedule: lasting(5 * 60_000),
+            justification: "rota changed".into(),
+            ..request(
+                apb::RequestAction::AdminUpdate,
+                apb::AssignmentKind::Eligible,
+                &lee.id,
+                EXCHANGE_ADMINISTRATOR,
+            )
+        };
+        w.assignments().create_request(authed(&w.admin, moved)).await?;
+        let ended = w.eventually_events("RoleDeactivated", 1).await?;
+        assert_eq!(
+            ev::RoleDeactivated::decode(ended[0].data.as_slice())?.reason,
+            "eligibility ended"
+        );
+        assert!(
+            w.events("ActivationShortened").await?.is_empty(),
+            "ended, not shortened"
+        );
+        w.clock.advance(Duration::from_secs(600));
+        w.tick().await?;
+        assert!(!w.check(&lee.id, EXCHANGE_ADMINISTRATOR).await?.allowed);
+        assert!(w.events("RoleActivated").await?.is_empty(), "never active");
+        Ok(w)
+    })
+    .await
+}
+
 fn request_for(action: apb::RequestAction, role: &str) -> apb::CreateRequestRequest {
     request(action, apb::AssignmentKind::Active, "", role)
 }
