@@ -33,7 +33,8 @@ impl Memberships {
 
     /// From now on, each membership that starts or ends is announced on `changes` as a Group
     /// Member grant of the group's scope without an assignment (identity's membership, not
-    /// PIM's), so watchers of access see access through groups change.
+    /// PIM's), so watchers of access see access through groups change; one that ends drops
+    /// the answers the process cached.
     pub fn announcing_to(mut self, changes: Changes) -> Self {
         self.changes = Some(changes);
         self
@@ -69,6 +70,9 @@ impl Memberships {
                 },
                 active: member,
             });
+            if !member {
+                changes.access_lost();
+            }
         }
     }
 

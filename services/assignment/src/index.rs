@@ -49,9 +49,9 @@ pub struct AccessIndex {
     changes: Changes,
 }
 
-/// Where the index's changes go: first, at once, to the answers this process cached from it
-/// (the other services' `CachedAccess`, which would otherwise wait for the change's event);
-/// then to WatchAccessChanges.
+/// Where the index's changes go: to WatchAccessChanges, and, where access may have been lost,
+/// at once to the answers this process cached from the index (the other services'
+/// `CachedAccess`, which would otherwise wait for the change's event).
 #[derive(Clone)]
 pub struct Changes {
     watchers: broadcast::Sender<Change>,
@@ -60,14 +60,15 @@ pub struct Changes {
 
 impl Changes {
     pub fn send(&self, change: Change) {
-        self.answers_changed();
         let _ = self.watchers.send(change);
     }
 
-    /// What the index answers changed without a grant changing (a role's permissions).
-    pub fn answers_changed(&self) {
+    /// Access may have been lost (a grant ended or changed, a membership ended, a role's
+    /// permissions changed): answers cached from before are dropped. Called once the change
+    /// is applied, and before the write that made it answers.
+    pub fn access_lost(&self) {
         if let Some(cached) = &self.cached {
-            cached.access_changed();
+            cached.access_lost();
         }
     }
 }
@@ -138,18 +139,23 @@ impl AccessIndex {
             return;
         }
         let previous = grants.insert(assignment_id.to_owned(), grant.clone());
-        if previous.as_ref() != Some(&grant) {
-            self.changes.send(Change {
-                principal_id: principal_id.to_owned(),
-                assignment_id: assignment_id.to_owned(),
-                grant,
-                active: true,
-            });
+        if previous.as_ref() == Some(&grant) {
+            return;
+        }
+        self.changes.send(Change {
+            principal_id: principal_id.to_owned(),
+            assignment_id: assignment_id.to_owned(),
+            grant,
+            active: true,
+        });
+        drop(map);
+        // A grant held before and now different (an earlier end) may grant less.
+        if previous.is_some() {
+            self.changes.access_lost();
         }
     }
 
-    /// From now on, each change also drops the answers `cached` holds, before anything else
-    /// learns of it.
+    /// From now on, each change that may lose access also drops the answers `cached` holds.
     pub fn dropping_answers_of(mut self, cached: Arc<dyn AccessCheck>) -> Self {
         self.changes.cached = Some(cached);
         self
@@ -185,19 +191,23 @@ impl AccessIndex {
             .unwrap_or_else(|e| e.into_inner())
             .insert(assignment_id.to_owned(), pim_runtime::db::now_ms());
         let mut map = self.write(principal_id);
-        if let Some(grants) = map.get_mut(principal_id) {
-            if let Some(grant) = grants.remove(assignment_id) {
-                self.changes.send(Change {
-                    principal_id: principal_id.to_owned(),
-                    assignment_id: assignment_id.to_owned(),
-                    grant,
-                    active: false,
-                });
-            }
-            if grants.is_empty() {
-                map.remove(principal_id);
-            }
+        let Some(grants) = map.get_mut(principal_id) else {
+            return;
+        };
+        let Some(grant) = grants.remove(assignment_id) else {
+            return;
+        };
+        self.changes.send(Change {
+            principal_id: principal_id.to_owned(),
+            assignment_id: assignment_id.to_owned(),
+            grant,
+            active: false,
+        });
+        if grants.is_empty() {
+            map.remove(principal_id);
         }
+        drop(map);
+        self.changes.access_lost();
     }
 
     /// The principal's grants in force at `now`: (assignment id, grant).

@@ -39,9 +39,9 @@ pub struct Decision {
 pub trait AccessCheck: Send + Sync {
     async fn check(&self, caller: &Caller, principal: &str, target: &Target, scope: &str) -> Result<Decision, Status>;
 
-    /// Told, at once, when what access answers changed in this process (a commit of the
-    /// assignment service hosted here): answers held from before may no longer be true.
-    fn access_changed(&self) {}
+    /// Told, at once, when access may have been lost in this process (a change the
+    /// assignment service hosted here applied): answers held from before may no longer be true.
+    fn access_lost(&self) {}
 }
 
 /// Refuses with PERMISSION_DENIED unless the caller holds `permission` at `scope`.
@@ -155,7 +155,7 @@ type CacheKey = (String, Target, String);
 /// Reuses allowed answers of an inner [`AccessCheck`] for a short time. A refusal is never
 /// reused: access just granted or activated is honoured on the next call, even before the
 /// event that says so has reached this process. Every answer is dropped when access changes:
-/// at once when the change commits in this process ([`AccessCheck::access_changed`]), when
+/// at once when the change commits in this process ([`AccessCheck::access_lost`]), when
 /// its event arrives otherwise.
 pub struct CachedAccess {
     inner: Arc<dyn AccessCheck>,
@@ -199,9 +199,9 @@ impl CachedAccess {
         entries.generation += 1;
     }
 
-    /// Drops cached answers when an event says access changed: a removal, a deactivation, a
-    /// member leaving a group, and a grant or an activation too (a refusal cached a moment
-    /// before must not outlive it: an owner who just activated manages the group at once).
+    /// Drops cached answers when an event says access may have been lost: a removal, a
+    /// deactivation, a shortening, a member leaving a group, a user disabled, a role's
+    /// permissions changed. Gained access needs nothing: refusals are never cached.
     pub fn invalidate_on(&self, envelope: &crate::events::Envelope) {
         if Self::invalidated_by(crate::events::short_type(envelope)) {
             self.clear();
@@ -212,9 +212,7 @@ impl CachedAccess {
     pub fn invalidated_by(event_type: &str) -> bool {
         matches!(
             event_type,
-            "RoleActivated"
-                | "ActiveAssignmentGranted"
-                | "RoleDeactivated"
+            "RoleDeactivated"
                 | "ActivationShortened"
                 | "ActiveAssignmentRemoved"
                 | "ActiveAssignmentUpdated"
@@ -263,7 +261,7 @@ impl AccessCheck for CachedAccess {
         Ok(decision)
     }
 
-    fn access_changed(&self) {
+    fn access_lost(&self) {
         self.clear();
     }
 }
@@ -288,7 +286,7 @@ mod tests {
         async fn check(&self, _: &Caller, _: &str, _: &Target, _: &str) -> Result<Decision, Status> {
             self.asked.fetch_add(1, Ordering::SeqCst);
             if let Some(cache) = self.meanwhile.lock().unwrap().take() {
-                cache.access_changed();
+                cache.access_lost();
             }
             Ok(Decision {
                 allowed: self.allowed.load(Ordering::SeqCst),
@@ -328,10 +326,10 @@ mod tests {
         ask().await.unwrap();
         ask().await.unwrap();
         assert_eq!(asked(), 1, "reused");
-        cache.access_changed();
+        cache.access_lost();
         ask().await.unwrap();
         assert_eq!(asked(), 2, "dropped when access changed");
-        cache.access_changed();
+        cache.access_lost();
         *told.meanwhile.lock().unwrap() = Some(cache.clone());
         assert!(ask().await.unwrap().allowed, "the answer is given");
         assert_eq!(asked(), 3);

@@ -188,6 +188,12 @@ pub fn is_unique_violation(err: &DbErr) -> bool {
     matches!(err.sql_err(), Some(sea_orm::SqlErr::UniqueConstraintViolation(_)))
 }
 
+/// [`conflict`] anywhere in an error's chain.
+pub fn conflict_in(err: &anyhow::Error) -> Option<String> {
+    err.chain()
+        .find_map(|cause| cause.downcast_ref::<DbErr>().and_then(conflict))
+}
+
 /// What the caller is told when the database gave up their transaction because it met another
 /// one (PostgreSQL's `deadlock_detected`, 40P01, and `serialization_failure`, 40001): nothing
 /// of it was applied, and the same call made again may succeed. The one mapping of faults to

@@ -58,7 +58,7 @@ impl Error {
     pub fn message(&self) -> String {
         match self {
             Error::Status(status) => status.message().to_owned(),
-            Error::Internal(_) => "internal error".to_owned(),
+            Error::Internal(err) => crate::db::conflict_in(err).unwrap_or_else(|| "internal error".to_owned()),
             other => other.to_string(),
         }
     }
@@ -75,6 +75,7 @@ impl Error {
             Error::Unavailable(_) => Code::Unavailable,
             Error::Unauthenticated(_) => Code::Unauthenticated,
             Error::Status(status) => status.code(),
+            Error::Internal(err) if crate::db::conflict_in(err).is_some() => Code::Aborted,
             Error::Internal(_) => Code::Internal,
         }
     }
@@ -130,7 +131,9 @@ mod tests {
                 (Err(e), Ok(_)) | (Ok(_), Err(e)) => e,
                 other => anyhow::bail!("PostgreSQL gives up exactly one of the two: {other:?}"),
             };
-            let status = Status::from(Error::from(given_up));
+            let error = Error::from(given_up);
+            assert_eq!((error.code(), error.is_refusal()), (tonic::Code::Aborted, false));
+            let status = Status::from(error);
             assert_eq!(status.code(), tonic::Code::Aborted, "{status:?}");
             assert!(status.message().ends_with("try again"), "{status:?}");
 

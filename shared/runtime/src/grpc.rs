@@ -81,11 +81,8 @@ pub type BoxStream<T> = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result
 /// ABORTED ([`crate::db::conflict`]).
 pub fn internal(err: impl Into<anyhow::Error>) -> Status {
     let err = err.into();
-    let conflict = err
-        .chain()
-        .find_map(|cause| cause.downcast_ref::<sea_orm::DbErr>().and_then(crate::db::conflict));
-    if let Some(message) = conflict {
-        tracing::info!(error = %format!("{err:#}"), "transaction aborted by a concurrent one");
+    if let Some(message) = crate::db::conflict_in(&err) {
+        tracing::warn!(error = %format!("{err:#}"), "transaction aborted by a concurrent one");
         return Status::aborted(message);
     }
     tracing::error!(error = %format!("{err:#}"), "internal error");

@@ -214,7 +214,7 @@ impl Assignments {
     /// that lost a permission no longer grants it anywhere in this process).
     pub(crate) async fn reload_roles(&self) -> anyhow::Result<()> {
         self.roles.reload(&self.db).await?;
-        self.index.changes().answers_changed();
+        self.index.changes().access_lost();
         Ok(())
     }
 }
