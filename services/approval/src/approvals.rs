@@ -605,6 +605,14 @@ impl Approvals {
         Ok(())
     }
 
+    /// When the next timer is due (ms: a stage's timeout, escalation or reminder, a review's
+    /// start, reminder or end), if any is planned.
+    pub async fn next_deadline(&self) -> Result<Option<i64>> {
+        let stages = store::next_deadline(&self.db).await?;
+        let reviews = store::next_review_deadline(&self.db).await?;
+        Ok(stages.into_iter().chain(reviews).min())
+    }
+
     /// One timer pass: expires stages past their timeout, escalates those due and reminds
     /// the approvers of those half through a stage. Rows are locked with SKIP LOCKED, so
     /// replicas share the work without doubling an event.
@@ -663,14 +671,7 @@ impl Approvals {
                 if let Err(err) = this.run_review_timers_once().await {
                     tracing::warn!(error = %err.message(), "access review timer pass failed");
                 }
-                let next = match (
-                    store::next_deadline(&this.db).await,
-                    store::next_review_deadline(&this.db).await,
-                ) {
-                    (Ok(a), Ok(b)) => a.into_iter().chain(b).min(),
-                    _ => None,
-                };
-                let sleep = match next {
+                let sleep = match this.next_deadline().await.ok().flatten() {
                     Some(at) => std::time::Duration::from_millis(u64::try_from(at - this.now()).unwrap_or(0)).min(max),
                     None => max,
                 };
