@@ -154,9 +154,9 @@ type CacheKey = (String, Target, String);
 
 /// Reuses allowed answers of an inner [`AccessCheck`] for a short time. A refusal is never
 /// reused: access just granted or activated is honoured on the next call, even before the
-/// event that says so has reached this process. Every answer is dropped when access changes:
-/// at once when the change commits in this process ([`AccessCheck::access_lost`]), when
-/// its event arrives otherwise.
+/// event that says so has reached this process. Every answer is dropped when access may have
+/// been lost: at once when assignment, hosted in this process, applies the loss
+/// ([`AccessCheck::access_lost`]); when its event arrives otherwise.
 pub struct CachedAccess {
     inner: Arc<dyn AccessCheck>,
     ttl: Duration,
