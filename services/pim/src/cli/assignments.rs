@@ -128,11 +128,7 @@ pub(crate) async fn assign_as(principal: &str, role: &str, scope: &str, args: As
         ticket: args.why.ticket,
         validate_only: args.validate_only,
     };
-    let r = AssignmentServiceClient::new(session.channel.clone())
-        .create_request(session.request(request)?)
-        .await
-        .map_err(explain)?;
-    let r = session.remember(r);
+    let r = session.create_request(request).await?;
     let status = apb::RequestStatus::try_from(r.status)
         .map(|s| s.as_str_name().trim_start_matches("REQUEST_STATUS_").to_lowercase())
         .unwrap_or_default();

@@ -282,23 +282,29 @@ pub(crate) async fn deactivate(args: DeactivateArgs) -> anyhow::Result<i32> {
     deactivate_as(role, role, &args.scope, args.how).await
 }
 
+/// A request about `principal_id`'s (empty: the caller's) assignment of `role_id` at `scope`,
+/// with its reasons; the caller sets the action and kind.
+fn about(principal_id: String, role_id: String, scope: &str, why: Why) -> apb::CreateRequestRequest {
+    apb::CreateRequestRequest {
+        principal_id,
+        role_id,
+        scope: scope.to_owned(),
+        justification: why.justification,
+        ticket: why.ticket,
+        ..Default::default()
+    }
+}
+
 /// Ends the caller's activation of `role` at `scope` (`what` names it to people).
 pub(crate) async fn deactivate_as(what: &str, role: &str, scope: &str, args: DeactivateHow) -> anyhow::Result<i32> {
     let session = Session::open(&args.client, true)?;
     let role_id = session.role_id(role).await?;
-    let r = AssignmentServiceClient::new(session.channel.clone())
-        .create_request(session.request(apb::CreateRequestRequest {
-            action: apb::RequestAction::SelfDeactivate as i32,
-            kind: apb::AssignmentKind::Active as i32,
-            role_id,
-            scope: scope.to_owned(),
-            justification: args.why.justification,
-            ticket: args.why.ticket,
-            ..Default::default()
-        })?)
-        .await
-        .map_err(explain)?;
-    let r = session.remember(r);
+    let request = apb::CreateRequestRequest {
+        action: apb::RequestAction::SelfDeactivate as i32,
+        kind: apb::AssignmentKind::Active as i32,
+        ..about(String::new(), role_id, scope, args.why)
+    };
+    let r = session.create_request(request).await?;
     println!("{what} deactivated at {} (request {})", r.scope, r.id);
     Ok(0)
 }
@@ -319,20 +325,12 @@ pub(crate) async fn unassign_as(
     let session = Session::open(&args.client, true)?;
     let principal_id = session.principal_id(principal).await?;
     let role_id = session.role_id(role).await?;
-    let r = AssignmentServiceClient::new(session.channel.clone())
-        .create_request(session.request(apb::CreateRequestRequest {
-            action: apb::RequestAction::AdminRemove as i32,
-            kind: kind_pb(args.kind) as i32,
-            principal_id,
-            role_id,
-            scope: scope.to_owned(),
-            justification: args.why.justification,
-            ticket: args.why.ticket,
-            ..Default::default()
-        })?)
-        .await
-        .map_err(explain)?;
-    let r = session.remember(r);
+    let request = apb::CreateRequestRequest {
+        action: apb::RequestAction::AdminRemove as i32,
+        kind: kind_pb(args.kind) as i32,
+        ..about(principal_id, role_id, scope, args.why)
+    };
+    let r = session.create_request(request).await?;
     println!("Removed {what} from {principal} at {} (request {})", r.scope, r.id);
     Ok(0)
 }
@@ -364,8 +362,8 @@ pub(crate) async fn extend_as(what: &str, role_id: &str, scope: &str, how: Exten
         (false, true, _) => A::SelfRenew,
         (false, false, _) => A::SelfExtend,
     };
-    let r = AssignmentServiceClient::new(session.channel.clone())
-        .create_request(session.request(apb::CreateRequestRequest {
+    let r = session
+        .create_request(apb::CreateRequestRequest {
             action: action as i32,
             kind: kind_pb(how.kind) as i32,
             principal_id,
@@ -378,10 +376,8 @@ pub(crate) async fn extend_as(what: &str, role_id: &str, scope: &str, how: Exten
             justification: how.why.justification,
             ticket: how.why.ticket,
             ..Default::default()
-        })?)
-        .await
-        .map_err(explain)?;
-    let r = session.remember(r);
+        })
+        .await?;
     if r.status == apb::RequestStatus::PendingApproval as i32 {
         println!(
             "Request {} pending_approval: {what} at {} until {} once an approver agrees (pim requests shows the outcome)",

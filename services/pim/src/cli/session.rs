@@ -77,6 +77,20 @@ impl Session {
         response.into_inner()
     }
 
+    /// Sends an assignment request, keeping its consistency token (see [`Self::remember`]);
+    /// a refusal is explained.
+    pub(crate) async fn create_request(
+        &self,
+        request: apb::CreateRequestRequest,
+    ) -> anyhow::Result<apb::AssignmentRequest> {
+        let answer =
+            pim_proto::assignment::v1::assignment_service_client::AssignmentServiceClient::new(self.channel.clone())
+                .create_request(self.request(request)?)
+                .await
+                .map_err(super::explain)?;
+        Ok(self.remember(answer))
+    }
+
     /// The consistency token of this client's latest write, if recent; empty otherwise.
     pub(crate) fn at_least_as_fresh(&self) -> String {
         let Some(text) = self.fresh_path.as_ref().and_then(|p| std::fs::read_to_string(p).ok()) else {
