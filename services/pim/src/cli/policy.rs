@@ -153,15 +153,6 @@ pub(crate) async fn warn_without_people(session: &Session, p: &apb::RolePolicy) 
 }
 
 /// A policy as a table, the role and approvers by name.
-/// A setting named on the command line: its value goes in the policy sent, its field in the
-/// update mask (what is not named is not changed).
-fn set<T>(mask: &mut Vec<&'static str>, field: &'static str, value: Option<T>, slot: &mut T) {
-    if let Some(value) = value {
-        *slot = value;
-        mask.push(field);
-    }
-}
-
 async fn print_policy(session: &Session, p: &apb::RolePolicy) {
     let mut names = Names::new(session);
     let role = names.role(&p.role_id).await;
@@ -303,43 +294,30 @@ pub(crate) async fn policy(cmd: PolicyCommand) -> anyhow::Result<i32> {
                 ..Default::default()
             };
             let mut mask = Vec::new();
-            let duration = |d: Option<std::time::Duration>| d.map(|d| Some(pb_duration(d)));
-            set(
-                &mut mask,
-                "activation_max_duration",
-                duration(a.activation_max),
-                &mut p.activation_max_duration,
-            );
-            set(
-                &mut mask,
-                "activation_requires_mfa",
-                a.require_mfa,
-                &mut p.activation_requires_mfa,
-            );
-            set(
-                &mut mask,
-                "activation_requires_phishing_resistant_mfa",
-                a.require_passkey,
-                &mut p.activation_requires_phishing_resistant_mfa,
-            );
-            set(
-                &mut mask,
-                "activation_requires_justification",
-                a.require_justification,
-                &mut p.activation_requires_justification,
-            );
-            set(
-                &mut mask,
-                "activation_requires_ticket",
-                a.require_ticket,
-                &mut p.activation_requires_ticket,
-            );
-            set(
-                &mut mask,
-                "approval_required",
-                a.require_approval,
-                &mut p.approval_required,
-            );
+            if let Some(d) = a.activation_max {
+                p.activation_max_duration = Some(pb_duration(d));
+                mask.push("activation_max_duration");
+            }
+            if let Some(v) = a.require_mfa {
+                p.activation_requires_mfa = v;
+                mask.push("activation_requires_mfa");
+            }
+            if let Some(v) = a.require_passkey {
+                p.activation_requires_phishing_resistant_mfa = v;
+                mask.push("activation_requires_phishing_resistant_mfa");
+            }
+            if let Some(v) = a.require_justification {
+                p.activation_requires_justification = v;
+                mask.push("activation_requires_justification");
+            }
+            if let Some(v) = a.require_ticket {
+                p.activation_requires_ticket = v;
+                mask.push("activation_requires_ticket");
+            }
+            if let Some(v) = a.require_approval {
+                p.approval_required = v;
+                mask.push("approval_required");
+            }
             if let Some(v) = a.approvers {
                 let mut ids = Vec::new();
                 for approver in v.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
@@ -350,32 +328,25 @@ pub(crate) async fn policy(cmd: PolicyCommand) -> anyhow::Result<i32> {
                             .with_context(|| format!("approver {approver}"))?,
                     );
                 }
-                set(&mut mask, "approver_ids", Some(ids), &mut p.approver_ids);
+                p.approver_ids = ids;
+                mask.push("approver_ids");
             }
-            set(
-                &mut mask,
-                "approval_timeout",
-                duration(a.approval_timeout),
-                &mut p.approval_timeout,
-            );
-            set(
-                &mut mask,
-                "mfa_freshness",
-                duration(a.mfa_freshness),
-                &mut p.mfa_freshness,
-            );
-            set(
-                &mut mask,
-                "active_allow_permanent",
-                a.allow_permanent_active,
-                &mut p.active_allow_permanent,
-            );
-            set(
-                &mut mask,
-                "eligible_allow_permanent",
-                a.allow_permanent_eligible,
-                &mut p.eligible_allow_permanent,
-            );
+            if let Some(d) = a.approval_timeout {
+                p.approval_timeout = Some(pb_duration(d));
+                mask.push("approval_timeout");
+            }
+            if let Some(d) = a.mfa_freshness {
+                p.mfa_freshness = Some(pb_duration(d));
+                mask.push("mfa_freshness");
+            }
+            if let Some(v) = a.allow_permanent_active {
+                p.active_allow_permanent = v;
+                mask.push("active_allow_permanent");
+            }
+            if let Some(v) = a.allow_permanent_eligible {
+                p.eligible_allow_permanent = v;
+                mask.push("eligible_allow_permanent");
+            }
             if mask.is_empty() {
                 bail!("nothing to change: pass at least one setting (see pim policy set --help)");
             }

@@ -11,6 +11,7 @@ use tonic::Request;
 use tonic::transport::Channel;
 
 use pim_proto::assignment::v1 as apb;
+use pim_proto::assignment::v1::assignment_service_client::AssignmentServiceClient;
 use pim_proto::assignment::v1::role_service_client::RoleServiceClient;
 use pim_proto::identity::v1 as ipb;
 use pim_proto::identity::v1::directory_service_client::DirectoryServiceClient;
@@ -83,11 +84,10 @@ impl Session {
         &self,
         request: apb::CreateRequestRequest,
     ) -> anyhow::Result<apb::AssignmentRequest> {
-        let answer =
-            pim_proto::assignment::v1::assignment_service_client::AssignmentServiceClient::new(self.channel.clone())
-                .create_request(self.request(request)?)
-                .await
-                .map_err(super::explain)?;
+        let answer = AssignmentServiceClient::new(self.channel.clone())
+            .create_request(self.request(request)?)
+            .await
+            .map_err(super::explain)?;
         Ok(self.remember(answer))
     }
 
