@@ -582,3 +582,50 @@ async fn embedded_delivery_survives_a_restart() -> anyhow::Result<()> {
     std::fs::remove_dir_all(&dir).ok();
     Ok(())
 }
+
+/// With Redis, what ends access is applied in the process before it is published: while Redis
+/// refuses the stream the event is applied here all the same (once, however often the relay
+/// retries); once published, the consumer following Redis finds it applied; an event whose
+/// delivery here fails holds back the events after it, here and on Redis, so none overtakes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_process_delivery_comes_first_keeps_order_and_applies_once() -> anyhow::Result<()> {
+    let mut f = Fixture::new().await?;
+    let bus = pim_runtime::events::EmbeddedBus::new(5);
+    bus.subscribe(Inbox::new(f.db.clone(), Arc::new(Recorder)));
+    let publisher = Arc::new(pim_runtime::events::InProcessFirst::new(bus, f.publisher().await?));
+    let relay = Relay::new(f.db.clone(), f.outbox.clone(), publisher).signed_with(keys());
+
+    // Redis refuses the stream: the key holds a string.
+    let key = f.key(streams::IDENTITY);
+    let _: () = f.redis.set(&key, "refused").await?;
+    let first = f.emit("UserCreated").await?;
+    for _ in 0..3 {
+        assert_eq!(relay.run_once().await?, 0, "Redis refuses it");
+    }
+    assert_eq!(f.applied(&first.id).await?, 1, "applied here, once");
+    assert_eq!(pending(&f.db).await?, 1, "still to be published");
+
+    // Redis takes it; the consumer following Redis finds it applied already.
+    let _: () = f.redis.del(&key).await?;
+    let consumer = f.consumer(fast(5)).await?;
+    assert_eq!(relay.run_once().await?, 1);
+    assert_eq!(f.stream_len(streams::IDENTITY).await?, 1);
+    eventually(Duration::from_secs(5), "the consumer to read its entry", || async {
+        Ok((consumer.run_once().await? > 0).then_some(()))
+    })
+    .await?;
+    assert_eq!(f.pending_entries().await?, 0, "acknowledged");
+    assert_eq!(f.applied(&first.id).await?, 1, "not applied again from Redis");
+
+    // An event that fails here holds back the one after it.
+    f.emit("Poison").await?;
+    let after = f.emit("UserCreated").await?;
+    assert_eq!(relay.run_once().await?, 0);
+    assert_eq!(
+        f.stream_len(streams::IDENTITY).await?,
+        1,
+        "nothing overtakes the failed event"
+    );
+    assert_eq!(f.applied(&after.id).await?, 0, "not even here");
+    f.cleanup().await
+}

@@ -28,6 +28,11 @@ impl EventHandler for IdentityEvents {
         matches!(event_type, "GroupMemberAdded" | "GroupMemberRemoved" | "GroupDeleted")
     }
 
+    /// A membership that ends, or a deleted group, ends the access it gave.
+    fn ends_access(&self) -> bool {
+        true
+    }
+
     async fn handle(&self, txn: &DatabaseTransaction, envelope: &Envelope) -> anyhow::Result<()> {
         if short_type(envelope) == "GroupDeleted" {
             let e: GroupDeleted = decode(envelope)?;

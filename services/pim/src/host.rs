@@ -28,8 +28,8 @@ use pim_runtime::access::{AccessCheck, CachedAccess, RemoteAccess};
 use pim_runtime::auth::{AuthLayer, KeySource, Refusals, RemoteKeys, TokenVerifier};
 use pim_runtime::clock::{Clock, SystemClock};
 use pim_runtime::events::{
-    ConsumerHandle, ConsumerOptions, EmbeddedBus, Inbox, Publisher, RedisConsumer, RedisPublisher, Relay, RelayHandle,
-    last_entry_id, streams, tail,
+    ConsumerHandle, ConsumerOptions, EmbeddedBus, InProcessFirst, Inbox, Publisher, RedisConsumer, RedisPublisher,
+    Relay, RelayHandle, last_entry_id, streams, tail,
 };
 use pim_runtime::host::{Deps, Service};
 use pim_runtime::{db, grpc};
@@ -321,9 +321,19 @@ impl Suite {
         let verifier = Arc::new(TokenVerifier::new(keys));
         let revocations = verifier.revocations();
 
-        // Events: Redis Streams when configured, otherwise straight from the outboxes.
+        // Events: Redis Streams when configured, otherwise straight from the outboxes. Either
+        // way, what ends access is applied in this process before its event leaves it.
         let mut consumers = Vec::new();
         let redis = config.redis()?;
+        let bus = EmbeddedBus::new(config.max_deliveries);
+        for stream in [streams::ASSIGNMENT, streams::IDENTITY] {
+            let cache = cache.clone();
+            bus.listen(stream, Arc::new(move |envelope| cache.invalidate_on(envelope)));
+        }
+        {
+            let revocations = revocations.clone();
+            bus.listen(streams::IDENTITY, Arc::new(move |envelope| revocations.apply(envelope)));
+        }
         let publisher: Arc<dyn Publisher> = match &redis {
             Some(redis) => {
                 check_verifying_keys(&event_keys, &services)?;
@@ -331,6 +341,9 @@ impl Suite {
                 for service in &services {
                     for handler in service.handlers() {
                         let inbox = Inbox::new(service.db().clone(), handler);
+                        if inbox.ends_access() {
+                            bus.subscribe(inbox.clone());
+                        }
                         let consumer = RedisConsumer::connect(
                             redis,
                             &config.stream_prefix,
@@ -342,22 +355,16 @@ impl Suite {
                         consumers.push(consumer.spawn());
                     }
                 }
-                Arc::new(RedisPublisher::connect(redis, &config.stream_prefix).await?)
+                let redis = Arc::new(RedisPublisher::connect(redis, &config.stream_prefix).await?);
+                Arc::new(InProcessFirst::new(bus, redis))
             }
             None => {
-                let bus = EmbeddedBus::new(config.max_deliveries);
                 for service in &services {
                     service.outbox().deliver_before_answering();
                     for handler in service.handlers() {
                         bus.subscribe(Inbox::new(service.db().clone(), handler));
                     }
                 }
-                for stream in [streams::ASSIGNMENT, streams::IDENTITY] {
-                    let cache = cache.clone();
-                    bus.listen(stream, Arc::new(move |envelope| cache.invalidate_on(envelope)));
-                }
-                let revocations = revocations.clone();
-                bus.listen(streams::IDENTITY, Arc::new(move |envelope| revocations.apply(envelope)));
                 Arc::new(bus)
             }
         };

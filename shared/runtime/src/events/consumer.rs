@@ -29,6 +29,13 @@ pub trait EventHandler: Send + Sync {
     }
     /// Applies one event inside `txn`; an error rolls everything back and the event is retried.
     async fn handle(&self, txn: &DatabaseTransaction, envelope: &Envelope) -> anyhow::Result<()>;
+    /// Whether it takes access away (e.g. ends memberships). With Redis, a process that also
+    /// hosts the event's producer applies every event this handler wants before publishing
+    /// it, so a loss of access made there waits for no stream; the rest (events of other
+    /// processes, retries) comes from Redis as usual, the duplicates dropped by the inbox.
+    fn ends_access(&self) -> bool {
+        false
+    }
     /// Whether it records entries refused for want of a valid signature ([`Self::rejected`]).
     fn records_rejections(&self) -> bool {
         false
@@ -117,6 +124,11 @@ impl Inbox {
     /// without being applied, so they need no signature check either).
     pub fn wants(&self, event_type: &str) -> bool {
         self.handler.wants(event_type)
+    }
+
+    /// Whether its handler takes access away ([`EventHandler::ends_access`]).
+    pub fn ends_access(&self) -> bool {
+        self.handler.ends_access()
     }
 
     /// Whether this consumer acts on `envelope`: a type it wants, and not older than the

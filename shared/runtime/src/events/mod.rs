@@ -18,7 +18,7 @@ use prost::Message;
 use uuid::Uuid;
 
 pub use consumer::{EventHandler, Inbox, Rejected};
-pub use embedded::{EmbeddedBus, Listener};
+pub use embedded::{EmbeddedBus, InProcessFirst, Listener};
 pub use migration::{SqlMigration, backbone_indexes_migration, backbone_migration, backbone_replay_migration};
 pub use outbox::{
     INBOX_KEPT, OUTBOX_INSERT, Outbox, OutboxRows, Pending, Publisher, Relay, RelayHandle, pending, replay,
