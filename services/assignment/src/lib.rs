@@ -167,6 +167,11 @@ impl EventHandler for ApprovalOutcomes {
         )
     }
 
+    /// An access review's removal ends access (and outcomes keep their order with it).
+    fn ends_access(&self) -> bool {
+        true
+    }
+
     async fn handle(&self, txn: &DatabaseTransaction, envelope: &Envelope) -> anyhow::Result<()> {
         let outcome = match short_type(envelope) {
             "ApprovalGranted" => RequestStatus::Granted,
