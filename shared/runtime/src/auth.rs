@@ -331,11 +331,12 @@ impl Revocations {
         sessions.insert(session_id.to_owned(), now + REMEMBER_MS);
     }
 
+    /// Refuses the principal's tokens issued up to `at_ms`; an earlier revocation told late (a
+    /// stream read after the event was applied here) never lowers the mark.
     pub fn revoke_principal(&self, principal_id: &str, at_ms: i64) {
-        self.principals
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(principal_id.to_owned(), at_ms);
+        let mut principals = self.principals.write().unwrap_or_else(|e| e.into_inner());
+        let at = principals.get(principal_id).map_or(at_ms, |known| (*known).max(at_ms));
+        principals.insert(principal_id.to_owned(), at);
     }
 
     /// Takes in the revocations identity keeps (at start, before serving).
@@ -907,6 +908,14 @@ mod tests {
         r.revoke_principal("p3", 7_000);
         assert!(r.is_revoked(&caller("p3", "s4", 7)));
         assert!(!r.is_revoked(&caller("p3", "s4", 8)));
+        // An earlier revocation told again later (applied in the process, then read from the
+        // stream) does not undo a later one.
+        r.revoke_principal("p3", 9_000);
+        r.revoke_principal("p3", 7_000);
+        assert!(
+            r.is_revoked(&caller("p3", "s4", 8)),
+            "issued before the later revocation"
+        );
         r.revoke_session("s5");
         assert!(r.is_revoked(&caller("p4", "s5", 8)));
     }
