@@ -975,6 +975,7 @@ async fn audit_ingest(events: u64, rate: u64) -> anyhow::Result<()> {
                     stream: streams::IDENTITY.into(),
                     envelope,
                     attempts: 0,
+                    applied_here: false,
                 })
             })
             .collect::<anyhow::Result<_>>()?;

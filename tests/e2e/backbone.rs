@@ -18,8 +18,8 @@ use pim_proto::events::v1::{DeadLettered, UserCreated};
 use pim_runtime::db::{self, Db, col};
 use pim_runtime::events::{
     ConsumerOptions, Envelope, EventHandler, EventKeys, Inbox, Outbox, Publisher, RedisConsumer, RedisPublisher, Relay,
-    SqlMigration, backbone_indexes_migration, backbone_migration, backbone_replay_migration, envelope, pending, replay,
-    short_type, streams,
+    SqlMigration, backbone_applied_here_migration, backbone_indexes_migration, backbone_migration,
+    backbone_replay_migration, envelope, pending, replay, short_type, streams,
 };
 use pim_runtime::testing::{TestDatabase, redis_url, unique};
 
@@ -34,6 +34,7 @@ impl MigratorTrait for Migrator {
             }),
             backbone_indexes_migration(),
             backbone_replay_migration(),
+            backbone_applied_here_migration(),
         ]
     }
 }
@@ -166,6 +167,12 @@ impl Fixture {
             vec![event_id.into()],
         )
         .await?;
+        Ok(row.map(|r| col::<i64>(&r, "n")).transpose()?.unwrap_or_default())
+    }
+
+    /// Events the recorder applied, in all.
+    async fn applied_in_all(&self) -> anyhow::Result<i64> {
+        let row = db::query_one(&self.db, "SELECT COUNT(*) AS n FROM applied", vec![]).await?;
         Ok(row.map(|r| col::<i64>(&r, "n")).transpose()?.unwrap_or_default())
     }
 
@@ -584,9 +591,11 @@ async fn embedded_delivery_survives_a_restart() -> anyhow::Result<()> {
 }
 
 /// With Redis, what ends access is applied in the process before it is published: while Redis
-/// refuses the stream the event is applied here all the same (once, however often the relay
-/// retries); once published, the consumer following Redis finds it applied; an event whose
-/// delivery here fails holds back the events after it, here and on Redis, so none overtakes it.
+/// refuses the stream, the events are applied here all the same, the backlog behind the refused
+/// one too (more than a relay batch), each once however often the relay retries, and a write
+/// waiting for its events answers without waiting for Redis; once published, the consumer
+/// following Redis finds them applied; an event whose delivery here fails holds back the
+/// events after it, here and on Redis, so none overtakes it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_process_delivery_comes_first_keeps_order_and_applies_once() -> anyhow::Result<()> {
     let mut f = Fixture::new().await?;
@@ -599,23 +608,45 @@ async fn in_process_delivery_comes_first_keeps_order_and_applies_once() -> anyho
     let key = f.key(streams::IDENTITY);
     let _: () = f.redis.set(&key, "refused").await?;
     let first = f.emit("UserCreated").await?;
+    for _ in 0..150 {
+        f.emit("UserCreated").await?;
+    }
     for _ in 0..3 {
-        assert_eq!(relay.run_once().await?, 0, "Redis refuses it");
+        assert_eq!(relay.run_once().await?, 0, "Redis refuses them");
     }
     assert_eq!(f.applied(&first.id).await?, 1, "applied here, once");
-    assert_eq!(pending(&f.db).await?, 1, "still to be published");
+    assert_eq!(
+        f.applied_in_all().await?,
+        151,
+        "the backlog behind it applied here too, each once"
+    );
+    assert_eq!(pending(&f.db).await?, 151, "still to be published");
+    // A write waiting for its events learns they are applied here, and waits for no Redis
+    // (its deadline is an hour away).
+    let waiting = f
+        .outbox
+        .settled(&f.db, db::now_ms(), streams::IDENTITY, Duration::from_secs(3600));
+    let token = tokio::time::timeout(Duration::from_secs(30), waiting).await?;
+    assert!(token.is_none(), "not published: no position to wait for");
 
     // Redis takes it; the consumer following Redis finds it applied already.
     let _: () = f.redis.del(&key).await?;
     let consumer = f.consumer(fast(5)).await?;
-    assert_eq!(relay.run_once().await?, 1);
-    assert_eq!(f.stream_len(streams::IDENTITY).await?, 1);
-    eventually(Duration::from_secs(5), "the consumer to read its entry", || async {
-        Ok((consumer.run_once().await? > 0).then_some(()))
+    eventually(Duration::from_secs(10), "the backlog to be published", || async {
+        relay.run_once().await?;
+        Ok((pending(&f.db).await? == 0).then_some(()))
+    })
+    .await?;
+    assert_eq!(f.stream_len(streams::IDENTITY).await?, 151);
+    let read = std::sync::atomic::AtomicUsize::new(0);
+    eventually(Duration::from_secs(10), "the consumer to read every entry", || async {
+        let n = consumer.run_once().await?;
+        let total = read.fetch_add(n, std::sync::atomic::Ordering::Relaxed) + n;
+        Ok((total >= 151).then_some(()))
     })
     .await?;
     assert_eq!(f.pending_entries().await?, 0, "acknowledged");
-    assert_eq!(f.applied(&first.id).await?, 1, "not applied again from Redis");
+    assert_eq!(f.applied_in_all().await?, 151, "none applied again from Redis");
 
     // An event that fails here holds back the one after it.
     f.emit("Poison").await?;
@@ -623,7 +654,7 @@ async fn in_process_delivery_comes_first_keeps_order_and_applies_once() -> anyho
     assert_eq!(relay.run_once().await?, 0);
     assert_eq!(
         f.stream_len(streams::IDENTITY).await?,
-        1,
+        151,
         "nothing overtakes the failed event"
     );
     assert_eq!(f.applied(&after.id).await?, 0, "not even here");

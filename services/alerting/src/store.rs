@@ -7,7 +7,10 @@ use sea_orm_migration::{MigrationTrait, MigratorTrait};
 
 use crate::domain::{AlertStatus, Severity};
 use pim_runtime::db::{self, Dialect, col, col_named};
-use pim_runtime::events::{SqlMigration, backbone_indexes_migration, backbone_migration, backbone_replay_migration};
+use pim_runtime::events::{
+    SqlMigration, backbone_applied_here_migration, backbone_indexes_migration, backbone_migration,
+    backbone_replay_migration,
+};
 
 pub struct Migrator;
 
@@ -104,6 +107,7 @@ impl MigratorTrait for Migrator {
                 )"
                 .to_owned()
             }),
+            backbone_applied_here_migration(),
         ]
     }
 }

@@ -16,17 +16,34 @@ use crate::store;
 
 #[derive(Clone, Default)]
 pub struct Memberships {
-    /// member → groups
-    groups_of: Arc<RwLock<HashMap<String, HashSet<String>>>>,
+    held: Arc<RwLock<Held>>,
     /// Where a membership that starts or ends is announced (WatchAccessChanges), if anywhere.
     changes: Option<Changes>,
+}
+
+#[derive(Default)]
+struct Held {
+    /// member → groups
+    groups_of: HashMap<String, HashSet<String>>,
+    /// (group, member) → the version of identity's last change applied, current or ended.
+    versions: HashMap<(String, String), u64>,
+}
+
+/// A membership identity changed: (group, member) is a member now, or no longer, as of
+/// `version` (0 in events from before versions were kept).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MembershipChange {
+    pub group: String,
+    pub member: String,
+    pub is_member: bool,
+    pub version: u64,
 }
 
 impl Memberships {
     pub async fn load(db: &Db) -> anyhow::Result<Self> {
         let memberships = Self::default();
-        for (group, member) in store::group_memberships(db).await? {
-            memberships.set(&group, &member, true);
+        for m in store::group_memberships(db).await? {
+            memberships.set_as_of(&m.group_id, &m.principal_id, m.member, m.version);
         }
         Ok(memberships)
     }
@@ -40,9 +57,23 @@ impl Memberships {
         self
     }
 
-    pub fn set(&self, group_id: &str, principal_id: &str, member: bool) {
+    /// Sets a membership as identity's change `version` left it, unless a later change was
+    /// applied already (a change told late, out of order, changes nothing). Version 0 always
+    /// applies.
+    pub fn set_as_of(&self, group_id: &str, principal_id: &str, member: bool, version: u64) {
         let changed = {
-            let mut map = self.groups_of.write().unwrap_or_else(|e| e.into_inner());
+            let mut held = self.held.write().unwrap_or_else(|e| e.into_inner());
+            if version > 0 {
+                let known = held
+                    .versions
+                    .entry((group_id.to_owned(), principal_id.to_owned()))
+                    .or_default();
+                if *known >= version {
+                    return;
+                }
+                *known = version;
+            }
+            let map = &mut held.groups_of;
             if member {
                 map.entry(principal_id.to_owned())
                     .or_default()
@@ -77,32 +108,44 @@ impl Memberships {
     }
 
     pub fn groups_of(&self, principal_id: &str) -> Vec<String> {
-        let map = self.groups_of.read().unwrap_or_else(|e| e.into_inner());
-        map.get(principal_id)
+        let held = self.held.read().unwrap_or_else(|e| e.into_inner());
+        held.groups_of
+            .get(principal_id)
             .map(|g| g.iter().cloned().collect())
             .unwrap_or_default()
     }
 
-    /// The membership change an identity event describes: (group, member, is member now).
-    pub fn change(envelope: &Envelope) -> anyhow::Result<Option<(String, String, bool)>> {
-        let member = match short_type(envelope) {
+    /// The membership change an identity event describes, for a role-assignable group.
+    pub fn change(envelope: &Envelope) -> anyhow::Result<Option<MembershipChange>> {
+        let is_member = match short_type(envelope) {
             "GroupMemberAdded" => true,
             "GroupMemberRemoved" => false,
             _ => return Ok(None),
         };
         let e: GroupMembershipChanged = decode(envelope)?;
-        Ok(e.is_assignable_to_role.then_some((e.group_id, e.principal_id, member)))
+        Ok(e.is_assignable_to_role.then_some(MembershipChange {
+            group: e.group_id,
+            member: e.principal_id,
+            is_member,
+            version: e.version,
+        }))
     }
 
     /// Another replica's consumer applies `change` to the database; this replica's memory
-    /// takes the database's answer once it agrees with the change (or, after 5 s, whatever the
-    /// database holds: the event was stale or replayed), never the event's word alone.
-    pub async fn follow_database(&self, db: &Db, (group, member, claimed): (String, String, bool)) {
+    /// takes the database's answer, with its version, once it reflects the change (its
+    /// version or a later one; unversioned, once it agrees), or after 5 s whatever the
+    /// database holds (the event was stale or replayed): never the event's word alone.
+    pub async fn follow_database(&self, db: &Db, change: &MembershipChange) {
+        let (group, member) = (&change.group, &change.member);
+        let reflects = |now: &store::MembershipState| match change.version {
+            0 => now.member == change.is_member,
+            version => now.version >= version,
+        };
         let mut held = None;
         for _ in 0..50 {
-            match store::is_group_member(db, &group, &member).await {
-                Ok(now) if now == claimed => {
-                    self.set(&group, &member, now);
+            match store::group_membership(db, group, member).await {
+                Ok(now) if reflects(&now) => {
+                    self.set_as_of(group, member, now.member, now.version);
                     return;
                 }
                 Ok(now) => held = Some(now),
@@ -111,14 +154,14 @@ impl Memberships {
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
         if let Some(now) = held {
-            self.set(&group, &member, now);
+            self.set_as_of(group, member, now.member, now.version);
         }
     }
 
     /// Applies an identity event to the in-memory map (after this replica's consumer wrote it).
     pub fn apply(&self, envelope: &Envelope) -> anyhow::Result<()> {
-        if let Some((group, member, is_member)) = Self::change(envelope)? {
-            self.set(&group, &member, is_member);
+        if let Some(c) = Self::change(envelope)? {
+            self.set_as_of(&c.group, &c.member, c.is_member, c.version);
         }
         Ok(())
     }
@@ -126,8 +169,8 @@ impl Memberships {
 
 /// What an entry of identity's stream changes for a replica's memory.
 pub enum IdentityChange {
-    /// A membership of a role-assignable group: (group, member, is member now).
-    Membership((String, String, bool)),
+    /// A membership of a role-assignable group.
+    Membership(MembershipChange),
     /// A group was deleted: its assignments end.
     GroupDeleted(String),
     Nothing,
@@ -154,7 +197,7 @@ impl IdentityChange {
         }
     }
 
-    pub fn membership(&self) -> Option<(String, String, bool)> {
+    pub fn membership(&self) -> Option<MembershipChange> {
         match self {
             Self::Membership(change) => Some(change.clone()),
             _ => None,
@@ -169,14 +212,37 @@ mod tests {
     #[test]
     fn members_join_and_leave() {
         let m = Memberships::default();
-        m.set("g1", "lee", true);
-        m.set("g2", "lee", true);
+        m.set_as_of("g1", "lee", true, 0);
+        m.set_as_of("g2", "lee", true, 0);
         let mut groups = m.groups_of("lee");
         groups.sort();
         assert_eq!(groups, vec!["g1", "g2"]);
-        m.set("g1", "lee", false);
+        m.set_as_of("g1", "lee", false, 0);
         assert_eq!(m.groups_of("lee"), vec!["g2"]);
-        m.set("g2", "lee", false);
+        m.set_as_of("g2", "lee", false, 0);
         assert!(m.groups_of("lee").is_empty());
+    }
+
+    /// Changes told out of order: the one with the later version stands, whichever came last.
+    #[test]
+    fn a_membership_change_told_late_changes_nothing() {
+        let m = Memberships::default();
+        m.set_as_of("g1", "lee", true, 1);
+        m.set_as_of("g1", "lee", false, 3);
+        m.set_as_of("g1", "lee", true, 2);
+        assert!(
+            m.groups_of("lee").is_empty(),
+            "the removal (3) stands after the late add (2)"
+        );
+        m.set_as_of("g1", "lee", true, 3);
+        assert!(m.groups_of("lee").is_empty(), "the same version again changes nothing");
+        m.set_as_of("g1", "lee", true, 4);
+        assert_eq!(m.groups_of("lee"), vec!["g1"]);
+        m.set_as_of("g2", "kim", false, 2);
+        m.set_as_of("g2", "kim", true, 1);
+        assert!(
+            m.groups_of("kim").is_empty(),
+            "a removal told first still wins over an older add"
+        );
     }
 }

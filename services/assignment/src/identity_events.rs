@@ -7,7 +7,7 @@ use pim_proto::events::v1::{GroupDeleted, GroupMembershipChanged};
 use pim_runtime::events::{Envelope, EventHandler, decode, short_type, streams};
 
 use crate::assignments::Assignments;
-use crate::groups::Memberships;
+use crate::groups::{MembershipChange, Memberships};
 use crate::store;
 
 /// Keeps the projection table from identity's events, and ends a deleted group's
@@ -42,16 +42,20 @@ impl EventHandler for IdentityEvents {
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"));
         }
-        if let Some((group, member, is_member)) = Memberships::change(envelope)? {
-            store::set_group_membership(txn, &group, &member, is_member).await?;
-            if !is_member {
+        if let Some(change) = Memberships::change(envelope)? {
+            // A change older than the one the projection reflects (told late, out of order)
+            // changes nothing.
+            let applied =
+                store::set_group_membership(txn, &change.group, &change.member, change.is_member, change.version)
+                    .await?;
+            if applied && !change.is_member {
                 // What the member activated from the group's eligibilities ends with the
                 // membership (settled in `after_commit`).
                 let actor = decode::<GroupMembershipChanged>(envelope)?.actor;
                 let now = self.0.now();
                 let _ = self
                     .0
-                    .bound_to_eligibility(txn, vec![member], actor, now)
+                    .bound_to_eligibility(txn, vec![change.member], actor, now)
                     .await
                     .map_err(|e| anyhow::anyhow!("{e}"))?;
             }
@@ -71,7 +75,11 @@ impl EventHandler for IdentityEvents {
         }
         // What a former member activated through the group leaves the index first, so no
         // check sees it still active once the membership is gone.
-        if let Ok(Some((_, member, false))) = Memberships::change(envelope)
+        if let Ok(Some(MembershipChange {
+            member,
+            is_member: false,
+            ..
+        })) = Memberships::change(envelope)
             && let Err(err) = self.0.reindex_principals(&[member]).await
         {
             tracing::warn!(event_id = %envelope.id, error = %err, "a former member's activations could not be re-indexed");

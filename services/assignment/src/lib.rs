@@ -352,18 +352,18 @@ impl Service for Assignment {
                     }
                     // The last word on each membership in the batch, each followed at once.
                     let mut last_word = std::collections::HashMap::new();
-                    for (group, member, claimed) in batch.iter().filter_map(|(_, c)| c.membership()) {
-                        last_word.insert((group, member), claimed);
+                    for change in batch.iter().filter_map(|(_, c)| c.membership()) {
+                        last_word.insert((change.group.clone(), change.member.clone()), change);
                     }
                     let left: Vec<String> = last_word
-                        .iter()
-                        .filter(|(_, claimed)| !**claimed)
-                        .map(|((_, member), _)| member.clone())
+                        .values()
+                        .filter(|change| !change.is_member)
+                        .map(|change| change.member.clone())
                         .collect();
                     futures::future::join_all(
-                        last_word.into_iter().map(|((group, member), claimed)| {
-                            memberships.follow_database(&db, (group, member, claimed))
-                        }),
+                        last_word
+                            .values()
+                            .map(|change| memberships.follow_database(&db, change)),
                     )
                     .await;
                     // What those who left activated through the group ended in the same

@@ -314,7 +314,7 @@ async fn an_activation_is_stored_only_while_its_eligibility_and_membership_hold(
         // The membership ended: no more; a member in identity's directory: again.
         store::end_assignment(&db, &member.id, "deactivated", NOW).await?;
         assert!(!store::lock_resting(&db, through_ops, "lee", NOW).await?);
-        store::set_group_membership(&db, "ops", "lee", true).await?;
+        store::set_group_membership(&db, "ops", "lee", true, 0).await?;
         let (r, a) = activate();
         assert!(store::insert_activation(&db, &r, through_ops, Some((&a, true)), events(), NOW).await?);
         store::end_assignment(&db, &a.id, "deactivated", NOW).await?;
@@ -543,6 +543,46 @@ async fn holders_are_told_once_that_an_active_role_ends_soon() -> anyhow::Result
         store::insert_assignment(&db, &later, true, NOW).await?;
         store::end_assignment(&db, &later.id, "deactivated", NOW).await?;
         assert!(due(NOW + 2 * HOUR - lead).await?.is_empty(), "ended already");
+        Ok(())
+    })
+    .await
+}
+
+/// Identity's membership changes, applied out of order: the one with the later version stands
+/// whichever came last, and the projection reads back each membership with its version,
+/// ended ones included; an unversioned change (from before versions) still applies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_membership_change_told_late_changes_nothing() -> anyhow::Result<()> {
+    on_both(|db| async move {
+        let state = |member: bool, version: u64| store::MembershipState {
+            group_id: "ops".into(),
+            principal_id: "lee".into(),
+            member,
+            version,
+        };
+        assert!(store::set_group_membership(&db, "ops", "lee", true, 1).await?);
+        assert!(store::set_group_membership(&db, "ops", "lee", false, 3).await?);
+        assert!(
+            !store::set_group_membership(&db, "ops", "lee", true, 2).await?,
+            "the add (2) came after the removal (3)"
+        );
+        assert!(
+            !store::set_group_membership(&db, "ops", "lee", false, 3).await?,
+            "the same again"
+        );
+        assert_eq!(store::group_membership(&db, "ops", "lee").await?, state(false, 3));
+        assert!(store::set_group_membership(&db, "ops", "lee", true, 4).await?);
+        assert_eq!(store::group_membership(&db, "ops", "lee").await?, state(true, 4));
+        assert!(store::set_group_membership(&db, "ops", "kim", false, 2).await?);
+        assert!(!store::set_group_membership(&db, "ops", "kim", true, 1).await?);
+        assert!(store::set_group_membership(&db, "dev", "joe", true, 0).await?);
+        let mut all = store::group_memberships(&db).await?;
+        all.sort_by(|a, b| a.principal_id.cmp(&b.principal_id));
+        let all: Vec<_> = all
+            .iter()
+            .map(|m| (m.principal_id.as_str(), m.member, m.version))
+            .collect();
+        assert_eq!(all, [("joe", true, 0), ("kim", false, 2), ("lee", true, 4)]);
         Ok(())
     })
     .await

@@ -4,7 +4,10 @@ use sea_orm::{ConnectionTrait, DbErr, QueryResult, Value};
 use sea_orm_migration::{MigrationTrait, MigratorTrait};
 
 use pim_runtime::db::{self, col};
-use pim_runtime::events::{SqlMigration, backbone_indexes_migration, backbone_migration, backbone_replay_migration};
+use pim_runtime::events::{
+    SqlMigration, backbone_applied_here_migration, backbone_indexes_migration, backbone_migration,
+    backbone_replay_migration,
+};
 
 pub struct Migrator;
 
@@ -113,6 +116,7 @@ impl MigratorTrait for Migrator {
             SqlMigration::boxed("m0009_ssf_push_authorization", |_| {
                 "ALTER TABLE webhook_subscriptions ADD COLUMN ssf_authorization TEXT".to_owned()
             }),
+            backbone_applied_here_migration(),
         ]
     }
 }

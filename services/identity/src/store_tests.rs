@@ -84,6 +84,39 @@ async fn group_links_are_added_once_and_removed_once() -> anyhow::Result<()> {
     .await
 }
 
+/// Each change of a link takes the link's next version, one link's apart from another's; of two
+/// changes of one link, the one that commits later has the larger version, however they race.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_change_of_a_link_has_a_larger_version_than_the_one_before() -> anyhow::Result<()> {
+    use sea_orm::TransactionTrait;
+    on_both(|db| async move {
+        assert_eq!(store::next_link_version(&db, Link::Member, "g1", "lee").await?, 1);
+        assert_eq!(store::next_link_version(&db, Link::Member, "g1", "lee").await?, 2);
+        assert_eq!(
+            store::next_link_version(&db, Link::Owner, "g1", "lee").await?,
+            1,
+            "ownership is another link"
+        );
+        assert_eq!(store::next_link_version(&db, Link::Member, "g1", "kim").await?, 1);
+        let racing = (0..10).map(|_| store::next_link_version(&db, Link::Member, "g1", "lee"));
+        let mut taken: Vec<u64> = futures::future::try_join_all(racing).await?;
+        taken.sort();
+        assert_eq!(taken, (3..=12).collect::<Vec<_>>(), "each once");
+
+        // A change whose transaction is open holds the link: the next waits for it to commit.
+        let first = db.begin().await?;
+        assert_eq!(store::next_link_version(&first, Link::Member, "g1", "lee").await?, 13);
+        let second = tokio::spawn({
+            let db = db.clone();
+            async move { store::next_link_version(&db, Link::Member, "g1", "lee").await }
+        });
+        first.commit().await?;
+        assert_eq!(second.await??, 14);
+        Ok(())
+    })
+    .await
+}
+
 /// Users' addresses are announced once per database, whichever of two replicas racing claims
 /// it, and only users with an address are announced.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -135,6 +135,7 @@ impl MigratorTrait for Migrator {
                 ALTER TABLE access_reviews ADD COLUMN reminders_off BOOLEAN NOT NULL DEFAULT FALSE"
                     .to_owned()
             }),
+            backbone_applied_here_migration(),
         ]
     }
 }

@@ -62,40 +62,103 @@ pub async fn members_of<C: ConnectionTrait>(
     .collect()
 }
 
-/// Every (group, member) pair of role-assignable groups, as identity's events told it.
-pub async fn group_memberships<C: ConnectionTrait>(c: &C) -> Result<Vec<(String, String)>, DbErr> {
-    db::query(c, "SELECT group_id, principal_id FROM group_memberships", vec![])
-        .await?
-        .iter()
-        .map(|r| Ok((col(r, "group_id")?, col(r, "principal_id")?)))
-        .collect()
+/// Every membership of role-assignable groups identity's events told of, current or ended,
+/// with its version (0 where none was told): (group, member, is a member, version).
+pub async fn group_memberships<C: ConnectionTrait>(c: &C) -> Result<Vec<MembershipState>, DbErr> {
+    db::query(
+        c,
+        "SELECT m.group_id, m.principal_id, TRUE AS member, COALESCE(v.version, 0) AS version \
+         FROM group_memberships m LEFT JOIN group_membership_versions v \
+           ON v.group_id = m.group_id AND v.principal_id = m.principal_id \
+         UNION ALL \
+         SELECT v.group_id, v.principal_id, FALSE AS member, v.version FROM group_membership_versions v \
+         WHERE NOT EXISTS (SELECT 1 FROM group_memberships m \
+                           WHERE m.group_id = v.group_id AND m.principal_id = v.principal_id)",
+        vec![],
+    )
+    .await?
+    .iter()
+    .map(MembershipState::from_row)
+    .collect()
 }
 
-/// Whether the projection holds `principal_id` as a member of `group_id`.
-pub async fn is_group_member<C: ConnectionTrait>(c: &C, group_id: &str, principal_id: &str) -> Result<bool, DbErr> {
-    Ok(db::query_one(
+/// A membership as the projection holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MembershipState {
+    pub group_id: String,
+    pub principal_id: String,
+    pub member: bool,
+    /// The version of identity's change it reflects; 0 where none was told.
+    pub version: u64,
+}
+
+impl MembershipState {
+    fn from_row(r: &sea_orm::QueryResult) -> Result<Self, DbErr> {
+        Ok(Self {
+            group_id: col(r, "group_id")?,
+            principal_id: col(r, "principal_id")?,
+            member: col(r, "member")?,
+            version: col::<i64>(r, "version")? as u64,
+        })
+    }
+}
+
+/// Whether the projection holds `principal_id` as a member of `group_id`, and the version of
+/// the change it reflects (0 where none was told).
+pub async fn group_membership<C: ConnectionTrait>(
+    c: &C,
+    group_id: &str,
+    principal_id: &str,
+) -> Result<MembershipState, DbErr> {
+    let row = db::query_one(
         c,
-        "SELECT 1 AS one FROM group_memberships WHERE group_id = $1 AND principal_id = $2",
+        "SELECT EXISTS (SELECT 1 FROM group_memberships WHERE group_id = $1 AND principal_id = $2) AS member, \
+         COALESCE((SELECT version FROM group_membership_versions WHERE group_id = $1 AND principal_id = $2), 0) \
+         AS version",
         vec![group_id.into(), principal_id.into()],
     )
     .await?
-    .is_some())
+    .ok_or_else(|| DbErr::RecordNotFound("membership".into()))?;
+    Ok(MembershipState {
+        group_id: group_id.to_owned(),
+        principal_id: principal_id.to_owned(),
+        member: col(&row, "member")?,
+        version: col::<i64>(&row, "version")? as u64,
+    })
 }
 
+/// Applies identity's word that `principal_id` is (or is no longer) a member of `group_id`,
+/// as of `version`, unless the projection already reflects that version or a later one (the
+/// change came late, after a later one); returns whether it applied. Version 0 (an event from
+/// before versions were kept) always applies.
 pub async fn set_group_membership<C: ConnectionTrait>(
     c: &C,
     group_id: &str,
     principal_id: &str,
     member: bool,
-) -> Result<(), DbErr> {
+    version: u64,
+) -> Result<bool, DbErr> {
+    if version > 0 {
+        let newer = db::query_one(
+            c,
+            "INSERT INTO group_membership_versions (group_id, principal_id, version) VALUES ($1, $2, $3) \
+             ON CONFLICT (group_id, principal_id) DO UPDATE SET version = excluded.version \
+             WHERE group_membership_versions.version < excluded.version \
+             RETURNING version",
+            vec![group_id.into(), principal_id.into(), (version as i64).into()],
+        )
+        .await?;
+        if newer.is_none() {
+            return Ok(false);
+        }
+    }
     let sql = if member {
         "INSERT INTO group_memberships (group_id, principal_id) VALUES ($1, $2) ON CONFLICT DO NOTHING"
     } else {
         "DELETE FROM group_memberships WHERE group_id = $1 AND principal_id = $2"
     };
-    db::exec(c, sql, vec![group_id.into(), principal_id.into()])
-        .await
-        .map(drop)
+    db::exec(c, sql, vec![group_id.into(), principal_id.into()]).await?;
+    Ok(true)
 }
 
 /// Serialises, until `c`'s transaction ends, the changes that weigh what `principal_id`'s

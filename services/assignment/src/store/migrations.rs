@@ -200,6 +200,18 @@ impl MigratorTrait for Migrator {
                 // Whether the holder of an active assignment was told it ends soon (once).
                 "ALTER TABLE assignments ADD COLUMN expiry_noticed BOOLEAN NOT NULL DEFAULT FALSE".to_owned()
             }),
+            backbone_applied_here_migration(),
+            // The version of each membership identity last told of (`set_group_membership`):
+            // a change older than it, delivered late, changes nothing.
+            SqlMigration::boxed("m0013_membership_versions", |_| {
+                "CREATE TABLE group_membership_versions (
+                    group_id TEXT NOT NULL,
+                    principal_id TEXT NOT NULL,
+                    version BIGINT NOT NULL,
+                    PRIMARY KEY (group_id, principal_id)
+                )"
+                .to_owned()
+            }),
         ]
     }
 }

@@ -6,7 +6,8 @@ use sea_orm_migration::{MigrationTrait, MigratorTrait};
 
 use pim_runtime::db::{self, Db, Dialect, col, col_named, placeholders};
 use pim_runtime::events::{
-    OUTBOX_INSERT, OutboxRows, SqlMigration, backbone_indexes_migration, backbone_migration, backbone_replay_migration,
+    OUTBOX_INSERT, OutboxRows, SqlMigration, backbone_applied_here_migration, backbone_indexes_migration,
+    backbone_migration, backbone_replay_migration,
 };
 
 use crate::domain::{Action, Kind, RequestStatus};

@@ -112,8 +112,39 @@ pub async fn remove_link<C: ConnectionTrait>(
     Ok(db::exec(c, sql, vec![group_id.into(), principal_id.into()]).await? == 1)
 }
 
-/// Deletes a group (its links must be gone); whether it was there.
+/// The next version of a link that just changed: one more than its last, 1 for its first
+/// change. Taken in the transaction of the change, after it: the row stays locked until it
+/// commits, so of two changes of one link the one that commits later has the larger version.
+pub async fn next_link_version<C: ConnectionTrait>(
+    c: &C,
+    table: Link,
+    group_id: &str,
+    principal_id: &str,
+) -> Result<u64, DbErr> {
+    let link = match table {
+        Link::Member => "member",
+        Link::Owner => "owner",
+    };
+    let row = db::query_one(
+        c,
+        "INSERT INTO link_versions (group_id, principal_id, link, version) VALUES ($1, $2, $3, 1) \
+         ON CONFLICT (group_id, principal_id, link) DO UPDATE SET version = link_versions.version + 1 \
+         RETURNING version",
+        vec![group_id.into(), principal_id.into(), link.into()],
+    )
+    .await?
+    .ok_or_else(|| DbErr::RecordNotFound("link version".into()))?;
+    Ok(col::<i64>(&row, "version")? as u64)
+}
+
+/// Deletes a group (its links must be gone, their versions go with it); whether it was there.
 pub async fn delete_group<C: ConnectionTrait>(c: &C, group_id: &str) -> Result<bool, DbErr> {
+    db::exec(
+        c,
+        "DELETE FROM link_versions WHERE group_id = $1",
+        vec![group_id.into()],
+    )
+    .await?;
     Ok(db::exec(c, "DELETE FROM groups WHERE id = $1", vec![group_id.into()]).await? > 0)
 }
 

@@ -152,6 +152,19 @@ impl MigratorTrait for Migrator {
                 CREATE INDEX webauthn_ceremonies_expiry ON webauthn_ceremonies (expires_at)"
                     .to_owned()
             }),
+            backbone_applied_here_migration(),
+            // Each member or owner link's version, so consumers given its changes out of order
+            // keep the last (`next_link_version`).
+            SqlMigration::boxed("m0008_link_versions", |_| {
+                "CREATE TABLE link_versions (
+                    group_id TEXT NOT NULL,
+                    principal_id TEXT NOT NULL,
+                    link TEXT NOT NULL,
+                    version BIGINT NOT NULL,
+                    PRIMARY KEY (group_id, principal_id, link)
+                )"
+                .to_owned()
+            }),
         ]
     }
 }

@@ -22,6 +22,9 @@ pub struct EmbeddedBus {
     subscribers: Arc<RwLock<HashMap<String, Vec<Inbox>>>>,
     listeners: Arc<RwLock<HashMap<String, Vec<Listener>>>>,
     max_deliveries: u32,
+    /// Whether its consumers also follow Redis ([`InProcessFirst`]), so an event one of them
+    /// gives up on here still reaches it from there.
+    redis_follows: bool,
 }
 
 impl EmbeddedBus {
@@ -30,6 +33,7 @@ impl EmbeddedBus {
             subscribers: Arc::default(),
             listeners: Arc::default(),
             max_deliveries: max_deliveries.max(1),
+            redis_follows: false,
         }
     }
 
@@ -66,10 +70,14 @@ impl Publisher for EmbeddedBus {
             if let Err(err) = inbox.apply(envelope).await {
                 if attempt + 1 >= self.max_deliveries {
                     // Poison: give up on this consumer so the stream moves on.
-                    tracing::error!(
-                        consumer = inbox.consumer(), event_id = %envelope.id, event_type = %envelope.r#type,
-                        deliveries = attempt + 1, error = %format!("{err:#}"), "event dead-lettered"
-                    );
+                    let (consumer, deliveries, error) = (inbox.consumer(), attempt + 1, format!("{err:#}"));
+                    if self.redis_follows {
+                        tracing::warn!(consumer, event_id = %envelope.id, event_type = %envelope.r#type, deliveries, error,
+                            "event not applied in this process; its consumer gets it from Redis");
+                    } else {
+                        tracing::error!(consumer, event_id = %envelope.id, event_type = %envelope.r#type, deliveries, error,
+                            "event dead-lettered");
+                    }
                     continue;
                 }
                 return Err(err.context(format!("consumer {} failed", inbox.consumer())));
@@ -89,47 +97,48 @@ impl Publisher for EmbeddedBus {
     }
 }
 
-/// Publishes to Redis (or any `then`) what `first`, the in-process bus, has applied: each event
-/// of a batch is delivered in this process, in order, before the batch goes on. An event whose
-/// in-process delivery fails stops the batch there (it is retried in order, and dead-lettered
-/// here after as many deliveries as embedded delivery allows, then left to Redis); one that
-/// Redis refuses was still applied here, and is applied again (a duplicate, dropped by the
-/// inbox) when the relay retries it. The consumers that also follow Redis find their inbox
-/// already holds what they were given here.
+/// Publishes to Redis (or any `then`) what `first`, the in-process bus, has applied: the relay
+/// has each event of a batch delivered in this process, in order ([`Publisher::apply_here`]),
+/// before the batch goes on. An event whose in-process delivery fails stops the batch there:
+/// it is retried in order, and after as many deliveries as embedded delivery allows it is
+/// left to Redis, where the same consumer gets it later; the events behind it may then be
+/// applied first, so consumers that take access away must keep the last word whatever the
+/// order (group memberships carry identity's version). One that Redis refuses stays applied
+/// here (the relay marks it so), and the relay goes on applying the events behind it here
+/// while Redis refuses them. The consumers that also follow Redis find their inbox already
+/// holds what they were given here.
 pub struct InProcessFirst {
     first: EmbeddedBus,
     then: std::sync::Arc<dyn Publisher>,
 }
 
 impl InProcessFirst {
-    pub fn new(first: EmbeddedBus, then: std::sync::Arc<dyn Publisher>) -> Self {
+    pub fn new(mut first: EmbeddedBus, then: std::sync::Arc<dyn Publisher>) -> Self {
+        first.redis_follows = true;
         Self { first, then }
     }
 }
 
 #[async_trait::async_trait]
 impl Publisher for InProcessFirst {
-    async fn publish_all(&self, batch: &[Pending]) -> (usize, Option<anyhow::Error>) {
-        let mut here = batch.len();
-        let mut failure = None;
-        for (i, p) in batch.iter().enumerate() {
+    fn applies_here_first(&self) -> bool {
+        true
+    }
+
+    async fn apply_here(&self, batch: &[Pending]) -> (usize, Option<anyhow::Error>) {
+        for (i, p) in batch.iter().enumerate().filter(|(_, p)| !p.applied_here) {
             if let Err(err) = self.first.publish(&p.stream, &p.envelope, p.attempts).await {
-                (here, failure) = (i, Some(err));
-                break;
+                return (i, Some(err));
             }
         }
-        if here == 0 {
-            return (0, failure);
-        }
-        let (sent, refused) = self.then.publish_all(&batch[..here]).await;
-        match refused {
-            Some(err) => (sent, Some(err)),
-            None => (sent, failure),
-        }
+        (batch.len(), None)
+    }
+
+    async fn publish_all(&self, batch: &[Pending]) -> (usize, Option<anyhow::Error>) {
+        self.then.publish_all(batch).await
     }
 
     async fn publish(&self, stream: &str, envelope: &Envelope, attempt: u32) -> anyhow::Result<()> {
-        self.first.publish(stream, envelope, attempt).await?;
         self.then.publish(stream, envelope, attempt).await
     }
 

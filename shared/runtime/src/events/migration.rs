@@ -90,3 +90,14 @@ pub fn backbone_replay_migration() -> Box<dyn MigrationTrait> {
         "CREATE INDEX outbox_sent ON outbox (sent_at) WHERE status = 'sent'".to_owned()
     })
 }
+
+/// Events applied in this process ahead of their publication (`InProcessFirst`) are marked,
+/// so that while Redis refuses them the relay applies the ones behind them here too, and a
+/// write waiting for its events need not wait for Redis.
+pub fn backbone_applied_here_migration() -> Box<dyn MigrationTrait> {
+    SqlMigration::boxed("m0000_backbone_applied_here", |_| {
+        "ALTER TABLE outbox ADD COLUMN applied_here BOOLEAN NOT NULL DEFAULT FALSE;
+         CREATE INDEX outbox_not_applied_here ON outbox (created_at, id) WHERE status = 'pending' AND NOT applied_here"
+            .to_owned()
+    })
+}

@@ -24,6 +24,8 @@ pub const INBOX_KEPT: Duration = Duration::from_secs(7 * 24 * 3600);
 const VACUUM_AFTER: u64 = 1000;
 /// How often the relay prunes the inbox.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
+/// Batches a relay pass applies in this process behind an event publication refused.
+const APPLIED_AHEAD: usize = 10;
 
 /// An outbox row on its way out.
 pub struct Pending {
@@ -32,6 +34,8 @@ pub struct Pending {
     pub envelope: Envelope,
     /// Earlier failed publications of this row.
     pub attempts: u32,
+    /// Already applied in this process ahead of publication ([`Publisher::apply_here`]).
+    pub applied_here: bool,
 }
 
 /// Where a relay sends events: Redis Streams or the embedded in-process bus.
@@ -57,6 +61,19 @@ pub trait Publisher: Send + Sync {
     /// positions (Redis); `None` where delivery itself applies the event (embedded).
     async fn position(&self, _stream: &str) -> anyhow::Result<Option<crate::consistency::Position>> {
         Ok(None)
+    }
+
+    /// Whether events are applied in this process before they are published
+    /// ([`Self::apply_here`]; `InProcessFirst`).
+    fn applies_here_first(&self) -> bool {
+        false
+    }
+
+    /// Applies `batch` in this process, in order, ahead of its publication, passing over rows
+    /// already applied here; returns how many (a prefix) are applied here now, and the error
+    /// that stopped it. Only those are then published. By default nothing is applied here.
+    async fn apply_here(&self, batch: &[Pending]) -> (usize, Option<anyhow::Error>) {
+        (batch.len(), None)
     }
 }
 
@@ -134,18 +151,25 @@ impl Outbox {
         let deadline = tokio::time::Instant::now() + within;
         loop {
             let passed = self.passed.notified();
-            let waiting = db::query_one(
+            let (waiting, not_applied_here) = db::query_one(
                 db,
-                "SELECT COUNT(*) AS n FROM outbox WHERE status = 'pending' AND created_at <= $1",
+                "SELECT COUNT(*) AS n, COALESCE(SUM(CASE WHEN applied_here THEN 0 ELSE 1 END), 0) AS m \
+                 FROM outbox WHERE status = 'pending' AND created_at <= $1",
                 vec![written_by.into()],
             )
             .await
             .ok()
             .flatten()
-            .and_then(|r| col::<i64>(&r, "n").ok())
-            .unwrap_or(0);
+            .and_then(|r| Some((col::<i64>(&r, "n").ok()?, col::<i64>(&r, "m").ok()?)))
+            .unwrap_or((0, 0));
             if waiting == 0 {
                 break;
+            }
+            if not_applied_here == 0 {
+                // Applied in this process, refused by Redis: what this process answers is
+                // already true; no reader elsewhere can be told to wait for it.
+                tracing::warn!(waiting, "events applied here but not yet published when answering");
+                return None;
             }
             tokio::select! {
                 _ = passed => {}
@@ -305,9 +329,13 @@ impl Relay {
         }
     }
 
-    async fn publish_batch<C: ConnectionTrait>(&self, conn: &C) -> anyhow::Result<usize> {
+    /// Up to a batch of pending rows, oldest first; with `not_applied_here`, only those not
+    /// applied in this process yet.
+    async fn pending_rows<C: ConnectionTrait>(&self, conn: &C, not_applied_here: bool) -> anyhow::Result<Vec<Pending>> {
         let sql = format!(
-            "SELECT id, stream, envelope, attempts FROM outbox WHERE status = 'pending' ORDER BY created_at, id LIMIT {}{}",
+            "SELECT id, stream, envelope, attempts, applied_here FROM outbox WHERE status = 'pending'{} \
+             ORDER BY created_at, id LIMIT {}{}",
+            if not_applied_here { " AND NOT applied_here" } else { "" },
             self.batch,
             conn.skip_locked()
         );
@@ -327,12 +355,62 @@ impl Relay {
                 stream,
                 envelope,
                 attempts: col::<i32>(&row, "attempts")? as u32,
+                applied_here: col(&row, "applied_here")?,
             });
         }
+        Ok(batch)
+    }
+
+    /// Marks `rows` applied in this process, so no later pass applies them here again and a
+    /// write waiting for them need not wait for their publication.
+    async fn mark_applied_here<C: ConnectionTrait>(conn: &C, rows: &[Pending]) -> anyhow::Result<()> {
+        let ids: Vec<sea_orm::Value> = rows
+            .iter()
+            .filter(|p| !p.applied_here)
+            .map(|p| p.id.clone().into())
+            .collect();
+        if !ids.is_empty() {
+            let sql = format!(
+                "UPDATE outbox SET applied_here = TRUE WHERE id IN ({})",
+                db::placeholders(1, ids.len())
+            );
+            db::exec(conn, &sql, ids).await.context("marking events applied here")?;
+        }
+        Ok(())
+    }
+
+    /// While publication fails, the rows behind the one that failed are still applied here,
+    /// in order, a batch at a time (at most [`APPLIED_AHEAD`] batches a pass): a loss of access
+    /// made in this process waits for no stream, however long the backlog.
+    async fn apply_ahead<C: ConnectionTrait>(&self, conn: &C) -> anyhow::Result<()> {
+        for _ in 0..APPLIED_AHEAD {
+            let batch = self.pending_rows(conn, true).await?;
+            let (here, failure) = self.publisher.apply_here(&batch).await;
+            Self::mark_applied_here(conn, &batch[..here]).await?;
+            if let Some(err) = failure {
+                tracing::warn!(error = %format!("{err:#}"), "applying an event in this process failed; retrying");
+                break;
+            }
+            if (batch.len() as u64) < self.batch {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    async fn publish_batch<C: ConnectionTrait>(&self, conn: &C) -> anyhow::Result<usize> {
+        let batch = self.pending_rows(conn, false).await?;
         if batch.is_empty() {
             return Ok(0);
         }
-        let (sent, failure) = self.publisher.publish_all(&batch).await;
+        // Applied in this process first (where the publisher does), then published: only
+        // what was applied here goes on, so nothing overtakes an event that failed here.
+        let (here, failed_here) = self.publisher.apply_here(&batch).await;
+        let (sent, failure) = match here {
+            0 => (0, None),
+            _ => self.publisher.publish_all(&batch[..here]).await,
+        };
+        let failure = failure.or(failed_here);
         for published in &batch[..sent] {
             crate::metrics::metrics()
                 .events_published
@@ -355,6 +433,11 @@ impl Relay {
             };
             db::exec(conn, &sql, values).await?;
         }
+        // Applied here, refused by Redis: remembered, and the rows behind them applied here too.
+        let refused = sent < here;
+        if refused {
+            Self::mark_applied_here(conn, &batch[sent..here]).await?;
+        }
         if let (Some(err), Some(failed)) = (failure, batch.get(sent)) {
             // The row stays pending (an outage must never lose events) and later rows wait
             // behind it, so a stream keeps its order; the next pass retries it.
@@ -370,6 +453,13 @@ impl Relay {
                 ],
             )
             .await?;
+        }
+        if refused
+            && here == batch.len()
+            && self.publisher.applies_here_first()
+            && let Err(err) = self.apply_ahead(conn).await
+        {
+            tracing::warn!(error = %format!("{err:#}"), "applying events ahead of publication failed");
         }
         Ok(sent)
     }
