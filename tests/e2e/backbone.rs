@@ -601,6 +601,14 @@ async fn in_process_delivery_comes_first_keeps_order_and_applies_once() -> anyho
     let mut f = Fixture::new().await?;
     let bus = pim_runtime::events::EmbeddedBus::new(5);
     bus.subscribe(Inbox::new(f.db.clone(), Arc::new(Recorder)));
+    // In-memory listeners (the cache, revocations) hear each event once.
+    let heard = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    bus.listen(streams::IDENTITY, {
+        let heard = heard.clone();
+        Arc::new(move |_| {
+            heard.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        })
+    });
     let publisher = Arc::new(pim_runtime::events::InProcessFirst::new(bus, f.publisher().await?));
     let relay = Relay::new(f.db.clone(), f.outbox.clone(), publisher).signed_with(keys());
 
@@ -621,6 +629,11 @@ async fn in_process_delivery_comes_first_keeps_order_and_applies_once() -> anyho
         "the backlog behind it applied here too, each once"
     );
     assert_eq!(pending(&f.db).await?, 151, "still to be published");
+    assert_eq!(
+        heard.load(std::sync::atomic::Ordering::SeqCst),
+        151,
+        "each heard once, however often the relay retried"
+    );
     // A write waiting for its events learns they are applied here, and waits for no Redis
     // (its deadline is an hour away).
     let waiting = f
@@ -659,4 +672,62 @@ async fn in_process_delivery_comes_first_keeps_order_and_applies_once() -> anyho
     );
     assert_eq!(f.applied(&after.id).await?, 0, "not even here");
     f.cleanup().await
+}
+
+/// Fails the first event it is given, then records like [`Recorder`].
+struct FailsOnce(std::sync::atomic::AtomicBool);
+
+#[async_trait::async_trait]
+impl EventHandler for FailsOnce {
+    fn consumer(&self) -> &str {
+        "recorder"
+    }
+
+    fn streams(&self) -> Vec<&'static str> {
+        vec![streams::IDENTITY]
+    }
+
+    async fn handle(&self, txn: &DatabaseTransaction, envelope: &Envelope) -> anyhow::Result<()> {
+        if !self.0.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            anyhow::bail!("not this time");
+        }
+        Recorder.handle(txn, envelope).await
+    }
+}
+
+/// Embedded delivery: an event a consumer failed once is delivered again, and a write waiting
+/// for it answers once it is applied (read-your-writes), not as if it had been applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_a_write_waits_for_a_consumer_that_failed_once() -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(unique("embedded"));
+    std::fs::create_dir_all(&dir)?;
+    let db = db::connect(&db::sqlite_url(&dir.join("svc.db"))).await?;
+    Migrator::up(&db, None).await?;
+    let outbox = Outbox::default();
+    outbox.deliver_before_answering();
+    let bus = pim_runtime::events::EmbeddedBus::new(5);
+    bus.subscribe(Inbox::new(db.clone(), Arc::new(FailsOnce(Default::default()))));
+    let relay = Relay::new(db.clone(), outbox.clone(), Arc::new(bus));
+    let env = envelope("pim.identity", "UserCreated", "s", &UserCreated::default());
+    let txn = db.begin().await?;
+    outbox.enqueue(&txn, streams::IDENTITY, &env).await?;
+    txn.commit().await?;
+    assert_eq!(relay.run_once().await?, 0, "the consumer failed");
+
+    let running = relay.spawn(Duration::from_millis(20));
+    let token = outbox
+        .settled(&db, db::now_ms(), streams::IDENTITY, Duration::from_secs(10))
+        .await;
+    running.stop().await;
+    assert!(token.is_some(), "answered once applied, with a token");
+    let row = db::query_one(
+        &db,
+        "SELECT COUNT(*) AS n FROM applied WHERE event_id = $1",
+        vec![env.id.clone().into()],
+    )
+    .await?;
+    assert_eq!(row.map(|r| col::<i64>(&r, "n")).transpose()?, Some(1));
+    db.close().await?;
+    std::fs::remove_dir_all(&dir).ok();
+    Ok(())
 }

@@ -58,20 +58,20 @@ impl Memberships {
     }
 
     /// Sets a membership as identity's change `version` left it, unless a later change was
-    /// applied already (a change told late, out of order, changes nothing). Version 0 always
-    /// applies.
+    /// applied already (a change told late, out of order, changes nothing). Version 0 (a
+    /// change from before versions were kept, so older than every versioned one) applies only
+    /// to a membership no versioned change was applied to.
     pub fn set_as_of(&self, group_id: &str, principal_id: &str, member: bool, version: u64) {
         let changed = {
             let mut held = self.held.write().unwrap_or_else(|e| e.into_inner());
-            if version > 0 {
-                let known = held
-                    .versions
-                    .entry((group_id.to_owned(), principal_id.to_owned()))
-                    .or_default();
-                if *known >= version {
-                    return;
+            let key = (group_id.to_owned(), principal_id.to_owned());
+            match (version, held.versions.get(&key)) {
+                (0, Some(_)) => return,
+                (0, None) => {}
+                (version, Some(known)) if *known >= version => return,
+                (version, _) => {
+                    held.versions.insert(key, version);
                 }
-                *known = version;
             }
             let map = &mut held.groups_of;
             if member {
@@ -243,6 +243,11 @@ mod tests {
         assert!(
             m.groups_of("kim").is_empty(),
             "a removal told first still wins over an older add"
+        );
+        m.set_as_of("g2", "kim", true, 0);
+        assert!(
+            m.groups_of("kim").is_empty(),
+            "an unversioned change is older than any versioned one"
         );
     }
 }

@@ -84,8 +84,22 @@ impl EventHandler for IdentityEvents {
         {
             tracing::warn!(event_id = %envelope.id, error = %err, "a former member's activations could not be re-indexed");
         }
-        if let Err(err) = self.0.memberships.apply(envelope) {
-            tracing::warn!(event_id = %envelope.id, error = %err, "group membership could not be applied");
+        // Memory takes the database's word, with its version: a change the database refused
+        // (told late) does not reach memory either.
+        let Ok(Some(change)) = Memberships::change(envelope) else {
+            return;
+        };
+        match store::group_membership(&self.0.db, &change.group, &change.member).await {
+            Ok(now) => self
+                .0
+                .memberships
+                .set_as_of(&change.group, &change.member, now.member, now.version),
+            Err(err) => {
+                tracing::warn!(event_id = %envelope.id, error = %err, "reading a group membership failed; applying the event's word");
+                if let Err(err) = self.0.memberships.apply(envelope) {
+                    tracing::warn!(event_id = %envelope.id, error = %err, "group membership could not be applied");
+                }
+            }
         }
     }
 }

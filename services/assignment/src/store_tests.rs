@@ -575,6 +575,10 @@ async fn a_membership_change_told_late_changes_nothing() -> anyhow::Result<()> {
         assert_eq!(store::group_membership(&db, "ops", "lee").await?, state(true, 4));
         assert!(store::set_group_membership(&db, "ops", "kim", false, 2).await?);
         assert!(!store::set_group_membership(&db, "ops", "kim", true, 1).await?);
+        assert!(
+            !store::set_group_membership(&db, "ops", "kim", true, 0).await?,
+            "unversioned: older than any versioned change"
+        );
         assert!(store::set_group_membership(&db, "dev", "joe", true, 0).await?);
         let mut all = store::group_memberships(&db).await?;
         all.sort_by(|a, b| a.principal_id.cmp(&b.principal_id));

@@ -262,7 +262,7 @@ impl Directory {
             group_id: group.id.clone(),
             principal_id: principal_id.to_owned(),
             is_assignable_to_role: group.is_assignable_to_role,
-            version: store::next_link_version(txn, link, &group.id, principal_id).await?,
+            version: store::next_link_version(txn, link, &group.id, principal_id, now_ms()).await?,
         };
         self.emit(txn, event_type, principal_id, &event).await?;
         Ok(())

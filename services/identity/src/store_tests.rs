@@ -84,34 +84,41 @@ async fn group_links_are_added_once_and_removed_once() -> anyhow::Result<()> {
     .await
 }
 
-/// Each change of a link takes the link's next version, one link's apart from another's; of two
-/// changes of one link, the one that commits later has the larger version, however they race.
+/// Each change of a link takes a larger version than the one before, one link's apart from
+/// another's, each version once however the changes race, and never less than the time (in
+/// microseconds), so a database restored from an older backup still goes on past the versions
+/// consumers saw. (That of two changes of one link the one that commits later has the larger
+/// version follows from the upsert: it holds the link's row until its transaction ends.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_change_of_a_link_has_a_larger_version_than_the_one_before() -> anyhow::Result<()> {
-    use sea_orm::TransactionTrait;
     on_both(|db| async move {
-        assert_eq!(store::next_link_version(&db, Link::Member, "g1", "lee").await?, 1);
-        assert_eq!(store::next_link_version(&db, Link::Member, "g1", "lee").await?, 2);
+        let next = |link: Link, principal: &'static str, now: i64| {
+            let db = db.clone();
+            async move { store::next_link_version(&db, link, "g1", principal, now).await }
+        };
+        let at = |ms: i64| (ms * 1000) as u64;
+        assert_eq!(next(Link::Member, "lee", NOW).await?, at(NOW));
         assert_eq!(
-            store::next_link_version(&db, Link::Owner, "g1", "lee").await?,
-            1,
+            next(Link::Member, "lee", NOW).await?,
+            at(NOW) + 1,
+            "within the same millisecond"
+        );
+        assert_eq!(
+            next(Link::Owner, "lee", NOW).await?,
+            at(NOW),
             "ownership is another link"
         );
-        assert_eq!(store::next_link_version(&db, Link::Member, "g1", "kim").await?, 1);
-        let racing = (0..10).map(|_| store::next_link_version(&db, Link::Member, "g1", "lee"));
+        assert_eq!(next(Link::Member, "kim", NOW).await?, at(NOW));
+        let racing = (0..10).map(|_| next(Link::Member, "lee", NOW));
         let mut taken: Vec<u64> = futures::future::try_join_all(racing).await?;
         taken.sort();
-        assert_eq!(taken, (3..=12).collect::<Vec<_>>(), "each once");
-
-        // A change whose transaction is open holds the link: the next waits for it to commit.
-        let first = db.begin().await?;
-        assert_eq!(store::next_link_version(&first, Link::Member, "g1", "lee").await?, 13);
-        let second = tokio::spawn({
-            let db = db.clone();
-            async move { store::next_link_version(&db, Link::Member, "g1", "lee").await }
-        });
-        first.commit().await?;
-        assert_eq!(second.await??, 14);
+        assert_eq!(taken, (at(NOW) + 2..=at(NOW) + 11).collect::<Vec<_>>(), "each once");
+        assert_eq!(next(Link::Member, "lee", NOW + 1).await?, at(NOW + 1), "time moved on");
+        assert_eq!(
+            next(Link::Member, "lee", NOW - MINUTE).await?,
+            at(NOW + 1) + 1,
+            "a clock behind never takes a version back"
+        );
         Ok(())
     })
     .await

@@ -130,7 +130,8 @@ pub async fn group_membership<C: ConnectionTrait>(
 /// Applies identity's word that `principal_id` is (or is no longer) a member of `group_id`,
 /// as of `version`, unless the projection already reflects that version or a later one (the
 /// change came late, after a later one); returns whether it applied. Version 0 (an event from
-/// before versions were kept) always applies.
+/// before versions were kept, older than every versioned one) applies only to a membership
+/// no versioned change was applied to.
 pub async fn set_group_membership<C: ConnectionTrait>(
     c: &C,
     group_id: &str,
@@ -138,7 +139,11 @@ pub async fn set_group_membership<C: ConnectionTrait>(
     member: bool,
     version: u64,
 ) -> Result<bool, DbErr> {
-    if version > 0 {
+    if version == 0 {
+        if group_membership(c, group_id, principal_id).await?.version > 0 {
+            return Ok(false);
+        }
+    } else {
         let newer = db::query_one(
             c,
             "INSERT INTO group_membership_versions (group_id, principal_id, version) VALUES ($1, $2, $3) \

@@ -112,14 +112,17 @@ pub async fn remove_link<C: ConnectionTrait>(
     Ok(db::exec(c, sql, vec![group_id.into(), principal_id.into()]).await? == 1)
 }
 
-/// The next version of a link that just changed: one more than its last, 1 for its first
-/// change. Taken in the transaction of the change, after it: the row stays locked until it
-/// commits, so of two changes of one link the one that commits later has the larger version.
+/// The next version of a link that just changed: one more than its last, and never less than
+/// `now_ms` in microseconds (so versions go on growing after identity's database is restored
+/// from a backup that knew fewer changes). Taken in the transaction of the change, after it:
+/// the row stays locked until it commits, so of two changes of one link the one that commits
+/// later has the larger version.
 pub async fn next_link_version<C: ConnectionTrait>(
     c: &C,
     table: Link,
     group_id: &str,
     principal_id: &str,
+    now_ms: i64,
 ) -> Result<u64, DbErr> {
     let link = match table {
         Link::Member => "member",
@@ -127,10 +130,16 @@ pub async fn next_link_version<C: ConnectionTrait>(
     };
     let row = db::query_one(
         c,
-        "INSERT INTO link_versions (group_id, principal_id, link, version) VALUES ($1, $2, $3, 1) \
-         ON CONFLICT (group_id, principal_id, link) DO UPDATE SET version = link_versions.version + 1 \
+        "INSERT INTO link_versions (group_id, principal_id, link, version) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (group_id, principal_id, link) DO UPDATE SET version = \
+           CASE WHEN link_versions.version + 1 > $4 THEN link_versions.version + 1 ELSE $4 END \
          RETURNING version",
-        vec![group_id.into(), principal_id.into(), link.into()],
+        vec![
+            group_id.into(),
+            principal_id.into(),
+            link.into(),
+            now_ms.saturating_mul(1000).into(),
+        ],
     )
     .await?
     .ok_or_else(|| DbErr::RecordNotFound("link version".into()))?;

@@ -91,13 +91,13 @@ pub fn backbone_replay_migration() -> Box<dyn MigrationTrait> {
     })
 }
 
-/// Events applied in this process ahead of their publication (`InProcessFirst`) are marked,
-/// so that while Redis refuses them the relay applies the ones behind them here too, and a
-/// write waiting for its events need not wait for Redis.
+/// Events applied ahead of their publication (`InProcessFirst`) are marked with the process
+/// that applied them, so that while Redis refuses them the relay applies the ones behind them
+/// too, and a write of that process waiting for its events need not wait for Redis.
 pub fn backbone_applied_here_migration() -> Box<dyn MigrationTrait> {
     SqlMigration::boxed("m0000_backbone_applied_here", |_| {
-        "ALTER TABLE outbox ADD COLUMN applied_here BOOLEAN NOT NULL DEFAULT FALSE;
-         CREATE INDEX outbox_not_applied_here ON outbox (created_at, id) WHERE status = 'pending' AND NOT applied_here"
+        "ALTER TABLE outbox ADD COLUMN applied_by TEXT;
+         CREATE INDEX outbox_not_applied_here ON outbox (created_at, id) WHERE status = 'pending' AND applied_by IS NULL"
             .to_owned()
     })
 }

@@ -34,7 +34,8 @@ pub struct Pending {
     pub envelope: Envelope,
     /// Earlier failed publications of this row.
     pub attempts: u32,
-    /// Already applied in this process ahead of publication ([`Publisher::apply_here`]).
+    /// Already applied ahead of publication ([`Publisher::apply_here`]), by a relay of this
+    /// outbox (in this process or a replica's).
     pub applied_here: bool,
 }
 
@@ -78,8 +79,10 @@ pub trait Publisher: Send + Sync {
 }
 
 /// A service's outbox: how handlers record events, and how they wake the relay after commit.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Outbox {
+    /// This process's name for itself in `applied_by`: a fresh UUID each start.
+    instance: Arc<str>,
     wake: Arc<Notify>,
     /// Told after each relay pass that sent something.
     passed: Arc<Notify>,
@@ -88,6 +91,18 @@ pub struct Outbox {
     read_your_writes: Arc<std::sync::atomic::AtomicBool>,
     /// Where published events go, so a write can learn the position its events reached.
     publisher: Arc<std::sync::OnceLock<Arc<dyn Publisher>>>,
+}
+
+impl Default for Outbox {
+    fn default() -> Self {
+        Self {
+            instance: Arc::from(uuid::Uuid::new_v4().to_string()),
+            wake: Arc::default(),
+            passed: Arc::default(),
+            read_your_writes: Arc::default(),
+            publisher: Arc::default(),
+        }
+    }
 }
 
 impl Outbox {
@@ -153,9 +168,9 @@ impl Outbox {
             let passed = self.passed.notified();
             let (waiting, not_applied_here) = db::query_one(
                 db,
-                "SELECT COUNT(*) AS n, COALESCE(SUM(CASE WHEN applied_here THEN 0 ELSE 1 END), 0) AS m \
+                "SELECT COUNT(*) AS n, COALESCE(SUM(CASE WHEN applied_by = $2 THEN 0 ELSE 1 END), 0) AS m \
                  FROM outbox WHERE status = 'pending' AND created_at <= $1",
-                vec![written_by.into()],
+                vec![written_by.into(), self.instance.to_string().into()],
             )
             .await
             .ok()
@@ -166,8 +181,9 @@ impl Outbox {
                 break;
             }
             if not_applied_here == 0 {
-                // Applied in this process, refused by Redis: what this process answers is
-                // already true; no reader elsewhere can be told to wait for it.
+                // Applied in this process (by its own relay, not a replica's), refused by
+                // Redis: what this process answers is already true; no reader elsewhere can be
+                // told to wait for it.
                 tracing::warn!(waiting, "events applied here but not yet published when answering");
                 return None;
             }
@@ -333,9 +349,13 @@ impl Relay {
     /// applied in this process yet.
     async fn pending_rows<C: ConnectionTrait>(&self, conn: &C, not_applied_here: bool) -> anyhow::Result<Vec<Pending>> {
         let sql = format!(
-            "SELECT id, stream, envelope, attempts, applied_here FROM outbox WHERE status = 'pending'{} \
+            "SELECT id, stream, envelope, attempts, applied_by FROM outbox WHERE status = 'pending'{} \
              ORDER BY created_at, id LIMIT {}{}",
-            if not_applied_here { " AND NOT applied_here" } else { "" },
+            if not_applied_here {
+                " AND applied_by IS NULL"
+            } else {
+                ""
+            },
             self.batch,
             conn.skip_locked()
         );
@@ -355,27 +375,45 @@ impl Relay {
                 stream,
                 envelope,
                 attempts: col::<i32>(&row, "attempts")? as u32,
-                applied_here: col(&row, "applied_here")?,
+                applied_here: col::<Option<String>>(&row, "applied_by")?.is_some(),
             });
         }
         Ok(batch)
     }
 
-    /// Marks `rows` applied in this process, so no later pass applies them here again and a
-    /// write waiting for them need not wait for their publication.
-    async fn mark_applied_here<C: ConnectionTrait>(conn: &C, rows: &[Pending]) -> anyhow::Result<()> {
-        let ids: Vec<sea_orm::Value> = rows
-            .iter()
-            .filter(|p| !p.applied_here)
-            .map(|p| p.id.clone().into())
-            .collect();
-        if !ids.is_empty() {
+    /// Marks `rows` applied in this process, so no later pass applies them again and a write
+    /// of this process waiting for them need not wait for their publication.
+    async fn mark_applied_here<C: ConnectionTrait>(&self, conn: &C, rows: &[Pending]) -> anyhow::Result<()> {
+        let mut values: Vec<sea_orm::Value> = vec![self.outbox.instance.to_string().into()];
+        values.extend(rows.iter().filter(|p| !p.applied_here).map(|p| p.id.clone().into()));
+        if values.len() > 1 {
             let sql = format!(
-                "UPDATE outbox SET applied_here = TRUE WHERE id IN ({})",
-                db::placeholders(1, ids.len())
+                "UPDATE outbox SET applied_by = $1 WHERE id IN ({})",
+                db::placeholders(2, values.len() - 1)
             );
-            db::exec(conn, &sql, ids).await.context("marking events applied here")?;
+            db::exec(conn, &sql, values)
+                .await
+                .context("marking events applied here")?;
         }
+        Ok(())
+    }
+
+    /// Counts a failed delivery of `failed` (its publication, or its application here),
+    /// keeping the error for the operator: after `PIM_MAX_DELIVERIES` the in-process bus
+    /// gives it up.
+    async fn record_failure<C: ConnectionTrait>(conn: &C, failed: &Pending, err: &anyhow::Error) -> anyhow::Result<()> {
+        let attempts = failed.attempts + 1;
+        tracing::warn!(event_id = %failed.id, stream = %failed.stream, attempts, error = %format!("{err:#}"), "delivering an event failed");
+        db::exec(
+            conn,
+            "UPDATE outbox SET attempts = $1, last_error = $2 WHERE id = $3",
+            vec![
+                (attempts as i32).into(),
+                format!("{err:#}").into(),
+                failed.id.clone().into(),
+            ],
+        )
+        .await?;
         Ok(())
     }
 
@@ -386,9 +424,9 @@ impl Relay {
         for _ in 0..APPLIED_AHEAD {
             let batch = self.pending_rows(conn, true).await?;
             let (here, failure) = self.publisher.apply_here(&batch).await;
-            Self::mark_applied_here(conn, &batch[..here]).await?;
-            if let Some(err) = failure {
-                tracing::warn!(error = %format!("{err:#}"), "applying an event in this process failed; retrying");
+            self.mark_applied_here(conn, &batch[..here]).await?;
+            if let (Some(err), Some(failed)) = (failure, batch.get(here)) {
+                Self::record_failure(conn, failed, &err).await?;
                 break;
             }
             if (batch.len() as u64) < self.batch {
@@ -434,32 +472,17 @@ impl Relay {
             db::exec(conn, &sql, values).await?;
         }
         // Applied here, refused by Redis: remembered, and the rows behind them applied here too.
-        let refused = sent < here;
+        let refused = self.publisher.applies_here_first() && sent < here;
         if refused {
-            Self::mark_applied_here(conn, &batch[sent..here]).await?;
+            self.mark_applied_here(conn, &batch[sent..here]).await?;
         }
         if let (Some(err), Some(failed)) = (failure, batch.get(sent)) {
             // The row stays pending (an outage must never lose events) and later rows wait
             // behind it, so a stream keeps its order; the next pass retries it.
-            let attempts = failed.attempts + 1;
-            tracing::warn!(event_id = %failed.id, stream = %failed.stream, attempts, error = %format!("{err:#}"), "publishing an event failed");
-            db::exec(
-                conn,
-                "UPDATE outbox SET attempts = $1, last_error = $2 WHERE id = $3",
-                vec![
-                    (attempts as i32).into(),
-                    format!("{err:#}").into(),
-                    failed.id.clone().into(),
-                ],
-            )
-            .await?;
+            Self::record_failure(conn, failed, &err).await?;
         }
-        if refused
-            && here == batch.len()
-            && self.publisher.applies_here_first()
-            && let Err(err) = self.apply_ahead(conn).await
-        {
-            tracing::warn!(error = %format!("{err:#}"), "applying events ahead of publication failed");
+        if refused && here == batch.len() {
+            self.apply_ahead(conn).await?;
         }
         Ok(sent)
     }
