@@ -444,11 +444,10 @@ impl Relay {
         // Applied in this process first (where the publisher does), then published: only
         // what was applied here goes on, so nothing overtakes an event that failed here.
         let (here, failed_here) = self.publisher.apply_here(&batch).await;
-        let (sent, failure) = match here {
+        let (sent, refused_by) = match here {
             0 => (0, None),
             _ => self.publisher.publish_all(&batch[..here]).await,
         };
-        let failure = failure.or(failed_here);
         for published in &batch[..sent] {
             crate::metrics::metrics()
                 .events_published
@@ -476,9 +475,14 @@ impl Relay {
         if refused {
             self.mark_applied_here(conn, &batch[sent..here]).await?;
         }
-        if let (Some(err), Some(failed)) = (failure, batch.get(sent)) {
-            // The row stays pending (an outage must never lose events) and later rows wait
-            // behind it, so a stream keeps its order; the next pass retries it.
+        // A row that failed stays pending (an outage must never lose events) and later rows
+        // wait behind it, so a stream keeps its order; the next pass retries it. Two may have
+        // failed: the publication of the row at `sent`, and the application here of the row at
+        // `here` (behind it, when Redis refused what was applied here).
+        if let (Some(err), Some(failed)) = (refused_by, batch.get(sent)) {
+            Self::record_failure(conn, failed, &err).await?;
+        }
+        if let (Some(err), Some(failed)) = (failed_here, batch.get(here)) {
             Self::record_failure(conn, failed, &err).await?;
         }
         if refused && here == batch.len() {
