@@ -713,6 +713,17 @@ async fn embedded_a_write_waits_for_a_consumer_that_failed_once() -> anyhow::Res
     outbox.enqueue(&txn, streams::IDENTITY, &env).await?;
     txn.commit().await?;
     assert_eq!(relay.run_once().await?, 0, "the consumer failed");
+    let marked = db::query_one(
+        &db,
+        "SELECT COUNT(*) AS n FROM outbox WHERE applied_by IS NOT NULL",
+        vec![],
+    )
+    .await?;
+    assert_eq!(
+        marked.map(|r| col::<i64>(&r, "n")).transpose()?,
+        Some(0),
+        "nothing taken for applied"
+    );
 
     let running = relay.spawn(Duration::from_millis(20));
     let token = outbox
@@ -732,9 +743,10 @@ async fn embedded_a_write_waits_for_a_consumer_that_failed_once() -> anyhow::Res
     Ok(())
 }
 
-/// While Redis refuses, an event that keeps failing here, behind one applied here, counts its
-/// deliveries and is given up here after `PIM_MAX_DELIVERIES` (5), so the events behind it are
-/// applied here all the same (the event itself goes on to Redis, for its consumer there).
+/// While Redis refuses, an event that keeps failing here, behind ones applied here (in the
+/// batch Redis refused, or further back), counts its deliveries and is given up here after
+/// `PIM_MAX_DELIVERIES` (5), so the events behind it are applied here all the same (the event
+/// itself goes on to Redis, for its consumer there).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn while_redis_refuses_an_event_failing_here_is_given_up_after_its_deliveries() -> anyhow::Result<()> {
     let mut f = Fixture::new().await?;
@@ -743,17 +755,22 @@ async fn while_redis_refuses_an_event_failing_here_is_given_up_after_its_deliver
     let publisher = Arc::new(pim_runtime::events::InProcessFirst::new(bus, f.publisher().await?));
     let relay = Relay::new(f.db.clone(), f.outbox.clone(), publisher).signed_with(keys());
     let _: () = f.redis.set(f.key(streams::IDENTITY), "refused").await?;
-    let first = f.emit("UserCreated").await?;
-    f.emit("Poison").await?;
-    let behind = f.emit("UserCreated").await?;
-    for _ in 0..6 {
-        assert_eq!(relay.run_once().await?, 0, "Redis refuses them");
+    for ahead in [1, 101] {
+        let first = f.emit("UserCreated").await?;
+        for _ in 1..ahead {
+            f.emit("UserCreated").await?;
+        }
+        f.emit("Poison").await?;
+        let behind = f.emit("UserCreated").await?;
+        for _ in 0..6 {
+            assert_eq!(relay.run_once().await?, 0, "Redis refuses them");
+        }
+        assert_eq!(f.applied(&first.id).await?, 1);
+        assert_eq!(
+            f.applied(&behind.id).await?,
+            1,
+            "{ahead} ahead: the failing event no longer holds it back"
+        );
     }
-    assert_eq!(f.applied(&first.id).await?, 1);
-    assert_eq!(
-        f.applied(&behind.id).await?,
-        1,
-        "the failing event no longer holds it back"
-    );
     f.cleanup().await
 }

@@ -157,14 +157,6 @@ impl Memberships {
             self.set_as_of(group, member, now.member, now.version);
         }
     }
-
-    /// Applies an identity event to the in-memory map (after this replica's consumer wrote it).
-    pub fn apply(&self, envelope: &Envelope) -> anyhow::Result<()> {
-        if let Some(c) = Self::change(envelope)? {
-            self.set_as_of(&c.group, &c.member, c.is_member, c.version);
-        }
-        Ok(())
-    }
 }
 
 /// What an entry of identity's stream changes for a replica's memory.

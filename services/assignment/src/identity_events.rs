@@ -94,11 +94,16 @@ impl EventHandler for IdentityEvents {
                 .0
                 .memberships
                 .set_as_of(&change.group, &change.member, now.member, now.version),
+            // The database cannot say: a removal is taken from the event's word (failing
+            // closed), an addition waits for the next change or the identity stream's tail.
+            Err(err) if !change.is_member => {
+                tracing::warn!(event_id = %envelope.id, error = %err, "reading a group membership failed; taking the removal as told");
+                self.0
+                    .memberships
+                    .set_as_of(&change.group, &change.member, false, change.version);
+            }
             Err(err) => {
-                tracing::warn!(event_id = %envelope.id, error = %err, "reading a group membership failed; applying the event's word");
-                if let Err(err) = self.0.memberships.apply(envelope) {
-                    tracing::warn!(event_id = %envelope.id, error = %err, "group membership could not be applied");
-                }
+                tracing::warn!(event_id = %envelope.id, error = %err, "reading a group membership failed; the addition waits");
             }
         }
     }

@@ -579,7 +579,11 @@ async fn a_membership_change_told_late_changes_nothing() -> anyhow::Result<()> {
             !store::set_group_membership(&db, "ops", "kim", true, 0).await?,
             "unversioned: older than any versioned change"
         );
-        assert!(store::set_group_membership(&db, "dev", "joe", true, 0).await?);
+        assert!(store::set_group_membership(&db, "dev", "joe", false, 0).await?);
+        assert!(
+            store::set_group_membership(&db, "dev", "joe", true, 0).await?,
+            "unversioned changes among themselves apply in turn"
+        );
         let mut all = store::group_memberships(&db).await?;
         all.sort_by(|a, b| a.principal_id.cmp(&b.principal_id));
         let all: Vec<_> = all

@@ -131,7 +131,8 @@ pub async fn group_membership<C: ConnectionTrait>(
 /// as of `version`, unless the projection already reflects that version or a later one (the
 /// change came late, after a later one); returns whether it applied. Version 0 (an event from
 /// before versions were kept, older than every versioned one) applies only to a membership
-/// no versioned change was applied to.
+/// no versioned change was applied to. One upsert decides, holding the membership's version
+/// row until the transaction ends, so two changes of one membership take turns.
 pub async fn set_group_membership<C: ConnectionTrait>(
     c: &C,
     group_id: &str,
@@ -139,23 +140,18 @@ pub async fn set_group_membership<C: ConnectionTrait>(
     member: bool,
     version: u64,
 ) -> Result<bool, DbErr> {
-    if version == 0 {
-        if group_membership(c, group_id, principal_id).await?.version > 0 {
-            return Ok(false);
-        }
-    } else {
-        let newer = db::query_one(
-            c,
-            "INSERT INTO group_membership_versions (group_id, principal_id, version) VALUES ($1, $2, $3) \
-             ON CONFLICT (group_id, principal_id) DO UPDATE SET version = excluded.version \
-             WHERE group_membership_versions.version < excluded.version \
-             RETURNING version",
-            vec![group_id.into(), principal_id.into(), (version as i64).into()],
-        )
-        .await?;
-        if newer.is_none() {
-            return Ok(false);
-        }
+    let newer = db::query_one(
+        c,
+        "INSERT INTO group_membership_versions (group_id, principal_id, version) VALUES ($1, $2, $3) \
+         ON CONFLICT (group_id, principal_id) DO UPDATE SET version = excluded.version \
+         WHERE group_membership_versions.version < excluded.version \
+            OR (excluded.version = 0 AND group_membership_versions.version = 0) \
+         RETURNING version",
+        vec![group_id.into(), principal_id.into(), (version as i64).into()],
+    )
+    .await?;
+    if newer.is_none() {
+        return Ok(false);
     }
     let sql = if member {
         "INSERT INTO group_memberships (group_id, principal_id) VALUES ($1, $2) ON CONFLICT DO NOTHING"
