@@ -161,19 +161,18 @@ impl Fixture {
     }
 
     async fn applied(&self, event_id: &str) -> anyhow::Result<i64> {
-        let row = db::query_one(
-            &self.db,
-            "SELECT COUNT(*) AS n FROM applied WHERE event_id = $1",
-            vec![event_id.into()],
-        )
-        .await?;
-        Ok(row.map(|r| col::<i64>(&r, "n")).transpose()?.unwrap_or_default())
+        applied(&self.db, event_id).await
     }
 
     /// Events the recorder applied, in all.
     async fn applied_in_all(&self) -> anyhow::Result<i64> {
-        let row = db::query_one(&self.db, "SELECT COUNT(*) AS n FROM applied", vec![]).await?;
-        Ok(row.map(|r| col::<i64>(&r, "n")).transpose()?.unwrap_or_default())
+        count(&self.db, "SELECT COUNT(*) AS n FROM applied", vec![]).await
+    }
+
+    /// A relay of the fixture's outbox that has `bus` apply each event before Redis gets it.
+    async fn in_process_first(&self, bus: pim_runtime::events::EmbeddedBus) -> anyhow::Result<Relay> {
+        let publisher = Arc::new(pim_runtime::events::InProcessFirst::new(bus, self.publisher().await?));
+        Ok(Relay::new(self.db.clone(), self.outbox.clone(), publisher).signed_with(keys()))
     }
 
     async fn pending_entries(&mut self) -> anyhow::Result<usize> {
@@ -189,6 +188,22 @@ impl Fixture {
         self.db.close().await.ok();
         self.database.drop_database().await
     }
+}
+
+/// What a `SELECT COUNT(*) AS n …` counts.
+async fn count(db: &Db, sql: &str, values: Vec<sea_orm::Value>) -> anyhow::Result<i64> {
+    let row = db::query_one(db, sql, values).await?;
+    Ok(row.map(|r| col::<i64>(&r, "n")).transpose()?.unwrap_or_default())
+}
+
+/// How often the recorder applied the event `event_id`.
+async fn applied(db: &Db, event_id: &str) -> anyhow::Result<i64> {
+    count(
+        db,
+        "SELECT COUNT(*) AS n FROM applied WHERE event_id = $1",
+        vec![event_id.into()],
+    )
+    .await
 }
 
 /// The test deployment's event keys (every service's).
@@ -578,13 +593,7 @@ async fn embedded_delivery_survives_a_restart() -> anyhow::Result<()> {
     let relay = Relay::new(db.clone(), outbox, Arc::new(bus));
     assert_eq!(relay.run_once().await?, 1);
     assert_eq!(relay.run_once().await?, 0, "sent once");
-    let row = db::query_one(
-        &db,
-        "SELECT COUNT(*) AS n FROM applied WHERE event_id = $1",
-        vec![event.id.clone().into()],
-    )
-    .await?;
-    assert_eq!(row.map(|r| col::<i64>(&r, "n")).transpose()?, Some(1));
+    assert_eq!(applied(&db, &event.id).await?, 1);
     db.close().await?;
     std::fs::remove_dir_all(&dir).ok();
     Ok(())
@@ -609,8 +618,7 @@ async fn in_process_delivery_comes_first_keeps_order_and_applies_once() -> anyho
             heard.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         })
     });
-    let publisher = Arc::new(pim_runtime::events::InProcessFirst::new(bus, f.publisher().await?));
-    let relay = Relay::new(f.db.clone(), f.outbox.clone(), publisher).signed_with(keys());
+    let relay = f.in_process_first(bus).await?;
 
     // Redis refuses the stream: the key holds a string.
     let key = f.key(streams::IDENTITY);
@@ -713,17 +721,13 @@ async fn embedded_a_write_waits_for_a_consumer_that_failed_once() -> anyhow::Res
     outbox.enqueue(&txn, streams::IDENTITY, &env).await?;
     txn.commit().await?;
     assert_eq!(relay.run_once().await?, 0, "the consumer failed");
-    let marked = db::query_one(
+    let marked = count(
         &db,
         "SELECT COUNT(*) AS n FROM outbox WHERE applied_by IS NOT NULL",
         vec![],
     )
     .await?;
-    assert_eq!(
-        marked.map(|r| col::<i64>(&r, "n")).transpose()?,
-        Some(0),
-        "nothing taken for applied"
-    );
+    assert_eq!(marked, 0, "nothing taken for applied");
 
     let running = relay.spawn(Duration::from_millis(20));
     let token = outbox
@@ -731,13 +735,7 @@ async fn embedded_a_write_waits_for_a_consumer_that_failed_once() -> anyhow::Res
         .await;
     running.stop().await;
     assert!(token.is_some(), "answered once applied, with a token");
-    let row = db::query_one(
-        &db,
-        "SELECT COUNT(*) AS n FROM applied WHERE event_id = $1",
-        vec![env.id.clone().into()],
-    )
-    .await?;
-    assert_eq!(row.map(|r| col::<i64>(&r, "n")).transpose()?, Some(1));
+    assert_eq!(applied(&db, &env.id).await?, 1);
     db.close().await?;
     std::fs::remove_dir_all(&dir).ok();
     Ok(())
@@ -752,8 +750,7 @@ async fn while_redis_refuses_an_event_failing_here_is_given_up_after_its_deliver
     let mut f = Fixture::new().await?;
     let bus = pim_runtime::events::EmbeddedBus::new(5);
     bus.subscribe(Inbox::new(f.db.clone(), Arc::new(Recorder)));
-    let publisher = Arc::new(pim_runtime::events::InProcessFirst::new(bus, f.publisher().await?));
-    let relay = Relay::new(f.db.clone(), f.outbox.clone(), publisher).signed_with(keys());
+    let relay = f.in_process_first(bus).await?;
     let _: () = f.redis.set(f.key(streams::IDENTITY), "refused").await?;
     for ahead in [1, 101] {
         let first = f.emit("UserCreated").await?;

@@ -119,6 +119,12 @@ async fn each_change_of_a_link_has_a_larger_version_than_the_one_before() -> any
             at(NOW + 1) + 1,
             "a clock behind never takes a version back"
         );
+        store::delete_group(&db, "g1").await?;
+        assert_eq!(
+            next(Link::Member, "lee", NOW).await?,
+            at(NOW),
+            "a deleted group's link versions go with it"
+        );
         Ok(())
     })
     .await
