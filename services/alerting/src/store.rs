@@ -7,17 +7,14 @@ use sea_orm_migration::{MigrationTrait, MigratorTrait};
 
 use crate::domain::{AlertStatus, Severity};
 use pim_runtime::db::{self, Dialect, col, col_named};
-use pim_runtime::events::{
-    SqlMigration, backbone_applied_here_migration, backbone_indexes_migration, backbone_migration,
-    backbone_replay_migration,
-};
+use pim_runtime::events::{SqlMigration, backbone_migrations};
 
 pub struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![
-            backbone_migration(),
+        let mut migrations = backbone_migrations();
+        migrations.extend(vec![
             SqlMigration::boxed("m0001_alerts", |_| {
                 "CREATE TABLE rule_settings (
                     rule_id TEXT PRIMARY KEY,
@@ -89,7 +86,6 @@ impl MigratorTrait for Migrator {
                 CREATE INDEX mfa_failures_principal ON mfa_failures (principal_id, at)"
                     .to_owned()
             }),
-            backbone_indexes_migration(),
             // Dead-letter entries already alerted on: every replica tails the stream.
             SqlMigration::boxed("m0002_dead_letters_seen", |_| {
                 "CREATE TABLE dead_letters_seen (
@@ -98,7 +94,6 @@ impl MigratorTrait for Migrator {
                 )"
                 .to_owned()
             }),
-            backbone_replay_migration(),
             // Custom roles, as assignment announces them: which are privileged.
             SqlMigration::boxed("m0003_custom_roles", |_| {
                 "CREATE TABLE custom_roles (
@@ -107,8 +102,8 @@ impl MigratorTrait for Migrator {
                 )"
                 .to_owned()
             }),
-            backbone_applied_here_migration(),
-        ]
+        ]);
+        migrations
     }
 }
 

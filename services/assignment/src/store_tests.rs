@@ -8,6 +8,7 @@ use sea_orm_migration::MigratorTrait;
 
 use pim_runtime::db::{Db, is_unique_violation};
 use pim_runtime::events::{OutboxRows, envelope, streams};
+use pim_runtime::testing::steps_before;
 
 use crate::domain::{Action, Kind, RequestStatus};
 use crate::roles::GLOBAL_ADMINISTRATOR;
@@ -237,9 +238,8 @@ async fn the_permanent_global_administrators_are_those_in_force_at_the_root() ->
 /// the unique index holds from then on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_upgrade_keeps_the_duplicate_that_grants_most() -> anyhow::Result<()> {
-    // Every migration before m0006_one_admin_assignment.
-    const BEFORE_ONE_ADMIN: u32 = 8;
-    migrated_then(Some(BEFORE_ONE_ADMIN), |db| async move {
+    let before_one_admin = steps_before::<store::Migrator>("m0006_one_admin_assignment");
+    migrated_then(Some(before_one_admin), |db| async move {
         let now = pim_runtime::db::now_ms();
         let mut lapsed = assignment("admin", Kind::Active, Some(now - HOUR));
         lapsed.role_id = GLOBAL_ADMINISTRATOR.into();
@@ -358,9 +358,8 @@ async fn an_activation_is_stored_only_while_its_eligibility_and_membership_hold(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_upgrade_to_group_access_reclaims_its_role_names() -> anyhow::Result<()> {
     use pim_proto::catalogue::{GROUP_MEMBER, GROUP_OWNER};
-    // Every migration before m0010_group_access_roles.
-    const BEFORE_GROUP_ACCESS: u32 = 12;
-    migrated_then(Some(BEFORE_GROUP_ACCESS), |db| async move {
+    let before_group_access = steps_before::<store::Migrator>("m0010_group_access_roles");
+    migrated_then(Some(before_group_access), |db| async move {
         assert!(store::role(&db, GROUP_MEMBER).await?.is_none(), "not there yet");
         let custom = store::RoleRow {
             id: id(),

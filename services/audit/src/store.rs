@@ -4,17 +4,14 @@ use sea_orm::{ConnectionTrait, DbErr, QueryResult, Value};
 use sea_orm_migration::{MigrationTrait, MigratorTrait};
 
 use pim_runtime::db::{self, col};
-use pim_runtime::events::{
-    SqlMigration, backbone_applied_here_migration, backbone_indexes_migration, backbone_migration,
-    backbone_replay_migration,
-};
+use pim_runtime::events::{SqlMigration, backbone_migrations};
 
 pub struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![
-            backbone_migration(),
+        let mut migrations = backbone_migrations();
+        migrations.extend(vec![
             SqlMigration::boxed("m0001_audit_records", |d| {
                 format!(
                     "CREATE TABLE audit_records (
@@ -65,8 +62,6 @@ impl MigratorTrait for Migrator {
                     zero = zero_hash(d),
                 )
             }),
-            backbone_indexes_migration(),
-            backbone_replay_migration(),
             // The names of the principals and roles records name, as the directory and the
             // role catalogue announced them, so every record names them the same way.
             // Records already kept teach it the names they announced (the latest wins).
@@ -116,8 +111,8 @@ impl MigratorTrait for Migrator {
             SqlMigration::boxed("m0009_ssf_push_authorization", |_| {
                 "ALTER TABLE webhook_subscriptions ADD COLUMN ssf_authorization TEXT".to_owned()
             }),
-            backbone_applied_here_migration(),
-        ]
+        ]);
+        migrations
     }
 }
 

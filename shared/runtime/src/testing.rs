@@ -85,6 +85,13 @@ impl Drop for TestDatabase {
     }
 }
 
+/// How many of `M`'s migrations come before the one named `name`: the `steps` that migrate a
+/// database to as it was just before that upgrade.
+pub fn steps_before<M: sea_orm_migration::MigratorTrait>(name: &str) -> u32 {
+    let position = M::migrations().iter().position(|m| m.name() == name);
+    position.unwrap_or_else(|| panic!("no migration named {name}")) as u32
+}
+
 /// Runs `test` on a fresh SQLite database, then on a fresh PostgreSQL one, each migrated by
 /// `M` through its first `steps` migrations (all of them with `None`): a store's functions
 /// tested from one body on both databases, so a dialect difference fails there, not by luck

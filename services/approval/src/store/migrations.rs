@@ -6,8 +6,8 @@ pub struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![
-            backbone_migration(),
+        let mut migrations = backbone_migrations();
+        migrations.extend(vec![
             SqlMigration::boxed("m0001_approvals", |_| {
                 "CREATE TABLE approvals (
                     id TEXT PRIMARY KEY,
@@ -116,8 +116,6 @@ impl MigratorTrait for Migrator {
                 CREATE INDEX review_items_review ON review_items (review_id, instance)"
                     .to_owned()
             }),
-            backbone_indexes_migration(),
-            backbone_replay_migration(),
             // A reminder once per approval stage and per access review instance, and the next moment each approval's timers are due
             // (expiry, escalation, reminder) as a column the timers read by index. Every
             // pending approval is looked at once on the first pass, which sets it right.
@@ -135,7 +133,7 @@ impl MigratorTrait for Migrator {
                 ALTER TABLE access_reviews ADD COLUMN reminders_off BOOLEAN NOT NULL DEFAULT FALSE"
                     .to_owned()
             }),
-            backbone_applied_here_migration(),
-        ]
+        ]);
+        migrations
     }
 }

@@ -5,10 +5,7 @@ use sea_orm::{ConnectionTrait, DbErr, QueryResult};
 use sea_orm_migration::{MigrationTrait, MigratorTrait};
 
 use pim_runtime::db::{self, Dialect, col, col_named};
-use pim_runtime::events::{
-    SqlMigration, backbone_applied_here_migration, backbone_indexes_migration, backbone_migration,
-    backbone_replay_migration,
-};
+use pim_runtime::events::{SqlMigration, backbone_migrations};
 mod approvals;
 mod history;
 mod migrations;

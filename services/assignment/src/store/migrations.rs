@@ -7,8 +7,8 @@ pub struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![
-            backbone_migration(),
+        let mut migrations = backbone_migrations();
+        migrations.extend(vec![
             SqlMigration::boxed("m0001_assignments", |_| {
                 "CREATE TABLE role_definitions (
                     id TEXT PRIMARY KEY,
@@ -114,13 +114,11 @@ impl MigratorTrait for Migrator {
                  DROP INDEX assignments_principal"
                     .to_owned()
             }),
-            backbone_indexes_migration(),
             SqlMigration::boxed("m0004_assignment_versions", |_| {
                 // Which of two states of an assignment is newer, for the access indexes that
                 // learn them both from this replica's commits and from the stream.
                 "ALTER TABLE assignments ADD COLUMN version BIGINT NOT NULL DEFAULT 1".to_owned()
             }),
-            backbone_replay_migration(),
             SqlMigration::boxed("m0005_one_activation", |d| {
                 // At most one live activation, and one activation waiting for approval, per
                 // principal, role and scope: the database refuses the second, however the
@@ -200,7 +198,6 @@ impl MigratorTrait for Migrator {
                 // Whether the holder of an active assignment was told it ends soon (once).
                 "ALTER TABLE assignments ADD COLUMN expiry_noticed BOOLEAN NOT NULL DEFAULT FALSE".to_owned()
             }),
-            backbone_applied_here_migration(),
             // The version of each membership identity last told of (`set_group_membership`):
             // a change older than it, delivered late, changes nothing.
             SqlMigration::boxed("m0013_membership_versions", |_| {
@@ -212,7 +209,8 @@ impl MigratorTrait for Migrator {
                 )"
                 .to_owned()
             }),
-        ]
+        ]);
+        migrations
     }
 }
 

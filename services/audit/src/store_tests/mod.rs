@@ -192,9 +192,8 @@ async fn every_record_names_principals_and_roles_the_same_way() -> anyhow::Resul
 /// one for each id), so records written after the upgrade name earlier principals too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_upgrade_learns_the_names_already_recorded() -> anyhow::Result<()> {
-    // Every migration before m0003_names.
-    const BEFORE_NAMES: u32 = 5;
-    pim_runtime::testing::on_both_databases::<store::Migrator, _, _>("audit", Some(BEFORE_NAMES), |db| async move {
+    let before_names = pim_runtime::testing::steps_before::<store::Migrator>("m0003_names");
+    pim_runtime::testing::on_both_databases::<store::Migrator, _, _>("audit", Some(before_names), |db| async move {
         let announced = |event_id: &str, action: &str, id: &str, name: &str| Record {
             action: format!("pim.identity.v1.{action}"),
             target_id: id.into(),

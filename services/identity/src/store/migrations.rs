@@ -6,8 +6,8 @@ pub struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![
-            backbone_migration(),
+        let mut migrations = backbone_migrations();
+        migrations.extend(vec![
             SqlMigration::boxed("m0001_directory", |d| {
                 format!(
                     "CREATE TABLE users (
@@ -94,7 +94,6 @@ impl MigratorTrait for Migrator {
                     blob = d.blob()
                 )
             }),
-            backbone_indexes_migration(),
             // The MFA lifecycle: when a first method may be enrolled with the password alone,
             // and administrators' one-time enrolment passes (only their hashes).
             SqlMigration::boxed("m0003_mfa_lifecycle", |_| {
@@ -129,7 +128,6 @@ impl MigratorTrait for Migrator {
                 CREATE INDEX sessions_revoked ON sessions (revoked_at)"
                     .to_owned()
             }),
-            backbone_replay_migration(),
             // One-time announcements (`claim_announcement`): users' addresses for audit.
             SqlMigration::boxed("m0006_announcements", |_| {
                 "CREATE TABLE announcements (
@@ -152,7 +150,6 @@ impl MigratorTrait for Migrator {
                 CREATE INDEX webauthn_ceremonies_expiry ON webauthn_ceremonies (expires_at)"
                     .to_owned()
             }),
-            backbone_applied_here_migration(),
             // Each member or owner link's version, so consumers given its changes out of order
             // keep the last (`next_link_version`).
             SqlMigration::boxed("m0008_link_versions", |_| {
@@ -165,6 +162,7 @@ impl MigratorTrait for Migrator {
                 )"
                 .to_owned()
             }),
-        ]
+        ]);
+        migrations
     }
 }

@@ -43,8 +43,20 @@ impl MigrationTrait for SqlMigration {
     }
 }
 
-/// The outbox (events waiting for the relay) and inbox (events this service already applied).
-pub fn backbone_migration() -> Box<dyn MigrationTrait> {
+/// The backbone's tables, the outbox (events waiting for the relay) and the inbox (events this
+/// service already applied), with each later change to them, in order. Every service's
+/// migrator starts with these, so a change to the backbone is added here, once.
+pub fn backbone_migrations() -> Vec<Box<dyn MigrationTrait>> {
+    vec![
+        backbone_migration(),
+        backbone_indexes_migration(),
+        backbone_replay_migration(),
+        backbone_applied_here_migration(),
+    ]
+}
+
+/// The outbox and the inbox.
+fn backbone_migration() -> Box<dyn MigrationTrait> {
     SqlMigration::boxed("m0000_backbone", |d| {
         format!(
             "CREATE TABLE outbox (
@@ -73,7 +85,7 @@ pub fn backbone_migration() -> Box<dyn MigrationTrait> {
 /// The relay now deletes what it published (rows marked sent only made the table and its
 /// index grow), reads pending rows in order from an index that holds nothing else, and the
 /// relay's upkeep prunes old inbox rows by time.
-pub fn backbone_indexes_migration() -> Box<dyn MigrationTrait> {
+fn backbone_indexes_migration() -> Box<dyn MigrationTrait> {
     SqlMigration::boxed("m0000_backbone_indexes", |_| {
         "DELETE FROM outbox WHERE status = 'sent';
          DROP INDEX outbox_pending;
@@ -85,7 +97,7 @@ pub fn backbone_indexes_migration() -> Box<dyn MigrationTrait> {
 
 /// Published rows may now stay for a replay window (`status = 'sent'`, `sent_at`); the relay's
 /// upkeep prunes them by that time, from an index of sent rows only.
-pub fn backbone_replay_migration() -> Box<dyn MigrationTrait> {
+fn backbone_replay_migration() -> Box<dyn MigrationTrait> {
     SqlMigration::boxed("m0000_backbone_replay", |_| {
         "CREATE INDEX outbox_sent ON outbox (sent_at) WHERE status = 'sent'".to_owned()
     })
@@ -94,7 +106,7 @@ pub fn backbone_replay_migration() -> Box<dyn MigrationTrait> {
 /// Events applied ahead of their publication (`InProcessFirst`) are marked with the process
 /// that applied them, so that while Redis refuses them the relay applies the ones behind them
 /// too, and a write of that process waiting for its events need not wait for Redis.
-pub fn backbone_applied_here_migration() -> Box<dyn MigrationTrait> {
+fn backbone_applied_here_migration() -> Box<dyn MigrationTrait> {
     SqlMigration::boxed("m0000_backbone_applied_here", |_| {
         "ALTER TABLE outbox ADD COLUMN applied_by TEXT;
          CREATE INDEX outbox_not_applied_here ON outbox (created_at, id) WHERE status = 'pending' AND applied_by IS NULL"

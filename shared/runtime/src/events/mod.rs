@@ -19,10 +19,7 @@ use uuid::Uuid;
 
 pub use consumer::{EventHandler, Inbox, Rejected};
 pub use embedded::{EmbeddedBus, InProcessFirst, Listener};
-pub use migration::{
-    SqlMigration, backbone_applied_here_migration, backbone_indexes_migration, backbone_migration,
-    backbone_replay_migration,
-};
+pub use migration::{SqlMigration, backbone_migrations};
 pub use outbox::{
     INBOX_KEPT, OUTBOX_INSERT, Outbox, OutboxRows, Pending, Publisher, Relay, RelayHandle, pending, replay,
 };

@@ -152,8 +152,8 @@ impl Outbox {
     /// - Redis: the token names the position of `stream`'s newest entry, at or after the
     ///   write's own, so a replica that applied it has applied the write.
     ///
-    /// `None` when the events did not leave in time (Redis down): the write stands, but no
-    /// reader can be told to wait for it.
+    /// `None` when the events did not leave in time (Redis down), or the outbox could not be
+    /// read to tell: the write stands, but no reader can be told to wait for it.
     pub async fn settled(
         &self,
         db: &Db,
@@ -164,19 +164,30 @@ impl Outbox {
         use crate::consistency::ConsistencyToken;
         self.wake();
         let deadline = tokio::time::Instant::now() + within;
+        let mut unreadable = false;
         loop {
             let passed = self.passed.notified();
-            let (waiting, not_applied_here) = db::query_one(
+            let read = db::query_one(
                 db,
                 "SELECT COUNT(*) AS n, COALESCE(SUM(CASE WHEN applied_by = $2 THEN 0 ELSE 1 END), 0) AS m \
                  FROM outbox WHERE status = 'pending' AND created_at <= $1",
                 vec![written_by.into(), self.instance.to_string().into()],
             )
             .await
-            .ok()
-            .flatten()
-            .and_then(|r| Some((col::<i64>(&r, "n").ok()?, col::<i64>(&r, "m").ok()?)))
-            .unwrap_or((0, 0));
+            .map_err(anyhow::Error::from)
+            .and_then(|r| {
+                let r = r.ok_or_else(|| anyhow::anyhow!("no row"))?;
+                Ok((col::<i64>(&r, "n")?, col::<i64>(&r, "m")?))
+            });
+            // An outbox that cannot be read is not an outbox with nothing waiting: the write's
+            // events are taken for unapplied, so the answer carries no token that says otherwise.
+            let (waiting, not_applied_here) = read.unwrap_or_else(|err| {
+                if !unreadable {
+                    tracing::warn!(error = %format!("{err:#}"), "reading the outbox for a write's events failed");
+                    unreadable = true;
+                }
+                (1, 1)
+            });
             if waiting == 0 {
                 break;
             }
