@@ -941,6 +941,35 @@ async fn the_last_permanent_global_administrator_cannot_be_removed() -> anyhow::
         assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
         w.assignments().create_request(authed(&w.admin, remove(&group))).await?;
 
+        // Nor does a disabled user's: no one can sign in to use it. And the directory does not
+        // disable the last enabled user who holds one.
+        let ola = w.user("ola").await?;
+        w.assignments()
+            .create_request(authed(&w.admin, permanent(&ola.id)))
+            .await?;
+        let mut directory = DirectoryServiceClient::new(w.ts.channel.clone());
+        let user = |id: &str| ipb::GetUserRequest { user: id.into() };
+        directory.disable_user(authed(&w.admin, user(&ola.id))).await?;
+        let refused = w
+            .assignments()
+            .create_request(authed(&w.admin, remove(&admin_id)))
+            .await
+            .expect_err("Ola is disabled");
+        assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+        let tom = w.user("tom").await?;
+        w.assignments()
+            .create_request(authed(
+                &w.admin,
+                assign_for_an_hour(apb::AssignmentKind::Active, &tom.id, GLOBAL_ADMINISTRATOR),
+            ))
+            .await?;
+        let refused = directory
+            .disable_user(authed(&w.stepped_up(&tom)?, user(&admin_id)))
+            .await
+            .expect_err("the last enabled one");
+        assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+        assert!(refused.message().contains("last enabled user"), "{refused:?}");
+
         // With a second permanent Global Administrator, the first may go — and then the second may not.
         let kim = w.user("kim").await?;
         let mut assign = request(
@@ -980,7 +1009,7 @@ async fn the_last_permanent_global_administrator_cannot_be_removed() -> anyhow::
             .create_request(authed(&kim_admin, remove(&kim.id)))
             .await
             .expect_err("the last one again");
-        assert_eq!(refused.code(), Code::FailedPrecondition);
+        assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
         Ok(w)
     })
     .await

@@ -1,9 +1,10 @@
 //! Identity's events, as assignment follows them: the membership projection kept, what a
-//! former member activated through the group ended, and a deleted group's assignments ended.
+//! former member activated through the group ended, a deleted group's assignments ended, and
+//! which users may sign in (the last-Global-Administrator protection counts only those).
 
 use sea_orm::DatabaseTransaction;
 
-use pim_proto::events::v1::{GroupDeleted, GroupMembershipChanged};
+use pim_proto::events::v1::{GroupDeleted, GroupMembershipChanged, UserDisabled};
 use pim_runtime::events::{Envelope, EventHandler, decode, short_type, streams};
 
 use crate::assignments::Assignments;
@@ -25,7 +26,10 @@ impl EventHandler for IdentityEvents {
     }
 
     fn wants(&self, event_type: &str) -> bool {
-        matches!(event_type, "GroupMemberAdded" | "GroupMemberRemoved" | "GroupDeleted")
+        matches!(
+            event_type,
+            "GroupMemberAdded" | "GroupMemberRemoved" | "GroupDeleted" | "UserDisabled" | "UserEnabled" | "UserDeleted"
+        )
     }
 
     /// A membership that ends, or a deleted group, ends the access it gave.
@@ -34,6 +38,17 @@ impl EventHandler for IdentityEvents {
     }
 
     async fn handle(&self, txn: &DatabaseTransaction, envelope: &Envelope) -> anyhow::Result<()> {
+        if let event_type @ ("UserDisabled" | "UserEnabled" | "UserDeleted") = short_type(envelope) {
+            // One event type for the three; a state older than the one recorded changes nothing.
+            let e: UserDisabled = decode(envelope)?;
+            let as_of = envelope
+                .time
+                .as_ref()
+                .map(pim_runtime::db::from_timestamp)
+                .unwrap_or_default();
+            store::set_user_enabled(txn, &e.user_id, event_type == "UserEnabled", as_of).await?;
+            return Ok(());
+        }
         if short_type(envelope) == "GroupDeleted" {
             let e: GroupDeleted = decode(envelope)?;
             return self

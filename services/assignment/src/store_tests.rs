@@ -228,6 +228,23 @@ async fn the_permanent_global_administrators_are_those_in_force_at_the_root() ->
             found.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(),
             [permanent.id.as_str()]
         );
+
+        // A disabled user's does not count; identity's later word wins, an earlier one told
+        // late changes nothing.
+        let permanent_ids = |db: Db| async move {
+            let found = store::lock_permanent_global_admins(&db, GLOBAL_ADMINISTRATOR, NOW).await?;
+            anyhow::Ok(found.into_iter().map(|a| a.id).collect::<Vec<_>>())
+        };
+        assert!(store::set_user_enabled(&db, "lee", false, NOW).await?);
+        assert!(permanent_ids(db.clone()).await?.is_empty(), "Lee is disabled");
+        assert!(!store::set_user_enabled(&db, "lee", true, NOW - 1).await?, "told late");
+        assert!(permanent_ids(db.clone()).await?.is_empty(), "still disabled");
+        assert!(store::set_user_enabled(&db, "lee", true, NOW + 1).await?);
+        assert_eq!(
+            permanent_ids(db.clone()).await?,
+            [permanent.id.clone()],
+            "enabled again"
+        );
         Ok(())
     })
     .await

@@ -51,6 +51,33 @@ impl AssignmentClients {
             .collect())
     }
 
+    /// The users who hold a permanent active Global Administrator assignment at `/` directly
+    /// (the ones the last-Global-Administrator protection counts), by id.
+    pub async fn permanent_global_admins(&self, caller: &Caller) -> Result<Vec<String>> {
+        use pim_proto::common::v1::PrincipalKind;
+        let ask = apb::ListAssignmentsRequest {
+            role_id: pim_proto::catalogue::GLOBAL_ADMINISTRATOR.to_owned(),
+            scope: "/".to_owned(),
+            ..Default::default()
+        };
+        let now = pim_runtime::db::now_ms();
+        Ok(self
+            .active(caller, ask)
+            .await?
+            .into_iter()
+            .filter(|a| {
+                a.scope == "/"
+                    && a.end_time.is_none()
+                    && a.principal_kind == PrincipalKind::User as i32
+                    && a.member_type != apb::MemberType::Group as i32
+                    && a.start_time
+                        .as_ref()
+                        .is_none_or(|t| pim_runtime::db::from_timestamp(t) <= now)
+            })
+            .map(|a| a.principal_id)
+            .collect())
+    }
+
     /// The roles a principal is eligible for or holds, directly or through a group, each with
     /// its scope.
     pub async fn roles_of(&self, caller: &Caller, principal_id: &str) -> Result<Vec<(String, String)>> {
@@ -64,18 +91,22 @@ impl AssignmentClients {
             .list_eligible_assignments(on_behalf_of(caller, ask.clone())?)
             .await
             .map_err(unavailable)?;
+        Ok(eligible
+            .into_inner()
+            .assignments
+            .into_iter()
+            .chain(self.active(caller, ask).await?)
+            .map(|a| (a.role_id, a.scope))
+            .collect())
+    }
+
+    async fn active(&self, caller: &Caller, ask: apb::ListAssignmentsRequest) -> Result<Vec<apb::Assignment>> {
         let active = self
             .assignments
             .clone()
             .list_active_assignments(on_behalf_of(caller, ask)?)
             .await
             .map_err(unavailable)?;
-        Ok(eligible
-            .into_inner()
-            .assignments
-            .into_iter()
-            .chain(active.into_inner().assignments)
-            .map(|a| (a.role_id, a.scope))
-            .collect())
+        Ok(active.into_inner().assignments)
     }
 }

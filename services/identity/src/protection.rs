@@ -145,6 +145,9 @@ impl Directory {
         if target.id == caller.principal_id && !enabled {
             return Err(Error::FailedPrecondition("you cannot disable yourself".into()));
         }
+        if !enabled {
+            self.keeps_an_enabled_global_admin(caller, &target).await?;
+        }
         let event_type = if enabled { "UserEnabled" } else { "UserDisabled" };
         let event = ev::UserDisabled {
             actor: Some(caller.actor()),
@@ -225,6 +228,29 @@ impl Directory {
         txn.commit().await?;
         self.outbox.wake();
         Ok(())
+    }
+
+    /// The last-Global-Administrator protection, on the directory's side: assignment counts
+    /// only enabled users' permanent Global Administrator assignments, so disabling the last
+    /// enabled user who holds one would leave no one able to administer, and is refused.
+    async fn keeps_an_enabled_global_admin(&self, caller: &Caller, target: &UserRow) -> Result<()> {
+        let holders = self.assignment.permanent_global_admins(caller).await?;
+        if !holders.contains(&target.id) {
+            return Ok(());
+        }
+        for holder in holders.iter().filter(|h| **h != target.id) {
+            if store::find_user(&self.db, holder)
+                .await?
+                .is_some_and(|u| u.enabled && u.id == *holder)
+            {
+                return Ok(());
+            }
+        }
+        Err(Error::FailedPrecondition(format!(
+            "refused: {} is the last enabled user with a permanent active Global Administrator assignment; \
+             give another user one first (last-Global-Administrator protection)",
+            target.user_name
+        )))
     }
 
     async fn holds_any_role(&self, caller: &Caller, principal_id: &str) -> Result<bool> {

@@ -219,7 +219,8 @@ pub async fn open_assignments<C: ConnectionTrait>(
 /// Locks (PostgreSQL) and returns the current permanent active Global Administrator
 /// assignments of users at `/`, so two removals cannot both think another one remains. A
 /// group's does not count: it may be emptied or deleted in the directory, where this service
-/// has no say; nor a service principal's: no person signs in with it.
+/// has no say; nor a service principal's: no person signs in with it; nor a disabled user's
+/// (as identity last told, [`set_user_enabled`]): they cannot sign in to use it.
 pub async fn lock_permanent_global_admins<C: ConnectionTrait>(
     c: &C,
     role_id: &str,
@@ -232,7 +233,9 @@ pub async fn lock_permanent_global_admins<C: ConnectionTrait>(
     };
     let sql = format!(
         "SELECT {ASSIGNMENT_COLUMNS} FROM assignments WHERE status = 'active' AND kind = 'active' AND role_id = $1 AND scope = '/' AND end_at IS NULL AND start_at <= $2 \
-         AND principal_kind = 'user' ORDER BY id{lock}"
+         AND principal_kind = 'user' \
+         AND NOT EXISTS (SELECT 1 FROM user_states u WHERE u.principal_id = assignments.principal_id AND NOT u.enabled) \
+         ORDER BY id{lock}"
     );
     db::rows(c, &sql, vec![role_id.into(), now.into()], AssignmentRow::from_row).await
 }

@@ -162,6 +162,27 @@ pub async fn set_group_membership<C: ConnectionTrait>(
     Ok(true)
 }
 
+/// Records whether a user may sign in, as identity told at `as_of` (its event's time): a
+/// state older than the one recorded (told late, out of order) changes nothing. True when
+/// recorded.
+pub async fn set_user_enabled<C: ConnectionTrait>(
+    c: &C,
+    principal_id: &str,
+    enabled: bool,
+    as_of: i64,
+) -> Result<bool, DbErr> {
+    Ok(db::query_one(
+        c,
+        "INSERT INTO user_states (principal_id, enabled, as_of) VALUES ($1, $2, $3) \
+         ON CONFLICT (principal_id) DO UPDATE SET enabled = excluded.enabled, as_of = excluded.as_of \
+         WHERE user_states.as_of <= excluded.as_of \
+         RETURNING as_of",
+        vec![principal_id.into(), enabled.into(), as_of.into()],
+    )
+    .await?
+    .is_some())
+}
+
 /// Serialises, until `c`'s transaction ends, the changes that weigh what `principal_id`'s
 /// activations rest on (PostgreSQL: an advisory lock on the id; SQLite has one writer
 /// anyway): two removals of the two eligibilities an activation rests on then cannot each

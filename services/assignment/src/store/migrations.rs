@@ -209,6 +209,17 @@ impl MigratorTrait for Migrator {
                 )"
                 .to_owned()
             }),
+            // Whether each user identity told of (disabled, enabled, deleted) may sign in, as of
+            // the event's time (`set_user_enabled`): a disabled user's permanent Global
+            // Administrator assignment keeps no one able to administer.
+            SqlMigration::boxed("m0014_user_states", |_| {
+                "CREATE TABLE user_states (
+                    principal_id TEXT PRIMARY KEY,
+                    enabled BOOLEAN NOT NULL,
+                    as_of BIGINT NOT NULL
+                )"
+                .to_owned()
+            }),
         ]);
         migrations
     }
