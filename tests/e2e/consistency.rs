@@ -446,7 +446,8 @@ async fn every_refusal_is_audited_and_exported_as_a_failure() -> anyhow::Result<
 
 /// Bad input is INVALID_ARGUMENT naming the field, never OK and never INTERNAL: a start no
 /// protobuf Timestamp may hold, a start further in the past than the skew allows, NUL characters in a justification or a user name (which
-/// PostgreSQL cannot keep as text).
+/// PostgreSQL cannot keep as text), a terminal escape sequence in a justification or a line
+/// break in a ticket number (which would forge what an approver's terminal shows).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_invalid_argument_naming_the_field() -> anyhow::Result<()> {
     crate::activation::run_on_both(|w| async move {
@@ -461,6 +462,12 @@ async fn bad_input_is_invalid_argument_naming_the_field() -> anyhow::Result<()> 
             });
         }
         let nul = activation(EXCHANGE_ADMINISTRATOR, HOUR_MS, "incident\0 42");
+        let escape = activation(EXCHANGE_ADMINISTRATOR, HOUR_MS, "rota\u{1b}[8m");
+        let mut fake_row = activation(EXCHANGE_ADMINISTRATOR, HOUR_MS, "on call\nsecond line");
+        fake_row.ticket = Some(pim_proto::common::v1::Ticket {
+            system: "ServiceNow".into(),
+            number: "INC1\n01a2  approved  admin".into(),
+        });
         // A start more than the skew (5 minutes) in the past; one within it means now.
         let starting = |ago_ms: i64| {
             let mut ask = activation(EXCHANGE_ADMINISTRATOR, HOUR_MS, "ok");
@@ -476,6 +483,8 @@ async fn bad_input_is_invalid_argument_naming_the_field() -> anyhow::Result<()> 
             (far_past, "schedule.start_time"),
             (starting(6 * 60_000), "schedule.start_time"),
             (nul, "justification"),
+            (escape, "justification"),
+            (fake_row, "ticket.number"),
         ] {
             let refused = w
                 .assignments()

@@ -21,12 +21,12 @@ use pim_runtime::events::{Outbox, envelope, streams};
 use crate::domain::{ApprovalStatus, Decision};
 use crate::store::{self, ApprovalRow, DecisionRow, Stage};
 use pim_runtime::error::{Error, Result};
+use pim_runtime::text::{MAX_FREE_TEXT, free_text};
 
 /// Entra's built-in role ids (the default approvers hold one of them).
 pub use pim_proto::catalogue::{GLOBAL_ADMINISTRATOR, PRIVILEGED_ROLE_ADMINISTRATOR};
 
 const DEFAULT_TIMEOUT_MS: i64 = 24 * 3_600_000;
-const MAX_JUSTIFICATION: usize = 1000;
 
 /// What one request learned about its caller from other services, each asked at most once
 /// however many approvals the request weighs: the caller's groups, whether they are an active
@@ -442,13 +442,8 @@ impl Approvals {
         approve: bool,
         justification: &str,
     ) -> Result<(ApprovalRow, Vec<DecisionRow>)> {
-        let justification = justification.trim();
-        if justification.len() > MAX_JUSTIFICATION {
-            return Err(Error::invalid("justification", "at most 1000 characters"));
-        }
-        if justification.contains('\0') {
-            return Err(Error::invalid("justification", "must not contain NUL characters"));
-        }
+        let justification =
+            free_text(justification, MAX_FREE_TEXT).map_err(|why| Error::invalid("justification", why))?;
         let decision = Decision::of(approve);
         let approval = store::get(&self.db, id)
             .await?

@@ -19,6 +19,7 @@ use crate::approvals::Approvals;
 use crate::domain::{Decision, ReviewStatus};
 use crate::store::{self, ItemRow, ReviewRow};
 use pim_runtime::error::{Error, Result};
+use pim_runtime::text::{MAX_FREE_TEXT, free_text};
 
 const DAY_MS: i64 = 24 * 3_600_000;
 /// An assignment not activated for this long is recommended for removal.
@@ -289,13 +290,8 @@ impl Approvals {
         approve: bool,
         justification: &str,
     ) -> Result<ItemRow> {
-        let justification = justification.trim();
-        if justification.len() > 1000 {
-            return Err(Error::invalid("justification", "at most 1000 characters"));
-        }
-        if justification.contains('\0') {
-            return Err(Error::invalid("justification", "must not contain NUL characters"));
-        }
+        let justification =
+            free_text(justification, MAX_FREE_TEXT).map_err(|why| Error::invalid("justification", why))?;
         let mut item = store::item(&self.db, item_id)
             .await?
             .ok_or_else(|| Error::NotFound(format!("review item {item_id}")))?;

@@ -11,7 +11,9 @@ async fn main() {
     match result {
         Ok(code) => std::process::exit(code),
         Err(err) => {
-            eprintln!("error: {err:#}");
+            // The server's words may quote what someone else wrote: shown, never obeyed.
+            let lines: Vec<String> = format!("{err:#}").lines().map(pim::cli::printable).collect();
+            eprintln!("error: {}", lines.join("\n"));
             std::process::exit(pim::cli::exit_status(&err));
         }
     }

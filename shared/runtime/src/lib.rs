@@ -18,5 +18,6 @@ pub mod sealing;
 pub mod telemetry;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;
+pub mod text;
 
 pub use config::Config;

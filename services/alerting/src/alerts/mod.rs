@@ -22,6 +22,7 @@ use pim_runtime::clock::Clock;
 use pim_runtime::db::{Db, from_timestamp};
 use pim_runtime::error::{Error, Result};
 use pim_runtime::events::{Envelope, Outbox, decode, envelope, short_type, streams};
+use pim_runtime::text::{MAX_FREE_TEXT, free_text};
 
 use crate::domain::{AlertStatus, Severity};
 use crate::rules::{self, Settings};
@@ -275,13 +276,7 @@ impl Alerts {
     /// resolving need a reason.
     pub async fn set_status(&self, caller: &Caller, id: &str, status: AlertStatus, reason: &str) -> Result<AlertRow> {
         require(self.access.as_ref(), caller, permissions::ALERTS_MANAGE, "/").await?;
-        let reason = reason.trim();
-        if reason.len() > 1000 {
-            return Err(Error::invalid("reason", "at most 1000 characters"));
-        }
-        if reason.contains('\0') {
-            return Err(Error::invalid("reason", "must not contain NUL characters"));
-        }
+        let reason = free_text(reason, MAX_FREE_TEXT).map_err(|why| Error::invalid("reason", why))?;
         if status != AlertStatus::Acknowledged && reason.is_empty() {
             return Err(Error::invalid("reason", "say why"));
         }

@@ -227,16 +227,14 @@ pub(super) fn no_nul(field: &'static str, text: &str) -> Result<(), Error> {
 }
 
 pub(super) fn check_text(r: &pb::CreateRequestRequest) -> Result<(), Error> {
-    no_nul("justification", &r.justification)?;
+    use pim_runtime::text::{MAX_FREE_TEXT, free_text, one_line};
+    free_text(&r.justification, MAX_FREE_TEXT).map_err(|why| Error::invalid("justification", why))?;
     no_nul("principal_id", &r.principal_id)?;
     no_nul("role_id", &r.role_id)?;
     no_nul("scope", &r.scope)?;
     if let Some(t) = &r.ticket {
-        no_nul("ticket.system", &t.system)?;
-        no_nul("ticket.number", &t.number)?;
-    }
-    if r.justification.chars().count() > 1000 {
-        return Err(Error::invalid("justification", "must be at most 1000 characters"));
+        one_line(&t.system, 100).map_err(|why| Error::invalid("ticket.system", why))?;
+        one_line(&t.number, 100).map_err(|why| Error::invalid("ticket.number", why))?;
     }
     // Ids and names, not essays: bounded before anything (a refusal's record included) keeps them.
     for (field, value, max) in [
@@ -247,14 +245,6 @@ pub(super) fn check_text(r: &pb::CreateRequestRequest) -> Result<(), Error> {
         if value.chars().count() > max {
             return Err(Error::invalid(field, format!("must be at most {max} characters")));
         }
-    }
-    if let Some(t) = &r.ticket
-        && (t.system.chars().count() > 100 || t.number.chars().count() > 100)
-    {
-        return Err(Error::invalid(
-            "ticket",
-            "system and number must be at most 100 characters each",
-        ));
     }
     Ok(())
 }
@@ -343,17 +333,6 @@ impl TryFrom<pb::CreateRequestRequest> for AdminAssignRequest {
             Some(E::EndTime(t)) => Expiration::At(input_time("schedule.end_time", t)?),
             Some(E::Duration(d)) => Expiration::After(duration_from_pb("schedule.duration", d)?),
         };
-        if r.justification.chars().count() > 1000 {
-            return Err(Error::invalid("justification", "must be at most 1000 characters"));
-        }
-        if let Some(t) = &r.ticket
-            && (t.system.chars().count() > 100 || t.number.chars().count() > 100)
-        {
-            return Err(Error::invalid(
-                "ticket",
-                "system and number must be at most 100 characters each",
-            ));
-        }
         if filter(&r.role_id).is_none() {
             return Err(Error::invalid("role_id", "required"));
         }

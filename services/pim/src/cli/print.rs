@@ -68,14 +68,33 @@ impl Named {
 }
 
 impl Cell {
-    /// The cell as a table prints it.
+    /// The cell as a table prints it, [`printable`].
     pub(crate) fn shown(self) -> String {
-        match self {
+        let text = match self {
             Cell::Text(text) => text,
             Cell::Named(named) if OUTPUT.get().is_some_and(|(_, ids)| *ids) => named.with_id(),
             Cell::Named(named) => named.name,
-        }
+        };
+        printable(&text)
     }
+}
+
+/// Text from the server as a terminal may show it: what someone else wrote (a justification,
+/// a name, an audit record's claims) never moves the cursor, clears the screen or starts a row
+/// of its own; its control characters are shown as escapes (`\u{1b}`, `\n`).
+pub fn printable(text: &str) -> String {
+    if !text.chars().any(char::is_control) {
+        return text.to_owned();
+    }
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 impl From<String> for Cell {
@@ -150,4 +169,20 @@ fn json_lines(headers: &[&str], rows: impl Iterator<Item = impl Iterator<Item = 
         serde_json::Value::Object(object)
     })
     .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Cell, printable};
+
+    #[test]
+    fn what_someone_else_wrote_is_shown_not_obeyed() {
+        assert_eq!(
+            printable("rota\n01a2  approved\u{1b}[8m"),
+            "rota\\n01a2  approved\\u{1b}[8m"
+        );
+        assert_eq!(printable("Lee Gu — été\u{9b}"), "Lee Gu — été\\u{9b}");
+        assert_eq!(printable("Lee Gu — été"), "Lee Gu — été");
+        assert_eq!(Cell::from("ok\u{1b}[2J\r").shown(), "ok\\u{1b}[2J\\r");
+    }
 }

@@ -1,0 +1,50 @@
+//! Free text people write (a justification, a reason, a ticket number): what every service
+//! accepts, checked in one place. What is written here is later shown to others, in a
+//! terminal, a page or a SIEM, so it carries no control characters beyond line breaks.
+
+/// The most characters a justification or a reason may have.
+pub const MAX_FREE_TEXT: usize = 1000;
+
+/// `text`, trimmed, when it is text a person may write in a free-text field: at most `max`
+/// characters (not bytes), and no control characters but line breaks and tabs (an escape
+/// sequence would reach the terminal of whoever reads it; no database keeps a NUL as text).
+/// Otherwise what is wrong with it.
+pub fn free_text(text: &str, max: usize) -> Result<&str, String> {
+    checked(text, max, |c| matches!(c, '\n' | '\r' | '\t'))
+}
+
+/// The same for a one-line field (a ticket's system or number): no line breaks either.
+pub fn one_line(text: &str, max: usize) -> Result<&str, String> {
+    checked(text, max, |_| false)
+}
+
+fn checked(text: &str, max: usize, allowed: fn(char) -> bool) -> Result<&str, String> {
+    let text = text.trim();
+    if text.chars().count() > max {
+        return Err(format!("must be at most {max} characters"));
+    }
+    if text.chars().any(|c| c.is_control() && !allowed(c)) {
+        return Err("must not contain control characters (such as NUL or terminal escape sequences)".into());
+    }
+    Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{free_text, one_line};
+
+    #[test]
+    fn free_text_is_counted_in_characters_and_refuses_control_characters() {
+        assert_eq!(
+            free_text("  mailbox migration\nINC1 ", 1000),
+            Ok("mailbox migration\nINC1")
+        );
+        assert!(free_text(&"é".repeat(1000), 1000).is_ok(), "characters, not bytes");
+        assert!(free_text(&"é".repeat(1001), 1000).is_err());
+        for bad in ["ok\u{1b}[2J", "a\0b", "x\u{9b}31m", "\u{7f}"] {
+            assert!(free_text(bad, 1000).is_err(), "{bad:?}");
+        }
+        assert!(one_line("INC1\nfake row", 100).is_err());
+        assert_eq!(one_line(" INC0012345 ", 100), Ok("INC0012345"));
+    }
+}
