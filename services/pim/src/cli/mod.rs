@@ -420,6 +420,15 @@ impl std::error::Error for Answered {}
 /// The exit status of a command that failed: 1 refused (by a permission, a policy rule or
 /// the state of things; `pim check` also answers 1 for "not allowed"), 2 a usage mistake (bad
 /// flags or input, not signed in), 3 PIM unreachable, 4 a fault on the server's side.
+/// Whether the server refused the caller this (PERMISSION_DENIED), somewhere in `err`.
+pub(crate) fn is_denied(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<Answered>()
+            .is_some_and(|a| a.code == tonic::Code::PermissionDenied)
+    })
+}
+
 pub fn exit_status(err: &anyhow::Error) -> i32 {
     use tonic::Code as C;
     for cause in err.chain() {

@@ -149,6 +149,22 @@ impl Session {
             return Ok(reference.to_owned());
         }
         let (kind, name) = Kind::split(reference);
+        // Yourself, by your user name: no lookup (one who may not read the directory still
+        // names themselves).
+        if kind.is_none_or(|k| k == Kind::User)
+            && let Ok(claims) = self.claims()
+            && claims["kind"] == "user"
+            && claims["name"]
+                .as_str()
+                .is_some_and(|own| own.eq_ignore_ascii_case(name))
+        {
+            return self.whoami();
+        }
+        // A lookup the caller may not make is a step to take differently, never an answer
+        // such as "not allowed" (`pim check`'s exit code 1).
+        let refused = |status: &str| {
+            anyhow::anyhow!("you may not look principals up by name ({status}); give {name:?}'s id instead")
+        };
         let mut found: Vec<(Kind, String)> = Vec::new();
         if kind.is_none_or(|k| k == Kind::User) {
             let user = DirectoryServiceClient::new(self.channel.clone())
@@ -157,29 +173,38 @@ impl Session {
             match user {
                 Ok(user) => found.push((Kind::User, user.into_inner().id)),
                 Err(status) if status.code() == tonic::Code::NotFound => {}
-                Err(status) if status.code() == tonic::Code::PermissionDenied => bail!(
-                    "you may not look principals up by name ({}); give {name:?}'s id instead",
-                    status.message()
-                ),
+                Err(status) if status.code() == tonic::Code::PermissionDenied => return Err(refused(status.message())),
                 Err(status) => return Err(explain(status)),
             }
         }
+        // Where a user has the name, groups or service principals the caller may not list
+        // leave it theirs.
+        let listed = |listing: anyhow::Result<Vec<(Kind, String, String)>>, found: &[(Kind, String)]| match listing {
+            Ok(listed) => Ok(listed),
+            Err(err) if super::is_denied(&err) && !found.is_empty() => Ok(Vec::new()),
+            Err(err) if super::is_denied(&err) => Err(refused(&format!("{err:#}"))),
+            Err(err) => Err(err),
+        };
         if kind.is_none_or(|k| k == Kind::Group) {
-            let groups = listings::groups(self).await?;
+            let groups = listings::groups(self)
+                .await
+                .map(|gs| gs.into_iter().map(|g| (Kind::Group, g.display_name, g.id)).collect());
+            let groups = listed(groups, &found)?;
             found.extend(
                 groups
                     .into_iter()
-                    .filter(|g| g.display_name == name)
-                    .map(|g| (Kind::Group, g.id)),
+                    .filter(|(_, n, _)| n == name)
+                    .map(|(k, _, id)| (k, id)),
             );
         }
         if kind.is_none_or(|k| k == Kind::ServicePrincipal) {
-            let sps = listings::service_principals(self, name).await?;
-            found.extend(
+            let sps = listings::service_principals(self, name).await.map(|sps| {
                 sps.into_iter()
-                    .filter(|sp| sp.display_name == name)
-                    .map(|sp| (Kind::ServicePrincipal, sp.id)),
-            );
+                    .map(|sp| (Kind::ServicePrincipal, sp.display_name, sp.id))
+                    .collect()
+            });
+            let sps = listed(sps, &found)?;
+            found.extend(sps.into_iter().filter(|(_, n, _)| n == name).map(|(k, _, id)| (k, id)));
         }
         match found.as_slice() {
             [(_, id)] => Ok(id.clone()),

@@ -237,6 +237,16 @@ fn the_readme_walk_through_works_and_survives_a_restart() {
             .starts_with("allowed")
     );
     lee.ok(&["deactivate", "Security Reader"], None);
+    // Lee, who may not read the directory now, still names herself; naming another is a step
+    // to take differently (exit 2), never "not allowed" (exit 1).
+    let herself = lee.run(&["check", "lee", "Security Reader"], None);
+    let said = String::from_utf8_lossy(&herself.stdout);
+    assert_eq!(herself.status.code(), Some(1), "{said}");
+    assert!(said.starts_with("denied: lee does not hold"), "{said}");
+    let by_name = lee.run(&["check", "admin", "Security Reader"], None);
+    let said = String::from_utf8_lossy(&by_name.stderr);
+    assert_eq!(by_name.status.code(), Some(2), "{said}");
+    assert!(said.contains("give \"admin\"'s id instead"), "{said}");
     assert_eq!(
         admin.run(&["check", "lee", "Security Reader"], None).status.code(),
         Some(1)
