@@ -84,8 +84,8 @@ enum AlertsCommand {
 struct StatusArgs {
     /// The alert's id (see `pim alerts`).
     id: String,
-    /// Why (kept with the alert and in the audit log).
-    #[arg(long, default_value = "")]
+    /// Why (kept with the alert and in the audit log; required to dismiss or resolve).
+    #[arg(long, short = 'j', visible_alias = "justification", default_value = "")]
     reason: String,
     #[command(flatten)]
     client: ClientArgs,
@@ -229,6 +229,9 @@ async fn list(
 }
 
 async fn status(args: StatusArgs, to: &str) -> anyhow::Result<i32> {
+    if to != "acknowledged" && args.reason.trim().is_empty() {
+        anyhow::bail!("say why the alert is {to}: pass --reason (or -j) \"...\"");
+    }
     let session = Session::open(&args.client, true)?;
     let mut api = AlertServiceClient::new(session.channel.clone());
     let request = session.request(pb::AlertStatusRequest {

@@ -152,6 +152,21 @@ async fn step_up(client: &ClientArgs, session: &Session, given: Option<String>) 
     Session::open(client, true)
 }
 
+/// Whether the signed-in user has an MFA method (or recovery codes) to step up with; when the
+/// server cannot say, taken to have one (the code is asked for, and the server decides).
+pub(crate) async fn has_a_method(session: &Session) -> bool {
+    let listed = MfaServiceClient::new(session.channel.clone())
+        .list_methods(match session.request(ipb::ListMethodsRequest::default()) {
+            Ok(request) => request,
+            Err(_) => return true,
+        })
+        .await;
+    listed.map_or(true, |l| {
+        let l = l.into_inner();
+        !l.methods.is_empty() || l.recovery_codes_left > 0
+    })
+}
+
 /// Whether the server refused for want of a recent MFA.
 fn wants_mfa(status: &Status) -> bool {
     violated_rules(status).iter().any(|r| r == "MfaRule")

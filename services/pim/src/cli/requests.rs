@@ -221,6 +221,11 @@ pub(crate) async fn activate_as(what: &str, role: &str, scope: &str, args: Activ
             Ok(r) => break session.remember(r),
             Err(status) if !stepped_up && violated_rules(&status).iter().any(|r| r == "MfaRule") => {
                 eprintln!("{what} needs a recent multi-factor authentication.");
+                if args.code.is_none() && !super::mfa::has_a_method(&session).await {
+                    anyhow::bail!(
+                        "you have no MFA method to give a code from: enrol one with pim mfa enroll, then try again"
+                    );
+                }
                 let code = match &args.code {
                     Some(code) => code.clone(),
                     None => secret_from(false, "PIM_MFA_CODE", "Authenticator code: ")?,

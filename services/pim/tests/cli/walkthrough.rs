@@ -184,7 +184,6 @@ fn the_readme_walk_through_works_and_survives_a_restart() {
             .any(|l| l.starts_with("activation requires MFA") && l.ends_with("true")),
         "{shown}"
     );
-    let authenticator = lee.enroll_mfa();
     admin.ok(
         &[
             "assign",
@@ -198,6 +197,15 @@ fn the_readme_walk_through_works_and_survives_a_restart() {
         ],
         None,
     );
+    // Without an authenticator, she is told to enrol one (not asked for a code she cannot give).
+    let no_method = lee.run(&["activate", "Security Reader", "-j", "alert triage"], None);
+    let said = String::from_utf8_lossy(&no_method.stderr);
+    assert_eq!(no_method.status.code(), Some(2), "{said}");
+    assert!(
+        said.contains("you have no MFA method") && said.contains("pim mfa enroll"),
+        "{said}"
+    );
+    let authenticator = lee.enroll_mfa();
 
     let code = authenticator.generate(now_secs() + 30);
     let activated = lee.ok(
@@ -423,6 +431,16 @@ fn the_readme_walk_through_works_and_survives_a_restart() {
     assert!(!open.contains(&alert), "acknowledged, so not open: {open}");
     let acknowledged = admin.ok(&["alerts", "--status", "acknowledged"], None);
     assert!(acknowledged.contains(&alert), "{acknowledged}");
+    // Dismissing asks why, and says how to tell it; -j tells it, as everywhere.
+    let unexplained = admin.run(&["alerts", "dismiss", &alert], None);
+    let said = String::from_utf8_lossy(&unexplained.stderr);
+    assert_eq!(unexplained.status.code(), Some(2), "{said}");
+    assert!(said.contains("--reason"), "{said}");
+    let dismissed = admin.ok(
+        &["alerts", "dismiss", &alert, "-j", "expected: the test activates often"],
+        None,
+    );
+    assert!(dismissed.contains("dismissed"), "{dismissed}");
     let rules = admin.ok(
         &["alerts", "rules", "set", "frequent_activation", "--setting", "count=4"],
         None,
