@@ -79,6 +79,8 @@ impl EventHandler for AssignmentEvents {
             "RequestCreated"
                 | "RequestStatusChanged"
                 | "RoleActivated"
+                | "RoleDeactivated"
+                | "ActivationShortened"
                 | "EligibilityGranted"
                 | "EligibilityUpdated"
                 | "ActiveAssignmentGranted"
@@ -115,6 +117,24 @@ impl EventHandler for AssignmentEvents {
                     },
                 )
                 .await?;
+                Ok(())
+            }
+            // What approvers see of the requester's history ends when the activation did.
+            "RoleDeactivated" => {
+                let e: ev::RoleDeactivated = decode(envelope)?;
+                let at = envelope
+                    .time
+                    .as_ref()
+                    .map(from_timestamp)
+                    .unwrap_or_else(pim_runtime::db::now_ms);
+                store::activation_ended(txn, &e.assignment_id, at).await?;
+                Ok(())
+            }
+            "ActivationShortened" => {
+                let e: ev::ActivationShortened = decode(envelope)?;
+                if let Some(end) = e.end_time.as_ref().map(from_timestamp) {
+                    store::activation_ended(txn, &e.assignment_id, end).await?;
+                }
                 Ok(())
             }
             "EligibilityGranted" | "EligibilityUpdated" | "ActiveAssignmentGranted" | "ActiveAssignmentUpdated" => {

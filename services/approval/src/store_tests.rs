@@ -286,3 +286,31 @@ async fn reviews_fall_due_in_their_status_and_items_keep_their_decision() -> any
     })
     .await
 }
+
+/// What approvers see of a requester's activations ends when the activation did: deactivated
+/// or shortened, its end moves earlier, never later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_activation_in_a_requesters_history_ends_when_it_ended() -> anyhow::Result<()> {
+    on_both(|db| async move {
+        let activation = store::ActivationRow {
+            assignment_id: uuid::Uuid::now_v7().to_string(),
+            principal_id: "lee".into(),
+            role_id: "role-1".into(),
+            role_name: "Security Reader".into(),
+            scope: "/".into(),
+            start_at: NOW,
+            end_at: Some(NOW + 60 * MINUTE),
+        };
+        store::record_activation(&db, &activation).await?;
+        let end = |db: Db| async move {
+            let rows = store::recent_activations(&db, "lee", 10).await?;
+            anyhow::Ok(rows.iter().map(|r| r.end_at).collect::<Vec<_>>())
+        };
+        store::activation_ended(&db, &activation.assignment_id, NOW + 10 * MINUTE).await?;
+        assert_eq!(end(db.clone()).await?, [Some(NOW + 10 * MINUTE)], "deactivated early");
+        store::activation_ended(&db, &activation.assignment_id, NOW + 30 * MINUTE).await?;
+        assert_eq!(end(db.clone()).await?, [Some(NOW + 10 * MINUTE)], "never later");
+        Ok(())
+    })
+    .await
+}

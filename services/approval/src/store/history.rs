@@ -33,6 +33,18 @@ pub async fn record_activation<C: ConnectionTrait>(c: &C, a: &ActivationRow) -> 
     Ok(())
 }
 
+/// An activation ended (deactivated, revoked, expired) or was shortened at `at`: its end moves
+/// there, never later.
+pub async fn activation_ended<C: ConnectionTrait>(c: &C, assignment_id: &str, at: i64) -> Result<(), DbErr> {
+    db::exec(
+        c,
+        "UPDATE activations SET end_at = $2 WHERE assignment_id = $1 AND (end_at IS NULL OR end_at > $2)",
+        vec![assignment_id.into(), at.into()],
+    )
+    .await?;
+    Ok(())
+}
+
 pub async fn recent_activations<C: ConnectionTrait>(
     c: &C,
     principal_id: &str,

@@ -7,7 +7,7 @@ use pim_proto::approval::v1 as pb;
 use pim_proto::approval::v1::approval_service_client::ApprovalServiceClient;
 use pim_runtime::db::from_timestamp;
 
-use super::{Cell, ClientArgs, Named, Session, explain, print_table, time};
+use super::{Cell, ClientArgs, Named, Session, explain, print_table, printable, time};
 
 #[derive(Clone, Copy, ValueEnum)]
 pub(crate) enum StatusArg {
@@ -130,17 +130,22 @@ pub(crate) async fn list(args: ApprovalsArgs) -> anyhow::Result<i32> {
                 "stage {}: {} by {} at {}: {}",
                 d.stage + 1,
                 decision,
-                names.principal(&d.approver_id).await,
+                printable(&names.principal(&d.approver_id).await.name),
                 time(d.decided_at.as_ref().map(from_timestamp)),
-                d.justification
+                printable(&d.justification)
             );
         }
         println!("recent activations of the requester:");
         for h in &a.requester_history {
+            // PIM for Groups' activations are held at the group: named as people know it.
+            let at = match pim_proto::catalogue::group_of_scope(&h.scope) {
+                Some(group) => format!("group {}", names.principal(group).await.name),
+                None => h.scope.clone(),
+            };
             println!(
                 "  {} at {} from {} until {}",
-                h.role_name,
-                h.scope,
+                printable(&h.role_name),
+                printable(&at),
                 time(h.start_time.as_ref().map(from_timestamp)),
                 time(h.end_time.as_ref().map(from_timestamp))
             );
