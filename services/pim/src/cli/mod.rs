@@ -452,7 +452,15 @@ pub fn exit_status(err: &anyhow::Error) -> i32 {
 pub(crate) fn explain(status: Status) -> anyhow::Error {
     let rules = pim_runtime::grpc::violated_rules(&status);
     let hint = match status.code() {
-        tonic::Code::Unauthenticated => " (run pim login)",
+        // The session is missing or over; a wrong password or code is not (signing in again
+        // would not help).
+        tonic::Code::Unauthenticated
+            if ["token", "sign in", "session"]
+                .iter()
+                .any(|w| status.message().contains(w)) =>
+        {
+            " (run pim login)"
+        }
         // A missing permission, not a refusal with its own reason (a wrong password).
         tonic::Code::PermissionDenied if status.message().starts_with("requires permission") => {
             " (your roles do not allow this)"

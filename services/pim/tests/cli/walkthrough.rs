@@ -206,6 +206,14 @@ fn the_readme_walk_through_works_and_survives_a_restart() {
         "{said}"
     );
     let authenticator = lee.enroll_mfa();
+    // A wrong code is a wrong code: signing in again would not help, so it is not suggested.
+    let wrong = lee.run(&["mfa", "verify", "--code", "00000000"], None);
+    let said = String::from_utf8_lossy(&wrong.stderr);
+    assert_ne!(wrong.status.code(), Some(0), "{said}");
+    assert!(
+        said.contains("code is incorrect") && !said.contains("pim login"),
+        "{said}"
+    );
 
     let code = authenticator.generate(now_secs() + 30);
     let activated = lee.ok(
