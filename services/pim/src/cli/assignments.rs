@@ -35,7 +35,7 @@ pub(crate) struct AssignHow {
     #[arg(long, value_enum, default_value = "eligible")]
     kind: KindArg,
     /// How long it lasts, e.g. 1h, 30d (default: the policy's maximum, or permanent where allowed).
-    #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "permanent")]
+    #[arg(long, value_parser = super::parse_duration, allow_hyphen_values = true, conflicts_with = "permanent")]
     duration: Option<Duration>,
     /// Never expires (where the policy allows it).
     #[arg(long)]

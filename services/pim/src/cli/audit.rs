@@ -32,7 +32,7 @@ pub(crate) struct AuditArgs {
     #[arg(long, value_parser = ["success", "failure"])]
     outcome: Option<String>,
     /// Only events of the last DURATION, e.g. 24h.
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = super::parse_duration, allow_hyphen_values = true)]
     since: Option<Duration>,
     /// How many records (the newest, unless --oldest-first).
     #[arg(long, default_value_t = 100)]

@@ -89,7 +89,7 @@ pub(crate) enum PassCommand {
         /// User name or id.
         user: String,
         /// How long it works (10m to 30d).
-        #[arg(long, value_parser = humantime::parse_duration, default_value = "1h")]
+        #[arg(long, value_parser = super::parse_duration, allow_hyphen_values = true, default_value = "1h")]
         lifetime: Duration,
         /// How many enrolments it allows (1 to 10).
         #[arg(long, default_value_t = 1)]

@@ -479,6 +479,27 @@ pub(crate) fn explain(status: Status) -> anyhow::Error {
     })
 }
 
+/// A duration as people write it (`30m`, `8h`, `14d`, `1h 30m`), at least a second; a
+/// mistake says what to write instead (a usage error, exit 2).
+pub(crate) fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let d = parse_duration_or_zero(text)?;
+    if d < std::time::Duration::from_secs(1) {
+        return Err(format!("must be at least 1s: {WRITE_A_DURATION}"));
+    }
+    Ok(d)
+}
+
+/// The same where none at all is a setting too (a policy's MFA freshness may be 0s).
+pub(crate) fn parse_duration_or_zero(text: &str) -> Result<std::time::Duration, String> {
+    let text = text.trim();
+    if text.starts_with('-') {
+        return Err(format!("a duration is never negative: {WRITE_A_DURATION}"));
+    }
+    humantime::parse_duration(text).map_err(|_| format!("{text:?} is not a duration: {WRITE_A_DURATION}"))
+}
+
+const WRITE_A_DURATION: &str = "write a length such as 30m, 8h or 14d (units: s, m, h, d)";
+
 pub(crate) fn secret_from(stdin_flag: bool, env_var: &str, prompt: &str) -> anyhow::Result<String> {
     if stdin_flag {
         let mut line = String::new();
@@ -523,6 +544,24 @@ mod tests {
             assert!(!redacted(odd).contains("s3cret"));
         }
         assert_eq!(redacted("x://a:b@c@d"), "x://a@d");
+    }
+
+    #[test]
+    fn durations_are_positive_lengths_and_a_mistake_says_what_to_write() {
+        use super::{parse_duration, parse_duration_or_zero};
+        use std::time::Duration;
+        assert_eq!(parse_duration("90m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration(" 1h 30m "), Ok(Duration::from_secs(5400)));
+        for (bad, says) in [
+            ("-5m", "never negative"),
+            ("abc", "is not a duration"),
+            ("0m", "at least 1s"),
+            ("1ms", "at least 1s"),
+        ] {
+            let said = parse_duration(bad).expect_err(bad);
+            assert!(said.contains(says) && said.contains("30m, 8h or 14d"), "{bad}: {said}");
+        }
+        assert_eq!(parse_duration_or_zero("0s"), Ok(Duration::ZERO));
     }
 
     #[test]

@@ -72,7 +72,7 @@ pub(crate) struct PolicySetArgs {
     #[command(flatten)]
     group: GroupTarget,
     /// Longest activation, 1m to 24h.
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = super::parse_duration, allow_hyphen_values = true)]
     activation_max: Option<Duration>,
     /// Whether activating needs a recent MFA (true or false).
     #[arg(long)]
@@ -90,10 +90,10 @@ pub(crate) struct PolicySetArgs {
     #[arg(long, value_delimiter = ',')]
     approvers: Option<Vec<String>>,
     /// How long an approval may wait before it expires, denied (e.g. 24h).
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = super::parse_duration, allow_hyphen_values = true)]
     approval_timeout: Option<Duration>,
-    /// How recent an MFA must be to activate.
-    #[arg(long, value_parser = humantime::parse_duration)]
+    /// How recent an MFA must be to activate, e.g. 10m (0s to 24h).
+    #[arg(long, value_parser = super::parse_duration_or_zero, allow_hyphen_values = true)]
     mfa_freshness: Option<Duration>,
     /// Whether that MFA must be a passkey: phishing-resistant, a code does not do (true or false).
     #[arg(long)]

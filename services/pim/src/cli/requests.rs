@@ -32,7 +32,7 @@ pub(crate) struct ActivateArgs {
 #[derive(Args)]
 pub(crate) struct ActivateHow {
     /// How long, e.g. 2h (default: the policy's maximum).
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = super::parse_duration, allow_hyphen_values = true)]
     duration: Option<Duration>,
     /// Start later, at this time (RFC 3339, e.g. 2026-12-01T09:00:00Z).
     #[arg(long, value_parser = humantime::parse_rfc3339_weak)]
@@ -115,7 +115,7 @@ pub(crate) struct ExtendHow {
     #[arg(long, value_enum, default_value = "eligible")]
     kind: KindArg,
     /// The new end, counted from now, e.g. 30d.
-    #[arg(long, value_parser = humantime::parse_duration, required_unless_present = "permanent")]
+    #[arg(long, value_parser = super::parse_duration, allow_hyphen_values = true, required_unless_present = "permanent")]
     duration: Option<Duration>,
     /// No end (where the policy allows it).
     #[arg(long, conflicts_with = "duration")]

@@ -79,7 +79,7 @@ pub(crate) struct CreateArgs {
     #[arg(long)]
     self_review: bool,
     /// How long each instance runs (1h to 180d).
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "14d")]
+    #[arg(long, value_parser = super::parse_duration, allow_hyphen_values = true, default_value = "14d")]
     duration: Duration,
     /// none, weekly, monthly, quarterly, semiannually or annually.
     #[arg(long, default_value = "none")]

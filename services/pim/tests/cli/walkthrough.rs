@@ -197,6 +197,14 @@ fn the_readme_walk_through_works_and_survives_a_restart() {
         ],
         None,
     );
+    // A length that is not one is a usage mistake (exit 2) that says what to write.
+    let negative = lee.run(&["activate", "Security Reader", "--duration", "-5m"], None);
+    let said = String::from_utf8_lossy(&negative.stderr);
+    assert_eq!(negative.status.code(), Some(2), "{said}");
+    assert!(
+        said.contains("never negative") && said.contains("30m, 8h or 14d"),
+        "{said}"
+    );
     // Without an authenticator, she is told to enrol one (not asked for a code she cannot give).
     let no_method = lee.run(&["activate", "Security Reader", "-j", "alert triage"], None);
     let said = String::from_utf8_lossy(&no_method.stderr);
