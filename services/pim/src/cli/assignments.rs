@@ -12,7 +12,9 @@ use pim_proto::assignment::v1::assignment_service_client::AssignmentServiceClien
 use pim_proto::assignment::v1::reconcile_service_client::ReconcileServiceClient;
 use pim_runtime::db::from_timestamp;
 
-use super::{Cell, ClientArgs, KindArg, Named, Names, RoleRef, Session, Why, explain, kind_pb, print_table, time};
+use super::{
+    Cell, ClientArgs, KindArg, Named, Names, RoleRef, Session, Why, explain, kind_pb, print_table, printable, time,
+};
 
 #[derive(Args)]
 pub(crate) struct AssignArgs {
@@ -226,24 +228,22 @@ pub(crate) async fn check(args: CheckArgs) -> anyhow::Result<i32> {
     let what = role.or(args.permission).unwrap_or_default();
     if r.allowed {
         // Through which role, assignment and group, where: the grants behind the answer.
-        let through: Vec<String> = r
-            .grants
-            .iter()
-            .map(|g| {
-                let group = if g.via_group_id.is_empty() {
-                    String::new()
-                } else {
-                    format!(" via group {}", g.via_group_id)
-                };
-                format!(
-                    "{} at {} until {} (assignment {}{group})",
-                    g.role_name,
-                    g.scope,
-                    time(g.end_time.as_ref().map(from_timestamp)),
-                    g.assignment_id
-                )
-            })
-            .collect();
+        let mut names = Names::new(&session);
+        let mut through = Vec::new();
+        for g in &r.grants {
+            let group = if g.via_group_id.is_empty() {
+                String::new()
+            } else {
+                format!(" via group {}", names.principal(&g.via_group_id).await.with_id())
+            };
+            through.push(printable(&format!(
+                "{} at {} until {} (assignment {}{group})",
+                g.role_name,
+                g.scope,
+                time(g.end_time.as_ref().map(from_timestamp)),
+                g.assignment_id
+            )));
+        }
         println!(
             "allowed: {principal} holds {what} at {} until {}",
             args.scope,

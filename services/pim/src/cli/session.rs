@@ -209,6 +209,17 @@ impl Session {
         match found.as_slice() {
             [(_, id)] => Ok(id.clone()),
             [] => bail!("no user, group or service principal is named {name:?}"),
+            [(first, _), ..] if found.iter().all(|(k, _)| k == first) => {
+                // One kind, several of that name (display names need not be unique): only an
+                // id tells them apart.
+                let ids: Vec<&str> = found.iter().map(|(_, id)| id.as_str()).collect();
+                bail!(
+                    "{reference:?} names {} {}s ({}); give the id",
+                    found.len(),
+                    first.prefix(),
+                    ids.join(", ")
+                )
+            }
             _ => {
                 let kinds: Vec<String> = found.iter().map(|(k, id)| format!("{} {id}", k.prefix())).collect();
                 bail!(

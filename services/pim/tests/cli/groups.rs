@@ -43,6 +43,15 @@ fn principals_are_named_by_user_group_or_service_principal_name() {
         "{}",
         String::from_utf8_lossy(&prefixed.stderr)
     );
+    // Two groups of one name (display names need not be unique): only an id tells them apart.
+    admin.ok(&["groups", "create", "--name", "ops", "--role-assignable"], None);
+    let twice = assign("group:ops");
+    let said = String::from_utf8_lossy(&twice.stderr);
+    assert_eq!(twice.status.code(), Some(2), "{said}");
+    assert!(
+        said.contains("names 2 groups") && said.contains("give the id"),
+        "{said}"
+    );
     let unknown = assign("nobody");
     assert!(
         String::from_utf8_lossy(&unknown.stderr).contains("no user, group or service principal is named \"nobody\""),
@@ -250,7 +259,10 @@ fn group_membership_and_ownership_are_activated_just_in_time() {
     for role in ["Exchange Administrator", "Global Reader"] {
         let checked = admin.ok(&["check", "lee", role], None);
         assert!(checked.starts_with("allowed"), "{checked}");
-        assert!(checked.contains("via group"), "{checked}");
+        assert!(
+            checked.contains("via group Exchange Admins ("),
+            "named, its id beside: {checked}"
+        );
     }
     // The role lasts as long as the membership, not the group's 30 days.
     let checked = admin.ok(&["check", "lee", "Exchange Administrator"], None);
