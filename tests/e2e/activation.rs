@@ -1010,6 +1010,67 @@ async fn the_last_permanent_global_administrator_cannot_be_removed() -> anyhow::
             .await
             .expect_err("the last one again");
         assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+
+        // A user disabled before assignment followed who is (here: its record of it lost) is
+        // announced once when identity starts, and counts as disabled again.
+        use pim::ServiceName;
+        let connect = |service| pim_runtime::db::connect(w.ts.database_url(service).expect("its database"));
+        let (assignment_db, identity_db) = (
+            connect(ServiceName::Assignment).await?,
+            connect(ServiceName::Identity).await?,
+        );
+        let disabled = |db: pim_runtime::db::Db| async move {
+            let row =
+                pim_runtime::db::query_one(&db, "SELECT COUNT(*) AS n FROM user_states WHERE NOT enabled", vec![])
+                    .await?;
+            anyhow::Ok(
+                row.map(|r| pim_runtime::db::col::<i64>(&r, "n"))
+                    .transpose()?
+                    .unwrap_or_default(),
+            )
+        };
+        assert_eq!(disabled(assignment_db.clone()).await?, 1, "Ola");
+        use sea_orm::ConnectionTrait;
+        assignment_db.execute_unprepared("DELETE FROM user_states").await?;
+        identity_db
+            .execute_unprepared("DELETE FROM announcements WHERE name = 'disabled_users'")
+            .await?;
+        let World { ts, clock, admin } = w;
+        let w = World {
+            ts: ts.restart().await?,
+            clock,
+            admin,
+        };
+        eventually(Duration::from_secs(10), "Ola announced disabled", || {
+            let db = assignment_db.clone();
+            async move { Ok((disabled(db).await? == 1).then_some(())) }
+        })
+        .await?;
+
+        // With no enabled holder left (here: Kim and the administrator disabled behind the
+        // services' backs), the break-glass bootstrap brings the administrator back: enabled
+        // again, with a new password, and a holder again.
+        for id in [&kim.id, &admin_id] {
+            identity_db
+                .execute_unprepared(&format!("UPDATE users SET enabled = FALSE WHERE id = '{id}'"))
+                .await?;
+            assignment_db
+                .execute_unprepared(&format!(
+                    "INSERT INTO user_states (principal_id, enabled, as_of) VALUES ('{id}', FALSE, 0) \
+                     ON CONFLICT (principal_id) DO UPDATE SET enabled = FALSE"
+                ))
+                .await?;
+        }
+        let (user, password) =
+            anyhow::Context::context(w.ts.suite.bootstrap().await?, "no enabled holder: bootstrapped")?;
+        assert_eq!(user, w.ts.admin_user);
+        w.ts.sign_in(&user, &password).await?;
+        eventually(Duration::from_secs(10), "the administrator enabled again", || {
+            let db = assignment_db.clone();
+            async move { Ok((disabled(db).await? == 2).then_some(())) }
+        })
+        .await?;
+        assert!(w.check(&admin_id, GLOBAL_ADMINISTRATOR).await?.allowed);
         Ok(w)
     })
     .await

@@ -101,8 +101,8 @@ impl Approvals {
     }
 
     pub async fn create_review(&self, caller: &Caller, r: NewReview) -> Result<ReviewRow> {
-        let name = r.name.trim();
-        if name.is_empty() || name.len() > 200 {
+        let name = pim_runtime::text::one_line(&r.name, 200).map_err(|why| Error::invalid("review.name", why))?;
+        if name.is_empty() {
             return Err(Error::invalid("review.name", "1 to 200 characters"));
         }
         let role_id = r.role_id.trim();

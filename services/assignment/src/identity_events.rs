@@ -28,7 +28,13 @@ impl EventHandler for IdentityEvents {
     fn wants(&self, event_type: &str) -> bool {
         matches!(
             event_type,
-            "GroupMemberAdded" | "GroupMemberRemoved" | "GroupDeleted" | "UserDisabled" | "UserEnabled" | "UserDeleted"
+            "GroupMemberAdded"
+                | "GroupMemberRemoved"
+                | "GroupDeleted"
+                | "UserDisabled"
+                | "UserDisabledAnnounced"
+                | "UserEnabled"
+                | "UserDeleted"
         )
     }
 
@@ -38,8 +44,11 @@ impl EventHandler for IdentityEvents {
     }
 
     async fn handle(&self, txn: &DatabaseTransaction, envelope: &Envelope) -> anyhow::Result<()> {
-        if let event_type @ ("UserDisabled" | "UserEnabled" | "UserDeleted") = short_type(envelope) {
-            // One event type for the three; a state older than the one recorded changes nothing.
+        if let event_type @ ("UserDisabled" | "UserDisabledAnnounced" | "UserEnabled" | "UserDeleted") =
+            short_type(envelope)
+        {
+            // One event type for the four (the announcement: a user disabled before this was
+            // followed); a state older than the one recorded changes nothing.
             let e: UserDisabled = decode(envelope)?;
             let as_of = envelope
                 .time

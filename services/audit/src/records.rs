@@ -92,7 +92,7 @@ pub fn record(envelope: &Envelope, correlator: &Correlator) -> anyhow::Result<Re
             r.target_name = e.user_name.clone();
             json!({"user_id": e.user_id, "user_name": e.user_name, "display_name": e.display_name, "email": e.email})
         }
-        "UserDisabled" | "UserEnabled" | "UserDeleted" => {
+        "UserDisabled" | "UserDisabledAnnounced" | "UserEnabled" | "UserDeleted" => {
             let e: ev::UserDisabled = decode(envelope)?;
             set_actor(&mut r, &e.actor);
             r.target_id = e.user_id.clone();
@@ -695,6 +695,7 @@ mod tests {
             ("pim.identity", "UserUpdated"),
             ("pim.identity", "UserAddressAnnounced"),
             ("pim.identity", "UserDisabled"),
+            ("pim.identity", "UserDisabledAnnounced"),
             ("pim.identity", "UserEnabled"),
             ("pim.identity", "UserDeleted"),
             ("pim.identity", "GroupCreated"),

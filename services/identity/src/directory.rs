@@ -178,6 +178,27 @@ impl Directory {
         Ok(users.len())
     }
 
+    /// Announces every disabled user once for the database (`UserDisabledAnnounced`, by PIM):
+    /// assignment's last-Global-Administrator protection counts only enabled users, and users
+    /// disabled before it followed `UserDisabled` would otherwise count. How many were.
+    pub async fn announce_disabled_once(&self) -> Result<usize> {
+        let txn = self.db.begin().await?;
+        if !store::claim_announcement(&txn, "disabled_users", self.clock.now_ms()).await? {
+            return Ok(0);
+        }
+        let users = store::disabled_users(&txn).await?;
+        for u in &users {
+            let event = ev::UserDisabled {
+                actor: Some(actor("system", PrincipalKind::Unspecified, "PIM (upgrade)")),
+                user_id: u.id.clone(),
+                user_name: u.user_name.clone(),
+            };
+            self.emit(&txn, "UserDisabledAnnounced", &u.id, &event).await?;
+        }
+        txn.commit().await?;
+        Ok(users.len())
+    }
+
     pub async fn create_user(&self, caller: &Caller, new: NewUser) -> Result<UserRow> {
         require(self.access.as_ref(), caller, permissions::USERS_MANAGE, "/").await?;
         let new = new.validate()?;
@@ -612,8 +633,22 @@ impl Directory {
     /// new one when present (an interrupted bootstrap is re-run). Returns (user, password).
     pub async fn bootstrap_admin(&self, user_name: &str) -> Result<(UserRow, String)> {
         let password = credentials::random_secret();
-        if let Some(user) = store::find_user(&self.db, user_name).await? {
+        if let Some(mut user) = store::find_user(&self.db, user_name).await? {
             store::set_password(&self.db, &user.id, &credentials::hash(&password).await?).await?;
+            if !user.enabled {
+                // No enabled user holds a permanent Global Administrator assignment: the
+                // break-glass account is the way back in, so it may sign in again.
+                let event = ev::UserDisabled {
+                    actor: Some(actor("system", PrincipalKind::Unspecified, "PIM (bootstrap)")),
+                    user_id: user.id.clone(),
+                    user_name: user.user_name.clone(),
+                };
+                let txn = self.db.begin().await?;
+                store::set_user_enabled(&txn, &user.id, true).await?;
+                self.emit(&txn, "UserEnabled", &user.id, &event).await?;
+                txn.commit().await?;
+                user.enabled = true;
+            }
             // Re-run (say, after an upgrade): the break-glass account may enrol MFA again.
             if !store::mfa_methods(&self.db, &user.id)
                 .await?

@@ -47,13 +47,7 @@ impl Directory {
             permissions::GROUPS_MANAGE
         };
         require(self.access.as_ref(), caller, needed, "/").await?;
-        let display_name = new.display_name.trim();
-        if display_name.is_empty() || display_name.chars().count() > 256 {
-            return Err(Error::invalid("display_name", "must be 1 to 256 characters"));
-        }
-        if new.description.chars().count() > 1024 {
-            return Err(Error::invalid("description", "must be at most 1024 characters"));
-        }
+        let display_name = checked_text(&new.display_name, &new.description)?;
         for owner in &new.owner_ids {
             if store::find_user(&self.db, owner).await?.is_none() {
                 return Err(Error::NotFound(format!("owner {owner}")));
@@ -110,13 +104,7 @@ impl Directory {
                 "is set when the group is created and never changes",
             ));
         }
-        let display_name = display_name.trim();
-        if display_name.is_empty() || display_name.chars().count() > 256 {
-            return Err(Error::invalid("display_name", "must be 1 to 256 characters"));
-        }
-        if description.chars().count() > 1024 {
-            return Err(Error::invalid("description", "must be at most 1024 characters"));
-        }
+        let display_name = checked_text(display_name, description)?;
         let event = ev::GroupCreated {
             actor: Some(caller.actor()),
             group_id: group.id.clone(),
@@ -381,4 +369,16 @@ impl Directory {
         }
         Ok(store::groups_of(&self.db, principal_id).await?)
     }
+}
+
+/// A group's display name (one line, 1 to 256 characters) and description (free text, at
+/// most 1024), as people will read them; the name, trimmed.
+fn checked_text<'a>(display_name: &'a str, description: &str) -> Result<&'a str> {
+    let display_name =
+        pim_runtime::text::one_line(display_name, 256).map_err(|why| Error::invalid("display_name", why))?;
+    if display_name.is_empty() {
+        return Err(Error::invalid("display_name", "must be 1 to 256 characters"));
+    }
+    pim_runtime::text::free_text(description, 1024).map_err(|why| Error::invalid("description", why))?;
+    Ok(display_name)
 }

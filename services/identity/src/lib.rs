@@ -83,6 +83,10 @@ impl Identity {
         if announced > 0 {
             tracing::info!(users = announced, "users' addresses announced to audit (once)");
         }
+        let announced = directory.announce_disabled_once().await?;
+        if announced > 0 {
+            tracing::info!(users = announced, "disabled users announced to assignment (once)");
+        }
         Ok(Self {
             directory,
             rotation: deps.config.signing_key_rotation,

@@ -145,16 +145,21 @@ impl Directory {
         if target.id == caller.principal_id && !enabled {
             return Err(Error::FailedPrecondition("you cannot disable yourself".into()));
         }
-        if !enabled {
-            self.keeps_an_enabled_global_admin(caller, &target).await?;
-        }
         let event_type = if enabled { "UserEnabled" } else { "UserDisabled" };
         let event = ev::UserDisabled {
             actor: Some(caller.actor()),
             user_id: target.id.clone(),
             user_name: target.user_name.clone(),
         };
+        // Who holds a permanent Global Administrator assignment is assignment's to say, asked
+        // before the transaction; whether they are enabled is read in it, locked.
+        let holders = if enabled {
+            Vec::new()
+        } else {
+            self.assignment.permanent_global_admins(caller).await?
+        };
         let txn = self.db.begin().await?;
+        keeps_an_enabled_global_admin(&txn, &holders, &target).await?;
         store::set_user_enabled(&txn, &target.id, enabled).await?;
         self.emit(&txn, event_type, &target.id, &event).await?;
         if !enabled {
@@ -230,29 +235,6 @@ impl Directory {
         Ok(())
     }
 
-    /// The last-Global-Administrator protection, on the directory's side: assignment counts
-    /// only enabled users' permanent Global Administrator assignments, so disabling the last
-    /// enabled user who holds one would leave no one able to administer, and is refused.
-    async fn keeps_an_enabled_global_admin(&self, caller: &Caller, target: &UserRow) -> Result<()> {
-        let holders = self.assignment.permanent_global_admins(caller).await?;
-        if !holders.contains(&target.id) {
-            return Ok(());
-        }
-        for holder in holders.iter().filter(|h| **h != target.id) {
-            if store::find_user(&self.db, holder)
-                .await?
-                .is_some_and(|u| u.enabled && u.id == *holder)
-            {
-                return Ok(());
-            }
-        }
-        Err(Error::FailedPrecondition(format!(
-            "refused: {} is the last enabled user with a permanent active Global Administrator assignment; \
-             give another user one first (last-Global-Administrator protection)",
-            target.user_name
-        )))
-    }
-
     async fn holds_any_role(&self, caller: &Caller, principal_id: &str) -> Result<bool> {
         Ok(!self.roles_of(caller, principal_id).await?.is_empty())
     }
@@ -309,4 +291,27 @@ impl Directory {
         sp.enabled = false;
         Ok(sp)
     }
+}
+
+/// The last-Global-Administrator protection, on the directory's side: assignment counts only
+/// enabled users' permanent Global Administrator assignments, so disabling the last enabled
+/// user among `holders` (who hold one) would leave no one able to administer, and is refused.
+/// The holders' rows stay locked until `txn` ends, so two disables cannot both pass.
+async fn keeps_an_enabled_global_admin(
+    txn: &sea_orm::DatabaseTransaction,
+    holders: &[String],
+    target: &UserRow,
+) -> Result<()> {
+    if !holders.contains(&target.id) {
+        return Ok(());
+    }
+    let enabled = store::lock_enabled_users(txn, holders).await?;
+    if enabled.iter().any(|id| *id != target.id) {
+        return Ok(());
+    }
+    Err(Error::FailedPrecondition(format!(
+        "refused: {} is the last enabled user with a permanent active Global Administrator assignment; \
+         give another user one first (last-Global-Administrator protection)",
+        target.user_name
+    )))
 }

@@ -251,3 +251,51 @@ async fn a_passkey_ceremony_is_taken_once_by_its_user_before_it_expires() -> any
     })
     .await
 }
+
+/// Disabling a Global Administrator decides on the holders' rows, locked: a second disable
+/// waits for the first and sees it, so two at once cannot disable the last two holders.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_disable_waits_for_the_first_and_sees_it() -> anyhow::Result<()> {
+    use sea_orm::{DbBackend, TransactionTrait};
+    on_both(|db| async move {
+        let (x, y) = (user("x"), user("y"));
+        store::insert_user(&db, &x).await?;
+        store::insert_user(&db, &y).await?;
+        let holders = vec![x.id.clone(), y.id.clone()];
+        let first = db.begin().await?;
+        assert_eq!(store::lock_enabled_users(&first, &holders).await?.len(), 2);
+        let second = tokio::spawn({
+            let (db, holders) = (db.clone(), holders.clone());
+            async move {
+                let txn = db.begin().await?;
+                let enabled = store::lock_enabled_users(&txn, &holders).await?;
+                txn.commit().await?;
+                anyhow::Ok(enabled)
+            }
+        });
+        if db.get_database_backend() == DbBackend::Postgres {
+            // The second is waiting on the rows the first holds (SQLite: on its one connection).
+            pim_runtime::testing::eventually(std::time::Duration::from_secs(10), "the second to wait", || {
+                let db = db.clone();
+                async move {
+                    let waiting = pim_runtime::db::query_one(
+                        &db,
+                        "SELECT COUNT(*) AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()",
+                        vec![],
+                    )
+                    .await?
+                    .map(|r| pim_runtime::db::col::<i64>(&r, "n"))
+                    .transpose()?
+                    .unwrap_or_default();
+                    Ok((waiting > 0).then_some(()))
+                }
+            })
+            .await?;
+        }
+        store::set_user_enabled(&first, &x.id, false).await?;
+        first.commit().await?;
+        assert_eq!(second.await??, vec![y.id.clone()], "the second saw the first's disable");
+        Ok(())
+    })
+    .await
+}

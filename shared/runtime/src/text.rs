@@ -18,13 +18,23 @@ pub fn one_line(text: &str, max: usize) -> Result<&str, String> {
     checked(text, max, |_| false)
 }
 
+/// Whether `c` changes how the text around it shows rather than being seen: a control
+/// character (NUL, a terminal escape, a line break), or one that reorders or breaks lines
+/// (bidirectional overrides and isolates, Unicode's line and paragraph separators).
+pub fn is_unseen(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{2028}' | '\u{2029}')
+}
+
 fn checked(text: &str, max: usize, allowed: fn(char) -> bool) -> Result<&str, String> {
     let text = text.trim();
     if text.chars().count() > max {
         return Err(format!("must be at most {max} characters"));
     }
-    if text.chars().any(|c| c.is_control() && !allowed(c)) {
-        return Err("must not contain control characters (such as NUL or terminal escape sequences)".into());
+    if text.chars().any(|c| is_unseen(c) && !allowed(c)) {
+        return Err(
+            "must not contain control characters (such as NUL, terminal escape sequences or bidirectional overrides)"
+                .into(),
+        );
     }
     Ok(text)
 }
@@ -41,7 +51,7 @@ mod tests {
         );
         assert!(free_text(&"é".repeat(1000), 1000).is_ok(), "characters, not bytes");
         assert!(free_text(&"é".repeat(1001), 1000).is_err());
-        for bad in ["ok\u{1b}[2J", "a\0b", "x\u{9b}31m", "\u{7f}"] {
+        for bad in ["ok\u{1b}[2J", "a\0b", "x\u{9b}31m", "\u{7f}", "abc\u{202e}fed"] {
             assert!(free_text(bad, 1000).is_err(), "{bad:?}");
         }
         assert!(one_line("INC1\nfake row", 100).is_err());

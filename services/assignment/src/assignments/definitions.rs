@@ -67,14 +67,9 @@ fn role_name(name: &str) -> Result<String> {
 }
 
 fn text(field: &'static str, value: &str, max: usize) -> Result<String> {
-    let value = value.trim();
-    if value.chars().count() > max || value.contains('\0') {
-        return Err(Error::invalid(
-            field,
-            format!("must be at most {max} characters of text"),
-        ));
-    }
-    Ok(value.to_owned())
+    pim_runtime::text::free_text(value, max)
+        .map(str::to_owned)
+        .map_err(|why| Error::invalid(field, why))
 }
 
 /// Privileged when marked so or when any permission is ([`privileged_permission`]).

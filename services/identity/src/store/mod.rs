@@ -4,7 +4,7 @@
 use sea_orm::{ConnectionTrait, DbErr, QueryResult};
 use sea_orm_migration::{MigrationTrait, MigratorTrait};
 
-use pim_runtime::db::{self, col, col_named};
+use pim_runtime::db::{self, Dialect, col, col_named};
 use pim_runtime::events::{SqlMigration, backbone_migrations};
 
 mod groups;

@@ -69,6 +69,11 @@ pub async fn users_with_email<C: ConnectionTrait>(c: &C) -> Result<Vec<UserRow>,
     db::rows(c, &sql, vec![], UserRow::from_row).await
 }
 
+pub async fn disabled_users<C: ConnectionTrait>(c: &C) -> Result<Vec<UserRow>, DbErr> {
+    let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE NOT enabled ORDER BY id");
+    db::rows(c, &sql, vec![], UserRow::from_row).await
+}
+
 /// A user by id or by (lower-cased) user name.
 pub async fn find_user<C: ConnectionTrait>(c: &C, id_or_name: &str) -> Result<Option<UserRow>, DbErr> {
     let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1 OR user_name = $2");
@@ -130,6 +135,25 @@ pub async fn set_user_enabled<C: ConnectionTrait>(c: &C, user_id: &str, enabled:
     )
     .await
     .map(drop)
+}
+
+/// Of `ids`, the users that are enabled, each row locked (PostgreSQL, in id order, so two
+/// transactions asking take turns) until `c`'s transaction ends; SQLite has one writer.
+pub async fn lock_enabled_users<C: ConnectionTrait>(c: &C, ids: &[String]) -> Result<Vec<String>, DbErr> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sql = format!(
+        "SELECT id FROM users WHERE id IN ({}) AND enabled ORDER BY id{}",
+        db::placeholders(1, ids.len()),
+        c.for_update()
+    );
+    let values = ids.iter().map(|id| id.clone().into()).collect();
+    db::query(c, &sql, values)
+        .await?
+        .iter()
+        .map(|r| col::<String>(r, "id"))
+        .collect()
 }
 
 pub async fn record_user_sign_in<C: ConnectionTrait>(c: &C, user_id: &str, at: i64) -> Result<(), DbErr> {

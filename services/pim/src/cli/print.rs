@@ -83,12 +83,13 @@ impl Cell {
 /// a name, an audit record's claims) never moves the cursor, clears the screen or starts a row
 /// of its own; its control characters are shown as escapes (`\u{1b}`, `\n`).
 pub fn printable(text: &str) -> String {
-    if !text.chars().any(char::is_control) {
+    use pim_runtime::text::is_unseen;
+    if !text.chars().any(is_unseen) {
         return text.to_owned();
     }
     text.chars()
         .map(|c| {
-            if c.is_control() {
+            if is_unseen(c) {
                 c.escape_default().to_string()
             } else {
                 c.to_string()
@@ -182,6 +183,7 @@ mod tests {
             "rota\\n01a2  approved\\u{1b}[8m"
         );
         assert_eq!(printable("Lee Gu — été\u{9b}"), "Lee Gu — été\\u{9b}");
+        assert_eq!(printable("txt.\u{202e}exe"), "txt.\\u{202e}exe");
         assert_eq!(printable("Lee Gu — été"), "Lee Gu — été");
         assert_eq!(Cell::from("ok\u{1b}[2J\r").shown(), "ok\\u{1b}[2J\\r");
     }

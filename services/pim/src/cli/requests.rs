@@ -13,8 +13,8 @@ use pim_runtime::db::{from_timestamp, to_timestamp};
 use pim_runtime::grpc::violated_rules;
 
 use super::{
-    Cell, ClientArgs, KindArg, Names, RoleRef, Session, Why, explain, kind_pb, print_table, secret_from, time,
-    write_token,
+    Cell, ClientArgs, KindArg, Names, RoleRef, Session, Why, explain, kind_pb, print_table, printable, secret_from,
+    time, write_token,
 };
 
 #[derive(Args)]
@@ -256,7 +256,12 @@ pub(crate) async fn activate_as(what: &str, role: &str, scope: &str, args: Activ
             if update.status != last.status {
                 match update.outcome_reason.as_str() {
                     "" => println!("Request {} {}", update.id, status_name(update.status)),
-                    why => println!("Request {} {}: {why}", update.id, status_name(update.status)),
+                    why => println!(
+                        "Request {} {}: {}",
+                        update.id,
+                        status_name(update.status),
+                        printable(why)
+                    ),
                 }
             }
             last = update;
