@@ -969,6 +969,15 @@ async fn the_last_permanent_global_administrator_cannot_be_removed() -> anyhow::
             .expect_err("the last enabled one");
         assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
         assert!(refused.message().contains("last enabled user"), "{refused:?}");
+        // A protection's refusal is audited, as a refused permission is.
+        let record = crate::consistency::failure_record(&w, "AccessDenied", &tom.id).await?;
+        assert_eq!(record.target_id, "/pim.identity.v1.DirectoryService/DisableUser");
+        assert!(
+            record.payload_json.contains("\"code\":\"FailedPrecondition\"")
+                && record.payload_json.contains("last enabled user"),
+            "{}",
+            record.payload_json
+        );
 
         // With a second permanent Global Administrator, the first may go — and then the second may not.
         let kim = w.user("kim").await?;

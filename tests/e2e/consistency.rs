@@ -263,7 +263,7 @@ async fn concurrent_activations_needing_approval_leave_exactly_one_waiting() -> 
 /// A refused activation is a security decision like a granted one: audited as a failure with
 /// the rules that refused it, and exported to OCSF as a Failure with the reason.
 /// The failure record of `action` (short name) whose actor is `actor`, once audit holds it.
-async fn failure_record(w: &World, action: &str, actor: &str) -> anyhow::Result<aupb::AuditRecord> {
+pub(crate) async fn failure_record(w: &World, action: &str, actor: &str) -> anyhow::Result<aupb::AuditRecord> {
     let query = aupb::QueryEventsRequest {
         actor_id: actor.into(),
         outcome: "failure".into(),

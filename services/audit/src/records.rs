@@ -377,7 +377,12 @@ pub fn record(envelope: &Envelope, correlator: &Correlator) -> anyhow::Result<Re
             set_actor(&mut r, &e.actor);
             r.target_id = e.method.clone();
             r.outcome = "failure".into();
-            json!({"method": e.method, "code": "PermissionDenied", "reason": e.reason})
+            let code = if e.code.is_empty() {
+                "PermissionDenied"
+            } else {
+                e.code.as_str()
+            };
+            json!({"method": e.method, "code": code, "reason": e.reason})
         }
         "ApprovalGranted"
         | "ApprovalDenied"

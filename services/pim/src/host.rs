@@ -149,7 +149,7 @@ impl Denials {
 
 #[async_trait::async_trait]
 impl Refusals for Denials {
-    async fn permission_denied(&self, caller: &Actor, method: &str, status: &tonic::Status) {
+    async fn refused(&self, caller: &Actor, method: &str, status: &tonic::Status) {
         let service = method.trim_start_matches('/').split('/').next().unwrap_or_default();
         let Some(service) = self.0.get(service) else {
             return;
@@ -158,6 +158,7 @@ impl Refusals for Denials {
             actor: Some(caller.clone()),
             method: method.to_owned(),
             reason: status.message().chars().take(500).collect(),
+            code: format!("{:?}", status.code()),
         };
         if let Err(err) = service.access_denied(&denied).await {
             tracing::warn!(error = %format!("{err:#}"), method, "recording a refused call failed");

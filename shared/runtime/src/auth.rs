@@ -611,11 +611,20 @@ pub const SELF_AUDITED_METHODS: &[&str] = &[
     "/pim.identity.v1.AuthService/ChangePassword",
 ];
 
-/// Where calls answered PERMISSION_DENIED are recorded, so every refusal is auditable. Called
-/// before the answer leaves, with the authenticated caller, the method and the answer.
+/// Methods guarded by a protection whose FAILED_PRECONDITION answers are security decisions
+/// too (the last enabled Global Administrator is never disabled or deleted): the layer
+/// records them as it records PERMISSION_DENIED.
+pub const PROTECTED_METHODS: &[&str] = &[
+    "/pim.identity.v1.DirectoryService/DisableUser",
+    "/pim.identity.v1.DirectoryService/DeleteUser",
+];
+
+/// Where refused calls are recorded, so every refusal is auditable: PERMISSION_DENIED answers,
+/// and a protection's FAILED_PRECONDITION ([`PROTECTED_METHODS`]). Called before the answer
+/// leaves, with the authenticated caller, the method and the answer.
 #[async_trait::async_trait]
 pub trait Refusals: Send + Sync {
-    async fn permission_denied(&self, caller: &pim_proto::common::v1::Actor, method: &str, status: &Status);
+    async fn refused(&self, caller: &pim_proto::common::v1::Actor, method: &str, status: &Status);
 }
 
 fn is_public(path: &str, public: &HashSet<&'static str>) -> bool {
@@ -640,7 +649,7 @@ impl AuthLayer {
     }
 
     /// Records every PERMISSION_DENIED answer to an authenticated caller with `refusals`
-    /// (except [`SELF_AUDITED_METHODS`]).
+    /// (except [`SELF_AUDITED_METHODS`]), and a protection's refusal ([`PROTECTED_METHODS`]).
     pub fn recording_refusals(mut self, refusals: Arc<dyn Refusals>) -> Self {
         self.refusals = Some(refusals);
         self
@@ -737,12 +746,15 @@ where
                     request.extensions_mut().insert(caller);
                     let response = inner.call(request).await;
                     let denied = match (&refusals, &response) {
-                        (Some(_), Ok(answer)) => Status::from_header_map(answer.headers())
-                            .filter(|status| status.code() == tonic::Code::PermissionDenied),
+                        (Some(_), Ok(answer)) => Status::from_header_map(answer.headers()).filter(|status| {
+                            status.code() == tonic::Code::PermissionDenied
+                                || (status.code() == tonic::Code::FailedPrecondition
+                                    && PROTECTED_METHODS.contains(&method.as_str()))
+                        }),
                         _ => None,
                     };
                     if let (Some((refusals, caller)), Some(status)) = (refusals, denied) {
-                        refusals.permission_denied(&caller.actor(), &method, &status).await;
+                        refusals.refused(&caller.actor(), &method, &status).await;
                     }
                     response
                 }

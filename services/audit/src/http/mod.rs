@@ -218,6 +218,7 @@ impl Endpoints {
                 actor: Some(caller.actor()),
                 method: format!("{method} {}", uri.path()),
                 reason: status.message().to_owned(),
+                code: "PermissionDenied".into(),
             };
             if let Err(err) = self.audit.access_denied(&denied).await {
                 tracing::warn!(error = %format!("{err:#}"), "recording an SSF refusal failed");
