@@ -311,7 +311,7 @@ async fn keeps_an_enabled_global_admin(
     }
     Err(Error::FailedPrecondition(format!(
         "refused: {} is the last enabled user with a permanent active Global Administrator assignment; \
-         give another user one first (last-Global-Administrator protection)",
+         first make another enabled user a permanent active Global Administrator (last-Global-Administrator protection)",
         target.user_name
     )))
 }

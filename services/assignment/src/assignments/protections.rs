@@ -16,7 +16,9 @@ pub const LAST_GLOBAL_ADMIN_KEPT: &str =
 /// The answer to a change the last-Global-Administrator protection refuses.
 pub fn last_global_admin_refused() -> Error {
     Error::FailedPrecondition(
-        "refused: this is the last permanent active Global Administrator; assign another one first".into(),
+        "refused: this is the last permanent active Global Administrator; first make another enabled user one \
+         (a permanent active assignment, which the role's policy must allow: --allow-permanent-active true)"
+            .into(),
     )
 }
 

@@ -448,6 +448,16 @@ pub(crate) async fn list(args: RequestsArgs) -> anyhow::Result<i32> {
             let action = apb::RequestAction::try_from(r.action)
                 .map(|a| a.as_str_name().trim_start_matches("REQUEST_ACTION_").to_lowercase())
                 .unwrap_or_default();
+            // A request that granted nothing has no end to show.
+            use apb::RequestStatus as S;
+            let granted_nothing = [S::Denied, S::Canceled, S::Failed, S::Expired]
+                .iter()
+                .any(|s| *s as i32 == r.status);
+            let until = if granted_nothing {
+                "-".to_owned()
+            } else {
+                time(r.end_time.as_ref().map(from_timestamp))
+            };
             rows.push(vec![
                 Cell::from(time(r.created_at.as_ref().map(from_timestamp))),
                 r.id.into(),
@@ -456,7 +466,7 @@ pub(crate) async fn list(args: RequestsArgs) -> anyhow::Result<i32> {
                 names.role(&r.role_id).await.into(),
                 r.scope.into(),
                 status_name(r.status).into(),
-                time(r.end_time.as_ref().map(from_timestamp)).into(),
+                until.into(),
                 r.outcome_reason.into(),
             ]);
         }

@@ -190,6 +190,7 @@ fn users_are_managed_and_a_waiting_request_is_withdrawn() {
         .find(|r| r["id"] == request_id)
         .unwrap_or_else(|| panic!("the request listed: {requests}"));
     assert_eq!(canceled_row["status"], "canceled");
+    assert_eq!(canceled_row["until"], "-", "a canceled request granted nothing to end");
     assert_eq!(canceled_row["principal"], "kim");
     assert_eq!(canceled_row["role"], "Exchange Administrator");
     // Names in tables; their ids beside them in JSON, and in tables with --ids.
