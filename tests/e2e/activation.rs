@@ -1060,14 +1060,22 @@ async fn the_last_permanent_global_administrator_cannot_be_removed() -> anyhow::
         // services' backs), the break-glass bootstrap brings the administrator back: enabled
         // again, with a new password, and a holder again.
         for id in [&kim.id, &admin_id] {
-            identity_db
-                .execute_unprepared(&format!("UPDATE users SET enabled = FALSE WHERE id = '{id}'"))
-                .await?;
             assignment_db
                 .execute_unprepared(&format!(
                     "INSERT INTO user_states (principal_id, enabled, as_of) VALUES ('{id}', FALSE, 0) \
                      ON CONFLICT (principal_id) DO UPDATE SET enabled = FALSE"
                 ))
+                .await?;
+        }
+        // Assignment's word alone (say, an enable it was not told of) does not do: the
+        // directory still has Kim enabled.
+        assert!(
+            w.ts.suite.bootstrap().await?.is_none(),
+            "Kim is enabled in the directory"
+        );
+        for id in [&kim.id, &admin_id] {
+            identity_db
+                .execute_unprepared(&format!("UPDATE users SET enabled = FALSE WHERE id = '{id}'"))
                 .await?;
         }
         let (user, password) =

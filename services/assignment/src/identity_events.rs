@@ -50,11 +50,15 @@ impl EventHandler for IdentityEvents {
             // One event type for the four (the announcement: a user disabled before this was
             // followed); a state older than the one recorded changes nothing.
             let e: UserDisabled = decode(envelope)?;
-            let as_of = envelope
-                .time
-                .as_ref()
-                .map(pim_runtime::db::from_timestamp)
-                .unwrap_or_default();
+            // The announcement tells of the past: whatever identity told since wins over it.
+            let as_of = match event_type {
+                "UserDisabledAnnounced" => 0,
+                _ => envelope
+                    .time
+                    .as_ref()
+                    .map(pim_runtime::db::from_timestamp)
+                    .unwrap_or_default(),
+            };
             store::set_user_enabled(txn, &e.user_id, event_type == "UserEnabled", as_of).await?;
             return Ok(());
         }

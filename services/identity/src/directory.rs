@@ -51,7 +51,7 @@ impl NewUser {
         if self.display_name.is_empty() {
             self.display_name = self.user_name.clone();
         }
-        if self.display_name.chars().count() > 256 || self.display_name.chars().any(char::is_control) {
+        if self.display_name.chars().count() > 256 || self.display_name.chars().any(pim_runtime::text::is_unseen) {
             return Err(Error::invalid(
                 "display_name",
                 "must be at most 256 printable characters",
@@ -631,6 +631,11 @@ impl Directory {
 
     /// The break-glass administrator: created with a random password when missing, given a
     /// new one when present (an interrupted bootstrap is re-run). Returns (user, password).
+    /// Whether any of `ids` is an enabled user.
+    pub async fn any_enabled(&self, ids: &[String]) -> Result<bool> {
+        Ok(!store::lock_enabled_users(&self.db, ids).await?.is_empty())
+    }
+
     pub async fn bootstrap_admin(&self, user_name: &str) -> Result<(UserRow, String)> {
         let password = credentials::random_secret();
         if let Some(mut user) = store::find_user(&self.db, user_name).await? {

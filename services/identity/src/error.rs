@@ -32,6 +32,9 @@ pub enum Error {
     MfaRequired(String),
     #[error("{0}")]
     Locked(String),
+    /// A protection refused (`LastGlobalAdministratorRule`): a security decision, audited.
+    #[error("{0}")]
+    Protected(String),
     #[error("{0}")]
     FailedPrecondition(String),
     /// The caller may not do this (a permission, an ownership, a protection).
@@ -101,6 +104,13 @@ impl From<Error> for Status {
                 }],
             ),
             Error::Locked(m) => Status::resource_exhausted(m),
+            Error::Protected(message) => pim_runtime::grpc::failed_precondition(
+                "user",
+                &[pim_runtime::grpc::RuleViolation {
+                    kind: pim_runtime::auth::LAST_GLOBAL_ADMINISTRATOR_RULE,
+                    message,
+                }],
+            ),
             Error::FailedPrecondition(m) => Status::failed_precondition(m),
             Error::PermissionDenied(m) => Status::permission_denied(m),
             Error::Unauthenticated(m) => Status::unauthenticated(m),

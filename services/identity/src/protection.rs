@@ -182,7 +182,10 @@ impl Directory {
         let mut target = self.target_user(user).await?;
         self.require_credential_admin(caller, &target).await?;
         let display_name = display_name.trim();
-        if display_name.is_empty() || display_name.chars().count() > 256 || display_name.chars().any(char::is_control) {
+        if display_name.is_empty()
+            || display_name.chars().count() > 256
+            || display_name.chars().any(pim_runtime::text::is_unseen)
+        {
             return Err(Error::invalid("display_name", "must be 1 to 256 printable characters"));
         }
         let email = email.trim();
@@ -302,14 +305,15 @@ async fn keeps_an_enabled_global_admin(
     holders: &[String],
     target: &UserRow,
 ) -> Result<()> {
-    if !holders.contains(&target.id) {
+    // A disabled user disabled again changes nothing.
+    if !target.enabled || !holders.contains(&target.id) {
         return Ok(());
     }
     let enabled = store::lock_enabled_users(txn, holders).await?;
     if enabled.iter().any(|id| *id != target.id) {
         return Ok(());
     }
-    Err(Error::FailedPrecondition(format!(
+    Err(Error::Protected(format!(
         "refused: {} is the last enabled user with a permanent active Global Administrator assignment; \
          first make another enabled user a permanent active Global Administrator (last-Global-Administrator protection)",
         target.user_name

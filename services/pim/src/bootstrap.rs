@@ -12,6 +12,12 @@ pub async fn run(identity: &Identity, assignment: &Assignment) -> anyhow::Result
     if assignment.assignments().has_active_global_admin().await? {
         return Ok(None);
     }
+    // Assignment counts only users it was told are enabled, and may not have been told yet:
+    // the directory has the last word.
+    let holders = assignment.assignments().permanent_global_admin_holders().await?;
+    if identity.directory().any_enabled(&holders).await? {
+        return Ok(None);
+    }
     let (user, password) = identity.directory().bootstrap_admin(ADMIN_USER).await?;
     assignment
         .assignments()

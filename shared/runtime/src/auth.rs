@@ -611,17 +611,14 @@ pub const SELF_AUDITED_METHODS: &[&str] = &[
     "/pim.identity.v1.AuthService/ChangePassword",
 ];
 
-/// Methods guarded by a protection whose FAILED_PRECONDITION answers are security decisions
-/// too (the last enabled Global Administrator is never disabled or deleted): the layer
-/// records them as it records PERMISSION_DENIED.
-pub const PROTECTED_METHODS: &[&str] = &[
-    "/pim.identity.v1.DirectoryService/DisableUser",
-    "/pim.identity.v1.DirectoryService/DeleteUser",
-];
+/// The rule a protection's FAILED_PRECONDITION names (a violation in its details) when it
+/// refuses to leave no enabled Global Administrator: a security decision, which the layer
+/// records as it records PERMISSION_DENIED.
+pub const LAST_GLOBAL_ADMINISTRATOR_RULE: &str = "LastGlobalAdministratorRule";
 
 /// Where refused calls are recorded, so every refusal is auditable: PERMISSION_DENIED answers,
-/// and a protection's FAILED_PRECONDITION ([`PROTECTED_METHODS`]). Called before the answer
-/// leaves, with the authenticated caller, the method and the answer.
+/// and a protection's FAILED_PRECONDITION ([`LAST_GLOBAL_ADMINISTRATOR_RULE`]). Called before
+/// the answer leaves, with the authenticated caller, the method and the answer.
 #[async_trait::async_trait]
 pub trait Refusals: Send + Sync {
     async fn refused(&self, caller: &pim_proto::common::v1::Actor, method: &str, status: &Status);
@@ -649,7 +646,8 @@ impl AuthLayer {
     }
 
     /// Records every PERMISSION_DENIED answer to an authenticated caller with `refusals`
-    /// (except [`SELF_AUDITED_METHODS`]), and a protection's refusal ([`PROTECTED_METHODS`]).
+    /// (except [`SELF_AUDITED_METHODS`]), and a protection's refusal
+    /// ([`LAST_GLOBAL_ADMINISTRATOR_RULE`]).
     pub fn recording_refusals(mut self, refusals: Arc<dyn Refusals>) -> Self {
         self.refusals = Some(refusals);
         self
@@ -749,7 +747,9 @@ where
                         (Some(_), Ok(answer)) => Status::from_header_map(answer.headers()).filter(|status| {
                             status.code() == tonic::Code::PermissionDenied
                                 || (status.code() == tonic::Code::FailedPrecondition
-                                    && PROTECTED_METHODS.contains(&method.as_str()))
+                                    && crate::grpc::violated_rules(status)
+                                        .iter()
+                                        .any(|r| r == LAST_GLOBAL_ADMINISTRATOR_RULE))
                         }),
                         _ => None,
                     };

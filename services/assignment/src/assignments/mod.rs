@@ -495,6 +495,12 @@ impl Assignments {
         )
     }
 
+    /// The users holding a permanent active Global Administrator assignment at `/`, disabled
+    /// or not (the directory tells which are).
+    pub async fn permanent_global_admin_holders(&self) -> Result<Vec<String>> {
+        Ok(store::permanent_holders(&self.db, GLOBAL_ADMINISTRATOR, self.now()).await?)
+    }
+
     /// Makes `user_id` a permanent, active Global Administrator at `/` — the break-glass
     /// account — unless a permanent Global Administrator exists already. Returns whether it did.
     pub async fn bootstrap_global_admin(&self, user_id: &str, user_name: &str) -> Result<bool> {

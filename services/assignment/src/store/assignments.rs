@@ -232,12 +232,26 @@ pub async fn lock_permanent_global_admins<C: ConnectionTrait>(
         ""
     };
     let sql = format!(
-        "SELECT {ASSIGNMENT_COLUMNS} FROM assignments WHERE status = 'active' AND kind = 'active' AND role_id = $1 AND scope = '/' AND end_at IS NULL AND start_at <= $2 \
-         AND principal_kind = 'user' \
+        "SELECT {ASSIGNMENT_COLUMNS} FROM assignments WHERE {PERMANENT_AT_ROOT} \
          AND NOT EXISTS (SELECT 1 FROM user_states u WHERE u.principal_id = assignments.principal_id AND NOT u.enabled) \
          ORDER BY id{lock}"
     );
     db::rows(c, &sql, vec![role_id.into(), now.into()], AssignmentRow::from_row).await
+}
+
+/// Users' permanent active assignments of role `$1` at `/` in force at `$2`.
+const PERMANENT_AT_ROOT: &str = "status = 'active' AND kind = 'active' AND role_id = $1 AND scope = '/' \
+     AND end_at IS NULL AND start_at <= $2 AND principal_kind = 'user'";
+
+/// The users holding a permanent active assignment of `role_id` at `/`, whether or not this
+/// service was told they are disabled (the directory has the last word on that).
+pub async fn permanent_holders<C: ConnectionTrait>(c: &C, role_id: &str, now: i64) -> Result<Vec<String>, DbErr> {
+    let sql = format!("SELECT DISTINCT principal_id FROM assignments WHERE {PERMANENT_AT_ROOT} ORDER BY principal_id");
+    db::query(c, &sql, vec![role_id.into(), now.into()])
+        .await?
+        .iter()
+        .map(|r| col::<String>(r, "principal_id"))
+        .collect()
 }
 
 /// Moves an active assignment's end if it is still at `version` (compare and set); returns its

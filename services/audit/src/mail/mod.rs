@@ -67,7 +67,7 @@ pub async fn learn_addresses<C: sea_orm::ConnectionTrait>(c: &C, records: &[Reco
             store::set_member(c, &group, &member, joined).await?;
         }
         match short {
-            "UserDisabled" => store::set_disabled(c, &r.target_id, true).await?,
+            "UserDisabled" | "UserDisabledAnnounced" => store::set_disabled(c, &r.target_id, true).await?,
             "UserEnabled" => store::set_disabled(c, &r.target_id, false).await?,
             _ => {}
         }

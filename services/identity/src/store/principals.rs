@@ -138,15 +138,20 @@ pub async fn set_user_enabled<C: ConnectionTrait>(c: &C, user_id: &str, enabled:
 }
 
 /// Of `ids`, the users that are enabled, each row locked (PostgreSQL, in id order, so two
-/// transactions asking take turns) until `c`'s transaction ends; SQLite has one writer.
+/// transactions asking take turns; a key-sharing lock, so rows referring to the user are still
+/// written meanwhile) until `c`'s transaction ends; SQLite has one writer.
 pub async fn lock_enabled_users<C: ConnectionTrait>(c: &C, ids: &[String]) -> Result<Vec<String>, DbErr> {
     if ids.is_empty() {
         return Ok(Vec::new());
     }
+    let lock = if c.for_update().is_empty() {
+        ""
+    } else {
+        " FOR NO KEY UPDATE"
+    };
     let sql = format!(
-        "SELECT id FROM users WHERE id IN ({}) AND enabled ORDER BY id{}",
+        "SELECT id FROM users WHERE id IN ({}) AND enabled ORDER BY id{lock}",
         db::placeholders(1, ids.len()),
-        c.for_update()
     );
     let values = ids.iter().map(|id| id.clone().into()).collect();
     db::query(c, &sql, values)

@@ -492,8 +492,13 @@ pub(crate) fn parse_duration(text: &str) -> Result<std::time::Duration, String> 
 /// The same where none at all is a setting too (a policy's MFA freshness may be 0s).
 pub(crate) fn parse_duration_or_zero(text: &str) -> Result<std::time::Duration, String> {
     let text = text.trim();
-    if text.starts_with('-') {
-        return Err(format!("a duration is never negative: {WRITE_A_DURATION}"));
+    if let Some(rest) = text.strip_prefix('-') {
+        // Values may start with '-' (so that -5m is answered here); a flag is not one.
+        return Err(if rest.starts_with(|c: char| c.is_ascii_digit()) {
+            format!("a duration is never negative: {WRITE_A_DURATION}")
+        } else {
+            format!("the duration is missing ({text} is a flag): {WRITE_A_DURATION}")
+        });
     }
     humantime::parse_duration(text).map_err(|_| format!("{text:?} is not a duration: {WRITE_A_DURATION}"))
 }
@@ -557,6 +562,8 @@ mod tests {
             ("abc", "is not a duration"),
             ("0m", "at least 1s"),
             ("1ms", "at least 1s"),
+            ("--justification", "the duration is missing"),
+            ("-j", "the duration is missing"),
         ] {
             let said = parse_duration(bad).expect_err(bad);
             assert!(said.contains(says) && said.contains("30m, 8h or 14d"), "{bad}: {said}");

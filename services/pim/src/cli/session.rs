@@ -149,17 +149,6 @@ impl Session {
             return Ok(reference.to_owned());
         }
         let (kind, name) = Kind::split(reference);
-        // Yourself, by your user name: no lookup (one who may not read the directory still
-        // names themselves).
-        if kind.is_none_or(|k| k == Kind::User)
-            && let Ok(claims) = self.claims()
-            && claims["kind"] == "user"
-            && claims["name"]
-                .as_str()
-                .is_some_and(|own| own.eq_ignore_ascii_case(name))
-        {
-            return self.whoami();
-        }
         // A lookup the caller may not make is a step to take differently, never an answer
         // such as "not allowed" (`pim check`'s exit code 1).
         let refused = |status: &str| {
@@ -181,7 +170,7 @@ impl Session {
         // leave it theirs.
         let listed = |listing: anyhow::Result<Vec<(Kind, String, String)>>, found: &[(Kind, String)]| match listing {
             Ok(listed) => Ok(listed),
-            Err(err) if super::is_denied(&err) && !found.is_empty() => Ok(Vec::new()),
+            Err(err) if super::is_denied(&err) && found.iter().any(|(k, _)| *k == Kind::User) => Ok(Vec::new()),
             Err(err) if super::is_denied(&err) => Err(refused(&format!("{err:#}"))),
             Err(err) => Err(err),
         };
