@@ -107,7 +107,7 @@ impl From<Error> for Status {
             Error::Protected(message) => pim_runtime::grpc::failed_precondition(
                 "user",
                 &[pim_runtime::grpc::RuleViolation {
-                    kind: pim_runtime::auth::LAST_GLOBAL_ADMINISTRATOR_RULE,
+                    kind: pim_runtime::grpc::LAST_GLOBAL_ADMINISTRATOR_RULE,
                     message,
                 }],
             ),

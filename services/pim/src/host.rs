@@ -150,6 +150,9 @@ impl Denials {
 #[async_trait::async_trait]
 impl Refusals for Denials {
     async fn refused(&self, caller: &Actor, method: &str, status: &tonic::Status) {
+        if !pim_runtime::grpc::is_recorded_refusal(status) {
+            return;
+        }
         let service = method.trim_start_matches('/').split('/').next().unwrap_or_default();
         let Some(service) = self.0.get(service) else {
             return;

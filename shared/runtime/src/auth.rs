@@ -611,14 +611,11 @@ pub const SELF_AUDITED_METHODS: &[&str] = &[
     "/pim.identity.v1.AuthService/ChangePassword",
 ];
 
-/// The rule a protection's FAILED_PRECONDITION names (a violation in its details) when it
-/// refuses to leave no enabled Global Administrator: a security decision, which the layer
-/// records as it records PERMISSION_DENIED.
-pub const LAST_GLOBAL_ADMINISTRATOR_RULE: &str = "LastGlobalAdministratorRule";
-
-/// Where refused calls are recorded, so every refusal is auditable: PERMISSION_DENIED answers,
-/// and a protection's FAILED_PRECONDITION ([`LAST_GLOBAL_ADMINISTRATOR_RULE`]). Called before
-/// the answer leaves, with the authenticated caller, the method and the answer.
+/// Where refused calls are recorded, so every refusal is auditable. Called before the answer
+/// leaves, with the authenticated caller, the method and the answer, for every
+/// PERMISSION_DENIED and FAILED_PRECONDITION: the sink records the former, and of the latter a
+/// protection's refusal (the grpc module's `LAST_GLOBAL_ADMINISTRATOR_RULE`; a step-up asked for
+/// is no refusal).
 #[async_trait::async_trait]
 pub trait Refusals: Send + Sync {
     async fn refused(&self, caller: &pim_proto::common::v1::Actor, method: &str, status: &Status);
@@ -646,8 +643,7 @@ impl AuthLayer {
     }
 
     /// Records every PERMISSION_DENIED answer to an authenticated caller with `refusals`
-    /// (except [`SELF_AUDITED_METHODS`]), and a protection's refusal
-    /// ([`LAST_GLOBAL_ADMINISTRATOR_RULE`]).
+    /// (except [`SELF_AUDITED_METHODS`]), and a protection's refusal (see [`Refusals`]).
     pub fn recording_refusals(mut self, refusals: Arc<dyn Refusals>) -> Self {
         self.refusals = Some(refusals);
         self
@@ -746,10 +742,7 @@ where
                     let denied = match (&refusals, &response) {
                         (Some(_), Ok(answer)) => Status::from_header_map(answer.headers()).filter(|status| {
                             status.code() == tonic::Code::PermissionDenied
-                                || (status.code() == tonic::Code::FailedPrecondition
-                                    && crate::grpc::violated_rules(status)
-                                        .iter()
-                                        .any(|r| r == LAST_GLOBAL_ADMINISTRATOR_RULE))
+                                || status.code() == tonic::Code::FailedPrecondition
                         }),
                         _ => None,
                     };

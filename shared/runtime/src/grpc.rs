@@ -43,6 +43,21 @@ pub fn cursor(raw: &str, field: &str) -> Result<Option<i64>, Status> {
         .ok_or_else(|| invalid_argument(field, "not a cursor this service issued"))
 }
 
+/// The rule a protection's FAILED_PRECONDITION names when it refuses to leave no enabled
+/// Global Administrator: a security decision, recorded as a refusal (see
+/// [`crate::auth::Refusals`]).
+pub const LAST_GLOBAL_ADMINISTRATOR_RULE: &str = "LastGlobalAdministratorRule";
+
+/// Whether `status` refuses the caller on its merits: PERMISSION_DENIED, or a protection's
+/// FAILED_PRECONDITION ([`LAST_GLOBAL_ADMINISTRATOR_RULE`]).
+pub fn is_recorded_refusal(status: &Status) -> bool {
+    status.code() == tonic::Code::PermissionDenied
+        || (status.code() == tonic::Code::FailedPrecondition
+            && violated_rules(status)
+                .iter()
+                .any(|r| r == LAST_GLOBAL_ADMINISTRATOR_RULE))
+}
+
 /// A rule that refused a request: `kind` is machine-readable (e.g. `MfaRule`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RuleViolation {

@@ -16,7 +16,7 @@ pub const LAST_GLOBAL_ADMIN_KEPT: &str =
 /// The answer to a change the last-Global-Administrator protection refuses.
 pub fn last_global_admin_refused() -> Error {
     Error::PolicyViolation(vec![pim_runtime::grpc::RuleViolation {
-        kind: pim_runtime::auth::LAST_GLOBAL_ADMINISTRATOR_RULE,
+        kind: pim_runtime::grpc::LAST_GLOBAL_ADMINISTRATOR_RULE,
         message:
             "refused: this is the last permanent active Global Administrator; first make another enabled user one \
                   (a permanent active assignment, which the role's policy must allow: --allow-permanent-active true)"
