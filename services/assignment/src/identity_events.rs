@@ -47,10 +47,10 @@ impl EventHandler for IdentityEvents {
         if let event_type @ ("UserDisabled" | "UserDisabledAnnounced" | "UserEnabled" | "UserDeleted") =
             short_type(envelope)
         {
-            // One event type for the four (the announcement: a user disabled before this was
-            // followed); a state older than the one recorded changes nothing.
+            // One event type for the four; a state older than the one recorded changes nothing.
+            // The announcement (a user disabled before this was followed) tells of the past:
+            // whatever identity told since wins over it.
             let e: UserDisabled = decode(envelope)?;
-            // The announcement tells of the past: whatever identity told since wins over it.
             let as_of = match event_type {
                 "UserDisabledAnnounced" => 0,
                 _ => envelope

@@ -333,3 +333,33 @@ mod client_ip_tests {
         assert_eq!(client_ip(Some(gateway), &["203.0.113.7"], &[]), Some(gateway));
     }
 }
+
+#[cfg(test)]
+mod refusal_tests {
+    use super::{LAST_GLOBAL_ADMINISTRATOR_RULE, RuleViolation, failed_precondition, is_recorded_refusal};
+    use tonic::Status;
+
+    /// A refused permission and a protection's refusal are recorded as refusals; a failed
+    /// precondition that asks the caller for a step (a recent MFA) is not one.
+    #[test]
+    fn only_refusals_on_the_merits_are_recorded_as_refusals() {
+        assert!(is_recorded_refusal(&Status::permission_denied("requires permission x")));
+        let rule = |kind| {
+            failed_precondition(
+                "user",
+                &[RuleViolation {
+                    kind,
+                    message: "no".into(),
+                }],
+            )
+        };
+        assert!(is_recorded_refusal(&rule(LAST_GLOBAL_ADMINISTRATOR_RULE)));
+        assert!(!is_recorded_refusal(&rule("MfaRule")));
+        assert!(!is_recorded_refusal(&Status::failed_precondition(
+            "you cannot disable yourself"
+        )));
+        assert!(!is_recorded_refusal(&Status::invalid_argument(
+            "justification: too long"
+        )));
+    }
+}
