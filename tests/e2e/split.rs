@@ -15,12 +15,16 @@ use pim_e2e::{authed, eventually, test_config};
 use pim_proto::assignment::v1 as apb;
 use pim_proto::assignment::v1::access_service_client::AccessServiceClient;
 use pim_proto::assignment::v1::assignment_service_client::AssignmentServiceClient;
+use pim_proto::assignment::v1::policy_service_client::PolicyServiceClient;
 use pim_proto::audit::v1 as aupb;
 use pim_proto::audit::v1::audit_service_client::AuditServiceClient;
+use pim_proto::catalogue::GLOBAL_ADMINISTRATOR;
 use pim_proto::identity::v1 as ipb;
 use pim_proto::identity::v1::auth_service_client::AuthServiceClient;
 use pim_proto::identity::v1::directory_service_client::DirectoryServiceClient;
+use pim_runtime::events::streams;
 use pim_runtime::testing::{TestDatabase, redis_url, unique};
+use redis::AsyncCommands;
 
 struct Host {
     suite: Suite,
@@ -80,14 +84,15 @@ async fn services_in_separate_hosts_work_together() -> anyhow::Result<()> {
         );
         let token = AuthServiceClient::new(identity_channel.clone())
             .sign_in(ipb::SignInRequest {
-                user_name: admin,
+                user_name: admin.clone(),
                 password,
             })
             .await?
             .into_inner()
             .access_token;
         // Identity asks assignment whether the admin may create users.
-        let lee = DirectoryServiceClient::new(identity_channel)
+        let mut directory = DirectoryServiceClient::new(identity_channel.clone());
+        let lee = directory
             .create_user(authed(
                 &token,
                 ipb::CreateUserRequest {
@@ -121,7 +126,7 @@ async fn services_in_separate_hosts_work_together() -> anyhow::Result<()> {
             request.end_time.is_none(),
             "eligible assignments may be permanent by default"
         );
-        let anonymous = AssignmentServiceClient::new(assignment_channel)
+        let anonymous = AssignmentServiceClient::new(assignment_channel.clone())
             .list_eligible_assignments(apb::ListAssignmentsRequest::default())
             .await
             .expect_err("no token");
@@ -158,6 +163,93 @@ async fn services_in_separate_hosts_work_together() -> anyhow::Result<()> {
             .await
             .expect_err("no token");
         assert_eq!(none.code(), Code::Unauthenticated);
+
+        // The last-Global-Administrator protection across processes: with Kim a second
+        // permanent Global Administrator, disabling her counts at assignment before identity
+        // answers, even while identity's events cannot reach it (a string where identity's
+        // stream was, so Redis refuses them): the admin then cannot remove their own.
+        let mut policies = PolicyServiceClient::new(assignment_channel.clone());
+        let ask = apb::GetRolePolicyRequest {
+            role_id: GLOBAL_ADMINISTRATOR.into(),
+            scope: "/".into(),
+        };
+        let mut policy = policies.get_role_policy(authed(&token, ask)).await?.into_inner();
+        policy.active_allow_permanent = true;
+        let update = apb::UpdateRolePolicyRequest {
+            policy: Some(policy),
+            ..Default::default()
+        };
+        policies.update_role_policy(authed(&token, update)).await?;
+        let new_user = ipb::CreateUserRequest {
+            user_name: "kim".into(),
+            password: "kim's long passphrase".into(),
+            ..Default::default()
+        };
+        let kim = directory.create_user(authed(&token, new_user)).await?.into_inner();
+        let admin_id = directory
+            .get_user(authed(&token, ipb::GetUserRequest { user: admin }))
+            .await?
+            .into_inner()
+            .id;
+        let permanent = |action: apb::RequestAction, principal_id: &str| apb::CreateRequestRequest {
+            action: action as i32,
+            kind: apb::AssignmentKind::Active as i32,
+            principal_id: principal_id.into(),
+            role_id: GLOBAL_ADMINISTRATOR.into(),
+            scope: "/".into(),
+            schedule: Some(apb::Schedule {
+                start_time: None,
+                expiration: Some(apb::schedule::Expiration::Permanent(true)),
+            }),
+            justification: "second break-glass account".into(),
+            ..Default::default()
+        };
+        let mut assignments = AssignmentServiceClient::new(assignment_channel);
+        assignments
+            .create_request(authed(&token, permanent(apb::RequestAction::AdminAssign, &kim.id)))
+            .await?;
+        let mut redis = redis::Client::open(redis_url())?
+            .get_multiplexed_async_connection()
+            .await?;
+        let identity_stream = format!("{prefix}{}", streams::IDENTITY);
+        let _: () = redis.del(&identity_stream).await?;
+        let _: () = redis.set(&identity_stream, "refused").await?;
+        let kim_user = || ipb::GetUserRequest { user: kim.id.clone() };
+        directory.disable_user(authed(&token, kim_user())).await?;
+        let refused = assignments
+            .create_request(authed(&token, permanent(apb::RequestAction::AdminRemove, &admin_id)))
+            .await
+            .expect_err("Kim is disabled: the admin is the last enabled one");
+        assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+        // Enabled again while assignment cannot hear of it, Kim still does not count there, so
+        // Tom, a Global Administrator for an hour, may not disable the admin: stricter than
+        // the directory, never looser.
+        directory.enable_user(authed(&token, kim_user())).await?;
+        let new_user = ipb::CreateUserRequest {
+            user_name: "tom".into(),
+            password: "tom's long passphrase".into(),
+            ..Default::default()
+        };
+        let tom = directory.create_user(authed(&token, new_user)).await?.into_inner();
+        let for_an_hour = apb::CreateRequestRequest {
+            schedule: crate::activation::lasting(3_600_000),
+            ..permanent(apb::RequestAction::AdminAssign, &tom.id)
+        };
+        assignments.create_request(authed(&token, for_an_hour)).await?;
+        let tom_token = AuthServiceClient::new(identity_channel.clone())
+            .sign_in(ipb::SignInRequest {
+                user_name: "tom".into(),
+                password: "tom's long passphrase".into(),
+            })
+            .await?
+            .into_inner()
+            .access_token;
+        let refused = directory
+            .disable_user(authed(&tom_token, ipb::GetUserRequest { user: admin_id }))
+            .await
+            .expect_err("assignment counts only the admin");
+        assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+        assert!(refused.message().contains("last enabled user"), "{refused:?}");
         anyhow::Ok(())
     }
     .await;

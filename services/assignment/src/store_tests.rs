@@ -250,6 +250,47 @@ async fn the_permanent_global_administrators_are_those_in_force_at_the_root() ->
     .await
 }
 
+/// A disable identity is about to make (`PrepareUserDisable`) and a removal at the same
+/// moment take turns on the permanent Global Administrators' rows, and the one that waited
+/// counts what the other recorded: two holders cannot each be taken away while the other still
+/// counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removal_waits_for_a_disable_and_counts_it() -> anyhow::Result<()> {
+    use sea_orm::TransactionTrait;
+    on_both(|db| async move {
+        let mut x = assignment("admin", Kind::Active, None);
+        x.role_id = GLOBAL_ADMINISTRATOR.into();
+        x.principal_id = "x".into();
+        let mut y = x.clone();
+        y.id = id();
+        y.principal_id = "y".into();
+        store::insert_assignment(&db, &x, true, NOW).await?;
+        store::insert_assignment(&db, &y, true, NOW).await?;
+        let disable = db.begin().await?;
+        assert_eq!(
+            store::lock_permanent_global_admins(&disable, GLOBAL_ADMINISTRATOR, NOW)
+                .await?
+                .len(),
+            2
+        );
+        let removal = tokio::spawn({
+            let db = db.clone();
+            async move {
+                let txn = db.begin().await?;
+                let counted = store::lock_permanent_global_admins(&txn, GLOBAL_ADMINISTRATOR, NOW).await?;
+                txn.commit().await?;
+                anyhow::Ok(counted.into_iter().map(|a| a.id).collect::<Vec<_>>())
+            }
+        });
+        pim_runtime::testing::a_transaction_waits_for_a_lock(&db).await?;
+        store::set_user_enabled(&disable, "x", false, NOW).await?;
+        disable.commit().await?;
+        assert_eq!(removal.await??, [y.id.clone()], "the removal counts x as disabled");
+        Ok(())
+    })
+    .await
+}
+
 /// Upgrading a database where earlier races left two administrators' assignments of one
 /// kind: the one that grants most stays (in force, permanent), the others are removed, and
 /// the unique index holds from then on.

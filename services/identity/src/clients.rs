@@ -78,6 +78,31 @@ impl AssignmentClients {
             .collect())
     }
 
+    /// Asks assignment, before a user is disabled, whether that leaves an enabled permanent
+    /// Global Administrator (`false`: the protection refuses); when it does, assignment counts
+    /// the user as disabled from then on.
+    pub async fn prepare_user_disable(&self, caller: &Caller, user_id: &str) -> Result<bool> {
+        let asked = apb::PrepareUserDisableRequest {
+            user_id: user_id.to_owned(),
+        };
+        match self
+            .assignments
+            .clone()
+            .prepare_user_disable(on_behalf_of(caller, asked)?)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(status)
+                if pim_runtime::grpc::violated_rules(&status)
+                    .iter()
+                    .any(|r| r == pim_runtime::grpc::LAST_GLOBAL_ADMINISTRATOR_RULE) =>
+            {
+                Ok(false)
+            }
+            Err(status) => Err(unavailable(status)),
+        }
+    }
+
     /// The roles a principal is eligible for or holds, directly or through a group, each with
     /// its scope.
     pub async fn roles_of(&self, caller: &Caller, principal_id: &str) -> Result<Vec<(String, String)>> {

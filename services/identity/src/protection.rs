@@ -159,7 +159,10 @@ impl Directory {
             self.assignment.permanent_global_admins(caller).await?
         };
         let txn = self.db.begin().await?;
-        keeps_an_enabled_global_admin(&txn, &holders, &target).await?;
+        if !enabled {
+            self.keeps_an_enabled_global_admin(&txn, caller, &holders, &target)
+                .await?;
+        }
         store::set_user_enabled(&txn, &target.id, enabled).await?;
         self.emit(&txn, event_type, &target.id, &event).await?;
         if !enabled {
@@ -296,26 +299,43 @@ impl Directory {
     }
 }
 
-/// The last-Global-Administrator protection, on the directory's side: assignment counts only
-/// enabled users' permanent Global Administrator assignments, so disabling the last enabled
-/// user among `holders` (who hold one) would leave no one able to administer, and is refused.
-/// The holders' rows stay locked until `txn` ends, so two disables cannot both pass.
-async fn keeps_an_enabled_global_admin(
-    txn: &sea_orm::DatabaseTransaction,
-    holders: &[String],
-    target: &UserRow,
-) -> Result<()> {
-    // A disabled user disabled again changes nothing.
-    if !target.enabled || !holders.contains(&target.id) {
-        return Ok(());
+impl Directory {
+    /// The last-Global-Administrator protection, on the directory's side: assignment counts
+    /// only enabled users' permanent Global Administrator assignments, so disabling the last
+    /// enabled user among `holders` (who hold one) would leave no one able to administer, and
+    /// is refused. The holders' rows stay locked until `txn` ends, so two disables cannot both
+    /// pass. Assignment then decides too, under the lock its removals take, so a disable and a
+    /// removal at the same moment cannot both pass either; it counts the user as disabled
+    /// before this commits, whatever the events' way to it (another process, Redis down).
+    async fn keeps_an_enabled_global_admin(
+        &self,
+        txn: &sea_orm::DatabaseTransaction,
+        caller: &Caller,
+        holders: &[String],
+        target: &UserRow,
+    ) -> Result<()> {
+        // A disabled user disabled again changes nothing.
+        if !target.enabled {
+            return Ok(());
+        }
+        let refused = || {
+            Error::Protected(format!(
+                "refused: {} is the last enabled user with a permanent active Global Administrator assignment; \
+                 first make another enabled user a permanent active Global Administrator (last-Global-Administrator protection)",
+                target.user_name
+            ))
+        };
+        if holders.contains(&target.id)
+            && !store::lock_enabled_users(txn, holders)
+                .await?
+                .iter()
+                .any(|id| *id != target.id)
+        {
+            return Err(refused());
+        }
+        if !self.assignment.prepare_user_disable(caller, &target.id).await? {
+            return Err(refused());
+        }
+        Ok(())
     }
-    let enabled = store::lock_enabled_users(txn, holders).await?;
-    if enabled.iter().any(|id| *id != target.id) {
-        return Ok(());
-    }
-    Err(Error::Protected(format!(
-        "refused: {} is the last enabled user with a permanent active Global Administrator assignment; \
-         first make another enabled user a permanent active Global Administrator (last-Global-Administrator protection)",
-        target.user_name
-    )))
 }

@@ -256,7 +256,7 @@ async fn a_passkey_ceremony_is_taken_once_by_its_user_before_it_expires() -> any
 /// waits for the first and sees it, so two at once cannot disable the last two holders.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_disable_waits_for_the_first_and_sees_it() -> anyhow::Result<()> {
-    use sea_orm::{DbBackend, TransactionTrait};
+    use sea_orm::TransactionTrait;
     on_both(|db| async move {
         let (x, y) = (user("x"), user("y"));
         store::insert_user(&db, &x).await?;
@@ -273,25 +273,8 @@ async fn a_second_disable_waits_for_the_first_and_sees_it() -> anyhow::Result<()
                 anyhow::Ok(enabled)
             }
         });
-        if db.get_database_backend() == DbBackend::Postgres {
-            // The second is waiting on the rows the first holds (SQLite: on its one connection).
-            pim_runtime::testing::eventually(std::time::Duration::from_secs(10), "the second to wait", || {
-                let db = db.clone();
-                async move {
-                    let waiting = pim_runtime::db::query_one(
-                        &db,
-                        "SELECT COUNT(*) AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()",
-                        vec![],
-                    )
-                    .await?
-                    .map(|r| pim_runtime::db::col::<i64>(&r, "n"))
-                    .transpose()?
-                    .unwrap_or_default();
-                    Ok((waiting > 0).then_some(()))
-                }
-            })
-            .await?;
-        }
+        // The second is waiting on the rows the first holds (SQLite: on its one connection).
+        pim_runtime::testing::a_transaction_waits_for_a_lock(&db).await?;
         store::set_user_enabled(&first, &x.id, false).await?;
         first.commit().await?;
         assert_eq!(second.await??, vec![y.id.clone()], "the second saw the first's disable");

@@ -138,6 +138,27 @@ where
     }
 }
 
+/// Waits until a transaction on `db`'s database waits for a lock another holds (PostgreSQL;
+/// on SQLite a second writer waits on the one connection, and there is nothing to see).
+pub async fn a_transaction_waits_for_a_lock(db: &crate::db::Db) -> anyhow::Result<()> {
+    if db.get_database_backend() != sea_orm::DbBackend::Postgres {
+        return Ok(());
+    }
+    eventually(Duration::from_secs(10), "a transaction to wait for a lock", || async {
+        let waiting = crate::db::query_one(
+            db,
+            "SELECT COUNT(*) AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()",
+            vec![],
+        )
+        .await?
+        .map(|r| crate::db::col::<i64>(&r, "n"))
+        .transpose()?
+        .unwrap_or_default();
+        Ok((waiting > 0).then_some(()))
+    })
+    .await
+}
+
 /// Log lines captured in memory (tests that check what reached the logs).
 #[derive(Clone, Default)]
 pub struct CapturedLogs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);

@@ -1,10 +1,13 @@
 //! The protections no request may get past, each written once and called by every path that
 //! could break it.
 
-use sea_orm::DatabaseTransaction;
+use sea_orm::{DatabaseTransaction, TransactionTrait};
+
+use pim_runtime::access::permissions;
+use pim_runtime::auth::Caller;
 
 use super::Assignments;
-use crate::domain::Kind;
+use crate::domain::{Kind, Scope};
 use crate::error::{Error, Result};
 use crate::roles::GLOBAL_ADMINISTRATOR;
 use crate::store::{self, AssignmentRow};
@@ -53,6 +56,32 @@ impl Assignments {
         let permanent = store::lock_permanent_global_admins(txn, GLOBAL_ADMINISTRATOR, now).await?;
         let permanent: Vec<&str> = permanent.iter().map(|a| a.id.as_str()).collect();
         Ok(takes_the_last(&permanent, &losing))
+    }
+
+    /// Identity asks this before it disables `user_id` (see the RPC's contract): the protection
+    /// decides under the lock removals take, and from now on counts the user as disabled, so
+    /// that a removal at the same moment, or before identity's `UserDisabled` arrives (another
+    /// process, Redis down), sees it. Should identity then not disable the user after all, the
+    /// protection counts one holder fewer than there is until identity next tells of them:
+    /// stricter, never looser.
+    pub async fn prepare_user_disable(&self, caller: &Caller, user_id: &str) -> Result<()> {
+        self.authorize(caller, permissions::USERS_MANAGE, &Scope::root())
+            .await?;
+        let now = self.now();
+        let txn = self.db.begin().await?;
+        let permanent = store::lock_permanent_global_admins(&txn, GLOBAL_ADMINISTRATOR, now).await?;
+        let losing: Vec<&str> = permanent
+            .iter()
+            .filter(|a| a.principal_id == user_id)
+            .map(|a| a.id.as_str())
+            .collect();
+        let permanent: Vec<&str> = permanent.iter().map(|a| a.id.as_str()).collect();
+        if takes_the_last(&permanent, &losing) {
+            return Err(last_global_admin_refused());
+        }
+        store::set_user_enabled(&txn, user_id, false, now).await?;
+        txn.commit().await?;
+        Ok(())
     }
 }
 

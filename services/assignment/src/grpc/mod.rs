@@ -420,6 +420,16 @@ impl AssignmentService for Assignments {
     ) -> Result<Response<pb::ListAssignmentsResponse>, Status> {
         self.list_pb(request, Kind::Active).await
     }
+
+    async fn prepare_user_disable(
+        &self,
+        request: Request<pb::PrepareUserDisableRequest>,
+    ) -> Result<Response<pb::PrepareUserDisableResponse>, Status> {
+        let caller = caller(&request)?.clone();
+        let user_id = filter(&request.get_ref().user_id).ok_or_else(|| Error::invalid("user_id", "required"))?;
+        Assignments::prepare_user_disable(self, &caller, user_id).await?;
+        Ok(Response::new(pb::PrepareUserDisableResponse {}))
+    }
 }
 
 #[tonic::async_trait]

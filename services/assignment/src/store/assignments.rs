@@ -226,17 +226,20 @@ pub async fn lock_permanent_global_admins<C: ConnectionTrait>(
     role_id: &str,
     now: i64,
 ) -> Result<Vec<AssignmentRow>, DbErr> {
-    let lock = if c.backend() == sea_orm::DbBackend::Postgres {
-        " FOR UPDATE"
-    } else {
-        ""
-    };
+    let values = || vec![role_id.into(), now.into()];
+    if c.backend() == sea_orm::DbBackend::Postgres {
+        // Locked first, then read in a statement of its own: a statement that waited for a lock
+        // sees other tables as they were when it began, and a disable the change it waited for
+        // recorded ([`set_user_enabled`]) must count.
+        let sql = format!("SELECT id FROM assignments WHERE {PERMANENT_AT_ROOT} ORDER BY id FOR UPDATE");
+        db::query(c, &sql, values()).await?;
+    }
     let sql = format!(
         "SELECT {ASSIGNMENT_COLUMNS} FROM assignments WHERE {PERMANENT_AT_ROOT} \
          AND NOT EXISTS (SELECT 1 FROM user_states u WHERE u.principal_id = assignments.principal_id AND NOT u.enabled) \
-         ORDER BY id{lock}"
+         ORDER BY id"
     );
-    db::rows(c, &sql, vec![role_id.into(), now.into()], AssignmentRow::from_row).await
+    db::rows(c, &sql, values(), AssignmentRow::from_row).await
 }
 
 /// Users' permanent active assignments of role `$1` at `/` in force at `$2`.
