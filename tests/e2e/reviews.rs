@@ -253,6 +253,66 @@ async fn a_review_removes_denied_and_unanswered_assignments_and_keeps_approved_o
     .await
 }
 
+/// Named reviewers decide each other's access, never their own; only a self-review lets people
+/// attest their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reviewers_do_not_review_their_own_access() -> anyhow::Result<()> {
+    run(|w| async move {
+        let (ann, lee) = (w.user("ann").await?, w.user("lee").await?);
+        for u in [&ann, &lee] {
+            w.make_eligible(u, EXCHANGE_ADMINISTRATOR).await?;
+        }
+        w.approval_sees(2, 0).await?;
+        let mut peers = removing_review(
+            "Exchange admins, by peers",
+            "Exchange Administrator",
+            pb::ReviewScope::Eligible,
+            &ann.id,
+        );
+        peers
+            .review
+            .as_mut()
+            .expect("a review")
+            .reviewer_ids
+            .push(lee.id.clone());
+        let review = w.reviews().create_review(authed(&w.admin, peers)).await?.into_inner();
+        let (anns, lees) = (
+            w.my_items(&ann.token, &review.id).await?,
+            w.my_items(&lee.token, &review.id).await?,
+        );
+        let whose = |items: &[pb::ReviewItem]| items.iter().map(|i| i.principal_id.clone()).collect::<Vec<_>>();
+        assert_eq!(whose(&anns), [lee.id.clone()], "Ann reviews Lee only");
+        assert_eq!(whose(&lees), [ann.id.clone()], "Lee reviews Ann only");
+        let refused = w
+            .reviews()
+            .record_decision(authed(
+                &ann.token,
+                pb::RecordDecisionRequest {
+                    item_id: lees[0].id.clone(),
+                    decision: pb::Decision::Approve as i32,
+                    justification: "I still need it".into(),
+                },
+            ))
+            .await
+            .expect_err("her own access");
+        assert_eq!(refused.code(), Code::PermissionDenied);
+        assert!(refused.message().contains("your own access"), "{refused:?}");
+
+        let mut own = removing_review(
+            "Exchange admins, each their own",
+            "Exchange Administrator",
+            pb::ReviewScope::Eligible,
+            "",
+        );
+        let asked = own.review.as_mut().expect("a review");
+        (asked.reviewer_ids, asked.self_review) = (Vec::new(), true);
+        let review = w.reviews().create_review(authed(&w.admin, own)).await?.into_inner();
+        assert_eq!(whose(&w.my_items(&ann.token, &review.id).await?), [ann.id.clone()]);
+        Ok(w)
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_weekly_review_by_a_group_starts_again_with_a_fresh_snapshot() -> anyhow::Result<()> {
     run(|w| async move {

@@ -38,6 +38,11 @@ pub fn recurrence_period(recurrence: &str) -> Option<Option<i64>> {
     })
 }
 
+/// Whether `item` reviews `caller`'s own access.
+fn is_own(item: &ItemRow, caller: &Caller) -> bool {
+    item.principal_id == caller.principal_id
+}
+
 /// What an administrator asks for; checked here, stored as a [`ReviewRow`].
 pub struct NewReview {
     pub name: String,
@@ -249,8 +254,12 @@ impl Approvals {
         item: &ItemRow,
         groups: &mut Option<HashSet<String>>,
     ) -> Result<bool> {
-        Ok((review.self_review && item.principal_id == caller.principal_id)
-            || self.is_reviewer(caller, review, groups).await?)
+        // One's own access is one's own to attest only in a self-review; in a review by named
+        // reviewers, the others decide it (or the review's default decision does).
+        if is_own(item, caller) {
+            return Ok(review.self_review);
+        }
+        self.is_reviewer(caller, review, groups).await
     }
 
     /// The current instance's items the caller reviews (of one review, or of every review in
@@ -301,7 +310,11 @@ impl Approvals {
             .await?
             .ok_or_else(|| Error::NotFound("access review".into()))?;
         if !self.may_review(caller, &review, &item, &mut None).await? {
-            return Err(Error::PermissionDenied("you are not a reviewer of this item".into()));
+            return Err(Error::PermissionDenied(if is_own(&item, caller) {
+                "you may not review your own access: the review's other reviewers decide it".into()
+            } else {
+                "you are not a reviewer of this item".into()
+            }));
         }
         let txn = self.db.begin().await?;
         let review = store::review(&txn, &item.review_id, true)

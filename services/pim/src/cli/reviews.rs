@@ -72,7 +72,8 @@ pub(crate) struct CreateArgs {
     /// Which assignments are reviewed: eligible, active or both.
     #[arg(long, value_enum, default_value = "both")]
     assignments: ReviewScopeArg,
-    /// Reviewers, comma-separated: user names or ids, or group ids (the group's members review).
+    /// Reviewers, comma-separated: user names or ids, or group ids (the group's members
+    /// review). A reviewer never decides their own access; the others do.
     #[arg(long, value_delimiter = ',')]
     reviewers: Vec<String>,
     /// Each holder reviews their own assignment.
