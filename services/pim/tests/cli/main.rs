@@ -130,6 +130,21 @@ impl Client {
         child.wait_with_output().expect("pim finishes")
     }
 
+    /// `pim` with its output's reader gone before it prints (`pim … | head -0`).
+    fn run_reader_gone(&self, args: &[&str]) -> Output {
+        let mut child = Command::new(PIM)
+            .args(args)
+            .env("PIM_SERVER", &self.server)
+            .env("PIM_TOKEN_FILE", &self.token_file)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("pim runs");
+        drop(child.stdout.take());
+        child.wait_with_output().expect("pim finishes")
+    }
+
     /// `pim mfa enroll`, answering its prompt with a code from the URI it shows.
     fn enroll_mfa(&self) -> totp_rs::TOTP {
         let mut child = Command::new(PIM)

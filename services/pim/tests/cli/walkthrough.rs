@@ -478,6 +478,13 @@ fn the_readme_walk_through_works_and_survives_a_restart() {
         "{exported}"
     );
     assert!(!exported.contains(&password), "no secret in the audit log");
+    // A reader that goes away (`pim audit | head -1`) ends the command quietly.
+    for args in [&["audit"][..], &["audit", "export"]] {
+        let out = admin.run_reader_gone(args);
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(141), "pim {args:?}: {said}");
+        assert!(said.is_empty(), "pim {args:?}: {said}");
+    }
 
     let whoami = admin.ok(&["whoami"], None);
     assert!(
