@@ -659,6 +659,7 @@ fn masked(
         update_mask: Some(prost_types::FieldMask {
             paths: mask.iter().map(|p| (*p).to_owned()).collect(),
         }),
+        validate_only: false,
     }
 }
 
@@ -863,6 +864,7 @@ async fn access_to_a_group_holding_a_privileged_role_is_privileged() -> anyhow::
             update_mask: Some(prost_types::FieldMask {
                 paths: vec!["activation_requires_mfa".into()],
             }),
+            validate_only: false,
         };
         let mut policies = PolicyServiceClient::new(w.ts.channel.clone());
         policies

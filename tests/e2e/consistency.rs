@@ -450,6 +450,10 @@ async fn every_refusal_is_audited_and_exported_as_a_failure() -> anyhow::Result<
 /// break in a ticket number (which would forge what an approver's terminal shows).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_invalid_argument_naming_the_field() -> anyhow::Result<()> {
+    use pim_proto::assignment::v1::policy_service_client::PolicyServiceClient;
+    use pim_proto::identity::v1 as ipb;
+    use pim_proto::identity::v1::directory_service_client::DirectoryServiceClient;
+
     crate::activation::run_on_both(|w| async move {
         let lee = w.user("lee").await?;
         w.make_eligible(&lee, EXCHANGE_ADMINISTRATOR).await?;
@@ -522,6 +526,54 @@ async fn bad_input_is_invalid_argument_naming_the_field() -> anyhow::Result<()> 
         }
         w.set_policy(EXCHANGE_ADMINISTRATOR, |p| p.approver_ids = vec![lee.id.clone()])
             .await?;
+        // Named again once disabled, an approver is refused all the same; a change of other
+        // settings does not weigh them. A dry run (validate_only) says what a change would
+        // give and changes nothing.
+        DirectoryServiceClient::new(w.ts.channel.clone())
+            .disable_user(authed(&w.admin, ipb::GetUserRequest { user: lee.id.clone() }))
+            .await?;
+        let refused = w
+            .set_policy(EXCHANGE_ADMINISTRATOR, |p| p.approver_ids = vec![lee.id.clone()])
+            .await
+            .expect_err("Lee is disabled");
+        let refused = refused.downcast_ref::<tonic::Status>().expect("a gRPC answer");
+        assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+        assert!(refused.message().contains("is disabled"), "{refused:?}");
+        let ticket = |validate_only: bool| apb::UpdateRolePolicyRequest {
+            policy: Some(apb::RolePolicy {
+                role_id: EXCHANGE_ADMINISTRATOR.into(),
+                scope: "/".into(),
+                activation_requires_ticket: true,
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["activation_requires_ticket".into()],
+            }),
+            validate_only,
+        };
+        let mut policies = PolicyServiceClient::new(w.ts.channel.clone());
+        let would = policies
+            .update_role_policy(authed(&w.admin, ticket(true)))
+            .await?
+            .into_inner();
+        assert!(would.activation_requires_ticket && would.approver_ids == [lee.id.clone()]);
+        let read = |policies: &mut PolicyServiceClient<tonic::transport::Channel>| {
+            let mut policies = policies.clone();
+            let admin = w.admin.clone();
+            async move {
+                let ask = apb::GetRolePolicyRequest {
+                    role_id: EXCHANGE_ADMINISTRATOR.into(),
+                    scope: "/".into(),
+                };
+                anyhow::Ok(policies.get_role_policy(authed(&admin, ask)).await?.into_inner())
+            }
+        };
+        assert!(
+            !read(&mut policies).await?.activation_requires_ticket,
+            "a dry run changes nothing"
+        );
+        policies.update_role_policy(authed(&w.admin, ticket(false))).await?;
+        assert!(read(&mut policies).await?.activation_requires_ticket);
         Ok(w)
     })
     .await

@@ -483,6 +483,7 @@ async fn a_just_in_time_membership_carries_the_groups_roles_until_it_ends() -> a
                     update_mask: Some(prost_types::FieldMask {
                         paths: vec!["approval_required".into()],
                     }),
+                    validate_only: false,
                 },
             ))
             .await?;

@@ -281,8 +281,8 @@ async fn reviewers_do_not_review_their_own_access() -> anyhow::Result<()> {
             w.my_items(&lee.token, &review.id).await?,
         );
         let whose = |items: &[pb::ReviewItem]| items.iter().map(|i| i.principal_id.clone()).collect::<Vec<_>>();
-        assert_eq!(whose(&anns), [lee.id.clone()], "Ann reviews Lee only");
-        assert_eq!(whose(&lees), [ann.id.clone()], "Lee reviews Ann only");
+        assert_eq!(whose(&anns), std::slice::from_ref(&lee.id), "Ann reviews Lee only");
+        assert_eq!(whose(&lees), std::slice::from_ref(&ann.id), "Lee reviews Ann only");
         let refused = w
             .reviews()
             .record_decision(authed(
@@ -307,7 +307,10 @@ async fn reviewers_do_not_review_their_own_access() -> anyhow::Result<()> {
         let asked = own.review.as_mut().expect("a review");
         (asked.reviewer_ids, asked.self_review) = (Vec::new(), true);
         let review = w.reviews().create_review(authed(&w.admin, own)).await?.into_inner();
-        assert_eq!(whose(&w.my_items(&ann.token, &review.id).await?), [ann.id.clone()]);
+        assert_eq!(
+            whose(&w.my_items(&ann.token, &review.id).await?),
+            std::slice::from_ref(&ann.id)
+        );
         Ok(w)
     })
     .await

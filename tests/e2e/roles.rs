@@ -123,6 +123,7 @@ async fn custom_roles_grant_their_permissions_just_in_time_and_go_only_when_unus
                     update_mask: Some(prost_types::FieldMask {
                         paths: vec!["activation_requires_mfa".into()],
                     }),
+                    validate_only: false,
                 },
             ))
             .await?;

@@ -41,6 +41,7 @@ use pim_runtime::host::{Deps, Service};
 
 pub use assignments::Assignments;
 pub use domain::Scope;
+pub use grpc::check_new_policy;
 pub use roles::{
     BUILT_IN_ROLES, GLOBAL_ADMINISTRATOR, PRIVILEGED_ROLE_ADMINISTRATOR, check_permission, privileged_permission,
 };

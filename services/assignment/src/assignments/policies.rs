@@ -54,6 +54,8 @@ pub struct PolicyUpdate {
     pub asked: Policy,
     pub settings: Vec<Setting>,
     pub etag: Option<String>,
+    /// Checked as it would be made, and nothing changed.
+    pub validate_only: bool,
 }
 
 impl Assignments {
@@ -120,11 +122,21 @@ impl Assignments {
             }
             let after = policy_edits::merged(&before, &update.asked, &update.settings);
             after.validate()?;
-            // Approvers newly named must exist; those already there are not checked again, so
-            // a disabled one never blocks the update that replaces them.
-            let named = |p: &Policy| -> std::collections::BTreeSet<String> { policy_approvers(p).cloned().collect() };
-            let added: Vec<String> = named(&after).difference(&named(&before)).cloned().collect();
-            self.approvers_exist(caller, &added).await?;
+            // The approvers an update names must exist and be enabled, whether new or named
+            // again; an update of other settings does not check them, so a disabled approver
+            // never blocks an unrelated change.
+            if update
+                .settings
+                .iter()
+                .any(|s| matches!(s, Setting::ApproverIds | Setting::ApprovalStages))
+            {
+                let named: std::collections::BTreeSet<String> = policy_approvers(&after).cloned().collect();
+                self.approvers_exist(caller, &named.into_iter().collect::<Vec<_>>())
+                    .await?;
+            }
+            if update.validate_only {
+                return Ok(PolicyAt::new(role.id, scope.as_str(), after, Some(scope.as_str())));
+            }
             let changes = policy_edits::changes(&before, &after);
             let event = ev::PolicyUpdated {
                 actor: Some(caller.actor()),

@@ -221,6 +221,7 @@ impl PolicyService for Assignments {
             asked: policy_from_pb(p)?,
             settings,
             etag,
+            validate_only: r.validate_only,
         };
         Ok(Response::new(policy_to_pb(
             self.update_policy(&caller, &role, &scope, update).await?,
@@ -537,6 +538,16 @@ impl AccessService for Assignments {
                 .collect(),
         }))
     }
+}
+
+/// Checks the settings `mask` names in `asked` as `UpdateRolePolicy` would over the defaults
+/// (ranges, stages), without the directory or a database: `pim plan` checks the policies of
+/// roles and groups its file creates with it, which the server cannot dry-run yet.
+pub fn check_new_policy(asked: pb::RolePolicy, mask: &[String]) -> Result<(), Status> {
+    let settings = Setting::from_mask(mask)?;
+    let asked = policy_from_pb(asked)?;
+    crate::policy_edits::merged(&crate::domain::Policy::default(), &asked, &settings).validate()?;
+    Ok(())
 }
 
 fn observed_to_pb(g: crate::store::ObservedGrant) -> pb::ObservedGrant {

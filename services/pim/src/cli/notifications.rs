@@ -244,6 +244,7 @@ pub(crate) async fn notifications(cmd: NotificationsCommand) -> anyhow::Result<i
                     update_mask: Some(prost_types::FieldMask {
                         paths: vec!["notification_rules".into()],
                     }),
+                    validate_only: false,
                 })?)
                 .await
                 .map_err(explain)?

@@ -356,6 +356,7 @@ pub(crate) async fn policy(cmd: PolicyCommand) -> anyhow::Result<i32> {
                     update_mask: Some(prost_types::FieldMask {
                         paths: mask.into_iter().map(str::to_owned).collect(),
                     }),
+                    validate_only: false,
                 })?)
                 .await
                 .map_err(explain)?

@@ -115,7 +115,7 @@ fn custom_roles_are_created_checked_by_permission_and_deleted() {
 /// change, and a file with mistakes lists each with its line and changes nothing.
 #[test]
 fn a_configuration_file_applies_once_prunes_round_trips_and_a_bad_one_changes_nothing() {
-    let (dir, up, _server, admin) = up_with_admin();
+    let (dir, up, server, admin) = up_with_admin();
     for user in ["lee", "sam", "alice", "bob"] {
         admin.ok(
             &["users", "create", "--user-name", user, "--password-stdin"],
@@ -262,11 +262,51 @@ fn a_configuration_file_applies_once_prunes_round_trips_and_a_bad_one_changes_no
     );
     assert!(!pruned.contains("sam"), "ops is not the file's: {pruned}");
 
+    // A prune never ends an activation: Sam's eligibility, which Sam's running activation
+    // rests on, is kept with a warning until it ends.
+    admin.ok(&["policy", "set", "Global Reader", "--require-mfa", "false"], None);
+    admin.ok(
+        &[
+            "assign",
+            "--principal",
+            "sam",
+            "--role",
+            "Global Reader",
+            "--kind",
+            "eligible",
+            "--permanent",
+        ],
+        None,
+    );
+    let sam = Client {
+        server,
+        token_file: dir.join("sam-token"),
+    };
+    sam.ok(
+        &["login", "--user", "sam", "--password-stdin"],
+        Some("sam's passphrase, long enough\n"),
+    );
+    sam.ok(&["activate", "Global Reader", "-j", "audit prep", "--no-wait"], None);
+    let readers = dir.join("readers.yaml");
+    std::fs::write(&readers, "assignments:\n  - role: Global Reader\n    prune: true\n").unwrap();
+    let planned = admin.run(&["plan", "-f", readers.to_str().unwrap()], None);
+    let (said, warned) = (
+        String::from_utf8_lossy(&planned.stdout),
+        String::from_utf8_lossy(&planned.stderr),
+    );
+    assert!(said.contains("No changes"), "{said} {warned}");
+    assert!(
+        warned.contains(
+            "sam's eligible Global Reader at / is not in the file, but is kept while their activation of it runs"
+        ),
+        "{warned}"
+    );
+
     // Every mistake, each at its line; nothing applied, not even the valid new role.
     let bad = dir.join("bad.yaml");
     std::fs::write(
         &bad,
-        "roles:\n  - name: Auditor Extra\n    permissions: [app.audit/read]\n  - name: Broken\n    permissions: [\"app payments/refunds\"]\npolicies:\n  - role: Payments Refunder\n    activation_max_duration: soon\n    notifications:\n      - event: activation\n        party: approver\n      - event: eligible_assignment\n        party: approver\n  - group: no-such-group\n    activation_max_duration: 1h\nassignments:\n  - role: Payments Refunder\n    eligible:\n      - principal: nobody\n      - principal: lee\n        scope: /apps/payments\n        until: 2020-01-01T00:00:00Z\n  - role: No Such Role\n  - role: Exchange Administrator\n    eligible:\n      - principal: lee\n        until: 2099-01-01T00:00:00Z\n  - role: Global Administrator\n    prune: true\ngroups:\n  - name: payments-oncall\n    role_assignable: true\n    owners: [payments-oncall]\n    members: [payments-oncall, sam]\n",
+        "roles:\n  - name: Auditor Extra\n    permissions: [app.audit/read]\n  - name: Broken\n    permissions: [\"app payments/refunds\"]\npolicies:\n  - role: Payments Refunder\n    activation_max_duration: soon\n    notifications:\n      - event: activation\n        party: approver\n      - event: eligible_assignment\n        party: approver\n  - group: no-such-group\n    activation_max_duration: 1h\n  - role: Security Reader\n    activation_max_duration: 30h\n  - role: Auditor Extra\n    activation_max_duration: 30h\nassignments:\n  - role: Payments Refunder\n    eligible:\n      - principal: nobody\n      - principal: lee\n        scope: /apps/payments\n        until: 2020-01-01T00:00:00Z\n  - role: No Such Role\n  - role: Exchange Administrator\n    eligible:\n      - principal: lee\n        until: 2099-01-01T00:00:00Z\n  - role: Global Administrator\n    prune: true\ngroups:\n  - name: payments-oncall\n    role_assignable: true\n    owners: [payments-oncall]\n    members: [payments-oncall, sam]\n",
     )
     .unwrap();
     let refused = admin.run(&["apply", "-f", bad.to_str().unwrap()], None);
@@ -278,16 +318,20 @@ fn a_configuration_file_applies_once_prunes_round_trips_and_a_bad_one_changes_no
         (7, "activation_max_duration"),
         (12, "no rule for event \"eligible_assignment\" and party \"approver\""),
         (14, "no group is named \"no-such-group\""),
-        (19, "nobody"),
-        (20, "has passed"),
-        (23, "No Such Role"),
+        // Out of range: the server says so of a role it holds (validate_only), the same rules
+        // here of one the file creates.
+        (16, "activation_max_duration: must be between 60s and 86400s"),
+        (18, "activation_max_duration: must be between 60s and 86400s"),
+        (23, "nobody"),
+        (24, "has passed"),
+        (27, "No Such Role"),
         // Found by the server (validate_only): longer than the policy allows.
-        (26, "at most 365d"),
+        (30, "at most 365d"),
         // The last permanent Global Administrator is not pruned away.
-        (28, "last permanent active Global Administrator"),
+        (32, "last permanent active Global Administrator"),
         // What identity would refuse midway, refused before anything changes.
-        (33, "a group's owners are users"),
-        (34, "cannot have groups as members"),
+        (37, "a group's owners are users"),
+        (38, "cannot have groups as members"),
     ] {
         assert!(
             err.lines()
@@ -295,7 +339,7 @@ fn a_configuration_file_applies_once_prunes_round_trips_and_a_bad_one_changes_no
             "no error at line {line} about {what}:\n{err}"
         );
     }
-    assert!(err.contains("11 error(s); nothing was changed"), "{err}");
+    assert!(err.contains("13 error(s); nothing was changed"), "{err}");
     let roles = admin.ok(&["roles", "--definitions"], None);
     assert!(!roles.contains("Auditor Extra"), "{roles}");
 

@@ -275,6 +275,7 @@ pub async fn save(caller: Caller, CheckedForm(fields): CheckedForm) -> Response 
             .update_role_policy(caller.request(apb::UpdateRolePolicyRequest {
                 policy: Some(policy),
                 update_mask: Some(prost_types::FieldMask { paths }),
+                validate_only: false,
             }))
             .await?;
         Ok::<_, Failure>(())

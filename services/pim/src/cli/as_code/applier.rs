@@ -146,6 +146,7 @@ impl Applier<'_> {
                         update_mask: Some(prost_types::FieldMask {
                             paths: mask.iter().map(|p| (*p).to_owned()).collect(),
                         }),
+                        validate_only: false,
                     })?)
                     .await
                     .map_err(explain)?

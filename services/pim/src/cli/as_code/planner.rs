@@ -3,6 +3,8 @@
 
 use super::*;
 
+mod assignments;
+
 /// Compares a file with a snapshot: the changes, and every error with its line.
 pub(super) struct Planner<'a> {
     path: &'a str,
@@ -12,11 +14,15 @@ pub(super) struct Planner<'a> {
     new_groups: BTreeSet<String>,
     pub(super) errors: Vec<String>,
     pub(super) changes: Vec<Change>,
-    /// Roles (lower-cased) whose policy the file changes somewhere.
+    /// Roles (lower-cased) whose assignment limits (eligible and active settings) the file
+    /// changes somewhere: their assignments are judged by the server only once that is made.
     policies_changed: BTreeSet<String>,
     /// Assignments the server can check before anything changes (`validate_only`): those of
     /// roles that exist, to principals that exist, under a policy the file leaves as it is.
     checks: Vec<(String, apb::CreateRequestRequest)>,
+    /// Policy changes the server checks as it would make them (`validate_only`): those of
+    /// roles and scopes it holds.
+    policy_checks: Vec<(String, apb::UpdateRolePolicyRequest)>,
 }
 
 impl<'a> Planner<'a> {
@@ -42,6 +48,7 @@ impl<'a> Planner<'a> {
             changes: Vec::new(),
             policies_changed: BTreeSet::new(),
             checks: Vec::new(),
+            policy_checks: Vec::new(),
         }
     }
 
@@ -465,12 +472,14 @@ impl<'a> Planner<'a> {
             };
             let directory = &self.snapshot.directory;
             let mut said = Vec::new();
+            let mut limits_change = false;
             for path in policy::named(spec) {
                 let held = current.as_ref().map(|p| policy::shown(p, path, directory));
                 let wanted = policy::shown(&desired, path, directory);
                 if held.as_ref() != Some(&wanted) {
                     let held = held.unwrap_or_else(|| "(default)".into());
                     said.push(format!("{}: {held} -> {wanted}", policy::file_key(path)));
+                    limits_change |= path.starts_with("eligible_") || path.starts_with("active_");
                 }
             }
             let role = self
@@ -482,7 +491,46 @@ impl<'a> Planner<'a> {
                 ..spec.clone()
             };
             if !said.is_empty() {
-                self.policies_changed.insert(role.to_lowercase());
+                // Checked before anything changes, as the server would make it: by the server
+                // where it holds the role and scope (and every approver named exists yet), else
+                // by the same rules here.
+                let mask: Vec<String> = policy::named(&spec).into_iter().map(str::to_owned).collect();
+                let approvers_exist = desired
+                    .approver_ids
+                    .iter()
+                    .chain(
+                        desired
+                            .approval_stages
+                            .iter()
+                            .flat_map(|s| s.approver_ids.iter().chain(&s.escalation_approver_ids)),
+                    )
+                    .all(|id| uuid::Uuid::parse_str(id).is_ok());
+                match (&current, role_id.as_ref()) {
+                    (Some(current), Some(role_id)) if approvers_exist => {
+                        let policy = apb::RolePolicy {
+                            role_id: role_id.clone(),
+                            scope: scope.clone(),
+                            etag: current.etag.clone(),
+                            ..desired.clone()
+                        };
+                        self.policy_checks.push((
+                            at(self.path, item),
+                            apb::UpdateRolePolicyRequest {
+                                policy: Some(policy),
+                                update_mask: Some(prost_types::FieldMask { paths: mask }),
+                                validate_only: true,
+                            },
+                        ));
+                    }
+                    _ => {
+                        if let Err(refused) = pim_assignment::check_new_policy(desired.clone(), &mask) {
+                            self.error(item, format!("policy of {}: {}", spec.role, refused.message()));
+                        }
+                    }
+                }
+                if limits_change {
+                    self.policies_changed.insert(role.to_lowercase());
+                }
                 changed.insert((role.to_lowercase(), scope.clone()));
                 self.change(
                     format!("~ policy of {role:?} at {}: {}", self.place(&scope), said.join("; ")),
@@ -521,209 +569,38 @@ impl<'a> Planner<'a> {
         Ok(())
     }
 
-    pub(super) fn assignments(&mut self, file: &File) {
-        let mut roles_seen = BTreeSet::new();
-        for item in &file.assignments {
-            let spec: &RoleAssignments = &item.value;
-            if !self.names_what(item, &spec.role, &spec.group) {
-                continue;
-            }
-            let Some(role_id) = self.role(item, &spec.role) else {
-                continue;
-            };
-            if !roles_seen.insert((spec.role.to_lowercase(), spec.within.clone())) {
-                let of = match &spec.group {
-                    Some(group) => format!(
-                        "the {} access to group {group:?}",
-                        spec.access.unwrap_or_default().name()
-                    ),
-                    None => spec.role.clone(),
-                };
-                self.error(item, format!("the assignments of {of} are given twice"));
-                continue;
-            }
-            let role_name = self
-                .snapshot
-                .role(&spec.role)
-                .map_or(spec.role.clone(), |r| r.name.clone());
-            let mut wanted = BTreeSet::new();
-            for (kind, listed) in [
-                (apb::AssignmentKind::Eligible, &spec.eligible),
-                (apb::AssignmentKind::Active, &spec.active),
-            ] {
-                for entry in listed {
-                    self.assignment(kind, &role_name, role_id.as_deref(), entry, &mut wanted);
-                }
-            }
-            let Some(role_id) = role_id.filter(|_| spec.prune) else {
-                continue;
-            };
-            // A group's access is pruned within that group only.
-            let within = |a: &&apb::Assignment| spec.within.as_ref().is_none_or(|scope| *scope == a.scope);
-            for held in self
-                .snapshot
-                .assignments
-                .iter()
-                .filter(|a| a.role_id == role_id)
-                .filter(within)
-            {
-                let kind = apb::AssignmentKind::try_from(held.kind).unwrap_or(apb::AssignmentKind::Eligible);
-                if wanted.contains(&(kind as i32, held.principal_id.clone(), held.scope.clone())) {
-                    continue;
-                }
-                let name = self.snapshot.directory.name_of(&held.principal_id);
-                // Removing an active assignment ends every active one of that principal, role
-                // and scope, an activation included: left for a run after it ends.
-                let activated =
-                    self.snapshot.activations.iter().any(|a| {
-                        a.principal_id == held.principal_id && a.role_id == held.role_id && a.scope == held.scope
-                    });
-                if kind == apb::AssignmentKind::Active && activated {
-                    eprintln!(
-                        "warning: {name}'s active {role_name} at {} is not in the file, but is kept while their activation of it runs (removing one would end both); apply again later",
-                        held.scope
-                    );
-                    continue;
-                }
-                // The server judges the removal before anything changes (the last
-                // Global Administrator stays).
-                let mut ask = assignment_request(
-                    apb::RequestAction::AdminRemove,
-                    kind,
-                    &held.principal_id,
-                    &role_id,
-                    &held.scope,
-                    None,
-                );
-                ask.schedule = None;
-                ask.validate_only = true;
-                ask.justification = justification(self.path);
-                self.checks.push((at(self.path, item), ask));
-                self.change(
-                    format!(
-                        "- {} {name}: {role_name} at {} (not in the file, which prunes the role)",
-                        kind_name(kind),
-                        self.place(&held.scope)
-                    ),
-                    Step::Remove {
-                        kind,
-                        principal: held.principal_id.clone(),
-                        role: role_id.clone(),
-                        scope: held.scope.clone(),
-                    },
-                );
-            }
-        }
-    }
-
-    pub(super) fn assignment(
-        &mut self,
-        kind: apb::AssignmentKind,
-        role_name: &str,
-        role_id: Option<&str>,
-        entry: &serde_saphyr::Spanned<AssignmentSpec>,
-        wanted: &mut BTreeSet<(i32, String, String)>,
-    ) {
-        let spec = &entry.value;
-        let principal = made(spec.principal.clone());
-        let principal = serde_saphyr::Spanned {
-            referenced: entry.referenced,
-            ..principal
-        };
-        let (Some(id), Some(scope)) = (self.principal(&principal), self.scope(entry, &spec.scope)) else {
-            return;
-        };
-        let end = match spec.until.as_deref().map(until_ms) {
-            None => None,
-            Some(Ok(end)) => Some(end),
-            Some(Err(e)) => {
-                self.error(entry, e);
-                return;
-            }
-        };
-        let id = id.unwrap_or_else(|| spec.principal.clone());
-        if !wanted.insert((kind as i32, id.clone(), scope.clone())) {
-            self.error(
-                entry,
-                format!("{} {} at {scope} is listed twice", kind_name(kind), spec.principal),
-            );
-            return;
-        }
-        let end = &end;
-        let held = role_id.and_then(|role_id| {
-            self.snapshot
-                .assignments
-                .iter()
-                .find(|a| a.kind == kind as i32 && a.principal_id == id && a.role_id == role_id && a.scope == scope)
-        });
-        if let (Some(role_id), false) = (role_id, self.policies_changed.contains(&role_name.to_lowercase())) {
-            let action = if held.is_some() {
-                apb::RequestAction::AdminUpdate
-            } else {
-                apb::RequestAction::AdminAssign
-            };
-            let mut ask = assignment_request(action, kind, &id, role_id, &scope, *end);
-            ask.validate_only = true;
-            ask.justification = justification(self.path);
-            let unchanged =
-                held.is_some_and(|h| h.end_time.as_ref().map(|t| from_timestamp(t) / 1000) == end.map(|e| e / 1000));
-            if !unchanged && uuid::Uuid::parse_str(&id).is_ok() && !scope.starts_with("group:") {
-                self.checks.push((at(self.path, entry), ask));
-            }
-        }
-        let label = format!(
-            "{} {}: {role_name} at {}",
-            kind_name(kind),
-            spec.principal,
-            self.place(&scope)
-        );
-        match held {
-            None => self.change(
-                format!("+ {label}, until {}", time(*end)),
-                Step::Assign {
-                    kind,
-                    principal: spec.principal.clone(),
-                    role: role_name.to_owned(),
-                    scope,
-                    end: *end,
-                },
-            ),
-            Some(held) => {
-                let current = held.end_time.as_ref().map(from_timestamp);
-                if current.map(|ms| ms / 1000) != end.map(|ms| ms / 1000) {
-                    self.change(
-                        format!("~ {label}: until {} -> {}", time(current), time(*end)),
-                        Step::ChangeEnd {
-                            kind,
-                            principal: id,
-                            role: role_name.to_owned(),
-                            scope,
-                            end: *end,
-                        },
-                    );
-                }
-            }
-        }
-    }
-
     /// Asks the server whether each assignment it can judge now would be made (policy limits,
     /// who may hold the role): every refusal is an error of the file, at its line.
     pub(super) async fn check_on_server(&mut self, session: &Session) -> anyhow::Result<()> {
+        let mut policies = PolicyServiceClient::new(session.channel.clone());
+        for (at, ask) in std::mem::take(&mut self.policy_checks) {
+            let role = ask.policy.as_ref().map(|p| p.role_id.clone()).unwrap_or_default();
+            let role = self.snapshot.role(&role).map_or(role, |r| r.name.clone());
+            match policies.update_role_policy(session.request(ask)?).await {
+                Ok(_) => {}
+                Err(status) if is_the_files(&status) => self
+                    .errors
+                    .push(format!("{at}: policy of {role}: {}", status.message())),
+                Err(status) => return Err(explain(status)),
+            }
+        }
         let mut client = AssignmentServiceClient::new(session.channel.clone());
         for (at, ask) in std::mem::take(&mut self.checks) {
             match client.create_request(session.request(ask)?).await {
                 Ok(_) => {}
-                Err(status)
-                    if matches!(
-                        status.code(),
-                        tonic::Code::Unavailable | tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
-                    ) =>
-                {
-                    return Err(explain(status));
-                }
-                Err(status) => self.errors.push(format!("{at}: {}", status.message())),
+                Err(status) if is_the_files(&status) => self.errors.push(format!("{at}: {}", status.message())),
+                Err(status) => return Err(explain(status)),
             }
         }
         Ok(())
     }
+}
+
+/// Whether the server's refusal of a dry run is a mistake of the file (to list at its line),
+/// not a reason the plan cannot go on (the server away, the session ended, not allowed).
+fn is_the_files(status: &tonic::Status) -> bool {
+    !matches!(
+        status.code(),
+        tonic::Code::Unavailable | tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
+    )
 }
