@@ -232,8 +232,10 @@ fn weakens(setting: Setting, before: &Policy, after: &Policy) -> bool {
         // Longer to wait is not weaker: a request nobody decides expires denied.
         ApprovalTimeout => false,
         // Someone added may approve what they should not (an accomplice); someone removed
-        // leaves the decision to fewer, or to the defaults.
-        ApproverIds => set(&before.approver_ids) != set(&after.approver_ids),
+        // leaves the decision to fewer, or to the defaults. Without approval in force before,
+        // whoever approves now adds a check: no weakening.
+        ApproverIds => before.approval_required && set(&before.approver_ids) != set(&after.approver_ids),
+        ApprovalStages if !before.approval_required => false,
         ApprovalStages => {
             let required = |p: &Policy| p.approval_stages.iter().map(|s| s.approvals_required).sum::<u32>();
             let approvers = |p: &Policy| {
@@ -409,6 +411,16 @@ mod tests {
                 "approval_stages"
             ]
         );
+        // Approval turned on, with approvers and stages, weakens nothing.
+        let without = Policy {
+            approval_required: false,
+            approver_ids: Vec::new(),
+            approval_stages: Vec::new(),
+            ..before.clone()
+        };
+        let turned_on = changes(&without, &before);
+        assert_eq!(turned_on.len(), 3, "{turned_on:?}");
+        assert!(turned_on.iter().all(|c| !c.weakens), "{turned_on:?}");
         let mfa = diff.iter().find(|c| c.setting == ActivationRequiresMfa).unwrap();
         assert_eq!((mfa.before.as_str(), mfa.after.as_str()), ("on", "off"));
         assert_eq!(diff[0].before, "8h");
