@@ -613,6 +613,37 @@ async fn a_just_in_time_membership_carries_the_groups_roles_until_it_ends() -> a
             .await?
             .into_inner();
         assert_eq!(umas.status, apb::RequestStatus::Canceled as i32, "{umas:?}");
+        // Its access policy went with it, and none is set for a group the directory lacks.
+        let set = policies
+            .list_role_policies(authed(
+                &w.admin,
+                apb::ListRolePoliciesRequest {
+                    role_id: GROUP_MEMBER.into(),
+                },
+            ))
+            .await?
+            .into_inner()
+            .policies;
+        assert!(set.iter().all(|p| p.scope != scope), "{set:?}");
+        let refused = policies
+            .update_role_policy(authed(
+                &w.admin,
+                apb::UpdateRolePolicyRequest {
+                    policy: Some(apb::RolePolicy {
+                        role_id: GROUP_MEMBER.into(),
+                        scope: scope.clone(),
+                        approval_required: true,
+                        ..Default::default()
+                    }),
+                    update_mask: Some(prost_types::FieldMask {
+                        paths: vec!["approval_required".into()],
+                    }),
+                    validate_only: false,
+                },
+            ))
+            .await
+            .expect_err("no such group");
+        assert_eq!(refused.code(), tonic::Code::NotFound, "{refused:?}");
         Ok(w)
     })
     .await

@@ -187,6 +187,8 @@ impl Assignments {
                 ended.push(a);
             }
         }
+        // Its access policies govern nothing any more.
+        store::delete_policies_at(txn, &scope).await?;
         // Requests for access to it wait for nobody any more.
         for mut request in store::pending_requests_at(txn, &scope).await? {
             request.status = RequestStatus::Canceled;

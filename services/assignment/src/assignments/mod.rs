@@ -578,7 +578,7 @@ fn already_active(role_name: &str, live: &AssignmentRow) -> Error {
         .map(|end| format!("until {}", pim_runtime::db::rfc3339(end)))
         .unwrap_or_else(|| "with no end".into());
     Error::AlreadyExists(format!(
-        "{role_name} is already active at {} (assignment {}, {until}); extend it instead",
+        "{role_name} is already active at {} (assignment {}, {until}); an activation is not extended: to hold the role longer, deactivate it and activate it again",
         live.scope, live.id
     ))
 }

@@ -2,6 +2,7 @@
 //! updates (field mask, etag, approvers that exist).
 
 use super::*;
+use crate::roles::{group_of_scope, is_group_access};
 
 /// The policy in force at the last of `scopes` (ordered from `/` down), given the role's
 /// policies `set` at any of them: the nearest one set, with its scope, else the defaults.
@@ -104,6 +105,10 @@ impl Assignments {
     ) -> Result<PolicyAt> {
         let (role, scope) = self.role_at(role, scope)?;
         self.authorize(caller, permissions::POLICIES_MANAGE, &scope).await?;
+        // A policy of access to a group the directory does not hold would govern nothing.
+        if let Some(group) = group_of_scope(scope.as_str()).filter(|_| is_group_access(&role.id)) {
+            self.group(caller, group).await?;
+        }
         let scopes = scope.with_ancestors();
         // Without an etag the caller asked for no particular version: an update that lost a
         // race is merged again onto the newer one.

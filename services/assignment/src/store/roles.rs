@@ -159,6 +159,11 @@ pub async fn policies<C: ConnectionTrait>(c: &C, role_id: &str) -> Result<Vec<(S
     .collect()
 }
 
+/// Removes every policy set at `scope` (a deleted group's): how many.
+pub async fn delete_policies_at<C: ConnectionTrait>(c: &C, scope: &str) -> Result<u64, DbErr> {
+    db::exec(c, "DELETE FROM role_policies WHERE scope = $1", vec![scope.into()]).await
+}
+
 /// Stores `policy` at (role, scope) only if what is stored there is still `read` (None: no
 /// policy set at that scope): one conditional statement, so a concurrent update is never
 /// overwritten unseen. Whether it was stored.
