@@ -81,6 +81,15 @@ async fn custom_roles_grant_their_permissions_just_in_time_and_go_only_when_unus
             .await
             .expect_err("name taken");
         assert_eq!(taken.code(), Code::AlreadyExists, "{taken:?}");
+        // Nor does spacing tell two roles apart.
+        for look_alike in ["Global  Administrator", "Security Reader  Extra"] {
+            let refused = roles
+                .create_role_definition(authed(&w.admin, new_role(look_alike, &["app.x/y"])))
+                .await
+                .expect_err("a look-alike");
+            assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+            assert!(refused.message().contains("single spaces"), "{refused:?}");
+        }
         let bad = roles
             .create_role_definition(authed(&w.admin, new_role("Bad", &["app.payments//refunds"])))
             .await

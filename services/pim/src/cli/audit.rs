@@ -34,8 +34,8 @@ pub(crate) struct AuditArgs {
     /// Only events of the last DURATION, e.g. 24h.
     #[arg(long, value_parser = super::parse_duration, allow_hyphen_values = true)]
     since: Option<Duration>,
-    /// How many records (the newest, unless --oldest-first).
-    #[arg(long, default_value_t = 100)]
+    /// How many records (the newest, unless --oldest-first), 1 to 1000.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(i32).range(1..=1000))]
     limit: i32,
     /// Start from the oldest matching record instead of the newest.
     #[arg(long)]

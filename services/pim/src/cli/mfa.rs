@@ -167,6 +167,40 @@ pub(crate) async fn has_a_method(session: &Session) -> bool {
     })
 }
 
+/// Makes `call` in a session of `client`; when the server asks for a recent MFA (`MfaRule`),
+/// steps up with a code (`given`: --code or PIM_MFA_CODE, else asked for) and makes it once
+/// more. `what` names the action in what it says. The session the answer came in is returned
+/// with it, to remember the write.
+pub(crate) async fn stepping_up<T, F, Fut>(
+    client: &ClientArgs,
+    what: &str,
+    given: Option<String>,
+    mut call: F,
+) -> anyhow::Result<(Session, T)>
+where
+    F: FnMut(Session) -> Fut,
+    Fut: std::future::Future<Output = Result<T, Status>>,
+{
+    let mut session = Session::open(client, true)?;
+    let mut stepped_up = false;
+    loop {
+        match call(session.clone()).await {
+            Ok(answer) => return Ok((session, answer)),
+            Err(status) if !stepped_up && wants_mfa(&status) => {
+                eprintln!("{what} needs a recent multi-factor authentication.");
+                if given.is_none() && !has_a_method(&session).await {
+                    anyhow::bail!(
+                        "you have no MFA method to give a code from: enrol one with pim mfa enroll, then try again"
+                    );
+                }
+                session = step_up(client, &session, given.clone()).await?;
+                stepped_up = true;
+            }
+            Err(status) => return Err(explain(status)),
+        }
+    }
+}
+
 /// Whether the server refused for want of a recent MFA.
 fn wants_mfa(status: &Status) -> bool {
     violated_rules(status).iter().any(|r| r == "MfaRule")

@@ -192,7 +192,9 @@ async fn print_policy(session: &Session, p: &apb::RolePolicy) {
         vec!["approval required".into(), p.approval_required.to_string()],
         vec![
             "approvers".into(),
-            if p.approver_ids.is_empty() {
+            if p.approver_ids.is_empty() && pim_proto::catalogue::group_of_scope(&p.scope).is_some() {
+                "default (the group's owners, and active Privileged Role and Global Administrators)".into()
+            } else if p.approver_ids.is_empty() {
                 "default (active Privileged Role and Global Administrators)".into()
             } else {
                 approvers.join(", ")

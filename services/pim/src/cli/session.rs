@@ -20,6 +20,7 @@ use pim_runtime::config::TlsConfig;
 use super::as_code::Kind;
 use super::{ClientArgs, Named, OUTPUT, explain, listings};
 
+#[derive(Clone)]
 pub(crate) struct Session {
     pub(crate) channel: Channel,
     token: Option<String>,

@@ -58,6 +58,10 @@ pub(crate) enum UsersCommand {
     Disable {
         /// User name or id.
         user: String,
+        /// A code from your authenticator, should the server ask for a recent MFA (otherwise
+        /// asked for then).
+        #[arg(long, env = "PIM_MFA_CODE")]
+        code: Option<String>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -72,6 +76,10 @@ pub(crate) enum UsersCommand {
     Delete {
         /// User name or id.
         user: String,
+        /// A code from your authenticator, should the server ask for a recent MFA (otherwise
+        /// asked for then).
+        #[arg(long, env = "PIM_MFA_CODE")]
+        code: Option<String>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -86,6 +94,12 @@ pub(crate) enum UsersCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+}
+
+/// A request the session could not make (its stored token unreadable), as the server's word
+/// for it: sign in again.
+fn status_of(err: anyhow::Error) -> tonic::Status {
+    tonic::Status::unauthenticated(format!("{err:#}"))
 }
 
 fn user_row(u: &ipb::User) -> Vec<String> {
@@ -174,15 +188,19 @@ pub(crate) async fn users(cmd: UsersCommand) -> anyhow::Result<i32> {
                 .into_inner();
             print_table(&["ID", "USER NAME", "DISPLAY NAME", "STATE"], vec![user_row(&u)]);
         }
-        UsersCommand::Disable { user, client } => {
-            let session = Session::open(&client, true)?;
+        UsersCommand::Disable { user, code, client } => {
+            let (session, answer) = super::mfa::stepping_up(&client, "Disabling a user", code, |session| {
+                let user = user.clone();
+                async move {
+                    let request = session.request(ipb::GetUserRequest { user }).map_err(status_of)?;
+                    DirectoryServiceClient::new(session.channel.clone())
+                        .disable_user(request)
+                        .await
+                }
+            })
+            .await?;
             // Its next `pim check` sees the user's access gone.
-            let u = session.remember(
-                DirectoryServiceClient::new(session.channel.clone())
-                    .disable_user(session.request(ipb::GetUserRequest { user })?)
-                    .await
-                    .map_err(explain)?,
-            );
+            let u = session.remember(answer);
             println!("User {} disabled: no sign-ins, and their sessions ended", u.user_name);
         }
         UsersCommand::Enable { user, client } => {
@@ -194,14 +212,18 @@ pub(crate) async fn users(cmd: UsersCommand) -> anyhow::Result<i32> {
                 .into_inner();
             println!("User {} enabled", u.user_name);
         }
-        UsersCommand::Delete { user, client } => {
-            let session = Session::open(&client, true)?;
-            session.remember(
-                DirectoryServiceClient::new(session.channel.clone())
-                    .delete_user(session.request(ipb::GetUserRequest { user: user.clone() })?)
-                    .await
-                    .map_err(explain)?,
-            );
+        UsersCommand::Delete { user, code, client } => {
+            let (session, answer) = super::mfa::stepping_up(&client, "Deleting a user", code, |session| {
+                let user = user.clone();
+                async move {
+                    let request = session.request(ipb::GetUserRequest { user }).map_err(status_of)?;
+                    DirectoryServiceClient::new(session.channel.clone())
+                        .delete_user(request)
+                        .await
+                }
+            })
+            .await?;
+            session.remember(answer);
             println!("User {user} deleted");
         }
         UsersCommand::ResetPassword {

@@ -74,6 +74,27 @@ fn sign_in_with_a_code_and_new_recovery_codes_after_a_step_up() {
     );
     let methods = lee.ok(&["mfa", "methods"], None);
     assert!(methods.contains("Recovery codes left: 9"), "{methods}");
+
+    // An administrator with an authenticator, in a session from before it, steps up to
+    // disable a user, as to activate.
+    let admin_before = Client {
+        server: server.clone(),
+        token_file: dir.join("admin-token-before-mfa"),
+    };
+    std::fs::copy(&admin.token_file, &admin_before.token_file).expect("copy the token");
+    let admins = admin.enroll_mfa();
+    let enrolled_at = now_secs();
+    let disabled = admin_before.run(
+        &["users", "disable", "lee", "--code", &admins.generate(enrolled_at + 30)],
+        None,
+    );
+    let stderr = String::from_utf8_lossy(&disabled.stderr).into_owned();
+    assert!(disabled.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("Disabling a user needs a recent multi-factor authentication"),
+        "{stderr}"
+    );
+    assert!(admin.ok(&["users", "get", "lee"], None).contains("disabled"));
     up.terminate();
     std::fs::remove_dir_all(&dir).ok();
 }
