@@ -257,15 +257,22 @@ pub(crate) async fn run(cmd: GroupsCommand) -> anyhow::Result<i32> {
                 .await
                 .map_err(explain)?
                 .into_inner();
-            println!(
-                "Created group {} ({}){}",
-                g.display_name,
-                g.id,
-                if g.is_assignable_to_role {
-                    ", role-assignable"
-                } else {
-                    ""
-                }
+            super::print_made(
+                &format!(
+                    "Created group {} ({}){}",
+                    g.display_name,
+                    g.id,
+                    if g.is_assignable_to_role {
+                        ", role-assignable"
+                    } else {
+                        ""
+                    }
+                ),
+                serde_json::json!({
+                    "id": g.id,
+                    "name": g.display_name,
+                    "role_assignable": g.is_assignable_to_role,
+                }),
             );
         }
         GroupsCommand::List { client } => {

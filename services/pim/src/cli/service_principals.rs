@@ -52,9 +52,18 @@ pub(crate) async fn service_principals(cmd: SpCommand) -> anyhow::Result<i32> {
                 .map_err(explain)?
                 .into_inner();
             let sp = r.service_principal.unwrap_or_default();
-            println!("Created service principal {} ({})", sp.display_name, sp.id);
-            println!("  client id:     {}", sp.client_id);
-            println!("  client secret: {} (shown once)", r.client_secret);
+            super::print_made(
+                &format!(
+                    "Created service principal {} ({})\n  client id:     {}\n  client secret: {} (shown once)",
+                    sp.display_name, sp.id, sp.client_id, r.client_secret
+                ),
+                serde_json::json!({
+                    "id": sp.id,
+                    "name": sp.display_name,
+                    "client_id": sp.client_id,
+                    "client_secret": r.client_secret,
+                }),
+            );
         }
         SpCommand::List { filter, client } => {
             let session = Session::open(&client, true)?;
@@ -81,7 +90,10 @@ pub(crate) async fn service_principals(cmd: SpCommand) -> anyhow::Result<i32> {
                 .await
                 .map_err(explain)?
                 .into_inner();
-            println!("New client secret for {id}: {} (shown once)", r.client_secret);
+            super::print_made(
+                &format!("New client secret for {id}: {} (shown once)", r.client_secret),
+                serde_json::json!({"id": id, "client_secret": r.client_secret}),
+            );
         }
         SpCommand::Disable { id, client } => {
             let session = Session::open(&client, true)?;

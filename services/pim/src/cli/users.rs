@@ -141,10 +141,18 @@ pub(crate) async fn users(cmd: UsersCommand) -> anyhow::Result<i32> {
                 .await
                 .map_err(explain)?
                 .into_inner();
-            println!("Created user {} ({})", user.user_name, user.id);
+            let mut words = format!("Created user {} ({})", user.user_name, user.id);
             if generated {
-                println!("Initial password (shown once): {password}");
+                words.push_str(&format!("\nInitial password (shown once): {password}"));
             }
+            super::print_made(
+                &words,
+                serde_json::json!({
+                    "id": user.id,
+                    "user_name": user.user_name,
+                    "initial_password": generated.then_some(&password),
+                }),
+            );
         }
         UsersCommand::Get { user, client } => {
             let session = Session::open(&client, true)?;
@@ -240,10 +248,14 @@ pub(crate) async fn users(cmd: UsersCommand) -> anyhow::Result<i32> {
                 })?)
                 .await
                 .map_err(explain)?;
-            println!("Password of {user} reset");
+            let mut words = format!("Password of {user} reset");
             if generated {
-                println!("New password (shown once): {password}");
+                words.push_str(&format!("\nNew password (shown once): {password}"));
             }
+            super::print_made(
+                &words,
+                serde_json::json!({"user": user, "new_password": generated.then_some(&password)}),
+            );
         }
     }
     Ok(0)

@@ -88,10 +88,12 @@ fn status_name(status: i32) -> String {
 
 fn print_secret(what: &str, answer: pb::SubscriptionSecret) {
     let s = answer.subscription.unwrap_or_default();
-    println!("{what} webhook subscription {} for {}", s.id, s.url);
-    println!(
-        "  signing secret: {} (shown once; verify each delivery's webhook-signature with it)",
-        answer.secret
+    super::print_made(
+        &format!(
+            "{what} webhook subscription {} for {}\n  signing secret: {} (shown once; verify each delivery's webhook-signature with it)",
+            s.id, s.url, answer.secret
+        ),
+        serde_json::json!({"id": s.id, "url": s.url, "signing_secret": answer.secret}),
     );
 }
 
@@ -213,7 +215,9 @@ pub(crate) async fn run(cmd: WebhooksCommand) -> anyhow::Result<i32> {
                 .map_err(explain)?
                 .into_inner();
             print_secret("Rotated the secret of", answer);
-            println!("  the old secret keeps signing beside it for 24 hours");
+            if !matches!(super::OUTPUT.get(), Some((super::Output::Json, _))) {
+                println!("  the old secret keeps signing beside it for 24 hours");
+            }
         }
         WebhooksCommand::Test { id, client } => {
             let session = Session::open(&client, true)?;

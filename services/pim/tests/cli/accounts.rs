@@ -277,7 +277,29 @@ fn users_are_managed_and_a_waiting_request_is_withdrawn() {
         None,
     );
     // Service principals are listed by name, as JSON lines too.
-    admin.ok(&["service-principals", "create", "--name", "ticket bot"], None);
+    // What is made says itself as JSON to a script, its secret shown once included.
+    let made = admin.ok(
+        &[
+            "service-principals",
+            "create",
+            "--name",
+            "ticket bot",
+            "--output",
+            "json",
+        ],
+        None,
+    );
+    let made: serde_json::Value = serde_json::from_str(made.trim()).expect("one JSON object");
+    assert!(
+        made["client_secret"].as_str().is_some_and(|s| s.len() >= 32) && made["client_id"].is_string(),
+        "{made}"
+    );
+    let made = admin.ok(&["users", "create", "--user-name", "ann", "--output", "json"], None);
+    let made: serde_json::Value = serde_json::from_str(made.trim()).expect("one JSON object");
+    assert!(
+        made["initial_password"].as_str().is_some_and(|p| p.len() >= 16),
+        "{made}"
+    );
     admin.ok(&["service-principals", "create", "--name", "deploy bot"], None);
     let bots = admin.ok(&["sp", "list", "--filter", "ticket", "--output", "json"], None);
     assert_eq!(bots.lines().count(), 1, "only the ticket bot: {bots}");
