@@ -72,6 +72,15 @@ fn ticket(a: &pb::Approval) -> String {
     }
 }
 
+/// Where access is asked or held: a scope, or for PIM for Groups (held at the group's own
+/// scope) the group, named as people know it.
+async fn place(names: &mut super::Names<'_>, scope: &str) -> String {
+    match pim_proto::catalogue::group_of_scope(scope) {
+        Some(group) => format!("group {}", names.principal(group).await.name),
+        None => scope.to_owned(),
+    }
+}
+
 /// One approval as a table row, the requester by name.
 async fn row(names: &mut super::Names<'_>, a: &pb::Approval) -> Vec<Cell> {
     let role = if a.role_name.is_empty() {
@@ -82,12 +91,13 @@ async fn row(names: &mut super::Names<'_>, a: &pb::Approval) -> Vec<Cell> {
             id: a.role_id.clone(),
         }
     };
+    let at = place(names, &a.scope).await;
     vec![
         a.id.clone().into(),
         status_name(a.status).into(),
         names.principal(&a.requester_id).await.into(),
         role.into(),
-        a.scope.clone().into(),
+        at.into(),
         super::requests::show_duration(&a.duration).into(),
         ticket(a).into(),
         a.justification.clone().into(),
@@ -137,11 +147,7 @@ pub(crate) async fn list(args: ApprovalsArgs) -> anyhow::Result<i32> {
         }
         println!("recent activations of the requester:");
         for h in &a.requester_history {
-            // PIM for Groups' activations are held at the group: named as people know it.
-            let at = match pim_proto::catalogue::group_of_scope(&h.scope) {
-                Some(group) => format!("group {}", names.principal(group).await.name),
-                None => h.scope.clone(),
-            };
+            let at = place(&mut names, &h.scope).await;
             println!(
                 "  {} at {} from {} until {}",
                 printable(&h.role_name),

@@ -487,6 +487,42 @@ fn group_membership_and_ownership_are_activated_just_in_time() {
     let after = ola.run(&["groups", "remove-member", "ops", &kim], None);
     assert_eq!(after.status.code(), Some(1), "no longer an owner");
     assert!(String::from_utf8_lossy(&after.stderr).contains("PermissionDenied"));
+    // Waiting for approval, access to a group is listed by the group's name.
+    admin.ok(
+        &[
+            "policy",
+            "set",
+            "--group",
+            "ops",
+            "--access",
+            "owner",
+            "--require-approval",
+            "true",
+        ],
+        None,
+    );
+    ola.ok(
+        &[
+            "groups",
+            "activate",
+            "ops",
+            "--access",
+            "owner",
+            "--duration",
+            "30m",
+            "-j",
+            "onboarding",
+            "--no-wait",
+        ],
+        None,
+    );
+    let waiting = admin.ok(&["approvals", "--status", "pending"], None);
+    assert!(
+        waiting
+            .lines()
+            .any(|l| l.contains("Group Owner") && l.contains("group ops")),
+        "{waiting}"
+    );
     // Permanent owners are added, listed (by name, with how) and removed by name.
     admin.ok(&["groups", "add-owner", "ops", "kim"], None);
     let owners = |client: &Client| -> Vec<serde_json::Value> {
