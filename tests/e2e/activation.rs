@@ -950,6 +950,34 @@ async fn the_last_permanent_global_administrator_cannot_be_removed() -> anyhow::
         let mut directory = DirectoryServiceClient::new(w.ts.channel.clone());
         let user = |id: &str| ipb::GetUserRequest { user: id.into() };
         directory.disable_user(authed(&w.admin, user(&ola.id))).await?;
+        // The directory asked assignment first, which counted Ola out, and said so.
+        let prepared = w.eventually_events("UserDisablePrepared", 1).await?;
+        let told = ev::UserDisabled::decode(prepared[0].data.as_slice())?;
+        assert_eq!(
+            (told.user_id.as_str(), told.user_name.as_str()),
+            (ola.id.as_str(), "ola")
+        );
+        // A User Administrator may disable users, but not count a Global Administrator out.
+        let uma = w.user("uma").await?;
+        w.assignments()
+            .create_request(authed(
+                &w.admin,
+                assign_for_an_hour(apb::AssignmentKind::Active, &uma.id, "User Administrator"),
+            ))
+            .await?;
+        let prepare = |user_id: &str| apb::PrepareUserDisableRequest {
+            user_id: user_id.into(),
+            as_of: None,
+        };
+        let refused = w
+            .assignments()
+            .prepare_user_disable(authed(&w.stepped_up(&uma)?, prepare(&admin_id)))
+            .await
+            .expect_err("not a privileged credentials administrator");
+        assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+        w.assignments()
+            .prepare_user_disable(authed(&w.stepped_up(&uma)?, prepare(&uma.id)))
+            .await?;
         let refused = w
             .assignments()
             .create_request(authed(&w.admin, remove(&admin_id)))

@@ -526,14 +526,18 @@ async fn bad_input_is_invalid_argument_naming_the_field() -> anyhow::Result<()> 
         }
         w.set_policy(EXCHANGE_ADMINISTRATOR, |p| p.approver_ids = vec![lee.id.clone()])
             .await?;
-        // Named again once disabled, an approver is refused all the same; a change of other
-        // settings does not weigh them. A dry run (validate_only) says what a change would
-        // give and changes nothing.
+        // A change of who approves leaves no disabled approver, kept ones included; a change
+        // of other settings (approvers sent as they are, as the portal sends them) does not
+        // weigh them. A dry run (validate_only) says what a change would give and changes
+        // nothing.
+        let kim = w.user("kim").await?;
         DirectoryServiceClient::new(w.ts.channel.clone())
             .disable_user(authed(&w.admin, ipb::GetUserRequest { user: lee.id.clone() }))
             .await?;
         let refused = w
-            .set_policy(EXCHANGE_ADMINISTRATOR, |p| p.approver_ids = vec![lee.id.clone()])
+            .set_policy(EXCHANGE_ADMINISTRATOR, |p| {
+                p.approver_ids = vec![lee.id.clone(), kim.id.clone()]
+            })
             .await
             .expect_err("Lee is disabled");
         let refused = refused.downcast_ref::<tonic::Status>().expect("a gRPC answer");
@@ -544,10 +548,11 @@ async fn bad_input_is_invalid_argument_naming_the_field() -> anyhow::Result<()> 
                 role_id: EXCHANGE_ADMINISTRATOR.into(),
                 scope: "/".into(),
                 activation_requires_ticket: true,
+                approver_ids: vec![lee.id.clone()],
                 ..Default::default()
             }),
             update_mask: Some(prost_types::FieldMask {
-                paths: vec!["activation_requires_ticket".into()],
+                paths: vec!["activation_requires_ticket".into(), "approver_ids".into()],
             }),
             validate_only,
         };

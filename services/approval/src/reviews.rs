@@ -255,11 +255,22 @@ impl Approvals {
         groups: &mut Option<HashSet<String>>,
     ) -> Result<bool> {
         // One's own access is one's own to attest only in a self-review; in a review by named
-        // reviewers, the others decide it (or the review's default decision does).
+        // reviewers, the others decide it (or the review's default decision does). A group's
+        // access is its members' own too.
         if is_own(item, caller) {
             return Ok(review.self_review);
         }
-        self.is_reviewer(caller, review, groups).await
+        if !self.is_reviewer(caller, review, groups).await? {
+            return Ok(false);
+        }
+        if caller.kind != PrincipalKind::User {
+            return Ok(true);
+        }
+        let groups = match groups {
+            Some(g) => g,
+            None => groups.insert(self.services.groups_of(caller).await?),
+        };
+        Ok(!groups.contains(&item.principal_id))
     }
 
     /// The current instance's items the caller reviews (of one review, or of every review in
@@ -310,11 +321,9 @@ impl Approvals {
             .await?
             .ok_or_else(|| Error::NotFound("access review".into()))?;
         if !self.may_review(caller, &review, &item, &mut None).await? {
-            return Err(Error::PermissionDenied(if is_own(&item, caller) {
-                "you may not review your own access: the review's other reviewers decide it".into()
-            } else {
-                "you are not a reviewer of this item".into()
-            }));
+            return Err(Error::PermissionDenied(
+                "you are not a reviewer of this item (no one reviews their own access, nor a group's they are in: the review's other reviewers decide it)".into(),
+            ));
         }
         let txn = self.db.begin().await?;
         let review = store::review(&txn, &item.review_id, true)

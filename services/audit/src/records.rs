@@ -92,7 +92,7 @@ pub fn record(envelope: &Envelope, correlator: &Correlator) -> anyhow::Result<Re
             r.target_name = e.user_name.clone();
             json!({"user_id": e.user_id, "user_name": e.user_name, "display_name": e.display_name, "email": e.email})
         }
-        "UserDisabled" | "UserDisabledAnnounced" | "UserEnabled" | "UserDeleted" => {
+        "UserDisabled" | "UserDisabledAnnounced" | "UserEnabled" | "UserDeleted" | "UserDisablePrepared" => {
             let e: ev::UserDisabled = decode(envelope)?;
             set_actor(&mut r, &e.actor);
             r.target_id = e.user_id.clone();
@@ -734,6 +734,7 @@ mod tests {
             ("pim.assignment", "EligibilityGranted"),
             ("pim.assignment", "ActiveAssignmentRemoved"),
             ("pim.assignment", "RoleActivated"),
+            ("pim.assignment", "UserDisablePrepared"),
             ("pim.assignment", "RoleDeactivated"),
             ("pim.assignment", "ActivationShortened"),
             ("pim.assignment", "NotificationsDue"),

@@ -82,8 +82,11 @@ impl AssignmentClients {
     /// Global Administrator (`false`: the protection refuses); when it does, assignment counts
     /// the user as disabled from then on.
     pub async fn prepare_user_disable(&self, caller: &Caller, user_id: &str) -> Result<bool> {
+        // No later than the time this disable's event will carry (stamped when written, after
+        // this answer), so that event, and whatever identity tells next, outranks it.
         let asked = apb::PrepareUserDisableRequest {
             user_id: user_id.to_owned(),
+            as_of: Some(pim_runtime::db::to_timestamp(pim_runtime::db::now_ms())),
         };
         match self
             .assignments
@@ -99,7 +102,15 @@ impl AssignmentClients {
             {
                 Ok(false)
             }
-            Err(status) => Err(unavailable(status)),
+            Err(status) if status.code() == tonic::Code::Aborted => {
+                Err(Error::Unavailable(format!("{}; try again", status.message())))
+            }
+            Err(status) => Err(match Error::from(status) {
+                refused @ (Error::PermissionDenied(_) | Error::Unauthenticated(_)) => refused,
+                _ => Error::Unavailable(
+                    "cannot tell whether disabling the user leaves an enabled Global Administrator; try again".into(),
+                ),
+            }),
         }
     }
 

@@ -175,6 +175,45 @@ impl Directory {
         target.enabled = enabled;
         Ok(target)
     }
+
+    /// The last-Global-Administrator protection, on the directory's side: assignment counts
+    /// only enabled users' permanent Global Administrator assignments, so disabling the last
+    /// enabled user among `holders` (who hold one) would leave no one able to administer, and
+    /// is refused. The holders' rows stay locked until `txn` ends, so two disables cannot both
+    /// pass. Assignment then decides too, under the lock its removals take, so a disable and a
+    /// removal at the same moment cannot both pass either; it counts the user as disabled
+    /// before this commits, whatever the events' way to it (another process, Redis down).
+    async fn keeps_an_enabled_global_admin(
+        &self,
+        txn: &sea_orm::DatabaseTransaction,
+        caller: &Caller,
+        holders: &[String],
+        target: &UserRow,
+    ) -> Result<()> {
+        // A disabled user disabled again changes nothing.
+        if !target.enabled {
+            return Ok(());
+        }
+        let refused = || {
+            Error::Protected(format!(
+                "refused: {} is the last enabled user with a permanent active Global Administrator assignment; \
+                 first make another enabled user a permanent active Global Administrator (last-Global-Administrator protection)",
+                target.user_name
+            ))
+        };
+        if holders.contains(&target.id)
+            && !store::lock_enabled_users(txn, holders)
+                .await?
+                .iter()
+                .any(|id| *id != target.id)
+        {
+            return Err(refused());
+        }
+        if !self.assignment.prepare_user_disable(caller, &target.id).await? {
+            return Err(refused());
+        }
+        Ok(())
+    }
 }
 
 impl Directory {
@@ -296,46 +335,5 @@ impl Directory {
         self.outbox.wake();
         sp.enabled = false;
         Ok(sp)
-    }
-}
-
-impl Directory {
-    /// The last-Global-Administrator protection, on the directory's side: assignment counts
-    /// only enabled users' permanent Global Administrator assignments, so disabling the last
-    /// enabled user among `holders` (who hold one) would leave no one able to administer, and
-    /// is refused. The holders' rows stay locked until `txn` ends, so two disables cannot both
-    /// pass. Assignment then decides too, under the lock its removals take, so a disable and a
-    /// removal at the same moment cannot both pass either; it counts the user as disabled
-    /// before this commits, whatever the events' way to it (another process, Redis down).
-    async fn keeps_an_enabled_global_admin(
-        &self,
-        txn: &sea_orm::DatabaseTransaction,
-        caller: &Caller,
-        holders: &[String],
-        target: &UserRow,
-    ) -> Result<()> {
-        // A disabled user disabled again changes nothing.
-        if !target.enabled {
-            return Ok(());
-        }
-        let refused = || {
-            Error::Protected(format!(
-                "refused: {} is the last enabled user with a permanent active Global Administrator assignment; \
-                 first make another enabled user a permanent active Global Administrator (last-Global-Administrator protection)",
-                target.user_name
-            ))
-        };
-        if holders.contains(&target.id)
-            && !store::lock_enabled_users(txn, holders)
-                .await?
-                .iter()
-                .any(|id| *id != target.id)
-        {
-            return Err(refused());
-        }
-        if !self.assignment.prepare_user_disable(caller, &target.id).await? {
-            return Err(refused());
-        }
-        Ok(())
     }
 }

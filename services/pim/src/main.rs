@@ -27,8 +27,11 @@ fn quiet_when_the_reader_goes() {
 
 #[tokio::main]
 async fn main() {
-    quiet_when_the_reader_goes();
     let cli = pim::cli::Cli::parse();
+    // A service shuts down in order, whatever happens to its output.
+    if !cli.serves() {
+        quiet_when_the_reader_goes();
+    }
     let result = pim::cli::run(cli).await;
     // Spans still buffered go out before the process ends.
     pim_runtime::telemetry::shutdown();

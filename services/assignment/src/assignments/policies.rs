@@ -127,16 +127,13 @@ impl Assignments {
             }
             let after = policy_edits::merged(&before, &update.asked, &update.settings);
             after.validate()?;
-            // The approvers an update names must exist and be enabled, whether new or named
-            // again; an update of other settings does not check them, so a disabled approver
-            // never blocks an unrelated change.
-            if update
-                .settings
-                .iter()
-                .any(|s| matches!(s, Setting::ApproverIds | Setting::ApprovalStages))
-            {
-                let named: std::collections::BTreeSet<String> = policy_approvers(&after).cloned().collect();
-                self.approvers_exist(caller, &named.into_iter().collect::<Vec<_>>())
+            // An update that changes who approves must leave only approvers who exist and are
+            // enabled, new or kept; one that leaves them as they are does not weigh them, so a
+            // disabled approver never blocks an unrelated change (the portal sends the
+            // approvers with every save).
+            let named = |p: &Policy| -> std::collections::BTreeSet<String> { policy_approvers(p).cloned().collect() };
+            if named(&after) != named(&before) {
+                self.approvers_exist(caller, &named(&after).into_iter().collect::<Vec<_>>())
                     .await?;
             }
             if update.validate_only {

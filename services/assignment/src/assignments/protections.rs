@@ -3,6 +3,7 @@
 
 use sea_orm::{DatabaseTransaction, TransactionTrait};
 
+use pim_proto::events::v1 as ev;
 use pim_runtime::access::permissions;
 use pim_runtime::auth::Caller;
 
@@ -59,28 +60,47 @@ impl Assignments {
     }
 
     /// Identity asks this before it disables `user_id` (see the RPC's contract): the protection
-    /// decides under the lock removals take, and from now on counts the user as disabled, so
-    /// that a removal at the same moment, or before identity's `UserDisabled` arrives (another
-    /// process, Redis down), sees it. Should identity then not disable the user after all, the
-    /// protection counts one holder fewer than there is until identity next tells of them:
-    /// stricter, never looser.
-    pub async fn prepare_user_disable(&self, caller: &Caller, user_id: &str) -> Result<()> {
+    /// decides under the lock removals take, and counts a holder as disabled from `as_of` (the
+    /// directory's time) on, so that a removal at the same moment, or before identity's
+    /// `UserDisabled` arrives (another process, Redis down), sees it. Should identity then not
+    /// disable the user after all, the protection counts one holder fewer than there is until
+    /// identity next tells of them: stricter, never looser.
+    pub async fn prepare_user_disable(&self, caller: &Caller, user_id: &str, as_of: Option<i64>) -> Result<()> {
         self.authorize(caller, permissions::USERS_MANAGE, &Scope::root())
             .await?;
         let now = self.now();
+        // A user's states are ordered by the time the directory's events carry (the wall
+        // clock's); a stamp far ahead would outrank whatever it told next.
+        let wall = pim_runtime::db::now_ms();
+        let as_of = as_of.unwrap_or(wall).min(wall + 60_000);
         let txn = self.db.begin().await?;
         let permanent = store::lock_permanent_global_admins(&txn, GLOBAL_ADMINISTRATOR, now).await?;
-        let losing: Vec<&str> = permanent
-            .iter()
-            .filter(|a| a.principal_id == user_id)
-            .map(|a| a.id.as_str())
-            .collect();
+        let held: Vec<&AssignmentRow> = permanent.iter().filter(|a| a.principal_id == user_id).collect();
+        let Some(holding) = held.first() else {
+            // Not one the protection counts: nothing to weigh or record.
+            return Ok(());
+        };
+        // Counting a Global Administrator out is what disabling one takes.
+        self.authorize(caller, permissions::PRIVILEGED_CREDENTIALS_RESET, &Scope::root())
+            .await?;
+        let losing: Vec<&str> = held.iter().map(|a| a.id.as_str()).collect();
         let permanent: Vec<&str> = permanent.iter().map(|a| a.id.as_str()).collect();
         if takes_the_last(&permanent, &losing) {
             return Err(last_global_admin_refused());
         }
-        store::set_user_enabled(&txn, user_id, false, now).await?;
+        if !store::set_user_enabled(&txn, user_id, false, as_of).await? {
+            return Err(Error::Aborted(
+                "the directory told of this user since; read the user again and retry".into(),
+            ));
+        }
+        let event = ev::UserDisabled {
+            actor: Some(caller.actor()),
+            user_id: user_id.to_owned(),
+            user_name: holding.principal_name.clone(),
+        };
+        self.emit(&txn, "UserDisablePrepared", user_id, &event).await?;
         txn.commit().await?;
+        self.committed(&[]);
         Ok(())
     }
 }

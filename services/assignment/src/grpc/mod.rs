@@ -427,8 +427,10 @@ impl AssignmentService for Assignments {
         request: Request<pb::PrepareUserDisableRequest>,
     ) -> Result<Response<pb::PrepareUserDisableResponse>, Status> {
         let caller = caller(&request)?.clone();
-        let user_id = filter(&request.get_ref().user_id).ok_or_else(|| Error::invalid("user_id", "required"))?;
-        Assignments::prepare_user_disable(self, &caller, user_id).await?;
+        let r = request.get_ref();
+        let user_id = filter(&r.user_id).ok_or_else(|| Error::invalid("user_id", "required"))?;
+        let as_of = r.as_of.as_ref().map(pim_runtime::db::from_timestamp);
+        Assignments::prepare_user_disable(self, &caller, user_id, as_of).await?;
         Ok(Response::new(pb::PrepareUserDisableResponse {}))
     }
 }

@@ -314,6 +314,14 @@ enum EventsCommand {
     },
 }
 
+impl Cli {
+    /// Whether the command runs PIM's services (`pim up`, `pim serve`) rather than a command
+    /// that ends when its work is done.
+    pub fn serves(&self) -> bool {
+        matches!(self.command, Command::Up | Command::Serve { .. })
+    }
+}
+
 /// Runs the command line; returns the process exit code.
 pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     if matches!(

@@ -294,12 +294,15 @@ fn a_configuration_file_applies_once_prunes_round_trips_and_a_bad_one_changes_no
         String::from_utf8_lossy(&planned.stdout),
         String::from_utf8_lossy(&planned.stderr),
     );
-    assert!(said.contains("No changes"), "{said} {warned}");
     assert!(
-        warned.contains(
-            "sam's eligible Global Reader at / is not in the file, but is kept while their activation of it runs"
+        said.contains(
+            "! sam's eligible Global Reader at / is not in the file, but is kept while their activation of it runs"
         ),
-        "{warned}"
+        "{said} {warned}"
+    );
+    assert!(
+        said.contains("No changes now. 1 kept while an activation runs"),
+        "{said} {warned}"
     );
 
     // Every mistake, each at its line; nothing applied, not even the valid new role.

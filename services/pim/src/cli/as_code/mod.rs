@@ -117,15 +117,15 @@ struct Change {
 
 pub(crate) async fn plan(args: FileArgs) -> anyhow::Result<i32> {
     let session = Session::open(&args.client, true)?;
-    let (_, changes) = read_and_plan(&session, &args.file).await?;
-    print_plan(&args.file, &changes);
+    let (_, changes, kept) = read_and_plan(&session, &args.file).await?;
+    print_plan(&args.file, &changes, &kept);
     Ok(0)
 }
 
 pub(crate) async fn apply(args: FileArgs) -> anyhow::Result<i32> {
     let session = Session::open(&args.client, true)?;
-    let (snapshot, changes) = read_and_plan(&session, &args.file).await?;
-    print_plan(&args.file, &changes);
+    let (snapshot, changes, kept) = read_and_plan(&session, &args.file).await?;
+    print_plan(&args.file, &changes, &kept);
     if changes.is_empty() {
         return Ok(0);
     }
@@ -163,7 +163,12 @@ pub(crate) async fn export(args: ExportArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-async fn read_and_plan(session: &Session, path: &std::path::Path) -> anyhow::Result<(Snapshot, Vec<Change>)> {
+/// The server's state, the changes that would make it match the file, and what the file would
+/// remove but is kept for now.
+async fn read_and_plan(
+    session: &Session,
+    path: &std::path::Path,
+) -> anyhow::Result<(Snapshot, Vec<Change>, Vec<String>)> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let name = path.display().to_string();
     let mut parsed = file::parse(&name, &text)?;
@@ -182,24 +187,37 @@ async fn read_and_plan(session: &Session, path: &std::path::Path) -> anyhow::Res
             planner.errors.join("\n  ")
         );
     }
-    let mut changes = planner.changes;
+    let (mut changes, kept) = (planner.changes, planner.kept);
     // Everything a later change names exists by then: every group before any membership,
     // a policy's ancestors before it, removals last.
     changes.sort_by_key(|c| c.step.phase());
-    Ok((snapshot, changes))
+    Ok((snapshot, changes, kept))
 }
 
-fn print_plan(path: &std::path::Path, changes: &[Change]) {
-    if changes.is_empty() {
-        println!("No changes: the server matches {}.", path.display());
-        return;
+fn print_plan(path: &std::path::Path, changes: &[Change], kept: &[String]) {
+    for line in changes.iter().map(|c| &c.text).chain(kept) {
+        println!("{line}");
     }
-    for change in changes {
-        println!("{}", change.text);
+    let later = if kept.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " {} kept while an activation runs: the server matches {} only after a later apply.",
+            kept.len(),
+            path.display()
+        )
+    };
+    if changes.is_empty() {
+        if kept.is_empty() {
+            println!("No changes: the server matches {}.", path.display());
+        } else {
+            println!("No changes now.{later}");
+        }
+        return;
     }
     let count = |sign: char| changes.iter().filter(|c| c.text.starts_with(sign)).count();
     println!(
-        "Plan: {} to add, {} to change, {} to remove.",
+        "Plan: {} to add, {} to change, {} to remove.{later}",
         count('+'),
         count('~'),
         count('-')

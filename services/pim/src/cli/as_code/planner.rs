@@ -14,6 +14,9 @@ pub(super) struct Planner<'a> {
     new_groups: BTreeSet<String>,
     pub(super) errors: Vec<String>,
     pub(super) changes: Vec<Change>,
+    /// What the file would remove but is kept for now, said as part of the plan: the server
+    /// matches the file only once it is gone.
+    pub(super) kept: Vec<String>,
     /// Roles (lower-cased) whose assignment limits (eligible and active settings) the file
     /// changes somewhere: their assignments are judged by the server only once that is made.
     policies_changed: BTreeSet<String>,
@@ -46,6 +49,7 @@ impl<'a> Planner<'a> {
             new_groups,
             errors: Vec::new(),
             changes: Vec::new(),
+            kept: Vec::new(),
             policies_changed: BTreeSet::new(),
             checks: Vec::new(),
             policy_checks: Vec::new(),
@@ -597,10 +601,12 @@ impl<'a> Planner<'a> {
 }
 
 /// Whether the server's refusal of a dry run is a mistake of the file (to list at its line),
-/// not a reason the plan cannot go on (the server away, the session ended, not allowed).
+/// not a reason the plan cannot go on (the server away or at fault, the session ended, not
+/// allowed, a change made meanwhile).
 fn is_the_files(status: &tonic::Status) -> bool {
-    !matches!(
+    use tonic::Code;
+    matches!(
         status.code(),
-        tonic::Code::Unavailable | tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
+        Code::InvalidArgument | Code::FailedPrecondition | Code::NotFound | Code::AlreadyExists | Code::OutOfRange
     )
 }

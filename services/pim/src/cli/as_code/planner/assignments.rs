@@ -73,11 +73,11 @@ impl Planner<'_> {
                         }
                 });
                 if ends_an_activation {
-                    eprintln!(
-                        "warning: {name}'s {} {role_name} at {} is not in the file, but is kept while their activation of it runs (removing it would end the activation); apply again later",
+                    self.kept.push(format!(
+                        "! {name}'s {} {role_name} at {} is not in the file, but is kept while their activation of it runs (removing it would end the activation)",
                         kind_name(kind),
-                        held.scope
-                    );
+                        self.place(&held.scope)
+                    ));
                     continue;
                 }
                 // The server judges the removal before anything changes (the last
