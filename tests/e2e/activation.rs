@@ -174,13 +174,18 @@ impl World {
     }
 
     pub(crate) async fn make_eligible(&self, user: &User, role: &str) -> anyhow::Result<()> {
+        self.make_principal_eligible(&user.id, role).await
+    }
+
+    /// Makes a user, group or service principal, by id, eligible for `role` at `/` (admin).
+    pub(crate) async fn make_principal_eligible(&self, principal_id: &str, role: &str) -> anyhow::Result<()> {
         self.assignments()
             .create_request(authed(
                 &self.admin,
                 request(
                     apb::RequestAction::AdminAssign,
                     apb::AssignmentKind::Eligible,
-                    &user.id,
+                    principal_id,
                     role,
                 ),
             ))

@@ -399,17 +399,7 @@ async fn nobody_approves_their_own_request_and_default_approvers_decide_otherwis
         // Administrators) decide. The admin is a Global Administrator asking for a role.
         w.require_approval(Vec::new()).await?;
                 let admin_id = w.admin_id().await?;
-        w.assignments()
-            .create_request(authed(
-                &w.admin,
-                crate::activation::request(
-                    apb::RequestAction::AdminAssign,
-                    apb::AssignmentKind::Eligible,
-                    &admin_id,
-                    EXCHANGE_ADMINISTRATOR,
-                ),
-            ))
-            .await?;
+        w.make_principal_eligible(&admin_id, EXCHANGE_ADMINISTRATOR).await?;
         let admin_up = w
             .ts
             .stepped_up_token(&admin_id, &w.ts.admin_user, w.clock.now_ms())?;

@@ -273,17 +273,7 @@ async fn reviewers_do_not_review_their_own_access() -> anyhow::Result<()> {
                 },
             ))
             .await?;
-        w.assignments()
-            .create_request(authed(
-                &w.admin,
-                crate::activation::request(
-                    apb::RequestAction::AdminAssign,
-                    apb::AssignmentKind::Eligible,
-                    &ops,
-                    EXCHANGE_ADMINISTRATOR,
-                ),
-            ))
-            .await?;
+        w.make_principal_eligible(&ops, EXCHANGE_ADMINISTRATOR).await?;
         w.approval_sees(3, 0).await?;
         let mut peers = removing_review(
             "Exchange admins, by peers",
