@@ -253,7 +253,8 @@ async fn the_permanent_global_administrators_are_those_in_force_at_the_root() ->
 /// A disable identity is about to make (`PrepareUserDisable`) and a removal at the same
 /// moment take turns on the permanent Global Administrators' rows, and the one that waited
 /// counts what the other recorded: two holders cannot each be taken away while the other still
-/// counts.
+/// counts. On SQLite the one connection makes them take turns whatever the statements; the
+/// PostgreSQL half is the one a single locking statement fails (it would count x).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removal_waits_for_a_disable_and_counts_it() -> anyhow::Result<()> {
     use sea_orm::TransactionTrait;
