@@ -104,6 +104,16 @@ pub(crate) struct PolicySetArgs {
     /// Whether eligible assignments may be permanent (true or false).
     #[arg(long)]
     allow_permanent_eligible: Option<bool>,
+    /// Longest an eligible assignment may last when it ends, e.g. 365d (1m to 5 years).
+    #[arg(long, value_parser = super::parse_duration, allow_hyphen_values = true)]
+    eligible_max: Option<Duration>,
+    /// Longest an active assignment may last when it ends, e.g. 180d (1m to 5 years).
+    #[arg(long, value_parser = super::parse_duration, allow_hyphen_values = true)]
+    active_max: Option<Duration>,
+    /// How long an activation must have run before its holder may end it early, e.g. 5m
+    /// (0s to 24h; Entra: 5 minutes, here 0 by default).
+    #[arg(long, value_parser = super::parse_duration_or_zero, allow_hyphen_values = true)]
+    min_before_deactivate: Option<Duration>,
     /// Apply only if the policy is still the version `pim policy show` printed (its etag);
     /// a policy changed meanwhile is refused, nothing applied.
     #[arg(long)]
@@ -202,6 +212,13 @@ async fn print_policy(session: &Session, p: &apb::RolePolicy) {
         ],
         vec!["approval timeout".into(), show_duration(&p.approval_timeout)],
     ];
+    settings.insert(
+        settings.len() - 3,
+        vec![
+            "deactivation allowed after".into(),
+            show_duration(&p.min_activation_before_deactivate),
+        ],
+    );
     if !stages.is_empty() {
         // The stages, where set, are what requests go through: the simple pair is not shown.
         settings.truncate(settings.len() - 2);
@@ -344,6 +361,18 @@ pub(crate) async fn policy(cmd: PolicyCommand) -> anyhow::Result<i32> {
             if let Some(v) = a.allow_permanent_active {
                 p.active_allow_permanent = v;
                 mask.push("active_allow_permanent");
+            }
+            if let Some(d) = a.eligible_max {
+                p.eligible_max_duration = Some(pb_duration(d));
+                mask.push("eligible_max_duration");
+            }
+            if let Some(d) = a.active_max {
+                p.active_max_duration = Some(pb_duration(d));
+                mask.push("active_max_duration");
+            }
+            if let Some(d) = a.min_before_deactivate {
+                p.min_activation_before_deactivate = Some(pb_duration(d));
+                mask.push("min_activation_before_deactivate");
             }
             if let Some(v) = a.allow_permanent_eligible {
                 p.eligible_allow_permanent = v;

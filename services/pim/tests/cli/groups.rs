@@ -83,6 +83,34 @@ fn principals_are_named_by_user_group_or_service_principal_name() {
     );
     assert!(with_a_person.status.success());
     assert!(!String::from_utf8_lossy(&with_a_person.stderr).contains("warning"));
+    // Every limit of assignments and activations is set from the command line too.
+    admin.ok(
+        &[
+            "policy",
+            "set",
+            "Security Reader",
+            "--eligible-max",
+            "90d",
+            "--active-max",
+            "30d",
+            "--min-before-deactivate",
+            "5m",
+        ],
+        None,
+    );
+    let shown = admin.ok(&["policy", "show", "Security Reader"], None);
+    for (setting, value) in [
+        ("eligible: max duration", "90d"),
+        ("active: max duration", "30d"),
+        ("deactivation allowed after", "5m"),
+    ] {
+        assert!(
+            shown
+                .lines()
+                .any(|l| l.starts_with(setting) && l.trim_end().ends_with(value)),
+            "{setting} {value}: {shown}"
+        );
+    }
     up.terminate();
     std::fs::remove_dir_all(&dir).ok();
 }
