@@ -21,7 +21,7 @@ pub(super) struct Planner<'a> {
     /// changes somewhere: their assignments are judged by the server only once that is made.
     policies_changed: BTreeSet<String>,
     /// Assignments the server can check before anything changes (`validate_only`): those of
-    /// roles that exist, to principals that exist, under a policy the file leaves as it is.
+    /// roles that exist, to principals that exist, under limits the file leaves as they are.
     checks: Vec<(String, apb::CreateRequestRequest)>,
     /// Policy changes the server checks as it would make them (`validate_only`): those of
     /// roles and scopes it holds.
