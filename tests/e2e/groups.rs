@@ -470,22 +470,20 @@ async fn a_just_in_time_membership_carries_the_groups_roles_until_it_ends() -> a
 
         // The group's policy asks for approval; its owner is a default approver.
         let mut policies = PolicyServiceClient::new(w.ts.channel.clone());
+        let requiring_approval = || apb::UpdateRolePolicyRequest {
+            policy: Some(apb::RolePolicy {
+                role_id: GROUP_MEMBER.into(),
+                scope: scope.clone(),
+                approval_required: true,
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["approval_required".into()],
+            }),
+            validate_only: false,
+        };
         policies
-            .update_role_policy(authed(
-                &w.admin,
-                apb::UpdateRolePolicyRequest {
-                    policy: Some(apb::RolePolicy {
-                        role_id: GROUP_MEMBER.into(),
-                        scope: scope.clone(),
-                        approval_required: true,
-                        ..Default::default()
-                    }),
-                    update_mask: Some(prost_types::FieldMask {
-                        paths: vec!["approval_required".into()],
-                    }),
-                    validate_only: false,
-                },
-            ))
+            .update_role_policy(authed(&w.admin, requiring_approval()))
             .await?;
         let waiting = w
             .assignments()
@@ -626,21 +624,7 @@ async fn a_just_in_time_membership_carries_the_groups_roles_until_it_ends() -> a
             .policies;
         assert!(set.iter().all(|p| p.scope != scope), "{set:?}");
         let refused = policies
-            .update_role_policy(authed(
-                &w.admin,
-                apb::UpdateRolePolicyRequest {
-                    policy: Some(apb::RolePolicy {
-                        role_id: GROUP_MEMBER.into(),
-                        scope: scope.clone(),
-                        approval_required: true,
-                        ..Default::default()
-                    }),
-                    update_mask: Some(prost_types::FieldMask {
-                        paths: vec!["approval_required".into()],
-                    }),
-                    validate_only: false,
-                },
-            ))
+            .update_role_policy(authed(&w.admin, requiring_approval()))
             .await
             .expect_err("no such group");
         assert_eq!(refused.code(), tonic::Code::NotFound, "{refused:?}");

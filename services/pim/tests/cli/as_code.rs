@@ -309,7 +309,7 @@ fn a_configuration_file_applies_once_prunes_round_trips_and_a_bad_one_changes_no
     let bad = dir.join("bad.yaml");
     std::fs::write(
         &bad,
-        "roles:\n  - name: Auditor Extra\n    permissions: [app.audit/read]\n  - name: Broken\n    permissions: [\"app payments/refunds\"]\npolicies:\n  - role: Payments Refunder\n    activation_max_duration: soon\n    notifications:\n      - event: activation\n        party: approver\n      - event: eligible_assignment\n        party: approver\n  - group: no-such-group\n    activation_max_duration: 1h\n  - role: Security Reader\n    activation_max_duration: 30h\n  - role: Auditor Extra\n    activation_max_duration: 30h\nassignments:\n  - role: Payments Refunder\n    eligible:\n      - principal: nobody\n      - principal: lee\n        scope: /apps/payments\n        until: 2020-01-01T00:00:00Z\n  - role: No Such Role\n  - role: Exchange Administrator\n    eligible:\n      - principal: lee\n        until: 2099-01-01T00:00:00Z\n  - role: Global Administrator\n    prune: true\ngroups:\n  - name: payments-oncall\n    role_assignable: true\n    owners: [payments-oncall]\n    members: [payments-oncall, sam]\n",
+        "roles:\n  - name: Auditor Extra\n    permissions: [app.audit/read]\n  - name: Broken\n    permissions: [\"app payments/refunds\"]\npolicies:\n  - role: Payments Refunder\n    activation_max_duration: soon\n    notifications:\n      - event: activation\n        party: approver\n      - event: eligible_assignment\n        party: approver\n  - group: no-such-group\n    activation_max_duration: 1h\n  - role: Security Reader\n    activation_max_duration: 30h\n  - role: Auditor Extra\n    activation_max_duration: 30h\n  - role: Exchange Administrator\n    activation_requires_ticket: false\nassignments:\n  - role: Payments Refunder\n    eligible:\n      - principal: nobody\n      - principal: lee\n        scope: /apps/payments\n        until: 2020-01-01T00:00:00Z\n  - role: No Such Role\n  - role: Exchange Administrator\n    eligible:\n      - principal: lee\n        until: 2099-01-01T00:00:00Z\n  - role: Global Administrator\n    prune: true\ngroups:\n  - name: payments-oncall\n    role_assignable: true\n    owners: [payments-oncall]\n    members: [payments-oncall, sam]\n",
     )
     .unwrap();
     let refused = admin.run(&["apply", "-f", bad.to_str().unwrap()], None);
@@ -325,16 +325,17 @@ fn a_configuration_file_applies_once_prunes_round_trips_and_a_bad_one_changes_no
         // here of one the file creates.
         (16, "activation_max_duration: must be between 60s and 86400s"),
         (18, "activation_max_duration: must be between 60s and 86400s"),
-        (23, "nobody"),
-        (24, "has passed"),
-        (27, "No Such Role"),
-        // Found by the server (validate_only): longer than the policy allows.
-        (30, "at most 365d"),
+        (25, "nobody"),
+        (26, "has passed"),
+        (29, "No Such Role"),
+        // Found by the server (validate_only): longer than the policy allows, which the
+        // file's change of another setting of that role's policy leaves as it is.
+        (32, "at most 365d"),
         // The last permanent Global Administrator is not pruned away.
-        (32, "last permanent active Global Administrator"),
+        (34, "last permanent active Global Administrator"),
         // What identity would refuse midway, refused before anything changes.
-        (37, "a group's owners are users"),
-        (38, "cannot have groups as members"),
+        (39, "a group's owners are users"),
+        (40, "cannot have groups as members"),
     ] {
         assert!(
             err.lines()

@@ -478,8 +478,8 @@ fn group_membership_and_ownership_are_activated_just_in_time() {
     );
     let before = ola.run(&["groups", "add-member", "ops", &kim], None);
     assert_eq!(before.status.code(), Some(1), "not an owner before activating");
-    ola.ok(
-        &[
+    let activate_ownership = |more: &[&str]| {
+        let mut args = vec![
             "groups",
             "activate",
             "ops",
@@ -489,9 +489,11 @@ fn group_membership_and_ownership_are_activated_just_in_time() {
             "30m",
             "-j",
             "onboarding",
-        ],
-        None,
-    );
+        ];
+        args.extend_from_slice(more);
+        ola.ok(&args, None)
+    };
+    activate_ownership(&[]);
     ola.ok(&["groups", "add-member", "ops", &kim], None);
     // An owner for half an hour may not make herself a member (or owner) for good.
     let ola_id = admin.ok(&["users", "list", "--output", "json"], None);
@@ -529,21 +531,7 @@ fn group_membership_and_ownership_are_activated_just_in_time() {
         ],
         None,
     );
-    ola.ok(
-        &[
-            "groups",
-            "activate",
-            "ops",
-            "--access",
-            "owner",
-            "--duration",
-            "30m",
-            "-j",
-            "onboarding",
-            "--no-wait",
-        ],
-        None,
-    );
+    activate_ownership(&["--no-wait"]);
     let waiting = admin.ok(&["approvals", "--status", "pending"], None);
     assert!(
         waiting
