@@ -95,6 +95,10 @@ def main(pim: str) -> int:
     server = serve(receiver)
     url = f"http://127.0.0.1:{server.server_address[1]}/pim-hook"
     with PimUp(pim) as up:
+        catalogue = up.run("webhooks", "event-types").stdout
+        assert any(line.split()[:2] == ["UserCreated", "pim.identity"] for line in catalogue.splitlines()), catalogue
+        misspelt = up.run("webhooks", "create", "--url", url, "--events", "UserCreate", check=False)
+        assert misspelt.returncode == 2 and "UserCreate is not an event type" in misspelt.stderr, misspelt
         created = up.run("webhooks", "create", "--url", url, "--events", "UserCreated").stdout
         subscription = next(line.split()[3] for line in created.splitlines() if line.startswith("Created webhook"))
         first_secret = secret_of(created)

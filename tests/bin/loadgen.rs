@@ -35,6 +35,7 @@ use sea_orm::ConnectionTrait;
 use tokio::sync::Mutex;
 
 use pim::ServiceName;
+use pim_runtime::events::{EventType, Source};
 
 mod portal_bench;
 use pim_e2e::{TestSuite, authed};
@@ -968,7 +969,7 @@ async fn audit_ingest(events: u64, rate: u64) -> anyhow::Result<()> {
                     display_name: "bench".into(),
                     email: String::new(),
                 };
-                let mut envelope = envelope("pim.identity", "UserCreated", &e.user_id, &e);
+                let mut envelope = envelope(Source::Identity, EventType::UserCreated, &e.user_id, &e);
                 keys.sign(streams::IDENTITY, &mut envelope)?;
                 Ok(Pending {
                     id: String::new(),
@@ -1200,7 +1201,7 @@ async fn alert_latency(rate: u64, seconds: u64) -> anyhow::Result<()> {
             ..Default::default()
         };
         // Signed by approval's key, as approval's relay signs (the time counts from here).
-        let mut env = envelope("pim.approval", "SelfApprovalAttempted", &e.approval_id, &e);
+        let mut env = envelope(Source::Approval, EventType::SelfApprovalAttempted, &e.approval_id, &e);
         sent.lock().await.insert(env.id.clone(), Instant::now());
         keys.sign(streams::APPROVAL, &mut env)?;
         publisher.publish(streams::APPROVAL, &env, 0).await?;

@@ -574,8 +574,8 @@ async fn a_dead_lettered_event_raises_an_alert() -> anyhow::Result<()> {
         // What a consumer does with an entry it could not process after its deliveries
         // (backbone::a_poison_entry_ends_in_the_dead_letter_stream shows it happening).
         let poison = pim_runtime::events::envelope(
-            "pim.identity",
-            "UserCreated",
+            pim_runtime::events::Source::Identity,
+            pim_runtime::events::EventType::UserCreated,
             "victim",
             &pim_proto::events::v1::UserCreated::default(),
         );

@@ -446,8 +446,8 @@ async fn a_redelivered_event_is_recorded_once() -> anyhow::Result<()> {
     let result = async {
         let admin = ts.admin_token().await?;
         let mut event = envelope(
-            "pim.identity",
-            "UserCreated",
+            pim_runtime::events::Source::Identity,
+            pim_runtime::events::EventType::UserCreated,
             "twice-delivered",
             &pim_proto::events::v1::UserCreated {
                 actor: None,
@@ -560,7 +560,8 @@ async fn the_newest_records_come_first_when_asked() -> anyhow::Result<()> {
 }
 
 /// Webhooks: managing them needs pim.webhooks.manage; the secret is shown once; a URL that is
-/// not https:// (or loopback) is refused; what audit records is queued for the subscription;
+/// not https:// (or loopback), or an event type PIM does not publish, is refused; what audit
+/// records is queued for the subscription;
 /// a receiver failing for a day has its delivery given up, and alerting raises
 /// webhook_dead_lettered; the subscription's creation is itself audited.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -591,6 +592,18 @@ async fn a_webhook_failing_for_a_day_is_dead_lettered_and_alerted() -> anyhow::R
             .await
             .expect_err("plain http off the machine");
         assert_eq!(plain.code(), Code::InvalidArgument);
+        let mut misspelt = asking("http://127.0.0.1:9/hook");
+        misspelt.subscription.as_mut().expect("set").event_types = vec!["RoleActivate".into()];
+        let misspelt = hooks
+            .create_subscription(authed(&admin, misspelt))
+            .await
+            .expect_err("no such event type: it would never deliver");
+        assert_eq!(misspelt.code(), Code::InvalidArgument);
+        assert!(
+            misspelt.message().contains("RoleActivate is not an event type"),
+            "{}",
+            misspelt.message()
+        );
         // Nothing listens on port 9 of the loopback.
         let created = hooks
             .create_subscription(authed(&admin, asking("http://127.0.0.1:9/hook/t0ps3cret?token=t0ps3cret")))

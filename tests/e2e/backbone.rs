@@ -20,6 +20,7 @@ use pim_runtime::events::{
     ConsumerOptions, Envelope, EventHandler, EventKeys, Inbox, Outbox, Publisher, RedisConsumer, RedisPublisher, Relay,
     SqlMigration, backbone_migrations, envelope, pending, replay, short_type, streams,
 };
+use pim_runtime::events::{EventType, Source};
 use pim_runtime::testing::{TestDatabase, redis_url, unique};
 
 struct Migrator;
@@ -144,7 +145,14 @@ impl Fixture {
 
     /// Commits one event to the outbox.
     async fn emit(&self, event_type: &str) -> anyhow::Result<Envelope> {
-        let env = envelope("pim.identity", event_type, "subject", &UserCreated::default());
+        let mut env = envelope(
+            Source::Identity,
+            EventType::UserCreated,
+            "subject",
+            &UserCreated::default(),
+        );
+        // Any type, the made-up `Poison` included: the recorder fails on that one.
+        env.r#type = format!("pim.identity.v1.{event_type}");
         let txn = self.db.begin().await?;
         self.outbox.enqueue(&txn, streams::IDENTITY, &env).await?;
         txn.commit().await?;
@@ -220,7 +228,7 @@ async fn a_rolled_back_transaction_publishes_nothing() -> anyhow::Result<()> {
     let mut f = Fixture::new().await?;
     let relay = f.relay().await?;
 
-    let rolled_back = envelope("pim.identity", "UserCreated", "s", &UserCreated::default());
+    let rolled_back = envelope(Source::Identity, EventType::UserCreated, "s", &UserCreated::default());
     let txn = f.db.begin().await?;
     f.outbox.enqueue(&txn, streams::IDENTITY, &rolled_back).await?;
     txn.rollback().await?;
@@ -399,7 +407,12 @@ async fn a_stopping_consumer_finishes_the_entries_it_holds() -> anyhow::Result<(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_older_than_the_inbox_window_is_not_applied() -> anyhow::Result<()> {
     let f = Fixture::new().await?;
-    let mut old = envelope("pim.identity", "UserCreated", "subject", &UserCreated::default());
+    let mut old = envelope(
+        Source::Identity,
+        EventType::UserCreated,
+        "subject",
+        &UserCreated::default(),
+    );
     old.time = Some(db::to_timestamp(
         db::now_ms() - pim_runtime::events::INBOX_KEPT.as_millis() as i64 - 60_000,
     ));
@@ -574,7 +587,7 @@ async fn embedded_delivery_survives_a_restart() -> anyhow::Result<()> {
         // First run: the change commits, then the process stops before its relay ran.
         let db = db::connect(&url).await?;
         Migrator::up(&db, None).await?;
-        let env = envelope("pim.identity", "UserCreated", "s", &UserCreated::default());
+        let env = envelope(Source::Identity, EventType::UserCreated, "s", &UserCreated::default());
         let txn = db.begin().await?;
         outbox.enqueue(&txn, streams::IDENTITY, &env).await?;
         txn.commit().await?;
@@ -711,7 +724,7 @@ async fn embedded_a_write_waits_for_a_consumer_that_failed_once() -> anyhow::Res
     let bus = pim_runtime::events::EmbeddedBus::new(5);
     bus.subscribe(Inbox::new(db.clone(), Arc::new(FailsOnce(Default::default()))));
     let relay = Relay::new(db.clone(), outbox.clone(), Arc::new(bus));
-    let env = envelope("pim.identity", "UserCreated", "s", &UserCreated::default());
+    let env = envelope(Source::Identity, EventType::UserCreated, "s", &UserCreated::default());
     let txn = db.begin().await?;
     outbox.enqueue(&txn, streams::IDENTITY, &env).await?;
     txn.commit().await?;

@@ -675,8 +675,8 @@ async fn in_one_process_the_next_check_after_a_membership_change_sees_it() -> an
             use pim_runtime::events::Publisher as _;
             let (last_removal, _) = versions[41];
             let mut late = pim_runtime::events::envelope(
-                "pim.identity",
-                "GroupMemberAdded",
+                pim_runtime::events::Source::Identity,
+                pim_runtime::events::EventType::GroupMemberAdded,
                 &lee.id,
                 &pim_proto::events::v1::GroupMembershipChanged {
                     actor: None,

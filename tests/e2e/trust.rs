@@ -78,8 +78,8 @@ async fn events_written_to_redis_by_hand_are_refused_audited_and_alerted() -> an
         let now = now_ms();
         let grant = || {
             envelope(
-                "pim.assignment",
-                "RoleActivated",
+                pim_runtime::events::Source::Assignment,
+                pim_runtime::events::EventType::RoleActivated,
                 &eve.id,
                 &ev::RoleActivated {
                     assignment_id: uuid::Uuid::now_v7().to_string(),
@@ -97,8 +97,8 @@ async fn events_written_to_redis_by_hand_are_refused_audited_and_alerted() -> an
         let mut self_signed_grant = grant();
         EventKeys::generate(&["assignment"]).sign(streams::ASSIGNMENT, &mut self_signed_grant)?;
         let forged_end = envelope(
-            "pim.assignment",
-            "RoleDeactivated",
+            pim_runtime::events::Source::Assignment,
+            pim_runtime::events::EventType::RoleDeactivated,
             &admin_id,
             &ev::RoleDeactivated {
                 assignment_id: break_glass.clone(),
@@ -110,8 +110,8 @@ async fn events_written_to_redis_by_hand_are_refused_audited_and_alerted() -> an
             },
         );
         let forged_sign_out = envelope(
-            "pim.identity",
-            "SessionRevoked",
+            pim_runtime::events::Source::Identity,
+            pim_runtime::events::EventType::SessionRevoked,
             &admin_id,
             &ev::SessionRevoked {
                 principal_id: admin_id.clone(),
@@ -120,8 +120,8 @@ async fn events_written_to_redis_by_hand_are_refused_audited_and_alerted() -> an
             },
         );
         let mut copied = envelope(
-            "pim.identity",
-            "UserCreated",
+            pim_runtime::events::Source::Identity,
+            pim_runtime::events::EventType::UserCreated,
             &eve.id,
             &ev::UserCreated {
                 user_id: eve.id.clone(),

@@ -20,6 +20,7 @@ use tonic::service::RoutesBuilder;
 
 use pim_proto::alerting::v1::alert_service_server::AlertServiceServer;
 use pim_runtime::db::Db;
+use pim_runtime::events::Source;
 use pim_runtime::events::{Envelope, EventHandler, Outbox, streams};
 use pim_runtime::host::{Deps, Service};
 
@@ -153,6 +154,10 @@ impl EventHandler for Detect {
 impl Service for Alerting {
     fn name(&self) -> &'static str {
         "alerting"
+    }
+
+    fn source(&self) -> Source {
+        Source::Alerting
     }
 
     fn stream(&self) -> &'static str {

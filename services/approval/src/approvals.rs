@@ -21,6 +21,7 @@ use pim_runtime::events::{Outbox, envelope, streams};
 use crate::domain::{ApprovalStatus, Decision};
 use crate::store::{self, ApprovalRow, DecisionRow, Stage};
 use pim_runtime::error::{Error, Result};
+use pim_runtime::events::{EventType, Source};
 use pim_runtime::text::{MAX_FREE_TEXT, free_text};
 
 /// Entra's built-in role ids (the default approvers hold one of them).
@@ -85,7 +86,7 @@ impl Approvals {
     async fn emit(
         &self,
         txn: &DatabaseTransaction,
-        event_type: &str,
+        event_type: EventType,
         subject: &str,
         data: &impl prost::Message,
     ) -> Result<()> {
@@ -93,7 +94,7 @@ impl Approvals {
             .enqueue(
                 txn,
                 streams::APPROVAL,
-                &envelope("pim.approval", event_type, subject, data),
+                &envelope(Source::Approval, event_type, subject, data),
             )
             .await?;
         Ok(())
@@ -159,7 +160,8 @@ impl Approvals {
             role_id: approval.role_id.clone(),
             scope: approval.scope.clone(),
         };
-        self.emit(txn, "ApprovalCreated", &approval.id, &created).await?;
+        self.emit(txn, EventType::ApprovalCreated, &approval.id, &created)
+            .await?;
         Ok(())
     }
 
@@ -425,7 +427,8 @@ impl Approvals {
         let subject = approval.map(|a| a.id).unwrap_or_else(|| id.to_owned());
         let recorded = async {
             let txn = self.db.begin().await?;
-            self.emit(&txn, "ApprovalDecisionRefused", &subject, &event).await?;
+            self.emit(&txn, EventType::ApprovalDecisionRefused, &subject, &event)
+                .await?;
             txn.commit().await?;
             Ok::<_, Error>(())
         };
@@ -527,7 +530,7 @@ impl Approvals {
             scope: current.scope.clone(),
             stage: current.stage as i32,
         };
-        self.emit(&txn, "ApprovalDecisionRecorded", &current.id, &recorded)
+        self.emit(&txn, EventType::ApprovalDecisionRecorded, &current.id, &recorded)
             .await?;
         if !approve {
             self.complete(
@@ -554,7 +557,8 @@ impl Approvals {
                     current.rev = store::next_rev(&txn).await?;
                     store::update(&txn, &current).await?;
                     let started = self.asking_event(&current, "StageStarted");
-                    self.emit(&txn, "ApprovalStageStarted", &current.id, &started).await?;
+                    self.emit(&txn, EventType::ApprovalStageStarted, &current.id, &started)
+                        .await?;
                 } else {
                     self.complete(
                         &txn,
@@ -594,7 +598,8 @@ impl Approvals {
             scope: approval.scope.clone(),
             stage: approval.stage as i32,
         };
-        self.emit(&txn, "SelfApprovalAttempted", &approval.id, &attempt).await?;
+        self.emit(&txn, EventType::SelfApprovalAttempted, &approval.id, &attempt)
+            .await?;
         txn.commit().await?;
         self.outbox.wake();
         Ok(())
@@ -638,11 +643,13 @@ impl Approvals {
             if escalate {
                 let mut event = self.completed_event(&approval, "Escalated", Some(system_actor()));
                 event.escalation_approver_ids = approval.current_stage().escalation_approver_ids.clone();
-                self.emit(&txn, "ApprovalEscalated", &approval.id, &event).await?;
+                self.emit(&txn, EventType::ApprovalEscalated, &approval.id, &event)
+                    .await?;
             }
             if remind {
                 let event = self.asking_event(&approval, "Reminder");
-                self.emit(&txn, "ApprovalReminder", &approval.id, &event).await?;
+                self.emit(&txn, EventType::ApprovalReminder, &approval.id, &event)
+                    .await?;
             }
             fired += usize::from(escalate || remind);
         }

@@ -2,6 +2,7 @@
 //! conversion to the wire and one to the text the tables keep (pim-proto's names).
 
 use pim_proto::approval::v1 as pb;
+use pim_proto::event_types::EventType;
 
 pim_proto::domain_enum! {
     /// Where an approval is: waiting for its stages' approvers, or ended one way.
@@ -19,13 +20,13 @@ pim_proto::domain_enum! {
 impl ApprovalStatus {
     /// The event that says an approval ended this way (ApprovalGranted, …); none while it
     /// waits.
-    pub const fn completion_event(self) -> Option<&'static str> {
+    pub const fn completion_event(self) -> Option<EventType> {
         match self {
             Self::Pending => None,
-            Self::Approved => Some("ApprovalGranted"),
-            Self::Denied => Some("ApprovalDenied"),
-            Self::Expired => Some("ApprovalExpired"),
-            Self::Canceled => Some("ApprovalCanceled"),
+            Self::Approved => Some(EventType::ApprovalGranted),
+            Self::Denied => Some(EventType::ApprovalDenied),
+            Self::Expired => Some(EventType::ApprovalExpired),
+            Self::Canceled => Some(EventType::ApprovalCanceled),
         }
     }
 }

@@ -21,6 +21,7 @@ use pim_proto::approval::v1::approval_service_server::ApprovalServiceServer;
 use pim_proto::assignment::v1::RequestStatus;
 use pim_proto::events::v1 as ev;
 use pim_runtime::db::{Db, from_timestamp};
+use pim_runtime::events::Source;
 use pim_runtime::events::{Envelope, EventHandler, Outbox, decode, short_type, streams};
 use pim_runtime::host::{Deps, Service};
 
@@ -200,6 +201,10 @@ impl EventHandler for AssignmentEvents {
 impl Service for Approval {
     fn name(&self) -> &'static str {
         "approval"
+    }
+
+    fn source(&self) -> Source {
+        Source::Approval
     }
 
     fn stream(&self) -> &'static str {

@@ -19,6 +19,7 @@ use crate::approvals::Approvals;
 use crate::domain::{Decision, ReviewStatus};
 use crate::store::{self, ItemRow, ReviewRow};
 use pim_runtime::error::{Error, Result};
+use pim_runtime::events::{EventType, Source};
 use pim_runtime::text::{MAX_FREE_TEXT, free_text};
 
 const DAY_MS: i64 = 24 * 3_600_000;
@@ -94,12 +95,12 @@ impl Approvals {
         }
     }
 
-    async fn emit_review(&self, txn: &DatabaseTransaction, event_type: &str, event: &ReviewEvent) -> Result<()> {
+    async fn emit_review(&self, txn: &DatabaseTransaction, event_type: EventType, event: &ReviewEvent) -> Result<()> {
         self.outbox
             .enqueue(
                 txn,
                 pim_runtime::events::streams::APPROVAL,
-                &pim_runtime::events::envelope("pim.approval", event_type, &event.review_id, event),
+                &pim_runtime::events::envelope(Source::Approval, event_type, &event.review_id, event),
             )
             .await?;
         Ok(())
@@ -176,7 +177,7 @@ impl Approvals {
         store::insert_review(&txn, &review).await?;
         self.emit_review(
             &txn,
-            "ReviewCreated",
+            EventType::ReviewCreated,
             &self.review_event(&review, None, "", Some(caller)),
         )
         .await?;
@@ -339,7 +340,7 @@ impl Approvals {
         store::update_item(&txn, &item).await?;
         self.emit_review(
             &txn,
-            "ReviewItemDecided",
+            EventType::ReviewItemDecided,
             &self.review_event(
                 &review,
                 Some(&item),
@@ -423,8 +424,12 @@ impl Approvals {
             store::insert_item(txn, &item).await?;
         }
         store::update_review(txn, review).await?;
-        self.emit_review(txn, "ReviewStarted", &self.review_event(review, None, "", None))
-            .await?;
+        self.emit_review(
+            txn,
+            EventType::ReviewStarted,
+            &self.review_event(review, None, "", None),
+        )
+        .await?;
         self.tell_reviewers(txn, review, Happening::ReviewStarted).await
     }
 
@@ -474,7 +479,7 @@ impl Approvals {
             .enqueue(
                 txn,
                 pim_runtime::events::streams::APPROVAL,
-                &pim_runtime::events::envelope("pim.approval", "NotificationsDue", &review.id, &due),
+                &pim_runtime::events::envelope(Source::Approval, EventType::NotificationsDue, &review.id, &due),
             )
             .await?;
         Ok(())
@@ -525,11 +530,15 @@ impl Approvals {
                 if event.justification.is_empty() {
                     event.justification = format!("denied in access review {}", review.name);
                 }
-                self.emit_review(txn, "ReviewRemovalRequested", &event).await?;
+                self.emit_review(txn, EventType::ReviewRemovalRequested, &event).await?;
             }
         }
-        self.emit_review(txn, "ReviewCompleted", &self.review_event(review, None, "", caller))
-            .await?;
+        self.emit_review(
+            txn,
+            EventType::ReviewCompleted,
+            &self.review_event(review, None, "", caller),
+        )
+        .await?;
         let period = recurrence_period(&review.recurrence).flatten();
         match period {
             Some(p) => {

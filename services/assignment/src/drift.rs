@@ -13,6 +13,7 @@ use crate::assignments::Assignments;
 use crate::domain::Scope;
 use crate::error::{Error, Result};
 use crate::store::{self, ObservedGrant};
+use pim_runtime::events::{EventType, Source};
 
 pub const MAX_REPORTED: usize = 100_000;
 
@@ -81,7 +82,12 @@ impl Assignments {
                     .enqueue(
                         &txn,
                         streams::ASSIGNMENT,
-                        &envelope("pim.assignment", "UnmanagedGrantDetected", &g.principal_id, &event),
+                        &envelope(
+                            Source::Assignment,
+                            EventType::UnmanagedGrantDetected,
+                            &g.principal_id,
+                            &event,
+                        ),
                     )
                     .await?;
             }

@@ -336,20 +336,21 @@ mod tests {
 
     #[test]
     fn only_events_about_active_assignments_name_one() {
+        use pim_runtime::events::{EventType, Source};
         let changed = ev::AssignmentChanged {
             assignment_id: "a1".into(),
             ..Default::default()
         };
-        let named = |event_type: &str| {
+        let named = |event_type| {
             AccessIndex::assignment_named(&pim_runtime::events::envelope(
-                "pim.assignment",
+                Source::Assignment,
                 event_type,
                 "p",
                 &changed,
             ))
         };
-        assert_eq!(named("ActiveAssignmentGranted").as_deref(), Some("a1"));
-        assert_eq!(named("ActiveAssignmentRemoved").as_deref(), Some("a1"));
-        assert_eq!(named("EligibilityGranted"), None);
+        assert_eq!(named(EventType::ActiveAssignmentGranted).as_deref(), Some("a1"));
+        assert_eq!(named(EventType::ActiveAssignmentRemoved).as_deref(), Some("a1"));
+        assert_eq!(named(EventType::EligibilityGranted), None);
     }
 }

@@ -37,6 +37,7 @@ use pim_proto::assignment::v1::reconcile_service_server::ReconcileServiceServer;
 use pim_proto::assignment::v1::role_service_server::RoleServiceServer;
 use pim_runtime::db::Db;
 use pim_runtime::events::Outbox;
+use pim_runtime::events::Source;
 use pim_runtime::host::{Deps, Service};
 
 pub use assignments::Assignments;
@@ -218,6 +219,10 @@ impl EventHandler for ApprovalOutcomes {
 impl Service for Assignment {
     fn name(&self) -> &'static str {
         "assignment"
+    }
+
+    fn source(&self) -> Source {
+        Source::Assignment
     }
 
     fn stream(&self) -> &'static str {

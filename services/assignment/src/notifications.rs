@@ -20,6 +20,7 @@ use pim_runtime::events::{Envelope, EventHandler, decode, short_type, streams};
 use crate::assignments::Assignments;
 use crate::domain::{Action, Kind, NotificationEvent, NotificationParty, Policy, Scope};
 use crate::store::{self, RequestRow};
+use pim_runtime::events::EventType;
 
 /// How old a change may be and still be told.
 const STALE_AFTER_MS: i64 = 24 * 3600 * 1000;
@@ -488,7 +489,7 @@ impl EventHandler for Notifier {
             ..Default::default()
         };
         self.0
-            .emit(txn, "NotificationsDue", &change.principal_id, &event)
+            .emit(txn, EventType::NotificationsDue, &change.principal_id, &event)
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))
     }

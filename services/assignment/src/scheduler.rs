@@ -13,6 +13,7 @@ use crate::assignments::{Assignments, system_actor};
 use crate::domain::RequestStatus;
 use crate::error::Result;
 use crate::store;
+use pim_runtime::events::{EventType, Source};
 
 const BATCH: u64 = 500;
 /// The longest sleep: other replicas' new deadlines are found at least this often.
@@ -45,7 +46,12 @@ impl Scheduler {
                     .enqueue(
                         &txn,
                         pim_runtime::events::streams::ASSIGNMENT,
-                        &pim_runtime::events::envelope("pim.assignment", "RoleActivated", &due.principal_id, &event),
+                        &pim_runtime::events::envelope(
+                            Source::Assignment,
+                            EventType::RoleActivated,
+                            &due.principal_id,
+                            &event,
+                        ),
                     )
                     .await?;
             }
@@ -93,8 +99,8 @@ impl Scheduler {
                         &txn,
                         pim_runtime::events::streams::ASSIGNMENT,
                         &pim_runtime::events::envelope(
-                            "pim.assignment",
-                            "AssignmentExpiring",
+                            Source::Assignment,
+                            EventType::AssignmentExpiring,
                             &due.principal_id,
                             &event,
                         ),

@@ -13,6 +13,7 @@ use pim_runtime::testing::steps_before;
 use crate::domain::{Action, Kind, RequestStatus};
 use crate::roles::GLOBAL_ADMINISTRATOR;
 use crate::store::{self, AssignmentRow, RequestRow};
+use pim_runtime::events::{EventType, Source};
 
 const EXCHANGE_ADMINISTRATOR: &str = "29232cdf-9323-42fd-ade2-1d097af3e4de";
 const NOW: i64 = 1_800_000_000_000;
@@ -84,7 +85,7 @@ fn assignment(origin: &str, kind: Kind, end_at: Option<i64>) -> AssignmentRow {
 
 /// One event for the outbox rows an activation writes with it.
 fn events() -> OutboxRows {
-    let event = envelope("pim.assignment", "RequestCreated", "lee", &());
+    let event = envelope(Source::Assignment, EventType::RequestCreated, "lee", &());
     OutboxRows::new(streams::ASSIGNMENT, &[event])
 }
 

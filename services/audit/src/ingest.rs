@@ -7,6 +7,7 @@ use pim_runtime::db::now_ms;
 use pim_runtime::events::{Envelope, EventHandler, Outbox, Rejected, streams};
 
 use crate::{records, store};
+use pim_runtime::events::{EventType, Source};
 
 /// Stores each event of the followed streams once.
 pub(crate) struct Ingest {
@@ -90,7 +91,7 @@ impl EventHandler for Ingest {
             return Ok(());
         }
         let event = records::rejected_event(rejected);
-        let envelope = pim_runtime::events::envelope("pim.audit", "EventRejected", &rejected.stream, &event);
+        let envelope = pim_runtime::events::envelope(Source::Audit, EventType::EventRejected, &rejected.stream, &event);
         self.outbox.enqueue(txn, streams::AUDIT, &envelope).await?;
         Ok(())
     }

@@ -31,6 +31,7 @@ use pim_runtime::events::{EventHandler, Outbox, streams};
 use pim_runtime::host::{Deps, Service};
 
 use crate::ingest::Ingest;
+use pim_runtime::events::{EventType, Source};
 
 const DEFAULT_PAGE: u64 = 100;
 const MAX_PAGE: u64 = 1000;
@@ -192,7 +193,12 @@ impl Audit {
             .enqueue(
                 txn,
                 streams::AUDIT,
-                &pim_runtime::events::envelope("pim.audit", "ChainCheckpoint", &event.sequence.to_string(), event),
+                &pim_runtime::events::envelope(
+                    Source::Audit,
+                    EventType::ChainCheckpoint,
+                    &event.sequence.to_string(),
+                    event,
+                ),
             )
             .await?;
         Ok(())
@@ -236,6 +242,10 @@ impl Service for Audit {
         "audit"
     }
 
+    fn source(&self) -> Source {
+        Source::Audit
+    }
+
     fn stream(&self) -> &'static str {
         pim_runtime::events::streams::AUDIT
     }
@@ -247,7 +257,7 @@ impl Service for Audit {
             .as_ref()
             .map(|a| a.principal_id.as_str())
             .unwrap_or_default();
-        let event = pim_runtime::events::envelope("pim.audit", "AccessDenied", subject, denied);
+        let event = pim_runtime::events::envelope(Source::Audit, EventType::AccessDenied, subject, denied);
         let mut records = vec![records::record(&event, &self.correlator)?];
         let txn = sea_orm::TransactionTrait::begin(&self.db).await?;
         ingest::keep(&txn, &mut records).await?;

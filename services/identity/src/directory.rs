@@ -19,8 +19,9 @@ use crate::error::{Error, Result};
 use crate::store::{self, ServicePrincipalRow, UserRow};
 use crate::tokens::{Issued, Keystore, TokenSubject};
 use crate::{credentials, limiter};
+use pim_runtime::events::{EventType, Source};
 
-const SOURCE: &str = "pim.identity";
+const SOURCE: Source = Source::Identity;
 
 /// A new user as asked for, checked.
 pub struct NewUser {
@@ -172,7 +173,7 @@ impl Directory {
                 display_name: u.display_name.clone(),
                 email: u.email.clone(),
             };
-            self.emit(&txn, "UserAddressAnnounced", &u.id, &event).await?;
+            self.emit(&txn, EventType::UserAddressAnnounced, &u.id, &event).await?;
         }
         txn.commit().await?;
         Ok(users.len())
@@ -193,7 +194,7 @@ impl Directory {
                 user_id: u.id.clone(),
                 user_name: u.user_name.clone(),
             };
-            self.emit(&txn, "UserDisabledAnnounced", &u.id, &event).await?;
+            self.emit(&txn, EventType::UserDisabledAnnounced, &u.id, &event).await?;
         }
         txn.commit().await?;
         Ok(users.len())
@@ -234,7 +235,7 @@ impl Directory {
         // A new account may enrol its first MFA method with the password alone for a while.
         let window_end = self.clock.now_ms() + self.enrollment_window.as_millis() as i64;
         store::open_enrollment_window(&txn, &row.id, window_end).await?;
-        self.emit(&txn, "UserCreated", &row.id, &event).await?;
+        self.emit(&txn, EventType::UserCreated, &row.id, &event).await?;
         txn.commit().await?;
         self.outbox.wake();
         Ok(row)
@@ -344,7 +345,8 @@ impl Directory {
         };
         let txn = self.db.begin().await?;
         store::insert_service_principal(&txn, &row).await?;
-        self.emit(&txn, "ServicePrincipalCreated", &row.id, &event).await?;
+        self.emit(&txn, EventType::ServicePrincipalCreated, &row.id, &event)
+            .await?;
         txn.commit().await?;
         self.outbox.wake();
         Ok((row, secret))
@@ -366,7 +368,8 @@ impl Directory {
                 source_ip: client.ip.clone().unwrap_or_default(),
                 user_agent: client.user_agent.clone(),
             };
-            self.record("SignInFailed", &event.principal_id.clone(), &event).await?;
+            self.record(EventType::SignInFailed, &event.principal_id.clone(), &event)
+                .await?;
             return Err(Error::Locked(format!(
                 "too many failed sign-ins: try again in {minutes} minutes"
             )));
@@ -389,7 +392,8 @@ impl Directory {
                     user_agent: client.user_agent.clone(),
                 };
                 limiter::failed(&self.db, &keys, self.clock.now_ms()).await?;
-                self.record("SignInFailed", &event.principal_id.clone(), &event).await?;
+                self.record(EventType::SignInFailed, &event.principal_id.clone(), &event)
+                    .await?;
                 return Err(Error::BadCredentials);
             }
         };
@@ -438,8 +442,8 @@ impl Directory {
             None => self.signed_in(&txn, &user, &session_id, &amr, client).await?,
             Some(pending) => {
                 let event_type = match pending {
-                    Pending::Mfa => "SignInMfaPending",
-                    Pending::Enrollment => "SignInEnrollmentPending",
+                    Pending::Mfa => EventType::SignInMfaPending,
+                    Pending::Enrollment => EventType::SignInEnrollmentPending,
                 };
                 let event = sign_in_event(&user, &session_id, &amr, client);
                 self.emit(&txn, event_type, &user.id, &event).await?;
@@ -473,7 +477,7 @@ impl Directory {
     ) -> Result<()> {
         store::record_user_sign_in(txn, &user.id, now_ms()).await?;
         let event = sign_in_event(user, session_id, amr, client);
-        self.emit(txn, "SignInSucceeded", &user.id, &event).await
+        self.emit(txn, EventType::SignInSucceeded, &user.id, &event).await
     }
 
     pub async fn sign_in_service_principal(
@@ -497,7 +501,8 @@ impl Directory {
                     source_ip: client.ip.clone().unwrap_or_default(),
                     user_agent: client.user_agent.clone(),
                 };
-                self.record("SignInFailed", &event.principal_id.clone(), &event).await?;
+                self.record(EventType::SignInFailed, &event.principal_id.clone(), &event)
+                    .await?;
                 return Err(Error::BadClientCredentials);
             }
         };
@@ -522,7 +527,7 @@ impl Directory {
         };
         let txn = self.db.begin().await?;
         store::record_sp_sign_in(&txn, &sp.id, now_ms()).await?;
-        self.emit(&txn, "SignInSucceeded", &sp.id, &event).await?;
+        self.emit(&txn, EventType::SignInSucceeded, &sp.id, &event).await?;
         txn.commit().await?;
         self.outbox.wake();
         Ok(Session::new(sp.id, issued, amr, String::new()))
@@ -579,7 +584,8 @@ impl Directory {
         };
         let txn = self.db.begin().await?;
         store::revoke_session(&txn, &session_id, now_ms()).await?;
-        self.emit(&txn, "SessionRevoked", &caller.principal_id, &event).await?;
+        self.emit(&txn, EventType::SessionRevoked, &caller.principal_id, &event)
+            .await?;
         txn.commit().await?;
         self.outbox.wake();
         Ok(())
@@ -590,7 +596,7 @@ impl Directory {
     pub(crate) async fn emit<C: sea_orm::ConnectionTrait>(
         &self,
         txn: &C,
-        event_type: &str,
+        event_type: EventType,
         subject: &str,
         event: &impl prost::Message,
     ) -> Result<()> {
@@ -601,7 +607,7 @@ impl Directory {
     }
 
     /// An event that stands alone (no state change with it), in its own transaction.
-    pub(crate) async fn record(&self, event_type: &str, subject: &str, event: &impl prost::Message) -> Result<()> {
+    pub(crate) async fn record(&self, event_type: EventType, subject: &str, event: &impl prost::Message) -> Result<()> {
         let txn = self.db.begin().await?;
         self.emit(&txn, event_type, subject, event).await?;
         txn.commit().await?;
@@ -626,7 +632,7 @@ impl Directory {
             session_id: String::new(),
             reason: reason.into(),
         };
-        self.emit(txn, "SessionRevoked", principal_id, &event).await
+        self.emit(txn, EventType::SessionRevoked, principal_id, &event).await
     }
 
     /// The break-glass administrator: created with a random password when missing, given a
@@ -650,7 +656,7 @@ impl Directory {
                 };
                 let txn = self.db.begin().await?;
                 store::set_user_enabled(&txn, &user.id, true).await?;
-                self.emit(&txn, "UserEnabled", &user.id, &event).await?;
+                self.emit(&txn, EventType::UserEnabled, &user.id, &event).await?;
                 txn.commit().await?;
                 user.enabled = true;
             }

@@ -17,6 +17,7 @@ use pim_runtime::db::now_ms;
 use crate::directory::Directory;
 use crate::error::{Error, Result};
 use crate::store::{self, GroupRow, Link};
+use pim_runtime::events::EventType;
 
 /// A new group as asked for.
 pub struct NewGroup {
@@ -76,7 +77,7 @@ impl Directory {
             )));
         }
         store::insert_group(&txn, &group, &caller.principal_id).await?;
-        self.emit(&txn, "GroupCreated", &group.id, &event).await?;
+        self.emit(&txn, EventType::GroupCreated, &group.id, &event).await?;
         for owner in &new.owner_ids {
             store::add_link(&txn, Link::Owner, &group.id, owner, group.created_at).await?;
         }
@@ -113,7 +114,7 @@ impl Directory {
         };
         let txn = self.db.begin().await?;
         store::update_group(&txn, &group.id, display_name, description.trim()).await?;
-        self.emit(&txn, "GroupUpdated", &group.id, &event).await?;
+        self.emit(&txn, EventType::GroupUpdated, &group.id, &event).await?;
         txn.commit().await?;
         self.outbox.wake();
         group.display_name = display_name.into();
@@ -240,10 +241,10 @@ impl Directory {
         principal_id: &str,
     ) -> Result<()> {
         let event_type = match (link, add) {
-            (Link::Member, true) => "GroupMemberAdded",
-            (Link::Member, false) => "GroupMemberRemoved",
-            (Link::Owner, true) => "GroupOwnerAdded",
-            (Link::Owner, false) => "GroupOwnerRemoved",
+            (Link::Member, true) => EventType::GroupMemberAdded,
+            (Link::Member, false) => EventType::GroupMemberRemoved,
+            (Link::Owner, true) => EventType::GroupOwnerAdded,
+            (Link::Owner, false) => EventType::GroupOwnerRemoved,
         };
         let event = ev::GroupMembershipChanged {
             actor: Some(caller.actor()),
@@ -283,7 +284,7 @@ impl Directory {
             display_name: group.display_name.clone(),
             is_assignable_to_role: group.is_assignable_to_role,
         };
-        self.emit(&txn, "GroupDeleted", &group.id, &event).await?;
+        self.emit(&txn, EventType::GroupDeleted, &group.id, &event).await?;
         txn.commit().await?;
         self.outbox.wake();
         Ok(())

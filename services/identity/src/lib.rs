@@ -25,6 +25,7 @@ use pim_proto::identity::v1::directory_service_server::DirectoryServiceServer;
 use pim_proto::identity::v1::mfa_service_server::MfaServiceServer;
 use pim_runtime::db::Db;
 use pim_runtime::events::Outbox;
+use pim_runtime::events::Source;
 use pim_runtime::host::{Deps, Service};
 
 pub use directory::Directory;
@@ -106,6 +107,10 @@ impl Identity {
 impl Service for Identity {
     fn name(&self) -> &'static str {
         "identity"
+    }
+
+    fn source(&self) -> Source {
+        Source::Identity
     }
 
     fn stream(&self) -> &'static str {

@@ -26,6 +26,7 @@ use crate::error::{Error, Result};
 use crate::factor::Factor;
 use crate::store::{self, EnrollmentPassRow, MfaMethodRow, UserRow};
 use crate::tokens::TokenSubject;
+use pim_runtime::events::EventType;
 
 const STEP_SECS: u64 = 30;
 const DIGITS: usize = 6;
@@ -135,7 +136,7 @@ impl Directory {
         }
     }
 
-    async fn mfa_event(&self, event_type: &str, caller: &Caller, factor: Option<Factor>, reason: &str) -> Result<()> {
+    async fn mfa_event(&self, kind: EventType, caller: &Caller, factor: Option<Factor>, reason: &str) -> Result<()> {
         let event = Self::mfa_fact(
             caller,
             &caller.principal_id,
@@ -143,7 +144,7 @@ impl Directory {
             "",
             reason,
         );
-        self.record(event_type, &caller.principal_id, &event).await
+        self.record(kind, &caller.principal_id, &event).await
     }
 
     pub(crate) async fn confirmed_methods(&self, user_id: &str) -> Result<Vec<MfaMethodRow>> {
@@ -267,7 +268,7 @@ impl Directory {
                 expires_at: Some(to_timestamp(expires_at)),
                 uses_left,
             };
-            self.emit(&txn, "EnrollmentPassUsed", &caller.principal_id, &event)
+            self.emit(&txn, EventType::EnrollmentPassUsed, &caller.principal_id, &event)
                 .await?;
         }
         store::delete_unconfirmed_methods(&txn, &caller.principal_id).await?;
@@ -310,7 +311,7 @@ impl Directory {
             self.revoke_other_sessions(&txn, caller, "mfa_enrolled").await?;
         }
         let event = Self::mfa_fact(caller, &user.id, Factor::Totp.as_str(), &method.id, "");
-        self.stepped_up(txn, caller, &user, "MfaEnrolled", &event, None, client)
+        self.stepped_up(txn, caller, &user, EventType::MfaEnrolled, &event, None, client)
             .await
     }
 
@@ -326,7 +327,7 @@ impl Directory {
             && until > self.clock.now_ms()
         {
             // Refused because MFA is locked: audited like a refused code.
-            self.mfa_event("MfaFailed", caller, None, "locked_out").await?;
+            self.mfa_event(EventType::MfaFailed, caller, None, "locked_out").await?;
             return Err(Error::Locked(format!(
                 "too many failed codes: multi-factor authentication is locked for {} more minutes",
                 (until - self.clock.now_ms()) / 60_000 + 1
@@ -344,7 +345,7 @@ impl Directory {
             store::count_mfa_attempt(&self.db, &caller.principal_id, now, now - FAILURE_WINDOW_MS).await?;
         if locked_until.is_some_and(|until| until > now) || attempts > MAX_FAILURES {
             // A refused attempt is audited like a wrong one, without looking at the code.
-            self.mfa_event("MfaFailed", caller, None, "locked_out").await?;
+            self.mfa_event(EventType::MfaFailed, caller, None, "locked_out").await?;
         }
         if let Some(until) = locked_until.filter(|until| *until > now) {
             return Err(Error::Locked(format!(
@@ -369,9 +370,10 @@ impl Directory {
             if locked {
                 store::lock_mfa(&self.db, &caller.principal_id, now + LOCKOUT_MS).await?;
             }
-            self.mfa_event("MfaFailed", caller, Some(factor), "bad_code").await?;
+            self.mfa_event(EventType::MfaFailed, caller, Some(factor), "bad_code")
+                .await?;
             if locked {
-                self.mfa_event("MfaLockedOut", caller, Some(factor), "too_many_failures")
+                self.mfa_event(EventType::MfaLockedOut, caller, Some(factor), "too_many_failures")
                     .await?;
             }
             Ok::<(), Error>(())
@@ -415,7 +417,7 @@ impl Directory {
                     store::clear_mfa_failures(&txn, &user.id).await?;
                     let event = Self::mfa_fact(caller, &user.id, Factor::Totp.as_str(), &method.id, "");
                     return self
-                        .stepped_up(txn, caller, &user, "MfaVerified", &event, None, client)
+                        .stepped_up(txn, caller, &user, EventType::MfaVerified, &event, None, client)
                         .await;
                 }
             }
@@ -437,8 +439,16 @@ impl Directory {
         );
         let txn = self.db.begin().await?;
         store::clear_mfa_failures(&txn, &user.id).await?;
-        self.stepped_up(txn, caller, &user, "RecoveryCodeUsed", &event, Some(left), client)
-            .await
+        self.stepped_up(
+            txn,
+            caller,
+            &user,
+            EventType::RecoveryCodeUsed,
+            &event,
+            Some(left),
+            client,
+        )
+        .await
     }
 
     /// A token with a fresh MFA for the caller's session, committed in `txn` with the event
@@ -450,7 +460,7 @@ impl Directory {
         txn: sea_orm::DatabaseTransaction,
         caller: &Caller,
         user: &UserRow,
-        event_type: &str,
+        event_type: EventType,
         event: &ev::MfaEvent,
         recovery_codes_left: Option<i32>,
         client: &ClientInfo,
@@ -523,7 +533,7 @@ impl Directory {
         if !store::delete_method(&txn, &caller.principal_id, method_id).await? {
             return Err(Error::NotFound(format!("MFA method {method_id}")));
         }
-        self.emit(&txn, "MfaMethodRemoved", &caller.principal_id, &event)
+        self.emit(&txn, EventType::MfaMethodRemoved, &caller.principal_id, &event)
             .await?;
         txn.commit().await?;
         self.outbox.wake();
@@ -551,7 +561,7 @@ impl Directory {
         );
         let txn = self.db.begin().await?;
         store::replace_recovery_codes(&txn, &caller.principal_id, &hashes).await?;
-        self.emit(&txn, "RecoveryCodesGenerated", &caller.principal_id, &event)
+        self.emit(&txn, EventType::RecoveryCodesGenerated, &caller.principal_id, &event)
             .await?;
         self.revoke_other_sessions(&txn, caller, "recovery_codes_regenerated")
             .await?;
@@ -574,7 +584,8 @@ impl Directory {
                 session_id,
                 reason: reason.into(),
             };
-            self.emit(txn, "SessionRevoked", &caller.principal_id, &event).await?;
+            self.emit(txn, EventType::SessionRevoked, &caller.principal_id, &event)
+                .await?;
         }
         Ok(())
     }
@@ -613,7 +624,7 @@ impl Directory {
         let txn = self.db.begin().await?;
         store::reset_mfa(&txn, &found.id).await?;
         store::open_enrollment_window(&txn, &found.id, window_end).await?;
-        self.emit(&txn, "MfaReset", &found.id, &event).await?;
+        self.emit(&txn, EventType::MfaReset, &found.id, &event).await?;
         txn.commit().await?;
         self.outbox.wake();
         Ok(())
@@ -666,7 +677,8 @@ impl Directory {
         };
         let txn = self.db.begin().await?;
         store::insert_enrollment_pass(&txn, &row).await?;
-        self.emit(&txn, "EnrollmentPassCreated", &target.id, &event).await?;
+        self.emit(&txn, EventType::EnrollmentPassCreated, &target.id, &event)
+            .await?;
         txn.commit().await?;
         self.outbox.wake();
         Ok((row, code))
@@ -699,14 +711,15 @@ impl Directory {
             user_agent: String::new(),
         };
         if let Some(minutes) = crate::limiter::blocked(&self.db, &keys, now).await? {
-            self.record("SignInFailed", &user.id, &failed("locked_out")).await?;
+            self.record(EventType::SignInFailed, &user.id, &failed("locked_out"))
+                .await?;
             return Err(Error::Locked(format!(
                 "too many failed attempts: try again in {minutes} minutes"
             )));
         }
         if !credentials::verify(current, Some(user.password_hash.clone())).await? {
             crate::limiter::failed(&self.db, &keys, now).await?;
-            self.record("SignInFailed", &user.id, &failed("bad_current_password"))
+            self.record(EventType::SignInFailed, &user.id, &failed("bad_current_password"))
                 .await?;
             return Err(Error::WrongPassword);
         }
@@ -725,7 +738,7 @@ impl Directory {
         };
         let txn = self.db.begin().await?;
         store::set_password(&txn, &user.id, &hash).await?;
-        self.emit(&txn, "PasswordChanged", &user.id, &event).await?;
+        self.emit(&txn, EventType::PasswordChanged, &user.id, &event).await?;
         self.revoke_other_sessions(&txn, caller, "password_changed").await?;
         txn.commit().await?;
         self.outbox.wake();

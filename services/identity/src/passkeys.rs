@@ -23,6 +23,7 @@ use crate::directory::{ClientInfo, Directory, Session};
 use crate::error::{Error, Result};
 use crate::factor::Factor;
 use crate::store::{self, MfaMethodRow};
+use pim_runtime::events::EventType;
 
 const CEREMONY_MS: i64 = 5 * 60 * 1000;
 const REGISTRATION: &str = "registration";
@@ -167,7 +168,7 @@ impl Directory {
             self.revoke_other_sessions(&txn, caller, "mfa_enrolled").await?;
         }
         let event = Self::mfa_fact(caller, &user.id, Factor::Passkey.as_str(), &method.id, "");
-        self.emit(&txn, "MfaEnrolled", &user.id, &event).await?;
+        self.emit(&txn, EventType::MfaEnrolled, &user.id, &event).await?;
         txn.commit().await?;
         self.outbox.wake();
         Ok(method)
@@ -256,7 +257,7 @@ impl Directory {
         }
         store::clear_mfa_failures(&txn, &user.id).await?;
         let event = Self::mfa_fact(caller, &user.id, Factor::Passkey.as_str(), &method.id, "");
-        self.stepped_up(txn, caller, &user, "MfaVerified", &event, None, client)
+        self.stepped_up(txn, caller, &user, EventType::MfaVerified, &event, None, client)
             .await
     }
 }

@@ -16,6 +16,7 @@ use crate::credentials;
 use crate::directory::Directory;
 use crate::error::{Error, Result};
 use crate::store::{self, UserRow};
+use pim_runtime::events::EventType;
 
 impl Directory {
     /// Whether `principal_id` is eligible for or holds a privileged role, directly or through a group.
@@ -131,7 +132,7 @@ impl Directory {
         };
         let txn = self.db.begin().await?;
         store::set_password(&txn, &target.id, &hash).await?;
-        self.emit(&txn, "CredentialsReset", &target.id, &event).await?;
+        self.emit(&txn, EventType::CredentialsReset, &target.id, &event).await?;
         txn.commit().await?;
         self.outbox.wake();
         Ok(())
@@ -145,7 +146,11 @@ impl Directory {
         if target.id == caller.principal_id && !enabled {
             return Err(Error::FailedPrecondition("you cannot disable yourself".into()));
         }
-        let event_type = if enabled { "UserEnabled" } else { "UserDisabled" };
+        let event_type = if enabled {
+            EventType::UserEnabled
+        } else {
+            EventType::UserDisabled
+        };
         let event = ev::UserDisabled {
             actor: Some(caller.actor()),
             user_id: target.id.clone(),
@@ -243,7 +248,7 @@ impl Directory {
         };
         let txn = self.db.begin().await?;
         store::update_user(&txn, &target.id, display_name, email).await?;
-        self.emit(&txn, "UserUpdated", &target.id, &event).await?;
+        self.emit(&txn, EventType::UserUpdated, &target.id, &event).await?;
         txn.commit().await?;
         self.outbox.wake();
         target.display_name = display_name.into();
@@ -272,7 +277,7 @@ impl Directory {
         };
         let txn = self.db.begin().await?;
         store::delete_user(&txn, &target.id).await?;
-        self.emit(&txn, "UserDeleted", &target.id, &event).await?;
+        self.emit(&txn, EventType::UserDeleted, &target.id, &event).await?;
         self.revoke_all_sessions(&txn, caller, &target.id, "user_deleted")
             .await?;
         txn.commit().await?;
@@ -309,7 +314,7 @@ impl Directory {
         let hash = credentials::hash(&secret).await?;
         let txn = self.db.begin().await?;
         store::set_service_principal_secret(&txn, &sp.id, &hash).await?;
-        self.emit(&txn, "CredentialsReset", &sp.id, &event).await?;
+        self.emit(&txn, EventType::CredentialsReset, &sp.id, &event).await?;
         txn.commit().await?;
         self.outbox.wake();
         Ok((sp, secret))

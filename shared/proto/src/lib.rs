@@ -4,6 +4,7 @@
 
 pub mod catalogue;
 mod defaults;
+pub mod event_types;
 mod names;
 
 pub mod common {

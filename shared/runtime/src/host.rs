@@ -10,7 +10,7 @@ use crate::access::AccessCheck;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::db::Db;
-use crate::events::{EventHandler, Outbox, envelope};
+use crate::events::{EventHandler, EventType, Outbox, Source, envelope};
 use pim_proto::events::v1::AccessDenied;
 
 /// What the host gives a service.
@@ -33,6 +33,8 @@ pub struct Deps {
 pub trait Service: Send + Sync {
     /// Short name: identity, assignment, approval, alerting, audit.
     fn name(&self) -> &'static str;
+    /// What its events name as their source.
+    fn source(&self) -> Source;
     /// The stream this service alone publishes its events to.
     fn stream(&self) -> &'static str;
     /// Records a call this service answered PERMISSION_DENIED: an `AccessDenied` event on its
@@ -43,7 +45,7 @@ pub trait Service: Send + Sync {
             .as_ref()
             .map(|a| a.principal_id.as_str())
             .unwrap_or_default();
-        let event = envelope(&format!("pim.{}", self.name()), "AccessDenied", subject, denied);
+        let event = envelope(self.source(), EventType::AccessDenied, subject, denied);
         self.outbox().enqueue(self.db(), self.stream(), &event).await?;
         self.outbox().wake();
         Ok(())

@@ -27,6 +27,7 @@ use pim_runtime::text::{MAX_FREE_TEXT, free_text};
 use crate::domain::{AlertStatus, Severity};
 use crate::rules::{self, Settings};
 use crate::store::{self, AlertRow};
+use pim_runtime::events::{EventType, Source};
 
 mod evaluate;
 mod finding;
@@ -150,7 +151,7 @@ impl Alerts {
         &self,
         txn: &DatabaseTransaction,
         a: &AlertRow,
-        event_type: &str,
+        event_type: EventType,
         actor: Option<Actor>,
     ) -> Result<()> {
         let event = ev::AlertEvent {
@@ -168,12 +169,12 @@ impl Alerts {
             .enqueue(
                 txn,
                 streams::ALERTING,
-                &envelope("pim.alerting", event_type, &a.id, &event),
+                &envelope(Source::Alerting, event_type, &a.id, &event),
             )
             .await?;
         self.published.fetch_add(1, SeqCst);
         let description = rules::rule(&a.rule_id).map(|r| r.description).unwrap_or_default();
-        let mut finding = envelope("pim.alerting", "DetectionFinding", &a.id, &event);
+        let mut finding = envelope(Source::Alerting, EventType::DetectionFinding, &a.id, &event);
         finding.data = detection_finding(a, description).to_string().into_bytes();
         finding.datacontenttype = "application/json".into();
         self.outbox.enqueue(txn, streams::ALERTS, &finding).await?;
@@ -254,8 +255,17 @@ impl Alerts {
         alert.figures = figures;
         alert.rev = rev;
         store::save(txn, &alert, insert).await?;
-        self.publish(txn, &alert, if insert { "AlertRaised" } else { "AlertUpdated" }, None)
-            .await
+        self.publish(
+            txn,
+            &alert,
+            if insert {
+                EventType::AlertRaised
+            } else {
+                EventType::AlertUpdated
+            },
+            None,
+        )
+        .await
     }
 
     /// Resolves the live alert with this key: its condition cleared.
@@ -269,7 +279,7 @@ impl Alerts {
         alert.last_seen = self.now();
         alert.rev = store::next_rev(txn).await?;
         store::save(txn, &alert, false).await?;
-        self.publish(txn, &alert, "AlertStatusChanged", None).await
+        self.publish(txn, &alert, EventType::AlertStatusChanged, None).await
     }
 
     /// Acknowledge, dismiss or resolve (Security Administrators and above); dismissing and
@@ -292,7 +302,7 @@ impl Alerts {
         alert.status_reason = reason.into();
         alert.rev = store::next_rev(&txn).await?;
         store::save(&txn, &alert, false).await?;
-        self.publish(&txn, &alert, "AlertStatusChanged", Some(caller.actor()))
+        self.publish(&txn, &alert, EventType::AlertStatusChanged, Some(caller.actor()))
             .await?;
         txn.commit().await?;
         self.committed();
@@ -345,7 +355,7 @@ impl Alerts {
             .enqueue(
                 &txn,
                 streams::ALERTING,
-                &envelope("pim.alerting", "RuleSettingsUpdated", rule_id, &event),
+                &envelope(Source::Alerting, EventType::RuleSettingsUpdated, rule_id, &event),
             )
             .await?;
         // A standing condition is judged again under the new thresholds at once.

@@ -2,6 +2,7 @@
 //! policy's checks (one statement: the database holds one live activation), and ends it.
 
 use super::*;
+use pim_runtime::events::EventType;
 
 impl Assignments {
     /// selfActivate: the caller turns an eligibility into an active role, after the policy's checks.
@@ -92,14 +93,14 @@ impl Assignments {
         request.assignment_id = assignment.as_ref().map(|a| a.id.clone());
         let mut events = vec![envelope(
             SOURCE,
-            "RequestCreated",
+            EventType::RequestCreated,
             &request.id,
             &self.request_created(Some(caller.actor()), &request, &role.name),
         )];
         let starts_now = assignment.as_ref().is_some_and(|a| a.start_at <= now);
         if let Some(a) = assignment.as_ref().filter(|_| starts_now) {
             let activated = self.role_activated(Some(caller.actor()), a, &role.name, &request.justification);
-            events.push(envelope(SOURCE, "RoleActivated", &a.principal_id, &activated));
+            events.push(envelope(SOURCE, EventType::RoleActivated, &a.principal_id, &activated));
         }
         // What it rests on, checked (and locked) by the statement that stores it: in force
         // until the activation ends (an end moved earlier meanwhile refuses it).
@@ -211,7 +212,7 @@ impl Assignments {
         if starts_now {
             self.emit(
                 txn,
-                "RoleActivated",
+                EventType::RoleActivated,
                 &a.principal_id,
                 &self.role_activated(actor, a, role_name, justification),
             )
@@ -422,7 +423,8 @@ impl Assignments {
         a.end_at = Some(until);
         a.version = version;
         self.timers.deadline(until);
-        self.emit(txn, "ActivationShortened", &a.principal_id, &event).await?;
+        self.emit(txn, EventType::ActivationShortened, &a.principal_id, &event)
+            .await?;
         Ok(true)
     }
 

@@ -2,6 +2,7 @@
 //! access review's removal), within the policy and the protections.
 
 use super::*;
+use pim_runtime::events::EventType;
 
 impl Assignments {
     /// adminAssign: an administrator makes a principal eligible for, or active in, a role.
@@ -279,7 +280,7 @@ impl Assignments {
                 }
                 .into();
                 return self
-                    .emit(txn, "ReviewRemovalApplied", &asked.principal_id, &answer)
+                    .emit(txn, EventType::ReviewRemovalApplied, &asked.principal_id, &answer)
                     .await;
             }
         };
@@ -290,7 +291,9 @@ impl Assignments {
             );
             answer.decision = "refused".into();
             answer.justification = LAST_GLOBAL_ADMIN_KEPT.into();
-            return self.emit(txn, "ReviewRemovalRefused", &a.principal_id, &answer).await;
+            return self
+                .emit(txn, EventType::ReviewRemovalRefused, &a.principal_id, &answer)
+                .await;
         }
         let role_name = self.roles.get(&a.role_id).map(|r| r.name).unwrap_or_default();
         let kind = if a.kind == Kind::Eligible {
@@ -316,7 +319,8 @@ impl Assignments {
         // Settled by the consumer after the commit ([`Self::index_removal`]).
         let _ = self.bound_to_eligibility(txn, resting, actor, now).await?;
         answer.decision = "removed".into();
-        self.emit(txn, "ReviewRemovalApplied", &a.principal_id, &answer).await
+        self.emit(txn, EventType::ReviewRemovalApplied, &a.principal_id, &answer)
+            .await
     }
 
     /// adminExtend / adminUpdate: an administrator moves the end of an assignment they made

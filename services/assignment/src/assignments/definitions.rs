@@ -13,6 +13,7 @@ use crate::domain::Scope;
 use crate::error::{Error, Result};
 use crate::roles::{MAX_PERMISSIONS, check_permission, privileged_permission};
 use crate::store::{self, RoleRow};
+use pim_runtime::events::EventType;
 
 const MAX_NAME: usize = 128;
 const MAX_DESCRIPTION: usize = 1024;
@@ -123,7 +124,8 @@ impl Assignments {
         if !store::insert_role(&txn, &role, self.now()).await? {
             return Err(Error::AlreadyExists(format!("a role named {} exists", role.name)));
         }
-        self.emit(&txn, "RoleDefinitionCreated", &role.id, &event).await?;
+        self.emit(&txn, EventType::RoleDefinitionCreated, &role.id, &event)
+            .await?;
         txn.commit().await?;
         self.roles_changed().await?;
         Ok(role)
@@ -169,7 +171,8 @@ impl Assignments {
                 before.name
             )));
         }
-        self.emit(&txn, "RoleDefinitionUpdated", &after.id, &event).await?;
+        self.emit(&txn, EventType::RoleDefinitionUpdated, &after.id, &event)
+            .await?;
         txn.commit().await?;
         self.roles_changed().await?;
         Ok(after)
@@ -199,7 +202,8 @@ impl Assignments {
                 role.name
             )));
         }
-        self.emit(&txn, "RoleDefinitionDeleted", &role.id, &event).await?;
+        self.emit(&txn, EventType::RoleDefinitionDeleted, &role.id, &event)
+            .await?;
         txn.commit().await?;
         self.roles_changed().await
     }

@@ -27,6 +27,7 @@ use crate::policy_edits::{self, Setting};
 use crate::roles::{GLOBAL_ADMINISTRATOR, RoleCatalog};
 use crate::store::{self, AssignmentRow, RequestRow};
 use crate::timers::Timers;
+use pim_runtime::events::{EventType, Source};
 
 mod activation;
 mod administration;
@@ -42,7 +43,7 @@ pub use policies::{PolicyAt, PolicyUpdate};
 pub use protections::LAST_GLOBAL_ADMIN_KEPT;
 use protections::last_global_admin_refused;
 
-const SOURCE: &str = "pim.assignment";
+const SOURCE: Source = Source::Assignment;
 
 /// The principal the bootstrap administrator's assignment and timers act as.
 pub const SYSTEM_ACTOR: &str = "system";
@@ -124,14 +125,14 @@ fn assignment_changed(
     change: Change,
     role_name: &str,
     actor: Option<Actor>,
-) -> (&'static str, ev::AssignmentChanged) {
+) -> (EventType, ev::AssignmentChanged) {
     let event_type = match (a.kind, change) {
-        (Kind::Eligible, Change::Granted) => "EligibilityGranted",
-        (Kind::Eligible, Change::Updated) => "EligibilityUpdated",
-        (Kind::Eligible, Change::Removed) => "EligibilityRemoved",
-        (Kind::Active, Change::Granted) => "ActiveAssignmentGranted",
-        (Kind::Active, Change::Updated) => "ActiveAssignmentUpdated",
-        (Kind::Active, Change::Removed) => "ActiveAssignmentRemoved",
+        (Kind::Eligible, Change::Granted) => EventType::EligibilityGranted,
+        (Kind::Eligible, Change::Updated) => EventType::EligibilityUpdated,
+        (Kind::Eligible, Change::Removed) => EventType::EligibilityRemoved,
+        (Kind::Active, Change::Granted) => EventType::ActiveAssignmentGranted,
+        (Kind::Active, Change::Updated) => EventType::ActiveAssignmentUpdated,
+        (Kind::Active, Change::Removed) => EventType::ActiveAssignmentRemoved,
     };
     let event = ev::AssignmentChanged {
         actor,
@@ -176,7 +177,7 @@ impl Assignments {
     pub(crate) async fn emit<C: ConnectionTrait>(
         &self,
         txn: &C,
-        event_type: &str,
+        event_type: EventType,
         subject: &str,
         event: &impl Message,
     ) -> Result<()> {
@@ -287,7 +288,7 @@ impl Assignments {
         store::insert_request(txn, request).await?;
         self.emit(
             txn,
-            "RequestCreated",
+            EventType::RequestCreated,
             &request.id,
             &self.request_created(actor, request, role_name),
         )
@@ -449,7 +450,8 @@ impl Assignments {
                 scope: a.scope.clone(),
                 reason: reason.into(),
             };
-            self.emit(txn, "RoleDeactivated", &a.principal_id, &event).await?;
+            self.emit(txn, EventType::RoleDeactivated, &a.principal_id, &event)
+                .await?;
         }
         if a.origin == "admin" {
             let (event_type, mut event) = assignment_changed(a, Change::Removed, role_name, actor);

@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::roles::{group_of_scope, is_group_access};
+use pim_runtime::events::EventType;
 
 /// The policy in force at the last of `scopes` (ordered from `/` down), given the role's
 /// policies `set` at any of them: the nearest one set, with its scope, else the defaults.
@@ -182,7 +183,7 @@ impl Assignments {
                 }
                 continue;
             }
-            self.emit(&txn, "PolicyUpdated", &role.id, &event).await?;
+            self.emit(&txn, EventType::PolicyUpdated, &role.id, &event).await?;
             txn.commit().await?;
             self.committed(&[]);
             return Ok(PolicyAt::new(role.id, scope.as_str(), after, Some(scope.as_str())));

@@ -12,6 +12,7 @@ use crate::domain::{Kind, Scope};
 use crate::error::{Error, Result};
 use crate::roles::GLOBAL_ADMINISTRATOR;
 use crate::store::{self, AssignmentRow};
+use pim_runtime::events::EventType;
 
 /// Why a review's removal was not applied by the last-Global-Administrator protection.
 pub const LAST_GLOBAL_ADMIN_KEPT: &str =
@@ -98,7 +99,7 @@ impl Assignments {
             user_id: user_id.to_owned(),
             user_name: holding.principal_name.clone(),
         };
-        self.emit(&txn, "UserDisablePrepared", user_id, &event).await?;
+        self.emit(&txn, EventType::UserDisablePrepared, user_id, &event).await?;
         txn.commit().await?;
         self.committed(&[]);
         Ok(())

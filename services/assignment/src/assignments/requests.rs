@@ -2,6 +2,7 @@
 //! selfRenew), what an approval's outcome does to them, cancelling, and reading them.
 
 use super::*;
+use pim_runtime::events::EventType;
 
 impl Assignments {
     /// selfExtend / selfRenew: a principal asks to keep an assignment an administrator made —
@@ -228,7 +229,8 @@ impl Assignments {
             request_status: request.status.to_pb() as i32,
             previous_request_status: from.to_pb() as i32,
         };
-        self.emit(txn, "RequestStatusChanged", &request.id, &event).await?;
+        self.emit(txn, EventType::RequestStatusChanged, &request.id, &event)
+            .await?;
         Ok(true)
     }
 

@@ -25,6 +25,7 @@ use crate::domain::{Action, Kind, RequestStatus, Scope};
 use crate::error::Error;
 use crate::policy_edits::Setting;
 use crate::store::RequestRow;
+use pim_runtime::events::EventType;
 
 mod wire;
 
@@ -728,7 +729,10 @@ impl Assignments {
             rules: pim_runtime::grpc::violated_rules(status),
             message: status.message().chars().take(500).collect(),
         };
-        match self.emit(&self.db, "RequestRefused", &event.principal_id, &event).await {
+        match self
+            .emit(&self.db, EventType::RequestRefused, &event.principal_id, &event)
+            .await
+        {
             Ok(()) => self.outbox.wake(),
             Err(e) => tracing::warn!(error = %e, "recording a refused request failed"),
         }

@@ -16,6 +16,7 @@ use crate::ssf::StreamStatus;
 use crate::webhooks::store::{self, Delivery, PENDING};
 use crate::webhooks::{Keys, ROTATION_OVERLAP_MS, Subscription, validate};
 use crate::{Audit, ingest};
+use pim_runtime::events::{EventType, Source};
 
 fn subscription_to_pb(s: Subscription) -> pb::Subscription {
     pb::Subscription {
@@ -56,13 +57,13 @@ fn delivery_to_pb(d: Delivery) -> pb::Delivery {
 
 /// The record of a change to a subscription, by whom, naming it by its URL (without a query
 /// string, which may carry a token).
-fn change_record(caller: &Caller, action: &str, s: &Subscription) -> Record {
+fn change_record(caller: &Caller, action: EventType, s: &Subscription) -> Record {
     let actor = caller.actor();
     Record {
         event_id: uuid::Uuid::now_v7().to_string(),
         time: now_ms(),
-        source: "pim.audit".into(),
-        action: format!("pim.audit.v1.{action}"),
+        source: Source::Audit.name().into(),
+        action: action.full_name(Source::Audit),
         actor_id: actor.principal_id,
         actor_name: actor.display_name,
         target_id: s.id.clone(),
@@ -130,7 +131,7 @@ impl WebhookService for Audit {
         validate(&s).map_err(|e| invalid_argument(&format!("subscription.{}", e.field), &e.reason))?;
         let txn = self.db.begin().await.map_err(internal)?;
         store::insert_subscription(&txn, &s).await.map_err(internal)?;
-        self.commit_with(txn, change_record(&caller, "WebhookSubscriptionCreated", &s))
+        self.commit_with(txn, change_record(&caller, EventType::WebhookSubscriptionCreated, &s))
             .await?;
         Ok(Response::new(pb::SubscriptionSecret {
             secret: keys.shown(&s.id, s.generation),
@@ -190,7 +191,7 @@ impl WebhookService for Audit {
         let s = self.found(&request.get_ref().subscription_id).await?;
         let txn = self.db.begin().await.map_err(internal)?;
         store::delete_subscription(&txn, &s.id).await.map_err(internal)?;
-        self.commit_with(txn, change_record(&caller, "WebhookSubscriptionDeleted", &s))
+        self.commit_with(txn, change_record(&caller, EventType::WebhookSubscriptionDeleted, &s))
             .await?;
         Ok(Response::new(subscription_to_pb(s)))
     }
@@ -210,7 +211,7 @@ impl WebhookService for Audit {
             )));
         }
         s.suspended_at = None;
-        self.commit_with(txn, change_record(&caller, "WebhookSubscriptionResumed", &s))
+        self.commit_with(txn, change_record(&caller, EventType::WebhookSubscriptionResumed, &s))
             .await?;
         Ok(Response::new(subscription_to_pb(s)))
     }
@@ -228,7 +229,7 @@ impl WebhookService for Audit {
             .map_err(internal)?
             .ok_or_else(|| Status::not_found(format!("webhook subscription {} not found", s.id)))?;
         s.generation = generation;
-        self.commit_with(txn, change_record(&caller, "WebhookSecretRotated", &s))
+        self.commit_with(txn, change_record(&caller, EventType::WebhookSecretRotated, &s))
             .await?;
         Ok(Response::new(pb::SubscriptionSecret {
             secret: keys.shown(&s.id, generation),
@@ -250,7 +251,7 @@ impl WebhookService for Audit {
             )));
         }
         let now = now_ms();
-        let mut test = change_record(&caller, "WebhookTest", &s);
+        let mut test = change_record(&caller, EventType::WebhookTest, &s);
         test.payload_json = serde_json::json!({"message": "a test delivery, asked for by the actor"}).to_string();
         test.time = now;
         let txn = self.db.begin().await.map_err(internal)?;

@@ -26,6 +26,7 @@ use crate::ssf::{EVENTS_SUPPORTED, Method, Stream, StreamStatus, SubjectFormat, 
 use crate::webhooks::store::{self, Delivery, PENDING};
 use crate::webhooks::{Subscription, validate};
 use crate::{Audit, ingest};
+use pim_runtime::events::EventType;
 
 /// How many streams one receiver may have.
 const MAX_STREAMS: i64 = 10;
@@ -290,7 +291,7 @@ fn status_of(s: &Subscription) -> Value {
 }
 
 /// The record of a change to a stream, by its receiver.
-fn change_record(caller: &Caller, action: &str, s: &Subscription, reason: &str) -> Record {
+fn change_record(caller: &Caller, action: EventType, s: &Subscription, reason: &str) -> Record {
     let actor = caller.actor();
     crate::receivers::stream_record((&actor.principal_id, &actor.display_name), action, s, reason, now_ms())
 }
@@ -428,7 +429,7 @@ async fn create(e: &Endpoints, caller: &Caller, body: &Bytes) -> Result<Reply, R
         ));
     }
     store::insert_subscription(&txn, &s).await.map_err(fault)?;
-    e.commit_with(txn, change_record(caller, "SsfStreamCreated", &s, ""))
+    e.commit_with(txn, change_record(caller, EventType::SsfStreamCreated, &s, ""))
         .await?;
     tracing::info!(stream = %s.id, receiver = %caller.principal_id, "SSF stream created");
     Ok(reply(StatusCode::CREATED, e.config(&s)))
@@ -514,7 +515,7 @@ async fn update(e: &Endpoints, caller: &Caller, body: &Bytes, replace: bool) -> 
             .await
             .map_err(fault)?;
     }
-    e.commit_with(txn, change_record(caller, "SsfStreamUpdated", &s, ""))
+    e.commit_with(txn, change_record(caller, EventType::SsfStreamUpdated, &s, ""))
         .await?;
     Ok(reply(StatusCode::OK, e.config(&s)))
 }
@@ -523,7 +524,7 @@ async fn delete(e: &Endpoints, caller: &Caller, uri: &Uri) -> Result<Reply, Refu
     let s = e.own_stream(caller, stream_id_in(uri).as_deref()).await?;
     let txn = e.audit.db.begin().await.map_err(fault)?;
     store::delete_subscription(&txn, &s.id).await.map_err(fault)?;
-    e.commit_with(txn, change_record(caller, "SsfStreamDeleted", &s, ""))
+    e.commit_with(txn, change_record(caller, EventType::SsfStreamDeleted, &s, ""))
         .await?;
     Ok(no_content())
 }
@@ -571,8 +572,11 @@ async fn status(State(e): State<Endpoints>, method: HttpMethod, uri: Uri, header
         if let Some(stream) = s.stream.as_mut() {
             stream.status = status;
         }
-        e.commit_with(txn, change_record(&caller, "SsfStreamStatusChanged", &s, &reason))
-            .await?;
+        e.commit_with(
+            txn,
+            change_record(&caller, EventType::SsfStreamStatusChanged, &s, &reason),
+        )
+        .await?;
         let mut answer = json!({"stream_id": s.id, "status": status.as_str()});
         if !reason.is_empty() {
             answer["reason"] = json!(reason);

@@ -14,6 +14,7 @@ use pim_runtime::db::now_ms;
 use super::{Endpoints, Refusal, Reply, change_record, fault, no_content, object, refuse, reply};
 use crate::ssf::{Method, StreamStatus};
 use crate::webhooks::store;
+use pim_runtime::events::EventType;
 
 /// How long a poll that asked to wait waits for an event.
 const LONG_POLL: Duration = Duration::from_secs(15);
@@ -93,9 +94,9 @@ async fn subject_change(
             .map_err(fault)?
         {
             let (action, reason) = if add {
-                ("SsfSubjectAdded", format!("subject {principal} added back"))
+                (EventType::SsfSubjectAdded, format!("subject {principal} added back"))
             } else {
-                ("SsfSubjectRemoved", format!("subject {principal} removed"))
+                (EventType::SsfSubjectRemoved, format!("subject {principal} removed"))
             };
             e.commit_with(txn, change_record(&caller, action, &s, &reason)).await?;
         }

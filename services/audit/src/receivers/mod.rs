@@ -13,6 +13,7 @@ use pim_runtime::access::permissions;
 use crate::chain::Record;
 use crate::ssf::{Method, StreamStatus};
 use crate::webhooks::{Subscription, shown_url, store};
+use pim_runtime::events::{EventType, Source};
 
 /// Whether a record ends its target's standing as a receiver: the principal disabled or
 /// deleted, or its Shared Signals Receiver role ended. Its streams are then disabled (a
@@ -123,7 +124,7 @@ pub async fn end_receivers<C: sea_orm::ConnectionTrait>(
             }
             changed.push(stream_record(
                 ("system", "PIM"),
-                "SsfStreamStatusChanged",
+                EventType::SsfStreamStatusChanged,
                 &s,
                 &why,
                 now,
@@ -136,7 +137,7 @@ pub async fn end_receivers<C: sea_orm::ConnectionTrait>(
 /// The audit record of a change to a stream: by whom (id, name), why.
 pub fn stream_record(
     (actor_id, actor_name): (&str, &str),
-    action: &str,
+    action: EventType,
     s: &Subscription,
     reason: &str,
     now: i64,
@@ -145,8 +146,8 @@ pub fn stream_record(
     Record {
         event_id: uuid::Uuid::now_v7().to_string(),
         time: now,
-        source: "pim.audit".into(),
-        action: format!("pim.audit.v1.{action}"),
+        source: Source::Audit.name().into(),
+        action: action.full_name(Source::Audit),
         actor_id: actor_id.into(),
         actor_name: actor_name.into(),
         target_id: s.id.clone(),

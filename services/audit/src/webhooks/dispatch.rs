@@ -14,6 +14,7 @@ use pim_runtime::events::{Outbox, envelope, streams};
 use super::store::{self, DEAD, Delivery, PENDING};
 use super::{Keys, http};
 use crate::queue::{GIVE_UP_AFTER_MS, next_attempt};
+use pim_runtime::events::{EventType, Source};
 
 /// How long one attempt may take before it counts as failed.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -369,7 +370,7 @@ impl Dispatcher {
             last_error: error.clone(),
             abandoned: i32::try_from(abandoned).unwrap_or(i32::MAX),
         };
-        let dead = envelope("pim.audit", "WebhookDeadLettered", &subscription.id, &event);
+        let dead = envelope(Source::Audit, EventType::WebhookDeadLettered, &subscription.id, &event);
         self.outbox.enqueue(&txn, streams::AUDIT, &dead).await?;
         txn.commit().await?;
         self.outbox.wake();

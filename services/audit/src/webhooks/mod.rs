@@ -16,6 +16,7 @@ use sha2::Sha256;
 pub(crate) use dispatch::Dispatcher;
 
 use crate::chain::Record;
+use pim_runtime::events::EventType;
 
 /// How long delivered and dead deliveries are kept (their history).
 pub const KEPT_FOR_MS: i64 = 7 * 24 * 3600 * 1000;
@@ -112,7 +113,8 @@ fn invalid(field: &'static str, reason: impl Into<String>) -> Invalid {
 }
 
 /// Checks a subscription's settings at the edge: an https:// URL (http:// only to a loopback
-/// address), without credentials in it; bounded lists of plain names; a known severity.
+/// address), without credentials in it; bounded lists of plain names, the event types among
+/// those PIM publishes; a known severity.
 pub fn validate(s: &Subscription) -> Result<(), Invalid> {
     let uri: ::http::Uri = s.url.parse().map_err(|_| invalid("url", "is not a URL"))?;
     let host = uri.host().ok_or_else(|| invalid("url", "has no host"))?;
@@ -141,6 +143,15 @@ pub fn validate(s: &Subscription) -> Result<(), Invalid> {
         return Err(invalid(
             "event_types",
             "at most 100 event type names, each 1 to 256 visible ASCII characters",
+        ));
+    }
+    // A stream's are the CAEP event types it asked for, checked where it is made.
+    if s.stream.is_none()
+        && let Some(unknown) = s.event_types.iter().find(|t| !EventType::is_published(t))
+    {
+        return Err(invalid(
+            "event_types",
+            format!("{unknown} is not an event type PIM publishes (`pim webhooks event-types` lists them)"),
         ));
     }
     if !names_ok(&s.role_ids) {
@@ -291,7 +302,7 @@ mod tests {
     }
 
     #[test]
-    fn urls_are_https_or_loopback_and_hold_no_credentials() {
+    fn a_subscription_names_an_https_url_without_credentials_and_published_events() {
         let with = |url: &str| Subscription {
             url: url.into(),
             ..Subscription::default()
@@ -312,6 +323,25 @@ mod tests {
             ..with("https://h.example/")
         };
         assert_eq!(validate(&severe).map_err(|e| e.field), Err("min_severity"));
+        let typed = |types: &[&str]| Subscription {
+            event_types: types.iter().map(|t| (*t).to_owned()).collect(),
+            ..with("https://h.example/")
+        };
+        assert!(
+            validate(&typed(&[
+                "RoleActivated",
+                "pim.alerting.v1.AlertRaised",
+                "AccessDenied"
+            ]))
+            .is_ok()
+        );
+        for bad in ["RoleActivate", "pim.identity.v1.RoleActivated", "roleactivated"] {
+            assert_eq!(
+                validate(&typed(&[bad])).map_err(|e| e.field),
+                Err("event_types"),
+                "{bad}"
+            );
+        }
         assert_eq!(shown_url("https://h.example/p?token=abc#x"), "https://h.example");
         assert_eq!(
             shown_url("https://hooks.slack.example:8443/services/T0/B0/s3cret"),

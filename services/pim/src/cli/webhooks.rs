@@ -5,6 +5,7 @@ use clap::Subcommand;
 
 use pim_proto::audit::v1 as pb;
 use pim_proto::audit::v1::webhook_service_client::WebhookServiceClient;
+use pim_proto::event_types::EventType;
 use pim_runtime::db::from_timestamp;
 
 use super::{Cell, ClientArgs, Names, Session, explain, print_table, time};
@@ -16,7 +17,8 @@ pub(crate) enum WebhooksCommand {
         /// Where to POST each event: https:// (http:// only to a loopback address).
         #[arg(long)]
         url: String,
-        /// Event types, comma-separated (e.g. RoleActivated,AlertRaised); default: every event.
+        /// Event types, comma-separated (e.g. RoleActivated,AlertRaised; `pim webhooks event-types`
+        /// lists them); default: every event.
         #[arg(long, value_delimiter = ',')]
         events: Vec<String>,
         /// Only events about these roles (names or ids, comma-separated).
@@ -68,6 +70,8 @@ pub(crate) enum WebhooksCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// The event types a subscription may name (`--events`), and the services that publish each.
+    EventTypes,
     /// A subscription's deliveries, newest first: status, attempts, the receiver's last answer.
     Deliveries {
         /// The subscription's id.
@@ -138,6 +142,16 @@ pub(crate) async fn run(cmd: WebhooksCommand) -> anyhow::Result<i32> {
                 .map_err(explain)?
                 .into_inner();
             print_secret("Created", answer);
+        }
+        WebhooksCommand::EventTypes => {
+            let rows = EventType::ALL
+                .iter()
+                .map(|t| {
+                    let sources: Vec<&str> = t.sources().iter().map(|s| s.name()).collect();
+                    vec![Cell::from(t.name()), sources.join(",").into()]
+                })
+                .collect();
+            print_table(&["EVENT TYPE", "PUBLISHED BY"], rows);
         }
         WebhooksCommand::List { client } => {
             let session = Session::open(&client, true)?;

@@ -26,6 +26,7 @@ pub use outbox::{
 pub use redis::{ConsumerHandle, ConsumerOptions, RedisConsumer, RedisPublisher, RedisTarget, last_entry_id, tail};
 pub use signing::{EventKeys, PUBLISHERS, Rejection, key_id, owner};
 
+pub use pim_proto::event_types::{EventType, Source};
 pub use pim_proto::events::v1::Envelope;
 
 /// The shortest time between two passes of a relay, or two reads of a consumer, that found
@@ -55,13 +56,19 @@ pub mod streams {
     pub const DEADLETTER: &str = "pim.deadletter";
 }
 
-/// Builds an envelope for `data`; `event_type` is the short name (e.g. `UserCreated`) and
-/// `source` the emitting service (e.g. `pim.identity`), giving `pim.identity.v1.UserCreated`.
-pub fn envelope(source: &str, event_type: &str, subject: &str, data: &impl Message) -> Envelope {
+/// Builds an envelope for `data`: `source` (`Source::Identity`) publishes `event_type`
+/// (`EventType::UserCreated`), whose type is then `pim.identity.v1.UserCreated`.
+pub fn envelope(source: Source, event_type: EventType, subject: &str, data: &impl Message) -> Envelope {
+    debug_assert!(
+        event_type.is_from(source),
+        "{} is not in the catalogue as {}'s",
+        event_type.name(),
+        source.name()
+    );
     Envelope {
         id: Uuid::now_v7().to_string(),
-        source: source.to_owned(),
-        r#type: format!("{source}.v1.{event_type}"),
+        source: source.name().to_owned(),
+        r#type: event_type.full_name(source),
         time: Some(crate::db::to_timestamp(crate::db::now_ms())),
         subject: subject.to_owned(),
         // The emitting operation's trace, so what the event causes joins it.
@@ -94,7 +101,7 @@ mod tests {
         const CALLER: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         let span = tracing::info_span!("rpc", trace_id = tracing::field::Empty);
         let event = crate::telemetry::traced(span, Some(CALLER), async {
-            envelope("pim.test", "Happened", "s", &Envelope::default())
+            envelope(Source::Audit, EventType::ChainCheckpoint, "s", &Envelope::default())
         })
         .await;
         assert_eq!(event.traceparent, CALLER);

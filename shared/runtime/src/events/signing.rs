@@ -289,11 +289,15 @@ impl EventKeys {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::envelope;
+    use crate::events::{EventType, Source, envelope};
     use pim_proto::events::v1::UserCreated;
 
+    /// A `UserCreated` that claims `source` (one the catalogue has, or not).
     fn event(source: &str) -> Envelope {
-        envelope(source, "UserCreated", "u-1", &UserCreated::default())
+        let mut e = envelope(Source::Identity, EventType::UserCreated, "u-1", &UserCreated::default());
+        e.source = source.into();
+        e.r#type = format!("{source}.v1.UserCreated");
+        e
     }
 
     #[test]
