@@ -467,6 +467,19 @@ async fn nobody_approves_their_own_request_and_default_approvers_decide_otherwis
         assert_eq!(approved.status, pb::ApprovalStatus::Approved as i32);
         w.eventually_status(&lee.token, &request.id, apb::RequestStatus::Provisioned)
             .await?;
+
+        // Named as the only approver of a stage, Kim could never be approved: her request is
+        // refused at once instead of waiting until it expires.
+        w.require_approval(vec![stage(&[&w.user("ann").await?], 1), stage(&[&kim], 1)])
+            .await?;
+        let alone = w.ask(&kim, "rota").await.expect_err("nobody else approves stage 2");
+        let alone = alone.downcast_ref::<tonic::Status>().expect("a refusal");
+        assert_eq!(alone.code(), Code::FailedPrecondition);
+        assert!(
+            alone.message().contains("you are the only approver of stage 2"),
+            "{}",
+            alone.message()
+        );
         Ok(w)
     })
     .await

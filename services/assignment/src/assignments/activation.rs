@@ -28,6 +28,7 @@ impl Assignments {
             });
         }
         let (policy, _) = nearest_policy(&policies, &scopes)?;
+        violations.extend(policy.check_someone_else_approves(&caller.principal_id));
         let mfa = MfaState {
             has_otp: pim_runtime::auth::has_mfa(&caller.amr),
             mfa_at: caller.mfa_at.map(|s| s.saturating_mul(1000)),

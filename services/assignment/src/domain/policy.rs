@@ -299,6 +299,36 @@ impl Policy {
         })
     }
 
+    /// Where approval is required, whether someone besides `requester` may approve each stage:
+    /// a stage that names only the requester, and escalates to no one else, would wait until
+    /// it expires, since nobody approves their own request. (A stage without names goes to the
+    /// default approvers, and a group named may hold others: those are left to approval.)
+    pub fn check_someone_else_approves(&self, requester: &str) -> Option<RuleViolation> {
+        if !self.approval_required {
+            return None;
+        }
+        let stages = self.effective_stages();
+        let alone = stages.iter().position(|s| {
+            !s.approver_ids.is_empty()
+                && s.approver_ids
+                    .iter()
+                    .chain(&s.escalation_approver_ids)
+                    .all(|a| a == requester)
+        })?;
+        let stage = if stages.len() > 1 {
+            format!(" of stage {}", alone + 1)
+        } else {
+            String::new()
+        };
+        Some(violation(
+            "ApprovalRule",
+            format!(
+                "you are the only approver{stage} of this policy, and nobody approves their own request: \
+                 ask an administrator to name another approver"
+            ),
+        ))
+    }
+
     /// Checks a new end for an assignment that runs from `start`: it must lie ahead, and the
     /// assignment may last at most the policy's maximum from now (or be permanent where allowed).
     pub fn check_new_end(
@@ -637,6 +667,53 @@ mod tests {
                 start: now + 60_000,
                 end: Some(now + 60_000 + 3_600_000)
             }
+        );
+    }
+
+    #[test]
+    fn a_request_nobody_but_its_requester_could_approve_is_refused() {
+        let named = |approvers: &[&str], escalation: &[&str]| Policy {
+            approval_required: true,
+            approval_stages: vec![
+                ApprovalStage::default(),
+                ApprovalStage {
+                    approver_ids: approvers.iter().map(|a| (*a).to_owned()).collect(),
+                    escalation_approver_ids: escalation.iter().map(|a| (*a).to_owned()).collect(),
+                    ..ApprovalStage::default()
+                },
+            ],
+            ..Policy::default()
+        };
+        let refused = named(&["lee"], &[])
+            .check_someone_else_approves("lee")
+            .expect("refused");
+        assert_eq!(refused.kind, "ApprovalRule");
+        assert!(
+            refused.message.contains("only approver of stage 2"),
+            "{}",
+            refused.message
+        );
+        assert!(named(&["lee", "ann"], &[]).check_someone_else_approves("lee").is_none());
+        assert!(
+            named(&["lee"], &["ann"]).check_someone_else_approves("lee").is_none(),
+            "ann, later"
+        );
+        assert!(named(&["lee"], &[]).check_someone_else_approves("ann").is_none());
+        let off = Policy {
+            approval_required: false,
+            ..named(&["lee"], &[])
+        };
+        assert!(off.check_someone_else_approves("lee").is_none());
+        let single = Policy {
+            approval_required: true,
+            approver_ids: vec!["lee".into()],
+            ..Policy::default()
+        };
+        let refused = single.check_someone_else_approves("lee").expect("refused");
+        assert!(
+            refused.message.starts_with("you are the only approver of this policy"),
+            "{}",
+            refused.message
         );
     }
 
