@@ -35,7 +35,7 @@ use sea_orm::ConnectionTrait;
 use tokio::sync::Mutex;
 
 use pim::ServiceName;
-use pim_runtime::events::{EventType, Source};
+use pim_runtime::events::{Envelope, EventType, Source, short_type, streams};
 
 mod portal_bench;
 use pim_e2e::{TestSuite, authed};
@@ -44,7 +44,6 @@ use pim_proto::assignment::v1::access_service_client::AccessServiceClient;
 use pim_proto::assignment::v1::assignment_service_client::AssignmentServiceClient;
 use pim_proto::assignment::v1::role_service_client::RoleServiceClient;
 use pim_runtime::db::now_ms;
-use pim_runtime::events::{Envelope, short_type, streams};
 
 #[derive(Parser)]
 struct Args {

@@ -20,8 +20,7 @@ use tonic::service::RoutesBuilder;
 
 use pim_proto::alerting::v1::alert_service_server::AlertServiceServer;
 use pim_runtime::db::Db;
-use pim_runtime::events::Source;
-use pim_runtime::events::{Envelope, EventHandler, Outbox, streams};
+use pim_runtime::events::{Envelope, EventHandler, EventType, Outbox, Source, streams};
 use pim_runtime::host::{Deps, Service};
 
 pub use alerts::{Alerts, detection_finding};
@@ -100,37 +99,39 @@ impl EventHandler for Detect {
         ]
     }
 
-    fn wants(&self, event_type: &str) -> bool {
+    fn wants(&self, event_type: Option<EventType>) -> bool {
         matches!(
             event_type,
-            "SignInSucceeded"
-                | "SignInMfaPending"
-                | "SignInEnrollmentPending"
-                | "MfaFailed"
-                | "MfaLockedOut"
-                | "RecoveryCodeUsed"
-                | "MfaMethodRemoved"
-                | "MfaReset"
-                | "EligibilityGranted"
-                | "EligibilityUpdated"
-                | "ActiveAssignmentGranted"
-                | "ActiveAssignmentUpdated"
-                | "EligibilityRemoved"
-                | "ActiveAssignmentRemoved"
-                | "RoleActivated"
-                | "RoleDeactivated"
-                | "UnmanagedGrantDetected"
-                | "GroupMemberAdded"
-                | "GroupMemberRemoved"
-                | "PolicyUpdated"
-                | "RoleDefinitionCreated"
-                | "RoleDefinitionUpdated"
-                | "RoleDefinitionDeleted"
-                | "ApprovalCreated"
-                | "ApprovalDecisionRecorded"
-                | "SelfApprovalAttempted"
-                | "EventRejected"
-                | "WebhookDeadLettered"
+            Some(
+                EventType::SignInSucceeded
+                    | EventType::SignInMfaPending
+                    | EventType::SignInEnrollmentPending
+                    | EventType::MfaFailed
+                    | EventType::MfaLockedOut
+                    | EventType::RecoveryCodeUsed
+                    | EventType::MfaMethodRemoved
+                    | EventType::MfaReset
+                    | EventType::EligibilityGranted
+                    | EventType::EligibilityUpdated
+                    | EventType::ActiveAssignmentGranted
+                    | EventType::ActiveAssignmentUpdated
+                    | EventType::EligibilityRemoved
+                    | EventType::ActiveAssignmentRemoved
+                    | EventType::RoleActivated
+                    | EventType::RoleDeactivated
+                    | EventType::UnmanagedGrantDetected
+                    | EventType::GroupMemberAdded
+                    | EventType::GroupMemberRemoved
+                    | EventType::PolicyUpdated
+                    | EventType::RoleDefinitionCreated
+                    | EventType::RoleDefinitionUpdated
+                    | EventType::RoleDefinitionDeleted
+                    | EventType::ApprovalCreated
+                    | EventType::ApprovalDecisionRecorded
+                    | EventType::SelfApprovalAttempted
+                    | EventType::EventRejected
+                    | EventType::WebhookDeadLettered
+            )
         )
     }
 

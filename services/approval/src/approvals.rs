@@ -16,12 +16,11 @@ use pim_runtime::access::{AccessCheck, Target, permissions, require};
 use pim_runtime::auth::Caller;
 use pim_runtime::clock::Clock;
 use pim_runtime::db::{Db, from_timestamp};
-use pim_runtime::events::{Outbox, envelope, streams};
+use pim_runtime::events::{EventType, Outbox, Source, envelope, streams};
 
 use crate::domain::{ApprovalStatus, Decision};
 use crate::store::{self, ApprovalRow, DecisionRow, Stage};
 use pim_runtime::error::{Error, Result};
-use pim_runtime::events::{EventType, Source};
 use pim_runtime::text::{MAX_FREE_TEXT, free_text};
 
 /// Entra's built-in role ids (the default approvers hold one of them).

@@ -21,8 +21,7 @@ use pim_proto::approval::v1::approval_service_server::ApprovalServiceServer;
 use pim_proto::assignment::v1::RequestStatus;
 use pim_proto::events::v1 as ev;
 use pim_runtime::db::{Db, from_timestamp};
-use pim_runtime::events::Source;
-use pim_runtime::events::{Envelope, EventHandler, Outbox, decode, short_type, streams};
+use pim_runtime::events::{Envelope, EventHandler, EventType, Outbox, Source, decode, event_type, streams};
 use pim_runtime::host::{Deps, Service};
 
 pub use approvals::Approvals;
@@ -74,36 +73,38 @@ impl EventHandler for AssignmentEvents {
         vec![streams::ASSIGNMENT]
     }
 
-    fn wants(&self, event_type: &str) -> bool {
+    fn wants(&self, event_type: Option<EventType>) -> bool {
         matches!(
             event_type,
-            "RequestCreated"
-                | "RequestStatusChanged"
-                | "RoleActivated"
-                | "RoleDeactivated"
-                | "ActivationShortened"
-                | "EligibilityGranted"
-                | "EligibilityUpdated"
-                | "ActiveAssignmentGranted"
-                | "ActiveAssignmentUpdated"
-                | "EligibilityRemoved"
-                | "ActiveAssignmentRemoved"
-                | "ReviewRemovalApplied"
-                | "ReviewRemovalRefused"
+            Some(
+                EventType::RequestCreated
+                    | EventType::RequestStatusChanged
+                    | EventType::RoleActivated
+                    | EventType::RoleDeactivated
+                    | EventType::ActivationShortened
+                    | EventType::EligibilityGranted
+                    | EventType::EligibilityUpdated
+                    | EventType::ActiveAssignmentGranted
+                    | EventType::ActiveAssignmentUpdated
+                    | EventType::EligibilityRemoved
+                    | EventType::ActiveAssignmentRemoved
+                    | EventType::ReviewRemovalApplied
+                    | EventType::ReviewRemovalRefused
+            )
         )
     }
 
     async fn handle(&self, txn: &DatabaseTransaction, envelope: &Envelope) -> anyhow::Result<()> {
-        match short_type(envelope) {
-            "RequestCreated" => self.0.open(txn, &decode(envelope)?, &envelope.traceparent).await,
-            "RequestStatusChanged" => {
+        match event_type(envelope) {
+            Some(EventType::RequestCreated) => self.0.open(txn, &decode(envelope)?, &envelope.traceparent).await,
+            Some(EventType::RequestStatusChanged) => {
                 let e: ev::RequestStatusChanged = decode(envelope)?;
                 if e.typed_status() == RequestStatus::Canceled {
                     self.0.cancel_for_request(txn, &e.request_id, e.actor).await?;
                 }
                 Ok(())
             }
-            "RoleActivated" => {
+            Some(EventType::RoleActivated) => {
                 let e: ev::RoleActivated = decode(envelope)?;
                 store::record_activation(
                     txn,
@@ -121,7 +122,7 @@ impl EventHandler for AssignmentEvents {
                 Ok(())
             }
             // What approvers see of the requester's history ends when the activation did.
-            "RoleDeactivated" => {
+            Some(EventType::RoleDeactivated) => {
                 let e: ev::RoleDeactivated = decode(envelope)?;
                 let at = envelope
                     .time
@@ -131,14 +132,19 @@ impl EventHandler for AssignmentEvents {
                 store::activation_ended(txn, &e.assignment_id, at).await?;
                 Ok(())
             }
-            "ActivationShortened" => {
+            Some(EventType::ActivationShortened) => {
                 let e: ev::ActivationShortened = decode(envelope)?;
                 if let Some(end) = e.end_time.as_ref().map(from_timestamp) {
                     store::activation_ended(txn, &e.assignment_id, end).await?;
                 }
                 Ok(())
             }
-            "EligibilityGranted" | "EligibilityUpdated" | "ActiveAssignmentGranted" | "ActiveAssignmentUpdated" => {
+            Some(
+                EventType::EligibilityGranted
+                | EventType::EligibilityUpdated
+                | EventType::ActiveAssignmentGranted
+                | EventType::ActiveAssignmentUpdated,
+            ) => {
                 let e: ev::AssignmentChanged = decode(envelope)?;
                 // The typed kind (or an older publisher's text); an event naming neither is not
                 // an assignment reviews can know.
@@ -161,19 +167,20 @@ impl EventHandler for AssignmentEvents {
                 .await?;
                 Ok(())
             }
-            "EligibilityRemoved" | "ActiveAssignmentRemoved" => {
+            Some(EventType::EligibilityRemoved | EventType::ActiveAssignmentRemoved) => {
                 let e: ev::AssignmentChanged = decode(envelope)?;
                 store::forget_seen(txn, &e.assignment_id).await?;
                 Ok(())
             }
             // What assignment made of a review's removal: the item says it, refusals included.
-            "ReviewRemovalApplied" | "ReviewRemovalRefused" => {
+            Some(EventType::ReviewRemovalApplied | EventType::ReviewRemovalRefused) => {
                 let e: ev::ReviewEvent = decode(envelope)?;
-                let outcome = if short_type(envelope) == "ReviewRemovalApplied" && e.decision == "removed" {
-                    "removed".to_owned()
-                } else {
-                    e.justification.clone()
-                };
+                let outcome =
+                    if event_type(envelope) == Some(EventType::ReviewRemovalApplied) && e.decision == "removed" {
+                        "removed".to_owned()
+                    } else {
+                        e.justification.clone()
+                    };
                 store::set_item_outcome(txn, &e.item_id, &outcome).await?;
                 Ok(())
             }
@@ -184,11 +191,11 @@ impl EventHandler for AssignmentEvents {
     /// Watchers in this process look again at once, when an approval opened or may have
     /// closed (most requests need none: their RequestCreated changed nothing here).
     async fn after_commit(&self, envelope: &Envelope) {
-        let changed = match short_type(envelope) {
-            "RequestCreated" => {
+        let changed = match event_type(envelope) {
+            Some(EventType::RequestCreated) => {
                 decode::<ev::RequestCreated>(envelope).is_ok_and(|e| e.typed_status() == RequestStatus::PendingApproval)
             }
-            "RequestStatusChanged" => true,
+            Some(EventType::RequestStatusChanged) => true,
             _ => false,
         };
         if changed {

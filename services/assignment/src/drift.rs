@@ -7,13 +7,12 @@ use sea_orm::TransactionTrait;
 use pim_proto::events::v1 as ev;
 use pim_runtime::access::permissions;
 use pim_runtime::auth::Caller;
-use pim_runtime::events::{envelope, streams};
+use pim_runtime::events::{EventType, Source, envelope, streams};
 
 use crate::assignments::Assignments;
 use crate::domain::Scope;
 use crate::error::{Error, Result};
 use crate::store::{self, ObservedGrant};
-use pim_runtime::events::{EventType, Source};
 
 pub const MAX_REPORTED: usize = 100_000;
 

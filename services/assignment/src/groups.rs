@@ -8,7 +8,7 @@ use std::sync::{Arc, RwLock};
 
 use pim_proto::events::v1::{GroupDeleted, GroupMembershipChanged};
 use pim_runtime::db::Db;
-use pim_runtime::events::{Envelope, decode, short_type};
+use pim_runtime::events::{Envelope, EventType, decode, event_type};
 
 use crate::index::{Change, Changes, Grant};
 use crate::roles::{GROUP_MEMBER, group_scope};
@@ -117,9 +117,9 @@ impl Memberships {
 
     /// The membership change an identity event describes, for a role-assignable group.
     pub fn change(envelope: &Envelope) -> anyhow::Result<Option<MembershipChange>> {
-        let is_member = match short_type(envelope) {
-            "GroupMemberAdded" => true,
-            "GroupMemberRemoved" => false,
+        let is_member = match event_type(envelope) {
+            Some(EventType::GroupMemberAdded) => true,
+            Some(EventType::GroupMemberRemoved) => false,
             _ => return Ok(None),
         };
         let e: GroupMembershipChanged = decode(envelope)?;
@@ -170,7 +170,7 @@ pub enum IdentityChange {
 
 impl IdentityChange {
     pub fn of(envelope: &Envelope) -> Self {
-        if short_type(envelope) == "GroupDeleted" {
+        if event_type(envelope) == Some(EventType::GroupDeleted) {
             return match decode::<GroupDeleted>(envelope) {
                 Ok(e) => Self::GroupDeleted(e.group_id),
                 Err(err) => {

@@ -5,7 +5,7 @@
 use sea_orm::DatabaseTransaction;
 
 use pim_proto::events::v1::{GroupDeleted, GroupMembershipChanged, UserDisabled};
-use pim_runtime::events::{Envelope, EventHandler, decode, short_type, streams};
+use pim_runtime::events::{Envelope, EventHandler, EventType, decode, event_type, streams};
 
 use crate::assignments::Assignments;
 use crate::groups::{MembershipChange, Memberships};
@@ -25,16 +25,18 @@ impl EventHandler for IdentityEvents {
         vec![streams::IDENTITY]
     }
 
-    fn wants(&self, event_type: &str) -> bool {
+    fn wants(&self, event_type: Option<EventType>) -> bool {
         matches!(
             event_type,
-            "GroupMemberAdded"
-                | "GroupMemberRemoved"
-                | "GroupDeleted"
-                | "UserDisabled"
-                | "UserDisabledAnnounced"
-                | "UserEnabled"
-                | "UserDeleted"
+            Some(
+                EventType::GroupMemberAdded
+                    | EventType::GroupMemberRemoved
+                    | EventType::GroupDeleted
+                    | EventType::UserDisabled
+                    | EventType::UserDisabledAnnounced
+                    | EventType::UserEnabled
+                    | EventType::UserDeleted
+            )
         )
     }
 
@@ -44,25 +46,29 @@ impl EventHandler for IdentityEvents {
     }
 
     async fn handle(&self, txn: &DatabaseTransaction, envelope: &Envelope) -> anyhow::Result<()> {
-        if let event_type @ ("UserDisabled" | "UserDisabledAnnounced" | "UserEnabled" | "UserDeleted") =
-            short_type(envelope)
+        if let Some(
+            event_type @ (EventType::UserDisabled
+            | EventType::UserDisabledAnnounced
+            | EventType::UserEnabled
+            | EventType::UserDeleted),
+        ) = event_type(envelope)
         {
             // One event type for the four; a state older than the one recorded changes nothing.
             // The announcement (a user disabled before this was followed) tells of the past:
             // whatever identity told since wins over it.
             let e: UserDisabled = decode(envelope)?;
             let as_of = match event_type {
-                "UserDisabledAnnounced" => 0,
+                EventType::UserDisabledAnnounced => 0,
                 _ => envelope
                     .time
                     .as_ref()
                     .map(pim_runtime::db::from_timestamp)
                     .unwrap_or_default(),
             };
-            store::set_user_enabled(txn, &e.user_id, event_type == "UserEnabled", as_of).await?;
+            store::set_user_enabled(txn, &e.user_id, event_type == EventType::UserEnabled, as_of).await?;
             return Ok(());
         }
-        if short_type(envelope) == "GroupDeleted" {
+        if event_type(envelope) == Some(EventType::GroupDeleted) {
             let e: GroupDeleted = decode(envelope)?;
             return self
                 .0
@@ -92,7 +98,7 @@ impl EventHandler for IdentityEvents {
     }
 
     async fn after_commit(&self, envelope: &Envelope) {
-        if short_type(envelope) == "GroupDeleted" {
+        if event_type(envelope) == Some(EventType::GroupDeleted) {
             // The index follows what was committed, read back from the database.
             if let Ok(e) = decode::<GroupDeleted>(envelope)
                 && let Err(err) = self.0.reindex_group(&e.group_id).await

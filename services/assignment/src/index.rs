@@ -14,7 +14,7 @@ use tokio::sync::broadcast;
 use pim_proto::events::v1 as ev;
 use pim_runtime::access::AccessCheck;
 use pim_runtime::db::Db;
-use pim_runtime::events::{Envelope, decode, short_type};
+use pim_runtime::events::{Envelope, EventType, decode, event_type};
 
 use crate::domain::Kind;
 use crate::store::{self, AssignmentRow};
@@ -264,15 +264,17 @@ impl AccessIndex {
     /// database ([`crate::assignments::Assignments::index_assignments`]), so a forged or stale
     /// event grants or ends nothing.
     pub fn assignment_named(envelope: &Envelope) -> Option<String> {
-        match short_type(envelope) {
-            "ActiveAssignmentGranted" | "ActiveAssignmentUpdated" | "ActiveAssignmentRemoved" => {
-                decode::<ev::AssignmentChanged>(envelope).ok().map(|e| e.assignment_id)
-            }
-            "RoleActivated" => decode::<ev::RoleActivated>(envelope).ok().map(|e| e.assignment_id),
-            "ActivationShortened" => decode::<ev::ActivationShortened>(envelope)
+        match event_type(envelope) {
+            Some(
+                EventType::ActiveAssignmentGranted
+                | EventType::ActiveAssignmentUpdated
+                | EventType::ActiveAssignmentRemoved,
+            ) => decode::<ev::AssignmentChanged>(envelope).ok().map(|e| e.assignment_id),
+            Some(EventType::RoleActivated) => decode::<ev::RoleActivated>(envelope).ok().map(|e| e.assignment_id),
+            Some(EventType::ActivationShortened) => decode::<ev::ActivationShortened>(envelope)
                 .ok()
                 .map(|e| e.assignment_id),
-            "RoleDeactivated" => decode::<ev::RoleDeactivated>(envelope).ok().map(|e| e.assignment_id),
+            Some(EventType::RoleDeactivated) => decode::<ev::RoleDeactivated>(envelope).ok().map(|e| e.assignment_id),
             _ => None,
         }
     }

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use pim_proto::events::v1::{ApprovalCompleted, ReviewEvent};
 
 use crate::domain::RequestStatus;
-use pim_runtime::events::{Envelope, EventHandler, decode, short_type, streams};
+use pim_runtime::events::{Envelope, EventHandler, EventType, Outbox, Source, decode, event_type, streams};
 use sea_orm::DatabaseTransaction;
 
 use sea_orm_migration::MigratorTrait;
@@ -36,8 +36,6 @@ use pim_proto::assignment::v1::policy_service_server::PolicyServiceServer;
 use pim_proto::assignment::v1::reconcile_service_server::ReconcileServiceServer;
 use pim_proto::assignment::v1::role_service_server::RoleServiceServer;
 use pim_runtime::db::Db;
-use pim_runtime::events::Outbox;
-use pim_runtime::events::Source;
 use pim_runtime::host::{Deps, Service};
 
 pub use assignments::Assignments;
@@ -162,10 +160,15 @@ impl EventHandler for ApprovalOutcomes {
         vec![streams::APPROVAL]
     }
 
-    fn wants(&self, event_type: &str) -> bool {
+    fn wants(&self, event_type: Option<EventType>) -> bool {
         matches!(
             event_type,
-            "ApprovalGranted" | "ApprovalDenied" | "ApprovalExpired" | "ReviewRemovalRequested"
+            Some(
+                EventType::ApprovalGranted
+                    | EventType::ApprovalDenied
+                    | EventType::ApprovalExpired
+                    | EventType::ReviewRemovalRequested
+            )
         )
     }
 
@@ -175,11 +178,11 @@ impl EventHandler for ApprovalOutcomes {
     }
 
     async fn handle(&self, txn: &DatabaseTransaction, envelope: &Envelope) -> anyhow::Result<()> {
-        let outcome = match short_type(envelope) {
-            "ApprovalGranted" => RequestStatus::Granted,
-            "ApprovalDenied" => RequestStatus::Denied,
-            "ApprovalExpired" => RequestStatus::Expired,
-            "ReviewRemovalRequested" => {
+        let outcome = match event_type(envelope) {
+            Some(EventType::ApprovalGranted) => RequestStatus::Granted,
+            Some(EventType::ApprovalDenied) => RequestStatus::Denied,
+            Some(EventType::ApprovalExpired) => RequestStatus::Expired,
+            Some(EventType::ReviewRemovalRequested) => {
                 let event: ReviewEvent = decode(envelope)?;
                 self.0
                     .remove_for_review(txn, &event)
@@ -199,7 +202,7 @@ impl EventHandler for ApprovalOutcomes {
     /// The index follows what was committed, read back from the database: the activation an
     /// approval provisioned joins it, and a review's removal leaves it only if it happened.
     async fn after_commit(&self, envelope: &Envelope) {
-        if short_type(envelope) == "ReviewRemovalRequested" {
+        if event_type(envelope) == Some(EventType::ReviewRemovalRequested) {
             if let Ok(event) = decode::<ReviewEvent>(envelope)
                 && let Err(err) = self.0.index_removal(&event.assignment_id).await
             {
@@ -280,7 +283,14 @@ impl Service for Assignment {
                 // Every type: which assignment changed is read from any of them.
                 |_| true,
                 move |entry_id, envelope| {
-                    let what = if short_type(envelope).starts_with("RoleDefinition") {
+                    let what = if matches!(
+                        event_type(envelope),
+                        Some(
+                            EventType::RoleDefinitionCreated
+                                | EventType::RoleDefinitionUpdated
+                                | EventType::RoleDefinitionDeleted
+                        )
+                    ) {
                         Changed::Roles
                     } else {
                         Changed::Assignment(index::AccessIndex::assignment_named(envelope))

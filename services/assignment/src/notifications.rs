@@ -15,12 +15,11 @@ use pim_proto::common::v1::{Actor, Ticket};
 use pim_proto::events::v1 as ev;
 use pim_proto::events::v1::Happening;
 use pim_runtime::db::to_timestamp;
-use pim_runtime::events::{Envelope, EventHandler, decode, short_type, streams};
+use pim_runtime::events::{Envelope, EventHandler, EventType, decode, event_type, streams};
 
 use crate::assignments::Assignments;
 use crate::domain::{Action, Kind, NotificationEvent, NotificationParty, Policy, Scope};
 use crate::store::{self, RequestRow};
-use pim_runtime::events::EventType;
 
 /// How old a change may be and still be told.
 const STALE_AFTER_MS: i64 = 24 * 3600 * 1000;
@@ -97,8 +96,8 @@ impl Change {
     /// The change an event announces, if it is one a notification tells of. Some need their
     /// request to know whose and which role (`request`).
     fn of(envelope: &Envelope, request: impl Fn(&str) -> Option<RequestRow>) -> anyhow::Result<Option<Self>> {
-        let change = match short_type(envelope) {
-            "RequestCreated" => {
+        let change = match event_type(envelope) {
+            Some(EventType::RequestCreated) => {
                 let e: ev::RequestCreated = decode(envelope)?;
                 if e.typed_status() != pb::RequestStatus::PendingApproval
                     || e.typed_action() != pb::RequestAction::SelfActivate
@@ -118,7 +117,7 @@ impl Change {
                     )
                 }
             }
-            "RoleActivated" => {
+            Some(EventType::RoleActivated) => {
                 let e: ev::RoleActivated = decode(envelope)?;
                 Change {
                     request_id: e.request_id,
@@ -134,7 +133,7 @@ impl Change {
                     )
                 }
             }
-            event_type @ ("EligibilityGranted" | "ActiveAssignmentGranted") => {
+            Some(event_type @ (EventType::EligibilityGranted | EventType::ActiveAssignmentGranted)) => {
                 let e: ev::AssignmentChanged = decode(envelope)?;
                 Change {
                     request_id: e.request_id,
@@ -142,7 +141,7 @@ impl Change {
                     end: e.end_time.as_ref().map(pim_runtime::db::from_timestamp),
                     actor: e.actor,
                     ..Change::about(
-                        if event_type == "EligibilityGranted" {
+                        if event_type == EventType::EligibilityGranted {
                             NotificationEvent::EligibleAssignment
                         } else {
                             NotificationEvent::ActiveAssignment
@@ -154,7 +153,7 @@ impl Change {
                     )
                 }
             }
-            "RequestStatusChanged" => {
+            Some(EventType::RequestStatusChanged) => {
                 let e: ev::RequestStatusChanged = decode(envelope)?;
                 let decided = e.typed_previous_status() == pb::RequestStatus::PendingApproval
                     && matches!(e.typed_status(), pb::RequestStatus::Denied | pb::RequestStatus::Expired);
@@ -180,7 +179,7 @@ impl Change {
                     )
                 }
             }
-            "ApprovalEscalated" => {
+            Some(EventType::ApprovalEscalated) => {
                 let e: ev::ApprovalCompleted = decode(envelope)?;
                 if e.escalation_approver_ids.is_empty() {
                     return Ok(None);
@@ -199,9 +198,9 @@ impl Change {
                     )
                 }
             }
-            event_type @ ("ApprovalStageStarted" | "ApprovalReminder") => {
+            Some(event_type @ (EventType::ApprovalStageStarted | EventType::ApprovalReminder)) => {
                 let e: ev::ApprovalCompleted = decode(envelope)?;
-                let (happening, note) = if event_type == "ApprovalReminder" {
+                let (happening, note) = if event_type == EventType::ApprovalReminder {
                     (Happening::ApprovalReminder, "reminder: still no decision; it times out")
                 } else {
                     (
@@ -231,7 +230,7 @@ impl Change {
                     )
                 }
             }
-            "AssignmentExpiring" => {
+            Some(EventType::AssignmentExpiring) => {
                 let e: ev::AssignmentExpiring = decode(envelope)?;
                 Change {
                     request_id: e.request_id,
@@ -246,7 +245,7 @@ impl Change {
                     )
                 }
             }
-            "RoleDeactivated" => {
+            Some(EventType::RoleDeactivated) => {
                 let e: ev::RoleDeactivated = decode(envelope)?;
                 Change {
                     assignment_id: e.assignment_id,
@@ -261,7 +260,7 @@ impl Change {
                     )
                 }
             }
-            "ActivationShortened" => {
+            Some(EventType::ActivationShortened) => {
                 let e: ev::ActivationShortened = decode(envelope)?;
                 Change {
                     assignment_id: e.assignment_id,
@@ -400,20 +399,22 @@ impl EventHandler for Notifier {
         vec![streams::ASSIGNMENT, streams::APPROVAL]
     }
 
-    fn wants(&self, event_type: &str) -> bool {
+    fn wants(&self, event_type: Option<EventType>) -> bool {
         matches!(
             event_type,
-            "RequestCreated"
-                | "RoleActivated"
-                | "EligibilityGranted"
-                | "ActiveAssignmentGranted"
-                | "RequestStatusChanged"
-                | "RoleDeactivated"
-                | "ActivationShortened"
-                | "AssignmentExpiring"
-                | "ApprovalEscalated"
-                | "ApprovalStageStarted"
-                | "ApprovalReminder"
+            Some(
+                EventType::RequestCreated
+                    | EventType::RoleActivated
+                    | EventType::EligibilityGranted
+                    | EventType::ActiveAssignmentGranted
+                    | EventType::RequestStatusChanged
+                    | EventType::RoleDeactivated
+                    | EventType::ActivationShortened
+                    | EventType::AssignmentExpiring
+                    | EventType::ApprovalEscalated
+                    | EventType::ApprovalStageStarted
+                    | EventType::ApprovalReminder
+            )
         )
     }
 
@@ -430,8 +431,8 @@ impl EventHandler for Notifier {
             return Ok(());
         }
         // A status change names only its request: read it first.
-        let status_of = match short_type(envelope) {
-            "RequestStatusChanged" => {
+        let status_of = match event_type(envelope) {
+            Some(EventType::RequestStatusChanged) => {
                 let e: ev::RequestStatusChanged = decode(envelope)?;
                 store::find_request(txn, &e.request_id).await?
             }

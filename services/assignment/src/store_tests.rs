@@ -7,13 +7,12 @@ use std::future::Future;
 use sea_orm_migration::MigratorTrait;
 
 use pim_runtime::db::{Db, is_unique_violation};
-use pim_runtime::events::{OutboxRows, envelope, streams};
+use pim_runtime::events::{EventType, OutboxRows, Source, envelope, streams};
 use pim_runtime::testing::steps_before;
 
 use crate::domain::{Action, Kind, RequestStatus};
 use crate::roles::GLOBAL_ADMINISTRATOR;
 use crate::store::{self, AssignmentRow, RequestRow};
-use pim_runtime::events::{EventType, Source};
 
 const EXCHANGE_ADMINISTRATOR: &str = "29232cdf-9323-42fd-ade2-1d097af3e4de";
 const NOW: i64 = 1_800_000_000_000;

@@ -4,10 +4,9 @@
 use sea_orm::DatabaseTransaction;
 
 use pim_runtime::db::now_ms;
-use pim_runtime::events::{Envelope, EventHandler, Outbox, Rejected, streams};
+use pim_runtime::events::{Envelope, EventHandler, EventType, Outbox, Rejected, Source, streams};
 
 use crate::{records, store};
-use pim_runtime::events::{EventType, Source};
 
 /// Stores each event of the followed streams once.
 pub(crate) struct Ingest {

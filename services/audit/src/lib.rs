@@ -27,11 +27,10 @@ use pim_proto::audit::v1::audit_service_server::AuditServiceServer;
 use pim_proto::audit::v1::webhook_service_server::WebhookServiceServer;
 use pim_runtime::access::{AccessCheck, Target, permissions};
 use pim_runtime::db::{Db, now_ms};
-use pim_runtime::events::{EventHandler, Outbox, streams};
+use pim_runtime::events::{EventHandler, EventType, Outbox, Source, streams};
 use pim_runtime::host::{Deps, Service};
 
 use crate::ingest::Ingest;
-use pim_runtime::events::{EventType, Source};
 
 const DEFAULT_PAGE: u64 = 100;
 const MAX_PAGE: u64 = 1000;

@@ -10,7 +10,7 @@ use sha2::Sha256;
 use pim_proto::common::v1::{Actor, Ticket};
 use pim_proto::events::v1 as ev;
 use pim_runtime::db::from_timestamp;
-use pim_runtime::events::{Envelope, Rejected, decode, short_type};
+use pim_runtime::events::{Envelope, EventType, Rejected, decode, event_type};
 
 use crate::chain::Record;
 
@@ -77,29 +77,35 @@ pub fn record(envelope: &Envelope, correlator: &Correlator) -> anyhow::Result<Re
         trace_id: envelope.traceparent.split('-').nth(1).unwrap_or_default().to_owned(),
         ..Record::default()
     };
-    let payload = match short_type(envelope) {
-        "UserCreated" => {
+    let payload = match event_type(envelope) {
+        Some(EventType::UserCreated) => {
             let e: ev::UserCreated = decode(envelope)?;
             set_actor(&mut r, &e.actor);
             r.target_id = e.user_id.clone();
             r.target_name = e.user_name.clone();
             json!({"user_id": e.user_id, "user_name": e.user_name, "display_name": e.display_name, "email": e.email})
         }
-        "UserUpdated" | "UserAddressAnnounced" => {
+        Some(EventType::UserUpdated | EventType::UserAddressAnnounced) => {
             let e: ev::UserUpdated = decode(envelope)?;
             set_actor(&mut r, &e.actor);
             r.target_id = e.user_id.clone();
             r.target_name = e.user_name.clone();
             json!({"user_id": e.user_id, "user_name": e.user_name, "display_name": e.display_name, "email": e.email})
         }
-        "UserDisabled" | "UserDisabledAnnounced" | "UserEnabled" | "UserDeleted" | "UserDisablePrepared" => {
+        Some(
+            EventType::UserDisabled
+            | EventType::UserDisabledAnnounced
+            | EventType::UserEnabled
+            | EventType::UserDeleted
+            | EventType::UserDisablePrepared,
+        ) => {
             let e: ev::UserDisabled = decode(envelope)?;
             set_actor(&mut r, &e.actor);
             r.target_id = e.user_id.clone();
             r.target_name = e.user_name.clone();
             json!({"user_id": e.user_id, "user_name": e.user_name})
         }
-        "GroupDeleted" => {
+        Some(EventType::GroupDeleted) => {
             let e: ev::GroupDeleted = decode(envelope)?;
             set_actor(&mut r, &e.actor);
             r.target_id = e.group_id.clone();
@@ -107,7 +113,7 @@ pub fn record(envelope: &Envelope, correlator: &Correlator) -> anyhow::Result<Re
             r.scope = pim_proto::catalogue::group_scope(&e.group_id);
             json!({"group_id": e.group_id, "display_name": e.display_name, "is_assignable_to_role": e.is_assignable_to_role})
         }
-        "GroupCreated" | "GroupUpdated" => {
+        Some(EventType::GroupCreated | EventType::GroupUpdated) => {
             let e: ev::GroupCreated = decode(envelope)?;
             set_actor(&mut r, &e.actor);
             r.target_id = e.group_id.clone();
@@ -115,7 +121,12 @@ pub fn record(envelope: &Envelope, correlator: &Correlator) -> anyhow::Result<Re
             r.scope = pim_proto::catalogue::group_scope(&e.group_id);
             json!({"group_id": e.group_id, "display_name": e.display_name, "is_assignable_to_role": e.is_assignable_to_role})
         }
-        "GroupMemberAdded" | "GroupMemberRemoved" | "GroupOwnerAdded" | "GroupOwnerRemoved" => {
+        Some(
+            EventType::GroupMemberAdded
+            | EventType::GroupMemberRemoved
+            | EventType::GroupOwnerAdded
+            | EventType::GroupOwnerRemoved,
+        ) => {
             let e: ev::GroupMembershipChanged = decode(envelope)?;
             set_actor(&mut r, &e.actor);
             r.target_id = e.principal_id.clone();
@@ -123,14 +134,14 @@ pub fn record(envelope: &Envelope, correlator: &Correlator) -> anyhow::Result<Re
             r.scope = pim_proto::catalogue::group_scope(&e.group_id);
             json!({"group_id": e.group_id, "principal_id": e.principal_id, "is_assignable_to_role": e.is_assignable_to_role})
         }
-        "ServicePrincipalCreated" => {
+        Some(EventType::ServicePrincipalCreated) => {
             let e: ev::ServicePrincipalCreated = decode(envelope)?;
             set_actor(&mut r, &e.actor);
             r.target_id = e.service_principal_id.clone();
             r.target_name = e.display_name.clone();
             json!({"service_principal_id": e.service_principal_id, "display_name": e.display_name})
         }
-        "SignInSucceeded" | "SignInMfaPending" | "SignInEnrollmentPending" => {
+        Some(EventType::SignInSucceeded | EventType::SignInMfaPending | EventType::SignInEnrollmentPending) => {
             let e: ev::SignInSucceeded = decode(envelope)?;
             set_actor(&mut r, &e.actor);
             r.target_id = r.actor_id.clone();
@@ -141,7 +152,7 @@ pub fn record(envelope: &Envelope, correlator: &Correlator) -> anyhow::Result<Re
                 "user_agent_hmac": correlator.tag("user_agent", &e.user_agent),
             })
         }
-        "SignInFailed" => {
+        Some(EventType::SignInFailed) => {
             let e: ev::SignInFailed = decode(envelope)?;
             r.actor_id = e.principal_id.clone();
             r.actor_name = e.user_name.clone();
@@ -154,18 +165,23 @@ pub fn record(envelope: &Envelope, correlator: &Correlator) -> anyhow::Result<Re
                 "user_agent_hmac": correlator.tag("user_agent", &e.user_agent),
             })
         }
-        "MfaEnrolled"
-        | "MfaVerified"
-        | "MfaFailed"
-        | "MfaLockedOut"
-        | "MfaMethodRemoved"
-        | "MfaReset"
-        | "RecoveryCodeUsed"
-        | "RecoveryCodesGenerated" => {
+        Some(
+            EventType::MfaEnrolled
+            | EventType::MfaVerified
+            | EventType::MfaFailed
+            | EventType::MfaLockedOut
+            | EventType::MfaMethodRemoved
+            | EventType::MfaReset
+            | EventType::RecoveryCodeUsed
+            | EventType::RecoveryCodesGenerated,
+        ) => {
             let e: ev::MfaEvent = decode(envelope)?;
             set_actor(&mut r, &e.actor);
             r.target_id = e.user_id.clone();
-            if matches!(short_type(envelope), "MfaFailed" | "MfaLockedOut") {
+            if matches!(
+                event_type(envelope),
+                Some(EventType::MfaFailed | EventType::MfaLockedOut)
+            ) {
                 r.outcome = "failure".into();
             }
             json!({
@@ -173,25 +189,25 @@ pub fn record(envelope: &Envelope, correlator: &Correlator) -> anyhow::Result<Re
                 "session_id": e.session_id,
             })
         }
-        "EnrollmentPassCreated" | "EnrollmentPassUsed" => {
+        Some(EventType::EnrollmentPassCreated | EventType::EnrollmentPassUsed) => {
             let e: ev::EnrollmentPassEvent = decode(envelope)?;
             set_actor(&mut r, &e.actor);
             r.target_id = e.user_id.clone();
             json!({"pass_id": e.pass_id, "expires_at": rfc3339(&e.expires_at), "uses_left": e.uses_left})
         }
-        "CredentialsReset" | "PasswordChanged" => {
+        Some(EventType::CredentialsReset | EventType::PasswordChanged) => {
             let e: ev::CredentialsReset = decode(envelope)?;
             set_actor(&mut r, &e.actor);
             r.target_id = e.user_id.clone();
             json!({"what": e.what})
         }
-        "SessionRevoked" => {
+        Some(EventType::SessionRevoked) => {
             let e: ev::SessionRevoked = decode(envelope)?;
             set_actor(&mut r, &e.actor);
             r.target_id = e.principal_id.clone();
             json!({"session_id": e.session_id, "reason": e.reason})
         }
-        "RequestCreated" => {
+        Some(EventType::RequestCreated) => {
             let e: ev::RequestCreated = decode(envelope)?;
             set_actor(&mut r, &e.actor);
             r.target_id = e.principal_id.clone();
@@ -206,12 +222,14 @@ pub fn record(envelope: &Envelope, correlator: &Correlator) -> anyhow::Result<Re
                 "start_time": rfc3339(&e.start_time), "end_time": rfc3339(&e.end_time),
             })
         }
-        "EligibilityGranted"
-        | "EligibilityRemoved"
-        | "EligibilityUpdated"
-        | "ActiveAssignmentGranted"
-        | "ActiveAssignmentRemoved"
-        | "ActiveAssignmentUpdated" => {
+        Some(
+            EventType::EligibilityGranted
+            | EventType::EligibilityRemoved
+            | EventType::EligibilityUpdated
+            | EventType::ActiveAssignmentGranted
+            | EventType::ActiveAssignmentRemoved
+            | EventType::ActiveAssignmentUpdated,
+        ) => {
             let e: ev::AssignmentChanged = decode(envelope)?;
             set_actor(&mut r, &e.actor);
             r.target_id = e.principal_id.clone();
@@ -226,7 +244,7 @@ pub fn record(envelope: &Envelope, correlator: &Correlator) -> anyhow::Result<Re
                 "start_time": rfc3339(&e.start_time), "end_time": rfc3339(&e.end_time), "reason": e.reason,
             })
         }
-        "RequestRefused" => {
+        Some(EventType::RequestRefused) => {
             let e: ev::RequestRefused = decode(envelope)?;
             set_actor(&mut r, &e.actor);
             r.target_id = e.principal_id.clone();
@@ -236,14 +254,14 @@ pub fn record(envelope: &Envelope, correlator: &Correlator) -> anyhow::Result<Re
             r.outcome = "failure".into();
             json!({"action": e.typed_action().text(), "code": e.code, "rules": e.rules, "reason": e.message})
         }
-        "AssignmentExpiring" => {
+        Some(EventType::AssignmentExpiring) => {
             let e: ev::AssignmentExpiring = decode(envelope)?;
             r.target_id = e.principal_id.clone();
             r.role_id = e.role_id.clone();
             r.scope = e.scope.clone();
             json!({"assignment_id": e.assignment_id, "request_id": e.request_id, "end_time": rfc3339(&e.end_time)})
         }
-        "NotificationsDue" => {
+        Some(EventType::NotificationsDue) => {
             let e: ev::NotificationsDue = decode(envelope)?;
             set_actor(&mut r, &e.actor);
             // An access review's notice is about the review; the others, about a principal.
@@ -279,7 +297,7 @@ pub fn record(envelope: &Envelope, correlator: &Correlator) -> anyhow::Result<Re
                 "review_id": e.review_id, "review_name": e.review_name, "undecided_items": e.undecided_items,
             })
         }
-        "RoleActivated" => {
+        Some(EventType::RoleActivated) => {
             let e: ev::RoleActivated = decode(envelope)?;
             set_actor(&mut r, &e.actor);
             r.target_id = e.principal_id.clone();
@@ -292,7 +310,7 @@ pub fn record(envelope: &Envelope, correlator: &Correlator) -> anyhow::Result<Re
                 "start_time": rfc3339(&e.start_time), "end_time": rfc3339(&e.end_time),
             })
         }
-        "RoleDeactivated" => {
+        Some(EventType::RoleDeactivated) => {
             let e: ev::RoleDeactivated = decode(envelope)?;
             set_actor(&mut r, &e.actor);
             r.target_id = e.principal_id.clone();
@@ -300,7 +318,7 @@ pub fn record(envelope: &Envelope, correlator: &Correlator) -> anyhow::Result<Re
             r.scope = e.scope.clone();
             json!({"assignment_id": e.assignment_id, "reason": e.reason})
         }
-        "ActivationShortened" => {
+        Some(EventType::ActivationShortened) => {
             let e: ev::ActivationShortened = decode(envelope)?;
             set_actor(&mut r, &e.actor);
             r.target_id = e.principal_id.clone();
@@ -312,7 +330,7 @@ pub fn record(envelope: &Envelope, correlator: &Correlator) -> anyhow::Result<Re
                 "previous_end_time": rfc3339(&e.previous_end_time), "reason": e.reason,
             })
         }
-        "RequestStatusChanged" => {
+        Some(EventType::RequestStatusChanged) => {
             let e: ev::RequestStatusChanged = decode(envelope)?;
             set_actor(&mut r, &e.actor);
             json!({
@@ -320,7 +338,7 @@ pub fn record(envelope: &Envelope, correlator: &Correlator) -> anyhow::Result<Re
                 "previous_status": e.typed_previous_status().text(),
             })
         }
-        "PolicyUpdated" => {
+        Some(EventType::PolicyUpdated) => {
             let e: ev::PolicyUpdated = decode(envelope)?;
             set_actor(&mut r, &e.actor);
             r.target_id = e.role_id.clone();
@@ -338,21 +356,21 @@ pub fn record(envelope: &Envelope, correlator: &Correlator) -> anyhow::Result<Re
                 "weakened": e.weakened,
             })
         }
-        "ApprovalCreated" => {
+        Some(EventType::ApprovalCreated) => {
             let e: ev::ApprovalCreated = decode(envelope)?;
             r.target_id = e.requester_id.clone();
             r.role_id = e.role_id.clone();
             r.scope = e.scope.clone();
             json!({"approval_id": e.approval_id, "request_id": e.request_id})
         }
-        "ApprovalDecisionRecorded" | "SelfApprovalAttempted" => {
+        Some(EventType::ApprovalDecisionRecorded | EventType::SelfApprovalAttempted) => {
             let e: ev::ApprovalDecisionRecorded = decode(envelope)?;
             set_actor(&mut r, &e.actor);
             r.target_id = e.requester_id.clone();
             r.role_id = e.role_id.clone();
             r.scope = e.scope.clone();
             r.justification = e.justification.clone();
-            if short_type(envelope) == "SelfApprovalAttempted" {
+            if event_type(envelope) == Some(EventType::SelfApprovalAttempted) {
                 r.outcome = "refused".into();
             }
             json!({
@@ -360,7 +378,7 @@ pub fn record(envelope: &Envelope, correlator: &Correlator) -> anyhow::Result<Re
                 "decision": e.typed_decision().text(), "stage": e.stage,
             })
         }
-        "ApprovalDecisionRefused" => {
+        Some(EventType::ApprovalDecisionRefused) => {
             let e: ev::ApprovalDecisionRefused = decode(envelope)?;
             set_actor(&mut r, &e.actor);
             r.target_id = e.requester_id.clone();
@@ -372,7 +390,7 @@ pub fn record(envelope: &Envelope, correlator: &Correlator) -> anyhow::Result<Re
                 "decision": e.typed_decision().text(), "code": e.code, "reason": e.reason,
             })
         }
-        "AccessDenied" => {
+        Some(EventType::AccessDenied) => {
             let e: ev::AccessDenied = decode(envelope)?;
             set_actor(&mut r, &e.actor);
             r.target_id = e.method.clone();
@@ -384,20 +402,25 @@ pub fn record(envelope: &Envelope, correlator: &Correlator) -> anyhow::Result<Re
             };
             json!({"method": e.method, "code": code, "reason": e.reason})
         }
-        "ApprovalGranted"
-        | "ApprovalDenied"
-        | "ApprovalExpired"
-        | "ApprovalCanceled"
-        | "ApprovalEscalated"
-        | "ApprovalStageStarted"
-        | "ApprovalReminder" => {
+        Some(
+            EventType::ApprovalGranted
+            | EventType::ApprovalDenied
+            | EventType::ApprovalExpired
+            | EventType::ApprovalCanceled
+            | EventType::ApprovalEscalated
+            | EventType::ApprovalStageStarted
+            | EventType::ApprovalReminder,
+        ) => {
             let e: ev::ApprovalCompleted = decode(envelope)?;
             set_actor(&mut r, &e.actor);
             r.target_id = e.requester_id.clone();
             r.role_id = e.role_id.clone();
             r.scope = e.scope.clone();
             // A request denied, or left undecided until it expired, did not get what it asked.
-            if matches!(short_type(envelope), "ApprovalDenied" | "ApprovalExpired") {
+            if matches!(
+                event_type(envelope),
+                Some(EventType::ApprovalDenied | EventType::ApprovalExpired)
+            ) {
                 r.outcome = "failure".into();
             }
             json!({
@@ -406,16 +429,18 @@ pub fn record(envelope: &Envelope, correlator: &Correlator) -> anyhow::Result<Re
                 "escalation_approver_ids": e.escalation_approver_ids, "expires_at": rfc3339(&e.expires_at),
             })
         }
-        "ReviewCreated"
-        | "ReviewStarted"
-        | "ReviewItemDecided"
-        | "ReviewCompleted"
-        | "ReviewRemovalRequested"
-        | "ReviewRemovalApplied"
-        | "ReviewRemovalRefused" => {
+        Some(
+            EventType::ReviewCreated
+            | EventType::ReviewStarted
+            | EventType::ReviewItemDecided
+            | EventType::ReviewCompleted
+            | EventType::ReviewRemovalRequested
+            | EventType::ReviewRemovalApplied
+            | EventType::ReviewRemovalRefused,
+        ) => {
             let e: ev::ReviewEvent = decode(envelope)?;
             set_actor(&mut r, &e.actor);
-            if short_type(envelope) == "ReviewRemovalRefused" {
+            if event_type(envelope) == Some(EventType::ReviewRemovalRefused) {
                 r.outcome = "refused".into();
             }
             if !e.principal_id.is_empty() {
@@ -429,7 +454,7 @@ pub fn record(envelope: &Envelope, correlator: &Correlator) -> anyhow::Result<Re
                 "kind": e.kind, "assignment_id": e.assignment_id,
             })
         }
-        "UnmanagedGrantDetected" => {
+        Some(EventType::UnmanagedGrantDetected) => {
             let e: ev::UnmanagedGrantDetected = decode(envelope)?;
             r.target_id = e.principal_id.clone();
             r.role_id = e.role_id.clone();
@@ -437,13 +462,13 @@ pub fn record(envelope: &Envelope, correlator: &Correlator) -> anyhow::Result<Re
             r.outcome = "detected".into();
             json!({"system": e.system})
         }
-        "RoleDefinitionCreated" => {
+        Some(EventType::RoleDefinitionCreated) => {
             let e: ev::RoleDefinitionCreated = decode(envelope)?;
             set_actor(&mut r, &e.actor);
             (r.target_id, r.target_name, r.role_id) = (e.role_id.clone(), e.name.clone(), e.role_id.clone());
             json!({"name": e.name, "description": e.description, "permissions": e.permissions, "privileged": e.privileged})
         }
-        "RoleDefinitionUpdated" => {
+        Some(EventType::RoleDefinitionUpdated) => {
             let e: ev::RoleDefinitionUpdated = decode(envelope)?;
             set_actor(&mut r, &e.actor);
             (r.target_id, r.target_name, r.role_id) = (e.role_id.clone(), e.name.clone(), e.role_id.clone());
@@ -453,13 +478,13 @@ pub fn record(envelope: &Envelope, correlator: &Correlator) -> anyhow::Result<Re
                 "was_privileged": e.was_privileged,
             })
         }
-        "RoleDefinitionDeleted" => {
+        Some(EventType::RoleDefinitionDeleted) => {
             let e: ev::RoleDefinitionDeleted = decode(envelope)?;
             set_actor(&mut r, &e.actor);
             (r.target_id, r.target_name, r.role_id) = (e.role_id.clone(), e.name.clone(), e.role_id.clone());
             json!({"name": e.name})
         }
-        "AlertRaised" | "AlertUpdated" | "AlertStatusChanged" => {
+        Some(EventType::AlertRaised | EventType::AlertUpdated | EventType::AlertStatusChanged) => {
             let e: ev::AlertEvent = decode(envelope)?;
             set_actor(&mut r, &e.actor);
             // What was acted on is the alert (named by its rule); whom it is about is in the
@@ -472,7 +497,7 @@ pub fn record(envelope: &Envelope, correlator: &Correlator) -> anyhow::Result<Re
                 "status": e.typed_status().text(), "principal_id": e.principal_id,
             })
         }
-        "RuleSettingsUpdated" => {
+        Some(EventType::RuleSettingsUpdated) => {
             let e: ev::RuleSettingsUpdated = decode(envelope)?;
             set_actor(&mut r, &e.actor);
             r.target_id = e.rule_id.clone();

@@ -13,13 +13,12 @@ use pim_runtime::auth::{Caller, Pending};
 use pim_runtime::clock::Clock;
 use pim_runtime::config::SigninMfa;
 use pim_runtime::db::{Db, is_unique_violation, now_ms};
-use pim_runtime::events::{Outbox, envelope, streams};
+use pim_runtime::events::{EventType, Outbox, Source, envelope, streams};
 
 use crate::error::{Error, Result};
 use crate::store::{self, ServicePrincipalRow, UserRow};
 use crate::tokens::{Issued, Keystore, TokenSubject};
 use crate::{credentials, limiter};
-use pim_runtime::events::{EventType, Source};
 
 const SOURCE: Source = Source::Identity;
 

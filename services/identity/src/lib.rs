@@ -24,8 +24,7 @@ use pim_proto::identity::v1::auth_service_server::AuthServiceServer;
 use pim_proto::identity::v1::directory_service_server::DirectoryServiceServer;
 use pim_proto::identity::v1::mfa_service_server::MfaServiceServer;
 use pim_runtime::db::Db;
-use pim_runtime::events::Outbox;
-use pim_runtime::events::Source;
+use pim_runtime::events::{Outbox, Source};
 use pim_runtime::host::{Deps, Service};
 
 pub use directory::Directory;

@@ -27,6 +27,7 @@ use pim_runtime::Config;
 use pim_runtime::access::{AccessCheck, CachedAccess, RemoteAccess};
 use pim_runtime::auth::{AuthLayer, KeySource, Refusals, RemoteKeys, TokenVerifier};
 use pim_runtime::clock::{Clock, SystemClock};
+use pim_runtime::events::EventType;
 use pim_runtime::events::{
     ConsumerHandle, ConsumerOptions, EmbeddedBus, InProcessFirst, Inbox, Publisher, RedisConsumer, RedisPublisher,
     Relay, RelayHandle, last_entry_id, streams, tail,
@@ -386,7 +387,9 @@ impl Suite {
                     from,
                     event_keys.clone(),
                     stopped.clone(),
-                    |event_type| CachedAccess::invalidated_by(event_type) || event_type == "SessionRevoked",
+                    |event_type| {
+                        CachedAccess::invalidated_by(event_type) || event_type == Some(EventType::SessionRevoked)
+                    },
                     move |_, envelope| {
                         cache.invalidate_on(envelope);
                         revocations.apply(envelope);

@@ -16,6 +16,7 @@ use pim_proto::identity::v1::directory_service_client::DirectoryServiceClient;
 
 use crate::auth::Caller;
 use crate::db::now_ms;
+use crate::events::EventType;
 
 /// Permission names, as held by role definitions (the contracts crate owns them).
 pub use pim_proto::catalogue::permissions;
@@ -203,23 +204,25 @@ impl CachedAccess {
     /// deactivation, a shortening, a member leaving a group, a user disabled, a role's
     /// permissions changed. Gained access needs nothing: refusals are never cached.
     pub fn invalidate_on(&self, envelope: &crate::events::Envelope) {
-        if Self::invalidated_by(crate::events::short_type(envelope)) {
+        if Self::invalidated_by(crate::events::event_type(envelope)) {
             self.clear();
         }
     }
 
     /// Whether events of this short type (access changed) clear the cached answers.
-    pub fn invalidated_by(event_type: &str) -> bool {
+    pub fn invalidated_by(event_type: Option<EventType>) -> bool {
         matches!(
             event_type,
-            "RoleDeactivated"
-                | "ActivationShortened"
-                | "ActiveAssignmentRemoved"
-                | "ActiveAssignmentUpdated"
-                | "GroupMemberRemoved"
-                | "UserDisabled"
-                | "RoleDefinitionUpdated"
-                | "RoleDefinitionDeleted"
+            Some(
+                EventType::RoleDeactivated
+                    | EventType::ActivationShortened
+                    | EventType::ActiveAssignmentRemoved
+                    | EventType::ActiveAssignmentUpdated
+                    | EventType::GroupMemberRemoved
+                    | EventType::UserDisabled
+                    | EventType::RoleDefinitionUpdated
+                    | EventType::RoleDefinitionDeleted
+            )
         )
     }
 }

@@ -15,6 +15,7 @@ use tokio::sync::Mutex;
 use tonic::codegen::http;
 use tonic::{Request, Status};
 
+use crate::events::EventType;
 use pim_proto::common::v1::PrincipalKind;
 use pim_proto::identity::v1::SigningKey;
 
@@ -387,7 +388,7 @@ impl Revocations {
 
     /// Applies an identity event (`SessionRevoked`); others are ignored.
     pub fn apply(&self, envelope: &crate::events::Envelope) {
-        if crate::events::short_type(envelope) != "SessionRevoked" {
+        if crate::events::event_type(envelope) != Some(EventType::SessionRevoked) {
             return;
         }
         match crate::events::decode::<pim_proto::events::v1::SessionRevoked>(envelope) {

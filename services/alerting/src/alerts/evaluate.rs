@@ -2,13 +2,14 @@
 //! projections and to the alerts.
 
 use super::*;
+use pim_runtime::events::event_type;
 
 impl Alerts {
     /// Runs the rules an event concerns, inside the consumer's transaction.
     pub async fn evaluate(&self, txn: &DatabaseTransaction, e: &Envelope) -> anyhow::Result<()> {
         let at = event_time(e);
-        match short_type(e) {
-            "SignInMfaPending" | "SignInEnrollmentPending" => {
+        match event_type(e) {
+            Some(EventType::SignInMfaPending | EventType::SignInEnrollmentPending) => {
                 // The break-glass password was used, whether or not a code follows.
                 let s: ev::SignInSucceeded = decode(e)?;
                 if let Some(actor) = s.actor
@@ -18,7 +19,7 @@ impl Alerts {
                         .await?;
                 }
             }
-            "SignInSucceeded" => {
+            Some(EventType::SignInSucceeded) => {
                 let s: ev::SignInSucceeded = decode(e)?;
                 let Some(actor) = s.actor else {
                     return Ok(());
@@ -32,24 +33,24 @@ impl Alerts {
                 self.clear(txn, &format!("stale:{}", actor.principal_id), "signed in again")
                     .await?;
             }
-            "MfaFailed" | "MfaLockedOut" => {
+            Some(EventType::MfaFailed | EventType::MfaLockedOut) => {
                 let m: ev::MfaEvent = decode(e)?;
                 // Every failure is kept for the window: the account may turn out privileged
                 // by an event on another stream judged later.
                 store::record_mfa_failure(txn, &e.id, &m.user_id, at).await?;
-                let locked = short_type(e) == "MfaLockedOut";
+                let locked = event_type(e) == Some(EventType::MfaLockedOut);
                 if store::is_privileged(txn, &m.user_id, self.now()).await? {
                     self.check_mfa_failures(txn, &m.user_id, at, locked).await?;
                 }
             }
-            "RecoveryCodeUsed" | "MfaMethodRemoved" | "MfaReset" => {
+            Some(EventType::RecoveryCodeUsed | EventType::MfaMethodRemoved | EventType::MfaReset) => {
                 let m: ev::MfaEvent = decode(e)?;
                 let privileged = store::is_privileged(txn, &m.user_id, self.now()).await?;
                 let by = m.actor.as_ref().map(|a| a.display_name.clone()).unwrap_or_default();
                 // A recovery code is an emergency for anyone (high for a privileged account);
                 // a lost method matters for privileged accounts.
-                let (rule, key, severity) = match short_type(e) {
-                    "RecoveryCodeUsed" => (
+                let (rule, key, severity) = match event_type(e) {
+                    Some(EventType::RecoveryCodeUsed) => (
                         rules::RECOVERY_CODE_USED,
                         "recovery_code",
                         privileged.then_some(Severity::High),
@@ -78,7 +79,12 @@ impl Alerts {
                 )
                 .await?;
             }
-            "EligibilityGranted" | "EligibilityUpdated" | "ActiveAssignmentGranted" | "ActiveAssignmentUpdated" => {
+            Some(
+                EventType::EligibilityGranted
+                | EventType::EligibilityUpdated
+                | EventType::ActiveAssignmentGranted
+                | EventType::ActiveAssignmentUpdated,
+            ) => {
                 let a: ev::AssignmentChanged = decode(e)?;
                 // The typed kind (or an older publisher's text); an event naming neither is
                 // not counted as anything.
@@ -139,14 +145,14 @@ impl Alerts {
                 }
                 self.check_global_admins(txn, &e.id).await?;
             }
-            "EligibilityRemoved" | "ActiveAssignmentRemoved" => {
+            Some(EventType::EligibilityRemoved | EventType::ActiveAssignmentRemoved) => {
                 let a: ev::AssignmentChanged = decode(e)?;
                 store::forget_privileged(txn, &a.assignment_id).await?;
                 self.clear(txn, &format!("permanent:{}", a.assignment_id), "the assignment ended")
                     .await?;
                 self.check_global_admins(txn, &e.id).await?;
             }
-            "RoleActivated" => {
+            Some(EventType::RoleActivated) => {
                 let a: ev::RoleActivated = decode(e)?;
                 // Frequent activation is about any role; the counts only about privileged ones.
                 if privileged(txn, &a.role_id, &a.scope, self.now()).await? {
@@ -196,17 +202,17 @@ impl Alerts {
                     .await?;
                 }
             }
-            "RoleDeactivated" => {
+            Some(EventType::RoleDeactivated) => {
                 let a: ev::RoleDeactivated = decode(e)?;
                 store::forget_privileged(txn, &a.assignment_id).await?;
                 self.check_global_admins(txn, &e.id).await?;
             }
-            "GroupMemberAdded" | "GroupMemberRemoved" => {
+            Some(EventType::GroupMemberAdded | EventType::GroupMemberRemoved) => {
                 // A member added to a group that holds a privileged role holds it for good,
                 // outside PIM's just-in-time activation; the alert resolves when they leave.
                 let m: ev::GroupMembershipChanged = decode(e)?;
                 let key = format!("group_member:{}:{}", m.group_id, m.principal_id);
-                if short_type(e) == "GroupMemberRemoved" {
+                if event_type(e) == Some(EventType::GroupMemberRemoved) {
                     self.clear(txn, &key, "the member left the group").await?;
                 } else if m.is_assignable_to_role && store::is_privileged(txn, &m.group_id, self.now()).await? {
                     let figures = BTreeMap::from([("group_id".to_owned(), m.group_id.clone())]);
@@ -226,7 +232,7 @@ impl Alerts {
                     .await?;
                 }
             }
-            "UnmanagedGrantDetected" => {
+            Some(EventType::UnmanagedGrantDetected) => {
                 let g: ev::UnmanagedGrantDetected = decode(e)?;
                 let figures = BTreeMap::from([("system".to_owned(), g.system.clone())]);
                 self.raise(
@@ -243,20 +249,20 @@ impl Alerts {
                 )
                 .await?;
             }
-            "RoleDefinitionCreated" => {
+            Some(EventType::RoleDefinitionCreated) => {
                 let r: ev::RoleDefinitionCreated = decode(e)?;
                 store::upsert_custom_role(txn, &r.role_id, r.privileged).await?;
             }
-            "RoleDefinitionUpdated" => {
+            Some(EventType::RoleDefinitionUpdated) => {
                 let r: ev::RoleDefinitionUpdated = decode(e)?;
                 store::upsert_custom_role(txn, &r.role_id, r.privileged).await?;
                 self.role_weakened(txn, e, &r).await?;
             }
-            "RoleDefinitionDeleted" => {
+            Some(EventType::RoleDefinitionDeleted) => {
                 let r: ev::RoleDefinitionDeleted = decode(e)?;
                 store::forget_custom_role(txn, &r.role_id).await?;
             }
-            "PolicyUpdated" => {
+            Some(EventType::PolicyUpdated) => {
                 let p: ev::PolicyUpdated = decode(e)?;
                 if p.weakened {
                     self.policy_weakened(txn, e, &p).await?;
@@ -281,11 +287,11 @@ impl Alerts {
                     self.clear(txn, &key, "activation requires MFA again").await?;
                 }
             }
-            "ApprovalCreated" => {
+            Some(EventType::ApprovalCreated) => {
                 let a: ev::ApprovalCreated = decode(e)?;
                 store::approval_created(txn, &a.approval_id, at).await?;
             }
-            "ApprovalDecisionRecorded" => {
+            Some(EventType::ApprovalDecisionRecorded) => {
                 let d: ev::ApprovalDecisionRecorded = decode(e)?;
                 let Some(created) = store::approval_created_at(txn, &d.approval_id).await? else {
                     return Ok(());
@@ -319,9 +325,9 @@ impl Alerts {
                     .await?;
                 }
             }
-            "EventRejected" => self.forged(txn, decode(e)?).await?,
-            "WebhookDeadLettered" => self.webhook_given_up(txn, decode(e)?).await?,
-            "SelfApprovalAttempted" => {
+            Some(EventType::EventRejected) => self.forged(txn, decode(e)?).await?,
+            Some(EventType::WebhookDeadLettered) => self.webhook_given_up(txn, decode(e)?).await?,
+            Some(EventType::SelfApprovalAttempted) => {
                 let d: ev::ApprovalDecisionRecorded = decode(e)?;
                 let figures = BTreeMap::from([("approval_id".to_owned(), d.approval_id.clone())]);
                 self.raise(

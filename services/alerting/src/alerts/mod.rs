@@ -21,13 +21,12 @@ use pim_runtime::auth::Caller;
 use pim_runtime::clock::Clock;
 use pim_runtime::db::{Db, from_timestamp};
 use pim_runtime::error::{Error, Result};
-use pim_runtime::events::{Envelope, Outbox, decode, envelope, short_type, streams};
+use pim_runtime::events::{Envelope, EventType, Outbox, Source, decode, envelope, short_type, streams};
 use pim_runtime::text::{MAX_FREE_TEXT, free_text};
 
 use crate::domain::{AlertStatus, Severity};
 use crate::rules::{self, Settings};
 use crate::store::{self, AlertRow};
-use pim_runtime::events::{EventType, Source};
 
 mod evaluate;
 mod finding;

@@ -15,7 +15,7 @@ use pim_runtime::access::{Decision, Target, permissions};
 use pim_runtime::auth::Caller;
 use pim_runtime::clock::Clock;
 use pim_runtime::db::{Db, is_unique_violation, to_timestamp};
-use pim_runtime::events::{Outbox, OutboxRows, envelope, streams};
+use pim_runtime::events::{EventType, Outbox, OutboxRows, Source, envelope, streams};
 use pim_runtime::grpc::RuleViolation;
 
 use crate::clients::{Directory, Principal};
@@ -27,7 +27,6 @@ use crate::policy_edits::{self, Setting};
 use crate::roles::{GLOBAL_ADMINISTRATOR, RoleCatalog};
 use crate::store::{self, AssignmentRow, RequestRow};
 use crate::timers::Timers;
-use pim_runtime::events::{EventType, Source};
 
 mod activation;
 mod administration;

@@ -15,7 +15,7 @@ use pim_runtime::access::{Target, permissions};
 use pim_runtime::auth::{Caller, caller};
 use pim_runtime::consistency::{self, ConsistencyToken};
 use pim_runtime::db::to_timestamp;
-use pim_runtime::events::streams;
+use pim_runtime::events::{EventType, streams};
 use pim_runtime::grpc::BoxStream;
 
 use crate::assignments::{
@@ -25,7 +25,6 @@ use crate::domain::{Action, Kind, RequestStatus, Scope};
 use crate::error::Error;
 use crate::policy_edits::Setting;
 use crate::store::RequestRow;
-use pim_runtime::events::EventType;
 
 mod wire;
 

@@ -9,12 +9,11 @@ use sea_orm::TransactionTrait;
 
 use pim_proto::events::v1 as ev;
 use pim_runtime::db::{Db, now_ms};
-use pim_runtime::events::{Outbox, envelope, streams};
+use pim_runtime::events::{EventType, Outbox, Source, envelope, streams};
 
 use super::store::{self, DEAD, Delivery, PENDING};
 use super::{Keys, http};
 use crate::queue::{GIVE_UP_AFTER_MS, next_attempt};
-use pim_runtime::events::{EventType, Source};
 
 /// How long one attempt may take before it counts as failed.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);

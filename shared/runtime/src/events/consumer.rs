@@ -9,6 +9,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use super::Envelope;
 use crate::db::{self, Db};
+use crate::events::EventType;
 
 /// What a consuming service does with events of the streams it follows.
 #[async_trait::async_trait]
@@ -19,7 +20,7 @@ pub trait EventHandler: Send + Sync {
     fn streams(&self) -> Vec<&'static str>;
     /// Whether it acts on events of this short type; others are acknowledged without a
     /// transaction or an inbox row (handling them would change nothing).
-    fn wants(&self, _event_type: &str) -> bool {
+    fn wants(&self, _event_type: Option<EventType>) -> bool {
         true
     }
     /// Whether its own writes already ignore an event applied before (e.g. a unique event
@@ -122,7 +123,7 @@ impl Inbox {
 
     /// Whether its handler acts on events of this short type (others are acknowledged
     /// without being applied, so they need no signature check either).
-    pub fn wants(&self, event_type: &str) -> bool {
+    pub fn wants(&self, event_type: Option<EventType>) -> bool {
         self.handler.wants(event_type)
     }
 
@@ -135,7 +136,7 @@ impl Inbox {
     /// inbox remembers (an event that old could be a replay the inbox no longer recognises;
     /// no genuine delivery is that late: producers keep events for replay at most as long).
     fn acts_on(&self, envelope: &Envelope) -> bool {
-        if !self.handler.wants(super::short_type(envelope)) {
+        if !self.handler.wants(super::event_type(envelope)) {
             return false;
         }
         let oldest = db::now_ms() - super::INBOX_KEPT.as_millis() as i64;

@@ -86,6 +86,12 @@ pub fn short_type(envelope: &Envelope) -> &str {
     envelope.r#type.rsplit('.').next().unwrap_or_default()
 }
 
+/// The envelope's type in the catalogue, by its short name: None for a type no service
+/// publishes (made up, or from a newer version).
+pub fn event_type(envelope: &Envelope) -> Option<EventType> {
+    EventType::parse(short_type(envelope))
+}
+
 /// Decodes the envelope's data as `M`.
 pub fn decode<M: Message + Default>(envelope: &Envelope) -> anyhow::Result<M> {
     M::decode(envelope.data.as_slice()).map_err(|e| anyhow::anyhow!("decoding {}: {e}", envelope.r#type))

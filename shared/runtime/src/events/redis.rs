@@ -15,6 +15,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::{Envelope, EventKeys, Inbox, Publisher, Rejected, Rejection, streams};
+use crate::events::EventType;
 use pim_proto::events::v1::DeadLettered;
 
 /// Where Redis is and how to reach it: a URL (`redis://user:password@host:port` for an ACL
@@ -411,7 +412,7 @@ impl RedisConsumer {
         else {
             return Verdict::Refuse(None, Rejection::Undecodable);
         };
-        if !self.inbox.wants(super::short_type(&envelope)) {
+        if !self.inbox.wants(super::event_type(&envelope)) {
             return Verdict::Accept(envelope);
         }
         match self.options.keys.verify(self.base(key), &envelope) {
@@ -639,7 +640,7 @@ pub fn tail(
     from: String,
     keys: std::sync::Arc<EventKeys>,
     mut stop: watch::Receiver<bool>,
-    wants: impl Fn(&str) -> bool + Send + 'static,
+    wants: impl Fn(Option<EventType>) -> bool + Send + 'static,
     apply: impl Fn(&str, &Envelope) + Send + 'static,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
@@ -678,7 +679,7 @@ pub fn tail(
                         let envelope = entry
                             .get::<Vec<u8>>("ce")
                             .and_then(|b| Envelope::decode(b.as_slice()).ok())
-                            .filter(|e| wants(super::short_type(e)));
+                            .filter(|e| wants(super::event_type(e)));
                         match envelope.map(|e| match super::owner(stream) {
                             Some(_) => keys.verify(stream, &e).map(|()| e),
                             None => Ok(e),
