@@ -481,6 +481,57 @@ async fn events_redis_lost_are_replayed_from_the_outbox_and_applied_once() -> an
     f.cleanup().await
 }
 
+/// Whoever can write to Redis can give an entry an id far ahead of the clock. A stream tail
+/// (the access index's, the revocations', the access cache's) that read past one still
+/// follows the stream when Redis loses it: a stream that comes back shorter than the tail's
+/// position is read again from its start, instead of every later entry passing unread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tail_past_an_id_far_ahead_follows_the_stream_after_redis_loses_it() -> anyhow::Result<()> {
+    let f = Fixture::new().await?;
+    let relay = f.relay().await?;
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let tail = pim_runtime::events::tail(
+        redis_url().into(),
+        f.prefix.clone(),
+        streams::IDENTITY,
+        "0-0".into(),
+        keys(),
+        stop,
+        |_| true,
+        move |_, e| {
+            let _ = seen_tx.send(e.id.clone());
+        },
+    );
+    let mut next = async || {
+        tokio::time::timeout(Duration::from_secs(10), seen.recv())
+            .await
+            .ok()
+            .flatten()
+    };
+    let first = f.emit("UserCreated").await?.id;
+    relay.run_once().await?;
+    assert_eq!(next().await.as_ref(), Some(&first));
+    let _: String = f
+        .redis
+        .clone()
+        .xadd(f.key(streams::IDENTITY), "9999999999999-0", &[("ce", "made up")])
+        .await?;
+    // Genuine entries after it take ids past it; the tail reads them, so it is past it too.
+    let second = f.emit("UserCreated").await?.id;
+    relay.run_once().await?;
+    assert_eq!(next().await.as_ref(), Some(&second));
+
+    // Redis loses the stream; what is written from now on takes ids of today again.
+    let _: () = f.redis.clone().del(f.key(streams::IDENTITY)).await?;
+    let third = f.emit("UserCreated").await?.id;
+    relay.run_once().await?;
+    assert_eq!(next().await.as_ref(), Some(&third), "read after Redis came back");
+    stop_tx.send(true)?;
+    tail.await?;
+    f.cleanup().await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poison_entry_ends_in_the_dead_letter_stream() -> anyhow::Result<()> {
     let mut f = Fixture::new().await?;

@@ -628,10 +628,17 @@ async fn newest_entry(conn: &mut ConnectionManager, key: &str) -> anyhow::Result
     Ok(reply.ids.into_iter().next().map(|e| e.id))
 }
 
+/// An entry id (`1733471234567-3`) as numbers, to compare; (0, 0) for one that is not an id.
+fn entry_position(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
+}
+
 /// Follows every entry of `stream` after `from` (no consumer group: every replica sees all),
 /// handing the id and envelope of each entry whose short type `wants` accepts to `apply`,
 /// until `stop` turns true. On a stream a service owns, only entries that service signed are
-/// handed on; others are logged, counted and skipped (audit records them).
+/// handed on; others are logged, counted and skipped (audit records them). A stream that
+/// comes back shorter than the position reached is followed again from its start.
 #[allow(clippy::too_many_arguments)]
 pub fn tail(
     target: RedisTarget,
@@ -674,6 +681,18 @@ pub fn tail(
                 _ = stop.changed() => return,
             };
             match read {
+                Ok(reply) if reply.as_ref().is_none_or(|r| r.keys.iter().all(|k| k.ids.is_empty())) => {
+                    // Nothing new. If the stream now ends before this position (Redis came
+                    // back empty, or the stream was deleted, after an entry with an id far
+                    // ahead was read: one written by hand can claim any id), nothing written
+                    // from now on would be read: follow it again from its start.
+                    if let Ok(newest) = newest_entry(c, &key).await
+                        && newest.as_deref().map_or((0, 0), entry_position) < entry_position(&last)
+                    {
+                        tracing::warn!(stream = %key, position = %last, newest = ?newest, "stream ends before this tail's position: reading it again from its start");
+                        last = "0-0".to_owned();
+                    }
+                }
                 Ok(reply) => {
                     for entry in reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids) {
                         let envelope = entry
