@@ -1620,3 +1620,53 @@ async fn eligibility_reaches_down_not_up_justifications_are_words_and_apps_are_n
     })
     .await
 }
+
+/// A user the directory disabled holds nothing: CheckAccess answers no for roles still
+/// assigned to them, and the activation they asked for that waited for approval is canceled
+/// (no approver can grant it now). Enabled again, their assignments count again. On both
+/// deployments: with Redis, assignment hears of it over the identity stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disabled_user_holds_nothing_and_what_they_asked_for_ends() -> anyhow::Result<()> {
+    const SECURITY_READER: &str = "5d6b6bb7-de71-4623-b4af-96380a352509";
+    run_on_both(|w| async move {
+        let dan = w.user("dan").await?;
+        w.assignments()
+            .create_request(authed(
+                &w.admin,
+                assign_for_an_hour(apb::AssignmentKind::Active, &dan.id, EXCHANGE_ADMINISTRATOR),
+            ))
+            .await?;
+        w.make_eligible(&dan, SECURITY_READER).await?;
+        w.set_policy(SECURITY_READER, |p| p.approval_required = true).await?;
+        let asked = w
+            .assignments()
+            .create_request(authed(
+                &w.stepped_up(&dan)?,
+                activation(SECURITY_READER, HOUR_MS, "rota"),
+            ))
+            .await?
+            .into_inner();
+        assert_eq!(asked.status, apb::RequestStatus::PendingApproval as i32);
+        assert!(w.check(&dan.id, EXCHANGE_ADMINISTRATOR).await?.allowed);
+
+        let mut directory = DirectoryServiceClient::new(w.ts.channel.clone());
+        let user = || ipb::GetUserRequest { user: dan.id.clone() };
+        directory.disable_user(authed(&w.admin, user())).await?;
+        eventually(Duration::from_secs(10), "a disabled user holds nothing", || async {
+            Ok((!w.check(&dan.id, EXCHANGE_ADMINISTRATOR).await?.allowed).then_some(()))
+        })
+        .await?;
+        w.eventually_status(&w.admin, &asked.id, apb::RequestStatus::Canceled)
+            .await?;
+
+        directory.enable_user(authed(&w.admin, user())).await?;
+        eventually(
+            Duration::from_secs(10),
+            "enabled, the assignment counts again",
+            || async { Ok(w.check(&dan.id, EXCHANGE_ADMINISTRATOR).await?.allowed.then_some(())) },
+        )
+        .await?;
+        Ok(w)
+    })
+    .await
+}

@@ -939,6 +939,45 @@ async fn a_consistency_token_makes_another_replica_answer_after_the_write() -> a
             }
         }
 
+        // A user disabled on identity holds nothing on either replica, given DisableUser's
+        // token (whichever replica's consumer applied it); enabled, their assignment counts.
+        let direct = writes
+            .create_request(authed(
+                &admin,
+                pim_e2e::assign_for_an_hour(apb::AssignmentKind::Active, &lee.id, EXCHANGE_ADMINISTRATOR),
+            ))
+            .await?
+            .into_inner()
+            .consistency_token;
+        let direct = ConsistencyToken::parse(&direct).map_err(anyhow::Error::msg)?;
+        let lee_user = || ipb::GetUserRequest { user: lee.id.clone() };
+        let disabled = directory.disable_user(authed(&admin, lee_user())).await?;
+        let disabled = disabled
+            .metadata()
+            .get(TOKEN_HEADER)
+            .map(|v| v.to_str().map(str::to_owned))
+            .transpose()?
+            .expect("DisableUser names its position");
+        let disabled = ConsistencyToken::parse(&disabled)
+            .map_err(anyhow::Error::msg)?
+            .merge(&direct)
+            .to_string();
+        for (name, replica) in [("A", &a), ("B", &b)] {
+            assert!(
+                !check_fresh(replica, &admin, &lee.id, &disabled).await?,
+                "{name} refuses a disabled user right after DisableUser"
+            );
+        }
+        directory.enable_user(authed(&admin, lee_user())).await?;
+        for replica in [&a, &b] {
+            pim_e2e::eventually(
+                std::time::Duration::from_secs(10),
+                "enabled, Lee holds it again",
+                || async { Ok(check_fresh(replica, &admin, &lee.id, "").await?.then_some(())) },
+            )
+            .await?;
+        }
+
         // A token no replica reaches before the deadline: UNAVAILABLE, with a retry hint.
         let ahead = format!("v1;{}=99999999999999-0", pim_runtime::events::streams::IDENTITY);
         let stale = check_fresh(&b, &admin, &lee.id, &ahead).await.expect_err("not reached");

@@ -6,7 +6,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
-use pim_proto::events::v1::{GroupDeleted, GroupMembershipChanged};
+use pim_proto::events::v1::{GroupDeleted, GroupMembershipChanged, UserDisabled};
 use pim_runtime::db::Db;
 use pim_runtime::events::{Envelope, EventType, decode, event_type};
 
@@ -27,6 +27,8 @@ struct Held {
     groups_of: HashMap<String, HashSet<String>>,
     /// (group, member) → the version of identity's last change applied, current or ended.
     versions: HashMap<(String, String), u64>,
+    /// The users identity disabled (or deleted): they hold nothing until enabled again.
+    disabled: HashSet<String>,
 }
 
 /// A membership identity changed: (group, member) is a member now, or no longer, as of
@@ -45,7 +47,87 @@ impl Memberships {
         for m in store::group_memberships(db).await? {
             memberships.set_as_of(&m.group_id, &m.principal_id, m.member, m.version);
         }
+        let disabled = store::disabled_users(db).await?;
+        memberships
+            .held
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .disabled
+            .extend(disabled);
         Ok(memberships)
+    }
+
+    /// The user state an identity event tells: a user disabled, enabled or deleted, as of the
+    /// event's time. The announcement of a user disabled before assignment followed such
+    /// events tells of the past: as of 0, so whatever identity told since wins over it.
+    pub fn user_state_change(envelope: &Envelope) -> anyhow::Result<Option<UserStateChange>> {
+        let told = match event_type(envelope) {
+            Some(
+                t @ (EventType::UserDisabled
+                | EventType::UserDisabledAnnounced
+                | EventType::UserEnabled
+                | EventType::UserDeleted),
+            ) => t,
+            _ => return Ok(None),
+        };
+        let e: UserDisabled = decode(envelope)?;
+        let as_of = match told {
+            EventType::UserDisabledAnnounced => 0,
+            _ => envelope
+                .time
+                .as_ref()
+                .map(pim_runtime::db::from_timestamp)
+                .unwrap_or_default(),
+        };
+        Ok(Some(UserStateChange {
+            user: e.user_id,
+            enabled: told == EventType::UserEnabled,
+            as_of,
+        }))
+    }
+
+    /// Whether identity disabled (or deleted) `principal_id`: such a user holds nothing.
+    pub fn is_disabled(&self, principal_id: &str) -> bool {
+        let held = self.held.read().unwrap_or_else(|e| e.into_inner());
+        held.disabled.contains(principal_id)
+    }
+
+    /// Takes the database's word on whether `user_id` may sign in (recorded from identity's
+    /// events by whichever replica consumed them), once it holds a state as of `as_of` or
+    /// later, or after 5 s whatever it holds (the event was stale or replayed); a user
+    /// disabled drops the answers the process cached.
+    pub async fn follow_user_state(&self, db: &Db, user_id: &str, as_of: i64) {
+        let mut state = None;
+        for _ in 0..50 {
+            match store::user_state(db, user_id).await {
+                Ok(now) => {
+                    state = Some(now);
+                    if now.is_some_and(|(_, at)| at >= as_of) {
+                        break;
+                    }
+                }
+                Err(err) => tracing::warn!(error = %err, "reading a user's state failed; retrying"),
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        let Some(state) = state else {
+            return;
+        };
+        let enabled = state.is_none_or(|(enabled, _)| enabled);
+        let changed = {
+            let mut held = self.held.write().unwrap_or_else(|e| e.into_inner());
+            if enabled {
+                held.disabled.remove(user_id)
+            } else {
+                held.disabled.insert(user_id.to_owned())
+            }
+        };
+        if changed
+            && !enabled
+            && let Some(changes) = &self.changes
+        {
+            changes.access_lost();
+        }
     }
 
     /// From now on, each membership that starts or ends is announced on `changes` as a Group
@@ -159,12 +241,22 @@ impl Memberships {
     }
 }
 
+/// A user identity disabled, enabled or deleted (`enabled` false for both others).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserStateChange {
+    pub user: String,
+    pub enabled: bool,
+    pub as_of: i64,
+}
+
 /// What an entry of identity's stream changes for a replica's memory.
 pub enum IdentityChange {
     /// A membership of a role-assignable group.
     Membership(MembershipChange),
     /// A group was deleted: its assignments end.
     GroupDeleted(String),
+    /// A user was disabled, enabled or deleted.
+    UserState(UserStateChange),
     Nothing,
 }
 
@@ -178,6 +270,14 @@ impl IdentityChange {
                     Self::Nothing
                 }
             };
+        }
+        match Memberships::user_state_change(envelope) {
+            Ok(Some(change)) => return Self::UserState(change),
+            Ok(None) => {}
+            Err(err) => {
+                tracing::warn!(event_id = %envelope.id, error = %err, "unreadable user state event");
+                return Self::Nothing;
+            }
         }
         match Memberships::change(envelope) {
             Ok(Some(change)) => Self::Membership(change),

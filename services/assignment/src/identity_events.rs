@@ -46,26 +46,17 @@ impl EventHandler for IdentityEvents {
     }
 
     async fn handle(&self, txn: &DatabaseTransaction, envelope: &Envelope) -> anyhow::Result<()> {
-        if let Some(
-            event_type @ (EventType::UserDisabled
-            | EventType::UserDisabledAnnounced
-            | EventType::UserEnabled
-            | EventType::UserDeleted),
-        ) = event_type(envelope)
-        {
-            // One event type for the four; a state older than the one recorded changes nothing.
-            // The announcement (a user disabled before this was followed) tells of the past:
-            // whatever identity told since wins over it.
-            let e: UserDisabled = decode(envelope)?;
-            let as_of = match event_type {
-                EventType::UserDisabledAnnounced => 0,
-                _ => envelope
-                    .time
-                    .as_ref()
-                    .map(pim_runtime::db::from_timestamp)
-                    .unwrap_or_default(),
-            };
-            store::set_user_enabled(txn, &e.user_id, event_type == EventType::UserEnabled, as_of).await?;
+        if let Some(change) = Memberships::user_state_change(envelope)? {
+            // A state older than the one recorded changes nothing. A user disabled holds
+            // nothing, and what they asked for waits for nobody any more.
+            let applied = store::set_user_enabled(txn, &change.user, change.enabled, change.as_of).await?;
+            if applied && !change.enabled {
+                let actor = decode::<UserDisabled>(envelope)?.actor;
+                self.0
+                    .cancel_waiting_requests(txn, &change.user, "canceled: the requester was disabled", actor)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+            }
             return Ok(());
         }
         if event_type(envelope) == Some(EventType::GroupDeleted) {
@@ -98,6 +89,14 @@ impl EventHandler for IdentityEvents {
     }
 
     async fn after_commit(&self, envelope: &Envelope) {
+        if let Ok(Some(change)) = Memberships::user_state_change(envelope) {
+            // Memory takes the database's word (a state told late changed nothing there).
+            self.0
+                .memberships
+                .follow_user_state(&self.0.db, &change.user, change.as_of)
+                .await;
+            return;
+        }
         if event_type(envelope) == Some(EventType::GroupDeleted) {
             // The index follows what was committed, read back from the database.
             if let Ok(e) = decode::<GroupDeleted>(envelope)

@@ -362,8 +362,16 @@ impl Service for Assignment {
                     // A deleted group's assignments leave memory once the database has them
                     // ended (by whichever replica's consumer handled the deletion).
                     for (_, change) in &batch {
-                        if let groups::IdentityChange::GroupDeleted(group) = change {
-                            assignments.follow_group_deletion(group).await;
+                        match change {
+                            groups::IdentityChange::GroupDeleted(group) => {
+                                assignments.follow_group_deletion(group).await
+                            }
+                            // A user disabled holds nothing here either, once the database
+                            // says so.
+                            groups::IdentityChange::UserState(user) => {
+                                memberships.follow_user_state(&db, &user.user, user.as_of).await;
+                            }
+                            _ => {}
                         }
                     }
                     // The last word on each membership in the batch, each followed at once.

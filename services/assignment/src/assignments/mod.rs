@@ -198,6 +198,16 @@ impl Assignments {
     /// and the grants that say so.
     pub async fn decide(&self, principal: &str, target: &Target, scope: &Scope) -> Result<(Decision, Vec<GrantUsed>)> {
         let now = self.now();
+        // A user identity disabled holds nothing, whatever their assignments, until enabled.
+        if self.memberships.is_disabled(principal) {
+            return Ok((
+                Decision {
+                    allowed: false,
+                    expires_at: None,
+                },
+                Vec::new(),
+            ));
+        }
         let mut used = Vec::new();
         let (mut permanent, mut latest_end) = (false, None::<i64>);
         // By permission: the roles that grant it, looked up once for every grant to meet.

@@ -339,6 +339,30 @@ impl Assignments {
         Ok(())
     }
 
+    /// Cancels the activations `principal_id` asked for that still wait for approval (their
+    /// approvals end with them), saying why; the ids of those canceled.
+    pub(crate) async fn cancel_waiting_requests(
+        &self,
+        txn: &DatabaseTransaction,
+        principal_id: &str,
+        why: &str,
+        actor: Option<Actor>,
+    ) -> Result<Vec<String>> {
+        let now = self.now();
+        let mut canceled = Vec::new();
+        for mut request in store::pending_activations(txn, principal_id).await? {
+            request.status = RequestStatus::Canceled;
+            request.outcome_reason = why.into();
+            if self
+                .transition(txn, &request, RequestStatus::PendingApproval, actor.clone(), now)
+                .await?
+            {
+                canceled.push(request.id);
+            }
+        }
+        Ok(canceled)
+    }
+
     /// CancelRequest: the requester withdraws a request still waiting for approval.
     pub async fn cancel_request(&self, caller: &Caller, id: &str) -> Result<RequestRow> {
         let mut request = self.get_request(caller, id).await?;

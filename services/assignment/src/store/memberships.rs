@@ -183,6 +183,28 @@ pub async fn set_user_enabled<C: ConnectionTrait>(
     .is_some())
 }
 
+/// The users identity last told are disabled (or deleted).
+pub async fn disabled_users<C: ConnectionTrait>(c: &C) -> Result<Vec<String>, DbErr> {
+    db::query(c, "SELECT principal_id FROM user_states WHERE NOT enabled", vec![])
+        .await?
+        .iter()
+        .map(|r| col(r, "principal_id"))
+        .collect()
+}
+
+/// Whether identity last told `principal_id` may sign in, and as of when; None when it never
+/// told (an enabled user).
+pub async fn user_state<C: ConnectionTrait>(c: &C, principal_id: &str) -> Result<Option<(bool, i64)>, DbErr> {
+    db::query_one(
+        c,
+        "SELECT enabled, as_of FROM user_states WHERE principal_id = $1",
+        vec![principal_id.into()],
+    )
+    .await?
+    .map(|r| Ok((col(&r, "enabled")?, col(&r, "as_of")?)))
+    .transpose()
+}
+
 /// Serialises, until `c`'s transaction ends, the changes that weigh what `principal_id`'s
 /// activations rest on (PostgreSQL: an advisory lock on the id; SQLite has one writer
 /// anyway): two removals of the two eligibilities an activation rests on then cannot each
