@@ -565,6 +565,34 @@ async fn users_and_service_principals_are_maintained_safely() -> anyhow::Result<
             Code::Unauthenticated
         );
         auth.sign_in_service_principal(sign_in(rotated.clone())).await?;
+        // An app disabled holds nothing, whatever stays assigned to it.
+        const SECURITY_READER: &str = "5d6b6bb7-de71-4623-b4af-96380a352509";
+        AssignmentServiceClient::new(ts.channel.clone())
+            .create_request(authed(
+                &admin,
+                assign(apb::AssignmentKind::Active, &bot, SECURITY_READER),
+            ))
+            .await?;
+        let holds = || {
+            use pim_proto::assignment::v1::access_service_client::AccessServiceClient;
+            let (channel, admin, bot) = (ts.channel.clone(), admin.clone(), bot.clone());
+            async move {
+                let ask = apb::CheckAccessRequest {
+                    principal_id: bot,
+                    target: Some(apb::check_access_request::Target::RoleId(SECURITY_READER.into())),
+                    scope: "/".into(),
+                    ..Default::default()
+                };
+                anyhow::Ok(
+                    AccessServiceClient::new(channel)
+                        .check_access(authed(&admin, ask))
+                        .await?
+                        .into_inner()
+                        .allowed,
+                )
+            }
+        };
+        assert!(holds().await?, "the bot holds Security Reader");
         directory
             .disable_service_principal(authed(
                 &admin,
@@ -580,6 +608,12 @@ async fn users_and_service_principals_are_maintained_safely() -> anyhow::Result<
                 .code(),
             Code::Unauthenticated
         );
+        eventually(
+            std::time::Duration::from_secs(5),
+            "the disabled bot to hold nothing",
+            || async { Ok((!holds().await?).then_some(())) },
+        )
+        .await?;
         eventually(
             std::time::Duration::from_secs(5),
             "the disabled bot's token to stop working",

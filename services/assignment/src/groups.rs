@@ -6,7 +6,8 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
-use pim_proto::events::v1::{GroupDeleted, GroupMembershipChanged, UserDisabled};
+use pim_proto::common::v1::Actor;
+use pim_proto::events::v1::{GroupDeleted, GroupMembershipChanged, ServicePrincipalCreated, UserDisabled};
 use pim_runtime::db::Db;
 use pim_runtime::events::{Envelope, EventType, decode, event_type};
 
@@ -57,11 +58,24 @@ impl Memberships {
         Ok(memberships)
     }
 
-    /// The user state an identity event tells: a user disabled, enabled or deleted, as of the
-    /// event's time. The announcement of a user disabled before assignment followed such
+    /// The user state an identity event tells: a user disabled, enabled or deleted, or a
+    /// service principal disabled, as of the event's time. The announcement of a user disabled before assignment followed such
     /// events tells of the past: as of 0, so whatever identity told since wins over it.
     pub fn user_state_change(envelope: &Envelope) -> anyhow::Result<Option<UserStateChange>> {
         let told = match event_type(envelope) {
+            Some(EventType::ServicePrincipalDisabled) => {
+                let e: ServicePrincipalCreated = decode(envelope)?;
+                return Ok(Some(UserStateChange {
+                    user: e.service_principal_id,
+                    actor: e.actor,
+                    enabled: false,
+                    as_of: envelope
+                        .time
+                        .as_ref()
+                        .map(pim_runtime::db::from_timestamp)
+                        .unwrap_or_default(),
+                }));
+            }
             Some(
                 t @ (EventType::UserDisabled
                 | EventType::UserDisabledAnnounced
@@ -81,6 +95,7 @@ impl Memberships {
         };
         Ok(Some(UserStateChange {
             user: e.user_id,
+            actor: e.actor,
             enabled: told == EventType::UserEnabled,
             as_of,
         }))
@@ -245,6 +260,8 @@ impl Memberships {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UserStateChange {
     pub user: String,
+    /// Who changed it.
+    pub actor: Option<Actor>,
     pub enabled: bool,
     pub as_of: i64,
 }

@@ -4,7 +4,7 @@
 
 use sea_orm::DatabaseTransaction;
 
-use pim_proto::events::v1::{GroupDeleted, GroupMembershipChanged, UserDisabled};
+use pim_proto::events::v1::{GroupDeleted, GroupMembershipChanged};
 use pim_runtime::events::{Envelope, EventHandler, EventType, decode, event_type, streams};
 
 use crate::assignments::Assignments;
@@ -36,6 +36,7 @@ impl EventHandler for IdentityEvents {
                     | EventType::UserDisabledAnnounced
                     | EventType::UserEnabled
                     | EventType::UserDeleted
+                    | EventType::ServicePrincipalDisabled
             )
         )
     }
@@ -51,9 +52,8 @@ impl EventHandler for IdentityEvents {
             // nothing, and what they asked for waits for nobody any more.
             let applied = store::set_user_enabled(txn, &change.user, change.enabled, change.as_of).await?;
             if applied && !change.enabled {
-                let actor = decode::<UserDisabled>(envelope)?.actor;
                 self.0
-                    .cancel_waiting_requests(txn, &change.user, "canceled: the requester was disabled", actor)
+                    .cancel_waiting_requests(txn, &change.user, "canceled: the requester was disabled", change.actor)
                     .await
                     .map_err(|e| anyhow::anyhow!("{e}"))?;
             }

@@ -134,7 +134,7 @@ pub fn record(envelope: &Envelope, correlator: &Correlator) -> anyhow::Result<Re
             r.scope = pim_proto::catalogue::group_scope(&e.group_id);
             json!({"group_id": e.group_id, "principal_id": e.principal_id, "is_assignable_to_role": e.is_assignable_to_role})
         }
-        Some(EventType::ServicePrincipalCreated) => {
+        Some(EventType::ServicePrincipalCreated | EventType::ServicePrincipalDisabled) => {
             let e: ev::ServicePrincipalCreated = decode(envelope)?;
             set_actor(&mut r, &e.actor);
             r.target_id = e.service_principal_id.clone();

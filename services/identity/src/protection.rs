@@ -336,6 +336,14 @@ impl Directory {
         store::set_service_principal_enabled(&txn, &sp.id, false).await?;
         self.revoke_all_sessions(&txn, caller, &sp.id, "service_principal_disabled")
             .await?;
+        // Assignment counts it out: an app disabled holds nothing, whatever stays assigned.
+        let event = ev::ServicePrincipalCreated {
+            actor: Some(caller.actor()),
+            service_principal_id: sp.id.clone(),
+            display_name: sp.display_name.clone(),
+        };
+        self.emit(&txn, EventType::ServicePrincipalDisabled, &sp.id, &event)
+            .await?;
         txn.commit().await?;
         self.outbox.wake();
         sp.enabled = false;

@@ -87,6 +87,8 @@ published! {
     GroupOwnerAdded: Identity;
     GroupOwnerRemoved: Identity;
     ServicePrincipalCreated: Identity;
+    /// Told with `ServicePrincipalCreated`'s fields: the principal now holds nothing.
+    ServicePrincipalDisabled: Identity;
     SignInSucceeded: Identity;
     SignInMfaPending: Identity;
     SignInEnrollmentPending: Identity;
