@@ -532,6 +532,71 @@ async fn a_tail_past_an_id_far_ahead_follows_the_stream_after_redis_loses_it() -
     f.cleanup().await
 }
 
+/// A process that starts while Redis is unreachable serves all the same: its publisher and
+/// consumers connect at their first command, and a tail starts from the stream's start. Once
+/// Redis is up (a real `redis-server`, started late), what was written meanwhile is published,
+/// consumed once and followed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_started_while_redis_is_down_catches_up_once_it_is_up() -> anyhow::Result<()> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let url = format!("redis://127.0.0.1:{port}");
+    let f = Fixture::new().await?;
+    let publisher = Arc::new(RedisPublisher::connect(&url, &f.prefix).await?);
+    let relay = Relay::new(f.db.clone(), f.outbox.clone(), publisher).signed_with(keys());
+    let inbox = Inbox::new(f.db.clone(), Arc::new(Recorder));
+    let consumer = RedisConsumer::connect(&url, &f.prefix, inbox, unique("replica"), fast(5))
+        .await?
+        .spawn();
+    let start = pim_runtime::events::tail_start(&url.as_str().into(), &f.prefix, streams::IDENTITY).await;
+    assert_eq!(start, "0-0", "no position to take: from the start");
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let tail = pim_runtime::events::tail(
+        url.as_str().into(),
+        f.prefix.clone(),
+        streams::IDENTITY,
+        start,
+        keys(),
+        stop,
+        |_| true,
+        move |_, e| {
+            let _ = seen_tx.send(e.id.clone());
+        },
+    );
+    let emitted = f.emit("UserCreated").await?.id;
+    assert_eq!(relay.run_once().await.unwrap_or(0), 0, "nothing to publish to yet");
+    assert_eq!(pending(&f.db).await?, 1, "the event waits in the outbox");
+
+    let mut redis = std::process::Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--save", "", "--appendonly", "no"])
+        .stdout(std::process::Stdio::null())
+        .spawn()?;
+    let caught_up = async {
+        eventually(Duration::from_secs(15), "the relay to publish", || async {
+            Ok(relay.run_once().await.ok().filter(|n| *n == 1))
+        })
+        .await?;
+        eventually(Duration::from_secs(10), "the consumer to apply it", || async {
+            Ok((f.applied(&emitted).await? == 1).then_some(()))
+        })
+        .await?;
+        let followed = tokio::time::timeout(Duration::from_secs(10), seen.recv())
+            .await
+            .ok()
+            .flatten();
+        assert_eq!(followed, Some(emitted.clone()), "the tail follows it");
+        anyhow::Ok(())
+    }
+    .await;
+    redis.kill()?;
+    redis.wait()?;
+    caught_up?;
+    consumer.stop().await;
+    stop_tx.send(true)?;
+    tail.await?;
+    f.cleanup().await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poison_entry_ends_in_the_dead_letter_stream() -> anyhow::Result<()> {
     let mut f = Fixture::new().await?;

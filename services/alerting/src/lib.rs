@@ -48,7 +48,7 @@ impl Alerting {
         let dead_letters = match deps.config.redis()? {
             Some(redis) => {
                 let prefix = deps.config.stream_prefix.clone();
-                let from = pim_runtime::events::last_entry_id(&redis, &prefix, streams::DEADLETTER).await?;
+                let from = pim_runtime::events::tail_start(&redis, &prefix, streams::DEADLETTER).await;
                 Some((redis, prefix, from))
             }
             None => None,

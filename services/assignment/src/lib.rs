@@ -68,13 +68,13 @@ impl Assignment {
         let redis = deps.config.redis()?;
         let tail_from = match &redis {
             Some(redis) => {
-                Some(pim_runtime::events::last_entry_id(redis, &deps.config.stream_prefix, streams::ASSIGNMENT).await?)
+                Some(pim_runtime::events::tail_start(redis, &deps.config.stream_prefix, streams::ASSIGNMENT).await)
             }
             None => None,
         };
         let identity_tail_from = match &redis {
             Some(redis) => {
-                Some(pim_runtime::events::last_entry_id(redis, &deps.config.stream_prefix, streams::IDENTITY).await?)
+                Some(pim_runtime::events::tail_start(redis, &deps.config.stream_prefix, streams::IDENTITY).await)
             }
             None => None,
         };

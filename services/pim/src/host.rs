@@ -30,7 +30,7 @@ use pim_runtime::clock::{Clock, SystemClock};
 use pim_runtime::events::EventType;
 use pim_runtime::events::{
     ConsumerHandle, ConsumerOptions, EmbeddedBus, InProcessFirst, Inbox, Publisher, RedisConsumer, RedisPublisher,
-    Relay, RelayHandle, last_entry_id, streams, tail,
+    Relay, RelayHandle, streams, tail, tail_start,
 };
 use pim_runtime::host::{Deps, Service};
 use pim_runtime::{db, grpc};
@@ -378,7 +378,7 @@ impl Suite {
         if let Some(redis) = &redis {
             // Lost access reaches the cached answers of this process at once, not after the TTL.
             for stream in [streams::ASSIGNMENT, streams::IDENTITY] {
-                let from = last_entry_id(redis, &config.stream_prefix, stream).await?;
+                let from = tail_start(redis, &config.stream_prefix, stream).await;
                 let (cache, revocations) = (cache.clone(), revocations.clone());
                 background.push(tail(
                     redis.clone(),

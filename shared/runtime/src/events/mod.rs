@@ -23,7 +23,9 @@ pub use migration::{SqlMigration, backbone_migrations};
 pub use outbox::{
     INBOX_KEPT, OUTBOX_INSERT, Outbox, OutboxRows, Pending, Publisher, Relay, RelayHandle, pending, replay,
 };
-pub use redis::{ConsumerHandle, ConsumerOptions, RedisConsumer, RedisPublisher, RedisTarget, last_entry_id, tail};
+pub use redis::{
+    ConsumerHandle, ConsumerOptions, RedisConsumer, RedisPublisher, RedisTarget, last_entry_id, tail, tail_start,
+};
 pub use signing::{EventKeys, PUBLISHERS, Rejection, key_id, owner};
 
 pub use pim_proto::event_types::{EventType, Source};

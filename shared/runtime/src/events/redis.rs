@@ -103,6 +103,19 @@ pub async fn connect(target: &RedisTarget, block: Duration) -> anyhow::Result<Co
         .context("connecting to Redis")
 }
 
+/// A managed connection that connects at its first command, not now: a process starting
+/// while Redis is unreachable serves all the same (its events wait in the outbox, its
+/// consumers and tails retry) and reaches Redis once it is back.
+fn connect_lazily(target: &RedisTarget, block: Duration) -> anyhow::Result<ConnectionManager> {
+    // A command waits for a connection only briefly: the relay and the consumers retry.
+    let config = ConnectionManagerConfig::new()
+        .set_number_of_retries(2)
+        .set_max_delay(Duration::from_millis(500))
+        .set_connection_timeout(Some(Duration::from_secs(5)))
+        .set_response_timeout(Some(block + Duration::from_secs(5)));
+    ConnectionManager::new_lazy_with_config(target.client()?, config).context("configuring the Redis connection")
+}
+
 /// Publishes envelopes with XADD.
 #[derive(Clone)]
 pub struct RedisPublisher {
@@ -113,7 +126,7 @@ pub struct RedisPublisher {
 impl RedisPublisher {
     pub async fn connect(target: impl Into<RedisTarget>, prefix: &str) -> anyhow::Result<Self> {
         Ok(Self {
-            conn: connect(&target.into(), Duration::ZERO).await?,
+            conn: connect_lazily(&target.into(), Duration::ZERO)?,
             prefix: prefix.to_owned(),
         })
     }
@@ -238,7 +251,7 @@ impl RedisConsumer {
         name: String,
         options: ConsumerOptions,
     ) -> anyhow::Result<Self> {
-        let conn = connect(&target.into(), options.block).await?;
+        let conn = connect_lazily(&target.into(), options.block)?;
         let consumer = Self {
             conn,
             inbox,
@@ -247,7 +260,10 @@ impl RedisConsumer {
             options,
             claimed_at: std::sync::Mutex::new(None),
         };
-        consumer.create_groups().await?;
+        // Redis unreachable now: a read that finds no group makes it (see `pass`).
+        if let Err(err) = consumer.create_groups().await {
+            tracing::warn!(error = %format!("{err:#}"), consumer = %consumer.name, "consumer groups not made yet; retrying at each read");
+        }
         Ok(consumer)
     }
 
@@ -620,6 +636,23 @@ pub async fn last_entry_id(target: impl Into<RedisTarget>, prefix: &str, stream:
     Ok(newest_entry(&mut conn, &format!("{prefix}{stream}"))
         .await?
         .unwrap_or_else(|| "0-0".to_owned()))
+}
+
+/// Where a tail starting now begins: after the newest entry of `stream`, or, with Redis
+/// unreachable, at its start (what it then reads again changes nothing: the state was loaded
+/// from the database after this position was taken).
+pub async fn tail_start(target: &RedisTarget, prefix: &str, stream: &str) -> String {
+    let newest = async {
+        let mut conn = connect_lazily(target, Duration::ZERO)?;
+        newest_entry(&mut conn, &format!("{prefix}{stream}")).await
+    };
+    match newest.await {
+        Ok(id) => id.unwrap_or_else(|| "0-0".to_owned()),
+        Err(err) => {
+            tracing::warn!(stream, error = %format!("{err:#}"), "Redis unreachable at start: the stream will be followed from its start");
+            "0-0".to_owned()
+        }
+    }
 }
 
 /// The id of the newest entry of stream `key`, if it has any.
