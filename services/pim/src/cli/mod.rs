@@ -425,9 +425,6 @@ impl std::fmt::Display for Answered {
 
 impl std::error::Error for Answered {}
 
-/// The exit status of a command that failed: 1 refused (by a permission, a policy rule or
-/// the state of things; `pim check` also answers 1 for "not allowed"), 2 a usage mistake (bad
-/// flags or input, not signed in), 3 PIM unreachable, 4 a fault on the server's side.
 /// Whether the server refused the caller this (PERMISSION_DENIED), somewhere in `err`.
 pub(crate) fn is_denied(err: &anyhow::Error) -> bool {
     err.chain().any(|cause| {
@@ -437,15 +434,20 @@ pub(crate) fn is_denied(err: &anyhow::Error) -> bool {
     })
 }
 
+/// The exit status of a command that failed: 1 refused (by a permission, a policy rule or
+/// the state of things; `pim check` also answers 1 for "not allowed"), 2 a usage mistake (bad
+/// flags or input, not signed in, a server that does not serve the call), 3 PIM unreachable,
+/// 4 a fault on the server's side.
 pub fn exit_status(err: &anyhow::Error) -> i32 {
     use tonic::Code as C;
     for cause in err.chain() {
         if let Some(answered) = cause.downcast_ref::<Answered>() {
             return match answered.code {
-                // Not signed in (or no longer): a step the user left out, not a refusal.
-                C::InvalidArgument | C::OutOfRange | C::Unauthenticated => 2,
+                // Not signed in (or no longer): a step the user left out, not a refusal. A
+                // call the server does not serve: one service's address given for another's.
+                C::InvalidArgument | C::OutOfRange | C::Unauthenticated | C::Unimplemented => 2,
                 C::Unavailable | C::DeadlineExceeded => 3,
-                C::Internal | C::Unknown | C::DataLoss | C::Unimplemented => 4,
+                C::Internal | C::Unknown | C::DataLoss => 4,
                 _ => 1,
             };
         }
@@ -474,6 +476,10 @@ pub(crate) fn explain(status: Status) -> anyhow::Error {
             " (your roles do not allow this)"
         }
         tonic::Code::Unavailable => " (is PIM running at --server, or the server of the last pim login?)",
+        tonic::Code::Unimplemented => {
+            " (the server does not serve this call: give --server the address of the gateway or of pim up, \
+             which serve every service; one service serves only its own calls, and pim looks names up at identity)"
+        }
         _ => "",
     };
     let rules = if rules.is_empty() {

@@ -204,6 +204,11 @@ fn the_distributed_shape_is_driven_through_the_gateway() {
         assert!(Instant::now() < deadline, "the approved role never became active");
         std::thread::sleep(Duration::from_millis(100));
     }
+    // Names asked of assignment's own address: a usage mistake that says what to give.
+    let at_assignment = admin.run(&["check", "lee", "Security Reader", "--server", &url(1)], None);
+    let said = String::from_utf8_lossy(&at_assignment.stderr);
+    assert_eq!(at_assignment.status.code(), Some(2), "{said}");
+    assert!(said.contains("the address of the gateway"), "{said}");
 
     // Policy as code on PostgreSQL + Redis: the example applies once, and its export plans
     // no change.
