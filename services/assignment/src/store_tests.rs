@@ -245,6 +245,15 @@ async fn the_permanent_global_administrators_are_those_in_force_at_the_root() ->
             [permanent.id.clone()],
             "enabled again"
         );
+        // Counted out before identity's word (PrepareUserDisable): the protection weighs it,
+        // but only a disable identity told makes a user hold nothing.
+        assert!(store::count_out_user(&db, "lee", NOW + 2).await?);
+        assert!(permanent_ids(db.clone()).await?.is_empty(), "counted out");
+        assert_eq!(store::user_state(&db, "lee").await?, Some((true, NOW + 2)));
+        assert!(store::disabled_users(&db).await?.is_empty());
+        assert!(store::set_user_enabled(&db, "lee", false, NOW + 3).await?);
+        assert_eq!(store::user_state(&db, "lee").await?, Some((false, NOW + 3)));
+        assert_eq!(store::disabled_users(&db).await?, ["lee"]);
         Ok(())
     })
     .await

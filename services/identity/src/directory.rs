@@ -178,25 +178,39 @@ impl Directory {
         Ok(users.len())
     }
 
-    /// Announces every disabled user once for the database (`UserDisabledAnnounced`, by PIM):
-    /// assignment's last-Global-Administrator protection counts only enabled users, and users
-    /// disabled before it followed `UserDisabled` would otherwise count. How many were.
+    /// Announces every disabled user once for the database (`UserDisabledAnnounced`, by PIM),
+    /// and every disabled service principal (`ServicePrincipalDisabled`): assignment counts
+    /// only enabled principals, and those disabled before it followed these events would
+    /// otherwise count. How many were.
     pub async fn announce_disabled_once(&self) -> Result<usize> {
         let txn = self.db.begin().await?;
-        if !store::claim_announcement(&txn, "disabled_users", self.clock.now_ms()).await? {
-            return Ok(0);
+        let upgrade = || Some(actor("system", PrincipalKind::Unspecified, "PIM (upgrade)"));
+        let mut announced = 0;
+        if store::claim_announcement(&txn, "disabled_users", self.clock.now_ms()).await? {
+            for u in store::disabled_users(&txn).await? {
+                let event = ev::UserDisabled {
+                    actor: upgrade(),
+                    user_id: u.id.clone(),
+                    user_name: u.user_name.clone(),
+                };
+                self.emit(&txn, EventType::UserDisabledAnnounced, &u.id, &event).await?;
+                announced += 1;
+            }
         }
-        let users = store::disabled_users(&txn).await?;
-        for u in &users {
-            let event = ev::UserDisabled {
-                actor: Some(actor("system", PrincipalKind::Unspecified, "PIM (upgrade)")),
-                user_id: u.id.clone(),
-                user_name: u.user_name.clone(),
-            };
-            self.emit(&txn, EventType::UserDisabledAnnounced, &u.id, &event).await?;
+        if store::claim_announcement(&txn, "disabled_service_principals", self.clock.now_ms()).await? {
+            for sp in store::disabled_service_principals(&txn).await? {
+                let event = ev::ServicePrincipalCreated {
+                    actor: upgrade(),
+                    service_principal_id: sp.id.clone(),
+                    display_name: sp.display_name.clone(),
+                };
+                self.emit(&txn, EventType::ServicePrincipalDisabled, &sp.id, &event)
+                    .await?;
+                announced += 1;
+            }
         }
         txn.commit().await?;
-        Ok(users.len())
+        Ok(announced)
     }
 
     pub async fn create_user(&self, caller: &Caller, new: NewUser) -> Result<UserRow> {

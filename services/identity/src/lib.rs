@@ -85,7 +85,10 @@ impl Identity {
         }
         let announced = directory.announce_disabled_once().await?;
         if announced > 0 {
-            tracing::info!(users = announced, "disabled users announced to assignment (once)");
+            tracing::info!(
+                principals = announced,
+                "disabled users and service principals announced to assignment (once)"
+            );
         }
         Ok(Self {
             directory,

@@ -89,7 +89,7 @@ impl Assignments {
         if takes_the_last(&permanent, &losing) {
             return Err(last_global_admin_refused());
         }
-        if !store::set_user_enabled(&txn, user_id, false, as_of).await? {
+        if !store::count_out_user(&txn, user_id, as_of).await? {
             return Err(Error::Aborted(
                 "the directory told of this user since; read the user again and retry".into(),
             ));

@@ -171,13 +171,31 @@ pub async fn set_user_enabled<C: ConnectionTrait>(
     enabled: bool,
     as_of: i64,
 ) -> Result<bool, DbErr> {
+    record_user_state(c, principal_id, enabled, true, as_of).await
+}
+
+/// Counts a user out as disabled before identity says so (`PrepareUserDisable`), as of
+/// `as_of`: the last-Global-Administrator protection weighs it, but the user holds their
+/// access until identity tells the disable. False when a later state was recorded.
+pub async fn count_out_user<C: ConnectionTrait>(c: &C, principal_id: &str, as_of: i64) -> Result<bool, DbErr> {
+    record_user_state(c, principal_id, false, false, as_of).await
+}
+
+async fn record_user_state<C: ConnectionTrait>(
+    c: &C,
+    principal_id: &str,
+    enabled: bool,
+    told: bool,
+    as_of: i64,
+) -> Result<bool, DbErr> {
     Ok(db::query_one(
         c,
-        "INSERT INTO user_states (principal_id, enabled, as_of) VALUES ($1, $2, $3) \
-         ON CONFLICT (principal_id) DO UPDATE SET enabled = excluded.enabled, as_of = excluded.as_of \
+        "INSERT INTO user_states (principal_id, enabled, told, as_of) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (principal_id) DO UPDATE SET enabled = excluded.enabled, told = excluded.told, \
+           as_of = excluded.as_of \
          WHERE user_states.as_of <= excluded.as_of \
          RETURNING as_of",
-        vec![principal_id.into(), enabled.into(), as_of.into()],
+        vec![principal_id.into(), enabled.into(), told.into(), as_of.into()],
     )
     .await?
     .is_some())
@@ -185,19 +203,23 @@ pub async fn set_user_enabled<C: ConnectionTrait>(
 
 /// The users identity last told are disabled (or deleted).
 pub async fn disabled_users<C: ConnectionTrait>(c: &C) -> Result<Vec<String>, DbErr> {
-    db::query(c, "SELECT principal_id FROM user_states WHERE NOT enabled", vec![])
-        .await?
-        .iter()
-        .map(|r| col(r, "principal_id"))
-        .collect()
+    db::query(
+        c,
+        "SELECT principal_id FROM user_states WHERE NOT enabled AND told",
+        vec![],
+    )
+    .await?
+    .iter()
+    .map(|r| col(r, "principal_id"))
+    .collect()
 }
 
-/// Whether identity last told `principal_id` may sign in, and as of when; None when it never
-/// told (an enabled user).
+/// Whether `principal_id` may sign in as identity last told (a user only counted out by
+/// `PrepareUserDisable` still may), and as of when; None when nothing was recorded.
 pub async fn user_state<C: ConnectionTrait>(c: &C, principal_id: &str) -> Result<Option<(bool, i64)>, DbErr> {
     db::query_one(
         c,
-        "SELECT enabled, as_of FROM user_states WHERE principal_id = $1",
+        "SELECT (enabled OR NOT told) AS enabled, as_of FROM user_states WHERE principal_id = $1",
         vec![principal_id.into()],
     )
     .await?

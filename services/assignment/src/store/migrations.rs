@@ -220,6 +220,12 @@ impl MigratorTrait for Migrator {
                 )"
                 .to_owned()
             }),
+            // Whether identity told the state (false: a Global Administrator counted out by
+            // `PrepareUserDisable` before the directory's word): only a told disable makes a
+            // user hold nothing, so a disable that failed after it locks no one out.
+            SqlMigration::boxed("m0015_user_states_told", |_| {
+                "ALTER TABLE user_states ADD COLUMN told BOOLEAN NOT NULL DEFAULT TRUE".to_owned()
+            }),
         ]);
         migrations
     }

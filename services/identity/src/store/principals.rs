@@ -210,6 +210,12 @@ impl ServicePrincipalRow {
 
 pub(super) const SP_COLUMNS: &str = "id, display_name, secret_hash, enabled, created_at";
 
+/// The service principals disabled.
+pub async fn disabled_service_principals<C: ConnectionTrait>(c: &C) -> Result<Vec<ServicePrincipalRow>, DbErr> {
+    let sql = format!("SELECT {SP_COLUMNS} FROM service_principals WHERE NOT enabled ORDER BY id");
+    db::rows(c, &sql, vec![], ServicePrincipalRow::from_row).await
+}
+
 pub async fn find_service_principal<C: ConnectionTrait>(c: &C, id: &str) -> Result<Option<ServicePrincipalRow>, DbErr> {
     let rows = db::rows(
         c,
