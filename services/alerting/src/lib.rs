@@ -48,7 +48,11 @@ impl Alerting {
         let dead_letters = match deps.config.redis()? {
             Some(redis) => {
                 let prefix = deps.config.stream_prefix.clone();
-                let from = pim_runtime::events::tail_start(&redis, &prefix, streams::DEADLETTER).await;
+                // Unknown (Redis unreachable at start): what comes next, not the stream's history,
+                // whose alerts were raised before.
+                let from = pim_runtime::events::tail_start(&redis, &prefix, streams::DEADLETTER)
+                    .await
+                    .unwrap_or_else(|| "$".to_owned());
                 Some((redis, prefix, from))
             }
             None => None,

@@ -18,6 +18,8 @@ use crate::store;
 #[derive(Clone, Default)]
 pub struct Memberships {
     held: Arc<RwLock<Held>>,
+    /// Taken while who is disabled is read and replaced.
+    reloading: Arc<tokio::sync::Mutex<()>>,
     /// Where a membership that starts or ends is announced (WatchAccessChanges), if anywhere.
     changes: Option<Changes>,
 }
@@ -107,42 +109,43 @@ impl Memberships {
         held.disabled.contains(principal_id)
     }
 
-    /// Takes the database's word on whether `user_id` may sign in (recorded from identity's
-    /// events by whichever replica consumed them), once it holds a state as of `as_of` or
-    /// later, or after 5 s whatever it holds (the event was stale or replayed); a user
-    /// disabled drops the answers the process cached.
-    pub async fn follow_user_state(&self, db: &Db, user_id: &str, as_of: i64) {
-        let mut state = None;
-        for _ in 0..50 {
-            match store::user_state(db, user_id).await {
-                Ok(now) => {
-                    state = Some(now);
-                    if now.is_some_and(|(_, at)| at >= as_of) {
-                        break;
-                    }
+    /// Takes the database's word on who is disabled (recorded from identity's events by
+    /// whichever replica consumed them) once it holds each user's state as of the time told
+    /// or later, or after 5 s whatever it holds (the event was stale or replayed, or the
+    /// consumer lags: [`Self::reload_disabled`], run every few seconds too, catches up).
+    pub async fn follow_user_states(&self, db: &Db, told: &HashMap<String, i64>) {
+        let recorded = |user_id: String, as_of: i64| async move {
+            for _ in 0..50 {
+                match store::user_state(db, &user_id).await {
+                    Ok(Some((_, at))) if at >= as_of => return,
+                    Ok(_) => {}
+                    Err(err) => tracing::warn!(error = %err, "reading a user's state failed; retrying"),
                 }
-                Err(err) => tracing::warn!(error = %err, "reading a user's state failed; retrying"),
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        };
+        futures::future::join_all(told.iter().map(|(user, as_of)| recorded(user.clone(), *as_of))).await;
+        if let Err(err) = self.reload_disabled(db).await {
+            tracing::warn!(error = %err, "reading the disabled users failed; the next reload catches up");
         }
-        let Some(state) = state else {
-            return;
-        };
-        let enabled = state.is_none_or(|(enabled, _)| enabled);
-        let changed = {
+    }
+
+    /// Replaces who is disabled with what the database holds now; reloads take turns, so an
+    /// older read never replaces a newer one. A user newly disabled drops the answers the
+    /// process cached.
+    pub async fn reload_disabled(&self, db: &Db) -> anyhow::Result<()> {
+        let _turn = self.reloading.lock().await;
+        let now: HashSet<String> = store::disabled_users(db).await?.into_iter().collect();
+        let newly = {
             let mut held = self.held.write().unwrap_or_else(|e| e.into_inner());
-            if enabled {
-                held.disabled.remove(user_id)
-            } else {
-                held.disabled.insert(user_id.to_owned())
-            }
+            let newly = now.iter().any(|u| !held.disabled.contains(u));
+            held.disabled = now;
+            newly
         };
-        if changed
-            && !enabled
-            && let Some(changes) = &self.changes
-        {
+        if newly && let Some(changes) = &self.changes {
             changes.access_lost();
         }
+        Ok(())
     }
 
     /// From now on, each membership that starts or ends is announced on `changes` as a Group

@@ -53,7 +53,12 @@ impl EventHandler for IdentityEvents {
             let applied = store::set_user_enabled(txn, &change.user, change.enabled, change.as_of).await?;
             if applied && !change.enabled {
                 self.0
-                    .cancel_waiting_requests(txn, &change.user, "canceled: the requester was disabled", change.actor)
+                    .cancel_waiting_requests(
+                        txn,
+                        &change.user,
+                        "canceled: the requester was disabled or deleted",
+                        change.actor,
+                    )
                     .await
                     .map_err(|e| anyhow::anyhow!("{e}"))?;
             }
@@ -91,10 +96,8 @@ impl EventHandler for IdentityEvents {
     async fn after_commit(&self, envelope: &Envelope) {
         if let Ok(Some(change)) = Memberships::user_state_change(envelope) {
             // Memory takes the database's word (a state told late changed nothing there).
-            self.0
-                .memberships
-                .follow_user_state(&self.0.db, &change.user, change.as_of)
-                .await;
+            let told = std::collections::HashMap::from([(change.user, change.as_of)]);
+            self.0.memberships.follow_user_states(&self.0.db, &told).await;
             return;
         }
         if event_type(envelope) == Some(EventType::GroupDeleted) {

@@ -67,15 +67,11 @@ impl Assignment {
         // The stream position is read before the snapshot, so the tail misses nothing after it.
         let redis = deps.config.redis()?;
         let tail_from = match &redis {
-            Some(redis) => {
-                Some(pim_runtime::events::tail_start(redis, &deps.config.stream_prefix, streams::ASSIGNMENT).await)
-            }
+            Some(redis) => Some(from_start_if_unknown(redis, &deps.config.stream_prefix, streams::ASSIGNMENT).await),
             None => None,
         };
         let identity_tail_from = match &redis {
-            Some(redis) => {
-                Some(pim_runtime::events::tail_start(redis, &deps.config.stream_prefix, streams::IDENTITY).await)
-            }
+            Some(redis) => Some(from_start_if_unknown(redis, &deps.config.stream_prefix, streams::IDENTITY).await),
             None => None,
         };
         // Answers other services cached here are dropped at once when the index changes.
@@ -361,18 +357,22 @@ impl Service for Assignment {
                 while let Some(batch) = next_batch(&mut to_read).await {
                     // A deleted group's assignments leave memory once the database has them
                     // ended (by whichever replica's consumer handled the deletion).
+                    let mut told_of = std::collections::HashMap::new();
                     for (_, change) in &batch {
                         match change {
                             groups::IdentityChange::GroupDeleted(group) => {
                                 assignments.follow_group_deletion(group).await
                             }
-                            // A user disabled holds nothing here either, once the database
-                            // says so.
                             groups::IdentityChange::UserState(user) => {
-                                memberships.follow_user_state(&db, &user.user, user.as_of).await;
+                                told_of.insert(user.user.clone(), user.as_of);
                             }
                             _ => {}
                         }
+                    }
+                    // A user disabled holds nothing here either, once the database says so
+                    // (the last word on each user, followed at once).
+                    if !told_of.is_empty() {
+                        memberships.follow_user_states(&db, &told_of).await;
                     }
                     // The last word on each membership in the batch, each followed at once.
                     let mut last_word = std::collections::HashMap::new();
@@ -402,17 +402,46 @@ impl Service for Assignment {
                 }
             }));
         }
-        let (index, clock, mut stop) = (self.assignments.index.clone(), self.assignments.clock.clone(), stop);
+        let (index, clock, mut pruning) = (
+            self.assignments.index.clone(),
+            self.assignments.clock.clone(),
+            stop.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep(std::time::Duration::from_secs(60)) => index.prune(clock.now_ms()).await,
+                    _ = pruning.changed() => return,
+                }
+            }
+        }));
+        // Who is disabled, from the database every few seconds: a disable this replica's
+        // tail saw before the consumer recorded it (a lagging consumer, a restart) still
+        // reaches memory.
+        let (memberships, db, mut stop) = (self.assignments.memberships.clone(), self.assignments.db.clone(), stop);
+        tasks.push(tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {
+                        if let Err(err) = memberships.reload_disabled(&db).await {
+                            tracing::warn!(error = %err, "reading the disabled users failed; retrying");
+                        }
+                    }
                     _ = stop.changed() => return,
                 }
             }
         }));
         tasks
     }
+}
+
+/// Where a tail of `stream` starts: after its newest entry, or, with Redis unreachable at
+/// start, at its start (reading it again changes nothing: what it names is read from the
+/// database, loaded after this position was taken).
+async fn from_start_if_unknown(redis: &pim_runtime::events::RedisTarget, prefix: &str, stream: &str) -> String {
+    pim_runtime::events::tail_start(redis, prefix, stream)
+        .await
+        .unwrap_or_else(|| "0-0".to_owned())
 }
 
 /// What an entry of the assignment stream tells a replica's memory to read again.

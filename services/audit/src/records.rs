@@ -746,7 +746,7 @@ mod tests {
             .flat_map(|t| t.sources().iter().map(move |s| (*s, *t)))
             .filter(|(source, _)| *source != Source::Audit);
         let undecoded: Vec<String> = published
-            .filter(|(_, t)| *t != EventType::DetectionFinding)
+            .filter(|(_, t)| t.is_recorded())
             .filter_map(|(source, event_type)| {
                 let env = envelope(source, event_type, "subject", &ev::AlertEvent::default());
                 let r = record(&env, &Correlator::new(None)).unwrap();

@@ -378,7 +378,11 @@ impl Suite {
         if let Some(redis) = &redis {
             // Lost access reaches the cached answers of this process at once, not after the TTL.
             for stream in [streams::ASSIGNMENT, streams::IDENTITY] {
-                let from = tail_start(redis, &config.stream_prefix, stream).await;
+                // Unknown (Redis unreachable at start): from the start; an answer dropped
+                // again or a revocation applied again changes nothing.
+                let from = tail_start(redis, &config.stream_prefix, stream)
+                    .await
+                    .unwrap_or_else(|| "0-0".to_owned());
                 let (cache, revocations) = (cache.clone(), revocations.clone());
                 background.push(tail(
                     redis.clone(),

@@ -183,6 +183,16 @@ impl EventType {
         Self::ALL.iter().copied().find(|t| t.name() == name)
     }
 
+    /// Whether audit keeps it as a record (so webhooks can deliver it): all but the events
+    /// audit publishes beside its records (the chain's checkpoints, a delivery given up, for
+    /// which alerting raises an alert that is recorded) and the SOC stream's findings.
+    pub fn is_recorded(self) -> bool {
+        !matches!(
+            self,
+            Self::ChainCheckpoint | Self::DetectionFinding | Self::WebhookDeadLettered
+        )
+    }
+
     /// Whether `source` publishes it.
     pub fn is_from(self, source: Source) -> bool {
         self.sources().contains(&source)

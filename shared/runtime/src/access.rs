@@ -220,6 +220,10 @@ impl CachedAccess {
                     | EventType::ActiveAssignmentUpdated
                     | EventType::GroupMemberRemoved
                     | EventType::UserDisabled
+                    | EventType::UserDisabledAnnounced
+                    | EventType::UserDeleted
+                    | EventType::ServicePrincipalDisabled
+                    | EventType::GroupDeleted
                     | EventType::RoleDefinitionUpdated
                     | EventType::RoleDefinitionDeleted
             )

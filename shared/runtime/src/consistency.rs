@@ -171,15 +171,16 @@ impl Freshness {
         }
     }
 
-    /// Records that the index applied `stream` up to entry `id`.
+    /// Records that the index applied `stream` up to entry `id`, as its tail reads it: in
+    /// order, so an earlier id means the tail follows the stream again from its start (Redis
+    /// lost it after an entry with an id far ahead was read), and the position goes back with
+    /// it; otherwise every token up to that far id would count as met.
     pub fn advance(&self, stream: &str, id: &str) {
         if let (Some(sender), Some(position)) = (self.applied.get(stream), Position::parse(id)) {
             sender.send_if_modified(|held| {
-                let later = position > *held;
-                if later {
-                    *held = position;
-                }
-                later
+                let moved = position != *held;
+                *held = position;
+                moved
             });
         }
     }
@@ -298,6 +299,13 @@ mod tests {
         freshness.advance("s", "7-1");
         assert_eq!(waiting.await.unwrap(), Ok(()));
         assert_eq!(freshness.applied("s"), Position::parse("7-1"));
+        // The tail follows the stream again from its start: the position goes back with it.
+        freshness.advance("s", "2-0");
+        assert_eq!(freshness.applied("s"), Position::parse("2-0"));
+        assert!(matches!(
+            freshness.wait(&ahead, Duration::from_millis(5)).await,
+            Err(Stale::Behind { .. })
+        ));
         let other = ConsistencyToken::at("t", Position::default());
         assert_eq!(
             freshness.wait(&other, Duration::ZERO).await,

@@ -308,12 +308,14 @@ impl Policy {
             return None;
         }
         let stages = self.effective_stages();
+        // Escalation approvers join only after a delay, and only where there is one.
         let alone = stages.iter().position(|s| {
-            !s.approver_ids.is_empty()
-                && s.approver_ids
-                    .iter()
-                    .chain(&s.escalation_approver_ids)
-                    .all(|a| a == requester)
+            let escalation = if s.escalate_after.is_zero() {
+                &[][..]
+            } else {
+                &s.escalation_approver_ids[..]
+            };
+            !s.approver_ids.is_empty() && s.approver_ids.iter().chain(escalation).all(|a| a == requester)
         })?;
         let stage = if stages.len() > 1 {
             format!(" of stage {}", alone + 1)
@@ -695,8 +697,21 @@ mod tests {
         );
         assert!(named(&["lee", "ann"], &[]).check_someone_else_approves("lee").is_none());
         assert!(
-            named(&["lee"], &["ann"]).check_someone_else_approves("lee").is_none(),
-            "ann, later"
+            named(&["lee"], &["ann"]).check_someone_else_approves("lee").is_some(),
+            "ann never joins"
+        );
+        let escalating = |after| Policy {
+            approval_stages: vec![ApprovalStage {
+                approver_ids: vec!["lee".into()],
+                escalation_approver_ids: vec!["ann".into()],
+                escalate_after: after,
+                ..ApprovalStage::default()
+            }],
+            ..named(&[], &[])
+        };
+        assert!(
+            escalating(HOUR).check_someone_else_approves("lee").is_none(),
+            "ann, after an hour"
         );
         assert!(named(&["lee"], &[]).check_someone_else_approves("ann").is_none());
         let off = Policy {

@@ -147,11 +147,11 @@ pub fn validate(s: &Subscription) -> Result<(), Invalid> {
     }
     // A stream's are the CAEP event types it asked for, checked where it is made.
     if s.stream.is_none()
-        && let Some(unknown) = s.event_types.iter().find(|t| !EventType::is_published(t))
+        && let Some(unknown) = s.event_types.iter().find(|t| !is_delivered(t))
     {
         return Err(invalid(
             "event_types",
-            format!("{unknown} is not an event type PIM publishes (`pim webhooks event-types` lists them)"),
+            format!("{unknown} is not an event type PIM delivers (`pim webhooks event-types` lists them)"),
         ));
     }
     if !names_ok(&s.role_ids) {
@@ -173,6 +173,12 @@ pub fn validate(s: &Subscription) -> Result<(), Invalid> {
         return Err(invalid("description", "must be at most 1024 characters, without NUL"));
     }
     Ok(())
+}
+
+/// Whether a subscription naming `name` (short or full) receives anything.
+fn is_delivered(name: &str) -> bool {
+    EventType::is_published(name)
+        && EventType::parse(name.rsplit('.').next().unwrap_or_default()).is_some_and(EventType::is_recorded)
 }
 
 fn is_loopback(host: &str) -> bool {
@@ -335,7 +341,12 @@ mod tests {
             ]))
             .is_ok()
         );
-        for bad in ["RoleActivate", "pim.identity.v1.RoleActivated", "roleactivated"] {
+        for bad in [
+            "RoleActivate",
+            "pim.identity.v1.RoleActivated",
+            "roleactivated",
+            "ChainCheckpoint",
+        ] {
             assert_eq!(
                 validate(&typed(&[bad])).map_err(|e| e.field),
                 Err("event_types"),

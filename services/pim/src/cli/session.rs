@@ -161,11 +161,6 @@ impl Session {
                 .get_user(self.request(ipb::GetUserRequest { user: name.to_owned() })?)
                 .await;
             match user {
-                // The caller's own name means the caller (a plain user may list no groups or
-                // service principals to tell it apart, and each refusal would be audited).
-                Ok(user) if kind.is_none() && self.whoami().is_ok_and(|me| me == user.get_ref().id) => {
-                    return Ok(user.into_inner().id);
-                }
                 Ok(user) => found.push((Kind::User, user.into_inner().id)),
                 Err(status) if status.code() == tonic::Code::NotFound => {}
                 Err(status) if status.code() == tonic::Code::PermissionDenied => return Err(refused(status.message())),

@@ -146,6 +146,7 @@ pub(crate) async fn run(cmd: WebhooksCommand) -> anyhow::Result<i32> {
         WebhooksCommand::EventTypes => {
             let rows = EventType::ALL
                 .iter()
+                .filter(|t| t.is_recorded())
                 .map(|t| {
                     let sources: Vec<&str> = t.sources().iter().map(|s| s.name()).collect();
                     vec![Cell::from(t.name()), sources.join(",").into()]

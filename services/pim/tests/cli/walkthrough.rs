@@ -271,23 +271,6 @@ fn the_readme_walk_through_works_and_survives_a_restart() {
     let said = String::from_utf8_lossy(&by_name.stderr);
     assert_eq!(by_name.status.code(), Some(2), "{said}");
     assert!(said.contains("give \"admin\"'s id instead"), "{said}");
-    // Naming herself asked nothing she may not ask: the one refusal audited is the lookup of
-    // admin (identity's records arrive in order, so hers would be there by then).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let refused = loop {
-        let refused = admin.ok(
-            &["audit", "--actor", "lee", "--action", "AccessDenied", "--since", "1h"],
-            None,
-        );
-        if refused.contains("GetUser") || Instant::now() > deadline {
-            break refused;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert!(
-        refused.contains("GetUser") && !refused.contains("ListGroups") && !refused.contains("ListServicePrincipals"),
-        "{refused}"
-    );
     assert_eq!(
         admin.run(&["check", "lee", "Security Reader"], None).status.code(),
         Some(1)

@@ -260,9 +260,15 @@ impl RedisConsumer {
             options,
             claimed_at: std::sync::Mutex::new(None),
         };
-        // Redis unreachable now: a read that finds no group makes it (see `pass`).
-        if let Err(err) = consumer.create_groups().await {
-            tracing::warn!(error = %format!("{err:#}"), consumer = %consumer.name, "consumer groups not made yet; retrying at each read");
+        // Redis unreachable now: a read that finds no group makes it (see `spawn`).
+        match tokio::time::timeout(Duration::from_secs(2), consumer.create_groups()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => {
+                tracing::warn!(error = %format!("{err:#}"), consumer = %consumer.name, "consumer groups not made yet; retrying at each read");
+            }
+            Err(_) => {
+                tracing::warn!(consumer = %consumer.name, "Redis does not answer; consumer groups are made at a later read")
+            }
         }
         Ok(consumer)
     }
@@ -638,19 +644,23 @@ pub async fn last_entry_id(target: impl Into<RedisTarget>, prefix: &str, stream:
         .unwrap_or_else(|| "0-0".to_owned()))
 }
 
-/// Where a tail starting now begins: after the newest entry of `stream`, or, with Redis
-/// unreachable, at its start (what it then reads again changes nothing: the state was loaded
-/// from the database after this position was taken).
-pub async fn tail_start(target: &RedisTarget, prefix: &str, stream: &str) -> String {
+/// Where a tail starting now begins: after the newest entry of `stream` (`0-0` for none);
+/// None when Redis does not answer within two seconds (unreachable at start), for the caller
+/// to choose: the stream's start where reading it again changes nothing, or what comes next.
+pub async fn tail_start(target: &RedisTarget, prefix: &str, stream: &str) -> Option<String> {
     let newest = async {
         let mut conn = connect_lazily(target, Duration::ZERO)?;
         newest_entry(&mut conn, &format!("{prefix}{stream}")).await
     };
-    match newest.await {
-        Ok(id) => id.unwrap_or_else(|| "0-0".to_owned()),
-        Err(err) => {
-            tracing::warn!(stream, error = %format!("{err:#}"), "Redis unreachable at start: the stream will be followed from its start");
-            "0-0".to_owned()
+    match tokio::time::timeout(Duration::from_secs(2), newest).await {
+        Ok(Ok(id)) => Some(id.unwrap_or_else(|| "0-0".to_owned())),
+        Ok(Err(err)) => {
+            tracing::warn!(stream, error = %format!("{err:#}"), "Redis unreachable at start");
+            None
+        }
+        Err(_) => {
+            tracing::warn!(stream, "Redis does not answer at start");
+            None
         }
     }
 }
