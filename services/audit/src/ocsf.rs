@@ -7,6 +7,7 @@
 use serde_json::{Value, json};
 
 use crate::chain::Record;
+use pim_runtime::events::EventType;
 
 pub const OCSF_VERSION: &str = "1.1.0";
 
@@ -17,19 +18,21 @@ const API_ACTIVITY: i64 = 6003;
 const APPLICATION: i64 = 6;
 
 /// Account Change activities (OCSF 1.1.0).
-fn account_activity(event: &str) -> Option<(i64, &'static str)> {
-    Some(match event {
-        "UserCreated" | "ServicePrincipalCreated" => (1, "Create"),
-        "UserEnabled" => (2, "Enable"),
-        "PasswordChanged" => (3, "Password Change"),
-        "PasswordReset" | "ServicePrincipalSecretRotated" => (4, "Password Reset"),
-        "UserDisabled" | "ServicePrincipalDisabled" => (5, "Disable"),
-        "UserDeleted" => (6, "Delete"),
-        "EligibilityGranted" | "ActiveAssignmentGranted" | "RoleActivated" => (7, "Attach Policy"),
-        "EligibilityRemoved" | "ActiveAssignmentRemoved" | "RoleDeactivated" => (8, "Detach Policy"),
-        "MfaLockedOut" => (9, "Lock"),
-        "MfaEnrolled" => (10, "MFA Factor Enable"),
-        "MfaReset" | "MfaRemoved" | "MfaMethodRemoved" => (11, "MFA Factor Disable"),
+fn account_activity(event: Option<EventType>) -> Option<(i64, &'static str)> {
+    use EventType as E;
+    Some(match event? {
+        E::UserCreated | E::ServicePrincipalCreated => (1, "Create"),
+        E::UserEnabled => (2, "Enable"),
+        E::PasswordChanged => (3, "Password Change"),
+        // An administrator's reset of a user's credentials.
+        E::CredentialsReset => (4, "Password Reset"),
+        E::UserDisabled | E::ServicePrincipalDisabled => (5, "Disable"),
+        E::UserDeleted => (6, "Delete"),
+        E::EligibilityGranted | E::ActiveAssignmentGranted | E::RoleActivated => (7, "Attach Policy"),
+        E::EligibilityRemoved | E::ActiveAssignmentRemoved | E::RoleDeactivated => (8, "Detach Policy"),
+        E::MfaLockedOut => (9, "Lock"),
+        E::MfaEnrolled => (10, "MFA Factor Enable"),
+        E::MfaReset | E::MfaMethodRemoved => (11, "MFA Factor Disable"),
         _ => return None,
     })
 }
@@ -38,21 +41,23 @@ fn account_activity(event: &str) -> Option<(i64, &'static str)> {
 /// (a group's creation names no user, which the class requires: it stays an API call):
 /// added to it directly, or holding the access through PIM for Groups (Group Member and
 /// Group Owner at the group's scope), eligible or active. Owners hold privileges over it.
-fn group_activity(event: &str, role_id: &str) -> Option<(i64, &'static str)> {
+fn group_activity(event: Option<EventType>, role_id: &str) -> Option<(i64, &'static str)> {
+    use EventType as E;
     use pim_proto::catalogue::{GROUP_MEMBER, GROUP_OWNER};
+    let event = event?;
     let granted = matches!(
         event,
-        "EligibilityGranted" | "ActiveAssignmentGranted" | "RoleActivated"
+        E::EligibilityGranted | E::ActiveAssignmentGranted | E::RoleActivated
     );
     let removed = matches!(
         event,
-        "EligibilityRemoved" | "ActiveAssignmentRemoved" | "RoleDeactivated"
+        E::EligibilityRemoved | E::ActiveAssignmentRemoved | E::RoleDeactivated
     );
     Some(match (event, role_id) {
-        ("GroupMemberAdded", _) => (3, "Add User"),
-        ("GroupMemberRemoved", _) => (4, "Remove User"),
-        ("GroupOwnerAdded", _) => (1, "Assign Privileges"),
-        ("GroupOwnerRemoved", _) => (2, "Revoke Privileges"),
+        (E::GroupMemberAdded, _) => (3, "Add User"),
+        (E::GroupMemberRemoved, _) => (4, "Remove User"),
+        (E::GroupOwnerAdded, _) => (1, "Assign Privileges"),
+        (E::GroupOwnerRemoved, _) => (2, "Revoke Privileges"),
         (_, GROUP_MEMBER) if granted => (3, "Add User"),
         (_, GROUP_MEMBER) if removed => (4, "Remove User"),
         (_, GROUP_OWNER) if granted => (1, "Assign Privileges"),
@@ -134,7 +139,7 @@ pub fn event(r: &Record) -> Value {
         e["src_endpoint"] = json!({ "uid": tag });
     }
     let group = pim_proto::catalogue::group_of_scope(&r.scope);
-    if let (Some(group), Some((activity, name))) = (group, group_activity(short, &r.role_id)) {
+    if let (Some(group), Some((activity, name))) = (group, group_activity(EventType::parse(short), &r.role_id)) {
         e["class_uid"] = json!(GROUP_MANAGEMENT);
         e["class_name"] = json!("Group Management");
         e["category_uid"] = json!(IAM);
@@ -157,7 +162,7 @@ pub fn event(r: &Record) -> Value {
         }
         return e;
     }
-    match account_activity(short) {
+    match account_activity(EventType::parse(short)) {
         Some((activity, name)) => {
             e["class_uid"] = json!(ACCOUNT_CHANGE);
             e["class_name"] = json!("Account Change");
@@ -233,6 +238,17 @@ mod tests {
         );
         assert_eq!(e["api"]["operation"], "RequestCreated");
         assert_eq!(e["metadata"]["sequence"], 7);
+        // An administrator's reset of credentials, a service principal disabled.
+        let e = event(&record("pim.identity.v1.CredentialsReset"));
+        assert_eq!(
+            (e["class_uid"].as_i64(), e["activity_id"].as_i64()),
+            (Some(3001), Some(4))
+        );
+        let e = event(&record("pim.identity.v1.ServicePrincipalDisabled"));
+        assert_eq!(
+            (e["class_uid"].as_i64(), e["activity_id"].as_i64()),
+            (Some(3001), Some(5))
+        );
     }
 
     #[test]
