@@ -61,8 +61,9 @@ impl Memberships {
     }
 
     /// The user state an identity event tells: a user disabled, enabled or deleted, or a
-    /// service principal disabled, as of the event's time. The announcement of a user disabled before assignment followed such
-    /// events tells of the past: as of 0, so whatever identity told since wins over it.
+    /// service principal disabled, as of the event's time. The announcement of a user
+    /// disabled before assignment followed such events tells of the past: as of 0, so
+    /// whatever identity told since wins over it.
     pub fn user_state_change(envelope: &Envelope) -> anyhow::Result<Option<UserStateChange>> {
         let told = match event_type(envelope) {
             Some(EventType::ServicePrincipalDisabled) => {
