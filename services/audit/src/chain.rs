@@ -29,6 +29,14 @@ pub struct Record {
     pub hash: Vec<u8>,
 }
 
+impl Record {
+    /// The event it records, in the catalogue (by its action's short name); None for a type
+    /// no service publishes.
+    pub fn event_type(&self) -> Option<pim_runtime::events::EventType> {
+        pim_runtime::events::EventType::parse(self.action.rsplit('.').next().unwrap_or_default())
+    }
+}
+
 pub const GENESIS: [u8; 32] = [0u8; 32];
 const LEAF: u8 = 0x00;
 

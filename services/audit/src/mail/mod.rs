@@ -18,6 +18,7 @@ use pim_runtime::db::{Db, now_ms};
 
 use crate::chain::Record;
 use crate::queue::{GIVE_UP_AFTER_MS, next_attempt};
+use pim_runtime::events::EventType;
 use store::Mail;
 
 /// How long a claimed mail is another replica's to leave alone.
@@ -28,14 +29,14 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 /// The address a record gives its target, if it says one: a user created, updated or
 /// announced (empty: none now), or deleted (empty).
 pub fn announced_address(r: &Record) -> Option<String> {
-    match r.action.rsplit('.').next().unwrap_or_default() {
-        "UserCreated" | "UserUpdated" | "UserAddressAnnounced" => Some(
+    match r.event_type() {
+        Some(EventType::UserCreated | EventType::UserUpdated | EventType::UserAddressAnnounced) => Some(
             serde_json::from_str::<Value>(&r.payload_json)
                 .ok()
                 .and_then(|p| p["email"].as_str().map(|e| e.trim().to_owned()))
                 .unwrap_or_default(),
         ),
-        "UserDeleted" => Some(String::new()),
+        Some(EventType::UserDeleted) => Some(String::new()),
         _ => None,
     }
 }
@@ -49,10 +50,10 @@ pub fn announced_membership(r: &Record) -> Option<(String, String, bool)> {
             .and_then(|p| p["group_id"].as_str().map(str::to_owned))
             .unwrap_or_default()
     };
-    match r.action.rsplit('.').next().unwrap_or_default() {
-        "GroupMemberAdded" => Some((group(), r.target_id.clone(), true)),
-        "GroupMemberRemoved" => Some((group(), r.target_id.clone(), false)),
-        "GroupDeleted" => Some((r.target_id.clone(), String::new(), false)),
+    match r.event_type() {
+        Some(EventType::GroupMemberAdded) => Some((group(), r.target_id.clone(), true)),
+        Some(EventType::GroupMemberRemoved) => Some((group(), r.target_id.clone(), false)),
+        Some(EventType::GroupDeleted) => Some((r.target_id.clone(), String::new(), false)),
         _ => None,
     }
 }
@@ -62,13 +63,14 @@ pub fn announced_membership(r: &Record) -> Option<(String, String, bool)> {
 /// group's members, who are reached through it.
 pub async fn learn_addresses<C: sea_orm::ConnectionTrait>(c: &C, records: &[Record]) -> anyhow::Result<()> {
     for r in records {
-        let short = r.action.rsplit('.').next().unwrap_or_default();
         if let Some((group, member, joined)) = announced_membership(r) {
             store::set_member(c, &group, &member, joined).await?;
         }
-        match short {
-            "UserDisabled" | "UserDisabledAnnounced" => store::set_disabled(c, &r.target_id, true).await?,
-            "UserEnabled" => store::set_disabled(c, &r.target_id, false).await?,
+        match r.event_type() {
+            Some(EventType::UserDisabled | EventType::UserDisabledAnnounced) => {
+                store::set_disabled(c, &r.target_id, true).await?
+            }
+            Some(EventType::UserEnabled) => store::set_disabled(c, &r.target_id, false).await?,
             _ => {}
         }
         if let Some(email) = announced_address(r) {

@@ -21,13 +21,14 @@ use pim_runtime::events::{EventType, Source};
 /// app an administrator cut off is sent nothing more.
 pub fn ends_receiver(r: &Record) -> bool {
     let payload: Value = serde_json::from_str(&r.payload_json).unwrap_or_default();
-    match r.action.rsplit('.').next().unwrap_or_default() {
-        "UserDisabled" | "UserDeleted" => true,
-        "SessionRevoked" => matches!(
+    match r.event_type() {
+        // A receiver is a service principal: disabled, it is cut off even with no session.
+        Some(EventType::UserDisabled | EventType::UserDeleted | EventType::ServicePrincipalDisabled) => true,
+        Some(EventType::SessionRevoked) => matches!(
             payload["reason"].as_str(),
             Some("user_disabled" | "user_deleted" | "service_principal_disabled")
         ),
-        "RoleDeactivated" => r.role_id == pim_proto::catalogue::SHARED_SIGNALS_RECEIVER,
+        Some(EventType::RoleDeactivated) => r.role_id == pim_proto::catalogue::SHARED_SIGNALS_RECEIVER,
         _ => false,
     }
 }
@@ -45,12 +46,12 @@ fn may_have_lost_receive(r: &Record) -> Option<Vec<String>> {
             .flatten()
             .any(|p| p == permissions::SSF_RECEIVE)
     };
-    match r.action.rsplit('.').next().unwrap_or_default() {
-        "RoleDeactivated" if r.role_id != pim_proto::catalogue::SHARED_SIGNALS_RECEIVER => {
+    match r.event_type() {
+        Some(EventType::RoleDeactivated) if r.role_id != pim_proto::catalogue::SHARED_SIGNALS_RECEIVER => {
             Some(vec![r.target_id.clone()])
         }
-        "GroupMemberRemoved" => Some(vec![r.target_id.clone()]),
-        "RoleDefinitionUpdated" if named("permissions_removed") => None,
+        Some(EventType::GroupMemberRemoved) => Some(vec![r.target_id.clone()]),
+        Some(EventType::RoleDefinitionUpdated) if named("permissions_removed") => None,
         _ => Some(Vec::new()),
     }
 }
@@ -192,5 +193,11 @@ mod tests {
         };
         assert!(ends_receiver(&ended(pim_proto::catalogue::SHARED_SIGNALS_RECEIVER)));
         assert!(!ends_receiver(&ended("ga")));
+        // Disabled without a session to revoke: cut off all the same.
+        let disabled = Record {
+            action: "pim.identity.v1.ServicePrincipalDisabled".into(),
+            ..Record::default()
+        };
+        assert!(ends_receiver(&disabled));
     }
 }

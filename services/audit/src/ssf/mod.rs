@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::chain::Record;
+use pim_runtime::events::EventType;
 
 pub const SESSION_REVOKED: &str = "https://schemas.openid.net/secevent/caep/event-type/session-revoked";
 pub const TOKEN_CLAIMS_CHANGE: &str = "https://schemas.openid.net/secevent/caep/event-type/token-claims-change";
@@ -157,9 +158,8 @@ pub fn signal(r: &Record) -> Option<(&'static str, Value)> {
         let role = json!({"id": r.role_id, "name": r.role_name, "scope": r.scope, "until": payload["end_time"]});
         json!({"event_timestamp": at, "initiating_entity": initiator, "claims": {claim: role}})
     };
-    let short = r.action.rsplit('.').next().unwrap_or_default();
-    let event = match short {
-        "RoleDeactivated" => {
+    let event = match r.event_type() {
+        Some(EventType::RoleDeactivated) => {
             let reason = payload["reason"].as_str().unwrap_or_default();
             let initiator = match reason {
                 "expired" => "policy",
@@ -171,15 +171,15 @@ pub fn signal(r: &Record) -> Option<(&'static str, Value)> {
                 revoked(initiator, format!("role {} ended: {reason}", role())),
             )
         }
-        "SessionRevoked" => {
+        Some(EventType::SessionRevoked) => {
             let initiator = if r.actor_id == r.target_id { "user" } else { "admin" };
             (SESSION_REVOKED, revoked(initiator, "session revoked".into()))
         }
-        "UserDisabled" => (SESSION_REVOKED, revoked("admin", "user disabled".into())),
-        "UserDeleted" => (SESSION_REVOKED, revoked("admin", "user deleted".into())),
-        "RoleActivated" => (TOKEN_CLAIMS_CHANGE, claims_change("user", "pim_role_added")),
-        "ActiveAssignmentGranted" => (TOKEN_CLAIMS_CHANGE, claims_change("admin", "pim_role_added")),
-        "ActivationShortened" => {
+        Some(EventType::UserDisabled) => (SESSION_REVOKED, revoked("admin", "user disabled".into())),
+        Some(EventType::UserDeleted) => (SESSION_REVOKED, revoked("admin", "user deleted".into())),
+        Some(EventType::RoleActivated) => (TOKEN_CLAIMS_CHANGE, claims_change("user", "pim_role_added")),
+        Some(EventType::ActiveAssignmentGranted) => (TOKEN_CLAIMS_CHANGE, claims_change("admin", "pim_role_added")),
+        Some(EventType::ActivationShortened) => {
             let mut event = claims_change("admin", "pim_role_changed");
             let why = payload["reason"].as_str().unwrap_or_default();
             event["reason_admin"] = json!({"en": format!("role {} now ends earlier: {why}", role())});
