@@ -1648,6 +1648,11 @@ async fn a_disabled_user_holds_nothing_and_what_they_asked_for_ends() -> anyhow:
             .into_inner();
         assert_eq!(asked.status, apb::RequestStatus::PendingApproval as i32);
         assert!(w.check(&dan.id, EXCHANGE_ADMINISTRATOR).await?.allowed);
+        // An internal app that mirrors access from the changes PIM pushes.
+        let mut watched = AccessServiceClient::new(w.ts.channel.clone())
+            .watch_access_changes(authed(&w.admin, apb::WatchAccessChangesRequest::default()))
+            .await?
+            .into_inner();
 
         let mut directory = DirectoryServiceClient::new(w.ts.channel.clone());
         let user = || ipb::GetUserRequest { user: dan.id.clone() };
@@ -1656,8 +1661,38 @@ async fn a_disabled_user_holds_nothing_and_what_they_asked_for_ends() -> anyhow:
             Ok((!w.check(&dan.id, EXCHANGE_ADMINISTRATOR).await?.allowed).then_some(()))
         })
         .await?;
+        next_change_of(&mut watched, &dan.id, EXCHANGE_ADMINISTRATOR, false).await?;
         w.eventually_status(&w.admin, &asked.id, apb::RequestStatus::Canceled)
             .await?;
+        // No role is given while disabled, and a role-assignable group joined meanwhile is not
+        // announced as held (it is not): a grant to someone else comes next, nothing of Dan's.
+        let refused = w
+            .assignments()
+            .create_request(authed(
+                &w.admin,
+                assign_for_an_hour(apb::AssignmentKind::Active, &dan.id, SECURITY_READER),
+            ))
+            .await
+            .expect_err("a disabled user is given nothing");
+        assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+        let group = w.role_assignable_group("Exchange Admins").await?;
+        directory
+            .add_group_member(authed(
+                &w.admin,
+                ipb::GroupMembershipRequest {
+                    group_id: group.clone(),
+                    principal_id: dan.id.clone(),
+                },
+            ))
+            .await?;
+        let lee = w.user("lee").await?;
+        w.assignments()
+            .create_request(authed(
+                &w.admin,
+                assign_for_an_hour(apb::AssignmentKind::Active, &lee.id, SECURITY_READER),
+            ))
+            .await?;
+        next_change_of(&mut watched, &lee.id, SECURITY_READER, true).await?;
 
         directory.enable_user(authed(&w.admin, user())).await?;
         eventually(
@@ -1666,7 +1701,34 @@ async fn a_disabled_user_holds_nothing_and_what_they_asked_for_ends() -> anyhow:
             || async { Ok(w.check(&dan.id, EXCHANGE_ADMINISTRATOR).await?.allowed.then_some(())) },
         )
         .await?;
+        next_change_of(&mut watched, &dan.id, EXCHANGE_ADMINISTRATOR, true).await?;
+        next_change_of(&mut watched, &dan.id, pim_proto::catalogue::GROUP_MEMBER, true).await?;
         Ok(w)
     })
     .await
+}
+
+/// Waits (up to 10 s) for the next change a watcher is told of `principal`'s `role`, and
+/// checks it says `active` and that nobody else was granted anything before it.
+async fn next_change_of(
+    watched: &mut tonic::Streaming<apb::AccessChange>,
+    principal: &str,
+    role: &str,
+    active: bool,
+) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let change = tokio::time::timeout_at(deadline, watched.message())
+            .await
+            .map_err(|_| anyhow::anyhow!("the watcher was not told of {role} for {principal} (active={active})"))??
+            .ok_or_else(|| anyhow::anyhow!("the watch ended"))?;
+        anyhow::ensure!(
+            change.principal_id == principal || !change.active,
+            "told of {change:?} before {role} for {principal}"
+        );
+        if change.principal_id == principal && change.role_id == role {
+            anyhow::ensure!(change.active == active, "told {change:?}, expected active={active}");
+            return Ok(());
+        }
+    }
 }

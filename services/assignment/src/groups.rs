@@ -8,10 +8,11 @@ use std::sync::{Arc, RwLock};
 
 use pim_proto::common::v1::Actor;
 use pim_proto::events::v1::{GroupDeleted, GroupMembershipChanged, ServicePrincipalCreated, UserDisabled};
+use pim_runtime::clock::Clock;
 use pim_runtime::db::Db;
 use pim_runtime::events::{Envelope, EventType, decode, event_type};
 
-use crate::index::{Change, Changes, Grant};
+use crate::index::{AccessIndex, Change, Changes, Grant};
 use crate::roles::{GROUP_MEMBER, group_scope};
 use crate::store;
 
@@ -20,8 +21,17 @@ pub struct Memberships {
     held: Arc<RwLock<Held>>,
     /// Taken while who is disabled is read and replaced.
     reloading: Arc<tokio::sync::Mutex<()>>,
-    /// Where a membership that starts or ends is announced (WatchAccessChanges), if anywhere.
-    changes: Option<Changes>,
+    /// Where access that starts or ends here is announced (WatchAccessChanges), if anywhere.
+    watched: Option<Watched>,
+}
+
+/// What the index's watchers are told through: a membership that starts or ends, and the
+/// grants a user stops holding when disabled (and holds again when enabled).
+#[derive(Clone)]
+struct Watched {
+    changes: Changes,
+    index: AccessIndex,
+    clock: Arc<dyn Clock>,
 }
 
 #[derive(Default)]
@@ -133,28 +143,58 @@ impl Memberships {
 
     /// Replaces who is disabled with what the database holds now; reloads take turns, so an
     /// older read never replaces a newer one. A user newly disabled drops the answers the
-    /// process cached.
+    /// process cached; watchers see each grant they held end (and start again once enabled).
     pub async fn reload_disabled(&self, db: &Db) -> anyhow::Result<()> {
         let _turn = self.reloading.lock().await;
         let now: HashSet<String> = store::disabled_users(db).await?.into_iter().collect();
-        let newly = {
+        let (disabled, enabled): (Vec<String>, Vec<String>) = {
             let mut held = self.held.write().unwrap_or_else(|e| e.into_inner());
-            let newly = now.iter().any(|u| !held.disabled.contains(u));
+            let disabled = now.difference(&held.disabled).cloned().collect();
+            let enabled = held.disabled.difference(&now).cloned().collect();
             held.disabled = now;
-            newly
+            (disabled, enabled)
         };
-        if newly && let Some(changes) = &self.changes {
-            changes.access_lost();
+        if let Some(watched) = &self.watched {
+            if !disabled.is_empty() {
+                watched.changes.access_lost();
+            }
+            for user in &disabled {
+                self.announce_held(watched, user, false);
+            }
+            for user in &enabled {
+                self.announce_held(watched, user, true);
+            }
         }
         Ok(())
     }
 
-    /// From now on, each membership that starts or ends is announced on `changes` as a Group
-    /// Member grant of the group's scope without an assignment (identity's membership, not
-    /// PIM's), so watchers of access see access through groups change; one that ends drops
-    /// the answers the process cached.
-    pub fn announcing_to(mut self, changes: Changes) -> Self {
-        self.changes = Some(changes);
+    /// Tells watchers that each grant `user` holds, in the index and through identity's group
+    /// memberships, ended (`active` false: the user was disabled) or holds again.
+    fn announce_held(&self, watched: &Watched, user: &str, active: bool) {
+        for (assignment_id, grant) in watched.index.current(user, watched.clock.now_ms()) {
+            watched.changes.send(Change {
+                principal_id: user.to_owned(),
+                assignment_id,
+                grant,
+                active,
+            });
+        }
+        for group in self.groups_of(user) {
+            watched.changes.send(membership_grant(&group, user, active));
+        }
+    }
+
+    /// From now on, each membership that starts or ends is announced on the index's changes
+    /// as a Group Member grant of the group's scope without an assignment (identity's
+    /// membership, not PIM's), so watchers of access see access through groups change; one
+    /// that ends drops the answers the process cached. A user disabled or enabled is
+    /// announced as the end or the start of all they hold, as of `clock`.
+    pub fn announcing_to(mut self, index: &AccessIndex, clock: Arc<dyn Clock>) -> Self {
+        self.watched = Some(Watched {
+            changes: index.changes(),
+            index: index.clone(),
+            clock,
+        });
         self
     }
 
@@ -189,21 +229,10 @@ impl Memberships {
                 false
             }
         };
-        if let Some(changes) = self.changes.as_ref().filter(|_| changed) {
-            changes.send(Change {
-                principal_id: principal_id.to_owned(),
-                assignment_id: String::new(),
-                grant: Grant {
-                    role_id: GROUP_MEMBER.into(),
-                    scope: group_scope(group_id),
-                    start: 0,
-                    end: None,
-                    version: 0,
-                },
-                active: member,
-            });
+        if let Some(watched) = self.watched.as_ref().filter(|_| changed) {
+            watched.changes.send(membership_grant(group_id, principal_id, member));
             if !member {
-                changes.access_lost();
+                watched.changes.access_lost();
             }
         }
     }
@@ -257,6 +286,23 @@ impl Memberships {
         if let Some(now) = held {
             self.set_as_of(group, member, now.member, now.version);
         }
+    }
+}
+
+/// Identity's membership of `principal_id` in `group_id` as watchers see it: a Group Member
+/// grant of the group's scope without an assignment, and no start PIM knows of.
+fn membership_grant(group_id: &str, principal_id: &str, active: bool) -> Change {
+    Change {
+        principal_id: principal_id.to_owned(),
+        assignment_id: String::new(),
+        grant: Grant {
+            role_id: GROUP_MEMBER.into(),
+            scope: group_scope(group_id),
+            start: 0,
+            end: None,
+            version: 0,
+        },
+        active,
     }
 }
 

@@ -80,7 +80,7 @@ impl Assignment {
             .dropping_answers_of(deps.access.clone());
         let memberships = groups::Memberships::load(&deps.db)
             .await?
-            .announcing_to(index.changes());
+            .announcing_to(&index, deps.clock.clone());
         let assignments = Assignments {
             db: deps.db,
             outbox: Outbox::default(),

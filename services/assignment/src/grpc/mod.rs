@@ -486,6 +486,7 @@ impl AccessService for Assignments {
         self.fresh_enough(&request.get_ref().at_least_as_fresh, freshness_wait(request.metadata()))
             .await?;
         let (tx, rx) = tokio::sync::mpsc::channel(256);
+        let memberships = self.memberships.clone();
         tokio::spawn(async move {
             loop {
                 let change = tokio::select! {
@@ -493,6 +494,9 @@ impl AccessService for Assignments {
                     _ = tx.closed() => return,
                 };
                 let item = match change {
+                    // A disabled user holds nothing: what they are granted meanwhile is
+                    // announced when they are enabled again.
+                    Ok(c) if c.active && memberships.is_disabled(&c.principal_id) => continue,
                     Ok(c) => Ok(pb::AccessChange {
                         principal_id: c.principal_id,
                         role_id: c.grant.role_id,
