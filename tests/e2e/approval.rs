@@ -544,6 +544,59 @@ async fn racing_approve_and_deny_end_in_exactly_one_state() -> anyhow::Result<()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approval_that_crosses_its_requests_withdrawal_ends_canceled() -> anyhow::Result<()> {
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+    run(|w| async move {
+        let (ann, kim) = (w.user("ann").await?, w.user("kim").await?);
+        w.require_approval(vec![stage(&[&ann], 1)]).await?;
+        let request = w.ask(&kim, "crossing").await?;
+        let approval = w.approval_of(&request.id).await?;
+        // Assignment hears nothing for a moment (its consumers wait on a lock of their inbox):
+        // Ann approves while Kim withdraws, each unaware of the other.
+        let url = w.ts.database_url(pim::ServiceName::Assignment).expect("its database");
+        let assignment_db = pim_runtime::db::connect(url).await?;
+        let deaf = assignment_db.begin().await?;
+        deaf.execute_unprepared("LOCK TABLE inbox IN EXCLUSIVE MODE").await?;
+        let approved = w
+            .approvals()
+            .decide(authed(&ann.token, decide(&approval.id, true, "fine")))
+            .await?
+            .into_inner();
+        assert_eq!(approved.status, pb::ApprovalStatus::Approved as i32);
+        let withdrawn = w
+            .assignments()
+            .cancel_request(authed(
+                &kim.token,
+                apb::GetRequestRequest {
+                    request_id: request.id.clone(),
+                },
+            ))
+            .await?
+            .into_inner();
+        assert_eq!(withdrawn.status, apb::RequestStatus::Canceled as i32);
+        deaf.rollback().await?;
+
+        // The approval never took effect, and says so: canceled, not approved.
+        eventually(Duration::from_secs(10), "the approval to end canceled", || async {
+            let now = w.approval_of(&request.id).await?;
+            Ok((now.status == pb::ApprovalStatus::Canceled as i32).then_some(()))
+        })
+        .await?;
+        w.ts.settle().await?;
+        let canceled = w.events_on(streams::APPROVAL, "ApprovalCanceled").await?;
+        let told = ev::ApprovalCompleted::decode(canceled.first().expect("one cancel").data.as_slice())?;
+        assert!(told.reason.contains("never took effect"), "{told:?}");
+        assert_eq!(
+            w.request_status(&kim.token, &request.id).await?,
+            apb::RequestStatus::Canceled as i32
+        );
+        assert!(!w.check(&kim.id, EXCHANGE_ADMINISTRATOR).await?.allowed);
+        Ok(w)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_example_bot_approves_what_its_rule_allows() -> anyhow::Result<()> {
     run(|w| async move {
         let created =

@@ -166,7 +166,9 @@ impl Approvals {
 
     /// The request was canceled (assignment's RequestStatusChanged → Canceled): withdrawn by
     /// its requester, or by assignment when what it rested on ended (its eligibility, the
-    /// group it was for); the reason says which, by who canceled it.
+    /// group it was for); the reason says which, by who canceled it. An approval given while
+    /// the cancel was on its way ends canceled too: a canceled request was never granted
+    /// (assignment cancels only what still waits), so the approval never took effect.
     pub async fn cancel_for_request(
         &self,
         txn: &DatabaseTransaction,
@@ -176,14 +178,17 @@ impl Approvals {
         let Some(mut approval) = store::by_request(txn, request_id).await? else {
             return Ok(());
         };
-        if approval.status != ApprovalStatus::Pending {
-            return Ok(());
-        }
         let by_requester = actor.as_ref().is_some_and(|a| a.principal_id == approval.requester_id);
-        let reason = if by_requester {
-            "the requester withdrew the request"
-        } else {
-            "canceled: what the request rested on (its eligibility, or the group) ended"
+        let reason = match approval.status {
+            ApprovalStatus::Pending if by_requester => "the requester withdrew the request",
+            ApprovalStatus::Pending => "canceled: what the request rested on (its eligibility, or the group) ended",
+            ApprovalStatus::Approved if by_requester => {
+                "the requester withdrew the request before the approval reached it: it never took effect"
+            }
+            ApprovalStatus::Approved => {
+                "canceled before the approval reached it (its eligibility, or the group, ended): it never took effect"
+            }
+            _ => return Ok(()),
         };
         self.complete(txn, &mut approval, ApprovalStatus::Canceled, actor, reason)
             .await?;
