@@ -480,6 +480,34 @@ async fn nobody_approves_their_own_request_and_default_approvers_decide_otherwis
             "{}",
             alone.message()
         );
+
+        // Two approvals from Kim and Anna: Anna alone cannot give both, so it is refused too;
+        // unless a group is named, whose members could make up the number.
+        let anna = w.user("anna").await?;
+        w.require_approval(vec![stage(&[&kim, &anna], 2)]).await?;
+        let short = w.ask(&kim, "rota").await.expect_err("Anna cannot give two approvals");
+        let short = short.downcast_ref::<tonic::Status>().expect("a refusal");
+        assert_eq!(short.code(), Code::FailedPrecondition);
+        assert!(
+            short.message().contains("must give 2 approvals, and besides you it names only 1"),
+            "{}",
+            short.message()
+        );
+        let approvers = w.group("Approvers", &[&anna, &lee]).await?;
+        w.require_approval(vec![ApprovalStageSettings {
+            approver_ids: vec![kim.id.clone(), approvers],
+            ..stage(&[], 2)
+        }])
+        .await?;
+        let waiting = w.ask(&kim, "rota").await?;
+        let approval = w.approval_of(&waiting.id).await?;
+        for approver in [&anna, &lee] {
+            w.approvals()
+                .decide(authed(&approver.token, decide(&approval.id, true, "seen")))
+                .await?;
+        }
+        w.eventually_status(&kim.token, &waiting.id, apb::RequestStatus::Provisioned)
+            .await?;
         Ok(w)
     })
     .await

@@ -28,7 +28,13 @@ impl Assignments {
             });
         }
         let (policy, _) = nearest_policy(&policies, &scopes)?;
-        violations.extend(policy.check_someone_else_approves(&caller.principal_id));
+        // Nobody approves their own request: a stage that would need the caller's approval is
+        // refused now rather than left to expire (the directory asked only in that case).
+        if let Some(short) = policy.stage_short_of_approvers(&caller.principal_id)
+            && (short.others.is_empty() || !self.names_a_group(caller, &short.others).await?)
+        {
+            violations.push(short.violation());
+        }
         let mfa = MfaState {
             has_otp: pim_runtime::auth::has_mfa(&caller.amr),
             mfa_at: caller.mfa_at.map(|s| s.saturating_mul(1000)),

@@ -193,6 +193,19 @@ impl Assignments {
         ))
     }
 
+    /// Whether the directory names a group among `ids` (its members may approve); an id it
+    /// does not know, or holds disabled, approves nothing.
+    pub(super) async fn names_a_group(&self, caller: &Caller, ids: &[String]) -> Result<bool> {
+        for id in ids.iter().filter(|id| uuid::Uuid::parse_str(id).is_ok()) {
+            match self.principal(caller, id).await {
+                Ok(p) if p.kind == PrincipalKind::Group => return Ok(true),
+                Ok(_) | Err(Error::NotFound(_) | Error::FailedPrecondition(_)) => {}
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(false)
+    }
+
     /// Refuses approvers the directory does not hold, or holds disabled: an approval waiting
     /// for them would only time out.
     pub(super) async fn approvers_exist(&self, caller: &Caller, named: &[String]) -> Result<()> {

@@ -8,9 +8,11 @@ use pim_runtime::grpc::RuleViolation;
 
 use crate::error::{Error, Result};
 
+mod approvers;
 mod notifications;
 mod policy;
 
+pub use approvers::*;
 pub use notifications::*;
 pub use policy::*;
 

@@ -50,32 +50,6 @@ pub struct Policy {
     pub notification_rules: Vec<NotificationRule>,
 }
 
-/// One stage of an approval (the approval service runs them).
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(default)]
-pub struct ApprovalStage {
-    /// Users, groups or service principals; empty means the default approvers.
-    pub approver_ids: Vec<String>,
-    pub approvals_required: u32,
-    pub timeout: Duration,
-    pub escalation_approver_ids: Vec<String>,
-    pub escalate_after: Duration,
-    pub justification_required: bool,
-}
-
-impl Default for ApprovalStage {
-    fn default() -> Self {
-        Self {
-            approver_ids: Vec::new(),
-            approvals_required: 1,
-            timeout: 24 * HOUR,
-            escalation_approver_ids: Vec::new(),
-            escalate_after: Duration::ZERO,
-            justification_required: true,
-        }
-    }
-}
-
 const MAX_STAGES: usize = 5;
 const MAX_APPROVERS: usize = 100;
 
@@ -136,7 +110,7 @@ pub struct MfaState {
 
 const MINUTE: Duration = Duration::from_secs(60);
 
-fn violation(kind: &'static str, message: impl Into<String>) -> RuleViolation {
+pub(super) fn violation(kind: &'static str, message: impl Into<String>) -> RuleViolation {
     RuleViolation {
         kind,
         message: message.into(),
@@ -209,18 +183,6 @@ impl Policy {
             }
         }
         self.validate_notifications()
-    }
-
-    /// The approval stages a request made under this policy goes through.
-    pub fn effective_stages(&self) -> Vec<ApprovalStage> {
-        if !self.approval_stages.is_empty() {
-            return self.approval_stages.clone();
-        }
-        vec![ApprovalStage {
-            approver_ids: self.approver_ids.clone(),
-            timeout: self.approval_timeout,
-            ..ApprovalStage::default()
-        }]
     }
 
     /// Checks an activation against the policy and resolves its schedule: it starts at the
@@ -297,38 +259,6 @@ impl Policy {
             start,
             end: Some(eligible_until.map_or(end, |until| end.min(until))),
         })
-    }
-
-    /// Where approval is required, whether someone besides `requester` may approve each stage:
-    /// a stage that names only the requester, and escalates to no one else, would wait until
-    /// it expires, since nobody approves their own request. (A stage without names goes to the
-    /// default approvers, and a group named may hold others: those are left to approval.)
-    pub fn check_someone_else_approves(&self, requester: &str) -> Option<RuleViolation> {
-        if !self.approval_required {
-            return None;
-        }
-        let stages = self.effective_stages();
-        // Escalation approvers join only after a delay, and only where there is one.
-        let alone = stages.iter().position(|s| {
-            let escalation = if s.escalate_after.is_zero() {
-                &[][..]
-            } else {
-                &s.escalation_approver_ids[..]
-            };
-            !s.approver_ids.is_empty() && s.approver_ids.iter().chain(escalation).all(|a| a == requester)
-        })?;
-        let stage = if stages.len() > 1 {
-            format!(" of stage {}", alone + 1)
-        } else {
-            String::new()
-        };
-        Some(violation(
-            "ApprovalRule",
-            format!(
-                "you are the only approver{stage} of this policy, and nobody approves their own request: \
-                 ask an administrator to name another approver"
-            ),
-        ))
     }
 
     /// Checks a new end for an assignment that runs from `start`: it must lie ahead, and the
@@ -669,66 +599,6 @@ mod tests {
                 start: now + 60_000,
                 end: Some(now + 60_000 + 3_600_000)
             }
-        );
-    }
-
-    #[test]
-    fn a_request_nobody_but_its_requester_could_approve_is_refused() {
-        let named = |approvers: &[&str], escalation: &[&str]| Policy {
-            approval_required: true,
-            approval_stages: vec![
-                ApprovalStage::default(),
-                ApprovalStage {
-                    approver_ids: approvers.iter().map(|a| (*a).to_owned()).collect(),
-                    escalation_approver_ids: escalation.iter().map(|a| (*a).to_owned()).collect(),
-                    ..ApprovalStage::default()
-                },
-            ],
-            ..Policy::default()
-        };
-        let refused = named(&["lee"], &[])
-            .check_someone_else_approves("lee")
-            .expect("refused");
-        assert_eq!(refused.kind, "ApprovalRule");
-        assert!(
-            refused.message.contains("only approver of stage 2"),
-            "{}",
-            refused.message
-        );
-        assert!(named(&["lee", "ann"], &[]).check_someone_else_approves("lee").is_none());
-        assert!(
-            named(&["lee"], &["ann"]).check_someone_else_approves("lee").is_some(),
-            "ann never joins"
-        );
-        let escalating = |after| Policy {
-            approval_stages: vec![ApprovalStage {
-                approver_ids: vec!["lee".into()],
-                escalation_approver_ids: vec!["ann".into()],
-                escalate_after: after,
-                ..ApprovalStage::default()
-            }],
-            ..named(&[], &[])
-        };
-        assert!(
-            escalating(HOUR).check_someone_else_approves("lee").is_none(),
-            "ann, after an hour"
-        );
-        assert!(named(&["lee"], &[]).check_someone_else_approves("ann").is_none());
-        let off = Policy {
-            approval_required: false,
-            ..named(&["lee"], &[])
-        };
-        assert!(off.check_someone_else_approves("lee").is_none());
-        let single = Policy {
-            approval_required: true,
-            approver_ids: vec!["lee".into()],
-            ..Policy::default()
-        };
-        let refused = single.check_someone_else_approves("lee").expect("refused");
-        assert!(
-            refused.message.starts_with("you are the only approver of this policy"),
-            "{}",
-            refused.message
         );
     }
 

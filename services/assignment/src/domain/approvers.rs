@@ -1,0 +1,194 @@
+//! Who approves: the stages of approval a policy asks for, and whether a requester's stage
+//! could be approved at all, since nobody approves their own request.
+
+use super::*;
+
+/// One stage of an approval (the approval service runs them).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct ApprovalStage {
+    /// Users, groups or service principals; empty means the default approvers.
+    pub approver_ids: Vec<String>,
+    pub approvals_required: u32,
+    pub timeout: Duration,
+    pub escalation_approver_ids: Vec<String>,
+    pub escalate_after: Duration,
+    pub justification_required: bool,
+}
+
+impl Default for ApprovalStage {
+    fn default() -> Self {
+        Self {
+            approver_ids: Vec::new(),
+            approvals_required: 1,
+            timeout: 24 * HOUR,
+            escalation_approver_ids: Vec::new(),
+            escalate_after: Duration::ZERO,
+            justification_required: true,
+        }
+    }
+}
+
+/// A stage of approval that names the requester, and too few others to give the approvals
+/// it needs without them ([`Policy::stage_short_of_approvers`]).
+#[derive(Debug, PartialEq, Eq)]
+pub struct ShortStage {
+    /// Which stage (from 1), where the policy has several.
+    pub stage: Option<usize>,
+    /// The other approvers the stage names (users, service principals or groups).
+    pub others: Vec<String>,
+    pub approvals_required: u32,
+}
+
+impl ShortStage {
+    /// The refusal, where none of the others named is a group whose members could make up
+    /// the number.
+    pub fn violation(&self) -> RuleViolation {
+        let of_stage = self.stage.map(|n| format!(" of stage {n}")).unwrap_or_default();
+        let why = match (self.others.len(), self.approvals_required) {
+            (0, _) => format!("you are the only approver{of_stage} of this policy, and nobody"),
+            (others, required) => format!(
+                "the approvers{of_stage} of this policy must give {required} approvals, and besides you it names \
+                 only {others}: nobody"
+            ),
+        };
+        violation(
+            "ApprovalRule",
+            format!("{why} approves their own request; ask an administrator to name another approver"),
+        )
+    }
+}
+
+impl Policy {
+    /// The approval stages a request made under this policy goes through.
+    pub fn effective_stages(&self) -> Vec<ApprovalStage> {
+        if !self.approval_stages.is_empty() {
+            return self.approval_stages.clone();
+        }
+        vec![ApprovalStage {
+            approver_ids: self.approver_ids.clone(),
+            timeout: self.approval_timeout,
+            ..ApprovalStage::default()
+        }]
+    }
+
+    /// Where approval is required, the first stage that names `requester` among its approvers
+    /// and too few others to give the approvals it needs: it would wait until it expires, since
+    /// nobody approves their own request. Escalation approvers count only where the stage
+    /// escalates. (A stage without names goes to the default approvers, who are never short.)
+    /// The others named may be groups, whose members could make up the number: the caller asks
+    /// the directory before refusing, unless there are none ([`ShortStage::violation`]).
+    pub fn stage_short_of_approvers(&self, requester: &str) -> Option<ShortStage> {
+        if !self.approval_required {
+            return None;
+        }
+        let stages = self.effective_stages();
+        stages.iter().enumerate().find_map(|(i, s)| {
+            let escalation = if s.escalate_after.is_zero() {
+                &[][..]
+            } else {
+                &s.escalation_approver_ids[..]
+            };
+            let named: Vec<&String> = s.approver_ids.iter().chain(escalation).collect();
+            if !named.iter().any(|a| *a == requester) {
+                return None;
+            }
+            let mut others: Vec<String> = named.into_iter().filter(|a| *a != requester).cloned().collect();
+            others.sort();
+            others.dedup();
+            (others.len() < s.approvals_required as usize).then(|| ShortStage {
+                stage: (stages.len() > 1).then_some(i + 1),
+                others,
+                approvals_required: s.approvals_required,
+            })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_nobody_but_its_requester_could_approve_is_refused() {
+        let named = |approvers: &[&str], escalation: &[&str]| Policy {
+            approval_required: true,
+            approval_stages: vec![
+                ApprovalStage::default(),
+                ApprovalStage {
+                    approver_ids: approvers.iter().map(|a| (*a).to_owned()).collect(),
+                    escalation_approver_ids: escalation.iter().map(|a| (*a).to_owned()).collect(),
+                    ..ApprovalStage::default()
+                },
+            ],
+            ..Policy::default()
+        };
+        let short = |p: &Policy, requester| p.stage_short_of_approvers(requester).map(|s| s.violation());
+        let refused = short(&named(&["lee"], &[]), "lee").expect("refused");
+        assert_eq!(refused.kind, "ApprovalRule");
+        assert!(
+            refused.message.contains("only approver of stage 2"),
+            "{}",
+            refused.message
+        );
+        assert!(short(&named(&["lee", "ann"], &[]), "lee").is_none());
+        assert!(short(&named(&["lee"], &["ann"]), "lee").is_some(), "ann never joins");
+        let escalating = |after| Policy {
+            approval_stages: vec![ApprovalStage {
+                approver_ids: vec!["lee".into()],
+                escalation_approver_ids: vec!["ann".into()],
+                escalate_after: after,
+                ..ApprovalStage::default()
+            }],
+            ..named(&[], &[])
+        };
+        assert!(short(&escalating(HOUR), "lee").is_none(), "ann, after an hour");
+        assert!(short(&named(&["lee"], &[]), "ann").is_none());
+        let off = Policy {
+            approval_required: false,
+            ..named(&["lee"], &[])
+        };
+        assert!(short(&off, "lee").is_none());
+        let single = Policy {
+            approval_required: true,
+            approver_ids: vec!["lee".into()],
+            ..Policy::default()
+        };
+        let refused = short(&single, "lee").expect("refused");
+        assert!(
+            refused.message.starts_with("you are the only approver of this policy"),
+            "{}",
+            refused.message
+        );
+
+        // Two of Lee and Ann: Ann alone cannot give two (unless she is a group: asked).
+        let two_of = |approvers: &[&str]| Policy {
+            approval_required: true,
+            approval_stages: vec![ApprovalStage {
+                approver_ids: approvers.iter().map(|a| (*a).to_owned()).collect(),
+                approvals_required: 2,
+                ..ApprovalStage::default()
+            }],
+            ..Policy::default()
+        };
+        let stage = two_of(&["lee", "ann"]).stage_short_of_approvers("lee").expect("short");
+        assert_eq!(
+            stage,
+            ShortStage {
+                stage: None,
+                others: vec!["ann".into()],
+                approvals_required: 2
+            }
+        );
+        assert!(
+            stage
+                .violation()
+                .message
+                .starts_with("the approvers of this policy must give 2 approvals, and besides you it names only 1"),
+            "{}",
+            stage.violation().message
+        );
+        assert!(two_of(&["lee", "ann", "bob"]).stage_short_of_approvers("lee").is_none());
+        assert!(two_of(&["ann", "bob"]).stage_short_of_approvers("lee").is_none());
+    }
+}
