@@ -756,7 +756,12 @@ where
             }
         };
         Box::pin(crate::telemetry::traced(span, traceparent.as_deref(), async move {
-            let response = call.await;
+            // A handler that panics answers INTERNAL, logged with the call's trace, rather than
+            // resetting the stream (which the caller reads as CANCELLED).
+            let response = match futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(call)).await {
+                Ok(response) => response,
+                Err(_) => Ok(crate::grpc::internal(anyhow::anyhow!("the handler of {path} panicked")).into_http()),
+            };
             // Errors come back trailers-only, with grpc-status in the headers; a missing
             // one means OK (it follows in the trailers).
             let code = match &response {
@@ -950,5 +955,33 @@ mod tests {
         assert!(!Pending::Enrollment.allows("/pim.identity.v1.MfaService/ListMethods"));
         let full = verifier.verify(&token("k1", &key(1), 600, AUDIENCE)).await.unwrap();
         assert_eq!(full.pending, None);
+    }
+
+    /// A handler that panics (as a scope of "//" once made one) answers INTERNAL.
+    #[tokio::test]
+    async fn a_handler_that_panics_answers_internal() {
+        #[derive(Clone)]
+        struct Panics;
+        impl tower::Service<http::Request<()>> for Panics {
+            type Response = http::Response<tonic::body::Body>;
+            type Error = std::convert::Infallible;
+            type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+            fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+                Poll::Ready(Ok(()))
+            }
+            fn call(&mut self, _: http::Request<()>) -> Self::Future {
+                Box::pin(async { panic!("out of bounds") })
+            }
+        }
+        let verifier = Arc::new(TokenVerifier::new(Arc::new(Fixed(Vec::new()))));
+        let mut service = tower::Layer::layer(&AuthLayer::new(verifier), Panics);
+        let request = http::Request::builder()
+            .uri("/grpc.health.v1.Health/Check")
+            .body(())
+            .unwrap();
+        let answer = tower::Service::call(&mut service, request).await.unwrap();
+        let status = Status::from_header_map(answer.headers()).expect("a gRPC status");
+        assert_eq!(status.code(), tonic::Code::Internal);
+        assert_eq!(status.message(), "internal error", "nothing of the panic is told");
     }
 }

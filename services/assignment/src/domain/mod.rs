@@ -45,9 +45,10 @@ impl Scope {
         if raw.len() > 1024 {
             return Err(Error::invalid("scope", "must be at most 1024 characters"));
         }
-        let trimmed = raw.trim_end_matches('/');
-        let mut out = String::with_capacity(trimmed.len());
-        for segment in trimmed[1..].split('/') {
+        // A trailing / is allowed; what remains must still start with one ("//" does not).
+        let path = raw.trim_end_matches('/').strip_prefix('/').unwrap_or_default();
+        let mut out = String::with_capacity(path.len() + 1);
+        for segment in path.split('/') {
             if segment.is_empty() || segment == "." || segment == ".." {
                 return Err(Error::invalid("scope", "has an empty, . or .. segment"));
             }
@@ -232,7 +233,7 @@ mod tests {
             assert!(!s.is_within(other), "{other}");
         }
         assert!(Scope::root().is_within("/") && !Scope::root().is_within("/a"));
-        for bad in ["subscriptions", "/a//b", "/a/../b", "/a b"] {
+        for bad in ["subscriptions", "/a//b", "/a/../b", "/a b", "//", "///", "//a"] {
             assert!(Scope::parse(bad).is_err(), "{bad}");
         }
     }
