@@ -827,6 +827,44 @@ async fn credential_changes_need_the_administrators_own_recent_mfa() -> anyhow::
     result
 }
 
+/// Guesses sent all at once are counted before any is checked: no more than the limit (10)
+/// are weighed, the rest refused unchecked, and the account is locked after them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guesses_sent_at_once_are_no_more_than_the_limit() -> anyhow::Result<()> {
+    let ts = TestSuite::embedded().await?;
+    let result = async {
+        let admin = ts.admin_token().await?;
+        ts.create_user(&admin, "dave").await?;
+        let guesses: Vec<_> = (0..40)
+            .map(|i| {
+                let mut auth = AuthServiceClient::new(ts.channel.clone());
+                tokio::spawn(async move {
+                    auth.sign_in(ipb::SignInRequest {
+                        user_name: "dave".into(),
+                        password: format!("guess number {i}"),
+                    })
+                    .await
+                })
+            })
+            .collect();
+        let mut codes = std::collections::HashMap::new();
+        for guess in guesses {
+            *codes.entry(guess.await?.expect_err("a guess").code()).or_insert(0) += 1;
+        }
+        assert_eq!(
+            codes,
+            std::collections::HashMap::from([(Code::Unauthenticated, 10), (Code::ResourceExhausted, 30)]),
+            "ten guesses weighed, thirty refused unchecked"
+        );
+        let locked = ts.sign_in("dave", &password_of("dave")).await.expect_err("locked");
+        assert_eq!(locked.code(), Code::ResourceExhausted);
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    ts.stop().await?;
+    result
+}
+
 /// A sign-in lockout lasts its window (15 minutes), then the right password works again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sign_in_lockout_ends_with_its_window() -> anyhow::Result<()> {

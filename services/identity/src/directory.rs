@@ -372,7 +372,7 @@ impl Directory {
         let user = store::find_user(&self.db, user_name.trim()).await?;
         // Counted against the principal however it was named, and against the source.
         let keys = limiter::Keys::new(user.as_ref(), user_name, client.ip.as_deref());
-        if let Some(minutes) = limiter::blocked(&self.db, &keys, self.clock.now_ms()).await? {
+        if let Some(minutes) = limiter::attempt(&self.db, &keys, self.clock.now_ms()).await? {
             // Refused without looking at the password, and audited as a failed sign-in.
             let event = ev::SignInFailed {
                 user_name: user_name.trim().chars().take(256).collect(),
@@ -404,7 +404,6 @@ impl Directory {
                     source_ip: client.ip.clone().unwrap_or_default(),
                     user_agent: client.user_agent.clone(),
                 };
-                limiter::failed(&self.db, &keys, self.clock.now_ms()).await?;
                 self.record(EventType::SignInFailed, &event.principal_id.clone(), &event)
                     .await?;
                 return Err(Error::BadCredentials);

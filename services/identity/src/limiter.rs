@@ -2,7 +2,8 @@
 //! the window, sign-in answers RESOURCE_EXHAUSTED until the window passes — the same for an
 //! unknown name as for a real one. A known user is counted by id, however they were named
 //! (any case, id or name); an unknown name by its lower-cased text. The counts are in the
-//! database, so a restart keeps them and every identity replica shares them.
+//! database, so a restart keeps them and every identity replica shares them; an attempt is
+//! counted before its password is checked, so guesses sent at once cannot outrun the limit.
 
 use sea_orm::ConnectionTrait;
 
@@ -49,26 +50,30 @@ impl Keys {
     }
 }
 
-/// Minutes left on a lockout of any of the keys, if one is over its limit.
-pub async fn blocked<C: ConnectionTrait>(c: &C, keys: &Keys, now: i64) -> Result<Option<i64>, sea_orm::DbErr> {
+/// Counts this attempt against every key before the password is looked at (one statement
+/// each, on every replica's shared database), so guesses sent at once cannot all pass a check
+/// made before any of them was counted. Where a key was at its limit already, the attempt is
+/// refused unchecked: the minutes left on the lockout. A failure stays counted; a success
+/// calls [`succeeded`].
+pub async fn attempt<C: ConnectionTrait>(c: &C, keys: &Keys, now: i64) -> Result<Option<i64>, sea_orm::DbErr> {
     let limits = keys.limits();
-    let names: Vec<&str> = limits.iter().map(|(k, _)| *k).collect();
-    let counts = store::sign_in_failures(c, &names, now - WINDOW_MS).await?;
-    Ok(minutes_left(&limits, &counts, now))
+    let mut before = Vec::with_capacity(limits.len());
+    for (key, _) in &limits {
+        let (counted, window_start) = store::count_sign_in_attempt(c, key, now, now - WINDOW_MS).await?;
+        // Those counted before this one decide it.
+        before.push(((*key).to_owned(), counted - 1, window_start));
+    }
+    Ok(minutes_left(&limits, &before, now))
 }
 
-/// Counts one failure against every key (one statement each, so concurrent failures on
-/// several replicas all count).
-pub async fn failed<C: ConnectionTrait>(c: &C, keys: &Keys, now: i64) -> Result<(), sea_orm::DbErr> {
-    for key in std::iter::once(&keys.account).chain(&keys.source) {
-        store::count_sign_in_failure(c, key, now, now - WINDOW_MS).await?;
+/// A successful sign-in clears the principal's count, and takes its own attempt back from
+/// the source's (which counts failures only).
+pub async fn succeeded<C: ConnectionTrait>(c: &C, keys: &Keys) -> Result<(), sea_orm::DbErr> {
+    store::clear_sign_in_failures(c, &keys.account).await?;
+    if let Some(source) = &keys.source {
+        store::uncount_sign_in_attempt(c, source).await?;
     }
     Ok(())
-}
-
-/// A successful sign-in clears the principal's count (not the source's).
-pub async fn succeeded<C: ConnectionTrait>(c: &C, keys: &Keys) -> Result<(), sea_orm::DbErr> {
-    store::clear_sign_in_failures(c, &keys.account).await
 }
 
 /// The longest wait, in whole minutes rounded up, among keys at or over their limit.

@@ -710,7 +710,7 @@ impl Directory {
             source_ip: String::new(),
             user_agent: String::new(),
         };
-        if let Some(minutes) = crate::limiter::blocked(&self.db, &keys, now).await? {
+        if let Some(minutes) = crate::limiter::attempt(&self.db, &keys, now).await? {
             self.record(EventType::SignInFailed, &user.id, &failed("locked_out"))
                 .await?;
             return Err(Error::Locked(format!(
@@ -718,11 +718,11 @@ impl Directory {
             )));
         }
         if !credentials::verify(current, Some(user.password_hash.clone())).await? {
-            crate::limiter::failed(&self.db, &keys, now).await?;
             self.record(EventType::SignInFailed, &user.id, &failed("bad_current_password"))
                 .await?;
             return Err(Error::WrongPassword);
         }
+        crate::limiter::succeeded(&self.db, &keys).await?;
         if !self.confirmed_methods(&user.id).await?.is_empty() {
             self.require_recent_mfa(caller, "changing your password")?;
         }

@@ -18,17 +18,23 @@ where
     pim_runtime::testing::on_both_databases::<store::Migrator, _, _>("identity", None, test).await
 }
 
-/// Sign-in failures are one upsert each: twenty at once are twenty, a window that passed
-/// starts again at one, and clearing forgets them.
+/// Sign-in attempts are one upsert each: twenty at once are twenty, each told its own place
+/// (so each is weighed against those before it), a window that passed starts again at one,
+/// a success takes its attempt back, and clearing forgets them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sign_in_failures_count_every_failure_once_within_the_window() -> anyhow::Result<()> {
     on_both(|db| async move {
         let window_after = NOW - 15 * MINUTE;
-        let racing = (0..20).map(|_| store::count_sign_in_failure(&db, "user:lee", NOW, window_after));
+        let racing = (0..20).map(|_| store::count_sign_in_attempt(&db, "user:lee", NOW, window_after));
+        let mut places = Vec::new();
         for counted in futures::future::join_all(racing).await {
-            counted?;
+            places.push(counted?);
         }
-        store::count_sign_in_failure(&db, "ip:10.0.0.1", NOW, window_after).await?;
+        places.sort();
+        assert_eq!(places, (1..=20).map(|n| (n, NOW)).collect::<Vec<_>>());
+        store::count_sign_in_attempt(&db, "ip:10.0.0.1", NOW, window_after).await?;
+        store::count_sign_in_attempt(&db, "ip:10.0.0.1", NOW, window_after).await?;
+        store::uncount_sign_in_attempt(&db, "ip:10.0.0.1").await?;
         let mut seen = store::sign_in_failures(&db, &["user:lee", "ip:10.0.0.1", "user:kim"], window_after).await?;
         seen.sort();
         assert_eq!(
@@ -37,7 +43,7 @@ async fn sign_in_failures_count_every_failure_once_within_the_window() -> anyhow
         );
         // Sixteen minutes later the old window is over: counting starts again.
         let later = NOW + 16 * MINUTE;
-        store::count_sign_in_failure(&db, "user:lee", later, later - 15 * MINUTE).await?;
+        store::count_sign_in_attempt(&db, "user:lee", later, later - 15 * MINUTE).await?;
         let seen = store::sign_in_failures(&db, &["user:lee"], later - 15 * MINUTE).await?;
         assert_eq!(seen, vec![("user:lee".to_owned(), 1, later)]);
         store::clear_sign_in_failures(&db, "user:lee").await?;

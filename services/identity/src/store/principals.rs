@@ -315,7 +315,8 @@ pub async fn set_service_principal_enabled<C: ConnectionTrait>(c: &C, id: &str, 
 }
 
 /// The failures counted in the current window (started after `window_after`) for `keys`:
-/// (key, failures, window start).
+/// (key, failures, window start). (Sign-in learns them as it counts: the store tests read.)
+#[cfg(test)]
 pub async fn sign_in_failures<C: ConnectionTrait>(
     c: &C,
     keys: &[&str],
@@ -335,21 +336,35 @@ pub async fn sign_in_failures<C: ConnectionTrait>(
         .collect()
 }
 
-/// Counts a failure against `key` in one statement: a window that ended before
-/// `window_after` starts again at `now`.
-pub async fn count_sign_in_failure<C: ConnectionTrait>(
+/// Counts an attempt against `key` in one statement: a window that ended before
+/// `window_after` starts again at `now`. Returns the count with this one, and when its window
+/// started.
+pub async fn count_sign_in_attempt<C: ConnectionTrait>(
     c: &C,
     key: &str,
     now: i64,
     window_after: i64,
-) -> Result<(), DbErr> {
-    db::exec(
+) -> Result<(i64, i64), DbErr> {
+    let row = db::query_one(
         c,
         "INSERT INTO sign_in_failures (key, failures, window_start) VALUES ($1, 1, $2) \
          ON CONFLICT (key) DO UPDATE SET \
          failures = CASE WHEN sign_in_failures.window_start > $3 THEN sign_in_failures.failures + 1 ELSE 1 END, \
-         window_start = CASE WHEN sign_in_failures.window_start > $4 THEN sign_in_failures.window_start ELSE excluded.window_start END",
+         window_start = CASE WHEN sign_in_failures.window_start > $4 THEN sign_in_failures.window_start ELSE excluded.window_start END \
+         RETURNING failures, window_start",
         vec![key.into(), now.into(), window_after.into(), window_after.into()],
+    )
+    .await?
+    .ok_or_else(|| DbErr::RecordNotFound(format!("the count of {key}")))?;
+    Ok((col(&row, "failures")?, col(&row, "window_start")?))
+}
+
+/// Takes back one attempt counted against `key` (it succeeded: only failures count).
+pub async fn uncount_sign_in_attempt<C: ConnectionTrait>(c: &C, key: &str) -> Result<(), DbErr> {
+    db::exec(
+        c,
+        "UPDATE sign_in_failures SET failures = failures - 1 WHERE key = $1 AND failures > 0",
+        vec![key.into()],
     )
     .await
     .map(drop)
