@@ -466,6 +466,8 @@ async fn a_first_authenticator_needs_an_enrolment_pass_that_works_once_and_expir
         mfa(&ts)
             .reset_mfa(authed(&admin, ipb::ResetMfaRequest { user: "ann".into() }))
             .await?;
+        // The reset signed Ann out.
+        let token = ts.sign_in("ann", &password_of("ann")).await?;
         clock.advance(Duration::from_secs(25 * 3600));
         let used = start_enrolment(&ts, &token, &issued.code)
             .await

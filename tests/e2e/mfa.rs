@@ -234,6 +234,13 @@ async fn wrong_codes_lock_mfa_and_recovery_codes_work_once() -> anyhow::Result<(
         assert_eq!(kim_reset.code(), Code::PermissionDenied);
         mfa.reset_mfa(authed(&admin, ipb::ResetMfaRequest { user: "kim".into() }))
             .await?;
+        // Whoever enrolled what was reset is signed out: Kim signs in again, then enrols.
+        let ended = mfa
+            .list_methods(authed(&kim_token, ipb::ListMethodsRequest::default()))
+            .await
+            .expect_err("the session ended with the reset");
+        assert_eq!(ended.code(), Code::Unauthenticated);
+        let kim_token = ts.sign_in("kim", &pim_e2e::password_of("kim")).await?;
         enrol(&mut mfa, &kim_token).await?;
         anyhow::Ok(())
     }

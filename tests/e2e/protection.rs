@@ -3,6 +3,8 @@
 //! managed by Privileged Authentication and Global Administrators; failed sign-ins are
 //! rate-limited alike for real and unknown names.
 
+use std::time::Duration;
+
 use tonic::Code;
 
 use pim_e2e::{TestSuite, assign_for_an_hour as assign, authed, eventually};
@@ -11,8 +13,22 @@ use pim_proto::assignment::v1::assignment_service_client::AssignmentServiceClien
 use pim_proto::assignment::v1::role_service_client::RoleServiceClient;
 use pim_proto::catalogue::permissions;
 use pim_proto::identity::v1 as ipb;
+use pim_proto::identity::v1::auth_service_client::AuthServiceClient;
 use pim_proto::identity::v1::directory_service_client::DirectoryServiceClient;
 use pim_runtime::events::streams;
+
+/// Whether `token` is still accepted (a call it may make answers anything but UNAUTHENTICATED).
+async fn works(ts: &TestSuite, token: &str) -> anyhow::Result<bool> {
+    let asked = DirectoryServiceClient::new(ts.channel.clone())
+        .get_principal(authed(
+            token,
+            ipb::GetPrincipalRequest {
+                principal_id: "nobody".into(),
+            },
+        ))
+        .await;
+    Ok(!matches!(asked, Err(e) if e.code() == Code::Unauthenticated))
+}
 
 const SECURITY_ADMINISTRATOR: &str = "194ae4cb-b126-40b2-bd5b-6091b380977d";
 const AUTHENTICATION_ADMINISTRATOR: &str = "c4e39bd9-1100-46d3-8c65-fb160da0071f";
@@ -66,10 +82,33 @@ async fn privileged_users_credentials_need_privileged_administrators() -> anyhow
             new_password: password.into(),
         };
 
+        // Ann is signed in (an attacker with her old password, say) when her password is reset:
+        // that session ends, its refresh token with it; Kim, who reset it, stays signed in.
+        let old = AuthServiceClient::new(ts.channel.clone())
+            .sign_in(ipb::SignInRequest {
+                user_name: "ann".into(),
+                password: "ann's long passphrase".into(),
+            })
+            .await?
+            .into_inner();
+        assert!(works(&ts, &old.access_token).await?);
         directory
             .reset_password(authed(&kim, reset("ann", "ann's brand new passphrase")))
             .await?;
-        assert!(ts.sign_in("ann", "ann's brand new passphrase").await.is_ok());
+        eventually(Duration::from_secs(5), "Ann's old session to end", || async {
+            Ok((!works(&ts, &old.access_token).await?).then_some(()))
+        })
+        .await?;
+        let refreshed = AuthServiceClient::new(ts.channel.clone())
+            .refresh(ipb::RefreshRequest {
+                refresh_token: old.refresh_token.clone(),
+            })
+            .await
+            .expect_err("the old session's refresh token ended with it");
+        assert_eq!(refreshed.code(), Code::Unauthenticated);
+        assert!(works(&ts, &kim).await?, "the administrator's own session goes on");
+        let new = ts.sign_in("ann", "ann's brand new passphrase").await?;
+        assert!(works(&ts, &new).await?, "a sign-in with the new password works at once");
         let refused = directory
             .reset_password(authed(&kim, reset("lee", "taken over passphrase")))
             .await
@@ -290,7 +329,6 @@ async fn lost_access_reaches_cached_answers_on_redis() -> anyhow::Result<()> {
 async fn sessions_end_everywhere(ts: TestSuite) -> anyhow::Result<()> {
     use pim_proto::assignment::v1::ListRoleDefinitionsRequest;
     use pim_proto::assignment::v1::role_service_client::RoleServiceClient;
-    use pim_proto::identity::v1::auth_service_client::AuthServiceClient;
     let result = async {
         let admin = ts.admin_token().await?;
         let mut directory = DirectoryServiceClient::new(ts.channel.clone());
@@ -348,7 +386,7 @@ async fn sessions_end_everywhere(ts: TestSuite) -> anyhow::Result<()> {
         ))
         .await?;
         eventually(
-            std::time::Duration::from_secs(5),
+            Duration::from_secs(5),
             "the signed-out token to stop working",
             || async {
                 Ok(works(refreshed.access_token.clone())
@@ -376,7 +414,7 @@ async fn sessions_end_everywhere(ts: TestSuite) -> anyhow::Result<()> {
             .disable_user(authed(&admin, ipb::GetUserRequest { user: "lee".into() }))
             .await?;
         eventually(
-            std::time::Duration::from_secs(5),
+            Duration::from_secs(5),
             "the disabled user's token to stop working",
             || async {
                 Ok(works(again.clone())
@@ -408,7 +446,6 @@ async fn sessions_end_everywhere_on_redis() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn users_and_service_principals_are_maintained_safely() -> anyhow::Result<()> {
-    use pim_proto::identity::v1::auth_service_client::AuthServiceClient;
     let ts = TestSuite::embedded().await?;
     let result = async {
         let admin = ts.admin_token().await?;
@@ -564,7 +601,19 @@ async fn users_and_service_principals_are_maintained_safely() -> anyhow::Result<
                 .code(),
             Code::Unauthenticated
         );
-        auth.sign_in_service_principal(sign_in(rotated.clone())).await?;
+        // What the old secret got stops working; what the new one gets works at once.
+        eventually(
+            Duration::from_secs(5),
+            "the old secret's token to stop working",
+            || async { Ok((!works(&ts, &token).await?).then_some(())) },
+        )
+        .await?;
+        let token = auth
+            .sign_in_service_principal(sign_in(rotated.clone()))
+            .await?
+            .into_inner()
+            .access_token;
+        assert!(works(&ts, &token).await?, "the new secret's token works");
         // An app disabled holds nothing, whatever stays assigned to it.
         const SECURITY_READER: &str = "5d6b6bb7-de71-4623-b4af-96380a352509";
         AssignmentServiceClient::new(ts.channel.clone())
@@ -608,14 +657,12 @@ async fn users_and_service_principals_are_maintained_safely() -> anyhow::Result<
                 .code(),
             Code::Unauthenticated
         );
-        eventually(
-            std::time::Duration::from_secs(5),
-            "the disabled bot to hold nothing",
-            || async { Ok((!holds().await?).then_some(())) },
-        )
+        eventually(Duration::from_secs(5), "the disabled bot to hold nothing", || async {
+            Ok((!holds().await?).then_some(()))
+        })
         .await?;
         eventually(
-            std::time::Duration::from_secs(5),
+            Duration::from_secs(5),
             "the disabled bot's token to stop working",
             || {
                 let (mut directory, token) = (directory.clone(), token.clone());

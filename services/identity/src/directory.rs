@@ -627,26 +627,6 @@ impl Directory {
         Ok(())
     }
 
-    /// Ends every session of a principal (disabled, deleted): their tokens stop verifying everywhere.
-    pub(crate) async fn revoke_all_sessions<C: sea_orm::ConnectionTrait>(
-        &self,
-        txn: &C,
-        caller: &Caller,
-        principal_id: &str,
-        reason: &str,
-    ) -> Result<()> {
-        let now = now_ms();
-        store::revoke_sessions_of(txn, principal_id, now).await?;
-        store::revoke_principal(txn, principal_id, now).await?;
-        let event = ev::SessionRevoked {
-            actor: Some(caller.actor()),
-            principal_id: principal_id.into(),
-            session_id: String::new(),
-            reason: reason.into(),
-        };
-        self.emit(txn, EventType::SessionRevoked, principal_id, &event).await
-    }
-
     /// The break-glass administrator: created with a random password when missing, given a
     /// new one when present (an interrupted bootstrap is re-run). Returns (user, password).
     /// Whether any of `ids` is an enabled user.

@@ -12,6 +12,7 @@ mod limiter;
 mod mfa;
 mod passkeys;
 mod protection;
+mod sessions;
 mod store;
 #[cfg(test)]
 mod store_tests;

@@ -570,26 +570,6 @@ impl Directory {
         Ok(codes)
     }
 
-    /// Ends the caller's other live sessions, each with its `SessionRevoked`.
-    pub(crate) async fn revoke_other_sessions<C: sea_orm::ConnectionTrait>(
-        &self,
-        txn: &C,
-        caller: &Caller,
-        reason: &str,
-    ) -> Result<()> {
-        for session_id in store::revoke_other_sessions(txn, &caller.principal_id, &caller.session_id, now_ms()).await? {
-            let event = ev::SessionRevoked {
-                actor: Some(caller.actor()),
-                principal_id: caller.principal_id.clone(),
-                session_id,
-                reason: reason.into(),
-            };
-            self.emit(txn, EventType::SessionRevoked, &caller.principal_id, &event)
-                .await?;
-        }
-        Ok(())
-    }
-
     /// A user's MFA methods (never their secrets) and recovery-code state: their own, or
     /// anyone's for directory readers.
     pub async fn list_mfa_methods(&self, caller: &Caller, user: &str) -> Result<MethodsView> {
@@ -625,6 +605,9 @@ impl Directory {
         store::reset_mfa(&txn, &found.id).await?;
         store::open_enrollment_window(&txn, &found.id, window_end).await?;
         self.emit(&txn, EventType::MfaReset, &found.id, &event).await?;
+        // Whoever enrolled what was reset (the user, or someone holding their password) is
+        // signed out, and signs in again with the password alone.
+        self.end_sessions_of(&txn, caller, &found.id, "mfa_reset").await?;
         txn.commit().await?;
         self.outbox.wake();
         Ok(())

@@ -133,6 +133,8 @@ impl Directory {
         let txn = self.db.begin().await?;
         store::set_password(&txn, &target.id, &hash).await?;
         self.emit(&txn, EventType::CredentialsReset, &target.id, &event).await?;
+        // Whoever signed in with the old password is signed out.
+        self.end_sessions_of(&txn, caller, &target.id, "password_reset").await?;
         txn.commit().await?;
         self.outbox.wake();
         Ok(())
@@ -315,8 +317,16 @@ impl Directory {
         let txn = self.db.begin().await?;
         store::set_service_principal_secret(&txn, &sp.id, &hash).await?;
         self.emit(&txn, EventType::CredentialsReset, &sp.id, &event).await?;
+        // The tokens the old secret got stop working (a service principal's sign-ins keep no
+        // session: its tokens issued up to now are refused).
+        self.revoke_all_sessions(&txn, caller, &sp.id, "client_secret_rotated")
+            .await?;
         txn.commit().await?;
         self.outbox.wake();
+        // A token tells when it was issued to the second: the new secret is told only once
+        // this second is over, so no token it gets counts as issued before the rotation.
+        let into_second = pim_runtime::db::now_ms().rem_euclid(1000) as u64;
+        tokio::time::sleep(std::time::Duration::from_millis(1000 - into_second)).await;
         Ok((sp, secret))
     }
 

@@ -760,7 +760,10 @@ where
             // resetting the stream (which the caller reads as CANCELLED).
             let response = match futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(call)).await {
                 Ok(response) => response,
-                Err(_) => Ok(crate::grpc::internal(anyhow::anyhow!("the handler of {path} panicked")).into_http()),
+                Err(_) => {
+                    tracing::error!(method = %path, "the handler panicked: answered INTERNAL");
+                    Ok(Status::internal("internal error").into_http())
+                }
             };
             // Errors come back trailers-only, with grpc-status in the headers; a missing
             // one means OK (it follows in the trailers).

@@ -1,0 +1,74 @@
+//! Ending sessions: all of a principal's (disabled, deleted, a secret rotated), a user's but
+//! the caller's own (an administrator's reset), the caller's others (their own credentials
+//! changed). Each ends with its `SessionRevoked`, which every process's verifier applies.
+
+use pim_proto::events::v1 as ev;
+use pim_runtime::auth::Caller;
+use pim_runtime::db::now_ms;
+use pim_runtime::events::EventType;
+
+use crate::directory::Directory;
+use crate::error::Result;
+use crate::store;
+
+impl Directory {
+    /// Ends every session of a principal (disabled, deleted): their tokens stop verifying everywhere.
+    pub(crate) async fn revoke_all_sessions<C: sea_orm::ConnectionTrait>(
+        &self,
+        txn: &C,
+        caller: &Caller,
+        principal_id: &str,
+        reason: &str,
+    ) -> Result<()> {
+        let now = now_ms();
+        store::revoke_sessions_of(txn, principal_id, now).await?;
+        store::revoke_principal(txn, principal_id, now).await?;
+        // No session named: the principal's tokens issued up to the event's time.
+        self.session_revoked(txn, caller, principal_id, String::new(), reason)
+            .await
+    }
+
+    /// Ends the caller's other live sessions, each with its `SessionRevoked`.
+    pub(crate) async fn revoke_other_sessions<C: sea_orm::ConnectionTrait>(
+        &self,
+        txn: &C,
+        caller: &Caller,
+        reason: &str,
+    ) -> Result<()> {
+        self.end_sessions_of(txn, caller, &caller.principal_id, reason).await
+    }
+
+    /// Ends every live session of user `principal_id` but the caller's own (an administrator
+    /// resetting their own credentials stays signed in): each session's tokens stop verifying
+    /// everywhere and its refresh token stops working; a new sign-in is not affected.
+    pub(crate) async fn end_sessions_of<C: sea_orm::ConnectionTrait>(
+        &self,
+        txn: &C,
+        caller: &Caller,
+        principal_id: &str,
+        reason: &str,
+    ) -> Result<()> {
+        for session_id in store::revoke_other_sessions(txn, principal_id, &caller.session_id, now_ms()).await? {
+            self.session_revoked(txn, caller, principal_id, session_id, reason)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn session_revoked<C: sea_orm::ConnectionTrait>(
+        &self,
+        txn: &C,
+        caller: &Caller,
+        principal_id: &str,
+        session_id: String,
+        reason: &str,
+    ) -> Result<()> {
+        let event = ev::SessionRevoked {
+            actor: Some(caller.actor()),
+            principal_id: principal_id.to_owned(),
+            session_id,
+            reason: reason.into(),
+        };
+        self.emit(txn, EventType::SessionRevoked, principal_id, &event).await
+    }
+}
