@@ -510,6 +510,101 @@ async fn bad_input_is_invalid_argument_naming_the_field() -> anyhow::Result<()> 
         assert_eq!(by_name.code(), Code::InvalidArgument, "{by_name:?}");
         assert!(by_name.message().contains("principal_id"), "{by_name:?}");
         assert!(w.check(&lee.id, EXCHANGE_ADMINISTRATOR).await.is_ok());
+        // A scope with an empty segment is a mistake to point out (it once took the handler down).
+        for scope in ["//", "///", "/a//b"] {
+            let refused =
+                pim_proto::assignment::v1::access_service_client::AccessServiceClient::new(w.ts.channel.clone())
+                    .check_access(authed(
+                        &w.admin,
+                        apb::CheckAccessRequest {
+                            principal_id: lee.id.clone(),
+                            target: Some(apb::check_access_request::Target::RoleId(EXCHANGE_ADMINISTRATOR.into())),
+                            scope: scope.into(),
+                            ..Default::default()
+                        },
+                    ))
+                    .await
+                    .expect_err("an empty segment");
+            assert_eq!(refused.code(), Code::InvalidArgument, "{scope}: {refused:?}");
+            assert!(refused.message().contains("scope"), "{refused:?}");
+        }
+        // Searches and filters are short, one-line values; a wildcard in one is matched as is.
+        let huge = "x".repeat(50_001);
+        let mut audit = pim_proto::audit::v1::audit_service_client::AuditServiceClient::new(w.ts.channel.clone());
+        let query = |q: aupb::QueryEventsRequest| {
+            let mut audit = audit.clone();
+            let admin = w.admin.clone();
+            async move { audit.query_events(authed(&admin, q)).await }
+        };
+        for (q, field) in [
+            (
+                aupb::QueryEventsRequest {
+                    action: huge.clone(),
+                    ..Default::default()
+                },
+                "action",
+            ),
+            (
+                aupb::QueryEventsRequest {
+                    outcome: "sucess".into(),
+                    ..Default::default()
+                },
+                "outcome",
+            ),
+            (
+                aupb::QueryEventsRequest {
+                    target_id: "lee\nkim".into(),
+                    ..Default::default()
+                },
+                "target_id",
+            ),
+        ] {
+            let refused = query(q).await.expect_err("a bad filter");
+            assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+            assert!(refused.message().starts_with(field), "{refused:?}");
+        }
+        let wildcard = query(aupb::QueryEventsRequest {
+            action: "%".into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+        assert!(wildcard.records.is_empty(), "no action ends in a literal %");
+        let users = DirectoryServiceClient::new(w.ts.channel.clone())
+            .list_users(authed(
+                &w.admin,
+                ipb::ListUsersRequest {
+                    filter: huge.clone(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .expect_err("too long a search");
+        assert_eq!(users.code(), Code::InvalidArgument, "{users:?}");
+        // A name shown to others (a service principal's here) says only what it shows.
+        let spoofing = DirectoryServiceClient::new(w.ts.channel.clone())
+            .create_service_principal(authed(
+                &w.admin,
+                ipb::CreateServicePrincipalRequest {
+                    display_name: "payments\u{202e}nimda".into(),
+                },
+            ))
+            .await
+            .expect_err("a right-to-left override");
+        assert_eq!(spoofing.code(), Code::InvalidArgument, "{spoofing:?}");
+        assert!(spoofing.message().contains("display_name"), "{spoofing:?}");
+        // A refusal that would echo a megabyte says the start of why, and its code.
+        let unknown = audit
+            .get_event(authed(
+                &w.admin,
+                aupb::GetEventRequest {
+                    event_id: "e".repeat(1 << 20),
+                },
+            ))
+            .await
+            .expect_err("no such event");
+        assert_eq!(unknown.code(), Code::NotFound, "{:?}", unknown.code());
+        assert!(unknown.message().chars().count() <= 501, "{}", unknown.message().len());
         // A policy's approvers must be principals the directory holds.
         let nobody = uuid::Uuid::now_v7().to_string();
         for unknown in ["nosuchperson", nobody.as_str()] {

@@ -147,6 +147,20 @@ async fn a_review_removes_denied_and_unanswered_assignments_and_keeps_approved_o
             .await
             .expect_err("nobody reviews");
         assert_eq!(bad.code(), Code::InvalidArgument);
+        // A reviewer must be a principal the directory holds, named by id.
+        let nobody = uuid::Uuid::now_v7().to_string();
+        for reviewer in ["not-a-uuid", nobody.as_str()] {
+            let bad = w
+                .reviews()
+                .create_review(authed(
+                    &w.admin,
+                    removing_review("ghosts", "Exchange Administrator", pb::ReviewScope::Eligible, reviewer),
+                ))
+                .await
+                .expect_err("nobody would decide");
+            assert_eq!(bad.code(), Code::InvalidArgument, "{bad:?}");
+            assert!(bad.message().contains("review.reviewer_ids"), "{bad:?}");
+        }
         let refused = w
             .reviews()
             .create_review(authed(

@@ -8,8 +8,8 @@ use tonic::transport::Channel;
 
 use pim_proto::assignment::v1::GetRoleDefinitionRequest;
 use pim_proto::assignment::v1::role_service_client::RoleServiceClient;
-use pim_proto::identity::v1::ListPrincipalGroupsRequest;
 use pim_proto::identity::v1::directory_service_client::DirectoryServiceClient;
+use pim_proto::identity::v1::{GetPrincipalRequest, ListPrincipalGroupsRequest};
 use pim_runtime::access::on_behalf_of;
 use pim_runtime::auth::Caller;
 use pim_runtime::error::{Error, Result};
@@ -53,6 +53,25 @@ impl Services {
             .into_inner()
             .groups;
         Ok(groups.into_iter().map(|g| g.id).collect())
+    }
+
+    /// Whether the directory holds `id` as an enabled principal (a user, a group or a service
+    /// principal).
+    pub(crate) async fn principal_exists(&self, caller: &Caller, id: &str) -> Result<bool> {
+        let request = on_behalf_of(
+            caller,
+            GetPrincipalRequest {
+                principal_id: id.to_owned(),
+            },
+        )?;
+        match self.identity.clone().get_principal(request).await {
+            Ok(_) => Ok(true),
+            Err(s) if matches!(s.code(), tonic::Code::NotFound | tonic::Code::FailedPrecondition) => Ok(false),
+            Err(s) => {
+                tracing::warn!(code = ?s.code(), "principal lookup failed");
+                Err(Error::Unavailable("the directory is unavailable; try again".into()))
+            }
+        }
     }
 
     /// The id of a role given by name or id; it must exist.

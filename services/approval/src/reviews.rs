@@ -128,8 +128,11 @@ impl Approvals {
                 "name reviewers, or make it a self-review",
             ));
         }
-        if reviewer_ids.len() > 100 || reviewer_ids.iter().any(|id| id.contains(char::is_whitespace)) {
-            return Err(Error::invalid("review.reviewer_ids", "at most 100 principal ids"));
+        if reviewer_ids.len() > 100 || reviewer_ids.iter().any(|id| uuid::Uuid::parse_str(id).is_err()) {
+            return Err(Error::invalid(
+                "review.reviewer_ids",
+                "at most 100 principal ids (UUIDs; look a name up with identity's GetPrincipal)",
+            ));
         }
         let Some(period) = recurrence_period(r.recurrence.trim()) else {
             return Err(Error::invalid(
@@ -149,6 +152,19 @@ impl Approvals {
         }
         require(self.access.as_ref(), caller, permissions::REVIEWS_MANAGE, &scope).await?;
         let role_id = self.services.role_id(caller, role_id).await?;
+        // A reviewer the directory does not hold (or holds disabled) would never decide.
+        let mut unknown = Vec::new();
+        for id in &reviewer_ids {
+            if !self.services.principal_exists(caller, id).await? {
+                unknown.push(id.as_str());
+            }
+        }
+        if !unknown.is_empty() {
+            return Err(Error::invalid(
+                "review.reviewer_ids",
+                format!("no enabled principal has the id {}", unknown.join(", ")),
+            ));
+        }
         let now = self.now();
         let mut review = ReviewRow {
             id: uuid::Uuid::now_v7().to_string(),

@@ -411,9 +411,9 @@ pub async fn query<C: ConnectionTrait>(c: &C, f: &Filter, limit: u64) -> Result<
     if !f.action.is_empty() {
         // Full type (pim.assignment.v1.RoleActivated) or its short name (RoleActivated).
         values.push(f.action.clone().into());
-        values.push(format!("%.{}", f.action).into());
+        values.push(format!("%.{}", db::like_escaped(&f.action)).into());
         sql.push_str(&format!(
-            " AND (action = ${} OR action LIKE ${})",
+            " AND (action = ${} OR action LIKE ${} ESCAPE '\\')",
             values.len() - 1,
             values.len()
         ));

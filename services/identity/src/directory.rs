@@ -339,10 +339,7 @@ impl Directory {
             "/",
         )
         .await?;
-        let display_name = display_name.trim();
-        if display_name.is_empty() || display_name.chars().count() > 256 {
-            return Err(Error::invalid("display_name", "must be 1 to 256 characters"));
-        }
+        let display_name = checked_display_name(display_name)?;
         let secret = credentials::random_secret();
         let row = ServicePrincipalRow {
             id: uuid::Uuid::now_v7().to_string(),
@@ -672,6 +669,18 @@ impl Directory {
         .validate()?;
         Ok((self.insert_user(None, new).await?, password))
     }
+}
+
+/// A group's or a service principal's display name, trimmed: 1 to 256 characters on one
+/// line, none that changes how the text around it shows (it is shown to others: a terminal,
+/// a page).
+pub(crate) fn checked_display_name(display_name: &str) -> Result<&str> {
+    let display_name =
+        pim_runtime::text::one_line(display_name, 256).map_err(|why| Error::invalid("display_name", why))?;
+    if display_name.is_empty() {
+        return Err(Error::invalid("display_name", "must be 1 to 256 characters"));
+    }
+    Ok(display_name)
 }
 
 #[cfg(test)]

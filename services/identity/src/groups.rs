@@ -375,11 +375,7 @@ impl Directory {
 /// A group's display name (one line, 1 to 256 characters) and description (free text, at
 /// most 1024), as people will read them; the name, trimmed.
 fn checked_text<'a>(display_name: &'a str, description: &str) -> Result<&'a str> {
-    let display_name =
-        pim_runtime::text::one_line(display_name, 256).map_err(|why| Error::invalid("display_name", why))?;
-    if display_name.is_empty() {
-        return Err(Error::invalid("display_name", "must be 1 to 256 characters"));
-    }
+    let display_name = crate::directory::checked_display_name(display_name)?;
     pim_runtime::text::free_text(description, 1024).map_err(|why| Error::invalid("description", why))?;
     Ok(display_name)
 }

@@ -11,6 +11,7 @@ use pim_runtime::auth::caller;
 use pim_runtime::consistency::{ConsistencyToken, answer};
 use pim_runtime::db::to_timestamp;
 use pim_runtime::events::streams;
+use pim_runtime::grpc::filter_value;
 
 use crate::directory::{ClientInfo, Directory, NewUser, Session};
 use crate::groups::NewGroup;
@@ -111,7 +112,8 @@ impl DirectoryService for Directory {
         let caller = caller(&request)?.clone();
         let r = request.into_inner();
         let limit = page_size(r.page_size)?;
-        let mut users = Directory::list_users(self, &caller, &r.filter, &r.page_token, limit + 1).await?;
+        let filter = filter_value("filter", &r.filter)?;
+        let mut users = Directory::list_users(self, &caller, filter, &r.page_token, limit + 1).await?;
         let next_page_token = if users.len() as u64 > limit {
             users.truncate(limit as usize);
             users.last().map(|u| u.user_name.clone()).unwrap_or_default()
@@ -131,7 +133,8 @@ impl DirectoryService for Directory {
         let caller = caller(&request)?.clone();
         let r = request.into_inner();
         let limit = page_size(r.page_size)?;
-        let mut found = Directory::list_service_principals(self, &caller, &r.filter, &r.page_token, limit + 1).await?;
+        let filter = filter_value("filter", &r.filter)?;
+        let mut found = Directory::list_service_principals(self, &caller, filter, &r.page_token, limit + 1).await?;
         let next_page_token = if found.len() as u64 > limit {
             found.truncate(limit as usize);
             found.last().map(|sp| sp.id.clone()).unwrap_or_default()

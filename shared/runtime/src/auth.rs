@@ -626,6 +626,36 @@ fn is_public(path: &str, public: &HashSet<&'static str>) -> bool {
     public.contains(path) || path.starts_with("/grpc.health.v1.") || path.starts_with("/grpc.reflection.")
 }
 
+/// The most characters a refusal's message keeps: one echoing a huge value (an id of a
+/// megabyte) would overflow the caller's header limit, which reads as RESOURCE_EXHAUSTED.
+const MAX_MESSAGE: usize = 500;
+
+/// The most bytes of error details a refusal keeps (the same reason, as structured detail).
+const MAX_DETAILS: usize = 4096;
+
+/// Cuts a refusal's message to [`MAX_MESSAGE`] characters (with `…`), and drops details over
+/// [`MAX_DETAILS`] bytes, so the caller reads the code and the start of why.
+fn shorten_refusal(response: &mut http::Response<tonic::body::Body>) {
+    let headers = response.headers_mut();
+    if headers
+        .get("grpc-status-details-bin")
+        .is_some_and(|d| d.len() > MAX_DETAILS)
+    {
+        headers.remove("grpc-status-details-bin");
+    }
+    let Some(status) = Status::from_header_map(headers) else {
+        return;
+    };
+    if status.message().chars().count() <= MAX_MESSAGE {
+        return;
+    }
+    let short: String = status.message().chars().take(MAX_MESSAGE).chain(['…']).collect();
+    let replaced: http::Response<tonic::body::Body> = Status::new(status.code(), short).into_http();
+    if let Some(message) = replaced.headers().get("grpc-message") {
+        headers.insert("grpc-message", message.clone());
+    }
+}
+
 /// Tower layer: authenticates every request except the public ones.
 #[derive(Clone)]
 pub struct AuthLayer {
@@ -759,7 +789,11 @@ where
             // A handler that panics answers INTERNAL, logged with the call's trace, rather than
             // resetting the stream (which the caller reads as CANCELLED).
             let response = match futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(call)).await {
-                Ok(response) => response,
+                Ok(Ok(mut response)) => {
+                    shorten_refusal(&mut response);
+                    Ok(response)
+                }
+                Ok(failed) => failed,
                 Err(_) => {
                     tracing::error!(method = %path, "the handler panicked: answered INTERNAL");
                     Ok(Status::internal("internal error").into_http())

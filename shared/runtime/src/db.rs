@@ -130,6 +130,12 @@ fn statement<C: ConnectionTrait>(c: &C, sql: &str, values: Vec<Value>) -> Statem
     Statement::from_sql_and_values(c.get_database_backend(), sql, values)
 }
 
+/// `text` to match literally inside a LIKE pattern written with `ESCAPE '\'` (a backslash):
+/// its `%`, `_` and backslashes stand for themselves.
+pub fn like_escaped(text: &str) -> String {
+    text.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")
+}
+
 /// `$first, …`: `count` numbered placeholders, comma-separated.
 pub fn placeholders(first: usize, count: usize) -> String {
     (first..first + count)

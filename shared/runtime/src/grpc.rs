@@ -23,6 +23,16 @@ pub fn invalid_argument(field: &str, message: &str) -> Status {
     Status::with_error_details(tonic::Code::InvalidArgument, format!("{field}: {message}"), details)
 }
 
+/// The most characters a search or filter value may have.
+pub const MAX_FILTER: usize = 256;
+
+/// A search or filter value (a name to look for, an id or an action to match), trimmed: at
+/// most [`MAX_FILTER`] characters and on one line, else INVALID_ARGUMENT naming `field` (a
+/// longer pattern only made the database give up, an INTERNAL).
+pub fn filter_value<'a>(field: &str, value: &'a str) -> Result<&'a str, Status> {
+    crate::text::one_line(value, MAX_FILTER).map_err(|why| invalid_argument(field, &why))
+}
+
 /// UNAVAILABLE with a `RetryInfo` detail: the same call may succeed after `retry_after`.
 pub fn unavailable_retry(message: &str, retry_after: std::time::Duration) -> Status {
     let details = ErrorDetails::with_retry_info(Some(retry_after));

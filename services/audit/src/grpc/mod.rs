@@ -8,6 +8,7 @@ use pim_proto::audit::v1 as pb;
 use pim_proto::audit::v1::audit_service_server::AuditService;
 use pim_runtime::auth::caller;
 use pim_runtime::db::{from_timestamp, to_timestamp};
+use pim_runtime::grpc::{filter_value, invalid_argument};
 
 use crate::{Audit, DEFAULT_PAGE, MAX_PAGE, ocsf, store};
 
@@ -20,16 +21,24 @@ fn filter_from(r: pb::QueryEventsRequest, involving: Option<String>) -> Result<s
             .parse()
             .map_err(|_| pim_runtime::grpc::invalid_argument("page_token", "is not a token this service gave"))?
     };
+    let value = |field: &str, value: &str| filter_value(field, value).map(str::to_owned);
+    let outcome = value("outcome", &r.outcome)?;
+    if !["", "success", "failure", "refused", "detected"].contains(&outcome.as_str()) {
+        return Err(invalid_argument(
+            "outcome",
+            "must be success, failure, refused or detected (or empty: any)",
+        ));
+    }
     Ok(store::Filter {
-        actor_id: r.actor_id,
-        target_id: r.target_id,
-        role_id: r.role_id,
-        scope: r.scope,
-        action: r.action,
-        outcome: r.outcome,
+        actor_id: value("actor_id", &r.actor_id)?,
+        target_id: value("target_id", &r.target_id)?,
+        role_id: value("role_id", &r.role_id)?,
+        scope: value("scope", &r.scope)?,
+        action: value("action", &r.action)?,
+        outcome,
         since: r.since.as_ref().map(from_timestamp),
         until: r.until.as_ref().map(from_timestamp),
-        trace_id: r.correlation_id,
+        trace_id: value("correlation_id", &r.correlation_id)?,
         involving,
         after_sequence,
         newest_first: r.newest_first,

@@ -90,12 +90,7 @@ pub async fn find_user<C: ConnectionTrait>(c: &C, id_or_name: &str) -> Result<Op
 /// `LOWER(…)`: ASCII letters only are folded, as SQLite's `LOWER` folds them, so both
 /// databases answer alike.
 pub(super) fn like_pattern(filter: &str) -> String {
-    let escaped = filter
-        .to_ascii_lowercase()
-        .replace('\\', "\\\\")
-        .replace('%', "\\%")
-        .replace('_', "\\_");
-    format!("%{escaped}%")
+    format!("%{}%", db::like_escaped(&filter.to_ascii_lowercase()))
 }
 
 /// Users after `after` (by user name), matching `filter`, at most `limit`.
