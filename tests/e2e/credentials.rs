@@ -212,6 +212,29 @@ async fn with_mfa_enrolled_a_password_alone_only_gets_a_token_that_can_verify_a_
             .await?
             .into_inner();
         assert!(!refreshed.mfa_pending);
+        // The spent refresh token shown again (someone kept a copy): the session ends, so the
+        // newest refresh token and its access token stop working too, whoever holds them.
+        let refresh = |refresh_token: String| {
+            let mut auth = AuthServiceClient::new(ts.channel.clone());
+            async move { auth.refresh(ipb::RefreshRequest { refresh_token }).await }
+        };
+        let reused = refresh(complete.refresh_token.clone()).await.expect_err("spent");
+        assert_eq!(reused.code(), Code::Unauthenticated);
+        let newest = refresh(refreshed.refresh_token.clone())
+            .await
+            .expect_err("the session ended");
+        assert_eq!(newest.code(), Code::Unauthenticated);
+        eventually(
+            Duration::from_secs(5),
+            "the session's tokens to stop working",
+            || async {
+                let asked = mfa(&ts)
+                    .list_methods(authed(&refreshed.access_token, ipb::ListMethodsRequest::default()))
+                    .await;
+                Ok(asked.err().filter(|e| e.code() == Code::Unauthenticated).map(drop))
+            },
+        )
+        .await?;
 
         // A held sign-in may be abandoned.
         let abandoned = sign_in(&ts, "lee", &password_of("lee")).await?;

@@ -146,7 +146,7 @@ fn sign_in_event(user: &UserRow, session_id: &str, amr: &[String], client: &Clie
     }
 }
 
-fn actor(principal_id: &str, kind: PrincipalKind, name: &str) -> Actor {
+pub(crate) fn actor(principal_id: &str, kind: PrincipalKind, name: &str) -> Actor {
     Actor {
         principal_id: principal_id.to_owned(),
         kind: kind as i32,
@@ -550,6 +550,11 @@ impl Directory {
             .await?
             .filter(|s| s.revoked_at.is_none() && s.expires_at > now);
         let Some(session) = session else {
+            // A refresh token spent already, shown again: someone kept a copy (the client
+            // keeps only the newest). Whoever holds the session now may be the thief: it ends.
+            if let Some((session_id, principal_id)) = store::session_of_spent_refresh(&self.db, &old).await? {
+                self.end_session_of_reused_refresh(&session_id, &principal_id).await?;
+            }
             return Err(Error::BadRefresh);
         };
         let user = store::find_user(&self.db, &session.principal_id)
@@ -557,9 +562,11 @@ impl Directory {
             .filter(|u| u.enabled)
             .ok_or(Error::BadRefresh)?;
         let next = credentials::random_secret();
-        if !store::rotate_refresh(&self.db, &session.id, &old, &refresh_hash(&next)).await? {
+        let txn = self.db.begin().await?;
+        if !store::rotate_refresh(&txn, &session.id, &old, &refresh_hash(&next)).await? {
             return Err(Error::BadRefresh);
         }
+        txn.commit().await?;
         let amr = vec!["pwd".to_owned()];
         let subject = TokenSubject {
             principal_id: user.id.clone(),

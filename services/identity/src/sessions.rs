@@ -1,13 +1,17 @@
 //! Ending sessions: all of a principal's (disabled, deleted, a secret rotated), a user's but
 //! the caller's own (an administrator's reset), the caller's others (their own credentials
-//! changed). Each ends with its `SessionRevoked`, which every process's verifier applies.
+//! changed), one whose spent refresh token came back. Each ends with its `SessionRevoked`,
+//! which every process's verifier applies.
 
+use sea_orm::TransactionTrait;
+
+use pim_proto::common::v1::PrincipalKind;
 use pim_proto::events::v1 as ev;
 use pim_runtime::auth::Caller;
 use pim_runtime::db::now_ms;
 use pim_runtime::events::EventType;
 
-use crate::directory::Directory;
+use crate::directory::{Directory, actor};
 use crate::error::Result;
 use crate::store;
 
@@ -52,6 +56,24 @@ impl Directory {
             self.session_revoked(txn, caller, principal_id, session_id, reason)
                 .await?;
         }
+        Ok(())
+    }
+
+    /// Ends the session a spent refresh token came back for (reuse detection), with its
+    /// `SessionRevoked` (reason `refresh_token_reused`) in the audit log; once only.
+    pub(crate) async fn end_session_of_reused_refresh(&self, session_id: &str, principal_id: &str) -> Result<()> {
+        let txn = self.db.begin().await?;
+        if store::revoke_session(&txn, session_id, now_ms()).await? {
+            let event = ev::SessionRevoked {
+                actor: Some(actor("system", PrincipalKind::Unspecified, "PIM (reuse detection)")),
+                principal_id: principal_id.to_owned(),
+                session_id: session_id.to_owned(),
+                reason: "refresh_token_reused".into(),
+            };
+            self.emit(&txn, EventType::SessionRevoked, principal_id, &event).await?;
+        }
+        txn.commit().await?;
+        self.outbox.wake();
         Ok(())
     }
 

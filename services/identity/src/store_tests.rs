@@ -53,6 +53,41 @@ async fn sign_in_failures_count_every_failure_once_within_the_window() -> anyhow
     .await
 }
 
+/// A refresh token rotates once: the one it replaced is remembered as spent (so it can be
+/// told from a token never issued) until its session is pruned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_refresh_token_is_remembered_as_spent_until_its_session_goes() -> anyhow::Result<()> {
+    on_both(|db| async move {
+        store::insert_session(&db, "s1", "lee", "h1", NOW, NOW + 60 * MINUTE).await?;
+        assert!(
+            store::session_of_spent_refresh(&db, "h1").await?.is_none(),
+            "not spent yet"
+        );
+        let racing = [
+            store::rotate_refresh(&db, "s1", "h1", "h2"),
+            store::rotate_refresh(&db, "s1", "h1", "h3"),
+        ];
+        let rotated = futures::future::join_all(racing).await;
+        assert_eq!(
+            rotated.iter().filter(|r| matches!(r, Ok(true))).count(),
+            1,
+            "one rotation of a token: {rotated:?}"
+        );
+        assert_eq!(
+            store::session_of_spent_refresh(&db, "h1").await?,
+            Some(("s1".to_owned(), "lee".to_owned()))
+        );
+        assert!(store::session_by_refresh(&db, "h1").await?.is_none());
+        store::prune_sessions(&db, NOW + 61 * MINUTE).await?;
+        assert!(
+            store::session_of_spent_refresh(&db, "h1").await?.is_none(),
+            "gone with its session"
+        );
+        Ok(())
+    })
+    .await
+}
+
 /// A group's links: adding twice adds once, removing says whether there was one, and a
 /// member's groups are read back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -162,6 +162,16 @@ impl MigratorTrait for Migrator {
                 )"
                 .to_owned()
             }),
+            // The refresh tokens a session has spent: one shown again was copied, and the
+            // session it belongs to ends (refresh token reuse detection).
+            SqlMigration::boxed("m0009_spent_refresh_tokens", |_| {
+                "CREATE TABLE spent_refresh_tokens (
+                    refresh_hash TEXT PRIMARY KEY,
+                    session_id TEXT NOT NULL
+                );
+                CREATE INDEX spent_refresh_tokens_session ON spent_refresh_tokens (session_id)"
+                    .to_owned()
+            }),
         ]);
         migrations
     }

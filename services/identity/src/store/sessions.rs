@@ -117,20 +117,45 @@ pub async fn session_by_refresh<C: ConnectionTrait>(c: &C, refresh_hash: &str) -
     .transpose()
 }
 
-/// Replaces a live session's refresh token (rotation); returns whether the old one was still current.
+/// Replaces a live session's refresh token (rotation) and keeps the old one as spent; returns
+/// whether the old one was still current (nothing changes otherwise).
 pub async fn rotate_refresh<C: ConnectionTrait>(
     c: &C,
     session_id: &str,
     old_hash: &str,
     new_hash: &str,
 ) -> Result<bool, DbErr> {
-    Ok(db::exec(
+    let rotated = db::exec(
         c,
         "UPDATE sessions SET refresh_hash = $1 WHERE id = $2 AND refresh_hash = $3 AND revoked_at IS NULL",
         vec![new_hash.into(), session_id.into(), old_hash.into()],
     )
     .await?
-        == 1)
+        == 1;
+    if rotated {
+        db::exec(
+            c,
+            "INSERT INTO spent_refresh_tokens (refresh_hash, session_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            vec![old_hash.into(), session_id.into()],
+        )
+        .await?;
+    }
+    Ok(rotated)
+}
+
+/// The session (and its principal) that spent the refresh token `refresh_hash` names, if any.
+pub async fn session_of_spent_refresh<C: ConnectionTrait>(
+    c: &C,
+    refresh_hash: &str,
+) -> Result<Option<(String, String)>, DbErr> {
+    let row = db::query_one(
+        c,
+        "SELECT s.id, s.principal_id FROM spent_refresh_tokens t JOIN sessions s ON s.id = t.session_id \
+         WHERE t.refresh_hash = $1",
+        vec![refresh_hash.into()],
+    )
+    .await?;
+    row.map(|r| Ok((col(&r, "id")?, col(&r, "principal_id")?))).transpose()
 }
 
 pub async fn revoke_session<C: ConnectionTrait>(c: &C, session_id: &str, now: i64) -> Result<bool, DbErr> {
@@ -193,6 +218,12 @@ pub async fn prune_sessions<C: ConnectionTrait>(c: &C, before: i64) -> Result<()
         c,
         "DELETE FROM sessions WHERE expires_at < $1 OR revoked_at < $2",
         vec![before.into(), before.into()],
+    )
+    .await?;
+    db::exec(
+        c,
+        "DELETE FROM spent_refresh_tokens WHERE session_id NOT IN (SELECT id FROM sessions)",
+        vec![],
     )
     .await?;
     db::exec(
