@@ -571,6 +571,36 @@ async fn racing_approve_and_deny_end_in_exactly_one_state() -> anyhow::Result<()
     .await
 }
 
+/// An approver's decision sent several times at once (a retry, a double click) counts once,
+/// and every answer tells the approval as it left it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_decision_sent_at_once_counts_once_and_each_answer_is_current() -> anyhow::Result<()> {
+    run(|w| async move {
+        let ann = w.user("ann").await?;
+        w.require_approval(vec![stage(&[&ann], 1)]).await?;
+        for i in 0..10 {
+            let user = w.user(&format!("user{i}")).await?;
+            let request = w.ask(&user, "twice").await?;
+            let approval = w.approval_of(&request.id).await?;
+            let sent: Vec<_> = (0..5)
+                .map(|_| {
+                    let (mut approvals, ask) = (w.approvals(), authed(&ann.token, decide(&approval.id, true, "yes")));
+                    tokio::spawn(async move { approvals.decide(ask).await })
+                })
+                .collect();
+            for answer in sent {
+                let answer = answer.await??.into_inner();
+                assert_eq!(answer.status, pb::ApprovalStatus::Approved as i32, "{answer:?}");
+                assert_eq!(answer.decisions.len(), 1, "one decision");
+            }
+            w.eventually_status(&user.token, &request.id, apb::RequestStatus::Provisioned)
+                .await?;
+        }
+        Ok(w)
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_approval_that_crosses_its_requests_withdrawal_ends_canceled() -> anyhow::Result<()> {
     use sea_orm::{ConnectionTrait, TransactionTrait};

@@ -52,6 +52,20 @@ pub struct Approvals {
     pub(crate) changed: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
+/// The caller's earlier decision on an approval, if any: the same decision again (a retry, or
+/// sent twice at once) is answered with the approval as it stands; another is refused.
+fn decided_before(caller: &Caller, decision: Decision, decisions: &[DecisionRow]) -> Option<Result<()>> {
+    let previous = decisions.iter().find(|d| d.approver_id == caller.principal_id)?;
+    Some(if previous.decision == decision {
+        Ok(())
+    } else {
+        Err(Error::FailedPrecondition(format!(
+            "you already decided this approval ({})",
+            previous.decision
+        )))
+    })
+}
+
 /// The system as the actor of what a timer does.
 fn system_actor() -> Actor {
     Actor {
@@ -462,15 +476,11 @@ impl Approvals {
             ));
         }
         let decisions = store::decisions(&self.db, id).await?;
-        if let Some(previous) = decisions.iter().find(|d| d.approver_id == caller.principal_id) {
-            return if previous.decision == decision {
-                Ok((approval, decisions))
-            } else {
-                Err(Error::FailedPrecondition(format!(
-                    "you already decided this approval ({})",
-                    previous.decision
-                )))
-            };
+        if let Some(answer) = decided_before(caller, decision, &decisions) {
+            answer?;
+            // The approval as that decision left it, read after it.
+            let now = store::get(&self.db, id).await?.unwrap_or(approval);
+            return Ok((now, decisions));
         }
         if approval.status != ApprovalStatus::Pending {
             return Err(Error::FailedPrecondition(format!(
@@ -496,6 +506,12 @@ impl Approvals {
         let mut current = store::lock(&txn, id)
             .await?
             .ok_or_else(|| Error::NotFound(format!("approval {id}")))?;
+        // The same decision may have been sent at once and committed meanwhile.
+        let decided = store::decisions(&txn, id).await?;
+        if let Some(answer) = decided_before(caller, decision, &decided) {
+            answer?;
+            return Ok((current, decided));
+        }
         if current.status != ApprovalStatus::Pending {
             return Err(Error::FailedPrecondition(format!(
                 "approval is already {}",
