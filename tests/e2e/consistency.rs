@@ -581,6 +581,35 @@ async fn bad_input_is_invalid_argument_naming_the_field() -> anyhow::Result<()> 
             .await
             .expect_err("too long a search");
         assert_eq!(users.code(), Code::InvalidArgument, "{users:?}");
+        // A request status no status has, or a Duration that is no protobuf Duration.
+        let unknown_status = w
+            .assignments()
+            .list_requests(authed(
+                &w.admin,
+                apb::ListRequestsRequest {
+                    status: 99,
+                    ..Default::default()
+                },
+            ))
+            .await
+            .expect_err("no status 99");
+        assert_eq!(unknown_status.code(), Code::InvalidArgument, "{unknown_status:?}");
+        assert!(unknown_status.message().contains("status"), "{unknown_status:?}");
+        let overflowing = w
+            .set_policy(EXCHANGE_ADMINISTRATOR, |p| {
+                p.activation_max_duration = Some(prost_types::Duration {
+                    seconds: 3600,
+                    nanos: 1_000_000_000,
+                })
+            })
+            .await
+            .expect_err("nanos of a whole second");
+        let overflowing = overflowing.downcast_ref::<tonic::Status>().expect("a gRPC answer");
+        assert_eq!(overflowing.code(), Code::InvalidArgument, "{overflowing:?}");
+        assert!(
+            overflowing.message().contains("activation_max_duration"),
+            "{overflowing:?}"
+        );
         // A name shown to others (a service principal's here) says only what it shows.
         let spoofing = DirectoryServiceClient::new(w.ts.channel.clone())
             .create_service_principal(authed(

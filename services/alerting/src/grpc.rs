@@ -103,11 +103,7 @@ impl AlertService for Alerts {
         let r = request.into_inner();
         let min = severity_from_pb(r.min_severity)?;
         let status = status_from_pb(r.status)?;
-        let limit = match r.page_size {
-            n if n < 0 => return Err(invalid_argument("page_size", "must not be negative")),
-            0 => DEFAULT_PAGE,
-            n => (n as u64).min(MAX_PAGE),
-        };
+        let limit = pim_runtime::grpc::page_size(r.page_size, DEFAULT_PAGE, MAX_PAGE)?;
         let mut before = cursor(&r.page_token, "page_token")?;
         let mut alerts = Vec::new();
         loop {

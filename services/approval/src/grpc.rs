@@ -115,11 +115,7 @@ impl ApprovalService for Approvals {
         let caller = caller(&request)?.clone();
         let r = request.into_inner();
         let status = status_from_pb(r.status)?;
-        let page_size = match r.page_size {
-            n if n < 0 => return Err(invalid_argument("page_size", "must not be negative")),
-            0 => DEFAULT_PAGE,
-            n => (n as usize).min(MAX_PAGE),
-        };
+        let page_size = pim_runtime::grpc::page_size(r.page_size, DEFAULT_PAGE as u64, MAX_PAGE as u64)? as usize;
         let before = cursor(&r.page_token, "page_token")?;
         let (rows, next) = self.list(&caller, status, r.all, before, page_size).await?;
         let mut approvals = Vec::with_capacity(rows.len());
@@ -337,11 +333,7 @@ impl AccessReviewService for Approvals {
     ) -> Result<Response<pb::ListReviewsResponse>, Status> {
         let caller = caller(&request)?.clone();
         let r = request.into_inner();
-        let page_size = match r.page_size {
-            n if n < 0 => return Err(invalid_argument("page_size", "must not be negative")),
-            0 => DEFAULT_PAGE,
-            n => (n as usize).min(MAX_PAGE),
-        };
+        let page_size = pim_runtime::grpc::page_size(r.page_size, DEFAULT_PAGE as u64, MAX_PAGE as u64)? as usize;
         if r.page_token.len() > 64 {
             return Err(invalid_argument("page_token", "not a token this service issued"));
         }

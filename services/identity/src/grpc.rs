@@ -73,13 +73,7 @@ fn required<'a>(field: &'static str, value: &'a str) -> Result<&'a str, Status> 
 }
 
 fn page_size(requested: i32) -> Result<u64, Status> {
-    match requested {
-        0 => Ok(DEFAULT_PAGE as u64),
-        n if (1..=MAX_PAGE).contains(&n) => Ok(n as u64),
-        _ => Err(Status::invalid_argument(format!(
-            "page_size: must be between 1 and {MAX_PAGE}"
-        ))),
-    }
+    pim_runtime::grpc::page_size(requested, DEFAULT_PAGE as u64, MAX_PAGE as u64)
 }
 
 #[tonic::async_trait]

@@ -33,6 +33,16 @@ pub fn filter_value<'a>(field: &str, value: &'a str) -> Result<&'a str, Status> 
     crate::text::one_line(value, MAX_FILTER).map_err(|why| invalid_argument(field, &why))
 }
 
+/// How many items a page holds (AIP-158): `default` when not given (0), at most `max` (a
+/// larger size is taken as `max`); a negative one is INVALID_ARGUMENT.
+pub fn page_size(requested: i32, default: u64, max: u64) -> Result<u64, Status> {
+    match requested {
+        n if n < 0 => Err(invalid_argument("page_size", "must not be negative")),
+        0 => Ok(default),
+        n => Ok((n as u64).min(max)),
+    }
+}
+
 /// UNAVAILABLE with a `RetryInfo` detail: the same call may succeed after `retry_after`.
 pub fn unavailable_retry(message: &str, retry_after: std::time::Duration) -> Status {
     let details = ErrorDetails::with_retry_info(Some(retry_after));
@@ -371,5 +381,33 @@ mod refusal_tests {
         assert!(!is_recorded_refusal(&Status::invalid_argument(
             "justification: too long"
         )));
+    }
+}
+
+#[cfg(test)]
+mod page_tests {
+    use super::{filter_value, page_size};
+
+    #[test]
+    fn a_page_is_the_default_when_not_given_at_most_the_maximum_and_never_negative() {
+        assert_eq!(page_size(0, 100, 1000).unwrap(), 100);
+        assert_eq!(page_size(7, 100, 1000).unwrap(), 7);
+        assert_eq!(page_size(i32::MAX, 100, 1000).unwrap(), 1000, "taken as the maximum");
+        for negative in [-1, i32::MIN] {
+            let refused = page_size(negative, 100, 1000).unwrap_err();
+            assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+            assert!(refused.message().starts_with("page_size"), "{}", refused.message());
+        }
+    }
+
+    #[test]
+    fn a_filter_is_one_short_line() {
+        assert_eq!(filter_value("filter", "  lee ").unwrap(), "lee");
+        assert!(filter_value("filter", &"x".repeat(256)).is_ok());
+        for bad in ["x".repeat(257), "lee\nkim".into(), "lee\u{1b}[2J".into()] {
+            let refused = filter_value("filter", &bad).unwrap_err();
+            assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+            assert!(refused.message().starts_with("filter"), "{}", refused.message());
+        }
     }
 }

@@ -311,11 +311,7 @@ impl AssignmentService for Assignments {
     ) -> Result<Response<pb::ListRequestsResponse>, Status> {
         let caller = caller(&request)?.clone();
         let r = request.into_inner();
-        let limit = match r.page_size {
-            0 => 50,
-            n if (1..=500).contains(&n) => n as u64,
-            _ => return Err(Error::invalid("page_size", "must be between 1 and 500").into()),
-        };
+        let limit = pim_runtime::grpc::page_size(r.page_size, 50, 500)?;
         let role = match filter(&r.role_id) {
             Some(role) => Some(
                 self.roles
@@ -325,9 +321,10 @@ impl AssignmentService for Assignments {
             ),
             None => None,
         };
+        // Unspecified: any status; a number no status has is a mistake to point out.
         let status = pb::RequestStatus::try_from(r.status)
-            .ok()
-            .and_then(RequestStatus::from_pb);
+            .map(RequestStatus::from_pb)
+            .map_err(|_| Error::invalid("status", "not a request status"))?;
         let mut rows = self
             .list_requests(
                 &caller,

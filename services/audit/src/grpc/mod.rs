@@ -113,16 +113,7 @@ impl AuditService for Audit {
     ) -> Result<Response<pb::QueryEventsResponse>, Status> {
         let caller = caller(&request)?.clone();
         let r = request.into_inner();
-        let limit = match r.page_size {
-            0 => DEFAULT_PAGE,
-            n if n > 0 && (n as u64) <= MAX_PAGE => n as u64,
-            _ => {
-                return Err(pim_runtime::grpc::invalid_argument(
-                    "page_size",
-                    &format!("must be between 1 and {MAX_PAGE}"),
-                ));
-            }
-        };
+        let limit = pim_runtime::grpc::page_size(r.page_size, DEFAULT_PAGE, MAX_PAGE)?;
         let filter = filter_from(r, self.involving(&caller).await?)?;
         let mut records = store::query(&self.db, &filter, limit + 1)
             .await
@@ -231,10 +222,7 @@ impl AuditService for Audit {
         let caller = caller(&request)?.clone();
         self.require_reader(&caller).await?;
         let r = request.into_inner();
-        let limit = match r.page_size {
-            n if n <= 0 => 100,
-            n => (n as u64).min(1000),
-        };
+        let limit = pim_runtime::grpc::page_size(r.page_size, DEFAULT_PAGE, MAX_PAGE)?;
         let recipient = Some(r.recipient.trim()).filter(|t| !t.is_empty());
         let mails = crate::mail::store::history(&self.db, recipient, limit)
             .await

@@ -281,10 +281,7 @@ impl WebhookService for Audit {
         self.require_webhooks(caller(&request)?).await?;
         let r = request.into_inner();
         let s = self.found(&r.subscription_id).await?;
-        let limit = match r.page_size {
-            n if n <= 0 => 100,
-            n => (n as u64).min(1000),
-        };
+        let limit = pim_runtime::grpc::page_size(r.page_size, 100, 1000)?;
         let deliveries = store::deliveries(&self.db, &s.id, limit).await.map_err(internal)?;
         Ok(Response::new(pb::ListDeliveriesResponse {
             deliveries: deliveries.into_iter().map(delivery_to_pb).collect(),
