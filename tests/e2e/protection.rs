@@ -365,6 +365,14 @@ async fn sessions_end_everywhere(ts: TestSuite) -> anyhow::Result<()> {
             .await
             .expect_err("rotated");
         assert_eq!(reused.code(), Code::Unauthenticated);
+        // The spent token shown again ended the session (reuse detection): Lee signs in again.
+        let refreshed = auth
+            .sign_in(ipb::SignInRequest {
+                user_name: "lee".into(),
+                password: "lee's long passphrase".into(),
+            })
+            .await?
+            .into_inner();
 
         let works = |token: String| {
             let channel = ts.channel.clone();
