@@ -57,6 +57,14 @@ impl Browser {
         })
     }
 
+    /// A second tab: another connection carrying the same session cookie.
+    pub async fn another_tab(&self) -> anyhow::Result<Self> {
+        let mut tab = Self::connect(self.host.parse()?).await?;
+        tab.cookie = self.cookie.clone();
+        tab.csrf = self.csrf.clone();
+        Ok(tab)
+    }
+
     /// Sends a request; keeps a session cookie the answer sets. Returns (status, body).
     pub async fn send(&mut self, method: &str, path: &str, form: Option<String>) -> anyhow::Result<(u16, String)> {
         let mut request = http::Request::builder()

@@ -67,6 +67,36 @@ async fn a_browser_activates_a_role_in_the_portal_and_a_forged_form_changes_noth
     w.ts.stop().await
 }
 
+/// Pages loaded at the same moment as the access token lapses (here: tokens of a minute,
+/// always about to) refresh it one at a time: each takes the newest tokens, none shows the
+/// spent refresh token again (identity would take it for a stolen copy and end the session).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tabs_refreshing_at_once_keep_the_session() -> anyhow::Result<()> {
+    let ts = pim_e2e::TestSuite::embedded_with(&[("PIM_ACCESS_TOKEN_TTL_SECS", "60".into())]).await?;
+    let result = async {
+        let admin = ts.admin_token().await?;
+        ts.create_user(&admin, "lee").await?;
+        let mut browser = Browser::connect(serve_portal(&ts).await?).await?;
+        browser.sign_in("lee", &pim_e2e::password_of("lee")).await?;
+        for _ in 0..3 {
+            let mut tabs = Vec::new();
+            for _ in 0..4 {
+                let mut tab = browser.another_tab().await?;
+                tabs.push(tokio::spawn(async move { tab.send("GET", "/roles", None).await }));
+            }
+            for tab in tabs {
+                let (status, body) = tab.await??;
+                assert_eq!(status, 200, "still signed in: {body}");
+            }
+        }
+        assert!(browser.get("/roles").await?.contains("My roles"));
+        anyhow::Ok(())
+    }
+    .await;
+    ts.stop().await?;
+    result
+}
+
 /// Where sign-in requires MFA, a first sign-in in the portal offers to add an authenticator
 /// app: the (new) administrator adds one in the window a new account has, adds Kim on the
 /// Directory page (her initial password shown once) and gives her an enrolment pass; Kim

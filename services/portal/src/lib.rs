@@ -105,6 +105,10 @@ pub(crate) struct Inner {
     pub(crate) secure: bool,
     pub(crate) trusted_proxies: Vec<ipnet::IpNet>,
     pub(crate) public_origin: Option<String>,
+    /// Taken while a session's tokens are refreshed: a page loaded at the same moment waits
+    /// and takes the new tokens, rather than showing the spent refresh token again (which
+    /// identity takes for a stolen copy, and ends the session).
+    pub(crate) refreshing: tokio::sync::Mutex<()>,
 }
 
 /// The portal's shared state: cheap to clone.
@@ -119,6 +123,7 @@ impl Portal {
             secure: options.secure,
             trusted_proxies: options.trusted_proxies,
             public_origin: options.public_origin,
+            refreshing: tokio::sync::Mutex::new(()),
         }))
     }
 

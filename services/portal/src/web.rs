@@ -196,8 +196,19 @@ impl FromRequestParts<Portal> for Caller {
             portal: portal.clone(),
             ip: ClientIp::of(parts, portal),
         };
-        // A token about to lapse is refreshed first, so a page never fails half-way.
-        if caller.user.expires_ms - portal.0.sessions.now_ms() < 60_000 {
+        // A token about to lapse is refreshed first, so a page never fails half-way; one
+        // refresh at a time, and a page that waited for another takes what it got.
+        let lapsing = |caller: &Caller| caller.user.expires_ms - portal.0.sessions.now_ms() < 60_000;
+        let _refreshing = if lapsing(&caller) {
+            let turn = portal.0.refreshing.lock().await;
+            if let Some(user) = portal.session_of(&parts.headers).and_then(|s| s.signed_in) {
+                caller.user = user;
+            }
+            Some(turn)
+        } else {
+            None
+        };
+        if lapsing(&caller) {
             let refreshed = AuthServiceClient::new(portal.0.upstreams.identity.clone())
                 .refresh(caller.ip.request(
                     ipb::RefreshRequest {
