@@ -1708,6 +1708,38 @@ async fn a_disabled_user_holds_nothing_and_what_they_asked_for_ends() -> anyhow:
     .await
 }
 
+/// A disable this replica never heard of (another replica's consumer recorded it while this
+/// one's tail lagged, say) reaches its memory all the same: who is disabled is read again
+/// from the database every few seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disable_recorded_without_an_event_here_still_reaches_memory() -> anyhow::Result<()> {
+    run(|w| async move {
+        let dan = w.user("dan").await?;
+        w.assignments()
+            .create_request(authed(
+                &w.admin,
+                assign_for_an_hour(apb::AssignmentKind::Active, &dan.id, EXCHANGE_ADMINISTRATOR),
+            ))
+            .await?;
+        assert!(w.check(&dan.id, EXCHANGE_ADMINISTRATOR).await?.allowed);
+        let url = w.ts.database_url(pim::ServiceName::Assignment).expect("its database");
+        pim_runtime::db::exec(
+            &pim_runtime::db::connect(url).await?,
+            "INSERT INTO user_states (principal_id, enabled, told, as_of) VALUES ($1, FALSE, TRUE, $2)",
+            vec![dan.id.clone().into(), w.clock.now_ms().into()],
+        )
+        .await?;
+        eventually(
+            Duration::from_secs(15),
+            "the recorded disable to reach memory",
+            || async { Ok((!w.check(&dan.id, EXCHANGE_ADMINISTRATOR).await?.allowed).then_some(())) },
+        )
+        .await?;
+        Ok(w)
+    })
+    .await
+}
+
 /// Waits (up to 10 s) for the next change a watcher is told of `principal`'s `role`, and
 /// checks it says `active` and that nobody else was granted anything before it.
 async fn next_change_of(
