@@ -97,7 +97,8 @@ def parse_time(text: str) -> float:
 def main(pim: str) -> int:
     receiver = Receiver()
     server = serve(receiver)
-    with PimUp(pim) as up:
+    # The receiver listens on this machine: a private address the operator allows.
+    with PimUp(pim, env={"PIM_SSF_PRIVATE_RECEIVERS": "on"}) as up:
         issuer = up.ssf
         assert issuer, "pim up prints where the transmitter is"
         status, config = call("GET", f"{issuer}/.well-known/ssf-configuration")

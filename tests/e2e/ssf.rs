@@ -108,6 +108,24 @@ async fn a_polled_stream_gets_signed_caep_events_in_order_on_postgres_and_redis(
         let poll_stream = json!({"delivery": {"method": "urn:ietf:rfc:8936"}});
         let (status, _) = call("POST", &streams, Some(&lee_token), Some(poll_stream.clone())).await?;
         assert_eq!(status, 403, "lee does not hold pim.ssf.receive");
+        // A receiver is an app: it may not make PIM post into the network PIM runs in.
+        for inside in [
+            "http://127.0.0.1:9/caep",
+            "https://169.254.169.254/latest",
+            "https://[::ffff:10.0.0.1]/x",
+            "https://localhost/x",
+        ] {
+            let push = json!({"delivery": {"method": "urn:ietf:rfc:8935", "endpoint_url": inside}});
+            let (status, refused) = call("POST", &streams, Some(&token), Some(push)).await?;
+            assert_eq!(status, 400, "{inside}: {refused}");
+            assert!(
+                refused["description"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("public address"),
+                "{refused}"
+            );
+        }
         let (status, stream) = call("POST", &streams, Some(&token), Some(poll_stream.clone())).await?;
         assert_eq!((status, stream["aud"].as_str()), (201, Some(app.as_str())), "{stream}");
         let poll = stream["delivery"]["endpoint_url"]

@@ -65,11 +65,10 @@ impl Audit {
                 keys: webhook_key.map(|k| webhooks::Keys::new(k.expose())),
                 wake: Default::default(),
                 ssf: match (&deps.config.ssf_issuer, webhook_key) {
-                    (Some(issuer), Some(key)) => Some(ssf::Transmitter::at_generation(
-                        issuer,
-                        key.expose(),
-                        deps.config.ssf_key_generation,
-                    )?),
+                    (Some(issuer), Some(key)) => Some(
+                        ssf::Transmitter::at_generation(issuer, key.expose(), deps.config.ssf_key_generation)?
+                            .allowing_private_receivers(deps.config.ssf_private_receivers),
+                    ),
                     (Some(_), None) => {
                         tracing::warn!(
                             "no PIM_SECRETS_KEY: the Shared Signals transmitter has no key to sign with and is not served"

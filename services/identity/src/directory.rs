@@ -57,10 +57,7 @@ impl NewUser {
                 "must be at most 256 printable characters",
             ));
         }
-        self.email = self.email.trim().to_owned();
-        if !self.email.is_empty() && (!self.email.contains('@') || self.email.len() > 320) {
-            return Err(Error::invalid("email", "must be an email address"));
-        }
+        self.email = checked_email(&self.email)?.to_owned();
         credentials::check_password_rules(&self.password)?;
         Ok(self)
     }
@@ -688,6 +685,25 @@ pub(crate) fn checked_display_name(display_name: &str) -> Result<&str> {
         return Err(Error::invalid("display_name", "must be 1 to 256 characters"));
     }
     Ok(display_name)
+}
+
+/// A user's email address, trimmed (empty: none): one `@` between a local part and a domain,
+/// no white space or control characters (mail goes to it: a line break would add a header).
+pub(crate) fn checked_email(email: &str) -> Result<&str> {
+    let email = email.trim();
+    let plain = |part: &str| {
+        !part.is_empty()
+            && !part
+                .chars()
+                .any(|c| c.is_whitespace() || pim_runtime::text::is_unseen(c))
+    };
+    match email.split_once('@') {
+        _ if email.is_empty() => Ok(email),
+        Some((local, domain)) if email.len() <= 320 && plain(local) && plain(domain) && !domain.contains('@') => {
+            Ok(email)
+        }
+        _ => Err(Error::invalid("email", "must be an email address (name@domain)")),
+    }
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use pim_runtime::auth::caller;
 use pim_runtime::consistency::{ConsistencyToken, answer};
 use pim_runtime::db::to_timestamp;
 use pim_runtime::events::streams;
-use pim_runtime::grpc::filter_value;
+use pim_runtime::grpc::{filter_value, invalid_argument};
 
 use crate::directory::{ClientInfo, Directory, NewUser, Session};
 use crate::groups::NewGroup;
@@ -58,18 +58,15 @@ fn pass_to_pb(p: crate::store::EnrollmentPassRow) -> pb::EnrollmentPass {
     }
 }
 
+/// A name or an id a call needs: trimmed, and one line without control characters (no
+/// database keeps a NUL as text, and what is tried is recorded: a failed sign-in's name is
+/// shown in the audit log, where an escape sequence must not forge a line).
 fn required<'a>(field: &'static str, value: &'a str) -> Result<&'a str, Status> {
-    let value = value.trim();
+    let value = pim_runtime::text::one_line(value, 1024).map_err(|why| invalid_argument(field, &why))?;
     if value.is_empty() {
-        Err(Status::invalid_argument(format!("{field}: required")))
-    } else if value.contains('\0') {
-        // No database keeps it as text (PostgreSQL refuses it): say so, never INTERNAL.
-        Err(Status::invalid_argument(format!(
-            "{field}: must not contain NUL characters"
-        )))
-    } else {
-        Ok(value)
+        return Err(invalid_argument(field, "required"));
     }
+    Ok(value)
 }
 
 fn page_size(requested: i32) -> Result<u64, Status> {

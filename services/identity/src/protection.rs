@@ -230,17 +230,8 @@ impl Directory {
         require(self.access.as_ref(), caller, permissions::USERS_MANAGE, "/").await?;
         let mut target = self.target_user(user).await?;
         self.require_credential_admin(caller, &target).await?;
-        let display_name = display_name.trim();
-        if display_name.is_empty()
-            || display_name.chars().count() > 256
-            || display_name.chars().any(pim_runtime::text::is_unseen)
-        {
-            return Err(Error::invalid("display_name", "must be 1 to 256 printable characters"));
-        }
-        let email = email.trim();
-        if !email.is_empty() && (!email.contains('@') || email.len() > 320) {
-            return Err(Error::invalid("email", "must be an email address"));
-        }
+        let display_name = crate::directory::checked_display_name(display_name)?;
+        let email = crate::directory::checked_email(email)?;
         let event = ev::UserUpdated {
             actor: Some(caller.actor()),
             user_id: target.id.clone(),

@@ -66,6 +66,10 @@ pub struct Config {
     /// Which generation of the transmitter's signing key signs (`PIM_SSF_KEY_GENERATION`,
     /// default 1): raising it rotates the key; the one before stays published.
     pub ssf_key_generation: u32,
+    /// Whether Shared Signals receivers may push to loopback, private and link-local addresses
+    /// (`PIM_SSF_PRIVATE_RECEIVERS=on`; default off: a receiver is an app, and must not make
+    /// PIM post into the network it runs in).
+    pub ssf_private_receivers: bool,
     /// The service's own database (`PIM_DATABASE_URL`); `pim up` uses SQLite files instead.
     pub database_url: Option<Secret<String>>,
     /// Redis for the event streams (`PIM_REDIS_URL`); unset means embedded delivery.
@@ -256,6 +260,11 @@ impl Config {
             ssf_key_generation: match num("PIM_SSF_KEY_GENERATION", 1)? {
                 n @ 1..=1_000_000 => n as u32,
                 n => bail!("PIM_SSF_KEY_GENERATION must be 1 to 1000000, not {n}"),
+            },
+            ssf_private_receivers: match get("PIM_SSF_PRIVATE_RECEIVERS").as_deref() {
+                None | Some("off" | "false") => false,
+                Some("on" | "true") => true,
+                Some(other) => bail!("PIM_SSF_PRIVATE_RECEIVERS must be on or off, not {other:?}"),
             },
             database_url: get("PIM_DATABASE_URL").map(Secret::new),
             redis_url: get("PIM_REDIS_URL").map(Secret::new),

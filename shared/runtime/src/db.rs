@@ -33,13 +33,37 @@ pub async fn connect(url: &str) -> anyhow::Result<Db> {
         // use. A busy one is not pinged, which would double the round trips of every query.
         .test_before_acquire_if_idle_for(IDLE_PING)
         .sqlx_logging(false);
-    let db = Database::connect(options).await.context("connecting to the database")?;
+    // The driver's error may quote the URL, password and all: never that in a log.
+    let db = Database::connect(options).await.map_err(|err| {
+        let shown = without_password(url);
+        let mut said = err.to_string().replace(url, &shown);
+        if let Some(password) = password_in(url).filter(|p| p.len() >= 4) {
+            said = said.replace(password, "***");
+        }
+        anyhow::anyhow!("connecting to the database {shown}: {said}")
+    })?;
     if db.get_database_backend() == DbBackend::Sqlite {
         db.execute_unprepared("PRAGMA journal_mode=WAL; PRAGMA busy_timeout=10000; PRAGMA foreign_keys=ON;")
             .await
             .context("configuring sqlite")?;
     }
     Ok(db)
+}
+
+/// `url` with the password of its user info (`scheme://user:password@host`) as `***`.
+pub fn without_password(url: &str) -> String {
+    match password_in(url) {
+        Some(password) => url.replacen(&format!(":{password}@"), ":***@", 1),
+        None => url.to_owned(),
+    }
+}
+
+/// The password in `url`'s user info, if it has one.
+fn password_in(url: &str) -> Option<&str> {
+    let (_, rest) = url.split_once("://")?;
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    let (user_info, _) = authority.rsplit_once('@')?;
+    user_info.split_once(':').map(|(_, password)| password)
 }
 
 /// The URL of a SQLite file, created if missing.
@@ -241,5 +265,31 @@ mod tests {
         for ms in [0, 1, 999, 1_700_000_000_123, -1, -1001] {
             assert_eq!(from_timestamp(&to_timestamp(ms)), ms);
         }
+    }
+}
+
+#[cfg(test)]
+mod url_tests {
+    use super::without_password;
+
+    #[test]
+    fn a_database_url_is_shown_without_its_password() {
+        assert_eq!(
+            without_password("postgres://pim:s3cretDB@db host/x?sslmode=require"),
+            "postgres://pim:***@db host/x?sslmode=require"
+        );
+        assert_eq!(without_password("postgres://pim@db/x"), "postgres://pim@db/x");
+        assert_eq!(
+            without_password("sqlite:///data/pim.db?mode=rwc"),
+            "sqlite:///data/pim.db?mode=rwc"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_connection_says_where_but_not_the_password() {
+        let failed = super::connect("postgres://pim:s3cretDB@bad host/x").await.unwrap_err();
+        let said = format!("{failed:#}");
+        assert!(!said.contains("s3cretDB"), "{said}");
+        assert!(said.contains("postgres://pim:***@bad host/x"), "{said}");
     }
 }

@@ -24,7 +24,7 @@ use pim_runtime::host::Service as _;
 use crate::chain::Record;
 use crate::ssf::{EVENTS_SUPPORTED, Method, Stream, StreamStatus, SubjectFormat, Transmitter, VERIFICATION};
 use crate::webhooks::store::{self, Delivery, PENDING};
-use crate::webhooks::{Subscription, validate};
+use crate::webhooks::{Reach, Subscription, validate};
 use crate::{Audit, ingest};
 use pim_runtime::events::EventType;
 
@@ -407,7 +407,9 @@ async fn create(e: &Endpoints, caller: &Caller, body: &Bytes) -> Result<Reply, R
             url: "https://poll.invalid/".into(),
             ..s.clone()
         }),
-        Method::Push => validate(&s),
+        Method::Push => Reach::of_receivers(e.transmitter.private_receivers)
+            .check_url(&s.url)
+            .and_then(|()| validate(&s)),
     };
     checked.map_err(|invalid| {
         let field = if invalid.field == "url" {

@@ -308,6 +308,9 @@ pub struct Transmitter {
     previous: Option<Generation>,
     /// Seals receivers' push credentials at rest (a key of its own from the same secret).
     credentials: pim_runtime::sealing::Sealer,
+    /// Whether receivers' streams may push to private addresses too (the operator allows it:
+    /// `PIM_SSF_PRIVATE_RECEIVERS`); public ones only otherwise.
+    pub private_receivers: bool,
 }
 
 /// One generation of the signing key: the private key, its `kid`, the public key's `x`.
@@ -364,7 +367,14 @@ impl Transmitter {
                 n => Some(Generation::derive(master, n - 1)?),
             },
             credentials: pim_runtime::sealing::Sealer::derived(master, "ssf push authorization"),
+            private_receivers: false,
         })
+    }
+
+    /// Letting receivers' streams push to private addresses too (`PIM_SSF_PRIVATE_RECEIVERS`).
+    pub fn allowing_private_receivers(mut self, allowed: bool) -> Self {
+        self.private_receivers = allowed;
+        self
     }
 
     /// A receiver's `authorization_header`, sealed for the stream `stream_id` (base64).

@@ -274,6 +274,16 @@ impl Dispatcher {
         Ok(Some(subscription))
     }
 
+    /// Where `subscription` may deliver: a receiver's stream only where the transmitter lets
+    /// it reach; an administrator's webhook anywhere.
+    fn reach(&self, subscription: &super::Subscription) -> super::Reach {
+        match (&subscription.stream, &self.ssf) {
+            (Some(_), Some(transmitter)) => super::Reach::of_receivers(transmitter.private_receivers),
+            (Some(_), None) => super::Reach::Public,
+            (None, _) => super::Reach::Any,
+        }
+    }
+
     /// Sends one delivery: the receiver's answer, or why none came, and when it ended.
     async fn send(
         &self,
@@ -287,7 +297,13 @@ impl Dispatcher {
             Err(error) => Err(error),
             Ok((content_type, headers, body)) => tokio::time::timeout(
                 ATTEMPT_TIMEOUT,
-                sender.post(&subscription.url, content_type, &headers, body),
+                sender.post(
+                    &subscription.url,
+                    self.reach(subscription),
+                    content_type,
+                    &headers,
+                    body,
+                ),
             )
             .await
             .unwrap_or_else(|_| Err(format!("no answer within {} s", ATTEMPT_TIMEOUT.as_secs()))),

@@ -34,6 +34,7 @@ impl Sender {
     pub async fn post(
         &mut self,
         url: &str,
+        reach: super::Reach,
         content_type: &str,
         headers: &[(&str, String)],
         body: String,
@@ -53,7 +54,7 @@ impl Sender {
         }
         let (_, request) = self::request(url, content_type, headers, body)?;
         self.close();
-        let (connection, task) = connect(url).await?;
+        let (connection, task) = connect(url, reach).await?;
         self.open = Some((origin, connection, task));
         self.send(request).await
     }
@@ -120,8 +121,10 @@ fn request(
     Ok((origin, request))
 }
 
-/// A connection to `url`'s host: TCP, and TLS for https://.
-async fn connect(url: &str) -> Result<(Connection, tokio::task::JoinHandle<()>), String> {
+/// A connection to `url`'s host: TCP to the first address its name resolves to that `reach`
+/// allows (a name that resolves to a private address, even later, reaches nothing where only
+/// public ones may), and TLS for https://.
+async fn connect(url: &str, reach: super::Reach) -> Result<(Connection, tokio::task::JoinHandle<()>), String> {
     let uri: hyper::Uri = url.parse().map_err(|_| "not a URL".to_owned())?;
     let host = uri
         .host()
@@ -131,7 +134,19 @@ async fn connect(url: &str) -> Result<(Connection, tokio::task::JoinHandle<()>),
         .to_owned();
     let https = uri.scheme_str() == Some("https");
     let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-    let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
+    let addresses: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
+        .await
+        .map_err(|e| format!("resolving: {e}"))?
+        .collect();
+    let allowed: Vec<std::net::SocketAddr> = addresses.iter().copied().filter(|a| reach.allows(a.ip())).collect();
+    if allowed.is_empty() {
+        return Err(if addresses.is_empty() {
+            "resolving: no address".to_owned()
+        } else {
+            "refused: the address is not public (PIM_SSF_PRIVATE_RECEIVERS)".to_owned()
+        });
+    }
+    let tcp = tokio::net::TcpStream::connect(&allowed[..])
         .await
         .map_err(|e| format!("connecting: {e}"))?;
     let _ = tcp.set_nodelay(true);

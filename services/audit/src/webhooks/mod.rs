@@ -181,6 +181,87 @@ fn is_delivered(name: &str) -> bool {
         && EventType::parse(name.rsplit('.').next().unwrap_or_default()).is_some_and(EventType::is_recorded)
 }
 
+/// Which addresses a delivery may go to: an administrator's webhook anywhere it names; a
+/// Shared Signals receiver's stream (an app's choice) only to public ones, unless the
+/// operator allows private ones.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reach {
+    Any,
+    /// Not loopback, private, link-local, shared (CGNAT), unspecified, multicast or
+    /// broadcast: checked on the URL when the stream is made, and on every address its name
+    /// resolves to when it is sent to.
+    Public,
+}
+
+impl Reach {
+    /// Where Shared Signals receivers' streams may push: public addresses, or anywhere where
+    /// the operator allows private ones.
+    pub fn of_receivers(private_allowed: bool) -> Self {
+        if private_allowed { Self::Any } else { Self::Public }
+    }
+
+    /// Whether a delivery may connect to `ip`.
+    pub fn allows(self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        if self == Self::Any {
+            return true;
+        }
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+            v4 => v4,
+        };
+        match ip {
+            IpAddr::V4(v4) => {
+                let [a, b, ..] = v4.octets();
+                !(v4.is_loopback()
+                    || v4.is_private()
+                    || v4.is_link_local()
+                    || v4.is_unspecified()
+                    || v4.is_multicast()
+                    || v4.is_broadcast()
+                    || v4.is_documentation()
+                    || a == 0
+                    || (a == 100 && (64..128).contains(&b)))
+            }
+            IpAddr::V6(v6) => {
+                let first = v6.segments()[0];
+                !(v6.is_loopback()
+                    || v6.is_unspecified()
+                    || v6.is_multicast()
+                    || (first & 0xfe00) == 0xfc00
+                    || (first & 0xffc0) == 0xfe80)
+            }
+        }
+    }
+
+    /// Checks a stream's push URL: for public reach, https:// to a name or a public address.
+    pub fn check_url(self, url: &str) -> Result<(), Invalid> {
+        if self == Self::Any {
+            return Ok(());
+        }
+        let uri: ::http::Uri = url.parse().map_err(|_| invalid("url", "is not a URL"))?;
+        let host = uri
+            .host()
+            .unwrap_or_default()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let private = match host.parse::<std::net::IpAddr>() {
+            Ok(ip) => !self.allows(ip),
+            Err(_) => {
+                let name = host.trim_end_matches('.').to_ascii_lowercase();
+                name == "localhost" || name.ends_with(".localhost")
+            }
+        };
+        if uri.scheme_str() != Some("https") || private {
+            return Err(invalid(
+                "url",
+                "must be an https:// URL of a public address (the operator may allow private ones: PIM_SSF_PRIVATE_RECEIVERS)",
+            ));
+        }
+        Ok(())
+    }
+}
+
 fn is_loopback(host: &str) -> bool {
     let host = host.trim_start_matches('[').trim_end_matches(']');
     host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
@@ -271,6 +352,67 @@ pub fn cloud_event(r: &Record) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_receivers_stream_reaches_public_addresses_only() {
+        for inside in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "255.255.255.255",
+            "224.0.0.1",
+            "::1",
+            "::",
+            "fe80::1",
+            "fd00::1",
+            "::ffff:127.0.0.1",
+            "::ffff:10.0.0.1",
+        ] {
+            let ip: std::net::IpAddr = inside.parse().unwrap();
+            assert!(!Reach::Public.allows(ip), "{inside}");
+            assert!(Reach::Any.allows(ip), "{inside}");
+        }
+        for outside in ["8.8.8.8", "2001:4860:4860::8888", "::ffff:8.8.8.8"] {
+            assert!(Reach::Public.allows(outside.parse().unwrap()), "{outside}");
+        }
+        for refused in [
+            "http://hooks.example.com/x",
+            "https://127.0.0.1/x",
+            "https://[::1]:8443/x",
+            "https://localhost/x",
+            "https://a.localhost./x",
+            "https://169.254.169.254/latest/meta-data",
+        ] {
+            assert_eq!(
+                Reach::Public.check_url(refused).map_err(|e| e.field),
+                Err("url"),
+                "{refused}"
+            );
+        }
+        assert!(Reach::Public.check_url("https://receiver.example.com/caep").is_ok());
+        assert!(Reach::Any.check_url("http://127.0.0.1:9/caep").is_ok());
+    }
+
+    /// A name that resolves to a private address (a public name pointed inside, later) is
+    /// refused when sent to, not only when the stream was made.
+    #[tokio::test]
+    async fn a_delivery_for_public_reach_connects_to_no_private_address() {
+        let refused = http::Sender::default()
+            .post(
+                "https://localhost:9/caep",
+                Reach::Public,
+                "application/secevent+jwt",
+                &[],
+                String::new(),
+            )
+            .await
+            .unwrap_err();
+        assert!(refused.starts_with("refused"), "{refused}");
+    }
 
     /// The Standard Webhooks specification's own example signs to its published signature.
     #[test]
