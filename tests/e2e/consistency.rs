@@ -504,6 +504,28 @@ async fn bad_input_is_invalid_argument_naming_the_field() -> anyhow::Result<()> 
                 .expect_err("a NUL in the name");
         assert_eq!(sign_in.code(), Code::InvalidArgument, "{sign_in:?}");
         assert!(sign_in.message().contains("user_name"), "{sign_in:?}");
+        // What is tried is recorded: an escape sequence in it would forge an audit line.
+        let forged =
+            w.ts.sign_in(
+                "ghost\u{1b}[2J\r\n2026-12-06  RoleActivated  admin",
+                "whatever password",
+            )
+            .await
+            .expect_err("control characters in the name");
+        assert_eq!(forged.code(), Code::InvalidArgument, "{forged:?}");
+        let bcc = DirectoryServiceClient::new(w.ts.channel.clone())
+            .update_user(authed(
+                &w.admin,
+                ipb::UpdateUserRequest {
+                    user: lee.id.clone(),
+                    display_name: "Lee".into(),
+                    email: "lee@example.com\r\nBcc: eve@example.com".into(),
+                },
+            ))
+            .await
+            .expect_err("a header in an address");
+        assert_eq!(bcc.code(), Code::InvalidArgument, "{bcc:?}");
+        assert!(bcc.message().contains("email"), "{bcc:?}");
         // A name where an id belongs is not "not allowed" but a mistake to point out.
         let by_name = w.check("lee", EXCHANGE_ADMINISTRATOR).await.expect_err("a name");
         let by_name = by_name.downcast_ref::<tonic::Status>().expect("a gRPC answer");
