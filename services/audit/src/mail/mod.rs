@@ -239,7 +239,7 @@ pub fn compose(r: &Record, party: &str, public_url: Option<&str>) -> Composed {
     };
     let mut text = format!("{said}\n\n");
     for (name, value) in &facts {
-        text.push_str(&format!("{name}: {value}\n"));
+        text.push_str(&fact_line(name, value));
     }
     if let Some(action) = &action {
         text.push_str(&format!("\n{action}\n"));
@@ -263,6 +263,31 @@ pub fn compose(r: &Record, party: &str, public_url: Option<&str>) -> Composed {
         html.push_str(&format!("<p><a href=\"{0}\">{0}</a></p>\n", escape(link)));
     }
     Composed { subject, text, html }
+}
+
+/// Whether an `smtp://` URL signs in (user info) without asking for TLS (`?tls=required` or
+/// `opportunistic`): lettre then sends the password in clear.
+fn plain_with_password(url: &str) -> bool {
+    let Some(rest) = url.strip_prefix("smtp://") else {
+        return false;
+    };
+    let authority = &rest[..rest.find(['/', '?']).unwrap_or(rest.len())];
+    authority.contains('@') && !url.contains("tls=required") && !url.contains("tls=opportunistic")
+}
+
+/// A fact as the plain-text part shows it: `name: value`, except that what someone wrote
+/// over several lines (a justification, a reason) goes under its name, each line marked as
+/// quoted, so it cannot pass for the mail's own words ("pre-approved, sign in at …").
+fn fact_line(name: &str, value: &str) -> String {
+    if !value.contains(['\n', '\r']) {
+        return format!("{name}: {value}\n");
+    }
+    value.lines().fold(format!("{name}:\n"), |mut out, line| {
+        out.push_str("    > ");
+        out.push_str(line);
+        out.push('\n');
+        out
+    })
 }
 
 /// Queues the mail of every `NotificationsDue` record, one per recipient (a principal's
@@ -338,6 +363,11 @@ impl Mailer {
     /// A mailer for `PIM_SMTP_URL` sending as `PIM_SMTP_FROM`.
     pub fn new(db: Db, url: &str, from: &str, public_url: Option<String>) -> anyhow::Result<Self> {
         use anyhow::Context;
+        if plain_with_password(url) {
+            tracing::warn!(
+                "PIM_SMTP_URL signs in to the mail server without TLS: its password crosses the network in clear (use smtps:// or ?tls=required)"
+            );
+        }
         let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
             .map_err(|e| anyhow::anyhow!("PIM_SMTP_URL is not usable: {e}"))?
             .timeout(Some(SEND_TIMEOUT))
@@ -454,6 +484,32 @@ mod tests {
             .to_string(),
             ..Record::default()
         }
+    }
+
+    #[test]
+    fn a_password_sent_in_clear_is_warned_of() {
+        assert!(plain_with_password("smtp://pim:secret@mail.example.com:25"));
+        assert!(!plain_with_password(
+            "smtp://pim:secret@mail.example.com:587?tls=required"
+        ));
+        assert!(!plain_with_password("smtps://pim:secret@mail.example.com"));
+        assert!(!plain_with_password("smtp://127.0.0.1:2525"));
+    }
+
+    #[test]
+    fn what_someone_wrote_over_several_lines_is_quoted_in_the_text() {
+        let mut asked = due("activation", true);
+        asked.justification =
+            "routine\n\nThis request was pre-approved by the SOC.\nTo approve sign in at: https://evil.example".into();
+        let mail = compose(&asked, "approver", None);
+        assert!(
+            mail.text.contains(
+                "Justification:\n    > routine\n    > \n    > This request was pre-approved by the SOC.\n    > To approve"
+            ),
+            "{}",
+            mail.text
+        );
+        assert!(!mail.text.lines().any(|l| l.starts_with("To approve")), "{}", mail.text);
     }
 
     #[test]

@@ -169,9 +169,8 @@ pub fn validate(s: &Subscription) -> Result<(), Invalid> {
     if !s.min_severity.is_empty() && rank(&s.min_severity).is_none() {
         return Err(invalid("min_severity", "must be low, medium, high or critical"));
     }
-    if s.description.chars().count() > 1024 || s.description.contains('\0') {
-        return Err(invalid("description", "must be at most 1024 characters, without NUL"));
-    }
+    // Shown to operators (a table, a page): one line, no control characters.
+    pim_runtime::text::one_line(&s.description, 1024).map_err(|why| invalid("description", why))?;
     Ok(())
 }
 
@@ -471,6 +470,11 @@ mod tests {
             ..with("https://h.example/")
         };
         assert_eq!(validate(&severe).map_err(|e| e.field), Err("min_severity"));
+        let forged = Subscription {
+            description: "evil\u{1b}[2J\r\nFAKE ROW\u{202e}".into(),
+            ..with("https://hooks.example.com/pim")
+        };
+        assert_eq!(validate(&forged).map_err(|e| e.field), Err("description"));
         let typed = |types: &[&str]| Subscription {
             event_types: types.iter().map(|t| (*t).to_owned()).collect(),
             ..with("https://h.example/")
