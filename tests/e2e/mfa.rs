@@ -235,11 +235,20 @@ async fn wrong_codes_lock_mfa_and_recovery_codes_work_once() -> anyhow::Result<(
         mfa.reset_mfa(authed(&admin, ipb::ResetMfaRequest { user: "kim".into() }))
             .await?;
         // Whoever enrolled what was reset is signed out: Kim signs in again, then enrols.
-        let ended = mfa
-            .list_methods(authed(&kim_token, ipb::ListMethodsRequest::default()))
-            .await
-            .expect_err("the session ended with the reset");
-        assert_eq!(ended.code(), Code::Unauthenticated);
+        pim_e2e::eventually(
+            std::time::Duration::from_secs(5),
+            "the session to end with the reset",
+            || {
+                let (mut mfa, token) = (mfa.clone(), kim_token.clone());
+                async move {
+                    let asked = mfa
+                        .list_methods(authed(&token, ipb::ListMethodsRequest::default()))
+                        .await;
+                    Ok(asked.err().filter(|e| e.code() == Code::Unauthenticated).map(drop))
+                }
+            },
+        )
+        .await?;
         let kim_token = ts.sign_in("kim", &pim_e2e::password_of("kim")).await?;
         enrol(&mut mfa, &kim_token).await?;
         anyhow::Ok(())

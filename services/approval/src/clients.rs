@@ -65,7 +65,8 @@ impl Services {
             },
         )?;
         match self.identity.clone().get_principal(request).await {
-            Ok(_) => Ok(true),
+            // The directory answers for disabled principals too: they decide nothing.
+            Ok(found) => Ok(found.into_inner().enabled),
             Err(s) if matches!(s.code(), tonic::Code::NotFound | tonic::Code::FailedPrecondition) => Ok(false),
             Err(s) => {
                 tracing::warn!(code = ?s.code(), "principal lookup failed");

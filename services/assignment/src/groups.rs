@@ -171,7 +171,8 @@ impl Memberships {
     /// Tells watchers that each grant `user` holds, in the index and through identity's group
     /// memberships, ended (`active` false: the user was disabled) or holds again.
     fn announce_held(&self, watched: &Watched, user: &str, active: bool) {
-        for (assignment_id, grant) in watched.index.current(user, watched.clock.now_ms()) {
+        // Those that start later too: watchers were told of them when they were granted.
+        for (assignment_id, grant) in watched.index.unended(user, watched.clock.now_ms()) {
             watched.changes.send(Change {
                 principal_id: user.to_owned(),
                 assignment_id,

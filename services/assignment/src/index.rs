@@ -210,6 +210,21 @@ impl AccessIndex {
         self.changes.access_lost();
     }
 
+    /// The principal's grants that have not ended by `now`, started or not: (assignment id,
+    /// grant), as watchers were told of them.
+    pub fn unended(&self, principal_id: &str, now: i64) -> Vec<(String, Grant)> {
+        self.read(principal_id)
+            .get(principal_id)
+            .map(|grants| {
+                grants
+                    .iter()
+                    .filter(|(_, g)| g.end.is_none_or(|end| end > now))
+                    .map(|(id, g)| (id.clone(), g.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// The principal's grants in force at `now`: (assignment id, grant).
     pub fn current(&self, principal_id: &str, now: i64) -> Vec<(String, Grant)> {
         let mut current = Vec::new();

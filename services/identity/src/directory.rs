@@ -100,6 +100,10 @@ impl Session {
 /// How long a session (its refresh token) lasts.
 const SESSION_MS: i64 = 12 * 3600 * 1000;
 
+/// How long after its use a spent refresh token shown again is taken for the client's own
+/// retry rather than a copy (which ends the session).
+const REFRESH_RETRY_MS: i64 = 10_000;
+
 /// How long the token of a sign-in waiting for MFA lives: time to read an authenticator.
 const PENDING_TOKEN_TTL: Duration = Duration::from_secs(300);
 
@@ -435,6 +439,11 @@ impl Directory {
         // knows until the code is verified (`complete_sign_in`).
         let refresh_token = credentials::random_secret();
         let txn = self.db.begin().await?;
+        // The password checked is still the user's, held until the session is in: a reset
+        // committed meanwhile refuses this sign-in, and one after it ends its session.
+        if !store::hold_user_password(&txn, &user.id, &user.password_hash).await? {
+            return Err(Error::BadCredentials);
+        }
         store::insert_session(
             &txn,
             &subject.session_id,
@@ -523,6 +532,13 @@ impl Directory {
             mfa_at: None,
             pending: None,
         };
+        let txn = self.db.begin().await?;
+        // The secret checked is still the principal's, held until the token is issued: a
+        // rotation committed meanwhile refuses this sign-in, and one after it refuses the
+        // token (issued before the rotation's instant).
+        if !store::hold_service_principal_secret(&txn, &sp.id, &sp.secret_hash).await? {
+            return Err(Error::BadClientCredentials);
+        }
         let issued = self.keys.issue(&subject, self.token_ttl)?;
         let event = ev::SignInSucceeded {
             actor: Some(actor(&sp.id, PrincipalKind::ServicePrincipal, &sp.display_name)),
@@ -531,7 +547,6 @@ impl Directory {
             source_ip: client.ip.clone().unwrap_or_default(),
             user_agent: client.user_agent.clone(),
         };
-        let txn = self.db.begin().await?;
         store::record_sp_sign_in(&txn, &sp.id, now_ms()).await?;
         self.emit(&txn, EventType::SignInSucceeded, &sp.id, &event).await?;
         txn.commit().await?;
@@ -549,8 +564,13 @@ impl Directory {
         let Some(session) = session else {
             // A refresh token spent already, shown again: someone kept a copy (the client
             // keeps only the newest). Whoever holds the session now may be the thief: it ends.
-            if let Some((session_id, principal_id)) = store::session_of_spent_refresh(&self.db, &old).await? {
-                self.end_session_of_reused_refresh(&session_id, &principal_id).await?;
+            // Within seconds of its use it is the client's own retry (an answer lost, two
+            // calls at once): refused, and nothing more.
+            if let Some(spent) = store::spent_refresh(&self.db, &old).await?
+                && self.clock.now_ms() - spent.spent_at > REFRESH_RETRY_MS
+            {
+                self.end_session_of_reused_refresh(&spent.session_id, &spent.principal_id)
+                    .await?;
             }
             return Err(Error::BadRefresh);
         };
@@ -560,7 +580,7 @@ impl Directory {
             .ok_or(Error::BadRefresh)?;
         let next = credentials::random_secret();
         let txn = self.db.begin().await?;
-        if !store::rotate_refresh(&txn, &session.id, &old, &refresh_hash(&next)).await? {
+        if !store::rotate_refresh(&txn, &session.id, &old, &refresh_hash(&next), self.clock.now_ms()).await? {
             return Err(Error::BadRefresh);
         }
         txn.commit().await?;

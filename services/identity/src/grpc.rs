@@ -58,6 +58,18 @@ fn pass_to_pb(p: crate::store::EnrollmentPassRow) -> pb::EnrollmentPass {
     }
 }
 
+/// A document a call needs (a passkey's credential as JSON, of any layout): trimmed, at most
+/// 64 KiB, without NUL (no database keeps it as text); its parser refuses the rest.
+fn required_document<'a>(field: &'static str, value: &'a str) -> Result<&'a str, Status> {
+    let value = value.trim();
+    match value {
+        "" => Err(invalid_argument(field, "required")),
+        v if v.len() > 64 * 1024 => Err(invalid_argument(field, "must be at most 64 KiB")),
+        v if v.contains('\0') => Err(invalid_argument(field, "must not contain NUL characters")),
+        v => Ok(v),
+    }
+}
+
 /// A name or an id a call needs: trimmed, and one line without control characters (no
 /// database keeps a NUL as text, and what is tried is recorded: a failed sign-in's name is
 /// shown in the audit log, where an escape sequence must not forge a line).
@@ -614,7 +626,7 @@ impl MfaService for Directory {
         let caller = caller(&request)?.clone();
         let r = request.into_inner();
         let ceremony_id = required("ceremony_id", &r.ceremony_id)?;
-        let credential = required("credential_json", &r.credential_json)?;
+        let credential = required_document("credential_json", &r.credential_json)?;
         let method = self
             .finish_passkey_registration(&caller, ceremony_id, credential, &r.name)
             .await?;
@@ -641,7 +653,7 @@ impl MfaService for Directory {
         let client = client_info(&request, &self.trusted_proxies);
         let r = request.into_inner();
         let ceremony_id = required("ceremony_id", &r.ceremony_id)?;
-        let credential = required("credential_json", &r.credential_json)?;
+        let credential = required_document("credential_json", &r.credential_json)?;
         Ok(Response::new(session_to_pb(
             self.verify_passkey(&caller, ceremony_id, credential, &client).await?,
         )))

@@ -53,8 +53,9 @@ impl Keys {
 /// Counts this attempt against every key before the password is looked at (one statement
 /// each, on every replica's shared database), so guesses sent at once cannot all pass a check
 /// made before any of them was counted. Where a key was at its limit already, the attempt is
-/// refused unchecked: the minutes left on the lockout. A failure stays counted; a success
-/// calls [`succeeded`].
+/// refused unchecked and taken back (what it counts against stays at its limit, and a client
+/// retrying a locked account does not lock out its whole network): the minutes left on the
+/// lockout. A failure stays counted; a success calls [`succeeded`].
 pub async fn attempt<C: ConnectionTrait>(c: &C, keys: &Keys, now: i64) -> Result<Option<i64>, sea_orm::DbErr> {
     let limits = keys.limits();
     let mut before = Vec::with_capacity(limits.len());
@@ -63,7 +64,13 @@ pub async fn attempt<C: ConnectionTrait>(c: &C, keys: &Keys, now: i64) -> Result
         // Those counted before this one decide it.
         before.push(((*key).to_owned(), counted - 1, window_start));
     }
-    Ok(minutes_left(&limits, &before, now))
+    let refused = minutes_left(&limits, &before, now);
+    if refused.is_some() {
+        for (key, _) in &limits {
+            store::uncount_sign_in_attempt(c, key).await?;
+        }
+    }
+    Ok(refused)
 }
 
 /// A successful sign-in clears the principal's count, and takes its own attempt back from

@@ -53,19 +53,44 @@ async fn sign_in_failures_count_every_failure_once_within_the_window() -> anyhow
     .await
 }
 
+/// An attempt past the limit is refused unchecked and taken back: the account stays locked,
+/// and a client retrying it adds nothing to its source's count (a whole office behind one
+/// address is not locked out by one stale password).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempt_refused_by_the_lockout_counts_against_nothing() -> anyhow::Result<()> {
+    use crate::limiter::{self, Keys, PER_ACCOUNT};
+    on_both(|db| async move {
+        let keys = Keys::new(None, "dave", Some("10.0.0.9"));
+        for _ in 0..PER_ACCOUNT {
+            assert_eq!(limiter::attempt(&db, &keys, NOW).await?, None, "weighed");
+        }
+        for _ in 0..20 {
+            assert!(limiter::attempt(&db, &keys, NOW).await?.is_some(), "refused unchecked");
+        }
+        let mut counts = store::sign_in_failures(&db, &["name:dave", "ip:10.0.0.9"], NOW - 15 * MINUTE).await?;
+        counts.sort();
+        assert_eq!(
+            counts,
+            vec![
+                ("ip:10.0.0.9".to_owned(), PER_ACCOUNT, NOW),
+                ("name:dave".to_owned(), PER_ACCOUNT, NOW)
+            ]
+        );
+        Ok(())
+    })
+    .await
+}
+
 /// A refresh token rotates once: the one it replaced is remembered as spent (so it can be
 /// told from a token never issued) until its session is pruned.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotated_refresh_token_is_remembered_as_spent_until_its_session_goes() -> anyhow::Result<()> {
     on_both(|db| async move {
         store::insert_session(&db, "s1", "lee", "h1", NOW, NOW + 60 * MINUTE).await?;
-        assert!(
-            store::session_of_spent_refresh(&db, "h1").await?.is_none(),
-            "not spent yet"
-        );
+        assert!(store::spent_refresh(&db, "h1").await?.is_none(), "not spent yet");
         let racing = [
-            store::rotate_refresh(&db, "s1", "h1", "h2"),
-            store::rotate_refresh(&db, "s1", "h1", "h3"),
+            store::rotate_refresh(&db, "s1", "h1", "h2", NOW + MINUTE),
+            store::rotate_refresh(&db, "s1", "h1", "h3", NOW + MINUTE),
         ];
         let rotated = futures::future::join_all(racing).await;
         assert_eq!(
@@ -74,13 +99,17 @@ async fn a_rotated_refresh_token_is_remembered_as_spent_until_its_session_goes()
             "one rotation of a token: {rotated:?}"
         );
         assert_eq!(
-            store::session_of_spent_refresh(&db, "h1").await?,
-            Some(("s1".to_owned(), "lee".to_owned()))
+            store::spent_refresh(&db, "h1").await?,
+            Some(store::SpentRefresh {
+                session_id: "s1".into(),
+                principal_id: "lee".into(),
+                spent_at: NOW + MINUTE
+            })
         );
         assert!(store::session_by_refresh(&db, "h1").await?.is_none());
         store::prune_sessions(&db, NOW + 61 * MINUTE).await?;
         assert!(
-            store::session_of_spent_refresh(&db, "h1").await?.is_none(),
+            store::spent_refresh(&db, "h1").await?.is_none(),
             "gone with its session"
         );
         Ok(())

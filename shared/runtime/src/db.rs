@@ -58,11 +58,12 @@ pub fn without_password(url: &str) -> String {
     }
 }
 
-/// The password in `url`'s user info, if it has one.
+/// The password in `url`'s user info, if it has one: up to the last `@` before the query (a
+/// password may hold a `/`).
 fn password_in(url: &str) -> Option<&str> {
     let (_, rest) = url.split_once("://")?;
-    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
-    let (user_info, _) = authority.rsplit_once('@')?;
+    let before_query = &rest[..rest.find(['?', '#']).unwrap_or(rest.len())];
+    let (user_info, _) = before_query.rsplit_once('@')?;
     user_info.split_once(':').map(|(_, password)| password)
 }
 
@@ -279,6 +280,10 @@ mod url_tests {
             "postgres://pim:***@db host/x?sslmode=require"
         );
         assert_eq!(without_password("postgres://pim@db/x"), "postgres://pim@db/x");
+        assert_eq!(
+            without_password("postgres://pim:ab/cd+ef@db/x"),
+            "postgres://pim:***@db/x"
+        );
         assert_eq!(
             without_password("sqlite:///data/pim.db?mode=rwc"),
             "sqlite:///data/pim.db?mode=rwc"

@@ -30,10 +30,11 @@ impl Assignments {
         let (policy, _) = nearest_policy(&policies, &scopes)?;
         // Nobody approves their own request: a stage that would need the caller's approval is
         // refused now rather than left to expire (the directory asked only in that case).
-        if let Some(short) = policy.stage_short_of_approvers(&caller.principal_id)
-            && (short.others.is_empty() || !self.names_a_group(caller, &short.others).await?)
-        {
-            violations.push(short.violation());
+        for short in policy.stages_short_of_approvers(&caller.principal_id) {
+            if short.others.is_empty() || !self.names_a_group(caller, &short.others).await? {
+                violations.push(short.violation());
+                break;
+            }
         }
         let mfa = MfaState {
             has_otp: pim_runtime::auth::has_mfa(&caller.amr),

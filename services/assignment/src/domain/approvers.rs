@@ -30,7 +30,7 @@ impl Default for ApprovalStage {
 }
 
 /// A stage of approval that names the requester, and too few others to give the approvals
-/// it needs without them ([`Policy::stage_short_of_approvers`]).
+/// it needs without them ([`Policy::stages_short_of_approvers`]).
 #[derive(Debug, PartialEq, Eq)]
 pub struct ShortStage {
     /// Which stage (from 1), where the policy has several.
@@ -72,36 +72,40 @@ impl Policy {
         }]
     }
 
-    /// Where approval is required, the first stage that names `requester` among its approvers
-    /// and too few others to give the approvals it needs: it would wait until it expires, since
+    /// Where approval is required, each stage that names `requester` among its approvers and
+    /// too few others to give the approvals it needs: it would wait until it expires, since
     /// nobody approves their own request. Escalation approvers count only where the stage
     /// escalates. (A stage without names goes to the default approvers, who are never short.)
     /// The others named may be groups, whose members could make up the number: the caller asks
     /// the directory before refusing, unless there are none ([`ShortStage::violation`]).
-    pub fn stage_short_of_approvers(&self, requester: &str) -> Option<ShortStage> {
+    pub fn stages_short_of_approvers(&self, requester: &str) -> Vec<ShortStage> {
         if !self.approval_required {
-            return None;
+            return Vec::new();
         }
         let stages = self.effective_stages();
-        stages.iter().enumerate().find_map(|(i, s)| {
-            let escalation = if s.escalate_after.is_zero() {
-                &[][..]
-            } else {
-                &s.escalation_approver_ids[..]
-            };
-            let named: Vec<&String> = s.approver_ids.iter().chain(escalation).collect();
-            if !named.iter().any(|a| *a == requester) {
-                return None;
-            }
-            let mut others: Vec<String> = named.into_iter().filter(|a| *a != requester).cloned().collect();
-            others.sort();
-            others.dedup();
-            (others.len() < s.approvals_required as usize).then(|| ShortStage {
-                stage: (stages.len() > 1).then_some(i + 1),
-                others,
-                approvals_required: s.approvals_required,
+        stages
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| {
+                let escalation = if s.escalate_after.is_zero() {
+                    &[][..]
+                } else {
+                    &s.escalation_approver_ids[..]
+                };
+                let named: Vec<&String> = s.approver_ids.iter().chain(escalation).collect();
+                if !named.iter().any(|a| *a == requester) {
+                    return None;
+                }
+                let mut others: Vec<String> = named.into_iter().filter(|a| *a != requester).cloned().collect();
+                others.sort();
+                others.dedup();
+                (others.len() < s.approvals_required as usize).then(|| ShortStage {
+                    stage: (stages.len() > 1).then_some(i + 1),
+                    others,
+                    approvals_required: s.approvals_required,
+                })
             })
-        })
+            .collect()
     }
 }
 
@@ -123,7 +127,11 @@ mod tests {
             ],
             ..Policy::default()
         };
-        let short = |p: &Policy, requester| p.stage_short_of_approvers(requester).map(|s| s.violation());
+        let short = |p: &Policy, requester| {
+            p.stages_short_of_approvers(requester)
+                .first()
+                .map(ShortStage::violation)
+        };
         let refused = short(&named(&["lee"], &[]), "lee").expect("refused");
         assert_eq!(refused.kind, "ApprovalRule");
         assert!(
@@ -171,7 +179,10 @@ mod tests {
             }],
             ..Policy::default()
         };
-        let stage = two_of(&["lee", "ann"]).stage_short_of_approvers("lee").expect("short");
+        let stage = two_of(&["lee", "ann"])
+            .stages_short_of_approvers("lee")
+            .pop()
+            .expect("short");
         assert_eq!(
             stage,
             ShortStage {
@@ -188,7 +199,28 @@ mod tests {
             "{}",
             stage.violation().message
         );
-        assert!(two_of(&["lee", "ann", "bob"]).stage_short_of_approvers("lee").is_none());
-        assert!(two_of(&["ann", "bob"]).stage_short_of_approvers("lee").is_none());
+        assert!(
+            two_of(&["lee", "ann", "bob"])
+                .stages_short_of_approvers("lee")
+                .is_empty()
+        );
+        assert!(two_of(&["ann", "bob"]).stages_short_of_approvers("lee").is_empty());
+        // Every stage is weighed: a later one naming the requester alone is short too.
+        let both = Policy {
+            approval_stages: vec![
+                ApprovalStage {
+                    approver_ids: vec!["lee".into(), "approvers-group".into()],
+                    approvals_required: 2,
+                    ..ApprovalStage::default()
+                },
+                ApprovalStage {
+                    approver_ids: vec!["lee".into()],
+                    ..ApprovalStage::default()
+                },
+            ],
+            ..two_of(&[])
+        };
+        let short: Vec<Option<usize>> = both.stages_short_of_approvers("lee").iter().map(|s| s.stage).collect();
+        assert_eq!(short, vec![Some(1), Some(2)]);
     }
 }

@@ -33,7 +33,10 @@ fn filter_from(r: pb::QueryEventsRequest, involving: Option<String>) -> Result<s
         actor_id: value("actor_id", &r.actor_id)?,
         target_id: value("target_id", &r.target_id)?,
         role_id: value("role_id", &r.role_id)?,
-        scope: value("scope", &r.scope)?,
+        // A scope may be as long as assignment takes one.
+        scope: pim_runtime::text::one_line(&r.scope, 1024)
+            .map_err(|why| invalid_argument("scope", &why))?
+            .to_owned(),
         action: value("action", &r.action)?,
         outcome,
         since: r.since.as_ref().map(from_timestamp),

@@ -265,14 +265,16 @@ pub fn compose(r: &Record, party: &str, public_url: Option<&str>) -> Composed {
     Composed { subject, text, html }
 }
 
-/// Whether an `smtp://` URL signs in (user info) without asking for TLS (`?tls=required` or
-/// `opportunistic`): lettre then sends the password in clear.
+/// Whether an `smtp://` URL signs in (user info) without requiring TLS (`?tls=required`):
+/// lettre may then send the password in clear.
 fn plain_with_password(url: &str) -> bool {
     let Some(rest) = url.strip_prefix("smtp://") else {
         return false;
     };
-    let authority = &rest[..rest.find(['/', '?']).unwrap_or(rest.len())];
-    authority.contains('@') && !url.contains("tls=required") && !url.contains("tls=opportunistic")
+    // User info ends at the last @ before the query (a password may hold a /).
+    let signs_in = rest.split('?').next().unwrap_or_default().contains('@');
+    // Opportunistic TLS can be stripped on the way: only required TLS keeps it.
+    signs_in && !url.contains("tls=required")
 }
 
 /// A fact as the plain-text part shows it: `name: value`, except that what someone wrote
@@ -282,7 +284,9 @@ fn fact_line(name: &str, value: &str) -> String {
     if !value.contains(['\n', '\r']) {
         return format!("{name}: {value}\n");
     }
-    value.lines().fold(format!("{name}:\n"), |mut out, line| {
+    // Every line break counts, a lone CR too (a mail client may show it as one).
+    let value = value.replace("\r\n", "\n");
+    value.split(['\r', '\n']).fold(format!("{name}:\n"), |mut out, line| {
         out.push_str("    > ");
         out.push_str(line);
         out.push('\n');
@@ -494,13 +498,17 @@ mod tests {
         ));
         assert!(!plain_with_password("smtps://pim:secret@mail.example.com"));
         assert!(!plain_with_password("smtp://127.0.0.1:2525"));
+        assert!(plain_with_password(
+            "smtp://pim:a/b@mail.example.com:25?tls=opportunistic"
+        ));
     }
 
     #[test]
     fn what_someone_wrote_over_several_lines_is_quoted_in_the_text() {
         let mut asked = due("activation", true);
         asked.justification =
-            "routine\n\nThis request was pre-approved by the SOC.\nTo approve sign in at: https://evil.example".into();
+            "routine\r\n\r\nThis request was pre-approved by the SOC.\rTo approve sign in at: https://evil.example"
+                .into();
         let mail = compose(&asked, "approver", None);
         assert!(
             mail.text.contains(

@@ -205,8 +205,18 @@ impl Reach {
         if self == Self::Any {
             return true;
         }
+        // An IPv6 address that carries an IPv4 one (mapped, compatible, NAT64, 6to4) is
+        // judged by the IPv4 address it reaches.
         let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+            IpAddr::V6(v6) => {
+                let embedded =
+                    |hi: u16, lo: u16| IpAddr::V4(std::net::Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo)));
+                match v6.segments() {
+                    [0x64, 0xff9b, 0, 0, 0, 0, hi, lo] | [0x64, 0xff9b, 1, _, _, _, hi, lo] => embedded(hi, lo),
+                    [0x2002, hi, lo, ..] => embedded(hi, lo),
+                    _ => v6.to_ipv4().map_or(IpAddr::V6(v6), IpAddr::V4),
+                }
+            }
             v4 => v4,
         };
         match ip {
@@ -220,7 +230,10 @@ impl Reach {
                     || v4.is_broadcast()
                     || v4.is_documentation()
                     || a == 0
-                    || (a == 100 && (64..128).contains(&b)))
+                    || a >= 240
+                    || (a == 100 && (64..128).contains(&b))
+                    || (a == 198 && (18..20).contains(&b))
+                    || (a == 192 && b == 0 && v4.octets()[2] == 0))
             }
             IpAddr::V6(v6) => {
                 let first = v6.segments()[0];
@@ -228,7 +241,8 @@ impl Reach {
                     || v6.is_unspecified()
                     || v6.is_multicast()
                     || (first & 0xfe00) == 0xfc00
-                    || (first & 0xffc0) == 0xfe80)
+                    || (first & 0xffc0) == 0xfe80
+                    || (first & 0xffc0) == 0xfec0)
             }
         }
     }
@@ -370,12 +384,20 @@ mod tests {
             "fd00::1",
             "::ffff:127.0.0.1",
             "::ffff:10.0.0.1",
+            "64:ff9b::a9fe:a9fe",
+            "64:ff9b:1::7f00:1",
+            "2002:7f00:1::",
+            "::127.0.0.1",
+            "fec0::1",
+            "198.18.0.1",
+            "240.0.0.1",
+            "192.0.0.1",
         ] {
             let ip: std::net::IpAddr = inside.parse().unwrap();
             assert!(!Reach::Public.allows(ip), "{inside}");
             assert!(Reach::Any.allows(ip), "{inside}");
         }
-        for outside in ["8.8.8.8", "2001:4860:4860::8888", "::ffff:8.8.8.8"] {
+        for outside in ["8.8.8.8", "2001:4860:4860::8888", "::ffff:8.8.8.8", "64:ff9b::808:808"] {
             assert!(Reach::Public.allows(outside.parse().unwrap()), "{outside}");
         }
         for refused in [

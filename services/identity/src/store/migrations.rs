@@ -167,7 +167,8 @@ impl MigratorTrait for Migrator {
             SqlMigration::boxed("m0009_spent_refresh_tokens", |_| {
                 "CREATE TABLE spent_refresh_tokens (
                     refresh_hash TEXT PRIMARY KEY,
-                    session_id TEXT NOT NULL
+                    session_id TEXT NOT NULL,
+                    spent_at BIGINT NOT NULL
                 );
                 CREATE INDEX spent_refresh_tokens_session ON spent_refresh_tokens (session_id)"
                     .to_owned()

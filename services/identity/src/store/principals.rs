@@ -113,6 +113,29 @@ pub async fn list_users<C: ConnectionTrait>(
     .await
 }
 
+/// Takes the user's row lock if `hash` is still their password (PostgreSQL: the row; SQLite:
+/// the write lock): a reset waits for the transaction, or came first and this says false.
+pub async fn hold_user_password<C: ConnectionTrait>(c: &C, user_id: &str, hash: &str) -> Result<bool, DbErr> {
+    Ok(db::exec(
+        c,
+        "UPDATE users SET password_hash = password_hash WHERE id = $1 AND password_hash = $2",
+        vec![user_id.into(), hash.into()],
+    )
+    .await?
+        == 1)
+}
+
+/// The same for a service principal's client secret.
+pub async fn hold_service_principal_secret<C: ConnectionTrait>(c: &C, id: &str, hash: &str) -> Result<bool, DbErr> {
+    Ok(db::exec(
+        c,
+        "UPDATE service_principals SET secret_hash = secret_hash WHERE id = $1 AND secret_hash = $2",
+        vec![id.into(), hash.into()],
+    )
+    .await?
+        == 1)
+}
+
 pub async fn set_password<C: ConnectionTrait>(c: &C, user_id: &str, hash: &str) -> Result<u64, DbErr> {
     db::exec(
         c,

@@ -117,13 +117,14 @@ pub async fn session_by_refresh<C: ConnectionTrait>(c: &C, refresh_hash: &str) -
     .transpose()
 }
 
-/// Replaces a live session's refresh token (rotation) and keeps the old one as spent; returns
-/// whether the old one was still current (nothing changes otherwise).
+/// Replaces a live session's refresh token (rotation) and keeps the old one as spent at `now`;
+/// returns whether the old one was still current (nothing changes otherwise).
 pub async fn rotate_refresh<C: ConnectionTrait>(
     c: &C,
     session_id: &str,
     old_hash: &str,
     new_hash: &str,
+    now: i64,
 ) -> Result<bool, DbErr> {
     let rotated = db::exec(
         c,
@@ -135,27 +136,40 @@ pub async fn rotate_refresh<C: ConnectionTrait>(
     if rotated {
         db::exec(
             c,
-            "INSERT INTO spent_refresh_tokens (refresh_hash, session_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-            vec![old_hash.into(), session_id.into()],
+            "INSERT INTO spent_refresh_tokens (refresh_hash, session_id, spent_at) VALUES ($1, $2, $3) \
+             ON CONFLICT DO NOTHING",
+            vec![old_hash.into(), session_id.into(), now.into()],
         )
         .await?;
     }
     Ok(rotated)
 }
 
-/// The session (and its principal) that spent the refresh token `refresh_hash` names, if any.
-pub async fn session_of_spent_refresh<C: ConnectionTrait>(
-    c: &C,
-    refresh_hash: &str,
-) -> Result<Option<(String, String)>, DbErr> {
+/// A refresh token a session spent: which session, whose, and when.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpentRefresh {
+    pub session_id: String,
+    pub principal_id: String,
+    pub spent_at: i64,
+}
+
+/// The session that spent the refresh token `refresh_hash` names, if any.
+pub async fn spent_refresh<C: ConnectionTrait>(c: &C, refresh_hash: &str) -> Result<Option<SpentRefresh>, DbErr> {
     let row = db::query_one(
         c,
-        "SELECT s.id, s.principal_id FROM spent_refresh_tokens t JOIN sessions s ON s.id = t.session_id \
+        "SELECT s.id, s.principal_id, t.spent_at FROM spent_refresh_tokens t JOIN sessions s ON s.id = t.session_id \
          WHERE t.refresh_hash = $1",
         vec![refresh_hash.into()],
     )
     .await?;
-    row.map(|r| Ok((col(&r, "id")?, col(&r, "principal_id")?))).transpose()
+    row.map(|r| {
+        Ok(SpentRefresh {
+            session_id: col(&r, "id")?,
+            principal_id: col(&r, "principal_id")?,
+            spent_at: col(&r, "spent_at")?,
+        })
+    })
+    .transpose()
 }
 
 pub async fn revoke_session<C: ConnectionTrait>(c: &C, session_id: &str, now: i64) -> Result<bool, DbErr> {
