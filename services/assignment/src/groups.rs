@@ -12,7 +12,7 @@ use pim_runtime::clock::Clock;
 use pim_runtime::db::Db;
 use pim_runtime::events::{Envelope, EventType, decode, event_type};
 
-use crate::index::{AccessIndex, Change, Changes, Grant};
+use crate::index::{AccessIndex, Change, Grant};
 use crate::roles::{GROUP_MEMBER, group_scope};
 use crate::store;
 
@@ -29,7 +29,6 @@ pub struct Memberships {
 /// grants a user stops holding when disabled (and holds again when enabled).
 #[derive(Clone)]
 struct Watched {
-    changes: Changes,
     index: AccessIndex,
     clock: Arc<dyn Clock>,
 }
@@ -156,7 +155,7 @@ impl Memberships {
         };
         if let Some(watched) = &self.watched {
             if !disabled.is_empty() {
-                watched.changes.access_lost();
+                watched.index.changes().access_lost();
             }
             for user in &disabled {
                 self.announce_held(watched, user, false);
@@ -171,9 +170,10 @@ impl Memberships {
     /// Tells watchers that each grant `user` holds, in the index and through identity's group
     /// memberships, ended (`active` false: the user was disabled) or holds again.
     fn announce_held(&self, watched: &Watched, user: &str, active: bool) {
+        let changes = watched.index.changes();
         // Those that start later too: watchers were told of them when they were granted.
         for (assignment_id, grant) in watched.index.unended(user, watched.clock.now_ms()) {
-            watched.changes.send(Change {
+            changes.send(Change {
                 principal_id: user.to_owned(),
                 assignment_id,
                 grant,
@@ -181,7 +181,7 @@ impl Memberships {
             });
         }
         for group in self.groups_of(user) {
-            watched.changes.send(membership_grant(&group, user, active));
+            changes.send(membership_grant(&group, user, active));
         }
     }
 
@@ -192,7 +192,6 @@ impl Memberships {
     /// announced as the end or the start of all they hold, as of `clock`.
     pub fn announcing_to(mut self, index: &AccessIndex, clock: Arc<dyn Clock>) -> Self {
         self.watched = Some(Watched {
-            changes: index.changes(),
             index: index.clone(),
             clock,
         });
@@ -231,9 +230,12 @@ impl Memberships {
             }
         };
         if let Some(watched) = self.watched.as_ref().filter(|_| changed) {
-            watched.changes.send(membership_grant(group_id, principal_id, member));
+            watched
+                .index
+                .changes()
+                .send(membership_grant(group_id, principal_id, member));
             if !member {
-                watched.changes.access_lost();
+                watched.index.changes().access_lost();
             }
         }
     }

@@ -333,6 +333,18 @@ mod tests {
     }
 
     #[test]
+    fn unended_grants_include_those_that_start_later() {
+        let index = AccessIndex::default();
+        index.upsert("p", "ended", grant(10, Some(20)));
+        index.upsert("p", "now", grant(10, None));
+        index.upsert("p", "later", grant(50, Some(60)));
+        let mut unended: Vec<String> = index.unended("p", 30).into_iter().map(|(id, _)| id).collect();
+        unended.sort();
+        assert_eq!(unended, ["later", "now"]);
+        assert_eq!(index.current("p", 30).len(), 1, "only one in force");
+    }
+
+    #[test]
     fn an_older_version_never_replaces_a_newer_one() {
         let index = AccessIndex::default();
         let version = |end: i64, version: i64| Grant {

@@ -5,7 +5,7 @@
 
 use sea_orm::TransactionTrait;
 
-use pim_proto::common::v1::PrincipalKind;
+use pim_proto::common::v1::{Actor, PrincipalKind};
 use pim_proto::events::v1 as ev;
 use pim_runtime::auth::Caller;
 use pim_runtime::db::now_ms;
@@ -28,7 +28,7 @@ impl Directory {
         store::revoke_sessions_of(txn, principal_id, now).await?;
         store::revoke_principal(txn, principal_id, now).await?;
         // No session named: the principal's tokens issued up to the event's time.
-        self.session_revoked(txn, caller, principal_id, String::new(), reason)
+        self.session_revoked(txn, caller.actor(), principal_id, String::new(), reason)
             .await
     }
 
@@ -53,7 +53,7 @@ impl Directory {
         reason: &str,
     ) -> Result<()> {
         for session_id in store::revoke_other_sessions(txn, principal_id, &caller.session_id, now_ms()).await? {
-            self.session_revoked(txn, caller, principal_id, session_id, reason)
+            self.session_revoked(txn, caller.actor(), principal_id, session_id, reason)
                 .await?;
         }
         Ok(())
@@ -64,13 +64,15 @@ impl Directory {
     pub(crate) async fn end_session_of_reused_refresh(&self, session_id: &str, principal_id: &str) -> Result<()> {
         let txn = self.db.begin().await?;
         if store::revoke_session(&txn, session_id, now_ms()).await? {
-            let event = ev::SessionRevoked {
-                actor: Some(actor("system", PrincipalKind::Unspecified, "PIM (reuse detection)")),
-                principal_id: principal_id.to_owned(),
-                session_id: session_id.to_owned(),
-                reason: "refresh_token_reused".into(),
-            };
-            self.emit(&txn, EventType::SessionRevoked, principal_id, &event).await?;
+            let system = actor("system", PrincipalKind::Unspecified, "PIM (reuse detection)");
+            self.session_revoked(
+                &txn,
+                system,
+                principal_id,
+                session_id.to_owned(),
+                "refresh_token_reused",
+            )
+            .await?;
         }
         txn.commit().await?;
         self.outbox.wake();
@@ -80,13 +82,13 @@ impl Directory {
     async fn session_revoked<C: sea_orm::ConnectionTrait>(
         &self,
         txn: &C,
-        caller: &Caller,
+        by: Actor,
         principal_id: &str,
         session_id: String,
         reason: &str,
     ) -> Result<()> {
         let event = ev::SessionRevoked {
-            actor: Some(caller.actor()),
+            actor: Some(by),
             principal_id: principal_id.to_owned(),
             session_id,
             reason: reason.into(),
