@@ -472,6 +472,12 @@ async fn bad_input_is_invalid_argument_naming_the_field() -> anyhow::Result<()> 
             system: "ServiceNow".into(),
             number: "INC1\n01a2  approved  admin".into(),
         });
+        // A ticket number that shows as another: a zero-width space takes no room.
+        let mut unseen = activation(EXCHANGE_ADMINISTRATOR, HOUR_MS, "on call");
+        unseen.ticket = Some(pim_proto::common::v1::Ticket {
+            system: "ServiceNow".into(),
+            number: "INC\u{200B}0012345".into(),
+        });
         // A start more than the skew (5 minutes) in the past; one within it means now.
         let starting = |ago_ms: i64| {
             let mut ask = activation(EXCHANGE_ADMINISTRATOR, HOUR_MS, "ok");
@@ -489,6 +495,7 @@ async fn bad_input_is_invalid_argument_naming_the_field() -> anyhow::Result<()> 
             (nul, "justification"),
             (escape, "justification"),
             (fake_row, "ticket.number"),
+            (unseen, "ticket.number"),
         ] {
             let refused = w
                 .assignments()
@@ -603,6 +610,32 @@ async fn bad_input_is_invalid_argument_naming_the_field() -> anyhow::Result<()> 
             .await
             .expect_err("too long a search");
         assert_eq!(users.code(), Code::InvalidArgument, "{users:?}");
+        // A page token is a position a page gave: a name or an id, not a megabyte.
+        let position = DirectoryServiceClient::new(w.ts.channel.clone())
+            .list_users(authed(
+                &w.admin,
+                ipb::ListUsersRequest {
+                    page_token: huge.clone(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .expect_err("too long a page token");
+        assert_eq!(position.code(), Code::InvalidArgument, "{position:?}");
+        assert!(position.message().starts_with("page_token"), "{position:?}");
+        let position = w
+            .assignments()
+            .list_requests(authed(
+                &w.admin,
+                apb::ListRequestsRequest {
+                    page_token: "r1\nr2".into(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .expect_err("a page token over two lines");
+        assert_eq!(position.code(), Code::InvalidArgument, "{position:?}");
+        assert!(position.message().starts_with("page_token"), "{position:?}");
         // A request status no status has, or a Duration that is no protobuf Duration.
         let unknown_status = w
             .assignments()

@@ -11,7 +11,7 @@ use pim_runtime::auth::caller;
 use pim_runtime::consistency::{ConsistencyToken, answer};
 use pim_runtime::db::to_timestamp;
 use pim_runtime::events::streams;
-use pim_runtime::grpc::{filter_value, invalid_argument};
+use pim_runtime::grpc::{filter_value, invalid_argument, next_page};
 
 use crate::directory::{ClientInfo, Directory, NewUser, Session};
 use crate::groups::NewGroup;
@@ -116,13 +116,9 @@ impl DirectoryService for Directory {
         let r = request.into_inner();
         let limit = page_size(r.page_size)?;
         let filter = filter_value("filter", &r.filter)?;
-        let mut users = Directory::list_users(self, &caller, filter, &r.page_token, limit + 1).await?;
-        let next_page_token = if users.len() as u64 > limit {
-            users.truncate(limit as usize);
-            users.last().map(|u| u.user_name.clone()).unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let after = filter_value("page_token", &r.page_token)?;
+        let users = Directory::list_users(self, &caller, filter, after, limit + 1).await?;
+        let (users, next_page_token) = next_page(users, limit, |u| u.user_name.clone());
         Ok(Response::new(pb::ListUsersResponse {
             users: users.into_iter().map(user_to_pb).collect(),
             next_page_token,
@@ -137,13 +133,9 @@ impl DirectoryService for Directory {
         let r = request.into_inner();
         let limit = page_size(r.page_size)?;
         let filter = filter_value("filter", &r.filter)?;
-        let mut found = Directory::list_service_principals(self, &caller, filter, &r.page_token, limit + 1).await?;
-        let next_page_token = if found.len() as u64 > limit {
-            found.truncate(limit as usize);
-            found.last().map(|sp| sp.id.clone()).unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let after = filter_value("page_token", &r.page_token)?;
+        let found = Directory::list_service_principals(self, &caller, filter, after, limit + 1).await?;
+        let (found, next_page_token) = next_page(found, limit, |sp| sp.id.clone());
         Ok(Response::new(pb::ListServicePrincipalsResponse {
             service_principals: found.into_iter().map(sp_to_pb).collect(),
             next_page_token,
@@ -212,13 +204,9 @@ impl DirectoryService for Directory {
         let caller = caller(&request)?.clone();
         let r = request.into_inner();
         let limit = page_size(r.page_size)?;
-        let mut groups = Directory::list_groups(self, &caller, &r.page_token, limit + 1).await?;
-        let next_page_token = if groups.len() as u64 > limit {
-            groups.truncate(limit as usize);
-            groups.last().map(|g| g.id.clone()).unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let after = filter_value("page_token", &r.page_token)?;
+        let groups = Directory::list_groups(self, &caller, after, limit + 1).await?;
+        let (groups, next_page_token) = next_page(groups, limit, |g| g.id.clone());
         Ok(Response::new(pb::ListGroupsResponse {
             groups: groups.into_iter().map(group_to_pb).collect(),
             next_page_token,

@@ -26,7 +26,8 @@ pub fn invalid_argument(field: &str, message: &str) -> Status {
 /// The most characters a search or filter value may have.
 pub const MAX_FILTER: usize = 256;
 
-/// A search or filter value (a name to look for, an id or an action to match), trimmed: at
+/// A search or filter value (a name to look for, an id or an action to match), or a page
+/// token that names a position (the last name or id a page held), trimmed: at
 /// most [`MAX_FILTER`] characters and on one line, else INVALID_ARGUMENT naming `field` (a
 /// longer pattern only made the database give up, an INTERNAL).
 pub fn filter_value<'a>(field: &str, value: &'a str) -> Result<&'a str, Status> {
@@ -40,6 +41,19 @@ pub fn page_size(requested: i32, default: u64, max: u64) -> Result<u64, Status> 
         n if n < 0 => Err(invalid_argument("page_size", "must not be negative")),
         0 => Ok(default),
         n => Ok((n as u64).min(max)),
+    }
+}
+
+/// A page of at most `limit` items from `fetched`, which asked the store for one more than
+/// that: with the token of the next page, made by `token` from the page's last item, when
+/// that one more came (an empty token: this was the last page).
+pub fn next_page<T>(mut fetched: Vec<T>, limit: u64, token: impl Fn(&T) -> String) -> (Vec<T>, String) {
+    if fetched.len() as u64 > limit {
+        fetched.truncate(limit as usize);
+        let next = fetched.last().map(token).unwrap_or_default();
+        (fetched, next)
+    } else {
+        (fetched, String::new())
     }
 }
 
@@ -409,5 +423,18 @@ mod page_tests {
             assert_eq!(refused.code(), tonic::Code::InvalidArgument);
             assert!(refused.message().starts_with("filter"), "{}", refused.message());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::next_page;
+
+    #[test]
+    fn a_page_has_a_next_token_only_when_one_more_was_fetched() {
+        let token = |n: &u32| n.to_string();
+        assert_eq!(next_page(vec![1, 2, 3], 2, token), (vec![1, 2], "2".to_owned()));
+        assert_eq!(next_page(vec![1, 2], 2, token), (vec![1, 2], String::new()));
+        assert_eq!(next_page(Vec::new(), 2, token), (Vec::new(), String::new()));
     }
 }

@@ -19,10 +19,27 @@ pub fn one_line(text: &str, max: usize) -> Result<&str, String> {
 }
 
 /// Whether `c` changes how the text around it shows rather than being seen: a control
-/// character (NUL, a terminal escape, a line break), or one that reorders or breaks lines
-/// (bidirectional overrides and isolates, Unicode's line and paragraph separators).
+/// character (NUL, a terminal escape, a line break), one that reorders or breaks lines
+/// (bidirectional overrides, isolates and marks, Unicode's line and paragraph separators),
+/// or one that takes no room at all (a zero-width space, a word joiner, a byte-order mark),
+/// which would make `INC\u{200B}123` look like `INC123`. The zero-width joiner and non-joiner
+/// stay: Persian, the Indic scripts and emoji need them.
 pub fn is_unseen(c: char) -> bool {
-    c.is_control() || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{2028}' | '\u{2029}')
+    c.is_control()
+        || matches!(
+            c,
+            '\u{202A}'..='\u{202E}'
+                | '\u{2066}'..='\u{2069}'
+                | '\u{200E}'
+                | '\u{200F}'
+                | '\u{061C}'
+                | '\u{2028}'
+                | '\u{2029}'
+                | '\u{200B}'
+                | '\u{2060}'..='\u{2064}'
+                | '\u{FEFF}'
+                | '\u{180E}'
+        )
 }
 
 fn checked(text: &str, max: usize, allowed: fn(char) -> bool) -> Result<&str, String> {
@@ -53,6 +70,12 @@ mod tests {
         assert!(free_text(&"é".repeat(1001), 1000).is_err());
         for bad in ["ok\u{1b}[2J", "a\0b", "x\u{9b}31m", "\u{7f}", "abc\u{202e}fed"] {
             assert!(free_text(bad, 1000).is_err(), "{bad:?}");
+        }
+        for unseen in ["INC\u{200B}123", "INC\u{2060}123", "\u{FEFF}INC123", "abc\u{200F}def"] {
+            assert!(one_line(unseen, 100).is_err(), "{unseen:?} shows as what it is not");
+        }
+        for written in ["می\u{200C}خواهم", "👩\u{200D}💻 on call"] {
+            assert!(free_text(written, 100).is_ok(), "{written:?} is how some people write");
         }
         assert!(one_line("INC1\nfake row", 100).is_err());
         assert_eq!(one_line(" INC0012345 ", 100), Ok("INC0012345"));

@@ -325,22 +325,18 @@ impl AssignmentService for Assignments {
         let status = pb::RequestStatus::try_from(r.status)
             .map(RequestStatus::from_pb)
             .map_err(|_| Error::invalid("status", "not a request status"))?;
-        let mut rows = self
+        let after = pim_runtime::grpc::filter_value("page_token", &r.page_token)?;
+        let rows = self
             .list_requests(
                 &caller,
                 filter(&r.principal_id),
                 role.as_deref(),
                 status,
-                &r.page_token,
+                after,
                 limit + 1,
             )
             .await?;
-        let next_page_token = if rows.len() as u64 > limit {
-            rows.truncate(limit as usize);
-            rows.last().map(|r| r.id.clone()).unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let (rows, next_page_token) = pim_runtime::grpc::next_page(rows, limit, |r| r.id.clone());
         Ok(Response::new(pb::ListRequestsResponse {
             requests: rows.into_iter().map(request_to_pb).collect(),
             next_page_token,

@@ -118,15 +118,10 @@ impl AuditService for Audit {
         let r = request.into_inner();
         let limit = pim_runtime::grpc::page_size(r.page_size, DEFAULT_PAGE, MAX_PAGE)?;
         let filter = filter_from(r, self.involving(&caller).await?)?;
-        let mut records = store::query(&self.db, &filter, limit + 1)
+        let records = store::query(&self.db, &filter, limit + 1)
             .await
             .map_err(pim_runtime::grpc::internal)?;
-        let next_page_token = if records.len() as u64 > limit {
-            records.truncate(limit as usize);
-            records.last().map(|r| r.sequence.to_string()).unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let (records, next_page_token) = pim_runtime::grpc::next_page(records, limit, |r| r.sequence.to_string());
         Ok(Response::new(pb::QueryEventsResponse {
             records: records.into_iter().map(record_to_pb).collect(),
             next_page_token,
