@@ -26,6 +26,7 @@ use pim_runtime::testing::redis_url;
 
 pub(crate) const EXCHANGE_ADMINISTRATOR: &str = "29232cdf-9323-42fd-ade2-1d097af3e4de";
 pub(crate) const GLOBAL_ADMINISTRATOR: &str = "62e90394-69f5-4237-9190-012177145e10";
+pub(crate) const GLOBAL_READER: &str = "f2ef992c-3afb-46b9-b7cf-a126ee74c451";
 pub(crate) const HOUR_MS: i64 = 3_600_000;
 
 pub(crate) struct World {
@@ -1653,6 +1654,12 @@ async fn a_disabled_user_holds_nothing_and_what_they_asked_for_ends() -> anyhow:
             .watch_access_changes(authed(&w.admin, apb::WatchAccessChangesRequest::default()))
             .await?
             .into_inner();
+        // A grant that starts tomorrow is told when made; a disable ends it too.
+        let mut tomorrow = assign_for_an_hour(apb::AssignmentKind::Active, &dan.id, GLOBAL_READER);
+        tomorrow.schedule.as_mut().expect("schedule").start_time =
+            Some(pim_runtime::db::to_timestamp(w.clock.now_ms() + 24 * HOUR_MS));
+        w.assignments().create_request(authed(&w.admin, tomorrow)).await?;
+        changes_of(&mut watched, &dan.id, &[(GLOBAL_READER, true)]).await?;
 
         let mut directory = DirectoryServiceClient::new(w.ts.channel.clone());
         let user = || ipb::GetUserRequest { user: dan.id.clone() };
@@ -1661,7 +1668,12 @@ async fn a_disabled_user_holds_nothing_and_what_they_asked_for_ends() -> anyhow:
             Ok((!w.check(&dan.id, EXCHANGE_ADMINISTRATOR).await?.allowed).then_some(()))
         })
         .await?;
-        next_change_of(&mut watched, &dan.id, EXCHANGE_ADMINISTRATOR, false).await?;
+        changes_of(
+            &mut watched,
+            &dan.id,
+            &[(EXCHANGE_ADMINISTRATOR, false), (GLOBAL_READER, false)],
+        )
+        .await?;
         w.eventually_status(&w.admin, &asked.id, apb::RequestStatus::Canceled)
             .await?;
         // No role is given while disabled, and a role-assignable group joined meanwhile is not
@@ -1692,7 +1704,7 @@ async fn a_disabled_user_holds_nothing_and_what_they_asked_for_ends() -> anyhow:
                 assign_for_an_hour(apb::AssignmentKind::Active, &lee.id, SECURITY_READER),
             ))
             .await?;
-        next_change_of(&mut watched, &lee.id, SECURITY_READER, true).await?;
+        changes_of(&mut watched, &lee.id, &[(SECURITY_READER, true)]).await?;
 
         directory.enable_user(authed(&w.admin, user())).await?;
         eventually(
@@ -1701,8 +1713,16 @@ async fn a_disabled_user_holds_nothing_and_what_they_asked_for_ends() -> anyhow:
             || async { Ok(w.check(&dan.id, EXCHANGE_ADMINISTRATOR).await?.allowed.then_some(())) },
         )
         .await?;
-        next_change_of(&mut watched, &dan.id, EXCHANGE_ADMINISTRATOR, true).await?;
-        next_change_of(&mut watched, &dan.id, pim_proto::catalogue::GROUP_MEMBER, true).await?;
+        changes_of(
+            &mut watched,
+            &dan.id,
+            &[
+                (EXCHANGE_ADMINISTRATOR, true),
+                (GLOBAL_READER, true),
+                (pim_proto::catalogue::GROUP_MEMBER, true),
+            ],
+        )
+        .await?;
         Ok(w)
     })
     .await
@@ -1740,27 +1760,30 @@ async fn a_disable_recorded_without_an_event_here_still_reaches_memory() -> anyh
     .await
 }
 
-/// Waits (up to 10 s) for the next change a watcher is told of `principal`'s `role`, and
-/// checks it says `active` and that nobody else was granted anything before it.
-async fn next_change_of(
+/// Waits (up to 10 s) until a watcher is told of each of `principal`'s `(role, active)`
+/// changes, in any order: none of the roles told otherwise meanwhile, and nobody else
+/// granted anything.
+async fn changes_of(
     watched: &mut tonic::Streaming<apb::AccessChange>,
     principal: &str,
-    role: &str,
-    active: bool,
+    expected: &[(&str, bool)],
 ) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
+    let mut waiting: Vec<(&str, bool)> = expected.to_vec();
+    while !waiting.is_empty() {
         let change = tokio::time::timeout_at(deadline, watched.message())
             .await
-            .map_err(|_| anyhow::anyhow!("the watcher was not told of {role} for {principal} (active={active})"))??
+            .map_err(|_| anyhow::anyhow!("the watcher was not told of {waiting:?} for {principal}"))??
             .ok_or_else(|| anyhow::anyhow!("the watch ended"))?;
         anyhow::ensure!(
             change.principal_id == principal || !change.active,
-            "told of {change:?} before {role} for {principal}"
+            "told of {change:?} before {waiting:?} for {principal}"
         );
-        if change.principal_id == principal && change.role_id == role {
-            anyhow::ensure!(change.active == active, "told {change:?}, expected active={active}");
-            return Ok(());
+        let told = expected.iter().find(|(role, _)| *role == change.role_id);
+        if let Some((role, active)) = told.filter(|_| change.principal_id == principal) {
+            anyhow::ensure!(*active == change.active, "told {change:?}, expected active={active}");
+            waiting.retain(|(waited, _)| waited != role);
         }
     }
+    Ok(())
 }

@@ -277,7 +277,7 @@ async fn a_just_in_time_membership_carries_the_groups_roles_until_it_ends() -> a
     use pim_runtime::clock::Clock;
     use pim_runtime::grpc::violated_rules;
 
-    const GLOBAL_READER: &str = "f2ef992c-3afb-46b9-b7cf-a126ee74c451";
+    use crate::activation::GLOBAL_READER;
     run_on_both(|w| async move {
         let (lee, ola, uma) = (w.user("lee").await?, w.user("ola").await?, w.user("uma").await?);
         w.assignments()

@@ -19,7 +19,7 @@ use pim_runtime::events::{EventKeys, Publisher, RedisPublisher, envelope, stream
 use pim_runtime::testing::TestDatabase;
 
 const GLOBAL_ADMINISTRATOR: &str = "62e90394-69f5-4237-9190-012177145e10";
-const GLOBAL_READER: &str = "f2ef992c-3afb-46b9-b7cf-a126ee74c451";
+use crate::activation::GLOBAL_READER;
 
 /// A stream entry id as (milliseconds, sequence), to compare positions.
 fn entry(id: &str) -> (u64, u64) {
