@@ -267,13 +267,23 @@ async fn an_approver_watching_approves_and_the_role_becomes_active() -> anyhow::
 async fn a_deny_ends_it_and_an_unanswered_approval_expires() -> anyhow::Result<()> {
     run(|w| async move {
         let (lee, ann, kim) = (w.user("lee").await?, w.user("ann").await?, w.user("kim").await?);
+        // A stage that asks no reason of its approvers.
         w.require_approval(vec![ApprovalStageSettings {
             timeout: Some(prost_types::Duration { seconds: 600, nanos: 0 }),
+            justification_required: false,
             ..stage(&[&ann, &kim], 1)
         }])
         .await?;
         let request = w.ask(&lee, "mailbox export").await?;
         let approval = w.approval_of(&request.id).await?;
+        // A denial says why all the same: the requester reads it.
+        let unexplained = w
+            .approvals()
+            .decide(authed(&ann.token, decide(&approval.id, false, "  ")))
+            .await
+            .expect_err("a denial without a reason");
+        assert_eq!(unexplained.code(), Code::InvalidArgument, "{unexplained:?}");
+        assert!(unexplained.message().starts_with("justification"), "{unexplained:?}");
         let denied = w
             .approvals()
             .decide(authed(&ann.token, decide(&approval.id, false, "no ticket approval")))
@@ -331,8 +341,8 @@ async fn two_of_three_then_a_second_stage_decided_by_a_group_member() -> anyhow:
             w.user("cyd").await?,
             w.user("dee").await?,
         );
-        // Stage two names a group: its members decide.
-        let leads = w.group("exchange leads", &[&d]).await?;
+        // Stage two names a group: its members decide (Ann, who decides stage one, too).
+        let leads = w.group("exchange leads", &[&d, &a]).await?;
         w.require_approval(vec![
             stage(&[&a, &b, &c], 2),
             ApprovalStageSettings {
@@ -378,6 +388,18 @@ async fn two_of_three_then_a_second_stage_decided_by_a_group_member() -> anyhow:
         assert_eq!(
             w.request_status(&lee.token, &request.id).await?,
             apb::RequestStatus::PendingApproval as i32
+        );
+        // Ann decided stage one: her decision counts once, so another decides stage two, and
+        // she is told so (not answered as if it counted).
+        let twice = w
+            .approvals()
+            .decide(authed(&a.token, decide(&approval.id, true, "ok")))
+            .await
+            .expect_err("one person's decision counts once");
+        assert_eq!(twice.code(), Code::FailedPrecondition, "{twice:?}");
+        assert!(
+            twice.message().contains("another approver decides stage 2"),
+            "{twice:?}"
         );
         let done = w
             .approvals()

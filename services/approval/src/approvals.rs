@@ -52,11 +52,20 @@ pub struct Approvals {
     pub(crate) changed: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
-/// The caller's earlier decision on an approval, if any: the same decision again (a retry, or
-/// sent twice at once) is answered with the approval as it stands; another is refused.
-fn decided_before(caller: &Caller, decision: Decision, decisions: &[DecisionRow]) -> Option<Result<()>> {
+/// The caller's earlier decision on an approval at `stage`, if any: the same decision again (a
+/// retry, or sent twice at once) is answered with the approval as it stands; another is
+/// refused, and so is any decision at a later stage: one person's decision counts once, so
+/// each stage is decided by someone who has not decided this approval yet.
+fn decided_before(caller: &Caller, stage: usize, decision: Decision, decisions: &[DecisionRow]) -> Option<Result<()>> {
     let previous = decisions.iter().find(|d| d.approver_id == caller.principal_id)?;
-    Some(if previous.decision == decision {
+    Some(if previous.stage != stage {
+        Err(Error::FailedPrecondition(format!(
+            "you decided stage {} of this approval ({}); one person's decision counts once, so another approver decides stage {}",
+            previous.stage + 1,
+            previous.decision,
+            stage + 1
+        )))
+    } else if previous.decision == decision {
         Ok(())
     } else {
         Err(Error::FailedPrecondition(format!(
@@ -476,7 +485,7 @@ impl Approvals {
             ));
         }
         let decisions = store::decisions(&self.db, id).await?;
-        if let Some(answer) = decided_before(caller, decision, &decisions) {
+        if let Some(answer) = decided_before(caller, approval.stage, decision, &decisions) {
             answer?;
             // The approval as that decision left it, read after it.
             let now = store::get(&self.db, id).await?.unwrap_or(approval);
@@ -500,15 +509,22 @@ impl Approvals {
                 "this role's policy requires a justification for decisions",
             ));
         }
+        if decision == Decision::Deny && justification.is_empty() {
+            return Err(Error::invalid(
+                "justification",
+                "a denial says why: the requester reads it",
+            ));
+        }
 
         let now = self.now();
         let txn = self.db.begin().await?;
         let mut current = store::lock(&txn, id)
             .await?
             .ok_or_else(|| Error::NotFound(format!("approval {id}")))?;
-        // The same decision may have been sent at once and committed meanwhile.
+        // The same decision may have been sent at once and committed meanwhile (and moved the
+        // approval on: it answers for the stage this call saw).
         let decided = store::decisions(&txn, id).await?;
-        if let Some(answer) = decided_before(caller, decision, &decided) {
+        if let Some(answer) = decided_before(caller, approval.stage, decision, &decided) {
             answer?;
             return Ok((current, decided));
         }

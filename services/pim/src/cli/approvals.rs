@@ -52,7 +52,8 @@ pub(crate) struct ApprovalsArgs {
 pub(crate) struct DecideArgs {
     /// The approval id (from `pim approvals`).
     id: String,
-    /// Why; the role's policy usually requires it.
+    /// Why: a denial always says it (the requester reads it), an approval where the role's
+    /// policy requires it.
     #[arg(long, short = 'j', default_value = "")]
     justification: String,
     #[command(flatten)]
@@ -217,6 +218,9 @@ async fn watch(session: &Session) -> anyhow::Result<i32> {
 }
 
 pub(crate) async fn decide(args: DecideArgs, approve: bool) -> anyhow::Result<i32> {
+    if !approve && args.justification.trim().is_empty() {
+        anyhow::bail!("say why you deny it with --justification (-j): the requester reads it");
+    }
     let session = Session::open(&args.client, true)?;
     let a = ApprovalServiceClient::new(session.channel.clone())
         .decide(session.request(pb::DecideRequest {
