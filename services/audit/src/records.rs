@@ -316,7 +316,7 @@ pub fn record(envelope: &Envelope, correlator: &Correlator) -> anyhow::Result<Re
             r.target_id = e.principal_id.clone();
             r.role_id = e.role_id.clone();
             r.scope = e.scope.clone();
-            json!({"assignment_id": e.assignment_id, "reason": e.reason})
+            json!({"assignment_id": e.assignment_id, "reason": e.reason, "end_time": rfc3339(&e.end_time)})
         }
         Some(EventType::ActivationShortened) => {
             let e: ev::ActivationShortened = decode(envelope)?;

@@ -445,9 +445,9 @@ impl Assignments {
         reason: &str,
         actor: Option<Actor>,
         role_name: &str,
-        now: i64,
+        at: i64,
     ) -> Result<bool> {
-        if !store::end_assignment(txn, &a.id, reason, now).await? {
+        if !store::end_assignment(txn, &a.id, reason, at).await? {
             return Ok(false);
         }
         if a.kind == Kind::Active {
@@ -458,13 +458,14 @@ impl Assignments {
                 role_id: a.role_id.clone(),
                 scope: a.scope.clone(),
                 reason: reason.into(),
+                end_time: Some(to_timestamp(at)),
             };
             self.emit(txn, EventType::RoleDeactivated, &a.principal_id, &event)
                 .await?;
         }
         if a.origin == "admin" {
             let (event_type, mut event) = assignment_changed(a, Change::Removed, role_name, actor);
-            event.end_time = Some(to_timestamp(now));
+            event.end_time = Some(to_timestamp(at));
             event.reason = reason.into();
             self.emit(txn, event_type, &a.principal_id, &event).await?;
         }
