@@ -1321,16 +1321,49 @@ async fn grants_made_outside_pim_are_detected() -> anyhow::Result<()> {
         .await?;
         assert_eq!(w.events("UnmanagedGrantDetected").await?.len(), 1);
 
-        // Fixed at the source: the next report no longer lists it.
+        // Kim holds Global Reader there before PIM gives it: unmanaged, until it does.
+        let kim = w.user("kim").await?;
+        let with_kim = |grants: Vec<apb::ObservedGrant>| apb::ReportObservedGrantsRequest {
+            system: "exchange-online".into(),
+            grants,
+        };
+        let kims = || grant(&kim.id, GLOBAL_READER, "/");
         reconcile
             .report_observed_grants(authed(
                 &w.admin,
-                apb::ReportObservedGrantsRequest {
-                    system: "exchange-online".into(),
-                    grants: vec![],
-                },
+                with_kim(vec![grant("mallory-id", GLOBAL_ADMINISTRATOR, "/"), kims()]),
             ))
             .await?;
+        w.eventually_events("UnmanagedGrantDetected", 2).await?;
+        w.assignments()
+            .create_request(authed(
+                &w.admin,
+                assign_for_an_hour(apb::AssignmentKind::Active, &kim.id, GLOBAL_READER),
+            ))
+            .await?;
+        reconcile
+            .report_observed_grants(authed(
+                &w.admin,
+                with_kim(vec![grant("mallory-id", GLOBAL_ADMINISTRATOR, "/"), kims()]),
+            ))
+            .await?;
+        let cleared = w.eventually_events("UnmanagedGrantCleared", 1).await?;
+        let e = ev::UnmanagedGrantCleared::decode(cleared[0].data.as_slice())?;
+        assert_eq!(
+            (e.principal_id.as_str(), e.reason.as_str()),
+            (kim.id.as_str(), "managed")
+        );
+
+        // Fixed at the source: the next report no longer lists it, and says so once.
+        reconcile
+            .report_observed_grants(authed(&w.admin, with_kim(vec![])))
+            .await?;
+        let cleared = w.eventually_events("UnmanagedGrantCleared", 2).await?;
+        let e = ev::UnmanagedGrantCleared::decode(cleared[1].data.as_slice())?;
+        assert_eq!(
+            (e.principal_id.as_str(), e.reason.as_str()),
+            ("mallory-id", "unreported")
+        );
         assert!(
             reconcile
                 .list_unmanaged_grants(authed(&w.admin, apb::ListUnmanagedGrantsRequest {}))

@@ -182,6 +182,22 @@ async fn each_rule_raises_its_alert_and_settings_change_the_outcome() -> anyhow:
             Some("exchange-online")
         );
         assert_eq!(unmanaged.evidence_event_ids.len(), 1);
+        // Fixed at the source: the next report no longer lists it, and the alert resolves.
+        ReconcileServiceClient::new(w.ts.channel.clone())
+            .report_observed_grants(authed(
+                &w.admin,
+                apb::ReportObservedGrantsRequest {
+                    system: "exchange-online".into(),
+                    grants: Vec::new(),
+                },
+            ))
+            .await?;
+        let resolved = w
+            .alert("unmanaged_grant", |a| {
+                a.principal_id == "mallory" && a.status == pb::AlertStatus::Resolved as i32
+            })
+            .await?;
+        assert_eq!(resolved.id, unmanaged.id);
 
         // A privileged role's policy stops asking for MFA: alert; asking again resolves it.
         w.set_policy(PRIVILEGED_ROLE_ADMINISTRATOR, |p| p.activation_requires_mfa = false)
@@ -371,8 +387,11 @@ async fn approvals_raise_self_approval_and_rubber_stamp_alerts() -> anyhow::Resu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_alerts_resumes_from_its_cursor_with_every_change_once() -> anyhow::Result<()> {
     run(|w| async move {
+        // Each from a system of its own: a system's next report replaces its last (and
+        // resolves the alerts of what it no longer lists).
         for i in 0..3 {
-            w.report_unmanaged("ldap", &format!("first-{i}")).await?;
+            w.report_unmanaged(&format!("ldap-first-{i}"), &format!("first-{i}"))
+                .await?;
         }
         let mut stream = w
             .alerts()
@@ -392,7 +411,8 @@ async fn stream_alerts_resumes_from_its_cursor_with_every_change_once() -> anyho
         }
         drop(stream);
         for i in 0..3 {
-            w.report_unmanaged("ldap", &format!("second-{i}")).await?;
+            w.report_unmanaged(&format!("ldap-second-{i}"), &format!("second-{i}"))
+                .await?;
         }
         let mut resumed = w
             .alerts()

@@ -124,6 +124,7 @@ impl EventHandler for Detect {
                     | EventType::RoleActivated
                     | EventType::RoleDeactivated
                     | EventType::UnmanagedGrantDetected
+                    | EventType::UnmanagedGrantCleared
                     | EventType::GroupMemberAdded
                     | EventType::GroupMemberRemoved
                     | EventType::PolicyUpdated

@@ -1,13 +1,15 @@
 //! Drift: what a target system actually grants, compared with what PIM intends. A grant no
 //! assignment in force explains is unmanaged: it becomes an `UnmanagedGrantDetected` event
-//! (once, when first seen unmanaged) for alerting ("roles assigned outside PIM") and audit.
+//! (once, when first seen unmanaged) for alerting ("roles assigned outside PIM") and audit,
+//! and an `UnmanagedGrantCleared` once a report no longer lists it or an assignment explains
+//! it (alerting resolves its alert).
 
 use sea_orm::TransactionTrait;
 
 use pim_proto::events::v1 as ev;
 use pim_runtime::access::permissions;
 use pim_runtime::auth::Caller;
-use pim_runtime::events::{EventType, Source, envelope, streams};
+use pim_runtime::events::EventType;
 
 use crate::assignments::Assignments;
 use crate::domain::Scope;
@@ -77,24 +79,30 @@ impl Assignments {
                     role_id: g.role_id.clone(),
                     scope: g.scope.clone(),
                 };
-                self.outbox
-                    .enqueue(
-                        &txn,
-                        streams::ASSIGNMENT,
-                        &envelope(
-                            Source::Assignment,
-                            EventType::UnmanagedGrantDetected,
-                            &g.principal_id,
-                            &event,
-                        ),
-                    )
+                self.emit(&txn, EventType::UnmanagedGrantDetected, &g.principal_id, &event)
                     .await?;
+            } else if g.managed && known_unmanaged {
+                self.cleared(&txn, g, "managed").await?;
             }
         }
-        store::forget_unreported(&txn, system, &report_id).await?;
+        for g in store::forget_unreported(&txn, system, &report_id).await? {
+            self.cleared(&txn, &g, "unreported").await?;
+        }
         txn.commit().await?;
         self.outbox.wake();
         Ok(observed.into_iter().filter(|g| !g.managed).collect())
+    }
+
+    async fn cleared(&self, txn: &sea_orm::DatabaseTransaction, g: &ObservedGrant, reason: &str) -> Result<()> {
+        let event = ev::UnmanagedGrantCleared {
+            system: g.system.clone(),
+            principal_id: g.principal_id.clone(),
+            role_id: g.role_id.clone(),
+            scope: g.scope.clone(),
+            reason: reason.into(),
+        };
+        self.emit(txn, EventType::UnmanagedGrantCleared, &g.principal_id, &event)
+            .await
     }
 
     pub async fn unmanaged(&self, caller: &Caller) -> Result<Vec<ObservedGrant>> {

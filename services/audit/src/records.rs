@@ -462,6 +462,13 @@ pub fn record(envelope: &Envelope, correlator: &Correlator) -> anyhow::Result<Re
             r.outcome = "detected".into();
             json!({"system": e.system})
         }
+        Some(EventType::UnmanagedGrantCleared) => {
+            let e: ev::UnmanagedGrantCleared = decode(envelope)?;
+            r.target_id = e.principal_id.clone();
+            r.role_id = e.role_id.clone();
+            r.scope = e.scope.clone();
+            json!({"system": e.system, "reason": e.reason})
+        }
         Some(EventType::RoleDefinitionCreated) => {
             let e: ev::RoleDefinitionCreated = decode(envelope)?;
             set_actor(&mut r, &e.actor);

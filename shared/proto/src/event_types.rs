@@ -125,6 +125,7 @@ published! {
     RoleDefinitionUpdated: Assignment;
     RoleDefinitionDeleted: Assignment;
     UnmanagedGrantDetected: Assignment;
+    UnmanagedGrantCleared: Assignment;
     ReviewRemovalApplied: Assignment;
     ReviewRemovalRefused: Assignment;
     /// A Global Administrator holder counted out before identity disables them.

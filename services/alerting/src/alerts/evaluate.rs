@@ -238,7 +238,7 @@ impl Alerts {
                 self.raise(
                     txn,
                     rules::UNMANAGED_GRANT,
-                    &format!("unmanaged:{}:{}:{}:{}", g.system, g.principal_id, g.role_id, g.scope),
+                    &unmanaged_key(&g.system, &g.principal_id, &g.role_id, &g.scope),
                     Subject {
                         principal_id: g.principal_id,
                         role_id: g.role_id,
@@ -246,6 +246,20 @@ impl Alerts {
                     },
                     std::slice::from_ref(&e.id),
                     figures,
+                )
+                .await?;
+            }
+            Some(EventType::UnmanagedGrantCleared) => {
+                let g: ev::UnmanagedGrantCleared = decode(e)?;
+                let why = if g.reason == "managed" {
+                    "an assignment in PIM explains the grant now"
+                } else {
+                    "the system no longer reports the grant"
+                };
+                self.clear(
+                    txn,
+                    &unmanaged_key(&g.system, &g.principal_id, &g.role_id, &g.scope),
+                    why,
                 )
                 .await?;
             }
@@ -603,4 +617,9 @@ impl Alerts {
         )
         .await
     }
+}
+
+/// The one live `unmanaged_grant` alert of a grant a system reports.
+fn unmanaged_key(system: &str, principal_id: &str, role_id: &str, scope: &str) -> String {
+    format!("unmanaged:{system}:{principal_id}:{role_id}:{scope}")
 }

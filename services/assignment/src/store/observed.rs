@@ -51,29 +51,39 @@ pub async fn upsert_observed<C: ConnectionTrait>(
     Ok(known == Some(false))
 }
 
-/// Forgets a system's grants that its latest report (`report_id`) no longer lists.
-pub async fn forget_unreported<C: ConnectionTrait>(c: &C, system: &str, report_id: &str) -> Result<(), DbErr> {
-    db::exec(
+/// Forgets a system's grants that its latest report (`report_id`) no longer lists; returns
+/// those of them that were unmanaged.
+pub async fn forget_unreported<C: ConnectionTrait>(
+    c: &C,
+    system: &str,
+    report_id: &str,
+) -> Result<Vec<ObservedGrant>, DbErr> {
+    let forgotten = db::query(
         c,
-        "DELETE FROM observed_grants WHERE system = $1 AND report_id <> $2",
+        "DELETE FROM observed_grants WHERE system = $1 AND report_id <> $2 RETURNING system, principal_id, role_id, scope, managed",
         vec![system.into(), report_id.into()],
     )
-    .await
-    .map(drop)
+    .await?
+    .iter()
+    .map(observed_from_row)
+    .collect::<Result<Vec<_>, DbErr>>()?;
+    Ok(forgotten.into_iter().filter(|g| !g.managed).collect())
 }
 
 pub async fn unmanaged_grants<C: ConnectionTrait>(c: &C) -> Result<Vec<ObservedGrant>, DbErr> {
     db::query(c, "SELECT system, principal_id, role_id, scope, managed FROM observed_grants WHERE managed = FALSE ORDER BY system, principal_id, role_id, scope", vec![])
         .await?
         .iter()
-        .map(|r| {
-            Ok(ObservedGrant {
-                system: col(r, "system")?,
-                principal_id: col(r, "principal_id")?,
-                role_id: col(r, "role_id")?,
-                scope: col(r, "scope")?,
-                managed: col(r, "managed")?,
-            })
-        })
+        .map(observed_from_row)
         .collect()
+}
+
+fn observed_from_row(r: &sea_orm::QueryResult) -> Result<ObservedGrant, DbErr> {
+    Ok(ObservedGrant {
+        system: col(r, "system")?,
+        principal_id: col(r, "principal_id")?,
+        role_id: col(r, "role_id")?,
+        scope: col(r, "scope")?,
+        managed: col(r, "managed")?,
+    })
 }
