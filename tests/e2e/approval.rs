@@ -414,6 +414,50 @@ async fn two_of_three_then_a_second_stage_decided_by_a_group_member() -> anyhow:
     .await
 }
 
+/// A stage that names a group may need more approvals than it names approvers: the group's
+/// members make up the number. One that names only people may not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_makes_up_the_approvals_a_stage_needs() -> anyhow::Result<()> {
+    run(|w| async move {
+        let (lee, ann, bob) = (w.user("lee").await?, w.user("ann").await?, w.user("bob").await?);
+        let refused = w
+            .require_approval(vec![stage(&[&ann], 2)])
+            .await
+            .expect_err("two approvals of one approver");
+        let refused = refused.downcast_ref::<tonic::Status>().expect("a gRPC answer");
+        assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+        assert!(
+            refused.message().starts_with("approval_stages.approvals_required"),
+            "{refused:?}"
+        );
+
+        let approvers = w.group("exchange approvers", &[&ann, &bob]).await?;
+        w.require_approval(vec![ApprovalStageSettings {
+            approver_ids: vec![approvers],
+            ..stage(&[], 2)
+        }])
+        .await?;
+        let request = w.ask(&lee, "tenant move").await?;
+        let approval = w.approval_of(&request.id).await?;
+        let first = w
+            .approvals()
+            .decide(authed(&ann.token, decide(&approval.id, true, "ok")))
+            .await?
+            .into_inner();
+        assert_eq!(first.status, pb::ApprovalStatus::Pending as i32);
+        let second = w
+            .approvals()
+            .decide(authed(&bob.token, decide(&approval.id, true, "ok")))
+            .await?
+            .into_inner();
+        assert_eq!(second.status, pb::ApprovalStatus::Approved as i32);
+        w.eventually_status(&lee.token, &request.id, apb::RequestStatus::Provisioned)
+            .await?;
+        Ok(w)
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nobody_approves_their_own_request_and_default_approvers_decide_otherwise() -> anyhow::Result<()> {
     run(|w| async move {

@@ -137,6 +137,18 @@ impl Assignments {
                 self.approvers_exist(caller, &named(&after).into_iter().collect::<Vec<_>>())
                     .await?;
             }
+            for (n, stage) in after.stages_outnumbering_approvers() {
+                if !self.names_a_group(caller, &stage.approver_ids).await? {
+                    return Err(Error::invalid(
+                        "approval_stages.approvals_required",
+                        format!(
+                            "stage {n} needs {} approvals and names {} approvers, none of them a group whose members could make up the number",
+                            stage.approvals_required,
+                            stage.approver_ids.len()
+                        ),
+                    ));
+                }
+            }
             if update.validate_only {
                 return Ok(PolicyAt::new(role.id, scope.as_str(), after, Some(scope.as_str())));
             }

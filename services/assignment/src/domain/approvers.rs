@@ -72,6 +72,18 @@ impl Policy {
         }]
     }
 
+    /// The stages (from 1) that name approvers and need more approvals than they name: only a
+    /// group among them, whose members could make up the number, lets such a stage be
+    /// approved at all (the caller asks the directory).
+    pub fn stages_outnumbering_approvers(&self) -> Vec<(usize, &ApprovalStage)> {
+        self.approval_stages
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| !s.approver_ids.is_empty() && s.approvals_required as usize > s.approver_ids.len())
+            .map(|(i, s)| (i + 1, s))
+            .collect()
+    }
+
     /// Where approval is required, each stage that names `requester` among its approvers and
     /// too few others to give the approvals it needs: it would wait until it expires, since
     /// nobody approves their own request. Escalation approvers count only where the stage

@@ -168,12 +168,6 @@ impl Policy {
             if stage.approvals_required == 0 || stage.approvals_required > 10 {
                 return Err(Error::invalid("approval_stages.approvals_required", "must be 1 to 10"));
             }
-            if !stage.approver_ids.is_empty() && stage.approvals_required as usize > stage.approver_ids.len() {
-                return Err(Error::invalid(
-                    "approval_stages.approvals_required",
-                    "cannot exceed the number of approvers named",
-                ));
-            }
             within("approval_stages.timeout", stage.timeout, MINUTE, 30 * DAY)?;
             if stage.escalate_after >= stage.timeout {
                 return Err(Error::invalid(
