@@ -180,6 +180,9 @@ async fn read_and_plan(
     planner.policies(session, &parsed).await?;
     planner.assignments(&parsed);
     planner.check_on_server(session).await?;
+    for note in &planner.notes {
+        eprintln!("note: {note}");
+    }
     if !planner.errors.is_empty() {
         bail!(
             "{name} has {} error(s); nothing was changed:\n  {}",
@@ -264,18 +267,14 @@ fn assignment_request(
     }
 }
 
-/// An `until` (RFC 3339, e.g. 2027-06-30T00:00:00Z) in epoch milliseconds, if still ahead.
+/// An `until` (RFC 3339, e.g. 2027-06-30T00:00:00Z) in epoch milliseconds.
 fn until_ms(text: &str) -> Result<i64, String> {
     let at = humantime::parse_rfc3339_weak(text.trim())
         .map_err(|e| format!("until {text:?} is not an RFC 3339 time such as 2027-06-30T00:00:00Z ({e})"))?;
-    let ms = at
+    Ok(at
         .duration_since(std::time::UNIX_EPOCH)
         .map_err(|_| format!("until {text:?} is before 1970"))?
-        .as_millis() as i64;
-    if ms <= pim_runtime::db::now_ms() {
-        return Err(format!("until {text:?} has passed"));
-    }
-    Ok(ms)
+        .as_millis() as i64)
 }
 
 /// The server's state as a file: custom roles, groups with their owners and members, every

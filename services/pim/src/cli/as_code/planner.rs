@@ -13,6 +13,9 @@ pub(super) struct Planner<'a> {
     new_roles: BTreeSet<String>,
     new_groups: BTreeSet<String>,
     pub(super) errors: Vec<String>,
+    /// What changes nothing but the reader should know, each with its line (an entry whose
+    /// time is over: a file exported yesterday still applies).
+    pub(super) notes: Vec<String>,
     pub(super) changes: Vec<Change>,
     /// What the file would remove but is kept for now, said as part of the plan: the server
     /// matches the file only once it is gone.
@@ -48,6 +51,7 @@ impl<'a> Planner<'a> {
             new_roles,
             new_groups,
             errors: Vec::new(),
+            notes: Vec::new(),
             changes: Vec::new(),
             kept: Vec::new(),
             policies_changed: BTreeSet::new(),
