@@ -956,6 +956,17 @@ async fn people_ask_to_extend_and_renew_and_approvers_decide() -> anyhow::Result
             Some(Some(asked_at + 30 * DAY_MS))
         );
 
+        // With 30 days left it is too early to ask again: extensions are asked for in the
+        // last 14 days (Entra's window).
+        let early = w
+            .assignments()
+            .create_request(authed(&lee.token, ask(A::SelfExtend, 40, "and a bit more")))
+            .await
+            .expect_err("more than 14 days left");
+        assert_eq!(early.code(), Code::FailedPrecondition, "{early:?}");
+        assert!(early.message().contains("in its last 14 days"), "{early:?}");
+        w.clock.advance(Duration::from_millis((17 * DAY_MS) as u64));
+
         // While a request for 40 days waits, an administrator gives Lee 60: approving the
         // request later never shortens what Lee holds; the request fails.
         let more = w

@@ -43,6 +43,14 @@ impl Assignments {
                     "this assignment is permanent; nothing to extend".into(),
                 ));
             };
+            let window_opens = current - crate::domain::EXTENSION_WINDOW.as_millis() as i64;
+            if now < window_opens {
+                return Err(Error::FailedPrecondition(format!(
+                    "this assignment ends {}; you may ask to extend it in its last 14 days, from {}",
+                    pim_runtime::db::rfc3339(current),
+                    pim_runtime::db::rfc3339(window_opens)
+                )));
+            }
             if end.is_none_or(|e| e <= current) {
                 return Err(Error::PolicyViolation(vec![RuleViolation {
                     kind: "ExpirationRule",
