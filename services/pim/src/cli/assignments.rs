@@ -211,7 +211,14 @@ pub(crate) async fn check(args: CheckArgs) -> anyhow::Result<i32> {
     let role = args.role_flag.or(args.role_arg);
     let principal_id = session.principal_id(&principal).await?;
     let target = match (&role, &args.permission) {
-        (Some(role), _) => apb::check_access_request::Target::RoleId(session.role_id(role).await?),
+        // An unknown role is a mistake in the command (2), not "does not hold it" (1).
+        (Some(role), _) => match session.role_id(role).await {
+            Ok(id) => apb::check_access_request::Target::RoleId(id),
+            Err(e) if super::answered(&e, tonic::Code::NotFound) => {
+                bail!("no role is named {role:?} (pim roles --definitions lists them)")
+            }
+            Err(e) => return Err(e),
+        },
         (None, Some(p)) => apb::check_access_request::Target::Permission(p.clone()),
         (None, None) => bail!("pass --role or --permission"),
     };

@@ -175,6 +175,7 @@ pub(crate) async fn audit(args: AuditArgs) -> anyhow::Result<i32> {
             let rows = records
                 .into_iter()
                 .map(|r| {
+                    let why = why(&r);
                     vec![
                         time(r.time.as_ref().map(from_timestamp)),
                         r.action.rsplit('.').next().unwrap_or_default().to_owned(),
@@ -191,24 +192,34 @@ pub(crate) async fn audit(args: AuditArgs) -> anyhow::Result<i32> {
                         r.role_name,
                         r.scope,
                         r.outcome,
-                        r.justification,
+                        why,
                     ]
                 })
                 .collect();
             print_table(
-                &[
-                    "TIME",
-                    "ACTION",
-                    "ACTOR",
-                    "TARGET",
-                    "ROLE",
-                    "SCOPE",
-                    "OUTCOME",
-                    "JUSTIFICATION",
-                ],
+                &["TIME", "ACTION", "ACTOR", "TARGET", "ROLE", "SCOPE", "OUTCOME", "WHY"],
                 rows,
             );
         }
     }
     Ok(0)
+}
+
+/// Why it happened, as a person reads it: the justification given, else the reason the record
+/// keeps (a refusal's rules and message, an expiry's or a revocation's reason).
+fn why(r: &aupb::AuditRecord) -> String {
+    if !r.justification.is_empty() {
+        return r.justification.clone();
+    }
+    let payload: serde_json::Value = serde_json::from_str(&r.payload_json).unwrap_or_default();
+    let reason = payload["reason"].as_str().unwrap_or_default();
+    let rules: Vec<&str> = payload["rules"]
+        .as_array()
+        .map(|rules| rules.iter().filter_map(|rule| rule.as_str()).collect())
+        .unwrap_or_default();
+    if rules.is_empty() {
+        reason.to_owned()
+    } else {
+        format!("[{}] {reason}", rules.join(", "))
+    }
 }

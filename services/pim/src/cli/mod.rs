@@ -427,11 +427,13 @@ impl std::error::Error for Answered {}
 
 /// Whether the server refused the caller this (PERMISSION_DENIED), somewhere in `err`.
 pub(crate) fn is_denied(err: &anyhow::Error) -> bool {
-    err.chain().any(|cause| {
-        cause
-            .downcast_ref::<Answered>()
-            .is_some_and(|a| a.code == tonic::Code::PermissionDenied)
-    })
+    answered(err, tonic::Code::PermissionDenied)
+}
+
+/// Whether the server answered `code`, somewhere in `err`.
+pub(crate) fn answered(err: &anyhow::Error, code: tonic::Code) -> bool {
+    err.chain()
+        .any(|cause| cause.downcast_ref::<Answered>().is_some_and(|a| a.code == code))
 }
 
 /// The exit status of a command that failed: 1 refused (by a permission, a policy rule or

@@ -39,7 +39,8 @@ pub(crate) struct ActivateHow {
     start: Option<std::time::SystemTime>,
     #[command(flatten)]
     why: Why,
-    /// The authenticator code, if the policy asks for MFA (otherwise you are prompted).
+    /// The authenticator code, sent only when the server asks for a fresher MFA (one verified
+    /// recently enough still counts, and the code is not checked); otherwise you are prompted.
     #[arg(long, env = "PIM_MFA_CODE")]
     code: Option<String>,
     /// Return once the request is made instead of following it.

@@ -128,6 +128,13 @@ fn the_readme_walk_through_works_and_survives_a_restart() {
     let denied = admin.run(&["check", "--principal", "lee", "--role", "Global Administrator"], None);
     assert_eq!(denied.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&denied.stdout).starts_with("denied"));
+    // A role that does not exist is a mistake in the command (2), never "denied" (1).
+    let misspelt = admin.run(&["check", "--principal", "lee", "--role", "Exchange Admin"], None);
+    assert_eq!(misspelt.status.code(), Some(2), "{misspelt:?}");
+    assert!(
+        String::from_utf8_lossy(&misspelt.stderr).contains("no role is named"),
+        "{misspelt:?}"
+    );
 
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -153,6 +160,15 @@ fn the_readme_walk_through_works_and_survives_a_restart() {
         assert!(Instant::now() < deadline, "audit never showed the slice: {audit}");
         std::thread::sleep(Duration::from_millis(50));
     }
+    // The table says why a refusal was refused: its rule and the server's words.
+    let refusals = admin.ok(&["audit", "--outcome", "failure", "--target", "lee"], None);
+    assert!(refusals.lines().next().is_some_and(|h| h.contains("WHY")), "{refusals}");
+    assert!(
+        refusals
+            .lines()
+            .any(|l| l.contains("RequestRefused") && l.contains("an extension")),
+        "{refusals}"
+    );
     let health = admin.ok(&["health"], None);
     assert!(
         health
