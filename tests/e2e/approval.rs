@@ -948,7 +948,14 @@ async fn people_ask_to_extend_and_renew_and_approvers_decide() -> anyhow::Result
             .into_inner();
         assert_eq!(extend.status, apb::RequestStatus::PendingApproval as i32);
         let asked_at = w.clock.now_ms();
-        approve(w.approval_of(&extend.id).await?).await?;
+        // The approver sees what is asked: an extension of an eligibility, until when.
+        let approval = w.approval_of(&extend.id).await?;
+        assert_eq!((approval.action(), approval.kind()), (A::SelfExtend, K::Eligible));
+        assert_eq!(
+            approval.end_time.as_ref().map(pim_runtime::db::from_timestamp),
+            Some(asked_at + 30 * DAY_MS)
+        );
+        approve(approval).await?;
         w.eventually_status(&lee.token, &extend.id, apb::RequestStatus::Provisioned)
             .await?;
         assert_eq!(

@@ -85,6 +85,9 @@ pub(crate) fn approval_pb(a: ApprovalRow, decisions: Vec<DecisionRow>, history: 
         cursor: a.rev.to_string(),
         role_name: a.role_name,
         current_stage: a.stage as i32,
+        action: a.action as i32,
+        kind: a.kind as i32,
+        end_time: a.end_at.map(to_timestamp),
         requester_history: history
             .into_iter()
             .map(|h| pb::Activation {

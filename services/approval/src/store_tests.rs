@@ -5,6 +5,8 @@ use std::future::Future;
 
 use pim_runtime::db::Db;
 
+use pim_proto::assignment::v1::{AssignmentKind, RequestAction};
+
 use crate::domain::{ApprovalStatus, Decision, ReviewStatus};
 use crate::store::{self, ApprovalRow, DecisionRow, Stage};
 
@@ -29,6 +31,9 @@ fn approval(request_id: &str) -> ApprovalRow {
         role_name: "Exchange Administrator".into(),
         scope: "/".into(),
         duration_ms: 60 * MINUTE,
+        action: RequestAction::SelfActivate,
+        kind: AssignmentKind::Active,
+        end_at: None,
         justification: "mailbox moves".into(),
         ticket_system: String::new(),
         ticket_number: String::new(),
@@ -102,10 +107,24 @@ async fn statuses_and_decisions_read_back_as_written_and_an_unknown_name_is_refu
         store::update(&db, &denied).await?;
         let mut pending = approval("r6");
         pending.rev = 2;
+        (pending.action, pending.kind, pending.end_at) = (
+            RequestAction::SelfExtend,
+            AssignmentKind::Eligible,
+            Some(NOW + 30 * 24 * 60 * MINUTE),
+        );
         store::insert(&db, &pending).await?;
 
         let read = store::get(&db, &denied.id).await?.expect("stored");
         assert_eq!(read.status, ApprovalStatus::Denied);
+        assert_eq!(
+            (read.action, read.kind, read.end_at),
+            (RequestAction::SelfActivate, AssignmentKind::Active, None)
+        );
+        let read = store::get(&db, &pending.id).await?.expect("stored");
+        assert_eq!(
+            (read.action, read.kind, read.end_at),
+            (pending.action, pending.kind, pending.end_at)
+        );
         let decided = store::decisions(&db, &denied.id).await?;
         assert_eq!(
             decided.iter().map(|d| d.decision).collect::<Vec<_>>(),

@@ -68,7 +68,17 @@ fn approval_card(caller: &Caller, a: &rpb::Approval, names: &Names, detailed: bo
             h2 { (a.role_name) " for " (requester) }
             dl {
                 dt { "Scope" } dd { code { (a.scope) } }
-                dt { "For" } dd { (duration_text(&a.duration)) }
+                @match pim_proto::assignment::v1::RequestAction::try_from(a.action) {
+                    Ok(action @ (pim_proto::assignment::v1::RequestAction::SelfExtend | pim_proto::assignment::v1::RequestAction::SelfRenew)) => {
+                        @let kind = pim_proto::assignment::v1::AssignmentKind::try_from(a.kind).map(|k| k.text()).unwrap_or("active");
+                        dt { "Asks" }
+                        dd {
+                            (if action == pim_proto::assignment::v1::RequestAction::SelfExtend { "To extend " } else { "To renew " })
+                            "the " (kind) " assignment until " (moment(timestamp(&a.end_time)))
+                        }
+                    }
+                    _ => { dt { "Activation for" } dd { (duration_text(&a.duration)) } }
+                }
                 dt { "Justification" } dd { (a.justification) }
                 @if let Some(t) = &a.ticket { @if !t.number.is_empty() { dt { "Ticket" } dd { (t.system) " " (t.number) } } }
                 dt { "Asked" } dd { (moment(timestamp(&a.created_at))) }

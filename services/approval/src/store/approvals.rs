@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::domain::{ApprovalStatus, Decision};
+use pim_proto::assignment::v1::{AssignmentKind, RequestAction};
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Stage {
@@ -23,6 +24,11 @@ pub struct ApprovalRow {
     pub role_name: String,
     pub scope: String,
     pub duration_ms: i64,
+    /// What the request asks for: an activation (`selfActivate`), or to keep an eligible or
+    /// active assignment (`selfExtend`, `selfRenew`) until `end_at`.
+    pub action: RequestAction,
+    pub kind: AssignmentKind,
+    pub end_at: Option<i64>,
     pub justification: String,
     pub ticket_system: String,
     pub ticket_number: String,
@@ -91,6 +97,9 @@ impl ApprovalRow {
             role_name: col(r, "role_name")?,
             scope: col(r, "scope")?,
             duration_ms: col(r, "duration_ms")?,
+            action: RequestAction::from_text(&col::<String>(r, "action")?),
+            kind: AssignmentKind::from_text(&col::<String>(r, "kind")?),
+            end_at: col(r, "end_at")?,
             justification: col(r, "justification")?,
             ticket_system: col(r, "ticket_system")?,
             ticket_number: col(r, "ticket_number")?,
@@ -109,7 +118,7 @@ impl ApprovalRow {
     }
 }
 
-pub(super) const COLUMNS: &str = "id, request_id, requester_id, role_id, role_name, scope, duration_ms, justification, ticket_system, ticket_number, status, stages, stage, stage_started_at, expires_at, escalated, created_at, completed_at, rev, traceparent, reminded, timer_at";
+pub(super) const COLUMNS: &str = "id, request_id, requester_id, role_id, role_name, scope, duration_ms, justification, ticket_system, ticket_number, status, stages, stage, stage_started_at, expires_at, escalated, created_at, completed_at, rev, traceparent, reminded, timer_at, action, kind, end_at";
 
 /// The shortest stage whose approvers are reminded.
 pub const REMINDER_MIN_STAGE_MS: i64 = 3_600_000;
@@ -133,7 +142,7 @@ pub async fn insert<C: ConnectionTrait>(c: &C, a: &ApprovalRow) -> Result<bool, 
     let n = db::exec(
         c,
         &format!(
-            "INSERT INTO approvals ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22) \
+            "INSERT INTO approvals ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25) \
              ON CONFLICT (request_id) DO NOTHING"
         ),
         vec![
@@ -159,6 +168,9 @@ pub async fn insert<C: ConnectionTrait>(c: &C, a: &ApprovalRow) -> Result<bool, 
             a.traceparent.clone().into(),
             a.reminded.into(),
             a.timer_at().into(),
+            a.action.text().into(),
+            a.kind.text().into(),
+            a.end_at.into(),
         ],
     )
     .await?;

@@ -133,6 +133,14 @@ impl MigratorTrait for Migrator {
                 ALTER TABLE access_reviews ADD COLUMN reminders_off BOOLEAN NOT NULL DEFAULT FALSE"
                     .to_owned()
             }),
+            // What the request asks for, so an approver tells an activation from an extension
+            // (approvals opened before are activations, or say nothing more than they did).
+            SqlMigration::boxed("m0006_approval_request_kind", |_| {
+                "ALTER TABLE approvals ADD COLUMN action TEXT NOT NULL DEFAULT 'selfActivate';
+                ALTER TABLE approvals ADD COLUMN kind TEXT NOT NULL DEFAULT 'active';
+                ALTER TABLE approvals ADD COLUMN end_at BIGINT"
+                    .to_owned()
+            }),
         ]);
         migrations
     }

@@ -82,6 +82,21 @@ async fn place(names: &mut super::Names<'_>, scope: &str) -> String {
     }
 }
 
+/// What the request asks for, as an approver weighs it: an activation and for how long, or
+/// to keep an eligible or active assignment until when.
+fn asks(a: &pb::Approval) -> String {
+    use pim_proto::assignment::v1::{AssignmentKind, RequestAction};
+    let kind = AssignmentKind::try_from(a.kind)
+        .unwrap_or(AssignmentKind::Active)
+        .text();
+    let until = time(a.end_time.as_ref().map(from_timestamp));
+    match RequestAction::try_from(a.action).unwrap_or(RequestAction::SelfActivate) {
+        RequestAction::SelfExtend => format!("extend {kind} until {until}"),
+        RequestAction::SelfRenew => format!("renew {kind} until {until}"),
+        _ => format!("activate for {}", super::requests::show_duration(&a.duration)),
+    }
+}
+
 /// One approval as a table row, the requester by name.
 async fn row(names: &mut super::Names<'_>, a: &pb::Approval) -> Vec<Cell> {
     let role = if a.role_name.is_empty() {
@@ -99,7 +114,7 @@ async fn row(names: &mut super::Names<'_>, a: &pb::Approval) -> Vec<Cell> {
         names.principal(&a.requester_id).await.into(),
         role.into(),
         at.into(),
-        super::requests::show_duration(&a.duration).into(),
+        asks(a).into(),
         ticket(a).into(),
         a.justification.clone().into(),
         format!("{}/{}", a.current_stage + 1, a.stages.len()).into(),
@@ -113,7 +128,7 @@ const HEADERS: [&str; 10] = [
     "REQUESTER",
     "ROLE",
     "SCOPE",
-    "FOR",
+    "ASKS",
     "TICKET",
     "JUSTIFICATION",
     "STAGE",

@@ -388,6 +388,8 @@ fn the_readme_walk_through_works_and_survives_a_restart() {
     let approval = loop {
         let listed = admin.ok(&["approvals", "--status", "pending"], None);
         if let Some(line) = listed.lines().find(|l| l.contains("weekend on call")) {
+            assert!(listed.lines().next().is_some_and(|h| h.contains("ASKS")), "{listed}");
+            assert!(line.contains("activate for 1h"), "what is asked: {line}");
             break line.split_whitespace().next().expect("an id").to_owned();
         }
         assert!(Instant::now() < deadline, "no approval appeared: {listed}");
