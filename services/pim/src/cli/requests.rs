@@ -274,8 +274,14 @@ pub(crate) async fn activate_as(what: &str, role: &str, scope: &str, args: Activ
     ]
     .contains(&last.status);
     if active {
+        // A start still ahead is a schedule, not yet access.
+        let becomes = if last.status == apb::RequestStatus::ScheduleCreated as i32 {
+            "will be active"
+        } else {
+            "active"
+        };
         println!(
-            "{what} active at {} from {} until {}",
+            "{what} {becomes} at {} from {} until {}",
             last.scope,
             time(last.start_time.as_ref().map(from_timestamp)),
             time(last.end_time.as_ref().map(from_timestamp))
@@ -454,10 +460,19 @@ pub(crate) async fn list(args: RequestsArgs) -> anyhow::Result<i32> {
             let granted_nothing = [S::Denied, S::Canceled, S::Failed, S::Expired]
                 .iter()
                 .any(|s| *s as i32 == r.status);
-            let until = if granted_nothing {
-                "-".to_owned()
-            } else {
-                time(r.end_time.as_ref().map(from_timestamp))
+            // An activation waiting for approval lasts its time from when it is approved.
+            let waiting_activation =
+                r.status == S::PendingApproval as i32 && r.action == apb::RequestAction::SelfActivate as i32;
+            let until = match (&r.start_time, &r.end_time) {
+                _ if granted_nothing => "-".to_owned(),
+                (Some(start), Some(end)) if waiting_activation => {
+                    let lasts = (from_timestamp(end) - from_timestamp(start)).max(0) as u64;
+                    format!(
+                        "{} once approved",
+                        pim_runtime::format::duration(std::time::Duration::from_millis(lasts))
+                    )
+                }
+                (_, end) => time(end.as_ref().map(from_timestamp)),
             };
             rows.push(vec![
                 Cell::from(time(r.created_at.as_ref().map(from_timestamp))),

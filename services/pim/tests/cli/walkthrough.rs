@@ -384,6 +384,14 @@ fn the_readme_walk_through_works_and_survives_a_restart() {
         None,
     );
     assert!(waiting.contains("pending_approval"), "{waiting}");
+    // Until approved it has no end yet: the hour counts from the approval.
+    let asked = lee.ok(&["requests"], None);
+    assert!(
+        asked
+            .lines()
+            .any(|l| l.contains("pending_approval") && l.contains("1h once approved")),
+        "{asked}"
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     let approval = loop {
         let listed = admin.ok(&["approvals", "--status", "pending"], None);
