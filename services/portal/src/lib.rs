@@ -107,8 +107,22 @@ pub(crate) struct Inner {
     pub(crate) public_origin: Option<String>,
     /// Taken while a session's tokens are refreshed: a page loaded at the same moment waits
     /// and takes the new tokens, rather than showing the spent refresh token again (which
-    /// identity takes for a stolen copy, and ends the session).
-    pub(crate) refreshing: tokio::sync::Mutex<()>,
+    /// identity takes for a stolen copy, and ends the session). One lock of
+    /// [`REFRESH_LOCKS`] per session (by its id's hash): another session's slow refresh
+    /// seldom holds it up, and the locks take no room per session.
+    pub(crate) refreshing: Vec<tokio::sync::Mutex<()>>,
+}
+
+/// How many locks sessions' refreshes share.
+const REFRESH_LOCKS: usize = 64;
+
+impl Inner {
+    /// The lock a session's refresh takes.
+    pub(crate) fn refresh_lock(&self, session_id: &str) -> &tokio::sync::Mutex<()> {
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+        let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(session_id);
+        &self.refreshing[(hash % self.refreshing.len() as u64) as usize]
+    }
 }
 
 /// The portal's shared state: cheap to clone.
@@ -123,7 +137,7 @@ impl Portal {
             secure: options.secure,
             trusted_proxies: options.trusted_proxies,
             public_origin: options.public_origin,
-            refreshing: tokio::sync::Mutex::new(()),
+            refreshing: (0..REFRESH_LOCKS).map(|_| tokio::sync::Mutex::new(())).collect(),
         }))
     }
 

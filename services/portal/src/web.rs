@@ -200,7 +200,7 @@ impl FromRequestParts<Portal> for Caller {
         // refresh at a time, and a page that waited for another takes what it got.
         let lapsing = |caller: &Caller| caller.user.expires_ms - portal.0.sessions.now_ms() < 60_000;
         let _refreshing = if lapsing(&caller) {
-            let turn = portal.0.refreshing.lock().await;
+            let turn = portal.0.refresh_lock(&caller.session.id).lock().await;
             if let Some(user) = portal.session_of(&parts.headers).and_then(|s| s.signed_in) {
                 caller.user = user;
             }
