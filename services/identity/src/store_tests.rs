@@ -352,3 +352,41 @@ async fn a_second_disable_waits_for_the_first_and_sees_it() -> anyhow::Result<()
     })
     .await
 }
+
+/// A sign-in holds the password it checked until its session is in: a reset that comes while
+/// it holds it waits for it (and then ends what it got), and a sign-in that checked the old
+/// password after a reset committed holds nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sign_in_holds_the_password_it_checked_and_a_reset_meanwhile_waits_or_wins() -> anyhow::Result<()> {
+    use sea_orm::TransactionTrait;
+    on_both(|db| async move {
+        let lee = store::UserRow {
+            password_hash: "old".into(),
+            ..user("lee")
+        };
+        store::insert_user(&db, &lee).await?;
+        let signing_in = db.begin().await?;
+        assert!(store::hold_user_password(&signing_in, &lee.id, "old").await?);
+        let reset = tokio::spawn({
+            let (db, id) = (db.clone(), lee.id.clone());
+            async move {
+                let txn = db.begin().await?;
+                store::set_password(&txn, &id, "new").await?;
+                txn.commit().await?;
+                anyhow::Ok(())
+            }
+        });
+        // The reset waits on the row the sign-in holds (SQLite: on its one connection).
+        pim_runtime::testing::a_transaction_waits_for_a_lock(&db).await?;
+        assert!(!reset.is_finished(), "the reset waits for the sign-in");
+        signing_in.commit().await?;
+        reset.await??;
+        // A sign-in that checked the old password while the reset committed holds nothing.
+        let late = db.begin().await?;
+        assert!(!store::hold_user_password(&late, &lee.id, "old").await?);
+        assert!(store::hold_user_password(&late, &lee.id, "new").await?);
+        late.commit().await?;
+        Ok(())
+    })
+    .await
+}
