@@ -389,6 +389,13 @@ async fn two_of_three_then_a_second_stage_decided_by_a_group_member() -> anyhow:
             w.request_status(&lee.token, &request.id).await?,
             apb::RequestStatus::PendingApproval as i32
         );
+        // Bob's answer was lost and he sends it again: a retry, answered as the approval stands.
+        let retried = w
+            .approvals()
+            .decide(authed(&b.token, decide(&approval.id, true, "ok")))
+            .await?
+            .into_inner();
+        assert_eq!((retried.current_stage, retried.decisions.len()), (1, 2));
         // Ann decided stage one: her decision counts once, so another decides stage two, and
         // she is told so (not answered as if it counted).
         let twice = w

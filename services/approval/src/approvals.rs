@@ -52,21 +52,17 @@ pub struct Approvals {
     pub(crate) changed: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
-/// The caller's earlier decision on an approval at `stage`, if any: the same decision again (a
-/// retry, or sent twice at once) is answered with the approval as it stands; another is
-/// refused, and so is any decision at a later stage: one person's decision counts once, so
-/// each stage is decided by someone who has not decided this approval yet.
-fn decided_before(caller: &Caller, stage: usize, decision: Decision, decisions: &[DecisionRow]) -> Option<Result<()>> {
+/// The caller's earlier decision on an approval, if any: the same decision again (a retry
+/// after a lost answer, or sent twice at once) is answered with the approval as it stands;
+/// another is refused.
+fn decided_before<'a>(
+    caller: &Caller,
+    decision: Decision,
+    decisions: &'a [DecisionRow],
+) -> Option<Result<&'a DecisionRow>> {
     let previous = decisions.iter().find(|d| d.approver_id == caller.principal_id)?;
-    Some(if previous.stage != stage {
-        Err(Error::FailedPrecondition(format!(
-            "you decided stage {} of this approval ({}); one person's decision counts once, so another approver decides stage {}",
-            previous.stage + 1,
-            previous.decision,
-            stage + 1
-        )))
-    } else if previous.decision == decision {
-        Ok(())
+    Some(if previous.decision == decision {
+        Ok(previous)
     } else {
         Err(Error::FailedPrecondition(format!(
             "you already decided this approval ({})",
@@ -488,8 +484,19 @@ impl Approvals {
             ));
         }
         let decisions = store::decisions(&self.db, id).await?;
-        if let Some(answer) = decided_before(caller, approval.stage, decision, &decisions) {
-            answer?;
+        if let Some(answer) = decided_before(caller, decision, &decisions) {
+            let previous = answer?;
+            // One person's decision counts once: an approver of this stage who decided an
+            // earlier one is told so, not answered as if this one counted. (One who approves
+            // only the earlier stage and sends the decision again is retrying: answered.)
+            if previous.stage != approval.stage && self.may_decide(caller, &approval, &mut Asked::default()).await? {
+                return Err(Error::FailedPrecondition(format!(
+                    "you decided stage {} of this approval ({}); one person's decision counts once, so another approver decides stage {}",
+                    previous.stage + 1,
+                    previous.decision,
+                    approval.stage + 1
+                )));
+            }
             // The approval as that decision left it, read after it.
             let now = store::get(&self.db, id).await?.unwrap_or(approval);
             return Ok((now, decisions));
@@ -524,10 +531,9 @@ impl Approvals {
         let mut current = store::lock(&txn, id)
             .await?
             .ok_or_else(|| Error::NotFound(format!("approval {id}")))?;
-        // The same decision may have been sent at once and committed meanwhile (and moved the
-        // approval on: it answers for the stage this call saw).
+        // The same decision may have been sent at once and committed meanwhile.
         let decided = store::decisions(&txn, id).await?;
-        if let Some(answer) = decided_before(caller, approval.stage, decision, &decided) {
+        if let Some(answer) = decided_before(caller, decision, &decided) {
             answer?;
             return Ok((current, decided));
         }

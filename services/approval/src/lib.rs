@@ -124,9 +124,12 @@ impl EventHandler for AssignmentEvents {
             // What approvers see of the requester's history ends when the activation did.
             Some(EventType::RoleDeactivated) => {
                 let e: ev::RoleDeactivated = decode(envelope)?;
-                let at = envelope
-                    .time
+                // When it ended (a late timer records it as of then); an event from before
+                // it said so, when it was told.
+                let at = e
+                    .end_time
                     .as_ref()
+                    .or(envelope.time.as_ref())
                     .map(from_timestamp)
                     .unwrap_or_else(pim_runtime::db::now_ms);
                 store::activation_ended(txn, &e.assignment_id, at).await?;

@@ -73,10 +73,15 @@ impl Scheduler {
                     .observe((now - end).max(0) as f64 / 1000.0);
             }
             let role_name = a.roles.get(&due.role_id).map(|r| r.name).unwrap_or_default();
-            // It ended at its end, however late this pass comes (a restart, a replica down).
-            let ended_at = due.end_at.map_or(now, |end| end.min(now));
-            if a.end(&txn, &due, "expired", Some(system_actor()), &role_name, ended_at)
-                .await?
+            if a.end(
+                &txn,
+                &due,
+                "expired",
+                Some(system_actor()),
+                &role_name,
+                due.expired_at(now),
+            )
+            .await?
             {
                 fired += 1;
                 ended.push(due);

@@ -95,15 +95,22 @@ static HASHING_THREADS: LazyLock<tokio::sync::mpsc::Sender<Job>> = LazyLock::new
     jobs
 });
 
-/// `work` run on a hashing thread, once one is free.
+/// How long a hash waits for a place in the hashing threads' queue before the caller is told
+/// to come back (a flood of sign-ins queues nobody for minutes).
+const HASHING_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// `work` run on a hashing thread, once one is free; not at all if its caller went away
+/// meanwhile.
 async fn hashing<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T> {
     let (answer, answered) = tokio::sync::oneshot::channel();
     let job: Job = Box::new(move || {
-        let _ = answer.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)));
+        if !answer.is_closed() {
+            let _ = answer.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)));
+        }
     });
-    HASHING_THREADS
-        .send(job)
+    tokio::time::timeout(HASHING_WAIT, HASHING_THREADS.send(job))
         .await
+        .map_err(|_| Error::Unavailable("too many sign-ins are being checked at once; try again shortly".into()))?
         .map_err(|_| Error::Internal(anyhow::anyhow!("no thread is left to hash secrets")))?;
     answered
         .await

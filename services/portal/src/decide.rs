@@ -77,7 +77,8 @@ fn approval_card(caller: &Caller, a: &rpb::Approval, names: &Names, detailed: bo
                             "the " (kind) " assignment until " (moment(timestamp(&a.end_time)))
                         }
                     }
-                    _ => { dt { "Activation for" } dd { (duration_text(&a.duration)) } }
+                    Ok(pim_proto::assignment::v1::RequestAction::SelfActivate) => { dt { "Activation for" } dd { (duration_text(&a.duration)) } }
+                    _ => { dt { "For" } dd { (duration_text(&a.duration)) } }
                 }
                 dt { "Justification" } dd { (a.justification) }
                 @if let Some(t) = &a.ticket { @if !t.number.is_empty() { dt { "Ticket" } dd { (t.system) " " (t.number) } } }

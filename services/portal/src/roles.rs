@@ -108,7 +108,7 @@ async fn roles_content(caller: &Caller) -> Result<Markup, Failure> {
                                 td {
                                     @if a.activated && a.principal_id == caller.user.principal_id {
                                         (deactivate_form(caller, &a.role_id, &a.scope, &a.role_name, "/roles"))
-                                    } @else if a.end_time.is_some() && a.via_group_id.is_empty() && a.principal_id == caller.user.principal_id {
+                                    } @else if a.extendable_at(now) && a.via_group_id.is_empty() && a.principal_id == caller.user.principal_id {
                                         (extend_form(caller, &format!("active-{i}"), a))
                                     }
                                 }
@@ -147,7 +147,7 @@ async fn roles_content(caller: &Caller) -> Result<Markup, Failure> {
                                 td { (moment(timestamp(&a.end_time))) }
                                 td {
                                     (activate_form(caller, i, a))
-                                    @if a.end_time.is_some() && a.via_group_id.is_empty() { (extend_form(caller, &format!("eligible-{i}"), a)) }
+                                    @if a.extendable_at(now) && a.via_group_id.is_empty() { (extend_form(caller, &format!("eligible-{i}"), a)) }
                                 }
                             }
                         }

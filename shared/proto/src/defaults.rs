@@ -21,3 +21,41 @@ impl RolePolicy {
             })
     }
 }
+
+/// How long before its end a principal may ask to extend an assignment (Entra's 14 days):
+/// earlier, an extension would be asked for ahead of need. Assignment refuses one asked
+/// earlier; clients offer it only then.
+pub const EXTENSION_WINDOW_MS: i64 = 14 * 24 * 3_600_000;
+
+impl crate::assignment::v1::Assignment {
+    /// Whether its holder may ask to extend it at `now_ms`: it ends, within
+    /// [`EXTENSION_WINDOW_MS`] of now.
+    pub fn extendable_at(&self, now_ms: i64) -> bool {
+        self.end_time.as_ref().is_some_and(|end| {
+            let end_ms = end.seconds.saturating_mul(1000).saturating_add(i64::from(end.nanos) / 1_000_000);
+            end_ms - EXTENSION_WINDOW_MS <= now_ms
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::assignment::v1::Assignment;
+
+    #[test]
+    fn an_assignment_is_extendable_in_its_last_fourteen_days_only() {
+        const DAY_MS: i64 = 24 * 3_600_000;
+        let now = 1_800_000_000_000;
+        let ending = |in_days: i64| Assignment {
+            end_time: Some(prost_types::Timestamp {
+                seconds: (now + in_days * DAY_MS) / 1000,
+                nanos: 0,
+            }),
+            ..Default::default()
+        };
+        assert!(ending(14).extendable_at(now));
+        assert!(ending(1).extendable_at(now));
+        assert!(!ending(15).extendable_at(now));
+        assert!(!Assignment::default().extendable_at(now), "a permanent one has nothing to extend");
+    }
+}

@@ -4,6 +4,7 @@
 
 pub mod catalogue;
 mod defaults;
+pub use defaults::EXTENSION_WINDOW_MS;
 pub mod event_types;
 mod names;
 

@@ -134,10 +134,10 @@ impl MigratorTrait for Migrator {
                     .to_owned()
             }),
             // What the request asks for, so an approver tells an activation from an extension
-            // (approvals opened before are activations, or say nothing more than they did).
+            // (an approval opened before says nothing more than it did: '' is unspecified).
             SqlMigration::boxed("m0006_approval_request_kind", |_| {
-                "ALTER TABLE approvals ADD COLUMN action TEXT NOT NULL DEFAULT 'selfActivate';
-                ALTER TABLE approvals ADD COLUMN kind TEXT NOT NULL DEFAULT 'active';
+                "ALTER TABLE approvals ADD COLUMN action TEXT NOT NULL DEFAULT '';
+                ALTER TABLE approvals ADD COLUMN kind TEXT NOT NULL DEFAULT '';
                 ALTER TABLE approvals ADD COLUMN end_at BIGINT"
                     .to_owned()
             }),

@@ -424,8 +424,15 @@ impl Assignments {
             return Ok(false);
         }
         let txn = self.db.begin().await?;
-        self.end(&txn, held, "expired", Some(system_actor()), role_name, now)
-            .await?;
+        self.end(
+            &txn,
+            held,
+            "expired",
+            Some(system_actor()),
+            role_name,
+            held.expired_at(now),
+        )
+        .await?;
         // As the timer would have: what rested on it and is no longer allowed ends with it.
         let resting = self.resting_on(&txn, std::slice::from_ref(held), now).await?;
         let fallout = self

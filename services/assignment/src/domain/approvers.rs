@@ -16,6 +16,22 @@ pub struct ApprovalStage {
     pub justification_required: bool,
 }
 
+impl ApprovalStage {
+    /// The refusal of stage `n` (from 1), which needs more approvals than it names approvers
+    /// and names no group whose members could make up the number
+    /// ([`Policy::stages_outnumbering_approvers`]).
+    pub fn outnumbered(&self, n: usize) -> Error {
+        Error::invalid(
+            "approval_stages.approvals_required",
+            format!(
+                "stage {n} needs {} approvals and names {} approvers, none of them a group whose members could make up the number",
+                self.approvals_required,
+                self.approver_ids.len()
+            ),
+        )
+    }
+}
+
 impl Default for ApprovalStage {
     fn default() -> Self {
         Self {

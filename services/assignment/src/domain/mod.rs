@@ -18,9 +18,9 @@ pub use policy::*;
 
 pub const HOUR: Duration = Duration::from_secs(3600);
 pub const DAY: Duration = Duration::from_secs(24 * 3600);
-/// How long before its end a principal may ask to extend an assignment (Entra's 14 days):
-/// earlier, an extension would only be asked for ahead of need.
-pub const EXTENSION_WINDOW: Duration = Duration::from_secs(14 * 24 * 3600);
+/// How long before its end a principal may ask to extend an assignment (the contracts'
+/// [`pim_proto::EXTENSION_WINDOW_MS`], which clients read too).
+pub const EXTENSION_WINDOW: Duration = Duration::from_millis(pim_proto::EXTENSION_WINDOW_MS as u64);
 
 /// A scope path: `/` (the whole directory) or `/segment/...`; an assignment at a scope
 /// applies to every scope below it.

@@ -540,12 +540,19 @@ impl AccessService for Assignments {
 }
 
 /// Checks the settings `mask` names in `asked` as `UpdateRolePolicy` would over the defaults
-/// (ranges, stages), without the directory or a database: `pim plan` checks the policies of
-/// roles and groups its file creates with it, which the server cannot dry-run yet.
-pub fn check_new_policy(asked: pb::RolePolicy, mask: &[String]) -> Result<(), Status> {
+/// (ranges, stages), without a database, `is_group` telling which approvers are groups:
+/// `pim plan` checks the policies of roles and groups its file creates with it, which the
+/// server cannot dry-run yet.
+pub fn check_new_policy(asked: pb::RolePolicy, mask: &[String], is_group: &dyn Fn(&str) -> bool) -> Result<(), Status> {
     let settings = Setting::from_mask(mask)?;
     let asked = policy_from_pb(asked)?;
-    crate::policy_edits::merged(&crate::domain::Policy::default(), &asked, &settings).validate()?;
+    let policy = crate::policy_edits::merged(&crate::domain::Policy::default(), &asked, &settings);
+    policy.validate()?;
+    for (n, stage) in policy.stages_outnumbering_approvers() {
+        if !stage.approver_ids.iter().any(|id| is_group(id)) {
+            return Err(stage.outnumbered(n).into());
+        }
+    }
     Ok(())
 }
 

@@ -28,6 +28,12 @@ pub struct AssignmentRow {
 pub(super) const ASSIGNMENT_COLUMNS: &str = "id, kind, principal_id, principal_kind, principal_name, role_id, scope, start_at, end_at, status, origin, request_id, created_by, version";
 
 impl AssignmentRow {
+    /// When it ended, expired by `now`: at its end, however late that is noticed (a timer
+    /// after a restart, a replica down).
+    pub fn expired_at(&self, now: i64) -> i64 {
+        self.end_at.map_or(now, |end| end.min(now))
+    }
+
     fn from_row(r: &QueryResult) -> Result<Self, DbErr> {
         Ok(Self {
             id: col(r, "id")?,

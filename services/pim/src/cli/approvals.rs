@@ -90,10 +90,13 @@ fn asks(a: &pb::Approval) -> String {
         .unwrap_or(AssignmentKind::Active)
         .text();
     let until = time(a.end_time.as_ref().map(from_timestamp));
-    match RequestAction::try_from(a.action).unwrap_or(RequestAction::SelfActivate) {
+    let lasting = super::requests::show_duration(&a.duration);
+    match RequestAction::try_from(a.action).unwrap_or_default() {
         RequestAction::SelfExtend => format!("extend {kind} until {until}"),
         RequestAction::SelfRenew => format!("renew {kind} until {until}"),
-        _ => format!("activate for {}", super::requests::show_duration(&a.duration)),
+        RequestAction::SelfActivate => format!("activate for {lasting}"),
+        // Opened before approvals said what they ask for.
+        _ => format!("for {lasting}"),
     }
 }
 

@@ -261,6 +261,21 @@ fn a_configuration_file_applies_once_prunes_round_trips_and_a_bad_one_changes_no
         "{pruned}"
     );
     assert!(!pruned.contains("sam"), "ops is not the file's: {pruned}");
+    // Listed with a time that has passed (the server's was extended since): nothing to
+    // assign, and nothing pruned either.
+    std::fs::write(
+        &pruning,
+        "assignments:\n  - group: payments-oncall\n    access: member\n    prune: true\n    eligible:\n      - principal: lee\n        until: 2020-01-01T00:00:00Z\n",
+    )
+    .unwrap();
+    let listed = admin.run(&["plan", "-f", pruning.to_str().unwrap()], None);
+    let (said, noted) = (
+        String::from_utf8_lossy(&listed.stdout),
+        String::from_utf8_lossy(&listed.stderr),
+    );
+    assert!(listed.status.success(), "{said} {noted}");
+    assert!(!said.contains("lee"), "a listed entry is never pruned: {said}");
+    assert!(noted.contains("has passed: nothing to assign"), "{noted}");
 
     // A prune never ends an activation: Sam's eligibility, which Sam's running activation
     // rests on, is kept with a warning until it ends.
@@ -352,6 +367,23 @@ fn a_configuration_file_applies_once_prunes_round_trips_and_a_bad_one_changes_no
     );
     let roles = admin.ok(&["roles", "--definitions"], None);
     assert!(!roles.contains("Auditor Extra"), "{roles}");
+
+    // A new role's stage that needs two approvals of one approver is refused before anything
+    // changes; a group the file creates makes up the number.
+    let stages = dir.join("stages.yaml");
+    let with_approvers = |approvers: &str| {
+        format!(
+            "roles:\n  - name: Tally Checker\n    permissions: [app.tally/read]\ngroups:\n  - name: tally-approvers\n    members: [alice, bob]\npolicies:\n  - role: Tally Checker\n    approval_required: true\n    approval_stages:\n      - approvers: [{approvers}]\n        approvals_required: 2\n"
+        )
+    };
+    std::fs::write(&stages, with_approvers("alice")).unwrap();
+    let outnumbered = admin.run(&["plan", "-f", stages.to_str().unwrap()], None);
+    let err = String::from_utf8_lossy(&outnumbered.stderr);
+    assert_ne!(outnumbered.status.code(), Some(0), "{err}");
+    assert!(err.contains("stage 1 needs 2 approvals and names 1 approvers"), "{err}");
+    std::fs::write(&stages, with_approvers("group:tally-approvers")).unwrap();
+    let planned = admin.ok(&["plan", "-f", stages.to_str().unwrap()], None);
+    assert!(planned.contains("+ role \"Tally Checker\""), "{planned}");
 
     up.terminate();
     std::fs::remove_dir_all(&dir).ok();

@@ -531,7 +531,15 @@ impl<'a> Planner<'a> {
                         ));
                     }
                     _ => {
-                        if let Err(refused) = pim_assignment::check_new_policy(desired.clone(), &mask) {
+                        // An approver is a group the directory holds, or one this file creates.
+                        let is_group = |id: &str| {
+                            self.snapshot
+                                .directory
+                                .resolve(id)
+                                .is_ok_and(|known| known.kind == state::Kind::Group)
+                                || self.new_groups.contains(id.strip_prefix("group:").unwrap_or(id))
+                        };
+                        if let Err(refused) = pim_assignment::check_new_policy(desired.clone(), &mask, &is_group) {
                             self.error(item, format!("policy of {}: {}", spec.role, refused.message()));
                         }
                     }

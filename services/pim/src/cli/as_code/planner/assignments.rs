@@ -130,15 +130,6 @@ impl Planner<'_> {
         };
         let end = match spec.until.as_deref().map(until_ms) {
             None => None,
-            Some(Ok(end)) if end <= pim_runtime::db::now_ms() => {
-                // Over: nothing to assign, and a role the file prunes loses what is held there.
-                self.notes.push(format!(
-                    "{}: until {} has passed: nothing to assign; remove the entry",
-                    at(self.path, entry),
-                    spec.until.as_deref().unwrap_or_default().trim()
-                ));
-                return;
-            }
             Some(Ok(end)) => Some(end),
             Some(Err(e)) => {
                 self.error(entry, e);
@@ -151,6 +142,16 @@ impl Planner<'_> {
                 entry,
                 format!("{} {} at {scope} is listed twice", kind_name(kind), spec.principal),
             );
+            return;
+        }
+        if end.is_some_and(|end| end <= pim_runtime::db::now_ms()) {
+            // Over: nothing to assign. Still listed, so a prune leaves alone what the server
+            // holds there (extended since, say), and nothing changes it.
+            self.notes.push(format!(
+                "{}: until {} has passed: nothing to assign; remove the entry",
+                at(self.path, entry),
+                spec.until.as_deref().unwrap_or_default().trim()
+            ));
             return;
         }
         let end = &end;
