@@ -896,6 +896,62 @@ async fn guesses_sent_at_once_are_no_more_than_the_limit() -> anyhow::Result<()>
     result
 }
 
+/// Wrong client secrets are limited by the address they come from (a flood costs a hash and
+/// an audit record each), never by the app: a client id is no secret, and counting it would
+/// let anyone lock the app out. Its right secret still works once the flood is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_client_secrets_are_limited_by_their_source_not_the_app() -> anyhow::Result<()> {
+    let ts = TestSuite::embedded().await?;
+    let result = async {
+        let admin = ts.admin_token().await?;
+        let created = DirectoryServiceClient::new(ts.channel.clone())
+            .create_service_principal(authed(
+                &admin,
+                ipb::CreateServicePrincipalRequest {
+                    display_name: "ticket bot".into(),
+                },
+            ))
+            .await?
+            .into_inner();
+        let bot = created.service_principal.expect("created").id;
+        let sign_in = |secret: String| {
+            let (mut auth, bot) = (AuthServiceClient::new(ts.channel.clone()), bot.clone());
+            async move {
+                auth.sign_in_service_principal(ipb::SignInServicePrincipalRequest {
+                    client_id: bot,
+                    client_secret: secret,
+                })
+                .await
+            }
+        };
+        // More than ten wrong secrets (a user's lockout) leave the app signing in.
+        for i in 0..12 {
+            let wrong = sign_in(format!("wrong secret {i}")).await.expect_err("wrong");
+            assert_eq!(wrong.code(), Code::Unauthenticated, "{wrong:?}");
+        }
+        sign_in(created.client_secret.clone()).await?;
+        // A hundred from one address within the window, and that address is refused unchecked.
+        let guesses: Vec<_> = (0..100).map(|i| tokio::spawn(sign_in(format!("guess {i}")))).collect();
+        let mut codes = std::collections::HashMap::new();
+        for guess in guesses {
+            *codes.entry(guess.await?.expect_err("a guess").code()).or_insert(0) += 1;
+        }
+        assert_eq!(
+            codes,
+            std::collections::HashMap::from([(Code::Unauthenticated, 88), (Code::ResourceExhausted, 12)]),
+            "a hundred failures from one address, the rest refused unchecked"
+        );
+        let refused = sign_in(created.client_secret.clone())
+            .await
+            .expect_err("from that address");
+        assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    ts.stop().await?;
+    result
+}
+
 /// A sign-in lockout lasts its window (15 minutes), then the right password works again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sign_in_lockout_ends_with_its_window() -> anyhow::Result<()> {

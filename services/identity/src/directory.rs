@@ -505,6 +505,22 @@ impl Directory {
             Ok(_) => store::find_service_principal(&self.db, client_id.trim()).await?,
             Err(_) => None,
         };
+        let keys = limiter::Keys::of_source(client.ip.as_deref());
+        if let Some(minutes) = limiter::attempt(&self.db, &keys, self.clock.now_ms()).await? {
+            // Refused without hashing the secret, and audited as a failed sign-in.
+            let event = ev::SignInFailed {
+                user_name: client_id.trim().chars().take(64).collect(),
+                principal_id: sp.map(|s| s.id).unwrap_or_default(),
+                reason: "locked_out".to_owned(),
+                source_ip: client.ip.clone().unwrap_or_default(),
+                user_agent: client.user_agent.clone(),
+            };
+            self.record(EventType::SignInFailed, &event.principal_id.clone(), &event)
+                .await?;
+            return Err(Error::Locked(format!(
+                "too many failed sign-ins from this address: try again in {minutes} minutes"
+            )));
+        }
         let matched = credentials::verify(secret, sp.as_ref().map(|s| s.secret_hash.clone())).await?;
         let sp = match sp {
             Some(sp) if matched && sp.enabled => sp,
@@ -521,6 +537,7 @@ impl Directory {
                 return Err(Error::BadClientCredentials);
             }
         };
+        limiter::succeeded(&self.db, &keys).await?;
         let amr = vec!["secret".to_owned()];
         let session_id = uuid::Uuid::now_v7().to_string();
         let subject = TokenSubject {

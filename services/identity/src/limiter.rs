@@ -17,7 +17,9 @@ pub const PER_SOURCE: i64 = 100;
 
 /// What a sign-in attempt counts against: the principal (or the name tried) and the source.
 pub struct Keys {
-    pub account: String,
+    /// None where guessing the secret is hopeless and a lockout would only serve whoever
+    /// wants the principal locked out (a service principal's random client secret).
+    pub account: Option<String>,
     /// None where there is no source to count (a signed-in user re-entering a password).
     pub source: Option<String>,
 }
@@ -25,10 +27,10 @@ pub struct Keys {
 impl Keys {
     pub fn new(user: Option<&UserRow>, name_tried: &str, source: Option<&str>) -> Self {
         Self {
-            account: match user {
+            account: Some(match user {
                 Some(u) => format!("user:{}", u.id),
                 None => format!("name:{}", name_tried.trim().to_lowercase()),
-            },
+            }),
             source: Some(format!("ip:{}", source.unwrap_or("unknown"))),
         }
     }
@@ -36,17 +38,26 @@ impl Keys {
     /// Only the user's own count (guesses at the current password by a signed-in session).
     pub fn account_of(user: &UserRow) -> Self {
         Self {
-            account: format!("user:{}", user.id),
+            account: Some(format!("user:{}", user.id)),
             source: None,
         }
     }
 
-    fn limits(&self) -> Vec<(&str, i64)> {
-        let mut limits = vec![(self.account.as_str(), PER_ACCOUNT)];
-        if let Some(source) = &self.source {
-            limits.push((source, PER_SOURCE));
+    /// A client-credentials sign-in: only the source's count. A client id is no secret, and
+    /// its 256-bit secret cannot be guessed; counting the principal would let anyone lock an
+    /// app out, while the source's count bounds the hashing and the audit records a flood of
+    /// wrong secrets costs.
+    pub fn of_source(source: Option<&str>) -> Self {
+        Self {
+            account: None,
+            source: Some(format!("ip:{}", source.unwrap_or("unknown"))),
         }
-        limits
+    }
+
+    fn limits(&self) -> Vec<(&str, i64)> {
+        let account = self.account.as_deref().map(|a| (a, PER_ACCOUNT));
+        let source = self.source.as_deref().map(|s| (s, PER_SOURCE));
+        account.into_iter().chain(source).collect()
     }
 }
 
@@ -76,7 +87,9 @@ pub async fn attempt<C: ConnectionTrait>(c: &C, keys: &Keys, now: i64) -> Result
 /// A successful sign-in clears the principal's count, and takes its own attempt back from
 /// the source's (which counts failures only).
 pub async fn succeeded<C: ConnectionTrait>(c: &C, keys: &Keys) -> Result<(), sea_orm::DbErr> {
-    store::clear_sign_in_failures(c, &keys.account).await?;
+    if let Some(account) = &keys.account {
+        store::clear_sign_in_failures(c, account).await?;
+    }
     if let Some(source) = &keys.source {
         store::uncount_sign_in_attempt(c, source).await?;
     }
@@ -126,9 +139,15 @@ mod tests {
             created_at: 0,
             last_sign_in_at: None,
         };
-        assert_eq!(Keys::new(Some(&user), "BRUCE", None).account, "user:u1");
-        assert_eq!(Keys::new(Some(&user), "u1", None).account, "user:u1");
-        assert_eq!(Keys::new(None, " Ghost ", Some("10.0.0.1")).account, "name:ghost");
+        assert_eq!(
+            Keys::new(Some(&user), "BRUCE", None).account.as_deref(),
+            Some("user:u1")
+        );
+        assert_eq!(Keys::new(Some(&user), "u1", None).account.as_deref(), Some("user:u1"));
+        assert_eq!(
+            Keys::new(None, " Ghost ", Some("10.0.0.1")).account.as_deref(),
+            Some("name:ghost")
+        );
         assert_eq!(
             Keys::new(None, "ghost", Some("10.0.0.1")).source.as_deref(),
             Some("ip:10.0.0.1")

@@ -32,7 +32,10 @@ impl crate::assignment::v1::Assignment {
     /// [`EXTENSION_WINDOW_MS`] of now.
     pub fn extendable_at(&self, now_ms: i64) -> bool {
         self.end_time.as_ref().is_some_and(|end| {
-            let end_ms = end.seconds.saturating_mul(1000).saturating_add(i64::from(end.nanos) / 1_000_000);
+            let end_ms = end
+                .seconds
+                .saturating_mul(1000)
+                .saturating_add(i64::from(end.nanos) / 1_000_000);
             end_ms - EXTENSION_WINDOW_MS <= now_ms
         })
     }
@@ -56,6 +59,9 @@ mod tests {
         assert!(ending(14).extendable_at(now));
         assert!(ending(1).extendable_at(now));
         assert!(!ending(15).extendable_at(now));
-        assert!(!Assignment::default().extendable_at(now), "a permanent one has nothing to extend");
+        assert!(
+            !Assignment::default().extendable_at(now),
+            "a permanent one has nothing to extend"
+        );
     }
 }
