@@ -177,6 +177,22 @@ impl TestSuite {
         )
     }
 
+    /// Creates a service principal named `name`: its id and its client secret.
+    pub async fn create_service_principal(&self, admin: &str, name: &str) -> Result<(String, String), tonic::Status> {
+        let created =
+            pim_proto::identity::v1::directory_service_client::DirectoryServiceClient::new(self.channel.clone())
+                .create_service_principal(authed(
+                    admin,
+                    ipb::CreateServicePrincipalRequest {
+                        display_name: name.into(),
+                    },
+                ))
+                .await?
+                .into_inner();
+        let id = created.service_principal.map(|sp| sp.id).unwrap_or_default();
+        Ok((id, created.client_secret))
+    }
+
     /// Signs in with a password and returns the access token.
     pub async fn sign_in(&self, user: &str, password: &str) -> Result<String, tonic::Status> {
         let r = AuthServiceClient::new(self.channel.clone())

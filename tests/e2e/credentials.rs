@@ -904,16 +904,7 @@ async fn wrong_client_secrets_are_limited_by_their_source_not_the_app() -> anyho
     let ts = TestSuite::embedded().await?;
     let result = async {
         let admin = ts.admin_token().await?;
-        let created = DirectoryServiceClient::new(ts.channel.clone())
-            .create_service_principal(authed(
-                &admin,
-                ipb::CreateServicePrincipalRequest {
-                    display_name: "ticket bot".into(),
-                },
-            ))
-            .await?
-            .into_inner();
-        let bot = created.service_principal.expect("created").id;
+        let (bot, secret) = ts.create_service_principal(&admin, "ticket bot").await?;
         let sign_in = |secret: String| {
             let (mut auth, bot) = (AuthServiceClient::new(ts.channel.clone()), bot.clone());
             async move {
@@ -929,7 +920,7 @@ async fn wrong_client_secrets_are_limited_by_their_source_not_the_app() -> anyho
             let wrong = sign_in(format!("wrong secret {i}")).await.expect_err("wrong");
             assert_eq!(wrong.code(), Code::Unauthenticated, "{wrong:?}");
         }
-        sign_in(created.client_secret.clone()).await?;
+        sign_in(secret.clone()).await?;
         // A hundred from one address within the window, and that address is refused unchecked.
         let guesses: Vec<_> = (0..100).map(|i| tokio::spawn(sign_in(format!("guess {i}")))).collect();
         let mut codes = std::collections::HashMap::new();
@@ -941,9 +932,7 @@ async fn wrong_client_secrets_are_limited_by_their_source_not_the_app() -> anyho
             std::collections::HashMap::from([(Code::Unauthenticated, 88), (Code::ResourceExhausted, 12)]),
             "a hundred failures from one address, the rest refused unchecked"
         );
-        let refused = sign_in(created.client_secret.clone())
-            .await
-            .expect_err("from that address");
+        let refused = sign_in(secret.clone()).await.expect_err("from that address");
         assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
         Ok::<_, anyhow::Error>(())
     }

@@ -527,27 +527,11 @@ async fn users_and_service_principals_are_maintained_safely() -> anyhow::Result<
         assert!(ts.sign_in("ann", "ann's long passphrase").await.is_err());
 
         // A bot: its secret rotates (the old one stops working) and disabling it ends its tokens.
-        let created = directory
-            .create_service_principal(authed(
-                &admin,
-                ipb::CreateServicePrincipalRequest {
-                    display_name: "ticket bot".into(),
-                },
-            ))
-            .await?
-            .into_inner();
-        let bot = created.service_principal.expect("created").id;
+        let (bot, secret) = ts.create_service_principal(&admin, "ticket bot").await?;
         // Listed by name, a page at a time, and found by part of its name.
         // Two share a name: the page after the first is the second, by id.
         for name in ["audit exporter", "ticket bot", "zz deploy bot"] {
-            directory
-                .create_service_principal(authed(
-                    &admin,
-                    ipb::CreateServicePrincipalRequest {
-                        display_name: name.into(),
-                    },
-                ))
-                .await?;
+            ts.create_service_principal(&admin, name).await?;
         }
         let (mut names, mut page_token) = (Vec::new(), String::new());
         loop {
@@ -588,7 +572,7 @@ async fn users_and_service_principals_are_maintained_safely() -> anyhow::Result<
             client_secret: secret,
         };
         let token = auth
-            .sign_in_service_principal(sign_in(created.client_secret.clone()))
+            .sign_in_service_principal(sign_in(secret.clone()))
             .await?
             .into_inner()
             .access_token;
@@ -603,7 +587,7 @@ async fn users_and_service_principals_are_maintained_safely() -> anyhow::Result<
             .into_inner()
             .client_secret;
         assert_eq!(
-            auth.sign_in_service_principal(sign_in(created.client_secret.clone()))
+            auth.sign_in_service_principal(sign_in(secret.clone()))
                 .await
                 .expect_err("old secret")
                 .code(),

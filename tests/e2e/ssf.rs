@@ -13,7 +13,6 @@ use pim_proto::assignment::v1 as apb;
 use pim_proto::assignment::v1::assignment_service_client::AssignmentServiceClient;
 use pim_proto::identity::v1 as ipb;
 use pim_proto::identity::v1::auth_service_client::AuthServiceClient;
-use pim_proto::identity::v1::directory_service_client::DirectoryServiceClient;
 
 use crate::activation::EXCHANGE_ADMINISTRATOR;
 
@@ -62,16 +61,7 @@ fn unverified_subject(set: &Value) -> String {
 
 /// A service principal holding Shared Signals Receiver, signed in: its id and token.
 async fn receiver(ts: &TestSuite, admin: &str, name: &str) -> anyhow::Result<(String, String)> {
-    let created = DirectoryServiceClient::new(ts.channel.clone())
-        .create_service_principal(authed(
-            admin,
-            ipb::CreateServicePrincipalRequest {
-                display_name: name.into(),
-            },
-        ))
-        .await?
-        .into_inner();
-    let id = created.service_principal.expect("created").id;
+    let (id, secret) = ts.create_service_principal(admin, name).await?;
     AssignmentServiceClient::new(ts.channel.clone())
         .create_request(authed(
             admin,
@@ -81,7 +71,7 @@ async fn receiver(ts: &TestSuite, admin: &str, name: &str) -> anyhow::Result<(St
     let token = AuthServiceClient::new(ts.channel.clone())
         .sign_in_service_principal(ipb::SignInServicePrincipalRequest {
             client_id: id.clone(),
-            client_secret: created.client_secret,
+            client_secret: secret,
         })
         .await?
         .into_inner()

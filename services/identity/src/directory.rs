@@ -372,15 +372,8 @@ impl Directory {
         let keys = limiter::Keys::new(user.as_ref(), user_name, client.ip.as_deref());
         if let Some(minutes) = limiter::attempt(&self.db, &keys, self.clock.now_ms()).await? {
             // Refused without looking at the password, and audited as a failed sign-in.
-            let event = ev::SignInFailed {
-                user_name: user_name.trim().chars().take(256).collect(),
-                principal_id: user.as_ref().map(|u| u.id.clone()).unwrap_or_default(),
-                reason: "locked_out".to_owned(),
-                source_ip: client.ip.clone().unwrap_or_default(),
-                user_agent: client.user_agent.clone(),
-            };
-            self.record(EventType::SignInFailed, &event.principal_id.clone(), &event)
-                .await?;
+            let id = user.as_ref().map(|u| u.id.as_str()).unwrap_or_default();
+            self.sign_in_failed(user_name, id, "locked_out", client).await?;
             return Err(Error::Locked(format!(
                 "too many failed sign-ins: try again in {minutes} minutes"
             )));
@@ -395,15 +388,8 @@ impl Directory {
                     Some(u) if !u.enabled => "disabled",
                     Some(_) => "bad_password",
                 };
-                let event = ev::SignInFailed {
-                    user_name: user_name.trim().chars().take(256).collect(),
-                    principal_id: other.map(|u| u.id).unwrap_or_default(),
-                    reason: reason.to_owned(),
-                    source_ip: client.ip.clone().unwrap_or_default(),
-                    user_agent: client.user_agent.clone(),
-                };
-                self.record(EventType::SignInFailed, &event.principal_id.clone(), &event)
-                    .await?;
+                let id = other.as_ref().map(|u| u.id.as_str()).unwrap_or_default();
+                self.sign_in_failed(user_name, id, reason, client).await?;
                 return Err(Error::BadCredentials);
             }
         };
@@ -495,6 +481,19 @@ impl Directory {
         self.emit(txn, EventType::SignInSucceeded, &user.id, &event).await
     }
 
+    /// Records a failed sign-in: the name or client id tried (its first 256 characters), the
+    /// principal it names if any, why, and from where.
+    async fn sign_in_failed(&self, tried: &str, principal_id: &str, reason: &str, client: &ClientInfo) -> Result<()> {
+        let event = ev::SignInFailed {
+            user_name: tried.trim().chars().take(256).collect(),
+            principal_id: principal_id.to_owned(),
+            reason: reason.to_owned(),
+            source_ip: client.ip.clone().unwrap_or_default(),
+            user_agent: client.user_agent.clone(),
+        };
+        self.record(EventType::SignInFailed, principal_id, &event).await
+    }
+
     pub async fn sign_in_service_principal(
         &self,
         client_id: &str,
@@ -508,15 +507,8 @@ impl Directory {
         let keys = limiter::Keys::of_source(client.ip.as_deref());
         if let Some(minutes) = limiter::attempt(&self.db, &keys, self.clock.now_ms()).await? {
             // Refused without hashing the secret, and audited as a failed sign-in.
-            let event = ev::SignInFailed {
-                user_name: client_id.trim().chars().take(64).collect(),
-                principal_id: sp.map(|s| s.id).unwrap_or_default(),
-                reason: "locked_out".to_owned(),
-                source_ip: client.ip.clone().unwrap_or_default(),
-                user_agent: client.user_agent.clone(),
-            };
-            self.record(EventType::SignInFailed, &event.principal_id.clone(), &event)
-                .await?;
+            let id = sp.as_ref().map(|s| s.id.as_str()).unwrap_or_default();
+            self.sign_in_failed(client_id, id, "locked_out", client).await?;
             return Err(Error::Locked(format!(
                 "too many failed sign-ins from this address: try again in {minutes} minutes"
             )));
@@ -525,14 +517,8 @@ impl Directory {
         let sp = match sp {
             Some(sp) if matched && sp.enabled => sp,
             other => {
-                let event = ev::SignInFailed {
-                    user_name: client_id.trim().chars().take(64).collect(),
-                    principal_id: other.map(|s| s.id).unwrap_or_default(),
-                    reason: "bad_client_credentials".to_owned(),
-                    source_ip: client.ip.clone().unwrap_or_default(),
-                    user_agent: client.user_agent.clone(),
-                };
-                self.record(EventType::SignInFailed, &event.principal_id.clone(), &event)
+                let id = other.as_ref().map(|s| s.id.as_str()).unwrap_or_default();
+                self.sign_in_failed(client_id, id, "bad_client_credentials", client)
                     .await?;
                 return Err(Error::BadClientCredentials);
             }
