@@ -179,7 +179,9 @@ enum Command {
     Requests(requests::RequestsArgs),
     /// Cancel a request of yours that waits for approval.
     Cancel(requests::CancelArgs),
-    /// Approvals waiting for your decision (--watch to follow them, --id to see one in full).
+    /// Approvals waiting for your decision, with those you decided and those of your own
+    /// requests (which you follow, not decide); --watch follows what you may decide, --id
+    /// shows one in full.
     Approvals(approvals::ApprovalsArgs),
     /// Approve a request waiting for your decision.
     Approve(approvals::DecideArgs),
