@@ -70,6 +70,7 @@ impl Assignments {
         }
         let report_id = uuid::Uuid::now_v7().to_string();
         let txn = self.db.begin().await?;
+        store::begin_report(&txn, system, &report_id, now).await?;
         for g in &observed {
             let known_unmanaged = store::upsert_observed(&txn, g, &report_id, now).await?;
             if !g.managed && !known_unmanaged {

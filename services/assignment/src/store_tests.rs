@@ -662,3 +662,58 @@ async fn a_membership_change_told_late_changes_nothing() -> anyhow::Result<()> {
     })
     .await
 }
+
+/// Records `system` ldap's report `id`, listing `principal`'s unmanaged grant, in a
+/// transaction left open: what it forgot of the report before.
+async fn report(
+    db: Db,
+    id: &'static str,
+    principal: &'static str,
+) -> anyhow::Result<(sea_orm::DatabaseTransaction, Vec<store::ObservedGrant>)> {
+    use sea_orm::TransactionTrait;
+    let txn = db.begin().await?;
+    store::begin_report(&txn, "ldap", id, NOW).await?;
+    let grant = store::ObservedGrant {
+        system: "ldap".into(),
+        principal_id: principal.into(),
+        role_id: EXCHANGE_ADMINISTRATOR.into(),
+        scope: "/".into(),
+        managed: false,
+    };
+    store::upsert_observed(&txn, &grant, id, NOW).await?;
+    let forgotten = store::forget_unreported(&txn, "ldap", id).await?;
+    Ok((txn, forgotten))
+}
+
+/// A system's reports take turns: a second report while the first is being recorded waits
+/// for it, then replaces it whole; neither forgets what the other listed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_reports_of_one_system_at_once_end_as_the_later_one() -> anyhow::Result<()> {
+    on_both(|db| async move {
+        let (first, _) = report(db.clone(), "a", "mallory").await?;
+        let second = tokio::spawn({
+            let db = db.clone();
+            async move {
+                let (txn, forgotten) = report(db, "b", "eve").await?;
+                txn.commit().await?;
+                anyhow::Ok(forgotten)
+            }
+        });
+        // The second waits on the system's row the first holds (SQLite: on its one connection).
+        pim_runtime::testing::a_transaction_waits_for_a_lock(&db).await?;
+        first.commit().await?;
+        let forgotten = second.await??;
+        assert_eq!(
+            forgotten.iter().map(|g| g.principal_id.as_str()).collect::<Vec<_>>(),
+            ["mallory"],
+            "the later report forgets what the earlier listed"
+        );
+        let held = store::unmanaged_grants(&db).await?;
+        assert_eq!(
+            held.iter().map(|g| g.principal_id.as_str()).collect::<Vec<_>>(),
+            ["eve"]
+        );
+        Ok(())
+    })
+    .await
+}

@@ -226,6 +226,16 @@ impl MigratorTrait for Migrator {
             SqlMigration::boxed("m0015_user_states_told", |_| {
                 "ALTER TABLE user_states ADD COLUMN told BOOLEAN NOT NULL DEFAULT TRUE".to_owned()
             }),
+            // A system's reports take turns on its row: two at once (a connector's retry)
+            // would each forget what the other listed.
+            SqlMigration::boxed("m0016_observed_reports", |_| {
+                "CREATE TABLE observed_reports (
+                    system TEXT PRIMARY KEY,
+                    report_id TEXT NOT NULL,
+                    reported_at BIGINT NOT NULL
+                )"
+                .to_owned()
+            }),
         ]);
         migrations
     }

@@ -12,6 +12,20 @@ pub struct ObservedGrant {
     pub managed: bool,
 }
 
+/// Starts `system`'s report `report_id`: takes the system's row lock until the transaction
+/// ends (PostgreSQL: the row; SQLite: the write lock), so a second report of the system waits
+/// for this one and then replaces it whole.
+pub async fn begin_report<C: ConnectionTrait>(c: &C, system: &str, report_id: &str, now: i64) -> Result<(), DbErr> {
+    db::exec(
+        c,
+        "INSERT INTO observed_reports (system, report_id, reported_at) VALUES ($1, $2, $3) \
+         ON CONFLICT (system) DO UPDATE SET report_id = excluded.report_id, reported_at = excluded.reported_at",
+        vec![system.into(), report_id.into(), now.into()],
+    )
+    .await
+    .map(drop)
+}
+
 /// Records a reported grant; returns whether it was already known as unmanaged.
 pub async fn upsert_observed<C: ConnectionTrait>(
     c: &C,
