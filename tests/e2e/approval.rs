@@ -341,8 +341,8 @@ async fn two_of_three_then_a_second_stage_decided_by_a_group_member() -> anyhow:
             w.user("cyd").await?,
             w.user("dee").await?,
         );
-        // Stage two names a group: its members decide (Ann, who decides stage one, too).
-        let leads = w.group("exchange leads", &[&d, &a]).await?;
+        // Stage two names a group: its members decide (Ann and Bob, who decide stage one, too).
+        let leads = w.group("exchange leads", &[&d, &a, &b]).await?;
         w.require_approval(vec![
             stage(&[&a, &b, &c], 2),
             ApprovalStageSettings {
@@ -376,6 +376,7 @@ async fn two_of_three_then_a_second_stage_decided_by_a_group_member() -> anyhow:
             .await
             .expect_err("not yet their stage");
         assert_eq!(early.code(), Code::PermissionDenied);
+        w.clock.advance(Duration::from_secs(60));
         let second = w
             .approvals()
             .decide(authed(&b.token, decide(&approval.id, true, "ok")))
@@ -389,7 +390,8 @@ async fn two_of_three_then_a_second_stage_decided_by_a_group_member() -> anyhow:
             w.request_status(&lee.token, &request.id).await?,
             apb::RequestStatus::PendingApproval as i32
         );
-        // Bob's answer was lost and he sends it again: a retry, answered as the approval stands.
+        // Bob's answer was lost and he sends it again: a retry (his decision moved the approval
+        // to stage two, which he approves too), answered as the approval stands.
         let retried = w
             .approvals()
             .decide(authed(&b.token, decide(&approval.id, true, "ok")))

@@ -487,9 +487,15 @@ impl Approvals {
         if let Some(answer) = decided_before(caller, decision, &decisions) {
             let previous = answer?;
             // One person's decision counts once: an approver of this stage who decided an
-            // earlier one is told so, not answered as if this one counted. (One who approves
-            // only the earlier stage and sends the decision again is retrying: answered.)
-            if previous.stage != approval.stage && self.may_decide(caller, &approval, &mut Asked::default()).await? {
+            // earlier one is told so, not answered as if this one counted. A decision that
+            // itself moved the approval to this stage (the stage started when it was made)
+            // sent again is a retry after a lost answer: answered, as is one from someone
+            // who approves only the earlier stage.
+            let moved_it = previous.stage + 1 == approval.stage && previous.decided_at == approval.stage_started_at;
+            if previous.stage != approval.stage
+                && !moved_it
+                && self.may_decide(caller, &approval, &mut Asked::default()).await?
+            {
                 return Err(Error::FailedPrecondition(format!(
                     "you decided stage {} of this approval ({}); one person's decision counts once, so another approver decides stage {}",
                     previous.stage + 1,

@@ -379,7 +379,7 @@ impl Directory {
             )));
         }
         let hash = user.as_ref().map(|u| u.password_hash.clone());
-        let matched = credentials::verify(password, hash).await?;
+        let matched = self.weighed(&keys, password, hash).await?;
         let user = match user {
             Some(u) if matched && u.enabled => u,
             other => {
@@ -481,6 +481,19 @@ impl Directory {
         self.emit(txn, EventType::SignInSucceeded, &user.id, &event).await
     }
 
+    /// Whether `secret` matches `hash` ([`credentials::verify`]); where it could not be
+    /// weighed (no hashing thread free in time, a fault), the attempt `keys` counted is taken
+    /// back: it was no failure, and a client retrying would otherwise lock its address out.
+    async fn weighed(&self, keys: &limiter::Keys, secret: &str, hash: Option<String>) -> Result<bool> {
+        match credentials::verify(secret, hash).await {
+            Err(e) => {
+                limiter::abandoned(&self.db, keys).await?;
+                Err(e)
+            }
+            matched => matched,
+        }
+    }
+
     /// Records a failed sign-in: the name or client id tried (its first 256 characters), the
     /// principal it names if any, why, and from where.
     async fn sign_in_failed(&self, tried: &str, principal_id: &str, reason: &str, client: &ClientInfo) -> Result<()> {
@@ -504,7 +517,7 @@ impl Directory {
             Ok(_) => store::find_service_principal(&self.db, client_id.trim()).await?,
             Err(_) => None,
         };
-        let keys = limiter::Keys::of_source(client.ip.as_deref());
+        let keys = limiter::Keys::of_app_source(client.ip.as_deref());
         if let Some(minutes) = limiter::attempt(&self.db, &keys, self.clock.now_ms()).await? {
             // Refused without hashing the secret, and audited as a failed sign-in.
             let id = sp.as_ref().map(|s| s.id.as_str()).unwrap_or_default();
@@ -513,7 +526,9 @@ impl Directory {
                 "too many failed sign-ins from this address: try again in {minutes} minutes"
             )));
         }
-        let matched = credentials::verify(secret, sp.as_ref().map(|s| s.secret_hash.clone())).await?;
+        let matched = self
+            .weighed(&keys, secret, sp.as_ref().map(|s| s.secret_hash.clone()))
+            .await?;
         let sp = match sp {
             Some(sp) if matched && sp.enabled => sp,
             other => {

@@ -43,14 +43,15 @@ impl Keys {
         }
     }
 
-    /// A client-credentials sign-in: only the source's count. A client id is no secret, and
-    /// its 256-bit secret cannot be guessed; counting the principal would let anyone lock an
-    /// app out, while the source's count bounds the hashing and the audit records a flood of
-    /// wrong secrets costs.
-    pub fn of_source(source: Option<&str>) -> Self {
+    /// A client-credentials sign-in: only its source's count of apps' failures (kept apart
+    /// from people's, so apps failing do not lock people out of an address, nor the reverse).
+    /// A client id is no secret, and its 256-bit secret cannot be guessed; counting the
+    /// principal would let anyone lock an app out, while the source's count bounds the
+    /// hashing and the audit records a flood of wrong secrets costs.
+    pub fn of_app_source(source: Option<&str>) -> Self {
         Self {
             account: None,
-            source: Some(format!("ip:{}", source.unwrap_or("unknown"))),
+            source: Some(format!("app-ip:{}", source.unwrap_or("unknown"))),
         }
     }
 
@@ -82,6 +83,15 @@ pub async fn attempt<C: ConnectionTrait>(c: &C, keys: &Keys, now: i64) -> Result
         }
     }
     Ok(refused)
+}
+
+/// An attempt that could not be weighed (hashing unavailable, a fault): taken back from every
+/// count, for it was no failure.
+pub async fn abandoned<C: ConnectionTrait>(c: &C, keys: &Keys) -> Result<(), sea_orm::DbErr> {
+    for (key, _) in keys.limits() {
+        store::uncount_sign_in_attempt(c, key).await?;
+    }
+    Ok(())
 }
 
 /// A successful sign-in clears the principal's count, and takes its own attempt back from

@@ -36,7 +36,7 @@ impl crate::assignment::v1::Assignment {
                 .seconds
                 .saturating_mul(1000)
                 .saturating_add(i64::from(end.nanos) / 1_000_000);
-            end_ms - EXTENSION_WINDOW_MS <= now_ms
+            end_ms.saturating_sub(EXTENSION_WINDOW_MS) <= now_ms
         })
     }
 }

@@ -146,12 +146,25 @@ impl Planner<'_> {
         }
         if end.is_some_and(|end| end <= pim_runtime::db::now_ms()) {
             // Over: nothing to assign. Still listed, so a prune leaves alone what the server
-            // holds there (extended since, say), and nothing changes it.
-            self.notes.push(format!(
-                "{}: until {} has passed: nothing to assign; remove the entry",
-                at(self.path, entry),
-                spec.until.as_deref().unwrap_or_default().trim()
-            ));
+            // holds there (extended since, say), and nothing changes it: said, with its end.
+            let until = spec.until.as_deref().unwrap_or_default().trim();
+            let held = role_id.and_then(|role_id| {
+                self.snapshot
+                    .assignments
+                    .iter()
+                    .find(|a| a.kind == kind as i32 && a.principal_id == id && a.role_id == role_id && a.scope == scope)
+            });
+            let note = match held {
+                None => format!("until {until} has passed: nothing to assign; remove the entry"),
+                Some(held) => format!(
+                    "until {until} has passed, but the server holds this {}: left alone; write its end here, or remove the entry (where the role is pruned, that removes the assignment)",
+                    held.end_time.as_ref().map_or("permanently".to_owned(), |end| format!(
+                        "until {}",
+                        time(Some(from_timestamp(end)))
+                    ))
+                ),
+            };
+            self.notes.push(format!("{}: {note}", at(self.path, entry)));
             return;
         }
         let end = &end;
