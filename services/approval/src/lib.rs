@@ -5,6 +5,7 @@ mod approvals;
 mod clients;
 mod domain;
 mod grpc;
+mod listing;
 mod reviews;
 mod store;
 #[cfg(test)]

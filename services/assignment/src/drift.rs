@@ -94,6 +94,7 @@ impl Assignments {
         Ok(observed.into_iter().filter(|g| !g.managed).collect())
     }
 
+    /// Tells that `g`, once unmanaged, no longer is: `unreported` or `managed`.
     async fn cleared(&self, txn: &sea_orm::DatabaseTransaction, g: &ObservedGrant, reason: &str) -> Result<()> {
         let event = ev::UnmanagedGrantCleared {
             system: g.system.clone(),

@@ -65,8 +65,8 @@ type Job = Box<dyn FnOnce() + Send>;
 /// The threads that hash, as many as the machine has cores (at most 8), fed in turn: that
 /// many hashes at once at the most, and the others wait for a thread. Argon2 takes 19 MiB a
 /// hash, and the allocator keeps what a thread freed for that thread's next use: on tokio's
-/// blocking pool (up to 512 threads) 32 sign-ins at once left `pim up` holding 4 GB; on
-/// these threads it holds a hash's memory per thread.
+/// blocking pool (up to 512 threads) a few hundred sign-ins, 32 at once, left `pim up`
+/// holding 3 to 4 GB; on these threads it holds a hash's memory per thread.
 static HASHING_THREADS: LazyLock<tokio::sync::mpsc::Sender<Job>> = LazyLock::new(|| {
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).min(8);
     let (jobs, waiting) = tokio::sync::mpsc::channel::<Job>(threads * 4);

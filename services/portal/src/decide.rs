@@ -8,6 +8,7 @@ use maud::{Markup, html};
 use pim_proto::approval::v1 as rpb;
 use pim_proto::approval::v1::access_review_service_client::AccessReviewServiceClient;
 use pim_proto::approval::v1::approval_service_client::ApprovalServiceClient;
+use pim_proto::assignment::v1::{AssignmentKind, RequestAction};
 
 use crate::lookup::Names;
 use crate::stepup;
@@ -68,16 +69,17 @@ fn approval_card(caller: &Caller, a: &rpb::Approval, names: &Names, detailed: bo
             h2 { (a.role_name) " for " (requester) }
             dl {
                 dt { "Scope" } dd { code { (a.scope) } }
-                @match pim_proto::assignment::v1::RequestAction::try_from(a.action) {
-                    Ok(action @ (pim_proto::assignment::v1::RequestAction::SelfExtend | pim_proto::assignment::v1::RequestAction::SelfRenew)) => {
-                        @let kind = pim_proto::assignment::v1::AssignmentKind::try_from(a.kind).map(|k| k.text()).unwrap_or("active");
+                @match RequestAction::try_from(a.action) {
+                    Ok(action @ (RequestAction::SelfExtend | RequestAction::SelfRenew)) => {
+                        @let kind = AssignmentKind::try_from(a.kind).map(|k| k.text()).unwrap_or("active");
                         dt { "Asks" }
                         dd {
-                            (if action == pim_proto::assignment::v1::RequestAction::SelfExtend { "To extend " } else { "To renew " })
+                            (if action == RequestAction::SelfExtend { "To extend " } else { "To renew " })
                             "the " (kind) " assignment until " (moment(timestamp(&a.end_time)))
                         }
                     }
-                    Ok(pim_proto::assignment::v1::RequestAction::SelfActivate) => { dt { "Activation for" } dd { (duration_text(&a.duration)) } }
+                    Ok(RequestAction::SelfActivate) => { dt { "Activation for" } dd { (duration_text(&a.duration)) } }
+                    // Opened before approvals said what they ask for.
                     _ => { dt { "For" } dd { (duration_text(&a.duration)) } }
                 }
                 dt { "Justification" } dd { (a.justification) }

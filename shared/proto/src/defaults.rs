@@ -27,6 +27,12 @@ impl RolePolicy {
 /// earlier; clients offer it only then.
 pub const EXTENSION_WINDOW_MS: i64 = 14 * 24 * 3_600_000;
 
+/// Whether an assignment ending at `end_ms` may be asked to be extended at `now_ms`: in its
+/// last [`EXTENSION_WINDOW_MS`]. The one rule, for the server and every client.
+pub fn extension_window_open(end_ms: i64, now_ms: i64) -> bool {
+    end_ms.saturating_sub(EXTENSION_WINDOW_MS) <= now_ms
+}
+
 impl crate::assignment::v1::Assignment {
     /// Whether its holder may ask to extend it at `now_ms`: it ends, within
     /// [`EXTENSION_WINDOW_MS`] of now.
@@ -36,7 +42,7 @@ impl crate::assignment::v1::Assignment {
                 .seconds
                 .saturating_mul(1000)
                 .saturating_add(i64::from(end.nanos) / 1_000_000);
-            end_ms.saturating_sub(EXTENSION_WINDOW_MS) <= now_ms
+            extension_window_open(end_ms, now_ms)
         })
     }
 }

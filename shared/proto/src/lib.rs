@@ -4,7 +4,7 @@
 
 pub mod catalogue;
 mod defaults;
-pub use defaults::EXTENSION_WINDOW_MS;
+pub use defaults::{EXTENSION_WINDOW_MS, extension_window_open};
 pub mod event_types;
 mod names;
 

@@ -43,12 +43,13 @@ impl Assignments {
                     "this assignment is permanent; nothing to extend".into(),
                 ));
             };
-            let window_opens = current - crate::domain::EXTENSION_WINDOW.as_millis() as i64;
-            if now < window_opens {
+            if !pim_proto::extension_window_open(current, now) {
+                let window = crate::domain::EXTENSION_WINDOW;
                 return Err(Error::FailedPrecondition(format!(
-                    "this assignment ends {}; you may ask to extend it in its last 14 days, from {}",
+                    "this assignment ends {}; you may ask to extend it in its last {} days, from {}",
                     pim_runtime::db::rfc3339(current),
-                    pim_runtime::db::rfc3339(window_opens)
+                    window.as_secs() / 86_400,
+                    pim_runtime::db::rfc3339(current - window.as_millis() as i64)
                 )));
             }
             if end.is_none_or(|e| e <= current) {
