@@ -442,7 +442,7 @@ async fn a_group_makes_up_the_approvals_a_stage_needs() -> anyhow::Result<()> {
 
         let approvers = w.group("exchange approvers", &[&ann, &bob]).await?;
         w.require_approval(vec![ApprovalStageSettings {
-            approver_ids: vec![approvers],
+            approver_ids: vec![approvers.clone()],
             ..stage(&[], 2)
         }])
         .await?;
@@ -461,6 +461,16 @@ async fn a_group_makes_up_the_approvals_a_stage_needs() -> anyhow::Result<()> {
             .into_inner();
         assert_eq!(second.status, pb::ApprovalStatus::Approved as i32);
         w.eventually_status(&lee.token, &request.id, apb::RequestStatus::Provisioned)
+            .await?;
+        // The group is deleted later: a change that leaves the stages as they are is not
+        // weighed against it.
+        pim_proto::identity::v1::directory_service_client::DirectoryServiceClient::new(w.ts.channel.clone())
+            .delete_group(authed(
+                &w.admin,
+                pim_proto::identity::v1::GetGroupRequest { group_id: approvers },
+            ))
+            .await?;
+        w.set_policy(EXCHANGE_ADMINISTRATOR, |p| p.activation_requires_ticket = true)
             .await?;
         Ok(w)
     })

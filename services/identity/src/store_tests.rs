@@ -76,6 +76,12 @@ async fn an_attempt_refused_by_the_lockout_counts_against_nothing() -> anyhow::R
                 ("name:dave".to_owned(), PER_ACCOUNT, NOW)
             ]
         );
+        // An attempt that could not be weighed (no hashing thread in time) counts as nothing.
+        let app = Keys::of_app_source(Some("10.0.0.9"));
+        assert_eq!(limiter::attempt(&db, &app, NOW).await?, None);
+        limiter::abandoned(&db, &app).await?;
+        let apps = store::sign_in_failures(&db, &["app-ip:10.0.0.9"], NOW - 15 * MINUTE).await?;
+        assert!(apps.iter().all(|(_, n, _)| *n == 0), "{apps:?}");
         Ok(())
     })
     .await
