@@ -162,6 +162,7 @@ impl Approvals {
             status: ApprovalStatus::Pending,
             stage: 0,
             stage_started_at: now,
+            stage_opened_by: String::new(),
             expires_at: now + stages[0].timeout_ms,
             stages,
             escalated: false,
@@ -491,7 +492,7 @@ impl Approvals {
             // itself moved the approval to this stage (the stage started when it was made)
             // sent again is a retry after a lost answer: answered, as is one from someone
             // who approves only the earlier stage.
-            let moved_it = previous.stage + 1 == approval.stage && previous.decided_at == approval.stage_started_at;
+            let moved_it = previous.stage + 1 == approval.stage && approval.stage_opened_by == caller.principal_id;
             if previous.stage != approval.stage
                 && !moved_it
                 && self.may_decide(caller, &approval, &mut Asked::default()).await?
@@ -602,6 +603,7 @@ impl Approvals {
                 if current.stage + 1 < current.stages.len() {
                     current.stage += 1;
                     current.stage_started_at = now;
+                    current.stage_opened_by = caller.principal_id.clone();
                     current.expires_at = now + current.current_stage().timeout_ms;
                     current.escalated = false;
                     current.reminded = false;

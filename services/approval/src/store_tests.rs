@@ -48,6 +48,7 @@ fn approval(request_id: &str) -> ApprovalRow {
         }],
         stage: 0,
         stage_started_at: NOW,
+        stage_opened_by: String::new(),
         expires_at: NOW + 60 * MINUTE,
         escalated: false,
         reminded: false,

@@ -36,6 +36,9 @@ pub struct ApprovalRow {
     pub stages: Vec<Stage>,
     pub stage: usize,
     pub stage_started_at: i64,
+    /// Who opened the current stage: the approver whose decision moved the approval to it
+    /// (empty for the first stage). Their decision sent again is a retry, not a second one.
+    pub stage_opened_by: String,
     pub expires_at: i64,
     pub escalated: bool,
     /// Whether the current stage's approvers were reminded.
@@ -107,6 +110,7 @@ impl ApprovalRow {
             stages,
             stage: col::<i32>(r, "stage")? as usize,
             stage_started_at: col(r, "stage_started_at")?,
+            stage_opened_by: col(r, "stage_opened_by")?,
             expires_at: col(r, "expires_at")?,
             escalated: col(r, "escalated")?,
             reminded: col(r, "reminded")?,
@@ -118,7 +122,7 @@ impl ApprovalRow {
     }
 }
 
-pub(super) const COLUMNS: &str = "id, request_id, requester_id, role_id, role_name, scope, duration_ms, justification, ticket_system, ticket_number, status, stages, stage, stage_started_at, expires_at, escalated, created_at, completed_at, rev, traceparent, reminded, timer_at, action, kind, end_at";
+pub(super) const COLUMNS: &str = "id, request_id, requester_id, role_id, role_name, scope, duration_ms, justification, ticket_system, ticket_number, status, stages, stage, stage_started_at, expires_at, escalated, created_at, completed_at, rev, traceparent, reminded, timer_at, action, kind, end_at, stage_opened_by";
 
 /// The shortest stage whose approvers are reminded.
 pub const REMINDER_MIN_STAGE_MS: i64 = 3_600_000;
@@ -142,7 +146,7 @@ pub async fn insert<C: ConnectionTrait>(c: &C, a: &ApprovalRow) -> Result<bool, 
     let n = db::exec(
         c,
         &format!(
-            "INSERT INTO approvals ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25) \
+            "INSERT INTO approvals ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26) \
              ON CONFLICT (request_id) DO NOTHING"
         ),
         vec![
@@ -171,6 +175,7 @@ pub async fn insert<C: ConnectionTrait>(c: &C, a: &ApprovalRow) -> Result<bool, 
             a.action.text().into(),
             a.kind.text().into(),
             a.end_at.into(),
+            a.stage_opened_by.clone().into(),
         ],
     )
     .await?;
@@ -205,7 +210,7 @@ pub async fn by_request<C: ConnectionTrait>(c: &C, request_id: &str) -> Result<O
 pub async fn update<C: ConnectionTrait>(c: &C, a: &ApprovalRow) -> Result<(), DbErr> {
     db::exec(
         c,
-        "UPDATE approvals SET status = $2, stage = $3, stage_started_at = $4, expires_at = $5, escalated = $6, completed_at = $7, rev = $8, reminded = $9, timer_at = $10 WHERE id = $1",
+        "UPDATE approvals SET status = $2, stage = $3, stage_started_at = $4, expires_at = $5, escalated = $6, completed_at = $7, rev = $8, reminded = $9, timer_at = $10, stage_opened_by = $11 WHERE id = $1",
         vec![
             a.id.clone().into(),
             a.status.as_str().into(),
@@ -217,6 +222,7 @@ pub async fn update<C: ConnectionTrait>(c: &C, a: &ApprovalRow) -> Result<(), Db
             a.rev.into(),
             a.reminded.into(),
             a.timer_at().into(),
+            a.stage_opened_by.clone().into(),
         ],
     )
     .await?;

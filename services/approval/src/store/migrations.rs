@@ -141,6 +141,16 @@ impl MigratorTrait for Migrator {
                 ALTER TABLE approvals ADD COLUMN end_at BIGINT"
                     .to_owned()
             }),
+            // Who opened each approval's current stage, recorded rather than told from the time
+            // (two decisions of one stage may share a millisecond). Pending approvals past their
+            // first stage take the approver whose decision was made as the stage started.
+            SqlMigration::boxed("m0007_stage_opened_by", |_| {
+                "ALTER TABLE approvals ADD COLUMN stage_opened_by TEXT NOT NULL DEFAULT '';
+                UPDATE approvals SET stage_opened_by = COALESCE((SELECT MAX(d.approver_id) FROM approval_decisions d \
+                 WHERE d.approval_id = approvals.id AND d.stage = approvals.stage - 1 \
+                 AND d.decided_at = approvals.stage_started_at), '') WHERE stage > 0"
+                    .to_owned()
+            }),
         ]);
         migrations
     }
