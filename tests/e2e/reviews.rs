@@ -12,6 +12,7 @@ use pim_e2e::{authed, eventually};
 use pim_proto::approval::v1 as pb;
 use pim_proto::approval::v1::access_review_service_client::AccessReviewServiceClient;
 use pim_proto::assignment::v1 as apb;
+use pim_proto::common::v1::ApprovalStageSettings;
 use pim_runtime::db::{col, query_one};
 use pim_runtime::events::streams;
 
@@ -536,6 +537,72 @@ async fn a_review_never_locks_out_the_last_global_administrator() -> anyhow::Res
             (admin_id.as_str(), "refused")
         );
         assert_eq!(refused.role_id, GLOBAL_ADMINISTRATOR);
+        Ok(w)
+    })
+    .await
+}
+
+/// Who decides on privileged access is a group only if role-assignable: any other group's
+/// members are managed by Groups and User Administrators, who could add themselves and
+/// approve their own Global Administrator activation, or keep their own access in its review.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_role_assignable_groups_decide_on_privileged_access() -> anyhow::Result<()> {
+    run(|w| async move {
+        let ann = w.user("ann").await?;
+        let open = w.group("ga approvers", &[&ann]).await?;
+        let guarded = w.role_assignable_group("ga approvers (role-assignable)").await?;
+        let approved_by = |approvers: Vec<String>, escalation: Vec<String>| {
+            move |p: &mut apb::RolePolicy| {
+                p.approval_required = true;
+                p.approval_stages = vec![ApprovalStageSettings {
+                    approver_ids: approvers,
+                    approvals_required: 1,
+                    escalation_approver_ids: escalation,
+                    escalate_after: Some(prost_types::Duration { seconds: 600, nanos: 0 }),
+                    ..Default::default()
+                }];
+            }
+        };
+        for (approvers, escalation) in [(vec![open.clone()], vec![]), (vec![ann.id.clone()], vec![open.clone()])] {
+            let refused = w
+                .set_policy(GLOBAL_ADMINISTRATOR, approved_by(approvers, escalation))
+                .await
+                .expect_err("a group anyone managing groups controls");
+            let refused = refused.downcast_ref::<tonic::Status>().expect("a gRPC answer");
+            assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+            assert!(
+                refused.message().contains("\"ga approvers\" is not role-assignable"),
+                "{refused:?}"
+            );
+        }
+        w.set_policy(
+            GLOBAL_ADMINISTRATOR,
+            approved_by(vec![guarded.clone()], vec![ann.id.clone()]),
+        )
+        .await?;
+        // A role that is not privileged may name any group.
+        w.set_policy(EXCHANGE_ADMINISTRATOR, approved_by(vec![open.clone()], vec![]))
+            .await?;
+
+        let refused = w
+            .reviews()
+            .create_review(authed(
+                &w.admin,
+                removing_review("admins", "Global Administrator", pb::ReviewScope::Eligible, &open),
+            ))
+            .await
+            .expect_err("a group anyone managing groups controls");
+        assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+        assert!(refused.message().contains("review.reviewer_ids"), "{refused:?}");
+        assert!(refused.message().contains("not role-assignable"), "{refused:?}");
+        for (role, reviewers) in [("Global Administrator", &guarded), ("Exchange Administrator", &open)] {
+            w.reviews()
+                .create_review(authed(
+                    &w.admin,
+                    removing_review("kept", role, pb::ReviewScope::Eligible, reviewers),
+                ))
+                .await?;
+        }
         Ok(w)
     })
     .await

@@ -9,7 +9,7 @@ use tonic::transport::Channel;
 use pim_proto::assignment::v1::GetRoleDefinitionRequest;
 use pim_proto::assignment::v1::role_service_client::RoleServiceClient;
 use pim_proto::identity::v1::directory_service_client::DirectoryServiceClient;
-use pim_proto::identity::v1::{GetPrincipalRequest, ListPrincipalGroupsRequest};
+use pim_proto::identity::v1::{GetPrincipalRequest, ListPrincipalGroupsRequest, Principal};
 use pim_runtime::access::on_behalf_of;
 use pim_runtime::auth::Caller;
 use pim_runtime::error::{Error, Result};
@@ -55,9 +55,9 @@ impl Services {
         Ok(groups.into_iter().map(|g| g.id).collect())
     }
 
-    /// Whether the directory holds `id` as an enabled principal (a user, a group or a service
-    /// principal).
-    pub(crate) async fn principal_exists(&self, caller: &Caller, id: &str) -> Result<bool> {
+    /// The principal `id` (a user, a group or a service principal), where the directory holds
+    /// it enabled.
+    pub(crate) async fn enabled_principal(&self, caller: &Caller, id: &str) -> Result<Option<Principal>> {
         let request = on_behalf_of(
             caller,
             GetPrincipalRequest {
@@ -66,8 +66,8 @@ impl Services {
         )?;
         match self.identity.clone().get_principal(request).await {
             // The directory answers for disabled principals too: they decide nothing.
-            Ok(found) => Ok(found.into_inner().enabled),
-            Err(s) if matches!(s.code(), tonic::Code::NotFound | tonic::Code::FailedPrecondition) => Ok(false),
+            Ok(found) => Ok(Some(found.into_inner()).filter(|p| p.enabled)),
+            Err(s) if matches!(s.code(), tonic::Code::NotFound | tonic::Code::FailedPrecondition) => Ok(None),
             Err(s) => {
                 tracing::warn!(code = ?s.code(), "principal lookup failed");
                 Err(Error::Unavailable("the directory is unavailable; try again".into()))
@@ -75,14 +75,17 @@ impl Services {
         }
     }
 
-    /// The id of a role given by name or id; it must exist.
-    pub(crate) async fn role_id(&self, caller: &Caller, role: &str) -> Result<String> {
+    /// The id of a role given by name or id, and whether it is privileged; it must exist.
+    pub(crate) async fn role(&self, caller: &Caller, role: &str) -> Result<(String, bool)> {
         let request = on_behalf_of(caller, GetRoleDefinitionRequest { role: role.to_owned() })?;
         match RoleServiceClient::new(self.assignment.clone())
             .get_role_definition(request)
             .await
         {
-            Ok(found) => Ok(found.into_inner().id),
+            Ok(found) => {
+                let role = found.into_inner();
+                Ok((role.id, role.privileged))
+            }
             Err(s) if s.code() == tonic::Code::NotFound => {
                 Err(Error::invalid("review.role_id", "no such role definition"))
             }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use sea_orm::{DatabaseTransaction, TransactionTrait};
 
+use pim_proto::catalogue;
 use pim_proto::common::v1::NotificationParty;
 use pim_proto::common::v1::PrincipalKind;
 use pim_proto::events::v1::{self as ev, Happening, ReviewEvent};
@@ -151,12 +152,24 @@ impl Approvals {
             ));
         }
         require(self.access.as_ref(), caller, permissions::REVIEWS_MANAGE, &scope).await?;
-        let role_id = self.services.role_id(caller, role_id).await?;
-        // A reviewer the directory does not hold (or holds disabled) would never decide.
-        let mut unknown = Vec::new();
+        let (role_id, mut privileged) = self.services.role(caller, role_id).await?;
+        if let Some(group) = catalogue::group_of_scope(&scope).filter(|_| catalogue::is_group_access(&role_id)) {
+            privileged |= self
+                .services
+                .enabled_principal(caller, group)
+                .await?
+                .is_some_and(|g| g.is_assignable_to_role);
+        }
+        // A reviewer the directory does not hold (or holds disabled) would never decide; one
+        // deciding on privileged access is a group only if role-assignable.
+        let (mut unknown, mut open) = (Vec::new(), Vec::new());
         for id in &reviewer_ids {
-            if !self.services.principal_exists(caller, id).await? {
-                unknown.push(id.as_str());
+            match self.services.enabled_principal(caller, id).await? {
+                None => unknown.push(id.as_str()),
+                Some(p) if privileged && p.kind() == PrincipalKind::Group && !p.is_assignable_to_role => {
+                    open.push(format!("{:?}", p.display_name))
+                }
+                Some(_) => {}
             }
         }
         if !unknown.is_empty() {
@@ -164,6 +177,9 @@ impl Approvals {
                 "review.reviewer_ids",
                 format!("no enabled principal has the id {}", unknown.join(", ")),
             ));
+        }
+        if let Some(why) = catalogue::groups_unfit_to_decide_privilege("reviewers", &open) {
+            return Err(Error::invalid("review.reviewer_ids", why));
         }
         let now = self.now();
         let mut review = ReviewRow {

@@ -199,3 +199,21 @@ pub fn group_of_scope(scope: &str) -> Option<&str> {
 pub fn is_group_access(role_id: &str) -> bool {
     role_id == GROUP_MEMBER || role_id == GROUP_OWNER
 }
+
+/// Who decides on privileged access (approves a privileged role's activation, or access to a
+/// role-assignable group; reviews who keeps it) may be a group only if it is role-assignable:
+/// any other group's members are managed by Groups and User Administrators, who could make
+/// themselves deciders. Given the named groups that are not (`deciders`: "approvers" or
+/// "reviewers"), the refusal's reason; `None` where there are none.
+pub fn groups_unfit_to_decide_privilege(deciders: &str, groups: &[String]) -> Option<String> {
+    let (first, rest) = groups.split_first()?;
+    let (named, verb) = match rest {
+        [] => (first.clone(), "is"),
+        _ => (groups.join(", "), "are"),
+    };
+    Some(format!(
+        "{named} {verb} not role-assignable: the {deciders} of privileged access may be groups only if \
+         role-assignable, since Groups and User Administrators manage any other group's members and could make \
+         themselves {deciders}"
+    ))
+}

@@ -19,7 +19,7 @@ pub(super) fn nearest_policy(set: &[(String, String)], scopes: &[String]) -> Res
 }
 
 /// Every approver a policy names: of its single stage and of each stage, escalation included.
-pub(super) fn policy_approvers(p: &Policy) -> impl Iterator<Item = &String> {
+pub(crate) fn policy_approvers(p: &Policy) -> impl Iterator<Item = &String> {
     p.approver_ids.iter().chain(
         p.approval_stages
             .iter()
@@ -107,9 +107,11 @@ impl Assignments {
         let (role, scope) = self.role_at(role, scope)?;
         self.authorize(caller, permissions::POLICIES_MANAGE, &scope).await?;
         // A policy of access to a group the directory does not hold would govern nothing.
-        if let Some(group) = group_of_scope(scope.as_str()).filter(|_| is_group_access(&role.id)) {
-            self.group(caller, group).await?;
-        }
+        let group = match group_of_scope(scope.as_str()).filter(|_| is_group_access(&role.id)) {
+            Some(group) => Some(self.group(caller, group).await?),
+            None => None,
+        };
+        let privileged = role.privileged || group.is_some_and(|g| g.is_assignable_to_role);
         let scopes = scope.with_ancestors();
         // Without an etag the caller asked for no particular version: an update that lost a
         // race is merged again onto the newer one.
@@ -134,8 +136,19 @@ impl Assignments {
             // approvers with every save).
             let named = |p: &Policy| -> std::collections::BTreeSet<String> { policy_approvers(p).cloned().collect() };
             if named(&after) != named(&before) {
-                self.approvers_exist(caller, &named(&after).into_iter().collect::<Vec<_>>())
+                let approvers = self
+                    .approvers_exist(caller, &named(&after).into_iter().collect::<Vec<_>>())
                     .await?;
+                if privileged {
+                    let open: Vec<String> = approvers
+                        .iter()
+                        .filter(|p| p.kind == PrincipalKind::Group && !p.is_assignable_to_role)
+                        .map(|p| format!("{:?}", p.name))
+                        .collect();
+                    if let Some(why) = pim_proto::catalogue::groups_unfit_to_decide_privilege("approvers", &open) {
+                        return Err(Error::invalid("approver_ids", why));
+                    }
+                }
             }
             // Weighed when the stages change, as the approvers are: a group deleted since never
             // blocks an unrelated change.
@@ -216,16 +229,16 @@ impl Assignments {
     }
 
     /// Refuses approvers the directory does not hold, or holds disabled: an approval waiting
-    /// for them would only time out.
-    pub(super) async fn approvers_exist(&self, caller: &Caller, named: &[String]) -> Result<()> {
-        let (mut unknown, mut disabled) = (Vec::new(), Vec::new());
+    /// for them would only time out. Those it holds, as it holds them.
+    pub(super) async fn approvers_exist(&self, caller: &Caller, named: &[String]) -> Result<Vec<Principal>> {
+        let (mut found, mut unknown, mut disabled) = (Vec::new(), Vec::new(), Vec::new());
         for id in named {
             if uuid::Uuid::parse_str(id).is_err() {
                 unknown.push(id.as_str());
                 continue;
             }
             match self.principal(caller, id).await {
-                Ok(_) => {}
+                Ok(p) => found.push(p),
                 Err(Error::NotFound(_)) => unknown.push(id.as_str()),
                 Err(Error::FailedPrecondition(_)) => disabled.push(id.as_str()),
                 Err(err) => return Err(err),
@@ -246,6 +259,6 @@ impl Assignments {
                 format!("{} is disabled and could not decide", disabled.join(", ")),
             ));
         }
-        Ok(())
+        Ok(found)
     }
 }

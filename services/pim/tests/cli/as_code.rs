@@ -387,6 +387,23 @@ fn a_configuration_file_applies_once_prunes_round_trips_and_a_bad_one_changes_no
     std::fs::write(&stages, with_approvers("group:tally-approvers")).unwrap();
     let planned = admin.ok(&["plan", "-f", stages.to_str().unwrap()], None);
     assert!(planned.contains("+ role \"Tally Checker\""), "{planned}");
+    // A privileged role (one of its permissions administers PIM) is approved by a group only
+    // if the group is role-assignable.
+    let privileged = with_approvers("group:tally-approvers").replace("[app.tally/read]", "[pim.assignments.read]");
+    std::fs::write(&stages, &privileged).unwrap();
+    let open = admin.run(&["plan", "-f", stages.to_str().unwrap()], None);
+    let err = String::from_utf8_lossy(&open.stderr);
+    assert_ne!(open.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("\"group:tally-approvers\" is not role-assignable"),
+        "{err}"
+    );
+    let guarded = privileged.replace(
+        "  - name: tally-approvers\n",
+        "  - name: tally-approvers\n    role_assignable: true\n",
+    );
+    std::fs::write(&stages, guarded).unwrap();
+    admin.ok(&["plan", "-f", stages.to_str().unwrap()], None);
 
     up.terminate();
     std::fs::remove_dir_all(&dir).ok();

@@ -1,6 +1,8 @@
 //! The plan: a file compared with the server's state, every error with its line, and the
 //! changes that would make the server match it.
 
+use std::collections::BTreeMap;
+
 use super::*;
 
 mod assignments;
@@ -10,8 +12,10 @@ pub(super) struct Planner<'a> {
     path: &'a str,
     snapshot: &'a Snapshot,
     /// Roles and groups the file creates (lower-cased role names; group names).
-    new_roles: BTreeSet<String>,
-    new_groups: BTreeSet<String>,
+    /// The roles the file creates, by lower-case name: whether each is privileged.
+    new_roles: BTreeMap<String, bool>,
+    /// The groups the file creates, by name: whether each is role-assignable.
+    new_groups: BTreeMap<String, bool>,
     pub(super) errors: Vec<String>,
     /// What changes nothing but the reader should know, each with its line (an entry whose
     /// time is over: a file exported yesterday still applies).
@@ -36,14 +40,21 @@ impl<'a> Planner<'a> {
         let new_roles = file
             .roles
             .iter()
-            .map(|r| r.value.name.to_lowercase())
-            .filter(|name| snapshot.role(name).is_none())
+            .filter(|r| snapshot.role(&r.value.name).is_none())
+            .map(|r| {
+                let privileged = r.value.privileged
+                    || r.value
+                        .permissions
+                        .iter()
+                        .any(|p| pim_assignment::privileged_permission(p));
+                (r.value.name.to_lowercase(), privileged)
+            })
             .collect();
         let new_groups = file
             .groups
             .iter()
-            .map(|g| g.value.name.clone())
-            .filter(|name| snapshot.groups_named(name).is_empty())
+            .filter(|g| snapshot.groups_named(&g.value.name).is_empty())
+            .map(|g| (g.value.name.clone(), g.value.role_assignable))
             .collect();
         Self {
             path,
@@ -73,7 +84,7 @@ impl<'a> Planner<'a> {
         if let Some(role) = self.snapshot.role(name) {
             return Some(Some(role.id.clone()));
         }
-        if self.new_roles.contains(&name.to_lowercase()) {
+        if self.new_roles.contains_key(&name.to_lowercase()) {
             return Some(None);
         }
         self.error(
@@ -89,7 +100,7 @@ impl<'a> Planner<'a> {
         let group = reference.strip_prefix("group:").unwrap_or(reference);
         match self.snapshot.directory.resolve(reference) {
             // A bare name this file also gives a new group: which one is meant?
-            Ok(_) if !reference.contains(':') && self.new_groups.contains(reference) => {
+            Ok(_) if !reference.contains(':') && self.new_groups.contains_key(reference) => {
                 self.error(
                     item,
                     format!("{reference:?} names an existing principal and a group this file creates; write group:{reference} or the other's kind"),
@@ -97,7 +108,7 @@ impl<'a> Planner<'a> {
                 None
             }
             Ok(known) => Some(Some(known.id.clone())),
-            Err(_) if self.new_groups.contains(group) => Some(None),
+            Err(_) if self.new_groups.contains_key(group) => Some(None),
             Err(e) => {
                 self.error(item, e);
                 None
@@ -110,7 +121,7 @@ impl<'a> Planner<'a> {
     fn group_scope<T>(&mut self, item: &serde_saphyr::Spanned<T>, name: &str) -> Option<String> {
         match self.snapshot.groups_named(name).as_slice() {
             [group] => Some(pim_proto::catalogue::group_scope(&group.id)),
-            [] if self.new_groups.contains(name) => Some(format!("group:{name}")),
+            [] if self.new_groups.contains_key(name) => Some(format!("group:{name}")),
             [] => {
                 self.error(
                     item,
@@ -185,6 +196,26 @@ impl<'a> Planner<'a> {
         !role.is_empty()
     }
 
+    /// Whether access to `role` at `scope` is privileged: a privileged role, or access to a
+    /// role-assignable group (held or created by the file).
+    fn confers_privilege(&self, role: &str, scope: &str) -> bool {
+        let Some(role) = self.snapshot.role(role).map(|r| (r.id.as_str(), r.privileged)) else {
+            return self.new_roles.get(&role.to_lowercase()).copied().unwrap_or(false);
+        };
+        match role {
+            (id, _) if pim_proto::catalogue::is_group_access(id) => match scope.strip_prefix("group:") {
+                Some(name) => self.new_groups.get(name).copied().unwrap_or(false),
+                None => pim_proto::catalogue::group_of_scope(scope).is_some_and(|id| {
+                    self.snapshot
+                        .groups
+                        .iter()
+                        .any(|g| g.id == id && g.is_assignable_to_role)
+                }),
+            },
+            (_, privileged) => privileged,
+        }
+    }
+
     /// Where a policy or an assignment holds, as a plan says it: a group's scope by its name.
     fn place(&self, scope: &str) -> String {
         if let Some(name) = scope.strip_prefix("group:") {
@@ -199,7 +230,7 @@ impl<'a> Planner<'a> {
     pub(super) fn scope<T>(&mut self, item: &serde_saphyr::Spanned<T>, raw: &str) -> Option<String> {
         if raw
             .strip_prefix("group:")
-            .is_some_and(|name| self.new_groups.contains(name))
+            .is_some_and(|name| self.new_groups.contains_key(name))
         {
             return Some(raw.to_owned());
         }
@@ -451,7 +482,7 @@ impl<'a> Planner<'a> {
             let new_groups = &self.new_groups;
             let desired = policy::to_pb(spec, |name| match directory.resolve(name) {
                 Ok(known) => Ok(known.id.clone()),
-                Err(_) if new_groups.contains(name.strip_prefix("group:").unwrap_or(name)) => Ok(name.to_owned()),
+                Err(_) if new_groups.contains_key(name.strip_prefix("group:").unwrap_or(name)) => Ok(name.to_owned()),
                 Err(e) => Err(e),
             });
             let desired = match desired {
@@ -531,15 +562,22 @@ impl<'a> Planner<'a> {
                         ));
                     }
                     _ => {
-                        // An approver is a group the directory holds, or one this file creates.
-                        let is_group = |id: &str| {
-                            self.snapshot
-                                .directory
-                                .resolve(id)
-                                .is_ok_and(|known| known.kind == state::Kind::Group)
-                                || self.new_groups.contains(id.strip_prefix("group:").unwrap_or(id))
+                        // An approver is a group the directory holds, or one this file creates
+                        // (with whether it is role-assignable).
+                        let group = |id: &str| match self.snapshot.directory.resolve(id) {
+                            Ok(known) if known.kind == state::Kind::Group => Some(
+                                self.snapshot
+                                    .groups
+                                    .iter()
+                                    .any(|g| g.id == known.id && g.is_assignable_to_role),
+                            ),
+                            Ok(_) => None,
+                            Err(_) => self.new_groups.get(id.strip_prefix("group:").unwrap_or(id)).copied(),
                         };
-                        if let Err(refused) = pim_assignment::check_new_policy(desired.clone(), &mask, &is_group) {
+                        let privileged = self.confers_privilege(&spec.role, &scope);
+                        if let Err(refused) =
+                            pim_assignment::check_new_policy(desired.clone(), &mask, privileged, &group)
+                        {
                             self.error(item, format!("policy of {}: {}", spec.role, refused.message()));
                         }
                     }
