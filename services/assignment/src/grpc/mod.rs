@@ -26,9 +26,15 @@ use crate::error::Error;
 use crate::policy_edits::Setting;
 use crate::store::RequestRow;
 
+mod definitions;
 mod wire;
 
+pub use definitions::check_new_policy;
 use wire::*;
+
+const MAX_BATCH: usize = 1000;
+/// How long a write that changes access waits for its events to leave before it answers.
+const SETTLE_WITHIN: Duration = Duration::from_secs(2);
 
 impl Assignments {
     /// One access question, checked and answered from the access index.
@@ -126,124 +132,6 @@ impl Assignments {
         }))
     }
 }
-
-#[tonic::async_trait]
-impl RoleService for Assignments {
-    async fn list_role_definitions(
-        &self,
-        request: Request<pb::ListRoleDefinitionsRequest>,
-    ) -> Result<Response<pb::ListRoleDefinitionsResponse>, Status> {
-        caller(&request)?;
-        Ok(Response::new(pb::ListRoleDefinitionsResponse {
-            roles: self.roles.all().into_iter().map(role_to_pb).collect(),
-        }))
-    }
-
-    async fn get_role_definition(
-        &self,
-        request: Request<pb::GetRoleDefinitionRequest>,
-    ) -> Result<Response<pb::RoleDefinition>, Status> {
-        caller(&request)?;
-        let role = filter(&request.get_ref().role).ok_or_else(|| Error::invalid("role", "required"))?;
-        let found = self
-            .roles
-            .find(role)
-            .ok_or_else(|| Error::NotFound(format!("role {role}")))?;
-        Ok(Response::new(role_to_pb(found)))
-    }
-
-    async fn create_role_definition(
-        &self,
-        request: Request<pb::CreateRoleDefinitionRequest>,
-    ) -> Result<Response<pb::RoleDefinition>, Status> {
-        let caller = caller(&request)?.clone();
-        let r = request.into_inner();
-        let new = NewRole {
-            name: r.name,
-            description: r.description,
-            permissions: r.permissions,
-            privileged: r.privileged,
-        };
-        Ok(Response::new(role_to_pb(self.create_role(&caller, new).await?)))
-    }
-
-    async fn update_role_definition(
-        &self,
-        request: Request<pb::UpdateRoleDefinitionRequest>,
-    ) -> Result<Response<pb::RoleDefinition>, Status> {
-        let caller = caller(&request)?.clone();
-        let r = request.into_inner();
-        let change = RoleChange {
-            description: r.description,
-            permissions: (!r.permissions.is_empty()).then_some(r.permissions),
-            privileged: r.privileged,
-        };
-        Ok(Response::new(role_to_pb(
-            self.update_role(&caller, &r.role, change).await?,
-        )))
-    }
-
-    async fn delete_role_definition(
-        &self,
-        request: Request<pb::GetRoleDefinitionRequest>,
-    ) -> Result<Response<pb::DeleteRoleDefinitionResponse>, Status> {
-        let caller = caller(&request)?.clone();
-        self.delete_role(&caller, &request.get_ref().role).await?;
-        Ok(Response::new(pb::DeleteRoleDefinitionResponse {}))
-    }
-}
-
-#[tonic::async_trait]
-impl PolicyService for Assignments {
-    /// The policy in force at (role, scope): set there or above, else Entra's defaults.
-    async fn get_role_policy(
-        &self,
-        request: Request<pb::GetRolePolicyRequest>,
-    ) -> Result<Response<pb::RolePolicy>, Status> {
-        caller(&request)?;
-        let r = request.into_inner();
-        Ok(Response::new(policy_to_pb(
-            self.get_policy(&r.role_id, &r.scope).await?,
-        )))
-    }
-
-    async fn update_role_policy(
-        &self,
-        request: Request<pb::UpdateRolePolicyRequest>,
-    ) -> Result<Response<pb::RolePolicy>, Status> {
-        let caller = caller(&request)?.clone();
-        let r = request.into_inner();
-        let p = r.policy.ok_or_else(|| Error::invalid("policy", "required"))?;
-        let settings = Setting::from_mask(&r.update_mask.map(|m| m.paths).unwrap_or_default())?;
-        let (role, scope) = (p.role_id.clone(), p.scope.clone());
-        let etag = Some(p.etag.trim().to_owned()).filter(|e| !e.is_empty());
-        let update = PolicyUpdate {
-            asked: policy_from_pb(p)?,
-            settings,
-            etag,
-            validate_only: r.validate_only,
-        };
-        Ok(Response::new(policy_to_pb(
-            self.update_policy(&caller, &role, &scope, update).await?,
-        )))
-    }
-
-    /// The policies set for a role, by scope (scopes without one use the nearest above, or the defaults).
-    async fn list_role_policies(
-        &self,
-        request: Request<pb::ListRolePoliciesRequest>,
-    ) -> Result<Response<pb::ListRolePoliciesResponse>, Status> {
-        caller(&request)?;
-        let set = self.policies_set(&request.get_ref().role_id).await?;
-        Ok(Response::new(pb::ListRolePoliciesResponse {
-            policies: set.into_iter().map(policy_to_pb).collect(),
-        }))
-    }
-}
-
-const MAX_BATCH: usize = 1000;
-/// How long a write that changes access waits for its events to leave before it answers.
-const SETTLE_WITHIN: Duration = Duration::from_secs(2);
 
 impl Assignments {
     /// A write's answer with its consistency token (field and header). This replica's index
@@ -537,40 +425,6 @@ impl AccessService for Assignments {
                 .collect(),
         }))
     }
-}
-
-/// Checks the settings `mask` names in `asked` as `UpdateRolePolicy` would over the defaults
-/// (ranges, stages, approver groups of privileged access), without a database: `privileged`
-/// where the policy governs privileged access, `group` answering for an approver that is a
-/// group whether it is role-assignable. `pim plan` checks the policies of roles and groups its
-/// file creates with it, which the server cannot dry-run yet.
-pub fn check_new_policy(
-    asked: pb::RolePolicy,
-    mask: &[String],
-    privileged: bool,
-    group: &dyn Fn(&str) -> Option<bool>,
-) -> Result<(), Status> {
-    let settings = Setting::from_mask(mask)?;
-    let asked = policy_from_pb(asked)?;
-    let policy = crate::policy_edits::merged(&crate::domain::Policy::default(), &asked, &settings);
-    policy.validate()?;
-    for (n, stage) in policy.stages_outnumbering_approvers() {
-        if !stage.approver_ids.iter().any(|id| group(id).is_some()) {
-            return Err(stage.outnumbered(n).into());
-        }
-    }
-    if privileged {
-        let mut open: Vec<String> = crate::assignments::policy_approvers(&policy)
-            .filter(|id| group(id) == Some(false))
-            .map(|id| format!("{id:?}"))
-            .collect();
-        open.sort();
-        open.dedup();
-        if let Some(why) = pim_proto::catalogue::groups_unfit_to_decide_privilege("approvers", &open) {
-            return Err(Error::invalid("approver_ids", why).into());
-        }
-    }
-    Ok(())
 }
 
 fn observed_to_pb(g: crate::store::ObservedGrant) -> pb::ObservedGrant {
