@@ -35,27 +35,29 @@ async fn connect(url: &str) -> anyhow::Result<Channel> {
     Ok(Channel::from_shared(url.to_owned())?.connect().await?)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn services_in_separate_hosts_work_together() -> anyhow::Result<()> {
+/// Starts each service in a host of its own (identity first, then assignment), each on its
+/// own PostgreSQL database and the Redis it is given, on one stream prefix; with their
+/// addresses, in the same order, and the prefix.
+async fn start_hosts(services: &[(ServiceName, String)]) -> anyhow::Result<(Vec<Host>, Vec<String>, String)> {
     let prefix = format!("{}:", unique("split"));
-    let services = [ServiceName::Identity, ServiceName::Assignment, ServiceName::Audit];
     let mut listeners = Vec::new();
     for _ in services {
         listeners.push(TcpListener::bind("127.0.0.1:0").await?);
     }
-    let url = |i: usize| -> anyhow::Result<String> { Ok(format!("http://{}", listeners[i].local_addr()?)) };
-    let (identity_url, assignment_url, audit_url) = (url(0)?, url(1)?, url(2)?);
-
+    let urls = listeners
+        .iter()
+        .map(|l| Ok(format!("http://{}", l.local_addr()?)))
+        .collect::<anyhow::Result<Vec<String>>>()?;
     let mut hosts = Vec::new();
-    for (service, listener) in services.into_iter().zip(listeners) {
+    for ((service, redis), listener) in services.iter().zip(listeners) {
         let database = TestDatabase::create(service.as_str()).await?;
         let config = test_config(&[
-            ("PIM_REDIS_URL", redis_url()),
+            ("PIM_REDIS_URL", redis.clone()),
             ("PIM_STREAM_PREFIX", prefix.clone()),
-            ("PIM_IDENTITY_URL", identity_url.clone()),
-            ("PIM_ASSIGNMENT_URL", assignment_url.clone()),
+            ("PIM_IDENTITY_URL", urls[0].clone()),
+            ("PIM_ASSIGNMENT_URL", urls[1].clone()),
         ])?;
-        let mut options = SuiteOptions::new(config, BTreeMap::from([(service, database.url.clone())]));
+        let mut options = SuiteOptions::new(config, BTreeMap::from([(*service, database.url.clone())]));
         options.listener = Some(listener);
         options.relay_poll = Duration::from_millis(50);
         hosts.push(Host {
@@ -63,7 +65,18 @@ async fn services_in_separate_hosts_work_together() -> anyhow::Result<()> {
             database,
         });
     }
+    Ok((hosts, urls, prefix))
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_in_separate_hosts_work_together() -> anyhow::Result<()> {
+    let (hosts, urls, prefix) = start_hosts(&[
+        (ServiceName::Identity, redis_url()),
+        (ServiceName::Assignment, redis_url()),
+        (ServiceName::Audit, redis_url()),
+    ])
+    .await?;
+    let (identity_url, assignment_url, audit_url) = (urls[0].clone(), urls[1].clone(), urls[2].clone());
     let result = async {
         let (identity, assignment) = (
             hosts[0].suite.identity().expect("identity host"),
@@ -329,5 +342,164 @@ async fn replicas_of_assignment_keep_their_access_indexes_current() -> anyhow::R
     }
     .await;
     replicas.stop().await?;
+    result
+}
+
+/// A disable while identity's events cannot reach Redis: assignment is told at once by
+/// identity itself, so the user holds nothing there before the disable answers, and what they
+/// asked for that waits for approval is canceled; the event, once it comes, changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disable_reaches_assignment_while_identitys_events_wait_for_redis() -> anyhow::Result<()> {
+    // Identity's Redis refuses every connection: its events wait in its outbox.
+    let (hosts, urls, prefix) = start_hosts(&[
+        (ServiceName::Identity, "redis://127.0.0.1:1".to_owned()),
+        (ServiceName::Assignment, redis_url()),
+    ])
+    .await?;
+    let (identity_url, assignment_url) = (urls[0].clone(), urls[1].clone());
+    let result = async {
+        let (identity, assignment) = (
+            hosts[0].suite.identity().expect("identity host"),
+            hosts[1].suite.assignment().expect("assignment host"),
+        );
+        let (admin, password) = pim::bootstrap::run(identity, assignment)
+            .await?
+            .expect("a fresh directory bootstraps");
+        let (identity_channel, assignment_channel) = (connect(&identity_url).await?, connect(&assignment_url).await?);
+        let token = AuthServiceClient::new(identity_channel.clone())
+            .sign_in(ipb::SignInRequest {
+                user_name: admin.clone(),
+                password,
+            })
+            .await?
+            .into_inner()
+            .access_token;
+        let mut directory = DirectoryServiceClient::new(identity_channel);
+        let admin_id = directory
+            .get_user(authed(&token, ipb::GetUserRequest { user: admin }))
+            .await?
+            .into_inner()
+            .id;
+        let lee = directory
+            .create_user(authed(
+                &token,
+                ipb::CreateUserRequest {
+                    user_name: "lee".into(),
+                    password: "lee's long passphrase".into(),
+                    ..Default::default()
+                },
+            ))
+            .await?
+            .into_inner();
+        AssignmentServiceClient::new(assignment_channel.clone())
+            .create_request(authed(
+                &token,
+                apb::CreateRequestRequest {
+                    action: apb::RequestAction::AdminAssign as i32,
+                    kind: apb::AssignmentKind::Active as i32,
+                    principal_id: lee.id.clone(),
+                    role_id: "Exchange Administrator".into(),
+                    scope: "/".into(),
+                    schedule: crate::activation::lasting(3_600_000),
+                    justification: "on call".into(),
+                    ..Default::default()
+                },
+            ))
+            .await?;
+        let check = || {
+            let (channel, token, lee) = (assignment_channel.clone(), token.clone(), lee.id.clone());
+            async move {
+                let r = AccessServiceClient::new(channel)
+                    .check_access(authed(
+                        &token,
+                        apb::CheckAccessRequest {
+                            principal_id: lee,
+                            target: Some(apb::check_access_request::Target::RoleId(
+                                "Exchange Administrator".into(),
+                            )),
+                            scope: "/".into(),
+                            ..Default::default()
+                        },
+                    ))
+                    .await?;
+                anyhow::Ok(r.into_inner().allowed)
+            }
+        };
+        assert!(check().await?);
+        // Lee asks for Security Reader, which waits for an approver.
+        let mut policies = PolicyServiceClient::new(assignment_channel.clone());
+        let ask = apb::GetRolePolicyRequest {
+            role_id: "Security Reader".into(),
+            scope: "/".into(),
+        };
+        let mut policy = policies.get_role_policy(authed(&token, ask)).await?.into_inner();
+        (policy.approval_required, policy.activation_requires_mfa) = (true, false);
+        let update = apb::UpdateRolePolicyRequest {
+            policy: Some(policy),
+            ..Default::default()
+        };
+        policies.update_role_policy(authed(&token, update)).await?;
+        let mut requests = AssignmentServiceClient::new(assignment_channel.clone());
+        requests
+            .create_request(authed(
+                &token,
+                apb::CreateRequestRequest {
+                    action: apb::RequestAction::AdminAssign as i32,
+                    kind: apb::AssignmentKind::Eligible as i32,
+                    principal_id: lee.id.clone(),
+                    role_id: "Security Reader".into(),
+                    scope: "/".into(),
+                    schedule: crate::activation::lasting(24 * 3_600_000),
+                    justification: "on call".into(),
+                    ..Default::default()
+                },
+            ))
+            .await?;
+        let lee_token = AuthServiceClient::new(connect(&identity_url).await?)
+            .sign_in(ipb::SignInRequest {
+                user_name: "lee".into(),
+                password: "lee's long passphrase".into(),
+            })
+            .await?
+            .into_inner()
+            .access_token;
+        let waiting = requests
+            .create_request(authed(
+                &lee_token,
+                crate::activation::activation("Security Reader", 3_600_000, "incident 7"),
+            ))
+            .await?
+            .into_inner();
+        assert_eq!(waiting.status, apb::RequestStatus::PendingApproval as i32);
+
+        directory
+            .disable_user(authed(&token, ipb::GetUserRequest { user: lee.id.clone() }))
+            .await?;
+        assert!(!check().await?, "Lee holds nothing once the disable answered");
+        let canceled = requests
+            .get_request(authed(&token, apb::GetRequestRequest { request_id: waiting.id }))
+            .await?
+            .into_inner();
+        assert_eq!(canceled.status, apb::RequestStatus::Canceled as i32, "{canceled:?}");
+        // Only the directory's word is taken: an enabled user is not disabled by asking.
+        let refused = AssignmentServiceClient::new(assignment_channel.clone())
+            .apply_principal_disabled(authed(
+                &token,
+                apb::ApplyPrincipalDisabledRequest {
+                    principal_id: admin_id,
+                    as_of: None,
+                },
+            ))
+            .await
+            .expect_err("the directory holds the admin enabled");
+        assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+        anyhow::Ok(())
+    }
+    .await;
+    for host in hosts {
+        host.suite.stop().await?;
+        host.database.drop_database().await?;
+    }
+    pim_e2e::drop_streams(&prefix).await?;
     result
 }

@@ -31,6 +31,16 @@ impl Directory {
     /// The principal `id` names, enabled; NOT_FOUND, FAILED_PRECONDITION (disabled) or the
     /// directory's own refusal otherwise.
     pub(crate) async fn principal(&self, caller: &Caller, id: &str) -> Result<Principal> {
+        let (principal, enabled) = self.any_principal(caller, id).await?;
+        if !enabled {
+            return Err(Error::FailedPrecondition(format!("principal {id} is disabled")));
+        }
+        Ok(principal)
+    }
+
+    /// The principal `id` names, enabled or not (with which); NOT_FOUND or the directory's
+    /// own refusal otherwise.
+    pub(crate) async fn any_principal(&self, caller: &Caller, id: &str) -> Result<(Principal, bool)> {
         let request = pim_runtime::access::on_behalf_of(
             caller,
             GetPrincipalRequest {
@@ -40,15 +50,13 @@ impl Directory {
         match self.0.clone().get_principal(request).await {
             Ok(p) => {
                 let p = p.into_inner();
-                if !p.enabled {
-                    return Err(Error::FailedPrecondition(format!("principal {id} is disabled")));
-                }
-                Ok(Principal {
+                let principal = Principal {
                     id: p.id,
                     kind: PrincipalKind::try_from(p.kind).unwrap_or(PrincipalKind::User),
                     name: p.display_name,
                     is_assignable_to_role: p.is_assignable_to_role,
-                })
+                };
+                Ok((principal, p.enabled))
             }
             Err(s) if s.code() == tonic::Code::NotFound => Err(Error::NotFound(format!("principal {id}"))),
             // The directory's own refusal (the caller may not look principals up), as it said it.

@@ -48,21 +48,11 @@ impl EventHandler for IdentityEvents {
 
     async fn handle(&self, txn: &DatabaseTransaction, envelope: &Envelope) -> anyhow::Result<()> {
         if let Some(change) = Memberships::user_state_change(envelope)? {
-            // A state older than the one recorded changes nothing. A user disabled holds
-            // nothing, and what they asked for waits for nobody any more.
-            let applied = store::set_user_enabled(txn, &change.user, change.enabled, change.as_of).await?;
-            if applied && !change.enabled {
-                self.0
-                    .cancel_waiting_requests(
-                        txn,
-                        &change.user,
-                        "canceled: the requester was disabled or deleted",
-                        change.actor,
-                    )
-                    .await
-                    .map_err(|e| anyhow::anyhow!("{e}"))?;
-            }
-            return Ok(());
+            return self
+                .0
+                .apply_user_state(txn, change)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"));
         }
         if event_type(envelope) == Some(EventType::GroupDeleted) {
             let e: GroupDeleted = decode(envelope)?;
@@ -95,9 +85,7 @@ impl EventHandler for IdentityEvents {
 
     async fn after_commit(&self, envelope: &Envelope) {
         if let Ok(Some(change)) = Memberships::user_state_change(envelope) {
-            // Memory takes the database's word (a state told late changed nothing there).
-            let told = std::collections::HashMap::from([(change.user, change.as_of)]);
-            self.0.memberships.follow_user_states(&self.0.db, &told).await;
+            self.0.follow_user_state(change).await;
             return;
         }
         if event_type(envelope) == Some(EventType::GroupDeleted) {

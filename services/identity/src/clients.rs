@@ -114,6 +114,20 @@ impl AssignmentClients {
         }
     }
 
+    /// Tells assignment of a disable committed as of `as_of` (its event's time), to apply now.
+    pub async fn apply_principal_disabled(&self, caller: &Caller, principal_id: &str, as_of: i64) -> Result<()> {
+        let asked = apb::ApplyPrincipalDisabledRequest {
+            principal_id: principal_id.to_owned(),
+            as_of: Some(pim_runtime::db::to_timestamp(as_of)),
+        };
+        self.assignments
+            .clone()
+            .apply_principal_disabled(on_behalf_of(caller, asked)?)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
     /// The roles a principal is eligible for or holds, directly or through a group, each with
     /// its scope.
     pub async fn roles_of(&self, caller: &Caller, principal_id: &str) -> Result<Vec<(String, String)>> {

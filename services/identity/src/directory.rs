@@ -478,7 +478,8 @@ impl Directory {
     ) -> Result<()> {
         store::record_user_sign_in(txn, &user.id, now_ms()).await?;
         let event = sign_in_event(user, session_id, amr, client);
-        self.emit(txn, EventType::SignInSucceeded, &user.id, &event).await
+        self.emit(txn, EventType::SignInSucceeded, &user.id, &event).await?;
+        Ok(())
     }
 
     /// Whether `secret` matches `hash` ([`credentials::verify`]); where it could not be
@@ -650,11 +651,14 @@ impl Directory {
         event_type: EventType,
         subject: &str,
         event: &impl prost::Message,
-    ) -> Result<()> {
-        self.outbox
-            .enqueue(txn, streams::IDENTITY, &envelope(SOURCE, event_type, subject, event))
-            .await?;
-        Ok(())
+    ) -> Result<i64> {
+        let envelope = envelope(SOURCE, event_type, subject, event);
+        self.outbox.enqueue(txn, streams::IDENTITY, &envelope).await?;
+        Ok(envelope
+            .time
+            .as_ref()
+            .map(pim_runtime::db::from_timestamp)
+            .unwrap_or_default())
     }
 
     /// An event that stands alone (no state change with it), in its own transaction.

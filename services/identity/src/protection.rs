@@ -171,7 +171,7 @@ impl Directory {
                 .await?;
         }
         store::set_user_enabled(&txn, &target.id, enabled).await?;
-        self.emit(&txn, event_type, &target.id, &event).await?;
+        let told_at = self.emit(&txn, event_type, &target.id, &event).await?;
         if !enabled {
             // Every session ends, and tokens already handed out stop verifying everywhere.
             self.revoke_all_sessions(&txn, caller, &target.id, "user_disabled")
@@ -179,6 +179,9 @@ impl Directory {
         }
         txn.commit().await?;
         self.outbox.wake();
+        if !enabled {
+            self.tell_assignment_disabled(caller, &target.id, told_at).await;
+        }
         target.enabled = enabled;
         Ok(target)
     }
@@ -343,11 +346,30 @@ impl Directory {
             service_principal_id: sp.id.clone(),
             display_name: sp.display_name.clone(),
         };
-        self.emit(&txn, EventType::ServicePrincipalDisabled, &sp.id, &event)
+        let told_at = self
+            .emit(&txn, EventType::ServicePrincipalDisabled, &sp.id, &event)
             .await?;
         txn.commit().await?;
         self.outbox.wake();
+        self.tell_assignment_disabled(caller, &sp.id, told_at).await;
         sp.enabled = false;
         Ok(sp)
+    }
+
+    /// Tells assignment of a committed disable at once, where its event is not applied before
+    /// the answer (events cross Redis, which may be down): the principal holds nothing there
+    /// and what they asked for is canceled before this answers. A failure only waits for the
+    /// event, which tells the same.
+    async fn tell_assignment_disabled(&self, caller: &Caller, principal_id: &str, told_at: i64) {
+        if self.outbox.applies_before_answering() {
+            return;
+        }
+        if let Err(err) = self
+            .assignment
+            .apply_principal_disabled(caller, principal_id, told_at)
+            .await
+        {
+            tracing::warn!(error = %err, "telling assignment of a disable failed; its event will");
+        }
     }
 }

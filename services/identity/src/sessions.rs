@@ -93,6 +93,7 @@ impl Directory {
             session_id,
             reason: reason.into(),
         };
-        self.emit(txn, EventType::SessionRevoked, principal_id, &event).await
+        self.emit(txn, EventType::SessionRevoked, principal_id, &event).await?;
+        Ok(())
     }
 }

@@ -31,6 +31,7 @@ use crate::timers::Timers;
 mod activation;
 mod administration;
 mod definitions;
+mod disables;
 mod group_access;
 mod policies;
 mod protections;

@@ -314,6 +314,18 @@ impl AssignmentService for Assignments {
         Assignments::prepare_user_disable(self, &caller, user_id, as_of).await?;
         Ok(Response::new(pb::PrepareUserDisableResponse {}))
     }
+
+    async fn apply_principal_disabled(
+        &self,
+        request: Request<pb::ApplyPrincipalDisabledRequest>,
+    ) -> Result<Response<pb::ApplyPrincipalDisabledResponse>, Status> {
+        let caller = caller(&request)?.clone();
+        let r = request.get_ref();
+        let id = filter(&r.principal_id).ok_or_else(|| Error::invalid("principal_id", "required"))?;
+        let as_of = r.as_of.as_ref().map(pim_runtime::db::from_timestamp);
+        Assignments::apply_principal_disabled(self, &caller, id, as_of).await?;
+        Ok(Response::new(pb::ApplyPrincipalDisabledResponse {}))
+    }
 }
 
 #[tonic::async_trait]
