@@ -347,7 +347,7 @@ async fn replicas_of_assignment_keep_their_access_indexes_current() -> anyhow::R
 
 /// A disable while identity's events cannot reach Redis: assignment is told at once by
 /// identity itself, so the user holds nothing there before the disable answers, and what they
-/// asked for that waits for approval is canceled; the event, once it comes, changes nothing.
+/// asked for that waits for approval is canceled; their tokens stop working within seconds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_disable_reaches_assignment_while_identitys_events_wait_for_redis() -> anyhow::Result<()> {
     // Identity's Redis refuses every connection: its events wait in its outbox.
@@ -481,6 +481,18 @@ async fn a_disable_reaches_assignment_while_identitys_events_wait_for_redis() ->
             .await?
             .into_inner();
         assert_eq!(canceled.status, apb::RequestStatus::Canceled as i32, "{canceled:?}");
+        // Lee's token stops working there too: assignment asks identity for revocations every
+        // few seconds, as well as following its stream.
+        eventually(Duration::from_secs(10), "Lee's token to be refused", || {
+            let (mut requests, lee_token, id) = (requests.clone(), lee_token.clone(), canceled.id.clone());
+            async move {
+                let asked = requests
+                    .get_request(authed(&lee_token, apb::GetRequestRequest { request_id: id }))
+                    .await;
+                Ok(asked.is_err_and(|s| s.code() == Code::Unauthenticated).then_some(()))
+            }
+        })
+        .await?;
         // Only the directory's word is taken: an enabled user is not disabled by asking.
         let refused = AssignmentServiceClient::new(assignment_channel.clone())
             .apply_principal_disabled(authed(

@@ -411,6 +411,13 @@ impl Suite {
                 verifier.load_revocations_until_known(stopped).await
             }));
         }
+        // A process that asks identity over gRPC also asks it for new revocations every few
+        // seconds, as well as following its stream: a sign-out or a disable reaches it while
+        // Redis is down, not only once Redis is back.
+        if identity.is_none() {
+            let (verifier, stopped) = (verifier.clone(), stopped.clone());
+            background.push(tokio::spawn(follow_revocations(verifier, stopped)));
+        }
         let relays = services
             .iter()
             .map(|s| {
@@ -561,5 +568,30 @@ impl Suite {
     pub async fn run_until(self, signal: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
         signal.await;
         self.stop().await
+    }
+}
+
+/// How often a process asks identity for revocations made since it last asked.
+const REVOCATIONS_POLL: Duration = Duration::from_secs(2);
+
+/// Asks identity for the revocations made since the last answer (with a minute's margin for
+/// the clocks' difference) every [`REVOCATIONS_POLL`], until the host stops.
+async fn follow_revocations(verifier: Arc<TokenVerifier>, mut stopped: watch::Receiver<bool>) {
+    let mut since = pim_runtime::db::now_ms();
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(REVOCATIONS_POLL) => {}
+            _ = stopped.wait_for(|s| *s) => return,
+        }
+        let asked_at = pim_runtime::db::now_ms();
+        match verifier.refresh_revocations(since - 60_000).await {
+            Ok(()) => (since, failing) = (asked_at, false),
+            Err(err) if !failing => {
+                tracing::warn!(error = %format!("{err:#}"), "asking identity for revocations failed; its stream still tells them");
+                failing = true;
+            }
+            Err(_) => {}
+        }
     }
 }

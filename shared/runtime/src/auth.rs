@@ -316,8 +316,9 @@ pub struct Revocations {
     sessions: RwLock<HashMap<String, i64>>,
     /// principal id → tokens issued up to this instant (ms) are refused
     principals: RwLock<HashMap<String, i64>>,
-    /// Loaded at start from identity's list, by tag: session tags, and principal tag → instant.
-    loaded_sessions: RwLock<HashSet<String>>,
+    /// Loaded from identity's list (at start, then every few seconds), by tag: session tag →
+    /// until when to remember it, and principal tag → instant.
+    loaded_sessions: RwLock<HashMap<String, i64>>,
     loaded_principals: RwLock<HashMap<String, i64>>,
 }
 
@@ -340,13 +341,18 @@ impl Revocations {
         principals.insert(principal_id.to_owned(), at);
     }
 
-    /// Takes in the revocations identity keeps (at start, before serving).
+    /// Takes in the revocations identity keeps (at start, before serving, then every few
+    /// seconds); forgets those no token can outlive any more.
     pub fn load(&self, list: RevocationList) {
-        self.loaded_sessions
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend(list.session_tags);
+        let now = crate::db::now_ms();
+        let mut sessions = self.loaded_sessions.write().unwrap_or_else(|e| e.into_inner());
+        sessions.retain(|_, until| *until > now);
+        for tag in list.session_tags {
+            sessions.entry(tag).or_insert(now + REMEMBER_MS);
+        }
+        drop(sessions);
         let mut principals = self.loaded_principals.write().unwrap_or_else(|e| e.into_inner());
+        principals.retain(|_, at| *at > now - REMEMBER_MS);
         for (tag, at) in list.principal_tags {
             let at = principals.get(&tag).map_or(at, |known| (*known).max(at));
             principals.insert(tag, at);
@@ -357,7 +363,7 @@ impl Revocations {
     /// when something was loaded).
     fn loaded_revokes(&self, caller: &Caller) -> bool {
         let sessions = self.loaded_sessions.read().unwrap_or_else(|e| e.into_inner());
-        if !sessions.is_empty() && sessions.contains(&revocation_tag(&caller.session_id)) {
+        if !sessions.is_empty() && sessions.contains_key(&revocation_tag(&caller.session_id)) {
             return true;
         }
         let principals = self.loaded_principals.read().unwrap_or_else(|e| e.into_inner());
@@ -446,6 +452,14 @@ impl TokenVerifier {
         let list = self.source.revocations(crate::db::now_ms() - REMEMBER_MS).await?;
         self.revocations.load(list);
         self.revocations_known.store(true, std::sync::atomic::Ordering::Release);
+        Ok(())
+    }
+
+    /// Takes in the revocations identity made since `since_ms`. A process that reads
+    /// identity's stream is told of them by it too; asked every few seconds, identity tells
+    /// them while Redis is down.
+    pub async fn refresh_revocations(&self, since_ms: i64) -> anyhow::Result<()> {
+        self.revocations.load(self.source.revocations(since_ms).await?);
         Ok(())
     }
 
