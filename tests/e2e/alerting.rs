@@ -367,15 +367,22 @@ async fn approvals_raise_self_approval_and_rubber_stamp_alerts() -> anyhow::Resu
             .await
             .expect_err("a reason is required");
         assert_eq!(missing.code(), Code::InvalidArgument);
+        // The approver it is about does not close it; another administrator does.
+        let because = || pb::AlertStatusRequest {
+            alert_id: stamp.id.clone(),
+            reason: "the on-call lead approved with the ticket open".into(),
+        };
+        let own = w
+            .alerts()
+            .dismiss_alert(authed(&w.admin, because()))
+            .await
+            .expect_err("an alert about the admin");
+        assert_eq!(own.code(), Code::PermissionDenied);
+        let ann = w.user("ann").await?;
+        w.make_active(&ann.id, GLOBAL_ADMINISTRATOR).await?;
         let dismissed = w
             .alerts()
-            .dismiss_alert(authed(
-                &w.admin,
-                pb::AlertStatusRequest {
-                    alert_id: stamp.id.clone(),
-                    reason: "the on-call lead approved with the ticket open".into(),
-                },
-            ))
+            .dismiss_alert(authed(&ann.token, because()))
             .await?
             .into_inner();
         assert_eq!(dismissed.status, pb::AlertStatus::Dismissed as i32);
@@ -966,6 +973,89 @@ async fn access_to_a_group_holding_a_privileged_role_is_privileged() -> anyhow::
             .remove_group_member(authed(&w.admin, membership(&tier0)))
             .await?;
         w.resolved("group_member_outside_pim", &outside.id).await?;
+        Ok(w)
+    })
+    .await
+}
+
+/// Switching a rule off, or lowering its severity, is itself an alert, about whoever did it;
+/// and nobody dismisses or resolves an alert about themselves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weakening_detection_is_an_alert_its_subject_cannot_close() -> anyhow::Result<()> {
+    run(|w| async move {
+        let update = |rule: &str, enabled: Option<bool>, severity: pb::Severity| pb::UpdateRuleSettingsRequest {
+            rule_id: rule.into(),
+            enabled,
+            severity: severity as i32,
+            ..Default::default()
+        };
+        let mut alerts = w.alerts();
+        alerts
+            .update_rule_settings(authed(
+                &w.admin,
+                update("self_approval", Some(false), pb::Severity::Unspecified),
+            ))
+            .await?;
+        let about = |rule: &'static str| move |a: &pb::Alert| a.figures.get("rule").map(String::as_str) == Some(rule);
+        let off = w.alert("detection_weakened", about("self_approval")).await?;
+        assert_eq!(
+            off.figures.get("enabled").map(String::as_str),
+            Some("true -> false"),
+            "{off:?}"
+        );
+        assert_eq!(off.severity, pb::Severity::High as i32);
+        alerts
+            .update_rule_settings(authed(&w.admin, update("mfa_failures", None, pb::Severity::Low)))
+            .await?;
+        let lowered = w.alert("detection_weakened", about("mfa_failures")).await?;
+        assert_eq!(
+            lowered.figures.get("severity").map(String::as_str),
+            Some("high -> low"),
+            "{lowered:?}"
+        );
+        // Switched on again, or made more severe: nothing weakened.
+        alerts
+            .update_rule_settings(authed(
+                &w.admin,
+                update("self_approval", Some(true), pb::Severity::Unspecified),
+            ))
+            .await?;
+        alerts
+            .update_rule_settings(authed(&w.admin, update("mfa_failures", None, pb::Severity::High)))
+            .await?;
+
+        let dismiss = |id: &str| pb::AlertStatusRequest {
+            alert_id: id.into(),
+            reason: "planned maintenance".into(),
+        };
+        // Acknowledged, it stays in sight; closing it is another's to do.
+        let seen = alerts
+            .acknowledge_alert(authed(&w.admin, dismiss(&off.id)))
+            .await?
+            .into_inner();
+        assert_eq!(seen.status, pb::AlertStatus::Acknowledged as i32);
+        for refused in [
+            alerts.dismiss_alert(authed(&w.admin, dismiss(&off.id))).await,
+            alerts.resolve_alert(authed(&w.admin, dismiss(&lowered.id))).await,
+        ] {
+            let refused = refused.expect_err("an alert about the caller");
+            assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+            assert!(refused.message().contains("about you"), "{refused:?}");
+        }
+        let ann = w.user("ann").await?;
+        w.make_active(&ann.id, GLOBAL_ADMINISTRATOR).await?;
+        let closed = alerts
+            .dismiss_alert(authed(&ann.token, dismiss(&off.id)))
+            .await?
+            .into_inner();
+        assert_eq!(closed.status, pb::AlertStatus::Dismissed as i32);
+        let weakened = w
+            .all_alerts()
+            .await?
+            .into_iter()
+            .filter(|a| a.rule_id == "detection_weakened")
+            .count();
+        assert_eq!(weakened, 2, "only the rule switched off and the severity lowered");
         Ok(w)
     })
     .await

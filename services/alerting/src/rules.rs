@@ -31,6 +31,7 @@ pub const WEBHOOK_DEAD_LETTERED: &str = "webhook_dead_lettered";
 pub const RECOVERY_CODE_USED: &str = "recovery_code_used";
 pub const MFA_METHOD_REMOVED: &str = "mfa_method_removed";
 pub const POLICY_WEAKENED: &str = "policy_weakened";
+pub const DETECTION_WEAKENED: &str = "detection_weakened";
 
 pub const RULES: &[RuleDef] = &[
     RuleDef {
@@ -121,6 +122,12 @@ pub const RULES: &[RuleDef] = &[
         id: POLICY_WEAKENED,
         description: "A role policy change lowered protection (MFA, approval, justification or a ticket switched off, a longer maximum or MFA window, permanence allowed, approvers changed, stages removed or fewer approvals needed), or a privileged custom role gained permissions or stopped being privileged; its figures give each setting before and after; high for privileged roles",
         severity: Severity::Medium,
+        settings: &[],
+    },
+    RuleDef {
+        id: DETECTION_WEAKENED,
+        description: "An alert rule was switched off or its severity lowered (this one's own switch included, once): detection weakened; its figures give the rule and what changed",
+        severity: Severity::High,
         settings: &[],
     },
     RuleDef {

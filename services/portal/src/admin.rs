@@ -71,7 +71,9 @@ pub async fn alerts(caller: Caller, Query(paging): Query<crate::view::Paging>) -
                                 td { (moment(timestamp(&a.last_seen))) }
                                 td { (a.count) }
                                 td { (status_text(a.status)) }
-                                td {
+                                @if a.principal_id == caller.user.principal_id {
+                                    td { "About you: another administrator dismisses or resolves it" }
+                                } @else { td {
                                     form.decide method="post" action=(format!("/admin/alerts/{}", a.id)) {
                                         (view::csrf(&caller))
                                         label for=(format!("reason-{}", a.id)) { "Reason" }
@@ -79,7 +81,7 @@ pub async fn alerts(caller: Caller, Query(paging): Query<crate::view::Paging>) -
                                         button type="submit" name="change" value="dismiss" aria-label=(format!("Dismiss alert {}", short(&a.id))) { "Dismiss" }
                                         button type="submit" name="change" value="resolve" aria-label=(format!("Resolve alert {}", short(&a.id))) { "Resolve" }
                                     }
-                                }
+                                } }
                             }
                         }
                     }

@@ -282,7 +282,7 @@ impl Alerts {
     }
 
     /// Acknowledge, dismiss or resolve (Security Administrators and above); dismissing and
-    /// resolving need a reason.
+    /// resolving need a reason, and someone other than the principal the alert is about.
     pub async fn set_status(&self, caller: &Caller, id: &str, status: AlertStatus, reason: &str) -> Result<AlertRow> {
         require(self.access.as_ref(), caller, permissions::ALERTS_MANAGE, "/").await?;
         let reason = free_text(reason, MAX_FREE_TEXT).map_err(|why| Error::invalid("reason", why))?;
@@ -296,6 +296,12 @@ impl Alerts {
         if alert.status.is_closed() {
             return Err(Error::FailedPrecondition(format!("alert is already {}", alert.status)));
         }
+        // Nobody closes the case against themselves (acknowledging it keeps it in sight).
+        if status.is_closed() && !alert.principal_id.is_empty() && alert.principal_id == caller.principal_id {
+            return Err(Error::PermissionDenied(
+                "this alert is about you: another administrator dismisses or resolves it".into(),
+            ));
+        }
         alert.status = status;
         alert.status_changed_by = caller.principal_id.clone();
         alert.status_reason = reason.into();
@@ -306,6 +312,36 @@ impl Alerts {
         txn.commit().await?;
         self.committed();
         Ok(alert)
+    }
+
+    /// A rule switched off, or its severity lowered, weakens detection: an alert about the
+    /// administrator who did it (whom [`Self::set_status`] then keeps from closing it).
+    async fn detection_weakened(
+        &self,
+        txn: &DatabaseTransaction,
+        caller: &Caller,
+        rule_id: &str,
+        before: &Settings,
+        after: &Settings,
+    ) -> Result<()> {
+        let mut figures = BTreeMap::from([("rule".to_owned(), rule_id.to_owned())]);
+        if before.enabled && !after.enabled {
+            figures.insert("enabled".into(), "true -> false".into());
+        }
+        if after.severity < before.severity {
+            figures.insert("severity".into(), format!("{} -> {}", before.severity, after.severity));
+        }
+        if figures.len() == 1 {
+            return Ok(());
+        }
+        let subject = Subject {
+            principal_id: caller.principal_id.clone(),
+            role_id: String::new(),
+            scope: String::new(),
+        };
+        let key = format!("{}:{}", rules::DETECTION_WEAKENED, uuid::Uuid::now_v7());
+        self.raise(txn, rules::DETECTION_WEAKENED, &key, subject, &[], figures)
+            .await
     }
 
     pub fn committed(&self) {
@@ -326,7 +362,8 @@ impl Alerts {
         let values = rules::check_values(def, changes).map_err(|m| Error::invalid("settings", &m))?;
         require(self.access.as_ref(), caller, permissions::ALERTS_MANAGE, "/").await?;
         let txn = self.db.begin().await?;
-        let mut s = self.stored_settings(&txn, rule_id).await?;
+        let before = self.stored_settings(&txn, rule_id).await?;
+        let mut s = before.clone();
         if let Some(enabled) = enabled {
             s.enabled = enabled;
         }
@@ -334,6 +371,8 @@ impl Alerts {
             s.severity = severity;
         }
         s.values.extend(values);
+        // Raised before the change is saved, so switching this very rule off is told too.
+        self.detection_weakened(&txn, caller, rule_id, &before, &s).await?;
         let stored = serde_json::to_string(&s.values).map_err(anyhow::Error::from)?;
         store::save_rule_settings(
             &txn,
