@@ -473,6 +473,22 @@ async fn a_group_makes_up_the_approvals_a_stage_needs() -> anyhow::Result<()> {
             .await?;
         w.set_policy(EXCHANGE_ADMINISTRATOR, |p| p.activation_requires_ticket = true)
             .await?;
+        // A request now could only wait until it expires: nobody is left to decide it.
+        let kim = w.user("kim").await?;
+        w.make_eligible(&kim, EXCHANGE_ADMINISTRATOR).await?;
+        let mut ask = activation(EXCHANGE_ADMINISTRATOR, HOUR_MS, "tenant move, part two");
+        ask.ticket = Some(pim_proto::common::v1::Ticket {
+            system: "ServiceNow".into(),
+            number: "INC0043".into(),
+        });
+        let refused = w
+            .assignments()
+            .create_request(authed(&w.stepped_up(&kim)?, ask))
+            .await
+            .expect_err("nobody left to approve");
+        assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+        assert_eq!(pim_runtime::grpc::violated_rules(&refused), vec!["ApprovalRule"]);
+        assert!(refused.message().contains("can decide any more"), "{refused:?}");
         Ok(w)
     })
     .await

@@ -28,11 +28,16 @@ impl Assignments {
             });
         }
         let (policy, _) = nearest_policy(&policies, &scopes)?;
-        // Nobody approves their own request: a stage that would need the caller's approval is
-        // refused now rather than left to expire (the directory asked only in that case).
-        for short in policy.stages_short_of_approvers(&caller.principal_id) {
-            if short.others.is_empty() || !self.names_a_group(caller, &short.others).await? {
-                violations.push(short.violation());
+        // A stage nobody could decide is refused now rather than left to expire: one that
+        // would need the caller's approval (nobody approves their own request), or whose
+        // approvers were all deleted or disabled since they were named.
+        for stage in policy.named_deciders(&caller.principal_id) {
+            if stage.is_short() && (stage.others.is_empty() || !self.names_a_group(caller, &stage.others).await?) {
+                violations.push(stage.violation());
+                break;
+            }
+            if !stage.others.is_empty() && !self.any_can_decide(caller, &stage.others).await? {
+                violations.push(stage.nobody_left());
                 break;
             }
         }

@@ -228,6 +228,19 @@ impl Assignments {
         Ok(false)
     }
 
+    /// Whether the directory still holds one of `ids` enabled, to decide (the first found ends
+    /// the search).
+    pub(super) async fn any_can_decide(&self, caller: &Caller, ids: &[String]) -> Result<bool> {
+        for id in ids.iter().filter(|id| uuid::Uuid::parse_str(id).is_ok()) {
+            match self.principal(caller, id).await {
+                Ok(_) => return Ok(true),
+                Err(Error::NotFound(_) | Error::FailedPrecondition(_)) => {}
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(false)
+    }
+
     /// Refuses approvers the directory does not hold, or holds disabled: an approval waiting
     /// for them would only time out. Those it holds, as it holds them.
     pub(super) async fn approvers_exist(&self, caller: &Caller, named: &[String]) -> Result<Vec<Principal>> {

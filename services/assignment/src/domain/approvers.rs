@@ -45,8 +45,10 @@ impl Default for ApprovalStage {
     }
 }
 
-/// A stage of approval that names the requester, and too few others to give the approvals
-/// it needs without them ([`Policy::stages_short_of_approvers`]).
+/// A stage of approval that names its approvers, as a request of one requester meets it: the
+/// others it names ([`Policy::named_deciders`]). Short where it names the requester and too
+/// few others to give the approvals it needs without them
+/// ([`Policy::stages_short_of_approvers`]).
 #[derive(Debug, PartialEq, Eq)]
 pub struct ShortStage {
     /// Which stage (from 1), where the policy has several.
@@ -54,9 +56,29 @@ pub struct ShortStage {
     /// The other approvers the stage names (users, service principals or groups).
     pub others: Vec<String>,
     pub approvals_required: u32,
+    /// Whether the stage names the requester among its approvers.
+    pub names_requester: bool,
 }
 
 impl ShortStage {
+    /// Whether nobody approves their own request leaves the stage short of approvers.
+    pub fn is_short(&self) -> bool {
+        self.names_requester && self.others.len() < self.approvals_required as usize
+    }
+
+    /// The refusal where none of the others named is a principal the directory still holds
+    /// enabled (deleted or disabled since the policy named them): nobody could decide.
+    pub fn nobody_left(&self) -> RuleViolation {
+        let of_stage = self.stage.map(|n| format!(" of stage {n}")).unwrap_or_default();
+        violation(
+            "ApprovalRule",
+            format!(
+                "no approver{of_stage} of this policy can decide any more (each was deleted or disabled since it was \
+                 named); ask an administrator to name others"
+            ),
+        )
+    }
+
     /// The refusal, where none of the others named is a group whose members could make up
     /// the number.
     pub fn violation(&self) -> RuleViolation {
@@ -100,13 +122,10 @@ impl Policy {
             .collect()
     }
 
-    /// Where approval is required, each stage that names `requester` among its approvers and
-    /// too few others to give the approvals it needs: it would wait until it expires, since
-    /// nobody approves their own request. Escalation approvers count only where the stage
-    /// escalates. (A stage without names goes to the default approvers, who are never short.)
-    /// The others named may be groups, whose members could make up the number: the caller asks
-    /// the directory before refusing, unless there are none ([`ShortStage::violation`]).
-    pub fn stages_short_of_approvers(&self, requester: &str) -> Vec<ShortStage> {
+    /// Where approval is required, each stage that names its approvers, with those other than
+    /// `requester`. Escalation approvers count only where the stage escalates. (A stage without
+    /// names goes to the default approvers, who are never short and never all gone.)
+    pub fn named_deciders(&self, requester: &str) -> Vec<ShortStage> {
         if !self.approval_required {
             return Vec::new();
         }
@@ -114,25 +133,40 @@ impl Policy {
         stages
             .iter()
             .enumerate()
-            .filter_map(|(i, s)| {
+            .filter(|(_, s)| !s.approver_ids.is_empty())
+            .map(|(i, s)| {
                 let escalation = if s.escalate_after.is_zero() {
                     &[][..]
                 } else {
                     &s.escalation_approver_ids[..]
                 };
                 let named: Vec<&String> = s.approver_ids.iter().chain(escalation).collect();
-                if !named.iter().any(|a| *a == requester) {
-                    return None;
-                }
-                let mut others: Vec<String> = named.into_iter().filter(|a| *a != requester).cloned().collect();
+                let mut others: Vec<String> = named
+                    .iter()
+                    .filter(|a| **a != requester)
+                    .map(|a| (*a).clone())
+                    .collect();
                 others.sort();
                 others.dedup();
-                (others.len() < s.approvals_required as usize).then(|| ShortStage {
+                ShortStage {
                     stage: (stages.len() > 1).then_some(i + 1),
+                    names_requester: named.iter().any(|a| *a == requester),
                     others,
                     approvals_required: s.approvals_required,
-                })
+                }
             })
+            .collect()
+    }
+
+    /// Where approval is required, each stage that names `requester` among its approvers and
+    /// too few others to give the approvals it needs: it would wait until it expires, since
+    /// nobody approves their own request. The others named may be groups, whose members could
+    /// make up the number: the caller asks the directory before refusing, unless there are
+    /// none ([`ShortStage::violation`]).
+    pub fn stages_short_of_approvers(&self, requester: &str) -> Vec<ShortStage> {
+        self.named_deciders(requester)
+            .into_iter()
+            .filter(ShortStage::is_short)
             .collect()
     }
 }
@@ -216,7 +250,8 @@ mod tests {
             ShortStage {
                 stage: None,
                 others: vec!["ann".into()],
-                approvals_required: 2
+                approvals_required: 2,
+                names_requester: true,
             }
         );
         assert!(
