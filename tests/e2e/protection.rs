@@ -157,6 +157,31 @@ async fn privileged_users_credentials_need_privileged_administrators() -> anyhow
         );
         directory.enable_user(authed(&bo, user("ann"))).await?;
         assert!(ts.sign_in("ann", "ann's brand new passphrase").await.is_ok());
+
+        // Once Ann approves Global Administrator activations, her credentials are protected as
+        // a privileged user's: in Kim's hands they would approve them.
+        use pim_proto::assignment::v1::policy_service_client::PolicyServiceClient;
+        let mut policies = PolicyServiceClient::new(ts.channel.clone());
+        let ask = apb::GetRolePolicyRequest {
+            role_id: pim_proto::catalogue::GLOBAL_ADMINISTRATOR.into(),
+            scope: "/".into(),
+        };
+        let mut policy = policies.get_role_policy(authed(&admin, ask)).await?.into_inner();
+        (policy.approval_required, policy.approver_ids) = (true, vec![ids["ann"].clone()]);
+        let update = apb::UpdateRolePolicyRequest {
+            policy: Some(policy),
+            ..Default::default()
+        };
+        policies.update_role_policy(authed(&admin, update)).await?;
+        let refused = directory
+            .reset_password(authed(&kim, reset("ann", "taken over passphrase")))
+            .await
+            .expect_err("Ann approves Global Administrator");
+        assert_eq!(refused.code(), Code::PermissionDenied);
+        assert!(
+            refused.message().contains("approves Global Administrator"),
+            "{refused:?}"
+        );
         anyhow::Ok(())
     }
     .await;

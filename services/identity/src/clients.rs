@@ -4,6 +4,7 @@ use tonic::transport::Channel;
 
 use pim_proto::assignment::v1 as apb;
 use pim_proto::assignment::v1::assignment_service_client::AssignmentServiceClient;
+use pim_proto::assignment::v1::policy_service_client::PolicyServiceClient;
 use pim_proto::assignment::v1::role_service_client::RoleServiceClient;
 use pim_runtime::access::on_behalf_of;
 use pim_runtime::auth::Caller;
@@ -24,13 +25,15 @@ fn unavailable(status: tonic::Status) -> Error {
 pub struct AssignmentClients {
     pub assignments: AssignmentServiceClient<Channel>,
     pub roles: RoleServiceClient<Channel>,
+    pub policies: PolicyServiceClient<Channel>,
 }
 
 impl AssignmentClients {
     pub fn new(channel: Channel) -> Self {
         Self {
             assignments: AssignmentServiceClient::new(channel.clone()),
-            roles: RoleServiceClient::new(channel),
+            roles: RoleServiceClient::new(channel.clone()),
+            policies: PolicyServiceClient::new(channel),
         }
     }
 
@@ -112,6 +115,49 @@ impl AssignmentClients {
                 ),
             }),
         }
+    }
+
+    /// The policies that ask for approval and name `principal_id` among their approvers
+    /// (escalation included), of the privileged roles and of group access: (role id, role
+    /// name, scope) each, group access at its group's scope for the caller to weigh.
+    pub async fn approves(&self, caller: &Caller, principal_id: &str) -> Result<Vec<(String, String, String)>> {
+        let roles = self
+            .roles
+            .clone()
+            .list_role_definitions(on_behalf_of(caller, apb::ListRoleDefinitionsRequest {})?)
+            .await
+            .map_err(unavailable)?
+            .into_inner()
+            .roles;
+        let mut approves = Vec::new();
+        for role in roles
+            .iter()
+            .filter(|r| r.privileged || pim_proto::catalogue::is_group_access(&r.id))
+        {
+            let asked = apb::ListRolePoliciesRequest {
+                role_id: role.id.clone(),
+            };
+            let set = self
+                .policies
+                .clone()
+                .list_role_policies(on_behalf_of(caller, asked)?)
+                .await
+                .map_err(unavailable)?
+                .into_inner()
+                .policies;
+            for policy in set.iter().filter(|p| p.approval_required) {
+                let named = policy.approver_ids.iter().chain(
+                    policy
+                        .approval_stages
+                        .iter()
+                        .flat_map(|s| s.approver_ids.iter().chain(&s.escalation_approver_ids)),
+                );
+                if named.into_iter().any(|id| id == principal_id) {
+                    approves.push((role.id.clone(), role.name.clone(), policy.scope.clone()));
+                }
+            }
+        }
+        Ok(approves)
     }
 
     /// Tells assignment of a disable committed as of `as_of` (its event's time), to apply now.

@@ -1,6 +1,7 @@
 //! Credential protection: the password, MFA, sign-in and profile of anyone who is a member or
-//! owner of a role-assignable group (whether or not the group holds a role yet), or eligible
-//! for or holding a privileged role (directly or through a group), are changed only by
+//! owner of a role-assignable group (whether or not the group holds a role yet), eligible
+//! for or holding a privileged role (directly or through a group), or named to approve
+//! privileged access, are changed only by
 //! Privileged Authentication Administrators and Global Administrators; Authentication and
 //! User Administrators manage everyone else. Group links are identity's own; who holds which
 //! role is asked of assignment, on the caller's behalf.
@@ -86,6 +87,22 @@ impl Directory {
                 "{} is eligible for or holds a privileged role",
                 user.user_name
             )));
+        }
+        // Whoever approves privileged access holds its keys too: their credentials in other
+        // hands would approve it.
+        for (role_id, role, scope) in self.assignment.approves(caller, &user.id).await? {
+            let privileged = match catalogue::group_of_scope(&scope).filter(|_| catalogue::is_group_access(&role_id)) {
+                Some(group) => store::find_group(&self.db, group)
+                    .await?
+                    .is_some_and(|g| g.is_assignable_to_role),
+                None => true,
+            };
+            if privileged {
+                return Ok(Some(format!(
+                    "{} approves {role} at {scope}, which is privileged access",
+                    user.user_name
+                )));
+            }
         }
         Ok(None)
     }
