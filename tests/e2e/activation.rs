@@ -1796,6 +1796,56 @@ async fn a_disable_recorded_without_an_event_here_still_reaches_memory() -> anyh
     .await
 }
 
+/// Identity's word that a disable is committed (`ApplyPrincipalDisabled`) is taken only from
+/// those who manage users, only for a principal the directory holds disabled, and never as of
+/// a time later than assignment asked: an enable afterwards always counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disable_told_directly_never_outranks_the_enable_after_it() -> anyhow::Result<()> {
+    run(|w| async move {
+        let dan = w.user("dan").await?;
+        w.assignments()
+            .create_request(authed(
+                &w.admin,
+                assign_for_an_hour(apb::AssignmentKind::Active, &dan.id, EXCHANGE_ADMINISTRATOR),
+            ))
+            .await?;
+        let told = |as_of: i64| apb::ApplyPrincipalDisabledRequest {
+            principal_id: dan.id.clone(),
+            as_of: Some(pim_runtime::db::to_timestamp(as_of)),
+        };
+        let in_an_hour = pim_runtime::db::now_ms() + 3_600_000;
+        let refused = w
+            .assignments()
+            .apply_principal_disabled(authed(&dan.token, told(in_an_hour)))
+            .await
+            .expect_err("Dan manages nobody");
+        assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+        let enabled = w
+            .assignments()
+            .apply_principal_disabled(authed(&w.admin, told(in_an_hour)))
+            .await
+            .expect_err("the directory holds Dan enabled");
+        assert_eq!(enabled.code(), Code::FailedPrecondition, "{enabled:?}");
+        assert!(w.check(&dan.id, EXCHANGE_ADMINISTRATOR).await?.allowed);
+
+        let mut directory = DirectoryServiceClient::new(w.ts.channel.clone());
+        let user = || ipb::GetUserRequest { user: dan.id.clone() };
+        directory.disable_user(authed(&w.admin, user())).await?;
+        assert!(!w.check(&dan.id, EXCHANGE_ADMINISTRATOR).await?.allowed);
+        // Told again, stamped an hour ahead: taken as of the moment assignment asked.
+        w.assignments()
+            .apply_principal_disabled(authed(&w.admin, told(in_an_hour)))
+            .await?;
+        directory.enable_user(authed(&w.admin, user())).await?;
+        eventually(Duration::from_secs(10), "Dan's role back once enabled", || async {
+            Ok(w.check(&dan.id, EXCHANGE_ADMINISTRATOR).await?.allowed.then_some(()))
+        })
+        .await?;
+        Ok(w)
+    })
+    .await
+}
+
 /// Waits (up to 10 s) until a watcher is told of each of `principal`'s `(role, active)`
 /// changes, in any order: none of the roles told otherwise meanwhile, and nobody else
 /// granted anything.

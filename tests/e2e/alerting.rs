@@ -1013,7 +1013,16 @@ async fn weakening_detection_is_an_alert_its_subject_cannot_close() -> anyhow::R
             Some("high -> low"),
             "{lowered:?}"
         );
-        // Switched on again, or made more severe: nothing weakened.
+        // A threshold moved the way that sees less: a million activations a day, say.
+        w.set_rule("frequent_activation", &[("count", "1000000")]).await?;
+        let numb = w.alert("detection_weakened", about("frequent_activation")).await?;
+        assert_eq!(
+            numb.figures.get("count").map(String::as_str),
+            Some("3 -> 1000000"),
+            "{numb:?}"
+        );
+        w.set_rule("frequent_activation", &[("count", "2")]).await?;
+        // Switched on again, made more severe or stricter: nothing weakened.
         alerts
             .update_rule_settings(authed(
                 &w.admin,
@@ -1055,7 +1064,10 @@ async fn weakening_detection_is_an_alert_its_subject_cannot_close() -> anyhow::R
             .into_iter()
             .filter(|a| a.rule_id == "detection_weakened")
             .count();
-        assert_eq!(weakened, 2, "only the rule switched off and the severity lowered");
+        assert_eq!(
+            weakened, 3,
+            "only the rule switched off, the severity lowered and the count raised"
+        );
         Ok(w)
     })
     .await

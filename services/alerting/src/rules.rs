@@ -126,7 +126,7 @@ pub const RULES: &[RuleDef] = &[
     },
     RuleDef {
         id: DETECTION_WEAKENED,
-        description: "An alert rule was switched off or its severity lowered (this one's own switch included, once): detection weakened; its figures give the rule and what changed",
+        description: "An alert rule was switched off, its severity lowered or a setting moved the way that sees less (a higher count or age, a shorter window: this rule's own switch included, once): detection weakened; its figures give the rule and what changed",
         severity: Severity::High,
         settings: &[],
     },
@@ -155,6 +155,17 @@ pub fn rule(id: &str) -> Option<&'static RuleDef> {
 }
 
 /// A rule's settings in force: its defaults overlaid with what was stored.
+/// Whether changing `setting` from `before` to `after` makes its rule see less: a higher
+/// count, share or age to reach, or a shorter window or a quicker decision to count. A setting
+/// this does not name is taken as weaker whichever way it moves.
+pub fn weakens(setting: &str, before: i64, after: i64) -> bool {
+    match setting {
+        "count" | "min_count" | "min_percent" | "days" => after > before,
+        "window_hours" | "window_minutes" | "seconds" => after < before,
+        _ => after != before,
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub enabled: bool,

@@ -48,11 +48,11 @@ impl EventHandler for IdentityEvents {
 
     async fn handle(&self, txn: &DatabaseTransaction, envelope: &Envelope) -> anyhow::Result<()> {
         if let Some(change) = Memberships::user_state_change(envelope)? {
-            return self
-                .0
+            self.0
                 .apply_user_state(txn, change)
                 .await
-                .map_err(|e| anyhow::anyhow!("{e}"));
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            return Ok(());
         }
         if event_type(envelope) == Some(EventType::GroupDeleted) {
             let e: GroupDeleted = decode(envelope)?;

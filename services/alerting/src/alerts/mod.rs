@@ -314,7 +314,8 @@ impl Alerts {
         Ok(alert)
     }
 
-    /// A rule switched off, or its severity lowered, weakens detection: an alert about the
+    /// A rule switched off, its severity lowered or a setting moved the way that sees less
+    /// weakens detection: an alert about the
     /// administrator who did it (whom [`Self::set_status`] then keeps from closing it).
     async fn detection_weakened(
         &self,
@@ -330,6 +331,12 @@ impl Alerts {
         }
         if after.severity < before.severity {
             figures.insert("severity".into(), format!("{} -> {}", before.severity, after.severity));
+        }
+        for (setting, now) in &after.values {
+            let was = before.values.get(setting).copied().unwrap_or(*now);
+            if rules::weakens(setting, was, *now) {
+                figures.insert(setting.clone(), format!("{was} -> {now}"));
+            }
         }
         if figures.len() == 1 {
             return Ok(());

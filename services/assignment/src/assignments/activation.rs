@@ -36,7 +36,8 @@ impl Assignments {
                 violations.push(stage.violation());
                 break;
             }
-            if !stage.others.is_empty() && !self.any_can_decide(caller, &stage.others).await? {
+            // Asked of the directory only for a request nothing else refuses.
+            if violations.is_empty() && !stage.others.is_empty() && !self.any_can_decide(caller, &stage.others).await? {
                 violations.push(stage.nobody_left());
                 break;
             }

@@ -18,18 +18,23 @@ impl Assignments {
     /// Records a principal's state as the directory told it (a state older than the one
     /// recorded changes nothing). A principal disabled holds nothing, and what they asked for
     /// waits for nobody any more: it is canceled.
-    pub(crate) async fn apply_user_state(&self, txn: &DatabaseTransaction, change: UserStateChange) -> Result<()> {
+    /// Returns the requests it canceled.
+    pub(crate) async fn apply_user_state(
+        &self,
+        txn: &DatabaseTransaction,
+        change: UserStateChange,
+    ) -> Result<Vec<String>> {
         let applied = store::set_user_enabled(txn, &change.user, change.enabled, change.as_of).await?;
-        if applied && !change.enabled {
-            self.cancel_waiting_requests(
-                txn,
-                &change.user,
-                "canceled: the requester was disabled or deleted",
-                change.actor,
-            )
-            .await?;
+        if !applied || change.enabled {
+            return Ok(Vec::new());
         }
-        Ok(())
+        self.cancel_waiting_requests(
+            txn,
+            &change.user,
+            "canceled: the requester was disabled or deleted",
+            change.actor,
+        )
+        .await
     }
 
     /// After [`Self::apply_user_state`] committed: memory takes the database's word.
@@ -39,41 +44,50 @@ impl Assignments {
     }
 
     /// A disable identity committed, applied now rather than when its event arrives (see the
-    /// module): only where the directory holds the principal disabled or holds it no more.
+    /// module): only where the directory holds the principal disabled, and as of no later
+    /// than the moment it was asked, so an enable the directory makes after that outranks it
+    /// (a time the caller gives may only be earlier: the disable's own).
     pub async fn apply_principal_disabled(
         &self,
         caller: &Caller,
         principal_id: &str,
         as_of: Option<i64>,
     ) -> Result<()> {
-        let kind = match self.identity.any_principal(caller, principal_id).await {
-            Ok((_, true)) => {
-                return Err(Error::FailedPrecondition(format!(
-                    "the directory holds principal {principal_id} enabled"
-                )));
-            }
-            Ok((p, false)) => p.kind,
-            Err(Error::NotFound(_)) => PrincipalKind::User,
-            Err(err) => return Err(err),
-        };
-        let permission = match kind {
-            PrincipalKind::ServicePrincipal => permissions::SERVICE_PRINCIPALS_MANAGE,
-            _ => permissions::USERS_MANAGE,
-        };
-        self.authorize(caller, permission, &Scope::root()).await?;
-        // Ordered by the directory's clock, as its events are; a stamp far ahead would
-        // outrank whatever it told next.
-        let wall = pim_runtime::db::now_ms();
+        if uuid::Uuid::parse_str(principal_id).is_err() {
+            return Err(Error::invalid("principal_id", "a principal id (UUID)"));
+        }
+        let may_users = self.authorize(caller, permissions::USERS_MANAGE, &Scope::root()).await;
+        let may_apps = self
+            .authorize(caller, permissions::SERVICE_PRINCIPALS_MANAGE, &Scope::root())
+            .await;
+        if may_users.is_err() && may_apps.is_err() {
+            return Err(Error::PermissionDenied(format!(
+                "requires permission {} or {} at scope /",
+                permissions::USERS_MANAGE,
+                permissions::SERVICE_PRINCIPALS_MANAGE
+            )));
+        }
+        let asked_at = pim_runtime::db::now_ms();
+        let (principal, enabled) = self.identity.any_principal(caller, principal_id).await?;
+        if enabled {
+            return Err(Error::FailedPrecondition(format!(
+                "the directory holds principal {principal_id} enabled"
+            )));
+        }
+        match principal.kind {
+            PrincipalKind::ServicePrincipal => may_apps?,
+            _ => may_users?,
+        }
         let change = UserStateChange {
             user: principal_id.to_owned(),
             actor: Some(caller.actor()),
             enabled: false,
-            as_of: as_of.unwrap_or(wall).min(wall + 60_000),
+            as_of: as_of.unwrap_or(asked_at).min(asked_at),
         };
         let txn = self.db.begin().await?;
-        self.apply_user_state(&txn, change.clone()).await?;
+        let canceled = self.apply_user_state(&txn, change.clone()).await?;
         txn.commit().await?;
-        self.committed(&[]);
+        self.committed(&canceled.iter().map(String::as_str).collect::<Vec<_>>());
         self.follow_user_state(change).await;
         Ok(())
     }

@@ -39,7 +39,6 @@ mod requests;
 
 pub use definitions::{NewRole, RoleChange};
 use policies::nearest_policy;
-pub(crate) use policies::policy_approvers;
 pub use policies::{PolicyAt, PolicyUpdate};
 pub use protections::LAST_GLOBAL_ADMIN_KEPT;
 use protections::last_global_admin_refused;

@@ -19,7 +19,7 @@ pub(super) fn nearest_policy(set: &[(String, String)], scopes: &[String]) -> Res
 }
 
 /// Every approver a policy names: of its single stage and of each stage, escalation included.
-pub(crate) fn policy_approvers(p: &Policy) -> impl Iterator<Item = &String> {
+pub(super) fn policy_approvers(p: &Policy) -> impl Iterator<Item = &String> {
     p.approver_ids.iter().chain(
         p.approval_stages
             .iter()

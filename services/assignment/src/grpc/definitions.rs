@@ -117,34 +117,17 @@ impl PolicyService for Assignments {
 }
 
 /// Checks the settings `mask` names in `asked` as `UpdateRolePolicy` would over the defaults
-/// (ranges, stages, approver groups of privileged access), without a database: `privileged`
-/// where the policy governs privileged access, `group` answering for an approver that is a
-/// group whether it is role-assignable. `pim plan` checks the policies of roles and groups its
-/// file creates with it, which the server cannot dry-run yet.
-pub fn check_new_policy(
-    asked: pb::RolePolicy,
-    mask: &[String],
-    privileged: bool,
-    group: &dyn Fn(&str) -> Option<bool>,
-) -> Result<(), Status> {
+/// (ranges, stages), without a database, `is_group` telling which approvers are groups:
+/// `pim plan` checks the policies of roles and groups its file creates with it, which the
+/// server cannot dry-run yet.
+pub fn check_new_policy(asked: pb::RolePolicy, mask: &[String], is_group: &dyn Fn(&str) -> bool) -> Result<(), Status> {
     let settings = Setting::from_mask(mask)?;
     let asked = policy_from_pb(asked)?;
     let policy = crate::policy_edits::merged(&crate::domain::Policy::default(), &asked, &settings);
     policy.validate()?;
     for (n, stage) in policy.stages_outnumbering_approvers() {
-        if !stage.approver_ids.iter().any(|id| group(id).is_some()) {
+        if !stage.approver_ids.iter().any(|id| is_group(id)) {
             return Err(stage.outnumbered(n).into());
-        }
-    }
-    if privileged {
-        let mut open: Vec<String> = crate::assignments::policy_approvers(&policy)
-            .filter(|id| group(id) == Some(false))
-            .map(|id| format!("{id:?}"))
-            .collect();
-        open.sort();
-        open.dedup();
-        if let Some(why) = pim_proto::catalogue::groups_unfit_to_decide_privilege("approvers", &open) {
-            return Err(Error::invalid("approver_ids", why).into());
         }
     }
     Ok(())

@@ -12,8 +12,11 @@ pub(super) struct Planner<'a> {
     path: &'a str,
     snapshot: &'a Snapshot,
     /// Roles and groups the file creates (lower-cased role names; group names).
-    /// The roles the file creates, by lower-case name: whether each is privileged.
-    new_roles: BTreeMap<String, bool>,
+    /// The roles the file creates, by lower-case name.
+    new_roles: BTreeSet<String>,
+    /// The roles the file defines (creates or changes), by lower-case name: whether each is
+    /// privileged as the file has it.
+    file_roles: BTreeMap<String, bool>,
     /// The groups the file creates, by name: whether each is role-assignable.
     new_groups: BTreeMap<String, bool>,
     pub(super) errors: Vec<String>,
@@ -41,6 +44,11 @@ impl<'a> Planner<'a> {
             .roles
             .iter()
             .filter(|r| snapshot.role(&r.value.name).is_none())
+            .map(|r| r.value.name.to_lowercase())
+            .collect();
+        let file_roles = file
+            .roles
+            .iter()
             .map(|r| {
                 let privileged = r.value.privileged
                     || r.value
@@ -60,6 +68,7 @@ impl<'a> Planner<'a> {
             path,
             snapshot,
             new_roles,
+            file_roles,
             new_groups,
             errors: Vec::new(),
             notes: Vec::new(),
@@ -84,7 +93,7 @@ impl<'a> Planner<'a> {
         if let Some(role) = self.snapshot.role(name) {
             return Some(Some(role.id.clone()));
         }
-        if self.new_roles.contains_key(&name.to_lowercase()) {
+        if self.new_roles.contains(&name.to_lowercase()) {
             return Some(None);
         }
         self.error(
@@ -196,11 +205,15 @@ impl<'a> Planner<'a> {
         !role.is_empty()
     }
 
-    /// Whether access to `role` at `scope` is privileged: a privileged role, or access to a
-    /// role-assignable group (held or created by the file).
+    /// Whether access to `role` at `scope` is privileged: a privileged role (on the server, or
+    /// as the file defines it), or access to a role-assignable group (held or created by the
+    /// file).
     fn confers_privilege(&self, role: &str, scope: &str) -> bool {
+        if self.file_roles.get(&role.to_lowercase()).copied().unwrap_or(false) {
+            return true;
+        }
         let Some(role) = self.snapshot.role(role).map(|r| (r.id.as_str(), r.privileged)) else {
-            return self.new_roles.get(&role.to_lowercase()).copied().unwrap_or(false);
+            return false;
         };
         match role {
             (id, _) if pim_proto::catalogue::is_group_access(id) => match scope.strip_prefix("group:") {
@@ -534,7 +547,7 @@ impl<'a> Planner<'a> {
                 // where it holds the role and scope (and every approver named exists yet), else
                 // by the same rules here.
                 let mask: Vec<String> = policy::named(&spec).into_iter().map(str::to_owned).collect();
-                let approvers_exist = desired
+                let approvers: Vec<&String> = desired
                     .approver_ids
                     .iter()
                     .chain(
@@ -543,7 +556,39 @@ impl<'a> Planner<'a> {
                             .iter()
                             .flat_map(|s| s.approver_ids.iter().chain(&s.escalation_approver_ids)),
                     )
-                    .all(|id| uuid::Uuid::parse_str(id).is_ok());
+                    .collect();
+                let approvers_exist = approvers.iter().all(|id| uuid::Uuid::parse_str(id).is_ok());
+                // An approver is a group the directory holds, or one this file creates (with
+                // whether it is role-assignable).
+                let group = |id: &str| match self.snapshot.directory.resolve(id) {
+                    Ok(known) if known.kind == state::Kind::Group => Some(
+                        self.snapshot
+                            .groups
+                            .iter()
+                            .any(|g| g.id == known.id && g.is_assignable_to_role),
+                    ),
+                    Ok(_) => None,
+                    Err(_) => self.new_groups.get(id.strip_prefix("group:").unwrap_or(id)).copied(),
+                };
+                // Weighed here for every policy, as the file has the role (it may make a role
+                // privileged that the server does not hold so yet).
+                let mut open: Vec<String> = approvers
+                    .iter()
+                    .filter(|id| group(id) == Some(false))
+                    .map(|id| format!("{id:?}"))
+                    .collect();
+                open.sort();
+                open.dedup();
+                let groups: BTreeSet<String> = approvers
+                    .iter()
+                    .filter(|id| group(id).is_some())
+                    .map(|id| (*id).clone())
+                    .collect();
+                if self.confers_privilege(&spec.role, &scope)
+                    && let Some(why) = pim_proto::catalogue::groups_unfit_to_decide_privilege("approvers", &open)
+                {
+                    self.error(item, format!("policy of {}: approver_ids: {why}", spec.role));
+                }
                 match (&current, role_id.as_ref()) {
                     (Some(current), Some(role_id)) if approvers_exist => {
                         let policy = apb::RolePolicy {
@@ -562,22 +607,8 @@ impl<'a> Planner<'a> {
                         ));
                     }
                     _ => {
-                        // An approver is a group the directory holds, or one this file creates
-                        // (with whether it is role-assignable).
-                        let group = |id: &str| match self.snapshot.directory.resolve(id) {
-                            Ok(known) if known.kind == state::Kind::Group => Some(
-                                self.snapshot
-                                    .groups
-                                    .iter()
-                                    .any(|g| g.id == known.id && g.is_assignable_to_role),
-                            ),
-                            Ok(_) => None,
-                            Err(_) => self.new_groups.get(id.strip_prefix("group:").unwrap_or(id)).copied(),
-                        };
-                        let privileged = self.confers_privilege(&spec.role, &scope);
-                        if let Err(refused) =
-                            pim_assignment::check_new_policy(desired.clone(), &mask, privileged, &group)
-                        {
+                        let is_group = |id: &str| groups.contains(id);
+                        if let Err(refused) = pim_assignment::check_new_policy(desired.clone(), &mask, &is_group) {
                             self.error(item, format!("policy of {}: {}", spec.role, refused.message()));
                         }
                     }
