@@ -1121,3 +1121,65 @@ async fn people_ask_to_extend_and_renew_and_approvers_decide() -> anyhow::Result
     })
     .await
 }
+
+/// A role made privileged after its policy named an ordinary group as approver: that group's
+/// members approve nothing for it any more, whatever the policy still says (privileged access
+/// is approved through role-assignable groups only; Groups and User Administrators manage the
+/// members of any other group).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ordinary_group_approves_nothing_once_its_role_is_privileged() -> anyhow::Result<()> {
+    run(|w| async move {
+        let (lee, ann) = (w.user("lee").await?, w.user("ann").await?);
+        let helpers = w.group("refund helpers", &[&ann]).await?;
+        let mut roles = pim_proto::assignment::v1::role_service_client::RoleServiceClient::new(w.ts.channel.clone());
+        let role = roles
+            .create_role_definition(authed(
+                &w.admin,
+                apb::CreateRoleDefinitionRequest {
+                    name: "Refunder".into(),
+                    permissions: vec!["app.payments/refunds/approve".into()],
+                    ..Default::default()
+                },
+            ))
+            .await?
+            .into_inner();
+        w.set_policy(&role.id, |p| {
+            p.approval_required = true;
+            p.approval_stages = vec![ApprovalStageSettings {
+                approver_ids: vec![helpers.clone()],
+                ..stage(&[], 1)
+            }];
+        })
+        .await?;
+        let made = roles
+            .update_role_definition(authed(
+                &w.admin,
+                apb::UpdateRoleDefinitionRequest {
+                    role: role.id.clone(),
+                    permissions: vec!["app.payments/refunds/approve".into(), "pim.assignments.read".into()],
+                    ..Default::default()
+                },
+            ))
+            .await?
+            .into_inner();
+        assert!(made.privileged);
+        w.make_eligible(&lee, &role.id).await?;
+        let request = w
+            .assignments()
+            .create_request(authed(
+                &w.stepped_up(&lee)?,
+                activation(&role.id, HOUR_MS, "refund run"),
+            ))
+            .await?
+            .into_inner();
+        let approval = w.approval_of(&request.id).await?;
+        let refused = w
+            .approvals()
+            .decide(authed(&ann.token, decide(&approval.id, true, "ok")))
+            .await
+            .expect_err("an ordinary group decides nothing privileged");
+        assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+        Ok(w)
+    })
+    .await
+}

@@ -3,7 +3,6 @@
 //! expired by a durable timer, and handed back to assignment as ApprovalGranted / Denied /
 //! Expired events.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use sea_orm::{DatabaseTransaction, TransactionTrait};
@@ -33,7 +32,10 @@ const DEFAULT_TIMEOUT_MS: i64 = 24 * 3_600_000;
 /// Privileged Role or Global Administrator, which groups they own.
 #[derive(Default)]
 pub struct Asked {
-    groups: Option<HashSet<String>>,
+    /// The caller's groups, each with whether it is role-assignable.
+    groups: Option<std::collections::HashMap<String, bool>>,
+    /// Whether access to (role, scope) is privileged.
+    privileged: std::collections::HashMap<(String, String), bool>,
     administrator: Option<bool>,
     owned: std::collections::HashMap<String, bool>,
 }
@@ -306,7 +308,16 @@ impl Approvals {
                 Some(g) => g,
                 None => asked.groups.insert(self.services.groups_of(caller).await?),
             };
-            if named.iter().any(|id| groups.contains(id.as_str())) {
+            let through: Vec<bool> = named.iter().filter_map(|id| groups.get(id.as_str()).copied()).collect();
+            // Privileged access is decided through a role-assignable group only: any other
+            // group's members are managed by Groups and User Administrators (a policy set
+            // before that rule, or a role made privileged since, may still name one).
+            if through.contains(&true)
+                || (!through.is_empty()
+                    && !self
+                        .privileged_access(caller, &approval.role_id, &approval.scope, asked)
+                        .await?)
+            {
                 return Ok(true);
             }
         }
@@ -314,6 +325,23 @@ impl Approvals {
             return self.is_default_approver(caller, approval, asked).await;
         }
         Ok(false)
+    }
+
+    /// Whether access to (role, scope) is privileged, asked once per request.
+    pub(crate) async fn privileged_access(
+        &self,
+        caller: &Caller,
+        role_id: &str,
+        scope: &str,
+        asked: &mut Asked,
+    ) -> Result<bool> {
+        let key = (role_id.to_owned(), scope.to_owned());
+        if let Some(privileged) = asked.privileged.get(&key) {
+            return Ok(*privileged);
+        }
+        let privileged = self.services.is_privileged_access(caller, role_id, scope).await?;
+        asked.privileged.insert(key, privileged);
+        Ok(privileged)
     }
 
     /// Default approvers: whoever is active Privileged Role Administrator or Global

@@ -2,7 +2,7 @@
 //! ownership) and assignment (role definitions). Their answers come back in approval's
 //! words; their outages as UNAVAILABLE to retry, never as a decision.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 
 use tonic::transport::Channel;
 
@@ -33,8 +33,8 @@ impl Services {
         Ok(pim_runtime::access::directly_owns(&self.identity, caller, group_id).await?)
     }
 
-    /// The groups `caller` is a member of.
-    pub(crate) async fn groups_of(&self, caller: &Caller) -> Result<HashSet<String>> {
+    /// The groups `caller` is a member of, each with whether it is role-assignable.
+    pub(crate) async fn groups_of(&self, caller: &Caller) -> Result<HashMap<String, bool>> {
         let request = on_behalf_of(
             caller,
             ListPrincipalGroupsRequest {
@@ -52,7 +52,7 @@ impl Services {
             })?
             .into_inner()
             .groups;
-        Ok(groups.into_iter().map(|g| g.id).collect())
+        Ok(groups.into_iter().map(|g| (g.id, g.is_assignable_to_role)).collect())
     }
 
     /// The principal `id` (a user, a group or a service principal), where the directory holds
@@ -72,6 +72,24 @@ impl Services {
                 tracing::warn!(code = ?s.code(), "principal lookup failed");
                 Err(Error::Unavailable("the directory is unavailable; try again".into()))
             }
+        }
+    }
+
+    /// Whether access to `role_id` at `scope` is privileged: a privileged role, or access to a
+    /// role-assignable group. A role or group deleted since grants nothing to weigh: not.
+    pub(crate) async fn is_privileged_access(&self, caller: &Caller, role_id: &str, scope: &str) -> Result<bool> {
+        if let Some(group) =
+            pim_proto::catalogue::group_of_scope(scope).filter(|_| pim_proto::catalogue::is_group_access(role_id))
+        {
+            return Ok(self
+                .enabled_principal(caller, group)
+                .await?
+                .is_some_and(|g| g.is_assignable_to_role));
+        }
+        match self.role(caller, role_id).await {
+            Ok((_, privileged)) => Ok(privileged),
+            Err(Error::InvalidArgument { .. }) => Ok(false),
+            Err(err) => Err(err),
         }
     }
 

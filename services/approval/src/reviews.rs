@@ -4,7 +4,7 @@
 //! unanswered items take the default decision and, with auto-apply, denied assignments are
 //! removed through assignment (a ReviewRemovalRequested event it consumes).
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::time::Duration;
 
 use sea_orm::{DatabaseTransaction, TransactionTrait};
@@ -244,7 +244,7 @@ impl Approvals {
         &self,
         caller: &Caller,
         review: &ReviewRow,
-        groups: &mut Option<HashSet<String>>,
+        groups: &mut Option<HashMap<String, bool>>,
     ) -> Result<bool> {
         if review.reviewer_ids.contains(&caller.principal_id) {
             return Ok(true);
@@ -256,7 +256,19 @@ impl Approvals {
             Some(g) => g,
             None => groups.insert(self.services.groups_of(caller).await?),
         };
-        Ok(review.reviewer_ids.iter().any(|id| groups.contains(id)))
+        let through: Vec<bool> = review
+            .reviewer_ids
+            .iter()
+            .filter_map(|id| groups.get(id).copied())
+            .collect();
+        // Privileged access is reviewed through a role-assignable group only (as it is
+        // approved: `Approvals::may_decide`).
+        Ok(through.contains(&true)
+            || (!through.is_empty()
+                && !self
+                    .services
+                    .is_privileged_access(caller, &review.role_id, &review.scope)
+                    .await?))
     }
 
     pub async fn list_reviews(&self, caller: &Caller, after_id: &str, limit: usize) -> Result<Vec<ReviewRow>> {
@@ -285,7 +297,7 @@ impl Approvals {
         caller: &Caller,
         review: &ReviewRow,
         item: &ItemRow,
-        groups: &mut Option<HashSet<String>>,
+        groups: &mut Option<HashMap<String, bool>>,
     ) -> Result<bool> {
         // One's own access is one's own to attest only in a self-review; in a review by named
         // reviewers, the others decide it (or the review's default decision does). A group's
@@ -303,7 +315,7 @@ impl Approvals {
             Some(g) => g,
             None => groups.insert(self.services.groups_of(caller).await?),
         };
-        Ok(!groups.contains(&item.principal_id))
+        Ok(!groups.contains_key(&item.principal_id))
     }
 
     /// The current instance's items the caller reviews (of one review, or of every review in
