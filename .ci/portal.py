@@ -338,6 +338,15 @@ def main(pim: str) -> int:
             admin.goto(portal + "/admin/alerts")
             return admin.get_by_role("row").filter(has_text="policy_weakened").filter(has_text=role).count() == 1
         wait("the policy_weakened alert on the Alerts page", weakened_alert_shown, seconds=15)
+        # The administrator acknowledges it (about them: they may not close it); acknowledged,
+        # it is still in sight, among the acknowledged alerts.
+        listed = [json.loads(line) for line in up.run("alerts", "--output", "json").stdout.splitlines() if line]
+        weakened = next(a for a in listed if a["rule"] == "policy_weakened" and a["role"] == role)
+        up.run("alerts", "ack", weakened["id"])
+        admin.goto(portal + "/admin/alerts")
+        admin.get_by_role("link", name="Show the acknowledged alerts").click()
+        expect(admin.get_by_role("row").filter(has_text="policy_weakened").filter(has_text=role)).to_contain_text(
+            "About you: another administrator dismisses or resolves it")
 
         # Approval stages and notification rules in the same form: a second stage of Ann's
         # with a reason required, and administrators' activation mail also to the SOC; the

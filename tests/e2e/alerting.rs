@@ -378,6 +378,15 @@ async fn approvals_raise_self_approval_and_rubber_stamp_alerts() -> anyhow::Resu
             .await
             .expect_err("an alert about the admin");
         assert_eq!(own.code(), Code::PermissionDenied);
+        // Nor does Lee, whose request it stamped, once he manages alerts.
+        w.make_active(&lee.id, "Security Administrator").await?;
+        let beneficiary = w
+            .alerts()
+            .dismiss_alert(authed(&lee.token, because()))
+            .await
+            .expect_err("an alert about Lee's own request");
+        assert_eq!(beneficiary.code(), Code::PermissionDenied);
+        assert!(beneficiary.message().contains("about you"), "{beneficiary:?}");
         let ann = w.user("ann").await?;
         w.make_active(&ann.id, GLOBAL_ADMINISTRATOR).await?;
         let dismissed = w

@@ -483,12 +483,37 @@ async fn a_group_makes_up_the_approvals_a_stage_needs() -> anyhow::Result<()> {
         });
         let refused = w
             .assignments()
-            .create_request(authed(&w.stepped_up(&kim)?, ask))
+            .create_request(authed(&w.stepped_up(&kim)?, ask.clone()))
             .await
             .expect_err("nobody left to approve");
         assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
         assert_eq!(pim_runtime::grpc::violated_rules(&refused), vec!["ApprovalRule"]);
-        assert!(refused.message().contains("can decide any more"), "{refused:?}");
+        assert!(
+            refused
+                .message()
+                .contains("no approver of this policy can decide any more"),
+            "{refused:?}"
+        );
+        // Two of Ann and Bob, and Ann is disabled since: Bob alone cannot give two.
+        w.require_approval(vec![stage(&[&ann, &bob], 2)]).await?;
+        pim_proto::identity::v1::directory_service_client::DirectoryServiceClient::new(w.ts.channel.clone())
+            .disable_user(authed(
+                &w.admin,
+                pim_proto::identity::v1::GetUserRequest { user: ann.id.clone() },
+            ))
+            .await?;
+        let refused = w
+            .assignments()
+            .create_request(authed(&w.stepped_up(&kim)?, ask))
+            .await
+            .expect_err("too few left to approve");
+        assert_eq!(pim_runtime::grpc::violated_rules(&refused), vec!["ApprovalRule"]);
+        assert!(
+            refused
+                .message()
+                .contains("only 1 approver of this policy can decide any more, and it needs 2"),
+            "{refused:?}"
+        );
         Ok(w)
     })
     .await

@@ -38,14 +38,35 @@ fn status_text(status: i32) -> &'static str {
     }
 }
 
-/// GET /admin/alerts[?page=TOKEN]: open alerts, most severe first as alerting lists them.
-pub async fn alerts(caller: Caller, Query(paging): Query<crate::view::Paging>) -> Html<String> {
+/// Which alerts the page lists: open ones, or (`?status=acknowledged`) those acknowledged and
+/// not yet closed.
+#[derive(serde::Deserialize)]
+pub struct AlertsQuery {
+    #[serde(default)]
+    page: String,
+    #[serde(default)]
+    status: String,
+}
+
+/// GET /admin/alerts[?status=acknowledged][&page=TOKEN]: open (or acknowledged) alerts, most
+/// severe first as alerting lists them.
+pub async fn alerts(caller: Caller, Query(query): Query<AlertsQuery>) -> Html<String> {
+    let acknowledged = query.status == "acknowledged";
+    let (status, other, other_link) = if acknowledged {
+        (lpb::AlertStatus::Acknowledged, "open", "/admin/alerts")
+    } else {
+        (
+            lpb::AlertStatus::Open,
+            "acknowledged",
+            "/admin/alerts?status=acknowledged",
+        )
+    };
     let content = async {
         let listed = alerts_client(&caller)
             .list_alerts(caller.request(lpb::ListAlertsRequest {
-                status: lpb::AlertStatus::Open as i32,
+                status: status as i32,
                 page_size: PAGE_SIZE,
-                page_token: paging.page.clone(),
+                page_token: query.page.clone(),
                 ..Default::default()
             }))
             .await?
@@ -55,8 +76,9 @@ pub async fn alerts(caller: Caller, Query(paging): Query<crate::view::Paging>) -
         let roles = crate::lookup::role_names(&caller).await?;
         let role = |id: &str| roles.get(id).cloned().unwrap_or_default();
         Ok::<_, Failure>(html! {
+            p { a href=(other_link) { "Show the " (other) " alerts" } }
             @if listed.alerts.is_empty() {
-                p { "No open alerts." }
+                p { "No " (status_text(status as i32)) " alerts." }
             } @else {
                 table {
                     thead { tr { th scope="col" { "Severity" } th scope="col" { "Rule" } th scope="col" { "Who" } th scope="col" { "Role" } th scope="col" { "Scope" } th scope="col" { "Last seen" } th scope="col" { "Count" } th scope="col" { "Status" } th scope="col" { "Change" } } }
@@ -89,7 +111,7 @@ pub async fn alerts(caller: Caller, Query(paging): Query<crate::view::Paging>) -
             }
             @if !listed.next_page_token.is_empty() {
                 nav aria-label="Pages" {
-                    a href=(format!("/admin/alerts?page={}", listed.next_page_token)) { "Next page" }
+                    a href=(format!("/admin/alerts?status={}&page={}", status_text(status as i32), listed.next_page_token)) { "Next page" }
                 }
             }
         })

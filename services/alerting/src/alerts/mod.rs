@@ -296,8 +296,15 @@ impl Alerts {
         if alert.status.is_closed() {
             return Err(Error::FailedPrecondition(format!("alert is already {}", alert.status)));
         }
-        // Nobody closes the case against themselves (acknowledging it keeps it in sight).
-        if status.is_closed() && !alert.principal_id.is_empty() && alert.principal_id == caller.principal_id {
+        // Nobody closes the case against themselves (acknowledging it keeps it in sight): the
+        // alert's principal, nor the requester a decision it flags was for (a rubber stamp).
+        let about = [Some(&alert.principal_id), alert.figures.get("requester_id")];
+        if status.is_closed()
+            && about
+                .into_iter()
+                .flatten()
+                .any(|id| !id.is_empty() && *id == caller.principal_id)
+        {
             return Err(Error::PermissionDenied(
                 "this alert is about you: another administrator dismisses or resolves it".into(),
             ));

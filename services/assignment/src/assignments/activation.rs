@@ -37,9 +37,13 @@ impl Assignments {
                 break;
             }
             // Asked of the directory only for a request nothing else refuses.
-            if violations.is_empty() && !stage.others.is_empty() && !self.any_can_decide(caller, &stage.others).await? {
-                violations.push(stage.nobody_left());
-                break;
+            let needed = stage.approvals_required as usize;
+            if violations.is_empty() && !stage.others.is_empty() {
+                let left = self.still_deciding(caller, &stage.others, needed).await?;
+                if left < needed {
+                    violations.push(stage.too_few_left(left));
+                    break;
+                }
             }
         }
         let mfa = MfaState {

@@ -228,17 +228,22 @@ impl Assignments {
         Ok(false)
     }
 
-    /// Whether the directory still holds one of `ids` enabled, to decide (the first found ends
-    /// the search).
-    pub(super) async fn any_can_decide(&self, caller: &Caller, ids: &[String]) -> Result<bool> {
+    /// How many of `ids` the directory still holds enabled, to decide, counting up to
+    /// `enough` (a group counts as enough: its members may make up the number).
+    pub(super) async fn still_deciding(&self, caller: &Caller, ids: &[String], enough: usize) -> Result<usize> {
+        let mut found = 0;
         for id in ids.iter().filter(|id| uuid::Uuid::parse_str(id).is_ok()) {
             match self.principal(caller, id).await {
-                Ok(_) => return Ok(true),
+                Ok(p) if p.kind == PrincipalKind::Group => return Ok(enough),
+                Ok(_) => found += 1,
                 Err(Error::NotFound(_) | Error::FailedPrecondition(_)) => {}
                 Err(err) => return Err(err),
             }
+            if found >= enough {
+                break;
+            }
         }
-        Ok(false)
+        Ok(found)
     }
 
     /// Refuses approvers the directory does not hold, or holds disabled: an approval waiting

@@ -66,15 +66,21 @@ impl ShortStage {
         self.names_requester && self.others.len() < self.approvals_required as usize
     }
 
-    /// The refusal where none of the others named is a principal the directory still holds
-    /// enabled (deleted or disabled since the policy named them): nobody could decide.
-    pub fn nobody_left(&self) -> RuleViolation {
+    /// The refusal where only `left` of the others named (none of them a group) are
+    /// principals the directory still holds enabled, fewer than the approvals the stage needs:
+    /// the others were deleted or disabled since the policy named them.
+    pub fn too_few_left(&self, left: usize) -> RuleViolation {
         let of_stage = self.stage.map(|n| format!(" of stage {n}")).unwrap_or_default();
+        let who = match left {
+            0 => "no approver".to_owned(),
+            n => format!("only {n} approver{}", if n == 1 { "" } else { "s" }),
+        };
         violation(
             "ApprovalRule",
             format!(
-                "no approver{of_stage} of this policy can decide any more (each was deleted or disabled since it was \
-                 named); ask an administrator to name others"
+                "{who}{of_stage} of this policy can decide any more, and it needs {} approvals (the others were \
+                 deleted or disabled since they were named); ask an administrator to name others",
+                self.approvals_required
             ),
         )
     }
