@@ -1176,6 +1176,17 @@ async fn an_ordinary_group_approves_nothing_once_its_role_is_privileged() -> any
             }];
         })
         .await?;
+        // Lee asks while the role is ordinary; it is made privileged before anyone decides.
+        w.make_eligible(&lee, &role.id).await?;
+        let request = w
+            .assignments()
+            .create_request(authed(
+                &w.stepped_up(&lee)?,
+                activation(&role.id, HOUR_MS, "refund run"),
+            ))
+            .await?
+            .into_inner();
+        let approval = w.approval_of(&request.id).await?;
         let made = roles
             .update_role_definition(authed(
                 &w.admin,
@@ -1188,22 +1199,25 @@ async fn an_ordinary_group_approves_nothing_once_its_role_is_privileged() -> any
             .await?
             .into_inner();
         assert!(made.privileged);
-        w.make_eligible(&lee, &role.id).await?;
-        let request = w
-            .assignments()
-            .create_request(authed(
-                &w.stepped_up(&lee)?,
-                activation(&role.id, HOUR_MS, "refund run"),
-            ))
-            .await?
-            .into_inner();
-        let approval = w.approval_of(&request.id).await?;
         let refused = w
             .approvals()
             .decide(authed(&ann.token, decide(&approval.id, true, "ok")))
             .await
             .expect_err("an ordinary group decides nothing privileged");
         assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+        // Asked now, the request is refused at once: nobody could decide it.
+        w.assignments()
+            .cancel_request(authed(&lee.token, apb::GetRequestRequest { request_id: request.id }))
+            .await?;
+        let again = w
+            .assignments()
+            .create_request(authed(
+                &w.stepped_up(&lee)?,
+                activation(&role.id, HOUR_MS, "refund run"),
+            ))
+            .await
+            .expect_err("no approver left who may decide");
+        assert_eq!(pim_runtime::grpc::violated_rules(&again), vec!["ApprovalRule"]);
         Ok(w)
     })
     .await

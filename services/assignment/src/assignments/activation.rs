@@ -39,7 +39,9 @@ impl Assignments {
             // Asked of the directory only for a request nothing else refuses.
             let needed = stage.approvals_required as usize;
             if violations.is_empty() && !stage.others.is_empty() {
-                let left = self.still_deciding(caller, &stage.others, needed).await?;
+                let left = self
+                    .still_deciding(caller, &stage.others, needed, role.privileged)
+                    .await?;
                 if left < needed {
                     violations.push(stage.too_few_left(left));
                     break;

@@ -229,11 +229,19 @@ impl Assignments {
     }
 
     /// How many of `ids` the directory still holds enabled, to decide, counting up to
-    /// `enough` (a group counts as enough: its members may make up the number).
-    pub(super) async fn still_deciding(&self, caller: &Caller, ids: &[String], enough: usize) -> Result<usize> {
+    /// `enough` (a group counts as enough: its members may make up the number; for
+    /// `privileged` access, only a role-assignable group decides at all).
+    pub(super) async fn still_deciding(
+        &self,
+        caller: &Caller,
+        ids: &[String],
+        enough: usize,
+        privileged: bool,
+    ) -> Result<usize> {
         let mut found = 0;
         for id in ids.iter().filter(|id| uuid::Uuid::parse_str(id).is_ok()) {
             match self.principal(caller, id).await {
+                Ok(p) if p.kind == PrincipalKind::Group && privileged && !p.is_assignable_to_role => {}
                 Ok(p) if p.kind == PrincipalKind::Group => return Ok(enough),
                 Ok(_) => found += 1,
                 Err(Error::NotFound(_) | Error::FailedPrecondition(_)) => {}
