@@ -154,7 +154,6 @@ pub fn rule(id: &str) -> Option<&'static RuleDef> {
     RULES.iter().find(|r| r.id == id)
 }
 
-/// A rule's settings in force: its defaults overlaid with what was stored.
 /// Whether changing `setting` from `before` to `after` makes its rule see less: a higher
 /// count, share or age to reach, or a shorter window or a quicker decision to count. A setting
 /// this does not name is taken as weaker whichever way it moves.
@@ -166,6 +165,7 @@ pub fn weakens(setting: &str, before: i64, after: i64) -> bool {
     }
 }
 
+/// A rule's settings in force: its defaults overlaid with what was stored.
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub enabled: bool,

@@ -33,7 +33,7 @@ const DEFAULT_TIMEOUT_MS: i64 = 24 * 3_600_000;
 #[derive(Default)]
 pub struct Asked {
     /// The caller's groups, each with whether it is role-assignable.
-    groups: Option<std::collections::HashMap<String, bool>>,
+    pub(crate) groups: Option<std::collections::HashMap<String, bool>>,
     /// Whether access to (role, scope) is privileged.
     privileged: std::collections::HashMap<(String, String), bool>,
     administrator: Option<bool>,

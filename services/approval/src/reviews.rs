@@ -4,7 +4,6 @@
 //! unanswered items take the default decision and, with auto-apply, denied assignments are
 //! removed through assignment (a ReviewRemovalRequested event it consumes).
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use sea_orm::{DatabaseTransaction, TransactionTrait};
@@ -16,7 +15,7 @@ use pim_proto::events::v1::{self as ev, Happening, ReviewEvent};
 use pim_runtime::access::{permissions, require};
 use pim_runtime::auth::Caller;
 
-use crate::approvals::Approvals;
+use crate::approvals::{Approvals, Asked};
 use crate::domain::{Decision, ReviewStatus};
 use crate::store::{self, ItemRow, ReviewRow};
 use pim_runtime::error::{Error, Result};
@@ -233,28 +232,24 @@ impl Approvals {
             return Ok(review);
         }
         match require(self.access.as_ref(), caller, permissions::REVIEWS_MANAGE, &review.scope).await {
-            Err(refused) if !self.is_reviewer(caller, &review, &mut None).await? => Err(refused.into()),
+            Err(refused) if !self.is_reviewer(caller, &review, &mut Asked::default()).await? => Err(refused.into()),
             _ => Ok(review),
         }
     }
 
-    /// Whether `caller` reviews for `review`: named, or a user in a named group (`groups`
-    /// holds the caller's groups once asked, so a call asks identity at most once).
-    async fn is_reviewer(
-        &self,
-        caller: &Caller,
-        review: &ReviewRow,
-        groups: &mut Option<HashMap<String, bool>>,
-    ) -> Result<bool> {
+    /// Whether `caller` reviews for `review`: named, or a user in a named group (`asked`
+    /// holds the caller's groups, and whether access is privileged, once asked, so a call asks
+    /// identity at most once for each).
+    async fn is_reviewer(&self, caller: &Caller, review: &ReviewRow, asked: &mut Asked) -> Result<bool> {
         if review.reviewer_ids.contains(&caller.principal_id) {
             return Ok(true);
         }
         if caller.kind != PrincipalKind::User || review.reviewer_ids.is_empty() {
             return Ok(false);
         }
-        let groups = match groups {
+        let groups = match &mut asked.groups {
             Some(g) => g,
-            None => groups.insert(self.services.groups_of(caller).await?),
+            None => asked.groups.insert(self.services.groups_of(caller).await?),
         };
         let through: Vec<bool> = review
             .reviewer_ids
@@ -266,8 +261,7 @@ impl Approvals {
         Ok(through.contains(&true)
             || (!through.is_empty()
                 && !self
-                    .services
-                    .is_privileged_access(caller, &review.role_id, &review.scope)
+                    .privileged_access(caller, &review.role_id, &review.scope, asked)
                     .await?))
     }
 
@@ -275,14 +269,14 @@ impl Approvals {
         let manager = require(self.access.as_ref(), caller, permissions::REVIEWS_MANAGE, "/")
             .await
             .is_ok();
-        let (mut out, mut groups) = (Vec::new(), None);
+        let (mut out, mut asked) = (Vec::new(), Asked::default());
         let mut after = after_id.to_owned();
         loop {
             let rows = store::reviews(&self.db, &after, limit as u64).await?;
             let exhausted = rows.len() < limit;
             for r in rows {
                 after = r.id.clone();
-                if out.len() < limit && (manager || r.self_review || self.is_reviewer(caller, &r, &mut groups).await?) {
+                if out.len() < limit && (manager || r.self_review || self.is_reviewer(caller, &r, &mut asked).await?) {
                     out.push(r);
                 }
             }
@@ -292,28 +286,22 @@ impl Approvals {
         }
     }
 
-    async fn may_review(
-        &self,
-        caller: &Caller,
-        review: &ReviewRow,
-        item: &ItemRow,
-        groups: &mut Option<HashMap<String, bool>>,
-    ) -> Result<bool> {
+    async fn may_review(&self, caller: &Caller, review: &ReviewRow, item: &ItemRow, asked: &mut Asked) -> Result<bool> {
         // One's own access is one's own to attest only in a self-review; in a review by named
         // reviewers, the others decide it (or the review's default decision does). A group's
         // access is its members' own too.
         if is_own(item, caller) {
             return Ok(review.self_review);
         }
-        if !self.is_reviewer(caller, review, groups).await? {
+        if !self.is_reviewer(caller, review, asked).await? {
             return Ok(false);
         }
         if caller.kind != PrincipalKind::User {
             return Ok(true);
         }
-        let groups = match groups {
+        let groups = match &mut asked.groups {
             Some(g) => g,
-            None => groups.insert(self.services.groups_of(caller).await?),
+            None => asked.groups.insert(self.services.groups_of(caller).await?),
         };
         Ok(!groups.contains_key(&item.principal_id))
     }
@@ -325,11 +313,11 @@ impl Approvals {
             Some(id) => vec![self.review_for(caller, id).await?],
             None => self.list_reviews(caller, "", 1000).await?,
         };
-        let (mut out, mut groups) = (Vec::new(), None);
+        let (mut out, mut asked) = (Vec::new(), Asked::default());
         for review in reviews.into_iter().filter(|r| r.status == ReviewStatus::InProgress) {
             let items = store::items(&self.db, &review.id, review.instance).await?;
             for item in items {
-                if self.may_review(caller, &review, &item, &mut groups).await? {
+                if self.may_review(caller, &review, &item, &mut asked).await? {
                     out.push(item);
                 }
             }
@@ -365,7 +353,7 @@ impl Approvals {
         let review = store::review(&self.db, &item.review_id, false)
             .await?
             .ok_or_else(|| Error::NotFound("access review".into()))?;
-        if !self.may_review(caller, &review, &item, &mut None).await? {
+        if !self.may_review(caller, &review, &item, &mut Asked::default()).await? {
             return Err(Error::PermissionDenied(
                 "you are not a reviewer of this item (no one reviews their own access, nor a group's they are in: the review's other reviewers decide it)".into(),
             ));

@@ -93,7 +93,8 @@ pub async fn alerts(caller: Caller, Query(query): Query<AlertsQuery>) -> Html<St
                                 td { (moment(timestamp(&a.last_seen))) }
                                 td { (a.count) }
                                 td { (status_text(a.status)) }
-                                @if a.principal_id == caller.user.principal_id {
+                                @if a.principal_id == caller.user.principal_id
+                                    || a.figures.get("requester_id") == Some(&caller.user.principal_id) {
                                     td { "About you: another administrator dismisses or resolves it" }
                                 } @else { td {
                                     form.decide method="post" action=(format!("/admin/alerts/{}", a.id)) {

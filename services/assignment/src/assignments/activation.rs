@@ -31,6 +31,7 @@ impl Assignments {
         // A stage nobody could decide is refused now rather than left to expire: one that
         // would need the caller's approval (nobody approves their own request), or whose
         // approvers were all deleted or disabled since they were named.
+        let mut privileged = None;
         for stage in policy.named_deciders(&caller.principal_id) {
             if stage.is_short() && (stage.others.is_empty() || !self.names_a_group(caller, &stage.others).await?) {
                 violations.push(stage.violation());
@@ -39,9 +40,11 @@ impl Assignments {
             // Asked of the directory only for a request nothing else refuses.
             let needed = stage.approvals_required as usize;
             if violations.is_empty() && !stage.others.is_empty() {
-                let left = self
-                    .still_deciding(caller, &stage.others, needed, role.privileged)
-                    .await?;
+                let privileged = match privileged {
+                    Some(privileged) => privileged,
+                    None => *privileged.insert(self.confers_privilege(caller, &role, &scope).await?),
+                };
+                let left = self.still_deciding(caller, &stage.others, needed, privileged).await?;
                 if left < needed {
                     violations.push(stage.too_few_left(left));
                     break;

@@ -60,6 +60,15 @@ impl Assignments {
         let may_apps = self
             .authorize(caller, permissions::SERVICE_PRINCIPALS_MANAGE, &Scope::root())
             .await;
+        for refused in [&may_users, &may_apps] {
+            if let Err(fault) = refused
+                && !matches!(fault, Error::PermissionDenied(_))
+            {
+                return Err(Error::Unavailable(format!(
+                    "cannot tell whether you may do this yet: {fault}"
+                )));
+            }
+        }
         if may_users.is_err() && may_apps.is_err() {
             return Err(Error::PermissionDenied(format!(
                 "requires permission {} or {} at scope /",

@@ -228,6 +228,23 @@ impl Assignments {
         Ok(false)
     }
 
+    /// Whether access to `role` at `scope` is privileged: a privileged role, or access to a
+    /// role-assignable group.
+    pub(super) async fn confers_privilege(
+        &self,
+        caller: &Caller,
+        role: &store::RoleRow,
+        scope: &Scope,
+    ) -> Result<bool> {
+        if role.privileged {
+            return Ok(true);
+        }
+        match group_of_scope(scope.as_str()).filter(|_| is_group_access(&role.id)) {
+            Some(group) => Ok(self.group(caller, group).await?.is_assignable_to_role),
+            None => Ok(false),
+        }
+    }
+
     /// How many of `ids` the directory still holds enabled, to decide, counting up to
     /// `enough` (a group counts as enough: its members may make up the number; for
     /// `privileged` access, only a role-assignable group decides at all).

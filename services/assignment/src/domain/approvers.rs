@@ -79,7 +79,8 @@ impl ShortStage {
             "ApprovalRule",
             format!(
                 "{who}{of_stage} of this policy can decide any more, and it needs {} approvals (the others were \
-                 deleted or disabled since they were named); ask an administrator to name others",
+                 deleted or disabled since they were named, or are groups that are not role-assignable, which decide \
+                 no privileged access); ask an administrator to name others",
                 self.approvals_required
             ),
         )
