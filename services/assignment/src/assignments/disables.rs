@@ -64,9 +64,10 @@ impl Assignments {
             if let Err(fault) = refused
                 && !matches!(fault, Error::PermissionDenied(_))
             {
-                return Err(Error::Unavailable(format!(
-                    "cannot tell whether you may do this yet: {fault}"
-                )));
+                tracing::warn!(error = %fault, "a permission check for a disable told directly failed");
+                return Err(Error::Unavailable(
+                    "cannot tell yet whether you may do this; try again".into(),
+                ));
             }
         }
         if may_users.is_err() && may_apps.is_err() {
