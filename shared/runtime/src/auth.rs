@@ -982,6 +982,39 @@ mod tests {
         assert!(r.is_revoked(&caller("p4", "s5", 8)));
     }
 
+    /// What no token can outlive any more is forgotten at the next load, so the lists the
+    /// poll keeps taking in do not grow for ever.
+    #[test]
+    fn loaded_revocations_no_token_outlives_are_forgotten() {
+        let r = Revocations::default();
+        let now = crate::db::now_ms();
+        r.load(RevocationList {
+            session_tags: vec![revocation_tag("s1")],
+            principal_tags: vec![
+                (revocation_tag("p-old"), now - REMEMBER_MS - 1_000),
+                (revocation_tag("p-new"), now - 1_000),
+            ],
+        });
+        // A session remembered until a moment now past, as a day-old load leaves it.
+        r.loaded_sessions
+            .write()
+            .unwrap()
+            .insert(revocation_tag("s-old"), now - 1);
+        r.load(RevocationList::default());
+        let sessions = r.loaded_sessions.read().unwrap();
+        assert_eq!(
+            sessions.keys().collect::<Vec<_>>(),
+            vec![&revocation_tag("s1")],
+            "the session no token outlives is forgotten, the recent one kept"
+        );
+        let principals = r.loaded_principals.read().unwrap();
+        assert_eq!(
+            principals.keys().collect::<Vec<_>>(),
+            vec![&revocation_tag("p-new")],
+            "the principal's revocation no token outlives is forgotten, the recent one kept"
+        );
+    }
+
     #[tokio::test]
     async fn a_pending_sign_in_may_only_complete_itself_or_sign_out() {
         let verifier = TokenVerifier::new(Arc::new(Fixed(vec![published("k1", &key(1))])));
