@@ -161,6 +161,8 @@ def compose_problems(compose: dict, collector: dict, init_sql: str) -> list[str]
             problems.append(f"compose: {service} has no event signing key of its own")
         if "PIM_EVENT_VERIFYING_KEYS" not in environment:
             problems.append(f"compose: {service} has no PIM_EVENT_VERIFYING_KEYS")
+    if services.get("identity", {}).get("environment", {}).get("PIM_APPROVAL_URL") != "http://approval:50051":
+        problems.append("compose: identity does not know where approval is (PIM_APPROVAL_URL)")
     gateway = services.get("gateway", {})
     if gateway.get("command") != ["serve", "gateway"]:
         problems.append("compose: the gateway does not run pim serve gateway")

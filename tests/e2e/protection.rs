@@ -42,7 +42,7 @@ async fn privileged_users_credentials_need_privileged_administrators() -> anyhow
         let mut directory = DirectoryServiceClient::new(ts.channel.clone());
         let mut assignments = AssignmentServiceClient::new(ts.channel.clone());
         let mut ids = std::collections::HashMap::new();
-        for name in ["ann", "lee", "kim", "bob"] {
+        for name in ["ann", "lee", "kim", "bob", "dee"] {
             let u = directory
                 .create_user(authed(
                     &admin,
@@ -182,6 +182,53 @@ async fn privileged_users_credentials_need_privileged_administrators() -> anyhow
             refused.message().contains("approves Global Administrator"),
             "{refused:?}"
         );
+
+        // So are a reviewer's, while an access review of privileged access is not over: in
+        // Kim's hands they would keep or remove Global Administrators.
+        use pim_proto::approval::v1 as rpb;
+        use pim_proto::approval::v1::access_review_service_client::AccessReviewServiceClient;
+        let mut reviews = AccessReviewServiceClient::new(ts.channel.clone());
+        directory
+            .reset_password(authed(&kim, reset("dee", "dee's second passphrase")))
+            .await?;
+        let review = rpb::AccessReview {
+            name: "Global Administrators, quarterly".into(),
+            role_id: pim_proto::catalogue::GLOBAL_ADMINISTRATOR.into(),
+            reviewer_ids: vec![ids["dee"].clone()],
+            ..Default::default()
+        };
+        let review = reviews
+            .create_review(authed(&admin, rpb::CreateReviewRequest { review: Some(review) }))
+            .await?
+            .into_inner();
+        let refused = directory
+            .reset_password(authed(&kim, reset("dee", "taken over passphrase")))
+            .await
+            .expect_err("Dee reviews Global Administrators");
+        assert_eq!(refused.code(), Code::PermissionDenied);
+        assert!(
+            refused
+                .message()
+                .contains("reviews privileged access in the access review 'Global Administrators, quarterly'"),
+            "{refused:?}"
+        );
+        assert!(ts.sign_in("dee", "dee's second passphrase").await.is_ok());
+        let asked = rpb::ListPrivilegedReviewsOfRequest {
+            principal_id: ids["dee"].clone(),
+        };
+        let ann = ts.sign_in("ann", "ann's brand new passphrase").await?;
+        let refused = reviews
+            .list_privileged_reviews_of(authed(&ann, asked))
+            .await
+            .expect_err("Ann may neither reset credentials nor manage reviews");
+        assert_eq!(refused.code(), Code::PermissionDenied);
+        // Once the review is over, Dee is an ordinary user again.
+        reviews
+            .stop_review(authed(&admin, rpb::GetReviewRequest { review_id: review.id }))
+            .await?;
+        directory
+            .reset_password(authed(&kim, reset("dee", "dee's third passphrase")))
+            .await?;
         anyhow::Ok(())
     }
     .await;

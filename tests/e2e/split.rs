@@ -56,6 +56,8 @@ async fn start_hosts(services: &[(ServiceName, String)]) -> anyhow::Result<(Vec<
             ("PIM_STREAM_PREFIX", prefix.clone()),
             ("PIM_IDENTITY_URL", urls[0].clone()),
             ("PIM_ASSIGNMENT_URL", urls[1].clone()),
+            // No host here serves approval: identity's questions to it find nobody.
+            ("PIM_APPROVAL_URL", "http://127.0.0.1:9".into()),
         ])?;
         let mut options = SuiteOptions::new(config, BTreeMap::from([(*service, database.url.clone())]));
         options.listener = Some(listener);

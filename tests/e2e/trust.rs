@@ -358,6 +358,7 @@ async fn a_sign_in_lockout_holds_across_aliases_replicas_and_restarts() -> anyho
         ("PIM_REDIS_URL", pim_runtime::testing::redis_url()),
         ("PIM_STREAM_PREFIX", ts.stream_prefix.clone()),
         ("PIM_ASSIGNMENT_URL", ts.suite.url().to_owned()),
+        ("PIM_APPROVAL_URL", ts.suite.url().to_owned()),
     ])?;
     let mut options = SuiteOptions::new(
         config,

@@ -265,6 +265,39 @@ impl Approvals {
                     .await?))
     }
 
+    /// The open reviews (not started or in progress) of privileged access that name
+    /// `principal_id` as a reviewer: whoever holds their credentials decides that access, so
+    /// identity asks before a credential administrator changes them. A group named reviews
+    /// privileged access only if role-assignable, and its members are protected as such.
+    pub async fn privileged_reviews_of(&self, caller: &Caller, principal_id: &str) -> Result<Vec<ReviewRow>> {
+        if require(self.access.as_ref(), caller, permissions::CREDENTIALS_RESET, "/")
+            .await
+            .is_err()
+        {
+            require(self.access.as_ref(), caller, permissions::REVIEWS_MANAGE, "/").await?;
+        }
+        const PAGE: usize = 200;
+        let (mut out, mut asked) = (Vec::new(), Asked::default());
+        let mut after = String::new();
+        loop {
+            let rows = store::reviews(&self.db, &after, PAGE as u64).await?;
+            let exhausted = rows.len() < PAGE;
+            for r in rows {
+                after = r.id.clone();
+                let open = matches!(r.status, ReviewStatus::NotStarted | ReviewStatus::InProgress);
+                if open
+                    && r.reviewer_ids.iter().any(|id| id == principal_id)
+                    && self.privileged_access(caller, &r.role_id, &r.scope, &mut asked).await?
+                {
+                    out.push(r);
+                }
+            }
+            if exhausted {
+                return Ok(out);
+            }
+        }
+    }
+
     pub async fn list_reviews(&self, caller: &Caller, after_id: &str, limit: usize) -> Result<Vec<ReviewRow>> {
         let manager = require(self.access.as_ref(), caller, permissions::REVIEWS_MANAGE, "/")
             .await

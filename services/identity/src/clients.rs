@@ -2,6 +2,8 @@
 
 use tonic::transport::Channel;
 
+use pim_proto::approval::v1::ListPrivilegedReviewsOfRequest;
+use pim_proto::approval::v1::access_review_service_client::AccessReviewServiceClient;
 use pim_proto::assignment::v1 as apb;
 use pim_proto::assignment::v1::assignment_service_client::AssignmentServiceClient;
 use pim_proto::assignment::v1::policy_service_client::PolicyServiceClient;
@@ -17,6 +19,33 @@ fn unavailable(status: tonic::Status) -> Error {
     match Error::from(status) {
         refused @ (Error::PermissionDenied(_) | Error::Unauthenticated(_)) => refused,
         _ => Error::Unavailable("cannot tell whether the user is privileged; try again".into()),
+    }
+}
+
+/// The approval service's access reviews, for the privileged question.
+#[derive(Clone)]
+pub struct ReviewClient(AccessReviewServiceClient<Channel>);
+
+impl ReviewClient {
+    pub fn new(channel: Channel) -> Self {
+        Self(AccessReviewServiceClient::new(channel))
+    }
+
+    /// The names of the open access reviews of privileged access that name `principal_id` as
+    /// a reviewer.
+    pub async fn privileged_reviews_of(&self, caller: &Caller, principal_id: &str) -> Result<Vec<String>> {
+        let asked = ListPrivilegedReviewsOfRequest {
+            principal_id: principal_id.to_owned(),
+        };
+        let reviews = self
+            .0
+            .clone()
+            .list_privileged_reviews_of(on_behalf_of(caller, asked)?)
+            .await
+            .map_err(unavailable)?
+            .into_inner()
+            .reviews;
+        Ok(reviews.into_iter().map(|r| r.name).collect())
     }
 }
 

@@ -1,7 +1,7 @@
 //! Credential protection: the password, MFA, sign-in and profile of anyone who is a member or
 //! owner of a role-assignable group (whether or not the group holds a role yet), eligible
-//! for or holding a privileged role (directly or through a group), or named to approve
-//! privileged access, are changed only by
+//! for or holding a privileged role (directly or through a group), or named to approve or
+//! review privileged access, are changed only by
 //! Privileged Authentication Administrators and Global Administrators; Authentication and
 //! User Administrators manage everyone else. Group links are identity's own; who holds which
 //! role is asked of assignment, on the caller's behalf.
@@ -103,6 +103,19 @@ impl Directory {
                     user.user_name
                 )));
             }
+        }
+        // So does whoever reviews it: their decisions keep or remove it.
+        if let Some(review) = self
+            .reviews
+            .privileged_reviews_of(caller, &user.id)
+            .await?
+            .into_iter()
+            .next()
+        {
+            return Ok(Some(format!(
+                "{} reviews privileged access in the access review '{review}'",
+                user.user_name
+            )));
         }
         Ok(None)
     }

@@ -265,6 +265,15 @@ impl Suite {
         };
         let identity_channel = grpc::channel(&peer(ServiceName::Identity, &config.identity_url)?, &config.tls)?;
         let assignment_channel = grpc::channel(&peer(ServiceName::Assignment, &config.assignment_url)?, &config.tls)?;
+        // Identity asks approval who reviews privileged access (credential protection).
+        let approval_channel = if hosted.contains(&ServiceName::Identity) {
+            Some(grpc::channel(
+                &peer(ServiceName::Approval, &config.approval_url)?,
+                &config.tls,
+            )?)
+        } else {
+            None
+        };
         let cache = Arc::new(CachedAccess::new(
             Arc::new(RemoteAccess::new(assignment_channel.clone())),
             config.access_cache_ttl,
@@ -287,6 +296,7 @@ impl Suite {
                 access: access.clone(),
                 identity: identity_channel.clone(),
                 assignment: assignment_channel.clone(),
+                approval: approval_channel.clone(),
                 clock: options.clock.clone(),
             };
             let service: Arc<dyn Service> = match name {

@@ -24,6 +24,9 @@ pub struct Deps {
     /// Channels to the identity and assignment services (in `pim up`, the process itself).
     pub identity: Channel,
     pub assignment: Channel,
+    /// The channel to the approval service, for a service that asks it (identity: who reviews
+    /// privileged access); `None` in a process that hosts no such service.
+    pub approval: Option<Channel>,
     /// Where the service reads the time (a manual clock in tests).
     pub clock: Arc<dyn Clock>,
 }

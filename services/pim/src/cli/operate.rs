@@ -357,6 +357,7 @@ pub(crate) async fn bootstrap(identity_database: String, assignment_database: St
         access: access.clone(),
         identity: channel.clone(),
         assignment: channel.clone(),
+        approval: Some(channel.clone()),
         clock: std::sync::Arc::new(pim_runtime::clock::SystemClock),
     };
     let identity = pim_identity::Identity::build(deps(pim_runtime::db::connect(&identity_database).await?)).await?;
