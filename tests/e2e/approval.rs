@@ -1218,6 +1218,79 @@ async fn an_ordinary_group_approves_nothing_once_its_role_is_privileged() -> any
             .await
             .expect_err("no approver left who may decide");
         assert_eq!(pim_runtime::grpc::violated_rules(&again), vec!["ApprovalRule"]);
+
+        // Access to a role-assignable group is privileged too. Its policy may not name an
+        // ordinary group; one stored before that rule (written here into the database) is
+        // decided by nobody, so Lee's request for membership is refused at once.
+        use pim_proto::assignment::v1::policy_service_client::PolicyServiceClient;
+        use pim_proto::catalogue::{GROUP_MEMBER, group_scope};
+        let tier0 = w.role_assignable_group("Tier 0").await?;
+        let scope = group_scope(&tier0);
+        let mut policies = PolicyServiceClient::new(w.ts.channel.clone());
+        let asked = apb::GetRolePolicyRequest {
+            role_id: GROUP_MEMBER.into(),
+            scope: scope.clone(),
+        };
+        let mut policy = policies.get_role_policy(authed(&w.admin, asked)).await?.into_inner();
+        policy.approval_required = true;
+        policy.approval_stages = vec![ApprovalStageSettings {
+            approver_ids: vec![helpers.clone()],
+            ..stage(&[], 1)
+        }];
+        let update = |policy: &apb::RolePolicy| apb::UpdateRolePolicyRequest {
+            policy: Some(policy.clone()),
+            ..Default::default()
+        };
+        let refused = policies
+            .update_role_policy(authed(&w.admin, update(&policy)))
+            .await
+            .expect_err("an ordinary group decides nothing privileged");
+        assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+        policy.approval_stages[0].approver_ids = vec![ann.id.clone()];
+        policies.update_role_policy(authed(&w.admin, update(&policy))).await?;
+        let url = w.ts.database_url(pim::ServiceName::Assignment).expect("its database");
+        pim_runtime::db::exec(
+            &pim_runtime::db::connect(url).await?,
+            "UPDATE role_policies SET policy = REPLACE(policy, $1, $2) WHERE role_id = $3 AND scope = $4",
+            vec![
+                ann.id.clone().into(),
+                helpers.clone().into(),
+                GROUP_MEMBER.into(),
+                scope.clone().into(),
+            ],
+        )
+        .await?;
+        w.assignments()
+            .create_request(authed(
+                &w.admin,
+                apb::CreateRequestRequest {
+                    scope: scope.clone(),
+                    justification: "tier 0 on call".into(),
+                    ..crate::activation::request(
+                        apb::RequestAction::AdminAssign,
+                        apb::AssignmentKind::Eligible,
+                        &lee.id,
+                        GROUP_MEMBER,
+                    )
+                },
+            ))
+            .await?;
+        let refused = w
+            .assignments()
+            .create_request(authed(
+                &w.stepped_up(&lee)?,
+                apb::CreateRequestRequest {
+                    scope,
+                    ..activation(GROUP_MEMBER, HOUR_MS, "tier 0 on call")
+                },
+            ))
+            .await
+            .expect_err("only an ordinary group would decide");
+        assert_eq!(
+            pim_runtime::grpc::violated_rules(&refused),
+            vec!["ApprovalRule"],
+            "{refused:?}"
+        );
         Ok(w)
     })
     .await
