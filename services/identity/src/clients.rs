@@ -146,47 +146,21 @@ impl AssignmentClients {
         }
     }
 
-    /// The policies that ask for approval and name `principal_id` among their approvers
-    /// (escalation included), of the privileged roles and of group access: (role id, role
-    /// name, scope) each, group access at its group's scope for the caller to weigh.
-    pub async fn approves(&self, caller: &Caller, principal_id: &str) -> Result<Vec<(String, String, String)>> {
-        let roles = self
-            .roles
+    /// The privileged access a policy asking for approval names `principal_id` to approve
+    /// (escalation included), as assignment reads its policies: (role name, scope).
+    pub async fn approves(&self, caller: &Caller, principal_id: &str) -> Result<Vec<(String, String)>> {
+        let asked = apb::ListAccessApprovedByRequest {
+            principal_id: principal_id.to_owned(),
+        };
+        let approved = self
+            .policies
             .clone()
-            .list_role_definitions(on_behalf_of(caller, apb::ListRoleDefinitionsRequest {})?)
+            .list_access_approved_by(on_behalf_of(caller, asked)?)
             .await
             .map_err(unavailable)?
             .into_inner()
-            .roles;
-        let mut approves = Vec::new();
-        for role in roles
-            .iter()
-            .filter(|r| r.privileged || pim_proto::catalogue::is_group_access(&r.id))
-        {
-            let asked = apb::ListRolePoliciesRequest {
-                role_id: role.id.clone(),
-            };
-            let set = self
-                .policies
-                .clone()
-                .list_role_policies(on_behalf_of(caller, asked)?)
-                .await
-                .map_err(unavailable)?
-                .into_inner()
-                .policies;
-            for policy in set.iter().filter(|p| p.approval_required) {
-                let named = policy.approver_ids.iter().chain(
-                    policy
-                        .approval_stages
-                        .iter()
-                        .flat_map(|s| s.approver_ids.iter().chain(&s.escalation_approver_ids)),
-                );
-                if named.into_iter().any(|id| id == principal_id) {
-                    approves.push((role.id.clone(), role.name.clone(), policy.scope.clone()));
-                }
-            }
-        }
-        Ok(approves)
+            .access;
+        Ok(approved.into_iter().map(|a| (a.role_name, a.scope)).collect())
     }
 
     /// Tells assignment of a disable committed as of `as_of` (its event's time), to apply now.

@@ -90,19 +90,11 @@ impl Directory {
         }
         // Whoever approves privileged access holds its keys too: their credentials in other
         // hands would approve it.
-        for (role_id, role, scope) in self.assignment.approves(caller, &user.id).await? {
-            let privileged = match catalogue::group_of_scope(&scope).filter(|_| catalogue::is_group_access(&role_id)) {
-                Some(group) => store::find_group(&self.db, group)
-                    .await?
-                    .is_some_and(|g| g.is_assignable_to_role),
-                None => true,
-            };
-            if privileged {
-                return Ok(Some(format!(
-                    "{} approves {role} at {scope}, which is privileged access",
-                    user.user_name
-                )));
-            }
+        if let Some((role, scope)) = self.assignment.approves(caller, &user.id).await?.into_iter().next() {
+            return Ok(Some(format!(
+                "{} approves {role} at {scope}, which is privileged access",
+                user.user_name
+            )));
         }
         // So does whoever reviews it: their decisions keep or remove it.
         if let Some(review) = self
@@ -199,6 +191,9 @@ impl Directory {
             user_id: target.id.clone(),
             user_name: target.user_name.clone(),
         };
+        if enabled {
+            self.after_the_disables_second(&target.id).await?;
+        }
         // Who holds a permanent Global Administrator assignment is assignment's to say, asked
         // before the transaction; whether they are enabled is read in it, locked.
         let holders = if enabled {
@@ -225,6 +220,20 @@ impl Directory {
         }
         target.enabled = enabled;
         Ok(target)
+    }
+
+    /// A token tells when it was issued to the second, and a disable refuses the tokens issued
+    /// up to it: an enable in the disable's second waits until that second is over (a second
+    /// at most), so no token a sign-in gets after the enable counts as issued before the
+    /// disable.
+    async fn after_the_disables_second(&self, user_id: &str) -> Result<()> {
+        let Some(revoked_at) = store::principal_revoked_at(&self.db, user_id).await? else {
+            return Ok(());
+        };
+        let next_second = (revoked_at.div_euclid(1000) + 1) * 1000;
+        let wait = (next_second - pim_runtime::db::now_ms()).clamp(0, 1000);
+        tokio::time::sleep(std::time::Duration::from_millis(wait as u64)).await;
+        Ok(())
     }
 
     /// The last-Global-Administrator protection, on the directory's side: assignment counts

@@ -82,6 +82,34 @@ impl Assignments {
         Ok(PolicyAt::new(role.id, scope.as_str(), policy, set_at.as_deref()))
     }
 
+    /// The privileged access (role, scope) whose policy asks for approval and names
+    /// `principal_id` among its approvers, escalation included: whoever holds that principal's
+    /// credentials would approve it, so identity protects them.
+    pub async fn access_approved_by(
+        &self,
+        caller: &Caller,
+        principal_id: &str,
+    ) -> Result<Vec<(store::RoleRow, Scope)>> {
+        let mut approved = Vec::new();
+        for (role, scope, json) in store::every_policy(&self.db).await? {
+            let policy: Policy = serde_json::from_str(&json).map_err(|e| Error::Internal(e.into()))?;
+            if !policy.approval_required || !policy_approvers(&policy).any(|id| id == principal_id) {
+                continue;
+            }
+            // A role deleted since governs nothing any more.
+            let (Some(role), Ok(scope)) = (self.roles.find(&role), Scope::parse(&scope)) else {
+                continue;
+            };
+            // Nor does one of access to a group deleted since.
+            match self.confers_privilege(caller, &role, &scope).await {
+                Ok(true) => approved.push((role, scope)),
+                Ok(false) | Err(Error::NotFound(_)) => {}
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(approved)
+    }
+
     /// Every policy set for a role, by scope.
     pub async fn policies_set(&self, role: &str) -> Result<Vec<PolicyAt>> {
         let role = self.role(role)?;

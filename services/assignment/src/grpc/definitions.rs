@@ -114,6 +114,28 @@ impl PolicyService for Assignments {
             policies: set.into_iter().map(policy_to_pb).collect(),
         }))
     }
+
+    async fn list_access_approved_by(
+        &self,
+        request: Request<pb::ListAccessApprovedByRequest>,
+    ) -> Result<Response<pb::ListAccessApprovedByResponse>, Status> {
+        let caller = caller(&request)?.clone();
+        let principal = request.get_ref().principal_id.trim();
+        if uuid::Uuid::parse_str(principal).is_err() {
+            return Err(Error::invalid("principal_id", "a principal id (UUID)").into());
+        }
+        let approved = self.access_approved_by(&caller, principal).await?;
+        Ok(Response::new(pb::ListAccessApprovedByResponse {
+            access: approved
+                .into_iter()
+                .map(|(role, scope)| pb::list_access_approved_by_response::Access {
+                    role_id: role.id,
+                    role_name: role.name,
+                    scope: scope.as_str().to_owned(),
+                })
+                .collect(),
+        }))
+    }
 }
 
 /// Checks the settings `mask` names in `asked` as `UpdateRolePolicy` would over the defaults

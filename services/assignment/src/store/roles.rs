@@ -159,6 +159,19 @@ pub async fn policies<C: ConnectionTrait>(c: &C, role_id: &str) -> Result<Vec<(S
     .collect()
 }
 
+/// Every stored policy: (role id, scope, policy JSON).
+pub async fn every_policy<C: ConnectionTrait>(c: &C) -> Result<Vec<(String, String, String)>, DbErr> {
+    db::query(
+        c,
+        "SELECT role_id, scope, policy FROM role_policies ORDER BY role_id, scope",
+        vec![],
+    )
+    .await?
+    .iter()
+    .map(|r| Ok((col(r, "role_id")?, col(r, "scope")?, col(r, "policy")?)))
+    .collect()
+}
+
 /// Removes every policy set at `scope` (a deleted group's): how many.
 pub async fn delete_policies_at<C: ConnectionTrait>(c: &C, scope: &str) -> Result<u64, DbErr> {
     db::exec(c, "DELETE FROM role_policies WHERE scope = $1", vec![scope.into()]).await

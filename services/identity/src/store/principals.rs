@@ -417,6 +417,19 @@ pub async fn revoke_principal<C: ConnectionTrait>(c: &C, principal_id: &str, at:
     .map(drop)
 }
 
+/// Up to when (ms) a principal's tokens are refused, if they were ever revoked whole.
+pub async fn principal_revoked_at<C: ConnectionTrait>(c: &C, principal_id: &str) -> Result<Option<i64>, DbErr> {
+    db::query(
+        c,
+        "SELECT revoked_at FROM revoked_principals WHERE principal_id = $1",
+        vec![principal_id.into()],
+    )
+    .await?
+    .first()
+    .map(|r| col(r, "revoked_at"))
+    .transpose()
+}
+
 /// Sessions revoked after `since`, and principals whose tokens up to a time are refused (those
 /// revoked after `since`).
 pub async fn revocations_since<C: ConnectionTrait>(
