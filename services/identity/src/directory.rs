@@ -47,6 +47,11 @@ impl NewUser {
                 "may hold only letters, digits and . _ - @ +",
             ));
         }
+        // Ids and names share one field in every lookup: a name that reads as an id would
+        // stand for another principal wherever that id is given.
+        if uuid::Uuid::parse_str(&self.user_name).is_ok() {
+            return Err(Error::invalid("user_name", "must not read as an id (a UUID)"));
+        }
         self.display_name = self.display_name.trim().to_owned();
         if self.display_name.is_empty() {
             self.display_name = self.user_name.clone();

@@ -292,7 +292,9 @@ impl DirectoryService for Directory {
         let r = request.into_inner();
         let user = required("user", &r.user)?;
         Directory::reset_password(self, &caller, user, &r.new_password).await?;
-        Ok(Response::new(pb::ResetPasswordResponse {}))
+        // The sessions it ended stop working before it answers.
+        let token = self.settled().await;
+        Ok(answer(pb::ResetPasswordResponse {}, token.as_ref()))
     }
 
     async fn update_user(&self, request: Request<pb::UpdateUserRequest>) -> Result<Response<pb::User>, Status> {
@@ -474,7 +476,9 @@ impl AuthService for Directory {
     async fn sign_out(&self, request: Request<pb::SignOutRequest>) -> Result<Response<pb::SignOutResponse>, Status> {
         let caller = caller(&request)?.clone();
         Directory::sign_out(self, &caller, &request.get_ref().refresh_token).await?;
-        Ok(Response::new(pb::SignOutResponse {}))
+        // The session's tokens stop working before it answers.
+        let token = self.settled().await;
+        Ok(answer(pb::SignOutResponse {}, token.as_ref()))
     }
 
     async fn change_password(
@@ -487,7 +491,8 @@ impl AuthService for Directory {
             return Err(pim_runtime::grpc::invalid_argument("current_password", "required"));
         }
         Directory::change_password(self, &caller, &r.current_password, &r.new_password).await?;
-        Ok(Response::new(pb::ChangePasswordResponse {}))
+        let token = self.settled().await;
+        Ok(answer(pb::ChangePasswordResponse {}, token.as_ref()))
     }
 
     async fn rotate_signing_key(
@@ -671,7 +676,8 @@ impl MfaService for Directory {
         let caller = caller(&request)?.clone();
         let user = required("user", &request.get_ref().user)?;
         Directory::reset_mfa(self, &caller, user).await?;
-        Ok(Response::new(pb::ResetMfaResponse {}))
+        let token = self.settled().await;
+        Ok(answer(pb::ResetMfaResponse {}, token.as_ref()))
     }
 
     async fn create_enrollment_pass(

@@ -595,9 +595,7 @@ impl Directory {
     /// Removes a user's MFA methods and recovery codes (credential protection applies), and
     /// opens the enrolment window so they can enrol again with their password.
     pub async fn reset_mfa(&self, caller: &Caller, user: &str) -> Result<()> {
-        let found = store::find_user(&self.db, user.trim())
-            .await?
-            .ok_or_else(|| Error::NotFound(format!("user {}", user.trim())))?;
+        let found = self.target_user(caller, user, permissions::CREDENTIALS_RESET).await?;
         self.require_credential_admin(caller, &found).await?;
         let event = Self::mfa_fact(caller, &found.id, "all", "", "reset");
         let window_end = self.clock.now_ms() + self.enrollment_window.as_millis() as i64;
@@ -622,9 +620,7 @@ impl Directory {
         lifetime_ms: Option<i64>,
         uses: Option<i32>,
     ) -> Result<(EnrollmentPassRow, String)> {
-        let target = store::find_user(&self.db, user.trim())
-            .await?
-            .ok_or_else(|| Error::NotFound(format!("user {}", user.trim())))?;
+        let target = self.target_user(caller, user, permissions::CREDENTIALS_RESET).await?;
         self.require_credential_admin(caller, &target).await?;
         let lifetime = lifetime_ms.unwrap_or(PASS_DEFAULT_LIFETIME_MS);
         if !PASS_LIFETIME_MS.contains(&lifetime) {

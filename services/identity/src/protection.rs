@@ -146,7 +146,10 @@ impl Directory {
         }
     }
 
-    async fn target_user(&self, user: &str) -> Result<UserRow> {
+    /// The user a change by the caller is about, once the caller holds `permission`: whoever
+    /// may not change users learns nothing of who exists (and the refusal is audited).
+    pub(crate) async fn target_user(&self, caller: &Caller, user: &str, permission: &str) -> Result<UserRow> {
+        require(self.access.as_ref(), caller, permission, "/").await?;
         store::find_user(&self.db, user.trim())
             .await?
             .ok_or_else(|| Error::NotFound(format!("user {}", user.trim())))
@@ -154,7 +157,7 @@ impl Directory {
 
     /// Sets a new password for a user (an administrator's reset).
     pub async fn reset_password(&self, caller: &Caller, user: &str, new_password: &str) -> Result<()> {
-        let target = self.target_user(user).await?;
+        let target = self.target_user(caller, user, permissions::CREDENTIALS_RESET).await?;
         self.require_credential_admin(caller, &target).await?;
         credentials::check_password_rules(new_password)?;
         let hash = credentials::hash(new_password).await?;
@@ -175,8 +178,7 @@ impl Directory {
 
     /// Disables or enables a user's sign-in.
     pub async fn set_enabled(&self, caller: &Caller, user: &str, enabled: bool) -> Result<UserRow> {
-        let mut target = self.target_user(user).await?;
-        require(self.access.as_ref(), caller, permissions::USERS_MANAGE, "/").await?;
+        let mut target = self.target_user(caller, user, permissions::USERS_MANAGE).await?;
         self.require_credential_admin(caller, &target).await?;
         if target.id == caller.principal_id && !enabled {
             return Err(Error::FailedPrecondition("you cannot disable yourself".into()));
@@ -280,8 +282,7 @@ impl Directory {
     /// Changes a user's display name and email (directory writers; privileged users only by
     /// credential administrators, as their name is what approvers see).
     pub async fn update_user(&self, caller: &Caller, user: &str, display_name: &str, email: &str) -> Result<UserRow> {
-        require(self.access.as_ref(), caller, permissions::USERS_MANAGE, "/").await?;
-        let mut target = self.target_user(user).await?;
+        let mut target = self.target_user(caller, user, permissions::USERS_MANAGE).await?;
         self.require_credential_admin(caller, &target).await?;
         let display_name = crate::directory::checked_display_name(display_name)?;
         let email = crate::directory::checked_email(email)?;
@@ -305,8 +306,7 @@ impl Directory {
     /// Deletes a user who holds no role and may activate none (remove their assignments first:
     /// no assignment is left pointing at nobody, and the last Global Administrator stays).
     pub async fn delete_user(&self, caller: &Caller, user: &str) -> Result<()> {
-        require(self.access.as_ref(), caller, permissions::USERS_MANAGE, "/").await?;
-        let target = self.target_user(user).await?;
+        let target = self.target_user(caller, user, permissions::USERS_MANAGE).await?;
         if target.id == caller.principal_id {
             return Err(Error::FailedPrecondition("you cannot delete yourself".into()));
         }

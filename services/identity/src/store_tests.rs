@@ -396,3 +396,33 @@ async fn a_sign_in_holds_the_password_it_checked_and_a_reset_meanwhile_waits_or_
     })
     .await
 }
+
+/// What reads as an id is only ever taken as one: a user named after another principal's id
+/// (stored before names were checked) is found by that id neither in its place nor at all,
+/// only by its own id; a name is still found in any case.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_that_reads_as_an_id_never_stands_for_it() -> anyhow::Result<()> {
+    on_both(|db| async move {
+        let lee = user("lee");
+        let group_id = uuid::Uuid::now_v7().to_string();
+        let shadow = user(&group_id);
+        let named_after_lee = user(&lee.id);
+        for u in [&lee, &shadow, &named_after_lee] {
+            store::insert_user(&db, u).await?;
+        }
+        assert!(
+            store::find_user(&db, &group_id).await?.is_none(),
+            "the group's id names no user"
+        );
+        let found = |key: String| {
+            let db = db.clone();
+            async move { anyhow::Ok(store::find_user(&db, &key).await?.map(|u| u.id)) }
+        };
+        assert_eq!(found(lee.id.clone()).await?, Some(lee.id.clone()));
+        assert_eq!(found("LEE".into()).await?, Some(lee.id.clone()));
+        assert_eq!(found(shadow.id.clone()).await?, Some(shadow.id.clone()));
+        assert_eq!(found(named_after_lee.id.clone()).await?, Some(named_after_lee.id));
+        Ok(())
+    })
+    .await
+}

@@ -74,16 +74,21 @@ pub async fn disabled_users<C: ConnectionTrait>(c: &C) -> Result<Vec<UserRow>, D
     db::rows(c, &sql, vec![], UserRow::from_row).await
 }
 
-/// A user by id or by (lower-cased) user name.
+/// A user by id, or by (lower-cased) user name. What reads as an id (a UUID) is only ever
+/// taken as one: a user named after another principal's id never stands for it.
 pub async fn find_user<C: ConnectionTrait>(c: &C, id_or_name: &str) -> Result<Option<UserRow>, DbErr> {
-    let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1 OR user_name = $2");
-    db::row(
-        c,
-        &sql,
-        vec![id_or_name.into(), id_or_name.to_lowercase().into()],
-        UserRow::from_row,
-    )
-    .await
+    let (sql, key) = if uuid::Uuid::parse_str(id_or_name).is_ok() {
+        (
+            format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1"),
+            id_or_name.to_owned(),
+        )
+    } else {
+        (
+            format!("SELECT {USER_COLUMNS} FROM users WHERE user_name = $1"),
+            id_or_name.to_lowercase(),
+        )
+    };
+    db::row(c, &sql, vec![key.into()], UserRow::from_row).await
 }
 
 /// A LIKE pattern (with `ESCAPE '\\'`) for values containing `filter`, compared with
