@@ -436,7 +436,7 @@ async fn sessions_end_everywhere(ts: TestSuite) -> anyhow::Result<()> {
     let result = async {
         let admin = ts.admin_token().await?;
         let mut directory = DirectoryServiceClient::new(ts.channel.clone());
-        directory
+        let lee = directory
             .create_user(authed(
                 &admin,
                 ipb::CreateUserRequest {
@@ -445,7 +445,8 @@ async fn sessions_end_everywhere(ts: TestSuite) -> anyhow::Result<()> {
                     ..Default::default()
                 },
             ))
-            .await?;
+            .await?
+            .into_inner();
         let mut auth = AuthServiceClient::new(ts.channel.clone());
         let signed_in = auth
             .sign_in(ipb::SignInRequest {
@@ -501,6 +502,48 @@ async fn sessions_end_everywhere(ts: TestSuite) -> anyhow::Result<()> {
         let refused = works(refreshed.access_token.clone()).await.expect_err("signed out");
         assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
         hold_back(&ts, streams::IDENTITY, false).await?;
+        // The ended session's token used again is a refusal on record, once however often it
+        // comes back (a client retrying it, or a thief), naming whose it was; a token that is
+        // not valid is on record too, once, naming nobody.
+        works(refreshed.access_token.clone())
+            .await
+            .expect_err("still signed out");
+        for _ in 0..2 {
+            works("e30.e30.c2lnbmF0dXJl".into())
+                .await
+                .expect_err("not a token identity issued");
+        }
+        let (revoked, invalid) = eventually(Duration::from_secs(10), "the refused tokens on record", || async {
+            let records = ts
+                .audit_records(
+                    &admin,
+                    pim_proto::audit::v1::QueryEventsRequest {
+                        outcome: "failure".into(),
+                        ..Default::default()
+                    },
+                )
+                .await?;
+            let denied = |reason: &str| {
+                records
+                    .iter()
+                    .filter(|r| r.action.ends_with("AccessDenied") && r.payload_json.contains(reason))
+                    .cloned()
+                    .collect::<Vec<_>>()
+            };
+            let (revoked, invalid) = (denied("a session that ended"), denied("not valid"));
+            Ok((!revoked.is_empty() && !invalid.is_empty()).then_some((revoked, invalid)))
+        })
+        .await?;
+        assert_eq!(
+            revoked.iter().map(|r| r.actor_id.as_str()).collect::<Vec<_>>(),
+            vec![lee.id.as_str()],
+            "{revoked:?}"
+        );
+        assert_eq!(
+            invalid.iter().map(|r| r.actor_id.as_str()).collect::<Vec<_>>(),
+            vec![""],
+            "{invalid:?}"
+        );
         let after = auth
             .refresh(ipb::RefreshRequest {
                 refresh_token: refreshed.refresh_token.clone(),

@@ -151,7 +151,8 @@ impl Denials {
 #[async_trait::async_trait]
 impl Refusals for Denials {
     async fn refused(&self, caller: &Actor, method: &str, status: &tonic::Status) {
-        if !pim_runtime::grpc::is_recorded_refusal(status) {
+        // The layer passes UNAUTHENTICATED only for the refused tokens worth a record.
+        if !pim_runtime::grpc::is_recorded_refusal(status) && status.code() != tonic::Code::Unauthenticated {
             return;
         }
         let service = method.trim_start_matches('/').split('/').next().unwrap_or_default();

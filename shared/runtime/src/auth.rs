@@ -293,8 +293,10 @@ pub enum TokenError {
     Invalid,
     #[error("cannot fetch signing keys")]
     KeysUnavailable,
+    /// The token verified, but its session ended (signed out, or its user disabled): the
+    /// caller it named, for the record.
     #[error("session ended: sign in again")]
-    Revoked,
+    Revoked(Arc<Caller>),
     #[error("cannot tell yet whether the session was revoked: retry in a moment")]
     RevocationsUnknown,
 }
@@ -548,7 +550,7 @@ impl TokenVerifier {
             }
         };
         if self.revocations.is_revoked(&caller) {
-            return Err(TokenError::Revoked);
+            return Err(TokenError::Revoked(caller));
         }
         if remembered {
             return Ok(caller);
@@ -630,7 +632,8 @@ pub const SELF_AUDITED_METHODS: &[&str] = &[
 /// leaves, with the authenticated caller, the method and the answer, for every
 /// PERMISSION_DENIED and FAILED_PRECONDITION: the sink records the former, and of the latter a
 /// protection's refusal (the grpc module's `LAST_GLOBAL_ADMINISTRATOR_RULE`; a step-up asked for
-/// is no refusal).
+/// is no refusal). And with UNAUTHENTICATED for a refused token worth a record (see
+/// `Rejections`): the caller its session named, or an unknown one for a token not valid.
 #[async_trait::async_trait]
 pub trait Refusals: Send + Sync {
     async fn refused(&self, caller: &pim_proto::common::v1::Actor, method: &str, status: &Status);
@@ -676,6 +679,82 @@ pub struct AuthLayer {
     verifier: Arc<TokenVerifier>,
     public: Arc<HashSet<&'static str>>,
     refusals: Option<Arc<dyn Refusals>>,
+    rejections: Arc<Rejections>,
+}
+
+/// How often one refused token is recorded at most: a client retrying a dead token, or
+/// someone sending forged ones by the thousand, writes a record now and then, not one a call.
+const RECORD_REJECTION_EVERY_MS: i64 = 60_000;
+
+/// The tokens refused that are worth a record: one of a session that ended (a token used
+/// again after a sign-out or a disable, perhaps stolen), once a minute per session; one that
+/// is not valid (not signed by identity, or altered), once a minute in all, with how many
+/// more came meanwhile. An expired or missing token is routine, and not recorded.
+#[derive(Default)]
+struct Rejections {
+    /// session (or principal) → when its refusal was last recorded (ms)
+    revoked: std::sync::Mutex<HashMap<String, i64>>,
+    /// when an invalid token was last recorded (ms), and how many came since
+    invalid: std::sync::Mutex<(i64, u64)>,
+}
+
+/// The most sessions whose refusals are remembered (a flood of distinct ones forgets the
+/// oldest first).
+const MAX_REMEMBERED_REJECTIONS: usize = 10_000;
+
+impl Rejections {
+    /// The actor and reason to record for `err` now, if any.
+    fn worth_recording(&self, err: &TokenError) -> Option<(pim_proto::common::v1::Actor, String)> {
+        let now = crate::db::now_ms();
+        match err {
+            TokenError::Revoked(caller) => {
+                let key = if caller.session_id.is_empty() {
+                    &caller.principal_id
+                } else {
+                    &caller.session_id
+                };
+                let mut revoked = self.revoked.lock().unwrap_or_else(|e| e.into_inner());
+                if revoked.get(key).is_some_and(|at| now - at < RECORD_REJECTION_EVERY_MS) {
+                    return None;
+                }
+                if revoked.len() >= MAX_REMEMBERED_REJECTIONS {
+                    revoked.retain(|_, at| now - *at < RECORD_REJECTION_EVERY_MS);
+                    if revoked.len() >= MAX_REMEMBERED_REJECTIONS {
+                        revoked.clear();
+                    }
+                }
+                revoked.insert(key.clone(), now);
+                Some((
+                    caller.actor(),
+                    "a token of a session that ended (signed out, or its user disabled) was used again".into(),
+                ))
+            }
+            TokenError::Invalid => {
+                let mut invalid = self.invalid.lock().unwrap_or_else(|e| e.into_inner());
+                let (last, more) = *invalid;
+                if now - last < RECORD_REJECTION_EVERY_MS {
+                    *invalid = (last, more + 1);
+                    return None;
+                }
+                *invalid = (now, 0);
+                let more = if more > 0 {
+                    format!("; {more} more since the last one recorded")
+                } else {
+                    String::new()
+                };
+                let unknown = pim_proto::common::v1::Actor {
+                    principal_id: String::new(),
+                    kind: PrincipalKind::Unspecified as i32,
+                    display_name: "unauthenticated caller".into(),
+                };
+                Some((
+                    unknown,
+                    format!("an access token that is not valid (not signed by identity, or altered){more}"),
+                ))
+            }
+            _ => None,
+        }
+    }
 }
 
 impl AuthLayer {
@@ -684,6 +763,7 @@ impl AuthLayer {
             verifier,
             public: Arc::new(PUBLIC_METHODS.iter().copied().collect()),
             refusals: None,
+            rejections: Arc::default(),
         }
     }
 
@@ -796,7 +876,17 @@ where
                     }
                     response
                 }
-                Err(err) => Ok(Status::from(err).into_http()),
+                Err(err) => {
+                    // A token refused is a security decision too: recorded now and then.
+                    if let Some(refusals) = &layer.refusals
+                        && let Some((actor, reason)) = layer.rejections.worth_recording(&err)
+                    {
+                        refusals
+                            .refused(&actor, &method, &Status::unauthenticated(reason))
+                            .await;
+                    }
+                    Ok(Status::from(err).into_http())
+                }
             }
         };
         Box::pin(crate::telemetry::traced(span, traceparent.as_deref(), async move {
