@@ -109,6 +109,22 @@ async fn step_up_with_totp_then_activate() -> anyhow::Result<()> {
             .await
             .expect_err("a code works once");
         assert_eq!(replay.code(), Code::Unauthenticated);
+        // The caller hears only that the code is wrong; the audit log tells a code used
+        // before (relayed, or phished) from a mistyped one.
+        let query = pim_proto::audit::v1::QueryEventsRequest {
+            action: "pim.identity.v1.MfaFailed".into(),
+            actor_id: lee.clone(),
+            ..Default::default()
+        };
+        pim_e2e::eventually(std::time::Duration::from_secs(10), "the replays audited", || {
+            let (ts, admin, query) = (&ts, admin.clone(), query.clone());
+            async move {
+                let records = ts.audit_records(&admin, query).await?;
+                let replays = records.iter().filter(|r| r.payload_json.contains("replayed_code"));
+                Ok((replays.count() == 2).then_some(()))
+            }
+        })
+        .await?;
 
         let activated = AssignmentServiceClient::new(ts.channel.clone())
             .create_request(authed(&stepped.access_token, activation()))

@@ -364,13 +364,19 @@ impl Directory {
     /// A wrong answer on attempt `attempt`: audited, and the one that reaches the limit locks
     /// MFA. Returns the error to answer with.
     pub(crate) async fn failed(&self, caller: &Caller, factor: Factor, attempt: i32) -> Error {
+        self.failed_because(caller, factor, attempt, "bad_code").await
+    }
+
+    /// [`Self::failed`], audited with `reason` (`replayed_code`: a right code used before, the
+    /// sign of a relayed or phished one; the caller is told only that it is wrong).
+    pub(crate) async fn failed_because(&self, caller: &Caller, factor: Factor, attempt: i32, reason: &str) -> Error {
         let now = self.clock.now_ms();
         let locked = attempt >= MAX_FAILURES;
         let outcome = async {
             if locked {
                 store::lock_mfa(&self.db, &caller.principal_id, now + LOCKOUT_MS).await?;
             }
-            self.mfa_event(EventType::MfaFailed, caller, Some(factor), "bad_code")
+            self.mfa_event(EventType::MfaFailed, caller, Some(factor), reason)
                 .await?;
             if locked {
                 self.mfa_event(EventType::MfaLockedOut, caller, Some(factor), "too_many_failures")
@@ -406,13 +412,16 @@ impl Directory {
         let attempt = self.take_attempt(caller).await?;
         if looks_like_totp(code) {
             let now_secs = (now_ms() / 1000) as u64;
+            let mut replayed = false;
             // Only authenticator apps have codes (a passkey's row holds no sealed seed).
             for method in methods.iter().filter(|m| m.kind == Factor::Totp) {
                 let seed = self.sealer.open(&method.secret, &method.id)?;
                 // A code is accepted once: its step must be later than the last one used.
-                if let Some(step) = matching_step(&totp(seed, &user.user_name)?, code, now_secs)
-                    && store::use_step(&self.db, &method.id, step, false).await?
-                {
+                let Some(step) = matching_step(&totp(seed, &user.user_name)?, code, now_secs) else {
+                    continue;
+                };
+                replayed = true;
+                if store::use_step(&self.db, &method.id, step, false).await? {
                     let txn = self.db.begin().await?;
                     store::clear_mfa_failures(&txn, &user.id).await?;
                     let event = Self::mfa_fact(caller, &user.id, Factor::Totp.as_str(), &method.id, "");
@@ -421,7 +430,8 @@ impl Directory {
                         .await;
                 }
             }
-            return Err(self.failed(caller, Factor::Totp, attempt).await);
+            let reason = if replayed { "replayed_code" } else { "bad_code" };
+            return Err(self.failed_because(caller, Factor::Totp, attempt, reason).await);
         }
         if !store::use_recovery_code(&self.db, &user.id, &recovery_hash(code), now_ms()).await? {
             return Err(self.failed(caller, Factor::RecoveryCode, attempt).await);
