@@ -322,17 +322,28 @@ async fn every_refusal_is_audited_and_exported_as_a_failure() -> anyhow::Result<
     crate::activation::run_on_both(|w| async move {
         let eve = w.user("eve").await?;
         let token = w.stepped_up(&eve)?;
-        // An activation the eligibility rule refuses.
+        // An activation the eligibility rule refuses, at a scope spelt as the caller likes: on
+        // record as a grant would be, so a search by scope finds it.
         let refused = w
             .assignments()
-            .create_request(authed(&token, activation(EXCHANGE_ADMINISTRATOR, HOUR_MS, "let me in")))
+            .create_request(authed(
+                &token,
+                apb::CreateRequestRequest {
+                    scope: "/Apps/Payments/".into(),
+                    ..activation(EXCHANGE_ADMINISTRATOR, HOUR_MS, "let me in")
+                },
+            ))
             .await
             .expect_err("eve is not eligible");
         assert_eq!(refused.code(), Code::FailedPrecondition);
         let record = failure_record(&w, "RequestRefused", &eve.id).await?;
         assert_eq!(
-            (record.target_id.as_str(), record.role_id.as_str()),
-            (eve.id.as_str(), EXCHANGE_ADMINISTRATOR)
+            (
+                record.target_id.as_str(),
+                record.role_id.as_str(),
+                record.scope.as_str()
+            ),
+            (eve.id.as_str(), EXCHANGE_ADMINISTRATOR, "/apps/payments")
         );
         let payload: serde_json::Value = serde_json::from_str(&record.payload_json)?;
         assert_eq!(payload["action"], "selfActivate");

@@ -610,7 +610,10 @@ impl Assignments {
                 .map(|r| r.id.clone())
                 .unwrap_or_else(|| bounded(&asked.role_id)),
             role_name: role.map(|r| r.name).unwrap_or_default(),
-            scope: bounded(&asked.scope),
+            // As a grant would keep it, so a search by scope finds the refusals too.
+            scope: crate::domain::Scope::parse(&asked.scope)
+                .map(|s| s.as_str().to_owned())
+                .unwrap_or_else(|_| bounded(&asked.scope)),
             code: format!("{:?}", status.code()),
             rules: pim_runtime::grpc::violated_rules(status),
             message: status.message().chars().take(500).collect(),
