@@ -317,6 +317,29 @@ async fn a_service_without_its_event_keys_refuses_to_start() -> anyhow::Result<(
     Ok(())
 }
 
+/// Audit without a key for its HMACs would keep no trace of sign-in source addresses: it
+/// refuses to start, and says which setting to give, before its database is even opened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_without_its_hmac_key_refuses_to_start() -> anyhow::Result<()> {
+    let config = pim_e2e::test_config(&[
+        ("PIM_SECRETS_KEY", String::new()),
+        ("PIM_IDENTITY_URL", "http://127.0.0.1:9".into()),
+        ("PIM_ASSIGNMENT_URL", "http://127.0.0.1:9".into()),
+    ])?;
+    let databases = [(pim::ServiceName::Audit, "postgres://nowhere.invalid/db".to_owned())].into();
+    let refused = pim::Suite::start(pim::SuiteOptions::new(config, databases))
+        .await
+        .err()
+        .map(|e| format!("{e:#}"));
+    assert!(
+        refused
+            .as_deref()
+            .is_some_and(|e| e.contains("audit needs PIM_AUDIT_HMAC_KEY")),
+        "{refused:?}"
+    );
+    Ok(())
+}
+
 /// Failed sign-ins count against the principal however it is named, in the database: a
 /// lockout holds whether the attacker types the name in capitals or the user id, on another
 /// identity replica, and after every service restarts.

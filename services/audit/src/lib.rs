@@ -52,7 +52,9 @@ impl Audit {
         store::Migrator::up(&deps.db, None).await?;
         let key = deps.config.audit_hmac_key.as_ref().or(deps.config.secrets_key.as_ref());
         if key.is_none() {
-            tracing::warn!("no PIM_AUDIT_HMAC_KEY (or PIM_SECRETS_KEY): audit keeps no trace of source addresses");
+            anyhow::bail!(
+                "audit needs PIM_AUDIT_HMAC_KEY (or PIM_SECRETS_KEY): it keys the HMACs of sign-in source addresses"
+            );
         }
         let outbox = Outbox::default();
         // Webhook secrets derive from the suite's secrets key (a key of their own, not the

@@ -219,6 +219,14 @@ impl Suite {
         if hosted.is_empty() {
             bail!("no service to host");
         }
+        // Audit keeps sign-in source addresses only under a keyed HMAC: without a key it would
+        // keep no trace of them, so it does not start (`pim up` makes its own key).
+        if hosted.contains(&ServiceName::Audit) && config.audit_hmac_key.is_none() && config.secrets_key.is_none() {
+            bail!(
+                "audit needs PIM_AUDIT_HMAC_KEY (32 random bytes, base64: head -c32 /dev/urandom | base64; PIM_SECRETS_KEY serves where set): \
+                 it keys the HMACs under which sign-in source addresses are kept"
+            );
+        }
         // The Shared Signals transmitter (audit's, over HTTP): bound first, so its issuer is
         // known when audit is built.
         let ssf_listener = match config.ssf_addr.filter(|_| hosted.contains(&ServiceName::Audit)) {

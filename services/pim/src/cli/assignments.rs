@@ -18,7 +18,8 @@ use super::{
 
 #[derive(Args)]
 pub(crate) struct AssignArgs {
-    /// User name, or principal id.
+    /// User name, group or service principal name (`user:`, `group:` or `service-principal:NAME`
+    /// where a name alone is ambiguous), or principal id.
     #[arg(long)]
     principal: String,
     #[command(flatten)]

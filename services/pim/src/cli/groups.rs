@@ -44,7 +44,8 @@ impl Access {
 /// Someone's access to a group, as an administrator or owner names it.
 #[derive(Args)]
 pub(crate) struct WhoseAccess {
-    /// User name, or principal id.
+    /// User name, group or service principal name (`user:`, `group:` or `service-principal:NAME`
+    /// where a name alone is ambiguous), or principal id.
     #[arg(long)]
     principal: String,
     /// Group name or id; or give it with --group (as `pim groups activate GROUP` takes it).

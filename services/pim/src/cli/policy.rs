@@ -86,7 +86,8 @@ pub(crate) struct PolicySetArgs {
     /// Whether an activation waits for an approver (true or false).
     #[arg(long)]
     require_approval: Option<bool>,
-    /// Approvers, comma-separated user names or principal ids (empty: the default approvers).
+    /// Approvers, comma-separated: user, group or service principal names (`group:NAME` where a
+    /// name alone is ambiguous) or principal ids (empty: the default approvers).
     #[arg(long, value_delimiter = ',')]
     approvers: Option<Vec<String>>,
     /// How long an approval may wait before it expires, denied (e.g. 24h).

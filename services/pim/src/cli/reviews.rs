@@ -72,8 +72,9 @@ pub(crate) struct CreateArgs {
     /// Which assignments are reviewed: eligible, active or both.
     #[arg(long, value_enum, default_value = "both")]
     assignments: ReviewScopeArg,
-    /// Reviewers, comma-separated: user names or ids, or group ids (the group's members
-    /// review). A reviewer never decides their own access; the others do.
+    /// Reviewers, comma-separated: user or group names (`group:NAME` where a name alone is
+    /// ambiguous; a group's members review) or ids. A reviewer never decides their own
+    /// access; the others do.
     #[arg(long, value_delimiter = ',')]
     reviewers: Vec<String>,
     /// Each holder reviews their own assignment.
