@@ -199,13 +199,24 @@ async fn privileged_users_credentials_need_privileged_administrators() -> anyhow
             role_id: pim_proto::catalogue::GLOBAL_ADMINISTRATOR.into(),
             scope: "/".into(),
         };
-        let mut policy = policies.get_role_policy(authed(&admin, ask)).await?.into_inner();
-        (policy.approval_required, policy.approver_ids) = (true, vec![ids["ann"].clone()]);
-        let update = apb::UpdateRolePolicyRequest {
-            policy: Some(policy),
-            ..Default::default()
+        let set_approvers = |role: &str, approvers: Vec<String>| {
+            let (mut policies, admin) = (policies.clone(), admin.clone());
+            let ask = apb::GetRolePolicyRequest {
+                role_id: role.into(),
+                scope: "/".into(),
+            };
+            async move {
+                let mut policy = policies.get_role_policy(authed(&admin, ask)).await?.into_inner();
+                (policy.approval_required, policy.approver_ids) = (!approvers.is_empty(), approvers);
+                let update = apb::UpdateRolePolicyRequest {
+                    policy: Some(policy),
+                    ..Default::default()
+                };
+                policies.update_role_policy(authed(&admin, update)).await?;
+                anyhow::Ok(())
+            }
         };
-        policies.update_role_policy(authed(&admin, update)).await?;
+        set_approvers(pim_proto::catalogue::GLOBAL_ADMINISTRATOR, vec![ids["ann"].clone()]).await?;
         let refused = directory
             .reset_password(authed(&kim, reset("ann", "taken over passphrase")))
             .await
@@ -213,6 +224,48 @@ async fn privileged_users_credentials_need_privileged_administrators() -> anyhow
         assert_eq!(refused.code(), Code::PermissionDenied);
         assert!(
             refused.message().contains("approves Global Administrator"),
+            "{refused:?}"
+        );
+        // A request waiting for her keeps her protected after no policy names her any more:
+        // it keeps the approvers named when it was asked.
+        set_approvers(SECURITY_ADMINISTRATOR, vec![ids["ann"].clone()]).await?;
+        let lee_stepped_up = ts.stepped_up_token(&ids["lee"], "lee", pim_runtime::db::now_ms())?;
+        let waiting = assignments
+            .create_request(authed(
+                &lee_stepped_up,
+                crate::activation::activation(SECURITY_ADMINISTRATOR, 3_600_000, "incident 7"),
+            ))
+            .await?
+            .into_inner();
+        assert_eq!(waiting.status, apb::RequestStatus::PendingApproval as i32);
+        set_approvers(pim_proto::catalogue::GLOBAL_ADMINISTRATOR, vec![]).await?;
+        set_approvers(SECURITY_ADMINISTRATOR, vec![]).await?;
+        use pim_proto::approval::v1::approval_service_client::ApprovalServiceClient;
+        eventually(Duration::from_secs(10), "the approval to wait for Ann", || async {
+            let listed = ApprovalServiceClient::new(ts.channel.clone())
+                .list_approvals(authed(
+                    &admin,
+                    pim_proto::approval::v1::ListApprovalsRequest {
+                        all: true,
+                        ..Default::default()
+                    },
+                ))
+                .await?
+                .into_inner();
+            Ok(listed
+                .approvals
+                .iter()
+                .any(|a| a.request_id == waiting.id)
+                .then_some(()))
+        })
+        .await?;
+        let refused = directory
+            .reset_password(authed(&kim, reset("ann", "taken over passphrase")))
+            .await
+            .expect_err("Ann decides the waiting request");
+        assert_eq!(refused.code(), Code::PermissionDenied);
+        assert!(
+            refused.message().contains("decides privileged access in the approval"),
             "{refused:?}"
         );
 
@@ -242,15 +295,15 @@ async fn privileged_users_credentials_need_privileged_administrators() -> anyhow
         assert!(
             refused
                 .message()
-                .contains("reviews privileged access in the access review 'Global Administrators, quarterly'"),
+                .contains("decides privileged access in the access review 'Global Administrators, quarterly'"),
             "{refused:?}"
         );
         assert!(ts.sign_in("dee", "dee's second passphrase").await.is_ok());
-        let asked = rpb::ListPrivilegedReviewsOfRequest {
+        let asked = rpb::ListPrivilegedDecisionsOfRequest {
             principal_id: ids["dee"].clone(),
         };
         let refused = reviews
-            .list_privileged_reviews_of(authed(&ann, asked))
+            .list_privileged_decisions_of(authed(&ann, asked))
             .await
             .expect_err("Ann may neither reset credentials nor manage reviews");
         assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");

@@ -352,20 +352,17 @@ impl AccessReviewService for Approvals {
         }))
     }
 
-    async fn list_privileged_reviews_of(
+    async fn list_privileged_decisions_of(
         &self,
-        request: Request<pb::ListPrivilegedReviewsOfRequest>,
-    ) -> Result<Response<pb::ListReviewsResponse>, Status> {
+        request: Request<pb::ListPrivilegedDecisionsOfRequest>,
+    ) -> Result<Response<pb::ListPrivilegedDecisionsOfResponse>, Status> {
         let caller = caller(&request)?.clone();
         let principal = request.get_ref().principal_id.trim();
         if uuid::Uuid::parse_str(principal).is_err() {
             return Err(invalid_argument("principal_id", "a user's id (UUID)"));
         }
-        let rows = self.privileged_reviews_of(&caller, principal).await?;
-        Ok(Response::new(pb::ListReviewsResponse {
-            reviews: rows.into_iter().map(review_pb).collect(),
-            next_page_token: String::new(),
-        }))
+        let decisions = self.privileged_decisions_of(&caller, principal).await?;
+        Ok(Response::new(pb::ListPrivilegedDecisionsOfResponse { decisions }))
     }
 
     async fn list_my_review_items(

@@ -265,23 +265,43 @@ impl Approvals {
                     .await?))
     }
 
-    /// The open reviews (not started or in progress) of privileged access that name
-    /// `principal_id` as a reviewer: whoever holds their credentials decides that access, so
-    /// identity asks before a credential administrator changes them. A group named reviews
+    /// What privileged access `principal_id` is named to decide while it is open: pending
+    /// approvals (a stage's approvers, escalation included, as the request fixed them) and
+    /// reviews not over (as a reviewer). Whoever holds their credentials would decide it, so
+    /// identity asks before a credential administrator changes them. A group named decides
     /// privileged access only if role-assignable, and its members are protected as such.
-    pub async fn privileged_reviews_of(&self, caller: &Caller, principal_id: &str) -> Result<Vec<ReviewRow>> {
+    pub async fn privileged_decisions_of(&self, caller: &Caller, principal_id: &str) -> Result<Vec<String>> {
         if require(self.access.as_ref(), caller, permissions::CREDENTIALS_RESET, "/")
             .await
             .is_err()
         {
             require(self.access.as_ref(), caller, permissions::REVIEWS_MANAGE, "/").await?;
         }
-        const PAGE: usize = 200;
-        let (mut out, mut asked) = (Vec::new(), Asked::default());
+        const PAGE: u64 = 200;
+        let (mut decisions, mut asked) = (Vec::new(), Asked::default());
+        let mut after_rev = i64::MIN;
+        loop {
+            let rows = store::pending_after(&self.db, after_rev, PAGE).await?;
+            let exhausted = (rows.len() as u64) < PAGE;
+            for a in rows {
+                after_rev = a.rev;
+                let named = a
+                    .stages
+                    .iter()
+                    .flat_map(|s| s.approver_ids.iter().chain(&s.escalation_approver_ids))
+                    .any(|id| id == principal_id);
+                if named && self.privileged_access(caller, &a.role_id, &a.scope, &mut asked).await? {
+                    decisions.push(format!("the approval {} of {} at {}", a.id, a.role_name, a.scope));
+                }
+            }
+            if exhausted {
+                break;
+            }
+        }
         let mut after = String::new();
         loop {
-            let rows = store::reviews(&self.db, &after, PAGE as u64).await?;
-            let exhausted = rows.len() < PAGE;
+            let rows = store::reviews(&self.db, &after, PAGE).await?;
+            let exhausted = (rows.len() as u64) < PAGE;
             for r in rows {
                 after = r.id.clone();
                 let open = matches!(r.status, ReviewStatus::NotStarted | ReviewStatus::InProgress);
@@ -289,11 +309,11 @@ impl Approvals {
                     && r.reviewer_ids.iter().any(|id| id == principal_id)
                     && self.privileged_access(caller, &r.role_id, &r.scope, &mut asked).await?
                 {
-                    out.push(r);
+                    decisions.push(format!("the access review '{}'", r.name));
                 }
             }
             if exhausted {
-                return Ok(out);
+                return Ok(decisions);
             }
         }
     }

@@ -2,7 +2,7 @@
 
 use tonic::transport::Channel;
 
-use pim_proto::approval::v1::ListPrivilegedReviewsOfRequest;
+use pim_proto::approval::v1::ListPrivilegedDecisionsOfRequest;
 use pim_proto::approval::v1::access_review_service_client::AccessReviewServiceClient;
 use pim_proto::assignment::v1 as apb;
 use pim_proto::assignment::v1::assignment_service_client::AssignmentServiceClient;
@@ -22,30 +22,29 @@ fn unavailable(status: tonic::Status) -> Error {
     }
 }
 
-/// The approval service's access reviews, for the privileged question.
+/// The approval service, for the privileged question: who is named to decide privileged access.
 #[derive(Clone)]
-pub struct ReviewClient(AccessReviewServiceClient<Channel>);
+pub struct ApprovalClient(AccessReviewServiceClient<Channel>);
 
-impl ReviewClient {
+impl ApprovalClient {
     pub fn new(channel: Channel) -> Self {
         Self(AccessReviewServiceClient::new(channel))
     }
 
-    /// The names of the open access reviews of privileged access that name `principal_id` as
-    /// a reviewer.
-    pub async fn privileged_reviews_of(&self, caller: &Caller, principal_id: &str) -> Result<Vec<String>> {
-        let asked = ListPrivilegedReviewsOfRequest {
+    /// What privileged access `principal_id` is named to decide while it is open (pending
+    /// approvals, access reviews not over), each as a person reads it.
+    pub async fn privileged_decisions_of(&self, caller: &Caller, principal_id: &str) -> Result<Vec<String>> {
+        let asked = ListPrivilegedDecisionsOfRequest {
             principal_id: principal_id.to_owned(),
         };
-        let reviews = self
+        Ok(self
             .0
             .clone()
-            .list_privileged_reviews_of(on_behalf_of(caller, asked)?)
+            .list_privileged_decisions_of(on_behalf_of(caller, asked)?)
             .await
             .map_err(unavailable)?
             .into_inner()
-            .reviews;
-        Ok(reviews.into_iter().map(|r| r.name).collect())
+            .decisions)
     }
 }
 

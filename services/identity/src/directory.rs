@@ -131,7 +131,7 @@ pub struct Directory {
     /// Proxies whose `x-forwarded-for` names the client (PIM_TRUSTED_PROXIES).
     pub(crate) trusted_proxies: Arc<[ipnet::IpNet]>,
     pub(crate) assignment: crate::clients::AssignmentClients,
-    pub(crate) reviews: crate::clients::ReviewClient,
+    pub(crate) approval: crate::clients::ApprovalClient,
     pub(crate) sealer: pim_runtime::sealing::Sealer,
     /// What time the MFA lifecycle reads (passes, enrolment windows, step-up freshness).
     pub(crate) clock: Arc<dyn Clock>,

@@ -60,7 +60,7 @@ impl Identity {
             max_role_assignable_groups: deps.config.max_role_assignable_groups,
             trusted_proxies: deps.config.trusted_proxies.clone().into(),
             assignment: clients::AssignmentClients::new(deps.assignment),
-            reviews: clients::ReviewClient::new(deps.approval.ok_or_else(|| {
+            approval: clients::ApprovalClient::new(deps.approval.ok_or_else(|| {
                 anyhow::anyhow!("identity needs the approval service's address (PIM_APPROVAL_URL) when approval is not hosted with it")
             })?),
             clock: deps.clock.clone(),

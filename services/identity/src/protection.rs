@@ -96,16 +96,17 @@ impl Directory {
                 user.user_name
             )));
         }
-        // So does whoever reviews it: their decisions keep or remove it.
-        if let Some(review) = self
-            .reviews
-            .privileged_reviews_of(caller, &user.id)
+        // So does whoever is named to decide it while that is open: a pending approval keeps
+        // the approvers its policy named when asked, and a review's decisions keep or remove it.
+        if let Some(decision) = self
+            .approval
+            .privileged_decisions_of(caller, &user.id)
             .await?
             .into_iter()
             .next()
         {
             return Ok(Some(format!(
-                "{} reviews privileged access in the access review '{review}'",
+                "{} decides privileged access in {decision}",
                 user.user_name
             )));
         }

@@ -24,12 +24,15 @@ impl Directory {
         principal_id: &str,
         reason: &str,
     ) -> Result<()> {
-        let now = now_ms();
-        store::revoke_sessions_of(txn, principal_id, now).await?;
-        store::revoke_principal(txn, principal_id, now).await?;
-        // No session named: the principal's tokens issued up to the event's time.
-        self.session_revoked(txn, caller.actor(), principal_id, String::new(), reason)
-            .await
+        // No session named: the principal's tokens issued up to the event's time. The mark
+        // kept here is that same instant, so every verifier refuses the same tokens (those
+        // issued up to its second), and an enable waits for the same second to end.
+        let at = self
+            .session_revoked(txn, caller.actor(), principal_id, String::new(), reason)
+            .await?;
+        store::revoke_sessions_of(txn, principal_id, at).await?;
+        store::revoke_principal(txn, principal_id, at).await?;
+        Ok(())
     }
 
     /// Ends the caller's other live sessions, each with its `SessionRevoked`.
@@ -86,14 +89,13 @@ impl Directory {
         principal_id: &str,
         session_id: String,
         reason: &str,
-    ) -> Result<()> {
+    ) -> Result<i64> {
         let event = ev::SessionRevoked {
             actor: Some(by),
             principal_id: principal_id.to_owned(),
             session_id,
             reason: reason.into(),
         };
-        self.emit(txn, EventType::SessionRevoked, principal_id, &event).await?;
-        Ok(())
+        self.emit(txn, EventType::SessionRevoked, principal_id, &event).await
     }
 }

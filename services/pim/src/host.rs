@@ -148,15 +148,23 @@ impl Denials {
     }
 }
 
+/// The gRPC service a method's path names (`/pim.identity.v1.AuthService/SignIn`).
+fn service_of(method: &str) -> &str {
+    method.trim_start_matches('/').split('/').next().unwrap_or_default()
+}
+
 #[async_trait::async_trait]
 impl Refusals for Denials {
+    fn records(&self, method: &str) -> bool {
+        self.0.contains_key(service_of(method))
+    }
+
     async fn refused(&self, caller: &Actor, method: &str, status: &tonic::Status) {
         // The layer passes UNAUTHENTICATED only for the refused tokens worth a record.
         if !pim_runtime::grpc::is_recorded_refusal(status) && status.code() != tonic::Code::Unauthenticated {
             return;
         }
-        let service = method.trim_start_matches('/').split('/').next().unwrap_or_default();
-        let Some(service) = self.0.get(service) else {
+        let Some(service) = self.0.get(service_of(method)) else {
             return;
         };
         let denied = AccessDenied {
@@ -274,7 +282,7 @@ impl Suite {
         };
         let identity_channel = grpc::channel(&peer(ServiceName::Identity, &config.identity_url)?, &config.tls)?;
         let assignment_channel = grpc::channel(&peer(ServiceName::Assignment, &config.assignment_url)?, &config.tls)?;
-        // Identity asks approval who reviews privileged access (credential protection).
+        // Identity asks approval who is named to decide privileged access (credential protection).
         let approval_channel = if hosted.contains(&ServiceName::Identity) {
             Some(grpc::channel(
                 &peer(ServiceName::Approval, &config.approval_url)?,

@@ -637,6 +637,10 @@ pub const SELF_AUDITED_METHODS: &[&str] = &[
 #[async_trait::async_trait]
 pub trait Refusals: Send + Sync {
     async fn refused(&self, caller: &pim_proto::common::v1::Actor, method: &str, status: &Status);
+    /// Whether a refusal of `method` is recorded here (a method of a service this process
+    /// serves): a refused token's record is rate-limited, and a call no one would record
+    /// takes no one's turn.
+    fn records(&self, method: &str) -> bool;
 }
 
 fn is_public(path: &str, public: &HashSet<&'static str>) -> bool {
@@ -878,7 +882,7 @@ where
                 }
                 Err(err) => {
                     // A token refused is a security decision too: recorded now and then.
-                    if let Some(refusals) = &layer.refusals
+                    if let Some(refusals) = layer.refusals.as_ref().filter(|r| r.records(&method))
                         && let Some((actor, reason)) = layer.rejections.worth_recording(&err)
                     {
                         refusals
@@ -1103,6 +1107,51 @@ mod tests {
             vec![&revocation_tag("p-new")],
             "the principal's revocation no token outlives is forgotten, the recent one kept"
         );
+    }
+
+    /// A refused token's record takes the minute's turn only where it is recorded: junk sent to
+    /// a path no service here serves leaves the next refusal of a real call on record.
+    #[tokio::test]
+    async fn a_refused_token_nobody_records_takes_no_turn() {
+        use tower::{Layer, ServiceExt};
+        #[derive(Default)]
+        struct Sink(std::sync::Mutex<Vec<(String, String)>>);
+        #[async_trait::async_trait]
+        impl Refusals for Sink {
+            async fn refused(&self, _caller: &pim_proto::common::v1::Actor, method: &str, status: &Status) {
+                let mut recorded = self.0.lock().unwrap();
+                recorded.push((method.to_owned(), status.message().to_owned()));
+            }
+            fn records(&self, method: &str) -> bool {
+                method.starts_with("/pim.")
+            }
+        }
+        let verifier = Arc::new(TokenVerifier::new(Arc::new(Fixed(vec![published("k1", &key(1))]))));
+        verifier.load_revocations().await.unwrap();
+        let sink = Arc::new(Sink::default());
+        let served = tower::service_fn(|_: http::Request<()>| async {
+            Ok::<_, std::convert::Infallible>(http::Response::new(tonic::body::Body::empty()))
+        });
+        let service = AuthLayer::new(verifier).recording_refusals(sink.clone()).layer(served);
+        let real = "/pim.assignment.v1.RoleService/ListRoleDefinitions";
+        for path in ["/x.Y/Z", real, real] {
+            let request = http::Request::builder()
+                .uri(path)
+                .header("authorization", "Bearer a.b.c")
+                .body(())
+                .unwrap();
+            let answer = service.clone().oneshot(request).await.unwrap();
+            let code = Status::from_header_map(answer.headers()).map(|s| s.code());
+            assert_eq!(code, Some(tonic::Code::Unauthenticated), "{path}");
+        }
+        let recorded = sink.0.lock().unwrap().clone();
+        assert_eq!(
+            recorded.len(),
+            1,
+            "once a minute, for a call someone records: {recorded:?}"
+        );
+        assert_eq!(recorded[0].0, real);
+        assert!(recorded[0].1.contains("not valid"), "{recorded:?}");
     }
 
     #[tokio::test]
