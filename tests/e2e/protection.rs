@@ -194,11 +194,7 @@ async fn privileged_users_credentials_need_privileged_administrators() -> anyhow
         // Once Ann approves Global Administrator activations, her credentials are protected as
         // a privileged user's: in Kim's hands they would approve them.
         use pim_proto::assignment::v1::policy_service_client::PolicyServiceClient;
-        let mut policies = PolicyServiceClient::new(ts.channel.clone());
-        let ask = apb::GetRolePolicyRequest {
-            role_id: pim_proto::catalogue::GLOBAL_ADMINISTRATOR.into(),
-            scope: "/".into(),
-        };
+        let policies = PolicyServiceClient::new(ts.channel.clone());
         let set_approvers = |role: &str, approvers: Vec<String>| {
             let (mut policies, admin) = (policies.clone(), admin.clone());
             let ask = apb::GetRolePolicyRequest {
