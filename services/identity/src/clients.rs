@@ -13,9 +13,15 @@ use pim_runtime::auth::Caller;
 
 use crate::error::{Error, Result};
 
-/// Assignment's answer to "who is privileged?", in identity's words: a refusal stays one; any
-/// other failure means the answer is unknown, so the change waits.
+/// Assignment's or approval's answer to "who is privileged?", in identity's words: a refusal
+/// stays one; any other failure means the answer is unknown, so the change waits.
 fn unavailable(status: tonic::Status) -> Error {
+    if status.code() == tonic::Code::Unimplemented {
+        return Error::Unavailable(
+            "a service identity asks does not know this question yet: upgrade assignment and approval before identity"
+                .into(),
+        );
+    }
     match Error::from(status) {
         refused @ (Error::PermissionDenied(_) | Error::Unauthenticated(_)) => refused,
         _ => Error::Unavailable("cannot tell whether the user is privileged; try again".into()),

@@ -20,53 +20,10 @@ use crate::store::{self, ServicePrincipalRow, UserRow};
 use crate::tokens::{Issued, Keystore, TokenSubject};
 use crate::{credentials, limiter};
 
+pub use crate::names::NewUser;
+pub(crate) use crate::names::{checked_display_name, checked_email, checked_principal_name};
+
 const SOURCE: Source = Source::Identity;
-
-/// A new user as asked for, checked.
-pub struct NewUser {
-    pub user_name: String,
-    pub display_name: String,
-    pub email: String,
-    pub password: String,
-}
-
-impl NewUser {
-    pub fn validate(mut self) -> Result<Self> {
-        self.user_name = self.user_name.trim().to_lowercase();
-        let n = self.user_name.chars().count();
-        if !(3..=256).contains(&n) {
-            return Err(Error::invalid("user_name", "must be 3 to 256 characters"));
-        }
-        if !self
-            .user_name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._-@+".contains(c))
-        {
-            return Err(Error::invalid(
-                "user_name",
-                "may hold only letters, digits and . _ - @ +",
-            ));
-        }
-        // Ids and names share one field in every lookup: a name that reads as an id would
-        // stand for another principal wherever that id is given.
-        if uuid::Uuid::parse_str(&self.user_name).is_ok() {
-            return Err(Error::invalid("user_name", "must not read as an id (a UUID)"));
-        }
-        self.display_name = self.display_name.trim().to_owned();
-        if self.display_name.is_empty() {
-            self.display_name = self.user_name.clone();
-        }
-        if self.display_name.chars().count() > 256 || self.display_name.chars().any(pim_runtime::text::is_unseen) {
-            return Err(Error::invalid(
-                "display_name",
-                "must be at most 256 printable characters",
-            ));
-        }
-        self.email = checked_email(&self.email)?.to_owned();
-        credentials::check_password_rules(&self.password)?;
-        Ok(self)
-    }
-}
 
 /// Where a sign-in comes from (recorded on its event; audit keeps only HMACs of them).
 #[derive(Clone, Debug, Default)]
@@ -298,7 +255,20 @@ impl Directory {
         Ok(store::list_service_principals(&self.db, filter, (&after.0, &after.1), limit).await?)
     }
 
-    /// Any principal by id, for other services (any authenticated caller may resolve ids).
+    /// Any principal by id, for any authenticated caller (other services, on their callers'
+    /// behalf); by user name only for directory readers: who exists is theirs to know.
+    pub async fn resolve_principal(
+        &self,
+        caller: &Caller,
+        id_or_name: &str,
+    ) -> Result<pim_proto::identity::v1::Principal> {
+        if uuid::Uuid::parse_str(id_or_name).is_err() {
+            require(self.access.as_ref(), caller, permissions::USERS_READ, "/").await?;
+        }
+        self.get_principal(id_or_name).await
+    }
+
+    /// Any principal by id (a user by user name too).
     pub async fn get_principal(&self, id: &str) -> Result<pim_proto::identity::v1::Principal> {
         if let Some(u) = store::find_user(&self.db, id).await? {
             return Ok(pim_proto::identity::v1::Principal {
@@ -346,7 +316,7 @@ impl Directory {
             "/",
         )
         .await?;
-        let display_name = checked_display_name(display_name)?;
+        let display_name = checked_principal_name(display_name)?;
         let secret = credentials::random_secret();
         let row = ServicePrincipalRow {
             id: uuid::Uuid::now_v7().to_string(),
@@ -720,69 +690,5 @@ impl Directory {
         }
         .validate()?;
         Ok((self.insert_user(None, new).await?, password))
-    }
-}
-
-/// A group's or a service principal's display name, trimmed: 1 to 256 characters on one
-/// line, none that changes how the text around it shows (it is shown to others: a terminal,
-/// a page).
-pub(crate) fn checked_display_name(display_name: &str) -> Result<&str> {
-    let display_name =
-        pim_runtime::text::one_line(display_name, 256).map_err(|why| Error::invalid("display_name", why))?;
-    if display_name.is_empty() {
-        return Err(Error::invalid("display_name", "must be 1 to 256 characters"));
-    }
-    Ok(display_name)
-}
-
-/// A user's email address, trimmed (empty: none): one `@` between a local part and a domain,
-/// no white space or control characters (mail goes to it: a line break would add a header).
-pub(crate) fn checked_email(email: &str) -> Result<&str> {
-    let email = email.trim();
-    let plain = |part: &str| {
-        !part.is_empty()
-            && !part
-                .chars()
-                .any(|c| c.is_whitespace() || pim_runtime::text::is_unseen(c))
-    };
-    match email.split_once('@') {
-        _ if email.is_empty() => Ok(email),
-        Some((local, domain)) if email.len() <= 320 && plain(local) && plain(domain) && !domain.contains('@') => {
-            Ok(email)
-        }
-        _ => Err(Error::invalid("email", "must be an email address (name@domain)")),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn new_user(name: &str, password: &str) -> NewUser {
-        NewUser {
-            user_name: name.into(),
-            display_name: String::new(),
-            email: String::new(),
-            password: password.into(),
-        }
-    }
-
-    #[test]
-    fn user_names_are_normalised_and_checked() {
-        let ok = new_user("  Lee@Contoso.Example ", "long enough password")
-            .validate()
-            .unwrap();
-        assert_eq!(ok.user_name, "lee@contoso.example");
-        assert_eq!(ok.display_name, "lee@contoso.example");
-        for bad in ["", "ab", "has space", "semi;colon"] {
-            assert!(matches!(
-                new_user(bad, "long enough password").validate(),
-                Err(Error::InvalidArgument { field: "user_name", .. })
-            ));
-        }
-        assert!(matches!(
-            new_user("lee", "short").validate(),
-            Err(Error::InvalidArgument { field: "password", .. })
-        ));
     }
 }

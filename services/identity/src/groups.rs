@@ -49,11 +49,16 @@ impl Directory {
         };
         require(self.access.as_ref(), caller, needed, "/").await?;
         let display_name = checked_text(&new.display_name, &new.description)?;
+        // Owners are kept by id, however they were named.
+        let mut owners = Vec::new();
         for owner in &new.owner_ids {
-            if store::find_user(&self.db, owner).await?.is_none() {
-                return Err(Error::NotFound(format!("owner {owner}")));
+            match store::find_user(&self.db, owner.trim()).await? {
+                Some(user) => owners.push(user.id),
+                None => return Err(Error::NotFound(format!("owner {}", owner.trim()))),
             }
         }
+        owners.sort();
+        owners.dedup();
         let group = GroupRow {
             id: uuid::Uuid::now_v7().to_string(),
             display_name: display_name.into(),
@@ -78,7 +83,7 @@ impl Directory {
         }
         store::insert_group(&txn, &group, &caller.principal_id).await?;
         self.emit(&txn, EventType::GroupCreated, &group.id, &event).await?;
-        for owner in &new.owner_ids {
+        for owner in &owners {
             store::add_link(&txn, Link::Owner, &group.id, owner, group.created_at).await?;
         }
         txn.commit().await?;
@@ -375,7 +380,7 @@ impl Directory {
 /// A group's display name (one line, 1 to 256 characters) and description (free text, at
 /// most 1024), as people will read them; the name, trimmed.
 fn checked_text<'a>(display_name: &'a str, description: &str) -> Result<&'a str> {
-    let display_name = crate::directory::checked_display_name(display_name)?;
+    let display_name = crate::directory::checked_principal_name(display_name)?;
     pim_runtime::text::free_text(description, 1024).map_err(|why| Error::invalid("description", why))?;
     Ok(display_name)
 }

@@ -359,9 +359,9 @@ impl DirectoryService for Directory {
         &self,
         request: Request<pb::GetPrincipalRequest>,
     ) -> Result<Response<pb::Principal>, Status> {
-        caller(&request)?;
+        let caller = caller(&request)?.clone();
         let id = required("principal_id", &request.get_ref().principal_id)?;
-        Ok(Response::new(Directory::get_principal(self, id).await?))
+        Ok(Response::new(Directory::resolve_principal(self, &caller, id).await?))
     }
 }
 

@@ -10,6 +10,7 @@ mod groups;
 mod grpc;
 mod limiter;
 mod mfa;
+mod names;
 mod passkeys;
 mod protection;
 mod sessions;

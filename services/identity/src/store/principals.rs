@@ -77,10 +77,11 @@ pub async fn disabled_users<C: ConnectionTrait>(c: &C) -> Result<Vec<UserRow>, D
 /// A user by id, or by (lower-cased) user name. What reads as an id (a UUID) is only ever
 /// taken as one: a user named after another principal's id never stands for it.
 pub async fn find_user<C: ConnectionTrait>(c: &C, id_or_name: &str) -> Result<Option<UserRow>, DbErr> {
-    let (sql, key) = if uuid::Uuid::parse_str(id_or_name).is_ok() {
+    let (sql, key) = if let Ok(id) = uuid::Uuid::parse_str(id_or_name) {
+        // Ids are kept hyphenated and in lower case: any spelling of one finds it.
         (
             format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1"),
-            id_or_name.to_owned(),
+            id.hyphenated().to_string(),
         )
     } else {
         (

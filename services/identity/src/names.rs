@@ -1,0 +1,138 @@
+//! What the directory takes as a name or an address: a new user's user name, display name,
+//! email and password; a group's or service principal's display name. Checked at the edge,
+//! before anything is stored.
+
+use crate::credentials;
+use crate::error::{Error, Result};
+
+/// A new user as asked for, checked.
+pub struct NewUser {
+    pub user_name: String,
+    pub display_name: String,
+    pub email: String,
+    pub password: String,
+}
+
+impl NewUser {
+    pub fn validate(mut self) -> Result<Self> {
+        self.user_name = self.user_name.trim().to_lowercase();
+        let n = self.user_name.chars().count();
+        if !(3..=256).contains(&n) {
+            return Err(Error::invalid("user_name", "must be 3 to 256 characters"));
+        }
+        if !self
+            .user_name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-@+".contains(c))
+        {
+            return Err(Error::invalid(
+                "user_name",
+                "may hold only letters, digits and . _ - @ +",
+            ));
+        }
+        // Ids and names share one field in every lookup: a name that reads as an id would
+        // stand for another principal wherever that id is given.
+        if uuid::Uuid::parse_str(&self.user_name).is_ok() {
+            return Err(Error::invalid("user_name", "must not read as an id (a UUID)"));
+        }
+        self.display_name = self.display_name.trim().to_owned();
+        if self.display_name.is_empty() {
+            self.display_name = self.user_name.clone();
+        }
+        if self.display_name.chars().count() > 256 || self.display_name.chars().any(pim_runtime::text::is_unseen) {
+            return Err(Error::invalid(
+                "display_name",
+                "must be at most 256 printable characters",
+            ));
+        }
+        self.email = checked_email(&self.email)?.to_owned();
+        credentials::check_password_rules(&self.password)?;
+        Ok(self)
+    }
+}
+
+/// A group's or a service principal's display name, trimmed: 1 to 256 characters on one
+/// line, none that changes how the text around it shows (it is shown to others: a terminal,
+/// a page).
+pub(crate) fn checked_display_name(display_name: &str) -> Result<&str> {
+    let display_name =
+        pim_runtime::text::one_line(display_name, 256).map_err(|why| Error::invalid("display_name", why))?;
+    if display_name.is_empty() {
+        return Err(Error::invalid("display_name", "must be 1 to 256 characters"));
+    }
+    Ok(display_name)
+}
+
+/// A group's or service principal's display name, checked as [`checked_display_name`], and
+/// never one that stands for another principal wherever names are taken: one that reads as an
+/// id (a UUID), or that starts as the CLI writes a principal's kind (`user:`, `group:`,
+/// `service-principal:`), so an export applied again, or a name typed, names this one alone.
+pub(crate) fn checked_principal_name(display_name: &str) -> Result<&str> {
+    let display_name = checked_display_name(display_name)?;
+    if uuid::Uuid::parse_str(display_name).is_ok() {
+        return Err(Error::invalid("display_name", "must not read as an id (a UUID)"));
+    }
+    let lower = display_name.to_ascii_lowercase();
+    if ["user:", "group:", "service-principal:"]
+        .iter()
+        .any(|kind| lower.starts_with(kind))
+    {
+        return Err(Error::invalid(
+            "display_name",
+            "must not start with user:, group: or service-principal: (how names of a kind are written)",
+        ));
+    }
+    Ok(display_name)
+}
+
+/// A user's email address, trimmed (empty: none): one `@` between a local part and a domain,
+/// no white space or control characters (mail goes to it: a line break would add a header).
+pub(crate) fn checked_email(email: &str) -> Result<&str> {
+    let email = email.trim();
+    let plain = |part: &str| {
+        !part.is_empty()
+            && !part
+                .chars()
+                .any(|c| c.is_whitespace() || pim_runtime::text::is_unseen(c))
+    };
+    match email.split_once('@') {
+        _ if email.is_empty() => Ok(email),
+        Some((local, domain)) if email.len() <= 320 && plain(local) && plain(domain) && !domain.contains('@') => {
+            Ok(email)
+        }
+        _ => Err(Error::invalid("email", "must be an email address (name@domain)")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new_user(name: &str, password: &str) -> NewUser {
+        NewUser {
+            user_name: name.into(),
+            display_name: String::new(),
+            email: String::new(),
+            password: password.into(),
+        }
+    }
+
+    #[test]
+    fn user_names_are_normalised_and_checked() {
+        let ok = new_user("  Lee@Contoso.Example ", "long enough password")
+            .validate()
+            .unwrap();
+        assert_eq!(ok.user_name, "lee@contoso.example");
+        assert_eq!(ok.display_name, "lee@contoso.example");
+        for bad in ["", "ab", "has space", "semi;colon"] {
+            assert!(matches!(
+                new_user(bad, "long enough password").validate(),
+                Err(Error::InvalidArgument { field: "user_name", .. })
+            ));
+        }
+        assert!(matches!(
+            new_user("lee", "short").validate(),
+            Err(Error::InvalidArgument { field: "password", .. })
+        ));
+    }
+}
