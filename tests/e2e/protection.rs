@@ -656,15 +656,31 @@ async fn sessions_end_everywhere(ts: TestSuite) -> anyhow::Result<()> {
                 .await
                 .expect_err("not a token identity issued");
         }
+        // A change assignment records after them: once audit has it, it has every refusal
+        // assignment recorded before (one stream, in order), so none comes late.
+        RoleServiceClient::new(ts.channel.clone())
+            .create_role_definition(authed(
+                &admin,
+                pim_proto::assignment::v1::CreateRoleDefinitionRequest {
+                    name: "After the refusals".into(),
+                    permissions: vec!["app.marker/read".into()],
+                    ..Default::default()
+                },
+            ))
+            .await?;
         let (revoked, invalid) = eventually(Duration::from_secs(10), "the refused tokens on record", || async {
+            let query = |action: &str| pim_proto::audit::v1::QueryEventsRequest {
+                action: action.into(),
+                ..Default::default()
+            };
+            let marked = ts
+                .audit_records(&admin, query("pim.assignment.v1.RoleDefinitionCreated"))
+                .await?;
+            if marked.is_empty() {
+                return Ok(None);
+            }
             let records = ts
-                .audit_records(
-                    &admin,
-                    pim_proto::audit::v1::QueryEventsRequest {
-                        outcome: "failure".into(),
-                        ..Default::default()
-                    },
-                )
+                .audit_records(&admin, query("pim.assignment.v1.AccessDenied"))
                 .await?;
             let denied = |reason: &str| {
                 records
