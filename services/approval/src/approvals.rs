@@ -33,7 +33,7 @@ const DEFAULT_TIMEOUT_MS: i64 = 24 * 3_600_000;
 #[derive(Default)]
 pub struct Asked {
     /// The caller's groups, each with whether it is role-assignable.
-    pub(crate) groups: Option<std::collections::HashMap<String, bool>>,
+    groups: Option<std::collections::HashMap<String, bool>>,
     /// Whether access to (role, scope) is privileged.
     privileged: std::collections::HashMap<(String, String), bool>,
     administrator: Option<bool>,
@@ -303,28 +303,52 @@ impl Approvals {
         if caller.kind != PrincipalKind::User {
             return Ok(false);
         }
-        if !named.is_empty() {
-            let groups = match &mut asked.groups {
-                Some(g) => g,
-                None => asked.groups.insert(self.services.groups_of(caller).await?),
-            };
-            let through: Vec<bool> = named.iter().filter_map(|id| groups.get(id.as_str()).copied()).collect();
-            // Privileged access is decided through a role-assignable group only: any other
-            // group's members are managed by Groups and User Administrators (a policy set
-            // before that rule, or a role made privileged since, may still name one).
-            if through.contains(&true)
-                || (!through.is_empty()
-                    && !self
-                        .privileged_access(caller, &approval.role_id, &approval.scope, asked)
-                        .await?)
-            {
-                return Ok(true);
-            }
+        if self
+            .decides_through_a_group(caller, &named, &approval.role_id, &approval.scope, asked)
+            .await?
+        {
+            return Ok(true);
         }
         if stage.approver_ids.is_empty() {
             return self.is_default_approver(caller, approval, asked).await;
         }
         Ok(false)
+    }
+
+    /// The caller's groups, each with whether it is role-assignable: asked of identity once
+    /// per request.
+    pub(crate) async fn caller_groups<'a>(
+        &self,
+        caller: &Caller,
+        asked: &'a mut Asked,
+    ) -> Result<&'a std::collections::HashMap<String, bool>> {
+        let groups = match asked.groups.take() {
+            Some(groups) => groups,
+            None => self.services.groups_of(caller).await?,
+        };
+        Ok(asked.groups.insert(groups))
+    }
+
+    /// Whether the caller (a user) decides access to (role, scope) as a member of one of the
+    /// groups among `named`. Privileged access is decided through a role-assignable group
+    /// only: any other group's members are managed by Groups and User Administrators (a policy
+    /// set before that rule, or a role made privileged since, may still name one). Approvals
+    /// and reviews both weigh it here.
+    pub(crate) async fn decides_through_a_group(
+        &self,
+        caller: &Caller,
+        named: &[&String],
+        role_id: &str,
+        scope: &str,
+        asked: &mut Asked,
+    ) -> Result<bool> {
+        if named.is_empty() {
+            return Ok(false);
+        }
+        let groups = self.caller_groups(caller, asked).await?;
+        let through: Vec<bool> = named.iter().filter_map(|id| groups.get(id.as_str()).copied()).collect();
+        Ok(through.contains(&true)
+            || (!through.is_empty() && !self.privileged_access(caller, role_id, scope, asked).await?))
     }
 
     /// Whether access to (role, scope) is privileged, asked once per request.

@@ -244,25 +244,12 @@ impl Approvals {
         if review.reviewer_ids.contains(&caller.principal_id) {
             return Ok(true);
         }
-        if caller.kind != PrincipalKind::User || review.reviewer_ids.is_empty() {
+        if caller.kind != PrincipalKind::User {
             return Ok(false);
         }
-        let groups = match &mut asked.groups {
-            Some(g) => g,
-            None => asked.groups.insert(self.services.groups_of(caller).await?),
-        };
-        let through: Vec<bool> = review
-            .reviewer_ids
-            .iter()
-            .filter_map(|id| groups.get(id).copied())
-            .collect();
-        // Privileged access is reviewed through a role-assignable group only (as it is
-        // approved: `Approvals::may_decide`).
-        Ok(through.contains(&true)
-            || (!through.is_empty()
-                && !self
-                    .privileged_access(caller, &review.role_id, &review.scope, asked)
-                    .await?))
+        let named: Vec<&String> = review.reviewer_ids.iter().collect();
+        self.decides_through_a_group(caller, &named, &review.role_id, &review.scope, asked)
+            .await
     }
 
     /// What privileged access `principal_id` is named to decide while it is open: pending
@@ -352,11 +339,10 @@ impl Approvals {
         if caller.kind != PrincipalKind::User {
             return Ok(true);
         }
-        let groups = match &mut asked.groups {
-            Some(g) => g,
-            None => asked.groups.insert(self.services.groups_of(caller).await?),
-        };
-        Ok(!groups.contains_key(&item.principal_id))
+        Ok(!self
+            .caller_groups(caller, asked)
+            .await?
+            .contains_key(&item.principal_id))
     }
 
     /// The current instance's items the caller reviews (of one review, or of every review in

@@ -30,11 +30,7 @@ impl NewUser {
                 "may hold only letters, digits and . _ - @ +",
             ));
         }
-        // Ids and names share one field in every lookup: a name that reads as an id would
-        // stand for another principal wherever that id is given.
-        if uuid::Uuid::parse_str(&self.user_name).is_ok() {
-            return Err(Error::invalid("user_name", "must not read as an id (a UUID)"));
-        }
+        not_an_id("user_name", &self.user_name)?;
         self.display_name = self.display_name.trim().to_owned();
         if self.display_name.is_empty() {
             self.display_name = self.user_name.clone();
@@ -63,15 +59,23 @@ pub(crate) fn checked_display_name(display_name: &str) -> Result<&str> {
     Ok(display_name)
 }
 
+/// Ids and names share one field in every lookup (an id is taken as one wherever it reads as
+/// one): a name that reads as an id would stand for another principal wherever that id is
+/// given.
+fn not_an_id(field: &'static str, name: &str) -> Result<()> {
+    match uuid::Uuid::parse_str(name) {
+        Ok(_) => Err(Error::invalid(field, "must not read as an id (a UUID)")),
+        Err(_) => Ok(()),
+    }
+}
+
 /// A group's or service principal's display name, checked as [`checked_display_name`], and
 /// never one that stands for another principal wherever names are taken: one that reads as an
 /// id (a UUID), or that starts as the CLI writes a principal's kind (`user:`, `group:`,
 /// `service-principal:`), so an export applied again, or a name typed, names this one alone.
 pub(crate) fn checked_principal_name(display_name: &str) -> Result<&str> {
     let display_name = checked_display_name(display_name)?;
-    if uuid::Uuid::parse_str(display_name).is_ok() {
-        return Err(Error::invalid("display_name", "must not read as an id (a UUID)"));
-    }
+    not_an_id("display_name", display_name)?;
     let lower = display_name.to_ascii_lowercase();
     if ["user:", "group:", "service-principal:"]
         .iter()

@@ -230,12 +230,9 @@ impl Directory {
     /// at most), so no token a sign-in gets after the enable counts as issued before the
     /// disable.
     async fn after_the_disables_second(&self, user_id: &str) -> Result<()> {
-        let Some(revoked_at) = store::principal_revoked_at(&self.db, user_id).await? else {
-            return Ok(());
-        };
-        let next_second = (revoked_at.div_euclid(1000) + 1) * 1000;
-        let wait = (next_second - pim_runtime::db::now_ms()).clamp(0, 1000);
-        tokio::time::sleep(std::time::Duration::from_millis(wait as u64)).await;
+        if let Some(revoked_at) = store::principal_revoked_at(&self.db, user_id).await? {
+            after_the_second_of(revoked_at).await;
+        }
         Ok(())
     }
 
@@ -277,6 +274,14 @@ impl Directory {
         }
         Ok(())
     }
+}
+
+/// Waits until the second `at_ms` falls in is over (a second at most): a token tells when it
+/// was issued only to the second, so one issued after this counts as issued after `at_ms`.
+async fn after_the_second_of(at_ms: i64) {
+    let next_second = (at_ms.div_euclid(1000) + 1) * 1000;
+    let wait = (next_second - pim_runtime::db::now_ms()).clamp(0, 1000);
+    tokio::time::sleep(std::time::Duration::from_millis(wait as u64)).await;
 }
 
 impl Directory {
@@ -370,8 +375,7 @@ impl Directory {
         self.outbox.wake();
         // A token tells when it was issued to the second: the new secret is told only once
         // this second is over, so no token it gets counts as issued before the rotation.
-        let into_second = pim_runtime::db::now_ms().rem_euclid(1000) as u64;
-        tokio::time::sleep(std::time::Duration::from_millis(1000 - into_second)).await;
+        after_the_second_of(pim_runtime::db::now_ms()).await;
         Ok((sp, secret))
     }
 

@@ -61,8 +61,7 @@ impl Upstreams {
 
     /// The upstream of a call's path (`/pim.identity.v1.AuthService/SignIn`).
     fn of_path(&self, path: &str) -> Option<&(ServiceName, Channel)> {
-        let name = path.trim_start_matches('/').split('/').next()?;
-        self.by_name.get(name)
+        self.by_name.get(crate::host::service_of(path))
     }
 }
 

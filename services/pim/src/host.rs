@@ -149,7 +149,7 @@ impl Denials {
 }
 
 /// The gRPC service a method's path names (`/pim.identity.v1.AuthService/SignIn`).
-fn service_of(method: &str) -> &str {
+pub(crate) fn service_of(method: &str) -> &str {
     method.trim_start_matches('/').split('/').next().unwrap_or_default()
 }
 
