@@ -452,8 +452,9 @@ pub(crate) async fn list(args: RequestsArgs) -> anyhow::Result<i32> {
             .map_err(explain)?
             .into_inner();
         for r in page.requests {
+            // As the help and Entra name them: selfActivate, adminAssign.
             let action = apb::RequestAction::try_from(r.action)
-                .map(|a| a.as_str_name().trim_start_matches("REQUEST_ACTION_").to_lowercase())
+                .map(|a| a.text())
                 .unwrap_or_default();
             // A request that granted nothing has no end to show.
             use apb::RequestStatus as S;

@@ -311,7 +311,7 @@ fn the_readme_walk_through_works_and_survives_a_restart() {
     );
     let requests = lee.ok(&["requests"], None);
     assert!(
-        requests.contains("self_activate") && requests.contains("self_deactivate"),
+        requests.contains("selfActivate") && requests.contains("selfDeactivate"),
         "{requests}"
     );
     // Names, not ids: who asked, and for which role.
