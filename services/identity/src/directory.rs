@@ -665,6 +665,7 @@ impl Directory {
                     user_id: user.id.clone(),
                     user_name: user.user_name.clone(),
                 };
+                self.after_the_disables_second(&user.id).await?;
                 let txn = self.db.begin().await?;
                 store::set_user_enabled(&txn, &user.id, true).await?;
                 self.emit(&txn, EventType::UserEnabled, &user.id, &event).await?;

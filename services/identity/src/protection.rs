@@ -229,7 +229,7 @@ impl Directory {
     /// up to it: an enable in the disable's second waits until that second is over (a second
     /// at most), so no token a sign-in gets after the enable counts as issued before the
     /// disable.
-    async fn after_the_disables_second(&self, user_id: &str) -> Result<()> {
+    pub(crate) async fn after_the_disables_second(&self, user_id: &str) -> Result<()> {
         if let Some(revoked_at) = store::principal_revoked_at(&self.db, user_id).await? {
             after_the_second_of(revoked_at).await;
         }
