@@ -1120,12 +1120,12 @@ async fn the_last_permanent_global_administrator_cannot_be_removed() -> anyhow::
         identity_db
             .execute_unprepared(&format!("UPDATE users SET enabled = FALSE WHERE id = '{}'", kim.id))
             .await?;
-        let (user, password) =
+        let (admin_name, password) =
             anyhow::Context::context(w.ts.suite.bootstrap().await?, "no enabled holder: bootstrapped")?;
-        assert_eq!(user, w.ts.admin_user);
+        assert_eq!(admin_name, w.ts.admin_user);
         // A token the administrator gets right after (in the disable's second) works.
         let w = World {
-            admin: w.ts.sign_in(&user, &password).await?,
+            admin: w.ts.sign_in(&admin_name, &password).await?,
             ..w
         };
         eventually(Duration::from_secs(10), "the administrator enabled again", || {
@@ -1134,6 +1134,29 @@ async fn the_last_permanent_global_administrator_cannot_be_removed() -> anyhow::
         })
         .await?;
         assert!(w.check(&admin_id, GLOBAL_ADMINISTRATOR).await?.allowed);
+
+        // Enabling a user who is enabled changes nothing, and no event says it did: the
+        // administrator's one UserEnabled is the bootstrap's, counted once Kim's enable, which
+        // comes after it on the same stream, is there.
+        let mut directory = DirectoryServiceClient::new(w.ts.channel.clone());
+        directory.enable_user(authed(&w.admin, user(&admin_id))).await?;
+        directory.enable_user(authed(&w.admin, user(&kim.id))).await?;
+        let enabled = |id: &str| {
+            let id = id.to_owned();
+            move |events: &[Envelope]| {
+                events
+                    .iter()
+                    .filter_map(|e| ev::UserDisabled::decode(e.data.as_slice()).ok())
+                    .filter(|e| e.user_id == id)
+                    .count()
+            }
+        };
+        let events = eventually(Duration::from_secs(10), "Kim's enable", || async {
+            let events = w.events_on(streams::IDENTITY, "UserEnabled").await?;
+            Ok((enabled(&kim.id)(&events) == 1).then_some(events))
+        })
+        .await?;
+        assert_eq!(enabled(&admin_id)(&events), 1, "the bootstrap's alone");
         Ok(w)
     })
     .await

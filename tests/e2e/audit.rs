@@ -288,7 +288,7 @@ async fn the_seed_scenario_is_audited_once_per_action() -> anyhow::Result<()> {
             ("RequestCreated", lee.id.as_str(), "mailbox migration"),
             ("ApprovalDecisionRecorded", admin_id.as_str(), "planned migration"),
             ("ApprovalGranted", admin_id.as_str(), ""),
-            ("RoleActivated", "", "mailbox migration"),
+            ("RoleActivated", lee.id.as_str(), "mailbox migration"),
             ("RoleDeactivated", "system", ""),
         ];
         // Every event has been delivered and applied from here on: a duplicate would show.

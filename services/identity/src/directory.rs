@@ -667,8 +667,9 @@ impl Directory {
                 };
                 self.after_the_disables_second(&user.id).await?;
                 let txn = self.db.begin().await?;
-                store::set_user_enabled(&txn, &user.id, true).await?;
-                self.emit(&txn, EventType::UserEnabled, &user.id, &event).await?;
+                if store::set_user_enabled(&txn, &user.id, true).await? {
+                    self.emit(&txn, EventType::UserEnabled, &user.id, &event).await?;
+                }
                 txn.commit().await?;
                 user.enabled = true;
             }

@@ -177,7 +177,8 @@ impl Directory {
         Ok(())
     }
 
-    /// Disables or enables a user's sign-in.
+    /// Disables or enables a user's sign-in. A user already so is left as they are, with no
+    /// event: the record shows only changes that happened.
     pub async fn set_enabled(&self, caller: &Caller, user: &str, enabled: bool) -> Result<UserRow> {
         let mut target = self.target_user(caller, user, permissions::USERS_MANAGE).await?;
         self.require_credential_admin(caller, &target).await?;
@@ -209,7 +210,10 @@ impl Directory {
             self.keeps_an_enabled_global_admin(&txn, caller, &holders, &target)
                 .await?;
         }
-        store::set_user_enabled(&txn, &target.id, enabled).await?;
+        if !store::set_user_enabled(&txn, &target.id, enabled).await? {
+            target.enabled = enabled;
+            return Ok(target);
+        }
         let told_at = self.emit(&txn, event_type, &target.id, &event).await?;
         if !enabled {
             // Every session ends, and tokens already handed out stop verifying everywhere.

@@ -335,7 +335,14 @@ impl Assignments {
                 self.transition(txn, &request, RequestStatus::Granted, None, now)
                     .await?;
                 let justification = request.justification.clone();
-                self.provision(txn, &assignment, actor, &role_name, &justification, now)
+                // The requester activates, as without approval; the approver is on record
+                // with the approval (ApprovalGranted).
+                let requester = Actor {
+                    principal_id: request.principal_id.clone(),
+                    kind: PrincipalKind::User as i32,
+                    display_name: String::new(),
+                };
+                self.provision(txn, &assignment, Some(requester), &role_name, &justification, now)
                     .await?;
             }
             RequestStatus::Denied | RequestStatus::Expired => {

@@ -151,14 +151,15 @@ pub async fn set_password<C: ConnectionTrait>(c: &C, user_id: &str, hash: &str) 
     .await
 }
 
-pub async fn set_user_enabled<C: ConnectionTrait>(c: &C, user_id: &str, enabled: bool) -> Result<(), DbErr> {
+/// Whether it changed anything (the user was not so already).
+pub async fn set_user_enabled<C: ConnectionTrait>(c: &C, user_id: &str, enabled: bool) -> Result<bool, DbErr> {
     db::exec(
         c,
-        "UPDATE users SET enabled = $1 WHERE id = $2",
+        "UPDATE users SET enabled = $1 WHERE id = $2 AND enabled <> $1",
         vec![enabled.into(), user_id.into()],
     )
     .await
-    .map(drop)
+    .map(|changed| changed > 0)
 }
 
 /// Of `ids`, the users that are enabled, each row locked (PostgreSQL, in id order, so two
