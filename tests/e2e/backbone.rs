@@ -35,7 +35,8 @@ impl MigratorTrait for Migrator {
     }
 }
 
-/// Records each event it applies (no uniqueness here: duplicates would show); fails on `Poison`.
+/// Records each event it applies (no uniqueness here: duplicates would show); fails on `Poison`
+/// and panics on `Panicking` (a handler's bug).
 struct Recorder;
 
 #[async_trait::async_trait]
@@ -49,8 +50,10 @@ impl EventHandler for Recorder {
     }
 
     async fn handle(&self, txn: &DatabaseTransaction, envelope: &Envelope) -> anyhow::Result<()> {
-        if short_type(envelope) == "Poison" {
-            anyhow::bail!("cannot apply a poison event");
+        match short_type(envelope) {
+            "Poison" => anyhow::bail!("cannot apply a poison event"),
+            "Panicking" => panic!("a bug in the handler"),
+            _ => {}
         }
         db::exec(
             txn,
@@ -603,8 +606,10 @@ async fn a_poison_entry_ends_in_the_dead_letter_stream() -> anyhow::Result<()> {
     let mut f = Fixture::new().await?;
     let relay = f.relay().await?;
     let poison = f.emit("Poison").await?;
+    // A handler that panics on an entry fails on it, as one that says so does.
+    let panicking = f.emit("Panicking").await?;
     let fine = f.emit("UserCreated").await?;
-    assert_eq!(relay.run_once().await?, 2);
+    assert_eq!(relay.run_once().await?, 3);
 
     let consumer = f.consumer(fast(3)).await?;
     let mut redis = f.redis.clone();
@@ -616,17 +621,18 @@ async fn a_poison_entry_ends_in_the_dead_letter_stream() -> anyhow::Result<()> {
         async move {
             consumer.run_once().await?;
             let n: usize = redis.xlen(&dead_key).await?;
-            Ok((n == 1).then_some(()))
+            Ok((n == 2).then_some(()))
         }
     })
     .await?;
     let entries: redis::streams::StreamRangeReply = redis.xrange_all(&dead_key).await?;
-    let entry = &entries.ids[0];
-    assert_eq!(entry.get::<String>("event_id").as_deref(), Some(poison.id.as_str()));
-    let record = DeadLettered::decode(entry.get::<Vec<u8>>("data").unwrap_or_default().as_slice())?;
-    assert_eq!(record.deliveries, 3);
-    assert_eq!(record.group, "recorder");
-    assert_eq!(f.applied(&poison.id).await?, 0);
+    for (entry, event) in entries.ids.iter().zip([&poison, &panicking]) {
+        assert_eq!(entry.get::<String>("event_id").as_deref(), Some(event.id.as_str()));
+        let record = DeadLettered::decode(entry.get::<Vec<u8>>("data").unwrap_or_default().as_slice())?;
+        assert_eq!(record.deliveries, 3);
+        assert_eq!(record.group, "recorder");
+        assert_eq!(f.applied(&event.id).await?, 0);
+    }
     assert_eq!(
         f.applied(&fine.id).await?,
         1,

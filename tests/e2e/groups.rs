@@ -286,6 +286,26 @@ async fn a_just_in_time_membership_carries_the_groups_roles_until_it_ends() -> a
                 assign(apb::AssignmentKind::Active, &uma.id, USER_ADMINISTRATOR),
             ))
             .await?;
+        // Owners are named by id or user name, each on one line, at most 100 at creation.
+        let too_many = vec![ola.id.clone(); 101];
+        for (owner_ids, why) in [
+            (too_many, "too many"),
+            (vec!["ola\0".into()], "a NUL"),
+            (vec!["\u{1b}]0;x\u{7}".into()], "an escape"),
+        ] {
+            let refused = DirectoryServiceClient::new(w.ts.channel.clone())
+                .create_group(authed(
+                    &w.admin,
+                    ipb::CreateGroupRequest {
+                        display_name: "Refused".into(),
+                        owner_ids,
+                        ..Default::default()
+                    },
+                ))
+                .await
+                .expect_err(why);
+            assert_eq!(refused.code(), Code::InvalidArgument, "{why}: {refused:?}");
+        }
         let group = DirectoryServiceClient::new(w.ts.channel.clone())
             .create_group(authed(
                 &w.admin,

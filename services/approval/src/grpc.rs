@@ -300,10 +300,9 @@ impl AccessReviewService for Approvals {
             .review
             .ok_or_else(|| invalid_argument("review", "required"))?;
         let duration = match &r.duration {
-            Some(d) if d.seconds < 0 || d.nanos < 0 => {
-                return Err(invalid_argument("review.duration", "must not be negative"));
+            Some(d) => {
+                Some(pim_runtime::db::checked_duration(d).map_err(|why| invalid_argument("review.duration", why))?)
             }
-            Some(d) => Some(Duration::new(d.seconds as u64, d.nanos as u32)),
             None => None,
         };
         let new = NewReview {

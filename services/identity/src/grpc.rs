@@ -19,6 +19,7 @@ use crate::store::{GroupRow, Link, UserRow};
 
 const DEFAULT_PAGE: i32 = 50;
 const MAX_PAGE: i32 = 500;
+const MAX_NEW_OWNERS: usize = 100;
 /// How long a write that changes access waits for its events to leave before it answers.
 const SETTLE_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -157,16 +158,24 @@ impl DirectoryService for Directory {
     async fn create_group(&self, request: Request<pb::CreateGroupRequest>) -> Result<Response<pb::Group>, Status> {
         let caller = caller(&request)?.clone();
         let r = request.into_inner();
+        // As Entra: a group starts with at most 100 owners (more are added one by one).
+        if r.owner_ids.len() > MAX_NEW_OWNERS {
+            return Err(invalid_argument(
+                "owner_ids",
+                &format!("at most {MAX_NEW_OWNERS} owners at creation"),
+            ));
+        }
+        let owner_ids = r
+            .owner_ids
+            .iter()
+            .filter(|o| !o.trim().is_empty())
+            .map(|o| required("owner_ids", o).map(str::to_owned))
+            .collect::<Result<_, _>>()?;
         let new = NewGroup {
             display_name: r.display_name,
             description: r.description,
             is_assignable_to_role: r.is_assignable_to_role,
-            owner_ids: r
-                .owner_ids
-                .into_iter()
-                .map(|o| o.trim().to_owned())
-                .filter(|o| !o.is_empty())
-                .collect(),
+            owner_ids,
         };
         Ok(Response::new(group_to_pb(
             Directory::create_group(self, &caller, new).await?,
@@ -688,13 +697,10 @@ impl MfaService for Directory {
         let r = request.get_ref();
         let user = required("user", &r.user)?;
         let lifetime_ms = match &r.lifetime {
-            Some(d) if d.seconds < 0 || d.nanos < 0 => {
-                return Err(pim_runtime::grpc::invalid_argument("lifetime", "must be positive"));
-            }
             Some(d) => Some(
-                d.seconds
-                    .saturating_mul(1000)
-                    .saturating_add(i64::from(d.nanos / 1_000_000)),
+                pim_runtime::db::checked_duration(d)
+                    .map_err(|why| pim_runtime::grpc::invalid_argument("lifetime", why))?
+                    .as_millis() as i64,
             ),
             None => None,
         };

@@ -91,6 +91,25 @@ pub fn to_timestamp(ms: i64) -> prost_types::Timestamp {
 /// `Timestamp` may hold.
 const TIMESTAMP_RANGE: std::ops::RangeInclusive<i64> = -62_135_596_800..=253_402_300_799;
 
+/// The last moment a protobuf `Timestamp` holds (9999-12-31T23:59:59.999Z), in epoch
+/// milliseconds: nothing may be scheduled to end later, as no one could be told of it.
+pub const LATEST_MS: i64 = 253_402_300_799_999;
+
+/// Seconds of 10,000 years: the longest a protobuf `Duration` may be.
+const DURATION_MAX_SECONDS: i64 = 315_576_000_000;
+
+/// A client's length of time; else why not, for the field's INVALID_ARGUMENT: it is negative,
+/// or not a valid protobuf `Duration` (over 10,000 years, or nanoseconds of a second or more).
+pub fn checked_duration(d: &prost_types::Duration) -> Result<std::time::Duration, &'static str> {
+    if d.seconds < 0 || d.nanos < 0 {
+        return Err("must not be negative");
+    }
+    if d.seconds > DURATION_MAX_SECONDS || d.nanos >= 1_000_000_000 {
+        return Err("must be a protobuf Duration: at most 10,000 years, its nanos less than a second");
+    }
+    Ok(std::time::Duration::new(d.seconds as u64, d.nanos as u32))
+}
+
 /// A client's timestamp in epoch milliseconds, or None when it lies outside
 /// 0001-01-01…9999-12-31 or its nanoseconds are out of range (not a valid `Timestamp`).
 pub fn checked_timestamp(ts: &prost_types::Timestamp) -> Option<i64> {
@@ -217,6 +236,26 @@ pub fn col_named<T>(row: &QueryResult, name: &str, parse: impl Fn(&str) -> Optio
 /// Whether `err` is a unique-constraint violation (mapped to ALREADY_EXISTS by callers).
 pub fn is_unique_violation(err: &DbErr) -> bool {
     matches!(err.sql_err(), Some(sea_orm::SqlErr::UniqueConstraintViolation(_)))
+}
+
+/// What the caller is told of text [`nul_in`] finds.
+pub const NUL_REFUSED: &str = "text must not contain NUL characters";
+
+/// Whether PostgreSQL refused text because it holds a NUL character (22021,
+/// `character_not_in_repertoire`), anywhere in an error's chain: the caller's input, not a
+/// fault. Fields checked at the edge say so themselves; this catches any that are not.
+pub fn nul_in(err: &anyhow::Error) -> bool {
+    use sea_orm::RuntimeErr::SqlxError;
+    err.chain().any(|cause| {
+        let Some(DbErr::Exec(SqlxError(e)) | DbErr::Query(SqlxError(e)) | DbErr::Conn(SqlxError(e))) =
+            cause.downcast_ref::<DbErr>()
+        else {
+            return false;
+        };
+        e.as_database_error()
+            .and_then(|e| e.code())
+            .is_some_and(|code| code == "22021")
+    })
 }
 
 /// [`conflict`] anywhere in an error's chain.

@@ -58,6 +58,7 @@ impl Error {
     pub fn message(&self) -> String {
         match self {
             Error::Status(status) => status.message().to_owned(),
+            Error::Internal(err) if crate::db::nul_in(err) => crate::db::NUL_REFUSED.to_owned(),
             Error::Internal(err) => crate::db::conflict_in(err).unwrap_or_else(|| "internal error".to_owned()),
             other => other.to_string(),
         }
@@ -76,6 +77,7 @@ impl Error {
             Error::Unauthenticated(_) => Code::Unauthenticated,
             Error::Status(status) => status.code(),
             Error::Internal(err) if crate::db::conflict_in(err).is_some() => Code::Aborted,
+            Error::Internal(err) if crate::db::nul_in(err) => Code::InvalidArgument,
             Error::Internal(_) => Code::Internal,
         }
     }
@@ -153,6 +155,14 @@ mod tests {
             let status = Status::from(Error::from(fault));
             assert_eq!(status.code(), tonic::Code::Internal);
             assert_eq!(status.message(), "internal error");
+
+            // Text PostgreSQL cannot keep is the caller's bad input, whichever field held it.
+            let nul = crate::db::query(&db, "SELECT id FROM t WHERE id::text = $1", vec!["1\0".into()])
+                .await
+                .expect_err("PostgreSQL refuses a NUL in text");
+            let status = Status::from(Error::from(nul));
+            assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+            assert!(status.message().contains("NUL"), "{status:?}");
             anyhow::Ok(())
         }
         .await;

@@ -17,7 +17,22 @@ pub fn duration(d: Duration) -> String {
 /// A moment (milliseconds since the epoch) as RFC 3339 in UTC to the millisecond:
 /// `2026-12-04T19:42:00.364Z`.
 pub fn rfc3339_ms(ms: i64) -> String {
-    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)).to_string()
+    moment(ms, humantime::format_rfc3339_millis)
+}
+
+/// A moment as RFC 3339 in UTC to the second: `2026-12-04T19:42:00Z`.
+pub fn rfc3339_seconds(ms: i64) -> String {
+    moment(ms, humantime::format_rfc3339_seconds)
+}
+
+/// A moment before 1970 reads as 1970; one past 9999-12-31 (which humantime cannot write, and
+/// panics on) as protobuf's `Timestamp` writes it (`+10000-01-01T00:46:40Z`): whatever a
+/// stored time holds, reading it never fails.
+fn moment(ms: i64, format: fn(std::time::SystemTime) -> humantime::Rfc3339Timestamp) -> String {
+    if ms > crate::db::LATEST_MS {
+        return crate::db::rfc3339(ms);
+    }
+    format(std::time::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)).to_string()
 }
 
 #[cfg(test)]
@@ -28,6 +43,9 @@ mod tests {
     fn moments_read_as_rfc3339_in_utc() {
         assert_eq!(rfc3339_ms(1_796_413_320_364), "2026-12-04T19:42:00.364Z");
         assert_eq!(rfc3339_ms(-5), "1970-01-01T00:00:00.000Z");
+        // Past what humantime writes (a time stored before such ends were refused).
+        assert_eq!(rfc3339_ms(253_402_303_600_000), "+10000-01-01T00:46:40Z");
+        assert_eq!(rfc3339_ms(i64::MAX), crate::db::rfc3339(i64::MAX));
     }
 
     use std::time::Duration;

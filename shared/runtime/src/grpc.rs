@@ -127,12 +127,16 @@ pub type BoxStream<T> = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result
 
 /// Logs an unexpected error with its chain and answers INTERNAL without details; the database
 /// giving up a transaction that met another, wherever it is in the chain, is no fault but
-/// ABORTED ([`crate::db::conflict`]).
+/// ABORTED ([`crate::db::conflict`]), and text PostgreSQL cannot keep (a NUL character) is
+/// the caller's INVALID_ARGUMENT ([`crate::db::nul_in`]).
 pub fn internal(err: impl Into<anyhow::Error>) -> Status {
     let err = err.into();
     if let Some(message) = crate::db::conflict_in(&err) {
         tracing::warn!(error = %format!("{err:#}"), "transaction aborted by a concurrent one");
         return Status::aborted(message);
+    }
+    if crate::db::nul_in(&err) {
+        return invalid_argument("request", crate::db::NUL_REFUSED);
     }
     tracing::error!(error = %format!("{err:#}"), "internal error");
     Status::internal("internal error")

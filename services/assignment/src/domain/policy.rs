@@ -245,14 +245,13 @@ impl Policy {
                 "the eligibility ends before the activation would start",
             ));
         }
+        let asked_end = start.saturating_add(length);
+        let end = eligible_until.map_or(asked_end, |until| asked_end.min(until));
+        violations.extend(past_the_last_moment(end));
         if !violations.is_empty() {
             return Err(violations);
         }
-        let end = start + length;
-        Ok(Schedule {
-            start,
-            end: Some(eligible_until.map_or(end, |until| end.min(until))),
-        })
+        Ok(Schedule { start, end: Some(end) })
     }
 
     /// Checks a new end for an assignment that runs from `start`: it must lie ahead, and the
@@ -275,6 +274,7 @@ impl Policy {
             )),
             None => None,
             Some(end) if end <= now.max(start) => Some("the new end must lie ahead".to_owned()),
+            Some(end) if end > pim_runtime::db::LATEST_MS => Some(LAST_MOMENT.to_owned()),
             Some(end) if end - now.max(start) > max.as_millis() as i64 => Some(format!(
                 "{} assignments may last at most {}",
                 kind.as_str(),
@@ -339,6 +339,7 @@ impl Policy {
                 });
             }
         }
+        violations.extend(end.and_then(past_the_last_moment));
         if a.kind == Kind::Active && self.active_requires_justification && a.justification.trim().is_empty() {
             violations.push(RuleViolation {
                 kind: "JustificationRule",
@@ -351,6 +352,14 @@ impl Policy {
             Err(violations)
         }
     }
+}
+
+const LAST_MOMENT: &str = "the schedule must end by 9999-12-31T23:59:59Z, the last moment a time is told";
+
+/// No schedule ends past the last moment the contracts can tell: a start near it leaves no
+/// room for the length asked.
+fn past_the_last_moment(end: i64) -> Option<RuleViolation> {
+    (end > pim_runtime::db::LATEST_MS).then(|| violation("ExpirationRule", LAST_MOMENT))
 }
 
 /// A length as the contracts (events and the API) carry it: whole seconds.
@@ -513,6 +522,40 @@ mod tests {
             phishing_resistant: false,
         };
         assert_eq!(kinds(p.check_activation(&ask, ahead, None, now)), vec!["MfaRule"]);
+    }
+
+    /// A start at the edge of time with a length that runs past 9999-12-31 is refused by
+    /// every schedule: no time past it can be told (audit, the CLI and clients read them).
+    #[test]
+    fn no_schedule_ends_past_the_last_moment_a_time_is_told() {
+        let now = 10_000_000_000;
+        let late = pim_runtime::db::LATEST_MS - 1_000;
+        let p = Policy::default();
+        let kinds = |r: std::result::Result<Schedule, Vec<RuleViolation>>| {
+            r.unwrap_err()
+                .into_iter()
+                .map(|v| (v.kind, v.message))
+                .collect::<Vec<_>>()
+        };
+        let ask = ActivationAsk {
+            start: Some(late),
+            duration: Some(HOUR),
+            justification: "far ahead".into(),
+            ..Default::default()
+        };
+        let last = vec![("ExpirationRule", LAST_MOMENT.to_owned())];
+        assert_eq!(kinds(p.check_activation(&ask, fresh_mfa(now), None, now)), last);
+        // An eligibility ending before that ends the activation in time.
+        assert!(p.check_activation(&ask, fresh_mfa(now), Some(late + 500), now).is_ok());
+        for expiration in [Expiration::After(HOUR), Expiration::Unspecified] {
+            let assignment = AdminAssignment {
+                start: Some(late),
+                ..active(expiration, "far ahead")
+            };
+            assert_eq!(kinds(p.check_admin_assignment(&assignment, now)), last);
+        }
+        let new_end = p.check_new_end(Kind::Eligible, late, Some(late + HOUR.as_millis() as i64), late);
+        assert_eq!(kinds(new_end.map(|()| Schedule { start: late, end: None })), last);
     }
 
     #[test]

@@ -84,14 +84,7 @@ pub(super) fn assignment_to_pb(
 }
 
 pub(super) fn duration_from_pb(field: &'static str, d: &prost_types::Duration) -> Result<Duration, Error> {
-    if d.seconds < 0 || d.nanos < 0 {
-        return Err(Error::invalid(field, "must not be negative"));
-    }
-    if d.nanos >= 1_000_000_000 {
-        // Not a protobuf Duration (its nanos hold less than a second).
-        return Err(Error::invalid(field, "nanos must be less than a second"));
-    }
-    Ok(Duration::new(d.seconds as u64, d.nanos as u32))
+    pim_runtime::db::checked_duration(d).map_err(|why| Error::invalid(field, why))
 }
 
 pub(super) fn policy_to_pb(at: PolicyAt) -> pb::RolePolicy {

@@ -1,8 +1,6 @@
 //! How every command prints: tables of names (ids beside them with `--ids`), or JSON lines
 //! with the ids as `<field>_id`; one status casing and one time format.
 
-use std::time::Duration;
-
 use clap::ValueEnum;
 
 /// How a command prints: a table for people, JSON lines for programs.
@@ -32,8 +30,7 @@ pub(crate) fn snake_case(status: &str) -> String {
 pub(crate) fn time(ms: Option<i64>) -> String {
     match ms {
         None => "permanent".to_owned(),
-        Some(ms) => humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64))
-            .to_string(),
+        Some(ms) => pim_runtime::format::rfc3339_seconds(ms),
     }
 }
 

@@ -167,7 +167,7 @@ impl Inbox {
             // New ones, each once (the same event can be in a batch twice).
             wanted.into_iter().filter(|e| fresh.remove(&e.id)).collect()
         };
-        self.handler.handle_all(&txn, &applied).await?;
+        caught(self.handler.handle_all(&txn, &applied)).await?;
         txn.commit().await.context("committing consumer transaction")?;
         for envelope in applied {
             self.handler.after_commit(envelope).await;
@@ -241,11 +241,29 @@ impl Inbox {
             txn.rollback().await.ok();
             return Ok(false);
         }
-        handle_event(self.consumer(), envelope, self.handler.handle(&txn, envelope)).await?;
+        handle_event(self.consumer(), envelope, caught(self.handler.handle(&txn, envelope))).await?;
         txn.commit().await.context("committing consumer transaction")?;
         self.handler.after_commit(envelope).await;
         Ok(true)
     }
+}
+
+/// A handler that panics on an event fails on it as one that returns an error does: the
+/// transaction is dropped, the entry retried, then dead-lettered, and the consumer goes on
+/// with the rest (a panic would otherwise end its task, holding every later event back).
+async fn caught<T>(handling: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    use futures::FutureExt;
+    std::panic::AssertUnwindSafe(handling)
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|panic| {
+            let why = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            Err(anyhow::anyhow!("the handler panicked: {why}"))
+        })
 }
 
 /// Handles one event in a span of its own, a child of the span that emitted it.
