@@ -20,7 +20,7 @@ pub async fn serve_portal(ts: &TestSuite) -> anyhow::Result<std::net::SocketAddr
             secure: false,
             idle: Duration::from_secs(3600),
             lifetime: Duration::from_secs(8 * 3600),
-            trusted_proxies: Vec::new(),
+            forwarders: Default::default(),
             public_origin: None,
         },
         Arc::new(pim_runtime::clock::SystemClock),

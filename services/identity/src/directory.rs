@@ -86,7 +86,7 @@ pub struct Directory {
     pub(crate) token_ttl: Duration,
     pub(crate) max_role_assignable_groups: u64,
     /// Proxies whose `x-forwarded-for` names the client (PIM_TRUSTED_PROXIES).
-    pub(crate) trusted_proxies: Arc<[ipnet::IpNet]>,
+    pub(crate) forwarders: pim_runtime::grpc::Forwarders,
     pub(crate) assignment: crate::clients::AssignmentClients,
     pub(crate) approval: crate::clients::ApprovalClient,
     pub(crate) sealer: pim_runtime::sealing::Sealer,

@@ -451,7 +451,7 @@ fn group_to_pb(g: GroupRow) -> pb::Group {
 #[tonic::async_trait]
 impl AuthService for Directory {
     async fn sign_in(&self, request: Request<pb::SignInRequest>) -> Result<Response<pb::SignInResponse>, Status> {
-        let client = client_info(&request, &self.trusted_proxies);
+        let client = client_info(&request, &self.forwarders);
         let r = request.get_ref();
         let user_name = required("user_name", &r.user_name)?;
         if r.password.is_empty() {
@@ -466,7 +466,7 @@ impl AuthService for Directory {
         &self,
         request: Request<pb::SignInServicePrincipalRequest>,
     ) -> Result<Response<pb::SignInResponse>, Status> {
-        let client = client_info(&request, &self.trusted_proxies);
+        let client = client_info(&request, &self.forwarders);
         let r = request.get_ref();
         let client_id = required("client_id", &r.client_id)?;
         if r.client_secret.is_empty() {
@@ -577,7 +577,7 @@ impl MfaService for Directory {
         request: Request<pb::ConfirmTotpRequest>,
     ) -> Result<Response<pb::ConfirmTotpResponse>, Status> {
         let caller = caller(&request)?.clone();
-        let client = client_info(&request, &self.trusted_proxies);
+        let client = client_info(&request, &self.forwarders);
         let r = request.into_inner();
         let method_id = required("method_id", &r.method_id)?;
         let code = required("code", &r.code)?;
@@ -589,7 +589,7 @@ impl MfaService for Directory {
 
     async fn verify(&self, request: Request<pb::VerifyRequest>) -> Result<Response<pb::SignInResponse>, Status> {
         let caller = caller(&request)?.clone();
-        let client = client_info(&request, &self.trusted_proxies);
+        let client = client_info(&request, &self.forwarders);
         let code = required("code", &request.get_ref().code)?;
         Ok(Response::new(session_to_pb(
             self.verify_mfa(&caller, code, &client).await?,
@@ -652,7 +652,7 @@ impl MfaService for Directory {
         request: Request<pb::VerifyPasskeyRequest>,
     ) -> Result<Response<pb::SignInResponse>, Status> {
         let caller = caller(&request)?.clone();
-        let client = client_info(&request, &self.trusted_proxies);
+        let client = client_info(&request, &self.forwarders);
         let r = request.into_inner();
         let ceremony_id = required("ceremony_id", &r.ceremony_id)?;
         let credential = required_document("credential_json", &r.credential_json)?;
@@ -727,9 +727,9 @@ impl MfaService for Directory {
 
 /// The caller's address (as forwarded by a trusted proxy, see
 /// [`pim_runtime::grpc::client_ip`]) and user agent (at most 256 characters of it).
-fn client_info<T>(request: &Request<T>, trusted_proxies: &[ipnet::IpNet]) -> ClientInfo {
+fn client_info<T>(request: &Request<T>, forwarders: &pim_runtime::grpc::Forwarders) -> ClientInfo {
     ClientInfo {
-        ip: pim_runtime::grpc::request_client_ip(request, trusted_proxies).map(|a| a.to_string()),
+        ip: forwarders.client_ip(request).map(|a| a.to_string()),
         user_agent: request
             .metadata()
             .get("user-agent")

@@ -59,7 +59,7 @@ impl Identity {
             keys,
             token_ttl: deps.config.access_token_ttl,
             max_role_assignable_groups: deps.config.max_role_assignable_groups,
-            trusted_proxies: deps.config.trusted_proxies.clone().into(),
+            forwarders: pim_runtime::grpc::Forwarders::from_config(&deps.config),
             assignment: clients::AssignmentClients::new(deps.assignment),
             approval: clients::ApprovalClient::new(deps.approval.ok_or_else(|| {
                 anyhow::anyhow!("identity needs the approval service's address (PIM_APPROVAL_URL) when approval is not hosted with it")

@@ -72,8 +72,9 @@ pub struct PortalOptions {
     pub idle: std::time::Duration,
     pub lifetime: std::time::Duration,
     /// Proxies in front of the portal whose `x-forwarded-for` names the browser
-    /// (`PIM_TRUSTED_PROXIES`); the browser's address goes on to the services the same way.
-    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// (`PIM_TRUSTED_PROXIES`); the browser's address goes on to the services the same way,
+    /// with `pim up`'s key where it runs the portal.
+    pub forwarders: pim_runtime::grpc::Forwarders,
     /// The origin browsers reach the portal at (`PIM_PUBLIC_URL`'s scheme, host and port):
     /// a form from it is the portal's own even where a proxy rewrote the `Host` header.
     pub public_origin: Option<String>,
@@ -85,7 +86,7 @@ impl PortalOptions {
             secure: config.public_url.as_deref().is_some_and(|u| u.starts_with("https://")),
             idle: config.portal_idle,
             lifetime: config.portal_lifetime,
-            trusted_proxies: config.trusted_proxies.clone(),
+            forwarders: pim_runtime::grpc::Forwarders::from_config(config),
             public_origin: config.public_url.as_deref().map(origin_of),
         }
     }
@@ -103,7 +104,7 @@ pub(crate) struct Inner {
     pub(crate) sessions: session::Sessions,
     pub(crate) upstreams: Upstreams,
     pub(crate) secure: bool,
-    pub(crate) trusted_proxies: Vec<ipnet::IpNet>,
+    pub(crate) forwarders: pim_runtime::grpc::Forwarders,
     pub(crate) public_origin: Option<String>,
     /// Taken while a session's tokens are refreshed: a page loaded at the same moment waits
     /// and takes the new tokens, rather than showing the spent refresh token again (which
@@ -135,7 +136,7 @@ impl Portal {
             sessions: session::Sessions::new(clock, options.idle, options.lifetime),
             upstreams,
             secure: options.secure,
-            trusted_proxies: options.trusted_proxies,
+            forwarders: options.forwarders,
             public_origin: options.public_origin,
             refreshing: (0..REFRESH_LOCKS).map(|_| tokio::sync::Mutex::new(())).collect(),
         }))

@@ -77,8 +77,18 @@ impl Failure {
 /// The browser's address: the connection's peer, or where a trusted proxy says it forwards
 /// for. Every call the portal makes for the browser names it in `x-forwarded-for`, so sign-in
 /// limits and audit records count the person, not the portal.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct ClientIp(pub Option<std::net::IpAddr>);
+#[derive(Clone, Default)]
+pub struct ClientIp {
+    ip: Option<std::net::IpAddr>,
+    /// `pim up`'s key, which makes the services believe the address this forwards.
+    forwarder_key: Option<std::sync::Arc<str>>,
+}
+
+impl std::fmt::Debug for ClientIp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ClientIp({:?})", self.ip)
+    }
+}
 
 impl FromRequestParts<Portal> for ClientIp {
     type Rejection = std::convert::Infallible;
@@ -100,23 +110,25 @@ impl ClientIp {
             .iter()
             .filter_map(|v| v.to_str().ok())
             .collect();
-        Self(pim_runtime::grpc::client_ip(
-            peer,
-            &forwarded,
-            &portal.0.trusted_proxies,
-        ))
+        Self {
+            ip: pim_runtime::grpc::client_ip(peer, &forwarded, &portal.0.forwarders.trusted),
+            forwarder_key: portal.0.forwarders.key.clone(),
+        }
     }
 
     /// A gRPC request for this browser, with `token` when there is one.
-    pub fn request<T>(self, message: T, token: Option<&str>) -> tonic::Request<T> {
+    pub fn request<T>(&self, message: T, token: Option<&str>) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
         pim_runtime::telemetry::inject(&mut request);
         request.set_timeout(Duration::from_secs(15));
         if let Some(value) = token.and_then(|t| format!("Bearer {t}").parse().ok()) {
             request.metadata_mut().insert("authorization", value);
         }
-        if let Some(value) = self.0.and_then(|ip| ip.to_string().parse().ok()) {
+        if let Some(value) = self.ip.and_then(|ip| ip.to_string().parse().ok()) {
             request.metadata_mut().insert(pim_runtime::grpc::FORWARDED_FOR, value);
+            if let Some(key) = self.forwarder_key.as_deref().and_then(|k| k.parse().ok()) {
+                request.metadata_mut().insert(pim_runtime::grpc::FORWARDER_KEY, key);
+            }
         }
         request
     }

@@ -97,6 +97,10 @@ pub struct Config {
     /// them counts as coming from the address they forwarded for (sign-in limits, audit).
     /// Empty: the peer's address, always.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// What the portal `pim up` runs in its own process proves itself with to the services
+    /// ([`crate::grpc::FORWARDER_KEY`]), so that its browsers' addresses are believed while
+    /// another caller on the same host is not: a random key per process, never configured.
+    pub forwarder_key: Option<Secret<String>>,
     pub tls: TlsConfig,
     /// Lifetime of access tokens (`PIM_ACCESS_TOKEN_TTL_SECS`).
     pub access_token_ttl: Duration,
@@ -227,6 +231,7 @@ impl Config {
         let config = Self {
             listen_addr,
             trusted_proxies,
+            forwarder_key: None,
             admin_addr: match get("PIM_ADMIN_ADDR") {
                 Some(a) => Some(
                     a.parse()

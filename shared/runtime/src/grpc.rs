@@ -178,15 +178,64 @@ fn hop_address(hop: &str) -> Option<std::net::IpAddr> {
         .or_else(|| hop.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()))
 }
 
-/// [`client_ip`] of a request.
-pub fn request_client_ip<T>(request: &tonic::Request<T>, trusted: &[ipnet::IpNet]) -> Option<std::net::IpAddr> {
-    let forwarded: Vec<&str> = request
-        .metadata()
-        .get_all(FORWARDED_FOR)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    client_ip(request.remote_addr().map(|a| a.ip()), &forwarded, trusted)
+/// The header a forwarder the suite runs itself (`pim up`'s portal, in the same process)
+/// proves itself with: it holds the process's [`crate::Config::forwarder_key`], and makes the
+/// caller a trusted proxy whatever its address. Nothing else on the host is believed for
+/// sharing it.
+pub const FORWARDER_KEY: &str = "x-pim-forwarder";
+
+/// Who may name the client they forward for: proxies by address (`PIM_TRUSTED_PROXIES`), and
+/// the portal `pim up` runs in its own process by its key.
+#[derive(Clone, Default)]
+pub struct Forwarders {
+    pub trusted: std::sync::Arc<[ipnet::IpNet]>,
+    pub key: Option<std::sync::Arc<str>>,
+}
+
+impl std::fmt::Debug for Forwarders {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Forwarders")
+            .field("trusted", &self.trusted)
+            .field("key", &self.key.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+impl Forwarders {
+    pub fn from_config(config: &crate::Config) -> Self {
+        Self {
+            trusted: config.trusted_proxies.clone().into(),
+            key: config.forwarder_key.as_ref().map(|k| k.expose().as_str().into()),
+        }
+    }
+
+    /// [`client_ip`] of a request: its peer is a proxy when trusted by address, or when it
+    /// holds the key in [`FORWARDER_KEY`].
+    pub fn client_ip<T>(&self, request: &tonic::Request<T>) -> Option<std::net::IpAddr> {
+        let forwarded: Vec<&str> = request
+            .metadata()
+            .get_all(FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        let peer = request.remote_addr().map(|a| a.ip());
+        // Digests compared, so the time taken tells nothing of the key.
+        let digest = |text: &[u8]| <sha2::Sha256 as sha2::Digest>::digest(text);
+        let vouched = self.key.as_deref().is_some_and(|key| {
+            request
+                .metadata()
+                .get(FORWARDER_KEY)
+                .is_some_and(|held| digest(held.as_bytes()) == digest(key.as_bytes()))
+        });
+        match peer {
+            Some(peer) if vouched => {
+                let mut with_peer = self.trusted.to_vec();
+                with_peer.push(ipnet::IpNet::from(peer));
+                client_ip(Some(peer), &forwarded, &with_peer)
+            }
+            _ => client_ip(peer, &forwarded, &self.trusted),
+        }
+    }
 }
 
 /// A gRPC server with TLS when a certificate is configured (and mutual TLS when a client CA
@@ -316,6 +365,38 @@ mod client_ip_tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    /// `pim up` trusts no address: a caller on the same host names a client only with the
+    /// key its portal holds, not by being local.
+    #[test]
+    fn the_portal_the_process_runs_is_believed_by_its_key_not_its_address() {
+        let forwarders = super::Forwarders {
+            trusted: Vec::new().into(),
+            key: Some("the-key".into()),
+        };
+        let from_localhost = |key: Option<&str>| {
+            let mut request = tonic::Request::new(());
+            request
+                .extensions_mut()
+                .insert(tonic::transport::server::TcpConnectInfo {
+                    local_addr: None,
+                    remote_addr: Some("127.0.0.1:40000".parse().unwrap()),
+                });
+            let metadata = request.metadata_mut();
+            metadata.insert(super::FORWARDED_FOR, "203.0.113.7".parse().unwrap());
+            if let Some(key) = key {
+                metadata.insert(super::FORWARDER_KEY, key.parse().unwrap());
+            }
+            forwarders.client_ip(&request)
+        };
+        assert_eq!(from_localhost(Some("the-key")), Some(ip("203.0.113.7")));
+        assert_eq!(from_localhost(None), Some(ip("127.0.0.1")), "local is not enough");
+        assert_eq!(from_localhost(Some("a-guess")), Some(ip("127.0.0.1")));
+        assert!(
+            !format!("{forwarders:?}").contains("the-key"),
+            "the key is never printed"
+        );
     }
 
     #[test]

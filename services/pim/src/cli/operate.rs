@@ -48,15 +48,12 @@ pub(crate) async fn up() -> anyhow::Result<i32> {
         config.event_signing_keys = Some(pim_runtime::config::Secret::new(keys));
         config.event_keys()?;
     }
-    if config.trusted_proxies.is_empty() && config.listen_addr.ip().is_loopback() {
-        // Only this host reaches the suite, and the portal is one of its callers: believing
-        // loopback's x-forwarded-for lets sign-in limits and audit tell the portal's browsers
-        // apart instead of counting them all as the portal.
-        config.trusted_proxies = vec![
-            ipnet::IpNet::from(std::net::IpAddr::from([127, 0, 0, 1])),
-            ipnet::IpNet::from(std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST)),
-        ];
-    }
+    // The portal runs here too: the services believe the browser's address it forwards
+    // (sign-in limits and audit tell its browsers apart instead of counting them all as the
+    // portal) because it holds this key, which nothing else on the host has. No address is
+    // trusted for it: another local caller's x-forwarded-for counts for nothing.
+    let key = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+    config.forwarder_key = Some(pim_runtime::config::Secret::new(key));
     if config.portal_addr.is_none() {
         // The web portal: two ports after the gRPC one (any free port when that one is).
         let port = match config.listen_addr.port() {
