@@ -1282,6 +1282,58 @@ async fn internal_apps_batch_their_checks_and_watch_access_change() -> anyhow::R
             );
             assert!(change.assignment_id.is_empty() && change.start_time.is_none());
         }
+
+        // A watch ends once its watcher could no longer open it, before it sends another
+        // change: a reader whose role was taken away (PERMISSION_DENIED), a reader who signed
+        // out (UNAUTHENTICATED).
+        let (ann, ola) = (w.user("ann").await?, w.user("ola").await?);
+        for reader in [&ann, &ola] {
+            w.assignments()
+                .create_request(authed(
+                    &w.admin,
+                    assign_for_an_hour(apb::AssignmentKind::Active, &reader.id, GLOBAL_READER),
+                ))
+                .await?;
+        }
+        let watch = |token: String| {
+            let mut access = access.clone();
+            async move {
+                let request = apb::WatchAccessChangesRequest { ..Default::default() };
+                anyhow::Ok(access.watch_access_changes(authed(&token, request)).await?.into_inner())
+            }
+        };
+        let (mut ann_watch, mut ola_watch) = (watch(ann.token.clone()).await?, watch(ola.token.clone()).await?);
+        pim_proto::identity::v1::auth_service_client::AuthServiceClient::new(w.ts.channel.clone())
+            .sign_out(authed(&ola.token, ipb::SignOutRequest::default()))
+            .await?;
+        w.assignments()
+            .create_request(authed(
+                &w.admin,
+                request(
+                    apb::RequestAction::AdminRemove,
+                    apb::AssignmentKind::Active,
+                    &ann.id,
+                    GLOBAL_READER,
+                ),
+            ))
+            .await?;
+        w.assignments()
+            .create_request(authed(
+                &w.admin,
+                assign_for_an_hour(apb::AssignmentKind::Active, &lee.id, EXCHANGE_ADMINISTRATOR),
+            ))
+            .await?;
+        for (watch, code) in [
+            (&mut ann_watch, Code::PermissionDenied),
+            (&mut ola_watch, Code::Unauthenticated),
+        ] {
+            let ended = match tokio::time::timeout(Duration::from_secs(10), watch.message()).await? {
+                Ok(Some(change)) => anyhow::bail!("{code:?}: a change after the watcher lost it: {change:?}"),
+                Ok(None) => anyhow::bail!("{code:?}: the watch ended without saying why"),
+                Err(status) => status,
+            };
+            assert_eq!(ended.code(), code, "{ended:?}");
+        }
         Ok(w)
     })
     .await

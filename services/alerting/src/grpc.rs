@@ -161,6 +161,7 @@ impl AlertService for Alerts {
     ) -> Result<Response<BoxStream<pb::AlertUpdate>>, Status> {
         let caller = caller(&request)?.clone();
         self.reader(&caller).await?;
+        let guard = pim_runtime::streams::Guard::of(&request);
         let r = request.into_inner();
         let min = severity_from_pb(r.min_severity)?;
         let mut after = cursor(&r.cursor, "cursor")?.unwrap_or(0);
@@ -200,7 +201,12 @@ impl AlertService for Alerts {
                 }
             }
         });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        let stream = Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx));
+        let this = self.clone();
+        Ok(Response::new(guard.wrap(stream, move || {
+            let (this, caller) = (this.clone(), caller.clone());
+            async move { this.reader(&caller).await }
+        })))
     }
 
     async fn list_rules(

@@ -164,6 +164,7 @@ impl ApprovalService for Approvals {
         request: Request<pb::WatchApprovalsRequest>,
     ) -> Result<Response<BoxStream<pb::Approval>>, Status> {
         let caller = caller(&request)?.clone();
+        let guard = pim_runtime::streams::Guard::of(&request);
         let mut after = cursor(&request.get_ref().cursor, "cursor")?.unwrap_or(0);
         let mut changed = self.changed.subscribe();
         let this = self.clone();
@@ -202,7 +203,9 @@ impl ApprovalService for Approvals {
                 }
             }
         });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        // Which approvals the caller decides is weighed for each one sent; the token with it.
+        let stream = Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx));
+        Ok(Response::new(guard.wrap(stream, || async { Ok(()) })))
     }
 }
 

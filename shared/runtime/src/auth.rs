@@ -207,6 +207,11 @@ pub fn caller<T>(request: &Request<T>) -> Result<&Caller, Status> {
         .ok_or_else(|| Status::unauthenticated("sign in first: no access token"))
 }
 
+/// The verifier that checked a request's token, put beside its caller by [`AuthLayer`], so a
+/// long answer (a server stream, [`crate::streams::Guard`]) can weigh the token again.
+#[derive(Clone)]
+pub struct VerifiedBy(pub Arc<TokenVerifier>);
+
 /// Sessions and principals whose unexpired tokens are refused, as identity publishes them:
 /// by [`revocation_tag`] of their ids, never the ids themselves.
 #[derive(Clone, Debug, Default)]
@@ -867,6 +872,7 @@ where
                         // Who asked, kept for the answer.
                         .map(|refusals| (refusals, caller.clone()));
                     request.extensions_mut().insert(caller);
+                    request.extensions_mut().insert(VerifiedBy(layer.verifier.clone()));
                     let response = inner.call(request).await;
                     let denied = match (&refusals, &response) {
                         (Some(_), Ok(answer)) => Status::from_header_map(answer.headers()).filter(|status| {

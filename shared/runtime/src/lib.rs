@@ -15,6 +15,7 @@ pub mod grpc;
 pub mod host;
 pub mod metrics;
 pub mod sealing;
+pub mod streams;
 pub mod telemetry;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;

@@ -250,6 +250,7 @@ impl AssignmentService for Assignments {
             .ok_or_else(|| Error::invalid("request_id", "required"))?
             .to_owned();
         let first = Assignments::get_request(self, &caller, &id).await?;
+        let guard = pim_runtime::streams::Guard::of(&request);
         let mut changes = self.changes.subscribe();
         let this = self.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(8);
@@ -286,7 +287,9 @@ impl AssignmentService for Assignments {
                 }
             }
         });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        // Whether the caller may see the request is weighed at each change; the token with it.
+        let stream = Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx));
+        Ok(Response::new(guard.wrap(stream, || async { Ok(()) })))
     }
 
     async fn list_eligible_assignments(
@@ -374,6 +377,7 @@ impl AccessService for Assignments {
         let caller = caller(&request)?.clone();
         self.authorize(&caller, permissions::ASSIGNMENTS_READ, &Scope::root())
             .await?;
+        let guard = pim_runtime::streams::Guard::of(&request);
         let mut changes = self.index.subscribe();
         // Subscribed first, so nothing applied while waiting is missed.
         self.fresh_enough(&request.get_ref().at_least_as_fresh, freshness_wait(request.metadata()))
@@ -412,7 +416,17 @@ impl AccessService for Assignments {
                 }
             }
         });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        let stream = Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx));
+        let this = self.clone();
+        Ok(Response::new(guard.wrap(stream, move || {
+            let (this, caller) = (this.clone(), caller.clone());
+            async move {
+                this.authorize(&caller, permissions::ASSIGNMENTS_READ, &Scope::root())
+                    .await
+                    .map(drop)
+                    .map_err(Status::from)
+            }
+        })))
     }
 
     async fn list_active_roles(
