@@ -154,8 +154,17 @@ impl TestSuite {
 
     /// Stops the suite and starts it again on the same databases (a restart of every service).
     pub async fn restart(mut self) -> anyhow::Result<Self> {
+        // Back on the same address, as a restarted server is: clients that kept their
+        // channel reconnect to it.
+        let address = self
+            .suite
+            .url()
+            .trim_start_matches("http://")
+            .trim_start_matches("https://")
+            .to_owned();
         self.suite.stop().await?;
         let mut options = SuiteOptions::new(self.config.clone(), self.urls.clone());
+        options.listener = Some(tokio::net::TcpListener::bind(&address).await?);
         options.relay_poll = Duration::from_millis(50);
         self.suite = Suite::start(options).await?;
         self.channel = pim_runtime::grpc::channel(self.suite.url(), &self.config.tls)?;

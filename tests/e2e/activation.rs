@@ -1334,7 +1334,19 @@ async fn internal_apps_batch_their_checks_and_watch_access_change() -> anyhow::R
             };
             assert_eq!(ended.code(), code, "{ended:?}");
         }
-        Ok(w)
+
+        // A server that stops ends its streams UNAVAILABLE (reconnect), rather than waiting
+        // for as long as their clients stay.
+        let mut watching = watch(w.admin.clone()).await?;
+        let World { ts, clock, admin } = w;
+        let ts = tokio::time::timeout(Duration::from_secs(30), ts.restart())
+            .await
+            .map_err(|_| anyhow::anyhow!("the restart waited on an open stream"))??;
+        let ended = tokio::time::timeout(Duration::from_secs(10), watching.message())
+            .await?
+            .expect_err("the stream ended with the server");
+        assert_eq!(ended.code(), Code::Unavailable, "{ended:?}");
+        Ok(World { ts, clock, admin })
     })
     .await
 }

@@ -849,6 +849,18 @@ async fn the_example_bot_approves_what_its_rule_allows() -> anyhow::Result<()> {
         assert_eq!(still.status, pb::ApprovalStatus::Pending as i32);
         assert!(still.decisions.is_empty());
         assert!(!running.is_finished(), "the bot keeps watching");
+        // The server restarting does not stop the bot: it resumes from its cursor.
+        let World { ts, clock, admin } = w;
+        let w = World {
+            ts: ts.restart().await?,
+            clock,
+            admin,
+        };
+        let ann = w.user("ann").await?;
+        let request = w.ask(&ann, "incident INC0043").await?;
+        w.eventually_status(&ann.token, &request.id, apb::RequestStatus::Provisioned)
+            .await?;
+        assert!(!running.is_finished(), "the bot keeps watching after the restart");
         running.abort();
         // The bot decided within milliseconds, by the rule it was given: no rubber stamp.
         w.ts.settle().await?;

@@ -95,34 +95,57 @@ impl Bot {
         Ok(request)
     }
 
-    /// Watches and decides until the stream fails for a reason other than an expired token
-    /// or a lost connection (those are retried, resuming from the last approval seen).
+    /// Watches and decides, resuming from the last approval seen whenever the stream ends: a
+    /// token that expired signs in again; a lost connection, a server restarting or any other
+    /// passing fault is retried (waiting 1 s, doubling up to 30 s). It gives up only on what
+    /// retrying cannot mend: its credentials refused, a permission missing, a request the
+    /// server cannot take.
     pub async fn run(&self) -> anyhow::Result<()> {
         let mut cursor = String::new();
-        let mut token = self.sign_in().await?;
-        let approvals = ApprovalServiceClient::new(self.channel.clone());
+        let mut token = None;
+        let mut wait = Duration::from_secs(1);
         loop {
-            let watched = approvals
-                .clone()
-                .watch_approvals(Self::authed(
-                    &token,
-                    pb::WatchApprovalsRequest { cursor: cursor.clone() },
-                )?)
-                .await;
-            let result = match watched {
-                Ok(stream) => self.decide_each(&token, stream.into_inner(), &mut cursor).await,
-                Err(status) => Err(status),
-            };
-            match result {
-                Ok(()) => {}
-                Err(status) if status.code() == Code::Unauthenticated => token = self.sign_in().await?,
-                Err(status) if status.code() == Code::Unavailable => {
-                    tracing::warn!(error = %status.message(), "approval stream lost; resuming");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+            match self.watch(&mut token, &mut cursor).await {
+                Err(status) if status.code() == Code::Unauthenticated => token = None,
+                Err(status) if lasting(status.code()) => return Err(status.into()),
+                Err(status) => {
+                    tracing::warn!(code = ?status.code(), error = %status.message(), "approval stream lost; resuming");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(30));
                 }
-                Err(status) => return Err(status.into()),
+                // The server ended the stream (it is stopping): resume in a moment.
+                Ok(()) => {
+                    wait = Duration::from_secs(1);
+                    tokio::time::sleep(wait).await;
+                }
             }
         }
+    }
+
+    /// Signs in unless `token` holds one, then watches from `cursor` and decides each approval.
+    async fn watch(&self, token: &mut Option<String>, cursor: &mut String) -> Result<(), Status> {
+        let signed_in = match token.clone() {
+            Some(signed_in) => signed_in,
+            None => {
+                let signed_in = self.sign_in().await.map_err(|status| match status.code() {
+                    // Its own secret refused: signing in again will not mend that.
+                    Code::Unauthenticated => Status::permission_denied(format!(
+                        "the bot's client id and secret were refused: {}",
+                        status.message()
+                    )),
+                    _ => status,
+                })?;
+                token.insert(signed_in).clone()
+            }
+        };
+        let stream = ApprovalServiceClient::new(self.channel.clone())
+            .watch_approvals(Self::authed(
+                &signed_in,
+                pb::WatchApprovalsRequest { cursor: cursor.clone() },
+            )?)
+            .await?
+            .into_inner();
+        self.decide_each(&signed_in, stream, cursor).await
     }
 
     async fn decide_each(
@@ -133,7 +156,6 @@ impl Bot {
     ) -> Result<(), Status> {
         let mut approvals = ApprovalServiceClient::new(self.channel.clone());
         while let Some(approval) = stream.message().await? {
-            *cursor = approval.cursor.clone();
             match self.rule.verdict(&approval) {
                 Ok(justification) => {
                     let decided = approvals
@@ -157,9 +179,20 @@ impl Bot {
                 }
                 Err(reason) => tracing::info!(approval = %approval.id, %reason, "left to people"),
             }
+            // Past it only once it is decided (or left): a stream lost while deciding resumes
+            // with it.
+            *cursor = approval.cursor;
         }
         Ok(())
     }
+}
+
+/// Whether an error is one retrying cannot mend.
+fn lasting(code: Code) -> bool {
+    matches!(
+        code,
+        Code::PermissionDenied | Code::InvalidArgument | Code::NotFound | Code::Unimplemented
+    )
 }
 
 #[cfg(test)]
@@ -174,6 +207,26 @@ mod tests {
             }),
             duration: Some(prost_types::Duration { seconds, nanos: 0 }),
             ..Default::default()
+        }
+    }
+
+    /// A connection cut (the server killed: UNKNOWN, an h2 error; stopping: CANCELLED or
+    /// UNAVAILABLE) is retried; only what retrying cannot mend ends the bot.
+    #[test]
+    fn the_bot_gives_up_only_on_what_retrying_cannot_mend() {
+        for passing in [
+            Code::Unknown,
+            Code::Cancelled,
+            Code::Unavailable,
+            Code::Internal,
+            Code::Aborted,
+            Code::DeadlineExceeded,
+            Code::ResourceExhausted,
+        ] {
+            assert!(!lasting(passing), "{passing:?}");
+        }
+        for lasting_code in [Code::PermissionDenied, Code::InvalidArgument, Code::Unimplemented] {
+            assert!(lasting(lasting_code), "{lasting_code:?}");
         }
     }
 

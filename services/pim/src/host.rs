@@ -479,7 +479,9 @@ impl Suite {
         if let Some(issuer) = &ssf_url {
             tracing::info!(issuer = %issuer, "serving the Shared Signals transmitter");
         }
-        let auth = AuthLayer::new(verifier).recording_refusals(Arc::new(Denials::of(&services)));
+        let auth = AuthLayer::new(verifier)
+            .recording_refusals(Arc::new(Denials::of(&services)))
+            .stopping_with(stop.subscribe());
         let mut routes = RoutesBuilder::default();
         let mut names = Vec::new();
         for service in &services {

@@ -689,7 +689,14 @@ pub struct AuthLayer {
     public: Arc<HashSet<&'static str>>,
     refusals: Option<Arc<dyn Refusals>>,
     rejections: Arc<Rejections>,
+    stopping: Option<Stopping>,
 }
+
+/// Turns true when the server that answers a request starts to stop, put beside its caller by
+/// [`AuthLayer`]: a server stream then ends UNAVAILABLE (reconnect elsewhere or later) rather
+/// than holding the shutdown back for as long as its client stays.
+#[derive(Clone)]
+pub struct Stopping(pub tokio::sync::watch::Receiver<bool>);
 
 /// How often one refused token is recorded at most: a client retrying a dead token, or
 /// someone sending forged ones by the thousand, writes a record now and then, not one a call.
@@ -773,7 +780,14 @@ impl AuthLayer {
             public: Arc::new(PUBLIC_METHODS.iter().copied().collect()),
             refusals: None,
             rejections: Arc::default(),
+            stopping: None,
         }
+    }
+
+    /// Tells the streams it lets through when the server starts to stop (see [`Stopping`]).
+    pub fn stopping_with(mut self, stopping: tokio::sync::watch::Receiver<bool>) -> Self {
+        self.stopping = Some(Stopping(stopping));
+        self
     }
 
     /// Records every PERMISSION_DENIED answer to an authenticated caller with `refusals`
@@ -873,6 +887,9 @@ where
                         .map(|refusals| (refusals, caller.clone()));
                     request.extensions_mut().insert(caller);
                     request.extensions_mut().insert(VerifiedBy(layer.verifier.clone()));
+                    if let Some(stopping) = layer.stopping.clone() {
+                        request.extensions_mut().insert(stopping);
+                    }
                     let response = inner.call(request).await;
                     let denied = match (&refusals, &response) {
                         (Some(_), Ok(answer)) => Status::from_header_map(answer.headers()).filter(|status| {

@@ -2,7 +2,9 @@
 //! call that opened it, so the token and the permission it was opened with are weighed again
 //! before each item it sends and every [`RECHECK`] while it is quiet. A token that expired or
 //! was revoked (signed out, disabled, a secret rotated) ends it UNAUTHENTICATED; a permission
-//! taken away ends it with the service's refusal (PERMISSION_DENIED).
+//! taken away ends it with the service's refusal (PERMISSION_DENIED). And a server that starts
+//! to stop ends its streams UNAVAILABLE, so that their clients reconnect (to another replica,
+//! or once it is back) instead of holding the shutdown back while they stay.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -11,7 +13,7 @@ use std::time::Duration;
 use tokio_stream::StreamExt;
 use tonic::{Request, Status};
 
-use crate::auth::{Caller, VerifiedBy};
+use crate::auth::{Caller, Stopping, VerifiedBy};
 use crate::grpc::BoxStream;
 
 /// How often a quiet stream weighs its caller again.
@@ -21,6 +23,7 @@ pub const RECHECK: Duration = Duration::from_secs(10);
 pub struct Guard {
     caller: Option<Arc<Caller>>,
     verifier: Option<VerifiedBy>,
+    stopping: Option<Stopping>,
 }
 
 impl Guard {
@@ -28,6 +31,7 @@ impl Guard {
         Self {
             caller: request.extensions().get::<Arc<Caller>>().cloned(),
             verifier: request.extensions().get::<VerifiedBy>().cloned(),
+            stopping: request.extensions().get::<Stopping>().cloned(),
         }
     }
 
@@ -39,24 +43,32 @@ impl Guard {
         F: Fn() -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), Status>> + Send,
     {
-        guarded(self.caller, self.verifier, stream, still_allowed)
+        guarded(self, stream, still_allowed)
     }
 }
 
-fn guarded<T, F, Fut>(
-    caller: Option<Arc<Caller>>,
-    verifier: Option<VerifiedBy>,
-    stream: BoxStream<T>,
-    still_allowed: F,
-) -> BoxStream<T>
+fn guarded<T, F, Fut>(guard: Guard, stream: BoxStream<T>, still_allowed: F) -> BoxStream<T>
 where
     T: Send + 'static,
     F: Fn() -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<(), Status>> + Send,
 {
     let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let Guard {
+        caller,
+        verifier,
+        stopping,
+    } = guard;
     tokio::spawn(async move {
         let mut stream = stream;
+        let mut stopping = stopping.map(|Stopping(stopping)| stopping);
+        let stops = async move {
+            match stopping.as_mut() {
+                Some(stopping) => drop(stopping.wait_for(|stopped| *stopped).await),
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(stops);
         let mut recheck = tokio::time::interval_at(tokio::time::Instant::now() + RECHECK, RECHECK);
         loop {
             let item = tokio::select! {
@@ -66,6 +78,10 @@ where
                 },
                 _ = recheck.tick() => None,
                 _ = tx.closed() => return,
+                () = &mut stops => {
+                    let _ = tx.send(Err(Status::unavailable("the server is stopping: reconnect"))).await;
+                    return;
+                }
             };
             if let Err(refused) = weigh(caller.as_deref(), verifier.as_ref(), &still_allowed).await {
                 let _ = tx.send(Err(refused)).await;
