@@ -1014,16 +1014,29 @@ async fn people_ask_to_extend_and_renew_and_approvers_decide() -> anyhow::Result
             .await
             .expect_err("no reason given");
         assert_eq!(pim_runtime::grpc::violated_rules(&refused), vec!["JustificationRule"]);
+        let ticket = pim_proto::common::v1::Ticket {
+            system: "ServiceNow".into(),
+            number: "INC5555".into(),
+        };
         let extend = w
             .assignments()
-            .create_request(authed(&lee.token, ask(A::SelfExtend, 30, "the migration slipped")))
+            .create_request(authed(
+                &lee.token,
+                apb::CreateRequestRequest {
+                    ticket: Some(ticket.clone()),
+                    ..ask(A::SelfExtend, 30, "the migration slipped")
+                },
+            ))
             .await?
             .into_inner();
         assert_eq!(extend.status, apb::RequestStatus::PendingApproval as i32);
+        assert_eq!(extend.ticket.as_ref(), Some(&ticket), "the request keeps its ticket");
         let asked_at = w.clock.now_ms();
-        // The approver sees what is asked: an extension of an eligibility, until when.
+        // The approver sees what is asked: an extension of an eligibility, until when, and
+        // the ticket it names.
         let approval = w.approval_of(&extend.id).await?;
         assert_eq!((approval.action(), approval.kind()), (A::SelfExtend, K::Eligible));
+        assert_eq!(approval.ticket.as_ref(), Some(&ticket));
         assert_eq!(
             approval.end_time.as_ref().map(pim_runtime::db::from_timestamp),
             Some(asked_at + 30 * DAY_MS)

@@ -206,7 +206,7 @@ impl Assignments {
         {
             return Err(last_global_admin_refused());
         }
-        let request = Self::ending_request(
+        let request = r.ticketed(Self::ending_request(
             Action::AdminRemove,
             r.kind,
             &principal_id,
@@ -217,7 +217,7 @@ impl Assignments {
             open.first().map(|a| a.id.clone()),
             now,
             r.validate_only,
-        );
+        ));
         if r.validate_only {
             return Ok(request);
         }
@@ -364,7 +364,7 @@ impl Assignments {
         if end.is_some() && self.takes_the_last_global_admin(&txn, &[&assignment], now).await? {
             return Err(last_global_admin_refused());
         }
-        let mut request = Self::ending_request(
+        let mut request = r.ticketed(Self::ending_request(
             action,
             r.kind,
             &principal_id,
@@ -375,7 +375,7 @@ impl Assignments {
             Some(assignment.id.clone()),
             now,
             r.validate_only,
-        );
+        ));
         request.status = RequestStatus::Provisioned;
         request.start_at = assignment.start_at;
         request.end_at = end;

@@ -94,7 +94,21 @@ pub struct EndRequest {
     pub role: String,
     pub scope: String,
     pub justification: String,
+    /// The ticket the change names (system, number), kept on its request as an
+    /// activation's is: approvers, bots and the audit log read it.
+    pub ticket: (String, String),
     pub validate_only: bool,
+}
+
+impl EndRequest {
+    /// `request` naming this change's ticket.
+    fn ticketed(&self, request: RequestRow) -> RequestRow {
+        RequestRow {
+            ticket_system: self.ticket.0.trim().into(),
+            ticket_number: self.ticket.1.trim().into(),
+            ..request
+        }
+    }
 }
 
 /// A principal's request to activate an eligible role.

@@ -84,7 +84,7 @@ impl Assignments {
         if let Some(waiting) = store::pending_request(&self.db, &caller.principal_id, &role.id, scope.as_str()).await? {
             return Err(already_waiting(&role.name, &waiting));
         }
-        let request = RequestRow {
+        let request = r.ticketed(RequestRow {
             id: if r.validate_only { String::new() } else { new_id() },
             action,
             kind: r.kind,
@@ -103,7 +103,7 @@ impl Assignments {
             duration_ms: end.map(|e| e - start),
             policy: serde_json::to_string(&policy).map_err(|e| Error::Internal(e.into()))?,
             outcome_reason: String::new(),
-        };
+        });
         if r.validate_only {
             return Ok(request);
         }

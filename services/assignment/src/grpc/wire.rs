@@ -287,12 +287,14 @@ impl TryFrom<pb::CreateRequestRequest> for EndRequest {
 
     fn try_from(r: pb::CreateRequestRequest) -> Result<Self, Error> {
         check_text(&r)?;
+        let ticket = r.ticket.unwrap_or_default();
         Ok(Self {
             kind: kind_from_pb(r.kind)?,
             principal_id: r.principal_id,
             role: r.role_id,
             scope: r.scope,
             justification: r.justification,
+            ticket: (ticket.system, ticket.number),
             validate_only: r.validate_only,
         })
     }
