@@ -453,6 +453,20 @@ async fn stream_alerts_resumes_from_its_cursor_with_every_change_once() -> anyho
                 assert_eq!(seen.get(&format!("{batch}-{i}")), Some(&1), "{batch}-{i} exactly once");
             }
         }
+        // A cursor this service never issued (ahead of its latest) would skip what comes up
+        // to it: refused.
+        let ahead = w
+            .alerts()
+            .stream_alerts(authed(
+                &w.admin,
+                pb::StreamAlertsRequest {
+                    cursor: "999999".into(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .expect_err("a cursor from elsewhere");
+        assert_eq!(ahead.code(), tonic::Code::InvalidArgument, "{ahead:?}");
         // Each alert's event says its severity and status as the API's enums (and in text).
         let alerts: HashMap<String, i32> = w.all_alerts().await?.into_iter().map(|a| (a.id, a.severity)).collect();
         let raised = w

@@ -921,6 +921,19 @@ async fn escalation_adds_approvers_and_a_watch_resumes_from_its_cursor() -> anyh
             .await??
             .expect("the second approval");
         assert_eq!(next.request_id, second.id, "no duplicate of the first");
+        // A cursor this service never issued (ahead of its latest) would skip what comes
+        // up to it: refused.
+        let ahead = w
+            .approvals()
+            .watch_approvals(authed(
+                &ann.token,
+                pb::WatchApprovalsRequest {
+                    cursor: "999999".into(),
+                },
+            ))
+            .await
+            .expect_err("a cursor from elsewhere");
+        assert_eq!(ahead.code(), Code::InvalidArgument, "{ahead:?}");
 
         // Bob may decide only after ten minutes without a decision.
         let early = w

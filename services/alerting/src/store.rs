@@ -184,6 +184,14 @@ pub async fn next_rev<C: ConnectionTrait>(c: &C) -> Result<i64, DbErr> {
     col(&row, "rev")
 }
 
+/// The latest revision given out (committed).
+pub async fn latest_rev<C: ConnectionTrait>(c: &C) -> Result<i64, DbErr> {
+    let row = db::query_one(c, "SELECT rev FROM alert_revision WHERE id = 1", vec![])
+        .await?
+        .ok_or_else(|| DbErr::Custom("alert revision counter missing".into()))?;
+    col(&row, "rev")
+}
+
 /// The live (open or acknowledged) alert with this dedup key, locked.
 pub async fn live<C: ConnectionTrait>(c: &C, dedup_key: &str) -> Result<Option<AlertRow>, DbErr> {
     let sql = format!(

@@ -165,7 +165,12 @@ impl ApprovalService for Approvals {
     ) -> Result<Response<BoxStream<pb::Approval>>, Status> {
         let caller = caller(&request)?.clone();
         let guard = pim_runtime::streams::Guard::of(&request);
-        let mut after = cursor(&request.get_ref().cursor, "cursor")?.unwrap_or(0);
+        let latest = crate::store::latest_rev(&self.db).await.map_err(internal)?;
+        let mut after = pim_runtime::grpc::cursor_issued(
+            cursor(&request.get_ref().cursor, "cursor")?.unwrap_or(0),
+            latest,
+            "cursor",
+        )?;
         let mut changed = self.changed.subscribe();
         let this = self.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(16);

@@ -77,6 +77,22 @@ pub fn cursor(raw: &str, field: &str) -> Result<Option<i64>, Status> {
         .ok_or_else(|| invalid_argument(field, "not a cursor this service issued"))
 }
 
+/// A stream's cursor no further than the `latest` this service has issued: one ahead of it
+/// comes from another installation (or a data directory restored from before it), and
+/// resuming from it would skip every item up to it.
+pub fn cursor_issued(cursor: i64, latest: i64, field: &str) -> Result<i64, Status> {
+    if cursor > latest {
+        return Err(invalid_argument(
+            field,
+            &format!(
+                "{cursor} is ahead of the latest this service has issued ({latest}): not one it issued \
+                 (another installation's, or from before a restore); resume with an empty cursor"
+            ),
+        ));
+    }
+    Ok(cursor)
+}
+
 /// The rule a protection's FAILED_PRECONDITION names when it refuses to leave no enabled
 /// Global Administrator: a security decision, recorded as a refusal (see
 /// [`crate::auth::Refusals`]).

@@ -140,6 +140,14 @@ pub async fn next_rev<C: ConnectionTrait>(c: &C) -> Result<i64, DbErr> {
     col(&row, "rev")
 }
 
+/// The latest revision given out (committed).
+pub async fn latest_rev<C: ConnectionTrait>(c: &C) -> Result<i64, DbErr> {
+    let row = db::query_one(c, "SELECT rev FROM approval_revision WHERE id = 1", vec![])
+        .await?
+        .ok_or_else(|| DbErr::Custom("approval revision counter missing".into()))?;
+    col(&row, "rev")
+}
+
 /// Inserts an approval unless one exists for its request; returns whether it did.
 pub async fn insert<C: ConnectionTrait>(c: &C, a: &ApprovalRow) -> Result<bool, DbErr> {
     let stages = serde_json::to_string(&a.stages).map_err(|e| DbErr::Custom(e.to_string()))?;
