@@ -179,6 +179,22 @@ pub fn signal(r: &Record) -> Option<(&'static str, Value)> {
         Some(EventType::UserDeleted) => (SESSION_REVOKED, revoked("admin", "user deleted".into())),
         Some(EventType::RoleActivated) => (TOKEN_CLAIMS_CHANGE, claims_change("user", "pim_role_added")),
         Some(EventType::ActiveAssignmentGranted) => (TOKEN_CLAIMS_CHANGE, claims_change("admin", "pim_role_added")),
+        // A role-assignable group carries roles to its members: leaving it ends them, joining
+        // it gives them (apps know users, not PIM's groups). An ordinary group carries none.
+        Some(EventType::GroupMemberRemoved | EventType::GroupMemberAdded)
+            if payload["is_assignable_to_role"] == true =>
+        {
+            let group = payload["group_id"].as_str().unwrap_or_default();
+            let initiator = if r.actor_id == r.target_id { "user" } else { "admin" };
+            if r.event_type() == Some(EventType::GroupMemberRemoved) {
+                let why = format!("left group {group}, and the roles it carries");
+                (SESSION_REVOKED, revoked(initiator, why))
+            } else {
+                let group = json!({"id": group, "scope": r.scope});
+                let event = json!({"event_timestamp": at, "initiating_entity": initiator, "claims": {"pim_group_added": group}});
+                (TOKEN_CLAIMS_CHANGE, event)
+            }
+        }
         Some(EventType::ActivationShortened) => {
             let mut event = claims_change("admin", "pim_role_changed");
             let why = payload["reason"].as_str().unwrap_or_default();
@@ -466,6 +482,19 @@ mod tests {
         // Its RoleDeactivated says it already: one signal for one end.
         assert!(signal(&record("ActiveAssignmentRemoved", "{}")).is_none());
         assert!(signal(&record("PolicyUpdated", "{}")).is_none());
+
+        // Leaving a role-assignable group ends the roles it carried; joining gives them; an
+        // ordinary group carries none.
+        let membership = |assignable: bool| format!(r#"{{"group_id":"g-1","is_assignable_to_role":{assignable}}}"#);
+        let (kind, event) = signal(&record("GroupMemberRemoved", &membership(true))).unwrap();
+        assert_eq!(kind, SESSION_REVOKED);
+        assert_eq!(event["reason_admin"]["en"], "left group g-1, and the roles it carries");
+        let (kind, event) = signal(&record("GroupMemberAdded", &membership(true))).unwrap();
+        assert_eq!(kind, TOKEN_CLAIMS_CHANGE);
+        assert_eq!(event["claims"]["pim_group_added"]["id"], "g-1");
+        for ordinary in ["GroupMemberRemoved", "GroupMemberAdded"] {
+            assert!(signal(&record(ordinary, &membership(false))).is_none(), "{ordinary}");
+        }
     }
 
     #[test]
