@@ -212,3 +212,21 @@ fn setup_link(page: &str) -> anyhow::Result<totp_rs::TOTP> {
         .replace("&amp;", "&");
     totp_rs::TOTP::from_url(&uri).map_err(|e| anyhow::anyhow!("{e:?}"))
 }
+
+/// A requester reading their own waiting approval is offered no decision: nobody decides
+/// their own request, and trying is flagged as a self-approval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_requester_is_offered_no_decision_on_their_own_request() -> anyhow::Result<()> {
+    let w = World::new().await?;
+    let lee = w.user("lee").await?;
+    w.set_policy(EXCHANGE_ADMINISTRATOR, |p| p.approval_required = true)
+        .await?;
+    let request = w.ask(&lee, "incident INC0042").await?;
+    let approval = w.approval_of(&request.id).await?;
+    let mut browser = Browser::connect(serve_portal(&w.ts).await?).await?;
+    browser.sign_in("lee", "lee's long passphrase").await?;
+    let page = browser.get(&format!("/approvals/{}", approval.id)).await?;
+    assert!(page.contains("This is your request"), "{page}");
+    assert!(!page.contains(r#"value="approve""#), "a form to decide: {page}");
+    w.ts.stop().await
+}

@@ -102,7 +102,10 @@ fn approval_card(caller: &Caller, a: &rpb::Approval, names: &Names, detailed: bo
             } @else {
                 p { a href=(format!("/approvals/{}", a.id)) { "Details and " (requester) "'s recent activations" } }
             }
-            @if a.status == rpb::ApprovalStatus::Pending as i32 {
+            @if a.status == rpb::ApprovalStatus::Pending as i32 && a.requester_id == caller.user.principal_id {
+                // Nobody decides their own request: no form to try (and be flagged for).
+                p { "This is your request: its approvers decide it." }
+            } @else if a.status == rpb::ApprovalStatus::Pending as i32 {
                 form.decide method="post" action=(format!("/approvals/{}", a.id)) {
                     (view::csrf(caller))
                     input type="hidden" name="what" value=(format!("Deciding on {} for {requester}", a.role_name));

@@ -52,7 +52,8 @@ fn is_final(status: i32) -> bool {
 pub async fn my_roles(caller: Caller) -> Html<String> {
     let content = match roles_content(&caller).await {
         Ok(content) => content,
-        Err(failure) => view::problem(&failure.text()),
+        // A dead token ends the portal session too, as on every other page.
+        Err(failure) => caller.failed(failure),
     };
     view::page(&caller, "/roles", "My roles", content)
 }
