@@ -358,7 +358,7 @@ pub async fn start(caller: Caller, CheckedForm(fields): CheckedForm) -> Response
             reviewer_ids,
             self_review: fields.get("self_review") == "on",
             duration: Some(prost_types::Duration {
-                seconds: duration.as_secs() as i64,
+                seconds: pim_runtime::db::whole_seconds(duration),
                 nanos: 0,
             }),
             auto_apply: fields.get("auto_apply") == "on",

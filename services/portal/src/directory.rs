@@ -156,7 +156,7 @@ pub async fn assign(caller: Caller, CheckedForm(fields): CheckedForm) -> Respons
                 schedule: Some(apb::Schedule {
                     start_time: None,
                     expiration: Some(apb::schedule::Expiration::Duration(prost_types::Duration {
-                        seconds: duration.as_secs() as i64,
+                        seconds: pim_runtime::db::whole_seconds(duration),
                         nanos: 0,
                     })),
                 }),

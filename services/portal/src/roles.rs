@@ -244,7 +244,7 @@ pub async fn extend(caller: Caller, CheckedForm(fields): CheckedForm) -> Respons
         schedule: Some(apb::Schedule {
             start_time: None,
             expiration: Some(apb::schedule::Expiration::Duration(prost_types::Duration {
-                seconds: duration.as_secs() as i64,
+                seconds: pim_runtime::db::whole_seconds(duration),
                 nanos: 0,
             })),
         }),
@@ -322,7 +322,7 @@ pub async fn activate(mut caller: Caller, CheckedForm(fields): CheckedForm) -> R
             start_time: None,
             expiration: duration.map(|d| {
                 apb::schedule::Expiration::Duration(prost_types::Duration {
-                    seconds: d.as_secs() as i64,
+                    seconds: pim_runtime::db::whole_seconds(d),
                     nanos: 0,
                 })
             }),

@@ -98,6 +98,13 @@ pub const LATEST_MS: i64 = 253_402_300_799_999;
 /// Seconds of 10,000 years: the longest a protobuf `Duration` may be.
 const DURATION_MAX_SECONDS: i64 = 315_576_000_000;
 
+/// A length's whole seconds as a protobuf `Duration` holds them: one too long for it (a typo
+/// of a CLI or form, `300000000000y`) stays too long (`i64::MAX`), for the server to refuse
+/// as such, never wrapping to a negative length.
+pub fn whole_seconds(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
+}
+
 /// A client's length of time; else why not, for the field's INVALID_ARGUMENT: it is negative,
 /// or not a valid protobuf `Duration` (over 10,000 years, or nanoseconds of a second or more).
 pub fn checked_duration(d: &prost_types::Duration) -> Result<std::time::Duration, &'static str> {
@@ -281,6 +288,26 @@ pub fn conflict(err: &DbErr) -> Option<String> {
 #[cfg(test)]
 mod timestamp_tests {
     use super::*;
+
+    /// A length too long for a protobuf `Duration` stays too long on its way (never a negative
+    /// length), and the server refuses it as such.
+    #[test]
+    fn a_length_too_long_is_refused_as_too_long() {
+        let huge = std::time::Duration::from_secs(u64::MAX);
+        let sent = prost_types::Duration {
+            seconds: whole_seconds(huge),
+            nanos: 0,
+        };
+        assert_eq!(sent.seconds, i64::MAX);
+        assert!(checked_duration(&sent).unwrap_err().contains("at most 10,000 years"));
+        let hour = prost_types::Duration {
+            seconds: 3600,
+            nanos: 0,
+        };
+        assert_eq!(checked_duration(&hour), Ok(std::time::Duration::from_secs(3600)));
+        let negative = prost_types::Duration { seconds: -1, nanos: 0 };
+        assert_eq!(checked_duration(&negative), Err("must not be negative"));
+    }
 
     #[test]
     fn timestamps_outside_what_protobuf_allows_are_refused() {

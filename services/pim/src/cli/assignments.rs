@@ -112,7 +112,7 @@ pub(crate) async fn assign_as(principal: &str, role: &str, scope: &str, args: As
     } else {
         args.duration.map(|d| {
             apb::schedule::Expiration::Duration(prost_types::Duration {
-                seconds: d.as_secs() as i64,
+                seconds: pim_runtime::db::whole_seconds(d),
                 nanos: 0,
             })
         })

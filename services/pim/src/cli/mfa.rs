@@ -311,7 +311,7 @@ pub(crate) async fn run(cmd: MfaCommand) -> anyhow::Result<i32> {
                 .create_enrollment_pass(session.request(ipb::CreateEnrollmentPassRequest {
                     user: user.clone(),
                     lifetime: Some(prost_types::Duration {
-                        seconds: lifetime.as_secs() as i64,
+                        seconds: pim_runtime::db::whole_seconds(lifetime),
                         nanos: 0,
                     }),
                     uses,

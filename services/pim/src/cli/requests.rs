@@ -161,7 +161,7 @@ fn status_name(status: i32) -> String {
 
 pub(crate) fn pb_duration(d: Duration) -> prost_types::Duration {
     prost_types::Duration {
-        seconds: d.as_secs() as i64,
+        seconds: pim_runtime::db::whole_seconds(d),
         nanos: 0,
     }
 }

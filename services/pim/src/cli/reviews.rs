@@ -182,7 +182,7 @@ pub(crate) async fn run(cmd: ReviewsCommand) -> anyhow::Result<i32> {
                 reviewer_ids,
                 self_review: a.self_review,
                 duration: Some(prost_types::Duration {
-                    seconds: a.duration.as_secs() as i64,
+                    seconds: pim_runtime::db::whole_seconds(a.duration),
                     nanos: 0,
                 }),
                 recurrence: a.recurrence,

@@ -256,7 +256,7 @@ pub(super) fn parse_duration(label: &str, text: &str) -> Result<prost_types::Dur
     let parsed = humantime::parse_duration(text.trim())
         .map_err(|_| Failure::Refused(format!("{label}: {text:?} is not a duration (write it like 8h or 30m)")))?;
     Ok(prost_types::Duration {
-        seconds: parsed.as_secs() as i64,
+        seconds: pim_runtime::db::whole_seconds(parsed),
         nanos: 0,
     })
 }

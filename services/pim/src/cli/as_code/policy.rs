@@ -198,7 +198,7 @@ fn parsed(text: &str) -> Result<prost_types::Duration, String> {
     let d = humantime::parse_duration(text.trim())
         .map_err(|e| format!("{text:?} is not a duration such as 8h or 30m ({e})"))?;
     Ok(prost_types::Duration {
-        seconds: d.as_secs() as i64,
+        seconds: pim_runtime::db::whole_seconds(d),
         nanos: 0,
     })
 }
