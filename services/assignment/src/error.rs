@@ -63,7 +63,7 @@ impl From<Error> for Status {
     fn from(err: Error) -> Self {
         match err {
             Error::InvalidArgument { field, message } => invalid_argument(field, &message),
-            Error::NotFound(_) => Status::not_found(err.to_string()),
+            Error::NotFound(_) => pim_runtime::grpc::not_found(&err.to_string()),
             Error::AlreadyExists(m) => Status::already_exists(m),
             Error::PolicyViolation(v) => failed_precondition("request", &v),
             Error::FailedPrecondition(m) => Status::failed_precondition(m),

@@ -88,7 +88,7 @@ impl From<Error> for Status {
     fn from(err: Error) -> Self {
         match err {
             Error::InvalidArgument { field, message } => pim_runtime::grpc::invalid_argument(field, &message),
-            Error::NotFound(_) => Status::not_found(err.to_string()),
+            Error::NotFound(_) => pim_runtime::grpc::not_found(&err.to_string()),
             Error::AlreadyExists(_) => Status::already_exists(err.to_string()),
             Error::BadCredentials
             | Error::BadClientCredentials

@@ -93,7 +93,7 @@ impl From<Error> for Status {
     fn from(err: Error) -> Self {
         match err {
             Error::InvalidArgument { field, message } => invalid_argument(field, &message),
-            Error::NotFound(_) => Status::not_found(err.to_string()),
+            Error::NotFound(_) => crate::grpc::not_found(&err.to_string()),
             Error::PermissionDenied(m) => Status::permission_denied(m),
             Error::FailedPrecondition(m) => Status::failed_precondition(m),
             Error::Aborted(m) => Status::aborted(m),

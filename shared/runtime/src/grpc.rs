@@ -77,6 +77,28 @@ pub fn cursor(raw: &str, field: &str) -> Result<Option<i64>, Status> {
         .ok_or_else(|| invalid_argument(field, "not a cursor this service issued"))
 }
 
+/// NOT_FOUND naming what was asked for as the caller wrote it: control characters shown as
+/// escapes and at most 200 characters of it, so an id of a megabyte or a terminal escape
+/// sequence comes back as neither.
+pub fn not_found(message: &str) -> Status {
+    let mut shown: String = message
+        .chars()
+        .take(200)
+        .flat_map(|c| {
+            let escaped: Vec<char> = if crate::text::is_unseen(c) {
+                c.escape_unicode().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .collect();
+    if message.chars().nth(200).is_some() {
+        shown.push('…');
+    }
+    Status::not_found(shown)
+}
+
 /// A stream's cursor no further than the `latest` this service has issued: one ahead of it
 /// comes from another installation (or a data directory restored from before it), and
 /// resuming from it would skip every item up to it.
@@ -530,6 +552,22 @@ mod page_tests {
 #[cfg(test)]
 mod tests {
     use super::next_page;
+
+    /// What the caller asked for comes back as text a terminal shows as it is, and short.
+    #[test]
+    fn not_found_shows_what_was_asked_for_escaped_and_short() {
+        let status = super::not_found("user a\u{1b}]0;pwned\u{7} not found");
+        assert_eq!(status.code(), tonic::Code::NotFound);
+        assert!(
+            !status.message().chars().any(char::is_control),
+            "{:?}",
+            status.message()
+        );
+        assert!(status.message().contains(r"\u{1b}"), "{:?}", status.message());
+        let long = super::not_found(&"x".repeat(1_000_000));
+        assert_eq!(long.message().chars().count(), 201);
+        assert!(long.message().ends_with('…'));
+    }
 
     #[test]
     fn a_page_has_a_next_token_only_when_one_more_was_fetched() {
