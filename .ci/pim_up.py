@@ -28,6 +28,7 @@ class PimUp:
         self.process = None
         self.ssf = None
         self.portal = None
+        self.verifying_keys = None
 
     def __enter__(self) -> "PimUp":
         self.process = subprocess.Popen([self.pim, "up"], env=self.env, stdout=subprocess.PIPE,
@@ -42,6 +43,8 @@ class PimUp:
                 server = line.split()[-1]
             if line.strip().startswith("Portal:"):
                 self.portal = line.split()[-1].rstrip("/")
+            if "event verifying keys: PIM_EVENT_VERIFYING_KEYS=" in line:
+                self.verifying_keys = line.strip().split("=", 1)[1]
             if "Shared Signals (SSF) transmitter:" in line:
                 self.ssf = line.split()[-1].removesuffix("/.well-known/ssf-configuration")
             if line.strip().startswith("password:"):

@@ -7,7 +7,7 @@ through a consumer group, and checks each entry's JSON against the official OCSF
 Detection Finding schema (`ocsf-json-schema` + `jsonschema`) and parses it with
 `py-ocsf-models`. A broken finding must fail the same check. Each entry's envelope (`ce`)
 must carry alerting's Ed25519 signature as proto/pim/events/v1/envelope.proto describes it,
-verified with `cryptography` from the public half of the key `pim up` made; an altered
+verified with `cryptography` from the public key `pim up` prints at start; an altered
 envelope must fail. Exits non-zero on any failure.
 Usage: python3 .ci/soc_alerts.py PATH_TO_PIM [REDIS_URL]
 """
@@ -15,13 +15,12 @@ Usage: python3 .ci/soc_alerts.py PATH_TO_PIM [REDIS_URL]
 import base64
 import hashlib
 import json
-import os
 import sys
 import time
 import uuid
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 import jsonschema
 import redis
@@ -79,14 +78,14 @@ def signature_valid(stream: str, ce: bytes, public: Ed25519PublicKey) -> bool:
         return False
 
 
-def alerting_public_key(data_dir: str) -> Ed25519PublicKey:
-    """The public half of alerting's key, from the signing keys `pim up` keeps."""
-    with open(os.path.join(data_dir, "event-signing.keys")) as f:
-        for entry in f.read().strip().split(","):
-            service, seed = entry.split(":", 1)
-            if service == "alerting":
-                return Ed25519PrivateKey.from_private_bytes(base64.b64decode(seed)).public_key()
-    raise SystemExit("pim up kept no signing key for alerting")
+def alerting_public_key(verifying_keys: str | None) -> Ed25519PublicKey:
+    """Alerting's public key, from the PIM_EVENT_VERIFYING_KEYS line `pim up` prints at start
+    (what a SOC is given: no secret of the suite's)."""
+    for entry in (verifying_keys or "").split(","):
+        service, public = entry.split(":", 1) if ":" in entry else ("", "")
+        if service == "alerting":
+            return Ed25519PublicKey.from_public_bytes(base64.b64decode(public))
+    raise SystemExit("pim up printed no verifying key for alerting")
 
 
 def main(pim: str, url: str) -> int:
@@ -99,7 +98,7 @@ def main(pim: str, url: str) -> int:
     findings = []
     try:
         with PimUp(pim, redis=(url, prefix)) as up:
-            public = alerting_public_key(up.env["PIM_DATA_DIR"])
+            public = alerting_public_key(up.verifying_keys)
             up.run("policy", "set", "Privileged Role Administrator", "--require-mfa", "false")
             deadline = time.time() + 30
             rules = set()

@@ -117,6 +117,13 @@ pub(crate) async fn up() -> anyhow::Result<i32> {
             "embedded"
         }
     );
+    if config.redis_url.is_some() {
+        // Public: what SOC consumers verify the entries of pim.alerts and pim.audit.events with.
+        println!(
+            "  event verifying keys: PIM_EVENT_VERIFYING_KEYS={}",
+            config.event_keys()?.verifying_setting()
+        );
+    }
     if let Some((user, password)) = suite.bootstrap().await? {
         println!();
         println!("Break-glass Global Administrator created (shown once; store it safely):");
