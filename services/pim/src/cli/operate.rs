@@ -382,7 +382,7 @@ pub(crate) async fn bootstrap(identity_database: String, assignment_database: St
 pub(crate) async fn health(only: Option<Served>, client: ClientArgs) -> anyhow::Result<i32> {
     let session = Session::open(&client, false)?;
     let mut health = tonic_health::pb::health_client::HealthClient::new(session.channel.clone());
-    let mut all_serving = true;
+    let (mut all_serving, mut any_answered) = (true, false);
     let names = [
         pim_proto::service_names::IDENTITY,
         pim_proto::service_names::ASSIGNMENT,
@@ -410,8 +410,14 @@ pub(crate) async fn health(only: Option<Served>, client: ClientArgs) -> anyhow::
             })?)
             .await
         {
-            Ok(r) => format!("{:?}", r.into_inner().status()),
-            Err(s) => format!("{:?}", s.code()),
+            Ok(r) => {
+                any_answered = true;
+                format!("{:?}", r.into_inner().status())
+            }
+            Err(s) => {
+                any_answered |= s.code() != tonic::Code::Unavailable;
+                format!("{:?}", s.code())
+            }
         };
         all_serving &= status == "Serving";
         rows.push(vec![
@@ -420,5 +426,10 @@ pub(crate) async fn health(only: Option<Served>, client: ClientArgs) -> anyhow::
         ]);
     }
     print_table(&["SERVICE", "STATUS"], rows);
-    Ok(if all_serving { 0 } else { 1 })
+    // Nothing answered at all: PIM is unreachable (exit 3), not a service down (1).
+    Ok(match (all_serving, any_answered) {
+        (true, _) => 0,
+        (false, true) => 1,
+        (false, false) => 3,
+    })
 }

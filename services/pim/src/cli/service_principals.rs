@@ -20,14 +20,14 @@ pub(crate) enum SpCommand {
     },
     /// A new client secret (shown once; the old one stops working).
     Rotate {
-        /// The service principal's id (see `pim sp list`).
+        /// The service principal's name or id (see `pim sp list`).
         id: String,
         #[command(flatten)]
         client: ClientArgs,
     },
     /// Disable: no more sign-ins, and its tokens stop working.
     Disable {
-        /// The service principal's id (see `pim sp list`).
+        /// The service principal's name or id (see `pim sp list`).
         id: String,
         #[command(flatten)]
         client: ClientArgs,
@@ -83,6 +83,7 @@ pub(crate) async fn service_principals(cmd: SpCommand) -> anyhow::Result<i32> {
         }
         SpCommand::Rotate { id, client } => {
             let session = Session::open(&client, true)?;
+            let id = sp_id(&session, &id).await?;
             let r = DirectoryServiceClient::new(session.channel.clone())
                 .rotate_service_principal_secret(session.request(ipb::GetServicePrincipalRequest {
                     service_principal_id: id.clone(),
@@ -97,6 +98,7 @@ pub(crate) async fn service_principals(cmd: SpCommand) -> anyhow::Result<i32> {
         }
         SpCommand::Disable { id, client } => {
             let session = Session::open(&client, true)?;
+            let id = sp_id(&session, &id).await?;
             // Its next `pim check` sees the service principal's access gone.
             session.remember(
                 DirectoryServiceClient::new(session.channel.clone())
@@ -110,4 +112,14 @@ pub(crate) async fn service_principals(cmd: SpCommand) -> anyhow::Result<i32> {
         }
     }
     Ok(0)
+}
+
+/// The service principal `reference` names: its id, or its display name (as every command
+/// takes a principal).
+async fn sp_id(session: &Session, reference: &str) -> anyhow::Result<String> {
+    let reference = reference.trim();
+    if uuid::Uuid::parse_str(reference).is_ok() || reference.starts_with("service-principal:") {
+        return session.principal_id(reference).await;
+    }
+    session.principal_id(&format!("service-principal:{reference}")).await
 }

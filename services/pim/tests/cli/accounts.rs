@@ -308,6 +308,12 @@ fn users_are_managed_and_a_waiting_request_is_withdrawn() {
         (bot["name"].as_str(), bot["state"].as_str()),
         (Some("ticket bot"), Some("enabled"))
     );
+    // Named by its name, as every command takes a principal.
+    let rotated = admin.ok(&["sp", "rotate", "ticket bot"], None);
+    assert!(rotated.contains("New client secret"), "{rotated}");
+    admin.ok(&["sp", "disable", "ticket bot"], None);
+    let bots = admin.ok(&["sp", "list", "--filter", "ticket", "--output", "json"], None);
+    assert!(bots.contains(r#""state":"disabled""#), "{bots}");
     admin.ok(&["users", "delete", "kim"], None);
     // Exit statuses say what went wrong: 2 usage (and a token no longer good), 3 unreachable.
     let code = |out: Output| out.status.code();
@@ -329,6 +335,11 @@ fn users_are_managed_and_a_waiting_request_is_withdrawn() {
         code(admin.run(&["users", "list", "--server", "http://127.0.0.1:9"], None)),
         Some(3),
         "nothing listens there"
+    );
+    assert_eq!(
+        code(admin.run(&["health", "--server", "http://127.0.0.1:9"], None)),
+        Some(3),
+        "health: nothing listens there"
     );
     assert!(!admin.run(&["users", "get", "kim"], None).status.success(), "deleted");
     up.terminate();
