@@ -935,6 +935,13 @@ async fn escalation_adds_approvers_and_a_watch_resumes_from_its_cursor() -> anyh
             .expect_err("a cursor from elsewhere");
         assert_eq!(ahead.code(), Code::InvalidArgument, "{ahead:?}");
 
+        let garbage = w
+            .approvals()
+            .decide(authed(&bob.token, decide("garbage", true, "ok")))
+            .await
+            .expect_err("not an approval id");
+        assert_eq!(garbage.code(), Code::InvalidArgument, "{garbage:?}");
+
         // Bob may decide only after ten minutes without a decision.
         let early = w
             .approvals()

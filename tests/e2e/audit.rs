@@ -73,6 +73,10 @@ async fn tampering_with_the_audit_log_is_detected() -> anyhow::Result<()> {
         let intact = verify(0, 7).await?;
         assert!(intact.ok);
         assert_eq!(intact.checked, 7);
+        // A range that ends before it starts checks nothing, and is not called intact.
+        let backwards = verify(5, 2).await.expect_err("to before from");
+        let backwards = backwards.downcast_ref::<tonic::Status>().map(tonic::Status::code);
+        assert_eq!(backwards, Some(Code::InvalidArgument));
 
         let lee = ts.sign_in("lee", "lee's long passphrase").await?;
         let denied = AuditServiceClient::new(ts.channel.clone())

@@ -103,8 +103,11 @@ pub(crate) fn approval_pb(a: ApprovalRow, decisions: Vec<DecisionRow>, history: 
 
 fn approval_id(raw: &str) -> Result<&str, Status> {
     let id = raw.trim();
-    if id.is_empty() || id.len() > 64 || id.chars().any(char::is_control) {
+    if id.is_empty() {
         return Err(invalid_argument("approval_id", "required (an approval id)"));
+    }
+    if uuid::Uuid::parse_str(id).is_err() {
+        return Err(invalid_argument("approval_id", "not an approval id (a UUID)"));
     }
     Ok(id)
 }

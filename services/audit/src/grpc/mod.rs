@@ -202,6 +202,13 @@ impl AuditService for Audit {
                 "sequences are positive",
             ));
         }
+        // A range that ends before it starts checks nothing: "intact" would say nothing true.
+        if r.to_sequence != 0 && r.from_sequence > r.to_sequence {
+            return Err(pim_runtime::grpc::invalid_argument(
+                "to_sequence",
+                "must not come before from_sequence (0: to the end)",
+            ));
+        }
         let (ok, first_broken_sequence, checked) = self
             .verify(r.from_sequence, r.to_sequence)
             .await
