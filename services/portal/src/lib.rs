@@ -144,7 +144,7 @@ impl Portal {
 
     /// Every page, with the security headers on every answer.
     pub fn router(&self) -> Router {
-        Router::new()
+        let routes = Router::new()
             .route("/", get(roles::home))
             .route("/signin", get(signin::form).post(signin::password))
             .route("/signin/code", post(signin::code))
@@ -208,8 +208,14 @@ impl Portal {
             .route("/static/portal.css", get(web::stylesheet))
             .route("/static/portal.js", get(web::script))
             .fallback(web::not_found)
-            .layer(axum::middleware::map_response(web::security_headers))
-            .with_state(self.clone())
+            .layer(axum::middleware::map_response(web::security_headers));
+        // Reached over https (PIM_PUBLIC_URL): browsers keep to it for a year.
+        let routes = if self.0.secure {
+            routes.layer(axum::middleware::map_response(web::strict_transport))
+        } else {
+            routes
+        };
+        routes.with_state(self.clone())
     }
 
     /// Serves the portal on `listener` until `shutdown` completes.
@@ -225,5 +231,37 @@ impl Portal {
             .with_graceful_shutdown(shutdown)
             .await
             .map_err(Into::into)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tower::ServiceExt;
+
+    /// A portal reached over https tells browsers to keep to it; one over plain http cannot.
+    #[tokio::test]
+    async fn over_https_browsers_are_told_to_keep_to_it() {
+        let portal = |secure| {
+            let channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:9").connect_lazy();
+            super::Portal::new(
+                super::Upstreams::all_at(channel),
+                super::PortalOptions {
+                    secure,
+                    idle: std::time::Duration::from_secs(1800),
+                    lifetime: std::time::Duration::from_secs(8 * 3600),
+                    forwarders: Default::default(),
+                    public_origin: None,
+                },
+                std::sync::Arc::new(pim_runtime::clock::SystemClock),
+            )
+        };
+        for (secure, expected) in [(true, Some("max-age=31536000")), (false, None)] {
+            let request = http::Request::get("/healthz")
+                .body(axum::body::Body::empty())
+                .expect("a request");
+            let response = portal(secure).router().oneshot(request).await.expect("an answer");
+            let hsts = response.headers().get("strict-transport-security");
+            assert_eq!(hsts.and_then(|v| v.to_str().ok()), expected, "secure: {secure}");
+        }
     }
 }

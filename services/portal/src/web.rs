@@ -308,7 +308,9 @@ pub fn check_call(headers: &HeaderMap, session: &Session, public: Option<&str>) 
     check_token(headers, session, token, public)
 }
 
-/// `public`: the origin browsers reach the portal at (`PIM_PUBLIC_URL`), where known.
+/// `public`: the origin browsers reach the portal at (`PIM_PUBLIC_URL`), where known: then a
+/// form's Origin must be it, scheme and all (a page of another name that resolves here, DNS
+/// rebinding, sends a Host of its own). Where unknown, the Origin must name the Host asked.
 fn check_token(headers: &HeaderMap, session: &Session, token: &str, public: Option<&str>) -> Result<(), Response> {
     let host = headers
         .get(header::HOST)
@@ -317,9 +319,9 @@ fn check_token(headers: &HeaderMap, session: &Session, token: &str, public: Opti
     let cross_origin = headers
         .get(header::ORIGIN)
         .and_then(|o| o.to_str().ok())
-        .is_some_and(|origin| {
-            let this_host = origin.split_once("://").map(|(_, h)| h) == Some(host);
-            !(this_host || public == Some(origin))
+        .is_some_and(|origin| match public {
+            Some(public) => origin != public,
+            None => origin.split_once("://").map(|(_, h)| h) != Some(host),
         });
     let cross_site = headers
         .get("sec-fetch-site")
@@ -364,6 +366,16 @@ pub async fn security_headers(mut response: Response) -> Response {
     if !cached {
         set("cache-control", "no-store");
     }
+    response
+}
+
+/// `Strict-Transport-Security` for a portal reached over https: a browser that met it once
+/// never goes to it over plain http again (a year).
+pub async fn strict_transport(mut response: Response) -> Response {
+    response.headers_mut().insert(
+        "strict-transport-security",
+        HeaderValue::from_static("max-age=31536000"),
+    );
     response
 }
 
@@ -469,6 +481,22 @@ mod tests {
         };
         assert!(proxied("https://portal.example.com").is_ok());
         assert_eq!(proxied("https://evil.example.com"), Err(StatusCode::FORBIDDEN));
+        // Where the public origin is known, it alone is the portal's: not the same host over
+        // plain http, nor a name that resolves here and sends a Host of its own.
+        let public = |origin: &str, host: &'static str| {
+            let mut h = headers(&[("origin", origin)]);
+            h.insert(header::HOST, HeaderValue::from_static(host));
+            check_form(&h, &session, &form(&session.csrf), Some("https://portal.example.com")).map_err(|r| r.status())
+        };
+        assert!(public("https://portal.example.com", "portal.example.com").is_ok());
+        assert_eq!(
+            public("http://portal.example.com", "portal.example.com"),
+            Err(StatusCode::FORBIDDEN)
+        );
+        assert_eq!(
+            public("http://rebound.example", "rebound.example"),
+            Err(StatusCode::FORBIDDEN)
+        );
     }
 
     #[test]
