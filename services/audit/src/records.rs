@@ -333,6 +333,11 @@ pub fn record(envelope: &Envelope, correlator: &Correlator) -> anyhow::Result<Re
         Some(EventType::RequestStatusChanged) => {
             let e: ev::RequestStatusChanged = decode(envelope)?;
             set_actor(&mut r, &e.actor);
+            // Whose request and for what, so a search by target or role finds it (and a
+            // webhook names them); empty in events from before they were told.
+            r.target_id = e.principal_id.clone();
+            r.role_id = e.role_id.clone();
+            r.scope = e.scope.clone();
             json!({
                 "request_id": e.request_id, "status": e.typed_status().text(),
                 "previous_status": e.typed_previous_status().text(),
@@ -626,6 +631,20 @@ mod tests {
         assert_eq!(r.ticket, "ServiceNow:INC1");
         assert_eq!(r.justification, "mailbox migration");
         assert_eq!(r.trace_id.len(), 32);
+        // A request's change of status names whose request it is, for which role and where.
+        let changed = ev::RequestStatusChanged {
+            request_id: "r-1".into(),
+            principal_id: "lee-id".into(),
+            role_id: "role-1".into(),
+            scope: "/apps".into(),
+            ..Default::default()
+        };
+        let env = envelope(Source::Assignment, EventType::RequestStatusChanged, "r-1", &changed);
+        let r = record(&env, &Correlator::new(None)).unwrap();
+        assert_eq!(
+            (r.target_id.as_str(), r.role_id.as_str(), r.scope.as_str()),
+            ("lee-id", "role-1", "/apps")
+        );
     }
 
     #[test]

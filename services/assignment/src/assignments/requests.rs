@@ -237,6 +237,9 @@ impl Assignments {
             previous_status: from.to_string(),
             request_status: request.status.to_pb() as i32,
             previous_request_status: from.to_pb() as i32,
+            principal_id: request.principal_id.clone(),
+            role_id: request.role_id.clone(),
+            scope: request.scope.clone(),
         };
         self.emit(txn, EventType::RequestStatusChanged, &request.id, &event)
             .await?;
