@@ -105,19 +105,28 @@ impl Bot {
         let mut token = None;
         let mut wait = Duration::from_secs(1);
         loop {
-            match self.watch(&mut token, &mut cursor).await {
+            let before = cursor.clone();
+            let watched = self.watch(&mut token, &mut cursor).await;
+            if cursor != before {
+                // It got somewhere: the next fault waits from the start again.
+                wait = Duration::from_secs(1);
+            }
+            match watched {
                 Err(status) if status.code() == Code::Unauthenticated => token = None,
+                // A cursor the server never issued (its data restored from before it): from
+                // the start again; what was decided already is refused and passed over.
+                Err(status) if status.code() == Code::InvalidArgument && !cursor.is_empty() => {
+                    tracing::warn!(error = %status.message(), "the cursor is not the server's; watching from the start");
+                    cursor.clear();
+                }
                 Err(status) if lasting(status.code()) => return Err(status.into()),
                 Err(status) => {
                     tracing::warn!(code = ?status.code(), error = %status.message(), "approval stream lost; resuming");
                     tokio::time::sleep(wait).await;
                     wait = (wait * 2).min(Duration::from_secs(30));
                 }
-                // The server ended the stream (it is stopping): resume in a moment.
-                Ok(()) => {
-                    wait = Duration::from_secs(1);
-                    tokio::time::sleep(wait).await;
-                }
+                // The stream ended without a word: resume in a moment.
+                Ok(()) => tokio::time::sleep(wait).await,
             }
         }
     }
@@ -173,6 +182,11 @@ impl Bot {
                         // Someone else decided first, or it expired: nothing to do.
                         Err(s) if s.code() == Code::FailedPrecondition => {
                             tracing::info!(approval = %approval.id, reason = %s.message(), "already decided")
+                        }
+                        // No longer the bot's to decide (its stage moved on, the policy
+                        // changed, it is gone): people decide it.
+                        Err(s) if matches!(s.code(), Code::PermissionDenied | Code::NotFound) => {
+                            tracing::info!(approval = %approval.id, reason = %s.message(), "not the bot's to decide; left to people")
                         }
                         Err(s) => return Err(s),
                     }

@@ -317,6 +317,9 @@ pub fn incoming(listener: TcpListener) -> TcpIncoming {
         .with_keepalive(Some(Duration::from_secs(60)))
 }
 
+/// How long a stopping server lets open calls finish.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
 /// Serves `routes` plus health and reflection on `listener` until `shutdown` completes.
 /// `services` are the fully-qualified names reported SERVING by the health service.
 pub async fn serve(
@@ -332,15 +335,31 @@ pub async fn serve(
         reporter.set_service_status(*service, ServingStatus::Serving).await;
     }
     let routes = with_reflection(routes.add_service(health))?;
-    server_builder(tls)?
+    let (told, stopping) = tokio::sync::oneshot::channel::<()>();
+    let serving = server_builder(tls)?
         // Bounded handler time: a stuck dependency must not pin connections forever.
         .timeout(Duration::from_secs(30))
         // Authentication wraps every route, so no handler can forget it.
         .layer(auth)
         .add_routes(routes)
-        .serve_with_incoming_shutdown(incoming(listener), shutdown)
-        .await
-        .context("serving gRPC")?;
+        .serve_with_incoming_shutdown(incoming(listener), async move {
+            shutdown.await;
+            let _ = told.send(());
+        });
+    // Told to stop, the server lets open calls finish (streams end themselves, see
+    // `streams::Guard`), for SHUTDOWN_GRACE at most: a client that stopped reading does not
+    // hold the process.
+    let grace = async move {
+        if stopping.await.is_ok() {
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        served = serving => served.context("serving gRPC")?,
+        () = grace => tracing::warn!("calls still open {SHUTDOWN_GRACE:?} after the server was told to stop: closed"),
+    }
     // The health reporter goes with the server: report NOT_SERVING to anyone still asking.
     for service in services {
         reporter.set_service_status(service, ServingStatus::NotServing).await;

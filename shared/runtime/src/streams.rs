@@ -2,7 +2,9 @@
 //! call that opened it, so the token and the permission it was opened with are weighed again
 //! before each item it sends and every [`RECHECK`] while it is quiet. A token that expired or
 //! was revoked (signed out, disabled, a secret rotated) ends it UNAUTHENTICATED; a permission
-//! taken away ends it with the service's refusal (PERMISSION_DENIED). And a server that starts
+//! taken away ends it with the service's refusal (PERMISSION_DENIED). A check that cannot be
+//! made now (identity or assignment unreachable) ends it only once it has failed for
+//! [`UNSURE_FOR`], so a moment's outage does not cut every watcher off. And a server that starts
 //! to stop ends its streams UNAVAILABLE, so that their clients reconnect (to another replica,
 //! or once it is back) instead of holding the shutdown back while they stay.
 
@@ -69,7 +71,11 @@ where
             }
         };
         tokio::pin!(stops);
+        let stopped = || Err(Status::unavailable("the server is stopping: reconnect"));
         let mut recheck = tokio::time::interval_at(tokio::time::Instant::now() + RECHECK, RECHECK);
+        recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Since when the caller could not be weighed (identity or assignment unreachable).
+        let mut unsure_since: Option<tokio::time::Instant> = None;
         loop {
             let item = tokio::select! {
                 item = stream.next() => match item {
@@ -79,22 +85,55 @@ where
                 _ = recheck.tick() => None,
                 _ = tx.closed() => return,
                 () = &mut stops => {
-                    let _ = tx.send(Err(Status::unavailable("the server is stopping: reconnect"))).await;
+                    // The last word if there is room for it; a client that stopped reading
+                    // gets the stream's end.
+                    let _ = tx.try_send(stopped());
                     return;
                 }
             };
-            if let Err(refused) = weigh(caller.as_deref(), verifier.as_ref(), &still_allowed).await {
-                let _ = tx.send(Err(refused)).await;
-                return;
+            match weigh(caller.as_deref(), verifier.as_ref(), &still_allowed).await {
+                Ok(()) => unsure_since = None,
+                Err(refused) if is_definite(&refused) => {
+                    let _ = tx.try_send(Err(refused));
+                    return;
+                }
+                // A check that cannot be made now ends the stream only once it has failed
+                // for UNSURE_FOR: a moment's outage does not cut every watcher off.
+                Err(unsure) => {
+                    let since = *unsure_since.get_or_insert_with(tokio::time::Instant::now);
+                    tracing::warn!(error = %unsure.message(), "a stream's caller could not be weighed again");
+                    if since.elapsed() >= UNSURE_FOR {
+                        let _ = tx.try_send(Err(unsure));
+                        return;
+                    }
+                }
             }
-            if let Some(item) = item
-                && tx.send(item).await.is_err()
-            {
-                return;
+            if let Some(item) = item {
+                tokio::select! {
+                    sent = tx.send(item) => if sent.is_err() { return },
+                    () = &mut stops => {
+                        let _ = tx.try_send(stopped());
+                        return;
+                    }
+                }
             }
         }
     });
     Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
+
+/// How long a stream goes on while its caller cannot be weighed again.
+pub const UNSURE_FOR: Duration = Duration::from_secs(60);
+
+/// A refusal that says no (rather than "cannot tell now").
+fn is_definite(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::Unauthenticated
+            | tonic::Code::PermissionDenied
+            | tonic::Code::NotFound
+            | tonic::Code::FailedPrecondition
+    )
 }
 
 async fn weigh<F, Fut>(caller: Option<&Caller>, verifier: Option<&VerifiedBy>, still_allowed: &F) -> Result<(), Status>
