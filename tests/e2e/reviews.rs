@@ -162,6 +162,20 @@ async fn a_review_removes_denied_and_unanswered_assignments_and_keeps_approved_o
             assert_eq!(bad.code(), Code::InvalidArgument, "{bad:?}");
             assert!(bad.message().contains("review.reviewer_ids"), "{bad:?}");
         }
+        // No review ends past the last moment a time is told (9999-12-31).
+        let mut late = removing_review("late", "Exchange Administrator", pb::ReviewScope::Eligible, &ann.id);
+        if let Some(review) = late.review.as_mut() {
+            review.start_time = Some(prost_types::Timestamp {
+                seconds: 253_402_300_000,
+                nanos: 0,
+            });
+        }
+        let bad = w
+            .reviews()
+            .create_review(authed(&w.admin, late))
+            .await
+            .expect_err("ends after 9999");
+        assert_eq!(bad.code(), Code::InvalidArgument, "{bad:?}");
         let refused = w
             .reviews()
             .create_review(authed(

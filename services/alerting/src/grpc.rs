@@ -136,7 +136,7 @@ impl AlertService for Alerts {
         let alert = store::get(&self.db, id, false)
             .await
             .map_err(internal)?
-            .ok_or_else(|| Status::not_found(format!("alert {id} not found")))?;
+            .ok_or_else(|| pim_runtime::grpc::not_found(&format!("alert {id} not found")))?;
         Ok(Response::new(alert_pb(alert)))
     }
 

@@ -323,7 +323,18 @@ impl AccessReviewService for Approvals {
             review_scope: review_scope_name(r.review_scope)?.into(),
             reviewer_ids: r.reviewer_ids,
             self_review: r.self_review,
-            start_at: r.start_time.as_ref().map(pim_runtime::db::from_timestamp),
+            start_at: r
+                .start_time
+                .as_ref()
+                .map(|t| {
+                    pim_runtime::db::checked_timestamp(t).ok_or_else(|| {
+                        invalid_argument(
+                            "review.start_time",
+                            "must be a time between 0001-01-01 and 9999-12-31 (RFC 3339)",
+                        )
+                    })
+                })
+                .transpose()?,
             duration,
             recurrence: r.recurrence.to_lowercase(),
             default_decision: default_decision_name(r.default_decision)?.into(),

@@ -181,6 +181,14 @@ impl Approvals {
             return Err(Error::invalid("review.reviewer_ids", why));
         }
         let now = self.now();
+        let start_at = r.start_at.unwrap_or(now).max(now);
+        // As every schedule: no end past the last moment a time is told.
+        if start_at.saturating_add(duration_ms) > pim_runtime::db::LATEST_MS {
+            return Err(Error::invalid(
+                "review.start_time",
+                "the review must end by 9999-12-31T23:59:59Z",
+            ));
+        }
         let mut review = ReviewRow {
             id: uuid::Uuid::now_v7().to_string(),
             name: name.into(),
@@ -189,7 +197,7 @@ impl Approvals {
             review_scope: r.review_scope,
             reviewer_ids,
             self_review: r.self_review,
-            start_at: r.start_at.unwrap_or(now).max(now),
+            start_at,
             duration_ms,
             recurrence: r.recurrence.trim().trim_start_matches("none").into(),
             default_decision: r.default_decision,

@@ -259,7 +259,7 @@ impl AuditService for Audit {
             Some(r) if involving.as_ref().is_none_or(|p| &r.actor_id == p || &r.target_id == p) => {
                 Ok(Response::new(record_to_pb(r)))
             }
-            _ => Err(Status::not_found(format!("audit event {id} not found"))),
+            _ => Err(pim_runtime::grpc::not_found(&format!("audit event {id} not found"))),
         }
     }
 }

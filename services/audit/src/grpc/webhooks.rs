@@ -92,7 +92,7 @@ impl Audit {
             .await
             .map_err(internal)?
             .filter(|s| s.stream.is_none())
-            .ok_or_else(|| Status::not_found(format!("webhook subscription {id} not found")))
+            .ok_or_else(|| pim_runtime::grpc::not_found(&format!("webhook subscription {id} not found")))
     }
 
     /// Keeps a record of a change in the change's transaction, then commits.
@@ -227,7 +227,7 @@ impl WebhookService for Audit {
         let generation = store::rotate(&txn, &s.id, now_ms() + ROTATION_OVERLAP_MS)
             .await
             .map_err(internal)?
-            .ok_or_else(|| Status::not_found(format!("webhook subscription {} not found", s.id)))?;
+            .ok_or_else(|| pim_runtime::grpc::not_found(&format!("webhook subscription {} not found", s.id)))?;
         s.generation = generation;
         self.commit_with(txn, change_record(&caller, EventType::WebhookSecretRotated, &s))
             .await?;

@@ -208,7 +208,16 @@ async fn list(
             cursor: cursor.clone(),
         })?;
         request.set_timeout(std::time::Duration::from_secs(365 * 24 * 3600));
-        let mut stream = api.stream_alerts(request).await.map_err(explain)?.into_inner();
+        let mut stream = match api.stream_alerts(request).await {
+            Ok(stream) => stream.into_inner(),
+            // PIM restarting: try again in a moment, as a lost connection does.
+            Err(status) if status.code() == tonic::Code::Unavailable => {
+                eprintln!("PIM unavailable ({}); retrying", status.message());
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                continue;
+            }
+            Err(status) => return Err(explain(status)),
+        };
         loop {
             match stream.message().await {
                 Ok(Some(update)) => {

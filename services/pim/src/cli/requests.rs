@@ -253,7 +253,23 @@ pub(crate) async fn activate_as(what: &str, role: &str, scope: &str, args: Activ
             .await
             .map_err(explain)?
             .into_inner();
-        while let Some(update) = watch.message().await.map_err(explain)? {
+        loop {
+            let update = match watch.message().await {
+                Ok(Some(update)) => update,
+                Ok(None) => break,
+                // The follow outlived the token (a long wait for approval) or the server
+                // restarted: the request goes on without it.
+                Err(status) if matches!(status.code(), tonic::Code::Unauthenticated | tonic::Code::Unavailable) => {
+                    eprintln!(
+                        "stopped following request {} ({}): {}; `pim requests` shows how it goes on",
+                        last.id,
+                        status_name(last.status),
+                        status.message()
+                    );
+                    break;
+                }
+                Err(status) => return Err(explain(status)),
+            };
             if update.status != last.status {
                 match update.outcome_reason.as_str() {
                     "" => println!("Request {} {}", update.id, status_name(update.status)),
