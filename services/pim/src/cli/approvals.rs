@@ -217,15 +217,8 @@ async fn watch(session: &Session) -> anyhow::Result<i32> {
         let mut request = session.request(pb::WatchApprovalsRequest { cursor: cursor.clone() })?;
         // A watch runs for as long as the user wants.
         request.set_timeout(std::time::Duration::from_secs(365 * 24 * 3600));
-        let mut stream = match client.watch_approvals(request).await {
-            Ok(stream) => stream.into_inner(),
-            // PIM restarting: try again in a moment, as a lost connection does.
-            Err(status) if status.code() == tonic::Code::Unavailable => {
-                eprintln!("PIM unavailable ({}); retrying", status.message());
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                continue;
-            }
-            Err(status) => return Err(explain(status)),
+        let Some(mut stream) = super::watch_opened(client.watch_approvals(request).await).await? else {
+            continue;
         };
         loop {
             match stream.message().await {

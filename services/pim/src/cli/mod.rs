@@ -463,6 +463,20 @@ pub fn exit_status(err: &anyhow::Error) -> i32 {
 }
 
 /// A gRPC error in words a person can act on.
+/// A `--watch`'s stream as (re)opened: None when PIM is unavailable for now (restarting),
+/// after a moment's wait, to try again as after a lost connection; an error for anything else.
+pub(crate) async fn watch_opened<T>(opened: Result<tonic::Response<T>, Status>) -> anyhow::Result<Option<T>> {
+    match opened {
+        Ok(stream) => Ok(Some(stream.into_inner())),
+        Err(status) if status.code() == tonic::Code::Unavailable => {
+            eprintln!("PIM unavailable ({}); retrying", status.message());
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            Ok(None)
+        }
+        Err(status) => Err(explain(status)),
+    }
+}
+
 pub(crate) fn explain(status: Status) -> anyhow::Error {
     let rules = pim_runtime::grpc::violated_rules(&status);
     let hint = match status.code() {
