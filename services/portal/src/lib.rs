@@ -92,12 +92,20 @@ impl PortalOptions {
     }
 }
 
-/// `https://portal.example.com/base` → `https://portal.example.com`.
+/// `HTTPS://Portal.Example.com:443/base` → `https://portal.example.com`: the origin as a
+/// browser sends it (lower case, no default port, no path).
 fn origin_of(url: &str) -> String {
-    match url.split_once("://") {
-        Some((scheme, rest)) => format!("{scheme}://{}", rest.split('/').next().unwrap_or_default()),
-        None => url.to_owned(),
-    }
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_ascii_lowercase();
+    };
+    let scheme = scheme.to_ascii_lowercase();
+    let host = rest
+        .split(['/', '?', '#'])
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let default_port = if scheme == "https" { ":443" } else { ":80" };
+    format!("{scheme}://{}", host.strip_suffix(default_port).unwrap_or(&host))
 }
 
 pub(crate) struct Inner {
@@ -237,6 +245,16 @@ impl Portal {
 #[cfg(test)]
 mod tests {
     use tower::ServiceExt;
+
+    #[test]
+    fn the_public_origin_is_written_as_browsers_send_it() {
+        assert_eq!(
+            super::origin_of("HTTPS://Portal.Example.com:443/base/"),
+            "https://portal.example.com"
+        );
+        assert_eq!(super::origin_of("http://localhost:8080"), "http://localhost:8080");
+        assert_eq!(super::origin_of("http://pim.example:80?x"), "http://pim.example");
+    }
 
     /// A portal reached over https tells browsers to keep to it; one over plain http cannot.
     #[tokio::test]

@@ -299,6 +299,16 @@ pub fn check_form(
     check_token(headers, session, fields.get("csrf"), public)
 }
 
+/// Whether a `Host` header names this machine's loopback: `localhost`, 127.0.0.0/8 or `[::1]`,
+/// with or without a port.
+fn is_loopback(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
 /// As [`check_form`], for the script's JSON calls: the token in `x-csrf-token`.
 pub fn check_call(headers: &HeaderMap, session: &Session, public: Option<&str>) -> Result<(), Response> {
     let token = headers
@@ -310,7 +320,9 @@ pub fn check_call(headers: &HeaderMap, session: &Session, public: Option<&str>) 
 
 /// `public`: the origin browsers reach the portal at (`PIM_PUBLIC_URL`), where known: then a
 /// form's Origin must be it, scheme and all (a page of another name that resolves here, DNS
-/// rebinding, sends a Host of its own). Where unknown, the Origin must name the Host asked.
+/// rebinding, sends a Host of its own), or name the Host asked where that is a loopback
+/// address (`pim up` opened at 127.0.0.1 rather than localhost; no name of an attacker's
+/// is one). Where unknown, the Origin must name the Host asked.
 fn check_token(headers: &HeaderMap, session: &Session, token: &str, public: Option<&str>) -> Result<(), Response> {
     let host = headers
         .get(header::HOST)
@@ -319,9 +331,12 @@ fn check_token(headers: &HeaderMap, session: &Session, token: &str, public: Opti
     let cross_origin = headers
         .get(header::ORIGIN)
         .and_then(|o| o.to_str().ok())
-        .is_some_and(|origin| match public {
-            Some(public) => origin != public,
-            None => origin.split_once("://").map(|(_, h)| h) != Some(host),
+        .is_some_and(|origin| {
+            let names_host = origin.split_once("://").map(|(_, h)| h) == Some(host);
+            match public {
+                Some(public) => origin != public && !(names_host && is_loopback(host)),
+                None => !names_host,
+            }
         });
     let cross_site = headers
         .get("sec-fetch-site")
@@ -497,6 +512,10 @@ mod tests {
             public("http://rebound.example", "rebound.example"),
             Err(StatusCode::FORBIDDEN)
         );
+        // The same machine by another loopback name than PIM_PUBLIC_URL's (pim up opened at
+        // 127.0.0.1 rather than localhost) is still the portal.
+        assert!(public("http://127.0.0.1:8080", "127.0.0.1:8080").is_ok());
+        assert!(public("http://[::1]:8080", "[::1]:8080").is_ok());
     }
 
     #[test]

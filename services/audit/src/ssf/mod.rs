@@ -138,8 +138,10 @@ pub struct Stream {
 
 /// The CAEP event a record is, if it is one: its type and its event object. Access ends
 /// (an active role deactivated, expired, removed or revoked, which every such end announces
-/// as RoleDeactivated; a session revoked; a user disabled or deleted): `session-revoked`. Access given (a role activated, an active
-/// assignment granted): `token-claims-change` naming the role; an activation that now ends
+/// as RoleDeactivated; a session revoked; a user disabled or deleted; a member leaving a
+/// role-assignable group): `session-revoked`. Access given (a role activated, an active
+/// assignment granted): `token-claims-change` naming the role; joining a role-assignable group:
+/// `token-claims-change` naming it (`pim_group_added`); an activation that now ends
 /// earlier: `token-claims-change` with its new end (`pim_role_changed`).
 pub fn signal(r: &Record) -> Option<(&'static str, Value)> {
     let payload: Value = serde_json::from_str(&r.payload_json).unwrap_or_default();
