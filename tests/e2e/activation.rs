@@ -1334,6 +1334,9 @@ async fn internal_apps_batch_their_checks_and_watch_access_change() -> anyhow::R
             };
             assert_eq!(ended.code(), code, "{ended:?}");
         }
+        // The permission taken away is a refusal on record, as a refused call is.
+        let record = crate::consistency::failure_record(&w, "AccessDenied", &ann.id).await?;
+        assert_eq!(record.target_id, "/pim.assignment.v1.AccessService/WatchAccessChanges");
 
         // A server that stops ends its streams UNAVAILABLE (reconnect), rather than waiting
         // for as long as their clients stay.

@@ -698,6 +698,14 @@ pub struct AuthLayer {
 #[derive(Clone)]
 pub struct Stopping(pub tokio::sync::watch::Receiver<bool>);
 
+/// Where a refusal that ends a request's stream later is recorded, as the layer records a
+/// refused answer: put beside its caller by [`AuthLayer`] when it records refusals.
+#[derive(Clone)]
+pub struct RecordsRefusals {
+    pub refusals: Arc<dyn Refusals>,
+    pub method: String,
+}
+
 /// How often one refused token is recorded at most: a client retrying a dead token, or
 /// someone sending forged ones by the thousand, writes a record now and then, not one a call.
 const RECORD_REJECTION_EVERY_MS: i64 = 60_000;
@@ -889,6 +897,12 @@ where
                     request.extensions_mut().insert(VerifiedBy(layer.verifier.clone()));
                     if let Some(stopping) = layer.stopping.clone() {
                         request.extensions_mut().insert(stopping);
+                    }
+                    if let Some((refusals, _)) = &refusals {
+                        request.extensions_mut().insert(RecordsRefusals {
+                            refusals: refusals.clone(),
+                            method: method.clone(),
+                        });
                     }
                     let response = inner.call(request).await;
                     let denied = match (&refusals, &response) {

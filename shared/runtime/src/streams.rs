@@ -15,7 +15,7 @@ use std::time::Duration;
 use tokio_stream::StreamExt;
 use tonic::{Request, Status};
 
-use crate::auth::{Caller, Stopping, VerifiedBy};
+use crate::auth::{Caller, RecordsRefusals, Stopping, VerifiedBy};
 use crate::grpc::BoxStream;
 
 /// How often a quiet stream weighs its caller again.
@@ -26,6 +26,7 @@ pub struct Guard {
     caller: Option<Arc<Caller>>,
     verifier: Option<VerifiedBy>,
     stopping: Option<Stopping>,
+    records: Option<RecordsRefusals>,
 }
 
 impl Guard {
@@ -34,6 +35,7 @@ impl Guard {
             caller: request.extensions().get::<Arc<Caller>>().cloned(),
             verifier: request.extensions().get::<VerifiedBy>().cloned(),
             stopping: request.extensions().get::<Stopping>().cloned(),
+            records: request.extensions().get::<RecordsRefusals>().cloned(),
         }
     }
 
@@ -60,6 +62,7 @@ where
         caller,
         verifier,
         stopping,
+        records,
     } = guard;
     tokio::spawn(async move {
         let mut stream = stream;
@@ -94,6 +97,15 @@ where
             match weigh(caller.as_deref(), verifier.as_ref(), &still_allowed).await {
                 Ok(()) => unsure_since = None,
                 Err(refused) if is_definite(&refused) => {
+                    // A permission taken away is a refusal on record, as a refused call is.
+                    if let (Some(records), Some(caller)) = (&records, &caller)
+                        && refused.code() == tonic::Code::PermissionDenied
+                    {
+                        records
+                            .refusals
+                            .refused(&caller.actor(), &records.method, &refused)
+                            .await;
+                    }
                     let _ = tx.try_send(Err(refused));
                     return;
                 }
