@@ -66,11 +66,7 @@ fn rule_pb(id: &str, s: Settings) -> pb::Rule {
 }
 
 fn alert_id(raw: &str) -> Result<&str, Status> {
-    let id = raw.trim();
-    if id.is_empty() || id.len() > 64 {
-        return Err(invalid_argument("alert_id", "required (an alert id)"));
-    }
-    Ok(id)
+    pim_runtime::grpc::id_field("alert_id", raw, "an alert id")
 }
 
 impl Alerts {

@@ -102,14 +102,7 @@ pub(crate) fn approval_pb(a: ApprovalRow, decisions: Vec<DecisionRow>, history: 
 }
 
 fn approval_id(raw: &str) -> Result<&str, Status> {
-    let id = raw.trim();
-    if id.is_empty() {
-        return Err(invalid_argument("approval_id", "required (an approval id)"));
-    }
-    if uuid::Uuid::parse_str(id).is_err() {
-        return Err(invalid_argument("approval_id", "not an approval id (a UUID)"));
-    }
-    Ok(id)
+    pim_runtime::grpc::id_field("approval_id", raw, "an approval id")
 }
 
 #[tonic::async_trait]
@@ -292,11 +285,7 @@ fn item_pb(i: ItemRow) -> pb::ReviewItem {
 }
 
 fn review_id(raw: &str) -> Result<&str, Status> {
-    let id = raw.trim();
-    if id.is_empty() || id.len() > 64 {
-        return Err(invalid_argument("review_id", "required (a review id)"));
-    }
-    Ok(id)
+    pim_runtime::grpc::id_field("review_id", raw, "a review id")
 }
 
 #[tonic::async_trait]
@@ -424,10 +413,7 @@ impl AccessReviewService for Approvals {
     ) -> Result<Response<pb::ReviewItem>, Status> {
         let caller = caller(&request)?.clone();
         let r = request.get_ref();
-        let item = r.item_id.trim();
-        if item.is_empty() || item.len() > 64 {
-            return Err(invalid_argument("item_id", "required (a review item id)"));
-        }
+        let item = pim_runtime::grpc::id_field("item_id", &r.item_id, "a review item id")?;
         let approve = match pb::Decision::try_from(r.decision) {
             Ok(pb::Decision::Approve) => true,
             Ok(pb::Decision::Deny) => false,

@@ -77,6 +77,22 @@ pub fn cursor(raw: &str, field: &str) -> Result<Option<i64>, Status> {
         .ok_or_else(|| invalid_argument(field, "not a cursor this service issued"))
 }
 
+/// An id field the caller must fill with one of this service's ids (a UUID, in the form this
+/// service writes it: lower case, hyphenated): `what` names it in the refusal.
+pub fn id_field<'a>(field: &str, raw: &'a str, what: &str) -> Result<&'a str, Status> {
+    let id = raw.trim();
+    if id.is_empty() {
+        return Err(invalid_argument(field, &format!("required ({what})")));
+    }
+    match uuid::Uuid::try_parse(id) {
+        Ok(parsed) if parsed.hyphenated().to_string() == id => Ok(id),
+        _ => Err(invalid_argument(
+            field,
+            &format!("not {what} (a UUID, lower case with hyphens)"),
+        )),
+    }
+}
+
 /// NOT_FOUND naming what was asked for as the caller wrote it: control characters shown as
 /// escapes and at most 200 characters of it, so an id of a megabyte or a terminal escape
 /// sequence comes back as neither.
@@ -571,6 +587,26 @@ mod page_tests {
 #[cfg(test)]
 mod tests {
     use super::next_page;
+
+    /// An id is one of the service's, written as it writes them; anything else is bad input
+    /// (never a NOT_FOUND that reads as "no such thing").
+    #[test]
+    fn an_id_field_takes_ids_as_the_service_writes_them() {
+        let id = "0192f3a4-b5c6-7d8e-9f0a-1b2c3d4e5f6a";
+        assert_eq!(
+            super::id_field("alert_id", &format!(" {id} "), "an alert id").ok(),
+            Some(id)
+        );
+        for bad in [
+            "",
+            "garbage",
+            "0192F3A4-B5C6-7D8E-9F0A-1B2C3D4E5F6A",
+            "0192f3a4b5c67d8e9f0a1b2c3d4e5f6a",
+        ] {
+            let refused = super::id_field("alert_id", bad, "an alert id").expect_err(bad);
+            assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{bad:?}");
+        }
+    }
 
     /// What the caller asked for comes back as text a terminal shows as it is, and short.
     #[test]
