@@ -357,10 +357,7 @@ pub async fn start(caller: Caller, CheckedForm(fields): CheckedForm) -> Response
             review_scope: rpb::ReviewScope::Both as i32,
             reviewer_ids,
             self_review: fields.get("self_review") == "on",
-            duration: Some(prost_types::Duration {
-                seconds: pim_runtime::db::whole_seconds(duration),
-                nanos: 0,
-            }),
+            duration: Some(pim_runtime::db::duration_pb(duration)),
             auto_apply: fields.get("auto_apply") == "on",
             mail_notifications_disabled: fields.get("mail") != "on",
             reminders_disabled: fields.get("reminders") != "on",

@@ -155,10 +155,9 @@ pub async fn assign(caller: Caller, CheckedForm(fields): CheckedForm) -> Respons
                 scope: fields.get("scope").to_owned(),
                 schedule: Some(apb::Schedule {
                     start_time: None,
-                    expiration: Some(apb::schedule::Expiration::Duration(prost_types::Duration {
-                        seconds: pim_runtime::db::whole_seconds(duration),
-                        nanos: 0,
-                    })),
+                    expiration: Some(apb::schedule::Expiration::Duration(pim_runtime::db::duration_pb(
+                        duration,
+                    ))),
                 }),
                 justification: fields.get("justification").to_owned(),
                 ..Default::default()

@@ -243,10 +243,9 @@ pub async fn extend(caller: Caller, CheckedForm(fields): CheckedForm) -> Respons
         scope: fields.get("scope").to_owned(),
         schedule: Some(apb::Schedule {
             start_time: None,
-            expiration: Some(apb::schedule::Expiration::Duration(prost_types::Duration {
-                seconds: pim_runtime::db::whole_seconds(duration),
-                nanos: 0,
-            })),
+            expiration: Some(apb::schedule::Expiration::Duration(pim_runtime::db::duration_pb(
+                duration,
+            ))),
         }),
         justification: fields.get("justification").to_owned(),
         ..Default::default()
@@ -320,12 +319,7 @@ pub async fn activate(mut caller: Caller, CheckedForm(fields): CheckedForm) -> R
         scope: fields.get("scope").to_owned(),
         schedule: Some(apb::Schedule {
             start_time: None,
-            expiration: duration.map(|d| {
-                apb::schedule::Expiration::Duration(prost_types::Duration {
-                    seconds: pim_runtime::db::whole_seconds(d),
-                    nanos: 0,
-                })
-            }),
+            expiration: duration.map(|d| apb::schedule::Expiration::Duration(pim_runtime::db::duration_pb(d))),
         }),
         justification: fields.get("justification").to_owned(),
         ticket,

@@ -105,6 +105,14 @@ pub fn whole_seconds(d: std::time::Duration) -> i64 {
     i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
 }
 
+/// A length as a client sends it: [`whole_seconds`] of it, as a protobuf `Duration`.
+pub fn duration_pb(d: std::time::Duration) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: whole_seconds(d),
+        nanos: 0,
+    }
+}
+
 /// A client's length of time; else why not, for the field's INVALID_ARGUMENT: it is negative,
 /// or not a valid protobuf `Duration` (over 10,000 years, or nanoseconds of a second or more).
 pub fn checked_duration(d: &prost_types::Duration) -> Result<std::time::Duration, &'static str> {

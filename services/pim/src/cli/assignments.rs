@@ -110,12 +110,8 @@ pub(crate) async fn assign_as(principal: &str, role: &str, scope: &str, args: As
     let expiration = if args.permanent {
         Some(apb::schedule::Expiration::Permanent(true))
     } else {
-        args.duration.map(|d| {
-            apb::schedule::Expiration::Duration(prost_types::Duration {
-                seconds: pim_runtime::db::whole_seconds(d),
-                nanos: 0,
-            })
-        })
+        args.duration
+            .map(|d| apb::schedule::Expiration::Duration(pim_runtime::db::duration_pb(d)))
     };
     let request = apb::CreateRequestRequest {
         action: apb::RequestAction::AdminAssign as i32,

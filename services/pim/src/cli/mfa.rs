@@ -310,10 +310,7 @@ pub(crate) async fn run(cmd: MfaCommand) -> anyhow::Result<i32> {
             let created = MfaServiceClient::new(session.channel.clone())
                 .create_enrollment_pass(session.request(ipb::CreateEnrollmentPassRequest {
                     user: user.clone(),
-                    lifetime: Some(prost_types::Duration {
-                        seconds: pim_runtime::db::whole_seconds(lifetime),
-                        nanos: 0,
-                    }),
+                    lifetime: Some(pim_runtime::db::duration_pb(lifetime)),
                     uses,
                 })?)
                 .await

@@ -11,7 +11,7 @@ use pim_proto::assignment::v1::policy_service_client::PolicyServiceClient;
 use pim_proto::identity::v1 as ipb;
 use pim_proto::identity::v1::directory_service_client::DirectoryServiceClient;
 
-use super::requests::{pb_duration, show_duration};
+use super::requests::show_duration;
 use super::{Cell, ClientArgs, Names, RoleRef, Session, explain, print_table};
 
 #[derive(Subcommand)]
@@ -315,7 +315,7 @@ pub(crate) async fn policy(cmd: PolicyCommand) -> anyhow::Result<i32> {
             };
             let mut mask = Vec::new();
             if let Some(d) = a.activation_max {
-                p.activation_max_duration = Some(pb_duration(d));
+                p.activation_max_duration = Some(pim_runtime::db::duration_pb(d));
                 mask.push("activation_max_duration");
             }
             if let Some(v) = a.require_mfa {
@@ -352,11 +352,11 @@ pub(crate) async fn policy(cmd: PolicyCommand) -> anyhow::Result<i32> {
                 mask.push("approver_ids");
             }
             if let Some(d) = a.approval_timeout {
-                p.approval_timeout = Some(pb_duration(d));
+                p.approval_timeout = Some(pim_runtime::db::duration_pb(d));
                 mask.push("approval_timeout");
             }
             if let Some(d) = a.mfa_freshness {
-                p.mfa_freshness = Some(pb_duration(d));
+                p.mfa_freshness = Some(pim_runtime::db::duration_pb(d));
                 mask.push("mfa_freshness");
             }
             if let Some(v) = a.allow_permanent_active {
@@ -364,15 +364,15 @@ pub(crate) async fn policy(cmd: PolicyCommand) -> anyhow::Result<i32> {
                 mask.push("active_allow_permanent");
             }
             if let Some(d) = a.eligible_max {
-                p.eligible_max_duration = Some(pb_duration(d));
+                p.eligible_max_duration = Some(pim_runtime::db::duration_pb(d));
                 mask.push("eligible_max_duration");
             }
             if let Some(d) = a.active_max {
-                p.active_max_duration = Some(pb_duration(d));
+                p.active_max_duration = Some(pim_runtime::db::duration_pb(d));
                 mask.push("active_max_duration");
             }
             if let Some(d) = a.min_before_deactivate {
-                p.min_activation_before_deactivate = Some(pb_duration(d));
+                p.min_activation_before_deactivate = Some(pim_runtime::db::duration_pb(d));
                 mask.push("min_activation_before_deactivate");
             }
             if let Some(v) = a.allow_permanent_eligible {

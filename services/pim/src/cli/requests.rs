@@ -159,13 +159,6 @@ fn status_name(status: i32) -> String {
         .unwrap_or_default()
 }
 
-pub(crate) fn pb_duration(d: Duration) -> prost_types::Duration {
-    prost_types::Duration {
-        seconds: pim_runtime::db::whole_seconds(d),
-        nanos: 0,
-    }
-}
-
 /// A duration as every command prints it (`8h`, `90m`, `30d`).
 pub(crate) fn show_duration(d: &Option<prost_types::Duration>) -> String {
     d.as_ref()
@@ -207,7 +200,7 @@ pub(crate) async fn activate_as(what: &str, role: &str, scope: &str, args: Activ
             }),
             expiration: args
                 .duration
-                .map(|d| apb::schedule::Expiration::Duration(pb_duration(d))),
+                .map(|d| apb::schedule::Expiration::Duration(pim_runtime::db::duration_pb(d))),
         }),
         justification: args.why.justification.clone(),
         ticket: args.why.ticket.clone(),
@@ -385,7 +378,7 @@ pub(crate) async fn extend_as(what: &str, role_id: &str, scope: &str, how: Exten
         None => String::new(),
     };
     let expiration = match how.duration {
-        Some(d) => apb::schedule::Expiration::Duration(pb_duration(d)),
+        Some(d) => apb::schedule::Expiration::Duration(pim_runtime::db::duration_pb(d)),
         None => apb::schedule::Expiration::Permanent(true),
     };
     let action = match (how.principal.is_some(), how.renew, how.update) {

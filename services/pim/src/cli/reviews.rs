@@ -181,10 +181,7 @@ pub(crate) async fn run(cmd: ReviewsCommand) -> anyhow::Result<i32> {
                 } as i32,
                 reviewer_ids,
                 self_review: a.self_review,
-                duration: Some(prost_types::Duration {
-                    seconds: pim_runtime::db::whole_seconds(a.duration),
-                    nanos: 0,
-                }),
+                duration: Some(pim_runtime::db::duration_pb(a.duration)),
                 recurrence: a.recurrence,
                 default_decision: match a.default_decision {
                     DefaultArg::NoChange => pb::DefaultDecision::NoChange,

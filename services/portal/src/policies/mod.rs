@@ -255,10 +255,7 @@ async fn from_form(caller: &Caller, fields: &Fields) -> Result<(apb::RolePolicy,
 pub(super) fn parse_duration(label: &str, text: &str) -> Result<prost_types::Duration, Failure> {
     let parsed = humantime::parse_duration(text.trim())
         .map_err(|_| Failure::Refused(format!("{label}: {text:?} is not a duration (write it like 8h or 30m)")))?;
-    Ok(prost_types::Duration {
-        seconds: pim_runtime::db::whole_seconds(parsed),
-        nanos: 0,
-    })
+    Ok(pim_runtime::db::duration_pb(parsed))
 }
 
 /// POST /admin/policies.

@@ -197,10 +197,7 @@ pub(crate) fn to_pb(
 fn parsed(text: &str) -> Result<prost_types::Duration, String> {
     let d = humantime::parse_duration(text.trim())
         .map_err(|e| format!("{text:?} is not a duration such as 8h or 30m ({e})"))?;
-    Ok(prost_types::Duration {
-        seconds: pim_runtime::db::whole_seconds(d),
-        nanos: 0,
-    })
+    Ok(pim_runtime::db::duration_pb(d))
 }
 
 fn line<T>(item: &Spanned<T>) -> Option<u64> {
