@@ -77,6 +77,10 @@ async fn tampering_with_the_audit_log_is_detected() -> anyhow::Result<()> {
         let backwards = verify(5, 2).await.expect_err("to before from");
         let backwards = backwards.downcast_ref::<tonic::Status>().map(tonic::Status::code);
         assert_eq!(backwards, Some(Code::InvalidArgument));
+        // So does a range past the chain's end: a chain that lost its tail is not "intact".
+        let past = verify(100_000, 0).await.expect_err("past the head");
+        let past = past.downcast_ref::<tonic::Status>().map(tonic::Status::code);
+        assert_eq!(past, Some(Code::InvalidArgument));
 
         let lee = ts.sign_in("lee", "lee's long passphrase").await?;
         let denied = AuditServiceClient::new(ts.channel.clone())

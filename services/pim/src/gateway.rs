@@ -216,11 +216,18 @@ pub async fn serve(
     let router = axum::Router::new().fallback_service(Forward(upstreams.clone()));
     let routes = tonic::service::Routes::from(router).add_service(HealthServer::new(SuiteHealth(upstreams)));
     let routes = grpc::with_reflection(routes)?;
-    grpc::server_builder(&config.tls)?
+    // Calls forwarded to the services (streams among them) get the services' grace to end.
+    let (shutdown, grace) = grpc::with_grace(shutdown);
+    let serving = grpc::server_builder(&config.tls)?
         .add_routes(routes)
-        .serve_with_incoming_shutdown(grpc::incoming(listener), shutdown)
-        .await
-        .context("serving the gateway")
+        .serve_with_incoming_shutdown(grpc::incoming(listener), shutdown);
+    tokio::select! {
+        served = serving => served.context("serving the gateway"),
+        () = grace => {
+            tracing::warn!("calls still open {:?} after the gateway was told to stop: closed", grpc::SHUTDOWN_GRACE);
+            Ok(())
+        }
+    }
 }
 
 /// `pim serve gateway`: binds `PIM_LISTEN_ADDR` and serves until ctrl-c or SIGTERM.

@@ -336,6 +336,28 @@ pub fn incoming(listener: TcpListener) -> TcpIncoming {
 /// How long a stopping server lets open calls finish.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
+/// `shutdown` as a server takes it, and what completes [`SHUTDOWN_GRACE`] after it did: a
+/// server raced against the second lets open calls finish (streams end themselves, see
+/// `streams::Guard`) for that long at most, so a client that stopped reading, or a stream
+/// forwarded from elsewhere, does not hold the process.
+pub fn with_grace(
+    shutdown: impl Future<Output = ()> + Send,
+) -> (impl Future<Output = ()> + Send, impl Future<Output = ()> + Send) {
+    let (told, stopping) = tokio::sync::oneshot::channel::<()>();
+    let shutdown = async move {
+        shutdown.await;
+        let _ = told.send(());
+    };
+    let grace = async move {
+        if stopping.await.is_ok() {
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    (shutdown, grace)
+}
+
 /// Serves `routes` plus health and reflection on `listener` until `shutdown` completes.
 /// `services` are the fully-qualified names reported SERVING by the health service.
 pub async fn serve(
@@ -351,27 +373,14 @@ pub async fn serve(
         reporter.set_service_status(*service, ServingStatus::Serving).await;
     }
     let routes = with_reflection(routes.add_service(health))?;
-    let (told, stopping) = tokio::sync::oneshot::channel::<()>();
+    let (shutdown, grace) = with_grace(shutdown);
     let serving = server_builder(tls)?
         // Bounded handler time: a stuck dependency must not pin connections forever.
         .timeout(Duration::from_secs(30))
         // Authentication wraps every route, so no handler can forget it.
         .layer(auth)
         .add_routes(routes)
-        .serve_with_incoming_shutdown(incoming(listener), async move {
-            shutdown.await;
-            let _ = told.send(());
-        });
-    // Told to stop, the server lets open calls finish (streams end themselves, see
-    // `streams::Guard`), for SHUTDOWN_GRACE at most: a client that stopped reading does not
-    // hold the process.
-    let grace = async move {
-        if stopping.await.is_ok() {
-            tokio::time::sleep(SHUTDOWN_GRACE).await;
-        } else {
-            std::future::pending::<()>().await;
-        }
-    };
+        .serve_with_incoming_shutdown(incoming(listener), shutdown);
     tokio::select! {
         served = serving => served.context("serving gRPC")?,
         () = grace => tracing::warn!("calls still open {SHUTDOWN_GRACE:?} after the server was told to stop: closed"),

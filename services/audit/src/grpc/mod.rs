@@ -213,6 +213,14 @@ impl AuditService for Audit {
             .verify(r.from_sequence, r.to_sequence)
             .await
             .map_err(pim_runtime::grpc::internal)?;
+        // A range past the chain's end checks nothing: "intact" would say nothing true (a
+        // chain that lost its tail, checked from where it last was).
+        if checked == 0 && r.from_sequence > 0 {
+            return Err(pim_runtime::grpc::invalid_argument(
+                "from_sequence",
+                "no record from there: the chain does not reach it (is its tail gone?)",
+            ));
+        }
         Ok(Response::new(pb::VerifyChainResponse {
             ok,
             first_broken_sequence,
