@@ -161,7 +161,7 @@ impl AlertService for Alerts {
         let r = request.into_inner();
         let min = severity_from_pb(r.min_severity)?;
         let latest = store::latest_rev(&self.db).await.map_err(internal)?;
-        let mut after = pim_runtime::grpc::cursor_issued(cursor(&r.cursor, "cursor")?.unwrap_or(0), latest, "cursor")?;
+        let mut after = pim_runtime::grpc::resume_after(&r.cursor, latest, "cursor")?;
         let mut changed = self.changed.subscribe();
         let db = self.db.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(64);

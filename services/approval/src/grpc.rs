@@ -162,11 +162,7 @@ impl ApprovalService for Approvals {
         let caller = caller(&request)?.clone();
         let guard = pim_runtime::streams::Guard::of(&request);
         let latest = crate::store::latest_rev(&self.db).await.map_err(internal)?;
-        let mut after = pim_runtime::grpc::cursor_issued(
-            cursor(&request.get_ref().cursor, "cursor")?.unwrap_or(0),
-            latest,
-            "cursor",
-        )?;
+        let mut after = pim_runtime::grpc::resume_after(&request.get_ref().cursor, latest, "cursor")?;
         let mut changed = self.changed.subscribe();
         let this = self.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
@@ -316,12 +312,8 @@ impl AccessReviewService for Approvals {
                 .start_time
                 .as_ref()
                 .map(|t| {
-                    pim_runtime::db::checked_timestamp(t).ok_or_else(|| {
-                        invalid_argument(
-                            "review.start_time",
-                            "must be a time between 0001-01-01 and 9999-12-31 (RFC 3339)",
-                        )
-                    })
+                    pim_runtime::db::checked_timestamp(t)
+                        .ok_or_else(|| invalid_argument("review.start_time", pim_runtime::db::TIMESTAMP_RULE))
                 })
                 .transpose()?,
             duration,

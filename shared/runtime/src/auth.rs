@@ -207,11 +207,6 @@ pub fn caller<T>(request: &Request<T>) -> Result<&Caller, Status> {
         .ok_or_else(|| Status::unauthenticated("sign in first: no access token"))
 }
 
-/// The verifier that checked a request's token, put beside its caller by [`AuthLayer`], so a
-/// long answer (a server stream, [`crate::streams::Guard`]) can weigh the token again.
-#[derive(Clone)]
-pub struct VerifiedBy(pub Arc<TokenVerifier>);
-
 /// Sessions and principals whose unexpired tokens are refused, as identity publishes them:
 /// by [`revocation_tag`] of their ids, never the ids themselves.
 #[derive(Clone, Debug, Default)]
@@ -689,21 +684,25 @@ pub struct AuthLayer {
     public: Arc<HashSet<&'static str>>,
     refusals: Option<Arc<dyn Refusals>>,
     rejections: Arc<Rejections>,
-    stopping: Option<Stopping>,
+    stopping: Option<tokio::sync::watch::Receiver<bool>>,
+    /// What it puts beside every caller for a long answer: one for the layer, shared.
+    rechecks: Arc<RecheckWith>,
 }
 
-/// Turns true when the server that answers a request starts to stop, put beside its caller by
-/// [`AuthLayer`]: a server stream then ends UNAVAILABLE (reconnect elsewhere or later) rather
-/// than holding the shutdown back for as long as its client stays.
+/// What a long answer (a server stream, [`crate::streams::Guard`]) needs beside its caller,
+/// put there by [`AuthLayer`] with the method it answers: the verifier that checked the token,
+/// to weigh it again; what turns true when the server starts to stop (the stream then ends
+/// UNAVAILABLE rather than holding the shutdown back); where a refusal is recorded.
 #[derive(Clone)]
-pub struct Stopping(pub tokio::sync::watch::Receiver<bool>);
+pub struct Rechecks {
+    pub(crate) with: Arc<RecheckWith>,
+    pub(crate) method: Arc<str>,
+}
 
-/// Where a refusal that ends a request's stream later is recorded, as the layer records a
-/// refused answer: put beside its caller by [`AuthLayer`] when it records refusals.
-#[derive(Clone)]
-pub struct RecordsRefusals {
-    pub refusals: Arc<dyn Refusals>,
-    pub method: String,
+pub(crate) struct RecheckWith {
+    pub(crate) verifier: Arc<TokenVerifier>,
+    pub(crate) stopping: Option<tokio::sync::watch::Receiver<bool>>,
+    pub(crate) refusals: Option<Arc<dyn Refusals>>,
 }
 
 /// How often one refused token is recorded at most: a client retrying a dead token, or
@@ -784,6 +783,11 @@ impl Rejections {
 impl AuthLayer {
     pub fn new(verifier: Arc<TokenVerifier>) -> Self {
         Self {
+            rechecks: Arc::new(RecheckWith {
+                verifier: verifier.clone(),
+                stopping: None,
+                refusals: None,
+            }),
             verifier,
             public: Arc::new(PUBLIC_METHODS.iter().copied().collect()),
             refusals: None,
@@ -792,9 +796,19 @@ impl AuthLayer {
         }
     }
 
-    /// Tells the streams it lets through when the server starts to stop (see [`Stopping`]).
+    /// Tells the streams it lets through when the server starts to stop (see [`Rechecks`]).
     pub fn stopping_with(mut self, stopping: tokio::sync::watch::Receiver<bool>) -> Self {
-        self.stopping = Some(Stopping(stopping));
+        self.stopping = Some(stopping);
+        self.with_rechecks_renewed()
+    }
+
+    /// [`Rechecks`] as the layer now stands.
+    fn with_rechecks_renewed(mut self) -> Self {
+        self.rechecks = Arc::new(RecheckWith {
+            verifier: self.verifier.clone(),
+            stopping: self.stopping.clone(),
+            refusals: self.refusals.clone(),
+        });
         self
     }
 
@@ -802,7 +816,7 @@ impl AuthLayer {
     /// (except [`SELF_AUDITED_METHODS`]), and a protection's refusal (see [`Refusals`]).
     pub fn recording_refusals(mut self, refusals: Arc<dyn Refusals>) -> Self {
         self.refusals = Some(refusals);
-        self
+        self.with_rechecks_renewed()
     }
 }
 
@@ -865,7 +879,7 @@ where
             .map(str::to_owned);
         let recorded = span.clone();
         let started = std::time::Instant::now();
-        let method = path.clone();
+        let method: Arc<str> = path.as_str().into();
         let call = async move {
             if is_public(request.uri().path(), &layer.public) {
                 return inner.call(request).await;
@@ -890,20 +904,14 @@ where
                     let refusals = layer
                         .refusals
                         .clone()
-                        .filter(|_| !SELF_AUDITED_METHODS.contains(&method.as_str()))
+                        .filter(|_| !SELF_AUDITED_METHODS.contains(&&*method))
                         // Who asked, kept for the answer.
                         .map(|refusals| (refusals, caller.clone()));
                     request.extensions_mut().insert(caller);
-                    request.extensions_mut().insert(VerifiedBy(layer.verifier.clone()));
-                    if let Some(stopping) = layer.stopping.clone() {
-                        request.extensions_mut().insert(stopping);
-                    }
-                    if let Some((refusals, _)) = &refusals {
-                        request.extensions_mut().insert(RecordsRefusals {
-                            refusals: refusals.clone(),
-                            method: method.clone(),
-                        });
-                    }
+                    request.extensions_mut().insert(Rechecks {
+                        with: layer.rechecks.clone(),
+                        method: method.clone(),
+                    });
                     let response = inner.call(request).await;
                     let denied = match (&refusals, &response) {
                         (Some(_), Ok(answer)) => Status::from_header_map(answer.headers()).filter(|status| {

@@ -125,6 +125,9 @@ pub fn checked_duration(d: &prost_types::Duration) -> Result<std::time::Duration
     Ok(std::time::Duration::new(d.seconds as u64, d.nanos as u32))
 }
 
+/// What a client is told of a timestamp [`checked_timestamp`] refuses.
+pub const TIMESTAMP_RULE: &str = "must be a time between 0001-01-01 and 9999-12-31 (RFC 3339)";
+
 /// A client's timestamp in epoch milliseconds, or None when it lies outside
 /// 0001-01-01…9999-12-31 or its nanoseconds are out of range (not a valid `Timestamp`).
 pub fn checked_timestamp(ts: &prost_types::Timestamp) -> Option<i64> {
@@ -260,17 +263,18 @@ pub const NUL_REFUSED: &str = "text must not contain NUL characters";
 /// `character_not_in_repertoire`), anywhere in an error's chain: the caller's input, not a
 /// fault. Fields checked at the edge say so themselves; this catches any that are not.
 pub fn nul_in(err: &anyhow::Error) -> bool {
+    err.chain()
+        .filter_map(|cause| cause.downcast_ref::<DbErr>())
+        .any(|err| sql_state(err).is_some_and(|code| code == "22021"))
+}
+
+/// The SQLSTATE the database answered `err` with, if it answered one.
+fn sql_state(err: &DbErr) -> Option<String> {
     use sea_orm::RuntimeErr::SqlxError;
-    err.chain().any(|cause| {
-        let Some(DbErr::Exec(SqlxError(e)) | DbErr::Query(SqlxError(e)) | DbErr::Conn(SqlxError(e))) =
-            cause.downcast_ref::<DbErr>()
-        else {
-            return false;
-        };
-        e.as_database_error()
-            .and_then(|e| e.code())
-            .is_some_and(|code| code == "22021")
-    })
+    let (DbErr::Exec(SqlxError(e)) | DbErr::Query(SqlxError(e)) | DbErr::Conn(SqlxError(e))) = err else {
+        return None;
+    };
+    Some(e.as_database_error()?.code()?.into_owned())
 }
 
 /// [`conflict`] anywhere in an error's chain.
@@ -284,12 +288,8 @@ pub fn conflict_in(err: &anyhow::Error) -> Option<String> {
 /// of it was applied, and the same call made again may succeed. The one mapping of faults to
 /// gRPC ([`crate::grpc::internal`]) answers these ABORTED with this message, not INTERNAL.
 pub fn conflict(err: &DbErr) -> Option<String> {
-    use sea_orm::RuntimeErr::SqlxError;
-    let (DbErr::Exec(SqlxError(e)) | DbErr::Query(SqlxError(e)) | DbErr::Conn(SqlxError(e))) = err else {
-        return None;
-    };
-    let code = e.as_database_error()?.code()?;
-    matches!(code.as_ref(), "40P01" | "40001")
+    let code = sql_state(err)?;
+    matches!(code.as_str(), "40P01" | "40001")
         .then(|| "this change met another one made at the same moment and was not applied; try again".to_owned())
 }
 

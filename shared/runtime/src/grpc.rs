@@ -97,28 +97,26 @@ pub fn id_field<'a>(field: &str, raw: &'a str, what: &str) -> Result<&'a str, St
 /// escapes and at most 200 characters of it, so an id of a megabyte or a terminal escape
 /// sequence comes back as neither.
 pub fn not_found(message: &str) -> Status {
-    let mut shown: String = message
-        .chars()
-        .take(200)
-        .flat_map(|c| {
-            let escaped: Vec<char> = if crate::text::is_unseen(c) {
-                c.escape_unicode().collect()
-            } else {
-                vec![c]
-            };
-            escaped
-        })
-        .collect();
+    let mut shown = String::new();
+    for c in message.chars().take(200) {
+        if crate::text::is_unseen(c) {
+            shown.extend(c.escape_unicode());
+        } else {
+            shown.push(c);
+        }
+    }
     if message.chars().nth(200).is_some() {
         shown.push('…');
     }
     Status::not_found(shown)
 }
 
-/// A stream's cursor no further than the `latest` this service has issued: one ahead of it
-/// comes from another installation (or a data directory restored from before it), and
-/// resuming from it would skip every item up to it.
-pub fn cursor_issued(cursor: i64, latest: i64, field: &str) -> Result<i64, Status> {
+/// Where a stream resumes: after the `raw` [`cursor`] (from the start when empty), which must
+/// be no further than the `latest` this service has issued: one ahead of it comes from another
+/// installation (or a data directory restored from before it), and resuming from it would
+/// skip every item up to it.
+pub fn resume_after(raw: &str, latest: i64, field: &str) -> Result<i64, Status> {
+    let cursor = cursor(raw, field)?.unwrap_or(0);
     if cursor > latest {
         return Err(invalid_argument(
             field,

@@ -15,7 +15,7 @@ use std::time::Duration;
 use tokio_stream::StreamExt;
 use tonic::{Request, Status};
 
-use crate::auth::{Caller, RecordsRefusals, Stopping, VerifiedBy};
+use crate::auth::{Caller, Rechecks};
 use crate::grpc::BoxStream;
 
 /// How often a quiet stream weighs its caller again.
@@ -24,18 +24,14 @@ pub const RECHECK: Duration = Duration::from_secs(10);
 /// What a stream's caller is weighed by again: taken from the request that opens it.
 pub struct Guard {
     caller: Option<Arc<Caller>>,
-    verifier: Option<VerifiedBy>,
-    stopping: Option<Stopping>,
-    records: Option<RecordsRefusals>,
+    rechecks: Option<Rechecks>,
 }
 
 impl Guard {
     pub fn of<R>(request: &Request<R>) -> Self {
         Self {
             caller: request.extensions().get::<Arc<Caller>>().cloned(),
-            verifier: request.extensions().get::<VerifiedBy>().cloned(),
-            stopping: request.extensions().get::<Stopping>().cloned(),
-            records: request.extensions().get::<RecordsRefusals>().cloned(),
+            rechecks: request.extensions().get::<Rechecks>().cloned(),
         }
     }
 
@@ -58,15 +54,10 @@ where
     Fut: Future<Output = Result<(), Status>> + Send,
 {
     let (tx, rx) = tokio::sync::mpsc::channel(16);
-    let Guard {
-        caller,
-        verifier,
-        stopping,
-        records,
-    } = guard;
+    let Guard { caller, rechecks } = guard;
     tokio::spawn(async move {
         let mut stream = stream;
-        let mut stopping = stopping.map(|Stopping(stopping)| stopping);
+        let mut stopping = rechecks.as_ref().and_then(|r| r.with.stopping.clone());
         let stops = async move {
             match stopping.as_mut() {
                 Some(stopping) => drop(stopping.wait_for(|stopped| *stopped).await),
@@ -94,17 +85,15 @@ where
                     return;
                 }
             };
-            match weigh(caller.as_deref(), verifier.as_ref(), &still_allowed).await {
+            match weigh(caller.as_deref(), rechecks.as_ref(), &still_allowed).await {
                 Ok(()) => unsure_since = None,
                 Err(refused) if is_definite(&refused) => {
                     // A permission taken away is a refusal on record, as a refused call is.
-                    if let (Some(records), Some(caller)) = (&records, &caller)
+                    if let (Some(rechecks), Some(caller)) = (&rechecks, &caller)
+                        && let Some(refusals) = &rechecks.with.refusals
                         && refused.code() == tonic::Code::PermissionDenied
                     {
-                        records
-                            .refusals
-                            .refused(&caller.actor(), &records.method, &refused)
-                            .await;
+                        refusals.refused(&caller.actor(), &rechecks.method, &refused).await;
                     }
                     let _ = tx.try_send(Err(refused));
                     return;
@@ -148,13 +137,18 @@ fn is_definite(status: &Status) -> bool {
     )
 }
 
-async fn weigh<F, Fut>(caller: Option<&Caller>, verifier: Option<&VerifiedBy>, still_allowed: &F) -> Result<(), Status>
+async fn weigh<F, Fut>(caller: Option<&Caller>, rechecks: Option<&Rechecks>, still_allowed: &F) -> Result<(), Status>
 where
     F: Fn() -> Fut,
     Fut: Future<Output = Result<(), Status>>,
 {
-    if let (Some(caller), Some(VerifiedBy(verifier))) = (caller, verifier) {
-        verifier.verify(caller.token()).await.map_err(Status::from)?;
+    if let (Some(caller), Some(rechecks)) = (caller, rechecks) {
+        rechecks
+            .with
+            .verifier
+            .verify(caller.token())
+            .await
+            .map_err(Status::from)?;
     }
     still_allowed().await
 }

@@ -203,8 +203,7 @@ pub const START_SKEW_MS: i64 = 5 * 60_000;
 /// A time a client sent, as epoch milliseconds; INVALID_ARGUMENT naming `field` when it is
 /// not a valid protobuf `Timestamp` (outside 0001-01-01…9999-12-31).
 pub(super) fn input_time(field: &'static str, t: &prost_types::Timestamp) -> Result<i64, Error> {
-    pim_runtime::db::checked_timestamp(t)
-        .ok_or_else(|| Error::invalid(field, "must be a time between 0001-01-01 and 9999-12-31 (RFC 3339)"))
+    pim_runtime::db::checked_timestamp(t).ok_or_else(|| Error::invalid(field, pim_runtime::db::TIMESTAMP_RULE))
 }
 
 pub(super) fn start_time(schedule: &pb::Schedule) -> Result<Option<i64>, Error> {
