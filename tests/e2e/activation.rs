@@ -857,6 +857,18 @@ async fn approval_holds_the_activation_and_the_window_starts_when_approved() -> 
             .await
             .expect_err("not Lee's");
         assert_eq!(stranger.code(), Code::PermissionDenied);
+        // An id that cannot be a request's is a mistake to point out, not a request not found.
+        let garbage = w
+            .assignments()
+            .cancel_request(authed(
+                &kim_token,
+                apb::GetRequestRequest {
+                    request_id: "req-1".into(),
+                },
+            ))
+            .await
+            .expect_err("not a request id");
+        assert_eq!(garbage.code(), Code::InvalidArgument, "{garbage:?}");
         let canceled = w
             .assignments()
             .cancel_request(authed(

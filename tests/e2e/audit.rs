@@ -81,6 +81,20 @@ async fn tampering_with_the_audit_log_is_detected() -> anyhow::Result<()> {
         let past = verify(100_000, 0).await.expect_err("past the head");
         let past = past.downcast_ref::<tonic::Status>().map(tonic::Status::code);
         assert_eq!(past, Some(Code::InvalidArgument));
+        let odd = AuditServiceClient::new(ts.channel.clone())
+            .query_events(authed(
+                &admin,
+                aupb::QueryEventsRequest {
+                    since: Some(prost_types::Timestamp {
+                        seconds: 1_700_000_000,
+                        nanos: -1,
+                    }),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .expect_err("negative nanos");
+        assert_eq!(odd.code(), Code::InvalidArgument, "{odd:?}");
 
         let lee = ts.sign_in("lee", "lee's long passphrase").await?;
         let denied = AuditServiceClient::new(ts.channel.clone())

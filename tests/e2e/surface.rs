@@ -157,6 +157,17 @@ async fn signing_keys_rotate_without_breaking_tokens_in_flight() -> anyhow::Resu
             .keys;
         assert_eq!(keys.len(), 1);
         let old_kid = keys[0].kid.clone();
+        // A time that is no protobuf Timestamp is pointed out, not read as some other time.
+        let odd = auth
+            .list_revocations(ipb::ListRevocationsRequest {
+                since: Some(prost_types::Timestamp {
+                    seconds: 1_700_000_000,
+                    nanos: 2_000_000_000,
+                }),
+            })
+            .await
+            .expect_err("nanos of two seconds");
+        assert_eq!(odd.code(), Code::InvalidArgument, "{odd:?}");
         let anonymous = auth
             .rotate_signing_key(ipb::RotateSigningKeyRequest {})
             .await

@@ -311,10 +311,7 @@ impl AccessReviewService for Approvals {
             start_at: r
                 .start_time
                 .as_ref()
-                .map(|t| {
-                    pim_runtime::db::checked_timestamp(t)
-                        .ok_or_else(|| invalid_argument("review.start_time", pim_runtime::db::TIMESTAMP_RULE))
-                })
+                .map(|t| pim_runtime::grpc::time_field("review.start_time", t))
                 .transpose()?,
             duration,
             recurrence: r.recurrence.to_lowercase(),

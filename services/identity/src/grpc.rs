@@ -531,7 +531,7 @@ impl AuthService for Directory {
         let now = pim_runtime::db::now_ms();
         let oldest = now - pim_runtime::auth::REMEMBER_MS;
         let since = match &request.get_ref().since {
-            Some(t) => pim_runtime::db::from_timestamp(t).max(oldest),
+            Some(t) => pim_runtime::grpc::time_field("since", t)?.max(oldest),
             None => oldest,
         };
         let list = pim_runtime::auth::KeySource::revocations(&self.keys, since)

@@ -23,6 +23,12 @@ pub fn invalid_argument(field: &str, message: &str) -> Status {
     Status::with_error_details(tonic::Code::InvalidArgument, format!("{field}: {message}"), details)
 }
 
+/// A time a client sent, as epoch milliseconds; INVALID_ARGUMENT naming `field` when it is
+/// not a valid protobuf `Timestamp` (outside 0001-01-01…9999-12-31, or nanos out of range).
+pub fn time_field(field: &str, t: &prost_types::Timestamp) -> Result<i64, Status> {
+    crate::db::checked_timestamp(t).ok_or_else(|| invalid_argument(field, crate::db::TIMESTAMP_RULE))
+}
+
 /// The most characters a search or filter value may have.
 pub const MAX_FILTER: usize = 256;
 

@@ -187,7 +187,7 @@ impl AssignmentService for Assignments {
         request: Request<pb::GetRequestRequest>,
     ) -> Result<Response<pb::AssignmentRequest>, Status> {
         let caller = caller(&request)?.clone();
-        let id = filter(&request.get_ref().request_id).ok_or_else(|| Error::invalid("request_id", "required"))?;
+        let id = request_id(&request.get_ref().request_id)?;
         Ok(Response::new(request_to_pb(
             Assignments::get_request(self, &caller, id).await?,
         )))
@@ -236,9 +236,7 @@ impl AssignmentService for Assignments {
         request: Request<pb::GetRequestRequest>,
     ) -> Result<Response<pb::AssignmentRequest>, Status> {
         let caller = caller(&request)?.clone();
-        let id = filter(&request.get_ref().request_id)
-            .ok_or_else(|| Error::invalid("request_id", "required"))?
-            .to_owned();
+        let id = request_id(&request.get_ref().request_id)?.to_owned();
         let cancelled = request_to_pb(Assignments::cancel_request(self, &caller, &id).await?);
         Ok(self.answer_write(cancelled).await)
     }
@@ -246,9 +244,7 @@ impl AssignmentService for Assignments {
     /// The request now, then each time its status changes, until a final status.
     async fn watch_request(&self, request: Request<pb::GetRequestRequest>) -> Result<Response<RequestStream>, Status> {
         let caller = caller(&request)?.clone();
-        let id = filter(&request.get_ref().request_id)
-            .ok_or_else(|| Error::invalid("request_id", "required"))?
-            .to_owned();
+        let id = request_id(&request.get_ref().request_id)?.to_owned();
         let first = Assignments::get_request(self, &caller, &id).await?;
         let guard = pim_runtime::streams::Guard::of(&request);
         let mut changes = self.changes.subscribe();
@@ -451,6 +447,11 @@ impl AccessService for Assignments {
                 .collect(),
         }))
     }
+}
+
+/// A request's id as asked for: a UUID, or INVALID_ARGUMENT saying so.
+fn request_id(raw: &str) -> Result<&str, Status> {
+    pim_runtime::grpc::id_field("request_id", raw, "a request id")
 }
 
 fn observed_to_pb(g: crate::store::ObservedGrant) -> pb::ObservedGrant {

@@ -7,8 +7,8 @@ use tonic::{Request, Response, Status};
 use pim_proto::audit::v1 as pb;
 use pim_proto::audit::v1::audit_service_server::AuditService;
 use pim_runtime::auth::caller;
-use pim_runtime::db::{from_timestamp, to_timestamp};
-use pim_runtime::grpc::{filter_value, invalid_argument};
+use pim_runtime::db::to_timestamp;
+use pim_runtime::grpc::{filter_value, invalid_argument, time_field};
 
 use crate::{Audit, DEFAULT_PAGE, MAX_PAGE, ocsf, store};
 
@@ -39,8 +39,8 @@ fn filter_from(r: pb::QueryEventsRequest, involving: Option<String>) -> Result<s
             .to_owned(),
         action: value("action", &r.action)?,
         outcome,
-        since: r.since.as_ref().map(from_timestamp),
-        until: r.until.as_ref().map(from_timestamp),
+        since: r.since.as_ref().map(|t| time_field("since", t)).transpose()?,
+        until: r.until.as_ref().map(|t| time_field("until", t)).transpose()?,
         trace_id: value("correlation_id", &r.correlation_id)?,
         involving,
         after_sequence,
