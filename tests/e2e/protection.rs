@@ -903,6 +903,83 @@ async fn users_and_service_principals_are_maintained_safely() -> anyhow::Result<
             .into_inner()
             .access_token;
         assert!(works(&ts, &token).await?, "the new secret's token works");
+
+        // Whoever manages apps manages the secrets of apps that hold no privileged role; an
+        // app's that does is protected like a privileged person's, or Dee would rotate it,
+        // sign in as the app and use its role.
+        let app_manager = RoleServiceClient::new(ts.channel.clone())
+            .create_role_definition(authed(
+                &admin,
+                apb::CreateRoleDefinitionRequest {
+                    name: "App Manager".into(),
+                    description: "Looks after the apps".into(),
+                    permissions: vec![permissions::SERVICE_PRINCIPALS_MANAGE.into()],
+                    privileged: false,
+                },
+            ))
+            .await?
+            .into_inner();
+        let cas = ts.create_user(&admin, "cas").await?;
+        let dee = ts.create_user(&admin, "dee").await?;
+        let (plain_bot, _) = ts.create_service_principal(&admin, "plain-bot").await?;
+        let (role_bot, _) = ts.create_service_principal(&admin, "role-bot").await?;
+        ts.settle().await?;
+        let mut assignments = AssignmentServiceClient::new(ts.channel.clone());
+        assignments
+            .create_request(authed(
+                &admin,
+                assign(apb::AssignmentKind::Active, &cas.id, &app_manager.id),
+            ))
+            .await?;
+        for role in [app_manager.id.as_str(), crate::activation::GLOBAL_READER] {
+            assignments
+                .create_request(authed(&admin, assign(apb::AssignmentKind::Active, &dee.id, role)))
+                .await?;
+        }
+        assignments
+            .create_request(authed(
+                &admin,
+                assign(
+                    apb::AssignmentKind::Active,
+                    &role_bot,
+                    pim_proto::catalogue::PRIVILEGED_ROLE_ADMINISTRATOR,
+                ),
+            ))
+            .await?;
+        let cas = ts.sign_in("cas", &pim_e2e::password_of("cas")).await?;
+        let app = |id: &str| ipb::GetServicePrincipalRequest {
+            service_principal_id: id.into(),
+        };
+        // Whether an app is privileged is read from its assignments, which Cas may not read.
+        let unread = directory
+            .rotate_service_principal_secret(authed(&cas, app(&plain_bot)))
+            .await
+            .expect_err("Cas cannot tell");
+        assert_eq!(unread.code(), Code::PermissionDenied, "{unread:?}");
+        assert!(
+            unread.message().contains("pim.assignments.read"),
+            "{}",
+            unread.message()
+        );
+        let dee = ts.sign_in("dee", &pim_e2e::password_of("dee")).await?;
+        directory
+            .rotate_service_principal_secret(authed(&dee, app(&plain_bot)))
+            .await?;
+        let rotate = directory
+            .rotate_service_principal_secret(authed(&dee, app(&role_bot)))
+            .await
+            .expect_err("role-bot holds a privileged role");
+        assert_eq!(rotate.code(), Code::PermissionDenied, "{rotate:?}");
+        assert!(rotate.message().contains("privileged role"), "{}", rotate.message());
+        let disable = directory
+            .disable_service_principal(authed(&dee, app(&role_bot)))
+            .await
+            .expect_err("nor may Dee disable it");
+        assert_eq!(disable.code(), Code::PermissionDenied, "{disable:?}");
+        directory
+            .rotate_service_principal_secret(authed(&admin, app(&role_bot)))
+            .await?;
+
         // An app disabled holds nothing, whatever stays assigned to it.
         const SECURITY_READER: &str = "5d6b6bb7-de71-4623-b4af-96380a352509";
         AssignmentServiceClient::new(ts.channel.clone())

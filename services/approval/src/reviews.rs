@@ -263,13 +263,15 @@ impl Approvals {
     /// What privileged access `principal_id` is named to decide while it is open: pending
     /// approvals (a stage's approvers, escalation included, as the request fixed them) and
     /// reviews not over (as a reviewer). Whoever holds their credentials would decide it, so
-    /// identity asks before a credential administrator changes them. A group named decides
-    /// privileged access only if role-assignable, and its members are protected as such.
+    /// identity asks before a credential administrator changes them (or whoever manages apps
+    /// an app's secret). A group named decides privileged access only if role-assignable, and
+    /// its members are protected as such.
     pub async fn privileged_decisions_of(&self, caller: &Caller, principal_id: &str) -> Result<Vec<String>> {
-        if require(self.access.as_ref(), caller, permissions::CREDENTIALS_RESET, "/")
-            .await
-            .is_err()
-        {
+        let mut asking = false;
+        for permission in [permissions::CREDENTIALS_RESET, permissions::SERVICE_PRINCIPALS_MANAGE] {
+            asking = asking || require(self.access.as_ref(), caller, permission, "/").await.is_ok();
+        }
+        if !asking {
             require(self.access.as_ref(), caller, permissions::REVIEWS_MANAGE, "/").await?;
         }
         const PAGE: u64 = 200;

@@ -62,53 +62,40 @@ impl Directory {
         self.assignment.roles_of(caller, principal_id).await
     }
 
-    /// Why `user`'s credentials are protected, if they are: a link to a role-assignable group
-    /// (read here), or a privileged role (asked of assignment).
-    async fn protected_because(&self, caller: &Caller, user: &UserRow) -> Result<Option<String>> {
-        if let Some((group, owner)) = store::role_assignable_links(&self.db, &user.id)
-            .await?
-            .into_iter()
-            .next()
-        {
+    /// Why the credentials of `principal` (a user or a service principal: its id and name) are
+    /// protected, if they are: a link to a role-assignable group (read here), or a privileged
+    /// role (asked of assignment).
+    async fn protected_because(&self, caller: &Caller, principal: (&str, &str)) -> Result<Option<String>> {
+        let (id, name) = principal;
+        if let Some((group, owner)) = store::role_assignable_links(&self.db, id).await?.into_iter().next() {
             let link = if owner { "an owner" } else { "a member" };
+            return Ok(Some(format!("{name} is {link} of the role-assignable group {group}")));
+        }
+        if let Some((group, access)) = self.role_assignable_access(caller, id).await? {
             return Ok(Some(format!(
-                "{} is {link} of the role-assignable group {group}",
-                user.user_name
+                "{name} is eligible for or holds {access} of the role-assignable group {group}"
             )));
         }
-        if let Some((group, access)) = self.role_assignable_access(caller, &user.id).await? {
-            return Ok(Some(format!(
-                "{} is eligible for or holds {access} of the role-assignable group {group}",
-                user.user_name
-            )));
-        }
-        if self.is_privileged(caller, &user.id).await? {
-            return Ok(Some(format!(
-                "{} is eligible for or holds a privileged role",
-                user.user_name
-            )));
+        if self.is_privileged(caller, id).await? {
+            return Ok(Some(format!("{name} is eligible for or holds a privileged role")));
         }
         // Whoever approves privileged access holds its keys too: their credentials in other
         // hands would approve it.
-        if let Some((role, scope)) = self.assignment.approves(caller, &user.id).await?.into_iter().next() {
+        if let Some((role, scope)) = self.assignment.approves(caller, id).await?.into_iter().next() {
             return Ok(Some(format!(
-                "{} approves {role} at {scope}, which is privileged access",
-                user.user_name
+                "{name} approves {role} at {scope}, which is privileged access"
             )));
         }
         // So does whoever is named to decide it while that is open: a pending approval keeps
         // the approvers its policy named when asked, and a review's decisions keep or remove it.
         if let Some(decision) = self
             .approval
-            .privileged_decisions_of(caller, &user.id)
+            .privileged_decisions_of(caller, id)
             .await?
             .into_iter()
             .next()
         {
-            return Ok(Some(format!(
-                "{} decides privileged access in {decision}",
-                user.user_name
-            )));
+            return Ok(Some(format!("{name} decides privileged access in {decision}")));
         }
         Ok(None)
     }
@@ -116,6 +103,39 @@ impl Directory {
     /// Refuses unless the caller may manage `user`'s credentials (and sign-in, and profile).
     pub async fn require_credential_admin(&self, caller: &Caller, user: &UserRow) -> Result<()> {
         require(self.access.as_ref(), caller, permissions::CREDENTIALS_RESET, "/").await?;
+        self.guards_credentials_of(
+            caller,
+            (&user.id, &user.user_name),
+            "changing a user's credentials",
+            "only Privileged Authentication Administrators and Global Administrators may change their credentials",
+        )
+        .await
+    }
+
+    /// Refuses unless the caller, who may manage service principals, may also manage this
+    /// one's secret and sign-in: an app that holds or may activate a privileged role (or
+    /// approves privileged access) is as protected as a person who does, or whoever manages
+    /// apps would rotate its secret, sign in as it and use its role.
+    async fn require_service_principal_admin(&self, caller: &Caller, sp: &store::ServicePrincipalRow) -> Result<()> {
+        self.guards_credentials_of(
+            caller,
+            (&sp.id, &sp.display_name),
+            "changing a service principal's credentials",
+            "only Global Administrators (and whoever may also change privileged credentials) may change its secret or sign-in",
+        )
+        .await
+    }
+
+    /// The protection of privileged credentials, once the caller holds the permission for
+    /// the change itself: a recent MFA from a caller who has a method, and for a protected
+    /// principal the permission to change privileged credentials (refused saying `who` may).
+    async fn guards_credentials_of(
+        &self,
+        caller: &Caller,
+        principal: (&str, &str),
+        change: &str,
+        who: &str,
+    ) -> Result<()> {
         // Changing credentials is managing MFA too: an administrator who has a method uses
         // it, so their password alone (or a refreshed session) cannot reset anyone's MFA,
         // their own included, and enrol an authenticator of the attacker's.
@@ -124,7 +144,7 @@ impl Directory {
             .iter()
             .any(|m| m.confirmed)
         {
-            self.require_recent_mfa(caller, "changing a user's credentials")?;
+            self.require_recent_mfa(caller, change)?;
         }
         // A caller who may change anyone's credentials needs no reason weighed (nor assignment
         // asked for one).
@@ -139,10 +159,17 @@ impl Directory {
         {
             return Ok(());
         }
-        match self.protected_because(caller, user).await? {
-            Some(reason) => Err(Error::PermissionDenied(format!(
-                "{reason}: only Privileged Authentication Administrators and Global Administrators may change their credentials"
-            ))),
+        // Whether the principal is privileged is asked of assignment as the caller, who reads
+        // others' assignments for it: a caller who may not is told what is missing.
+        let because = self.protected_because(caller, principal).await.map_err(|e| match e {
+            Error::PermissionDenied(why) => Error::PermissionDenied(format!(
+                "{change} needs pim.assignments.read too, to tell whether {} is privileged ({why})",
+                principal.1
+            )),
+            other => other,
+        })?;
+        match because {
+            Some(reason) => Err(Error::PermissionDenied(format!("{reason}: {who}"))),
             None => Ok(()),
         }
     }
@@ -361,6 +388,7 @@ impl Directory {
         let sp = store::find_service_principal(&self.db, id.trim())
             .await?
             .ok_or_else(|| Error::NotFound(format!("service principal {}", id.trim())))?;
+        self.require_service_principal_admin(caller, &sp).await?;
         let secret = credentials::random_secret();
         let event = ev::CredentialsReset {
             actor: Some(caller.actor()),
@@ -395,6 +423,7 @@ impl Directory {
         let mut sp = store::find_service_principal(&self.db, id.trim())
             .await?
             .ok_or_else(|| Error::NotFound(format!("service principal {}", id.trim())))?;
+        self.require_service_principal_admin(caller, &sp).await?;
         let txn = self.db.begin().await?;
         store::set_service_principal_enabled(&txn, &sp.id, false).await?;
         self.revoke_all_sessions(&txn, caller, &sp.id, "service_principal_disabled")
