@@ -335,12 +335,8 @@ fn start_form(caller: &Caller, roles: &[pim_proto::assignment::v1::RoleDefinitio
 /// POST /reviews: starts an access review.
 pub async fn start(caller: Caller, CheckedForm(fields): CheckedForm) -> Response {
     let started = async {
-        let duration = humantime::parse_duration(fields.get("duration").trim()).map_err(|_| {
-            Failure::Refused(format!(
-                "{:?} is not a duration (write it like 14d)",
-                fields.get("duration")
-            ))
-        })?;
+        let duration = pim_runtime::format::parse_duration(fields.get("duration"))
+            .map_err(|why| Failure::Refused(format!("{why} (write it like 14d)")))?;
         let mut reviewer_ids = Vec::new();
         for name in fields
             .get("reviewers")

@@ -140,12 +140,8 @@ fn kind_of(text: &str) -> apb::AssignmentKind {
 pub async fn assign(caller: Caller, CheckedForm(fields): CheckedForm) -> Response {
     let done = async {
         let user = user_named(&caller, fields.get("principal")).await?;
-        let duration = humantime::parse_duration(fields.get("duration")).map_err(|_| {
-            Failure::Refused(format!(
-                "{:?} is not a duration (write it like 30d)",
-                fields.get("duration")
-            ))
-        })?;
+        let duration = pim_runtime::format::parse_duration(fields.get("duration"))
+            .map_err(|why| Failure::Refused(format!("{why} (write it like 30d)")))?;
         assignments(&caller)
             .create_request(caller.request(apb::CreateRequestRequest {
                 action: apb::RequestAction::AdminAssign as i32,

@@ -226,12 +226,12 @@ fn extend_form(caller: &Caller, i: &str, a: &apb::Assignment) -> Markup {
 /// assignment.
 pub async fn extend(caller: Caller, CheckedForm(fields): CheckedForm) -> Response {
     let what = fields.get("role_name");
-    let Ok(duration) = humantime::parse_duration(fields.get("duration")) else {
-        caller.flash(
-            false,
-            format!("{:?} is not a duration: write it like 90d", fields.get("duration")),
-        );
-        return Redirect::to("/roles").into_response();
+    let duration = match pim_runtime::format::parse_duration(fields.get("duration")) {
+        Ok(duration) => duration,
+        Err(why) => {
+            caller.flash(false, format!("{why}: write it like 90d"));
+            return Redirect::to("/roles").into_response();
+        }
     };
     let request = apb::CreateRequestRequest {
         action: apb::RequestAction::SelfExtend as i32,
@@ -297,10 +297,13 @@ pub async fn activate(mut caller: Caller, CheckedForm(fields): CheckedForm) -> R
     }
     let duration = match fields.get("duration") {
         "" => None,
-        text => match humantime::parse_duration(text) {
+        text => match pim_runtime::format::parse_duration(text) {
             Ok(d) if d.as_secs() >= 60 => Some(d),
             _ => {
-                caller.flash(false, format!("{text:?} is not a duration: write it like 90m or 2h"));
+                caller.flash(
+                    false,
+                    format!("{text:?} is not a length of a minute or more: write it like 90m or 2h"),
+                );
                 return Redirect::to("/roles").into_response();
             }
         },

@@ -1,5 +1,6 @@
 //! How durations and moments read, the same in errors, the CLI and files: the largest whole unit
-//! (`365d`, `8h`, `90m`, `45s`), as `pim policy set --activation-max 8h` takes them.
+//! (`365d`, `8h`, `90m`, `45s`), as `pim policy set --activation-max 8h` takes them; and how a
+//! length people write is read, the same in the CLI, files and the portal.
 
 use std::time::Duration;
 
@@ -12,6 +13,52 @@ pub fn duration(d: Duration) -> String {
         s if s % 60 == 0 => format!("{}m", s / 60),
         s => format!("{s}s"),
     }
+}
+
+/// The units a length is written in, and what each is worth in seconds.
+const UNITS: [(char, u64); 4] = [('s', 1), ('m', 60), ('h', 3_600), ('d', 86_400)];
+
+/// A length as people write it: numbers each with its unit, `s`, `m`, `h` or `d` (`30m`, `8h`,
+/// `14d`, `1h 30m`, `1d12h`), and nothing else. Lengths of privileged access are typed in a
+/// hurry, so nothing is guessed: `1M` (a month, to some readers; a minute, to others), `1y`,
+/// `1.5h`, `90` or `90sec` are mistakes to point out, never a length to grant. Else the
+/// mistake, for the caller to say with what to write instead.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err("a length is missing".into());
+    }
+    let mut seconds: u64 = 0;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        if digits == 0 {
+            return Err(format!(
+                "{text:?} is not a length: each part is a whole number and its unit"
+            ));
+        }
+        let number: u64 = rest[..digits]
+            .parse()
+            .map_err(|_| format!("{text:?} is too long a length"))?;
+        rest = rest[digits..].trim_start();
+        let Some(unit) = rest.chars().next() else {
+            return Err(format!("{text:?} has a number without its unit (s, m, h or d)"));
+        };
+        let Some((_, worth)) = UNITS.iter().find(|(u, _)| *u == unit) else {
+            return Err(format!(
+                "{text:?}: {unit:?} is not a unit; write s, m, h or d (a month as 30d, a year as 365d)"
+            ));
+        };
+        rest = rest[unit.len_utf8()..].trim_start();
+        if rest.starts_with(|c: char| c.is_alphabetic()) {
+            return Err(format!("{text:?}: units are one letter, s, m, h or d"));
+        }
+        seconds = number
+            .checked_mul(*worth)
+            .and_then(|s| s.checked_add(seconds))
+            .ok_or_else(|| format!("{text:?} is too long a length"))?;
+    }
+    Ok(Duration::from_secs(seconds))
 }
 
 /// A moment (milliseconds since the epoch) as RFC 3339 in UTC to the millisecond:
@@ -37,7 +84,7 @@ fn moment(ms: i64, format: fn(std::time::SystemTime) -> humantime::Rfc3339Timest
 
 #[cfg(test)]
 mod tests {
-    use super::{duration, rfc3339_ms};
+    use super::{duration, parse_duration, rfc3339_ms};
 
     #[test]
     fn moments_read_as_rfc3339_in_utc() {
@@ -61,11 +108,40 @@ mod tests {
             (365 * 86_400, "365d"),
         ] {
             assert_eq!(duration(Duration::from_secs(secs)), text);
-            assert_eq!(
-                humantime::parse_duration(text).unwrap(),
-                Duration::from_secs(secs),
-                "{text}"
-            );
+            assert_eq!(parse_duration(text), Ok(Duration::from_secs(secs)), "{text}");
+        }
+    }
+
+    #[test]
+    fn lengths_are_read_in_four_units_and_nothing_is_guessed() {
+        for (text, secs) in [
+            ("1h 30m", 5_400),
+            ("1d12h", 129_600),
+            (" 2 h ", 7_200),
+            ("0s", 0),
+            ("14d", 14 * 86_400),
+        ] {
+            assert_eq!(parse_duration(text), Ok(Duration::from_secs(secs)), "{text}");
+        }
+        // A minute meant, a month read: refused, as is anything but s, m, h and d.
+        for text in [
+            "1M",
+            "1y",
+            "2w",
+            "1.5h",
+            "90",
+            "90sec",
+            "1 hour",
+            "30S",
+            "1H",
+            "-1h",
+            "",
+            "h",
+            "1h x",
+            "99999999999999999999d",
+            "9999999999999999d",
+        ] {
+            assert!(parse_duration(text).is_err(), "{text}");
         }
     }
 }

@@ -31,7 +31,7 @@ struct Args {
     #[arg(long)]
     ticket_pattern: String,
     /// The longest activation to approve.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "1h")]
+    #[arg(long, value_parser = pim_runtime::format::parse_duration, default_value = "1h")]
     max_duration: Duration,
 }
 

@@ -532,7 +532,7 @@ pub(crate) fn parse_duration_or_zero(text: &str) -> Result<std::time::Duration, 
             format!("the duration is missing ({text} is a flag): {WRITE_A_DURATION}")
         });
     }
-    humantime::parse_duration(text).map_err(|_| format!("{text:?} is not a duration: {WRITE_A_DURATION}"))
+    pim_runtime::format::parse_duration(text).map_err(|why| format!("{why}: {WRITE_A_DURATION}"))
 }
 
 const WRITE_A_DURATION: &str = "write a length such as 30m, 8h or 14d (units: s, m, h, d)";
@@ -591,9 +591,11 @@ mod tests {
         assert_eq!(parse_duration(" 1h 30m "), Ok(Duration::from_secs(5400)));
         for (bad, says) in [
             ("-5m", "never negative"),
-            ("abc", "is not a duration"),
+            ("abc", "is not a length"),
             ("0m", "at least 1s"),
-            ("1ms", "at least 1s"),
+            ("1ms", "units are one letter"),
+            ("1M", "not a unit"),
+            ("90", "without its unit"),
             ("--justification", "the duration is missing"),
             ("-j", "the duration is missing"),
         ] {

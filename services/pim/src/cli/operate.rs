@@ -199,7 +199,7 @@ pub(crate) async fn replay(since: &str, databases: Vec<String>) -> anyhow::Resul
             .map(|d| d.as_millis() as i64)
             .unwrap_or(0),
         Err(_) => {
-            let ago = humantime::parse_duration(since).map_err(|_| {
+            let ago = pim_runtime::format::parse_duration(since).map_err(|_| {
                 anyhow::anyhow!(
                     "--since {since:?} is neither an RFC 3339 time (2026-12-02T10:00:00Z) nor a duration (2h)"
                 )

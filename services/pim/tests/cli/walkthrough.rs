@@ -221,6 +221,11 @@ fn the_readme_walk_through_works_and_survives_a_restart() {
         said.contains("never negative") && said.contains("30m, 8h or 14d"),
         "{said}"
     );
+    // Nor is a length in a unit some read as minutes and others as months.
+    let month = lee.run(&["activate", "Security Reader", "--duration", "1M"], None);
+    let said = String::from_utf8_lossy(&month.stderr);
+    assert_eq!(month.status.code(), Some(2), "{said}");
+    assert!(said.contains("'M' is not a unit"), "{said}");
     // Without an authenticator, she is told to enrol one (not asked for a code she cannot give).
     let no_method = lee.run(&["activate", "Security Reader", "-j", "alert triage"], None);
     let said = String::from_utf8_lossy(&no_method.stderr);

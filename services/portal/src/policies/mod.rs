@@ -253,8 +253,8 @@ async fn from_form(caller: &Caller, fields: &Fields) -> Result<(apb::RolePolicy,
 
 /// A duration as people write it (`8h`, `30m`, `1d 12h`), or why it is not one.
 pub(super) fn parse_duration(label: &str, text: &str) -> Result<prost_types::Duration, Failure> {
-    let parsed = humantime::parse_duration(text.trim())
-        .map_err(|_| Failure::Refused(format!("{label}: {text:?} is not a duration (write it like 8h or 30m)")))?;
+    let parsed = pim_runtime::format::parse_duration(text)
+        .map_err(|why| Failure::Refused(format!("{label}: {why} (write it like 8h or 30m)")))?;
     Ok(pim_runtime::db::duration_pb(parsed))
 }
 

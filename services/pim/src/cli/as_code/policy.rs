@@ -195,8 +195,8 @@ pub(crate) fn to_pb(
 
 /// A duration as the file writes it (`8h`, `30m`, `1d 12h`).
 fn parsed(text: &str) -> Result<prost_types::Duration, String> {
-    let d = humantime::parse_duration(text.trim())
-        .map_err(|e| format!("{text:?} is not a duration such as 8h or 30m ({e})"))?;
+    let d = pim_runtime::format::parse_duration(text)
+        .map_err(|why| format!("{why}: write a duration such as 8h or 30m"))?;
     Ok(pim_runtime::db::duration_pb(d))
 }
 
