@@ -841,6 +841,35 @@ async fn approval_holds_the_activation_and_the_window_starts_when_approved() -> 
         let kim = w.user("kim").await?;
         w.make_eligible(&kim, EXCHANGE_ADMINISTRATOR).await?;
         let kim_token = w.stepped_up(&kim)?;
+        // Kim's own actions are Kim's: one asked for Lee is an attempt to act as Lee, refused
+        // and recorded as such, never done for Kim or Lee.
+        let as_lee = w
+            .assignments()
+            .create_request(authed(
+                &kim_token,
+                request(
+                    apb::RequestAction::SelfDeactivate,
+                    apb::AssignmentKind::Active,
+                    &lee.id,
+                    EXCHANGE_ADMINISTRATOR,
+                ),
+            ))
+            .await
+            .expect_err("Kim deactivates only her own");
+        assert_eq!(as_lee.code(), Code::PermissionDenied, "{as_lee:?}");
+        assert!(w.check(&lee.id, EXCHANGE_ADMINISTRATOR).await?.allowed, "Lee keeps it");
+        eventually(Duration::from_secs(10), "the attempt recorded", || async {
+            let refused = w.events_on(streams::ASSIGNMENT, "RequestRefused").await?;
+            Ok(refused
+                .iter()
+                .any(|e| {
+                    ev::RequestRefused::decode(e.data.as_slice()).is_ok_and(|r| {
+                        r.principal_id == lee.id && r.actor.as_ref().is_some_and(|a| a.principal_id == kim.id)
+                    })
+                })
+                .then_some(()))
+        })
+        .await?;
         let pending = w
             .assignments()
             .create_request(authed(&kim_token, activation(EXCHANGE_ADMINISTRATOR, HOUR_MS, "x")))

@@ -449,6 +449,18 @@ impl AccessService for Assignments {
     }
 }
 
+/// A principal's own action names no one else: asked for another principal, it is refused as
+/// an attempt to act as them (and audited as such, naming whom), never done for the caller.
+fn for_the_caller(caller: &Caller, r: &pb::CreateRequestRequest, action: Action) -> Result<(), Error> {
+    match filter(&r.principal_id) {
+        Some(p) if p != caller.principal_id => Err(Error::PermissionDenied(format!(
+            "{} is the caller's own: it cannot be asked for another principal (leave principal_id empty; administrators act for others with admin actions)",
+            action.to_pb().text()
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// A request's id as asked for: a UUID, or INVALID_ARGUMENT saying so.
 fn request_id(raw: &str) -> Result<&str, Status> {
     pim_runtime::grpc::id_field("request_id", raw, "a request id")
@@ -550,15 +562,11 @@ impl Assignments {
                     .await?
             }
             Action::SelfActivate => {
-                if filter(&r.principal_id).is_some_and(|p| p != caller.principal_id) {
-                    return Err(Error::invalid(
-                        "principal_id",
-                        "selfActivate is for the caller; leave it empty",
-                    ));
-                }
+                for_the_caller(&caller, &r, action)?;
                 self.self_activate(&caller, ActivateRequest::try_from(r)?).await?
             }
             Action::SelfDeactivate => {
+                for_the_caller(&caller, &r, action)?;
                 let mut end = EndRequest::try_from(pb::CreateRequestRequest {
                     kind: pb::AssignmentKind::Active as i32,
                     ..r
@@ -567,12 +575,7 @@ impl Assignments {
                 self.self_deactivate(&caller, end).await?
             }
             Action::SelfExtend | Action::SelfRenew => {
-                if filter(&r.principal_id).is_some_and(|p| p != caller.principal_id) {
-                    return Err(Error::invalid(
-                        "principal_id",
-                        "selfExtend and selfRenew are for the caller; leave it empty",
-                    ));
-                }
+                for_the_caller(&caller, &r, action)?;
                 let now = self.now();
                 let start = r
                     .schedule
