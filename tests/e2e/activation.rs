@@ -1766,7 +1766,7 @@ async fn eligibility_reaches_down_not_up_justifications_are_words_and_apps_are_n
             .into_inner();
         assert_eq!(below.status, apb::RequestStatus::Provisioned as i32);
 
-        let bot = DirectoryServiceClient::new(w.ts.channel.clone())
+        let created = DirectoryServiceClient::new(w.ts.channel.clone())
             .create_service_principal(authed(
                 &w.admin,
                 ipb::CreateServicePrincipalRequest {
@@ -1774,9 +1774,9 @@ async fn eligibility_reaches_down_not_up_justifications_are_words_and_apps_are_n
                 },
             ))
             .await?
-            .into_inner()
-            .service_principal
-            .expect("created");
+            .into_inner();
+        let bot_secret = created.client_secret;
+        let bot = created.service_principal.expect("created");
         let eligible = w
             .assignments()
             .create_request(authed(
@@ -1787,6 +1787,37 @@ async fn eligibility_reaches_down_not_up_justifications_are_words_and_apps_are_n
             .expect_err("a service principal is never eligible");
         assert_eq!(eligible.code(), Code::FailedPrecondition);
         assert_eq!(violated_rules(&eligible), vec!["EligibilityRule"]);
+        // Nor through a role-assignable group it is a member of: what an app holds through
+        // one is the group's active roles, never an eligibility it could activate.
+        let apps = w.role_assignable_group("apps").await?;
+        DirectoryServiceClient::new(w.ts.channel.clone())
+            .add_group_member(authed(
+                &w.admin,
+                ipb::GroupMembershipRequest {
+                    group_id: apps.clone(),
+                    principal_id: bot.id.clone(),
+                },
+            ))
+            .await?;
+        w.make_principal_eligible(&apps, EXCHANGE_ADMINISTRATOR).await?;
+        let bot_token = pim_proto::identity::v1::auth_service_client::AuthServiceClient::new(w.ts.channel.clone())
+            .sign_in_service_principal(ipb::SignInServicePrincipalRequest {
+                client_id: bot.id.clone(),
+                client_secret: bot_secret,
+            })
+            .await?
+            .into_inner()
+            .access_token;
+        let through_group = w
+            .assignments()
+            .create_request(authed(
+                &bot_token,
+                activation(EXCHANGE_ADMINISTRATOR, HOUR_MS, "nightly run"),
+            ))
+            .await
+            .expect_err("an app activates nothing");
+        assert_eq!(violated_rules(&through_group), vec!["EligibilityRule"]);
+        assert!(through_group.message().contains("never eligible"), "{through_group:?}");
         w.assignments()
             .create_request(authed(
                 &w.admin,

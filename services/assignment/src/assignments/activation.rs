@@ -8,6 +8,14 @@ impl Assignments {
     /// selfActivate: the caller turns an eligibility into an active role, after the policy's checks.
     pub async fn self_activate(&self, caller: &Caller, r: ActivateRequest) -> Result<RequestRow> {
         let (role, scope) = self.role_to_grant_at(&r.role, &r.scope)?;
+        // Apps hold active assignments only: an eligibility a group it is a member of holds
+        // is the people's in it, not the app's to activate.
+        if caller.kind != PrincipalKind::User {
+            return Err(Error::PolicyViolation(vec![RuleViolation {
+                kind: "EligibilityRule",
+                message: "service principals are never eligible, through a group neither: an app holds active assignments only".into(),
+            }]));
+        }
         let now = self.now();
         let mut violations = Vec::new();
         // One read for everything below: the caller's and their groups' unended assignments
