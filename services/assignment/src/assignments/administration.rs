@@ -358,7 +358,7 @@ impl Assignments {
         }
         let (policy, _) = self.effective_policy(&txn, &role.id, &scope).await?;
         policy
-            .check_new_end(r.kind, assignment.start_at, end, now)
+            .check_new_end(r.kind, assignment.start_at, end, &r.justification, now)
             .map_err(Error::PolicyViolation)?;
         // A permanent assignment given an end stops being permanent.
         if end.is_some() && self.takes_the_last_global_admin(&txn, &[&assignment], now).await? {

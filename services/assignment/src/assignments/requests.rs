@@ -79,7 +79,7 @@ impl Assignments {
             (None, start.unwrap_or(now).max(now))
         };
         policy
-            .check_new_end(r.kind, start, end, now)
+            .check_new_end(r.kind, start, end, &r.justification, now)
             .map_err(Error::PolicyViolation)?;
         if let Some(waiting) = store::pending_request(&self.db, &caller.principal_id, &role.id, scope.as_str()).await? {
             return Err(already_waiting(&role.name, &waiting));

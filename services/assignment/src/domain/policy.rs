@@ -255,12 +255,14 @@ impl Policy {
     }
 
     /// Checks a new end for an assignment that runs from `start`: it must lie ahead, and the
-    /// assignment may last at most the policy's maximum from now (or be permanent where allowed).
+    /// assignment may last at most the policy's maximum from now (or be permanent where allowed);
+    /// an active one, given longer or another end, is justified as when it was given.
     pub fn check_new_end(
         &self,
         kind: Kind,
         start: i64,
         end: Option<i64>,
+        justification: &str,
         now: i64,
     ) -> std::result::Result<(), Vec<RuleViolation>> {
         let (allow_permanent, max) = match kind {
@@ -282,13 +284,15 @@ impl Policy {
             )),
             Some(_) => None,
         };
-        match problem {
-            Some(message) => Err(vec![RuleViolation {
-                kind: "ExpirationRule",
-                message,
-            }]),
-            None => Ok(()),
-        }
+        let mut violations: Vec<RuleViolation> = problem.map(|m| violation("ExpirationRule", &m)).into_iter().collect();
+        violations.extend(self.unjustified(kind, justification));
+        if violations.is_empty() { Ok(()) } else { Err(violations) }
+    }
+
+    /// "Active assignments require justification", for whatever gives or changes one.
+    fn unjustified(&self, kind: Kind, justification: &str) -> Option<RuleViolation> {
+        (kind == Kind::Active && self.active_requires_justification && justification.trim().is_empty())
+            .then(|| violation("JustificationRule", "a justification is required"))
     }
 
     /// Checks an admin assignment against the policy and resolves its schedule; every failed
@@ -340,12 +344,7 @@ impl Policy {
             }
         }
         violations.extend(end.and_then(past_the_last_moment));
-        if a.kind == Kind::Active && self.active_requires_justification && a.justification.trim().is_empty() {
-            violations.push(RuleViolation {
-                kind: "JustificationRule",
-                message: "a justification is required".into(),
-            });
-        }
+        violations.extend(self.unjustified(a.kind, &a.justification));
         if violations.is_empty() {
             Ok(Schedule { start, end })
         } else {
@@ -554,8 +553,34 @@ mod tests {
             };
             assert_eq!(kinds(p.check_admin_assignment(&assignment, now)), last);
         }
-        let new_end = p.check_new_end(Kind::Eligible, late, Some(late + HOUR.as_millis() as i64), late);
+        let new_end = p.check_new_end(Kind::Eligible, late, Some(late + HOUR.as_millis() as i64), "", late);
         assert_eq!(kinds(new_end.map(|()| Schedule { start: late, end: None })), last);
+    }
+
+    #[test]
+    fn an_active_assignment_given_a_new_end_is_justified_as_when_it_was_given() {
+        let p = Policy::default();
+        assert!(p.active_requires_justification);
+        let now = 10_000_000_000;
+        let end = Some(now + HOUR.as_millis() as i64);
+        let rules = |r: std::result::Result<(), Vec<RuleViolation>>| {
+            r.err()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|v| v.kind)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            rules(p.check_new_end(Kind::Active, now, end, " ", now)),
+            ["JustificationRule"]
+        );
+        assert_eq!(
+            rules(p.check_new_end(Kind::Active, now, Some(now), "", now)),
+            ["ExpirationRule", "JustificationRule"],
+            "every rule broken is told"
+        );
+        assert!(p.check_new_end(Kind::Active, now, end, "incident 42", now).is_ok());
+        assert!(p.check_new_end(Kind::Eligible, now, end, "", now).is_ok());
     }
 
     #[test]

@@ -102,6 +102,8 @@ fn the_readme_walk_through_works_and_survives_a_restart() {
             "active",
             "--duration",
             "2h",
+            "-j",
+            "the migration slipped",
         ],
         None,
     );
@@ -117,6 +119,8 @@ fn the_readme_walk_through_works_and_survives_a_restart() {
             "active",
             "--duration",
             "1m",
+            "-j",
+            "done early",
         ],
         None,
     );
