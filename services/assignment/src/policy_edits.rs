@@ -117,8 +117,27 @@ impl Setting {
     }
 }
 
-/// `base` with the `settings` taken from `asked`: what an update with that mask stores.
-pub fn merged(base: &Policy, asked: &Policy, settings: &[Setting]) -> Policy {
+/// `base` with the `settings` taken from `asked`: what an update with that mask stores. The
+/// single stage's approvers and wait (`approver_ids`, `approval_timeout`) say nothing once
+/// approval runs in stages, which name their own: a change of them alone is refused rather
+/// than stored and ignored, as an administrator replacing an approver would believe it done.
+pub fn merged(base: &Policy, asked: &Policy, settings: &[Setting]) -> Result<Policy> {
+    let out = taken(base, asked, settings);
+    let single_stage = settings.iter().find(|s| matches!(s, ApproverIds | ApprovalTimeout));
+    if let Some(setting) = single_stage
+        && !settings.contains(&ApprovalStages)
+        && !out.approval_stages.is_empty()
+    {
+        return Err(Error::FailedPrecondition(format!(
+            "{} does not apply to this policy: its approval runs in {} stage(s) (approval_stages), which name their own approvers and wait; change the stages instead",
+            setting.name(),
+            out.approval_stages.len()
+        )));
+    }
+    Ok(out)
+}
+
+fn taken(base: &Policy, asked: &Policy, settings: &[Setting]) -> Policy {
     let mut out = base.clone();
     for setting in settings {
         match setting {
@@ -350,11 +369,40 @@ mod tests {
             activation_max_duration: 2 * HOUR,
             ..Policy::default()
         };
-        let out = merged(&base, &asked, &[ApprovalRequired]);
+        let out = merged(&base, &asked, &[ApprovalRequired]).expect("merged");
         assert!(out.approval_required);
         assert!(out.activation_requires_mfa, "MFA is not in the mask");
         assert_eq!(out.activation_max_duration, base.activation_max_duration);
-        assert_eq!(merged(&base, &asked, Setting::ALL), asked);
+        assert_eq!(merged(&base, &asked, Setting::ALL).expect("merged"), asked);
+    }
+
+    #[test]
+    fn a_single_stages_approvers_are_not_changed_where_approval_runs_in_stages() {
+        let staged = Policy {
+            approval_required: true,
+            approval_stages: vec![ApprovalStage {
+                approver_ids: vec!["pat".into()],
+                ..ApprovalStage::default()
+            }],
+            ..Policy::default()
+        };
+        let asked = Policy {
+            approver_ids: vec!["rev".into()],
+            approval_timeout: 2 * HOUR,
+            ..Policy::default()
+        };
+        for mask in [&[ApproverIds][..], &[ApprovalTimeout], &[ApprovalRequired, ApproverIds]] {
+            let refused = merged(&staged, &asked, mask).expect_err("stored and ignored, else");
+            assert!(matches!(refused, Error::FailedPrecondition(_)), "{refused:?}");
+        }
+        // Named with the stages (the stages replaced, as the portal saves), or where there are
+        // none, they apply.
+        let single = merged(&staged, &asked, &[ApproverIds, ApprovalTimeout, ApprovalStages]).expect("no stages now");
+        assert_eq!(
+            (single.approver_ids, single.approval_stages.len()),
+            (vec!["rev".to_owned()], 0)
+        );
+        assert!(merged(&Policy::default(), &asked, &[ApproverIds]).is_ok());
     }
 
     #[test]

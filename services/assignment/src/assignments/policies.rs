@@ -156,7 +156,7 @@ impl Assignments {
                     "the policy changed since it was read (etag {asked}, now {current}); read it again and reapply the change"
                 )));
             }
-            let after = policy_edits::merged(&before, &update.asked, &update.settings);
+            let after = policy_edits::merged(&before, &update.asked, &update.settings)?;
             after.validate()?;
             // An update that changes who approves must leave only approvers who exist and are
             // enabled, new or kept; one that leaves them as they are does not weigh them, so a

@@ -145,7 +145,7 @@ impl PolicyService for Assignments {
 pub fn check_new_policy(asked: pb::RolePolicy, mask: &[String], is_group: &dyn Fn(&str) -> bool) -> Result<(), Status> {
     let settings = Setting::from_mask(mask)?;
     let asked = policy_from_pb(asked)?;
-    let policy = crate::policy_edits::merged(&crate::domain::Policy::default(), &asked, &settings);
+    let policy = crate::policy_edits::merged(&crate::domain::Policy::default(), &asked, &settings)?;
     policy.validate()?;
     for (n, stage) in policy.stages_outnumbering_approvers() {
         if !stage.approver_ids.iter().any(|id| is_group(id)) {
