@@ -282,6 +282,67 @@ async fn a_review_removes_denied_and_unanswered_assignments_and_keeps_approved_o
     .await
 }
 
+/// A group's eligibility is used when its members activate through it: the recommendation
+/// for it is their activity, so a review that follows recommendations keeps what is used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_groups_eligibility_is_recommended_by_its_members_activations() -> anyhow::Result<()> {
+    run(|w| async move {
+        let (ann, sam) = (w.user("ann").await?, w.user("sam").await?);
+        let (used, idle) = (
+            w.role_assignable_group("mail team").await?,
+            w.role_assignable_group("old team").await?,
+        );
+        pim_proto::identity::v1::directory_service_client::DirectoryServiceClient::new(w.ts.channel.clone())
+            .add_group_member(authed(
+                &w.admin,
+                pim_proto::identity::v1::GroupMembershipRequest {
+                    group_id: used.clone(),
+                    principal_id: sam.id.clone(),
+                },
+            ))
+            .await?;
+        for group in [&used, &idle] {
+            w.make_principal_eligible(group, EXCHANGE_ADMINISTRATOR).await?;
+        }
+        w.ts.settle().await?;
+        w.assignments()
+            .create_request(authed(
+                &w.stepped_up(&sam)?,
+                activation(EXCHANGE_ADMINISTRATOR, HOUR_MS, "mailbox restore"),
+            ))
+            .await?;
+        w.approval_sees(3, 1).await?;
+        let review = w
+            .reviews()
+            .create_review(authed(
+                &w.admin,
+                removing_review(
+                    "groups, Q4",
+                    "Exchange Administrator",
+                    pb::ReviewScope::Eligible,
+                    &ann.id,
+                ),
+            ))
+            .await?
+            .into_inner();
+        let items = w.my_items(&ann.token, &review.id).await?;
+        let recommended = |group: &str| {
+            items
+                .iter()
+                .find(|i| i.principal_id == group)
+                .map(|i| i.recommendation.clone())
+        };
+        assert_eq!(
+            recommended(&used).as_deref(),
+            Some("approve"),
+            "Sam activated through it"
+        );
+        assert_eq!(recommended(&idle).as_deref(), Some("deny"), "nobody did");
+        Ok(w)
+    })
+    .await
+}
+
 /// Named reviewers decide each other's access, never their own; only a self-review lets people
 /// attest their own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -117,6 +117,7 @@ impl EventHandler for AssignmentEvents {
                         scope: e.scope,
                         start_at: e.start_time.as_ref().map(from_timestamp).unwrap_or_default(),
                         end_at: e.end_time.as_ref().map(from_timestamp),
+                        via_group_id: e.via_group_id,
                     },
                 )
                 .await?;

@@ -320,6 +320,7 @@ async fn an_activation_in_a_requesters_history_ends_when_it_ended() -> anyhow::R
             scope: "/".into(),
             start_at: NOW,
             end_at: Some(NOW + 60 * MINUTE),
+            via_group_id: String::new(),
         };
         store::record_activation(&db, &activation).await?;
         let end = |db: Db| async move {

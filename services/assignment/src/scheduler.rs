@@ -41,7 +41,8 @@ impl Scheduler {
             }
             let role_name = a.roles.get(&due.role_id).map(|r| r.name).unwrap_or_default();
             if due.origin == "activation" {
-                let event = a.role_activated(Some(system_actor()), &due, &role_name, "");
+                let via_group = a.eligible_through(&txn, &due, now).await?;
+                let event = a.role_activated(Some(system_actor()), &due, &role_name, "", via_group.as_deref());
                 a.outbox
                     .enqueue(
                         &txn,

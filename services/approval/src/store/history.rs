@@ -12,13 +12,15 @@ pub struct ActivationRow {
     pub scope: String,
     pub start_at: i64,
     pub end_at: Option<i64>,
+    /// The group whose eligibility it rested on; empty for the principal's own.
+    pub via_group_id: String,
 }
 
 pub async fn record_activation<C: ConnectionTrait>(c: &C, a: &ActivationRow) -> Result<(), DbErr> {
     db::exec(
         c,
-        "INSERT INTO activations (assignment_id, principal_id, role_id, role_name, scope, start_at, end_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (assignment_id) DO NOTHING",
+        "INSERT INTO activations (assignment_id, principal_id, role_id, role_name, scope, start_at, end_at, via_group_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (assignment_id) DO NOTHING",
         vec![
             a.assignment_id.clone().into(),
             a.principal_id.clone().into(),
@@ -27,6 +29,7 @@ pub async fn record_activation<C: ConnectionTrait>(c: &C, a: &ActivationRow) -> 
             a.scope.clone().into(),
             a.start_at.into(),
             a.end_at.into(),
+            a.via_group_id.clone().into(),
         ],
     )
     .await?;
@@ -53,7 +56,7 @@ pub async fn recent_activations<C: ConnectionTrait>(
     db::query(
         c,
         &format!(
-            "SELECT assignment_id, principal_id, role_id, role_name, scope, start_at, end_at FROM activations \
+            "SELECT assignment_id, principal_id, role_id, role_name, scope, start_at, end_at, via_group_id FROM activations \
              WHERE principal_id = $1 ORDER BY start_at DESC LIMIT {limit}"
         ),
         vec![principal_id.into()],
@@ -69,6 +72,7 @@ pub async fn recent_activations<C: ConnectionTrait>(
             scope: col(r, "scope")?,
             start_at: col(r, "start_at")?,
             end_at: col(r, "end_at")?,
+            via_group_id: col(r, "via_group_id")?,
         })
     })
     .collect()
@@ -151,7 +155,8 @@ pub async fn seen_in_scope<C: ConnectionTrait>(
         .collect()
 }
 
-/// When `principal_id` last activated `role_id` (any scope), if ever.
+/// When `principal_id` last activated `role_id` (any scope), if ever; for a group, when a
+/// member last activated it through the group.
 pub async fn last_activation<C: ConnectionTrait>(
     c: &C,
     principal_id: &str,
@@ -159,7 +164,7 @@ pub async fn last_activation<C: ConnectionTrait>(
 ) -> Result<Option<i64>, DbErr> {
     let row = db::query_one(
         c,
-        "SELECT MAX(start_at) AS last FROM activations WHERE principal_id = $1 AND role_id = $2",
+        "SELECT MAX(start_at) AS last FROM activations WHERE role_id = $2 AND (principal_id = $1 OR via_group_id = $1)",
         vec![principal_id.into(), role_id.into()],
     )
     .await?;

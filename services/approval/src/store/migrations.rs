@@ -151,6 +151,13 @@ impl MigratorTrait for Migrator {
                  AND d.decided_at = approvals.stage_started_at), '') WHERE stage > 0"
                     .to_owned()
             }),
+            // The group whose eligibility an activation rested on: a review weighs a group's
+            // eligibility by its members' activations through it.
+            SqlMigration::boxed("m0008_activation_via_group", |_| {
+                "ALTER TABLE activations ADD COLUMN via_group_id TEXT NOT NULL DEFAULT '';
+                CREATE INDEX activations_via_group ON activations (via_group_id, role_id)"
+                    .to_owned()
+            }),
         ]);
         migrations
     }

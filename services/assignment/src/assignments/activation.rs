@@ -130,7 +130,10 @@ impl Assignments {
         )];
         let starts_now = assignment.as_ref().is_some_and(|a| a.start_at <= now);
         if let Some(a) = assignment.as_ref().filter(|_| starts_now) {
-            let activated = self.role_activated(Some(caller.actor()), a, &role.name, &request.justification);
+            let via_group = eligibility
+                .map(|(e, _)| e.principal_id.as_str())
+                .filter(|holder| *holder != caller.principal_id);
+            let activated = self.role_activated(Some(caller.actor()), a, &role.name, &request.justification, via_group);
             events.push(envelope(SOURCE, EventType::RoleActivated, &a.principal_id, &activated));
         }
         // What it rests on, checked (and locked) by the statement that stores it: in force
@@ -227,7 +230,9 @@ impl Assignments {
         }
     }
 
-    /// Stores an activation's assignment; if it starts now, it is active at once and announced.
+    /// Stores an activation's assignment; if it starts now, it is active at once and announced
+    /// (with the group whose eligibility it rests on, if any).
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn provision(
         &self,
         txn: &DatabaseTransaction,
@@ -235,6 +240,7 @@ impl Assignments {
         actor: Option<Actor>,
         role_name: &str,
         justification: &str,
+        via_group: Option<&str>,
         now: i64,
     ) -> Result<()> {
         let starts_now = a.start_at <= now;
@@ -245,7 +251,7 @@ impl Assignments {
                 txn,
                 EventType::RoleActivated,
                 &a.principal_id,
-                &self.role_activated(actor, a, role_name, justification),
+                &self.role_activated(actor, a, role_name, justification, via_group),
             )
             .await?;
         }
@@ -268,6 +274,7 @@ impl Assignments {
         a: &AssignmentRow,
         role_name: &str,
         justification: &str,
+        via_group: Option<&str>,
     ) -> ev::RoleActivated {
         ev::RoleActivated {
             actor,
@@ -281,6 +288,7 @@ impl Assignments {
             end_time: a.end_at.map(to_timestamp),
             justification: justification.into(),
             version: a.version,
+            via_group_id: via_group.unwrap_or_default().into(),
         }
     }
 

@@ -260,6 +260,24 @@ impl Assignments {
 
     /// [`Self::groups_of`] as the database `c` holds it (read inside the transaction that
     /// changed it, before the memory follows).
+    /// The role-assignable group whose eligibility the activation `a` rests on, where it is
+    /// not its principal's own (as the database holds them at `now`).
+    pub(crate) async fn eligible_through<C: ConnectionTrait>(
+        &self,
+        c: &C,
+        a: &AssignmentRow,
+        now: i64,
+    ) -> Result<Option<String>> {
+        let groups = self.groups_in(c, &a.principal_id, now).await?;
+        let mut holders = vec![a.principal_id.clone()];
+        holders.extend(groups.keys().cloned());
+        let scopes = Scope::parse(&a.scope)?.with_ancestors();
+        let (held, _) = store::activation_inputs(c, &holders, &a.role_id, &scopes, now).await?;
+        Ok(longest_eligibility(&held, &groups, &a.role_id, &scopes, now)
+            .map(|(e, _)| e.principal_id.clone())
+            .filter(|holder| *holder != a.principal_id))
+    }
+
     pub(crate) async fn groups_in<C: ConnectionTrait>(
         &self,
         c: &C,

@@ -345,8 +345,19 @@ impl Assignments {
                     kind: PrincipalKind::User as i32,
                     display_name: String::new(),
                 };
-                self.provision(txn, &assignment, Some(requester), &role_name, &justification, now)
-                    .await?;
+                let via_group = allowing
+                    .map(|(e, _)| e.principal_id.as_str())
+                    .filter(|holder| *holder != request.principal_id);
+                self.provision(
+                    txn,
+                    &assignment,
+                    Some(requester),
+                    &role_name,
+                    &justification,
+                    via_group,
+                    now,
+                )
+                .await?;
             }
             RequestStatus::Denied | RequestStatus::Expired => {
                 request.status = outcome;
