@@ -51,7 +51,14 @@ impl Identity {
     /// Migrates the database and loads (or creates) the signing keys.
     pub async fn build(deps: Deps) -> anyhow::Result<Self> {
         store::Migrator::up(&deps.db, None).await?;
-        let keys = Keystore::open(deps.db.clone()).await?;
+        let sealer = Sealer::from_base64(
+            deps.config
+                .secrets_key
+                .as_ref()
+                .ok_or_else(|| anyhow::anyhow!("PIM_SECRETS_KEY is required by identity (32 random bytes, base64)"))?
+                .expose(),
+        )?;
+        let keys = Keystore::open(deps.db.clone(), sealer.clone()).await?;
         let directory = Directory {
             db: deps.db,
             outbox: Outbox::default(),
@@ -74,15 +81,7 @@ impl Identity {
                 .as_deref()
                 .map(passkeys::relying_party)
                 .transpose()?,
-            sealer: Sealer::from_base64(
-                deps.config
-                    .secrets_key
-                    .as_ref()
-                    .ok_or_else(|| {
-                        anyhow::anyhow!("PIM_SECRETS_KEY is required by identity (32 random bytes, base64)")
-                    })?
-                    .expose(),
-            )?,
+            sealer,
         };
         let announced = directory.announce_addresses_once().await?;
         if announced > 0 {

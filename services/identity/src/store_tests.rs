@@ -426,3 +426,62 @@ async fn a_name_that_reads_as_an_id_never_stands_for_it() -> anyhow::Result<()> 
     })
     .await
 }
+
+/// Signing keys are sealed at rest with PIM_SECRETS_KEY: what the table holds signs nothing
+/// (a copy of the database mints no token), a key stored open before is sealed as it is
+/// loaded, and a keystore opened with another PIM_SECRETS_KEY refuses to start, naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signing_keys_are_sealed_at_rest() -> anyhow::Result<()> {
+    use base64::Engine;
+    use ed25519_dalek::SigningKey;
+    use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
+    use pim_runtime::sealing::Sealer;
+
+    use crate::tokens::{Keystore, TokenSubject};
+
+    let secrets = |byte: u8| Sealer::from_base64(&base64::engine::general_purpose::STANDARD.encode([byte; 32]));
+    on_both(|db| async move {
+        let keys = Keystore::open(db.clone(), secrets(7)?).await?;
+        let stored = store::signing_keys(&db).await?;
+        assert_eq!(stored.len(), 1);
+        assert!(
+            SigningKey::from_pkcs8_der(&stored[0].private_key).is_err(),
+            "stored sealed"
+        );
+        let subject = TokenSubject {
+            principal_id: "lee".into(),
+            kind: pim_proto::common::v1::PrincipalKind::User,
+            name: "lee".into(),
+            amr: vec!["pwd".into()],
+            session_id: "s1".into(),
+            mfa_at: None,
+            pending: None,
+        };
+        keys.issue(&subject, std::time::Duration::from_secs(60))?;
+
+        let open = SigningKey::from_bytes(&[9; 32]).to_pkcs8_der()?.as_bytes().to_vec();
+        store::insert_signing_key(
+            &db,
+            &store::SigningKeyRow {
+                kid: "stored-open".into(),
+                private_key: open.clone(),
+                public_key: String::new(),
+                created_at: NOW,
+                retire_after: Some(NOW),
+            },
+        )
+        .await?;
+        Keystore::open(db.clone(), secrets(7)?).await?;
+        let stored = store::signing_keys(&db).await?;
+        let was_open = stored.iter().find(|k| k.kid == "stored-open").expect("kept");
+        assert_ne!(was_open.private_key, open, "sealed as it was loaded");
+
+        let refused = Keystore::open(db.clone(), secrets(8)?)
+            .await
+            .err()
+            .expect("another key");
+        assert!(format!("{refused:#}").contains("PIM_SECRETS_KEY"), "{refused:#}");
+        Ok(())
+    })
+    .await
+}

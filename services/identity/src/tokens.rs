@@ -8,7 +8,7 @@ use anyhow::Context;
 use argon2::password_hash::rand_core::OsRng;
 use base64::Engine;
 use ed25519_dalek::SigningKey;
-use ed25519_dalek::pkcs8::EncodePrivateKey;
+use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 
 use pim_proto::common::v1::PrincipalKind;
@@ -17,15 +17,24 @@ use pim_runtime::auth::{
     AUDIENCE, Claims, ISSUER, KeySource, PENDING_AUDIENCE, Pending, RevocationList, kind_claim, revocation_tag,
 };
 use pim_runtime::db::{Db, now_ms, to_timestamp};
+use pim_runtime::sealing::Sealer;
 use sea_orm::TransactionTrait;
 
 use crate::store::{self, SigningKeyRow};
 
-/// Identity's signing keys, loaded from its database and cached.
+/// Identity's signing keys, loaded from its database and cached. Private keys are sealed at
+/// rest with `PIM_SECRETS_KEY` (as TOTP seeds are): whoever reads the database, a backup or
+/// a replica, cannot sign tokens with them. In memory they are open.
 #[derive(Clone)]
 pub struct Keystore {
     db: Db,
+    sealer: Sealer,
     keys: Arc<RwLock<Vec<SigningKeyRow>>>,
+}
+
+/// What a private key is sealed to: its own row.
+fn sealed_as(kid: &str) -> String {
+    format!("signing_keys:{kid}")
 }
 
 /// Who a token is for, and how they authenticated.
@@ -50,10 +59,12 @@ pub struct Issued {
 }
 
 impl Keystore {
-    /// Loads the keys, creating the first one when there is none.
-    pub async fn open(db: Db) -> anyhow::Result<Self> {
+    /// Loads the keys, creating the first one when there is none. A key that does not open
+    /// with `sealer` stops the start: PIM_SECRETS_KEY is not the one the keys were sealed with.
+    pub async fn open(db: Db, sealer: Sealer) -> anyhow::Result<Self> {
         let store = Self {
             db,
+            sealer,
             keys: Arc::default(),
         };
         store.reload().await?;
@@ -67,7 +78,7 @@ impl Keystore {
     /// signed can live), then drops out of GetSigningKeys. Keys retired a day ago are deleted.
     pub async fn rotate(&self, grace: Duration) -> anyhow::Result<String> {
         let now = now_ms();
-        let row = Self::new_key()?;
+        let row = self.new_key()?;
         let txn = self.db.begin().await?;
         store::retire_active_keys(&txn, now + grace.as_millis() as i64).await?;
         store::insert_signing_key(&txn, &row).await?;
@@ -89,9 +100,33 @@ impl Keystore {
     }
 
     async fn reload(&self) -> anyhow::Result<()> {
-        let keys = store::signing_keys(&self.db).await.context("loading signing keys")?;
+        let mut keys = store::signing_keys(&self.db).await.context("loading signing keys")?;
+        for key in &mut keys {
+            key.private_key = self.opened(key).await?;
+        }
         *self.keys.write().unwrap_or_else(|e| e.into_inner()) = keys;
         Ok(())
+    }
+
+    /// A stored key's private half, open. One stored before keys were sealed (a PKCS#8 key
+    /// as it is) is sealed now.
+    async fn opened(&self, key: &SigningKeyRow) -> anyhow::Result<Vec<u8>> {
+        let row = sealed_as(&key.kid);
+        if let Ok(open) = self.sealer.open(&key.private_key, &row) {
+            return Ok(open);
+        }
+        if SigningKey::from_pkcs8_der(&key.private_key).is_err() {
+            anyhow::bail!(
+                "signing key {} does not open: PIM_SECRETS_KEY is not the key identity's secrets were sealed with",
+                key.kid
+            );
+        }
+        let sealed = self.sealer.seal(&key.private_key, &row)?;
+        store::seal_signing_key(&self.db, &key.kid, &key.private_key, &sealed)
+            .await
+            .context("sealing a signing key stored open")?;
+        tracing::info!(kid = %key.kid, "a signing key stored open is sealed now");
+        Ok(key.private_key.clone())
     }
 
     fn active(&self) -> Option<SigningKeyRow> {
@@ -104,21 +139,23 @@ impl Keystore {
     }
 
     async fn create_key(&self) -> anyhow::Result<()> {
-        let row = Self::new_key()?;
+        let row = self.new_key()?;
         store::insert_signing_key(&self.db, &row)
             .await
             .context("storing a signing key")?;
         self.reload().await
     }
 
-    fn new_key() -> anyhow::Result<SigningKeyRow> {
+    /// A new key, its private half sealed as it is stored.
+    fn new_key(&self) -> anyhow::Result<SigningKeyRow> {
         let key = SigningKey::generate(&mut OsRng);
         let der = key
             .to_pkcs8_der()
             .map_err(|e| anyhow::anyhow!("encoding a signing key: {e}"))?;
+        let kid = uuid::Uuid::now_v7().simple().to_string();
         let row = SigningKeyRow {
-            kid: uuid::Uuid::now_v7().simple().to_string(),
-            private_key: der.as_bytes().to_vec(),
+            private_key: self.sealer.seal(der.as_bytes(), &sealed_as(&kid))?,
+            kid,
             public_key: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key.verifying_key().to_bytes()),
             created_at: now_ms(),
             retire_after: None,

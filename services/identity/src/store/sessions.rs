@@ -53,6 +53,17 @@ pub async fn delete_retired_keys<C: ConnectionTrait>(c: &C, before: i64) -> Resu
     .map(drop)
 }
 
+/// Seals a key stored before keys were sealed, unless another replica did first.
+pub async fn seal_signing_key<C: ConnectionTrait>(c: &C, kid: &str, raw: &[u8], sealed: &[u8]) -> Result<(), DbErr> {
+    db::exec(
+        c,
+        "UPDATE signing_keys SET private_key = $3 WHERE kid = $1 AND private_key = $2",
+        vec![kid.into(), raw.to_vec().into(), sealed.to_vec().into()],
+    )
+    .await
+    .map(drop)
+}
+
 pub async fn insert_signing_key<C: ConnectionTrait>(c: &C, k: &SigningKeyRow) -> Result<(), DbErr> {
     db::exec(
         c,
