@@ -438,6 +438,66 @@ async fn failed_sign_ins_are_rate_limited_alike_for_real_and_unknown_names() -> 
     result
 }
 
+/// Guesses from elsewhere cannot keep a user out of where they sign in from: past the limit,
+/// sign-ins from unfamiliar sources wait, while a source the user signed in from (within 30
+/// days) has a count of its own, so nobody can lock the break-glass administrator out from afar.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guesses_from_elsewhere_do_not_lock_a_user_out_of_a_familiar_source() -> anyhow::Result<()> {
+    let ts = TestSuite::embedded_with(&[("PIM_TRUSTED_PROXIES", "127.0.0.1/32,::1/128".into())]).await?;
+    let result = async {
+        let sign_in = |from: &'static str, password: String| {
+            let (channel, user) = (ts.channel.clone(), ts.admin_user.clone());
+            async move {
+                let mut asked = tonic::Request::new(ipb::SignInRequest {
+                    user_name: user,
+                    password,
+                });
+                asked.metadata_mut().insert("x-forwarded-for", from.parse()?);
+                let answer = AuthServiceClient::new(channel).sign_in(asked).await;
+                anyhow::Ok(answer.err().map(|e| e.code()))
+            }
+        };
+        let (right, wrong) = (ts.admin_password.clone(), "not the right passphrase".to_owned());
+        assert_eq!(
+            sign_in("198.51.100.7", right.clone()).await?,
+            None,
+            "the administrator's desk"
+        );
+        for _ in 0..10 {
+            assert_eq!(
+                sign_in("203.0.113.5", wrong.clone()).await?,
+                Some(Code::Unauthenticated)
+            );
+        }
+        assert_eq!(
+            sign_in("203.0.113.5", right.clone()).await?,
+            Some(Code::ResourceExhausted)
+        );
+        assert_eq!(
+            sign_in("203.0.113.9", right.clone()).await?,
+            Some(Code::ResourceExhausted),
+            "every unfamiliar source waits"
+        );
+        assert_eq!(
+            sign_in("198.51.100.7", right.clone()).await?,
+            None,
+            "the desk is not locked out"
+        );
+        // Guesses from the familiar source itself count there.
+        for _ in 0..10 {
+            assert_eq!(
+                sign_in("198.51.100.7", wrong.clone()).await?,
+                Some(Code::Unauthenticated)
+            );
+        }
+        assert_eq!(sign_in("198.51.100.7", right).await?, Some(Code::ResourceExhausted));
+        anyhow::Ok(())
+    }
+    .await;
+    ts.stop().await?;
+    result
+}
+
 /// On Redis, holds back every event of `stream` (`held`): its key holds a string, so the
 /// relay's XADD fails and the events wait in the outbox while the stream is kept aside; or
 /// lets them through again. Embedded delivery has nothing to hold back.

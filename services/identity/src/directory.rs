@@ -345,8 +345,9 @@ impl Directory {
         let now = now_ms();
         let user = store::find_user(&self.db, user_name.trim()).await?;
         // Counted against the principal however it was named, and against the source.
-        let keys = limiter::Keys::new(user.as_ref(), user_name, client.ip.as_deref());
-        if let Some(minutes) = limiter::attempt(&self.db, &keys, self.clock.now_ms()).await? {
+        let at = self.clock.now_ms();
+        let keys = limiter::Keys::of_sign_in(&self.db, user.as_ref(), user_name, client.ip.as_deref(), at).await?;
+        if let Some(minutes) = limiter::attempt(&self.db, &keys, at).await? {
             // Refused without looking at the password, and audited as a failed sign-in.
             let id = user.as_ref().map(|u| u.id.as_str()).unwrap_or_default();
             self.sign_in_failed(user_name, id, "locked_out", client).await?;
@@ -369,7 +370,7 @@ impl Directory {
                 return Err(Error::BadCredentials);
             }
         };
-        limiter::succeeded(&self.db, &keys).await?;
+        limiter::succeeded(&self.db, &keys, at).await?;
         let has_method = store::mfa_methods(&self.db, &user.id)
             .await?
             .iter()
@@ -515,7 +516,7 @@ impl Directory {
                 return Err(Error::BadClientCredentials);
             }
         };
-        limiter::succeeded(&self.db, &keys).await?;
+        limiter::succeeded(&self.db, &keys, self.clock.now_ms()).await?;
         let amr = vec!["secret".to_owned()];
         let session_id = uuid::Uuid::now_v7().to_string();
         let subject = TokenSubject {

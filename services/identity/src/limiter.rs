@@ -4,6 +4,9 @@
 //! (any case, id or name); an unknown name by its lower-cased text. The counts are in the
 //! database, so a restart keeps them and every identity replica shares them; an attempt is
 //! counted before its password is checked, so guesses sent at once cannot outrun the limit.
+//! A user signing in from a familiar source (one they signed in from within 30 days) has a
+//! count of their own there: guesses from elsewhere, however many, lock out only sign-ins
+//! from elsewhere, so nobody can keep the break-glass administrator out from afar.
 
 use sea_orm::ConnectionTrait;
 
@@ -14,6 +17,8 @@ pub const WINDOW_MS: i64 = 15 * 60 * 1000;
 pub const PER_ACCOUNT: i64 = 10;
 /// Failed sign-ins per source address within the window.
 pub const PER_SOURCE: i64 = 100;
+/// How long a source a user signed in from stays familiar.
+pub const FAMILIAR_MS: i64 = 30 * 24 * 3600 * 1000;
 
 /// What a sign-in attempt counts against: the principal (or the name tried) and the source.
 pub struct Keys {
@@ -22,6 +27,9 @@ pub struct Keys {
     pub account: Option<String>,
     /// None where there is no source to count (a signed-in user re-entering a password).
     pub source: Option<String>,
+    /// The user and the digest of the address a password sign-in comes from: familiar from
+    /// then on, once it succeeds.
+    remember: Option<(String, String)>,
 }
 
 impl Keys {
@@ -32,7 +40,27 @@ impl Keys {
                 None => format!("name:{}", name_tried.trim().to_lowercase()),
             }),
             source: Some(format!("ip:{}", source.unwrap_or("unknown"))),
+            remember: None,
         }
+    }
+
+    /// A password sign-in's keys ([`Keys::new`]), where a known user signing in from a
+    /// familiar source is counted on a key of their own there.
+    pub async fn of_sign_in<C: ConnectionTrait>(
+        c: &C,
+        user: Option<&UserRow>,
+        name_tried: &str,
+        source: Option<&str>,
+        now: i64,
+    ) -> Result<Self, sea_orm::DbErr> {
+        let mut keys = Self::new(user, name_tried, source);
+        keys.remember = user.zip(source).map(|(u, s)| (u.id.clone(), digest(s)));
+        if let Some((user, source)) = &keys.remember
+            && store::is_familiar(c, user, source, now - FAMILIAR_MS).await?
+        {
+            keys.account = Some(format!("user:{user}@{source}"));
+        }
+        Ok(keys)
     }
 
     /// Only the user's own count (guesses at the current password by a signed-in session).
@@ -40,6 +68,7 @@ impl Keys {
         Self {
             account: Some(format!("user:{}", user.id)),
             source: None,
+            remember: None,
         }
     }
 
@@ -52,6 +81,7 @@ impl Keys {
         Self {
             account: None,
             source: Some(format!("app-ip:{}", source.unwrap_or("unknown"))),
+            remember: None,
         }
     }
 
@@ -94,16 +124,27 @@ pub async fn abandoned<C: ConnectionTrait>(c: &C, keys: &Keys) -> Result<(), sea
     Ok(())
 }
 
-/// A successful sign-in clears the principal's count, and takes its own attempt back from
-/// the source's (which counts failures only).
-pub async fn succeeded<C: ConnectionTrait>(c: &C, keys: &Keys) -> Result<(), sea_orm::DbErr> {
+/// A successful sign-in clears the principal's count (where it came from: a familiar
+/// source's, or everywhere else's), takes its own attempt back from the source's (which
+/// counts failures only), and makes the source familiar.
+pub async fn succeeded<C: ConnectionTrait>(c: &C, keys: &Keys, now: i64) -> Result<(), sea_orm::DbErr> {
     if let Some(account) = &keys.account {
         store::clear_sign_in_failures(c, account).await?;
+    }
+    if let Some((user, source)) = &keys.remember {
+        store::remember_source(c, user, source, now).await?;
     }
     if let Some(source) = &keys.source {
         store::uncount_sign_in_attempt(c, source).await?;
     }
     Ok(())
+}
+
+/// An address as the database keeps it: a digest, not the address.
+fn digest(source: &str) -> String {
+    use sha2::Digest;
+    let hash = sha2::Sha256::digest(source.as_bytes());
+    hash[..16].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The longest wait, in whole minutes rounded up, among keys at or over their limit.

@@ -711,7 +711,7 @@ impl Directory {
                 .await?;
             return Err(Error::WrongPassword);
         }
-        crate::limiter::succeeded(&self.db, &keys).await?;
+        crate::limiter::succeeded(&self.db, &keys, now).await?;
         if !self.confirmed_methods(&user.id).await?.is_empty() {
             self.require_recent_mfa(caller, "changing your password")?;
         }

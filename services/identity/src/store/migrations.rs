@@ -173,6 +173,17 @@ impl MigratorTrait for Migrator {
                 CREATE INDEX spent_refresh_tokens_session ON spent_refresh_tokens (session_id)"
                     .to_owned()
             }),
+            // Where each user last signed in from (a digest of the address): failures from a
+            // familiar source count apart, so guesses from elsewhere cannot lock them out.
+            SqlMigration::boxed("m0010_familiar_sources", |_| {
+                "CREATE TABLE familiar_sources (
+                    user_id TEXT NOT NULL,
+                    source TEXT NOT NULL,
+                    last_at BIGINT NOT NULL,
+                    PRIMARY KEY (user_id, source)
+                )"
+                .to_owned()
+            }),
         ]);
         migrations
     }

@@ -384,6 +384,29 @@ pub async fn count_sign_in_attempt<C: ConnectionTrait>(
     Ok((col(&row, "failures")?, col(&row, "window_start")?))
 }
 
+/// Records that `user_id` signed in from `source` (a digest) at `now`.
+pub async fn remember_source<C: ConnectionTrait>(c: &C, user_id: &str, source: &str, now: i64) -> Result<(), DbErr> {
+    db::exec(
+        c,
+        "INSERT INTO familiar_sources (user_id, source, last_at) VALUES ($1, $2, $3) \
+         ON CONFLICT (user_id, source) DO UPDATE SET last_at = excluded.last_at",
+        vec![user_id.into(), source.into(), now.into()],
+    )
+    .await
+    .map(drop)
+}
+
+/// Whether `user_id` signed in from `source` (a digest) after `since`.
+pub async fn is_familiar<C: ConnectionTrait>(c: &C, user_id: &str, source: &str, since: i64) -> Result<bool, DbErr> {
+    Ok(db::query_one(
+        c,
+        "SELECT 1 AS found FROM familiar_sources WHERE user_id = $1 AND source = $2 AND last_at > $3",
+        vec![user_id.into(), source.into(), since.into()],
+    )
+    .await?
+    .is_some())
+}
+
 /// Takes back one attempt counted against `key` (it succeeded: only failures count).
 pub async fn uncount_sign_in_attempt<C: ConnectionTrait>(c: &C, key: &str) -> Result<(), DbErr> {
     db::exec(
