@@ -169,6 +169,15 @@ def compose_problems(compose: dict, collector: dict, init_sql: str) -> list[str]
     for service in SERVICES:
         if gateway.get("environment", {}).get(f"PIM_{service.upper()}_URL") != f"http://{service}:50051":
             problems.append(f"compose: the gateway does not know where {service} is")
+    published = {}
+    for name, service in services.items():
+        for port in service.get("ports", []):
+            host = str(port).rsplit(":", 1)[0]
+            if host in published:
+                problems.append(f"compose: {name} and {published[host]} both publish host port {host}")
+            published[host] = name
+    if "PIM_TRUSTED_PROXIES" not in services.get("identity", {}).get("environment", {}):
+        problems.append("compose: identity trusts no proxy, so every sign-in counts as the gateway's")
     pipelines = collector.get("service", {}).get("pipelines", {})
     if "otlp" not in collector.get("receivers", {}) or "otlp" not in pipelines.get("traces", {}).get("receivers", []):
         problems.append("collector: no OTLP receiver in the traces pipeline")
@@ -344,6 +353,12 @@ def main(build: bool) -> int:
     shared_key["services"]["audit"]["environment"]["PIM_EVENT_SIGNING_KEYS"] = "${PIM_EVENT_KEY_IDENTITY}"
     if not compose_problems(shared_key, collector, init_sql):
         print("a service signing with another's event key passed the check", file=sys.stderr)
+        return 1
+    # ... and so is a host port two services publish.
+    clash = copy.deepcopy(compose)
+    clash["services"]["audit"]["ports"] = clash["services"]["portal"]["ports"]
+    if not compose_problems(clash, collector, init_sql):
+        print("two services publishing one host port passed the check", file=sys.stderr)
         return 1
     # ... and so is an Ingress routing by package prefix, which Kubernetes never matches.
     by_prefix = copy.deepcopy(docs)
