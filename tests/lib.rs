@@ -152,6 +152,12 @@ impl TestSuite {
         self.urls.get(&service).map(String::as_str)
     }
 
+    /// A restart whose configuration `change` alters first (an operator's new setting).
+    pub async fn restart_with(mut self, change: impl FnOnce(&mut Config)) -> anyhow::Result<Self> {
+        change(&mut self.config);
+        self.restart().await
+    }
+
     /// Stops the suite and starts it again on the same databases (a restart of every service).
     pub async fn restart(mut self) -> anyhow::Result<Self> {
         // Back on the same address, as a restarted server is: clients that kept their

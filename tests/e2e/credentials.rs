@@ -527,6 +527,38 @@ async fn a_first_authenticator_needs_an_enrolment_pass_that_works_once_and_expir
     .await
 }
 
+/// Requiring MFA at sign-in reaches sessions already open: one of a user with no method is not
+/// refreshed (they sign in again, and enrol), where it would have gone on for 12 hours.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requiring_mfa_reaches_sessions_already_open() -> anyhow::Result<()> {
+    let ts = TestSuite::embedded().await?;
+    let result = async {
+        let admin = ts.admin_token().await?;
+        ts.create_user(&admin, "lee").await?;
+        let before = sign_in(&ts, "lee", &password_of("lee")).await?;
+        assert!(!before.refresh_token.is_empty() && !before.enrollment_required);
+        let ts = ts
+            .restart_with(|c| c.signin_mfa = pim_runtime::config::SigninMfa::Required)
+            .await?;
+        let refused = AuthServiceClient::new(ts.channel.clone())
+            .refresh(ipb::RefreshRequest {
+                refresh_token: before.refresh_token.clone(),
+            })
+            .await
+            .expect_err("a session without MFA ends at its next refresh");
+        assert_eq!(refused.code(), Code::Unauthenticated);
+        assert!(refused.message().contains("enrol"), "{}", refused.message());
+        let again = sign_in(&ts, "lee", &password_of("lee")).await?;
+        assert!(again.enrollment_required, "signed in again, Lee enrols");
+        anyhow::Ok(ts)
+    }
+    .await;
+    match result {
+        Ok(ts) => ts.stop().await,
+        Err(e) => Err(e),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_mfa_is_required_a_user_without_a_method_can_only_enrol_one() -> anyhow::Result<()> {
     on_both(&[("PIM_SIGNIN_MFA", "required".into())], |ts, _clock| async move {

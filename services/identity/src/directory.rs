@@ -574,6 +574,19 @@ impl Directory {
             .await?
             .filter(|u| u.enabled)
             .ok_or(Error::BadRefresh)?;
+        // A session from before every user had to enrol MFA goes on only as a sign-in would:
+        // a user with no method signs in again, and enrols.
+        if self.signin_mfa == SigninMfa::Required
+            && !store::mfa_methods(&self.db, &user.id)
+                .await?
+                .iter()
+                .any(|m| m.confirmed)
+        {
+            return Err(Error::Unauthenticated(
+                "every user must enrol MFA now (PIM_SIGNIN_MFA=required): sign in again, and enrol an authenticator"
+                    .into(),
+            ));
+        }
         let next = credentials::random_secret();
         let txn = self.db.begin().await?;
         if !store::rotate_refresh(&txn, &session.id, &old, &refresh_hash(&next), self.clock.now_ms()).await? {
