@@ -1101,6 +1101,21 @@ async fn people_ask_to_extend_and_renew_and_approvers_decide() -> anyhow::Result
         approve(w.approval_of(&more.id).await?).await?;
         w.eventually_status(&lee.token, &more.id, apb::RequestStatus::Failed)
             .await?;
+        let failed = w
+            .assignments()
+            .get_request(authed(
+                &lee.token,
+                apb::GetRequestRequest {
+                    request_id: more.id.clone(),
+                },
+            ))
+            .await?
+            .into_inner();
+        assert!(
+            failed.outcome_reason.contains("changed or ended meanwhile"),
+            "the requester reads why, not the approver's words: {}",
+            failed.outcome_reason
+        );
         assert_eq!(
             eligible_until(lee.id.clone()).await?,
             Some(Some(updated_at + 60 * DAY_MS))

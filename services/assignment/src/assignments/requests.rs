@@ -206,6 +206,10 @@ impl Assignments {
         request.status = if kept {
             RequestStatus::Provisioned
         } else {
+            // Not the approver's words: they approved something that can no longer be done.
+            request.outcome_reason =
+                "approved, but the assignment it would change was changed or ended meanwhile: nothing was changed"
+                    .into();
             RequestStatus::Failed
         };
         self.transition(txn, request, RequestStatus::Granted, None, now).await?;
@@ -305,6 +309,8 @@ impl Assignments {
                 let eligible_until = allowing.filter(|_| still).map(|(_, until)| until.unwrap_or(i64::MAX));
                 let Some(eligible_until) = eligible_until.filter(|until| *until > start) else {
                     request.status = RequestStatus::Failed;
+                    request.outcome_reason =
+                        "approved, but no eligibility allows it any more (it ended or was removed meanwhile)".into();
                     self.transition(txn, &request, RequestStatus::Granted, None, now)
                         .await?;
                     return Ok(());
@@ -325,6 +331,8 @@ impl Assignments {
                             .await?;
                     } else {
                         request.status = RequestStatus::Failed;
+                        request.outcome_reason =
+                            "approved, but an activation of this role at this scope is in force already".into();
                         self.transition(txn, &request, RequestStatus::Granted, None, now)
                             .await?;
                         return Ok(());
