@@ -974,6 +974,78 @@ fn for_days(days: i64) -> Option<apb::Schedule> {
     crate::activation::lasting(days * 86_400_000)
 }
 
+/// Asking for more time keeps nobody from using the role meanwhile, and a request to extend
+/// an assignment that is removed ends with it: no approver is asked to extend what is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_extension_waiting_neither_blocks_activation_nor_outlives_its_assignment() -> anyhow::Result<()> {
+    use crate::activation::{activation, request};
+    use apb::{AssignmentKind as K, RequestAction as A};
+    run(|w| async move {
+        let lee = w.user("lee").await?;
+        w.assignments()
+            .create_request(authed(
+                &w.admin,
+                apb::CreateRequestRequest {
+                    schedule: for_days(10),
+                    justification: "project".into(),
+                    ..request(A::AdminAssign, K::Eligible, &lee.id, EXCHANGE_ADMINISTRATOR)
+                },
+            ))
+            .await?;
+        let extend = w
+            .assignments()
+            .create_request(authed(
+                &lee.token,
+                apb::CreateRequestRequest {
+                    schedule: for_days(30),
+                    justification: "the migration slipped".into(),
+                    ..request(A::SelfExtend, K::Eligible, "", EXCHANGE_ADMINISTRATOR)
+                },
+            ))
+            .await?
+            .into_inner();
+        assert_eq!(extend.status, apb::RequestStatus::PendingApproval as i32);
+        let activated = w
+            .assignments()
+            .create_request(authed(
+                &w.stepped_up(&lee)?,
+                activation(EXCHANGE_ADMINISTRATOR, crate::activation::HOUR_MS, "mailbox restore"),
+            ))
+            .await?
+            .into_inner();
+        assert_eq!(activated.status, apb::RequestStatus::Provisioned as i32);
+
+        w.assignments()
+            .create_request(authed(
+                &w.admin,
+                apb::CreateRequestRequest {
+                    justification: "project over".into(),
+                    ..request(A::AdminRemove, K::Eligible, &lee.id, EXCHANGE_ADMINISTRATOR)
+                },
+            ))
+            .await?;
+        w.eventually_status(&lee.token, &extend.id, apb::RequestStatus::Canceled)
+            .await?;
+        let canceled = w
+            .assignments()
+            .get_request(authed(
+                &lee.token,
+                apb::GetRequestRequest {
+                    request_id: extend.id.clone(),
+                },
+            ))
+            .await?
+            .into_inner();
+        assert!(
+            canceled.outcome_reason.contains("removed"),
+            "{}",
+            canceled.outcome_reason
+        );
+        Ok(w)
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn people_ask_to_extend_and_renew_and_approvers_decide() -> anyhow::Result<()> {
     use crate::activation::request;

@@ -120,25 +120,30 @@ async fn racing_activations_leave_one_and_a_waiting_request_blocks_the_rest() ->
                 .is_some()
         );
 
-        // A request waiting for approval is the only one of its kind, whatever it asks.
+        // One request to keep the assignment (extend, renew) waits at a time, and one
+        // activation beside it: asking for more time does not keep anyone from activating.
         let waiting = request(Action::SelfExtend, RequestStatus::PendingApproval);
         store::insert_request(&db, &waiting).await?;
         let second = store::insert_request(&db, &request(Action::SelfRenew, RequestStatus::PendingApproval))
             .await
             .expect_err("a second waiting request");
         assert!(is_unique_violation(&second), "{second}");
-        let blocked = request(Action::SelfActivate, RequestStatus::PendingApproval);
         let rests = store::RestsOn {
             eligibility_id: &eligibility.id,
             via_group: None,
             until: None,
         };
+        let asked = request(Action::SelfActivate, RequestStatus::PendingApproval);
+        assert!(store::insert_activation(&db, &asked, rests, None, events(), NOW).await?);
+        let blocked = request(Action::SelfActivate, RequestStatus::PendingApproval);
         assert!(!store::insert_activation(&db, &blocked, rests, None, events(), NOW).await?);
-        let found = store::pending_request(&db, "lee", EXCHANGE_ADMINISTRATOR, "/").await?;
-        assert_eq!(
-            found.map(|r| (r.id, r.status)),
-            Some((waiting.id, RequestStatus::PendingApproval))
-        );
+        for (sort, expected) in [
+            (store::Waiting::Keep, &waiting.id),
+            (store::Waiting::Activation, &asked.id),
+        ] {
+            let found = store::pending_request(&db, "lee", EXCHANGE_ADMINISTRATOR, "/", sort).await?;
+            assert_eq!(found.map(|r| r.id).as_ref(), Some(expected), "{sort:?}");
+        }
         Ok(())
     })
     .await

@@ -109,8 +109,14 @@ impl Assignments {
             outcome_reason: String::new(),
         };
         if r.validate_only {
-            if let Some(waiting) =
-                store::pending_request(&self.db, &caller.principal_id, &role.id, scope.as_str()).await?
+            if let Some(waiting) = store::pending_request(
+                &self.db,
+                &caller.principal_id,
+                &role.id,
+                scope.as_str(),
+                Waiting::Activation,
+            )
+            .await?
             {
                 return Err(already_waiting(&role.name, &waiting));
             }
@@ -175,7 +181,7 @@ impl Assignments {
             }
             let cleared = match store::live_activation(&self.db, principal, &role.id, scope).await? {
                 Some(live) => self.end_if_lapsed(&live, &role.name, self.now()).await?,
-                None => store::pending_request(&self.db, principal, &role.id, scope)
+                None => store::pending_request(&self.db, principal, &role.id, scope, Waiting::Activation)
                     .await?
                     .is_none(),
             };
@@ -198,7 +204,7 @@ impl Assignments {
         if let Some(live) = store::live_activation(&self.db, principal, role_id, scope).await? {
             return Ok(already_active(role_name, &live));
         }
-        if let Some(waiting) = store::pending_request(&self.db, principal, role_id, scope).await? {
+        if let Some(waiting) = store::pending_request(&self.db, principal, role_id, scope, Waiting::Activation).await? {
             return Ok(already_waiting(role_name, &waiting));
         }
         Ok(Error::AlreadyExists(format!(

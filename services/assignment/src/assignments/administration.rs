@@ -240,9 +240,15 @@ impl Assignments {
             )));
         }
         let resting = self.resting_on(&txn, &open, now).await?;
-        let fallout = self
+        let mut fallout = self
             .bound_to_eligibility(&txn, resting, Some(caller.actor()), now)
             .await?;
+        for a in &open {
+            let canceled = self
+                .cancel_extensions_of(&txn, &a.id, Some(caller.actor()), now)
+                .await?;
+            fallout.canceled.extend(canceled);
+        }
         txn.commit().await?;
         for a in &open {
             self.index.remove(&a.principal_id, &a.id);
@@ -315,6 +321,7 @@ impl Assignments {
         );
         self.record_request(txn, actor.clone(), &request, &role_name).await?;
         self.end(txn, &a, "removed", actor.clone(), &role_name, now).await?;
+        self.cancel_extensions_of(txn, &a.id, actor.clone(), now).await?;
         let resting = self.resting_on(txn, std::slice::from_ref(&a), now).await?;
         // Settled by the consumer after the commit ([`Self::index_removal`]).
         let _ = self.bound_to_eligibility(txn, resting, actor, now).await?;

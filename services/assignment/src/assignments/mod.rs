@@ -25,7 +25,7 @@ use crate::groups::Memberships;
 use crate::index::AccessIndex;
 use crate::policy_edits::{self, Setting};
 use crate::roles::{GLOBAL_ADMINISTRATOR, RoleCatalog};
-use crate::store::{self, AssignmentRow, RequestRow};
+use crate::store::{self, AssignmentRow, RequestRow, Waiting};
 use crate::timers::Timers;
 
 mod activation;

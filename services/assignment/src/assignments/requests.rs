@@ -81,7 +81,9 @@ impl Assignments {
         policy
             .check_new_end(r.kind, start, end, &r.justification, now)
             .map_err(Error::PolicyViolation)?;
-        if let Some(waiting) = store::pending_request(&self.db, &caller.principal_id, &role.id, scope.as_str()).await? {
+        if let Some(waiting) =
+            store::pending_request(&self.db, &caller.principal_id, &role.id, scope.as_str(), Waiting::Keep).await?
+        {
             return Err(already_waiting(&role.name, &waiting));
         }
         let request = r.ticketed(RequestRow {
@@ -115,7 +117,9 @@ impl Assignments {
             // The database holds one waiting request per role and scope: a concurrent one won.
             Err(err) if is_duplicate(&err) => {
                 txn.rollback().await?;
-                let waiting = store::pending_request(&self.db, &caller.principal_id, &role.id, scope.as_str()).await?;
+                let waiting =
+                    store::pending_request(&self.db, &caller.principal_id, &role.id, scope.as_str(), Waiting::Keep)
+                        .await?;
                 return Err(waiting.map_or_else(
                     || err_same_moment(&role.name, &scope),
                     |w| already_waiting(&role.name, &w),
@@ -396,6 +400,29 @@ impl Assignments {
                 .await?
             {
                 canceled.push(request.id);
+            }
+        }
+        Ok(canceled)
+    }
+
+    /// Cancels the requests to extend assignment `assignment_id` that wait for approval, as it
+    /// was removed: nobody is asked any more to extend what is gone. The ids of those canceled.
+    pub(crate) async fn cancel_extensions_of(
+        &self,
+        txn: &DatabaseTransaction,
+        assignment_id: &str,
+        actor: Option<Actor>,
+        now: i64,
+    ) -> Result<Vec<String>> {
+        let mut canceled = Vec::new();
+        for mut waiting in store::pending_extensions_of(txn, assignment_id).await? {
+            waiting.status = RequestStatus::Canceled;
+            waiting.outcome_reason = "canceled: the assignment it would extend was removed".into();
+            if self
+                .transition(txn, &waiting, RequestStatus::PendingApproval, actor.clone(), now)
+                .await?
+            {
+                canceled.push(waiting.id);
             }
         }
         Ok(canceled)

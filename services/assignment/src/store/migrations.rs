@@ -236,6 +236,16 @@ impl MigratorTrait for Migrator {
                 )"
                 .to_owned()
             }),
+            // One activation and one request to keep an assignment (extend, renew) may wait
+            // at once for each principal, role and scope: asking for more time no longer
+            // keeps a principal from activating the role meanwhile.
+            SqlMigration::boxed("m0017_pending_activation_apart", |_| {
+                "DROP INDEX requests_one_pending;
+                CREATE UNIQUE INDEX requests_one_pending ON requests (principal_id, role_id, scope, (action = 'selfActivate'))
+                  WHERE status = 'PendingApproval';
+                CREATE INDEX requests_pending_of_assignment ON requests (assignment_id) WHERE status = 'PendingApproval'"
+                    .to_owned()
+            }),
         ]);
         migrations
     }

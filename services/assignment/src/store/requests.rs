@@ -55,16 +55,31 @@ impl RequestRow {
     }
 }
 
-/// The selfActivate request of `role_id` at `scope` by `principal_id` waiting for approval, if any.
+/// What a request waiting for approval asks: one of each may wait per principal, role and
+/// scope (the `requests_one_pending` index).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Waiting {
+    /// A selfActivate.
+    Activation,
+    /// A selfExtend or selfRenew.
+    Keep,
+}
+
+/// The request of `role_id` at `scope` by `principal_id` of that sort waiting for approval, if any.
 pub async fn pending_request<C: ConnectionTrait>(
     c: &C,
     principal_id: &str,
     role_id: &str,
     scope: &str,
+    sort: Waiting,
 ) -> Result<Option<RequestRow>, DbErr> {
+    let action = match sort {
+        Waiting::Activation => "action = 'selfActivate'",
+        Waiting::Keep => "action <> 'selfActivate'",
+    };
     let sql = format!(
         "SELECT {REQUEST_COLUMNS} FROM requests WHERE status = 'PendingApproval' \
-         AND principal_id = $1 AND role_id = $2 AND scope = $3"
+         AND principal_id = $1 AND role_id = $2 AND scope = $3 AND {action}"
     );
     db::row(
         c,
@@ -199,7 +214,8 @@ pub(super) fn request_unless_pending(
     values.extend(resting_values);
     let sql = format!(
         "{REQUEST_INSERT} SELECT {} WHERE NOT EXISTS \
-         (SELECT 1 FROM requests WHERE principal_id = $19 AND role_id = $20 AND scope = $21 AND status = 'PendingApproval') \
+         (SELECT 1 FROM requests WHERE principal_id = $19 AND role_id = $20 AND scope = $21 AND status = 'PendingApproval' \
+          AND action = 'selfActivate') \
          AND {resting}",
         placeholders(1, 18)
     );
@@ -207,8 +223,8 @@ pub(super) fn request_unless_pending(
 }
 
 /// Stores a selfActivate request, with its assignment (`announced` when it starts now) when
-/// it needs no approval, and its events, unless the principal already has one waiting for
-/// approval for the same role and scope, and only while what it `rests` on holds; returns
+/// it needs no approval, and its events, unless the principal already has an activation waiting
+/// for approval for the same role and scope (a request to extend may wait beside it), and only while what it `rests` on holds; returns
 /// whether it did. All or nothing: on
 /// PostgreSQL one statement (data-modifying CTEs), which spares the service's hottest path
 /// the BEGIN and COMMIT round trips; on SQLite, whose CTEs cannot write, one transaction.
@@ -363,6 +379,15 @@ pub async fn pending_activations<C: ConnectionTrait>(c: &C, principal_id: &str) 
          AND principal_id = $1 ORDER BY id"
     );
     db::rows(c, &sql, vec![principal_id.into()], RequestRow::from_row).await
+}
+
+/// The requests to extend assignment `assignment_id` waiting for approval.
+pub async fn pending_extensions_of<C: ConnectionTrait>(c: &C, assignment_id: &str) -> Result<Vec<RequestRow>, DbErr> {
+    let sql = format!(
+        "SELECT {REQUEST_COLUMNS} FROM requests WHERE status = 'PendingApproval' AND action <> 'selfActivate' \
+         AND assignment_id = $1 ORDER BY id"
+    );
+    db::rows(c, &sql, vec![assignment_id.into()], RequestRow::from_row).await
 }
 
 /// The requests waiting for approval at exactly `scope` (a deleted group's).
