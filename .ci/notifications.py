@@ -10,6 +10,7 @@ later mail still arrives. No mail holds a token or a password. Usage: python3 .c
 import email
 import email.policy
 import json
+import re
 import socket
 import sys
 import threading
@@ -84,17 +85,17 @@ def main(pim: str) -> int:
             assert message["subject"] == "PIM: approval needed: lee requests Exchange Administrator", message["subject"]
             body = text_of(message)
             for fact in ["Justification: mailbox migration", "Ticket: ServiceNow:INC42", "Scope: /",
-                         "pim approve ID", "https://pim.example.com/approvals/"]:
+                         "pim approve ", "https://pim.example.com/approvals/"]:
                 assert fact in body, f"{fact!r} in {body}"
             html = message.get_body(preferencelist=("html",)).get_content()
             assert "mailbox migration" in html, html
 
-            # Ann denies it: Lee hears why.
+            # Ann denies it with the command the mail gives her: Lee hears why.
             up.run("login", "--user", "ann", "--password-stdin", stdin="ann's long passphrase\n", as_user="ann")
-            waiting = [json.loads(l) for l in up.run("approvals", "--output", "json", as_user="ann").stdout.splitlines()]
-            mine = [a for a in waiting if a["role"] == "Exchange Administrator"]
-            assert len(mine) == 1, waiting
-            up.run("deny", mine[0]["id"], "-j", "not during the freeze", as_user="ann")
+            told = re.search(r"pim deny (\S+)", body)
+            assert told, body
+            up.run("approvals", "--id", told.group(1), as_user="ann")
+            up.run("deny", told.group(1), "-j", "not during the freeze", as_user="ann")
             denied = wait("lee hears of the denial", lambda: [
                 m for to, m in inbox.received() if to == ["lee@example.com"] and "not approved" in m["subject"]])
             assert "not during the freeze" in text_of(denied[0]), text_of(denied[0])

@@ -105,6 +105,18 @@ fn approval_id(raw: &str) -> Result<&str, Status> {
     pim_runtime::grpc::id_field("approval_id", raw, "an approval id")
 }
 
+impl Approvals {
+    /// The approval `id` names: its own id, or the id of the request it is for (what mails
+    /// and the requester name), so either decides it.
+    async fn either_id(&self, id: &str) -> Result<String, Status> {
+        if store::get(&self.db, id).await.map_err(internal)?.is_some() {
+            return Ok(id.to_owned());
+        }
+        let by_request = store::by_request(&self.db, id).await.map_err(internal)?;
+        Ok(by_request.map_or_else(|| id.to_owned(), |a| a.id))
+    }
+}
+
 #[tonic::async_trait]
 impl ApprovalService for Approvals {
     async fn list_approvals(
@@ -130,8 +142,8 @@ impl ApprovalService for Approvals {
 
     async fn get_approval(&self, request: Request<pb::GetApprovalRequest>) -> Result<Response<pb::Approval>, Status> {
         let caller = caller(&request)?.clone();
-        let id = approval_id(&request.get_ref().approval_id)?;
-        let (approval, decisions) = self.get(&caller, id).await?;
+        let id = self.either_id(approval_id(&request.get_ref().approval_id)?).await?;
+        let (approval, decisions) = self.get(&caller, &id).await?;
         let history = store::recent_activations(&self.db, &approval.requester_id, HISTORY)
             .await
             .map_err(internal)?;
@@ -141,13 +153,13 @@ impl ApprovalService for Approvals {
     async fn decide(&self, request: Request<pb::DecideRequest>) -> Result<Response<pb::Approval>, Status> {
         let caller = caller(&request)?.clone();
         let r = request.get_ref();
-        let id = approval_id(&r.approval_id)?;
+        let id = self.either_id(approval_id(&r.approval_id)?).await?;
         let approve = match pb::Decision::try_from(r.decision) {
             Ok(pb::Decision::Approve) => true,
             Ok(pb::Decision::Deny) => false,
             _ => return Err(invalid_argument("decision", "approve or deny")),
         };
-        let (approval, decisions) = Approvals::decide(self, &caller, id, approve, &r.justification).await?;
+        let (approval, decisions) = Approvals::decide(self, &caller, &id, approve, &r.justification).await?;
         pim_runtime::telemetry::record_request(&approval.request_id, &approval.role_id);
         Ok(Response::new(approval_pb(approval, decisions, Vec::new())))
     }

@@ -122,47 +122,19 @@ fn approval_card(caller: &Caller, a: &rpb::Approval, names: &Names, detailed: bo
 /// GET /approvals/{id}: one approval with the requester's recent activations.
 pub async fn approval(caller: Caller, Path(id): Path<String>) -> Html<String> {
     let content = async {
-        let a = match approvals_client(&caller)
+        // Mails name the request an approval is for (/approvals/{request id}): either id does.
+        let a = approvals_client(&caller)
             .get_approval(caller.request(rpb::GetApprovalRequest {
                 approval_id: id.clone(),
             }))
-            .await
-        {
-            Ok(a) => a.into_inner(),
-            // Mails name the request an approval is for: /approvals/{request id}.
-            Err(status) if status.code() == tonic::Code::NotFound => by_request(&caller, &id).await?,
-            Err(status) => return Err(status.into()),
-        };
+            .await?
+            .into_inner();
         let names = Names::of(&caller, vec![a.requester_id.clone()]).await;
         Ok::<_, Failure>(approval_card(&caller, &a, &names, true))
     }
     .await
     .unwrap_or_else(|failure| caller.failed(failure));
     view::page(&caller, "/approvals", "Approval", content)
-}
-
-/// The approval waiting for the caller that is for request `request_id` (with the requester's
-/// history, as GetApproval gives it).
-async fn by_request(caller: &Caller, request_id: &str) -> Result<rpb::Approval, Failure> {
-    let pending = approvals_client(caller)
-        .list_approvals(caller.request(rpb::ListApprovalsRequest {
-            status: rpb::ApprovalStatus::Pending as i32,
-            page_size: 100,
-            ..Default::default()
-        }))
-        .await?
-        .into_inner()
-        .approvals;
-    let found = pending
-        .into_iter()
-        .find(|a| a.request_id == request_id)
-        .ok_or_else(|| {
-            Failure::Refused("no approval waits for you on this request: it may be decided already".into())
-        })?;
-    Ok(approvals_client(caller)
-        .get_approval(caller.request(rpb::GetApprovalRequest { approval_id: found.id }))
-        .await?
-        .into_inner())
 }
 
 /// POST /approvals/{id}: approve or deny, with a reason (and the step-up where asked).

@@ -235,7 +235,10 @@ pub fn compose(r: &Record, party: &str, public_url: Option<&str>) -> Composed {
             "Decide with: pim reviews items {review_id} (to see them), then pim reviews decide ITEM --approve or --deny"
         ))
     } else {
-        awaiting.then(|| "Decide with: pim approvals (to see it), then pim approve ID or pim deny ID".to_owned())
+        let id = if request_id.is_empty() { "ID" } else { request_id };
+        awaiting.then(|| {
+            format!("Decide with: pim approvals --id {id} (to see it), then pim approve {id} or pim deny {id} -j WHY")
+        })
     };
     let mut text = format!("{said}\n\n");
     for (name, value) in &facts {
@@ -532,7 +535,7 @@ mod tests {
             "Until: 2026-12-05T08:00:00.000Z",
             "Justification: mailbox <migration> & more",
             "Ticket: ServiceNow:INC1",
-            "pim approve ID",
+            "pim approve r1",
             "https://pim.example.com/approvals/r1",
         ] {
             assert!(approver.text.contains(fact), "{fact} in {}", approver.text);
@@ -579,7 +582,7 @@ mod tests {
         );
         for fact in [
             "Note: reminder: still no decision",
-            "pim approve ID",
+            "pim approve r1",
             "https://pim.example.com/approvals/r1",
         ] {
             assert!(reminder.text.contains(fact), "{fact} in {}", reminder.text);
