@@ -161,6 +161,9 @@ impl Session {
                 .get_user(self.request(ipb::GetUserRequest { user: name.to_owned() })?)
                 .await;
             match user {
+                // One's own name means oneself: nothing else is looked up (listings a user may
+                // not make would only leave refusals in the audit log).
+                Ok(user) if self.whoami().is_ok_and(|me| me == user.get_ref().id) => return Ok(user.into_inner().id),
                 Ok(user) => found.push((Kind::User, user.into_inner().id)),
                 Err(status) if status.code() == tonic::Code::NotFound => {}
                 Err(status) if status.code() == tonic::Code::PermissionDenied => return Err(refused(status.message())),

@@ -296,6 +296,25 @@ fn the_readme_walk_through_works_and_survives_a_restart() {
     let said = String::from_utf8_lossy(&by_name.stderr);
     assert_eq!(by_name.status.code(), Some(2), "{said}");
     assert!(said.contains("give \"admin\"'s id instead"), "{said}");
+    // Naming herself looked nothing else up: the audit log holds the refusal of her look-up of
+    // "admin" (GetUser), and no refused listing of groups or apps she never asked for.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let refusals = admin.ok(&["audit", "--outcome", "failure", "--output", "json"], None);
+        if refusals.contains("DirectoryService/GetUser") {
+            assert!(!refusals.contains("DirectoryService/ListGroups"), "{refusals}");
+            assert!(
+                !refusals.contains("DirectoryService/ListServicePrincipals"),
+                "{refusals}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "audit never showed the refused look-up: {refusals}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert_eq!(
         admin.run(&["check", "lee", "Security Reader"], None).status.code(),
         Some(1)
