@@ -93,8 +93,8 @@ pub(crate) struct PolicySetArgs {
     /// How long an approval may wait before it expires, denied (e.g. 24h).
     #[arg(long, value_parser = super::parse_duration, allow_hyphen_values = true)]
     approval_timeout: Option<Duration>,
-    /// How recent an MFA must be to activate, e.g. 10m (0s to 24h).
-    #[arg(long, value_parser = super::parse_duration_or_zero, allow_hyphen_values = true)]
+    /// How recent an MFA must be to activate, e.g. 10m (1m to 24h).
+    #[arg(long, value_parser = super::parse_duration, allow_hyphen_values = true)]
     mfa_freshness: Option<Duration>,
     /// Whether that MFA must be a passkey: phishing-resistant, a code does not do (true or false).
     #[arg(long)]
