@@ -1039,6 +1039,25 @@ async fn users_and_service_principals_are_maintained_safely() -> anyhow::Result<
         directory
             .rotate_service_principal_secret(authed(&admin, app(&role_bot)))
             .await?;
+        // A privileged role scheduled to start later protects as one in force: whoever took
+        // the secret now would hold the role when it starts.
+        let (later_bot, _) = ts.create_service_principal(&admin, "later-bot").await?;
+        ts.settle().await?;
+        let mut later = assign(
+            apb::AssignmentKind::Active,
+            &later_bot,
+            pim_proto::catalogue::PRIVILEGED_ROLE_ADMINISTRATOR,
+        );
+        if let Some(schedule) = later.schedule.as_mut() {
+            schedule.start_time = Some(pim_runtime::db::to_timestamp(pim_runtime::db::now_ms() + 3_600_000));
+        }
+        let scheduled = assignments.create_request(authed(&admin, later)).await?.into_inner();
+        assert_eq!(scheduled.status, apb::RequestStatus::ScheduleCreated as i32);
+        let rotate = directory
+            .rotate_service_principal_secret(authed(&dee, app(&later_bot)))
+            .await
+            .expect_err("later-bot will hold a privileged role");
+        assert_eq!(rotate.code(), Code::PermissionDenied, "{rotate:?}");
 
         // An app disabled holds nothing, whatever stays assigned to it.
         const SECURITY_READER: &str = "5d6b6bb7-de71-4623-b4af-96380a352509";

@@ -320,7 +320,7 @@ impl Notifier {
         let mut ids = Vec::new();
         for role in [GLOBAL_ADMINISTRATOR, PRIVILEGED_ROLE_ADMINISTRATOR] {
             ids.extend(
-                store::current_assignments(txn, Kind::Active, None, Some(role), now)
+                store::current_assignments(txn, Kind::Active, None, Some(role), now, store::Started::Only)
                     .await?
                     .into_iter()
                     .filter(|a| a.scope == "/")

@@ -185,8 +185,11 @@ impl AssignmentClients {
     /// The roles a principal is eligible for or holds, directly or through a group, each with
     /// its scope.
     pub async fn roles_of(&self, caller: &Caller, principal_id: &str) -> Result<Vec<(String, String)>> {
+        // Access scheduled to start is counted already: whoever took the credentials now
+        // would hold it when it starts.
         let ask = apb::ListAssignmentsRequest {
             principal_id: principal_id.to_owned(),
+            include_scheduled: true,
             ..Default::default()
         };
         let eligible = self

@@ -471,13 +471,14 @@ impl Assignments {
         principal: Option<&str>,
         role: Option<&str>,
         scope: Option<&Scope>,
+        started: store::Started,
     ) -> Result<Vec<(AssignmentRow, Option<String>)>> {
         if principal != Some(caller.principal_id.as_str()) {
             self.may_list(caller, role, scope).await?;
         }
         let now = self.now();
         let mut rows: Vec<(AssignmentRow, Option<String>)> =
-            store::current_assignments(&self.db, kind, principal, role, now)
+            store::current_assignments(&self.db, kind, principal, role, now, started)
                 .await?
                 .into_iter()
                 .map(|a| (a, None))
@@ -485,7 +486,7 @@ impl Assignments {
         // A principal's roles include those of their role-assignable groups (Entra hides these).
         if let Some(principal) = principal {
             for (group, member_until) in self.groups_of(principal, now) {
-                let inherited = store::current_assignments(&self.db, kind, Some(&group), role, now).await?;
+                let inherited = store::current_assignments(&self.db, kind, Some(&group), role, now, started).await?;
                 rows.extend(inherited.into_iter().map(|mut a| {
                     // Held through the group for as long as the membership lasts.
                     a.end_at = group_access::earlier(a.end_at, member_until);

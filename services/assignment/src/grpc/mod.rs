@@ -118,8 +118,13 @@ impl Assignments {
             None => None,
         };
         let scope = filter(&r.scope).map(Scope::parse).transpose()?;
+        let started = if r.include_scheduled {
+            crate::store::Started::OrScheduled
+        } else {
+            crate::store::Started::Only
+        };
         let rows = self
-            .list(&caller, kind, principal, role.as_deref(), scope.as_ref())
+            .list(&caller, kind, principal, role.as_deref(), scope.as_ref(), started)
             .await?;
         Ok(Response::new(pb::ListAssignmentsResponse {
             assignments: rows
@@ -435,7 +440,16 @@ impl AccessService for Assignments {
             .to_owned();
         self.fresh_enough(&request.get_ref().at_least_as_fresh, freshness_wait(request.metadata()))
             .await?;
-        let rows = self.list(&caller, Kind::Active, Some(&principal), None, None).await?;
+        let rows = self
+            .list(
+                &caller,
+                Kind::Active,
+                Some(&principal),
+                None,
+                None,
+                crate::store::Started::Only,
+            )
+            .await?;
         Ok(Response::new(pb::ListActiveRolesResponse {
             assignments: rows
                 .into_iter()

@@ -88,18 +88,31 @@ pub async fn insert_assignment<C: ConnectionTrait>(
     db::exec(c, &sql, assignment_values(a, announced, now)).await.map(drop)
 }
 
-/// Assignments in force at `now` (status active, started, not ended) matching the filters.
+/// Which assignments a listing shows: those in force now, or those scheduled to start later too.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Started {
+    Only,
+    OrScheduled,
+}
+
+/// Assignments in force at `now` (status active, started, not ended) matching the filters;
+/// with [`Started::OrScheduled`], those not started yet too.
 pub async fn current_assignments<C: ConnectionTrait>(
     c: &C,
     kind: Kind,
     principal_id: Option<&str>,
     role_id: Option<&str>,
     now: i64,
+    started: Started,
 ) -> Result<Vec<AssignmentRow>, DbErr> {
     let mut sql = format!(
-        "SELECT {ASSIGNMENT_COLUMNS} FROM assignments WHERE status = 'active' AND kind = $1 AND start_at <= $2 AND (end_at IS NULL OR end_at > $3)"
+        "SELECT {ASSIGNMENT_COLUMNS} FROM assignments WHERE status = 'active' AND kind = $1 AND (end_at IS NULL OR end_at > $2)"
     );
-    let mut values = vec![kind.as_str().into(), now.into(), now.into()];
+    let mut values = vec![kind.as_str().into(), now.into()];
+    if started == Started::Only {
+        values.push(now.into());
+        sql.push_str(&format!(" AND start_at <= ${}", values.len()));
+    }
     if let Some(p) = principal_id {
         values.push(p.into());
         sql.push_str(&format!(" AND principal_id = ${}", values.len()));

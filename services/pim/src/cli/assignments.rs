@@ -162,8 +162,8 @@ pub(crate) async fn list_assignments(args: ListAssignmentsArgs) -> anyhow::Resul
     let request = apb::ListAssignmentsRequest {
         principal_id,
         role_id,
-        scope: String::new(),
         mine: args.mine,
+        ..Default::default()
     };
     let mut client = AssignmentServiceClient::new(session.channel.clone());
     let kinds = match args.kind {
