@@ -1856,6 +1856,25 @@ async fn a_disabled_user_holds_nothing_and_what_they_asked_for_ends() -> anyhow:
             .into_inner();
         assert_eq!(asked.status, apb::RequestStatus::PendingApproval as i32);
         assert!(w.check(&dan.id, EXCHANGE_ADMINISTRATOR).await?.allowed);
+        // Dan asks for more time too: a disable ends that request as well.
+        let more = w
+            .assignments()
+            .create_request(authed(
+                &dan.token,
+                apb::CreateRequestRequest {
+                    schedule: lasting(2 * HOUR_MS),
+                    justification: "the migration slipped".into(),
+                    ..request(
+                        apb::RequestAction::SelfExtend,
+                        apb::AssignmentKind::Active,
+                        "",
+                        EXCHANGE_ADMINISTRATOR,
+                    )
+                },
+            ))
+            .await?
+            .into_inner();
+        assert_eq!(more.status, apb::RequestStatus::PendingApproval as i32);
         // An internal app that mirrors access from the changes PIM pushes.
         let mut watched = AccessServiceClient::new(w.ts.channel.clone())
             .watch_access_changes(authed(&w.admin, apb::WatchAccessChangesRequest::default()))
@@ -1882,6 +1901,8 @@ async fn a_disabled_user_holds_nothing_and_what_they_asked_for_ends() -> anyhow:
         )
         .await?;
         w.eventually_status(&w.admin, &asked.id, apb::RequestStatus::Canceled)
+            .await?;
+        w.eventually_status(&w.admin, &more.id, apb::RequestStatus::Canceled)
             .await?;
         // No role is given while disabled, and a role-assignable group joined meanwhile is not
         // announced as held (it is not): a grant to someone else comes next, nothing of Dan's.

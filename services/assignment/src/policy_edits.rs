@@ -119,14 +119,18 @@ impl Setting {
 
 /// `base` with the `settings` taken from `asked`: what an update with that mask stores. The
 /// single stage's approvers and wait (`approver_ids`, `approval_timeout`) say nothing once
-/// approval runs in stages, which name their own: a change of them alone is refused rather
-/// than stored and ignored, as an administrator replacing an approver would believe it done.
+/// approval runs in stages, which name their own: changing them while the stages stay as they
+/// are is refused rather than stored and ignored, as an administrator replacing an approver
+/// would believe it done (whatever the mask names, a file applied whole included).
 pub fn merged(base: &Policy, asked: &Policy, settings: &[Setting]) -> Result<Policy> {
     let out = taken(base, asked, settings);
-    let single_stage = settings.iter().find(|s| matches!(s, ApproverIds | ApprovalTimeout));
-    if let Some(setting) = single_stage
-        && !settings.contains(&ApprovalStages)
+    let ignored = [
+        (ApproverIds, out.approver_ids != base.approver_ids),
+        (ApprovalTimeout, out.approval_timeout != base.approval_timeout),
+    ];
+    if let Some((setting, _)) = ignored.iter().find(|(_, changed)| *changed)
         && !out.approval_stages.is_empty()
+        && out.approval_stages == base.approval_stages
     {
         return Err(Error::FailedPrecondition(format!(
             "{} does not apply to this policy: its approval runs in {} stage(s) (approval_stages), which name their own approvers and wait; change the stages instead",
@@ -391,10 +395,23 @@ mod tests {
             approval_timeout: 2 * HOUR,
             ..Policy::default()
         };
-        for mask in [&[ApproverIds][..], &[ApprovalTimeout], &[ApprovalRequired, ApproverIds]] {
-            let refused = merged(&staged, &asked, mask).expect_err("stored and ignored, else");
-            assert!(matches!(refused, Error::FailedPrecondition(_)), "{refused:?}");
+        // Named with the stages as they are (a file applied whole) is no different.
+        let same_stages = Policy {
+            approval_stages: staged.approval_stages.clone(),
+            ..asked.clone()
+        };
+        for (asked, mask) in [
+            (&asked, &[ApproverIds][..]),
+            (&asked, &[ApprovalTimeout]),
+            (&asked, &[ApprovalRequired, ApproverIds]),
+            (&same_stages, &[ApproverIds, ApprovalStages]),
+            (&same_stages, Setting::ALL),
+        ] {
+            let refused = merged(&staged, asked, mask).expect_err("stored and ignored, else");
+            assert!(matches!(refused, Error::FailedPrecondition(_)), "{mask:?}: {refused:?}");
         }
+        // Named but unchanged, they are no change.
+        assert!(merged(&staged, &staged, Setting::ALL).is_ok());
         // Named with the stages (the stages replaced, as the portal saves), or where there are
         // none, they apply.
         let single = merged(&staged, &asked, &[ApproverIds, ApprovalTimeout, ApprovalStages]).expect("no stages now");

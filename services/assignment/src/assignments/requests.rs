@@ -381,8 +381,8 @@ impl Assignments {
         Ok(())
     }
 
-    /// Cancels the activations `principal_id` asked for that still wait for approval (their
-    /// approvals end with them), saying why; the ids of those canceled.
+    /// Cancels what `principal_id` asked for that still waits for approval, activations and
+    /// extensions alike (their approvals end with them), saying why; the ids of those canceled.
     pub(crate) async fn cancel_waiting_requests(
         &self,
         txn: &DatabaseTransaction,
@@ -392,7 +392,7 @@ impl Assignments {
     ) -> Result<Vec<String>> {
         let now = self.now();
         let mut canceled = Vec::new();
-        for mut request in store::pending_activations(txn, principal_id).await? {
+        for mut request in store::pending_requests_of(txn, principal_id).await? {
             request.status = RequestStatus::Canceled;
             request.outcome_reason = why.into();
             if self

@@ -381,6 +381,14 @@ pub async fn pending_activations<C: ConnectionTrait>(c: &C, principal_id: &str) 
     db::rows(c, &sql, vec![principal_id.into()], RequestRow::from_row).await
 }
 
+/// Every request of `principal_id` waiting for approval, whatever it asks.
+pub async fn pending_requests_of<C: ConnectionTrait>(c: &C, principal_id: &str) -> Result<Vec<RequestRow>, DbErr> {
+    let sql = format!(
+        "SELECT {REQUEST_COLUMNS} FROM requests WHERE status = 'PendingApproval' AND principal_id = $1 ORDER BY id"
+    );
+    db::rows(c, &sql, vec![principal_id.into()], RequestRow::from_row).await
+}
+
 /// The requests to extend assignment `assignment_id` waiting for approval.
 pub async fn pending_extensions_of<C: ConnectionTrait>(c: &C, assignment_id: &str) -> Result<Vec<RequestRow>, DbErr> {
     let sql = format!(
