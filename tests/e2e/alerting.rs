@@ -342,6 +342,43 @@ async fn approvals_raise_self_approval_and_rubber_stamp_alerts() -> anyhow::Resu
         let stamp = w.alert("rubber_stamp", |a| a.role_id == EXCHANGE_ADMINISTRATOR).await?;
         assert_eq!(stamp.figures.get("requester_id"), Some(&lee.id));
 
+        // Two stages each approved at once: each approver is named in an alert of their own.
+        let (kim, una) = (w.user("kim").await?, w.user("una").await?);
+        w.require_approval(vec![
+            crate::approval::stage(&[&kim], 1),
+            crate::approval::stage(&[&una], 1),
+        ])
+        .await?;
+        w.assignments()
+            .create_request(authed(
+                &lee.token,
+                apb::CreateRequestRequest {
+                    action: apb::RequestAction::SelfDeactivate as i32,
+                    kind: apb::AssignmentKind::Active as i32,
+                    role_id: EXCHANGE_ADMINISTRATOR.into(),
+                    scope: "/".into(),
+                    ..Default::default()
+                },
+            ))
+            .await?;
+        let staged = w.ask(&lee, "mail flow again").await?;
+        let staged = w.approval_of(&staged.id).await?;
+        for approver in [&kim, &una] {
+            w.approvals()
+                .decide(authed(
+                    &approver.token,
+                    appb::DecideRequest {
+                        approval_id: staged.id.clone(),
+                        decision: appb::Decision::Approve as i32,
+                        justification: "ok".into(),
+                    },
+                ))
+                .await?;
+        }
+        for approver in [&kim, &una] {
+            w.alert("rubber_stamp", |a| a.principal_id == approver.id).await?;
+        }
+
         // People triage: acknowledge, then dismiss with a reason; readers only read.
         let refused = w
             .alerts()

@@ -149,7 +149,7 @@ impl World {
     }
 }
 
-fn stage(approvers: &[&User], required: i32) -> ApprovalStageSettings {
+pub(crate) fn stage(approvers: &[&User], required: i32) -> ApprovalStageSettings {
     ApprovalStageSettings {
         approver_ids: approvers.iter().map(|u| u.id.clone()).collect(),
         approvals_required: required,

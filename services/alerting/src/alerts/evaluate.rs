@@ -324,12 +324,13 @@ impl Alerts {
                         ("decided_after_ms".to_owned(), took_ms.to_string()),
                         ("requester_id".to_owned(), d.requester_id.clone()),
                     ]);
+                    // One alert per approver of the approval: each names whose decision it was.
                     self.raise(
                         txn,
                         rules::RUBBER_STAMP,
-                        &format!("rubber_stamp:{}", d.approval_id),
+                        &format!("rubber_stamp:{}:{approver}", d.approval_id),
                         Subject {
-                            principal_id: approver,
+                            principal_id: approver.clone(),
                             role_id: d.role_id,
                             scope: d.scope,
                         },
