@@ -176,8 +176,12 @@ def compose_problems(compose: dict, collector: dict, init_sql: str) -> list[str]
             if host in published:
                 problems.append(f"compose: {name} and {published[host]} both publish host port {host}")
             published[host] = name
-    if "PIM_TRUSTED_PROXIES" not in services.get("identity", {}).get("environment", {}):
-        problems.append("compose: identity trusts no proxy, so every sign-in counts as the gateway's")
+    forwarders = sorted(
+        f"{services.get(name, {}).get('networks', {}).get('default', {}).get('ipv4_address')}/32"
+        for name in ["gateway", "portal"])
+    trusted = str(services.get("identity", {}).get("environment", {}).get("PIM_TRUSTED_PROXIES", ""))
+    if sorted(t.strip() for t in trusted.split(",") if t.strip()) != forwarders:
+        problems.append(f"compose: identity must trust exactly the gateway and the portal ({forwarders}), not {trusted!r}")
     pipelines = collector.get("service", {}).get("pipelines", {})
     if "otlp" not in collector.get("receivers", {}) or "otlp" not in pipelines.get("traces", {}).get("receivers", []):
         problems.append("collector: no OTLP receiver in the traces pipeline")

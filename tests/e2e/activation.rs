@@ -857,6 +857,19 @@ async fn approval_holds_the_activation_and_the_window_starts_when_approved() -> 
             .await
             .expect_err("Kim deactivates only her own");
         assert_eq!(as_lee.code(), Code::PermissionDenied, "{as_lee:?}");
+        // So is one with something else wrong as well (a start long past): the attempt is
+        // what it is told and recorded as.
+        let mut long_ago = activation(EXCHANGE_ADMINISTRATOR, HOUR_MS, "x");
+        long_ago.principal_id = lee.id.clone();
+        if let Some(schedule) = long_ago.schedule.as_mut() {
+            schedule.start_time = Some(pim_runtime::db::to_timestamp(w.clock.now_ms() - 24 * HOUR_MS));
+        }
+        let as_lee_too = w
+            .assignments()
+            .create_request(authed(&kim_token, long_ago))
+            .await
+            .expect_err("still an attempt to act as Lee");
+        assert_eq!(as_lee_too.code(), Code::PermissionDenied, "{as_lee_too:?}");
         assert!(w.check(&lee.id, EXCHANGE_ADMINISTRATOR).await?.allowed, "Lee keeps it");
         eventually(Duration::from_secs(10), "the attempt recorded", || async {
             let refused = w.events_on(streams::ASSIGNMENT, "RequestRefused").await?;

@@ -133,7 +133,7 @@ pub fn merged(base: &Policy, asked: &Policy, settings: &[Setting]) -> Result<Pol
         && out.approval_stages == base.approval_stages
     {
         return Err(Error::FailedPrecondition(format!(
-            "{} does not apply to this policy: its approval runs in {} stage(s) (approval_stages), which name their own approvers and wait; change the stages instead",
+            "{} does not apply to this policy: its approval runs in {} stage(s) (approval_stages), which name their own approvers and wait; change the stages instead (approval_stages in pim apply's file, or the portal's policy page)",
             setting.name(),
             out.approval_stages.len()
         )));

@@ -164,7 +164,8 @@ pub async fn last_activation<C: ConnectionTrait>(
 ) -> Result<Option<i64>, DbErr> {
     let row = db::query_one(
         c,
-        "SELECT MAX(start_at) AS last FROM activations WHERE role_id = $2 AND (principal_id = $1 OR via_group_id = $1)",
+        "SELECT MAX(start_at) AS last FROM activations WHERE role_id = $2 \
+         AND ((principal_id = $1 AND via_group_id = '') OR via_group_id = $1)",
         vec![principal_id.into(), role_id.into()],
     )
     .await?;

@@ -114,7 +114,8 @@ impl Assignments {
             .record_request(&txn, Some(caller.actor()), &request, &role.name)
             .await
         {
-            // The database holds one waiting request per role and scope: a concurrent one won.
+            // The database holds one waiting request to extend or renew per role and scope: a
+            // concurrent one won.
             Err(err) if is_duplicate(&err) => {
                 txn.rollback().await?;
                 let waiting =

@@ -536,6 +536,17 @@ impl Assignments {
     /// CreateRequest's work: the request made, or why not.
     async fn create_request_as(&self, caller: &Caller, r: pb::CreateRequestRequest) -> Result<RequestRow, Error> {
         let caller = caller.clone();
+        let Some(action) = pb::RequestAction::try_from(r.action).ok().and_then(Action::from_pb) else {
+            return Err(Error::invalid("action", "required (e.g. adminAssign, selfActivate)"));
+        };
+        // An attempt to act as someone else is told (and recorded) as such, whatever else
+        // is wrong with it.
+        if matches!(
+            action,
+            Action::SelfActivate | Action::SelfDeactivate | Action::SelfExtend | Action::SelfRenew
+        ) {
+            for_the_caller(&caller, &r, action)?;
+        }
         if let Some(start) = r.schedule.as_ref().and_then(|s| s.start_time.as_ref()) {
             let start = input_time("schedule.start_time", start)?;
             if start < self.now() - START_SKEW_MS {
@@ -549,9 +560,6 @@ impl Assignments {
                 ));
             }
         }
-        let Some(action) = pb::RequestAction::try_from(r.action).ok().and_then(Action::from_pb) else {
-            return Err(Error::invalid("action", "required (e.g. adminAssign, selfActivate)"));
-        };
         let created = match action {
             Action::AdminAssign | Action::AdminRenew => {
                 self.admin_assign(&caller, AdminAssignRequest::try_from(r)?, action)
@@ -575,12 +583,8 @@ impl Assignments {
                 self.admin_change_end(&caller, action, EndRequest::try_from(r)?, end)
                     .await?
             }
-            Action::SelfActivate => {
-                for_the_caller(&caller, &r, action)?;
-                self.self_activate(&caller, ActivateRequest::try_from(r)?).await?
-            }
+            Action::SelfActivate => self.self_activate(&caller, ActivateRequest::try_from(r)?).await?,
             Action::SelfDeactivate => {
-                for_the_caller(&caller, &r, action)?;
                 let mut end = EndRequest::try_from(pb::CreateRequestRequest {
                     kind: pb::AssignmentKind::Active as i32,
                     ..r
@@ -589,7 +593,6 @@ impl Assignments {
                 self.self_deactivate(&caller, end).await?
             }
             Action::SelfExtend | Action::SelfRenew => {
-                for_the_caller(&caller, &r, action)?;
                 let now = self.now();
                 let start = r
                     .schedule

@@ -93,7 +93,7 @@ pub(crate) struct PolicySetArgs {
     /// How long an approval may wait before it expires, denied (e.g. 24h).
     #[arg(long, value_parser = super::parse_duration, allow_hyphen_values = true)]
     approval_timeout: Option<Duration>,
-    /// How recent an MFA must be to activate, e.g. 10m (1m to 24h).
+    /// How recent an MFA must be to activate, e.g. 10m (1s to 24h).
     #[arg(long, value_parser = super::parse_duration, allow_hyphen_values = true)]
     mfa_freshness: Option<Duration>,
     /// Whether that MFA must be a passkey: phishing-resistant, a code does not do (true or false).
