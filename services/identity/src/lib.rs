@@ -159,6 +159,10 @@ impl Service for Identity {
                         if let Err(err) = store::prune_sign_in_failures(&db, ended).await {
                             tracing::warn!(error = %err, "pruning failed sign-in counts failed");
                         }
+                        let unfamiliar = clock.now_ms() - limiter::FAMILIAR_MS;
+                        if let Err(err) = store::prune_familiar_sources(&db, unfamiliar).await {
+                            tracing::warn!(error = %err, "pruning familiar sources failed");
+                        }
                         // Sessions and revocations older than any token can live.
                         let lifetime = pim_runtime::auth::REMEMBER_MS;
                         if let Err(err) = store::prune_sessions(&db, clock.now_ms() - lifetime).await {

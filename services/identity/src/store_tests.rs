@@ -485,3 +485,27 @@ async fn signing_keys_are_sealed_at_rest() -> anyhow::Result<()> {
     })
     .await
 }
+
+/// A source a user signed in from is familiar for as long as asked, to that user only, and
+/// forgotten once pruned; signing in from it again keeps it familiar.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn familiar_sources_are_kept_per_user_and_pruned() -> anyhow::Result<()> {
+    on_both(|db| async move {
+        store::remember_source(&db, "lee", "d1", NOW).await?;
+        store::remember_source(&db, "lee", "d1", NOW + MINUTE).await?;
+        assert!(
+            store::is_familiar(&db, "lee", "d1", NOW).await?,
+            "since the later sign-in"
+        );
+        assert!(!store::is_familiar(&db, "lee", "d1", NOW + MINUTE).await?);
+        assert!(
+            !store::is_familiar(&db, "kim", "d1", NOW - MINUTE).await?,
+            "Lee's, not Kim's"
+        );
+        assert!(!store::is_familiar(&db, "lee", "d2", NOW - MINUTE).await?);
+        store::prune_familiar_sources(&db, NOW + 2 * MINUTE).await?;
+        assert!(!store::is_familiar(&db, "lee", "d1", NOW - MINUTE).await?, "pruned");
+        Ok(())
+    })
+    .await
+}

@@ -435,6 +435,17 @@ pub async fn prune_sign_in_failures<C: ConnectionTrait>(c: &C, before: i64) -> R
     .map(drop)
 }
 
+/// Forgets sources last signed in from before `before` (no longer familiar).
+pub async fn prune_familiar_sources<C: ConnectionTrait>(c: &C, before: i64) -> Result<(), DbErr> {
+    db::exec(
+        c,
+        "DELETE FROM familiar_sources WHERE last_at < $1",
+        vec![before.into()],
+    )
+    .await
+    .map(drop)
+}
+
 /// Records that every token of a principal issued up to `at` is refused (disabled, deleted).
 pub async fn revoke_principal<C: ConnectionTrait>(c: &C, principal_id: &str, at: i64) -> Result<(), DbErr> {
     db::exec(
