@@ -1127,6 +1127,18 @@ async fn people_ask_to_extend_and_renew_and_approvers_decide() -> anyhow::Result
         // The approver sees what is asked: an extension of an eligibility, until when, and
         // the ticket it names.
         let approval = w.approval_of(&extend.id).await?;
+        // The request's id (what mails give approvers) names the approval too.
+        let by_request = w
+            .approvals()
+            .get_approval(authed(
+                &w.admin,
+                pb::GetApprovalRequest {
+                    approval_id: extend.id.clone(),
+                },
+            ))
+            .await?
+            .into_inner();
+        assert_eq!(by_request.id, approval.id);
         assert_eq!((approval.action(), approval.kind()), (A::SelfExtend, K::Eligible));
         assert_eq!(approval.ticket.as_ref(), Some(&ticket));
         assert_eq!(

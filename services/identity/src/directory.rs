@@ -576,12 +576,7 @@ impl Directory {
             .ok_or(Error::BadRefresh)?;
         // A session from before every user had to enrol MFA goes on only as a sign-in would:
         // a user with no method signs in again, and enrols.
-        if self.signin_mfa == SigninMfa::Required
-            && !store::mfa_methods(&self.db, &user.id)
-                .await?
-                .iter()
-                .any(|m| m.confirmed)
-        {
+        if self.signin_mfa == SigninMfa::Required && self.confirmed_methods(&user.id).await?.is_empty() {
             return Err(Error::Unauthenticated(
                 "every user must enrol MFA now (PIM_SIGNIN_MFA=required): sign in again, and enrol an authenticator"
                     .into(),

@@ -139,11 +139,7 @@ impl Directory {
         // Changing credentials is managing MFA too: an administrator who has a method uses
         // it, so their password alone (or a refreshed session) cannot reset anyone's MFA,
         // their own included, and enrol an authenticator of the attacker's.
-        if store::mfa_methods(&self.db, &caller.principal_id)
-            .await?
-            .iter()
-            .any(|m| m.confirmed)
-        {
+        if !self.confirmed_methods(&caller.principal_id).await?.is_empty() {
             self.require_recent_mfa(caller, change)?;
         }
         // A caller who may change anyone's credentials needs no reason weighed (nor assignment
