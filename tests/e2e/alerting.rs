@@ -608,6 +608,28 @@ async fn identity_and_time_rules_raise_and_clear() -> anyhow::Result<()> {
                 .any(|a| a.rule_id == "mfa_failures" && a.principal_id == ann.id)
         );
 
+        // Wrong passwords until sign-ins are refused: a privileged account's lockout raises
+        // one alert however many attempts it refuses; an unprivileged one's raises none.
+        for who in ["kim", "lee"] {
+            for _ in 0..12 {
+                w.ts.sign_in(who, "not the password")
+                    .await
+                    .expect_err("a wrong password");
+            }
+        }
+        // The two attempts refused while locked out, on one alert.
+        let lockout = w
+            .alert("sign_in_lockout", |a| a.principal_id == lee.id && a.count == 2)
+            .await?;
+        assert_eq!(lockout.severity, pb::Severity::High as i32);
+        assert_eq!(lockout.figures.get("user_name").map(String::as_str), Some("lee"));
+        assert!(
+            !w.all_alerts()
+                .await?
+                .iter()
+                .any(|a| a.rule_id == "sign_in_lockout" && a.principal_id == kim.id)
+        );
+
         // A month later: Lee never activated the role nor signed in again.
         w.clock.advance(Duration::from_secs(31 * 86_400));
         let alerting = w.ts.suite.alerting().expect("alerting runs here").alerts().clone();

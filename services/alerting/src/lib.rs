@@ -108,6 +108,7 @@ impl EventHandler for Detect {
             event_type,
             Some(
                 EventType::SignInSucceeded
+                    | EventType::SignInFailed
                     | EventType::SignInMfaPending
                     | EventType::SignInEnrollmentPending
                     | EventType::MfaFailed

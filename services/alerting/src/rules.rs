@@ -22,6 +22,7 @@ pub const PERMANENT_PRIVILEGED: &str = "permanent_privileged";
 pub const SELF_APPROVAL: &str = "self_approval";
 pub const RUBBER_STAMP: &str = "rubber_stamp";
 pub const MFA_FAILURES: &str = "mfa_failures";
+pub const SIGN_IN_LOCKOUT: &str = "sign_in_lockout";
 pub const STALE_ACCOUNTS: &str = "stale_accounts";
 pub const UNUSED_ROLES: &str = "unused_roles";
 pub const BREAK_GLASS_USED: &str = "break_glass_used";
@@ -87,6 +88,12 @@ pub const RULES: &[RuleDef] = &[
         description: "MFA failure burst (count within window_minutes) or lockout on a privileged account",
         severity: Severity::High,
         settings: &[("count", 3), ("window_minutes", 10)],
+    },
+    RuleDef {
+        id: SIGN_IN_LOCKOUT,
+        description: "Password sign-ins of a privileged account locked out: too many wrong passwords within 15 minutes (someone guessing, or keeping the account out)",
+        severity: Severity::High,
+        settings: &[],
     },
     RuleDef {
         id: STALE_ACCOUNTS,

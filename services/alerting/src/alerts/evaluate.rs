@@ -33,6 +33,30 @@ impl Alerts {
                 self.clear(txn, &format!("stale:{}", actor.principal_id), "signed in again")
                     .await?;
             }
+            Some(EventType::SignInFailed) => {
+                // Each sign-in refused while locked out; one alert per account while it is live.
+                let f: ev::SignInFailed = decode(e)?;
+                if f.reason == "locked_out"
+                    && !f.principal_id.is_empty()
+                    && store::is_privileged(txn, &f.principal_id, self.now()).await?
+                {
+                    let figures = BTreeMap::from([("user_name".to_owned(), f.user_name.clone())]);
+                    let subject = Subject {
+                        principal_id: f.principal_id.clone(),
+                        ..Subject::default()
+                    };
+                    let key = format!("sign_in_lockout:{}", f.principal_id);
+                    self.raise(
+                        txn,
+                        rules::SIGN_IN_LOCKOUT,
+                        &key,
+                        subject,
+                        std::slice::from_ref(&e.id),
+                        figures,
+                    )
+                    .await?;
+                }
+            }
             Some(EventType::MfaFailed | EventType::MfaLockedOut) => {
                 let m: ev::MfaEvent = decode(e)?;
                 // Every failure is kept for the window: the account may turn out privileged
