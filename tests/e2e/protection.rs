@@ -1006,6 +1006,7 @@ async fn users_and_service_principals_are_maintained_safely() -> anyhow::Result<
                 ),
             ))
             .await?;
+        let cas_id = cas.id.clone();
         let cas = ts.sign_in("cas", &pim_e2e::password_of("cas")).await?;
         let app = |id: &str| ipb::GetServicePrincipalRequest {
             service_principal_id: id.into(),
@@ -1039,6 +1040,28 @@ async fn users_and_service_principals_are_maintained_safely() -> anyhow::Result<
         directory
             .rotate_service_principal_secret(authed(&admin, app(&role_bot)))
             .await?;
+        // Dee may ask what an app decides, not what a person does.
+        {
+            use pim_proto::approval::v1 as rpb;
+            let mut approval = pim_proto::approval::v1::access_review_service_client::AccessReviewServiceClient::new(
+                ts.channel.clone(),
+            );
+            let of = |id: &str| rpb::ListPrivilegedDecisionsOfRequest {
+                principal_id: id.into(),
+            };
+            approval
+                .list_privileged_decisions_of(authed(&dee, of(&role_bot)))
+                .await?;
+            let person = approval
+                .list_privileged_decisions_of(authed(&dee, of(&cas_id)))
+                .await
+                .expect_err("Cas is a person");
+            assert_eq!(person.code(), Code::PermissionDenied, "{person:?}");
+            assert!(
+                person.message().contains("only about a service principal"),
+                "{person:?}"
+            );
+        }
         // A privileged role scheduled to start later protects as one in force: whoever took
         // the secret now would hold the role when it starts.
         let (later_bot, _) = ts.create_service_principal(&admin, "later-bot").await?;

@@ -58,6 +58,12 @@ impl Services {
     /// The principal `id` (a user, a group or a service principal), where the directory holds
     /// it enabled.
     pub(crate) async fn enabled_principal(&self, caller: &Caller, id: &str) -> Result<Option<Principal>> {
+        // The directory answers for disabled principals too: they decide nothing.
+        Ok(self.principal(caller, id).await?.filter(|p| p.enabled))
+    }
+
+    /// The principal `id`, enabled or not, if the directory holds it.
+    pub(crate) async fn principal(&self, caller: &Caller, id: &str) -> Result<Option<Principal>> {
         let request = on_behalf_of(
             caller,
             GetPrincipalRequest {
@@ -65,8 +71,7 @@ impl Services {
             },
         )?;
         match self.identity.clone().get_principal(request).await {
-            // The directory answers for disabled principals too: they decide nothing.
-            Ok(found) => Ok(Some(found.into_inner()).filter(|p| p.enabled)),
+            Ok(found) => Ok(Some(found.into_inner())),
             Err(s) if matches!(s.code(), tonic::Code::NotFound | tonic::Code::FailedPrecondition) => Ok(None),
             Err(s) => {
                 tracing::warn!(code = ?s.code(), "principal lookup failed");

@@ -264,15 +264,19 @@ impl Approvals {
     /// approvals (a stage's approvers, escalation included, as the request fixed them) and
     /// reviews not over (as a reviewer). Whoever holds their credentials would decide it, so
     /// identity asks before a credential administrator changes them (or whoever manages apps
-    /// an app's secret). A group named decides privileged access only if role-assignable, and
-    /// its members are protected as such.
+    /// an app's secret, and only of an app). A group named decides privileged access only if
+    /// role-assignable, and its members are protected as such.
     pub async fn privileged_decisions_of(&self, caller: &Caller, principal_id: &str) -> Result<Vec<String>> {
-        let mut asking = false;
-        for permission in [permissions::CREDENTIALS_RESET, permissions::SERVICE_PRINCIPALS_MANAGE] {
-            asking = asking || require(self.access.as_ref(), caller, permission, "/").await.is_ok();
-        }
-        if !asking {
-            require(self.access.as_ref(), caller, permissions::REVIEWS_MANAGE, "/").await?;
+        let may = |permission| require(self.access.as_ref(), caller, permission, "/");
+        if may(permissions::CREDENTIALS_RESET).await.is_err() && may(permissions::REVIEWS_MANAGE).await.is_err() {
+            may(permissions::SERVICE_PRINCIPALS_MANAGE).await?;
+            let asked = self.services.principal(caller, principal_id).await?;
+            if asked.is_none_or(|p| p.kind != PrincipalKind::ServicePrincipal as i32) {
+                return Err(Error::PermissionDenied(
+                    "whoever manages apps (pim.directory.servicePrincipals.manage) may ask only about a service principal"
+                        .into(),
+                ));
+            }
         }
         const PAGE: u64 = 200;
         let (mut decisions, mut asked) = (Vec::new(), Asked::default());
