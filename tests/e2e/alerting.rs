@@ -1055,6 +1055,21 @@ async fn access_to_a_group_holding_a_privileged_role_is_privileged() -> anyhow::
             .remove_group_member(authed(&w.admin, membership(&tier0)))
             .await?;
         w.resolved("group_member_outside_pim", &outside.id).await?;
+        // An owner added directly may add any member, herself included: alerted as well.
+        directory.add_group_owner(authed(&w.admin, membership(&tier0))).await?;
+        let owner = w
+            .alert("group_member_outside_pim", |a| {
+                a.principal_id == uma.id && a.status == pb::AlertStatus::Open as i32
+            })
+            .await?;
+        assert_eq!(
+            (owner.scope.as_str(), owner.role_id.as_str()),
+            (group_scope(&tier0).as_str(), "group-owner")
+        );
+        directory
+            .remove_group_owner(authed(&w.admin, membership(&tier0)))
+            .await?;
+        w.resolved("group_member_outside_pim", &owner.id).await?;
         Ok(w)
     })
     .await

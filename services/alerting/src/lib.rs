@@ -128,6 +128,8 @@ impl EventHandler for Detect {
                     | EventType::UnmanagedGrantCleared
                     | EventType::GroupMemberAdded
                     | EventType::GroupMemberRemoved
+                    | EventType::GroupOwnerAdded
+                    | EventType::GroupOwnerRemoved
                     | EventType::PolicyUpdated
                     | EventType::RoleDefinitionCreated
                     | EventType::RoleDefinitionUpdated

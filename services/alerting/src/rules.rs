@@ -49,7 +49,7 @@ pub const RULES: &[RuleDef] = &[
     },
     RuleDef {
         id: GROUP_MEMBER_OUTSIDE_PIM,
-        description: "A member added directly (not just in time through PIM) to a role-assignable group holding a privileged role: they hold it for good",
+        description: "A member or owner added directly (not just in time through PIM) to a role-assignable group holding a privileged role: a member holds it for good, an owner may add any member",
         severity: Severity::High,
         settings: &[],
     },

@@ -231,18 +231,34 @@ impl Alerts {
                 store::forget_privileged(txn, &a.assignment_id).await?;
                 self.check_global_admins(txn, &e.id).await?;
             }
-            Some(EventType::GroupMemberAdded | EventType::GroupMemberRemoved) => {
+            Some(
+                kind @ (EventType::GroupMemberAdded
+                | EventType::GroupMemberRemoved
+                | EventType::GroupOwnerAdded
+                | EventType::GroupOwnerRemoved),
+            ) => {
                 // A member added to a group that holds a privileged role holds it for good,
-                // outside PIM's just-in-time activation; the alert resolves when they leave.
+                // outside PIM's just-in-time activation, and an owner may add any member
+                // (themselves too); the alert resolves when they leave.
                 let m: ev::GroupMembershipChanged = decode(e)?;
-                let key = format!("group_member:{}:{}", m.group_id, m.principal_id);
-                if event_type(e) == Some(EventType::GroupMemberRemoved) {
-                    self.clear(txn, &key, "the member left the group").await?;
+                let owner = matches!(kind, EventType::GroupOwnerAdded | EventType::GroupOwnerRemoved);
+                let (key, role_id, left) = if owner {
+                    (
+                        "group_owner",
+                        pim_proto::catalogue::GROUP_OWNER,
+                        "the owner left the group",
+                    )
+                } else {
+                    ("group_member", "", "the member left the group")
+                };
+                let key = format!("{key}:{}:{}", m.group_id, m.principal_id);
+                if matches!(kind, EventType::GroupMemberRemoved | EventType::GroupOwnerRemoved) {
+                    self.clear(txn, &key, left).await?;
                 } else if m.is_assignable_to_role && store::is_privileged(txn, &m.group_id, self.now()).await? {
                     let figures = BTreeMap::from([("group_id".to_owned(), m.group_id.clone())]);
                     let subject = Subject {
                         principal_id: m.principal_id,
-                        role_id: String::new(),
+                        role_id: role_id.to_owned(),
                         scope: pim_proto::catalogue::group_scope(&m.group_id),
                     };
                     self.raise(
