@@ -161,6 +161,51 @@ async fn custom_roles_grant_their_permissions_just_in_time_and_go_only_when_unus
             .await
             .expect_err("lee manages no roles");
         assert_eq!(refused.code(), Code::PermissionDenied);
+        // Kim manages roles and nothing else: she may not make a role she holds, or a new
+        // one, hold more than she does (she would hold everything next); what she holds, she
+        // may give a role.
+        let editor = roles
+            .create_role_definition(authed(&w.admin, new_role("Role Editor", &["pim.roles.manage"])))
+            .await?
+            .into_inner();
+        let kim = w.user("kim").await?;
+        w.assignments()
+            .create_request(authed(
+                &w.admin,
+                apb::CreateRequestRequest {
+                    justification: "looks after role definitions".into(),
+                    ..request(
+                        apb::RequestAction::AdminAssign,
+                        apb::AssignmentKind::Active,
+                        &kim.id,
+                        &editor.id,
+                    )
+                },
+            ))
+            .await?;
+        let everything = roles
+            .update_role_definition(authed(
+                &kim.token,
+                apb::UpdateRoleDefinitionRequest {
+                    role: editor.id.clone(),
+                    permissions: vec!["pim.roles.manage".into(), "*".into()],
+                    ..Default::default()
+                },
+            ))
+            .await
+            .expect_err("Kim does not hold everything");
+        assert_eq!(everything.code(), Code::PermissionDenied, "{everything:?}");
+        assert!(everything.message().contains("* is not one of yours"), "{everything:?}");
+        for permissions in [&["pim.assignments.manage"][..], &["app.payments/*"]] {
+            let more = roles
+                .create_role_definition(authed(&kim.token, new_role("Kim's Own", permissions)))
+                .await
+                .expect_err("Kim holds neither");
+            assert_eq!(more.code(), Code::PermissionDenied, "{more:?}");
+        }
+        roles
+            .create_role_definition(authed(&kim.token, new_role("Role Editor Two", &["pim.roles.manage"])))
+            .await?;
 
         // Lee is eligible at the payments app and activates the role there, as a built-in one.
         let eligible = apb::CreateRequestRequest {

@@ -74,7 +74,11 @@ fn role_name(name: &str) -> Result<String> {
     if name.contains("  ") {
         return Err(Error::invalid("name", "words are separated by single spaces"));
     }
-    if uuid::Uuid::parse_str(&name).is_ok() || name.contains("(deleted ") {
+    // A name a built-in role's id already is would only ever find the built-in role.
+    let built_in_id = (pim_proto::catalogue::BUILT_IN_ROLES.iter())
+        .chain(pim_proto::catalogue::GROUP_ACCESS_ROLES)
+        .any(|r| r.id.eq_ignore_ascii_case(&name));
+    if uuid::Uuid::parse_str(&name).is_ok() || built_in_id || name.contains("(deleted ") {
         return Err(Error::invalid("name", "must not look like a role id or a deleted role"));
     }
     Ok(name)
@@ -96,6 +100,32 @@ impl Assignments {
         self.authorize(caller, permissions::ROLES_MANAGE, &Scope::root()).await
     }
 
+    /// Whether `caller` may put `added` into a role. Whoever may manage assignments everywhere
+    /// may hand out any role already (Global Administrator included), so a role's permissions
+    /// give them nothing more; anyone else who manages roles may add only what they hold
+    /// themselves (a wildcard only where one they hold reaches as far), or they would edit a
+    /// role they hold or may activate into one that holds everything.
+    async fn may_grant(&self, caller: &Caller, added: &[String]) -> Result<()> {
+        if added.is_empty()
+            || self
+                .authorize(caller, permissions::ASSIGNMENTS_MANAGE, &Scope::root())
+                .await
+                .is_ok()
+        {
+            return Ok(());
+        }
+        for permission in added {
+            if self.authorize(caller, permission, &Scope::root()).await.is_err() {
+                return Err(Error::PermissionDenied(format!(
+                    "a role may hold only permissions its editor holds ({permission} is not one of yours), \
+                     unless the editor may manage assignments everywhere ({} at /)",
+                    permissions::ASSIGNMENTS_MANAGE
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// The custom role `role` (id or name), or why it cannot be changed.
     fn custom_role(&self, role: &str) -> Result<RoleRow> {
         let found = self.role(role)?;
@@ -112,6 +142,7 @@ impl Assignments {
         self.may_manage_roles(caller).await?;
         let name = role_name(&new.name)?;
         let permissions = permission_set(new.permissions)?;
+        self.may_grant(caller, &permissions).await?;
         let role = RoleRow {
             id: uuid::Uuid::now_v7().to_string(),
             description: text("description", &new.description, MAX_DESCRIPTION)?,
@@ -162,12 +193,14 @@ impl Assignments {
                 .cloned()
                 .collect()
         };
+        let added = missing(&after, &before);
+        self.may_grant(caller, &added).await?;
         let event = ev::RoleDefinitionUpdated {
             actor: Some(caller.actor()),
             role_id: after.id.clone(),
             name: after.name.clone(),
             permissions: after.permissions.clone(),
-            permissions_added: missing(&after, &before),
+            permissions_added: added,
             permissions_removed: missing(&before, &after),
             privileged: after.privileged,
             was_privileged: before.privileged,
@@ -244,6 +277,7 @@ mod tests {
             "tab\there",
             "0192f3a4-b5c6-7d8e-9f0a-1b2c3d4e5f6a",
             "X (deleted 0192f3a4)",
+            "Group-Member",
         ] {
             assert!(role_name(bad).is_err(), "{bad:?}");
         }
