@@ -607,6 +607,21 @@ async fn identity_and_time_rules_raise_and_clear() -> anyhow::Result<()> {
                 .iter()
                 .any(|a| a.rule_id == "mfa_failures" && a.principal_id == ann.id)
         );
+        // Lee's fifth wrong code locks MFA: five failures (the lockout is no attempt of its
+        // own), locked out; an attempt refused while locked is a sixth, still locked out.
+        let figures = |a: &pb::Alert| {
+            let figure = |name: &str| a.figures.get(name).cloned().unwrap_or_default();
+            (figure("failures"), figure("locked_out"))
+        };
+        for (failures, refused) in [("5", "a wrong code"), ("6", "locked")] {
+            mfa.verify(authed(&lee.token, ipb::VerifyRequest { code: "000000".into() }))
+                .await
+                .expect_err(refused);
+            w.alert("mfa_failures", |a| {
+                a.id == burst.id && figures(a) == (failures.to_owned(), "true".to_owned())
+            })
+            .await?;
+        }
 
         // Wrong passwords until sign-ins are refused: a privileged account's lockout raises
         // one alert however many attempts it refuses; an unprivileged one's raises none.

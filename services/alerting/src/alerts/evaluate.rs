@@ -60,9 +60,14 @@ impl Alerts {
             Some(EventType::MfaFailed | EventType::MfaLockedOut) => {
                 let m: ev::MfaEvent = decode(e)?;
                 // Every failure is kept for the window: the account may turn out privileged
-                // by an event on another stream judged later.
-                store::record_mfa_failure(txn, &e.id, &m.user_id, at).await?;
-                let locked = event_type(e) == Some(EventType::MfaLockedOut);
+                // by an event on another stream judged later. A lockout follows the failure
+                // that caused it (one attempt, not two); an attempt refused while locked is a
+                // failure of its own, and the account is still locked out.
+                let lockout = event_type(e) == Some(EventType::MfaLockedOut);
+                if !lockout {
+                    store::record_mfa_failure(txn, &e.id, &m.user_id, at).await?;
+                }
+                let locked = lockout || m.reason == "locked_out";
                 if store::is_privileged(txn, &m.user_id, self.now()).await? {
                     self.check_mfa_failures(txn, &m.user_id, at, locked).await?;
                 }
