@@ -2,12 +2,13 @@
 //! ownership) and assignment (role definitions). Their answers come back in approval's
 //! words; their outages as UNAVAILABLE to retry, never as a decision.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use tonic::transport::Channel;
 
-use pim_proto::assignment::v1::GetRoleDefinitionRequest;
+use pim_proto::assignment::v1::assignment_service_client::AssignmentServiceClient;
 use pim_proto::assignment::v1::role_service_client::RoleServiceClient;
+use pim_proto::assignment::v1::{GetRoleDefinitionRequest, ListAssignmentsRequest};
 use pim_proto::identity::v1::directory_service_client::DirectoryServiceClient;
 use pim_proto::identity::v1::{GetPrincipalRequest, ListPrincipalGroupsRequest, Principal};
 use pim_runtime::access::on_behalf_of;
@@ -96,6 +97,34 @@ impl Services {
             Err(Error::InvalidArgument { .. }) => Ok(false),
             Err(err) => Err(err),
         }
+    }
+
+    /// The groups `caller` may be in through PIM: membership or ownership (an owner may add
+    /// herself) they are eligible for or hold, scheduled ones included.
+    pub(crate) async fn groups_through_pim(&self, caller: &Caller) -> Result<HashSet<String>> {
+        let ask = ListAssignmentsRequest {
+            principal_id: caller.principal_id.clone(),
+            include_scheduled: true,
+            ..Default::default()
+        };
+        let mut assignments = AssignmentServiceClient::new(self.assignment.clone());
+        let unavailable = |s: tonic::Status| {
+            tracing::warn!(code = ?s.code(), "group access lookup failed");
+            Error::Unavailable("group access is unavailable; try again".into())
+        };
+        let eligible = assignments
+            .list_eligible_assignments(on_behalf_of(caller, ask.clone())?)
+            .await
+            .map_err(unavailable)?;
+        let active = assignments
+            .list_active_assignments(on_behalf_of(caller, ask)?)
+            .await
+            .map_err(unavailable)?;
+        Ok((eligible.into_inner().assignments.into_iter())
+            .chain(active.into_inner().assignments)
+            .filter(|a| pim_proto::catalogue::is_group_access(&a.role_id))
+            .filter_map(|a| pim_proto::catalogue::group_of_scope(&a.scope).map(str::to_owned))
+            .collect())
     }
 
     /// The id of a role given by name or id, and whether it is privileged; it must exist.

@@ -353,10 +353,7 @@ impl Approvals {
         if caller.kind != PrincipalKind::User {
             return Ok(true);
         }
-        Ok(!self
-            .caller_groups(caller, asked)
-            .await?
-            .contains_key(&item.principal_id))
+        Ok(!self.in_group(caller, &item.principal_id, asked).await?)
     }
 
     /// The current instance's items the caller reviews (of one review, or of every review in
@@ -408,7 +405,7 @@ impl Approvals {
             .ok_or_else(|| Error::NotFound("access review".into()))?;
         if !self.may_review(caller, &review, &item, &mut Asked::default()).await? {
             return Err(Error::PermissionDenied(
-                "you are not a reviewer of this item (no one reviews their own access, nor a group's they are in: the review's other reviewers decide it)".into(),
+                "you are not a reviewer of this item (no one reviews their own access, nor a group's they are in or may join through PIM: the review's other reviewers decide it)".into(),
             ));
         }
         let txn = self.db.begin().await?;
