@@ -449,6 +449,79 @@ async fn reviewers_do_not_review_their_own_access() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_review_removes_only_what_its_creator_may_and_names_one_group() -> anyhow::Result<()> {
+    run(|w| async move {
+        // Gina manages reviews and nothing else: a review may ask, not remove for her.
+        let manager = pim_proto::assignment::v1::role_service_client::RoleServiceClient::new(w.ts.channel.clone())
+            .create_role_definition(authed(
+                &w.admin,
+                apb::CreateRoleDefinitionRequest {
+                    name: "Review Manager".into(),
+                    description: "Runs access reviews".into(),
+                    permissions: vec!["pim.reviews.manage".into()],
+                    privileged: false,
+                },
+            ))
+            .await?
+            .into_inner();
+        let gina = w.user("gina").await?;
+        w.assignments()
+            .create_request(authed(
+                &w.admin,
+                apb::CreateRequestRequest {
+                    justification: "runs the quarterly reviews".into(),
+                    ..crate::activation::request(
+                        apb::RequestAction::AdminAssign,
+                        apb::AssignmentKind::Active,
+                        &gina.id,
+                        &manager.id,
+                    )
+                },
+            ))
+            .await?;
+        let admins = || removing_review("admins", "Global Administrator", pb::ReviewScope::Active, &gina.id);
+        let removing = w
+            .reviews()
+            .create_review(authed(&gina.token, admins()))
+            .await
+            .expect_err("Gina may not remove Global Administrators");
+        assert_eq!(removing.code(), Code::PermissionDenied, "{removing:?}");
+        assert!(removing.message().contains("auto-apply"), "{removing:?}");
+        let mut asking = admins();
+        asking.review.as_mut().expect("a review").auto_apply = false;
+        w.reviews().create_review(authed(&gina.token, asking)).await?;
+
+        // Group membership is reviewed one group at a time, and the group must exist.
+        let members = |scope: &str| {
+            let mut review = removing_review("members", "group-member", pb::ReviewScope::Eligible, &gina.id);
+            review.review.as_mut().expect("a review").scope = scope.into();
+            review
+        };
+        let everywhere = w
+            .reviews()
+            .create_review(authed(&w.admin, members("/")))
+            .await
+            .expect_err("no group named");
+        assert_eq!(everywhere.code(), Code::InvalidArgument, "{everywhere:?}");
+        let nowhere = w
+            .reviews()
+            .create_review(authed(
+                &w.admin,
+                members(&pim_proto::catalogue::group_scope(&uuid::Uuid::new_v4().to_string())),
+            ))
+            .await
+            .expect_err("no such group");
+        assert_eq!(nowhere.code(), Code::NotFound, "{nowhere:?}");
+        let ops = w.role_assignable_group("ops").await?;
+        w.reviews()
+            .create_review(authed(&w.admin, members(&pim_proto::catalogue::group_scope(&ops))))
+            .await?;
+        Ok(w)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_weekly_review_by_a_group_starts_again_with_a_fresh_snapshot() -> anyhow::Result<()> {
     run(|w| async move {
         let ann = w.user("ann").await?;

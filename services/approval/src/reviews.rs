@@ -151,13 +151,31 @@ impl Approvals {
             ));
         }
         require(self.access.as_ref(), caller, permissions::REVIEWS_MANAGE, &scope).await?;
+        // Auto-apply removes what reviewers deny: only for whoever may remove it themselves.
+        if r.auto_apply {
+            require(self.access.as_ref(), caller, permissions::ASSIGNMENTS_MANAGE, &scope)
+                .await
+                .map_err(|_| {
+                    Error::PermissionDenied(format!(
+                        "a review that removes what is denied (auto-apply) needs {} at {scope}, as removing it directly does",
+                        permissions::ASSIGNMENTS_MANAGE
+                    ))
+                })?;
+        }
         let (role_id, mut privileged) = self.services.role(caller, role_id).await?;
-        if let Some(group) = catalogue::group_of_scope(&scope).filter(|_| catalogue::is_group_access(&role_id)) {
-            privileged |= self
-                .services
-                .enabled_principal(caller, group)
-                .await?
-                .is_some_and(|g| g.is_assignable_to_role);
+        if catalogue::is_group_access(&role_id) {
+            // Membership and ownership are reviewed one group at a time, a group that exists.
+            let Some(group) = catalogue::group_of_scope(&scope) else {
+                return Err(Error::invalid(
+                    "review.scope",
+                    "a review of group membership or ownership names its group: /groups/{group id}",
+                ));
+            };
+            let found = self.services.principal(caller, group).await?;
+            let Some(group) = found.filter(|g| g.kind() == PrincipalKind::Group) else {
+                return Err(Error::NotFound(format!("group {group}")));
+            };
+            privileged |= group.is_assignable_to_role;
         }
         // A reviewer the directory does not hold (or holds disabled) would never decide; one
         // deciding on privileged access is a group only if role-assignable.
