@@ -124,7 +124,9 @@ async fn a_review_removes_denied_and_unanswered_assignments_and_keeps_approved_o
         for u in [&lee, &kim, &joe] {
             w.make_eligible(u, EXCHANGE_ADMINISTRATOR).await?;
         }
-        // Lee used the role last week; Kim and Joe never did.
+        // Eligible for over 30 days (younger, an eligibility gets no recommendation): Lee used
+        // the role this week; Kim and Joe never did.
+        w.clock.advance(Duration::from_secs(31 * DAY_S as u64));
         w.assignments()
             .create_request(authed(
                 &w.stepped_up(&lee)?,
@@ -304,6 +306,11 @@ async fn a_groups_eligibility_is_recommended_by_its_members_activations() -> any
         for group in [&used, &idle] {
             w.make_principal_eligible(group, EXCHANGE_ADMINISTRATOR).await?;
         }
+        // Eligible for over 30 days: old enough to be judged by use; a team eligible since
+        // today is too new to judge.
+        w.clock.advance(Duration::from_secs(31 * DAY_S as u64));
+        let new = w.role_assignable_group("new team").await?;
+        w.make_principal_eligible(&new, EXCHANGE_ADMINISTRATOR).await?;
         w.ts.settle().await?;
         w.assignments()
             .create_request(authed(
@@ -311,7 +318,7 @@ async fn a_groups_eligibility_is_recommended_by_its_members_activations() -> any
                 activation(EXCHANGE_ADMINISTRATOR, HOUR_MS, "mailbox restore"),
             ))
             .await?;
-        w.approval_sees(3, 1).await?;
+        w.approval_sees(4, 1).await?;
         let review = w
             .reviews()
             .create_review(authed(
@@ -338,6 +345,7 @@ async fn a_groups_eligibility_is_recommended_by_its_members_activations() -> any
             "Sam activated through it"
         );
         assert_eq!(recommended(&idle).as_deref(), Some("deny"), "nobody did");
+        assert_eq!(recommended(&new).as_deref(), Some(""), "too new to tell");
         Ok(w)
     })
     .await

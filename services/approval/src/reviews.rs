@@ -498,6 +498,9 @@ impl Approvals {
                 let last = store::last_activation(txn, &a.principal_id, &a.role_id).await?;
                 if last.is_some_and(|at| at > now - UNUSED_MS) {
                     "approve"
+                } else if a.start_at > now - UNUSED_MS {
+                    // Held for less time than is weighed: too new to tell, no recommendation.
+                    ""
                 } else {
                     "deny"
                 }
