@@ -36,6 +36,16 @@ impl Session {
     pub(crate) fn open(args: &ClientArgs, signed_in: bool) -> anyhow::Result<Self> {
         let _ = OUTPUT.set((args.output, args.ids));
         let (server, ca) = target(args);
+        // Tokens carry who calls; a password in the address would only be kept beside the
+        // token (and shown wherever the address is).
+        if server
+            .split_once("://")
+            .is_some_and(|(_, rest)| rest.split('/').next().unwrap_or_default().contains('@'))
+        {
+            anyhow::bail!(
+                "--server takes no credentials in its address (user:password@): pim signs in with pim login; give the address alone"
+            );
+        }
         let tls = TlsConfig {
             ca,
             client_cert: args.client_cert.clone(),
@@ -374,8 +384,26 @@ pub(crate) fn write_token(args: &ClientArgs, token: &str) -> anyhow::Result<Path
     let ca = ca
         .map(|ca| std::path::absolute(&ca).unwrap_or(ca).display().to_string())
         .unwrap_or_default();
-    std::fs::write(path.with_extension("server"), format!("{server}\n{ca}\n"))
-        .with_context(|| format!("writing {}", path.with_extension("server").display()))?;
+    let server_path = path.with_extension("server");
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options
+        .open(&server_path)
+        .and_then(|mut file| {
+            // One an earlier version wrote kept its mode.
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+            }
+            file.write_all(format!("{server}\n{ca}\n").as_bytes())
+        })
+        .with_context(|| format!("writing {}", server_path.display()))?;
     Ok(path)
 }
 

@@ -574,7 +574,18 @@ fn the_readme_walk_through_works_and_survives_a_restart() {
             .permissions()
             .mode();
         assert_eq!(mode & 0o077, 0, "only its owner may read the key");
+        // The server a token was signed in at is kept beside it, as privately.
+        let remembered = std::fs::metadata(dir.join("admin-token.server"))
+            .expect("the server remembered")
+            .permissions()
+            .mode();
+        assert_eq!(remembered & 0o077, 0, "only its owner reads where the token works");
     }
+    // A password in the server's address would be kept there: refused, and not echoed.
+    let refused = admin.run(&["roles", "--server", "http://ops:hunter2@127.0.0.1:1"], None);
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert_ne!(refused.status.code(), Some(0), "{said}");
+    assert!(said.contains("no credentials") && !said.contains("hunter2"), "{said}");
     up.terminate();
 
     // Restarted on the same data: no new administrator, same access, same tokens, same key.
