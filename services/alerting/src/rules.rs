@@ -206,11 +206,13 @@ pub fn check_values(def: &RuleDef, changes: &BTreeMap<String, String>) -> Result
                 known.join(", ")
             ));
         }
+        // A share is of a whole: past 100 % it would never be reached.
+        let most = if name.ends_with("_percent") { 100 } else { 1_000_000 };
         match value.trim().parse::<i64>() {
-            Ok(n) if (1..=1_000_000).contains(&n) => {
+            Ok(n) if (1..=most).contains(&n) => {
                 out.insert(name.clone(), n);
             }
-            _ => return Err(format!("{name} must be a whole number from 1 to 1000000")),
+            _ => return Err(format!("{name} must be a whole number from 1 to {most}")),
         }
     }
     Ok(out)
@@ -229,5 +231,11 @@ mod tests {
         assert!(check_values(def, &BTreeMap::from([("count".to_owned(), "0".to_owned())])).is_err());
         assert!(check_values(def, &BTreeMap::from([("count".to_owned(), "x".to_owned())])).is_err());
         assert_eq!(Settings::defaults(def).get("window_hours"), 24);
+        let share = |v: &str| {
+            let def = rule(TOO_MANY_GLOBAL_ADMINS).unwrap();
+            check_values(def, &BTreeMap::from([("min_percent".to_owned(), v.to_owned())]))
+        };
+        assert_eq!(share("100").unwrap()["min_percent"], 100);
+        assert!(share("101").unwrap_err().contains("from 1 to 100"));
     }
 }
