@@ -551,13 +551,18 @@ impl Directory {
     }
 
     /// A new access token for a live session; the refresh token is replaced (a reused one fails).
-    pub async fn refresh(&self, refresh_token: &str) -> Result<Session> {
+    /// A refusal of a session's token is recorded as a failed sign-in of its user (a token
+    /// matching no session is not: it names nobody, and anyone could flood the record).
+    pub async fn refresh(&self, refresh_token: &str, client: &ClientInfo) -> Result<Session> {
         let old = refresh_hash(refresh_token.trim());
         let now = now_ms();
-        let session = store::session_by_refresh(&self.db, &old)
-            .await?
-            .filter(|s| s.revoked_at.is_none() && s.expires_at > now);
-        let Some(session) = session else {
+        let found = store::session_by_refresh(&self.db, &old).await?;
+        if let Some(ended) = found.as_ref().filter(|s| s.revoked_at.is_some() || s.expires_at <= now) {
+            self.refresh_refused(&ended.principal_id, "refresh_session_ended", client)
+                .await?;
+            return Err(Error::BadRefresh);
+        }
+        let Some(session) = found else {
             // A refresh token spent already, shown again: someone kept a copy (the client
             // keeps only the newest). Whoever holds the session now may be the thief: it ends.
             // Within seconds of its use it is the client's own retry (an answer lost, two
@@ -570,13 +575,19 @@ impl Directory {
             }
             return Err(Error::BadRefresh);
         };
-        let user = store::find_user(&self.db, &session.principal_id)
+        let Some(user) = store::find_user(&self.db, &session.principal_id)
             .await?
             .filter(|u| u.enabled)
-            .ok_or(Error::BadRefresh)?;
+        else {
+            self.refresh_refused(&session.principal_id, "refresh_user_disabled", client)
+                .await?;
+            return Err(Error::BadRefresh);
+        };
         // A session from before every user had to enrol MFA goes on only as a sign-in would:
         // a user with no method signs in again, and enrols.
         if self.signin_mfa == SigninMfa::Required && self.confirmed_methods(&user.id).await?.is_empty() {
+            self.sign_in_failed(&user.user_name, &user.id, "refresh_mfa_required", client)
+                .await?;
             return Err(Error::Unauthenticated(
                 "every user must enrol MFA now (PIM_SIGNIN_MFA=required): sign in again, and enrol an authenticator"
                     .into(),
@@ -600,6 +611,15 @@ impl Directory {
         };
         let issued = self.keys.issue(&subject, self.token_ttl)?;
         Ok(Session::new(user.id, issued, amr, next))
+    }
+
+    /// A refresh of `principal_id`'s session refused for `reason`: a failed sign-in of theirs.
+    async fn refresh_refused(&self, principal_id: &str, reason: &str, client: &ClientInfo) -> Result<()> {
+        let name = store::find_user(&self.db, principal_id)
+            .await?
+            .map(|u| u.user_name)
+            .unwrap_or_default();
+        self.sign_in_failed(&name, principal_id, reason, client).await
     }
 
     /// Ends the caller's session (or the one `refresh_token` names, if it is theirs): its

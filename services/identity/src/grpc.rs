@@ -478,8 +478,11 @@ impl AuthService for Directory {
     }
 
     async fn refresh(&self, request: Request<pb::RefreshRequest>) -> Result<Response<pb::SignInResponse>, Status> {
+        let client = client_info(&request, &self.forwarders);
         let token = required("refresh_token", &request.get_ref().refresh_token)?;
-        Ok(Response::new(session_to_pb(Directory::refresh(self, token).await?)))
+        Ok(Response::new(session_to_pb(
+            Directory::refresh(self, token, &client).await?,
+        )))
     }
 
     async fn sign_out(&self, request: Request<pb::SignOutRequest>) -> Result<Response<pb::SignOutResponse>, Status> {
