@@ -152,8 +152,13 @@ impl Inbox {
         true
     }
 
-    /// Applies every envelope not applied before, in one transaction (all or none).
+    /// Applies every envelope not applied before, in one transaction (all or none); again at
+    /// once where the database gave the transaction up for another ([`again_if_conflict`]).
     pub async fn apply_all(&self, envelopes: &[Envelope]) -> anyhow::Result<()> {
+        again_if_conflict(self.consumer(), || self.apply_all_once(envelopes)).await
+    }
+
+    async fn apply_all_once(&self, envelopes: &[Envelope]) -> anyhow::Result<()> {
         let wanted: Vec<&Envelope> = envelopes.iter().filter(|e| self.acts_on(e)).collect();
         if wanted.is_empty() {
             return Ok(());
@@ -231,8 +236,13 @@ impl Inbox {
         Ok(())
     }
 
-    /// Applies `envelope` unless this consumer already did; returns whether it was new.
+    /// Applies `envelope` unless this consumer already did; returns whether it was new. Again
+    /// at once where the database gave the transaction up for another ([`again_if_conflict`]).
     pub async fn apply(&self, envelope: &Envelope) -> anyhow::Result<bool> {
+        again_if_conflict(self.consumer(), || self.apply_once(envelope)).await
+    }
+
+    async fn apply_once(&self, envelope: &Envelope) -> anyhow::Result<bool> {
         if !self.acts_on(envelope) {
             return Ok(false);
         }
@@ -245,6 +255,36 @@ impl Inbox {
         txn.commit().await.context("committing consumer transaction")?;
         self.handler.after_commit(envelope).await;
         Ok(true)
+    }
+}
+
+/// How often an event whose transaction the database gave up (a deadlock, a serialization
+/// failure) is applied again at once, before it is left to redelivery.
+const CONFLICT_ATTEMPTS: u32 = 5;
+
+/// Runs `attempt` again, after a short pause, while it fails because the database gave its
+/// transaction up for another one met at the same moment (nothing of it was applied): left to
+/// redelivery, the event (a member's removal, say) would wait for the claim timeout (30 s),
+/// and access it ends would last as long.
+async fn again_if_conflict<T, F, Fut>(consumer: &str, mut attempt: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let mut tried = 1;
+    loop {
+        match attempt().await {
+            Err(err) if tried < CONFLICT_ATTEMPTS && db::conflict_in(&err).is_some() => {
+                tracing::info!(
+                    consumer,
+                    attempt = tried,
+                    "an event's transaction met another; applying it again"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(10 << tried)).await;
+                tried += 1;
+            }
+            outcome => return outcome,
+        }
     }
 }
 
@@ -282,4 +322,90 @@ pub(crate) fn handle_event<F: std::future::Future>(
     );
     let _ = span.set_parent(crate::telemetry::context_from_traceparent(&envelope.traceparent));
     crate::telemetry::traced(span, Some(&envelope.traceparent), handling)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use sea_orm::ConnectionTrait;
+
+    use super::*;
+    use crate::events::{Source, envelope};
+
+    /// Fails its first `conflicts` attempts as PostgreSQL does when it gives a transaction up
+    /// for another (or with another fault), then applies.
+    struct Flaky {
+        calls: AtomicU32,
+        conflicts: u32,
+        sql_state: &'static str,
+    }
+
+    #[async_trait::async_trait]
+    impl EventHandler for Flaky {
+        fn consumer(&self) -> &str {
+            "flaky"
+        }
+        fn streams(&self) -> Vec<&'static str> {
+            vec![]
+        }
+        async fn handle(&self, txn: &DatabaseTransaction, _envelope: &Envelope) -> anyhow::Result<()> {
+            if self.calls.fetch_add(1, Ordering::SeqCst) < self.conflicts {
+                let raise = format!(
+                    "DO $$ BEGIN RAISE EXCEPTION 'given up' USING ERRCODE = '{}'; END $$",
+                    self.sql_state
+                );
+                txn.execute_unprepared(&raise).await.context("applying the event")?;
+            }
+            Ok(())
+        }
+    }
+
+    /// An event whose transaction PostgreSQL gave up for another (a deadlock, a serialization
+    /// failure) is applied again at once, once; any other fault is left to redelivery.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_transaction_given_up_for_another_is_applied_again_at_once() -> anyhow::Result<()> {
+        let database = crate::testing::TestDatabase::create("conflicted_events").await?;
+        let db = db::connect(&database.url).await?;
+        let outcome = async {
+            db.execute_unprepared(
+                "CREATE TABLE inbox (consumer TEXT NOT NULL, event_id TEXT NOT NULL, processed_at BIGINT NOT NULL, PRIMARY KEY (consumer, event_id))",
+            )
+            .await?;
+            let event = || envelope(Source::Identity, EventType::GroupMemberRemoved, "g", &());
+            let flaky = |sql_state| {
+                Arc::new(Flaky {
+                    calls: AtomicU32::new(0),
+                    conflicts: 2,
+                    sql_state,
+                })
+            };
+            for sql_state in ["40P01", "40001"] {
+                let (one, batch) = (flaky(sql_state), flaky(sql_state));
+                assert!(
+                    Inbox::new(db.clone(), one.clone()).apply(&event()).await?,
+                    "applied on its third attempt ({sql_state})"
+                );
+                Inbox::new(db.clone(), batch.clone()).apply_all(&[event()]).await?;
+                for handler in [one, batch] {
+                    assert_eq!(handler.calls.load(Ordering::SeqCst), 3, "{sql_state}");
+                }
+            }
+            let faulty = Arc::new(Flaky {
+                calls: AtomicU32::new(0),
+                conflicts: 1,
+                sql_state: "P0001",
+            });
+            let failed = Inbox::new(db.clone(), faulty.clone()).apply(&event()).await;
+            assert!(failed.is_err());
+            assert_eq!(faulty.calls.load(Ordering::SeqCst), 1, "a fault is not a conflict");
+            let row = db::query_one(&db, "SELECT COUNT(*) AS n FROM inbox", vec![]).await?.expect("a count");
+            assert_eq!(db::col::<i64>(&row, "n")?, 4, "each applied event recorded once");
+            anyhow::Ok(())
+        }
+        .await;
+        db.close().await?;
+        database.drop_database().await?;
+        outcome
+    }
 }
