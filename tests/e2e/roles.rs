@@ -294,7 +294,12 @@ async fn custom_roles_grant_their_permissions_just_in_time_and_go_only_when_unus
         );
 
         // Removing a permission from the role removes it from everyone holding the role, at
-        // once; what the role still grants stays granted.
+        // once; what the role still grants stays granted. Apps caching answers are told to
+        // ask again about whoever holds it.
+        let mut watching = AccessServiceClient::new(w.ts.channel.clone())
+            .watch_access_changes(authed(&w.admin, apb::WatchAccessChangesRequest::default()))
+            .await?
+            .into_inner();
         roles
             .update_role_definition(authed(
                 &w.admin,
@@ -322,6 +327,16 @@ async fn custom_roles_grant_their_permissions_just_in_time_and_go_only_when_unus
         );
         let report = "app.payments/reports/monthly";
         assert!(w.check_permission(&lee.id, report, PAYMENTS).await?.allowed);
+        let told = tokio::time::timeout(Duration::from_secs(10), async {
+            while let Some(change) = watching.message().await? {
+                if change.principal_id == lee.id && change.redefined {
+                    return anyhow::Ok(change);
+                }
+            }
+            anyhow::bail!("the stream ended")
+        })
+        .await??;
+        assert!(told.active && told.role_id == refunder.id, "{told:?}");
 
         // An hour later the activation has ended, and with it the permission.
         w.clock.advance(Duration::from_millis(HOUR_MS as u64));

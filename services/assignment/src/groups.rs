@@ -178,6 +178,7 @@ impl Memberships {
                 assignment_id,
                 grant,
                 active,
+                redefined: false,
             });
         }
         for group in self.groups_of(user) {
@@ -238,6 +239,15 @@ impl Memberships {
                 watched.index.changes().access_lost();
             }
         }
+    }
+
+    /// The members of `group_id` as identity holds them.
+    pub fn members_of(&self, group_id: &str) -> Vec<String> {
+        let held = self.held.read().unwrap_or_else(|e| e.into_inner());
+        (held.groups_of.iter())
+            .filter(|(_, groups)| groups.contains(group_id))
+            .map(|(member, _)| member.clone())
+            .collect()
     }
 
     pub fn groups_of(&self, principal_id: &str) -> Vec<String> {
@@ -306,6 +316,7 @@ fn membership_grant(group_id: &str, principal_id: &str, active: bool) -> Change 
             version: 0,
         },
         active,
+        redefined: false,
     }
 }
 

@@ -5,7 +5,7 @@
 //! every answer compares them with the clock: a late update never lets an expired role
 //! through. A removal made on another replica reaches this one with the event (milliseconds).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -80,6 +80,9 @@ pub struct Change {
     pub assignment_id: String,
     pub grant: Grant,
     pub active: bool,
+    /// The grant holds on, but what its role grants changed (a custom role's permissions):
+    /// answers cached from it are to be asked again.
+    pub redefined: bool,
 }
 
 impl Default for AccessIndex {
@@ -147,6 +150,7 @@ impl AccessIndex {
             assignment_id: assignment_id.to_owned(),
             grant,
             active: true,
+            redefined: false,
         });
         drop(map);
         // A grant held before and now different (an earlier end) may grant less.
@@ -202,12 +206,52 @@ impl AccessIndex {
             assignment_id: assignment_id.to_owned(),
             grant,
             active: false,
+            redefined: false,
         });
         if grants.is_empty() {
             map.remove(principal_id);
         }
         drop(map);
         self.changes.access_lost();
+    }
+
+    /// Tells watchers that what `roles` grant changed: each grant of one is announced again,
+    /// marked `redefined`, to its holder and, where a group holds it, to the group's members
+    /// (`members_of`: identity's members; those just in time hold a Group Member grant of the
+    /// group's scope here).
+    pub fn announce_redefined(&self, roles: &HashSet<String>, members_of: impl Fn(&str) -> Vec<String>) {
+        if roles.is_empty() {
+            return;
+        }
+        let mut held = Vec::new();
+        let mut members = Vec::new();
+        for shard in self.shards.iter() {
+            let map = shard.read().unwrap_or_else(|e| e.into_inner());
+            for (principal, grants) in map.iter() {
+                for (id, grant) in grants {
+                    if roles.contains(&grant.role_id) {
+                        held.push((principal.clone(), id.clone(), grant.clone()));
+                    } else if grant.role_id == pim_proto::catalogue::GROUP_MEMBER {
+                        members.push((principal.clone(), grant.scope.clone()));
+                    }
+                }
+            }
+        }
+        let redefined = |principal_id: String, assignment_id: &str, grant: &Grant| Change {
+            principal_id,
+            assignment_id: assignment_id.to_owned(),
+            grant: grant.clone(),
+            active: true,
+            redefined: true,
+        };
+        for (holder, id, grant) in &held {
+            self.changes.send(redefined(holder.clone(), id, grant));
+            let scope = pim_proto::catalogue::group_scope(holder);
+            let just_in_time = members.iter().filter(|(_, s)| *s == scope).map(|(m, _)| m.clone());
+            for member in members_of(holder).into_iter().chain(just_in_time) {
+                self.changes.send(redefined(member, id, grant));
+            }
+        }
     }
 
     /// The principal's grants that have not ended by `now`, started or not: (assignment id,
@@ -307,6 +351,48 @@ mod tests {
             end,
             version: 1,
         }
+    }
+
+    /// A role redefined is announced again to its holders, and where a group holds it, to the
+    /// group's members: identity's and those just in time; nobody else hears of it.
+    #[tokio::test]
+    async fn a_role_redefined_is_announced_to_whoever_holds_it() {
+        let index = AccessIndex::default();
+        index.upsert("lee", "a1", grant(0, None));
+        index.upsert("team", "a2", grant(0, None));
+        let member = Grant {
+            role_id: pim_proto::catalogue::GROUP_MEMBER.into(),
+            scope: pim_proto::catalogue::group_scope("team"),
+            ..grant(0, None)
+        };
+        index.upsert("kim", "a3", member);
+        index.upsert(
+            "joe",
+            "a4",
+            Grant {
+                role_id: "other".into(),
+                ..grant(0, None)
+            },
+        );
+        let mut heard = index.subscribe();
+        let members = |group: &str| {
+            if group == "team" {
+                vec!["ann".to_owned()]
+            } else {
+                Vec::new()
+            }
+        };
+        index.announce_redefined(&HashSet::from(["r".to_owned()]), members);
+        let mut told = Vec::new();
+        while let Ok(change) = heard.try_recv() {
+            assert!(
+                change.redefined && change.active && change.grant.role_id == "r",
+                "{change:?}"
+            );
+            told.push(change.principal_id);
+        }
+        told.sort();
+        assert_eq!(told, ["ann", "kim", "lee", "team"]);
     }
 
     #[tokio::test]

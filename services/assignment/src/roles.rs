@@ -2,7 +2,7 @@
 //! Entra's role template ids so people recognise them), and an in-memory catalogue of all
 //! roles for the CheckAccess hot path.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
 use pim_runtime::db::Db;
@@ -85,14 +85,22 @@ impl RoleCatalog {
         Ok(catalog)
     }
 
-    pub async fn reload(&self, db: &Db) -> anyhow::Result<()> {
+    /// Reads the catalogue again; answers the ids of the roles whose permissions changed
+    /// (or that appeared or went).
+    pub async fn reload(&self, db: &Db) -> anyhow::Result<HashSet<String>> {
         let _one_at_a_time = self.reloading.lock().await;
         let roles: HashMap<String, RoleRow> = store::roles(db).await?.into_iter().map(|r| (r.id.clone(), r)).collect();
         let granting = PermissionIndex::build(&roles);
         // Roles first: a role that appears is found before any check is told it grants.
-        *self.roles.write().unwrap_or_else(|e| e.into_inner()) = roles;
+        let before = std::mem::replace(
+            &mut *self.roles.write().unwrap_or_else(|e| e.into_inner()),
+            roles.clone(),
+        );
         *self.granting.write().unwrap_or_else(|e| e.into_inner()) = granting;
-        Ok(())
+        Ok((before.keys().chain(roles.keys()))
+            .filter(|id| before.get(*id).map(|r| &r.permissions) != roles.get(*id).map(|r| &r.permissions))
+            .cloned()
+            .collect())
     }
 
     pub fn get(&self, id: &str) -> Option<RoleRow> {

@@ -258,8 +258,12 @@ impl Assignments {
     /// Reads the catalogue again; answers cached from the one before are dropped (a role
     /// that lost a permission no longer grants it anywhere in this process).
     pub(crate) async fn reload_roles(&self) -> anyhow::Result<()> {
-        self.roles.reload(&self.db).await?;
+        let redefined = self.roles.reload(&self.db).await?;
         self.index.changes().access_lost();
+        // Apps that cache answers by permission ask again for whoever holds a role that
+        // changed (WatchAccessChanges).
+        self.index
+            .announce_redefined(&redefined, |group| self.memberships.members_of(group));
         Ok(())
     }
 }

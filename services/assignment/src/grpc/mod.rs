@@ -404,6 +404,7 @@ impl AccessService for Assignments {
                         // Identity's memberships have no start PIM knows of.
                         start_time: (c.grant.start > 0).then(|| to_timestamp(c.grant.start)),
                         end_time: c.grant.end.map(to_timestamp),
+                        redefined: c.redefined,
                     }),
                     // A watcher too slow to keep up must resynchronise rather than miss changes silently.
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => Err(Status::data_loss(format!(
