@@ -393,21 +393,22 @@ async fn a_disable_reaches_assignment_while_identitys_events_wait_for_redis() ->
             ))
             .await?
             .into_inner();
-        AssignmentServiceClient::new(assignment_channel.clone())
-            .create_request(authed(
-                &token,
-                apb::CreateRequestRequest {
-                    action: apb::RequestAction::AdminAssign as i32,
-                    kind: apb::AssignmentKind::Active as i32,
-                    principal_id: lee.id.clone(),
-                    role_id: "Exchange Administrator".into(),
-                    scope: "/".into(),
-                    schedule: crate::activation::lasting(3_600_000),
-                    justification: "on call".into(),
-                    ..Default::default()
-                },
-            ))
-            .await?;
+        // Active for an hour.
+        let assign = |principal_id: &str, role_id: &str| {
+            let request = apb::CreateRequestRequest {
+                action: apb::RequestAction::AdminAssign as i32,
+                kind: apb::AssignmentKind::Active as i32,
+                principal_id: principal_id.into(),
+                role_id: role_id.into(),
+                scope: "/".into(),
+                schedule: crate::activation::lasting(3_600_000),
+                justification: "on call".into(),
+                ..Default::default()
+            };
+            let (mut assignments, token) = (AssignmentServiceClient::new(assignment_channel.clone()), token.clone());
+            async move { assignments.create_request(authed(&token, request)).await }
+        };
+        assign(&lee.id, "Exchange Administrator").await?;
         let check = || {
             let (channel, token, lee) = (assignment_channel.clone(), token.clone(), lee.id.clone());
             async move {
@@ -473,6 +474,68 @@ async fn a_disable_reaches_assignment_while_identitys_events_wait_for_redis() ->
             .await?
             .into_inner();
         assert_eq!(waiting.status, apb::RequestStatus::PendingApproval as i32);
+
+        // A role-assignable group's members change in assignment before the change answers,
+        // Redis or not: identity gives it the signed events itself.
+        let night = directory
+            .create_group(authed(
+                &token,
+                ipb::CreateGroupRequest {
+                    display_name: "night shift".into(),
+                    is_assignable_to_role: true,
+                    ..Default::default()
+                },
+            ))
+            .await?
+            .into_inner();
+        assign(&night.id, crate::activation::GLOBAL_READER).await?;
+        let reads = || {
+            let (channel, token, lee) = (assignment_channel.clone(), token.clone(), lee.id.clone());
+            async move {
+                let asked = apb::CheckAccessRequest {
+                    principal_id: lee,
+                    target: Some(apb::check_access_request::Target::RoleId(
+                        crate::activation::GLOBAL_READER.into(),
+                    )),
+                    scope: "/".into(),
+                    ..Default::default()
+                };
+                let r = AccessServiceClient::new(channel)
+                    .check_access(authed(&token, asked))
+                    .await?;
+                anyhow::Ok(r.into_inner().allowed)
+            }
+        };
+        let membership = ipb::GroupMembershipRequest {
+            group_id: night.id.clone(),
+            principal_id: lee.id.clone(),
+        };
+        directory.add_group_member(authed(&token, membership.clone())).await?;
+        assert!(reads().await?, "Lee reads through the night shift once added");
+        directory.remove_group_member(authed(&token, membership)).await?;
+        assert!(!reads().await?, "and no longer once removed");
+        // Only identity's signature makes an event: one anybody signs, or none, is refused.
+        let mut forged = pim_runtime::events::envelope(
+            pim_runtime::events::Source::Identity,
+            pim_runtime::events::EventType::GroupDeleted,
+            &night.id,
+            &pim_proto::events::v1::GroupDeleted {
+                group_id: night.id.clone(),
+                ..Default::default()
+            },
+        );
+        forged.key_id = "made-up".into();
+        forged.signature = vec![1; 64];
+        let refused = AssignmentServiceClient::new(assignment_channel.clone())
+            .apply_directory_event(authed(
+                &token,
+                apb::ApplyDirectoryEventRequest {
+                    envelope: prost::Message::encode_to_vec(&forged),
+                },
+            ))
+            .await
+            .expect_err("not identity's signature");
+        assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
 
         directory
             .disable_user(authed(&token, ipb::GetUserRequest { user: lee.id.clone() }))

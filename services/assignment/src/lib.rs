@@ -81,7 +81,9 @@ impl Assignment {
         let memberships = groups::Memberships::load(&deps.db)
             .await?
             .announcing_to(&index, deps.clock.clone());
+        let event_keys = std::sync::Arc::new(deps.config.event_keys()?);
         let assignments = Assignments {
+            event_keys: event_keys.clone(),
             db: deps.db,
             outbox: Outbox::default(),
             roles,
@@ -103,7 +105,7 @@ impl Assignment {
         };
         Ok(Self {
             assignments,
-            event_keys: std::sync::Arc::new(deps.config.event_keys()?),
+            event_keys,
             redis,
             config: deps.config,
             tail_from,

@@ -169,6 +169,20 @@ impl AssignmentClients {
     }
 
     /// Tells assignment of a disable committed as of `as_of` (its event's time), to apply now.
+    /// Gives assignment a committed, signed identity event to apply now (`ApplyDirectoryEvent`).
+    pub async fn apply_directory_event(&self, caller: &Caller, envelope: &pim_runtime::events::Envelope) -> Result<()> {
+        use prost::Message;
+        let asked = apb::ApplyDirectoryEventRequest {
+            envelope: envelope.encode_to_vec(),
+        };
+        self.assignments
+            .clone()
+            .apply_directory_event(on_behalf_of(caller, asked)?)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
     pub async fn apply_principal_disabled(&self, caller: &Caller, principal_id: &str, as_of: i64) -> Result<()> {
         let asked = apb::ApplyPrincipalDisabledRequest {
             principal_id: principal_id.to_owned(),

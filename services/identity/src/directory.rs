@@ -97,6 +97,8 @@ pub struct Directory {
     pub(crate) step_up: Duration,
     /// The passkeys' relying party (the portal, `PIM_PUBLIC_URL`); none: no passkeys.
     pub(crate) webauthn: Option<Arc<webauthn_rs::Webauthn>>,
+    /// Signs the events given to assignment directly (as the relay signs what it publishes).
+    pub(crate) event_keys: Arc<pim_runtime::events::EventKeys>,
 }
 
 /// What a user's sign-in (complete or waiting for MFA) tells audit and alerting.
@@ -657,13 +659,49 @@ impl Directory {
         subject: &str,
         event: &impl prost::Message,
     ) -> Result<i64> {
-        let envelope = envelope(SOURCE, event_type, subject, event);
-        self.outbox.enqueue(txn, streams::IDENTITY, &envelope).await?;
+        let envelope = self.emit_envelope(txn, event_type, subject, event).await?;
         Ok(envelope
             .time
             .as_ref()
             .map(pim_runtime::db::from_timestamp)
             .unwrap_or_default())
+    }
+
+    /// [`Self::emit`], answering the envelope written.
+    pub(crate) async fn emit_envelope<C: sea_orm::ConnectionTrait>(
+        &self,
+        txn: &C,
+        event_type: EventType,
+        subject: &str,
+        event: &impl prost::Message,
+    ) -> Result<pim_runtime::events::Envelope> {
+        let envelope = envelope(SOURCE, event_type, subject, event);
+        self.outbox.enqueue(txn, streams::IDENTITY, &envelope).await?;
+        Ok(envelope)
+    }
+
+    /// Gives assignment committed events that change who is in a role-assignable group (or
+    /// delete a group) at once, signed, where they are not applied before the answer (events
+    /// cross Redis, which may be down): the access they end is gone there before this
+    /// answers. A failure only waits for the stream, which delivers the same events.
+    pub(crate) async fn tell_assignment(&self, caller: &Caller, mut told: Vec<pim_runtime::events::Envelope>) {
+        if told.is_empty() || self.outbox.applies_before_answering() {
+            return;
+        }
+        let tell = async {
+            for envelope in &mut told {
+                self.event_keys.sign(streams::IDENTITY, envelope)?;
+                self.assignment.apply_directory_event(caller, envelope).await?;
+            }
+            anyhow::Ok(())
+        };
+        match tokio::time::timeout(std::time::Duration::from_secs(3), tell).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => {
+                tracing::warn!(error = %err, "telling assignment of a group change failed; its events will")
+            }
+            Err(_) => tracing::warn!("assignment did not take a group change within 3 s; its events will tell it"),
+        }
     }
 
     /// An event that stands alone (no state change with it), in its own transaction.

@@ -228,14 +228,17 @@ impl Directory {
             // Adding twice or removing what is not there changes nothing.
             return Ok(());
         }
-        self.link_changed(&txn, caller, link, add, &group, &principal.id)
+        let told = self
+            .link_changed(&txn, caller, link, add, &group, &principal.id)
             .await?;
         txn.commit().await?;
         self.outbox.wake();
+        self.tell_assignment(caller, told.into_iter().collect()).await;
         Ok(())
     }
 
-    /// The event of a member or owner added to or removed from `group`.
+    /// The event of a member or owner added to or removed from `group`; where it changes who
+    /// holds a role-assignable group's roles, the event, for assignment to be told directly.
     async fn link_changed(
         &self,
         txn: &sea_orm::DatabaseTransaction,
@@ -244,7 +247,7 @@ impl Directory {
         add: bool,
         group: &GroupRow,
         principal_id: &str,
-    ) -> Result<()> {
+    ) -> Result<Option<pim_runtime::events::Envelope>> {
         let event_type = match (link, add) {
             (Link::Member, true) => EventType::GroupMemberAdded,
             (Link::Member, false) => EventType::GroupMemberRemoved,
@@ -258,8 +261,8 @@ impl Directory {
             is_assignable_to_role: group.is_assignable_to_role,
             version: store::next_link_version(txn, link, &group.id, principal_id, now_ms()).await?,
         };
-        self.emit(txn, event_type, principal_id, &event).await?;
-        Ok(())
+        let envelope = self.emit_envelope(txn, event_type, principal_id, &event).await?;
+        Ok((link == Link::Member && group.is_assignable_to_role).then_some(envelope))
     }
 
     /// Deletes a group, for those who may change it: its members and owners leave it first,
@@ -272,10 +275,11 @@ impl Directory {
             .ok_or_else(|| Error::NotFound(format!("group {group_id}")))?;
         self.may_change(caller, &group).await?;
         let txn = self.db.begin().await?;
+        let mut told = Vec::new();
         for link in [Link::Member, Link::Owner] {
             for principal in store::linked(&txn, link, &group.id).await? {
                 if store::remove_link(&txn, link, &group.id, &principal).await? {
-                    self.link_changed(&txn, caller, link, false, &group, &principal).await?;
+                    told.extend(self.link_changed(&txn, caller, link, false, &group, &principal).await?);
                 }
             }
         }
@@ -289,9 +293,13 @@ impl Directory {
             display_name: group.display_name.clone(),
             is_assignable_to_role: group.is_assignable_to_role,
         };
-        self.emit(&txn, EventType::GroupDeleted, &group.id, &event).await?;
+        told.push(
+            self.emit_envelope(&txn, EventType::GroupDeleted, &group.id, &event)
+                .await?,
+        );
         txn.commit().await?;
         self.outbox.wake();
+        self.tell_assignment(caller, told).await;
         Ok(())
     }
 

@@ -82,6 +82,7 @@ impl Identity {
                 .map(passkeys::relying_party)
                 .transpose()?,
             sealer,
+            event_keys: std::sync::Arc::new(deps.config.event_keys()?),
         };
         let announced = directory.announce_addresses_once().await?;
         if announced > 0 {

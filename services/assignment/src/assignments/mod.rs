@@ -31,6 +31,7 @@ use crate::timers::Timers;
 mod activation;
 mod administration;
 mod definitions;
+mod directory_events;
 mod disables;
 mod group_access;
 mod policies;
@@ -75,6 +76,8 @@ pub struct Assignments {
     pub(crate) memberships: Memberships,
     /// How far the index has applied the streams it follows: what a consistency token waits for.
     pub(crate) freshness: Arc<pim_runtime::consistency::Freshness>,
+    /// Whose signatures an event given directly must bear (`ApplyDirectoryEvent`).
+    pub(crate) event_keys: Arc<pim_runtime::events::EventKeys>,
 }
 
 /// An administrator's request to assign a role, as received.

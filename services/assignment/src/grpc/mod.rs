@@ -330,6 +330,15 @@ impl AssignmentService for Assignments {
         Assignments::apply_principal_disabled(self, &caller, id, as_of).await?;
         Ok(Response::new(pb::ApplyPrincipalDisabledResponse {}))
     }
+
+    async fn apply_directory_event(
+        &self,
+        request: Request<pb::ApplyDirectoryEventRequest>,
+    ) -> Result<Response<pb::ApplyDirectoryEventResponse>, Status> {
+        caller(&request)?;
+        let applied = Assignments::apply_directory_event(self, &request.get_ref().envelope).await?;
+        Ok(Response::new(pb::ApplyDirectoryEventResponse { applied }))
+    }
 }
 
 #[tonic::async_trait]
