@@ -1061,10 +1061,14 @@ async fn the_last_permanent_global_administrator_cannot_be_removed() -> anyhow::
         assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
         assert!(refused.message().contains("last enabled user"), "{refused:?}");
         // A protection's refusal is audited, as a refused permission is.
+        // It names at whom it was aimed, so a search for the admin finds it.
         let record = crate::consistency::failure_record(&w, "AccessDenied", &tom.id).await?;
-        assert_eq!(record.target_id, "/pim.identity.v1.DirectoryService/DisableUser");
+        assert_eq!(record.target_id, admin_id);
         assert!(
-            record.payload_json.contains("\"code\":\"FailedPrecondition\"")
+            record
+                .payload_json
+                .contains("/pim.identity.v1.DirectoryService/DisableUser")
+                && record.payload_json.contains("\"code\":\"FailedPrecondition\"")
                 && record.payload_json.contains("last enabled user"),
             "{}",
             record.payload_json

@@ -425,6 +425,31 @@ async fn every_refusal_is_audited_and_exported_as_a_failure() -> anyhow::Result<
         assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
         let record = failure_record(&w, "AccessDenied", &eve.id).await?;
         assert_eq!(record.target_id, "/pim.identity.v1.DirectoryService/CreateUser");
+        // A refused call aimed at someone is on record against them: here the admin, named by
+        // name, whose password Eve tried to reset.
+        let aimed = DirectoryServiceClient::new(w.ts.channel.clone())
+            .reset_password(authed(
+                &token,
+                ipb::ResetPasswordRequest {
+                    user: w.ts.admin_user.clone(),
+                    new_password: "a password of eve's choosing".into(),
+                },
+            ))
+            .await
+            .expect_err("eve resets nobody's password");
+        assert_eq!(aimed.code(), Code::PermissionDenied, "{aimed:?}");
+        let against = aupb::QueryEventsRequest {
+            target_id: admin.clone(),
+            actor_id: eve.id.clone(),
+            outcome: "failure".into(),
+            ..Default::default()
+        };
+        let records = pim_e2e::eventually(std::time::Duration::from_secs(10), "the attempt on record", || {
+            let (ts, token, against) = (&w.ts, w.admin.clone(), against.clone());
+            async move { Ok(Some(ts.audit_records(&token, against).await?).filter(|r| !r.is_empty())) }
+        })
+        .await?;
+        assert!(records[0].payload_json.contains("ResetPassword"), "{:?}", records[0]);
 
         // The export says Failure, and why, for each.
         let exported = ocsf_failures(&w, &eve.id).await?;

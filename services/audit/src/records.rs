@@ -397,7 +397,12 @@ pub fn record(envelope: &Envelope, correlator: &Correlator) -> anyhow::Result<Re
         Some(EventType::AccessDenied) => {
             let e: ev::AccessDenied = decode(envelope)?;
             set_actor(&mut r, &e.actor);
-            r.target_id = e.method.clone();
+            // At whom the call was aimed, where it says; else the method refused.
+            r.target_id = if e.target.is_empty() {
+                e.method.clone()
+            } else {
+                e.target.clone()
+            };
             r.outcome = "failure".into();
             let code = if e.code.is_empty() {
                 "PermissionDenied"

@@ -104,6 +104,7 @@ impl DirectoryService for Directory {
     async fn get_user(&self, request: Request<pb::GetUserRequest>) -> Result<Response<pb::User>, Status> {
         let caller = caller(&request)?.clone();
         let user = required("user", &request.get_ref().user)?;
+        self.aim(user).await;
         Ok(Response::new(user_to_pb(
             Directory::get_user(self, &caller, user).await?,
         )))
@@ -300,6 +301,7 @@ impl DirectoryService for Directory {
         let caller = caller(&request)?.clone();
         let r = request.into_inner();
         let user = required("user", &r.user)?;
+        self.aim(user).await;
         Directory::reset_password(self, &caller, user, &r.new_password).await?;
         // The sessions it ended stop working before it answers.
         let token = self.settled().await;
@@ -310,6 +312,7 @@ impl DirectoryService for Directory {
         let caller = caller(&request)?.clone();
         let r = request.into_inner();
         let user = required("user", &r.user)?;
+        self.aim(user).await;
         Ok(Response::new(user_to_pb(
             Directory::update_user(self, &caller, user, &r.display_name, &r.email).await?,
         )))
@@ -321,6 +324,7 @@ impl DirectoryService for Directory {
     ) -> Result<Response<pb::DeleteUserResponse>, Status> {
         let caller = caller(&request)?.clone();
         let user = required("user", &request.get_ref().user)?;
+        self.aim(user).await;
         Directory::delete_user(self, &caller, user).await?;
         let token = self.settled().await;
         Ok(answer(pb::DeleteUserResponse {}, token.as_ref()))
@@ -332,6 +336,7 @@ impl DirectoryService for Directory {
     ) -> Result<Response<pb::CreateServicePrincipalResponse>, Status> {
         let caller = caller(&request)?.clone();
         let id = required("service_principal_id", &request.get_ref().service_principal_id)?;
+        self.aim(id).await;
         let (sp, secret) = Directory::rotate_service_principal_secret(self, &caller, id).await?;
         Ok(Response::new(pb::CreateServicePrincipalResponse {
             service_principal: Some(sp_to_pb(sp)),
@@ -345,6 +350,7 @@ impl DirectoryService for Directory {
     ) -> Result<Response<pb::ServicePrincipal>, Status> {
         let caller = caller(&request)?.clone();
         let id = required("service_principal_id", &request.get_ref().service_principal_id)?;
+        self.aim(id).await;
         let disabled = Directory::disable_service_principal(self, &caller, id).await?;
         let token = self.settled().await;
         Ok(answer(sp_to_pb(disabled), token.as_ref()))
@@ -353,6 +359,7 @@ impl DirectoryService for Directory {
     async fn disable_user(&self, request: Request<pb::GetUserRequest>) -> Result<Response<pb::User>, Status> {
         let caller = caller(&request)?.clone();
         let user = required("user", &request.get_ref().user)?;
+        self.aim(user).await;
         let disabled = self.set_enabled(&caller, user, false).await?;
         let token = self.settled().await;
         Ok(answer(user_to_pb(disabled), token.as_ref()))
@@ -361,6 +368,7 @@ impl DirectoryService for Directory {
     async fn enable_user(&self, request: Request<pb::GetUserRequest>) -> Result<Response<pb::User>, Status> {
         let caller = caller(&request)?.clone();
         let user = required("user", &request.get_ref().user)?;
+        self.aim(user).await;
         Ok(Response::new(user_to_pb(self.set_enabled(&caller, user, true).await?)))
     }
 
@@ -370,11 +378,24 @@ impl DirectoryService for Directory {
     ) -> Result<Response<pb::Principal>, Status> {
         let caller = caller(&request)?.clone();
         let id = required("principal_id", &request.get_ref().principal_id)?;
+        self.aim(id).await;
         Ok(Response::new(Directory::resolve_principal(self, &caller, id).await?))
     }
 }
 
 impl Directory {
+    /// Names the principal a call is aimed at, by id (a user's name as the id it names), so a
+    /// refusal of the call is recorded against them (`pim_runtime::auth::aimed_at`).
+    async fn aim(&self, id_or_name: &str) {
+        let given = id_or_name.trim();
+        if uuid::Uuid::parse_str(given).is_err()
+            && let Ok(Some(user)) = crate::store::find_user(&self.db, given).await
+        {
+            return pim_runtime::auth::aimed_at(&user.id);
+        }
+        pim_runtime::auth::aimed_at(given);
+    }
+
     /// After a write that changes access: answers once its events left (in one process: once
     /// every consumer applied them, so the next CheckAccess already knows), with the token a
     /// reader on another replica waits for.
@@ -394,6 +415,7 @@ impl Directory {
         let r = request.into_inner();
         let group = required("group_id", &r.group_id)?;
         let principal = required("principal_id", &r.principal_id)?;
+        self.aim(principal).await;
         self.change_link(&caller, link, add, group, principal).await?;
         let token = self.settled().await;
         Ok(answer(
@@ -687,6 +709,7 @@ impl MfaService for Directory {
     async fn reset_mfa(&self, request: Request<pb::ResetMfaRequest>) -> Result<Response<pb::ResetMfaResponse>, Status> {
         let caller = caller(&request)?.clone();
         let user = required("user", &request.get_ref().user)?;
+        self.aim(user).await;
         Directory::reset_mfa(self, &caller, user).await?;
         let token = self.settled().await;
         Ok(answer(pb::ResetMfaResponse {}, token.as_ref()))
@@ -699,6 +722,7 @@ impl MfaService for Directory {
         let caller = caller(&request)?.clone();
         let r = request.get_ref();
         let user = required("user", &r.user)?;
+        self.aim(user).await;
         let lifetime_ms = match &r.lifetime {
             Some(d) => Some(
                 pim_runtime::db::checked_duration(d)
@@ -721,6 +745,7 @@ impl MfaService for Directory {
     ) -> Result<Response<pb::ListEnrollmentPassesResponse>, Status> {
         let caller = caller(&request)?.clone();
         let user = required("user", &request.get_ref().user)?;
+        self.aim(user).await;
         let passes = Directory::list_enrollment_passes(self, &caller, user).await?;
         Ok(Response::new(pb::ListEnrollmentPassesResponse {
             passes: passes.into_iter().map(pass_to_pb).collect(),

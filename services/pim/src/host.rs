@@ -159,7 +159,7 @@ impl Refusals for Denials {
         self.0.contains_key(service_of(method))
     }
 
-    async fn refused(&self, caller: &Actor, method: &str, status: &tonic::Status) {
+    async fn refused(&self, caller: &Actor, method: &str, status: &tonic::Status, target: &str) {
         // The layer passes UNAUTHENTICATED only for the refused tokens worth a record.
         if !pim_runtime::grpc::is_recorded_refusal(status) && status.code() != tonic::Code::Unauthenticated {
             return;
@@ -172,6 +172,7 @@ impl Refusals for Denials {
             method: method.to_owned(),
             reason: status.message().chars().take(500).collect(),
             code: format!("{:?}", status.code()),
+            target: target.to_owned(),
         };
         if let Err(err) = service.access_denied(&denied).await {
             tracing::warn!(error = %format!("{err:#}"), method, "recording a refused call failed");

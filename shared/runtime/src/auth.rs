@@ -636,11 +636,26 @@ pub const SELF_AUDITED_METHODS: &[&str] = &[
 /// `Rejections`): the caller its session named, or an unknown one for a token not valid.
 #[async_trait::async_trait]
 pub trait Refusals: Send + Sync {
-    async fn refused(&self, caller: &pim_proto::common::v1::Actor, method: &str, status: &Status);
+    /// `target`: what the call was about, as its handler named it ([`aimed_at`]), or empty.
+    async fn refused(&self, caller: &pim_proto::common::v1::Actor, method: &str, status: &Status, target: &str);
     /// Whether a refusal of `method` is recorded here (a method of a service this process
     /// serves): a refused token's record is rate-limited, and a call no one would record
     /// takes no one's turn.
     fn records(&self, method: &str) -> bool;
+}
+
+tokio::task_local! {
+    /// What the call being answered is about, as its handler named it.
+    static AIMED_AT: std::sync::Mutex<String>;
+}
+
+/// Names what the call being answered is about (a principal's id, as the handler resolved
+/// it), so that if it is refused, the record says at whom it was aimed: a search for who
+/// tried to take over an account finds the attempts. Outside a call, nothing happens.
+pub fn aimed_at(target: &str) {
+    let _ = AIMED_AT.try_with(|aimed| {
+        *aimed.lock().unwrap_or_else(|e| e.into_inner()) = target.chars().take(200).collect();
+    });
 }
 
 fn is_public(path: &str, public: &HashSet<&'static str>) -> bool {
@@ -912,7 +927,14 @@ where
                         with: layer.rechecks.clone(),
                         method: method.clone(),
                     });
-                    let response = inner.call(request).await;
+                    let (response, target) = AIMED_AT
+                        .scope(std::sync::Mutex::default(), async move {
+                            let response = inner.call(request).await;
+                            let target = AIMED_AT
+                                .with(|aimed| std::mem::take(&mut *aimed.lock().unwrap_or_else(|e| e.into_inner())));
+                            (response, target)
+                        })
+                        .await;
                     let denied = match (&refusals, &response) {
                         (Some(_), Ok(answer)) => Status::from_header_map(answer.headers()).filter(|status| {
                             status.code() == tonic::Code::PermissionDenied
@@ -921,7 +943,7 @@ where
                         _ => None,
                     };
                     if let (Some((refusals, caller)), Some(status)) = (refusals, denied) {
-                        refusals.refused(&caller.actor(), &method, &status).await;
+                        refusals.refused(&caller.actor(), &method, &status, &target).await;
                     }
                     response
                 }
@@ -931,7 +953,7 @@ where
                         && let Some((actor, reason)) = layer.rejections.worth_recording(&err)
                     {
                         refusals
-                            .refused(&actor, &method, &Status::unauthenticated(reason))
+                            .refused(&actor, &method, &Status::unauthenticated(reason), "")
                             .await;
                     }
                     Ok(Status::from(err).into_http())
@@ -1163,7 +1185,13 @@ mod tests {
         struct Sink(std::sync::Mutex<Vec<(String, String)>>);
         #[async_trait::async_trait]
         impl Refusals for Sink {
-            async fn refused(&self, _caller: &pim_proto::common::v1::Actor, method: &str, status: &Status) {
+            async fn refused(
+                &self,
+                _caller: &pim_proto::common::v1::Actor,
+                method: &str,
+                status: &Status,
+                _target: &str,
+            ) {
                 let mut recorded = self.0.lock().unwrap();
                 recorded.push((method.to_owned(), status.message().to_owned()));
             }

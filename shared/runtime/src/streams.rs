@@ -93,7 +93,7 @@ where
                         && let Some(refusals) = &rechecks.with.refusals
                         && refused.code() == tonic::Code::PermissionDenied
                     {
-                        refusals.refused(&caller.actor(), &rechecks.method, &refused).await;
+                        refusals.refused(&caller.actor(), &rechecks.method, &refused, "").await;
                     }
                     let _ = tx.try_send(Err(refused));
                     return;

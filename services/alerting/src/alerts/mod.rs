@@ -293,6 +293,10 @@ impl Alerts {
         let mut alert = store::get(&txn, id, true)
             .await?
             .ok_or_else(|| Error::NotFound(format!("alert {id}")))?;
+        if !alert.principal_id.is_empty() {
+            // A refusal below is recorded against whom the alert is about.
+            pim_runtime::auth::aimed_at(&alert.principal_id);
+        }
         if alert.status.is_closed() {
             return Err(Error::FailedPrecondition(format!("alert is already {}", alert.status)));
         }

@@ -220,6 +220,7 @@ impl Endpoints {
                 method: format!("{method} {}", uri.path()),
                 reason: status.message().to_owned(),
                 code: "PermissionDenied".into(),
+                target: String::new(),
             };
             if let Err(err) = self.audit.access_denied(&denied).await {
                 tracing::warn!(error = %format!("{err:#}"), "recording an SSF refusal failed");
