@@ -184,7 +184,7 @@ async fn wrong_codes_lock_mfa_and_recovery_codes_work_once() -> anyhow::Result<(
     let ts = TestSuite::postgres().await?;
     let result = async {
         let admin = ts.admin_token().await?;
-        let (_, kim_token) = user(&ts, &admin, "kim").await?;
+        let (kim_id, kim_token) = user(&ts, &admin, "kim").await?;
         let mut mfa = MfaServiceClient::new(ts.channel.clone());
         let (authenticator, _, stepped) = enrol(&mut mfa, &kim_token).await?;
         let codes = mfa
@@ -198,6 +198,34 @@ async fn wrong_codes_lock_mfa_and_recovery_codes_work_once() -> anyhow::Result<(
             .await?
             .into_inner();
         assert!(recovered.amr.contains(&"otp".to_owned()));
+        // Kept keyed under PIM_SECRETS_KEY: not as a plain SHA-256, which a copy of the
+        // database could be tried against; a code an earlier version kept so still works.
+        let plain = |code: &str| -> String {
+            use sha2::Digest;
+            let normal: String = code.chars().filter(|c| *c != '-').collect();
+            sha2::Sha256::digest(normal.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+        };
+        let identity_db = pim_runtime::db::connect(ts.database_url(pim::ServiceName::Identity).expect("its database")).await?;
+        let stored: Vec<String> = pim_runtime::db::query(
+            &identity_db,
+            "SELECT code_hash FROM recovery_codes WHERE user_id = $1",
+            vec![kim_id.clone().into()],
+        )
+        .await?
+        .iter()
+        .map(|r| pim_runtime::db::col::<String>(r, "code_hash"))
+        .collect::<Result<_, _>>()?;
+        assert_eq!(stored.len(), 10);
+        assert!(codes.iter().all(|c| !stored.contains(&plain(c))), "kept plainly hashed");
+        pim_runtime::db::exec(
+            &identity_db,
+            "INSERT INTO recovery_codes (user_id, code_hash) VALUES ($1, $2)",
+            vec![kim_id.clone().into(), plain("OLDER-CODES").into()],
+        )
+        .await?;
+        mfa.verify(authed(&kim_token, ipb::VerifyRequest { code: "older-codes".into() }))
+            .await?;
+        identity_db.close().await?;
         let reused = mfa
             .verify(authed(&kim_token, ipb::VerifyRequest { code: codes[0].clone() }))
             .await

@@ -60,14 +60,19 @@ pub fn matching_step(totp: &TOTP, code: &str, now_secs: u64) -> Option<i64> {
         .map(|step| step as i64)
 }
 
-/// Recovery codes are random (50 bits each) and single-use, so a fast hash suffices.
-fn recovery_hash(code: &str) -> String {
-    let normal: String = code
-        .chars()
+/// A recovery code or an enrolment pass as typed, read the way it was made: letters and
+/// digits, upper case.
+fn normal(code: &str) -> String {
+    code.chars()
         .filter(|c| c.is_ascii_alphanumeric())
         .map(|c| c.to_ascii_uppercase())
-        .collect();
-    Sha256::digest(normal.as_bytes())
+        .collect()
+}
+
+/// What earlier versions kept of a code: a plain SHA-256, which a copy of the database alone
+/// lets anyone try every 50-bit code against. Looked up still, for codes made then.
+fn legacy_hash(code: &str) -> String {
+    Sha256::digest(normal(code).as_bytes())
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
@@ -108,7 +113,37 @@ fn looks_like_totp(code: &str) -> bool {
     code.len() == DIGITS && code.chars().all(|c| c.is_ascii_digit())
 }
 
+/// What a keyed code digest is for (recovery codes and enrolment passes).
+const CODE_DIGEST: &str = "pim recovery code";
+
 impl Directory {
+    /// What is kept of a recovery code or an enrolment pass: a digest keyed under
+    /// `PIM_SECRETS_KEY`, so a copy of the database alone cannot be tried against.
+    fn code_digest(&self, code: &str) -> String {
+        self.sealer.digest(CODE_DIGEST, normal(code).as_bytes())
+    }
+
+    /// Takes `code` as one of the user's unused recovery codes, kept keyed or (made by an
+    /// earlier version) plainly hashed.
+    async fn use_recovery_code(&self, user_id: &str, code: &str) -> Result<bool> {
+        let now = now_ms();
+        Ok(store::use_recovery_code(&self.db, user_id, &self.code_digest(code), now).await?
+            || store::use_recovery_code(&self.db, user_id, &legacy_hash(code), now).await?)
+    }
+
+    /// Takes a use of the user's enrolment pass `pass`, kept keyed or plainly hashed.
+    async fn use_enrollment_pass(
+        &self,
+        txn: &sea_orm::DatabaseTransaction,
+        user_id: &str,
+        pass: &str,
+        now: i64,
+    ) -> Result<Option<(String, i64, i32)>> {
+        if let Some(used) = store::use_enrollment_pass(txn, user_id, &self.code_digest(pass), now).await? {
+            return Ok(Some(used));
+        }
+        Ok(store::use_enrollment_pass(txn, user_id, &legacy_hash(pass), now).await?)
+    }
     pub(crate) fn user_caller<'a>(&self, caller: &'a Caller) -> Result<&'a Caller> {
         if caller.kind != PrincipalKind::User {
             return Err(Error::FailedPrecondition(
@@ -252,7 +287,7 @@ impl Directory {
         if let Some(attempt) = attempt {
             // One statement takes a use of the pass: two racing enrolments cannot share one.
             let Some((pass_id, expires_at, uses_left)) =
-                store::use_enrollment_pass(&txn, &caller.principal_id, &recovery_hash(pass), now).await?
+                self.use_enrollment_pass(&txn, &caller.principal_id, pass, now).await?
             else {
                 txn.rollback().await?;
                 return Err(match self.failed(caller, Factor::EnrollmentPass, attempt).await {
@@ -433,7 +468,7 @@ impl Directory {
             let reason = if replayed { "replayed_code" } else { "bad_code" };
             return Err(self.failed_because(caller, Factor::Totp, attempt, reason).await);
         }
-        if !store::use_recovery_code(&self.db, &user.id, &recovery_hash(code), now_ms()).await? {
+        if !self.use_recovery_code(&user.id, code).await? {
             return Err(self.failed(caller, Factor::RecoveryCode, attempt).await);
         }
         // A recovery code is an emergency: its own event (audit, an alert), and the answer
@@ -561,7 +596,7 @@ impl Directory {
         }
         self.require_recent_mfa(caller, "generating recovery codes")?;
         let codes: Vec<String> = (0..RECOVERY_CODES).map(|_| new_recovery_code()).collect();
-        let hashes: Vec<String> = codes.iter().map(|c| recovery_hash(c)).collect();
+        let hashes: Vec<String> = codes.iter().map(|c| self.code_digest(c)).collect();
         let event = Self::mfa_fact(
             caller,
             &caller.principal_id,
@@ -651,7 +686,7 @@ impl Directory {
         let row = EnrollmentPassRow {
             id: uuid::Uuid::now_v7().to_string(),
             user_id: target.id.clone(),
-            code_hash: recovery_hash(&code),
+            code_hash: self.code_digest(&code),
             created_by: caller.principal_id.clone(),
             created_at: now,
             expires_at: now + lifetime,
@@ -777,9 +812,15 @@ mod tests {
         let code = new_recovery_code();
         assert_eq!(code.len(), 11);
         assert_eq!(
-            recovery_hash(&code),
-            recovery_hash(&code.to_lowercase().replace('-', ""))
+            normal(&code),
+            normal(&code.to_lowercase().replace('-', ""))
         );
-        assert_ne!(recovery_hash(&code), recovery_hash(&new_recovery_code()));
+        assert_ne!(legacy_hash(&code), legacy_hash(&new_recovery_code()));
+        // Kept keyed: another key (a copy of the database without it) makes another digest.
+        let sealer = |key: &str| pim_runtime::sealing::Sealer::derived(key, "test");
+        let digest = |sealer: &pim_runtime::sealing::Sealer, code: &str| sealer.digest(CODE_DIGEST, normal(code).as_bytes());
+        assert_eq!(digest(&sealer("a"), &code), digest(&sealer("a"), &code.to_lowercase()));
+        assert_ne!(digest(&sealer("a"), &code), digest(&sealer("b"), &code));
+        assert_ne!(digest(&sealer("a"), &code), legacy_hash(&code));
     }
 }

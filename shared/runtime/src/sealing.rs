@@ -15,6 +15,15 @@ const NONCE: usize = 24;
 #[derive(Clone)]
 pub struct Sealer {
     cipher: XChaCha20Poly1305,
+    /// Keys [`Sealer::digest`]: derived from the same key, never used to seal.
+    digests: [u8; 32],
+}
+
+/// A key of its own for `purpose` from key material `key` (HMAC-SHA256).
+fn derive(key: &[u8], purpose: &[u8]) -> [u8; 32] {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes a key of any length");
+    mac.update(purpose);
+    mac.finalize().into_bytes().into()
 }
 
 impl Sealer {
@@ -30,7 +39,10 @@ impl Sealer {
         );
         let cipher = XChaCha20Poly1305::new_from_slice(&bytes)
             .map_err(|_| anyhow::anyhow!("PIM_SECRETS_KEY must be 32 bytes"))?;
-        Ok(Self { cipher })
+        Ok(Self {
+            cipher,
+            digests: derive(&bytes, b"pim digest key"),
+        })
     }
 
     /// A key of its own for `purpose`, derived from a master secret of any form (HMAC-SHA256):
@@ -42,7 +54,19 @@ impl Sealer {
         let key = mac.finalize().into_bytes();
         Self {
             cipher: XChaCha20Poly1305::new_from_slice(&key).expect("32 bytes"),
+            digests: derive(&key, b"pim digest key"),
         }
+    }
+
+    /// A keyed digest (HMAC-SHA256, hex) of `value` for `purpose`: what is kept of a short
+    /// random secret (a recovery code) so that a copy of the database alone cannot be tried
+    /// against it, as a plain hash could be, every guess at once.
+    pub fn digest(&self, purpose: &str, value: &[u8]) -> String {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.digests).expect("HMAC takes a key of any length");
+        mac.update(purpose.as_bytes());
+        mac.update(b"\0");
+        mac.update(value);
+        mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect()
     }
 
     /// A new random key, base64 (for `pim up`'s first start).
