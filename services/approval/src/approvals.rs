@@ -35,7 +35,7 @@ pub struct Asked {
     /// The caller's groups, each with whether it is role-assignable.
     groups: Option<std::collections::HashMap<String, bool>>,
     /// The groups the caller may be in through PIM (eligible or active membership or ownership).
-    pim_groups: Option<std::collections::HashSet<String>>,
+    pub(crate) pim_groups: Option<std::collections::HashSet<String>>,
     /// Whether access to (role, scope) is privileged.
     privileged: std::collections::HashMap<(String, String), bool>,
     administrator: Option<bool>,
@@ -329,19 +329,6 @@ impl Approvals {
             None => self.services.groups_of(caller).await?,
         };
         Ok(asked.groups.insert(groups))
-    }
-
-    /// Whether the caller is in the group `group_id`, or may be through PIM (eligible for, or
-    /// holding, its membership or ownership): its access is then the caller's own to weigh.
-    pub(crate) async fn in_group(&self, caller: &Caller, group_id: &str, asked: &mut Asked) -> Result<bool> {
-        if self.caller_groups(caller, asked).await?.contains_key(group_id) {
-            return Ok(true);
-        }
-        let groups = match asked.pim_groups.take() {
-            Some(groups) => groups,
-            None => self.services.groups_through_pim(caller).await?,
-        };
-        Ok(asked.pim_groups.insert(groups).contains(group_id))
     }
 
     /// Whether the caller (a user) decides access to (role, scope) as a member of one of the

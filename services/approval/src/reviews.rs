@@ -358,6 +358,19 @@ impl Approvals {
         }
     }
 
+    /// Whether the caller is in the group `group_id`, or may be through PIM (eligible for, or
+    /// holding, its membership or ownership): its access is then the caller's own to weigh.
+    async fn in_group(&self, caller: &Caller, group_id: &str, asked: &mut Asked) -> Result<bool> {
+        if self.caller_groups(caller, asked).await?.contains_key(group_id) {
+            return Ok(true);
+        }
+        let groups = match asked.pim_groups.take() {
+            Some(groups) => groups,
+            None => self.services.groups_through_pim(caller).await?,
+        };
+        Ok(asked.pim_groups.insert(groups).contains(group_id))
+    }
+
     async fn may_review(&self, caller: &Caller, review: &ReviewRow, item: &ItemRow, asked: &mut Asked) -> Result<bool> {
         // One's own access is one's own to attest only in a self-review; in a review by named
         // reviewers, the others decide it (or the review's default decision does). A group's

@@ -1,13 +1,21 @@
 //! Identity's events, as assignment follows them: the membership projection kept, what a
 //! former member activated through the group ended, a deleted group's assignments ended, and
 //! which users may sign in (the last-Global-Administrator protection counts only those).
+//! Identity's word on a role-assignable group's members (or its deletion) is also given
+//! directly once committed, so the access it ends does not wait for Redis: the event itself,
+//! signed as identity's relay signs it, applied by the same consumer as the stream's copy
+//! (whichever comes second finds it applied).
 
+use std::sync::Arc;
+
+use prost::Message;
 use sea_orm::DatabaseTransaction;
 
 use pim_proto::events::v1::{GroupDeleted, GroupMembershipChanged};
-use pim_runtime::events::{Envelope, EventHandler, EventType, decode, event_type, streams};
+use pim_runtime::events::{Envelope, EventHandler, EventType, Inbox, decode, event_type, streams};
 
 use crate::assignments::Assignments;
+use crate::error::{Error, Result};
 use crate::groups::{MembershipChange, Memberships};
 use crate::store;
 
@@ -130,5 +138,34 @@ impl EventHandler for IdentityEvents {
                 tracing::warn!(event_id = %envelope.id, error = %err, "reading a group membership failed; the addition waits");
             }
         }
+    }
+}
+
+impl Assignments {
+    /// Applies identity's event `encoded` (an [`Envelope`]) now; whether it was new here.
+    pub async fn apply_directory_event(&self, encoded: &[u8]) -> Result<bool> {
+        let envelope = Envelope::decode(encoded)
+            .map_err(|_| Error::invalid("envelope", "not an encoded pim.events.v1.Envelope"))?;
+        // The signature is the authority, not the caller: a replayed event changes nothing
+        // (the inbox and membership versions), a forged one is refused.
+        self.event_keys
+            .verify(streams::IDENTITY, &envelope)
+            .map_err(|refused| {
+                Error::PermissionDenied(format!(
+                    "not an event identity signed for its stream ({})",
+                    refused.code()
+                ))
+            })?;
+        if !matches!(
+            event_type(&envelope),
+            Some(EventType::GroupMemberAdded | EventType::GroupMemberRemoved | EventType::GroupDeleted)
+        ) {
+            return Err(Error::invalid(
+                "envelope",
+                "only a group's membership change or deletion is applied directly",
+            ));
+        }
+        let inbox = Inbox::new(self.db.clone(), Arc::new(IdentityEvents(self.clone())));
+        inbox.apply(&envelope).await.map_err(Error::Internal)
     }
 }

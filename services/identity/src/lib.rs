@@ -2,6 +2,7 @@
 //! sign-in, and the signing keys behind every access token.
 
 mod clients;
+mod codes;
 mod credentials;
 mod directory;
 mod error;

@@ -11,7 +11,6 @@
 
 use argon2::password_hash::rand_core::{OsRng, RngCore};
 use sea_orm::TransactionTrait;
-use sha2::{Digest, Sha256};
 use totp_rs::{Algorithm, TOTP};
 
 use pim_proto::common::v1::PrincipalKind;
@@ -20,6 +19,7 @@ use pim_runtime::access::{permissions, require};
 use pim_runtime::auth::Caller;
 use pim_runtime::db::{now_ms, to_timestamp};
 
+use crate::codes::{new_enrollment_pass, new_recovery_code};
 use crate::credentials;
 use crate::directory::{ClientInfo, Directory, Session, refresh_hash};
 use crate::error::{Error, Result};
@@ -60,42 +60,6 @@ pub fn matching_step(totp: &TOTP, code: &str, now_secs: u64) -> Option<i64> {
         .map(|step| step as i64)
 }
 
-/// A recovery code or an enrolment pass as typed, read the way it was made: letters and
-/// digits, upper case.
-fn normal(code: &str) -> String {
-    code.chars()
-        .filter(|c| c.is_ascii_alphanumeric())
-        .map(|c| c.to_ascii_uppercase())
-        .collect()
-}
-
-/// What earlier versions kept of a code: a plain SHA-256, which a copy of the database alone
-/// lets anyone try every 50-bit code against. Looked up still, for codes made then.
-fn legacy_hash(code: &str) -> String {
-    Sha256::digest(normal(code).as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-fn new_recovery_code() -> String {
-    const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
-    let mut bytes = [0u8; 10];
-    OsRng.fill_bytes(&mut bytes);
-    let chars: String = bytes
-        .iter()
-        .map(|b| ALPHABET[(*b as usize) % ALPHABET.len()] as char)
-        .collect();
-    format!("{}-{}", &chars[..5], &chars[5..])
-}
-
-/// Enrolment passes: 20 characters of the recovery-code alphabet (100 bits), in groups of five.
-fn new_enrollment_pass() -> String {
-    let a = new_recovery_code().replace('-', "");
-    let b = new_recovery_code().replace('-', "");
-    format!("{}-{}-{}-{}", &a[..5], &a[5..], &b[..5], &b[5..])
-}
-
 /// How long an enrolment pass may work, and how many enrolments it may allow (Entra's
 /// Temporary Access Pass: 10 minutes to 30 days, 1 hour by default).
 const PASS_LIFETIME_MS: std::ops::RangeInclusive<i64> = 10 * 60_000..=30 * 86_400_000;
@@ -113,37 +77,7 @@ fn looks_like_totp(code: &str) -> bool {
     code.len() == DIGITS && code.chars().all(|c| c.is_ascii_digit())
 }
 
-/// What a keyed code digest is for (recovery codes and enrolment passes).
-const CODE_DIGEST: &str = "pim recovery code";
-
 impl Directory {
-    /// What is kept of a recovery code or an enrolment pass: a digest keyed under
-    /// `PIM_SECRETS_KEY`, so a copy of the database alone cannot be tried against.
-    fn code_digest(&self, code: &str) -> String {
-        self.sealer.digest(CODE_DIGEST, normal(code).as_bytes())
-    }
-
-    /// Takes `code` as one of the user's unused recovery codes, kept keyed or (made by an
-    /// earlier version) plainly hashed.
-    async fn use_recovery_code(&self, user_id: &str, code: &str) -> Result<bool> {
-        let now = now_ms();
-        Ok(store::use_recovery_code(&self.db, user_id, &self.code_digest(code), now).await?
-            || store::use_recovery_code(&self.db, user_id, &legacy_hash(code), now).await?)
-    }
-
-    /// Takes a use of the user's enrolment pass `pass`, kept keyed or plainly hashed.
-    async fn use_enrollment_pass(
-        &self,
-        txn: &sea_orm::DatabaseTransaction,
-        user_id: &str,
-        pass: &str,
-        now: i64,
-    ) -> Result<Option<(String, i64, i32)>> {
-        if let Some(used) = store::use_enrollment_pass(txn, user_id, &self.code_digest(pass), now).await? {
-            return Ok(Some(used));
-        }
-        Ok(store::use_enrollment_pass(txn, user_id, &legacy_hash(pass), now).await?)
-    }
     pub(crate) fn user_caller<'a>(&self, caller: &'a Caller) -> Result<&'a Caller> {
         if caller.kind != PrincipalKind::User {
             return Err(Error::FailedPrecondition(
@@ -805,22 +739,5 @@ mod tests {
             None
         );
         assert!(t.get_url().starts_with("otpauth://totp/PIM:lee?secret="));
-    }
-
-    #[test]
-    fn recovery_codes_are_hashed_ignoring_case_and_dashes() {
-        let code = new_recovery_code();
-        assert_eq!(code.len(), 11);
-        assert_eq!(
-            normal(&code),
-            normal(&code.to_lowercase().replace('-', ""))
-        );
-        assert_ne!(legacy_hash(&code), legacy_hash(&new_recovery_code()));
-        // Kept keyed: another key (a copy of the database without it) makes another digest.
-        let sealer = |key: &str| pim_runtime::sealing::Sealer::derived(key, "test");
-        let digest = |sealer: &pim_runtime::sealing::Sealer, code: &str| sealer.digest(CODE_DIGEST, normal(code).as_bytes());
-        assert_eq!(digest(&sealer("a"), &code), digest(&sealer("a"), &code.to_lowercase()));
-        assert_ne!(digest(&sealer("a"), &code), digest(&sealer("b"), &code));
-        assert_ne!(digest(&sealer("a"), &code), legacy_hash(&code));
     }
 }

@@ -31,7 +31,6 @@ use crate::timers::Timers;
 mod activation;
 mod administration;
 mod definitions;
-mod directory_events;
 mod disables;
 mod group_access;
 mod policies;
