@@ -203,9 +203,13 @@ async fn wrong_codes_lock_mfa_and_recovery_codes_work_once() -> anyhow::Result<(
         let plain = |code: &str| -> String {
             use sha2::Digest;
             let normal: String = code.chars().filter(|c| *c != '-').collect();
-            sha2::Sha256::digest(normal.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+            sha2::Sha256::digest(normal.as_bytes())
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect()
         };
-        let identity_db = pim_runtime::db::connect(ts.database_url(pim::ServiceName::Identity).expect("its database")).await?;
+        let identity_db =
+            pim_runtime::db::connect(ts.database_url(pim::ServiceName::Identity).expect("its database")).await?;
         let stored: Vec<String> = pim_runtime::db::query(
             &identity_db,
             "SELECT code_hash FROM recovery_codes WHERE user_id = $1",
@@ -223,8 +227,13 @@ async fn wrong_codes_lock_mfa_and_recovery_codes_work_once() -> anyhow::Result<(
             vec![kim_id.clone().into(), plain("OLDER-CODES").into()],
         )
         .await?;
-        mfa.verify(authed(&kim_token, ipb::VerifyRequest { code: "older-codes".into() }))
-            .await?;
+        mfa.verify(authed(
+            &kim_token,
+            ipb::VerifyRequest {
+                code: "older-codes".into(),
+            },
+        ))
+        .await?;
         identity_db.close().await?;
         let reused = mfa
             .verify(authed(&kim_token, ipb::VerifyRequest { code: codes[0].clone() }))
