@@ -622,6 +622,37 @@ async fn identity_and_time_rules_raise_and_clear() -> anyhow::Result<()> {
             })
             .await?;
         }
+        // Resolved, the burst is not raised again when Lee's account is judged again on the
+        // same failures (a second privileged role reaching alerting).
+        w.alerts()
+            .resolve_alert(authed(
+                &w.admin,
+                pb::AlertStatusRequest {
+                    alert_id: burst.id.clone(),
+                    reason: "Lee mistyped; confirmed by phone".into(),
+                },
+            ))
+            .await?;
+        const SECURITY_ADMINISTRATOR: &str = "194ae4cb-b126-40b2-bd5b-6091b380977d";
+        w.make_eligible(&lee, SECURITY_ADMINISTRATOR).await?;
+        let db = w.ts.suite.alerting().expect("alerting runs here").alerting_db().clone();
+        eventually(Duration::from_secs(10), "Lee's second role judged", || async {
+            let row = pim_runtime::db::query_one(
+                &db,
+                "SELECT COUNT(*) AS n FROM privileged_assignments WHERE principal_id = $1",
+                vec![lee.id.clone().into()],
+            )
+            .await?
+            .expect("a count");
+            Ok((pim_runtime::db::col::<i64>(&row, "n")? == 2).then_some(()))
+        })
+        .await?;
+        assert!(
+            !w.all_alerts().await?.iter().any(|a| a.rule_id == "mfa_failures"
+                && a.principal_id == lee.id
+                && a.status == pb::AlertStatus::Open as i32),
+            "the same failures raised again"
+        );
 
         // Wrong passwords until sign-ins are refused: a privileged account's lockout raises
         // one alert however many attempts it refuses; an unprivileged one's raises none.

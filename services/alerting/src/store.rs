@@ -102,6 +102,10 @@ impl MigratorTrait for Migrator {
                 )"
                 .to_owned()
             }),
+            // The alert closed last for a dedup key (nothing new raises it again).
+            SqlMigration::boxed("m0004_alerts_by_key", |_| {
+                "CREATE INDEX alerts_by_key ON alerts (dedup_key, rev)".to_owned()
+            }),
         ]);
         migrations
     }
@@ -197,6 +201,14 @@ pub async fn live<C: ConnectionTrait>(c: &C, dedup_key: &str) -> Result<Option<A
     let sql = format!(
         "SELECT {COLUMNS} FROM alerts WHERE dedup_key = $1 AND status IN ('open', 'acknowledged'){}",
         c.for_update()
+    );
+    db::row(c, &sql, vec![dedup_key.into()], AlertRow::from_row).await
+}
+
+/// The alert with this dedup key closed last (dismissed or resolved), if any.
+pub async fn last_closed<C: ConnectionTrait>(c: &C, dedup_key: &str) -> Result<Option<AlertRow>, DbErr> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM alerts WHERE dedup_key = $1 AND status IN ('dismissed', 'resolved') ORDER BY rev DESC LIMIT 1"
     );
     db::row(c, &sql, vec![dedup_key.into()], AlertRow::from_row).await
 }

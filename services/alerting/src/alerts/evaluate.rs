@@ -69,7 +69,7 @@ impl Alerts {
                 }
                 let locked = lockout || m.reason == "locked_out";
                 if store::is_privileged(txn, &m.user_id, self.now()).await? {
-                    self.check_mfa_failures(txn, &m.user_id, at, locked).await?;
+                    self.check_mfa_failures(txn, &m.user_id, at, locked, false).await?;
                 }
             }
             Some(EventType::RecoveryCodeUsed | EventType::MfaMethodRemoved | EventType::MfaReset) => {
@@ -139,7 +139,8 @@ impl Alerts {
                     },
                 )
                 .await?;
-                self.check_mfa_failures(txn, &a.principal_id, self.now(), false).await?;
+                self.check_mfa_failures(txn, &a.principal_id, self.now(), false, true)
+                    .await?;
                 if a.justification.starts_with("bootstrap:") {
                     store::add_break_glass(txn, &a.principal_id).await?;
                     // Identity's and assignment's streams are read independently: a sign-in
@@ -498,13 +499,15 @@ impl Alerts {
             .await
     }
 
-    /// MFA failures of a privileged account within the window, or a lockout.
+    /// MFA failures of a privileged account within the window, or a lockout; `rejudged`: on
+    /// no new failure, the account having turned privileged.
     pub(super) async fn check_mfa_failures(
         &self,
         txn: &DatabaseTransaction,
         principal_id: &str,
         at: i64,
         locked: bool,
+        rejudged: bool,
     ) -> Result<()> {
         let s = self.settings(txn, rules::MFA_FAILURES).await?;
         let failures = store::mfa_failures_since(txn, principal_id, at - s.get("window_minutes") * 60_000).await?;
@@ -517,15 +520,12 @@ impl Alerts {
                 principal_id: principal_id.into(),
                 ..Subject::default()
             };
-            self.raise(
-                txn,
-                rules::MFA_FAILURES,
-                &format!("mfa_failures:{principal_id}"),
-                subject,
-                &failures,
-                figures,
-            )
-            .await?;
+            let key = format!("mfa_failures:{principal_id}");
+            // Judged again when the account turns privileged: the same failures are no news.
+            if !(rejudged && self.nothing_new(txn, &key, &failures).await?) {
+                self.raise(txn, rules::MFA_FAILURES, &key, subject, &failures, figures)
+                    .await?;
+            }
         }
         Ok(())
     }

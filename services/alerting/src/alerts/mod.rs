@@ -267,6 +267,18 @@ impl Alerts {
         .await
     }
 
+    /// Whether `evidence` would tell nothing new of `dedup_key`: the live alert (or, with none,
+    /// the one closed last) holds all of it. A rule judged again on the same facts (as when an
+    /// account turns privileged) then neither counts an occurrence nor raises again what
+    /// someone closed.
+    async fn nothing_new(&self, txn: &DatabaseTransaction, dedup_key: &str, evidence: &[String]) -> Result<bool> {
+        let last = match store::live(txn, dedup_key).await? {
+            Some(live) => Some(live),
+            None => store::last_closed(txn, dedup_key).await?,
+        };
+        Ok(last.is_some_and(|last| !evidence.is_empty() && evidence.iter().all(|id| last.evidence.contains(id))))
+    }
+
     /// Resolves the live alert with this key: its condition cleared.
     async fn clear(&self, txn: &DatabaseTransaction, dedup_key: &str, why: &str) -> Result<()> {
         let Some(mut alert) = store::live(txn, dedup_key).await? else {
