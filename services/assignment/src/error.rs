@@ -51,6 +51,15 @@ impl Error {
             message: message.into(),
         }
     }
+
+    /// For an event handler: a fault keeps its chain (so a database conflict is still seen as
+    /// one, and the event is applied again at once); anything else becomes its message.
+    pub fn into_anyhow(self) -> anyhow::Error {
+        match self {
+            Self::Internal(fault) => fault,
+            other => anyhow::anyhow!("{other}"),
+        }
+    }
 }
 
 impl From<sea_orm::DbErr> for Error {

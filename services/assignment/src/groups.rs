@@ -241,15 +241,6 @@ impl Memberships {
         }
     }
 
-    /// The members of `group_id` as identity holds them.
-    pub fn members_of(&self, group_id: &str) -> Vec<String> {
-        let held = self.held.read().unwrap_or_else(|e| e.into_inner());
-        (held.groups_of.iter())
-            .filter(|(_, groups)| groups.contains(group_id))
-            .map(|(member, _)| member.clone())
-            .collect()
-    }
-
     pub fn groups_of(&self, principal_id: &str) -> Vec<String> {
         let held = self.held.read().unwrap_or_else(|e| e.into_inner());
         held.groups_of

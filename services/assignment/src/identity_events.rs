@@ -59,7 +59,7 @@ impl EventHandler for IdentityEvents {
             self.0
                 .apply_user_state(txn, change)
                 .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
+                .map_err(crate::error::Error::into_anyhow)?;
             return Ok(());
         }
         if event_type(envelope) == Some(EventType::GroupDeleted) {
@@ -68,7 +68,7 @@ impl EventHandler for IdentityEvents {
                 .0
                 .end_group(txn, &e.group_id, e.actor)
                 .await
-                .map_err(|e| anyhow::anyhow!("{e}"));
+                .map_err(crate::error::Error::into_anyhow);
         }
         if let Some(change) = Memberships::change(envelope)? {
             // A change older than the one the projection reflects (told late, out of order)
@@ -85,7 +85,7 @@ impl EventHandler for IdentityEvents {
                     .0
                     .bound_to_eligibility(txn, vec![change.member], actor, now)
                     .await
-                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                    .map_err(crate::error::Error::into_anyhow)?;
             }
         }
         Ok(())

@@ -215,42 +215,31 @@ impl AccessIndex {
         self.changes.access_lost();
     }
 
-    /// Tells watchers that what `roles` grant changed: each grant of one is announced again,
-    /// marked `redefined`, to its holder and, where a group holds it, to the group's members
-    /// (`members_of`: identity's members; those just in time hold a Group Member grant of the
-    /// group's scope here).
-    pub fn announce_redefined(&self, roles: &HashSet<String>, members_of: impl Fn(&str) -> Vec<String>) {
+    /// Tells watchers that what `roles` grant changed: each grant of one in force at `now` is
+    /// announced again to its holder, marked `redefined` (a group's, to the group: watchers
+    /// follow a group's grants to its members, as for any change of them).
+    pub fn announce_redefined(&self, roles: &HashSet<String>, now: i64) {
         if roles.is_empty() {
             return;
         }
+        let in_force = |g: &Grant| roles.contains(&g.role_id) && g.start <= now && g.end.is_none_or(|end| end > now);
         let mut held = Vec::new();
-        let mut members = Vec::new();
         for shard in self.shards.iter() {
             let map = shard.read().unwrap_or_else(|e| e.into_inner());
             for (principal, grants) in map.iter() {
-                for (id, grant) in grants {
-                    if roles.contains(&grant.role_id) {
-                        held.push((principal.clone(), id.clone(), grant.clone()));
-                    } else if grant.role_id == pim_proto::catalogue::GROUP_MEMBER {
-                        members.push((principal.clone(), grant.scope.clone()));
-                    }
+                for (id, grant) in grants.iter().filter(|(_, g)| in_force(g)) {
+                    held.push(Change {
+                        principal_id: principal.clone(),
+                        assignment_id: id.clone(),
+                        grant: grant.clone(),
+                        active: true,
+                        redefined: true,
+                    });
                 }
             }
         }
-        let redefined = |principal_id: String, assignment_id: &str, grant: &Grant| Change {
-            principal_id,
-            assignment_id: assignment_id.to_owned(),
-            grant: grant.clone(),
-            active: true,
-            redefined: true,
-        };
-        for (holder, id, grant) in &held {
-            self.changes.send(redefined(holder.clone(), id, grant));
-            let scope = pim_proto::catalogue::group_scope(holder);
-            let just_in_time = members.iter().filter(|(_, s)| *s == scope).map(|(m, _)| m.clone());
-            for member in members_of(holder).into_iter().chain(just_in_time) {
-                self.changes.send(redefined(member, id, grant));
-            }
+        for change in held {
+            self.changes.send(change);
         }
     }
 
@@ -353,36 +342,22 @@ mod tests {
         }
     }
 
-    /// A role redefined is announced again to its holders, and where a group holds it, to the
-    /// group's members: identity's and those just in time; nobody else hears of it.
+    /// A role redefined is announced again to whoever holds it now (a group, as the group);
+    /// nobody else hears of it, nor of a grant ended or still to start.
     #[tokio::test]
     async fn a_role_redefined_is_announced_to_whoever_holds_it() {
         let index = AccessIndex::default();
         index.upsert("lee", "a1", grant(0, None));
-        index.upsert("team", "a2", grant(0, None));
-        let member = Grant {
-            role_id: pim_proto::catalogue::GROUP_MEMBER.into(),
-            scope: pim_proto::catalogue::group_scope("team"),
+        index.upsert("team", "a2", grant(0, Some(100)));
+        index.upsert("kim", "a3", grant(0, Some(10)));
+        index.upsert("ann", "a4", grant(60, None));
+        let other = Grant {
+            role_id: "other".into(),
             ..grant(0, None)
         };
-        index.upsert("kim", "a3", member);
-        index.upsert(
-            "joe",
-            "a4",
-            Grant {
-                role_id: "other".into(),
-                ..grant(0, None)
-            },
-        );
+        index.upsert("joe", "a5", other);
         let mut heard = index.subscribe();
-        let members = |group: &str| {
-            if group == "team" {
-                vec!["ann".to_owned()]
-            } else {
-                Vec::new()
-            }
-        };
-        index.announce_redefined(&HashSet::from(["r".to_owned()]), members);
+        index.announce_redefined(&HashSet::from(["r".to_owned()]), 50);
         let mut told = Vec::new();
         while let Ok(change) = heard.try_recv() {
             assert!(
@@ -392,7 +367,7 @@ mod tests {
             told.push(change.principal_id);
         }
         told.sort();
-        assert_eq!(told, ["ann", "kim", "lee", "team"]);
+        assert_eq!(told, ["lee", "team"]);
     }
 
     #[tokio::test]

@@ -185,7 +185,7 @@ impl EventHandler for ApprovalOutcomes {
                 self.0
                     .remove_for_review(txn, &event)
                     .await
-                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                    .map_err(crate::error::Error::into_anyhow)?;
                 return Ok(());
             }
             _ => return Ok(()),
@@ -194,7 +194,7 @@ impl EventHandler for ApprovalOutcomes {
         self.0
             .apply_approval(txn, &event.request_id, outcome, event.actor, &event.reason)
             .await
-            .map_err(|e| anyhow::anyhow!("{e}"))
+            .map_err(crate::error::Error::into_anyhow)
     }
 
     /// The index follows what was committed, read back from the database: the activation an

@@ -294,12 +294,12 @@ impl Notifier {
         if let Some(policy) = request.and_then(|r| serde_json::from_str::<Policy>(&r.policy).ok()) {
             return Ok(policy);
         }
-        let scope = Scope::parse(&change.scope).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let scope = Scope::parse(&change.scope).map_err(crate::error::Error::into_anyhow)?;
         let (policy, _) = self
             .0
             .effective_policy(txn, &change.role_id, &scope)
             .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            .map_err(crate::error::Error::into_anyhow)?;
         Ok(policy)
     }
 
@@ -492,7 +492,7 @@ impl EventHandler for Notifier {
         self.0
             .emit(txn, EventType::NotificationsDue, &change.principal_id, &event)
             .await
-            .map_err(|e| anyhow::anyhow!("{e}"))
+            .map_err(crate::error::Error::into_anyhow)
     }
 
     async fn after_commit(&self, _envelope: &Envelope) {

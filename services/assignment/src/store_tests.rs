@@ -722,3 +722,26 @@ async fn two_reports_of_one_system_at_once_end_as_the_later_one() -> anyhow::Res
     })
     .await
 }
+
+/// A database conflict met by an event handler stays one on its way out of the service's
+/// error (`Error::into_anyhow`), so the consumer applies the event again at once rather than
+/// leaving it to redelivery 30 s later (PostgreSQL: SQLite does not give transactions up so).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conflict_stays_a_conflict_through_the_services_error() -> anyhow::Result<()> {
+    on_both(|db| async move {
+        use sea_orm::ConnectionTrait;
+        if db.get_database_backend() != sea_orm::DbBackend::Postgres {
+            return Ok(());
+        }
+        let given_up = db
+            .execute_unprepared("DO $$ BEGIN RAISE EXCEPTION 'given up' USING ERRCODE = '40P01'; END $$")
+            .await
+            .expect_err("raised");
+        let handed_on = crate::error::Error::from(given_up).into_anyhow();
+        assert!(pim_runtime::db::conflict_in(&handed_on).is_some(), "{handed_on:#}");
+        let flattened = anyhow::anyhow!("{}", crate::error::Error::invalid("x", "y"));
+        assert!(pim_runtime::db::conflict_in(&flattened).is_none());
+        Ok(())
+    })
+    .await
+}

@@ -262,8 +262,7 @@ impl Assignments {
         self.index.changes().access_lost();
         // Apps that cache answers by permission ask again for whoever holds a role that
         // changed (WatchAccessChanges).
-        self.index
-            .announce_redefined(&redefined, |group| self.memberships.members_of(group));
+        self.index.announce_redefined(&redefined, self.now());
         Ok(())
     }
 }
