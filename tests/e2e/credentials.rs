@@ -527,8 +527,6 @@ async fn a_first_authenticator_needs_an_enrolment_pass_that_works_once_and_expir
     .await
 }
 
-/// Requiring MFA at sign-in reaches sessions already open: one of a user with no method is not
-/// refreshed (they sign in again, and enrol), where it would have gone on for 12 hours.
 /// Waits for a failure record of `who`'s whose payload names `reason`.
 async fn refusal_recorded(ts: &TestSuite, admin: &str, who: &str, reason: &str) -> anyhow::Result<()> {
     eventually(Duration::from_secs(10), reason, || async {
@@ -545,6 +543,9 @@ async fn refusal_recorded(ts: &TestSuite, admin: &str, who: &str, reason: &str) 
     .await
 }
 
+/// Requiring MFA at sign-in reaches sessions already open: one of a user with no method is not
+/// refreshed (they sign in again, and enrol), where it would have gone on for 12 hours. A
+/// refresh refused for the session's own reason is on record.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requiring_mfa_reaches_sessions_already_open() -> anyhow::Result<()> {
     let ts = TestSuite::embedded().await?;
@@ -553,18 +554,21 @@ async fn requiring_mfa_reaches_sessions_already_open() -> anyhow::Result<()> {
         ts.create_user(&admin, "lee").await?;
         let before = sign_in(&ts, "lee", &password_of("lee")).await?;
         assert!(!before.refresh_token.is_empty() && !before.enrollment_required);
-        // A session signed out is refreshed no more, and the attempt is on record.
+        // A session signed out is refreshed no more, and the attempt is on record: the first
+        // three in the window, however many are made.
         let ended = sign_in(&ts, "lee", &password_of("lee")).await?;
         AuthServiceClient::new(ts.channel.clone())
             .sign_out(authed(&ended.access_token, ipb::SignOutRequest::default()))
             .await?;
-        let refused = AuthServiceClient::new(ts.channel.clone())
-            .refresh(ipb::RefreshRequest {
-                refresh_token: ended.refresh_token.clone(),
-            })
-            .await
-            .expect_err("signed out");
-        assert_eq!(refused.code(), Code::Unauthenticated);
+        for _ in 0..5 {
+            let refused = AuthServiceClient::new(ts.channel.clone())
+                .refresh(ipb::RefreshRequest {
+                    refresh_token: ended.refresh_token.clone(),
+                })
+                .await
+                .expect_err("signed out");
+            assert_eq!(refused.code(), Code::Unauthenticated);
+        }
         refusal_recorded(&ts, &admin, "lee", "refresh_session_ended").await?;
         let ts = ts
             .restart_with(|c| c.signin_mfa = pim_runtime::config::SigninMfa::Required)
@@ -578,6 +582,17 @@ async fn requiring_mfa_reaches_sessions_already_open() -> anyhow::Result<()> {
         assert_eq!(refused.code(), Code::Unauthenticated);
         assert!(refused.message().contains("enrol"), "{}", refused.message());
         refusal_recorded(&ts, &admin, "lee", "refresh_mfa_required").await?;
+        // Recorded after them, in order: the signed-out session's refusals are all in.
+        let query = pim_proto::audit::v1::QueryEventsRequest {
+            outcome: "failure".into(),
+            ..Default::default()
+        };
+        let records = ts.audit_records(&admin, query).await?;
+        let ended = records
+            .iter()
+            .filter(|r| r.payload_json.contains("refresh_session_ended"))
+            .count();
+        assert_eq!(ended, 3, "five refusals, three on record");
         let again = sign_in(&ts, "lee", &password_of("lee")).await?;
         assert!(again.enrollment_required, "signed in again, Lee enrols");
         anyhow::Ok(ts)

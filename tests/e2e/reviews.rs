@@ -396,13 +396,29 @@ async fn reviewers_do_not_review_their_own_access() -> anyhow::Result<()> {
             pb::ReviewScope::Eligible,
             &ann.id,
         );
-        peers
-            .review
-            .as_mut()
-            .expect("a review")
-            .reviewer_ids
-            .push(lee.id.clone());
+        // A bot reviews too, and is in ops: ops is its own to weigh as for a person.
+        let (bot, secret) = w.ts.create_service_principal(&w.admin, "review-bot").await?;
+        pim_proto::identity::v1::directory_service_client::DirectoryServiceClient::new(w.ts.channel.clone())
+            .add_group_member(authed(
+                &w.admin,
+                pim_proto::identity::v1::GroupMembershipRequest {
+                    group_id: ops.clone(),
+                    principal_id: bot.clone(),
+                },
+            ))
+            .await?;
+        let reviewers = &mut peers.review.as_mut().expect("a review").reviewer_ids;
+        reviewers.extend([lee.id.clone(), bot.clone()]);
         let review = w.reviews().create_review(authed(&w.admin, peers)).await?.into_inner();
+        let bot_token = pim_proto::identity::v1::auth_service_client::AuthServiceClient::new(w.ts.channel.clone())
+            .sign_in_service_principal(pim_proto::identity::v1::SignInServicePrincipalRequest {
+                client_id: bot.clone(),
+                client_secret: secret,
+            })
+            .await?
+            .into_inner()
+            .access_token;
+        let bots = w.my_items(&bot_token, &review.id).await?;
         let (anns, lees) = (
             w.my_items(&ann.token, &review.id).await?,
             w.my_items(&lee.token, &review.id).await?,
@@ -421,6 +437,11 @@ async fn reviewers_do_not_review_their_own_access() -> anyhow::Result<()> {
             sorted(whose(&lees)),
             sorted(vec![ann.id.clone(), ops.clone()]),
             "Lee reviews Ann and ops, not the night shift"
+        );
+        assert_eq!(
+            sorted(whose(&bots)),
+            sorted(vec![ann.id.clone(), lee.id.clone(), night.clone()]),
+            "the bot reviews all but ops"
         );
         let lees: Vec<pb::ReviewItem> = lees.into_iter().filter(|i| i.principal_id == ann.id).collect();
         let refused = w

@@ -155,11 +155,12 @@ impl Approvals {
         if r.auto_apply {
             require(self.access.as_ref(), caller, permissions::ASSIGNMENTS_MANAGE, &scope)
                 .await
-                .map_err(|_| {
-                    Error::PermissionDenied(format!(
+                .map_err(|refused| match Error::from(refused) {
+                    denied if denied.is_permission_denied() => Error::PermissionDenied(format!(
                         "a review that removes what is denied (auto-apply) needs {} at {scope}, as removing it directly does",
                         permissions::ASSIGNMENTS_MANAGE
-                    ))
+                    )),
+                    other => other,
                 })?;
         }
         let (role_id, mut privileged) = self.services.role(caller, role_id).await?;
@@ -285,9 +286,25 @@ impl Approvals {
     /// an app's secret, and only of an app). A group named decides privileged access only if
     /// role-assignable, and its members are protected as such.
     pub async fn privileged_decisions_of(&self, caller: &Caller, principal_id: &str) -> Result<Vec<String>> {
-        let may = |permission| require(self.access.as_ref(), caller, permission, "/");
-        if may(permissions::CREDENTIALS_RESET).await.is_err() && may(permissions::REVIEWS_MANAGE).await.is_err() {
-            may(permissions::SERVICE_PRINCIPALS_MANAGE).await?;
+        // Whether the caller holds `permission`; an access check that could not answer is no "no".
+        let may = |permission| async move {
+            match require(self.access.as_ref(), caller, permission, "/")
+                .await
+                .map_err(Error::from)
+            {
+                Ok(()) => Ok(true),
+                Err(denied) if denied.is_permission_denied() => Ok(false),
+                Err(fault) => Err(fault),
+            }
+        };
+        if !may(permissions::CREDENTIALS_RESET).await? && !may(permissions::REVIEWS_MANAGE).await? {
+            require(
+                self.access.as_ref(),
+                caller,
+                permissions::SERVICE_PRINCIPALS_MANAGE,
+                "/",
+            )
+            .await?;
             let asked = self.services.principal(caller, principal_id).await?;
             if asked.is_none_or(|p| p.kind != PrincipalKind::ServicePrincipal as i32) {
                 return Err(Error::PermissionDenied(
@@ -381,9 +398,7 @@ impl Approvals {
         if !self.is_reviewer(caller, review, asked).await? {
             return Ok(false);
         }
-        if caller.kind != PrincipalKind::User {
-            return Ok(true);
-        }
+        // An app reviewer (a bot) is weighed as a person is: apps may be group members too.
         Ok(!self.in_group(caller, &item.principal_id, asked).await?)
     }
 

@@ -8,7 +8,6 @@
 
 use std::sync::Arc;
 
-use prost::Message;
 use sea_orm::DatabaseTransaction;
 
 use pim_proto::events::v1::{GroupDeleted, GroupMembershipChanged};
@@ -142,10 +141,8 @@ impl EventHandler for IdentityEvents {
 }
 
 impl Assignments {
-    /// Applies identity's event `encoded` (an [`Envelope`]) now; whether it was new here.
-    pub async fn apply_directory_event(&self, encoded: &[u8]) -> Result<bool> {
-        let envelope = Envelope::decode(encoded)
-            .map_err(|_| Error::invalid("envelope", "not an encoded pim.events.v1.Envelope"))?;
+    /// Applies identity's event `envelope` now; whether it was new here.
+    pub async fn apply_directory_event(&self, envelope: Envelope) -> Result<bool> {
         // The signature is the authority, not the caller: a replayed event changes nothing
         // (the inbox and membership versions), a forged one is refused.
         self.event_keys

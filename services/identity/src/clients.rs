@@ -168,7 +168,6 @@ impl AssignmentClients {
         Ok(approved.into_iter().map(|a| (a.role_name, a.scope)).collect())
     }
 
-    /// Tells assignment of a disable committed as of `as_of` (its event's time), to apply now.
     /// Gives assignment a committed, signed identity event to apply now (`ApplyDirectoryEvent`).
     pub async fn apply_directory_event(&self, caller: &Caller, envelope: &pim_runtime::events::Envelope) -> Result<()> {
         use prost::Message;
@@ -183,6 +182,7 @@ impl AssignmentClients {
         Ok(())
     }
 
+    /// Tells assignment of a disable committed as of `as_of` (its event's time), to apply now.
     pub async fn apply_principal_disabled(&self, caller: &Caller, principal_id: &str, as_of: i64) -> Result<()> {
         let asked = apb::ApplyPrincipalDisabledRequest {
             principal_id: principal_id.to_owned(),

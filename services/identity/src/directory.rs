@@ -349,7 +349,8 @@ impl Directory {
         // Counted against the principal however it was named, and against the source.
         let at = self.clock.now_ms();
         let keys = limiter::Keys::of_sign_in(&self.db, user.as_ref(), user_name, client.ip.as_deref(), at).await?;
-        if let Some(minutes) = limiter::attempt(&self.db, &keys, at).await? {
+        let counted = limiter::weigh(&self.db, &keys, at).await?;
+        if let Some(minutes) = counted.refused {
             // Refused without looking at the password, and audited as a failed sign-in.
             let id = user.as_ref().map(|u| u.id.as_str()).unwrap_or_default();
             self.sign_in_failed(user_name, id, "locked_out", client).await?;
@@ -365,6 +366,8 @@ impl Directory {
                 let reason = match &other {
                     None => "unknown_user",
                     Some(u) if !u.enabled => "disabled",
+                    // The failure that reaches the limit says so: the lockout starts now.
+                    Some(_) if counted.last => "bad_password_locked_out",
                     Some(_) => "bad_password",
                 };
                 let id = other.as_ref().map(|u| u.id.as_str()).unwrap_or_default();
@@ -553,15 +556,19 @@ impl Directory {
     }
 
     /// A new access token for a live session; the refresh token is replaced (a reused one fails).
-    /// A refusal of a session's token is recorded as a failed sign-in of its user (a token
-    /// matching no session is not: it names nobody, and anyone could flood the record).
+    /// A refusal for the session's own reason (signed out or revoked, its user disabled, MFA
+    /// required now) is recorded as a failed sign-in of its user, a few times a window per
+    /// session; a session that merely ran out, or a token matching none, is not (it names
+    /// nobody, and anyone could flood the record).
     pub async fn refresh(&self, refresh_token: &str, client: &ClientInfo) -> Result<Session> {
         let old = refresh_hash(refresh_token.trim());
         let now = now_ms();
         let found = store::session_by_refresh(&self.db, &old).await?;
         if let Some(ended) = found.as_ref().filter(|s| s.revoked_at.is_some() || s.expires_at <= now) {
-            self.refresh_refused(&ended.principal_id, "refresh_session_ended", client)
-                .await?;
+            if ended.revoked_at.is_some() {
+                self.refresh_refused(&ended.id, &ended.principal_id, "refresh_session_ended", client)
+                    .await?;
+            }
             return Err(Error::BadRefresh);
         }
         let Some(session) = found else {
@@ -581,14 +588,14 @@ impl Directory {
             .await?
             .filter(|u| u.enabled)
         else {
-            self.refresh_refused(&session.principal_id, "refresh_user_disabled", client)
+            self.refresh_refused(&session.id, &session.principal_id, "refresh_user_disabled", client)
                 .await?;
             return Err(Error::BadRefresh);
         };
         // A session from before every user had to enrol MFA goes on only as a sign-in would:
         // a user with no method signs in again, and enrols.
         if self.signin_mfa == SigninMfa::Required && self.confirmed_methods(&user.id).await?.is_empty() {
-            self.sign_in_failed(&user.user_name, &user.id, "refresh_mfa_required", client)
+            self.refresh_refused(&session.id, &user.id, "refresh_mfa_required", client)
                 .await?;
             return Err(Error::Unauthenticated(
                 "every user must enrol MFA now (PIM_SIGNIN_MFA=required): sign in again, and enrol an authenticator"
@@ -615,8 +622,21 @@ impl Directory {
         Ok(Session::new(user.id, issued, amr, next))
     }
 
-    /// A refresh of `principal_id`'s session refused for `reason`: a failed sign-in of theirs.
-    async fn refresh_refused(&self, principal_id: &str, reason: &str, client: &ClientInfo) -> Result<()> {
+    /// A refresh of `principal_id`'s session refused for `reason`: a failed sign-in of theirs,
+    /// recorded the first three times in the sign-in window for the session.
+    async fn refresh_refused(
+        &self,
+        session_id: &str,
+        principal_id: &str,
+        reason: &str,
+        client: &ClientInfo,
+    ) -> Result<()> {
+        let now = self.clock.now_ms();
+        let key = format!("refresh:{session_id}");
+        let (counted, _) = store::count_sign_in_attempt(&self.db, &key, now, now - limiter::WINDOW_MS).await?;
+        if counted > 3 {
+            return Ok(());
+        }
         let name = store::find_user(&self.db, principal_id)
             .await?
             .map(|u| u.user_name)
@@ -685,7 +705,7 @@ impl Directory {
     /// cross Redis, which may be down): the access they end is gone there before this
     /// answers. A failure only waits for the stream, which delivers the same events.
     pub(crate) async fn tell_assignment(&self, caller: &Caller, mut told: Vec<pim_runtime::events::Envelope>) {
-        if told.is_empty() || self.outbox.applies_before_answering() {
+        if told.is_empty() {
             return;
         }
         let tell = async {
@@ -695,12 +715,23 @@ impl Directory {
             }
             anyhow::Ok(())
         };
+        self.tell_assignment_now("a group change", tell).await;
+    }
+
+    /// Tells assignment of `what` committed here now, where events are not applied before the
+    /// answer, waiting at most 3 s: a failure only waits for the events, which tell the same.
+    pub(crate) async fn tell_assignment_now(
+        &self,
+        what: &str,
+        tell: impl std::future::Future<Output = anyhow::Result<()>>,
+    ) {
+        if self.outbox.applies_before_answering() {
+            return;
+        }
         match tokio::time::timeout(std::time::Duration::from_secs(3), tell).await {
             Ok(Ok(())) => {}
-            Ok(Err(err)) => {
-                tracing::warn!(error = %err, "telling assignment of a group change failed; its events will")
-            }
-            Err(_) => tracing::warn!("assignment did not take a group change within 3 s; its events will tell it"),
+            Ok(Err(err)) => tracing::warn!(error = %err, "telling assignment of {what} failed; its events will"),
+            Err(_) => tracing::warn!("assignment did not take {what} within 3 s; its events will tell it"),
         }
     }
 

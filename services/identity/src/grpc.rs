@@ -384,16 +384,17 @@ impl DirectoryService for Directory {
 }
 
 impl Directory {
-    /// Names the principal a call is aimed at, by id (a user's name as the id it names), so a
-    /// refusal of the call is recorded against them (`pim_runtime::auth::aimed_at`).
+    /// Names the principal a call is aimed at, by id (a user's name as the id it names; a
+    /// name that names nobody, nothing: it could be anything typed), so a refusal of the call
+    /// is recorded against them (`pim_runtime::auth::aimed_at`).
     async fn aim(&self, id_or_name: &str) {
         let given = id_or_name.trim();
-        if uuid::Uuid::parse_str(given).is_err()
-            && let Ok(Some(user)) = crate::store::find_user(&self.db, given).await
-        {
-            return pim_runtime::auth::aimed_at(&user.id);
+        if uuid::Uuid::parse_str(given).is_ok() {
+            return pim_runtime::auth::aimed_at(given);
         }
-        pim_runtime::auth::aimed_at(given);
+        if let Ok(Some(user)) = crate::store::find_user(&self.db, given).await {
+            pim_runtime::auth::aimed_at(&user.id);
+        }
     }
 
     /// After a write that changes access: answers once its events left (in one process: once

@@ -99,6 +99,19 @@ impl Keys {
 /// retrying a locked account does not lock out its whole network): the minutes left on the
 /// lockout. A failure stays counted; a success calls [`succeeded`].
 pub async fn attempt<C: ConnectionTrait>(c: &C, keys: &Keys, now: i64) -> Result<Option<i64>, sea_orm::DbErr> {
+    Ok(weigh(c, keys, now).await?.refused)
+}
+
+/// What counting an attempt found ([`attempt`]).
+pub struct Counted {
+    /// Refused unchecked: the minutes left on the lockout.
+    pub refused: Option<i64>,
+    /// The account's last attempt within the window: failed, it locks the account out.
+    pub last: bool,
+}
+
+/// [`attempt`], telling also whether this is the account's last attempt before a lockout.
+pub async fn weigh<C: ConnectionTrait>(c: &C, keys: &Keys, now: i64) -> Result<Counted, sea_orm::DbErr> {
     let limits = keys.limits();
     let mut before = Vec::with_capacity(limits.len());
     for (key, _) in &limits {
@@ -112,7 +125,11 @@ pub async fn attempt<C: ConnectionTrait>(c: &C, keys: &Keys, now: i64) -> Result
             store::uncount_sign_in_attempt(c, key).await?;
         }
     }
-    Ok(refused)
+    let last = keys
+        .account
+        .as_deref()
+        .is_some_and(|account| before.iter().any(|(k, n, _)| k == account && *n + 1 == PER_ACCOUNT));
+    Ok(Counted { refused, last })
 }
 
 /// An attempt that could not be weighed (hashing unavailable, a fault): taken back from every

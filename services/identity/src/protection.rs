@@ -445,14 +445,12 @@ impl Directory {
     /// and what they asked for is canceled before this answers. A failure only waits for the
     /// event, which tells the same.
     async fn tell_assignment_disabled(&self, caller: &Caller, principal_id: &str, told_at: i64) {
-        if self.outbox.applies_before_answering() {
-            return;
-        }
-        let told = self.assignment.apply_principal_disabled(caller, principal_id, told_at);
-        match tokio::time::timeout(std::time::Duration::from_secs(3), told).await {
-            Ok(Ok(())) => {}
-            Ok(Err(err)) => tracing::warn!(error = %err, "telling assignment of a disable failed; its event will"),
-            Err(_) => tracing::warn!("assignment did not answer within 3 s of a disable; its event will tell it"),
-        }
+        let told = async {
+            self.assignment
+                .apply_principal_disabled(caller, principal_id, told_at)
+                .await
+                .map_err(anyhow::Error::from)
+        };
+        self.tell_assignment_now("a disable", told).await;
     }
 }

@@ -34,9 +34,10 @@ impl Alerts {
                     .await?;
             }
             Some(EventType::SignInFailed) => {
-                // Each sign-in refused while locked out; one alert per account while it is live.
+                // The failure that locks the account out, and each sign-in refused while it
+                // is; one alert per account while it is live.
                 let f: ev::SignInFailed = decode(e)?;
-                if f.reason == "locked_out"
+                if matches!(f.reason.as_str(), "locked_out" | "bad_password_locked_out")
                     && !f.principal_id.is_empty()
                     && store::is_privileged(txn, &f.principal_id, self.now()).await?
                 {

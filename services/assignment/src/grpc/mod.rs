@@ -336,7 +336,9 @@ impl AssignmentService for Assignments {
         request: Request<pb::ApplyDirectoryEventRequest>,
     ) -> Result<Response<pb::ApplyDirectoryEventResponse>, Status> {
         caller(&request)?;
-        let applied = Assignments::apply_directory_event(self, &request.get_ref().envelope).await?;
+        let envelope = <pim_runtime::events::Envelope as prost::Message>::decode(request.get_ref().envelope.as_slice())
+            .map_err(|_| Error::invalid("envelope", "not an encoded pim.events.v1.Envelope"))?;
+        let applied = Assignments::apply_directory_event(self, envelope).await?;
         Ok(Response::new(pb::ApplyDirectoryEventResponse { applied }))
     }
 }
