@@ -206,6 +206,26 @@ async fn custom_roles_grant_their_permissions_just_in_time_and_go_only_when_unus
         roles
             .create_role_definition(authed(&kim.token, new_role("Role Editor Two", &["pim.roles.manage"])))
             .await?;
+        // A Privileged Role Administrator holds no app permission, but may hand out any role
+        // already: they define an app's roles as they like.
+        let pat = w.user("pat").await?;
+        w.assignments()
+            .create_request(authed(
+                &w.admin,
+                apb::CreateRequestRequest {
+                    justification: "defines the apps' roles".into(),
+                    ..request(
+                        apb::RequestAction::AdminAssign,
+                        apb::AssignmentKind::Active,
+                        &pat.id,
+                        pim_proto::catalogue::PRIVILEGED_ROLE_ADMINISTRATOR,
+                    )
+                },
+            ))
+            .await?;
+        roles
+            .create_role_definition(authed(&pat.token, new_role("Payments Auditor", &["app.payments/*"])))
+            .await?;
 
         // Lee is eligible at the payments app and activates the role there, as a built-in one.
         let eligible = apb::CreateRequestRequest {

@@ -12,7 +12,7 @@ use pim_proto::catalogue;
 use pim_proto::common::v1::NotificationParty;
 use pim_proto::common::v1::PrincipalKind;
 use pim_proto::events::v1::{self as ev, Happening, ReviewEvent};
-use pim_runtime::access::{permissions, require};
+use pim_runtime::access::{holds, permissions, require};
 use pim_runtime::auth::Caller;
 
 use crate::approvals::{Approvals, Asked};
@@ -152,16 +152,11 @@ impl Approvals {
         }
         require(self.access.as_ref(), caller, permissions::REVIEWS_MANAGE, &scope).await?;
         // Auto-apply removes what reviewers deny: only for whoever may remove it themselves.
-        if r.auto_apply {
-            require(self.access.as_ref(), caller, permissions::ASSIGNMENTS_MANAGE, &scope)
-                .await
-                .map_err(|refused| match Error::from(refused) {
-                    denied if denied.is_permission_denied() => Error::PermissionDenied(format!(
-                        "a review that removes what is denied (auto-apply) needs {} at {scope}, as removing it directly does",
-                        permissions::ASSIGNMENTS_MANAGE
-                    )),
-                    other => other,
-                })?;
+        if r.auto_apply && !holds(self.access.as_ref(), caller, permissions::ASSIGNMENTS_MANAGE, &scope).await? {
+            return Err(Error::PermissionDenied(format!(
+                "a review that removes what is denied (auto-apply) needs {} at {scope}, as removing it directly does",
+                permissions::ASSIGNMENTS_MANAGE
+            )));
         }
         let (role_id, mut privileged) = self.services.role(caller, role_id).await?;
         if catalogue::is_group_access(&role_id) {
@@ -286,17 +281,7 @@ impl Approvals {
     /// an app's secret, and only of an app). A group named decides privileged access only if
     /// role-assignable, and its members are protected as such.
     pub async fn privileged_decisions_of(&self, caller: &Caller, principal_id: &str) -> Result<Vec<String>> {
-        // Whether the caller holds `permission`; an access check that could not answer is no "no".
-        let may = |permission| async move {
-            match require(self.access.as_ref(), caller, permission, "/")
-                .await
-                .map_err(Error::from)
-            {
-                Ok(()) => Ok(true),
-                Err(denied) if denied.is_permission_denied() => Ok(false),
-                Err(fault) => Err(fault),
-            }
-        };
+        let may = |permission| holds(self.access.as_ref(), caller, permission, "/");
         if !may(permissions::CREDENTIALS_RESET).await? && !may(permissions::REVIEWS_MANAGE).await? {
             require(
                 self.access.as_ref(),

@@ -45,8 +45,9 @@ pub trait AccessCheck: Send + Sync {
     fn access_lost(&self) {}
 }
 
-/// Refuses with PERMISSION_DENIED unless the caller holds `permission` at `scope`.
-pub async fn require(access: &dyn AccessCheck, caller: &Caller, permission: &str, scope: &str) -> Result<(), Status> {
+/// Whether the caller holds `permission` at `scope`; a check that could not be made is an
+/// error, never a "no".
+pub async fn holds(access: &dyn AccessCheck, caller: &Caller, permission: &str, scope: &str) -> Result<bool, Status> {
     let decision = access
         .check(
             caller,
@@ -55,7 +56,12 @@ pub async fn require(access: &dyn AccessCheck, caller: &Caller, permission: &str
             scope,
         )
         .await?;
-    if decision.allowed {
+    Ok(decision.allowed)
+}
+
+/// Refuses with PERMISSION_DENIED unless the caller holds `permission` at `scope`.
+pub async fn require(access: &dyn AccessCheck, caller: &Caller, permission: &str, scope: &str) -> Result<(), Status> {
+    if holds(access, caller, permission, scope).await? {
         Ok(())
     } else {
         Err(Status::permission_denied(format!(

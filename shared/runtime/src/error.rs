@@ -47,11 +47,6 @@ impl Error {
         )
     }
 
-    /// Whether the caller may not (PERMISSION_DENIED, as said here or by another service).
-    pub fn is_permission_denied(&self) -> bool {
-        self.code() == tonic::Code::PermissionDenied
-    }
-
     pub fn invalid(field: &'static str, message: impl Into<String>) -> Self {
         Self::InvalidArgument {
             field,
