@@ -545,6 +545,109 @@ async fn a_review_removes_only_what_its_creator_may_and_names_one_group() -> any
         w.reviews()
             .create_review(authed(&w.admin, members(&pim_proto::catalogue::group_scope(&ops))))
             .await?;
+
+        // Hal may remove access, actively and just in time, when he creates two reviews. Each
+        // removes only while he still may: eligible is enough (he would activate to remove it
+        // himself); with nothing left, his review's removal is refused and the access kept.
+        let access_manager =
+            pim_proto::assignment::v1::role_service_client::RoleServiceClient::new(w.ts.channel.clone())
+                .create_role_definition(authed(
+                    &w.admin,
+                    apb::CreateRoleDefinitionRequest {
+                        name: "Access Manager".into(),
+                        description: "Runs access reviews that remove".into(),
+                        permissions: vec!["pim.reviews.manage".into(), "pim.assignments.manage".into()],
+                        privileged: true,
+                    },
+                ))
+                .await?
+                .into_inner();
+        let hal = w.user("hal").await?;
+        let hals = |action, kind| apb::CreateRequestRequest {
+            justification: "runs the removing reviews".into(),
+            ..crate::activation::request(action, kind, &hal.id, &access_manager.id)
+        };
+        for kind in [apb::AssignmentKind::Active, apb::AssignmentKind::Eligible] {
+            w.assignments()
+                .create_request(authed(&w.admin, hals(apb::RequestAction::AdminAssign, kind)))
+                .await?;
+        }
+        let lee = w.user("lee").await?;
+        w.make_eligible(&lee, EXCHANGE_ADMINISTRATOR).await?;
+        let admin_id = w.admin_id().await?;
+        let items = |review: String| {
+            let w = &w;
+            async move {
+                let all = w
+                    .reviews()
+                    .list_review_items(authed(
+                        &w.admin,
+                        pb::ListReviewItemsRequest {
+                            review_id: review,
+                            instance: 0,
+                        },
+                    ))
+                    .await?
+                    .into_inner()
+                    .items;
+                anyhow::Ok(all)
+            }
+        };
+        let mut reviews = Vec::new();
+        for (name, role, of) in [
+            ("exchange", EXCHANGE_ADMINISTRATOR, pb::ReviewScope::Eligible),
+            ("review managers", manager.id.as_str(), pb::ReviewScope::Active),
+        ] {
+            let review = w
+                .reviews()
+                .create_review(authed(&hal.token, removing_review(name, role, of, &admin_id)))
+                .await?
+                .into_inner();
+            eventually(Duration::from_secs(10), "the review's items", || async {
+                Ok((!items(review.id.clone()).await?.is_empty()).then_some(()))
+            })
+            .await?;
+            reviews.push(review.id);
+        }
+        let stop_and_see = |review: String| {
+            let w = &w;
+            async move {
+                w.reviews()
+                    .stop_review(authed(
+                        &w.admin,
+                        pb::GetReviewRequest {
+                            review_id: review.clone(),
+                        },
+                    ))
+                    .await?;
+                eventually(Duration::from_secs(15), "assignment's answer on the item", || async {
+                    let all = items(review.clone()).await?;
+                    Ok(all.into_iter().find(|i| i.outcome != "removal requested"))
+                })
+                .await
+            }
+        };
+        let hal_loses = |kind| {
+            let mut assignments = w.assignments();
+            let asked = authed(&w.admin, hals(apb::RequestAction::AdminRemove, kind));
+            async move { assignments.create_request(asked).await }
+        };
+        hal_loses(apb::AssignmentKind::Active).await?;
+        let item = stop_and_see(reviews[0].clone()).await?;
+        assert_eq!(
+            (item.principal_id.as_str(), item.outcome.as_str()),
+            (lee.id.as_str(), "removed")
+        );
+        assert!(!w.eligible(&lee.id).await?, "removed while Hal is still eligible");
+        hal_loses(apb::AssignmentKind::Eligible).await?;
+        let item = stop_and_see(reviews[1].clone()).await?;
+        assert_eq!(item.principal_id, gina.id);
+        assert!(
+            item.outcome.contains("no longer holds pim.assignments.manage"),
+            "{}",
+            item.outcome
+        );
+        assert!(w.check(&gina.id, &manager.id).await?.allowed, "Gina keeps her role");
         Ok(w)
     })
     .await

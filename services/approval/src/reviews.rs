@@ -92,6 +92,7 @@ impl Approvals {
             kind: item.map(|i| i.kind.clone()).unwrap_or_default(),
             assignment_id: item.map(|i| i.assignment_id.clone()).unwrap_or_default(),
             justification: item.map(|i| i.justification.clone()).unwrap_or_default(),
+            review_created_by: review.created_by.clone(),
         }
     }
 

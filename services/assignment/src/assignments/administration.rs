@@ -290,6 +290,26 @@ impl Assignments {
                     .await;
             }
         };
+        // A review removes only what its creator may still remove themselves: one who has
+        // lost pim.assignments.manage since (or a recurring review from before the rule) asks.
+        let scope = Scope::parse(&a.scope)?;
+        let creator = asked.review_created_by.as_str();
+        if !self.may_manage_assignments(txn, creator, &scope, now).await? {
+            tracing::warn!(
+                assignment_id,
+                creator,
+                "review removal by a creator who may not remove it; kept"
+            );
+            answer.decision = "refused".into();
+            answer.justification = format!(
+                "kept: the review's creator no longer holds {} at {}, which removing it needs",
+                permissions::ASSIGNMENTS_MANAGE,
+                a.scope
+            );
+            return self
+                .emit(txn, EventType::ReviewRemovalRefused, &a.principal_id, &answer)
+                .await;
+        }
         if self.takes_the_last_global_admin(txn, &[&a], now).await? {
             tracing::warn!(
                 assignment_id,
@@ -312,7 +332,7 @@ impl Assignments {
             kind,
             &a.principal_id,
             &a.role_id,
-            &Scope::parse(&a.scope)?,
+            &scope,
             &asked.justification,
             &actor.as_ref().map(|a| a.principal_id.clone()).unwrap_or_default(),
             Some(a.id.clone()),

@@ -258,8 +258,6 @@ impl Assignments {
         self.groups_with(principal, activated)
     }
 
-    /// [`Self::groups_of`] as the database `c` holds it (read inside the transaction that
-    /// changed it, before the memory follows).
     /// The role-assignable group whose eligibility the activation `a` rests on, where it is
     /// not its principal's own (as the database holds them at `now`).
     pub(crate) async fn eligible_through<C: ConnectionTrait>(
@@ -278,6 +276,8 @@ impl Assignments {
             .filter(|holder| *holder != a.principal_id))
     }
 
+    /// [`Self::groups_of`] as the database `c` holds it (read inside the transaction that
+    /// changed it, before the memory follows).
     pub(crate) async fn groups_in<C: ConnectionTrait>(
         &self,
         c: &C,

@@ -37,6 +37,32 @@ pub fn takes_the_last(permanent: &[&str], losing: &[&str]) -> bool {
 }
 
 impl Assignments {
+    /// Whether `principal` may manage assignments at `scope` (pim.assignments.manage) now or
+    /// once they activate: what a review's creator must still hold for its removals to apply
+    /// (a just-in-time administrator is rarely active when the review ends).
+    pub(crate) async fn may_manage_assignments<C: sea_orm::ConnectionTrait>(
+        &self,
+        c: &C,
+        principal: &str,
+        scope: &Scope,
+        now: i64,
+    ) -> Result<bool> {
+        if principal.is_empty() || self.memberships.is_disabled(principal) {
+            return Ok(false);
+        }
+        let manage = pim_runtime::access::Target::Permission(permissions::ASSIGNMENTS_MANAGE.to_owned());
+        if self.decide(principal, &manage, scope).await?.0.allowed {
+            return Ok(true);
+        }
+        let granting = self.roles.roles_granting(permissions::ASSIGNMENTS_MANAGE);
+        let mut holders = vec![principal.to_owned()];
+        holders.extend(self.groups_in(c, principal, now).await?.into_keys());
+        let (eligible, _) = store::eligibilities_and_activations(c, principal, &holders, now).await?;
+        Ok(eligible
+            .iter()
+            .any(|e| granting.iter().any(|r| **r == *e.role_id) && scope.is_within(&e.scope)))
+    }
+
     /// Whether ending `losing`, or giving them an end, would leave no permanent active Global
     /// Administrator at `/`: admin removal, a review's removal and an end change all ask
     /// this. The permanent ones are locked (PostgreSQL) until `txn` ends, so two such
