@@ -37,7 +37,7 @@ pub const DETECTION_WEAKENED: &str = "detection_weakened";
 pub const RULES: &[RuleDef] = &[
     RuleDef {
         id: TOO_MANY_GLOBAL_ADMINS,
-        description: "Too many Global Administrators (counting those given access through PIM to a group holding it): at least min_count, and at least min_percent of all active privileged assignments",
+        description: "Too many Global Administrators (users and apps assigned it, eligible or active, directly or with access through PIM to a group assigned it): at least min_count, and at least min_percent of all privileged assignments",
         severity: Severity::Medium,
         settings: &[("min_count", 3), ("min_percent", 10)],
     },

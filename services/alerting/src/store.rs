@@ -106,6 +106,14 @@ impl MigratorTrait for Migrator {
             SqlMigration::boxed("m0004_alerts_by_key", |_| {
                 "CREATE INDEX alerts_by_key ON alerts (dedup_key, rev)".to_owned()
             }),
+            // Whether a holder is a group (no administrator itself: its members are). Rows
+            // from before are marked where PIM gives access to the group.
+            SqlMigration::boxed("m0005_privileged_groups", |_| {
+                "ALTER TABLE privileged_assignments ADD COLUMN is_group BOOLEAN NOT NULL DEFAULT FALSE;
+                UPDATE privileged_assignments SET is_group = TRUE
+                 WHERE '/groups/' || principal_id IN (SELECT scope FROM privileged_assignments)"
+                    .to_owned()
+            }),
         ]);
         migrations
     }
@@ -342,6 +350,8 @@ pub struct Privileged<'a> {
     pub assignment_id: &'a str,
     pub kind: &'a str,
     pub principal_id: &'a str,
+    /// The holder is a group: its members hold the role, the group is no one.
+    pub is_group: bool,
     pub role_id: &'a str,
     pub scope: &'a str,
     pub end_at: Option<i64>,
@@ -352,12 +362,14 @@ pub struct Privileged<'a> {
 pub async fn upsert_privileged<C: ConnectionTrait>(c: &C, p: &Privileged<'_>) -> Result<(), DbErr> {
     db::exec(
         c,
-        "INSERT INTO privileged_assignments (assignment_id, kind, principal_id, role_id, scope, end_at, since) VALUES ($1, $2, $3, $4, $5, $6, $7) \
-         ON CONFLICT (assignment_id) DO UPDATE SET end_at = excluded.end_at",
+        "INSERT INTO privileged_assignments (assignment_id, kind, principal_id, is_group, role_id, scope, end_at, since) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+         ON CONFLICT (assignment_id) DO UPDATE SET end_at = excluded.end_at, is_group = excluded.is_group",
         vec![
             p.assignment_id.into(),
             p.kind.into(),
             p.principal_id.into(),
+            p.is_group.into(),
             p.role_id.into(),
             p.scope.into(),
             p.end_at.into(),
@@ -497,22 +509,21 @@ pub async fn forget_privileged<C: ConnectionTrait>(c: &C, assignment_id: &str) -
     Ok(())
 }
 
-/// (holders of `role_id`, privileged assignments in force): the principals holding the role
-/// (actively, activations included) with those who have access to a group holding it (PIM for
-/// Groups: eligible or active members and owners, who hold it whenever they activate); and
-/// the active privileged assignments of every role.
-pub async fn active_counts<C: ConnectionTrait>(c: &C, role_id: &str, now: i64) -> Result<(i64, i64), DbErr> {
+/// (holders of `role_id`, privileged assignments in force): the users and apps assigned the
+/// role, eligible or active, with those who have access to a group assigned it (PIM for
+/// Groups: eligible or active members and owners), each once, never the group itself; and
+/// the privileged assignments of every role, eligible and active (an activation is no new
+/// assignment).
+pub async fn holder_counts<C: ConnectionTrait>(c: &C, role_id: &str, now: i64) -> Result<(i64, i64), DbErr> {
     let in_force = "(end_at IS NULL OR end_at > $1)";
-    let holding = format!(
-        "SELECT principal_id FROM privileged_assignments WHERE role_id = $2 AND kind <> 'eligible' AND {in_force}"
-    );
+    let holding = format!("SELECT principal_id FROM privileged_assignments WHERE role_id = $2 AND {in_force}");
     let row = db::query_one(
         c,
         &format!(
-            "SELECT (SELECT COUNT(DISTINCT principal_id) FROM privileged_assignments WHERE {in_force} \
-               AND ((role_id = $2 AND kind <> 'eligible') \
+            "SELECT (SELECT COUNT(DISTINCT principal_id) FROM privileged_assignments WHERE {in_force} AND NOT is_group \
+               AND (role_id = $2 \
                  OR (role_id IN ($3, $4) AND scope IN (SELECT '/groups/' || principal_id FROM ({holding}) AS g)))) AS role_count, \
-             (SELECT COUNT(*) FROM privileged_assignments WHERE kind <> 'eligible' AND {in_force}) AS total"
+             (SELECT COUNT(*) FROM privileged_assignments WHERE kind <> 'activation' AND {in_force}) AS total"
         ),
         vec![
             now.into(),

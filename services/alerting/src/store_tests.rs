@@ -19,7 +19,7 @@ where
     pim_runtime::testing::on_both_databases::<store::Migrator, _, _>("alerting", None, test).await
 }
 
-/// Records a privileged assignment in force (`end` none: permanent).
+/// Records a privileged assignment in force (`end` none: permanent). Groups are named `tier…`.
 async fn held(
     db: &Db,
     id: &str,
@@ -35,6 +35,7 @@ async fn held(
             assignment_id: id,
             kind,
             principal_id: principal,
+            is_group: principal.starts_with("tier"),
             role_id: role,
             scope,
             end_at: end,
@@ -45,9 +46,10 @@ async fn held(
     Ok(())
 }
 
-/// The Global Administrators the rule counts: those holding the role actively, and those with
-/// access (eligible or active, member or owner) to a group that holds it actively; not the
-/// eligible, not the ended, not access to a group holding nothing of the kind.
+/// The Global Administrators the rule counts: the users and apps assigned the role, eligible
+/// or active, and those with access (eligible or active, member or owner) to a group assigned
+/// it; each once, never the group itself, not the ended, not access to a group holding
+/// nothing of the kind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn global_administrators_count_those_with_access_to_a_group_holding_the_role() -> anyhow::Result<()> {
     on_both(|db| async move {
@@ -75,18 +77,22 @@ async fn global_administrators_count_those_with_access_to_a_group_holding_the_ro
         .await?;
         // Counted once however many ways they hold it.
         held(&db, "a5", "active", "lee", GLOBAL_ADMINISTRATOR, "/", Some(NOW + HOUR)).await?;
-        // Not counted: eligible for the role itself, ended, or a group holding only eligibility.
-        held(&db, "n1", "eligible", "ann", GLOBAL_ADMINISTRATOR, "/", None).await?;
-        held(&db, "n2", "active", "bob", GLOBAL_ADMINISTRATOR, "/", Some(NOW - 1)).await?;
-        held(&db, "n3", "eligible", "tier1", GLOBAL_ADMINISTRATOR, "/", None).await?;
-        held(&db, "n4", "eligible", "uma", GROUP_MEMBER, "/groups/tier1", None).await?;
-        held(&db, "n5", "eligible", "ola", GROUP_MEMBER, "/groups/tier0x", None).await?;
-        let (admins, total) = store::active_counts(&db, GLOBAL_ADMINISTRATOR, NOW).await?;
-        assert_eq!(admins, 4, "admin, tier0, lee and kim");
-        assert_eq!(total, 4, "the active privileged assignments in force: a1, a2, a4, a5");
-        // Once the group's assignment ends, its members no longer count.
-        let (admins, _) = store::active_counts(&db, GLOBAL_ADMINISTRATOR, NOW + HOUR).await?;
-        assert_eq!(admins, 1, "the admin alone");
+        // Eligible for the role, or for access to a group eligible for it: counted too.
+        held(&db, "a6", "eligible", "ann", GLOBAL_ADMINISTRATOR, "/", None).await?;
+        held(&db, "a7", "eligible", "tier1", GLOBAL_ADMINISTRATOR, "/", None).await?;
+        held(&db, "a8", "eligible", "uma", GROUP_MEMBER, "/groups/tier1", None).await?;
+        // Not counted: ended, or access to a group holding nothing of the kind.
+        held(&db, "n1", "active", "bob", GLOBAL_ADMINISTRATOR, "/", Some(NOW - 1)).await?;
+        held(&db, "n2", "eligible", "ola", GROUP_MEMBER, "/groups/tier0x", None).await?;
+        let (admins, total) = store::holder_counts(&db, GLOBAL_ADMINISTRATOR, NOW).await?;
+        assert_eq!(admins, 5, "admin, lee, kim, ann and uma; not the groups");
+        assert_eq!(
+            total, 8,
+            "the assignments in force, not the activation a4: a1–a3, a5–a8, n2"
+        );
+        // Once a group's assignment ends, its members no longer count through it.
+        let (admins, _) = store::holder_counts(&db, GLOBAL_ADMINISTRATOR, NOW + HOUR).await?;
+        assert_eq!(admins, 3, "the admin, ann and uma");
         Ok(())
     })
     .await

@@ -133,6 +133,7 @@ impl Alerts {
                         assignment_id: &a.assignment_id,
                         kind,
                         principal_id: &a.principal_id,
+                        is_group: a.principal_kind == pim_proto::common::v1::PrincipalKind::Group as i32,
                         role_id: &a.role_id,
                         scope: &a.scope,
                         end_at: end,
@@ -193,6 +194,7 @@ impl Alerts {
                             assignment_id: &a.assignment_id,
                             kind: "activation",
                             principal_id: &a.principal_id,
+                            is_group: false,
                             role_id: &a.role_id,
                             scope: &a.scope,
                             end_at: a.end_time.as_ref().map(from_timestamp),
@@ -568,7 +570,7 @@ impl Alerts {
         event_id: &str,
         s: &Settings,
     ) -> Result<()> {
-        let (admins, total) = store::active_counts(txn, pim_proto::catalogue::GLOBAL_ADMINISTRATOR, self.now()).await?;
+        let (admins, total) = store::holder_counts(txn, pim_proto::catalogue::GLOBAL_ADMINISTRATOR, self.now()).await?;
         let key = "too_many_global_admins";
         // A re-judgement after a settings change has no event behind it.
         let evidence: Vec<String> = (!event_id.is_empty())
