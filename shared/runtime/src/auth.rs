@@ -731,7 +731,7 @@ const RECORD_REJECTION_EVERY_MS: i64 = 60_000;
 #[derive(Default)]
 struct Rejections {
     /// session (or principal) → when its refusal was last recorded (ms)
-    revoked: std::sync::Mutex<HashMap<String, i64>>,
+    sessions: std::sync::Mutex<HashMap<String, i64>>,
     /// when an invalid token was last recorded (ms), and how many came since
     invalid: std::sync::Mutex<(i64, u64)>,
 }
@@ -745,28 +745,12 @@ impl Rejections {
     fn worth_recording(&self, err: &TokenError) -> Option<(pim_proto::common::v1::Actor, String)> {
         let now = crate::db::now_ms();
         match err {
-            TokenError::Revoked(caller) => {
-                let key = if caller.session_id.is_empty() {
-                    &caller.principal_id
-                } else {
-                    &caller.session_id
-                };
-                let mut revoked = self.revoked.lock().unwrap_or_else(|e| e.into_inner());
-                if revoked.get(key).is_some_and(|at| now - at < RECORD_REJECTION_EVERY_MS) {
-                    return None;
-                }
-                if revoked.len() >= MAX_REMEMBERED_REJECTIONS {
-                    revoked.retain(|_, at| now - *at < RECORD_REJECTION_EVERY_MS);
-                    if revoked.len() >= MAX_REMEMBERED_REJECTIONS {
-                        revoked.clear();
-                    }
-                }
-                revoked.insert(key.clone(), now);
-                Some((
+            TokenError::Revoked(caller) => self.once_a_minute(caller, now).then(|| {
+                (
                     caller.actor(),
                     "a token of a session that ended (signed out, or its user disabled) was used again".into(),
-                ))
-            }
+                )
+            }),
             TokenError::Invalid => {
                 let mut invalid = self.invalid.lock().unwrap_or_else(|e| e.into_inner());
                 let (last, more) = *invalid;
@@ -792,6 +776,51 @@ impl Rejections {
             }
             _ => None,
         }
+    }
+
+    /// The actor and reason to record, if any, when the token of a sign-in waiting for MFA
+    /// (a password alone) calls `method`, which it may not: someone may hold the password
+    /// and not the second factor. Once a minute per session.
+    fn pending_worth_recording(
+        &self,
+        caller: &Caller,
+        pending: Pending,
+        method: &str,
+    ) -> Option<(pim_proto::common::v1::Actor, String)> {
+        self.once_a_minute(caller, crate::db::now_ms()).then(|| {
+            (
+                caller.actor(),
+                format!(
+                    "the token of a sign-in not complete ({}) called {method}",
+                    match pending {
+                        Pending::Mfa => "a password, no MFA code yet",
+                        Pending::Enrollment => "a password, no authenticator enrolled yet",
+                    }
+                ),
+            )
+        })
+    }
+
+    /// Whether a refusal of the caller's session (or the principal, where it has none) is
+    /// recorded at `now`: the first in a minute is.
+    fn once_a_minute(&self, caller: &Caller, now: i64) -> bool {
+        let key = if caller.session_id.is_empty() {
+            &caller.principal_id
+        } else {
+            &caller.session_id
+        };
+        let mut revoked = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        if revoked.get(key).is_some_and(|at| now - at < RECORD_REJECTION_EVERY_MS) {
+            return false;
+        }
+        if revoked.len() >= MAX_REMEMBERED_REJECTIONS {
+            revoked.retain(|_, at| now - *at < RECORD_REJECTION_EVERY_MS);
+            if revoked.len() >= MAX_REMEMBERED_REJECTIONS {
+                revoked.clear();
+            }
+        }
+        revoked.insert(key.clone(), now);
+        true
     }
 }
 
@@ -912,7 +941,16 @@ where
             match verified {
                 Ok(caller) if caller.pending.is_some_and(|p| !p.allows(request.uri().path())) => {
                     let pending = caller.pending.unwrap_or(Pending::Mfa);
-                    Ok(Status::unauthenticated(pending.refusal()).into_http())
+                    let refused = Status::unauthenticated(pending.refusal());
+                    if let Some(refusals) = layer.refusals.as_ref().filter(|r| r.records(&method))
+                        && let Some((actor, reason)) =
+                            layer.rejections.pending_worth_recording(&caller, pending, &method)
+                    {
+                        refusals
+                            .refused(&actor, &method, &Status::unauthenticated(reason), &caller.principal_id)
+                            .await;
+                    }
+                    Ok(refused.into_http())
                 }
                 Ok(caller) => {
                     recorded.record("pim.principal", caller.principal_id.as_str());
@@ -1177,12 +1215,13 @@ mod tests {
     }
 
     /// A refused token's record takes the minute's turn only where it is recorded: junk sent to
-    /// a path no service here serves leaves the next refusal of a real call on record.
+    /// a path no service here serves leaves the next refusal of a real call on record. A
+    /// password-only sign-in's token calling further is recorded too, once a minute a session.
     #[tokio::test]
     async fn a_refused_token_nobody_records_takes_no_turn() {
         use tower::{Layer, ServiceExt};
         #[derive(Default)]
-        struct Sink(std::sync::Mutex<Vec<(String, String)>>);
+        struct Sink(std::sync::Mutex<Vec<(String, String, String)>>);
         #[async_trait::async_trait]
         impl Refusals for Sink {
             async fn refused(
@@ -1190,10 +1229,10 @@ mod tests {
                 _caller: &pim_proto::common::v1::Actor,
                 method: &str,
                 status: &Status,
-                _target: &str,
+                target: &str,
             ) {
                 let mut recorded = self.0.lock().unwrap();
-                recorded.push((method.to_owned(), status.message().to_owned()));
+                recorded.push((method.to_owned(), status.message().to_owned(), target.to_owned()));
             }
             fn records(&self, method: &str) -> bool {
                 method.starts_with("/pim.")
@@ -1207,10 +1246,17 @@ mod tests {
         });
         let service = AuthLayer::new(verifier).recording_refusals(sink.clone()).layer(served);
         let real = "/pim.assignment.v1.RoleService/ListRoleDefinitions";
-        for path in ["/x.Y/Z", real, real] {
+        let pending = format!("Bearer {}", token("k1", &key(1), 600, PENDING_AUDIENCE));
+        for (path, bearer) in [
+            ("/x.Y/Z", "Bearer a.b.c"),
+            (real, "Bearer a.b.c"),
+            (real, "Bearer a.b.c"),
+            (real, pending.as_str()),
+            (real, pending.as_str()),
+        ] {
             let request = http::Request::builder()
                 .uri(path)
-                .header("authorization", "Bearer a.b.c")
+                .header("authorization", bearer)
                 .body(())
                 .unwrap();
             let answer = service.clone().oneshot(request).await.unwrap();
@@ -1220,11 +1266,13 @@ mod tests {
         let recorded = sink.0.lock().unwrap().clone();
         assert_eq!(
             recorded.len(),
-            1,
-            "once a minute, for a call someone records: {recorded:?}"
+            2,
+            "once a minute (a session), for a call someone records: {recorded:?}"
         );
         assert_eq!(recorded[0].0, real);
         assert!(recorded[0].1.contains("not valid"), "{recorded:?}");
+        assert_eq!((recorded[1].0.as_str(), recorded[1].2.as_str()), (real, "lee-id"));
+        assert!(recorded[1].1.contains("sign-in not complete"), "{recorded:?}");
     }
 
     #[tokio::test]
