@@ -1013,6 +1013,25 @@ async fn wrong_client_secrets_are_limited_by_their_source_not_the_app() -> anyho
         let refused = sign_in(secret.clone()).await.expect_err("from that address");
         assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
         ts.admin_token().await?;
+        // Each failure is on record; the thirteen refused unchecked, once a minute (the
+        // next record says how many more came), so a flood cannot fill the audit log.
+        let failed = aupb::QueryEventsRequest {
+            action: "pim.identity.v1.SignInFailed".into(),
+            ..Default::default()
+        };
+        let records = eventually(Duration::from_secs(10), "the failures audited", || async {
+            let records = ts.audit_records(&admin, failed.clone()).await?;
+            let wrong = records
+                .iter()
+                .filter(|r| r.payload_json.contains("bad_client_credentials"));
+            Ok((wrong.count() == 12 + 88).then_some(records))
+        })
+        .await?;
+        let refused: Vec<_> = records
+            .iter()
+            .filter(|r| r.payload_json.contains("locked_out"))
+            .collect();
+        assert_eq!(refused.len(), 1, "{refused:?}");
         Ok::<_, anyhow::Error>(())
     }
     .await;

@@ -445,18 +445,16 @@ async fn failed_sign_ins_are_rate_limited_alike_for_real_and_unknown_names() -> 
 async fn guesses_from_elsewhere_do_not_lock_a_user_out_of_a_familiar_source() -> anyhow::Result<()> {
     let ts = TestSuite::embedded_with(&[("PIM_TRUSTED_PROXIES", "127.0.0.1/32,::1/128".into())]).await?;
     let result = async {
-        let sign_in = |from: &'static str, password: String| {
-            let (channel, user) = (ts.channel.clone(), ts.admin_user.clone());
+        let sign_in_as = |from: &'static str, user_name: String, password: String| {
+            let channel = ts.channel.clone();
             async move {
-                let mut asked = tonic::Request::new(ipb::SignInRequest {
-                    user_name: user,
-                    password,
-                });
+                let mut asked = tonic::Request::new(ipb::SignInRequest { user_name, password });
                 asked.metadata_mut().insert("x-forwarded-for", from.parse()?);
                 let answer = AuthServiceClient::new(channel).sign_in(asked).await;
                 anyhow::Ok(answer.err().map(|e| e.code()))
             }
         };
+        let sign_in = |from: &'static str, password: String| sign_in_as(from, ts.admin_user.clone(), password);
         let (right, wrong) = (ts.admin_password.clone(), "not the right passphrase".to_owned());
         assert_eq!(
             sign_in("198.51.100.7", right.clone()).await?,
@@ -482,6 +480,23 @@ async fn guesses_from_elsewhere_do_not_lock_a_user_out_of_a_familiar_source() ->
             sign_in("198.51.100.7", right.clone()).await?,
             None,
             "the desk is not locked out"
+        );
+        // Nor by a hundred made-up names guessed from the desk's own address (a NAT shared
+        // with whoever guesses): strangers there wait, the administrator does not.
+        let stranger = |i: usize| sign_in_as("198.51.100.7", format!("nobody {i}"), "a guess".into());
+        let strangers: Vec<_> = (0..100).map(|i| tokio::spawn(stranger(i))).collect();
+        for answer in strangers {
+            assert_eq!(answer.await??, Some(Code::Unauthenticated));
+        }
+        assert_eq!(
+            stranger(100).await?,
+            Some(Code::ResourceExhausted),
+            "the address's limit"
+        );
+        assert_eq!(
+            sign_in("198.51.100.7", right.clone()).await?,
+            None,
+            "the desk's own user still signs in"
         );
         // Guesses from the familiar source itself count there.
         for _ in 0..10 {

@@ -99,6 +99,20 @@ pub struct Directory {
     pub(crate) webauthn: Option<Arc<webauthn_rs::Webauthn>>,
     /// Signs the events given to assignment directly (as the relay signs what it publishes).
     pub(crate) event_keys: Arc<pim_runtime::events::EventKeys>,
+    /// Sign-ins refused past a limit, recorded once a minute each.
+    pub(crate) refused_sign_ins: Arc<limiter::Refusals>,
+}
+
+/// A failed sign-in as audit and alerting read it: the name tried, never the secret.
+fn failed_sign_in(tried: &str, principal_id: &str, reason: &str, client: &ClientInfo) -> ev::SignInFailed {
+    ev::SignInFailed {
+        user_name: tried.trim().chars().take(256).collect(),
+        principal_id: principal_id.to_owned(),
+        reason: reason.to_owned(),
+        source_ip: client.ip.clone().unwrap_or_default(),
+        user_agent: client.user_agent.clone(),
+        more_refused: 0,
+    }
 }
 
 /// What a user's sign-in (complete or waiting for MFA) tells audit and alerting.
@@ -353,7 +367,7 @@ impl Directory {
         if let Some(minutes) = counted.refused {
             // Refused without looking at the password, and audited as a failed sign-in.
             let id = user.as_ref().map(|u| u.id.as_str()).unwrap_or_default();
-            self.sign_in_failed(user_name, id, "locked_out", client).await?;
+            self.sign_in_refused(user_name, id, client).await?;
             return Err(Error::Locked(format!(
                 "too many failed sign-ins: try again in {minutes} minutes"
             )));
@@ -480,12 +494,24 @@ impl Directory {
     /// Records a failed sign-in: the name or client id tried (its first 256 characters), the
     /// principal it names if any, why, and from where.
     async fn sign_in_failed(&self, tried: &str, principal_id: &str, reason: &str, client: &ClientInfo) -> Result<()> {
+        let event = failed_sign_in(tried, principal_id, reason, client);
+        self.record(EventType::SignInFailed, principal_id, &event).await
+    }
+
+    /// A sign-in refused unchecked past a limit (`locked_out`): recorded once a minute per
+    /// principal, or per source for a name nobody has ([`limiter::Refusals`]).
+    async fn sign_in_refused(&self, tried: &str, principal_id: &str, client: &ClientInfo) -> Result<()> {
+        let key = if principal_id.is_empty() {
+            format!("ip:{}", client.ip.as_deref().unwrap_or("unknown"))
+        } else {
+            format!("principal:{principal_id}")
+        };
+        let Some(more_refused) = self.refused_sign_ins.worth_recording(&key, self.clock.now_ms()) else {
+            return Ok(());
+        };
         let event = ev::SignInFailed {
-            user_name: tried.trim().chars().take(256).collect(),
-            principal_id: principal_id.to_owned(),
-            reason: reason.to_owned(),
-            source_ip: client.ip.clone().unwrap_or_default(),
-            user_agent: client.user_agent.clone(),
+            more_refused,
+            ..failed_sign_in(tried, principal_id, "locked_out", client)
         };
         self.record(EventType::SignInFailed, principal_id, &event).await
     }
@@ -504,7 +530,7 @@ impl Directory {
         if let Some(minutes) = limiter::attempt(&self.db, &keys, self.clock.now_ms()).await? {
             // Refused without hashing the secret, and audited as a failed sign-in.
             let id = sp.as_ref().map(|s| s.id.as_str()).unwrap_or_default();
-            self.sign_in_failed(client_id, id, "locked_out", client).await?;
+            self.sign_in_refused(client_id, id, client).await?;
             return Err(Error::Locked(format!(
                 "too many failed sign-ins from this address: try again in {minutes} minutes"
             )));

@@ -84,6 +84,7 @@ impl Identity {
                 .transpose()?,
             sealer,
             event_keys: std::sync::Arc::new(deps.config.event_keys()?),
+            refused_sign_ins: Default::default(),
         };
         let announced = directory.announce_addresses_once().await?;
         if announced > 0 {

@@ -6,7 +6,9 @@
 //! counted before its password is checked, so guesses sent at once cannot outrun the limit.
 //! A user signing in from a familiar source (one they signed in from within 30 days) has a
 //! count of their own there: guesses from elsewhere, however many, lock out only sign-ins
-//! from elsewhere, so nobody can keep the break-glass administrator out from afar.
+//! from elsewhere, so nobody can keep the break-glass administrator out from afar; nor by
+//! guessing made-up names from the address they share (a NAT, a VPN's exit): there, their
+//! failures still count towards the address's limit, which no longer refuses them.
 
 use sea_orm::ConnectionTrait;
 
@@ -30,6 +32,9 @@ pub struct Keys {
     /// The user and the digest of the address a password sign-in comes from: familiar from
     /// then on, once it succeeds.
     remember: Option<(String, String)>,
+    /// The source is familiar to the user: the source's count goes on, its limit does not
+    /// refuse them (their own count there does).
+    familiar: bool,
 }
 
 impl Keys {
@@ -41,6 +46,7 @@ impl Keys {
             }),
             source: Some(format!("ip:{}", source.unwrap_or("unknown"))),
             remember: None,
+            familiar: false,
         }
     }
 
@@ -59,6 +65,7 @@ impl Keys {
             && store::is_familiar(c, user, source, now - FAMILIAR_MS).await?
         {
             keys.account = Some(format!("user:{user}@{source}"));
+            keys.familiar = true;
         }
         Ok(keys)
     }
@@ -69,6 +76,7 @@ impl Keys {
             account: Some(format!("user:{}", user.id)),
             source: None,
             remember: None,
+            familiar: false,
         }
     }
 
@@ -82,13 +90,51 @@ impl Keys {
             account: None,
             source: Some(format!("app-ip:{}", source.unwrap_or("unknown"))),
             remember: None,
+            familiar: false,
         }
     }
 
     fn limits(&self) -> Vec<(&str, i64)> {
         let account = self.account.as_deref().map(|a| (a, PER_ACCOUNT));
-        let source = self.source.as_deref().map(|s| (s, PER_SOURCE));
+        let per_source = if self.familiar { i64::MAX } else { PER_SOURCE };
+        let source = self.source.as_deref().map(|s| (s, per_source));
         account.into_iter().chain(source).collect()
+    }
+}
+
+/// Sign-ins refused unchecked (past a limit) are recorded once a minute per account, or per
+/// source address for a name nobody has, with how many more were refused meanwhile: a flood
+/// costs the audit log a record a minute, not one an attempt. Kept in memory, per replica.
+#[derive(Default)]
+pub struct Refusals(std::sync::Mutex<std::collections::HashMap<String, (i64, u64)>>);
+
+/// How often a refusal of one account (or source) is recorded.
+const RECORD_REFUSAL_EVERY_MS: i64 = 60_000;
+/// The most accounts and sources whose refusals are remembered (a flood of distinct ones
+/// forgets the quiet first).
+const MAX_REMEMBERED_REFUSALS: usize = 10_000;
+
+impl Refusals {
+    /// For a refusal of `key` at `now`: how many went unrecorded since the last record, when
+    /// this one is to be recorded; none when it is not.
+    pub fn worth_recording(&self, key: &str, now: i64) -> Option<u64> {
+        let mut seen = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((at, more)) = seen.get_mut(key) {
+            if now - *at < RECORD_REFUSAL_EVERY_MS {
+                *more += 1;
+                return None;
+            }
+            *at = now;
+            return Some(std::mem::take(more));
+        }
+        if seen.len() >= MAX_REMEMBERED_REFUSALS {
+            seen.retain(|_, (at, _)| now - *at < RECORD_REFUSAL_EVERY_MS);
+            if seen.len() >= MAX_REMEMBERED_REFUSALS {
+                seen.clear();
+            }
+        }
+        seen.insert(key.to_owned(), (now, 0));
+        Some(0)
     }
 }
 
@@ -181,6 +227,22 @@ fn minutes_left(limits: &[(&str, i64)], counts: &[(String, i64, i64)], now: i64)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refusals_are_recorded_once_a_minute_each_with_how_many_more_came() {
+        let r = Refusals::default();
+        assert_eq!(r.worth_recording("user:1", 0), Some(0), "the first");
+        assert_eq!(r.worth_recording("user:1", 1_000), None);
+        assert_eq!(r.worth_recording("user:1", 59_999), None);
+        assert_eq!(r.worth_recording("ip:a", 2_000), Some(0), "another account's own turn");
+        assert_eq!(
+            r.worth_recording("user:1", 60_000),
+            Some(2),
+            "a minute on, with the two unrecorded"
+        );
+        assert_eq!(r.worth_recording("user:1", 60_001), None);
+        assert_eq!(r.worth_recording("user:1", 130_000), Some(1));
+    }
 
     #[test]
     fn a_key_at_its_limit_blocks_for_the_rest_of_its_window() {

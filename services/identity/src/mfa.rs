@@ -667,6 +667,7 @@ impl Directory {
             reason: reason.to_owned(),
             source_ip: String::new(),
             user_agent: String::new(),
+            more_refused: 0,
         };
         if let Some(minutes) = crate::limiter::attempt(&self.db, &keys, now).await? {
             self.record(EventType::SignInFailed, &user.id, &failed("locked_out"))

@@ -132,6 +132,7 @@ fn a_failed_sign_in_is_a_failure_and_holds_no_password() {
         reason: "bad_password".into(),
         source_ip: "203.0.113.7".into(),
         user_agent: "pim/0.1".into(),
+        more_refused: 0,
     };
     let keyed = Correlator::new(Some("audit key"));
     let r = record(
