@@ -653,6 +653,38 @@ async fn a_review_removes_only_what_its_creator_may_and_names_one_group() -> any
     .await
 }
 
+/// A review reviews what was in force when it started, whenever approval hears of it: an
+/// eligibility granted while assignment's events were held back (a burst, a Redis outage)
+/// joins the instance in progress once its event arrives; one granted after the start does
+/// not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_review_covers_what_was_in_force_at_its_start_however_late_approval_hears() -> anyhow::Result<()> {
+    run(|w| async move {
+        let (lee, kim) = (w.user("lee").await?, w.user("kim").await?);
+        let admin_id = w.admin_id().await?;
+        crate::protection::hold_back(&w.ts, streams::ASSIGNMENT, true).await?;
+        w.make_eligible(&lee, EXCHANGE_ADMINISTRATOR).await?;
+        w.clock.advance(Duration::from_secs(1));
+        let mut asked = removing_review("exchange", EXCHANGE_ADMINISTRATOR, pb::ReviewScope::Eligible, &admin_id);
+        asked.review.as_mut().expect("a review").auto_apply = false;
+        let review = w.reviews().create_review(authed(&w.admin, asked)).await?.into_inner();
+        w.clock.advance(Duration::from_secs(1));
+        w.make_eligible(&kim, EXCHANGE_ADMINISTRATOR).await?;
+        crate::protection::hold_back(&w.ts, streams::ASSIGNMENT, false).await?;
+        eventually(Duration::from_secs(15), "Lee's eligibility reviewed", || async {
+            Ok((!w.my_items(&w.admin, &review.id).await?.is_empty()).then_some(()))
+        })
+        .await?;
+        // Kim's came after the start: once approval has seen it, still only Lee's.
+        w.approval_sees(3, 0).await?;
+        let items = w.my_items(&w.admin, &review.id).await?;
+        let reviewed: Vec<_> = items.iter().map(|i| i.principal_id.as_str()).collect();
+        assert_eq!(reviewed, vec![lee.id.as_str()], "{items:?}");
+        Ok(w)
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_weekly_review_by_a_group_starts_again_with_a_fresh_snapshot() -> anyhow::Result<()> {
     run(|w| async move {

@@ -157,19 +157,17 @@ impl EventHandler for AssignmentEvents {
                     pim_proto::assignment::v1::AssignmentKind::Unspecified => return Ok(()),
                     kind => kind.text().to_owned(),
                 };
-                store::upsert_seen(
-                    txn,
-                    &store::SeenAssignment {
-                        assignment_id: e.assignment_id,
-                        kind,
-                        principal_id: e.principal_id,
-                        role_id: e.role_id,
-                        scope: e.scope,
-                        start_at: e.start_time.as_ref().map(from_timestamp).unwrap_or_default(),
-                        end_at: e.end_time.as_ref().map(from_timestamp),
-                    },
-                )
-                .await?;
+                let seen = store::SeenAssignment {
+                    assignment_id: e.assignment_id,
+                    kind,
+                    principal_id: e.principal_id,
+                    role_id: e.role_id,
+                    scope: e.scope,
+                    start_at: e.start_time.as_ref().map(from_timestamp).unwrap_or_default(),
+                    end_at: e.end_time.as_ref().map(from_timestamp),
+                };
+                store::upsert_seen(txn, &seen).await?;
+                self.0.arrived_late(txn, &seen).await?;
                 Ok(())
             }
             Some(EventType::EligibilityRemoved | EventType::ActiveAssignmentRemoved) => {

@@ -505,40 +505,10 @@ impl Approvals {
         review.remind_at = (review.duration_ms >= store::REMINDER_MIN_STAGE_MS).then(|| now + review.duration_ms / 2);
         let assignments = store::seen_in_scope(txn, &review.role_id, &review.scope, now).await?;
         for a in assignments {
-            if review.review_scope != "both" && a.kind != review.review_scope {
-                continue;
+            if review.review_scope == "both" || a.kind == review.review_scope {
+                let item = self.item_for(txn, review, a, now).await?;
+                store::insert_item(txn, &item).await?;
             }
-            let recommendation = if a.kind == "eligible" {
-                let last = store::last_activation(txn, &a.principal_id, &a.role_id).await?;
-                if last.is_some_and(|at| at > now - UNUSED_MS) {
-                    "approve"
-                } else if a.start_at > now - UNUSED_MS {
-                    // Held for less time than is weighed: too new to tell, no recommendation.
-                    ""
-                } else {
-                    "deny"
-                }
-            } else {
-                // Activity of standing access is not visible to PIM: no recommendation.
-                ""
-            };
-            let item = ItemRow {
-                id: uuid::Uuid::now_v7().to_string(),
-                review_id: review.id.clone(),
-                instance: review.instance,
-                assignment_id: a.assignment_id,
-                kind: a.kind,
-                principal_id: a.principal_id,
-                role_id: a.role_id,
-                scope: a.scope,
-                recommendation: recommendation.into(),
-                decision: None,
-                justification: String::new(),
-                reviewer_id: String::new(),
-                decided_at: None,
-                outcome: String::new(),
-            };
-            store::insert_item(txn, &item).await?;
         }
         store::update_review(txn, review).await?;
         self.emit_review(
@@ -548,6 +518,66 @@ impl Approvals {
         )
         .await?;
         self.tell_reviewers(txn, review, Happening::ReviewStarted).await
+    }
+
+    /// The current instance's item for assignment `a`, in force when it started (`start`),
+    /// with its recommendation as of then.
+    async fn item_for(
+        &self,
+        txn: &DatabaseTransaction,
+        review: &ReviewRow,
+        a: store::SeenAssignment,
+        start: i64,
+    ) -> Result<ItemRow> {
+        let recommendation = if a.kind == "eligible" {
+            let last = store::last_activation(txn, &a.principal_id, &a.role_id).await?;
+            if last.is_some_and(|at| at > start - UNUSED_MS) {
+                "approve"
+            } else if a.start_at > start - UNUSED_MS {
+                // Held for less time than is weighed: too new to tell, no recommendation.
+                ""
+            } else {
+                "deny"
+            }
+        } else {
+            // Activity of standing access is not visible to PIM: no recommendation.
+            ""
+        };
+        Ok(ItemRow {
+            id: uuid::Uuid::now_v7().to_string(),
+            review_id: review.id.clone(),
+            instance: review.instance,
+            assignment_id: a.assignment_id,
+            kind: a.kind,
+            principal_id: a.principal_id,
+            role_id: a.role_id,
+            scope: a.scope,
+            recommendation: recommendation.into(),
+            decision: None,
+            justification: String::new(),
+            reviewer_id: String::new(),
+            decided_at: None,
+            outcome: String::new(),
+        })
+    }
+
+    /// An assignment in force when an instance in progress started, whose event reached
+    /// approval only after it started (its copy was behind, under a burst or a Redis outage):
+    /// that instance reviews it too, so nothing in force at the start is left out unseen.
+    /// (Its start is the service's own time: an assignment is never backdated.)
+    pub async fn arrived_late(&self, txn: &DatabaseTransaction, a: &store::SeenAssignment) -> Result<()> {
+        for review in store::reviews_in_progress_of(txn, &a.role_id).await? {
+            let Some(start) = review.instance_start else {
+                continue;
+            };
+            let in_force = a.start_at <= start && a.end_at.is_none_or(|end| end > start);
+            let reviewed = review.review_scope == "both" || a.kind == review.review_scope;
+            if in_force && reviewed && store::covers(&review.scope, &a.scope) {
+                let item = self.item_for(txn, &review, a.clone(), start).await?;
+                store::insert_item(txn, &item).await?;
+            }
+        }
+        Ok(())
     }
 
     /// Tells the reviewers, where notifications are on, that an instance started or, half

@@ -134,7 +134,6 @@ pub async fn seen_in_scope<C: ConnectionTrait>(
         vec![role_id.into(), now.into()],
     )
     .await?;
-    let below = format!("{}/", scope.trim_end_matches('/'));
     rows.iter()
         .map(|r| {
             Ok(SeenAssignment {
@@ -147,12 +146,17 @@ pub async fn seen_in_scope<C: ConnectionTrait>(
                 end_at: col(r, "end_at")?,
             })
         })
-        .filter(|a: &Result<SeenAssignment, DbErr>| {
-            a.as_ref()
-                .map(|a| scope == "/" || a.scope == scope || a.scope.starts_with(&below))
-                .unwrap_or(true)
-        })
+        .filter(|a: &Result<SeenAssignment, DbErr>| a.as_ref().map(|a| covers(scope, &a.scope)).unwrap_or(true))
         .collect()
+}
+
+/// Whether a review at `review_scope` covers an assignment at `scope` (there or below).
+pub fn covers(review_scope: &str, scope: &str) -> bool {
+    review_scope == "/"
+        || scope == review_scope
+        || scope
+            .strip_prefix(review_scope.trim_end_matches('/'))
+            .is_some_and(|rest| rest.starts_with('/'))
 }
 
 /// When `principal_id` last activated `role_id` (any scope), if ever; for a group, when a

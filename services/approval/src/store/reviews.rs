@@ -134,6 +134,17 @@ pub async fn reviews<C: ConnectionTrait>(c: &C, after_id: &str, limit: u64) -> R
     .await
 }
 
+/// The reviews of `role_id` with an instance in progress.
+pub async fn reviews_in_progress_of<C: ConnectionTrait>(c: &C, role_id: &str) -> Result<Vec<ReviewRow>, DbErr> {
+    db::rows(
+        c,
+        &format!("SELECT {REVIEW_COLUMNS} FROM access_reviews WHERE status = 'InProgress' AND role_id = $1"),
+        vec![role_id.into()],
+        ReviewRow::from_row,
+    )
+    .await
+}
+
 /// Reviews due to start, to remind their reviewers, or to end (locked with SKIP LOCKED on
 /// PostgreSQL).
 pub async fn due_reviews<C: ConnectionTrait>(c: &C, now: i64, limit: u64) -> Result<Vec<ReviewRow>, DbErr> {
