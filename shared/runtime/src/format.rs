@@ -61,6 +61,22 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs(seconds))
 }
 
+/// A moment someone typed, in milliseconds since the epoch: RFC 3339 with its offset
+/// (`2026-12-01T09:00:00Z`, `2026-12-01T10:00:00+01:00`). A time without an offset is refused,
+/// not read as UTC: someone elsewhere would get a start hours from the one they meant.
+pub fn parse_moment(text: &str) -> Result<i64, String> {
+    let text = text.trim();
+    match chrono::DateTime::parse_from_rfc3339(text) {
+        Ok(at) => Ok(at.timestamp_millis()),
+        Err(_) if chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.f").is_ok() => Err(format!(
+            "{text:?} has no time zone: add Z for UTC (2026-12-01T09:00:00Z) or your offset (2026-12-01T10:00:00+01:00)"
+        )),
+        Err(e) => Err(format!(
+            "{text:?} is not an RFC 3339 time such as 2026-12-01T09:00:00Z or 2026-12-01T10:00:00+01:00 ({e})"
+        )),
+    }
+}
+
 /// A moment (milliseconds since the epoch) as RFC 3339 in UTC to the millisecond:
 /// `2026-12-04T19:42:00.364Z`.
 pub fn rfc3339_ms(ms: i64) -> String {
@@ -85,6 +101,20 @@ fn moment(ms: i64, format: fn(std::time::SystemTime) -> humantime::Rfc3339Timest
 #[cfg(test)]
 mod tests {
     use super::{duration, parse_duration, rfc3339_ms};
+
+    #[test]
+    fn moments_are_typed_with_their_offset() {
+        use super::parse_moment;
+        let utc = parse_moment("2026-12-07T05:09:39Z").unwrap();
+        assert_eq!(rfc3339_ms(utc), "2026-12-07T05:09:39.000Z");
+        assert_eq!(parse_moment("2026-12-07T06:09:39+01:00"), Ok(utc));
+        assert_eq!(parse_moment("2026-12-07T00:09:39-05:00"), Ok(utc));
+        assert_eq!(parse_moment(" 2026-12-07t05:09:39.000z "), Ok(utc));
+        let zoneless = parse_moment("2026-12-07T05:09:39").unwrap_err();
+        assert!(zoneless.contains("no time zone"), "{zoneless}");
+        let nonsense = parse_moment("tomorrow").unwrap_err();
+        assert!(nonsense.contains("not an RFC 3339 time"), "{nonsense}");
+    }
 
     #[test]
     fn moments_read_as_rfc3339_in_utc() {

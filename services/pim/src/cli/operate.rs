@@ -193,11 +193,8 @@ pub(crate) fn event_keys(services: Vec<ServiceName>) -> i32 {
 
 /// `pim events replay`: marks the events written since `since` for publication again.
 pub(crate) async fn replay(since: &str, databases: Vec<String>) -> anyhow::Result<i32> {
-    let since_ms = match humantime::parse_rfc3339_weak(since) {
-        Ok(at) => at
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0),
+    let since_ms = match pim_runtime::format::parse_moment(since) {
+        Ok(at) => at.max(0),
         Err(_) => {
             let ago = pim_runtime::format::parse_duration(since).map_err(|_| {
                 anyhow::anyhow!(

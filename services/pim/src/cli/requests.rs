@@ -34,9 +34,10 @@ pub(crate) struct ActivateHow {
     /// How long, e.g. 2h (default: the policy's maximum).
     #[arg(long, value_parser = super::parse_duration, allow_hyphen_values = true)]
     duration: Option<Duration>,
-    /// Start later, at this time (RFC 3339, e.g. 2026-12-01T09:00:00Z).
-    #[arg(long, value_parser = humantime::parse_rfc3339_weak)]
-    start: Option<std::time::SystemTime>,
+    /// Start later, at this time (RFC 3339 with its offset: 2026-12-01T09:00:00Z, or
+    /// 2026-12-01T10:00:00+01:00).
+    #[arg(long, value_parser = pim_runtime::format::parse_moment, allow_hyphen_values = true)]
+    start: Option<i64>,
     #[command(flatten)]
     why: Why,
     /// The authenticator code, sent only when the server asks for a fresher MFA (one verified
@@ -191,13 +192,7 @@ pub(crate) async fn activate_as(what: &str, role: &str, scope: &str, args: Activ
         role_id,
         scope: scope.to_owned(),
         schedule: Some(apb::Schedule {
-            start_time: args.start.map(|t| {
-                to_timestamp(
-                    t.duration_since(std::time::UNIX_EPOCH)
-                        .map(|d| d.as_millis() as i64)
-                        .unwrap_or_default(),
-                )
-            }),
+            start_time: args.start.map(to_timestamp),
             expiration: args
                 .duration
                 .map(|d| apb::schedule::Expiration::Duration(pim_runtime::db::duration_pb(d))),

@@ -305,6 +305,23 @@ fn a_configuration_file_applies_once_prunes_round_trips_and_a_bad_one_changes_no
         Some("sam's passphrase, long enough\n"),
     );
     sam.ok(&["activate", "Global Reader", "-j", "audit prep", "--no-wait"], None);
+    // A start without a time zone is refused, not read as UTC.
+    let zoneless = sam.run(
+        &[
+            "activate",
+            "Global Reader",
+            "-j",
+            "audit prep",
+            "--start",
+            "2030-01-01T09:00:00",
+        ],
+        None,
+    );
+    let said = String::from_utf8_lossy(&zoneless.stderr);
+    assert!(
+        !zoneless.status.success() && said.contains("has no time zone"),
+        "{said}"
+    );
     let readers = dir.join("readers.yaml");
     std::fs::write(&readers, "assignments:\n  - role: Global Reader\n    prune: true\n").unwrap();
     let planned = admin.run(&["plan", "-f", readers.to_str().unwrap()], None);

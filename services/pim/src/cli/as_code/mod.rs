@@ -267,14 +267,13 @@ fn assignment_request(
     }
 }
 
-/// An `until` (RFC 3339, e.g. 2027-06-30T00:00:00Z) in epoch milliseconds.
+/// An `until` (RFC 3339 with its offset, e.g. 2027-06-30T00:00:00Z) in epoch milliseconds.
 fn until_ms(text: &str) -> Result<i64, String> {
-    let at = humantime::parse_rfc3339_weak(text.trim())
-        .map_err(|e| format!("until {text:?} is not an RFC 3339 time such as 2027-06-30T00:00:00Z ({e})"))?;
-    Ok(at
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_err(|_| format!("until {text:?} is before 1970"))?
-        .as_millis() as i64)
+    let at = pim_runtime::format::parse_moment(text).map_err(|e| format!("until {e}"))?;
+    if at < 0 {
+        return Err(format!("until {text:?} is before 1970"));
+    }
+    Ok(at)
 }
 
 /// The server's state as a file: custom roles, groups with their owners and members, every
