@@ -196,8 +196,20 @@ impl Assignments {
                             .await?;
                     }
                     request.start_at = request.start_at.max(now);
-                    if let Some(length) = request.duration_ms {
+                    // The end the approver was shown stands: time spent waiting comes off
+                    // the renewal, never on top (a request naming only a length counts it
+                    // from now).
+                    if request.end_at.is_none()
+                        && let Some(length) = request.duration_ms
+                    {
                         request.end_at = Some(request.start_at + length);
+                    }
+                    if request.end_at.is_some_and(|end| end <= request.start_at) {
+                        request.status = RequestStatus::Failed;
+                        request.outcome_reason =
+                            "approved, but the end it asked for has passed: nothing was renewed".into();
+                        self.transition(txn, request, RequestStatus::Granted, None, now).await?;
+                        return Ok(());
                     }
                     request.assignment_id = Some(new_id());
                     let kind = pim_runtime::auth::kind_from_claim(&last.principal_kind);
