@@ -619,6 +619,101 @@ async fn a_future_start_becomes_active_on_time_and_deactivation_ends_it() -> any
     .await
 }
 
+/// A scheduled request ends in a final status: canceled by its requester before it starts
+/// (what it made never holds); Provisioned when an administrator's scheduled assignment
+/// starts; Failed, never announced as activated, when its whole window passed before the
+/// scheduler could start it (the service was down).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_requests_start_are_canceled_or_fail_and_say_so() -> anyhow::Result<()> {
+    run(|w| async move {
+        let (lee, kim) = (w.user("lee").await?, w.user("kim").await?);
+        w.make_eligible(&lee, EXCHANGE_ADMINISTRATOR).await?;
+        let token = w.stepped_up(&lee)?;
+        let at = |start: i64, length: i64| {
+            let mut later = activation(EXCHANGE_ADMINISTRATOR, length, "change window");
+            later.schedule.as_mut().expect("schedule").start_time = Some(pim_runtime::db::to_timestamp(start));
+            later
+        };
+        let status = |id: String, token: String| {
+            let mut assignments = w.assignments();
+            async move {
+                let asked = authed(&token, apb::GetRequestRequest { request_id: id });
+                anyhow::Ok(assignments.get_request(asked).await?.into_inner())
+            }
+        };
+        // Canceled before it starts: nothing holds at the start.
+        let start = w.clock.now_ms() + 10 * 60_000;
+        let scheduled = w
+            .assignments()
+            .create_request(authed(&token, at(start, HOUR_MS)))
+            .await?
+            .into_inner();
+        let canceled = w
+            .assignments()
+            .cancel_request(authed(
+                &lee.token,
+                apb::GetRequestRequest {
+                    request_id: scheduled.id.clone(),
+                },
+            ))
+            .await?
+            .into_inner();
+        assert_eq!(canceled.status, apb::RequestStatus::Canceled as i32, "{canceled:?}");
+        assert!(
+            canceled.outcome_reason.contains("ended before it started"),
+            "{canceled:?}"
+        );
+
+        // An administrator's assignment from the same start: Provisioned when it starts.
+        let assigned = w
+            .assignments()
+            .create_request(authed(
+                &w.admin,
+                apb::CreateRequestRequest {
+                    schedule: Some(apb::Schedule {
+                        start_time: Some(pim_runtime::db::to_timestamp(start)),
+                        ..lasting(HOUR_MS).expect("a schedule")
+                    }),
+                    justification: "covers the change window".into(),
+                    ..request(
+                        apb::RequestAction::AdminAssign,
+                        apb::AssignmentKind::Active,
+                        &kim.id,
+                        EXCHANGE_ADMINISTRATOR,
+                    )
+                },
+            ))
+            .await?
+            .into_inner();
+        assert_eq!(assigned.status, apb::RequestStatus::ScheduleCreated as i32);
+        w.clock.advance(Duration::from_secs(600));
+        w.tick().await?;
+        assert!(!w.check(&lee.id, EXCHANGE_ADMINISTRATOR).await?.allowed, "canceled");
+        assert!(w.check(&kim.id, EXCHANGE_ADMINISTRATOR).await?.allowed, "started");
+        let started = status(assigned.id.clone(), w.admin.clone()).await?;
+        assert_eq!(started.status, apb::RequestStatus::Provisioned as i32, "{started:?}");
+
+        // A window that passed whole before any scheduler pass: it fails, never activated.
+        let token = w.stepped_up(&lee)?;
+        let missed = w
+            .assignments()
+            .create_request(authed(&token, at(w.clock.now_ms() + 60_000, HOUR_MS)))
+            .await?
+            .into_inner();
+        w.clock.advance(Duration::from_secs(2 * 3600));
+        w.tick().await?;
+        let failed = status(missed.id.clone(), lee.token.clone()).await?;
+        assert_eq!(failed.status, apb::RequestStatus::Failed as i32, "{failed:?}");
+        assert!(failed.outcome_reason.contains("never held"), "{failed:?}");
+        assert!(
+            w.events("RoleActivated").await?.is_empty(),
+            "nothing was ever activated"
+        );
+        Ok(w)
+    })
+    .await
+}
+
 /// An eligibility moved to end before a scheduled activation starts takes the activation with
 /// it: ended at once, never shortened to end before it starts, never active.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -40,7 +40,10 @@ impl Scheduler {
                 continue;
             }
             let role_name = a.roles.get(&due.role_id).map(|r| r.name).unwrap_or_default();
-            if due.origin == "activation" {
+            // Its whole window passed before this pass (the service was down): it never
+            // held, and is not announced as if it had.
+            let over = due.end_at.is_some_and(|end| end <= now);
+            if due.origin == "activation" && !over {
                 let via_group = a.eligible_through(&txn, &due, now).await?;
                 let event = a.role_activated(Some(system_actor()), &due, &role_name, "", via_group.as_deref());
                 a.outbox
@@ -56,14 +59,16 @@ impl Scheduler {
                     )
                     .await?;
             }
-            store::set_request_status_for_assignment(
-                &txn,
-                &due.id,
-                RequestStatus::ScheduleCreated,
-                RequestStatus::Provisioned,
-                now,
-            )
-            .await?;
+            let (outcome, why) = if over {
+                (
+                    RequestStatus::Failed,
+                    "its whole window passed before it could start (the service was not running): it never held",
+                )
+            } else {
+                (RequestStatus::Provisioned, "")
+            };
+            a.settle_scheduled(&txn, &due, outcome, why, Some(system_actor()), now)
+                .await?;
             fired += 1;
         }
         let mut ended = Vec::new();

@@ -351,16 +351,30 @@ impl Assignments {
                 scope.as_str()
             )));
         }
-        // A just-in-time membership ends what came through it.
-        let resting = self.resting_on(&txn, std::slice::from_ref(&activation), now).await?;
+        self.commit_ended(txn, &activation, caller, &request.id, now).await?;
+        Ok(request)
+    }
+
+    /// Commits `txn`, which ended `a` at the caller's word for request `request_id`: what
+    /// rested on it ends too (a just-in-time membership ends what came through it), and this
+    /// process's index and watchers follow.
+    pub(super) async fn commit_ended(
+        &self,
+        txn: DatabaseTransaction,
+        a: &AssignmentRow,
+        caller: &Caller,
+        request_id: &str,
+        now: i64,
+    ) -> Result<()> {
+        let resting = self.resting_on(&txn, std::slice::from_ref(a), now).await?;
         let fallout = self
             .bound_to_eligibility(&txn, resting, Some(caller.actor()), now)
             .await?;
         txn.commit().await?;
-        self.index.remove(&activation.principal_id, &activation.id);
+        self.index.remove(&a.principal_id, &a.id);
         self.settle(&fallout);
-        self.committed(&[&request.id]);
-        Ok(request)
+        self.committed(&[request_id]);
+        Ok(())
     }
 
     /// After eligibilities or memberships that the principals in `todo` rested on ended or

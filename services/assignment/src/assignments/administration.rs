@@ -172,10 +172,10 @@ impl Assignments {
         let (granted_type, mut granted) = assignment_changed(&assignment, Change::Granted, role_name, actor.clone());
         granted.justification = request.justification.clone();
         granted.ticket = Some(ticket);
-        store::insert_assignment(txn, &assignment, true, request.created_at).await?;
-        if let Some(end) = assignment.end_at {
-            self.timers.deadline(end);
-        }
+        // One that starts later is started by the scheduler, which then settles its request.
+        let starts_later = assignment.start_at > request.created_at;
+        store::insert_assignment(txn, &assignment, !starts_later, request.created_at).await?;
+        self.announce_deadlines(&assignment, !starts_later);
         self.emit(txn, granted_type, &assignment.principal_id, &granted).await?;
         Ok(assignment)
     }

@@ -474,6 +474,11 @@ impl Assignments {
         if !store::end_assignment(txn, &a.id, reason, at).await? {
             return Ok(false);
         }
+        if a.start_at > at {
+            let why = format!("ended before it started ({reason})");
+            self.settle_scheduled(txn, a, RequestStatus::Canceled, &why, actor.clone(), at)
+                .await?;
+        }
         if a.kind == Kind::Active {
             let event = ev::RoleDeactivated {
                 actor: actor.clone(),

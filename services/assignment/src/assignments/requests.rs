@@ -233,6 +233,34 @@ impl Assignments {
         Ok(())
     }
 
+    /// What a scheduled request made started (`Provisioned`), ended before it started
+    /// (`Canceled`: withdrawn, canceled, removed, or cut by its eligibility's end), or saw its
+    /// whole window pass unstarted (`Failed`: the service was not running): the request says
+    /// so, and `why` where it is not plain.
+    pub(crate) async fn settle_scheduled(
+        &self,
+        txn: &DatabaseTransaction,
+        a: &AssignmentRow,
+        outcome: RequestStatus,
+        why: &str,
+        actor: Option<Actor>,
+        now: i64,
+    ) -> Result<()> {
+        let Some(mut request) = store::find_request(txn, &a.request_id).await? else {
+            return Ok(());
+        };
+        if request.status != RequestStatus::ScheduleCreated {
+            return Ok(());
+        }
+        request.status = outcome;
+        if !why.is_empty() {
+            request.outcome_reason = why.into();
+        }
+        self.transition(txn, &request, RequestStatus::ScheduleCreated, actor, now)
+            .await?;
+        Ok(())
+    }
+
     pub(super) async fn transition(
         &self,
         txn: &DatabaseTransaction,
@@ -449,9 +477,12 @@ impl Assignments {
                 "only the requester can cancel a request".into(),
             ));
         }
+        if request.status == RequestStatus::ScheduleCreated {
+            return self.cancel_scheduled(caller, request).await;
+        }
         if request.status != RequestStatus::PendingApproval {
             return Err(Error::FailedPrecondition(format!(
-                "request is {}; only a pending request can be canceled",
+                "request is {}; only a request waiting for approval or for its start can be canceled",
                 request.status
             )));
         }
@@ -474,6 +505,35 @@ impl Assignments {
         txn.commit().await?;
         self.committed(&[id]);
         Ok(request)
+    }
+
+    /// Cancels a scheduled request before it starts: what it made ends unstarted, and the
+    /// request is Canceled ([`Self::settle_scheduled`]).
+    async fn cancel_scheduled(&self, caller: &Caller, request: RequestRow) -> Result<RequestRow> {
+        let now = self.now();
+        let txn = self.db.begin().await?;
+        let scheduled = match &request.assignment_id {
+            Some(id) => store::find_assignment(&txn, id).await?,
+            None => None,
+        };
+        let Some(a) = scheduled.filter(|a| a.status == "active" && a.start_at > now) else {
+            return Err(Error::FailedPrecondition(
+                "it has started (or ended) meanwhile: deactivate or remove what it made instead".into(),
+            ));
+        };
+        let role_name = self.roles.get(&a.role_id).map(|r| r.name).unwrap_or_default();
+        if !self
+            .end(&txn, &a, "canceled", Some(caller.actor()), &role_name, now)
+            .await?
+        {
+            return Err(Error::FailedPrecondition(
+                "request changed meanwhile; fetch it again".into(),
+            ));
+        }
+        self.commit_ended(txn, &a, caller, &request.id, now).await?;
+        store::find_request(&self.db, &request.id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("request {}", request.id)))
     }
 
     /// Assignments in force now; the caller's own, or anyone's for readers of assignments.

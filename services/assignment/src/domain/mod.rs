@@ -151,14 +151,15 @@ impl RequestStatus {
 
     /// The lifecycle, in one place: the moves a request may make. Waiting ends in an
     /// approval (Granted), a denial, an expiry or a cancel; a grant is applied now, later, or
-    /// not at all; a scheduled one is applied when it starts.
+    /// not at all; a scheduled one is applied when it starts, canceled when what it made
+    /// ends before then, or fails when its whole window passed unstarted.
     pub const fn may_become(self, next: Self) -> bool {
         use RequestStatus as S;
         matches!(
             (self, next),
             (S::PendingApproval, S::Granted | S::Denied | S::Expired | S::Canceled)
                 | (S::Granted, S::Provisioned | S::ScheduleCreated | S::Failed)
-                | (S::ScheduleCreated, S::Provisioned)
+                | (S::ScheduleCreated, S::Provisioned | S::Canceled | S::Failed)
         )
     }
 
@@ -207,6 +208,7 @@ mod tests {
         assert!(S::Granted.may_become(S::Failed));
         assert!(!S::PendingApproval.may_become(S::Provisioned), "approval comes first");
         assert!(!S::Granted.may_become(S::Canceled), "too late to cancel");
+        assert!(S::ScheduleCreated.may_become(S::Canceled), "not yet started");
     }
 
     #[test]

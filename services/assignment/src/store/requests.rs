@@ -328,28 +328,6 @@ pub async fn transition_request<C: ConnectionTrait>(
     Ok(n == 1)
 }
 
-/// Sets the status of the request that created assignment `assignment_id`, if it is `from`.
-pub async fn set_request_status_for_assignment<C: ConnectionTrait>(
-    c: &C,
-    assignment_id: &str,
-    from: RequestStatus,
-    to: RequestStatus,
-    now: i64,
-) -> Result<(), DbErr> {
-    db::exec(
-        c,
-        "UPDATE requests SET status = $1, updated_at = $2 WHERE assignment_id = $3 AND status = $4",
-        vec![
-            to.as_str().into(),
-            now.into(),
-            assignment_id.into(),
-            from.as_str().into(),
-        ],
-    )
-    .await
-    .map(drop)
-}
-
 /// Requests matching the filters, newest last, after `after_id` (ids are time-ordered).
 pub async fn list_requests<C: ConnectionTrait>(
     c: &C,

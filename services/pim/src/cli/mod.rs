@@ -177,7 +177,7 @@ enum Command {
     Extend(requests::ExtendArgs),
     /// List requests (yours, or anyone's for readers of assignments).
     Requests(requests::RequestsArgs),
-    /// Cancel a request of yours that waits for approval.
+    /// Cancel a request of yours that waits for approval, or for its scheduled start.
     Cancel(requests::CancelArgs),
     /// Approvals waiting for your decision, with those you decided and those of your own
     /// requests (which you follow, not decide); --watch follows what you may decide, --id

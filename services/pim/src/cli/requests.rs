@@ -418,7 +418,7 @@ pub(crate) async fn extend_as(what: &str, role_id: &str, scope: &str, how: Exten
     Ok(0)
 }
 
-/// `pim cancel`: withdraws a request of yours that waits for approval.
+/// `pim cancel`: withdraws a request of yours that waits for approval or for its start.
 pub(crate) async fn cancel(args: CancelArgs) -> anyhow::Result<i32> {
     let session = Session::open(&args.client, true)?;
     let r = session.remember(
