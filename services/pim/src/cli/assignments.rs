@@ -43,6 +43,10 @@ pub(crate) struct AssignHow {
     /// Never expires (where the policy allows it).
     #[arg(long)]
     permanent: bool,
+    /// Start later, at this time (RFC 3339 with its offset: 2026-12-01T09:00:00Z, or
+    /// 2026-12-01T10:00:00+01:00); until then it is scheduled, and `pim cancel` withdraws it.
+    #[arg(long, value_parser = pim_runtime::format::parse_moment, allow_hyphen_values = true)]
+    start: Option<i64>,
     #[command(flatten)]
     why: Why,
     /// Check everything, change nothing.
@@ -66,6 +70,9 @@ pub(crate) struct ListAssignmentsArgs {
     /// Only mine.
     #[arg(long)]
     mine: bool,
+    /// Also those scheduled to start later (with a FROM column).
+    #[arg(long)]
+    scheduled: bool,
     #[command(flatten)]
     client: ClientArgs,
 }
@@ -120,7 +127,7 @@ pub(crate) async fn assign_as(principal: &str, role: &str, scope: &str, args: As
         role_id,
         scope: scope.to_owned(),
         schedule: Some(apb::Schedule {
-            start_time: None,
+            start_time: args.start.map(pim_runtime::db::to_timestamp),
             expiration,
         }),
         justification: args.why.justification,
@@ -163,6 +170,7 @@ pub(crate) async fn list_assignments(args: ListAssignmentsArgs) -> anyhow::Resul
         principal_id,
         role_id,
         mine: args.mine,
+        include_scheduled: args.scheduled,
         ..Default::default()
     };
     let mut client = AssignmentServiceClient::new(session.channel.clone());
@@ -179,10 +187,19 @@ pub(crate) async fn list_assignments(args: ListAssignmentsArgs) -> anyhow::Resul
             KindArg::Eligible => ("eligible", client.list_eligible_assignments(request).await),
         };
         for a in listed.map_err(explain)?.into_inner().assignments {
-            rows.push(row(&mut names, label, a).await);
+            let from = Cell::from(time(a.start_time.as_ref().map(from_timestamp)));
+            let mut cells = row(&mut names, label, a).await;
+            if args.scheduled {
+                cells.insert(cells.len() - 1, from);
+            }
+            rows.push(cells);
         }
     }
-    print_table(&["ID", "KIND", "PRINCIPAL", "ROLE", "SCOPE", "UNTIL"], rows);
+    if args.scheduled {
+        print_table(&["ID", "KIND", "PRINCIPAL", "ROLE", "SCOPE", "FROM", "UNTIL"], rows);
+    } else {
+        print_table(&["ID", "KIND", "PRINCIPAL", "ROLE", "SCOPE", "UNTIL"], rows);
+    }
     Ok(0)
 }
 

@@ -322,6 +322,36 @@ fn a_configuration_file_applies_once_prunes_round_trips_and_a_bad_one_changes_no
         !zoneless.status.success() && said.contains("has no time zone"),
         "{said}"
     );
+    // An administrator schedules an assignment for tomorrow (a time with its offset), sees it
+    // among the scheduled ones, and withdraws it before it starts.
+    let tomorrow = pim_runtime::format::rfc3339_seconds(pim_runtime::db::now_ms() + 86_400_000).replace('Z', "+00:00");
+    let scheduled = admin.ok(
+        &[
+            "assign",
+            "--principal",
+            "sam",
+            "--role",
+            "Security Reader",
+            "--kind",
+            "active",
+            "--duration",
+            "1h",
+            "--start",
+            &tomorrow,
+            "-j",
+            "night shift",
+        ],
+        None,
+    );
+    assert!(scheduled.contains("schedule_created"), "{scheduled}");
+    let request = scheduled.split_whitespace().nth(1).expect("the request's id");
+    let listed = admin.ok(&["assignments", "--principal", "sam", "--scheduled"], None);
+    assert!(
+        listed.contains("FROM") && listed.contains("Security Reader"),
+        "{listed}"
+    );
+    let canceled = admin.ok(&["cancel", request], None);
+    assert!(canceled.to_lowercase().contains("canceled"), "{canceled}");
     let readers = dir.join("readers.yaml");
     std::fs::write(&readers, "assignments:\n  - role: Global Reader\n    prune: true\n").unwrap();
     let planned = admin.run(&["plan", "-f", readers.to_str().unwrap()], None);
