@@ -457,7 +457,17 @@ async fn a_just_in_time_membership_carries_the_groups_roles_until_it_ends() -> a
         );
 
         // The group's members show Lee, activated until the end.
-        let links = DirectoryServiceClient::new(w.ts.channel.clone())
+        let mia = w.user("mia").await?;
+        DirectoryServiceClient::new(w.ts.channel.clone())
+            .add_group_member(authed(
+                &w.admin,
+                ipb::GroupMembershipRequest {
+                    group_id: group.clone(),
+                    principal_id: mia.id.clone(),
+                },
+            ))
+            .await?;
+        let everyone = DirectoryServiceClient::new(w.ts.channel.clone())
             .list_group_members(authed(
                 &ola.token,
                 ipb::ListGroupMembersRequest {
@@ -466,8 +476,40 @@ async fn a_just_in_time_membership_carries_the_groups_roles_until_it_ends() -> a
                 },
             ))
             .await?
-            .into_inner()
-            .links;
+            .into_inner();
+        // Page by page (one principal each, with its links), the same members, once each.
+        let (mut paged, mut token) = (Vec::new(), String::new());
+        loop {
+            let page = DirectoryServiceClient::new(w.ts.channel.clone())
+                .list_group_members(authed(
+                    &ola.token,
+                    ipb::ListGroupMembersRequest {
+                        group_id: group.clone(),
+                        page_size: 1,
+                        page_token: token.clone(),
+                        ..Default::default()
+                    },
+                ))
+                .await?
+                .into_inner();
+            assert!(page.principals.len() <= 1, "{page:?}");
+            let ids: Vec<&str> = page.principals.iter().map(|p| p.id.as_str()).collect();
+            assert!(
+                page.links
+                    .iter()
+                    .all(|l| l.principal.as_ref().is_some_and(|p| ids.contains(&p.id.as_str())))
+            );
+            paged.extend(page.principals);
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            token = page.next_page_token;
+        }
+        let mut all = everyone.principals.clone();
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        assert_eq!(all.len(), 2, "Lee and Mia: {all:?}");
+        assert_eq!(paged, all);
+        let links = everyone.links;
         let lee_link = links
             .iter()
             .find(|l| l.principal.as_ref().is_some_and(|p| p.id == lee.id))

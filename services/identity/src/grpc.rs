@@ -433,19 +433,38 @@ impl Directory {
         link: Link,
     ) -> Result<Response<pb::ListGroupMembersResponse>, Status> {
         let caller = caller(&request)?.clone();
-        let group = required("group_id", &request.get_ref().group_id)?;
-        let links = self
-            .linked_principals(&caller, link, group, request.get_ref().direct_only)
-            .await?;
+        let r = request.get_ref();
+        let group = required("group_id", &r.group_id)?;
+        // 0: everyone at once (what the services ask); otherwise pages in id order.
+        let limit = match r.page_size {
+            0 => usize::MAX,
+            asked => usize::try_from(page_size(asked)?).unwrap_or(usize::MAX),
+        };
+        let after = filter_value("page_token", &r.page_token)?.to_owned();
+        let mut links = self.linked_principals(&caller, link, group, r.direct_only).await?;
+        links.retain(|l| l.principal.as_ref().is_some_and(|p| p.id > after));
+        links.sort_by(|a, b| {
+            let id = |l: &pb::GroupLink| l.principal.as_ref().map(|p| p.id.clone()).unwrap_or_default();
+            id(a).cmp(&id(b))
+        });
         let mut principals: Vec<pb::Principal> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         for p in links.iter().filter_map(|l| l.principal.as_ref()) {
-            if !principals.iter().any(|known| known.id == p.id) {
+            if seen.insert(p.id.clone()) {
                 principals.push(p.clone());
             }
         }
+        let next_page_token = if principals.len() > limit {
+            principals.truncate(limit);
+            let last = principals.last().map(|p| p.id.clone()).unwrap_or_default();
+            links.retain(|l| l.principal.as_ref().is_some_and(|p| p.id <= last));
+            last
+        } else {
+            String::new()
+        };
         Ok(Response::new(pb::ListGroupMembersResponse {
             principals,
-            next_page_token: String::new(),
+            next_page_token,
             links,
         }))
     }
