@@ -42,6 +42,16 @@ impl World {
 
     /// Makes `user` eligible (once) and has them ask for an hour of Exchange Administrator.
     pub(crate) async fn ask(&self, user: &User, justification: &str) -> anyhow::Result<apb::AssignmentRequest> {
+        self.ask_from(user, justification, None).await
+    }
+
+    /// [`Self::ask`], for a start later than now where one is given.
+    pub(crate) async fn ask_from(
+        &self,
+        user: &User,
+        justification: &str,
+        start: Option<i64>,
+    ) -> anyhow::Result<apb::AssignmentRequest> {
         if let Err(err) = self.make_eligible(user, EXCHANGE_ADMINISTRATOR).await {
             let already = err
                 .downcast_ref::<tonic::Status>()
@@ -51,6 +61,9 @@ impl World {
             }
         }
         let mut ask = activation(EXCHANGE_ADMINISTRATOR, HOUR_MS, justification);
+        if let Some(schedule) = ask.schedule.as_mut() {
+            schedule.start_time = start.map(pim_runtime::db::to_timestamp);
+        }
         ask.ticket = Some(pim_proto::common::v1::Ticket {
             system: "ServiceNow".into(),
             number: "INC0042".into(),
@@ -276,6 +289,7 @@ async fn a_deny_ends_it_and_an_unanswered_approval_expires() -> anyhow::Result<(
         .await?;
         let request = w.ask(&lee, "mailbox export").await?;
         let approval = w.approval_of(&request.id).await?;
+        assert_eq!(approval.start_time, None, "it starts once approved");
         // A denial says why all the same: the requester reads it.
         let unexplained = w
             .approvals()
@@ -305,9 +319,15 @@ async fn a_deny_ends_it_and_an_unanswered_approval_expires() -> anyhow::Result<(
             .expect_err("already denied");
         assert_eq!(late.code(), Code::FailedPrecondition);
 
-        // Nobody answers the next one: after the stage's ten minutes it expires.
-        let request = w.ask(&lee, "mailbox export, again").await?;
+        // Nobody answers the next one, which asks to start in an hour (the approvers see when):
+        // after the stage's ten minutes it expires.
+        let start = w.clock.now_ms() + HOUR_MS;
+        let request = w.ask_from(&lee, "mailbox export, again", Some(start)).await?;
         let approval = w.approval_of(&request.id).await?;
+        assert_eq!(
+            approval.start_time.as_ref().map(pim_runtime::db::from_timestamp),
+            Some(start)
+        );
         w.clock.advance(Duration::from_secs(599));
         let approvals = w.ts.suite.approval().expect("approval runs here").approvals();
         assert_eq!(approvals.run_timers_once().await?, 0, "not yet");

@@ -160,6 +160,8 @@ impl Approvals {
             action: e.typed_action(),
             kind: e.typed_kind(),
             end_at: e.end_time.as_ref().map(from_timestamp),
+            // A start later than now is a scheduled one (an immediate request starts when made).
+            start_at: e.start_time.as_ref().map(from_timestamp).filter(|start| *start > now),
             justification: e.justification.clone(),
             ticket_system: ticket.system,
             ticket_number: ticket.number,

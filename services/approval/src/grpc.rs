@@ -88,6 +88,7 @@ pub(crate) fn approval_pb(a: ApprovalRow, decisions: Vec<DecisionRow>, history: 
         action: a.action as i32,
         kind: a.kind as i32,
         end_time: a.end_at.map(to_timestamp),
+        start_time: a.start_at.map(to_timestamp),
         requester_history: history
             .into_iter()
             .map(|h| pb::Activation {

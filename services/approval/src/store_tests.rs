@@ -34,6 +34,7 @@ fn approval(request_id: &str) -> ApprovalRow {
         action: RequestAction::SelfActivate,
         kind: AssignmentKind::Active,
         end_at: None,
+        start_at: None,
         justification: "mailbox moves".into(),
         ticket_system: String::new(),
         ticket_number: String::new(),

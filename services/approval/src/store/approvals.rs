@@ -29,6 +29,8 @@ pub struct ApprovalRow {
     pub action: RequestAction,
     pub kind: AssignmentKind,
     pub end_at: Option<i64>,
+    /// A later start the request asks for (a scheduled activation); none: from approval.
+    pub start_at: Option<i64>,
     pub justification: String,
     pub ticket_system: String,
     pub ticket_number: String,
@@ -103,6 +105,7 @@ impl ApprovalRow {
             action: RequestAction::from_text(&col::<String>(r, "action")?),
             kind: AssignmentKind::from_text(&col::<String>(r, "kind")?),
             end_at: col(r, "end_at")?,
+            start_at: col(r, "start_at")?,
             justification: col(r, "justification")?,
             ticket_system: col(r, "ticket_system")?,
             ticket_number: col(r, "ticket_number")?,
@@ -122,7 +125,7 @@ impl ApprovalRow {
     }
 }
 
-pub(super) const COLUMNS: &str = "id, request_id, requester_id, role_id, role_name, scope, duration_ms, justification, ticket_system, ticket_number, status, stages, stage, stage_started_at, expires_at, escalated, created_at, completed_at, rev, traceparent, reminded, timer_at, action, kind, end_at, stage_opened_by";
+pub(super) const COLUMNS: &str = "id, request_id, requester_id, role_id, role_name, scope, duration_ms, justification, ticket_system, ticket_number, status, stages, stage, stage_started_at, expires_at, escalated, created_at, completed_at, rev, traceparent, reminded, timer_at, action, kind, end_at, stage_opened_by, start_at";
 
 /// The shortest stage whose approvers are reminded.
 pub const REMINDER_MIN_STAGE_MS: i64 = 3_600_000;
@@ -154,7 +157,7 @@ pub async fn insert<C: ConnectionTrait>(c: &C, a: &ApprovalRow) -> Result<bool, 
     let n = db::exec(
         c,
         &format!(
-            "INSERT INTO approvals ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26) \
+            "INSERT INTO approvals ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27) \
              ON CONFLICT (request_id) DO NOTHING"
         ),
         vec![
@@ -184,6 +187,7 @@ pub async fn insert<C: ConnectionTrait>(c: &C, a: &ApprovalRow) -> Result<bool, 
             a.kind.text().into(),
             a.end_at.into(),
             a.stage_opened_by.clone().into(),
+            a.start_at.into(),
         ],
     )
     .await?;

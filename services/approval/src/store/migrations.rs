@@ -158,6 +158,10 @@ impl MigratorTrait for Migrator {
                 CREATE INDEX activations_via_group ON activations (via_group_id, role_id)"
                     .to_owned()
             }),
+            // The later start a scheduled request asks for, for approvers to weigh.
+            SqlMigration::boxed("m0009_approval_start", |_| {
+                "ALTER TABLE approvals ADD COLUMN start_at BIGINT".to_owned()
+            }),
         ]);
         migrations
     }

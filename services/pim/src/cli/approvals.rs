@@ -94,7 +94,10 @@ fn asks(a: &pb::Approval) -> String {
     match RequestAction::try_from(a.action).unwrap_or_default() {
         RequestAction::SelfExtend => format!("extend {kind} until {until}"),
         RequestAction::SelfRenew => format!("renew {kind} until {until}"),
-        RequestAction::SelfActivate => format!("activate for {lasting}"),
+        RequestAction::SelfActivate => match a.start_time.as_ref() {
+            Some(start) => format!("activate for {lasting} from {}", time(Some(from_timestamp(start)))),
+            None => format!("activate for {lasting}"),
+        },
         // Opened before approvals said what they ask for.
         _ => format!("for {lasting}"),
     }
