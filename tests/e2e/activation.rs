@@ -648,6 +648,13 @@ async fn scheduled_requests_start_are_canceled_or_fail_and_say_so() -> anyhow::R
             .create_request(authed(&token, at(start, HOUR_MS)))
             .await?
             .into_inner();
+        let again = w
+            .assignments()
+            .create_request(authed(&token, activation(EXCHANGE_ADMINISTRATOR, HOUR_MS, "now, too")))
+            .await
+            .expect_err("one activation at a time, scheduled or not");
+        assert_eq!(again.code(), Code::AlreadyExists);
+        assert!(again.message().contains("already scheduled"), "{again:?}");
         let canceled = w
             .assignments()
             .cancel_request(authed(

@@ -81,7 +81,7 @@ impl Assignments {
                 && a.principal_id == caller.principal_id
                 && a.scope == scope.as_str()
         }) {
-            return Err(already_active(&role.name, a));
+            return Err(already_active(&role.name, a, now));
         }
         let length = schedule.end.map(|e| e - schedule.start).unwrap_or_default();
         let mut request = RequestRow {
@@ -202,7 +202,7 @@ impl Assignments {
     /// Why the database refused an activation: the live or waiting one it collided with.
     pub(super) async fn refusal(&self, principal: &str, role_name: &str, role_id: &str, scope: &str) -> Result<Error> {
         if let Some(live) = store::live_activation(&self.db, principal, role_id, scope).await? {
-            return Ok(already_active(role_name, &live));
+            return Ok(already_active(role_name, &live, self.now()));
         }
         if let Some(waiting) = store::pending_request(&self.db, principal, role_id, scope, Waiting::Activation).await? {
             return Ok(already_waiting(role_name, &waiting));

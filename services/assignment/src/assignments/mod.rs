@@ -613,11 +613,20 @@ fn err_same_moment(role_name: &str, scope: &Scope) -> Error {
 }
 
 /// ALREADY_EXISTS for a second activation while `live` is in force (or scheduled).
-fn already_active(role_name: &str, live: &AssignmentRow) -> Error {
+fn already_active(role_name: &str, live: &AssignmentRow, now: i64) -> Error {
     let until = live
         .end_at
         .map(|end| format!("until {}", pim_runtime::db::rfc3339(end)))
         .unwrap_or_else(|| "with no end".into());
+    if live.start_at > now {
+        return Error::AlreadyExists(format!(
+            "{role_name} is already scheduled at {} from {} (assignment {}, {until}, request {}); to ask for another, cancel that request first (pim cancel)",
+            live.scope,
+            pim_runtime::db::rfc3339(live.start_at),
+            live.id,
+            live.request_id
+        ));
+    }
     Error::AlreadyExists(format!(
         "{role_name} is already active at {} (assignment {}, {until}); an activation is not extended: to hold the role longer, deactivate it and activate it again",
         live.scope, live.id
