@@ -1,13 +1,12 @@
 //! `pim audit`: read the audit log (newest first), verify its hash chain, export it.
 
 use std::io::Write;
-use std::time::Duration;
 
 use clap::{Args, Subcommand};
 
 use pim_proto::audit::v1 as aupb;
 use pim_proto::audit::v1::audit_service_client::AuditServiceClient;
-use pim_runtime::db::{from_timestamp, now_ms, to_timestamp};
+use pim_runtime::db::{from_timestamp, to_timestamp};
 
 use super::{ClientArgs, Output, Session, explain, print_table, time};
 
@@ -31,9 +30,12 @@ pub(crate) struct AuditArgs {
     /// Only refused or failed attempts (failure), or only what succeeded (success).
     #[arg(long, value_parser = ["success", "failure"])]
     outcome: Option<String>,
-    /// Only events of the last DURATION, e.g. 24h.
-    #[arg(long, value_parser = super::parse_duration, allow_hyphen_values = true)]
-    since: Option<Duration>,
+    /// Only events since then: how long ago (24h) or an RFC 3339 time (2026-12-02T10:00:00Z).
+    #[arg(long, value_parser = super::parse_moment_or_ago, allow_hyphen_values = true)]
+    since: Option<i64>,
+    /// Only events before then: how long ago (1h) or an RFC 3339 time.
+    #[arg(long, value_parser = super::parse_moment_or_ago, allow_hyphen_values = true)]
+    until: Option<i64>,
     /// How many records (the newest, unless --oldest-first), 1 to 1000.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(i32).range(1..=1000))]
     limit: i32,
@@ -147,7 +149,8 @@ pub(crate) async fn audit(args: AuditArgs) -> anyhow::Result<i32> {
         role_id,
         action: args.action.clone().unwrap_or_default(),
         outcome: args.outcome.clone().unwrap_or_default(),
-        since: args.since.map(|d| to_timestamp(now_ms() - d.as_millis() as i64)),
+        since: args.since.map(to_timestamp),
+        until: args.until.map(to_timestamp),
         page_size: args.limit,
         newest_first: !args.oldest_first,
         ..Default::default()

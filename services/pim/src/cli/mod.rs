@@ -521,6 +521,22 @@ pub(crate) fn parse_duration(text: &str) -> Result<std::time::Duration, String> 
     Ok(d)
 }
 
+/// A moment typed as an RFC 3339 time with its offset (2026-12-02T10:00:00Z) or as how long
+/// ago (2h), in epoch milliseconds.
+pub(crate) fn parse_moment_or_ago(text: &str) -> Result<i64, String> {
+    match pim_runtime::format::parse_moment(text) {
+        Ok(at) => Ok(at.max(0)),
+        // A time without a zone says so; anything else may be a length.
+        Err(why) if why.contains("no time zone") => Err(why),
+        Err(_) => {
+            let ago = pim_runtime::format::parse_duration(text.trim()).map_err(|_| {
+                format!("{text:?} is neither an RFC 3339 time (2026-12-02T10:00:00Z) nor how long ago (2h)")
+            })?;
+            Ok(pim_runtime::db::now_ms().saturating_sub(i64::try_from(ago.as_millis()).unwrap_or(i64::MAX)))
+        }
+    }
+}
+
 /// The same where none at all is a setting too (a policy's MFA freshness may be 0s).
 pub(crate) fn parse_duration_or_zero(text: &str) -> Result<std::time::Duration, String> {
     let text = text.trim();

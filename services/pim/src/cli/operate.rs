@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 
 use pim_runtime::Config;
 use pim_runtime::config::TlsConfig;
-use pim_runtime::db::{now_ms, sqlite_url};
+use pim_runtime::db::sqlite_url;
 use pim_runtime::events::{EventKeys, PUBLISHERS};
 
 use pim_portal::{Portal, PortalOptions, Upstreams};
@@ -193,17 +193,7 @@ pub(crate) fn event_keys(services: Vec<ServiceName>) -> i32 {
 
 /// `pim events replay`: marks the events written since `since` for publication again.
 pub(crate) async fn replay(since: &str, databases: Vec<String>) -> anyhow::Result<i32> {
-    let since_ms = match pim_runtime::format::parse_moment(since) {
-        Ok(at) => at.max(0),
-        Err(_) => {
-            let ago = pim_runtime::format::parse_duration(since).map_err(|_| {
-                anyhow::anyhow!(
-                    "--since {since:?} is neither an RFC 3339 time (2026-12-02T10:00:00Z) nor a duration (2h)"
-                )
-            })?;
-            now_ms().saturating_sub(i64::try_from(ago.as_millis()).unwrap_or(i64::MAX))
-        }
-    };
+    let since_ms = super::parse_moment_or_ago(since).map_err(|why| anyhow::anyhow!("--since {why}"))?;
     let config = load_config(true)?;
     let databases: Vec<(String, String)> = match (databases.is_empty(), &config.database_url) {
         (false, _) => databases.into_iter().map(|d| (redacted(&d), d)).collect(),

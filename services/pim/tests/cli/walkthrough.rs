@@ -164,6 +164,15 @@ fn the_readme_walk_through_works_and_survives_a_restart() {
         assert!(Instant::now() < deadline, "audit never showed the slice: {audit}");
         std::thread::sleep(Duration::from_millis(50));
     }
+    // Between two moments: an hour ago until now has Lee's records; until an hour ago, none.
+    let hour_ago = pim_runtime::format::rfc3339_seconds(pim_runtime::db::now_ms() - 3_600_000);
+    let recent = admin.ok(
+        &["audit", "--target", "lee", "--since", &hour_ago, "--until", "0s"],
+        None,
+    );
+    assert!(recent.contains("UserCreated"), "{recent}");
+    let earlier = admin.ok(&["audit", "--target", "lee", "--until", "1h", "--output", "json"], None);
+    assert!(earlier.trim().is_empty(), "{earlier}");
     // The table says why a refusal was refused: its rule and the server's words.
     let refusals = admin.ok(&["audit", "--outcome", "failure", "--target", "lee"], None);
     assert!(refusals.lines().next().is_some_and(|h| h.contains("WHY")), "{refusals}");
