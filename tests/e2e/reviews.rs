@@ -593,9 +593,12 @@ async fn a_review_removes_only_what_its_creator_may_and_names_one_group() -> any
                 anyhow::Ok(all)
             }
         };
+        let kim = w.user("kim").await?;
+        w.make_eligible(&kim, crate::activation::GLOBAL_READER).await?;
         let mut reviews = Vec::new();
         for (name, role, of) in [
             ("exchange", EXCHANGE_ADMINISTRATOR, pb::ReviewScope::Eligible),
+            ("readers", crate::activation::GLOBAL_READER, pb::ReviewScope::Eligible),
             ("review managers", manager.id.as_str(), pb::ReviewScope::Active),
         ] {
             let review = w
@@ -639,11 +642,52 @@ async fn a_review_removes_only_what_its_creator_may_and_names_one_group() -> any
             (lee.id.as_str(), "removed")
         );
         assert!(!w.eligible(&lee.id).await?, "removed while Hal is still eligible");
+        // Eligible only to join, through PIM, a group that holds the role: enough too.
+        let admins = w.role_assignable_group("access admins").await?;
+        let admins_scope = pim_proto::catalogue::group_scope(&admins);
+        let group_access = |action, principal: &str, role: &str, scope: &str, kind| apb::CreateRequestRequest {
+            scope: scope.into(),
+            justification: "access admins rota".into(),
+            ..crate::activation::request(action, kind, principal, role)
+        };
+        for asked in [
+            group_access(
+                apb::RequestAction::AdminAssign,
+                &admins,
+                &access_manager.id,
+                "/",
+                apb::AssignmentKind::Active,
+            ),
+            group_access(
+                apb::RequestAction::AdminAssign,
+                &hal.id,
+                pim_proto::catalogue::GROUP_MEMBER,
+                &admins_scope,
+                apb::AssignmentKind::Eligible,
+            ),
+        ] {
+            w.assignments().create_request(authed(&w.admin, asked)).await?;
+        }
         hal_loses(apb::AssignmentKind::Eligible).await?;
         let item = stop_and_see(reviews[1].clone()).await?;
+        assert_eq!(
+            (item.principal_id.as_str(), item.outcome.as_str()),
+            (kim.id.as_str(), "removed")
+        );
+        // With nothing left, the last review's removal is kept.
+        let leaves = group_access(
+            apb::RequestAction::AdminRemove,
+            &hal.id,
+            pim_proto::catalogue::GROUP_MEMBER,
+            &admins_scope,
+            apb::AssignmentKind::Eligible,
+        );
+        w.assignments().create_request(authed(&w.admin, leaves)).await?;
+        let item = stop_and_see(reviews[2].clone()).await?;
         assert_eq!(item.principal_id, gina.id);
         assert!(
-            item.outcome.contains("no longer holds pim.assignments.manage"),
+            item.outcome
+                .contains("no longer holds, nor is eligible for, pim.assignments.manage"),
             "{}",
             item.outcome
         );

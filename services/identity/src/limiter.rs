@@ -7,8 +7,9 @@
 //! A user signing in from a familiar source (one they signed in from within 30 days) has a
 //! count of their own there: guesses from elsewhere, however many, lock out only sign-ins
 //! from elsewhere, so nobody can keep the break-glass administrator out from afar; nor by
-//! guessing made-up names from the address they share (a NAT, a VPN's exit): there, their
-//! failures still count towards the address's limit, which no longer refuses them.
+//! guessing made-up names from the address they share (a NAT, a VPN's exit): there, the
+//! users it is familiar to share a count of their own (as many failures as the address's),
+//! so strangers cannot fill it, and guesses at them still cannot outrun an address's limit.
 
 use sea_orm::ConnectionTrait;
 
@@ -32,9 +33,6 @@ pub struct Keys {
     /// The user and the digest of the address a password sign-in comes from: familiar from
     /// then on, once it succeeds.
     remember: Option<(String, String)>,
-    /// The source is familiar to the user: the source's count goes on, its limit does not
-    /// refuse them (their own count there does).
-    familiar: bool,
 }
 
 impl Keys {
@@ -46,7 +44,6 @@ impl Keys {
             }),
             source: Some(format!("ip:{}", source.unwrap_or("unknown"))),
             remember: None,
-            familiar: false,
         }
     }
 
@@ -65,7 +62,7 @@ impl Keys {
             && store::is_familiar(c, user, source, now - FAMILIAR_MS).await?
         {
             keys.account = Some(format!("user:{user}@{source}"));
-            keys.familiar = true;
+            keys.source = Some(format!("familiar-ip:{source}"));
         }
         Ok(keys)
     }
@@ -76,7 +73,6 @@ impl Keys {
             account: Some(format!("user:{}", user.id)),
             source: None,
             remember: None,
-            familiar: false,
         }
     }
 
@@ -90,14 +86,12 @@ impl Keys {
             account: None,
             source: Some(format!("app-ip:{}", source.unwrap_or("unknown"))),
             remember: None,
-            familiar: false,
         }
     }
 
     fn limits(&self) -> Vec<(&str, i64)> {
         let account = self.account.as_deref().map(|a| (a, PER_ACCOUNT));
-        let per_source = if self.familiar { i64::MAX } else { PER_SOURCE };
-        let source = self.source.as_deref().map(|s| (s, per_source));
+        let source = self.source.as_deref().map(|s| (s, PER_SOURCE));
         account.into_iter().chain(source).collect()
     }
 }

@@ -509,3 +509,53 @@ async fn familiar_sources_are_kept_per_user_and_pruned() -> anyhow::Result<()> {
     })
     .await
 }
+
+/// At an address shared with strangers (a NAT), the users it is familiar to count their
+/// failures apart: made-up names filling the address's limit refuse strangers only. Guesses
+/// at those users are capped together all the same (the address's limit, on a count of
+/// theirs), so spraying them cannot outrun it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn familiar_users_count_apart_from_strangers_at_an_address_and_are_capped_together() -> anyhow::Result<()> {
+    use crate::limiter::{self, Keys, PER_ACCOUNT, PER_SOURCE};
+    on_both(|db| async move {
+        let user = |id: String| store::UserRow {
+            user_name: id.clone(),
+            id,
+            display_name: String::new(),
+            email: String::new(),
+            password_hash: String::new(),
+            enabled: true,
+            created_at: 0,
+            last_sign_in_at: None,
+        };
+        let from = Some("192.0.2.7");
+        let users: Vec<_> = (0..11).map(|i| user(format!("u{i}"))).collect();
+        for u in &users {
+            let keys = Keys::of_sign_in(&db, Some(u), &u.user_name, from, NOW).await?;
+            limiter::succeeded(&db, &keys, NOW).await?;
+        }
+        for i in 0..PER_SOURCE {
+            let stranger = Keys::of_sign_in(&db, None, &format!("nobody {i}"), from, NOW).await?;
+            assert_eq!(limiter::attempt(&db, &stranger, NOW).await?, None, "failure {i}");
+        }
+        let stranger = Keys::of_sign_in(&db, None, "nobody else", from, NOW).await?;
+        assert!(
+            limiter::attempt(&db, &stranger, NOW).await?.is_some(),
+            "the address's limit"
+        );
+        // Ten guesses at each of ten familiar users: the familiar users' count is full.
+        for u in &users[..10] {
+            let keys = Keys::of_sign_in(&db, Some(u), &u.user_name, from, NOW).await?;
+            for _ in 0..PER_ACCOUNT {
+                assert_eq!(limiter::attempt(&db, &keys, NOW).await?, None, "{}", u.id);
+            }
+        }
+        let last = Keys::of_sign_in(&db, Some(&users[10]), "u10", from, NOW).await?;
+        assert!(
+            limiter::attempt(&db, &last, NOW).await?.is_some(),
+            "a hundred guesses at familiar users from one address"
+        );
+        Ok(())
+    })
+    .await
+}

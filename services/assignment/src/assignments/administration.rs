@@ -301,11 +301,15 @@ impl Assignments {
                 "review removal by a creator who may not remove it; kept"
             );
             answer.decision = "refused".into();
-            answer.justification = format!(
-                "kept: the review's creator no longer holds {} at {}, which removing it needs",
-                permissions::ASSIGNMENTS_MANAGE,
-                a.scope
-            );
+            answer.justification = if self.memberships.is_disabled(creator) {
+                "kept: the review's creator is disabled, and may no longer remove it".to_owned()
+            } else {
+                format!(
+                    "kept: the review's creator no longer holds, nor is eligible for, {} at {}, which removing it needs",
+                    permissions::ASSIGNMENTS_MANAGE,
+                    a.scope
+                )
+            };
             return self
                 .emit(txn, EventType::ReviewRemovalRefused, &a.principal_id, &answer)
                 .await;

@@ -11,7 +11,8 @@ use super::Assignments;
 use crate::domain::{Kind, Scope};
 use crate::error::{Error, Result};
 use crate::roles::GLOBAL_ADMINISTRATOR;
-use crate::store::{self, AssignmentRow};
+use crate::roles::group_of_scope;
+use crate::store::{self, AssignmentRow, Started};
 use pim_runtime::events::EventType;
 
 /// Why a review's removal was not applied by the last-Global-Administrator protection.
@@ -39,7 +40,9 @@ pub fn takes_the_last(permanent: &[&str], losing: &[&str]) -> bool {
 impl Assignments {
     /// Whether `principal` may manage assignments at `scope` (pim.assignments.manage) now or
     /// once they activate: what a review's creator must still hold for its removals to apply
-    /// (a just-in-time administrator is rarely active when the review ends).
+    /// (a just-in-time administrator is rarely active when the review ends). Eligible counts
+    /// directly, through a group they are in, and through a group they may join through PIM
+    /// (eligible for or holding its membership or ownership) that holds such a role.
     pub(crate) async fn may_manage_assignments<C: sea_orm::ConnectionTrait>(
         &self,
         c: &C,
@@ -55,12 +58,35 @@ impl Assignments {
             return Ok(true);
         }
         let granting = self.roles.roles_granting(permissions::ASSIGNMENTS_MANAGE);
+        let grants = |a: &AssignmentRow| granting.iter().any(|r| **r == *a.role_id) && scope.is_within(&a.scope);
+        // The groups they may join through PIM.
+        let mut joinable = Vec::new();
+        for kind in [Kind::Eligible, Kind::Active] {
+            for role in [crate::roles::GROUP_MEMBER, crate::roles::GROUP_OWNER] {
+                let access =
+                    store::current_assignments(c, kind, Some(principal), Some(role), now, Started::OrScheduled);
+                joinable.extend(
+                    access
+                        .await?
+                        .iter()
+                        .filter_map(|a| group_of_scope(&a.scope).map(str::to_owned)),
+                );
+            }
+        }
         let mut holders = vec![principal.to_owned()];
         holders.extend(self.groups_in(c, principal, now).await?.into_keys());
+        holders.extend(joinable.iter().cloned());
         let (eligible, _) = store::eligibilities_and_activations(c, principal, &holders, now).await?;
-        Ok(eligible
-            .iter()
-            .any(|e| granting.iter().any(|r| **r == *e.role_id) && scope.is_within(&e.scope)))
+        if eligible.iter().any(grants) {
+            return Ok(true);
+        }
+        for group in &joinable {
+            let held = store::current_assignments(c, Kind::Active, Some(group), None, now, Started::Only).await?;
+            if held.iter().any(grants) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Whether ending `losing`, or giving them an end, would leave no permanent active Global
