@@ -47,7 +47,7 @@ pub struct Session {
 }
 
 impl Session {
-    fn new(principal_id: String, issued: Issued, amr: Vec<String>, refresh_token: String) -> Self {
+    pub(crate) fn new(principal_id: String, issued: Issued, amr: Vec<String>, refresh_token: String) -> Self {
         Self {
             principal_id,
             issued,
@@ -64,7 +64,7 @@ const SESSION_MS: i64 = 12 * 3600 * 1000;
 
 /// How long after its use a spent refresh token shown again is taken for the client's own
 /// retry rather than a copy (which ends the session).
-const REFRESH_RETRY_MS: i64 = 10_000;
+pub(crate) const REFRESH_RETRY_MS: i64 = 10_000;
 
 /// How long the token of a sign-in waiting for MFA lives: time to read an authenticator.
 const PENDING_TOKEN_TTL: Duration = Duration::from_secs(300);
@@ -493,7 +493,13 @@ impl Directory {
 
     /// Records a failed sign-in: the name or client id tried (its first 256 characters), the
     /// principal it names if any, why, and from where.
-    async fn sign_in_failed(&self, tried: &str, principal_id: &str, reason: &str, client: &ClientInfo) -> Result<()> {
+    pub(crate) async fn sign_in_failed(
+        &self,
+        tried: &str,
+        principal_id: &str,
+        reason: &str,
+        client: &ClientInfo,
+    ) -> Result<()> {
         let event = failed_sign_in(tried, principal_id, reason, client);
         self.record(EventType::SignInFailed, principal_id, &event).await
     }
@@ -579,121 +585,6 @@ impl Directory {
         txn.commit().await?;
         self.outbox.wake();
         Ok(Session::new(sp.id, issued, amr, String::new()))
-    }
-
-    /// A new access token for a live session; the refresh token is replaced (a reused one fails).
-    /// A refusal for the session's own reason (signed out or revoked, its user disabled, MFA
-    /// required now) is recorded as a failed sign-in of its user, a few times a window per
-    /// session; a session that merely ran out, or a token matching none, is not (it names
-    /// nobody, and anyone could flood the record).
-    pub async fn refresh(&self, refresh_token: &str, client: &ClientInfo) -> Result<Session> {
-        let old = refresh_hash(refresh_token.trim());
-        let now = now_ms();
-        let found = store::session_by_refresh(&self.db, &old).await?;
-        if let Some(ended) = found.as_ref().filter(|s| s.revoked_at.is_some() || s.expires_at <= now) {
-            if ended.revoked_at.is_some() {
-                self.refresh_refused(&ended.id, &ended.principal_id, "refresh_session_ended", client)
-                    .await?;
-            }
-            return Err(Error::BadRefresh);
-        }
-        let Some(session) = found else {
-            // A refresh token spent already, shown again: someone kept a copy (the client
-            // keeps only the newest). Whoever holds the session now may be the thief: it ends.
-            // Within seconds of its use it is the client's own retry (an answer lost, two
-            // calls at once): refused, and nothing more.
-            if let Some(spent) = store::spent_refresh(&self.db, &old).await?
-                && self.clock.now_ms() - spent.spent_at > REFRESH_RETRY_MS
-            {
-                self.end_session_of_reused_refresh(&spent.session_id, &spent.principal_id)
-                    .await?;
-            }
-            return Err(Error::BadRefresh);
-        };
-        let Some(user) = store::find_user(&self.db, &session.principal_id)
-            .await?
-            .filter(|u| u.enabled)
-        else {
-            self.refresh_refused(&session.id, &session.principal_id, "refresh_user_disabled", client)
-                .await?;
-            return Err(Error::BadRefresh);
-        };
-        // A session from before every user had to enrol MFA goes on only as a sign-in would:
-        // a user with no method signs in again, and enrols.
-        if self.signin_mfa == SigninMfa::Required && self.confirmed_methods(&user.id).await?.is_empty() {
-            self.refresh_refused(&session.id, &user.id, "refresh_mfa_required", client)
-                .await?;
-            return Err(Error::Unauthenticated(
-                "every user must enrol MFA now (PIM_SIGNIN_MFA=required): sign in again, and enrol an authenticator"
-                    .into(),
-            ));
-        }
-        let next = credentials::random_secret();
-        let txn = self.db.begin().await?;
-        if !store::rotate_refresh(&txn, &session.id, &old, &refresh_hash(&next), self.clock.now_ms()).await? {
-            return Err(Error::BadRefresh);
-        }
-        txn.commit().await?;
-        let amr = vec!["pwd".to_owned()];
-        let subject = TokenSubject {
-            principal_id: user.id.clone(),
-            kind: PrincipalKind::User,
-            name: user.user_name.clone(),
-            amr: amr.clone(),
-            session_id: session.id.clone(),
-            mfa_at: None,
-            pending: None,
-        };
-        let issued = self.keys.issue(&subject, self.token_ttl)?;
-        Ok(Session::new(user.id, issued, amr, next))
-    }
-
-    /// A refresh of `principal_id`'s session refused for `reason`: a failed sign-in of theirs,
-    /// recorded the first three times in the sign-in window for the session.
-    async fn refresh_refused(
-        &self,
-        session_id: &str,
-        principal_id: &str,
-        reason: &str,
-        client: &ClientInfo,
-    ) -> Result<()> {
-        let now = self.clock.now_ms();
-        let key = format!("refresh:{session_id}");
-        let (counted, _) = store::count_sign_in_attempt(&self.db, &key, now, now - limiter::WINDOW_MS).await?;
-        if counted > 3 {
-            return Ok(());
-        }
-        let name = store::find_user(&self.db, principal_id)
-            .await?
-            .map(|u| u.user_name)
-            .unwrap_or_default();
-        self.sign_in_failed(&name, principal_id, reason, client).await
-    }
-
-    /// Ends the caller's session (or the one `refresh_token` names, if it is theirs): its
-    /// tokens stop verifying everywhere once the event is out.
-    pub async fn sign_out(&self, caller: &Caller, refresh_token: &str) -> Result<()> {
-        let session_id = if refresh_token.trim().is_empty() {
-            caller.session_id.clone()
-        } else {
-            match store::session_by_refresh(&self.db, &refresh_hash(refresh_token.trim())).await? {
-                Some(s) if s.principal_id == caller.principal_id => s.id,
-                _ => return Err(Error::BadRefresh),
-            }
-        };
-        let event = ev::SessionRevoked {
-            actor: Some(caller.actor()),
-            principal_id: caller.principal_id.clone(),
-            session_id: session_id.clone(),
-            reason: "signed_out".into(),
-        };
-        let txn = self.db.begin().await?;
-        store::revoke_session(&txn, &session_id, now_ms()).await?;
-        self.emit(&txn, EventType::SessionRevoked, &caller.principal_id, &event)
-            .await?;
-        txn.commit().await?;
-        self.outbox.wake();
-        Ok(())
     }
 
     /// Writes an identity event inside the caller's transaction (the change and its event
