@@ -716,6 +716,17 @@ async fn scheduled_requests_start_are_canceled_or_fail_and_say_so() -> anyhow::R
             w.events("RoleActivated").await?.is_empty(),
             "nothing was ever activated"
         );
+        let deactivated = w.events("RoleDeactivated").await?;
+        let told: Vec<String> = deactivated
+            .iter()
+            .filter_map(|e| ev::RoleDeactivated::decode(e.data.as_slice()).ok())
+            .map(|d| d.assignment_id)
+            .collect();
+        assert!(told.contains(&canceled.assignment_id), "{told:?}");
+        assert!(
+            !told.contains(&missed.assignment_id),
+            "not the one that never held: {told:?}"
+        );
         Ok(w)
     })
     .await

@@ -511,18 +511,23 @@ pub async fn forget_privileged<C: ConnectionTrait>(c: &C, assignment_id: &str) -
 
 /// (holders of `role_id`, privileged assignments in force): the users and apps assigned the
 /// role, eligible or active, with those who have access to a group assigned it (PIM for
-/// Groups: eligible or active members and owners), each once, never the group itself; and
-/// the privileged assignments of every role, eligible and active (an activation is no new
-/// assignment).
+/// Groups: eligible or active members and owners), each once; a group assigned it counts
+/// once itself where nobody has such access (its members, added in the directory, are not
+/// known here); and the privileged assignments of every role, eligible and active (an
+/// activation is no new assignment).
 pub async fn holder_counts<C: ConnectionTrait>(c: &C, role_id: &str, now: i64) -> Result<(i64, i64), DbErr> {
     let in_force = "(end_at IS NULL OR end_at > $1)";
     let holding = format!("SELECT principal_id FROM privileged_assignments WHERE role_id = $2 AND {in_force}");
+    let through = "SELECT 1 FROM privileged_assignments m WHERE m.role_id IN ($3, $4) AND m.scope = '/groups/' || g.principal_id \
+         AND (m.end_at IS NULL OR m.end_at > $1)";
     let row = db::query_one(
         c,
         &format!(
             "SELECT (SELECT COUNT(DISTINCT principal_id) FROM privileged_assignments WHERE {in_force} AND NOT is_group \
                AND (role_id = $2 \
-                 OR (role_id IN ($3, $4) AND scope IN (SELECT '/groups/' || principal_id FROM ({holding}) AS g)))) AS role_count, \
+                 OR (role_id IN ($3, $4) AND scope IN (SELECT '/groups/' || principal_id FROM ({holding}) AS g)))) \
+             + (SELECT COUNT(DISTINCT g.principal_id) FROM privileged_assignments g WHERE g.role_id = $2 AND g.is_group \
+                 AND (g.end_at IS NULL OR g.end_at > $1) AND NOT EXISTS ({through})) AS role_count, \
              (SELECT COUNT(*) FROM privileged_assignments WHERE kind <> 'activation' AND {in_force}) AS total"
         ),
         vec![

@@ -81,18 +81,20 @@ async fn global_administrators_count_those_with_access_to_a_group_holding_the_ro
         held(&db, "a6", "eligible", "ann", GLOBAL_ADMINISTRATOR, "/", None).await?;
         held(&db, "a7", "eligible", "tier1", GLOBAL_ADMINISTRATOR, "/", None).await?;
         held(&db, "a8", "eligible", "uma", GROUP_MEMBER, "/groups/tier1", None).await?;
+        // A group assigned it with nobody given access through PIM counts once itself.
+        held(&db, "a9", "active", "tier2", GLOBAL_ADMINISTRATOR, "/", None).await?;
         // Not counted: ended, or access to a group holding nothing of the kind.
         held(&db, "n1", "active", "bob", GLOBAL_ADMINISTRATOR, "/", Some(NOW - 1)).await?;
         held(&db, "n2", "eligible", "ola", GROUP_MEMBER, "/groups/tier0x", None).await?;
         let (admins, total) = store::holder_counts(&db, GLOBAL_ADMINISTRATOR, NOW).await?;
-        assert_eq!(admins, 5, "admin, lee, kim, ann and uma; not the groups");
+        assert_eq!(admins, 6, "admin, lee, kim, ann, uma and tier2; not tier0 nor tier1");
         assert_eq!(
-            total, 8,
-            "the assignments in force, not the activation a4: a1–a3, a5–a8, n2"
+            total, 9,
+            "the assignments in force, not the activation a4: a1–a3, a5–a9, n2"
         );
         // Once a group's assignment ends, its members no longer count through it.
         let (admins, _) = store::holder_counts(&db, GLOBAL_ADMINISTRATOR, NOW + HOUR).await?;
-        assert_eq!(admins, 3, "the admin, ann and uma");
+        assert_eq!(admins, 4, "the admin, ann, uma and tier2");
         Ok(())
     })
     .await

@@ -35,6 +35,7 @@ impl Scheduler {
         let now = a.now();
         let txn = a.db.begin().await?;
         let mut fired = 0;
+        let mut missed = Vec::new();
         for due in store::due_starts(&txn, now, BATCH).await? {
             if !store::mark_announced(&txn, &due.id).await? {
                 continue;
@@ -70,8 +71,16 @@ impl Scheduler {
             a.settle_scheduled(&txn, &due, outcome, why, Some(system_actor()), now)
                 .await?;
             fired += 1;
+            // An activation never announced ends as quietly: no deactivation of what never
+            // held (an administrator's assignment, announced when made, is ended below, told).
+            if over && due.origin == "activation" {
+                let end = due.end_at.unwrap_or(now);
+                if store::end_assignment(&txn, &due.id, "expired", end).await? {
+                    missed.push(due);
+                }
+            }
         }
-        let mut ended = Vec::new();
+        let mut ended = missed;
         for due in store::due_ends(&txn, now, BATCH).await? {
             if let Some(end) = due.end_at {
                 pim_runtime::metrics::metrics()

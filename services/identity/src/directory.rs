@@ -367,7 +367,8 @@ impl Directory {
         if let Some(minutes) = counted.refused {
             // Refused without looking at the password, and audited as a failed sign-in.
             let id = user.as_ref().map(|u| u.id.as_str()).unwrap_or_default();
-            self.sign_in_refused(user_name, id, client).await?;
+            let by = counted.refused_by.as_deref().unwrap_or(id);
+            self.sign_in_refused(user_name, id, by, client).await?;
             return Err(Error::Locked(format!(
                 "too many failed sign-ins: try again in {minutes} minutes"
             )));
@@ -505,14 +506,11 @@ impl Directory {
     }
 
     /// A sign-in refused unchecked past a limit (`locked_out`): recorded once a minute per
-    /// principal, or per source for a name nobody has ([`limiter::Refusals`]).
-    async fn sign_in_refused(&self, tried: &str, principal_id: &str, client: &ClientInfo) -> Result<()> {
-        let key = if principal_id.is_empty() {
-            format!("ip:{}", client.ip.as_deref().unwrap_or("unknown"))
-        } else {
-            format!("principal:{principal_id}")
-        };
-        let Some(more_refused) = self.refused_sign_ins.worth_recording(&key, self.clock.now_ms()) else {
+    /// limit that refused it, `by` (an account's, a name's or a source's:
+    /// [`limiter::Refusals`]), so rotating addresses at a locked account, or names at a locked
+    /// address, still costs the log a record a minute.
+    async fn sign_in_refused(&self, tried: &str, principal_id: &str, by: &str, client: &ClientInfo) -> Result<()> {
+        let Some(more_refused) = self.refused_sign_ins.worth_recording(by, self.clock.now_ms()) else {
             return Ok(());
         };
         let event = ev::SignInFailed {
@@ -536,7 +534,8 @@ impl Directory {
         if let Some(minutes) = limiter::attempt(&self.db, &keys, self.clock.now_ms()).await? {
             // Refused without hashing the secret, and audited as a failed sign-in.
             let id = sp.as_ref().map(|s| s.id.as_str()).unwrap_or_default();
-            self.sign_in_refused(client_id, id, client).await?;
+            self.sign_in_refused(client_id, id, keys.source.as_deref().unwrap_or(id), client)
+                .await?;
             return Err(Error::Locked(format!(
                 "too many failed sign-ins from this address: try again in {minutes} minutes"
             )));

@@ -96,9 +96,10 @@ impl Keys {
     }
 }
 
-/// Sign-ins refused unchecked (past a limit) are recorded once a minute per account, or per
-/// source address for a name nobody has, with how many more were refused meanwhile: a flood
-/// costs the audit log a record a minute, not one an attempt. Kept in memory, per replica.
+/// Sign-ins refused unchecked (past a limit) are recorded once a minute per limit that refused
+/// them (an account's, a name's, a source's), with how many more were refused meanwhile: a
+/// flood costs the audit log a record a minute, not one an attempt. Kept in memory, per
+/// replica.
 #[derive(Default)]
 pub struct Refusals(std::sync::Mutex<std::collections::HashMap<String, (i64, u64)>>);
 
@@ -146,6 +147,8 @@ pub async fn attempt<C: ConnectionTrait>(c: &C, keys: &Keys, now: i64) -> Result
 pub struct Counted {
     /// Refused unchecked: the minutes left on the lockout.
     pub refused: Option<i64>,
+    /// The key at its limit that refused it (an account, or a source).
+    pub refused_by: Option<String>,
     /// The account's last attempt within the window: failed, it locks the account out.
     pub last: bool,
 }
@@ -160,6 +163,16 @@ pub async fn weigh<C: ConnectionTrait>(c: &C, keys: &Keys, now: i64) -> Result<C
         before.push(((*key).to_owned(), counted - 1, window_start));
     }
     let refused = minutes_left(&limits, &before, now);
+    let refused_by = refused.and_then(|_| {
+        limits
+            .iter()
+            .find(|(key, limit)| {
+                before
+                    .iter()
+                    .any(|(k, n, start)| k == key && n >= limit && start + WINDOW_MS > now)
+            })
+            .map(|(key, _)| (*key).to_owned())
+    });
     if refused.is_some() {
         for (key, _) in &limits {
             store::uncount_sign_in_attempt(c, key).await?;
@@ -169,7 +182,11 @@ pub async fn weigh<C: ConnectionTrait>(c: &C, keys: &Keys, now: i64) -> Result<C
         .account
         .as_deref()
         .is_some_and(|account| before.iter().any(|(k, n, _)| k == account && *n + 1 == PER_ACCOUNT));
-    Ok(Counted { refused, last })
+    Ok(Counted {
+        refused,
+        refused_by,
+        last,
+    })
 }
 
 /// An attempt that could not be weighed (hashing unavailable, a fault): taken back from every

@@ -74,9 +74,10 @@ pub async fn page(caller: Caller, Path(id): Path<String>) -> Html<String> {
         title = format!("Group {}", group.display_name);
         let mut sections = Vec::new();
         for link in [Link::Members, Link::Owners] {
+            // Everyone at once (0): the page lists them all.
             let request = caller.request(ipb::ListGroupMembersRequest {
                 group_id: group.id.clone(),
-                page_size: 200,
+                page_size: 0,
                 ..Default::default()
             });
             let listed = match link {

@@ -134,11 +134,16 @@ pub async fn reviews<C: ConnectionTrait>(c: &C, after_id: &str, limit: u64) -> R
     .await
 }
 
-/// The reviews of `role_id` with an instance in progress.
+/// The reviews of `role_id` with an instance in progress, locked (PostgreSQL) until the
+/// caller's transaction ends: an instance completing meanwhile is either waited for (and then
+/// no longer in progress) or waits for what the caller adds to it.
 pub async fn reviews_in_progress_of<C: ConnectionTrait>(c: &C, role_id: &str) -> Result<Vec<ReviewRow>, DbErr> {
     db::rows(
         c,
-        &format!("SELECT {REVIEW_COLUMNS} FROM access_reviews WHERE status = 'InProgress' AND role_id = $1"),
+        &format!(
+            "SELECT {REVIEW_COLUMNS} FROM access_reviews WHERE status = 'InProgress' AND role_id = $1 ORDER BY id{}",
+            c.for_update()
+        ),
         vec![role_id.into()],
         ReviewRow::from_row,
     )

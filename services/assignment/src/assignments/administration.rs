@@ -173,7 +173,7 @@ impl Assignments {
         granted.justification = request.justification.clone();
         granted.ticket = Some(ticket);
         // One that starts later is started by the scheduler, which then settles its request.
-        let starts_later = assignment.start_at > request.created_at;
+        let starts_later = assignment.start_at > self.now();
         store::insert_assignment(txn, &assignment, !starts_later, request.created_at).await?;
         self.announce_deadlines(&assignment, !starts_later);
         self.emit(txn, granted_type, &assignment.principal_id, &granted).await?;
@@ -301,7 +301,11 @@ impl Assignments {
                 "review removal by a creator who may not remove it; kept"
             );
             answer.decision = "refused".into();
-            answer.justification = if self.memberships.is_disabled(creator) {
+            answer.justification = if creator.is_empty() {
+                // Asked by an approval service from before reviews named their creator.
+                "kept: the removal does not name the review's creator (asked before this version): run the review again"
+                    .to_owned()
+            } else if self.memberships.is_disabled(creator) {
                 "kept: the review's creator is disabled, and may no longer remove it".to_owned()
             } else {
                 format!(

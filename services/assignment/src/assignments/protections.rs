@@ -53,19 +53,19 @@ impl Assignments {
         if principal.is_empty() || self.memberships.is_disabled(principal) {
             return Ok(false);
         }
-        let manage = pim_runtime::access::Target::Permission(permissions::ASSIGNMENTS_MANAGE.to_owned());
-        if self.decide(principal, &manage, scope).await?.0.allowed {
-            return Ok(true);
-        }
         let granting = self.roles.roles_granting(permissions::ASSIGNMENTS_MANAGE);
         let grants = |a: &AssignmentRow| granting.iter().any(|r| **r == *a.role_id) && scope.is_within(&a.scope);
-        // The groups they may join through PIM.
-        let mut joinable = Vec::new();
+        // Whom they hold through, as the database holds it in this transaction (never this
+        // replica's memory, which may not yet know of a loss): themselves, the groups they are
+        // in (added in the directory, or through PIM now), and those they may join through PIM
+        // (eligible for, or holding, its membership or ownership).
+        let mut holders = vec![principal.to_owned()];
+        holders.extend(self.memberships.groups_of(principal));
+        holders.extend(self.groups_in(c, principal, now).await?.into_keys());
         for kind in [Kind::Eligible, Kind::Active] {
             for role in [crate::roles::GROUP_MEMBER, crate::roles::GROUP_OWNER] {
-                let access =
-                    store::current_assignments(c, kind, Some(principal), Some(role), now, Started::OrScheduled);
-                joinable.extend(
+                let access = store::current_assignments(c, kind, Some(principal), Some(role), now, Started::Only);
+                holders.extend(
                     access
                         .await?
                         .iter()
@@ -73,15 +73,14 @@ impl Assignments {
                 );
             }
         }
-        let mut holders = vec![principal.to_owned()];
-        holders.extend(self.groups_in(c, principal, now).await?.into_keys());
-        holders.extend(joinable.iter().cloned());
+        holders.sort();
+        holders.dedup();
         let (eligible, _) = store::eligibilities_and_activations(c, principal, &holders, now).await?;
         if eligible.iter().any(grants) {
             return Ok(true);
         }
-        for group in &joinable {
-            let held = store::current_assignments(c, Kind::Active, Some(group), None, now, Started::Only).await?;
+        for holder in &holders {
+            let held = store::current_assignments(c, Kind::Active, Some(holder), None, now, Started::Only).await?;
             if held.iter().any(grants) {
                 return Ok(true);
             }
