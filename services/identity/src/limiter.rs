@@ -163,16 +163,7 @@ pub async fn weigh<C: ConnectionTrait>(c: &C, keys: &Keys, now: i64) -> Result<C
         before.push(((*key).to_owned(), counted - 1, window_start));
     }
     let refused = minutes_left(&limits, &before, now);
-    let refused_by = refused.and_then(|_| {
-        limits
-            .iter()
-            .find(|(key, limit)| {
-                before
-                    .iter()
-                    .any(|(k, n, start)| k == key && n >= limit && start + WINDOW_MS > now)
-            })
-            .map(|(key, _)| (*key).to_owned())
-    });
+    let refused_by = at_limit(&limits, &before, now).next().map(|(key, _)| key.to_owned());
     if refused.is_some() {
         for (key, _) in &limits {
             store::uncount_sign_in_attempt(c, key).await?;
@@ -223,16 +214,24 @@ fn digest(source: &str) -> String {
 
 /// The longest wait, in whole minutes rounded up, among keys at or over their limit.
 fn minutes_left(limits: &[(&str, i64)], counts: &[(String, i64, i64)], now: i64) -> Option<i64> {
-    limits
-        .iter()
-        .filter_map(|(key, limit)| {
-            counts
-                .iter()
-                .find(|(k, n, start)| k == key && n >= limit && start + WINDOW_MS > now)
-                .map(|(_, _, start)| start + WINDOW_MS - now)
-        })
+    at_limit(limits, counts, now)
+        .map(|(_, ms)| ms)
         .max()
         .map(|ms| ms / 60_000 + 1)
+}
+
+/// The keys at or over their limit within the window, each with the window's time left (ms).
+fn at_limit<'a>(
+    limits: &'a [(&'a str, i64)],
+    counts: &'a [(String, i64, i64)],
+    now: i64,
+) -> impl Iterator<Item = (&'a str, i64)> + 'a {
+    limits.iter().filter_map(move |(key, limit)| {
+        counts
+            .iter()
+            .find(|(k, n, start)| k == key && n >= limit && start + WINDOW_MS > now)
+            .map(|(_, _, start)| (*key, start + WINDOW_MS - now))
+    })
 }
 
 #[cfg(test)]
