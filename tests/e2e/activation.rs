@@ -742,9 +742,11 @@ async fn a_future_start_after_its_eligibilitys_new_end_is_ended_not_shortened() 
         let start = w.clock.now_ms() + 10 * 60_000;
         let mut later = activation(EXCHANGE_ADMINISTRATOR, HOUR_MS, "change window");
         later.schedule.as_mut().expect("schedule").start_time = Some(pim_runtime::db::to_timestamp(start));
-        w.assignments()
+        let scheduled = w
+            .assignments()
             .create_request(authed(&w.stepped_up(&lee)?, later))
-            .await?;
+            .await?
+            .into_inner();
         // The eligibility now ends in five minutes, before the activation would start.
         let moved = apb::CreateRequestRequest {
             schedule: lasting(5 * 60_000),
@@ -770,6 +772,19 @@ async fn a_future_start_after_its_eligibilitys_new_end_is_ended_not_shortened() 
         w.tick().await?;
         assert!(!w.check(&lee.id, EXCHANGE_ADMINISTRATOR).await?.allowed);
         assert!(w.events("RoleActivated").await?.is_empty(), "never active");
+        // Its request says it was canceled, and why.
+        let request = w
+            .assignments()
+            .get_request(authed(
+                &lee.token,
+                apb::GetRequestRequest {
+                    request_id: scheduled.id.clone(),
+                },
+            ))
+            .await?
+            .into_inner();
+        assert_eq!(request.status, apb::RequestStatus::Canceled as i32, "{request:?}");
+        assert_eq!(request.outcome_reason, "ended before it started (eligibility ended)");
         Ok(w)
     })
     .await
