@@ -19,6 +19,7 @@ use pim_runtime::events::streams;
 use crate::activation::{EXCHANGE_ADMINISTRATOR, GLOBAL_ADMINISTRATOR, HOUR_MS, World, activation, run};
 
 const DAY_S: i64 = 24 * 3600;
+const SECURITY_READER: &str = "5d6b6bb7-de71-4623-b4af-96380a352509";
 
 /// A one-day review of `role`'s assignments (of `scope` kind) at `/` by `reviewer`: unanswered
 /// items are removed (default decision remove, auto-apply).
@@ -593,6 +594,8 @@ async fn a_review_removes_only_what_its_creator_may_and_names_one_group() -> any
                 anyhow::Ok(all)
             }
         };
+        let mia = w.user("mia").await?;
+        w.make_eligible(&mia, SECURITY_READER).await?;
         let kim = w.user("kim").await?;
         w.make_eligible(&kim, crate::activation::GLOBAL_READER).await?;
         let mut reviews = Vec::new();
@@ -600,6 +603,7 @@ async fn a_review_removes_only_what_its_creator_may_and_names_one_group() -> any
             ("exchange", EXCHANGE_ADMINISTRATOR, pb::ReviewScope::Eligible),
             ("readers", crate::activation::GLOBAL_READER, pb::ReviewScope::Eligible),
             ("review managers", manager.id.as_str(), pb::ReviewScope::Active),
+            ("security readers", SECURITY_READER, pb::ReviewScope::Eligible),
         ] {
             let review = w
                 .reviews()
@@ -692,6 +696,22 @@ async fn a_review_removes_only_what_its_creator_may_and_names_one_group() -> any
             item.outcome
         );
         assert!(w.check(&gina.id, &manager.id).await?.allowed, "Gina keeps her role");
+        // Eligible again, but disabled: a disabled creator removes nothing.
+        w.assignments()
+            .create_request(authed(
+                &w.admin,
+                hals(apb::RequestAction::AdminAssign, apb::AssignmentKind::Eligible),
+            ))
+            .await?;
+        pim_proto::identity::v1::directory_service_client::DirectoryServiceClient::new(w.ts.channel.clone())
+            .disable_user(authed(
+                &w.admin,
+                pim_proto::identity::v1::GetUserRequest { user: hal.id.clone() },
+            ))
+            .await?;
+        let item = stop_and_see(reviews[3].clone()).await?;
+        assert_eq!(item.principal_id, mia.id);
+        assert!(item.outcome.contains("creator is disabled"), "{}", item.outcome);
         Ok(w)
     })
     .await

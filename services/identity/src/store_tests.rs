@@ -518,18 +518,8 @@ async fn familiar_sources_are_kept_per_user_and_pruned() -> anyhow::Result<()> {
 async fn familiar_users_count_apart_from_strangers_at_an_address_and_are_capped_together() -> anyhow::Result<()> {
     use crate::limiter::{self, Keys, PER_ACCOUNT, PER_SOURCE};
     on_both(|db| async move {
-        let user = |id: String| store::UserRow {
-            user_name: id.clone(),
-            id,
-            display_name: String::new(),
-            email: String::new(),
-            password_hash: String::new(),
-            enabled: true,
-            created_at: 0,
-            last_sign_in_at: None,
-        };
         let from = Some("192.0.2.7");
-        let users: Vec<_> = (0..11).map(|i| user(format!("u{i}"))).collect();
+        let users: Vec<_> = (0..11).map(|i| user(&format!("u{i}"))).collect();
         for u in &users {
             let keys = Keys::of_sign_in(&db, Some(u), &u.user_name, from, NOW).await?;
             limiter::succeeded(&db, &keys, NOW).await?;
