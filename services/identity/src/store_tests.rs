@@ -528,11 +528,11 @@ async fn familiar_users_count_apart_from_strangers_at_an_address_and_are_capped_
             let stranger = Keys::of_sign_in(&db, None, &format!("nobody {i}"), from, NOW).await?;
             assert_eq!(limiter::attempt(&db, &stranger, NOW).await?, None, "failure {i}");
         }
+        // Refused by the address's limit, which its record is keyed by (not the name tried).
         let stranger = Keys::of_sign_in(&db, None, "nobody else", from, NOW).await?;
-        assert!(
-            limiter::attempt(&db, &stranger, NOW).await?.is_some(),
-            "the address's limit"
-        );
+        let refused = limiter::weigh(&db, &stranger, NOW).await?;
+        assert!(refused.refused.is_some(), "the address's limit");
+        assert_eq!(refused.refused_by.as_deref(), Some("ip:192.0.2.7"));
         // Ten guesses at each of ten familiar users: the familiar users' count is full.
         for u in &users[..10] {
             let keys = Keys::of_sign_in(&db, Some(u), &u.user_name, from, NOW).await?;
@@ -541,10 +541,16 @@ async fn familiar_users_count_apart_from_strangers_at_an_address_and_are_capped_
             }
         }
         let last = Keys::of_sign_in(&db, Some(&users[10]), "u10", from, NOW).await?;
+        let refused = limiter::weigh(&db, &last, NOW).await?;
         assert!(
-            limiter::attempt(&db, &last, NOW).await?.is_some(),
+            refused.refused.is_some(),
             "a hundred guesses at familiar users from one address"
         );
+        assert!(refused.refused_by.is_some_and(|by| by.starts_with("familiar-ip:")));
+        // A locked account is refused by its own limit first.
+        let locked = Keys::of_sign_in(&db, Some(&users[0]), "u0", from, NOW).await?;
+        let by = limiter::weigh(&db, &locked, NOW).await?.refused_by.unwrap_or_default();
+        assert!(by.starts_with(&format!("user:{}@", users[0].id)), "{by}");
         Ok(())
     })
     .await
