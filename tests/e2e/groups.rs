@@ -1083,3 +1083,134 @@ async fn an_eligibility_moved_earlier_shortens_what_rests_on_it() -> anyhow::Res
     })
     .await
 }
+
+/// Assignment lists come a page at a time, in the order of their ids: a member's own with
+/// those held through their groups, and anyone's at a scope (each page full until the last),
+/// the pages together the same as one listing (on PostgreSQL + Redis and on the embedded
+/// default).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn assignment_lists_come_a_page_at_a_time() -> anyhow::Result<()> {
+    use crate::activation::{GLOBAL_READER, request, run_on_both};
+    use apb::AssignmentKind::Eligible;
+    use apb::RequestAction::AdminAssign;
+
+    run_on_both(|w| async move {
+        let (lee, kim) = (w.user("lee").await?, w.user("kim").await?);
+        let group = w.role_assignable_group("SOC").await?;
+        DirectoryServiceClient::new(w.ts.channel.clone())
+            .add_group_member(authed(
+                &w.admin,
+                ipb::GroupMembershipRequest {
+                    group_id: group.clone(),
+                    principal_id: lee.id.clone(),
+                },
+            ))
+            .await?;
+        let mut ids = Vec::new();
+        for (principal, role, scope) in [
+            (&lee.id, EXCHANGE_ADMINISTRATOR, "/"),
+            (&kim.id, USER_ADMINISTRATOR, "/subscriptions/s2"),
+            (&group, GLOBAL_READER, "/"),
+            (&kim.id, SECURITY_READER, "/subscriptions/s1/rg"),
+            (&lee.id, SECURITY_READER, "/subscriptions/s1"),
+        ] {
+            let made = w
+                .assignments()
+                .create_request(authed(
+                    &w.admin,
+                    apb::CreateRequestRequest {
+                        scope: scope.into(),
+                        ..request(AdminAssign, Eligible, principal, role)
+                    },
+                ))
+                .await?
+                .into_inner();
+            ids.push(made.assignment_id);
+        }
+        // Every page of `ask` (at most `size` each, none empty), in order.
+        let paged = |token: String, ask: apb::ListAssignmentsRequest, size: i32| {
+            let mut client = w.assignments();
+            async move {
+                let (mut all, mut page_token) = (Vec::new(), String::new());
+                loop {
+                    let asked = apb::ListAssignmentsRequest {
+                        page_size: size,
+                        page_token: page_token.clone(),
+                        ..ask.clone()
+                    };
+                    let page = client
+                        .list_eligible_assignments(authed(&token, asked))
+                        .await?
+                        .into_inner();
+                    assert!(
+                        !page.assignments.is_empty() && page.assignments.len() <= size as usize,
+                        "{page:?}"
+                    );
+                    all.extend(page.assignments);
+                    if page.next_page_token.is_empty() {
+                        return anyhow::Ok(all);
+                    }
+                    page_token = page.next_page_token;
+                }
+            }
+        };
+        let listed = |token: String, ask: apb::ListAssignmentsRequest| {
+            let mut client = w.assignments();
+            async move {
+                let page = client
+                    .list_eligible_assignments(authed(&token, ask))
+                    .await?
+                    .into_inner();
+                assert!(page.next_page_token.is_empty(), "one page holds them all: {page:?}");
+                anyhow::Ok(page.assignments)
+            }
+        };
+        let id_of = |a: &apb::Assignment| a.id.clone();
+
+        // Lee's own, one a page: hers and her group's, in the order they were made.
+        let mine = apb::ListAssignmentsRequest {
+            mine: true,
+            ..Default::default()
+        };
+        let lees = paged(lee.token.clone(), mine.clone(), 1).await?;
+        assert_eq!(
+            lees.iter().map(id_of).collect::<Vec<_>>(),
+            [ids[0].clone(), ids[2].clone(), ids[4].clone()]
+        );
+        assert_eq!(lees[1].via_group_id, group, "held through the group");
+        assert_eq!(lees, listed(lee.token.clone(), mine).await?);
+
+        // Anyone's applying at a resource group: at it or above it, Kim's elsewhere left out,
+        // and never an empty page for it.
+        let at_rg = apb::ListAssignmentsRequest {
+            scope: "/subscriptions/s1/rg".into(),
+            ..Default::default()
+        };
+        let applying = paged(w.admin.clone(), at_rg.clone(), 1).await?;
+        assert_eq!(
+            applying.iter().map(id_of).collect::<Vec<_>>(),
+            [ids[0].clone(), ids[2].clone(), ids[3].clone(), ids[4].clone()]
+        );
+        assert_eq!(applying, listed(w.admin.clone(), at_rg).await?);
+        let everyone = apb::ListAssignmentsRequest::default();
+        assert_eq!(
+            paged(w.admin.clone(), everyone.clone(), 2).await?,
+            listed(w.admin.clone(), everyone).await?
+        );
+
+        let refused = w
+            .assignments()
+            .list_eligible_assignments(authed(
+                &w.admin,
+                apb::ListAssignmentsRequest {
+                    page_size: -1,
+                    ..Default::default()
+                },
+            ))
+            .await
+            .expect_err("a negative page size");
+        assert_eq!(refused.code(), Code::InvalidArgument);
+        Ok(w)
+    })
+    .await
+}

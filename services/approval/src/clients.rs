@@ -107,21 +107,21 @@ impl Services {
             include_scheduled: true,
             ..Default::default()
         };
-        let mut assignments = AssignmentServiceClient::new(self.assignment.clone());
-        let unavailable = |s: tonic::Status| {
-            tracing::warn!(code = ?s.code(), "group access lookup failed");
-            Error::Unavailable("group access is unavailable; try again".into())
+        let assignments = AssignmentServiceClient::new(self.assignment.clone());
+        let listed = |active: bool| {
+            let (assignments, ask) = (&assignments, &ask);
+            async move {
+                pim_runtime::access::assignments_listed(assignments, caller, active, ask)
+                    .await
+                    .map_err(|s| {
+                        tracing::warn!(code = ?s.code(), "group access lookup failed");
+                        Error::Unavailable("group access is unavailable; try again".into())
+                    })
+            }
         };
-        let eligible = assignments
-            .list_eligible_assignments(on_behalf_of(caller, ask.clone())?)
-            .await
-            .map_err(unavailable)?;
-        let active = assignments
-            .list_active_assignments(on_behalf_of(caller, ask)?)
-            .await
-            .map_err(unavailable)?;
-        Ok((eligible.into_inner().assignments.into_iter())
-            .chain(active.into_inner().assignments)
+        let (eligible, active) = (listed(false).await?, listed(true).await?);
+        Ok((eligible.into_iter())
+            .chain(active)
             .filter(|a| pim_proto::catalogue::is_group_access(&a.role_id))
             .filter_map(|a| pim_proto::catalogue::group_of_scope(&a.scope).map(str::to_owned))
             .collect())

@@ -318,14 +318,13 @@ impl Notifier {
     /// Whoever is active Global Administrator or Privileged Role Administrator at `/`.
     async fn administrators(&self, txn: &DatabaseTransaction, now: i64) -> anyhow::Result<Vec<String>> {
         let mut ids = Vec::new();
+        let root = store::Slice {
+            scopes: &["/".to_owned()],
+            ..Default::default()
+        };
         for role in [GLOBAL_ADMINISTRATOR, PRIVILEGED_ROLE_ADMINISTRATOR] {
-            ids.extend(
-                store::current_assignments(txn, Kind::Active, None, Some(role), now, store::Started::Only)
-                    .await?
-                    .into_iter()
-                    .filter(|a| a.scope == "/")
-                    .map(|a| a.principal_id),
-            );
+            let held = store::current_assignments(txn, Kind::Active, None, Some(role), now, store::Started::Only, root);
+            ids.extend(held.await?.into_iter().map(|a| a.principal_id));
         }
         self.with_members(txn, &ids, now).await
     }

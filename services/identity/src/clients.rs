@@ -206,28 +206,26 @@ impl AssignmentClients {
             include_scheduled: true,
             ..Default::default()
         };
-        let eligible = self
-            .assignments
-            .clone()
-            .list_eligible_assignments(on_behalf_of(caller, ask.clone())?)
-            .await
-            .map_err(unavailable)?;
+        let eligible = self.listed(caller, false, &ask).await?;
         Ok(eligible
-            .into_inner()
-            .assignments
             .into_iter()
             .chain(self.active(caller, ask).await?)
             .map(|a| (a.role_id, a.scope))
             .collect())
     }
 
-    async fn active(&self, caller: &Caller, ask: apb::ListAssignmentsRequest) -> Result<Vec<apb::Assignment>> {
-        let active = self
-            .assignments
-            .clone()
-            .list_active_assignments(on_behalf_of(caller, ask)?)
+    pub async fn active(&self, caller: &Caller, ask: apb::ListAssignmentsRequest) -> Result<Vec<apb::Assignment>> {
+        self.listed(caller, true, &ask).await
+    }
+
+    async fn listed(
+        &self,
+        caller: &Caller,
+        active: bool,
+        ask: &apb::ListAssignmentsRequest,
+    ) -> Result<Vec<apb::Assignment>> {
+        pim_runtime::access::assignments_listed(&self.assignments, caller, active, ask)
             .await
-            .map_err(unavailable)?;
-        Ok(active.into_inner().assignments)
+            .map_err(unavailable)
     }
 }

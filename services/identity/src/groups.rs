@@ -10,7 +10,7 @@ use pim_proto::catalogue;
 use pim_proto::common::v1::PrincipalKind;
 use pim_proto::events::v1 as ev;
 use pim_proto::identity::v1::{GroupLink, GroupLinkKind};
-use pim_runtime::access::{Target, on_behalf_of, permissions, require};
+use pim_runtime::access::{Target, permissions, require};
 use pim_runtime::auth::Caller;
 use pim_runtime::db::now_ms;
 
@@ -339,18 +339,10 @@ impl Directory {
             scope: scope.clone(),
             ..Default::default()
         };
-        let held = self
-            .assignment
-            .assignments
-            .clone()
-            .list_active_assignments(on_behalf_of(caller, asked)?)
-            .await
-            .map_err(|status| {
-                tracing::warn!(code = ?status.code(), "asking assignment for a group's access failed");
-                Error::Unavailable("who holds the group through PIM is unavailable; try again".into())
-            })?
-            .into_inner()
-            .assignments;
+        let held = self.assignment.active(caller, asked).await.map_err(|err| {
+            tracing::warn!(error = %err, "asking assignment for a group's access failed");
+            Error::Unavailable("who holds the group through PIM is unavailable; try again".into())
+        })?;
         for a in held.into_iter().filter(|a| a.scope == scope) {
             if let Ok(p) = self.get_principal(&a.principal_id).await {
                 out.push(GroupLink {

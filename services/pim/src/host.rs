@@ -469,7 +469,7 @@ impl Suite {
                     let shutdown = async move {
                         let _ = stopped.wait_for(|s| *s).await;
                     };
-                    if let Err(err) = axum::serve(listener, router).with_graceful_shutdown(shutdown).await {
+                    if let Err(err) = pim_runtime::listen::serve_http(listener, router, shutdown).await {
                         tracing::error!(error = %err, "the Shared Signals transmitter stopped");
                     }
                 }));

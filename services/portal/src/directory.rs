@@ -39,18 +39,8 @@ pub async fn assignments_page(caller: Caller, Query(filter): Query<Filter>) -> H
             role_id: filter.role.clone(),
             ..Default::default()
         };
-        let mut held = assignments(&caller)
-            .list_eligible_assignments(caller.request(asked()))
-            .await?
-            .into_inner()
-            .assignments;
-        held.extend(
-            assignments(&caller)
-                .list_active_assignments(caller.request(asked()))
-                .await?
-                .into_inner()
-                .assignments,
-        );
+        let mut held = crate::lookup::assignments(&caller, false, asked()).await?;
+        held.extend(crate::lookup::assignments(&caller, true, asked()).await?);
         let names = Names::of(&caller, held.iter().map(|a| a.principal_id.clone()).collect()).await;
         Ok::<_, Failure>(html! {
             form.search method="get" action="/admin/assignments" {

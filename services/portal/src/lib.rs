@@ -226,19 +226,14 @@ impl Portal {
         routes.with_state(self.clone())
     }
 
-    /// Serves the portal on `listener` until `shutdown` completes.
+    /// Serves the portal on `listener` until `shutdown` completes
+    /// ([`pim_runtime::listen::serve_http`]: no connection held open by a silent or slow client).
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let app = self
-            .router()
-            .into_make_service_with_connect_info::<std::net::SocketAddr>();
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .map_err(Into::into)
+        pim_runtime::listen::serve_http(listener, self.router(), shutdown).await
     }
 }
 

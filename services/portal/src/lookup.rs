@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use pim_proto::assignment::v1 as apb;
+use pim_proto::assignment::v1::assignment_service_client::AssignmentServiceClient;
 use pim_proto::assignment::v1::role_service_client::RoleServiceClient;
 use pim_proto::identity::v1 as ipb;
 use pim_proto::identity::v1::directory_service_client::DirectoryServiceClient;
@@ -57,6 +58,32 @@ pub async fn role_list(caller: &Caller) -> Result<Vec<apb::RoleDefinition>, Fail
 /// Role id → name, for requests (which carry ids only).
 pub async fn role_names(caller: &Caller) -> Result<HashMap<String, String>, Failure> {
     Ok(role_list(caller).await?.into_iter().map(|r| (r.id, r.name)).collect())
+}
+
+/// Every assignment `ask` lists (each page), eligible ones or (`active`) active ones.
+pub async fn assignments(
+    caller: &Caller,
+    active: bool,
+    ask: apb::ListAssignmentsRequest,
+) -> Result<Vec<apb::Assignment>, Failure> {
+    let client = AssignmentServiceClient::new(caller.portal.0.upstreams.assignment.clone());
+    pim_runtime::grpc::all_pages(|page_token| {
+        let mut client = client.clone();
+        let asked = caller.request(apb::ListAssignmentsRequest {
+            page_token,
+            ..ask.clone()
+        });
+        async move {
+            let page = if active {
+                client.list_active_assignments(asked).await
+            } else {
+                client.list_eligible_assignments(asked).await
+            }?
+            .into_inner();
+            Ok::<_, Failure>((page.assignments, page.next_page_token))
+        }
+    })
+    .await
 }
 
 pub fn directory(caller: &Caller) -> DirectoryServiceClient<tonic::transport::Channel> {

@@ -63,16 +63,8 @@ async fn roles_content(caller: &Caller) -> Result<Markup, Failure> {
         mine: true,
         ..Default::default()
     };
-    let mut eligible = assignments(caller)
-        .list_eligible_assignments(caller.request(mine()))
-        .await?
-        .into_inner()
-        .assignments;
-    let mut active = assignments(caller)
-        .list_active_assignments(caller.request(mine()))
-        .await?
-        .into_inner()
-        .assignments;
+    let mut eligible = crate::lookup::assignments(caller, false, mine()).await?;
+    let mut active = crate::lookup::assignments(caller, true, mine()).await?;
     name_group_access(caller, [&mut eligible, &mut active]).await;
     let pending = assignments(caller)
         .list_requests(caller.request(apb::ListRequestsRequest {
@@ -413,14 +405,12 @@ pub async fn my_requests(
         let requests = listed.requests;
         let names = crate::lookup::role_names(&caller).await?;
         // The caller's activations still active: the newest request that made each can end it.
-        let mut active: std::collections::HashSet<(String, String)> = assignments(&caller)
-            .list_active_assignments(caller.request(apb::ListAssignmentsRequest {
-                mine: true,
-                ..Default::default()
-            }))
+        let mine = apb::ListAssignmentsRequest {
+            mine: true,
+            ..Default::default()
+        };
+        let mut active: std::collections::HashSet<(String, String)> = crate::lookup::assignments(&caller, true, mine)
             .await?
-            .into_inner()
-            .assignments
             .into_iter()
             .filter(|a| a.activated && a.principal_id == caller.user.principal_id)
             .map(|a| (a.role_id, a.scope))

@@ -10,7 +10,8 @@ use tonic::Status;
 use tonic::transport::Channel;
 
 use pim_proto::assignment::v1::access_service_client::AccessServiceClient;
-use pim_proto::assignment::v1::{CheckAccessRequest, check_access_request};
+use pim_proto::assignment::v1::assignment_service_client::AssignmentServiceClient;
+use pim_proto::assignment::v1::{Assignment, CheckAccessRequest, ListAssignmentsRequest, check_access_request};
 use pim_proto::identity::v1::ListGroupMembersRequest;
 use pim_proto::identity::v1::directory_service_client::DirectoryServiceClient;
 
@@ -81,6 +82,36 @@ pub fn on_behalf_of<T>(caller: &Caller, message: T) -> Result<tonic::Request<T>,
     request.metadata_mut().insert("authorization", bearer);
     request.set_timeout(Duration::from_secs(3));
     Ok(request)
+}
+
+/// Every assignment `ask` lists (each page), eligible ones or (`active`) active ones, asked
+/// of assignment on the caller's behalf.
+pub async fn assignments_listed(
+    assignment: &AssignmentServiceClient<Channel>,
+    caller: &Caller,
+    active: bool,
+    ask: &ListAssignmentsRequest,
+) -> Result<Vec<Assignment>, Status> {
+    crate::grpc::all_pages(|page_token| {
+        let mut client = assignment.clone();
+        let asked = on_behalf_of(
+            caller,
+            ListAssignmentsRequest {
+                page_token,
+                ..ask.clone()
+            },
+        );
+        async move {
+            let page = if active {
+                client.list_active_assignments(asked?).await
+            } else {
+                client.list_eligible_assignments(asked?).await
+            }?
+            .into_inner();
+            Ok((page.assignments, page.next_page_token))
+        }
+    })
+    .await
 }
 
 /// Whether the caller was added to the group as an owner (identity shows a group's owners to

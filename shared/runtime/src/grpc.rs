@@ -6,10 +6,10 @@ use std::future::Future;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 use tonic::service::Routes;
-use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
 use tonic_types::{ErrorDetails, StatusExt};
@@ -60,6 +60,26 @@ pub fn next_page<T>(mut fetched: Vec<T>, limit: u64, token: impl Fn(&T) -> Strin
         (fetched, next)
     } else {
         (fetched, String::new())
+    }
+}
+
+/// Every item of a paged listing, as its caller pages through it: `page` fetches the page
+/// after a token (empty: the first) and answers its items and the next token (empty: the
+/// last page). A token answered twice in a row ends it too: a faulty server cannot keep its
+/// caller asking for ever.
+pub async fn all_pages<T, E, F, Fut>(mut page: F) -> Result<Vec<T>, E>
+where
+    F: FnMut(String) -> Fut,
+    Fut: std::future::Future<Output = Result<(Vec<T>, String), E>>,
+{
+    let (mut all, mut token) = (Vec::new(), String::new());
+    loop {
+        let (items, next) = page(token.clone()).await?;
+        all.extend(items);
+        if next.is_empty() || next == token {
+            return Ok(all);
+        }
+        token = next;
     }
 }
 
@@ -297,13 +317,19 @@ impl Forwarders {
 }
 
 /// A gRPC server with TLS when a certificate is configured (and mutual TLS when a client CA
-/// is: the handshake fails for a client without a certificate that CA signed).
+/// is: the handshake fails for a client without a certificate that CA signed). A TLS
+/// handshake not done within [`crate::listen::FIRST_BYTES_WITHIN`] is given up, and a
+/// connection whose peer stops answering HTTP/2 pings is closed.
 pub fn server_builder(tls: &TlsConfig) -> anyhow::Result<Server> {
-    let mut builder = Server::builder();
+    let mut builder = Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)));
     if let (Some(cert), Some(key)) = (&tls.cert, &tls.key) {
         let cert = std::fs::read(cert).with_context(|| format!("reading TLS certificate {}", cert.display()))?;
         let key = std::fs::read(key).with_context(|| format!("reading TLS key {}", key.display()))?;
-        let mut config = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
+        let mut config = ServerTlsConfig::new()
+            .identity(Identity::from_pem(cert, key))
+            .timeout(crate::listen::FIRST_BYTES_WITHIN);
         if let Some(ca) = &tls.client_ca {
             // The bearer token is still required and checked on every call.
             let pem = std::fs::read(ca).with_context(|| format!("reading client CA certificate {}", ca.display()))?;
@@ -329,16 +355,13 @@ pub fn with_reflection(routes: Routes) -> anyhow::Result<Routes> {
     Ok(routes.add_service(reflection_v1).add_service(reflection_v1alpha))
 }
 
-/// Accepted sockets send at once (no Nagle delay on small responses), and a peer that
-/// vanished is noticed by TCP keepalive.
-pub fn incoming(listener: TcpListener) -> TcpIncoming {
-    TcpIncoming::from(listener)
-        .with_nodelay(Some(true))
-        .with_keepalive(Some(Duration::from_secs(60)))
+/// The connections a gRPC server takes: those that spoke in time
+/// ([`crate::listen::spoken_within`]).
+pub fn incoming(listener: TcpListener) -> ReceiverStream<std::io::Result<TcpStream>> {
+    crate::listen::spoken_within(listener, crate::listen::FIRST_BYTES_WITHIN)
 }
 
-/// How long a stopping server lets open calls finish.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+pub use crate::listen::SHUTDOWN_GRACE;
 
 /// `shutdown` as a server takes it, and what completes [`SHUTDOWN_GRACE`] after it did: a
 /// server raced against the second lets open calls finish (streams end themselves, see
@@ -643,5 +666,21 @@ mod tests {
         assert_eq!(next_page(vec![1, 2, 3], 2, token), (vec![1, 2], "2".to_owned()));
         assert_eq!(next_page(vec![1, 2], 2, token), (vec![1, 2], String::new()));
         assert_eq!(next_page(Vec::new(), 2, token), (Vec::new(), String::new()));
+    }
+
+    /// A caller pages to the last page, and stops when a server answers the same token again.
+    #[tokio::test]
+    async fn every_page_is_read_until_the_last_and_a_repeated_token_ends_it() {
+        let pages = |tokens: &'static [&'static str]| {
+            super::all_pages(move |token: String| async move {
+                let at = tokens
+                    .iter()
+                    .position(|t| *t == token)
+                    .expect("a token the server gave");
+                Ok::<_, ()>((vec![at], tokens.get(at + 1).copied().unwrap_or_default().to_owned()))
+            })
+        };
+        assert_eq!(pages(&["", "a", "b"]).await, Ok(vec![0, 1, 2]));
+        assert_eq!(pages(&["", "a", "a"]).await, Ok(vec![0, 1]));
     }
 }

@@ -13,6 +13,7 @@ pub mod events;
 pub mod format;
 pub mod grpc;
 pub mod host;
+pub mod listen;
 pub mod metrics;
 pub mod sealing;
 pub mod streams;

@@ -257,7 +257,7 @@ pub async fn serve_admin(
         let shutdown = async move {
             let _ = stop.wait_for(|s| *s).await;
         };
-        if let Err(err) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
+        if let Err(err) = crate::listen::serve_http(listener, app, shutdown).await {
             tracing::warn!(error = %err, "the admin endpoint stopped");
         }
     });

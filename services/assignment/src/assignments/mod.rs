@@ -42,6 +42,7 @@ use policies::nearest_policy;
 pub use policies::{PolicyAt, PolicyUpdate};
 pub use protections::LAST_GLOBAL_ADMIN_KEPT;
 use protections::last_global_admin_refused;
+pub use requests::Listing;
 
 const SOURCE: Source = Source::Assignment;
 

@@ -12,7 +12,7 @@ use crate::domain::{Kind, Scope};
 use crate::error::{Error, Result};
 use crate::roles::GLOBAL_ADMINISTRATOR;
 use crate::roles::group_of_scope;
-use crate::store::{self, AssignmentRow, Started};
+use crate::store::{self, AssignmentRow, Slice, Started};
 use pim_runtime::events::EventType;
 
 /// Why a review's removal was not applied by the last-Global-Administrator protection.
@@ -64,7 +64,15 @@ impl Assignments {
         holders.extend(self.groups_in(c, principal, now).await?.into_keys());
         for kind in [Kind::Eligible, Kind::Active] {
             for role in [crate::roles::GROUP_MEMBER, crate::roles::GROUP_OWNER] {
-                let access = store::current_assignments(c, kind, Some(principal), Some(role), now, Started::Only);
+                let access = store::current_assignments(
+                    c,
+                    kind,
+                    Some(principal),
+                    Some(role),
+                    now,
+                    Started::Only,
+                    Slice::default(),
+                );
                 holders.extend(
                     access
                         .await?
@@ -80,7 +88,16 @@ impl Assignments {
             return Ok(true);
         }
         for holder in &holders {
-            let held = store::current_assignments(c, Kind::Active, Some(holder), None, now, Started::Only).await?;
+            let held = store::current_assignments(
+                c,
+                Kind::Active,
+                Some(holder),
+                None,
+                now,
+                Started::Only,
+                Slice::default(),
+            );
+            let held = held.await?;
             if held.iter().any(grants) {
                 return Ok(true);
             }

@@ -4,6 +4,20 @@
 use super::*;
 use pim_runtime::events::EventType;
 
+/// What a listing of assignments asks for: of one kind, held by `principal` (directly or
+/// through their groups) or by anyone, of `role`, applying at `scope`; one page of at most
+/// `limit` (all when none), after the assignment with id `after` (from the first when empty).
+#[derive(Clone, Copy, Debug)]
+pub struct Listing<'a> {
+    pub kind: Kind,
+    pub principal: Option<&'a str>,
+    pub role: Option<&'a str>,
+    pub scope: Option<&'a Scope>,
+    pub started: store::Started,
+    pub after: &'a str,
+    pub limit: Option<u64>,
+}
+
 impl Assignments {
     /// selfExtend / selfRenew: a principal asks to keep an assignment an administrator made —
     /// extend one still in force to a later end, or renew one that expired. Either waits for
@@ -536,45 +550,42 @@ impl Assignments {
             .ok_or_else(|| Error::NotFound(format!("request {}", request.id)))
     }
 
-    /// Assignments in force now; the caller's own, or anyone's for readers of assignments.
-    pub async fn list(
-        &self,
-        caller: &Caller,
-        kind: Kind,
-        principal: Option<&str>,
-        role: Option<&str>,
-        scope: Option<&Scope>,
-        started: store::Started,
-    ) -> Result<Vec<(AssignmentRow, Option<String>)>> {
-        if principal != Some(caller.principal_id.as_str()) {
-            self.may_list(caller, role, scope).await?;
+    /// Assignments in force now, in the order of their ids, with the group each is held
+    /// through (none: held directly); the caller's own, or anyone's for readers of
+    /// assignments.
+    pub async fn list(&self, caller: &Caller, asked: &Listing<'_>) -> Result<Vec<(AssignmentRow, Option<String>)>> {
+        if asked.principal != Some(caller.principal_id.as_str()) {
+            self.may_list(caller, asked.role, asked.scope).await?;
         }
         let now = self.now();
-        let mut rows: Vec<(AssignmentRow, Option<String>)> =
-            store::current_assignments(&self.db, kind, principal, role, now, started)
-                .await?
-                .into_iter()
-                .map(|a| (a, None))
-                .collect();
+        // At that scope, or above it (what applies there).
+        let scopes = asked.scope.map(Scope::with_ancestors).unwrap_or_default();
+        let slice = store::Slice {
+            scopes: &scopes,
+            after: asked.after,
+            limit: asked.limit,
+        };
+        let (kind, role, started) = (asked.kind, asked.role, asked.started);
+        let mut rows: Vec<_> = store::current_assignments(&self.db, kind, asked.principal, role, now, started, slice)
+            .await?
+            .into_iter()
+            .map(|a| (a, None))
+            .collect();
         // A principal's roles include those of their role-assignable groups (Entra hides these).
-        if let Some(principal) = principal {
+        if let Some(principal) = asked.principal {
             for (group, member_until) in self.groups_of(principal, now) {
-                let inherited = store::current_assignments(&self.db, kind, Some(&group), role, now, started).await?;
-                rows.extend(inherited.into_iter().map(|mut a| {
+                let inherited = store::current_assignments(&self.db, kind, Some(&group), role, now, started, slice);
+                rows.extend(inherited.await?.into_iter().map(|mut a| {
                     // Held through the group for as long as the membership lasts.
                     a.end_at = group_access::earlier(a.end_at, member_until);
                     (a, Some(group.clone()))
                 }));
             }
+            // One page, cut in the order of ids across the principal's and their groups'.
+            rows.sort_by(|(a, _), (b, _)| a.id.cmp(&b.id));
+            rows.truncate(asked.limit.map_or(usize::MAX, |limit| limit as usize));
         }
-        Ok(match scope {
-            // At that scope, or above it (what applies there).
-            Some(scope) => {
-                let scopes = scope.with_ancestors();
-                rows.into_iter().filter(|(a, _)| scopes.contains(&a.scope)).collect()
-            }
-            None => rows,
-        })
+        Ok(rows)
     }
 
     pub async fn get_request(&self, caller: &Caller, id: &str) -> Result<RequestRow> {

@@ -19,7 +19,7 @@ use pim_runtime::events::{EventType, streams};
 use pim_runtime::grpc::BoxStream;
 
 use crate::assignments::{
-    ActivateRequest, AdminAssignRequest, Assignments, EndRequest, NewRole, PolicyUpdate, RoleChange,
+    ActivateRequest, AdminAssignRequest, Assignments, EndRequest, Listing, NewRole, PolicyUpdate, RoleChange,
 };
 use crate::domain::{Action, Kind, RequestStatus, Scope};
 use crate::error::Error;
@@ -33,6 +33,9 @@ pub use definitions::check_new_policy;
 use wire::*;
 
 const MAX_BATCH: usize = 1000;
+/// Assignments a listing's page holds, when not asked for fewer: well under a message's
+/// 4 MB with the longest scopes.
+const ASSIGNMENTS_PAGE: u64 = 1000;
 /// How long a write that changes access waits for its events to leave before it answers.
 const SETTLE_WITHIN: Duration = Duration::from_secs(2);
 
@@ -123,9 +126,19 @@ impl Assignments {
         } else {
             crate::store::Started::Only
         };
-        let rows = self
-            .list(&caller, kind, principal, role.as_deref(), scope.as_ref(), started)
-            .await?;
+        let limit = pim_runtime::grpc::page_size(r.page_size, ASSIGNMENTS_PAGE, ASSIGNMENTS_PAGE)?;
+        let after = pim_runtime::grpc::filter_value("page_token", &r.page_token)?;
+        let asked = Listing {
+            kind,
+            principal,
+            role: role.as_deref(),
+            scope: scope.as_ref(),
+            started,
+            after,
+            limit: Some(limit + 1),
+        };
+        let rows = self.list(&caller, &asked).await?;
+        let (rows, next_page_token) = pim_runtime::grpc::next_page(rows, limit, |(a, _)| a.id.clone());
         Ok(Response::new(pb::ListAssignmentsResponse {
             assignments: rows
                 .into_iter()
@@ -134,6 +147,7 @@ impl Assignments {
                     assignment_to_pb(a, name, principal.filter(|_| via.is_some()), via)
                 })
                 .collect(),
+            next_page_token,
         }))
     }
 }
@@ -455,11 +469,15 @@ impl AccessService for Assignments {
         let rows = self
             .list(
                 &caller,
-                Kind::Active,
-                Some(&principal),
-                None,
-                None,
-                crate::store::Started::Only,
+                &Listing {
+                    kind: Kind::Active,
+                    principal: Some(&principal),
+                    role: None,
+                    scope: None,
+                    started: crate::store::Started::Only,
+                    after: "",
+                    limit: None,
+                },
             )
             .await?;
         Ok(Response::new(pb::ListActiveRolesResponse {

@@ -95,8 +95,18 @@ pub enum Started {
     OrScheduled,
 }
 
-/// Assignments in force at `now` (status active, started, not ended) matching the filters;
-/// with [`Started::OrScheduled`], those not started yet too.
+/// Which part of a listing to read: assignments at one of `scopes` (any scope when empty)
+/// whose ids come after `after` (from the first when empty), at most `limit` of them (all
+/// when none). [`Slice::default`] reads them all.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Slice<'a> {
+    pub scopes: &'a [String],
+    pub after: &'a str,
+    pub limit: Option<u64>,
+}
+
+/// Assignments in force at `now` (status active, started, not ended) matching the filters,
+/// in the order of their ids; with [`Started::OrScheduled`], those not started yet too.
 pub async fn current_assignments<C: ConnectionTrait>(
     c: &C,
     kind: Kind,
@@ -104,6 +114,7 @@ pub async fn current_assignments<C: ConnectionTrait>(
     role_id: Option<&str>,
     now: i64,
     started: Started,
+    slice: Slice<'_>,
 ) -> Result<Vec<AssignmentRow>, DbErr> {
     let mut sql = format!(
         "SELECT {ASSIGNMENT_COLUMNS} FROM assignments WHERE status = 'active' AND kind = $1 AND (end_at IS NULL OR end_at > $2)"
@@ -121,7 +132,19 @@ pub async fn current_assignments<C: ConnectionTrait>(
         values.push(r.into());
         sql.push_str(&format!(" AND role_id = ${}", values.len()));
     }
-    sql.push_str(" ORDER BY created_at");
+    if !slice.scopes.is_empty() {
+        let list = placeholders(values.len() + 1, slice.scopes.len());
+        values.extend(slice.scopes.iter().map(|s| s.clone().into()));
+        sql.push_str(&format!(" AND scope IN ({list})"));
+    }
+    if !slice.after.is_empty() {
+        values.push(slice.after.into());
+        sql.push_str(&format!(" AND id > ${}", values.len()));
+    }
+    sql.push_str(" ORDER BY id");
+    if let Some(limit) = slice.limit {
+        sql.push_str(&format!(" LIMIT {limit}"));
+    }
     db::rows(c, &sql, values, AssignmentRow::from_row).await
 }
 

@@ -8,7 +8,6 @@ use clap::Args;
 
 use pim_proto::assignment::v1 as apb;
 use pim_proto::assignment::v1::access_service_client::AccessServiceClient;
-use pim_proto::assignment::v1::assignment_service_client::AssignmentServiceClient;
 use pim_proto::assignment::v1::reconcile_service_client::ReconcileServiceClient;
 use pim_runtime::db::from_timestamp;
 
@@ -173,7 +172,6 @@ pub(crate) async fn list_assignments(args: ListAssignmentsArgs) -> anyhow::Resul
         include_scheduled: args.scheduled,
         ..Default::default()
     };
-    let mut client = AssignmentServiceClient::new(session.channel.clone());
     let kinds = match args.kind {
         Some(kind) => vec![kind],
         None => vec![KindArg::Eligible, KindArg::Active],
@@ -181,12 +179,12 @@ pub(crate) async fn list_assignments(args: ListAssignmentsArgs) -> anyhow::Resul
     let mut names = Names::new(&session);
     let mut rows = Vec::new();
     for kind in kinds {
-        let request = session.request(request.clone())?;
-        let (label, listed) = match kind {
-            KindArg::Active => ("active", client.list_active_assignments(request).await),
-            KindArg::Eligible => ("eligible", client.list_eligible_assignments(request).await),
+        let (label, active) = match kind {
+            KindArg::Active => ("active", true),
+            KindArg::Eligible => ("eligible", false),
         };
-        for a in listed.map_err(explain)?.into_inner().assignments {
+        let listed = super::listings::assignments(&session, active, &request).await?;
+        for a in listed {
             let from = Cell::from(time(a.start_time.as_ref().map(from_timestamp)));
             let mut cells = row(&mut names, label, a).await;
             if args.scheduled {

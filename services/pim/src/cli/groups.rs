@@ -5,7 +5,6 @@
 use clap::{Args, Subcommand, ValueEnum};
 
 use pim_proto::assignment::v1 as apb;
-use pim_proto::assignment::v1::assignment_service_client::AssignmentServiceClient;
 use pim_proto::catalogue;
 use pim_proto::identity::v1 as ipb;
 use pim_proto::identity::v1::directory_service_client::DirectoryServiceClient;
@@ -411,23 +410,15 @@ async fn mine(client: &ClientArgs) -> anyhow::Result<()> {
 
 /// The caller's own eligible and active group access, each with its kind.
 async fn own_access(session: &Session) -> anyhow::Result<Vec<(&'static str, apb::Assignment)>> {
-    let mut assignments = AssignmentServiceClient::new(session.channel.clone());
+    let mine = apb::ListAssignmentsRequest {
+        mine: true,
+        ..Default::default()
+    };
     let mut out = Vec::new();
     for label in ["eligible", "active"] {
-        let mine = session.request(apb::ListAssignmentsRequest {
-            mine: true,
-            ..Default::default()
-        })?;
-        let listed = if label == "eligible" {
-            assignments.list_eligible_assignments(mine).await
-        } else {
-            assignments.list_active_assignments(mine).await
-        }
-        .map_err(explain)?
-        .into_inner();
+        let listed = super::listings::assignments(session, label == "active", &mine).await?;
         out.extend(
             listed
-                .assignments
                 .into_iter()
                 .filter(|a| catalogue::is_group_access(&a.role_id) && catalogue::group_of_scope(&a.scope).is_some())
                 .map(|a| (label, a)),

@@ -1,5 +1,7 @@
 //! Every item of the directory's paged listings, for the commands that need them all.
 
+use pim_proto::assignment::v1 as apb;
+use pim_proto::assignment::v1::assignment_service_client::AssignmentServiceClient;
 use pim_proto::identity::v1 as ipb;
 use pim_proto::identity::v1::directory_service_client::DirectoryServiceClient;
 
@@ -64,6 +66,43 @@ pub(crate) async fn service_principals(session: &Session, filter: &str) -> anyho
     .await
 }
 
+/// Every assignment `ask` lists, eligible ones or (`active`) active ones.
+pub(crate) async fn assignments(
+    session: &Session,
+    active: bool,
+    ask: &apb::ListAssignmentsRequest,
+) -> anyhow::Result<Vec<apb::Assignment>> {
+    let client = AssignmentServiceClient::new(session.channel.clone());
+    all_pages(|page_token| {
+        let mut client = client.clone();
+        let request = session.request(apb::ListAssignmentsRequest {
+            page_size: PAGE,
+            page_token,
+            ..ask.clone()
+        });
+        async move {
+            let page = if active {
+                client.list_active_assignments(request?).await
+            } else {
+                client.list_eligible_assignments(request?).await
+            }
+            .map_err(explain)?
+            .into_inner();
+            Ok((page.assignments, page.next_page_token))
+        }
+    })
+    .await
+}
+
+/// Every item of a paged listing ([`pim_runtime::grpc::all_pages`], failing as the CLI does).
+pub(crate) async fn all_pages<T, F, Fut>(page: F) -> anyhow::Result<Vec<T>>
+where
+    F: FnMut(String) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<(Vec<T>, String)>>,
+{
+    pim_runtime::grpc::all_pages(page).await
+}
+
 /// A group's members (or, `owners`, its owners), each with how (added, assigned or
 /// activated through PIM) and until when.
 pub(crate) async fn members(session: &Session, group_id: &str, owners: bool) -> anyhow::Result<Vec<ipb::GroupLink>> {
@@ -88,22 +127,4 @@ pub(crate) async fn members(session: &Session, group_id: &str, owners: bool) -> 
         }
     })
     .await
-}
-
-/// Every item of a paged listing: `page` fetches the page after a token (empty: the first)
-/// and answers its items and the next token (empty: the last page).
-pub(crate) async fn all_pages<T, F, Fut>(mut page: F) -> anyhow::Result<Vec<T>>
-where
-    F: FnMut(String) -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<(Vec<T>, String)>>,
-{
-    let (mut all, mut token) = (Vec::new(), String::new());
-    loop {
-        let (items, next) = page(token).await?;
-        all.extend(items);
-        if next.is_empty() {
-            return Ok(all);
-        }
-        token = next;
-    }
 }

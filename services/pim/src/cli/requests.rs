@@ -515,25 +515,15 @@ pub(crate) async fn list(args: RequestsArgs) -> anyhow::Result<i32> {
 
 pub(crate) async fn my_roles(client: ClientArgs) -> anyhow::Result<i32> {
     let session = Session::open(&client, true)?;
-    let mut assignments = AssignmentServiceClient::new(session.channel.clone());
     let mine = apb::ListAssignmentsRequest {
         mine: true,
         ..Default::default()
     };
-    let eligible = assignments
-        .list_eligible_assignments(session.request(mine.clone())?)
-        .await
-        .map_err(explain)?
-        .into_inner();
-    let active = assignments
-        .list_active_assignments(session.request(mine)?)
-        .await
-        .map_err(explain)?
-        .into_inner();
+    let eligible = super::listings::assignments(&session, false, &mine).await?;
+    let active = super::listings::assignments(&session, true, &mine).await?;
     let mut names = Names::new(&session);
     let mut rows = Vec::new();
-    let listed = (eligible.assignments.into_iter().map(|a| ("eligible", a)))
-        .chain(active.assignments.into_iter().map(|a| ("active", a)));
+    let listed = (eligible.into_iter().map(|a| ("eligible", a))).chain(active.into_iter().map(|a| ("active", a)));
     for (kind, a) in listed {
         // Through a group: the group by name (with --ids, its id too).
         let via = if a.member_type == apb::MemberType::Group as i32 {

@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 
 use pim_proto::assignment::v1 as apb;
-use pim_proto::assignment::v1::assignment_service_client::AssignmentServiceClient;
 use pim_proto::assignment::v1::role_service_client::RoleServiceClient;
 use pim_proto::identity::v1 as ipb;
 use pim_proto::identity::v1::directory_service_client::DirectoryServiceClient;
@@ -133,21 +132,9 @@ impl Snapshot {
             .map_err(explain)?
             .into_inner()
             .roles;
-        let mut client = AssignmentServiceClient::new(session.channel.clone());
-        let mut assignments = client
-            .list_eligible_assignments(session.request(apb::ListAssignmentsRequest::default())?)
-            .await
-            .map_err(explain)?
-            .into_inner()
-            .assignments;
-        assignments.extend(
-            client
-                .list_active_assignments(session.request(apb::ListAssignmentsRequest::default())?)
-                .await
-                .map_err(explain)?
-                .into_inner()
-                .assignments,
-        );
+        let everyone = apb::ListAssignmentsRequest::default();
+        let mut assignments = listings::assignments(session, false, &everyone).await?;
+        assignments.extend(listings::assignments(session, true, &everyone).await?);
         assignments.retain(|a| a.member_type != apb::MemberType::Group as i32);
         let (activations, assignments) = assignments.into_iter().partition(|a| a.activated);
         Ok(Self {
