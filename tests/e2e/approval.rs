@@ -276,6 +276,52 @@ async fn an_approver_watching_approves_and_the_role_becomes_active() -> anyhow::
     .await
 }
 
+/// One principal holds at most `MAX_OPEN` streams open at once: one more is refused
+/// RESOURCE_EXHAUSTED, others still open theirs, and a stream closed makes room again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_principals_open_streams_are_capped_and_others_are_not_held_up() -> anyhow::Result<()> {
+    use pim_runtime::streams::MAX_OPEN;
+    run(|w| async move {
+        let (eve, ann) = (w.user("eve").await?, w.user("ann").await?);
+        // A stream the holder of `token` opens: its messages, or why it was refused.
+        let open = |token: String| {
+            let mut approvals = w.approvals();
+            async move {
+                let watch = approvals.watch_approvals(authed(&token, pb::WatchApprovalsRequest::default()));
+                match watch.await {
+                    Err(refused) => Err(refused),
+                    Ok(watch) => {
+                        let mut watch = watch.into_inner();
+                        // A refused stream ends at once; an open one stays quiet.
+                        match tokio::time::timeout(Duration::from_millis(300), watch.message()).await {
+                            Ok(Err(refused)) => Err(refused),
+                            _ => Ok(watch),
+                        }
+                    }
+                }
+            }
+        };
+        // Each counted once the call is answered (before its first message).
+        let mut eves = Vec::new();
+        for _ in 0..MAX_OPEN {
+            let watch = authed(&eve.token, pb::WatchApprovalsRequest::default());
+            eves.push(w.approvals().watch_approvals(watch).await?.into_inner());
+        }
+        let refused = open(eve.token.clone()).await.expect_err("one too many");
+        assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+        assert!(refused.message().contains("close one"), "{refused:?}");
+        let anns = open(ann.token.clone()).await?;
+        drop(eves.pop());
+        let again = eventually(Duration::from_secs(10), "room for one more of Eve's", || async {
+            Ok(open(eve.token.clone()).await.ok())
+        })
+        .await?;
+        drop((eves, anns, again));
+        Ok(w)
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deny_ends_it_and_an_unanswered_approval_expires() -> anyhow::Result<()> {
     run(|w| async move {

@@ -1210,6 +1210,20 @@ async fn assignment_lists_come_a_page_at_a_time() -> anyhow::Result<()> {
             .await
             .expect_err("a negative page size");
         assert_eq!(refused.code(), Code::InvalidArgument);
+        // A token the service never gave is refused, never read as a place to start or end.
+        let last = ids.iter().max().expect("made").clone();
+        for forged in ["x".to_owned(), "0".to_owned(), last.to_uppercase(), format!("{last}0")] {
+            let asked = apb::ListAssignmentsRequest {
+                page_token: forged.clone(),
+                ..Default::default()
+            };
+            let refused = w
+                .assignments()
+                .list_eligible_assignments(authed(&w.admin, asked))
+                .await
+                .expect_err("not a token the service gave");
+            assert_eq!(refused.code(), Code::InvalidArgument, "{forged}: {refused:?}");
+        }
         Ok(w)
     })
     .await

@@ -72,6 +72,7 @@ impl World {
                 token,
                 pb::ListMyReviewItemsRequest {
                     review_id: review_id.into(),
+                    ..Default::default()
                 },
             ))
             .await?
@@ -218,6 +219,58 @@ async fn a_review_removes_denied_and_unanswered_assignments_and_keeps_approved_o
         let (lee_item, kim_item, joe_item) = (item_of(&lee.id), item_of(&kim.id), item_of(&joe.id));
         assert_eq!(lee_item.recommendation, "approve", "activated within 30 days");
         assert_eq!(kim_item.recommendation, "deny", "never activated");
+        // A page at a time, the same items in the same order: a reviewer's and a manager's.
+        let (mut mine, mut all, mut token) = (Vec::new(), Vec::new(), String::new());
+        loop {
+            let asked = pb::ListMyReviewItemsRequest {
+                review_id: review.id.clone(),
+                page_size: 1,
+                page_token: token.clone(),
+            };
+            let page = w
+                .reviews()
+                .list_my_review_items(authed(&ann.token, asked))
+                .await?
+                .into_inner();
+            assert_eq!(page.items.len(), 1, "{page:?}");
+            mine.extend(page.items);
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            token = page.next_page_token;
+        }
+        assert_eq!(mine, items);
+        token.clear();
+        loop {
+            let asked = pb::ListReviewItemsRequest {
+                review_id: review.id.clone(),
+                instance: 0,
+                page_size: 2,
+                page_token: token.clone(),
+            };
+            let page = w
+                .reviews()
+                .list_review_items(authed(&w.admin, asked))
+                .await?
+                .into_inner();
+            all.extend(page.items);
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            token = page.next_page_token;
+        }
+        assert_eq!(all, items);
+        let forged = pb::ListReviewItemsRequest {
+            review_id: review.id.clone(),
+            page_token: "not-one".into(),
+            ..Default::default()
+        };
+        let refused = w
+            .reviews()
+            .list_review_items(authed(&w.admin, forged))
+            .await
+            .expect_err("a token the service never gave");
+        assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
 
         // Lee is no reviewer here.
         let refused = w
@@ -586,6 +639,7 @@ async fn a_review_removes_only_what_its_creator_may_and_names_one_group() -> any
                         pb::ListReviewItemsRequest {
                             review_id: review,
                             instance: 0,
+                            ..Default::default()
                         },
                     ))
                     .await?
@@ -896,6 +950,7 @@ async fn a_review_never_locks_out_the_last_global_administrator() -> anyhow::Res
                     pb::ListReviewItemsRequest {
                         review_id: review.id.clone(),
                         instance: 0,
+                        ..Default::default()
                     },
                 ))
                 .await?

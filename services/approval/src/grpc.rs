@@ -15,7 +15,7 @@ use pim_runtime::grpc::{BoxStream, cursor, internal, invalid_argument};
 use crate::approvals::Approvals;
 use crate::domain::{ApprovalStatus, Decision};
 use crate::reviews::NewReview;
-use crate::store::{self, ActivationRow, ApprovalRow, DecisionRow, ItemRow, ReviewRow};
+use crate::store::{self, ActivationRow, ApprovalRow, DecisionRow, ItemRow, ItemsPage, ReviewRow};
 
 const DEFAULT_PAGE: usize = 50;
 const MAX_PAGE: usize = 500;
@@ -293,6 +293,31 @@ fn item_pb(i: ItemRow) -> pb::ReviewItem {
     }
 }
 
+/// Review items a page holds, when not asked for fewer: a message's 4 MB is far off.
+const ITEMS_PAGE: u64 = 1000;
+
+/// A page of items from `fetched` (one more than `limit` asked for), with the next page's
+/// token: the last item's principal and id.
+fn items_page(fetched: Vec<ItemRow>, limit: u64) -> pb::ListMyReviewItemsResponse {
+    let (items, next_page_token) =
+        pim_runtime::grpc::next_page(fetched, limit, |i| format!("{} {}", i.principal_id, i.id));
+    pb::ListMyReviewItemsResponse {
+        items: items.into_iter().map(item_pb).collect(),
+        next_page_token,
+    }
+}
+
+/// The item a page token names (its principal's id and its own); none for the first page.
+fn item_after(token: &str) -> Result<Option<(&str, &str)>, Status> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let given = || invalid_argument("page_token", "not a page token this service gave");
+    let (principal, item) = token.split_once(' ').ok_or_else(given)?;
+    let id = |raw| pim_runtime::grpc::id_field("page_token", raw, "").map_err(|_| given());
+    Ok(Some((id(principal)?, id(item)?)))
+}
+
 fn review_id(raw: &str) -> Result<&str, Status> {
     pim_runtime::grpc::id_field("review_id", raw, "a review id")
 }
@@ -382,12 +407,12 @@ impl AccessReviewService for Approvals {
         request: Request<pb::ListMyReviewItemsRequest>,
     ) -> Result<Response<pb::ListMyReviewItemsResponse>, Status> {
         let caller = caller(&request)?.clone();
-        let id = request.get_ref().review_id.trim();
+        let r = request.get_ref();
+        let id = r.review_id.trim();
         let review = if id.is_empty() { None } else { Some(review_id(id)?) };
-        let items = self.my_items(&caller, review).await?;
-        Ok(Response::new(pb::ListMyReviewItemsResponse {
-            items: items.into_iter().map(item_pb).collect(),
-        }))
+        let limit = pim_runtime::grpc::page_size(r.page_size, ITEMS_PAGE, ITEMS_PAGE)?;
+        let items = self.my_items(&caller, review, item_after(&r.page_token)?).await?;
+        Ok(Response::new(items_page(items, limit)))
     }
 
     async fn list_review_items(
@@ -403,10 +428,13 @@ impl AccessReviewService for Approvals {
                 "must be 0 (the latest) or more",
             ));
         }
-        let items = self.all_items(&caller, id, r.instance).await?;
-        Ok(Response::new(pb::ListMyReviewItemsResponse {
-            items: items.into_iter().map(item_pb).collect(),
-        }))
+        let limit = pim_runtime::grpc::page_size(r.page_size, ITEMS_PAGE, ITEMS_PAGE)?;
+        let page = ItemsPage {
+            after: item_after(&r.page_token)?,
+            limit: Some(limit + 1),
+        };
+        let items = self.all_items(&caller, id, r.instance, page).await?;
+        Ok(Response::new(items_page(items, limit)))
     }
 
     async fn record_decision(

@@ -17,7 +17,7 @@ use pim_runtime::auth::Caller;
 
 use crate::approvals::{Approvals, Asked};
 use crate::domain::{Decision, ReviewStatus};
-use crate::store::{self, ItemRow, ReviewRow};
+use crate::store::{self, ItemRow, ItemsPage, ReviewRow};
 use pim_runtime::error::{Error, Result};
 use pim_runtime::events::{EventType, Source};
 use pim_runtime::text::{MAX_FREE_TEXT, free_text};
@@ -389,32 +389,46 @@ impl Approvals {
     }
 
     /// The current instance's items the caller reviews (of one review, or of every review in
-    /// progress).
-    pub async fn my_items(&self, caller: &Caller, review_id: Option<&str>) -> Result<Vec<ItemRow>> {
+    /// progress) listed after the item `after` names, in the order items are listed (by
+    /// principal, then id).
+    pub async fn my_items(
+        &self,
+        caller: &Caller,
+        review_id: Option<&str>,
+        after: Option<(&str, &str)>,
+    ) -> Result<Vec<ItemRow>> {
         let reviews = match review_id {
             Some(id) => vec![self.review_for(caller, id).await?],
             None => self.list_reviews(caller, "", 1000).await?,
         };
         let (mut out, mut asked) = (Vec::new(), Asked::default());
         for review in reviews.into_iter().filter(|r| r.status == ReviewStatus::InProgress) {
-            let items = store::items(&self.db, &review.id, review.instance).await?;
-            for item in items {
+            // Whom the caller reviews is weighed item by item, so a page is cut after.
+            let after = ItemsPage { after, limit: None };
+            for item in store::items_page(&self.db, &review.id, review.instance, after).await? {
                 if self.may_review(caller, &review, &item, &mut asked).await? {
                     out.push(item);
                 }
             }
         }
+        out.sort_by(|a, b| (&a.principal_id, &a.id).cmp(&(&b.principal_id, &b.id)));
         Ok(out)
     }
 
-    /// Every item of one instance of a review (0: the latest), for its managers.
-    pub async fn all_items(&self, caller: &Caller, review_id: &str, instance: i32) -> Result<Vec<ItemRow>> {
+    /// One page of the items of one instance of a review (0: the latest), for its managers.
+    pub async fn all_items(
+        &self,
+        caller: &Caller,
+        review_id: &str,
+        instance: i32,
+        page: ItemsPage<'_>,
+    ) -> Result<Vec<ItemRow>> {
         let review = store::review(&self.db, review_id, false)
             .await?
             .ok_or_else(|| Error::NotFound(format!("access review {review_id}")))?;
         require(self.access.as_ref(), caller, permissions::REVIEWS_MANAGE, &review.scope).await?;
         let instance = if instance <= 0 { review.instance } else { instance };
-        Ok(store::items(&self.db, &review.id, instance).await?)
+        Ok(store::items_page(&self.db, &review.id, instance, page).await?)
     }
 
     /// Records (or changes) a reviewer's decision while the instance is in progress.

@@ -301,6 +301,37 @@ async fn reviews_fall_due_in_their_status_and_items_keep_their_decision() -> any
             items.iter().map(|i| i.decision).collect::<Vec<_>>(),
             vec![Some(Decision::Deny)]
         );
+        // Pages: by principal, then id, after the item a token names, however many a
+        // principal has (Kim's two come before Lee's and Mia's).
+        for (n, principal) in ["mia", "kim", "kim"].into_iter().enumerate() {
+            let more = store::ItemRow {
+                id: uuid::Uuid::now_v7().to_string(),
+                assignment_id: format!("a-{}", n + 2),
+                principal_id: principal.into(),
+                ..item.clone()
+            };
+            store::insert_item(&db, &more).await?;
+        }
+        let all = store::items(&db, &review.id, 1).await?;
+        let key = |i: &store::ItemRow| (i.principal_id.clone(), i.id.clone());
+        let principals: Vec<&str> = all.iter().map(|i| i.principal_id.as_str()).collect();
+        assert_eq!(principals, ["kim", "kim", "lee", "mia"]);
+        let (mut paged, mut after) = (Vec::new(), None::<(String, String)>);
+        while paged.len() <= all.len() {
+            let page = store::ItemsPage {
+                after: after.as_ref().map(|(p, i)| (p.as_str(), i.as_str())),
+                limit: Some(1),
+            };
+            let Some(next) = store::items_page(&db, &review.id, 1, page).await?.pop() else {
+                break;
+            };
+            after = Some(key(&next));
+            paged.push(next);
+        }
+        assert_eq!(
+            paged.iter().map(key).collect::<Vec<_>>(),
+            all.iter().map(key).collect::<Vec<_>>()
+        );
         let stored = store::review(&db, &review.id, false).await?.expect("stored");
         assert_eq!(stored.status, ReviewStatus::InProgress);
         Ok(())

@@ -112,16 +112,12 @@ impl Service<http::Request<axum::body::Body>> for Forward {
 /// proxies put there), so a service that trusts the gateway (PIM_TRUSTED_PROXIES) counts
 /// sign-in limits and audits by the client's address, not by the gateway's.
 fn forwarded_for<B>(request: &mut http::Request<B>) {
-    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
-    let extensions = request.extensions();
-    let peer = extensions
+    // Over TLS too (this process ends it: `listen::Wire`).
+    use tonic::transport::server::TcpConnectInfo;
+    let peer = request
+        .extensions()
         .get::<TcpConnectInfo>()
-        .and_then(|i| i.remote_addr())
-        .or_else(|| {
-            extensions
-                .get::<TlsConnectInfo<TcpConnectInfo>>()
-                .and_then(|i| i.get_ref().remote_addr())
-        });
+        .and_then(|i| i.remote_addr());
     let headers = request.headers_mut();
     // Without the caller's address, pass no claim on: a client's own header would otherwise
     // reach the services as if the gateway had vouched for it.
@@ -218,9 +214,10 @@ pub async fn serve(
     let routes = grpc::with_reflection(routes)?;
     // Calls forwarded to the services (streams among them) get the services' grace to end.
     let (shutdown, grace) = grpc::with_grace(shutdown);
-    let serving = grpc::server_builder(&config.tls)?
+    let incoming = grpc::incoming(listener, &config.tls)?;
+    let serving = grpc::server_builder()
         .add_routes(routes)
-        .serve_with_incoming_shutdown(grpc::incoming(listener), shutdown);
+        .serve_with_incoming_shutdown(incoming, shutdown);
     tokio::select! {
         served = serving => served.context("serving the gateway"),
         () = grace => {

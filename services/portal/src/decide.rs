@@ -192,11 +192,18 @@ fn decision_text(decision: i32) -> &'static str {
 /// GET /reviews: the items the caller reviews, in every review in progress.
 pub async fn reviews(caller: Caller) -> Html<String> {
     let content = async {
-        let items = reviews_client(&caller)
-            .list_my_review_items(caller.request(rpb::ListMyReviewItemsRequest::default()))
-            .await?
-            .into_inner()
-            .items;
+        let items = pim_runtime::grpc::all_pages(|page_token| {
+            let mut client = reviews_client(&caller);
+            let asked = caller.request(rpb::ListMyReviewItemsRequest {
+                page_token,
+                ..Default::default()
+            });
+            async move {
+                let page = client.list_my_review_items(asked).await?.into_inner();
+                Ok::<_, Failure>((page.items, page.next_page_token))
+            }
+        })
+        .await?;
         let names = Names::of(&caller, items.iter().map(|i| i.principal_id.clone()).collect()).await;
         let role_list = crate::lookup::role_list(&caller).await?;
         let roles: std::collections::HashMap<String, String> =

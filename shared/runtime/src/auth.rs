@@ -704,6 +704,49 @@ pub struct AuthLayer {
     rechecks: Arc<RecheckWith>,
 }
 
+/// The most streams one principal may have open in one process: each is weighed again every
+/// [`crate::streams::RECHECK`], so thousands opened by one user made the service slow for
+/// everyone. One more is refused RESOURCE_EXHAUSTED.
+pub const MAX_OPEN_STREAMS: usize = 100;
+
+/// How many streams each principal has open, by principal id.
+#[derive(Clone, Default)]
+pub(crate) struct OpenStreams(Arc<std::sync::Mutex<HashMap<String, usize>>>);
+
+/// One open stream, counted until it is dropped.
+pub(crate) struct Opened {
+    open: OpenStreams,
+    principal: String,
+}
+
+impl OpenStreams {
+    /// A place for one more of `principal`'s streams, or none when they have [`MAX_OPEN_STREAMS`].
+    pub(crate) fn open(&self, principal: &str) -> Option<Opened> {
+        let mut open = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let count = open.entry(principal.to_owned()).or_default();
+        if *count >= MAX_OPEN_STREAMS {
+            return None;
+        }
+        *count += 1;
+        Some(Opened {
+            open: self.clone(),
+            principal: principal.to_owned(),
+        })
+    }
+}
+
+impl Drop for Opened {
+    fn drop(&mut self) {
+        let mut open = self.open.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = open.get_mut(&self.principal) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.principal);
+            }
+        }
+    }
+}
+
 /// What a long answer (a server stream, [`crate::streams::Guard`]) needs beside its caller,
 /// put there by [`AuthLayer`] with the method it answers: the verifier that checked the token,
 /// to weigh it again; what turns true when the server starts to stop (the stream then ends
@@ -718,6 +761,8 @@ pub(crate) struct RecheckWith {
     pub(crate) verifier: Arc<TokenVerifier>,
     pub(crate) stopping: Option<tokio::sync::watch::Receiver<bool>>,
     pub(crate) refusals: Option<Arc<dyn Refusals>>,
+    /// How many streams each principal has open here (see [`MAX_OPEN_STREAMS`]).
+    pub(crate) open: OpenStreams,
 }
 
 /// How often one refused token is recorded at most: a client retrying a dead token, or
@@ -831,6 +876,7 @@ impl AuthLayer {
                 verifier: verifier.clone(),
                 stopping: None,
                 refusals: None,
+                open: Default::default(),
             }),
             verifier,
             public: Arc::new(PUBLIC_METHODS.iter().copied().collect()),
@@ -852,6 +898,7 @@ impl AuthLayer {
             verifier: self.verifier.clone(),
             stopping: self.stopping.clone(),
             refusals: self.refusals.clone(),
+            open: self.rechecks.open.clone(),
         });
         self
     }

@@ -268,6 +268,14 @@ pub fn nul_in(err: &anyhow::Error) -> bool {
         .any(|err| sql_state(err).is_some_and(|code| code == "22021"))
 }
 
+/// Whether no database connection came free in time, anywhere in an error's chain: the
+/// service is busy (UNAVAILABLE, try again), not broken.
+pub fn busy_in(err: &anyhow::Error) -> bool {
+    err.chain()
+        .filter_map(|cause| cause.downcast_ref::<DbErr>())
+        .any(|err| matches!(err, DbErr::ConnectionAcquire(_)))
+}
+
 /// The SQLSTATE the database answered `err` with, if it answered one.
 fn sql_state(err: &DbErr) -> Option<String> {
     use sea_orm::RuntimeErr::SqlxError;

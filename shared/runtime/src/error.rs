@@ -78,6 +78,7 @@ impl Error {
             Error::Status(status) => status.code(),
             Error::Internal(err) if crate::db::conflict_in(err).is_some() => Code::Aborted,
             Error::Internal(err) if crate::db::nul_in(err) => Code::InvalidArgument,
+            Error::Internal(err) if crate::db::busy_in(err) => Code::Unavailable,
             Error::Internal(_) => Code::Internal,
         }
     }

@@ -6,11 +6,10 @@ use std::future::Future;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::net::{TcpListener, TcpStream};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::net::TcpListener;
 use tonic::Status;
 use tonic::service::Routes;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Server, ServerTlsConfig};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Server};
 use tonic_health::ServingStatus;
 use tonic_types::{ErrorDetails, StatusExt};
 
@@ -119,6 +118,15 @@ pub fn id_field<'a>(field: &str, raw: &'a str, what: &str) -> Result<&'a str, St
     }
 }
 
+/// A page token that names the last id of the page before (empty: the first page); anything
+/// but an id as the service writes them is INVALID_ARGUMENT, never read as a place to start.
+pub fn id_token(raw: &str) -> Result<&str, Status> {
+    if raw.is_empty() {
+        return Ok("");
+    }
+    id_field("page_token", raw, "a page token this service gave")
+}
+
 /// NOT_FOUND naming what was asked for as the caller wrote it: control characters shown as
 /// escapes and at most 200 characters of it, so an id of a megabyte or a terminal escape
 /// sequence comes back as neither.
@@ -215,6 +223,10 @@ pub fn internal(err: impl Into<anyhow::Error>) -> Status {
     }
     if crate::db::nul_in(&err) {
         return invalid_argument("request", crate::db::NUL_REFUSED);
+    }
+    if crate::db::busy_in(&err) {
+        tracing::warn!(error = %format!("{err:#}"), "no database connection came free in time");
+        return unavailable_retry("the service is busy; try again shortly", Duration::from_secs(1));
     }
     tracing::error!(error = %format!("{err:#}"), "internal error");
     Status::internal("internal error")
@@ -316,28 +328,12 @@ impl Forwarders {
     }
 }
 
-/// A gRPC server with TLS when a certificate is configured (and mutual TLS when a client CA
-/// is: the handshake fails for a client without a certificate that CA signed). A TLS
-/// handshake not done within [`crate::listen::FIRST_BYTES_WITHIN`] is given up, and a
-/// connection whose peer stops answering HTTP/2 pings is closed.
-pub fn server_builder(tls: &TlsConfig) -> anyhow::Result<Server> {
-    let mut builder = Server::builder()
+/// A gRPC server whose connections are closed when their peer stops answering HTTP/2
+/// pings. TLS, when configured, is [`incoming`]'s.
+pub fn server_builder() -> Server {
+    Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(20)));
-    if let (Some(cert), Some(key)) = (&tls.cert, &tls.key) {
-        let cert = std::fs::read(cert).with_context(|| format!("reading TLS certificate {}", cert.display()))?;
-        let key = std::fs::read(key).with_context(|| format!("reading TLS key {}", key.display()))?;
-        let mut config = ServerTlsConfig::new()
-            .identity(Identity::from_pem(cert, key))
-            .timeout(crate::listen::FIRST_BYTES_WITHIN);
-        if let Some(ca) = &tls.client_ca {
-            // The bearer token is still required and checked on every call.
-            let pem = std::fs::read(ca).with_context(|| format!("reading client CA certificate {}", ca.display()))?;
-            config = config.client_ca_root(Certificate::from_pem(pem));
-        }
-        builder = builder.tls_config(config).context("configuring TLS")?;
-    }
-    Ok(builder)
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
 }
 
 /// `routes` and server reflection (v1 and v1alpha) describing every PIM service and health.
@@ -355,10 +351,16 @@ pub fn with_reflection(routes: Routes) -> anyhow::Result<Routes> {
     Ok(routes.add_service(reflection_v1).add_service(reflection_v1alpha))
 }
 
-/// The connections a gRPC server takes: those that spoke in time
-/// ([`crate::listen::spoken_within`]).
-pub fn incoming(listener: TcpListener) -> ReceiverStream<std::io::Result<TcpStream>> {
-    crate::listen::spoken_within(listener, crate::listen::FIRST_BYTES_WITHIN)
+/// The connections a gRPC server takes, each to send its first bytes in time: over TLS when
+/// a certificate is configured (and mutual TLS when a client CA is: the handshake fails for a
+/// client without a certificate that CA signed), each handshake done within the same time
+/// ([`crate::listen::accepting_tls`]); plaintext otherwise ([`crate::listen::accepting`]).
+pub fn incoming(listener: TcpListener, tls: &TlsConfig) -> anyhow::Result<crate::listen::Accepted> {
+    let within = crate::listen::FIRST_BYTES_WITHIN;
+    Ok(match crate::listen::tls_acceptor(tls)? {
+        Some(acceptor) => crate::listen::accepting_tls(listener, acceptor, within),
+        None => crate::listen::accepting(listener, within),
+    })
 }
 
 pub use crate::listen::SHUTDOWN_GRACE;
@@ -401,13 +403,14 @@ pub async fn serve(
     }
     let routes = with_reflection(routes.add_service(health))?;
     let (shutdown, grace) = with_grace(shutdown);
-    let serving = server_builder(tls)?
+    let incoming = incoming(listener, tls)?;
+    let serving = server_builder()
         // Bounded handler time: a stuck dependency must not pin connections forever.
         .timeout(Duration::from_secs(30))
         // Authentication wraps every route, so no handler can forget it.
         .layer(auth)
         .add_routes(routes)
-        .serve_with_incoming_shutdown(incoming(listener), shutdown);
+        .serve_with_incoming_shutdown(incoming, shutdown);
     tokio::select! {
         served = serving => served.context("serving gRPC")?,
         () = grace => tracing::warn!("calls still open {SHUTDOWN_GRACE:?} after the server was told to stop: closed"),
@@ -666,6 +669,20 @@ mod tests {
         assert_eq!(next_page(vec![1, 2, 3], 2, token), (vec![1, 2], "2".to_owned()));
         assert_eq!(next_page(vec![1, 2], 2, token), (vec![1, 2], String::new()));
         assert_eq!(next_page(Vec::new(), 2, token), (Vec::new(), String::new()));
+    }
+
+    /// No database connection free in time is a busy service (UNAVAILABLE, try again after a
+    /// moment), however deep in the error; any other database fault stays INTERNAL.
+    #[test]
+    fn a_database_too_busy_to_lend_a_connection_is_unavailable() {
+        use sea_orm::{ConnAcquireErr, DbErr};
+        let busy = anyhow::Error::from(DbErr::ConnectionAcquire(ConnAcquireErr::Timeout)).context("listing approvals");
+        let status = super::internal(busy);
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+        assert!(status.message().contains("try again"), "{status:?}");
+        let broken = super::internal(DbErr::Custom("a broken row".into()));
+        assert_eq!(broken.code(), tonic::Code::Internal);
+        assert_eq!(broken.message(), "internal error", "nothing of it echoed");
     }
 
     /// A caller pages to the last page, and stops when a server answers the same token again.

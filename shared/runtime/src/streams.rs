@@ -21,6 +21,9 @@ use crate::grpc::BoxStream;
 /// How often a quiet stream weighs its caller again.
 pub const RECHECK: Duration = Duration::from_secs(10);
 
+/// The most streams one principal may have open in one process (counted by the auth layer).
+pub use crate::auth::MAX_OPEN_STREAMS as MAX_OPEN;
+
 /// What a stream's caller is weighed by again: taken from the request that opens it.
 pub struct Guard {
     caller: Option<Arc<Caller>>,
@@ -53,9 +56,23 @@ where
     F: Fn() -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<(), Status>> + Send,
 {
-    let (tx, rx) = tokio::sync::mpsc::channel(16);
     let Guard { caller, rechecks } = guard;
+    let opened = match (&caller, &rechecks) {
+        (Some(caller), Some(rechecks)) => match rechecks.with.open.open(&caller.principal_id) {
+            Some(opened) => Some(opened),
+            None => {
+                let refused = Status::resource_exhausted(format!(
+                    "you have {MAX_OPEN} streams open here, the most one principal may: close one first"
+                ));
+                return Box::pin(tokio_stream::once(Err(refused)));
+            }
+        },
+        _ => None,
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
     tokio::spawn(async move {
+        // Counted while the stream lasts.
+        let _opened = opened;
         let mut stream = stream;
         let mut stopping = rechecks.as_ref().and_then(|r| r.with.stopping.clone());
         let stops = async move {

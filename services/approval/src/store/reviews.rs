@@ -276,16 +276,37 @@ pub async fn item<C: ConnectionTrait>(c: &C, id: &str) -> Result<Option<ItemRow>
     .await
 }
 
+/// An instance's items, by principal then id.
 pub async fn items<C: ConnectionTrait>(c: &C, review_id: &str, instance: i32) -> Result<Vec<ItemRow>, DbErr> {
-    db::rows(
-        c,
-        &format!(
-            "SELECT {ITEM_COLUMNS} FROM review_items WHERE review_id = $1 AND instance = $2 ORDER BY principal_id, id"
-        ),
-        vec![review_id.into(), instance.into()],
-        ItemRow::from_row,
-    )
-    .await
+    items_page(c, review_id, instance, ItemsPage::default()).await
+}
+
+/// Which of an instance's items a page holds: those listed after the item `after` names (by
+/// its principal's id and its own), at most `limit` (all when none).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ItemsPage<'a> {
+    pub after: Option<(&'a str, &'a str)>,
+    pub limit: Option<u64>,
+}
+
+/// A page of an instance's items, in the order [`items`] lists them.
+pub async fn items_page<C: ConnectionTrait>(
+    c: &C,
+    review_id: &str,
+    instance: i32,
+    page: ItemsPage<'_>,
+) -> Result<Vec<ItemRow>, DbErr> {
+    let mut sql = format!("SELECT {ITEM_COLUMNS} FROM review_items WHERE review_id = $1 AND instance = $2");
+    let mut values: Vec<sea_orm::Value> = vec![review_id.into(), instance.into()];
+    if let Some((principal, id)) = page.after {
+        sql.push_str(" AND (principal_id > $3 OR (principal_id = $3 AND id > $4))");
+        values.extend([principal.into(), id.into()]);
+    }
+    sql.push_str(" ORDER BY principal_id, id");
+    if let Some(limit) = page.limit {
+        sql.push_str(&format!(" LIMIT {limit}"));
+    }
+    db::rows(c, &sql, values, ItemRow::from_row).await
 }
 
 /// What became of a review item's removal, as assignment reported it.

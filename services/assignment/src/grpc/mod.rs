@@ -127,7 +127,7 @@ impl Assignments {
             crate::store::Started::Only
         };
         let limit = pim_runtime::grpc::page_size(r.page_size, ASSIGNMENTS_PAGE, ASSIGNMENTS_PAGE)?;
-        let after = pim_runtime::grpc::filter_value("page_token", &r.page_token)?;
+        let after = pim_runtime::grpc::id_token(&r.page_token)?;
         let asked = Listing {
             kind,
             principal,
@@ -232,7 +232,7 @@ impl AssignmentService for Assignments {
         let status = pb::RequestStatus::try_from(r.status)
             .map(RequestStatus::from_pb)
             .map_err(|_| Error::invalid("status", "not a request status"))?;
-        let after = pim_runtime::grpc::filter_value("page_token", &r.page_token)?;
+        let after = pim_runtime::grpc::id_token(&r.page_token)?;
         let rows = self
             .list_requests(
                 &caller,

@@ -210,22 +210,34 @@ pub(crate) async fn run(cmd: ReviewsCommand) -> anyhow::Result<i32> {
         }
         ReviewsCommand::Items { review, all, client } => {
             let session = Session::open(&client, true)?;
-            let mut reviews = AccessReviewServiceClient::new(session.channel.clone());
-            let listed = if all {
-                reviews
-                    .list_review_items(session.request(pb::ListReviewItemsRequest {
-                        review_id: review.unwrap_or_default(),
-                        instance: 0,
-                    })?)
-                    .await
-            } else {
-                reviews
-                    .list_my_review_items(session.request(pb::ListMyReviewItemsRequest {
-                        review_id: review.unwrap_or_default(),
-                    })?)
-                    .await
-            };
-            let items = listed.map_err(explain)?.into_inner().items;
+            let reviews = AccessReviewServiceClient::new(session.channel.clone());
+            let review_id = review.unwrap_or_default();
+            let items = super::all_pages(|page_token| {
+                let mut reviews = reviews.clone();
+                let (session, review_id) = (&session, review_id.clone());
+                async move {
+                    let page = if all {
+                        let asked = pb::ListReviewItemsRequest {
+                            review_id,
+                            instance: 0,
+                            page_size: 0,
+                            page_token,
+                        };
+                        reviews.list_review_items(session.request(asked)?).await
+                    } else {
+                        let asked = pb::ListMyReviewItemsRequest {
+                            review_id,
+                            page_size: 0,
+                            page_token,
+                        };
+                        reviews.list_my_review_items(session.request(asked)?).await
+                    }
+                    .map_err(explain)?
+                    .into_inner();
+                    Ok((page.items, page.next_page_token))
+                }
+            })
+            .await?;
             // Reviewers see whom they keep by name (an id that cannot be looked up stays).
             let mut names = Names::new(&session);
             let mut rows = Vec::new();
