@@ -310,6 +310,14 @@ async fn a_principals_open_streams_are_capped_and_others_are_not_held_up() -> an
         let refused = open(eve.token.clone()).await.expect_err("one too many");
         assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
         assert!(refused.message().contains("close one"), "{refused:?}");
+        // An export of the audit log is such a stream too, however the others were opened.
+        let mut audit = pim_proto::audit::v1::audit_service_client::AuditServiceClient::new(w.ts.channel.clone());
+        let export = authed(&eve.token, pim_proto::audit::v1::ExportEventsRequest::default());
+        let refused = match audit.export_events(export).await {
+            Err(refused) => refused,
+            Ok(export) => export.into_inner().message().await.expect_err("one too many"),
+        };
+        assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
         let anns = open(ann.token.clone()).await?;
         drop(eves.pop());
         let again = eventually(Duration::from_secs(10), "room for one more of Eve's", || async {

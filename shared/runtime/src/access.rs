@@ -174,7 +174,9 @@ impl AccessCheck for RemoteAccess {
             },
         )?;
         let response = self.client.clone().check_access(request).await.map_err(|status| {
-            tracing::warn!(code = ?status.code(), "access check failed");
+            // With the cause (a certificate that does not verify, say), not only the code.
+            let cause = std::error::Error::source(&status).map(|cause| format!("{cause:#}"));
+            tracing::warn!(code = ?status.code(), message = status.message(), cause, "access check failed");
             match status.code() {
                 tonic::Code::Unauthenticated | tonic::Code::PermissionDenied | tonic::Code::InvalidArgument => status,
                 _ => Status::unavailable("access decisions are unavailable; try again"),

@@ -12,6 +12,9 @@ use pim_runtime::grpc::{filter_value, invalid_argument, time_field};
 
 use crate::{Audit, DEFAULT_PAGE, MAX_PAGE, ocsf, store};
 
+/// How many exports read the database at once in this process (a page each); the others wait.
+static EXPORT_READS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
 /// A query's filter; the page token is the last sequence the previous page held.
 fn filter_from(r: pb::QueryEventsRequest, involving: Option<String>) -> Result<store::Filter, Status> {
     let after_sequence = if r.page_token.is_empty() {
@@ -132,11 +135,11 @@ impl AuditService for Audit {
     async fn export_events(
         &self,
         request: Request<pb::ExportEventsRequest>,
-    ) -> Result<
-        Response<std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::ExportChunk, Status>> + Send>>>,
-        Status,
-    > {
+    ) -> Result<Response<pim_runtime::grpc::BoxStream<pb::ExportChunk>>, Status> {
         let caller = caller(&request)?.clone();
+        // An export is a stream like a watch: counted among the caller's open streams, and
+        // ended once their token no longer verifies.
+        let guard = pim_runtime::streams::Guard::of(&request);
         let r = request.into_inner();
         let as_ocsf = match r.format.as_str() {
             "" | "jsonl" => false,
@@ -155,7 +158,11 @@ impl AuditService for Audit {
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::spawn(async move {
             loop {
-                let page = match store::query(&db, &filter, 500).await {
+                // Exports take turns at the database, so a crowd of them leaves it to the rest.
+                let turn = EXPORT_READS.acquire().await;
+                let page = store::query(&db, &filter, 500).await;
+                drop(turn);
+                let page = match page {
                     Ok(page) => page,
                     Err(err) => {
                         let _ = tx.send(Err(pim_runtime::grpc::internal(err))).await;
@@ -186,7 +193,8 @@ impl AuditService for Audit {
                 filter.after_sequence = last;
             }
         });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        let export = Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx));
+        Ok(Response::new(guard.wrap(export, || async { Ok(()) })))
     }
 
     async fn verify_chain(
