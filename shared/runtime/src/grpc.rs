@@ -688,14 +688,20 @@ mod tests {
     /// A caller pages to the last page, and stops when a server answers the same token again.
     #[tokio::test]
     async fn every_page_is_read_until_the_last_and_a_repeated_token_ends_it() {
-        let pages = |tokens: &'static [&'static str]| {
-            super::all_pages(move |token: String| async move {
+        // Given up (failing the test) after a second: a caller that kept asking would hang.
+        let pages = |tokens: &'static [&'static str]| async move {
+            let all = super::all_pages(move |token: String| async move {
+                // A page is awaited, as over the network (so the timeout below can fire).
+                tokio::task::yield_now().await;
                 let at = tokens
                     .iter()
                     .position(|t| *t == token)
                     .expect("a token the server gave");
                 Ok::<_, ()>((vec![at], tokens.get(at + 1).copied().unwrap_or_default().to_owned()))
-            })
+            });
+            tokio::time::timeout(std::time::Duration::from_secs(1), all)
+                .await
+                .expect("stopped asking")
         };
         assert_eq!(pages(&["", "a", "b"]).await, Ok(vec![0, 1, 2]));
         assert_eq!(pages(&["", "a", "a"]).await, Ok(vec![0, 1]));
