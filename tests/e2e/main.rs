@@ -10,6 +10,7 @@ mod consistency;
 mod credentials;
 mod groups;
 mod layering;
+mod limits;
 mod mfa;
 mod notifications;
 mod portal;

@@ -28,6 +28,16 @@ fn entry(id: &str) -> (u64, u64) {
 }
 
 /// "Is `principal` Global Administrator at `/`?" (empty: the caller).
+/// The code a CheckAccess with `token` is refused with, if any (UNAUTHENTICATED: the token's
+/// session ended).
+pub(crate) async fn check_refused(ts: &TestSuite, token: String) -> Option<tonic::Code> {
+    AccessServiceClient::new(ts.channel.clone())
+        .check_access(authed(&token, global_admin_check("")))
+        .await
+        .err()
+        .map(|s| s.code())
+}
+
 fn global_admin_check(principal: &str) -> apb::CheckAccessRequest {
     apb::CheckAccessRequest {
         principal_id: principal.into(),
@@ -433,19 +443,9 @@ async fn revoked_tokens_stay_refused_after_restarts() -> anyhow::Result<()> {
         DirectoryServiceClient::new(ts.channel.clone())
             .disable_user(authed(&admin, ipb::GetUserRequest { user: "kim".into() }))
             .await?;
-        let refused = |ts: &TestSuite, token: String| {
-            let channel = ts.channel.clone();
-            async move {
-                AccessServiceClient::new(channel)
-                    .check_access(authed(&token, global_admin_check("")))
-                    .await
-                    .err()
-                    .map(|s| s.code())
-            }
-        };
         for token in [&signed_out, &disabled] {
             eventually(Duration::from_secs(10), "the revocation applied", || async {
-                Ok((refused(&ts, token.clone()).await == Some(tonic::Code::Unauthenticated)).then_some(()))
+                Ok((check_refused(&ts, token.clone()).await == Some(tonic::Code::Unauthenticated)).then_some(()))
             })
             .await?;
         }
@@ -453,7 +453,7 @@ async fn revoked_tokens_stay_refused_after_restarts() -> anyhow::Result<()> {
         let ts = ts.restart().await?;
         for token in [&signed_out, &disabled] {
             assert_eq!(
-                refused(&ts, token.clone()).await,
+                check_refused(&ts, token.clone()).await,
                 Some(tonic::Code::Unauthenticated),
                 "refused after a restart (embedded: {embedded})"
             );
@@ -461,7 +461,7 @@ async fn revoked_tokens_stay_refused_after_restarts() -> anyhow::Result<()> {
         // Lee signs in again: a new session gets past authentication.
         let again = ts.sign_in("lee", &pim_e2e::password_of("lee")).await?;
         assert_ne!(
-            refused(&ts, again).await,
+            check_refused(&ts, again).await,
             Some(tonic::Code::Unauthenticated),
             "{}",
             lee.id

@@ -436,6 +436,8 @@ impl Directory {
             now + SESSION_MS,
         )
         .await?;
+        let by = actor(&user.id, PrincipalKind::User, &user.user_name);
+        self.end_sessions_past_limit(&txn, &by, now).await?;
         match pending {
             None => self.signed_in(&txn, &user, &session_id, &amr, client).await?,
             Some(pending) => {

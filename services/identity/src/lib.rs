@@ -32,6 +32,7 @@ use pim_runtime::host::{Deps, Service};
 
 pub use directory::Directory;
 pub use error::Error;
+pub use sessions::MAX_LIVE_SESSIONS;
 pub use tokens::{Keystore, TokenSubject};
 
 pub use pim_runtime::sealing::Sealer;

@@ -19,6 +19,9 @@ use crate::error::{Error, Result};
 use crate::tokens::TokenSubject;
 use crate::{credentials, limiter, store};
 
+/// The most live sessions one user has: a sign-in past them ends the oldest.
+pub const MAX_LIVE_SESSIONS: u32 = 100;
+
 impl Directory {
     /// Ends every session of a principal (disabled, deleted): their tokens stop verifying everywhere.
     pub(crate) async fn revoke_all_sessions<C: sea_orm::ConnectionTrait>(
@@ -61,6 +64,22 @@ impl Directory {
     ) -> Result<()> {
         for session_id in store::revoke_other_sessions(txn, principal_id, &caller.session_id, now_ms()).await? {
             self.session_revoked(txn, caller.actor(), principal_id, session_id, reason)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Ends `user`'s oldest live sessions past the newest [`MAX_LIVE_SESSIONS`] (a sign-in
+    /// just made one more), each with its `SessionRevoked` (reason `session_limit`): someone
+    /// signing in in a loop fills no table.
+    pub(crate) async fn end_sessions_past_limit<C: sea_orm::ConnectionTrait>(
+        &self,
+        txn: &C,
+        user: &Actor,
+        now: i64,
+    ) -> Result<()> {
+        for session_id in store::revoke_sessions_past(txn, &user.principal_id, MAX_LIVE_SESSIONS, now).await? {
+            self.session_revoked(txn, user.clone(), &user.principal_id, session_id, "session_limit")
                 .await?;
         }
         Ok(())

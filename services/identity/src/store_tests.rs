@@ -87,6 +87,44 @@ async fn an_attempt_refused_by_the_lockout_counts_against_nothing() -> anyhow::R
     .await
 }
 
+/// A user's sessions past the newest few end, oldest first; ended, expired and other users'
+/// sessions neither count nor change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_past_the_newest_few_end_oldest_first() -> anyhow::Result<()> {
+    on_both(|db| async move {
+        for (i, id) in ["a", "b", "c", "d"].into_iter().enumerate() {
+            let at = NOW + i as i64;
+            store::insert_session(&db, id, "lee", &format!("h{id}"), at, at + 60 * MINUTE).await?;
+        }
+        store::insert_session(&db, "gone", "lee", "hgone", NOW - 2 * MINUTE, NOW - MINUTE).await?;
+        store::insert_session(&db, "kim1", "kim", "hkim", NOW - MINUTE, NOW + 60 * MINUTE).await?;
+        store::revoke_session(&db, "d", NOW + 5).await?;
+        let ended = store::revoke_sessions_past(&db, "lee", 2, NOW + 10).await?;
+        assert_eq!(ended, ["a"], "b and c are the newest two live: a ends");
+        assert!(
+            store::session_by_refresh(&db, "ha")
+                .await?
+                .is_some_and(|s| s.revoked_at == Some(NOW + 10))
+        );
+        assert!(
+            store::session_by_refresh(&db, "hb")
+                .await?
+                .is_some_and(|s| s.revoked_at.is_none())
+        );
+        assert!(
+            store::session_by_refresh(&db, "hkim")
+                .await?
+                .is_some_and(|s| s.revoked_at.is_none())
+        );
+        assert!(
+            store::revoke_sessions_past(&db, "lee", 2, NOW + 11).await?.is_empty(),
+            "two are left"
+        );
+        Ok(())
+    })
+    .await
+}
+
 /// A refresh token rotates once: the one it replaced is remembered as spent (so it can be
 /// told from a token never issued) until its session is pruned.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

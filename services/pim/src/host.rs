@@ -160,8 +160,14 @@ impl Refusals for Denials {
     }
 
     async fn refused(&self, caller: &Actor, method: &str, status: &tonic::Status, target: &str) {
-        // The layer passes UNAUTHENTICATED only for the refused tokens worth a record.
-        if !pim_runtime::grpc::is_recorded_refusal(status) && status.code() != tonic::Code::Unauthenticated {
+        // The layer passes UNAUTHENTICATED only for the refused tokens worth a record, and
+        // RESOURCE_EXHAUSTED only for a caller's first call refused unheard in a minute.
+        if !pim_runtime::grpc::is_recorded_refusal(status)
+            && !matches!(
+                status.code(),
+                tonic::Code::Unauthenticated | tonic::Code::ResourceExhausted
+            )
+        {
             return;
         }
         let Some(service) = self.0.get(service_of(method)) else {

@@ -16,6 +16,7 @@ use tonic::codegen::http;
 use tonic::{Request, Status};
 
 use crate::events::EventType;
+use crate::throttle::{Throttle, Turn};
 use pim_proto::common::v1::PrincipalKind;
 use pim_proto::identity::v1::SigningKey;
 
@@ -633,7 +634,9 @@ pub const SELF_AUDITED_METHODS: &[&str] = &[
 /// PERMISSION_DENIED and FAILED_PRECONDITION: the sink records the former, and of the latter a
 /// protection's refusal (the grpc module's `LAST_GLOBAL_ADMINISTRATOR_RULE`; a step-up asked for
 /// is no refusal). And with UNAUTHENTICATED for a refused token worth a record (see
-/// `Rejections`): the caller its session named, or an unknown one for a token not valid.
+/// `Rejections`): the caller its session named, or an unknown one for a token not valid. And
+/// with RESOURCE_EXHAUSTED for the first call of a minute refused unheard, its caller having
+/// been refused too often ([`crate::throttle`]).
 #[async_trait::async_trait]
 pub trait Refusals: Send + Sync {
     /// `target`: what the call was about, as its handler named it ([`aimed_at`]), or empty.
@@ -699,6 +702,8 @@ pub struct AuthLayer {
     public: Arc<HashSet<&'static str>>,
     refusals: Option<Arc<dyn Refusals>>,
     rejections: Arc<Rejections>,
+    /// Refusals counted by principal: past a minute's share, calls are refused unheard.
+    throttle: Arc<Throttle>,
     stopping: Option<tokio::sync::watch::Receiver<bool>>,
     /// What it puts beside every caller for a long answer: one for the layer, shared.
     rechecks: Arc<RecheckWith>,
@@ -882,6 +887,7 @@ impl AuthLayer {
             public: Arc::new(PUBLIC_METHODS.iter().copied().collect()),
             refusals: None,
             rejections: Arc::default(),
+            throttle: Arc::default(),
             stopping: None,
         }
     }
@@ -1001,6 +1007,17 @@ where
                 }
                 Ok(caller) => {
                     recorded.record("pim.principal", caller.principal_id.as_str());
+                    let now = crate::db::now_ms();
+                    if let Turn::Unheard { retry_after_ms, first } = layer.throttle.turn(&caller.principal_id, now) {
+                        let refused = Turn::status(retry_after_ms);
+                        if first && let Some(refusals) = layer.refusals.as_ref().filter(|r| r.records(&method)) {
+                            refusals
+                                .refused(&caller.actor(), &method, &refused, &caller.principal_id)
+                                .await;
+                        }
+                        return Ok(refused.into_http());
+                    }
+                    let principal = caller.principal_id.clone();
                     let refusals = layer
                         .refusals
                         .clone()
@@ -1020,6 +1037,12 @@ where
                             (response, target)
                         })
                         .await;
+                    if let Ok(answer) = &response
+                        && let Some(status) = Status::from_header_map(answer.headers())
+                        && status.code() == tonic::Code::PermissionDenied
+                    {
+                        layer.throttle.refused(&principal, now);
+                    }
                     let denied = match (&refusals, &response) {
                         (Some(_), Ok(answer)) => Status::from_header_map(answer.headers()).filter(|status| {
                             status.code() == tonic::Code::PermissionDenied

@@ -21,5 +21,6 @@ pub mod telemetry;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;
 pub mod text;
+pub mod throttle;
 
 pub use config::Config;

@@ -203,6 +203,28 @@ pub async fn revoke_sessions_of<C: ConnectionTrait>(c: &C, principal_id: &str, n
     .map(drop)
 }
 
+/// Ends a principal's oldest live sessions past their newest `keep`; returns their ids.
+pub async fn revoke_sessions_past<C: ConnectionTrait>(
+    c: &C,
+    principal_id: &str,
+    keep: u32,
+    now: i64,
+) -> Result<Vec<String>, DbErr> {
+    db::query(
+        c,
+        "UPDATE sessions SET revoked_at = $1 \
+         WHERE principal_id = $2 AND revoked_at IS NULL AND expires_at > $1 AND id NOT IN ( \
+             SELECT id FROM sessions WHERE principal_id = $2 AND revoked_at IS NULL AND expires_at > $1 \
+             ORDER BY created_at DESC, id DESC LIMIT $3) \
+         RETURNING id",
+        vec![now.into(), principal_id.into(), i64::from(keep).into()],
+    )
+    .await?
+    .iter()
+    .map(|r| col(r, "id"))
+    .collect()
+}
+
 /// Ends every live session of a principal but `keep`; returns the ended sessions' ids.
 pub async fn revoke_other_sessions<C: ConnectionTrait>(
     c: &C,

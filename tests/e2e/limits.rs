@@ -1,0 +1,130 @@
+//! What one user can make the suite keep: live sessions, and refused calls with their records.
+
+use std::time::Duration;
+
+use pim_e2e::{TestSuite, authed, eventually};
+use pim_proto::assignment::v1::AssignmentKind;
+use pim_proto::assignment::v1::assignment_service_client::AssignmentServiceClient;
+use pim_proto::audit::v1 as aupb;
+use pim_runtime::throttle::MAX_REFUSALS_PER_MINUTE;
+use tonic_types::StatusExt;
+
+use crate::activation::{EXCHANGE_ADMINISTRATOR, GLOBAL_ADMINISTRATOR};
+use crate::trust::check_refused;
+
+/// Signing in in a loop fills no table: a user's sign-in past their 100 live sessions ends
+/// the oldest, whose token stops working everywhere, and says so in the audit log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sign_in_past_a_users_live_sessions_ends_the_oldest() -> anyhow::Result<()> {
+    let ts = TestSuite::embedded().await?;
+    let result = async {
+        let admin = ts.admin_token().await?;
+        let lee = ts.create_user(&admin, "lee").await?;
+        let password = pim_e2e::password_of("lee");
+        let oldest = ts.sign_in("lee", &password).await?;
+        let second = ts.sign_in("lee", &password).await?;
+        let check = |token: String| check_refused(&ts, token);
+        for _ in 2..pim_identity::MAX_LIVE_SESSIONS {
+            ts.sign_in("lee", &password).await?;
+        }
+        let ended = Some(tonic::Code::Unauthenticated);
+        assert_ne!(check(oldest.clone()).await, ended, "100 live sessions: none ended");
+        let newest = ts.sign_in("lee", &password).await?;
+        eventually(Duration::from_secs(10), "the oldest session ended", || async {
+            Ok((check(oldest.clone()).await == ended).then_some(()))
+        })
+        .await?;
+        assert_ne!(check(second).await, ended, "the second oldest goes on");
+        assert_ne!(check(newest).await, ended);
+        eventually(Duration::from_secs(10), "the ending audited", || async {
+            let query = aupb::QueryEventsRequest {
+                target_id: lee.id.clone(),
+                ..Default::default()
+            };
+            let ended = ts
+                .audit_records(&admin, query)
+                .await?
+                .into_iter()
+                .filter(|r| r.action.ends_with(".SessionRevoked") && r.payload_json.contains("session_limit"))
+                .count();
+            Ok((ended == 1).then_some(()))
+        })
+        .await?;
+        Ok(())
+    }
+    .await;
+    ts.stop().await?;
+    result
+}
+
+/// A user denied again and again (a script, a stolen token probing) is refused unheard for
+/// the rest of the minute once 100 denials are in: one record says so, not one a call, and
+/// others are heard as before. Refusals on the merits (not eligible) do not count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_denied_too_often_is_refused_unheard_for_the_rest_of_the_minute() -> anyhow::Result<()> {
+    let ts = TestSuite::embedded().await?;
+    let result = async {
+        let admin = ts.admin_token().await?;
+        let lee = ts.create_user(&admin, "lee").await?;
+        ts.create_user(&admin, "kim").await?;
+        let lee_token = ts.sign_in("lee", &pim_e2e::password_of("lee")).await?;
+        let kim_token = ts.sign_in("kim", &pim_e2e::password_of("kim")).await?;
+        let create = |token: &str, request| {
+            let mut client = AssignmentServiceClient::new(ts.channel.clone());
+            let request = authed(token, request);
+            async move { client.create_request(request).await.expect_err("lee holds no role") }
+        };
+        let activate = || pim_e2e::activate_for_an_hour(GLOBAL_ADMINISTRATOR, "just looking");
+        let assign = || pim_e2e::assign_for_an_hour(AssignmentKind::Active, &lee.id, GLOBAL_ADMINISTRATOR);
+        for _ in 0..MAX_REFUSALS_PER_MINUTE {
+            let refused = create(&lee_token, activate()).await;
+            assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused:?}");
+            let denied = create(&lee_token, assign()).await;
+            assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
+        }
+        for _ in 0..3 {
+            let unheard = create(&lee_token, activate()).await;
+            assert_eq!(unheard.code(), tonic::Code::ResourceExhausted, "{unheard:?}");
+            assert!(unheard.message().contains("too many refused calls"), "{unheard:?}");
+            let retry = unheard.get_details_retry_info().and_then(|r| r.retry_delay);
+            assert!(retry.is_some_and(|d| d <= Duration::from_secs(60)), "{retry:?}");
+        }
+        let list = AssignmentServiceClient::new(ts.channel.clone())
+            .list_requests(authed(&lee_token, Default::default()))
+            .await;
+        assert_eq!(
+            list.err().map(|s| s.code()),
+            Some(tonic::Code::ResourceExhausted),
+            "every call of lee's"
+        );
+        let kim = create(
+            &kim_token,
+            pim_e2e::activate_for_an_hour(EXCHANGE_ADMINISTRATOR, "mailbox migration"),
+        )
+        .await;
+        assert_eq!(kim.code(), tonic::Code::FailedPrecondition, "kim is heard: {kim:?}");
+
+        eventually(
+            Duration::from_secs(10),
+            "a record a refusal, one for the rest",
+            || async {
+                let query = aupb::QueryEventsRequest {
+                    target_id: lee.id.clone(),
+                    ..Default::default()
+                };
+                let records = ts.audit_records(&admin, query).await?;
+                let refused = records.iter().filter(|r| r.action.ends_with(".RequestRefused")).count();
+                let unheard = records
+                    .iter()
+                    .filter(|r| r.action.ends_with(".AccessDenied") && r.payload_json.contains("ResourceExhausted"))
+                    .count();
+                Ok((refused == 2 * MAX_REFUSALS_PER_MINUTE as usize && unheard == 1).then_some(()))
+            },
+        )
+        .await?;
+        Ok(())
+    }
+    .await;
+    ts.stop().await?;
+    result
+}
