@@ -65,7 +65,7 @@ impl Pending {
                 "/pim.identity.v1.MfaService/ConfirmTotp",
             ],
         };
-        path == "/pim.identity.v1.AuthService/SignOut" || completing.contains(&path)
+        path == SIGN_OUT || completing.contains(&path)
     }
 
     /// Why a pending sign-in's token was refused.
@@ -611,6 +611,9 @@ impl TokenVerifier {
     }
 }
 
+/// Ending the caller's own session.
+const SIGN_OUT: &str = "/pim.identity.v1.AuthService/SignOut";
+
 /// RPCs anyone may call without a token.
 pub const PUBLIC_METHODS: &[&str] = &[
     "/pim.identity.v1.AuthService/ListRevocations",
@@ -1008,7 +1011,10 @@ where
                 Ok(caller) => {
                     recorded.record("pim.principal", caller.principal_id.as_str());
                     let now = crate::db::now_ms();
-                    if let Turn::Unheard { retry_after_ms, first } = layer.throttle.turn(&caller.principal_id, now) {
+                    // Signing out is always heard: ending one's own session is never refused.
+                    if let Turn::Unheard { retry_after_ms, first } = layer.throttle.turn(&caller.principal_id, now)
+                        && *method != *SIGN_OUT
+                    {
                         let refused = Turn::status(retry_after_ms);
                         if first && let Some(refusals) = layer.refusals.as_ref().filter(|r| r.records(&method)) {
                             refusals
