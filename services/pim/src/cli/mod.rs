@@ -462,7 +462,6 @@ pub fn exit_status(err: &anyhow::Error) -> i32 {
     2
 }
 
-/// A gRPC error in words a person can act on.
 /// A `--watch`'s stream as (re)opened: None when PIM is unavailable for now (restarting),
 /// after a moment's wait, to try again as after a lost connection; an error for anything else.
 pub(crate) async fn watch_opened<T>(opened: Result<tonic::Response<T>, Status>) -> anyhow::Result<Option<T>> {
@@ -477,7 +476,15 @@ pub(crate) async fn watch_opened<T>(opened: Result<tonic::Response<T>, Status>) 
     }
 }
 
+/// A gRPC error in words a person can act on. One the connection made (tonic says only
+/// "transport error") says what went wrong under it, and what to change when that is TLS.
 pub(crate) fn explain(status: Status) -> anyhow::Error {
+    if let Some(cause) = connection_cause(&status) {
+        return anyhow::Error::new(Answered {
+            code: tonic::Code::Unavailable,
+            text: format!("PIM could not be reached: {cause}{}", tls_hint(&cause)),
+        });
+    }
     let rules = pim_runtime::grpc::violated_rules(&status);
     let hint = match status.code() {
         // The session is missing or over; a wrong password or code is not (signing in again
@@ -509,6 +516,54 @@ pub(crate) fn explain(status: Status) -> anyhow::Error {
         code: status.code(),
         text: format!("{:?}: {}{rules}{hint}", status.code(), status.message()),
     })
+}
+
+/// What went wrong under a status the connection made rather than the server, causes
+/// outermost first (each once); none for the server's own answers.
+fn connection_cause(status: &Status) -> Option<String> {
+    let mut causes: Vec<String> = Vec::new();
+    let mut next = std::error::Error::source(status);
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !causes.iter().any(|c| c.contains(&text)) {
+            causes.push(text);
+        }
+        next = cause.source();
+    }
+    (!causes.is_empty()).then(|| causes.join(": "))
+}
+
+/// What to change for a connection that failed for TLS, told by its cause.
+fn tls_hint(cause: &str) -> &'static str {
+    let has = |words: &[&str]| words.iter().any(|w| cause.contains(w));
+    if has(&["UnknownIssuer", "BadSignature", "unknown issuer"]) {
+        " (the server's certificate is not signed by a CA this machine trusts: give its CA with --ca or PIM_TLS_CA)"
+    } else if has(&["NotValidForName", "not valid for name"]) {
+        " (the server's certificate does not name the host in --server: use a name it holds)"
+    } else if has(&["Expired", "NotValidYet", "expired"]) {
+        " (the server's certificate is out of its validity period, or this machine's clock is wrong)"
+    } else if has(&["CertificateRequired", "certificate required"]) {
+        " (the server requires a client certificate: give --client-cert and --client-key)"
+    } else if has(&[
+        "UnknownCA",
+        "unknown ca",
+        "BadCertificate",
+        "bad certificate",
+        "CertificateUnknown",
+    ]) {
+        " (the server refused the client certificate: give one its CA signed)"
+    } else if has(&["InvalidContentType", "corrupt message", "CorruptMessage"]) {
+        " (the server does not speak TLS there: use http:// in --server)"
+    } else if has(&["frame with invalid size"]) {
+        " (the server seems to serve TLS: use https:// in --server)"
+    } else if has(&["broken pipe", "connection closed", "reset by peer", "canceled"]) {
+        // Under mutual TLS (1.3) a refused client certificate often reads so: the client has
+        // sent its request before the server's alert arrives.
+        " (the server closed the connection: over https:// it may require a client certificate \
+         (--client-cert, --client-key) or refuse the one given; over http:// it may serve TLS)"
+    } else {
+        " (is PIM running at --server, or the server of the last pim login?)"
+    }
 }
 
 /// A duration as people write it (`30m`, `8h`, `14d`, `1h 30m`), at least a second; a
@@ -619,6 +674,76 @@ mod tests {
             assert!(said.contains(says) && said.contains("30m, 8h or 14d"), "{bad}: {said}");
         }
         assert_eq!(parse_duration_or_zero("0s"), Ok(Duration::ZERO));
+    }
+
+    /// A call that never reached PIM says what went wrong under tonic's "transport error",
+    /// and what to change; PIM's own answers read as before.
+    #[tokio::test]
+    async fn a_connection_that_failed_says_why_and_what_to_change() {
+        use super::{exit_status, explain, tls_hint};
+        use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+        async fn health(url: &str) -> tonic::Status {
+            let channel = pim_runtime::grpc::channel(url, &Default::default()).unwrap();
+            HealthClient::new(channel)
+                .check(HealthCheckRequest::default())
+                .await
+                .expect_err("nothing serves health there")
+        }
+        // Nothing listens.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let refused = explain(health(&format!("http://127.0.0.1:{port}")).await);
+        let said = refused.to_string();
+        assert!(
+            said.contains("Connection refused") && said.contains("is PIM running"),
+            "{said}"
+        );
+        assert_eq!(exit_status(&refused), 3);
+        // https:// to a server that does not speak TLS.
+        let plain = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = plain.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            while let Ok((mut socket, _)) = plain.accept().await {
+                let _ = socket.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n").await;
+            }
+        });
+        let said = explain(health(&format!("https://127.0.0.1:{port}")).await).to_string();
+        assert!(
+            said.contains("InvalidContentType") && said.contains("use http://"),
+            "{said}"
+        );
+        // PIM's own answer.
+        let answered = explain(tonic::Status::unavailable(
+            "access decisions are unavailable; try again",
+        ));
+        assert_eq!(
+            answered.to_string(),
+            "Unavailable: access decisions are unavailable; try again \
+             (is PIM running at --server, or the server of the last pim login?)"
+        );
+        for (cause, hint) in [
+            ("invalid peer certificate: UnknownIssuer", "--ca or PIM_TLS_CA"),
+            ("invalid peer certificate: NotValidForName", "does not name the host"),
+            (
+                "received fatal alert: CertificateRequired",
+                "--client-cert and --client-key",
+            ),
+            (
+                "received fatal alert: CertificateUnknown",
+                "refused the client certificate",
+            ),
+            ("http2 error: frame with invalid size", "use https://"),
+            (
+                "stream closed because of a broken pipe",
+                "may require a client certificate",
+            ),
+        ] {
+            assert!(tls_hint(cause).contains(hint), "{cause}: {}", tls_hint(cause));
+        }
     }
 
     #[test]

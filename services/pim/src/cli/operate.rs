@@ -370,6 +370,7 @@ pub(crate) async fn health(only: Option<Served>, client: ClientArgs) -> anyhow::
     let session = Session::open(&client, false)?;
     let mut health = tonic_health::pb::health_client::HealthClient::new(session.channel.clone());
     let (mut all_serving, mut any_answered) = (true, false);
+    let mut unreached = None;
     let names = [
         pim_proto::service_names::IDENTITY,
         pim_proto::service_names::ASSIGNMENT,
@@ -403,7 +404,9 @@ pub(crate) async fn health(only: Option<Served>, client: ClientArgs) -> anyhow::
             }
             Err(s) => {
                 any_answered |= s.code() != tonic::Code::Unavailable;
-                format!("{:?}", s.code())
+                let code = format!("{:?}", s.code());
+                unreached.get_or_insert(s);
+                code
             }
         };
         all_serving &= status == "Serving";
@@ -413,6 +416,9 @@ pub(crate) async fn health(only: Option<Served>, client: ClientArgs) -> anyhow::
         ]);
     }
     print_table(&["SERVICE", "STATUS"], rows);
+    if !any_answered && let Some(status) = unreached {
+        eprintln!("{}", super::explain(status));
+    }
     // Nothing answered at all: PIM is unreachable (exit 3), not a service down (1).
     Ok(match (all_serving, any_answered) {
         (true, _) => 0,
