@@ -55,6 +55,40 @@ async fn the_suite_serves_tls_when_a_certificate_is_configured() -> anyhow::Resu
     result
 }
 
+/// Serving TLS with a self-signed certificate and no `PIM_TLS_CA`, the suite still reaches
+/// itself: its calls to its own address trust the certificate it serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_suite_serving_tls_reaches_itself_without_a_ca_set() -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(unique("tls"));
+    std::fs::create_dir_all(&dir)?;
+    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()])?;
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, certified.cert.pem())?;
+    std::fs::write(&key, certified.signing_key.serialize_pem())?;
+    let mut ts = TestSuite::embedded_with(&[
+        ("PIM_TLS_CERT", cert.display().to_string()),
+        ("PIM_TLS_KEY", key.display().to_string()),
+    ])
+    .await?;
+    // The test's own client trusts the certificate; the suite was given no CA.
+    let trusting = pim_runtime::config::TlsConfig {
+        ca: Some(cert.clone()),
+        ..Default::default()
+    };
+    ts.channel = pim_runtime::grpc::channel(ts.suite.url(), &trusting)?;
+    let result = async {
+        let admin = ts.admin_token().await?;
+        // create_user makes the suite ask itself CheckAccess, over TLS.
+        let created = ts.create_user(&admin, "lee").await?;
+        assert_eq!(created.user_name, "lee");
+        anyhow::Ok(())
+    }
+    .await;
+    ts.stop().await?;
+    std::fs::remove_dir_all(&dir).ok();
+    result
+}
+
 /// Mutual TLS: with `PIM_TLS_CLIENT_CA` the suite accepts only clients presenting a
 /// certificate that CA signed. Its own calls to itself present `PIM_TLS_CLIENT_CERT`, a client
 /// with a certificate gets answers (and still needs its token), one without gets nothing.

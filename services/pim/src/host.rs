@@ -287,14 +287,22 @@ impl Suite {
                 )
             })
         };
-        let identity_channel = grpc::channel(&peer(ServiceName::Identity, &config.identity_url)?, &config.tls)?;
-        let assignment_channel = grpc::channel(&peer(ServiceName::Assignment, &config.assignment_url)?, &config.tls)?;
+        // A service hosted here is called at this process's own address, which trusts the
+        // certificate it serves.
+        let channel_to =
+            |name: ServiceName, configured: &Option<String>| -> anyhow::Result<tonic::transport::Channel> {
+                let url = peer(name, configured)?;
+                if hosted.contains(&name) {
+                    grpc::channel_to_self(&url, &config.tls)
+                } else {
+                    grpc::channel(&url, &config.tls)
+                }
+            };
+        let identity_channel = channel_to(ServiceName::Identity, &config.identity_url)?;
+        let assignment_channel = channel_to(ServiceName::Assignment, &config.assignment_url)?;
         // Identity asks approval who is named to decide privileged access (credential protection).
         let approval_channel = if hosted.contains(&ServiceName::Identity) {
-            Some(grpc::channel(
-                &peer(ServiceName::Approval, &config.approval_url)?,
-                &config.tls,
-            )?)
+            Some(channel_to(ServiceName::Approval, &config.approval_url)?)
         } else {
             None
         };

@@ -425,6 +425,18 @@ pub async fn serve(
 /// A lazily-connecting channel to `url` (http:// or https://), trusting `tls.ca` when given
 /// and the system's roots otherwise, presenting `tls.client_cert` when given (mutual TLS).
 pub fn channel(url: &str, tls: &TlsConfig) -> anyhow::Result<Channel> {
+    connect(url, tls, None)
+}
+
+/// A channel to this process's own address. As [`channel`], but without `PIM_TLS_CA` it also
+/// trusts the certificate it serves (`PIM_TLS_CERT`: one self-signed, or the chain in its
+/// file), so that a process serving TLS reaches itself with no CA set.
+pub fn channel_to_self(url: &str, tls: &TlsConfig) -> anyhow::Result<Channel> {
+    let own = tls.cert.as_deref().filter(|_| tls.ca.is_none());
+    connect(url, tls, own)
+}
+
+fn connect(url: &str, tls: &TlsConfig, own: Option<&std::path::Path>) -> anyhow::Result<Channel> {
     let mut endpoint = Endpoint::from_shared(url.to_owned())
         .with_context(|| format!("invalid service URL {url}"))?
         .connect_timeout(Duration::from_secs(5))
@@ -435,7 +447,20 @@ pub fn channel(url: &str, tls: &TlsConfig) -> anyhow::Result<Channel> {
                 let pem = std::fs::read(ca).with_context(|| format!("reading CA certificate {}", ca.display()))?;
                 ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem))
             }
-            None => ClientTlsConfig::new().with_native_roots(),
+            None => match own {
+                Some(own) => {
+                    let pem = std::fs::read(own).with_context(|| format!("reading certificate {}", own.display()))?;
+                    let config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem));
+                    // The system's roots too, where it has any (a public certificate's file may
+                    // hold it alone), without failing where it has none.
+                    if rustls_native_certs::load_native_certs().certs.is_empty() {
+                        config
+                    } else {
+                        config.with_native_roots()
+                    }
+                }
+                None => ClientTlsConfig::new().with_native_roots(),
+            },
         };
         if let (Some(cert), Some(key)) = (&tls.client_cert, &tls.client_key) {
             let cert = std::fs::read(cert).with_context(|| format!("reading client certificate {}", cert.display()))?;

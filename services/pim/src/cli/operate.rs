@@ -100,7 +100,7 @@ pub(crate) async fn up() -> anyhow::Result<i32> {
     }
     let portal = start_portal(
         &config,
-        Upstreams::all_at(grpc::channel(suite.url(), &config.tls)?),
+        Upstreams::all_at(grpc::channel_to_self(suite.url(), &config.tls)?),
         portal_listener,
     )?;
     println!("PIM is up at {}", suite.url());
