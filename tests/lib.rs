@@ -30,7 +30,7 @@ pub struct TestSuite {
     databases: Vec<TestDatabase>,
     data_dir: Option<PathBuf>,
     pub stream_prefix: String,
-    config: Config,
+    pub config: Config,
     urls: BTreeMap<ServiceName, String>,
 }
 

@@ -1085,3 +1085,49 @@ async fn a_sign_in_lockout_ends_with_its_window() -> anyhow::Result<()> {
     ts.stop().await?;
     result
 }
+
+/// `PIM_SECRETS_KEY` rotates: with the old key in `PIM_SECRETS_KEY_PREVIOUS`, identity opens
+/// what it sealed and seals it again under the new key at start (TOTP seeds, token signing
+/// keys), so the next restart needs the new key alone; recovery codes kept under the old key
+/// match while it is given.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_secrets_key_rotates_with_the_old_one_given_for_one_restart() -> anyhow::Result<()> {
+    use pim_runtime::config::Secret;
+    on_both(&[], |ts, _clock| async move {
+        let admin = ts.admin_token().await?;
+        ts.create_user(&admin, "lee").await?;
+        let before = ts.sign_in("lee", &password_of("lee")).await?;
+        let (authenticator, _, confirmed_at, stepped) = enrol(&ts, &before, "").await?;
+        let codes = mfa(&ts)
+            .generate_recovery_codes(authed(&stepped.access_token, ipb::GenerateRecoveryCodesRequest {}))
+            .await?
+            .into_inner()
+            .codes;
+        let old = ts.config.secrets_key.as_ref().expect("the tests' key").expose().clone();
+        let new = pim_identity::Sealer::new_key();
+
+        // The new key, the old one given: a recovery code kept under the old key works.
+        let ts = ts
+            .restart_with(|config| {
+                config.secrets_key = Some(Secret::new(new.clone()));
+                config.secrets_key_previous = Some(Secret::new(old.clone()));
+            })
+            .await?;
+        let held = sign_in(&ts, "lee", &password_of("lee")).await?;
+        assert!(held.mfa_pending);
+        let rescued = verify(&ts, &held.access_token, &codes[0]).await?;
+        assert_eq!(rescued.recovery_codes_left, Some(9));
+
+        // The new key alone: the seed and the signing keys were sealed again under it.
+        let ts = ts.restart_with(|config| config.secrets_key_previous = None).await?;
+        let held = sign_in(&ts, "lee", &password_of("lee")).await?;
+        let stepped = verify(&ts, &held.access_token, &authenticator.generate(confirmed_at + 30)).await?;
+        assert!(stepped.amr.contains(&"otp".to_owned()), "{stepped:?}");
+        assert!(
+            verify(&ts, &held.access_token, &codes[1]).await.is_err(),
+            "a code kept under the old key matches no longer"
+        );
+        Ok(ts)
+    })
+    .await
+}

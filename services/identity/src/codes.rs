@@ -57,18 +57,26 @@ impl Directory {
         self.sealer.digest(CODE_DIGEST, normal(code).as_bytes())
     }
 
-    /// Takes `code` as one of the user's unused recovery codes, kept keyed or (made by an
-    /// earlier version) plainly hashed.
-    pub(crate) async fn use_recovery_code(&self, user_id: &str, code: &str) -> Result<bool> {
-        let now = now_ms();
-        Ok(
-            store::use_recovery_code(&self.db, user_id, &self.code_digest(code), now).await?
-                || store::use_recovery_code(&self.db, user_id, &legacy_hash(code), now).await?,
-        )
+    /// What a recovery code or enrolment pass may have been kept as: keyed under the current
+    /// key or one it replaced, or (made by an earlier version) plainly hashed.
+    fn kept_as(&self, code: &str) -> Vec<String> {
+        let mut kept = self.sealer.digests(CODE_DIGEST, normal(code).as_bytes());
+        kept.push(legacy_hash(code));
+        kept
     }
 
-    /// Takes a use of the user's enrolment pass `pass`, kept keyed or plainly hashed: its id,
-    /// end and uses left.
+    /// Takes `code` as one of the user's unused recovery codes.
+    pub(crate) async fn use_recovery_code(&self, user_id: &str, code: &str) -> Result<bool> {
+        let now = now_ms();
+        for kept in self.kept_as(code) {
+            if store::use_recovery_code(&self.db, user_id, &kept, now).await? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Takes a use of the user's enrolment pass `pass`: its id, end and uses left.
     pub(crate) async fn use_enrollment_pass(
         &self,
         txn: &sea_orm::DatabaseTransaction,
@@ -76,10 +84,12 @@ impl Directory {
         pass: &str,
         now: i64,
     ) -> Result<Option<(String, i64, i32)>> {
-        if let Some(used) = store::use_enrollment_pass(txn, user_id, &self.code_digest(pass), now).await? {
-            return Ok(Some(used));
+        for kept in self.kept_as(pass) {
+            if let Some(used) = store::use_enrollment_pass(txn, user_id, &kept, now).await? {
+                return Ok(Some(used));
+            }
         }
-        Ok(store::use_enrollment_pass(txn, user_id, &legacy_hash(pass), now).await?)
+        Ok(None)
     }
 }
 

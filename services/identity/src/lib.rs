@@ -14,6 +14,7 @@ mod mfa;
 mod names;
 mod passkeys;
 mod protection;
+mod rotation;
 mod sessions;
 mod store;
 #[cfg(test)]
@@ -59,8 +60,28 @@ impl Identity {
                 .as_ref()
                 .ok_or_else(|| anyhow::anyhow!("PIM_SECRETS_KEY is required by identity (32 random bytes, base64)"))?
                 .expose(),
+        )?
+        .with_previous(
+            deps.config
+                .secrets_key_previous
+                .as_ref()
+                .map(|k| k.expose().as_str())
+                .unwrap_or_default(),
         )?;
         let keys = Keystore::open(deps.db.clone(), sealer.clone()).await?;
+        let seeds = rotation::reseal_seeds(&deps.db, &sealer).await?;
+        if seeds.resealed > 0 {
+            tracing::info!(
+                seeds = seeds.resealed,
+                "TOTP seeds sealed under an earlier PIM_SECRETS_KEY are sealed under the current one"
+            );
+        }
+        if seeds.unopened > 0 {
+            tracing::warn!(
+                seeds = seeds.unopened,
+                "TOTP seeds no key given opens (neither PIM_SECRETS_KEY nor PIM_SECRETS_KEY_PREVIOUS): their users cannot verify codes"
+            );
+        }
         let directory = Directory {
             db: deps.db,
             outbox: Outbox::default(),

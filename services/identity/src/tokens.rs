@@ -112,8 +112,16 @@ impl Keystore {
     /// as it is) is sealed now.
     async fn opened(&self, key: &SigningKeyRow) -> anyhow::Result<Vec<u8>> {
         let row = sealed_as(&key.kid);
-        if let Ok(open) = self.sealer.open(&key.private_key, &row) {
-            return Ok(open);
+        if let Ok(opened) = self.sealer.open_telling(&key.private_key, &row) {
+            // Sealed under a key PIM_SECRETS_KEY replaced: sealed again under it.
+            if opened.stale {
+                let again = self.sealer.seal(&opened.plaintext, &row)?;
+                store::seal_signing_key(&self.db, &key.kid, &key.private_key, &again)
+                    .await
+                    .context("sealing a signing key again under the current PIM_SECRETS_KEY")?;
+                tracing::info!(kid = %key.kid, "a signing key sealed under an earlier PIM_SECRETS_KEY is sealed under the current one");
+            }
+            return Ok(opened.plaintext);
         }
         if SigningKey::from_pkcs8_der(&key.private_key).is_err() {
             anyhow::bail!(

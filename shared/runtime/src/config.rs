@@ -119,6 +119,9 @@ pub struct Config {
     /// Seals secrets identity must read back (TOTP seeds): base64 of 32 random bytes
     /// (`PIM_SECRETS_KEY`; `pim up` keeps one in its data directory).
     pub secrets_key: Option<Secret<String>>,
+    /// The keys `secrets_key` replaced, newest first, comma-separated
+    /// (`PIM_SECRETS_KEY_PREVIOUS`): they open what they sealed; identity seals it again.
+    pub secrets_key_previous: Option<Secret<String>>,
     /// Keys the HMAC under which audit keeps values it must correlate but not disclose
     /// (source addresses, user agents) (`PIM_AUDIT_HMAC_KEY`; `PIM_SECRETS_KEY` when unset).
     pub audit_hmac_key: Option<Secret<String>>,
@@ -301,6 +304,7 @@ impl Config {
             max_role_assignable_groups: num("PIM_MAX_ROLE_ASSIGNABLE_GROUPS", 500)?,
             signing_key_rotation: Duration::from_secs(num("PIM_SIGNING_KEY_ROTATION_DAYS", 30)?.max(1) * 86_400),
             secrets_key: get("PIM_SECRETS_KEY").map(Secret::new),
+            secrets_key_previous: get("PIM_SECRETS_KEY_PREVIOUS").map(Secret::new),
             audit_hmac_key: get("PIM_AUDIT_HMAC_KEY").map(Secret::new),
             smtp_url: match get("PIM_SMTP_URL") {
                 Some(url) if url.starts_with("smtp://") || url.starts_with("smtps://") => Some(Secret::new(url)),

@@ -2,6 +2,10 @@
 //! credentials) are sealed at rest with XChaCha20-Poly1305 under a key from config
 //! (`PIM_SECRETS_KEY`): a copy of the database alone does not reveal them. Each sealed value
 //! is bound to its row (associated data), so it cannot be moved to another.
+//!
+//! The key rotates: a sealer may hold the keys it replaced (`PIM_SECRETS_KEY_PREVIOUS`),
+//! which open what they sealed and check what they digested, while only the current key
+//! seals; identity seals again, under the current key, whatever opened under an earlier one.
 
 use base64::Engine;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
@@ -17,6 +21,14 @@ pub struct Sealer {
     cipher: XChaCha20Poly1305,
     /// Keys [`Sealer::digest`]: derived from the same key, never used to seal.
     digests: [u8; 32],
+    /// The keys this one replaced, newest first: they open and check, never seal.
+    previous: Vec<Sealer>,
+}
+
+/// A sealed value, open: `stale` when an earlier key sealed it (seal it again).
+pub struct Opened {
+    pub plaintext: Vec<u8>,
+    pub stale: bool,
 }
 
 /// A key of its own for `purpose` from key material `key` (HMAC-SHA256).
@@ -42,7 +54,20 @@ impl Sealer {
         Ok(Self {
             cipher,
             digests: derive(&bytes, b"pim digest key"),
+            previous: Vec::new(),
         })
+    }
+
+    /// This key, holding the keys it replaced (`PIM_SECRETS_KEY_PREVIOUS`: base64 keys,
+    /// comma-separated, newest first) to open and check what they sealed and digested.
+    pub fn with_previous(self, previous: &str) -> anyhow::Result<Self> {
+        let previous = previous
+            .split(',')
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .map(|k| Self::from_base64(k).map_err(|e| anyhow::anyhow!("PIM_SECRETS_KEY_PREVIOUS: {e}")))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Self { previous, ..self })
     }
 
     /// A key of its own for `purpose`, derived from a master secret of any form (HMAC-SHA256):
@@ -55,6 +80,7 @@ impl Sealer {
         Self {
             cipher: XChaCha20Poly1305::new_from_slice(&key).expect("32 bytes"),
             digests: derive(&key, b"pim digest key"),
+            previous: Vec::new(),
         }
     }
 
@@ -67,6 +93,15 @@ impl Sealer {
         mac.update(b"\0");
         mac.update(value);
         mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// [`Sealer::digest`] under this key and then each it replaced: what a value kept before a
+    /// rotation may have been kept as.
+    pub fn digests(&self, purpose: &str, value: &[u8]) -> Vec<String> {
+        std::iter::once(self)
+            .chain(&self.previous)
+            .map(|key| key.digest(purpose, value))
+            .collect()
     }
 
     /// A new random key, base64 (for `pim up`'s first start).
@@ -92,7 +127,28 @@ impl Sealer {
         Ok([nonce.as_slice(), sealed.as_slice()].concat())
     }
 
+    /// Opens what this key, or one it replaced, sealed for `row`.
     pub fn open(&self, sealed: &[u8], row: &str) -> anyhow::Result<Vec<u8>> {
+        self.open_telling(sealed, row).map(|o| o.plaintext)
+    }
+
+    /// Opens what this key, or one it replaced (then `stale`), sealed for `row`.
+    pub fn open_telling(&self, sealed: &[u8], row: &str) -> anyhow::Result<Opened> {
+        if let Ok(plaintext) = self.open_with_this(sealed, row) {
+            return Ok(Opened {
+                plaintext,
+                stale: false,
+            });
+        }
+        for earlier in &self.previous {
+            if let Ok(plaintext) = earlier.open_with_this(sealed, row) {
+                return Ok(Opened { plaintext, stale: true });
+            }
+        }
+        anyhow::bail!("a sealed secret does not open: wrong PIM_SECRETS_KEY, or the row was tampered with")
+    }
+
+    fn open_with_this(&self, sealed: &[u8], row: &str) -> anyhow::Result<Vec<u8>> {
         anyhow::ensure!(sealed.len() > NONCE, "sealed secret is too short");
         let (nonce, body) = sealed.split_at(NONCE);
         let nonce: [u8; NONCE] = nonce.try_into()?;
@@ -130,6 +186,37 @@ mod tests {
         assert!(
             b.open(&sealed, "stream-1").is_err(),
             "another purpose's key cannot open it"
+        );
+    }
+
+    #[test]
+    fn after_a_rotation_the_keys_replaced_open_and_check_and_only_the_new_one_seals() {
+        let (old_key, new_key) = (Sealer::new_key(), Sealer::new_key());
+        let old = Sealer::from_base64(&old_key).unwrap();
+        let sealed = old.seal(b"totp seed", "method-1").unwrap();
+        let kept = old.digest("code", b"ABCDE");
+        let rotated = Sealer::from_base64(&new_key)
+            .unwrap()
+            .with_previous(&format!(" {}, ", old_key))
+            .unwrap();
+        let opened = rotated.open_telling(&sealed, "method-1").unwrap();
+        assert_eq!((opened.plaintext.as_slice(), opened.stale), (&b"totp seed"[..], true));
+        assert!(rotated.open(&sealed, "method-2").is_err(), "still bound to its row");
+        let resealed = rotated.seal(b"totp seed", "method-1").unwrap();
+        assert!(!rotated.open_telling(&resealed, "method-1").unwrap().stale);
+        assert!(
+            old.open(&resealed, "method-1").is_err(),
+            "sealed under the new key alone"
+        );
+        let digests = rotated.digests("code", b"ABCDE");
+        assert_eq!(digests.len(), 2);
+        assert_eq!(digests[0], rotated.digest("code", b"ABCDE"), "the new key's first");
+        assert_eq!(digests[1], kept, "then the replaced key's");
+        assert!(
+            Sealer::from_base64(&new_key)
+                .unwrap()
+                .with_previous("c2hvcnQ=")
+                .is_err()
         );
     }
 }

@@ -345,3 +345,31 @@ pub async fn update_passkey<C: ConnectionTrait>(c: &C, method_id: &str, old: &[u
     .await?
         == 1)
 }
+
+/// TOTP methods' sealed seeds after method `after`, in the order of ids (at most `limit`).
+pub async fn totp_seeds_after<C: ConnectionTrait>(
+    c: &C,
+    after: &str,
+    limit: u64,
+) -> Result<Vec<(String, Vec<u8>)>, DbErr> {
+    db::query(
+        c,
+        &format!("SELECT id, secret FROM mfa_methods WHERE kind = 'totp' AND id > $1 ORDER BY id LIMIT {limit}"),
+        vec![after.into()],
+    )
+    .await?
+    .iter()
+    .map(|r| Ok((col(r, "id")?, col(r, "secret")?)))
+    .collect()
+}
+
+/// Replaces a TOTP method's sealed seed, if it is still `old`; whether it did.
+pub async fn reseal_seed<C: ConnectionTrait>(c: &C, method_id: &str, old: &[u8], new: &[u8]) -> Result<bool, DbErr> {
+    Ok(db::exec(
+        c,
+        "UPDATE mfa_methods SET secret = $3 WHERE id = $1 AND secret = $2",
+        vec![method_id.into(), old.to_vec().into(), new.to_vec().into()],
+    )
+    .await?
+        == 1)
+}
