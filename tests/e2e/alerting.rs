@@ -1097,6 +1097,11 @@ async fn access_to_a_group_holding_a_privileged_role_is_privileged() -> anyhow::
             .alert("group_member_outside_pim", |a| a.principal_id == uma.id)
             .await?;
         assert_eq!(outside.scope, group_scope(&tier0));
+        // As a member in the directory, she holds Global Administrator too: four now.
+        w.alert("too_many_global_admins", |a| {
+            a.figures.get("global_admins").map(String::as_str) == Some("4")
+        })
+        .await?;
         assert!(
             !w.all_alerts()
                 .await?
@@ -1123,6 +1128,20 @@ async fn access_to_a_group_holding_a_privileged_role_is_privileged() -> anyhow::
             .remove_group_owner(authed(&w.admin, membership(&tier0)))
             .await?;
         w.resolved("group_member_outside_pim", &owner.id).await?;
+        w.alert("too_many_global_admins", |a| {
+            a.figures.get("global_admins").map(String::as_str) == Some("3")
+        })
+        .await?;
+
+        // The book club, which Uma joined while it held nothing, is made privileged: she holds
+        // its role for good from then on, and is alerted on.
+        w.make_active(&book_club, GLOBAL_ADMINISTRATOR).await?;
+        let joined_before = w
+            .alert("group_member_outside_pim", |a| {
+                a.principal_id == uma.id && a.scope == group_scope(&book_club)
+            })
+            .await?;
+        assert_eq!(joined_before.status, pb::AlertStatus::Open as i32);
         Ok(w)
     })
     .await

@@ -114,6 +114,19 @@ impl MigratorTrait for Migrator {
                  WHERE '/groups/' || principal_id IN (SELECT scope FROM privileged_assignments)"
                     .to_owned()
             }),
+            // Members and owners of role-assignable groups as the directory has them (added
+            // there, not through PIM), each link at its latest version.
+            SqlMigration::boxed("m0006_group_links", |_| {
+                "CREATE TABLE group_links (
+                    group_id TEXT NOT NULL,
+                    principal_id TEXT NOT NULL,
+                    owner BOOLEAN NOT NULL,
+                    present BOOLEAN NOT NULL,
+                    version BIGINT NOT NULL,
+                    PRIMARY KEY (group_id, principal_id, owner)
+                )"
+                .to_owned()
+            }),
         ]);
         migrations
     }
@@ -509,25 +522,65 @@ pub async fn forget_privileged<C: ConnectionTrait>(c: &C, assignment_id: &str) -
     Ok(())
 }
 
+/// A member or owner of a role-assignable group added (`present`) or removed in the
+/// directory, at the link's `version`: a change older than the one kept is ignored (0, from
+/// before versions, always applies).
+pub async fn set_group_link<C: ConnectionTrait>(
+    c: &C,
+    group_id: &str,
+    principal_id: &str,
+    owner: bool,
+    present: bool,
+    version: i64,
+) -> Result<(), DbErr> {
+    db::exec(
+        c,
+        "INSERT INTO group_links (group_id, principal_id, owner, present, version) VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (group_id, principal_id, owner) DO UPDATE SET present = excluded.present, version = excluded.version \
+         WHERE excluded.version = 0 OR group_links.version < excluded.version",
+        vec![group_id.into(), principal_id.into(), owner.into(), present.into(), version.into()],
+    )
+    .await
+    .map(drop)
+}
+
+/// The directory's members and owners of a group: (principal, whether an owner).
+pub async fn group_links<C: ConnectionTrait>(c: &C, group_id: &str) -> Result<Vec<(String, bool)>, DbErr> {
+    db::query(
+        c,
+        "SELECT principal_id, owner FROM group_links WHERE group_id = $1 AND present ORDER BY principal_id, owner",
+        vec![group_id.into()],
+    )
+    .await?
+    .iter()
+    .map(|r| Ok((col(r, "principal_id")?, col(r, "owner")?)))
+    .collect()
+}
+
 /// (holders of `role_id`, privileged assignments in force): the users and apps assigned the
 /// role, eligible or active, with those who have access to a group assigned it (PIM for
-/// Groups: eligible or active members and owners), each once; a group assigned it counts
-/// once itself where nobody has such access (its members, added in the directory, are not
-/// known here); and the privileged assignments of every role, eligible and active (an
-/// activation is no new assignment).
+/// Groups: eligible or active members and owners) and its members in the directory, each
+/// once; a group assigned it counts once itself where nobody is known to be in it; and the
+/// privileged assignments of every role, eligible and active (an activation is no new
+/// assignment).
 pub async fn holder_counts<C: ConnectionTrait>(c: &C, role_id: &str, now: i64) -> Result<(i64, i64), DbErr> {
     let in_force = "(end_at IS NULL OR end_at > $1)";
     let holding = format!("SELECT principal_id FROM privileged_assignments WHERE role_id = $2 AND {in_force}");
+    let groups =
+        format!("SELECT principal_id FROM privileged_assignments WHERE role_id = $2 AND is_group AND {in_force}");
     let through = "SELECT 1 FROM privileged_assignments m WHERE m.role_id IN ($3, $4) AND m.scope = '/groups/' || g.principal_id \
          AND (m.end_at IS NULL OR m.end_at > $1)";
+    let members = "SELECT 1 FROM group_links l WHERE l.group_id = g.principal_id AND l.present AND NOT l.owner";
     let row = db::query_one(
         c,
         &format!(
-            "SELECT (SELECT COUNT(DISTINCT principal_id) FROM privileged_assignments WHERE {in_force} AND NOT is_group \
-               AND (role_id = $2 \
-                 OR (role_id IN ($3, $4) AND scope IN (SELECT '/groups/' || principal_id FROM ({holding}) AS g)))) \
+            "SELECT (SELECT COUNT(DISTINCT principal_id) FROM ( \
+                 SELECT principal_id FROM privileged_assignments WHERE {in_force} AND NOT is_group \
+                   AND (role_id = $2 \
+                     OR (role_id IN ($3, $4) AND scope IN (SELECT '/groups/' || principal_id FROM ({holding}) AS g))) \
+                 UNION SELECT principal_id FROM group_links WHERE present AND NOT owner AND group_id IN ({groups})) AS h) \
              + (SELECT COUNT(DISTINCT g.principal_id) FROM privileged_assignments g WHERE g.role_id = $2 AND g.is_group \
-                 AND (g.end_at IS NULL OR g.end_at > $1) AND NOT EXISTS ({through})) AS role_count, \
+                 AND (g.end_at IS NULL OR g.end_at > $1) AND NOT EXISTS ({through}) AND NOT EXISTS ({members})) AS role_count, \
              (SELECT COUNT(*) FROM privileged_assignments WHERE kind <> 'activation' AND {in_force}) AS total"
         ),
         vec![

@@ -100,6 +100,46 @@ async fn global_administrators_count_those_with_access_to_a_group_holding_the_ro
     .await
 }
 
+/// Members a group holding the role has in the directory count as holders (owners do not),
+/// each once; the group counts itself only while nobody is known to be in it; a link's
+/// change older than the one kept is ignored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn global_administrators_count_the_directory_members_of_a_group_holding_the_role() -> anyhow::Result<()> {
+    on_both(|db| async move {
+        held(&db, "a1", "active", "tier0", GLOBAL_ADMINISTRATOR, "/", None).await?;
+        held(&db, "a2", "active", "lee", GLOBAL_ADMINISTRATOR, "/", None).await?;
+        assert_eq!(
+            store::holder_counts(&db, GLOBAL_ADMINISTRATOR, NOW).await?.0,
+            2,
+            "lee and tier0 itself"
+        );
+        store::set_group_link(&db, "tier0", "kim", false, true, 3).await?;
+        store::set_group_link(&db, "tier0", "lee", false, true, 4).await?;
+        store::set_group_link(&db, "tier0", "ola", true, true, 5).await?;
+        store::set_group_link(&db, "other", "uma", false, true, 6).await?;
+        assert_eq!(
+            store::holder_counts(&db, GLOBAL_ADMINISTRATOR, NOW).await?.0,
+            2,
+            "lee and kim: not the group, not its owner, not another group's member"
+        );
+        // Removed, then an older add arriving late: kim stays out.
+        store::set_group_link(&db, "tier0", "kim", false, false, 7).await?;
+        store::set_group_link(&db, "tier0", "kim", false, true, 3).await?;
+        assert_eq!(
+            store::group_links(&db, "tier0").await?,
+            [("lee".to_owned(), false), ("ola".to_owned(), true)]
+        );
+        store::set_group_link(&db, "tier0", "lee", false, false, 8).await?;
+        assert_eq!(
+            store::holder_counts(&db, GLOBAL_ADMINISTRATOR, NOW).await?.0,
+            2,
+            "lee, and the group again, nobody known in it"
+        );
+        Ok(())
+    })
+    .await
+}
+
 /// Frequent activation's count: one statement on PostgreSQL, two on SQLite, the same answer;
 /// a redelivered activation counts once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

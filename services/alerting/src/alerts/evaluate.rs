@@ -110,10 +110,10 @@ impl Alerts {
                 .await?;
             }
             Some(
-                EventType::EligibilityGranted
+                granted @ (EventType::EligibilityGranted
                 | EventType::EligibilityUpdated
                 | EventType::ActiveAssignmentGranted
-                | EventType::ActiveAssignmentUpdated,
+                | EventType::ActiveAssignmentUpdated),
             ) => {
                 let a: ev::AssignmentChanged = decode(e)?;
                 // The typed kind (or an older publisher's text); an event naming neither is
@@ -143,6 +143,17 @@ impl Alerts {
                 .await?;
                 self.check_mfa_failures(txn, &a.principal_id, self.now(), false, true)
                     .await?;
+                // A group made privileged: those already in it in the directory hold the role
+                // for good, outside PIM.
+                if matches!(
+                    granted,
+                    EventType::EligibilityGranted | EventType::ActiveAssignmentGranted
+                ) {
+                    for (principal_id, owner) in store::group_links(txn, &a.principal_id).await? {
+                        self.outside_pim(txn, &a.principal_id, &principal_id, owner, &e.id)
+                            .await?;
+                    }
+                }
                 if a.justification.starts_with("bootstrap:") {
                     store::add_break_glass(txn, &a.principal_id).await?;
                     // Identity's and assignment's streams are read independently: a sign-in
@@ -251,34 +262,27 @@ impl Alerts {
                 // (themselves too); the alert resolves when they leave.
                 let m: ev::GroupMembershipChanged = decode(e)?;
                 let owner = matches!(kind, EventType::GroupOwnerAdded | EventType::GroupOwnerRemoved);
-                let (key, role_id, left) = if owner {
-                    (
-                        "group_owner",
-                        pim_proto::catalogue::GROUP_OWNER,
-                        "the owner left the group",
-                    )
-                } else {
-                    ("group_member", "", "the member left the group")
-                };
-                let key = format!("{key}:{}:{}", m.group_id, m.principal_id);
-                if matches!(kind, EventType::GroupMemberRemoved | EventType::GroupOwnerRemoved) {
-                    self.clear(txn, &key, left).await?;
-                } else if m.is_assignable_to_role && store::is_privileged(txn, &m.group_id, self.now()).await? {
-                    let figures = BTreeMap::from([("group_id".to_owned(), m.group_id.clone())]);
-                    let subject = Subject {
-                        principal_id: m.principal_id,
-                        role_id: role_id.to_owned(),
-                        scope: pim_proto::catalogue::group_scope(&m.group_id),
+                let removed = matches!(kind, EventType::GroupMemberRemoved | EventType::GroupOwnerRemoved);
+                // Only a role-assignable group holds roles: its members are kept, so that a
+                // role it is assigned later, and the Global Administrator count, see them.
+                if m.is_assignable_to_role {
+                    let version = i64::try_from(m.version).unwrap_or(i64::MAX);
+                    store::set_group_link(txn, &m.group_id, &m.principal_id, owner, !removed, version).await?;
+                }
+                if removed {
+                    let left = if owner {
+                        "the owner left the group"
+                    } else {
+                        "the member left the group"
                     };
-                    self.raise(
-                        txn,
-                        rules::GROUP_MEMBER_OUTSIDE_PIM,
-                        &key,
-                        subject,
-                        std::slice::from_ref(&e.id),
-                        figures,
-                    )
-                    .await?;
+                    self.clear(txn, &link_key(&m.group_id, &m.principal_id, owner), left)
+                        .await?;
+                } else if m.is_assignable_to_role && store::is_privileged(txn, &m.group_id, self.now()).await? {
+                    self.outside_pim(txn, &m.group_id, &m.principal_id, owner, &e.id)
+                        .await?;
+                }
+                if m.is_assignable_to_role && !owner {
+                    self.check_global_admins(txn, &e.id).await?;
                 }
             }
             Some(EventType::UnmanagedGrantDetected) => {
@@ -556,6 +560,32 @@ impl Alerts {
         .await
     }
 
+    /// A member (or owner) added in the directory to a group that holds a privileged role.
+    async fn outside_pim(
+        &self,
+        txn: &DatabaseTransaction,
+        group_id: &str,
+        principal_id: &str,
+        owner: bool,
+        event_id: &str,
+    ) -> Result<()> {
+        let figures = BTreeMap::from([("group_id".to_owned(), group_id.to_owned())]);
+        let subject = Subject {
+            principal_id: principal_id.to_owned(),
+            role_id: if owner { pim_proto::catalogue::GROUP_OWNER } else { "" }.to_owned(),
+            scope: pim_proto::catalogue::group_scope(group_id),
+        };
+        self.raise(
+            txn,
+            rules::GROUP_MEMBER_OUTSIDE_PIM,
+            &link_key(group_id, principal_id, owner),
+            subject,
+            &[event_id.to_owned()],
+            figures,
+        )
+        .await
+    }
+
     /// Entra's two-condition rule: at least N Global Administrators, and at least P % of the
     /// active privileged assignments. Resolves itself when either no longer holds.
     pub(super) async fn check_global_admins(&self, txn: &DatabaseTransaction, event_id: &str) -> Result<()> {
@@ -671,4 +701,10 @@ impl Alerts {
 /// The one live `unmanaged_grant` alert of a grant a system reports.
 fn unmanaged_key(system: &str, principal_id: &str, role_id: &str, scope: &str) -> String {
     format!("unmanaged:{system}:{principal_id}:{role_id}:{scope}")
+}
+
+/// The dedup key of a directory member's (or owner's) alert about a group.
+fn link_key(group_id: &str, principal_id: &str, owner: bool) -> String {
+    let kind = if owner { "group_owner" } else { "group_member" };
+    format!("{kind}:{group_id}:{principal_id}")
 }
