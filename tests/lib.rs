@@ -327,6 +327,13 @@ impl TestSuite {
             .collect())
     }
 
+    /// Stops the embedded suite and keeps its files: their directory.
+    pub async fn stop_keeping_files(self) -> anyhow::Result<PathBuf> {
+        self.suite.stop().await?;
+        self.data_dir
+            .context("an embedded suite keeps its files in a data directory")
+    }
+
     /// Stops the suite and removes its databases, streams or files.
     pub async fn stop(self) -> anyhow::Result<()> {
         self.suite.stop().await?;

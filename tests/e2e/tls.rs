@@ -89,6 +89,32 @@ async fn a_suite_serving_tls_reaches_itself_without_a_ca_set() -> anyhow::Result
     result
 }
 
+/// A certificate or key that does not load stops the start, naming the settings, rather
+/// than leave a process up with no gRPC port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_that_does_not_load_stops_the_start() -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(unique("tls"));
+    std::fs::create_dir_all(&dir)?;
+    let (one, other) = (
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()])?,
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()])?,
+    );
+    let (cert, key) = (dir.join("cert.pem"), dir.join("other-key.pem"));
+    std::fs::write(&cert, one.cert.pem())?;
+    std::fs::write(&key, other.signing_key.serialize_pem())?;
+    let missing = dir.join("missing.pem").display().to_string();
+    for (cert, key) in [
+        (missing.clone(), key.display().to_string()),
+        (cert.display().to_string(), key.display().to_string()),
+    ] {
+        let started = TestSuite::embedded_with(&[("PIM_TLS_CERT", cert), ("PIM_TLS_KEY", key)]).await;
+        let refused = format!("{:#}", started.err().expect("the start is refused"));
+        assert!(refused.contains("PIM_TLS_CERT, PIM_TLS_KEY"), "{refused}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+    Ok(())
+}
+
 /// Mutual TLS: with `PIM_TLS_CLIENT_CA` the suite accepts only clients presenting a
 /// certificate that CA signed. Its own calls to itself present `PIM_TLS_CLIENT_CERT`, a client
 /// with a certificate gets answers (and still needs its token), one without gets nothing.

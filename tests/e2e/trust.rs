@@ -499,6 +499,31 @@ async fn revoked_tokens_stay_refused_after_restarts() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// After a stop, each SQLite file alone holds every commit (its write-ahead log folded in): a
+/// backup that copies the `.db` files is whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_stop_the_database_files_alone_hold_every_commit() -> anyhow::Result<()> {
+    let ts = TestSuite::embedded().await?;
+    let admin = ts.admin_token().await?;
+    let lee = ts.create_user(&admin, "lee").await?;
+    let dir = ts.stop_keeping_files().await?;
+    let copy = dir.with_extension("copy");
+    std::fs::create_dir_all(&copy)?;
+    std::fs::copy(dir.join("identity.db"), copy.join("identity.db"))?;
+    let db = pim_runtime::db::connect(&pim_runtime::db::sqlite_url(&copy.join("identity.db"))).await?;
+    let found = pim_runtime::db::query_one(
+        &db,
+        "SELECT user_name FROM users WHERE id = $1",
+        vec![lee.id.clone().into()],
+    )
+    .await?;
+    db.close().await?;
+    std::fs::remove_dir_all(&dir).ok();
+    std::fs::remove_dir_all(&copy).ok();
+    assert!(found.is_some(), "lee, created before the stop, is in the copied file");
+    Ok(())
+}
+
 /// Redis comes back empty (a failover without persistence): the consumer groups are gone.
 /// The consumers make them again by themselves, and what happens afterwards is audited within
 /// seconds, without a restart. (The test deletes its own streams rather than FLUSHALL, which

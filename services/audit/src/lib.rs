@@ -214,7 +214,7 @@ impl Audit {
         let Some(retention) = self.retention else {
             return Ok(None);
         };
-        let cutoff = now - retention.as_millis() as i64;
+        let cutoff = now.saturating_sub(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
         let txn = sea_orm::TransactionTrait::begin(&self.db).await?;
         let Some((sequence, hash)) = store::prune(&txn, cutoff, now).await? else {
             return Ok(None);

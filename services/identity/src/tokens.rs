@@ -125,7 +125,7 @@ impl Keystore {
         }
         if SigningKey::from_pkcs8_der(&key.private_key).is_err() {
             anyhow::bail!(
-                "signing key {} does not open: PIM_SECRETS_KEY is not the key identity's secrets were sealed with",
+                "signing key {} does not open: neither PIM_SECRETS_KEY nor any key of PIM_SECRETS_KEY_PREVIOUS is the key identity's secrets were sealed with",
                 key.kid
             );
         }

@@ -186,6 +186,9 @@ impl Refusals for Denials {
     }
 }
 
+/// What a TLS file that does not load is about.
+const TLS_FILES: &str = "PIM_TLS_CERT, PIM_TLS_KEY or PIM_TLS_CLIENT_CA does not load";
+
 fn consumer_name() -> String {
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "pim".to_owned());
     format!(
@@ -242,6 +245,10 @@ impl Suite {
                  it keys the HMACs under which sign-in source addresses are kept"
             );
         }
+        // The server's certificate and key load before anything starts: a file missing or a
+        // key not matching stops the start, naming the setting, rather than leave a process
+        // up with no gRPC port.
+        pim_runtime::listen::tls_acceptor(&config.tls).context(TLS_FILES)?;
         // The Shared Signals transmitter (audit's, over HTTP): bound first, so its issuer is
         // known when audit is built.
         let ssf_listener = match config.ssf_addr.filter(|_| hosted.contains(&ServiceName::Audit)) {
@@ -504,9 +511,9 @@ impl Suite {
             names.extend_from_slice(service.grpc_services());
         }
         let mut stopped = stopped;
-        let tls = config.tls.clone();
+        let incoming = grpc::incoming(listener, &config.tls).context(TLS_FILES)?;
         let server = tokio::spawn(async move {
-            grpc::serve(listener, routes.routes(), names, auth, &tls, async move {
+            grpc::serve(incoming, routes.routes(), names, auth, async move {
                 let _ = stopped.wait_for(|s| *s).await;
             })
             .await
@@ -592,7 +599,8 @@ impl Suite {
         crate::bootstrap::run(identity, assignment).await
     }
 
-    /// Stops serving, then the relays and consumers (each finishes what it holds).
+    /// Stops serving, then the relays and consumers (each finishes what it holds); last, each
+    /// SQLite file takes in its write-ahead log, so the `.db` files alone are whole.
     pub async fn stop(self) -> anyhow::Result<()> {
         let _ = self.stop.send(true);
         let served = self.server.await.context("server task")?;
@@ -604,6 +612,11 @@ impl Suite {
         }
         for task in self.background {
             let _ = task.await;
+        }
+        for service in &self.services {
+            if let Err(err) = pim_runtime::db::checkpoint(service.db()).await {
+                tracing::warn!(service = service.name(), error = %err, "folding the write-ahead log into the database file failed");
+            }
         }
         served
     }

@@ -192,15 +192,35 @@ impl Config {
     pub fn load(env: impl IntoIterator<Item = (String, String)>) -> anyhow::Result<Self> {
         let env: BTreeMap<String, String> = env.into_iter().filter(|(k, _)| k.starts_with("PIM_")).collect();
         let mut values = BTreeMap::new();
+        let mut from_file = Vec::new();
         if let Some(path) = env.get("PIM_CONFIG") {
-            values.extend(read_file(Path::new(path))?);
+            let file = read_file(Path::new(path))?;
+            from_file = file.keys().cloned().collect();
+            values.extend(file);
         }
         values.extend(env);
-        Self::from_values(&values)
+        let read = std::cell::RefCell::new(std::collections::BTreeSet::new());
+        let config = Self::from_values(&values, &read)?;
+        // A key the file names and nothing reads is a mistake (a misspelt setting would
+        // silently keep its default).
+        if let Some(unknown) = from_file.iter().find(|k| !read.borrow().contains(*k)) {
+            let key = unknown.trim_start_matches("PIM_").to_ascii_lowercase();
+            bail!(
+                "config file {}: {key} is no setting (settings are the PIM_ variables without PIM_, e.g. listen_addr)",
+                values.get("PIM_CONFIG").map(String::as_str).unwrap_or_default()
+            );
+        }
+        Ok(config)
     }
 
-    fn from_values(v: &BTreeMap<String, String>) -> anyhow::Result<Self> {
-        let get = |k: &str| v.get(k).filter(|s| !s.is_empty()).cloned();
+    fn from_values(
+        v: &BTreeMap<String, String>,
+        read: &std::cell::RefCell<std::collections::BTreeSet<String>>,
+    ) -> anyhow::Result<Self> {
+        let get = |k: &str| {
+            read.borrow_mut().insert(k.to_owned());
+            v.get(k).filter(|s| !s.is_empty()).cloned()
+        };
         let num = |k: &str, default: u64| -> anyhow::Result<u64> {
             match get(k) {
                 Some(s) => s.parse().with_context(|| format!("{k} must be a whole number")),
@@ -302,7 +322,11 @@ impl Config {
             claim_idle: Duration::from_millis(num("PIM_CLAIM_IDLE_MS", 30_000)?),
             log_json,
             max_role_assignable_groups: num("PIM_MAX_ROLE_ASSIGNABLE_GROUPS", 500)?,
-            signing_key_rotation: Duration::from_secs(num("PIM_SIGNING_KEY_ROTATION_DAYS", 30)?.max(1) * 86_400),
+            signing_key_rotation: Duration::from_secs(
+                num("PIM_SIGNING_KEY_ROTATION_DAYS", 30)?
+                    .checked_mul(86_400)
+                    .context("PIM_SIGNING_KEY_ROTATION_DAYS is too large")?,
+            ),
             secrets_key: get("PIM_SECRETS_KEY").map(Secret::new),
             secrets_key_previous: get("PIM_SECRETS_KEY_PREVIOUS").map(Secret::new),
             audit_hmac_key: get("PIM_AUDIT_HMAC_KEY").map(Secret::new),
@@ -315,7 +339,11 @@ impl Config {
             public_url: get("PIM_PUBLIC_URL").map(|u| u.trim_end_matches('/').to_owned()),
             audit_retention: match num("PIM_AUDIT_RETENTION_DAYS", 0)? {
                 0 => None,
-                days => Some(Duration::from_secs(days.saturating_mul(86_400))),
+                // A cutoff beyond the epoch would read as one in the future, and prune all.
+                days if days > MAX_RETENTION_DAYS => bail!(
+                    "PIM_AUDIT_RETENTION_DAYS must be at most {MAX_RETENTION_DAYS} (100 years); 0 or unset keeps every record"
+                ),
+                days => Some(Duration::from_secs(days * 86_400)),
             },
             signin_mfa: get("PIM_SIGNIN_MFA")
                 .map(|s| s.parse())
@@ -369,6 +397,13 @@ impl Config {
         if self.event_replay_window > Duration::from_secs(7 * 24 * 3600) {
             // Consumers recognise a replayed event by their inbox, kept seven days.
             bail!("PIM_EVENT_REPLAY_HOURS must be at most 168 (the inbox remembers events for seven days)");
+        }
+        if self.signing_key_rotation.is_zero() {
+            bail!("PIM_SIGNING_KEY_ROTATION_DAYS must be at least 1");
+        }
+        if self.claim_idle < Duration::from_millis(100) {
+            // Sooner, a replica takes over entries another is still applying.
+            bail!("PIM_CLAIM_IDLE_MS must be at least 100");
         }
         if self.max_deliveries == 0 {
             bail!("PIM_MAX_DELIVERIES must be at least 1");
@@ -426,6 +461,9 @@ impl Config {
         }
     }
 }
+
+/// The longest audit retention there is (100 years).
+const MAX_RETENTION_DAYS: u64 = 36_500;
 
 /// Reads a TOML file of `key = value` pairs; `listen_addr` in the file stands for `PIM_LISTEN_ADDR`.
 fn read_file(path: &Path) -> anyhow::Result<BTreeMap<String, String>> {
@@ -490,6 +528,30 @@ mod tests {
         .unwrap();
         assert_eq!(c.listen_addr.to_string(), "0.0.0.0:9000");
         assert_eq!(c.max_deliveries, 9);
+        // A misspelt key is refused, naming it, rather than leaving its setting at the default.
+        let typo = dir.join("typo.toml");
+        std::fs::write(&typo, "signin_mfa_mode = \"required\"\n").unwrap();
+        let refused = Config::load(env(&[("PIM_CONFIG", typo.to_str().unwrap())])).unwrap_err();
+        assert!(
+            format!("{refused:#}").contains("signin_mfa_mode is no setting"),
+            "{refused:#}"
+        );
+        // Out of range rather than quietly adjusted, or read as a cutoff in the future.
+        for (key, value) in [
+            ("PIM_AUDIT_RETENTION_DAYS", "200000000000"),
+            ("PIM_AUDIT_RETENTION_DAYS", "36501"),
+            ("PIM_SIGNING_KEY_ROTATION_DAYS", "0"),
+            ("PIM_CLAIM_IDLE_MS", "0"),
+        ] {
+            let refused = Config::load(env(&[(key, value)])).expect_err(key);
+            assert!(format!("{refused:#}").contains(key), "{refused:#}");
+        }
+        assert_eq!(
+            Config::load(env(&[("PIM_AUDIT_RETENTION_DAYS", "36500")]))
+                .unwrap()
+                .audit_retention,
+            Some(Duration::from_secs(36_500 * 86_400))
+        );
         assert!(Config::load(env(&[("PIM_LISTEN_ADDR", "nope")])).is_err());
         assert!(Config::load(env(&[("PIM_TLS_CERT", "/x.pem")])).is_err());
         assert!(Config::load(env(&[("PIM_TLS_CLIENT_CERT", "/x.pem")])).is_err());

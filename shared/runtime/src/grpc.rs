@@ -387,14 +387,15 @@ pub fn with_grace(
     (shutdown, grace)
 }
 
-/// Serves `routes` plus health and reflection on `listener` until `shutdown` completes.
-/// `services` are the fully-qualified names reported SERVING by the health service.
+/// Serves `routes` plus health and reflection on the connections `incoming` takes (see
+/// [`incoming`]: made before, so that a TLS file that does not load stops the start) until
+/// `shutdown` completes. `services` are the fully-qualified names reported SERVING by the
+/// health service.
 pub async fn serve(
-    listener: TcpListener,
+    incoming: crate::listen::Accepted,
     routes: Routes,
     services: Vec<&'static str>,
     auth: AuthLayer,
-    tls: &TlsConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let (reporter, health) = tonic_health::server::health_reporter();
@@ -403,7 +404,6 @@ pub async fn serve(
     }
     let routes = with_reflection(routes.add_service(health))?;
     let (shutdown, grace) = with_grace(shutdown);
-    let incoming = incoming(listener, tls)?;
     let serving = server_builder()
         // Bounded handler time: a stuck dependency must not pin connections forever.
         .timeout(Duration::from_secs(30))

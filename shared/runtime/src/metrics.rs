@@ -242,7 +242,9 @@ pub async fn serve_admin(
     addr: SocketAddr,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("binding {addr} (PIM_ADMIN_ADDR): {e}"))?;
     let bound = listener.local_addr()?;
     let app = axum::Router::new().route(
         "/metrics",

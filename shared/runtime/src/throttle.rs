@@ -11,7 +11,7 @@
 //! is heard. Counted per process, in memory: a restart forgets, and each replica counts its
 //! own.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -26,20 +26,19 @@ const WINDOW_MS: i64 = 60_000;
 /// The most principals counted at once (the oldest windows are forgotten first).
 const MAX_COUNTED: usize = 10_000;
 
-/// One principal's minute: when it started, the refusals in it, and whether a call was
-/// refused unheard in it yet.
-#[derive(Clone, Copy)]
-struct Minute {
-    started: i64,
-    refused: u32,
-    throttled: bool,
+/// One principal's last denials (at most [`MAX_REFUSALS_PER_MINUTE`], oldest first), and until
+/// when the calls refused unheard were told to the record.
+#[derive(Default)]
+struct Denials {
+    at: VecDeque<i64>,
+    recorded_until: i64,
 }
 
 /// Whether a call is heard.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Turn {
     Heard,
-    /// Refused unheard for `retry_after_ms`; `first` in its minute (the one recorded).
+    /// Refused unheard for `retry_after_ms`; `first` of its run (the one recorded).
     Unheard {
         retry_after_ms: i64,
         first: bool,
@@ -59,50 +58,54 @@ impl Turn {
     }
 }
 
-/// Refusals counted by principal, a minute at a time.
+/// Denials counted by principal, over the last minute (a sliding window: never more than
+/// [`MAX_REFUSALS_PER_MINUTE`] within any minute).
 #[derive(Default)]
-pub struct Throttle(Mutex<HashMap<String, Minute>>);
+pub struct Throttle(Mutex<HashMap<String, Denials>>);
 
 impl Throttle {
-    /// Whether `principal`'s call at `now` is heard.
+    /// Whether `principal`'s call at `now` is heard: not while the minute after the oldest of
+    /// their last [`MAX_REFUSALS_PER_MINUTE`] denials lasts.
     pub fn turn(&self, principal: &str, now: i64) -> Turn {
         let mut counted = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(minute) = counted.get_mut(principal) else {
+        let Some(denials) = counted.get_mut(principal) else {
             return Turn::Heard;
         };
-        if now - minute.started >= WINDOW_MS || minute.refused < MAX_REFUSALS_PER_MINUTE {
+        let Some(&oldest) = denials
+            .at
+            .front()
+            .filter(|_| denials.at.len() >= MAX_REFUSALS_PER_MINUTE as usize)
+        else {
+            return Turn::Heard;
+        };
+        let until = oldest + WINDOW_MS;
+        if now >= until {
             return Turn::Heard;
         }
-        let first = !minute.throttled;
-        minute.throttled = true;
+        let first = now >= denials.recorded_until;
+        if first {
+            denials.recorded_until = until;
+        }
         Turn::Unheard {
-            retry_after_ms: minute.started + WINDOW_MS - now,
+            retry_after_ms: until - now,
             first,
         }
     }
 
-    /// Counts a refusal of `principal`'s at `now`.
+    /// Counts a denial of `principal`'s at `now`.
     pub fn refused(&self, principal: &str, now: i64) {
         let mut counted = self.0.lock().unwrap_or_else(|e| e.into_inner());
         if counted.len() >= MAX_COUNTED && !counted.contains_key(principal) {
-            counted.retain(|_, m| now - m.started < WINDOW_MS);
+            counted.retain(|_, d| d.at.back().is_some_and(|last| now - last < WINDOW_MS));
             if counted.len() >= MAX_COUNTED {
                 counted.clear();
             }
         }
-        let minute = counted.entry(principal.to_owned()).or_insert(Minute {
-            started: now,
-            refused: 0,
-            throttled: false,
-        });
-        if now - minute.started >= WINDOW_MS {
-            *minute = Minute {
-                started: now,
-                refused: 0,
-                throttled: false,
-            };
+        let denials = counted.entry(principal.to_owned()).or_default();
+        denials.at.push_back(now);
+        while denials.at.len() > MAX_REFUSALS_PER_MINUTE as usize {
+            denials.at.pop_front();
         }
-        minute.refused += 1;
     }
 }
 
@@ -111,9 +114,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn past_the_refusals_of_a_minute_calls_are_unheard_until_it_ends() {
+    fn past_the_denials_of_a_minute_calls_are_unheard_until_it_ends() {
         let throttle = Throttle::default();
-        assert_eq!(throttle.turn("lee", 0), Turn::Heard, "nothing refused yet");
+        assert_eq!(throttle.turn("lee", 0), Turn::Heard, "nothing denied yet");
         for at in 0..MAX_REFUSALS_PER_MINUTE as i64 {
             assert_eq!(throttle.turn("lee", at), Turn::Heard);
             throttle.refused("lee", at);
@@ -124,7 +127,7 @@ mod tests {
                 retry_after_ms: 40_000,
                 first: true
             },
-            "the minute's refusals are spent: the first call unheard is the one recorded"
+            "the minute's denials are spent: the first call unheard is the one recorded"
         );
         assert_eq!(
             throttle.turn("lee", 30_000),
@@ -137,13 +140,37 @@ mod tests {
         assert_eq!(
             throttle.turn("lee", 60_000),
             Turn::Heard,
-            "a minute after the first refusal"
+            "a minute after the oldest denial"
         );
         throttle.refused("lee", 60_000);
         assert_eq!(
-            throttle.turn("lee", 60_001),
-            Turn::Heard,
-            "a new minute counts from one"
+            throttle.turn("lee", 60_000),
+            Turn::Unheard {
+                retry_after_ms: 1,
+                first: true
+            },
+            "100 again within the minute before: unheard until the second oldest is a minute old"
+        );
+        assert_eq!(throttle.turn("lee", 60_001), Turn::Heard);
+    }
+
+    /// A burst at the end of one minute and another at the start of the next is not twice
+    /// the limit: the window slides.
+    #[test]
+    fn denials_are_counted_over_any_minute() {
+        let throttle = Throttle::default();
+        throttle.refused("lee", 0);
+        for at in 59_000..59_000 + MAX_REFUSALS_PER_MINUTE as i64 - 1 {
+            assert_eq!(throttle.turn("lee", at), Turn::Heard);
+            throttle.refused("lee", at);
+        }
+        assert!(matches!(throttle.turn("lee", 59_500), Turn::Unheard { .. }));
+        let heard_after = (60_000..70_000).find(|at| throttle.turn("lee", *at) == Turn::Heard);
+        assert_eq!(heard_after, Some(60_000), "once the first denial is a minute old");
+        throttle.refused("lee", 60_000);
+        assert!(
+            matches!(throttle.turn("lee", 60_300), Turn::Unheard { .. }),
+            "the 99 of a second ago still count"
         );
     }
 
