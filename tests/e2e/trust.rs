@@ -499,6 +499,73 @@ async fn revoked_tokens_stay_refused_after_restarts() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A service whose PostgreSQL takes no connections (an outage, a failover) answers UNAVAILABLE,
+/// to try again, and its health says NOT_SERVING so probes take it out of rotation; both
+/// come back with the database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_is_unavailable_and_not_serving_until_it_ends() -> anyhow::Result<()> {
+    use sea_orm::ConnectionTrait;
+    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+    let ts = TestSuite::postgres().await?;
+    let result = async {
+        let admin = ts.admin_token().await?;
+        let url = ts
+            .database_url(pim::ServiceName::Identity)
+            .expect("identity's database");
+        let name = url
+            .rsplit('/')
+            .next()
+            .and_then(|n| n.split('?').next())
+            .unwrap_or_default()
+            .to_owned();
+        let server =
+            sea_orm::Database::connect(format!("{}/postgres", pim_runtime::testing::postgres_server())).await?;
+        let allow = |allowed: bool| format!("ALTER DATABASE \"{name}\" WITH ALLOW_CONNECTIONS {allowed}");
+        let health = || {
+            let mut health = HealthClient::new(ts.channel.clone());
+            async move {
+                let asked = HealthCheckRequest {
+                    service: "pim.identity.v1.DirectoryService".into(),
+                };
+                anyhow::Ok(health.check(asked).await?.into_inner().status())
+            }
+        };
+        let get_user = || {
+            let mut directory = DirectoryServiceClient::new(ts.channel.clone());
+            let asked = authed(&admin, ipb::GetUserRequest { user: "admin".into() });
+            async move { directory.get_user(asked).await.err().map(|s| s.code()) }
+        };
+        assert_eq!(health().await?, ServingStatus::Serving);
+        server.execute_unprepared(&allow(false)).await?;
+        server
+            .execute_unprepared(&format!(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+            ))
+            .await?;
+        let outage = async {
+            eventually(Duration::from_secs(15), "health says NOT_SERVING", || async {
+                Ok((health().await? == ServingStatus::NotServing).then_some(()))
+            })
+            .await?;
+            assert_eq!(get_user().await, Some(tonic::Code::Unavailable), "to try again");
+            anyhow::Ok(())
+        }
+        .await;
+        server.execute_unprepared(&allow(true)).await?;
+        server.close().await.ok();
+        outage?;
+        eventually(Duration::from_secs(15), "health says SERVING again", || async {
+            Ok((health().await? == ServingStatus::Serving).then_some(()))
+        })
+        .await?;
+        assert_eq!(get_user().await, None, "answered again");
+        anyhow::Ok(())
+    }
+    .await;
+    ts.stop().await?;
+    result
+}
+
 /// After a stop, each SQLite file alone holds every commit (its write-ahead log folded in): a
 /// backup that copies the `.db` files is whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -505,15 +505,15 @@ impl Suite {
             .recording_refusals(Arc::new(Denials::of(&services)))
             .stopping_with(stop.subscribe());
         let mut routes = RoutesBuilder::default();
-        let mut names = Vec::new();
+        let mut served = Vec::new();
         for service in &services {
             service.add_routes(&mut routes);
-            names.extend_from_slice(service.grpc_services());
+            served.push((service.grpc_services(), service.db().clone()));
         }
         let mut stopped = stopped;
         let incoming = grpc::incoming(listener, &config.tls).context(TLS_FILES)?;
         let server = tokio::spawn(async move {
-            grpc::serve(incoming, routes.routes(), names, auth, async move {
+            grpc::serve(incoming, routes.routes(), served, auth, async move {
                 let _ = stopped.wait_for(|s| *s).await;
             })
             .await

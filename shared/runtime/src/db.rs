@@ -278,12 +278,33 @@ pub fn nul_in(err: &anyhow::Error) -> bool {
         .any(|err| sql_state(err).is_some_and(|code| code == "22021"))
 }
 
-/// Whether no database connection came free in time, anywhere in an error's chain: the
-/// service is busy (UNAVAILABLE, try again), not broken.
+/// Whether the database was out of reach, anywhere in an error's chain: no connection came
+/// free in time, a connection could not be made or was lost, the server is shutting down or
+/// takes no connections. The service is unavailable for now (UNAVAILABLE, try again), not
+/// broken.
 pub fn busy_in(err: &anyhow::Error) -> bool {
     err.chain()
         .filter_map(|cause| cause.downcast_ref::<DbErr>())
-        .any(|err| matches!(err, DbErr::ConnectionAcquire(_)))
+        .any(out_of_reach)
+}
+
+fn out_of_reach(err: &DbErr) -> bool {
+    use sea_orm::RuntimeErr::SqlxError;
+    use sea_orm::sqlx::Error as E;
+    match err {
+        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
+        DbErr::Exec(SqlxError(e)) | DbErr::Query(SqlxError(e)) => {
+            matches!(
+                &**e,
+                E::Io(_) | E::Tls(_) | E::PoolTimedOut | E::PoolClosed | E::WorkerCrashed
+            ) || sql_state(err).is_some_and(|state| {
+                // Connection exceptions; the server shutting down, crashed or starting; too
+                // many connections.
+                state.starts_with("08") || matches!(state.as_str(), "57P01" | "57P02" | "57P03" | "53300")
+            })
+        }
+        _ => false,
+    }
 }
 
 /// The SQLSTATE the database answered `err` with, if it answered one.
@@ -352,6 +373,36 @@ mod timestamp_tests {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A PostgreSQL database that drops its connections and takes no new ones (an outage, a
+    /// failover): calls answer UNAVAILABLE, to try again, not INTERNAL.
+    #[tokio::test]
+    async fn a_database_out_of_reach_is_unavailable_not_internal() -> anyhow::Result<()> {
+        let test_db = crate::testing::TestDatabase::create("out_of_reach").await?;
+        let db = connect(&test_db.url).await?;
+        db.execute_unprepared("SELECT 1").await?;
+        let admin = sea_orm::Database::connect(format!("{}/postgres", crate::testing::postgres_server())).await?;
+        let name = &test_db.name;
+        admin
+            .execute_unprepared(&format!("ALTER DATABASE \"{name}\" WITH ALLOW_CONNECTIONS false"))
+            .await?;
+        admin
+            .execute_unprepared(&format!(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+            ))
+            .await?;
+        // The connection it had is gone, and a new one is refused.
+        let mut codes = Vec::new();
+        for _ in 0..2 {
+            let failed = db.execute_unprepared("SELECT 1").await.expect_err("out of reach");
+            codes.push(crate::grpc::internal(failed).code());
+        }
+        db.close().await.ok();
+        admin.close().await.ok();
+        test_db.drop_database().await?;
+        assert_eq!(codes, [tonic::Code::Unavailable, tonic::Code::Unavailable]);
+        Ok(())
+    }
 
     #[test]
     fn timestamps_round_trip_including_before_the_epoch() {

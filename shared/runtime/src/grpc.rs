@@ -225,8 +225,11 @@ pub fn internal(err: impl Into<anyhow::Error>) -> Status {
         return invalid_argument("request", crate::db::NUL_REFUSED);
     }
     if crate::db::busy_in(&err) {
-        tracing::warn!(error = %format!("{err:#}"), "no database connection came free in time");
-        return unavailable_retry("the service is busy; try again shortly", Duration::from_secs(1));
+        tracing::warn!(error = %format!("{err:#}"), "the database is busy or out of reach");
+        return unavailable_retry(
+            "the service cannot reach its database for now; try again shortly",
+            Duration::from_secs(1),
+        );
     }
     tracing::error!(error = %format!("{err:#}"), "internal error");
     Status::internal("internal error")
@@ -387,21 +390,50 @@ pub fn with_grace(
     (shutdown, grace)
 }
 
+/// How often health asks each service's database whether it answers.
+const HEALTH_PROBE: Duration = Duration::from_secs(5);
+
+/// The fully-qualified gRPC names of one service, and the database it cannot answer without.
+pub type Served = (&'static [&'static str], crate::db::Db);
+
 /// Serves `routes` plus health and reflection on the connections `incoming` takes (see
 /// [`incoming`]: made before, so that a TLS file that does not load stops the start) until
-/// `shutdown` completes. `services` are the fully-qualified names reported SERVING by the
-/// health service.
+/// `shutdown` completes. Health reports each of `services`' names SERVING while its database
+/// answers, NOT_SERVING while it does not (asked every [`HEALTH_PROBE`]), so a probe takes the
+/// process out of rotation during a database outage.
 pub async fn serve(
     incoming: crate::listen::Accepted,
     routes: Routes,
-    services: Vec<&'static str>,
+    services: Vec<Served>,
     auth: AuthLayer,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let (reporter, health) = tonic_health::server::health_reporter();
-    for service in &services {
-        reporter.set_service_status(*service, ServingStatus::Serving).await;
+    for (names, _) in &services {
+        for name in *names {
+            reporter.set_service_status(*name, ServingStatus::Serving).await;
+        }
     }
+    let probing = {
+        let (reporter, services) = (reporter.clone(), services.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(HEALTH_PROBE).await;
+                for (names, db) in &services {
+                    let status = match db.ping().await {
+                        Ok(()) => ServingStatus::Serving,
+                        Err(err) => {
+                            tracing::warn!(services = ?names, error = %err, "the database does not answer: health reports NOT_SERVING");
+                            ServingStatus::NotServing
+                        }
+                    };
+                    for name in *names {
+                        reporter.set_service_status(*name, status).await;
+                    }
+                }
+            }
+        })
+    };
     let routes = with_reflection(routes.add_service(health))?;
     let (shutdown, grace) = with_grace(shutdown);
     let serving = server_builder()
@@ -416,8 +448,11 @@ pub async fn serve(
         () = grace => tracing::warn!("calls still open {SHUTDOWN_GRACE:?} after the server was told to stop: closed"),
     }
     // The health reporter goes with the server: report NOT_SERVING to anyone still asking.
-    for service in services {
-        reporter.set_service_status(service, ServingStatus::NotServing).await;
+    probing.abort();
+    for (names, _) in services {
+        for name in names {
+            reporter.set_service_status(*name, ServingStatus::NotServing).await;
+        }
     }
     Ok(())
 }
