@@ -566,6 +566,68 @@ async fn a_database_outage_is_unavailable_and_not_serving_until_it_ends() -> any
     result
 }
 
+/// Redis out of reach shows in the metrics (the relays and consumers down, not a lag frozen
+/// at its last value), and once it answers, the events that waited flow and the metrics say
+/// so. (A Redis of the test's own, started late on a port nothing listened on.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_outage_shows_in_the_metrics_and_what_waited_flows_after_it() -> anyhow::Result<()> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let ts = TestSuite::postgres_with(None, &[("PIM_REDIS_URL", format!("redis://127.0.0.1:{port}"))]).await?;
+    let result = async {
+        let shows = |wanted: &'static str| async move {
+            let text = pim_runtime::metrics::render();
+            let lines: Vec<String> = text
+                .lines()
+                .filter(|l| l.starts_with(wanted))
+                .map(str::to_owned)
+                .collect();
+            anyhow::Ok(lines)
+        };
+        let admin = ts.admin_token().await?;
+        let lee = ts.create_user(&admin, "lee").await?;
+        eventually(
+            Duration::from_secs(10),
+            "the relays and consumers shown down",
+            || async {
+                let relays = shows("pim_relay_up{service=\"identity\"}").await?;
+                let consumers = shows("pim_consumer_up{").await?;
+                Ok(
+                    (relays.iter().any(|l| l.ends_with(" 0")) && consumers.iter().any(|l| l.ends_with(" 0")))
+                        .then_some(()),
+                )
+            },
+        )
+        .await?;
+        let mut redis = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()?;
+        let flowed = async {
+            eventually(Duration::from_secs(20), "lee's creation audited", || async {
+                let actions = ts.audited_actions(&admin, &lee.id).await?;
+                Ok(actions.iter().any(|a| a.ends_with(".UserCreated")).then_some(()))
+            })
+            .await?;
+            eventually(Duration::from_secs(10), "the relays and consumers shown up", || async {
+                let relays = shows("pim_relay_up{").await?;
+                let consumers = shows("pim_consumer_up{").await?;
+                Ok(
+                    (relays.iter().all(|l| l.ends_with(" 1")) && consumers.iter().all(|l| l.ends_with(" 1")))
+                        .then_some(()),
+                )
+            })
+            .await
+        }
+        .await;
+        redis.kill().ok();
+        redis.wait().ok();
+        flowed
+    }
+    .await;
+    ts.stop().await?;
+    result
+}
+
 /// After a stop, each SQLite file alone holds every commit (its write-ahead log folded in): a
 /// backup that copies the `.db` files is whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -26,6 +26,12 @@ pub struct Metrics {
     pub consumer_lag_ms: IntGaugeVec,
     /// Outbox rows not yet published, by service.
     pub outbox_backlog: IntGaugeVec,
+    /// 1 while a service's last relay pass published (or had nothing to), 0 while they fail
+    /// (Redis out of reach, say): events wait in the outbox meanwhile.
+    pub relay_up: IntGaugeVec,
+    /// 1 while a consumer group's last read of its streams worked, 0 while they fail (its
+    /// lag gauge holds its last value meanwhile).
+    pub consumer_up: IntGaugeVec,
     /// How late expiries and scheduled starts fired (seconds).
     pub scheduler_lag_seconds: Histogram,
     /// Answers held by the CheckAccess cache.
@@ -111,6 +117,16 @@ fn build() -> Metrics {
             &["stream", "group"],
         ),
         outbox_backlog: gauge("pim_outbox_backlog", "Outbox rows not yet published", &["service"]),
+        relay_up: gauge(
+            "pim_relay_up",
+            "1 while the service's relay publishes its events, 0 while its passes fail",
+            &["service"],
+        ),
+        consumer_up: gauge(
+            "pim_consumer_up",
+            "1 while a consumer group reads its streams, 0 while its reads fail",
+            &["group"],
+        ),
         scheduler_lag_seconds,
         access_cache_entries,
         webhook_attempts: counter(

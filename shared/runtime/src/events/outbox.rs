@@ -450,6 +450,10 @@ impl Relay {
     async fn publish_batch<C: ConnectionTrait>(&self, conn: &C) -> anyhow::Result<usize> {
         let batch = self.pending_rows(conn, false).await?;
         if batch.is_empty() {
+            crate::metrics::metrics()
+                .relay_up
+                .with_label_values(&[self.service])
+                .set(1);
             return Ok(0);
         }
         // Applied in this process first (where the publisher does), then published: only
@@ -490,6 +494,10 @@ impl Relay {
         // wait behind it, so a stream keeps its order; the next pass retries it. Two may have
         // failed: the publication of the row at `sent`, and the application here of the row at
         // `here` (behind it, when Redis refused what was applied here).
+        crate::metrics::metrics()
+            .relay_up
+            .with_label_values(&[self.service])
+            .set(i64::from(refused_by.is_none()));
         if let (Some(err), Some(failed)) = (refused_by, batch.get(sent)) {
             Self::record_failure(conn, failed, &err).await?;
         }
@@ -555,7 +563,14 @@ impl Relay {
                 }
                 let started = tokio::time::Instant::now();
                 let mut sent = 0;
-                match self.run_once().await {
+                let passed = self.run_once().await;
+                if passed.is_err() {
+                    crate::metrics::metrics()
+                        .relay_up
+                        .with_label_values(&[self.service])
+                        .set(0);
+                }
+                match passed {
                     Ok(n) => {
                         (deleted, sent) = (deleted + n as u64, n);
                         if n > 0 {

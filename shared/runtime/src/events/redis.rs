@@ -311,6 +311,10 @@ impl RedisConsumer {
                     Ok(Some(handled)) => Ok(handled),
                     Err(err) => Err(err),
                 };
+                crate::metrics::metrics()
+                    .consumer_up
+                    .with_label_values(&[self.group()])
+                    .set(i64::from(pass.is_ok()));
                 if let Ok(handled) = pass
                     && handled > 0
                     && super::linger(started, &mut stopped).await
