@@ -111,6 +111,22 @@ async fn a_certificate_that_does_not_load_stops_the_start() -> anyhow::Result<()
         let refused = format!("{:#}", started.err().expect("the start is refused"));
         assert!(refused.contains("PIM_TLS_CERT, PIM_TLS_KEY"), "{refused}");
     }
+    // Mutual TLS with no certificate of its own to present to itself: refused too.
+    let own_key = dir.join("key.pem");
+    std::fs::write(&own_key, one.signing_key.serialize_pem())?;
+    let shown = |p: &std::path::Path| p.display().to_string();
+    let started = TestSuite::embedded_with(&[
+        ("PIM_TLS_CERT", shown(&cert)),
+        ("PIM_TLS_KEY", shown(&own_key)),
+        ("PIM_TLS_CA", shown(&cert)),
+        ("PIM_TLS_CLIENT_CA", shown(&cert)),
+    ])
+    .await;
+    let refused = format!("{:#}", started.err().expect("the start is refused"));
+    assert!(
+        refused.contains("set PIM_TLS_CLIENT_CERT and PIM_TLS_CLIENT_KEY"),
+        "{refused}"
+    );
     std::fs::remove_dir_all(&dir).ok();
     Ok(())
 }

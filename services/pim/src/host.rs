@@ -186,9 +186,6 @@ impl Refusals for Denials {
     }
 }
 
-/// What a TLS file that does not load is about.
-const TLS_FILES: &str = "PIM_TLS_CERT, PIM_TLS_KEY or PIM_TLS_CLIENT_CA does not load";
-
 fn consumer_name() -> String {
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "pim".to_owned());
     format!(
@@ -248,7 +245,14 @@ impl Suite {
         // The server's certificate and key load before anything starts: a file missing or a
         // key not matching stops the start, naming the setting, rather than leave a process
         // up with no gRPC port.
-        pim_runtime::listen::tls_acceptor(&config.tls).context(TLS_FILES)?;
+        pim_runtime::listen::tls_acceptor(&config.tls).context(grpc::TLS_FILES)?;
+        // Under mutual TLS this process calls its own services, and must present a certificate.
+        if config.tls.client_ca.is_some() && config.tls.client_cert.is_none() {
+            bail!(
+                "PIM_TLS_CLIENT_CA requires client certificates, and this process calls its own services: \
+                 set PIM_TLS_CLIENT_CERT and PIM_TLS_CLIENT_KEY (a certificate that CA signed)"
+            );
+        }
         // The Shared Signals transmitter (audit's, over HTTP): bound first, so its issuer is
         // known when audit is built.
         let ssf_listener = match config.ssf_addr.filter(|_| hosted.contains(&ServiceName::Audit)) {
@@ -511,7 +515,7 @@ impl Suite {
             served.push((service.grpc_services(), service.db().clone()));
         }
         let mut stopped = stopped;
-        let incoming = grpc::incoming(listener, &config.tls).context(TLS_FILES)?;
+        let incoming = grpc::incoming(listener, &config.tls)?;
         let server = tokio::spawn(async move {
             grpc::serve(incoming, routes.routes(), served, auth, async move {
                 let _ = stopped.wait_for(|s| *s).await;

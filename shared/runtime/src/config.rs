@@ -204,7 +204,7 @@ impl Config {
         // A key the file names and nothing reads is a mistake (a misspelt setting would
         // silently keep its default).
         if let Some(unknown) = from_file.iter().find(|k| !read.borrow().contains(*k)) {
-            let key = unknown.trim_start_matches("PIM_").to_ascii_lowercase();
+            let key = unknown.strip_prefix("PIM_").unwrap_or(unknown).to_ascii_lowercase();
             bail!(
                 "config file {}: {key} is no setting (settings are the PIM_ variables without PIM_, e.g. listen_addr)",
                 values.get("PIM_CONFIG").map(String::as_str).unwrap_or_default()
@@ -534,6 +534,12 @@ mod tests {
         let refused = Config::load(env(&[("PIM_CONFIG", typo.to_str().unwrap())])).unwrap_err();
         assert!(
             format!("{refused:#}").contains("signin_mfa_mode is no setting"),
+            "{refused:#}"
+        );
+        std::fs::write(&typo, "pim_listen_addr = \"0.0.0.0:9000\"\n").unwrap();
+        let refused = Config::load(env(&[("PIM_CONFIG", typo.to_str().unwrap())])).unwrap_err();
+        assert!(
+            format!("{refused:#}").contains("pim_listen_addr is no setting"),
             "{refused:#}"
         );
         // Out of range rather than quietly adjusted, or read as a cutoff in the future.

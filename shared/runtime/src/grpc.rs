@@ -360,11 +360,14 @@ pub fn with_reflection(routes: Routes) -> anyhow::Result<Routes> {
 /// ([`crate::listen::accepting_tls`]); plaintext otherwise ([`crate::listen::accepting`]).
 pub fn incoming(listener: TcpListener, tls: &TlsConfig) -> anyhow::Result<crate::listen::Accepted> {
     let within = crate::listen::FIRST_BYTES_WITHIN;
-    Ok(match crate::listen::tls_acceptor(tls)? {
+    Ok(match crate::listen::tls_acceptor(tls).context(TLS_FILES)? {
         Some(acceptor) => crate::listen::accepting_tls(listener, acceptor, within),
         None => crate::listen::accepting(listener, within),
     })
 }
+
+/// What a server's TLS file that does not load is about.
+pub const TLS_FILES: &str = "PIM_TLS_CERT, PIM_TLS_KEY or PIM_TLS_CLIENT_CA does not load";
 
 pub use crate::listen::SHUTDOWN_GRACE;
 
@@ -479,7 +482,7 @@ fn connect(url: &str, tls: &TlsConfig, own: Option<&std::path::Path>) -> anyhow:
     if url.starts_with("https://") {
         let mut config = match &tls.ca {
             Some(ca) => {
-                let pem = std::fs::read(ca).with_context(|| format!("reading CA certificate {}", ca.display()))?;
+                let pem = read_pem(ca, "the CA certificate (PIM_TLS_CA, --ca)")?;
                 ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem))
             }
             None => match own {
@@ -498,13 +501,27 @@ fn connect(url: &str, tls: &TlsConfig, own: Option<&std::path::Path>) -> anyhow:
             },
         };
         if let (Some(cert), Some(key)) = (&tls.client_cert, &tls.client_key) {
-            let cert = std::fs::read(cert).with_context(|| format!("reading client certificate {}", cert.display()))?;
-            let key = std::fs::read(key).with_context(|| format!("reading client key {}", key.display()))?;
+            let cert = read_pem(cert, "the client certificate (PIM_TLS_CLIENT_CERT, --client-cert)")?;
+            let key = read_pem(key, "the client key (PIM_TLS_CLIENT_KEY, --client-key)")?;
             config = config.identity(Identity::from_pem(cert, key));
         }
-        endpoint = endpoint.tls_config(config).context("configuring client TLS")?;
+        endpoint = endpoint
+            .tls_config(config)
+            .context("configuring client TLS (PIM_TLS_CA, PIM_TLS_CLIENT_CERT, PIM_TLS_CLIENT_KEY)")?;
     }
     Ok(endpoint.connect_lazy())
+}
+
+/// A PEM file a client's TLS needs, refused unless it holds PEM (a CA file of anything else
+/// would trust nothing, and the failure would read as an unknown issuer).
+fn read_pem(path: &std::path::Path, what: &str) -> anyhow::Result<Vec<u8>> {
+    let pem = std::fs::read(path).with_context(|| format!("reading {what} {}", path.display()))?;
+    anyhow::ensure!(
+        pem.windows(11).any(|w| w == b"-----BEGIN "),
+        "{what} {} holds no PEM",
+        path.display()
+    );
+    Ok(pem)
 }
 
 /// Completes on ctrl-c or SIGTERM.
@@ -729,6 +746,26 @@ mod tests {
         assert_eq!(next_page(vec![1, 2, 3], 2, token), (vec![1, 2], "2".to_owned()));
         assert_eq!(next_page(vec![1, 2], 2, token), (vec![1, 2], String::new()));
         assert_eq!(next_page(Vec::new(), 2, token), (Vec::new(), String::new()));
+    }
+
+    /// A CA file of anything but PEM would trust nothing: refused, naming the setting.
+    #[test]
+    fn a_client_ca_file_that_holds_no_pem_is_refused() {
+        let junk = std::env::temp_dir().join(format!("pim-junk-ca-{}", std::process::id()));
+        std::fs::write(&junk, "not a certificate").unwrap();
+        let tls = crate::config::TlsConfig {
+            ca: Some(junk.clone()),
+            ..Default::default()
+        };
+        let refused = format!(
+            "{:#}",
+            super::channel("https://127.0.0.1:1", &tls).expect_err("refused")
+        );
+        std::fs::remove_file(&junk).ok();
+        assert!(
+            refused.contains("(PIM_TLS_CA, --ca)") && refused.contains("holds no PEM"),
+            "{refused}"
+        );
     }
 
     /// No database connection free in time is a busy service (UNAVAILABLE, try again after a

@@ -65,7 +65,10 @@ impl Sealer {
             .split(',')
             .map(str::trim)
             .filter(|k| !k.is_empty())
-            .map(|k| Self::from_base64(k).map_err(|e| anyhow::anyhow!("PIM_SECRETS_KEY_PREVIOUS: {e}")))
+            .map(|k| {
+                Self::from_base64(k)
+                    .map_err(|_| anyhow::anyhow!("PIM_SECRETS_KEY_PREVIOUS: each key must be base64 of 32 bytes"))
+            })
             .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(Self { previous, ..self })
     }
@@ -212,11 +215,14 @@ mod tests {
         assert_eq!(digests.len(), 2);
         assert_eq!(digests[0], rotated.digest("code", b"ABCDE"), "the new key's first");
         assert_eq!(digests[1], kept, "then the replaced key's");
-        assert!(
-            Sealer::from_base64(&new_key)
-                .unwrap()
-                .with_previous("c2hvcnQ=")
-                .is_err()
+        let refused = Sealer::from_base64(&new_key)
+            .unwrap()
+            .with_previous("c2hvcnQ=")
+            .err()
+            .unwrap();
+        assert_eq!(
+            refused.to_string(),
+            "PIM_SECRETS_KEY_PREVIOUS: each key must be base64 of 32 bytes"
         );
     }
 }

@@ -520,7 +520,7 @@ pub(crate) fn explain(status: Status) -> anyhow::Error {
 
 /// What went wrong under a status the connection made rather than the server, causes
 /// outermost first (each once); none for the server's own answers.
-fn connection_cause(status: &Status) -> Option<String> {
+pub(crate) fn connection_cause(status: &Status) -> Option<String> {
     let mut causes: Vec<String> = Vec::new();
     let mut next = std::error::Error::source(status);
     while let Some(cause) = next {
@@ -536,7 +536,10 @@ fn connection_cause(status: &Status) -> Option<String> {
 /// What to change for a connection that failed for TLS, told by its cause.
 fn tls_hint(cause: &str) -> &'static str {
     let has = |words: &[&str]| words.iter().any(|w| cause.contains(w));
-    if has(&["UnknownIssuer", "BadSignature", "unknown issuer"]) {
+    if has(&["CaUsedAsEndEntity"]) {
+        " (the server's certificate is marked as a CA (CA:TRUE), which TLS refuses as a server's own: \
+         make it without the mark, or sign it with a CA)"
+    } else if has(&["UnknownIssuer", "BadSignature", "unknown issuer"]) {
         " (the server's certificate is not signed by a CA this machine trusts: give its CA with --ca or PIM_TLS_CA)"
     } else if has(&["NotValidForName", "not valid for name"]) {
         " (the server's certificate does not name the host in --server: use a name it holds)"
@@ -737,6 +740,10 @@ mod tests {
                 "refused the client certificate",
             ),
             ("http2 error: frame with invalid size", "use https://"),
+            (
+                "invalid peer certificate: Other(OtherError(CaUsedAsEndEntity))",
+                "without the mark",
+            ),
             (
                 "stream closed because of a broken pipe",
                 "may require a client certificate",

@@ -403,7 +403,9 @@ pub(crate) async fn health(only: Option<Served>, client: ClientArgs) -> anyhow::
                 format!("{:?}", r.into_inner().status())
             }
             Err(s) => {
-                any_answered |= s.code() != tonic::Code::Unavailable;
+                // A connection that failed (TLS on one side only, a certificate refused) is
+                // no answer either, whatever code tonic gives it.
+                any_answered |= s.code() != tonic::Code::Unavailable && super::connection_cause(&s).is_none();
                 let code = format!("{:?}", s.code());
                 unreached.get_or_insert(s);
                 code
