@@ -1131,3 +1131,29 @@ async fn the_secrets_key_rotates_with_the_old_one_given_for_one_restart() -> any
     })
     .await
 }
+
+/// A password alone signs nobody out: sign-ins waiting for MFA do not count among a user's
+/// live sessions, so a hundred of them (someone holding only the password) end none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_ins_waiting_for_mfa_end_no_session() -> anyhow::Result<()> {
+    let ts = TestSuite::embedded().await?;
+    let result = async {
+        let admin = ts.admin_token().await?;
+        ts.create_user(&admin, "kim").await?;
+        let before = ts.sign_in("kim", &password_of("kim")).await?;
+        let (_, _, _, session) = enrol(&ts, &before, "").await?;
+        for _ in 0..pim_identity::MAX_LIVE_SESSIONS {
+            let held = sign_in(&ts, "kim", &password_of("kim")).await?;
+            assert!(held.mfa_pending, "a password alone waits for MFA");
+        }
+        assert_ne!(
+            crate::trust::check_refused(&ts, session.access_token.clone()).await,
+            Some(Code::Unauthenticated),
+            "kim's signed-in session goes on"
+        );
+        anyhow::Ok(())
+    }
+    .await;
+    ts.stop().await?;
+    result
+}

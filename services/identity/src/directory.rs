@@ -60,14 +60,16 @@ impl Session {
 }
 
 /// How long a session (its refresh token) lasts.
-const SESSION_MS: i64 = 12 * 3600 * 1000;
+pub(crate) const SESSION_MS: i64 = 12 * 3600 * 1000;
 
 /// How long after its use a spent refresh token shown again is taken for the client's own
 /// retry rather than a copy (which ends the session).
 pub(crate) const REFRESH_RETRY_MS: i64 = 10_000;
 
-/// How long the token of a sign-in waiting for MFA lives: time to read an authenticator.
+/// How long the token of a sign-in waiting for MFA lives: time to read an authenticator. Its
+/// session lives as long, until the sign-in completes and it gets [`SESSION_MS`].
 const PENDING_TOKEN_TTL: Duration = Duration::from_secs(300);
+pub(crate) const PENDING_SESSION_MS: i64 = PENDING_TOKEN_TTL.as_millis() as i64;
 
 pub(crate) fn refresh_hash(token: &str) -> String {
     use sha2::{Digest, Sha256};
@@ -433,13 +435,21 @@ impl Directory {
             &user.id,
             &refresh_hash(&refresh_token),
             now,
-            now + SESSION_MS,
+            now + if pending.is_some() {
+                PENDING_SESSION_MS
+            } else {
+                SESSION_MS
+            },
         )
         .await?;
-        let by = actor(&user.id, PrincipalKind::User, &user.user_name);
-        self.end_sessions_past_limit(&txn, &by, now).await?;
         match pending {
-            None => self.signed_in(&txn, &user, &session_id, &amr, client).await?,
+            None => {
+                // Only a sign-in complete counts, and ends the oldest: a password alone (MFA
+                // not given) must not sign the user out anywhere.
+                let by = actor(&user.id, PrincipalKind::User, &user.user_name);
+                self.end_sessions_past_limit(&txn, &by, now).await?;
+                self.signed_in(&txn, &user, &session_id, &amr, client).await?
+            }
             Some(pending) => {
                 let event_type = match pending {
                     Pending::Mfa => EventType::SignInMfaPending,

@@ -21,7 +21,7 @@ use pim_runtime::db::{now_ms, to_timestamp};
 
 use crate::codes::{new_enrollment_pass, new_recovery_code};
 use crate::credentials;
-use crate::directory::{ClientInfo, Directory, Session, refresh_hash};
+use crate::directory::{ClientInfo, Directory, SESSION_MS, Session, refresh_hash};
 use crate::error::{Error, Result};
 use crate::factor::Factor;
 use crate::store::{self, EnrollmentPassRow, MfaMethodRow, UserRow};
@@ -469,9 +469,11 @@ impl Directory {
         let mut refresh_token = String::new();
         if caller.pending.is_some() {
             let next = credentials::random_secret();
-            if !store::set_session_refresh(&txn, &caller.session_id, &refresh_hash(&next)).await? {
+            if !store::set_session_refresh(&txn, &caller.session_id, &refresh_hash(&next), SESSION_MS).await? {
                 return Err(Error::BadRefresh);
             }
+            let by = crate::directory::actor(&user.id, PrincipalKind::User, &user.user_name);
+            self.end_sessions_past_limit(&txn, &by, now_ms()).await?;
             refresh_token = next;
             self.signed_in(&txn, user, &caller.session_id, &amr, client).await?;
         }

@@ -14,7 +14,7 @@ use pim_runtime::events::EventType;
 
 use pim_runtime::config::SigninMfa;
 
-use crate::directory::{ClientInfo, Directory, REFRESH_RETRY_MS, Session, actor, refresh_hash};
+use crate::directory::{ClientInfo, Directory, PENDING_SESSION_MS, REFRESH_RETRY_MS, Session, actor, refresh_hash};
 use crate::error::{Error, Result};
 use crate::tokens::TokenSubject;
 use crate::{credentials, limiter, store};
@@ -70,15 +70,17 @@ impl Directory {
     }
 
     /// Ends `user`'s oldest live sessions past the newest [`MAX_LIVE_SESSIONS`] (a sign-in
-    /// just made one more), each with its `SessionRevoked` (reason `session_limit`): someone
-    /// signing in in a loop fills no table.
+    /// just completed one more), each with its `SessionRevoked` (reason `session_limit`):
+    /// someone signing in in a loop fills no table. Sessions waiting for MFA neither count nor
+    /// end: a password alone signs nobody out.
     pub(crate) async fn end_sessions_past_limit<C: sea_orm::ConnectionTrait>(
         &self,
         txn: &C,
         user: &Actor,
         now: i64,
     ) -> Result<()> {
-        for session_id in store::revoke_sessions_past(txn, &user.principal_id, MAX_LIVE_SESSIONS, now).await? {
+        let sessions = store::revoke_sessions_past(txn, &user.principal_id, MAX_LIVE_SESSIONS, PENDING_SESSION_MS, now);
+        for session_id in sessions.await? {
             self.session_revoked(txn, user.clone(), &user.principal_id, session_id, "session_limit")
                 .await?;
         }

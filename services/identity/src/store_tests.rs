@@ -97,10 +97,17 @@ async fn sessions_past_the_newest_few_end_oldest_first() -> anyhow::Result<()> {
             store::insert_session(&db, id, "lee", &format!("h{id}"), at, at + 60 * MINUTE).await?;
         }
         store::insert_session(&db, "gone", "lee", "hgone", NOW - 2 * MINUTE, NOW - MINUTE).await?;
+        // Waiting for MFA (five minutes to live): neither counted nor ended.
+        store::insert_session(&db, "pending", "lee", "hpending", NOW + 7, NOW + 7 + 5 * MINUTE).await?;
         store::insert_session(&db, "kim1", "kim", "hkim", NOW - MINUTE, NOW + 60 * MINUTE).await?;
         store::revoke_session(&db, "d", NOW + 5).await?;
-        let ended = store::revoke_sessions_past(&db, "lee", 2, NOW + 10).await?;
-        assert_eq!(ended, ["a"], "b and c are the newest two live: a ends");
+        let ended = store::revoke_sessions_past(&db, "lee", 2, 5 * MINUTE, NOW + 10).await?;
+        assert_eq!(ended, ["a"], "b and c are the newest two complete and live: a ends");
+        assert!(
+            store::session_by_refresh(&db, "hpending")
+                .await?
+                .is_some_and(|s| s.revoked_at.is_none())
+        );
         assert!(
             store::session_by_refresh(&db, "ha")
                 .await?
@@ -117,7 +124,9 @@ async fn sessions_past_the_newest_few_end_oldest_first() -> anyhow::Result<()> {
                 .is_some_and(|s| s.revoked_at.is_none())
         );
         assert!(
-            store::revoke_sessions_past(&db, "lee", 2, NOW + 11).await?.is_empty(),
+            store::revoke_sessions_past(&db, "lee", 2, 5 * MINUTE, NOW + 11)
+                .await?
+                .is_empty(),
             "two are left"
         );
         Ok(())

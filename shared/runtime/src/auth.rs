@@ -638,8 +638,8 @@ pub const SELF_AUDITED_METHODS: &[&str] = &[
 /// protection's refusal (the grpc module's `LAST_GLOBAL_ADMINISTRATOR_RULE`; a step-up asked for
 /// is no refusal). And with UNAUTHENTICATED for a refused token worth a record (see
 /// `Rejections`): the caller its session named, or an unknown one for a token not valid. And
-/// with RESOURCE_EXHAUSTED for the first call of a minute refused unheard, its caller having
-/// been refused too often ([`crate::throttle`]).
+/// with RESOURCE_EXHAUSTED for the first of a run of calls refused unheard, their caller having
+/// been denied too often ([`crate::throttle`]).
 #[async_trait::async_trait]
 pub trait Refusals: Send + Sync {
     /// `target`: what the call was about, as its handler named it ([`aimed_at`]), or empty.
@@ -705,7 +705,7 @@ pub struct AuthLayer {
     public: Arc<HashSet<&'static str>>,
     refusals: Option<Arc<dyn Refusals>>,
     rejections: Arc<Rejections>,
-    /// Refusals counted by principal: past a minute's share, calls are refused unheard.
+    /// Denials counted by principal: past a minute's share, calls are refused unheard.
     throttle: Arc<Throttle>,
     stopping: Option<tokio::sync::watch::Receiver<bool>>,
     /// What it puts beside every caller for a long answer: one for the layer, shared.
@@ -1012,8 +1012,8 @@ where
                     recorded.record("pim.principal", caller.principal_id.as_str());
                     let now = crate::db::now_ms();
                     // Signing out is always heard: ending one's own session is never refused.
-                    if let Turn::Unheard { retry_after_ms, first } = layer.throttle.turn(&caller.principal_id, now)
-                        && *method != *SIGN_OUT
+                    if *method != *SIGN_OUT
+                        && let Turn::Unheard { retry_after_ms, first } = layer.throttle.turn(&caller.principal_id, now)
                     {
                         let refused = Turn::status(retry_after_ms);
                         if first && let Some(refusals) = layer.refusals.as_ref().filter(|r| r.records(&method)) {

@@ -203,21 +203,31 @@ pub async fn revoke_sessions_of<C: ConnectionTrait>(c: &C, principal_id: &str, n
     .map(drop)
 }
 
-/// Ends a principal's oldest live sessions past their newest `keep`; returns their ids.
+/// Ends a principal's oldest live sessions past their newest `keep`, counting only sessions
+/// whose sign-in completed (one waiting for MFA lives `pending_ms` at most; completing it
+/// makes it live longer); returns their ids.
 pub async fn revoke_sessions_past<C: ConnectionTrait>(
     c: &C,
     principal_id: &str,
     keep: u32,
+    pending_ms: i64,
     now: i64,
 ) -> Result<Vec<String>, DbErr> {
     db::query(
         c,
         "UPDATE sessions SET revoked_at = $1 \
-         WHERE principal_id = $2 AND revoked_at IS NULL AND expires_at > $1 AND id NOT IN ( \
+         WHERE principal_id = $2 AND revoked_at IS NULL AND expires_at > $1 AND expires_at - created_at > $4 \
+           AND id NOT IN ( \
              SELECT id FROM sessions WHERE principal_id = $2 AND revoked_at IS NULL AND expires_at > $1 \
+               AND expires_at - created_at > $4 \
              ORDER BY created_at DESC, id DESC LIMIT $3) \
          RETURNING id",
-        vec![now.into(), principal_id.into(), i64::from(keep).into()],
+        vec![
+            now.into(),
+            principal_id.into(),
+            i64::from(keep).into(),
+            pending_ms.into(),
+        ],
     )
     .await?
     .iter()
@@ -249,11 +259,12 @@ pub async fn set_session_refresh<C: ConnectionTrait>(
     c: &C,
     session_id: &str,
     refresh_hash: &str,
+    lifetime_ms: i64,
 ) -> Result<bool, DbErr> {
     Ok(db::exec(
         c,
-        "UPDATE sessions SET refresh_hash = $1 WHERE id = $2 AND revoked_at IS NULL",
-        vec![refresh_hash.into(), session_id.into()],
+        "UPDATE sessions SET refresh_hash = $1, expires_at = created_at + $3 WHERE id = $2 AND revoked_at IS NULL",
+        vec![refresh_hash.into(), session_id.into(), lifetime_ms.into()],
     )
     .await?
         == 1)
