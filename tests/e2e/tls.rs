@@ -9,14 +9,21 @@ use pim_proto::assignment::v1::ListRoleDefinitionsRequest;
 use pim_proto::assignment::v1::role_service_client::RoleServiceClient;
 use pim_runtime::testing::unique;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_suite_serves_tls_when_a_certificate_is_configured() -> anyhow::Result<()> {
+/// A directory of its own holding a self-signed certificate for `names` and its key: (the
+/// directory, the certificate's path, the key's).
+fn self_signed(names: &[&str]) -> anyhow::Result<(std::path::PathBuf, std::path::PathBuf, std::path::PathBuf)> {
     let dir = std::env::temp_dir().join(unique("tls"));
     std::fs::create_dir_all(&dir)?;
-    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])?;
+    let certified = rcgen::generate_simple_self_signed(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())?;
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     std::fs::write(&cert, certified.cert.pem())?;
     std::fs::write(&key, certified.signing_key.serialize_pem())?;
+    Ok((dir, cert, key))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_suite_serves_tls_when_a_certificate_is_configured() -> anyhow::Result<()> {
+    let (dir, cert, key) = self_signed(&["localhost", "127.0.0.1"])?;
     let ts = TestSuite::embedded_with(&[
         ("PIM_TLS_CERT", cert.display().to_string()),
         ("PIM_TLS_KEY", key.display().to_string()),
@@ -59,12 +66,7 @@ async fn the_suite_serves_tls_when_a_certificate_is_configured() -> anyhow::Resu
 /// itself: its calls to its own address trust the certificate it serves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_suite_serving_tls_reaches_itself_without_a_ca_set() -> anyhow::Result<()> {
-    let dir = std::env::temp_dir().join(unique("tls"));
-    std::fs::create_dir_all(&dir)?;
-    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()])?;
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    std::fs::write(&cert, certified.cert.pem())?;
-    std::fs::write(&key, certified.signing_key.serialize_pem())?;
+    let (dir, cert, key) = self_signed(&["127.0.0.1"])?;
     let mut ts = TestSuite::embedded_with(&[
         ("PIM_TLS_CERT", cert.display().to_string()),
         ("PIM_TLS_KEY", key.display().to_string()),

@@ -1043,19 +1043,24 @@ where
                             (response, target)
                         })
                         .await;
-                    if let Ok(answer) = &response
-                        && let Some(status) = Status::from_header_map(answer.headers())
-                        && status.code() == tonic::Code::PermissionDenied
+                    // Errors come back trailers-only: their status is in the headers (read once).
+                    let answered = response
+                        .as_ref()
+                        .ok()
+                        .and_then(|a| Status::from_header_map(a.headers()));
+                    if answered
+                        .as_ref()
+                        .is_some_and(|s| s.code() == tonic::Code::PermissionDenied)
                     {
                         layer.throttle.refused(&principal, now);
                     }
-                    let denied = match (&refusals, &response) {
-                        (Some(_), Ok(answer)) => Status::from_header_map(answer.headers()).filter(|status| {
-                            status.code() == tonic::Code::PermissionDenied
-                                || status.code() == tonic::Code::FailedPrecondition
-                        }),
-                        _ => None,
-                    };
+                    let denied = answered.filter(|status| {
+                        refusals.is_some()
+                            && matches!(
+                                status.code(),
+                                tonic::Code::PermissionDenied | tonic::Code::FailedPrecondition
+                            )
+                    });
                     if let (Some((refusals, caller)), Some(status)) = (refusals, denied) {
                         refusals.refused(&caller.actor(), &method, &status, &target).await;
                     }

@@ -12,7 +12,7 @@
 //! own.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::RwLock;
 use std::time::Duration;
 
 use tonic::Status;
@@ -32,6 +32,18 @@ const MAX_COUNTED: usize = 10_000;
 struct Denials {
     at: VecDeque<i64>,
     recorded_until: i64,
+}
+
+impl Denials {
+    /// Until when calls are unheard at `now`: the minute after the oldest of the last
+    /// [`MAX_REFUSALS_PER_MINUTE`] denials, if they are all that many and it lasts.
+    fn until(&self, now: i64) -> Option<i64> {
+        let oldest = *self
+            .at
+            .front()
+            .filter(|_| self.at.len() >= MAX_REFUSALS_PER_MINUTE as usize)?;
+        Some(oldest + WINDOW_MS).filter(|until| now < *until)
+    }
 }
 
 /// Whether a call is heard.
@@ -61,27 +73,30 @@ impl Turn {
 /// Denials counted by principal, over the last minute (a sliding window: never more than
 /// [`MAX_REFUSALS_PER_MINUTE`] within any minute).
 #[derive(Default)]
-pub struct Throttle(Mutex<HashMap<String, Denials>>);
+pub struct Throttle(RwLock<HashMap<String, Denials>>);
 
 impl Throttle {
     /// Whether `principal`'s call at `now` is heard: not while the minute after the oldest of
     /// their last [`MAX_REFUSALS_PER_MINUTE`] denials lasts.
     pub fn turn(&self, principal: &str, now: i64) -> Turn {
-        let mut counted = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        // Every call asks: most principals were never denied, and are answered under a read
+        // lock that calls share.
+        if self
+            .0
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(principal)
+            .is_none_or(|d| d.until(now).is_none())
+        {
+            return Turn::Heard;
+        }
+        let mut counted = self.0.write().unwrap_or_else(|e| e.into_inner());
         let Some(denials) = counted.get_mut(principal) else {
             return Turn::Heard;
         };
-        let Some(&oldest) = denials
-            .at
-            .front()
-            .filter(|_| denials.at.len() >= MAX_REFUSALS_PER_MINUTE as usize)
-        else {
+        let Some(until) = denials.until(now) else {
             return Turn::Heard;
         };
-        let until = oldest + WINDOW_MS;
-        if now >= until {
-            return Turn::Heard;
-        }
         let first = now >= denials.recorded_until;
         if first {
             denials.recorded_until = until;
@@ -94,7 +109,7 @@ impl Throttle {
 
     /// Counts a denial of `principal`'s at `now`.
     pub fn refused(&self, principal: &str, now: i64) {
-        let mut counted = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut counted = self.0.write().unwrap_or_else(|e| e.into_inner());
         if counted.len() >= MAX_COUNTED && !counted.contains_key(principal) {
             counted.retain(|_, d| d.at.back().is_some_and(|last| now - last < WINDOW_MS));
             if counted.len() >= MAX_COUNTED {
