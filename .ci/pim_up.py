@@ -31,11 +31,32 @@ class PimUp:
         self.verifying_keys = None
 
     def __enter__(self) -> "PimUp":
+        password = self._start(first=True)
+        self.admin_password = password
+        self.run("login", "--user", "admin", "--password-stdin", stdin=password + "\n")
+        return self
+
+    def restart(self, **env):
+        """Stops `pim up` and starts it again on the same data directory, with the settings
+        in `env` changed (None removes one); the administrator stays signed in."""
+        self.process.terminate()
+        self.process.wait(timeout=30)
+        for name, value in env.items():
+            if value is None:
+                self.env.pop(name, None)
+            else:
+                self.env[name] = value
+        self._start(first=False)
+
+    def _start(self, first: bool) -> str | None:
+        """Starts `pim up` and reads what it prints: where it serves, and on the first start
+        the break-glass administrator's password (returned)."""
         self.process = subprocess.Popen([self.pim, "up"], env=self.env, stdout=subprocess.PIPE,
                                         stderr=subprocess.DEVNULL, text=True)
         server = password = None
+        done = False
         deadline = time.time() + 60
-        while (server is None or password is None) and time.time() < deadline:
+        while not done and time.time() < deadline:
             line = self.process.stdout.readline()
             if not line:
                 break
@@ -49,13 +70,19 @@ class PimUp:
                 self.ssf = line.split()[-1].removesuffix("/.well-known/ssf-configuration")
             if line.strip().startswith("password:"):
                 password = line.split()[-1]
-        if server is None or password is None:
+            done = server is not None and (password is not None if first else line.strip().startswith("data:"))
+        if not done:
             self.__exit__(None, None, None)
             raise RuntimeError("pim up did not print its address and credentials")
         self.env["PIM_SERVER"] = server
-        self.admin_password = password
-        self.run("login", "--user", "admin", "--password-stdin", stdin=password + "\n")
-        return self
+        return password
+
+    def secrets_key(self) -> str:
+        """The key `pim up` seals secrets with: PIM_SECRETS_KEY, or the one it keeps."""
+        if "PIM_SECRETS_KEY" in self.env:
+            return self.env["PIM_SECRETS_KEY"]
+        with open(os.path.join(self.env["PIM_DATA_DIR"], "secrets.key")) as f:
+            return f.read().strip()
 
     def run(self, *args: str, stdin: str | None = None, check: bool = True,
             as_user: str | None = None) -> subprocess.CompletedProcess:

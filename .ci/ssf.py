@@ -6,10 +6,12 @@ Lee is given a role for 4 seconds: the push receiver gets the role's token-claim
 then its session-revoked within 1 s of the role's end; the polled stream holds the same two
 events, in order, until they are acknowledged. The push receiver wants its own credential
 (the stream's authorization_header) on every SET, then rotates it with a PATCH; the
-credential is never shown back nor in the audit trail. Without a token, or without the permission, stream management is
+credential is never shown back nor in the audit trail, and survives a rotation of
+`PIM_SECRETS_KEY`. Without a token, or without the permission, stream management is
 refused. Usage: python3 .ci/ssf.py PATH_TO_PIM
 """
 
+import base64
 import json
 import os
 import sys
@@ -247,6 +249,22 @@ def main(pim: str) -> int:
                "-j", "a credential rotation check")
         wait("a push carrying the new credential", lambda: len(receiver.sets()) > before)
         assert receiver.refused == 0, "no push went with the old credential after the PATCH"
+
+        # The suite's key rotates: the restart that gives the old key too seals the stream's
+        # credential again under the new one, so pushes carry it once the old key is gone; the
+        # SETs verify with the keys the transmitter publishes then.
+        old_key = up.secrets_key()
+        up.restart(PIM_SECRETS_KEY=base64.b64encode(os.urandom(32)).decode(), PIM_SECRETS_KEY_PREVIOUS=old_key)
+        up.restart(PIM_SECRETS_KEY_PREVIOUS=None)
+        issuer = up.ssf
+        status, config = call("GET", f"{issuer}/.well-known/ssf-configuration")
+        assert status == 200, config
+        keys = {k.key_id: k for k in jwt.PyJWKSet.from_dict(call("GET", config["jwks_uri"])[1]).keys}
+        before = len(receiver.sets())
+        up.run("unassign", "Global Reader", "--principal", "lee", "--kind", "active", "-j", "after the key's rotation")
+        wait("a push after the key's rotation", lambda: len(receiver.sets()) > before)
+        assert receiver.refused == 0, "the push carried the credential sealed again under the new key"
+        verified(receiver.sets()[-1][2])
 
         status, _ = call("DELETE", f"{config['configuration_endpoint']}?stream_id={pushed['stream_id']}", token)
         assert status == 204, status

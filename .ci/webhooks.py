@@ -4,10 +4,14 @@ library (`standardwebhooks`). The receiver answers 500 to the first two deliveri
 event must come again (same webhook-id) until it is taken, and every event must arrive once
 taken, in the order audit recorded them, as a CloudEvents 1.0 JSON event. A test delivery
 arrives too; after a secret rotation, deliveries verify under the new secret and the old one.
+After `PIM_SECRETS_KEY` rotates, they verify under the secret the receiver holds while the old
+key is given, and under a secret rotated since once it is not.
 Usage: python3 .ci/webhooks.py PATH_TO_PIM
 """
 
+import base64
 import json
+import os
 import sys
 import threading
 import time
@@ -137,12 +141,30 @@ def main(pim: str) -> int:
         assert second_secret != first_secret
         receiver.secrets[:] = [second_secret]
         up.run("users", "create", "--user-name", "after-rotation")
-        last = wait("a delivery after the rotation",
-                    lambda: next((t for t in receiver.taken()
-                                  if json.loads(t["body"])["data"]["target"]["name"] == "after-rotation"), None))
+        def delivery_about(name: str):
+            return next((t for t in receiver.taken() if json.loads(t["body"])["data"]["target"]["name"] == name), None)
+
+        last = wait("a delivery after the rotation", lambda: delivery_about("after-rotation"))
         assert last["verified"] == [second_secret], "the new secret verifies"
         assert len(last["headers"]["webhook-signature"].split()) == 2, "both secrets sign for a day"
         Webhook(first_secret).verify(last["body"], last["headers"])
+
+        # The suite's key rotates (the old one given for a restart): deliveries still verify
+        # under the secret the receiver holds; the subscription's secret rotated then is one
+        # of the new key, which alone verifies once the old key is no longer given.
+        old_key = up.secrets_key()
+        up.restart(PIM_SECRETS_KEY=base64.b64encode(os.urandom(32)).decode(), PIM_SECRETS_KEY_PREVIOUS=old_key)
+        up.run("users", "create", "--user-name", "after-the-key-rotation")
+        rotated_key = wait("a delivery after the key's rotation", lambda: delivery_about("after-the-key-rotation"))
+        assert second_secret in rotated_key["verified"], "the secret the receiver holds still verifies"
+        third_secret = secret_of(up.run("webhooks", "rotate-secret", subscription).stdout)
+        assert third_secret not in (first_secret, second_secret)
+        receiver.secrets[:] = [second_secret, third_secret]
+        up.restart(PIM_SECRETS_KEY_PREVIOUS=None)
+        up.run("users", "create", "--user-name", "after-the-old-key")
+        new_key_alone = wait("a delivery under the new key alone", lambda: delivery_about("after-the-old-key"))
+        assert new_key_alone["verified"] == [third_secret], "only the new key's secret verifies"
+        receiver.secrets[:] = [third_secret]
         for s in receiver.seen:
             assert b"whsec_" not in s["body"], "no secret in a delivery"
         # A group filter: only events about that group (its creation, its members).

@@ -54,17 +54,22 @@ impl Audit {
         let key = deps.config.audit_hmac_key.as_ref().or(deps.config.secrets_key.as_ref());
         let outbox = Outbox::default();
         // Webhook secrets derive from the suite's secrets key (a key of their own, not the
-        // correlator's).
+        // correlator's), and from the keys it replaced while they are given.
         let webhook_key = deps.config.secrets_key.as_ref().or(deps.config.audit_hmac_key.as_ref());
-        Ok(Self {
+        let replaced = match (&deps.config.secrets_key, &deps.config.secrets_key_previous) {
+            (Some(_), Some(previous)) => pim_runtime::sealing::replaced_keys(previous.expose()),
+            _ => Vec::new(),
+        };
+        let audit = Self {
             webhooks: webhooks::Dispatcher {
                 db: deps.db.clone(),
                 outbox: outbox.clone(),
-                keys: webhook_key.map(|k| webhooks::Keys::new(k.expose())),
+                keys: webhook_key.map(|k| webhooks::Keys::new(k.expose()).replacing(&replaced)),
                 wake: Default::default(),
                 ssf: match (&deps.config.ssf_issuer, webhook_key) {
                     (Some(issuer), Some(key)) => Some(
                         ssf::Transmitter::at_generation(issuer, key.expose(), deps.config.ssf_key_generation)?
+                            .replacing(&replaced)?
                             .allowing_private_receivers(deps.config.ssf_private_receivers),
                     ),
                     (Some(_), None) => {
@@ -90,7 +95,38 @@ impl Audit {
             access: deps.access,
             correlator: records::Correlator::new(key.map(|k| k.expose().as_str())),
             retention: deps.config.audit_retention,
-        })
+        };
+        audit.reseal_push_credentials().await?;
+        Ok(audit)
+    }
+
+    /// Seals again, under the current key, each push stream's credentials a key it replaced
+    /// sealed (`PIM_SECRETS_KEY_PREVIOUS`), so that the next start needs the current key alone.
+    async fn reseal_push_credentials(&self) -> anyhow::Result<()> {
+        let Some(transmitter) = &self.webhooks.ssf else {
+            return Ok(());
+        };
+        let mut resealed = 0;
+        for (stream_id, sealed) in webhooks::store::stream_authorizations(&self.db).await? {
+            match transmitter.reseal_authorization(&stream_id, &sealed) {
+                Ok(Some(again)) => {
+                    webhooks::store::set_stream_authorization(&self.db, &stream_id, &again).await?;
+                    resealed += 1;
+                }
+                Ok(None) => {}
+                Err(_) => tracing::warn!(
+                    stream_id,
+                    "a push stream's authorization header opens under no key given (neither PIM_SECRETS_KEY nor PIM_SECRETS_KEY_PREVIOUS): its pushes fail until the receiver sets it again"
+                ),
+            }
+        }
+        if resealed > 0 {
+            tracing::info!(
+                resealed,
+                "push streams' authorization headers sealed under an earlier PIM_SECRETS_KEY are sealed under the current one"
+            );
+        }
+        Ok(())
     }
 }
 

@@ -229,6 +229,7 @@ pub async fn serve(
 
 /// `pim serve gateway`: binds `PIM_LISTEN_ADDR` and serves until ctrl-c or SIGTERM.
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    grpc::listen_for_shutdown();
     let listener = TcpListener::bind(config.listen_addr)
         .await
         .with_context(|| format!("binding {}", config.listen_addr))?;

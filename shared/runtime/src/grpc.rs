@@ -524,27 +524,57 @@ fn read_pem(path: &std::path::Path, what: &str) -> anyhow::Result<Vec<u8>> {
     Ok(pem)
 }
 
-/// Completes on ctrl-c or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = terminate => {}
+/// Whether the process was told to stop (SIGTERM or ctrl-c), heard by one listener for the
+/// whole process (see [`listen_for_shutdown`]).
+static SHUTDOWN: std::sync::OnceLock<tokio::sync::watch::Receiver<bool>> = std::sync::OnceLock::new();
+
+/// Starts hearing SIGTERM and ctrl-c for the whole process, now: call it first thing (in the
+/// runtime), before anything that takes time. A signal is heard only by listeners that exist
+/// when it comes; once one exists, the signal no longer ends the process by itself, so a
+/// signal arriving while a later listener was not yet made would be lost for it (a `pim up`
+/// told to stop as it starts ran on).
+pub fn listen_for_shutdown() -> tokio::sync::watch::Receiver<bool> {
+    SHUTDOWN
+        .get_or_init(|| {
+            let (told, heard) = tokio::sync::watch::channel(false);
+            #[cfg(unix)]
+            let (terminate, interrupt) = {
+                use tokio::signal::unix::{SignalKind, signal};
+                (
+                    signal(SignalKind::terminate()).ok(),
+                    signal(SignalKind::interrupt()).ok(),
+                )
+            };
+            tokio::spawn(async move {
+                #[cfg(unix)]
+                {
+                    let next = |s: Option<tokio::signal::unix::Signal>| async move {
+                        match s {
+                            Some(mut s) => s.recv().await,
+                            None => std::future::pending().await,
+                        }
+                    };
+                    tokio::select! {
+                        _ = next(terminate) => {}
+                        _ = next(interrupt) => {}
+                    }
+                }
+                #[cfg(not(unix))]
+                let _ = tokio::signal::ctrl_c().await;
+                tracing::info!("shutting down");
+                told.send_replace(true);
+            });
+            heard
+        })
+        .clone()
+}
+
+/// Completes once the process is told to stop (SIGTERM or ctrl-c), or at once if it was.
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
+    let mut heard = listen_for_shutdown();
+    async move {
+        let _ = heard.wait_for(|told| *told).await;
     }
-    tracing::info!("shutting down");
 }
 
 #[cfg(test)]

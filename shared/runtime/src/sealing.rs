@@ -31,6 +31,16 @@ pub struct Opened {
     pub stale: bool,
 }
 
+/// The keys `PIM_SECRETS_KEY_PREVIOUS` names: comma-separated, newest first.
+pub fn replaced_keys(previous: &str) -> Vec<String> {
+    previous
+        .split(',')
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
 /// A key of its own for `purpose` from key material `key` (HMAC-SHA256).
 fn derive(key: &[u8], purpose: &[u8]) -> [u8; 32] {
     let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes a key of any length");
@@ -61,16 +71,23 @@ impl Sealer {
     /// This key, holding the keys it replaced (`PIM_SECRETS_KEY_PREVIOUS`: base64 keys,
     /// comma-separated, newest first) to open and check what they sealed and digested.
     pub fn with_previous(self, previous: &str) -> anyhow::Result<Self> {
-        let previous = previous
-            .split(',')
-            .map(str::trim)
-            .filter(|k| !k.is_empty())
+        let previous = replaced_keys(previous)
+            .iter()
             .map(|k| {
                 Self::from_base64(k)
                     .map_err(|_| anyhow::anyhow!("PIM_SECRETS_KEY_PREVIOUS: each key must be base64 of 32 bytes"))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
-        Ok(Self { previous, ..self })
+        Ok(self.replacing(previous))
+    }
+
+    /// This key, holding `replaced` (the keys it replaced, newest first) to open and check
+    /// what they sealed and digested.
+    pub fn replacing(self, replaced: Vec<Sealer>) -> Self {
+        Self {
+            previous: replaced,
+            ..self
+        }
     }
 
     /// A key of its own for `purpose`, derived from a master secret of any form (HMAC-SHA256):

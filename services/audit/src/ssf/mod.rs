@@ -315,6 +315,9 @@ pub fn verification(stream_id: &str, state: &str) -> String {
     .to_string()
 }
 
+/// What push credentials are sealed under, derived from the suite's key.
+const CREDENTIALS: &str = "ssf push authorization";
+
 /// The transmitter's identity: its issuer URL and its Ed25519 signing key, derived from the
 /// suite's secrets key (never stored: a copy of the database signs nothing).
 #[derive(Clone)]
@@ -324,6 +327,11 @@ pub struct Transmitter {
     /// still so that SETs signed just before a rotation verify.
     current: Generation,
     previous: Option<Generation>,
+    /// The same generation under the suite's keys the current one replaced
+    /// (`PIM_SECRETS_KEY_PREVIOUS`), published while they are given so that SETs signed before
+    /// the rotation verify.
+    replaced: Vec<Generation>,
+    generation: u32,
     /// Seals receivers' push credentials at rest (a key of its own from the same secret).
     credentials: pim_runtime::sealing::Sealer,
     /// Whether receivers' streams may push to private addresses too (the operator allows it:
@@ -384,8 +392,28 @@ impl Transmitter {
                 1 => None,
                 n => Some(Generation::derive(master, n - 1)?),
             },
-            credentials: pim_runtime::sealing::Sealer::derived(master, "ssf push authorization"),
+            replaced: Vec::new(),
+            generation,
+            credentials: pim_runtime::sealing::Sealer::derived(master, CREDENTIALS),
             private_receivers: false,
+        })
+    }
+
+    /// This transmitter, holding the suite's keys its own replaced (newest first): their keys
+    /// are published, and push credentials they sealed open (and are sealed again at start).
+    pub fn replacing(self, replaced: &[String]) -> anyhow::Result<Self> {
+        Ok(Self {
+            replaced: replaced
+                .iter()
+                .map(|master| Generation::derive(master, self.generation))
+                .collect::<anyhow::Result<_>>()?,
+            credentials: self.credentials.replacing(
+                replaced
+                    .iter()
+                    .map(|master| pim_runtime::sealing::Sealer::derived(master, CREDENTIALS))
+                    .collect(),
+            ),
+            ..self
         })
     }
 
@@ -409,10 +437,25 @@ impl Transmitter {
         String::from_utf8(self.credentials.open(&bytes, stream_id)?).context("an authorization header is not UTF-8")
     }
 
+    /// A stream's authorization header sealed again under the current key, when a key it
+    /// replaced sealed it (none when the current key did).
+    pub fn reseal_authorization(&self, stream_id: &str, sealed: &str) -> anyhow::Result<Option<String>> {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(sealed)
+            .context("a sealed authorization header is not base64")?;
+        let opened = self.credentials.open_telling(&bytes, stream_id)?;
+        if !opened.stale {
+            return Ok(None);
+        }
+        let header = String::from_utf8(opened.plaintext).context("an authorization header is not UTF-8")?;
+        self.seal_authorization(stream_id, &header).map(Some)
+    }
+
     /// The public keys, as a JWK Set: the one that signs, and the one before it.
     pub fn jwks(&self) -> Value {
         let keys: Vec<Value> = std::iter::once(&self.current)
             .chain(self.previous.as_ref())
+            .chain(&self.replaced)
             .map(Generation::jwk)
             .collect();
         json!({ "keys": keys })
@@ -525,6 +568,30 @@ mod tests {
         jsonwebtoken::decode::<Value>(&set, &jsonwebtoken::DecodingKey::from_jwk(&jwk).unwrap(), &validation)
             .expect("the published key verifies it");
         assert!(Transmitter::at_generation("https://pim.example", "suite key", 0).is_err());
+    }
+
+    /// After the suite's key rotates, the old key's signing key stays published and the push
+    /// credentials it sealed open, and are sealed again under the new one.
+    #[test]
+    fn after_the_suites_key_rotates_the_old_keys_publish_and_open_while_given() {
+        let old = Transmitter::new("https://pim.example", "old key").unwrap();
+        let sealed = old.seal_authorization("stream-1", "Bearer s3cret").unwrap();
+        let alone = Transmitter::new("https://pim.example", "new key").unwrap();
+        assert!(alone.open_authorization("stream-1", &sealed).is_err());
+        let rotated = alone.clone().replacing(&["old key".to_owned()]).unwrap();
+        let published = rotated.jwks()["keys"].clone();
+        assert_eq!(published[0], alone.jwks()["keys"][0], "the new key signs");
+        assert_eq!(published[1], old.jwks()["keys"][0], "the old one stays published");
+        assert_eq!(
+            rotated.open_authorization("stream-1", &sealed).unwrap(),
+            "Bearer s3cret"
+        );
+        let again = rotated
+            .reseal_authorization("stream-1", &sealed)
+            .unwrap()
+            .expect("sealed again");
+        assert_eq!(alone.open_authorization("stream-1", &again).unwrap(), "Bearer s3cret");
+        assert!(rotated.reseal_authorization("stream-1", &again).unwrap().is_none());
     }
 
     #[test]

@@ -282,22 +282,40 @@ fn is_loopback(host: &str) -> bool {
 
 /// The subscriptions' signing secrets, derived from the suite's key: never stored, so a copy
 /// of the database alone signs nothing. Each rotation is a new generation.
+///
+/// The suite's key rotates too (`PIM_SECRETS_KEY_PREVIOUS`): while the keys it replaced are
+/// given, each delivery is signed under them as well, so that receivers keep verifying with
+/// the secrets they hold until each subscription's secret is rotated and shown again.
 #[derive(Clone)]
-pub struct Keys(Hmac<Sha256>);
+pub struct Keys {
+    current: Hmac<Sha256>,
+    /// The keys the current one replaced, newest first: they sign beside it, never alone.
+    replaced: Vec<Hmac<Sha256>>,
+}
+
+fn master_key(master: &str) -> Hmac<Sha256> {
+    Hmac::<Sha256>::new_from_slice(master.as_bytes()).expect("HMAC takes a key of any length")
+}
 
 impl Keys {
     pub fn new(master: &str) -> Self {
-        Self(Hmac::<Sha256>::new_from_slice(master.as_bytes()).expect("HMAC takes a key of any length"))
+        Self {
+            current: master_key(master),
+            replaced: Vec::new(),
+        }
+    }
+
+    /// These keys, signing also under the keys `master` replaced (newest first).
+    pub fn replacing(self, replaced: &[String]) -> Self {
+        Self {
+            replaced: replaced.iter().map(|k| master_key(k)).collect(),
+            ..self
+        }
     }
 
     /// The 32-byte secret of a subscription's generation.
     pub fn secret(&self, subscription_id: &str, generation: i64) -> Vec<u8> {
-        let mut mac = self.0.clone();
-        mac.update(b"pim webhook secret\0");
-        mac.update(subscription_id.as_bytes());
-        mac.update(b"\0");
-        mac.update(generation.to_string().as_bytes());
-        mac.finalize().into_bytes().to_vec()
+        secret_under(&self.current, subscription_id, generation)
     }
 
     /// The secret as the subscriber keeps it: `whsec_` and base64.
@@ -315,12 +333,22 @@ impl Keys {
         if s.generation > 1 && now < s.previous_until {
             generations.push(s.generation - 1);
         }
-        generations
-            .into_iter()
-            .map(|g| sign(&self.secret(&s.id, g), id, timestamp, body))
+        std::iter::once(&self.current)
+            .chain(&self.replaced)
+            .flat_map(|master| generations.iter().map(move |&g| secret_under(master, &s.id, g)))
+            .map(|secret| sign(&secret, id, timestamp, body))
             .collect::<Vec<_>>()
             .join(" ")
     }
+}
+
+fn secret_under(master: &Hmac<Sha256>, subscription_id: &str, generation: i64) -> Vec<u8> {
+    let mut mac = master.clone();
+    mac.update(b"pim webhook secret\0");
+    mac.update(subscription_id.as_bytes());
+    mac.update(b"\0");
+    mac.update(generation.to_string().as_bytes());
+    mac.finalize().into_bytes().to_vec()
 }
 
 /// One Standard Webhooks signature: `v1,` and the base64 of HMAC-SHA256 over
@@ -468,6 +496,28 @@ mod tests {
         s.generation = 1;
         assert_ne!(keys.shown("sub-1", 1), keys.shown("sub-1", 2));
         assert!(keys.shown("sub-1", 1).starts_with("whsec_"));
+    }
+
+    /// After the suite's key rotates, the secret a receiver holds still verifies while the old
+    /// key is given; the new key's secret signs first.
+    #[test]
+    fn after_the_suites_key_rotates_the_old_secret_verifies_while_the_old_key_is_given() {
+        let s = Subscription {
+            id: "sub-1".into(),
+            generation: 1,
+            ..Subscription::default()
+        };
+        let held = Keys::new("old key").secret("sub-1", 1);
+        let rotated = Keys::new("new key").replacing(&["old key".to_owned()]);
+        let header = rotated.signature(&s, "e1", 1, "{}", 0);
+        let signatures: Vec<&str> = header.split(' ').collect();
+        assert_eq!(signatures[0], sign(&rotated.secret("sub-1", 1), "e1", 1, "{}"));
+        assert!(signatures.contains(&sign(&held, "e1", 1, "{}").as_str()), "{header}");
+        let alone = Keys::new("new key").signature(&s, "e1", 1, "{}", 0);
+        assert!(
+            !alone.contains(&sign(&held, "e1", 1, "{}")),
+            "the old key no longer given"
+        );
     }
 
     #[test]

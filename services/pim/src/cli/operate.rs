@@ -31,6 +31,7 @@ pub(crate) fn load_config(default_pretty: bool) -> anyhow::Result<Config> {
 /// The all-in-one: five services, one address, one SQLite file each.
 pub(crate) async fn up() -> anyhow::Result<i32> {
     let mut config = load_config(true)?;
+    grpc::listen_for_shutdown();
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
     // Only the owner may read what the suite keeps (password hashes, sealed seeds, audit).
@@ -266,6 +267,7 @@ impl std::str::FromStr for Served {
 
 pub(crate) async fn serve(service: ServiceName) -> anyhow::Result<i32> {
     let config = load_config(false)?;
+    grpc::listen_for_shutdown();
     let database = config
         .database_url
         .clone()
@@ -316,6 +318,7 @@ fn start_portal(config: &Config, upstreams: Upstreams, listener: tokio::net::Tcp
 /// address in each).
 pub(crate) async fn serve_portal() -> anyhow::Result<i32> {
     let mut config = load_config(false)?;
+    grpc::listen_for_shutdown();
     let url = |setting: &str, value: &Option<String>| -> anyhow::Result<tonic::transport::Channel> {
         let url = value
             .as_deref()

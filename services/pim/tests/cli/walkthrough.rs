@@ -622,3 +622,15 @@ fn the_readme_walk_through_works_and_survives_a_restart() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// A supervisor's SIGTERM as `pim up` starts (just after it prints its address, while it
+/// still makes the administrator) stops it: the whole process hears the signal from its first
+/// moment, and no part of it, listening later, misses it and runs on.
+#[test]
+fn told_to_stop_as_it_starts_pim_up_stops() {
+    let dir = std::env::temp_dir().join(format!("pim-cli-{}", uuid::Uuid::now_v7().simple()));
+    let up = Up::start(&dir.join("data"));
+    up.read_until(|l| l.starts_with("PIM is up at"));
+    up.terminate();
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -20,6 +20,17 @@ pub async fn set_stream_authorization<C: ConnectionTrait>(c: &C, id: &str, seale
     Ok(())
 }
 
+/// Every push stream's sealed `Authorization` header: (stream id, sealed).
+pub async fn stream_authorizations<C: ConnectionTrait>(c: &C) -> Result<Vec<(String, String)>, DbErr> {
+    db::rows(
+        c,
+        "SELECT id, ssf_authorization FROM webhook_subscriptions WHERE ssf_authorization IS NOT NULL ORDER BY id",
+        vec![],
+        |r| Ok((db::col(r, "id")?, db::col(r, "ssf_authorization")?)),
+    )
+    .await
+}
+
 /// Counts one more stream for a receiver unless it has `max` already: one statement (the
 /// receiver's row locked by the upsert), so two creations at once cannot both pass the
 /// limit. Whether it counted.
