@@ -238,6 +238,34 @@ impl World {
             .into_inner())
     }
 
+    /// Publishes `event` on `stream` as its source would (validly signed, an event not seen
+    /// before) and waits until `consumer` has taken it in: its inbox in `db` holds it.
+    pub(crate) async fn tell(
+        &self,
+        stream: &str,
+        mut event: Envelope,
+        consumer: &str,
+        db: &pim_runtime::db::Db,
+    ) -> anyhow::Result<()> {
+        use pim_runtime::events::Publisher as _;
+        pim_e2e::event_keys().sign(stream, &mut event)?;
+        pim_runtime::events::RedisPublisher::connect(&redis_url(), &self.ts.stream_prefix)
+            .await?
+            .publish(stream, &event, 0)
+            .await?;
+        eventually(Duration::from_secs(10), "the event taken in", || async {
+            let row = pim_runtime::db::query_one(
+                db,
+                "SELECT COUNT(*) AS n FROM inbox WHERE consumer = $1 AND event_id = $2",
+                vec![consumer.into(), event.id.clone().into()],
+            )
+            .await?;
+            let n = row.map(|r| pim_runtime::db::col::<i64>(&r, "n")).transpose()?;
+            Ok((n == Some(1)).then_some(()))
+        })
+        .await
+    }
+
     /// Every event of `event_type` on the assignment stream so far.
     pub(crate) async fn events(&self, event_type: &str) -> anyhow::Result<Vec<Envelope>> {
         self.events_on(streams::ASSIGNMENT, event_type).await

@@ -888,9 +888,8 @@ async fn in_one_process_the_next_check_after_a_membership_change_sees_it() -> an
 
             // An add told late (validly signed, an event not seen before, a version older than
             // the removal applied) changes nothing.
-            use pim_runtime::events::Publisher as _;
             let (last_removal, _) = versions[41];
-            let mut late = pim_runtime::events::envelope(
+            let late = pim_runtime::events::envelope(
                 pim_runtime::events::Source::Identity,
                 pim_runtime::events::EventType::GroupMemberAdded,
                 &lee.id,
@@ -902,35 +901,13 @@ async fn in_one_process_the_next_check_after_a_membership_change_sees_it() -> an
                     version: last_removal - 1,
                 },
             );
-            pim_e2e::event_keys().sign(streams::IDENTITY, &mut late)?;
-            pim_runtime::events::RedisPublisher::connect(&pim_runtime::testing::redis_url(), &w.ts.stream_prefix)
-                .await?
-                .publish(streams::IDENTITY, &late, 0)
-                .await?;
             let db =
                 w.ts.suite
                     .assignment()
                     .expect("assignment runs here")
                     .assignments_db()
                     .clone();
-            pim_e2e::eventually(
-                std::time::Duration::from_secs(10),
-                "assignment to take the late add in",
-                || {
-                    let (db, id) = (db.clone(), late.id.clone());
-                    async move {
-                        let row = pim_runtime::db::query_one(
-                            &db,
-                            "SELECT COUNT(*) AS n FROM inbox WHERE consumer = 'assignment' AND event_id = $1",
-                            vec![id.into()],
-                        )
-                        .await?;
-                        let n = row.map(|r| pim_runtime::db::col::<i64>(&r, "n")).transpose()?;
-                        Ok((n == Some(1)).then_some(()))
-                    }
-                },
-            )
-            .await?;
+            w.tell(streams::IDENTITY, late, "assignment", &db).await?;
             let projected = pim_runtime::db::query_one(
                 &db,
                 "SELECT COUNT(*) AS n FROM group_memberships WHERE group_id = $1 AND principal_id = $2",

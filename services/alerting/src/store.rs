@@ -524,7 +524,7 @@ pub async fn forget_privileged<C: ConnectionTrait>(c: &C, assignment_id: &str) -
 
 /// A member or owner of a role-assignable group added (`present`) or removed in the
 /// directory, at the link's `version`: a change older than the one kept is ignored (0, from
-/// before versions, always applies).
+/// before versions, always applies). Whether it applied.
 pub async fn set_group_link<C: ConnectionTrait>(
     c: &C,
     group_id: &str,
@@ -532,7 +532,7 @@ pub async fn set_group_link<C: ConnectionTrait>(
     owner: bool,
     present: bool,
     version: i64,
-) -> Result<(), DbErr> {
+) -> Result<bool, DbErr> {
     db::exec(
         c,
         "INSERT INTO group_links (group_id, principal_id, owner, present, version) VALUES ($1, $2, $3, $4, $5) \
@@ -541,7 +541,7 @@ pub async fn set_group_link<C: ConnectionTrait>(
         vec![group_id.into(), principal_id.into(), owner.into(), present.into(), version.into()],
     )
     .await
-    .map(drop)
+    .map(|changed| changed == 1)
 }
 
 /// The directory's members and owners of a group: (principal, whether an owner).

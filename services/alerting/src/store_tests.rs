@@ -123,8 +123,11 @@ async fn global_administrators_count_the_directory_members_of_a_group_holding_th
             "lee and kim: not the group, not its owner, not another group's member"
         );
         // Removed, then an older add arriving late: kim stays out.
-        store::set_group_link(&db, "tier0", "kim", false, false, 7).await?;
-        store::set_group_link(&db, "tier0", "kim", false, true, 3).await?;
+        assert!(store::set_group_link(&db, "tier0", "kim", false, false, 7).await?);
+        assert!(
+            !store::set_group_link(&db, "tier0", "kim", false, true, 3).await?,
+            "an older change does not apply, and says so"
+        );
         assert_eq!(
             store::group_links(&db, "tier0").await?,
             [("lee".to_owned(), false), ("ola".to_owned(), true)]

@@ -265,24 +265,31 @@ impl Alerts {
                 let removed = matches!(kind, EventType::GroupMemberRemoved | EventType::GroupOwnerRemoved);
                 // Only a role-assignable group holds roles: its members are kept, so that a
                 // role it is assigned later, and the Global Administrator count, see them.
-                if m.is_assignable_to_role {
-                    let version = i64::try_from(m.version).unwrap_or(i64::MAX);
-                    store::set_group_link(txn, &m.group_id, &m.principal_id, owner, !removed, version).await?;
-                }
-                if removed {
-                    let left = if owner {
-                        "the owner left the group"
-                    } else {
-                        "the member left the group"
-                    };
-                    self.clear(txn, &link_key(&m.group_id, &m.principal_id, owner), left)
-                        .await?;
-                } else if m.is_assignable_to_role && store::is_privileged(txn, &m.group_id, self.now()).await? {
-                    self.outside_pim(txn, &m.group_id, &m.principal_id, owner, &e.id)
-                        .await?;
-                }
-                if m.is_assignable_to_role && !owner {
-                    self.check_global_admins(txn, &e.id).await?;
+                // A change told after a newer one of the same link changes nothing: a removal
+                // arriving late neither clears the alert nor lowers the count.
+                let latest = match m.is_assignable_to_role {
+                    true => {
+                        let version = i64::try_from(m.version).unwrap_or(i64::MAX);
+                        store::set_group_link(txn, &m.group_id, &m.principal_id, owner, !removed, version).await?
+                    }
+                    false => true,
+                };
+                if latest {
+                    if removed {
+                        let left = if owner {
+                            "the owner left the group"
+                        } else {
+                            "the member left the group"
+                        };
+                        self.clear(txn, &link_key(&m.group_id, &m.principal_id, owner), left)
+                            .await?;
+                    } else if m.is_assignable_to_role && store::is_privileged(txn, &m.group_id, self.now()).await? {
+                        self.outside_pim(txn, &m.group_id, &m.principal_id, owner, &e.id)
+                            .await?;
+                    }
+                    if m.is_assignable_to_role && !owner {
+                        self.check_global_admins(txn, &e.id).await?;
+                    }
                 }
             }
             Some(EventType::UnmanagedGrantDetected) => {

@@ -336,10 +336,12 @@ fn users_are_managed_and_a_waiting_request_is_withdrawn() {
         Some(3),
         "nothing listens there"
     );
-    assert_eq!(
-        code(admin.run(&["health", "--server", "http://127.0.0.1:9"], None)),
-        Some(3),
-        "health: nothing listens there"
+    let unreached = admin.run(&["health", "--server", "http://127.0.0.1:9"], None);
+    assert_eq!(unreached.status.code(), Some(3), "health: nothing listens there");
+    let said = String::from_utf8_lossy(&unreached.stderr);
+    assert!(
+        said.contains("PIM could not be reached") && said.contains("Connection refused"),
+        "health says why under its table: {said}"
     );
     assert!(!admin.run(&["users", "get", "kim"], None).status.success(), "deleted");
     up.terminate();
