@@ -294,23 +294,26 @@ impl TestSuite {
         Ok(())
     }
 
-    /// The audit records `query` selects, read with `token` (at most 500).
+    /// The audit records `query` selects, read with `token`, every page.
     pub async fn audit_records(
         &self,
         token: &str,
         query: pim_proto::audit::v1::QueryEventsRequest,
     ) -> anyhow::Result<Vec<pim_proto::audit::v1::AuditRecord>> {
-        let query = pim_proto::audit::v1::QueryEventsRequest {
+        let mut query = pim_proto::audit::v1::QueryEventsRequest {
             page_size: 500,
             ..query
         };
-        Ok(
-            pim_proto::audit::v1::audit_service_client::AuditServiceClient::new(self.channel.clone())
-                .query_events(authed(token, query))
-                .await?
-                .into_inner()
-                .records,
-        )
+        let mut audit = pim_proto::audit::v1::audit_service_client::AuditServiceClient::new(self.channel.clone());
+        let mut records = Vec::new();
+        loop {
+            let page = audit.query_events(authed(token, query.clone())).await?.into_inner();
+            records.extend(page.records);
+            if page.next_page_token.is_empty() {
+                return Ok(records);
+            }
+            query.page_token = page.next_page_token;
+        }
     }
 
     /// The actions of the audit records about `target`.

@@ -16,7 +16,7 @@ use tonic::codegen::http;
 use tonic::{Request, Status};
 
 use crate::events::EventType;
-use crate::throttle::{Throttle, Turn};
+use crate::throttle::{Refusal, Throttle, Turn};
 use pim_proto::common::v1::PrincipalKind;
 use pim_proto::identity::v1::SigningKey;
 
@@ -1013,9 +1013,13 @@ where
                     let now = crate::db::now_ms();
                     // Signing out is always heard: ending one's own session is never refused.
                     if *method != *SIGN_OUT
-                        && let Turn::Unheard { retry_after_ms, first } = layer.throttle.turn(&caller.principal_id, now)
+                        && let Turn::Unheard {
+                            retry_after_ms,
+                            spent,
+                            first,
+                        } = layer.throttle.turn(&caller.principal_id, now)
                     {
-                        let refused = Turn::status(retry_after_ms);
+                        let refused = Turn::status(retry_after_ms, spent);
                         if first && let Some(refusals) = layer.refusals.as_ref().filter(|r| r.records(&method)) {
                             refusals
                                 .refused(&caller.actor(), &method, &refused, &caller.principal_id)
@@ -1048,11 +1052,8 @@ where
                         .as_ref()
                         .ok()
                         .and_then(|a| Status::from_header_map(a.headers()));
-                    if answered
-                        .as_ref()
-                        .is_some_and(|s| s.code() == tonic::Code::PermissionDenied)
-                    {
-                        layer.throttle.refused(&principal, now);
+                    if let Some(kind) = answered.as_ref().and_then(|s| Refusal::of(s.code())) {
+                        layer.throttle.refused(&principal, now, kind);
                     }
                     let denied = answered.filter(|status| {
                         refusals.is_some()
