@@ -377,6 +377,18 @@ pub async fn drop_streams(prefix: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Whom an access token is about (its `sub`), read without verifying it.
+pub fn token_subject(token: &str) -> anyhow::Result<String> {
+    use base64::Engine;
+    let payload = token.split('.').nth(1).context("a JWT has three parts")?;
+    let claims: serde_json::Value =
+        serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload)?)?;
+    claims["sub"]
+        .as_str()
+        .map(str::to_owned)
+        .context("a token names its subject")
+}
+
 /// The password tests give user `name`.
 pub fn password_of(name: &str) -> String {
     format!("{name}'s long passphrase")
@@ -455,6 +467,16 @@ pub struct Replicas {
 
 impl Replicas {
     pub async fn start(assignment_replicas: usize) -> anyhow::Result<Self> {
+        Self::start_with(assignment_replicas, false).await
+    }
+
+    /// The same, the last replica on a stream prefix of its own: it hears none of the others'
+    /// events, as if Redis had lost every one of them (what it publishes, nobody hears).
+    pub async fn start_with_last_unheard(assignment_replicas: usize) -> anyhow::Result<Self> {
+        Self::start_with(assignment_replicas, true).await
+    }
+
+    async fn start_with(assignment_replicas: usize, last_unheard: bool) -> anyhow::Result<Self> {
         let stream_prefix = format!("{}:", unique("replicas"));
         let mut listeners = Vec::new();
         for _ in 0..=assignment_replicas {
@@ -474,9 +496,13 @@ impl Replicas {
                 0 => (ServiceName::Identity, &databases[0]),
                 _ => (ServiceName::Assignment, &databases[1]),
             };
+            let prefix = match last_unheard && i == assignment_replicas && i > 1 {
+                true => format!("{stream_prefix}unheard:"),
+                false => stream_prefix.clone(),
+            };
             let config = test_config(&[
                 ("PIM_REDIS_URL", redis_url()),
-                ("PIM_STREAM_PREFIX", stream_prefix.clone()),
+                ("PIM_STREAM_PREFIX", prefix),
                 ("PIM_IDENTITY_URL", urls[0].clone()),
                 ("PIM_ASSIGNMENT_URL", urls[1].clone()),
                 // No host here serves approval: identity's questions to it find nobody.

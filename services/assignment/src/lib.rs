@@ -404,6 +404,9 @@ impl Service for Assignment {
                 }
             }));
         }
+        if self.redis.is_some() {
+            tasks.push(tokio::spawn(follow_changes(self.assignments.clone(), stop.clone())));
+        }
         let (index, clock, mut pruning) = (
             self.assignments.index.clone(),
             self.assignments.clock.clone(),
@@ -434,6 +437,39 @@ impl Service for Assignment {
             }
         }));
         tasks
+    }
+}
+
+/// How often a replica reads from the database the assignments changed lately.
+const FOLLOW_CHANGES: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How far back each reading goes before the last one: replicas' clocks differ a little, and a
+/// change stamped by its replica's clock commits a moment later (a call lasts 30 s at most).
+const FOLLOW_MARGIN_MS: i64 = 60_000;
+
+/// Reads the assignments any replica changed lately into this replica's access index, every
+/// [`FOLLOW_CHANGES`], until the host stops. The stream tells each change at once; this is
+/// what makes the database the truth when the stream does not (Redis restarted empty, its
+/// entries trimmed before this replica read them): a role ended elsewhere stops being allowed
+/// here within seconds, with no replay.
+async fn follow_changes(assignments: Assignments, mut stop: tokio::sync::watch::Receiver<bool>) {
+    // The index was loaded from the database as the host started.
+    let mut since = assignments.clock.now_ms() - FOLLOW_MARGIN_MS;
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(FOLLOW_CHANGES) => {}
+            _ = stop.changed() => return,
+        }
+        let asked_at = assignments.clock.now_ms();
+        match assignments.index_changed_since(since).await {
+            Ok(_) => (since, failing) = (asked_at - FOLLOW_MARGIN_MS, false),
+            Err(err) if !failing => {
+                tracing::warn!(error = %format!("{err:#}"), "reading the assignments changed lately failed; retrying");
+                failing = true;
+            }
+            Err(_) => {}
+        }
     }
 }
 

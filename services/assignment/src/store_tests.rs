@@ -162,10 +162,10 @@ async fn one_admin_assignment_of_each_kind_and_ends_move_by_compare_and_set() ->
         store::insert_assignment(&db, &assignment("admin", Kind::Active, None), true, NOW).await?;
 
         // An end moves only from the version read.
-        let moved = store::set_assignment_end(&db, &eligible.id, 1, Some(NOW + 20 * 24 * HOUR)).await?;
+        let moved = store::set_assignment_end(&db, &eligible.id, 1, Some(NOW + 20 * 24 * HOUR), NOW).await?;
         assert_eq!(moved, Some(2));
         assert_eq!(
-            store::set_assignment_end(&db, &eligible.id, 1, Some(NOW)).await?,
+            store::set_assignment_end(&db, &eligible.id, 1, Some(NOW), NOW).await?,
             None,
             "stale version"
         );
@@ -173,12 +173,54 @@ async fn one_admin_assignment_of_each_kind_and_ends_move_by_compare_and_set() ->
         assert!(store::end_assignment(&db, &eligible.id, "removed", NOW).await?);
         assert!(!store::end_assignment(&db, &eligible.id, "removed", NOW).await?);
         assert_eq!(
-            store::set_assignment_end(&db, &eligible.id, 2, None).await?,
+            store::set_assignment_end(&db, &eligible.id, 2, None, NOW).await?,
             None,
             "ended"
         );
         // Once it has ended, a new one may be made.
         store::insert_assignment(&db, &assignment("admin", Kind::Eligible, None), true, NOW).await?;
+        Ok(())
+    })
+    .await
+}
+
+/// What a replica reads to follow the others without their events: the active assignments
+/// made, moved or ended since a moment, by whichever replica, and not eligibility.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_active_assignments_changed_since_a_moment_are_those_made_moved_or_ended() -> anyhow::Result<()> {
+    on_both(|db| async move {
+        let changed = |since: i64| {
+            let db = db.clone();
+            async move {
+                let mut ids: Vec<String> = store::assignments_changed_since(&db, since)
+                    .await?
+                    .into_iter()
+                    .map(|a| a.id)
+                    .collect();
+                ids.sort();
+                anyhow::Ok(ids)
+            }
+        };
+        let (made, moved, ended) = (
+            assignment("admin", Kind::Active, None),
+            assignment("activation", Kind::Active, Some(NOW + HOUR)),
+            assignment("admin", Kind::Active, Some(NOW + HOUR)),
+        );
+        let (mut moved, mut ended) = (moved, ended);
+        moved.role_id = GLOBAL_ADMINISTRATOR.into();
+        ended.principal_id = "kim".into();
+        store::insert_assignment(&db, &made, true, NOW).await?;
+        store::insert_assignment(&db, &moved, true, NOW).await?;
+        store::insert_assignment(&db, &ended, true, NOW).await?;
+        store::insert_assignment(&db, &assignment("admin", Kind::Eligible, None), true, NOW + HOUR).await?;
+        assert_eq!(changed(NOW + 1).await?, Vec::<String>::new(), "nothing active since");
+        store::set_assignment_end(&db, &moved.id, 1, Some(NOW + 30 * 60_000), NOW + 2).await?;
+        store::end_assignment(&db, &ended.id, "removed", NOW + 3).await?;
+        let mut expected = vec![moved.id.clone(), ended.id.clone()];
+        expected.sort();
+        assert_eq!(changed(NOW + 1).await?, expected);
+        assert_eq!(changed(NOW + 3).await?, vec![ended.id.clone()]);
+        assert_eq!(changed(NOW).await?.len(), 3, "the one made at NOW too");
         Ok(())
     })
     .await
@@ -325,7 +367,7 @@ async fn the_upgrade_keeps_the_duplicate_that_grants_most() -> anyhow::Result<()
         scheduled.start_at = now + HOUR;
         // The lapsed one is the oldest: keeping the oldest would keep the wrong one.
         for a in [&lapsed, &permanent, &scheduled] {
-            store::insert_assignment(&db, a, true, now).await?;
+            store::insert_assignment_before_changes(&db, a, now).await?;
         }
         store::Migrator::up(&db, None).await?;
         let status = |id: String| {
@@ -403,7 +445,7 @@ async fn an_activation_is_stored_only_while_its_eligibility_and_membership_hold(
         let (r, a) = activate();
         assert!(store::insert_activation(&db, &r, own_for_an_hour, Some((&a, true)), events(), NOW).await?);
         store::end_assignment(&db, &a.id, "deactivated", NOW).await?;
-        store::set_assignment_end(&db, &own.id, own.version, Some(NOW + HOUR - 1)).await?;
+        store::set_assignment_end(&db, &own.id, own.version, Some(NOW + HOUR - 1), NOW).await?;
         let (r, a) = activate();
         assert!(
             !store::insert_activation(&db, &r, own_for_an_hour, Some((&a, true)), events(), NOW).await?,
@@ -605,7 +647,7 @@ async fn holders_are_told_once_that_an_active_role_ends_soon() -> anyhow::Result
         assert!(due(near).await?.is_empty());
         // Extended, its holder is told again before the new end.
         assert_eq!(
-            store::set_assignment_end(&db, &soon.id, 1, Some(NOW + 3 * HOUR)).await?,
+            store::set_assignment_end(&db, &soon.id, 1, Some(NOW + 3 * HOUR), NOW).await?,
             Some(2)
         );
         assert_eq!(due(NOW + 3 * HOUR - lead).await?, std::slice::from_ref(&soon.id));

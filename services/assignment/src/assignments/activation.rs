@@ -463,7 +463,8 @@ impl Assignments {
         actor: Option<Actor>,
         role_name: &str,
     ) -> Result<bool> {
-        let Some(version) = store::set_assignment_end(txn, &a.id, a.version, Some(until)).await? else {
+        let Some(version) = store::set_assignment_end(txn, &a.id, a.version, Some(until), self.clock.now_ms()).await?
+        else {
             return Ok(false);
         };
         store::shorten_request(txn, &a.request_id, until).await?;

@@ -426,13 +426,27 @@ impl Assignments {
     /// ending one that has not ended, changes nothing.
     pub async fn index_assignments(&self, ids: &[String]) -> Result<()> {
         for a in store::find_assignments(&self.db, ids).await? {
-            if a.status == "active" {
-                self.index.upsert_row(&a);
-            } else {
-                self.index.remove(&a.principal_id, &a.id);
-            }
+            self.index_row(&a);
         }
         Ok(())
+    }
+
+    /// The same for every active assignment made, moved or ended at or after `since`, by any
+    /// replica: a change whose event never reached this one (Redis lost it) still does.
+    pub async fn index_changed_since(&self, since: i64) -> Result<usize> {
+        let changed = store::assignments_changed_since(&self.db, since).await?;
+        for a in &changed {
+            self.index_row(a);
+        }
+        Ok(changed.len())
+    }
+
+    fn index_row(&self, a: &AssignmentRow) {
+        if a.status == "active" {
+            self.index.upsert_row(a);
+        } else {
+            self.index.remove(&a.principal_id, &a.id);
+        }
     }
 
     /// Ends `held` when its end passed before the timer ended it: it grants nothing any more,
@@ -513,7 +527,9 @@ impl Assignments {
         role_name: &str,
         request: &RequestRow,
     ) -> Result<bool> {
-        let Some(version) = store::set_assignment_end(txn, &assignment.id, assignment.version, end).await? else {
+        let Some(version) =
+            store::set_assignment_end(txn, &assignment.id, assignment.version, end, self.clock.now_ms()).await?
+        else {
             return Ok(false);
         };
         assignment.version = version;

@@ -55,9 +55,9 @@ impl AssignmentRow {
 }
 
 /// Inserts an assignment; `announced` says whether its start was already told (RoleActivated).
-pub(super) const ASSIGNMENT_INSERT: &str = "INSERT INTO assignments (id, kind, principal_id, principal_kind, principal_name, role_id, scope, start_at, end_at, status, origin, announced, request_id, created_by, created_at)";
+pub(super) const ASSIGNMENT_INSERT: &str = "INSERT INTO assignments (id, kind, principal_id, principal_kind, principal_name, role_id, scope, start_at, end_at, status, origin, announced, request_id, created_by, created_at, changed_at)";
 
-/// An assignment's values in [`ASSIGNMENT_INSERT`]'s order (15 of them).
+/// An assignment's values in [`ASSIGNMENT_INSERT`]'s order ([`ASSIGNMENT_VALUES`] of them).
 pub(super) fn assignment_values(a: &AssignmentRow, announced: bool, now: i64) -> Vec<Value> {
     vec![
         a.id.clone().into(),
@@ -75,8 +75,12 @@ pub(super) fn assignment_values(a: &AssignmentRow, announced: bool, now: i64) ->
         a.request_id.clone().into(),
         a.created_by.clone().into(),
         now.into(),
+        now.into(),
     ]
 }
+
+/// How many values [`assignment_values`] gives.
+pub(super) const ASSIGNMENT_VALUES: usize = 16;
 
 pub async fn insert_assignment<C: ConnectionTrait>(
     c: &C,
@@ -84,8 +88,23 @@ pub async fn insert_assignment<C: ConnectionTrait>(
     announced: bool,
     now: i64,
 ) -> Result<(), DbErr> {
-    let sql = format!("{ASSIGNMENT_INSERT} VALUES ({})", placeholders(1, 15));
+    let sql = format!("{ASSIGNMENT_INSERT} VALUES ({})", placeholders(1, ASSIGNMENT_VALUES));
     db::exec(c, &sql, assignment_values(a, announced, now)).await.map(drop)
+}
+
+/// Inserts `a` as versions before m0018 did (no `changed_at`): for upgrade tests, on a
+/// database migrated up to an earlier step.
+#[cfg(test)]
+pub async fn insert_assignment_before_changes<C: ConnectionTrait>(
+    c: &C,
+    a: &AssignmentRow,
+    now: i64,
+) -> Result<(), DbErr> {
+    let columns = ASSIGNMENT_INSERT.replace(", changed_at)", ")");
+    let sql = format!("{columns} VALUES ({})", placeholders(1, ASSIGNMENT_VALUES - 1));
+    let mut values = assignment_values(a, true, now);
+    values.pop();
+    db::exec(c, &sql, values).await.map(drop)
 }
 
 /// Which assignments a listing shows: those in force now, or those scheduled to start later too.
@@ -189,6 +208,12 @@ pub async fn unended_active_assignments<C: ConnectionTrait>(c: &C, now: i64) -> 
         "SELECT {ASSIGNMENT_COLUMNS} FROM assignments WHERE status = 'active' AND kind = 'active' AND (end_at IS NULL OR end_at > $1)"
     );
     db::rows(c, &sql, vec![now.into()], AssignmentRow::from_row).await
+}
+
+/// The active assignments (not eligibility) made, moved or ended at or after `since`.
+pub async fn assignments_changed_since<C: ConnectionTrait>(c: &C, since: i64) -> Result<Vec<AssignmentRow>, DbErr> {
+    let sql = format!("SELECT {ASSIGNMENT_COLUMNS} FROM assignments WHERE changed_at >= $1 AND kind = 'active'");
+    db::rows(c, &sql, vec![since.into()], AssignmentRow::from_row).await
 }
 
 /// One assignment by id.
@@ -299,18 +324,19 @@ pub async fn permanent_holders<C: ConnectionTrait>(c: &C, role_id: &str, now: i6
         .collect()
 }
 
-/// Moves an active assignment's end if it is still at `version` (compare and set); returns its
-/// new version, none if it ended or changed since it was read.
+/// Moves an active assignment's end if it is still at `version` (compare and set), at `now`;
+/// returns its new version, none if it ended or changed since it was read.
 pub async fn set_assignment_end<C: ConnectionTrait>(
     c: &C,
     id: &str,
     version: i64,
     end_at: Option<i64>,
+    now: i64,
 ) -> Result<Option<i64>, DbErr> {
     db::query_one(
         c,
-        "UPDATE assignments SET end_at = $1, version = version + 1, expiry_noticed = FALSE WHERE id = $2 AND version = $3 AND status = 'active' RETURNING version",
-        vec![end_at.into(), id.into(), version.into()],
+        "UPDATE assignments SET end_at = $1, version = version + 1, expiry_noticed = FALSE, changed_at = $4 WHERE id = $2 AND version = $3 AND status = 'active' RETURNING version",
+        vec![end_at.into(), id.into(), version.into(), now.into()],
     )
     .await?
     .map(|r| col(&r, "version"))
@@ -321,7 +347,7 @@ pub async fn set_assignment_end<C: ConnectionTrait>(
 pub async fn end_assignment<C: ConnectionTrait>(c: &C, id: &str, status: &str, at: i64) -> Result<bool, DbErr> {
     let n = db::exec(
         c,
-        "UPDATE assignments SET status = $1, ended_at = $2, end_at = CASE WHEN end_at IS NULL OR end_at > $3 THEN $4 ELSE end_at END WHERE id = $5 AND status = 'active'",
+        "UPDATE assignments SET status = $1, ended_at = $2, changed_at = $2, end_at = CASE WHEN end_at IS NULL OR end_at > $3 THEN $4 ELSE end_at END WHERE id = $5 AND status = 'active'",
         vec![status.into(), at.into(), at.into(), at.into(), id.into()],
     )
     .await?;

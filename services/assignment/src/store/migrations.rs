@@ -246,6 +246,15 @@ impl MigratorTrait for Migrator {
                 CREATE INDEX requests_pending_of_assignment ON requests (assignment_id) WHERE status = 'PendingApproval'"
                     .to_owned()
             }),
+            // When each assignment last changed (made, its end moved, ended), by the clock of
+            // the replica that changed it: every replica reads what changed lately from the
+            // database, so a change whose event never reached it (Redis lost it) still does.
+            SqlMigration::boxed("m0018_assignment_changes", |_| {
+                "ALTER TABLE assignments ADD COLUMN changed_at BIGINT;
+                UPDATE assignments SET changed_at = COALESCE(ended_at, created_at);
+                CREATE INDEX assignments_changed ON assignments (changed_at)"
+                    .to_owned()
+            }),
         ]);
         migrations
     }

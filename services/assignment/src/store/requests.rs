@@ -274,7 +274,10 @@ pub(super) async fn insert_activation_once(
     let mut sql = format!("WITH r AS ({request_sql} RETURNING id)");
     if let Some((a, announced)) = assignment {
         let first = values.len() + 1;
-        sql += &format!(", a AS ({ASSIGNMENT_INSERT} SELECT {} FROM r)", placeholders(first, 15));
+        sql += &format!(
+            ", a AS ({ASSIGNMENT_INSERT} SELECT {} FROM r)",
+            placeholders(first, ASSIGNMENT_VALUES)
+        );
         values.extend(assignment_values(a, announced, now));
     }
     sql += &format!(
