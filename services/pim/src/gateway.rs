@@ -90,20 +90,29 @@ impl Service<http::Request<axum::body::Body>> for Forward {
         let mut channel = channel;
         let mut request = request;
         forwarded_for(&mut request);
+        let (path, started) = (request.uri().path().to_owned(), std::time::Instant::now());
         Box::pin(async move {
             let request = request.map(tonic::body::Body::new);
             let answer = match std::future::poll_fn(|cx| channel.poll_ready(cx)).await {
                 Ok(()) => channel.call(request).await,
                 Err(e) => Err(e),
             };
-            Ok(match answer {
+            let answer = match answer {
                 Ok(response) => response.map(axum::body::Body::new),
                 Err(e) => {
                     tracing::warn!(%service, error = %e, "gateway: service unreachable");
-                    Status::unavailable(format!("the {service} service is unreachable; try again"))
-                        .into_http::<axum::body::Body>()
+                    // It may have gone while the call was on its way: what it changed, if it
+                    // did, stays changed.
+                    Status::unavailable(format!(
+                        "the {service} service is unreachable; try again (if it went during the call, \
+                         a change asked for may have been made: look before asking again)"
+                    ))
+                    .into_http::<axum::body::Body>()
                 }
-            })
+            };
+            // Counted as the services count theirs (`pim_rpc_requests_total`), from the gateway.
+            pim_runtime::metrics::record_rpc(&path, pim_runtime::metrics::answered_code(&answer), started.elapsed());
+            Ok(answer)
         })
     }
 }
@@ -235,12 +244,66 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("binding {}", config.listen_addr))?;
     let addr: SocketAddr = listener.local_addr()?;
     tracing::info!(address = %addr, "gateway serving");
-    serve(&config, listener, grpc::shutdown_signal()).await
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    if let Some(admin) = config.admin_addr {
+        let (bound, _) = pim_runtime::metrics::serve_admin(admin, stopped).await?;
+        tracing::info!(address = %bound, "serving metrics at /metrics");
+    }
+    serve(&config, listener, async move {
+        grpc::shutdown_signal().await;
+        let _ = stop.send(true);
+    })
+    .await
 }
 
 #[cfg(test)]
 mod tests {
-    use super::forwarded_for;
+    use super::*;
+
+    /// A service that took the connection and answers nothing (a frozen process: the kernel
+    /// still accepts) is found out: a call forwarded to it is answered UNAVAILABLE within
+    /// seconds, instead of waiting for as long as it stays frozen.
+    #[tokio::test]
+    async fn a_service_that_answers_nothing_is_unavailable_within_seconds() {
+        let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", silent.local_addr().unwrap());
+        tokio::spawn(async move {
+            // Holds every connection, reads nothing, writes nothing.
+            let mut held = Vec::new();
+            while let Ok((connection, _)) = silent.accept().await {
+                held.push(connection);
+            }
+        });
+        let config = Config::load(
+            ["IDENTITY", "ASSIGNMENT", "APPROVAL", "ALERTING", "AUDIT"].map(|s| (format!("PIM_{s}_URL"), url.clone())),
+        )
+        .unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let gateway = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { serve(&config, listener, std::future::pending()).await });
+        let mut client = pim_proto::assignment::v1::assignment_service_client::AssignmentServiceClient::new(
+            Channel::from_shared(gateway).unwrap().connect_lazy(),
+        );
+        // Only a guard against hanging for ever: the answer comes within about ten seconds.
+        let answer = tokio::time::timeout(
+            std::time::Duration::from_secs(60),
+            client.list_requests(Request::new(Default::default())),
+        )
+        .await
+        .expect("answered, not left waiting");
+        let refused = answer.expect_err("nothing answered");
+        assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+        assert!(
+            refused.message().contains("assignment service is unreachable"),
+            "{refused:?}"
+        );
+        assert!(
+            pim_runtime::metrics::render().contains(
+                r#"pim_rpc_requests_total{code="Unavailable",method="ListRequests",service="pim.assignment.v1.AssignmentService"} 1"#
+            ),
+            "the gateway counts what it answered"
+        );
+    }
 
     #[test]
     fn a_call_whose_caller_is_unknown_passes_no_forwarded_claim_on() {

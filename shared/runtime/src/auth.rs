@@ -1094,28 +1094,11 @@ where
                     Ok(Status::internal("internal error").into_http())
                 }
             };
-            // Errors come back trailers-only, with grpc-status in the headers; a missing
-            // one means OK (it follows in the trailers).
             let code = match &response {
-                Ok(r) => r
-                    .headers()
-                    .get("grpc-status")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse::<i32>().ok())
-                    .map(tonic::Code::from_i32)
-                    .unwrap_or(tonic::Code::Ok),
+                Ok(r) => crate::metrics::answered_code(r),
                 Err(_) => tonic::Code::Unknown,
             };
-            // Only methods PIM serves get labels of their own, so nobody can grow the
-            // series by calling made-up paths.
-            let (service, method) = crate::metrics::rpc_labels(&path);
-            let m = crate::metrics::metrics();
-            m.rpc_requests
-                .with_label_values(&[service, method, crate::metrics::code_label(code)])
-                .inc();
-            m.rpc_seconds
-                .with_label_values(&[service, method])
-                .observe(started.elapsed().as_secs_f64());
+            crate::metrics::record_rpc(&path, code, started.elapsed());
             response
         }))
     }

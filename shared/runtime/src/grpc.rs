@@ -478,6 +478,12 @@ fn connect(url: &str, tls: &TlsConfig, own: Option<&std::path::Path>) -> anyhow:
     let mut endpoint = Endpoint::from_shared(url.to_owned())
         .with_context(|| format!("invalid service URL {url}"))?
         .connect_timeout(Duration::from_secs(5))
+        // A peer that took the connection and answers nothing (a frozen process: its kernel
+        // still accepts) is found out by HTTP/2 pings, and its calls fail UNAVAILABLE within
+        // seconds rather than waiting as long as it stays frozen.
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .keep_alive_while_idle(true)
         .tcp_nodelay(true);
     if url.starts_with("https://") {
         let mut config = match &tls.ca {

@@ -253,6 +253,31 @@ mod tests {
     }
 }
 
+/// The code of an answer as its headers give it: errors come back trailers-only, with
+/// `grpc-status` in the headers; a missing one means OK (it follows in the trailers).
+pub fn answered_code<B>(response: &axum::http::Response<B>) -> tonic::Code {
+    response
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i32>().ok())
+        .map(tonic::Code::from_i32)
+        .unwrap_or(tonic::Code::Ok)
+}
+
+/// Counts a call to `path` answered with `code` after `elapsed`. Only methods PIM serves get
+/// labels of their own, so nobody can grow the series by calling made-up paths.
+pub fn record_rpc(path: &str, code: tonic::Code, elapsed: std::time::Duration) {
+    let (service, method) = rpc_labels(path);
+    let m = metrics();
+    m.rpc_requests
+        .with_label_values(&[service, method, code_label(code)])
+        .inc();
+    m.rpc_seconds
+        .with_label_values(&[service, method])
+        .observe(elapsed.as_secs_f64());
+}
+
 /// Serves `GET /metrics` on `addr` until `stop`; returns the bound address.
 pub async fn serve_admin(
     addr: SocketAddr,

@@ -79,21 +79,16 @@ pub(crate) struct ListAssignmentsArgs {
 #[derive(Args)]
 pub(crate) struct CheckArgs {
     /// User name or principal id.
-    #[arg(
-        long = "principal",
-        value_name = "PRINCIPAL",
-        required_unless_present = "principal_arg"
-    )]
+    #[arg(long = "principal", value_name = "PRINCIPAL")]
     principal_flag: Option<String>,
     /// Role name or id.
     #[arg(long = "role", value_name = "ROLE", conflicts_with = "permission")]
     role_flag: Option<String>,
-    /// The principal, as a positional argument: `pim check lee "Exchange Administrator"`.
-    #[arg(conflicts_with = "principal_flag")]
-    principal_arg: Option<String>,
-    /// The role, as a positional argument.
-    #[arg(conflicts_with_all = ["role_flag", "permission"])]
-    role_arg: Option<String>,
+    /// The principal and the role, as positional arguments: `pim check lee "Exchange
+    /// Administrator"`; with --principal, the role alone: `pim check --principal lee "Exchange
+    /// Administrator"`.
+    #[arg(value_name = "PRINCIPAL ROLE", num_args = 0..=2)]
+    positional: Vec<String>,
     /// A permission, e.g. pim.assignments.manage.
     #[arg(long)]
     permission: Option<String>,
@@ -218,9 +213,19 @@ async fn row(names: &mut Names<'_>, kind: &str, a: apb::Assignment) -> Vec<Cell>
 }
 
 pub(crate) async fn check(args: CheckArgs) -> anyhow::Result<i32> {
+    let (principal, role_arg) = match (args.principal_flag, args.positional.as_slice()) {
+        (Some(principal), []) => (principal, None),
+        (Some(principal), [role]) => (principal, Some(role.clone())),
+        (None, [principal]) => (principal.clone(), None),
+        (None, [principal, role]) => (principal.clone(), Some(role.clone())),
+        (Some(_), _) => bail!("--principal names the principal already: give the role alone after it"),
+        (None, _) => bail!("name the principal: pim check lee \"Exchange Administrator\" (or --principal lee)"),
+    };
+    if role_arg.is_some() && (args.role_flag.is_some() || args.permission.is_some()) {
+        bail!("give the role once: as an argument, or with --role or --permission");
+    }
+    let role = args.role_flag.or(role_arg);
     let session = Session::open(&args.client, true)?;
-    let principal = args.principal_flag.or(args.principal_arg).unwrap_or_default();
-    let role = args.role_flag.or(args.role_arg);
     let principal_id = session.principal_id(&principal).await?;
     let target = match (&role, &args.permission) {
         // An unknown role is a mistake in the command (2), not "does not hold it" (1).

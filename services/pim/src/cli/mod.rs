@@ -543,7 +543,15 @@ fn tls_hint(cause: &str) -> &'static str {
         " (the server's certificate is not signed by a CA this machine trusts: give its CA with --ca or PIM_TLS_CA)"
     } else if has(&["NotValidForName", "not valid for name"]) {
         " (the server's certificate does not name the host in --server: use a name it holds)"
-    } else if has(&["Expired", "NotValidYet", "expired"]) {
+    } else if has(&["Timeout expired", "timed out"]) {
+        " (the server took the connection but did not answer in time: it may be stopped, frozen or overloaded)"
+    } else if has(&[
+        "Expired",
+        "NotValidYet",
+        "certificate expired",
+        "not valid after",
+        "not valid before",
+    ]) {
         " (the server's certificate is out of its validity period, or this machine's clock is wrong)"
     } else if has(&["CertificateRequired", "certificate required"]) {
         " (the server requires a client certificate: give --client-cert and --client-key)"
@@ -748,6 +756,9 @@ mod tests {
                 "stream closed because of a broken pipe",
                 "may require a client certificate",
             ),
+            ("invalid peer certificate: Expired", "out of its validity period"),
+            // A plain connection that waited too long is not a certificate's fault.
+            ("transport error: Timeout expired", "did not answer in time"),
         ] {
             assert!(tls_hint(cause).contains(hint), "{cause}: {}", tls_hint(cause));
         }

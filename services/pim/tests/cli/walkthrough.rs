@@ -132,6 +132,11 @@ fn the_readme_walk_through_works_and_survives_a_restart() {
     let denied = admin.run(&["check", "--principal", "lee", "--role", "Global Administrator"], None);
     assert_eq!(denied.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&denied.stdout).starts_with("denied"));
+    // The principal by flag and the role by argument is the same question.
+    let mixed = admin.run(&["check", "--principal", "lee", "Global Administrator"], None);
+    assert_eq!(mixed.status.code(), Some(1), "{mixed:?}");
+    let twice = admin.run(&["check", "--principal", "lee", "lee", "Global Administrator"], None);
+    assert_eq!(twice.status.code(), Some(2), "the principal named twice is a mistake");
     // A role that does not exist is a mistake in the command (2), never "denied" (1).
     let misspelt = admin.run(&["check", "--principal", "lee", "--role", "Exchange Admin"], None);
     assert_eq!(misspelt.status.code(), Some(2), "{misspelt:?}");
