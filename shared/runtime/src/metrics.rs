@@ -32,6 +32,9 @@ pub struct Metrics {
     /// 1 while a consumer group's last read of its streams worked, 0 while they fail (its
     /// lag gauge holds its last value meanwhile).
     pub consumer_up: IntGaugeVec,
+    /// Consumer groups found past their stream's end (moved there by someone writing to
+    /// Redis) and set back to its start, by stream and group.
+    pub groups_rewound: IntCounterVec,
     /// How late expiries and scheduled starts fired (seconds).
     pub scheduler_lag_seconds: Histogram,
     /// Answers held by the CheckAccess cache.
@@ -126,6 +129,11 @@ fn build() -> Metrics {
             "pim_consumer_up",
             "1 while a consumer group reads its streams, 0 while its reads fail",
             &["group"],
+        ),
+        groups_rewound: counter(
+            "pim_consumer_groups_rewound_total",
+            "Consumer groups found past their stream's end (moved by hand) and set back to its start",
+            &["stream", "group"],
         ),
         scheduler_lag_seconds,
         access_cache_entries,
@@ -323,6 +331,7 @@ pub mod otlp {
         "pim_events_retried_total",
         "pim_events_dead_lettered_total",
         "pim_events_rejected_total",
+        "pim_consumer_groups_rewound_total",
     ];
     const GAUGES: &[&str] = &[
         "pim_consumer_lag_milliseconds",

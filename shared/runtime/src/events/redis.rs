@@ -360,6 +360,7 @@ impl RedisConsumer {
         let mut handled = 0;
         if self.claim_due() {
             for stream in self.inbox.streams() {
+                self.rewind_if_past_the_end(stream).await;
                 handled += self.claim_stale(stream).await?;
             }
         }
@@ -391,6 +392,46 @@ impl RedisConsumer {
             *claimed_at = Some(Instant::now());
         }
         due
+    }
+
+    /// Sets the group back to the start of `stream` when its position is past the stream's
+    /// newest entry. Nothing written from then on would be delivered to it: whoever can write
+    /// to Redis can move a group there (`XGROUP SETID … <an id far ahead>`) and blind the
+    /// consumer, and events replayed from the outbox would land behind it too. Read again
+    /// from the start, what was applied is skipped (the inbox remembers it).
+    async fn rewind_if_past_the_end(&self, stream: &str) {
+        let key = self.key(stream);
+        let mut conn = self.conn.clone();
+        let position = async {
+            let groups: redis::streams::StreamInfoGroupsReply =
+                conn.xinfo_groups(&key).await.context("XINFO GROUPS")?;
+            let newest = newest_entry(&mut conn, &key).await?;
+            anyhow::Ok(
+                groups
+                    .groups
+                    .into_iter()
+                    .find(|g| g.name == self.group())
+                    .map(|g| (g.last_delivered_id, newest)),
+            )
+        };
+        // A group or stream that is not there yet is made by the read that follows.
+        let Ok(Some((position, newest))) = position.await else {
+            return;
+        };
+        if entry_position(&position) <= newest.as_deref().map_or((0, 0), entry_position) {
+            return;
+        }
+        tracing::error!(group = self.group(), stream = key, %position, ?newest, "consumer group moved past the stream's end (by hand, in Redis?): reading the stream again from its start");
+        let rewound: redis::RedisResult<()> = conn.xgroup_setid(&key, self.group(), "0").await;
+        match rewound {
+            Ok(()) => crate::metrics::metrics()
+                .groups_rewound
+                .with_label_values(&[key.as_str(), self.group()])
+                .inc(),
+            Err(err) => {
+                tracing::warn!(group = self.group(), stream = key, error = %err, "setting the consumer group back failed; trying again")
+            }
+        }
     }
 
     async fn claim_stale(&self, stream: &str) -> anyhow::Result<usize> {
@@ -621,13 +662,17 @@ impl RedisConsumer {
             .events_dead_lettered
             .with_label_values(&[key, self.group()])
             .inc();
-        let (_, _): (String, i64) = redis::pipe()
-            .atomic()
+        // Acknowledged only once the dead-letter stream holds it: a MULTI does not undo the
+        // acknowledgement when the XADD fails (a dead-letter key made something else by hand),
+        // and the entry would be gone with no copy.
+        let _: String = conn
             .xadd(&dl, "*", &fields)
-            .xack(key, self.group(), &[id])
-            .query_async(&mut conn)
             .await
             .context("moving an entry to the dead-letter stream")?;
+        let _: i64 = conn
+            .xack(key, self.group(), &[id])
+            .await
+            .context("acknowledging a dead-lettered entry")?;
         tracing::error!(
             group = self.group(),
             stream = key,
@@ -702,6 +747,7 @@ pub fn tail(
         let block = Duration::from_millis(1000);
         let mut last = from;
         let mut conn = None;
+        let mut failing = false;
         loop {
             if *stop.borrow() {
                 return;
@@ -764,9 +810,21 @@ pub fn tail(
                     }
                 }
                 Err(err) => {
-                    tracing::warn!(stream = %key, error = %err, "stream tail read failed");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    // Said once while reads keep failing (the key made something else by
+                    // hand fails every read), and again when they work.
+                    if !failing {
+                        tracing::warn!(stream = %key, error = %err, "stream tail read failed; retrying");
+                        failing = true;
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                        _ = stop.changed() => return,
+                    }
+                    continue;
                 }
+            }
+            if std::mem::take(&mut failing) {
+                tracing::info!(stream = %key, "stream tail reads again");
             }
         }
     })
