@@ -986,7 +986,7 @@ async fn an_activation_past_its_end_gives_way_before_the_timer_runs() -> anyhow:
 }
 
 /// A new role-assignable group, "Exchange operators".
-async fn operators_group(
+pub(crate) async fn operators_group(
     directory: &mut pim_proto::identity::v1::directory_service_client::DirectoryServiceClient<
         tonic::transport::Channel,
     >,

@@ -298,14 +298,16 @@ async fn a_replica_whose_events_were_lost_learns_of_changes_from_the_database() 
 }
 
 /// A grant and a removal made through replica A are allowed, then refused, on replica B
-/// `within` their answer.
+/// `within` their answer; and so is a role held through a group whose member identity adds,
+/// then removes (identity tells replica A).
 async fn grant_and_removal_reach_the_other_replica(
     replicas: &pim_e2e::Replicas,
     within: Duration,
 ) -> anyhow::Result<()> {
     {
         let token = replicas.admin.clone();
-        let lee = DirectoryServiceClient::new(replicas.identity().await?)
+        let mut directory = DirectoryServiceClient::new(replicas.identity().await?);
+        let lee = directory
             .create_user(authed(
                 &token,
                 ipb::CreateUserRequest {
@@ -317,10 +319,10 @@ async fn grant_and_removal_reach_the_other_replica(
             .await?
             .into_inner();
         let (a, b) = (replicas.assignment(0).await?, replicas.assignment(1).await?);
-        let assign = |action: apb::RequestAction| apb::CreateRequestRequest {
+        let assign_to = |action: apb::RequestAction, principal: &str| apb::CreateRequestRequest {
             action: action as i32,
             kind: apb::AssignmentKind::Active as i32,
-            principal_id: lee.id.clone(),
+            principal_id: principal.to_owned(),
             role_id: "Exchange Administrator".into(),
             scope: "/".into(),
             schedule: crate::activation::lasting(3_600_000),
@@ -328,6 +330,7 @@ async fn grant_and_removal_reach_the_other_replica(
             ticket: None,
             validate_only: false,
         };
+        let assign = |action: apb::RequestAction| assign_to(action, &lee.id);
         let check = |principal: String, role: &'static str| {
             let (b, token) = (b.clone(), token.clone());
             async move {
@@ -360,10 +363,29 @@ async fn grant_and_removal_reach_the_other_replica(
             Ok(check_on_b().await?.then_some(()))
         })
         .await?;
-        AssignmentServiceClient::new(a)
+        AssignmentServiceClient::new(a.clone())
             .create_request(authed(&token, assign(apb::RequestAction::AdminRemove)))
             .await?;
         eventually(within, "replica B to learn of the removal", || async {
+            Ok((!check_on_b().await?).then_some(()))
+        })
+        .await?;
+
+        let group = crate::consistency::operators_group(&mut directory, &token).await?;
+        AssignmentServiceClient::new(a)
+            .create_request(authed(&token, assign_to(apb::RequestAction::AdminAssign, &group.id)))
+            .await?;
+        let membership = ipb::GroupMembershipRequest {
+            group_id: group.id.clone(),
+            principal_id: lee.id.clone(),
+        };
+        directory.add_group_member(authed(&token, membership.clone())).await?;
+        eventually(within, "replica B to learn lee joined the group", || async {
+            Ok(check_on_b().await?.then_some(()))
+        })
+        .await?;
+        directory.remove_group_member(authed(&token, membership)).await?;
+        eventually(within, "replica B to learn lee left the group", || async {
             Ok((!check_on_b().await?).then_some(()))
         })
         .await?;

@@ -143,6 +143,16 @@ impl Memberships {
     /// Replaces who is disabled with what the database holds now; reloads take turns, so an
     /// older read never replaces a newer one. A user newly disabled drops the answers the
     /// process cached; watchers see each grant they held end (and start again once enabled).
+    /// Reads every membership the database holds into memory, each applied only where it is
+    /// newer than what memory holds: a change whose event never reached this replica (Redis
+    /// lost it; identity told another replica) is followed all the same.
+    pub async fn reload_memberships(&self, db: &Db) -> anyhow::Result<()> {
+        for m in store::group_memberships(db).await? {
+            self.set_as_of(&m.group_id, &m.principal_id, m.member, m.version);
+        }
+        Ok(())
+    }
+
     pub async fn reload_disabled(&self, db: &Db) -> anyhow::Result<()> {
         let _turn = self.reloading.lock().await;
         let now: HashSet<String> = store::disabled_users(db).await?.into_iter().collect();

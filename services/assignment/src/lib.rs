@@ -422,14 +422,21 @@ impl Service for Assignment {
         }));
         // Who is disabled, from the database every few seconds: a disable this replica's
         // tail saw before the consumer recorded it (a lagging consumer, a restart) still
-        // reaches memory.
+        // reaches memory. With replicas, the group memberships too, every other time: one
+        // identity told another replica of, whose event Redis lost, still reaches this one.
         let (memberships, db, mut stop) = (self.assignments.memberships.clone(), self.assignments.db.clone(), stop);
+        let replicated = self.redis.is_some();
         tasks.push(tokio::spawn(async move {
-            loop {
+            for tick in 0u64.. {
                 tokio::select! {
                     _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {
                         if let Err(err) = memberships.reload_disabled(&db).await {
                             tracing::warn!(error = %err, "reading the disabled users failed; retrying");
+                        }
+                        if replicated && tick % 2 == 1
+                            && let Err(err) = memberships.reload_memberships(&db).await
+                        {
+                            tracing::warn!(error = %err, "reading the group memberships failed; retrying");
                         }
                     }
                     _ = stop.changed() => return,
