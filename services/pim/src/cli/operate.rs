@@ -371,7 +371,7 @@ pub(crate) async fn bootstrap(identity_database: String, assignment_database: St
 /// `pim health`: each service's `grpc.health.v1` status through the one address.
 pub(crate) async fn health(only: Option<Served>, client: ClientArgs) -> anyhow::Result<i32> {
     let session = Session::open(&client, false)?;
-    let mut health = tonic_health::pb::health_client::HealthClient::new(session.channel.clone());
+    let health = tonic_health::pb::health_client::HealthClient::new(session.channel.clone());
     let (mut all_serving, mut any_answered) = (true, false);
     let mut unreached = None;
     let names = [
@@ -394,13 +394,21 @@ pub(crate) async fn health(only: Option<Served>, client: ClientArgs) -> anyhow::
         }
         None => names.concat(),
     };
-    for name in asked {
-        let status = match health
-            .check(session.request(tonic_health::pb::HealthCheckRequest {
-                service: name.to_owned(),
-            })?)
-            .await
-        {
+    // Asked all at once: a service that does not answer holds up only its own rows.
+    let mut asking = tokio::task::JoinSet::new();
+    for (n, name) in asked.iter().enumerate() {
+        let (mut health, request) = (
+            health.clone(),
+            session.request(tonic_health::pb::HealthCheckRequest {
+                service: (*name).to_owned(),
+            })?,
+        );
+        asking.spawn(async move { (n, health.check(request).await) });
+    }
+    let mut answers: Vec<_> = asking.join_all().await;
+    answers.sort_by_key(|(n, _)| *n);
+    for ((_, answer), name) in answers.into_iter().zip(asked) {
+        let status = match answer {
             Ok(r) => {
                 any_answered = true;
                 format!("{:?}", r.into_inner().status())
