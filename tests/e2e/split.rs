@@ -356,9 +356,33 @@ async fn grant_and_removal_reach_the_other_replica(
         })
         .await?;
         assert!(!check_on_b().await?);
-        AssignmentServiceClient::new(a.clone())
+        let granted = AssignmentServiceClient::new(a.clone())
             .create_request(authed(&token, assign(apb::RequestAction::AdminAssign)))
-            .await?;
+            .await?
+            .into_inner()
+            .consistency_token;
+        // A read given the grant's token waits until B has applied it, however B learns it
+        // (its tail, or reading the database back when the event never reaches it).
+        let mut fresh = authed(
+            &token,
+            apb::CheckAccessRequest {
+                principal_id: lee.id.clone(),
+                target: Some(apb::check_access_request::Target::RoleId(
+                    "Exchange Administrator".into(),
+                )),
+                scope: "/".into(),
+                at_least_as_fresh: granted,
+            },
+        );
+        fresh.set_timeout(within);
+        assert!(
+            AccessServiceClient::new(b.clone())
+                .check_access(fresh)
+                .await?
+                .into_inner()
+                .allowed,
+            "B answers a read given the grant's token, allowed"
+        );
         eventually(within, "replica B to learn of the grant", || async {
             Ok(check_on_b().await?.then_some(()))
         })

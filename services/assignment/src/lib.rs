@@ -454,6 +454,9 @@ const FOLLOW_CHANGES: std::time::Duration = std::time::Duration::from_secs(5);
 /// change stamped by its replica's clock commits a moment later (a call lasts 30 s at most).
 const FOLLOW_MARGIN_MS: i64 = 60_000;
 
+/// How far Redis's clock (which stamps entry ids) may be ahead of this replica's.
+const READ_BACK_SKEW_MS: i64 = 5_000;
+
 /// Reads the assignments any replica changed lately into this replica's access index, every
 /// [`FOLLOW_CHANGES`], until the host stops. The stream tells each change at once; this is
 /// what makes the database the truth when the stream does not (Redis restarted empty, its
@@ -468,9 +471,20 @@ async fn follow_changes(assignments: Assignments, mut stop: tokio::sync::watch::
             _ = tokio::time::sleep(FOLLOW_CHANGES) => {}
             _ = stop.changed() => return,
         }
-        let asked_at = assignments.clock.now_ms();
+        let (asked_at, asked_at_real) = (assignments.clock.now_ms(), pim_runtime::db::now_ms());
         match assignments.index_changed_since(since).await {
-            Ok(_) => (since, failing) = (asked_at - FOLLOW_MARGIN_MS, false),
+            Ok(_) => {
+                (since, failing) = (asked_at - FOLLOW_MARGIN_MS, false);
+                // Every write committed before the reading is in the index now, and each
+                // entry of the stream was added after its write committed: a token naming an
+                // entry of up to then (Redis's clock, a few seconds' difference allowed) is
+                // met, even one this replica's tail never saw.
+                let through = u64::try_from(asked_at_real - READ_BACK_SKEW_MS).unwrap_or_default();
+                assignments.freshness.read_back(
+                    streams::ASSIGNMENT,
+                    pim_runtime::consistency::Position::after_ms(through),
+                );
+            }
             Err(err) if !failing => {
                 tracing::warn!(error = %format!("{err:#}"), "reading the assignments changed lately failed; retrying");
                 failing = true;

@@ -28,6 +28,11 @@ pub struct Position {
 }
 
 impl Position {
+    /// Past every entry id of millisecond `ms` (Redis ids begin with their time).
+    pub fn after_ms(ms: u64) -> Self {
+        Self { ms, seq: u64::MAX }
+    }
+
     pub fn parse(id: &str) -> Option<Self> {
         let (ms, seq) = id.split_once('-')?;
         Some(Self {
@@ -147,7 +152,21 @@ impl fmt::Display for Stale {
 pub struct Freshness {
     /// One process: every write was applied before it answered, so any token is met.
     embedded: bool,
-    applied: HashMap<&'static str, watch::Sender<Position>>,
+    applied: HashMap<&'static str, watch::Sender<Applied>>,
+}
+
+/// How far an index has applied a stream: by its tail, entry by entry, and by reading back
+/// from the database what every entry up to a time told.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Applied {
+    tail: Position,
+    read_back: Position,
+}
+
+impl Applied {
+    fn reached(&self) -> Position {
+        self.tail.max(self.read_back)
+    }
 }
 
 impl Freshness {
@@ -166,7 +185,17 @@ impl Freshness {
             embedded: false,
             applied: streams
                 .iter()
-                .map(|(stream, from)| (*stream, watch::channel(Position::parse(from).unwrap_or_default()).0))
+                .map(|(stream, from)| {
+                    let tail = Position::parse(from).unwrap_or_default();
+                    (
+                        *stream,
+                        watch::channel(Applied {
+                            tail,
+                            ..Applied::default()
+                        })
+                        .0,
+                    )
+                })
                 .collect(),
         }
     }
@@ -178,8 +207,21 @@ impl Freshness {
     pub fn advance(&self, stream: &str, id: &str) {
         if let (Some(sender), Some(position)) = (self.applied.get(stream), Position::parse(id)) {
             sender.send_if_modified(|held| {
-                let moved = position != *held;
-                *held = position;
+                let moved = position != held.tail;
+                held.tail = position;
+                moved
+            });
+        }
+    }
+
+    /// Records that the index read back from the database everything the entries of `stream`
+    /// up to `position` told (each entry's write committed before its entry was added), for
+    /// a reader whose token names an entry this replica's tail never saw (Redis lost it).
+    pub fn read_back(&self, stream: &str, position: Position) {
+        if let Some(sender) = self.applied.get(stream) {
+            sender.send_if_modified(|held| {
+                let moved = position > held.read_back;
+                held.read_back = held.read_back.max(position);
                 moved
             });
         }
@@ -187,7 +229,7 @@ impl Freshness {
 
     /// The entry id up to which `stream` is applied.
     pub fn applied(&self, stream: &str) -> Option<Position> {
-        self.applied.get(stream).map(|s| *s.borrow())
+        self.applied.get(stream).map(|s| s.borrow().reached())
     }
 
     /// Waits (at most `within`) until every position `token` names is applied.
@@ -202,16 +244,16 @@ impl Freshness {
                 .get(stream)
                 .ok_or_else(|| Stale::Unfollowed(stream.to_owned()))?;
             // The usual case, a token already applied, costs one read: no subscription, no timer.
-            if *sender.borrow() >= wanted {
+            if sender.borrow().reached() >= wanted {
                 continue;
             }
             let mut applied = sender.subscribe();
-            let reached = tokio::time::timeout_at(deadline, applied.wait_for(|p| *p >= wanted)).await;
+            let reached = tokio::time::timeout_at(deadline, applied.wait_for(|p| p.reached() >= wanted)).await;
             if !matches!(reached, Ok(Ok(_))) {
                 return Err(Stale::Behind {
                     stream: stream.to_owned(),
                     wanted,
-                    applied: *sender.borrow(),
+                    applied: sender.borrow().reached(),
                 });
             }
         }
@@ -312,6 +354,21 @@ mod tests {
             Err(Stale::Unfollowed("t".into()))
         );
         assert_eq!(Freshness::embedded().wait(&ahead, Duration::ZERO).await, Ok(()));
+
+        // Read back from the database through millisecond 7: the token is met, whatever the
+        // tail saw, and a later tail going back does not undo it.
+        let waiting = {
+            let (freshness, ahead) = (freshness.clone(), ahead.clone());
+            tokio::spawn(async move { freshness.wait(&ahead, Duration::from_secs(10)).await })
+        };
+        freshness.read_back("s", Position::after_ms(7));
+        assert_eq!(waiting.await.unwrap(), Ok(()));
+        freshness.advance("s", "1-0");
+        assert_eq!(freshness.wait(&ahead, Duration::ZERO).await, Ok(()));
+        freshness.read_back("s", Position::after_ms(6));
+        assert_eq!(freshness.applied("s"), Some(Position::after_ms(7)), "never back");
+        let later = ConsistencyToken::at("s", Position::parse("8-0").unwrap());
+        assert!(freshness.wait(&later, Duration::from_millis(5)).await.is_err());
     }
 
     #[test]

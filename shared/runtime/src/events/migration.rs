@@ -33,6 +33,15 @@ impl Dialect for Backend {
 
 #[async_trait::async_trait]
 impl MigrationTrait for SqlMigration {
+    /// Each migration and its record in one transaction on both databases (SQLite's DDL is
+    /// transactional too): a start killed halfway leaves the database as it was, and the next
+    /// start applies the migration whole. Without it, SQLite kept half a migration and no
+    /// record of it, and every later start failed on what it had made ("table … already
+    /// exists"): a first `pim up` interrupted left its data directory unusable.
+    fn use_transaction(&self) -> Option<bool> {
+        Some(true)
+    }
+
     async fn up(&self, manager: &SchemaManager) -> Result<(), sea_orm::DbErr> {
         let conn = manager.get_connection();
         let sql = (self.sql)(&Backend(manager.get_database_backend()));
@@ -112,4 +121,71 @@ fn backbone_applied_here_migration() -> Box<dyn MigrationTrait> {
          CREATE INDEX outbox_not_applied_here ON outbox (created_at, id) WHERE status = 'pending' AND applied_by IS NULL"
             .to_owned()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use sea_orm_migration::MigratorTrait;
+
+    use super::*;
+
+    struct Failing;
+
+    #[async_trait::async_trait]
+    impl MigratorTrait for Failing {
+        fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+            vec![
+                SqlMigration::boxed("m0001_kept", |_| "CREATE TABLE kept (x INTEGER)".to_owned()),
+                // Fails at its second statement, as a start killed halfway stops.
+                SqlMigration::boxed("m0002_halfway", |_| {
+                    "CREATE TABLE half (x INTEGER); CREATE TABLE kept (x INTEGER)".to_owned()
+                }),
+            ]
+        }
+    }
+
+    struct Mended;
+
+    #[async_trait::async_trait]
+    impl MigratorTrait for Mended {
+        fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+            vec![
+                SqlMigration::boxed("m0001_kept", |_| "CREATE TABLE kept (x INTEGER)".to_owned()),
+                SqlMigration::boxed("m0002_halfway", |_| "CREATE TABLE half (x INTEGER)".to_owned()),
+            ]
+        }
+    }
+
+    /// A migration that stops halfway leaves nothing of itself, on SQLite as on PostgreSQL:
+    /// the next start applies it whole.
+    #[tokio::test]
+    async fn a_migration_stopped_halfway_leaves_nothing_and_runs_whole_next_time() {
+        let dir = std::env::temp_dir().join(crate::testing::unique("halfway"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = crate::db::connect(&crate::db::sqlite_url(&dir.join("halfway.db")))
+            .await
+            .unwrap();
+        Failing::up(&db, None).await.expect_err("the second statement fails");
+        let tables = |db: crate::db::Db| async move {
+            crate::db::query(
+                &db,
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name IN ('kept', 'half') ORDER BY name",
+                vec![],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| crate::db::col::<String>(r, "name").unwrap())
+            .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            tables(db.clone()).await,
+            ["kept"],
+            "the first kept, nothing of the second"
+        );
+        Mended::up(&db, None).await.expect("applied whole at the next start");
+        assert_eq!(tables(db.clone()).await, ["half", "kept"]);
+        db.close().await.ok();
+        std::fs::remove_dir_all(&dir).ok();
+    }
 }
