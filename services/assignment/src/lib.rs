@@ -457,7 +457,8 @@ const FOLLOW_MARGIN_MS: i64 = 60_000;
 /// How far Redis's clock (which stamps entry ids) may be ahead of this replica's.
 const READ_BACK_SKEW_MS: i64 = 5_000;
 
-/// Reads the assignments any replica changed lately into this replica's access index, every
+/// Reads the role definitions, and the assignments any replica changed lately, into this
+/// replica's memory, every
 /// [`FOLLOW_CHANGES`], until the host stops. The stream tells each change at once; this is
 /// what makes the database the truth when the stream does not (Redis restarted empty, its
 /// entries trimmed before this replica read them): a role ended elsewhere stops being allowed
@@ -472,7 +473,12 @@ async fn follow_changes(assignments: Assignments, mut stop: tokio::sync::watch::
             _ = stop.changed() => return,
         }
         let (asked_at, asked_at_real) = (assignments.clock.now_ms(), pim_runtime::db::now_ms());
-        match assignments.index_changed_since(since).await {
+        // The role catalogue too: a custom role narrowed on another replica grants less here.
+        let read = async {
+            assignments.follow_roles().await?;
+            anyhow::Ok(assignments.index_changed_since(since).await?)
+        };
+        match read.await {
             Ok(_) => {
                 (since, failing) = (asked_at - FOLLOW_MARGIN_MS, false);
                 // Every write committed before the reading is in the index now, and each

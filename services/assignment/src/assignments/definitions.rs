@@ -257,6 +257,17 @@ impl Assignments {
 
     /// Reads the catalogue again; answers cached from the one before are dropped (a role
     /// that lost a permission no longer grants it anywhere in this process).
+    /// The same, quietly when no role's permissions changed: what a replica does every few
+    /// seconds, in case a definition's event never reached it (Redis lost it).
+    pub(crate) async fn follow_roles(&self) -> anyhow::Result<()> {
+        let redefined = self.roles.reload(&self.db).await?;
+        if !redefined.is_empty() {
+            self.index.changes().access_lost();
+            self.index.announce_redefined(&redefined, self.now());
+        }
+        Ok(())
+    }
+
     pub(crate) async fn reload_roles(&self) -> anyhow::Result<()> {
         let redefined = self.roles.reload(&self.db).await?;
         self.index.changes().access_lost();

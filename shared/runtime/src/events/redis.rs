@@ -658,10 +658,6 @@ impl RedisConsumer {
             },
         ];
         let dl = self.key(streams::DEADLETTER);
-        crate::metrics::metrics()
-            .events_dead_lettered
-            .with_label_values(&[key, self.group()])
-            .inc();
         // Acknowledged only once the dead-letter stream holds it: a MULTI does not undo the
         // acknowledgement when the XADD fails (a dead-letter key made something else by hand),
         // and the entry would be gone with no copy.
@@ -673,6 +669,10 @@ impl RedisConsumer {
             .xack(key, self.group(), &[id])
             .await
             .context("acknowledging a dead-lettered entry")?;
+        crate::metrics::metrics()
+            .events_dead_lettered
+            .with_label_values(&[key, self.group()])
+            .inc();
         tracing::error!(
             group = self.group(),
             stream = key,
