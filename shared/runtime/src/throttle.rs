@@ -180,9 +180,18 @@ impl Throttle {
         }
         let at = counted.entry(principal.to_owned()).or_default().of(kind);
         at.push_back(now);
-        while at.len() > kind.budget() {
+        // Only the last minute counts: what is older goes, so a principal refused now and
+        // then over days holds a few entries, not a budget's worth.
+        while at.len() > kind.budget() || at.front().is_some_and(|oldest| now - oldest >= WINDOW_MS) {
             at.pop_front();
         }
+    }
+
+    /// How many refusals are kept in all (for tests: memory follows the last minute).
+    #[cfg(test)]
+    fn kept(&self) -> usize {
+        let counted = self.0.read().unwrap_or_else(|e| e.into_inner());
+        counted.values().map(|r| r.denied.len() + r.on_the_merits.len()).sum()
     }
 }
 
@@ -299,5 +308,16 @@ mod tests {
             "a fault is nobody's refusal"
         );
         assert_eq!(Refusal::of(tonic::Code::ResourceExhausted), None);
+    }
+
+    /// A principal refused now and then, for ever, keeps only the last minute's refusals.
+    #[test]
+    fn only_the_last_minutes_refusals_are_kept() {
+        let throttle = Throttle::default();
+        for at in 0..10_000 {
+            throttle.refused("lee", at * 1_000, Refusal::OnTheMerits);
+        }
+        assert_eq!(throttle.kept(), 60, "one a second: the last minute's sixty");
+        assert_eq!(throttle.turn("lee", 10_000_000), Turn::Heard);
     }
 }
