@@ -541,6 +541,27 @@ impl Replicas {
         Ok(Channel::from_shared(self.urls[0].clone())?.connect().await?)
     }
 
+    /// Waits (at most `within`) until assignment replica `n` holds the administrator's own
+    /// role, made as the replicas started (asking about oneself is never refused, so the wait
+    /// spends none of the administrator's denials).
+    pub async fn until_replica_knows_the_administrator(&self, n: usize, within: Duration) -> anyhow::Result<()> {
+        use pim_proto::assignment::v1 as apb;
+        let (channel, admin_id) = (self.assignment(n).await?, token_subject(&self.admin)?);
+        eventually(within, "the replica to know the administrator", || async {
+            let asked = apb::CheckAccessRequest {
+                principal_id: admin_id.clone(),
+                target: Some(apb::check_access_request::Target::RoleId("Global Administrator".into())),
+                scope: "/".into(),
+                ..Default::default()
+            };
+            let answer = apb::access_service_client::AccessServiceClient::new(channel.clone())
+                .check_access(authed(&self.admin, asked))
+                .await?;
+            Ok(answer.into_inner().allowed.then_some(()))
+        })
+        .await
+    }
+
     /// A channel to assignment replica `n` (from 0).
     pub async fn assignment(&self, n: usize) -> anyhow::Result<Channel> {
         Ok(Channel::from_shared(self.urls[n + 1].clone())?.connect().await?)

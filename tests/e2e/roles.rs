@@ -427,71 +427,55 @@ async fn a_role_redefined_reaches_a_replica_whose_events_were_lost() -> anyhow::
 
 /// A role made, changed and deleted on replica A is known so on replica B `within` each.
 async fn a_role_defined_on_a_reaches_b(replicas: &pim_e2e::Replicas, within: Duration) -> anyhow::Result<()> {
-    {
-        let admin = replicas.admin.clone();
-        let (a, b) = (replicas.assignment(0).await?, replicas.assignment(1).await?);
-        // B knows the administrator first (asking about oneself is never refused).
-        let admin_id = pim_e2e::token_subject(&admin)?;
-        pim_e2e::eventually(within, "B knows the administrator", || async {
-            let asked = apb::CheckAccessRequest {
-                principal_id: admin_id.clone(),
-                target: Some(apb::check_access_request::Target::RoleId("Global Administrator".into())),
-                scope: "/".into(),
+    let admin = replicas.admin.clone();
+    let (a, b) = (replicas.assignment(0).await?, replicas.assignment(1).await?);
+    replicas.until_replica_knows_the_administrator(1, within).await?;
+    let created = RoleServiceClient::new(a.clone())
+        .create_role_definition(authed(
+            &admin,
+            new_role("Payments Refunder", &["app.payments/refunds/approve"]),
+        ))
+        .await?
+        .into_inner();
+    let on_b = |role: String| {
+        let (b, admin) = (b.clone(), admin.clone());
+        async move {
+            RoleServiceClient::new(b)
+                .get_role_definition(authed(&admin, apb::GetRoleDefinitionRequest { role }))
+                .await
+        }
+    };
+    let seen = pim_e2e::eventually(within, "B knows the new role", || async {
+        Ok(on_b(created.id.clone()).await.ok().map(|r| r.into_inner()))
+    })
+    .await?;
+    assert_eq!(seen.permissions, created.permissions);
+    RoleServiceClient::new(a.clone())
+        .update_role_definition(authed(
+            &admin,
+            apb::UpdateRoleDefinitionRequest {
+                role: created.id.clone(),
+                permissions: vec!["app.payments/reports/*".into()],
                 ..Default::default()
-            };
-            let answer = pim_proto::assignment::v1::access_service_client::AccessServiceClient::new(b.clone())
-                .check_access(authed(&admin, asked))
-                .await?;
-            Ok(answer.into_inner().allowed.then_some(()))
-        })
+            },
+        ))
         .await?;
-        let created = RoleServiceClient::new(a.clone())
-            .create_role_definition(authed(
-                &admin,
-                new_role("Payments Refunder", &["app.payments/refunds/approve"]),
-            ))
-            .await?
-            .into_inner();
-        let on_b = |role: String| {
-            let (b, admin) = (b.clone(), admin.clone());
-            async move {
-                RoleServiceClient::new(b)
-                    .get_role_definition(authed(&admin, apb::GetRoleDefinitionRequest { role }))
-                    .await
-            }
-        };
-        let seen = pim_e2e::eventually(within, "B knows the new role", || async {
-            Ok(on_b(created.id.clone()).await.ok().map(|r| r.into_inner()))
-        })
+    pim_e2e::eventually(within, "B knows the changed permissions", || async {
+        let role = on_b(created.id.clone()).await?.into_inner();
+        Ok((role.permissions == ["app.payments/reports/*"]).then_some(()))
+    })
+    .await?;
+    RoleServiceClient::new(a)
+        .delete_role_definition(authed(
+            &admin,
+            apb::GetRoleDefinitionRequest {
+                role: created.id.clone(),
+            },
+        ))
         .await?;
-        assert_eq!(seen.permissions, created.permissions);
-        RoleServiceClient::new(a.clone())
-            .update_role_definition(authed(
-                &admin,
-                apb::UpdateRoleDefinitionRequest {
-                    role: created.id.clone(),
-                    permissions: vec!["app.payments/reports/*".into()],
-                    ..Default::default()
-                },
-            ))
-            .await?;
-        pim_e2e::eventually(within, "B knows the changed permissions", || async {
-            let role = on_b(created.id.clone()).await?.into_inner();
-            Ok((role.permissions == ["app.payments/reports/*"]).then_some(()))
-        })
-        .await?;
-        RoleServiceClient::new(a)
-            .delete_role_definition(authed(
-                &admin,
-                apb::GetRoleDefinitionRequest {
-                    role: created.id.clone(),
-                },
-            ))
-            .await?;
-        pim_e2e::eventually(within, "B forgets the deleted role", || async {
-            Ok(matches!(on_b(created.id.clone()).await, Err(s) if s.code() == Code::NotFound).then_some(()))
-        })
-        .await?;
-        anyhow::Ok(())
-    }
+    pim_e2e::eventually(within, "B forgets the deleted role", || async {
+        Ok(matches!(on_b(created.id.clone()).await, Err(s) if s.code() == Code::NotFound).then_some(()))
+    })
+    .await?;
+    anyhow::Ok(())
 }

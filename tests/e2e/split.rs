@@ -304,117 +304,110 @@ async fn grant_and_removal_reach_the_other_replica(
     replicas: &pim_e2e::Replicas,
     within: Duration,
 ) -> anyhow::Result<()> {
-    {
-        let token = replicas.admin.clone();
-        let mut directory = DirectoryServiceClient::new(replicas.identity().await?);
-        let lee = directory
-            .create_user(authed(
-                &token,
-                ipb::CreateUserRequest {
-                    user_name: "lee".into(),
-                    password: "lee's long passphrase".into(),
-                    ..Default::default()
-                },
-            ))
-            .await?
-            .into_inner();
-        let (a, b) = (replicas.assignment(0).await?, replicas.assignment(1).await?);
-        let assign_to = |action: apb::RequestAction, principal: &str| apb::CreateRequestRequest {
-            action: action as i32,
-            kind: apb::AssignmentKind::Active as i32,
-            principal_id: principal.to_owned(),
-            role_id: "Exchange Administrator".into(),
+    let token = replicas.admin.clone();
+    let mut directory = DirectoryServiceClient::new(replicas.identity().await?);
+    let lee = directory
+        .create_user(authed(
+            &token,
+            ipb::CreateUserRequest {
+                user_name: "lee".into(),
+                password: "lee's long passphrase".into(),
+                ..Default::default()
+            },
+        ))
+        .await?
+        .into_inner();
+    let (a, b) = (replicas.assignment(0).await?, replicas.assignment(1).await?);
+    let assign_to = |action: apb::RequestAction, principal: &str| apb::CreateRequestRequest {
+        action: action as i32,
+        kind: apb::AssignmentKind::Active as i32,
+        principal_id: principal.to_owned(),
+        role_id: "Exchange Administrator".into(),
+        scope: "/".into(),
+        schedule: crate::activation::lasting(3_600_000),
+        justification: "on call".into(),
+        ticket: None,
+        validate_only: false,
+    };
+    let assign = |action: apb::RequestAction| assign_to(action, &lee.id);
+    let check = |principal: String, role: &'static str| {
+        let (b, token) = (b.clone(), token.clone());
+        async move {
+            let r = AccessServiceClient::new(b)
+                .check_access(authed(
+                    &token,
+                    apb::CheckAccessRequest {
+                        principal_id: principal,
+                        target: Some(apb::check_access_request::Target::RoleId(role.into())),
+                        scope: "/".into(),
+                        ..Default::default()
+                    },
+                ))
+                .await?;
+            anyhow::Ok(r.into_inner().allowed)
+        }
+    };
+    let check_on_b = || check(lee.id.clone(), "Exchange Administrator");
+    replicas.until_replica_knows_the_administrator(1, within).await?;
+    assert!(!check_on_b().await?);
+    let granted = AssignmentServiceClient::new(a.clone())
+        .create_request(authed(&token, assign(apb::RequestAction::AdminAssign)))
+        .await?
+        .into_inner()
+        .consistency_token;
+    // A read given the grant's token waits until B has applied it, however B learns it
+    // (its tail, or reading the database back when the event never reaches it).
+    let mut fresh = authed(
+        &token,
+        apb::CheckAccessRequest {
+            principal_id: lee.id.clone(),
+            target: Some(apb::check_access_request::Target::RoleId(
+                "Exchange Administrator".into(),
+            )),
             scope: "/".into(),
-            schedule: crate::activation::lasting(3_600_000),
-            justification: "on call".into(),
-            ticket: None,
-            validate_only: false,
-        };
-        let assign = |action: apb::RequestAction| assign_to(action, &lee.id);
-        let check = |principal: String, role: &'static str| {
-            let (b, token) = (b.clone(), token.clone());
-            async move {
-                let r = AccessServiceClient::new(b)
-                    .check_access(authed(
-                        &token,
-                        apb::CheckAccessRequest {
-                            principal_id: principal,
-                            target: Some(apb::check_access_request::Target::RoleId(role.into())),
-                            scope: "/".into(),
-                            ..Default::default()
-                        },
-                    ))
-                    .await?;
-                anyhow::Ok(r.into_inner().allowed)
-            }
-        };
-        let check_on_b = || check(lee.id.clone(), "Exchange Administrator");
-        // The administrator's own role (made as the replicas started) is known to B first.
-        let admin = pim_e2e::token_subject(&token)?;
-        eventually(within, "replica B to know the administrator", || async {
-            Ok(check(admin.clone(), "Global Administrator").await?.then_some(()))
-        })
-        .await?;
-        assert!(!check_on_b().await?);
-        let granted = AssignmentServiceClient::new(a.clone())
-            .create_request(authed(&token, assign(apb::RequestAction::AdminAssign)))
+            at_least_as_fresh: granted,
+        },
+    );
+    fresh.set_timeout(within);
+    assert!(
+        AccessServiceClient::new(b.clone())
+            .check_access(fresh)
             .await?
             .into_inner()
-            .consistency_token;
-        // A read given the grant's token waits until B has applied it, however B learns it
-        // (its tail, or reading the database back when the event never reaches it).
-        let mut fresh = authed(
-            &token,
-            apb::CheckAccessRequest {
-                principal_id: lee.id.clone(),
-                target: Some(apb::check_access_request::Target::RoleId(
-                    "Exchange Administrator".into(),
-                )),
-                scope: "/".into(),
-                at_least_as_fresh: granted,
-            },
-        );
-        fresh.set_timeout(within);
-        assert!(
-            AccessServiceClient::new(b.clone())
-                .check_access(fresh)
-                .await?
-                .into_inner()
-                .allowed,
-            "B answers a read given the grant's token, allowed"
-        );
-        eventually(within, "replica B to learn of the grant", || async {
-            Ok(check_on_b().await?.then_some(()))
-        })
+            .allowed,
+        "B answers a read given the grant's token, allowed"
+    );
+    eventually(within, "replica B to learn of the grant", || async {
+        Ok(check_on_b().await?.then_some(()))
+    })
+    .await?;
+    AssignmentServiceClient::new(a.clone())
+        .create_request(authed(&token, assign(apb::RequestAction::AdminRemove)))
         .await?;
-        AssignmentServiceClient::new(a.clone())
-            .create_request(authed(&token, assign(apb::RequestAction::AdminRemove)))
-            .await?;
-        eventually(within, "replica B to learn of the removal", || async {
-            Ok((!check_on_b().await?).then_some(()))
-        })
-        .await?;
+    eventually(within, "replica B to learn of the removal", || async {
+        Ok((!check_on_b().await?).then_some(()))
+    })
+    .await?;
 
-        let group = crate::consistency::operators_group(&mut directory, &token).await?;
-        AssignmentServiceClient::new(a)
-            .create_request(authed(&token, assign_to(apb::RequestAction::AdminAssign, &group.id)))
-            .await?;
-        let membership = ipb::GroupMembershipRequest {
-            group_id: group.id.clone(),
-            principal_id: lee.id.clone(),
-        };
-        directory.add_group_member(authed(&token, membership.clone())).await?;
-        eventually(within, "replica B to learn lee joined the group", || async {
-            Ok(check_on_b().await?.then_some(()))
-        })
+    let group = crate::consistency::operators_group(&mut directory, &token).await?;
+    AssignmentServiceClient::new(a)
+        .create_request(authed(&token, assign_to(apb::RequestAction::AdminAssign, &group.id)))
         .await?;
-        directory.remove_group_member(authed(&token, membership)).await?;
-        eventually(within, "replica B to learn lee left the group", || async {
-            Ok((!check_on_b().await?).then_some(()))
-        })
-        .await?;
-        anyhow::Ok(())
-    }
+    let membership = ipb::GroupMembershipRequest {
+        group_id: group.id.clone(),
+        principal_id: lee.id.clone(),
+    };
+    directory.add_group_member(authed(&token, membership.clone())).await?;
+    eventually(within, "replica B to learn lee joined the group", || async {
+        Ok(check_on_b().await?.then_some(()))
+    })
+    .await?;
+    directory.remove_group_member(authed(&token, membership)).await?;
+    eventually(within, "replica B to learn lee left the group", || async {
+        Ok((!check_on_b().await?).then_some(()))
+    })
+    .await?;
+    anyhow::Ok(())
 }
 
 /// A disable while identity's events cannot reach Redis: assignment is told at once by

@@ -479,7 +479,7 @@ async fn follow_changes(assignments: Assignments, mut stop: tokio::sync::watch::
             anyhow::Ok(assignments.index_changed_since(since).await?)
         };
         match read.await {
-            Ok(_) => {
+            Ok(()) => {
                 (since, failing) = (asked_at - FOLLOW_MARGIN_MS, false);
                 // Every write committed before the reading is in the index now, and each
                 // entry of the stream was added after its write committed: a token naming an

@@ -433,12 +433,11 @@ impl Assignments {
 
     /// The same for every active assignment made, moved or ended at or after `since`, by any
     /// replica: a change whose event never reached this one (Redis lost it) still does.
-    pub async fn index_changed_since(&self, since: i64) -> Result<usize> {
-        let changed = store::assignments_changed_since(&self.db, since).await?;
-        for a in &changed {
-            self.index_row(a);
+    pub async fn index_changed_since(&self, since: i64) -> Result<()> {
+        for a in store::assignments_changed_since(&self.db, since).await? {
+            self.index_row(&a);
         }
-        Ok(changed.len())
+        Ok(())
     }
 
     fn index_row(&self, a: &AssignmentRow) {
