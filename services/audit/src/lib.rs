@@ -57,12 +57,9 @@ impl Audit {
         // correlator's), and from the keys it replaced while they are given.
         let webhook_key = deps.config.secrets_key.as_ref().or(deps.config.audit_hmac_key.as_ref());
         let replaced = match (&deps.config.secrets_key, &deps.config.secrets_key_previous) {
-            // The current key given as a previous one too replaces nothing (it would be
-            // published twice under one kid).
-            (Some(current), Some(previous)) => pim_runtime::sealing::replaced_keys(previous.expose())
-                .into_iter()
-                .filter(|k| k != current.expose())
-                .collect(),
+            (Some(current), Some(previous)) => {
+                pim_runtime::sealing::keys_replaced_by(current.expose(), previous.expose())
+            }
             _ => Vec::new(),
         };
         let audit = Self {

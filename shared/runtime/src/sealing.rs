@@ -41,6 +41,15 @@ pub fn replaced_keys(previous: &str) -> Vec<String> {
         .collect()
 }
 
+/// The keys `current` replaced, of those `previous` names: the current key given again
+/// replaces nothing (what derives from it would be there twice, its SSF key under one kid).
+pub fn keys_replaced_by(current: &str, previous: &str) -> Vec<String> {
+    replaced_keys(previous)
+        .into_iter()
+        .filter(|k| k != current.trim())
+        .collect()
+}
+
 /// A key of its own for `purpose` from key material `key` (HMAC-SHA256).
 fn derive(key: &[u8], purpose: &[u8]) -> [u8; 32] {
     let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes a key of any length");
@@ -189,6 +198,12 @@ impl Sealer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_current_key_given_again_replaces_nothing() {
+        assert_eq!(keys_replaced_by("new", " old , new,, older "), ["old", "older"]);
+        assert!(keys_replaced_by("new", "new").is_empty());
+    }
 
     #[test]
     fn sealed_secrets_open_only_with_their_key_and_row() {
