@@ -979,8 +979,12 @@ async fn audit_ingest(events: u64, rate: u64) -> anyhow::Result<()> {
                 })
             })
             .collect::<anyhow::Result<_>>()?;
-        let (sent, err) = publisher.publish_all(&batch).await;
-        anyhow::ensure!(sent == batch.len(), "publishing failed: {err:?}");
+        let published = publisher.publish_all(&batch).await;
+        anyhow::ensure!(
+            published.count == batch.len(),
+            "publishing failed: {:?}",
+            published.error
+        );
     }
     let published = start.elapsed();
     let target = start_sequence + events as i64;

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
 use prost::Message;
 use redis::AsyncCommands;
 use sea_orm::{ConnectionTrait, DatabaseTransaction, TransactionTrait};
@@ -105,7 +106,9 @@ impl EventHandler for Gated {
 
 struct Fixture {
     db: Db,
-    database: TestDatabase,
+    /// PostgreSQL's, or None for a SQLite file in `sqlite_dir`.
+    database: Option<TestDatabase>,
+    sqlite_dir: Option<std::path::PathBuf>,
     redis: redis::aio::MultiplexedConnection,
     prefix: String,
     outbox: Outbox,
@@ -115,6 +118,22 @@ impl Fixture {
     async fn new() -> anyhow::Result<Self> {
         let database = TestDatabase::create("backbone").await?;
         let db = db::connect(&database.url).await?;
+        Self::on(db, Some(database), None).await
+    }
+
+    /// The same on a SQLite file (the all-in-one's database).
+    async fn on_sqlite() -> anyhow::Result<Self> {
+        let dir = std::env::temp_dir().join(unique("backbone"));
+        std::fs::create_dir_all(&dir)?;
+        let db = db::connect(&db::sqlite_url(&dir.join("backbone.db"))).await?;
+        Self::on(db, None, Some(dir)).await
+    }
+
+    async fn on(
+        db: Db,
+        database: Option<TestDatabase>,
+        sqlite_dir: Option<std::path::PathBuf>,
+    ) -> anyhow::Result<Self> {
         Migrator::up(&db, None).await?;
         let redis = redis::Client::open(redis_url())?
             .get_multiplexed_async_connection()
@@ -122,6 +141,7 @@ impl Fixture {
         Ok(Self {
             db,
             database,
+            sqlite_dir,
             redis,
             prefix: format!("{}:", unique("bb")),
             outbox: Outbox::default(),
@@ -192,7 +212,13 @@ impl Fixture {
             let _: () = self.redis.del(self.key(stream)).await?;
         }
         self.db.close().await.ok();
-        self.database.drop_database().await
+        if let Some(dir) = &self.sqlite_dir {
+            std::fs::remove_dir_all(dir).ok();
+        }
+        match self.database {
+            Some(database) => database.drop_database().await,
+            None => Ok(()),
+        }
     }
 }
 
@@ -482,6 +508,70 @@ async fn events_redis_lost_are_replayed_from_the_outbox_and_applied_once() -> an
     relay.prune().await?;
     assert_eq!(kept(&f).await?, 0);
     f.cleanup().await
+}
+
+/// Redis that loses what it held (restarted from an older snapshot, or empty, or the stream
+/// deleted) is noticed by the relay itself: the events the stream lost are published again
+/// from the outbox, without an operator's replay, and each is applied once. What the stream
+/// kept stays noticed as kept: nothing is published again while nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_redis_lost_are_published_again_by_the_relay_itself() -> anyhow::Result<()> {
+    republished_by_the_relay(Fixture::on_sqlite().await?)
+        .await
+        .context("on SQLite")?;
+    republished_by_the_relay(Fixture::new().await?)
+        .await
+        .context("on PostgreSQL")
+}
+
+async fn republished_by_the_relay(mut f: Fixture) -> anyhow::Result<()> {
+    let relay = f.relay().await?.keeping(Duration::from_secs(3600));
+    let mut emitted = Vec::new();
+    for _ in 0..3 {
+        emitted.push(f.emit("UserCreated").await?.id);
+    }
+    assert_eq!(relay.run_once().await?, 3);
+    assert_eq!(relay.republish_if_lost().await?, 0, "nothing lost");
+    let consumer = f.consumer(fast(5)).await?;
+    each_applied_once(&f, &consumer, &emitted).await?;
+
+    // Redis comes back from a snapshot older than the last two entries.
+    let entries: redis::streams::StreamRangeReply = f.redis.xrange_all(f.key(streams::IDENTITY)).await?;
+    for entry in &entries.ids[1..] {
+        let _: i64 = f.redis.xdel(f.key(streams::IDENTITY), &[&entry.id]).await?;
+    }
+    emitted.push(f.emit("UserCreated").await?.id);
+    assert!(
+        relay.republish_if_lost().await? >= 2,
+        "the lost entries are pending again"
+    );
+    assert_eq!(relay.republish_if_lost().await?, 0, "a loss is mended once");
+    while relay.run_once().await? > 0 {}
+    assert_eq!(relay.republish_if_lost().await?, 0, "nothing lost since");
+    each_applied_once(&f, &consumer, &emitted).await?;
+
+    // Redis comes back empty: the stream (and its groups) are gone.
+    let _: () = f.redis.del(f.key(streams::IDENTITY)).await?;
+    assert_eq!(relay.republish_if_lost().await?, 4, "all kept is published again");
+    while relay.run_once().await? > 0 {}
+    assert_eq!(f.stream_len(streams::IDENTITY).await?, 4);
+    let consumer = f.consumer(fast(5)).await?;
+    each_applied_once(&f, &consumer, &emitted).await?;
+    f.cleanup().await
+}
+
+/// Waits until `consumer` applied each of `emitted` once, none twice.
+async fn each_applied_once(f: &Fixture, consumer: &RedisConsumer, emitted: &[String]) -> anyhow::Result<()> {
+    eventually(Duration::from_secs(10), "every event applied", || async {
+        consumer.run_once().await?;
+        let mut counts = Vec::new();
+        for id in emitted {
+            counts.push(f.applied(id).await?);
+        }
+        anyhow::ensure!(counts.iter().all(|&n| n <= 1), "applied more than once: {counts:?}");
+        Ok(counts.iter().all(|&n| n == 1).then_some(()))
+    })
+    .await
 }
 
 /// Whoever can write to Redis can move a consumer group past its stream's end (`XGROUP SETID`

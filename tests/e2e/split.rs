@@ -173,6 +173,22 @@ async fn services_in_separate_hosts_work_together() -> anyhow::Result<()> {
         assert!(
             records.iter().any(|r| r.source == "pim.identity") && records.iter().any(|r| r.source == "pim.assignment")
         );
+
+        // Redis loses identity's stream (restarted empty, say): identity's relay notices and
+        // publishes again, by itself, what it keeps.
+        let mut redis = redis::Client::open(redis_url())?
+            .get_multiplexed_async_connection()
+            .await?;
+        let identity_stream = format!("{prefix}{}", streams::IDENTITY);
+        let _: () = redis.del(&identity_stream).await?;
+        eventually(Duration::from_secs(15), "identity's events published again", || {
+            let (mut redis, stream) = (redis.clone(), identity_stream.clone());
+            async move {
+                let entries: usize = redis.xlen(&stream).await?;
+                Ok((entries > 0).then_some(()))
+            }
+        })
+        .await?;
         let none = audit
             .query_events(aupb::QueryEventsRequest::default())
             .await
@@ -223,10 +239,6 @@ async fn services_in_separate_hosts_work_together() -> anyhow::Result<()> {
         assignments
             .create_request(authed(&token, permanent(apb::RequestAction::AdminAssign, &kim.id)))
             .await?;
-        let mut redis = redis::Client::open(redis_url())?
-            .get_multiplexed_async_connection()
-            .await?;
-        let identity_stream = format!("{prefix}{}", streams::IDENTITY);
         let _: () = redis.del(&identity_stream).await?;
         let _: () = redis.set(&identity_stream, "refused").await?;
         let kim_user = || ipb::GetUserRequest { user: kim.id.clone() };

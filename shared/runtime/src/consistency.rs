@@ -33,6 +33,16 @@ impl Position {
         Self { ms, seq: u64::MAX }
     }
 
+    /// The entry id `<ms>-<seq>`.
+    pub fn new(ms: u64, seq: u64) -> Self {
+        Self { ms, seq }
+    }
+
+    /// Its millisecond and its sequence number within it.
+    pub fn parts(self) -> (u64, u64) {
+        (self.ms, self.seq)
+    }
+
     pub fn parse(id: &str) -> Option<Self> {
         let (ms, seq) = id.split_once('-')?;
         Some(Self {

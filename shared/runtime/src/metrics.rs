@@ -35,6 +35,9 @@ pub struct Metrics {
     /// Consumer groups found past their stream's end (moved there by someone writing to
     /// Redis) and set back to its start, by stream and group.
     pub groups_rewound: IntCounterVec,
+    /// Times a relay found a stream had lost entries it published (Redis restarted empty or
+    /// from an older snapshot, the stream deleted) and published them again, by stream.
+    pub streams_republished: IntCounterVec,
     /// How late expiries and scheduled starts fired (seconds).
     pub scheduler_lag_seconds: Histogram,
     /// Answers held by the CheckAccess cache.
@@ -134,6 +137,11 @@ fn build() -> Metrics {
             "pim_consumer_groups_rewound_total",
             "Consumer groups found past their stream's end (moved by hand) and set back to its start",
             &["stream", "group"],
+        ),
+        streams_republished: counter(
+            "pim_streams_republished_total",
+            "Times a relay found its stream had lost entries it published and published them again",
+            &["stream"],
         ),
         scheduler_lag_seconds,
         access_cache_entries,
@@ -332,6 +340,7 @@ pub mod otlp {
         "pim_events_dead_lettered_total",
         "pim_events_rejected_total",
         "pim_consumer_groups_rewound_total",
+        "pim_streams_republished_total",
     ];
     const GAUGES: &[&str] = &[
         "pim_consumer_lag_milliseconds",

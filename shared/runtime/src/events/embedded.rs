@@ -134,7 +134,7 @@ impl Publisher for InProcessFirst {
         (batch.len(), None)
     }
 
-    async fn publish_all(&self, batch: &[Pending]) -> (usize, Option<anyhow::Error>) {
+    async fn publish_all(&self, batch: &[Pending]) -> super::Published {
         self.then.publish_all(batch).await
     }
 
@@ -144,5 +144,9 @@ impl Publisher for InProcessFirst {
 
     async fn position(&self, stream: &str) -> anyhow::Result<Option<crate::consistency::Position>> {
         self.then.position(stream).await
+    }
+
+    fn prefix(&self) -> &str {
+        self.then.prefix()
     }
 }

@@ -61,6 +61,7 @@ pub fn backbone_migrations() -> Vec<Box<dyn MigrationTrait>> {
         backbone_indexes_migration(),
         backbone_replay_migration(),
         backbone_applied_here_migration(),
+        backbone_reached_migration(),
     ]
 }
 
@@ -120,6 +121,20 @@ fn backbone_applied_here_migration() -> Box<dyn MigrationTrait> {
         "ALTER TABLE outbox ADD COLUMN applied_by TEXT;
          CREATE INDEX outbox_not_applied_here ON outbox (created_at, id) WHERE status = 'pending' AND applied_by IS NULL"
             .to_owned()
+    })
+}
+
+/// Where each stream's newest event from this outbox stands on it (its Redis entry id), so a
+/// relay notices a stream that lost them (Redis restarted empty or from an older snapshot)
+/// and publishes again what it keeps.
+fn backbone_reached_migration() -> Box<dyn MigrationTrait> {
+    SqlMigration::boxed("m0000_backbone_reached", |_| {
+        "CREATE TABLE outbox_reached (
+            stream TEXT PRIMARY KEY,
+            entry_ms BIGINT NOT NULL,
+            entry_seq BIGINT NOT NULL
+        )"
+        .to_owned()
     })
 }
 

@@ -21,7 +21,7 @@ pub use consumer::{EventHandler, Inbox, Rejected};
 pub use embedded::{EmbeddedBus, InProcessFirst, Listener};
 pub use migration::{SqlMigration, backbone_migrations};
 pub use outbox::{
-    INBOX_KEPT, OUTBOX_INSERT, Outbox, OutboxRows, Pending, Publisher, Relay, RelayHandle, pending, replay,
+    INBOX_KEPT, OUTBOX_INSERT, Outbox, OutboxRows, Pending, Published, Publisher, Relay, RelayHandle, pending, replay,
 };
 pub use redis::{
     ConsumerHandle, ConsumerOptions, RedisConsumer, RedisPublisher, RedisTarget, last_entry_id, tail, tail_start,

@@ -5,6 +5,7 @@
 //! publishing and marking leaves the rows pending, so they are published again: consumers
 //! deduplicate by event id.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,6 +16,7 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 use super::Envelope;
+use crate::consistency::Position;
 use crate::db::{self, Db, Dialect, col};
 
 /// How long an inbox row is kept: far longer than any redelivery (a claimed or retried entry
@@ -26,6 +28,11 @@ const VACUUM_AFTER: u64 = 1000;
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 /// Batches a relay pass applies in this process behind an event publication refused.
 const APPLIED_AHEAD: usize = 10;
+/// How often the relay looks whether its streams still hold what it published.
+const LOSS_CHECK_EVERY: Duration = Duration::from_secs(2);
+/// How much earlier than a stream's newest surviving entry the relay publishes again from,
+/// after it lost the rest: rows are marked sent by the database's clock, entry ids by Redis's.
+const LOSS_MARGIN_MS: i64 = 60_000;
 
 /// An outbox row on its way out.
 pub struct Pending {
@@ -39,18 +46,42 @@ pub struct Pending {
     pub applied_here: bool,
 }
 
+/// What publishing a batch came to.
+#[derive(Debug, Default)]
+pub struct Published {
+    /// How many of the batch (a prefix) were published.
+    pub count: usize,
+    /// Where each stream's last published event stands on it (transports with positions).
+    pub reached: BTreeMap<String, Position>,
+    /// What stopped the publication short of the whole batch.
+    pub error: Option<anyhow::Error>,
+}
+
+impl Published {
+    /// The first `count` events published, then `error`.
+    pub fn stopped(count: usize, error: anyhow::Error) -> Self {
+        Self {
+            count,
+            error: Some(error),
+            ..Self::default()
+        }
+    }
+}
+
 /// Where a relay sends events: Redis Streams or the embedded in-process bus.
 #[async_trait::async_trait]
 pub trait Publisher: Send + Sync {
-    /// Publishes `batch` in order; returns how many (a prefix) were published, and the error
-    /// that stopped it. Transports that can send many at once override this.
-    async fn publish_all(&self, batch: &[Pending]) -> (usize, Option<anyhow::Error>) {
+    /// Publishes `batch` in order. Transports that can send many at once override this.
+    async fn publish_all(&self, batch: &[Pending]) -> Published {
         for (i, p) in batch.iter().enumerate() {
             if let Err(err) = self.publish(&p.stream, &p.envelope, p.attempts).await {
-                return (i, Some(err));
+                return Published::stopped(i, err);
             }
         }
-        (batch.len(), None)
+        Published {
+            count: batch.len(),
+            ..Published::default()
+        }
     }
 
     /// Publishes one event to `stream` (base name, before any prefix). Returns only when the
@@ -60,8 +91,16 @@ pub trait Publisher: Send + Sync {
 
     /// The position of the newest event on `stream`, for transports whose readers follow
     /// positions (Redis); `None` where delivery itself applies the event (embedded).
-    async fn position(&self, _stream: &str) -> anyhow::Result<Option<crate::consistency::Position>> {
+    async fn position(&self, _stream: &str) -> anyhow::Result<Option<Position>> {
         Ok(None)
+    }
+
+    /// What the transport puts before each stream's name (Redis's key prefix), so that where
+    /// events reached is recorded per key: replicas sharing a database may publish under
+    /// different prefixes (a test's, or a misconfiguration's) without taking each other's
+    /// streams for ones that lost events.
+    fn prefix(&self) -> &str {
+        ""
     }
 
     /// Whether events are applied in this process before they are published
@@ -459,8 +498,12 @@ impl Relay {
         // Applied in this process first (where the publisher does), then published: only
         // what was applied here goes on, so nothing overtakes an event that failed here.
         let (here, failed_here) = self.publisher.apply_here(&batch).await;
-        let (sent, refused_by) = match here {
-            0 => (0, None),
+        let Published {
+            count: sent,
+            reached,
+            error: refused_by,
+        } = match here {
+            0 => Published::default(),
             _ => self.publisher.publish_all(&batch[..here]).await,
         };
         for published in &batch[..sent] {
@@ -484,6 +527,7 @@ impl Relay {
                 )
             };
             db::exec(conn, &sql, values).await?;
+            self.record_reached(conn, &reached).await?;
         }
         // Applied here, refused by Redis: remembered, and the rows behind them applied here too.
         let refused = self.publisher.applies_here_first() && sent < here;
@@ -508,6 +552,100 @@ impl Relay {
             self.apply_ahead(conn).await?;
         }
         Ok(sent)
+    }
+
+    /// Remembers, for each stream, the newest position the relay's events took on it (never
+    /// moving back: replicas' relays record theirs in any order).
+    async fn record_reached<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        reached: &BTreeMap<String, Position>,
+    ) -> anyhow::Result<()> {
+        for (stream, position) in reached {
+            let (ms, seq) = position.parts();
+            let key = format!("{}{stream}", self.publisher.prefix());
+            db::exec(
+                conn,
+                "INSERT INTO outbox_reached (stream, entry_ms, entry_seq) VALUES ($1, $2, $3) \
+                 ON CONFLICT (stream) DO UPDATE SET entry_ms = excluded.entry_ms, entry_seq = excluded.entry_seq \
+                 WHERE excluded.entry_ms > outbox_reached.entry_ms \
+                 OR (excluded.entry_ms = outbox_reached.entry_ms AND excluded.entry_seq > outbox_reached.entry_seq)",
+                vec![key.into(), (ms as i64).into(), (seq as i64).into()],
+            )
+            .await
+            .context("recording where the relay's events reached")?;
+        }
+        Ok(())
+    }
+
+    /// Publishes again what a stream lost of the relay's events: Redis restarted empty or from
+    /// an older snapshot, a failover without persistence, the stream deleted by hand. A
+    /// stream whose newest entry comes before the newest one this outbox put there lost
+    /// everything after that entry; the rows marked sent since then (less
+    /// [`LOSS_MARGIN_MS`]; all those kept, if the stream is gone) are marked pending again,
+    /// as `pim events replay` marks them, and published anew in order. Consumers drop what
+    /// they applied before; until then the events they had not read were lost to them. Does
+    /// nothing on a transport without positions (the embedded bus). Returns the rows marked.
+    pub async fn republish_if_lost(&self) -> anyhow::Result<u64> {
+        let reached = db::query(
+            &self.db,
+            "SELECT stream, entry_ms, entry_seq FROM outbox_reached",
+            vec![],
+        )
+        .await
+        .context("reading where the relay's events reached")?;
+        let mut marked = 0;
+        // The database first, then Redis: a position recorded meanwhile is on the stream.
+        for row in reached {
+            let key: String = col(&row, "stream")?;
+            let Some(stream) = key.strip_prefix(self.publisher.prefix()) else {
+                continue;
+            };
+            let (ms, seq): (i64, i64) = (col(&row, "entry_ms")?, col(&row, "entry_seq")?);
+            let recorded = Position::new(ms as u64, seq as u64);
+            let Some(newest) = self.publisher.position(stream).await? else {
+                return Ok(marked);
+            };
+            if newest >= recorded {
+                continue;
+            }
+            let since = match newest.parts() {
+                (0, 0) => 0,
+                (newest_ms, _) => (newest_ms as i64).saturating_sub(LOSS_MARGIN_MS),
+            };
+            let txn = self.db.begin().await.context("beginning the republication")?;
+            let again = db::exec(
+                &txn,
+                "UPDATE outbox SET status = 'pending', attempts = 0, last_error = NULL \
+                 WHERE status = 'sent' AND stream = $1 AND sent_at >= $2",
+                vec![stream.into(), since.into()],
+            )
+            .await?;
+            // Forgotten until the events published again reach the stream: this loss is
+            // mended once, by whichever replica saw it first (another may mend it too; the
+            // consumers drop what comes twice).
+            db::exec(
+                &txn,
+                "DELETE FROM outbox_reached WHERE stream = $1 AND entry_ms = $2 AND entry_seq = $3",
+                vec![key.clone().into(), ms.into(), seq.into()],
+            )
+            .await?;
+            txn.commit().await.context("committing the republication")?;
+            crate::metrics::metrics()
+                .streams_republished
+                .with_label_values(&[stream])
+                .inc();
+            tracing::error!(
+                service = self.service, stream, lost_after = %newest, published_up_to = %recorded, republished = again,
+                kept_hours = self.keep.as_secs() / 3600,
+                "the stream lost events this service published (Redis restarted empty or from an older snapshot, or the stream was deleted); publishing again those kept"
+            );
+            marked += again;
+        }
+        if marked > 0 {
+            self.outbox.wake.notify_one();
+        }
+        Ok(marked)
     }
 
     /// Deletes inbox rows older than [`INBOX_KEPT`], so the table does not grow without
@@ -556,7 +694,15 @@ impl Relay {
             let mut measured = tokio::time::Instant::now() - Duration::from_secs(2);
             let mut pruned = tokio::time::Instant::now();
             let (mut deleted, mut vacuumed) = (0, tokio::time::Instant::now());
+            // Looked at first as the relay starts: Redis may have lost events while it was down.
+            let mut checked: Option<tokio::time::Instant> = None;
             loop {
+                if checked.is_none_or(|at| at.elapsed() >= LOSS_CHECK_EVERY) {
+                    checked = Some(tokio::time::Instant::now());
+                    if let Err(err) = self.republish_if_lost().await {
+                        tracing::debug!(error = %format!("{err:#}"), "looking for events Redis lost failed");
+                    }
+                }
                 if deleted >= VACUUM_AFTER && vacuumed.elapsed() >= Duration::from_secs(1) {
                     (deleted, vacuumed) = (0, tokio::time::Instant::now());
                     self.vacuum().await;

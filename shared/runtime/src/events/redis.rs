@@ -159,6 +159,10 @@ impl Publisher for RedisPublisher {
         Ok(())
     }
 
+    fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     async fn position(&self, stream: &str) -> anyhow::Result<Option<crate::consistency::Position>> {
         let newest = newest_entry(&mut self.conn.clone(), &format!("{}{stream}", self.prefix)).await?;
         Ok(Some(
@@ -170,15 +174,28 @@ impl Publisher for RedisPublisher {
 
     /// One round trip for the whole batch. If it fails, none counts as published (some may
     /// be on the stream: they are published again, and consumers drop the duplicates).
-    async fn publish_all(&self, batch: &[super::Pending]) -> (usize, Option<anyhow::Error>) {
+    async fn publish_all(&self, batch: &[super::Pending]) -> super::Published {
         let mut pipe = redis::pipe();
         for p in batch {
             pipe.xadd(format!("{}{}", self.prefix, p.stream), "*", &entry_fields(&p.envelope));
         }
         let mut conn = self.conn.clone();
         match pipe.query_async::<Vec<String>>(&mut conn).await {
-            Ok(_) => (batch.len(), None),
-            Err(err) => (0, Some(anyhow::Error::new(err).context("XADD pipeline"))),
+            Ok(ids) => {
+                let mut reached = std::collections::BTreeMap::<String, crate::consistency::Position>::new();
+                for (p, id) in batch.iter().zip(&ids) {
+                    if let Some(position) = crate::consistency::Position::parse(id) {
+                        let newest = reached.entry(p.stream.clone()).or_default();
+                        *newest = (*newest).max(position);
+                    }
+                }
+                super::Published {
+                    count: batch.len(),
+                    reached,
+                    error: None,
+                }
+            }
+            Err(err) => super::Published::stopped(0, anyhow::Error::new(err).context("XADD pipeline")),
         }
     }
 }
