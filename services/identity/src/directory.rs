@@ -12,7 +12,7 @@ use pim_runtime::access::{AccessCheck, permissions, require};
 use pim_runtime::auth::{Caller, Pending};
 use pim_runtime::clock::Clock;
 use pim_runtime::config::SigninMfa;
-use pim_runtime::db::{Db, is_unique_violation, now_ms};
+use pim_runtime::db::{Db, now_ms};
 use pim_runtime::events::{EventType, Outbox, Source, envelope, streams};
 
 use crate::error::{Error, Result};
@@ -21,7 +21,7 @@ use crate::tokens::{Issued, Keystore, TokenSubject};
 use crate::{credentials, limiter};
 
 pub use crate::names::NewUser;
-pub(crate) use crate::names::{checked_display_name, checked_email, checked_principal_name};
+pub(crate) use crate::names::{checked_display_name, checked_email, checked_principal_name, taken};
 
 const SOURCE: Source = Source::Identity;
 
@@ -220,13 +220,9 @@ impl Directory {
             email: row.email.clone(),
         };
         let txn = self.db.begin().await?;
-        if let Err(err) = store::insert_user(&txn, &row).await {
-            return Err(if is_unique_violation(&err) {
-                Error::AlreadyExists(format!("a user named {} already exists", row.user_name))
-            } else {
-                err.into()
-            });
-        }
+        store::insert_user(&txn, &row)
+            .await
+            .map_err(|err| taken(err, "user", &row.user_name))?;
         // A new account may enrol its first MFA method with the password alone for a while.
         let window_end = self.clock.now_ms() + self.enrollment_window.as_millis() as i64;
         store::open_enrollment_window(&txn, &row.id, window_end).await?;
@@ -349,7 +345,9 @@ impl Directory {
             display_name: row.display_name.clone(),
         };
         let txn = self.db.begin().await?;
-        store::insert_service_principal(&txn, &row).await?;
+        store::insert_service_principal(&txn, &row)
+            .await
+            .map_err(|err| taken(err, "service principal", &row.display_name))?;
         self.emit(&txn, EventType::ServicePrincipalCreated, &row.id, &event)
             .await?;
         txn.commit().await?;

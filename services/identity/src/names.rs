@@ -89,6 +89,17 @@ pub(crate) fn checked_principal_name(display_name: &str) -> Result<&str> {
     Ok(display_name)
 }
 
+/// A write refused because the name is taken (each user name, group name and service
+/// principal name is held once, by a unique index): ALREADY_EXISTS, naming it. Any other
+/// failure stays what it was.
+pub(crate) fn taken(err: sea_orm::DbErr, kind: &str, name: &str) -> Error {
+    if pim_runtime::db::is_unique_violation(&err) {
+        Error::AlreadyExists(format!("a {kind} named {name} already exists"))
+    } else {
+        err.into()
+    }
+}
+
 /// A user's email address, trimmed (empty: none): one `@` between a local part and a domain,
 /// no white space or control characters (mail goes to it: a line break would add a header).
 pub(crate) fn checked_email(email: &str) -> Result<&str> {

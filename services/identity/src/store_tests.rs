@@ -602,3 +602,69 @@ async fn familiar_users_count_apart_from_strangers_at_an_address_and_are_capped_
     })
     .await
 }
+
+/// A group's and a service principal's name is held once, by the database: a second of a
+/// name is refused (ALREADY_EXISTS above it), and names held twice before the rule are told
+/// apart as it comes, each but the first by its id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_and_service_principal_names_are_held_once() -> anyhow::Result<()> {
+    use sea_orm_migration::MigratorTrait;
+    let before = pim_runtime::testing::steps_before::<store::Migrator>("m0011_unique_names");
+    pim_runtime::testing::on_both_databases::<store::Migrator, _, _>("identity", Some(before), |db| async move {
+        let group = |name: &str| GroupRow {
+            id: uuid::Uuid::now_v7().to_string(),
+            display_name: name.into(),
+            description: String::new(),
+            is_assignable_to_role: false,
+            created_at: NOW,
+        };
+        let sp = |name: &str| store::ServicePrincipalRow {
+            id: uuid::Uuid::now_v7().to_string(),
+            display_name: name.into(),
+            secret_hash: String::new(),
+            enabled: true,
+            created_at: NOW,
+        };
+        let (ops, ops_again) = (group("ops"), group("ops"));
+        let (bot, bot_again) = (sp("ci-bot"), sp("ci-bot"));
+        store::insert_group(&db, &ops, "admin").await?;
+        store::insert_group(&db, &ops_again, "admin").await?;
+        store::insert_service_principal(&db, &bot).await?;
+        store::insert_service_principal(&db, &bot_again).await?;
+
+        store::Migrator::up(&db, None).await?;
+        let group_name = |id: String| {
+            let db = db.clone();
+            async move { anyhow::Ok(store::find_group(&db, &id).await?.map(|g| g.display_name)) }
+        };
+        assert_eq!(group_name(ops.id.clone()).await?.as_deref(), Some("ops"));
+        assert_eq!(
+            group_name(ops_again.id.clone()).await?,
+            Some(format!("ops ({})", ops_again.id))
+        );
+        let sp_name = |id: String| {
+            let db = db.clone();
+            async move { anyhow::Ok(store::find_service_principal(&db, &id).await?.map(|s| s.display_name)) }
+        };
+        assert_eq!(sp_name(bot.id.clone()).await?.as_deref(), Some("ci-bot"));
+        assert_eq!(
+            sp_name(bot_again.id.clone()).await?,
+            Some(format!("ci-bot ({})", bot_again.id))
+        );
+
+        let refused = store::insert_group(&db, &group("ops"), "admin")
+            .await
+            .expect_err("the name is taken");
+        assert!(pim_runtime::db::is_unique_violation(&refused), "{refused}");
+        let refused = store::update_group(&db, &ops_again.id, "ops", "")
+            .await
+            .expect_err("the name is taken");
+        assert!(pim_runtime::db::is_unique_violation(&refused), "{refused}");
+        let refused = store::insert_service_principal(&db, &sp("ci-bot"))
+            .await
+            .expect_err("the name is taken");
+        assert!(pim_runtime::db::is_unique_violation(&refused), "{refused}");
+        Ok(())
+    })
+    .await
+}

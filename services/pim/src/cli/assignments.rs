@@ -212,7 +212,17 @@ async fn row(names: &mut Names<'_>, kind: &str, a: apb::Assignment) -> Vec<Cell>
     ]
 }
 
+/// `pim check`: 0 allowed, 1 not allowed. A question that could not be answered (refused to
+/// the asker, throttled, naming no one) exits 5, never 1: a script acting on "does not hold
+/// it" must not act on "could not ask".
 pub(crate) async fn check(args: CheckArgs) -> anyhow::Result<i32> {
+    ask(args).await.map_err(|err| match super::exit_status(&err) {
+        1 => err.context(super::Unanswered),
+        _ => err,
+    })
+}
+
+async fn ask(args: CheckArgs) -> anyhow::Result<i32> {
     let (principal, role_arg) = match (args.principal_flag, args.positional.as_slice()) {
         (Some(principal), []) => (principal, None),
         (Some(principal), [role]) => (principal, Some(role.clone())),
@@ -253,32 +263,41 @@ pub(crate) async fn check(args: CheckArgs) -> anyhow::Result<i32> {
     if r.allowed {
         // Through which role, assignment and group, where: the grants behind the answer.
         let mut names = Names::new(&session);
-        let mut through = Vec::new();
+        let (mut through, mut grants) = (Vec::new(), Vec::new());
         for g in &r.grants {
+            let until = time(g.end_time.as_ref().map(from_timestamp));
             let group = if g.via_group_id.is_empty() {
                 String::new()
             } else {
                 format!(" via group {}", names.principal(&g.via_group_id).await.with_id())
             };
             through.push(printable(&format!(
-                "{} at {} until {} (assignment {}{group})",
-                g.role_name,
-                g.scope,
-                time(g.end_time.as_ref().map(from_timestamp)),
-                g.assignment_id
+                "{} at {} until {until} (assignment {}{group})",
+                g.role_name, g.scope, g.assignment_id
             )));
+            grants.push(serde_json::json!({
+                "role": g.role_name, "role_id": g.role_id, "scope": g.scope, "until": until,
+                "assignment_id": g.assignment_id, "via_group_id": g.via_group_id,
+            }));
         }
-        println!(
-            "allowed: {principal} holds {what} at {} until {}",
-            args.scope,
-            time(r.expires_at.as_ref().map(from_timestamp))
-        );
+        let until = time(r.expires_at.as_ref().map(from_timestamp));
+        let mut words = format!("allowed: {principal} holds {what} at {} until {until}", args.scope);
         for grant in through {
-            println!("  through {grant}");
+            words.push_str(&format!("\n  through {grant}"));
         }
+        super::print_made(
+            &words,
+            serde_json::json!({
+                "allowed": true, "principal": principal, "asked": what, "scope": args.scope,
+                "until": until, "grants": grants,
+            }),
+        );
         Ok(0)
     } else {
-        println!("denied: {principal} does not hold {what} at {}", args.scope);
+        super::print_made(
+            &format!("denied: {principal} does not hold {what} at {}", args.scope),
+            serde_json::json!({"allowed": false, "principal": principal, "asked": what, "scope": args.scope}),
+        );
         Ok(1)
     }
 }

@@ -36,9 +36,13 @@ pub(crate) struct AuditArgs {
     /// Only events before then: how long ago (1h) or an RFC 3339 time.
     #[arg(long, value_parser = super::parse_moment_or_ago, allow_hyphen_values = true)]
     until: Option<i64>,
-    /// How many records (the newest, unless --oldest-first), 1 to 1000.
+    /// How many records (the newest, unless --oldest-first), 1 to 1000. When more match, a
+    /// note on standard error says so.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(i32).range(1..=1000))]
     limit: i32,
+    /// Every matching record, page after page (--limit is then the page size).
+    #[arg(long)]
+    all: bool,
     /// Start from the oldest matching record instead of the newest.
     #[arg(long)]
     oldest_first: bool,
@@ -70,6 +74,13 @@ enum AuditCommand {
         /// jsonl or ocsf
         #[arg(long, default_value = "jsonl")]
         format: String,
+        /// Only events since then: how long ago (24h) or an RFC 3339 time; with the last
+        /// export's end as the next one's start, nothing is missed or exported twice.
+        #[arg(long, value_parser = super::parse_moment_or_ago, allow_hyphen_values = true)]
+        since: Option<i64>,
+        /// Only events before then: how long ago (1h) or an RFC 3339 time.
+        #[arg(long, value_parser = super::parse_moment_or_ago, allow_hyphen_values = true)]
+        until: Option<i64>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -109,10 +120,20 @@ async fn audit_command(command: AuditCommand) -> anyhow::Result<i32> {
             println!("{} {hash}", head.sequence);
             Ok(0)
         }
-        AuditCommand::Export { format, client } => {
+        AuditCommand::Export {
+            format,
+            since,
+            until,
+            client,
+        } => {
             let session = Session::open(&client, true)?;
+            let filter = (since.is_some() || until.is_some()).then(|| aupb::QueryEventsRequest {
+                since: since.map(to_timestamp),
+                until: until.map(to_timestamp),
+                ..Default::default()
+            });
             let mut chunks = AuditServiceClient::new(session.channel.clone())
-                .export_events(session.request(aupb::ExportEventsRequest { filter: None, format })?)
+                .export_events(session.request(aupb::ExportEventsRequest { filter, format })?)
                 .await
                 .map_err(explain)?
                 .into_inner();
@@ -155,12 +176,29 @@ pub(crate) async fn audit(args: AuditArgs) -> anyhow::Result<i32> {
         newest_first: !args.oldest_first,
         ..Default::default()
     };
-    let records = AuditServiceClient::new(session.channel.clone())
-        .query_events(session.request(request)?)
-        .await
-        .map_err(explain)?
-        .into_inner()
-        .records;
+    let mut audit = AuditServiceClient::new(session.channel.clone());
+    let mut records = Vec::new();
+    let mut request = request;
+    loop {
+        let page = audit
+            .query_events(session.request(request.clone())?)
+            .await
+            .map_err(explain)?
+            .into_inner();
+        records.extend(page.records);
+        match page.next_page_token {
+            // A token answered twice would keep a faulty server's caller asking for ever.
+            more if more.is_empty() || more == request.page_token => break,
+            more if args.all => request.page_token = more,
+            _ => {
+                eprintln!(
+                    "({} records shown; more match: pass --all, a larger --limit (up to 1000), or a narrower --since/--until)",
+                    records.len()
+                );
+                break;
+            }
+        }
+    }
     match args.client.output {
         Output::Json => {
             for r in records {

@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use anyhow::bail;
 use clap::{Args, Subcommand};
 use tonic::Status;
 
@@ -22,7 +23,8 @@ pub(crate) enum MfaCommand {
     /// A first authenticator needs an enrolment pass (--pass) unless your account is new or
     /// its MFA was just reset; another one needs a code from the one you have.
     Enroll {
-        /// The first code, to confirm (otherwise you are prompted).
+        /// The first code, to confirm (otherwise you are prompted, or, with no terminal, it is
+        /// read from the first line of standard input).
         #[arg(long, env = "PIM_MFA_CODE")]
         code: Option<String>,
         /// An enrolment pass from an administrator.
@@ -36,7 +38,7 @@ pub(crate) enum MfaCommand {
     },
     /// Step up: check a code (or a recovery code) and keep the stepped-up token.
     Verify {
-        /// The authenticator code or a recovery code (otherwise you are prompted).
+        /// The authenticator code or a recovery code (otherwise you are prompted on a terminal).
         #[arg(long, env = "PIM_MFA_CODE")]
         code: Option<String>,
         #[command(flatten)]
@@ -74,6 +76,10 @@ pub(crate) enum MfaCommand {
     Reset {
         /// User name or id.
         user: String,
+        /// A code from your authenticator, should the server ask for a recent MFA (otherwise
+        /// asked for then).
+        #[arg(long, env = "PIM_MFA_CODE")]
+        code: Option<String>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -120,14 +126,29 @@ pub(crate) struct PasswordArgs {
     client: ClientArgs,
 }
 
-/// The code from --code, else a prompt on a terminal, else the next line of standard input.
+/// The code from --code (or PIM_MFA_CODE), else a prompt on a terminal. Without a terminal
+/// there is no one to ask: a clear refusal, never a silent wait on standard input (a cron job
+/// would hang there).
 fn code(given: Option<String>) -> anyhow::Result<String> {
-    use std::io::IsTerminal;
     match given {
         Some(c) => Ok(c),
-        None if std::io::stdin().is_terminal() => secret_from(false, "PIM_MFA_CODE", "Authenticator code: "),
-        None => secret_from(true, "PIM_MFA_CODE", ""),
+        None => secret_from(false, "PIM_MFA_CODE", "Authenticator code: "),
     }
+}
+
+/// The first code of an authenticator being enrolled: from --code, a prompt on a terminal,
+/// else the first line of standard input (a script reads the URI shown, then answers).
+fn first_code(given: Option<String>) -> anyhow::Result<String> {
+    if given.is_some() || interactive() {
+        return code(given);
+    }
+    let line = secret_from(true, "PIM_MFA_CODE", "")?;
+    if line.trim().is_empty() {
+        bail!(
+            "no code on standard input: pass --code (or set PIM_MFA_CODE), or write the code from the authenticator to pim's standard input"
+        );
+    }
+    Ok(line)
 }
 
 /// After a sign-in or step-up with a recovery code: say so, and how many are left.
@@ -187,6 +208,11 @@ where
         match call(session.clone()).await {
             Ok(answer) => return Ok((session, answer)),
             Err(status) if !stepped_up && wants_mfa(&status) => {
+                if given.is_none() && !interactive() {
+                    bail!(
+                        "{what} needs a recent multi-factor authentication: pass --code (or set PIM_MFA_CODE) with a code from your authenticator"
+                    );
+                }
                 eprintln!("{what} needs a recent multi-factor authentication.");
                 if given.is_none() && !has_a_method(&session).await {
                     anyhow::bail!(
@@ -199,6 +225,12 @@ where
             Err(status) => return Err(explain(status)),
         }
     }
+}
+
+/// A request the session could not make (its stored token unreadable), as the server's word
+/// for it: sign in again.
+pub(crate) fn status_of(err: anyhow::Error) -> Status {
+    Status::unauthenticated(format!("{err:#}"))
 }
 
 /// Whether the server refused for want of a recent MFA.
@@ -248,21 +280,16 @@ pub(crate) async fn run(cmd: MfaCommand) -> anyhow::Result<i32> {
             println!("Recovery codes left: {}{last}", listed.recovery_codes_left);
         }
         MfaCommand::RecoveryCodes { code: given, client } => {
-            let mut session = Session::open(&client, true)?;
-            let mut given = given;
-            let codes = loop {
-                match MfaServiceClient::new(session.channel.clone())
-                    .generate_recovery_codes(session.request(ipb::GenerateRecoveryCodesRequest {})?)
-                    .await
-                {
-                    Ok(r) => break r.into_inner().codes,
-                    Err(status) if wants_mfa(&status) && (given.is_some() || interactive()) => {
-                        eprintln!("New recovery codes need a recent multi-factor authentication.");
-                        session = step_up(&client, &session, given.take()).await?;
-                    }
-                    Err(status) => return Err(explain(status)),
-                }
-            };
+            let (_, codes) = stepping_up(&client, "Making new recovery codes", given, |session| async move {
+                let request = session
+                    .request(ipb::GenerateRecoveryCodesRequest {})
+                    .map_err(status_of)?;
+                let generated = MfaServiceClient::new(session.channel.clone())
+                    .generate_recovery_codes(request)
+                    .await?;
+                Ok(generated.into_inner().codes)
+            })
+            .await?;
             println!("Recovery codes (each works once; store them offline; your other sessions are signed out):");
             for c in codes {
                 println!("  {c}");
@@ -273,31 +300,33 @@ pub(crate) async fn run(cmd: MfaCommand) -> anyhow::Result<i32> {
             code: given,
             client,
         } => {
-            let mut session = Session::open(&client, true)?;
-            let mut given = given;
-            loop {
-                match MfaServiceClient::new(session.channel.clone())
-                    .remove_method(session.request(ipb::RemoveMethodRequest {
-                        method_id: method_id.clone(),
-                    })?)
-                    .await
-                {
-                    Ok(_) => break,
-                    Err(status) if wants_mfa(&status) && (given.is_some() || interactive()) => {
-                        eprintln!("Removing a method needs a recent multi-factor authentication.");
-                        session = step_up(&client, &session, given.take()).await?;
-                    }
-                    Err(status) => return Err(explain(status)),
+            stepping_up(&client, "Removing a method", given, |session| {
+                let method_id = method_id.clone();
+                async move {
+                    let request = session
+                        .request(ipb::RemoveMethodRequest { method_id })
+                        .map_err(status_of)?;
+                    MfaServiceClient::new(session.channel.clone())
+                        .remove_method(request)
+                        .await
                 }
-            }
+            })
+            .await?;
             println!("Method {method_id} removed.");
         }
-        MfaCommand::Reset { user, client } => {
-            let session = Session::open(&client, true)?;
-            MfaServiceClient::new(session.channel.clone())
-                .reset_mfa(session.request(ipb::ResetMfaRequest { user: user.clone() })?)
-                .await
-                .map_err(explain)?;
+        MfaCommand::Reset {
+            user,
+            code: given,
+            client,
+        } => {
+            stepping_up(&client, "Resetting a user's MFA", given, |session| {
+                let user = user.clone();
+                async move {
+                    let request = session.request(ipb::ResetMfaRequest { user }).map_err(status_of)?;
+                    MfaServiceClient::new(session.channel.clone()).reset_mfa(request).await
+                }
+            })
+            .await?;
             println!("MFA reset for {user}: they may enrol a new authenticator with their password for a while.");
         }
         MfaCommand::Pass(PassCommand::Create {
@@ -394,7 +423,7 @@ async fn enroll(
         Err(err) => eprintln!("(no QR code: {err})"),
     }
     std::io::Write::flush(&mut std::io::stdout())?;
-    let code = code(given)?;
+    let code = first_code(given)?;
     let confirmed = MfaServiceClient::new(session.channel.clone())
         .confirm_totp(session.request(ipb::ConfirmTotpRequest {
             method_id: enrolled.method_id,
@@ -429,25 +458,20 @@ pub(crate) async fn change_password(args: PasswordArgs) -> anyhow::Result<i32> {
             secret_from(false, "PIM_NEW_PASSWORD", "New password: ")?,
         )
     };
-    let mut session = Session::open(&args.client, true)?;
-    let mut given = args.code;
     let request = ipb::ChangePasswordRequest {
         current_password: current,
         new_password: new,
     };
-    loop {
-        match AuthServiceClient::new(session.channel.clone())
-            .change_password(session.request(request.clone())?)
-            .await
-        {
-            Ok(_) => break,
-            Err(status) if wants_mfa(&status) && (given.is_some() || interactive()) => {
-                eprintln!("Changing your password needs a recent multi-factor authentication.");
-                session = step_up(&args.client, &session, given.take()).await?;
-            }
-            Err(status) => return Err(explain(status)),
+    stepping_up(&args.client, "Changing your password", args.code, |session| {
+        let request = request.clone();
+        async move {
+            let request = session.request(request).map_err(status_of)?;
+            AuthServiceClient::new(session.channel.clone())
+                .change_password(request)
+                .await
         }
-    }
+    })
+    .await?;
     println!("Password changed; your other sessions are signed out.");
     Ok(0)
 }

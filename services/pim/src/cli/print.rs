@@ -113,9 +113,6 @@ impl From<Named> for Cell {
     }
 }
 
-/// Prints rows under `headers`: a table (names only, or `name (id)` with `--ids`), or with
-/// `--output json` one JSON object per row whose fields are the headers in lowercase (spaces
-/// and dashes as underscores); a named cell adds its id as `<field>_id`.
 /// What a command made, said once: in `words`, or with `--output json` as one JSON object
 /// (`fields`, a secret shown once included), for a script to read.
 pub(crate) fn print_made(words: &str, fields: serde_json::Value) {
@@ -126,6 +123,9 @@ pub(crate) fn print_made(words: &str, fields: serde_json::Value) {
     }
 }
 
+/// Prints rows under `headers`: a table (names only, or `name (id)` with `--ids`), or with
+/// `--output json` one JSON object per row whose fields are the headers in lowercase (spaces
+/// and dashes as underscores); a named cell adds its id as `<field>_id`.
 pub(crate) fn print_table<C: Into<Cell>>(headers: &[&str], rows: Vec<Vec<C>>) {
     let rows = rows.into_iter().map(|row| row.into_iter().map(Into::into));
     if matches!(OUTPUT.get(), Some((Output::Json, _))) {

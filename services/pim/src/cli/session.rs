@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -54,7 +54,12 @@ impl Session {
         };
         let channel = pim_runtime::grpc::channel(&server, &tls)?;
         let token = if signed_in { Some(read_token(args)?) } else { None };
-        let fresh_path = token_path(args).ok().map(|p| p.with_extension("fresh"));
+        if let Some(token) = &token
+            && args.server.is_none()
+        {
+            remembered_for(args, token)?;
+        }
+        let fresh_path = token_path(args).ok().map(|p| beside(&p, "fresh"));
         Ok(Self {
             channel,
             token,
@@ -84,7 +89,7 @@ impl Session {
             let held = ConsistencyToken::parse(&self.at_least_as_fresh()).unwrap_or_default();
             let line = format!("{} {}", pim_runtime::db::now_ms(), held.merge(&written));
             // Best effort: without it the next read may be a moment stale, nothing worse.
-            let _ = std::fs::write(path, line);
+            let _ = write_private(path, line.as_bytes());
         }
         response.into_inner()
     }
@@ -213,7 +218,7 @@ impl Session {
             [(_, id)] => Ok(id.clone()),
             [] => bail!("no user, group or service principal is named {name:?}"),
             [(first, _), ..] if found.iter().all(|(k, _)| k == first) => {
-                // One kind, several of that name (display names need not be unique): only an
+                // One kind, several of that name (held twice before names had to be unique): only an
                 // id tells them apart.
                 let ids: Vec<&str> = found.iter().map(|(_, id)| id.as_str()).collect();
                 bail!(
@@ -334,26 +339,103 @@ pub(crate) fn token_path(args: &ClientArgs) -> anyhow::Result<PathBuf> {
 
 pub(crate) const DEFAULT_SERVER: &str = "http://127.0.0.1:50051";
 
+/// The file beside the token file that `suffix` names: `token.server` beside `token`,
+/// `ci.prod.server` beside `ci.prod`. The whole name is kept, so two token files never share
+/// one (`ci.prod` and `ci.stage` once shared `ci.server`, and one's token went to the other's
+/// server).
+pub(crate) fn beside(token_file: &Path, suffix: &str) -> PathBuf {
+    let mut name = token_file.file_name().map(std::ffi::OsString::from).unwrap_or_default();
+    name.push(format!(".{suffix}"));
+    token_file.with_file_name(name)
+}
+
+/// What `pim login` remembered beside a token: the server it was signed in at, the CA trusted
+/// then, and which token it was (a fingerprint; none in files older versions wrote).
+struct Remembered {
+    server: String,
+    ca: Option<PathBuf>,
+    fingerprint: Option<String>,
+}
+
+fn remembered(args: &ClientArgs) -> Option<Remembered> {
+    let text = std::fs::read_to_string(beside(&token_path(args).ok()?, "server")).ok()?;
+    let mut lines = text.lines().map(str::trim);
+    let server = lines.next().filter(|s| !s.is_empty())?.to_owned();
+    let ca = lines.next().filter(|l| !l.is_empty()).map(PathBuf::from);
+    let fingerprint = lines.next().and_then(|l| l.strip_prefix("token ")).map(str::to_owned);
+    Some(Remembered {
+        server,
+        ca,
+        fingerprint,
+    })
+}
+
+/// Which token a server file belongs to: enough of its SHA-256 to tell tokens apart (a token
+/// file replaced, by a copy from elsewhere, leaves a server file that is not its own).
+fn fingerprint(token: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(token.trim().as_bytes())[..12]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Refuses to send `token` to a server it was not signed in at: without `--server`, the
+/// server file beside the token must be there and belong to this token.
+fn remembered_for(args: &ClientArgs, token: &str) -> anyhow::Result<()> {
+    let path = token_path(args)?;
+    let server_file = beside(&path, "server");
+    let again = "pass --server (or set PIM_SERVER), or sign in again with pim login";
+    match remembered(args) {
+        None => bail!(
+            "which server the token in {} was signed in at is not known (no {}): {again}",
+            path.display(),
+            server_file.display()
+        ),
+        Some(Remembered {
+            fingerprint: Some(f), ..
+        }) if f != fingerprint(token) => bail!(
+            "{} names the server of another token than the one in {} (was the token file replaced?): {again}",
+            server_file.display(),
+            path.display()
+        ),
+        Some(_) => Ok(()),
+    }
+}
+
 /// Where the CLI calls: `--server` (or PIM_SERVER) with `--ca`; else the server the token was
 /// signed in at, with the CA trusted then; else the local default.
 pub(crate) fn target(args: &ClientArgs) -> (String, Option<PathBuf>) {
     if let Some(server) = &args.server {
         return (server.clone(), args.ca.clone());
     }
-    let remembered = token_path(args)
-        .ok()
-        .and_then(|p| std::fs::read_to_string(p.with_extension("server")).ok());
-    let mut lines = remembered.as_deref().unwrap_or_default().lines();
-    match lines.next().map(str::trim).filter(|s| !s.is_empty()) {
-        Some(server) => {
-            let ca = args
-                .ca
-                .clone()
-                .or_else(|| lines.next().filter(|l| !l.is_empty()).map(PathBuf::from));
-            (server.to_owned(), ca)
-        }
+    match remembered(args) {
+        Some(r) => (r.server, args.ca.clone().or(r.ca)),
         None => (DEFAULT_SERVER.to_owned(), args.ca.clone()),
     }
+}
+
+/// Writes `contents` to `path` as a file of its own that only its owner may read (0600), put
+/// in place by a rename: whatever was there (a file of another mode or owner, a link to
+/// elsewhere) is replaced, never written through, and a reader never sees half a token.
+fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
+    let name = path.file_name().context("a token file needs a file name")?;
+    let temporary = path.with_file_name(format!(".{}.{}", name.to_string_lossy(), uuid::Uuid::new_v4().simple()));
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let written = options
+        .open(&temporary)
+        .and_then(|mut file| file.write_all(contents))
+        .and_then(|()| std::fs::rename(&temporary, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&temporary);
+    }
+    written.with_context(|| format!("writing {}", path.display()))
 }
 
 pub(crate) fn read_token(args: &ClientArgs) -> anyhow::Result<String> {
@@ -365,45 +447,18 @@ pub(crate) fn read_token(args: &ClientArgs) -> anyhow::Result<String> {
 
 pub(crate) fn write_token(args: &ClientArgs, token: &str) -> anyhow::Result<PathBuf> {
     let path = token_path(args)?;
-    if let Some(dir) = path.parent() {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut file = options
-        .open(&path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    file.write_all(token.as_bytes())?;
-    // The token's server (and the CA trusted for it), so later commands need no --server.
+    // The token's server (and the CA trusted for it), so later commands need no --server,
+    // first: a token is never left beside another token's server.
     let (server, ca) = target(args);
     let ca = ca
         .map(|ca| std::path::absolute(&ca).unwrap_or(ca).display().to_string())
         .unwrap_or_default();
-    let server_path = path.with_extension("server");
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    options
-        .open(&server_path)
-        .and_then(|mut file| {
-            // One an earlier version wrote kept its mode.
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::PermissionsExt;
-                file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-            }
-            file.write_all(format!("{server}\n{ca}\n").as_bytes())
-        })
-        .with_context(|| format!("writing {}", server_path.display()))?;
+    let remembered = format!("{server}\n{ca}\ntoken {}\n", fingerprint(token));
+    write_private(&beside(&path, "server"), remembered.as_bytes())?;
+    write_private(&path, token.as_bytes())?;
     Ok(path)
 }
 

@@ -5,6 +5,7 @@ use clap::Subcommand;
 use pim_proto::identity::v1 as ipb;
 use pim_proto::identity::v1::directory_service_client::DirectoryServiceClient;
 
+use super::mfa::{status_of, stepping_up};
 use super::{ClientArgs, Session, explain, print_table, secret_from};
 
 #[derive(Subcommand)]
@@ -69,6 +70,10 @@ pub(crate) enum UsersCommand {
     Enable {
         /// User name or id.
         user: String,
+        /// A code from your authenticator, should the server ask for a recent MFA (otherwise
+        /// asked for then).
+        #[arg(long, env = "PIM_MFA_CODE")]
+        code: Option<String>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -91,15 +96,13 @@ pub(crate) enum UsersCommand {
         /// Read the new password from stdin instead of generating one.
         #[arg(long)]
         password_stdin: bool,
+        /// A code from your authenticator, should the server ask for a recent MFA (otherwise
+        /// asked for then).
+        #[arg(long, env = "PIM_MFA_CODE")]
+        code: Option<String>,
         #[command(flatten)]
         client: ClientArgs,
     },
-}
-
-/// A request the session could not make (its stored token unreadable), as the server's word
-/// for it: sign in again.
-fn status_of(err: anyhow::Error) -> tonic::Status {
-    tonic::Status::unauthenticated(format!("{err:#}"))
 }
 
 fn user_row(u: &ipb::User) -> Vec<String> {
@@ -197,7 +200,7 @@ pub(crate) async fn users(cmd: UsersCommand) -> anyhow::Result<i32> {
             print_table(&["ID", "USER NAME", "DISPLAY NAME", "STATE"], vec![user_row(&u)]);
         }
         UsersCommand::Disable { user, code, client } => {
-            let (session, answer) = super::mfa::stepping_up(&client, "Disabling a user", code, |session| {
+            let (session, answer) = stepping_up(&client, "Disabling a user", code, |session| {
                 let user = user.clone();
                 async move {
                     let request = session.request(ipb::GetUserRequest { user }).map_err(status_of)?;
@@ -211,17 +214,22 @@ pub(crate) async fn users(cmd: UsersCommand) -> anyhow::Result<i32> {
             let u = session.remember(answer);
             println!("User {} disabled: no sign-ins, and their sessions ended", u.user_name);
         }
-        UsersCommand::Enable { user, client } => {
-            let session = Session::open(&client, true)?;
-            let u = DirectoryServiceClient::new(session.channel.clone())
-                .enable_user(session.request(ipb::GetUserRequest { user })?)
-                .await
-                .map_err(explain)?
-                .into_inner();
+        UsersCommand::Enable { user, code, client } => {
+            let (session, answer) = stepping_up(&client, "Enabling a user", code, |session| {
+                let user = user.clone();
+                async move {
+                    let request = session.request(ipb::GetUserRequest { user }).map_err(status_of)?;
+                    DirectoryServiceClient::new(session.channel.clone())
+                        .enable_user(request)
+                        .await
+                }
+            })
+            .await?;
+            let u = session.remember(answer);
             println!("User {} enabled", u.user_name);
         }
         UsersCommand::Delete { user, code, client } => {
-            let (session, answer) = super::mfa::stepping_up(&client, "Deleting a user", code, |session| {
+            let (session, answer) = stepping_up(&client, "Deleting a user", code, |session| {
                 let user = user.clone();
                 async move {
                     let request = session.request(ipb::GetUserRequest { user }).map_err(status_of)?;
@@ -237,17 +245,23 @@ pub(crate) async fn users(cmd: UsersCommand) -> anyhow::Result<i32> {
         UsersCommand::ResetPassword {
             user,
             password_stdin,
+            code,
             client,
         } => {
-            let session = Session::open(&client, true)?;
             let (password, generated) = new_password(password_stdin)?;
-            DirectoryServiceClient::new(session.channel.clone())
-                .reset_password(session.request(ipb::ResetPasswordRequest {
+            stepping_up(&client, "Resetting a password", code, |session| {
+                let request = ipb::ResetPasswordRequest {
                     user: user.clone(),
                     new_password: password.clone(),
-                })?)
-                .await
-                .map_err(explain)?;
+                };
+                async move {
+                    let request = session.request(request).map_err(status_of)?;
+                    DirectoryServiceClient::new(session.channel.clone())
+                        .reset_password(request)
+                        .await
+                }
+            })
+            .await?;
             let mut words = format!("Password of {user} reset");
             if generated {
                 words.push_str(&format!("\nNew password (shown once): {password}"));

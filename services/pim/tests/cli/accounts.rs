@@ -42,7 +42,10 @@ fn sign_in_with_a_code_and_new_recovery_codes_after_a_step_up() {
     let stdout = String::from_utf8_lossy(&generated.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&generated.stderr).into_owned();
     assert!(generated.status.success(), "{stdout} {stderr}");
-    assert!(stderr.contains("need a recent multi-factor authentication"), "{stderr}");
+    assert!(
+        stderr.contains("Making new recovery codes needs a recent multi-factor authentication"),
+        "{stderr}"
+    );
     let codes: Vec<String> = stdout
         .lines()
         .skip_while(|l| !l.starts_with("Recovery codes"))
@@ -84,6 +87,16 @@ fn sign_in_with_a_code_and_new_recovery_codes_after_a_step_up() {
     std::fs::copy(&admin.token_file, &admin_before.token_file).expect("copy the token");
     let admins = admin.enroll_mfa();
     let enrolled_at = now_secs();
+    // Without a terminal and without a code there is no one to ask: refused at once, saying
+    // how to give one (it once waited for a line on standard input, and a cron job hung).
+    let unasked = admin_before.run(&["users", "disable", "lee"], None);
+    let stderr = String::from_utf8_lossy(&unasked.stderr).into_owned();
+    assert_eq!(unasked.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("needs a recent multi-factor authentication: pass --code"),
+        "{stderr}"
+    );
+    assert!(admin.ok(&["users", "get", "lee"], None).contains("enabled"));
     let disabled = admin_before.run(
         &["users", "disable", "lee", "--code", &admins.generate(enrolled_at + 30)],
         None,

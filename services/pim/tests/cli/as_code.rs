@@ -185,7 +185,12 @@ fn a_configuration_file_applies_once_prunes_round_trips_and_a_bad_one_changes_no
         drift.contains("- eligible bob: Payments Refunder at /apps/payments (not in the file, which prunes the role)"),
         "{drift}"
     );
+    // A scheduled job finds drift by the exit status.
+    let found = admin.run(&["plan", "-f", example, "--detailed-exitcode"], None);
+    assert_eq!(found.status.code(), Some(6), "changes to apply");
     admin.ok(&["apply", "-f", example], None);
+    let matched = admin.run(&["plan", "-f", example, "--detailed-exitcode"], None);
+    assert_eq!(matched.status.code(), Some(0), "the server matches the file");
     let held = admin.ok(
         &["assignments", "--role", "Payments Refunder", "--kind", "eligible"],
         None,
@@ -229,6 +234,9 @@ fn a_configuration_file_applies_once_prunes_round_trips_and_a_bad_one_changes_no
     assert!(!text.contains("/groups/"), "no group ids: {text}");
     let round = admin.ok(&["plan", "-f", exported.to_str().unwrap()], None);
     assert!(round.contains("No changes"), "{round}");
+    // `-f -` is standard output, as no -f is.
+    assert_eq!(admin.ok(&["export", "-f", "-"], None), text);
+    assert!(!dir.join("-").exists() && !std::path::Path::new("-").exists());
 
     // A file that prunes one group's membership leaves another group's alone.
     admin.ok(&["groups", "create", "--name", "ops"], None);

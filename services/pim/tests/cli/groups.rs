@@ -43,15 +43,11 @@ fn principals_are_named_by_user_group_or_service_principal_name() {
         "{}",
         String::from_utf8_lossy(&prefixed.stderr)
     );
-    // Two groups of one name (display names need not be unique): only an id tells them apart.
-    admin.ok(&["groups", "create", "--name", "ops", "--role-assignable"], None);
-    let twice = assign("group:ops");
+    // A second group of one name is refused: a name stands for one group of a kind.
+    let twice = admin.run(&["groups", "create", "--name", "ops", "--role-assignable"], None);
     let said = String::from_utf8_lossy(&twice.stderr);
-    assert_eq!(twice.status.code(), Some(2), "{said}");
-    assert!(
-        said.contains("names 2 groups") && said.contains("give the id"),
-        "{said}"
-    );
+    assert_eq!(twice.status.code(), Some(1), "{said}");
+    assert!(said.contains("a group named ops already exists"), "{said}");
     let unknown = assign("nobody");
     assert!(
         String::from_utf8_lossy(&unknown.stderr).contains("no user, group or service principal is named \"nobody\""),

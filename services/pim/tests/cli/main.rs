@@ -218,4 +218,5 @@ mod accounts;
 mod as_code;
 mod gateway;
 mod groups;
+mod scripting;
 mod walkthrough;

@@ -42,9 +42,23 @@ pub(crate) struct FileArgs {
     client: ClientArgs,
 }
 
+/// `pim plan`'s: the file, and how to tell a script whether anything would change.
+#[derive(Args)]
+pub(crate) struct PlanArgs {
+    #[command(flatten)]
+    file: FileArgs,
+    /// Exit 6 when the server differs from the file (changes to apply), 0 when it matches:
+    /// drift found by a scheduled job. Errors keep their codes.
+    #[arg(long)]
+    detailed_exitcode: bool,
+}
+
+/// `pim plan --detailed-exitcode`'s exit status when there are changes to apply.
+pub(crate) const CHANGES_TO_APPLY: i32 = 6;
+
 #[derive(Args)]
 pub(crate) struct ExportArgs {
-    /// Write the file here [default: standard output].
+    /// Write the file here (`-`: standard output) [default: standard output].
     #[arg(short = 'f', long = "file", value_name = "FILE")]
     file: Option<PathBuf>,
     #[command(flatten)]
@@ -115,11 +129,18 @@ struct Change {
     step: Step,
 }
 
-pub(crate) async fn plan(args: FileArgs) -> anyhow::Result<i32> {
+pub(crate) async fn plan(args: PlanArgs) -> anyhow::Result<i32> {
+    let PlanArgs {
+        file: args,
+        detailed_exitcode,
+    } = args;
     let session = Session::open(&args.client, true)?;
     let (_, changes, kept) = read_and_plan(&session, &args.file).await?;
     print_plan(&args.file, &changes, &kept);
-    Ok(0)
+    Ok(match detailed_exitcode && !changes.is_empty() {
+        true => CHANGES_TO_APPLY,
+        false => 0,
+    })
 }
 
 pub(crate) async fn apply(args: FileArgs) -> anyhow::Result<i32> {
@@ -153,7 +174,7 @@ pub(crate) async fn export(args: ExportArgs) -> anyhow::Result<i32> {
     let snapshot = Snapshot::read(&session).await?;
     let file = exported(&session, &snapshot).await?;
     let text = file::render(&file)?;
-    match &args.file {
+    match args.file.as_ref().filter(|path| path.as_os_str() != "-") {
         Some(path) => {
             std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
             eprintln!("Wrote {}.", path.display());
