@@ -40,6 +40,8 @@ pub struct Browser {
     pub csrf: String,
     /// The `Origin` forms are sent with; none: the portal's own.
     origin: Option<String>,
+    /// Requests are a page's own polls (`x-pim-poll`, as `portal.js` sends them).
+    pub polling: bool,
 }
 
 impl Browser {
@@ -54,6 +56,7 @@ impl Browser {
             cookie: String::new(),
             csrf: String::new(),
             origin: None,
+            polling: false,
         })
     }
 
@@ -73,6 +76,9 @@ impl Browser {
             .header(http::header::HOST, &self.host);
         if !self.cookie.is_empty() {
             request = request.header(http::header::COOKIE, &self.cookie);
+        }
+        if self.polling {
+            request = request.header("x-pim-poll", "1");
         }
         if form.is_some() {
             request = request

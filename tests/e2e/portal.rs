@@ -60,10 +60,21 @@ async fn a_browser_activates_a_role_in_the_portal_and_a_forged_form_changes_noth
     })
     .await?;
 
+    // A page polling by itself (an open tab) is answered, and leaves the idle time running
+    // (`session::tests::a_session_ends_after_its_idle_time_and_after_its_lifetime_however_busy`).
+    browser.polling = true;
+    let (status, body) = browser.send("GET", "/roles", None).await?;
+    assert_eq!(status, 200, "{body}");
+    browser.polling = false;
+
     let (status, _) = browser.post("/signout", &[]).await?;
     assert_eq!(status, 200);
     let (status, _) = browser.send("GET", "/roles", None).await?;
     assert_eq!(status, 303, "signed out: the cookie opens nothing");
+    // The page's poll is told the session is gone, so its script stops polling.
+    browser.polling = true;
+    let (status, _) = browser.send("GET", "/requests/anything/status", None).await?;
+    assert_eq!(status, 401, "a poll is not sent to a page");
     w.ts.stop().await
 }
 

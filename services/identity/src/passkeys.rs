@@ -132,10 +132,8 @@ impl Directory {
     ) -> Result<MfaMethodRow> {
         let caller = self.user_caller(caller)?;
         let webauthn = self.relying()?;
-        let name = name.trim();
-        if name.chars().count() > NAME_MAX {
-            return Err(Error::invalid("name", format!("at most {NAME_MAX} characters")));
-        }
+        // Shown to the user and to directory readers: one line, nothing unseen in it.
+        let name = pim_runtime::text::one_line(name, NAME_MAX).map_err(|why| Error::invalid("name", why))?;
         let credential: RegisterPublicKeyCredential = serde_json::from_str(credential_json)
             .map_err(|e| Error::invalid("credential_json", format!("not a WebAuthn credential: {e}")))?;
         let state: PasskeyRegistration = serde_json::from_str(

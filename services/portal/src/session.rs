@@ -162,6 +162,16 @@ impl Sessions {
 
     /// The session `id` names, if it has not timed out (its idle time restarts).
     pub fn get(&self, id: &str) -> Option<Session> {
+        self.held_for(id, true)
+    }
+
+    /// The same for what a page asks by itself (a pending request's status, polled): no one
+    /// used the session, so its idle time goes on. An open page must not keep it alive.
+    pub fn peek(&self, id: &str) -> Option<Session> {
+        self.held_for(id, false)
+    }
+
+    fn held_for(&self, id: &str, used: bool) -> Option<Session> {
         let now = self.clock.now_ms();
         let mut held = self.held();
         let session = held.get_mut(id)?;
@@ -169,7 +179,9 @@ impl Sessions {
             held.remove(id);
             return None;
         }
-        session.last_seen_ms = now;
+        if used {
+            session.last_seen_ms = now;
+        }
         Some(session.clone())
     }
 
@@ -299,6 +311,18 @@ mod tests {
         );
         clock.advance(Duration::from_millis(30 * 60 * 1000));
         assert!(sessions.get(&idle.id).is_none(), "idle for 30 minutes");
+
+        // A page polling by itself is not someone using the session.
+        let polled = sessions.start();
+        for _ in 0..(30 * 60 - 1) {
+            clock.advance(Duration::from_secs(1));
+            assert!(sessions.peek(&polled.id).is_some());
+        }
+        clock.advance(Duration::from_secs(1));
+        assert!(
+            sessions.peek(&polled.id).is_none(),
+            "idle for 30 minutes, however polled"
+        );
 
         let busy = sessions.start();
         for _ in 0..(8 * 4 - 1) {

@@ -197,8 +197,18 @@ impl FromRequestParts<Portal> for Caller {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, portal: &Portal) -> Result<Self, Response> {
-        let to_sign_in = || Redirect::to("/signin").into_response();
-        let session = portal.session_of(&parts.headers).ok_or_else(to_sign_in)?;
+        // What a page's script asks by itself (`x-pim-poll`) leaves the idle time running, and
+        // once the session is gone it is told so (401), not sent to a page it cannot show.
+        let polled = parts.headers.contains_key(POLL_HEADER);
+        let to_sign_in = || match polled {
+            true => StatusCode::UNAUTHORIZED.into_response(),
+            false => Redirect::to("/signin").into_response(),
+        };
+        let session = match polled {
+            true => portal.polled_session_of(&parts.headers),
+            false => portal.session_of(&parts.headers),
+        }
+        .ok_or_else(to_sign_in)?;
         let Some(user) = session.signed_in.clone() else {
             return Err(to_sign_in());
         };
@@ -213,7 +223,7 @@ impl FromRequestParts<Portal> for Caller {
         let lapsing = |caller: &Caller| caller.user.expires_ms - portal.0.sessions.now_ms() < 60_000;
         let _refreshing = if lapsing(&caller) {
             let turn = portal.0.refresh_lock(&caller.session.id).lock().await;
-            if let Some(user) = portal.session_of(&parts.headers).and_then(|s| s.signed_in) {
+            if let Some(user) = portal.polled_session_of(&parts.headers).and_then(|s| s.signed_in) {
                 caller.user = user;
             }
             Some(turn)
@@ -248,10 +258,19 @@ impl Portal {
         self.0.sessions.get(&id)
     }
 
+    /// The same for a page's own poll: the session's idle time is not restarted.
+    fn polled_session_of(&self, headers: &HeaderMap) -> Option<Session> {
+        let id = session::from_cookies(headers, self.0.secure)?;
+        self.0.sessions.peek(&id)
+    }
+
     pub(crate) fn cookie(&self, id: Option<&str>) -> (header::HeaderName, String) {
         (header::SET_COOKIE, session::set_cookie(id, self.0.secure))
     }
 }
+
+/// The header a page's script sends with what it asks by itself (see `portal.js`).
+const POLL_HEADER: &str = "x-pim-poll";
 
 /// A form's fields, in order.
 #[derive(serde::Deserialize, Default)]

@@ -27,8 +27,14 @@ function countDown(root) {
   }
 }
 
+// What the page asks by itself says so (x-pim-poll): it is not someone using the session, so
+// the session's idle time goes on; once the session is gone the answer is 401, and the page
+// is loaded again to show the sign-in instead of polling on.
+const POLL = { credentials: "same-origin", headers: { "x-pim-poll": "1" } };
+
 async function refreshMain() {
-  const answer = await fetch(location.href, { credentials: "same-origin" });
+  const answer = await fetch(location.href, POLL);
+  if (answer.status === 401) return location.reload();
   if (!answer.ok) return;
   const fresh = new DOMParser().parseFromString(await answer.text(), "text/html").querySelector("main");
   const main = document.querySelector("main");
@@ -46,9 +52,10 @@ function follow(root) {
     for (const el of live) {
       try {
         const answer = await fetch("/requests/" + encodeURIComponent(el.dataset.request) + "/status", {
-          credentials: "same-origin",
-          headers: { accept: "application/json" },
+          ...POLL,
+          headers: { ...POLL.headers, accept: "application/json" },
         });
+        if (answer.status === 401) return location.reload();
         if (!answer.ok) continue;
         const state = await answer.json();
         if (el.textContent !== state.status) el.textContent = state.status;

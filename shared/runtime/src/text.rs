@@ -21,24 +21,40 @@ pub fn one_line(text: &str, max: usize) -> Result<&str, String> {
 /// Whether `c` changes how the text around it shows rather than being seen: a control
 /// character (NUL, a terminal escape, a line break), one that reorders or breaks lines
 /// (bidirectional overrides, isolates and marks, Unicode's line and paragraph separators),
-/// or one that takes no room at all (a zero-width space, a word joiner, a byte-order mark),
-/// which would make `INC\u{200B}123` look like `INC123`. The zero-width joiner and non-joiner
-/// stay: Persian, the Indic scripts and emoji need them.
+/// or one that takes no room at all: Unicode's default-ignorable characters (a zero-width
+/// space, a word joiner, a soft hyphen, a byte-order mark, the Hangul fillers, the tag
+/// characters, the Mongolian and Khmer invisibles, the interlinear annotation and musical
+/// formatting marks), which would make `INC\u{200B}123` or `INC\u{AD}123` look like `INC123`,
+/// or hide a message in tags. Kept: the zero-width joiner and non-joiner (Persian, the Indic
+/// scripts and emoji need them) and the variation selectors (an emoji's presentation, a
+/// CJK character's form).
 pub fn is_unseen(c: char) -> bool {
     c.is_control()
         || matches!(
             c,
-            '\u{202A}'..='\u{202E}'
-                | '\u{2066}'..='\u{2069}'
+            '\u{00AD}'
+                | '\u{034F}'
+                | '\u{061C}'
+                | '\u{115F}'
+                | '\u{1160}'
+                | '\u{17B4}'
+                | '\u{17B5}'
+                | '\u{180B}'..='\u{180F}'
+                | '\u{200B}'
                 | '\u{200E}'
                 | '\u{200F}'
-                | '\u{061C}'
                 | '\u{2028}'
                 | '\u{2029}'
-                | '\u{200B}'
-                | '\u{2060}'..='\u{2064}'
+                | '\u{202A}'..='\u{202E}'
+                | '\u{2060}'..='\u{206F}'
+                | '\u{3164}'
                 | '\u{FEFF}'
-                | '\u{180E}'
+                | '\u{FFA0}'
+                | '\u{FFF0}'..='\u{FFF8}'
+                | '\u{FFF9}'..='\u{FFFB}'
+                | '\u{1BCA0}'..='\u{1BCA3}'
+                | '\u{1D173}'..='\u{1D17A}'
+                | '\u{E0000}'..='\u{E007F}'
         )
 }
 
@@ -71,10 +87,20 @@ mod tests {
         for bad in ["ok\u{1b}[2J", "a\0b", "x\u{9b}31m", "\u{7f}", "abc\u{202e}fed"] {
             assert!(free_text(bad, 1000).is_err(), "{bad:?}");
         }
-        for unseen in ["INC\u{200B}123", "INC\u{2060}123", "\u{FEFF}INC123", "abc\u{200F}def"] {
+        for unseen in [
+            "INC\u{200B}123",
+            "INC\u{2060}123",
+            "\u{FEFF}INC123",
+            "abc\u{200F}def",
+            "INC\u{AD}0012345",
+            "approve\u{E0061}\u{E0070}",
+            "Tier0\u{3164}Admins",
+            "x\u{115F}",
+            "a\u{180B}b",
+        ] {
             assert!(one_line(unseen, 100).is_err(), "{unseen:?} shows as what it is not");
         }
-        for written in ["می\u{200C}خواهم", "👩\u{200D}💻 on call"] {
+        for written in ["می\u{200C}خواهم", "👩\u{200D}💻 on call", "on call ❤\u{FE0F}"] {
             assert!(free_text(written, 100).is_ok(), "{written:?} is how some people write");
         }
         assert!(one_line("INC1\nfake row", 100).is_err());
