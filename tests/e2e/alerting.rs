@@ -308,6 +308,34 @@ async fn frequent_activation_counts_on_both_backends() -> anyhow::Result<()> {
     .await
 }
 
+/// An administrator who gives themselves a privileged role directly is alerted, however the
+/// role's policy asks for approval (no one else decided it); one they give someone else is
+/// not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_privileged_role_an_administrator_gives_themselves_is_alerted() -> anyhow::Result<()> {
+    const SECURITY_ADMINISTRATOR: &str = "194ae4cb-b126-40b2-bd5b-6091b380977d";
+    run(|w| async move {
+        let lee = w.user("lee").await?;
+        w.make_eligible(&lee, SECURITY_ADMINISTRATOR).await?;
+        let admin_id = pim_e2e::token_subject(&w.admin)?;
+        w.make_principal_eligible(&admin_id, SECURITY_ADMINISTRATOR).await?;
+        let alert = w.alert("self_assignment", |a| a.principal_id == admin_id).await?;
+        assert_eq!(alert.severity, pb::Severity::High as i32);
+        assert_eq!(alert.role_id, SECURITY_ADMINISTRATOR);
+        assert_eq!(alert.figures.get("kind").map(String::as_str), Some("eligible"));
+        let alerted: Vec<String> = w
+            .all_alerts()
+            .await?
+            .into_iter()
+            .filter(|a| a.rule_id == "self_assignment")
+            .map(|a| a.principal_id)
+            .collect();
+        assert_eq!(alerted, vec![admin_id], "lee's was given by the administrator");
+        Ok(w)
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn approvals_raise_self_approval_and_rubber_stamp_alerts() -> anyhow::Result<()> {
     use pim_proto::approval::v1 as appb;

@@ -928,6 +928,25 @@ async fn credential_changes_need_the_administrators_own_recent_mfa() -> anyhow::
             let refused = refused.expect_err("the step-up is 11 minutes old");
             assert_eq!(violated_rules(&refused), vec!["MfaRule"], "{refused:?}");
         }
+        // Each is a security decision: recorded, as a refused call of its method.
+        eventually(Duration::from_secs(10), "the six refusals recorded", || async {
+            let records = ts
+                .audit_records(&fresh.access_token, aupb::QueryEventsRequest::default())
+                .await?;
+            let refused: Vec<&str> = records
+                .iter()
+                .filter(|r| r.action.ends_with(".AccessDenied") && r.payload_json.contains("MfaRule"))
+                .map(|r| r.payload_json.as_str())
+                .filter(|p| !p.contains("GenerateRecoveryCodes"))
+                .collect();
+            for method in ["ResetMfa", "ResetPassword", "CreateEnrollmentPass"] {
+                if refused.iter().filter(|p| p.contains(method)).count() != 2 {
+                    return Ok(None);
+                }
+            }
+            Ok((refused.len() == 6).then_some(()))
+        })
+        .await?;
         Ok::<_, anyhow::Error>(())
     }
     .await;

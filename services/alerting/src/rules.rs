@@ -20,6 +20,7 @@ pub const ACTIVATION_WITHOUT_MFA: &str = "activation_without_mfa";
 pub const FREQUENT_ACTIVATION: &str = "frequent_activation";
 pub const PERMANENT_PRIVILEGED: &str = "permanent_privileged";
 pub const SELF_APPROVAL: &str = "self_approval";
+pub const SELF_ASSIGNMENT: &str = "self_assignment";
 pub const RUBBER_STAMP: &str = "rubber_stamp";
 pub const MFA_FAILURES: &str = "mfa_failures";
 pub const SIGN_IN_LOCKOUT: &str = "sign_in_lockout";
@@ -74,6 +75,12 @@ pub const RULES: &[RuleDef] = &[
     RuleDef {
         id: SELF_APPROVAL,
         description: "A requester tried to approve their own request",
+        severity: Severity::High,
+        settings: &[],
+    },
+    RuleDef {
+        id: SELF_ASSIGNMENT,
+        description: "An administrator assigned a privileged role to themselves directly (eligible or active): no one else decided it, whatever the role's approval policy",
         severity: Severity::High,
         settings: &[],
     },

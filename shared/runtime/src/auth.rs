@@ -635,8 +635,8 @@ pub const SELF_AUDITED_METHODS: &[&str] = &[
 /// Where refused calls are recorded, so every refusal is auditable. Called before the answer
 /// leaves, with the authenticated caller, the method and the answer, for every
 /// PERMISSION_DENIED and FAILED_PRECONDITION: the sink records the former, and of the latter a
-/// protection's refusal (the grpc module's `LAST_GLOBAL_ADMINISTRATOR_RULE`; a step-up asked for
-/// is no refusal). And with UNAUTHENTICATED for a refused token worth a record (see
+/// protection's refusal (the grpc module's `LAST_GLOBAL_ADMINISTRATOR_RULE`) and a change
+/// refused for want of a recent MFA (`MfaRule`). And with UNAUTHENTICATED for a refused token worth a record (see
 /// `Rejections`): the caller its session named, or an unknown one for a token not valid. And
 /// with RESOURCE_EXHAUSTED for the first of a run of calls refused unheard, their caller having
 /// been denied too often ([`crate::throttle`]).

@@ -168,14 +168,17 @@ pub fn resume_after(raw: &str, latest: i64, field: &str) -> Result<i64, Status> 
 /// [`crate::auth::Refusals`]).
 pub const LAST_GLOBAL_ADMINISTRATOR_RULE: &str = "LastGlobalAdministratorRule";
 
-/// Whether `status` refuses the caller on its merits: PERMISSION_DENIED, or a protection's
-/// FAILED_PRECONDITION ([`LAST_GLOBAL_ADMINISTRATOR_RULE`]).
+/// Whether `status` refuses the caller on its merits: PERMISSION_DENIED, a protection's
+/// FAILED_PRECONDITION ([`LAST_GLOBAL_ADMINISTRATOR_RULE`]), or a change refused for want of
+/// a recent MFA (`MfaRule`: a disable, a reset, a secret rotated, tried from a session
+/// without one; an activation's is recorded by assignment itself, with the request, as the
+/// auth layer's `SELF_AUDITED_METHODS` say).
 pub fn is_recorded_refusal(status: &Status) -> bool {
     status.code() == tonic::Code::PermissionDenied
         || (status.code() == tonic::Code::FailedPrecondition
             && violated_rules(status)
                 .iter()
-                .any(|r| r == LAST_GLOBAL_ADMINISTRATOR_RULE))
+                .any(|r| r == LAST_GLOBAL_ADMINISTRATOR_RULE || r == "MfaRule"))
 }
 
 /// A rule that refused a request: `kind` is machine-readable (e.g. `MfaRule`).
@@ -698,7 +701,7 @@ mod refusal_tests {
             )
         };
         assert!(is_recorded_refusal(&rule(LAST_GLOBAL_ADMINISTRATOR_RULE)));
-        assert!(!is_recorded_refusal(&rule("MfaRule")));
+        assert!(is_recorded_refusal(&rule("MfaRule")), "a step-up refused is a decision");
         assert!(!is_recorded_refusal(&Status::failed_precondition(
             "you cannot disable yourself"
         )));

@@ -166,6 +166,35 @@ impl Alerts {
                             .await?;
                     }
                 }
+                // Given to themselves by an administrator: no one else decided it.
+                let by_themselves = a
+                    .actor
+                    .as_ref()
+                    .is_some_and(|actor| actor.principal_id == a.principal_id);
+                if matches!(
+                    granted,
+                    EventType::EligibilityGranted | EventType::ActiveAssignmentGranted
+                ) && by_themselves
+                    && !a.justification.starts_with("bootstrap:")
+                {
+                    let figures = BTreeMap::from([
+                        ("role_name".to_owned(), a.role_name.clone()),
+                        ("kind".to_owned(), kind.to_owned()),
+                    ]);
+                    self.raise(
+                        txn,
+                        rules::SELF_ASSIGNMENT,
+                        &format!("self_assignment:{}", a.assignment_id),
+                        Subject {
+                            principal_id: a.principal_id.clone(),
+                            role_id: a.role_id.clone(),
+                            scope: a.scope.clone(),
+                        },
+                        std::slice::from_ref(&e.id),
+                        figures,
+                    )
+                    .await?;
+                }
                 let key = format!("permanent:{}", a.assignment_id);
                 if a.typed_kind() == AssignmentKind::Active && end.is_none() {
                     let figures = BTreeMap::from([("role_name".to_owned(), a.role_name.clone())]);
