@@ -132,21 +132,21 @@ pub(crate) async fn assign_as(principal: &str, role: &str, scope: &str, args: As
     let status = apb::RequestStatus::try_from(r.status)
         .map(|s| s.as_str_name().trim_start_matches("REQUEST_STATUS_").to_lowercase())
         .unwrap_or_default();
-    if args.validate_only {
-        println!(
-            "Valid: would be {status}, from {} until {}",
-            time(r.start_time.as_ref().map(from_timestamp)),
-            time(r.end_time.as_ref().map(from_timestamp))
-        );
+    let (from, until) = (
+        time(r.start_time.as_ref().map(from_timestamp)),
+        time(r.end_time.as_ref().map(from_timestamp)),
+    );
+    let words = if args.validate_only {
+        format!("Valid: would be {status}, from {from} until {until}")
     } else {
-        println!(
-            "Request {} {status}: assignment {} from {} until {}",
-            r.id,
-            r.assignment_id,
-            time(r.start_time.as_ref().map(from_timestamp)),
-            time(r.end_time.as_ref().map(from_timestamp))
-        );
-    }
+        format!(
+            "Request {} {status}: assignment {} from {from} until {until}",
+            r.id, r.assignment_id
+        )
+    };
+    let mut fields = super::requests::request_json(&r, Some(role));
+    fields["validate_only"] = args.validate_only.into();
+    super::print_made(&words, fields);
     Ok(0)
 }
 

@@ -13,9 +13,31 @@ use pim_runtime::db::{from_timestamp, to_timestamp};
 use pim_runtime::grpc::violated_rules;
 
 use super::{
-    Cell, ClientArgs, KindArg, Names, RoleRef, Session, Why, explain, kind_pb, print_table, printable, secret_from,
-    time, write_token,
+    Cell, ClientArgs, KindArg, Names, OUTPUT, Output, RoleRef, Session, Why, explain, kind_pb, print_made, print_table,
+    printable, secret_from, time, write_token,
 };
+
+/// A request as `--output json` gives it, one object: what a script needs of the answer
+/// (the ids, where it stands and why, what it gives, from when until when).
+pub(crate) fn request_json(r: &apb::AssignmentRequest, what: Option<&str>) -> serde_json::Value {
+    serde_json::json!({
+        "request_id": r.id,
+        "status": status_name(r.status),
+        "reason": r.outcome_reason,
+        "assignment_id": r.assignment_id,
+        "role": what,
+        "role_id": r.role_id,
+        "principal_id": r.principal_id,
+        "scope": r.scope,
+        "from": time(r.start_time.as_ref().map(from_timestamp)),
+        "until": time(r.end_time.as_ref().map(from_timestamp)),
+    })
+}
+
+/// Whether `--output json` was asked for.
+fn json_wanted() -> bool {
+    matches!(OUTPUT.get(), Some((Output::Json, _)))
+}
 
 #[derive(Args)]
 pub(crate) struct ActivateArgs {
@@ -231,7 +253,9 @@ pub(crate) async fn activate_as(what: &str, role: &str, scope: &str, args: Activ
             Err(status) => return Err(explain(status)),
         }
     };
-    println!("Request {} {}", created.id, status_name(created.status));
+    if !json_wanted() {
+        println!("Request {} {}", created.id, status_name(created.status));
+    }
     let mut last = created;
     if !args.no_wait && !FINAL.iter().any(|s| *s as i32 == last.status) {
         let mut watch = AssignmentServiceClient::new(session.channel.clone())
@@ -258,7 +282,7 @@ pub(crate) async fn activate_as(what: &str, role: &str, scope: &str, args: Activ
                 }
                 Err(status) => return Err(explain(status)),
             };
-            if update.status != last.status {
+            if update.status != last.status && !json_wanted() {
                 match update.outcome_reason.as_str() {
                     "" => println!("Request {} {}", update.id, status_name(update.status)),
                     why => println!(
@@ -277,7 +301,9 @@ pub(crate) async fn activate_as(what: &str, role: &str, scope: &str, args: Activ
         apb::RequestStatus::ScheduleCreated as i32,
     ]
     .contains(&last.status);
-    if active {
+    if json_wanted() {
+        println!("{}", request_json(&last, Some(what)));
+    } else if active {
         // A start still ahead is a schedule, not yet access.
         let becomes = if last.status == apb::RequestStatus::ScheduleCreated as i32 {
             "will be active"
@@ -326,7 +352,10 @@ pub(crate) async fn deactivate_as(what: &str, role: &str, scope: &str, args: Dea
         ..about(String::new(), role_id, scope, args.why)
     };
     let r = session.create_request(request).await?;
-    println!("{what} deactivated at {} (request {})", r.scope, r.id);
+    print_made(
+        &format!("{what} deactivated at {} (request {})", r.scope, r.id),
+        request_json(&r, Some(what)),
+    );
     Ok(0)
 }
 
@@ -352,7 +381,10 @@ pub(crate) async fn unassign_as(
         ..about(principal_id, role_id, scope, args.why)
     };
     let r = session.create_request(request).await?;
-    println!("Removed {what} from {principal} at {} (request {})", r.scope, r.id);
+    print_made(
+        &format!("Removed {what} from {principal} at {} (request {})", r.scope, r.id),
+        request_json(&r, Some(what)),
+    );
     Ok(0)
 }
 
@@ -399,22 +431,23 @@ pub(crate) async fn extend_as(what: &str, role_id: &str, scope: &str, how: Exten
             ..Default::default()
         })
         .await?;
-    if r.status == apb::RequestStatus::PendingApproval as i32 {
-        println!(
+    let words = if r.status == apb::RequestStatus::PendingApproval as i32 {
+        format!(
             "Request {} pending_approval: {what} at {} until {} once an approver agrees (pim requests shows the outcome)",
             r.id,
             r.scope,
             time(r.end_time.as_ref().map(from_timestamp))
-        );
-        return Ok(0);
-    }
-    println!(
-        "{what} of {} at {} now ends {} (request {})",
-        how.principal.as_deref().unwrap_or("you"),
-        r.scope,
-        time(r.end_time.as_ref().map(from_timestamp)),
-        r.id
-    );
+        )
+    } else {
+        format!(
+            "{what} of {} at {} now ends {} (request {})",
+            how.principal.as_deref().unwrap_or("you"),
+            r.scope,
+            time(r.end_time.as_ref().map(from_timestamp)),
+            r.id
+        )
+    };
+    print_made(&words, request_json(&r, Some(what)));
     Ok(0)
 }
 
@@ -429,7 +462,10 @@ pub(crate) async fn cancel(args: CancelArgs) -> anyhow::Result<i32> {
             .await
             .map_err(explain)?,
     );
-    println!("Request {} {}", r.id, status_name(r.status));
+    print_made(
+        &format!("Request {} {}", r.id, status_name(r.status)),
+        request_json(&r, None),
+    );
     Ok(0)
 }
 

@@ -93,7 +93,13 @@ pub(crate) async fn service_principals(cmd: SpCommand) -> anyhow::Result<i32> {
                 .into_inner();
             super::print_made(
                 &format!("New client secret for {id}: {} (shown once)", r.client_secret),
-                serde_json::json!({"id": id, "client_secret": r.client_secret}),
+                // As `create` gives it: what a script signs in with, whole.
+                serde_json::json!({
+                    "id": id,
+                    "name": r.service_principal.as_ref().map(|sp| sp.display_name.as_str()),
+                    "client_id": r.service_principal.as_ref().map(|sp| sp.client_id.as_str()),
+                    "client_secret": r.client_secret,
+                }),
             );
         }
         SpCommand::Disable { id, client } => {

@@ -302,10 +302,10 @@ fn users_are_managed_and_a_waiting_request_is_withdrawn() {
         ],
         None,
     );
-    let made: serde_json::Value = serde_json::from_str(made.trim()).expect("one JSON object");
+    let made_bot: serde_json::Value = serde_json::from_str(made.trim()).expect("one JSON object");
     assert!(
-        made["client_secret"].as_str().is_some_and(|s| s.len() >= 32) && made["client_id"].is_string(),
-        "{made}"
+        made_bot["client_secret"].as_str().is_some_and(|s| s.len() >= 32) && made_bot["client_id"].is_string(),
+        "{made_bot}"
     );
     let made = admin.ok(&["users", "create", "--user-name", "ann", "--output", "json"], None);
     let made: serde_json::Value = serde_json::from_str(made.trim()).expect("one JSON object");
@@ -324,6 +324,11 @@ fn users_are_managed_and_a_waiting_request_is_withdrawn() {
     // Named by its name, as every command takes a principal.
     let rotated = admin.ok(&["sp", "rotate", "ticket bot"], None);
     assert!(rotated.contains("New client secret"), "{rotated}");
+    // As JSON, the new secret with what it signs in as, as `create` gives them.
+    let rotated = admin.ok(&["sp", "rotate", "ticket bot", "--output", "json"], None);
+    let rotated: serde_json::Value = serde_json::from_str(rotated.trim()).expect("one JSON object");
+    assert_eq!(rotated["client_id"], made_bot["client_id"], "{rotated}");
+    assert_eq!(rotated["name"], "ticket bot", "{rotated}");
     admin.ok(&["sp", "disable", "ticket bot"], None);
     let bots = admin.ok(&["sp", "list", "--filter", "ticket", "--output", "json"], None);
     assert!(bots.contains(r#""state":"disabled""#), "{bots}");

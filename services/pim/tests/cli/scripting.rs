@@ -140,6 +140,52 @@ fn check_tells_not_allowed_from_could_not_ask() {
         "{said}"
     );
 
+    // What a command did, as one JSON object a script reads.
+    let assigned = admin.ok(
+        &[
+            "assign",
+            "--principal",
+            "lee",
+            "--role",
+            "Security Reader",
+            "--kind",
+            "active",
+            "--duration",
+            "1h",
+            "--justification",
+            "on call",
+            "--output",
+            "json",
+        ],
+        None,
+    );
+    let assigned: serde_json::Value = serde_json::from_str(assigned.trim()).expect("one JSON object");
+    assert_eq!(assigned["status"], "provisioned", "{assigned}");
+    assert_eq!(assigned["role"], "Security Reader", "{assigned}");
+    assert!(
+        !assigned["assignment_id"].as_str().unwrap_or_default().is_empty(),
+        "{assigned}"
+    );
+    let removed = admin.ok(
+        &[
+            "unassign",
+            "--principal",
+            "lee",
+            "--role",
+            "Security Reader",
+            "--kind",
+            "active",
+            "--justification",
+            "rota over",
+            "--output",
+            "json",
+        ],
+        None,
+    );
+    let removed: serde_json::Value = serde_json::from_str(removed.trim()).expect("one JSON object");
+    assert_eq!(removed["scope"], "/", "{removed}");
+    assert_ne!(removed["request_id"], assigned["request_id"], "{removed}");
+
     // A page of the audit log cut short says so on standard error; --all reads every page;
     // an export takes a window.
     let cut = admin.run(&["audit", "--limit", "1", "--output", "json"], None);
