@@ -145,14 +145,22 @@ impl Sessions {
             held.retain(|_, s| !s.timed_out(now, idle, lifetime));
         }
         if held.len() >= self.max_held {
-            let mut anonymous: Vec<(i64, String)> = held
+            // Blank ones first: a flood of sign-in pages makes only those, and a sign-in half
+            // done (its password given, its code or first authenticator awaited) stays.
+            let mut anonymous: Vec<(bool, i64, String)> = held
                 .values()
                 .filter(|s| s.signed_in.is_none())
-                .map(|s| (s.last_seen_ms, s.id.clone()))
+                .map(|s| {
+                    (
+                        s.mfa_pending.is_some() || s.enrolling.is_some(),
+                        s.last_seen_ms,
+                        s.id.clone(),
+                    )
+                })
                 .collect();
             anonymous.sort_unstable();
             let excess = held.len() + 1 - self.max_held;
-            for (_, id) in anonymous.into_iter().take(excess.max(self.max_held / 10)) {
+            for (_, _, id) in anonymous.into_iter().take(excess.max(self.max_held / 10)) {
                 held.remove(&id);
             }
         }
@@ -385,11 +393,17 @@ mod cap_tests {
             expires_ms: 0,
         };
         let lee = sessions.renew(&lee, Some(signed_in));
+        // Kim gave her password; her code is awaited.
+        let kim = sessions.start();
+        sessions.update(&kim.id, |s| {
+            s.mfa_pending = Some(("kim".into(), "pending token".into()))
+        });
         for _ in 0..(sessions.max_held * 3) {
             clock.advance(Duration::from_millis(1));
             sessions.start();
         }
         assert!(sessions.held().len() <= sessions.max_held);
         assert!(sessions.get(&lee.id).is_some(), "the signed-in session stays");
+        assert!(sessions.get(&kim.id).is_some(), "a sign-in half done stays");
     }
 }
