@@ -1055,6 +1055,23 @@ async fn approval_holds_the_activation_and_the_window_starts_when_approved() -> 
             .await
             .expect_err("not Lee's");
         assert_eq!(stranger.code(), Code::PermissionDenied);
+        // Recorded against whom the request is for, so a search for Kim finds the attempt.
+        eventually(
+            Duration::from_secs(10),
+            "Lee's attempt recorded against Kim",
+            || async {
+                let query = pim_proto::audit::v1::QueryEventsRequest {
+                    target_id: kim.id.clone(),
+                    ..Default::default()
+                };
+                let records = w.ts.audit_records(&w.admin, query).await?;
+                Ok(records
+                    .iter()
+                    .any(|r| r.action.ends_with(".AccessDenied") && r.payload_json.contains("CancelRequest"))
+                    .then_some(()))
+            },
+        )
+        .await?;
         // An id that cannot be a request's is a mistake to point out, not a request not found.
         let garbage = w
             .assignments()

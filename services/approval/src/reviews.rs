@@ -444,6 +444,8 @@ impl Approvals {
         let mut item = store::item(&self.db, item_id)
             .await?
             .ok_or_else(|| Error::NotFound(format!("review item {item_id}")))?;
+        // A refusal below is recorded against whose access the item is.
+        pim_runtime::auth::aimed_at(&item.principal_id);
         // Who reviews does not change, so it is settled before the review's row is locked
         // (a group lookup is a call to identity).
         let review = store::review(&self.db, &item.review_id, false)

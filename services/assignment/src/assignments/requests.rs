@@ -592,6 +592,8 @@ impl Assignments {
         let request = store::find_request(&self.db, id)
             .await?
             .ok_or_else(|| Error::NotFound(format!("request {id}")))?;
+        // A refusal below (reading or canceling it) is recorded against whom it is for.
+        pim_runtime::auth::aimed_at(&request.principal_id);
         if request.principal_id != caller.principal_id && request.requested_by != caller.principal_id {
             self.authorize(caller, permissions::ASSIGNMENTS_READ, &Scope::root())
                 .await?;
