@@ -709,13 +709,8 @@ async fn sessions_end_everywhere(ts: TestSuite) -> anyhow::Result<()> {
         works(refreshed.access_token.clone()).await?;
         // Redis refusing identity's events does not keep a session alive in this process.
         hold_back(&ts, streams::IDENTITY, true).await?;
-        auth.sign_out(authed(
-            &refreshed.access_token,
-            ipb::SignOutRequest {
-                refresh_token: String::new(),
-            },
-        ))
-        .await?;
+        auth.sign_out(authed(&refreshed.access_token, ipb::SignOutRequest::default()))
+            .await?;
         // Once the sign-out answers, its token works no more.
         let refused = works(refreshed.access_token.clone()).await.expect_err("signed out");
         assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");

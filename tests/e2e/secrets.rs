@@ -113,6 +113,7 @@ async fn no_secret_reaches_logs_streams_or_audit() -> anyhow::Result<()> {
             &lee,
             ipb::SignOutRequest {
                 refresh_token: session.refresh_token.clone(),
+                everywhere: false,
             },
         ))
         .await?;

@@ -529,7 +529,8 @@ impl AuthService for Directory {
 
     async fn sign_out(&self, request: Request<pb::SignOutRequest>) -> Result<Response<pb::SignOutResponse>, Status> {
         let caller = caller(&request)?.clone();
-        Directory::sign_out(self, &caller, &request.get_ref().refresh_token).await?;
+        let r = request.get_ref();
+        Directory::sign_out(self, &caller, &r.refresh_token, r.everywhere).await?;
         // The session's tokens stop working before it answers.
         let token = self.settled().await;
         Ok(answer(pb::SignOutResponse {}, token.as_ref()))

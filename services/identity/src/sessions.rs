@@ -214,8 +214,9 @@ impl Directory {
     }
 
     /// Ends the caller's session (or the one `refresh_token` names, if it is theirs): its
-    /// tokens stop verifying everywhere once the event is out.
-    pub async fn sign_out(&self, caller: &Caller, refresh_token: &str) -> Result<()> {
+    /// tokens stop verifying everywhere once the event is out. With `everywhere`, every other
+    /// session of the caller's ends in the same transaction.
+    pub async fn sign_out(&self, caller: &Caller, refresh_token: &str, everywhere: bool) -> Result<()> {
         let session_id = if refresh_token.trim().is_empty() {
             caller.session_id.clone()
         } else {
@@ -231,6 +232,10 @@ impl Directory {
             reason: "signed_out".into(),
         };
         let txn = self.db.begin().await?;
+        if everywhere {
+            self.end_sessions_of(&txn, caller, &caller.principal_id, "signed_out_everywhere")
+                .await?;
+        }
         store::revoke_session(&txn, &session_id, now_ms()).await?;
         self.emit(&txn, EventType::SessionRevoked, &caller.principal_id, &event)
             .await?;

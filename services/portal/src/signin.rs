@@ -204,30 +204,32 @@ pub fn complete(portal: &Portal, session: &Session, answer: ipb::SignInResponse,
 pub async fn sign_out(caller: Caller, _: CheckedForm) -> Response {
     let portal = caller.portal.clone();
     if let Some(session) = portal.0.sessions.end(&caller.session.id) {
-        end_tokens(&portal, session).await;
+        end_tokens(&portal, session, false).await;
     }
     signed_out(&portal, "You are signed out; this session's tokens no longer work.")
 }
 
-/// POST /signout/everywhere: every portal session of this user ends, each one's tokens with it.
+/// POST /signout/everywhere: every session of this user ends, the portal's here and
+/// identity's everywhere (the CLI's, other browsers', other portal replicas'), their tokens
+/// with them: one call to identity ends them all.
 pub async fn sign_out_everywhere(caller: Caller, _: CheckedForm) -> Response {
     let portal = caller.portal.clone();
     let sessions = portal.0.sessions.end_all_of(&caller.user.principal_id);
-    let count = sessions.len();
-    for session in sessions {
-        end_tokens(&portal, session).await;
+    if let Some(own) = sessions.into_iter().find(|s| s.id == caller.session.id) {
+        end_tokens(&portal, own, true).await;
     }
     signed_out(
         &portal,
-        &format!("You are signed out of all {count} of your portal sessions; their tokens no longer work."),
+        "You are signed out everywhere: every session of yours (the portal's, the CLI's, other browsers') has ended, and its tokens no longer work.",
     )
 }
 
-async fn end_tokens(portal: &Portal, session: Session) {
+async fn end_tokens(portal: &Portal, session: Session, everywhere: bool) {
     let Some(user) = session.signed_in else { return };
     let request = ClientIp::default().request(
         ipb::SignOutRequest {
             refresh_token: user.refresh_token,
+            everywhere,
         },
         Some(&user.access_token),
     );

@@ -147,6 +147,9 @@ enum Command {
     Groups(groups::GroupsCommand),
     /// End this session everywhere and forget its token.
     Logout {
+        /// End every session of yours (other terminals', browsers', apps'), not only this one.
+        #[arg(long)]
+        everywhere: bool,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -370,7 +373,7 @@ async fn run_command(cli: Cli) -> anyhow::Result<i32> {
             assignment_database,
         } => bootstrap(identity_database, assignment_database).await,
         Command::Login(args) => signin::login(args).await,
-        Command::Logout { client } => signin::logout(client).await,
+        Command::Logout { everywhere, client } => signin::logout(client, everywhere).await,
         Command::Whoami { client } => signin::whoami(client).await,
         Command::Groups(cmd) => groups::run(cmd).await,
         Command::Users(cmd) => users(cmd).await,

@@ -129,16 +129,20 @@ pub(crate) async fn whoami(client: ClientArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-pub(crate) async fn logout(client: ClientArgs) -> anyhow::Result<i32> {
+pub(crate) async fn logout(client: ClientArgs, everywhere: bool) -> anyhow::Result<i32> {
     let session = Session::open(&client, true)?;
     AuthServiceClient::new(session.channel.clone())
         .sign_out(session.request(ipb::SignOutRequest {
             refresh_token: String::new(),
+            everywhere,
         })?)
         .await
         .map_err(explain)?;
     let path = token_path(&client)?;
     std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
-    println!("Signed out; the session's tokens no longer work.");
+    match everywhere {
+        true => println!("Signed out everywhere; the tokens of every session of yours no longer work."),
+        false => println!("Signed out; the session's tokens no longer work."),
+    }
     Ok(0)
 }

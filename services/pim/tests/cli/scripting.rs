@@ -53,6 +53,22 @@ fn a_token_goes_only_to_the_server_it_was_signed_in_at() {
     assert_eq!(server_of(&stage_token), stage);
     let whoami = remembered(&prod_token, &["whoami"]);
     assert!(whoami.status.success(), "{}", String::from_utf8_lossy(&whoami.stderr));
+    // Signed out everywhere from another session: these sessions' tokens work no more.
+    let elsewhere = dir.join("ci.elsewhere");
+    login(&elsewhere, &prod);
+    let out = remembered(&elsewhere, &["logout", "--everywhere"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for token in [&prod_token, &stage_token] {
+        let ended = remembered(token, &["whoami"]);
+        assert_eq!(
+            ended.status.code(),
+            Some(2),
+            "{}",
+            String::from_utf8_lossy(&ended.stderr)
+        );
+    }
+    login(&prod_token, &prod);
+    login(&stage_token, &stage);
 
     // The staging token copied over the production one is not sent to production.
     std::fs::copy(&stage_token, &prod_token).expect("copy the token");
