@@ -327,6 +327,39 @@ async fn managing_mfa_needs_a_recent_step_up_and_recovery_codes_raise_an_alert()
             .await
             .expect_err("the step-up is 11 minutes old");
         assert_eq!(violated_rules(&stale), vec!["MfaRule"]);
+        // So does a password change, refused, and recorded as every refusal for want of a
+        // recent MFA is (ChangePassword records its own refusals).
+        let stale = AuthServiceClient::new(ts.channel.clone())
+            .change_password(authed(
+                &stepped.access_token,
+                ipb::ChangePasswordRequest {
+                    current_password: password_of("lee"),
+                    new_password: "a brand new passphrase".into(),
+                },
+            ))
+            .await
+            .expect_err("the step-up is 11 minutes old");
+        assert_eq!(violated_rules(&stale), vec!["MfaRule"]);
+        eventually(
+            Duration::from_secs(10),
+            "the stale password change recorded",
+            || async {
+                let query = aupb::QueryEventsRequest {
+                    target_id: lee.id.clone(),
+                    ..Default::default()
+                };
+                let records = ts.audit_records(&admin, query).await?;
+                Ok(records
+                    .iter()
+                    .any(|r| {
+                        r.action.ends_with(".AccessDenied")
+                            && r.payload_json.contains("ChangePassword")
+                            && r.payload_json.contains("MfaRule")
+                    })
+                    .then_some(()))
+            },
+        )
+        .await?;
 
         // A recovery code steps up once, says how many are left, and raises an alert.
         let rescued = verify(&ts, &password_only.access_token, &codes[0]).await?;

@@ -684,8 +684,21 @@ impl Directory {
             return Err(Error::WrongPassword);
         }
         crate::limiter::succeeded(&self.db, &keys, now).await?;
-        if !self.confirmed_methods(&user.id).await?.is_empty() {
-            self.require_recent_mfa(caller, "changing your password")?;
+        if !self.confirmed_methods(&user.id).await?.is_empty()
+            && let Err(refused) = self.require_recent_mfa(caller, "changing your password")
+        {
+            // ChangePassword records its own refusals (the auth layer's SELF_AUDITED_METHODS):
+            // this one as any refusal for want of a recent MFA is.
+            let denied = ev::AccessDenied {
+                actor: Some(caller.actor()),
+                method: "/pim.identity.v1.AuthService/ChangePassword".into(),
+                // As the answer's message names it (`MfaRule: …`), and the layer records it.
+                reason: format!("MfaRule: {refused}"),
+                code: "FailedPrecondition".into(),
+                target: user.id.clone(),
+            };
+            self.record(EventType::AccessDenied, &user.id, &denied).await?;
+            return Err(refused);
         }
         credentials::check_password_rules(new_password)?;
         if current == new_password {

@@ -625,7 +625,7 @@ async fn group_and_service_principal_names_are_held_once() -> anyhow::Result<()>
             enabled: true,
             created_at: NOW,
         };
-        let (ops, ops_again) = (group("ops"), group("ops"));
+        let (ops, ops_again) = (group("ops"), group("OPS"));
         let (bot, bot_again) = (sp("ci-bot"), sp("ci-bot"));
         store::insert_group(&db, &ops, "admin").await?;
         store::insert_group(&db, &ops_again, "admin").await?;
@@ -640,7 +640,7 @@ async fn group_and_service_principal_names_are_held_once() -> anyhow::Result<()>
         assert_eq!(group_name(ops.id.clone()).await?.as_deref(), Some("ops"));
         assert_eq!(
             group_name(ops_again.id.clone()).await?,
-            Some(format!("ops ({})", ops_again.id))
+            Some(format!("OPS ({})", ops_again.id))
         );
         let sp_name = |id: String| {
             let db = db.clone();
@@ -652,9 +652,9 @@ async fn group_and_service_principal_names_are_held_once() -> anyhow::Result<()>
             Some(format!("ci-bot ({})", bot_again.id))
         );
 
-        let refused = store::insert_group(&db, &group("ops"), "admin")
+        let refused = store::insert_group(&db, &group("Ops"), "admin")
             .await
-            .expect_err("the name is taken");
+            .expect_err("the name is taken, in any case");
         assert!(pim_runtime::db::is_unique_violation(&refused), "{refused}");
         let refused = store::update_group(&db, &ops_again.id, "ops", "")
             .await

@@ -58,12 +58,26 @@ pub fn is_unseen(c: char) -> bool {
         )
 }
 
+/// Whether a zero-width joiner or non-joiner stands where no script needs one: at either end,
+/// or between two ASCII characters (`INC\u{200D}1` shows as `INC1`). Between letters of
+/// Persian or an Indic script, or within an emoji sequence, it stays.
+fn stray_joiner(text: &str) -> bool {
+    let chars: Vec<char> = text.chars().collect();
+    chars.iter().enumerate().any(|(i, c)| {
+        matches!(c, '\u{200C}' | '\u{200D}')
+            && match (i.checked_sub(1).and_then(|p| chars.get(p)), chars.get(i + 1)) {
+                (Some(before), Some(after)) => before.is_ascii() && after.is_ascii(),
+                _ => true,
+            }
+    })
+}
+
 fn checked(text: &str, max: usize, allowed: fn(char) -> bool) -> Result<&str, String> {
     let text = text.trim();
     if text.chars().count() > max {
         return Err(format!("must be at most {max} characters"));
     }
-    if text.chars().any(|c| is_unseen(c) && !allowed(c)) {
+    if text.chars().any(|c| is_unseen(c) && !allowed(c)) || stray_joiner(text) {
         return Err(
             "must not contain control characters (such as NUL, terminal escape sequences or bidirectional overrides)"
                 .into(),
@@ -97,6 +111,9 @@ mod tests {
             "Tier0\u{3164}Admins",
             "x\u{115F}",
             "a\u{180B}b",
+            "INC\u{200D}1",
+            "ops\u{200D}",
+            "\u{200C}ops",
         ] {
             assert!(one_line(unseen, 100).is_err(), "{unseen:?} shows as what it is not");
         }

@@ -184,17 +184,18 @@ impl MigratorTrait for Migrator {
                 )"
                 .to_owned()
             }),
-            // A group's and a service principal's name is held once, as a user name is: the
-            // CLI, the portal and config files name them by it. Names held twice before are
-            // told apart by the id of each but the first (made then, no event: the id itself
-            // is unchanged, and every record names it).
+            // A group's and a service principal's name is held once, as a user name is, in any
+            // case (`ops` and `OPS` would read as one): the CLI, the portal and config files
+            // name them by it. Names held twice before are told apart by the id of each but
+            // the first (made then, no event: the id itself is unchanged, and every record
+            // names it).
             SqlMigration::boxed("m0011_unique_names", |_| {
                 "UPDATE groups SET display_name = display_name || ' (' || id || ')'
-                    WHERE id NOT IN (SELECT MIN(id) FROM groups GROUP BY display_name);
-                 CREATE UNIQUE INDEX groups_display_name ON groups (display_name);
+                    WHERE id NOT IN (SELECT MIN(id) FROM groups GROUP BY LOWER(display_name));
+                 CREATE UNIQUE INDEX groups_display_name ON groups (LOWER(display_name));
                  UPDATE service_principals SET display_name = display_name || ' (' || id || ')'
-                    WHERE id NOT IN (SELECT MIN(id) FROM service_principals GROUP BY display_name);
-                 CREATE UNIQUE INDEX service_principals_display_name ON service_principals (display_name)"
+                    WHERE id NOT IN (SELECT MIN(id) FROM service_principals GROUP BY LOWER(display_name));
+                 CREATE UNIQUE INDEX service_principals_display_name ON service_principals (LOWER(display_name))"
                     .to_owned()
             }),
         ]);

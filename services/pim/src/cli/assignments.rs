@@ -216,9 +216,17 @@ async fn row(names: &mut Names<'_>, kind: &str, a: apb::Assignment) -> Vec<Cell>
 /// the asker, throttled, naming no one) exits 5, never 1: a script acting on "does not hold
 /// it" must not act on "could not ask".
 pub(crate) async fn check(args: CheckArgs) -> anyhow::Result<i32> {
-    ask(args).await.map_err(|err| match super::exit_status(&err) {
-        1 => err.context(super::Unanswered),
-        _ => err,
+    ask(args).await.map_err(|err| {
+        let refused =
+            super::exit_status(&err) == 1 || err.chain().any(|cause| cause.is::<super::session::LookupRefused>());
+        if !refused {
+            return err;
+        }
+        // A script reading JSON finds an answer that is none.
+        if matches!(super::OUTPUT.get(), Some((super::Output::Json, _))) {
+            println!("{}", serde_json::json!({"allowed": null, "error": format!("{err:#}")}));
+        }
+        err.context(super::Unanswered)
     })
 }
 

@@ -191,6 +191,8 @@ pub(crate) fn show_duration(d: &Option<prost_types::Duration>) -> String {
 
 const FINAL: &[apb::RequestStatus] = &[
     apb::RequestStatus::Provisioned,
+    // Scheduled: nothing more happens until its start (a follow would wait until then).
+    apb::RequestStatus::ScheduleCreated,
     apb::RequestStatus::Denied,
     apb::RequestStatus::Canceled,
     apb::RequestStatus::Failed,

@@ -168,7 +168,9 @@ impl Session {
         // A lookup the caller may not make is a step to take differently, never an answer
         // such as "not allowed" (`pim check`'s exit code 1).
         let refused = |status: &str| {
-            anyhow::anyhow!("you may not look principals up by name ({status}); give {name:?}'s id instead")
+            anyhow::Error::new(LookupRefused(format!(
+                "you may not look principals up by name ({status}); give {name:?}'s id instead"
+            )))
         };
         let mut found: Vec<(Kind, String)> = Vec::new();
         if kind.is_none_or(|k| k == Kind::User) {
@@ -248,6 +250,19 @@ impl Session {
         Ok(role.into_inner().id)
     }
 }
+
+/// A name the caller may not look up: a step to take differently (give the id; exit 2), and
+/// for `pim check` a question it could not answer (exit 5).
+#[derive(Debug)]
+pub(crate) struct LookupRefused(String);
+
+impl std::fmt::Display for LookupRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for LookupRefused {}
 
 /// Names for the ids a command prints, each looked up once: principals by their user name
 /// (a group or service principal by its display name), roles by name. An id that cannot be

@@ -312,6 +312,39 @@ fn a_configuration_file_applies_once_prunes_round_trips_and_a_bad_one_changes_no
         &["login", "--user", "sam", "--password-stdin"],
         Some("sam's passphrase, long enough\n"),
     );
+    // An activation scheduled for tomorrow answers once scheduled: nothing more happens before
+    // its start, so it does not wait for it (a script would hang until then).
+    let tomorrow = pim_runtime::format::rfc3339_seconds(pim_runtime::db::now_ms() + 86_400_000);
+    let mut later = Command::new(PIM)
+        .args([
+            "activate",
+            "Global Reader",
+            "-j",
+            "audit prep",
+            "--start",
+            &tomorrow,
+            "--output",
+            "json",
+        ])
+        .env("PIM_SERVER", &sam.server)
+        .env("PIM_TOKEN_FILE", &sam.token_file)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("pim runs");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while later.try_wait().expect("wait").is_none() {
+        assert!(Instant::now() < deadline, "a scheduled activation is answered at once");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let later = later.wait_with_output().expect("pim finishes");
+    let said = String::from_utf8_lossy(&later.stderr).into_owned();
+    let answer: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&later.stdout).trim())
+        .unwrap_or_else(|e| panic!("one JSON object ({e}): {said}"));
+    assert_eq!(answer["status"], "schedule_created", "{answer}");
+    let request_id = answer["request_id"].as_str().expect("the request's id");
+    sam.ok(&["cancel", request_id], None);
     sam.ok(&["activate", "Global Reader", "-j", "audit prep", "--no-wait"], None);
     // A start without a time zone is refused, not read as UTC.
     let zoneless = sam.run(

@@ -155,6 +155,18 @@ fn check_tells_not_allowed_from_could_not_ask() {
         said.contains("could not be answered") && said.contains("PermissionDenied"),
         "{said}"
     );
+    // So is one naming the administrator by a name Lee may not look up; as JSON, an answer
+    // that is none.
+    let refused = lee.run(&["check", "admin", "Global Administrator", "--output", "json"], None);
+    assert_eq!(
+        refused.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let answer: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&refused.stdout).trim()).expect("one JSON object");
+    assert!(answer["allowed"].is_null() && answer["error"].is_string(), "{answer}");
 
     // What a command did, as one JSON object a script reads.
     let assigned = admin.ok(
