@@ -300,15 +300,15 @@ fn the_readme_walk_through_works_and_survives_a_restart() {
             .starts_with("allowed")
     );
     lee.ok(&["deactivate", "Security Reader"], None);
-    // Lee, who may not read the directory now, still names herself; naming another is a step
-    // to take differently (exit 2), never "not allowed" (exit 1).
+    // Lee, who may not read the directory now, still names herself; naming another is a
+    // question she may not ask (exit 5, give the id instead), never "not allowed" (exit 1).
     let herself = lee.run(&["check", "lee", "Security Reader"], None);
     let said = String::from_utf8_lossy(&herself.stdout);
     assert_eq!(herself.status.code(), Some(1), "{said}");
     assert!(said.starts_with("denied: lee does not hold"), "{said}");
     let by_name = lee.run(&["check", "admin", "Security Reader"], None);
     let said = String::from_utf8_lossy(&by_name.stderr);
-    assert_eq!(by_name.status.code(), Some(2), "{said}");
+    assert_eq!(by_name.status.code(), Some(5), "{said}");
     assert!(said.contains("give \"admin\"'s id instead"), "{said}");
     // Naming herself looked nothing else up: the audit log holds the refusal of her look-up of
     // "admin" (GetUser), and no refused listing of groups or apps she never asked for.
