@@ -223,7 +223,7 @@ pub(crate) async fn check(args: CheckArgs) -> anyhow::Result<i32> {
             return err;
         }
         // A script reading JSON finds an answer that is none.
-        if matches!(super::OUTPUT.get(), Some((super::Output::Json, _))) {
+        if super::json_wanted() {
             println!("{}", serde_json::json!({"allowed": null, "error": format!("{err:#}")}));
         }
         err.context(super::Unanswered)

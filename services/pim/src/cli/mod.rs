@@ -35,7 +35,7 @@ use assignments::{AssignArgs, CheckArgs, ListAssignmentsArgs, assign, check, lis
 pub(crate) use listings::all_pages;
 use operate::{Served, bootstrap, event_keys, health, load_config, replay, serve, up};
 pub use print::printable;
-pub(crate) use print::{Cell, Named, OUTPUT, Output, print_made, print_table, snake_case, time};
+pub(crate) use print::{Cell, Named, OUTPUT, Output, json_wanted, print_made, print_table, snake_case, time};
 pub(crate) use session::{Names, Session, token_path, write_token};
 mod requests;
 mod reviews;

@@ -113,10 +113,15 @@ impl From<Named> for Cell {
     }
 }
 
+/// Whether `--output json` was asked for.
+pub(crate) fn json_wanted() -> bool {
+    matches!(OUTPUT.get(), Some((Output::Json, _)))
+}
+
 /// What a command made, said once: in `words`, or with `--output json` as one JSON object
 /// (`fields`, a secret shown once included), for a script to read.
 pub(crate) fn print_made(words: &str, fields: serde_json::Value) {
-    if matches!(OUTPUT.get(), Some((Output::Json, _))) {
+    if json_wanted() {
         println!("{fields}");
     } else {
         println!("{words}");
@@ -128,7 +133,7 @@ pub(crate) fn print_made(words: &str, fields: serde_json::Value) {
 /// and dashes as underscores); a named cell adds its id as `<field>_id`.
 pub(crate) fn print_table<C: Into<Cell>>(headers: &[&str], rows: Vec<Vec<C>>) {
     let rows = rows.into_iter().map(|row| row.into_iter().map(Into::into));
-    if matches!(OUTPUT.get(), Some((Output::Json, _))) {
+    if json_wanted() {
         for line in json_lines(headers, rows) {
             println!("{line}");
         }

@@ -13,7 +13,7 @@ use pim_runtime::db::{from_timestamp, to_timestamp};
 use pim_runtime::grpc::violated_rules;
 
 use super::{
-    Cell, ClientArgs, KindArg, Names, OUTPUT, Output, RoleRef, Session, Why, explain, kind_pb, print_made, print_table,
+    Cell, ClientArgs, KindArg, Names, RoleRef, Session, Why, explain, json_wanted, kind_pb, print_made, print_table,
     printable, secret_from, time, write_token,
 };
 
@@ -32,11 +32,6 @@ pub(crate) fn request_json(r: &apb::AssignmentRequest, what: Option<&str>) -> se
         "from": time(r.start_time.as_ref().map(from_timestamp)),
         "until": time(r.end_time.as_ref().map(from_timestamp)),
     })
-}
-
-/// Whether `--output json` was asked for.
-fn json_wanted() -> bool {
-    matches!(OUTPUT.get(), Some((Output::Json, _)))
 }
 
 #[derive(Args)]

@@ -230,7 +230,7 @@ pub(crate) async fn run(cmd: WebhooksCommand) -> anyhow::Result<i32> {
                 .map_err(explain)?
                 .into_inner();
             print_secret("Rotated the secret of", answer);
-            if !matches!(super::OUTPUT.get(), Some((super::Output::Json, _))) {
+            if !super::json_wanted() {
                 println!("  the old secret keeps signing beside it for 24 hours");
             }
         }
