@@ -456,6 +456,89 @@ async fn lee_gu_activates_exchange_administrator_after_mfa_until_it_expires() ->
     .await
 }
 
+/// Entra's "require MFA on active assignment": with it on, an administrator gives an active
+/// assignment, or a new end for one, only with their own recent MFA; an eligible assignment,
+/// and a role without the setting, need none. Each refusal is on the record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_active_assignment_can_need_the_administrators_recent_mfa() -> anyhow::Result<()> {
+    run(|w| async move {
+        let kim = w.user("kim").await?;
+        let ann = w.user("ann").await?;
+        let admin_id = pim_e2e::token_subject(&w.admin)?;
+        let policy = w
+            .set_policy(EXCHANGE_ADMINISTRATOR, |p| p.active_requires_mfa = true)
+            .await?;
+        assert!(policy.active_requires_mfa);
+        let active = |action: apb::RequestAction, who: &User, role: &str| apb::CreateRequestRequest {
+            schedule: lasting(2 * HOUR_MS),
+            justification: "on call".into(),
+            ..request(action, apb::AssignmentKind::Active, &who.id, role)
+        };
+        let stale =
+            w.ts.stepped_up_token(&admin_id, "admin", w.clock.now_ms() - 11 * 60_000)?;
+        for token in [&w.admin, &stale] {
+            let refused = w
+                .assignments()
+                .create_request(authed(
+                    token,
+                    active(apb::RequestAction::AdminAssign, &kim, EXCHANGE_ADMINISTRATOR),
+                ))
+                .await
+                .expect_err("no recent MFA");
+            assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+            assert_eq!(violated_rules(&refused), ["MfaRule"], "{refused:?}");
+        }
+        assert!(
+            !w.check(&kim.id, EXCHANGE_ADMINISTRATOR).await?.allowed,
+            "nothing given"
+        );
+        // Eligible: the MFA comes at activation. Another role: not asked.
+        w.make_eligible(&ann, EXCHANGE_ADMINISTRATOR).await?;
+        w.assignments()
+            .create_request(authed(
+                &w.admin,
+                active(apb::RequestAction::AdminAssign, &ann, GLOBAL_READER),
+            ))
+            .await?;
+
+        let fresh = w.ts.stepped_up_token(&admin_id, "admin", w.clock.now_ms())?;
+        w.assignments()
+            .create_request(authed(
+                &fresh,
+                active(apb::RequestAction::AdminAssign, &kim, EXCHANGE_ADMINISTRATOR),
+            ))
+            .await?;
+        assert!(w.check(&kim.id, EXCHANGE_ADMINISTRATOR).await?.allowed);
+        // A later end for it: the MFA must still be recent.
+        w.clock.advance(Duration::from_secs(11 * 60));
+        let longer = apb::CreateRequestRequest {
+            schedule: lasting(3 * HOUR_MS),
+            ..active(apb::RequestAction::AdminExtend, &kim, EXCHANGE_ADMINISTRATOR)
+        };
+        let refused = w
+            .assignments()
+            .create_request(authed(&fresh, longer.clone()))
+            .await
+            .expect_err("the MFA is 11 minutes old");
+        assert_eq!(violated_rules(&refused), ["MfaRule"], "{refused:?}");
+        let again = w.ts.stepped_up_token(&admin_id, "admin", w.clock.now_ms())?;
+        w.assignments().create_request(authed(&again, longer)).await?;
+
+        let refusals = w.eventually_events("RequestRefused", 3).await?;
+        let refusals: Vec<ev::RequestRefused> = refusals
+            .iter()
+            .map(|e| ev::RequestRefused::decode(e.data.as_slice()))
+            .collect::<Result<_, _>>()?;
+        let actions: Vec<&str> = refusals.iter().map(|r| r.action.as_str()).collect();
+        assert_eq!(actions, ["adminAssign", "adminAssign", "adminExtend"]);
+        assert!(refusals.iter().all(|r| r.rules == ["MfaRule"]
+            && r.principal_id == kim.id
+            && r.actor.as_ref().is_some_and(|a| a.principal_id == admin_id)));
+        Ok(w)
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_policy_rule_is_reported_and_policies_can_change() -> anyhow::Result<()> {
     run(|w| async move {

@@ -43,6 +43,7 @@ settings! {
     ActiveAllowPermanent = "active_allow_permanent",
     ActiveMaxDuration = "active_max_duration",
     ActiveRequiresJustification = "active_requires_justification",
+    ActiveRequiresMfa = "active_requires_mfa",
     MfaFreshness = "mfa_freshness",
     MinActivationBeforeDeactivate = "min_activation_before_deactivate",
     ApprovalStages = "approval_stages",
@@ -73,7 +74,12 @@ impl Setting {
         ("eligible", &[EligibleAllowPermanent, EligibleMaxDuration]),
         (
             "active",
-            &[ActiveAllowPermanent, ActiveMaxDuration, ActiveRequiresJustification],
+            &[
+                ActiveAllowPermanent,
+                ActiveMaxDuration,
+                ActiveRequiresJustification,
+                ActiveRequiresMfa,
+            ],
         ),
         ("notifications", &[NotificationRules]),
     ];
@@ -162,6 +168,7 @@ fn taken(base: &Policy, asked: &Policy, settings: &[Setting]) -> Policy {
             ActiveAllowPermanent => out.active_allow_permanent = asked.active_allow_permanent,
             ActiveMaxDuration => out.active_max_duration = asked.active_max_duration,
             ActiveRequiresJustification => out.active_requires_justification = asked.active_requires_justification,
+            ActiveRequiresMfa => out.active_requires_mfa = asked.active_requires_mfa,
             MfaFreshness => out.mfa_freshness = asked.mfa_freshness,
             MinActivationBeforeDeactivate => {
                 out.min_activation_before_deactivate = asked.min_activation_before_deactivate
@@ -244,6 +251,7 @@ fn weakens(setting: Setting, before: &Policy, after: &Policy) -> bool {
             before.active_requires_justification,
             after.active_requires_justification,
         ),
+        ActiveRequiresMfa => off(before.active_requires_mfa, after.active_requires_mfa),
         EligibleAllowPermanent => on(before.eligible_allow_permanent, after.eligible_allow_permanent),
         ActiveAllowPermanent => on(before.active_allow_permanent, after.active_allow_permanent),
         ActivationMaxDuration => after.activation_max_duration > before.activation_max_duration,
@@ -303,6 +311,7 @@ fn shown(p: &Policy, setting: Setting) -> String {
         ActiveAllowPermanent => flag(p.active_allow_permanent),
         ActiveMaxDuration => pim_runtime::format::duration(p.active_max_duration),
         ActiveRequiresJustification => flag(p.active_requires_justification),
+        ActiveRequiresMfa => flag(p.active_requires_mfa),
         MfaFreshness => pim_runtime::format::duration(p.mfa_freshness),
         MinActivationBeforeDeactivate => pim_runtime::format::duration(p.min_activation_before_deactivate),
         ApprovalStages => p
@@ -486,6 +495,17 @@ mod tests {
         let turned_on = changes(&without, &before);
         assert_eq!(turned_on.len(), 3, "{turned_on:?}");
         assert!(turned_on.iter().all(|c| !c.weakens), "{turned_on:?}");
+        let asking = Policy {
+            active_requires_mfa: true,
+            ..before.clone()
+        };
+        let asked = changes(&before, &asking);
+        assert!(
+            asked.len() == 1 && !asked[0].weakens,
+            "MFA on active assignment turned on: {asked:?}"
+        );
+        let dropped = changes(&asking, &before);
+        assert!(dropped.len() == 1 && dropped[0].weakens, "and off again: {dropped:?}");
         let mfa = diff.iter().find(|c| c.setting == ActivationRequiresMfa).unwrap();
         assert_eq!((mfa.before.as_str(), mfa.after.as_str()), ("on", "off"));
         assert_eq!(diff[0].before, "8h");

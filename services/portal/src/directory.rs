@@ -126,8 +126,14 @@ fn kind_of(text: &str) -> apb::AssignmentKind {
     }
 }
 
-/// POST /admin/assignments: an administrator's assignment.
-pub async fn assign(caller: Caller, CheckedForm(fields): CheckedForm) -> Response {
+/// POST /admin/assignments: an administrator's assignment (and the step-up, where the role's
+/// policy wants the administrator's recent MFA for an active one).
+pub async fn assign(mut caller: Caller, CheckedForm(fields): CheckedForm) -> Response {
+    const ACTION: &str = "/admin/assignments";
+    let what = format!("Assigning a role to {}", fields.get("principal"));
+    if let Err(page) = crate::stepup::verify_if_given(&mut caller, &fields, ACTION, &what).await {
+        return page;
+    }
     let done = async {
         let user = user_named(&caller, fields.get("principal")).await?;
         let duration = pim_runtime::format::parse_duration(fields.get("duration"))
@@ -154,9 +160,10 @@ pub async fn assign(caller: Caller, CheckedForm(fields): CheckedForm) -> Respons
     .await;
     match done {
         Ok(user) => caller.flash(true, format!("Assigned to {user}.")),
+        Err(Failure::MfaNeeded(why)) => return crate::stepup::asked_again(&caller, ACTION, &fields, &what, &why),
         Err(failure) => caller.flash(false, format!("Not assigned: {}", failure.text())),
     }
-    Redirect::to("/admin/assignments").into_response()
+    Redirect::to(ACTION).into_response()
 }
 
 /// POST /admin/assignments/remove: an administrator's removal (assignment keeps the last

@@ -59,11 +59,7 @@ impl Assignments {
                 }
             }
         }
-        let mfa = MfaState {
-            has_otp: pim_runtime::auth::has_mfa(&caller.amr),
-            mfa_at: caller.mfa_at.map(|s| s.saturating_mul(1000)),
-            phishing_resistant: pim_runtime::auth::has_phishing_resistant_mfa(&caller.amr),
-        };
+        let mfa = mfa_of(caller);
         let eligible_until = eligibility.and_then(|(_, until)| until);
         let schedule = match policy.check_activation(&r.ask, mfa, eligible_until, now) {
             Ok(s) if violations.is_empty() => s,

@@ -46,7 +46,7 @@ impl Assignments {
         let now = self.now();
         let (policy, _) = self.effective_policy(&self.db, &role.id, &scope).await?;
         let schedule = policy
-            .check_admin_assignment(&r.assignment, now)
+            .check_admin_assignment(&r.assignment, mfa_of(caller), now)
             .map_err(Error::PolicyViolation)?;
         let existing =
             store::open_assignments(&self.db, r.assignment.kind, principal_id, &role.id, scope.as_str(), now).await?;
@@ -392,9 +392,20 @@ impl Assignments {
             }]));
         }
         let (policy, _) = self.effective_policy(&txn, &role.id, &scope).await?;
-        policy
-            .check_new_end(r.kind, assignment.start_at, end, &r.justification, now)
-            .map_err(Error::PolicyViolation)?;
+        let mut violations: Vec<RuleViolation> = policy
+            .unverified_administrator(r.kind, mfa_of(caller), now)
+            .into_iter()
+            .collect();
+        violations.extend(
+            policy
+                .check_new_end(r.kind, assignment.start_at, end, &r.justification, now)
+                .err()
+                .into_iter()
+                .flatten(),
+        );
+        if !violations.is_empty() {
+            return Err(Error::PolicyViolation(violations));
+        }
         // A permanent assignment given an end stops being permanent.
         if end.is_some() && self.takes_the_last_global_admin(&txn, &[&assignment], now).await? {
             return Err(last_global_admin_refused());

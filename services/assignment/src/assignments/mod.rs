@@ -49,6 +49,15 @@ const SOURCE: Source = Source::Assignment;
 /// The principal the bootstrap administrator's assignment and timers act as.
 pub const SYSTEM_ACTOR: &str = "system";
 
+/// What the caller's token says of their second factor, for the policy's MFA rules.
+fn mfa_of(caller: &Caller) -> MfaState {
+    MfaState {
+        has_otp: pim_runtime::auth::has_mfa(&caller.amr),
+        mfa_at: caller.mfa_at.map(|s| s.saturating_mul(1000)),
+        phishing_resistant: pim_runtime::auth::has_phishing_resistant_mfa(&caller.amr),
+    }
+}
+
 pub fn system_actor() -> Actor {
     Actor {
         principal_id: SYSTEM_ACTOR.into(),

@@ -40,6 +40,9 @@ pub struct Policy {
     pub active_allow_permanent: bool,
     pub active_max_duration: Duration,
     pub active_requires_justification: bool,
+    /// An administrator giving or changing an active assignment verified a second factor
+    /// within `mfa_freshness` (Entra's "require MFA on active assignment").
+    pub active_requires_mfa: bool,
     pub mfa_freshness: Duration,
     pub min_activation_before_deactivate: Duration,
     /// Approval stages in order; empty means one stage of `approver_ids` with
@@ -69,6 +72,7 @@ impl Default for Policy {
             active_allow_permanent: false,
             active_max_duration: 180 * DAY,
             active_requires_justification: true,
+            active_requires_mfa: false,
             mfa_freshness: Duration::from_secs(600),
             min_activation_before_deactivate: Duration::ZERO,
             approval_stages: Vec::new(),
@@ -192,8 +196,7 @@ impl Policy {
     ) -> std::result::Result<Schedule, Vec<RuleViolation>> {
         let mut violations = Vec::new();
         if self.activation_requires_mfa {
-            let fresh =
-                pim_runtime::auth::mfa_is_fresh(mfa.has_otp, mfa.mfa_at, now, self.mfa_freshness.as_millis() as i64);
+            let fresh = self.mfa_is_fresh(mfa, now);
             // A code can be phished; a passkey is bound to the portal's origin. Where the role
             // wants a passkey, that is what the refusal asks for, however recent a code was.
             let passkey_needed = self.activation_requires_phishing_resistant_mfa;
@@ -290,6 +293,26 @@ impl Policy {
         if violations.is_empty() { Ok(()) } else { Err(violations) }
     }
 
+    /// Whether `mfa` was verified within the policy's freshness window.
+    fn mfa_is_fresh(&self, mfa: MfaState, now: i64) -> bool {
+        pim_runtime::auth::mfa_is_fresh(mfa.has_otp, mfa.mfa_at, now, self.mfa_freshness.as_millis() as i64)
+    }
+
+    /// "Require MFA on active assignment": the administrator (`mfa` is theirs) giving or
+    /// changing an active assignment verified a second factor recently enough.
+    pub fn unverified_administrator(&self, kind: Kind, mfa: MfaState, now: i64) -> Option<RuleViolation> {
+        (kind == Kind::Active && self.active_requires_mfa && !self.mfa_is_fresh(mfa, now)).then(|| {
+            violation(
+                "MfaRule",
+                format!(
+                    "giving or changing an active assignment of this role needs your multi-factor authentication \
+                     within the last {} s: verify a code and retry",
+                    self.mfa_freshness.as_secs()
+                ),
+            )
+        })
+    }
+
     /// "Active assignments require justification", for whatever gives or changes one.
     fn unjustified(&self, kind: Kind, justification: &str) -> Option<RuleViolation> {
         (kind == Kind::Active && self.active_requires_justification && justification.trim().is_empty())
@@ -301,9 +324,13 @@ impl Policy {
     pub fn check_admin_assignment(
         &self,
         a: &AdminAssignment,
+        administrator: MfaState,
         now: i64,
     ) -> std::result::Result<Schedule, Vec<RuleViolation>> {
-        let mut violations = Vec::new();
+        let mut violations: Vec<RuleViolation> = self
+            .unverified_administrator(a.kind, administrator, now)
+            .into_iter()
+            .collect();
         let start = a.start.unwrap_or(now).max(now);
         let (allow_permanent, max) = match a.kind {
             Kind::Eligible => (self.eligible_allow_permanent, self.eligible_max_duration),
@@ -402,7 +429,7 @@ mod tests {
         let p = Policy::default();
         let now = 1_000_000;
         let s = p
-            .check_admin_assignment(&active(Expiration::After(HOUR), "on call"), now)
+            .check_admin_assignment(&active(Expiration::After(HOUR), "on call"), MfaState::default(), now)
             .unwrap();
         assert_eq!(
             s,
@@ -412,19 +439,58 @@ mod tests {
             }
         );
         let v = p
-            .check_admin_assignment(&active(Expiration::Permanent, ""), now)
+            .check_admin_assignment(&active(Expiration::Permanent, ""), MfaState::default(), now)
             .unwrap_err();
         let kinds: Vec<_> = v.iter().map(|v| v.kind).collect();
         assert_eq!(kinds, vec!["ExpirationRule", "JustificationRule"]);
         let v = p
-            .check_admin_assignment(&active(Expiration::After(181 * DAY), "x"), now)
+            .check_admin_assignment(&active(Expiration::After(181 * DAY), "x"), MfaState::default(), now)
             .unwrap_err();
         assert_eq!(v[0].kind, "ExpirationRule");
         assert_eq!(
-            p.check_admin_assignment(&active(Expiration::Unspecified, "x"), now)
+            p.check_admin_assignment(&active(Expiration::Unspecified, "x"), MfaState::default(), now)
                 .unwrap()
                 .end,
             Some(now + (180 * DAY).as_millis() as i64)
+        );
+    }
+
+    #[test]
+    fn an_active_assignment_may_need_the_administrators_recent_mfa() {
+        let now = 10_000_000;
+        let p = Policy {
+            active_requires_mfa: true,
+            ..Policy::default()
+        };
+        let stale = MfaState {
+            mfa_at: Some(now - 11 * 60_000),
+            ..fresh_mfa(now)
+        };
+        for mfa in [MfaState::default(), stale] {
+            let refused = p
+                .check_admin_assignment(&active(Expiration::After(HOUR), ""), mfa, now)
+                .unwrap_err();
+            let kinds: Vec<_> = refused.iter().map(|v| v.kind).collect();
+            assert_eq!(kinds, vec!["MfaRule", "JustificationRule"], "every rule is reported");
+            assert!(p.unverified_administrator(Kind::Active, mfa, now).is_some());
+        }
+        let eligible = AdminAssignment {
+            kind: Kind::Eligible,
+            ..active(Expiration::After(HOUR), "")
+        };
+        assert!(
+            p.check_admin_assignment(&eligible, MfaState::default(), now).is_ok(),
+            "eligible: no MFA asked"
+        );
+        assert!(
+            p.check_admin_assignment(&active(Expiration::After(HOUR), "on call"), fresh_mfa(now), now)
+                .is_ok()
+        );
+        assert!(
+            Policy::default()
+                .unverified_administrator(Kind::Active, MfaState::default(), now)
+                .is_none(),
+            "Entra's default: off"
         );
     }
 
@@ -552,7 +618,10 @@ mod tests {
                 start: Some(late),
                 ..active(expiration, "far ahead")
             };
-            assert_eq!(kinds(p.check_admin_assignment(&assignment, now)), last);
+            assert_eq!(
+                kinds(p.check_admin_assignment(&assignment, MfaState::default(), now)),
+                last
+            );
         }
         let new_end = p.check_new_end(Kind::Eligible, late, Some(late + HOUR.as_millis() as i64), "", late);
         assert_eq!(kinds(new_end.map(|()| Schedule { start: late, end: None })), last);
@@ -709,7 +778,7 @@ mod tests {
             justification: String::new(),
         };
         assert_eq!(
-            p.check_admin_assignment(&a, 5).unwrap(),
+            p.check_admin_assignment(&a, MfaState::default(), 5).unwrap(),
             Schedule { start: 5, end: None }
         );
     }

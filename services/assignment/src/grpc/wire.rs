@@ -111,6 +111,7 @@ pub(super) fn policy_to_pb(at: PolicyAt) -> pb::RolePolicy {
         active_allow_permanent: p.active_allow_permanent,
         active_max_duration: Some(duration_to_pb(p.active_max_duration)),
         active_requires_justification: p.active_requires_justification,
+        active_requires_mfa: p.active_requires_mfa,
         mfa_freshness: Some(duration_to_pb(p.mfa_freshness)),
         min_activation_before_deactivate: Some(duration_to_pb(p.min_activation_before_deactivate)),
         approval_stages: p.approval_stages.iter().map(ApprovalStage::to_pb).collect(),
@@ -169,6 +170,7 @@ pub(super) fn policy_from_pb(p: pb::RolePolicy) -> Result<Policy, Error> {
         active_allow_permanent: p.active_allow_permanent,
         active_max_duration: dur("active_max_duration", &p.active_max_duration, d.active_max_duration)?,
         active_requires_justification: p.active_requires_justification,
+        active_requires_mfa: p.active_requires_mfa,
         mfa_freshness: dur("mfa_freshness", &p.mfa_freshness, d.mfa_freshness)?,
         min_activation_before_deactivate: dur(
             "min_activation_before_deactivate",

@@ -48,6 +48,10 @@ pub(crate) struct AssignHow {
     start: Option<i64>,
     #[command(flatten)]
     why: Why,
+    /// Your authenticator code, sent only if the role's policy wants your recent MFA to give
+    /// an active assignment (otherwise you are prompted on a terminal).
+    #[arg(long, env = "PIM_MFA_CODE")]
+    code: Option<String>,
     /// Check everything, change nothing.
     #[arg(long)]
     validate_only: bool,
@@ -128,7 +132,8 @@ pub(crate) async fn assign_as(principal: &str, role: &str, scope: &str, args: As
         ticket: args.why.ticket,
         validate_only: args.validate_only,
     };
-    let r = session.create_request(request).await?;
+    let what = format!("Assigning {role}");
+    let (_, r) = super::mfa::create_request_stepping_up(&args.client, &what, args.code, request).await?;
     let status = apb::RequestStatus::try_from(r.status)
         .map(|s| s.as_str_name().trim_start_matches("REQUEST_STATUS_").to_lowercase())
         .unwrap_or_default();

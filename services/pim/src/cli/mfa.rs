@@ -208,23 +208,59 @@ where
         match call(session.clone()).await {
             Ok(answer) => return Ok((session, answer)),
             Err(status) if !stepped_up && wants_mfa(&status) => {
-                if given.is_none() && !interactive() {
-                    bail!(
-                        "{what} needs a recent multi-factor authentication: pass --code (or set PIM_MFA_CODE) with a code from your authenticator"
-                    );
-                }
-                eprintln!("{what} needs a recent multi-factor authentication.");
-                if given.is_none() && !has_a_method(&session).await {
-                    anyhow::bail!(
-                        "you have no MFA method to give a code from: enrol one with pim mfa enroll, then try again"
-                    );
-                }
-                session = step_up(client, &session, given.clone()).await?;
+                session = stepped_up_for(client, what, &session, given.clone()).await?;
                 stepped_up = true;
             }
             Err(status) => return Err(explain(status)),
         }
     }
+}
+
+/// After the server asked `what` for a recent MFA: a session stepped up with a code (`given`,
+/// else asked for on a terminal), or why there is none (no terminal to ask at, no method).
+pub(crate) async fn stepped_up_for(
+    client: &ClientArgs,
+    what: &str,
+    session: &Session,
+    given: Option<String>,
+) -> anyhow::Result<Session> {
+    if given.is_none() {
+        // Nobody to ask for a code they cannot give: no method first, then no terminal.
+        if !has_a_method(session).await {
+            bail!(
+                "{what} needs a recent multi-factor authentication, and you have no MFA method to give a code from: \
+                 enrol one with pim mfa enroll, then try again"
+            );
+        }
+        if !interactive() {
+            bail!(
+                "{what} needs a recent multi-factor authentication: pass --code (or set PIM_MFA_CODE) with a code from your authenticator"
+            );
+        }
+    }
+    eprintln!("{what} needs a recent multi-factor authentication.");
+    step_up(client, session, given).await
+}
+
+/// Makes an assignment request (`CreateRequest`), stepping up where the role's policy wants a
+/// recent MFA of the caller: to activate, or to give or change an active assignment.
+pub(crate) async fn create_request_stepping_up(
+    client: &ClientArgs,
+    what: &str,
+    given: Option<String>,
+    request: pim_proto::assignment::v1::CreateRequestRequest,
+) -> anyhow::Result<(Session, pim_proto::assignment::v1::AssignmentRequest)> {
+    use pim_proto::assignment::v1::assignment_service_client::AssignmentServiceClient;
+    stepping_up(client, what, given, |session| {
+        let request = request.clone();
+        async move {
+            let answer = AssignmentServiceClient::new(session.channel.clone())
+                .create_request(session.request(request).map_err(status_of)?)
+                .await?;
+            Ok(session.remember(answer))
+        }
+    })
+    .await
 }
 
 /// A request the session could not make (its stored token unreadable), as the server's word
@@ -234,7 +270,7 @@ pub(crate) fn status_of(err: anyhow::Error) -> Status {
 }
 
 /// Whether the server refused for want of a recent MFA.
-fn wants_mfa(status: &Status) -> bool {
+pub(crate) fn wants_mfa(status: &Status) -> bool {
     violated_rules(status).iter().any(|r| r == "MfaRule")
 }
 

@@ -210,7 +210,7 @@ enum Command {
     Plan(as_code::PlanArgs),
     /// Make the server match a configuration file: every error in it is listed, with its line,
     /// before anything changes; a second apply changes nothing.
-    Apply(as_code::FileArgs),
+    Apply(as_code::ApplyArgs),
     /// Write the server's configuration as a file for `pim plan` and `pim apply`.
     Export(as_code::ExportArgs),
     /// Multi-factor authentication: enrol an authenticator app, step up, recovery codes,

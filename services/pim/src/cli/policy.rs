@@ -83,6 +83,11 @@ pub(crate) struct PolicySetArgs {
     /// Whether activating needs a ticket (true or false).
     #[arg(long)]
     require_ticket: Option<bool>,
+    /// Whether an administrator giving, extending or changing an active assignment must have
+    /// verified a code within the MFA freshness window, as Entra's "require MFA on active
+    /// assignment" (true or false; off by default).
+    #[arg(long)]
+    require_mfa_on_active_assignment: Option<bool>,
     /// Whether an activation waits for an approver (true or false).
     #[arg(long)]
     require_approval: Option<bool>,
@@ -237,6 +242,10 @@ async fn print_policy(session: &Session, p: &apb::RolePolicy) {
             "active: requires justification".into(),
             p.active_requires_justification.to_string(),
         ],
+        vec![
+            "active: requires the administrator's MFA".into(),
+            p.active_requires_mfa.to_string(),
+        ],
         vec!["etag".into(), p.etag.clone()],
     ]);
     rows.extend(
@@ -358,6 +367,10 @@ pub(crate) async fn policy(cmd: PolicyCommand) -> anyhow::Result<i32> {
             if let Some(d) = a.mfa_freshness {
                 p.mfa_freshness = Some(pim_runtime::db::duration_pb(d));
                 mask.push("mfa_freshness");
+            }
+            if let Some(v) = a.require_mfa_on_active_assignment {
+                p.active_requires_mfa = v;
+                mask.push("active_requires_mfa");
             }
             if let Some(v) = a.allow_permanent_active {
                 p.active_allow_permanent = v;

@@ -7,14 +7,11 @@ use clap::Args;
 
 use pim_proto::assignment::v1 as apb;
 use pim_proto::assignment::v1::assignment_service_client::AssignmentServiceClient;
-use pim_proto::identity::v1::VerifyRequest;
-use pim_proto::identity::v1::mfa_service_client::MfaServiceClient;
 use pim_runtime::db::{from_timestamp, to_timestamp};
-use pim_runtime::grpc::violated_rules;
 
 use super::{
     Cell, ClientArgs, KindArg, Names, RoleRef, Session, Why, explain, json_wanted, kind_pb, print_made, print_table,
-    printable, secret_from, time, write_token,
+    printable, time,
 };
 
 /// A request as `--output json` gives it, one object: what a script needs of the answer
@@ -147,6 +144,10 @@ pub(crate) struct ExtendHow {
     renew: bool,
     #[command(flatten)]
     why: Why,
+    /// Your authenticator code, sent only if the role's policy wants your recent MFA to
+    /// change an active assignment (otherwise you are prompted on a terminal).
+    #[arg(long, env = "PIM_MFA_CODE")]
+    code: Option<String>,
     #[command(flatten)]
     pub(crate) client: ClientArgs,
 }
@@ -202,7 +203,7 @@ pub(crate) async fn activate(args: ActivateArgs) -> anyhow::Result<i32> {
 
 /// Activates `role` at `scope` (`what` names it to people) and follows the request.
 pub(crate) async fn activate_as(what: &str, role: &str, scope: &str, args: ActivateHow) -> anyhow::Result<i32> {
-    let mut session = Session::open(&args.client, true)?;
+    let session = Session::open(&args.client, true)?;
     let role_id = session.role_id(role).await?;
     let request = apb::CreateRequestRequest {
         action: apb::RequestAction::SelfActivate as i32,
@@ -220,36 +221,9 @@ pub(crate) async fn activate_as(what: &str, role: &str, scope: &str, args: Activ
         ticket: args.why.ticket.clone(),
         validate_only: false,
     };
-    let mut stepped_up = false;
-    let created = loop {
-        match AssignmentServiceClient::new(session.channel.clone())
-            .create_request(session.request(request.clone())?)
-            .await
-        {
-            Ok(r) => break session.remember(r),
-            Err(status) if !stepped_up && violated_rules(&status).iter().any(|r| r == "MfaRule") => {
-                eprintln!("{what} needs a recent multi-factor authentication.");
-                if args.code.is_none() && !super::mfa::has_a_method(&session).await {
-                    anyhow::bail!(
-                        "you have no MFA method to give a code from: enrol one with pim mfa enroll, then try again"
-                    );
-                }
-                let code = match &args.code {
-                    Some(code) => code.clone(),
-                    None => secret_from(false, "PIM_MFA_CODE", "Authenticator code: ")?,
-                };
-                let verified = MfaServiceClient::new(session.channel.clone())
-                    .verify(session.request(VerifyRequest { code })?)
-                    .await
-                    .map_err(explain)?
-                    .into_inner();
-                write_token(&args.client, &verified.access_token)?;
-                session = Session::open(&args.client, true)?;
-                stepped_up = true;
-            }
-            Err(status) => return Err(explain(status)),
-        }
-    };
+    let (session, created) =
+        super::mfa::create_request_stepping_up(&args.client, &format!("Activating {what}"), args.code.clone(), request)
+            .await?;
     if !json_wanted() {
         println!("Request {} {}", created.id, status_name(created.status));
     }
@@ -412,22 +386,22 @@ pub(crate) async fn extend_as(what: &str, role_id: &str, scope: &str, how: Exten
         (false, true, _) => A::SelfRenew,
         (false, false, _) => A::SelfExtend,
     };
-    let r = session
-        .create_request(apb::CreateRequestRequest {
-            action: action as i32,
-            kind: kind_pb(how.kind) as i32,
-            principal_id,
-            role_id: role_id.to_owned(),
-            scope: scope.to_owned(),
-            schedule: Some(apb::Schedule {
-                start_time: None,
-                expiration: Some(expiration),
-            }),
-            justification: how.why.justification,
-            ticket: how.why.ticket,
-            ..Default::default()
-        })
-        .await?;
+    let request = apb::CreateRequestRequest {
+        action: action as i32,
+        kind: kind_pb(how.kind) as i32,
+        principal_id,
+        role_id: role_id.to_owned(),
+        scope: scope.to_owned(),
+        schedule: Some(apb::Schedule {
+            start_time: None,
+            expiration: Some(expiration),
+        }),
+        justification: how.why.justification,
+        ticket: how.why.ticket,
+        ..Default::default()
+    };
+    let (_, r) =
+        super::mfa::create_request_stepping_up(&how.client, &format!("Extending {what}"), how.code, request).await?;
     let words = if r.status == apb::RequestStatus::PendingApproval as i32 {
         format!(
             "Request {} pending_approval: {what} at {} until {} once an approver agrees (pim requests shows the outcome)",

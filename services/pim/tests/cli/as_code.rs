@@ -496,3 +496,95 @@ fn a_configuration_file_applies_once_prunes_round_trips_and_a_bad_one_changes_no
     up.terminate();
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// Where a role's policy wants the administrator's recent MFA to give an active assignment
+/// (`--require-mfa-on-active-assignment`), `pim plan` still plans it (nothing the file could
+/// mend), and `pim assign` and `pim apply` step up with `--code`, or say to pass one.
+#[test]
+fn an_active_assignment_that_needs_the_administrators_mfa_steps_up() {
+    let (dir, up, server, admin) = up_with_admin();
+    admin.ok(
+        &["users", "create", "--user-name", "kim", "--password-stdin"],
+        Some("kim's passphrase, long enough\n"),
+    );
+    admin.ok(
+        &[
+            "policy",
+            "set",
+            "Exchange Administrator",
+            "--require-mfa-on-active-assignment",
+            "true",
+        ],
+        None,
+    );
+    let shown = admin.ok(&["policy", "show", "Exchange Administrator"], None);
+    assert!(
+        shown
+            .lines()
+            .any(|l| l.contains("requires the administrator's MFA") && l.trim_end().ends_with("true")),
+        "{shown}"
+    );
+    // Sessions of the administrator's from before their authenticator: no MFA in them.
+    let before = |name: &str| {
+        let copy = Client {
+            server: server.clone(),
+            token_file: dir.join(name),
+        };
+        std::fs::copy(&admin.token_file, &copy.token_file).expect("copy the token");
+        copy
+    };
+    let (for_assign, for_apply) = (before("admin-assign"), before("admin-apply"));
+    let authenticator = admin.enroll_mfa();
+    let enrolled_at = now_secs();
+
+    let assign = [
+        "assign",
+        "--principal",
+        "kim",
+        "--role",
+        "Exchange Administrator",
+        "--kind",
+        "active",
+        "--duration",
+        "2h",
+        "-j",
+        "migration weekend",
+    ];
+    let unasked = for_assign.run(&assign, None);
+    let stderr = String::from_utf8_lossy(&unasked.stderr).into_owned();
+    assert_eq!(unasked.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("Assigning Exchange Administrator needs a recent multi-factor authentication: pass --code"),
+        "{stderr}"
+    );
+    let file = dir.join("pim.yaml");
+    let until = pim_runtime::format::rfc3339_seconds(pim_runtime::db::now_ms() + 30 * 86_400_000);
+    std::fs::write(
+        &file,
+        format!("assignments:\n  - role: Exchange Administrator\n    active:\n      - principal: kim\n        until: {until}\n"),
+    )
+    .expect("write the file");
+    let file = file.to_str().expect("a UTF-8 path");
+    let planned = for_apply.ok(&["plan", "-f", file], None);
+    assert!(planned.contains("kim"), "planned, not an error of the file: {planned}");
+    let unasked = for_apply.run(&["apply", "-f", file], None);
+    assert_eq!(unasked.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&unasked.stderr).contains("pass --code"));
+    let held = admin.ok(&["assignments", "--principal", "kim"], None);
+    assert!(!held.contains("Exchange Administrator"), "nothing given yet: {held}");
+
+    let applied = for_apply.run(
+        &["apply", "-f", file, "--code", &authenticator.generate(enrolled_at + 30)],
+        None,
+    );
+    let stderr = String::from_utf8_lossy(&applied.stderr).into_owned();
+    assert!(applied.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("needs a recent multi-factor authentication"),
+        "{stderr}"
+    );
+    let held = admin.ok(&["assignments", "--principal", "kim", "--kind", "active"], None);
+    assert!(held.contains("Exchange Administrator"), "{held}");
+    up.terminate();
+    std::fs::remove_dir_all(&dir).ok();
+}

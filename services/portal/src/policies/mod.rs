@@ -55,6 +55,11 @@ const SETTINGS: &[(&str, &str, Kind)] = &[
         "Active assignment needs a justification",
         Kind::Flag,
     ),
+    (
+        "active_requires_mfa",
+        "Active assignment needs the administrator's MFA",
+        Kind::Flag,
+    ),
 ];
 
 #[derive(Clone, Copy)]
@@ -85,6 +90,7 @@ fn flag(p: &apb::RolePolicy, field: &str) -> bool {
         "eligible_allow_permanent" => p.eligible_allow_permanent,
         "active_allow_permanent" => p.active_allow_permanent,
         "active_requires_justification" => p.active_requires_justification,
+        "active_requires_mfa" => p.active_requires_mfa,
         _ => false,
     }
 }
@@ -99,6 +105,7 @@ fn set_flag(p: &mut apb::RolePolicy, field: &str, on: bool) {
         "eligible_allow_permanent" => p.eligible_allow_permanent = on,
         "active_allow_permanent" => p.active_allow_permanent = on,
         "active_requires_justification" => p.active_requires_justification = on,
+        "active_requires_mfa" => p.active_requires_mfa = on,
         _ => {}
     }
 }

@@ -3,8 +3,13 @@
 use super::*;
 
 /// Makes each change, looking names up in a snapshot read again after something was created.
-pub(super) struct Applier<'a> {
-    pub(super) session: &'a Session,
+pub(super) struct Applier {
+    pub(super) session: Session,
+    /// Where to step up, with what code, and whether it was done already: once a role's
+    /// policy asks for the administrator's recent MFA.
+    pub(super) client: ClientArgs,
+    pub(super) code: Option<String>,
+    pub(super) stepped_up: bool,
     pub(super) snapshot: Snapshot,
     pub(super) stale: bool,
     pub(super) source: String,
@@ -13,10 +18,10 @@ pub(super) struct Applier<'a> {
     pub(super) policies_written: BTreeSet<String>,
 }
 
-impl Applier<'_> {
+impl Applier {
     pub(super) async fn fresh(&mut self) -> anyhow::Result<&Snapshot> {
         if self.stale {
-            self.snapshot = Snapshot::read(self.session).await?;
+            self.snapshot = Snapshot::read(&self.session).await?;
             self.stale = false;
         }
         Ok(&self.snapshot)
@@ -59,7 +64,7 @@ impl Applier<'_> {
     }
 
     pub(super) async fn apply(&mut self, step: &Step) -> anyhow::Result<()> {
-        let session = self.session;
+        let session = &self.session.clone();
         let roles = || RoleServiceClient::new(session.channel.clone());
         let directory = || DirectoryServiceClient::new(session.channel.clone());
         let assignments = || AssignmentServiceClient::new(session.channel.clone());
@@ -177,11 +182,22 @@ impl Applier<'_> {
                 let scope = self.scope(scope).await?;
                 let mut request = assignment_request(action, *kind, &principal_id, &role_id, &scope, *end);
                 request.justification = justification(&self.source);
-                let answer = assignments()
-                    .create_request(session.request(request)?)
-                    .await
-                    .map_err(explain)?;
-                session.remember(answer);
+                let answer = match assignments().create_request(session.request(request.clone())?).await {
+                    // The role's policy wants the administrator's recent MFA: step up once,
+                    // and ask again in the stepped-up session (kept for the changes after).
+                    Err(status) if !self.stepped_up && crate::cli::mfa::wants_mfa(&status) => {
+                        let what = format!("Assigning {role}");
+                        let code = self.code.clone();
+                        self.session = crate::cli::mfa::stepped_up_for(&self.client, &what, session, code).await?;
+                        self.stepped_up = true;
+                        AssignmentServiceClient::new(self.session.channel.clone())
+                            .create_request(self.session.request(request)?)
+                            .await
+                    }
+                    answer => answer,
+                }
+                .map_err(explain)?;
+                self.session.remember(answer);
             }
             Step::Remove {
                 kind,

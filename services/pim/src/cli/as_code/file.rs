@@ -95,6 +95,8 @@ pub(crate) struct PolicySpec {
     pub active_max_duration: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub active_requires_justification: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_requires_mfa: Option<bool>,
     /// Who hears of what by email. Given, it is the whole set: a rule left out has the
     /// defaults (the party itself hears of it, nobody else, every mail).
     #[serde(default, skip_serializing_if = "Option::is_none")]

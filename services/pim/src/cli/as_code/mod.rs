@@ -53,6 +53,18 @@ pub(crate) struct PlanArgs {
     detailed_exitcode: bool,
 }
 
+/// `pim apply`'s: the file, and a code for where a role's policy wants the administrator's
+/// recent MFA to give an active assignment.
+#[derive(Args)]
+pub(crate) struct ApplyArgs {
+    #[command(flatten)]
+    file: FileArgs,
+    /// Your authenticator code, sent only if a role's policy wants your recent MFA to give or
+    /// change an active assignment (otherwise you are prompted on a terminal).
+    #[arg(long, env = "PIM_MFA_CODE")]
+    code: Option<String>,
+}
+
 /// `pim plan --detailed-exitcode`'s exit status when there are changes to apply.
 pub(crate) const CHANGES_TO_APPLY: i32 = 6;
 
@@ -143,7 +155,8 @@ pub(crate) async fn plan(args: PlanArgs) -> anyhow::Result<i32> {
     })
 }
 
-pub(crate) async fn apply(args: FileArgs) -> anyhow::Result<i32> {
+pub(crate) async fn apply(args: ApplyArgs) -> anyhow::Result<i32> {
+    let ApplyArgs { file: args, code } = args;
     let session = Session::open(&args.client, true)?;
     let (snapshot, changes, kept) = read_and_plan(&session, &args.file).await?;
     print_plan(&args.file, &changes, &kept);
@@ -151,7 +164,10 @@ pub(crate) async fn apply(args: FileArgs) -> anyhow::Result<i32> {
         return Ok(0);
     }
     let mut applier = Applier {
-        session: &session,
+        session,
+        client: args.client.clone(),
+        code,
+        stepped_up: false,
         snapshot,
         stale: false,
         source: args.file.display().to_string(),

@@ -53,6 +53,7 @@ pub(crate) fn named(spec: &PolicySpec) -> Vec<&'static str> {
         spec.active_requires_justification.is_some(),
         "active_requires_justification",
     );
+    name(spec.active_requires_mfa.is_some(), "active_requires_mfa");
     name(spec.notifications.is_some(), "notification_rules");
     paths
 }
@@ -146,6 +147,7 @@ pub(crate) fn to_pb(
         eligible_allow_permanent: spec.eligible_allow_permanent.unwrap_or_default(),
         active_allow_permanent: spec.active_allow_permanent.unwrap_or_default(),
         active_requires_justification: spec.active_requires_justification.unwrap_or_default(),
+        active_requires_mfa: spec.active_requires_mfa.unwrap_or_default(),
         ..Default::default()
     };
     let ids = |names: &[Spanned<String>], errors: &mut Vec<Located>| -> Vec<String> {
@@ -266,6 +268,7 @@ pub(crate) fn shown(p: &apb::RolePolicy, path: &str, directory: &Directory) -> S
         "active_allow_permanent" => on(p.active_allow_permanent),
         "active_max_duration" => duration(&p.active_max_duration),
         "active_requires_justification" => on(p.active_requires_justification),
+        "active_requires_mfa" => on(p.active_requires_mfa),
         "notification_rules" => {
             let rules = set_rules(p);
             if rules.is_empty() {
@@ -329,6 +332,7 @@ pub(crate) fn from_pb(role: &str, p: &apb::RolePolicy, directory: &Directory) ->
         active_allow_permanent: Some(p.active_allow_permanent),
         active_max_duration: duration_text(p.active_max_duration.as_ref()),
         active_requires_justification: Some(p.active_requires_justification),
+        active_requires_mfa: Some(p.active_requires_mfa),
         notifications: Some(
             set_rules(p)
                 .iter()
