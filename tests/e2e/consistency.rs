@@ -557,6 +557,41 @@ async fn bad_input_is_invalid_argument_naming_the_field() -> anyhow::Result<()> 
             .await
             .expect_err("control characters in the name");
         assert_eq!(forged.code(), Code::InvalidArgument, "{forged:?}");
+        // Malformed sign-ins are refused sign-ins too, on record once a minute per source: the
+        // first with its name escaped, those after it within the minute counted in the next.
+        w.clock.advance(std::time::Duration::from_secs(61));
+        let nameless = w.ts.sign_in("", "whatever password").await.expect_err("no name");
+        assert_eq!(nameless.code(), Code::InvalidArgument, "{nameless:?}");
+        let malformed = pim_e2e::eventually(
+            std::time::Duration::from_secs(10),
+            "malformed sign-ins on record",
+            || async {
+                let query = aupb::QueryEventsRequest {
+                    action: "pim.identity.v1.SignInFailed".into(),
+                    outcome: "failure".into(),
+                    ..Default::default()
+                };
+                let found: Vec<_> =
+                    w.ts.audit_records(&w.admin, query)
+                        .await?
+                        .into_iter()
+                        .filter(|r| r.payload_json.contains("\"malformed\""))
+                        .collect();
+                Ok((found.len() == 2).then_some(found))
+            },
+        )
+        .await?;
+        let payloads: Vec<serde_json::Value> = malformed
+            .iter()
+            .map(|r| serde_json::from_str(&r.payload_json))
+            .collect::<Result<_, _>>()?;
+        let names: Vec<&str> = payloads.iter().filter_map(|p| p["user_name"].as_str()).collect();
+        assert!(names.contains(&"lee\\0") && names.contains(&""), "{payloads:?}");
+        assert!(
+            payloads.iter().any(|p| p["user_name"] == "" && p["more_refused"] == 1),
+            "the forged one, counted: {payloads:?}"
+        );
+        assert!(malformed.iter().all(|r| !r.payload_json.contains('\u{1b}')));
         let bcc = DirectoryServiceClient::new(w.ts.channel.clone())
             .update_user(authed(
                 &w.admin,

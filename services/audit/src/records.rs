@@ -163,6 +163,8 @@ pub fn record(envelope: &Envelope, correlator: &Correlator) -> anyhow::Result<Re
                 "user_name": e.user_name, "reason": e.reason,
                 "source_hmac": correlator.tag("ip", &e.source_ip),
                 "user_agent_hmac": correlator.tag("user_agent", &e.user_agent),
+                // Refusals like it since the last record, not recorded one by one.
+                "more_refused": e.more_refused,
             })
         }
         Some(

@@ -515,6 +515,26 @@ impl Directory {
         self.record(EventType::SignInFailed, principal_id, &event).await
     }
 
+    /// A sign-in refused as malformed (a name with control characters or too long, no name, no
+    /// secret) is a refused sign-in too: recorded as `malformed`, the name tried escaped
+    /// (`\u{1b}` for an escape character), once a minute per source as refusals past a limit
+    /// are, so a flood of them costs the log a record a minute. The refusal is answered
+    /// whether or not the record could be written (logged then).
+    pub(crate) async fn malformed_sign_in(&self, tried: &str, client: &ClientInfo) {
+        let by = format!("malformed from {}", client.ip.as_deref().unwrap_or("an unknown source"));
+        let Some(more_refused) = self.refused_sign_ins.worth_recording(&by, self.clock.now_ms()) else {
+            return;
+        };
+        let escaped: String = tried.chars().take(256).flat_map(char::escape_debug).collect();
+        let event = ev::SignInFailed {
+            more_refused,
+            ..failed_sign_in(&escaped, "", "malformed", client)
+        };
+        if let Err(e) = self.record(EventType::SignInFailed, "", &event).await {
+            tracing::warn!(error = %e, "recording a malformed sign-in failed");
+        }
+    }
+
     /// A sign-in refused unchecked past a limit (`locked_out`): recorded once a minute per
     /// limit that refused it, `by` (an account's, a name's or a source's:
     /// [`limiter::Refusals`]), so rotating addresses at a locked account, or names at a locked

@@ -490,15 +490,34 @@ fn group_to_pb(g: GroupRow) -> pb::Group {
     }
 }
 
+impl Directory {
+    /// A sign-in's name (or client id) and secret, each `(field, value)`: the name trimmed,
+    /// or INVALID_ARGUMENT for a malformed one, which is a refused sign-in on record too.
+    async fn well_formed<'a>(
+        &self,
+        (field, name): (&'static str, &'a str),
+        (secret_field, secret): (&'static str, &str),
+        client: &ClientInfo,
+    ) -> Result<&'a str, Status> {
+        let checked = match required(field, name) {
+            Ok(_) if secret.is_empty() => Err(invalid_argument(secret_field, "required")),
+            checked => checked,
+        };
+        if checked.is_err() {
+            self.malformed_sign_in(name, client).await;
+        }
+        checked
+    }
+}
+
 #[tonic::async_trait]
 impl AuthService for Directory {
     async fn sign_in(&self, request: Request<pb::SignInRequest>) -> Result<Response<pb::SignInResponse>, Status> {
         let client = client_info(&request, &self.forwarders);
         let r = request.get_ref();
-        let user_name = required("user_name", &r.user_name)?;
-        if r.password.is_empty() {
-            return Err(Status::invalid_argument("password: required"));
-        }
+        let user_name = self
+            .well_formed(("user_name", &r.user_name), ("password", &r.password), &client)
+            .await?;
         Ok(Response::new(session_to_pb(
             Directory::sign_in(self, user_name, &r.password, &client).await?,
         )))
@@ -510,10 +529,13 @@ impl AuthService for Directory {
     ) -> Result<Response<pb::SignInResponse>, Status> {
         let client = client_info(&request, &self.forwarders);
         let r = request.get_ref();
-        let client_id = required("client_id", &r.client_id)?;
-        if r.client_secret.is_empty() {
-            return Err(Status::invalid_argument("client_secret: required"));
-        }
+        let client_id = self
+            .well_formed(
+                ("client_id", &r.client_id),
+                ("client_secret", &r.client_secret),
+                &client,
+            )
+            .await?;
         Ok(Response::new(session_to_pb(
             Directory::sign_in_service_principal(self, client_id, &r.client_secret, &client).await?,
         )))
