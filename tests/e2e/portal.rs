@@ -225,7 +225,8 @@ fn setup_link(page: &str) -> anyhow::Result<totp_rs::TOTP> {
 }
 
 /// A requester reading their own waiting approval is offered no decision: nobody decides
-/// their own request, and trying is flagged as a self-approval.
+/// their own request, and trying is flagged as a self-approval; a page refused answers 403 or
+/// 404.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_requester_is_offered_no_decision_on_their_own_request() -> anyhow::Result<()> {
     let w = World::new().await?;
@@ -239,5 +240,14 @@ async fn a_requester_is_offered_no_decision_on_their_own_request() -> anyhow::Re
     let page = browser.get(&format!("/approvals/{}", approval.id)).await?;
     assert!(page.contains("This is your request"), "{page}");
     assert!(!page.contains(r#"value="approve""#), "a form to decide: {page}");
+    // A page whose content was refused says so in its status too, not only in its words: a
+    // script, a scanner or a proxy's log reads 403 or 404, never 200.
+    let (status, page) = browser.send("GET", "/admin/alerts", None).await?;
+    assert_eq!(status, 403, "{page}");
+    assert!(page.contains("requires permission"), "{page}");
+    let (status, page) = browser
+        .send("GET", "/requests/01890000-0000-7000-8000-000000000000", None)
+        .await?;
+    assert_eq!(status, 404, "{page}");
     w.ts.stop().await
 }

@@ -215,7 +215,10 @@ pub async fn step_up_finish(mut caller: Caller, headers: HeaderMap, Json(body): 
             caller.keep_tokens(&answer.into_inner());
             Json(json!({ "verified": true })).into_response()
         }
-        Err(status) => json_failure(Failure::Refused(stepup::code_refusal(status))),
+        Err(status) => json_failure(Failure::Refused(
+            axum::http::StatusCode::FORBIDDEN,
+            stepup::code_refusal(status),
+        )),
     }
 }
 
@@ -243,7 +246,10 @@ pub async fn sign_in_begin(State(portal): State<Portal>, ip: ClientIp, headers: 
         .await
     {
         Ok(answer) => ceremony(answer.into_inner()),
-        Err(status) => json_failure(Failure::Refused(stepup::code_refusal(status))),
+        Err(status) => json_failure(Failure::Refused(
+            axum::http::StatusCode::FORBIDDEN,
+            stepup::code_refusal(status),
+        )),
     }
 }
 
@@ -271,6 +277,9 @@ pub async fn sign_in_finish(
             )
                 .into_response()
         }
-        Err(status) => json_failure(Failure::Refused(stepup::code_refusal(status))),
+        Err(status) => json_failure(Failure::Refused(
+            axum::http::StatusCode::FORBIDDEN,
+            stepup::code_refusal(status),
+        )),
     }
 }

@@ -164,9 +164,8 @@ pub async fn export(caller: Caller, Query(search): Query<Search>) -> Response {
         while let Some(chunk) = stream.message().await? {
             body.extend_from_slice(&chunk.data);
             if body.len() > EXPORT_MAX_BYTES {
-                return Err(Failure::Refused(
-                    "this export is larger than the portal downloads (64 MiB): narrow the search, or use pim audit export"
-                        .into(),
+                return Err(Failure::bad_input(
+                    "this export is larger than the portal downloads (64 MiB): narrow the search, or use pim audit export",
                 ));
             }
         }

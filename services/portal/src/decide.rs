@@ -315,7 +315,7 @@ fn start_form(caller: &Caller, roles: &[pim_proto::assignment::v1::RoleDefinitio
 pub async fn start(caller: Caller, CheckedForm(fields): CheckedForm) -> Response {
     let started = async {
         let duration = pim_runtime::format::parse_duration(fields.get("duration"))
-            .map_err(|why| Failure::Refused(format!("{why} (write it like 14d)")))?;
+            .map_err(|why| Failure::bad_input(format!("{why} (write it like 14d)")))?;
         let mut reviewer_ids = Vec::new();
         for name in fields
             .get("reviewers")

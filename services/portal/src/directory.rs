@@ -137,7 +137,7 @@ pub async fn assign(mut caller: Caller, CheckedForm(fields): CheckedForm) -> Res
     let done = async {
         let user = user_named(&caller, fields.get("principal")).await?;
         let duration = pim_runtime::format::parse_duration(fields.get("duration"))
-            .map_err(|why| Failure::Refused(format!("{why} (write it like 30d)")))?;
+            .map_err(|why| Failure::bad_input(format!("{why} (write it like 30d)")))?;
         assignments(&caller)
             .create_request(caller.request(apb::CreateRequestRequest {
                 action: apb::RequestAction::AdminAssign as i32,

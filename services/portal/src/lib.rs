@@ -216,6 +216,7 @@ impl Portal {
             .route("/static/portal.css", get(web::stylesheet))
             .route("/static/portal.js", get(web::script))
             .fallback(web::not_found)
+            .layer(axum::middleware::from_fn(web::page_status))
             .layer(axum::middleware::map_response(web::security_headers));
         // Reached over https (PIM_PUBLIC_URL): browsers keep to it for a year.
         let routes = if self.0.secure {

@@ -100,7 +100,9 @@ pub async fn user_named(caller: &Caller, reference: &str) -> Result<ipb::User, F
         .await
         .map(tonic::Response::into_inner)
         .map_err(|status| match status.code() {
-            tonic::Code::NotFound => Failure::Refused(format!("no user is named {reference:?}")),
+            tonic::Code::NotFound => {
+                Failure::Refused(http::StatusCode::NOT_FOUND, format!("no user is named {reference:?}"))
+            }
             _ => Failure::from(status),
         })
 }

@@ -26,8 +26,10 @@ pub enum Failure {
     /// Its words say which (a passkey, where a code does not do).
     MfaNeeded(String),
     /// The service refused, with a message meant for the person (bad input, a rule, a
-    /// permission): shown as it is.
-    Refused(String),
+    /// permission): shown as it is, the page answered with the HTTP status that says which
+    /// (400 bad input, 403 not allowed, 404 not found, 409 a rule or the state of things, 429
+    /// too many).
+    Refused(StatusCode, String),
     /// Something broke: the person sees a reference, the log has the details.
     Fault(String),
 }
@@ -40,16 +42,14 @@ impl From<tonic::Status> for Failure {
         {
             return Self::MfaNeeded(status.message().to_owned());
         }
+        let refused = |http: StatusCode| Self::Refused(http, status.message().to_owned());
         match status.code() {
             Code::Unauthenticated => Self::SignedOut,
-            Code::InvalidArgument
-            | Code::FailedPrecondition
-            | Code::PermissionDenied
-            | Code::NotFound
-            | Code::AlreadyExists
-            | Code::OutOfRange
-            | Code::ResourceExhausted
-            | Code::Aborted => Self::Refused(status.message().to_owned()),
+            Code::InvalidArgument | Code::OutOfRange => refused(StatusCode::BAD_REQUEST),
+            Code::PermissionDenied => refused(StatusCode::FORBIDDEN),
+            Code::NotFound => refused(StatusCode::NOT_FOUND),
+            Code::FailedPrecondition | Code::AlreadyExists | Code::Aborted => refused(StatusCode::CONFLICT),
+            Code::ResourceExhausted => refused(StatusCode::TOO_MANY_REQUESTS),
             code => {
                 let reference = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
                 tracing::error!(%reference, ?code, message = status.message(), "a service call from the portal failed");
@@ -60,12 +60,27 @@ impl From<tonic::Status> for Failure {
 }
 
 impl Failure {
+    /// A refusal of what the person wrote (400).
+    pub fn bad_input(message: impl Into<String>) -> Self {
+        Self::Refused(StatusCode::BAD_REQUEST, message.into())
+    }
+
+    /// The HTTP status a page showing this failure answers with.
+    pub fn http_status(&self) -> StatusCode {
+        match self {
+            Self::SignedOut => StatusCode::UNAUTHORIZED,
+            Self::MfaNeeded(_) => StatusCode::FORBIDDEN,
+            Self::Refused(status, _) => *status,
+            Self::Fault(_) => StatusCode::BAD_GATEWAY,
+        }
+    }
+
     /// What the person reads.
     pub fn text(&self) -> String {
         match self {
             Self::SignedOut => "Your session has ended: sign in again.".into(),
             Self::MfaNeeded(message) => message.clone(),
-            Self::Refused(message) => message.clone(),
+            Self::Refused(_, message) => message.clone(),
             Self::Fault(reference) => format!(
                 "Something went wrong on our side and nothing was changed by this page. \
                  If it happens again, give your administrator the reference {reference}."
@@ -140,6 +155,29 @@ pub struct Caller {
     pub user: SignedIn,
     pub portal: Portal,
     pub ip: ClientIp,
+    /// What the page answers with when it shows a failure ([`Caller::failed`]).
+    page_status: PageStatus,
+}
+
+/// The HTTP status a page that shows a failure answers with, where the page is still drawn
+/// (200 otherwise): set by [`Caller::failed`], put on the response by [`page_status`].
+#[derive(Clone, Default)]
+pub struct PageStatus(std::sync::Arc<std::sync::atomic::AtomicU16>);
+
+/// Gives each request a [`PageStatus`], and the page drawn the status of the failure it
+/// shows: a refusal is a 403 or a 404 to a script, a scanner or a proxy's log, not a 200.
+pub async fn page_status(mut request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    use std::sync::atomic::Ordering;
+    let status = PageStatus::default();
+    request.extensions_mut().insert(status.clone());
+    let mut response = next.run(request).await;
+    let failed = StatusCode::from_u16(status.0.load(Ordering::Relaxed)).ok();
+    if let Some(failed) = failed
+        && response.status() == StatusCode::OK
+    {
+        *response.status_mut() = failed;
+    }
+    response
 }
 
 impl Caller {
@@ -175,6 +213,9 @@ impl Caller {
     /// What a page shows where its content failed. A token no longer good (signed out
     /// elsewhere, the user disabled) ends this session too: the next page is the sign-in.
     pub fn failed(&self, failure: Failure) -> maud::Markup {
+        self.page_status
+            .0
+            .store(failure.http_status().as_u16(), std::sync::atomic::Ordering::Relaxed);
         if matches!(failure, Failure::SignedOut) {
             self.portal.0.sessions.end(&self.session.id);
             return maud::html! {
@@ -217,6 +258,7 @@ impl FromRequestParts<Portal> for Caller {
             user,
             portal: portal.clone(),
             ip: ClientIp::of(parts, portal),
+            page_status: parts.extensions.get::<PageStatus>().cloned().unwrap_or_default(),
         };
         // A token about to lapse is refreshed first, so a page never fails half-way; one
         // refresh at a time, and a page that waited for another takes what it got.
@@ -415,12 +457,11 @@ pub async fn strict_transport(mut response: Response) -> Response {
 
 /// A failure as the page's script reads it.
 pub fn json_failure(failure: Failure) -> Response {
-    let code = match failure {
-        Failure::SignedOut => StatusCode::UNAUTHORIZED,
-        Failure::Fault(_) => StatusCode::BAD_GATEWAY,
-        _ => StatusCode::FORBIDDEN,
-    };
-    (code, axum::Json(serde_json::json!({ "error": failure.text() }))).into_response()
+    (
+        failure.http_status(),
+        axum::Json(serde_json::json!({ "error": failure.text() })),
+    )
+        .into_response()
 }
 
 pub async fn stylesheet() -> Response {

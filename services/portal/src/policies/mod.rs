@@ -261,7 +261,7 @@ async fn from_form(caller: &Caller, fields: &Fields) -> Result<(apb::RolePolicy,
 /// A duration as people write it (`8h`, `30m`, `1d 12h`), or why it is not one.
 pub(super) fn parse_duration(label: &str, text: &str) -> Result<prost_types::Duration, Failure> {
     let parsed = pim_runtime::format::parse_duration(text)
-        .map_err(|why| Failure::Refused(format!("{label}: {why} (write it like 8h or 30m)")))?;
+        .map_err(|why| Failure::bad_input(format!("{label}: {why} (write it like 8h or 30m)")))?;
     Ok(pim_runtime::db::duration_pb(parsed))
 }
 

@@ -135,7 +135,7 @@ pub async fn read(caller: &Caller, fields: &Fields, p: &mut apb::RolePolicy) -> 
             "" => 1,
             text => text
                 .parse::<i32>()
-                .map_err(|_| Failure::Refused(format!("Approval stage {n}: {text:?} approvals is not a number")))?,
+                .map_err(|_| Failure::bad_input(format!("Approval stage {n}: {text:?} approvals is not a number")))?,
         };
         let timeout = match get("timeout").as_str() {
             "" => None,
