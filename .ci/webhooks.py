@@ -130,7 +130,7 @@ def main(pim: str) -> int:
         deliveries = [json.loads(l) for l in
                       up.run("webhooks", "deliveries", subscription, "--output", "json").stdout.splitlines()]
         oldest = deliveries[-1]
-        assert (oldest["status"], oldest["attempts"], oldest["last_answer"]) == ("delivered", "3", "200"), oldest
+        assert (oldest["status"], oldest["attempts"], oldest["last_answer"]) == ("delivered", 3, "200"), oldest
 
         up.run("webhooks", "test", subscription)
         wait("the test delivery", lambda: any(json.loads(t["body"])["type"] == "pim.audit.v1.WebhookTest"

@@ -285,11 +285,11 @@ async fn rules(set: Option<RulesCommand>, client: ClientArgs) -> anyhow::Result<
             let mut settings: Vec<String> = r.settings.iter().map(|(k, v)| format!("{k}={v}")).collect();
             settings.sort();
             vec![
-                r.id,
-                r.enabled.to_string(),
-                severity_name(r.severity),
-                settings.join(" "),
-                r.description,
+                Cell::from(r.id),
+                Cell::Flag(r.enabled),
+                severity_name(r.severity).into(),
+                settings.join(" ").into(),
+                r.description.into(),
             ]
         })
         .collect();

@@ -282,9 +282,9 @@ pub(crate) async fn run(cmd: GroupsCommand) -> anyhow::Result<i32> {
                 .into_iter()
                 .map(|g| {
                     vec![
-                        g.id,
-                        g.display_name,
-                        if g.is_assignable_to_role { "yes" } else { "" }.into(),
+                        Cell::from(g.id),
+                        g.display_name.into(),
+                        Cell::Flag(g.is_assignable_to_role),
                     ]
                 })
                 .collect();

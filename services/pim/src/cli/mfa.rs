@@ -15,7 +15,7 @@ use pim_proto::identity::v1::mfa_service_client::MfaServiceClient;
 use pim_runtime::db::from_timestamp;
 use pim_runtime::grpc::violated_rules;
 
-use super::{ClientArgs, Session, explain, print_table, secret_from, time, write_token};
+use super::{Cell, ClientArgs, Session, explain, print_table, secret_from, time, write_token};
 
 #[derive(Subcommand)]
 pub(crate) enum MfaCommand {
@@ -403,11 +403,11 @@ pub(crate) async fn run(cmd: MfaCommand) -> anyhow::Result<i32> {
                 .iter()
                 .map(|p| {
                     vec![
-                        p.id.clone(),
-                        p.created_by.clone(),
-                        time(p.created_at.as_ref().map(from_timestamp)),
-                        time(p.expires_at.as_ref().map(from_timestamp)),
-                        p.uses_left.to_string(),
+                        Cell::from(p.id.clone()),
+                        p.created_by.clone().into(),
+                        time(p.created_at.as_ref().map(from_timestamp)).into(),
+                        time(p.expires_at.as_ref().map(from_timestamp)).into(),
+                        Cell::Count(p.uses_left.into()),
                     ]
                 })
                 .collect();

@@ -124,7 +124,6 @@ pub(crate) fn name(text: &str, prefix: &str) -> String {
 }
 
 fn print_rules(p: &apb::RolePolicy) {
-    let yes_no = |b: bool| if b { "yes" } else { "no" }.to_owned();
     let rows = RULES
         .iter()
         .map(|(event, party)| {
@@ -132,9 +131,9 @@ fn print_rules(p: &apb::RolePolicy) {
             vec![
                 Cell::from(name(event.as_str_name(), "NOTIFICATION_EVENT_")),
                 name(party.as_str_name(), "NOTIFICATION_PARTY_").into(),
-                yes_no(r.default_recipients).into(),
+                Cell::Flag(r.default_recipients),
                 r.additional_recipients.join(",").into(),
-                yes_no(r.critical_only).into(),
+                Cell::Flag(r.critical_only),
             ]
         })
         .collect();
@@ -163,18 +162,15 @@ pub(crate) async fn notifications(cmd: NotificationsCommand) -> anyhow::Result<i
                             other => name(other.as_str_name(), "DELIVERY_STATUS_"),
                         })
                         .unwrap_or_default();
-                    [
-                        time(m.created_at.as_ref().map(from_timestamp)),
-                        m.recipient,
-                        m.party,
-                        m.subject,
-                        status,
-                        m.attempts.to_string(),
-                        m.last_error,
+                    vec![
+                        Cell::from(time(m.created_at.as_ref().map(from_timestamp))),
+                        m.recipient.into(),
+                        m.party.into(),
+                        m.subject.into(),
+                        status.into(),
+                        Cell::Count(m.attempts.into()),
+                        m.last_error.into(),
                     ]
-                    .into_iter()
-                    .map(Cell::from)
-                    .collect()
                 })
                 .collect();
             print_table(

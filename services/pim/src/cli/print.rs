@@ -38,6 +38,10 @@ pub(crate) fn time(ms: Option<i64>) -> String {
 pub(crate) enum Cell {
     Text(String),
     Named(Named),
+    /// Yes or no: `yes` or `no` in a table, `true` or `false` in JSON.
+    Flag(bool),
+    /// A number: a number in JSON too, never a string.
+    Count(i64),
 }
 
 /// A principal, role or group as people read it (its name) and as machines do (its id).
@@ -71,6 +75,8 @@ impl Cell {
             Cell::Text(text) => text,
             Cell::Named(named) if OUTPUT.get().is_some_and(|(_, ids)| *ids) => named.with_id(),
             Cell::Named(named) => named.name,
+            Cell::Flag(on) => if on { "yes" } else { "no" }.to_owned(),
+            Cell::Count(n) => n.to_string(),
         };
         printable(&text)
     }
@@ -177,6 +183,12 @@ fn json_lines(headers: &[&str], rows: impl Iterator<Item = impl Iterator<Item = 
                     object.insert(key.clone(), named.name.into());
                     object.insert(format!("{key}_id"), named.id.into());
                 }
+                Cell::Flag(on) => {
+                    object.insert(key.clone(), on.into());
+                }
+                Cell::Count(n) => {
+                    object.insert(key.clone(), n.into());
+                }
             }
         }
         serde_json::Value::Object(object)
@@ -187,6 +199,27 @@ fn json_lines(headers: &[&str], rows: impl Iterator<Item = impl Iterator<Item = 
 #[cfg(test)]
 mod tests {
     use super::{Cell, printable};
+
+    #[test]
+    fn flags_and_counts_are_booleans_and_numbers_in_json() {
+        let rows = vec![
+            vec![Cell::from("r1"), Cell::Flag(true), Cell::Count(3)],
+            vec![Cell::from("r2"), Cell::Flag(false), Cell::Count(0)],
+        ];
+        let lines = super::json_lines(
+            &["ID", "PRIVILEGED", "USES LEFT"],
+            rows.into_iter().map(|row| row.into_iter()),
+        );
+        assert_eq!(
+            lines[0],
+            serde_json::json!({"id": "r1", "privileged": true, "uses_left": 3})
+        );
+        assert_eq!(lines[1]["privileged"], false);
+        assert_eq!(
+            (Cell::Flag(false).shown(), Cell::Count(12).shown()),
+            ("no".into(), "12".into())
+        );
+    }
 
     #[test]
     fn what_someone_else_wrote_is_shown_not_obeyed() {

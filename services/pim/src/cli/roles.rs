@@ -5,7 +5,7 @@ use clap::Subcommand;
 use pim_proto::assignment::v1 as apb;
 use pim_proto::assignment::v1::role_service_client::RoleServiceClient;
 
-use super::{ClientArgs, Session, explain, print_table};
+use super::{Cell, ClientArgs, Session, explain, print_table};
 
 #[derive(Subcommand)]
 pub(crate) enum RolesCommand {
@@ -134,10 +134,10 @@ pub(crate) async fn definitions(client: ClientArgs) -> anyhow::Result<i32> {
         .into_iter()
         .map(|r| {
             vec![
-                r.id,
-                r.name,
-                if r.privileged { "yes" } else { "" }.into(),
-                r.permissions.join(" "),
+                Cell::from(r.id),
+                r.name.into(),
+                Cell::Flag(r.privileged),
+                r.permissions.join(" ").into(),
             ]
         })
         .collect();

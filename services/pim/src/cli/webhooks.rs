@@ -261,18 +261,19 @@ pub(crate) async fn run(cmd: WebhooksCommand) -> anyhow::Result<i32> {
                 .into_iter()
                 .map(|d| {
                     vec![
-                        d.id,
-                        d.event_type.rsplit('.').next().unwrap_or_default().to_owned(),
-                        d.event_id,
-                        status_name(d.status),
-                        d.attempts.to_string(),
+                        Cell::from(d.id),
+                        d.event_type.rsplit('.').next().unwrap_or_default().into(),
+                        d.event_id.into(),
+                        status_name(d.status).into(),
+                        Cell::Count(d.attempts.into()),
                         if d.last_status_code == 0 {
                             String::new()
                         } else {
                             d.last_status_code.to_string()
-                        },
-                        d.last_error,
-                        time(d.created_at.as_ref().map(from_timestamp)),
+                        }
+                        .into(),
+                        d.last_error.into(),
+                        time(d.created_at.as_ref().map(from_timestamp)).into(),
                     ]
                 })
                 .collect();
