@@ -1044,6 +1044,103 @@ async fn escalation_adds_approvers_and_a_watch_resumes_from_its_cursor() -> anyh
     .await
 }
 
+/// Where a role's policy requires MFA on active assignment, an approver who approves a
+/// request to keep an active assignment gives it, as an administrator extending it would:
+/// their own recent MFA is asked for, and a refusal is on record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approving_an_active_extension_needs_the_approvers_recent_mfa_where_the_policy_says() -> anyhow::Result<()> {
+    use crate::activation::request;
+    use apb::{AssignmentKind as K, RequestAction as A};
+    run(|w| async move {
+        let sam = w.user("sam").await?;
+        w.assignments()
+            .create_request(authed(
+                &w.admin,
+                apb::CreateRequestRequest {
+                    schedule: for_days(1),
+                    justification: "migration".into(),
+                    ..request(A::AdminAssign, K::Active, &sam.id, EXCHANGE_ADMINISTRATOR)
+                },
+            ))
+            .await?;
+        w.set_policy(EXCHANGE_ADMINISTRATOR, |p| p.active_requires_mfa = true)
+            .await?;
+        let extend = w
+            .assignments()
+            .create_request(authed(
+                &sam.token,
+                apb::CreateRequestRequest {
+                    schedule: for_days(5),
+                    justification: "the migration runs longer".into(),
+                    ..request(A::SelfExtend, K::Active, "", EXCHANGE_ADMINISTRATOR)
+                },
+            ))
+            .await?
+            .into_inner();
+        let approval = w.approval_of(&extend.id).await?;
+        let admin_id = w.admin_id().await?;
+        let stale =
+            w.ts.stepped_up_token(&admin_id, "admin", w.clock.now_ms() - 11 * 60_000)?;
+        for token in [&w.admin, &stale] {
+            let refused = w
+                .approvals()
+                .decide(authed(token, decide(&approval.id, true, "fine")))
+                .await
+                .expect_err("no recent MFA");
+            assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+            assert_eq!(pim_runtime::grpc::violated_rules(&refused), ["MfaRule"], "{refused:?}");
+        }
+        let refusals = eventually(Duration::from_secs(10), "the refusals on record", || async {
+            let found = w.events_on(streams::APPROVAL, "ApprovalDecisionRefused").await?;
+            Ok((found.len() == 2).then_some(found))
+        })
+        .await?;
+        assert!(
+            refusals
+                .iter()
+                .all(|e| String::from_utf8_lossy(&e.data).contains("MfaRule"))
+        );
+        let fresh = w.ts.stepped_up_token(&admin_id, "admin", w.clock.now_ms())?;
+        w.approvals()
+            .decide(authed(&fresh, decide(&approval.id, true, "fine")))
+            .await?;
+        w.eventually_status(&sam.token, &extend.id, apb::RequestStatus::Provisioned)
+            .await?;
+
+        // An eligible one's extension needs no such thing: the MFA comes at activation.
+        let kim = w.user("kim").await?;
+        w.make_eligible(&kim, EXCHANGE_ADMINISTRATOR).await?;
+        w.assignments()
+            .create_request(authed(
+                &w.admin,
+                apb::CreateRequestRequest {
+                    schedule: for_days(1),
+                    justification: "project".into(),
+                    ..request(A::AdminUpdate, K::Eligible, &kim.id, EXCHANGE_ADMINISTRATOR)
+                },
+            ))
+            .await?;
+        let keep = w
+            .assignments()
+            .create_request(authed(
+                &kim.token,
+                apb::CreateRequestRequest {
+                    schedule: for_days(5),
+                    justification: "project".into(),
+                    ..request(A::SelfExtend, K::Eligible, "", EXCHANGE_ADMINISTRATOR)
+                },
+            ))
+            .await?
+            .into_inner();
+        let approval = w.approval_of(&keep.id).await?;
+        w.approvals()
+            .decide(authed(&w.admin, decide(&approval.id, true, "fine")))
+            .await?;
+        Ok(w)
+    })
+    .await
+}
+
 fn for_days(days: i64) -> Option<apb::Schedule> {
     crate::activation::lasting(days * 86_400_000)
 }

@@ -97,6 +97,7 @@ fn stage_from_settings(s: &ApprovalStageSettings) -> Stage {
         escalation_approver_ids: s.escalation_approver_ids.clone(),
         escalate_after_ms: ms(&s.escalate_after).unwrap_or(0),
         justification_required: s.justification_required,
+        approver_mfa_within_ms: 0,
     }
 }
 
@@ -141,6 +142,11 @@ impl Approvals {
         let mut stages: Vec<Stage> = e.approval_stages.iter().map(stage_from_settings).collect();
         if stages.is_empty() {
             stages.push(stage_from_settings(&ApprovalStageSettings::default()));
+        }
+        if let Some(within) = &e.approver_mfa_freshness {
+            for stage in &mut stages {
+                stage.approver_mfa_within_ms = within.seconds.saturating_mul(1000).max(1);
+            }
         }
         let now = self.now();
         let duration_ms = match (&e.duration, &e.start_time, &e.end_time) {
@@ -587,6 +593,26 @@ impl Approvals {
                 "justification",
                 "a denial says why: the requester reads it",
             ));
+        }
+        let within = approval.current_stage().approver_mfa_within_ms;
+        let fresh = pim_runtime::auth::mfa_is_fresh(
+            pim_runtime::auth::has_mfa(&caller.amr),
+            caller.mfa_at.map(|s| s.saturating_mul(1000)),
+            self.now(),
+            within,
+        );
+        if decision == Decision::Approve && within > 0 && !fresh {
+            return Err(Error::RuleViolated {
+                subject: "approval",
+                violations: vec![pim_runtime::grpc::RuleViolation {
+                    kind: "MfaRule",
+                    message: format!(
+                        "approving this request gives an active assignment of a role that requires MFA on active assignment: \
+                         verify a code within the last {} s and retry",
+                        within / 1000
+                    ),
+                }],
+            });
         }
 
         let now = self.now();

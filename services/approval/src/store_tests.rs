@@ -46,6 +46,7 @@ fn approval(request_id: &str) -> ApprovalRow {
             escalation_approver_ids: vec!["bob".into()],
             escalate_after_ms: 30 * MINUTE,
             justification_required: true,
+            approver_mfa_within_ms: 600_000,
         }],
         stage: 0,
         stage_started_at: NOW,

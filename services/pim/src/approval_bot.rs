@@ -179,9 +179,10 @@ impl Bot {
                         .await;
                     match decided {
                         Ok(_) => tracing::info!(approval = %approval.id, "approved"),
-                        // Someone else decided first, or it expired: nothing to do.
+                        // Someone else decided first, it expired, or a rule a bot cannot meet
+                        // (an approver's own MFA): nothing the bot can do; people decide it.
                         Err(s) if s.code() == Code::FailedPrecondition => {
-                            tracing::info!(approval = %approval.id, reason = %s.message(), "already decided")
+                            tracing::info!(approval = %approval.id, reason = %s.message(), "not approved by the bot; left to people")
                         }
                         // No longer the bot's to decide (its stage moved on, the policy
                         // changed, it is gone): people decide it.

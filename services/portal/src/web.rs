@@ -36,10 +36,9 @@ pub enum Failure {
 
 impl From<tonic::Status> for Failure {
     fn from(status: tonic::Status) -> Self {
-        if pim_runtime::grpc::violated_rules(&status)
-            .iter()
-            .any(|r| r == "MfaRule")
-        {
+        // Only then: where another rule failed too, a step-up would not do, and every rule
+        // is shown.
+        if pim_runtime::grpc::violated_rules(&status) == ["MfaRule"] {
             return Self::MfaNeeded(status.message().to_owned());
         }
         let refused = |http: StatusCode| Self::Refused(http, status.message().to_owned());

@@ -19,6 +19,13 @@ pub enum Error {
     /// A state rule (e.g. already decided, expired, not in progress).
     #[error("{0}")]
     FailedPrecondition(String),
+    /// Rules the request breaks, each machine-readable (`MfaRule`: step up and retry):
+    /// FAILED_PRECONDITION with a `PreconditionFailure` naming `subject`.
+    #[error("{}", .violations.iter().map(|v| format!("{}: {}", v.kind, v.message)).collect::<Vec<_>>().join("; "))]
+    RuleViolated {
+        subject: &'static str,
+        violations: Vec<crate::grpc::RuleViolation>,
+    },
     /// A concurrent change won; nothing was applied (look again).
     #[error("{0}")]
     Aborted(String),
@@ -71,7 +78,7 @@ impl Error {
             Error::InvalidArgument { .. } => Code::InvalidArgument,
             Error::NotFound(_) => Code::NotFound,
             Error::PermissionDenied(_) => Code::PermissionDenied,
-            Error::FailedPrecondition(_) => Code::FailedPrecondition,
+            Error::FailedPrecondition(_) | Error::RuleViolated { .. } => Code::FailedPrecondition,
             Error::Aborted(_) => Code::Aborted,
             Error::Unavailable(_) => Code::Unavailable,
             Error::Unauthenticated(_) => Code::Unauthenticated,
@@ -97,6 +104,7 @@ impl From<Error> for Status {
             Error::NotFound(_) => crate::grpc::not_found(&err.to_string()),
             Error::PermissionDenied(m) => Status::permission_denied(m),
             Error::FailedPrecondition(m) => Status::failed_precondition(m),
+            Error::RuleViolated { subject, violations } => crate::grpc::failed_precondition(subject, &violations),
             Error::Aborted(m) => Status::aborted(m),
             Error::Unavailable(m) => Status::unavailable(m),
             Error::Unauthenticated(m) => Status::unauthenticated(m),

@@ -13,6 +13,11 @@ pub struct Stage {
     /// 0: no escalation.
     pub escalate_after_ms: i64,
     pub justification_required: bool,
+    /// An approving decision needs the approver's MFA within this many ms (0: no such rule):
+    /// the request would extend or renew an active assignment of a role whose policy
+    /// requires MFA on active assignment, and the approver gives it.
+    #[serde(default)]
+    pub approver_mfa_within_ms: i64,
 }
 
 #[derive(Clone, Debug)]

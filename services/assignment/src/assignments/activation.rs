@@ -26,6 +26,17 @@ impl Assignments {
         holders.extend(groups.keys().cloned());
         let scopes = scope.with_ancestors();
         let (held, policies) = store::activation_inputs(&self.db, &holders, &role.id, &scopes, now).await?;
+        // The caller's own activation of the role at this very scope, started or not: said
+        // first, as no step-up or justification would change it. (A quick answer; what
+        // guarantees one at a time is the database, at the insert below.)
+        if let Some(a) = held.iter().find(|a| {
+            a.kind == Kind::Active
+                && a.origin == "activation"
+                && a.principal_id == caller.principal_id
+                && a.scope == scope.as_str()
+        }) {
+            return Err(already_active(&role.name, a, now));
+        }
         // An eligibility through a group lasts while the membership does (a just-in-time
         // membership ends it with itself).
         let eligibility = group_access::longest_eligibility(&held, &groups, &role.id, &scopes, now);
@@ -69,16 +80,6 @@ impl Assignments {
                 return Err(Error::PolicyViolation(violations));
             }
         };
-        // The caller's own activation of the role at this very scope, started or not. (A
-        // quick answer; what guarantees one at a time is the database, at the insert below.)
-        if let Some(a) = held.iter().find(|a| {
-            a.kind == Kind::Active
-                && a.origin == "activation"
-                && a.principal_id == caller.principal_id
-                && a.scope == scope.as_str()
-        }) {
-            return Err(already_active(&role.name, a, now));
-        }
         let length = schedule.end.map(|e| e - schedule.start).unwrap_or_default();
         let mut request = RequestRow {
             id: if r.validate_only { String::new() } else { new_id() },

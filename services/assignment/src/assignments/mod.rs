@@ -368,6 +368,9 @@ impl Assignments {
     }
 
     fn request_created(&self, actor: Option<Actor>, request: &RequestRow, role_name: &str) -> ev::RequestCreated {
+        // The policy the request waits under, for the approval's rules.
+        let waiting = (request.status == RequestStatus::PendingApproval)
+            .then(|| serde_json::from_str::<Policy>(&request.policy).unwrap_or_default());
         ev::RequestCreated {
             actor,
             request_id: request.id.clone(),
@@ -388,16 +391,20 @@ impl Assignments {
             start_time: Some(to_timestamp(request.start_at)),
             end_time: request.end_at.map(to_timestamp),
             status: request.status.to_string(),
-            approval_stages: if request.status == RequestStatus::PendingApproval {
-                serde_json::from_str::<Policy>(&request.policy)
-                    .unwrap_or_default()
-                    .effective_stages()
-                    .iter()
-                    .map(crate::domain::ApprovalStage::to_pb)
-                    .collect()
-            } else {
-                Vec::new()
-            },
+            approval_stages: waiting
+                .as_ref()
+                .map(|p| {
+                    p.effective_stages()
+                        .iter()
+                        .map(crate::domain::ApprovalStage::to_pb)
+                        .collect()
+                })
+                .unwrap_or_default(),
+            // The approver gives the active assignment: "require MFA on active assignment"
+            // asks it of them, as of an administrator extending it directly.
+            approver_mfa_freshness: waiting
+                .filter(|p| request.action.is_self_keep() && p.wants_administrator_mfa(request.kind))
+                .map(|p| crate::domain::duration_to_pb(p.mfa_freshness)),
             duration: request
                 .duration_ms
                 .map(|ms| crate::domain::duration_to_pb(Duration::from_millis(ms.max(0) as u64))),

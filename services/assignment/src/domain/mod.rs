@@ -120,6 +120,14 @@ pim_proto::domain_enum! {
     }
 }
 
+impl Action {
+    /// A principal's own request to keep an assignment (selfExtend, selfRenew): what an
+    /// approver then gives.
+    pub const fn is_self_keep(self) -> bool {
+        matches!(self, Self::SelfExtend | Self::SelfRenew)
+    }
+}
+
 pim_proto::domain_enum! {
     /// Where a request is in its lifecycle (Entra's names, which the database and the events
     /// keep as text).

@@ -298,10 +298,16 @@ impl Policy {
         pim_runtime::auth::mfa_is_fresh(mfa.has_otp, mfa.mfa_at, now, self.mfa_freshness.as_millis() as i64)
     }
 
+    /// Whether whoever gives or changes an assignment of `kind` (an administrator, or the
+    /// approver of a request to keep one) must have verified a second factor recently.
+    pub fn wants_administrator_mfa(&self, kind: Kind) -> bool {
+        kind == Kind::Active && self.active_requires_mfa
+    }
+
     /// "Require MFA on active assignment": the administrator (`mfa` is theirs) giving or
     /// changing an active assignment verified a second factor recently enough.
     pub fn unverified_administrator(&self, kind: Kind, mfa: MfaState, now: i64) -> Option<RuleViolation> {
-        (kind == Kind::Active && self.active_requires_mfa && !self.mfa_is_fresh(mfa, now)).then(|| {
+        (self.wants_administrator_mfa(kind) && !self.mfa_is_fresh(mfa, now)).then(|| {
             violation(
                 "MfaRule",
                 format!(

@@ -56,6 +56,10 @@ pub(crate) struct DecideArgs {
     /// policy requires it.
     #[arg(long, short = 'j', default_value = "")]
     justification: String,
+    /// Your authenticator code, sent only if approving needs your recent MFA (a request to
+    /// keep an active assignment of a role that requires MFA on active assignment).
+    #[arg(long, env = "PIM_MFA_CODE")]
+    code: Option<String>,
     #[command(flatten)]
     client: ClientArgs,
 }
@@ -244,21 +248,27 @@ pub(crate) async fn decide(args: DecideArgs, approve: bool) -> anyhow::Result<i3
     if !approve && args.justification.trim().is_empty() {
         anyhow::bail!("say why you deny it with --justification (-j): the requester reads it");
     }
-    let session = Session::open(&args.client, true)?;
-    let a = ApprovalServiceClient::new(session.channel.clone())
-        .decide(session.request(pb::DecideRequest {
-            approval_id: args.id.trim().to_owned(),
-            decision: if approve {
-                pb::Decision::Approve
-            } else {
-                pb::Decision::Deny
-            } as i32,
-            justification: args.justification,
-        })?)
-        .await
-        .map_err(explain)
-        .context(if approve { "approving" } else { "denying" })?
-        .into_inner();
+    let ask = pb::DecideRequest {
+        approval_id: args.id.trim().to_owned(),
+        decision: if approve {
+            pb::Decision::Approve
+        } else {
+            pb::Decision::Deny
+        } as i32,
+        justification: args.justification,
+    };
+    let what = if approve { "Approving" } else { "Denying" };
+    let (_, a) = super::mfa::stepping_up(&args.client, &format!("{what} this request"), args.code, |session| {
+        let ask = ask.clone();
+        async move {
+            let answer = ApprovalServiceClient::new(session.channel.clone())
+                .decide(session.request(ask).map_err(super::mfa::status_of)?)
+                .await?;
+            Ok(answer.into_inner())
+        }
+    })
+    .await
+    .context(what.to_lowercase())?;
     println!(
         "approval {} is {} (stage {}/{})",
         a.id,

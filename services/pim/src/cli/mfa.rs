@@ -269,9 +269,11 @@ pub(crate) fn status_of(err: anyhow::Error) -> Status {
     Status::unauthenticated(format!("{err:#}"))
 }
 
-/// Whether the server refused for want of a recent MFA.
+/// Whether the server refused only for want of a recent MFA: where another rule failed too
+/// (no ticket, not eligible), a step-up would not do, and the refusal is shown as it is,
+/// every rule named.
 pub(crate) fn wants_mfa(status: &Status) -> bool {
-    violated_rules(status).iter().any(|r| r == "MfaRule")
+    violated_rules(status) == ["MfaRule"]
 }
 
 pub(crate) async fn run(cmd: MfaCommand) -> anyhow::Result<i32> {

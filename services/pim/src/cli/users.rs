@@ -52,6 +52,10 @@ pub(crate) enum UsersCommand {
         /// The new email address.
         #[arg(long)]
         email: Option<String>,
+        /// A code from your authenticator, should the server ask for a recent MFA (a
+        /// privileged user's email is theirs to reset credentials with; otherwise asked then).
+        #[arg(long, env = "PIM_MFA_CODE")]
+        code: Option<String>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -105,11 +109,15 @@ pub(crate) enum UsersCommand {
     },
 }
 
+/// A user's columns, as [`user_row`] fills them.
+const USER_COLUMNS: &[&str] = &["ID", "USER NAME", "DISPLAY NAME", "EMAIL", "STATE"];
+
 fn user_row(u: &ipb::User) -> Vec<String> {
     vec![
         u.id.clone(),
         u.user_name.clone(),
         u.display_name.clone(),
+        u.email.clone(),
         if u.enabled { "enabled" } else { "disabled" }.into(),
     ]
 }
@@ -164,40 +172,44 @@ pub(crate) async fn users(cmd: UsersCommand) -> anyhow::Result<i32> {
                 .await
                 .map_err(explain)?
                 .into_inner();
-            print_table(&["ID", "USER NAME", "DISPLAY NAME", "STATE"], vec![user_row(&u)]);
+            print_table(USER_COLUMNS, vec![user_row(&u)]);
         }
         UsersCommand::List { filter, client } => {
             let session = Session::open(&client, true)?;
             let users = super::listings::users(&session, &filter).await?;
-            print_table(
-                &["ID", "USER NAME", "DISPLAY NAME", "STATE"],
-                users.iter().map(user_row).collect(),
-            );
+            print_table(USER_COLUMNS, users.iter().map(user_row).collect());
         }
         UsersCommand::Update {
             user,
             display_name,
             email,
+            code,
             client,
         } => {
             let session = Session::open(&client, true)?;
-            let mut directory = DirectoryServiceClient::new(session.channel.clone());
             // Unchanged fields keep what the user has.
-            let current = directory
+            let current = DirectoryServiceClient::new(session.channel.clone())
                 .get_user(session.request(ipb::GetUserRequest { user: user.clone() })?)
                 .await
                 .map_err(explain)?
                 .into_inner();
-            let u = directory
-                .update_user(session.request(ipb::UpdateUserRequest {
-                    user: current.id.clone(),
-                    display_name: display_name.unwrap_or(current.display_name),
-                    email: email.unwrap_or(current.email),
-                })?)
-                .await
-                .map_err(explain)?
-                .into_inner();
-            print_table(&["ID", "USER NAME", "DISPLAY NAME", "STATE"], vec![user_row(&u)]);
+            let update = ipb::UpdateUserRequest {
+                user: current.id.clone(),
+                display_name: display_name.unwrap_or(current.display_name),
+                email: email.unwrap_or(current.email),
+            };
+            let (_, u) = stepping_up(&client, "Updating a user", code, |session| {
+                let update = update.clone();
+                async move {
+                    let request = session.request(update).map_err(status_of)?;
+                    let answer = DirectoryServiceClient::new(session.channel.clone())
+                        .update_user(request)
+                        .await?;
+                    Ok(session.remember(answer))
+                }
+            })
+            .await?;
+            print_table(USER_COLUMNS, vec![user_row(&u)]);
         }
         UsersCommand::Disable { user, code, client } => {
             let (session, answer) = stepping_up(&client, "Disabling a user", code, |session| {

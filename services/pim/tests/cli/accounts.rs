@@ -128,6 +128,12 @@ fn users_are_managed_and_a_waiting_request_is_withdrawn() {
     );
     let updated = admin.ok(&["users", "update", "kim", "--display-name", "Kim Lee"], None);
     assert!(updated.contains("Kim Lee"), "{updated}");
+    admin.ok(&["users", "update", "kim", "--email", "kim@example.com"], None);
+    let shown = admin.ok(&["users", "get", "kim"], None);
+    assert!(
+        shown.contains("Kim Lee") && shown.contains("kim@example.com"),
+        "the email is shown: {shown}"
+    );
     // Lists as JSON lines, one object per row, parsed back.
     let listed = admin.ok(&["users", "list", "--output", "json"], None);
     let users: Vec<serde_json::Value> = listed

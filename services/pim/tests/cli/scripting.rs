@@ -270,3 +270,80 @@ fn a_name_made_twice_is_refused_the_second_time() {
     up.terminate();
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// A refusal no step-up would mend is shown at once, every rule named: an activation without
+/// the ticket the policy wants, from a session whose MFA is not recent, says both (not "pass
+/// --code"); one of a role already active says so (not asked for a code first). Only a
+/// refusal for want of MFA alone asks for a code.
+#[test]
+fn a_refusal_a_step_up_would_not_mend_is_shown_at_once() {
+    let (dir, up, server, admin) = up_with_admin();
+    admin.ok(
+        &["users", "create", "--user-name", "lee", "--password-stdin"],
+        Some("lee's long passphrase\n"),
+    );
+    admin.ok(
+        &[
+            "assign",
+            "--principal",
+            "lee",
+            "--role",
+            "Security Reader",
+            "--kind",
+            "eligible",
+            "--permanent",
+        ],
+        None,
+    );
+    admin.ok(&["policy", "set", "Security Reader", "--require-ticket", "true"], None);
+    let lee = Client {
+        server: server.clone(),
+        token_file: dir.join("lee-token"),
+    };
+    lee.ok(
+        &["login", "--user", "lee", "--password-stdin"],
+        Some("lee's long passphrase\n"),
+    );
+    let before = |name: &str| {
+        let copy = Client {
+            server: server.clone(),
+            token_file: dir.join(name),
+        };
+        std::fs::copy(&lee.token_file, &copy.token_file).expect("copy the token");
+        copy
+    };
+    let (first, second) = (before("lee-first"), before("lee-second"));
+    let authenticator = lee.enroll_mfa();
+    let enrolled_at = now_secs();
+
+    let unticketed = first.run(&["activate", "Security Reader", "-j", "triage"], None);
+    let stderr = String::from_utf8_lossy(&unticketed.stderr).into_owned();
+    assert_eq!(unticketed.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("TicketingRule") && stderr.contains("MfaRule"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("pass --code"), "{stderr}");
+    let ticketed = [
+        "activate",
+        "Security Reader",
+        "-j",
+        "triage",
+        "--ticket",
+        "ServiceNow:INC0042",
+    ];
+    let unasked = first.run(&ticketed, None);
+    let stderr = String::from_utf8_lossy(&unasked.stderr).into_owned();
+    assert_eq!(unasked.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("pass --code"), "{stderr}");
+    let code = authenticator.generate(enrolled_at + 30);
+    let mut with_code = ticketed.to_vec();
+    with_code.extend(["--code", &code]);
+    first.ok(&with_code, None);
+    let again = second.run(&ticketed, None);
+    let stderr = String::from_utf8_lossy(&again.stderr).into_owned();
+    assert_eq!(again.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("already active"), "{stderr}");
+    up.terminate();
+    std::fs::remove_dir_all(&dir).ok();
+}
