@@ -252,6 +252,80 @@ async fn escalation_approvers_are_told_when_a_request_reaches_them() -> anyhow::
     result
 }
 
+/// A request to extend or renew an assignment waits for approvers as an activation does, and
+/// they are asked as they are for one (the activation's approver rule): the notice says what
+/// is asked. A denial is told to the requester.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approvers_are_asked_to_decide_an_extension_and_its_denial_is_told() -> anyhow::Result<()> {
+    use apb::{AssignmentKind as K, RequestAction as A};
+    let world = notifying().await?;
+    let result = async {
+        let w = &world;
+        let (lee, ann) = (w.user("lee").await?, w.user("ann").await?);
+        w.set_policy(EXCHANGE_ADMINISTRATOR, |p| p.approver_ids = vec![ann.id.clone()])
+            .await?;
+        w.assignments()
+            .create_request(authed(
+                &w.admin,
+                apb::CreateRequestRequest {
+                    schedule: crate::activation::lasting(24 * HOUR_MS),
+                    justification: "project".into(),
+                    ..crate::activation::request(A::AdminAssign, K::Eligible, &lee.id, EXCHANGE_ADMINISTRATOR)
+                },
+            ))
+            .await?;
+        let extend = w
+            .assignments()
+            .create_request(authed(
+                &lee.token,
+                apb::CreateRequestRequest {
+                    schedule: crate::activation::lasting(10 * 24 * HOUR_MS),
+                    justification: "the project runs longer".into(),
+                    ..crate::activation::request(A::SelfExtend, K::Eligible, "", EXCHANGE_ADMINISTRATOR)
+                },
+            ))
+            .await?
+            .into_inner();
+        let asked = eventually(Duration::from_secs(10), "the approvers asked", || async {
+            let dues = dues(w).await?;
+            Ok(dues
+                .into_iter()
+                .find(|d| d.request_id == extend.id && d.happening() == ev::Happening::AwaitingApproval))
+        })
+        .await?;
+        assert_eq!(
+            (asked.request_action(), asked.assignment_kind()),
+            (A::SelfExtend, K::Eligible)
+        );
+        assert_eq!(party(&asked.notices[0]), NotificationParty::Approver);
+        assert_eq!(asked.notices[0].principal_ids, std::slice::from_ref(&ann.id));
+        let approval = w.approval_of(&extend.id).await?;
+        w.approvals()
+            .decide(authed(
+                &w.stepped_up(&ann)?,
+                pim_proto::approval::v1::DecideRequest {
+                    approval_id: approval.id,
+                    decision: pim_proto::approval::v1::Decision::Deny as i32,
+                    justification: "the project ends on time".into(),
+                },
+            ))
+            .await?;
+        let denied = eventually(Duration::from_secs(10), "the denial told", || async {
+            let dues = dues(w).await?;
+            Ok(dues
+                .into_iter()
+                .find(|d| d.request_id == extend.id && d.happening() == ev::Happening::Denied))
+        })
+        .await?;
+        assert_eq!(party(&denied.notices[0]), NotificationParty::Assignee);
+        assert!(denied.reason.contains("the project ends on time"), "{denied:?}");
+        Ok(())
+    }
+    .await;
+    world.ts.stop().await?;
+    result
+}
+
 /// Every NotificationsDue approval published (access reviews') so far.
 async fn review_dues(w: &World) -> anyhow::Result<Vec<ev::NotificationsDue>> {
     Ok(w.events_on(pim_runtime::events::streams::APPROVAL, "NotificationsDue")

@@ -1,7 +1,8 @@
 //! Who hears of an assignment or an activation, worked out after it committed (off the
 //! activation's hot path) from the role's notification rules: a `NotificationsDue` event that
-//! audit turns into mail. Approvers hear of an activation waiting for them (a mail that asks
-//! for action); administrators and the assignee hear of eligible and active assignments and
+//! audit turns into mail. Approvers hear of an activation, or a request to extend or renew
+//! an assignment, waiting for them (a mail that asks for action; the activation's approver
+//! rule applies to both); administrators and the assignee hear of eligible and active assignments and
 //! of activations; escalation approvers hear of an activation escalated to them; the
 //! approvers of a later stage hear of it when it starts, and every stage's approvers are
 //! reminded half through it; the requester hears of a denial, and the holder of an active role that it
@@ -99,9 +100,12 @@ impl Change {
         let change = match event_type(envelope) {
             Some(EventType::RequestCreated) => {
                 let e: ev::RequestCreated = decode(envelope)?;
-                if e.typed_status() != pb::RequestStatus::PendingApproval
-                    || e.typed_action() != pb::RequestAction::SelfActivate
-                {
+                // An activation, or a request to keep an assignment, waiting for approvers.
+                let asks = matches!(
+                    e.typed_action(),
+                    pb::RequestAction::SelfActivate | pb::RequestAction::SelfExtend | pb::RequestAction::SelfRenew
+                );
+                if e.typed_status() != pb::RequestStatus::PendingApproval || !asks {
                     return Ok(None);
                 }
                 Change {
@@ -157,8 +161,8 @@ impl Change {
                 let e: ev::RequestStatusChanged = decode(envelope)?;
                 let decided = e.typed_previous_status() == pb::RequestStatus::PendingApproval
                     && matches!(e.typed_status(), pb::RequestStatus::Denied | pb::RequestStatus::Expired);
-                let self_activation = |r: &RequestRow| r.action == Action::SelfActivate;
-                let Some(r) = request(&e.request_id).filter(|r| decided && self_activation(r)) else {
+                let asked = |r: &RequestRow| r.action == Action::SelfActivate || r.action.is_self_keep();
+                let Some(r) = request(&e.request_id).filter(|r| decided && asked(r)) else {
                     return Ok(None);
                 };
                 let reason = match (e.typed_status(), r.outcome_reason.as_str()) {
@@ -486,6 +490,8 @@ impl EventHandler for Notifier {
             reason: change.reason,
             notices,
             actor: change.actor,
+            request_action: request.as_ref().map_or(0, |r| r.action.to_pb() as i32),
+            assignment_kind: request.as_ref().map_or(0, |r| r.kind.to_pb() as i32),
             ..Default::default()
         };
         self.0

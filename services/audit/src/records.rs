@@ -297,6 +297,7 @@ pub fn record(envelope: &Envelope, correlator: &Correlator) -> anyhow::Result<Re
                 "event": event, "request_id": e.request_id, "assignment_id": e.assignment_id,
                 "end_time": rfc3339(&e.end_time), "happening": happening, "reason": e.reason, "notices": notices,
                 "review_id": e.review_id, "review_name": e.review_name, "undecided_items": e.undecided_items,
+                "request_action": e.request_action().text(), "assignment_kind": e.assignment_kind().text(),
             })
         }
         Some(EventType::RoleActivated) => {

@@ -121,14 +121,31 @@ pub fn compose(r: &Record, party: &str, public_url: Option<&str>) -> Composed {
     let event = payload["event"].as_str().unwrap_or_default();
     let reason = payload["reason"].as_str().unwrap_or_default();
     let yours = party == "assignee";
+    // What the request asks: to activate, or to keep an assignment longer or again.
+    let kind = payload["assignment_kind"]
+        .as_str()
+        .filter(|k| *k != "unspecified")
+        .unwrap_or("");
+    let (asks, asking) = match payload["request_action"].as_str().unwrap_or_default() {
+        "selfExtend" => (
+            format!("to extend their {kind} assignment of"),
+            format!("extending their {kind} assignment of"),
+        ),
+        "selfRenew" => (
+            format!("to renew their {kind} assignment of"),
+            format!("renewing their {kind} assignment of"),
+        ),
+        _ => ("to activate".to_owned(), "activating".to_owned()),
+    };
+    let (asks, asking) = (asks.replace("  ", " "), asking.replace("  ", " "));
     let (subject, said) = match (happening, event, yours) {
         ("awaiting_approval", _, _) => (
             format!("PIM: approval needed: {who} requests {role}"),
-            format!("{who} asks to activate {role} at {scope} and waits for your decision."),
+            format!("{who} asks {asks} {role} at {scope} and waits for your decision."),
         ),
         ("approval_reminder", _, _) => (
             format!("PIM: reminder: approval needed: {who} requests {role}"),
-            format!("{who} still waits for your decision on activating {role} at {scope}."),
+            format!("{who} still waits for your decision on {asking} {role} at {scope}."),
         ),
         ("review_started", _, _) => (
             format!("PIM: access review {review:?} started: {role}"),
@@ -140,7 +157,10 @@ pub fn compose(r: &Record, party: &str, public_url: Option<&str>) -> Composed {
         ),
         ("denied", _, _) => (
             format!("PIM: your request for {role} was not approved"),
-            format!("Your request to activate {role} at {scope} was not approved: {reason}."),
+            format!(
+                "Your request {} {role} at {scope} was not approved: {reason}.",
+                asks.replace("their", "your")
+            ),
         ),
         ("expiring", _, _) => (
             format!("PIM: your role {role} ends soon"),
@@ -573,6 +593,25 @@ mod tests {
         for fact in ["(eligibility shortened)", "Until: 2026-12-05T07:30:00.000Z"] {
             assert!(shortened.text.contains(fact), "{fact} in {}", shortened.text);
         }
+        // A request to keep an assignment is asked as such, and its denial told so.
+        let mut extend = due("activation", true);
+        extend.payload_json = serde_json::json!({"event": "activation", "happening": "awaiting_approval", "request_id": "r2", "request_action": "selfExtend", "assignment_kind": "active", "end_time": "2026-12-20T08:00:00.000Z"}).to_string();
+        let extend = compose(&extend, "approver", None);
+        assert!(
+            extend
+                .text
+                .starts_with("lee asks to extend their active assignment of Exchange Administrator at / and waits"),
+            "{}",
+            extend.text
+        );
+        let mut renewal = due("activation", false);
+        renewal.payload_json = serde_json::json!({"event": "activation", "happening": "denied", "reason": "project over", "request_action": "selfRenew", "assignment_kind": "eligible"}).to_string();
+        let renewal = compose(&renewal, "assignee", None);
+        assert!(
+            renewal.text.contains("Your request to renew your eligible assignment of Exchange Administrator at / was not approved: project over."),
+            "{}",
+            renewal.text
+        );
         let mut reminder = due("activation", true);
         reminder.payload_json = serde_json::json!({"event": "activation", "happening": "approval_reminder", "reason": "reminder: still no decision; it times out at 2026-12-05T08:00:00.000Z", "request_id": "r1"}).to_string();
         let reminder = compose(&reminder, "approver", Some("https://pim.example.com"));
