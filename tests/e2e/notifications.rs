@@ -326,6 +326,92 @@ async fn approvers_are_asked_to_decide_an_extension_and_its_denial_is_told() -> 
     result
 }
 
+/// Access to a group waiting for its default approvers asks the group's owners: those who own
+/// it through PIM by id, and its owners in the directory through `owners_of` (audit reaches
+/// them: `store_tests::deliveries::a_groups_owners_are_mailed_a_notice_for_its_approvers`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_groups_owners_are_asked_to_approve_access_to_it() -> anyhow::Result<()> {
+    use apb::{AssignmentKind as K, RequestAction as A};
+    use pim_proto::assignment::v1::policy_service_client::PolicyServiceClient;
+    use pim_proto::catalogue::{GROUP_MEMBER, GROUP_OWNER, group_scope};
+    let world = notifying().await?;
+    let result = async {
+        let w = &world;
+        let (lee, ann) = (w.user("lee").await?, w.user("ann").await?);
+        let group = w.role_assignable_group("mail team").await?;
+        let scope = group_scope(&group);
+        let mut policies = PolicyServiceClient::new(w.ts.channel.clone());
+        let mut policy = policies
+            .get_role_policy(authed(
+                &w.admin,
+                apb::GetRolePolicyRequest {
+                    role_id: GROUP_MEMBER.into(),
+                    scope: scope.clone(),
+                },
+            ))
+            .await?
+            .into_inner();
+        policy.approval_required = true;
+        policies
+            .update_role_policy(authed(
+                &w.admin,
+                apb::UpdateRolePolicyRequest {
+                    policy: Some(policy),
+                    ..Default::default()
+                },
+            ))
+            .await?;
+        for (who, role, kind) in [(&ann, GROUP_OWNER, K::Active), (&lee, GROUP_MEMBER, K::Eligible)] {
+            w.assignments()
+                .create_request(authed(
+                    &w.admin,
+                    apb::CreateRequestRequest {
+                        scope: scope.clone(),
+                        schedule: crate::activation::lasting(24 * HOUR_MS),
+                        justification: "mail team".into(),
+                        ..crate::activation::request(A::AdminAssign, kind, &who.id, role)
+                    },
+                ))
+                .await?;
+        }
+        let asked = w
+            .assignments()
+            .create_request(authed(
+                &w.stepped_up(&lee)?,
+                apb::CreateRequestRequest {
+                    scope: scope.clone(),
+                    ..activation(GROUP_MEMBER, HOUR_MS, "mailbox moves")
+                },
+            ))
+            .await?
+            .into_inner();
+        assert_eq!(asked.status, apb::RequestStatus::PendingApproval as i32);
+        let due = eventually(Duration::from_secs(10), "the owners asked", || async {
+            let dues = dues(w).await?;
+            Ok(dues
+                .into_iter()
+                .find(|d| d.request_id == asked.id && d.happening() == ev::Happening::AwaitingApproval))
+        })
+        .await?;
+        let notice = &due.notices[0];
+        assert_eq!(party(notice), NotificationParty::Approver);
+        assert_eq!(
+            notice.owners_of,
+            std::slice::from_ref(&group),
+            "its owners in the directory"
+        );
+        assert!(
+            notice.principal_ids.contains(&ann.id),
+            "its owner through PIM: {notice:?}"
+        );
+        assert!(!notice.principal_ids.contains(&lee.id), "never the requester");
+        Ok(())
+    }
+    .await;
+    world.ts.stop().await?;
+    result
+}
+
 /// Every NotificationsDue approval published (access reviews') so far.
 async fn review_dues(w: &World) -> anyhow::Result<Vec<ev::NotificationsDue>> {
     Ok(w.events_on(pim_runtime::events::streams::APPROVAL, "NotificationsDue")

@@ -635,6 +635,7 @@ impl Approvals {
                 principal_ids: reviewers,
                 emails: Vec::new(),
                 critical: true,
+                owners_of: Vec::new(),
             }],
             ..Default::default()
         };

@@ -11,7 +11,10 @@
 use sea_orm::DatabaseTransaction;
 
 use pim_proto::assignment::v1 as pb;
-use pim_proto::catalogue::{GLOBAL_ADMINISTRATOR, GROUP_MEMBER, PRIVILEGED_ROLE_ADMINISTRATOR, group_scope};
+use pim_proto::catalogue::{
+    GLOBAL_ADMINISTRATOR, GROUP_MEMBER, GROUP_OWNER, PRIVILEGED_ROLE_ADMINISTRATOR, group_of_scope, group_scope,
+    is_group_access,
+};
 use pim_proto::common::v1::{Actor, Ticket};
 use pim_proto::events::v1 as ev;
 use pim_proto::events::v1::Happening;
@@ -333,6 +336,26 @@ impl Notifier {
         self.with_members(txn, &ids, now).await
     }
 
+    /// Whoever owns `group` through PIM now (an activated or active ownership); its owners in
+    /// the directory audit reaches itself (`Notice.owners_of`).
+    async fn owners(&self, txn: &DatabaseTransaction, group: &str, now: i64) -> anyhow::Result<Vec<String>> {
+        let scope = [group_scope(group)];
+        let at_group = store::Slice {
+            scopes: &scope,
+            ..Default::default()
+        };
+        let held = store::current_assignments(
+            txn,
+            Kind::Active,
+            None,
+            Some(GROUP_OWNER),
+            now,
+            store::Started::Only,
+            at_group,
+        );
+        Ok(held.await?.into_iter().map(|a| a.principal_id).collect())
+    }
+
     /// The notices a change calls for, party by party, as the policy's rules say.
     async fn notices(
         &self,
@@ -342,7 +365,10 @@ impl Notifier {
     ) -> anyhow::Result<Vec<ev::Notice>> {
         let now = self.0.now();
         let mut notices = Vec::new();
+        // Access to a group: its owners are default approvers first (as approval decides).
+        let group = group_of_scope(&change.scope).filter(|_| is_group_access(&change.role_id));
         for party in change.parties() {
+            let mut owners_of = Vec::new();
             let rule = policy.notification_rule(change.event, *party);
             let critical = matches!(
                 change.happening,
@@ -369,7 +395,14 @@ impl Notifier {
                             Asked::Only(ids) => (None, ids.clone()),
                         };
                         let mut named = match named {
-                            Some(ids) if ids.is_empty() => self.administrators(txn, now).await?,
+                            Some(ids) if ids.is_empty() => {
+                                let mut ids = self.administrators(txn, now).await?;
+                                if let Some(group) = group {
+                                    ids.extend(self.owners(txn, group, now).await?);
+                                    owners_of.push(group.to_owned());
+                                }
+                                ids
+                            }
                             Some(ids) => self.with_members(txn, &ids, now).await?,
                             None => Vec::new(),
                         };
@@ -386,6 +419,7 @@ impl Notifier {
                 principal_ids,
                 emails: rule.additional_recipients.clone(),
                 critical,
+                owners_of,
             });
         }
         Ok(notices)

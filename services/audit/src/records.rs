@@ -290,7 +290,7 @@ pub fn record(envelope: &Envelope, correlator: &Correlator) -> anyhow::Result<Re
                     let party = pim_proto::common::v1::NotificationParty::try_from(n.party)
                         .map(|v| v.as_str_name().trim_start_matches("NOTIFICATION_PARTY_").to_lowercase())
                         .unwrap_or_default();
-                    json!({"party": party, "principal_ids": n.principal_ids, "emails": n.emails, "critical": n.critical})
+                    json!({"party": party, "principal_ids": n.principal_ids, "emails": n.emails, "critical": n.critical, "owners_of": n.owners_of})
                 })
                 .collect();
             json!({

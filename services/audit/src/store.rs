@@ -111,6 +111,10 @@ impl MigratorTrait for Migrator {
             SqlMigration::boxed("m0009_ssf_push_authorization", |_| {
                 "ALTER TABLE webhook_subscriptions ADD COLUMN ssf_authorization TEXT".to_owned()
             }),
+            // Groups' owners, reached as the default approvers of access to their group.
+            SqlMigration::boxed("m0010_mail_group_owners", |_| {
+                crate::mail::store::OWNERS_MIGRATION.to_owned()
+            }),
         ]);
         migrations
     }

@@ -44,27 +44,42 @@ pub fn announced_address(r: &Record) -> Option<String> {
 /// The membership change a record says, if it says one: (group, member, joined); a deleted
 /// group has no member left (member empty).
 pub fn announced_membership(r: &Record) -> Option<(String, String, bool)> {
+    announced_link(r, EventType::GroupMemberAdded, EventType::GroupMemberRemoved)
+}
+
+/// The ownership change a record says, if it says one: (group, owner, added); a deleted
+/// group has no owner left (owner empty).
+pub fn announced_ownership(r: &Record) -> Option<(String, String, bool)> {
+    announced_link(r, EventType::GroupOwnerAdded, EventType::GroupOwnerRemoved)
+}
+
+/// A group's link to a principal that a record says was `added` or `removed`, or the group
+/// deleted (every link gone: the principal empty).
+fn announced_link(r: &Record, added: EventType, removed: EventType) -> Option<(String, String, bool)> {
     let group = || {
         serde_json::from_str::<Value>(&r.payload_json)
             .ok()
             .and_then(|p| p["group_id"].as_str().map(str::to_owned))
             .unwrap_or_default()
     };
-    match r.event_type() {
-        Some(EventType::GroupMemberAdded) => Some((group(), r.target_id.clone(), true)),
-        Some(EventType::GroupMemberRemoved) => Some((group(), r.target_id.clone(), false)),
-        Some(EventType::GroupDeleted) => Some((r.target_id.clone(), String::new(), false)),
+    match r.event_type()? {
+        EventType::GroupDeleted => Some((r.target_id.clone(), String::new(), false)),
+        t if t == added => Some((group(), r.target_id.clone(), true)),
+        t if t == removed => Some((group(), r.target_id.clone(), false)),
         _ => None,
     }
 }
 
 /// Learns where principals are reached from the records that say it: a user created or
 /// updated (with or without an address), disabled (no mail until enabled again), deleted; a
-/// group's members, who are reached through it.
+/// group's members, who are reached through it, and its owners, who approve access to it.
 pub async fn learn_addresses<C: sea_orm::ConnectionTrait>(c: &C, records: &[Record]) -> anyhow::Result<()> {
     for r in records {
         if let Some((group, member, joined)) = announced_membership(r) {
             store::set_member(c, &group, &member, joined).await?;
+        }
+        if let Some((group, owner, added)) = announced_ownership(r) {
+            store::set_owner(c, &group, &owner, added).await?;
         }
         match r.event_type() {
             Some(EventType::UserDisabled | EventType::UserDisabledAnnounced) => {
@@ -330,12 +345,19 @@ pub async fn enqueue<C: sea_orm::ConnectionTrait>(
         let payload: Value = serde_json::from_str(&r.payload_json).unwrap_or_default();
         for notice in payload["notices"].as_array().into_iter().flatten() {
             let party = notice["party"].as_str().unwrap_or_default();
-            let ids: Vec<String> = notice["principal_ids"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|v| v.as_str().map(str::to_owned))
-                .collect();
+            let strings = |field: &str| -> Vec<String> {
+                notice[field]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect()
+            };
+            let mut ids = strings("principal_ids");
+            // The owners of the groups it names, as the directory keeps them.
+            let groups = strings("owners_of");
+            let groups: Vec<&str> = groups.iter().map(String::as_str).collect();
+            ids.extend(store::owners_of(c, &groups).await?);
             // Whoever asked is never asked to approve it, even through a group.
             let except = if notice["critical"].as_bool().unwrap_or(false) {
                 r.target_id.as_str()

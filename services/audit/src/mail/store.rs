@@ -37,6 +37,13 @@ pub const MIGRATION: &str = "CREATE TABLE mail_addresses (
     );
     CREATE INDEX mail_outbox_due ON mail_outbox (status, next_attempt_at)";
 
+/// Groups' owners (migration m0010_mail_group_owners).
+pub const OWNERS_MIGRATION: &str = "CREATE TABLE mail_group_owners (
+        group_id TEXT NOT NULL,
+        owner_id TEXT NOT NULL,
+        PRIMARY KEY (group_id, owner_id)
+    )";
+
 /// One mail to one recipient.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Mail {
@@ -181,22 +188,49 @@ pub async fn set_disabled<C: ConnectionTrait>(c: &C, principal_id: &str, disable
 
 /// A group's member joined or left (`joined`), or the group is gone (`member` empty).
 pub async fn set_member<C: ConnectionTrait>(c: &C, group_id: &str, member: &str, joined: bool) -> Result<(), DbErr> {
-    let (sql, values): (&str, Vec<sea_orm::Value>) = match (member, joined) {
+    set_link(c, "mail_group_members", "member_id", group_id, member, joined).await
+}
+
+/// A group's owner added or removed (`added`), or the group is gone (`owner` empty).
+pub async fn set_owner<C: ConnectionTrait>(c: &C, group_id: &str, owner: &str, added: bool) -> Result<(), DbErr> {
+    set_link(c, "mail_group_owners", "owner_id", group_id, owner, added).await
+}
+
+/// Keeps a group's link to a principal in `table` (its `column`): made, ended, or every
+/// one of the group's ended (`principal` empty).
+async fn set_link<C: ConnectionTrait>(
+    c: &C,
+    table: &'static str,
+    column: &'static str,
+    group_id: &str,
+    principal: &str,
+    linked: bool,
+) -> Result<(), DbErr> {
+    let (sql, values): (String, Vec<sea_orm::Value>) = match (principal, linked) {
         ("", _) => (
-            "DELETE FROM mail_group_members WHERE group_id = $1",
+            format!("DELETE FROM {table} WHERE group_id = $1"),
             vec![group_id.into()],
         ),
         (_, true) => (
-            "INSERT INTO mail_group_members (group_id, member_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-            vec![group_id.into(), member.into()],
+            format!("INSERT INTO {table} (group_id, {column}) VALUES ($1, $2) ON CONFLICT DO NOTHING"),
+            vec![group_id.into(), principal.into()],
         ),
         (_, false) => (
-            "DELETE FROM mail_group_members WHERE group_id = $1 AND member_id = $2",
-            vec![group_id.into(), member.into()],
+            format!("DELETE FROM {table} WHERE group_id = $1 AND {column} = $2"),
+            vec![group_id.into(), principal.into()],
         ),
     };
-    db::exec(c, sql, values).await?;
+    db::exec(c, &sql, values).await?;
     Ok(())
+}
+
+/// The known owners of these groups.
+pub async fn owners_of<C: ConnectionTrait>(c: &C, group_ids: &[&str]) -> Result<Vec<String>, DbErr> {
+    rows_in(c, "SELECT owner_id FROM mail_group_owners WHERE group_id", group_ids)
+        .await?
+        .iter()
+        .map(|r| col(r, "owner_id"))
+        .collect()
 }
 
 /// The addresses of those principals, and of the members of those that are groups, that have

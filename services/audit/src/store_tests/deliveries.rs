@@ -301,6 +301,88 @@ async fn delivered_webhooks_are_marked_once_and_secrets_rotate() -> anyhow::Resu
     .await
 }
 
+/// The owners of a group, as identity's records say them, are mailed a notice that names the
+/// group in `owners_of` (the default approvers of access to it), never the requester among
+/// them; an owner removed, or the group deleted, is mailed no more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_groups_owners_are_mailed_a_notice_for_its_approvers() -> anyhow::Result<()> {
+    use crate::mail::{self, store as mails};
+    pim_runtime::testing::on_both_databases::<store::Migrator, _, _>("audit", None, |db| async move {
+        let user = |id: &str| Record {
+            action: "pim.identity.v1.UserCreated".into(),
+            target_id: format!("{id}-id"),
+            target_name: id.into(),
+            payload_json: serde_json::json!({"user_name": id, "email": format!("{id}@example.com")}).to_string(),
+            ..record(&format!("{id}-created"))
+        };
+        let owner = |id: &str, action: &str| Record {
+            action: format!("pim.identity.v1.{action}"),
+            target_id: format!("{id}-id"),
+            payload_json: r#"{"group_id":"g1"}"#.into(),
+            ..record(&format!("{id}-{action}"))
+        };
+        let mut records = vec![
+            user("olga"),
+            user("sam"),
+            user("ann"),
+            owner("olga", "GroupOwnerAdded"),
+            owner("sam", "GroupOwnerAdded"),
+        ];
+        let txn = db.begin().await?;
+        crate::ingest::keep(&txn, &mut records).await?;
+        txn.commit().await?;
+        let due = |id: &str| Record {
+            action: "pim.assignment.v1.NotificationsDue".into(),
+            target_id: "sam-id".into(),
+            role_name: "Group Member".into(),
+            payload_json: serde_json::json!({
+                "event": "activation", "happening": "awaiting_approval", "request_id": id,
+                "notices": [{"party": "approver", "principal_ids": ["ann-id"], "emails": [],
+                             "critical": true, "owners_of": ["g1"]}],
+            })
+            .to_string(),
+            ..record(id)
+        };
+        let recipients = |id: &'static str| {
+            let db = db.clone();
+            async move {
+                let due = due(id);
+                let txn = db.begin().await?;
+                crate::ingest::keep(&txn, &mut vec![due.clone()]).await?;
+                mail::enqueue(&txn, std::slice::from_ref(&due), NOW, None).await?;
+                txn.commit().await?;
+                let queued = mails::of_event(&db, id).await?;
+                anyhow::Ok(queued.into_iter().map(|m| m.recipient).collect::<Vec<_>>())
+            }
+        };
+        assert_eq!(
+            recipients("asked-1").await?,
+            ["ann@example.com", "olga@example.com"],
+            "the owners, never sam, who asked"
+        );
+        let mut removed = vec![owner("olga", "GroupOwnerRemoved")];
+        let txn = db.begin().await?;
+        crate::ingest::keep(&txn, &mut removed).await?;
+        txn.commit().await?;
+        assert_eq!(recipients("asked-2").await?, ["ann@example.com"]);
+        assert!(mails::owners_of(&db, &["g1"]).await? == ["sam-id"]);
+        let mut deleted = vec![Record {
+            action: "pim.identity.v1.GroupDeleted".into(),
+            target_id: "g1".into(),
+            ..record("g1-deleted")
+        }];
+        let txn = db.begin().await?;
+        crate::ingest::keep(&txn, &mut deleted).await?;
+        txn.commit().await?;
+        assert!(
+            mails::owners_of(&db, &["g1"]).await?.is_empty(),
+            "a deleted group has no owners"
+        );
+        Ok(())
+    })
+    .await
+}
+
 /// Notification mail: audit learns where users are reached from identity's records, queues one
 /// mail per recipient of each notice (a principal with an address, or an address a rule
 /// names; nobody twice, a redelivery adds nothing), and a mail is attempted by one process at a
