@@ -194,15 +194,19 @@ pub(crate) async fn list_assignments(args: ListAssignmentsArgs) -> anyhow::Resul
         }
     }
     if args.scheduled {
-        print_table(&["ID", "KIND", "PRINCIPAL", "ROLE", "SCOPE", "FROM", "UNTIL"], rows);
+        print_table(
+            &["ID", "KIND", "PRINCIPAL", "ROLE", "SCOPE", "VIA", "FROM", "UNTIL"],
+            rows,
+        );
     } else {
-        print_table(&["ID", "KIND", "PRINCIPAL", "ROLE", "SCOPE", "UNTIL"], rows);
+        print_table(&["ID", "KIND", "PRINCIPAL", "ROLE", "SCOPE", "VIA", "UNTIL"], rows);
     }
     Ok(0)
 }
 
 /// One assignment as a table row, its principal and role by name.
 async fn row(names: &mut Names<'_>, kind: &str, a: apb::Assignment) -> Vec<Cell> {
+    let via = via(names, &a).await;
     vec![
         a.id.into(),
         kind.into(),
@@ -213,8 +217,23 @@ async fn row(names: &mut Names<'_>, kind: &str, a: apb::Assignment) -> Vec<Cell>
         }
         .into(),
         a.scope.into(),
+        via,
         Cell::from(time(a.end_time.as_ref().map(from_timestamp))),
     ]
+}
+
+/// How a principal holds an assignment: `direct`, or through a group, by name (with --ids,
+/// its id too): one a member holds through a group is the group's to change, not theirs.
+pub(crate) async fn via(names: &mut Names<'_>, a: &apb::Assignment) -> Cell {
+    if a.member_type == apb::MemberType::Group as i32 {
+        let group = names.principal(&a.via_group_id).await;
+        Cell::Named(Named {
+            name: format!("group {}", group.name),
+            id: group.id,
+        })
+    } else {
+        "direct".into()
+    }
 }
 
 /// `pim check`: 0 allowed, 1 not allowed. A question that could not be answered (refused to

@@ -532,16 +532,7 @@ pub(crate) async fn my_roles(client: ClientArgs) -> anyhow::Result<i32> {
     let mut rows = Vec::new();
     let listed = (eligible.into_iter().map(|a| ("eligible", a))).chain(active.into_iter().map(|a| ("active", a)));
     for (kind, a) in listed {
-        // Through a group: the group by name (with --ids, its id too).
-        let via = if a.member_type == apb::MemberType::Group as i32 {
-            let group = names.principal(&a.via_group_id).await;
-            Cell::Named(super::Named {
-                name: format!("group {}", group.name),
-                id: group.id,
-            })
-        } else {
-            "direct".into()
-        };
+        let via = super::assignments::via(&mut names, &a).await;
         rows.push(vec![
             Cell::from(kind),
             super::Named {

@@ -56,6 +56,22 @@ fn principals_are_named_by_user_group_or_service_principal_name() {
     );
     let held = admin.ok(&["assignments", "--role", "Security Reader"], None);
     assert!(held.contains("checker") && held.contains("ops"), "{held}");
+    // A member's role through the group says so: it is the group's to change, not the member's.
+    admin.ok(
+        &["users", "create", "--user-name", "dee", "--password-stdin"],
+        Some("dee's long passphrase\n"),
+    );
+    admin.ok(&["groups", "add-member", "ops", "dee"], None);
+    let dees = admin.ok(&["assignments", "--principal", "dee", "--output", "json"], None);
+    let rows: Vec<serde_json::Value> = dees
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON object per line"))
+        .collect();
+    assert!(
+        rows.iter()
+            .any(|r| r["role"] == "Security Reader" && r["via"] == "group ops" && r["via_id"] != ""),
+        "{dees}"
+    );
 
     // A bot alone as approver: said at once, since what it declines nobody could decide.
     let bot_only = admin.run(
