@@ -1908,6 +1908,7 @@ async fn the_policy_set_nearest_above_a_scope_applies() -> anyhow::Result<()> {
         };
         let mut prod = get("/subscriptions/prod").await?;
         assert!(!prod.activation_requires_ticket, "Entra's default: no ticket");
+        assert_eq!(prod.set_at, "", "set nowhere: the defaults");
         prod.activation_requires_ticket = true;
         policies
             .update_role_policy(authed(
@@ -1922,6 +1923,12 @@ async fn the_policy_set_nearest_above_a_scope_applies() -> anyhow::Result<()> {
             .await?;
         let below = get("/subscriptions/prod/rg1").await?;
         assert!(below.activation_requires_ticket, "inherited from /subscriptions/prod");
+        assert_eq!(
+            (below.scope.as_str(), below.set_at.as_str()),
+            ("/subscriptions/prod/rg1", "/subscriptions/prod"),
+            "it says where it is set"
+        );
+        assert_eq!(get("/subscriptions/prod").await?.set_at, "/subscriptions/prod");
         assert!(!below.approval_required, "the nearer policy wins over the root's");
         let beside = get("/subscriptions/dev").await?;
         assert!(!beside.activation_requires_ticket, "a sibling scope gets the root's");

@@ -33,6 +33,9 @@ pub struct PolicyAt {
     pub scope: String,
     pub policy: Policy,
     pub etag: String,
+    /// Where the policy in force was set: `scope` itself, an ancestor it is inherited from,
+    /// or empty for the defaults.
+    pub set_at: String,
 }
 
 impl PolicyAt {
@@ -43,6 +46,7 @@ impl PolicyAt {
             role_id,
             scope: scope.to_owned(),
             policy,
+            set_at: set_at.unwrap_or_default().to_owned(),
         }
     }
 }

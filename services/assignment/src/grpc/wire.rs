@@ -93,11 +93,13 @@ pub(super) fn policy_to_pb(at: PolicyAt) -> pb::RolePolicy {
         scope,
         policy: p,
         etag,
+        set_at,
     } = at;
     pb::RolePolicy {
         role_id,
         scope,
         etag,
+        set_at,
         activation_max_duration: Some(duration_to_pb(p.activation_max_duration)),
         activation_requires_mfa: p.activation_requires_mfa,
         activation_requires_phishing_resistant_mfa: p.activation_requires_phishing_resistant_mfa,

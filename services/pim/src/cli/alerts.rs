@@ -138,19 +138,21 @@ async fn row(names: &mut Names<'_>, a: &pb::Alert) -> Vec<Cell> {
         a.rule_id.clone().into(),
         names.principal(&a.principal_id).await.into(),
         names.role(&a.role_id).await.into(),
-        a.count.to_string().into(),
+        a.scope.clone().into(),
+        Cell::Count(a.count.into()),
         time(a.last_seen.as_ref().map(from_timestamp)).into(),
         figures.join(" ").into(),
     ]
 }
 
-const HEADERS: [&str; 9] = [
+const HEADERS: [&str; 10] = [
     "ID",
     "SEVERITY",
     "STATUS",
     "RULE",
     "PRINCIPAL",
     "ROLE",
+    "SCOPE",
     "COUNT",
     "LAST SEEN",
     "FIGURES",

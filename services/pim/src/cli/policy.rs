@@ -185,8 +185,14 @@ async fn print_policy(session: &Session, p: &apb::RolePolicy) {
         ]);
     }
     let mut rows: Vec<Vec<Cell>> = vec![vec!["role".into(), role.into()]];
+    let set_at = match p.set_at.as_str() {
+        "" => "nowhere: the defaults".to_owned(),
+        at if at == p.scope => at.to_owned(),
+        at => format!("{at} (inherited)"),
+    };
     let mut settings: Vec<Vec<String>> = vec![
         vec!["scope".into(), p.scope.clone()],
+        vec!["set at".into(), set_at],
         vec![
             "activation max duration".into(),
             show_duration(&p.activation_max_duration),

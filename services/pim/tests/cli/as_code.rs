@@ -524,6 +524,22 @@ fn an_active_assignment_that_needs_the_administrators_mfa_steps_up() {
             .any(|l| l.contains("requires the administrator's MFA") && l.trim_end().ends_with("true")),
         "{shown}"
     );
+    assert!(
+        shown
+            .lines()
+            .any(|l| l.starts_with("set at") && l.trim_end().ends_with(" /")),
+        "{shown}"
+    );
+    let below = admin.ok(
+        &["policy", "show", "Exchange Administrator", "--scope", "/apps/mail"],
+        None,
+    );
+    assert!(
+        below
+            .lines()
+            .any(|l| l.starts_with("set at") && l.trim_end().ends_with("/ (inherited)")),
+        "{below}"
+    );
     // Sessions of the administrator's from before their authenticator: no MFA in them.
     let before = |name: &str| {
         let copy = Client {
