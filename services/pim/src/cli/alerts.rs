@@ -139,7 +139,7 @@ async fn row(names: &mut Names<'_>, a: &pb::Alert) -> Vec<Cell> {
         names.principal(&a.principal_id).await.into(),
         names.role(&a.role_id).await.into(),
         a.scope.clone().into(),
-        Cell::Count(a.count.into()),
+        Cell::Count(a.count),
         time(a.last_seen.as_ref().map(from_timestamp)).into(),
         figures.join(" ").into(),
     ]
