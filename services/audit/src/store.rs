@@ -173,11 +173,20 @@ pub async fn name_all<C: ConnectionTrait>(c: &C, records: &mut [Record]) -> Resu
         )
         .await?;
     }
+    // Access to a group is named with the group's name ("Group Member of ops").
+    let group_of = |r: &Record| {
+        pim_proto::catalogue::group_of_scope(&r.scope)
+            .filter(|_| pim_proto::catalogue::is_group_access(&r.role_id))
+            .map(str::to_owned)
+    };
     let ids: std::collections::BTreeSet<String> = records
         .iter()
-        .flat_map(|r| [&r.actor_id, &r.target_id, &r.role_id])
+        .flat_map(|r| {
+            [r.actor_id.clone(), r.target_id.clone(), r.role_id.clone()]
+                .into_iter()
+                .chain(group_of(r))
+        })
         .filter(|id| !id.is_empty())
-        .cloned()
         .collect();
     if ids.is_empty() {
         return Ok(());
@@ -210,6 +219,9 @@ pub async fn name_all<C: ConnectionTrait>(c: &C, records: &mut [Record]) -> Resu
         }
         if let Some(name) = names.get(&r.role_id) {
             r.role_name = name.clone();
+        }
+        if let Some(group) = group_of(r).and_then(|g| names.get(&g)) {
+            r.role_name = format!("{} of {group}", r.role_name);
         }
     }
     Ok(())

@@ -183,6 +183,20 @@ async fn every_record_names_principals_and_roles_the_same_way() -> anyhow::Resul
         txn.commit().await?;
         assert_eq!(redelivered.len(), 1, "e1 was kept already");
         assert_eq!(named(&redelivered[0]).1, "lee.gu", "not renamed back");
+        // Access to a group says which group, by its name.
+        let mut group_access = vec![
+            created("e8", "GroupCreated", "g1", "mail team"),
+            Record {
+                action: "pim.assignment.v1.RequestCreated".into(),
+                role_id: pim_proto::catalogue::GROUP_MEMBER.into(),
+                scope: pim_proto::catalogue::group_scope("g1"),
+                ..record("e9")
+            },
+        ];
+        let txn = db.begin().await?;
+        store::append_all(&txn, &mut group_access, NOW).await?;
+        txn.commit().await?;
+        assert_eq!(named(&group_access[1]).2, "Group Member of mail team");
         Ok(())
     })
     .await
