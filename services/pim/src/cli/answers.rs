@@ -19,6 +19,15 @@ impl std::fmt::Display for Answered {
 
 impl std::error::Error for Answered {}
 
+/// A name that names nothing, found so here rather than by the server: exits as the server's
+/// NOT_FOUND does (1), whichever looked it up.
+pub(crate) fn not_found(text: String) -> anyhow::Error {
+    anyhow::Error::new(Answered {
+        code: tonic::Code::NotFound,
+        text,
+    })
+}
+
 /// Whether the server refused the caller this (PERMISSION_DENIED), somewhere in `err`.
 pub(crate) fn is_denied(err: &anyhow::Error) -> bool {
     answered(err, tonic::Code::PermissionDenied)

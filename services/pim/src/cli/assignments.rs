@@ -268,7 +268,11 @@ async fn ask(args: CheckArgs) -> anyhow::Result<i32> {
     }
     let role = args.role_flag.or(role_arg);
     let session = Session::open(&args.client, true)?;
-    let principal_id = session.principal_id(&principal).await?;
+    // An unknown principal, as an unknown role, is a mistake in the command (2).
+    let principal_id = match session.principal_id(&principal).await {
+        Err(e) if super::answered(&e, tonic::Code::NotFound) => bail!("{e}"),
+        found => found?,
+    };
     let target = match (&role, &args.permission) {
         // An unknown role is a mistake in the command (2), not "does not hold it" (1).
         (Some(role), _) => match session.role_id(role).await {

@@ -516,7 +516,9 @@ async fn group_id(session: &Session, name_or_id: &str) -> anyhow::Result<String>
     let named: Vec<_> = groups.into_iter().filter(|(_, name)| name == name_or_id).collect();
     match named.as_slice() {
         [(id, _)] => Ok(id.clone()),
-        [] => anyhow::bail!("no group is named {name_or_id:?} (pim groups list shows them)"),
+        [] => Err(super::answers::not_found(format!(
+            "no group is named {name_or_id:?} (pim groups list shows them)"
+        ))),
         _ => anyhow::bail!("several groups are named {name_or_id:?}; give the group's id (pim groups list)"),
     }
 }

@@ -218,7 +218,9 @@ impl Session {
         }
         match found.as_slice() {
             [(_, id)] => Ok(id.clone()),
-            [] => bail!("no user, group or service principal is named {name:?}"),
+            [] => Err(super::answers::not_found(format!(
+                "no user, group or service principal is named {name:?}"
+            ))),
             [(first, _), ..] if found.iter().all(|(k, _)| k == first) => {
                 // One kind, several of that name (held twice before names had to be unique): only an
                 // id tells them apart.

@@ -54,6 +54,20 @@ fn principals_are_named_by_user_group_or_service_principal_name() {
         "{}",
         String::from_utf8_lossy(&unknown.stderr)
     );
+    // Nobody of that name, as no role of that name, is "not found" (1), whoever looked.
+    let no_role = admin.run(
+        &[
+            "assign",
+            "--principal",
+            "checker",
+            "--role",
+            "Security Readr",
+            "--kind",
+            "eligible",
+        ],
+        None,
+    );
+    assert_eq!((unknown.status.code(), no_role.status.code()), (Some(1), Some(1)));
     let held = admin.ok(&["assignments", "--role", "Security Reader"], None);
     assert!(held.contains("checker") && held.contains("ops"), "{held}");
     // A member's role through the group says so: it is the group's to change, not the member's.
@@ -584,7 +598,8 @@ fn group_membership_and_ownership_are_activated_just_in_time() {
         None,
     );
     admin.ok(&["groups", "members", "ops-team"], None);
-    assert_eq!(admin.run(&["groups", "members", "ops"], None).status.code(), Some(2));
+    // The old name names nothing now: not found (1), as the server says it.
+    assert_eq!(admin.run(&["groups", "members", "ops"], None).status.code(), Some(1));
     admin.ok(&["groups", "update", "ops-team", "--name", "ops"], None);
     // Deleting ops ends Ola's eligibility with it.
     admin.ok(&["groups", "delete", "ops"], None);

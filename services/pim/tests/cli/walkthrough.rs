@@ -144,6 +144,15 @@ fn the_readme_walk_through_works_and_survives_a_restart() {
         String::from_utf8_lossy(&misspelt.stderr).contains("no role is named"),
         "{misspelt:?}"
     );
+    let nobody = admin.run(
+        &["check", "--principal", "nobody", "--role", "Global Administrator"],
+        None,
+    );
+    assert_eq!(
+        nobody.status.code(),
+        Some(2),
+        "nor is a principal that does not exist: {nobody:?}"
+    );
 
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
