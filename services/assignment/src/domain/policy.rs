@@ -156,6 +156,18 @@ impl Policy {
             Duration::ZERO,
             24 * HOUR,
         )?;
+        // A floor as long as the longest activation: none could ever be ended early.
+        if self.min_activation_before_deactivate >= self.activation_max_duration
+            && !self.min_activation_before_deactivate.is_zero()
+        {
+            return Err(Error::invalid(
+                "min_activation_before_deactivate",
+                format!(
+                    "must be shorter than activation_max_duration ({}), or no activation could be ended early",
+                    pim_runtime::format::duration(self.activation_max_duration)
+                ),
+            ));
+        }
         let ids_ok = |ids: &[String]| ids.len() <= MAX_APPROVERS && ids.iter().all(|a| !a.trim().is_empty());
         if !ids_ok(&self.approver_ids) {
             return Err(Error::invalid("approver_ids", "at most 100 non-empty principal ids"));
@@ -771,6 +783,14 @@ mod tests {
                 ..Policy::default()
             };
             assert_eq!(fresh.validate().is_ok(), valid, "{seconds}s");
+        }
+        // A floor on deactivation as long as any activation lasts would forbid ending one early.
+        for (floor, valid) in [(HOUR, true), (8 * HOUR, false), (9 * HOUR, false)] {
+            let floored = Policy {
+                min_activation_before_deactivate: floor,
+                ..Policy::default()
+            };
+            assert_eq!(floored.validate().is_ok(), valid, "{floor:?} with 8 h activations");
         }
     }
 
