@@ -65,7 +65,7 @@ def main(pim: str) -> int:
             shown = [json.loads(l) for l in
                      up.run("notifications", "show", "Security Reader", "--output", "json").stdout.splitlines()]
             approvers = [r for r in shown if (r["event"], r["party"]) == ("activation", "approver")]
-            assert [r["default_recipients"] for r in approvers] == ["no"], shown
+            assert [r["default_recipients"] for r in approvers] == [False], shown
 
             eligible = wait("lee hears he is eligible, twice", lambda: (e := [
                 m["subject"] for to, m in inbox.received() if to == ["lee@example.com"] and "eligible" in m["subject"]])
