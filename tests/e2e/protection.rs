@@ -31,6 +31,75 @@ async fn works(ts: &TestSuite, token: &str) -> anyhow::Result<bool> {
 }
 
 const SECURITY_ADMINISTRATOR: &str = "194ae4cb-b126-40b2-bd5b-6091b380977d";
+
+/// A client secret rotated with `keep_previous_for` keeps signing in beside the new one until
+/// then, and the tokens it got keep working (the apps move over without an outage); then it
+/// stops. Rotated without it, the old one stops at once. Seven days at most.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_client_secret_may_keep_working_for_a_while() -> anyhow::Result<()> {
+    let clock = pim_runtime::clock::ManualClock::starting_now();
+    let ts = TestSuite::embedded_with_clock(Some(clock.clone()), &[]).await?;
+    let result = async {
+        let admin = ts.admin_token().await?;
+        let (bot, first) = ts.create_service_principal(&admin, "sync bot").await?;
+        let mut directory = DirectoryServiceClient::new(ts.channel.clone());
+        let auth = AuthServiceClient::new(ts.channel.clone());
+        let rotate = |keep_secs: Option<i64>| ipb::RotateServicePrincipalSecretRequest {
+            service_principal_id: bot.clone(),
+            keep_previous_for: keep_secs.map(|seconds| prost_types::Duration { seconds, nanos: 0 }),
+        };
+        let signs_in = |secret: &str| {
+            let request = ipb::SignInServicePrincipalRequest {
+                client_id: bot.clone(),
+                client_secret: secret.to_owned(),
+            };
+            let mut auth = auth.clone();
+            async move {
+                auth.sign_in_service_principal(request)
+                    .await
+                    .map(|r| r.into_inner().access_token)
+            }
+        };
+        let token = signs_in(&first).await?;
+        let too_long = directory
+            .rotate_service_principal_secret(authed(&admin, rotate(Some(8 * 86_400))))
+            .await
+            .expect_err("more than a week");
+        assert_eq!(too_long.code(), Code::InvalidArgument, "{too_long:?}");
+        let second = directory
+            .rotate_service_principal_secret(authed(&admin, rotate(Some(3600))))
+            .await?
+            .into_inner()
+            .client_secret;
+        assert!(signs_in(&first).await.is_ok(), "the old secret for an hour");
+        assert!(signs_in(&second).await.is_ok(), "and the new one");
+        assert!(works(&ts, &token).await?, "the old secret's tokens keep working");
+        clock.advance(Duration::from_secs(3601));
+        let late = signs_in(&first).await.expect_err("the hour is over");
+        assert_eq!(late.code(), Code::Unauthenticated);
+        assert!(signs_in(&second).await.is_ok());
+        // Rotated at once (a leak): the secret before stops now, with its tokens.
+        let second_token = signs_in(&second).await?;
+        let third = directory
+            .rotate_service_principal_secret(authed(&admin, rotate(None)))
+            .await?
+            .into_inner()
+            .client_secret;
+        assert_eq!(
+            signs_in(&second).await.expect_err("stopped").code(),
+            Code::Unauthenticated
+        );
+        eventually(Duration::from_secs(5), "its token to stop working", || async {
+            Ok((!works(&ts, &second_token).await?).then_some(()))
+        })
+        .await?;
+        assert!(signs_in(&third).await.is_ok());
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    ts.stop().await?;
+    result
+}
 const AUTHENTICATION_ADMINISTRATOR: &str = "c4e39bd9-1100-46d3-8c65-fb160da0071f";
 const USER_ADMINISTRATOR: &str = "fe930be7-5e62-47db-91af-98c3a49a38b1";
 
@@ -956,8 +1025,9 @@ async fn users_and_service_principals_are_maintained_safely() -> anyhow::Result<
         let rotated = directory
             .rotate_service_principal_secret(authed(
                 &admin,
-                ipb::GetServicePrincipalRequest {
+                ipb::RotateServicePrincipalSecretRequest {
                     service_principal_id: bot.clone(),
+                    keep_previous_for: None,
                 },
             ))
             .await?
@@ -1031,9 +1101,13 @@ async fn users_and_service_principals_are_maintained_safely() -> anyhow::Result<
         let app = |id: &str| ipb::GetServicePrincipalRequest {
             service_principal_id: id.into(),
         };
+        let rotation = |id: &str| ipb::RotateServicePrincipalSecretRequest {
+            service_principal_id: id.into(),
+            keep_previous_for: None,
+        };
         // Whether an app is privileged is read from its assignments, which Cas may not read.
         let unread = directory
-            .rotate_service_principal_secret(authed(&cas, app(&plain_bot)))
+            .rotate_service_principal_secret(authed(&cas, rotation(&plain_bot)))
             .await
             .expect_err("Cas cannot tell");
         assert_eq!(unread.code(), Code::PermissionDenied, "{unread:?}");
@@ -1044,10 +1118,10 @@ async fn users_and_service_principals_are_maintained_safely() -> anyhow::Result<
         );
         let dee = ts.sign_in("dee", &pim_e2e::password_of("dee")).await?;
         directory
-            .rotate_service_principal_secret(authed(&dee, app(&plain_bot)))
+            .rotate_service_principal_secret(authed(&dee, rotation(&plain_bot)))
             .await?;
         let rotate = directory
-            .rotate_service_principal_secret(authed(&dee, app(&role_bot)))
+            .rotate_service_principal_secret(authed(&dee, rotation(&role_bot)))
             .await
             .expect_err("role-bot holds a privileged role");
         assert_eq!(rotate.code(), Code::PermissionDenied, "{rotate:?}");
@@ -1058,7 +1132,7 @@ async fn users_and_service_principals_are_maintained_safely() -> anyhow::Result<
             .expect_err("nor may Dee disable it");
         assert_eq!(disable.code(), Code::PermissionDenied, "{disable:?}");
         directory
-            .rotate_service_principal_secret(authed(&admin, app(&role_bot)))
+            .rotate_service_principal_secret(authed(&admin, rotation(&role_bot)))
             .await?;
         // Dee may ask what an app decides, not what a person does.
         {
@@ -1097,7 +1171,7 @@ async fn users_and_service_principals_are_maintained_safely() -> anyhow::Result<
         let scheduled = assignments.create_request(authed(&admin, later)).await?.into_inner();
         assert_eq!(scheduled.status, apb::RequestStatus::ScheduleCreated as i32);
         let rotate = directory
-            .rotate_service_principal_secret(authed(&dee, app(&later_bot)))
+            .rotate_service_principal_secret(authed(&dee, rotation(&later_bot)))
             .await
             .expect_err("later-bot will hold a privileged role");
         assert_eq!(rotate.code(), Code::PermissionDenied, "{rotate:?}");

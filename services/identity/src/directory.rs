@@ -338,6 +338,7 @@ impl Directory {
             secret_hash: credentials::hash(&secret).await?,
             enabled: true,
             created_at: now_ms(),
+            previous_secret: None,
         };
         let event = ev::ServicePrincipalCreated {
             actor: Some(caller.actor()),
@@ -570,18 +571,33 @@ impl Directory {
                 "too many failed sign-ins from this address: try again in {minutes} minutes"
             )));
         }
-        let matched = self
+        let mut matched = self
             .weighed(&keys, secret, sp.as_ref().map(|s| s.secret_hash.clone()))
-            .await?;
-        let sp = match sp {
-            Some(sp) if matched && sp.enabled => sp,
-            other => {
+            .await?
+            .then(|| sp.as_ref().map(|s| s.secret_hash.clone()))
+            .flatten();
+        // The secret before a rotation that kept it a while, until then.
+        let now = self.clock.now_ms();
+        let previous = sp
+            .as_ref()
+            .and_then(|s| s.previous_secret.clone())
+            .filter(|(_, until)| *until > now);
+        if matched.is_none()
+            && let Some((hash, _)) = previous
+            && self.weighed(&keys, secret, Some(hash.clone())).await?
+        {
+            matched = Some(hash);
+        }
+        let sp = match (sp, matched) {
+            (Some(sp), Some(hash)) if sp.enabled => (sp, hash),
+            (other, _) => {
                 let id = other.as_ref().map(|s| s.id.as_str()).unwrap_or_default();
                 self.sign_in_failed(client_id, id, "bad_client_credentials", client)
                     .await?;
                 return Err(Error::BadClientCredentials);
             }
         };
+        let (sp, held_hash) = sp;
         limiter::succeeded(&self.db, &keys, self.clock.now_ms()).await?;
         let amr = vec!["secret".to_owned()];
         let session_id = uuid::Uuid::now_v7().to_string();
@@ -598,7 +614,7 @@ impl Directory {
         // The secret checked is still the principal's, held until the token is issued: a
         // rotation committed meanwhile refuses this sign-in, and one after it refuses the
         // token (issued before the rotation's instant).
-        if !store::hold_service_principal_secret(&txn, &sp.id, &sp.secret_hash).await? {
+        if !store::hold_service_principal_secret(&txn, &sp.id, &held_hash, now).await? {
             return Err(Error::BadClientCredentials);
         }
         let issued = self.keys.issue(&subject, self.token_ttl)?;

@@ -19,6 +19,9 @@ use crate::error::{Error, Result};
 use crate::store::{self, UserRow};
 use pim_runtime::events::EventType;
 
+/// The longest a rotated client secret keeps working beside the new one.
+pub const MAX_SECRET_OVERLAP: std::time::Duration = std::time::Duration::from_secs(7 * 86_400);
+
 impl Directory {
     /// Whether `principal_id` is eligible for or holds a privileged role, directly or through a group.
     pub async fn is_privileged(&self, caller: &Caller, principal_id: &str) -> Result<bool> {
@@ -368,12 +371,21 @@ impl Directory {
         Ok(!self.roles_of(caller, principal_id).await?.is_empty())
     }
 
-    /// A new client secret for a service principal (shown once; the old one stops working).
+    /// A new client secret for a service principal (shown once). The old one stops working,
+    /// with every token it got, unless `keep_previous_for` keeps it signing in beside the new
+    /// one for that long (at most [`MAX_SECRET_OVERLAP`]), for the apps using it to move over.
     pub async fn rotate_service_principal_secret(
         &self,
         caller: &Caller,
         id: &str,
+        keep_previous_for: std::time::Duration,
     ) -> Result<(store::ServicePrincipalRow, String)> {
+        if keep_previous_for > MAX_SECRET_OVERLAP {
+            return Err(Error::invalid(
+                "keep_previous_for",
+                "at most 7 days: an old secret kept longer is a second secret",
+            ));
+        }
         require(
             self.access.as_ref(),
             caller,
@@ -386,19 +398,30 @@ impl Directory {
             .ok_or_else(|| Error::NotFound(format!("service principal {}", id.trim())))?;
         self.require_service_principal_admin(caller, &sp).await?;
         let secret = credentials::random_secret();
+        let until = self.clock.now_ms() + keep_previous_for.as_millis() as i64;
+        let kept = (!keep_previous_for.is_zero()).then_some((sp.secret_hash.as_str(), until));
         let event = ev::CredentialsReset {
             actor: Some(caller.actor()),
             user_id: sp.id.clone(),
-            what: "client_secret".into(),
+            // The audit log says whether the old secret was kept, and until when.
+            what: match kept {
+                None => "client_secret".into(),
+                Some(_) => format!(
+                    "client_secret (the previous one kept until {})",
+                    pim_runtime::db::rfc3339(until)
+                ),
+            },
         };
         let hash = credentials::hash(&secret).await?;
         let txn = self.db.begin().await?;
-        store::set_service_principal_secret(&txn, &sp.id, &hash).await?;
+        store::set_service_principal_secret(&txn, &sp.id, &hash, kept).await?;
         self.emit(&txn, EventType::CredentialsReset, &sp.id, &event).await?;
-        // The tokens the old secret got stop working (a service principal's sign-ins keep no
-        // session: its tokens issued up to now are refused).
-        self.revoke_all_sessions(&txn, caller, &sp.id, "client_secret_rotated")
-            .await?;
+        if kept.is_none() {
+            // The tokens the old secret got stop working (a service principal's sign-ins keep
+            // no session: its tokens issued up to now are refused).
+            self.revoke_all_sessions(&txn, caller, &sp.id, "client_secret_rotated")
+                .await?;
+        }
         txn.commit().await?;
         self.outbox.wake();
         // A token tells when it was issued to the second: the new secret is told only once

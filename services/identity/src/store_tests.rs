@@ -624,6 +624,7 @@ async fn group_and_service_principal_names_are_held_once() -> anyhow::Result<()>
             secret_hash: String::new(),
             enabled: true,
             created_at: NOW,
+            previous_secret: None,
         };
         let (ops, ops_again) = (group("ops"), group("OPS"));
         let (bot, bot_again) = (sp("ci-bot"), sp("ci-bot"));

@@ -444,7 +444,13 @@ pub async fn change_service_principal(
         Redirect::to("/admin/directory").into_response()
     };
     match change.as_str() {
-        "rotate" => match directory(&caller).rotate_service_principal_secret(request).await {
+        "rotate" => match directory(&caller)
+            .rotate_service_principal_secret(caller.request(ipb::RotateServicePrincipalSecretRequest {
+                service_principal_id: request.get_ref().service_principal_id.clone(),
+                keep_previous_for: None,
+            }))
+            .await
+        {
             Ok(answer) => secret_page(&caller, "New client secret", answer.into_inner()),
             Err(status) => failed(&caller, status),
         },

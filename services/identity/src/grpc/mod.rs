@@ -335,12 +335,19 @@ impl DirectoryService for Directory {
 
     async fn rotate_service_principal_secret(
         &self,
-        request: Request<pb::GetServicePrincipalRequest>,
+        request: Request<pb::RotateServicePrincipalSecretRequest>,
     ) -> Result<Response<pb::CreateServicePrincipalResponse>, Status> {
         let caller = caller(&request)?.clone();
-        let id = required("service_principal_id", &request.get_ref().service_principal_id)?;
+        let r = request.get_ref();
+        let id = required("service_principal_id", &r.service_principal_id)?;
+        let keep = match &r.keep_previous_for {
+            Some(d) => {
+                pim_runtime::db::checked_duration(d).map_err(|why| invalid_argument("keep_previous_for", why))?
+            }
+            None => std::time::Duration::ZERO,
+        };
         self.aim(id).await;
-        let (sp, secret) = Directory::rotate_service_principal_secret(self, &caller, id).await?;
+        let (sp, secret) = Directory::rotate_service_principal_secret(self, &caller, id, keep).await?;
         Ok(Response::new(pb::CreateServicePrincipalResponse {
             service_principal: Some(sp_to_pb(sp)),
             client_secret: secret,

@@ -198,6 +198,12 @@ impl MigratorTrait for Migrator {
                  CREATE UNIQUE INDEX service_principals_display_name ON service_principals (LOWER(display_name))"
                     .to_owned()
             }),
+            // A rotated client secret may keep working beside the new one for a while.
+            SqlMigration::boxed("m0012_previous_client_secret", |_| {
+                "ALTER TABLE service_principals ADD COLUMN previous_secret_hash TEXT;
+                 ALTER TABLE service_principals ADD COLUMN previous_secret_until BIGINT"
+                    .to_owned()
+            }),
         ]);
         migrations
     }

@@ -131,12 +131,19 @@ pub async fn hold_user_password<C: ConnectionTrait>(c: &C, user_id: &str, hash: 
         == 1)
 }
 
-/// The same for a service principal's client secret.
-pub async fn hold_service_principal_secret<C: ConnectionTrait>(c: &C, id: &str, hash: &str) -> Result<bool, DbErr> {
+/// The same for a service principal's client secret: its current one, or the previous one
+/// while it still works (`now` before its end).
+pub async fn hold_service_principal_secret<C: ConnectionTrait>(
+    c: &C,
+    id: &str,
+    hash: &str,
+    now: i64,
+) -> Result<bool, DbErr> {
     Ok(db::exec(
         c,
-        "UPDATE service_principals SET secret_hash = secret_hash WHERE id = $1 AND secret_hash = $2",
-        vec![id.into(), hash.into()],
+        "UPDATE service_principals SET secret_hash = secret_hash WHERE id = $1 \
+         AND (secret_hash = $2 OR (previous_secret_hash = $2 AND previous_secret_until > $3))",
+        vec![id.into(), hash.into(), now.into()],
     )
     .await?
         == 1)
@@ -203,6 +210,9 @@ pub struct ServicePrincipalRow {
     pub secret_hash: String,
     pub enabled: bool,
     pub created_at: i64,
+    /// The secret before the last rotation, and until when it still works (a rotation that
+    /// kept it for a while).
+    pub previous_secret: Option<(String, i64)>,
 }
 
 pub async fn insert_service_principal<C: ConnectionTrait>(c: &C, sp: &ServicePrincipalRow) -> Result<(), DbErr> {
@@ -229,11 +239,14 @@ impl ServicePrincipalRow {
             secret_hash: col(r, "secret_hash")?,
             enabled: col(r, "enabled")?,
             created_at: col(r, "created_at")?,
+            previous_secret: col::<Option<String>>(r, "previous_secret_hash")?
+                .zip(col::<Option<i64>>(r, "previous_secret_until")?),
         })
     }
 }
 
-pub(super) const SP_COLUMNS: &str = "id, display_name, secret_hash, enabled, created_at";
+pub(super) const SP_COLUMNS: &str =
+    "id, display_name, secret_hash, enabled, created_at, previous_secret_hash, previous_secret_until";
 
 /// The service principals disabled.
 pub async fn disabled_service_principals<C: ConnectionTrait>(c: &C) -> Result<Vec<ServicePrincipalRow>, DbErr> {
@@ -319,11 +332,19 @@ pub async fn delete_user<C: ConnectionTrait>(c: &C, user_id: &str) -> Result<(),
         .map(drop)
 }
 
-pub async fn set_service_principal_secret<C: ConnectionTrait>(c: &C, id: &str, secret_hash: &str) -> Result<(), DbErr> {
+/// A new client secret; `previous`, the old one's hash and until when it keeps working (none:
+/// it stops now).
+pub async fn set_service_principal_secret<C: ConnectionTrait>(
+    c: &C,
+    id: &str,
+    secret_hash: &str,
+    previous: Option<(&str, i64)>,
+) -> Result<(), DbErr> {
+    let (previous_hash, until) = previous.unzip();
     db::exec(
         c,
-        "UPDATE service_principals SET secret_hash = $1 WHERE id = $2",
-        vec![secret_hash.into(), id.into()],
+        "UPDATE service_principals SET secret_hash = $1, previous_secret_hash = $3, previous_secret_until = $4 WHERE id = $2",
+        vec![secret_hash.into(), id.into(), previous_hash.into(), until.into()],
     )
     .await
     .map(drop)

@@ -22,6 +22,11 @@ pub(crate) enum SpCommand {
     Rotate {
         /// The service principal's name or id (see `pim sp list`).
         id: String,
+        /// Keep the old secret signing in beside the new one this long (at most 7d), for the
+        /// apps using it to move over without an outage. Without it, the old secret and its
+        /// tokens stop at once (as a leaked secret needs).
+        #[arg(long, value_parser = super::parse_duration)]
+        keep_old_for: Option<std::time::Duration>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -81,18 +86,30 @@ pub(crate) async fn service_principals(cmd: SpCommand) -> anyhow::Result<i32> {
                 .collect();
             print_table(&["CLIENT ID", "NAME", "STATE", "CREATED"], rows);
         }
-        SpCommand::Rotate { id, client } => {
+        SpCommand::Rotate {
+            id,
+            keep_old_for,
+            client,
+        } => {
             let session = Session::open(&client, true)?;
             let id = sp_id(&session, &id).await?;
             let r = DirectoryServiceClient::new(session.channel.clone())
-                .rotate_service_principal_secret(session.request(ipb::GetServicePrincipalRequest {
+                .rotate_service_principal_secret(session.request(ipb::RotateServicePrincipalSecretRequest {
                     service_principal_id: id.clone(),
+                    keep_previous_for: keep_old_for.map(pim_runtime::db::duration_pb),
                 })?)
                 .await
                 .map_err(explain)?
                 .into_inner();
             super::print_made(
-                &format!("New client secret for {id}: {} (shown once)", r.client_secret),
+                &format!(
+                    "New client secret for {id}: {} (shown once); {}",
+                    r.client_secret,
+                    match keep_old_for {
+                        Some(d) => format!("the old one keeps working for {}", pim_runtime::format::duration(d)),
+                        None => "the old one, and every token it got, no longer works".to_owned(),
+                    }
+                ),
                 // As `create` gives it: what a script signs in with, whole.
                 serde_json::json!({
                     "id": id,
