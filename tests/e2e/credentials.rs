@@ -1209,3 +1209,65 @@ async fn sign_ins_waiting_for_mfa_end_no_session() -> anyhow::Result<()> {
     ts.stop().await?;
     result
 }
+
+/// Adding a member or an owner to a role-assignable group gives its roles now, standing: an
+/// administrator who has a method steps up for it (the refusal on record), as for credential
+/// changes; an ordinary group, and removing, need no step-up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adding_to_a_role_assignable_group_needs_the_administrators_recent_mfa() -> anyhow::Result<()> {
+    use pim_runtime::clock::Clock;
+    let clock = ManualClock::starting_now();
+    let ts = TestSuite::embedded_with_clock(Some(clock.clone()), &[]).await?;
+    let result = async {
+        let admin = ts.admin_token().await?;
+        let admin_id = pim_e2e::token_subject(&admin)?;
+        let kim = ts.create_user(&admin, "kim").await?;
+        let mut directory = DirectoryServiceClient::new(ts.channel.clone());
+        let group = |name: &'static str, assignable: bool| {
+            let mut directory = directory.clone();
+            let admin = admin.clone();
+            async move {
+                let made = directory
+                    .create_group(authed(
+                        &admin,
+                        ipb::CreateGroupRequest {
+                            display_name: name.into(),
+                            is_assignable_to_role: assignable,
+                            ..Default::default()
+                        },
+                    ))
+                    .await?;
+                anyhow::Ok(made.into_inner().id)
+            }
+        };
+        let (tier0, team) = (group("tier0", true).await?, group("team", false).await?);
+        enrol(&ts, &admin, "").await?;
+        let stale = ts.stepped_up_token(&admin_id, &ts.admin_user, clock.now_ms() - 11 * 60_000)?;
+        let link = |group: &str| ipb::GroupMembershipRequest {
+            group_id: group.to_owned(),
+            principal_id: kim.id.clone(),
+        };
+        let member = directory
+            .add_group_member(authed(&stale, link(&tier0)))
+            .await
+            .expect_err("no recent MFA");
+        let owner = directory
+            .add_group_owner(authed(&stale, link(&tier0)))
+            .await
+            .expect_err("nor as an owner");
+        for refused in [&member, &owner] {
+            assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+            assert_eq!(violated_rules(refused), ["MfaRule"], "{refused:?}");
+        }
+        directory.add_group_member(authed(&stale, link(&team))).await?;
+        directory.remove_group_member(authed(&stale, link(&team))).await?;
+        let fresh = ts.stepped_up_token(&admin_id, &ts.admin_user, clock.now_ms())?;
+        directory.add_group_member(authed(&fresh, link(&tier0))).await?;
+        directory.remove_group_member(authed(&stale, link(&tier0))).await?;
+        refusal_recorded(&ts, &fresh, &ts.admin_user, "MfaRule").await?;
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    ts.stop().await?;
+    result
+}

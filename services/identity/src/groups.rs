@@ -212,6 +212,12 @@ impl Directory {
         if add && link == Link::Owner && principal.kind != PrincipalKind::User as i32 {
             return Err(Error::invalid("principal_id", "owners are users"));
         }
+        // A member of a role-assignable group holds its roles now, standing, and an owner
+        // decides who does: as for credential changes, a caller with a method uses it, so a
+        // session alone (stolen, or left open) gives nobody standing privileged access.
+        if add && group.is_assignable_to_role && !self.confirmed_methods(&caller.principal_id).await?.is_empty() {
+            self.require_recent_mfa(caller, "adding a member or owner to a role-assignable group")?;
+        }
         let now = now_ms();
         let txn = self.db.begin().await?;
         let changed = if add {

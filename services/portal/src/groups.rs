@@ -150,7 +150,7 @@ fn linked(caller: &Caller, group: &ipb::Group, link: Link, links: &[ipb::GroupLi
 
 /// POST /admin/groups/{id}/members|owners/add|remove.
 pub async fn change(
-    caller: Caller,
+    mut caller: Caller,
     Path((id, link, change)): Path<(String, String, String)>,
     CheckedForm(fields): CheckedForm,
 ) -> Response {
@@ -165,11 +165,19 @@ pub async fn change(
     if !adding && change != "remove" {
         return Redirect::to(&back).into_response();
     }
+    // Adding to a role-assignable group may want the administrator's recent MFA: the same
+    // form comes back with a code field, and is done once the code is verified.
+    let action = format!("/admin/groups/{id}/{}/{change}", link.path());
+    let what = format!("Adding a {} to the group", link.noun());
+    if let Err(page) = crate::stepup::verify_if_given(&mut caller, &fields, &action, &what).await {
+        return page;
+    }
     match changed(&caller, &id, link, adding, &fields).await {
         Ok(who) => {
             let done = if adding { "is now" } else { "is no longer" };
             caller.flash(true, format!("{who} {done} a direct {} of the group.", link.noun()));
         }
+        Err(Failure::MfaNeeded(why)) => return crate::stepup::asked_again(&caller, &action, &fields, &what, &why),
         Err(failure) => caller.flash(false, format!("Not changed: {}", failure.text())),
     }
     Redirect::to(&back).into_response()

@@ -112,12 +112,17 @@ pub(crate) enum GroupsCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Add a member (user name or principal id).
+    /// Add a member (user name or principal id). To a role-assignable group, this gives its
+    /// roles now: an administrator with an MFA method steps up for it.
     AddMember {
         /// Group name or id.
         group: String,
         /// The member: a user name, service principal name, or principal id.
         member: String,
+        /// Your authenticator code, sent only if the server asks for a recent MFA (adding to a
+        /// role-assignable group); otherwise asked for on a terminal.
+        #[arg(long, env = "PIM_MFA_CODE")]
+        code: Option<String>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -151,6 +156,10 @@ pub(crate) enum GroupsCommand {
         group: String,
         /// The owner: a user name, service principal name, or principal id.
         owner: String,
+        /// Your authenticator code, sent only if the server asks for a recent MFA (adding to a
+        /// role-assignable group); otherwise asked for on a terminal.
+        #[arg(long, env = "PIM_MFA_CODE")]
+        code: Option<String>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -290,17 +299,23 @@ pub(crate) async fn run(cmd: GroupsCommand) -> anyhow::Result<i32> {
                 .collect();
             print_table(&["ID", "NAME", "ROLE-ASSIGNABLE"], rows);
         }
-        GroupsCommand::AddMember { group, member, client } => {
-            change_link(&group, &member, &client, Link::Member, true).await?
-        }
+        GroupsCommand::AddMember {
+            group,
+            member,
+            code,
+            client,
+        } => change_link(&group, &member, &client, Link::Member, Some(code)).await?,
         GroupsCommand::RemoveMember { group, member, client } => {
-            change_link(&group, &member, &client, Link::Member, false).await?
+            change_link(&group, &member, &client, Link::Member, None).await?
         }
-        GroupsCommand::AddOwner { group, owner, client } => {
-            change_link(&group, &owner, &client, Link::Owner, true).await?
-        }
+        GroupsCommand::AddOwner {
+            group,
+            owner,
+            code,
+            client,
+        } => change_link(&group, &owner, &client, Link::Owner, Some(code)).await?,
         GroupsCommand::RemoveOwner { group, owner, client } => {
-            change_link(&group, &owner, &client, Link::Owner, false).await?
+            change_link(&group, &owner, &client, Link::Owner, None).await?
         }
         GroupsCommand::Owners { group, client } => list_links(&group, &client, Link::Owner).await?,
         GroupsCommand::Update {
@@ -448,22 +463,41 @@ enum Link {
     Owner,
 }
 
-/// Adds (or removes) a member or an owner of a group.
-async fn change_link(group: &str, who: &str, client: &ClientArgs, link: Link, add: bool) -> anyhow::Result<()> {
+/// Adds (`adding`: with the code to step up with, if given) or removes a member or an owner
+/// of a group.
+async fn change_link(
+    group: &str,
+    who: &str,
+    client: &ClientArgs,
+    link: Link,
+    adding: Option<Option<String>>,
+) -> anyhow::Result<()> {
+    let add = adding.is_some();
     let session = Session::open(client, true)?;
-    let principal_id = session.principal_id(who).await?;
-    let request = session.request(ipb::GroupMembershipRequest {
+    let asked = ipb::GroupMembershipRequest {
         group_id: group_id(&session, group).await?,
-        principal_id,
-    })?;
-    let mut directory = DirectoryServiceClient::new(session.channel.clone());
-    let answered = match (link, add) {
-        (Link::Member, true) => directory.add_group_member(request).await,
-        (Link::Member, false) => directory.remove_group_member(request).await,
-        (Link::Owner, true) => directory.add_group_owner(request).await,
-        (Link::Owner, false) => directory.remove_group_owner(request).await,
+        principal_id: session.principal_id(who).await?,
     };
-    session.remember(answered.map_err(explain)?);
+    let what = match add {
+        true => format!("Adding {who} to {group}"),
+        false => format!("Removing {who} from {group}"),
+    };
+    super::mfa::stepping_up(client, &what, adding.flatten(), |session| {
+        let asked = asked.clone();
+        async move {
+            let request = session.request(asked).map_err(super::mfa::status_of)?;
+            let mut directory = DirectoryServiceClient::new(session.channel.clone());
+            let answered = match (link, add) {
+                (Link::Member, true) => directory.add_group_member(request).await,
+                (Link::Member, false) => directory.remove_group_member(request).await,
+                (Link::Owner, true) => directory.add_group_owner(request).await,
+                (Link::Owner, false) => directory.remove_group_owner(request).await,
+            }?;
+            session.remember(answered);
+            Ok(())
+        }
+    })
+    .await?;
     let as_what = if link == Link::Owner { " as an owner" } else { "" };
     if add {
         println!("Added {who} to {group}{as_what}");
