@@ -775,6 +775,46 @@ async fn a_review_removes_only_what_its_creator_may_and_names_one_group() -> any
 /// eligibility granted while assignment's events were held back (a burst, a Redis outage)
 /// joins the instance in progress once its event arrives; one granted after the start does
 /// not.
+/// An assignment scheduled to start after a review starts is reviewed too (access planted to
+/// start later would otherwise pass every review).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_review_covers_assignments_scheduled_to_start_later() -> anyhow::Result<()> {
+    use apb::{AssignmentKind as K, RequestAction as A};
+    run(|w| async move {
+        let lee = w.user("lee").await?;
+        let admin_id = w.admin_id().await?;
+        w.assignments()
+            .create_request(authed(
+                &w.admin,
+                apb::CreateRequestRequest {
+                    schedule: Some(apb::Schedule {
+                        start_time: Some(pim_runtime::db::to_timestamp(
+                            pim_runtime::clock::Clock::now_ms(&w.clock) + 2 * DAY_S * 1000,
+                        )),
+                        expiration: None,
+                    }),
+                    justification: "from Wednesday".into(),
+                    ..crate::activation::request(A::AdminAssign, K::Eligible, &lee.id, EXCHANGE_ADMINISTRATOR)
+                },
+            ))
+            .await?;
+        w.approval_sees(2, 0).await?;
+        let review = w
+            .reviews()
+            .create_review(authed(
+                &w.admin,
+                removing_review("planted", EXCHANGE_ADMINISTRATOR, pb::ReviewScope::Eligible, &admin_id),
+            ))
+            .await?
+            .into_inner();
+        let items = w.my_items(&w.admin, &review.id).await?;
+        let reviewed: Vec<_> = items.iter().map(|i| i.principal_id.as_str()).collect();
+        assert_eq!(reviewed, vec![lee.id.as_str()], "the scheduled eligibility: {items:?}");
+        Ok(w)
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_review_covers_what_was_in_force_at_its_start_however_late_approval_hears() -> anyhow::Result<()> {
     run(|w| async move {

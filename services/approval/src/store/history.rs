@@ -120,7 +120,9 @@ pub async fn forget_seen<C: ConnectionTrait>(c: &C, assignment_id: &str) -> Resu
     Ok(())
 }
 
-/// Assignments of `role_id` in force at `now` at `scope` or below it.
+/// Assignments of `role_id` at `scope` or below it in force at `now`, or scheduled to start
+/// later: a review sees what is coming too, or access planted to start after it would pass
+/// every review.
 pub async fn seen_in_scope<C: ConnectionTrait>(
     c: &C,
     role_id: &str,
@@ -130,7 +132,7 @@ pub async fn seen_in_scope<C: ConnectionTrait>(
     let rows = db::query(
         c,
         "SELECT assignment_id, kind, principal_id, role_id, scope, start_at, end_at FROM assignments_seen \
-         WHERE role_id = $1 AND start_at <= $2 AND (end_at IS NULL OR end_at > $2) ORDER BY principal_id, assignment_id",
+         WHERE role_id = $1 AND (end_at IS NULL OR end_at > $2) ORDER BY principal_id, assignment_id",
         vec![role_id.into(), now.into()],
     )
     .await?;
