@@ -703,6 +703,32 @@ async fn a_webhook_failing_for_a_day_is_dead_lettered_and_alerted() -> anyhow::R
             Some("http://127.0.0.1:9"),
             "the origin only (a path or query may hold a token)"
         );
+        // Its creation was alerted too: events going to a new receiver are a way out.
+        let made = eventually(Duration::from_secs(10), "webhook_subscribed raised", || {
+            let admin = admin.clone();
+            let mut alerts = AlertServiceClient::new(ts.channel.clone());
+            async move {
+                let listed = alerts
+                    .list_alerts(authed(
+                        &admin,
+                        alpb::ListAlertsRequest {
+                            page_size: 500,
+                            ..Default::default()
+                        },
+                    ))
+                    .await?
+                    .into_inner()
+                    .alerts;
+                Ok(listed.into_iter().find(|a| a.rule_id == "webhook_subscribed"))
+            }
+        })
+        .await?;
+        assert_eq!(
+            (made.figures.get("subscription_id"), made.figures.get("url").map(String::as_str)),
+            (Some(&id), Some("http://127.0.0.1:9"))
+        );
+        assert_eq!(made.principal_id, pim_e2e::token_subject(&admin)?, "who made it");
+        assert!(!made.figures.values().any(|v| v.contains("t0ps3cret")));
         // Given up, the subscription is suspended until someone resumes it.
         let listed = hooks
             .list_subscriptions(authed(&admin, aupb::ListSubscriptionsRequest {}))

@@ -139,6 +139,7 @@ impl EventHandler for Detect {
                     | EventType::SelfApprovalAttempted
                     | EventType::EventRejected
                     | EventType::WebhookDeadLettered
+                    | EventType::WebhookSubscriptionCreated
             )
         )
     }

@@ -34,6 +34,7 @@ pub const RECOVERY_CODE_USED: &str = "recovery_code_used";
 pub const MFA_METHOD_REMOVED: &str = "mfa_method_removed";
 pub const POLICY_WEAKENED: &str = "policy_weakened";
 pub const DETECTION_WEAKENED: &str = "detection_weakened";
+pub const WEBHOOK_SUBSCRIBED: &str = "webhook_subscribed";
 
 pub const RULES: &[RuleDef] = &[
     RuleDef {
@@ -159,6 +160,12 @@ pub const RULES: &[RuleDef] = &[
     RuleDef {
         id: WEBHOOK_DEAD_LETTERED,
         description: "A webhook receiver failed every delivery attempt for 24 hours: the delivery and those behind it were given up and the subscription suspended until resumed (one live alert per subscription)",
+        severity: Severity::Medium,
+        settings: &[],
+    },
+    RuleDef {
+        id: WEBHOOK_SUBSCRIBED,
+        description: "A webhook subscription was made: PIM's events (audit records, alerts) now go to a new receiver, a way to carry the audit log out; check the receiver is yours",
         severity: Severity::Medium,
         settings: &[],
     },

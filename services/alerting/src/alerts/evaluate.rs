@@ -431,6 +431,31 @@ impl Alerts {
             }
             Some(EventType::EventRejected) => self.forged(txn, decode(e)?).await?,
             Some(EventType::WebhookDeadLettered) => self.webhook_given_up(txn, decode(e)?).await?,
+            Some(EventType::WebhookSubscriptionCreated) => {
+                let s: ev::WebhookSubscriptionCreated = decode(e)?;
+                let events = match s.event_types.is_empty() {
+                    true => "every event".to_owned(),
+                    false => s.event_types.join(","),
+                };
+                let figures = BTreeMap::from([
+                    ("subscription_id".to_owned(), s.subscription_id.clone()),
+                    ("url".to_owned(), s.url.clone()),
+                    ("events".to_owned(), events),
+                ]);
+                self.raise(
+                    txn,
+                    rules::WEBHOOK_SUBSCRIBED,
+                    &format!("webhook_subscribed:{}", s.subscription_id),
+                    Subject {
+                        principal_id: s.actor.map(|a| a.principal_id).unwrap_or_default(),
+                        role_id: String::new(),
+                        scope: "/".into(),
+                    },
+                    std::slice::from_ref(&e.id),
+                    figures,
+                )
+                .await?;
+            }
             Some(EventType::SelfApprovalAttempted) => {
                 let d: ev::ApprovalDecisionRecorded = decode(e)?;
                 let figures = BTreeMap::from([("approval_id".to_owned(), d.approval_id.clone())]);

@@ -131,8 +131,22 @@ impl WebhookService for Audit {
         validate(&s).map_err(|e| invalid_argument(&format!("subscription.{}", e.field), &e.reason))?;
         let txn = self.db.begin().await.map_err(internal)?;
         store::insert_subscription(&txn, &s).await.map_err(internal)?;
+        // Alerting hears of it: events going to a new receiver is a way out for the log.
+        let made = pim_proto::events::v1::WebhookSubscriptionCreated {
+            actor: Some(caller.actor()),
+            subscription_id: s.id.clone(),
+            url: s.url_shown(),
+            event_types: s.event_types.clone(),
+            min_severity: s.min_severity.clone(),
+        };
+        let told = pim_runtime::events::envelope(Source::Audit, EventType::WebhookSubscriptionCreated, &s.id, &made);
+        self.outbox
+            .enqueue(&txn, pim_runtime::events::streams::AUDIT, &told)
+            .await
+            .map_err(internal)?;
         self.commit_with(txn, change_record(&caller, EventType::WebhookSubscriptionCreated, &s))
             .await?;
+        self.outbox.wake();
         Ok(Response::new(pb::SubscriptionSecret {
             secret: keys.shown(&s.id, s.generation),
             subscription: Some(subscription_to_pb(s)),
