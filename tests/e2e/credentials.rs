@@ -1265,6 +1265,17 @@ async fn adding_to_a_role_assignable_group_needs_the_administrators_recent_mfa()
         directory.add_group_member(authed(&fresh, link(&tier0))).await?;
         directory.remove_group_member(authed(&stale, link(&tier0))).await?;
         refusal_recorded(&ts, &fresh, &ts.admin_user, "MfaRule").await?;
+        // The record of the change names the session it was made in (the token's).
+        let added = eventually(Duration::from_secs(10), "the member's addition audited", || async {
+            let query = aupb::QueryEventsRequest {
+                action: "pim.identity.v1.GroupMemberAdded".into(),
+                ..Default::default()
+            };
+            Ok(ts.audit_records(&fresh, query).await?.into_iter().find(|r| r.target_id == kim.id))
+        })
+        .await?;
+        let payload: serde_json::Value = serde_json::from_str(&added.payload_json)?;
+        assert_eq!(payload["actor_session_id"], "test-session", "{payload}");
         Ok::<_, anyhow::Error>(())
     }
     .await;

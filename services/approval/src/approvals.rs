@@ -69,6 +69,7 @@ fn system_actor() -> Actor {
         principal_id: "system".into(),
         kind: PrincipalKind::Unspecified as i32,
         display_name: "PIM approval".into(),
+        session_id: String::new(),
     }
 }
 

@@ -689,6 +689,7 @@ impl Approvals {
                         },
                         kind: 0,
                         display_name: format!("access review {}", review.name),
+                        session_id: String::new(),
                     });
                 }
                 if event.justification.is_empty() {

@@ -48,10 +48,12 @@ fn ticket_text(t: &Option<Ticket>) -> String {
     }
 }
 
-fn set_actor(r: &mut Record, actor: &Option<Actor>) {
+/// The actor of a record, and the session they acted in (`session`), where the event says.
+fn set_actor(r: &mut Record, session: &mut String, actor: &Option<Actor>) {
     if let Some(a) = actor {
         r.actor_id = a.principal_id.clone();
         r.actor_name = a.display_name.clone();
+        session.clone_from(&a.session_id);
     }
 }
 
@@ -77,17 +79,18 @@ pub fn record(envelope: &Envelope, correlator: &Correlator) -> anyhow::Result<Re
         trace_id: envelope.traceparent.split('-').nth(1).unwrap_or_default().to_owned(),
         ..Record::default()
     };
-    let payload = match event_type(envelope) {
+    let mut session = String::new();
+    let mut payload = match event_type(envelope) {
         Some(EventType::UserCreated) => {
             let e: ev::UserCreated = decode(envelope)?;
-            set_actor(&mut r, &e.actor);
+            set_actor(&mut r, &mut session, &e.actor);
             r.target_id = e.user_id.clone();
             r.target_name = e.user_name.clone();
             json!({"user_id": e.user_id, "user_name": e.user_name, "display_name": e.display_name, "email": e.email})
         }
         Some(EventType::UserUpdated | EventType::UserAddressAnnounced) => {
             let e: ev::UserUpdated = decode(envelope)?;
-            set_actor(&mut r, &e.actor);
+            set_actor(&mut r, &mut session, &e.actor);
             r.target_id = e.user_id.clone();
             r.target_name = e.user_name.clone();
             json!({"user_id": e.user_id, "user_name": e.user_name, "display_name": e.display_name, "email": e.email})
@@ -100,14 +103,14 @@ pub fn record(envelope: &Envelope, correlator: &Correlator) -> anyhow::Result<Re
             | EventType::UserDisablePrepared,
         ) => {
             let e: ev::UserDisabled = decode(envelope)?;
-            set_actor(&mut r, &e.actor);
+            set_actor(&mut r, &mut session, &e.actor);
             r.target_id = e.user_id.clone();
             r.target_name = e.user_name.clone();
             json!({"user_id": e.user_id, "user_name": e.user_name})
         }
         Some(EventType::GroupDeleted) => {
             let e: ev::GroupDeleted = decode(envelope)?;
-            set_actor(&mut r, &e.actor);
+            set_actor(&mut r, &mut session, &e.actor);
             r.target_id = e.group_id.clone();
             r.target_name = e.display_name.clone();
             r.scope = pim_proto::catalogue::group_scope(&e.group_id);
@@ -115,7 +118,7 @@ pub fn record(envelope: &Envelope, correlator: &Correlator) -> anyhow::Result<Re
         }
         Some(EventType::GroupCreated | EventType::GroupUpdated) => {
             let e: ev::GroupCreated = decode(envelope)?;
-            set_actor(&mut r, &e.actor);
+            set_actor(&mut r, &mut session, &e.actor);
             r.target_id = e.group_id.clone();
             r.target_name = e.display_name.clone();
             r.scope = pim_proto::catalogue::group_scope(&e.group_id);
@@ -128,7 +131,7 @@ pub fn record(envelope: &Envelope, correlator: &Correlator) -> anyhow::Result<Re
             | EventType::GroupOwnerRemoved,
         ) => {
             let e: ev::GroupMembershipChanged = decode(envelope)?;
-            set_actor(&mut r, &e.actor);
+            set_actor(&mut r, &mut session, &e.actor);
             r.target_id = e.principal_id.clone();
             // The group is the scope its access is held at (PIM for Groups' words too).
             r.scope = pim_proto::catalogue::group_scope(&e.group_id);
@@ -136,14 +139,14 @@ pub fn record(envelope: &Envelope, correlator: &Correlator) -> anyhow::Result<Re
         }
         Some(EventType::ServicePrincipalCreated | EventType::ServicePrincipalDisabled) => {
             let e: ev::ServicePrincipalCreated = decode(envelope)?;
-            set_actor(&mut r, &e.actor);
+            set_actor(&mut r, &mut session, &e.actor);
             r.target_id = e.service_principal_id.clone();
             r.target_name = e.display_name.clone();
             json!({"service_principal_id": e.service_principal_id, "display_name": e.display_name})
         }
         Some(EventType::SignInSucceeded | EventType::SignInMfaPending | EventType::SignInEnrollmentPending) => {
             let e: ev::SignInSucceeded = decode(envelope)?;
-            set_actor(&mut r, &e.actor);
+            set_actor(&mut r, &mut session, &e.actor);
             r.target_id = r.actor_id.clone();
             r.target_name = r.actor_name.clone();
             json!({
@@ -178,7 +181,7 @@ pub fn record(envelope: &Envelope, correlator: &Correlator) -> anyhow::Result<Re
             | EventType::RecoveryCodesGenerated,
         ) => {
             let e: ev::MfaEvent = decode(envelope)?;
-            set_actor(&mut r, &e.actor);
+            set_actor(&mut r, &mut session, &e.actor);
             r.target_id = e.user_id.clone();
             if matches!(
                 event_type(envelope),
@@ -193,25 +196,25 @@ pub fn record(envelope: &Envelope, correlator: &Correlator) -> anyhow::Result<Re
         }
         Some(EventType::EnrollmentPassCreated | EventType::EnrollmentPassUsed) => {
             let e: ev::EnrollmentPassEvent = decode(envelope)?;
-            set_actor(&mut r, &e.actor);
+            set_actor(&mut r, &mut session, &e.actor);
             r.target_id = e.user_id.clone();
             json!({"pass_id": e.pass_id, "expires_at": rfc3339(&e.expires_at), "uses_left": e.uses_left})
         }
         Some(EventType::CredentialsReset | EventType::PasswordChanged) => {
             let e: ev::CredentialsReset = decode(envelope)?;
-            set_actor(&mut r, &e.actor);
+            set_actor(&mut r, &mut session, &e.actor);
             r.target_id = e.user_id.clone();
             json!({"what": e.what})
         }
         Some(EventType::SessionRevoked) => {
             let e: ev::SessionRevoked = decode(envelope)?;
-            set_actor(&mut r, &e.actor);
+            set_actor(&mut r, &mut session, &e.actor);
             r.target_id = e.principal_id.clone();
             json!({"session_id": e.session_id, "reason": e.reason})
         }
         Some(EventType::RequestCreated) => {
             let e: ev::RequestCreated = decode(envelope)?;
-            set_actor(&mut r, &e.actor);
+            set_actor(&mut r, &mut session, &e.actor);
             r.target_id = e.principal_id.clone();
             r.role_id = e.role_id.clone();
             r.role_name = e.role_name.clone();
@@ -233,7 +236,7 @@ pub fn record(envelope: &Envelope, correlator: &Correlator) -> anyhow::Result<Re
             | EventType::ActiveAssignmentUpdated,
         ) => {
             let e: ev::AssignmentChanged = decode(envelope)?;
-            set_actor(&mut r, &e.actor);
+            set_actor(&mut r, &mut session, &e.actor);
             r.target_id = e.principal_id.clone();
             r.target_name = e.principal_name.clone();
             r.role_id = e.role_id.clone();
@@ -248,7 +251,7 @@ pub fn record(envelope: &Envelope, correlator: &Correlator) -> anyhow::Result<Re
         }
         Some(EventType::RequestRefused) => {
             let e: ev::RequestRefused = decode(envelope)?;
-            set_actor(&mut r, &e.actor);
+            set_actor(&mut r, &mut session, &e.actor);
             r.target_id = e.principal_id.clone();
             r.role_id = e.role_id.clone();
             r.role_name = e.role_name.clone();
@@ -265,7 +268,7 @@ pub fn record(envelope: &Envelope, correlator: &Correlator) -> anyhow::Result<Re
         }
         Some(EventType::NotificationsDue) => {
             let e: ev::NotificationsDue = decode(envelope)?;
-            set_actor(&mut r, &e.actor);
+            set_actor(&mut r, &mut session, &e.actor);
             // An access review's notice is about the review; the others, about a principal.
             (r.target_id, r.target_name) = if e.review_id.is_empty() {
                 (e.principal_id.clone(), e.principal_name.clone())
@@ -302,7 +305,7 @@ pub fn record(envelope: &Envelope, correlator: &Correlator) -> anyhow::Result<Re
         }
         Some(EventType::RoleActivated) => {
             let e: ev::RoleActivated = decode(envelope)?;
-            set_actor(&mut r, &e.actor);
+            set_actor(&mut r, &mut session, &e.actor);
             r.target_id = e.principal_id.clone();
             r.role_id = e.role_id.clone();
             r.role_name = e.role_name.clone();
@@ -315,7 +318,7 @@ pub fn record(envelope: &Envelope, correlator: &Correlator) -> anyhow::Result<Re
         }
         Some(EventType::RoleDeactivated) => {
             let e: ev::RoleDeactivated = decode(envelope)?;
-            set_actor(&mut r, &e.actor);
+            set_actor(&mut r, &mut session, &e.actor);
             r.target_id = e.principal_id.clone();
             r.role_id = e.role_id.clone();
             r.scope = e.scope.clone();
@@ -323,7 +326,7 @@ pub fn record(envelope: &Envelope, correlator: &Correlator) -> anyhow::Result<Re
         }
         Some(EventType::ActivationShortened) => {
             let e: ev::ActivationShortened = decode(envelope)?;
-            set_actor(&mut r, &e.actor);
+            set_actor(&mut r, &mut session, &e.actor);
             r.target_id = e.principal_id.clone();
             r.role_id = e.role_id.clone();
             r.role_name = e.role_name.clone();
@@ -335,7 +338,7 @@ pub fn record(envelope: &Envelope, correlator: &Correlator) -> anyhow::Result<Re
         }
         Some(EventType::RequestStatusChanged) => {
             let e: ev::RequestStatusChanged = decode(envelope)?;
-            set_actor(&mut r, &e.actor);
+            set_actor(&mut r, &mut session, &e.actor);
             // Whose request and for what (empty in events from before they were told).
             r.target_id = e.principal_id.clone();
             r.role_id = e.role_id.clone();
@@ -347,7 +350,7 @@ pub fn record(envelope: &Envelope, correlator: &Correlator) -> anyhow::Result<Re
         }
         Some(EventType::PolicyUpdated) => {
             let e: ev::PolicyUpdated = decode(envelope)?;
-            set_actor(&mut r, &e.actor);
+            set_actor(&mut r, &mut session, &e.actor);
             r.target_id = e.role_id.clone();
             r.role_id = e.role_id.clone();
             r.scope = e.scope.clone();
@@ -372,7 +375,7 @@ pub fn record(envelope: &Envelope, correlator: &Correlator) -> anyhow::Result<Re
         }
         Some(EventType::ApprovalDecisionRecorded | EventType::SelfApprovalAttempted) => {
             let e: ev::ApprovalDecisionRecorded = decode(envelope)?;
-            set_actor(&mut r, &e.actor);
+            set_actor(&mut r, &mut session, &e.actor);
             r.target_id = e.requester_id.clone();
             r.role_id = e.role_id.clone();
             r.scope = e.scope.clone();
@@ -387,7 +390,7 @@ pub fn record(envelope: &Envelope, correlator: &Correlator) -> anyhow::Result<Re
         }
         Some(EventType::ApprovalDecisionRefused) => {
             let e: ev::ApprovalDecisionRefused = decode(envelope)?;
-            set_actor(&mut r, &e.actor);
+            set_actor(&mut r, &mut session, &e.actor);
             r.target_id = e.requester_id.clone();
             r.role_id = e.role_id.clone();
             r.scope = e.scope.clone();
@@ -399,7 +402,7 @@ pub fn record(envelope: &Envelope, correlator: &Correlator) -> anyhow::Result<Re
         }
         Some(EventType::AccessDenied) => {
             let e: ev::AccessDenied = decode(envelope)?;
-            set_actor(&mut r, &e.actor);
+            set_actor(&mut r, &mut session, &e.actor);
             // At whom the call was aimed, where it says; else the method refused.
             r.target_id = if e.target.is_empty() {
                 e.method.clone()
@@ -424,7 +427,7 @@ pub fn record(envelope: &Envelope, correlator: &Correlator) -> anyhow::Result<Re
             | EventType::ApprovalReminder,
         ) => {
             let e: ev::ApprovalCompleted = decode(envelope)?;
-            set_actor(&mut r, &e.actor);
+            set_actor(&mut r, &mut session, &e.actor);
             r.target_id = e.requester_id.clone();
             r.role_id = e.role_id.clone();
             r.scope = e.scope.clone();
@@ -451,7 +454,7 @@ pub fn record(envelope: &Envelope, correlator: &Correlator) -> anyhow::Result<Re
             | EventType::ReviewRemovalRefused,
         ) => {
             let e: ev::ReviewEvent = decode(envelope)?;
-            set_actor(&mut r, &e.actor);
+            set_actor(&mut r, &mut session, &e.actor);
             if event_type(envelope) == Some(EventType::ReviewRemovalRefused) {
                 r.outcome = "refused".into();
             }
@@ -483,13 +486,13 @@ pub fn record(envelope: &Envelope, correlator: &Correlator) -> anyhow::Result<Re
         }
         Some(EventType::RoleDefinitionCreated) => {
             let e: ev::RoleDefinitionCreated = decode(envelope)?;
-            set_actor(&mut r, &e.actor);
+            set_actor(&mut r, &mut session, &e.actor);
             (r.target_id, r.target_name, r.role_id) = (e.role_id.clone(), e.name.clone(), e.role_id.clone());
             json!({"name": e.name, "description": e.description, "permissions": e.permissions, "privileged": e.privileged})
         }
         Some(EventType::RoleDefinitionUpdated) => {
             let e: ev::RoleDefinitionUpdated = decode(envelope)?;
-            set_actor(&mut r, &e.actor);
+            set_actor(&mut r, &mut session, &e.actor);
             (r.target_id, r.target_name, r.role_id) = (e.role_id.clone(), e.name.clone(), e.role_id.clone());
             json!({
                 "name": e.name, "permissions": e.permissions, "permissions_added": e.permissions_added,
@@ -499,13 +502,13 @@ pub fn record(envelope: &Envelope, correlator: &Correlator) -> anyhow::Result<Re
         }
         Some(EventType::RoleDefinitionDeleted) => {
             let e: ev::RoleDefinitionDeleted = decode(envelope)?;
-            set_actor(&mut r, &e.actor);
+            set_actor(&mut r, &mut session, &e.actor);
             (r.target_id, r.target_name, r.role_id) = (e.role_id.clone(), e.name.clone(), e.role_id.clone());
             json!({"name": e.name})
         }
         Some(EventType::AlertRaised | EventType::AlertUpdated | EventType::AlertStatusChanged) => {
             let e: ev::AlertEvent = decode(envelope)?;
-            set_actor(&mut r, &e.actor);
+            set_actor(&mut r, &mut session, &e.actor);
             // What was acted on is the alert (named by its rule); whom it is about is in the
             // payload, and its role is the record's role.
             r.target_id = e.alert_id.clone();
@@ -518,13 +521,20 @@ pub fn record(envelope: &Envelope, correlator: &Correlator) -> anyhow::Result<Re
         }
         Some(EventType::RuleSettingsUpdated) => {
             let e: ev::RuleSettingsUpdated = decode(envelope)?;
-            set_actor(&mut r, &e.actor);
+            set_actor(&mut r, &mut session, &e.actor);
             r.target_id = e.rule_id.clone();
             r.target_name = e.rule_id.clone();
             json!({"rule_id": e.rule_id, "enabled": e.enabled})
         }
         _ => json!({"data_base64": base64::engine::general_purpose::STANDARD.encode(&envelope.data)}),
     };
+    // Which of the actor's sessions it came from: what an incident response ends, and ties
+    // to the sign-in that opened it (whose record names the session too).
+    if !session.is_empty()
+        && let Some(fields) = payload.as_object_mut()
+    {
+        fields.insert("actor_session_id".into(), session.into());
+    }
     r.payload_json = payload.to_string();
     Ok(r)
 }

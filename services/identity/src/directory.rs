@@ -133,6 +133,7 @@ pub(crate) fn actor(principal_id: &str, kind: PrincipalKind, name: &str) -> Acto
         principal_id: principal_id.to_owned(),
         kind: kind as i32,
         display_name: name.to_owned(),
+        session_id: String::new(),
     }
 }
 

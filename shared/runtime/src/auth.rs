@@ -156,6 +156,7 @@ impl Caller {
             principal_id: self.principal_id.clone(),
             kind: self.kind as i32,
             display_name: self.name.clone(),
+            session_id: self.session_id.clone(),
         }
     }
 }
@@ -821,6 +822,7 @@ impl Rejections {
                     principal_id: String::new(),
                     kind: PrincipalKind::Unspecified as i32,
                     display_name: "unauthenticated caller".into(),
+                    session_id: String::new(),
                 };
                 Some((
                     unknown,

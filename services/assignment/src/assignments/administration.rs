@@ -272,6 +272,7 @@ impl Assignments {
             principal_id: "system".into(),
             kind: 0,
             display_name: "assignment service".into(),
+            session_id: String::new(),
         });
         let a = match store::find_assignment(txn, assignment_id).await? {
             Some(a) if a.status == "active" && a.end_at.is_none_or(|e| e > now) => a,

@@ -63,6 +63,7 @@ pub fn system_actor() -> Actor {
         principal_id: SYSTEM_ACTOR.into(),
         kind: PrincipalKind::Unspecified as i32,
         display_name: "PIM".into(),
+        session_id: String::new(),
     }
 }
 

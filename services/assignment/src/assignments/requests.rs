@@ -411,6 +411,7 @@ impl Assignments {
                     principal_id: request.principal_id.clone(),
                     kind: PrincipalKind::User as i32,
                     display_name: String::new(),
+                    session_id: String::new(),
                 };
                 let via_group = allowing
                     .map(|(e, _)| e.principal_id.as_str())

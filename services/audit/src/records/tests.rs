@@ -10,6 +10,7 @@ fn an_assignment_event_names_actor_target_role_and_scope() {
             principal_id: "admin-id".into(),
             kind: 1,
             display_name: "admin".into(),
+            session_id: "session-7".into(),
         }),
         principal_id: "lee-id".into(),
         principal_name: "Lee".into(),
@@ -33,6 +34,9 @@ fn an_assignment_event_names_actor_target_role_and_scope() {
     assert_eq!(r.ticket, "ServiceNow:INC1");
     assert_eq!(r.justification, "mailbox migration");
     assert_eq!(r.trace_id.len(), 32);
+    // Which of the actor's sessions did it: what an incident response ends.
+    let payload: serde_json::Value = serde_json::from_str(&r.payload_json).unwrap();
+    assert_eq!(payload["actor_session_id"], "session-7");
     // A request's change of status names whose request it is, for which role and where.
     let (principal_id, role_id, scope) = ("lee-id".to_owned(), "role-1".to_owned(), "/apps".to_owned());
     let changed = ev::RequestStatusChanged {
@@ -59,6 +63,7 @@ fn an_approval_decision_names_the_approver_the_requester_and_why() {
             principal_id: "ann-id".into(),
             kind: 1,
             display_name: "ann".into(),
+            session_id: String::new(),
         }),
         approval_id: "a-1".into(),
         request_id: "r-1".into(),
