@@ -1271,7 +1271,11 @@ async fn adding_to_a_role_assignable_group_needs_the_administrators_recent_mfa()
                 action: "pim.identity.v1.GroupMemberAdded".into(),
                 ..Default::default()
             };
-            Ok(ts.audit_records(&fresh, query).await?.into_iter().find(|r| r.target_id == kim.id))
+            Ok(ts
+                .audit_records(&fresh, query)
+                .await?
+                .into_iter()
+                .find(|r| r.target_id == kim.id))
         })
         .await?;
         let payload: serde_json::Value = serde_json::from_str(&added.payload_json)?;

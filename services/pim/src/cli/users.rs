@@ -109,6 +109,35 @@ pub(crate) enum UsersCommand {
     },
 }
 
+/// After an enable: the access the user holds again, said on stderr (what was theirs when
+/// disabled comes back with the account, an activation that won a race with the disable
+/// included), for whoever enabled them to check. Unsaid where the caller may not read it.
+async fn tell_what_comes_back(session: &Session, u: &ipb::User) {
+    let ask = pim_proto::assignment::v1::ListAssignmentsRequest {
+        principal_id: u.id.clone(),
+        ..Default::default()
+    };
+    let mut held = Vec::new();
+    for (active, kind) in [(true, "active"), (false, "eligible")] {
+        let Ok(listed) = super::listings::assignments(session, active, &ask).await else {
+            return;
+        };
+        held.extend(listed.into_iter().map(|a| {
+            let until = super::time(a.end_time.as_ref().map(pim_runtime::db::from_timestamp));
+            format!("  {kind} {} at {} until {until}", a.role_name, a.scope)
+        }));
+    }
+    if !held.is_empty() {
+        eprintln!(
+            "{} holds again (check each is still wanted: pim unassign removes one):",
+            u.user_name
+        );
+        for line in held {
+            eprintln!("{}", super::printable(&line));
+        }
+    }
+}
+
 /// A user's columns, as [`user_row`] fills them.
 const USER_COLUMNS: &[&str] = &["ID", "USER NAME", "DISPLAY NAME", "EMAIL", "STATE"];
 
@@ -239,6 +268,7 @@ pub(crate) async fn users(cmd: UsersCommand) -> anyhow::Result<i32> {
             .await?;
             let u = session.remember(answer);
             println!("User {} enabled", u.user_name);
+            tell_what_comes_back(&session, &u).await;
         }
         UsersCommand::Delete { user, code, client } => {
             let (session, answer) = stepping_up(&client, "Deleting a user", code, |session| {

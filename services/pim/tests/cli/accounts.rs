@@ -280,7 +280,14 @@ fn users_are_managed_and_a_waiting_request_is_withdrawn() {
     );
     assert!(!refused.status.success(), "a disabled user cannot sign in");
     assert!(admin.ok(&["users", "get", "kim"], None).contains("disabled"));
-    admin.ok(&["users", "enable", "kim"], None);
+    // Enabled again, what Kim held comes back with the account: said, to check.
+    let enabled = admin.run(&["users", "enable", "kim"], None);
+    let said = String::from_utf8_lossy(&enabled.stderr).into_owned();
+    assert!(enabled.status.success(), "{said}");
+    assert!(
+        said.contains("kim holds again") && said.contains("Exchange Administrator"),
+        "{said}"
+    );
     assert!(admin.ok(&["users", "get", "kim"], None).contains("enabled"));
 
     admin.ok(
