@@ -1261,9 +1261,46 @@ async fn adding_to_a_role_assignable_group_needs_the_administrators_recent_mfa()
         }
         directory.add_group_member(authed(&stale, link(&team))).await?;
         directory.remove_group_member(authed(&stale, link(&team))).await?;
+        // Nor through PIM for Groups: standing (active) access to it is the same grant.
+        let access = |kind: apb::AssignmentKind, role: &str| apb::CreateRequestRequest {
+            action: apb::RequestAction::AdminAssign as i32,
+            kind: kind as i32,
+            principal_id: kim.id.clone(),
+            role_id: role.into(),
+            scope: pim_proto::catalogue::group_scope(&tier0),
+            schedule: Some(apb::Schedule {
+                start_time: None,
+                expiration: Some(apb::schedule::Expiration::Duration(prost_types::Duration {
+                    seconds: 86_400,
+                    nanos: 0,
+                })),
+            }),
+            justification: "on call".into(),
+            ..Default::default()
+        };
+        let mut assignments = AssignmentServiceClient::new(ts.channel.clone());
+        for role in [pim_proto::catalogue::GROUP_MEMBER, pim_proto::catalogue::GROUP_OWNER] {
+            let refused = assignments
+                .create_request(authed(&stale, access(apb::AssignmentKind::Active, role)))
+                .await
+                .expect_err("standing access to the group, no recent MFA");
+            assert_eq!(violated_rules(&refused), ["MfaRule"], "{role}: {refused:?}");
+        }
+        assignments
+            .create_request(authed(
+                &stale,
+                access(apb::AssignmentKind::Eligible, pim_proto::catalogue::GROUP_MEMBER),
+            ))
+            .await?;
         let fresh = ts.stepped_up_token(&admin_id, &ts.admin_user, clock.now_ms())?;
         directory.add_group_member(authed(&fresh, link(&tier0))).await?;
         directory.remove_group_member(authed(&stale, link(&tier0))).await?;
+        assignments
+            .create_request(authed(
+                &fresh,
+                access(apb::AssignmentKind::Active, pim_proto::catalogue::GROUP_OWNER),
+            ))
+            .await?;
         refusal_recorded(&ts, &fresh, &ts.admin_user, "MfaRule").await?;
         // The record of the change names the session it was made in (the token's).
         let added = eventually(Duration::from_secs(10), "the member's addition audited", || async {

@@ -45,6 +45,7 @@ impl Assignments {
         }
         let now = self.now();
         let (policy, _) = self.effective_policy(&self.db, &role.id, &scope).await?;
+        let policy = self.standing_group_access_asks_mfa(caller, &scope, policy).await?;
         let schedule = policy
             .check_admin_assignment(&r.assignment, mfa_of(caller), now)
             .map_err(Error::PolicyViolation)?;
@@ -115,6 +116,25 @@ impl Assignments {
             }
         }
         Err(err_same_moment(&role.name, &scope))
+    }
+
+    /// Standing access to a role-assignable group gives its roles at once, as a member added
+    /// directly does: a caller who has a second factor (their token names one) uses it
+    /// recently, within the policy's freshness, whatever the group's policy says (identity
+    /// asks the same of a member or owner added directly).
+    async fn standing_group_access_asks_mfa(
+        &self,
+        caller: &Caller,
+        scope: &Scope,
+        mut policy: Policy,
+    ) -> Result<Policy> {
+        if let Some(group) = crate::roles::group_of_scope(scope.as_str())
+            && pim_runtime::auth::has_mfa(&caller.amr)
+            && self.group(caller, group).await?.is_assignable_to_role
+        {
+            policy.active_requires_mfa = true;
+        }
+        Ok(policy)
     }
 
     /// Records a request that grants an assignment, the assignment, and their events, in one transaction.
@@ -393,6 +413,7 @@ impl Assignments {
             }]));
         }
         let (policy, _) = self.effective_policy(&txn, &role.id, &scope).await?;
+        let policy = self.standing_group_access_asks_mfa(caller, &scope, policy).await?;
         let mut violations: Vec<RuleViolation> = policy
             .unverified_administrator(r.kind, mfa_of(caller), now)
             .into_iter()

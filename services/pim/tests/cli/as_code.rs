@@ -577,7 +577,9 @@ fn an_active_assignment_that_needs_the_administrators_mfa_steps_up() {
     let until = pim_runtime::format::rfc3339_seconds(pim_runtime::db::now_ms() + 30 * 86_400_000);
     std::fs::write(
         &file,
-        format!("assignments:\n  - role: Exchange Administrator\n    active:\n      - principal: kim\n        until: {until}\n"),
+        format!(
+            "groups:\n  - name: tier0\n    role_assignable: true\n    members: [kim]\nassignments:\n  - role: Exchange Administrator\n    active:\n      - principal: kim\n        until: {until}\n"
+        ),
     )
     .expect("write the file");
     let file = file.to_str().expect("a UTF-8 path");
@@ -601,6 +603,9 @@ fn an_active_assignment_that_needs_the_administrators_mfa_steps_up() {
     );
     let held = admin.ok(&["assignments", "--principal", "kim", "--kind", "active"], None);
     assert!(held.contains("Exchange Administrator"), "{held}");
+    // The member of a role-assignable group too: the one step-up served both changes.
+    let members = admin.ok(&["groups", "members", "tier0"], None);
+    assert!(members.contains("kim"), "{members}");
     up.terminate();
     std::fs::remove_dir_all(&dir).ok();
 }

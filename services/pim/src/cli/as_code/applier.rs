@@ -2,6 +2,23 @@
 
 use super::*;
 
+/// Adds or removes a member or an owner of a group.
+async fn change_membership(
+    session: &Session,
+    asked: ipb::GroupMembershipRequest,
+    owner: bool,
+    add: bool,
+) -> Result<tonic::Response<ipb::GroupMembershipResponse>, tonic::Status> {
+    let request = session.request(asked).map_err(crate::cli::mfa::status_of)?;
+    let mut directory = DirectoryServiceClient::new(session.channel.clone());
+    match (owner, add) {
+        (false, true) => directory.add_group_member(request).await,
+        (false, false) => directory.remove_group_member(request).await,
+        (true, true) => directory.add_group_owner(request).await,
+        (true, false) => directory.remove_group_owner(request).await,
+    }
+}
+
 /// Makes each change, looking names up in a snapshot read again after something was created.
 pub(super) struct Applier {
     pub(super) session: Session,
@@ -112,20 +129,25 @@ impl Applier {
                 owner,
                 add,
             } => {
-                let request = ipb::GroupMembershipRequest {
+                let asked = ipb::GroupMembershipRequest {
                     group_id: self.group_id(group).await?,
                     principal_id: self.principal_id(principal).await?,
                 };
-                let request = session.request(request)?;
-                let mut directory = directory();
-                let answer = match (owner, add) {
-                    (false, true) => directory.add_group_member(request).await,
-                    (false, false) => directory.remove_group_member(request).await,
-                    (true, true) => directory.add_group_owner(request).await,
-                    (true, false) => directory.remove_group_owner(request).await,
+                let (owner, add) = (*owner, *add);
+                let answer = match change_membership(session, asked.clone(), owner, add).await {
+                    // A member or owner of a role-assignable group wants the administrator's
+                    // recent MFA: step up once, as for an active assignment.
+                    Err(status) if !self.stepped_up && crate::cli::mfa::wants_mfa(&status) => {
+                        let what = format!("Adding {principal} to {group}");
+                        let code = self.code.clone();
+                        self.session = crate::cli::mfa::stepped_up_for(&self.client, &what, session, code).await?;
+                        self.stepped_up = true;
+                        change_membership(&self.session, asked, owner, add).await
+                    }
+                    answer => answer,
                 }
                 .map_err(explain)?;
-                session.remember(answer);
+                self.session.remember(answer);
             }
             Step::Policy { spec, mask, etag } => {
                 let role_id = self.role_id(&spec.role).await?;
