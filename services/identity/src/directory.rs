@@ -589,7 +589,8 @@ impl Directory {
         {
             matched = Some(hash);
         }
-        let sp = match (sp, matched) {
+        // The principal, and the hash of the secret that signed in (held below).
+        let (sp, held_hash) = match (sp, matched) {
             (Some(sp), Some(hash)) if sp.enabled => (sp, hash),
             (other, _) => {
                 let id = other.as_ref().map(|s| s.id.as_str()).unwrap_or_default();
@@ -598,7 +599,6 @@ impl Directory {
                 return Err(Error::BadClientCredentials);
             }
         };
-        let (sp, held_hash) = sp;
         limiter::succeeded(&self.db, &keys, self.clock.now_ms()).await?;
         let amr = vec!["secret".to_owned()];
         let session_id = uuid::Uuid::now_v7().to_string();
