@@ -678,25 +678,30 @@ async fn a_webhook_failing_for_a_day_is_dead_lettered_and_alerted() -> anyhow::R
             }
         })
         .await?;
-        let alert = eventually(Duration::from_secs(10), "webhook_dead_lettered raised", || {
+        // The alert `rule` raised, once there.
+        let raised = |rule: &'static str| {
             let admin = admin.clone();
-            let mut alerts = AlertServiceClient::new(ts.channel.clone());
-            async move {
-                let listed = alerts
-                    .list_alerts(authed(
-                        &admin,
-                        alpb::ListAlertsRequest {
-                            page_size: 500,
-                            ..Default::default()
-                        },
-                    ))
-                    .await?
-                    .into_inner()
-                    .alerts;
-                Ok(listed.into_iter().find(|a| a.rule_id == "webhook_dead_lettered"))
-            }
-        })
-        .await?;
+            let ts = &ts;
+            eventually(Duration::from_secs(10), rule, move || {
+                let admin = admin.clone();
+                let mut alerts = AlertServiceClient::new(ts.channel.clone());
+                async move {
+                    let listed = alerts
+                        .list_alerts(authed(
+                            &admin,
+                            alpb::ListAlertsRequest {
+                                page_size: 500,
+                                ..Default::default()
+                            },
+                        ))
+                        .await?
+                        .into_inner()
+                        .alerts;
+                    Ok(listed.into_iter().find(|a| a.rule_id == rule))
+                }
+            })
+        };
+        let alert = raised("webhook_dead_lettered").await?;
         assert_eq!(alert.figures.get("subscription_id"), Some(&id));
         assert_eq!(
             alert.figures.get("url").map(String::as_str),
@@ -704,25 +709,7 @@ async fn a_webhook_failing_for_a_day_is_dead_lettered_and_alerted() -> anyhow::R
             "the origin only (a path or query may hold a token)"
         );
         // Its creation was alerted too: events going to a new receiver are a way out.
-        let made = eventually(Duration::from_secs(10), "webhook_subscribed raised", || {
-            let admin = admin.clone();
-            let mut alerts = AlertServiceClient::new(ts.channel.clone());
-            async move {
-                let listed = alerts
-                    .list_alerts(authed(
-                        &admin,
-                        alpb::ListAlertsRequest {
-                            page_size: 500,
-                            ..Default::default()
-                        },
-                    ))
-                    .await?
-                    .into_inner()
-                    .alerts;
-                Ok(listed.into_iter().find(|a| a.rule_id == "webhook_subscribed"))
-            }
-        })
-        .await?;
+        let made = raised("webhook_subscribed").await?;
         assert_eq!(
             (made.figures.get("subscription_id"), made.figures.get("url").map(String::as_str)),
             (Some(&id), Some("http://127.0.0.1:9"))
