@@ -379,14 +379,19 @@ pub async fn drop_streams(prefix: &str) -> anyhow::Result<()> {
 
 /// Whom an access token is about (its `sub`), read without verifying it.
 pub fn token_subject(token: &str) -> anyhow::Result<String> {
-    use base64::Engine;
-    let payload = token.split('.').nth(1).context("a JWT has three parts")?;
-    let claims: serde_json::Value =
-        serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload)?)?;
-    claims["sub"]
+    token_claim(token, "sub")?
         .as_str()
         .map(str::to_owned)
         .context("a token names its subject")
+}
+
+/// A claim of a token, read without verifying it (null when absent).
+pub fn token_claim(token: &str, name: &str) -> anyhow::Result<serde_json::Value> {
+    use base64::Engine;
+    let payload = token.split('.').nth(1).context("a JWT has three parts")?;
+    let mut claims: serde_json::Value =
+        serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload)?)?;
+    Ok(claims[name].take())
 }
 
 /// The password tests give user `name`.

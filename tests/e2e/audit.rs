@@ -747,6 +747,12 @@ async fn a_webhook_failing_for_a_day_is_dead_lettered_and_alerted() -> anyhow::R
         assert_eq!(records.len(), 1);
         assert_eq!(records[0].target_name, "http://127.0.0.1:9");
         assert!(!records[0].payload_json.contains("t0ps3cret"));
+        let payload: serde_json::Value = serde_json::from_str(&records[0].payload_json)?;
+        assert_eq!(
+            payload["actor_session_id"],
+            pim_e2e::token_claim(&admin, "sid")?,
+            "the session it came from"
+        );
         anyhow::Ok(())
     }
     .await;

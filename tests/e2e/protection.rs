@@ -34,7 +34,8 @@ const SECURITY_ADMINISTRATOR: &str = "194ae4cb-b126-40b2-bd5b-6091b380977d";
 
 /// A client secret rotated with `keep_previous_for` keeps signing in beside the new one until
 /// then, and the tokens it got keep working (the apps move over without an outage); then it
-/// stops. Rotated without it, the old one stops at once. Seven days at most.
+/// stops, and every token it got with it. A rotation during an overlap ends the secret kept
+/// before; one without it stops the old one at once. Seven days at most.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotated_client_secret_may_keep_working_for_a_while() -> anyhow::Result<()> {
     let clock = pim_runtime::clock::ManualClock::starting_now();
@@ -66,34 +67,65 @@ async fn a_rotated_client_secret_may_keep_working_for_a_while() -> anyhow::Resul
             .await
             .expect_err("more than a week");
         assert_eq!(too_long.code(), Code::InvalidArgument, "{too_long:?}");
-        let second = directory
-            .rotate_service_principal_secret(authed(&admin, rotate(Some(3600))))
-            .await?
-            .into_inner()
-            .client_secret;
-        assert!(signs_in(&first).await.is_ok(), "the old secret for an hour");
+        let rotate_keeping = |minutes: i64| {
+            let mut directory = directory.clone();
+            let request = authed(&admin, rotate(Some(minutes * 60)));
+            async move {
+                let secret = directory.rotate_service_principal_secret(request).await?;
+                Ok::<_, anyhow::Error>(secret.into_inner().client_secret)
+            }
+        };
+        let second = rotate_keeping(10).await?;
+        let during = signs_in(&first).await.expect("the old secret for ten minutes");
         assert!(signs_in(&second).await.is_ok(), "and the new one");
         assert!(works(&ts, &token).await?, "the old secret's tokens keep working");
-        clock.advance(Duration::from_secs(3601));
-        let late = signs_in(&first).await.expect_err("the hour is over");
+        let claim = |name| pim_e2e::token_claim(&during, name).map(|v| v.as_i64().unwrap_or_default());
+        let lifetime = claim("exp")? - claim("iat")?;
+        assert!(
+            lifetime <= 600,
+            "a token the old secret gets now ends with it: {lifetime} s"
+        );
+        clock.advance(Duration::from_secs(601));
+        let late = signs_in(&first).await.expect_err("the ten minutes are over");
         assert_eq!(late.code(), Code::Unauthenticated);
         assert!(signs_in(&second).await.is_ok());
-        // Rotated at once (a leak): the secret before stops now, with its tokens.
+        eventually(Duration::from_secs(10), "the tokens it got before to stop", || async {
+            Ok((!works(&ts, &token).await?).then_some(()))
+        })
+        .await?;
+        // Rotated again during an overlap: the secret kept from before stops now, with its
+        // tokens, and only the one just replaced is kept.
         let second_token = signs_in(&second).await?;
-        let third = directory
-            .rotate_service_principal_secret(authed(&admin, rotate(None)))
-            .await?
-            .into_inner()
-            .client_secret;
+        let third = rotate_keeping(10).await?;
+        let third_token = signs_in(&third).await?;
+        let fourth = rotate_keeping(10).await?;
         assert_eq!(
-            signs_in(&second).await.expect_err("stopped").code(),
+            signs_in(&second).await.expect_err("two rotations ago").code(),
             Code::Unauthenticated
         );
         eventually(Duration::from_secs(5), "its token to stop working", || async {
             Ok((!works(&ts, &second_token).await?).then_some(()))
         })
         .await?;
-        assert!(signs_in(&third).await.is_ok());
+        assert!(signs_in(&third).await.is_ok(), "the one kept");
+        assert!(works(&ts, &third_token).await?);
+        // Rotated at once (a leak): the secret before stops now, with its tokens.
+        let fifth = directory
+            .rotate_service_principal_secret(authed(&admin, rotate(None)))
+            .await?
+            .into_inner()
+            .client_secret;
+        for stopped in [&third, &fourth] {
+            assert_eq!(
+                signs_in(stopped).await.expect_err("stopped").code(),
+                Code::Unauthenticated
+            );
+        }
+        eventually(Duration::from_secs(5), "its token to stop working", || async {
+            Ok((!works(&ts, &third_token).await?).then_some(()))
+        })
+        .await?;
+        assert!(signs_in(&fifth).await.is_ok());
         Ok::<_, anyhow::Error>(())
     }
     .await;

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use sea_orm::{DatabaseTransaction, TransactionTrait};
 
 use pim_proto::assignment::v1::RequestStatus;
-use pim_proto::common::v1::{Actor, ApprovalStageSettings, PrincipalKind};
+use pim_proto::common::v1::{Actor, ApprovalStageSettings};
 use pim_proto::events::v1 as ev;
 use pim_runtime::access::AccessCheck;
 use pim_runtime::auth::Caller;
@@ -65,12 +65,7 @@ fn decided_before<'a>(
 
 /// The system as the actor of what a timer does.
 fn system_actor() -> Actor {
-    Actor {
-        principal_id: "system".into(),
-        kind: PrincipalKind::Unspecified as i32,
-        display_name: "PIM approval".into(),
-        session_id: String::new(),
-    }
+    pim_runtime::auth::system_actor("PIM approval")
 }
 
 fn stage_from_settings(s: &ApprovalStageSettings) -> Stage {

@@ -577,17 +577,19 @@ impl Directory {
             .await?
             .then(|| sp.as_ref().map(|s| s.secret_hash.clone()))
             .flatten();
-        // The secret before a rotation that kept it a while, until then.
+        // The secret before a rotation that kept it a while, until then: its tokens end then too.
         let now = self.clock.now_ms();
         let previous = sp
             .as_ref()
             .and_then(|s| s.previous_secret.clone())
-            .filter(|(_, until)| *until > now);
+            .filter(|kept| kept.until > now);
+        let mut ttl = self.token_ttl;
         if matched.is_none()
-            && let Some((hash, _)) = previous
-            && self.weighed(&keys, secret, Some(hash.clone())).await?
+            && let Some(kept) = previous
+            && self.weighed(&keys, secret, Some(kept.hash.clone())).await?
         {
-            matched = Some(hash);
+            ttl = ttl.min(std::time::Duration::from_millis((kept.until - now) as u64));
+            matched = Some(kept.hash);
         }
         // The principal, and the hash of the secret that signed in (held below).
         let (sp, held_hash) = match (sp, matched) {
@@ -618,7 +620,7 @@ impl Directory {
         if !store::hold_service_principal_secret(&txn, &sp.id, &held_hash, now).await? {
             return Err(Error::BadClientCredentials);
         }
-        let issued = self.keys.issue(&subject, self.token_ttl)?;
+        let issued = self.keys.issue(&subject, ttl)?;
         let event = ev::SignInSucceeded {
             actor: Some(actor(&sp.id, PrincipalKind::ServicePrincipal, &sp.display_name)),
             session_id,

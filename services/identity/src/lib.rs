@@ -173,30 +173,48 @@ impl Service for Identity {
         let (keys, every) = (self.directory.keys.clone(), self.rotation);
         let (db, clock) = (self.directory.db.clone(), self.directory.clock.clone());
         let grace = self.directory.token_ttl + std::time::Duration::from_secs(300);
-        vec![tokio::spawn(async move {
+        let (directory, mut stopped) = (self.directory.clone(), stop.clone());
+        let overlaps = tokio::spawn(async move {
+            // A client secret kept past its rotation stops, with its earlier tokens, within
+            // seconds of its end.
             loop {
                 tokio::select! {
-                    _ = tokio::time::sleep(std::time::Duration::from_secs(30)) => {
-                        if let Err(err) = keys.maintain(every, grace).await {
-                            tracing::warn!(error = %format!("{err:#}"), "signing key maintenance failed");
-                        }
-                        let ended = clock.now_ms() - limiter::WINDOW_MS;
-                        if let Err(err) = store::prune_sign_in_failures(&db, ended).await {
-                            tracing::warn!(error = %err, "pruning failed sign-in counts failed");
-                        }
-                        let unfamiliar = clock.now_ms() - limiter::FAMILIAR_MS;
-                        if let Err(err) = store::prune_familiar_sources(&db, unfamiliar).await {
-                            tracing::warn!(error = %err, "pruning familiar sources failed");
-                        }
-                        // Sessions and revocations older than any token can live.
-                        let lifetime = pim_runtime::auth::REMEMBER_MS;
-                        if let Err(err) = store::prune_sessions(&db, clock.now_ms() - lifetime).await {
-                            tracing::warn!(error = %err, "pruning ended sessions failed");
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {
+                        if let Err(err) = directory.end_secret_overlaps().await {
+                            tracing::warn!(error = %err, "ending kept client secrets failed");
                         }
                     }
-                    _ = stop.changed() => return,
+                    _ = stopped.changed() => return,
                 }
             }
-        })]
+        });
+        vec![
+            overlaps,
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep(std::time::Duration::from_secs(30)) => {
+                            if let Err(err) = keys.maintain(every, grace).await {
+                                tracing::warn!(error = %format!("{err:#}"), "signing key maintenance failed");
+                            }
+                            let ended = clock.now_ms() - limiter::WINDOW_MS;
+                            if let Err(err) = store::prune_sign_in_failures(&db, ended).await {
+                                tracing::warn!(error = %err, "pruning failed sign-in counts failed");
+                            }
+                            let unfamiliar = clock.now_ms() - limiter::FAMILIAR_MS;
+                            if let Err(err) = store::prune_familiar_sources(&db, unfamiliar).await {
+                                tracing::warn!(error = %err, "pruning familiar sources failed");
+                            }
+                            // Sessions and revocations older than any token can live.
+                            let lifetime = pim_runtime::auth::REMEMBER_MS;
+                            if let Err(err) = store::prune_sessions(&db, clock.now_ms() - lifetime).await {
+                                tracing::warn!(error = %err, "pruning ended sessions failed");
+                            }
+                        }
+                        _ = stop.changed() => return,
+                    }
+                }
+            }),
+        ]
     }
 }

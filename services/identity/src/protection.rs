@@ -398,28 +398,45 @@ impl Directory {
             .ok_or_else(|| Error::NotFound(format!("service principal {}", id.trim())))?;
         self.require_service_principal_admin(caller, &sp).await?;
         let secret = credentials::random_secret();
-        let until = self.clock.now_ms() + keep_previous_for.as_millis() as i64;
-        let kept = (!keep_previous_for.is_zero()).then_some((sp.secret_hash.as_str(), until));
+        let now = self.clock.now_ms();
+        // The tokens issued up to this instant stop when the kept secret does (a token's issue
+        // time is read off the system clock).
+        let kept = (!keep_previous_for.is_zero()).then(|| store::KeptSecret {
+            hash: sp.secret_hash.clone(),
+            since: pim_runtime::db::now_ms(),
+            until: now + keep_previous_for.as_millis() as i64,
+        });
+        // One kept from a rotation before, still working, stops now: two old secrets at once
+        // would be a second secret.
+        let ended = sp.previous_secret.clone().filter(|before| before.until > now);
         let event = ev::CredentialsReset {
             actor: Some(caller.actor()),
             user_id: sp.id.clone(),
             // The audit log says whether the old secret was kept, and until when.
-            what: match kept {
-                None => "client_secret".into(),
-                Some(_) => format!(
-                    "client_secret (the previous one kept until {})",
-                    pim_runtime::db::rfc3339(until)
-                ),
-            },
+            what: [
+                Some("client_secret".to_owned()),
+                kept.as_ref()
+                    .map(|k| format!("the previous one kept until {}", pim_runtime::db::rfc3339(k.until))),
+                ended
+                    .as_ref()
+                    .map(|e| format!("the one kept since {} stopped now", pim_runtime::db::rfc3339(e.since))),
+            ]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join("; "),
         };
         let hash = credentials::hash(&secret).await?;
         let txn = self.db.begin().await?;
-        store::set_service_principal_secret(&txn, &sp.id, &hash, kept).await?;
+        store::set_service_principal_secret(&txn, &sp.id, &hash, kept.as_ref()).await?;
         self.emit(&txn, EventType::CredentialsReset, &sp.id, &event).await?;
         if kept.is_none() {
             // The tokens the old secret got stop working (a service principal's sign-ins keep
             // no session: its tokens issued up to now are refused).
             self.revoke_all_sessions(&txn, caller, &sp.id, "client_secret_rotated")
+                .await?;
+        } else if let Some(ended) = ended {
+            self.revoke_tokens_up_to(&txn, caller.actor(), &sp.id, ended.since, "client_secret_rotated")
                 .await?;
         }
         txn.commit().await?;

@@ -42,6 +42,45 @@ impl Directory {
         Ok(())
     }
 
+    /// Refuses a principal's tokens issued up to `at` (ms), from now on: those a client secret
+    /// got before it was rotated, when the overlap that kept it ends.
+    pub(crate) async fn revoke_tokens_up_to<C: sea_orm::ConnectionTrait>(
+        &self,
+        txn: &C,
+        by: Actor,
+        principal_id: &str,
+        at: i64,
+        reason: &str,
+    ) -> Result<()> {
+        let event = ev::SessionRevoked {
+            actor: Some(by),
+            principal_id: principal_id.to_owned(),
+            session_id: String::new(),
+            reason: reason.into(),
+            issued_up_to: Some(pim_runtime::db::to_timestamp(at)),
+        };
+        self.emit(txn, EventType::SessionRevoked, principal_id, &event).await?;
+        store::revoke_principal(txn, principal_id, at).await?;
+        Ok(())
+    }
+
+    /// Ends the client secrets kept past a rotation whose time is over, with the tokens they
+    /// got before it (those got during the overlap end with it by themselves).
+    pub async fn end_secret_overlaps(&self) -> Result<usize> {
+        let txn = self.db.begin().await?;
+        let ended = store::end_secret_overlaps(&txn, self.clock.now_ms()).await?;
+        for (principal_id, since) in &ended {
+            let by = pim_runtime::auth::system_actor("PIM identity");
+            self.revoke_tokens_up_to(&txn, by, principal_id, *since, "client_secret_overlap_ended")
+                .await?;
+        }
+        txn.commit().await?;
+        if !ended.is_empty() {
+            self.outbox.wake();
+        }
+        Ok(ended.len())
+    }
+
     /// Ends the caller's other live sessions, each with its `SessionRevoked`.
     pub(crate) async fn revoke_other_sessions<C: sea_orm::ConnectionTrait>(
         &self,
@@ -120,6 +159,7 @@ impl Directory {
             principal_id: principal_id.to_owned(),
             session_id,
             reason: reason.into(),
+            issued_up_to: None,
         };
         self.emit(txn, EventType::SessionRevoked, principal_id, &event).await
     }
@@ -230,6 +270,7 @@ impl Directory {
             principal_id: caller.principal_id.clone(),
             session_id: session_id.clone(),
             reason: "signed_out".into(),
+            issued_up_to: None,
         };
         let txn = self.db.begin().await?;
         if everywhere {

@@ -669,3 +669,53 @@ async fn group_and_service_principal_names_are_held_once() -> anyhow::Result<()>
     })
     .await
 }
+
+/// A client secret kept past a rotation is forgotten once its time is over, each once, with
+/// the instant it was rotated (whose earlier tokens stop then); a revocation up to an earlier
+/// instant never lowers a later one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_client_secret_ends_once_when_its_time_is_over() -> anyhow::Result<()> {
+    on_both(|db| async move {
+        let sp = |name: &str| store::ServicePrincipalRow {
+            id: uuid::Uuid::now_v7().to_string(),
+            display_name: name.into(),
+            secret_hash: "old".into(),
+            enabled: true,
+            created_at: NOW,
+            previous_secret: None,
+        };
+        let (ending, later) = (sp("ci-bot"), sp("sync-bot"));
+        for (row, until) in [(&ending, NOW + MINUTE), (&later, NOW + 10 * MINUTE)] {
+            store::insert_service_principal(&db, row).await?;
+            let kept = store::KeptSecret {
+                hash: "old".into(),
+                since: NOW,
+                until,
+            };
+            store::set_service_principal_secret(&db, &row.id, "new", Some(&kept)).await?;
+        }
+        let found = store::find_service_principal(&db, &ending.id).await?.expect("stored");
+        assert_eq!(
+            found.previous_secret.map(|k| (k.since, k.until)),
+            Some((NOW, NOW + MINUTE))
+        );
+        assert!(store::end_secret_overlaps(&db, NOW + MINUTE - 1).await?.is_empty());
+        let ended = store::end_secret_overlaps(&db, NOW + MINUTE).await?;
+        assert_eq!(ended, vec![(ending.id.clone(), NOW)]);
+        assert!(store::end_secret_overlaps(&db, NOW + MINUTE).await?.is_empty(), "once");
+        let found = store::find_service_principal(&db, &ending.id).await?.expect("stored");
+        assert_eq!(found.previous_secret, None);
+        assert!(!store::hold_service_principal_secret(&db, &ending.id, "old", NOW).await?);
+        assert!(store::hold_service_principal_secret(&db, &later.id, "old", NOW).await?);
+
+        store::revoke_principal(&db, &ending.id, NOW + 5 * MINUTE).await?;
+        store::revoke_principal(&db, &ending.id, NOW).await?;
+        assert_eq!(
+            store::principal_revoked_at(&db, &ending.id).await?,
+            Some(NOW + 5 * MINUTE),
+            "an earlier instant never lowers the mark"
+        );
+        Ok(())
+    })
+    .await
+}

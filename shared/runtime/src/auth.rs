@@ -161,6 +161,19 @@ impl Caller {
     }
 }
 
+/// The principal id of what the suite does by itself (a timer, an overlap ending).
+pub const SYSTEM_PRINCIPAL: &str = "system";
+
+/// The suite itself as the actor of what a timer does; `name` says which part of it.
+pub fn system_actor(name: &str) -> pim_proto::common::v1::Actor {
+    pim_proto::common::v1::Actor {
+        principal_id: SYSTEM_PRINCIPAL.into(),
+        kind: PrincipalKind::Unspecified as i32,
+        display_name: name.into(),
+        session_id: String::new(),
+    }
+}
+
 pub fn kind_claim(kind: PrincipalKind) -> &'static str {
     match kind {
         PrincipalKind::ServicePrincipal => "service_principal",
@@ -403,9 +416,10 @@ impl Revocations {
         }
         match crate::events::decode::<pim_proto::events::v1::SessionRevoked>(envelope) {
             Ok(e) if e.session_id.is_empty() => {
-                let at = envelope
-                    .time
+                let at = e
+                    .issued_up_to
                     .as_ref()
+                    .or(envelope.time.as_ref())
                     .map(crate::db::from_timestamp)
                     .unwrap_or_else(crate::db::now_ms);
                 self.revoke_principal(&e.principal_id, at);

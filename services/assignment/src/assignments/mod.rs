@@ -47,7 +47,7 @@ pub use requests::Listing;
 const SOURCE: Source = Source::Assignment;
 
 /// The principal the bootstrap administrator's assignment and timers act as.
-pub const SYSTEM_ACTOR: &str = "system";
+pub const SYSTEM_ACTOR: &str = pim_runtime::auth::SYSTEM_PRINCIPAL;
 
 /// What the caller's token says of their second factor, for the policy's MFA rules.
 fn mfa_of(caller: &Caller) -> MfaState {
@@ -59,12 +59,7 @@ fn mfa_of(caller: &Caller) -> MfaState {
 }
 
 pub fn system_actor() -> Actor {
-    Actor {
-        principal_id: SYSTEM_ACTOR.into(),
-        kind: PrincipalKind::Unspecified as i32,
-        display_name: "PIM".into(),
-        session_id: String::new(),
-    }
+    pim_runtime::auth::system_actor("PIM")
 }
 
 #[derive(Clone)]

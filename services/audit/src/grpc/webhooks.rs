@@ -69,9 +69,10 @@ fn change_record(caller: &Caller, action: EventType, s: &Subscription) -> Record
         target_id: s.id.clone(),
         target_name: s.url_shown(),
         outcome: "success".into(),
+        // The session it came from, as every other action's record names it.
         payload_json: serde_json::json!({
             "url": s.url_shown(), "event_types": s.event_types, "role_ids": s.role_ids, "group_ids": s.group_ids,
-            "min_severity": s.min_severity, "generation": s.generation,
+            "min_severity": s.min_severity, "generation": s.generation, "actor_session_id": actor.session_id,
         })
         .to_string(),
         ..Record::default()

@@ -204,6 +204,13 @@ impl MigratorTrait for Migrator {
                  ALTER TABLE service_principals ADD COLUMN previous_secret_until BIGINT"
                     .to_owned()
             }),
+            // When the kept secret was rotated: the tokens issued up to then stop with it.
+            SqlMigration::boxed("m0013_kept_secret_since", |_| {
+                "ALTER TABLE service_principals ADD COLUMN previous_secret_since BIGINT;
+                 UPDATE service_principals SET previous_secret_since = created_at
+                    WHERE previous_secret_hash IS NOT NULL"
+                    .to_owned()
+            }),
         ]);
         migrations
     }

@@ -210,9 +210,18 @@ pub struct ServicePrincipalRow {
     pub secret_hash: String,
     pub enabled: bool,
     pub created_at: i64,
-    /// The secret before the last rotation, and until when it still works (a rotation that
-    /// kept it for a while).
-    pub previous_secret: Option<(String, i64)>,
+    /// The secret before the last rotation, while a rotation keeps it working for a while.
+    pub previous_secret: Option<KeptSecret>,
+}
+
+/// A client secret kept working beside the new one after a rotation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KeptSecret {
+    pub hash: String,
+    /// When it was rotated (ms): the tokens issued up to then stop when it does.
+    pub since: i64,
+    /// When it stops working (ms).
+    pub until: i64,
 }
 
 pub async fn insert_service_principal<C: ConnectionTrait>(c: &C, sp: &ServicePrincipalRow) -> Result<(), DbErr> {
@@ -239,14 +248,19 @@ impl ServicePrincipalRow {
             secret_hash: col(r, "secret_hash")?,
             enabled: col(r, "enabled")?,
             created_at: col(r, "created_at")?,
-            previous_secret: col::<Option<String>>(r, "previous_secret_hash")?
-                .zip(col::<Option<i64>>(r, "previous_secret_until")?),
+            previous_secret: match (
+                col::<Option<String>>(r, "previous_secret_hash")?,
+                col::<Option<i64>>(r, "previous_secret_since")?,
+                col::<Option<i64>>(r, "previous_secret_until")?,
+            ) {
+                (Some(hash), Some(since), Some(until)) => Some(KeptSecret { hash, since, until }),
+                _ => None,
+            },
         })
     }
 }
 
-pub(super) const SP_COLUMNS: &str =
-    "id, display_name, secret_hash, enabled, created_at, previous_secret_hash, previous_secret_until";
+pub(super) const SP_COLUMNS: &str = "id, display_name, secret_hash, enabled, created_at, previous_secret_hash, previous_secret_since, previous_secret_until";
 
 /// The service principals disabled.
 pub async fn disabled_service_principals<C: ConnectionTrait>(c: &C) -> Result<Vec<ServicePrincipalRow>, DbErr> {
@@ -332,22 +346,47 @@ pub async fn delete_user<C: ConnectionTrait>(c: &C, user_id: &str) -> Result<(),
         .map(drop)
 }
 
-/// A new client secret; `previous`, the old one's hash and until when it keeps working (none:
-/// it stops now).
+/// A new client secret; `previous`, the old one kept working for a while (none: it stops now).
 pub async fn set_service_principal_secret<C: ConnectionTrait>(
     c: &C,
     id: &str,
     secret_hash: &str,
-    previous: Option<(&str, i64)>,
+    previous: Option<&KeptSecret>,
 ) -> Result<(), DbErr> {
-    let (previous_hash, until) = previous.unzip();
     db::exec(
         c,
-        "UPDATE service_principals SET secret_hash = $1, previous_secret_hash = $3, previous_secret_until = $4 WHERE id = $2",
-        vec![secret_hash.into(), id.into(), previous_hash.into(), until.into()],
+        "UPDATE service_principals SET secret_hash = $1, previous_secret_hash = $3, \
+         previous_secret_since = $4, previous_secret_until = $5 WHERE id = $2",
+        vec![
+            secret_hash.into(),
+            id.into(),
+            previous.map(|p| p.hash.clone()).into(),
+            previous.map(|p| p.since).into(),
+            previous.map(|p| p.until).into(),
+        ],
     )
     .await
     .map(drop)
+}
+
+/// Forgets the kept secrets whose time is over (by `now`), in one statement: each principal
+/// with the instant its secret was rotated, whose earlier tokens stop now. Replicas sweeping
+/// together end each overlap once. (The instant stays, read back here: RETURNING gives the
+/// row as updated; without the hash it keeps nothing working.)
+pub async fn end_secret_overlaps<C: ConnectionTrait>(c: &C, now: i64) -> Result<Vec<(String, i64)>, DbErr> {
+    db::rows(
+        c,
+        "UPDATE service_principals SET previous_secret_hash = NULL, previous_secret_until = NULL \
+         WHERE previous_secret_until <= $1 RETURNING id, previous_secret_since",
+        vec![now.into()],
+        |r| {
+            Ok((
+                col(r, "id")?,
+                col::<Option<i64>>(r, "previous_secret_since")?.unwrap_or(0),
+            ))
+        },
+    )
+    .await
 }
 
 pub async fn set_service_principal_enabled<C: ConnectionTrait>(c: &C, id: &str, enabled: bool) -> Result<(), DbErr> {
@@ -467,12 +506,15 @@ pub async fn prune_familiar_sources<C: ConnectionTrait>(c: &C, before: i64) -> R
     .map(drop)
 }
 
-/// Records that every token of a principal issued up to `at` is refused (disabled, deleted).
+/// Records that every token of a principal issued up to `at` is refused (disabled, deleted);
+/// an earlier instant never lowers the mark.
 pub async fn revoke_principal<C: ConnectionTrait>(c: &C, principal_id: &str, at: i64) -> Result<(), DbErr> {
     db::exec(
         c,
         "INSERT INTO revoked_principals (principal_id, revoked_at) VALUES ($1, $2) \
-         ON CONFLICT (principal_id) DO UPDATE SET revoked_at = excluded.revoked_at",
+         ON CONFLICT (principal_id) DO UPDATE SET revoked_at = CASE \
+         WHEN excluded.revoked_at > revoked_principals.revoked_at THEN excluded.revoked_at \
+         ELSE revoked_principals.revoked_at END",
         vec![principal_id.into(), at.into()],
     )
     .await
