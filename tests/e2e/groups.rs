@@ -203,6 +203,25 @@ async fn members_inherit_a_role_assignable_groups_roles() -> anyhow::Result<()> 
             (inherited.via_group_id.as_str(), inherited.principal_id.as_str()),
             (team.id.as_str(), lee.as_str())
         );
+        // Neither has an activation to end: the refusal says how each holds the role.
+        let deactivating = |token: &str, role: &str| {
+            let request = apb::CreateRequestRequest {
+                action: apb::RequestAction::SelfDeactivate as i32,
+                role_id: role.into(),
+                scope: "/".into(),
+                ..Default::default()
+            };
+            let (mut assignments, request) = (assignments.clone(), authed(token, request));
+            async move { assignments.create_request(request).await.expect_err("no activation") }
+        };
+        for (token, role, how) in [
+            (&lee_token, EXCHANGE_ADMINISTRATOR, "member of group Exchange operators"),
+            (&kim_token, USER_ADMINISTRATOR, "an administrator's active assignment"),
+        ] {
+            let refused = deactivating(token, role).await;
+            assert_eq!(refused.code(), Code::NotFound);
+            assert!(refused.message().contains(how), "{}", refused.message());
+        }
 
         // Eligible through the group: Lee activates Security Reader.
         let stepped = ts.stepped_up_token(&lee, "lee", pim_runtime::db::now_ms())?;

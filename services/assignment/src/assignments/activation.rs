@@ -302,9 +302,11 @@ impl Assignments {
         let txn = self.db.begin().await?;
         let open =
             store::open_assignments(&txn, Kind::Active, &caller.principal_id, &role.id, scope.as_str(), now).await?;
+        let standing = open.iter().any(|a| a.origin == "admin");
         let Some(activation) = open.into_iter().find(|a| a.origin == "activation") else {
+            let held = self.how_held(&txn, caller, standing, &role.id, &scope, now).await?;
             return Err(Error::NotFound(format!(
-                "an activation of {} at {}",
+                "an activation of {} at {}{held}",
                 role.name,
                 scope.as_str()
             )));
@@ -350,6 +352,37 @@ impl Assignments {
         }
         self.commit_ended(txn, &activation, caller, &request.id, now).await?;
         Ok(request)
+    }
+
+    /// How the caller holds a role they have no activation of to end, told with the refusal
+    /// (empty: not at all): assigned active by an administrator, or through a group.
+    async fn how_held<C: ConnectionTrait>(
+        &self,
+        c: &C,
+        caller: &Caller,
+        standing: bool,
+        role_id: &str,
+        scope: &Scope,
+        now: i64,
+    ) -> Result<String> {
+        if standing {
+            return Ok(": you hold it by an administrator's active assignment, which an administrator removes".into());
+        }
+        for group in self.groups_of(&caller.principal_id, now).into_keys() {
+            if !store::open_assignments(c, Kind::Active, &group, role_id, scope.as_str(), now)
+                .await?
+                .is_empty()
+            {
+                let name = match self.principal(caller, &group).await {
+                    Ok(p) if !p.name.is_empty() => p.name,
+                    _ => group,
+                };
+                return Ok(format!(
+                    ": you hold it as a member of group {name}; end that membership instead"
+                ));
+            }
+        }
+        Ok(String::new())
     }
 
     /// Commits `txn`, which ended `a` at the caller's word for request `request_id`: what
