@@ -749,6 +749,58 @@ async fn bad_input_is_invalid_argument_naming_the_field() -> anyhow::Result<()> 
             .expect_err("a right-to-left override");
         assert_eq!(spoofing.code(), Code::InvalidArgument, "{spoofing:?}");
         assert!(spoofing.message().contains("display_name"), "{spoofing:?}");
+        // Nor does one pass for another name: a lookalike (a Cyrillic А, a no-break space), a
+        // built-in role's name, or a MIME encoded-word a mail reader would decode.
+        let mut directory = DirectoryServiceClient::new(w.ts.channel.clone());
+        let mut roles = pim_proto::assignment::v1::role_service_client::RoleServiceClient::new(w.ts.channel.clone());
+        for lookalike in [
+            "Exchange \u{410}dmins",
+            "Exchange\u{a0}Admins",
+            "Global Administrator",
+            "GIobal Administrator",
+            "=?UTF-8?B?R2xvYmFsIEFkbWluaXN0cmF0b3LigK4=?=",
+        ] {
+            let group = ipb::CreateGroupRequest {
+                display_name: lookalike.into(),
+                ..Default::default()
+            };
+            // A person may be called anything a role is; not written as another name.
+            let user = ipb::UpdateUserRequest {
+                user: lee.id.clone(),
+                display_name: lookalike.replace("Administrator", "Admin\u{a0}Team"),
+                email: String::new(),
+            };
+            let role = apb::CreateRoleDefinitionRequest {
+                name: lookalike.into(),
+                permissions: vec!["app.payments/refunds/read".into()],
+                ..Default::default()
+            };
+            let refusals = [
+                directory.create_group(authed(&w.admin, group)).await.map(drop),
+                directory.update_user(authed(&w.admin, user)).await.map(drop),
+                roles.create_role_definition(authed(&w.admin, role)).await.map(drop),
+            ];
+            for refused in refusals {
+                let refused = refused.expect_err(lookalike);
+                assert_eq!(refused.code(), Code::InvalidArgument, "{lookalike:?}: {refused:?}");
+            }
+        }
+        // An email address is one user's: mail and Shared Signals name a user by it.
+        let lees = ipb::UpdateUserRequest {
+            user: lee.id.clone(),
+            display_name: "Lee".into(),
+            email: "lee@example.com".into(),
+        };
+        directory.update_user(authed(&w.admin, lees)).await?;
+        let copy = ipb::CreateUserRequest {
+            user_name: "ann".into(),
+            password: pim_e2e::password_of("ann"),
+            email: "LEE@example.com".into(),
+            ..Default::default()
+        };
+        let taken = directory.create_user(authed(&w.admin, copy)).await.expect_err("Lee's");
+        assert_eq!(taken.code(), Code::AlreadyExists, "{taken:?}");
+        assert!(taken.message().contains("email"), "{taken:?}");
         // A refusal that would echo a megabyte says the start of why, and its code.
         let unknown = audit
             .get_event(authed(

@@ -35,12 +35,7 @@ impl NewUser {
         if self.display_name.is_empty() {
             self.display_name = self.user_name.clone();
         }
-        if self.display_name.chars().count() > 256 || self.display_name.chars().any(pim_runtime::text::is_unseen) {
-            return Err(Error::invalid(
-                "display_name",
-                "must be at most 256 printable characters",
-            ));
-        }
+        self.display_name = checked_display_name(&self.display_name)?.to_owned();
         self.email = checked_email(&self.email)?.to_owned();
         credentials::check_password_rules(&self.password)?;
         Ok(self)
@@ -51,8 +46,7 @@ impl NewUser {
 /// line, none that changes how the text around it shows (it is shown to others: a terminal,
 /// a page).
 pub(crate) fn checked_display_name(display_name: &str) -> Result<&str> {
-    let display_name =
-        pim_runtime::text::one_line(display_name, 256).map_err(|why| Error::invalid("display_name", why))?;
+    let display_name = pim_runtime::text::name(display_name, 256).map_err(|why| Error::invalid("display_name", why))?;
     if display_name.is_empty() {
         return Err(Error::invalid("display_name", "must be 1 to 256 characters"));
     }
@@ -76,6 +70,17 @@ fn not_an_id(field: &'static str, name: &str) -> Result<()> {
 pub(crate) fn checked_principal_name(display_name: &str) -> Result<&str> {
     let display_name = checked_display_name(display_name)?;
     not_an_id("display_name", display_name)?;
+    // Access to a group is named after it ("Group Member of ops"): a group named as a role
+    // would read as that role in every record and mail.
+    if let Some(like) = pim_proto::catalogue::BUILT_IN_ROLES
+        .iter()
+        .find(|r| pim_runtime::text::looks_like(display_name, r.name))
+    {
+        return Err(Error::invalid(
+            "display_name",
+            format!("must not look like the built-in role {}", like.name),
+        ));
+    }
     let lower = display_name.to_ascii_lowercase();
     if ["user:", "group:", "service-principal:"]
         .iter()
@@ -90,10 +95,12 @@ pub(crate) fn checked_principal_name(display_name: &str) -> Result<&str> {
 }
 
 /// A write refused because the name is taken (each user name, group name and service
-/// principal name is held once, by a unique index): ALREADY_EXISTS, naming it. Any other
-/// failure stays what it was.
+/// principal name is held once, by a unique index, and each user's email address):
+/// ALREADY_EXISTS, naming it. Any other failure stays what it was.
 pub(crate) fn taken(err: sea_orm::DbErr, kind: &str, name: &str) -> Error {
-    if pim_runtime::db::is_unique_violation(&err) {
+    if pim_runtime::db::is_unique_violation(&err) && err.to_string().contains("users_email") {
+        Error::AlreadyExists("another user has this email address (each address is one user's)".into())
+    } else if pim_runtime::db::is_unique_violation(&err) {
         Error::AlreadyExists(format!("a {kind} named {name} already exists"))
     } else {
         err.into()

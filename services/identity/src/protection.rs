@@ -330,7 +330,9 @@ impl Directory {
             email: email.into(),
         };
         let txn = self.db.begin().await?;
-        store::update_user(&txn, &target.id, display_name, email).await?;
+        store::update_user(&txn, &target.id, display_name, email)
+            .await
+            .map_err(|err| crate::directory::taken(err, "user", &target.user_name))?;
         self.emit(&txn, EventType::UserUpdated, &target.id, &event).await?;
         txn.commit().await?;
         self.outbox.wake();

@@ -259,20 +259,11 @@ async fn each_change_of_a_link_has_a_larger_version_than_the_one_before() -> any
 async fn an_announcement_is_claimed_once_and_names_users_with_an_address() -> anyhow::Result<()> {
     on_both(|db| async move {
         for (name, email) in [("lee", "lee@example.com"), ("kim", "")] {
-            store::insert_user(
-                &db,
-                &store::UserRow {
-                    id: uuid::Uuid::now_v7().to_string(),
-                    user_name: name.into(),
-                    display_name: name.into(),
-                    email: email.into(),
-                    password_hash: String::new(),
-                    enabled: true,
-                    created_at: NOW,
-                    last_sign_in_at: None,
-                },
-            )
-            .await?;
+            let with_email = store::UserRow {
+                email: email.into(),
+                ..user(name)
+            };
+            store::insert_user(&db, &with_email).await?;
         }
         let racing = (0..2).map(|_| store::claim_announcement(&db, "user_addresses", NOW));
         let claimed: Vec<bool> = futures::future::try_join_all(racing).await?;
@@ -715,6 +706,35 @@ async fn a_kept_client_secret_ends_once_when_its_time_is_over() -> anyhow::Resul
             Some(NOW + 5 * MINUTE),
             "an earlier instant never lowers the mark"
         );
+        Ok(())
+    })
+    .await
+}
+
+/// An email address is one user's, whatever its case; many users may have none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_email_address_is_held_by_one_user() -> anyhow::Result<()> {
+    on_both(|db| async move {
+        let user = |name: &str, email: &str| store::UserRow {
+            email: email.into(),
+            ..user(name)
+        };
+        let (alice, lee, kim, dee) = (
+            user("alice", "alice@example.com"),
+            user("lee", ""),
+            user("kim", "kim@example.com"),
+            user("dee", ""),
+        );
+        for u in [&alice, &lee, &kim, &dee] {
+            store::insert_user(&db, u).await?;
+        }
+        let copied = store::update_user(&db, &lee.id, "lee", "Alice@Example.com").await;
+        let refused = copied.expect_err("alice's address");
+        assert!(pim_runtime::db::is_unique_violation(&refused), "{refused}");
+        assert!(refused.to_string().contains("users_email"), "{refused}");
+        let taken = store::insert_user(&db, &user("eve", "kim@example.com")).await;
+        assert!(pim_runtime::db::is_unique_violation(&taken.expect_err("kim's")));
+        store::update_user(&db, &alice.id, "Alice", "alice@example.com").await?;
         Ok(())
     })
     .await

@@ -18,6 +18,43 @@ pub fn one_line(text: &str, max: usize) -> Result<&str, String> {
     checked(text, max, |_| false)
 }
 
+/// A name shown to others as who or what something is (a display name of a user, a group or
+/// an app; a custom role's): a one-line text as [`one_line`] that also reads as what it is,
+/// not as another name:
+/// - words apart by one plain space: a no-break, ideographic or Braille blank space, or two
+///   spaces, makes `Exchange Admins` twice;
+/// - letters of one script, or Latin beside one other that cannot pass for it (Han, Kana,
+///   Hangul, Arabic…): Latin mixed with Cyrillic or Greek is how a lookalike is made
+///   (`Exchange Аdmins`, its `А` Cyrillic);
+/// - no MIME encoded-word (`=?UTF-8?B?…?=`), which a mail reader shows decoded, whatever it
+///   hides, in a subject that names it.
+pub fn name(text: &str, max: usize) -> Result<&str, String> {
+    use unicode_security::{GeneralSecurityProfile, RestrictionLevel, RestrictionLevelDetection};
+    let text = one_line(text, max)?;
+    if text.contains("  ") || text.chars().any(|c| (c.is_whitespace() && c != ' ') || c == '\u{2800}') {
+        return Err("must have its words separated by single spaces (plain ones, not no-break or ideographic)".into());
+    }
+    let letters: String = text.chars().filter(|c| c.identifier_allowed()).collect();
+    if letters.as_str().detect_restriction_level() > RestrictionLevel::ModeratelyRestrictive {
+        return Err(
+            "must be written in one script (Latin mixed with Cyrillic or Greek letters makes a lookalike of another name)"
+                .into(),
+        );
+    }
+    if text.find("=?").is_some_and(|at| text[at + 2..].contains("?=")) {
+        return Err("must not hold a MIME encoded-word (=?…?=): a mail reader would show it decoded".into());
+    }
+    Ok(text)
+}
+
+/// Whether two names look the same to a reader though written apart (`GIobal Administrator`,
+/// its `I` capital, and `Global Administrator`): the same confusable skeleton (Unicode's
+/// UTS #39), whatever the case.
+pub fn looks_like(a: &str, b: &str) -> bool {
+    let seen = |s: &str| unicode_security::skeleton(s).collect::<String>().to_lowercase();
+    seen(a) == seen(b)
+}
+
 /// Whether `c` changes how the text around it shows rather than being seen: a control
 /// character (NUL, a terminal escape, a line break), one that reorders or breaks lines
 /// (bidirectional overrides, isolates and marks, Unicode's line and paragraph separators),
@@ -88,7 +125,45 @@ fn checked(text: &str, max: usize, allowed: fn(char) -> bool) -> Result<&str, St
 
 #[cfg(test)]
 mod tests {
-    use super::{free_text, one_line};
+    use super::{free_text, name, one_line};
+
+    #[test]
+    fn a_name_reads_as_itself_not_as_another() {
+        for own in [
+            "Exchange Admins",
+            "Équipe sécurité",
+            "Служба безопасности",
+            "東京 Ops",
+            "운영팀 Seoul",
+            "فريق Ops",
+            "ops-team (EU) 2",
+            "On call 👩\u{200D}💻",
+        ] {
+            assert_eq!(name(own, 256), Ok(own), "{own:?} is someone's name");
+        }
+        for lookalike in [
+            "Exchange \u{410}dmins",
+            "\u{395}xchange Admins",
+            "Exchange\u{A0}Admins",
+            "Exchange  Admins",
+            "Exchange\u{3000}Admins",
+            "Exchange Admins\u{2800}",
+            "Exchange\tAdmins",
+            "=?UTF-8?B?R2xvYmFsIEFkbWluaXN0cmF0b3LigK4gcmVtb3ZlZA==?=",
+            "Ops =?utf-8?q?=E2=80=AE?= team",
+            "Exchange \u{202e}Admins",
+        ] {
+            assert!(name(lookalike, 256).is_err(), "{lookalike:?} passes for another name");
+        }
+        assert_eq!(name("  Exchange Admins ", 256), Ok("Exchange Admins"), "trimmed");
+        assert!(super::looks_like("GIobal Administrator", "Global Administrator"));
+        assert!(super::looks_like("global administrator", "Global Administrator"));
+        assert!(
+            super::looks_like("G\u{406}obal Reader", "Global Reader"),
+            "its I Cyrillic"
+        );
+        assert!(!super::looks_like("Global Reader", "Global Administrator"));
+    }
 
     #[test]
     fn free_text_is_counted_in_characters_and_refuses_control_characters() {

@@ -70,9 +70,17 @@ fn role_name(name: &str) -> Result<String> {
         return Err(Error::invalid("name", "may hold only printable ASCII characters"));
     }
     // Spacing is no way to tell two roles apart ("Global  Administrator"): an approver reads
-    // the name, not its spaces.
-    if name.contains("  ") {
-        return Err(Error::invalid("name", "words are separated by single spaces"));
+    // the name, not its spaces (nor a mail reader's decoding of an encoded-word).
+    pim_runtime::text::name(&name, MAX_NAME).map_err(|why| Error::invalid("name", why))?;
+    // Nor is a lookalike of a built-in role's name ("GIobal Administrator").
+    if let Some(like) = pim_proto::catalogue::BUILT_IN_ROLES
+        .iter()
+        .find(|r| pim_runtime::text::looks_like(&name, r.name))
+    {
+        return Err(Error::invalid(
+            "name",
+            format!("must not look like the built-in role {}", like.name),
+        ));
     }
     // A name a built-in role's id already is would only ever find the built-in role.
     let built_in_id = (pim_proto::catalogue::BUILT_IN_ROLES.iter())

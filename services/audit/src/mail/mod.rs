@@ -300,6 +300,10 @@ pub fn compose(r: &Record, party: &str, public_url: Option<&str>) -> Composed {
     if let Some(link) = &link {
         html.push_str(&format!("<p><a href=\"{0}\">{0}</a></p>\n", escape(link)));
     }
+    // A name written before names refused them may hold a MIME encoded-word, which a mail
+    // reader would show decoded (any character, a bidirectional override included): broken
+    // here, it shows as written.
+    let subject = subject.replace("=?", "= ?");
     Composed { subject, text, html }
 }
 
@@ -533,6 +537,17 @@ mod tests {
             .to_string(),
             ..Record::default()
         }
+    }
+
+    /// A role named before names refused encoded-words reaches the subject broken, shown as
+    /// written, never decoded by the reader's mail program.
+    #[test]
+    fn an_encoded_word_in_a_name_is_not_a_subject_a_reader_decodes() {
+        let mut granted = due("activation", false);
+        granted.role_name = "Group Member of =?UTF-8?B?R2xvYmFsIEFkbWluaXN0cmF0b3LigK4=?=".into();
+        let mail = compose(&granted, "requester", None);
+        assert!(!mail.subject.contains("=?"), "{}", mail.subject);
+        assert!(mail.subject.contains("= ?UTF-8?B?"), "{}", mail.subject);
     }
 
     #[test]

@@ -211,6 +211,14 @@ impl MigratorTrait for Migrator {
                     WHERE previous_secret_hash IS NOT NULL"
                     .to_owned()
             }),
+            // An email address is one user's: mail and Shared Signals name a user by it. Of
+            // users sharing one, the first made keeps it; the others' are cleared.
+            SqlMigration::boxed("m0014_users_email_unique", |_| {
+                "UPDATE users SET email = '' WHERE email <> '' AND id NOT IN
+                    (SELECT MIN(id) FROM users WHERE email <> '' GROUP BY LOWER(email));
+                 CREATE UNIQUE INDEX users_email ON users (LOWER(email)) WHERE email <> ''"
+                    .to_owned()
+            }),
         ]);
         migrations
     }

@@ -159,8 +159,8 @@ enum Command {
     /// Manage service principals (apps and bots).
     #[command(subcommand, name = "service-principals", alias = "sp")]
     ServicePrincipals(service_principals::SpCommand),
-    /// Your roles: eligible and active, including those through groups (--definitions: every
-    /// role definition; create, update, delete: custom roles).
+    /// Your roles: eligible and active (scheduled ones too, FROM when), including those through
+    /// groups (--definitions: every role definition; create, update, delete: custom roles).
     #[command(args_conflicts_with_subcommands = true)]
     Roles {
         /// List role definitions instead.

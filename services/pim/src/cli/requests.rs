@@ -522,10 +522,13 @@ pub(crate) async fn list(args: RequestsArgs) -> anyhow::Result<i32> {
 
 pub(crate) async fn my_roles(client: ClientArgs) -> anyhow::Result<i32> {
     let session = Session::open(&client, true)?;
+    // Those scheduled to start later too (an activation asked for tomorrow), FROM saying when.
     let mine = apb::ListAssignmentsRequest {
         mine: true,
+        include_scheduled: true,
         ..Default::default()
     };
+    let now = pim_runtime::db::now_ms();
     let eligible = super::listings::assignments(&session, false, &mine).await?;
     let active = super::listings::assignments(&session, true, &mine).await?;
     let mut names = Names::new(&session);
@@ -533,6 +536,7 @@ pub(crate) async fn my_roles(client: ClientArgs) -> anyhow::Result<i32> {
     let listed = (eligible.into_iter().map(|a| ("eligible", a))).chain(active.into_iter().map(|a| ("active", a)));
     for (kind, a) in listed {
         let via = super::assignments::via(&mut names, &a).await;
+        let later = a.start_time.as_ref().map(from_timestamp).filter(|start| *start > now);
         rows.push(vec![
             Cell::from(kind),
             super::Named {
@@ -542,9 +546,10 @@ pub(crate) async fn my_roles(client: ClientArgs) -> anyhow::Result<i32> {
             .into(),
             a.scope.into(),
             via,
+            later.map(|start| time(Some(start))).unwrap_or_default().into(),
             time(a.end_time.as_ref().map(from_timestamp)).into(),
         ]);
     }
-    print_table(&["KIND", "ROLE", "SCOPE", "VIA", "UNTIL"], rows);
+    print_table(&["KIND", "ROLE", "SCOPE", "VIA", "FROM", "UNTIL"], rows);
     Ok(0)
 }

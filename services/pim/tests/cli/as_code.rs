@@ -344,6 +344,14 @@ fn a_configuration_file_applies_once_prunes_round_trips_and_a_bad_one_changes_no
         .unwrap_or_else(|e| panic!("one JSON object ({e}): {said}"));
     assert_eq!(answer["status"], "schedule_created", "{answer}");
     let request_id = answer["request_id"].as_str().expect("the request's id");
+    // Sam's roles show what is coming, and from when.
+    let roles = sam.ok(&["roles"], None);
+    assert!(
+        roles
+            .lines()
+            .any(|l| l.starts_with("active") && l.contains("Global Reader") && l.contains(&tomorrow)),
+        "{roles}"
+    );
     sam.ok(&["cancel", request_id], None);
     sam.ok(&["activate", "Global Reader", "-j", "audit prep", "--no-wait"], None);
     // A start without a time zone is refused, not read as UTC.
