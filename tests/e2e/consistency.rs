@@ -515,6 +515,12 @@ async fn bad_input_is_invalid_argument_naming_the_field() -> anyhow::Result<()> 
             system: "ServiceNow".into(),
             number: "INC\u{200B}0012345".into(),
         });
+        // Nor a link every mail program would offer to follow.
+        let mut link = activation(EXCHANGE_ADMINISTRATOR, HOUR_MS, "on call");
+        link.ticket = Some(pim_proto::common::v1::Ticket {
+            system: "https".into(),
+            number: "//servicenow.example.com/approved:CHG0001".into(),
+        });
         // A start more than the skew (5 minutes) in the past; one within it means now.
         let starting = |ago_ms: i64| {
             let mut ask = activation(EXCHANGE_ADMINISTRATOR, HOUR_MS, "ok");
@@ -533,6 +539,7 @@ async fn bad_input_is_invalid_argument_naming_the_field() -> anyhow::Result<()> 
             (escape, "justification"),
             (fake_row, "ticket.number"),
             (unseen, "ticket.number"),
+            (link, "ticket.number"),
         ] {
             let refused = w
                 .assignments()
@@ -592,6 +599,26 @@ async fn bad_input_is_invalid_argument_naming_the_field() -> anyhow::Result<()> 
             "the forged one, counted: {payloads:?}"
         );
         assert!(malformed.iter().all(|r| !r.payload_json.contains('\u{1b}')));
+        // A lookalike of a user name tried (its `а` Cyrillic) is on record as written, escaped.
+        w.ts.sign_in("\u{430}dmin", "whatever password")
+            .await
+            .expect_err("no such user");
+        pim_e2e::eventually(
+            std::time::Duration::from_secs(10),
+            "the lookalike on record",
+            || async {
+                let query = aupb::QueryEventsRequest {
+                    action: "pim.identity.v1.SignInFailed".into(),
+                    ..Default::default()
+                };
+                let records = w.ts.audit_records(&w.admin, query).await?;
+                Ok(records
+                    .iter()
+                    .any(|r| r.payload_json.contains(r#""user_name":"\\u{430}dmin""#))
+                    .then_some(()))
+            },
+        )
+        .await?;
         let bcc = DirectoryServiceClient::new(w.ts.channel.clone())
             .update_user(authed(
                 &w.admin,

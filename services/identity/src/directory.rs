@@ -107,8 +107,17 @@ pub struct Directory {
 
 /// A failed sign-in as audit and alerting read it: the name tried, never the secret.
 fn failed_sign_in(tried: &str, principal_id: &str, reason: &str, client: &ClientInfo) -> ev::SignInFailed {
+    // User names are printable ASCII: a name tried that is not shows escaped (`\u{430}dmin`),
+    // so a lookalike tried by anyone never reads as the account in the audit log.
+    let shown = |c: char| {
+        if c.is_ascii_graphic() {
+            c.to_string()
+        } else {
+            c.escape_unicode().to_string()
+        }
+    };
     ev::SignInFailed {
-        user_name: tried.trim().chars().take(256).collect(),
+        user_name: tried.trim().chars().take(256).map(shown).collect(),
         principal_id: principal_id.to_owned(),
         reason: reason.to_owned(),
         source_ip: client.ip.clone().unwrap_or_default(),

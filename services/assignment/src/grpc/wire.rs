@@ -235,6 +235,14 @@ pub(super) fn check_text(r: &pb::CreateRequestRequest) -> Result<(), Error> {
     if let Some(t) = &r.ticket {
         one_line(&t.system, 100).map_err(|why| Error::invalid("ticket.system", why))?;
         one_line(&t.number, 100).map_err(|why| Error::invalid("ticket.number", why))?;
+        // A ticket names a ticket; a link in it would be one every mail program and page
+        // offers to follow, written by the requester.
+        if format!("{}:{}", t.system.trim(), t.number.trim()).contains("://") {
+            return Err(Error::invalid(
+                "ticket.number",
+                "must be a ticket's number, not a link (system:number, e.g. ServiceNow:INC0012345)",
+            ));
+        }
     }
     // Ids and names, not essays: bounded before anything (a refusal's record included) keeps them.
     for (field, value, max) in [
