@@ -133,6 +133,13 @@ pub(crate) struct PolicySetArgs {
 pub(crate) async fn warn_without_people(session: &Session, p: &apb::RolePolicy) {
     use pim_proto::common::v1::PrincipalKind;
     if !p.approval_required {
+        // Approvers named while approval is off are kept, and asked nothing until it is on.
+        let named = !p.approver_ids.is_empty() || p.approval_stages.iter().any(|s| !s.approver_ids.is_empty());
+        if named {
+            eprintln!(
+                "note: approval is off: the approvers named are kept but asked nothing until --require-approval true"
+            );
+        }
         return;
     }
     let stages: Vec<&[String]> = if p.approval_stages.is_empty() {

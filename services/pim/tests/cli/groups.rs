@@ -109,6 +109,18 @@ fn principals_are_named_by_user_group_or_service_principal_name() {
     );
     assert!(with_a_person.status.success());
     assert!(!String::from_utf8_lossy(&with_a_person.stderr).contains("warning"));
+    // Approval turned off keeps its approvers, asking them nothing: said, not silent.
+    let off = admin.run(
+        &["policy", "set", "Security Reader", "--require-approval", "false"],
+        None,
+    );
+    assert!(off.status.success());
+    let noted = String::from_utf8_lossy(&off.stderr);
+    assert!(noted.contains("approval is off"), "{noted}");
+    admin.ok(
+        &["policy", "set", "Security Reader", "--require-approval", "true"],
+        None,
+    );
     // Every limit of assignments and activations is set from the command line too.
     admin.ok(
         &[
