@@ -101,12 +101,19 @@ pub(crate) async fn service_principals(cmd: SpCommand) -> anyhow::Result<i32> {
                 .await
                 .map_err(explain)?
                 .into_inner();
+            let name = r
+                .service_principal
+                .as_ref()
+                .map_or(id.as_str(), |sp| sp.display_name.as_str());
             super::print_made(
                 &format!(
-                    "New client secret for {id}: {} (shown once); {}",
+                    "New client secret for {name}: {} (shown once); {}",
                     r.client_secret,
                     match keep_old_for {
-                        Some(d) => format!("the old one keeps working for {}", pim_runtime::format::duration(d)),
+                        Some(d) => format!(
+                            "the old one keeps working for {}, then stops with every token it got",
+                            pim_runtime::format::duration(d)
+                        ),
                         None => "the old one, and every token it got, no longer works".to_owned(),
                     }
                 ),
@@ -123,7 +130,7 @@ pub(crate) async fn service_principals(cmd: SpCommand) -> anyhow::Result<i32> {
             let session = Session::open(&client, true)?;
             let id = sp_id(&session, &id).await?;
             // Its next `pim check` sees the service principal's access gone.
-            session.remember(
+            let sp = session.remember(
                 DirectoryServiceClient::new(session.channel.clone())
                     .disable_service_principal(session.request(ipb::GetServicePrincipalRequest {
                         service_principal_id: id.clone(),
@@ -131,7 +138,10 @@ pub(crate) async fn service_principals(cmd: SpCommand) -> anyhow::Result<i32> {
                     .await
                     .map_err(explain)?,
             );
-            println!("Service principal {id} disabled");
+            println!(
+                "Service principal {} disabled: no sign-ins, and every token it got no longer works",
+                sp.display_name
+            );
         }
     }
     Ok(0)

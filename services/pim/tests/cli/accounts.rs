@@ -336,13 +336,17 @@ fn users_are_managed_and_a_waiting_request_is_withdrawn() {
     );
     // Named by its name, as every command takes a principal.
     let rotated = admin.ok(&["sp", "rotate", "ticket bot"], None);
-    assert!(rotated.contains("New client secret"), "{rotated}");
+    assert!(rotated.contains("New client secret for ticket bot:"), "{rotated}");
     // As JSON, the new secret with what it signs in as, as `create` gives them.
     let rotated = admin.ok(&["sp", "rotate", "ticket bot", "--output", "json"], None);
     let rotated: serde_json::Value = serde_json::from_str(rotated.trim()).expect("one JSON object");
     assert_eq!(rotated["client_id"], made_bot["client_id"], "{rotated}");
     assert_eq!(rotated["name"], "ticket bot", "{rotated}");
-    admin.ok(&["sp", "disable", "ticket bot"], None);
+    let disabled = admin.ok(&["sp", "disable", "ticket bot"], None);
+    assert!(
+        disabled.starts_with("Service principal ticket bot disabled"),
+        "{disabled}"
+    );
     let bots = admin.ok(&["sp", "list", "--filter", "ticket", "--output", "json"], None);
     assert!(bots.contains(r#""state":"disabled""#), "{bots}");
     admin.ok(&["users", "delete", "kim"], None);
