@@ -783,6 +783,7 @@ async fn bad_input_is_invalid_argument_naming_the_field() -> anyhow::Result<()> 
         for lookalike in [
             "Exchange \u{410}dmins",
             "Exchange\u{a0}Admins",
+            "\u{FF25}xchange Admins",
             "Global Administrator",
             "GIobal Administrator",
             "=?UTF-8?B?R2xvYmFsIEFkbWluaXN0cmF0b3LigK4=?=",

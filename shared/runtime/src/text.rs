@@ -27,10 +27,19 @@ pub fn one_line(text: &str, max: usize) -> Result<&str, String> {
 ///   Hangul, Arabic…): Latin mixed with Cyrillic or Greek is how a lookalike is made
 ///   (`Exchange Аdmins`, its `А` Cyrillic);
 /// - no MIME encoded-word (`=?UTF-8?B?…?=`), which a mail reader shows decoded, whatever it
-///   hides, in a subject that names it.
+///   hides, in a subject that names it;
+/// - plain characters: none Unicode writes another way in its compatibility form (NFKC), so
+///   no full-width `Ｅ`, mathematical `𝐄`, circled `Ⓔ` or ligature `ﬁ` dressed as a letter.
 pub fn name(text: &str, max: usize) -> Result<&str, String> {
+    use unicode_normalization::UnicodeNormalization;
     use unicode_security::{GeneralSecurityProfile, RestrictionLevel, RestrictionLevelDetection};
     let text = one_line(text, max)?;
+    if !text.nfkc().eq(text.nfc()) {
+        return Err(
+            "must be written in plain characters (no full-width, mathematical, circled or ligature forms of letters)"
+                .into(),
+        );
+    }
     if text.contains("  ") || text.chars().any(|c| (c.is_whitespace() && c != ' ') || c == '\u{2800}') {
         return Err("must have its words separated by single spaces (plain ones, not no-break or ideographic)".into());
     }
@@ -138,6 +147,7 @@ mod tests {
             "فريق Ops",
             "ops-team (EU) 2",
             "On call 👩\u{200D}💻",
+            "E\u{301}quipe",
         ] {
             assert_eq!(name(own, 256), Ok(own), "{own:?} is someone's name");
         }
@@ -152,6 +162,10 @@ mod tests {
             "=?UTF-8?B?R2xvYmFsIEFkbWluaXN0cmF0b3LigK4gcmVtb3ZlZA==?=",
             "Ops =?utf-8?q?=E2=80=AE?= team",
             "Exchange \u{202e}Admins",
+            "\u{FF25}xchange Admins",
+            "\u{1D404}xchange Admins",
+            "\u{24BA}xchange Admins",
+            "O\u{FB03}ce Admins",
         ] {
             assert!(name(lookalike, 256).is_err(), "{lookalike:?} passes for another name");
         }
