@@ -256,6 +256,17 @@ pub(crate) async fn users(cmd: UsersCommand) -> anyhow::Result<i32> {
             println!("User {} disabled: no sign-ins, and their sessions ended", u.user_name);
         }
         UsersCommand::Enable { user, code, client } => {
+            // Already enabled: nothing comes back, so nothing is said to come back.
+            let session = Session::open(&client, true)?;
+            let current = DirectoryServiceClient::new(session.channel.clone())
+                .get_user(session.request(ipb::GetUserRequest { user: user.clone() })?)
+                .await
+                .map_err(explain)?
+                .into_inner();
+            if current.enabled {
+                println!("User {} is already enabled", current.user_name);
+                return Ok(0);
+            }
             let (session, answer) = stepping_up(&client, "Enabling a user", code, |session| {
                 let user = user.clone();
                 async move {

@@ -289,6 +289,10 @@ fn users_are_managed_and_a_waiting_request_is_withdrawn() {
         "{said}"
     );
     assert!(admin.ok(&["users", "get", "kim"], None).contains("enabled"));
+    let again = admin.run(&["users", "enable", "kim"], None);
+    assert!(again.status.success());
+    assert!(String::from_utf8_lossy(&again.stdout).contains("User kim is already enabled"));
+    assert!(!String::from_utf8_lossy(&again.stderr).contains("holds again"));
 
     admin.ok(
         &[
