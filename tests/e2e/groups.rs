@@ -219,7 +219,7 @@ async fn members_inherit_a_role_assignable_groups_roles() -> anyhow::Result<()> 
             (&kim_token, USER_ADMINISTRATOR, "an administrator's active assignment"),
         ] {
             let refused = deactivating(token, role).await;
-            assert_eq!(refused.code(), Code::NotFound);
+            assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
             assert!(refused.message().contains(how), "{}", refused.message());
         }
 

@@ -592,13 +592,13 @@ impl Directory {
             .as_ref()
             .and_then(|s| s.previous_secret.clone())
             .filter(|kept| kept.until > now);
-        let mut ttl = self.token_ttl;
+        let (mut ttl, mut with_kept) = (self.token_ttl, false);
         if matched.is_none()
             && let Some(kept) = previous
             && self.weighed(&keys, secret, Some(kept.hash.clone())).await?
         {
             ttl = ttl.min(std::time::Duration::from_millis((kept.until - now) as u64));
-            matched = Some(kept.hash);
+            (matched, with_kept) = (Some(kept.hash), true);
         }
         // The principal, and the hash of the secret that signed in (held below).
         let (sp, held_hash) = match (sp, matched) {
@@ -632,12 +632,19 @@ impl Directory {
         let issued = self.keys.issue(&subject, ttl)?;
         let event = ev::SignInSucceeded {
             actor: Some(actor(&sp.id, PrincipalKind::ServicePrincipal, &sp.display_name)),
-            session_id,
+            session_id: session_id.clone(),
             amr: amr.clone(),
             source_ip: client.ip.clone().unwrap_or_default(),
             user_agent: client.user_agent.clone(),
         };
         store::record_sp_sign_in(&txn, &sp.id, now_ms()).await?;
+        if with_kept {
+            // A session of its own (a service principal's sign-ins keep none otherwise), so
+            // a rotation that ends the kept secret early ends this token with it.
+            let (issued_at, no_refresh) = (now_ms(), format!("kept-secret:{session_id}"));
+            let ends = issued_at + ttl.as_millis() as i64;
+            store::insert_session(&txn, &session_id, &sp.id, &no_refresh, issued_at, ends).await?;
+        }
         self.emit(&txn, EventType::SignInSucceeded, &sp.id, &event).await?;
         txn.commit().await?;
         self.outbox.wake();

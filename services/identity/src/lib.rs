@@ -176,14 +176,13 @@ impl Service for Identity {
         let (directory, mut stopped) = (self.directory.clone(), stop.clone());
         let overlaps = tokio::spawn(async move {
             // A client secret kept past its rotation stops, with its earlier tokens, within
-            // seconds of its end.
+            // seconds of its end (at once at start, for one that ended while down).
             loop {
+                if let Err(err) = directory.end_secret_overlaps().await {
+                    tracing::warn!(error = %err, "ending kept client secrets failed");
+                }
                 tokio::select! {
-                    _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {
-                        if let Err(err) = directory.end_secret_overlaps().await {
-                            tracing::warn!(error = %err, "ending kept client secrets failed");
-                        }
-                    }
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
                     _ = stopped.changed() => return,
                 }
             }

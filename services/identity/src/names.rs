@@ -72,13 +72,10 @@ pub(crate) fn checked_principal_name(display_name: &str) -> Result<&str> {
     not_an_id("display_name", display_name)?;
     // Access to a group is named after it ("Group Member of ops"): a group named as a role
     // would read as that role in every record and mail.
-    if let Some(like) = pim_proto::catalogue::BUILT_IN_ROLES
-        .iter()
-        .find(|r| pim_runtime::text::looks_like(display_name, r.name))
-    {
+    if let Some(role) = pim_runtime::text::built_in_role_like(display_name) {
         return Err(Error::invalid(
             "display_name",
-            format!("must not look like the built-in role {}", like.name),
+            format!("must not look like the built-in role {role}"),
         ));
     }
     let lower = display_name.to_ascii_lowercase();
@@ -108,21 +105,30 @@ pub(crate) fn taken(err: sea_orm::DbErr, kind: &str, name: &str) -> Error {
 }
 
 /// A user's email address, trimmed (empty: none): one `@` between a local part and a domain,
-/// no white space or control characters (mail goes to it: a line break would add a header).
+/// printable ASCII with no white space (mail goes to it: a line break would add a header), no
+/// quoted or commented local part and no empty label in the domain, so one mailbox is written
+/// one way only (the address is one user's, whatever its case: `"kim"@example.com`,
+/// `kim@example.com.` or a Kelvin sign for `K` would be another user's under another spelling).
 pub(crate) fn checked_email(email: &str) -> Result<&str> {
     let email = email.trim();
     let plain = |part: &str| {
         !part.is_empty()
-            && !part
-                .chars()
-                .any(|c| c.is_whitespace() || pim_runtime::text::is_unseen(c))
+            && part.chars().all(|c| {
+                c.is_ascii_graphic() && !matches!(c, '"' | '(' | ')' | ',' | ';' | '<' | '>' | '[' | ']' | '\\')
+            })
     };
+    let labels = |domain: &str| domain.split('.').all(|label| !label.is_empty());
     match email.split_once('@') {
         _ if email.is_empty() => Ok(email),
-        Some((local, domain)) if email.len() <= 320 && plain(local) && plain(domain) && !domain.contains('@') => {
+        Some((local, domain))
+            if email.len() <= 320 && plain(local) && plain(domain) && !domain.contains('@') && labels(domain) =>
+        {
             Ok(email)
         }
-        _ => Err(Error::invalid("email", "must be an email address (name@domain)")),
+        _ => Err(Error::invalid(
+            "email",
+            "must be an email address (name@domain, printable ASCII, no quotes)",
+        )),
     }
 }
 
@@ -136,6 +142,29 @@ mod tests {
             display_name: String::new(),
             email: String::new(),
             password: password.into(),
+        }
+    }
+
+    /// One mailbox is written one way: no quoted local part, no trailing dot, no look-alike
+    /// letter, nothing a header could be made of.
+    #[test]
+    fn an_email_address_is_written_one_way() {
+        for ok in ["", " kim@example.com ", "kim.o'neil+pim@mail.example.co.uk"] {
+            assert_eq!(checked_email(ok).map_err(|e| e.to_string()), Ok(ok.trim()));
+        }
+        for other_spelling in [
+            "\"kim\"@example.com",
+            "kim@example.com.",
+            "kim@.example.com",
+            "kim@example..com",
+            "\u{212A}im@example.com",
+            "kim(work)@example.com",
+            "kim@example.com\r\nBcc: eve@example.com",
+            "Kim <kim@example.com>",
+            "kim@example.com,eve@example.com",
+            "kim",
+        ] {
+            assert!(checked_email(other_spelling).is_err(), "{other_spelling:?}");
         }
     }
 

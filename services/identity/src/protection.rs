@@ -438,7 +438,11 @@ impl Directory {
             self.revoke_all_sessions(&txn, caller, &sp.id, "client_secret_rotated")
                 .await?;
         } else if let Some(ended) = ended {
+            // Those it got before its rotation, by issue time; those during its overlap, by
+            // the sessions they opened.
             self.revoke_tokens_up_to(&txn, caller.actor(), &sp.id, ended.since, "client_secret_rotated")
+                .await?;
+            self.end_sessions_of(&txn, caller, &sp.id, "client_secret_rotated")
                 .await?;
         }
         txn.commit().await?;

@@ -23,16 +23,17 @@ pub fn one_line(text: &str, max: usize) -> Result<&str, String> {
 /// not as another name:
 /// - words apart by one plain space: a no-break, ideographic or Braille blank space, or two
 ///   spaces, makes `Exchange Admins` twice;
-/// - letters of one script, or Latin beside one other that cannot pass for it (Han, Kana,
-///   Hangul, Arabic…): Latin mixed with Cyrillic or Greek is how a lookalike is made
-///   (`Exchange Аdmins`, its `А` Cyrillic);
+/// - letters of one script, or Latin beside Han, Kana or Hangul (UTS #39's highly
+///   restrictive level): Latin mixed with another script is how a lookalike is made
+///   (`Exchange Аdmins`, its `А` Cyrillic; `Exchange Admհns`, its `հ` Armenian); letters
+///   outside Unicode's identifier profile (Cherokee, small capitals, IPA) are refused;
 /// - no MIME encoded-word (`=?UTF-8?B?…?=`), which a mail reader shows decoded, whatever it
 ///   hides, in a subject that names it;
 /// - plain characters: none Unicode writes another way in its compatibility form (NFKC), so
 ///   no full-width `Ｅ`, mathematical `𝐄`, circled `Ⓔ` or ligature `ﬁ` dressed as a letter.
 pub fn name(text: &str, max: usize) -> Result<&str, String> {
     use unicode_normalization::UnicodeNormalization;
-    use unicode_security::{GeneralSecurityProfile, RestrictionLevel, RestrictionLevelDetection};
+    use unicode_security::{RestrictionLevel, RestrictionLevelDetection};
     let text = one_line(text, max)?;
     if !text.nfkc().eq(text.nfc()) {
         return Err(
@@ -43,8 +44,10 @@ pub fn name(text: &str, max: usize) -> Result<&str, String> {
     if text.contains("  ") || text.chars().any(|c| (c.is_whitespace() && c != ' ') || c == '\u{2800}') {
         return Err("must have its words separated by single spaces (plain ones, not no-break or ideographic)".into());
     }
-    let letters: String = text.chars().filter(|c| c.identifier_allowed()).collect();
-    if letters.as_str().detect_restriction_level() > RestrictionLevel::ModeratelyRestrictive {
+    // Letters only (spaces, digits, punctuation and emoji pass for nothing); a letter outside
+    // Unicode's identifier profile (Cherokee, small capitals, IPA) makes the name unrestricted.
+    let letters: String = text.chars().filter(|c| c.is_alphabetic()).collect();
+    if letters.as_str().detect_restriction_level() > RestrictionLevel::HighlyRestrictive {
         return Err(
             "must be written in one script (Latin mixed with Cyrillic or Greek letters makes a lookalike of another name)"
                 .into(),
@@ -57,11 +60,32 @@ pub fn name(text: &str, max: usize) -> Result<&str, String> {
 }
 
 /// Whether two names look the same to a reader though written apart (`GIobal Administrator`,
-/// its `I` capital, and `Global Administrator`): the same confusable skeleton (Unicode's
-/// UTS #39), whatever the case.
+/// its `I` capital, `GLOBAL ADMINISTRATOR`, `Globał Administrator`, `Global·Administrator`
+/// and `Global Administrator`): the same confusable skeleton (Unicode's UTS #39) in either
+/// case, marks over letters, spaces and punctuation aside.
 pub fn looks_like(a: &str, b: &str) -> bool {
-    let seen = |s: &str| unicode_security::skeleton(s).collect::<String>().to_lowercase();
-    seen(a) == seen(b)
+    use unicode_normalization::UnicodeNormalization;
+    use unicode_normalization::char::is_combining_mark;
+    let seen = |s: &str, lower_first: bool| -> String {
+        let s = if lower_first { s.to_lowercase() } else { s.to_owned() };
+        let bare: String = s.nfd().filter(|c| !is_combining_mark(*c)).collect();
+        let skeleton: String = unicode_security::skeleton(&bare).collect();
+        (skeleton.nfd().filter(|c| !is_combining_mark(*c)))
+            .flat_map(char::to_lowercase)
+            .filter(|c| c.is_alphanumeric())
+            .collect()
+    };
+    seen(a, true) == seen(b, true) || seen(a, false) == seen(b, false)
+}
+
+/// The built-in role (a directory role, or a group's Member or Owner) whose name `name` looks
+/// like: a group, app or custom role so named would read as that role wherever it is named
+/// ("Group Member of Global Administrator").
+pub fn built_in_role_like(name: &str) -> Option<&'static str> {
+    use pim_proto::catalogue::{BUILT_IN_ROLES, GROUP_ACCESS_ROLES};
+    (BUILT_IN_ROLES.iter().chain(GROUP_ACCESS_ROLES))
+        .map(|r| r.name)
+        .find(|role| looks_like(name, role))
 }
 
 /// Whether `c` changes how the text around it shows rather than being seen: a control
@@ -144,7 +168,7 @@ mod tests {
             "Служба безопасности",
             "東京 Ops",
             "운영팀 Seoul",
-            "فريق Ops",
+            "فريق العمليات",
             "ops-team (EU) 2",
             "On call 👩\u{200D}💻",
             "E\u{301}quipe",
@@ -166,6 +190,11 @@ mod tests {
             "\u{1D404}xchange Admins",
             "\u{24BA}xchange Admins",
             "O\u{FB03}ce Admins",
+            "Exchange \u{13AA}dmins",
+            "Exchange Adm\u{570}ns",
+            "Global \u{1D00}dministrator",
+            "Global Administrato\u{280}",
+            "فريق Ops",
         ] {
             assert!(name(lookalike, 256).is_err(), "{lookalike:?} passes for another name");
         }
@@ -177,6 +206,19 @@ mod tests {
             "its I Cyrillic"
         );
         assert!(!super::looks_like("Global Reader", "Global Administrator"));
+        for like in [
+            "GLOBAL ADMINISTRATOR",
+            "Global Administrator\u{323}",
+            "Global Adm\u{EC}nistrator",
+            "Globa\u{142} Administrator",
+            "Glo\u{253}al Administrator",
+            "Global Adminis\u{165}rator",
+            "Global\u{B7}Administrator",
+            "Global Administrator\u{3002}",
+            "Global Adrninistrator",
+        ] {
+            assert!(super::looks_like(like, "Global Administrator"), "{like:?}");
+        }
     }
 
     #[test]

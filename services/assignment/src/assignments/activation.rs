@@ -304,12 +304,14 @@ impl Assignments {
             store::open_assignments(&txn, Kind::Active, &caller.principal_id, &role.id, scope.as_str(), now).await?;
         let standing = open.iter().any(|a| a.origin == "admin");
         let Some(activation) = open.into_iter().find(|a| a.origin == "activation") else {
-            let held = self.how_held(&txn, caller, standing, &role.id, &scope, now).await?;
-            return Err(Error::NotFound(format!(
-                "an activation of {} at {}{held}",
-                role.name,
-                scope.as_str()
-            )));
+            let what = format!("an activation of {} at {}", role.name, scope.as_str());
+            return Err(
+                match self.how_held(&txn, caller, standing, &role.id, &scope, now).await? {
+                    // Held another way: nothing to deactivate, and what would end it instead.
+                    Some(held) => Error::FailedPrecondition(format!("you have no {what}: {held}")),
+                    None => Error::NotFound(what),
+                },
+            );
         };
         let (policy, _) = self.effective_policy(&txn, &role.id, &scope).await?;
         let min = policy.min_activation_before_deactivate.as_millis() as i64;
@@ -355,7 +357,7 @@ impl Assignments {
     }
 
     /// How the caller holds a role they have no activation of to end, told with the refusal
-    /// (empty: not at all): assigned active by an administrator, or through a group.
+    /// (none: not at all): assigned active by an administrator, or through a group.
     async fn how_held<C: ConnectionTrait>(
         &self,
         c: &C,
@@ -364,9 +366,11 @@ impl Assignments {
         role_id: &str,
         scope: &Scope,
         now: i64,
-    ) -> Result<String> {
+    ) -> Result<Option<String>> {
         if standing {
-            return Ok(": you hold it by an administrator's active assignment, which an administrator removes".into());
+            return Ok(Some(
+                "you have it by an administrator's active assignment, which an administrator removes".into(),
+            ));
         }
         for group in self.groups_of(&caller.principal_id, now).into_keys() {
             if !store::open_assignments(c, Kind::Active, &group, role_id, scope.as_str(), now)
@@ -377,12 +381,12 @@ impl Assignments {
                     Ok(p) if !p.name.is_empty() => p.name,
                     _ => group,
                 };
-                return Ok(format!(
-                    ": you hold it as a member of group {name}; end that membership instead"
-                ));
+                return Ok(Some(format!(
+                    "you hold it as a member of group {name}; end that membership instead"
+                )));
             }
         }
-        Ok(String::new())
+        Ok(None)
     }
 
     /// Commits `txn`, which ended `a` at the caller's word for request `request_id`: what

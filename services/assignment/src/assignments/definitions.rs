@@ -73,13 +73,10 @@ fn role_name(name: &str) -> Result<String> {
     // the name, not its spaces (nor a mail reader's decoding of an encoded-word).
     pim_runtime::text::name(&name, MAX_NAME).map_err(|why| Error::invalid("name", why))?;
     // Nor is a lookalike of a built-in role's name ("GIobal Administrator").
-    if let Some(like) = pim_proto::catalogue::BUILT_IN_ROLES
-        .iter()
-        .find(|r| pim_runtime::text::looks_like(&name, r.name))
-    {
+    if let Some(role) = pim_runtime::text::built_in_role_like(&name) {
         return Err(Error::invalid(
             "name",
-            format!("must not look like the built-in role {}", like.name),
+            format!("must not look like the built-in role {role}"),
         ));
     }
     // A name a built-in role's id already is would only ever find the built-in role.

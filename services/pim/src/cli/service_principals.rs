@@ -18,7 +18,8 @@ pub(crate) enum SpCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// A new client secret (shown once; the old one stops working).
+    /// A new client secret (shown once; the old one stops with its tokens, at once or after
+    /// --keep-old-for).
     Rotate {
         /// The service principal's name or id (see `pim sp list`).
         id: String,

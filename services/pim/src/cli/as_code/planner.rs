@@ -256,6 +256,20 @@ impl<'a> Planner<'a> {
         }
     }
 
+    /// Whether a name the file makes reads as itself, as the server will ask
+    /// (`text::name`, and no lookalike of a built-in role's); if not, an error at its line.
+    fn reads_as_itself<T>(&mut self, item: &serde_saphyr::Spanned<T>, what: &str, name: &str) -> bool {
+        let why = match pim_runtime::text::name(name, 256) {
+            Err(why) => why,
+            Ok(_) => match pim_runtime::text::built_in_role_like(name) {
+                Some(role) => format!("must not look like the built-in role {role}"),
+                None => return true,
+            },
+        };
+        self.error(item, format!("{what} {name:?}: {why}"));
+        false
+    }
+
     pub(super) fn roles(&mut self, file: &File) {
         let mut seen = BTreeSet::new();
         for item in &file.roles {
@@ -266,6 +280,9 @@ impl<'a> Planner<'a> {
             }
             if !seen.insert(spec.name.to_lowercase()) {
                 self.error(item, format!("role {:?} is defined twice", spec.name));
+                continue;
+            }
+            if self.snapshot.role(&spec.name).is_none() && !self.reads_as_itself(item, "role", &spec.name) {
                 continue;
             }
             // As the server keeps them: trimmed, one of each whatever its case.
@@ -353,6 +370,9 @@ impl<'a> Planner<'a> {
                 continue;
             }
             let existing = self.snapshot.groups_named(&spec.name);
+            if existing.is_empty() && !self.reads_as_itself(item, "group", &spec.name) {
+                continue;
+            }
             let (current_members, current_owners) = match existing.as_slice() {
                 [] => {
                     self.change(
