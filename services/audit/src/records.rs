@@ -210,7 +210,12 @@ pub fn record(envelope: &Envelope, correlator: &Correlator) -> anyhow::Result<Re
             let e: ev::SessionRevoked = decode(envelope)?;
             set_actor(&mut r, &mut session, &e.actor);
             r.target_id = e.principal_id.clone();
-            json!({"session_id": e.session_id, "reason": e.reason})
+            // Of a principal's tokens stopped up to an instant (a kept secret's end): which.
+            let up_to = e
+                .issued_up_to
+                .as_ref()
+                .map(|t| pim_runtime::db::rfc3339(pim_runtime::db::from_timestamp(t)));
+            json!({"session_id": e.session_id, "reason": e.reason, "issued_up_to": up_to})
         }
         Some(EventType::RequestCreated) => {
             let e: ev::RequestCreated = decode(envelope)?;

@@ -592,13 +592,13 @@ impl Directory {
             .as_ref()
             .and_then(|s| s.previous_secret.clone())
             .filter(|kept| kept.until > now);
-        let (mut ttl, mut with_kept) = (self.token_ttl, false);
+        let (mut ttl, mut kept_since) = (self.token_ttl, None);
         if matched.is_none()
             && let Some(kept) = previous
             && self.weighed(&keys, secret, Some(kept.hash.clone())).await?
         {
             ttl = ttl.min(std::time::Duration::from_millis((kept.until - now) as u64));
-            (matched, with_kept) = (Some(kept.hash), true);
+            (matched, kept_since) = (Some(kept.hash), Some(kept.since));
         }
         // The principal, and the hash of the secret that signed in (held below).
         let (sp, held_hash) = match (sp, matched) {
@@ -612,7 +612,12 @@ impl Directory {
         };
         limiter::succeeded(&self.db, &keys, self.clock.now_ms()).await?;
         let amr = vec!["secret".to_owned()];
-        let session_id = uuid::Uuid::now_v7().to_string();
+        // The tokens a kept secret gets share one session (a second rotation ends it, however
+        // often the app signed in meanwhile); others keep none.
+        let session_id = match kept_since {
+            Some(since) => format!("{}-kept-{since}", sp.id),
+            None => uuid::Uuid::now_v7().to_string(),
+        };
         let subject = TokenSubject {
             principal_id: sp.id.clone(),
             kind: PrincipalKind::ServicePrincipal,
@@ -638,12 +643,10 @@ impl Directory {
             user_agent: client.user_agent.clone(),
         };
         store::record_sp_sign_in(&txn, &sp.id, now_ms()).await?;
-        if with_kept {
-            // A session of its own (a service principal's sign-ins keep none otherwise), so
-            // a rotation that ends the kept secret early ends this token with it.
-            let (issued_at, no_refresh) = (now_ms(), format!("kept-secret:{session_id}"));
-            let ends = issued_at + ttl.as_millis() as i64;
-            store::insert_session(&txn, &session_id, &sp.id, &no_refresh, issued_at, ends).await?;
+        if kept_since.is_some() {
+            // Its session, so a rotation that ends the kept secret early ends this token too.
+            let issued_at = now_ms();
+            store::keep_session(&txn, &session_id, &sp.id, issued_at, issued_at + ttl.as_millis() as i64).await?;
         }
         self.emit(&txn, EventType::SignInSucceeded, &sp.id, &event).await?;
         txn.commit().await?;

@@ -103,7 +103,13 @@ impl Directory {
                 "is set when the group is created and never changes",
             ));
         }
-        let display_name = checked_text(display_name, description)?;
+        // A name kept as it was is not weighed again (one from before a rule keeps working
+        // while the description changes).
+        let display_name = match display_name.trim() {
+            same if same == group.display_name => same,
+            changed => crate::directory::checked_principal_name(changed)?,
+        };
+        checked_description(description)?;
         let event = ev::GroupCreated {
             actor: Some(caller.actor()),
             group_id: group.id.clone(),
@@ -382,6 +388,11 @@ impl Directory {
 /// most 1024), as people will read them; the name, trimmed.
 fn checked_text<'a>(display_name: &'a str, description: &str) -> Result<&'a str> {
     let display_name = crate::directory::checked_principal_name(display_name)?;
-    pim_runtime::text::free_text(description, 1024).map_err(|why| Error::invalid("description", why))?;
+    checked_description(description)?;
     Ok(display_name)
+}
+
+fn checked_description(description: &str) -> Result<()> {
+    pim_runtime::text::free_text(description, 1024).map_err(|why| Error::invalid("description", why))?;
+    Ok(())
 }

@@ -167,7 +167,8 @@ impl Service for Identity {
         &self.directory.outbox
     }
 
-    /// Keeps the signing keys fresh: reloads them (another replica may have rotated) and
+    /// Ends the client secrets kept past a rotation when their time is over (every 2 s), and
+    /// keeps the signing keys fresh: reloads them (another replica may have rotated) and
     /// rotates the active one when it is older than `PIM_SIGNING_KEY_ROTATION_DAYS`.
     fn background(&self, mut stop: tokio::sync::watch::Receiver<bool>) -> Vec<tokio::task::JoinHandle<()>> {
         let (keys, every) = (self.directory.keys.clone(), self.rotation);

@@ -63,21 +63,20 @@ fn not_an_id(field: &'static str, name: &str) -> Result<()> {
     }
 }
 
-/// A group's or service principal's display name, checked as [`checked_display_name`], and
-/// never one that stands for another principal wherever names are taken: one that reads as an
+/// A group's or service principal's display name, checked as [`checked_display_name`] and
+/// never a built-in role's lookalike (`text::own_name`), nor one that stands for another
+/// principal wherever names are taken: one that reads as an
 /// id (a UUID), or that starts as the CLI writes a principal's kind (`user:`, `group:`,
 /// `service-principal:`), so an export applied again, or a name typed, names this one alone.
 pub(crate) fn checked_principal_name(display_name: &str) -> Result<&str> {
-    let display_name = checked_display_name(display_name)?;
-    not_an_id("display_name", display_name)?;
     // Access to a group is named after it ("Group Member of ops"): a group named as a role
     // would read as that role in every record and mail.
-    if let Some(role) = pim_runtime::text::built_in_role_like(display_name) {
-        return Err(Error::invalid(
-            "display_name",
-            format!("must not look like the built-in role {role}"),
-        ));
+    let display_name =
+        pim_runtime::text::own_name(display_name, 256).map_err(|why| Error::invalid("display_name", why))?;
+    if display_name.is_empty() {
+        return Err(Error::invalid("display_name", "must be 1 to 256 characters"));
     }
+    not_an_id("display_name", display_name)?;
     let lower = display_name.to_ascii_lowercase();
     if ["user:", "group:", "service-principal:"]
         .iter()
@@ -95,7 +94,9 @@ pub(crate) fn checked_principal_name(display_name: &str) -> Result<&str> {
 /// principal name is held once, by a unique index, and each user's email address):
 /// ALREADY_EXISTS, naming it. Any other failure stays what it was.
 pub(crate) fn taken(err: sea_orm::DbErr, kind: &str, name: &str) -> Error {
-    if pim_runtime::db::is_unique_violation(&err) && err.to_string().contains("users_email") {
+    // The only unique index over an email column (`users_email`, on `email_key`): PostgreSQL
+    // names the index, SQLite the column.
+    if pim_runtime::db::is_unique_violation(&err) && err.to_string().contains("email") {
         Error::AlreadyExists("another user has this email address (each address is one user's)".into())
     } else if pim_runtime::db::is_unique_violation(&err) {
         Error::AlreadyExists(format!("a {kind} named {name} already exists"))

@@ -320,8 +320,16 @@ impl Directory {
     pub async fn update_user(&self, caller: &Caller, user: &str, display_name: &str, email: &str) -> Result<UserRow> {
         let mut target = self.target_user(caller, user, permissions::USERS_MANAGE).await?;
         self.require_credential_admin(caller, &target).await?;
-        let display_name = crate::directory::checked_display_name(display_name)?;
-        let email = crate::directory::checked_email(email)?;
+        // What stays as it was is not weighed again (a name from before a rule keeps working
+        // while the other field changes).
+        let display_name = match display_name.trim() {
+            same if same == target.display_name => same,
+            changed => crate::directory::checked_display_name(changed)?,
+        };
+        let email = match email.trim() {
+            same if same == target.email => same,
+            changed => crate::directory::checked_email(changed)?,
+        };
         let event = ev::UserUpdated {
             actor: Some(caller.actor()),
             user_id: target.id.clone(),
@@ -400,6 +408,13 @@ impl Directory {
             .ok_or_else(|| Error::NotFound(format!("service principal {}", id.trim())))?;
         self.require_service_principal_admin(caller, &sp).await?;
         let secret = credentials::random_secret();
+        let hash = credentials::hash(&secret).await?;
+        let txn = self.db.begin().await?;
+        // Held from here to the commit: a sign-in with the old secret committed before it
+        // (its token issued by now), or waits and then finds it kept (a session of its own).
+        let sp = store::lock_service_principal(&txn, &sp.id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("service principal {}", id.trim())))?;
         let now = self.clock.now_ms();
         // The tokens issued up to this instant stop when the kept secret does (a token's issue
         // time is read off the system clock).
@@ -408,9 +423,10 @@ impl Directory {
             since: pim_runtime::db::now_ms(),
             until: now + keep_previous_for.as_millis() as i64,
         });
-        // One kept from a rotation before, still working, stops now: two old secrets at once
-        // would be a second secret.
-        let ended = sp.previous_secret.clone().filter(|before| before.until > now);
+        // One kept from a rotation before stops now, with every token it got (two old secrets
+        // at once would be a second secret); one whose time is over but not yet swept, too.
+        let before = sp.previous_secret.clone();
+        let ended = before.clone().filter(|before| before.until > now);
         let event = ev::CredentialsReset {
             actor: Some(caller.actor()),
             user_id: sp.id.clone(),
@@ -428,8 +444,6 @@ impl Directory {
             .collect::<Vec<_>>()
             .join("; "),
         };
-        let hash = credentials::hash(&secret).await?;
-        let txn = self.db.begin().await?;
         store::set_service_principal_secret(&txn, &sp.id, &hash, kept.as_ref()).await?;
         self.emit(&txn, EventType::CredentialsReset, &sp.id, &event).await?;
         if kept.is_none() {
@@ -437,13 +451,12 @@ impl Directory {
             // no session: its tokens issued up to now are refused).
             self.revoke_all_sessions(&txn, caller, &sp.id, "client_secret_rotated")
                 .await?;
-        } else if let Some(ended) = ended {
+        } else if let Some(before) = before {
             // Those it got before its rotation, by issue time; those during its overlap, by
-            // the sessions they opened.
-            self.revoke_tokens_up_to(&txn, caller.actor(), &sp.id, ended.since, "client_secret_rotated")
+            // the session they share (the caller's own too: an app rotating itself).
+            self.revoke_tokens_up_to(&txn, caller.actor(), &sp.id, before.since, "client_secret_rotated")
                 .await?;
-            self.end_sessions_of(&txn, caller, &sp.id, "client_secret_rotated")
-                .await?;
+            self.end_kept_secret_sessions(&txn, caller, &sp.id).await?;
         }
         txn.commit().await?;
         self.outbox.wake();

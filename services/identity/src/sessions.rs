@@ -64,6 +64,22 @@ impl Directory {
         Ok(())
     }
 
+    /// Ends the session the tokens a kept client secret got share (a second rotation ends the
+    /// kept secret early), each with its `SessionRevoked`; none is spared, the caller's own
+    /// included.
+    pub(crate) async fn end_kept_secret_sessions<C: sea_orm::ConnectionTrait>(
+        &self,
+        txn: &C,
+        caller: &Caller,
+        principal_id: &str,
+    ) -> Result<()> {
+        for session_id in store::revoke_other_sessions(txn, principal_id, "", now_ms()).await? {
+            self.session_revoked(txn, caller.actor(), principal_id, session_id, "client_secret_rotated")
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Ends the client secrets kept past a rotation whose time is over, with the tokens they
     /// got before it (those got during the overlap end with it by themselves).
     pub async fn end_secret_overlaps(&self) -> Result<usize> {

@@ -699,6 +699,24 @@ async fn a_kept_client_secret_ends_once_when_its_time_is_over() -> anyhow::Resul
         assert!(!store::hold_service_principal_secret(&db, &ending.id, "old", NOW).await?);
         assert!(store::hold_service_principal_secret(&db, &later.id, "old", NOW).await?);
 
+        // The tokens a kept secret gets share one session, lasting as long as the last; ending
+        // it ends it once.
+        let kept_session = format!("{}-kept-{NOW}", later.id);
+        store::keep_session(&db, &kept_session, &later.id, NOW, NOW + 2 * MINUTE).await?;
+        store::keep_session(&db, &kept_session, &later.id, NOW + MINUTE, NOW + 5 * MINUTE).await?;
+        store::keep_session(&db, &kept_session, &later.id, NOW + MINUTE, NOW + 3 * MINUTE).await?;
+        let ended = store::revoke_other_sessions(&db, &later.id, "", NOW + 4 * MINUTE).await?;
+        assert_eq!(
+            ended,
+            vec![kept_session.clone()],
+            "one session, live until the last token"
+        );
+        assert!(
+            store::revoke_other_sessions(&db, &later.id, "", NOW + 4 * MINUTE)
+                .await?
+                .is_empty()
+        );
+
         store::revoke_principal(&db, &ending.id, NOW + 5 * MINUTE).await?;
         store::revoke_principal(&db, &ending.id, NOW).await?;
         assert_eq!(
@@ -731,10 +749,17 @@ async fn an_email_address_is_held_by_one_user() -> anyhow::Result<()> {
         let copied = store::update_user(&db, &lee.id, "lee", "Alice@Example.com").await;
         let refused = copied.expect_err("alice's address");
         assert!(pim_runtime::db::is_unique_violation(&refused), "{refused}");
-        assert!(refused.to_string().contains("users_email"), "{refused}");
+        assert!(refused.to_string().contains("email"), "{refused}");
         let taken = store::insert_user(&db, &user("eve", "kim@example.com")).await;
         assert!(pim_runtime::db::is_unique_violation(&taken.expect_err("kim's")));
         store::update_user(&db, &alice.id, "Alice", "alice@example.com").await?;
+        // Shared before the rule (as the migration finds it): kept, and the user's other
+        // details still change; no one else takes it.
+        let shared = "UPDATE users SET email = 'alice@example.com' WHERE id = $1";
+        pim_runtime::db::exec(&db, shared, vec![dee.id.clone().into()]).await?;
+        store::update_user(&db, &dee.id, "Dee", "Alice@example.com").await?;
+        let again = store::update_user(&db, &lee.id, "lee", "alice@example.com").await;
+        assert!(pim_runtime::db::is_unique_violation(&again.expect_err("alice's")));
         Ok(())
     })
     .await

@@ -35,21 +35,22 @@ pub fn name(text: &str, max: usize) -> Result<&str, String> {
     use unicode_normalization::UnicodeNormalization;
     use unicode_security::{RestrictionLevel, RestrictionLevelDetection};
     let text = one_line(text, max)?;
-    if !text.nfkc().eq(text.nfc()) {
-        return Err(
-            "must be written in plain characters (no full-width, mathematical, circled or ligature forms of letters)"
-                .into(),
-        );
-    }
+    // Spacing first: a no-break space pasted from a document is the likeliest mistake.
     if text.contains("  ") || text.chars().any(|c| (c.is_whitespace() && c != ' ') || c == '\u{2800}') {
         return Err("must have its words separated by single spaces (plain ones, not no-break or ideographic)".into());
+    }
+    if !text.nfkc().eq(text.nfc()) {
+        return Err(
+            "must be written in plain characters (no full-width, mathematical, circled, superscript or ligature forms, such as ™ or ²)"
+                .into(),
+        );
     }
     // Letters only (spaces, digits, punctuation and emoji pass for nothing); a letter outside
     // Unicode's identifier profile (Cherokee, small capitals, IPA) makes the name unrestricted.
     let letters: String = text.chars().filter(|c| c.is_alphabetic()).collect();
     if letters.as_str().detect_restriction_level() > RestrictionLevel::HighlyRestrictive {
         return Err(
-            "must be written in one script (Latin mixed with Cyrillic or Greek letters makes a lookalike of another name)"
+            "must be written in one script, or Latin beside Han, Kana or Hangul (letters of two scripts make lookalikes: a Cyrillic а for a Latin a)"
                 .into(),
         );
     }
@@ -76,6 +77,16 @@ pub fn looks_like(a: &str, b: &str) -> bool {
             .collect()
     };
     seen(a, true) == seen(b, true) || seen(a, false) == seen(b, false)
+}
+
+/// A group's, an app's or a custom role's name: as [`name`], and never a lookalike of a
+/// built-in role's ([`built_in_role_like`]).
+pub fn own_name(text: &str, max: usize) -> Result<&str, String> {
+    let text = name(text, max)?;
+    match built_in_role_like(text) {
+        Some(role) => Err(format!("must not look like the built-in role {role}")),
+        None => Ok(text),
+    }
 }
 
 /// The built-in role (a directory role, or a group's Member or Owner) whose name `name` looks

@@ -204,19 +204,25 @@ impl MigratorTrait for Migrator {
                  ALTER TABLE service_principals ADD COLUMN previous_secret_until BIGINT"
                     .to_owned()
             }),
-            // When the kept secret was rotated: the tokens issued up to then stop with it.
+            // When the kept secret was rotated: the tokens issued up to then stop with it. An
+            // overlap running at the upgrade has no such instant on record: its creation time
+            // stands in, so its end stops the secret but not the tokens from before it (they
+            // expire within a token's lifetime).
             SqlMigration::boxed("m0013_kept_secret_since", |_| {
                 "ALTER TABLE service_principals ADD COLUMN previous_secret_since BIGINT;
                  UPDATE service_principals SET previous_secret_since = created_at
                     WHERE previous_secret_hash IS NOT NULL"
                     .to_owned()
             }),
-            // An email address is one user's: mail and Shared Signals name a user by it. Of
-            // users sharing one, the first made keeps it; the others' are cleared.
+            // An email address is one user's: mail and Shared Signals name a user by it. Its
+            // key (lowercase) is held once. Users already sharing one keep it, nothing cleared:
+            // one of them holds the key, so no one else takes it; the others hold none until
+            // their address changes.
             SqlMigration::boxed("m0014_users_email_unique", |_| {
-                "UPDATE users SET email = '' WHERE email <> '' AND id NOT IN
+                "ALTER TABLE users ADD COLUMN email_key TEXT;
+                 UPDATE users SET email_key = LOWER(email) WHERE email <> '' AND id IN
                     (SELECT MIN(id) FROM users WHERE email <> '' GROUP BY LOWER(email));
-                 CREATE UNIQUE INDEX users_email ON users (LOWER(email)) WHERE email <> ''"
+                 CREATE UNIQUE INDEX users_email ON users (email_key)"
                     .to_owned()
             }),
         ]);

@@ -36,7 +36,8 @@ pub(super) const USER_COLUMNS: &str =
 pub async fn insert_user<C: ConnectionTrait>(c: &C, u: &UserRow) -> Result<(), DbErr> {
     db::exec(
         c,
-        "INSERT INTO users (id, user_name, display_name, email, password_hash, enabled, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        "INSERT INTO users (id, user_name, display_name, email, password_hash, enabled, created_at, email_key) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, NULLIF(LOWER($4), ''))",
         vec![
             u.id.clone().into(),
             u.user_name.clone().into(),
@@ -319,7 +320,10 @@ pub async fn update_user<C: ConnectionTrait>(
 ) -> Result<(), DbErr> {
     db::exec(
         c,
-        "UPDATE users SET display_name = $1, email = $2 WHERE id = $3",
+        // The address's key follows a change of address only (one kept from before the key
+        // was held once keeps working).
+        "UPDATE users SET display_name = $1, email = $2, email_key = CASE WHEN LOWER(email) = LOWER($2) \
+         THEN email_key ELSE NULLIF(LOWER($2), '') END WHERE id = $3",
         vec![display_name.into(), email.into(), user_id.into()],
     )
     .await
@@ -367,6 +371,18 @@ pub async fn set_service_principal_secret<C: ConnectionTrait>(
     )
     .await
     .map(drop)
+}
+
+/// A service principal, its row held until the transaction ends (a sign-in holding its secret
+/// waits, or is waited for).
+pub async fn lock_service_principal<C: ConnectionTrait>(c: &C, id: &str) -> Result<Option<ServicePrincipalRow>, DbErr> {
+    db::exec(
+        c,
+        "UPDATE service_principals SET secret_hash = secret_hash WHERE id = $1",
+        vec![id.into()],
+    )
+    .await?;
+    find_service_principal(c, id).await
 }
 
 /// Forgets the kept secrets whose time is over (by `now`), in one statement: each principal

@@ -87,6 +87,32 @@ pub struct SessionRow {
     pub revoked_at: Option<i64>,
 }
 
+/// The session the tokens a kept client secret gets share, made by the first and lasting as
+/// long as the last (no refresh token: its placeholder matches no token's hash).
+pub async fn keep_session<C: ConnectionTrait>(
+    c: &C,
+    id: &str,
+    principal_id: &str,
+    now: i64,
+    expires_at: i64,
+) -> Result<(), DbErr> {
+    db::exec(
+        c,
+        "INSERT INTO sessions (id, principal_id, refresh_hash, created_at, expires_at) VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (id) DO UPDATE SET expires_at = CASE WHEN excluded.expires_at > sessions.expires_at \
+         THEN excluded.expires_at ELSE sessions.expires_at END",
+        vec![
+            id.into(),
+            principal_id.into(),
+            format!("no refresh: {id}").into(),
+            now.into(),
+            expires_at.into(),
+        ],
+    )
+    .await
+    .map(drop)
+}
+
 pub async fn insert_session<C: ConnectionTrait>(
     c: &C,
     id: &str,

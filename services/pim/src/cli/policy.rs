@@ -137,7 +137,7 @@ pub(crate) async fn warn_without_people(session: &Session, p: &apb::RolePolicy) 
         let named = !p.approver_ids.is_empty() || p.approval_stages.iter().any(|s| !s.approver_ids.is_empty());
         if named {
             eprintln!(
-                "note: approval is off: the approvers named are kept but asked nothing until --require-approval true"
+                "note: approval is off: the approvers named are kept but asked nothing until approval is required"
             );
         }
         return;

@@ -259,15 +259,14 @@ impl<'a> Planner<'a> {
     /// Whether a name the file makes reads as itself, as the server will ask
     /// (`text::name`, and no lookalike of a built-in role's); if not, an error at its line.
     fn reads_as_itself<T>(&mut self, item: &serde_saphyr::Spanned<T>, what: &str, name: &str) -> bool {
-        let why = match pim_runtime::text::name(name, 256) {
-            Err(why) => why,
-            Ok(_) => match pim_runtime::text::built_in_role_like(name) {
-                Some(role) => format!("must not look like the built-in role {role}"),
-                None => return true,
-            },
-        };
-        self.error(item, format!("{what} {name:?}: {why}"));
-        false
+        // Its length is the server's to weigh (roles and groups differ).
+        match pim_runtime::text::own_name(name, usize::MAX) {
+            Ok(_) => true,
+            Err(why) => {
+                self.error(item, format!("{what} {name:?}: {why}"));
+                false
+            }
+        }
     }
 
     pub(super) fn roles(&mut self, file: &File) {
