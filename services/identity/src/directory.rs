@@ -631,7 +631,7 @@ impl Directory {
         // The secret checked is still the principal's, held until the token is issued: a
         // rotation committed meanwhile refuses this sign-in, and one after it refuses the
         // token (issued before the rotation's instant).
-        if !store::hold_service_principal_secret(&txn, &sp.id, &held_hash, now).await? {
+        if !store::hold_service_principal_secret(&txn, &sp.id, &held_hash, kept_since.is_some(), now).await? {
             return Err(Error::BadClientCredentials);
         }
         let issued = self.keys.issue(&subject, ttl)?;

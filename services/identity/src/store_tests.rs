@@ -696,8 +696,11 @@ async fn a_kept_client_secret_ends_once_when_its_time_is_over() -> anyhow::Resul
         assert!(store::end_secret_overlaps(&db, NOW + MINUTE).await?.is_empty(), "once");
         let found = store::find_service_principal(&db, &ending.id).await?.expect("stored");
         assert_eq!(found.previous_secret, None);
-        assert!(!store::hold_service_principal_secret(&db, &ending.id, "old", NOW).await?);
-        assert!(store::hold_service_principal_secret(&db, &later.id, "old", NOW).await?);
+        assert!(!store::hold_service_principal_secret(&db, &ending.id, "old", true, NOW).await?);
+        assert!(store::hold_service_principal_secret(&db, &later.id, "old", true, NOW).await?);
+        // Held as matched: the secret that was current, now the kept one, is not held as current.
+        assert!(!store::hold_service_principal_secret(&db, &later.id, "old", false, NOW).await?);
+        assert!(store::hold_service_principal_secret(&db, &later.id, "new", false, NOW).await?);
 
         // The tokens a kept secret gets share one session, lasting as long as the last; ending
         // it ends it once.

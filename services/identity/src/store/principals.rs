@@ -132,22 +132,27 @@ pub async fn hold_user_password<C: ConnectionTrait>(c: &C, user_id: &str, hash: 
         == 1)
 }
 
-/// The same for a service principal's client secret: its current one, or the previous one
-/// while it still works (`now` before its end).
+/// The same for a service principal's client secret: its current one, or (`kept`) the
+/// previous one while it still works (`now` before its end). Held as it was matched: a current
+/// secret a rotation made the kept one meanwhile is refused, so its token (issued after the
+/// rotation's instant, without the kept secret's session) cannot outlive it.
 pub async fn hold_service_principal_secret<C: ConnectionTrait>(
     c: &C,
     id: &str,
     hash: &str,
+    kept: bool,
     now: i64,
 ) -> Result<bool, DbErr> {
-    Ok(db::exec(
-        c,
-        "UPDATE service_principals SET secret_hash = secret_hash WHERE id = $1 \
-         AND (secret_hash = $2 OR (previous_secret_hash = $2 AND previous_secret_until > $3))",
-        vec![id.into(), hash.into(), now.into()],
-    )
-    .await?
-        == 1)
+    let (held, mut values) = match kept {
+        true => (
+            "previous_secret_hash = $2 AND previous_secret_until > $3",
+            vec![now.into()],
+        ),
+        false => ("secret_hash = $2", vec![]),
+    };
+    values.splice(0..0, [id.into(), hash.into()]);
+    let sql = format!("UPDATE service_principals SET secret_hash = secret_hash WHERE id = $1 AND {held}");
+    Ok(db::exec(c, &sql, values).await? == 1)
 }
 
 pub async fn set_password<C: ConnectionTrait>(c: &C, user_id: &str, hash: &str) -> Result<u64, DbErr> {
