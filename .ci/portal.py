@@ -66,7 +66,9 @@ def enrol_totp(up: PimUp, user: str) -> "Codes":
 
 class Codes:
     """An authenticator's codes, each step once and in order (PIM refuses a step at or before
-    the last one it accepted), from one step back to one ahead: the skew PIM allows."""
+    the last one it accepted): the current step, or one ahead, within the skew PIM allows
+    (one step either way). Never the step before: a window ending between the code and its
+    check would put it two steps back."""
 
     def __init__(self, totp: pyotp.TOTP):
         self.totp, self.last = totp, None
@@ -74,7 +76,7 @@ class Codes:
     def next(self) -> str:
         while True:
             now = int(time.time() // 30)
-            for step in (now - 1, now, now + 1):
+            for step in (now, now + 1):
                 if self.last is None or step > self.last:
                     self.last = step
                     return self.totp.at(step * 30)

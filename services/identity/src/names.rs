@@ -94,9 +94,12 @@ pub(crate) fn checked_principal_name(display_name: &str) -> Result<&str> {
 /// principal name is held once, by a unique index, and each user's email address):
 /// ALREADY_EXISTS, naming it. Any other failure stays what it was.
 pub(crate) fn taken(err: sea_orm::DbErr, kind: &str, name: &str) -> Error {
-    // The only unique index over an email column (`users_email`, on `email_key`): PostgreSQL
-    // names the index, SQLite the column.
-    if pim_runtime::db::is_unique_violation(&err) && err.to_string().contains("email") {
+    // The unique index over the email's key (`users_email`, on `email_key`): PostgreSQL names
+    // the index, SQLite the column (never "email" alone: a user name may hold the word).
+    let said = err.to_string();
+    if pim_runtime::db::is_unique_violation(&err)
+        && (said.contains("\"users_email\"") || said.contains("users.email_key"))
+    {
         Error::AlreadyExists("another user has this email address (each address is one user's)".into())
     } else if pim_runtime::db::is_unique_violation(&err) {
         Error::AlreadyExists(format!("a {kind} named {name} already exists"))

@@ -691,9 +691,12 @@ async fn a_kept_client_secret_ends_once_when_its_time_is_over() -> anyhow::Resul
             Some((NOW, NOW + MINUTE))
         );
         assert!(store::end_secret_overlaps(&db, NOW + MINUTE - 1).await?.is_empty());
+        assert!(!store::secret_overlap_ended(&db, NOW + MINUTE - 1).await?);
+        assert!(store::secret_overlap_ended(&db, NOW + MINUTE).await?);
         let ended = store::end_secret_overlaps(&db, NOW + MINUTE).await?;
         assert_eq!(ended, vec![(ending.id.clone(), NOW)]);
         assert!(store::end_secret_overlaps(&db, NOW + MINUTE).await?.is_empty(), "once");
+        assert!(!store::secret_overlap_ended(&db, NOW + MINUTE).await?);
         let found = store::find_service_principal(&db, &ending.id).await?.expect("stored");
         assert_eq!(found.previous_secret, None);
         assert!(!store::hold_service_principal_secret(&db, &ending.id, "old", true, NOW).await?);

@@ -390,6 +390,17 @@ pub async fn lock_service_principal<C: ConnectionTrait>(c: &C, id: &str) -> Resu
     find_service_principal(c, id).await
 }
 
+/// Whether a kept secret's time is over (by `now`), still on record.
+pub async fn secret_overlap_ended<C: ConnectionTrait>(c: &C, now: i64) -> Result<bool, DbErr> {
+    let found = db::query(
+        c,
+        "SELECT id FROM service_principals WHERE previous_secret_until <= $1 LIMIT 1",
+        vec![now.into()],
+    )
+    .await?;
+    Ok(!found.is_empty())
+}
+
 /// Forgets the kept secrets whose time is over (by `now`), in one statement: each principal
 /// with the instant its secret was rotated, whose earlier tokens stop now. Replicas sweeping
 /// together end each overlap once. (The instant stays, read back here: RETURNING gives the
