@@ -109,6 +109,15 @@ pub(crate) enum UsersCommand {
     },
 }
 
+/// The user `user` names (a user name or an id), as the directory holds them now.
+async fn user_named(session: &Session, user: String) -> anyhow::Result<ipb::User> {
+    Ok(DirectoryServiceClient::new(session.channel.clone())
+        .get_user(session.request(ipb::GetUserRequest { user })?)
+        .await
+        .map_err(explain)?
+        .into_inner())
+}
+
 /// After an enable: the access the user holds again, said on stderr (what was theirs when
 /// disabled comes back with the account, an activation that won a race with the disable
 /// included), for whoever enabled them to check. Unsaid where the caller may not read it.
@@ -196,11 +205,7 @@ pub(crate) async fn users(cmd: UsersCommand) -> anyhow::Result<i32> {
         }
         UsersCommand::Get { user, client } => {
             let session = Session::open(&client, true)?;
-            let u = DirectoryServiceClient::new(session.channel.clone())
-                .get_user(session.request(ipb::GetUserRequest { user })?)
-                .await
-                .map_err(explain)?
-                .into_inner();
+            let u = user_named(&session, user).await?;
             print_table(USER_COLUMNS, vec![user_row(&u)]);
         }
         UsersCommand::List { filter, client } => {
@@ -217,11 +222,7 @@ pub(crate) async fn users(cmd: UsersCommand) -> anyhow::Result<i32> {
         } => {
             let session = Session::open(&client, true)?;
             // Unchanged fields keep what the user has.
-            let current = DirectoryServiceClient::new(session.channel.clone())
-                .get_user(session.request(ipb::GetUserRequest { user: user.clone() })?)
-                .await
-                .map_err(explain)?
-                .into_inner();
+            let current = user_named(&session, user.clone()).await?;
             let update = ipb::UpdateUserRequest {
                 user: current.id.clone(),
                 display_name: display_name.unwrap_or(current.display_name),
@@ -258,11 +259,7 @@ pub(crate) async fn users(cmd: UsersCommand) -> anyhow::Result<i32> {
         UsersCommand::Enable { user, code, client } => {
             // Already enabled: nothing comes back, so nothing is said to come back.
             let session = Session::open(&client, true)?;
-            let current = DirectoryServiceClient::new(session.channel.clone())
-                .get_user(session.request(ipb::GetUserRequest { user: user.clone() })?)
-                .await
-                .map_err(explain)?
-                .into_inner();
+            let current = user_named(&session, user.clone()).await?;
             if current.enabled {
                 println!("User {} is already enabled", current.user_name);
                 return Ok(0);
