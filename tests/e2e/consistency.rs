@@ -829,6 +829,67 @@ async fn bad_input_is_invalid_argument_naming_the_field() -> anyhow::Result<()> 
         let taken = directory.create_user(authed(&w.admin, copy)).await.expect_err("Lee's");
         assert_eq!(taken.code(), Code::AlreadyExists, "{taken:?}");
         assert!(taken.message().contains("email"), "{taken:?}");
+        // Nor does a name read as another's of its kind, each letter of one script though it
+        // is (`орѕ`, Cyrillic, beside `ops`), as made or as renamed: ALREADY_EXISTS, naming it.
+        let group = |name: &str| ipb::CreateGroupRequest {
+            display_name: name.into(),
+            ..Default::default()
+        };
+        directory.create_group(authed(&w.admin, group("ops"))).await?;
+        let dev = directory
+            .create_group(authed(&w.admin, group("dev")))
+            .await?
+            .into_inner();
+        let app = |name: &str| ipb::CreateServicePrincipalRequest {
+            display_name: name.into(),
+        };
+        directory
+            .create_service_principal(authed(&w.admin, app("ci-bot")))
+            .await?;
+        let role = |name: &str| apb::CreateRoleDefinitionRequest {
+            name: name.into(),
+            permissions: vec!["app.payments/refunds/read".into()],
+            ..Default::default()
+        };
+        roles
+            .create_role_definition(authed(&w.admin, role("Payments Reader")))
+            .await?;
+        let rename = ipb::UpdateGroupRequest {
+            group_id: dev.id.clone(),
+            display_name: "0PS".into(),
+            description: String::new(),
+            is_assignable_to_role: None,
+        };
+        let refusals = [
+            (
+                "ops",
+                directory
+                    .create_group(authed(&w.admin, group("\u{43E}\u{440}\u{455}")))
+                    .await
+                    .map(drop),
+            ),
+            ("ops", directory.update_group(authed(&w.admin, rename)).await.map(drop)),
+            (
+                "ci-bot",
+                directory
+                    .create_service_principal(authed(&w.admin, app("ci-b0t")))
+                    .await
+                    .map(drop),
+            ),
+            (
+                "Payments Reader",
+                roles
+                    .create_role_definition(authed(&w.admin, role("Payrnents Reader")))
+                    .await
+                    .map(drop),
+            ),
+        ];
+        for (held, refused) in refusals {
+            let refused = refused.expect_err(held);
+            assert_eq!(refused.code(), Code::AlreadyExists, "{held}: {refused:?}");
+            assert!(refused.message().contains(" reads as the "), "{refused:?}");
+            assert!(refused.message().contains(held), "{refused:?}");
+        }
         // A refusal that would echo a megabyte says the start of why, and its code.
         let unknown = audit
             .get_event(authed(

@@ -484,7 +484,7 @@ async fn the_upgrade_to_group_access_reclaims_its_role_names() -> anyhow::Result
             built_in: false,
             privileged: false,
         };
-        assert!(store::insert_role(&db, &custom, NOW).await?);
+        legacy_role(&db, &custom, NOW).await?;
         // And one that took the name a renamed role would get.
         let taken = store::RoleRow {
             id: id(),
@@ -496,8 +496,8 @@ async fn the_upgrade_to_group_access_reclaims_its_role_names() -> anyhow::Result
             name: "Group Owner".into(),
             ..custom.clone()
         };
-        assert!(store::insert_role(&db, &taken, NOW).await?);
-        assert!(store::insert_role(&db, &owners, NOW).await?);
+        legacy_role(&db, &taken, NOW).await?;
+        legacy_role(&db, &owners, NOW).await?;
         store::Migrator::up(&db, None).await?;
         let name = |id: &'static str| {
             let db = db.clone();
@@ -510,6 +510,63 @@ async fn the_upgrade_to_group_access_reclaims_its_role_names() -> anyhow::Result
         assert_eq!(kept.permissions, custom.permissions);
         let renamed = store::role(&db, &owners.id).await?.expect("kept too");
         assert_eq!(renamed.name, format!("Group Owner (custom {})", owners.id));
+        Ok(())
+    })
+    .await
+}
+
+/// A custom role as stored before names were held apart by how they read (m0019).
+async fn legacy_role(db: &Db, r: &store::RoleRow, created_at: i64) -> anyhow::Result<()> {
+    let sql = "INSERT INTO role_definitions (id, name, description, permissions, built_in, privileged, created_at) \
+               VALUES ($1, $2, $3, $4, FALSE, $5, $6)";
+    let permissions = r.permissions.join(" ");
+    let values = vec![
+        r.id.clone().into(),
+        r.name.clone().into(),
+        r.description.clone().into(),
+        permissions.into(),
+        r.privileged.into(),
+        created_at.into(),
+    ];
+    pim_runtime::db::exec(db, sql, values).await?;
+    Ok(())
+}
+
+/// A custom role's name that reads as another's (`Payrnents Approver`, `PAYMENTS APPR0VER`)
+/// is refused; lookalikes made before the rule stay, the oldest holding the name; a deleted
+/// role frees it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custom_role_names_that_read_alike_are_held_apart() -> anyhow::Result<()> {
+    let before = steps_before::<store::Migrator>("m0019_lookalike_role_names");
+    migrated_then(Some(before), |db| async move {
+        let role = |name: &str| store::RoleRow {
+            id: id(),
+            name: name.into(),
+            description: String::new(),
+            permissions: vec!["app.payments/payments/approve".into()],
+            built_in: false,
+            privileged: false,
+        };
+        let (payments, lookalike) = (role("Payments Approver"), role("Payrnents Approver"));
+        legacy_role(&db, &lookalike, NOW + 1).await?;
+        legacy_role(&db, &payments, NOW).await?;
+        store::Migrator::up(&db, None).await?;
+
+        for like in ["PAYMENTS APPR0VER", "Payrnents Approver", "Payments-Approver"] {
+            assert!(
+                !store::insert_role(&db, &role(like), NOW).await?,
+                "{like} reads as Payments Approver"
+            );
+            assert_eq!(
+                store::role_named_like(&db, like).await?.as_deref(),
+                Some("Payments Approver")
+            );
+        }
+        assert!(store::role(&db, &lookalike.id).await?.is_some(), "kept as it was");
+        assert!(store::insert_role(&db, &role("Payroll Approver"), NOW).await?);
+        assert!(store::delete_role(&db, &payments.id, NOW).await?);
+        assert_eq!(store::role_named_like(&db, "Payments Approver").await?, None);
+        assert!(store::insert_role(&db, &role("Payments Approver"), NOW).await?, "freed");
         Ok(())
     })
     .await

@@ -21,7 +21,7 @@ use crate::tokens::{Issued, Keystore, TokenSubject};
 use crate::{credentials, limiter};
 
 pub use crate::names::NewUser;
-pub(crate) use crate::names::{checked_display_name, checked_email, checked_principal_name, taken};
+pub(crate) use crate::names::{checked_display_name, checked_email, checked_principal_name, name_refused, taken};
 
 const SOURCE: Source = Source::Identity;
 
@@ -356,9 +356,17 @@ impl Directory {
             display_name: row.display_name.clone(),
         };
         let txn = self.db.begin().await?;
-        store::insert_service_principal(&txn, &row)
-            .await
-            .map_err(|err| taken(err, "service principal", &row.display_name))?;
+        if let Err(err) = store::insert_service_principal(&txn, &row).await {
+            txn.rollback().await?;
+            return Err(name_refused(
+                &self.db,
+                err,
+                "service principal",
+                "service_principals",
+                &row.display_name,
+            )
+            .await);
+        }
         self.emit(&txn, EventType::ServicePrincipalCreated, &row.id, &event)
             .await?;
         txn.commit().await?;

@@ -72,9 +72,10 @@ impl Directory {
                 self.max_role_assignable_groups
             )));
         }
-        store::insert_group(&txn, &group, &caller.principal_id)
-            .await
-            .map_err(|err| crate::directory::taken(err, "group", &group.display_name))?;
+        if let Err(err) = store::insert_group(&txn, &group, &caller.principal_id).await {
+            txn.rollback().await?;
+            return Err(crate::directory::name_refused(&self.db, err, "group", "groups", &group.display_name).await);
+        }
         self.emit(&txn, EventType::GroupCreated, &group.id, &event).await?;
         for owner in &owners {
             store::add_link(&txn, Link::Owner, &group.id, owner, group.created_at).await?;
@@ -117,9 +118,10 @@ impl Directory {
             is_assignable_to_role: group.is_assignable_to_role,
         };
         let txn = self.db.begin().await?;
-        store::update_group(&txn, &group.id, display_name, description.trim())
-            .await
-            .map_err(|err| crate::directory::taken(err, "group", display_name))?;
+        if let Err(err) = store::update_group(&txn, &group.id, display_name, description.trim()).await {
+            txn.rollback().await?;
+            return Err(crate::directory::name_refused(&self.db, err, "group", "groups", display_name).await);
+        }
         self.emit(&txn, EventType::GroupUpdated, &group.id, &event).await?;
         txn.commit().await?;
         self.outbox.wake();

@@ -90,6 +90,28 @@ pub(crate) fn checked_principal_name(display_name: &str) -> Result<&str> {
     Ok(display_name)
 }
 
+/// A group's or service principal's name refused by the database, once the transaction that
+/// tried it is rolled back: taken (as [`taken`]), or reading as another's (`орѕ`, Cyrillic,
+/// beside `ops`: their lookalike keys are held once), which the message names.
+pub(crate) async fn name_refused(
+    db: &sea_orm::DatabaseConnection,
+    err: sea_orm::DbErr,
+    kind: &str,
+    table: &str,
+    name: &str,
+) -> Error {
+    if !pim_runtime::db::is_lookalike_violation(&err) {
+        return taken(err, kind, name);
+    }
+    match pim_runtime::db::name_read_as(db, table, "display_name", name).await {
+        Ok(held) => match held.and_then(|held| pim_runtime::text::reads_as(kind, name, &held)) {
+            Some(why) => Error::AlreadyExists(why),
+            None => taken(err, kind, name),
+        },
+        Err(lookup) => lookup.into(),
+    }
+}
+
 /// A write refused because the name is taken (each user name, group name and service
 /// principal name is held once, by a unique index, and each user's email address):
 /// ALREADY_EXISTS, naming it. Any other failure stays what it was.

@@ -602,27 +602,16 @@ async fn group_and_service_principal_names_are_held_once() -> anyhow::Result<()>
     use sea_orm_migration::MigratorTrait;
     let before = pim_runtime::testing::steps_before::<store::Migrator>("m0011_unique_names");
     pim_runtime::testing::on_both_databases::<store::Migrator, _, _>("identity", Some(before), |db| async move {
-        let group = |name: &str| GroupRow {
-            id: uuid::Uuid::now_v7().to_string(),
-            display_name: name.into(),
-            description: String::new(),
-            is_assignable_to_role: false,
-            created_at: NOW,
-        };
-        let sp = |name: &str| store::ServicePrincipalRow {
-            id: uuid::Uuid::now_v7().to_string(),
-            display_name: name.into(),
-            secret_hash: String::new(),
-            enabled: true,
-            created_at: NOW,
-            previous_secret: None,
-        };
+        let group = |name: &str| group_named(name, NOW);
+        let sp = |name: &str| service_principal_named(name, NOW);
         let (ops, ops_again) = (group("ops"), group("OPS"));
         let (bot, bot_again) = (sp("ci-bot"), sp("ci-bot"));
-        store::insert_group(&db, &ops, "admin").await?;
-        store::insert_group(&db, &ops_again, "admin").await?;
-        store::insert_service_principal(&db, &bot).await?;
-        store::insert_service_principal(&db, &bot_again).await?;
+        for g in [&ops, &ops_again] {
+            legacy_group(&db, g).await?;
+        }
+        for s in [&bot, &bot_again] {
+            legacy_service_principal(&db, s).await?;
+        }
 
         store::Migrator::up(&db, None).await?;
         let group_name = |id: String| {
@@ -656,6 +645,99 @@ async fn group_and_service_principal_names_are_held_once() -> anyhow::Result<()>
             .await
             .expect_err("the name is taken");
         assert!(pim_runtime::db::is_unique_violation(&refused), "{refused}");
+        Ok(())
+    })
+    .await
+}
+
+/// A group as stored before names were held apart by how they read (m0015).
+async fn legacy_group(db: &Db, g: &GroupRow) -> anyhow::Result<()> {
+    let sql = "INSERT INTO groups (id, display_name, description, is_assignable_to_role, created_at, created_by) \
+               VALUES ($1, $2, '', FALSE, $3, 'admin')";
+    let values = vec![g.id.clone().into(), g.display_name.clone().into(), g.created_at.into()];
+    pim_runtime::db::exec(db, sql, values).await?;
+    Ok(())
+}
+
+/// A service principal as stored before m0015.
+async fn legacy_service_principal(db: &Db, s: &store::ServicePrincipalRow) -> anyhow::Result<()> {
+    let sql = "INSERT INTO service_principals (id, display_name, secret_hash, enabled, created_at) \
+               VALUES ($1, $2, '', TRUE, $3)";
+    let values = vec![s.id.clone().into(), s.display_name.clone().into(), s.created_at.into()];
+    pim_runtime::db::exec(db, sql, values).await?;
+    Ok(())
+}
+
+fn group_named(name: &str, created_at: i64) -> GroupRow {
+    GroupRow {
+        id: uuid::Uuid::now_v7().to_string(),
+        display_name: name.into(),
+        description: String::new(),
+        is_assignable_to_role: false,
+        created_at,
+    }
+}
+
+fn service_principal_named(name: &str, created_at: i64) -> store::ServicePrincipalRow {
+    store::ServicePrincipalRow {
+        id: uuid::Uuid::now_v7().to_string(),
+        display_name: name.into(),
+        secret_hash: String::new(),
+        enabled: true,
+        created_at,
+        previous_secret: None,
+    }
+}
+
+/// A group's or app's name that reads as another's (`орѕ`, Cyrillic, beside `ops`; `0ps`) is
+/// refused by the database, two written at once included; lookalikes made before the rule
+/// are kept as they were, the oldest holding the name, and go on changing otherwise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_that_read_alike_are_held_apart() -> anyhow::Result<()> {
+    use pim_runtime::db::{is_lookalike_violation, name_read_as};
+    use sea_orm_migration::MigratorTrait;
+    let before = pim_runtime::testing::steps_before::<store::Migrator>("m0015_lookalike_names");
+    pim_runtime::testing::on_both_databases::<store::Migrator, _, _>("identity", Some(before), |db| async move {
+        let (ops, ops_cyrillic) = (group_named("ops", NOW), group_named("\u{43E}\u{440}\u{455}", NOW + 1));
+        let (bot, bot_cyrillic) = (
+            service_principal_named("ci-bot", NOW),
+            service_principal_named("c\u{456}-bot", NOW + 1),
+        );
+        legacy_group(&db, &ops_cyrillic).await?;
+        legacy_group(&db, &ops).await?;
+        legacy_service_principal(&db, &bot).await?;
+        legacy_service_principal(&db, &bot_cyrillic).await?;
+        store::Migrator::up(&db, None).await?;
+
+        for like in ["0ps", "OPS", "\u{41E}PS"] {
+            let refused = store::insert_group(&db, &group_named(like, NOW), "admin").await;
+            let refused = refused.expect_err(like);
+            assert!(is_lookalike_violation(&refused) || like == "OPS", "{like}: {refused}");
+            assert_eq!(
+                name_read_as(&db, "groups", "display_name", like).await?.as_deref(),
+                Some("ops")
+            );
+        }
+        let refused = store::insert_service_principal(&db, &service_principal_named("ci-b0t", NOW)).await;
+        assert!(is_lookalike_violation(&refused.expect_err("reads as ci-bot")));
+        // The lookalike from before keeps its name and changes otherwise; a new name is weighed.
+        store::update_group(&db, &ops_cyrillic.id, &ops_cyrillic.display_name, "kept").await?;
+        let renamed = store::update_group(&db, &ops_cyrillic.id, "0PS", "").await;
+        assert!(is_lookalike_violation(&renamed.expect_err("reads as ops")));
+        store::update_group(&db, &ops_cyrillic.id, "Payments", "").await?;
+        let refused = store::insert_group(&db, &group_named("Payrnents", NOW), "admin").await;
+        assert!(is_lookalike_violation(&refused.expect_err("reads as Payments")));
+        store::update_group(&db, &ops.id, "ops", "the same name, kept").await?;
+
+        // Two lookalikes written at once: one is stored.
+        let (one, other) = (group_named("Tier 0 Admins", NOW), group_named("Tier O Admins", NOW));
+        let (a, b) = tokio::join!(
+            store::insert_group(&db, &one, "admin"),
+            store::insert_group(&db, &other, "admin")
+        );
+        assert!(a.is_ok() != b.is_ok(), "one of the two: {a:?} {b:?}");
+        let refused = a.err().or(b.err()).expect("one refused");
+        assert!(is_lookalike_violation(&refused), "{refused}");
         Ok(())
     })
     .await

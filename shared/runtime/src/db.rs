@@ -266,6 +266,33 @@ pub fn is_unique_violation(err: &DbErr) -> bool {
     matches!(err.sql_err(), Some(sea_orm::SqlErr::UniqueConstraintViolation(_)))
 }
 
+/// A name's lookalike keys ([`crate::text::name_keys`]), as the values of the `lookalike_key` and
+/// `lookalike_key_cased` columns a [`crate::events::NameKeysMigration`] adds.
+pub fn name_key_values(name: &str) -> Vec<Value> {
+    crate::text::name_keys(name).map(Value::from).into()
+}
+
+/// Whether `err` refused a name for reading as another's: one of its lookalike keys is held
+/// already (PostgreSQL names the index, `{table}_lookalike…`; SQLite the column).
+pub fn is_lookalike_violation(err: &DbErr) -> bool {
+    let said = err.to_string();
+    is_unique_violation(err)
+        && (said.contains("_lookalike\"") || said.contains("_lookalike_cased\"") || said.contains(".lookalike_key"))
+}
+
+/// The name among `table`'s that `name` reads as (holding one of its lookalike keys), if any.
+pub async fn name_read_as<C: ConnectionTrait>(
+    c: &C,
+    table: &str,
+    column: &str,
+    name: &str,
+) -> Result<Option<String>, DbErr> {
+    let sql =
+        format!("SELECT {column} AS name FROM {table} WHERE lookalike_key = $1 OR lookalike_key_cased = $2 LIMIT 1");
+    let row = query_one(c, &sql, name_key_values(name)).await?;
+    row.map(|row| col(&row, "name")).transpose()
+}
+
 /// What the caller is told of text [`nul_in`] finds.
 pub const NUL_REFUSED: &str = "text must not contain NUL characters";
 

@@ -65,10 +65,28 @@ pub fn name(text: &str, max: usize) -> Result<&str, String> {
 /// and `Global Administrator`): the same confusable skeleton (Unicode's UTS #39) in either
 /// case, marks over letters, spaces and punctuation aside.
 pub fn looks_like(a: &str, b: &str) -> bool {
+    let [a_lower, a_cased] = name_keys(a);
+    let [b_lower, b_cased] = name_keys(b);
+    a_lower == b_lower || a_cased == b_cased
+}
+
+/// Why `name` is refused beside `held`, the name it reads as ([`name_keys`]): none when they
+/// are the same name in another case (the caller says it is taken).
+pub fn reads_as(kind: &str, name: &str, held: &str) -> Option<String> {
+    (name.to_lowercase() != held.to_lowercase()).then(|| {
+        format!("{name} reads as the {kind} {held} (names that look alike are held once): choose another name")
+    })
+}
+
+/// How a name reads, as two keys: two names look alike ([`looks_like`]) when either key is
+/// the same. Held once each by a unique index where names must be told apart (groups, apps,
+/// custom roles), so `орѕ` (Cyrillic) is refused beside `ops`, and `Payrnents` beside
+/// `Payments`, however many are written at once. The first key reads the name in lowercase
+/// (`OPS` is `ops`), the second as written (`AIl Staff`, its `I` capital, is `All Staff`).
+pub fn name_keys(name: &str) -> [String; 2] {
     use unicode_normalization::UnicodeNormalization;
     use unicode_normalization::char::is_combining_mark;
-    let seen = |s: &str, lower_first: bool| -> String {
-        let s = if lower_first { s.to_lowercase() } else { s.to_owned() };
+    let seen = |s: &str| -> String {
         let bare: String = s.nfd().filter(|c| !is_combining_mark(*c)).collect();
         let skeleton: String = unicode_security::skeleton(&bare).collect();
         (skeleton.nfd().filter(|c| !is_combining_mark(*c)))
@@ -76,7 +94,7 @@ pub fn looks_like(a: &str, b: &str) -> bool {
             .filter(|c| c.is_alphanumeric())
             .collect()
     };
-    seen(a, true) == seen(b, true) || seen(a, false) == seen(b, false)
+    [seen(&name.to_lowercase()), seen(name)]
 }
 
 /// A group's, an app's or a custom role's name: as [`name`], and never a lookalike of a
@@ -229,6 +247,31 @@ mod tests {
             "Global Adrninistrator",
         ] {
             assert!(super::looks_like(like, "Global Administrator"), "{like:?}");
+        }
+    }
+
+    #[test]
+    fn names_that_read_alike_share_a_key() {
+        use super::name_keys;
+        // Each passes the name rule on its own (one script), and reads as the other.
+        for (like, name) in [
+            ("\u{43E}\u{440}\u{455}", "ops"),
+            ("Payrnents", "Payments"),
+            ("AIl Staff", "All Staff"),
+            ("OPS", "ops"),
+            ("Ops-Team", "Ops Team"),
+            ("\u{395}\u{3A4}\u{391}", "ETA"),
+        ] {
+            assert!(super::name(like, 256).is_ok(), "{like:?} is a name");
+            let (like_keys, keys) = (name_keys(like), name_keys(name));
+            assert!(
+                like_keys[0] == keys[0] || like_keys[1] == keys[1],
+                "{like:?} reads as {name:?}"
+            );
+        }
+        for (one, other) in [("ops", "dev"), ("Payments", "Payroll"), ("Tier 1", "Tier 2")] {
+            let (a, b) = (name_keys(one), name_keys(other));
+            assert!(a[0] != b[0] && a[1] != b[1], "{one:?} and {other:?} read apart");
         }
     }
 

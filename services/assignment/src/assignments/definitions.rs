@@ -160,7 +160,11 @@ impl Assignments {
         };
         let txn = self.db.begin().await?;
         if !store::insert_role(&txn, &role, self.now()).await? {
-            return Err(Error::AlreadyExists(format!("a role named {} exists", role.name)));
+            let held = store::role_named_like(&txn, &role.name).await?;
+            let why = held.and_then(|held| pim_runtime::text::reads_as("role", &role.name, &held));
+            return Err(Error::AlreadyExists(
+                why.unwrap_or_else(|| format!("a role named {} exists", role.name)),
+            ));
         }
         self.emit(&txn, EventType::RoleDefinitionCreated, &role.id, &event)
             .await?;

@@ -255,6 +255,14 @@ impl MigratorTrait for Migrator {
                 CREATE INDEX assignments_changed ON assignments (changed_at)"
                     .to_owned()
             }),
+            // A custom role's name is told apart from the others' by how it reads, not only by
+            // its letters (`Payrnents Approver` beside `Payments Approver`). A deleted role's
+            // name holds nothing, as a built-in one's: none may look like a built-in role's.
+            NameKeysMigration::boxed("m0019_lookalike_role_names", &[NamedRows {
+                table: "role_definitions",
+                column: "name",
+                rows: "built_in = FALSE AND deleted_at IS NULL",
+            }]),
         ]);
         migrations
     }

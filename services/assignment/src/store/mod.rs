@@ -5,7 +5,7 @@ use sea_orm::{ConnectionTrait, DbBackend, DbErr, QueryResult, TransactionTrait, 
 use sea_orm_migration::{MigrationTrait, MigratorTrait};
 
 use pim_runtime::db::{self, Db, Dialect, col, col_named, placeholders};
-use pim_runtime::events::{OUTBOX_INSERT, OutboxRows, SqlMigration, backbone_migrations};
+use pim_runtime::events::{NameKeysMigration, NamedRows, OUTBOX_INSERT, OutboxRows, SqlMigration, backbone_migrations};
 
 use crate::domain::{Action, Kind, RequestStatus};
 use pim_proto::catalogue::{BUILT_IN_ROLES, GROUP_ACCESS_ROLES};

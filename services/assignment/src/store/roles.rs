@@ -47,23 +47,33 @@ pub(super) async fn roles_where<C: ConnectionTrait>(
     .await
 }
 
-/// Stores a new custom role; false when its name (in any case) is taken.
+/// Stores a new custom role; false when its name (in any case) is taken, or one that reads
+/// as it ([`pim_runtime::text::name_keys`]).
 pub async fn insert_role<C: ConnectionTrait>(c: &C, r: &RoleRow, now: i64) -> Result<bool, DbErr> {
     db::exec(
         c,
-        "INSERT INTO role_definitions (id, name, description, permissions, built_in, privileged, created_at) \
-         VALUES ($1, $2, $3, $4, FALSE, $5, $6) ON CONFLICT DO NOTHING",
-        vec![
-            r.id.clone().into(),
-            r.name.clone().into(),
-            r.description.clone().into(),
-            r.permissions.join(" ").into(),
-            r.privileged.into(),
-            now.into(),
-        ],
+        "INSERT INTO role_definitions (id, name, description, permissions, built_in, privileged, created_at, lookalike_key, lookalike_key_cased) \
+         VALUES ($1, $2, $3, $4, FALSE, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+        [
+            vec![
+                r.id.clone().into(),
+                r.name.clone().into(),
+                r.description.clone().into(),
+                r.permissions.join(" ").into(),
+                r.privileged.into(),
+                now.into(),
+            ],
+            db::name_key_values(&r.name),
+        ]
+        .concat(),
     )
     .await
     .map(|n| n == 1)
+}
+
+/// The custom role whose name `name` reads as, if one does (see [`insert_role`]).
+pub async fn role_named_like<C: ConnectionTrait>(c: &C, name: &str) -> Result<Option<String>, DbErr> {
+    db::name_read_as(c, "role_definitions", "name", name).await
 }
 
 /// Changes a custom role (never a built-in or deleted one) only if it is still as `read`:
@@ -101,7 +111,8 @@ pub async fn role<C: ConnectionTrait>(c: &C, id: &str) -> Result<Option<RoleRow>
 pub async fn delete_role<C: ConnectionTrait>(c: &C, id: &str, now: i64) -> Result<bool, DbErr> {
     db::exec(
         c,
-        "UPDATE role_definitions SET deleted_at = $2, name = name || ' (deleted ' || id || ')' \
+        "UPDATE role_definitions SET deleted_at = $2, name = name || ' (deleted ' || id || ')', \
+           lookalike_key = NULL, lookalike_key_cased = NULL \
          WHERE id = $1 AND built_in = FALSE AND deleted_at IS NULL \
            AND NOT EXISTS (SELECT 1 FROM assignments WHERE role_id = $1 AND status = 'active') \
            AND NOT EXISTS (SELECT 1 FROM requests WHERE role_id = $1 AND status = 'PendingApproval')",

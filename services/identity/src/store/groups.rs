@@ -10,8 +10,14 @@ pub async fn update_group<C: ConnectionTrait>(
 ) -> Result<(), DbErr> {
     db::exec(
         c,
-        "UPDATE groups SET display_name = $1, description = $2 WHERE id = $3",
-        vec![display_name.into(), description.into(), id.into()],
+        "UPDATE groups SET display_name = $1, description = $2, \
+         lookalike_key = CASE WHEN display_name = $1 THEN lookalike_key ELSE $4 END, \
+         lookalike_key_cased = CASE WHEN display_name = $1 THEN lookalike_key_cased ELSE $5 END WHERE id = $3",
+        [
+            vec![display_name.into(), description.into(), id.into()],
+            db::name_key_values(display_name),
+        ]
+        .concat(),
     )
     .await
     .map(drop)
@@ -41,8 +47,13 @@ pub(super) fn group_from_row(r: &QueryResult) -> Result<GroupRow, DbErr> {
 pub async fn insert_group<C: ConnectionTrait>(c: &C, g: &GroupRow, by: &str) -> Result<(), DbErr> {
     db::exec(
         c,
-        "INSERT INTO groups (id, display_name, description, is_assignable_to_role, created_at, created_by) VALUES ($1, $2, $3, $4, $5, $6)",
-        vec![g.id.clone().into(), g.display_name.clone().into(), g.description.clone().into(), g.is_assignable_to_role.into(), g.created_at.into(), by.into()],
+        "INSERT INTO groups (id, display_name, description, is_assignable_to_role, created_at, created_by, lookalike_key, lookalike_key_cased) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        [
+            vec![g.id.clone().into(), g.display_name.clone().into(), g.description.clone().into(), g.is_assignable_to_role.into(), g.created_at.into(), by.into()],
+            db::name_key_values(&g.display_name),
+        ]
+        .concat(),
     )
     .await
     .map(drop)

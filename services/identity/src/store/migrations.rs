@@ -225,6 +225,23 @@ impl MigratorTrait for Migrator {
                  CREATE UNIQUE INDEX users_email ON users (email_key)"
                     .to_owned()
             }),
+            // A group's and an app's name is told apart from the others' by how it reads, not
+            // only by its letters (`орѕ`, Cyrillic, beside `ops`).
+            NameKeysMigration::boxed(
+                "m0015_lookalike_names",
+                &[
+                    NamedRows {
+                        table: "groups",
+                        column: "display_name",
+                        rows: "TRUE",
+                    },
+                    NamedRows {
+                        table: "service_principals",
+                        column: "display_name",
+                        rows: "TRUE",
+                    },
+                ],
+            ),
         ]);
         migrations
     }

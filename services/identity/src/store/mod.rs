@@ -5,7 +5,7 @@ use sea_orm::{ConnectionTrait, DbErr, QueryResult};
 use sea_orm_migration::{MigrationTrait, MigratorTrait};
 
 use pim_runtime::db::{self, Dialect, col, col_named};
-use pim_runtime::events::{SqlMigration, backbone_migrations};
+use pim_runtime::events::{NameKeysMigration, NamedRows, SqlMigration, backbone_migrations};
 
 mod groups;
 mod mfa;

@@ -233,14 +233,19 @@ pub struct KeptSecret {
 pub async fn insert_service_principal<C: ConnectionTrait>(c: &C, sp: &ServicePrincipalRow) -> Result<(), DbErr> {
     db::exec(
         c,
-        "INSERT INTO service_principals (id, display_name, secret_hash, enabled, created_at) VALUES ($1, $2, $3, $4, $5)",
-        vec![
-            sp.id.clone().into(),
-            sp.display_name.clone().into(),
-            sp.secret_hash.clone().into(),
-            sp.enabled.into(),
-            sp.created_at.into(),
-        ],
+        "INSERT INTO service_principals (id, display_name, secret_hash, enabled, created_at, lookalike_key, lookalike_key_cased) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        [
+            vec![
+                sp.id.clone().into(),
+                sp.display_name.clone().into(),
+                sp.secret_hash.clone().into(),
+                sp.enabled.into(),
+                sp.created_at.into(),
+            ],
+            db::name_key_values(&sp.display_name),
+        ]
+        .concat(),
     )
     .await
     .map(drop)

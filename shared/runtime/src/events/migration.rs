@@ -1,5 +1,7 @@
 //! Migrations written as SQL, and the backbone tables (outbox, inbox) every service database has.
 
+use std::collections::HashSet;
+
 use sea_orm::{ConnectionTrait, DbBackend};
 use sea_orm_migration::{MigrationName, MigrationTrait, SchemaManager};
 
@@ -47,6 +49,75 @@ impl MigrationTrait for SqlMigration {
         let sql = (self.sql)(&Backend(manager.get_database_backend()));
         for statement in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
             conn.execute_unprepared(statement).await?;
+        }
+        Ok(())
+    }
+}
+
+/// A table whose names must be told apart by how they read, not only by their letters.
+pub struct NamedRows {
+    pub table: &'static str,
+    /// The column holding the name.
+    pub column: &'static str,
+    /// Which rows' names are held (an SQL condition): `TRUE` for all.
+    pub rows: &'static str,
+}
+
+/// A migration giving names their lookalike keys ([`crate::text::name_keys`]): two columns,
+/// `lookalike_key` and `lookalike_key_cased`, each held once by a unique index (`{table}_lookalike`,
+/// `{table}_lookalike_cased`), so a name that reads as another (`орѕ` beside `ops`) is refused
+/// however many are written at once. Filled here for the rows already there, the oldest first;
+/// a row whose name reads as an older one's keeps no key, nothing renamed: it goes on as it
+/// was, its older lookalike holds the key, so no one else takes it.
+pub struct NameKeysMigration {
+    name: &'static str,
+    tables: &'static [NamedRows],
+}
+
+impl NameKeysMigration {
+    pub fn boxed(name: &'static str, tables: &'static [NamedRows]) -> Box<dyn MigrationTrait> {
+        Box::new(Self { name, tables })
+    }
+}
+
+impl MigrationName for NameKeysMigration {
+    fn name(&self) -> &str {
+        self.name
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for NameKeysMigration {
+    fn use_transaction(&self) -> Option<bool> {
+        Some(true)
+    }
+
+    async fn up(&self, manager: &SchemaManager) -> Result<(), sea_orm::DbErr> {
+        let conn = manager.get_connection();
+        for NamedRows { table, column, rows } in self.tables {
+            conn.execute_unprepared(&format!("ALTER TABLE {table} ADD COLUMN lookalike_key TEXT"))
+                .await?;
+            conn.execute_unprepared(&format!("ALTER TABLE {table} ADD COLUMN lookalike_key_cased TEXT"))
+                .await?;
+            let sql = format!("SELECT id, {column} AS name FROM {table} WHERE {rows} ORDER BY created_at, id");
+            let named = crate::db::query(conn, &sql, vec![]).await?;
+            let (mut lower_held, mut cased_held) = (HashSet::new(), HashSet::new());
+            for row in named {
+                let (id, name): (String, String) = (crate::db::col(&row, "id")?, crate::db::col(&row, "name")?);
+                let [lower, cased] = crate::text::name_keys(&name);
+                let lower = lower_held.insert(lower.clone()).then_some(lower);
+                let cased = cased_held.insert(cased.clone()).then_some(cased);
+                let sql = format!("UPDATE {table} SET lookalike_key = $1, lookalike_key_cased = $2 WHERE id = $3");
+                crate::db::exec(conn, &sql, vec![lower.into(), cased.into(), id.into()]).await?;
+            }
+            conn.execute_unprepared(&format!(
+                "CREATE UNIQUE INDEX {table}_lookalike ON {table} (lookalike_key)"
+            ))
+            .await?;
+            conn.execute_unprepared(&format!(
+                "CREATE UNIQUE INDEX {table}_lookalike_cased ON {table} (lookalike_key_cased)"
+            ))
+            .await?;
         }
         Ok(())
     }

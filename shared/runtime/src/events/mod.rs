@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 pub use consumer::{EventHandler, Inbox, Rejected};
 pub use embedded::{EmbeddedBus, InProcessFirst, Listener};
-pub use migration::{SqlMigration, backbone_migrations};
+pub use migration::{NameKeysMigration, NamedRows, SqlMigration, backbone_migrations};
 pub use outbox::{
     INBOX_KEPT, OUTBOX_INSERT, Outbox, OutboxRows, Pending, Published, Publisher, Relay, RelayHandle, pending, replay,
 };

@@ -257,20 +257,30 @@ impl<'a> Planner<'a> {
     }
 
     /// Whether a name the file makes reads as itself, as the server will ask
-    /// (`text::name`, and no lookalike of a built-in role's); if not, an error at its line.
-    fn reads_as_itself<T>(&mut self, item: &serde_saphyr::Spanned<T>, what: &str, name: &str) -> bool {
+    /// (`text::name`, no lookalike of a built-in role's, nor of `others`: the names of its
+    /// kind there or made earlier in the file); if not, an error at its line.
+    fn reads_as_itself<T>(&mut self, item: &serde_saphyr::Spanned<T>, what: &str, name: &str, others: &[String]) -> bool {
         // Its length is the server's to weigh (roles and groups differ).
-        match pim_runtime::text::own_name(name, usize::MAX) {
-            Ok(_) => true,
-            Err(why) => {
+        let why = match pim_runtime::text::own_name(name, usize::MAX) {
+            Ok(name) => (others.iter())
+                .find(|other| pim_runtime::text::looks_like(name, other))
+                .map(|held| {
+                    pim_runtime::text::reads_as(what, name, held)
+                        .unwrap_or_else(|| format!("the {what} {held} exists (a name is held once, in any case)"))
+                }),
+            Err(why) => Some(why),
+        };
+        match why {
+            Some(why) => {
                 self.error(item, format!("{what} {name:?}: {why}"));
                 false
             }
+            None => true,
         }
     }
 
     pub(super) fn roles(&mut self, file: &File) {
-        let mut seen = BTreeSet::new();
+        let mut seen: BTreeSet<String> = BTreeSet::new();
         for item in &file.roles {
             let spec = &item.value;
             if spec.name.trim().is_empty() {
@@ -281,7 +291,10 @@ impl<'a> Planner<'a> {
                 self.error(item, format!("role {:?} is defined twice", spec.name));
                 continue;
             }
-            if self.snapshot.role(&spec.name).is_none() && !self.reads_as_itself(item, "role", &spec.name) {
+            let others: Vec<String> = (self.snapshot.roles.iter().map(|r| r.name.clone()))
+                .chain(seen.iter().filter(|s| **s != spec.name.to_lowercase()).cloned())
+                .collect();
+            if self.snapshot.role(&spec.name).is_none() && !self.reads_as_itself(item, "role", &spec.name, &others) {
                 continue;
             }
             // As the server keeps them: trimmed, one of each whatever its case.
@@ -357,7 +370,7 @@ impl<'a> Planner<'a> {
     }
 
     pub(super) async fn groups(&mut self, session: &Session, file: &File) -> anyhow::Result<()> {
-        let mut seen = BTreeSet::new();
+        let mut seen: BTreeSet<String> = BTreeSet::new();
         for item in &file.groups {
             let spec = &item.value;
             if spec.name.trim().is_empty() {
@@ -369,7 +382,10 @@ impl<'a> Planner<'a> {
                 continue;
             }
             let existing = self.snapshot.groups_named(&spec.name);
-            if existing.is_empty() && !self.reads_as_itself(item, "group", &spec.name) {
+            let others: Vec<String> = (self.snapshot.groups.iter().map(|g| g.display_name.clone()))
+                .chain(seen.iter().filter(|s| **s != spec.name).cloned())
+                .collect();
+            if existing.is_empty() && !self.reads_as_itself(item, "group", &spec.name, &others) {
                 continue;
             }
             let (current_members, current_owners) = match existing.as_slice() {
