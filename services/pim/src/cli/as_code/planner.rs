@@ -259,7 +259,13 @@ impl<'a> Planner<'a> {
     /// Whether a name the file makes reads as itself, as the server will ask
     /// (`text::name`, no lookalike of a built-in role's, nor of `others`: the names of its
     /// kind there or made earlier in the file); if not, an error at its line.
-    fn reads_as_itself<T>(&mut self, item: &serde_saphyr::Spanned<T>, what: &str, name: &str, others: &[String]) -> bool {
+    fn reads_as_itself<T>(
+        &mut self,
+        item: &serde_saphyr::Spanned<T>,
+        what: &str,
+        name: &str,
+        others: &[String],
+    ) -> bool {
         // Its length is the server's to weigh (roles and groups differ).
         let why = match pim_runtime::text::own_name(name, usize::MAX) {
             Ok(name) => (others.iter())
