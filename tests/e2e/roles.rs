@@ -12,7 +12,9 @@ use pim_proto::assignment::v1::access_service_client::AccessServiceClient;
 use pim_proto::assignment::v1::policy_service_client::PolicyServiceClient;
 use pim_proto::assignment::v1::role_service_client::RoleServiceClient;
 
-use crate::activation::{EXCHANGE_ADMINISTRATOR, HOUR_MS, World, activation, request, run_on_both};
+use crate::activation::{
+    EXCHANGE_ADMINISTRATOR, GLOBAL_ADMINISTRATOR, HOUR_MS, World, activation, request, run_on_both,
+};
 
 const PAYMENTS: &str = "/apps/payments";
 
@@ -205,6 +207,120 @@ async fn custom_roles_grant_their_permissions_just_in_time_and_go_only_when_unus
         }
         roles
             .create_role_definition(authed(&kim.token, new_role("Role Editor Two", &["pim.roles.manage"])))
+            .await?;
+        // Nor does one who may edit policies lower a role's protection unless they may assign
+        // it there: else they would switch off the approval of a role they may activate, or
+        // make their own second account its approver. Tightening is theirs.
+        let policy_editor = roles
+            .create_role_definition(authed(&w.admin, new_role("Policy Editor", &["pim.policies.manage"])))
+            .await?
+            .into_inner();
+        let pol = w.user("pol").await?;
+        let give = |principal: &str, role: &str| apb::CreateRequestRequest {
+            justification: "edits policies".into(),
+            ..request(
+                apb::RequestAction::AdminAssign,
+                apb::AssignmentKind::Active,
+                principal,
+                role,
+            )
+        };
+        w.assignments()
+            .create_request(authed(&w.admin, give(&pol.id, &policy_editor.id)))
+            .await?;
+        let eligible = apb::CreateRequestRequest {
+            justification: "break-glass deputy".into(),
+            ..request(
+                apb::RequestAction::AdminAssign,
+                apb::AssignmentKind::Eligible,
+                &pol.id,
+                GLOBAL_ADMINISTRATOR,
+            )
+        };
+        w.assignments().create_request(authed(&w.admin, eligible)).await?;
+        let mut policies = PolicyServiceClient::new(w.ts.channel.clone());
+        type Set = fn(&mut apb::RolePolicy);
+        let setting = |role: &str, path: &str, set: Set, validate_only: bool| {
+            let mut policy = apb::RolePolicy {
+                role_id: role.into(),
+                scope: "/".into(),
+                ..Default::default()
+            };
+            set(&mut policy);
+            apb::UpdateRolePolicyRequest {
+                policy: Some(policy),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec![path.into()],
+                }),
+                validate_only,
+            }
+        };
+        let approval = apb::UpdateRolePolicyRequest {
+            policy: Some(apb::RolePolicy {
+                role_id: GLOBAL_ADMINISTRATOR.into(),
+                scope: "/".into(),
+                approval_required: true,
+                approver_ids: vec![w.admin_id().await?],
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["approval_required".into(), "approver_ids".into()],
+            }),
+            validate_only: false,
+        };
+        policies.update_role_policy(authed(&w.admin, approval)).await?;
+        let weaker: [(&str, Set); 3] = [
+            ("approval_required", |p| p.approval_required = false),
+            ("approver_ids", |p| p.approver_ids = vec!["pol".into()]),
+            ("activation_requires_mfa", |p| p.activation_requires_mfa = false),
+        ];
+        for (path, set) in weaker {
+            for validate_only in [true, false] {
+                let refused = policies
+                    .update_role_policy(authed(
+                        &pol.token,
+                        setting(GLOBAL_ADMINISTRATOR, path, set, validate_only),
+                    ))
+                    .await
+                    .expect_err(path);
+                assert_eq!(refused.code(), Code::PermissionDenied, "{path}: {refused:?}");
+                assert!(
+                    refused.message().contains("pim.assignments.manage") && refused.message().contains(path),
+                    "{refused:?}"
+                );
+            }
+        }
+        let ga = policies
+            .get_role_policy(authed(
+                &w.admin,
+                apb::GetRolePolicyRequest {
+                    role_id: GLOBAL_ADMINISTRATOR.into(),
+                    scope: "/".into(),
+                },
+            ))
+            .await?
+            .into_inner();
+        assert!(ga.approval_required && ga.activation_requires_mfa, "unchanged: {ga:?}");
+        let ticket: Set = |p| p.activation_requires_ticket = true;
+        policies
+            .update_role_policy(authed(
+                &pol.token,
+                setting(GLOBAL_ADMINISTRATOR, "activation_requires_ticket", ticket, false),
+            ))
+            .await?;
+        // A Privileged Role Administrator may assign the role: they lower it as they like.
+        let no_ticket: Set = |p| p.activation_requires_ticket = false;
+        w.assignments()
+            .create_request(authed(
+                &w.admin,
+                give(&pol.id, pim_proto::catalogue::PRIVILEGED_ROLE_ADMINISTRATOR),
+            ))
+            .await?;
+        policies
+            .update_role_policy(authed(
+                &pol.token,
+                setting(GLOBAL_ADMINISTRATOR, "activation_requires_ticket", no_ticket, false),
+            ))
             .await?;
         // A Privileged Role Administrator holds no app permission, but may hand out any role
         // already: they define an app's roles as they like.

@@ -162,6 +162,10 @@ impl Assignments {
             }
             let after = policy_edits::merged(&before, &update.asked, &update.settings)?;
             after.validate()?;
+            let changes = policy_edits::changes(&before, &after);
+            if let Some(weaker) = changes.iter().find(|c| c.weakens) {
+                self.may_weaken(caller, &role, &scope, weaker).await?;
+            }
             // An update that changes who approves must leave only approvers who exist and are
             // enabled, new or kept; one that leaves them as they are does not weigh them, so a
             // disabled approver never blocks an unrelated change (the portal sends the
@@ -194,7 +198,6 @@ impl Assignments {
             if update.validate_only {
                 return Ok(PolicyAt::new(role.id, scope.as_str(), after, Some(scope.as_str())));
             }
-            let changes = policy_edits::changes(&before, &after);
             let event = ev::PolicyUpdated {
                 actor: Some(caller.actor()),
                 role_id: role.id.clone(),
@@ -245,6 +248,33 @@ impl Assignments {
         Err(Error::Aborted(
             "the policy kept changing while this update was applied; try again".into(),
         ))
+    }
+
+    /// Refuses a change that lowers a role's protection at `scope` (`weaker`, the first such
+    /// setting) unless `caller` may assign the role there directly (pim.assignments.manage, or
+    /// a group's ownership for access to it), and so gains nothing by it. Whoever may only
+    /// edit policies tightens them: else they would switch off the approval or MFA of a role
+    /// they are eligible for, or make their own second account its approver, and activate it.
+    async fn may_weaken(
+        &self,
+        caller: &Caller,
+        role: &store::RoleRow,
+        scope: &Scope,
+        weaker: &policy_edits::Change,
+    ) -> Result<()> {
+        match self.authorize_assignments(caller, role, scope, None).await {
+            Err(Error::PermissionDenied(_)) => Err(Error::PermissionDenied(format!(
+                "{} {} → {} lowers the protection of {} at {at}, which only whoever may assign it there may do \
+                 ({} at {at}); you may tighten its policy",
+                weaker.setting.name(),
+                weaker.before,
+                weaker.after,
+                role.name,
+                permissions::ASSIGNMENTS_MANAGE,
+                at = scope.as_str(),
+            ))),
+            other => other,
+        }
     }
 
     /// Whether the directory names a group among `ids` (its members may approve); an id it
