@@ -550,18 +550,28 @@ pub const NAMING_ACTIONS: &[&str] = &[
     "pim.identity.v1.UserUpdated",
     "pim.identity.v1.GroupCreated",
     "pim.identity.v1.GroupUpdated",
-    "pim.identity.v1.ServicePrincipalCreated",
+    SERVICE_PRINCIPAL_CREATED,
     "pim.assignment.v1.RoleDefinitionCreated",
     "pim.assignment.v1.RoleDefinitionUpdated",
 ];
 
 /// The name a record announces for its target, when its event is the one that names it: a
-/// user's user name, a group's or service principal's display name, a custom role's name.
+/// user's user name, a group's display name, a service principal's followed by ` (app)`
+/// ([`APP`]), a custom role's name. An app acts as people do, and may be named as one
+/// (`admin`): its records never read as theirs.
 pub fn announced_name(r: &Record) -> Option<(String, String)> {
     let names_it = NAMING_ACTIONS.contains(&r.action.as_str());
-    (names_it && !r.target_id.is_empty() && !r.target_name.is_empty())
-        .then(|| (r.target_id.clone(), r.target_name.clone()))
+    let name = match r.action.as_str() {
+        SERVICE_PRINCIPAL_CREATED => format!("{}{APP}", r.target_name),
+        _ => r.target_name.clone(),
+    };
+    (names_it && !r.target_id.is_empty() && !r.target_name.is_empty()).then(|| (r.target_id.clone(), name))
 }
+
+/// What follows a service principal's name in the records, as it follows it in the audit's
+/// table of names (since m0011).
+pub const APP: &str = " (app)";
+const SERVICE_PRINCIPAL_CREATED: &str = "pim.identity.v1.ServicePrincipalCreated";
 
 /// A refused entry's claim, as kept: an attacker's text, so without NUL (no database keeps
 /// it as text) and bounded.

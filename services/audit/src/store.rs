@@ -115,6 +115,15 @@ impl MigratorTrait for Migrator {
             SqlMigration::boxed("m0010_mail_group_owners", |_| {
                 crate::mail::store::OWNERS_MIGRATION.to_owned()
             }),
+            // A service principal is named as one (`admin (app)`), so an app named as a person
+            // never reads as them in the records (those kept already keep their names).
+            SqlMigration::boxed("m0011_apps_named_as_apps", |_| {
+                format!(
+                    "UPDATE audit_names SET name = name || '{}' WHERE id IN
+                        (SELECT target_id FROM audit_records WHERE action = 'pim.identity.v1.ServicePrincipalCreated')",
+                    crate::records::APP
+                )
+            }),
         ]);
         migrations
     }

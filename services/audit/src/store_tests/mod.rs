@@ -197,6 +197,20 @@ async fn every_record_names_principals_and_roles_the_same_way() -> anyhow::Resul
         store::append_all(&txn, &mut group_access, NOW).await?;
         txn.commit().await?;
         assert_eq!(named(&group_access[1]).2, "Group Member of mail team");
+        // An app acts as people do; named as one, it still reads as an app.
+        let mut by_app = vec![
+            created("e10", "ServicePrincipalCreated", "app-id", "admin"),
+            Record {
+                actor_id: "app-id".into(),
+                target_id: "lee-id".into(),
+                ..record("e11")
+            },
+        ];
+        let txn = db.begin().await?;
+        store::append_all(&txn, &mut by_app, NOW).await?;
+        txn.commit().await?;
+        assert_eq!(named(&by_app[0]).1, "admin (app)");
+        assert_eq!(named(&by_app[1]).0, "admin (app)");
         Ok(())
     })
     .await
@@ -219,17 +233,24 @@ async fn the_upgrade_learns_the_names_already_recorded() -> anyhow::Result<()> {
             announced("e2", "UserUpdated", "lee-id", "lee.gu"),
             announced("e3", "GroupCreated", "ops-id", "ops"),
             announced("e4", "SignInFailed", "eve-id", "claimed name"),
+            announced("e0", "ServicePrincipalCreated", "bot-id", "admin"),
         ];
         let txn = db.begin().await?;
         store::append_unnamed(&txn, &mut earlier, NOW).await?;
         txn.commit().await?;
         <store::Migrator as sea_orm_migration::MigratorTrait>::up(&db, None).await?;
-        let mut later = vec![Record {
-            actor_id: "ops-id".into(),
-            target_id: "lee-id".into(),
-            role_id: "eve-id".into(),
-            ..record("e5")
-        }];
+        let mut later = vec![
+            Record {
+                actor_id: "ops-id".into(),
+                target_id: "lee-id".into(),
+                role_id: "eve-id".into(),
+                ..record("e5")
+            },
+            Record {
+                actor_id: "bot-id".into(),
+                ..record("e6")
+            },
+        ];
         let txn = db.begin().await?;
         store::name_all(&txn, &mut later).await?;
         txn.commit().await?;
@@ -241,6 +262,10 @@ async fn the_upgrade_learns_the_names_already_recorded() -> anyhow::Result<()> {
             ),
             ("ops", "lee.gu", ""),
             "the latest name; a failed sign-in's claim names nobody"
+        );
+        assert_eq!(
+            later[1].actor_name, "admin (app)",
+            "an app named as a person reads as an app"
         );
         Ok(())
     })
