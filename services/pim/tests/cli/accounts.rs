@@ -346,6 +346,17 @@ fn users_are_managed_and_a_waiting_request_is_withdrawn() {
     let rotated: serde_json::Value = serde_json::from_str(rotated.trim()).expect("one JSON object");
     assert_eq!(rotated["client_id"], made_bot["client_id"], "{rotated}");
     assert_eq!(rotated["name"], "ticket bot", "{rotated}");
+    // Signed in with its secret, the app is said to be one (an app may be named as a person).
+    let app = Client {
+        server: kim.server.clone(),
+        token_file: dir.join("app-token"),
+    };
+    let (id, secret) = (rotated["client_id"].as_str(), rotated["client_secret"].as_str());
+    let signed_in = app.ok(
+        &["login", "--client-id", id.unwrap_or_default(), "--password-stdin"],
+        Some(&format!("{}\n", secret.unwrap_or_default())),
+    );
+    assert!(signed_in.contains("Signed in as the app ticket bot ("), "{signed_in}");
     let disabled = admin.ok(&["sp", "disable", "ticket bot"], None);
     assert!(
         disabled.starts_with("Service principal ticket bot disabled"),
