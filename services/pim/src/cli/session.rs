@@ -13,6 +13,7 @@ use tonic::transport::Channel;
 use pim_proto::assignment::v1 as apb;
 use pim_proto::assignment::v1::assignment_service_client::AssignmentServiceClient;
 use pim_proto::assignment::v1::role_service_client::RoleServiceClient;
+use pim_proto::common::v1::PrincipalKind;
 use pim_proto::identity::v1 as ipb;
 use pim_proto::identity::v1::directory_service_client::DirectoryServiceClient;
 use pim_runtime::config::TlsConfig;
@@ -301,13 +302,15 @@ impl<'a> Names<'a> {
                 .map(|p| p.into_inner()),
             Err(_) => None,
         };
+        // An app may be named as a person (`admin`): it is said to be an app, as the audit
+        // names it.
         let name = found
-            .map(|p| {
-                if p.user_name.is_empty() {
-                    p.display_name
-                } else {
-                    p.user_name
+            .map(|p| match (p.user_name.is_empty(), p.kind()) {
+                (false, _) => p.user_name,
+                (true, PrincipalKind::ServicePrincipal) if !p.display_name.is_empty() => {
+                    format!("{} (app)", p.display_name)
                 }
+                (true, _) => p.display_name,
             })
             .filter(|n| !n.is_empty())
             .unwrap_or_else(|| id.to_owned());

@@ -96,11 +96,6 @@ pub(crate) async fn login(args: LoginArgs) -> anyhow::Result<i32> {
     let who = Names::new(&session.with_token(&response.access_token))
         .principal(&response.principal_id)
         .await;
-    // An app may be named as a person (`admin`): said to be an app.
-    let who = match args.client_id {
-        Some(_) => format!("the app {who}"),
-        None => who.to_string(),
-    };
     println!(
         "Signed in as {who} ({}) until {} (token in {})",
         response.principal_id,

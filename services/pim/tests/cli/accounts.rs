@@ -356,7 +356,7 @@ fn users_are_managed_and_a_waiting_request_is_withdrawn() {
         &["login", "--client-id", id.unwrap_or_default(), "--password-stdin"],
         Some(&format!("{}\n", secret.unwrap_or_default())),
     );
-    assert!(signed_in.contains("Signed in as the app ticket bot ("), "{signed_in}");
+    assert!(signed_in.contains("Signed in as ticket bot (app) ("), "{signed_in}");
     let disabled = admin.ok(&["sp", "disable", "ticket bot"], None);
     assert!(
         disabled.starts_with("Service principal ticket bot disabled"),
