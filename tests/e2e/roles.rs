@@ -308,6 +308,27 @@ async fn custom_roles_grant_their_permissions_just_in_time_and_go_only_when_unus
                 setting(GLOBAL_ADMINISTRATOR, "activation_requires_ticket", ticket, false),
             ))
             .await?;
+        // Nor does a role's editor unmark a privileged role (its holders' credentials would
+        // then be reset by any Authentication Administrator), unless they may hand it out.
+        let vault = apb::CreateRoleDefinitionRequest {
+            privileged: true,
+            ..new_role("Vault Opener", &["app.vault/open"])
+        };
+        let vault = roles
+            .create_role_definition(authed(&w.admin, vault))
+            .await?
+            .into_inner();
+        let unmark = apb::UpdateRoleDefinitionRequest {
+            role: vault.id.clone(),
+            privileged: Some(false),
+            ..Default::default()
+        };
+        let refused = roles
+            .update_role_definition(authed(&kim.token, unmark.clone()))
+            .await
+            .expect_err("Kim may not hand the role out");
+        assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+        assert!(refused.message().contains("Vault Opener is privileged"), "{refused:?}");
         // A Privileged Role Administrator may assign the role: they lower it as they like.
         let no_ticket: Set = |p| p.activation_requires_ticket = false;
         w.assignments()
@@ -322,6 +343,11 @@ async fn custom_roles_grant_their_permissions_just_in_time_and_go_only_when_unus
                 setting(GLOBAL_ADMINISTRATOR, "activation_requires_ticket", no_ticket, false),
             ))
             .await?;
+        let unmarked = roles
+            .update_role_definition(authed(&pol.token, unmark))
+            .await?
+            .into_inner();
+        assert!(!unmarked.privileged, "{unmarked:?}");
         // A Privileged Role Administrator holds no app permission, but may hand out any role
         // already: they define an app's roles as they like.
         let pat = w.user("pat").await?;

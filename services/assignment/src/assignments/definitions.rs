@@ -125,6 +125,25 @@ impl Assignments {
         Ok(())
     }
 
+    /// Whether `caller` may unmark a privileged role: its holders would lose a privileged
+    /// holder's protections (their credentials reset by any Authentication Administrator, its
+    /// approvers any group), so only whoever may manage assignments everywhere, and may hand
+    /// the role out already, may.
+    async fn may_unmark(&self, caller: &Caller, role: &RoleRow) -> Result<()> {
+        match self
+            .authorize(caller, permissions::ASSIGNMENTS_MANAGE, &Scope::root())
+            .await
+        {
+            Err(Error::PermissionDenied(_)) => Err(Error::PermissionDenied(format!(
+                "{} is privileged: unmarking it lowers its holders' protection (an Authentication Administrator \
+                 could reset their credentials), which only whoever may manage assignments everywhere may do ({} at /)",
+                role.name,
+                permissions::ASSIGNMENTS_MANAGE
+            ))),
+            other => other,
+        }
+    }
+
     /// The custom role `role` (id or name), or why it cannot be changed.
     fn custom_role(&self, role: &str) -> Result<RoleRow> {
         let found = self.role(role)?;
@@ -198,6 +217,9 @@ impl Assignments {
         };
         let added = missing(&after, &before);
         self.may_grant(caller, &added).await?;
+        if before.privileged && !after.privileged {
+            self.may_unmark(caller, &before).await?;
+        }
         let event = ev::RoleDefinitionUpdated {
             actor: Some(caller.actor()),
             role_id: after.id.clone(),
