@@ -83,16 +83,21 @@ pub fn reads_as(kind: &str, name: &str, held: &str) -> Option<String> {
 /// custom roles), so `орѕ` (Cyrillic) is refused beside `ops`, and `Payrnents` beside
 /// `Payments`, however many are written at once. The first key reads the name in lowercase
 /// (`OPS` is `ops`), the second as written (`AIl Staff`, its `I` capital, is `All Staff`).
+/// Letters and digits only, where the name has any (symbols, like punctuation, aside: `Ops 🔥`
+/// is `Ops`); a name of symbols alone is read by its symbols (`🔥` is not `🚀`).
 pub fn name_keys(name: &str) -> [String; 2] {
     use unicode_normalization::UnicodeNormalization;
     use unicode_normalization::char::is_combining_mark;
     let seen = |s: &str| -> String {
         let bare: String = s.nfd().filter(|c| !is_combining_mark(*c)).collect();
         let skeleton: String = unicode_security::skeleton(&bare).collect();
-        (skeleton.nfd().filter(|c| !is_combining_mark(*c)))
+        let read: String = (skeleton.nfd().filter(|c| !is_combining_mark(*c)))
             .flat_map(char::to_lowercase)
-            .filter(|c| c.is_alphanumeric())
-            .collect()
+            .collect();
+        match read.chars().filter(|c| c.is_alphanumeric()).collect::<String>() {
+            letters if letters.is_empty() => read.chars().filter(|c| !c.is_whitespace()).collect(),
+            letters => letters,
+        }
     };
     [seen(&name.to_lowercase()), seen(name)]
 }
@@ -269,7 +274,12 @@ mod tests {
                 "{like:?} reads as {name:?}"
             );
         }
-        for (one, other) in [("ops", "dev"), ("Payments", "Payroll"), ("Tier 1", "Tier 2")] {
+        for (one, other) in [
+            ("ops", "dev"),
+            ("Payments", "Payroll"),
+            ("Tier 1", "Tier 2"),
+            ("\u{1F525}", "\u{1F680}"),
+        ] {
             let (a, b) = (name_keys(one), name_keys(other));
             assert!(a[0] != b[0] && a[1] != b[1], "{one:?} and {other:?} read apart");
         }
