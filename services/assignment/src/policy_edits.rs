@@ -276,16 +276,27 @@ fn weakens(setting: Setting, before: &Policy, after: &Policy) -> bool {
                     .cloned()
                     .collect::<std::collections::BTreeSet<_>>()
             };
+            // A stage that asked its approvers for a reason and no longer does.
+            let unreasoned = (before.approval_stages.iter().zip(&after.approval_stages))
+                .any(|(b, a)| b.justification_required && !a.justification_required);
             after.approval_stages.len() < before.approval_stages.len()
                 || required(after) < required(before)
                 || approvers(before) != approvers(after)
+                || unreasoned
         }
-        // The role assignment alert turned down: administrators no longer hear of every
-        // assignment or activation.
+        // The role assignment alert turned down, or whoever else heard of it no longer told:
+        // administrators (a SOC mailbox) no longer hear of every assignment or activation,
+        // nor does the holder of what was done in their name.
         NotificationRules => crate::domain::NotificationEvent::ALL.iter().any(|event| {
-            let admin = |p: &Policy| p.notification_rule(*event, crate::domain::NotificationParty::Admin);
-            let (b, a) = (admin(before), admin(after));
-            (b.default_recipients && !a.default_recipients) || (!b.critical_only && a.critical_only)
+            use crate::domain::NotificationParty::{Admin, Assignee};
+            [Admin, Assignee].into_iter().any(|party| {
+                let (b, a) = (
+                    before.notification_rule(*event, party),
+                    after.notification_rule(*event, party),
+                );
+                let dropped = (b.additional_recipients.iter()).any(|r| !a.additional_recipients.contains(r));
+                (b.default_recipients && !a.default_recipients) || (!b.critical_only && a.critical_only) || dropped
+            })
         }),
     }
 }
@@ -318,12 +329,23 @@ fn shown(p: &Policy, setting: Setting) -> String {
             .approval_stages
             .iter()
             .map(|s| {
-                format!(
+                let mut said = format!(
                     "{} of [{}] within {}",
                     s.approvals_required,
                     s.approver_ids.join(","),
                     pim_runtime::format::duration(s.timeout)
-                )
+                );
+                if !s.escalation_approver_ids.is_empty() {
+                    said += &format!(
+                        ", escalating to [{}] after {}",
+                        s.escalation_approver_ids.join(","),
+                        pim_runtime::format::duration(s.escalate_after)
+                    );
+                }
+                if s.justification_required {
+                    said += ", a reason required";
+                }
+                said
             })
             .collect::<Vec<_>>()
             .join("; "),
@@ -506,6 +528,44 @@ mod tests {
         );
         let dropped = changes(&asking, &before);
         assert!(dropped.len() == 1 && dropped[0].weakens, "and off again: {dropped:?}");
+        // Every setting of a stage is told: an escalation approver added, a reason no longer
+        // asked, each weakens.
+        let staged = |escalation: &[&str], reason: bool| Policy {
+            approval_stages: vec![ApprovalStage {
+                escalation_approver_ids: escalation.iter().map(|s| (*s).to_owned()).collect(),
+                escalate_after: HOUR,
+                justification_required: reason,
+                ..before.approval_stages[0].clone()
+            }],
+            ..before.clone()
+        };
+        for (from, to) in [
+            (staged(&[], false), staged(&["pol"], false)),
+            (staged(&[], true), staged(&[], false)),
+        ] {
+            let changed = changes(&from, &to);
+            assert!(changed.len() == 1 && changed[0].weakens, "{changed:?}");
+        }
+        let escalation = &changes(&staged(&[], true), &staged(&["pol"], true))[0];
+        assert!(
+            escalation
+                .after
+                .contains("escalating to [pol] after 1h, a reason required"),
+            "{escalation:?}"
+        );
+        // A recipient of the role assignment alert dropped weakens it; one added does not.
+        let told = |recipients: &[&str]| Policy {
+            notification_rules: vec![crate::domain::NotificationRule {
+                additional_recipients: recipients.iter().map(|s| (*s).to_owned()).collect(),
+                ..crate::domain::NotificationRule::default_for(
+                    crate::domain::NotificationEvent::ALL[0],
+                    crate::domain::NotificationParty::Admin,
+                )
+            }],
+            ..before.clone()
+        };
+        assert!(changes(&told(&["soc@corp.example"]), &told(&[]))[0].weakens);
+        assert!(!changes(&told(&[]), &told(&["soc@corp.example"]))[0].weakens);
         let mfa = diff.iter().find(|c| c.setting == ActivationRequiresMfa).unwrap();
         assert_eq!((mfa.before.as_str(), mfa.after.as_str()), ("on", "off"));
         assert_eq!(diff[0].before, "8h");

@@ -84,20 +84,32 @@ pub fn reads_as(kind: &str, name: &str, held: &str) -> Option<String> {
 /// `Payments`, however many are written at once. The first key reads the name in lowercase
 /// (`OPS` is `ops`), the second as written (`AIl Staff`, its `I` capital, is `All Staff`).
 /// Letters and digits only, where the name has any (symbols, like punctuation, aside: `Ops 🔥`
-/// is `Ops`); a name of symbols alone is read by its symbols (`🔥` is not `🚀`).
+/// and `sales—` read as `Ops` and `sales`, though the skeleton takes an em dash for a
+/// Katakana letter; a sign read as a letter stays: `|ab` is `lab`); a name of symbols alone
+/// is read by its symbols (`🔥` is not `🚀`). Beyond the skeleton, the pairs it leaves apart
+/// that read alike in a list: `vv` and `w`, `cl` and `d`, `i` and `l`.
 pub fn name_keys(name: &str) -> [String; 2] {
     use unicode_normalization::UnicodeNormalization;
     use unicode_normalization::char::is_combining_mark;
-    let seen = |s: &str| -> String {
+    let skeleton = |s: &str| -> String {
         let bare: String = s.nfd().filter(|c| !is_combining_mark(*c)).collect();
         let skeleton: String = unicode_security::skeleton(&bare).collect();
-        let read: String = (skeleton.nfd().filter(|c| !is_combining_mark(*c)))
+        (skeleton.nfd().filter(|c| !is_combining_mark(*c)))
             .flat_map(char::to_lowercase)
-            .collect();
-        match read.chars().filter(|c| c.is_alphanumeric()).collect::<String>() {
-            letters if letters.is_empty() => read.chars().filter(|c| !c.is_whitespace()).collect(),
-            letters => letters,
+            .collect()
+    };
+    let reads_as_letter = |c: &char| {
+        let mut read = [0; 4];
+        let read = skeleton(c.encode_utf8(&mut read));
+        c.is_alphanumeric() || (read.len() == 1 && read.chars().all(|r| r.is_ascii_alphanumeric()))
+    };
+    let seen = |s: &str| -> String {
+        let letters: String = s.chars().filter(reads_as_letter).collect();
+        if letters.is_empty() {
+            return skeleton(s).chars().filter(|c| !c.is_whitespace()).collect();
         }
+        let read: String = skeleton(&letters).chars().filter(|c| c.is_alphanumeric()).collect();
+        read.replace("vv", "w").replace("cl", "d").replace('i', "l")
     };
     [seen(&name.to_lowercase()), seen(name)]
 }
@@ -266,6 +278,12 @@ mod tests {
             ("OPS", "ops"),
             ("Ops-Team", "Ops Team"),
             ("\u{395}\u{3A4}\u{391}", "ETA"),
+            ("vveb", "web"),
+            ("clev", "dev"),
+            ("admlns", "admins"),
+            ("sales\u{2014}", "sales"),
+            ("s\u{2014}ales", "sales"),
+            ("|ab", "lab"),
         ] {
             assert!(super::name(like, 256).is_ok(), "{like:?} is a name");
             let (like_keys, keys) = (name_keys(like), name_keys(name));

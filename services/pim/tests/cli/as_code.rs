@@ -423,7 +423,7 @@ fn a_configuration_file_applies_once_prunes_round_trips_and_a_bad_one_changes_no
     let bad = dir.join("bad.yaml");
     std::fs::write(
         &bad,
-        "roles:\n  - name: Auditor Extra\n    permissions: [app.audit/read]\n  - name: Broken\n    permissions: [\"app payments/refunds\"]\npolicies:\n  - role: Payments Refunder\n    activation_max_duration: soon\n    notifications:\n      - event: activation\n        party: approver\n      - event: eligible_assignment\n        party: approver\n  - group: no-such-group\n    activation_max_duration: 1h\n  - role: Security Reader\n    activation_max_duration: 30h\n  - role: Auditor Extra\n    activation_max_duration: 30h\n  - role: Exchange Administrator\n    activation_requires_ticket: false\nassignments:\n  - role: Payments Refunder\n    eligible:\n      - principal: nobody\n      - principal: lee\n        scope: /apps/payments\n        until: 2020-01-01T00:00:00Z\n  - role: No Such Role\n  - role: Exchange Administrator\n    eligible:\n      - principal: lee\n        until: 2099-01-01T00:00:00Z\n  - role: Global Administrator\n    prune: true\ngroups:\n  - name: payments-oncall\n    role_assignable: true\n    owners: [payments-oncall]\n    members: [payments-oncall, sam]\n  - name: Exchange \u{410}dmins\n  - name: Ops  Two\n  - name: payments-0ncall\n",
+        "roles:\n  - name: Auditor Extra\n    permissions: [app.audit/read]\n  - name: Broken\n    permissions: [\"app payments/refunds\"]\npolicies:\n  - role: Payments Refunder\n    activation_max_duration: soon\n    notifications:\n      - event: activation\n        party: approver\n      - event: eligible_assignment\n        party: approver\n  - group: no-such-group\n    activation_max_duration: 1h\n  - role: Security Reader\n    activation_max_duration: 30h\n  - role: Auditor Extra\n    activation_max_duration: 30h\n  - role: Exchange Administrator\n    activation_requires_ticket: false\nassignments:\n  - role: Payments Refunder\n    eligible:\n      - principal: nobody\n      - principal: lee\n        scope: /apps/payments\n        until: 2020-01-01T00:00:00Z\n  - role: No Such Role\n  - role: Exchange Administrator\n    eligible:\n      - principal: lee\n        until: 2099-01-01T00:00:00Z\n  - role: Global Administrator\n    prune: true\ngroups:\n  - name: payments-oncall\n    role_assignable: true\n    owners: [payments-oncall]\n    members: [payments-oncall, sam]\n  - name: Exchange \u{410}dmins\n  - name: Ops  Two\n  - name: payments-0ncall\n  - name: PAYMENTS-ONCALL\n",
     )
     .unwrap();
     let refused = admin.run(&["apply", "-f", bad.to_str().unwrap()], None);
@@ -454,6 +454,7 @@ fn a_configuration_file_applies_once_prunes_round_trips_and_a_bad_one_changes_no
         (42, "single spaces"),
         // One that reads as another group's name.
         (43, "reads as the group payments-oncall"),
+        (44, "is defined twice"),
     ] {
         assert!(
             err.lines()
@@ -461,7 +462,7 @@ fn a_configuration_file_applies_once_prunes_round_trips_and_a_bad_one_changes_no
             "no error at line {line} about {what}:\n{err}"
         );
     }
-    assert!(err.contains("15 error(s); nothing was changed"), "{err}");
+    assert!(err.contains("16 error(s); nothing was changed"), "{err}");
     // An entry whose time is over is no mistake (a file exported yesterday still applies):
     // it assigns nothing, and the plan says so at its line.
     assert!(

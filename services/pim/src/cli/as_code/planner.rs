@@ -286,19 +286,19 @@ impl<'a> Planner<'a> {
     }
 
     pub(super) fn roles(&mut self, file: &File) {
-        let mut seen: BTreeSet<String> = BTreeSet::new();
+        let mut seen: Vec<String> = Vec::new();
         for item in &file.roles {
             let spec = &item.value;
             if spec.name.trim().is_empty() {
                 self.error(item, "a role needs a name");
                 continue;
             }
-            if !seen.insert(spec.name.to_lowercase()) {
+            if defined_twice(&mut seen, &spec.name) {
                 self.error(item, format!("role {:?} is defined twice", spec.name));
                 continue;
             }
             let others: Vec<String> = (self.snapshot.roles.iter().map(|r| r.name.clone()))
-                .chain(seen.iter().filter(|s| **s != spec.name.to_lowercase()).cloned())
+                .chain(seen[..seen.len() - 1].iter().cloned())
                 .collect();
             if self.snapshot.role(&spec.name).is_none() && !self.reads_as_itself(item, "role", &spec.name, &others) {
                 continue;
@@ -376,20 +376,20 @@ impl<'a> Planner<'a> {
     }
 
     pub(super) async fn groups(&mut self, session: &Session, file: &File) -> anyhow::Result<()> {
-        let mut seen: BTreeSet<String> = BTreeSet::new();
+        let mut seen: Vec<String> = Vec::new();
         for item in &file.groups {
             let spec = &item.value;
             if spec.name.trim().is_empty() {
                 self.error(item, "a group needs a name");
                 continue;
             }
-            if !seen.insert(spec.name.clone()) {
+            if defined_twice(&mut seen, &spec.name) {
                 self.error(item, format!("group {:?} is defined twice", spec.name));
                 continue;
             }
             let existing = self.snapshot.groups_named(&spec.name);
             let others: Vec<String> = (self.snapshot.groups.iter().map(|g| g.display_name.clone()))
-                .chain(seen.iter().filter(|s| **s != spec.name).cloned())
+                .chain(seen[..seen.len() - 1].iter().cloned())
                 .collect();
             if existing.is_empty() && !self.reads_as_itself(item, "group", &spec.name, &others) {
                 continue;
@@ -734,4 +734,14 @@ fn is_the_files(status: &tonic::Status) -> bool {
         status.code(),
         Code::InvalidArgument | Code::FailedPrecondition | Code::NotFound | Code::AlreadyExists | Code::OutOfRange
     )
+}
+
+/// Whether the file names `name` a second time, in any case (the server holds a name once,
+/// whatever its case); if not, it is `seen` from now on, last.
+fn defined_twice(seen: &mut Vec<String>, name: &str) -> bool {
+    let twice = seen.iter().any(|s| s.to_lowercase() == name.to_lowercase());
+    if !twice {
+        seen.push(name.to_owned());
+    }
+    twice
 }
