@@ -348,6 +348,42 @@ async fn custom_roles_grant_their_permissions_just_in_time_and_go_only_when_unus
             .await?
             .into_inner();
         assert!(!unmarked.privileged, "{unmarked:?}");
+        // Nobody grants themselves access to a group, so nor does one who may assign it lower
+        // its policy while they may activate it.
+        use pim_proto::catalogue::{GROUP_MEMBER, group_scope};
+        let team = pim_proto::identity::v1::directory_service_client::DirectoryServiceClient::new(w.ts.channel.clone())
+            .create_group(authed(
+                &w.admin,
+                pim_proto::identity::v1::CreateGroupRequest {
+                    display_name: "pol-team".into(),
+                    ..Default::default()
+                },
+            ))
+            .await?
+            .into_inner();
+        let member = apb::CreateRequestRequest {
+            scope: group_scope(&team.id),
+            justification: "joins on call".into(),
+            ..request(
+                apb::RequestAction::AdminAssign,
+                apb::AssignmentKind::Eligible,
+                &pol.id,
+                GROUP_MEMBER,
+            )
+        };
+        w.assignments().create_request(authed(&w.admin, member)).await?;
+        let no_reason: Set = |p| p.activation_requires_justification = false;
+        let mut own = setting(GROUP_MEMBER, "activation_requires_justification", no_reason, false);
+        if let Some(p) = own.policy.as_mut() {
+            p.scope = group_scope(&team.id);
+        }
+        let refused = policies
+            .update_role_policy(authed(&pol.token, own.clone()))
+            .await
+            .expect_err("pol may activate it");
+        assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+        assert!(refused.message().contains("which you may activate"), "{refused:?}");
+        policies.update_role_policy(authed(&w.admin, own)).await?;
         // A Privileged Role Administrator holds no app permission, but may hand out any role
         // already: they define an app's roles as they like.
         let pat = w.user("pat").await?;

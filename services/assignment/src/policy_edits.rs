@@ -267,22 +267,24 @@ fn weakens(setting: Setting, before: &Policy, after: &Policy) -> bool {
         // whoever approves now adds a check: no weakening.
         ApproverIds => before.approval_required && set(&before.approver_ids) != set(&after.approver_ids),
         ApprovalStages if !before.approval_required => false,
+        // Weighed stage by stage (approvers moved between stages let two of one stage decide
+        // both): one dropped, or one whose approvers or escalation approvers changed, that
+        // needs fewer approvals, or no longer asks its approvers for a reason. A stage added
+        // after the others adds a check.
         ApprovalStages => {
-            let required = |p: &Policy| p.approval_stages.iter().map(|s| s.approvals_required).sum::<u32>();
-            let approvers = |p: &Policy| {
-                p.approval_stages
+            let approvers = |s: &crate::domain::ApprovalStage| -> std::collections::BTreeSet<String> {
+                s.approver_ids
                     .iter()
-                    .flat_map(|s| s.approver_ids.iter().chain(&s.escalation_approver_ids))
+                    .chain(&s.escalation_approver_ids)
                     .cloned()
-                    .collect::<std::collections::BTreeSet<_>>()
+                    .collect()
             };
-            // A stage that asked its approvers for a reason and no longer does.
-            let unreasoned = (before.approval_stages.iter().zip(&after.approval_stages))
-                .any(|(b, a)| b.justification_required && !a.justification_required);
             after.approval_stages.len() < before.approval_stages.len()
-                || required(after) < required(before)
-                || approvers(before) != approvers(after)
-                || unreasoned
+                || (before.approval_stages.iter().zip(&after.approval_stages)).any(|(b, a)| {
+                    approvers(b) != approvers(a)
+                        || a.approvals_required < b.approvals_required
+                        || (b.justification_required && !a.justification_required)
+                })
         }
         // The role assignment alert turned down, or whoever else heard of it no longer told:
         // administrators (a SOC mailbox) no longer hear of every assignment or activation,
@@ -539,9 +541,25 @@ mod tests {
             }],
             ..before.clone()
         };
+        let two_stages = |first: &[&str], second: &[&str]| Policy {
+            approval_stages: [first, second]
+                .iter()
+                .map(|ids| ApprovalStage {
+                    approver_ids: ids.iter().map(|s| (*s).to_owned()).collect(),
+                    approvals_required: 1,
+                    ..ApprovalStage::default()
+                })
+                .collect(),
+            ..before.clone()
+        };
+        let moved = (
+            two_stages(&["x", "y"], &["sec"]),
+            two_stages(&["x", "sec"], &["y", "sec"]),
+        );
         for (from, to) in [
             (staged(&[], false), staged(&["pol"], false)),
             (staged(&[], true), staged(&[], false)),
+            moved,
         ] {
             let changed = changes(&from, &to);
             assert!(changed.len() == 1 && changed[0].weakens, "{changed:?}");

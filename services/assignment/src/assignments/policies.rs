@@ -262,6 +262,25 @@ impl Assignments {
         scope: &Scope,
         weaker: &policy_edits::Change,
     ) -> Result<()> {
+        // Nobody grants themselves access to a group: nor do they lower its policy while they
+        // may activate it, or hold it.
+        if is_group_access(&role.id) && group_of_scope(scope.as_str()).is_some() {
+            let mut holders = vec![caller.principal_id.clone()];
+            holders.extend(self.memberships.groups_of(&caller.principal_id));
+            let (eligible, active) =
+                store::eligibilities_and_activations(&self.db, &caller.principal_id, &holders, self.now()).await?;
+            if (eligible.iter().chain(&active)).any(|a| a.role_id == role.id && a.scope == scope.as_str()) {
+                return Err(Error::PermissionDenied(format!(
+                    "{} {} → {} lowers the protection of {} at {}, which you may activate or hold yourself: \
+                     another owner or administrator does",
+                    weaker.setting.name(),
+                    weaker.before,
+                    weaker.after,
+                    role.name,
+                    scope.as_str()
+                )));
+            }
+        }
         match self.authorize_assignments(caller, role, scope, None).await {
             Err(Error::PermissionDenied(_)) => Err(Error::PermissionDenied(format!(
                 "{} {} → {} lowers the protection of {} at {at}, which only whoever may assign it there may do \
