@@ -53,6 +53,10 @@ fn set_actor(r: &mut Record, session: &mut String, actor: &Option<Actor>) {
     if let Some(a) = actor {
         r.actor_id = a.principal_id.clone();
         r.actor_name = a.display_name.clone();
+        // An app named before its name was announced here, as the table of names has it.
+        if a.kind == pim_proto::common::v1::PrincipalKind::ServicePrincipal as i32 && !r.actor_name.is_empty() {
+            r.actor_name += APP;
+        }
         session.clone_from(&a.session_id);
     }
 }

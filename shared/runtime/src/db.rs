@@ -280,16 +280,21 @@ pub fn is_lookalike_violation(err: &DbErr) -> bool {
         && (said.contains("_lookalike\"") || said.contains("_lookalike_cased\"") || said.contains(".lookalike_key"))
 }
 
-/// The name among `table`'s that `name` reads as (holding one of its lookalike keys), if any.
+/// The name among `table`'s that `name` reads as (holding one of its lookalike keys), if any:
+/// the same name in another case first, which a lookalike from before the keys may hold.
 pub async fn name_read_as<C: ConnectionTrait>(
     c: &C,
     table: &str,
     column: &str,
     name: &str,
 ) -> Result<Option<String>, DbErr> {
-    let sql =
-        format!("SELECT {column} AS name FROM {table} WHERE lookalike_key = $1 OR lookalike_key_cased = $2 LIMIT 1");
-    let row = query_one(c, &sql, name_key_values(name)).await?;
+    let sql = format!(
+        "SELECT {column} AS name FROM {table} WHERE LOWER({column}) = LOWER($3) OR lookalike_key = $1 OR lookalike_key_cased = $2 \
+         ORDER BY CASE WHEN LOWER({column}) = LOWER($3) THEN 0 ELSE 1 END LIMIT 1"
+    );
+    let mut values = name_key_values(name);
+    values.push(name.into());
+    let row = query_one(c, &sql, values).await?;
     row.map(|row| col(&row, "name")).transpose()
 }
 

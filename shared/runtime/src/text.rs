@@ -83,41 +83,56 @@ pub fn reads_as(kind: &str, name: &str, held: &str) -> Option<String> {
 /// custom roles), so `орѕ` (Cyrillic) is refused beside `ops`, and `Payrnents` beside
 /// `Payments`, however many are written at once. The first key reads the name in lowercase
 /// (`OPS` is `ops`), the second as written (`AIl Staff`, its `I` capital, is `All Staff`).
-/// Letters and digits only, where the name has any (symbols, like punctuation, aside: `Ops 🔥`
-/// and `sales—` read as `Ops` and `sales`, though the skeleton takes an em dash for a
-/// Katakana letter; a sign read as a letter stays: `|ab` is `lab`); a name of symbols alone
-/// is read by its symbols (`🔥` is not `🚀`). Beyond the skeleton, the pairs it leaves apart
-/// that read alike in a list: `vv` and `w`, `cl` and `d`, `i` and `l`.
+/// What is read: letters and digits, a sign read as one (`|ab` is `lab`), and symbols that
+/// stand apart (`C++` is not `C#`, `Ops 🔥` not `Ops 🚀`); spaces, punctuation and dashes
+/// aside (`sales—` and `Ops-Team` read as `sales` and `Ops Team`). A name of those alone is
+/// read by them (`!!!` is not `??`). As written, beyond the skeleton, `vv` reads as `w` and
+/// `cl` as `d` (`vveb`, `clev`); not in capitals (`ACL` is not `AD`).
 pub fn name_keys(name: &str) -> [String; 2] {
     use unicode_normalization::UnicodeNormalization;
     use unicode_normalization::char::is_combining_mark;
     let skeleton = |s: &str| -> String {
         let bare: String = s.nfd().filter(|c| !is_combining_mark(*c)).collect();
         let skeleton: String = unicode_security::skeleton(&bare).collect();
-        (skeleton.nfd().filter(|c| !is_combining_mark(*c)))
-            .flat_map(char::to_lowercase)
+        skeleton.nfd().filter(|c| !is_combining_mark(*c)).collect()
+    };
+    let symbol = |c: char| match c {
+        '+' | '#' | '&' | '@' | '$' | '%' | '*' | '=' | '<' | '>' | '~' | '^' => true,
+        c if c.is_ascii() || c.is_alphanumeric() || c.is_whitespace() => false,
+        // Latin-1's signs, general and supplemental punctuation, CJK punctuation.
+        '\u{A1}'..='\u{BF}' | '\u{2000}'..='\u{206F}' | '\u{2E00}'..='\u{2E7F}' | '\u{3000}'..='\u{303F}' => false,
+        _ => true,
+    };
+    let read = |c: &char| {
+        let mut letter = [0; 4];
+        let letter = skeleton(c.encode_utf8(&mut letter));
+        c.is_alphanumeric() || symbol(*c) || (letter.len() == 1 && letter.chars().all(|r| r.is_ascii_alphanumeric()))
+    };
+    let seen = |s: &str, as_written: bool| -> String {
+        let kept: String = s.chars().filter(read).collect();
+        if kept.is_empty() {
+            let all: String = s.chars().filter(|c| !c.is_whitespace()).collect();
+            return skeleton(&all).chars().flat_map(char::to_lowercase).collect();
+        }
+        let mut read = skeleton(&kept);
+        if as_written {
+            read = read.replace("vv", "w").replace("cl", "d");
+        }
+        (read.chars().flat_map(char::to_lowercase))
+            .filter(|c| c.is_alphanumeric() || symbol(*c))
             .collect()
     };
-    let reads_as_letter = |c: &char| {
-        let mut read = [0; 4];
-        let read = skeleton(c.encode_utf8(&mut read));
-        c.is_alphanumeric() || (read.len() == 1 && read.chars().all(|r| r.is_ascii_alphanumeric()))
-    };
-    let seen = |s: &str| -> String {
-        let letters: String = s.chars().filter(reads_as_letter).collect();
-        if letters.is_empty() {
-            return skeleton(s).chars().filter(|c| !c.is_whitespace()).collect();
-        }
-        let read: String = skeleton(&letters).chars().filter(|c| c.is_alphanumeric()).collect();
-        read.replace("vv", "w").replace("cl", "d").replace('i', "l")
-    };
-    [seen(&name.to_lowercase()), seen(name)]
+    [seen(&name.to_lowercase(), false), seen(name, true)]
 }
 
 /// A group's, an app's or a custom role's name: as [`name`], and never a lookalike of a
 /// built-in role's ([`built_in_role_like`]).
 pub fn own_name(text: &str, max: usize) -> Result<&str, String> {
     let text = name(text, max)?;
+    // What the audit and the CLI put after an app's name.
+    if text.to_lowercase().ends_with("(app)") {
+        return Err("must not end with (app), which marks an app's name".into());
+    }
     match built_in_role_like(text) {
         Some(role) => Err(format!("must not look like the built-in role {role}")),
         None => Ok(text),
@@ -270,6 +285,9 @@ mod tests {
     #[test]
     fn names_that_read_alike_share_a_key() {
         use super::name_keys;
+        // Nor does a group pass for an app, as the records name apps.
+        assert!(super::own_name("deploy-bot (App)", 256).is_err());
+        assert!(super::own_name("deploy-bot (apps team)", 256).is_ok());
         // Each passes the name rule on its own (one script), and reads as the other.
         for (like, name) in [
             ("\u{43E}\u{440}\u{455}", "ops"),
@@ -280,7 +298,6 @@ mod tests {
             ("\u{395}\u{3A4}\u{391}", "ETA"),
             ("vveb", "web"),
             ("clev", "dev"),
-            ("admlns", "admins"),
             ("sales\u{2014}", "sales"),
             ("s\u{2014}ales", "sales"),
             ("|ab", "lab"),
@@ -297,6 +314,12 @@ mod tests {
             ("Payments", "Payroll"),
             ("Tier 1", "Tier 2"),
             ("\u{1F525}", "\u{1F680}"),
+            ("ACL Admins", "AD Admins"),
+            ("Mail Team", "Mall Team"),
+            ("C++ Devs", "C# Devs"),
+            ("Ops \u{1F525}", "Ops \u{1F680}"),
+            ("Clash", "Dash"),
+            ("!!!", "??"),
         ] {
             let (a, b) = (name_keys(one), name_keys(other));
             assert!(a[0] != b[0] && a[1] != b[1], "{one:?} and {other:?} read apart");

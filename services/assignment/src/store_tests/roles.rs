@@ -93,10 +93,14 @@ async fn custom_role_names_that_read_alike_are_held_apart() -> anyhow::Result<()
                 !store::insert_role(&db, &role(like), NOW).await?,
                 "{like} reads as Payments Approver"
             );
-            assert_eq!(
-                store::role_named_like(&db, like).await?.as_deref(),
-                Some("Payments Approver")
-            );
+            // The role of that very name first (the lookalike kept from before, here), else
+            // the one it reads as.
+            let held = if like == lookalike.name {
+                "Payrnents Approver"
+            } else {
+                "Payments Approver"
+            };
+            assert_eq!(store::role_named_like(&db, like).await?.as_deref(), Some(held));
         }
         assert!(store::role(&db, &lookalike.id).await?.is_some(), "kept as it was");
         assert!(store::insert_role(&db, &role("Payroll Approver"), NOW).await?);

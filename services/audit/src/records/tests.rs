@@ -37,6 +37,23 @@ fn an_assignment_event_names_actor_target_role_and_scope() {
     // Which of the actor's sessions did it: what an incident response ends.
     let payload: serde_json::Value = serde_json::from_str(&r.payload_json).unwrap();
     assert_eq!(payload["actor_session_id"], "session-7");
+    // An app is named as one, though no record here announced its name yet.
+    let by_app = ev::AssignmentChanged {
+        actor: Some(Actor {
+            principal_id: "app-id".into(),
+            kind: pim_proto::common::v1::PrincipalKind::ServicePrincipal as i32,
+            display_name: "admin".into(),
+            session_id: String::new(),
+        }),
+        ..e.clone()
+    };
+    let env = envelope(
+        Source::Assignment,
+        EventType::ActiveAssignmentGranted,
+        "lee-id",
+        &by_app,
+    );
+    assert_eq!(record(&env, &Correlator::new(None)).unwrap().actor_name, "admin (app)");
     // A request's change of status names whose request it is, for which role and where.
     let (principal_id, role_id, scope) = ("lee-id".to_owned(), "role-1".to_owned(), "/apps".to_owned());
     let changed = ev::RequestStatusChanged {
