@@ -236,7 +236,7 @@ def main(pim: str) -> int:
             "the audit trail names the stream, never its credential"
         listed = [json.loads(l) for l in up.run("ssf", "streams", "--output", "json").stdout.splitlines()]
         assert sorted(l["delivery"] for l in listed) == ["poll", f"push to http://127.0.0.1:{server.server_address[1]}"], listed
-        assert all(l["receiver"] == "ssf-app" and l["pending"] == "0" for l in listed), listed
+        assert all(l["receiver"] == "ssf-app (app)" and l["pending"] == "0" for l in listed), listed
 
         # The receiver rotates its credential: a PATCH gives the new one, and pushes carry it.
         receiver.credential = "Bearer receiver-credential-5e2a"
