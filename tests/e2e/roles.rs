@@ -216,34 +216,23 @@ async fn custom_roles_grant_their_permissions_just_in_time_and_go_only_when_unus
             .await?
             .into_inner();
         let pol = w.user("pol").await?;
-        let give = |principal: &str, role: &str| apb::CreateRequestRequest {
+        use apb::AssignmentKind::{Active, Eligible};
+        let give = |kind: apb::AssignmentKind, role: &str, scope: &str| apb::CreateRequestRequest {
+            scope: scope.into(),
             justification: "edits policies".into(),
-            ..request(
-                apb::RequestAction::AdminAssign,
-                apb::AssignmentKind::Active,
-                principal,
-                role,
-            )
+            ..request(apb::RequestAction::AdminAssign, kind, &pol.id, role)
         };
-        w.assignments()
-            .create_request(authed(&w.admin, give(&pol.id, &policy_editor.id)))
-            .await?;
-        let eligible = apb::CreateRequestRequest {
-            justification: "break-glass deputy".into(),
-            ..request(
-                apb::RequestAction::AdminAssign,
-                apb::AssignmentKind::Eligible,
-                &pol.id,
-                GLOBAL_ADMINISTRATOR,
-            )
-        };
-        w.assignments().create_request(authed(&w.admin, eligible)).await?;
+        for (kind, role) in [(Active, policy_editor.id.as_str()), (Eligible, GLOBAL_ADMINISTRATOR)] {
+            w.assignments()
+                .create_request(authed(&w.admin, give(kind, role, "/")))
+                .await?;
+        }
         let mut policies = PolicyServiceClient::new(w.ts.channel.clone());
         type Set = fn(&mut apb::RolePolicy);
-        let setting = |role: &str, path: &str, set: Set, validate_only: bool| {
+        let setting = |role: &str, scope: &str, path: &str, set: Set, validate_only: bool| {
             let mut policy = apb::RolePolicy {
                 role_id: role.into(),
-                scope: "/".into(),
+                scope: scope.into(),
                 ..Default::default()
             };
             set(&mut policy);
@@ -279,7 +268,7 @@ async fn custom_roles_grant_their_permissions_just_in_time_and_go_only_when_unus
                 let refused = policies
                     .update_role_policy(authed(
                         &pol.token,
-                        setting(GLOBAL_ADMINISTRATOR, path, set, validate_only),
+                        setting(GLOBAL_ADMINISTRATOR, "/", path, set, validate_only),
                     ))
                     .await
                     .expect_err(path);
@@ -305,7 +294,7 @@ async fn custom_roles_grant_their_permissions_just_in_time_and_go_only_when_unus
         policies
             .update_role_policy(authed(
                 &pol.token,
-                setting(GLOBAL_ADMINISTRATOR, "activation_requires_ticket", ticket, false),
+                setting(GLOBAL_ADMINISTRATOR, "/", "activation_requires_ticket", ticket, false),
             ))
             .await?;
         // Nor does a role's editor unmark a privileged role (its holders' credentials would
@@ -334,13 +323,19 @@ async fn custom_roles_grant_their_permissions_just_in_time_and_go_only_when_unus
         w.assignments()
             .create_request(authed(
                 &w.admin,
-                give(&pol.id, pim_proto::catalogue::PRIVILEGED_ROLE_ADMINISTRATOR),
+                give(Active, pim_proto::catalogue::PRIVILEGED_ROLE_ADMINISTRATOR, "/"),
             ))
             .await?;
         policies
             .update_role_policy(authed(
                 &pol.token,
-                setting(GLOBAL_ADMINISTRATOR, "activation_requires_ticket", no_ticket, false),
+                setting(
+                    GLOBAL_ADMINISTRATOR,
+                    "/",
+                    "activation_requires_ticket",
+                    no_ticket,
+                    false,
+                ),
             ))
             .await?;
         let unmarked = roles
@@ -361,22 +356,17 @@ async fn custom_roles_grant_their_permissions_just_in_time_and_go_only_when_unus
             ))
             .await?
             .into_inner();
-        let member = apb::CreateRequestRequest {
-            scope: group_scope(&team.id),
-            justification: "joins on call".into(),
-            ..request(
-                apb::RequestAction::AdminAssign,
-                apb::AssignmentKind::Eligible,
-                &pol.id,
-                GROUP_MEMBER,
-            )
-        };
+        let at_team = group_scope(&team.id);
+        let member = give(Eligible, GROUP_MEMBER, &at_team);
         w.assignments().create_request(authed(&w.admin, member)).await?;
         let no_reason: Set = |p| p.activation_requires_justification = false;
-        let mut own = setting(GROUP_MEMBER, "activation_requires_justification", no_reason, false);
-        if let Some(p) = own.policy.as_mut() {
-            p.scope = group_scope(&team.id);
-        }
+        let own = setting(
+            GROUP_MEMBER,
+            &at_team,
+            "activation_requires_justification",
+            no_reason,
+            false,
+        );
         let refused = policies
             .update_role_policy(authed(&pol.token, own.clone()))
             .await
